@@ -1,0 +1,51 @@
+"""Prometheus metrics of one gateway (served as text on ``/metrics``).
+
+One `Metrics` object per gateway with its own registry, so several gateways (tests,
+the demo) can live in one process. Names follow Prometheus conventions: counters end
+in ``_total``, units are in the name.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.readings_in = Counter("valvoja_readings_in_total", "Readings received from collectors",
+                                   ["collector"], registry=r)
+        self.readings_flagged = Counter("valvoja_readings_flagged_total",
+                                        "Readings whose quality validation lowered", ["rule"], registry=r)
+        self.readings_out = Counter("valvoja_readings_stored_total", "Readings committed to the database",
+                                    registry=r)
+        self.messages_in = Counter("valvoja_collector_messages_total", "Protocol messages received",
+                                   ["collector"], registry=r)
+        self.dead_letters = Counter("valvoja_dead_letters_total", "Messages that could not be decoded",
+                                    ["collector"], registry=r)
+        self.collector_errors = Counter("valvoja_collector_errors_total",
+                                        "Collector errors (connection lost, refused, timeouts)",
+                                        ["collector", "kind"], registry=r)
+        self.reconnects = Counter("valvoja_collector_reconnects_total", "Collector reconnect attempts",
+                                  ["collector"], registry=r)
+        self.connected = Gauge("valvoja_collector_connected", "1 while the collector is connected",
+                               ["collector"], registry=r)
+        self.spool_records = Gauge("valvoja_spool_readings", "Readings waiting in the spool", registry=r)
+        self.spool_bytes = Gauge("valvoja_spool_bytes", "Size of the spool files on disk", registry=r)
+        self.spool_rejected = Counter("valvoja_spool_rejected_total",
+                                      "Readings refused because the spool disk budget was full", registry=r)
+        self.spool_dropped = Counter("valvoja_spool_dropped_total",
+                                     "Readings dropped (oldest first) to keep the spool within budget",
+                                     registry=r)
+        self.db_write_seconds = Histogram(
+            "valvoja_db_write_seconds", "Time to commit one batch to the database", registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.db_errors = Counter("valvoja_db_errors_total", "Failed database writes", ["kind"], registry=r)
+        self.db_connected = Gauge("valvoja_db_connected", "1 while the database is reachable", registry=r)
+        self.latency_seconds = Histogram(
+            "valvoja_reading_latency_seconds", "Receive time to database commit", registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600))
+        self.queue_depth = Gauge("valvoja_ingest_queue_batches", "Batches waiting to be spooled", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
