@@ -1,0 +1,167 @@
+"""The ``valvoja`` command line.
+
+    valvoja run --config SITE.toml        run the gateway
+    valvoja demo                          simulator + embedded broker and database + gateway
+    valvoja check-config SITE.toml        print every problem in a configuration (exit 1 if any)
+    valvoja db migrate --config SITE.toml apply schema migrations
+    valvoja simulate ...                  the plant simulator on its own
+    valvoja models | maintenance | emissions | opcua ...   (see --help of each)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from edge.errors import ConfigError
+
+log = logging.getLogger("valvoja")
+
+# Packages that add their own sub-commands with ``add_parser(subparsers)``.
+PLUGINS = ("collectors.simulator.cli", "collectors.opcua.cli", "models.cli", "maintenance.cli", "emissions.cli",
+           "console.cli")
+
+
+def _config_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--config", "-c", type=Path, required=required, metavar="SITE.toml",
+                   help="site configuration file (TOML); see config/*.toml for examples")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="valvoja",
+        description="Valvoja: industrial measurement and predictive-maintenance gateway "
+                    "(OPC UA / MQTT -> TimescaleDB, ONNX models with uncertainty).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the gateway with a site configuration",
+                       description="Run the gateway until SIGTERM/SIGINT; the spool is flushed on the way out.")
+    _config_arg(p)
+    p.add_argument("--log-format", choices=["json", "text"], help="override logging.format from the config")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a site configuration and print every problem",
+                       description="Exit 0 if the file is valid, 1 with one line per problem otherwise.")
+    p.add_argument("path", type=Path, metavar="SITE.toml")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("db", help="database administration")
+    dsub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    m = dsub.add_parser("migrate", help="apply pending schema migrations",
+                        description="Apply pending migrations to the database of --config (or --db URL).")
+    _config_arg(m, required=False)
+    m.add_argument("--db", metavar="URL", help="postgresql:// URL (default: from --config or $VALVOJA_DB_URL)")
+    m.set_defaults(func=cmd_db_migrate)
+
+    p = sub.add_parser("demo", help="run a simulated plant end to end with embedded servers",
+                       description="Start the plant simulator, an MQTT broker and a PostgreSQL server "
+                                   "(or use --db / --mqtt ones), run the gateway on them and print a live status "
+                                   "line. Ctrl-C stops everything cleanly.")
+    p.add_argument("--db", metavar="URL", help="use this database instead of an embedded one "
+                                               "(default: $VALVOJA_DB_URL if set)")
+    p.add_argument("--mqtt", metavar="HOST:PORT", help="use this MQTT broker instead of starting mosquitto")
+    p.add_argument("--state-dir", type=Path, default=Path("var/demo"), help="demo state (default var/demo)")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
+    p.set_defaults(func=cmd_demo)
+
+    for mod_name in PLUGINS:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError as exc:
+            if exc.name != mod_name:
+                raise
+            continue
+        mod.add_parser(sub)
+    return parser
+
+
+def cmd_check_config(args) -> int:
+    from edge import settings
+
+    try:
+        cfg = settings.load(args.path)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print(f"{args.path}: OK ({len(cfg.tags)} tags, {len(cfg.collector_configs)} collectors, "
+          f"{len(cfg.stacks)} stacks, {len(cfg.rules)} rules)")
+    return 0
+
+
+def cmd_db_migrate(args) -> int:
+    import os
+
+    import psycopg
+
+    from edge import settings
+    from edge.db.migrate import migrate
+    from edge.gateway import database_conninfo
+
+    url = args.db
+    if url is None and args.config:
+        url = database_conninfo(settings.load(args.config))
+    url = url or os.environ.get("VALVOJA_DB_URL")
+    if not url:
+        print("no database: give --db URL, --config with [database] url, or set VALVOJA_DB_URL", file=sys.stderr)
+        return 2
+    with psycopg.connect(url, autocommit=True) as conn:
+        features, applied = migrate(conn)
+    print(f"database edition: {features.edition}"
+          + (f" (TimescaleDB {features.timescaledb_version})" if features.timescaledb_version else ""))
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
+                                                      if applied else " (schema up to date)"))
+    return 0
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def cmd_run(args) -> int:
+    from edge import logs, settings
+    from edge.gateway import Gateway
+
+    cfg = settings.load(args.config)
+    logs.setup(cfg.logging.level, args.log_format or cfg.logging.format)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        gw = Gateway(cfg)
+        await gw.run(stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from edge.demo import run_demo
+
+    return run_demo(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Forwarder: drains the spool into the database in batches; deletes only what was committed.
+
+While the database is away the forwarder backs off and retries; the spool grows
+within its budget. When the database returns it drains in large batches (up to
+``database.batch_rows`` per transaction), which is what makes the backlog go fast.
+A separate task refreshes rollups and applies retention on its own connection so
+that they never hold up readings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+
+import psycopg
+
+from edge.backoff import Backoff
+from edge.metrics import Metrics
+from edge.pipeline import SpoolWorker
+from edge.records import utcnow
+from edge.settings import Database, SiteConfig
+from edge.sink.timescale import TimescaleSink, WriteResult
+from edge.spool import from_us, to_us
+
+log = logging.getLogger(__name__)
+
+LATENCY_SAMPLES_PER_BATCH = 16
+
+
+class Forwarder:
+    def __init__(self, worker: SpoolWorker, conninfo: str, cfg: SiteConfig, metrics: Metrics,
+                 wake: asyncio.Event):
+        self.worker = worker
+        self.conninfo = conninfo
+        self.cfg = cfg
+        self.db: Database = cfg.database
+        self.metrics = metrics
+        self.wake = wake
+        self.sink = TimescaleSink(conninfo, connect_timeout_s=self.db.connect_timeout_s,
+                                  application_name=f"valvoja-{cfg.site.gateway_id}")
+        self.backoff = Backoff()
+        self.stored = 0
+        self.duplicates = 0
+        self.down_since: float | None = None
+        self.last_error: str | None = None
+        # Reservoir of (commit time - source time) in seconds, for benchmarks and /status.
+        self.latency_s: collections.deque[float] = collections.deque(maxlen=200_000)
+        # Rollup work: tag ids and the time span touched since the last refresh.
+        self.dirty_tags: set[int] = set()
+        self.dirty_span: list[int] | None = None  # [min_us, max_us]
+
+    @property
+    def connected(self) -> bool:
+        return self.sink.connected
+
+    async def run(self) -> None:
+        while True:
+            try:
+                if not self.sink.connected:
+                    await self._connect()
+                await self._drain_forever()
+            except asyncio.CancelledError:
+                raise
+            except (psycopg.Error, OSError, TimeoutError) as exc:
+                await self._on_error(exc)
+
+    async def _connect(self) -> None:
+        features = await self.sink.connect(migrate_schema=self.db.migrate_on_start)
+        await self.sink.sync_registry(self.cfg.assets, self.cfg.tags)
+        self.metrics.db_connected.set(1)
+        if self.down_since is not None:
+            log.warning("database reachable again after %.1f s", time.monotonic() - self.down_since,
+                        extra={"event": "db_up"})
+        else:
+            log.info("database connected (%s edition)", features.edition, extra={"event": "db_up",
+                                                                                 "edition": features.edition})
+        self.down_since = None
+        self.backoff.reset()
+
+    async def _on_error(self, exc: BaseException) -> None:
+        self.metrics.db_connected.set(0)
+        self.metrics.db_errors.labels(type(exc).__name__).inc()
+        self.last_error = f"{type(exc).__name__}: {exc}".strip()
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            log.error("database write failed, spooling until it returns: %s", self.last_error,
+                      extra={"event": "db_down"})
+        await self.sink.close()
+        await asyncio.sleep(self.backoff.next_delay())
+
+    async def _drain_forever(self) -> None:
+        while True:
+            if not await self.drain_once():
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), timeout=self.db.flush_interval_s)
+                except TimeoutError:
+                    pass
+
+    async def drain_once(self) -> bool:
+        """Write one group of spooled batches; returns False when the spool was empty."""
+        spool = self.worker.spool
+        batches = await self.worker.call(spool.peek, self.db.batch_rows)
+        if not batches:
+            return False
+        n = sum(len(b.rows) for b in batches)
+        if n < self.db.batch_rows:
+            # Let a small group grow for up to flush_interval (bounded latency, fewer transactions).
+            wait = self.db.flush_interval_s - (time.time() - batches[0].created)
+            if wait > 0:
+                await asyncio.sleep(wait)
+                batches = await self.worker.call(spool.peek, self.db.batch_rows)
+        t0 = time.perf_counter()
+        result = await self.sink.write(batches)
+        self.metrics.db_write_seconds.observe(time.perf_counter() - t0)
+        await self.worker.call(spool.delete, [b.seq for b in batches])
+        self._account(batches, result)
+        return True
+
+    def _account(self, batches, result: WriteResult) -> None:
+        now_us = to_us(utcnow())
+        self.stored += result.inserted
+        self.duplicates += result.duplicates
+        self.metrics.readings_out.inc(result.inserted)
+        spool = self.worker.spool
+        self.metrics.spool_records.set(spool.readings)
+        self.metrics.spool_bytes.set(spool.bytes)
+        for b in batches:
+            rows = b.rows
+            if not rows:
+                continue
+            step = max(1, len(rows) // LATENCY_SAMPLES_PER_BATCH)
+            for r in rows[::step]:
+                lat = (now_us - r[1]) / 1e6
+                self.latency_s.append(lat)
+                self.metrics.latency_seconds.observe(max(0.0, lat))
+        if result.min_time_us is not None:
+            self.dirty_tags |= result.tag_ids
+            if self.dirty_span is None:
+                self.dirty_span = [result.min_time_us, result.max_time_us]
+            else:
+                self.dirty_span[0] = min(self.dirty_span[0], result.min_time_us)
+                self.dirty_span[1] = max(self.dirty_span[1], result.max_time_us)
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Shutdown path: write what the spool holds, within ``timeout_s``. True if it emptied."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.sink.connected:
+                return False
+            try:
+                left = deadline - time.monotonic()
+                if not await asyncio.wait_for(self.drain_once(), timeout=max(0.1, left)):
+                    return True
+            except (psycopg.Error, OSError, TimeoutError) as exc:
+                log.warning("final flush stopped: %s", exc, extra={"event": "flush_incomplete"})
+                return False
+        return self.worker.spool.batches == 0
+
+    async def close(self) -> None:
+        await self.sink.close()
+
+
+class RollupWorker:
+    """Keeps readings_1m / readings_1h current and applies retention, on its own connection."""
+
+    def __init__(self, forwarder: Forwarder, conninfo: str, db: Database):
+        self.fwd = forwarder
+        self.db = db
+        self.sink = TimescaleSink(conninfo, connect_timeout_s=db.connect_timeout_s,
+                                  application_name="valvoja-rollups")
+        self.last_retention = 0.0
+        self.backoff = Backoff()
+        self.refreshes = 0
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.db.rollup_interval_s)
+            try:
+                await self.refresh_once()
+                self.backoff.reset()
+            except asyncio.CancelledError:
+                raise
+            except (psycopg.Error, OSError, TimeoutError) as exc:
+                # The forwarder logs the outage; this only retries later, keeping the dirty span.
+                log.debug("rollup refresh failed: %s", exc)
+                await self.sink.close()
+                await asyncio.sleep(self.backoff.next_delay())
+
+    async def refresh_once(self) -> None:
+        fwd = self.fwd
+        if fwd.dirty_span is None:
+            return
+        if not self.sink.connected:
+            if not fwd.connected:
+                return
+            await self.sink.connect(migrate_schema=False)
+        tags, span = fwd.dirty_tags, fwd.dirty_span
+        fwd.dirty_tags, fwd.dirty_span = set(), None
+        try:
+            await self.sink.refresh_rollups(tags, from_us(span[0]), from_us(span[1]))
+            self.refreshes += 1
+        except BaseException:
+            # Put the work back so nothing is missed after a failure.
+            fwd.dirty_tags |= tags
+            if fwd.dirty_span is None:
+                fwd.dirty_span = span
+            else:
+                fwd.dirty_span = [min(span[0], fwd.dirty_span[0]), max(span[1], fwd.dirty_span[1])]
+            raise
+        if self.db.retention_days and time.monotonic() - self.last_retention > 3600:
+            removed = await self.sink.apply_retention(self.db.retention_days)
+            self.last_retention = time.monotonic()
+            log.info("retention: removed %s older than %d days", removed, self.db.retention_days,
+                     extra={"event": "retention"})
+
+    async def close(self) -> None:
+        await self.sink.close()
+

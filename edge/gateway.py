@@ -1,0 +1,219 @@
+"""The gateway process: collectors -> ingest -> spool -> forwarder -> database, plus health.
+
+`Gateway.run(stop)` starts everything and returns after a clean shutdown once
+``stop`` is set (SIGTERM / SIGINT in the CLI). Every long-running part has one owner
+here: a collector's reconnect loop (`_supervise`), the ingest task, the forwarder and
+the rollup worker. A part that fails is logged once, counted and restarted; the
+process keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from psycopg.conninfo import make_conninfo
+
+from collectors.base import CollectorContext
+from collectors.registry import module_for
+from edge.backoff import Backoff
+from edge.errors import ConfigError
+from edge.forwarder import Forwarder, RollupWorker
+from edge.http import HealthServer
+from edge.metrics import Metrics
+from edge.pipeline import Ingest, SpoolWorker
+from edge.secrets import is_reference, resolve_secret
+from edge.settings import SiteConfig
+from edge.spool import Spool
+from edge.validate import Validator
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_FLUSH_S = 6.0
+# A collector that stayed up this long before failing starts its back-off afresh.
+HEALTHY_RUN_S = 30.0
+
+
+def database_conninfo(cfg: SiteConfig) -> str | None:
+    """The libpq connection string with the password resolved from its reference, or None."""
+    db = cfg.database
+    if not db.url:
+        return None
+    url = resolve_secret(db.url, where="database.url") if is_reference(db.url) else db.url
+    if db.password:
+        return make_conninfo(url, password=resolve_secret(db.password, where="database.password"))
+    return url
+
+
+class Gateway:
+    def __init__(self, cfg: SiteConfig, *, conninfo: str | None = None, http_port: int | None = None):
+        self.cfg = cfg
+        self.metrics = Metrics()
+        self.conninfo = conninfo if conninfo is not None else database_conninfo(cfg)
+        state = Path(cfg.site.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        self.spool = Spool(cfg.spool_path, max_bytes=cfg.spool.max_bytes, policy=cfg.spool.full_policy,
+                           synchronous=cfg.spool.synchronous)
+        self.worker = SpoolWorker(self.spool)
+        self.validator = Validator(cfg.tag_map(), cfg.validation)
+        self.ingest = Ingest(self.worker, self.validator, self.metrics, queue_batches=cfg.spool.queue_batches)
+        self.forwarder = (Forwarder(self.worker, self.conninfo, cfg, self.metrics, self.ingest.spooled)
+                          if self.conninfo else None)
+        self.rollups = RollupWorker(self.forwarder, self.conninfo, cfg.database) if self.forwarder else None
+        self.collectors: dict[str, object] = {}
+        for kind, name, ccfg in cfg.collector_configs:
+            ctx = CollectorContext(name=name, state_dir=state / "collectors" / name, metrics=self.metrics)
+            self.collectors[name] = module_for(kind).build(ccfg, ctx)
+        host, port = cfg.http.listen.rsplit(":", 1)
+        self.http = (HealthServer(host, int(port) if http_port is None else http_port, health=self.health,
+                                  metrics=self._render_metrics) if cfg.http.enabled else None)
+        self._tasks: dict[str, asyncio.Task] = {}
+        self.started = time.monotonic()
+        self.ready = asyncio.Event()
+        # Extra consumers of spooled readings (maintenance, emissions live parts) register here.
+        self.background: list[Callable[[], Awaitable[None]]] = []
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        if self.http:
+            await self.http.start()
+        self._spawn("ingest", self.ingest.run())
+        if self.forwarder:
+            self._spawn("forwarder", self.forwarder.run())
+            self._spawn("rollups", self.rollups.run())
+        else:
+            log.warning("no database configured: readings stay in the spool", extra={"event": "spool_only"})
+        for name, collector in self.collectors.items():
+            self._spawn(f"collector:{name}", self._supervise(name, collector))
+        for i, job in enumerate(self.background):
+            self._spawn(f"background:{i}", job())
+        log.info("gateway %s started with %d collectors", self.cfg.site.gateway_id, len(self.collectors),
+                 extra={"event": "started", "spool_readings": self.spool.readings})
+        self.ready.set()
+        await stop.wait()
+        await self.shutdown()
+
+    def _spawn(self, name: str, coro) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks[name] = task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("task %s died: %r", task.get_name(), exc, exc_info=exc, extra={"event": "task_died"})
+
+    async def _supervise(self, name: str, collector) -> None:
+        """The one reconnect loop for every collector: back-off with jitter, log once per outage."""
+        backoff = Backoff()
+        failing = False
+        m = self.metrics
+        while True:
+            t0 = time.monotonic()
+            try:
+                await collector.run(self.ingest.emit)
+                raise ConnectionError("collector stopped without an error")
+            except asyncio.CancelledError:
+                raise
+            except ConfigError:
+                log.exception("collector %s has a configuration problem; not retrying", name,
+                              extra={"event": "collector_config", "collector": name})
+                return
+            except Exception as exc:
+                m.connected.labels(name).set(0)
+                m.collector_errors.labels(name, type(exc).__name__).inc()
+                if time.monotonic() - t0 > HEALTHY_RUN_S:
+                    backoff.reset()
+                    failing = False
+                if not failing:
+                    log.warning("collector %s lost: %s: %s; reconnecting with back-off", name,
+                                type(exc).__name__, exc, extra={"event": "collector_lost", "collector": name})
+                    failing = True
+            try:
+                await asyncio.wait_for(collector.aclose(), timeout=5)
+            except Exception as exc:  # closing a broken connection may fail; it is being replaced
+                log.debug("collector %s close failed: %r", name, exc)
+            m.reconnects.labels(name).inc()
+            await asyncio.sleep(backoff.next_delay())
+
+    async def shutdown(self) -> None:
+        """Stop collectors, spool what is queued, flush the spool to the database, close."""
+        t0 = time.monotonic()
+        for name in [n for n in self._tasks if n.startswith(("collector:", "background:"))]:
+            self._tasks.pop(name).cancel()
+        await asyncio.gather(*(self._close_collector(c) for c in self.collectors.values()))
+        ingest = self._tasks.pop("ingest", None)
+        if ingest:
+            ingest.cancel()
+            await asyncio.gather(ingest, return_exceptions=True)
+        await self.ingest.drain()
+        flushed = True
+        if self.forwarder:
+            for name in ("forwarder", "rollups"):
+                task = self._tasks.pop(name, None)
+                if task:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+            flushed = await self.forwarder.flush(SHUTDOWN_FLUSH_S)
+            try:
+                await asyncio.wait_for(self.rollups.refresh_once(), timeout=2)
+            except Exception as exc:  # rollups catch up on the next start
+                log.debug("final rollup refresh skipped: %r", exc)
+            await self.rollups.close()
+            await self.forwarder.close()
+        if self.http:
+            await self.http.close()
+        await self.worker.call(self.spool.close)
+        self.worker.shutdown()
+        log.info("gateway stopped in %.2f s; %d readings left in the spool%s", time.monotonic() - t0,
+                 self.spool.readings, "" if flushed else " (database not reachable)",
+                 extra={"event": "stopped"})
+
+    async def _close_collector(self, collector) -> None:
+        try:
+            await asyncio.wait_for(collector.aclose(), timeout=3)
+        except Exception as exc:
+            log.warning("collector close failed: %r", exc, extra={"event": "collector_close"})
+
+    # -- health ------------------------------------------------------------------------
+    def status(self) -> dict:
+        fwd = self.forwarder
+        return {
+            "gateway": self.cfg.site.gateway_id,
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "readings_spooled": self.ingest.accepted,
+            "readings_stored": fwd.stored if fwd else 0,
+            "duplicates_skipped": fwd.duplicates if fwd else 0,
+            "spool": {"readings": self.spool.readings, "batches": self.spool.batches, "bytes": self.spool.bytes,
+                      "max_bytes": self.spool.max_bytes, "policy": self.spool.policy,
+                      "full": self.ingest.full_since is not None, "dropped": self.spool.dropped},
+            "database": {"configured": fwd is not None, "connected": bool(fwd and fwd.connected),
+                         "edition": fwd.sink.features.edition if fwd and fwd.sink.features else None,
+                         "last_error": fwd.last_error if fwd else None},
+            "collectors": {name: _safe_status(c) for name, c in self.collectors.items()},
+            "queue_batches": self.ingest.queue.qsize(),
+        }
+
+    def _render_metrics(self) -> bytes:
+        self.metrics.spool_records.set(self.spool.readings)
+        self.metrics.spool_bytes.set(self.spool.bytes)
+        self.metrics.queue_depth.set(self.ingest.queue.qsize())
+        return self.metrics.render()
+
+    def health(self) -> tuple[bool, dict]:
+        detail = self.status()
+        dead = [n for n, t in self._tasks.items() if t.done()]
+        detail["dead_tasks"] = dead
+        return not dead, detail
+
+
+def _safe_status(collector) -> dict:
+    try:
+        return collector.status()
+    except Exception as exc:
+        return {"error": repr(exc)}

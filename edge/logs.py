@@ -1,0 +1,52 @@
+"""Structured logs: one JSON object per line (or plain text for people at a terminal).
+
+Context goes in ``extra={...}``: ``event`` names what happened (db_down, spool_full,
+collector_lost ...) so logs can be filtered and counted; other keys add detail.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+_STD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for k, v in record.__dict__.items():
+            if k not in _STD and not k.startswith("_"):
+                out[k] = v if isinstance(v, str | int | float | bool | type(None)) else str(v)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        extras = {k: v for k, v in record.__dict__.items() if k not in _STD and not k.startswith("_")}
+        return base + (" " + " ".join(f"{k}={v}" for k, v in extras.items()) if extras else "")
+
+
+def setup(level: str = "INFO", fmt: str = "json", stream=None) -> None:
+    """Configure the root logger once (idempotent; replaces earlier handlers)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Libraries log every reconnect attempt at INFO/WARNING; the runtime logs outages once.
+    for noisy in ("asyncua", "asyncio", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.WARNING))

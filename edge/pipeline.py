@@ -1,0 +1,115 @@
+"""Ingest: collectors' batches -> validation -> durable spool -> upstream acknowledgement.
+
+Collectors call `Ingest.emit`, which waits while the bounded queue is full: that is
+the back-pressure (MQTT stops being read and the broker keeps the messages; OPC UA
+notifications wait). One task drains the queue, validates every batch it finds and
+commits them to the spool in one transaction (group commit: one fsync however many
+batches arrived meanwhile), and only then calls each batch's ``ack``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from edge.metrics import Metrics
+from edge.records import Batch, utcnow
+from edge.spool import Spool, SpoolFull
+from edge.validate import Validator
+
+log = logging.getLogger(__name__)
+
+GROUP_MAX_READINGS = 50_000
+FULL_RETRY_S = 0.5
+
+
+class SpoolWorker:
+    """Runs every spool call on one thread: SQLite work never blocks the event loop."""
+
+    def __init__(self, spool: Spool):
+        self.spool = spool
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
+
+    async def call(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+class Ingest:
+    def __init__(self, worker: SpoolWorker, validator: Validator, metrics: Metrics, *, queue_batches: int):
+        self.worker = worker
+        self.validator = validator
+        self.metrics = metrics
+        self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=queue_batches)
+        self.spooled = asyncio.Event()  # set after each commit; wakes the forwarder
+        self.full_since: float | None = None
+        self.accepted = 0  # readings durable in the spool since start
+        self.last_error: str | None = None
+
+    async def emit(self, batch: Batch) -> None:
+        """Hand a batch over; waits while the queue is full (back-pressure)."""
+        await self.queue.put(batch)
+        self.metrics.queue_depth.set(self.queue.qsize())
+
+    async def run(self) -> None:
+        while True:
+            group = [await self.queue.get()]
+            await self._commit(self._take_more(group))
+
+    def _take_more(self, group: list[Batch]) -> list[Batch]:
+        n = len(group[0].readings)
+        while n < GROUP_MAX_READINGS and not self.queue.empty():
+            b = self.queue.get_nowait()
+            group.append(b)
+            n += len(b.readings)
+        return group
+
+    async def drain(self) -> None:
+        """Spool whatever is still queued (shutdown path, collectors already stopped)."""
+        while not self.queue.empty():
+            await self._commit(self._take_more([self.queue.get_nowait()]))
+
+    async def _commit(self, group: list[Batch]) -> None:
+        now = utcnow()
+        for b in group:
+            self.validator.apply(b.readings, now)
+        items = [(b.readings, b.dead_letters) for b in group]
+        n = sum(len(b.readings) for b in group)
+        while True:
+            try:
+                await self.worker.call(self.worker.spool.append_many, items)
+                break
+            except SpoolFull as exc:
+                # reject_new: nothing is acknowledged that is not stored; collectors wait.
+                if self.full_since is None:
+                    self.full_since = time.monotonic()
+                    log.error("spool full, refusing new readings until the database drains it",
+                              extra={"event": "spool_full", "detail": str(exc)})
+                self.metrics.spool_rejected.inc(n)
+            except Exception as exc:  # disk error, locked database: retry, never ack unstored data
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("spool write failed; retrying", extra={"event": "spool_error"})
+            await asyncio.sleep(FULL_RETRY_S)
+        if self.full_since is not None:
+            log.warning("spool accepting readings again after %.1f s full", time.monotonic() - self.full_since,
+                        extra={"event": "spool_resumed"})
+            self.full_since = None
+        self.accepted += n
+        self.metrics.queue_depth.set(self.queue.qsize())
+        for b in group:
+            self.metrics.readings_in.labels(b.source).inc(len(b.readings))
+            if b.dead_letters:
+                self.metrics.dead_letters.labels(b.source).inc(len(b.dead_letters))
+            if b.ack is not None:
+                try:
+                    b.ack()
+                except Exception:
+                    # The data is safe in the spool; a failed ack means the peer may redeliver,
+                    # which the database key de-duplicates.
+                    log.exception("upstream acknowledgement failed", extra={"event": "ack_error",
+                                                                            "collector": b.source})
+        self.spooled.set()

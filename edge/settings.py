@@ -1,0 +1,327 @@
+"""Site configuration: one TOML file, validated at start-up (DESIGN.md §5, style notes).
+
+`load(path)` returns a `SiteConfig` or raises `ConfigError` listing *every* problem,
+each as ``FILE: KEY: what is wrong``. Sections owned by other packages (collectors,
+stacks, rules) are validated by their own models, found through registries, so the
+defaults live in exactly one place.
+
+Secrets are never literal: fields holding them accept only ``env:NAME`` or ``file:PATH``.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from edge.errors import ConfigError
+from edge.secrets import is_reference
+
+
+class Strict(BaseModel):
+    """Base for configuration sections: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def secret_ref(value: str | None) -> str | None:
+    """Validator body for secret fields: only references are allowed."""
+    if value is not None and not is_reference(value):
+        raise ValueError("must be a reference 'env:NAME' or 'file:/path'; never put a secret in the config file")
+    return value
+
+
+SecretRef = Annotated[str, Field(description="env:NAME or file:/path")]
+
+
+class Site(Strict):
+    name: str = "valvoja"
+    gateway_id: str = Field("gw-1", pattern=r"^[A-Za-z0-9_.-]+$")
+    state_dir: Path = Path("var")
+
+
+class Calibration(Strict):
+    certificate: str = Field(min_length=1)
+    date: date
+    uncertainty: float = Field(ge=0)
+    uncertainty_unit: str = ""
+
+
+class Asset(Strict):
+    name: str = Field(min_length=1)
+    site: str = ""
+    kind: str = ""
+    description: str = ""
+
+
+class Tag(Strict):
+    """One entry of the tag registry (DESIGN.md §2)."""
+
+    name: str = Field(min_length=1, pattern=r"^[^\s]+$")
+    asset: str = ""
+    unit: str = ""
+    description: str = ""
+    kind: Literal["float", "int", "bool", "string"] = "float"
+    range: tuple[float, float] | None = None
+    sampling_ms: int | None = Field(None, gt=0)
+    # A value unchanged for this long is flagged as frozen (a stuck sensor); None disables.
+    frozen_after_s: float | None = Field(None, gt=0)
+    calibration: Calibration | None = None
+
+    @field_validator("range")
+    @classmethod
+    def _range_ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None:
+            lo, hi = v
+            if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
+                raise ValueError(f"must be [low, high] with low < high, got [{lo}, {hi}]")
+        return v
+
+
+class Database(Strict):
+    """TimescaleDB / PostgreSQL. Without ``url`` the gateway runs spool-only (the demo embeds one)."""
+
+    url: str | None = Field(None, description="postgresql://user@host:port/db (no password here)")
+    password: SecretRef | None = None
+    batch_rows: int = Field(20_000, ge=1, le=1_000_000)
+    flush_interval_s: float = Field(0.2, gt=0, le=60)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    retention_days: int | None = Field(None, gt=0)
+    rollup_interval_s: float = Field(5.0, gt=0)
+    migrate_on_start: bool = True
+
+    _secret = field_validator("password")(secret_ref)
+
+    @field_validator("url")
+    @classmethod
+    def _no_password_in_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith(("postgresql://", "postgres://", "env:", "file:")):
+            raise ValueError("must start with postgresql:// (or be an env:/file: reference)")
+        if v.startswith("postgres") and "@" in v.split("//", 1)[1]:
+            userinfo = v.split("//", 1)[1].split("@", 1)[0]
+            if ":" in userinfo:
+                raise ValueError("contains a password; put it in database.password as env:NAME or file:/path")
+        return v
+
+
+class Spool(Strict):
+    """Durable store-and-forward buffer (SQLite, WAL)."""
+
+    path: Path | None = None  # default: <state_dir>/spool.db
+    max_bytes: int = Field(2_000_000_000, ge=1_000_000)
+    # reject_new: stop acknowledging upstream (MQTT keeps messages on the broker) and refuse
+    #             new readings, which keeps the oldest data; drop_oldest: delete the oldest
+    #             spooled readings to make room, which keeps the newest.
+    full_policy: Literal["reject_new", "drop_oldest"] = "reject_new"
+    # full: fsync each group commit (survives power loss); normal: survives a process kill only.
+    synchronous: Literal["full", "normal"] = "full"
+    queue_batches: int = Field(256, ge=1, description="bounded ingest queue (back-pressure)")
+    group_commit_ms: float = Field(5.0, ge=0, le=1000)
+
+
+class Validation(Strict):
+    future_tolerance_s: float = Field(5.0, ge=0)
+    max_age_s: float = Field(7 * 86400.0, gt=0)
+    flag_unknown_tags: bool = True
+
+
+class Http(Strict):
+    listen: str = Field("127.0.0.1:9108", pattern=r"^[^:]+:\d+$")
+    enabled: bool = True
+
+
+class Logging(Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class SiteConfig(Strict):
+    site: Site = Site()
+    database: Database = Database()
+    spool: Spool = Spool()
+    validation: Validation = Validation()
+    http: Http = Http()
+    logging: Logging = Logging()
+    assets: list[Asset] = []
+    tags: list[Tag] = []
+    # Validated by their owners' models (collectors.registry and friends) in `load`.
+    collectors: list[dict[str, Any]] = []
+    stacks: list[dict[str, Any]] = []
+    rules: list[dict[str, Any]] = []
+    maintenance: dict[str, Any] = {}
+    models: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> SiteConfig:
+        for section, items in (("tags", self.tags), ("assets", self.assets)):
+            seen: set[str] = set()
+            for item in items:
+                if item.name in seen:
+                    raise ValueError(f"{section}: duplicate name '{item.name}'")
+                seen.add(item.name)
+        known = {a.name for a in self.assets}
+        if known:
+            for i, t in enumerate(self.tags):
+                if t.asset and t.asset not in known:
+                    raise ValueError(f"tags[{i}] ({t.name}): asset '{t.asset}' is not in [[assets]]")
+        return self
+
+    # Filled by `load` after the owners validate their sections.
+    _collectors: list[tuple[str, str, Any]] = PrivateAttr(default_factory=list)
+
+    @property
+    def collector_configs(self) -> list[tuple[str, str, Any]]:
+        """(kind, name, validated config) per ``[[collectors]]`` entry."""
+        return self._collectors
+
+    @property
+    def spool_path(self) -> Path:
+        return self.spool.path or (self.site.state_dir / "spool.db")
+
+    def tag_map(self) -> dict[str, Tag]:
+        return {t.name: t for t in self.tags}
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _describe(err: dict, data: dict) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
+    msg = err["msg"].removeprefix("Value error, ")
+    where = _loc(loc)
+    # Name the entry of a list section so "tags[41]" becomes findable in a long file.
+    if len(loc) >= 2 and isinstance(loc[1], int) and loc[0] in data:
+        try:
+            name = data[loc[0]][loc[1]].get("name")
+        except (AttributeError, IndexError, TypeError):
+            name = None
+        if name:
+            where = f"{_loc(loc[:2])} ({name})" + (("." + _loc(loc[2:])) if loc[2:] else "")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (misspelt, or not valid in this section)"
+    elif err["type"] == "missing":
+        msg = "is required"
+    return f"{where}: {msg}"
+
+
+def parse(data: dict, *, source: str = "<config>") -> SiteConfig:
+    """Validate already-parsed TOML data; raises ConfigError with every problem found."""
+    problems: list[str] = []
+    cfg: SiteConfig | None = None
+    try:
+        cfg = SiteConfig.model_validate(data)
+    except ValidationError as exc:
+        problems += [f"{source}: {_describe(e, data)}" for e in exc.errors()]
+    collectors = _validate_collectors(data.get("collectors", []), source, problems)
+    _validate_owned_sections(data, source, problems)
+    if problems:
+        raise ConfigError(problems)
+    assert cfg is not None
+    cfg._collectors = collectors
+    return cfg
+
+
+def _validate_collectors(entries: Any, source: str, problems: list[str]) -> list[tuple[str, str, Any]]:
+    from collectors.registry import KINDS, module_for
+
+    out: list[tuple[str, str, Any]] = []
+    if not isinstance(entries, list):
+        return out
+    names: set[str] = set()
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            continue
+        body = dict(entry)
+        kind = body.pop("kind", None)
+        name = body.pop("name", None) or f"{kind}-{i}"
+        where = f"{source}: collectors[{i}] ({name})"
+        if kind not in KINDS:
+            problems.append(f"{where}.kind: must be one of {sorted(KINDS)}, got {kind!r}")
+            continue
+        if name in names:
+            problems.append(f"{where}.name: duplicate collector name")
+        names.add(name)
+        try:
+            module = module_for(kind)
+        except ImportError as exc:
+            problems.append(f"{where}: collector kind {kind!r} cannot be loaded: {exc}")
+            continue
+        try:
+            out.append((kind, name, module.Config.model_validate(body)))
+        except ValidationError as exc:
+            for e in exc.errors():
+                problems.append(f"{where}.{_describe(e, {})}")
+    return out
+
+
+# Sections whose schema belongs to another package: (key, module, attribute).
+OWNED_SECTIONS: list[tuple[str, str, str]] = [
+    ("stacks", "emissions.config", "StackConfig"),
+    ("rules", "maintenance.rules", "RuleConfig"),
+]
+
+
+def _validate_owned_sections(data: dict, source: str, problems: list[str]) -> None:
+    import importlib
+
+    for key, module_name, attr in OWNED_SECTIONS:
+        entries = data.get(key)
+        if not entries:
+            continue
+        try:
+            model = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError):
+            problems.append(f"{source}: {key}: this build cannot validate [[{key}]] ({module_name}.{attr} missing)")
+            continue
+        for i, entry in enumerate(entries):
+            try:
+                model.model_validate(entry)
+            except ValidationError as exc:
+                name = entry.get("name", "") if isinstance(entry, dict) else ""
+                label = f"{key}[{i}]" + (f" ({name})" if name else "")
+                problems += [f"{source}: {label}.{_describe(e, {})}" for e in exc.errors()]
+
+
+def load(path: str | Path) -> SiteConfig:
+    """Read and validate a site configuration file."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    cfg = parse(data, source=str(path))
+    # Relative paths in the file are relative to the file, not to the working directory.
+    base = path.resolve().parent
+    site = cfg.site
+    if not site.state_dir.is_absolute():
+        object.__setattr__(site, "state_dir", (base / site.state_dir))
+    if cfg.spool.path is not None and not cfg.spool.path.is_absolute():
+        object.__setattr__(cfg.spool, "path", base / cfg.spool.path)
+    return cfg

@@ -1,0 +1,76 @@
+"""1-minute and 1-hour rollups per tag, and retention (DESIGN.md §3).
+
+The rollup tables have one shape on every edition; the forwarder recomputes the
+buckets its commits touched, so late data (a spool drained after an outage)
+corrects old buckets too. Bad-quality and non-finite values are left out of
+min/max/mean and counted in ``bad_count``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import psycopg
+
+from edge.db.features import Features
+
+
+def _last(features: Features) -> str:
+    if features.timescaledb:
+        return "last(value, time) FILTER (WHERE {good}), max(time) FILTER (WHERE {good})"
+    return ("(array_agg(value ORDER BY time DESC) FILTER (WHERE {good}))[1], "
+            "max(time) FILTER (WHERE {good})")
+
+
+async def refresh(conn: psycopg.AsyncConnection, features: Features, tag_ids: list[int],
+                  start: datetime, end: datetime) -> None:
+    if not tag_ids:
+        return
+    good = "quality < 2 AND value IS NOT NULL AND value <> 'NaN'::float8"
+    b1m = features.bucket("1 minute", "time")
+    last = _last(features).format(good=good)
+    async with conn.transaction(), conn.cursor() as cur:
+        await cur.execute(
+            f"""
+            INSERT INTO readings_1m (bucket, tag_id, min, max, sum, count, last, last_time, bad_count)
+            SELECT {b1m} AS bucket, tag_id,
+                   min(value) FILTER (WHERE {good}), max(value) FILTER (WHERE {good}),
+                   sum(value) FILTER (WHERE {good}), count(*) FILTER (WHERE {good}),
+                   {last}, count(*) FILTER (WHERE NOT ({good}))
+            FROM readings
+            WHERE tag_id = ANY(%(tags)s)
+              AND time >= {features.bucket('1 minute', '%(start)s::timestamptz')}
+              AND time < {features.bucket('1 minute', '%(end)s::timestamptz')} + interval '1 minute'
+            GROUP BY 1, 2
+            ON CONFLICT (tag_id, bucket) DO UPDATE SET min = EXCLUDED.min, max = EXCLUDED.max,
+              sum = EXCLUDED.sum, count = EXCLUDED.count, last = EXCLUDED.last,
+              last_time = EXCLUDED.last_time, bad_count = EXCLUDED.bad_count
+            """, {"tags": tag_ids, "start": start, "end": end})
+        b1h = features.bucket("1 hour", "bucket")
+        last_h = ("last(last, last_time)" if features.timescaledb
+                  else "(array_agg(last ORDER BY last_time DESC NULLS LAST))[1]")
+        await cur.execute(
+            f"""
+            INSERT INTO readings_1h (bucket, tag_id, min, max, sum, count, last, last_time, bad_count)
+            SELECT {b1h} AS b, tag_id, min(min), max(max), sum(sum), sum(count)::int,
+                   {last_h}, max(last_time), sum(bad_count)::int
+            FROM readings_1m
+            WHERE tag_id = ANY(%(tags)s)
+              AND bucket >= {features.bucket('1 hour', '%(start)s::timestamptz')}
+              AND bucket < {features.bucket('1 hour', '%(end)s::timestamptz')} + interval '1 hour'
+            GROUP BY 1, 2
+            ON CONFLICT (tag_id, bucket) DO UPDATE SET min = EXCLUDED.min, max = EXCLUDED.max,
+              sum = EXCLUDED.sum, count = EXCLUDED.count, last = EXCLUDED.last,
+              last_time = EXCLUDED.last_time, bad_count = EXCLUDED.bad_count
+            """, {"tags": tag_ids, "start": start, "end": end})
+
+
+async def retention(conn: psycopg.AsyncConnection, features: Features, days: int) -> int:
+    """Drop raw readings older than ``days`` (rollups are kept); returns chunks or rows removed."""
+    async with conn.transaction(), conn.cursor() as cur:
+        if features.timescaledb:
+            await cur.execute("SELECT count(*) FROM drop_chunks('readings', older_than => %s * interval '1 day')",
+                              (days,))
+            return (await cur.fetchone())[0]
+        await cur.execute("DELETE FROM readings WHERE time < now() - %s * interval '1 day'", (days,))
+        return cur.rowcount

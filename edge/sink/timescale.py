@@ -1,0 +1,184 @@
+"""TimescaleDB / PostgreSQL sink: readings by binary COPY, idempotently (DESIGN.md §3).
+
+`write()` commits one group of spool batches in one transaction:
+1. fast path: COPY straight into ``readings`` inside a savepoint;
+2. if that hits the (tag_id, time) key (a replay after a crash, or a device
+   re-sending a sample), roll back to the savepoint, COPY into a temporary table and
+   ``INSERT ... ON CONFLICT DO NOTHING`` - so a replayed batch creates no duplicates.
+Dead letters go in the same transaction. Only after COMMIT does the forwarder delete
+the batches from the spool.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import psycopg
+from psycopg import sql
+
+from edge.db.features import Features
+from edge.db.migrate import migrate
+from edge.settings import Asset, Tag
+from edge.sink.pgbinary import COLUMNS, encode_rows
+from edge.spool import SpooledBatch, from_us
+
+log = logging.getLogger(__name__)
+
+_COPY_READINGS = f"COPY readings ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+
+
+@dataclass(slots=True)
+class WriteResult:
+    rows: int
+    inserted: int
+    duplicates: int
+    min_time_us: int | None
+    max_time_us: int | None
+    tag_ids: set[int] = field(default_factory=set)
+    fast_path: bool = True
+
+
+class TimescaleSink:
+    """One connection to the database; not shared between tasks."""
+
+    def __init__(self, conninfo: str, *, connect_timeout_s: float = 5.0, application_name: str = "valvoja"):
+        self._conninfo = conninfo
+        self._timeout = connect_timeout_s
+        self._app = application_name
+        self.conn: psycopg.AsyncConnection | None = None
+        self.features: Features | None = None
+        self._tag_ids: dict[str, int] = {}
+
+    async def connect(self, *, migrate_schema: bool = True) -> Features:
+        """Connect, migrate (in a sync side connection), and load the tag id map."""
+        if migrate_schema:
+            with psycopg.connect(self._conninfo, connect_timeout=int(max(1, self._timeout)),
+                                 autocommit=True, application_name=self._app + "-migrate") as sconn:
+                migrate(sconn)
+        self.conn = await psycopg.AsyncConnection.connect(
+            self._conninfo, connect_timeout=int(max(1, self._timeout)), application_name=self._app)
+        from edge.db.features import detect
+
+        # detect() is sync; run it on a short-lived sync connection to keep one code path.
+        with psycopg.connect(self._conninfo, connect_timeout=int(max(1, self._timeout)),
+                             autocommit=True) as sconn:
+            self.features = detect(sconn)
+        await self._load_tag_ids()
+        return self.features
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            try:
+                await self.conn.close()
+            finally:
+                self.conn = None
+
+    @property
+    def connected(self) -> bool:
+        return self.conn is not None and not self.conn.closed
+
+    async def _load_tag_ids(self) -> None:
+        async with self.conn.cursor() as cur:
+            await cur.execute("SELECT name, id FROM tags")
+            self._tag_ids = dict(await cur.fetchall())
+        await self.conn.commit()
+
+    async def sync_registry(self, assets: Iterable[Asset], tags: Iterable[Tag]) -> None:
+        """Upsert the configured assets, tags and calibration records (traceability)."""
+        conn = self.conn
+        async with conn.transaction(), conn.cursor() as cur:
+            for a in assets:
+                await cur.execute(
+                    "INSERT INTO assets (name, site, kind, description) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (name) DO UPDATE SET site = EXCLUDED.site, kind = EXCLUDED.kind, "
+                    "description = EXCLUDED.description, updated_at = now()",
+                    (a.name, a.site, a.kind, a.description))
+            for t in tags:
+                lo, hi = t.range if t.range else (None, None)
+                await cur.execute(
+                    "INSERT INTO tags (name, asset, unit, description, kind, range_min, range_max, sampling_ms,"
+                    " configured) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, true) "
+                    "ON CONFLICT (name) DO UPDATE SET asset = EXCLUDED.asset, unit = EXCLUDED.unit,"
+                    " description = EXCLUDED.description, kind = EXCLUDED.kind, range_min = EXCLUDED.range_min,"
+                    " range_max = EXCLUDED.range_max, sampling_ms = EXCLUDED.sampling_ms, configured = true,"
+                    " updated_at = now() RETURNING id",
+                    (t.name, t.asset, t.unit, t.description, t.kind, lo, hi, t.sampling_ms))
+                (tag_id,) = await cur.fetchone()
+                self._tag_ids[t.name] = tag_id
+                c = t.calibration
+                if c is not None:
+                    # A new certificate starts a new calibration period; the same one is not repeated.
+                    await cur.execute(
+                        "INSERT INTO tag_calibrations (tag_id, valid_from, certificate, calibrated_on,"
+                        " uncertainty, uncertainty_unit) SELECT %s, now(), %s, %s, %s, %s "
+                        "WHERE NOT EXISTS (SELECT 1 FROM tag_calibrations WHERE tag_id = %s AND certificate = %s"
+                        " AND calibrated_on = %s AND uncertainty = %s)",
+                        (tag_id, c.certificate, c.date, c.uncertainty, c.uncertainty_unit,
+                         tag_id, c.certificate, c.date, c.uncertainty))
+
+    async def _ensure_tags(self, names: set[str]) -> None:
+        missing = [n for n in names if n not in self._tag_ids]
+        if not missing:
+            return
+        conn = self.conn
+        async with conn.transaction(), conn.cursor() as cur:
+            await cur.execute(
+                "INSERT INTO tags (name, configured) SELECT unnest(%s::text[]), false ON CONFLICT (name) DO NOTHING",
+                (missing,))
+            await cur.execute("SELECT name, id FROM tags WHERE name = ANY(%s)", (missing,))
+            self._tag_ids.update(dict(await cur.fetchall()))
+
+    async def write(self, batches: list[SpooledBatch]) -> WriteResult:
+        """Commit the readings and dead letters of ``batches`` exactly once."""
+        conn = self.conn
+        rows = [r for b in batches for r in b.rows]
+        dead = [d for b in batches for d in b.dead_letters]
+        await self._ensure_tags({r[0] for r in rows})
+        ids = self._tag_ids
+        payload = encode_rows(rows, ids)
+        result = WriteResult(rows=len(rows), inserted=len(rows), duplicates=0,
+                             min_time_us=min((r[1] for r in rows), default=None),
+                             max_time_us=max((r[1] for r in rows), default=None),
+                             tag_ids={ids[r[0]] for r in rows})
+        async with conn.transaction():
+            async with conn.cursor() as cur:
+                if rows:
+                    try:
+                        async with conn.transaction():  # savepoint
+                            async with cur.copy(_COPY_READINGS) as copy:
+                                await copy.write(payload)
+                    except psycopg.errors.UniqueViolation:
+                        result.fast_path = False
+                        result.inserted = await self._insert_dedup(cur, payload)
+                        result.duplicates = len(rows) - result.inserted
+                if dead:
+                    await cur.executemany(
+                        "INSERT INTO dead_letters (time, source, topic, payload, error) VALUES (%s, %s, %s, %s, %s)",
+                        [(from_us(t), s, topic, bytes(p), e) for s, topic, p, e, t in dead])
+        return result
+
+    async def _insert_dedup(self, cur: psycopg.AsyncCursor, payload: bytes) -> int:
+        await cur.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS readings_in (LIKE readings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+        await cur.execute("TRUNCATE readings_in")
+        async with cur.copy(f"COPY readings_in ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
+            await copy.write(payload)
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS)
+        await cur.execute(sql.SQL(
+            "INSERT INTO readings ({cols}) SELECT {cols} FROM readings_in ORDER BY tag_id, time "
+            "ON CONFLICT (tag_id, time) DO NOTHING").format(cols=cols))
+        return cur.rowcount
+
+    async def refresh_rollups(self, tag_ids: set[int], start: datetime, end: datetime) -> None:
+        """Recompute the 1-minute and 1-hour rollups touched by [start, end] for ``tag_ids``."""
+        from edge.sink.rollups import refresh
+
+        await refresh(self.conn, self.features, sorted(tag_ids), start, end)
+
+    async def apply_retention(self, days: int) -> int:
+        from edge.sink.rollups import retention
+
+        return await retention(self.conn, self.features, days)

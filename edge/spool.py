@@ -1,0 +1,227 @@
+"""Durable store-and-forward spool: SQLite in WAL mode (DESIGN.md §3, §5).
+
+Every batch is committed here before it is acknowledged upstream; the forwarder
+reads the oldest batches, writes them to the database, and deletes only what the
+database committed. A gateway killed with SIGKILL at any moment therefore loses
+nothing it acknowledged; at worst a batch is written to the database twice, which
+the database's (tag, time) key makes harmless.
+
+Rows are stored as one msgpack blob per batch (columnar-ish tuples), which keeps
+SQLite work per reading tiny. Tag *names* are stored, not database ids, so a spool
+survives a database being rebuilt.
+
+The class is synchronous; `edge.pipeline` runs it on one dedicated thread.
+
+Disk budget: ``max_bytes`` bounds the payload bytes held. When full,
+``reject_new`` refuses appends (the pipeline then applies back-pressure: nothing is
+acknowledged that was not stored) and ``drop_oldest`` deletes the oldest batches to
+make room (counted as dropped).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgpack
+
+from edge.records import DeadLetter, Quality, Reading
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+# Row layout inside a payload (kept stable: spools outlive program versions).
+# (tag, time_us, value, receive_time_us, quality, flags, status, server_time_us|None)
+_FORMAT_VERSION = 1
+
+
+def to_us(dt: datetime) -> int:
+    """Exact microseconds since the Unix epoch of an aware datetime."""
+    return (dt - _EPOCH) // _US
+
+
+def from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+class SpoolFull(Exception):
+    """The disk budget is reached and the policy is ``reject_new``."""
+
+
+@dataclass(slots=True)
+class SpooledBatch:
+    seq: int
+    rows: list[tuple]  # see _FORMAT_VERSION layout
+    dead_letters: list[tuple]  # (source, topic, payload, error, receive_time_us)
+    created: float
+
+
+def encode_readings(readings: list[Reading]) -> list[tuple]:
+    out = []
+    for r in readings:
+        v = r.value
+        if v is not None and not isinstance(v, bool | int | float | str):
+            v = str(v)
+        out.append((r.tag, to_us(r.time), v, to_us(r.receive_time), int(r.quality), r.flags, r.status,
+                    None if r.server_time is None else to_us(r.server_time)))
+    return out
+
+
+def decode_readings(rows: list[tuple]) -> list[Reading]:
+    """Spool rows back into Readings (used by tools and tests; the sink reads rows directly)."""
+    return [Reading(tag=t, time=from_us(ts), value=v, receive_time=from_us(rt), quality=Quality(q),
+                    flags=f, status=s, server_time=None if st is None else from_us(st))
+            for t, ts, v, rt, q, f, s, st in rows]
+
+
+class Spool:
+    def __init__(self, path: Path, *, max_bytes: int, policy: str = "reject_new",
+                 synchronous: str = "full"):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.policy = policy
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db = self._db
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+        db.execute("PRAGMA busy_timeout=10000")
+        # Large outages write GBs; give disk back once drained (see `vacuum_if_empty`).
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS batches ("
+            " seq INTEGER PRIMARY KEY AUTOINCREMENT, fmt INTEGER NOT NULL, n INTEGER NOT NULL,"
+            " nbytes INTEGER NOT NULL, created REAL NOT NULL, payload BLOB NOT NULL)"
+        )
+        row = db.execute("SELECT count(*), coalesce(sum(n), 0), coalesce(sum(nbytes), 0) FROM batches").fetchone()
+        self.batches, self.readings, self.bytes = row
+        self.dropped = 0  # readings dropped by drop_oldest since start
+        self.rejected = 0  # readings refused by reject_new since start
+
+    # -- writing -------------------------------------------------------------------------
+    def append_many(self, items: list[tuple[list[Reading], list[DeadLetter]]]) -> list[int]:
+        """Store several batches in one transaction (one fsync); returns their sequence numbers.
+
+        Raises SpoolFull (nothing stored) when the budget is reached under ``reject_new``.
+        """
+        payloads = []
+        for readings, dead in items:
+            body = msgpack.packb(
+                [encode_readings(readings),
+                 [(d.source, d.topic, d.payload, d.error, to_us(d.receive_time)) for d in dead]],
+                use_bin_type=True)
+            payloads.append((len(readings), body))
+        incoming = sum(len(b) for _, b in payloads)
+        n_in = sum(n for n, _ in payloads)
+        if self.bytes + incoming > self.max_bytes:
+            if self.policy == "drop_oldest":
+                self._drop_oldest(self.bytes + incoming - self.max_bytes)
+            else:
+                self.rejected += n_in
+                raise SpoolFull(f"spool at {self.bytes} of {self.max_bytes} bytes")
+        now = time.time()
+        seqs = []
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for n, body in payloads:
+                cur = db.execute(
+                    "INSERT INTO batches (fmt, n, nbytes, created, payload) VALUES (?, ?, ?, ?, ?)",
+                    (_FORMAT_VERSION, n, len(body), now, body))
+                seqs.append(cur.lastrowid)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.batches += len(payloads)
+        self.readings += n_in
+        self.bytes += incoming
+        return seqs
+
+    def _drop_oldest(self, need: int) -> None:
+        freed = 0
+        dropped = 0
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for seq, n, nbytes in db.execute("SELECT seq, n, nbytes FROM batches ORDER BY seq").fetchall():
+                if freed >= need:
+                    break
+                db.execute("DELETE FROM batches WHERE seq = ?", (seq,))
+                freed += nbytes
+                dropped += n
+                self.batches -= 1
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.bytes -= freed
+        self.readings -= dropped
+        self.dropped += dropped
+
+    # -- reading -------------------------------------------------------------------------
+    def peek(self, max_rows: int, after_seq: int = 0) -> list[SpooledBatch]:
+        """The oldest batches (after ``after_seq``) holding up to ``max_rows`` readings (at least one batch)."""
+        out: list[SpooledBatch] = []
+        total = 0
+        cur = self._db.execute(
+            "SELECT seq, fmt, n, created, payload FROM batches WHERE seq > ? ORDER BY seq", (after_seq,))
+        for seq, fmt, n, created, payload in cur:
+            if out and total + n > max_rows:
+                break
+            if fmt != _FORMAT_VERSION:
+                raise RuntimeError(f"spool batch {seq} has unknown format {fmt}")
+            rows, dead = msgpack.unpackb(payload, raw=False, use_list=False)
+            out.append(SpooledBatch(seq, list(rows), list(dead), created))
+            total += n
+        cur.close()
+        return out
+
+    def delete(self, seqs: list[int]) -> None:
+        """Forget batches the database has committed."""
+        if not seqs:
+            return
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            q = ",".join("?" * len(seqs))
+            n, nbytes = db.execute(
+                f"SELECT coalesce(sum(n), 0), coalesce(sum(nbytes), 0) FROM batches WHERE seq IN ({q})",
+                seqs).fetchone()
+            cnt = db.execute(f"DELETE FROM batches WHERE seq IN ({q})", seqs).rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.batches -= cnt
+        self.readings -= n
+        self.bytes -= nbytes
+
+    def oldest_age_s(self) -> float:
+        row = self._db.execute("SELECT min(created) FROM batches").fetchone()
+        return 0.0 if row[0] is None else max(0.0, time.time() - row[0])
+
+    def file_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                total += os.path.getsize(str(self.path) + suffix)
+            except OSError:
+                pass
+        return total
+
+    def vacuum_if_empty(self) -> None:
+        """Give disk back after a drained backlog; cheap when there is nothing to free."""
+        if self.batches == 0:
+            self._db.execute("PRAGMA incremental_vacuum")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def close(self) -> None:
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            self._db.close()
