@@ -1,0 +1,109 @@
+"""Configuration: each kind of mistake gives its own clear message naming file and key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge import settings
+from edge.errors import ConfigError
+
+GOOD = """
+[site]
+name = "t"
+gateway_id = "gw-t"
+
+[database]
+url = "postgresql://valvoja@127.0.0.1:5432/valvoja"
+password = "env:VALVOJA_TEST_PW"
+
+[[assets]]
+name = "P-101"
+
+[[tags]]
+name = "P-101.vib"
+asset = "P-101"
+unit = "mm/s"
+range = [0, 50]
+[tags.calibration]
+certificate = "KAL-1"
+date = 2026-01-13
+uncertainty = 0.1
+"""
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    p = tmp_path / "site.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        settings.load(p)
+    assert all(line.startswith(str(p)) for line in err.value.problems), "every problem names the file"
+    return err.value.problems
+
+
+def test_good_config_loads(tmp_path):
+    p = tmp_path / "site.toml"
+    p.write_text(GOOD)
+    cfg = settings.load(p)
+    assert cfg.tags[0].calibration.certificate == "KAL-1"
+    assert cfg.site.state_dir == tmp_path / "var"  # relative to the file
+
+
+@pytest.mark.parametrize("change, expected", [
+    ('[site]\ngateway_id = "has space"', "site.gateway_id: String should match pattern"),
+    ('[database]\nurl = "postgresql://u:pw@h/db"', "database.url: contains a password"),
+    ('[database]\npassword = "hunter2"', "database.password: must be a reference"),
+    ('[database]\nbatchrows = 5', "database.batchrows: unknown key"),
+    ('[database]\nbatch_rows = -1', "database.batch_rows: Input should be greater than or equal to 1"),
+    ('[spool]\nfull_policy = "explode"', "spool.full_policy: Input should be 'reject_new' or 'drop_oldest'"),
+    ('[[tags]]\nname = "x"\nrange = [5, 1]', "tags[0] (x).range: must be [low, high] with low < high"),
+    ('[[tags]]\nunit = "C"', "tags[0].name: is required"),
+    ('[[collectors]]\nkind = "modbus"', "collectors[0] (modbus-0).kind: must be one of"),
+])
+def test_each_mistake_has_its_own_message(tmp_path, change, expected):
+    found = problems(tmp_path, change)
+    assert any(expected in line for line in found), found
+
+
+def test_all_problems_reported_at_once(tmp_path):
+    found = problems(tmp_path, '[site]\ngateway_id = "a b"\n[database]\npassword = "x"\nbogus = 1\n')
+    assert len(found) == 3
+
+
+def test_toml_syntax_error_names_line(tmp_path):
+    found = problems(tmp_path, "[site\nname = 1\n")
+    assert "not valid TOML" in found[0] and "line 1" in found[0]
+
+
+def test_unknown_asset_reference(tmp_path):
+    found = problems(tmp_path, '[[assets]]\nname = "A"\n[[tags]]\nname = "t"\nasset = "B"\n')
+    assert any("asset 'B' is not in [[assets]]" in line for line in found)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read configuration"):
+        settings.load(tmp_path / "nope.toml")
+
+
+def test_check_config_command_exit_codes(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text(GOOD)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[spool]\nmax_bytes = 1\n[http]\nlisten = "nowhere"\n')
+    ok = subprocess.run([sys.executable, "-m", "edge.cli", "check-config", str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "OK" in ok.stdout
+    ko = subprocess.run([sys.executable, "-m", "edge.cli", "check-config", str(bad)], capture_output=True, text=True)
+    assert ko.returncode == 1
+    assert "spool.max_bytes" in ko.stderr and "http.listen" in ko.stderr and "2 problem(s)" in ko.stderr
+
+
+def test_example_configs_are_valid():
+    root = Path(__file__).resolve().parents[1] / "config"
+    files = sorted(root.glob("*.toml"))
+    assert files, "config/ must hold example site configurations"
+    for f in files:
+        settings.load(f)  # raises with every problem if an example drifted from the code

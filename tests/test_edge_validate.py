@@ -1,0 +1,78 @@
+"""Validation sets quality flags without dropping the raw value."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+
+from edge.records import Flag, Quality, Reading, utcnow
+from edge.settings import Tag, Validation
+from edge.validate import Validator, rule_names
+
+
+def _r(tag, value, dt_s=0.0, now=None, quality=Quality.GOOD):
+    now = now or utcnow()
+    return Reading(tag=tag, time=now + timedelta(seconds=dt_s), value=value, receive_time=now, quality=quality)
+
+
+def make(**tags) -> Validator:
+    return Validator({n: Tag(name=n, **kw) for n, kw in tags.items()}, Validation())
+
+
+def test_nan_and_inf_are_bad_and_kept():
+    v = make(a={"range": (0, 10)})
+    now = utcnow()
+    rs = [_r("a", math.nan, now=now), _r("a", math.inf, now=now), _r("a", 5.0, now=now)]
+    assert v.apply(rs, now) == 2
+    assert rs[0].quality == Quality.BAD and rs[0].flags & Flag.NOT_FINITE and math.isnan(rs[0].value)
+    assert rs[1].quality == Quality.BAD and rs[1].value == math.inf
+    assert rs[2].quality == Quality.GOOD and rs[2].flags == 0
+    assert rs[0].status_name == "not_finite"
+
+
+def test_out_of_range_is_uncertain_with_value_kept():
+    v = make(a={"range": (0, 10)})
+    now = utcnow()
+    rs = [_r("a", -0.1, now=now), _r("a", 10.0, now=now), _r("a", 11, now=now)]
+    v.apply(rs, now)
+    assert [r.quality for r in rs] == [Quality.UNCERTAIN, Quality.GOOD, Quality.UNCERTAIN]
+    assert rs[2].value == 11 and rule_names(rs[2].flags) == ["out_of_range"]
+
+
+def test_frozen_value_flagged_after_its_window():
+    v = make(a={"frozen_after_s": 10})
+    now = utcnow()
+    rs = [_r("a", 1.0, dt_s=-30 + i, now=now) for i in range(25)]
+    v.apply(rs, now)
+    assert all(r.quality == Quality.GOOD for r in rs[:11])
+    assert all(r.flags & Flag.FROZEN for r in rs[11:])
+    change = [_r("a", 2.0, now=now)]
+    v.apply(change, now)
+    assert change[0].quality == Quality.GOOD
+
+
+def test_future_and_stale_timestamps():
+    v = make(a={})
+    now = utcnow()
+    rs = [_r("a", 1.0, dt_s=60, now=now), _r("a", 1.0, dt_s=-8 * 86400, now=now), _r("a", 1.0, dt_s=3, now=now)]
+    v.apply(rs, now)
+    assert rs[0].flags & Flag.FUTURE_TIME and rs[0].quality == Quality.UNCERTAIN
+    assert rs[1].flags & Flag.STALE_TIME
+    assert rs[2].flags == 0  # within the 5 s tolerance
+
+
+def test_device_bad_quality_is_never_upgraded():
+    v = make(a={})
+    now = utcnow()
+    r = _r("a", 1.0, now=now, quality=Quality.BAD)
+    v.apply([r], now)
+    assert r.quality == Quality.BAD
+
+
+def test_unknown_tag_flagged_but_quality_kept_and_type_mismatch_bad():
+    v = make(a={"kind": "float"})
+    now = utcnow()
+    rs = [_r("zz", 1.0, now=now), _r("a", "hello", now=now)]
+    v.apply(rs, now)
+    assert rs[0].flags & Flag.UNKNOWN_TAG and rs[0].quality == Quality.GOOD
+    assert rs[1].flags & Flag.TYPE_MISMATCH and rs[1].quality == Quality.BAD and rs[1].value == "hello"
