@@ -197,6 +197,7 @@ class Gateway:
                          "last_error": fwd.last_error if fwd else None},
             "collectors": {name: _safe_status(c) for name, c in self.collectors.items()},
             "queue_batches": self.ingest.queue.qsize(),
+            "latency_s": _percentiles(fwd.latency_s) if fwd else None,
         }
 
     def _render_metrics(self) -> bytes:
@@ -210,6 +211,18 @@ class Gateway:
         dead = [n for n, t in self._tasks.items() if t.done()]
         detail["dead_tasks"] = dead
         return not dead, detail
+
+
+def _percentiles(samples) -> dict | None:
+    """p50/p99/max of the recent source-time-to-commit latencies (a bounded reservoir)."""
+    if not samples:
+        return None
+    import numpy as np
+
+    arr = np.fromiter(samples, dtype=float, count=len(samples))
+    p50, p99 = np.percentile(arr, [50, 99])
+    return {"p50": round(float(p50), 4), "p99": round(float(p99), 4), "max": round(float(arr.max()), 4),
+            "n": int(arr.size)}
 
 
 def _safe_status(collector) -> dict:

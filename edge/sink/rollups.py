@@ -68,6 +68,11 @@ async def refresh(conn: psycopg.AsyncConnection, features: Features, tag_ids: li
 async def retention(conn: psycopg.AsyncConnection, features: Features, days: int) -> int:
     """Drop raw readings older than ``days`` (rollups are kept); returns chunks or rows removed."""
     async with conn.transaction(), conn.cursor() as cur:
+        if features.community:
+            # The server's own job scheduler does it; re-adding keeps the policy in step with the config.
+            await cur.execute("SELECT remove_retention_policy('readings', if_exists => true)")
+            await cur.execute("SELECT add_retention_policy('readings', %s * interval '1 day')", (days,))
+            return 0
         if features.timescaledb:
             await cur.execute("SELECT count(*) FROM drop_chunks('readings', older_than => %s * interval '1 day')",
                               (days,))

