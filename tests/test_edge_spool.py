@@ -58,7 +58,7 @@ def test_reject_new_refuses_without_storing(tmp_path):
     sp = Spool(tmp_path / "s.db", max_bytes=1_000_000, policy="reject_new")
     big = _readings(20_000)
     with pytest.raises(SpoolFull):
-        for i in range(100):
+        for _ in range(100):
             sp.append_many([(big, [])])
     held = sp.readings
     assert held > 0 and sp.bytes <= sp.max_bytes

@@ -1,0 +1,310 @@
+"""The MQTT collector: one broker, QoS 1 on a persistent session, acknowledged after the spool.
+
+Threads. paho runs its network loop in its own thread (``loop_start``). ``_on_message`` runs
+there: it waits for an in-flight slot (back-pressure), decodes the payload, and hands a `Batch`
+to the event loop with ``call_soon_threadsafe``; ``run`` emits the batches in arrival order.
+The pipeline calls ``batch.ack`` on the event loop once the readings are durable; that sends the
+MQTT PUBACK with ``Client.ack``, which only appends to paho's outgoing deque and wakes the
+network thread through its socket pair, the same path ``publish`` takes from other threads.
+
+At least once. paho's automatic acknowledgement is off (``manual_ack=True``): a message the
+gateway received but had not stored when it died is still unacknowledged in the broker's
+session and is sent again on the next connection. An acknowledgement is only sent on the
+connection that received the message (packet ids are per connection); after a reconnect the
+broker re-sends what was not acknowledged and the database key removes the duplicates.
+
+Back-pressure. At most ``max_inflight`` messages are between paho and the PUBACK. MQTT 5 tells
+the broker so (Receive Maximum); with 3.1.1 the network thread waits for a slot, which stops
+reading from the socket, so the broker keeps the messages.
+
+Reconnects. paho's own reconnect is off (``reconnect_on_failure=False``): ``run`` raises
+`NotConnectedError` when the connection drops and the gateway's supervisor (one back-off policy
+for every collector) calls ``run`` again with a fresh client and the same client id, so the
+session and its queued messages carry over. A resumed session keeps its subscriptions (see
+``_subscribe``); before a clean disconnect an UNSUBSCRIBE round trip makes sure the broker has
+processed every PUBACK sent (see ``_barrier``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from datetime import datetime
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from collectors.base import CollectorContext, Emit
+from collectors.mqtt.config import Config
+from collectors.mqtt.router import Router
+from collectors.mqtt.session import Ack, Connection, SavedSubscriptions, tls_context
+from edge.errors import NotConnectedError
+from edge.records import Batch, utcnow
+
+log = logging.getLogger(__name__)
+
+_LOST = object()  # queue sentinel: the connection is gone
+BARRIER_TOPIC = "valvoja/barrier/never-subscribed"  # unsubscribed before DISCONNECT; see _barrier
+BARRIER_TIMEOUT_S = 2.0
+
+
+class MqttCollector:
+    """Subscribes to ``config.subscriptions`` on one broker; see the module docstring."""
+
+    def __init__(self, config: Config, context: CollectorContext, *, password: str | None = None) -> None:
+        self.name = context.name
+        self.cfg = config
+        self.ctx = context
+        self._password = password
+        self._tls = tls_context(config)
+        self.router = Router(self.name, list(config.subscriptions), Path(context.state_dir))
+        self._saved = SavedSubscriptions(Path(context.state_dir) / "subscriptions.json", config)
+        self._client: mqtt.Client | None = None
+        self._conn: Connection | None = None
+        self._m_messages = context.metrics.messages_in.labels(self.name)
+        # For status() / health.
+        self.connected = False
+        self.connected_since: datetime | None = None
+        self.session_present: bool | None = None
+        self.last_message: datetime | None = None
+        self.connects = 0
+        self.last_error: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def run(self, emit: Emit) -> None:
+        """Connect, subscribe, emit a batch per message until the connection is lost (then raise)."""
+        conn = self._conn = Connection(asyncio.get_running_loop(), self.cfg.max_inflight)
+        client = self._client = self._new_client(conn)
+        try:
+            await self._connect(client, conn)
+            await self._subscribe(client, conn)
+            self._set_connected(True)
+            while True:
+                item = await conn.queue.get()
+                if item is _LOST:
+                    raise NotConnectedError(f"{self._where()}: connection lost: {conn.lost_reason}")
+                # Batches received before a loss are still emitted: with QoS 0 or a clean session the
+                # broker will not send them again. Their acks then only free a slot (see Ack).
+                await emit(item)
+        except NotConnectedError as exc:
+            self.last_error = str(exc)
+            raise
+        finally:
+            await self._teardown()
+
+    async def aclose(self) -> None:
+        """Disconnect (the broker keeps the session); safe to call more than once."""
+        await self._teardown()
+
+    def status(self) -> dict:
+        conn, r = self._conn, self.router
+        return {
+            "kind": "mqtt",
+            "broker": self._where(),
+            "protocol": self.cfg.protocol,
+            "client_id": self.cfg.client_id,
+            "connected": self.connected,
+            "connected_since": self.connected_since.isoformat() if self.connected_since else None,
+            "session_present": self.session_present,
+            "last_message": self.last_message.isoformat() if self.last_message else None,
+            "connects": self.connects,
+            "messages": r.messages,
+            "readings": r.readings,
+            "dead_letters": r.dead_letters,
+            "inflight": conn.inflight if conn else 0,
+            "sparkplug": r.sparkplug.stats(),
+            "last_error": self.last_error,
+        }
+
+    # -- steps -----------------------------------------------------------------------------------
+
+    def _where(self) -> str:
+        return f"mqtt{'s' if self.cfg.tls else ''}://{self.cfg.host}:{self.cfg.port}"
+
+    def _new_client(self, conn: Connection) -> mqtt.Client:
+        cfg = self.cfg
+        v5 = cfg.protocol == "5"
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id or "",
+                             clean_session=None if v5 else cfg.clean_session, userdata=conn,
+                             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+                             reconnect_on_failure=False, manual_ack=True)
+        client.connect_timeout = cfg.connect_timeout_s
+        if self._tls is not None:
+            client.tls_set_context(self._tls)
+            client.tls_insecure_set(cfg.tls.insecure)
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, self._password)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = _on_reply
+        client.on_unsubscribe = _on_reply
+        client.on_message = self._on_message
+        return client
+
+    async def _connect(self, client: mqtt.Client, conn: Connection) -> None:
+        cfg = self.cfg
+        self.connects += 1
+        kwargs: dict = {}
+        if cfg.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 0 if cfg.clean_session else cfg.session_expiry_s
+            props.ReceiveMaximum = cfg.max_inflight
+            kwargs = {"clean_start": cfg.clean_session, "properties": props}
+        deadline = time.monotonic() + cfg.connect_timeout_s
+        try:
+            # TCP connect and TLS handshake block: run them off the event loop.
+            await asyncio.wait_for(asyncio.to_thread(client.connect, cfg.host, cfg.port, cfg.keepalive_s, **kwargs),
+                                   cfg.connect_timeout_s)
+            client.loop_start()
+            reason = await asyncio.wait_for(conn.connack, max(0.1, deadline - time.monotonic()))
+        except TimeoutError:
+            raise NotConnectedError(f"{self._where()}: no CONNACK within {cfg.connect_timeout_s:g} s") from None
+        except ssl.SSLCertVerificationError as exc:
+            hint = "" if "match" in str(exc) else " (is tls.ca_file the CA that signed the broker's certificate?)"
+            raise NotConnectedError(f"{self._where()}: TLS: the broker's certificate was refused: "
+                                    f"{exc.verify_message or exc}{hint}") from exc
+        except (OSError, ssl.SSLError, ssl.CertificateError) as exc:
+            raise NotConnectedError(f"{self._where()}: cannot connect: {type(exc).__name__}: {exc}") from exc
+        if reason is not None:
+            raise NotConnectedError(f"{self._where()}: broker refused the connection: {reason}")
+
+    async def _subscribe(self, client: mqtt.Client, conn: Connection) -> None:
+        """Bring the session's subscriptions in line with the configuration.
+
+        A resumed session keeps its subscriptions: subscribing again would make the broker re-send
+        every retained message. Only filters added since the last run are subscribed, and filters
+        removed from the configuration are unsubscribed (else their messages would keep coming).
+        """
+        filters = self.router.filters
+        saved = self._saved.load() if self.session_present else None
+        new = [f for f in filters if saved is None or f not in saved]
+        stale = [f for f in saved or () if f not in filters]
+        if stale:
+            rc, mid = client.unsubscribe(stale)
+            await self._reply(conn, rc, mid, "UNSUBACK")
+            log.info("%s: unsubscribed from %s (no longer configured)", self.name, ", ".join(stale),
+                     extra={"event": "mqtt_unsubscribed", "collector": self.name})
+        if new:
+            qos = self.cfg.qos
+            if self.cfg.protocol == "5":
+                opts = SubscribeOptions(qos=qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+                rc, mid = client.subscribe([(f, opts) for f in new])
+            else:
+                rc, mid = client.subscribe([(f, qos) for f in new])
+            codes = await self._reply(conn, rc, mid, "SUBACK")
+            refused = [f"{f} ({c})" for f, c in zip(new, codes, strict=False) if c.is_failure]
+            if refused:
+                raise NotConnectedError(f"{self._where()}: subscription refused: {', '.join(refused)}")
+        if new or stale or saved is None:
+            self._saved.save(filters)
+
+    async def _reply(self, conn: Connection, rc: int, mid: int, what: str):
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            raise NotConnectedError(f"{self._where()}: cannot send: {mqtt.error_string(rc)}")
+        try:
+            return await conn.wait_reply(mid, self.cfg.connect_timeout_s)
+        except TimeoutError:
+            raise NotConnectedError(f"{self._where()}: no {what} within {self.cfg.connect_timeout_s:g} s") from None
+
+    async def _teardown(self) -> None:
+        client, conn = self._client, self._conn
+        self._client = None
+        self._set_connected(False)
+        if client is None:
+            return
+        if conn is not None:
+            if conn.connected:
+                await self._barrier(client, conn)
+            conn.close()
+        try:
+            # DISCONNECT does not end a persistent session; unacknowledged messages stay with the broker.
+            client.disconnect()
+        except Exception as exc:  # the socket may already be gone
+            log.debug("%s: disconnect: %r", self.name, exc)
+        await asyncio.to_thread(client.loop_stop)
+
+    async def _barrier(self, client: mqtt.Client, conn: Connection) -> None:
+        """Wait until the broker has processed every PUBACK sent so far.
+
+        A broker handles a connection's packets in order, so the UNSUBACK of a harmless UNSUBSCRIBE proves
+        it. Without it, PUBACKs still unread when a quick reconnect takes the session over are dropped
+        with the old connection, and those messages come again (duplicates, not losses).
+        """
+        try:
+            rc, mid = client.unsubscribe(BARRIER_TOPIC)
+            if rc == mqtt.MQTT_ERR_SUCCESS:
+                await conn.wait_reply(mid, BARRIER_TIMEOUT_S)
+        except (TimeoutError, OSError) as exc:
+            log.debug("%s: no UNSUBACK before disconnect: %r", self.name, exc)
+
+    # -- paho callbacks (network thread) -----------------------------------------------------------
+
+    def _on_connect(self, client, conn: Connection, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            conn.to_loop(_resolve, conn.connack, str(reason_code))
+            return
+        conn.connected = True
+        self.session_present = bool(flags.session_present)
+        if not self.cfg.clean_session and not flags.session_present and self.connects > 1:
+            log.warning("%s: the broker had no session for client id %s: messages published while the gateway "
+                        "was away are lost", self.name, self.cfg.client_id,
+                        extra={"event": "mqtt_session_lost", "collector": self.name})
+        conn.to_loop(_resolve, conn.connack, None)
+
+    def _on_disconnect(self, client, conn: Connection, flags, reason_code, properties) -> None:
+        conn.connected = False
+        if conn.closing:
+            return
+        conn.lost_reason = str(reason_code)
+        conn.to_loop(_resolve, conn.connack, f"disconnected before CONNACK: {reason_code}")
+        conn.to_loop(conn.queue.put_nowait, _LOST)
+
+    def _on_message(self, client, conn: Connection, msg: mqtt.MQTTMessage) -> None:
+        # An exception escaping here would stop paho's network thread: report it as a lost connection.
+        try:
+            if not conn.take_slot():
+                return  # shutting down; the broker keeps the message
+            now = utcnow()
+            try:
+                topic = msg.topic
+            except UnicodeDecodeError:
+                topic = None
+            readings, dead = self.router.handle(topic, msg._topic, msg.payload, now)
+            self.last_message = now
+            self._m_messages.inc()
+            conn.to_loop(conn.queue.put_nowait, Batch(self.name, readings, Ack(client, conn, msg.mid, msg.qos), dead))
+        except Exception as exc:
+            log.exception("%s: message handling failed", self.name, extra={"collector": self.name})
+            conn.lost_reason = f"internal error: {exc!r}"
+            conn.to_loop(conn.queue.put_nowait, _LOST)
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _set_connected(self, up: bool) -> None:
+        if up == self.connected:
+            return
+        self.connected = up
+        self.connected_since = utcnow() if up else None
+        self.ctx.metrics.connected.labels(self.name).set(1 if up else 0)
+        if up:
+            self.last_error = None
+            log.info("%s: connected to %s (MQTT %s, session %s), %d subscriptions", self.name, self._where(),
+                     self.cfg.protocol, "resumed" if self.session_present else "new", len(self.router.filters),
+                     extra={"event": "mqtt_connected", "collector": self.name})
+
+
+def _on_reply(client, conn: Connection, mid, reason_codes, properties) -> None:
+    """SUBACK and UNSUBACK (network thread)."""
+    conn.reply(mid, list(reason_codes))
+
+
+def _resolve(fut: asyncio.Future, value) -> None:
+    if not fut.done():
+        fut.set_result(value)

@@ -1,0 +1,156 @@
+"""Configuration of one MQTT collector: ``[[collectors]] kind = "mqtt"`` in the site TOML.
+
+The defaults written here are the only defaults (``sample.toml`` is checked against them by a
+test). Times carry their unit in the name. Secrets are references (``env:NAME`` /
+``file:/path``); a literal password is a configuration error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from collectors.mqtt.topics import TagTemplate, TopicFilter
+from edge.secrets import is_reference
+
+TimeFormat = Literal["auto", "iso8601", "epoch_s", "epoch_ms", "epoch_us", "epoch_ns"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class JsonMapping(Strict):
+    """Where the value, time and tag are in a JSON message. Paths are dotted keys (``data.ts``).
+
+    A message is one sample (an object, or a bare number/bool/string), an array of samples, or,
+    with ``samples``, an object holding an array of samples; ``tag`` and ``time`` found at the
+    message level apply to samples that lack their own.
+    """
+
+    value: str = Field("value", min_length=1,
+                       description='path of the value in a sample; "*" = every other key is a tag ({field})')
+    time: str = Field("time", description='path of the timestamp; "" = the payload has none')
+    tag: str = Field("", description='path of the tag name ({field}); "" = the tag comes from the topic')
+    samples: str = Field("", description='path of an array of samples; "" = message is a sample or an array')
+    time_format: TimeFormat = "auto"
+
+    @field_validator("value", "time", "tag", "samples")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if v and v != "*" and any(part == "" for part in v.split(".")):
+            raise ValueError(f"{v!r} is not a dotted path (empty key between dots)")
+        return v
+
+
+class Subscription(Strict):
+    """One topic filter, how its topics name tags, and how its payloads decode."""
+
+    topic: str = Field(min_length=1, description="MQTT filter; +name names a wildcard level")
+    format: Literal["plain", "json", "sparkplug"] = "json"
+    tag: str | None = Field(None, description="tag template; None = a default that depends on format")
+    json_: JsonMapping = Field(JsonMapping(), alias="json")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _compile(self) -> Subscription:
+        # Compiling here turns every template/topic mistake into a validation error at start-up.
+        _, template = self.compiled()
+        if self.format == "sparkplug":
+            first = self.topic.split("/")[0]
+            if first not in ("spBv1.0", "+", "#"):
+                raise ValueError(f"topic {self.topic!r}: Sparkplug B topics start with spBv1.0/")
+        elif self.format == "json" and self.json_.value == "*" and not template.uses_field:
+            raise ValueError('json.value = "*" makes one tag per key: the tag template needs {field}')
+        elif self.format == "plain" and template.uses_field:
+            raise ValueError(f"tag {template.spec!r}: plain payloads name no {{field}}")
+        return self
+
+    def tag_spec(self) -> str:
+        """The template in force: the configured one or the format's default."""
+        if self.tag is not None:
+            return self.tag
+        if self.format == "sparkplug":
+            return "{group}.{node}.{field}"  # device metrics: see sparkplug.DEVICE_DEFAULT_TAG
+        if self.format == "json" and self.json_.tag:
+            return "{field}"
+        if self.format == "json" and self.json_.value == "*":
+            return "{topic}.{field}"
+        return "{topic}"
+
+    def compiled(self) -> tuple[TopicFilter, TagTemplate]:
+        """A fresh (filter, template) pair; templates hold a per-topic cache, so each decoder gets its own."""
+        topic = TopicFilter(self.topic)
+        return topic, TagTemplate(self.tag_spec(), topic, sparkplug=self.format == "sparkplug")
+
+
+class Tls(Strict):
+    """TLS towards the broker. The server certificate is always verified against ``ca_file``
+    (or the system's CAs when it is not given)."""
+
+    ca_file: str | None = Field(None, description="PEM CA bundle; None = the system trust store")
+    cert_file: str | None = Field(None, description="client certificate (PEM) for mutual TLS")
+    key_file: str | None = Field(None, description="client private key (PEM)")
+    insecure: bool = Field(False, description="skip the host-name check (the chain is still verified)")
+
+    @model_validator(mode="after")
+    def _files(self) -> Tls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (give both or neither)")
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, key)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{key}: no such file {path}")
+        return self
+
+
+class Config(Strict):
+    """One MQTT broker and the topics read from it."""
+
+    host: str = Field("127.0.0.1", min_length=1)
+    port: int = Field(1883, ge=1, le=65535)
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    client_id: str | None = Field(None, min_length=1, description="fixed id; the broker keeps the session under it")
+    clean_session: bool = Field(False, description="False: the broker queues QoS 1 messages while we are away")
+    session_expiry_s: int = Field(7 * 24 * 3600, ge=0, le=0xFFFFFFFF,
+                                  description="MQTT 5: how long the broker keeps the session after a disconnect")
+    keepalive_s: int = Field(30, ge=5, le=65535)
+    connect_timeout_s: float = Field(10.0, gt=0, description="TCP + TLS + CONNACK")
+    qos: Literal[0, 1] = Field(1, description="QoS of the subscriptions (2 is refused: see README)")
+    max_inflight: int = Field(1000, ge=1, le=65535,
+                              description="messages handed to the gateway and not yet acknowledged")
+    tls: Tls | None = None
+    username: str | None = None
+    password: str | None = Field(None, description="env:NAME or file:/path; never the password itself")
+    subscriptions: list[Subscription] = Field(min_length=1)
+
+    @field_validator("qos", mode="before")
+    @classmethod
+    def _qos(cls, v):
+        if v == 2:
+            raise ValueError("QoS 2 is not supported: its PUBREC hands a message over before the gateway has "
+                             "stored it; QoS 1 with the gateway's late acknowledgement loses nothing")
+        return v
+
+    @field_validator("password")
+    @classmethod
+    def _password_is_reference(cls, v: str | None) -> str | None:
+        if v is not None and not is_reference(v):
+            raise ValueError("must be a reference 'env:NAME' or 'file:/path', not a literal password")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if self.password is not None and self.username is None:
+            raise ValueError("password without username")
+        if not self.clean_session and self.client_id is None:
+            raise ValueError("client_id is required for a persistent session (clean_session = false): the "
+                             "broker keeps queued messages under that id")
+        filters = [TopicFilter(s.topic).mqtt for s in self.subscriptions]
+        dups = sorted({f for f in filters if filters.count(f) > 1})
+        if dups:
+            raise ValueError(f"subscriptions: duplicate topic {', '.join(dups)}")
+        return self

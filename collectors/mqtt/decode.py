@@ -1,0 +1,335 @@
+"""Payload decoders: ``(payload, topic, receive_time) -> list[Reading]``, no I/O.
+
+Each subscription gets its own decoder from `make_decoder`. A malformed payload raises
+`edge.errors.DataError` whose message says what is wrong and where (sample index, field path);
+the collector dead-letters it. NaN and infinities are not errors: they become readings and the
+validation stage flags them. Values without a source timestamp get the receive time and
+`Flag.NO_SOURCE_TIME`.
+
+Values are kept in the types the spool can store exactly: bool, int within 64 bits (larger
+integers become floats), float, str (valid UTF-8), or None (a null value, bad quality).
+
+This is the hot path (hundreds of thousands of readings per second): readings are built
+positionally, the tag text around ``{field}`` is cached per topic, and time conversion
+dispatches on the exact type.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import orjson
+
+from collectors.mqtt.config import JsonMapping, Subscription
+from collectors.mqtt.topics import TagTemplate
+from edge.errors import DataError
+from edge.records import Flag, Quality, Reading
+
+Decoder = Callable[[bytes, str, datetime], list[Reading]]
+
+GOOD = Quality.GOOD
+BAD = Quality.BAD
+NO_TIME = int(Flag.NO_SOURCE_TIME)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_fromts = datetime.fromtimestamp
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what the spool (msgpack) stores as an integer
+_MISSING = object()
+
+
+def make_decoder(sub: Subscription) -> Decoder:
+    """The decoder for one subscription (a fresh tag cache each time)."""
+    _, template = sub.compiled()
+    if sub.format == "plain":
+        return PlainDecoder(template)
+    if sub.format == "json":
+        return JsonDecoder(template, sub.json_)
+    from collectors.mqtt.sparkplug import SparkplugDecoder
+
+    return SparkplugDecoder(template, custom_tag=sub.tag is not None)
+
+
+# -- values and times ---------------------------------------------------------------------------
+
+def storable_int(v: int) -> int | float:
+    """``v`` if the spool stores it as an integer, else as a float (DataError beyond float range)."""
+    if _INT_MIN <= v <= _INT_MAX:
+        return v
+    try:
+        return float(v)
+    except OverflowError:
+        raise DataError(f"integer {str(v)[:20]}... is beyond the float range") from None
+
+
+def parse_plain(payload: bytes) -> float | int | bool:
+    """A plain-text payload: a number (int or float, also nan/inf), or true/false (any case)."""
+    try:
+        text = payload.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise DataError(f"plain payload is not ASCII text: {payload[:40]!r}") from None
+    if not text:
+        raise DataError("empty payload (expected a number)")
+    low = text.lower()
+    if low == "true":
+        return True
+    if low == "false":
+        return False
+    try:
+        return storable_int(int(text))
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise DataError(f"plain payload is not a number or true/false: {text[:40]!r}") from None
+
+
+def epoch_to_datetime(v: float | int, unit: str) -> datetime:
+    """Epoch number in ``unit`` (s, ms, us, ns, or auto by magnitude) to an aware UTC datetime."""
+    if unit == "auto":
+        a = abs(v)
+        unit = "s" if a < 1e11 else "ms" if a < 1e14 else "us" if a < 1e17 else "ns"
+    try:
+        if type(v) is int and unit in ("us", "ns"):
+            # Integer arithmetic: float division would be off by a microsecond at this magnitude.
+            return EPOCH + timedelta(microseconds=v if unit == "us" else v // 1000)
+        if unit == "s":
+            return datetime.fromtimestamp(v, UTC)
+        return datetime.fromtimestamp(v / (1e3 if unit == "ms" else 1e6 if unit == "us" else 1e9), UTC)
+    except (OverflowError, ValueError, OSError):
+        raise DataError(f"timestamp {v!r} (epoch {unit}) is out of range") from None
+
+
+def parse_time(v: object, fmt: str) -> datetime:
+    """A JSON timestamp: ISO-8601 text (naive = UTC) or an epoch number, per ``time_format``."""
+    t = type(v)
+    if t is str:
+        if fmt in ("auto", "iso8601"):
+            try:
+                dt = datetime.fromisoformat(v)
+            except ValueError:
+                if fmt == "iso8601":
+                    raise DataError(f"time {v[:40]!r} is not ISO-8601") from None
+            else:
+                if dt.tzinfo is None:
+                    return dt.replace(tzinfo=UTC)
+                return dt if dt.tzinfo is UTC else dt.astimezone(UTC)
+        try:
+            num = float(v) if any(c in v for c in ".eE") else int(v)
+        except ValueError:
+            raise DataError(f"time {v[:40]!r} is neither ISO-8601 nor an epoch number") from None
+        return parse_time(num, fmt)
+    if t is int or t is float:
+        if fmt == "iso8601":
+            raise DataError(f"time {v!r} is a number but time_format is iso8601")
+        if t is float and not math.isfinite(v):
+            raise DataError(f"time {v!r} is not a finite number")
+        return epoch_to_datetime(v, "auto" if fmt == "auto" else fmt[6:])
+    raise DataError(f"time must be text or a number, not {_kind(v)}")
+
+
+def _kind(v: object) -> str:
+    return _KINDS.get(type(v), type(v).__name__)
+
+
+_KINDS = {dict: "an object", list: "an array", bool: "a boolean", type(None): "null", int: "a number",
+          float: "a number", str: "text"}
+
+
+def _check_str(s: str) -> str:
+    if not s.isascii():
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError("text with unpaired surrogates (not valid UTF-8)") from None
+    return s
+
+
+# -- decoders ----------------------------------------------------------------------------------
+
+class PlainDecoder:
+    """The payload is one value as text; the tag comes from the topic."""
+
+    def __init__(self, template: TagTemplate) -> None:
+        self.template = template
+
+    def __call__(self, payload: bytes, topic: str, receive_time: datetime) -> list[Reading]:
+        return [Reading(self.template.render(topic), receive_time, parse_plain(payload), receive_time, GOOD,
+                        NO_TIME)]
+
+
+def loads_json(payload: bytes) -> object:
+    """Parse JSON; non-standard NaN / Infinity literals (sent by many devices) are accepted."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        first = exc
+    # The stdlib parser accepts NaN/Infinity and numbers beyond double range; the round trip through
+    # orjson refuses what the spool could not store (unpaired surrogates, integers beyond 64 bits).
+    try:
+        doc = json.loads(payload)
+        orjson.dumps(doc)
+        return doc
+    except (ValueError, TypeError, RecursionError, orjson.JSONEncodeError):
+        raise DataError(f"not JSON: {first}") from None
+
+
+def _lookup(doc: object, path: tuple[str, ...]) -> object:
+    """The value at a dotted path (as a tuple of keys); _MISSING where any step is absent."""
+    if not path:
+        return _MISSING
+    for k in path:
+        if type(doc) is not dict:
+            return _MISSING
+        doc = doc.get(k, _MISSING)
+        if doc is _MISSING:
+            break
+    return doc
+
+
+_AUTO_BANDS = ((1e11, 1.0), (1e14, 1e3), (1e17, 1e6))  # |epoch| below -> divisor to seconds
+_UNIT_DIV = {"epoch_s": 1.0, "epoch_ms": 1e3, "epoch_us": 1e6}
+
+
+class JsonDecoder:
+    """JSON with a field mapping (`JsonMapping`): one sample, arrays of samples, multi-tag batches."""
+
+    def __init__(self, template: TagTemplate, mapping: JsonMapping) -> None:
+        self.template = template
+        self.m = mapping
+        self.fmt = mapping.time_format
+        self.wide = mapping.value == "*"  # every key but time/tag is a tag
+
+        def split(path: str) -> tuple[str, ...]:
+            return tuple(path.split(".")) if path else ()
+
+        self.vpath = () if self.wide else split(mapping.value)
+        self.tpath, self.gpath, self.spath = split(mapping.time), split(mapping.tag), split(mapping.samples)
+        # Keys a wide sample skips: the first step of the time and tag paths.
+        self.skip = {p[0] for p in (self.tpath, self.gpath) if p}
+        # Epoch numbers in a fixed unit (or, for auto, the unit of the previous number while the next is in
+        # the same magnitude band) convert with one float division: for integer ms or µs below 2**53 the
+        # double is within 0.12 µs of the exact value, so rounding to µs is exact.
+        self.div = _UNIT_DIV.get(self.fmt)
+        self.band = (0.0, 0.0, 1.0)  # auto: (low, high, divisor) of the last number seen
+
+    def _epoch(self, t: float | int) -> datetime:
+        div = self.div
+        if div is None:
+            if self.fmt != "auto":
+                return parse_time(t, self.fmt)  # iso8601 (error) or epoch_ns (integer arithmetic)
+            lo, hi, div = self.band
+            a = t if t >= 0 else -t
+            if not lo <= a < hi:
+                if t != t or a >= 1e17 or a == float("inf"):
+                    return parse_time(t, "auto")
+                k = 0 if a < 1e11 else 1 if a < 1e14 else 2
+                lo, (hi, div) = (0.0, 1e11, 1e14)[k], _AUTO_BANDS[k]
+                self.band = (lo, hi, div)
+        try:
+            return _fromts(t / div, UTC)
+        except (OverflowError, ValueError, OSError):
+            raise DataError(f"timestamp {t!r} is out of range") from None
+
+    def __call__(self, payload: bytes, topic: str, receive_time: datetime) -> list[Reading]:
+        doc = loads_json(payload)
+        msg_time = msg_tag = _MISSING
+        if self.spath:
+            samples = _lookup(doc, self.spath)
+            if type(samples) is not list:
+                where = "missing" if samples is _MISSING else _kind(samples)
+                raise DataError(f"samples at {self.m.samples!r}: expected an array, got {where}")
+            msg_time = _lookup(doc, self.tpath)
+            msg_tag = _lookup(doc, self.gpath)
+        elif type(doc) is list:
+            samples = doc
+        else:
+            samples = (doc,)
+        pre, post = self.template.around_field(topic)
+        needs_field = self.template.uses_field and not self.wide
+        names = self.template.field_tags(topic) if needs_field else None
+        wide, skip = self.wide, self.skip
+        vpath, tpath, gpath = self.vpath, self.tpath, self.gpath
+        vkey = vpath[0] if len(vpath) == 1 else None
+        tkey = tpath[0] if len(tpath) == 1 else None
+        gkey = gpath[0] if len(gpath) == 1 else None
+        epoch = self._epoch
+        out: list[Reading] = []
+        append = out.append
+        for i, s in enumerate(samples):
+            try:
+                if type(s) is dict:
+                    t = s.get(tkey, msg_time) if tkey is not None else _lookup(s, tpath)
+                    if t is _MISSING:
+                        t = msg_time
+                    if wide:
+                        items = [(k, v) for k, v in s.items() if k not in skip]
+                    else:
+                        v = s.get(vkey, _MISSING) if vkey is not None else _lookup(s, vpath)
+                        if v is _MISSING:
+                            raise DataError(f"no value at {self.m.value!r}")
+                    field = s.get(gkey, msg_tag) if gkey is not None else _lookup(s, gpath)
+                    if field is _MISSING:
+                        field = msg_tag
+                elif wide or type(s) is list or s is None:
+                    raise DataError(f"expected an object{'' if wide else ' or a value'}, got {_kind(s)}")
+                else:
+                    v, t, field = s, msg_time, msg_tag
+                if t is _MISSING or t is None:
+                    time, flags = receive_time, NO_TIME
+                else:
+                    tt = type(t)
+                    time = epoch(t) if tt is int or tt is float else parse_time(t, self.fmt)
+                    flags = 0
+                if needs_field:
+                    tag = names.get(field) if type(field) is str else None
+                    if tag is None:
+                        tag = self._field_tag(field, names, pre, post)
+                else:
+                    tag = pre
+                if wide:
+                    for k, v in items:
+                        if not k:
+                            raise DataError("an empty key cannot name a tag")
+                        self._append(append, pre + _check_str(k) + post, time, v, receive_time, flags, k)
+                    continue
+                tv = type(v)
+                if tv is float or tv is bool:
+                    append(Reading(tag, time, v, receive_time, GOOD, flags))
+                else:
+                    self._append(append, tag, time, v, receive_time, flags, None)
+            except DataError as exc:
+                if len(samples) == 1:
+                    raise
+                raise DataError(f"sample {i}: {exc}") from None
+        return out
+
+    def _field_tag(self, field: object, names: dict[str, str], pre: str, post: str) -> str:
+        if field is _MISSING or field is None:
+            raise DataError(f"no tag name at {self.m.tag!r}" if self.m.tag else
+                            'the tag template needs {field}, which only json.tag or json.value = "*" provide')
+        if type(field) is not str:
+            raise DataError(f"tag name at {self.m.tag!r} is {_kind(field)}, not text")
+        if not field:
+            raise DataError(f"tag name at {self.m.tag!r} is empty")
+        tag = pre + _check_str(field) + post
+        if len(names) < 100_000:
+            names[field] = tag
+        return tag
+
+    def _append(self, append, tag: str, time: datetime, v: object, receive_time: datetime, flags: int,
+                key: str | None) -> None:
+        tv = type(v)
+        if tv is float or tv is bool:
+            append(Reading(tag, time, v, receive_time, GOOD, flags))
+        elif tv is int:
+            append(Reading(tag, time, storable_int(v), receive_time, GOOD, flags))
+        elif tv is str:
+            append(Reading(tag, time, _check_str(v), receive_time, GOOD, flags))
+        elif v is None:
+            append(Reading(tag, time, None, receive_time, BAD, flags, 0, "null value"))
+        else:
+            what = f"value of {key!r}" if key is not None else f"value at {self.m.value!r}"
+            raise DataError(f"{what} is {_kind(v)}, not a number, boolean or text")

@@ -1,0 +1,95 @@
+"""Message -> readings: the subscription a topic belongs to, its decoder, and dead letters.
+
+Runs on paho's network thread. A message that cannot be decoded becomes a `DeadLetter` (kept by
+the pipeline for inspection) and one log line per topic, then at most one per ``LOG_EVERY_S`` with
+the number suppressed in between, so a device that sends garbage ten times a second does not flood
+the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+
+from collectors.mqtt.config import Subscription
+from collectors.mqtt.decode import Decoder, make_decoder
+from collectors.mqtt.sparkplug import SparkplugDecoder
+from collectors.mqtt.sparkplug_state import SparkplugStore
+from collectors.mqtt.topics import TopicFilter
+from edge.errors import DataError
+from edge.records import DeadLetter, Reading
+
+log = logging.getLogger(__name__)
+
+DEAD_LETTER_MAX_BYTES = 1 << 20  # payload bytes kept per dead letter
+LOG_EVERY_S = 60.0  # a topic's decode errors are logged at most this often
+_LOG_TOPICS_MAX = 10_000
+_ROUTE_CACHE_MAX = 65_536
+
+
+class Router:
+    """The collector's subscriptions with their decoders; counts what it handles."""
+
+    def __init__(self, source: str, subscriptions: list[Subscription], state_dir: Path) -> None:
+        self.source = source
+        self.sparkplug = SparkplugStore(Path(state_dir) / "sparkplug")
+        self.routes: list[tuple[TopicFilter, Decoder]] = []
+        for sub in subscriptions:
+            decoder = make_decoder(sub)
+            if isinstance(decoder, SparkplugDecoder):
+                self.sparkplug.attach(decoder)
+            self.routes.append((sub.compiled()[0], decoder))
+        self.filters = [flt.mqtt for flt, _ in self.routes]
+        self._cache: dict[str, Decoder | None] = {}
+        self._log_times: dict[str, tuple[float, int]] = {}
+        self.messages = self.readings = self.dead_letters = 0
+
+    def handle(self, topic: str | None, raw_topic: bytes, payload: bytes,
+               now: datetime) -> tuple[list[Reading], list[DeadLetter]]:
+        """Decode one message; ``topic`` is None when its bytes are not UTF-8."""
+        self.messages += 1
+        if topic is None:
+            return [], [self._dead_letter(raw_topic.decode("utf-8", "replace"), payload,
+                                          "topic is not valid UTF-8", now)]
+        decoder = self._route(topic)
+        try:
+            if decoder is None:
+                raise DataError("no subscription of this collector matches the topic")
+            readings = decoder(payload, topic, now)
+        except DataError as exc:
+            return [], [self._dead_letter(topic, payload, str(exc), now)]
+        self.readings += len(readings)
+        return readings, []
+
+    def _route(self, topic: str) -> Decoder | None:
+        cache = self._cache
+        try:
+            return cache[topic]
+        except KeyError:
+            pass
+        levels = topic.split("/")
+        found = next((dec for flt, dec in self.routes if flt.matches(levels)), None)
+        if len(cache) >= _ROUTE_CACHE_MAX:
+            cache.clear()
+        cache[topic] = found
+        return found
+
+    def _dead_letter(self, topic: str, payload: bytes, error: str, now: datetime) -> DeadLetter:
+        self.dead_letters += 1
+        if len(payload) > DEAD_LETTER_MAX_BYTES:
+            error += f" (payload of {len(payload)} bytes cut to {DEAD_LETTER_MAX_BYTES})"
+            payload = payload[:DEAD_LETTER_MAX_BYTES]
+        mono = time.monotonic()
+        last, suppressed = self._log_times.get(topic, (None, 0))
+        if last is None or mono - last >= LOG_EVERY_S:
+            if len(self._log_times) >= _LOG_TOPICS_MAX:
+                self._log_times.clear()
+            self._log_times[topic] = (mono, 0)
+            more = f" ({suppressed} more on this topic since the last report)" if suppressed else ""
+            log.warning("%s: undecodable message on %s: %s%s", self.source, topic, error, more,
+                        extra={"event": "mqtt_dead_letter", "collector": self.source, "topic": topic})
+        else:
+            self._log_times[topic] = (last, suppressed + 1)
+        return DeadLetter(self.source, topic, bytes(payload), error, now)

@@ -1,0 +1,303 @@
+"""Sparkplug B decoding: births, data with aliases, deaths -> readings. No I/O.
+
+Topics are ``spBv1.0/<group>/<TYPE>/<edge node>[/<device>]``. The decoder keeps, per edge node
+and device, the metric names and datatypes of the last birth certificate, keyed by alias, so
+NDATA/DDATA that carry only aliases decode. That state outlives a gateway restart through
+``on_birth`` (the collector writes it to disk before the birth is acknowledged) and `load_node`.
+
+- NBIRTH / DBIRTH: reset the alias table; every metric with a value becomes a reading.
+- NDATA / DDATA: metrics by name or alias; an unknown alias fails the whole message (DataError:
+  the edge node must rebirth), since guessing a tag would be worse than a dead letter.
+- NDEATH (with the bdSeq of the current birth) / DDEATH: a bad-quality null reading for every
+  metric the node or device had, so consumers see the values stop being live. An NDEATH whose
+  bdSeq is not the current birth's is a late will message of an old session and is ignored.
+- NCMD / DCMD / STATE: commands and host state, not measurements: no readings.
+- Sequence numbers (0..255 per edge node) are checked; a gap is counted in ``stats``, not an error.
+- Quality: the metric property ``Quality`` (OPC DA code: 192 good, 64..191 uncertain, else bad).
+- Timestamps are ms since the epoch: metric's, else payload's, else the receive time.
+- Protocol metrics (``bdSeq``, ``Node Control/*``, ``Device Control/*``) and non-scalar types
+  (DataSet, Template, Bytes, File, arrays) are skipped and counted, not stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from google.protobuf.message import DecodeError
+
+from collectors.mqtt.decode import NO_TIME, _check_str
+from collectors.mqtt.sparkplug_b_pb2 import Payload
+from collectors.mqtt.topics import TagTemplate, TopicFilter
+from edge.errors import DataError
+from edge.records import Flag, Quality, Reading
+
+NAMESPACE = "spBv1.0"
+DEVICE_DEFAULT_TAG = "{group}.{node}.{device}.{field}"
+GOOD, UNCERTAIN, BAD = Quality.GOOD, Quality.UNCERTAIN, Quality.BAD
+SOURCE_STATUS = int(Flag.SOURCE_STATUS)
+_fromts = datetime.fromtimestamp
+
+# DataType numbers (sparkplug_b.proto).
+SIGNED_BITS = {1: 8, 2: 16, 3: 32, 4: 64}  # Int8, Int16, Int32, Int64
+DATETIME = 13
+SCALAR_FIELDS = {"int_value", "long_value", "float_value", "double_value", "boolean_value", "string_value"}
+_PROTOCOL_PREFIXES = ("Node Control/", "Device Control/")
+
+
+@dataclass
+class Entity:
+    """What the last birth said about an edge node or a device: alias -> name, name -> datatype."""
+
+    aliases: dict[int, str] = field(default_factory=dict)
+    types: dict[str, int] = field(default_factory=dict)
+    online: bool = False
+
+    def to_json(self) -> dict:
+        return {"aliases": {str(a): n for a, n in self.aliases.items()}, "types": self.types, "online": self.online}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Entity:
+        return cls({int(a): n for a, n in d.get("aliases", {}).items()}, dict(d.get("types", {})),
+                   bool(d.get("online", False)))
+
+
+@dataclass
+class Node(Entity):
+    bd_seq: int | None = None
+    seq: int | None = None  # last sequence number seen
+    devices: dict[str, Entity] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {**super().to_json(), "bd_seq": self.bd_seq, "seq": self.seq,
+                "devices": {d: e.to_json() for d, e in self.devices.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Node:
+        base = Entity.from_json(d)
+        return cls(base.aliases, base.types, base.online, d.get("bd_seq"), d.get("seq"),
+                   {k: Entity.from_json(v) for k, v in d.get("devices", {}).items()})
+
+
+def scalar_value(m, kind: str | None, datatype: int) -> object:
+    """The metric's value (oneof field ``kind``) as bool/int/float/str; signed integers are sign-extended."""
+    if kind not in SCALAR_FIELDS:
+        return _SKIP
+    v = getattr(m, kind)
+    if kind == "int_value" or kind == "long_value":
+        bits = SIGNED_BITS.get(datatype)
+        if bits is not None:
+            v &= (1 << bits) - 1
+            if v >> (bits - 1):
+                v -= 1 << bits
+    elif kind == "string_value" and type(v) is not str:
+        raise DataError("metric string value is not valid UTF-8")
+    return v
+
+
+_SKIP = object()
+
+
+def quality_of(props) -> tuple[Quality, int, int, str]:
+    """(quality, flags, status, status_name) from a metric's ``Quality`` property, if it has one."""
+    for key, pv in zip(props.keys, props.values, strict=False):
+        kind = pv.WhichOneof("value")
+        if key == "Quality" and kind in ("int_value", "long_value"):
+            q = getattr(pv, kind)
+            if q <= 255 and q & 0xC0 == 0xC0:
+                return GOOD, 0, q, ""
+            quality = UNCERTAIN if q <= 255 and q & 0xC0 == 0x40 else BAD
+            return quality, SOURCE_STATUS, q, f"Quality={q}"
+    return GOOD, 0, 0, ""
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC)
+    except (OverflowError, ValueError, OSError):
+        raise DataError(f"timestamp {ms} ms is out of range") from None
+
+
+class SparkplugDecoder:
+    """Decoder for one Sparkplug subscription; holds the birth state of the nodes it has seen.
+
+    ``on_birth(group, node, state)`` is called after a birth changed a node's state (the
+    collector persists it). ``stats`` counts sequence gaps, stale deaths and skipped metrics.
+    """
+
+    def __init__(self, template: TagTemplate, *, custom_tag: bool,
+                 on_birth: Callable[[str, str, dict], None] | None = None) -> None:
+        self.node_tag = template
+        self.device_tag = template if custom_tag else TagTemplate(DEVICE_DEFAULT_TAG, TopicFilter(f"{NAMESPACE}/#"),
+                                                                  sparkplug=True)
+        self.nodes: dict[tuple[str, str], Node] = {}
+        self.on_birth = on_birth
+        self.stats = {"seq_gaps": 0, "stale_deaths": 0, "skipped_metrics": 0, "ignored_messages": 0}
+
+    def load_node(self, group: str, node: str, state: dict) -> None:
+        """Restore a node's birth state saved from ``on_birth``."""
+        restored = Node.from_json(state)
+        restored.seq = None  # messages were acknowledged after the save: the saved number is stale
+        self.nodes[(group, node)] = restored
+
+    def __call__(self, payload: bytes, topic: str, receive_time: datetime) -> list[Reading]:
+        levels = topic.split("/")
+        if len(levels) < 3 or levels[0] != NAMESPACE:
+            raise DataError(f"not a Sparkplug B topic (expected {NAMESPACE}/group/TYPE/node[/device])")
+        kind = levels[2]
+        if levels[1] == "STATE" or kind in ("NCMD", "DCMD", "STATE"):
+            self.stats["ignored_messages"] += 1
+            return []
+        device = kind[0] == "D"
+        if kind not in ("NBIRTH", "NDATA", "NDEATH", "DBIRTH", "DDATA", "DDEATH") or \
+                len(levels) != (5 if device else 4):
+            raise DataError(f"unknown Sparkplug message type or topic shape: {kind!r} with {len(levels)} levels")
+        try:
+            p = Payload.FromString(payload)
+        except DecodeError as exc:
+            raise DataError(f"not a Sparkplug B payload: {exc}") from None
+        group, node_id = levels[1], levels[3]
+        node = self.nodes.get((group, node_id))
+        if kind == "NBIRTH":
+            return self._birth(p, topic, receive_time, group, node_id, None)
+        if kind == "NDEATH":
+            return self._node_death(p, topic, receive_time, node)
+        self._check_seq(p, node)
+        if kind == "DBIRTH":
+            return self._birth(p, topic, receive_time, group, node_id, levels[4])
+        if kind == "DDEATH":
+            return self._device_death(p, topic, receive_time, node, levels[4])
+        entity = node.devices.get(levels[4]) if device and node else node
+        return self._metrics(p, topic, receive_time, entity, self.device_tag if device else self.node_tag,
+                             f"{'device' if device else 'edge node'} {'/'.join(levels[1:2] + levels[3:])}")
+
+    # -- message kinds ------------------------------------------------------------------------
+
+    def _birth(self, p, topic, receive_time, group, node_id, device) -> list[Reading]:
+        fresh = Entity(online=True)
+        for i, m in enumerate(p.metrics):
+            name = m.name
+            if not name:
+                raise DataError(f"metric {i}: a birth certificate metric needs a name")
+            if type(name) is not str:
+                raise DataError(f"metric {i}: name is not valid UTF-8")
+            fresh.types[name] = m.datatype
+            if m.HasField("alias"):
+                fresh.aliases[m.alias] = name
+        key = (group, node_id)
+        if device is None:
+            seq = p.seq if p.HasField("seq") else None
+            node = self.nodes[key] = Node(fresh.aliases, fresh.types, True, _bd_seq(p), seq)
+            template, entity = self.node_tag, node
+        else:
+            node = self.nodes.setdefault(key, Node())
+            node.devices[device] = fresh
+            template, entity = self.device_tag, fresh
+        if self.on_birth is not None:
+            self.on_birth(group, node_id, node.to_json())
+        return self._metrics(p, topic, receive_time, entity, template, "birth")
+
+    def _node_death(self, p, topic, receive_time, node: Node | None) -> list[Reading]:
+        bd_seq = _bd_seq(p)
+        if node is None or (bd_seq is not None and node.bd_seq is not None and bd_seq != node.bd_seq):
+            self.stats["stale_deaths"] += 1
+            return []
+        node.online = False
+        levels = topic.split("/")
+        out = self._dead(node, self.node_tag, topic, p, receive_time, "NDEATH")
+        for dev, entity in node.devices.items():
+            if entity.online:
+                entity.online = False
+                dev_topic = "/".join([*levels[:2], "DDEATH", levels[3], dev])
+                out += self._dead(entity, self.device_tag, dev_topic, p, receive_time, "NDEATH")
+        return out
+
+    def _device_death(self, p, topic, receive_time, node: Node | None, device: str) -> list[Reading]:
+        entity = node.devices.get(device) if node else None
+        if entity is None:
+            self.stats["stale_deaths"] += 1
+            return []
+        entity.online = False
+        return self._dead(entity, self.device_tag, topic, p, receive_time, "DDEATH")
+
+    def _check_seq(self, p, node: Node | None) -> None:
+        if node is None or not p.HasField("seq"):
+            return
+        if node.seq is not None and p.seq != (node.seq + 1) % 256:
+            self.stats["seq_gaps"] += 1
+        node.seq = p.seq
+
+    # -- readings -----------------------------------------------------------------------------
+
+    def _dead(self, entity: Entity, template: TagTemplate, topic, p, receive_time, why: str) -> list[Reading]:
+        ts = p.timestamp
+        t, flags = (ms_to_datetime(ts), SOURCE_STATUS) if ts else (receive_time, SOURCE_STATUS | NO_TIME)
+        pre, post = template.around_field(topic)
+        return [Reading(pre + name + post, t, None, receive_time, BAD, flags, 0, why)
+                for name in entity.types if not _is_protocol(name)]
+
+    def _metrics(self, p, topic, receive_time, entity: Entity | None, template: TagTemplate,
+                 where: str) -> list[Reading]:
+        pre, post = template.around_field(topic)
+        names = template.field_tags(topic)  # metric name -> tag (protocol metrics never enter)
+        payload_ts = p.timestamp
+        aliases = entity.aliases if entity else {}
+        types = entity.types if entity else {}
+        out: list[Reading] = []
+        append = out.append
+        for i, m in enumerate(p.metrics):
+            name = m.name
+            if not name:
+                name = aliases.get(m.alias)
+                if name is None:
+                    if not m.HasField("alias"):
+                        raise DataError(f"metric {i}: neither name nor alias")
+                    raise DataError(f"metric {i}: alias {m.alias} unknown for {where} (no birth certificate seen "
+                                    "with it: the edge node must rebirth)")
+            elif type(name) is not str:
+                raise DataError(f"metric {i}: name is not valid UTF-8")
+            tag = names.get(name)
+            if tag is None:
+                if _is_protocol(name):
+                    continue
+                tag = pre + _check_str(name) + post
+                if len(names) < 100_000:
+                    names[name] = tag
+            kind = m.WhichOneof("value")
+            if kind == "double_value" or kind == "float_value" or kind == "boolean_value":
+                v = getattr(m, kind)
+            elif kind is None:
+                if not m.is_null:
+                    self.stats["skipped_metrics"] += 1
+                    continue
+                v = None
+            else:
+                v = scalar_value(m, kind, m.datatype or types.get(name, 0))
+                if v is _SKIP:
+                    self.stats["skipped_metrics"] += 1
+                    continue
+            ts = m.timestamp or payload_ts
+            if ts:
+                try:
+                    t = _fromts(ts / 1000, UTC)
+                except (OverflowError, ValueError, OSError):
+                    raise DataError(f"metric {i}: timestamp {ts} ms is out of range") from None
+                flags = 0
+            else:
+                t, flags = receive_time, NO_TIME
+            if v is None:
+                append(Reading(tag, t, None, receive_time, BAD, flags | SOURCE_STATUS, 0, "is_null"))
+            elif m.HasField("properties"):
+                quality, qflags, status, status_name = quality_of(m.properties)
+                append(Reading(tag, t, v, receive_time, quality, flags | qflags, status, status_name))
+            else:
+                append(Reading(tag, t, v, receive_time, GOOD, flags))
+        return out
+
+def _is_protocol(name: str) -> bool:
+    return name == "bdSeq" or name.startswith(_PROTOCOL_PREFIXES)
+
+
+def _bd_seq(p) -> int | None:
+    return next((m.long_value or m.int_value for m in p.metrics if m.name == "bdSeq"), None)

@@ -1,0 +1,163 @@
+"""Sparkplug B encoding, for publishers (the plant simulator, tests, benchmarks).
+
+`encode_payload` turns metrics into payload bytes; `EdgeNode` keeps what a well-behaved edge
+node must (bdSeq, the 0..255 sequence number, aliases handed out in the birth) and returns
+``(topic, payload)`` pairs to publish::
+
+    node = EdgeNode("Plant1", "Gateway7")
+    client.will_set(*node.death(), qos=1)          # before connect: the broker publishes it if we vanish
+    client.publish(*node.birth({"P-101/flow": 12.5, "P-101/running": True}), qos=1)
+    client.publish(*node.data({"P-101/flow": 12.7}), qos=1)   # sent by alias
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from collectors.mqtt.sparkplug import NAMESPACE, SIGNED_BITS
+from collectors.mqtt.sparkplug_b_pb2 import DataType, Payload
+
+Value = float | int | bool | str | None
+
+
+@dataclass(slots=True)
+class Metric:
+    """One metric to encode. ``datatype`` is inferred from the value when None."""
+
+    name: str | None = None
+    value: Value = None
+    alias: int | None = None
+    datatype: int | None = None
+    timestamp_ms: int | None = None
+    quality: int | None = None  # OPC DA quality code sent as the "Quality" property (192 = good)
+
+
+def infer_datatype(v: Value) -> int:
+    if isinstance(v, bool):
+        return DataType.Boolean
+    if isinstance(v, int):
+        return DataType.Int64 if v < 2**63 else DataType.UInt64
+    if isinstance(v, float):
+        return DataType.Double
+    return DataType.String
+
+
+def _set_value(m: Payload.Metric, v: Value, datatype: int) -> None:
+    if v is None:
+        m.is_null = True
+    elif datatype == DataType.Boolean:
+        m.boolean_value = bool(v)
+    elif datatype == DataType.Float:
+        m.float_value = v
+    elif datatype == DataType.Double:
+        m.double_value = v
+    elif datatype in (DataType.String, DataType.Text, DataType.UUID):
+        m.string_value = v
+    elif datatype in (DataType.Int64, DataType.UInt64, DataType.DateTime):
+        m.long_value = v & 0xFFFFFFFFFFFFFFFF  # two's complement for negative Int64
+    elif datatype in SIGNED_BITS or datatype in (DataType.UInt8, DataType.UInt16, DataType.UInt32):
+        m.int_value = v & 0xFFFFFFFF
+    else:
+        raise ValueError(f"cannot encode a value of datatype {datatype}")
+
+
+def encode_payload(metrics: Iterable[Metric], *, seq: int | None = None, timestamp_ms: int | None = None) -> bytes:
+    """Serialize metrics into a Sparkplug B payload."""
+    p = Payload()
+    if timestamp_ms is not None:
+        p.timestamp = timestamp_ms
+    if seq is not None:
+        p.seq = seq
+    for met in metrics:
+        m = p.metrics.add()
+        if met.name is not None:
+            m.name = met.name
+        if met.alias is not None:
+            m.alias = met.alias
+        if met.timestamp_ms is not None:
+            m.timestamp = met.timestamp_ms
+        dt = met.datatype if met.datatype is not None else infer_datatype(met.value)
+        m.datatype = dt
+        _set_value(m, met.value, dt)
+        if met.quality is not None:
+            m.properties.keys.append("Quality")
+            pv = m.properties.values.add()
+            pv.type = DataType.Int32
+            pv.int_value = met.quality
+    return p.SerializeToString()
+
+
+def topic(group: str, kind: str, node: str, device: str | None = None) -> str:
+    return "/".join([NAMESPACE, group, kind, node] + ([device] if device else []))
+
+
+def now_ms() -> int:
+    return math.floor(time.time() * 1000)
+
+
+class EdgeNode:
+    """One Sparkplug edge node (and its devices) as a publisher: bdSeq, seq and aliases."""
+
+    def __init__(self, group: str, node: str, *, bd_seq: int = 0) -> None:
+        self.group, self.node = group, node
+        self.bd_seq = bd_seq % 256
+        self.seq = 0
+        self._aliases: dict[tuple[str | None, str], tuple[int, int]] = {}  # (device, name) -> (alias, datatype)
+
+    def _next_seq(self) -> int:
+        s = self.seq
+        self.seq = (s + 1) % 256
+        return s
+
+    def death(self) -> tuple[str, bytes]:
+        """The NDEATH for the MQTT will (register before connecting, then call `birth`)."""
+        return topic(self.group, "NDEATH", self.node), encode_payload(
+            [Metric("bdSeq", self.bd_seq, datatype=DataType.Int64)])
+
+    def birth(self, values: Mapping[str, Value], *, timestamp_ms: int | None = None) -> tuple[str, bytes]:
+        """NBIRTH with every node metric (seq restarts at 0; aliases are handed out here)."""
+        self.seq = 0
+        self._aliases = {}  # a node birth invalidates every alias; devices are born again after it
+        metrics = [Metric("bdSeq", self.bd_seq, datatype=DataType.Int64)]
+        metrics += self._birth_metrics(None, values)
+        return topic(self.group, "NBIRTH", self.node), encode_payload(
+            metrics, seq=self._next_seq(), timestamp_ms=timestamp_ms or now_ms())
+
+    def device_birth(self, device: str, values: Mapping[str, Value], *,
+                     timestamp_ms: int | None = None) -> tuple[str, bytes]:
+        return topic(self.group, "DBIRTH", self.node, device), encode_payload(
+            self._birth_metrics(device, values), seq=self._next_seq(), timestamp_ms=timestamp_ms or now_ms())
+
+    def data(self, values: Mapping[str, Value] | Iterable[tuple[str, Value, int]], *, device: str | None = None,
+             timestamp_ms: int | None = None) -> tuple[str, bytes]:
+        """NDATA/DDATA by alias. ``values``: {name: value}, or (name, value, timestamp_ms) samples."""
+        items = values.items() if isinstance(values, Mapping) else values
+        metrics = []
+        for item in items:
+            name, v = item[0], item[1]
+            alias, dt = self._aliases[(device, name)]
+            metrics.append(Metric(None, v, alias=alias, datatype=dt, timestamp_ms=item[2] if len(item) > 2 else None))
+        kind = "DDATA" if device else "NDATA"
+        return topic(self.group, kind, self.node, device), encode_payload(
+            metrics, seq=self._next_seq(), timestamp_ms=timestamp_ms or now_ms())
+
+    def device_death(self, device: str) -> tuple[str, bytes]:
+        return topic(self.group, "DDEATH", self.node, device), encode_payload(
+            [], seq=self._next_seq(), timestamp_ms=now_ms())
+
+    def rebirth_after_reconnect(self) -> None:
+        """A new MQTT session needs a new bdSeq (then `death` for the new will, and `birth`)."""
+        self.bd_seq = (self.bd_seq + 1) % 256
+
+    def _birth_metrics(self, device: str | None, values: Mapping[str, Value]) -> list[Metric]:
+        out = []
+        for name, v in values.items():
+            key = (device, name)
+            if key not in self._aliases:
+                self._aliases[key] = (len(self._aliases) + 1, infer_datatype(v))
+            alias, dt = self._aliases[key]
+            out.append(Metric(name, v, alias=alias, datatype=dt))
+        return out

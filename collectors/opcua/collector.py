@@ -1,0 +1,258 @@
+"""The OPC UA collector: one server, one subscription, data changes out as `Batch`es.
+
+Lifecycle (collectors/base.py): ``run(emit)`` connects, subscribes and emits until the
+connection is lost, then raises `NotConnectedError`; the gateway backs off and calls ``run``
+again, which connects afresh and re-creates every monitored item. asyncua's own
+auto-reconnect is off on purpose: one reconnect loop (the gateway's) owns back-off and logging.
+
+Every await on the network has a limit: the connect sequence (asyncua's ``connect()`` can wait
+for ever on a peer that accepts TCP but never answers) has ``connect_timeout_s``; each request
+has ``request_timeout_s``; a silent connection is found by asyncua's watchdog, which reads the
+server state every ``watchdog_interval_s`` and gives up after at most that long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+
+from asyncua import Client, ua
+from asyncua.client.ua_client import UaClientState
+
+from collectors.base import CollectorContext, Emit
+from collectors.opcua.config import Config
+from collectors.opcua.convert import to_reading
+from collectors.opcua.subscription import (
+    BatchSubscription,
+    ItemFailure,
+    create_items,
+    item_request,
+    subscription_parameters,
+)
+from edge.errors import NotConnectedError
+from edge.records import Batch, Reading, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class _QuietLostConnection(logging.Filter):
+    """asyncua's publish loop logs a traceback at ERROR when the connection drops under it; the
+    collector reports the loss itself (and the gateway logs it once per outage), so drop that one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, ConnectionError) and str(record.msg).startswith("Publish iteration crashed"))
+
+
+logging.getLogger("asyncua.client.ua_session.UaSession").addFilter(_QuietLostConnection())
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason for logs and errors (asyncua raises bare AssertionError on refused certificates)."""
+    if isinstance(exc, ua.UaStatusCodeError):
+        return ua.StatusCode(exc.code).name
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class OpcUaCollector:
+    """Subscribes to ``config.nodes`` on ``config.endpoint``; see the module docstring."""
+
+    def __init__(self, config: Config, context: CollectorContext, *, password: str | None = None) -> None:
+        self.name = context.name
+        self.cfg = config
+        self.ctx = context
+        self._password = password
+        # Client handle i + 1 <-> config.nodes[i]: fixed, so they survive asyncua's recreate().
+        self._tags = [n.tag for n in config.nodes]
+        self._client: Client | None = None
+        self._emit: Emit | None = None
+        self._lost: asyncio.Event | None = None
+        self._lost_reason = ""
+        self._lost_error: BaseException | None = None
+        # For status() / health.
+        self.connected = False
+        self.connected_since: datetime | None = None
+        self.last_data: datetime | None = None
+        self.connects = 0
+        self.publishes = 0
+        self.notifications = 0
+        self.unknown_handles = 0
+        self.item_failures: list[ItemFailure] = []
+        self.last_error: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    async def run(self, emit: Emit) -> None:
+        """Connect, subscribe every configured node, emit until the connection is lost (then raise)."""
+        self._emit = emit
+        self._lost = asyncio.Event()
+        self._lost_reason, self._lost_error = "", None
+        try:
+            client = await self._connect()
+            await self._subscribe(client)
+            self._set_connected(True)
+            await self._watch(client)
+        except NotConnectedError as exc:
+            self.last_error = str(exc)
+            raise
+        finally:
+            await self._teardown()
+
+    async def aclose(self) -> None:
+        """Close the session; safe to call more than once and on a dead connection."""
+        await self._teardown()
+
+    def status(self) -> dict:
+        return {
+            "kind": "opcua",
+            "endpoint": self.cfg.endpoint,
+            "connected": self.connected,
+            "connected_since": self.connected_since.isoformat() if self.connected_since else None,
+            "last_data": self.last_data.isoformat() if self.last_data else None,
+            "connects": self.connects,
+            "publishes": self.publishes,
+            "notifications": self.notifications,
+            "items": len(self._tags) - len(self.item_failures),
+            "items_failed": len(self.item_failures),
+            "failed": [{"tag": f.tag, "node_id": f.node_id, "status": f.status} for f in self.item_failures[:20]],
+            "last_error": self.last_error,
+        }
+
+    # -- steps -----------------------------------------------------------------------------------------
+
+    def _new_client(self) -> Client:
+        cfg = self.cfg
+        client = Client(cfg.endpoint, timeout=cfg.request_timeout_s, watchdog_intervall=cfg.watchdog_interval_s)
+        client.session_timeout = int(cfg.session_timeout_s * 1000)
+        client.name = client.description = f"Valvoja gateway ({self.name})"
+        client.application_uri = f"urn:valvoja:collector:{self.name}"
+        client.product_uri = "urn:valvoja"
+        if cfg.username is not None:
+            client.set_user(cfg.username)
+            client.set_password(self._password or "")
+        client.connection_lost_callback = self._connection_lost
+        return client
+
+    async def _connect(self) -> Client:
+        cfg = self.cfg
+        client = self._client = self._new_client()
+        self.connects += 1
+        try:
+            await asyncio.wait_for(client.connect(auto_reconnect=False), cfg.connect_timeout_s)
+        except TimeoutError:
+            raise NotConnectedError(f"{cfg.endpoint}: no OPC UA session within {cfg.connect_timeout_s:g} s "
+                                    "(server not answering)") from None
+        except Exception as exc:  # refused, unreachable, rejected identity, refused certificate ...
+            raise NotConnectedError(f"{cfg.endpoint}: cannot connect: {describe(exc)}") from exc
+        return client
+
+    async def _subscribe(self, client: Client) -> None:
+        cfg = self.cfg
+        sub = BatchSubscription(client, subscription_parameters(cfg), on_data=self._on_data,
+                                on_status=self._on_status)
+        requests = [(node, item_request(node, cfg, i + 1)) for i, node in enumerate(cfg.nodes)]
+        try:
+            await sub.init()
+            # Registered like Client.create_subscription does, so asyncua's stale-subscription
+            # watchdog re-creates it if the server stops publishing while the link stays up.
+            client._subscriptions.append(sub)
+            failures = await create_items(sub, requests, cfg.items_per_call)
+        except Exception as exc:
+            raise NotConnectedError(f"{cfg.endpoint}: subscription failed: {describe(exc)}") from exc
+        self.item_failures = failures
+        if failures:
+            self.ctx.metrics.collector_errors.labels(self.name, "monitored_item").inc(len(failures))
+            shown = ", ".join(f"{f.tag} ({f.node_id}): {f.status}" for f in failures[:5])
+            log.warning("%s: %d of %d nodes refused by the server: %s%s", self.name, len(failures), len(requests),
+                        shown, " ..." if len(failures) > 5 else "",
+                        extra={"event": "opcua_items_refused", "collector": self.name})
+
+    async def _watch(self, client: Client) -> None:
+        """Return never; raise NotConnectedError once the connection or subscription is gone."""
+        assert self._lost is not None
+        while True:
+            try:
+                await asyncio.wait_for(self._lost.wait(), self.cfg.watchdog_interval_s)
+            except TimeoutError:
+                # Belt and braces: asyncua's supervisor normally reports the loss through the callback.
+                state = client.uaclient.state
+                if state is UaClientState.CONNECTED:
+                    continue
+                self._mark_lost(f"client state {state.value}")
+            raise NotConnectedError(f"{self.cfg.endpoint}: connection lost: {self._lost_reason}") \
+                from self._lost_error
+
+    async def _teardown(self) -> None:
+        client, self._client = self._client, None
+        self._set_connected(False)
+        if client is None:
+            return
+        lost = self._lost is not None and self._lost.is_set()
+        try:
+            if client.uaclient.state is UaClientState.CONNECTED and not lost:
+                await asyncio.wait_for(client.disconnect(), self.cfg.request_timeout_s)
+            else:
+                # The peer is gone or not answering: drop the socket first, so that stopping
+                # asyncua's background tasks sends nothing and waits for nobody.
+                publish = client.uaclient._publish_task  # asyncua 2.1.0; stopped first, it has nothing to log
+                if publish is not None:
+                    publish.cancel()
+                client.disconnect_socket()
+                protocol = client.uaclient.protocol  # left open when asyncua only marked the client lost
+                if protocol is not None:
+                    protocol.disconnect_socket()
+                await asyncio.wait_for(client.close_session(), self.cfg.request_timeout_s)
+        except Exception as exc:  # the connection is being replaced; nothing to save
+            log.debug("%s: close: %s", self.name, describe(exc))
+        finally:
+            client.disconnect_socket()
+
+    # -- callbacks (run on asyncua's tasks) ------------------------------------------------------------
+
+    async def _on_data(self, items: list[ua.MonitoredItemNotification]) -> None:
+        now = utcnow()
+        tags = self._tags
+        n = len(tags)
+        readings: list[Reading] = []
+        for item in items:
+            i = item.ClientHandle - 1
+            if 0 <= i < n:
+                readings.append(to_reading(tags[i], item.Value, now))
+            else:
+                self.unknown_handles += 1
+        self.publishes += 1
+        self.notifications += len(readings)
+        self.last_data = now
+        self.ctx.metrics.messages_in.labels(self.name).inc()
+        if not readings or self._emit is None:
+            return
+        try:
+            await self._emit(Batch(source=self.name, readings=readings))
+        except Exception as exc:
+            # asyncua would log this and acknowledge the message anyway; stop instead so the
+            # gateway sees the failure and the server re-sends current values after reconnect.
+            self._mark_lost(f"emit failed: {describe(exc)}", exc)
+
+    def _on_status(self, status: ua.StatusCode) -> None:
+        if not status.is_good():
+            self._mark_lost(f"subscription status {status.name}")
+
+    async def _connection_lost(self, exc: Exception) -> None:
+        self._mark_lost(describe(exc), exc)
+
+    def _mark_lost(self, reason: str, exc: BaseException | None = None) -> None:
+        if self._lost is not None and not self._lost.is_set():
+            self._lost_reason, self._lost_error = reason, exc
+            self._lost.set()
+
+    def _set_connected(self, up: bool) -> None:
+        if up == self.connected:
+            return
+        self.connected = up
+        self.connected_since = utcnow() if up else None
+        self.ctx.metrics.connected.labels(self.name).set(1 if up else 0)
+        if up:
+            log.info("%s: subscribed to %d nodes on %s", self.name, len(self._tags) - len(self.item_failures),
+                     self.cfg.endpoint, extra={"event": "opcua_connected", "collector": self.name})

@@ -1,0 +1,100 @@
+"""OPC UA DataValue -> `Reading`, with no I/O (testable on its own).
+
+Contracts (DESIGN.md §2, §4):
+- the status code becomes quality by its top two bits (00 Good, 01 Uncertain, 1x Bad); the code
+  itself goes into ``status`` and its name (``BadSensorFailure``) into ``status_name``;
+- a Bad status never replaces the value by text: the value is kept as the server sent it
+  (usually null, which the OPC UA specification asks of servers);
+- time is the source timestamp, else the server timestamp, else the receive time with
+  `Flag.NO_SOURCE_TIME`; the server timestamp is kept alongside.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from asyncua import ua
+from asyncua.ua.status_codes import code_to_name_doc
+
+from edge.records import Flag, Quality, Reading
+
+# OPC UA encodes "no timestamp" as 0, which asyncua decodes as 1601-01-01.
+_EPOCH_FLOOR = datetime(1601, 1, 2, tzinfo=UTC)
+_SEVERITY_MASK = 0xC0000000
+_CODE_MASK = 0xFFFF0000  # the low 16 bits are info bits (limits, overflow), not part of the name
+
+_SCALARS = (bool, int, float, str)
+
+
+def quality_of(code: int) -> Quality:
+    """Quality from the severity bits of an OPC UA status code (11 is reserved: treated as Bad)."""
+    severity = code & _SEVERITY_MASK
+    if severity == 0:
+        return Quality.GOOD
+    if severity == 0x40000000:
+        return Quality.UNCERTAIN
+    return Quality.BAD
+
+
+def status_name(code: int) -> str:
+    """Symbolic name of a status code ("BadSensorFailure"), ignoring its info bits."""
+    entry = code_to_name_doc.get(code) or code_to_name_doc.get(code & _CODE_MASK)
+    if entry is not None:
+        return entry[0]
+    return {Quality.GOOD: "Good", Quality.UNCERTAIN: "Uncertain"}.get(quality_of(code), "Bad") + f"_0x{code:08X}"
+
+
+def _time(ts: datetime | None) -> datetime | None:
+    if ts is None or ts < _EPOCH_FLOOR:
+        return None
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+def plain_value(v: object) -> tuple[object, bool]:
+    """A Reading-compatible value and whether the type was usable.
+
+    Scalars pass through; text-like OPC UA types become str; datetimes become ISO-8601 text.
+    Arrays and structures are not readings yet (issue 3: flatten or reject as configured),
+    so they give (None, False).
+    """
+    if v is None or isinstance(v, _SCALARS):
+        return v, True
+    if isinstance(v, ua.LocalizedText):
+        return v.Text, True
+    if isinstance(v, ua.QualifiedName):
+        return v.to_string(), True
+    if isinstance(v, datetime):
+        return v.isoformat(), True
+    if isinstance(v, ua.StatusCode):
+        return v.value, True
+    if isinstance(v, ua.NodeId):
+        return v.to_string(), True
+    return None, False
+
+
+def to_reading(tag: str, dv: ua.DataValue, receive_time: datetime) -> Reading:
+    """One DataValue of ``tag`` as a Reading (see the module contract)."""
+    variant = dv.Value
+    raw = variant.Value if variant is not None else None
+    value, usable = plain_value(raw)
+    code = dv.StatusCode.value if dv.StatusCode is not None else 0
+    flags = 0
+    quality = Quality.GOOD
+    name = ""
+    if code:
+        quality = quality_of(code)
+        if quality is not Quality.GOOD:
+            flags |= Flag.SOURCE_STATUS
+        name = status_name(code)
+    if not usable:
+        flags |= Flag.TYPE_MISMATCH
+        quality = Quality.BAD
+        name = name or f"Unsupported{type(raw).__name__}"
+    server_time = _time(dv.ServerTimestamp)
+    t = _time(dv.SourceTimestamp) or server_time
+    if t is None:
+        t = receive_time
+        flags |= Flag.NO_SOURCE_TIME
+    return Reading(tag=tag, time=t, value=value, receive_time=receive_time, quality=quality, flags=int(flags),
+                   status=code, status_name=name, server_time=server_time)
+

@@ -1,0 +1,7 @@
+"""``python -m collectors.simulator``: see cli.py."""
+
+import sys
+
+from collectors.simulator.cli import main
+
+sys.exit(main())

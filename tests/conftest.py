@@ -1,0 +1,114 @@
+"""Shared fixtures: real PostgreSQL (+ TimescaleDB) and mosquitto servers started by the test suite.
+
+- ``pg_server`` (session): one PostgreSQL for the run (fsync off), TimescaleDB preloaded.
+- ``pg_admin_dsn`` (session): DSN of that server's ``postgres`` database, for module-scoped fixtures that
+  create databases of their own.
+- ``pg_dsn``: a fresh database with the timescaledb extension, dropped after the test.
+- ``plain_pg_dsn``: a fresh database on ``plain_pg_server``, a second shared server on which TimescaleDB is
+  not available at all (plain PostgreSQL support).
+- ``own_pg_server``: a server of the test's own (durable settings) that it may stop, kill and restart.
+- ``mosquitto`` (session) / ``own_mosquitto``: brokers with plain, TLS (``.ca_path``) and password listeners.
+
+The servers and their temp dirs are removed at the end, also when a test fails. See tests/servers.py.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+from serverproc import ServerProcess
+from servers import MosquittoServer, PostgresServer, mosquitto_bin, pg_bin_dir
+
+REQUIRE = os.environ.get("VALVOJA_TEST_REQUIRE_SERVERS") == "1"
+
+
+def _unavailable(reason: str) -> None:
+    """Skip with the reason, or fail where the servers must exist (scripts/test.sh, CI)."""
+    reason += " (scripts/setup.sh installs it)"
+    if REQUIRE:
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def _new_postgres(**kw) -> PostgresServer:
+    if pg_bin_dir() is None:
+        _unavailable("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin")
+    return PostgresServer(**kw)
+
+
+def _new_mosquitto(**kw) -> MosquittoServer:
+    if mosquitto_bin() is None:
+        _unavailable("mosquitto not installed")
+    return MosquittoServer(**kw)
+
+
+def _serve(server: ServerProcess) -> Iterator:
+    """Start ``server`` for a fixture and close it (stop + remove its temp dir) afterwards, even on failure."""
+    try:
+        yield server.start()
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """The run's shared PostgreSQL. Tests must not stop it (use ``own_pg_server`` for that)."""
+    yield from _serve(_new_postgres(fsync=False))
+
+
+@pytest.fixture(scope="session")
+def plain_pg_server() -> Iterator[PostgresServer]:
+    """A shared plain PostgreSQL: same version, but TimescaleDB is neither loaded nor available as an extension."""
+    yield from _serve(_new_postgres(fsync=False, timescaledb=False))
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn(pg_server: PostgresServer) -> str:
+    """Superuser DSN of the shared server's ``postgres`` database."""
+    return pg_server.dsn()
+
+
+def _fresh_database(server: PostgresServer, timescaledb: bool) -> Iterator[str]:
+    if not server.running:  # a test killed the shared server: bring it back rather than fail every later test
+        server.start()
+    if timescaledb and not server.timescaledb:
+        _unavailable("TimescaleDB is not installed for PostgreSQL")
+    dsn = server.create_database(timescaledb=timescaledb)
+    try:
+        yield dsn
+    finally:
+        if server.running:  # else the database went with the server
+            server.drop_database(conninfo_to_dict(dsn)["dbname"])
+
+
+@pytest.fixture
+def pg_dsn(pg_server: PostgresServer) -> Iterator[str]:
+    """A fresh database with the timescaledb extension created; dropped after the test."""
+    yield from _fresh_database(pg_server, timescaledb=True)
+
+
+@pytest.fixture
+def plain_pg_dsn(plain_pg_server: PostgresServer) -> Iterator[str]:
+    """A fresh database on a server without TimescaleDB (plain PostgreSQL); dropped after the test."""
+    yield from _fresh_database(plain_pg_server, timescaledb=False)
+
+
+@pytest.fixture
+def own_pg_server() -> Iterator[PostgresServer]:
+    """A started PostgreSQL for this test alone (durable settings): stop, kill and restart it at will."""
+    yield from _serve(_new_postgres(fsync=True))
+
+
+@pytest.fixture(scope="session")
+def mosquitto() -> Iterator[MosquittoServer]:
+    """The run's shared broker. Tests must not stop it (use ``own_mosquitto`` for that)."""
+    yield from _serve(_new_mosquitto())
+
+
+@pytest.fixture
+def own_mosquitto() -> Iterator[MosquittoServer]:
+    """A started broker for this test alone: stop, kill and restart it (same ports, same persistence)."""
+    yield from _serve(_new_mosquitto())

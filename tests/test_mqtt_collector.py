@@ -1,0 +1,402 @@
+"""The MQTT collector against a real mosquitto (tests/servers.py): payloads end to end, TLS, passwords,
+MQTT 3.1.1 and 5, persistent sessions, acknowledgement only after the test's "spool", back-pressure.
+
+The test plays the gateway: its ``Sink`` is the ``emit`` coroutine and calls ``batch.ack()`` when the
+test says the batch is stored, as the pipeline does after its spool commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+
+import paho.mqtt.client as mqtt
+import pytest
+from certs import CertificateAuthority
+from paho.mqtt.enums import CallbackAPIVersion
+
+from collectors.base import CollectorContext
+from collectors.mqtt import Config, build
+from collectors.mqtt.sparkplug_encode import EdgeNode
+from edge.errors import NotConnectedError
+from edge.metrics import Metrics
+from edge.records import Batch, Flag
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+T0_MS = int(T0.timestamp() * 1000)
+_ids = itertools.count()
+
+SUBSCRIPTIONS = [
+    {"topic": "t/plain/+asset/+signal", "format": "plain", "tag": "{asset}.{signal}"},
+    {"topic": "t/json/+line", "tag": "{line}.{field}",
+     "json": {"samples": "samples", "tag": "tag", "value": "v", "time": "t", "time_format": "epoch_ms"}},
+    {"topic": "t/one/#", "tag": "{#}"},
+    {"topic": "spBv1.0/KIP/#", "format": "sparkplug"},
+]
+
+
+class Sink:
+    """The test's ``emit``: keeps every batch; acknowledges it at once when ``auto_ack`` (= "spooled")."""
+
+    def __init__(self, auto_ack: bool = True) -> None:
+        self.auto_ack = auto_ack
+        self.batches: list[Batch] = []
+        self._changed = asyncio.Event()
+
+    async def __call__(self, batch: Batch) -> None:
+        self.batches.append(batch)
+        if self.auto_ack:
+            batch.ack()
+        self._changed.set()
+
+    @property
+    def readings(self):
+        return [r for b in self.batches for r in b.readings]
+
+    def values(self) -> list:
+        return [r.value for r in self.readings]
+
+    async def wait(self, predicate, within_s: float = 15.0) -> None:
+        async with asyncio.timeout(within_s):
+            while not predicate(self):
+                self._changed.clear()
+                await self._changed.wait()
+
+
+async def until(predicate, within_s: float = 15.0) -> None:
+    """Poll state that other threads (paho's, the spool's) change."""
+    async with asyncio.timeout(within_s):
+        while not predicate():  # noqa: ASYNC110 - no event to wait on across those threads
+            await asyncio.sleep(0.02)
+
+
+def config(port: int, **kw) -> Config:
+    body = {"port": port, "client_id": f"valvoja-test-{next(_ids)}", "keepalive_s": 5, "connect_timeout_s": 5.0,
+            "subscriptions": SUBSCRIPTIONS, **kw}
+    return Config.model_validate(body)
+
+
+@contextlib.asynccontextmanager
+async def running(cfg: Config, sink: Sink, tmp_path, name: str = "mq"):
+    """Run the collector until the block ends (as the gateway would), then close it."""
+    collector = build(cfg, CollectorContext(name=name, state_dir=tmp_path / name, metrics=Metrics()))
+    task = asyncio.create_task(collector.run(sink))
+    try:
+        await until(lambda: collector.connected or task.done())
+        if task.done():
+            task.result()  # raises the connection error
+        yield collector
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, NotConnectedError):
+            await task
+        await collector.aclose()
+
+
+def publish(port: int, messages: list[tuple[str, bytes | str]], *, qos: int = 1, protocol: str = "3.1.1",
+            retain: bool = False, **client_kw) -> None:
+    """Publish and wait until the broker has every message (PUBACK)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311)
+    if "username" in client_kw:
+        client.username_pw_set(client_kw["username"], client_kw["password"])
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        infos = [client.publish(t, p, qos=qos, retain=retain) for t, p in messages]
+        for info in infos:
+            info.wait_for_publish(10)
+            assert info.is_published()
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+async def apublish(port, messages, **kw) -> None:
+    await asyncio.to_thread(publish, port, messages, **kw)
+
+
+def plain_messages(n: int, start: int = 0) -> list[tuple[str, str]]:
+    return [("t/plain/P-1/seq", str(i)) for i in range(start, start + n)]
+
+
+# -- payloads end to end -----------------------------------------------------------------------------
+
+async def test_json_plain_and_sparkplug_decode_end_to_end(mosquitto, tmp_path):
+    sink = Sink()
+    node = EdgeNode("KIP", "sim")
+    batch = {"samples": [{"tag": "flow", "t": T0_MS + i, "v": 10.0 + i} for i in range(100)]
+             + [{"tag": "run", "t": T0_MS, "v": True}]}
+    async with running(config(mosquitto.port), sink, tmp_path) as collector:
+        await apublish(mosquitto.port, [
+            ("t/json/L1", json.dumps(batch)),
+            ("t/plain/P-101/temp", "21.5"),
+            ("t/one/K1/NOx", json.dumps({"value": 41.0, "time": "2024-05-01T14:00:00+02:00"})),
+            node.birth({"P-101/speed": 1480, "P-101/ok": True}, timestamp_ms=T0_MS),
+            node.device_birth("stack1", {"NOx": 40.0}, timestamp_ms=T0_MS),
+            node.data([("NOx", 42.5, T0_MS + 1000)], device="stack1"),
+        ])
+        await sink.wait(lambda s: len(s.batches) == 6)
+        status = collector.status()
+    readings = {(r.tag, r.time): r for r in sink.readings}
+    assert len(sink.readings) == 101 + 1 + 1 + 2 + 1 + 1
+    for i in range(100):
+        assert readings[("L1.flow", T0 + timedelta(milliseconds=i))].value == 10.0 + i
+    assert readings[("L1.run", T0)].value is True
+    [temp] = [r for r in sink.readings if r.tag == "P-101.temp"]
+    assert temp.value == 21.5 and temp.flags & Flag.NO_SOURCE_TIME
+    assert readings[("K1/NOx", T0)].value == 41.0
+    assert readings[("KIP.sim.P-101/speed", T0)].value == 1480
+    assert readings[("KIP.sim.stack1.NOx", T0 + timedelta(seconds=1))].value == 42.5
+    assert all(b.dead_letters == [] and b.source == "mq" for b in sink.batches)
+    assert status["messages"] == 6 and status["readings"] == 107 and status["connected"]
+
+
+async def test_malformed_messages_are_dead_lettered_logged_once_and_acknowledged(mosquitto, tmp_path, caplog):
+    sink = Sink()
+    cfg = config(mosquitto.port)
+    caplog.set_level(logging.WARNING, logger="collectors.mqtt")
+    async with running(cfg, sink, tmp_path) as collector:
+        bad = [("t/json/L1", b'{"samples": [{"tag": "x", "v": 1, "t": "never"}]}')] * 5
+        await apublish(mosquitto.port, [*bad, ("t/plain/P-1/x", "not a number"), ("t/plain/P-1/x", "7")])
+        await sink.wait(lambda s: len(s.batches) == 7)
+        assert collector.status()["dead_letters"] == 6
+    dead = [d for b in sink.batches for d in b.dead_letters]
+    assert [d.topic for d in dead] == ["t/json/L1"] * 5 + ["t/plain/P-1/x"]
+    assert "time 'never' is neither ISO-8601 nor an epoch number" in dead[0].error
+    assert dead[0].payload == bad[0][1] and dead[0].source == "mq"
+    assert sink.values() == [7]  # the stream goes on after bad messages
+    logged = [r.getMessage() for r in caplog.records if "undecodable" in r.getMessage()]
+    assert len(logged) == 2 and "t/json/L1" in logged[0] and "t/plain/P-1/x" in logged[1]
+    # Dead letters were acknowledged with their batch: nothing comes back on the next connection.
+    again = Sink()
+    async with running(cfg, again, tmp_path):
+        await apublish(mosquitto.port, [("t/plain/P-1/x", "8")])
+        await again.wait(lambda s: len(s.batches) >= 1)
+        await asyncio.sleep(0.3)
+    assert again.values() == [8] and not any(b.dead_letters for b in again.batches)
+
+
+# -- security ------------------------------------------------------------------------------------------
+
+async def test_tls_with_the_broker_ca_works(mosquitto, tmp_path):
+    sink = Sink()
+    cfg = config(mosquitto.tls_port, host="localhost", tls={"ca_file": str(mosquitto.ca_path)})
+    async with running(cfg, sink, tmp_path) as collector:
+        await apublish(mosquitto.port, plain_messages(3))
+        await sink.wait(lambda s: len(s.readings) == 3)
+        assert collector.status()["broker"].startswith("mqtts://")
+    assert sink.values() == [0, 1, 2]
+
+
+async def test_tls_with_a_wrong_ca_fails_clearly(mosquitto, tmp_path):
+    other = CertificateAuthority(tmp_path / "other-ca", common_name="Some other CA")
+    cfg = config(mosquitto.tls_port, tls={"ca_file": str(other.cert_path)})
+    collector = build(cfg, CollectorContext(name="mq", state_dir=tmp_path, metrics=Metrics()))
+    with pytest.raises(NotConnectedError, match=r"TLS: the broker's certificate was refused: (self-signed certificate "
+                                                r"in certificate chain|unable to get local issuer certificate) \(is "
+                                                r"tls.ca_file the CA that signed"):
+        await collector.run(Sink())
+    assert not collector.connected and "certificate was refused" in collector.status()["last_error"]
+
+
+async def test_tls_host_name_is_checked_unless_insecure(mosquitto, tmp_path):
+    # The broker's certificate names localhost and 127.0.0.1, not "127.1" (which resolves to 127.0.0.1).
+    tls = {"ca_file": str(mosquitto.ca_path)}
+    collector = build(config(mosquitto.tls_port, host="127.1", tls=tls),
+                      CollectorContext(name="mq", state_dir=tmp_path, metrics=Metrics()))
+    with pytest.raises(NotConnectedError, match=r"certificate was refused.*(mismatch|match)"):
+        await collector.run(Sink())
+    sink = Sink()
+    async with running(config(mosquitto.tls_port, host="127.1", tls={**tls, "insecure": True}), sink, tmp_path):
+        await apublish(mosquitto.port, plain_messages(1))
+        await sink.wait(lambda s: len(s.readings) == 1)
+
+
+async def test_username_and_password_from_a_secret_reference(mosquitto, tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_MQTT_PW", mosquitto.password)
+    sink = Sink()
+    cfg = config(mosquitto.auth_port, username=mosquitto.username, password="env:TEST_MQTT_PW")
+    async with running(cfg, sink, tmp_path):
+        await apublish(mosquitto.auth_port, plain_messages(2), username=mosquitto.username,
+                       password=mosquitto.password)
+        await sink.wait(lambda s: len(s.readings) == 2)
+    monkeypatch.setenv("TEST_MQTT_PW", "wrong")
+    collector = build(cfg, CollectorContext(name="mq", state_dir=tmp_path, metrics=Metrics()))
+    with pytest.raises(NotConnectedError, match=r"broker refused the connection: (Not authorized|Bad user name)"):
+        await collector.run(Sink())
+
+
+# -- sessions, acknowledgement, back-pressure --------------------------------------------------------
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_messages_published_while_down_arrive_after_restart(mosquitto, tmp_path, protocol):
+    cfg = config(mosquitto.port, protocol=protocol)
+    first = Sink()
+    async with running(cfg, first, tmp_path) as collector:
+        assert collector.status()["session_present"] is False
+        await apublish(mosquitto.port, plain_messages(5), protocol=protocol)
+        await first.wait(lambda s: len(s.readings) == 5)
+    # The gateway is down: the broker queues for its session.
+    await apublish(mosquitto.port, plain_messages(200, start=5), protocol=protocol)
+    second = Sink()
+    async with running(cfg, second, tmp_path) as collector:
+        await second.wait(lambda s: len(s.readings) == 200)
+        assert collector.status()["session_present"] is True and collector.status()["protocol"] == protocol
+    assert first.values() == list(range(5)) and second.values() == list(range(5, 205))
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_emitted_but_never_acknowledged_messages_are_redelivered(mosquitto, tmp_path, protocol):
+    cfg = config(mosquitto.port, protocol=protocol)
+    sink = Sink(auto_ack=False)
+    async with running(cfg, sink, tmp_path):
+        await apublish(mosquitto.port, plain_messages(10))
+        await sink.wait(lambda s: len(s.batches) == 10)
+        for b in sink.batches[:4]:  # only these reached the "spool" before the gateway went away
+            b.ack()
+        await asyncio.sleep(0.3)  # let paho's network thread send the PUBACKs
+    again = Sink()
+    async with running(cfg, again, tmp_path):
+        await again.wait(lambda s: len(s.readings) == 6)
+        await asyncio.sleep(0.5)  # and nothing more comes
+    assert again.values() == list(range(4, 10))
+    # An ack that arrives after its connection is gone does nothing (packet ids belong to that connection).
+    sink.batches[5].ack()
+
+
+async def test_back_pressure_bounds_messages_in_flight(mosquitto, tmp_path):
+    for protocol in ("3.1.1", "5"):
+        sink = Sink(auto_ack=False)
+        async with running(config(mosquitto.port, protocol=protocol, max_inflight=5), sink, tmp_path) as collector:
+            await apublish(mosquitto.port, plain_messages(30))
+            await sink.wait(lambda s: len(s.batches) == 5)
+            await asyncio.sleep(0.5)
+            assert len(sink.batches) == 5 and collector.status()["inflight"] == 5
+            sink.auto_ack = True
+            for b in list(sink.batches):
+                b.ack()
+            await sink.wait(lambda s: len(s.batches) == 30)
+        assert sink.values() == list(range(30)), protocol
+
+
+async def test_broker_restart_raises_not_connected_and_the_next_run_resumes_the_session(own_mosquitto, tmp_path):
+    broker = own_mosquitto
+    cfg = config(broker.port)
+    collector = build(cfg, CollectorContext(name="mq", state_dir=tmp_path, metrics=Metrics()))
+    sink = Sink()
+    task = asyncio.create_task(collector.run(sink))
+    await until(lambda: collector.connected)
+    await apublish(broker.port, plain_messages(3))
+    await sink.wait(lambda s: len(s.readings) == 3)
+    await asyncio.to_thread(broker.stop)
+    with pytest.raises(NotConnectedError, match="connection lost"):
+        async with asyncio.timeout(30):  # noticed at once (socket closed), at worst after 1.5 x keepalive
+            await task
+    assert not collector.connected
+    with pytest.raises(NotConnectedError, match="cannot connect"):
+        await collector.run(sink)  # what the supervisor sees while the broker is away
+    await asyncio.to_thread(broker.start)
+    await apublish(broker.port, plain_messages(3, start=3))  # queued in the persisted session
+    task = asyncio.create_task(collector.run(sink))
+    try:
+        await sink.wait(lambda s: set(s.values()) == set(range(6)))
+        assert collector.status()["session_present"] is True and collector.status()["connects"] == 3
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await collector.aclose()
+    # At least once: a message whose PUBACK the broker had not processed when it stopped comes again.
+    values = sink.values()
+    assert sorted(set(values)) == list(range(6))
+    assert values[:3] == [0, 1, 2] and set(values[3:-3]) <= {0, 1, 2} and values[-3:] == [3, 4, 5]
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_resumed_sessions_keep_their_subscriptions_and_drop_removed_ones(mosquitto, tmp_path, protocol):
+    unique = f"{protocol}-{next(_ids)}"
+    keep, drop = f"keep/{unique}", f"drop/{unique}"
+    body = {"port": mosquitto.port, "client_id": f"valvoja-subs-{unique}", "protocol": protocol,
+            "subscriptions": [{"topic": f"{keep}/+n", "tag": "{n}"}, {"topic": f"{drop}/+n", "tag": "{n}"}]}
+    await apublish(mosquitto.port, [(f"{keep}/retained", "1")], retain=True)
+    try:
+        first = Sink()
+        async with running(Config.model_validate(body), first, tmp_path):
+            await first.wait(lambda s: len(s.readings) == 1)
+        # Resumed session: not subscribed again, so the retained message is not sent again.
+        second = Sink()
+        async with running(Config.model_validate(body), second, tmp_path):
+            await apublish(mosquitto.port, [(f"{keep}/live", "2")])
+            await second.wait(lambda s: len(s.readings) == 1)
+            await asyncio.sleep(0.3)
+        assert [(r.tag, r.value) for r in second.readings] == [("live", 2)]
+        # A subscription removed from the configuration is removed from the session too.
+        body["subscriptions"] = body["subscriptions"][:1]
+        third = Sink()
+        async with running(Config.model_validate(body), third, tmp_path):
+            await apublish(mosquitto.port, [(f"{drop}/x", "3"), (f"{keep}/live", "4")])
+            await third.wait(lambda s: len(s.readings) == 1)
+            await asyncio.sleep(0.3)
+        assert third.values() == [4] and not any(b.dead_letters for b in third.batches)
+    finally:
+        await apublish(mosquitto.port, [(f"{keep}/retained", b"")], retain=True)  # clear it
+
+
+async def test_sparkplug_aliases_survive_a_collector_restart(mosquitto, tmp_path):
+    node = EdgeNode("KIP", "gw9")
+    cfg = config(mosquitto.port)
+    first = Sink()
+    async with running(cfg, first, tmp_path):
+        await apublish(mosquitto.port, [node.birth({"flow": 1.0}, timestamp_ms=T0_MS)])
+        await first.wait(lambda s: len(s.readings) == 1)
+    await apublish(mosquitto.port, [node.data({"flow": 2.0}, timestamp_ms=T0_MS + 1)])  # alias only
+    second = Sink()
+    async with running(cfg, second, tmp_path):  # a new process would load the same state dir
+        await second.wait(lambda s: len(s.batches) == 1)
+    assert [(r.tag, r.value) for r in second.readings] == [("KIP.gw9.flow", 2.0)]
+    assert second.batches[0].dead_letters == []
+
+
+async def test_through_the_real_ingest_pipeline_into_the_spool(mosquitto, tmp_path):
+    """Acknowledged only after the spool commit: nothing is redelivered once the spool has it."""
+    from edge.pipeline import Ingest, SpoolWorker
+    from edge.settings import Validation
+    from edge.spool import Spool
+    from edge.validate import Validator
+
+    metrics = Metrics()
+    spool = Spool(tmp_path / "spool.db", max_bytes=100 << 20)
+    worker = SpoolWorker(spool)
+    ingest = Ingest(worker, Validator({}, Validation()), metrics, queue_batches=4)
+    ingest_task = asyncio.create_task(ingest.run())
+    cfg = config(mosquitto.port)
+    collector = build(cfg, CollectorContext(name="mq", state_dir=tmp_path, metrics=metrics))
+    task = asyncio.create_task(collector.run(ingest.emit))
+    try:
+        await until(lambda: collector.connected)
+        samples = [{"tag": "v", "t": T0_MS + i, "v": float(i)} for i in range(100)]
+        await apublish(mosquitto.port, [("t/json/L1", json.dumps({"samples": samples}))] * 20
+                       + [("t/json/L1", b"garbage")])
+        await until(lambda: ingest.accepted >= 2000 and spool.batches >= 21)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await collector.aclose()
+        ingest_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ingest_task
+    stored = await worker.call(spool.peek, 10_000)
+    assert sum(len(b.rows) for b in stored) == 2000
+    assert [d[1] for b in stored for d in b.dead_letters] == ["t/json/L1"]
+    assert metrics.dead_letters.labels("mq")._value.get() == 1
+    again = Sink()
+    async with running(cfg, again, tmp_path):
+        await asyncio.sleep(0.5)
+    assert again.batches == []  # all 21 were acknowledged after the spool commit
+    await worker.call(spool.close)
+    worker.shutdown()

@@ -1,0 +1,159 @@
+"""MQTT collector configuration, topic filters and tag templates (no broker)."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from collectors.base import CollectorContext
+from collectors.mqtt import Config, JsonMapping, Subscription, Tls, build
+from collectors.mqtt.topics import TagTemplate, TopicFilter
+from edge.errors import ConfigError, DataError
+from edge.metrics import Metrics
+
+SAMPLE = Path(__file__).resolve().parents[1] / "collectors" / "mqtt" / "sample.toml"
+SUBS = [{"topic": "plant/#", "format": "plain"}]
+
+
+def make(**kw) -> Config:
+    return Config.model_validate({"client_id": "gw1", "subscriptions": SUBS, **kw})
+
+
+def errors(**kw) -> str:
+    with pytest.raises(ValidationError) as exc:
+        make(**kw)
+    return str(exc.value)
+
+
+def sub_errors(**kw) -> str:
+    with pytest.raises(ValidationError) as exc:
+        Subscription.model_validate(kw)
+    return str(exc.value)
+
+
+def test_sample_config_validates_and_documents_the_real_defaults(tmp_path):
+    text = SAMPLE.read_text()
+    data = tomllib.loads(text)
+    for entry in data["collectors"]:
+        body = {k: v for k, v in entry.items() if k not in ("kind", "name")}
+        if "tls" in body:  # the sample points at deployment paths; give it files that exist here
+            for key in ("ca_file", "cert_file", "key_file"):
+                if key in body["tls"]:
+                    (tmp_path / key).write_text("x")
+                    body["tls"][key] = str(tmp_path / key)
+        Config.model_validate(body)
+    # Every commented "# key = value" line must show the code's default (style notes: Telegraf's drift).
+    sections = {"[[collectors]]": Config, "[collectors.tls]": Tls, "[[collectors.subscriptions]]": Subscription,
+                "[collectors.subscriptions.json]": JsonMapping}
+    section, checked = Config, 0
+    for line in text.splitlines():
+        head = line.split("#")[0].strip()
+        if head in sections:
+            section = sections[head]
+        m = re.match(r"#\s*(\w+)\s*=\s*(\"[^\"]*\"|\S+)", line)
+        if not m or m.group(1) not in section.model_fields:
+            continue
+        default = section.model_fields[m.group(1)].default
+        if default is None:
+            continue  # an example value for an optional key
+        assert tomllib.loads(f"v = {m.group(2)}")["v"] == default, line
+        checked += 1
+    assert checked >= 14
+
+
+def test_every_option_in_the_code_appears_in_the_sample():
+    text = SAMPLE.read_text()
+    for model in (Config, Tls, Subscription, JsonMapping):
+        for name, f in model.model_fields.items():
+            key = f.alias or name
+            if key == "subscriptions":
+                continue
+            assert re.search(rf"^#?\s*{key}\s*=|\[collectors\.{key}\]|\.{key}\]", text, re.M), f"{model.__name__}.{key}"
+
+
+def test_literal_password_is_refused_and_references_resolve(tmp_path, monkeypatch):
+    assert "not a literal password" in errors(username="u", password="hunter2")
+    assert "password without username" in errors(password="env:X")
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    ctx = CollectorContext(name="c", state_dir=tmp_path, metrics=Metrics())
+    assert build(make(username="u", password=f"file:{secret}"), ctx)._password == "s3cret"
+    monkeypatch.setenv("MQTT_PW", "from-env")
+    assert build(make(username="u", password="env:MQTT_PW"), ctx)._password == "from-env"
+    monkeypatch.delenv("MQTT_PW")
+    with pytest.raises(ConfigError, match="MQTT_PW is not set"):
+        build(make(username="u", password="env:MQTT_PW"), ctx)
+
+
+def test_each_mistake_has_its_own_message(tmp_path):
+    assert "QoS 2 is not supported" in errors(qos=2)
+    assert "client_id is required for a persistent session" in errors(client_id=None)
+    make(client_id=None, clean_session=True)  # a clean session needs no fixed id
+    assert "duplicate topic plant/+/x" in errors(subscriptions=[{"topic": "plant/+a/x"}, {"topic": "plant/+b/x"}])
+    assert "Extra inputs" in errors(timeout=3)
+    assert "at least 1 item" in errors(subscriptions=[])
+    assert "less than or equal to 65535" in errors(port=70000)
+    assert "'3.1.1' or '5'" in errors(protocol="3")
+    assert "cert_file and key_file go together" in errors(tls={"cert_file": str(SAMPLE)})
+    assert "ca_file: no such file" in errors(tls={"ca_file": str(tmp_path / "nope.pem")})
+    assert "unknown placeholder {asset}" in sub_errors(topic="plant/+/x", tag="{asset}")
+    assert "{3} is beyond topic" in sub_errors(topic="plant/+/x", tag="{3}")
+    assert "{#} needs a topic ending in '#'" in sub_errors(topic="plant/+", tag="{#}")
+    assert "'#' must be the last level" in sub_errors(topic="plant/#/x")
+    assert "wildcards must fill a whole level" in sub_errors(topic="plant/a+/x")
+    assert "used twice" in sub_errors(topic="+a/+a")
+    assert "unmatched '{'" in sub_errors(topic="a/+", tag="{1")
+    assert "needs {field}" in sub_errors(topic="a/+", json={"value": "*"}, tag="{1}")
+    assert "plain payloads name no {field}" in sub_errors(topic="a/+", format="plain", tag="{field}")
+    assert "Sparkplug B topics start with spBv1.0/" in sub_errors(topic="plant/#", format="sparkplug")
+    assert "not a dotted path" in sub_errors(topic="a", json={"time": "data..ts"})
+    assert "'auto', 'iso8601'" in sub_errors(topic="a", json={"time_format": "epoch"})
+
+
+def test_bad_tls_files_are_a_configuration_error_at_build(tmp_path):
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    ctx = CollectorContext(name="c", state_dir=tmp_path, metrics=Metrics())
+    with pytest.raises(ConfigError, match="tls: cannot load certificates"):
+        build(make(tls={"ca_file": str(bad)}), ctx)
+
+
+def test_topic_filter_matching_follows_mqtt_rules():
+    f = TopicFilter("plant/+area/+asset/#")
+    assert f.mqtt == "plant/+/+/#" and f.names == {"area": 1, "asset": 2}
+    assert f.matches("plant/a/P-1/x/y".split("/"))
+    assert f.matches("plant/a/P-1".split("/"))  # '#' also matches the parent level
+    assert not f.matches("plant/a".split("/"))
+    assert not f.matches("other/a/P-1/x".split("/"))
+    exact = TopicFilter("a/+/c")
+    assert exact.matches(["a", "b", "c"]) and not exact.matches(["a", "b", "c", "d"]) and not exact.matches(["a", "b"])
+
+
+def test_tag_templates_render_levels_names_rest_topic_and_field():
+    f = TopicFilter("plant/+area/+asset/#")
+    assert TagTemplate("{asset}.{#}", f).render("plant/A1/P-101/vib/de") == "P-101.vib/de"
+    assert TagTemplate("{0}:{1}.{2}", f).render("plant/A1/P-101") == "plant:A1.P-101"
+    assert TagTemplate("{{{area}}}", f).render("plant/A1/P-101") == "{A1}"
+    assert TagTemplate("{topic}", f).render("plant/A1/P-101/x") == "plant/A1/P-101/x"
+    t = TagTemplate("{asset}.{field}.raw", f)
+    assert t.uses_field and t.render("plant/A1/P-101", "temp") == "P-101.temp.raw"
+    assert t.around_field("plant/A1/P-101") == ("P-101.", ".raw")
+    with pytest.raises(DataError, match=r"needs \{field\}"):
+        t.render("plant/A1/P-101")
+    assert TagTemplate("x{5}", f).render("plant/A1/P-101") == "x"  # beyond the topic: empty (documented)
+    with pytest.raises(DataError, match="empty tag name"):
+        TagTemplate("{5}", f).render("plant/A1/P-101")
+    sp = Subscription(topic="spBv1.0/#", format="sparkplug", tag="{group}/{node}/{device}/{field}").compiled()[1]
+    assert sp.render("spBv1.0/G/DDATA/N/D", "m") == "G/N/D/m"
+
+
+def test_default_tag_templates_depend_on_format():
+    assert Subscription(topic="a/#", format="plain").tag_spec() == "{topic}"
+    assert Subscription(topic="a/#").tag_spec() == "{topic}"
+    assert Subscription(topic="a/#", json={"tag": "name"}).tag_spec() == "{field}"
+    assert Subscription(topic="a/#", json={"value": "*"}).tag_spec() == "{topic}.{field}"
+    assert Subscription(topic="spBv1.0/#", format="sparkplug").tag_spec() == "{group}.{node}.{field}"

@@ -1,0 +1,200 @@
+"""Plain and JSON decoders and timestamp parsing (pure functions, no broker)."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from collectors.mqtt.config import Subscription
+from collectors.mqtt.decode import make_decoder, parse_plain, parse_time
+from edge.errors import DataError
+from edge.records import Flag, Quality
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+T0_MS = int(T0.timestamp() * 1000)
+
+
+def dec(topic: str = "plant/+asset/+signal", **kw):
+    return make_decoder(Subscription.model_validate({"topic": topic, **kw}))
+
+
+def values(readings):
+    return [(r.tag, r.time, r.value) for r in readings]
+
+
+# -- plain ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "value"), [
+    (b"21.5", 21.5), (b" -3 \n", -3), (b"1e-3", 0.001), (b"true", True), (b"FALSE", False), (b"0", 0),
+    (b"+7", 7), (b"18446744073709551615", 2**64 - 1), (b"99999999999999999999999", 1e23),
+])
+def test_plain_numbers_and_booleans(text, value):
+    got = parse_plain(text)
+    assert got == value and type(got) is type(value)
+
+
+def test_plain_nan_and_inf_are_readings_not_errors():
+    assert math.isnan(parse_plain(b"nan"))
+    assert parse_plain(b"-inf") == -math.inf
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (b"", "empty payload"), (b"  ", "empty payload"), (b"abc", "not a number or true/false: 'abc'"),
+    (b"\xff\xfe", "not ASCII text"), (b"1,5", "not a number"), (b"9" * 400, "beyond the float range"),
+])
+def test_plain_errors_say_what_is_wrong(text, message):
+    with pytest.raises(DataError, match=message):
+        parse_plain(text)
+
+
+def test_plain_reading_uses_receive_time_and_topic_tag():
+    [r] = dec(format="plain", tag="{asset}.{signal}")(b"42", "plant/P-101/flow", NOW)
+    assert (r.tag, r.value, r.time, r.receive_time) == ("P-101.flow", 42, NOW, NOW)
+    assert r.flags == Flag.NO_SOURCE_TIME and r.quality == Quality.GOOD
+
+
+# -- JSON shapes -----------------------------------------------------------------------------------
+
+def test_json_single_object_with_iso_time():
+    [r] = dec(tag="{asset}.{signal}")(b'{"value": 1.5, "time": "2024-05-01T12:00:00Z"}', "plant/P-1/t", NOW)
+    assert values([r]) == [("P-1.t", T0, 1.5)] and r.flags == 0 and r.receive_time == NOW
+
+
+def test_json_bare_values_and_missing_time():
+    d = dec(tag="{signal}")
+    assert values(d(b"7", "plant/a/x", NOW)) == [("x", NOW, 7)]
+    assert values(d(b'"RUN"', "plant/a/x", NOW)) == [("x", NOW, "RUN")]
+    [r] = d(b'{"value": true}', "plant/a/x", NOW)
+    assert r.value is True and r.time == NOW and r.flags == Flag.NO_SOURCE_TIME
+
+
+def test_json_array_of_samples_with_custom_fields():
+    d = dec(tag="{asset}", json={"value": "v", "time": "t", "time_format": "epoch_ms"})
+    got = d(b'[{"t": %d, "v": 1}, {"t": %d, "v": 2.5}]' % (T0_MS, T0_MS + 1), "plant/P-2/x", NOW)
+    assert values(got) == [("P-2", T0, 1), ("P-2", T0 + timedelta(milliseconds=1), 2.5)]
+
+
+def test_json_batched_multi_tag_message_with_message_level_defaults():
+    d = dec(topic="batch/+line", tag="{line}.{field}",
+            json={"samples": "data.samples", "value": "v", "time": "t", "tag": "tag"})
+    payload = (b'{"tag": "flow", "t": "2024-05-01T12:00:00Z", "data": {"samples": ['
+               b'{"v": 1}, {"v": 2, "tag": "temp"}, {"v": 3, "t": "2024-05-01T12:00:01+00:00"}]}}')
+    assert values(d(payload, "batch/L1", NOW)) == [
+        ("L1.flow", T0, 1), ("L1.temp", T0, 2), ("L1.flow", T0 + timedelta(seconds=1), 3)]
+
+
+def test_json_nested_paths():
+    d = dec(topic="x/#", tag="{field}", json={"value": "m.val", "time": "m.ts", "tag": "meta.id"})
+    [r] = d(b'{"meta": {"id": "K1.NOx"}, "m": {"val": 42.0, "ts": 1714564800}}', "x/y", NOW)
+    assert values([r]) == [("K1.NOx", T0, 42.0)]
+
+
+def test_json_wide_object_gives_one_reading_per_key():
+    d = dec(topic="wide/+asset", tag="{asset}.{field}", json={"value": "*", "time": "ts"})
+    got = d(b'{"ts": "2024-05-01T12:00:00Z", "temp": 21.5, "run": false, "mode": "auto"}', "wide/P-3", NOW)
+    assert values(got) == [("P-3.temp", T0, 21.5), ("P-3.run", T0, False), ("P-3.mode", T0, "auto")]
+
+
+def test_json_null_value_is_a_bad_reading():
+    [r] = dec(tag="{signal}")(b'{"value": null, "time": 1714564800}', "plant/a/x", NOW)
+    assert r.value is None and r.quality == Quality.BAD and r.status_name == "null value" and r.time == T0
+
+
+def test_json_nan_infinity_and_huge_numbers_are_readings():
+    d = dec(tag="{signal}")
+    got = d(b'[{"value": NaN}, {"value": Infinity}, {"value": -Infinity}, {"value": 1e400}]', "plant/a/x", NOW)
+    v = [r.value for r in got]
+    assert math.isnan(v[0]) and v[1:] == [math.inf, -math.inf, math.inf]
+    [big] = d(b'{"value": 123456789012345678901234567890}', "plant/a/x", NOW)
+    assert big.value == pytest.approx(1.2345678901234568e29)
+
+
+def test_json_empty_array_is_no_readings():
+    assert dec()(b"[]", "plant/a/b", NOW) == []
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    (b'{"value": 1', "not JSON: unexpected end of data"),
+    (b'{"val": 1}', "no value at 'value'"),
+    (b'{"value": {"x": 1}}', "value at 'value' is an object, not a number"),
+    (b'{"value": [1, 2]}', "value at 'value' is an array"),
+    (b'[{"value": 1}, {"value": 2, "time": "yesterday"}]', "sample 1: time 'yesterday' is neither ISO-8601"),
+    (b'[{"value": 1}, [1]]', "sample 1: expected an object or a value, got an array"),
+    (b'{"value": 1, "time": true}', "time must be text or a number, not a boolean"),
+    (b'{"value": 1, "time": 1e30}', "out of range"),
+    (b'{"value": "\\ud800"}', "not JSON"),
+    (b'\xff{}', "not JSON"),
+])
+def test_json_errors_are_precise(payload, message):
+    with pytest.raises(DataError, match=message):
+        dec(tag="{signal}")(payload, "plant/a/b", NOW)
+
+
+def test_json_errors_for_mappings():
+    with pytest.raises(DataError, match="samples at 'samples': expected an array, got missing"):
+        dec(json={"samples": "samples"})(b'{"s": []}', "plant/a/b", NOW)
+    with pytest.raises(DataError, match="no tag name at 'tag'"):
+        dec(json={"tag": "tag"})(b'{"value": 1}', "plant/a/b", NOW)
+    with pytest.raises(DataError, match="tag name at 'tag' is a number, not text"):
+        dec(json={"tag": "tag"})(b'{"value": 1, "tag": 5}', "plant/a/b", NOW)
+    with pytest.raises(DataError, match="value of 'x' is an object"):
+        dec(tag="{field}", json={"value": "*"})(b'{"x": {}}', "plant/a/b", NOW)
+    with pytest.raises(DataError, match="expected an object, got a number"):
+        dec(tag="{field}", json={"value": "*"})(b"1", "plant/a/b", NOW)
+
+
+# -- timestamps ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("raw", "fmt", "want"), [
+    ("2024-05-01T12:00:00Z", "auto", T0),
+    ("2024-05-01T14:00:00+02:00", "iso8601", T0),
+    ("2024-05-01T12:00:00", "iso8601", T0),  # no offset: UTC
+    ("2024-05-01 12:00:00.250Z", "auto", T0 + timedelta(milliseconds=250)),
+    ("2024-05-01T12:00:00.123456789Z", "auto", T0 + timedelta(microseconds=123456)),
+    (1714564800, "epoch_s", T0), (1714564800.5, "epoch_s", T0 + timedelta(milliseconds=500)),
+    (T0_MS + 7, "epoch_ms", T0 + timedelta(milliseconds=7)),
+    (T0_MS * 1000 + 7, "epoch_us", T0 + timedelta(microseconds=7)),
+    (T0_MS * 1_000_000 + 7999, "epoch_ns", T0 + timedelta(microseconds=7)),
+    (1714564800, "auto", T0), (T0_MS + 7, "auto", T0 + timedelta(milliseconds=7)),
+    (T0_MS * 1000 + 7, "auto", T0 + timedelta(microseconds=7)),
+    (T0_MS * 1_000_000 + 7000, "auto", T0 + timedelta(microseconds=7)),
+    ("1714564800", "auto", T0), (str(T0_MS), "epoch_ms", T0), ("1714564800.25", "auto", T0 + timedelta(seconds=0.25)),
+])
+def test_parse_time_formats(raw, fmt, want):
+    got = parse_time(raw, fmt)
+    assert got == want and got.tzinfo is UTC
+
+
+def test_json_epoch_fast_path_is_exact_for_every_unit():
+    for fmt, scale in (("epoch_ms", 1000), ("epoch_us", 1_000_000), ("auto", 1000), ("auto", 1_000_000)):
+        d = dec(tag="{signal}", json={"time_format": fmt})
+        for k in (0, 1, 499, 500, 999_999):
+            raw = int(T0.timestamp()) * scale + k
+            [r] = d(b'{"value": 1, "time": %d}' % raw, "plant/a/x", NOW)
+            assert r.time == T0 + timedelta(seconds=k / scale), (fmt, raw)
+
+
+def test_auto_time_switches_units_between_samples():
+    d = dec(tag="{signal}")
+    got = d(b'[{"value": 1, "time": %d}, {"value": 2, "time": 1714564800}, {"value": 3, "time": %d}]'
+            % (T0_MS, T0_MS * 1000), "plant/a/x", NOW)
+    assert [r.time for r in got] == [T0, T0, T0]
+
+
+def test_offsets_become_utc():
+    got = parse_time("2024-05-01T15:00:00+03:00", "auto")
+    assert got == T0 and got.utcoffset() == timedelta(0)
+    assert parse_time("2024-05-01T12:00:00-00:30", "auto") == T0.astimezone(timezone(timedelta(0))) + timedelta(
+        minutes=30)
+
+
+@pytest.mark.parametrize(("raw", "fmt", "message"), [
+    ("May 1st", "iso8601", "not ISO-8601"), (1714564800, "iso8601", "is a number but time_format is iso8601"),
+    (float("nan"), "auto", "not a finite number"), (10**30, "epoch_s", "out of range"), ([1], "auto", "an array"),
+])
+def test_parse_time_errors(raw, fmt, message):
+    with pytest.raises(DataError, match=message):
+        parse_time(raw, fmt)

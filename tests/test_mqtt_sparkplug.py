@@ -1,0 +1,209 @@
+"""Sparkplug B: encoder, decoder (births, aliases, deaths, datatypes, quality), birth state on disk."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from collectors.mqtt.config import Subscription
+from collectors.mqtt.decode import make_decoder
+from collectors.mqtt.sparkplug_b_pb2 import DataType, Payload
+from collectors.mqtt.sparkplug_encode import EdgeNode, Metric, encode_payload, topic
+from collectors.mqtt.sparkplug_state import SparkplugStore
+from edge.errors import DataError
+from edge.records import Flag, Quality
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+T0_MS = int(T0.timestamp() * 1000)
+
+
+def decoder(**kw):
+    return make_decoder(Subscription.model_validate({"topic": "spBv1.0/#", "format": "sparkplug", **kw}))
+
+
+def by_tag(readings):
+    return {r.tag: r for r in readings}
+
+
+def test_birth_then_alias_data_decode_with_default_tags():
+    d, n = decoder(), EdgeNode("KIP", "gw1")
+    birth = d(*_swap(n.birth({"P-101/flow": 12.5, "P-101/running": True}, timestamp_ms=T0_MS)), NOW)
+    assert {r.tag: r.value for r in birth} == {"KIP.gw1.P-101/flow": 12.5, "KIP.gw1.P-101/running": True}
+    assert all(r.time == T0 and r.flags == 0 for r in birth)
+    t, p = n.data({"P-101/flow": 13.0}, timestamp_ms=T0_MS + 1000)
+    assert Payload.FromString(p).metrics[0].name == ""  # sent by alias only
+    [r] = d(p, t, NOW)
+    assert (r.tag, r.value, r.time) == ("KIP.gw1.P-101/flow", 13.0, T0 + timedelta(seconds=1))
+    d(*_swap(n.device_birth("pump7", {"vib": 1.0})), NOW)
+    [r] = d(*_swap(n.data([("vib", 2.0, T0_MS + 5)], device="pump7")), NOW)
+    assert (r.tag, r.value, r.time) == ("KIP.gw1.pump7.vib", 2.0, T0 + timedelta(milliseconds=5))
+    assert d.stats["seq_gaps"] == 0
+
+
+def _swap(tp):
+    """EdgeNode returns (topic, payload); decoders take (payload, topic)."""
+    return tp[1], tp[0]
+
+
+def test_datatypes_signed_unsigned_float_string_datetime():
+    d = decoder()
+    metrics = [
+        Metric("i8", -5, datatype=DataType.Int8), Metric("i16", -300, datatype=DataType.Int16),
+        Metric("i32", -70000, datatype=DataType.Int32), Metric("i64", -(2**40), datatype=DataType.Int64),
+        Metric("u8", 250, datatype=DataType.UInt8), Metric("u32", 2**32 - 1, datatype=DataType.UInt32),
+        Metric("u64", 2**64 - 1, datatype=DataType.UInt64), Metric("f", 1.5, datatype=DataType.Float),
+        Metric("d", math.pi, datatype=DataType.Double), Metric("b", False, datatype=DataType.Boolean),
+        Metric("s", "läuft", datatype=DataType.String), Metric("txt", "x", datatype=DataType.Text),
+        Metric("dt", T0_MS, datatype=DataType.DateTime), Metric("nan", math.nan, datatype=DataType.Double),
+    ]
+    got = {r.tag.split(".")[-1]: r.value for r in d(encode_payload(metrics, seq=0, timestamp_ms=T0_MS),
+                                                      topic("G", "NBIRTH", "N"), NOW)}
+    nan = got.pop("nan")
+    assert math.isnan(nan)
+    assert got == {"i8": -5, "i16": -300, "i32": -70000, "i64": -(2**40), "u8": 250, "u32": 2**32 - 1,
+                   "u64": 2**64 - 1, "f": 1.5, "d": math.pi, "b": False, "s": "läuft", "txt": "x", "dt": T0_MS}
+
+
+def test_int8_sent_as_full_32_bit_twos_complement_is_sign_extended():
+    # Tahu's Java encoder puts (int) -1 into the uint32 field: 0xFFFFFFFF.
+    p = Payload(seq=0)
+    m = p.metrics.add(name="x", datatype=DataType.Int8)
+    m.int_value = 0xFFFFFFFF
+    [r] = decoder()(p.SerializeToString(), topic("G", "NBIRTH", "N"), NOW)
+    assert r.value == -1
+
+
+def test_datatype_comes_from_the_birth_when_data_omits_it():
+    d = decoder()
+    d(encode_payload([Metric("t", -1, alias=9, datatype=DataType.Int16)], seq=0), topic("G", "NBIRTH", "N"), NOW)
+    p = Payload(seq=1)
+    p.metrics.add(alias=9, int_value=(-2) & 0xFFFFFFFF)  # no datatype in the data message
+    [r] = d(p.SerializeToString(), topic("G", "NDATA", "N"), NOW)
+    assert r.value == -2
+
+
+def test_is_null_quality_property_and_missing_timestamps():
+    d = decoder()
+    payload = encode_payload([Metric("a", None, datatype=DataType.Double), Metric("b", 1.0, quality=192),
+                              Metric("c", 2.0, quality=64 + 8), Metric("e", 3.0, quality=0)], seq=0)
+    got = by_tag(d(payload, topic("G", "NBIRTH", "N"), NOW))
+    a, b, c, e = (got[f"G.N.{k}"] for k in "abce")
+    assert a.value is None and a.quality == Quality.BAD and a.status_name == "is_null"
+    assert a.time == NOW and a.flags & Flag.NO_SOURCE_TIME
+    assert b.quality == Quality.GOOD and b.flags == Flag.NO_SOURCE_TIME
+    assert c.quality == Quality.UNCERTAIN and c.status == 72 and c.flags & Flag.SOURCE_STATUS
+    assert e.quality == Quality.BAD and e.status_name == "Quality=0"
+
+
+def test_node_death_marks_every_metric_of_node_and_devices_bad():
+    d, n = decoder(), EdgeNode("G", "N", bd_seq=3)
+    will_topic, will = n.death()
+    d(*_swap(n.birth({"a": 1.0})), NOW)
+    d(*_swap(n.device_birth("D", {"x": 1.0, "y": 2})), NOW)
+    dead = by_tag(d(will, will_topic, NOW))
+    assert set(dead) == {"G.N.a", "G.N.D.x", "G.N.D.y"}  # bdSeq is protocol, not a tag
+    assert all(r.value is None and r.quality == Quality.BAD and r.status_name == "NDEATH" for r in dead.values())
+    # A will of an older session (other bdSeq) arriving late is ignored.
+    n.rebirth_after_reconnect()
+    d(*_swap(n.birth({"a": 1.0})), NOW)
+    assert d(will, will_topic, NOW) == []
+    assert d.stats["stale_deaths"] == 1
+
+
+def test_device_death():
+    d, n = decoder(), EdgeNode("G", "N")
+    d(*_swap(n.birth({})), NOW)
+    d(*_swap(n.device_birth("D", {"x": 1.0})), NOW)
+    [r] = d(*_swap(n.device_death("D")), NOW)
+    assert (r.tag, r.value, r.quality, r.status_name) == ("G.N.D.x", None, Quality.BAD, "DDEATH")
+
+
+def test_unknown_alias_is_a_dead_letter_but_named_metrics_decode_without_birth():
+    d = decoder()
+    with pytest.raises(DataError, match=r"alias 4 unknown for edge node G/N.*must rebirth"):
+        d(encode_payload([Metric(None, 1.0, alias=4)], seq=5), topic("G", "NDATA", "N"), NOW)
+    [r] = d(encode_payload([Metric("named", 1.0)], seq=6), topic("G", "NDATA", "N"), NOW)
+    assert r.tag == "G.N.named"
+
+
+def test_sequence_gaps_are_counted_not_errors():
+    d, n = decoder(), EdgeNode("G", "N")
+    d(*_swap(n.birth({"a": 1.0})), NOW)
+    n.data({"a": 2.0})  # lost on the way
+    assert len(d(*_swap(n.data({"a": 3.0})), NOW)) == 1
+    assert d.stats["seq_gaps"] == 1
+    for _ in range(300):  # wraps at 255 without gaps
+        d(*_swap(n.data({"a": 3.0})), NOW)
+    assert d.stats["seq_gaps"] == 1
+
+
+def test_commands_and_state_are_not_measurements():
+    d = decoder()
+    assert d(encode_payload([Metric("Node Control/Rebirth", True)]), topic("G", "NCMD", "N"), NOW) == []
+    assert d(b'{"online": true}', "spBv1.0/STATE/host1", NOW) == []
+    assert d.stats["ignored_messages"] == 2
+
+
+@pytest.mark.parametrize(("payload", "where", "message"), [
+    (b"\xff\xff\xff", "spBv1.0/G/NDATA/N", "not a Sparkplug B payload"),
+    (b"", "spBv1.0/G/NDATA", "unknown Sparkplug message type or topic shape"),
+    (b"", "spBv1.0/G/DDATA/N", "topic shape"),
+    (b"", "spBv1.0/G/XDATA/N", "unknown Sparkplug message type"),
+    (b"", "other/G/NDATA/N", "not a Sparkplug B topic"),
+    (encode_payload([Metric(None, 1.0)]), "spBv1.0/G/NBIRTH/N", "a birth certificate metric needs a name"),
+    (encode_payload([Metric(None, 1.0)]), "spBv1.0/G/NDATA/N", "neither name nor alias"),
+    (encode_payload([Metric("a", 1.0, timestamp_ms=2**63)]), "spBv1.0/G/NDATA/N", "out of range"),
+])
+def test_malformed_sparkplug_is_a_data_error(payload, where, message):
+    with pytest.raises(DataError, match=message):
+        decoder()(payload, where, NOW)
+
+
+def test_invalid_utf8_in_names_and_strings():
+    good = encode_payload([Metric("ab", "cd")])
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        decoder()(good.replace(b"ab", b"\xff\xfe"), "spBv1.0/G/NDATA/N", NOW)
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        decoder()(good.replace(b"cd", b"\xff\xfe"), "spBv1.0/G/NDATA/N", NOW)
+
+
+def test_non_scalar_and_protocol_metrics_are_skipped_and_counted():
+    p = Payload(seq=0)
+    p.metrics.add(name="bdSeq", datatype=DataType.Int64, long_value=0)
+    p.metrics.add(name="Node Control/Rebirth", datatype=DataType.Boolean, boolean_value=False)
+    p.metrics.add(name="blob", datatype=DataType.Bytes, bytes_value=b"x")
+    p.metrics.add(name="v", datatype=DataType.Double, double_value=1.0)
+    d = decoder()
+    assert [r.tag for r in d(p.SerializeToString(), topic("G", "NBIRTH", "N"), NOW)] == ["G.N.v"]
+    assert d.stats["skipped_metrics"] == 1
+
+
+def test_custom_tag_template_applies_to_node_and_device_metrics():
+    d, n = decoder(tag="{node}/{device}/{field}"), EdgeNode("G", "N")
+    assert [r.tag for r in d(*_swap(n.birth({"a": 1.0})), NOW)] == ["N//a"]
+    assert [r.tag for r in d(*_swap(n.device_birth("D", {"x": 1.0})), NOW)] == ["N/D/x"]
+
+
+def test_birth_state_survives_a_restart_through_the_store(tmp_path):
+    store = SparkplugStore(tmp_path / "sparkplug")
+    d, n = decoder(), EdgeNode("Plant~1", "gw%1 ä")
+    store.attach(d)
+    d(*_swap(n.birth({"a": 1.0})), NOW)
+    d(*_swap(n.device_birth("D", {"x": -1}, timestamp_ms=T0_MS)), NOW)
+    assert len(list((tmp_path / "sparkplug").glob("*.json"))) == 1
+    # A new gateway process: the births were acknowledged and will not come again.
+    restarted = decoder()
+    SparkplugStore(tmp_path / "sparkplug").attach(restarted)
+    [r] = restarted(*_swap(n.data({"x": -7}, device="D")), NOW)
+    assert (r.tag, r.value) == ("Plant~1.gw%1 ä.D.x", -7)
+    assert restarted.stats["seq_gaps"] == 0  # the saved sequence number is not trusted after a restart
+
+
+def test_unreadable_state_files_are_ignored(tmp_path):
+    (tmp_path / "G~N.json").write_text("{broken")
+    d = decoder()
+    SparkplugStore(tmp_path).attach(d)
+    assert d.nodes == {}

@@ -1,0 +1,133 @@
+"""OPC UA collector configuration and DataValue conversion (no network)."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from asyncua import ua
+from pydantic import ValidationError
+
+from collectors.base import CollectorContext
+from collectors.opcua import Config, NodeConfig, build
+from collectors.opcua.convert import quality_of, status_name, to_reading
+from edge.errors import ConfigError
+from edge.metrics import Metrics
+from edge.records import Flag, Quality
+
+SAMPLE = Path(__file__).resolve().parents[1] / "collectors" / "opcua" / "sample.toml"
+NODES = [{"node_id": "ns=2;s=P-101.vib_de", "tag": "P-101.vib_de"}]
+
+
+def make(**kw) -> Config:
+    return Config.model_validate({"endpoint": "opc.tcp://127.0.0.1:4840", "nodes": NODES, **kw})
+
+
+def errors(**kw) -> str:
+    with pytest.raises(ValidationError) as exc:
+        make(**kw)
+    return str(exc.value)
+
+
+def test_sample_config_validates_and_documents_the_real_defaults():
+    data = tomllib.loads(SAMPLE.read_text())
+    for entry in data["collectors"]:
+        body = {k: v for k, v in entry.items() if k not in ("kind", "name")}
+        Config.model_validate(body)
+    # Every commented "# key = value" line must show the code's default (style notes: Telegraf's drift).
+    section, checked = Config, 0
+    for line in SAMPLE.read_text().splitlines():
+        if line.startswith("[[collectors.nodes]]"):
+            section = NodeConfig
+        m = re.match(r"#\s*(\w+)\s*=\s*(\S+)", line)
+        if not m or m.group(1) not in section.model_fields:
+            continue
+        default = section.model_fields[m.group(1)].default
+        if default is None:
+            continue  # an example value for an optional key
+        assert tomllib.loads(f"v = {m.group(2)}")["v"] == default, line
+        checked += 1
+    assert checked >= 12
+
+
+def test_literal_password_is_refused_and_references_resolve(tmp_path, monkeypatch):
+    assert "not a literal password" in errors(username="u", password="hunter2")
+    assert "go together" in errors(username="u")
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    ctx = CollectorContext(name="c", state_dir=tmp_path, metrics=Metrics())
+    assert build(make(username="u", password=f"file:{secret}"), ctx)._password == "s3cret"
+    monkeypatch.setenv("OPCUA_PW", "from-env")
+    assert build(make(username="u", password="env:OPCUA_PW"), ctx)._password == "from-env"
+    monkeypatch.delenv("OPCUA_PW")
+    with pytest.raises(ConfigError, match="OPCUA_PW is not set"):
+        build(make(username="u", password="env:OPCUA_PW"), ctx)
+
+
+def test_each_mistake_has_its_own_message():
+    assert "opc.tcp://" in errors(endpoint="http://x")
+    assert "not an OPC UA node id" in errors(nodes=[{"node_id": "ns=x;q=1", "tag": "a"}])
+    one = {"node_id": "ns=2;i=1", "tag": "a"}
+    assert "duplicate tag a" in errors(nodes=[one, {"node_id": "ns=2;i=2", "tag": "a"}])
+    assert "duplicate node_id ns=2;i=1" in errors(nodes=[one, {"node_id": "ns=2;i=1", "tag": "b"}])
+    assert "Extra inputs" in errors(timeout=3)
+    assert "security_policy" in errors(security_policy="Basic256Sha256")
+    assert "greater than 0" in errors(connect_timeout_s=0)
+    assert "at least 1 item" in errors(nodes=[])
+
+
+def dv(value, code=0, source=None, server=None) -> ua.DataValue:
+    return ua.DataValue(ua.Variant(value), ua.StatusCode(code), source, server)
+
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+T1 = datetime(2026, 3, 1, 12, 0, 1, tzinfo=UTC)
+NOW = datetime(2026, 3, 1, 12, 0, 5, tzinfo=UTC)
+
+
+def test_status_codes_become_quality_with_their_names():
+    assert quality_of(0) is Quality.GOOD
+    assert quality_of(0x40930000) is Quality.UNCERTAIN
+    assert quality_of(0x808C0000) is Quality.BAD
+    assert quality_of(0xC0000000) is Quality.BAD  # reserved severity counts as bad
+    assert status_name(0x808C0000) == "BadSensorFailure"
+    assert status_name(0x808C0000 | 0x0400) == "BadSensorFailure"  # info bits (limit, overflow) ignored
+    assert status_name(0x80FE0000).startswith("Bad_0x")
+
+    r = to_reading("t", ua.DataValue(ua.Variant(None, ua.VariantType.Null), ua.StatusCode(0x808C0000), T0, T1), NOW)
+    assert (r.quality, r.status, r.status_name, r.value) == (Quality.BAD, 0x808C0000, "BadSensorFailure", None)
+    assert r.flags & Flag.SOURCE_STATUS
+    r = to_reading("t", dv(4.5, 0x40930000, T0, T1), NOW)
+    assert (r.quality, r.value, r.status_name) == (Quality.UNCERTAIN, 4.5, "UncertainSensorNotAccurate")
+    r = to_reading("t", dv(7, 0, T0, T1), NOW)
+    assert (r.quality, r.flags, r.status, r.status_name, r.value) == (Quality.GOOD, 0, 0, "", 7)
+
+
+def test_a_bad_value_is_never_turned_into_text():
+    r = to_reading("t", dv(3.25, 0x80000000, T0), NOW)
+    assert r.value == 3.25 and r.quality is Quality.BAD
+
+
+def test_timestamps_source_then_server_then_receive_time():
+    r = to_reading("t", dv(1.0, 0, T0, T1), NOW)
+    assert (r.time, r.server_time, r.receive_time) == (T0, T1, NOW)
+    r = to_reading("t", dv(1.0, 0, None, T1), NOW)
+    assert r.time == T1 and not r.flags & Flag.NO_SOURCE_TIME
+    r = to_reading("t", dv(1.0, 0, None, None), NOW)
+    assert r.time == NOW and r.flags & Flag.NO_SOURCE_TIME and r.server_time is None
+    # OPC UA's "no timestamp" (0) decodes as 1601-01-01: treated as absent.
+    r = to_reading("t", dv(1.0, 0, datetime(1601, 1, 1, tzinfo=UTC), T1), NOW)
+    assert r.time == T1
+
+
+def test_value_types():
+    assert to_reading("t", dv(True), NOW).value is True
+    assert to_reading("t", dv("running"), NOW).value == "running"
+    assert to_reading("t", dv(ua.LocalizedText("auto")), NOW).value == "auto"
+    assert to_reading("t", ua.DataValue(ua.Variant(2**40, ua.VariantType.Int64)), NOW).value == 2**40
+    assert to_reading("t", dv(T0), NOW).value == T0.isoformat()
+    r = to_reading("t", dv([1.0, 2.0]), NOW)  # arrays are not readings yet
+    assert r.value is None and r.quality is Quality.BAD and r.flags & Flag.TYPE_MISMATCH

@@ -1,0 +1,136 @@
+"""CSV replay and the simulator clock: rows in file order, at the requested simulated rate and timestamps."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from collectors.simulator import SimOptions, Simulator
+from collectors.simulator.replay import CsvReplay, ReplaySpec, parse_mapping
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "tests" / "data" / "simulator_replay.csv"
+GT_2011 = ROOT.parent / "shared" / "data" / "gas-turbine" / "gt_2011.csv"
+
+
+def test_columns_delimiter_bom_and_whitespace_are_handled():
+    r = CsvReplay(ReplaySpec(SAMPLE, prefix="GT1"))
+    assert r.delimiter == ";" and r.tags == ["GT1.NOX", "GT1.CO", "GT1.TAT"]  # text columns left out
+    rows = r.advance(0.0)
+    assert rows == [(0.0, [("GT1.NOX", 81.5, 0), ("GT1.CO", 2.1, 0), ("GT1.TAT", 545.2, 0)])]
+
+
+def test_rows_come_in_order_one_per_row_seconds():
+    r = CsvReplay(ReplaySpec(SAMPLE, mapping=parse_mapping(["NOX=K1.NOx,CO=K1.CO"]), row_seconds=3600.0))
+    assert r.tags == ["K1.NOx", "K1.CO"]
+    got = r.advance(0.0)  # row 0 is due at once
+    got += r.advance(1800.0)  # nothing new in half an hour
+    assert len(got) == 1
+    got += r.advance(1800.0)
+    got += r.advance(3 * 3600.0)  # three rows due in one step, each with its own time
+    assert [t for t, _ in got] == [0.0, 3600.0, 7200.0, 10800.0, 14400.0]
+    nox = [dict((s.tag, s.value) for s in row).get("K1.NOx") for _, row in got]
+    co = [dict((s.tag, s.value) for s in row).get("K1.CO") for _, row in got]
+    assert nox == [81.5, 79.0, None, 84.25, 88.0]  # an empty cell is left out of its row
+    assert co == [2.1, 2.4, 2.9, None, 3.3]  # so is a cell that is not a number
+    assert r.advance(10 * 3600.0) == [] and r.finished and r.rows_done == 5
+
+
+def test_loop_starts_again():
+    r = CsvReplay(ReplaySpec(SAMPLE, mapping={"TAT": "K1.T"}, row_seconds=1.0, loop=True))
+    values = [row[0].value for _, row in r.advance(11.0)]
+    assert values == [545.2, 546.0, 547.1, 544.9, 543.0] * 2 + [545.2, 546.0]
+    r.close()
+
+
+def test_mistakes_are_named():
+    with pytest.raises(ValueError, match="no column NOx; columns are datetime, NOX, CO, TAT, status"):
+        CsvReplay(ReplaySpec(SAMPLE, mapping={"NOx": "K1.NOx"}))
+    with pytest.raises(ValueError, match="expected COLUMN=TAG"):
+        parse_mapping(["NOX"])
+    with pytest.raises(ValueError, match="No such file"):
+        CsvReplay(ReplaySpec(SAMPLE.with_name("missing.csv")))
+
+
+async def collect(sim: Simulator) -> list[tuple[datetime, str, object]]:
+    out: list[tuple[datetime, str, object]] = []
+    sim.on_samples = lambda ts, samples: out.extend((ts, s.tag, s.value) for s in samples)
+    return out
+
+
+async def test_replay_through_the_simulator_replaces_model_tags_with_spaced_timestamps():
+    # interval 0.1 s x speed 36000 = one simulated hour per tick = one CSV row per tick.
+    sim = Simulator(SimOptions(opcua_endpoint=None, interval_s=0.1, speed=36000.0, replay=ReplaySpec(
+        SAMPLE, mapping={"NOX": "K1.NOx", "TAT": "K1.T"}, row_seconds=3600.0)))
+    out = await collect(sim)
+    await sim.start()
+    for _ in range(4):
+        await sim.tick()
+    await sim.stop()
+    nox = [(ts, v) for ts, tag, v in out if tag == "K1.NOx"]
+    assert [v for _, v in nox] == [81.5, 79.0, 84.25, 88.0]  # row 2 has no NOX; nothing from the model
+    stamps = [ts for ts, tag, _ in out if tag == "K1.T"]
+    assert [b - a for a, b in itertools.pairwise(stamps)] == [timedelta(seconds=0.1)] * 4  # wall: hour / speed
+    assert len([1 for _, tag, _ in out if tag == "K1.CO"]) == 5  # not replayed: still the model's
+
+
+async def test_sim_timestamps_follow_simulated_time():
+    start = datetime(2011, 1, 1, tzinfo=UTC)
+    sim = Simulator(SimOptions(opcua_endpoint=None, interval_s=1.0, speed=3600.0, timestamps="sim", start=start,
+                               replay=ReplaySpec(SAMPLE, mapping={"TAT": "GT.TAT"})))
+    out = await collect(sim)
+    await sim.start()
+    await sim.tick()
+    await sim.tick()
+    await sim.stop()
+    assert [ts for ts, tag, _ in out if tag == "GT.TAT"] == [start, start + timedelta(hours=1),
+                                                              start + timedelta(hours=2)]
+    assert [ts for ts, tag, _ in out if tag == "P-101.flow"] == [start, start + timedelta(hours=1),
+                                                                  start + timedelta(hours=2)]
+
+
+async def test_the_clock_runs_rows_in_order():
+    sim = Simulator(SimOptions(opcua_endpoint=None, interval_s=0.05, speed=72000.0, duration_s=0.6,
+                               replay=ReplaySpec(SAMPLE, mapping={"TAT": "K1.T"}, loop=True)))
+    out = await collect(sim)
+    await sim.start()
+    await sim.run()
+    await sim.stop()
+    values = [v for _, tag, v in out if tag == "K1.T"]
+    cycle = [545.2, 546.0, 547.1, 544.9, 543.0]
+    assert len(values) >= 6 and values == (cycle * 10)[:len(values)]
+    stamps = [ts for ts, tag, _ in out if tag == "K1.T"]
+    assert stamps == sorted(stamps)
+
+
+@pytest.mark.skipif(not GT_2011.exists(), reason=f"{GT_2011} not present (../shared/data is optional)")
+def test_gas_turbine_file_as_stack_data():
+    r = CsvReplay(ReplaySpec(GT_2011, mapping=parse_mapping(["NOX=K1.NOx,CO=K1.CO,TAT=K1.T"])))
+    first = dict((s.tag, s.value) for s in r.advance(0.0)[0][1])
+    assert first == {"K1.NOx": 81.952, "K1.CO": 0.32663, "K1.T": 549.83}
+    rows = r.advance(7410 * 3600.0)
+    assert r.rows_done == 7411 and len(rows) == 7410 and all(not math.isnan(s.value) for _, row in rows for s in row)
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "collectors.simulator", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_command_line():
+    out = run_cli("--help")
+    assert out.returncode == 0 and "--replay-map" in out.stdout and "fault form" in out.stdout
+    out = run_cli("--list-tags")
+    assert out.returncode == 0 and "ns=2;s=P-101.vib_de" in out.stdout and "K1.NOx.span" in out.stdout
+    out = run_cli("--fault", "P-101:explode")
+    assert out.returncode == 2 and "unknown fault kind 'explode'" in out.stderr
+    out = run_cli("--no-opcua", "--duration", "0.5", "--interval", "0.1", "--replay", str(SAMPLE),
+                  "--replay-map", "NOX=K1.NOx", "--fault", "P-101:bearing")
+    assert out.returncode == 0, out.stderr
+    assert "stopped after" in out.stderr
