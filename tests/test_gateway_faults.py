@@ -1,0 +1,139 @@
+"""Fault tests on the whole path: MQTT (mosquitto) -> `valvoja run` (a process) -> PostgreSQL + TimescaleDB.
+
+Real processes are stopped, killed and restarted; each test then counts what arrived:
+every published reading in the database exactly once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+from gateway_proc import GatewayProcess
+from ops_support import Publisher, new_run, site_config, stored, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def values(dsn: str, prefix: str = "P-1.") -> list[float]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return [v for (v,) in conn.execute(
+            "SELECT r.value FROM readings r JOIN tags t ON t.id = r.tag_id WHERE t.name LIKE %s ORDER BY r.value",
+            (prefix + "%",)).fetchall()]
+
+
+def exactly_once(dsn: str, n: int) -> None:
+    got = values(dsn)
+    assert len(got) == n, f"{len(got)} rows for {n} published"
+    assert got == [float(i) for i in range(n)], "every reading once, none missing, none twice"
+
+
+def start_subscribed(gw: GatewayProcess) -> GatewayProcess:
+    """Start and wait until the MQTT session is subscribed: what is published before that has no session to go to."""
+    gw.start()
+    wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], timeout_s=30, what="collector subscribed")
+    return gw
+
+
+class SteadyPublisher(threading.Thread):
+    """Publishes ``rate`` readings/s (one per QoS 1 message) until stopped; counts what the broker acknowledged."""
+
+    def __init__(self, pub: Publisher, rate: float):
+        super().__init__(daemon=True)
+        self.pub, self.period = pub, 1.0 / rate
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        next_t = time.monotonic()
+        while not self.halt.is_set():
+            self.pub.publish(1)
+            next_t += self.period
+            time.sleep(max(0.0, next_t - time.monotonic()))
+
+    def stop(self) -> int:
+        self.halt.set()
+        self.join(30)
+        return self.pub.sent
+
+
+def test_database_down_60_s_at_20_readings_per_s_loses_nothing_and_duplicates_nothing(tmp_path, own_pg_server,
+                                                                                    mosquitto):
+    dsn = own_pg_server.create_database("faults", timescaledb=True)
+    run = new_run()
+    gw = start_subscribed(GatewayProcess(tmp_path / "gw", site_config(dsn, mosquitto.port, run=run)))
+    pub = Publisher(mosquitto.port, run)
+    flow = SteadyPublisher(pub, rate=20)
+    try:
+        flow.start()
+        wait_for(lambda: stored(dsn) >= 40, timeout_s=30, what="readings flowing into the database")
+        own_pg_server.stop()
+        t_down = time.monotonic()
+        wait_for(lambda: not gw.health()["database"]["connected"], timeout_s=30, what="outage noticed")
+        spooled_during = wait_for(lambda: gw.health()["spool"]["readings"] >= 200 and gw.health()["spool"]["readings"],
+                                  timeout_s=60, what="readings spooled while the database is away")
+        assert gw.health()["collectors"]["plant"]["connected"], "collection goes on during the outage"
+        time.sleep(max(0.0, 60 - (time.monotonic() - t_down)))
+        own_pg_server.start()
+        time.sleep(3)
+        n = flow.stop()
+        assert n >= 60 * 20, "the publisher kept going through the outage"
+        wait_for(lambda: stored(dsn) >= n, timeout_s=60, what="backlog drained")
+        time.sleep(1)
+        exactly_once(dsn, n)
+        health = gw.health()
+        assert health["spool"]["readings"] == 0 and spooled_during >= 200
+        assert 'valvoja_db_errors_total' in gw.metrics()
+    finally:
+        flow.halt.set()
+        pub.close()
+        assert gw.terminate() == 0
+
+
+def test_gateway_sigkill_mid_stream_loses_no_acknowledged_reading_and_duplicates_none(tmp_path, pg_dsn, mosquitto):
+    run = new_run()
+    config = site_config(pg_dsn, mosquitto.port, run=run)
+    gw = start_subscribed(GatewayProcess(tmp_path / "gw", config))
+    pub = Publisher(mosquitto.port, run)
+    flow = SteadyPublisher(pub, rate=400)
+    try:
+        flow.start()
+        wait_for(lambda: stored(pg_dsn) >= 500, timeout_s=30, what="readings flowing")
+        for _ in range(3):  # several kills at arbitrary points of the stream
+            gw.kill()
+            time.sleep(1.0)  # the broker keeps the session's messages while the gateway is dead
+            gw.start()
+            wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], timeout_s=30, what="reconnected")
+            time.sleep(1.5)
+        n = flow.stop()
+        wait_for(lambda: stored(pg_dsn) >= n, timeout_s=60, what="everything stored after the kills")
+        time.sleep(1)
+        exactly_once(pg_dsn, n)
+    finally:
+        flow.halt.set()
+        pub.close()
+        assert gw.terminate() == 0
+
+
+def test_broker_restart_collection_resumes(tmp_path, pg_dsn, own_mosquitto):
+    run = new_run()
+    gw = start_subscribed(GatewayProcess(tmp_path / "gw", site_config(pg_dsn, own_mosquitto.port, run=run)))
+    try:
+        pub = Publisher(own_mosquitto.port, run)
+        pub.publish(100)
+        wait_for(lambda: stored(pg_dsn) >= 100, timeout_s=30, what="first readings")
+        pub.close()
+        own_mosquitto.stop()
+        wait_for(lambda: not gw.health()["collectors"]["plant"]["connected"], timeout_s=30, what="loss noticed")
+        own_mosquitto.start()
+        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], timeout_s=45, what="collector reconnected")
+        pub = Publisher(own_mosquitto.port, run)
+        pub.sent = 100  # continue the sequence of values and timestamps
+        pub.publish(100)
+        pub.close()
+        wait_for(lambda: stored(pg_dsn) >= 200, timeout_s=30, what="readings after the broker restart")
+        exactly_once(pg_dsn, 200)
+        assert "valvoja_collector_reconnects_total" in gw.metrics()
+    finally:
+        assert gw.terminate() == 0
