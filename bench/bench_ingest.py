@@ -1,0 +1,333 @@
+"""Gateway ingest benchmark: MQTT -> `valvoja run` -> TimescaleDB, against the raw COPY limit.
+
+Phases (each prints its figures; all are written to bench/results/ingest.json):
+1. raw:        binary COPY of pre-encoded rows into `readings` (same table, same indexes, 20k-row
+               transactions like the gateway) - the database's own limit on this machine.
+2. throughput: 1,000 tags, 100 samples per MQTT message, published as fast as the broker takes them;
+               sustained readings/s from the first publish to the last commit. Ratio to raw.
+3. latency:    10,000 readings/s (100 messages/s) with source time = publish time; p50/p99 of
+               source time -> database commit, from the gateway's own reservoir.
+4. outage:     the database stopped for --outage-s while 10,000 readings/s flow; then the drain rate
+               as a multiple of the ingest rate.
+5. rss:        10,000 configured tags, traffic over all of them; peak RSS of the gateway process.
+
+Servers are private (tests/servers.py): PostgreSQL 15 + TimescaleDB and mosquitto on free ports.
+Run:  .venv/bin/python bench/bench_ingest.py [--outage-s 300] [--messages 10000] [--skip outage]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import orjson  # noqa: E402
+import paho.mqtt.client as mqtt  # noqa: E402
+import psutil  # noqa: E402
+import psycopg  # noqa: E402
+from gateway_proc import GatewayProcess  # noqa: E402
+from ops_support import db_url  # noqa: E402
+from servers import MosquittoServer, PostgresServer  # noqa: E402
+
+from edge.db.migrate import migrate  # noqa: E402
+from edge.sink.pgbinary import COLUMNS, encode_rows  # noqa: E402
+
+SAMPLES_PER_MSG = 100
+BATCH_ROWS = 20_000
+
+
+def site(dsn: str, mqtt_port: int, topic: str, tags: int, state: Path, *, register_tags: bool = False) -> str:
+    text = f"""
+[site]
+name = "bench"
+gateway_id = "gw-bench"
+state_dir = "{state}"
+
+[database]
+url = "{db_url(dsn)}"
+batch_rows = {BATCH_ROWS}
+flush_interval_s = 0.2
+connect_timeout_s = 3
+rollup_interval_s = 5.0
+
+[http]
+listen = "127.0.0.1:{{HTTP_PORT}}"
+
+[logging]
+level = "WARNING"
+format = "text"
+
+[service]
+collector_silence_s = 0
+
+[[collectors]]
+kind = "mqtt"
+name = "bench"
+host = "127.0.0.1"
+port = {mqtt_port}
+client_id = "gw-bench-{int(time.time())}"
+max_inflight = 1000
+
+[[collectors.subscriptions]]
+topic = "{topic}"
+tag = "{{field}}"
+[collectors.subscriptions.json]
+value = "v"
+time = "t"
+tag = "tag"
+samples = "samples"
+time_format = "epoch_us"
+"""
+    if register_tags:
+        text += "".join(f'\n[[tags]]\nname = "B.t{i:05d}"\nunit = "1"\nrange = [-1e9, 1e9]\n' for i in range(tags))
+    return text
+
+
+class Publisher:
+    """Pre-encodes nothing it need not: payloads are built on the fly (the gateway's work is what we time)."""
+
+    def __init__(self, port: int, topic: str, tags: int):
+        self.topic, self.tags = topic, tags
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{time.time_ns()}")
+        self.c.max_inflight_messages_set(2000)
+        self.c.max_queued_messages_set(0)
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+        self.g = 0  # global sample index
+        self.base_us = int(time.time() * 1e6) - 3_600_000_000
+
+    def payload(self, now_us: int | None = None) -> bytes:
+        samples = []
+        for _ in range(SAMPLES_PER_MSG):
+            g = self.g
+            t = now_us if now_us is not None else self.base_us + g // self.tags
+            samples.append({"tag": f"B.t{g % self.tags:05d}", "t": t, "v": float(g % 977)})
+            self.g += 1
+        return orjson.dumps({"samples": samples})
+
+    def burst(self, messages: int, window: int = 500) -> None:
+        infos = []
+        for _ in range(messages):
+            infos.append(self.c.publish(self.topic, self.payload(), qos=1))
+            if len(infos) >= window:
+                infos.pop(0).wait_for_publish(60)
+        for i in infos:
+            i.wait_for_publish(60)
+
+    def steady(self, rate_readings: float, seconds: float, live_time: bool, stop: threading.Event | None = None):
+        period = SAMPLES_PER_MSG / rate_readings
+        t_next = time.monotonic()
+        end = t_next + seconds
+        while time.monotonic() < end and not (stop and stop.is_set()):
+            now_us = int(time.time() * 1e6) if live_time else None
+            self.c.publish(self.topic, self.payload(now_us), qos=1)
+            t_next += period
+            time.sleep(max(0.0, t_next - time.monotonic()))
+
+    def close(self):
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def count(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return c.execute("SELECT count(*) FROM readings").fetchone()[0]
+
+
+def phase_raw(pg: PostgresServer, n_rows: int, tags: int) -> dict:
+    dsn = pg.create_database("raw", timescaledb=True)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        migrate(conn)
+        ids = {}
+        with conn.cursor() as cur:
+            for i in range(tags):
+                cur.execute("INSERT INTO tags (name) VALUES (%s) RETURNING id", (f"B.t{i:05d}",))
+                ids[f"B.t{i:05d}"] = cur.fetchone()[0]
+        base = int(time.time() * 1e6) - 3_600_000_000
+        rows = [(f"B.t{g % tags:05d}", base + g // tags, float(g % 977), base, 0, 0, 0, None) for g in range(n_rows)]
+        chunks = [encode_rows(rows[i:i + BATCH_ROWS], ids) for i in range(0, n_rows, BATCH_ROWS)]
+        t0 = time.perf_counter()
+        for chunk in chunks:
+            with conn.transaction(), conn.cursor() as cur, cur.copy(
+                    f"COPY readings ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.write(chunk)
+        dt = time.perf_counter() - t0
+    out = {"rows": n_rows, "seconds": round(dt, 3), "rows_per_s": round(n_rows / dt)}
+    print(f"raw COPY: {n_rows} rows in {dt:.2f} s = {out['rows_per_s']:,} rows/s")
+    return out
+
+
+def start_gateway(tmp: Path, name: str, dsn: str, mq: MosquittoServer, topic: str, tags: int,
+                  register_tags: bool = False) -> GatewayProcess:
+    gw = GatewayProcess(tmp / name, site(dsn, mq.port, topic, tags, tmp / name / "var", register_tags=register_tags))
+    gw.start(timeout_s=120)
+    deadline = time.monotonic() + 60
+    while not gw.health()["collectors"]["bench"].get("connected"):
+        if time.monotonic() > deadline:
+            raise TimeoutError("collector did not connect")
+        time.sleep(0.1)
+    return gw
+
+
+def wait_stored(gw: GatewayProcess, n: int, timeout_s: float = 600) -> float:
+    deadline = time.monotonic() + timeout_s
+    while gw.health()["readings_stored"] < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"stored {gw.health()['readings_stored']} of {n}")
+        time.sleep(0.05)
+    return time.perf_counter()
+
+
+def phase_throughput(tmp, pg, mq, messages: int, tags: int, raw: dict) -> dict:
+    dsn = pg.create_database("e2e", timescaledb=True)
+    topic = "bench/tp"
+    gw = start_gateway(tmp, "tp", dsn, mq, topic, tags)
+    pub = Publisher(mq.port, topic, tags)
+    n = messages * SAMPLES_PER_MSG
+    cpu0 = psutil.Process(gw.proc.pid).cpu_times()
+    t0 = time.perf_counter()
+    pub.burst(messages)
+    t_pub = time.perf_counter()
+    t1 = wait_stored(gw, n)
+    cpu1 = psutil.Process(gw.proc.pid).cpu_times()
+    pub.close()
+    gw.terminate()
+    assert count(dsn) == n, "every reading stored once"
+    rate = n / (t1 - t0)
+    out = {"readings": n, "tags": tags, "samples_per_message": SAMPLES_PER_MSG, "seconds": round(t1 - t0, 3),
+           "publish_seconds": round(t_pub - t0, 3), "readings_per_s": round(rate),
+           "gateway_cpu_s": round((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system), 2),
+           "ratio_to_raw_copy": round(rate / raw["rows_per_s"], 3)}
+    print(f"end to end: {n} readings in {t1 - t0:.2f} s = {rate:,.0f} readings/s "
+          f"({out['ratio_to_raw_copy']:.0%} of raw COPY); gateway CPU {out['gateway_cpu_s']} s")
+    return out
+
+
+def phase_latency(tmp, pg, mq, tags: int, seconds: float) -> dict:
+    dsn = pg.create_database("lat", timescaledb=True)
+    topic = "bench/lat"
+    gw = start_gateway(tmp, "lat", dsn, mq, topic, tags)
+    pub = Publisher(mq.port, topic, tags)
+    pub.steady(10_000, seconds, live_time=True)
+    n = pub.g
+    wait_stored(gw, n)
+    lat = gw.health()["latency_s"]
+    pub.close()
+    gw.terminate()
+    out = {"rate_readings_per_s": 10_000, "seconds": seconds, "readings": n, **lat}
+    print(f"latency at 10k readings/s: p50 {lat['p50'] * 1000:.0f} ms, p99 {lat['p99'] * 1000:.0f} ms, "
+          f"max {lat['max'] * 1000:.0f} ms (n={lat['n']})")
+    return out
+
+
+def phase_outage(tmp, mq, tags: int, outage_s: float) -> dict:
+    pg = PostgresServer()
+    pg.start()
+    try:
+        dsn = pg.create_database("outage", timescaledb=True)
+        topic = "bench/out"
+        gw = start_gateway(tmp, "out", dsn, mq, topic, tags)
+        pub = Publisher(mq.port, topic, tags)
+        rate = 10_000
+        stop = threading.Event()
+        th = threading.Thread(target=pub.steady, args=(rate, outage_s + 3600, False, stop), daemon=True)
+        th.start()
+        time.sleep(5)
+        pg.stop()
+        t_down = time.monotonic()
+        while time.monotonic() - t_down < outage_s:
+            time.sleep(5)
+            h = gw.health()
+            print(f"  outage {time.monotonic() - t_down:5.0f} s: spool {h['spool']['readings']:,} readings, "
+                  f"{h['spool']['bytes'] / 1e6:.0f} MB", flush=True)
+        backlog = gw.health()["spool"]["readings"]
+        pg.start()
+        t_up = time.perf_counter()
+        stored_up = gw.health()["readings_stored"]
+        while gw.health()["spool"]["readings"] > 2 * rate:  # drained down to ~normal working depth
+            time.sleep(0.2)
+        t_drained = time.perf_counter()
+        stored_drained = gw.health()["readings_stored"]
+        stop.set()
+        th.join(30)
+        pub.close()
+        gw.terminate()
+        drain_rate = (stored_drained - stored_up) / (t_drained - t_up)
+        out = {"outage_s": outage_s, "ingest_readings_per_s": rate, "backlog_readings": backlog,
+               "drain_seconds": round(t_drained - t_up, 2), "drain_readings_per_s": round(drain_rate),
+               "drain_over_ingest": round(drain_rate / rate, 2)}
+        print(f"outage {outage_s:.0f} s at {rate:,}/s: backlog {backlog:,}, drained in {out['drain_seconds']} s "
+              f"at {drain_rate:,.0f} readings/s = {out['drain_over_ingest']}x ingest")
+        return out
+    finally:
+        pg.close()
+
+
+def phase_rss(tmp, pg, mq, seconds: float) -> dict:
+    tags = 10_000
+    dsn = pg.create_database("rss", timescaledb=True)
+    topic = "bench/rss"
+    gw = start_gateway(tmp, "rss", dsn, mq, topic, tags, register_tags=True)
+    proc = psutil.Process(gw.proc.pid)
+    pub = Publisher(mq.port, topic, tags)
+    stop = threading.Event()
+    th = threading.Thread(target=pub.steady, args=(20_000, seconds, False, stop), daemon=True)
+    th.start()
+    peak = 0
+    while th.is_alive():
+        peak = max(peak, proc.memory_info().rss)
+        time.sleep(0.25)
+    wait_stored(gw, pub.g)
+    peak = max(peak, proc.memory_info().rss)
+    pub.close()
+    gw.terminate()
+    out = {"tags": tags, "rate_readings_per_s": 20_000, "seconds": seconds, "peak_rss_mb": round(peak / 2**20, 1)}
+    print(f"10,000 tags at 20k readings/s: peak gateway RSS {out['peak_rss_mb']} MB")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--messages", type=int, default=10_000, help="messages of 100 samples in the throughput phase")
+    ap.add_argument("--tags", type=int, default=1_000)
+    ap.add_argument("--latency-s", type=float, default=30)
+    ap.add_argument("--outage-s", type=float, default=300)
+    ap.add_argument("--rss-s", type=float, default=30)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["raw", "throughput", "latency", "outage", "rss"])
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ingest.json")
+    args = ap.parse_args()
+    results: dict = {"machine": {"cpus": psutil.cpu_count(), "mem_gb": round(psutil.virtual_memory().total / 2**30)}}
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    pg = PostgresServer()
+    mq = MosquittoServer(tls=False, password=False)
+    pg.start()
+    mq.start()
+    try:
+        n_raw = args.messages * SAMPLES_PER_MSG
+        results["raw_copy"] = phase_raw(pg, n_raw, args.tags)
+        if "throughput" not in args.skip:
+            results["throughput"] = phase_throughput(tmp, pg, mq, args.messages, args.tags, results["raw_copy"])
+        if "latency" not in args.skip:
+            results["latency"] = phase_latency(tmp, pg, mq, args.tags, args.latency_s)
+        if "outage" not in args.skip:
+            results["outage"] = phase_outage(tmp, mq, args.tags, args.outage_s)
+        if "rss" not in args.skip:
+            results["rss"] = phase_rss(tmp, pg, mq, args.rss_s)
+    finally:
+        mq.close()
+        pg.close()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
