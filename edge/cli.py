@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the gateway with a site configuration",
-                       description="Run the gateway until SIGTERM/SIGINT; the spool is flushed on the way out.")
+                       description="Run the gateway until SIGTERM/SIGINT; the spool is flushed on the way out. "
+                                   "SIGHUP reloads the configuration (a bad file is rejected, the old one kept).")
     _config_arg(p)
     p.add_argument("--log-format", choices=["json", "text"], help="override logging.format from the config")
     p.set_defaults(func=cmd_run)
@@ -128,20 +129,10 @@ def install_stop_signals(stop: asyncio.Event) -> None:
 
 
 def cmd_run(args) -> int:
-    from edge import logs, settings
-    from edge.gateway import Gateway
+    # SIGTERM/SIGINT stop (flush, exit 0), SIGHUP reloads the configuration, a watchdog restarts stalled parts.
+    from edge.service import Service
 
-    cfg = settings.load(args.config)
-    logs.setup(cfg.logging.level, args.log_format or cfg.logging.format)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        install_stop_signals(stop)
-        gw = Gateway(cfg)
-        await gw.run(stop)
-
-    asyncio.run(main())
-    return 0
+    return Service(args.config, log_format=args.log_format).run()
 
 
 def cmd_demo(args) -> int:

@@ -45,6 +45,8 @@ class Forwarder:
         self.duplicates = 0
         self.down_since: float | None = None
         self.last_error: str | None = None
+        # Monotonic time of the last sign of life (commit, connect, error): the watchdog's stall check.
+        self.heartbeat = time.monotonic()
         # Reservoir of (commit time - source time) in seconds, for benchmarks and /status.
         self.latency_s: collections.deque[float] = collections.deque(maxlen=200_000)
         # Rollup work: tag ids and the time span touched since the last refresh.
@@ -70,6 +72,7 @@ class Forwarder:
         features = await self.sink.connect(migrate_schema=self.db.migrate_on_start)
         await self.sink.sync_registry(self.cfg.assets, self.cfg.tags)
         self.metrics.db_connected.set(1)
+        self.heartbeat = time.monotonic()
         if self.down_since is not None:
             log.warning("database reachable again after %.1f s", time.monotonic() - self.down_since,
                         extra={"event": "db_up"})
@@ -80,6 +83,7 @@ class Forwarder:
         self.backoff.reset()
 
     async def _on_error(self, exc: BaseException) -> None:
+        self.heartbeat = time.monotonic()
         self.metrics.db_connected.set(0)
         self.metrics.db_errors.labels(type(exc).__name__).inc()
         self.last_error = f"{type(exc).__name__}: {exc}".strip()
@@ -99,16 +103,22 @@ class Forwarder:
                 except TimeoutError:
                     pass
 
-    async def drain_once(self) -> bool:
-        """Write one group of spooled batches; returns False when the spool was empty."""
+    async def drain_once(self, linger: bool = True) -> bool:
+        """Write one group of spooled batches; returns False when the spool was empty.
+
+        ``linger`` lets a small group wait up to ``flush_interval_s`` to grow (not on shutdown).
+        """
         spool = self.worker.spool
         batches = await self.worker.call(spool.peek, self.db.batch_rows)
         if not batches:
             return False
         n = sum(len(b.rows) for b in batches)
-        if n < self.db.batch_rows:
+        if linger and n < self.db.batch_rows:
             # Let a small group grow for up to flush_interval (bounded latency, fewer transactions).
-            wait = self.db.flush_interval_s - (time.time() - batches[0].created)
+            # `created` is wall-clock time (it outlives the process); clamp so that a wall clock
+            # stepped back cannot make this wait longer than flush_interval.
+            age = time.time() - batches[0].created
+            wait = min(self.db.flush_interval_s, self.db.flush_interval_s - age)
             if wait > 0:
                 await asyncio.sleep(wait)
                 batches = await self.worker.call(spool.peek, self.db.batch_rows)
@@ -116,6 +126,7 @@ class Forwarder:
         result = await self.sink.write(batches)
         self.metrics.db_write_seconds.observe(time.perf_counter() - t0)
         await self.worker.call(spool.delete, [b.seq for b in batches])
+        self.heartbeat = time.monotonic()
         self._account(batches, result)
         return True
 
@@ -152,7 +163,7 @@ class Forwarder:
                 return False
             try:
                 left = deadline - time.monotonic()
-                if not await asyncio.wait_for(self.drain_once(), timeout=max(0.1, left)):
+                if not await asyncio.wait_for(self.drain_once(linger=False), timeout=max(0.1, left)):
                     return True
             except (psycopg.Error, OSError, TimeoutError) as exc:
                 log.warning("final flush stopped: %s", exc, extra={"event": "flush_incomplete"})

@@ -49,9 +49,11 @@ def database_conninfo(cfg: SiteConfig) -> str | None:
 
 
 class Gateway:
-    def __init__(self, cfg: SiteConfig, *, conninfo: str | None = None, http_port: int | None = None):
+    def __init__(self, cfg: SiteConfig, *, conninfo: str | None = None, http_port: int | None = None,
+                 metrics: Metrics | None = None):
         self.cfg = cfg
-        self.metrics = Metrics()
+        # edge.service passes one Metrics to each Gateway it builds, so counters survive a SIGHUP reload.
+        self.metrics = metrics or Metrics()
         self.conninfo = conninfo if conninfo is not None else database_conninfo(cfg)
         state = Path(cfg.site.state_dir)
         state.mkdir(parents=True, exist_ok=True)
@@ -71,6 +73,12 @@ class Gateway:
         self.http = (HealthServer(host, int(port) if http_port is None else http_port, health=self.health,
                                   metrics=self._render_metrics) if cfg.http.enabled else None)
         self._tasks: dict[str, asyncio.Task] = {}
+        # Watchdog hooks (edge/service.py): how to start each task again, the monotonic time of each
+        # collector's last sign of life, and problems that make /healthz fail until they clear.
+        self._factories: dict[str, Callable[[], Awaitable[None]]] = {}
+        self.progress: dict[str, float] = {}
+        self.problems: dict[str, str] = {}
+        self.shutdown_flush_s = SHUTDOWN_FLUSH_S
         self.started = time.monotonic()
         self.ready = asyncio.Event()
         # Extra consumers of spooled readings (maintenance, emissions live parts) register here.
@@ -80,21 +88,49 @@ class Gateway:
     async def run(self, stop: asyncio.Event) -> None:
         if self.http:
             await self.http.start()
-        self._spawn("ingest", self.ingest.run())
+        self._start("ingest", self.ingest.run)
         if self.forwarder:
-            self._spawn("forwarder", self.forwarder.run())
-            self._spawn("rollups", self.rollups.run())
+            self._start("forwarder", self.forwarder.run)
+            self._start("rollups", self.rollups.run)
         else:
             log.warning("no database configured: readings stay in the spool", extra={"event": "spool_only"})
         for name, collector in self.collectors.items():
-            self._spawn(f"collector:{name}", self._supervise(name, collector))
+            self._start(f"collector:{name}", lambda n=name, c=collector: self._supervise(n, c))
         for i, job in enumerate(self.background):
-            self._spawn(f"background:{i}", job())
+            self._start(f"background:{i}", job)
         log.info("gateway %s started with %d collectors", self.cfg.site.gateway_id, len(self.collectors),
                  extra={"event": "started", "spool_readings": self.spool.readings})
         self.ready.set()
         await stop.wait()
         await self.shutdown()
+
+    @property
+    def tasks(self) -> dict[str, asyncio.Task]:
+        """The running parts by name (a copy, for the watchdog)."""
+        return dict(self._tasks)
+
+    def _start(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        self._factories[name] = factory
+        self._spawn(name, factory())
+
+    async def restart(self, name: str) -> None:
+        """Cancel task ``name`` (a stalled or dead part) and start it again; its state objects are kept."""
+        task = self._tasks.get(name)
+        if task is not None and not task.done():
+            task.cancel()
+            # A task blocked in a database call may take a moment to unwind; do not wait forever.
+            await asyncio.wait({task}, timeout=3)
+        if name == "forwarder" and self.forwarder:
+            # Drop the connection: a half-open socket is the usual reason for a stalled write.
+            try:
+                await asyncio.wait_for(self.forwarder.sink.close(), timeout=3)
+            except Exception as exc:
+                log.debug("closing the stalled database connection failed: %r", exc)
+                self.forwarder.sink.conn = None
+        elif name.startswith("collector:"):
+            await self._close_collector(self.collectors[name.split(":", 1)[1]])
+        self.progress[name] = time.monotonic()
+        self._spawn(name, self._factories[name]())
 
     def _spawn(self, name: str, coro) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -113,10 +149,18 @@ class Gateway:
         backoff = Backoff()
         failing = False
         m = self.metrics
+        part = f"collector:{name}"
+        progress = self.progress
+        ingest_emit = self.ingest.emit
+
+        async def emit(batch) -> None:
+            progress[part] = time.monotonic()
+            await ingest_emit(batch)
+
         while True:
-            t0 = time.monotonic()
+            t0 = progress[part] = time.monotonic()
             try:
-                await collector.run(self.ingest.emit)
+                await collector.run(emit)
                 raise ConnectionError("collector stopped without an error")
             except asyncio.CancelledError:
                 raise
@@ -159,7 +203,7 @@ class Gateway:
                 if task:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
-            flushed = await self.forwarder.flush(SHUTDOWN_FLUSH_S)
+            flushed = await self.forwarder.flush(self.shutdown_flush_s)
             try:
                 await asyncio.wait_for(self.rollups.refresh_once(), timeout=2)
             except Exception as exc:  # rollups catch up on the next start
@@ -210,7 +254,8 @@ class Gateway:
         detail = self.status()
         dead = [n for n, t in self._tasks.items() if t.done()]
         detail["dead_tasks"] = dead
-        return not dead, detail
+        detail["problems"] = dict(self.problems)
+        return not dead and not self.problems, detail
 
 
 def _percentiles(samples) -> dict | None:

@@ -7,7 +7,7 @@ in ``_total``, units are in the name.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 
 class Metrics:
@@ -46,6 +46,14 @@ class Metrics:
             "valvoja_reading_latency_seconds", "Receive time to database commit", registry=r,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600))
         self.queue_depth = Gauge("valvoja_ingest_queue_batches", "Batches waiting to be spooled", registry=r)
+        # Process supervision (edge/service.py): watchdog, SIGHUP reloads, disk; process_* gives RSS and CPU.
+        self.watchdog_restarts = Counter("valvoja_watchdog_restarts_total",
+                                         "Gateway parts restarted by the watchdog", ["part", "reason"], registry=r)
+        self.config_reloads = Counter("valvoja_config_reloads_total", "SIGHUP configuration reloads",
+                                      ["result"], registry=r)
+        self.disk_free = Gauge("valvoja_state_disk_free_bytes",
+                               "Free bytes on the file system of the state directory (spool)", registry=r)
+        ProcessCollector(registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

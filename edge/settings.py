@@ -149,6 +149,21 @@ class Logging(Strict):
     format: Literal["json", "text"] = "json"
 
 
+class Service(Strict):
+    """The long-running process around the gateway (edge/service.py): stop deadline and watchdog."""
+
+    # SIGTERM: flush the spool and exit within this (container stop grace periods must be longer).
+    stop_timeout_s: float = Field(10.0, ge=2, le=600)
+    watchdog_interval_s: float = Field(5.0, gt=0, le=300)
+    # Forwarder / ingest: no progress for this long while there is work means stalled (restart).
+    stall_after_s: float = Field(120.0, gt=0)
+    # A collector that delivered nothing for this long is restarted; 0 turns the check off
+    # (for sources that may be silent longer, e.g. event-only MQTT topics).
+    collector_silence_s: float = Field(600.0, ge=0)
+    # Warn (log + health) when the state directory's file system has less free space than this.
+    min_free_disk_bytes: int = Field(500_000_000, ge=0)
+
+
 class SiteConfig(Strict):
     site: Site = Site()
     database: Database = Database()
@@ -156,6 +171,7 @@ class SiteConfig(Strict):
     validation: Validation = Validation()
     http: Http = Http()
     logging: Logging = Logging()
+    service: Service = Service()
     assets: list[Asset] = []
     tags: list[Tag] = []
     # Validated by their owners' models (collectors.registry and friends) in `load`.

@@ -1,0 +1,151 @@
+"""Benchmark: one stack, six pollutants, one year of one-minute readings in the database
+-> validated averages and compliance (issue 5; bar: 30 s on this machine).
+
+    .venv/bin/python bench/bench_emissions.py                  # starts its own TimescaleDB (tests/servers.py)
+    .venv/bin/python bench/bench_emissions.py --db postgresql://...   (or $VALVOJA_BENCH_DB)
+
+Seeds ~3.15 M pollutant readings (6 × 525 600) plus O2, flue-gas flow and the operating state with
+binary COPY, then times the emissions job in a fresh child process (so its peak memory is its own):
+fetching primary values (time_bucket / date_bin in the database, binary COPY out), normalising and
+averaging, compliance, and the idempotent upsert of every average and event. Prints the figures and
+writes bench/results/bench_emissions.json. The seeded rows are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edge.db.features import detect  # noqa: E402
+from edge.db.migrate import migrate  # noqa: E402
+from emissions import averages, compliance, store, synthetic  # noqa: E402
+
+START = int(datetime(2025, 1, 1, tzinfo=UTC).timestamp())
+MINUTES = 365 * 1440
+
+
+def seed(conn: psycopg.Connection, name: str) -> dict:
+    cfg = synthetic.waste_stack(name)
+    t0 = time.perf_counter()
+    series = synthetic.synthetic_series(cfg, START, MINUTES, seed=11)
+    t_gen = time.perf_counter() - t0
+    ids = synthetic.ensure_tags(conn, sorted(series), asset=name)
+    t0 = time.perf_counter()
+    rows = pollutant_rows = 0
+    for tag, (t, v, f) in series.items():
+        n = synthetic.copy_readings(conn, ids[tag], t, v, f)
+        rows += n
+        if tag in {p.tag for p in cfg.pollutants}:
+            pollutant_rows += n
+    t_copy = time.perf_counter() - t0
+    with conn.cursor() as cur:
+        cur.execute("ANALYZE readings")
+    return {"rows": rows, "pollutant_values": pollutant_rows, "generate_s": round(t_gen, 2),
+            "copy_s": round(t_copy, 2), "copy_rows_per_s": round(rows / t_copy)}
+
+
+def compute(dsn: str, name: str) -> dict:
+    """The timed part, run in a child process."""
+    cfg = synthetic.waste_stack(name)
+    out = {}
+    t_all = time.perf_counter()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        features = detect(conn)
+        t0 = time.perf_counter()
+        primary = store.fetch_primary(conn, features, cfg, START, START + MINUTES * 60)
+        out["fetch_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        result = averages.compute(cfg, primary)
+        out["normalise_average_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        span = (START, START + MINUTES * 60)
+        rules, events = compliance.evaluate(cfg, result, span)
+        out["compliance_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out["averages_written"] = store.write_result(conn, cfg, result, span, rules, events)
+        out["write_s"] = time.perf_counter() - t0
+    out["total_s"] = time.perf_counter() - t_all
+    out["events"] = len(events)
+    out["rule_windows"] = len(rules)
+    out["failed_windows"] = sum(not r.passed for r in rules)
+    out["edition"] = features.edition
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def cleanup(conn: psycopg.Connection, name: str) -> None:
+    with conn.cursor() as cur:
+        cur.execute("DELETE FROM readings WHERE tag_id IN (SELECT id FROM tags WHERE asset = %s)", (name,))
+        cur.execute("DELETE FROM tags WHERE asset = %s", (name,))
+        for table in ("emission_averages", "emission_events", "emission_compliance", "emission_runs"):
+            cur.execute(f"DELETE FROM {table} WHERE stack = %s", (name,))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--db", default=os.environ.get("VALVOJA_BENCH_DB"),
+                    help="database to use (default: a TimescaleDB server of its own, fsync off)")
+    ap.add_argument("--plain", action="store_true", help="with no --db: a server without TimescaleDB")
+    ap.add_argument("--child", metavar="STACK", help=argparse.SUPPRESS)
+    ap.add_argument("--repeat", type=int, default=2, help="timed runs (the second one sees a warm cache)")
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(compute(args.db, args.child)))
+        return 0
+    if args.db:
+        return run(args.db, args.repeat)
+    sys.path.insert(0, str(ROOT / "tests"))
+    from servers import PostgresServer
+
+    server = PostgresServer(fsync=False, timescaledb=not args.plain).start()
+    try:
+        return run(server.create_database(timescaledb=server.timescaledb), args.repeat)
+    finally:
+        server.close()
+
+
+def run(dsn: str, repeat: int) -> int:
+    name = f"BENCH{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        features, _ = migrate(conn)
+        print(f"database: {features.edition} {features.timescaledb_version or ''}".rstrip())
+        try:
+            seeded = seed(conn, name)
+            print(f"seeded {seeded['rows']:,} readings ({seeded['pollutant_values']:,} pollutant values) "
+                  f"by binary COPY in {seeded['copy_s']} s ({seeded['copy_rows_per_s']:,} rows/s)")
+            runs = []
+            for i in range(repeat):
+                proc = subprocess.run([sys.executable, __file__, "--db", dsn, "--child", name],
+                                      capture_output=True, text=True, check=True)
+                runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                r = runs[-1]
+                print(f"run {i + 1}: {r['total_s']:.2f} s total (fetch {r['fetch_s']:.2f}, normalise+average "
+                      f"{r['normalise_average_s']:.2f}, compliance {r['compliance_s']:.2f}, write {r['write_s']:.2f}); "
+                      f"peak RSS {r['peak_rss_mb']:.0f} MB; {r['averages_written']:,} averages, {r['events']} events")
+        finally:
+            cleanup(conn, name)
+    result = {"benchmark": "emissions_year", "stack_pollutants": 6, "minutes": MINUTES, "seed": seeded,
+              "runs": runs, "best_total_s": min(r["total_s"] for r in runs), "bar_s": 30.0,
+              "machine": {"cpus": os.cpu_count()}, "when": datetime.now(UTC).isoformat(timespec="seconds")}
+    out = ROOT / "bench" / "results" / "bench_emissions.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"best {result['best_total_s']:.2f} s (bar 30 s) -> {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The live alert feed behind the board's server-sent events.
+
+One task per console process watches the ``alerts`` table and fans changed rows out to every
+open board. Two ways in, so neither alone is trusted:
+
+- ``LISTEN valvoja_alerts``: the trigger of migration m0401 (or any writer) sends the alert id
+  on every insert or update, so a new alert reaches the boards within milliseconds;
+- a poll every ``poll_s`` for rows changed after the last one seen, which catches whatever a
+  notification missed (the listener reconnecting, a table created after the trigger migration).
+
+Subscribers get bounded queues; a board that does not keep up is told to reload instead of
+holding memory without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+
+import psycopg
+
+from console import alerts
+from console.problems import Problem
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "valvoja_alerts"
+QUEUE_MAX = 1000
+
+
+class AlertFeed:
+    def __init__(self, db, *, poll_s: float = 1.0):
+        self.db = db
+        self.poll_s = poll_s
+        self.subscribers: set[asyncio.Queue] = set()
+        self.watermark: datetime | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._wake = asyncio.Event()
+        self._pending_ids: set[str] = set()
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._listen(), name="alert-listen"),
+                       asyncio.create_task(self._poll(), name="alert-poll")]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+    def wake(self) -> None:
+        """Look for changes now (after this process changed an alert)."""
+        self._wake.set()
+
+    def subscribe(self) -> asyncio.Queue:
+        q: asyncio.Queue = asyncio.Queue(maxsize=QUEUE_MAX)
+        self.subscribers.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue) -> None:
+        self.subscribers.discard(q)
+
+    def publish(self, rows: list[dict]) -> None:
+        for q in list(self.subscribers):
+            for row in rows:
+                try:
+                    q.put_nowait(row)
+                except asyncio.QueueFull:
+                    self.unsubscribe(q)
+                    with contextlib.suppress(asyncio.QueueFull):
+                        q.put_nowait(None)  # tells the stream to end: the client reconnects and reloads
+                    break
+
+    async def _listen(self) -> None:
+        """LISTEN on a dedicated connection; reconnect with a pause when it drops."""
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.db.conninfo, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    async for note in conn.notifies():
+                        self._pending_ids.add(note.payload)
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("alert feed: LISTEN connection lost (%s); polling meanwhile", exc)
+                await asyncio.sleep(2.0)
+
+    async def _poll(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
+            self._wake.clear()
+            ids, self._pending_ids = list(self._pending_ids), set()
+            try:
+                await self._fetch(ids)
+            except asyncio.CancelledError:
+                raise
+            except Problem:
+                pass  # no alerts table yet: nothing to watch
+            except Exception as exc:
+                log.warning("alert feed: poll failed: %s", exc)
+                await asyncio.sleep(self.poll_s)
+
+    async def _fetch(self, ids: list[str]) -> None:
+        if self.watermark is None:
+            row = await self.db.fetchone("SELECT now() AS t")
+            self.watermark = row["t"] if row else datetime.now(UTC)
+            return
+        rows = await alerts.changed_since(self.db, self.watermark, ids or None) if ids else []
+        rows += await alerts.changed_since(self.db, self.watermark)
+        seen: dict[str, dict] = {}
+        for r in rows:
+            seen[str(r["id"])] = r
+            if r["changed_at"] is not None and r["changed_at"] > self.watermark:
+                self.watermark = r["changed_at"]
+        if seen and self.subscribers:
+            self.publish(list(seen.values()))

@@ -1,0 +1,180 @@
+"""Who is calling, and may they: sessions (browser), API tokens (machines), roles, CSRF.
+
+- Browsers log in with a user name and password and get a session cookie (HttpOnly,
+  SameSite=Lax, Secure when the request came over TLS, ``__Host-`` prefix then). The cookie
+  holds a random 256-bit id; the database stores its SHA-256 only.
+- Machines send ``Authorization: Bearer <token>``; tokens are stored as SHA-256 too and carry
+  their own role. Bearer requests need no CSRF token (a browser never adds that header by itself).
+- Every state-changing request made with a session cookie must carry the session's CSRF token,
+  in the ``X-CSRF-Token`` header (fetch) or a ``csrf_token`` form field (plain HTML forms).
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from ipaddress import ip_address
+
+from fastapi import Depends, Request
+
+from console.passwords import digest
+from console.problems import Problem
+
+ROLES = ("viewer", "engineer", "maintenance", "admin")
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "viewer": frozenset({"read"}),
+    "engineer": frozenset({"read", "alerts.write"}),
+    "maintenance": frozenset({"read", "predictions.review"}),
+    "admin": frozenset({"read", "alerts.write", "predictions.review", "users.admin", "models.admin"}),
+}
+COOKIE = "valvoja_session"
+SECURE_COOKIE = "__Host-valvoja_session"
+UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    name: str
+    kind: str  # "user" | "token"
+    role: str
+    user_id: int | None = None
+    csrf: str | None = None  # the session's CSRF token; None for bearer tokens
+    session: bytes | None = None
+
+    def can(self, permission: str) -> bool:
+        return permission in PERMISSIONS.get(self.role, frozenset())
+
+
+def client_address(request: Request) -> str:
+    """The caller's address; X-Forwarded-For is believed only from a configured proxy."""
+    peer = request.client.host if request.client else ""
+    cfg = request.app.state.config.console
+    if peer in cfg.trusted_proxies:
+        fwd = request.headers.get("x-forwarded-for", "")
+        first = fwd.split(",")[0].strip()
+        try:
+            return str(ip_address(first))
+        except ValueError:
+            pass
+    return peer
+
+
+def is_tls(request: Request) -> bool:
+    if request.url.scheme == "https":
+        return True
+    peer = request.client.host if request.client else ""
+    return (peer in request.app.state.config.console.trusted_proxies
+            and request.headers.get("x-forwarded-proto", "").lower() == "https")
+
+
+def cookie_secure(request: Request) -> bool:
+    mode = request.app.state.config.console.cookie_secure
+    return mode == "always" or (mode == "auto" and is_tls(request))
+
+
+def session_cookie(request: Request) -> str | None:
+    return request.cookies.get(SECURE_COOKIE) or request.cookies.get(COOKIE)
+
+
+async def _from_token(request: Request, token: str) -> Principal:
+    db = request.app.state.db
+    row = await db.fetchone(
+        "UPDATE console_api_tokens SET last_used_at = now() WHERE token_hash = %s AND revoked_at IS NULL "
+        "AND (expires_at IS NULL OR expires_at > now()) RETURNING id, name, role", (digest(token),))
+    if row is None:
+        raise Problem(401, "API token unknown, revoked or expired", headers={"WWW-Authenticate": "Bearer"})
+    return Principal(name=f"token:{row['name']}", kind="token", role=row["role"])
+
+
+async def _from_session(request: Request, sid: str) -> Principal | None:
+    db = request.app.state.db
+    h = digest(sid)
+    row = await db.fetchone(
+        "UPDATE console_sessions s SET last_seen = now() FROM console_users u "
+        "WHERE s.id_hash = %s AND u.id = s.user_id AND s.expires_at > now() AND NOT u.disabled "
+        "RETURNING u.id, u.username, u.role, s.csrf_token", (h,))
+    if row is None:
+        return None
+    return Principal(name=row["username"], kind="user", role=row["role"], user_id=row["id"],
+                     csrf=row["csrf_token"], session=h)
+
+
+async def optional_principal(request: Request) -> Principal | None:
+    """The authenticated caller or None; does not check CSRF."""
+    cached = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cached
+    authz = request.headers.get("authorization", "")
+    principal = None
+    if authz:
+        scheme, _, token = authz.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Problem(401, "Authorization must be 'Bearer <API token>'", headers={"WWW-Authenticate": "Bearer"})
+        principal = await _from_token(request, token.strip())
+    else:
+        sid = session_cookie(request)
+        if sid:
+            principal = await _from_session(request, sid)
+    request.state.principal = principal
+    return principal
+
+
+async def check_csrf(request: Request, principal: Principal) -> None:
+    """Reject a cookie-authenticated unsafe request without the session's CSRF token."""
+    if request.method not in UNSAFE or principal.kind != "user":
+        return
+    sent = request.headers.get("x-csrf-token")
+    if sent is None and request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        from urllib.parse import parse_qs
+
+        sent = (parse_qs((await request.body()).decode("utf-8", "replace")).get("csrf_token") or [None])[0]
+    if not sent or not principal.csrf or not hmac.compare_digest(sent, principal.csrf):
+        raise Problem(403, "missing or wrong CSRF token: send the X-CSRF-Token header (from /api/auth/me) "
+                           "or the csrf_token form field", type_="/problems/csrf")
+
+
+async def current_principal(request: Request) -> Principal:
+    """Dependency: the authenticated caller (401 otherwise), CSRF-checked for unsafe methods."""
+    principal = await optional_principal(request)
+    if principal is None:
+        raise Problem(401, "log in first (session cookie) or send an API token (Authorization: Bearer ...)",
+                      headers={"WWW-Authenticate": "Bearer"})
+    await check_csrf(request, principal)
+    return principal
+
+
+def require(permission: str):
+    """Dependency factory: the caller must hold ``permission`` (403 naming the role otherwise)."""
+
+    async def dep(principal: Principal = Depends(current_principal)) -> Principal:
+        if not principal.can(permission):
+            allowed = [r for r in ROLES if permission in PERMISSIONS[r]]
+            raise Problem(403, f"role '{principal.role}' may not do this ({permission}); it needs one of: "
+                               f"{', '.join(allowed)}", type_="/problems/role")
+        return principal
+
+    dep.__name__ = f"require_{permission.replace('.', '_')}"
+    return dep
+
+
+async def rate_limited(request: Request, username: str) -> float | None:
+    """Seconds to wait when too many log-ins failed recently for this user name or client, else None."""
+    cfg = request.app.state.config.console
+    since = datetime.now(UTC) - timedelta(seconds=cfg.login_window_s)
+    row = await request.app.state.db.fetchone(
+        "SELECT count(*) FILTER (WHERE username = %(u)s) AS by_user,"
+        " count(*) FILTER (WHERE client = %(c)s) AS by_client,"
+        " min(time) AS oldest FROM console_login_failures WHERE time > %(t)s AND (username = %(u)s OR client = %(c)s)",
+        {"u": username.lower(), "c": client_address(request), "t": since})
+    if row and max(row["by_user"], row["by_client"]) >= cfg.login_failures_max:
+        wait = (row["oldest"] + timedelta(seconds=cfg.login_window_s) - datetime.now(UTC)).total_seconds()
+        return max(wait, 1.0)
+    return None
+
+
+async def record_failure(request: Request, username: str) -> None:
+    db = request.app.state.db
+    await db.execute("INSERT INTO console_login_failures (username, client) VALUES (%s, %s)",
+                     (username.lower(), client_address(request)))
+    await db.execute("DELETE FROM console_login_failures WHERE time < now() - interval '1 day'")

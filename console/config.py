@@ -1,0 +1,87 @@
+"""Console configuration: one TOML file with ``[console]``, ``[database]`` and ``[[gateways]]``.
+
+The database section has the gateway's schema (``edge.settings.Database``), so the same
+``url`` / ``password = "env:NAME"`` rules apply; secrets are references, never literals.
+``load`` raises ``ConfigError`` listing every problem as ``FILE: KEY: what is wrong``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+
+from edge.errors import ConfigError
+from edge.settings import Database, Strict, _describe
+
+
+class Console(Strict):
+    listen: str = Field("127.0.0.1:8080", pattern=r"^[^:]+:\d+$")
+    # "auto": Secure cookies when the request arrived over TLS (directly or via X-Forwarded-Proto from
+    # a trusted proxy); "always" for deployments that are only ever reached over HTTPS.
+    cookie_secure: Literal["auto", "always", "never"] = "auto"
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    session_hours: float = Field(12.0, gt=0, le=24 * 30)
+    # Log-in rate limit: at most this many failures per user name and per client address per window.
+    login_failures_max: int = Field(5, ge=1)
+    login_window_s: float = Field(300.0, gt=0)
+    pool_min: int = Field(1, ge=1)
+    pool_max: int = Field(8, ge=1)
+    # The SSE alert feed polls as a safety net next to LISTEN/NOTIFY (e.g. when a writer does not notify).
+    alert_poll_s: float = Field(1.0, gt=0, le=60)
+    # Readings: answer at most this many points per series; longer ranges are downsampled on the server.
+    max_points: int = Field(5000, ge=10, le=100_000)
+    default_points: int = Field(1000, ge=10, le=100_000)
+    # Emission/compliance reports are linked from the emissions page when present here.
+    reports_dir: Path | None = None
+
+
+class Gateway(Strict):
+    """A gateway whose ``/healthz`` the gateway page shows."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    health_url: str = Field(pattern=r"^https?://")
+    metrics_url: str | None = Field(None, pattern=r"^https?://")
+    timeout_s: float = Field(2.0, gt=0, le=30)
+
+
+class ConsoleConfig(Strict):
+    console: Console = Console()
+    database: Database = Database()
+    gateways: list[Gateway] = Field(default_factory=list)
+
+
+def parse(data: dict, *, source: str = "<config>") -> ConsoleConfig:
+    """Validate parsed TOML; raise ConfigError naming every problem."""
+    try:
+        cfg = ConsoleConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([f"{source}: {_describe(e, data)}" for e in exc.errors()]) from None
+    if not cfg.database.url:
+        raise ConfigError(f"{source}: database.url: is required (the console reads the gateway database)")
+    return cfg
+
+
+def load(path: str | Path) -> ConsoleConfig:
+    """Read and validate a console configuration file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from exc
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    cfg = parse(data, source=str(path))
+    rd = cfg.console.reports_dir
+    if rd is not None and not rd.is_absolute():
+        object.__setattr__(cfg.console, "reports_dir", path.resolve().parent / rd)
+    return cfg
+
+
+def conninfo(cfg: ConsoleConfig) -> str:
+    """The libpq connection string with its password reference resolved."""
+    from edge.gateway import database_conninfo
+
+    return database_conninfo(cfg)  # type: ignore[arg-type]  # needs only .database

@@ -1,0 +1,101 @@
+"""Database access for the console: an async connection pool, the server's features, and
+which optional tables (owned by maintenance/, emissions/, models/) exist yet.
+
+The console reads other packages' tables; a page whose table is missing answers 503 with a
+problem document naming the table, instead of showing canned data.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from console.problems import Problem
+from edge.db.features import Features, detect
+
+log = logging.getLogger(__name__)
+
+
+class Database:
+    """One pool per console process; ``features`` detected at open."""
+
+    def __init__(self, conninfo: str, *, min_size: int = 1, max_size: int = 8):
+        self.conninfo = conninfo
+        self.pool = AsyncConnectionPool(conninfo, min_size=min_size, max_size=max_size, open=False,
+                                        kwargs={"row_factory": dict_row, "autocommit": True},
+                                        name="console")
+        self.features: Features | None = None
+        self._tables: dict[str, tuple[float, bool]] = {}
+        self._columns: dict[str, tuple[float, set[str]]] = {}
+
+    async def open(self, *, migrate: bool = True) -> None:
+        """Apply migrations (when asked) with a short-lived sync connection, then open the pool."""
+        from edge.db.migrate import migrate as run_migrations
+
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            if migrate:
+                self.features, applied = run_migrations(conn)
+                if applied:
+                    log.info("console: applied %d migration(s)", len(applied))
+            else:
+                self.features = detect(conn)
+        await self.pool.open(wait=True, timeout=30)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @asynccontextmanager
+    async def conn(self):
+        async with self.pool.connection() as conn:
+            yield conn
+
+    async def fetch(self, sql: str, params: Any = None) -> list[dict]:
+        async with self.pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute(sql, params)
+            return await cur.fetchall()
+
+    async def fetchone(self, sql: str, params: Any = None) -> dict | None:
+        async with self.pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute(sql, params)
+            return await cur.fetchone()
+
+    async def execute(self, sql: str, params: Any = None) -> int:
+        async with self.pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute(sql, params)
+            return cur.rowcount
+
+    async def has_table(self, name: str, *, ttl_s: float = 10.0) -> bool:
+        """Whether a table or view exists; cached briefly because other packages migrate later."""
+        now = time.monotonic()
+        hit = self._tables.get(name)
+        if hit and now - hit[0] < ttl_s:
+            return hit[1]
+        row = await self.fetchone("SELECT to_regclass(%s) IS NOT NULL AS ok", (name,))
+        ok = bool(row and row["ok"])
+        self._tables[name] = (now, ok)
+        return ok
+
+    async def columns(self, table: str, *, ttl_s: float = 30.0) -> set[str]:
+        """Column names of ``table`` (empty when it does not exist)."""
+        now = time.monotonic()
+        hit = self._columns.get(table)
+        if hit and now - hit[0] < ttl_s:
+            return hit[1]
+        rows = await self.fetch("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                                "AND attnum > 0 AND NOT attisdropped", (table,))
+        cols = {r["attname"] for r in rows}
+        self._columns[table] = (now, cols)
+        return cols
+
+    async def require(self, *tables: str, owner: str) -> None:
+        """503 naming the missing table(s) and which package creates them."""
+        missing = [t for t in tables if not await self.has_table(t)]
+        if missing:
+            raise Problem(503, f"table(s) {', '.join(missing)} do not exist yet in this database; they are created "
+                               f"by the {owner} migrations (run `valvoja db migrate`)", missing=missing)

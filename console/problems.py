@@ -1,0 +1,74 @@
+"""Errors as RFC 9457 problem details (``application/problem+json``).
+
+Every 4xx/5xx the API returns has ``type``, ``title``, ``status`` and ``detail``; validation
+errors also list each bad parameter under ``errors`` so a client can say which one was wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+MEDIA_TYPE = "application/problem+json"
+
+_TITLES = {400: "Bad request", 401: "Not authenticated", 403: "Forbidden", 404: "Not found",
+           405: "Method not allowed", 409: "Conflict", 413: "Request too large", 422: "Invalid request",
+           429: "Too many requests", 500: "Internal error", 503: "Service unavailable"}
+
+
+class Problem(Exception):
+    """Raise from a handler to answer with a problem document."""
+
+    def __init__(self, status: int, detail: str, *, type_: str = "about:blank", headers: dict | None = None,
+                 **extra: Any):
+        super().__init__(detail)
+        self.status, self.detail, self.type, self.headers, self.extra = status, detail, type_, headers, extra
+
+
+def problem_response(status: int, detail: str, *, type_: str = "about:blank", instance: str | None = None,
+                     headers: dict | None = None, **extra: Any) -> JSONResponse:
+    body = {"type": type_, "title": _TITLES.get(status, "Error"), "status": status, "detail": detail}
+    if instance:
+        body["instance"] = instance
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def _loc(loc: tuple) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("query", "path", "body", "header", "cookie"):
+        return f"{parts[0]}: " + ".".join(parts[1:])
+    return ".".join(parts)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every error into a problem document."""
+
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem):
+        return problem_response(exc.status, exc.detail, type_=exc.type, instance=request.url.path,
+                                headers=exc.headers, **exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        errors = [{"where": _loc(e["loc"]), "message": e["msg"].removeprefix("Value error, ")}
+                  for e in exc.errors()]
+        detail = "; ".join(f"{e['where']}: {e['message']}" for e in errors)
+        return problem_response(422, detail, instance=request.url.path, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return problem_response(exc.status_code, str(exc.detail), instance=request.url.path,
+                                headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception):
+        log.exception("console: unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(500, "internal error; see the console log", instance=request.url.path)

@@ -1,0 +1,173 @@
+"""The alert board's API: list and filter, one alert with its history, acknowledge / clear / comment,
+and a server-sent-event stream of changes."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Literal
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from console import alerts, audit
+from console.auth import Principal, client_address, require
+from console.jsonresp import FastJSON
+from console.params import time_range
+from console.problems import Problem
+
+router = APIRouter(prefix="/api/alerts", tags=["alerts"], default_response_class=FastJSON)
+HEARTBEAT_S = 15.0
+
+
+class Comment(BaseModel):
+    comment: str = Field("", max_length=2000, description="why; kept in the alert's history and the audit log")
+
+
+class Filters(BaseModel):
+    site: list[str] | None = None
+    asset: list[str] | None = None
+    severity: list[str] | None = None
+    state: list[Literal["raised", "acknowledged", "cleared"]] | None = None
+    kind: list[str] | None = None
+
+
+def filters(site: list[str] | None = Query(None), asset: list[str] | None = Query(None),
+            severity: list[str] | None = Query(None),
+            state: list[Literal["raised", "acknowledged", "cleared"]] | None = Query(None),
+            kind: list[str] | None = Query(None)) -> Filters:
+    """Repeatable filters (``?state=raised&state=acknowledged``); within one, any value matches."""
+    return Filters(site=site, asset=asset, severity=severity, state=state, kind=kind)
+
+
+@router.get("")
+async def list_alerts(request: Request, f: Filters = Depends(filters), _: Principal = Depends(require("read")),
+                      from_: str | None = Query(None, alias="from", description="raised at or after (ISO-8601)"),
+                      to: str | None = None, last: str | None = Query(None, description="e.g. P30D"),
+                      limit: int = Query(100, ge=1, le=1000), cursor: str | None = None):
+    """Alerts newest first, filtered by site / asset / severity / state / kind and the time they were raised;
+    ``counts`` gives the number per state and severity under the same filters but the state (board header)."""
+    since = until = None
+    if from_ or to or last:
+        tr = time_range(from_, to, last, default=timedelta(days=3650))
+        since, until = tr.start, tr.end
+    return await alerts.list_alerts(request.app.state.db, limit=limit, cursor=cursor, since=since, until=until,
+                                    **f.model_dump())
+
+
+def _matches(row: dict, f: Filters) -> bool:
+    for key in ("site", "asset", "severity", "state", "kind"):
+        want = getattr(f, key)
+        if want and row.get(key) not in want:
+            return False
+    return True
+
+
+@router.get("/stream", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "`event: alert` with the alert row as JSON data, per change"}})
+async def stream(request: Request, f: Filters = Depends(filters), _: Principal = Depends(require("read"))):
+    """Server-sent events: every insert or update of an alert matching the filters, as it happens.
+    A comment line every 15 s keeps proxies from closing the connection."""
+    feed = request.app.state.feed
+    queue = feed.subscribe()
+
+    async def events():
+        try:
+            yield b"retry: 2000\n: connected\n\n"
+            while True:
+                try:
+                    row = await asyncio.wait_for(queue.get(), timeout=HEARTBEAT_S)
+                except TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    yield b": keep-alive\n\n"
+                    continue
+                if row is None:
+                    yield b"event: reload\ndata: {}\n\n"
+                    return
+                if _matches(row, f):
+                    yield b"event: alert\ndata: " + orjson.dumps(row) + b"\n\n"
+        finally:
+            feed.unsubscribe(queue)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+@router.get("/{alert_id}")
+async def get_alert(request: Request, alert_id: str, _: Principal = Depends(require("read"))):
+    """One alert with its evidence, its history (raised, acknowledged, escalated, cleared, notified, comments)
+    and its reviews."""
+    db = request.app.state.db
+    row = await alerts.get(db, alert_id)
+    row["history"] = await alerts.history(db, alert_id)
+    row["reviews"] = await db.fetch("SELECT verdict, comment, reviewer, created_at FROM prediction_feedback "
+                                    "WHERE alert_id = %s ORDER BY created_at", (alert_id,)) \
+        if await db.has_table("prediction_feedback") else []
+    return row
+
+
+async def _change(request: Request, p: Principal, alert_id: str, action: str, comment: str):
+    db = request.app.state.db
+    await alerts.shape(db)
+    async with db.conn() as conn, conn.transaction():
+        if action == "ack":
+            result = await alerts.acknowledge(conn, alert_id, p.name, comment)
+        elif action == "clear":
+            result = await alerts.clear(conn, alert_id, p.name, comment)
+        else:
+            result = await alerts.add_comment(conn, alert_id, p.name, comment)
+        async with conn.cursor() as cur:
+            await audit.record(cur, p, f"alert.{action}", target_kind="alert", target_id=alert_id,
+                               detail={"comment": comment}, client=client_address(request))
+    request.app.state.feed.wake()
+    return result
+
+
+@router.post("/{alert_id}/ack")
+async def acknowledge(request: Request, alert_id: str, body: Comment, p: Principal = Depends(require("alerts.write"))):
+    """Acknowledge a raised alert with a comment (engineer or admin). 409 if it was acknowledged or cleared."""
+    return await _change(request, p, alert_id, "ack", body.comment)
+
+
+@router.post("/{alert_id}/clear")
+async def clear(request: Request, alert_id: str, body: Comment, p: Principal = Depends(require("alerts.write"))):
+    """Clear an alert by hand (engineer or admin), with a comment saying why."""
+    return await _change(request, p, alert_id, "clear", body.comment)
+
+
+@router.post("/{alert_id}/comment")
+async def comment(request: Request, alert_id: str, body: Comment, p: Principal = Depends(require("alerts.write"))):
+    """Add a comment to an alert's history."""
+    if not body.comment.strip():
+        raise Problem(422, "comment: must not be empty", param="comment")
+    return await _change(request, p, alert_id, "comment", body.comment)
+
+
+class AlertReview(BaseModel):
+    verdict: Literal["right", "wrong"]
+    comment: str = Field("", max_length=2000)
+
+
+@router.post("/{alert_id}/review")
+async def review(request: Request, alert_id: str, body: AlertReview,
+                 p: Principal = Depends(require("predictions.review"))):
+    """Mark an alert right (a real fault) or wrong (a false alarm) with a comment (maintenance or admin);
+    stored as feedback that model evaluation reads."""
+    db = request.app.state.db
+    await db.require("prediction_feedback", owner="maintenance")
+    async with db.conn() as conn, conn.transaction():
+        await alerts.exists(conn, alert_id)
+        async with conn.cursor() as cur:
+            await cur.execute("INSERT INTO prediction_feedback (alert_id, verdict, comment, reviewer) "
+                              "VALUES (%s, %s, %s, %s) RETURNING id, created_at",
+                              (alert_id, body.verdict, body.comment, p.name))
+            fb = await cur.fetchone()
+            await audit.record(cur, p, "alert.review", target_kind="alert", target_id=alert_id,
+                               detail={"verdict": body.verdict, "comment": body.comment},
+                               client=client_address(request))
+    return {"alert_id": alert_id, "verdict": body.verdict, "feedback_id": fb["id"], "reviewed_by": p.name,
+            "reviewed_at": fb["created_at"]}

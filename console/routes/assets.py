@@ -1,0 +1,124 @@
+"""Assets, tags (with their calibration in force) and readings over a time range."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from console import trend
+from console.auth import Principal, require
+from console.jsonresp import FastJSON
+from console.params import decode_cursor, equal_filters, page, time_range
+from console.problems import Problem
+
+router = APIRouter(prefix="/api", default_response_class=FastJSON, dependencies=[Depends(require("read"))])
+
+ZONES = ("A", "B", "C", "D")  # ISO 20816-3 zones; maintenance stores a zone as its index in <tag>.iso_zone
+TAG_COLUMNS = ("t.id, t.name, t.asset, t.unit, t.description, t.kind, t.range_min, t.range_max, t.sampling_ms, "
+               "t.configured, t.updated_at")
+_CALIBRATION = ("(SELECT json_build_object('certificate', c.certificate, 'calibrated_on', c.calibrated_on, "
+                "'uncertainty', c.uncertainty, 'uncertainty_unit', c.uncertainty_unit, 'valid_from', c.valid_from) "
+                "FROM tag_calibrations c WHERE c.tag_id = t.id AND c.valid_from <= now() "
+                "ORDER BY c.valid_from DESC LIMIT 1) AS calibration")
+
+
+@router.get("/assets", tags=["assets"])
+async def list_assets(request: Request, site: str | None = None, kind: str | None = None,
+                      limit: int = Query(200, ge=1, le=1000), cursor: str | None = None):
+    """Assets (by name), with their number of tags; filter by site or kind."""
+    where, params = ["true"], {"n": limit + 1}
+    equal_filters(where, params, {"site": ("a.site", site), "kind": ("a.kind", kind)})
+    if cursor:
+        (params["after"],) = decode_cursor(cursor, n=1)
+        where.append("a.name > %(after)s")
+    rows = await request.app.state.db.fetch(
+        "SELECT a.name, a.site, a.kind, a.description, a.updated_at, "
+        "(SELECT count(*) FROM tags t WHERE t.asset = a.name) AS tags "
+        f"FROM assets a WHERE {' AND '.join(where)} ORDER BY a.name LIMIT %(n)s", params)
+    return page(rows, limit, ("name",))
+
+
+@router.get("/assets/{name}", tags=["assets"])
+async def get_asset(request: Request, name: str):
+    """One asset with its tags and their calibration in force."""
+    db = request.app.state.db
+    asset = await db.fetchone("SELECT name, site, kind, description, updated_at FROM assets WHERE name = %s", (name,))
+    if asset is None:
+        raise Problem(404, f"no asset {name!r}")
+    asset["tags"] = await db.fetch(f"SELECT {TAG_COLUMNS}, {_CALIBRATION} FROM tags t WHERE t.asset = %s "
+                                   "ORDER BY t.name", (name,))
+    # Condition indicators derived by maintenance/ from the asset's tags (``<tag>.<stat>``, ``<tag>.iso_zone``)
+    # are registered without an asset: found by name, each with its newest value.
+    prefixes = [t["name"] + ".%" for t in asset["tags"]]
+    asset["derived"] = await db.fetch(
+        f"SELECT {TAG_COLUMNS}, r.time AS latest_time, r.value AS latest_value FROM tags t "
+        "LEFT JOIN LATERAL (SELECT time, value FROM readings WHERE tag_id = t.id ORDER BY time DESC LIMIT 1) r ON true "
+        "WHERE t.asset = '' AND t.name LIKE ANY(%s) ORDER BY t.name", (prefixes,)) if prefixes else []
+    asset["iso_zones"] = [{"tag": d["name"].removesuffix(".iso_zone"), "zone": ZONES[int(d["latest_value"])],
+                           "time": d["latest_time"]}
+                          for d in asset["derived"] if d["name"].endswith(".iso_zone")
+                          and d["latest_value"] is not None and 0 <= int(d["latest_value"]) < len(ZONES)]
+    return asset
+
+
+@router.get("/tags", tags=["assets"])
+async def list_tags(request: Request, asset: str | None = None, limit: int = Query(500, ge=1, le=5000),
+                    cursor: str | None = None):
+    """Tags of the registry, by name; filter by asset."""
+    where, params = ["true"], {"n": limit + 1}
+    equal_filters(where, params, {"asset": ("t.asset", asset)})
+    if cursor:
+        (params["after"],) = decode_cursor(cursor, n=1)
+        where.append("t.name > %(after)s")
+    rows = await request.app.state.db.fetch(
+        f"SELECT {TAG_COLUMNS}, {_CALIBRATION} FROM tags t WHERE {' AND '.join(where)} ORDER BY t.name LIMIT %(n)s",
+        params)
+    return page(rows, limit, ("name",))
+
+
+async def tag_row(request: Request, name: str) -> dict:
+    row = await request.app.state.db.fetchone(f"SELECT {TAG_COLUMNS} FROM tags t WHERE t.name = %s", (name,))
+    if row is None:
+        raise Problem(404, f"no tag {name!r}")
+    return row
+
+
+@router.get("/tags/{name}/calibrations", tags=["assets"])
+async def calibrations(request: Request, name: str):
+    """Calibration history of a tag, newest first (traceability: which record was in force when)."""
+    tag = await tag_row(request, name)
+    return {"tag": name, "items": await request.app.state.db.fetch(
+        "SELECT valid_from, certificate, calibrated_on, uncertainty, uncertainty_unit FROM tag_calibrations "
+        "WHERE tag_id = %s ORDER BY valid_from DESC", (tag["id"],))}
+
+
+@router.get("/tags/{name}/readings", tags=["readings"])
+async def readings(request: Request, name: str, _: Principal = Depends(require("read")),
+                   from_: str | None = Query(None, alias="from",
+                                             description="ISO-8601 instant, e.g. 2024-05-01T00:00Z"),
+                   to: str | None = Query(None, description="ISO-8601 instant (default now)"),
+                   last: str | None = Query(None, description="ISO-8601 duration back from `to`, e.g. PT6H, P7D"),
+                   points: int | None = Query(None, ge=10, description="target number of points (buckets)"),
+                   resolution: Literal["auto", "raw", "1m", "1h"] = "auto"):
+    """One tag's readings over a range. Long ranges are downsampled on the server into about ``points``
+    buckets (min, max, mean, counts) from the raw table or the 1-minute / 1-hour rollups; ``source`` and
+    ``bucket_s`` say which. ``resolution=raw`` returns raw rows (at most ``points``; ``truncated`` tells)."""
+    cfg = request.app.state.config.console
+    n = min(points or cfg.default_points, cfg.max_points)
+    tr = time_range(from_, to, last, default=timedelta(hours=6))
+    tag = await tag_row(request, name)
+    series = await trend.fetch(request.app.state.db, request.app.state.db.features, tag["id"], tr, n, resolution)
+    return {"tag": name, "unit": tag["unit"], "asset": tag["asset"], "from": tr.start, "to": tr.end,
+            "range": [tag["range_min"], tag["range_max"]], **series}
+
+
+@router.get("/tags/{name}/latest", tags=["readings"])
+async def latest(request: Request, name: str):
+    """The newest reading of a tag, with its quality and both timestamps."""
+    tag = await tag_row(request, name)
+    row = await request.app.state.db.fetchone(
+        "SELECT time, value, value_text, quality, flags, status, receive_time, server_time FROM readings "
+        "WHERE tag_id = %s ORDER BY time DESC LIMIT 1", (tag["id"],))
+    return {"tag": name, "unit": tag["unit"], "reading": row}

@@ -1,0 +1,185 @@
+"""Log-in and log-out: an HTML form for people (works without JavaScript) and a JSON API.
+
+The log-in form is protected against log-in CSRF by a double-submit token (a cookie and a
+hidden field that must match). Failures are counted per user name and per client address;
+past the configured limit the answer is 429 with Retry-After, before any password is checked.
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, quote
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from pydantic import BaseModel, Field
+
+from console import audit
+from console.app import STATIC
+from console.auth import (
+    COOKIE,
+    PERMISSIONS,
+    SECURE_COOKIE,
+    Principal,
+    client_address,
+    cookie_secure,
+    current_principal,
+    rate_limited,
+    record_failure,
+    session_cookie,
+)
+from console.passwords import digest, dummy_hash, hash_password, needs_rehash, new_secret, verify_password
+from console.problems import Problem
+
+router = APIRouter()
+LOGIN_CSRF = "valvoja_login_csrf"
+
+
+class Credentials(BaseModel):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class Me(BaseModel):
+    name: str
+    kind: str
+    role: str
+    permissions: list[str]
+    csrf_token: str | None = Field(None, description="send as X-CSRF-Token with unsafe requests (sessions only)")
+
+
+def _me(p: Principal) -> Me:
+    return Me(name=p.name, kind=p.kind, role=p.role, permissions=sorted(PERMISSIONS[p.role]), csrf_token=p.csrf)
+
+
+async def _authenticate(request: Request, username: str, password: str) -> dict:
+    """Check the password (rate-limited); returns the user row or raises 401/429."""
+    wait = await rate_limited(request, username)
+    if wait is not None:
+        raise Problem(429, f"too many failed log-ins; try again in {int(wait) + 1} s",
+                      headers={"Retry-After": str(int(wait) + 1)})
+    db = request.app.state.db
+    user = await db.fetchone("SELECT id, username, role, password_hash, disabled FROM console_users "
+                             "WHERE lower(username) = lower(%s)", (username,))
+    ok = verify_password(password, user["password_hash"] if user else dummy_hash())
+    if not ok or user is None or user["disabled"]:
+        await record_failure(request, username)
+        raise Problem(401, "wrong user name or password (or the account is disabled)")
+    return user
+
+
+async def _start_session(request: Request, response: Response, user: dict, password: str) -> Principal:
+    cfg = request.app.state.config.console
+    sid, csrf = new_secret(), new_secret()
+    expires = datetime.now(UTC) + timedelta(hours=cfg.session_hours)
+    client = client_address(request)
+    async with request.app.state.db.conn() as conn, conn.transaction(), conn.cursor() as cur:
+        await cur.execute("INSERT INTO console_sessions (id_hash, user_id, csrf_token, expires_at, client) "
+                          "VALUES (%s, %s, %s, %s, %s)", (digest(sid), user["id"], csrf, expires, client))
+        await cur.execute("DELETE FROM console_sessions WHERE expires_at < now()")
+        await cur.execute("DELETE FROM console_login_failures WHERE username = %s", (user["username"].lower(),))
+        if needs_rehash(user["password_hash"]):
+            await cur.execute("UPDATE console_users SET password_hash = %s WHERE id = %s",
+                              (hash_password(password), user["id"]))
+        await cur.execute("UPDATE console_users SET last_login = now() WHERE id = %s", (user["id"],))
+        p = Principal(name=user["username"], kind="user", role=user["role"], user_id=user["id"], csrf=csrf)
+        await audit.record(cur, p, "login", target_kind="user", target_id=user["username"], client=client)
+    secure = cookie_secure(request)
+    # __Host- cookies must be Secure with Path=/ and no Domain: the browser then refuses a cookie planted by a
+    # sibling sub-domain. Plain-HTTP deployments (a plant LAN) cannot use the prefix.
+    response.set_cookie(SECURE_COOKIE if secure else COOKIE, sid, max_age=int(cfg.session_hours * 3600),
+                        path="/", secure=secure, httponly=True, samesite="lax")
+    return p
+
+
+async def _end_session(request: Request, response: Response) -> None:
+    sid = session_cookie(request)
+    if sid:
+        async with request.app.state.db.conn() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.execute("DELETE FROM console_sessions WHERE id_hash = %s RETURNING user_id", (digest(sid),))
+            row = await cur.fetchone()
+            if row:
+                p = getattr(request.state, "principal", None)
+                await audit.record(cur, p, "logout", target_kind="user", target_id=p.name if p else row["user_id"],
+                                   client=client_address(request))
+    for name in (COOKIE, SECURE_COOKIE):
+        response.delete_cookie(name, path="/", secure=name == SECURE_COOKIE, httponly=True, samesite="lax")
+
+
+@router.post("/api/auth/login", tags=["auth"], response_model=Me,
+             responses={401: {"description": "wrong credentials"}, 429: {"description": "rate-limited"}})
+async def api_login(request: Request, response: Response, body: Credentials) -> Me:
+    """Start a browser session (sets the session cookie); answer includes the CSRF token to send back."""
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        raise Problem(415, "send the credentials as application/json")
+    user = await _authenticate(request, body.username, body.password)
+    return _me(await _start_session(request, response, user, body.password))
+
+
+@router.post("/api/auth/logout", tags=["auth"], status_code=204)
+async def api_logout(request: Request, p: Principal = Depends(current_principal)) -> Response:
+    """End the current session."""
+    response = Response(status_code=204)
+    await _end_session(request, response)
+    return response
+
+
+@router.get("/api/auth/me", tags=["auth"], response_model=Me)
+async def me(p: Principal = Depends(current_principal)) -> Me:
+    """Who is calling, with which role and permissions."""
+    return _me(p)
+
+
+def _safe_next(value: str | None) -> str:
+    # Only local paths: "//evil.example" and "/\\evil" would be read as another host by browsers.
+    if not value or not value.startswith("/") or value.startswith(("//", "/\\")):
+        return "/"
+    return value
+
+
+def login_page(request: Request, *, error: str = "", status: int = 200, next_: str = "/") -> HTMLResponse:
+    token = new_secret()
+    page = (STATIC / "login.html").read_text()
+    page = (page.replace("{{csrf}}", html.escape(token)).replace("{{next}}", html.escape(_safe_next(next_)))
+            .replace("{{error}}", f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""))
+    resp = HTMLResponse(page, status_code=status)
+    resp.set_cookie(LOGIN_CSRF, token, max_age=3600, path="/login", secure=cookie_secure(request), httponly=True,
+                    samesite="strict")
+    return resp
+
+
+@router.get("/login", include_in_schema=False)
+async def login_form(request: Request, next: str = "/") -> HTMLResponse:
+    return login_page(request, next_=next)
+
+
+@router.post("/login", include_in_schema=False)
+async def login_submit(request: Request) -> Response:
+    form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
+    next_ = _safe_next(form.get("next"))
+    cookie, sent = request.cookies.get(LOGIN_CSRF, ""), form.get("csrf_token", "")
+    if not cookie or not hmac.compare_digest(cookie, sent):
+        return login_page(request, error="The form expired; please log in again.", status=403, next_=next_)
+    username, password = form.get("username", "").strip(), form.get("password", "")
+    if not username or not password:
+        return login_page(request, error="Enter a user name and a password.", status=422, next_=next_)
+    try:
+        user = await _authenticate(request, username, password)
+    except Problem as exc:
+        resp = login_page(request, error=exc.detail, status=exc.status, next_=next_)
+        if exc.headers:
+            resp.headers.update(exc.headers)
+        return resp
+    resp = RedirectResponse(next_, status_code=303)
+    await _start_session(request, resp, user, password)
+    resp.delete_cookie(LOGIN_CSRF, path="/login")
+    return resp
+
+
+@router.post("/logout", include_in_schema=False)
+async def logout_submit(request: Request, p: Principal = Depends(current_principal)) -> Response:
+    resp = RedirectResponse("/login?next=" + quote("/"), status_code=303)
+    await _end_session(request, resp)
+    return resp

@@ -1,0 +1,92 @@
+"""Web pages: one HTML shell per page with its own script; the scripts read the JSON API.
+
+A page needs a session; without one the browser is sent to the log-in form and back.
+Nothing is loaded from elsewhere: shell, styles, scripts and the chart code are in console/static.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+from pathlib import Path
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+
+from console.app import STATIC
+from console.auth import optional_principal
+from console.problems import Problem
+
+router = APIRouter(include_in_schema=False)
+
+PAGES = {  # path -> (title, script, nav key)
+    "/": ("Alert board", "board.js", "alerts"),
+    "/alerts": ("Alert board", "board.js", "alerts"),
+    "/assets": ("Assets", "assets.js", "assets"),
+    "/emissions": ("Emissions", "emissions.js", "emissions"),
+    "/models": ("Models", "models.js", "models"),
+    "/gateways": ("Gateways", "gateways.js", "gateways"),
+    "/admin": ("Administration", "admin.js", "admin"),
+}
+NAV = [("alerts", "/alerts", "Alerts"), ("assets", "/assets", "Assets"), ("emissions", "/emissions", "Emissions"),
+       ("models", "/models", "Models"), ("gateways", "/gateways", "Gateways"), ("admin", "/admin", "Admin")]
+
+
+def _render(title: str, script: str, nav_key: str, principal) -> str:
+    nav = "".join(f'<a href="{href}"{" class=active aria-current=page" if key == nav_key else ""}>{label}</a>'
+                  for key, href, label in NAV if key != "admin" or principal.role == "admin")
+    return ((STATIC / "shell.html").read_text()
+            .replace("{{title}}", html.escape(title)).replace("{{nav}}", nav)
+            .replace("{{user}}", html.escape(principal.name)).replace("{{role}}", html.escape(principal.role))
+            .replace("{{csrf}}", html.escape(principal.csrf or "")).replace("{{script}}", script))
+
+
+async def _page(request: Request, title: str, script: str, nav_key: str):
+    principal = await optional_principal(request)
+    if principal is None or principal.kind != "user":
+        return RedirectResponse("/login?next=" + quote(request.url.path), status_code=303)
+    return HTMLResponse(_render(title, script, nav_key, principal))
+
+
+def _make(path: str, title: str, script: str, nav_key: str):
+    async def handler(request: Request):
+        return await _page(request, title, script, nav_key)
+
+    handler.__name__ = "page_" + (path.strip("/") or "home")
+    router.add_api_route(path, handler, methods=["GET"], response_class=HTMLResponse)
+
+
+for _path, (_title, _script, _nav) in PAGES.items():
+    _make(_path, _title, _script, _nav)
+
+
+@router.get("/assets/{name}", response_class=HTMLResponse)
+async def asset_page(request: Request, name: str):
+    return await _page(request, f"Asset {name}", "asset.js", "assets")
+
+
+@router.get("/reports/{path:path}")
+async def report_file(request: Request, path: str):
+    """A report file from console.reports_dir (log-in required; no path outside the folder)."""
+    principal = await optional_principal(request)
+    if principal is None:
+        raise Problem(401, "log in first")
+    root = request.app.state.config.console.reports_dir
+    if root is None:
+        raise Problem(404, "no reports folder configured (console.reports_dir)")
+    target = await asyncio.to_thread(_inside, Path(root), path)
+    if target is None:
+        raise Problem(404, f"no report {path!r}")
+    return FileResponse(target)
+
+
+def _inside(root: Path, path: str) -> Path | None:
+    """The file ``path`` under ``root``, or None if it is missing or outside (``..``, symlinks)."""
+    target = (root / path).resolve()
+    return target if target.is_relative_to(root.resolve()) and target.is_file() else None
+
+
+@router.get("/favicon.ico")
+async def favicon():
+    return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")

@@ -1,0 +1,142 @@
+"""Predictions with their uncertainty, per asset, and their review by maintenance teams (right / wrong +
+comment). Reads maintenance's ``predictions`` table and writes its feedback table (see console/README.md
+for the columns relied on); every review is also in the audit log."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+
+from console import audit
+from console.auth import Principal, client_address, require
+from console.jsonresp import FastJSON
+from console.params import decode_cursor, equal_filters, page, time_range
+from console.problems import Problem
+
+router = APIRouter(prefix="/api", tags=["predictions"], default_response_class=FastJSON)
+OWNER = "maintenance"
+PRED_COLUMNS = ("id", "model_id", "model_version", "asset", "time", "value", "lower", "upper", "coverage", "p_value",
+                "kind")
+FEEDBACK = "prediction_feedback"
+
+
+class Review(BaseModel):
+    verdict: Literal["right", "wrong"]
+    comment: str = Field("", max_length=2000)
+
+
+async def _check(db) -> set[str]:
+    await db.require("predictions", owner=OWNER)
+    cols = await db.columns("predictions")
+    missing = [c for c in PRED_COLUMNS if c not in cols]
+    if missing:
+        raise Problem(503, f"the predictions table lacks column(s) {', '.join(missing)} the console needs",
+                      missing=missing)
+    return cols
+
+
+def _review_join(has_feedback: bool) -> tuple[str, str]:
+    if not has_feedback:
+        return "NULL::text AS verdict, NULL::text AS reviewed_by, NULL::timestamptz AS reviewed_at", ""
+    return ("f.verdict, f.reviewer AS reviewed_by, f.created_at AS reviewed_at",
+            f"LEFT JOIN LATERAL (SELECT verdict, reviewer, created_at FROM {FEEDBACK} x WHERE x.prediction_id = p.id "
+            "ORDER BY created_at DESC LIMIT 1) f ON true")
+
+
+@router.get("/predictions")
+async def list_predictions(request: Request, _: Principal = Depends(require("read")), asset: str | None = None,
+                           kind: str | None = None, model_id: str | None = None,
+                           reviewed: bool | None = Query(None, description="reviewed only (true) or not (false)"),
+                           from_: str | None = Query(None, alias="from"), to: str | None = None,
+                           last: str | None = None, limit: int = Query(100, ge=1, le=1000), cursor: str | None = None):
+    """Predictions newest first with interval (lower, upper, nominal coverage) or p-value, model version,
+    and the latest review."""
+    db = request.app.state.db
+    await _check(db)
+    has_fb = await db.has_table(FEEDBACK)
+    tr = time_range(from_, to, last, default=timedelta(days=30))
+    where = ["p.time >= %(start)s", "p.time <= %(end)s"]
+    params: dict = {"start": tr.start, "end": tr.end, "n": limit + 1}
+    equal_filters(where, params, {"asset": ("p.asset", asset), "kind": ("p.kind", kind),
+                                  "model_id": ("p.model_id", model_id)})
+    if reviewed is not None and has_fb:
+        where.append(("" if reviewed else "NOT ") + f"EXISTS (SELECT 1 FROM {FEEDBACK} x WHERE x.prediction_id = p.id)")
+    if cursor:
+        params["ct"], params["cid"] = decode_cursor(cursor, n=2)
+        where.append("(p.time, p.id) < (%(ct)s::timestamptz, %(cid)s)")
+    sel, join = _review_join(has_fb)
+    rows = await db.fetch(f"SELECT p.*, {sel} FROM predictions p {join} WHERE {' AND '.join(where)} "
+                          "ORDER BY p.time DESC, p.id DESC LIMIT %(n)s", params)
+    return page(rows, limit, ("time", "id"))
+
+
+@router.get("/assets/{name}/predictions")
+async def asset_predictions(request: Request, name: str, _: Principal = Depends(require("read")),
+                            from_: str | None = Query(None, alias="from"), to: str | None = None,
+                            last: str | None = None, max_points: int = Query(2000, ge=10, le=20000)):
+    """An asset's predictions as series per (kind, model, target), oldest first, for drawing with their
+    interval bands; plus the newest of each series (e.g. the current RUL with its interval)."""
+    db = request.app.state.db
+    cols = await _check(db)
+    tr = time_range(from_, to, last, default=timedelta(days=7))
+    target = "p.target" if "target" in cols else "''"
+    details = "p.details" if "details" in cols else "'{}'::jsonb"
+    rows = await db.fetch(
+        f"SELECT p.id, p.kind, p.model_id, p.model_version, {target} AS target, p.time, p.value, p.lower, p.upper, "
+        f"p.coverage, p.p_value, {details} AS details FROM predictions p WHERE p.asset = %s AND p.time >= %s "
+        "AND p.time <= %s ORDER BY p.time LIMIT %s", (name, tr.start, tr.end, max_points * 10))
+    series: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["kind"], r["model_id"], r["target"])
+        s = series.setdefault(key, {"kind": r["kind"], "model_id": r["model_id"], "target": r["target"],
+                                    "model_version": r["model_version"], "coverage": r["coverage"],
+                                    "t": [], "value": [], "lower": [], "upper": [], "p_value": [], "threshold": None,
+                                    "alpha": None})
+        s["t"].append(r["time"])
+        s["value"].append(r["value"])
+        s["lower"].append(r["lower"])
+        s["upper"].append(r["upper"])
+        s["p_value"].append(r["p_value"])
+        d = r["details"] or {}
+        # An anomaly score may come with a score threshold, or (maintenance's conformal detectors) with the
+        # false-alarm rate alpha its p-value is compared with.
+        if d.get("threshold") is not None:
+            s["threshold"] = d["threshold"]
+        if d.get("alpha") is not None:
+            s["alpha"] = d["alpha"]
+        s["latest"] = r
+    out = list(series.values())
+    for s in out:  # thin long series evenly; the newest point is always kept
+        n = len(s["t"])
+        if n > max_points:
+            idx = sorted({int(i * (n - 1) / (max_points - 1)) for i in range(max_points)})
+            for k in ("t", "value", "lower", "upper", "p_value"):
+                s[k] = [s[k][i] for i in idx]
+    return {"asset": name, "from": tr.start, "to": tr.end, "series": out}
+
+
+@router.post("/predictions/{prediction_id}/review")
+async def review(request: Request, prediction_id: int, body: Review,
+                 p: Principal = Depends(require("predictions.review"))):
+    """Mark a prediction right or wrong with a comment (maintenance or admin). Stored as feedback that
+    model evaluation reads; repeated reviews are kept (the newest counts)."""
+    db = request.app.state.db
+    await _check(db)
+    await db.require(FEEDBACK, owner=OWNER)
+    async with db.conn() as conn, conn.transaction(), conn.cursor() as cur:
+        await cur.execute("SELECT id, model_id, model_version, kind FROM predictions WHERE id = %s", (prediction_id,))
+        pred = await cur.fetchone()
+        if pred is None:
+            raise Problem(404, f"no prediction {prediction_id}")
+        await cur.execute(f"INSERT INTO {FEEDBACK} (prediction_id, verdict, comment, reviewer) VALUES (%s, %s, %s, %s) "
+                          "RETURNING id, created_at", (prediction_id, body.verdict, body.comment, p.name))
+        fb = await cur.fetchone()
+        await audit.record(cur, p, "prediction.review", target_kind="prediction", target_id=prediction_id,
+                           detail={"verdict": body.verdict, "comment": body.comment, "model_id": pred["model_id"],
+                                   "model_version": pred["model_version"]}, client=client_address(request))
+    return {"prediction_id": prediction_id, "verdict": body.verdict, "feedback_id": fb["id"],
+            "reviewed_at": fb["created_at"], "reviewed_by": p.name}
+

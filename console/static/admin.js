@@ -1,0 +1,40 @@
+/* Administration: users, API tokens, audit log. */
+"use strict";
+
+(async () => {
+  const { el, api, main, table, timeCell, toast } = V;
+  const ROLES = ["viewer", "engineer", "maintenance", "admin"];
+
+  async function render() {
+    const [users, tokens, audit] = await Promise.all([api("/api/users"), api("/api/tokens"), api("/api/audit?limit=50")]);
+    const nu = { username: el("input", { placeholder: "user name", id: "new-user" }),
+      password: el("input", { type: "password", placeholder: "password (10+ characters)", id: "new-password" }),
+      role: el("select", { id: "new-role" }, ROLES.map((r) => el("option", { value: r }, r))) };
+    const nt = { name: el("input", { placeholder: "token name (the machine)" }), role: el("select", {}, ROLES.map((r) => el("option", { value: r }, r))) };
+    const shown = el("p", { class: "muted", id: "token-shown" });
+    main(el("h1", {}, "Administration"),
+      el("h2", {}, "Users"),
+      table(["User", "Role", "State", "Last log-in", ""], users.items.map((u) => {
+        const role = el("select", { onchange: async () => { await api(`/api/users/${encodeURIComponent(u.username)}`, { method: "PATCH", body: { role: role.value } }); toast(`${u.username} is now ${role.value}`); } },
+          ROLES.map((r) => el("option", { value: r, selected: r === u.role }, r)));
+        return el("tr", {}, el("td", {}, u.username), el("td", {}, role), el("td", {}, u.disabled ? "disabled" : "active"),
+          el("td", {}, timeCell(u.last_login)),
+          el("td", {}, el("button", { class: "secondary", onclick: async () => { await api(`/api/users/${encodeURIComponent(u.username)}`, { method: "PATCH", body: { disabled: !u.disabled } }); render(); } }, u.disabled ? "Enable" : "Disable")));
+      })),
+      el("div", { class: "row" }, nu.username, nu.password, nu.role,
+        el("button", { onclick: async () => { await api("/api/users", { method: "POST", body: { username: nu.username.value, password: nu.password.value, role: nu.role.value } }); toast("user created"); render(); } }, "Add user")),
+      el("h2", {}, "API tokens"),
+      table(["Id", "Name", "Role", "Prefix", "Created", "Last used", ""], tokens.items.map((t) => el("tr", {},
+        el("td", {}, t.id), el("td", {}, t.name), el("td", {}, t.role), el("td", {}, el("code", {}, t.prefix + "…")),
+        el("td", {}, timeCell(t.created_at), " by ", t.created_by), el("td", {}, timeCell(t.last_used_at)),
+        el("td", {}, t.revoked_at ? "revoked" : el("button", { class: "bad", onclick: async () => { await api(`/api/tokens/${t.id}`, { method: "DELETE" }); render(); } }, "Revoke"))))),
+      el("div", { class: "row" }, nt.name, nt.role,
+        el("button", { onclick: async () => { const r = await api("/api/tokens", { method: "POST", body: { name: nt.name.value, role: nt.role.value } }); await render(); document.getElementById("token-shown").textContent = `New token (shown once): ${r.token}`; } }, "Create token")),
+      shown,
+      el("h2", {}, "Audit log"),
+      table(["Time", "Who", "Action", "Target", "Detail", "From"], audit.items.map((a) => el("tr", {},
+        el("td", {}, timeCell(a.time)), el("td", {}, a.actor), el("td", {}, a.action), el("td", {}, `${a.target_kind} ${a.target_id}`),
+        el("td", {}, el("code", {}, JSON.stringify(a.detail))), el("td", {}, a.client)))));
+  }
+  render();
+})();

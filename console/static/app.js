@@ -1,0 +1,95 @@
+/* Valvoja console: shared helpers for every page (no framework, no build step). */
+"use strict";
+
+const V = (() => {
+  const csrf = document.querySelector('meta[name="csrf-token"]')?.content || "";
+  const role = document.getElementById("user")?.dataset.role || "viewer";
+  const PERMS = {
+    viewer: ["read"], engineer: ["read", "alerts.write"], maintenance: ["read", "predictions.review"],
+    admin: ["read", "alerts.write", "predictions.review", "users.admin", "models.admin"],
+  };
+
+  /** Build an element: el("td", {class: "x", onclick: f}, child, "text", ...). */
+  function el(tag, attrs, ...children) {
+    const svg = ["svg", "g", "path", "line", "rect", "text", "polygon", "polyline", "circle", "title"].includes(tag);
+    const e = svg ? document.createElementNS("http://www.w3.org/2000/svg", tag) : document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+      else if (k === "text") e.textContent = v;
+      else e.setAttribute(k, v === true ? "" : v);
+    }
+    for (const c of children.flat()) {
+      if (c === null || c === undefined || c === false) continue;
+      e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return e;
+  }
+
+  function toast(msg, kind) {
+    const t = el("div", { class: "toast " + (kind || "") }, msg);
+    document.getElementById("toasts").append(t);
+    setTimeout(() => t.remove(), kind === "error" ? 8000 : 4000);
+  }
+
+  /** fetch JSON from the API; unsafe methods carry the CSRF token; problem documents become errors. */
+  async function api(path, opts = {}) {
+    const init = { method: opts.method || "GET", headers: { Accept: "application/json" }, credentials: "same-origin" };
+    if (opts.body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(opts.body);
+    }
+    if (init.method !== "GET") init.headers["X-CSRF-Token"] = csrf;
+    const r = await fetch(path, init);
+    if (r.status === 401) { location.href = "/login?next=" + encodeURIComponent(location.pathname); throw new Error("log in"); }
+    if (r.status === 204) return null;
+    const body = await r.json().catch(() => ({}));
+    if (!r.ok) {
+      const err = new Error(body.detail || r.statusText);
+      err.status = r.status; err.problem = body;
+      if (!opts.quiet) toast(body.detail || `${r.status} ${r.statusText}`, "error");
+      throw err;
+    }
+    return body;
+  }
+
+  function qs(params) {
+    const u = new URLSearchParams();
+    for (const [k, v] of Object.entries(params)) {
+      if (v === undefined || v === null || v === "") continue;
+      (Array.isArray(v) ? v : [v]).forEach((x) => u.append(k, x));
+    }
+    const s = u.toString();
+    return s ? "?" + s : "";
+  }
+
+  const pad = (n) => String(n).padStart(2, "0");
+  /** Local time, unambiguous: 2024-05-01 14:03:07 (the tooltip shows the ISO-8601 UTC time). */
+  function fmtTime(t) {
+    if (!t) return "";
+    const d = t instanceof Date ? t : new Date(t);
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  }
+  function timeCell(t) { return el("time", { datetime: t || "", title: t || "" }, fmtTime(t)); }
+  function fmtNum(v) {
+    if (v === null || v === undefined || Number.isNaN(v)) return "–";
+    const a = Math.abs(v);
+    if (a !== 0 && (a >= 1e6 || a < 1e-3)) return v.toExponential(2);
+    return String(parseFloat(v.toPrecision(4)));
+  }
+  function badge(text, cls) { return el("span", { class: "badge " + (cls || "") }, text); }
+
+  function main(...children) {
+    const m = document.getElementById("main");
+    m.replaceChildren(...children);
+    return m;
+  }
+  function can(perm) { return (PERMS[role] || []).includes(perm); }
+
+  function table(headers, rows) {
+    return el("table", {}, el("thead", {}, el("tr", {}, headers.map((h) => el("th", {}, h)))),
+      el("tbody", {}, rows));
+  }
+
+  return { el, api, qs, toast, fmtTime, fmtNum, timeCell, badge, main, can, role, csrf, table };
+})();

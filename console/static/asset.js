@@ -1,0 +1,189 @@
+/* Asset page: trends of its signals (hours to months, drag to zoom), predictions with their interval
+   bands, ISO 20816 zone, anomaly score against its threshold, RUL with its interval, the evidence behind
+   its alerts, and review buttons for maintenance. */
+"use strict";
+
+(() => {
+  const { el, api, qs, main, badge, fmtNum, timeCell, toast, can, table } = V;
+  const name = decodeURIComponent(location.pathname.split("/").pop());
+  const PRESETS = [["1h", 36e5], ["6h", 216e5], ["24h", 864e5], ["7d", 6048e5], ["30d", 2592e6], ["90d", 7776e6]];
+  const ZONES = ["A", "B", "C", "D"];
+  let range = { end: Date.now(), span: 864e5 };
+  let asset = null;
+
+  const iso = (ms) => new Date(ms).toISOString();
+  const header = el("section", { id: "summary", class: "grid" });
+  const presets = el("div", { class: "presets row" });
+  const trends = el("section", { id: "trends" });
+  const preds = el("section", { id: "predictions" });
+  const reviews = el("section", { id: "reviews" });
+  const alertsBox = el("section", { id: "asset-alerts" });
+  const derivedBox = el("section", { id: "derived" });
+
+  function drawDerived() {
+    const list = (asset.derived || []).filter((d) => !d.name.endsWith(".iso_zone"));
+    if (!list.length) { derivedBox.replaceChildren(); return; }
+    const holder = el("div");
+    derivedBox.replaceChildren(el("h2", {}, "Condition indicators"), table(["Indicator", "Newest", "At", ""], list.map((d) =>
+      el("tr", {}, el("td", {}, d.name), el("td", {}, `${fmtNum(d.latest_value)} ${d.unit || ""}`), el("td", {}, timeCell(d.latest_time)),
+        el("td", {}, el("button", { class: "secondary", onclick: () => { holder.replaceChildren(); drawTag(d, [], holder); } }, "trend"))))), holder);
+  }
+
+  function setRange(span, end) {
+    range = { span, end: end || Date.now() };
+    drawAll();
+  }
+  function zoom(a, b) { range = { end: b, span: b - a }; drawAll(); }
+
+  function renderPresets() {
+    presets.replaceChildren(el("span", { class: "muted" }, "Range: "), ...PRESETS.map(([label, span]) =>
+      el("button", { class: "secondary" + (range.span === span ? " active" : ""), "data-range": label, onclick: () => setRange(span) }, label)),
+    el("span", { class: "muted" }, " drag across a chart to zoom"));
+  }
+
+  async function drawTag(tag, markers, into) {
+    const box = el("div", { class: "trend", "data-tag": tag.name });
+    const holder = el("div");
+    box.append(el("div", { class: "chart-title" }, el("b", {}, tag.name, " ", el("small", {}, tag.unit)),
+      el("small", { class: "muted src" }, "")), holder);
+    (into || trends).append(box);
+    const r = await api(`/api/tags/${encodeURIComponent(tag.name)}/readings` + qs({ from: iso(range.end - range.span), to: iso(range.end), points: 800 }));
+    box.querySelector(".src").textContent = r.bucket_s ? `${r.source}, ${r.bucket_s} s buckets (min–max band, mean line)` : `${r.source}, raw`;
+    const lines = [];
+    if (tag.calibration) box.querySelector(".src").textContent += ` · calibration ${tag.calibration.certificate} ±${tag.calibration.uncertainty} ${tag.calibration.uncertainty_unit}`;
+    const gap = (r.bucket_s || (tag.sampling_ms || 1000) / 1000) * 2500;
+    const series = r.bucket_s ? [{ t: r.t, y: r.avg, min: r.min, max: r.max, maxGap: gap }] : [{ t: r.t, y: r.v, maxGap: gap }];
+    VChart.draw(holder, { start: range.end - range.span, end: range.end, series, lines, markers, yLabel: tag.unit, height: 200, onZoom: zoom, label: tag.name });
+  }
+
+  function zoneOf(series) {
+    const z = series.find((s) => ["iso_zone", "zone"].includes(s.kind));
+    if (!z || !z.latest) return null;
+    const d = z.latest.details || {};
+    return d.zone || ZONES[Math.round(z.latest.value)] || null;
+  }
+
+  function worstZone() {
+    const zs = (asset.iso_zones || []).map((z) => z.zone).sort();
+    return zs.length ? zs[zs.length - 1] : null;
+  }
+
+  function summary(series, openAlerts) {
+    const cards = [];
+    // Newest first: maintenance's <tag>.iso_zone readings, a zone prediction, the evidence of an open zone alert.
+    const zone = worstZone() || zoneOf(series) || openAlerts.map((a) => (a.evidence || {}).zone).find(Boolean);
+    cards.push(el("div", { class: "card", id: "iso-zone" }, el("small", {}, "ISO 20816-3 zone"), el("div", { class: "big" },
+      zone ? badge(zone, "zone-" + zone) : el("span", { class: "muted" }, "no zone computed"))));
+    const an = series.find((s) => s.kind === "anomaly");
+    if (an && an.latest && an.alpha !== null && an.alpha !== undefined) {
+      // Conformal p-value against the false-alarm rate alpha: an alarm when p <= alpha.
+      const over = an.latest.p_value !== null && an.latest.p_value <= an.alpha;
+      const top = ((an.latest.details || {}).top_signals || []).map((t) => `${t.signal} ${Math.round(t.share * 100)} %`).join(", ");
+      cards.push(el("div", { class: "card", id: "anomaly" }, el("small", {}, "Anomaly: p-value (alarm at ≤ α)"),
+        el("div", { class: "big " + (over ? "bad-text" : "ok-text") }, fmtNum(an.latest.p_value), el("small", {}, ` / α ${fmtNum(an.alpha)}`)),
+        el("small", {}, `score ${fmtNum(an.latest.value)}`, top ? ` · top: ${top}` : "")));
+    } else if (an && an.latest) {
+      const over = an.threshold !== null && an.latest.value > an.threshold;
+      cards.push(el("div", { class: "card", id: "anomaly" }, el("small", {}, "Anomaly score (threshold)"),
+        el("div", { class: "big " + (over ? "bad-text" : "ok-text") }, fmtNum(an.latest.value), el("small", {}, ` / ${fmtNum(an.threshold)}`)),
+        an.latest.p_value !== null ? el("small", {}, `p-value ${fmtNum(an.latest.p_value)}`) : ""));
+    }
+    const rul = series.find((s) => s.kind === "rul");
+    if (rul && rul.latest) {
+      const l = rul.latest;
+      cards.push(el("div", { class: "card", id: "rul" }, el("small", {}, `Remaining useful life (${Math.round((l.coverage || 0) * 100)} % interval)`),
+        el("div", { class: "big" }, fmtNum(l.value)), el("small", {}, `[${fmtNum(l.lower)} … ${fmtNum(l.upper)}] · ${rul.model_id}`)));
+    }
+    cards.push(el("div", { class: "card" }, el("small", {}, "Open alerts"), el("div", { class: "big " + (openAlerts.length ? "bad-text" : "ok-text") }, openAlerts.length)));
+    header.replaceChildren(...cards);
+  }
+
+  function drawPredictions(series) {
+    preds.replaceChildren(el("h2", {}, "Predictions with their uncertainty"));
+    const ORDER = ["regression", "pems", "anomaly", "rul"];
+    const rank = (k) => (ORDER.includes(k) ? ORDER.indexOf(k) : ORDER.length);
+    const shown = series.filter((s) => !["iso_zone", "zone"].includes(s.kind)).sort((a, b) => rank(a.kind) - rank(b.kind));
+    if (!shown.length) preds.append(el("p", { class: "muted" }, "No predictions for this asset in the range."));
+    for (const s of shown) {
+      const holder = el("div");
+      const cov = s.coverage ? `${Math.round(s.coverage * 100)} % interval` : s.p_value.some((v) => v !== null) ? "score with conformal p-values" : "point values";
+      preds.append(el("div", { class: "prediction", "data-kind": s.kind, "data-model": s.model_id },
+        el("div", { class: "chart-title" }, el("b", {}, `${s.kind}: ${s.target || s.model_id}`),
+          el("small", { class: "muted" }, `model ${s.model_id} @ ${String(s.model_version).slice(0, 12)} · ${cov}`)), holder));
+      const hasBand = s.lower.some((v) => v !== null);
+      const byAlpha = s.alpha !== null && s.alpha !== undefined && s.threshold === null;
+      const lines = byAlpha ? [{ value: s.alpha, label: `α = ${s.alpha}`, cls: "threshold" }]
+        : s.threshold !== null && s.threshold !== undefined ? [{ value: s.threshold, label: "threshold", cls: "threshold" }] : [];
+      const svg = VChart.draw(holder, {
+        start: range.end - range.span, end: range.end, height: 200, onZoom: zoom, label: `${s.kind} ${s.model_id}`, lines,
+        bands: hasBand ? [{ t: s.t, lower: s.lower, upper: s.upper, y: s.value, label: cov }] : [],
+        series: hasBand ? [] : [{ t: s.t, y: byAlpha ? s.p_value : s.value }],
+        yLabel: byAlpha ? "p-value" : "",
+      });
+      svg.querySelectorAll("polygon.band").forEach((p) => p.setAttribute("id", "pred-band-" + s.kind));
+    }
+  }
+
+  async function drawReviews() {
+    reviews.replaceChildren(el("h2", {}, "Review predictions"));
+    let page;
+    try { page = await api("/api/predictions" + qs({ asset: name, from: iso(range.end - range.span), to: iso(range.end), limit: 20 }), { quiet: true }); }
+    catch (e) { reviews.append(el("p", { class: "muted" }, e.message)); return; }
+    if (!page.items.length) { reviews.append(el("p", { class: "muted" }, "Nothing to review in this range.")); return; }
+    reviews.append(table(["Time", "Kind", "Value [interval]", "Model", "Review"], page.items.map((p) => {
+      const comment = el("input", { placeholder: "comment", class: "review-comment" });
+      const cell = el("td", { class: "review" });
+      const done = () => cell.replaceChildren(badge(p.verdict, p.verdict === "right" ? "st-cleared" : "st-raised"), ` by ${p.reviewed_by} `, timeCell(p.reviewed_at));
+      const send = (verdict) => async () => {
+        const r = await api(`/api/predictions/${p.id}/review`, { method: "POST", body: { verdict, comment: comment.value } });
+        Object.assign(p, { verdict: r.verdict, reviewed_by: r.reviewed_by, reviewed_at: r.reviewed_at });
+        done(); toast(`Prediction ${p.id} marked ${verdict}`);
+      };
+      if (p.verdict) done();
+      else if (can("predictions.review")) cell.append(el("div", { class: "ackbox" }, comment,
+        el("button", { class: "ok review-right", onclick: send("right") }, "Right"),
+        el("button", { class: "bad review-wrong", onclick: send("wrong") }, "Wrong")));
+      else cell.append(el("span", { class: "muted" }, "not reviewed"));
+      const interval = p.lower !== null ? ` [${fmtNum(p.lower)} … ${fmtNum(p.upper)}]` : p.p_value !== null ? ` (p ${fmtNum(p.p_value)})` : "";
+      return el("tr", { "data-prediction": p.id }, el("td", {}, timeCell(p.time)), el("td", {}, p.kind),
+        el("td", {}, fmtNum(p.value) + interval), el("td", {}, el("small", {}, `${p.model_id} @ ${String(p.model_version).slice(0, 10)}`)), cell);
+    })));
+  }
+
+  function drawAlerts(list) {
+    alertsBox.replaceChildren(el("h2", {}, "Alerts and their evidence"));
+    if (!list.length) { alertsBox.append(el("p", { class: "muted" }, "No alerts in this range.")); return; }
+    alertsBox.append(table(["Raised", "Severity", "State", "Kind", "Message", "Evidence"], list.map((a) => el("tr", { "data-alert": a.id },
+      el("td", {}, timeCell(a.raised_at)), el("td", {}, badge(a.severity, "sev-" + a.severity)), el("td", {}, badge(a.state, "st-" + a.state)),
+      el("td", {}, a.kind), el("td", {}, a.message || ""),
+      el("td", {}, el("details", {}, el("summary", {}, "evidence"), el("pre", { class: "evidence" }, JSON.stringify(a.evidence || {}, null, 1))))))));
+  }
+
+  async function drawAll() {
+    document.body.dataset.ready = "0";
+    renderPresets();
+    trends.replaceChildren(el("h2", {}, "Signals"));
+    const from = iso(range.end - range.span), to = iso(range.end);
+    let alertList = [];
+    try { alertList = (await api("/api/alerts" + qs({ asset: name, from, to, limit: 200 }), { quiet: true })).items; } catch (e) { /* no alerts table yet */ }
+    const markers = alertList.map((a) => ({ t: a.raised_at, label: `${a.severity}: ${a.message || a.kind}` }));
+    let series = [];
+    try { series = (await api(`/api/assets/${encodeURIComponent(name)}/predictions` + qs({ from, to }), { quiet: true })).series; }
+    catch (e) { preds.replaceChildren(el("h2", {}, "Predictions"), el("p", { class: "muted" }, e.message)); }
+    summary(series, alertList.filter((a) => a.state !== "cleared"));
+    await Promise.all(asset.tags.map((t) => drawTag(t, markers)));
+    drawDerived();
+    if (series.length || !preds.childElementCount) drawPredictions(series);
+    drawAlerts(alertList);
+    await drawReviews();
+    document.body.dataset.ready = "1";
+  }
+
+  async function init() {
+    asset = await api(`/api/assets/${encodeURIComponent(name)}`);
+    main(el("h1", {}, `${asset.name} `, el("small", {}, [asset.site, asset.kind].filter(Boolean).join(" · "))),
+      asset.description ? el("p", {}, asset.description) : "", header, presets, trends, derivedBox, preds, alertsBox, reviews);
+    await drawAll();
+  }
+  init();
+})();

@@ -1,0 +1,155 @@
+/* Live alert board: filters, counts, acknowledge with a comment, history; live by server-sent events. */
+"use strict";
+
+(() => {
+  const { el, api, qs, toast, timeCell, badge, main, can } = V;
+  const params = new URLSearchParams(location.search);
+  const filters = {
+    site: params.get("site") || "", asset: params.get("asset") || "", severity: params.get("severity") || "",
+    state: params.has("state") ? params.get("state") : "open",
+  };
+  const rows = new Map(); // id -> alert
+  let source = null, nextCursor = null, countsTimer = null;
+  const more = el("button", { class: "secondary", id: "load-more", onclick: () => loadMore() }, "Load older");
+  const tbody = el("tbody", { id: "alert-rows" });
+  const counts = el("div", { class: "counts", id: "counts" });
+  const liveDot = el("span", { class: "live-dot", id: "live-dot", title: "live feed" });
+  const liveText = el("span", { id: "live-text" }, "connecting…");
+
+  function stateParam() {
+    return filters.state === "open" ? ["raised", "acknowledged"] : filters.state || undefined;
+  }
+  function query() {
+    return { site: filters.site, asset: filters.asset, severity: filters.severity, state: stateParam() };
+  }
+  function visible(a) {
+    const st = stateParam();
+    return (!filters.site || a.site === filters.site) && (!filters.asset || a.asset === filters.asset)
+      && (!filters.severity || a.severity === filters.severity) && (!st || [].concat(st).includes(a.state));
+  }
+
+  function select(name, label, options) {
+    const s = el("select", { id: "f-" + name, name, onchange: () => { filters[name] = s.value; syncUrl(); reload(); } },
+      options.map(([v, t]) => el("option", { value: v, selected: filters[name] === v }, t)));
+    return el("label", {}, label, s);
+  }
+  function syncUrl() {
+    history.replaceState(null, "", location.pathname + qs({ site: filters.site, asset: filters.asset,
+      severity: filters.severity, state: filters.state === "open" ? "" : filters.state }));
+  }
+
+  function row(a, fresh) {
+    const actions = el("td", { class: "actions" });
+    if (can("alerts.write") && a.state === "raised") {
+      const input = el("input", { placeholder: "comment (why / what was done)", class: "ack-comment", "aria-label": "comment" });
+      const btn = el("button", { class: "ack", onclick: async () => {
+        btn.disabled = true;
+        try {
+          await api(`/api/alerts/${encodeURIComponent(a.id)}/ack`, { method: "POST", body: { comment: input.value } });
+          toast(`Alert ${a.id} acknowledged`);
+        } catch (e) { btn.disabled = false; }
+      } }, "Acknowledge");
+      actions.append(el("div", { class: "ackbox" }, input, btn));
+    }
+    if (can("alerts.write") && a.state !== "cleared") {
+      actions.append(el("button", { class: "secondary clear", onclick: async () => {
+        const why = prompt("Clear this alert by hand: why?");
+        if (why === null) return;
+        await api(`/api/alerts/${encodeURIComponent(a.id)}/clear`, { method: "POST", body: { comment: why } });
+      } }, "Clear"));
+    }
+    const hist = el("details", { class: "hist", ontoggle: async (ev) => {
+      if (!ev.target.open || ev.target.dataset.loaded) return;
+      const full = await api(`/api/alerts/${encodeURIComponent(a.id)}`);
+      ev.target.dataset.loaded = "1";
+      ev.target.append(el("ul", { class: "history" }, full.history.map((h) =>
+        el("li", {}, timeCell(h.time), ` ${h.action} by ${h.actor}`, h.comment ? ` — “${h.comment}”` : ""))),
+      el("pre", {}, JSON.stringify(full.evidence || {}, null, 1)));
+    } }, el("summary", {}, "history & evidence"));
+    return el("tr", { "data-id": a.id, "data-state": a.state, class: fresh ? "new" : "" },
+      el("td", {}, timeCell(a.raised_at)),
+      el("td", {}, badge(a.severity, "sev-" + a.severity)),
+      el("td", {}, badge(a.state, "st-" + a.state)),
+      el("td", {}, a.site || ""),
+      el("td", {}, el("a", { href: "/assets/" + encodeURIComponent(a.asset) }, a.asset), a.tag ? el("br") : "", a.tag ? el("small", {}, a.tag) : ""),
+      el("td", {}, a.kind),
+      el("td", { class: "msg" }, a.message || "", hist),
+      el("td", {}, a.acknowledged_by ? [a.acknowledged_by, el("br"), el("small", {}, V.fmtTime(a.acknowledged_at))] : ""),
+      actions);
+  }
+
+  function render(freshId) {
+    const list = [...rows.values()].filter(visible).sort((a, b) => (a.raised_at < b.raised_at ? 1 : -1));
+    tbody.replaceChildren(...list.map((a) => row(a, a.id === freshId)));
+    if (!list.length) tbody.append(el("tr", {}, el("td", { colspan: 9, class: "muted" }, "No alerts match.")));
+  }
+  function renderCounts(c) {
+    const by = {};
+    for (const x of c) by[x.state] = (by[x.state] || 0) + x.n;
+    counts.replaceChildren(...["raised", "acknowledged", "cleared"].map((s) =>
+      el("div", { class: "card", id: "count-" + s }, el("b", {}, by[s] || 0), s)));
+  }
+
+  async function reload() {
+    const page = await api("/api/alerts" + qs({ ...query(), limit: 200 }));
+    rows.clear();
+    for (const a of page.items) rows.set(String(a.id), a);
+    nextCursor = page.next_cursor;
+    more.hidden = !nextCursor;
+    renderCounts(page.counts);
+    render();
+    connect();
+  }
+  async function loadMore() {
+    const page = await api("/api/alerts" + qs({ ...query(), limit: 200, cursor: nextCursor }));
+    for (const a of page.items) rows.set(String(a.id), a);
+    nextCursor = page.next_cursor;
+    more.hidden = !nextCursor;
+    render();
+  }
+  function refreshCounts() {  // at most once a second, however many alerts arrive
+    if (countsTimer) return;
+    countsTimer = setTimeout(() => {
+      countsTimer = null;
+      api("/api/alerts" + qs({ ...query(), limit: 1 }), { quiet: true }).then((p) => renderCounts(p.counts)).catch(() => {});
+    }, 1000);
+  }
+
+  function connect() {
+    if (source) source.close();
+    source = new EventSource("/api/alerts/stream" + qs({ site: filters.site, asset: filters.asset }));
+    source.addEventListener("open", () => { liveDot.classList.add("on"); liveText.textContent = "live"; });
+    source.addEventListener("error", () => { liveDot.classList.remove("on"); liveText.textContent = "reconnecting…"; });
+    source.addEventListener("reload", () => reload());
+    source.addEventListener("alert", (ev) => {
+      const a = JSON.parse(ev.data);
+      const known = rows.has(String(a.id));
+      rows.set(String(a.id), a);
+      render(known ? null : String(a.id));
+      if (!known && visible(a)) toast(`New ${a.severity} alert on ${a.asset}: ${a.message || a.kind}`);
+      refreshCounts();
+    });
+  }
+
+  async function init() {
+    let assets = [];
+    try { assets = (await api("/api/assets?limit=1000")).items; } catch (e) { /* board works without */ }
+    const sites = [...new Set(assets.map((a) => a.site).filter(Boolean))].sort();
+    main(
+      el("h1", {}, "Alert board ", el("small", {}, liveDot, liveText)),
+      counts,
+      el("div", { class: "row filters" },
+        select("site", "Site", [["", "all"], ...sites.map((s) => [s, s])]),
+        select("asset", "Asset", [["", "all"], ...assets.map((a) => [a.name, a.name])]),
+        select("severity", "Severity", [["", "all"], ["critical", "critical"], ["warning", "warning"], ["info", "info"]]),
+        select("state", "State", [["open", "open (raised + acknowledged)"], ["raised", "raised"],
+          ["acknowledged", "acknowledged"], ["cleared", "cleared (history)"], ["", "all"]])),
+      el("table", { id: "alerts" }, el("thead", {}, el("tr", {},
+        ["Raised", "Severity", "State", "Site", "Asset / tag", "Kind", "Message", "Acknowledged", ""].map((h) => el("th", {}, h)))), tbody),
+      el("p", {}, more));
+    try { await reload(); } catch (e) {
+      tbody.replaceChildren(el("tr", {}, el("td", { colspan: 9, class: "bad-text" }, e.message)));
+    }
+  }
+  init();
+})();

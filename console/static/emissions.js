@@ -1,0 +1,83 @@
+/* Emissions: live values against limits, running averages with projection, daily compliance calendar,
+   exceedances and report files. */
+"use strict";
+
+(() => {
+  const { el, api, qs, main, badge, fmtNum, timeCell, table } = V;
+  const params = new URLSearchParams(location.search);
+
+  function bar(pct) {
+    const p = Math.max(0, Math.min(pct || 0, 100));
+    const b = el("div", { class: "bar" + (pct > 100 ? " over" : pct > 80 ? " near" : "") }, el("span"));
+    b.firstChild.style.width = p + "%";
+    return b;
+  }
+
+  function liveCard(item) {
+    const ORDER = ["ten_min", "half_hour", "hour", "day", "month"];
+    const rows = Object.values(item.averages).sort((a, b) => ORDER.indexOf(a.period) - ORDER.indexOf(b.period));
+    const when = (r) => { const t = V.fmtTime(r.period_start); return ["day", "month"].includes(r.period) ? t.slice(0, 10) : t.slice(11, 16); };
+    const day = item.day;
+    return el("div", { class: "card pollutant", "data-pollutant": item.pollutant },
+      el("h2", {}, item.pollutant, " ", el("small", {}, item.tag || "")),
+      item.reading ? el("p", {}, "Analyser now: ", el("b", {}, `${fmtNum(item.reading.value)} ${item.reading.unit}`), " ", el("small", {}, "(raw) "), timeCell(item.reading.time)) : "",
+      table(["Period", "Normalised", "Validated", "Limit", ""], rows.map((r) => el("tr", { "data-period": r.period },
+        el("td", {}, r.period.replace("_", "-"), " ", el("small", { title: r.period_start }, when(r), r.running ? " (running)" : "")),
+        el("td", {}, fmtNum(r.value), r.valid ? "" : el("small", { class: "warn-text" }, " invalid")),
+        el("td", {}, fmtNum(r.validated)),
+        el("td", {}, r.limits.length ? fmtNum(r.limits[0].limit) : "–"),
+        el("td", {}, r.percent_of_limit !== null ? [bar(r.percent_of_limit), el("small", {}, `${fmtNum(r.percent_of_limit)} %`)] : "")))),
+      el("p", { class: "projection" + (day.projected_over ? " bad-text" : "") },
+        `Day so far: ${day.subs_done}/${day.subs_total} ${day.sub_period.replace("_", "-")} averages; projected day average `,
+        el("b", {}, fmtNum(day.projection)), day.limit !== null ? ` against ${fmtNum(day.limit)} mg/Nm³` : " (no daily limit)"));
+  }
+
+  function calendarView(cal) {
+    const first = new Date(cal.days[0].date + "T00:00:00");
+    const blanks = (first.getDay() + 6) % 7;
+    const cells = [..."MTWTFSS"].map((d) => el("div", { class: "none" }, el("b", {}, d)));
+    for (let i = 0; i < blanks; i++) cells.push(el("div", { class: "none" }));
+    for (const d of cal.days) {
+      const title = d.pollutants.map((p) => `${p.pollutant}: ${fmtNum(p.validated)} ${p.valid ? "" : "(invalid)"}`).join("\n")
+        + (d.events.length ? "\n" + d.events.map((e) => `${e.pollutant} ${e.rule}: ${fmtNum(e.value)} > ${fmtNum(e.limit_value)}`).join("\n") : "");
+      cells.push(el("div", { class: d.status, "data-date": d.date, title }, el("b", {}, d.date.slice(8)), el("br"), d.status === "none" ? "" : d.status));
+    }
+    return el("div", { class: "calendar", id: "calendar" }, cells);
+  }
+
+  async function load(stack) {
+    const [live, cal, events, reports] = await Promise.all([
+      api(`/api/emissions/${encodeURIComponent(stack.stack)}/live`),
+      api(`/api/emissions/${encodeURIComponent(stack.stack)}/calendar` + qs({ month: params.get("month") })),
+      api(`/api/emissions/${encodeURIComponent(stack.stack)}/events?last=P31D`),
+      api("/api/emissions/reports/files")]);
+    return [
+      el("h2", {}, `Stack ${stack.stack} `, el("small", {}, `${stack.description || ""} · ${stack.regime || ""} · ${live.timezone}`)),
+      el("div", { class: "grid wide", id: "live" }, live.items.map(liveCard)),
+      el("h2", {}, `Daily compliance ${cal.month}`), calendarView(cal),
+      el("p", { class: "muted" }, "green: valid and within limits · red: exceedance · yellow: invalid day · grey: no data or not operating"),
+      el("h2", {}, "Exceedances (31 days)"),
+      events.items.length ? table(["Period", "Pollutant", "Rule", "Value", "Limit", "Breach"], events.items.map((e) => el("tr", {},
+        el("td", {}, e.period, " ", timeCell(e.period_start)), el("td", {}, e.pollutant), el("td", {}, e.rule),
+        el("td", {}, fmtNum(e.value)), el("td", {}, fmtNum(e.limit_value)),
+        el("td", {}, e.breach ? badge("breach", "st-raised") : badge("tolerated", "st-acknowledged"), e.provisional ? " (provisional)" : ""))))
+        : el("p", { class: "muted" }, "None."),
+      el("h2", {}, "Reports"),
+      reports.items.length ? el("ul", { id: "reports" }, reports.items.map((r) => el("li", {}, el("a", { href: r.href }, r.name), ` (${fmtNum(r.bytes / 1024)} kB)`)))
+        : el("p", { class: "muted" }, reports.configured ? "No reports yet." : "No reports folder configured (console.reports_dir)."),
+    ];
+  }
+
+  async function init() {
+    let stacks;
+    try { stacks = (await api("/api/emissions/stacks", { quiet: true })).items; }
+    catch (e) { main(el("h1", {}, "Emissions"), el("p", { class: "bad-text" }, e.message)); return; }
+    if (!stacks.length) { main(el("h1", {}, "Emissions"), el("p", { class: "muted" }, "No emission averages stored yet.")); return; }
+    const chosen = stacks.find((s) => s.stack === params.get("stack")) || stacks[0];
+    const pick = el("select", { id: "stack", onchange: () => { location.search = qs({ stack: pick.value }); } },
+      stacks.map((s) => el("option", { value: s.stack, selected: s === chosen }, s.stack)));
+    main(el("h1", {}, "Emissions"), el("div", { class: "row" }, el("label", {}, "Stack", pick)), ...(await load(chosen)));
+    document.body.dataset.ready = "1";
+  }
+  init();
+})();

@@ -1,0 +1,46 @@
+/* Gateways: live /healthz of each configured gateway (collectors, spool, database link, errors) and dead letters. */
+"use strict";
+
+(() => {
+  const { el, api, main, badge, fmtNum, timeCell, table } = V;
+
+  function collectors(h) {
+    const c = (h && h.collectors) || {};
+    return table(["Collector", "Connected", "Detail"], Object.entries(c).map(([name, s]) => el("tr", {},
+      el("td", {}, name),
+      el("td", {}, s.connected === undefined ? "–" : badge(s.connected ? "connected" : "disconnected", s.connected ? "st-cleared" : "st-raised")),
+      el("td", {}, el("small", {}, Object.entries(s).filter(([k]) => k !== "connected").map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join(" · "))))));
+  }
+
+  function card(g) {
+    const h = g.health || {};
+    const spool = h.spool || {}, db = h.database || {};
+    return el("section", { class: "card gateway", "data-gateway": g.name },
+      el("h2", {}, g.name, " ", badge(!g.reachable ? "unreachable" : g.healthy ? "healthy" : "unhealthy",
+        !g.reachable || !g.healthy ? "st-raised" : "st-cleared")),
+      el("p", { class: "muted" }, g.health_url, g.elapsed_ms !== undefined ? ` · answered in ${g.elapsed_ms} ms` : ""),
+      g.error ? el("p", { class: "bad-text" }, g.error) : "",
+      g.reachable ? el("dl", { class: "kv" },
+        el("dt", {}, "Uptime"), el("dd", {}, h.uptime_s !== undefined ? `${fmtNum(h.uptime_s / 3600)} h` : "–"),
+        el("dt", {}, "Spool depth"), el("dd", { class: "spool-depth" }, `${spool.readings ?? "–"} readings, ${spool.batches ?? "–"} batches, ${fmtNum((spool.bytes || 0) / 1e6)} MB of ${fmtNum((spool.max_bytes || 0) / 1e6)} MB${spool.full ? " — FULL" : ""}`),
+        el("dt", {}, "Stored / spooled"), el("dd", {}, `${h.readings_stored ?? "–"} / ${h.readings_spooled ?? "–"}`),
+        el("dt", {}, "Database"), el("dd", {}, db.connected ? `connected (${db.edition || "?"})` : "not connected"),
+        el("dt", {}, "Last error"), el("dd", { class: db.last_error ? "bad-text" : "" }, db.last_error || "none"),
+        el("dt", {}, "Dead tasks"), el("dd", {}, (h.dead_tasks || []).join(", ") || "none"),
+        el("dt", {}, "Latency p50 / p99"), el("dd", {}, h.latency_s ? `${fmtNum(h.latency_s.p50)} s / ${fmtNum(h.latency_s.p99)} s` : "–")) : "",
+      g.reachable ? collectors(h) : "");
+  }
+
+  async function load() {
+    const [gws, dl] = await Promise.all([api("/api/gateways"), api("/api/dead-letters?limit=20").catch(() => null)]);
+    main(el("h1", {}, "Gateways"),
+      gws.items.length ? el("div", { class: "grid" }, gws.items.map(card)) : el("p", { class: "muted" }, "No gateways configured ([[gateways]] in the console configuration)."),
+      el("h2", {}, "Dead letters (last 7 days)"),
+      dl ? el("p", {}, dl.by_source.map((s) => `${s.source}: ${s.n}`).join(" · ") || "none") : "",
+      dl && dl.items.length ? table(["Time", "Source", "Topic", "Error", "Payload"], dl.items.map((d) => el("tr", {},
+        el("td", {}, timeCell(d.time)), el("td", {}, d.source), el("td", {}, d.topic), el("td", {}, d.error),
+        el("td", {}, el("code", {}, d.payload))))) : "");
+  }
+  load();
+  setInterval(load, 10000);
+})();

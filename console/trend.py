@@ -1,0 +1,120 @@
+"""Server-side downsampling of one tag's readings for a chart (DESIGN.md §3, §9).
+
+A chart needs at most a few thousand points whatever the range. The bucket width is
+``span / points``; the cheapest source that is fine enough answers:
+
+- width under a minute: raw ``readings`` (as they are when few enough, else bucketed);
+- a minute up to an hour: ``readings_1m`` re-bucketed to the width;
+- an hour or more: ``readings_1h`` re-bucketed.
+
+Each bucket carries min, max, mean, count of good values and the count of bad ones, so a
+chart can draw the min-max envelope and nothing is hidden by averaging. The rollups are
+kept by the gateway's forwarder a few seconds behind the raw data; the part of the range
+after the newest rollup bucket is bucketed from raw readings, so the right edge of a live
+trend is never missing. Buckets use ``Features.bucket`` (time_bucket or date_bin).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from console.params import TimeRange
+from edge.db.features import Features
+
+GOOD = "quality < 2 AND value IS NOT NULL AND value <> 'NaN'::float8"
+_NICE_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
+           2 * 86400, 7 * 86400)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    source: str  # readings | readings_1m | readings_1h
+    bucket_s: int  # 0 = raw points
+
+
+def nice_width(seconds: float) -> int:
+    """The smallest 'round' bucket width not under ``seconds`` (so buckets align to clock times)."""
+    for w in _NICE_S:
+        if w >= seconds:
+            return w
+    return int(-(-seconds // 86400) * 86400)
+
+
+def plan(span: timedelta, points: int, resolution: str = "auto") -> Plan:
+    """Which table and bucket width serve ``span`` in about ``points`` buckets."""
+    width = nice_width(span.total_seconds() / points)
+    if resolution == "raw":
+        return Plan("readings", 0)
+    if resolution == "1m" or (resolution == "auto" and 60 <= width < 3600):
+        return Plan("readings_1m", max(width, 60))
+    if resolution == "1h" or (resolution == "auto" and width >= 3600):
+        return Plan("readings_1h", max(width, 3600))
+    return Plan("readings", width)
+
+
+def _floor(t: datetime, level: int) -> datetime:
+    return datetime.fromtimestamp(math.floor(t.timestamp() / level) * level, UTC)
+
+
+def _ceil(t: datetime, level: int) -> datetime:
+    return datetime.fromtimestamp(math.ceil(t.timestamp() / level) * level, UTC)
+
+
+def _raw_bucket_sql(features: Features, width: int) -> str:
+    b = features.bucket(f"{width} seconds", "time")
+    return (f"SELECT {b} AS t, min(value) FILTER (WHERE {GOOD}) AS min, max(value) FILTER (WHERE {GOOD}) AS max, "
+            f"avg(value) FILTER (WHERE {GOOD}) AS avg, count(*) FILTER (WHERE {GOOD}) AS n, "
+            f"count(*) FILTER (WHERE NOT ({GOOD})) AS bad "
+            f"FROM readings WHERE tag_id = %(tag)s AND time >= %(start)s AND time < %(end)s GROUP BY 1")
+
+
+def _rollup_bucket_sql(features: Features, table: str, width: int) -> str:
+    b = features.bucket(f"{width} seconds", "bucket")
+    return (f"SELECT {b} AS t, min(min) AS min, max(max) AS max, sum(sum) / nullif(sum(count), 0) AS avg, "
+            f"sum(count) AS n, sum(bad_count) AS bad "
+            f"FROM {table} WHERE tag_id = %(tag)s AND bucket >= %(start)s AND bucket < %(end)s GROUP BY 1")
+
+
+async def fetch(db, features: Features, tag_id: int, tr: TimeRange, points: int, resolution: str) -> dict:
+    """Columnar series for one tag: raw (t, v, q) or bucketed (t, min, max, avg, n, bad)."""
+    p = plan(tr.span, points, resolution)
+    params = {"tag": tag_id, "start": tr.start, "end": tr.end, "n": points + 1}
+    if p.source == "readings" and (p.bucket_s < 60 or resolution == "raw"):
+        rows = await db.fetch("SELECT time, value, value_text, quality FROM readings WHERE tag_id = %(tag)s "
+                              "AND time >= %(start)s AND time < %(end)s ORDER BY time LIMIT %(n)s", params)
+        if len(rows) <= points or resolution == "raw":
+            out = {"source": "readings", "bucket_s": 0, "truncated": len(rows) > points,
+                   "t": [r["time"] for r in rows[:points]], "v": [r["value"] for r in rows[:points]],
+                   "q": [r["quality"] for r in rows[:points]]}
+            if any(r["value_text"] is not None for r in rows):
+                out["text"] = [r["value_text"] for r in rows[:points]]
+            return out
+        p = Plan("readings", max(p.bucket_s, 1))
+    if p.source == "readings":
+        sql = _raw_bucket_sql(features, p.bucket_s) + " ORDER BY 1"
+    else:
+        # Whole rollup buckets inside the range come from the rollup; the partial buckets at either edge and
+        # the part after the newest rollup bucket (the rollup worker runs seconds behind) from raw readings.
+        level = 60 if p.source == "readings_1m" else 3600
+        head, tail = _ceil(tr.start, level), _floor(tr.end, level)
+        row = await db.fetchone(f"SELECT max(bucket) AS b FROM {p.source} WHERE tag_id = %(tag)s "
+                                "AND bucket >= %(head)s AND bucket < %(tail)s", params | {"head": head, "tail": tail})
+        covered = row["b"] + timedelta(seconds=level) if row and row["b"] else head
+        params |= {"head": head, "split": max(min(covered, tail), head)}
+        # Raw and rollup parts are bucketed on the same grid, so a bucket split between them is merged here.
+        rollup = _rollup_bucket_sql(features, p.source, p.bucket_s).replace("%(start)s", "%(head)s").replace(
+            "%(end)s", "%(split)s")
+        # Two plain ranges rather than one OR: TimescaleDB excludes chunks only on simple range conditions.
+        raw = _raw_bucket_sql(features, p.bucket_s)
+        head_raw = raw.replace("%(end)s", "%(head)s")
+        tail_raw = raw.replace("%(start)s", "%(split)s")
+        sql = (f"SELECT t, min(min) AS min, max(max) AS max, sum(avg * n) / nullif(sum(n), 0) AS avg, "
+               f"sum(n) AS n, sum(bad) AS bad FROM ({rollup} UNION ALL {head_raw} UNION ALL {tail_raw}) u "
+               "GROUP BY t ORDER BY t")
+    rows = await db.fetch(sql, params)
+    return {"source": p.source, "bucket_s": p.bucket_s, "truncated": False,
+            "t": [r["t"] for r in rows], "min": [r["min"] for r in rows], "max": [r["max"] for r in rows],
+            "avg": [r["avg"] for r in rows], "n": [int(r["n"] or 0) for r in rows],
+            "bad": [int(r["bad"] or 0) for r in rows]}

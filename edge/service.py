@@ -1,0 +1,278 @@
+"""The long-running gateway process behind ``valvoja run``: signals, reload, watchdog, stop deadline.
+
+- **SIGTERM / SIGINT**: stop the collectors, spool what is queued, flush the spool to the
+  database and exit 0, all within ``service.stop_timeout_s`` (10 s). What the database did not
+  take stays in the spool on disk for the next start. A process that cannot finish in time logs
+  ``stop_timeout`` and exits 1 (nothing acknowledged is lost: it is in the spool). A second
+  signal exits at once.
+- **SIGHUP**: read the configuration file again. A file with any problem (syntax, schema, a
+  secret reference that cannot be resolved, a certificate that does not load) is rejected with
+  one log line naming every problem (``event=config_rejected``) and the running gateway carries
+  on untouched. A good one replaces the running gateway: the old one stops gracefully (its
+  collectors close, its queue goes to the spool), the new one starts on the same spool, so no
+  reading is lost; secrets and certificates are read again too, which is how they are rotated.
+  If the new gateway cannot start (a port in use ...) the previous configuration is started again.
+- **Watchdog** (edge/watchdog.py): dead or stalled parts are restarted and counted.
+- **systemd**: with ``Type=notify`` the process reports READY / RELOADING / STOPPING and, when
+  ``WatchdogSec`` is set, pings the service manager from the event loop, so a blocked loop gets
+  the process restarted.
+
+All intervals use ``time.monotonic``; a wall-clock step changes no timing here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+from collectors.base import CollectorContext
+from collectors.registry import module_for
+from edge import logs, settings
+from edge.errors import ConfigError
+from edge.gateway import SHUTDOWN_FLUSH_S, Gateway, database_conninfo
+from edge.metrics import Metrics
+from edge.settings import SiteConfig
+from edge.watchdog import Watchdog
+
+log = logging.getLogger("valvoja.service")
+
+# Spool flush budget when a reload replaces the gateway (the spool is on disk; the new one drains it).
+RELOAD_FLUSH_S = 2.0
+# Time kept back from the stop deadline for the steps after the flush (rollups, closing, exit).
+STOP_MARGIN_S = 4.0
+
+
+def sd_notify(state: str) -> bool:
+    """Send ``state`` (e.g. ``READY=1``) to systemd when run under ``Type=notify``; False otherwise."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):  # abstract socket namespace
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(state.encode(), addr)
+        return True
+    except OSError:
+        return False
+
+
+def preflight(cfg: SiteConfig) -> None:
+    """Checks a parsed configuration must pass before it may replace a running one.
+
+    Resolves the database and collector secrets and builds each collector (which loads TLS
+    files); raises ConfigError listing every problem. Nothing is connected or started.
+    """
+    problems: list[str] = []
+    try:
+        database_conninfo(cfg)
+    except ConfigError as exc:
+        problems += exc.problems
+    metrics = Metrics()  # throw-away: no labels leak into the running gateway's metrics
+    for kind, name, ccfg in cfg.collector_configs:
+        ctx = CollectorContext(name=name, state_dir=Path(cfg.site.state_dir) / "collectors" / name, metrics=metrics)
+        try:
+            module_for(kind).build(ccfg, ctx)
+        except ConfigError as exc:
+            problems += [f"collectors ({name}): {p}" for p in exc.problems]
+        except Exception as exc:  # a collector constructor that fails would fail at start too
+            problems.append(f"collectors ({name}): cannot be built: {type(exc).__name__}: {exc}")
+    if problems:
+        raise ConfigError(problems)
+
+
+class Service:
+    """Runs one gateway for ``config_path`` until stopped; see the module docstring."""
+
+    def __init__(self, config_path: str | Path, *, log_format: str | None = None):
+        self.config_path = Path(config_path)
+        self.log_format = log_format
+        self.cfg = settings.load(self.config_path)  # a bad file at start-up: ConfigError to the CLI
+        self.metrics = Metrics()
+        self.gateway: Gateway | None = None
+        self.watchdog = Watchdog()
+        self.exit_code = 0
+        self._gw_stop: asyncio.Event | None = None
+        self._gw_task: asyncio.Task | None = None
+        self._stop: asyncio.Event | None = None
+        self._reload: asyncio.Event | None = None
+        self._stopping = False
+
+    # -- entry points ----------------------------------------------------------------------
+    def run(self) -> int:
+        """Set up logging, run until stopped, return the exit code."""
+        self._setup_logging(self.cfg)
+        asyncio.run(self.main())
+        return self.exit_code
+
+    async def main(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stop, self._reload = asyncio.Event(), asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
+        try:
+            await self._start_gateway(self.cfg)
+        except Exception as exc:
+            log.critical("gateway failed to start: %s: %s", type(exc).__name__, exc, exc_info=exc,
+                         extra={"event": "start_failed"})
+            self.exit_code = 1
+            return
+        sd_notify(f"READY=1\nSTATUS=running {self.cfg.site.gateway_id}\nMAINPID={os.getpid()}")
+        helpers = [asyncio.create_task(self.watchdog.run(lambda: self.gateway), name="watchdog")]
+        if os.environ.get("WATCHDOG_USEC"):
+            helpers.append(asyncio.create_task(self._systemd_pings(), name="systemd-watchdog"))
+        try:
+            await self._serve()
+        finally:
+            for t in helpers:
+                t.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+        sd_notify("STOPPING=1")
+        await self._stop_final()
+
+    async def _serve(self) -> None:
+        """Wait for a stop or reload request, or for the gateway to end by itself."""
+        while not self._stop.is_set():
+            waiters = {asyncio.ensure_future(self._stop.wait()), asyncio.ensure_future(self._reload.wait()),
+                       self._gw_task}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters - {self._gw_task}:
+                w.cancel()
+            if self._stop.is_set():
+                return
+            if self._gw_task.done():
+                exc = None if self._gw_task.cancelled() else self._gw_task.exception()
+                log.critical("gateway ended unexpectedly: %r; exiting so the supervisor restarts the process", exc,
+                             exc_info=exc, extra={"event": "gateway_died"})
+                self.exit_code = 1
+                return
+            if self._reload.is_set():
+                self._reload.clear()
+                sd_notify("RELOADING=1")
+                await self.reload()
+                sd_notify("READY=1")
+
+    # -- signals ---------------------------------------------------------------------------
+    def _on_stop_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        if self._stopping:
+            log.warning("%s again while stopping: exiting now (the spool keeps what was acknowledged)", name,
+                        extra={"event": "stop_forced"})
+            _hard_exit(130)
+        self._stopping = True
+        log.info("%s received: stopping within %.0f s", name, self.cfg.service.stop_timeout_s,
+                 extra={"event": "stop_requested"})
+        self._stop.set()
+
+    def _on_reload_signal(self) -> None:
+        log.info("SIGHUP received: reloading %s", self.config_path, extra={"event": "reload_requested"})
+        self._reload.set()
+
+    # -- gateway lifecycle -----------------------------------------------------------------
+    async def _start_gateway(self, cfg: SiteConfig) -> None:
+        """Build and start a gateway; returns once it runs; raises if it fails on the way."""
+        gw = Gateway(cfg, metrics=self.metrics)
+        stop = asyncio.Event()
+        task = asyncio.create_task(gw.run(stop), name="gateway")
+        ready = asyncio.create_task(gw.ready.wait())
+        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if not gw.ready.is_set():
+            ready.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await _release(gw)
+            task.result()  # raises what stopped it
+            raise RuntimeError("gateway returned before it was ready")
+        self.gateway, self._gw_stop, self._gw_task = gw, stop, task
+
+    async def _stop_gateway(self, timeout_s: float, flush_s: float) -> bool:
+        """Stop the running gateway gracefully within ``timeout_s``; True if it finished in time."""
+        gw, task = self.gateway, self._gw_task
+        self.gateway = None
+        if gw is None or task is None:
+            return True
+        gw.shutdown_flush_s = flush_s
+        self._gw_stop.set()
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+        if not done:
+            return False
+        if not task.cancelled() and task.exception() is not None:
+            log.error("gateway shutdown failed: %r", task.exception(), exc_info=task.exception(),
+                      extra={"event": "shutdown_error"})
+        return True
+
+    async def _stop_final(self) -> None:
+        timeout = self.cfg.service.stop_timeout_s
+        t0 = time.monotonic()
+        flush = min(SHUTDOWN_FLUSH_S, max(0.5, timeout - STOP_MARGIN_S))
+        if not await self._stop_gateway(timeout - 0.5, flush):
+            log.error("gateway did not stop within %.1f s; exiting anyway (unsent readings stay in the spool)",
+                      timeout, extra={"event": "stop_timeout"})
+            _hard_exit(1)
+        log.info("stopped in %.2f s", time.monotonic() - t0, extra={"event": "exit", "code": self.exit_code})
+
+    async def reload(self) -> bool:
+        """Apply the configuration file again; True if a new configuration is running."""
+        path = self.config_path
+        try:
+            new = await asyncio.to_thread(settings.load, path)
+            await asyncio.to_thread(preflight, new)
+        except ConfigError as exc:
+            self._rejected(exc.problems)
+            return False
+        old = self.cfg
+        t0 = time.monotonic()
+        if not await self._stop_gateway(old.service.stop_timeout_s, RELOAD_FLUSH_S):
+            log.error("the running gateway did not stop within %.0f s for the reload",
+                      old.service.stop_timeout_s, extra={"event": "reload_stop_timeout"})
+        try:
+            await self._start_gateway(new)
+        except Exception as exc:
+            self._rejected([f"{path}: the new configuration failed to start: {type(exc).__name__}: {exc}"])
+            await self._start_gateway(old)  # if even this fails the process exits and is restarted
+            return False
+        self.cfg = new
+        self._setup_logging(new)
+        self.metrics.config_reloads.labels("applied").inc()
+        log.info("configuration reloaded from %s in %.2f s%s", path, time.monotonic() - t0,
+                 "" if new != old else " (unchanged; secrets and certificates read again)",
+                 extra={"event": "config_applied", "changed": new != old})
+        return True
+
+    def _rejected(self, problems: list[str]) -> None:
+        self.metrics.config_reloads.labels("rejected").inc()
+        log.error("configuration %s rejected, still running the previous one: %s", self.config_path,
+                  "; ".join(problems), extra={"event": "config_rejected", "problems": len(problems)})
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _setup_logging(self, cfg: SiteConfig) -> None:
+        logs.setup(cfg.logging.level, self.log_format or cfg.logging.format)
+
+    async def _systemd_pings(self) -> None:
+        """WATCHDOG=1 at half the interval systemd asks for; stops when the event loop is blocked."""
+        interval = max(0.5, int(os.environ["WATCHDOG_USEC"]) / 2e6)
+        while True:
+            sd_notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+
+async def _release(gw: Gateway) -> None:
+    """Close what a gateway that failed to start had opened (spool, worker thread, HTTP)."""
+    try:
+        if gw.http:
+            await gw.http.close()
+        await gw.worker.call(gw.spool.close)
+    except Exception as exc:
+        log.debug("cleanup after a failed start: %r", exc)
+    gw.worker.shutdown()
+
+
+def _hard_exit(code: int) -> None:
+    """Exit now, skipping interpreter shutdown (which would wait for threads that may hang)."""
+    logging.shutdown()
+    os._exit(code)

@@ -1,0 +1,141 @@
+"""Watchdog of a running gateway: restarts stalled or dead parts, counts it, watches the disk.
+
+It runs beside the gateway on the same event loop (edge/service.py) and looks every
+``service.watchdog_interval_s`` at what the gateway exposes for it:
+
+- a task that died with an exception (ingest, forwarder, rollups, a collector's supervisor,
+  a background job) is started again (``reason="died"``);
+- the forwarder is *stalled* when the spool holds batches and its heartbeat (commit, connect,
+  error) and counters have not moved for ``service.stall_after_s``: typically a write blocked
+  on a half-open connection. The task is cancelled, the connection dropped, the task started
+  again (``reason="stalled"``); what it was writing is still in the spool and is written again
+  (the database key removes duplicates);
+- a collector is *silent* when it emitted nothing and made no connection attempt for
+  ``service.collector_silence_s`` (0 turns this off) while the pipeline was not applying
+  back-pressure; it is closed and started again (``reason="silent"``);
+- the ingest task is stalled when batches wait and nothing reaches the spool for
+  ``stall_after_s`` while the spool is not full: restarting it could drop the batches it holds,
+  so this only fails /healthz (``problems.ingest``) so that the container runtime or systemd
+  restarts the process; the spool on disk keeps everything acknowledged.
+
+All intervals use the monotonic clock, so wall-clock steps (NTP, a wrong RTC at boot) neither
+trigger nor suppress a restart. Every restart is logged (``event=watchdog_restart``) and counted
+in ``valvoja_watchdog_restarts_total{part, reason}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections.abc import Callable
+
+from edge.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+
+class Watchdog:
+    def __init__(self) -> None:
+        self._gw: Gateway | None = None
+        # part -> (signature last seen, monotonic time it was first seen with work pending)
+        self._seen: dict[str, tuple[object, float]] = {}
+        self._pressure_at = 0.0  # last time the pipeline applied back-pressure
+        self._disk_low = False
+        self.restarts = 0
+
+    async def run(self, current: Callable[[], Gateway | None]) -> None:
+        """Check the gateway ``current()`` returns (it changes on reload) until cancelled."""
+        while True:
+            gw = current()
+            await asyncio.sleep(gw.cfg.service.watchdog_interval_s if gw else 1.0)
+            gw = current()
+            if gw is None or not gw.ready.is_set():
+                continue
+            try:
+                await self.check(gw)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the watchdog must never take the process down
+                log.exception("watchdog check failed", extra={"event": "watchdog_error"})
+
+    async def check(self, gw: Gateway, now: float | None = None) -> list[tuple[str, str]]:
+        """One round of checks; returns the (part, reason) pairs that were restarted."""
+        if gw is not self._gw:  # a reload built a new gateway: forget the old one's history
+            self._gw, self._seen, self._pressure_at = gw, {}, 0.0
+        now = time.monotonic() if now is None else now
+        opts = gw.cfg.service
+        actions: list[tuple[str, str]] = []
+        tasks = gw.tasks
+
+        for name, task in tasks.items():
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                actions.append((name, "died"))
+
+        fwd = gw.forwarder
+        if fwd is not None and "forwarder" in tasks and not tasks["forwarder"].done():
+            work = gw.spool.batches > 0
+            if self._stalled("forwarder", work, (fwd.heartbeat, fwd.stored, fwd.duplicates), opts.stall_after_s, now):
+                actions.append(("forwarder", "stalled"))
+
+        ingest = gw.ingest
+        pressure = ingest.queue.full() or ingest.full_since is not None
+        if pressure:
+            self._pressure_at = now
+        waiting = ingest.queue.qsize()
+        if self._stalled("ingest", waiting > 0 and ingest.full_since is None, ingest.accepted, opts.stall_after_s, now):
+            if "ingest" not in gw.problems:
+                log.error("ingest stalled: %d batches wait and nothing reached the spool for %.0f s; reporting "
+                          "unhealthy so the process is restarted", waiting, opts.stall_after_s,
+                          extra={"event": "ingest_stalled"})
+            gw.problems["ingest"] = f"no readings spooled for {opts.stall_after_s:.0f} s while {waiting} batches wait"
+        elif gw.problems.pop("ingest", None) is not None:
+            log.warning("ingest moving again", extra={"event": "ingest_resumed"})
+
+        silence = opts.collector_silence_s
+        if silence > 0 and not pressure:
+            for name in gw.collectors:
+                part = f"collector:{name}"
+                last = max(gw.progress.get(part, now), self._pressure_at)
+                task = tasks.get(part)
+                if task is not None and not task.done() and now - last >= silence:
+                    actions.append((part, "silent"))
+
+        for part, reason in actions:
+            await self._restart(gw, part, reason, now)
+        self._check_disk(gw)
+        return actions
+
+    def _stalled(self, part: str, work: bool, signature: object, after_s: float, now: float) -> bool:
+        """True when ``part`` had work and showed the same ``signature`` for ``after_s`` seconds."""
+        prev = self._seen.get(part)
+        if not work or prev is None or prev[0] != signature:
+            self._seen[part] = (signature, now)
+            return False
+        return now - prev[1] >= after_s
+
+    async def _restart(self, gw: Gateway, part: str, reason: str, now: float) -> None:
+        idle = now - self._seen.get(part, (None, now))[1] if reason == "stalled" else \
+            now - gw.progress.get(part, now)
+        log.warning("watchdog: restarting %s (%s%s)", part, reason,
+                    f" for {idle:.0f} s" if reason != "died" else "",
+                    extra={"event": "watchdog_restart", "part": part, "reason": reason})
+        gw.metrics.watchdog_restarts.labels(part, reason).inc()
+        self.restarts += 1
+        await gw.restart(part)
+        self._seen.pop(part, None)
+
+    def _check_disk(self, gw: Gateway) -> None:
+        try:
+            free = shutil.disk_usage(gw.cfg.site.state_dir).free
+        except OSError:
+            return
+        gw.metrics.disk_free.set(free)
+        low = free < gw.cfg.service.min_free_disk_bytes
+        if low and not self._disk_low:
+            log.warning("state directory %s has only %d MB free; the spool may not reach its budget",
+                        gw.cfg.site.state_dir, free // 1_000_000, extra={"event": "disk_low", "free_bytes": free})
+        elif self._disk_low and not low:
+            log.info("free disk space back to %d MB", free // 1_000_000, extra={"event": "disk_ok"})
+        self._disk_low = low

@@ -1,0 +1,374 @@
+"""Stack configuration: what is measured where, on which basis, and the regulatory numbers (DESIGN.md §8).
+
+One `StackConfig` per ``[[stacks]]`` entry of the site TOML (the site loader validates the section
+with this model; see ``emissions/sample.toml``). Every regulatory number -- confidence intervals,
+validity thresholds, compliance percentages -- lives here with the Industrial Emissions Directive
+(2010/75/EU) value as its default, because permits differ. Defaults that depend on the regime
+(large combustion plant, Annex V, or waste incineration, Annex VI) are filled in from
+`emissions.regimes.REGIME_DEFAULTS` before validation, so they are written down exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from emissions import units
+from emissions.regimes import DEFAULT_MIN_VALID_SHARE, IED_CI_PERCENT, REGIME_DEFAULTS
+
+Period = Literal["ten_min", "half_hour", "hour", "day", "month", "year"]
+Window = Literal["each", "day", "month", "year"]
+Regime = Literal["lcp", "waste_incineration"]
+
+class Strict(BaseModel):
+    """Configuration base: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Signal(Strict):
+    """A peripheral measurement: a tag, or a constant where the stack has no analyser for it."""
+
+    tag: str | None = None
+    value: float | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Signal:
+        if self.tag is not None and self.value is not None:
+            raise ValueError("give either tag or value, not both")
+        return self
+
+    @property
+    def configured(self) -> bool:
+        return self.tag is not None or self.value is not None
+
+
+class O2(Signal):
+    basis: Literal["dry", "wet"] = "dry"  # zirconia probes in the duct measure wet, extractive analysers dry
+
+
+class H2O(Signal):
+    max_percent: float = Field(50.0, gt=0, lt=100)  # above this the dry conversion is not trusted
+
+
+class Temperature(Signal):
+    unit: Literal["degC", "K"] = "degC"
+
+
+class Pressure(Signal):
+    unit: Literal["kPa", "hPa", "mbar", "Pa", "bar"] = "kPa"
+
+
+class Flow(Signal):
+    unit: Literal["m3/h", "m3/s"] = "m3/h"
+    moisture: Literal["wet", "dry"] = "wet"
+    conditions: Literal["actual", "standard"] = "actual"
+
+
+class PemsLink(Strict):
+    """Where a pollutant's PEMS predictions are stored (as readings, in the analyser's unit and basis) and
+    how the analyser is cross-checked against the prediction interval (emissions.pems)."""
+
+    tag: str  # point prediction: substituted while the analyser is invalid (flagged substituted)
+    lower_tag: str | None = None  # prediction interval, for the cross-check
+    upper_tag: str | None = None
+    window_s: int = Field(6 * 3600, gt=0)  # the analyser is flagged when, over this window, ...
+    min_outside_share: float = Field(0.5, gt=0, le=1)  # ... at least this share of it lies outside the interval
+    min_pairs_share: float = Field(0.5, gt=0, le=1)  # and at least this share of the window has both values
+
+    @model_validator(mode="after")
+    def _both_bounds(self) -> PemsLink:
+        if (self.lower_tag is None) != (self.upper_tag is None):
+            raise ValueError("give both lower_tag and upper_tag, or neither")
+        return self
+
+
+class Pollutant(Strict):
+    """One analyser channel and how its readings become mg/Nm³ dry at reference O2."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")  # e.g. NOx, SO2, CO, dust, TOC, HCl, CO2
+    tag: str = Field(min_length=1)
+    unit: Literal["mg/m3", "ug/m3", "g/m3", "ppm", "percent"] = "mg/m3"
+    moisture: Literal["wet", "dry"] = "dry"
+    # Only matters for mass concentrations: a volume fraction (ppm, %) is the same at any T and p.
+    conditions: Literal["actual", "standard"] = "standard"
+    # ppm -> mg/m³ needs the molar mass: NOx is expressed as NO2, TOC as C. Default from `units.MOLAR_MASS`.
+    molar_mass_g_mol: float | None = Field(None, gt=0)
+    elv: dict[str, float] = {}  # emission limit values in mg/Nm³ by key (a period name, or e.g. half_hour_97)
+    ci_percent: float | None = Field(None, ge=0, le=100)  # default: regulatory.ci_percent[name]
+    ci_elv: str | None = None  # which elv key the CI percentage applies to; default: regulatory.ci_elv
+    o2_correction: bool = True  # False for e.g. CO2 or O2 itself
+    pems: PemsLink | None = None  # predictive emission monitoring: cross-check and substitution
+
+    @field_validator("elv")
+    @classmethod
+    def _elv_keys(cls, v: dict[str, float]) -> dict[str, float]:
+        for key, limit in v.items():
+            if not limit > 0:
+                raise ValueError(f"elv.{key}: must be > 0, got {limit}")
+        return v
+
+    @model_validator(mode="after")
+    def _molar_mass_known(self) -> Pollutant:
+        if self.unit in ("ppm", "percent") and self.molar_mass() is None:
+            raise ValueError(f"unit {self.unit!r} needs molar_mass_g_mol for {self.name!r} "
+                             f"(known: {', '.join(sorted(units.MOLAR_MASS))})")
+        return self
+
+    def molar_mass(self) -> float | None:
+        return self.molar_mass_g_mol or units.MOLAR_MASS.get(self.name)
+
+
+class Rule(Strict):
+    """A compliance criterion on validated averages.
+
+    A ``period`` average over ``percent``% of ``elv`` is an exceedance. With ``share`` = 100 each
+    exceedance breaches the limit; with ``share`` < 100, a ``window`` (calendar day, month or year)
+    breaches when fewer than ``share``% of its valid averages are within the limit.
+    """
+
+    name: str = Field(min_length=1)
+    period: Period
+    elv: str  # key into Pollutant.elv; pollutants without it are not evaluated by this rule
+    percent: float = Field(100.0, gt=0)
+    share: float = Field(100.0, gt=0, le=100)
+    window: Window = "each"
+    pollutants: list[str] = []  # empty: every pollutant with the elv key
+    exclude: list[str] = []
+    reference: str = ""  # where the rule comes from, shown in reports
+
+    @model_validator(mode="after")
+    def _window_for_share(self) -> Rule:
+        if self.share < 100 and self.window == "each":
+            raise ValueError("a share below 100 % needs a window (day, month or year)")
+        return self
+
+    def applies_to(self, pollutant: Pollutant) -> bool:
+        if self.elv not in pollutant.elv:
+            return False
+        if self.pollutants and pollutant.name not in self.pollutants:
+            return False
+        return pollutant.name not in self.exclude
+
+
+class Fuel(Strict):
+    """A fuel for CO2 by calculation: tonnes = activity × NCV × emission factor × oxidation factor."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
+    tag: str  # fuel consumption rate, in ``unit`` per hour (e.g. t/h, Nm3/h)
+    unit: str = "t"
+    ncv_gj_per_unit: float = Field(gt=0)  # net calorific value
+    ef_t_co2_per_tj: float = Field(gt=0)  # emission factor, e.g. natural gas 56.1
+    oxidation_factor: float = Field(1.0, gt=0, le=1)
+
+
+class Live(Strict):
+    """Real-time warnings: running averages projected to the end of their period (emissions.live)."""
+
+    warn_percent: float = Field(100.0, gt=0)  # warn when the projection passes this % of the rule's limit
+    # recent: the rest of the period continues at the mean of the last ``recent_s``; zero: only what
+    # is already certain (the period would exceed even if emissions stopped now).
+    projection: Literal["recent", "zero"] = "recent"
+    recent_s: int = Field(600, gt=0)
+    min_elapsed_share: float = Field(0.1, ge=0, lt=1)  # no projection before this share of the period
+    subtract_ci: bool = False  # False: compare the measured projection (an earlier warning)
+    # Compliance rules to watch; None: every rule with share 100 on a period of a day or shorter.
+    rules: list[str] | None = None
+
+
+class Qal3(Strict):
+    """QAL3 (EN 14181) control charts of one analyser's zero and span checks (emissions.qal3)."""
+
+    analyser: str  # a pollutant name of this stack
+    zero_tag: str | None = None
+    span_tag: str | None = None
+    zero_reference: float = 0.0
+    span_reference: float | None = None  # span gas concentration, analyser units
+    s_ams: float | None = Field(None, gt=0)  # from QAL1; None: estimated from the first n_initial checks
+    n_initial: int = Field(20, ge=5)
+    warn_sigma: float = Field(2.0, gt=0)
+    action_sigma: float = Field(3.0, gt=0)
+    cusum_k: float = Field(0.5, ge=0)
+    cusum_h: float = Field(4.0, gt=0)
+    precision_factor: float = Field(3.686, gt=0)  # moving range limit D4 × d2 = 3.267 × 1.128, in s_ams
+
+    @model_validator(mode="after")
+    def _checks(self) -> Qal3:
+        if self.zero_tag is None and self.span_tag is None:
+            raise ValueError("needs zero_tag or span_tag")
+        if self.span_tag is not None and self.span_reference is None:
+            raise ValueError("span_tag needs span_reference (the span gas concentration)")
+        if self.warn_sigma >= self.action_sigma:
+            raise ValueError("warn_sigma must be below action_sigma")
+        return self
+
+
+class Regulatory(Strict):
+    """Regulatory numbers of one stack; defaults are the IED's, filled per regime."""
+
+    ci_percent: dict[str, float] = IED_CI_PERCENT
+    ci_elv: str  # the elv key the CI percentages refer to (Annex V: the ELV; Annex VI: the daily ELV)
+    # Minimum share of valid primary values in the operating time for an average to be valid.
+    min_valid_share: dict[Literal["ten_min", "half_hour", "hour"], float] = DEFAULT_MIN_VALID_SHARE
+    day_from: Literal["half_hour", "hour"]  # which averages a daily average is built from
+    day_max_invalid: int = Field(ge=0)  # more invalid sub-averages than this invalidate the day
+    # Month and year: built from valid days' sub-averages; valid when this share of operating days is valid.
+    month_min_valid_days_share: float = Field(0.0, ge=0, le=1)
+    year_min_valid_days_share: float = Field(0.0, ge=0, le=1)
+    max_invalid_days_per_year: int = Field(10, ge=0)  # Annex V Part 3 (10), Annex VI Part 6 (10)
+    clamp_validated_at_zero: bool = True  # a validated average below zero is reported as zero
+    accept_uncertain: bool = True  # readings of UNCERTAIN quality count as valid data
+    o2_max_percent: float = Field(20.0, gt=0, lt=21)  # above this (dry) the O2 correction is not computed
+    o2_correct_only_above_reference: bool = False  # some permits correct only when O2 > reference
+    substitution_counts_as_valid: bool = True  # PEMS values in place of an invalid analyser
+
+    @field_validator("min_valid_share")
+    @classmethod
+    def _shares(cls, v: dict[str, float]) -> dict[str, float]:
+        for k, s in v.items():
+            if not 0 < s <= 1:
+                raise ValueError(f"min_valid_share.{k}: must be in (0, 1], got {s}")
+        return v
+
+
+class StackConfig(Strict):
+    """One stack (emission point) with its analysers, peripheral measurements and permit numbers."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    regime: Regime
+    description: str = ""
+    timezone: str = "UTC"  # days, months and years are calendar periods in this zone
+    reference_o2_percent: float | None = Field(None, ge=0, lt=21)  # None: no O2 correction
+    primary_s: int = Field(60, gt=0, le=600)  # primary values: mean of readings over this many seconds
+    ten_min: bool  # also compute 10-minute averages (waste incineration CO)
+    operating_state_tag: str | None = None
+    excluded_states: list[float] = []  # e.g. start-up and shut-down codes; excluded from averages
+    o2: O2 = O2()
+    h2o: H2O = H2O()
+    temperature: Temperature = Temperature()
+    pressure: Pressure = Pressure()
+    flow: Flow = Flow()
+    pollutants: list[Pollutant] = Field(min_length=1)
+    regulatory: Regulatory
+    compliance: list[Rule]
+    fuels: list[Fuel] = []
+    live: Live = Live()
+    qal3: list[Qal3] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _regime_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("regime") not in REGIME_DEFAULTS:
+            return data
+        defaults = REGIME_DEFAULTS[data["regime"]]
+        out = dict(data)
+        reg = out.get("regulatory", {})
+        if isinstance(reg, dict):
+            merged = {**defaults["regulatory"], **reg}
+            if isinstance(reg.get("ci_percent"), dict):  # a permit overriding one pollutant keeps the others
+                merged["ci_percent"] = {**IED_CI_PERCENT, **reg["ci_percent"]}
+            if isinstance(reg.get("min_valid_share"), dict):
+                merged["min_valid_share"] = {**DEFAULT_MIN_VALID_SHARE, **reg["min_valid_share"]}
+            out["regulatory"] = merged
+        out.setdefault("compliance", defaults["compliance"])
+        out.setdefault("ten_min", defaults["ten_min"])
+        return out
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as Europe/Helsinki)") from exc
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StackConfig:
+        problems = []
+        names = [p.name for p in self.pollutants]
+        if len(names) != len(set(names)):
+            problems.append(f"pollutants: duplicate names in {names}")
+        if 600 % self.primary_s:
+            problems.append(f"primary_s: must divide 600 s evenly (10-minute periods), got {self.primary_s}")
+        for p in self.pollutants:
+            if p.elv and self.ci_percent(p) > 0 and self.ci_elv(p) not in p.elv:
+                problems.append(f"pollutants ({p.name}).ci_elv: the CI refers to elv.{self.ci_elv(p)}, "
+                                f"which {p.name} does not have (has {sorted(p.elv)})")
+            if p.o2_correction and self.reference_o2_percent is not None and not self.o2.configured:
+                problems.append(f"o2: reference_o2_percent is set, so {p.name} needs o2.tag or o2.value")
+            if (p.moisture == "wet" or (self.o2.basis == "wet" and p.o2_correction)) and not self.h2o.configured:
+                problems.append(f"h2o: {p.name} needs the water content (h2o.tag or h2o.value) for the dry basis")
+            if p.unit not in ("ppm", "percent") and p.conditions == "actual" and not (
+                    self.temperature.configured and self.pressure.configured):
+                problems.append(f"temperature/pressure: {p.name} is measured at actual conditions")
+        rule_names = [r.name for r in self.compliance]
+        if len(rule_names) != len(set(rule_names)):
+            problems.append(f"compliance: duplicate rule names in {rule_names}")
+        for name in self.live.rules or []:
+            if name not in rule_names:
+                problems.append(f"live.rules: {name!r} is not a compliance rule (have {rule_names})")
+        for q in self.qal3:
+            if q.analyser not in names:
+                problems.append(f"qal3 ({q.analyser}).analyser: not a pollutant of this stack (have {names})")
+        for rule in self.compliance:
+            users = [p.name for p in self.pollutants if rule.applies_to(p)]
+            if rule.period == "ten_min" and not self.ten_min and users:
+                problems.append(f"ten_min: rule {rule.name} applies to {users} on 10-minute averages; "
+                                "set ten_min = true")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def ci_percent(self, p: Pollutant) -> float:
+        if p.ci_percent is not None:
+            return p.ci_percent
+        return self.regulatory.ci_percent.get(p.name, 0.0)
+
+    def ci_elv(self, p: Pollutant) -> str:
+        return p.ci_elv or self.regulatory.ci_elv
+
+    def ci_value(self, p: Pollutant) -> float:
+        """The confidence interval in mg/Nm³ subtracted from a valid average to validate it."""
+        pct = self.ci_percent(p)
+        if pct == 0 or not p.elv:
+            return 0.0
+        return pct / 100.0 * p.elv[self.ci_elv(p)]
+
+    def pollutant(self, name: str) -> Pollutant:
+        for p in self.pollutants:
+            if p.name == name:
+                return p
+        raise KeyError(f"stack {self.name} has no pollutant {name!r}")
+
+    def tags(self) -> dict[str, str]:
+        """Every tag the stack reads, by role (pollutant name, 'o2', 'h2o', ..., 'pems:NAME', 'fuel:NAME', 'state')."""
+        out = {p.name: p.tag for p in self.pollutants}
+        for p in self.pollutants:
+            if p.pems is not None:
+                out[f"pems:{p.name}"] = p.pems.tag
+                if p.pems.lower_tag and p.pems.upper_tag:
+                    out[f"pems_lo:{p.name}"] = p.pems.lower_tag
+                    out[f"pems_hi:{p.name}"] = p.pems.upper_tag
+        for role in ("o2", "h2o", "temperature", "pressure", "flow"):
+            sig: Signal = getattr(self, role)
+            if sig.tag:
+                out[role] = sig.tag
+        out.update({f"fuel:{f.name}": f.tag for f in self.fuels})
+        if self.operating_state_tag:
+            out["state"] = self.operating_state_tag
+        return out
+
+    def fingerprint(self) -> str:
+        """sha256 of the configuration as used (defaults included), stored with every result for audit."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_stacks(entries: list[dict[str, Any]]) -> list[StackConfig]:
+    """Validate the ``[[stacks]]`` entries of a site configuration."""
+    return [StackConfig.model_validate(e) for e in entries]

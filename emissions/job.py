@@ -1,0 +1,134 @@
+"""The emissions job: readings -> primary values -> averages -> compliance -> emission tables.
+
+`run_span` computes one stack over whole periods and stores the result idempotently; `run_periodic`
+keeps the current month and year up to date while the gateway runs (late data after an outage
+corrects earlier periods, because every run recomputes them from the stored readings).
+
+Compliance windows of a year need the year's data, so by default a span is widened to the start of
+its calendar year (``context="year"``); results for windows that are not complete yet are provisional.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import psycopg
+
+from edge.db.features import Features, detect
+from emissions import averages, compliance, pems, periods, qal3, store
+from emissions.averages import StackResult
+from emissions.compliance import Event, RuleResult
+from emissions.config import StackConfig
+from emissions.normalise import Primary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SpanResult:
+    cfg: StackConfig
+    span: tuple[int, int]
+    primary: Primary
+    result: StackResult
+    rules: list[RuleResult]
+    events: list[Event]
+    qal3: dict[tuple[str, str], list[qal3.Check]]
+    seconds: float
+    rows_written: int = 0
+
+
+def widen(cfg: StackConfig, start: int, end: int, context: str = "year", whole_days: bool = True
+          ) -> tuple[int, int]:
+    """Widen [start, end) to the start of its calendar ``context`` (day, month or year) and, with
+    ``whole_days``, to the end of the last day, so every average in it is computed from complete data.
+    Without it the end is kept (aligned down to whole hours): the running day is then partial."""
+    b = periods.boundaries(context, start, start + 1, cfg.timezone)
+    if whole_days:
+        return int(b[0]), int(periods.boundaries("day", end - 1, end, cfg.timezone)[-1])
+    return int(b[0]), max(end // 3600 * 3600, int(b[0]) + 3600)
+
+
+def run_span(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int, *, features: Features | None = None,
+             context: str = "year", whole_days: bool = True, write: bool = True) -> SpanResult:
+    """Compute (and store) a stack's averages, compliance and QAL3 charts for [start, end) widened."""
+    t_begin = time.perf_counter()
+    features = features or detect(conn)
+    span = widen(cfg, start, end, context, whole_days)
+    primary = store.fetch_primary(conn, features, cfg, *span)
+    result = averages.compute(cfg, primary)
+    rules, events = compliance.evaluate(cfg, result, span)
+    events += pems_events(cfg, primary)
+    charts: dict[tuple[str, str], list[qal3.Check]] = {}
+    for q in cfg.qal3:
+        for kind, tag in (("zero", q.zero_tag), ("span", q.span_tag)):
+            if tag:
+                # Charts are cumulative: the checks before the span decide where the CUSUM stands.
+                t, v = store.fetch_tag(conn, cfg, tag, 0, span[1])
+                charts[(q.analyser, kind)] = qal3.chart(q, kind, t, v)
+    out = SpanResult(cfg, span, primary, result, rules, events, charts, 0.0)
+    if write:
+        for (analyser, _kind), checks in charts.items():
+            store.write_qal3(conn, cfg.name, analyser, checks)
+        out.rows_written = store.write_result(conn, cfg, result, span, rules, events,
+                                              time.perf_counter() - t_begin)
+    out.seconds = time.perf_counter() - t_begin
+    log.info("emissions: %s %s..%s: %d averages, %d events in %.2f s", cfg.name, periods.iso(span[0]),
+             periods.iso(span[1]), out.rows_written, len(events), out.seconds,
+             extra={"event": "emissions_job", "stack": cfg.name})
+    return out
+
+
+def pems_events(cfg: StackConfig, primary: Primary) -> list[Event]:
+    """Cross-check events: stretches where an analyser stayed outside its PEMS prediction interval."""
+    out = []
+    times = primary.times()
+    for pol in cfg.pollutants:
+        link = pol.pems
+        if link is None or link.lower_tag is None:
+            continue
+        nan = np.full(primary.n, np.nan)
+        _, deviations = pems.crosscheck(
+            times, primary.step_s, primary.values.get(pol.name, nan), primary.values.get(f"pems:{pol.name}", nan),
+            primary.values.get(f"pems_lo:{pol.name}", nan), primary.values.get(f"pems_hi:{pol.name}", nan), link)
+        out += [Event(cfg.name, pol.name, "pems_crosscheck", "pems_deviation", "primary", d.start, d.end,
+                      100 * d.max_outside_share, 100 * link.min_outside_share, 0.0, breach=False)
+                for d in deviations]
+    return out
+
+
+async def run_periodic(conninfo: str, stacks: list[StackConfig], stop: asyncio.Event, *,
+                       interval_s: float = 300.0, full_interval_s: float = 3600.0) -> None:
+    """Keep every stack's stored results current until ``stop`` is set.
+
+    Every ``interval_s`` the current month is recomputed up to the last whole hour; every
+    ``full_interval_s`` (and at start) the whole year to date, which the yearly compliance windows need
+    (a year of one stack takes about 10 s here, see bench/bench_emissions.py). The synchronous job runs
+    in a worker thread so the gateway's event loop is never blocked; a database that is away is retried
+    at the next interval.
+    """
+    last_full = -float("inf")
+    while not stop.is_set():
+        now = time.time()
+        context = "year" if now - last_full >= full_interval_s else "month"
+        for cfg in stacks:
+            try:
+                await asyncio.to_thread(_run_once, conninfo, cfg, int(now), context)
+            except psycopg.OperationalError as exc:
+                log.warning("emissions: database not reachable (%s); retrying in %.0f s", exc, interval_s,
+                            extra={"event": "emissions_job_retry", "stack": cfg.name})
+                context = "failed"
+        if context == "year":
+            last_full = now
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        except TimeoutError:
+            pass
+
+
+def _run_once(conninfo: str, cfg: StackConfig, end: int, context: str) -> None:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        run_span(conn, cfg, end - 1, end, context=context, whole_days=False)

@@ -1,0 +1,266 @@
+"""Real-time warnings: running averages projected to the end of their period (DESIGN.md §8).
+
+`LiveMonitor` follows one stack while the plant runs. Readings go in (`observe`, e.g. from the gateway
+pipeline after validation); they are binned into primary intervals, each closed interval is normalised
+exactly as the stored averages are (`emissions.normalise`), and the running average of every watched
+compliance rule's period (10-minute, half-hour, hour, day) is updated incrementally.
+
+Projection to the end of the period (config ``live.projection``):
+- ``recent``: the rest of the period continues at the mean of the last ``recent_s`` seconds;
+- ``zero``: the rest is zero, so an alert means the period exceeds whatever happens now.
+For a day, completed sub-averages (hours or half-hours as the regime builds days) are kept, the
+current one is projected and the remaining ones are assumed at the recent level.
+
+When the projection passes ``warn_percent``% of the rule's limit before the period ends, an
+`edge.records.Alert` is passed to ``on_alert`` (severity ``warning``; ``critical`` when even the
+``zero`` projection exceeds). Alert ids are deterministic per stack, pollutant, rule, period and
+severity, so a repeated alert de-duplicates; the same alert is passed again with ``cleared_at`` set
+when the projection falls 5 % below the threshold or the period ends.
+
+The alert lifecycle (debounce, hysteresis, suppression in maintenance windows, escalation, storage)
+belongs to ``maintenance/``: pass ``on_condition=manager.observe`` (a `maintenance.alerts.AlertManager`)
+and every primary interval reports the condition "heading over the limit" per pollutant and rule,
+active or not, as kind ``emission:<rule>``; collect the changes it returns for the alert store.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+import numpy as np
+
+from edge.records import Alert, Flag, Quality, Reading
+from emissions import periods
+from emissions.config import Rule, StackConfig
+from emissions.normalise import Primary, normalise_stack
+
+CLEAR_HYSTERESIS = 0.95
+
+
+@dataclass
+class _Running:
+    """One rule's running period for one pollutant."""
+
+    start: int = 0
+    end: int = 0
+    sum: float = 0.0  # base periods: valid normalised values; day: the current sub-period
+    count: int = 0
+    sub_start: int = 0
+    sub_end: int = 0
+    done_subs: list[float] = field(default_factory=list)  # day: completed valid sub-averages
+    alerts: dict[str, Alert] = field(default_factory=dict)  # severity -> active alert
+
+
+def _ts(t: int) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+class LiveMonitor:
+    """Incremental running averages and end-of-period projections for one stack."""
+
+    def __init__(self, cfg: StackConfig, on_alert: Callable[[Alert], None] | None = None,
+                 on_condition: Callable[..., object] | None = None):
+        self.cfg = cfg
+        self.on_alert = on_alert or (lambda _alert: None)
+        self.on_condition = on_condition
+        self.sha = cfg.fingerprint()
+        self.step = cfg.primary_s
+        self.roles = {tag: role for role, tag in cfg.tags().items()}
+        names = cfg.live.rules
+        self.rules: list[Rule] = [r for r in cfg.compliance if (r.name in names if names is not None else (
+            r.share >= 100 and r.period in ("ten_min", "half_hour", "hour", "day")))]
+        self.state: dict[tuple[str, str], _Running] = {}
+        self.recent: dict[str, deque[tuple[int, float]]] = {p.name: deque() for p in cfg.pollutants}
+        self._bin_t: int | None = None
+        self._bin: dict[str, list[float]] = {}
+        self._bin_subst: set[str] = set()
+        self._operating = True
+        self.last: dict[str, dict] = {}  # pollutant -> rule -> latest figures, for the console
+
+    # -- input -------------------------------------------------------------------------------
+    def observe(self, readings: Iterable[Reading]) -> None:
+        """Feed validated readings (any order within an interval; intervals must not go back in time)."""
+        accept_max = Quality.UNCERTAIN if self.cfg.regulatory.accept_uncertain else Quality.GOOD
+        for r in readings:
+            role = self.roles.get(r.tag)
+            if role is None:
+                continue
+            t = int(r.time.timestamp()) // self.step * self.step
+            if self._bin_t is None:
+                self._bin_t = t
+            elif t > self._bin_t:
+                self._close_bin()
+                self._bin_t = t
+            elif t < self._bin_t:
+                continue  # late reading: the stored averages will include it, the live view has moved on
+            v = r.numeric
+            if role == "state":
+                if v is not None:
+                    self._operating = v not in self.cfg.excluded_states
+                continue
+            if v is None or not math.isfinite(v) or r.quality > accept_max:
+                continue
+            self._bin.setdefault(role, []).append(v)
+            if r.flags & Flag.SUBSTITUTED:
+                self._bin_subst.add(role)
+
+    def flush(self) -> None:
+        """Close the current primary interval now (e.g. on a timer when readings stop)."""
+        if self._bin_t is not None:
+            self._close_bin()
+            self._bin_t = None
+
+    def _close_bin(self) -> None:
+        values = {role: np.array([sum(v) / len(v)]) for role, v in self._bin.items()}
+        subst = {role: np.array([True]) for role in self._bin_subst}
+        self.push(self._bin_t, values, subst, self._operating)
+        self._bin, self._bin_subst = {}, set()
+
+    def push(self, t: int, values: dict[str, np.ndarray], substituted: dict[str, np.ndarray] | None = None,
+             operating: bool = True) -> None:
+        """One primary interval starting at Unix time ``t``: role -> 1-element arrays of mean values."""
+        primary = Primary(t, self.step, 1, values, substituted or {}, np.array([operating]))
+        norm = normalise_stack(self.cfg, primary)
+        t_end = t + self.step
+        for pol in self.cfg.pollutants:
+            n = norm[pol.name]
+            value = float(n.ref[0]) if n.valid[0] else None
+            rec = self.recent[pol.name]
+            if value is not None:
+                rec.append((t, value))
+            while rec and rec[0][0] < t_end - self.cfg.live.recent_s:
+                rec.popleft()
+            for rule in self.rules:
+                if rule.applies_to(pol):
+                    self._update(pol.name, rule, t, value, operating)
+
+    # -- running averages --------------------------------------------------------------------
+    def _bounds(self, period: str, t: int) -> tuple[int, int]:
+        b = periods.boundaries(period, t, t + 1, self.cfg.timezone)
+        i = int(periods.locate(b, np.array([t]))[0])
+        return int(b[i]), int(b[i + 1])
+
+    def _update(self, pol: str, rule: Rule, t: int, value: float | None, operating: bool) -> None:
+        st = self.state.setdefault((pol, rule.name), _Running())
+        if t >= st.end:
+            self._end_period(pol, rule, st)
+            st.start, st.end = self._bounds(rule.period, t)
+            st.sum, st.count, st.done_subs = 0.0, 0, []
+            st.sub_start = st.sub_end = 0
+        if rule.period == "day":
+            sub = self.cfg.regulatory.day_from
+            if t >= st.sub_end:
+                self._close_sub(st, sub)
+                st.sub_start, st.sub_end = self._bounds(sub, t)
+        if value is not None and operating:
+            st.sum += value
+            st.count += 1
+        self._project(pol, rule, st, t + self.step)
+
+    def _close_sub(self, st: _Running, sub: str) -> None:
+        if st.sub_end == 0:
+            return
+        n_expected = (st.sub_end - st.sub_start) // self.step
+        # Live view: a sub-period counts when it met the validity share of its full length.
+        if st.count and st.count >= self.cfg.regulatory.min_valid_share[sub] * n_expected - 1e-9:
+            st.done_subs.append(st.sum / st.count)
+        st.sum, st.count = 0.0, 0
+
+    def _project(self, pol: str, rule: Rule, st: _Running, now: int) -> None:
+        live = self.cfg.live
+        elapsed = (now - st.start) / (st.end - st.start)
+        rec = self.recent[pol]
+        level = sum(v for _, v in rec) / len(rec) if rec else None
+        if rule.period == "day":
+            cur_rem = max((st.sub_end - now) // self.step, 0)
+            subs_left = len(periods.boundaries(self.cfg.regulatory.day_from, now, st.end, self.cfg.timezone)) - 1
+            subs_left = max(subs_left - (1 if st.sub_end > now else 0), 0)
+            parts = list(st.done_subs)
+            running = (sum(parts) + (st.sum / st.count if st.count else 0.0)) / max(len(parts) + bool(st.count), 1)
+
+            def proj(lvl: float) -> float:
+                cur = (st.sum + lvl * cur_rem) / (st.count + cur_rem) if st.count + cur_rem else None
+                vals = parts + ([cur] if cur is not None else []) + [lvl] * subs_left
+                return sum(vals) / len(vals) if vals else float("nan")
+        else:
+            remaining = max((st.end - now) // self.step, 0)
+            running = st.sum / st.count if st.count else float("nan")
+
+            def proj(lvl: float) -> float:
+                n = st.count + remaining
+                return (st.sum + lvl * remaining) / n if n else float("nan")
+        ci = self.cfg.ci_value(self.cfg.pollutant(pol)) if live.subtract_ci else 0.0
+        limit = self.cfg.pollutant(pol).elv[rule.elv] * rule.percent / 100.0
+        threshold = limit * live.warn_percent / 100.0
+        certain = proj(0.0) - ci
+        likely = (proj(level) - ci) if (live.projection == "recent" and level is not None) else certain
+        self.last.setdefault(pol, {})[rule.name] = {
+            "period_start": st.start, "period_end": st.end, "elapsed_share": elapsed, "running": running,
+            "projected": likely, "limit": limit, "threshold": threshold}
+        judged = not (elapsed < live.min_elapsed_share or (st.count == 0 and not st.done_subs))
+        message = (f"{self.cfg.name} {pol}: {rule.period} average projected at {likely:.1f} mg/Nm³ against "
+                   f"{threshold:.1f} ({rule.name}), {100 * elapsed:.0f} % of the period elapsed")
+        if self.on_condition is not None:
+            self.on_condition(asset=self.cfg.name, tag=self.cfg.pollutant(pol).tag, kind=f"emission:{rule.name}",
+                              active=judged and likely > threshold, t=_ts(now),
+                              severity="critical" if certain > threshold else "warning", message=message,
+                              evidence={"rule": rule.name, "period_start": _ts(st.start).isoformat(),
+                                        "projected": likely, "certain_minimum": certain, "limit": limit,
+                                        "threshold": threshold, "running_average": running})
+        if not judged:
+            return
+        evidence = {"stack": self.cfg.name, "pollutant": pol, "rule": rule.name, "period": rule.period,
+                    "period_start": _ts(st.start).isoformat(), "period_end": _ts(st.end).isoformat(),
+                    "elapsed_share": round(elapsed, 4), "running_average": running, "projected": likely,
+                    "certain_minimum": certain, "recent_level": level, "limit": limit, "threshold": threshold,
+                    "projection": live.projection, "unit": "mg/Nm3", "config_sha256": self.sha}
+        for severity, value in (("warning", likely), ("critical", certain)):
+            active = st.alerts.get(severity)
+            if value > threshold and active is None:
+                alert = Alert(
+                    id=f"emis:{self.cfg.name}:{pol}:{rule.name}:{st.start}:{severity}", asset=self.cfg.name,
+                    tag=self.cfg.pollutant(pol).tag, kind="emission_projection", severity=severity,
+                    raised_at=_ts(now), message=message, evidence=evidence)
+                st.alerts[severity] = alert
+                self.on_alert(alert)
+            elif active is not None and value < threshold * CLEAR_HYSTERESIS:
+                self.on_alert(replace(active, cleared_at=_ts(now), evidence={**active.evidence, "cleared": evidence}))
+                del st.alerts[severity]
+
+    def _end_period(self, pol: str, rule: Rule, st: _Running) -> None:
+        for alert in st.alerts.values():
+            self.on_alert(replace(alert, cleared_at=_ts(st.end), evidence={**alert.evidence, "period_ended": True}))
+        st.alerts = {}
+
+
+class LiveEmissions:
+    """Every configured stack's `LiveMonitor` behind one ``observe(readings)`` (for the gateway pipeline)."""
+
+    def __init__(self, stacks: list[StackConfig], on_alert: Callable[[Alert], None] | None = None,
+                 on_condition: Callable[..., object] | None = None):
+        self.monitors = {cfg.name: LiveMonitor(cfg, on_alert, on_condition) for cfg in stacks}
+        self._route: dict[str, list[LiveMonitor]] = {}
+        for mon in self.monitors.values():
+            for tag in mon.roles:
+                self._route.setdefault(tag, []).append(mon)
+
+    def observe(self, readings: Iterable[Reading]) -> None:
+        """Feed a batch of validated readings; readings of tags no stack uses cost one dict lookup."""
+        per: dict[int, tuple[LiveMonitor, list[Reading]]] = {}
+        for r in readings:
+            for mon in self._route.get(r.tag, ()):
+                per.setdefault(id(mon), (mon, []))[1].append(r)
+        for mon, rs in per.values():
+            mon.observe(rs)
+
+    def flush(self) -> None:
+        for mon in self.monitors.values():
+            mon.flush()
+
+    def status(self) -> dict[str, dict]:
+        """Latest running average, projection and limit per stack, pollutant and rule (for the console)."""
+        return {name: mon.last for name, mon in self.monitors.items()}

@@ -1,0 +1,180 @@
+"""Alert lifecycle without I/O: raised -> acknowledged -> cleared (DESIGN.md §7).
+
+Every detector (ISO zone tracker, rules, anomaly scorer, RUL) reports a *condition* per
+``(asset, tag, kind)``: active or not, with a severity, message and evidence. `AlertManager` turns
+those observations into alert changes:
+
+- **debounce**: a condition must stay active ``raise_after_s`` before an alert is raised;
+- **de-duplication**: while an alert for a key is open, further activity updates it (occurrence
+  count, last seen, severity only goes up) instead of raising another one;
+- **hysteresis**: an alert clears only after its condition has been inactive ``clear_after_s``
+  continuously, so a flapping signal makes one alert, not one per flap;
+- **suppression**: conditions on an asset inside a planned maintenance window raise nothing
+  (they are reported as ``suppressed`` changes for the log); open alerts are kept;
+- **escalation**: an alert left unacknowledged ``escalate_after_s`` goes one severity up
+  (``info`` -> ``warning`` -> ``critical``), once per period, until acknowledged.
+
+The changes (`AlertChange`) go to the store (maintenance/store.py) and the notifiers.
+Acknowledging and clearing by hand happen in the store (the console does it there too);
+`acknowledged` / `cleared_by_hand` keep the manager in step.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge.records import Alert
+
+SEVERITIES = ("info", "warning", "critical")
+
+
+def worse(a: str, b: str) -> str:
+    return a if SEVERITIES.index(a) >= SEVERITIES.index(b) else b
+
+
+class AlertPolicy(BaseModel):
+    """Timing of the lifecycle (``[maintenance.alerts]`` in the site configuration)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    raise_after_s: float = Field(0.0, ge=0, description="condition active this long before an alert is raised")
+    clear_after_s: float = Field(60.0, ge=0, description="condition inactive this long before the alert clears")
+    escalate_after_s: float | None = Field(3600.0, gt=0, description="unacknowledged this long: one severity up")
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A planned maintenance window: no alerts for ``asset`` (``"*"``: every asset) in [start, end)."""
+
+    asset: str
+    start: datetime
+    end: datetime
+    reason: str = ""
+    tag: str | None = None
+
+    def covers(self, asset: str, tag: str | None, t: datetime) -> bool:
+        return (self.asset in ("*", asset) and (self.tag is None or self.tag == tag)
+                and self.start <= t < self.end)
+
+
+@dataclass(slots=True)
+class AlertChange:
+    """What happened to an alert: raised, updated, escalated, cleared, or suppressed (no alert row)."""
+
+    event: str
+    alert: Alert
+    key: str
+    occurrences: int = 1
+    last_seen: datetime | None = None
+    escalation_level: int = 0
+    detail: dict = field(default_factory=dict)
+
+
+def dedup_key(asset: str, tag: str | None, kind: str) -> str:
+    return f"{asset}|{tag or ''}|{kind}"
+
+
+@dataclass(slots=True)
+class _Open:
+    alert: Alert
+    occurrences: int
+    last_seen: datetime
+    inactive_since: datetime | None = None
+    escalation_level: int = 0
+    escalated_at: datetime | None = None
+
+
+class AlertManager:
+    """Open alerts per key, in memory; `load` them from the store after a restart."""
+
+    def __init__(self, policy: AlertPolicy | None = None, windows: list[Window] | None = None) -> None:
+        self.policy = policy or AlertPolicy()
+        self.windows: list[Window] = list(windows or [])
+        self.open: dict[str, _Open] = {}
+        self.pending: dict[str, datetime] = {}  # key -> since when active (debounce)
+
+    def load(self, alerts: list[tuple[Alert, int, datetime, int]]) -> None:
+        """Resume open alerts: (alert, occurrences, last_seen, escalation_level) from the store."""
+        for a, n, seen, level in alerts:
+            self.open[dedup_key(a.asset, a.tag, a.kind)] = _Open(a, n, seen, escalation_level=level)
+
+    def suppressed(self, asset: str, tag: str | None, t: datetime) -> Window | None:
+        return next((w for w in self.windows if w.covers(asset, tag, t)), None)
+
+    def observe(self, *, asset: str, tag: str | None, kind: str, active: bool, t: datetime,
+                severity: str = "warning", message: str = "", evidence: dict | None = None) -> list[AlertChange]:
+        """One observation of a condition; returns the alert changes it causes (often none)."""
+        if severity not in SEVERITIES:
+            raise ValueError(f"severity {severity!r} is not one of {SEVERITIES}")
+        key = dedup_key(asset, tag, kind)
+        cur = self.open.get(key)
+        if not active:
+            self.pending.pop(key, None)
+            if cur is None:
+                return []
+            if cur.inactive_since is None:
+                cur.inactive_since = t
+            if (t - cur.inactive_since).total_seconds() >= self.policy.clear_after_s:
+                del self.open[key]
+                a = replace(cur.alert, cleared_at=t)
+                return [AlertChange("cleared", a, key, cur.occurrences, cur.last_seen, cur.escalation_level)]
+            return []
+        if cur is not None:
+            # De-duplication: the open alert absorbs the activity. A new occurrence is counted when the
+            # condition comes back after having gone inactive (a flap), not on every active sample.
+            flapped = cur.inactive_since is not None
+            cur.inactive_since = None
+            cur.last_seen = t
+            changes: list[AlertChange] = []
+            new_sev = worse(cur.alert.severity, severity)
+            if flapped or new_sev != cur.alert.severity:
+                cur.occurrences += int(flapped)
+                cur.alert = replace(cur.alert, severity=new_sev, evidence=evidence or cur.alert.evidence,
+                                    message=message or cur.alert.message)
+                changes.append(AlertChange("updated", cur.alert, key, cur.occurrences, t, cur.escalation_level))
+            return changes
+        window = self.suppressed(asset, tag, t)
+        if window is not None:
+            a = Alert("", asset, tag, kind, severity, t, message, evidence=evidence or {})
+            return [AlertChange("suppressed", a, key, last_seen=t, detail={"window": window.reason})]
+        since = self.pending.setdefault(key, t)
+        if (t - since).total_seconds() < self.policy.raise_after_s:
+            return []
+        del self.pending[key]
+        a = Alert(str(uuid.uuid4()), asset, tag, kind, severity, t, message, evidence=evidence or {})
+        self.open[key] = _Open(a, 1, t)
+        return [AlertChange("raised", a, key, 1, t)]
+
+    def tick(self, now: datetime) -> list[AlertChange]:
+        """Escalate open alerts nobody acknowledged in time."""
+        after = self.policy.escalate_after_s
+        if after is None:
+            return []
+        out = []
+        for key, o in self.open.items():
+            if o.alert.acknowledged_at is not None:
+                continue
+            since = o.escalated_at or o.alert.raised_at
+            if now - since >= timedelta(seconds=after):
+                o.escalation_level += 1
+                o.escalated_at = now
+                up = SEVERITIES[min(SEVERITIES.index(o.alert.severity) + 1, len(SEVERITIES) - 1)]
+                o.alert = replace(o.alert, severity=up)
+                out.append(AlertChange("escalated", o.alert, key, o.occurrences, o.last_seen, o.escalation_level,
+                                       detail={"unacknowledged_s": (now - o.alert.raised_at).total_seconds()}))
+        return out
+
+    def acknowledged(self, alert_id: str, by: str, at: datetime) -> None:
+        """Keep the manager in step with an acknowledgement made in the store (stops escalation)."""
+        for o in self.open.values():
+            if o.alert.id == alert_id:
+                o.alert = replace(o.alert, acknowledged_at=at, acknowledged_by=by)
+
+    def cleared_by_hand(self, alert_id: str) -> None:
+        """Forget an alert cleared by a person; the condition, if still active, raises a new one."""
+        for key in [k for k, o in self.open.items() if o.alert.id == alert_id]:
+            del self.open[key]

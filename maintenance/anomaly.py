@@ -1,0 +1,205 @@
+"""Anomaly detection per asset, trained on healthy operation, with conformal p-values (DESIGN.md §6, §7).
+
+One `AnomalyDetector` per asset:
+
+- inputs are the asset's signals smoothed by a causal rolling mean of ``window`` samples (a valve
+  closing or a bearing warming shows as a shift that persists; single-sample noise does not);
+- the healthy history is split in time: the first ``fit_fraction`` fits the signal means, scales and
+  correlation, the rest is the **calibration** set whose scores make the p-values;
+- the score is the squared Mahalanobis distance of the standardised vector (``score="mahalanobis"``,
+  ridge-regularised correlation) or the largest squared z-score (``score="max_z"``);
+- the p-value of a live score is the conformal p-value against the calibration scores
+  (``models.conformal``): with exchangeable healthy data, P(p <= alpha) <= alpha, so flagging at
+  ``p <= alpha`` controls the false alarm rate per scored sample at ``alpha`` *on data like the
+  calibration period*. Slow drifts (warm-up, seasons) break exchangeability: signals that drift within
+  healthy data are left out (`drift_screen`), and the measured FAR on held-out data is what we report;
+- each score is split into per-signal contributions ``z_i (P z)_i`` (they sum to the score), so an
+  alert names the signals that contributed most.
+
+`AnomalyBank` scores many assets at once (numpy across assets) for the live gateway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from maintenance import uncertainty as conformal
+
+
+@dataclass(frozen=True)
+class AnomalyConfig:
+    window: int = 10  # samples in the causal rolling mean
+    alpha: float = 0.01  # flag when p <= alpha (false alarm rate per sample, on healthy data)
+    fit_fraction: float = 0.6
+    score: Literal["mahalanobis", "max_z"] = "mahalanobis"
+    ridge: float = 0.1  # added to the correlation matrix's diagonal
+    max_drift: float | None = 0.5  # `drift_screen` threshold (None: keep every signal)
+    confirm: int = 1  # consecutive flagged samples before the alarm goes on (debounce)
+    hold: int = 30  # samples an alarm is held after the last flagged sample (alert clear hysteresis)
+
+
+def rolling_mean(x: np.ndarray, window: int) -> np.ndarray:
+    """Causal rolling mean along axis 0 (shorter windows at the start)."""
+    x = np.asarray(x, dtype=float)
+    if window <= 1:
+        return x.copy()
+    c = np.cumsum(np.vstack([np.zeros((1, *x.shape[1:])), x]), axis=0)
+    i = np.arange(len(x))
+    j = np.maximum(0, i - window + 1)
+    return (c[i + 1] - c[j]) / (i + 1 - j).reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def drift(x: np.ndarray) -> np.ndarray:
+    """Per signal: shift of the mean between the two halves of healthy data, in standard deviations."""
+    h = len(x) // 2
+    return np.abs(x[h:].mean(axis=0) - x[:h].mean(axis=0)) / (x.std(axis=0) + 1e-12)
+
+
+def drift_screen(healthy: Sequence[np.ndarray], max_drift: float | None) -> np.ndarray:
+    """Indices of signals stationary enough to score: median `drift` over healthy periods <= max_drift.
+
+    Several healthy periods (e.g. training windows of several runs of the same machine) give a more
+    robust decision than one; a signal that warms up or follows the weather is not an anomaly signal
+    for a stationary model (it would be for a model that explains it, which this is not).
+    """
+    n = healthy[0].shape[1]
+    if max_drift is None:
+        return np.arange(n)
+    d = np.median(np.vstack([drift(h) for h in healthy]), axis=0)
+    keep = np.flatnonzero(d <= max_drift)
+    return keep if keep.size else np.array([int(np.argmin(d))])
+
+
+@dataclass
+class Scored:
+    score: np.ndarray  # (n,)
+    p_value: np.ndarray  # (n,)
+    flag: np.ndarray  # (n,) bool: p <= alpha
+    alarm: np.ndarray  # (n,) bool: flag held for `hold` samples (what the alert shows)
+    contributions: np.ndarray  # (n, signals used)
+    signals: list[str] = field(default_factory=list)
+
+    def top(self, i: int, k: int = 3) -> list[tuple[str, float]]:
+        """The ``k`` signals that contributed most to sample ``i``'s score, with their share."""
+        c = self.contributions[i]
+        total = float(np.sum(np.clip(c, 0, None))) or 1.0
+        order = np.argsort(-c)[:k]
+        return [(self.signals[j], float(max(c[j], 0.0) / total)) for j in order]
+
+
+class AnomalyDetector:
+    """Fit on healthy samples of one asset; score new samples with p-values and contributions."""
+
+    def __init__(self, config: AnomalyConfig | None = None, signals: Sequence[str] | None = None,
+                 use: Sequence[int] | None = None) -> None:
+        self.config = config or AnomalyConfig()
+        self.signal_names = list(signals) if signals is not None else None
+        self.use = None if use is None else np.asarray(use, dtype=int)
+
+    def fit(self, healthy: np.ndarray) -> AnomalyDetector:
+        c = self.config
+        healthy = np.asarray(healthy, dtype=float)
+        names = self.signal_names or [f"x{i}" for i in range(healthy.shape[1])]
+        self.use_ = self.use if self.use is not None else drift_screen([healthy], c.max_drift)
+        self.signals_ = [names[i] for i in self.use_]
+        x = rolling_mean(healthy[:, self.use_], c.window)
+        n_fit = int(len(x) * c.fit_fraction)
+        if n_fit < 10 or len(x) - n_fit < 10:
+            raise ValueError(f"need at least 10 fit and 10 calibration samples, got {n_fit} and {len(x) - n_fit}")
+        fit = x[c.window - 1:n_fit] if n_fit > 2 * c.window else x[:n_fit]  # skip the short warm-up windows
+        self.mean_ = fit.mean(axis=0)
+        self.scale_ = fit.std(axis=0) + 1e-9
+        z = (fit - self.mean_) / self.scale_
+        k = z.shape[1]
+        corr = np.atleast_2d(np.cov(z.T)) if len(z) > 1 else np.eye(k)
+        self.precision_ = np.linalg.inv(corr + c.ridge * np.eye(k))
+        self.calibration_ = self._raw_scores(x[n_fit:])[0]
+        if c.alpha < 1.0 / (len(self.calibration_) + 1):
+            # The smallest conformal p-value is 1/(n+1): a smaller alpha could never flag anything.
+            raise ValueError(f"alpha {c.alpha} is below the p-value resolution 1/(n+1) = "
+                             f"{1 / (len(self.calibration_) + 1):.4f} of {len(self.calibration_)} calibration "
+                             "samples: train on more healthy data or raise alpha")
+        return self
+
+    def _raw_scores(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        z = (xs - self.mean_) / self.scale_
+        if self.config.score == "max_z":
+            contrib = z * z
+            return contrib.max(axis=1), contrib
+        pz = z @ self.precision_
+        contrib = z * pz
+        return contrib.sum(axis=1), contrib
+
+    def score(self, x: np.ndarray) -> Scored:
+        """Score consecutive samples (rows in time order; the rolling mean runs over them)."""
+        xs = rolling_mean(np.asarray(x, dtype=float)[:, self.use_], self.config.window)
+        s, contrib = self._raw_scores(xs)
+        p = conformal.p_values(self.calibration_, s)
+        flag = p <= self.config.alpha
+        return Scored(s, p, flag, alarm(flag, self.config.confirm, self.config.hold), contrib, self.signals_)
+
+
+def confirmed(flag: np.ndarray, n: int) -> np.ndarray:
+    """True where the last ``n`` samples were all flagged (a debounce: one stray sample is not an alarm)."""
+    if n <= 1:
+        return flag.copy()
+    c = np.cumsum(np.r_[0, flag.astype(int)])
+    i = np.arange(1, len(flag) + 1)
+    return (c[i] - c[np.maximum(0, i - n)]) >= n
+
+
+def alarm(flag: np.ndarray, confirm: int, n_hold: int) -> np.ndarray:
+    """What the alert shows: confirmed flags, held ``n_hold`` samples after the last one."""
+    return hold(confirmed(flag, confirm), n_hold)
+
+
+def hold(flag: np.ndarray, n: int) -> np.ndarray:
+    """An alarm stays on for ``n`` samples after the last flagged sample (the alert's clear delay)."""
+    if n <= 0:
+        return flag.copy()
+    idx = np.where(flag, np.arange(len(flag)), -(10**12))
+    last = np.maximum.accumulate(idx)
+    return np.arange(len(flag)) - last <= n
+
+
+class AnomalyBank:
+    """Detectors of many assets (same signal count) scored together: one numpy call per second.
+
+    ``push(values)`` takes the newest sample of every asset, shape (assets, signals), NaN for
+    missing (the rolling mean skips it), and returns scores, p-values and contributions.
+    """
+
+    def __init__(self, detectors: Sequence[AnomalyDetector]) -> None:
+        if not detectors:
+            raise ValueError("no detectors")
+        self.window = max(d.config.window for d in detectors)
+        ks = {len(d.use_) for d in detectors}
+        if len(ks) != 1:
+            raise ValueError("every asset in a bank must use the same number of signals")
+        self.use = np.stack([d.use_ for d in detectors])
+        self.mean = np.stack([d.mean_ for d in detectors])
+        self.scale = np.stack([d.scale_ for d in detectors])
+        self.precision = np.stack([d.precision_ for d in detectors])
+        self.max_z = np.array([d.config.score == "max_z" for d in detectors])
+        self.alpha = np.array([d.config.alpha for d in detectors])
+        self.calibration = [d.calibration_ for d in detectors]
+        n = len(detectors)
+        self.buf = np.full((n, self.window, self.use.shape[1]), np.nan)
+        self.pos = 0
+
+    def push(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        v = np.take_along_axis(np.asarray(values, dtype=float), self.use, axis=1)
+        self.buf[:, self.pos % self.window, :] = v
+        self.pos += 1
+        with np.errstate(invalid="ignore"):
+            xs = np.nanmean(self.buf, axis=1)
+        z = np.nan_to_num((xs - self.mean) / self.scale)
+        pz = np.einsum("aij,aj->ai", self.precision, z)
+        contrib = np.where(self.max_z[:, None], z * z, z * pz)
+        score = np.where(self.max_z, contrib.max(axis=1), contrib.sum(axis=1))
+        p = conformal.p_values_many(self.calibration, score)
+        return score, p, contrib

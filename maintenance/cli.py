@@ -1,0 +1,194 @@
+"""``valvoja maintenance``: evaluations on benchmark files, and the review of predictions and alerts.
+
+    valvoja maintenance evaluate skab --data ../shared/data/skab --files valve1/0.csv valve1/1.csv ...
+    valvoja maintenance evaluate cmapss --data ../shared/data/cmapss --subset FD001 [--json out.json]
+    valvoja maintenance review list --asset P-101 [--db URL]
+    valvoja maintenance review mark --alert ID --verdict wrong --comment "valve test" --by anna
+    valvoja maintenance review precision [--since 2026-01-01]
+
+Until the lead's ``valvoja`` exists everywhere, ``python -m maintenance.cli ARGS`` does the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    """Register ``maintenance`` and its actions on the ``valvoja`` sub-command parser."""
+    p = subparsers.add_parser("maintenance", help="condition monitoring: evaluations and reviews",
+                              description="Evaluate the anomaly detector (SKAB) and the RUL model (C-MAPSS) on "
+                                          "benchmark files; list, review and score predictions and alerts.")
+    sub = p.add_subparsers(dest="maintenance_command", required=True, metavar="ACTION")
+
+    ev = sub.add_parser("evaluate", help="train and evaluate on benchmark files, print the metrics")
+    evs = ev.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    s = evs.add_parser("skab", help="anomaly detection on SKAB files (F1, FAR, MAR)")
+    s.add_argument("--data", type=Path, required=True, help="SKAB data folder (the files are relative to it)")
+    s.add_argument("--files", nargs="+", required=True, help="labelled SKAB csv files, e.g. valve1/0.csv")
+    s.add_argument("--folds", type=int, default=None, help="leave-files-out groups for choosing hyper-parameters "
+                                                            "(default: one per file, leave-one-file-out)")
+    s.add_argument("--max-far", type=float, default=None, help="only choose configurations with FAR <= this %% "
+                                                                "on the training files")
+    s.add_argument("--json", type=Path, help="also write the results here")
+    s.set_defaults(func=cmd_skab)
+    c = evs.add_parser("cmapss", help="remaining useful life on a C-MAPSS subset (RMSE, PHM08, coverage)")
+    c.add_argument("--data", type=Path, required=True, help="folder with train_/test_/RUL_FD00x.txt")
+    c.add_argument("--subset", required=True, help="FD001, FD002, ...")
+    c.add_argument("--folds", type=int, default=5, help="grouped CV folds over training engines")
+    c.add_argument("--truncations", type=int, default=5, help="random truncations per validation engine")
+    c.add_argument("--coverage", type=float, default=0.9, help="nominal coverage of the intervals")
+    c.add_argument("--no-select", action="store_true", help="skip model selection (first candidate only)")
+    c.add_argument("--max-iter", type=int, default=300, help="boosting iterations")
+    c.add_argument("--export", type=Path, help="export the fitted model to ONNX with its card in this folder")
+    c.add_argument("--json", type=Path, help="also write the metrics here")
+    c.set_defaults(func=cmd_cmapss)
+
+    rv = sub.add_parser("review", help="list, mark and score predictions and alerts")
+    rvs = rv.add_subparsers(dest="review_command", required=True, metavar="ACTION")
+    ls = rvs.add_parser("list", help="an asset's predictions and alerts with their uncertainty and reviews")
+    ls.add_argument("--asset", required=True)
+    ls.add_argument("--since", type=datetime.fromisoformat)
+    ls.add_argument("--limit", type=int, default=20)
+    _db_arg(ls)
+    ls.set_defaults(func=cmd_review_list)
+    mk = rvs.add_parser("mark", help="mark a prediction or an alert right or wrong")
+    target = mk.add_mutually_exclusive_group(required=True)
+    target.add_argument("--prediction", type=int, help="prediction id")
+    target.add_argument("--alert", help="alert id")
+    mk.add_argument("--verdict", choices=["right", "wrong"], required=True)
+    mk.add_argument("--comment", default="")
+    mk.add_argument("--by", required=True, help="who reviews")
+    _db_arg(mk)
+    mk.set_defaults(func=cmd_review_mark)
+    pr = rvs.add_parser("precision", help="precision of past alerts from their reviews")
+    pr.add_argument("--since", type=datetime.fromisoformat)
+    pr.add_argument("--model-id")
+    _db_arg(pr)
+    pr.set_defaults(func=cmd_review_precision)
+
+
+def _db_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", metavar="URL", default=os.environ.get("VALVOJA_DB_URL"),
+                   help="postgresql:// URL (default: $VALVOJA_DB_URL)")
+
+
+def _dump(obj, path: Path | None) -> None:
+    if path is not None:
+        path.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
+        print(f"wrote {path}")
+
+
+def cmd_skab(args) -> int:
+    from maintenance import skab, skab_eval
+
+    files = [skab.load(args.data / f) for f in args.files]
+    result = skab_eval.evaluate(files, folds=args.folds, max_far=args.max_far)
+    for f in result["folds"]:
+        cfg = f["config"]
+        print(f"held out {', '.join(f['test_files'])}: chose window={cfg['window']} alpha={cfg['alpha']} "
+              f"score={cfg['score']} max_drift={cfg['max_drift']} confirm={cfg['confirm']} hold={cfg['hold']} "
+              f"signals={len(f['signals'])} "
+              f"(train F1 {f['train_f1']:.3f}) -> test F1 {f['test']['f1']:.3f}, FAR {f['test']['far']:.1f} %")
+    s = result["pooled"]
+    print(f"SKAB outlier detection, {len(files)} files, nested leave-files-out ({len(result['folds'])} groups), "
+          f"pooled over test rows: F1 {s['f1']:.3f}  FAR {s['far']:.2f} %  MAR {s['mar']:.2f} %  "
+          f"(TP {s['tp']} FP {s['fp']} FN {s['fn']} TN {s['tn']})")
+    print(f"  FAR on normal rows before the first anomaly {s['far_before_first_anomaly']:.2f} %, "
+          f"after an anomaly {s['far_after_an_anomaly']:.2f} %")
+    print("leaderboard for scale (full benchmark): Conv-AE F1 0.78 / FAR 13.55 % / MAR 28.02 %")
+    _dump(result, args.json)
+    return 0
+
+
+def cmd_cmapss(args) -> int:
+    from maintenance import rul_eval
+
+    r = rul_eval.evaluate(args.data, args.subset, folds=args.folds, truncations=args.truncations,
+                          coverage=args.coverage, select=not args.no_select, max_iter=args.max_iter,
+                          progress=lambda m: print(m, flush=True))
+    m = r["metrics"]
+    print(f"{m['subset']}: {m['engines']} test engines, one prediction at the last cycle each")
+    print(f"  vs RUL file as given:      RMSE {m['rmse']:.2f}  PHM08 {m['phm08']:.1f}  "
+          f"coverage of {m['nominal_coverage']:.0%} intervals {m['coverage']:.1%}")
+    print(f"  vs RUL capped at {m['config']['cap']:.0f}:     RMSE {m['rmse_capped']:.2f}  "
+          f"PHM08 {m['phm08_capped']:.1f}  "
+          f"coverage {m['coverage_capped']:.1%}")
+    print(f"  intervals: {m['open_ended']:.0%} open-ended (\"at least lower\": the model saw no wear), mean width "
+          f"{m['mean_width_capped']:.1f} cycles with the upper end taken at the cap")
+    if args.export:
+        from maintenance.rul_export import export
+
+        m["export"] = export(r, args.export)
+        print(f"  exported to {m['export']['path']} (sha256 {m['export']['sha256'][:12]}...)")
+    _dump(m, args.json)
+    return 0
+
+
+def _connect(args):
+    import psycopg
+
+    if not args.db:
+        print("no database: give --db URL or set VALVOJA_DB_URL", file=sys.stderr)
+        raise SystemExit(2)
+    return psycopg.connect(args.db, autocommit=True)
+
+
+def cmd_review_list(args) -> int:
+    from maintenance import review
+
+    with _connect(args) as conn:
+        alerts = review.list_alerts(conn, args.asset, since=args.since, limit=args.limit)
+        preds = review.list_predictions(conn, args.asset, since=args.since, limit=args.limit)
+    print(f"alerts of {args.asset} ({len(alerts)}):")
+    for a in alerts:
+        u = ", ".join(f"{k}={v}" for k, v in a["uncertainty"].items())
+        print(f"  {a['raised_at']:%Y-%m-%d %H:%M:%S} {a['id']} {a['severity']:8} {a['state']:12} {a['kind']}: "
+              f"{a['message']} [{u}] review={a['verdict'] or '-'}")
+    print(f"predictions of {args.asset} ({len(preds)}):")
+    for p in preds:
+        unc = (f"p={p['p_value']:.4g}" if p["p_value"] is not None else
+               f"[{p['lower']:.1f}, {p['upper']:.1f}] @{p['coverage']:.0%}" if p["lower"] is not None else "-")
+        print(f"  {p['time']:%Y-%m-%d %H:%M:%S} #{p['id']} {p['model_id']}@{p['model_version'][:12]} "
+              f"value={p['value']:.4g} {unc} review={p['verdict'] or '-'}")
+    return 0
+
+
+def cmd_review_mark(args) -> int:
+    from maintenance import review
+
+    with _connect(args) as conn:
+        if args.alert:
+            fid = review.review_alert(conn, args.alert, args.verdict, args.comment, args.by)
+        else:
+            fid = review.review_prediction(conn, args.prediction, args.verdict, args.comment, args.by)
+    print(f"feedback #{fid} stored")
+    return 0
+
+
+def cmd_review_precision(args) -> int:
+    from maintenance import review
+
+    with _connect(args) as conn:
+        rows = review.alert_precision(conn, since=args.since, model_id=args.model_id)
+    for r in rows:
+        prec = "-" if r["precision"] is None else f"{r['precision']:.2f}"
+        print(f"{r['kind']:30} {r['model_id'] or '-':30} alerts {r['alerts']:5}  right {r['right']:4}  "
+              f"wrong {r['wrong']:4}  unreviewed {r['unreviewed']:4}  precision {prec}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m maintenance.cli ARGS`` is ``valvoja maintenance ARGS``."""
+    from edge.cli import main as valvoja
+
+    return valvoja(["maintenance", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

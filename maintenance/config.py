@@ -1,0 +1,97 @@
+"""Configuration of condition monitoring (``[maintenance]`` and ``[[rules]]`` in the site configuration).
+
+The lead's site loader embeds `MaintenanceConfig` under ``[maintenance]`` and a list of
+`maintenance.rules.RuleConfig` under ``[[rules]]``; ``maintenance/sample.toml`` shows every key.
+Validation errors carry the key path (pydantic), which the loader turns into a ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from maintenance.alerts import AlertPolicy
+from maintenance.indicators import STATS
+from maintenance.iso20816 import ZoneConfig
+from maintenance.notify import MqttNotifyConfig, WebhookConfig
+from maintenance.rules import RuleConfig
+
+
+class BandConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    low_hz: float = Field(ge=0)
+    high_hz: float = Field(gt=0)
+
+
+class WaveformConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tag: str
+    fs_hz: float = Field(gt=0)
+    block: int = Field(gt=8, description="samples per indicator block")
+    bands: tuple[BandConfig, ...] = ()
+    iso20816: bool = Field(True, description="the waveform is vibration velocity in mm/s: rate its RMS in zones")
+
+
+class AnomalyAssetConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    signals: tuple[str, ...] = Field(min_length=1, description="tags scored together, in this order")
+    train_samples: int = Field(1800, ge=40, description="healthy samples (1 per period) collected before scoring")
+    window: int = Field(10, ge=1)
+    alpha: float = Field(0.01, gt=0, lt=0.5, description="false alarm rate per scored sample on healthy data")
+    score: str = Field("mahalanobis", pattern="^(mahalanobis|max_z)$")
+    max_drift: float | None = 0.5
+    confirm: int = Field(5, ge=1, description="consecutive flagged samples before an alert (debounce)")
+    predict_every_s: float = Field(10.0, gt=0, description="store a prediction this often (and on every flag)")
+
+    @model_validator(mode="after")
+    def _resolution(self) -> AnomalyAssetConfig:
+        # 40 % of the training samples calibrate (AnomalyConfig.fit_fraction); p-values step by 1/(n+1).
+        n_cal = self.train_samples - int(self.train_samples * 0.6)
+        if self.alpha < 1.0 / (n_cal + 1):
+            raise ValueError(f"alpha {self.alpha} is below the p-value resolution 1/{n_cal + 1} of "
+                             f"{self.train_samples} training samples; raise alpha or train_samples")
+        return self
+
+
+class AssetConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1)
+    vibration_tags: tuple[str, ...] = Field((), description="velocity RMS tags in mm/s (ISO 20816 zones + stats)")
+    process_tags: tuple[str, ...] = Field((), description="temperatures, pressures, currents, flows (stats)")
+    waveforms: tuple[WaveformConfig, ...] = ()
+    vibration_stats: tuple[str, ...] = ("mean", "max", "std", "kurtosis")
+    process_stats: tuple[str, ...] = ("mean", "min", "max", "slope")
+    iso20816: ZoneConfig = ZoneConfig()
+    anomaly: AnomalyAssetConfig | None = None
+
+    @model_validator(mode="after")
+    def _stats_known(self) -> AssetConfig:
+        bad = (set(self.vibration_stats) | set(self.process_stats)) - set(STATS)
+        if bad:
+            raise ValueError(f"asset {self.name!r}: unknown statistic(s) {sorted(bad)}; known: {', '.join(STATS)}")
+        return self
+
+
+class NotifyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    mqtt: MqttNotifyConfig | None = None
+    webhooks: tuple[WebhookConfig, ...] = ()
+
+
+class MaintenanceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    window_s: int = Field(60, gt=0, description="sliding window of the indicators")
+    hop_s: int = Field(10, gt=0, description="indicators are emitted this often")
+    period_s: float = Field(1.0, gt=0, description="sampling period of scalar tags")
+    assets: tuple[AssetConfig, ...] = ()
+    alerts: AlertPolicy = AlertPolicy()
+    notify: NotifyConfig = NotifyConfig()
+    rules: tuple[RuleConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> MaintenanceConfig:
+        names = [a.name for a in self.assets]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"asset names must be unique: {dup}")
+        return self

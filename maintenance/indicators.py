@@ -1,0 +1,255 @@
+"""Condition indicators over sliding windows, computed incrementally as readings arrive (DESIGN.md §7).
+
+Two kinds of input:
+
+- **Scalar series** (one value per sampling period, e.g. a 1 Hz velocity RMS, a temperature): every
+  series has a row in a numpy ring buffer (``series × window slots``); a reading writes its slot.
+  Each ``hop_s`` seconds the statistics of the last ``window_s`` seconds are computed for *all*
+  series at once (vectorised across assets) and emitted as derived `Reading`s named
+  ``<tag>.<stat>`` (``P-101.vib_de.rms``), so they go through the same spool and sink as raw data.
+- **Waveform tags** (high-rate samples, e.g. 2560 Hz velocity): samples are collected into blocks;
+  each full block gives velocity RMS, peak, crest factor, kurtosis and band RMS values from the
+  spectrum (Parseval: the band values add up, in quadrature, to the block's AC RMS).
+
+Statistics: ``mean std min max rms peak crest kurtosis slope`` (``slope`` per second, least squares;
+``kurtosis`` is Pearson's: 1.5 for a sine, 3 for Gaussian noise). Bad-quality and non-finite values
+are left out; a derived value is UNCERTAIN when less than ``min_coverage`` of its window had data,
+and is not emitted at all without any data. Window boundaries are aligned to the Unix epoch, so two
+gateways compute the same windows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+
+from edge.records import Quality, Reading, utcnow
+
+
+def value_of(r: Reading) -> float:
+    """A reading's value as float for statistics; NaN when bad, missing or not numeric."""
+    if r.quality == Quality.BAD:
+        return math.nan
+    v = r.value
+    if type(v) is float:
+        return v
+    n = r.numeric
+    return math.nan if n is None else n
+
+
+STATS = ("mean", "std", "min", "max", "rms", "peak", "crest", "kurtosis", "slope")
+
+
+def window_stats(x: np.ndarray, dt_s: float = 1.0) -> dict[str, np.ndarray]:
+    """Statistics along the last axis of ``x`` (NaN = missing), one value per row.
+
+    Pure numpy so it runs on a whole bank of series in one call; rows without data give NaN.
+    """
+    x = np.atleast_2d(np.asarray(x, dtype=float))
+    ok = np.isfinite(x)
+    n = ok.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xz = np.where(ok, x, 0.0)
+        mean = xz.sum(axis=-1) / n
+        c = np.where(ok, x - mean[..., None], 0.0)
+        m2 = (c * c).sum(axis=-1) / n
+        m4 = (c**4).sum(axis=-1) / n
+        rms = np.sqrt((xz * xz).sum(axis=-1) / n)
+        peak = np.where(ok, np.abs(x), -np.inf).max(axis=-1)
+        out = {
+            "mean": mean,
+            "std": np.sqrt(m2),
+            "min": np.where(ok, x, np.inf).min(axis=-1),
+            "max": np.where(ok, x, -np.inf).max(axis=-1),
+            "rms": rms,
+            "peak": peak,
+            "crest": np.where(rms > 0, peak / rms, np.nan),
+            "kurtosis": np.where(m2 > 0, m4 / (m2 * m2), np.nan),
+        }
+        t = np.arange(x.shape[-1], dtype=float) * dt_s
+        tz = np.where(ok, t, 0.0)
+        tmean = tz.sum(axis=-1) / n
+        ct = np.where(ok, t - tmean[..., None], 0.0)
+        stt = (ct * ct).sum(axis=-1)
+        out["slope"] = np.where(stt > 0, (ct * c).sum(axis=-1) / stt, np.nan)
+    empty = n == 0
+    for v in out.values():
+        v[empty] = np.nan
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    """A frequency band [low_hz, high_hz) whose RMS is reported as ``<tag>.band_<name>``."""
+
+    name: str
+    low_hz: float
+    high_hz: float
+
+
+def waveform_indicators(samples: np.ndarray, fs_hz: float, bands: Iterable[Band] = ()) -> dict[str, float]:
+    """RMS, peak, crest factor, kurtosis and band RMS values of one block of waveform samples.
+
+    ``rms`` and ``peak`` are of the signal as measured (a velocity waveform's RMS is the ISO 20816
+    quantity when the sensor filters 10-1000 Hz); band values come from a Hann-free rectangular
+    one-sided spectrum scaled so that the sum of squares of all bands (DC excluded) is the AC
+    variance (Parseval), which makes them comparable with ``rms``.
+    """
+    x = np.asarray(samples, dtype=float)
+    s = window_stats(x[None, :], 1.0 / fs_hz)
+    out = {k: float(s[k][0]) for k in ("rms", "peak", "crest", "kurtosis")}
+    bands = list(bands)
+    if bands:
+        n = x.size
+        spec = np.fft.rfft(x - x.mean())
+        power = np.abs(spec) ** 2 / (n * n)
+        power[1:] *= 2.0  # one-sided
+        if n % 2 == 0:
+            power[-1] /= 2.0  # the Nyquist bin has no mirror
+        freqs = np.fft.rfftfreq(n, 1.0 / fs_hz)
+        for b in bands:
+            sel = (freqs >= b.low_hz) & (freqs < b.high_hz)
+            out[f"band_{b.name}"] = float(np.sqrt(power[sel].sum()))
+    return out
+
+
+@dataclass(slots=True)
+class _Block:
+    fs_hz: float
+    size: int
+    bands: tuple[Band, ...]
+    buf: list[float] = field(default_factory=list)
+    start: datetime | None = None
+    worst: Quality = Quality.GOOD
+
+
+class IndicatorEngine:
+    """Sliding-window indicators for many scalar series plus block indicators for waveform tags.
+
+    ``series``: tag -> stats to emit. ``waveforms``: tag -> (fs_hz, block_samples, bands).
+    Feed readings with `update` in time order per tag (late readings within the window are
+    accepted; older ones are ignored); it returns the derived readings that became due.
+    """
+
+    def __init__(self, series: dict[str, Iterable[str]], *, window_s: int = 60, hop_s: int = 10,
+                 period_s: float = 1.0, min_coverage: float = 0.5,
+                 waveforms: dict[str, tuple[float, int, Iterable[Band]]] | None = None) -> None:
+        if window_s <= 0 or hop_s <= 0 or period_s <= 0:
+            raise ValueError("window_s, hop_s and period_s must be positive")
+        self.tags = list(series)
+        self.row = {t: i for i, t in enumerate(self.tags)}
+        self.stats = [tuple(s) for s in series.values()]
+        for tag, st in zip(self.tags, self.stats, strict=True):
+            bad = set(st) - set(STATS)
+            if bad:
+                raise ValueError(f"{tag}: unknown statistic(s) {sorted(bad)}; known: {', '.join(STATS)}")
+        self.period = float(period_s)
+        self.slots = max(1, round(window_s / period_s))
+        self.hop_slots = max(1, round(hop_s / period_s))
+        self.min_coverage = min_coverage
+        self.buf = np.full((len(self.tags), self.slots), np.nan)
+        self.uncertain = np.zeros((len(self.tags), self.slots), dtype=bool)
+        self.slot_of = np.full(self.slots, -1, dtype=np.int64)  # absolute slot number held by each column
+        self.next_emit: int | None = None  # absolute slot number at which the next window closes
+        self.blocks = {t: _Block(fs, int(size), tuple(b)) for t, (fs, size, b) in (waveforms or {}).items()}
+
+    # -- scalar series -------------------------------------------------------------------------
+    def update(self, readings: Iterable[Reading], now: datetime | None = None) -> list[Reading]:
+        """Take a batch of readings; return the derived readings of every window that closed."""
+        out: list[Reading] = []
+        rows, times, values, unc = [], [], [], []
+        for r in readings:
+            i = self.row.get(r.tag)
+            if i is None:
+                if r.tag in self.blocks:
+                    out.extend(self._waveform_sample(r))
+                continue
+            rows.append(i)
+            times.append(r.time.timestamp())
+            values.append(value_of(r))
+            unc.append(r.quality == Quality.UNCERTAIN)
+        if rows:
+            slots = np.floor(np.asarray(times) / self.period).astype(np.int64)
+            out.extend(self.update_arrays(np.asarray(rows), slots, np.asarray(values), np.asarray(unc), now))
+        return out
+
+    def update_arrays(self, rows: np.ndarray, slots: np.ndarray, values: np.ndarray, uncertain: np.ndarray,
+                      now: datetime | None = None) -> list[Reading]:
+        """The vectorised core of `update`: series rows, absolute slot numbers, values (NaN = no value)."""
+        out: list[Reading] = []
+        order = np.argsort(slots, kind="stable")
+        ordered = slots[order]
+        cuts = np.flatnonzero(np.diff(ordered)) + 1
+        for g, first in zip(np.split(order, cuts), np.r_[0, cuts], strict=True):
+            slot = int(ordered[first])
+            if self.next_emit is None:
+                self.next_emit = (slot // self.hop_slots + 1) * self.hop_slots
+            while slot >= self.next_emit:  # these readings belong to a later window: close the due ones first
+                out.extend(self._emit(self.next_emit, now))
+                self.next_emit += self.hop_slots
+            if slot < self.next_emit - self.slots:
+                continue  # older than the open window
+            col = slot % self.slots
+            if self.slot_of[col] != slot:  # the column held an older slot: reset it for all series
+                self.buf[:, col] = np.nan
+                self.uncertain[:, col] = False
+                self.slot_of[col] = slot
+            self.buf[rows[g], col] = values[g]
+            self.uncertain[rows[g], col] = uncertain[g]
+        return out
+
+    def window(self, end_slot: int) -> tuple[np.ndarray, np.ndarray]:
+        """Values of the window ending before absolute slot ``end_slot``, oldest first, and a
+        per-series flag of uncertain inputs."""
+        want = np.arange(end_slot - self.slots, end_slot)
+        cols = want % self.slots
+        valid = self.slot_of[cols] == want
+        x = np.where(valid[None, :], self.buf[:, cols], np.nan)
+        unc = (self.uncertain[:, cols] & valid[None, :]).any(axis=1)
+        return x, unc
+
+    def _emit(self, end_slot: int, now: datetime | None) -> list[Reading]:
+        x, unc = self.window(end_slot)
+        stats = window_stats(x, self.period)
+        coverage = np.isfinite(x).sum(axis=1) / self.slots
+        t = datetime.fromtimestamp(end_slot * self.period, UTC)
+        recv = now or utcnow()
+        out: list[Reading] = []
+        for i, tag in enumerate(self.tags):
+            if coverage[i] == 0:
+                continue
+            q = Quality.UNCERTAIN if (coverage[i] < self.min_coverage or unc[i]) else Quality.GOOD
+            for name in self.stats[i]:
+                v = float(stats[name][i])
+                if math.isfinite(v):
+                    out.append(Reading(f"{tag}.{name}", t, v, recv, quality=q, status_name="derived"))
+        return out
+
+    # -- waveforms -----------------------------------------------------------------------------
+    def _waveform_sample(self, r: Reading) -> list[Reading]:
+        b = self.blocks[r.tag]
+        v = r.numeric
+        if v is None or r.quality == Quality.BAD or not math.isfinite(v):
+            return []
+        if b.start is None:
+            b.start = r.time
+        b.buf.append(v)
+        b.worst = max(b.worst, r.quality)
+        if len(b.buf) < b.size:
+            return []
+        return self.waveform_block(r.tag, b.start, np.asarray(b.buf), quality=b.worst, _reset=True)
+
+    def waveform_block(self, tag: str, start: datetime, samples: np.ndarray, *, quality: Quality = Quality.GOOD,
+                       _reset: bool = False) -> list[Reading]:
+        """Indicators of one block of a waveform tag (also for sensors that deliver whole blocks)."""
+        b = self.blocks[tag]
+        if _reset:
+            b.buf, b.start, b.worst = [], None, Quality.GOOD
+        ind = waveform_indicators(samples, b.fs_hz, b.bands)
+        recv = utcnow()
+        return [Reading(f"{tag}.{k}", start, v, recv, quality=quality, status_name="derived")
+                for k, v in ind.items() if math.isfinite(v)]

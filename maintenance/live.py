@@ -1,0 +1,228 @@
+"""Live condition monitoring: a consumer of validated Reading batches (DESIGN.md §7).
+
+``await live.process(readings)`` returns ``(derived, predictions, changes)``:
+
+- ``derived``: indicator readings (``<tag>.<stat>``, ``<tag>.iso_zone``) for the spool, like raw data;
+- ``predictions``: anomaly scores with their conformal p-values (every ``predict_every_s`` per asset,
+  and on every flagged sample), for the ``predictions`` table;
+- ``changes``: `AlertChange`s (raised / updated / escalated / cleared / suppressed) from ISO 20816
+  zones, configured rules and the anomaly detectors, for `maintenance.store.apply_changes` and the
+  notifiers.
+
+Times are the readings' own (source) times, so a replay gives the same result as live operation.
+Anomaly detectors train themselves on the first ``train_samples`` seconds of each asset (declare
+that period healthy by starting monitoring on a healthy machine), then score every second; assets
+are scored together in `AnomalyBank`s (numpy across assets).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import numpy as np
+
+from edge.records import Prediction, Quality, Reading
+from maintenance.alerts import AlertChange, AlertManager, Window
+from maintenance.anomaly import AnomalyBank, AnomalyConfig, AnomalyDetector
+from maintenance.config import AssetConfig, MaintenanceConfig
+from maintenance.indicators import Band, IndicatorEngine, value_of
+from maintenance.iso20816 import SEVERITY, ZONES, ZoneTracker
+from maintenance.rules import RuleEngine
+
+STALE_PERIODS = 5  # a signal not updated for this many periods is missing in the anomaly sample
+
+
+def detector_version(d: AnomalyDetector) -> str:
+    """sha256 of the fitted parameters: the model version a prediction is traced to."""
+    h = hashlib.sha256()
+    for a in (d.use_, d.mean_, d.scale_, d.precision_, d.calibration_):
+        h.update(np.ascontiguousarray(a, dtype=float).tobytes())
+    h.update(repr(d.config).encode())
+    return h.hexdigest()
+
+
+class _Anomaly:
+    """Sample assembly, training and banked scoring of the assets that have an anomaly model."""
+
+    def __init__(self, assets: list[AssetConfig], period_s: float) -> None:
+        self.assets = assets
+        self.period = period_s
+        width = max((len(a.anomaly.signals) for a in assets), default=1)
+        self.flat = {t: i * width + j for i, a in enumerate(assets) for j, t in enumerate(a.anomaly.signals)}
+        self.values = np.full((len(assets), width), np.nan)
+        self.seen = np.full((len(assets), width), -(10**12), dtype=np.int64)
+        self.training: dict[int, list[np.ndarray]] = {i: [] for i in range(len(assets))}
+        self.detectors: dict[int, AnomalyDetector] = {}
+        self.versions: dict[int, str] = {}
+        self.banks: list[tuple[np.ndarray, AnomalyBank]] = []
+        self.last_pred: dict[int, int] = {}
+        self.run: dict[int, int] = {}  # consecutive flagged samples per asset
+        self.slot: int | None = None
+
+    def put(self, flat: np.ndarray, values: np.ndarray, slot: int) -> None:
+        """Latest values of one slot: ``flat`` = asset * width + signal (-1: not an anomaly signal)."""
+        ok = (flat >= 0) & np.isfinite(values)
+        self.values.flat[flat[ok]] = values[ok]
+        self.seen.flat[flat[ok]] = slot
+
+    def sample(self, slot: int) -> np.ndarray:
+        return np.where(slot - self.seen <= STALE_PERIODS, self.values, np.nan)
+
+    def train_ready(self, x: np.ndarray) -> bool:
+        changed = False
+        for i in list(self.training):
+            a = self.assets[i]
+            n = len(a.anomaly.signals)
+            if np.isfinite(x[i, :n]).all():
+                self.training[i].append(x[i, :n].copy())
+            if len(self.training[i]) >= a.anomaly.train_samples:
+                c = a.anomaly
+                cfg = AnomalyConfig(window=c.window, alpha=c.alpha, score=c.score, max_drift=c.max_drift, hold=0)
+                det = AnomalyDetector(cfg, a.anomaly.signals).fit(np.asarray(self.training.pop(i)))
+                self.detectors[i] = det
+                self.versions[i] = detector_version(det)
+                changed = True
+        if changed:  # regroup: one bank per number of scored signals
+            groups: dict[int, list[int]] = {}
+            for i, d in self.detectors.items():
+                groups.setdefault(len(d.use_), []).append(i)
+            self.banks = [(np.array(rows), AnomalyBank([self.detectors[i] for i in rows]))
+                          for rows in groups.values()]
+        return changed
+
+
+class MaintenanceLive:
+    def __init__(self, config: MaintenanceConfig, windows: list[Window] | None = None) -> None:
+        self.config = config
+        self.manager = AlertManager(config.alerts, windows)
+        series: dict[str, tuple[str, ...]] = {}
+        waveforms = {}
+        self.zone_of: dict[str, tuple[str, ZoneTracker]] = {}
+        for a in config.assets:
+            for t in a.vibration_tags:
+                series[t] = tuple(dict.fromkeys(("mean", *a.vibration_stats)))
+                self.zone_of[f"{t}.mean"] = (a.name, ZoneTracker(a.iso20816))
+            for t in a.process_tags:
+                series[t] = tuple(a.process_stats)
+            for w in a.waveforms:
+                waveforms[w.tag] = (w.fs_hz, w.block, [Band(b.name, b.low_hz, b.high_hz) for b in w.bands])
+                if w.iso20816:
+                    self.zone_of[f"{w.tag}.rms"] = (a.name, ZoneTracker(a.iso20816))
+        self.indicators = IndicatorEngine(series, window_s=config.window_s, hop_s=config.hop_s,
+                                          period_s=config.period_s, waveforms=waveforms)
+        self.rules = RuleEngine(config.rules, self.manager)
+        self.anomaly = _Anomaly([a for a in config.assets if a.anomaly is not None], config.period_s)
+
+    async def process(self, readings: Iterable[Reading]) -> tuple[list[Reading], list[Prediction], list[AlertChange]]:
+        """Derived readings, predictions and alert changes caused by one batch (time-ordered per tag)."""
+        readings = list(readings)
+        derived: list[Reading] = []
+        preds: list[Prediction] = []
+        changes: list[AlertChange] = []
+        scalar = [r for r in readings if r.tag not in self.indicators.blocks]
+        if len(scalar) < len(readings):  # waveform samples: block indicators
+            derived.extend(self.indicators.update([r for r in readings if r.tag in self.indicators.blocks]))
+        if scalar:
+            # One pass over the Reading objects; the rest is numpy per period.
+            n = len(scalar)
+            slots = np.floor(np.fromiter((r.time.timestamp() for r in scalar), float, n)
+                             / self.config.period_s).astype(np.int64)
+            values = np.fromiter((value_of(r) for r in scalar), float, n)
+            unc = np.fromiter((r.quality == Quality.UNCERTAIN for r in scalar), bool, n)
+            rows = np.fromiter((self.indicators.row.get(r.tag, -1) for r in scalar), np.int64, n)
+            flat = np.fromiter((self.anomaly.flat.get(r.tag, -1) for r in scalar), np.int64, n)
+            order = np.argsort(slots, kind="stable")
+            ordered = slots[order]
+            cuts = np.flatnonzero(np.diff(ordered)) + 1
+            an = self.anomaly
+            for g, first in zip(np.split(order, cuts), np.r_[0, cuts], strict=True):
+                slot = int(ordered[first])
+                if an.slot is None:
+                    an.slot = slot
+                while slot > an.slot:  # a new period began: score the finished one
+                    self._score(an.slot, preds, changes)
+                    an.slot += 1
+                an.put(flat[g], values[g], slot)
+                ind = g[rows[g] >= 0]
+                new = self.indicators.update_arrays(rows[ind], slots[ind], values[ind], unc[ind])
+                derived.extend(new)
+                derived.extend(self._zones(new, changes))
+        changes.extend(self.rules.update(readings))
+        changes.extend(self.rules.update(derived))
+        if readings:
+            changes.extend(self.manager.tick(max(r.time for r in readings)))
+        return derived, preds, changes
+
+    def _zones(self, derived: list[Reading], changes: list[AlertChange]) -> list[Reading]:
+        out = []
+        for d in derived:
+            hit = self.zone_of.get(d.tag)
+            if hit is None:
+                continue
+            asset, tracker = hit
+            changed = tracker.update(float(d.value))
+            tag = d.tag.rsplit(".", 1)[0]
+            z = tracker.current
+            out.append(replace(d, tag=f"{tag}.iso_zone", value=ZONES.index(z)))
+            if changed is None and z not in ("C", "D"):
+                continue
+            sev = SEVERITY[z]
+            b = tracker.config.boundaries
+            changes.extend(self.manager.observe(
+                asset=asset, tag=tag, kind="iso20816", active=sev is not None, t=d.time, severity=sev or "info",
+                message=f"{tag}: vibration {float(d.value):.2f} mm/s in ISO 20816-3 zone {z} "
+                        f"(boundaries {b[0]}/{b[1]}/{b[2]} mm/s, group {tracker.config.group}, "
+                        f"{tracker.config.foundation})",
+                evidence={"readings": [{"tag": d.tag, "time": d.time, "value": d.value}], "zone": z,
+                          "boundaries_mm_s": list(b)}))
+        return out
+
+    def _score(self, slot: int, preds: list[Prediction], changes: list[AlertChange]) -> None:
+        an = self.anomaly
+        if not an.assets:
+            return
+        x = an.sample(slot)
+        if an.training:
+            an.train_ready(x)
+        t = datetime.fromtimestamp((slot + 1) * self.config.period_s, UTC)
+        for rows, bank in an.banks:
+            widths = [len(an.assets[i].anomaly.signals) for i in rows]
+            score, p, contrib = bank.push(x[rows][:, : max(widths)])
+            flags = p <= bank.alpha
+            for k, i in enumerate(rows):
+                self._anomaly_result(int(i), slot, t, float(score[k]), float(p[k]), bool(flags[k]), contrib[k],
+                                     preds, changes)
+
+    def _anomaly_result(self, i: int, slot: int, t: datetime, score: float, p: float, flag: bool,
+                        contrib: np.ndarray, preds: list[Prediction], changes: list[AlertChange]) -> None:
+        an = self.anomaly
+        a = an.assets[i]
+        det = an.detectors[i]
+        every = max(1, round(a.anomaly.predict_every_s / self.config.period_s))
+        an.run[i] = an.run.get(i, 0) + 1 if flag else 0
+        active = an.run[i] >= a.anomaly.confirm
+        if not flag and slot - an.last_pred.get(i, -(10**12)) < every:
+            changes.extend(self.manager.observe(asset=a.name, tag=None, kind="anomaly", active=False, t=t))
+            return
+        an.last_pred[i] = slot
+        total = float(np.clip(contrib, 0, None).sum()) or 1.0
+        top = [{"signal": det.signals_[j], "share": round(float(max(contrib[j], 0.0)) / total, 3)}
+               for j in np.argsort(-contrib)[:3]]
+        start = datetime.fromtimestamp((slot + 1 - det.config.window) * self.config.period_s, UTC)
+        pred = Prediction(f"anomaly:{a.name}", an.versions[i], a.name, t, score, p_value=p, input_start=start,
+                          input_end=t, kind="anomaly",
+                          details={"alpha": det.config.alpha, "top_signals": top, "signals": det.signals_})
+        preds.append(pred)
+        names = ", ".join(f"{c['signal']} ({c['share']:.0%})" for c in top)
+        if flag and not active:
+            return  # flagged, not yet confirmed: stored as a prediction, no alert change
+        changes.extend(self.manager.observe(
+            asset=a.name, tag=None, kind="anomaly", active=active, t=t, severity="warning",
+            message=f"{a.name}: anomalous operation (p = {p:.4f} <= {det.config.alpha}); top signals: {names}",
+            evidence={"prediction": {"model_id": pred.model_id, "model_version": pred.model_version, "value": score,
+                                     "p_value": p, "alpha": det.config.alpha, "time": t,
+                                     "input_start": start, "input_end": t},
+                      "top_signals": top}))

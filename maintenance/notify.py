@@ -1,0 +1,124 @@
+"""Alert notifications to MQTT (paho-mqtt) and to webhooks (httpx).
+
+Notifications are a courtesy copy: the ``alerts`` table is the record. A notifier never blocks the
+alert path for long: each send has a timeout, webhooks are retried a few times with back-off, and the
+outcome is returned so the caller can log it in ``alert_events`` (``notified`` / ``notify_failed``).
+
+Webhooks use **httpx** (already a pinned dependency): its async client fits the gateway's event loop
+without a thread per request, pools connections, and has per-request timeouts; ``urllib`` would block
+the loop or need a thread pool for the same.
+
+MQTT uses paho-mqtt 2 with QoS 1 on ``<prefix>/<asset>/<kind>`` (not retained: a board that connects
+later reads the table, not the broker). Payload (both channels): JSON with ``event`` (raised, updated,
+escalated, cleared), the alert's fields and its evidence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import asdict
+
+import httpx
+import orjson
+import paho.mqtt.client as mqtt
+from pydantic import BaseModel, ConfigDict, Field
+
+from maintenance.alerts import AlertChange
+
+log = logging.getLogger(__name__)
+
+
+class WebhookConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    url: str
+    events: tuple[str, ...] = ("raised", "escalated", "cleared")
+    timeout_s: float = Field(5.0, gt=0)
+    attempts: int = Field(3, ge=1, le=10)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class MqttNotifyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    host: str = "127.0.0.1"
+    port: int = 1883
+    topic_prefix: str = "valvoja/alerts"
+    events: tuple[str, ...] = ("raised", "updated", "escalated", "cleared")
+    username: str | None = None
+    password_env: str | None = Field(None, description="name of the environment variable holding the password")
+    timeout_s: float = Field(5.0, gt=0)
+
+
+def payload(ch: AlertChange) -> bytes:
+    body = {"event": ch.event, "occurrences": ch.occurrences, "escalation_level": ch.escalation_level,
+            **asdict(ch.alert)}
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+
+
+class WebhookNotifier:
+    """POSTs the JSON payload; 2xx is success, anything else is retried ``attempts`` times."""
+
+    RETRY_BASE_S = 0.5
+
+    def __init__(self, cfg: WebhookConfig) -> None:
+        self.cfg = cfg
+        self.client = httpx.AsyncClient(timeout=cfg.timeout_s, headers=cfg.headers)
+
+    async def send(self, ch: AlertChange) -> tuple[bool, str]:
+        if ch.event not in self.cfg.events:
+            return True, "skipped"
+        error = ""
+        for attempt in range(self.cfg.attempts):
+            try:
+                r = await self.client.post(self.cfg.url, content=payload(ch),
+                                           headers={"content-type": "application/json"})
+                if 200 <= r.status_code < 300:
+                    return True, f"HTTP {r.status_code}"
+                error = f"HTTP {r.status_code}"
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            if attempt + 1 < self.cfg.attempts:
+                await asyncio.sleep(self.RETRY_BASE_S * 2**attempt)
+        log.warning("webhook %s failed for alert %s: %s", self.cfg.url, ch.alert.id, error)
+        return False, error
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class MqttNotifier:
+    """Publishes with QoS 1 and waits (in a thread) for the broker's PUBACK, bounded by ``timeout_s``."""
+
+    def __init__(self, cfg: MqttNotifyConfig, password: str | None = None) -> None:
+        self.cfg = cfg
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        if cfg.username:
+            self.client.username_pw_set(cfg.username, password)
+        self._connected = threading.Event()
+        self.client.on_connect = lambda *a: self._connected.set()
+        self.client.on_disconnect = lambda *a: self._connected.clear()
+        self.client.connect_async(cfg.host, cfg.port)
+        self.client.loop_start()
+
+    def topic(self, ch: AlertChange) -> str:
+        return f"{self.cfg.topic_prefix}/{ch.alert.asset}/{ch.alert.kind}"
+
+    def _publish(self, ch: AlertChange) -> tuple[bool, str]:
+        if not self._connected.wait(self.cfg.timeout_s):
+            return False, f"not connected to {self.cfg.host}:{self.cfg.port}"
+        info = self.client.publish(self.topic(ch), payload(ch), qos=1)
+        try:
+            info.wait_for_publish(self.cfg.timeout_s)
+        except (RuntimeError, ValueError) as exc:
+            return False, str(exc)
+        return (True, "PUBACK") if info.is_published() else (False, "no PUBACK in time")
+
+    async def send(self, ch: AlertChange) -> tuple[bool, str]:
+        if ch.event not in self.cfg.events:
+            return True, "skipped"
+        return await asyncio.to_thread(self._publish, ch)
+
+    async def aclose(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -1,0 +1,123 @@
+"""Review by maintenance teams: predictions and alerts per asset with their uncertainty, right/wrong
+feedback, and the precision of past alerts for model evaluation (DESIGN.md §7).
+
+Feedback rows (``prediction_feedback``) point at a prediction or an alert; repeated reviews are kept
+and the newest one counts (the console writes the same table). Synchronous psycopg: used by the
+command line and by ``valvoja models evaluate`` (`alert_precision`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import psycopg
+from psycopg.rows import dict_row
+
+Verdict = Literal["right", "wrong"]
+
+_LATEST_ALERT_VERDICT = (
+    "LEFT JOIN LATERAL (SELECT verdict, comment AS review_comment, reviewer, created_at AS reviewed_at"
+    " FROM prediction_feedback f WHERE f.alert_id = a.id ORDER BY created_at DESC, id DESC LIMIT 1) fb ON true")
+_LATEST_PREDICTION_VERDICT = (
+    "LEFT JOIN LATERAL (SELECT verdict, comment AS review_comment, reviewer, created_at AS reviewed_at"
+    " FROM prediction_feedback f WHERE f.prediction_id = p.id ORDER BY created_at DESC, id DESC LIMIT 1) fb ON true")
+
+
+def list_predictions(conn: psycopg.Connection, asset: str, *, since: datetime | None = None,
+                     until: datetime | None = None, kind: str | None = None, limit: int = 100) -> list[dict]:
+    """An asset's predictions, newest first: value, interval (lower, upper, nominal coverage) or p-value,
+    model version, input span, and the latest review."""
+    where, params = ["p.asset = %(asset)s"], {"asset": asset, "n": limit}
+    for col, op, val in (("time", ">=", since), ("time", "<=", until), ("kind", "=", kind)):
+        if val is not None:
+            key = f"{col}{len(params)}"
+            where.append(f"p.{col} {op} %({key})s")
+            params[key] = val
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"SELECT p.*, fb.* FROM predictions p {_LATEST_PREDICTION_VERDICT} WHERE {' AND '.join(where)}"
+                    " ORDER BY p.time DESC LIMIT %(n)s", params)
+        return cur.fetchall()
+
+
+def list_alerts(conn: psycopg.Connection, asset: str, *, since: datetime | None = None, limit: int = 100) -> list[dict]:
+    """An asset's alerts, newest first, with the uncertainty of the prediction behind each (from its
+    evidence: p-value or interval, model version) and the latest review."""
+    where, params = ["a.asset = %(asset)s"], {"asset": asset, "n": limit}
+    if since is not None:
+        where.append("a.raised_at >= %(since)s")
+        params["since"] = since
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"SELECT a.*, fb.* FROM alerts a {_LATEST_ALERT_VERDICT} WHERE {' AND '.join(where)}"
+                    " ORDER BY a.raised_at DESC LIMIT %(n)s", params)
+        rows = cur.fetchall()
+    for r in rows:
+        pred = (r.get("evidence") or {}).get("prediction") or {}
+        r["uncertainty"] = {k: pred.get(k) for k in ("p_value", "lower", "upper", "coverage", "model_version")
+                            if pred.get(k) is not None}
+    return rows
+
+
+def _review(conn: psycopg.Connection, column: str, target, verdict: Verdict, comment: str, reviewer: str) -> int:
+    if verdict not in ("right", "wrong"):
+        raise ValueError(f"verdict must be 'right' or 'wrong', not {verdict!r}")
+    if not reviewer:
+        raise ValueError("a review needs the reviewer's name")
+    table, key = ("predictions", "id") if column == "prediction_id" else ("alerts", "id")
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(f"SELECT 1 FROM {table} WHERE {key} = %s", (target,))
+        if cur.fetchone() is None:
+            raise LookupError(f"no {table[:-1]} {target!r}")
+        cur.execute(f"INSERT INTO prediction_feedback ({column}, verdict, comment, reviewer) VALUES (%s, %s, %s, %s)"
+                    " RETURNING id", (target, verdict, comment, reviewer))
+        return cur.fetchone()[0]
+
+
+def review_prediction(conn: psycopg.Connection, prediction_id: int, verdict: Verdict, comment: str,
+                      reviewer: str) -> int:
+    """Mark a prediction right or wrong; returns the feedback id."""
+    return _review(conn, "prediction_id", prediction_id, verdict, comment, reviewer)
+
+
+def review_alert(conn: psycopg.Connection, alert_id: str, verdict: Verdict, comment: str, reviewer: str) -> int:
+    """Mark an alert right (a real problem) or wrong (a false alarm); returns the feedback id."""
+    return _review(conn, "alert_id", alert_id, verdict, comment, reviewer)
+
+
+def alert_precision(conn: psycopg.Connection, *, since: datetime | None = None, until: datetime | None = None,
+                    model_id: str | None = None) -> list[dict]:
+    """Precision of past alerts from reviews, per (kind, model): right / (right + wrong) by the latest
+    verdict of each alert, with how many alerts are still unreviewed. An alert raised from a prediction
+    also counts the review of that prediction when the alert itself has none."""
+    where, params = ["true"], {}
+    if since is not None:
+        where.append("a.raised_at >= %(since)s")
+        params["since"] = since
+    if until is not None:
+        where.append("a.raised_at <= %(until)s")
+        params["until"] = until
+    if model_id is not None:
+        where.append("a.model_id = %(model_id)s")
+        params["model_id"] = model_id
+    sql = f"""
+        WITH latest AS (
+            SELECT a.id, a.kind, coalesce(a.model_id, '') AS model_id,
+                   coalesce(
+                       (SELECT verdict FROM prediction_feedback f WHERE f.alert_id = a.id
+                        ORDER BY created_at DESC, id DESC LIMIT 1),
+                       (SELECT verdict FROM prediction_feedback f
+                        WHERE f.prediction_id = (a.evidence #>> '{{prediction,id}}')::bigint
+                        ORDER BY created_at DESC, id DESC LIMIT 1)) AS verdict
+            FROM alerts a WHERE {' AND '.join(where)})
+        SELECT kind, model_id, count(*) AS alerts,
+               count(*) FILTER (WHERE verdict = 'right') AS right,
+               count(*) FILTER (WHERE verdict = 'wrong') AS wrong,
+               count(*) FILTER (WHERE verdict IS NULL) AS unreviewed
+        FROM latest GROUP BY kind, model_id ORDER BY kind, model_id"""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(sql, params)
+        rows = cur.fetchall()
+    for r in rows:
+        reviewed = r["right"] + r["wrong"]
+        r["precision"] = r["right"] / reviewed if reviewed else None
+    return rows

@@ -1,0 +1,158 @@
+"""Database I/O of maintenance: alerts (lifecycle), predictions, maintenance windows (tables of m0200).
+
+Async psycopg 3, one connection passed in by the caller (the gateway's or a CLI's). Writes are
+idempotent where a replay can happen: predictions upsert on (asset, model_id, target, time); an alert
+is keyed by its id, and the unique partial index on ``dedup_key`` keeps one open alert per condition
+even when two writers race (the loser's insert updates the open alert instead).
+The history (``alert_events``) is written by the table's trigger; this module only adds events that
+have no row change behind them (suppressed conditions, notification outcomes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+import orjson
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from edge.records import Alert, Prediction
+from maintenance.alerts import AlertChange, Window
+
+
+def _jsonb(obj: dict) -> Jsonb:
+    # orjson handles datetimes and numpy scalars that evidence dicts often contain.
+    return Jsonb(obj, dumps=lambda o: orjson.dumps(o, option=orjson.OPT_SERIALIZE_NUMPY
+                                                  | orjson.OPT_NON_STR_KEYS).decode())
+
+
+async def write_predictions(conn: psycopg.AsyncConnection, preds: Iterable[Prediction]) -> list[int]:
+    """Store predictions (upsert on asset, model, target, time); returns their ids in order."""
+    ids = []
+    async with conn.cursor() as cur:
+        for p in preds:
+            await cur.execute(
+                "INSERT INTO predictions (time, model_id, model_version, asset, kind, target, value, lower, upper,"
+                " coverage, p_value, input_start, input_end, details) VALUES"
+                " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (asset, model_id, target, time) DO UPDATE SET model_version = EXCLUDED.model_version,"
+                " value = EXCLUDED.value, lower = EXCLUDED.lower, upper = EXCLUDED.upper,"
+                " coverage = EXCLUDED.coverage, p_value = EXCLUDED.p_value, details = EXCLUDED.details"
+                " RETURNING id",
+                (p.time, p.model_id, p.model_version, p.asset, p.kind, p.target, p.value, p.lower, p.upper,
+                 p.coverage, p.p_value, p.input_start, p.input_end, _jsonb(p.details)))
+            ids.append((await cur.fetchone())[0])
+    return ids
+
+
+async def apply_changes(conn: psycopg.AsyncConnection, changes: Iterable[AlertChange], *,
+                        source: str = "") -> None:
+    """Persist what the alert manager decided, in one transaction."""
+    async with conn.transaction(), conn.cursor() as cur:
+        for ch in changes:
+            a = ch.alert
+            pred = a.evidence.get("prediction") or {}
+            if ch.event == "suppressed":
+                await cur.execute(
+                    "INSERT INTO alert_events (alert_id, asset, kind, time, event, detail)"
+                    " VALUES (NULL, %s, %s, %s, 'suppressed', %s)",
+                    (a.asset, a.kind, a.raised_at, _jsonb({"tag": a.tag, "severity": a.severity,
+                                                         "message": a.message, **ch.detail})))
+            elif ch.event == "raised":
+                # A racing writer may already hold the open alert of this key: then it absorbs this one.
+                await cur.execute(
+                    "INSERT INTO alerts (id, asset, tag, kind, severity, state, raised_at, message, evidence,"
+                    " dedup_key, source, model_id, model_version, occurrences, last_seen)"
+                    " VALUES (%s, %s, %s, %s, %s, 'raised', %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (dedup_key) WHERE cleared_at IS NULL DO UPDATE SET"
+                    " occurrences = alerts.occurrences + 1, last_seen = EXCLUDED.last_seen, updated_at = now()",
+                    (a.id, a.asset, a.tag, a.kind, a.severity, a.raised_at, a.message, _jsonb(a.evidence), ch.key,
+                     source or a.kind, pred.get("model_id"), pred.get("model_version"), ch.occurrences,
+                     ch.last_seen or a.raised_at))
+            elif ch.event in ("updated", "escalated"):
+                await cur.execute(
+                    "UPDATE alerts SET severity = %s, message = %s, evidence = %s, occurrences = %s,"
+                    " last_seen = %s, escalation_level = %s,"
+                    " escalated_at = CASE WHEN %s > escalation_level THEN %s ELSE escalated_at END,"
+                    " updated_at = now() WHERE id = %s AND cleared_at IS NULL",
+                    (a.severity, a.message, _jsonb(a.evidence), ch.occurrences, ch.last_seen or a.raised_at,
+                     ch.escalation_level, ch.escalation_level, ch.last_seen, a.id))
+            elif ch.event == "cleared":
+                await cur.execute(
+                    "UPDATE alerts SET cleared_at = %s, cleared_by = 'system', state = 'cleared',"
+                    " occurrences = %s, updated_at = now() WHERE id = %s AND cleared_at IS NULL",
+                    (a.cleared_at, ch.occurrences, a.id))
+            else:
+                raise ValueError(f"unknown alert change {ch.event!r}")
+
+
+async def acknowledge(conn: psycopg.AsyncConnection, alert_id: str, who: str, comment: str = "",
+                      at: datetime | None = None) -> bool:
+    """Acknowledge an open, unacknowledged alert; False when it is not (already done, or cleared)."""
+    async with conn.transaction(), conn.cursor() as cur:
+        await cur.execute(
+            "UPDATE alerts SET acknowledged_at = coalesce(%s, now()), acknowledged_by = %s, ack_comment = %s,"
+            " state = 'acknowledged', updated_at = now()"
+            " WHERE id = %s AND acknowledged_at IS NULL AND cleared_at IS NULL RETURNING id",
+            (at, who, comment, alert_id))
+        return await cur.fetchone() is not None
+
+
+async def clear(conn: psycopg.AsyncConnection, alert_id: str, who: str, at: datetime | None = None) -> bool:
+    """Clear an open alert by hand; False when it was already cleared."""
+    async with conn.transaction(), conn.cursor() as cur:
+        await cur.execute(
+            "UPDATE alerts SET cleared_at = coalesce(%s, now()), cleared_by = %s, state = 'cleared',"
+            " updated_at = now() WHERE id = %s AND cleared_at IS NULL RETURNING id", (at, who, alert_id))
+        return await cur.fetchone() is not None
+
+
+async def comment(conn: psycopg.AsyncConnection, alert_id: str, author: str, text: str) -> None:
+    async with conn.transaction(), conn.cursor() as cur:
+        await cur.execute("INSERT INTO alert_comments (alert_id, author, comment) VALUES (%s, %s, %s)",
+                          (alert_id, author, text))
+
+
+async def log_event(conn: psycopg.AsyncConnection, alert: Alert, event: str, detail: dict, actor: str = "system"):
+    """An event with no row change behind it (e.g. a notification's outcome)."""
+    async with conn.transaction(), conn.cursor() as cur:
+        await cur.execute("INSERT INTO alert_events (alert_id, asset, kind, event, actor, detail)"
+                          " VALUES (%s, %s, %s, %s, %s, %s)",
+                          (alert.id or None, alert.asset, alert.kind, event, actor, _jsonb(detail)))
+
+
+async def open_alerts(conn: psycopg.AsyncConnection) -> list[tuple[Alert, int, datetime, int]]:
+    """Open alerts for `AlertManager.load` after a restart."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute("SELECT * FROM alerts WHERE cleared_at IS NULL")
+        rows = await cur.fetchall()
+    return [(row_to_alert(r), r["occurrences"], r["last_seen"], r["escalation_level"]) for r in rows]
+
+
+def row_to_alert(r: dict) -> Alert:
+    return Alert(r["id"], r["asset"], r["tag"], r["kind"], r["severity"], r["raised_at"], r["message"],
+                 r["acknowledged_at"], r["acknowledged_by"], r["cleared_at"], r["evidence"] or {})
+
+
+async def get_alert(conn: psycopg.AsyncConnection, alert_id: str) -> dict | None:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute("SELECT * FROM alerts WHERE id = %s", (alert_id,))
+        return await cur.fetchone()
+
+
+async def add_window(conn: psycopg.AsyncConnection, w: Window, created_by: str = "") -> int:
+    async with conn.transaction(), conn.cursor() as cur:
+        await cur.execute("INSERT INTO maintenance_windows (asset, tag, starts_at, ends_at, reason, created_by)"
+                          " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                          (w.asset, w.tag, w.start, w.end, w.reason, created_by))
+        return (await cur.fetchone())[0]
+
+
+async def windows(conn: psycopg.AsyncConnection, after: datetime) -> list[Window]:
+    """Maintenance windows that end after ``after`` (current and planned)."""
+    async with conn.cursor() as cur:
+        await cur.execute("SELECT asset, starts_at, ends_at, reason, tag FROM maintenance_windows"
+                          " WHERE ends_at > %s ORDER BY starts_at", (after,))
+        return [Window(a, s, e, r, t) for a, s, e, r, t in await cur.fetchall()]

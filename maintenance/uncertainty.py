@@ -1,0 +1,29 @@
+"""The one place where maintenance/ reaches ``models/`` for conformal uncertainty.
+
+maintenance/ never computes a conformal quantity itself: p-values of anomaly scores and the
+quantiles behind RUL intervals come from ``models.conformal``. This adapter keeps the names
+maintenance uses stable while the models API evolves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from models import conformal
+
+
+def p_values(calibration: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Conformal p-values of ``scores`` (larger = more anomalous) against healthy calibration scores."""
+    return np.asarray(conformal.p_values(calibration, scores), dtype=float)
+
+
+def p_values_many(calibrations: Sequence[np.ndarray], scores: np.ndarray) -> np.ndarray:
+    """One score per asset, each against its own calibration scores."""
+    return np.asarray(conformal.p_values_many(calibrations, scores), dtype=float)
+
+
+def quantile(scores: np.ndarray, alpha: float) -> float:
+    """The conformal (finite-sample corrected) 1 - alpha quantile of calibration scores."""
+    return float(conformal.quantile(scores, alpha))

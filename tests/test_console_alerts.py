@@ -1,0 +1,167 @@
+"""The alert board API against the real test database: list with filters and pagination, roles
+(a viewer cannot acknowledge; an engineer can), the audit entry of each change, concurrent acknowledge,
+history, and the server-sent-event stream delivering a new alert."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from console_support import (
+    PASSWORD,
+    ConsoleServer,
+    fresh_database,
+    insert_alert,
+    insert_alerts,
+    make_alert,
+    seed_plant,
+    seed_users,
+)
+
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+
+
+@pytest.fixture(scope="module")
+def server(pg_admin_dsn):
+    with fresh_database(pg_admin_dsn) as dsn:
+        seed_users(dsn)
+        seed_plant(dsn, hours=2, step_s=60)
+        insert_alerts(dsn, [make_alert(f"A{i:03d}", asset=["P-101", "F-201", "B-301"][i % 3],
+                                       severity=["info", "warning", "critical"][i % 3],
+                                       raised_at=T0 + timedelta(seconds=i), message=f"alert number {i}",
+                                       evidence={"tag": "P-101.vib_rms", "value": 7.1 + i}) for i in range(30)])
+        with ConsoleServer(dsn) as srv:
+            srv.dsn = dsn
+            yield srv
+
+
+def test_list_newest_first_with_filters_and_counts(server):
+    with server.client("viewer") as c:
+        page = c.get("/api/alerts", params={"limit": 10}).json()
+        assert [a["id"] for a in page["items"]] == [f"A{i:03d}" for i in range(29, 19, -1)]
+        assert page["items"][0]["state"] == "raised" and page["items"][0]["site"] in ("KIP-North", "KIP-South")
+        crit = c.get("/api/alerts", params={"severity": "critical", "limit": 100}).json()
+        assert {a["severity"] for a in crit["items"]} == {"critical"} and len(crit["items"]) == 10
+        south = c.get("/api/alerts", params={"site": "KIP-South"}).json()["items"]
+        assert {a["asset"] for a in south} == {"B-301"}
+        two = c.get("/api/alerts", params=[("asset", "P-101"), ("asset", "F-201")]).json()["items"]
+        assert len(two) == 20
+        assert sum(x["n"] for x in page["counts"]) >= 30
+        bad = c.get("/api/alerts", params={"state": "sleeping"})
+        assert bad.status_code == 422 and "state" in bad.json()["detail"]
+
+
+def test_pagination_walks_every_alert_once(server):
+    seen, cursor = [], None
+    with server.client("viewer") as c:
+        while True:
+            page = c.get("/api/alerts", params={"limit": 7, **({"cursor": cursor} if cursor else {})}).json()
+            seen += [a["id"] for a in page["items"]]
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+    assert len(seen) == len(set(seen)) >= 30
+
+
+def test_viewer_cannot_acknowledge_and_nothing_changes(server):
+    with server.client("viewer") as c:
+        r = c.post("/api/alerts/A001/ack", json={"comment": "seen"})
+        assert r.status_code == 403 and "engineer" in r.json()["detail"]
+        assert c.get("/api/alerts/A001").json()["acknowledged_at"] is None
+    with server.client("maintenance") as c:
+        assert c.post("/api/alerts/A001/ack", json={"comment": "x"}).status_code == 403
+
+
+def test_engineer_acknowledges_with_comment_and_it_is_audited(server):
+    with server.client("engineer") as c:
+        r = c.post("/api/alerts/A002/ack", json={"comment": "bearing greased, watching"})
+        assert r.status_code == 200, r.text
+        a = c.get("/api/alerts/A002").json()
+        assert a["state"] == "acknowledged" and a["acknowledged_by"] == "engineer"
+        again = c.post("/api/alerts/A002/ack", json={"comment": "again"})
+        assert again.status_code == 409 and "acknowledged by engineer" in again.json()["detail"]
+        assert c.post("/api/alerts/A002/clear", json={"comment": "back to normal"}).status_code == 200
+        assert c.post("/api/alerts/A002/comment", json={"comment": "root cause: misalignment"}).status_code == 200
+        a = c.get("/api/alerts/A002").json()
+        assert a["state"] == "cleared"
+        assert [(h["action"], h["actor"]) for h in a["history"]] == [
+            ("raised", "system"), ("acknowledged", "engineer"), ("cleared", "engineer"), ("comment", "engineer"),
+            ("comment", "engineer")]
+        assert a["history"][1]["comment"] == "bearing greased, watching"
+        assert [h["comment"] for h in a["history"][3:]] == ["back to normal", "root cause: misalignment"]
+        assert (a["ack_comment"], a["cleared_by"]) == ("bearing greased, watching", "engineer")
+        audit = c.get("/api/audit", params={"target_kind": "alert", "target_id": "A002"}).json()["items"]
+    assert [(x["action"], x["actor"]) for x in audit] == [
+        ("alert.comment", "engineer"), ("alert.clear", "engineer"), ("alert.ack", "engineer")]
+    assert all(x["client"] == "127.0.0.1" and x["time"] for x in audit)
+
+
+def test_two_engineers_acknowledging_at_once_give_one_acknowledgement(server):
+    with server.client("engineer") as a, server.client("admin") as b, ThreadPoolExecutor(2) as pool:
+        f1 = pool.submit(a.post, "/api/alerts/A003/ack", json={"comment": "mine"})
+        f2 = pool.submit(b.post, "/api/alerts/A003/ack", json={"comment": "mine too"})
+        codes = sorted([f1.result().status_code, f2.result().status_code])
+    assert codes == [200, 409]
+
+
+def test_maintenance_reviews_an_alert_and_an_engineer_cannot(server):
+    with server.client("engineer") as c:
+        assert c.post("/api/alerts/A004/review", json={"verdict": "wrong"}).status_code == 403
+    with server.client("maintenance") as c:
+        r = c.post("/api/alerts/A004/review", json={"verdict": "wrong", "comment": "sensor cable loose"})
+        assert r.status_code == 200, r.text
+        a = c.get("/api/alerts/A004").json()
+        assert [(x["verdict"], x["reviewer"]) for x in a["reviews"]] == [("wrong", "maintenance")]
+        audit = c.get("/api/audit", params={"target_id": "A004", "action": "alert.review"}).json()["items"]
+    assert audit[0]["detail"] == {"verdict": "wrong", "comment": "sensor cable loose"}
+
+
+def test_unknown_alert_is_404(server):
+    with server.client("engineer") as c:
+        assert c.get("/api/alerts/nope").status_code == 404
+        assert c.post("/api/alerts/nope/ack", json={"comment": ""}).status_code == 404
+
+
+def _read_events(client: httpx.Client, out: list, ready: threading.Event):
+    try:
+        with client.stream("GET", "/api/alerts/stream") as r:
+            event = None
+            for line in r.iter_lines():
+                if line.startswith(": connected"):
+                    ready.set()
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event == "alert":
+                    out.append((time.monotonic(), json.loads(line[6:])))
+    except httpx.HTTPError:
+        pass  # closed by the test
+
+
+def test_stream_delivers_a_new_alert_and_its_acknowledgement(server):
+    reader = httpx.Client(base_url=server.url, timeout=None)
+    reader.post("/api/auth/login", json={"username": "viewer", "password": PASSWORD}).raise_for_status()
+    got: list = []
+    ready = threading.Event()
+    t = threading.Thread(target=_read_events, args=(reader, got, ready), daemon=True)
+    t.start()
+    assert ready.wait(10)
+    t_raise = time.monotonic()
+    insert_alert(server.dsn, "LIVE-1", asset="F-201", severity="critical", message="fan vibration zone D")
+    deadline = time.monotonic() + 10
+    while not any(a["id"] == "LIVE-1" for _, a in got) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    arrived = next(ts for ts, a in got if a["id"] == "LIVE-1")
+    with server.client("engineer") as e:
+        e.post("/api/alerts/LIVE-1/ack", json={"comment": "on it"}).raise_for_status()
+    while not any(a["id"] == "LIVE-1" and a["state"] == "acknowledged" for _, a in got) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    reader.close()
+    row = next(a for _, a in got if a["id"] == "LIVE-1")
+    assert row["severity"] == "critical" and row["site"] == "KIP-North"
+    assert any(a["state"] == "acknowledged" for _, a in got if a["id"] == "LIVE-1")
+    assert arrived - t_raise < 5.0

@@ -1,0 +1,265 @@
+"""Console REST API against the real test database: log-in, sessions, CSRF, API tokens, roles, audit log,
+assets and tags, readings over ranges with server-side downsampling, problem documents, gateway health."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from console_support import PASSWORD, ConsoleServer, free_port, fresh_database, seed_plant, seed_users
+
+END = datetime.now(UTC).replace(second=0, microsecond=0)
+
+
+@pytest.fixture(scope="module")
+def server(pg_admin_dsn):
+    with fresh_database(pg_admin_dsn) as dsn:
+        seed_users(dsn)
+        seed_plant(dsn, hours=72, step_s=10, end=END)
+        with ConsoleServer(dsn, login_failures_max=3, login_window_s=60) as srv:
+            srv.dsn = dsn
+            yield srv
+
+
+def test_openapi_document_lists_the_api(server):
+    with server.client() as c:
+        doc = c.get("/api/openapi.json").json()
+    assert doc["openapi"].startswith("3.")
+    for path in ("/api/alerts", "/api/alerts/{alert_id}/ack", "/api/tags/{name}/readings", "/api/assets",
+                 "/api/emissions/{stack}/live", "/api/gateways", "/api/audit", "/api/auth/login"):
+        assert path in doc["paths"], path
+
+
+def test_unauthenticated_requests_get_problem_documents(server):
+    with server.client() as c:
+        r = c.get("/api/assets")
+        assert r.status_code == 401
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.json()["status"] == 401 and "log in" in r.json()["detail"]
+        page = c.get("/alerts", follow_redirects=False)
+        assert page.status_code == 303 and page.headers["location"].startswith("/login?next=")
+
+
+def test_login_sets_a_hardened_cookie_and_wrong_password_is_refused(server):
+    with server.client() as c:
+        r = c.post("/api/auth/login", json={"username": "viewer", "password": PASSWORD})
+        assert r.status_code == 200
+        cookie = r.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=lax" in cookie and "path=/" in cookie
+        assert "secure" not in cookie  # plain HTTP on loopback: cookie_secure = auto
+        assert r.json()["role"] == "viewer" and r.json()["csrf_token"]
+        assert c.get("/api/auth/me").json()["name"] == "viewer"
+    with server.client() as c:
+        r = c.post("/api/auth/login", json={"username": "viewer", "password": "wrong-password"})
+        assert r.status_code == 401 and r.headers["content-type"] == "application/problem+json"
+
+
+def test_cookie_is_secure_behind_a_tls_proxy(server):
+    with server.client() as c:
+        r = c.post("/api/auth/login", json={"username": "viewer", "password": PASSWORD},
+                   headers={"X-Forwarded-Proto": "https"})
+        cookie = r.headers["set-cookie"]
+        assert cookie.startswith("__Host-valvoja_session=") and "Secure" in cookie
+
+
+def test_login_is_rate_limited_per_user_name(server):
+    with server.client() as c:
+        codes = [c.post("/api/auth/login", json={"username": "engineer", "password": f"wrong-{i}"}).status_code
+                 for i in range(4)]
+        assert codes == [401, 401, 401, 429]
+        r = c.post("/api/auth/login", json={"username": "engineer", "password": PASSWORD})
+        assert r.status_code == 429, "even the right password waits until the window has passed"
+        assert int(r.headers["retry-after"]) >= 1
+    import psycopg
+
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM console_login_failures")
+
+
+def test_html_login_form_needs_its_csrf_token_and_redirects(server):
+    with server.client() as c:
+        form = c.get("/login?next=/assets")
+        assert form.status_code == 200 and 'name="csrf_token"' in form.text
+        token = form.text.split('name="csrf_token" value="')[1].split('"')[0]
+        bad = c.post("/login", data={"username": "viewer", "password": PASSWORD, "csrf_token": "forged",
+                                     "next": "/assets"})
+        assert bad.status_code == 403
+        form = c.get("/login?next=/assets")
+        token = form.text.split('name="csrf_token" value="')[1].split('"')[0]
+        ok = c.post("/login", data={"username": "viewer", "password": PASSWORD, "csrf_token": token,
+                                    "next": "//evil.example/"}, follow_redirects=False)
+        assert ok.status_code == 303 and ok.headers["location"] == "/", "no open redirect"
+        assert c.get("/assets").status_code == 200
+
+
+def test_logout_form_ends_the_session_and_is_audited(server):
+    with server.client("maintenance") as c:
+        page = c.get("/alerts")
+        token = page.text.split('name="csrf_token" value="')[1].split('"')[0]
+        del c.headers["X-CSRF-Token"]  # a plain HTML form: the token comes in the form body only
+        assert c.post("/logout", data={"csrf_token": "forged"}).status_code == 403
+        r = c.post("/logout", data={"csrf_token": token}, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"].startswith("/login")
+        assert c.get("/api/auth/me").status_code == 401
+    with server.client("admin") as a:
+        actions = [x["action"] for x in a.get("/api/audit", params={"actor": "maintenance"}).json()["items"]]
+    assert actions[:2] == ["logout", "login"]
+
+
+def test_unsafe_request_without_csrf_token_is_refused(server):
+    with server.client("admin") as c:
+        del c.headers["X-CSRF-Token"]
+        r = c.post("/api/tokens", json={"name": "x", "role": "viewer"})
+        assert r.status_code == 403 and "CSRF" in r.json()["detail"]
+
+
+def test_api_token_authenticates_machines_and_is_stored_hashed(server):
+    import psycopg
+
+    with server.client("admin") as c:
+        r = c.post("/api/tokens", json={"name": "historian", "role": "viewer"})
+        assert r.status_code == 201
+        token, token_id = r.json()["token"], r.json()["id"]
+    with psycopg.connect(server.dsn) as conn:
+        stored = conn.execute("SELECT token_hash, prefix FROM console_api_tokens WHERE id = %s", (token_id,)).fetchone()
+    assert token.encode() not in bytes(stored[0]) and len(bytes(stored[0])) == 32
+    with server.client() as m:
+        m.headers["Authorization"] = f"Bearer {token}"
+        assert m.get("/api/assets").status_code == 200
+        assert m.get("/api/auth/me").json() == {"name": "token:historian", "kind": "token", "role": "viewer",
+                                                "permissions": ["read"], "csrf_token": None}
+        assert m.post("/api/tokens", json={"name": "y"}).status_code == 403, "a viewer token cannot administer"
+    with server.client("admin") as c:
+        assert c.delete(f"/api/tokens/{token_id}").status_code == 204
+    with server.client() as m:
+        m.headers["Authorization"] = f"Bearer {token}"
+        assert m.get("/api/assets").status_code == 401
+
+
+def test_admin_manages_users_and_every_change_is_audited(server):
+    with server.client("admin") as c:
+        weak = c.post("/api/users", json={"username": "kalle", "password": "short", "role": "viewer"})
+        assert weak.status_code == 422 and "10 characters" in weak.json()["detail"]
+        r = c.post("/api/users", json={"username": "kalle", "password": "long-enough-pw", "role": "viewer"})
+        assert r.status_code == 201 and "password_hash" not in r.json()
+        assert c.post("/api/users", json={"username": "kalle", "password": "long-enough-pw",
+                                          "role": "viewer"}).status_code == 409
+        r = c.patch("/api/users/kalle", json={"role": "engineer"})
+        assert r.json()["role"] == "engineer"
+        audit = c.get("/api/audit", params={"target_kind": "user", "target_id": "kalle"}).json()["items"]
+    actions = [(a["action"], a["actor"]) for a in audit]
+    assert ("user.change", "admin") in actions and ("user.create", "admin") in actions
+    change = next(a for a in audit if a["action"] == "user.change")
+    assert change["detail"] == {"before": {"role": "viewer"}, "after": {"role": "engineer"}}
+    with server.client("viewer") as v:
+        assert v.get("/api/users").status_code == 403
+        assert v.post("/api/users", json={"username": "x", "password": "long-enough-pw",
+                                          "role": "admin"}).status_code == 403
+
+
+def test_assets_and_tags_with_calibration_in_force(server):
+    with server.client("viewer") as c:
+        assets = c.get("/api/assets").json()["items"]
+        assert {a["name"] for a in assets} == {"P-101", "F-201", "B-301"}
+        assert c.get("/api/assets", params={"site": "KIP-South"}).json()["items"][0]["name"] == "B-301"
+        first = c.get("/api/assets", params={"limit": 2}).json()
+        second = c.get("/api/assets", params={"limit": 2, "cursor": first["next_cursor"]}).json()
+        assert len(first["items"]) == 2 and len(second["items"]) == 1 and second["next_cursor"] is None
+        p101 = c.get("/api/assets/P-101").json()
+        assert [t["name"] for t in p101["tags"]] == ["P-101.bearing_temp", "P-101.vib_rms"]
+        assert p101["tags"][0]["calibration"]["certificate"].startswith("CAL-")
+        assert c.get("/api/assets/nope").status_code == 404
+
+
+def test_short_range_returns_raw_readings(server):
+    with server.client("viewer") as c:
+        r = c.get("/api/tags/P-101.vib_rms/readings",
+                  params={"to": END.isoformat(), "last": "PT30M"}).json()
+    assert r["source"] == "readings" and r["bucket_s"] == 0
+    assert len(r["t"]) == 180 and len(r["v"]) == 180 and set(r["q"]) == {0}
+
+
+def test_long_ranges_are_downsampled_from_rollups(server):
+    with server.client("viewer") as c:
+        day = c.get("/api/tags/P-101.vib_rms/readings",
+                    params={"to": END.isoformat(), "last": "P1D", "points": 200}).json()
+        assert day["source"] == "readings_1m" and day["bucket_s"] == 600
+        assert 140 <= len(day["t"]) <= 145
+        assert sum(day["n"]) == 8640, "every raw reading is counted once across the buckets"
+        assert all(lo <= a <= hi for lo, a, hi in zip(day["min"], day["avg"], day["max"], strict=True))
+        three = c.get("/api/tags/P-101.vib_rms/readings",
+                      params={"to": END.isoformat(), "last": "P3D", "points": 50}).json()
+        assert three["source"] == "readings_1h" and three["bucket_s"] == 7200 and sum(three["n"]) == 72 * 360
+        mid = c.get("/api/tags/P-101.vib_rms/readings",
+                    params={"to": END.isoformat(), "last": "PT6H", "points": 1000}).json()
+        assert mid["source"] == "readings" and mid["bucket_s"] == 30, "6 h in 1000 points: raw, 30 s buckets"
+
+
+def test_range_after_the_newest_rollup_is_read_from_raw_rows(server):
+    import psycopg
+
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        tag = conn.execute("SELECT id FROM tags WHERE name = 'F-201.vib_rms'").fetchone()[0]
+        conn.execute("DELETE FROM readings_1m WHERE tag_id = %s AND bucket >= %s", (tag, END - timedelta(hours=2)))
+    with server.client("viewer") as c:
+        r = c.get("/api/tags/F-201.vib_rms/readings",
+                  params={"to": END.isoformat(), "last": "P1D", "points": 200}).json()
+    assert sum(r["n"]) == 8640, "buckets past the rollups' end come from raw readings"
+
+
+@pytest.mark.parametrize(("params", "needle"), [
+    ({"from": "2024-05-01T00:00:00"}, "no UTC offset"),
+    ({"from": "yesterday"}, "not an ISO-8601 date-time"),
+    ({"last": "1 week"}, "not an ISO-8601 duration"),
+    ({"last": "P1M"}, "not an ISO-8601 duration"),
+    ({"from": "2024-05-02T00:00Z", "to": "2024-05-01T00:00Z"}, "must be before"),
+    ({"points": 3}, "greater than or equal to 10"),
+    ({"resolution": "5m"}, "resolution"),
+])
+def test_bad_time_ranges_are_explained(server, params, needle):
+    with server.client("viewer") as c:
+        r = c.get("/api/tags/P-101.vib_rms/readings", params=params)
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+    assert needle in r.json()["detail"], r.json()
+
+
+def test_unknown_tag_and_bad_cursor(server):
+    with server.client("viewer") as c:
+        assert c.get("/api/tags/nope/readings").status_code == 404
+        r = c.get("/api/assets", params={"cursor": "garbage!"})
+        assert r.status_code == 422 and "cursor" in r.json()["detail"]
+
+
+def test_gateway_page_reads_a_real_gateway_health_endpoint(pg_admin_dsn):
+    from edge.http import HealthServer
+
+    port = free_port()
+    state = {"spool": {"readings": 1234, "bytes": 56789}, "collectors": {"mqtt-1": {"connected": True}},
+             "database": {"connected": False, "last_error": "connection refused"}}
+    ready = threading.Event()
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    async def run_health():
+        hs = HealthServer("127.0.0.1", port, health=lambda: (False, state), metrics=lambda: b"")
+        await hs.start()
+        ready.set()
+        await stop.wait()
+        await hs.close()
+
+    t = threading.Thread(target=lambda: loop.run_until_complete(run_health()), daemon=True)
+    t.start()
+    ready.wait(10)
+    gateways = [{"name": "gw-1", "health_url": f"http://127.0.0.1:{port}/healthz"},
+                {"name": "gw-down", "health_url": f"http://127.0.0.1:{free_port()}/healthz", "timeout_s": 1}]
+    with fresh_database(pg_admin_dsn) as dsn:
+        seed_users(dsn)
+        with ConsoleServer(dsn, gateways=gateways) as srv, srv.client("viewer") as c:
+            items = {g["name"]: g for g in c.get("/api/gateways").json()["items"]}
+    loop.call_soon_threadsafe(stop.set)
+    t.join(10)
+    assert items["gw-1"]["reachable"] and not items["gw-1"]["healthy"] and items["gw-1"]["http_status"] == 503
+    assert items["gw-1"]["health"]["spool"]["readings"] == 1234
+    assert items["gw-down"]["reachable"] is False and "Connect" in items["gw-down"]["error"]

@@ -1,0 +1,187 @@
+"""The console in real headless Chromium (Debian's ``chromium``, driven by Playwright): log in, see a new
+alert appear live without reload, acknowledge it, open an asset page and find the prediction band drawn,
+open the emissions, models, gateways and admin pages. Screenshots go to test-artifacts/screenshots/."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from console_support import (
+    PASSWORD,
+    ConsoleServer,
+    fresh_database,
+    insert_alert,
+    insert_alerts,
+    make_alert,
+    seed_emissions,
+    seed_plant,
+    seed_predictions,
+    seed_users,
+)
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+
+@pytest.fixture(scope="module")
+def server(pg_admin_dsn):
+    with fresh_database(pg_admin_dsn) as dsn:
+        seed_users(dsn)
+        seed_plant(dsn, hours=48, step_s=30)
+        insert_alerts(dsn, [make_alert(f"OLD-{i}", asset="F-201", message=f"earlier alert {i}") for i in range(5)])
+        seed_predictions(dsn, asset="P-101", hours=48)
+        seed_emissions(dsn, days=3)
+        with ConsoleServer(dsn) as srv:
+            srv.dsn = dsn
+            yield srv
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        why = f"Debian's chromium is not installed at {CHROMIUM} (scripts/setup.sh installs it)"
+        if os.environ.get("VALVOJA_TEST_REQUIRE_SERVERS") == "1":
+            pytest.fail(why, pytrace=False)
+        pytest.skip(why)
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def login(browser, server, user: str):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server.url + "/alerts")
+    assert "/login" in page.url
+    page.fill("#username", user)
+    page.fill("#password", PASSWORD)
+    page.click("#login")
+    page.wait_for_url(server.url + "/alerts")
+    page.errors = errors
+    return page
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def test_login_page_and_wrong_password(browser, server):
+    page = browser.new_page()
+    page.goto(server.url + "/")
+    page.fill("#username", "viewer")
+    page.fill("#password", "not-the-password")
+    page.click("#login")
+    assert "wrong user name or password" in page.inner_text(".error")
+    shot(page, "login")
+    page.close()
+
+
+def test_new_alert_appears_live_and_is_acknowledged(browser, server):
+    page = login(browser, server, "engineer")
+    page.wait_for_selector("#live-dot.on")
+    page.wait_for_selector('tr[data-id="OLD-0"]')
+    insert_alert(server.dsn, "LIVE-BROWSER", asset="P-101", severity="critical", tag="P-101.vib_rms",
+                 message="vibration velocity 7.9 mm/s: ISO 20816-3 zone D", evidence={"zone": "D", "rms": 7.9})
+    t0 = time.monotonic()
+    page.wait_for_selector('tr[data-id="LIVE-BROWSER"][data-state="raised"]', timeout=5000)
+    seen_after = time.monotonic() - t0
+    assert seen_after < 2.0, f"alert took {seen_after:.2f} s to appear"
+    shot(page, "alert-board-live")
+    row = page.locator('tr[data-id="LIVE-BROWSER"]')
+    row.locator(".ack-comment").fill("bearing temperature checked, planning replacement")
+    row.locator("button.ack").click()
+    page.wait_for_selector('tr[data-id="LIVE-BROWSER"][data-state="acknowledged"]', timeout=5000)
+    assert "engineer" in page.locator('tr[data-id="LIVE-BROWSER"]').inner_text()
+    shot(page, "alert-board-acknowledged")
+    with psycopg.connect(server.dsn) as conn:
+        who, comment = conn.execute("SELECT actor, detail->>'comment' FROM console_audit WHERE action = 'alert.ack' "
+                                    "AND target_id = 'LIVE-BROWSER'").fetchone()
+    assert (who, comment) == ("engineer", "bearing temperature checked, planning replacement")
+    assert page.errors == []
+    page.context.close()
+
+
+def test_viewer_sees_no_acknowledge_button(browser, server):
+    page = login(browser, server, "viewer")
+    page.wait_for_selector('tr[data-id="OLD-1"]')
+    assert page.locator("button.ack").count() == 0
+    page.context.close()
+
+
+def test_asset_page_draws_prediction_band_and_review(browser, server):
+    page = login(browser, server, "maintenance")
+    page.goto(server.url + "/assets/P-101")
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    band = page.locator("#pred-band-regression")
+    assert band.count() >= 1
+    assert len(band.first.get_attribute("points").split()) > 50, "an interval band with many vertices"
+    assert page.locator("#pred-band-rul").count() >= 1
+    assert page.locator(".trend[data-tag='P-101.vib_rms'] polyline.line").count() >= 1
+    assert page.locator(".prediction[data-kind='anomaly'] line.threshold").count() == 1, "alpha drawn"
+    assert "α 0.25" in page.inner_text("#anomaly")
+    assert page.locator("#derived tr").count() == 2, "kurtosis indicator listed (header + one row)"
+    assert page.inner_text("#iso-zone .badge") == "C"
+    assert "[" in page.inner_text("#rul")
+    first = page.locator("tr[data-prediction]").first
+    first.locator(".review-comment").fill("matches the inspection")
+    first.locator("button.review-right").click()
+    first.locator("td.review .badge").wait_for()
+    assert first.locator("td.review .badge").inner_text() == "right"
+    page.click("button[data-range='7d']")
+    page.wait_for_selector("button[data-range='7d'].active")
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    assert page.locator(".trend[data-tag='P-101.vib_rms'] .src").inner_text().startswith("readings_1m")
+    shot(page, "asset-page")
+    assert page.errors == []
+    page.context.close()
+
+
+def test_emissions_page(browser, server):
+    page = login(browser, server, "viewer")
+    page.goto(server.url + "/emissions")
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    assert page.locator("#live .pollutant").count() == 6
+    assert page.locator("#live .pollutant[data-pollutant='NOx'] tr[data-period='half_hour']").count() == 1
+    assert page.locator("#calendar .valid, #calendar .invalid, #calendar .exceed").count() >= 2
+    shot(page, "emissions")
+    assert page.errors == []
+    page.context.close()
+
+
+def test_models_gateways_admin_pages(browser, server):
+    page = login(browser, server, "admin")
+    for path, name, ready in (("/models", "models", "h1"), ("/gateways", "gateways", "h1"),
+                              ("/admin", "admin", "table"), ("/assets", "assets", ".asset-link")):
+        page.goto(server.url + path)
+        page.wait_for_selector(ready)
+        page.wait_for_timeout(300)
+        shot(page, name)
+    assert page.errors == []
+    page.context.close()
+
+
+def test_no_resource_is_loaded_from_another_origin(browser, server):
+    page = login(browser, server, "admin")
+    origins: set[str] = set()
+    page.on("request", lambda r: origins.add(r.url.split("/")[2]))
+    for path in ("/alerts", "/assets/P-101", "/emissions", "/models", "/gateways", "/admin"):
+        page.goto(server.url + path)
+        page.wait_for_load_state("load")
+        page.wait_for_timeout(700)
+    assert origins == {f"127.0.0.1:{server.port}"}
+    page.context.close()
+

@@ -1,0 +1,63 @@
+"""``valvoja console`` commands against the real test database: add a user and an API token from the
+command line, then use both against a running console; bad configuration is reported by key."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from console_support import ConsoleServer, fresh_database
+from psycopg.conninfo import conninfo_to_dict
+
+
+def _config(tmp_path, dsn: str) -> str:
+    p = conninfo_to_dict(dsn)
+    path = tmp_path / "console.toml"
+    path.write_text(f'[console]\nlisten = "127.0.0.1:0"\n[database]\n'
+                    f'url = "postgresql://{p.get("user", "postgres")}@{p.get("host", "127.0.0.1")}:'
+                    f'{p.get("port", 5432)}/{p["dbname"]}"\n')
+    return str(path)
+
+
+def _valvoja(*args: str, env: dict | None = None, dsn: str | None = None) -> subprocess.CompletedProcess:
+    e = dict(os.environ, **(env or {}))
+    if dsn and conninfo_to_dict(dsn).get("password"):
+        e["PGPASSWORD"] = conninfo_to_dict(dsn)["password"]
+    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True, env=e,
+                          timeout=60, stdin=subprocess.DEVNULL)
+
+
+def test_user_and_token_from_the_command_line(pg_admin_dsn, tmp_path):
+    with fresh_database(pg_admin_dsn) as dsn:
+        cfg = _config(tmp_path, dsn)
+        r = _valvoja("console", "user", "add", "liisa", "--role", "maintenance", "-c", cfg,
+                     env={"VALVOJA_PASSWORD": "liisa-password-1"}, dsn=dsn)
+        assert r.returncode == 0, r.stderr
+        weak = _valvoja("console", "user", "add", "pekka", "--role", "viewer", "-c", cfg,
+                        env={"VALVOJA_PASSWORD": "short"}, dsn=dsn)
+        assert weak.returncode == 1 and "at least 10 characters" in weak.stderr
+        r = _valvoja("console", "token", "add", "historian", "--role", "viewer", "-c", cfg, dsn=dsn)
+        assert r.returncode == 0, r.stderr
+        token = r.stdout.strip()
+        listed = _valvoja("console", "user", "list", "-c", cfg, dsn=dsn)
+        assert "liisa" in listed.stdout and "maintenance" in listed.stdout
+        with ConsoleServer(dsn) as srv, srv.client(username="liisa", password="liisa-password-1") as c:
+            me = c.get("/api/auth/me").json()
+            assert (me["name"], me["role"]) == ("liisa", "maintenance")
+            audit = c.get("/api/audit", params={"action": "user.create"}).json()["items"]
+            assert audit[0]["actor"].startswith("cli:") and audit[0]["target_id"] == "liisa"
+            c.headers.pop("X-CSRF-Token")
+            c.cookies.clear()
+            c.headers["Authorization"] = f"Bearer {token}"
+            assert c.get("/api/auth/me").json()["name"] == "token:historian"
+
+
+def test_bad_console_configuration_names_the_key(tmp_path):
+    path = tmp_path / "console.toml"
+    path.write_text('[console]\nlisten = "nowhere"\ncookie_secure = "sometimes"\n[database]\n'
+                    'url = "postgresql://u:secret@h/db"\n')
+    r = _valvoja("console", "serve", "-c", str(path))
+    assert r.returncode == 1
+    for needle in ("console.listen", "console.cookie_secure", "database.url: contains a password"):
+        assert needle in r.stderr, r.stderr

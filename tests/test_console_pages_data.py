@@ -1,0 +1,141 @@
+"""Console API over the analytics tables, against the real test database: emission averages written by
+emissions/ (live values against limits, calendar, events, reports), predictions with intervals and their
+review (a maintenance user can review, a viewer or engineer cannot; each review is audited), the model
+pages, and a clear 503 naming the table when an analytics table is absent."""
+
+from __future__ import annotations
+
+import pytest
+from console_support import (
+    ConsoleServer,
+    fresh_database,
+    seed_emissions,
+    seed_plant,
+    seed_predictions,
+    seed_users,
+)
+
+
+@pytest.fixture(scope="module")
+def server(pg_admin_dsn, tmp_path_factory):
+    reports = tmp_path_factory.mktemp("reports")
+    (reports / "WI1-2025-03-01.html").write_text("<h1>daily report</h1>")
+    with fresh_database(pg_admin_dsn) as dsn:
+        seed_users(dsn)
+        seed_plant(dsn, hours=24, step_s=60)
+        seed_predictions(dsn, asset="P-101", hours=24)
+        seed_emissions(dsn, days=3)
+        with ConsoleServer(dsn, reports_dir=str(reports)) as srv:
+            srv.dsn = dsn
+            yield srv
+
+
+def test_emission_stacks_carry_their_permit_limits(server):
+    with server.client("viewer") as c:
+        stacks = c.get("/api/emissions/stacks").json()["items"]
+    assert [s["stack"] for s in stacks] == ["WI1"]
+    nox = next(p for p in stacks[0]["pollutants"] if p["name"] == "NOx")
+    day = next(r for r in nox["rules"] if r["period"] == "day")
+    assert day["limit"] == 200.0 and stacks[0]["config_sha256"]
+
+
+def test_live_values_against_limits_with_day_projection(server):
+    with server.client("viewer") as c:
+        live = c.get("/api/emissions/WI1/live").json()
+    nox = next(i for i in live["items"] if i["pollutant"] == "NOx")
+    assert nox["reading"]["value"] > 0 and nox["tag"] == "WI1.NOx"
+    hh = nox["averages"]["half_hour"]
+    assert hh["value"] is not None and hh["limits"] and hh["percent_of_limit"] is not None
+    assert nox["averages"]["day"]["running"] is True
+    assert nox["day"]["limit"] == 200.0 and nox["day"]["subs_total"] == 48
+    assert nox["day"]["projection"] is not None and nox["day"]["subs_done"] >= 1
+
+
+def test_calendar_events_averages_and_reports(server):
+    with server.client("viewer") as c:
+        cal = c.get("/api/emissions/WI1/calendar").json()
+        assert len(cal["days"]) >= 28
+        assert {d["status"] for d in cal["days"]} <= {"none", "valid", "invalid", "exceed", "off"}
+        assert any(d["status"] in ("valid", "invalid", "exceed") for d in cal["days"])
+        avgs = c.get("/api/emissions/WI1/averages", params={"pollutant": "SO2", "period": "hour", "last": "P1D",
+                                                            "limit": 10}).json()
+        assert len(avgs["items"]) == 10 and avgs["next_cursor"]
+        more = c.get("/api/emissions/WI1/averages", params={"pollutant": "SO2", "period": "hour", "last": "P1D",
+                                                            "limit": 10, "cursor": avgs["next_cursor"]}).json()
+        assert more["items"][0]["period_start"] > avgs["items"][-1]["period_start"]
+        assert c.get("/api/emissions/WI1/events").status_code == 200
+        assert c.get("/api/emissions/NOPE/live").status_code == 404
+        files = c.get("/api/emissions/reports/files").json()["items"]
+        assert [f["name"] for f in files] == ["WI1-2025-03-01.html"]
+        assert "daily report" in c.get(files[0]["href"]).text
+        assert c.get("/reports/../../etc/passwd").status_code == 404
+
+
+def test_asset_predictions_come_as_series_with_intervals(server):
+    with server.client("viewer") as c:
+        body = c.get("/api/assets/P-101/predictions", params={"last": "P2D"}).json()
+    kinds = {s["kind"]: s for s in body["series"]}
+    assert set(kinds) == {"regression", "anomaly", "rul"}
+    reg = kinds["regression"]
+    assert all(lo < v < hi for lo, v, hi in zip(reg["lower"], reg["value"], reg["upper"], strict=True))
+    assert reg["coverage"] == 0.9 and reg["model_version"]
+    assert kinds["anomaly"]["alpha"] == 0.25 and kinds["anomaly"]["threshold"] is None
+    assert kinds["rul"]["latest"]["lower"] < kinds["rul"]["latest"]["value"] < kinds["rul"]["latest"]["upper"]
+
+
+def test_asset_lists_derived_indicators_and_its_iso_zone(server):
+    with server.client("viewer") as c:
+        a = c.get("/api/assets/P-101").json()
+    assert {d["name"] for d in a["derived"]} == {"P-101.vib_rms.iso_zone", "P-101.vib_rms.kurtosis"}
+    assert [(z["tag"], z["zone"]) for z in a["iso_zones"]] == [("P-101.vib_rms", "C")]
+
+
+def test_maintenance_reviews_a_prediction_and_others_cannot(server):
+    with server.client("viewer") as c:
+        pred = c.get("/api/predictions", params={"asset": "P-101", "kind": "rul", "limit": 1}).json()["items"][0]
+        assert pred["verdict"] is None
+        assert c.post(f"/api/predictions/{pred['id']}/review", json={"verdict": "right"}).status_code == 403
+    with server.client("engineer") as c:
+        assert c.post(f"/api/predictions/{pred['id']}/review", json={"verdict": "right"}).status_code == 403
+    with server.client("maintenance") as c:
+        bad = c.post(f"/api/predictions/{pred['id']}/review", json={"verdict": "maybe"})
+        assert bad.status_code == 422
+        r = c.post(f"/api/predictions/{pred['id']}/review", json={"verdict": "wrong", "comment": "pump was replaced"})
+        assert r.status_code == 200 and r.json()["reviewed_by"] == "maintenance"
+        got = c.get("/api/predictions", params={"asset": "P-101", "kind": "rul", "limit": 1}).json()["items"][0]
+        assert (got["verdict"], got["reviewed_by"]) == ("wrong", "maintenance")
+        unreviewed = c.get("/api/predictions", params={"asset": "P-101", "kind": "rul", "reviewed": False,
+                                                      "limit": 1000}).json()["items"]
+        assert pred["id"] not in [p["id"] for p in unreviewed]
+        audit = c.get("/api/audit", params={"action": "prediction.review"}).json()["items"]
+        assert c.post("/api/predictions/999999/review", json={"verdict": "right"}).status_code == 404
+    assert audit[0]["actor"] == "maintenance" and audit[0]["target_id"] == str(pred["id"])
+    assert audit[0]["detail"]["verdict"] == "wrong" and audit[0]["detail"]["model_id"] == "pump-rul"
+
+
+def test_model_uncertainty_report_from_stored_predictions(server):
+    with server.client("viewer") as c:
+        rep = c.get("/api/models/temp-gbr/uncertainty", params={"last": "P2D", "bucket": "hour"}).json()
+        assert rep["items"] and all(abs(x["mean_width"] - 4.0) < 1e-9 for x in rep["items"])
+        assert all(x["nominal"] == 0.9 for x in rep["items"])
+        assert sum(x["n_truth"] for x in rep["items"]) > 0, "the target tag's readings give the truth"
+        assert c.get("/api/models/nope/uncertainty").status_code == 404
+
+
+def test_missing_analytics_tables_answer_503_naming_them(pg_admin_dsn):
+    import psycopg
+
+    with fresh_database(pg_admin_dsn) as dsn:
+        seed_users(dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:  # as on a database migrated by an older build
+            for table in ("alerts", "predictions", "emission_runs", "model_registry", "models", "model_versions"):
+                conn.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
+        with ConsoleServer(dsn) as srv, srv.client("viewer") as c:
+            for path, table, owner in (("/api/alerts", "alerts", "maintenance"),
+                                       ("/api/predictions", "predictions", "maintenance"),
+                                       ("/api/emissions/stacks", "emission_runs", "emissions"),
+                                       ("/api/models", "model_registry", "models")):
+                r = c.get(path)
+                assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json"
+                assert table in r.json()["detail"] and f"by the {owner} migrations" in r.json()["detail"], r.json()
+            assert c.get("/api/assets").status_code == 200, "the rest of the console works"

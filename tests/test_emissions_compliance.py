@@ -1,0 +1,139 @@
+"""Each compliance criterion just under and just over its threshold; every exceedance kept as an event."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from emissions import averages, compliance
+from emissions.averages import Averages
+from emissions.config import StackConfig
+from emissions.normalise import Primary
+from emissions.synthetic import waste_stack
+
+T0 = int(datetime(2025, 1, 1, tzinfo=UTC).timestamp())
+YEAR_S = 365 * 86400
+
+
+def lcp() -> StackConfig:
+    return StackConfig.model_validate({"name": "K", "regime": "lcp",
+                                       "pollutants": [{"name": "NOx", "tag": "N", "elv": {"month": 100.0}}]})
+
+
+def synthetic(period: str, width: int, validated: np.ndarray) -> Averages:
+    n = len(validated)
+    start = T0 + width * np.arange(n, dtype=np.int64)
+    z = np.zeros(n, dtype=np.int64)
+    return Averages(period, start, start + width, validated, validated, validated, np.zeros(n, np.int8),
+                    z + 1, z + 1, z + 1, z, validated * np.nan, validated * 0)
+
+
+def rule(cfg: StackConfig, name: str):
+    return next(r for r in cfg.compliance if r.name == name)
+
+
+def outcome(cfg, rule_name, pollutant, av):
+    results, events = compliance.evaluate_rule(cfg, rule(cfg, rule_name), pollutant, av, (T0, T0 + YEAR_S))
+    return all(r.passed for r in results), events
+
+
+def run_days(cfg: StackConfig, per_day: list[float]):
+    v = np.repeat(np.asarray(per_day, dtype=float), 1440)
+    r = averages.compute(cfg, Primary(T0, 60, len(v), {"NOx": v}))
+    return compliance.evaluate(cfg, r)
+
+
+def passed(results, name):
+    return all(r.passed for r in results if r.rule == name)
+
+
+@pytest.mark.parametrize(("measured", "ok"), [(120.0, True), (120.5, False)])
+def test_lcp_validated_monthly_average_at_the_elv(measured, ok):
+    # NOx CI = 20 % of 100 = 20: measured 120 validates to exactly the ELV.
+    results, events = run_days(lcp(), [measured, measured])
+    assert passed(results, "lcp_monthly") is ok
+    assert any(e.rule == "lcp_monthly" and e.breach for e in events) is not ok
+
+
+@pytest.mark.parametrize(("measured", "ok"), [(130.0, True), (130.5, False)])
+def test_lcp_validated_daily_average_at_110_percent(measured, ok):
+    results, events = run_days(lcp(), [measured, 70.0])  # month stays under: (110 + 50) / 2
+    assert passed(results, "lcp_monthly")
+    assert passed(results, "lcp_daily_110") is ok
+    daily = [e for e in events if e.rule == "lcp_daily_110"]
+    assert len(daily) == (0 if ok else 1)
+    if daily:
+        assert daily[0].value == pytest.approx(110.5) and daily[0].limit == pytest.approx(110.0)
+        assert daily[0].start == T0 and daily[0].period == "day"
+
+
+@pytest.mark.parametrize(("n_over", "ok"), [(438, True), (439, False)])
+def test_lcp_95_percent_of_hourly_within_200_percent(n_over, ok):
+    v = np.full(8760, 100.0)
+    v[:n_over] = 200.5
+    v[-1] = 200.0  # exactly at the limit is within ("shall not exceed")
+    good, events = outcome(lcp(), "lcp_hourly_95_200", "NOx", synthetic("hour", 3600, v))
+    assert good is ok  # 438 / 8760 = 5.0 %: the boundary passes
+    over = [e for e in events if e.kind == "exceedance"]
+    assert len(over) == n_over and not any(e.breach for e in over)  # kept, tolerated
+    assert any(e.kind == "window" and e.breach for e in events) is not ok
+
+
+@pytest.mark.parametrize(("value", "ok"), [(200.0, True), (200.1, False)])
+def test_waste_daily_average(value, ok):
+    good, events = outcome(waste_stack(), "wi_daily", "NOx", synthetic("day", 86400, np.array([150.0, value])))
+    assert good is ok and len(events) == (0 if ok else 1)
+
+
+@pytest.mark.parametrize(("value", "ok"), [(400.0, True), (400.1, False)])
+def test_waste_half_hourly_column_a(value, ok):
+    v = np.full(48, 100.0)
+    v[7] = value
+    good, events = outcome(waste_stack(), "wi_half_hour_a", "NOx", synthetic("half_hour", 1800, v))
+    assert good is ok and [e.breach for e in events] == ([] if ok else [True])
+
+
+@pytest.mark.parametrize(("rule_name", "pollutant", "period", "width", "n", "limit", "n_over", "ok"), [
+    # 97 % of half-hours in a year within column B: 3 % of 17520 = 525.6
+    ("wi_half_hour_b", "NOx", "half_hour", 1800, 17520, 200.0, 525, True),
+    ("wi_half_hour_b", "NOx", "half_hour", 1800, 17520, 200.0, 526, False),
+    # CO: 97 % of daily averages in a year: 3 % of 365 = 10.95
+    ("wi_co_daily_97", "CO", "day", 86400, 365, 50.0, 10, True),
+    ("wi_co_daily_97", "CO", "day", 86400, 365, 50.0, 11, False),
+    # CO: 95 % of 10-minute averages in a day: 5 % of 144 = 7.2
+    ("wi_co_ten_min_95", "CO", "ten_min", 600, 144, 150.0, 7, True),
+    ("wi_co_ten_min_95", "CO", "ten_min", 600, 144, 150.0, 8, False),
+])
+def test_waste_share_rules(rule_name, pollutant, period, width, n, limit, n_over, ok):
+    v = np.full(n, limit * 0.75)
+    v[:n_over] = limit * 1.01
+    good, events = outcome(waste_stack(), rule_name, pollutant, synthetic(period, width, v))
+    assert good is ok
+    assert len([e for e in events if e.kind == "exceedance" and not e.breach]) == n_over
+    assert len([e for e in events if e.kind == "window"]) == (0 if ok else 1)
+
+
+def test_rule_applies_only_to_its_pollutants():
+    cfg = waste_stack()
+    assert not rule(cfg, "wi_daily").applies_to(cfg.pollutant("CO"))
+    assert rule(cfg, "wi_co_daily_97").applies_to(cfg.pollutant("CO"))
+    assert not rule(cfg, "wi_half_hour_a").applies_to(cfg.pollutant("CO"))  # no half_hour_100 elv for CO
+
+
+@pytest.mark.parametrize(("bad_days", "ok"), [(10, True), (11, False)])
+def test_invalid_days_per_year(bad_days, ok):
+    z = np.zeros(1, dtype=np.int64)
+    year = Averages("year", np.array([T0]), np.array([T0 + YEAR_S]), np.array([50.0]), np.array([40.0]),
+                    np.array([50.0]), np.zeros(1, np.int8), z, z, z, z, z * 1.0, z * 1.0,
+                    sub_valid=z + 365 - bad_days, sub_invalid=z + bad_days)
+    results, events = compliance.invalid_days(lcp(), "NOx", year, (T0, T0 + YEAR_S))
+    assert results[0].passed is ok and len(events) == (0 if ok else 1)
+
+
+def test_year_to_date_window_is_provisional():
+    v = np.full(100, 100.0)
+    results, _ = compliance.evaluate_rule(lcp(), rule(lcp(), "lcp_hourly_95_200"), "NOx",
+                                          synthetic("hour", 3600, v), (T0, T0 + 100 * 3600))
+    assert results[0].provisional and results[0].passed

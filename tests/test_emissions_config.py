@@ -1,0 +1,141 @@
+"""Stack configuration: the sample parses with the code's defaults, regime defaults, clear errors."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from emissions.config import IED_CI_PERCENT, StackConfig, load_stacks
+from emissions.synthetic import lcp_stack, waste_stack
+
+SAMPLE = Path(__file__).resolve().parents[1] / "emissions" / "sample.toml"
+
+
+def test_sample_parses_and_commented_defaults_match_code():
+    stacks = load_stacks(tomllib.loads(SAMPLE.read_text())["stacks"])
+    assert [s.name for s in stacks] == ["K1", "WI1"]
+    k1 = stacks[0]
+    # Every "# key = value" line in the sample documents a default: check the ones of [stacks.regulatory].
+    reg = k1.regulatory
+    assert reg.ci_percent == IED_CI_PERCENT
+    assert (reg.ci_elv, reg.day_from, reg.day_max_invalid, reg.max_invalid_days_per_year) == ("month", "hour", 3, 10)
+    assert reg.o2_max_percent == 20.0 and reg.clamp_validated_at_zero and reg.accept_uncertain
+    assert k1.live.warn_percent == 100.0 and k1.live.recent_s == 600 and k1.live.projection == "recent"
+    q = k1.qal3[0]
+    assert (q.warn_sigma, q.action_sigma, q.cusum_k, q.cusum_h, q.zero_reference) == (2.0, 3.0, 0.5, 4.0, 0.0)
+    assert k1.pollutant("NOx").molar_mass() == 46.01
+    assert k1.ci_value(k1.pollutant("NOx")) == pytest.approx(20.0)  # 20 % of 100
+
+
+def test_regime_defaults():
+    wi = waste_stack()
+    assert wi.regulatory.day_from == "half_hour" and wi.regulatory.day_max_invalid == 5
+    assert wi.regulatory.ci_elv == "day"
+    assert {r.name for r in wi.compliance} >= {"wi_daily", "wi_half_hour_a", "wi_half_hour_b"}
+    lcp = lcp_stack()
+    assert [r.name for r in lcp.compliance] == ["lcp_monthly", "lcp_daily_110", "lcp_hourly_95_200"]
+    assert [r.percent for r in lcp.compliance] == [100.0, 110.0, 200.0]
+
+
+def test_permit_overrides_one_ci_and_keeps_the_rest():
+    cfg = lcp_stack(regulatory={"ci_percent": {"NOx": 15.0}, "day_max_invalid": 2,
+                                "min_valid_share": {"hour": 0.75}})
+    assert cfg.regulatory.ci_percent["NOx"] == 15.0 and cfg.regulatory.ci_percent["SO2"] == 20.0
+    assert cfg.regulatory.day_max_invalid == 2 and cfg.regulatory.day_from == "hour"
+    assert cfg.regulatory.min_valid_share["hour"] == 0.75 and cfg.regulatory.min_valid_share["half_hour"] == 2 / 3
+
+
+def _errors(**kw) -> str:
+    with pytest.raises(ValidationError) as exc:
+        lcp_stack(**kw)
+    return str(exc.value)
+
+
+def test_errors_name_the_key():
+    assert "regime" in _errors(regime="cement")
+    assert "extra" in _errors(colour="red").lower()
+    msg = _errors(pollutants=[{"name": "XYZ", "tag": "a", "unit": "ppm"}])
+    assert "molar_mass_g_mol" in msg
+    msg = _errors(pollutants=[{"name": "NOx", "tag": "a", "elv": {"day": 100.0}}])
+    assert "ci_elv" in msg and "month" in msg
+    assert "timezone" in _errors(timezone="Mars/Olympus")
+    assert "o2" in _errors(o2={})
+
+
+def test_fingerprint_changes_with_permit_numbers():
+    a, b = lcp_stack(), lcp_stack(regulatory={"day_max_invalid": 2})
+    assert a.fingerprint() != b.fingerprint() and a.fingerprint() == lcp_stack().fingerprint()
+
+
+def test_site_loader_validates_stacks(tmp_path):
+    from edge import settings
+    from edge.errors import ConfigError
+
+    text = SAMPLE.read_text().replace('regime = "lcp"', 'regime = "lcpx"', 1)
+    p = tmp_path / "site.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        settings.load(p)
+    assert any("stacks[0] (K1)" in line and "regime" in line for line in exc.value.problems)
+    p.write_text(SAMPLE.read_text())
+    assert len(settings.load(p).stacks) == 2
+
+
+def test_model_is_frozen():
+    cfg = waste_stack()
+    with pytest.raises(ValidationError):
+        cfg.name = "x"
+    assert isinstance(cfg, StackConfig)
+
+
+def _documented_defaults() -> list[tuple[str, str, object]]:
+    """(section, key, value) for every commented-out ``# key = value`` line of the sample's first stack."""
+    section, out = "stacks", []
+    for line in SAMPLE.read_text().split("# A waste incinerator line")[0].splitlines():
+        s = line.strip()
+        if s.startswith("["):
+            section = s.split("#")[0].strip().strip("[]").strip()
+            continue
+        if not s.startswith("# ") or " = " not in s:
+            continue
+        body = s[2:].split("  #")[0].strip()
+        key, _, value = body.partition(" = ")
+        if not key.replace("_", "").replace(".", "").isalnum() or key.startswith(("{", "lcp", "waste")):
+            continue
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            continue
+        out.append((section, key, parsed))
+    return out
+
+
+def test_every_documented_default_is_the_codes_default():
+    """Telegraf lesson: a sample whose commented defaults drift from the code misleads every reader."""
+    k1 = load_stacks(tomllib.loads(SAMPLE.read_text())["stacks"])[0]
+    nox = k1.pollutant("NOx")
+    resolved = {("stacks.pollutants", "molar_mass_g_mol"): nox.molar_mass(),
+                ("stacks.pollutants", "ci_percent"): k1.ci_percent(nox),
+                ("stacks.pollutants", "ci_elv"): k1.ci_elv(nox)}
+    objects = {"stacks": k1, "stacks.h2o": k1.h2o, "stacks.pollutants": nox, "stacks.regulatory": k1.regulatory,
+               "stacks.live": k1.live, "stacks.qal3": k1.qal3[0], "stacks.fuels": k1.fuels[0]}
+    checked = 0
+    for section, key, value in _documented_defaults():
+        if (section, key) in resolved:
+            actual = resolved[(section, key)]
+        else:
+            obj = objects[section]
+            for part in key.split("."):
+                obj = getattr(obj, part)
+            actual = obj
+        if isinstance(value, float) and isinstance(actual, float):
+            assert actual == pytest.approx(value, rel=1e-3), (section, key)
+        elif isinstance(value, dict):
+            assert {k: pytest.approx(v, rel=1e-3) for k, v in value.items()} == dict(actual), (section, key)
+        else:
+            assert actual == value, (section, key)
+        checked += 1
+    assert checked >= 30

@@ -1,0 +1,50 @@
+"""Period boundaries: local calendar days, months and years, and the fixed periods laid inside them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from emissions import periods
+
+HEL = ZoneInfo("Europe/Helsinki")
+
+
+def ts(*a, tz=UTC) -> int:
+    return int(datetime(*a, tzinfo=tz).timestamp())
+
+
+def test_months_and_years_start_at_local_midnight():
+    b = periods.boundaries("month", ts(2025, 1, 15), ts(2025, 4, 2), "Europe/Helsinki")
+    assert [datetime.fromtimestamp(x, HEL).strftime("%Y-%m-%d %H:%M") for x in b] == [
+        "2025-01-01 00:00", "2025-02-01 00:00", "2025-03-01 00:00", "2025-04-01 00:00", "2025-05-01 00:00"]
+    y = periods.boundaries("year", ts(2025, 6, 1), ts(2026, 1, 2), "Europe/Helsinki")
+    assert len(y) == 3 and y[1] == ts(2026, 1, 1, tz=HEL)
+
+
+def test_half_hours_of_a_daylight_saving_day():
+    start, end = periods.parse_day("2025-03-30", "Europe/Helsinki")
+    assert end - start == 23 * 3600
+    b = periods.boundaries("half_hour", start, end, "Europe/Helsinki")
+    assert len(b) - 1 == 46 and b[0] == start and b[-1] == end
+
+
+def test_parse_month_and_year_of():
+    assert periods.parse_month("2025-12", "UTC") == (ts(2025, 12, 1), ts(2026, 1, 1))
+    assert periods.year_of(ts(2025, 7, 1), "UTC") == (ts(2025, 1, 1), ts(2026, 1, 1))
+
+
+@settings(max_examples=100, deadline=None)
+@given(start=st.integers(1_600_000_000, 1_800_000_000), length=st.integers(1, 40 * 86400),
+       period=st.sampled_from(["ten_min", "half_hour", "hour", "day", "month", "year"]),
+       tz=st.sampled_from(["UTC", "Europe/Helsinki", "America/New_York", "Asia/Kolkata"]))
+def test_every_time_falls_in_exactly_one_period(start, length, period, tz):
+    b = periods.boundaries(period, start, start + length, tz)
+    assert b[0] <= start and b[-1] >= start + length and np.all(np.diff(b) > 0)
+    t = np.linspace(start, start + length - 1, 50).astype(np.int64)
+    i = periods.locate(b, t)
+    assert np.all((b[i] <= t) & (t < b[i + 1]))

@@ -1,0 +1,76 @@
+"""QAL3 control charts: in-control data is quiet, drift and precision problems raise their alarms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from emissions import qal3
+from emissions.config import Qal3
+
+
+def cfg(**kw) -> Qal3:
+    return Qal3.model_validate({"analyser": "NOx", "zero_tag": "z", "span_tag": "s", "span_reference": 80.0,
+                                "s_ams": 1.0, **kw})
+
+
+def days(n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.int64) * 86400
+
+
+def test_in_control_checks_raise_no_action_alarm():
+    rng = np.random.default_rng(3)
+    values = 80.0 + 0.5 * rng.standard_normal(60)  # well inside s_AMS = 1
+    checks = qal3.chart(cfg(), "span", days(60), values)
+    assert not any(a in c.alarms for c in checks for a in ("drift_action", "cusum_up", "cusum_down", "precision"))
+    assert qal3.state(cfg(), "span", checks).status in ("in_control", "warning")
+
+
+def test_shewhart_warning_and_action_limits():
+    checks = qal3.chart(cfg(), "zero", days(3), np.array([0.0, 2.5, -3.5]))
+    assert checks[0].alarms == ()
+    assert checks[1].alarms == ("drift_warning",)
+    assert "drift_action" in checks[2].alarms and checks[2].z == pytest.approx(-3.5)
+
+
+def test_cusum_detects_a_small_sustained_drift_that_shewhart_misses():
+    values = np.r_[np.zeros(5), np.full(20, 1.5)]  # +1.5 s: below the 2 s warning limit
+    checks = qal3.chart(cfg(), "zero", days(25), values)
+    assert not any("drift_warning" in c.alarms or "drift_action" in c.alarms for c in checks)
+    first = next(i for i, c in enumerate(checks) if "cusum_up" in c.alarms)
+    # S+ grows by 1.5 - 0.5 = 1 per check from check 5: passes h = 4 at the 5th drifted check.
+    assert first == 9 and checks[first].cusum_pos == pytest.approx(5.0)
+    assert checks[first + 1].cusum_pos == pytest.approx(1.0)  # restarted after the alarm
+
+
+def test_cusum_down():
+    checks = qal3.chart(cfg(), "span", days(10), np.full(10, 78.8))
+    assert any("cusum_down" in c.alarms for c in checks)
+
+
+def test_precision_alarm_on_a_jump_between_checks():
+    checks = qal3.chart(cfg(), "zero", days(3), np.array([1.9, -1.9, 0.0]))
+    assert "precision" in checks[1].alarms  # moving range 3.8 > 3.686 s
+    assert "precision" not in checks[2].alarms
+
+
+def test_s_ams_estimated_from_the_first_checks():
+    rng = np.random.default_rng(7)
+    values = 0.8 * rng.standard_normal(200)
+    checks = qal3.chart(cfg(s_ams=None, n_initial=20), "zero", days(200), values)
+    assert all(np.isnan(c.z) for c in checks[:20]) and checks[19].alarms == ()
+    assert checks[20].s_estimated and checks[20].s_ams == pytest.approx(qal3.estimate_s(values[:20]))
+    assert 0.4 < checks[20].s_ams < 1.3
+    assert qal3.state(cfg(s_ams=None), "zero", checks[:10]).status == "estimating"
+
+
+def test_config_needs_span_reference_and_ordered_limits():
+    with pytest.raises(ValueError, match="span_reference"):
+        Qal3.model_validate({"analyser": "NOx", "span_tag": "s"})
+    with pytest.raises(ValueError, match="warn_sigma"):
+        cfg(warn_sigma=3.0, action_sigma=2.0)
+
+
+def test_unordered_and_missing_values():
+    checks = qal3.chart(cfg(), "zero", np.array([3, 1, 2]) * 86400, np.array([0.3, 0.1, np.nan]))
+    assert [c.time for c in checks] == [86400, 3 * 86400]

@@ -1,0 +1,108 @@
+"""Alert lifecycle without I/O: de-duplication of a flapping signal, hysteresis, suppression, escalation;
+threshold and rate rules."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from pydantic import ValidationError
+
+from edge.records import Quality, Reading
+from maintenance.alerts import AlertManager, AlertPolicy, Window
+from maintenance.rules import RuleConfig, RuleEngine
+
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+
+
+def at(s: float) -> datetime:
+    return T0 + timedelta(seconds=s)
+
+
+def observe(m, s, active, **kw):
+    return m.observe(asset="P-101", tag="P-101.vib", kind="test", active=active, t=at(s), **kw)
+
+
+def test_flapping_signal_makes_one_alert():
+    m = AlertManager(AlertPolicy(clear_after_s=60, escalate_after_s=None))
+    changes = []
+    for s in range(600):  # on/off every 5 s for 10 minutes
+        changes += observe(m, s, (s // 5) % 2 == 0)
+    raised = [c for c in changes if c.event == "raised"]
+    assert len(raised) == 1
+    assert not [c for c in changes if c.event == "cleared"]
+    assert changes[-1].occurrences == 60  # every flap counted on the one alert
+    for s in range(600, 700):
+        changes += observe(m, s, False)
+    cleared = [c for c in changes if c.event == "cleared"]
+    assert len(cleared) == 1 and cleared[0].alert.id == raised[0].alert.id
+    assert cleared[0].alert.cleared_at == at(655)  # inactive since 595 + 60 s
+
+
+def test_debounce_and_severity_only_rises():
+    m = AlertManager(AlertPolicy(raise_after_s=10, clear_after_s=0, escalate_after_s=None))
+    assert observe(m, 0, True) == [] and observe(m, 5, True) == []
+    assert observe(m, 6, False) == []  # the pending condition went away: debounce restarts
+    assert observe(m, 7, True) == []
+    (ch,) = observe(m, 17, True)
+    assert ch.event == "raised"
+    (up,) = observe(m, 18, True, severity="critical")
+    assert up.event == "updated" and up.alert.severity == "critical"
+    assert observe(m, 19, True, severity="warning") == []  # no downgrade, no noise
+    (cl,) = observe(m, 20, False)
+    assert cl.event == "cleared"
+
+
+def test_suppression_window_honoured():
+    w = Window("P-101", at(100), at(200), "bearing change")
+    m = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None), [w])
+    (ch,) = observe(m, 150, True)
+    assert ch.event == "suppressed" and ch.detail["window"] == "bearing change"
+    assert not m.open
+    (ch,) = observe(m, 200, True)  # the window ended
+    assert ch.event == "raised"
+    other = m.observe(asset="P-102", tag=None, kind="test", active=True, t=at(150))
+    assert other[0].event == "raised"  # other assets are not suppressed
+
+
+def test_escalation_until_acknowledged():
+    m = AlertManager(AlertPolicy(clear_after_s=60, escalate_after_s=600))
+    (r,) = observe(m, 0, True, severity="info")
+    assert m.tick(at(599)) == []
+    (e,) = m.tick(at(600))
+    assert e.event == "escalated" and e.alert.severity == "warning" and e.escalation_level == 1
+    assert m.tick(at(900)) == []
+    m.acknowledged(r.alert.id, "anna", at(1000))
+    assert m.tick(at(5000)) == []
+
+
+def test_threshold_rule_with_deadband():
+    m = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None))
+    rule = RuleConfig(name="hot", tag="P-101.bearing_temp", kind="threshold", high=90, deadband=2)
+    eng = RuleEngine([rule], m)
+    events = []
+    for s, v in enumerate([85, 90.5, 89, 88.5, 87.9, 95]):
+        events += [c.event for c in eng.update([Reading("P-101.bearing_temp", at(s), v, at(s))])]
+    assert events == ["raised", "cleared", "raised"]  # 89 and 88.5 are within the deadband
+    assert m.open[next(iter(m.open))].alert.asset == "P-101"
+
+
+def test_rate_rule_and_bad_quality_ignored():
+    m = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None))
+    rule = RuleConfig(name="heating", tag="P.t", kind="rate", max_rate_per_min=2.0, window_s=120)
+    eng = RuleEngine([rule], m)
+    out = []
+    for s in range(0, 300, 10):
+        v = 50 + 0.05 * max(0, s - 150)  # a ramp of 3 /min from 150 s on
+        out += eng.update([Reading("P.t", at(s), v, at(s)), Reading("P.t", at(s + 1), 1e6, at(s), quality=Quality.BAD)])
+    raised = [c for c in out if c.event == "raised"]
+    assert len(raised) == 1 and "rate +" in raised[0].alert.message
+    # over the 120 s window the rate passes 2 /min 80 s into the ramp
+    assert raised[0].alert.raised_at == at(240)
+
+
+def test_rule_config_errors():
+    with pytest.raises(ValidationError, match="needs high and/or low"):
+        RuleConfig(name="x", tag="a.b", kind="threshold")
+    with pytest.raises(ValidationError, match="needs max_rate_per_min"):
+        RuleConfig(name="x", tag="a.b", kind="rate")
+    with pytest.raises(ValidationError, match="below high"):
+        RuleConfig(name="x", tag="a.b", kind="threshold", high=1, low=2)

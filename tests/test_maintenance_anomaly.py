@@ -1,0 +1,124 @@
+"""Anomaly detector: false alarm rate controlled on healthy data, shifts detected and attributed, banked
+scoring equal to per-asset scoring, and the SKAB evaluation (synthetic SKAB-format files always; the real
+files when ../shared/data is present)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from maintenance import skab, skab_eval
+from maintenance.anomaly import AnomalyBank, AnomalyConfig, AnomalyDetector, alarm, confirmed, drift_screen
+
+SHARED_SKAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "skab"
+
+
+def healthy(n, rng, k=4):
+    mix = np.array([[1, 0.6, 0, 0], [0, 1, 0.3, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])[:k, :k]
+    return rng.standard_normal((n, k)) @ mix + np.array([10.0, 5.0, 80.0, 2.0])[:k]
+
+
+def test_false_alarm_rate_near_alpha_on_fresh_healthy_data():
+    rng = np.random.default_rng(0)
+    cfg = AnomalyConfig(window=1, alpha=0.05, max_drift=None)
+    rates = []
+    for _ in range(20):
+        det = AnomalyDetector(cfg).fit(healthy(2000, rng))
+        rates.append(det.score(healthy(2000, rng)).flag.mean())
+    # Conformal validity: P(p <= alpha) <= alpha for exchangeable data (here i.i.d.), close to it in practice.
+    assert np.mean(rates) == pytest.approx(0.05, abs=0.01)
+
+
+def test_shift_is_flagged_and_attributed():
+    rng = np.random.default_rng(1)
+    det = AnomalyDetector(AnomalyConfig(window=5, alpha=0.01, max_drift=None),
+                          signals=["flow", "pressure", "temp", "current"]).fit(healthy(1000, rng))
+    x = healthy(400, rng)
+    x[200:, 2] += 4.0  # temperature steps up by 4 SD
+    s = det.score(x)
+    assert s.flag[:200].mean() < 0.05
+    assert s.flag[210:].mean() > 0.95
+    assert s.top(300, 1)[0][0] == "temp"
+    shares = [share for _, share in s.top(300, 4)]
+    assert sum(shares) == pytest.approx(1.0) and shares[0] > 0.8
+
+
+def test_drift_screen_leaves_out_trending_signals():
+    rng = np.random.default_rng(2)
+    h = healthy(400, rng)
+    h[:, 2] += np.linspace(0, 5, 400)  # warming up
+    assert drift_screen([h], 0.5).tolist() == [0, 1, 3]
+    assert drift_screen([h], None).tolist() == [0, 1, 2, 3]
+
+
+def test_alpha_below_resolution_refused():
+    with pytest.raises(ValueError, match="resolution"):
+        AnomalyDetector(AnomalyConfig(alpha=0.001)).fit(healthy(200, np.random.default_rng(0)))
+
+
+def test_confirm_and_hold():
+    f = np.array([0, 1, 1, 0, 1, 1, 1, 0, 0, 0, 0], dtype=bool)
+    assert confirmed(f, 3).astype(int).tolist() == [0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]
+    assert alarm(f, 3, 2).astype(int).tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0]
+
+
+def test_bank_matches_single_detectors():
+    rng = np.random.default_rng(3)
+    dets = [AnomalyDetector(AnomalyConfig(window=4, alpha=0.02, max_drift=None, score=sc)).fit(healthy(500, rng))
+            for sc in ("mahalanobis", "max_z", "mahalanobis")]
+    bank = AnomalyBank(dets)
+    xs = [healthy(30, rng) + (i == 2) * 3.0 for i in range(3)]
+    for t in range(30):
+        score, p, _ = bank.push(np.stack([x[t] for x in xs]))
+    for i, d in enumerate(dets):
+        s = d.score(xs[i])
+        assert score[i] == pytest.approx(s.score[-1])
+        assert p[i] == pytest.approx(s.p_value[-1])
+
+
+def write_skab_like(path: Path, rng, shift: float, seed_drift: float = 0.0) -> None:
+    """A file in SKAB's format: 400 healthy rows, then a 300-row 'valve closed' segment within the test rows."""
+    n = 1100
+    x = healthy(n, rng, k=4)
+    x = np.hstack([x, (70 + np.linspace(0, seed_drift, n))[:, None]])  # a warming signal like SKAB's temperatures
+    label = np.zeros(n, dtype=int)
+    label[550:850] = 1
+    x[550:850, 0] -= shift  # the flow drops while the valve is closed
+    cols = ["Flow", "Pressure", "Current", "Vibration", "Temperature"]
+    with path.open("w") as fh:
+        fh.write("datetime;" + ";".join(cols) + ";anomaly;changepoint\n")
+        for i in range(n):
+            t = np.datetime64("2020-03-09T10:00:00") + np.timedelta64(i, "s")
+            cp = int(i in (550, 850))
+            fh.write(f"{str(t).replace('T', ' ')};" + ";".join(f"{v:.5f}" for v in x[i]) + f";{label[i]}.0;{cp}.0\n")
+
+
+def test_skab_evaluation_on_skab_format_files(tmp_path):
+    rng = np.random.default_rng(4)
+    paths = []
+    for i in range(4):
+        p = tmp_path / f"{i}.csv"
+        write_skab_like(p, rng, shift=3.0, seed_drift=3.0)
+        paths.append(p)
+    files = [skab.load(p) for p in paths]
+    assert files[0].x.shape == (1100, 5) and files[0].anomaly.sum() == 300
+    small = {"window": (5, 10), "alpha": (0.02, 0.01), "max_drift": (0.5, None), "score": ("max_z",),
+             "confirm": (1,), "hold": (0, 10)}
+    r = skab_eval.evaluate(files, folds=2, grid=small)
+    assert r["mode"] == "nested-leave-files-out" and len(r["folds"]) == 2
+    assert r["pooled"]["f1"] > 0.9 and r["pooled"]["far"] < 10
+    for f in r["folds"]:  # the warming signal is screened out on the training files alone
+        assert "Temperature" not in f["signals"]
+
+
+def test_skab_metrics_by_hand():
+    s = skab.score(np.array([1, 1, 0, 0, 0]), np.array([1, 0, 1, 0, 0]))
+    assert (s.tp, s.fp, s.fn, s.tn) == (1, 1, 1, 2)
+    assert s.f1 == pytest.approx(0.5) and s.far == pytest.approx(100 / 3) and s.mar == pytest.approx(50)
+
+
+@pytest.mark.skipif(not SHARED_SKAB.is_dir(), reason=f"SKAB data not found at {SHARED_SKAB}")
+def test_real_skab_valve1_beats_leaderboard_f1():
+    files = [skab.load(p) for p in sorted((SHARED_SKAB / "valve1").glob("*.csv"), key=lambda p: int(p.stem))]
+    r = skab_eval.evaluate(files, folds=4)
+    assert r["pooled"]["f1"] > 0.78  # Conv-AE, the leaderboard's best outlier detector

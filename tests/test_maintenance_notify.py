@@ -1,0 +1,94 @@
+"""Alert notifications to a real mosquitto broker and to a real local HTTP webhook receiver."""
+
+import asyncio
+import json
+import threading
+import typing
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import paho.mqtt.client as mqtt
+from servers import free_port
+
+from maintenance.alerts import AlertManager
+from maintenance.notify import MqttNotifier, MqttNotifyConfig, WebhookConfig, WebhookNotifier
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def _raised():
+    m = AlertManager()
+    (ch,) = m.observe(asset="P-101", tag="P-101.vib_de", kind="iso20816", active=True, t=T0, severity="warning",
+                      message="zone C", evidence={"zone": "C", "readings": [{"tag": "P-101.vib_de", "time": T0,
+                                                                             "value": 3.2}]})
+    return ch
+
+
+async def test_mqtt_notification_received(mosquitto):
+    got: list[mqtt.MQTTMessage] = []
+    ready, arrived = threading.Event(), threading.Event()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.on_connect = lambda c, *a: c.subscribe("valvoja/alerts/#", qos=1)
+    sub.on_subscribe = lambda *a: ready.set()
+    sub.on_message = lambda c, u, msg: (got.append(msg), arrived.set())
+    sub.connect(mosquitto.host, mosquitto.port)
+    sub.loop_start()
+    try:
+        assert await asyncio.to_thread(ready.wait, 10)
+        n = MqttNotifier(MqttNotifyConfig(host=mosquitto.host, port=mosquitto.port))
+        ch = _raised()
+        ok, detail = await n.send(ch)
+        await n.aclose()
+        assert ok, detail
+        assert await asyncio.to_thread(arrived.wait, 10)
+        body = json.loads(got[0].payload)
+        assert got[0].topic == "valvoja/alerts/P-101/iso20816"
+        assert body["event"] == "raised" and body["id"] == ch.alert.id and body["evidence"]["zone"] == "C"
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+
+
+async def test_mqtt_notifier_reports_unreachable_broker():
+    n = MqttNotifier(MqttNotifyConfig(port=free_port(), timeout_s=0.5))
+    ok, detail = await n.send(_raised())
+    await n.aclose()
+    assert not ok and "not connected" in detail
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    bodies: typing.ClassVar[list[dict]] = []
+    fail_first = 0
+
+    def do_POST(self):
+        data = self.rfile.read(int(self.headers["content-length"]))
+        if _Receiver.fail_first > 0:
+            _Receiver.fail_first -= 1
+            self.send_response(503)
+        else:
+            _Receiver.bodies.append(json.loads(data))
+            self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+async def test_webhook_retried_until_delivered(monkeypatch):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Receiver.bodies, _Receiver.fail_first = [], 2
+    monkeypatch.setattr(WebhookNotifier, "RETRY_BASE_S", 0.01)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        n = WebhookNotifier(WebhookConfig(url=url, attempts=3))
+        ok, detail = await n.send(_raised())
+        assert ok and detail == "HTTP 204"
+        assert _Receiver.bodies[0]["asset"] == "P-101" and _Receiver.bodies[0]["event"] == "raised"
+        _Receiver.fail_first = 5
+        ok, detail = await n.send(_raised())
+        assert not ok and detail == "HTTP 503"
+        await n.aclose()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,85 @@
+"""RUL: C-MAPSS loading, PHM08 score by hand, features, conformal intervals, and the evaluation command on the
+shipped sample (always) and on the full FD001 files (when ../shared/data is present)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from maintenance import cmapss
+from maintenance.cli import main
+from maintenance.rul import ConditionNormaliser, ewm, history_features
+from maintenance.rul_intervals import BinnedConformal
+
+SAMPLE = Path(__file__).parent / "data" / "cmapss"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmapss"
+
+
+def test_load_and_targets():
+    f = cmapss.load(SAMPLE / "train_FD001.txt")
+    assert f.sensors.shape[1] == 21 and f.units().tolist() == list(range(1, 9))
+    rul = f.rul(None)
+    last = np.r_[np.diff(f.unit) != 0, True]
+    assert (rul[last] == 0).all() and rul[0] == f.cycle[f.unit == 1].max() - 1
+    assert f.rul(125).max() == 125
+
+
+def test_phm08_by_hand():
+    # d = -13 (early): e^1 - 1; d = +10 (late): e^1 - 1; d = 0: 0
+    assert cmapss.phm08_score(np.array([0.0, 20.0, 5.0]), np.array([13.0, 10.0, 5.0])) == pytest.approx(
+        2 * (np.e - 1))
+    assert cmapss.rmse(np.array([1.0, 3.0]), np.array([0.0, 0.0])) == pytest.approx(np.sqrt(5))
+
+
+def test_ewm_is_causal_and_bias_corrected():
+    x = np.array([[2.0], [2.0], [2.0], [8.0]])
+    e = ewm(x, 3.0)  # alpha 0.5
+    assert e[:3, 0].tolist() == [2.0, 2.0, 2.0]
+    assert e[3, 0] == pytest.approx((8 + 0.5 * 2 + 0.25 * 2 + 0.125 * 2) / (1 + 0.5 + 0.25 + 0.125))
+    unit = np.array([1, 1, 2, 2])
+    feats, names = history_features(unit, np.array([1, 2, 1, 2]), x, spans=(3, 10))
+    assert feats[2, 1] == 2.0 and len(names) == feats.shape[1]  # unit 2 starts afresh
+
+
+def test_condition_normaliser_separates_regimes():
+    rng = np.random.default_rng(0)
+    settings = np.repeat(np.array([[0, 0.0, 100], [42, 0.84, 100], [20, 0.7, 60]]), 200, axis=0)
+    sensors = settings[:, :1] * 10 + rng.normal(0, 1, (600, 1))
+    n = ConditionNormaliser(conditions=3).fit(settings, sensors)
+    z = n.transform(settings, sensors)
+    assert abs(z.mean()) < 0.1 and z.std() == pytest.approx(1.0, abs=0.1)
+
+
+def test_binned_conformal_covers_and_opens_at_the_cap():
+    rng = np.random.default_rng(1)
+    pred = rng.uniform(0, 125, 4000)
+    truth = pred + rng.normal(0, 1 + pred / 10)  # errors grow with the predicted life
+    bc = BinnedConformal(coverage=0.9, cap=125.0).fit(pred[:2000], truth[:2000])
+    lo, hi = bc.interval(pred[2000:])
+    cover = (truth[2000:] >= lo) & (truth[2000:] <= hi)
+    assert cover.mean() == pytest.approx(0.9, abs=0.03)
+    w = np.minimum(hi, 125) - lo
+    assert w[pred[2000:] < 20].mean() < w[(pred[2000:] > 60) & (pred[2000:] < 90)].mean()
+    assert np.isinf(hi[pred[2000:] > 124]).all()
+
+
+def test_evaluate_command_on_sample(tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "cmapss", "--data", str(SAMPLE), "--subset", "FD001", "--folds", "4",
+                 "--no-select", "--max-iter", "50", "--json", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["engines"] == 6 and m["conditions"] == 1
+    assert np.isfinite(m["rmse"]) and 0 <= m["coverage"] <= 1
+    assert "PHM08" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not (SHARED / "train_FD001.txt").is_file(), reason=f"C-MAPSS data not found at {SHARED}")
+def test_fd001_meets_the_bar():
+    from maintenance.rul_eval import evaluate
+
+    m = evaluate(SHARED, "FD001", folds=3, truncations=3, select=False, max_iter=200,
+                 progress=lambda s: None)["metrics"]
+    assert m["rmse"] <= 14.0
+    # 100 test engines: the empirical coverage of a 90 % interval has a sampling SD of 3 points.
+    assert 0.80 <= m["coverage"] <= 0.97

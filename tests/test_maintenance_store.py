@@ -1,0 +1,211 @@
+"""Alert lifecycle, predictions and feedback stored in TimescaleDB (and plain PostgreSQL)."""
+
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from edge.db.migrate import migrate
+from edge.records import Prediction
+from maintenance import review, store
+from maintenance.alerts import AlertManager, AlertPolicy, Window
+
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+
+
+def at(s: float) -> datetime:
+    return T0 + timedelta(seconds=s)
+
+
+def _migrate(dsn: str) -> str:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        features, _ = migrate(conn)
+    return features.edition
+
+
+def _events(dsn, alert_id):
+    with psycopg.connect(dsn) as c, c.cursor() as cur:
+        cur.execute("SELECT event, actor FROM alert_events WHERE alert_id = %s ORDER BY time, id", (alert_id,))
+        return cur.fetchall()
+
+
+async def _lifecycle(dsn: str) -> None:
+    m = AlertManager(AlertPolicy(clear_after_s=30, escalate_after_s=600))
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        changes = []
+        for s in range(120):  # flapping every 3 s
+            changes += m.observe(asset="P-101", tag="P-101.vib_de", kind="iso20816", active=(s // 3) % 2 == 0,
+                                 t=at(s), severity="warning", message="zone C",
+                                 evidence={"readings": [{"tag": "P-101.vib_de", "time": at(s), "value": 3.1}]})
+        await store.apply_changes(conn, changes)
+        (alert,) = await _all(conn)
+        assert alert["state"] == "raised" and alert["occurrences"] == 20
+        assert alert["evidence"]["readings"][0]["value"] == 3.1
+        # Escalated while unacknowledged, then acknowledged with a comment, then cleared by the manager.
+        await store.apply_changes(conn, m.tick(at(700)))
+        assert await store.acknowledge(conn, alert["id"], "anna", "checking the coupling", at(710))
+        assert not await store.acknowledge(conn, alert["id"], "bob", "", at(711))  # only once
+        m.acknowledged(alert["id"], "anna", at(710))
+        await store.comment(conn, alert["id"], "anna", "coupling loose, tightened")
+        # Inactive since 117 s (the last flap); the next observation after the 30 s hysteresis clears it.
+        cleared = m.observe(asset="P-101", tag="P-101.vib_de", kind="iso20816", active=False, t=at(830))
+        await store.apply_changes(conn, cleared)
+        row = await store.get_alert(conn, alert["id"])
+        assert row["state"] == "cleared" and row["cleared_at"] == at(830)
+        assert row["acknowledged_by"] == "anna" and row["ack_comment"] == "checking the coupling"
+        assert row["severity"] == "critical" and row["escalation_level"] == 1
+        assert await store.open_alerts(conn) == []
+    events = _events(dsn, alert["id"])
+    assert events == [("raised", "system"), ("escalated", "system"), ("acknowledged", "anna"), ("cleared", "system")]
+
+
+async def _all(conn):
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute("SELECT * FROM alerts ORDER BY raised_at")
+        return await cur.fetchall()
+
+
+@pytest.mark.parametrize("flavour", ["timescaledb", "plain"])
+async def test_acknowledge_clear_flow_stored(flavour, request):
+    dsn = request.getfixturevalue("pg_dsn" if flavour == "timescaledb" else "plain_pg_dsn")
+    edition = _migrate(dsn)
+    assert (edition != "plain") == (flavour == "timescaledb")
+    await _lifecycle(dsn)
+
+
+async def test_one_open_alert_per_condition_across_writers(pg_dsn):
+    _migrate(pg_dsn)
+    a, b = AlertManager(), AlertManager()  # two gateways (or a restart) that do not share memory
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await store.apply_changes(conn, a.observe(asset="K1", tag=None, kind="anomaly", active=True, t=at(0)))
+        await store.apply_changes(conn, b.observe(asset="K1", tag=None, kind="anomaly", active=True, t=at(5)))
+        rows = await _all(conn)
+        assert len(rows) == 1 and rows[0]["occurrences"] == 2
+        # After a restart the manager resumes the open alert instead of raising a new one.
+        c = AlertManager()
+        c.load(await store.open_alerts(conn))
+        assert c.observe(asset="K1", tag=None, kind="anomaly", active=True, t=at(10)) == []
+
+
+async def test_suppressed_conditions_are_logged_not_raised(pg_dsn):
+    _migrate(pg_dsn)
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await store.add_window(conn, Window("P-102", at(0), at(3600), "seal replacement"), created_by="planner")
+        m = AlertManager(windows=await store.windows(conn, at(10)))
+        await store.apply_changes(conn, m.observe(asset="P-102", tag=None, kind="anomaly", active=True, t=at(10)))
+        assert await _all(conn) == []
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT event, asset, detail->>'window' FROM alert_events")
+            assert await cur.fetchall() == [("suppressed", "P-102", "seal replacement")]
+
+
+async def test_predictions_idempotent_and_feedback_used_for_precision(pg_dsn):
+    _migrate(pg_dsn)
+    p = Prediction("anomaly:P-101", "abc123", "P-101", at(0), 14.2, p_value=0.003, kind="anomaly",
+                   input_start=at(-10), input_end=at(0), details={"alpha": 0.01})
+    rul = Prediction("rul:P-101", "def456", "P-101", at(0), 80.0, lower=60.0, upper=101.0, coverage=0.9, kind="rul")
+    m = AlertManager(AlertPolicy(clear_after_s=0))
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        ids = await store.write_predictions(conn, [p, rul])
+        assert ids == await store.write_predictions(conn, [p, rul])  # a replay does not duplicate
+        changes = []
+        for k, (asset, s) in enumerate([("P-101", 0), ("P-101", 100), ("P-102", 0), ("P-103", 0)]):
+            ev = {"prediction": {"id": ids[0], "model_id": "anomaly:P-101", "model_version": "abc123",
+                                 "p_value": 0.003}} if k == 0 else {}
+            changes += m.observe(asset=asset, tag=None, kind="anomaly", active=True, t=at(s), evidence=ev)
+            changes += m.observe(asset=asset, tag=None, kind="anomaly", active=False, t=at(s + 1))
+        await store.apply_changes(conn, changes)
+        alerts = await _all(conn)
+    assert len(alerts) == 4
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        # Review: the first alert through its prediction, two alerts directly (one reviewed twice), one not at all.
+        review.review_prediction(conn, ids[0], "right", "bearing was pitted", "anna")
+        review.review_alert(conn, alerts[1]["id"], "right", "", "anna")
+        review.review_alert(conn, alerts[2]["id"], "right", "", "bob")
+        review.review_alert(conn, alerts[2]["id"], "wrong", "it was the valve test", "anna")  # the newest counts
+        with pytest.raises(LookupError):
+            review.review_alert(conn, "no-such-alert", "right", "", "anna")
+        with pytest.raises(ValueError):
+            review.review_prediction(conn, ids[1], "maybe", "", "anna")
+        rows = {r["model_id"]: r for r in review.alert_precision(conn)}
+        assert (rows["anomaly:P-101"]["right"], rows["anomaly:P-101"]["precision"]) == (1, 1.0)
+        other = rows[""]  # alerts without a model behind them
+        assert (other["alerts"], other["right"], other["wrong"], other["unreviewed"]) == (3, 1, 1, 1)
+        assert other["precision"] == pytest.approx(1 / 2)
+        assert review.alert_precision(conn, model_id="anomaly:P-101")[0]["alerts"] == 1
+        preds = review.list_predictions(conn, "P-101")
+        assert {r["kind"] for r in preds} == {"anomaly", "rul"}
+        assert next(r for r in preds if r["kind"] == "anomaly")["verdict"] == "right"
+        rul_row = next(r for r in preds if r["kind"] == "rul")
+        assert (rul_row["lower"], rul_row["upper"], rul_row["coverage"]) == (60.0, 101.0, 0.9)
+        listed = review.list_alerts(conn, "P-101")
+        assert listed[-1]["uncertainty"] == {"p_value": 0.003, "model_version": "abc123"}
+
+
+async def test_review_commands(pg_dsn, capsys):
+    from maintenance.cli import main
+
+    _migrate(pg_dsn)
+    m = AlertManager()
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        ids = await store.write_predictions(conn, [Prediction("anomaly:P-7", "v1" * 32, "P-7", at(0), 20.0,
+                                                              p_value=0.004, kind="anomaly")])
+        await store.apply_changes(conn, m.observe(asset="P-7", tag=None, kind="anomaly", active=True, t=at(0),
+                                                  message="anomalous", evidence={"prediction": {
+                                                      "model_id": "anomaly:P-7", "p_value": 0.004}}))
+        (alert,) = await _all(conn)
+    assert main(["review", "mark", "--alert", alert["id"], "--verdict", "wrong", "--comment", "pump test",
+                 "--by", "anna", "--db", pg_dsn]) == 0
+    assert main(["review", "mark", "--prediction", str(ids[0]), "--verdict", "right", "--by", "bob",
+                 "--db", pg_dsn]) == 0
+    assert main(["review", "list", "--asset", "P-7", "--db", pg_dsn]) == 0
+    assert main(["review", "precision", "--db", pg_dsn]) == 0
+    out = capsys.readouterr().out
+    assert "p_value=0.004" in out and "review=wrong" in out and "p=0.004" in out and "review=right" in out
+    assert "precision 0.00" in out
+
+
+async def test_live_results_published_with_traceable_evidence(pg_dsn):
+    """Simulated pump with a bearing fault -> live monitoring -> predictions and alerts in TimescaleDB,
+    the alert's evidence pointing at its stored prediction, and a webhook notification logged."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from test_maintenance_live import config, pump_readings
+
+    from maintenance.live import MaintenanceLive
+    from maintenance.notify import WebhookConfig, WebhookNotifier
+    from maintenance.publish import publish
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _migrate(pg_dsn)
+    live = MaintenanceLive(config())
+    hook = WebhookNotifier(WebhookConfig(url=f"http://127.0.0.1:{server.server_address[1]}/", events=("raised",)))
+    try:
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+            for batch in pump_readings(900, fault_from=700):
+                _, preds, changes = await live.process(batch)
+                await publish(conn, preds, changes, [hook])
+            rows = {r["kind"]: r for r in await _all(conn)}
+            assert set(rows) == {"anomaly", "iso20816"}
+            pred = rows["anomaly"]["evidence"]["prediction"]
+            async with conn.cursor() as cur:
+                await cur.execute("SELECT p_value, model_version FROM predictions WHERE id = %s", (pred["id"],))
+                assert await cur.fetchone() == (pred["p_value"], rows["anomaly"]["model_version"])
+                await cur.execute("SELECT count(*) FROM alert_events WHERE event = 'notified'")
+                assert (await cur.fetchone())[0] == 2
+    finally:
+        await hook.aclose()
+        server.shutdown()
+        server.server_close()

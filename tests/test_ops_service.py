@@ -1,0 +1,119 @@
+"""`valvoja run` as a real process: SIGTERM flushes the spool and exits 0 in time; SIGHUP rejects a broken
+configuration (the old one keeps running) and applies a good one without losing a reading."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import urllib.error
+
+from gateway_proc import GatewayProcess
+from ops_support import Publisher, new_run, site_config, stored, wait_for
+
+
+def _health(gw: GatewayProcess) -> dict:
+    """/healthz, or {} while the HTTP server is between two gateways (reload)."""
+    try:
+        return gw.health()
+    except (OSError, urllib.error.URLError, ValueError):
+        return {}
+
+
+def _subscribed(gw: GatewayProcess) -> bool:
+    """The MQTT collector is connected and subscribed, so the broker keeps messages for it from now on."""
+    h = _health(gw)
+    return bool(h.get("collectors", {}).get("plant", {}).get("connected")) and h["database"]["connected"]
+
+
+def _metric(gw: GatewayProcess, name: str) -> float:
+    total = 0.0
+    for line in gw.metrics().splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_sigterm_flushes_the_spooled_batch_and_exits_0_within_10_s(tmp_path, pg_dsn, mosquitto):
+    run = new_run()
+    # flush_interval 60 s: the forwarder lets small groups wait in the spool, so at SIGTERM the
+    # readings are spooled (acknowledged to the broker) and not yet in the database.
+    gw = GatewayProcess(tmp_path, site_config(pg_dsn, mosquitto.port, run=run, flush_s=60)).start()
+    pub = Publisher(mosquitto.port, run)
+    try:
+        wait_for(lambda: _subscribed(gw), what="collector subscribed, database connected")
+        pub.publish(500)
+        wait_for(lambda: _health(gw).get("spool", {}).get("readings") == 500, what="500 readings spooled")
+        assert stored(pg_dsn) == 0, "readings should still be waiting in the spool"
+        t0 = time.monotonic()
+        code = gw.terminate(timeout_s=15)
+        elapsed = time.monotonic() - t0
+    finally:
+        pub.close()
+        gw.kill()
+    log = gw.log.read_text()
+    assert code == 0, log[-3000:]
+    assert elapsed < 10, f"stopped in {elapsed:.1f} s"
+    assert stored(pg_dsn) == 500, log[-3000:]
+    assert "0 readings left in the spool" in log
+    print(f"SIGTERM to exit: {elapsed:.2f} s with 500 spooled readings")
+
+
+def test_sighup_keeps_the_old_config_on_a_bad_file_and_applies_a_good_one(tmp_path, pg_dsn, mosquitto):
+    run = new_run()
+    gw = GatewayProcess(tmp_path, site_config(pg_dsn, mosquitto.port, run=run, gateway_id="gw-a")).start()
+    pub = Publisher(mosquitto.port, run)
+    good = gw.config.read_text()
+    broken = {
+        "TOML syntax": good + "\n[database\n",
+        "schema": good.replace("[logging]", "[logging]\nbogus = 1").replace('gateway_id = "gw-a"',
+                                                                            'gateway_id = "has space"'),
+        "missing secret file": good.replace('url = "postgresql',
+                                            f'password = "file:{tmp_path}/no-such-secret"\nurl = "postgresql'),
+    }
+    try:
+        wait_for(lambda: _subscribed(gw), what="collector subscribed, database connected")
+        pub.publish(100)
+        wait_for(lambda: stored(pg_dsn) == 100, what="first 100 readings stored")
+        for n, (what, text) in enumerate(broken.items(), start=1):
+            gw.config.write_text(text)
+            gw.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda n=n: gw.log.read_text().count("rejected, still running the previous one") == n,
+                     what=f"rejection of the {what} config")
+            assert gw.proc.poll() is None, f"gateway exited on a bad config ({what})"
+            h = _health(gw)
+            assert h.get("gateway") == "gw-a" and not h.get("dead_tasks"), h
+        log = gw.log.read_text()
+        assert "not valid TOML" in log
+        assert "logging.bogus: unknown key" in log and "site.gateway_id" in log, "every problem is named"
+        assert "cannot read secret file" in log
+        pub.publish(100)  # still collecting and storing on the old configuration
+        wait_for(lambda: stored(pg_dsn) == 200, what="readings stored after the rejections")
+
+        # A good new configuration, applied while messages keep coming: none may be lost.
+        stop = threading.Event()
+
+        def keep_publishing() -> None:
+            while not stop.is_set():
+                pub.publish(20)
+                time.sleep(0.05)
+
+        publisher = threading.Thread(target=keep_publishing)
+        publisher.start()
+        time.sleep(0.5)
+        gw.config.write_text(good.replace('gateway_id = "gw-a"', 'gateway_id = "gw-b"'))
+        gw.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: _health(gw).get("gateway") == "gw-b", what="the new configuration running")
+        time.sleep(1.0)
+        stop.set()
+        publisher.join()
+        sent = pub.sent
+        wait_for(lambda: stored(pg_dsn) == sent, timeout_s=30, what=f"all {sent} readings stored")
+        assert "configuration reloaded" in gw.log.read_text()
+        assert _metric(gw, 'valvoja_config_reloads_total{result="rejected"}') == 3
+        assert _metric(gw, 'valvoja_config_reloads_total{result="applied"}') == 1
+        assert gw.terminate(timeout_s=15) == 0
+    finally:
+        pub.close()
+        gw.kill()
+    assert stored(pg_dsn) == pub.sent
