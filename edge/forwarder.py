@@ -135,6 +135,8 @@ class Forwarder:
         self.stored += result.inserted
         self.duplicates += result.duplicates
         self.metrics.readings_out.inc(result.inserted)
+        for kind, _ in result.refused:
+            self.metrics.records_refused.labels(kind).inc()
         spool = self.worker.spool
         self.metrics.spool_records.set(spool.readings)
         self.metrics.spool_bytes.set(spool.bytes)

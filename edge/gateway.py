@@ -81,8 +81,28 @@ class Gateway:
         self.shutdown_flush_s = SHUTDOWN_FLUSH_S
         self.started = time.monotonic()
         self.ready = asyncio.Event()
-        # Extra consumers of spooled readings (maintenance, emissions live parts) register here.
+        # Extra long-running jobs (analytics, the emissions averaging job) run and stop with the collectors.
         self.background: list[Callable[[], Awaitable[None]]] = []
+        self.analytics = self._build_analytics()
+
+    def _build_analytics(self):
+        if not (self.cfg.maintenance or self.cfg.rules or self.cfg.stacks):
+            return None
+        from edge.analytics import Analytics
+
+        analytics = Analytics(self.cfg, self.metrics, self.ingest.emit, self.conninfo)
+        if not analytics.enabled:
+            return None
+        self.ingest.on_spooled = analytics.offer
+        self.background.append(analytics.run)
+        if self.cfg.stacks and self.conninfo:
+            from emissions.config import StackConfig
+            from emissions.job import run_periodic
+
+            stacks = [StackConfig.model_validate(s) for s in self.cfg.stacks]
+            self._emissions_stop = asyncio.Event()
+            self.background.append(lambda: run_periodic(self.conninfo, stacks, self._emissions_stop))
+        return analytics
 
     # -- lifecycle -----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -242,6 +262,7 @@ class Gateway:
             "collectors": {name: _safe_status(c) for name, c in self.collectors.items()},
             "queue_batches": self.ingest.queue.qsize(),
             "latency_s": _percentiles(fwd.latency_s) if fwd else None,
+            "analytics": self.analytics.status() if self.analytics else None,
         }
 
     def _render_metrics(self) -> bytes:

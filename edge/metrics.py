@@ -53,6 +53,17 @@ class Metrics:
                                       ["result"], registry=r)
         self.disk_free = Gauge("valvoja_state_disk_free_bytes",
                                "Free bytes on the file system of the state directory (spool)", registry=r)
+        self.analytics_dropped = Counter("valvoja_analytics_dropped_total",
+                                         "Readings analytics skipped because it was behind (raw data is stored)",
+                                         registry=r)
+        self.analytics_errors = Counter("valvoja_analytics_errors_total",
+                                        "Groups of readings live analytics failed on (logged with the error)",
+                                        registry=r)
+        self.notifications = Counter("valvoja_alert_notifications_total", "Alert notifications sent",
+                                     ["result"], registry=r)
+        self.records_refused = Counter("valvoja_records_refused_total",
+                                       "Predictions/alert changes the database refused (dead-lettered)",
+                                       ["kind"], registry=r)
         ProcessCollector(registry=r)
 
     def render(self) -> bytes:

@@ -49,6 +49,8 @@ class Ingest:
         self.full_since: float | None = None
         self.accepted = 0  # readings durable in the spool since start
         self.last_error: str | None = None
+        # Called with the readings of each committed group (live analytics); must not block.
+        self.on_spooled = None
 
     async def emit(self, batch: Batch) -> None:
         """Hand a batch over; waits while the queue is full (back-pressure)."""
@@ -77,7 +79,7 @@ class Ingest:
         now = utcnow()
         for b in group:
             self.validator.apply(b.readings, now)
-        items = [(b.readings, b.dead_letters) for b in group]
+        items = [(b.readings, b.dead_letters, b.records) for b in group]
         n = sum(len(b.readings) for b in group)
         while True:
             try:
@@ -113,3 +115,7 @@ class Ingest:
                     log.exception("upstream acknowledgement failed", extra={"event": "ack_error",
                                                                             "collector": b.source})
         self.spooled.set()
+        if self.on_spooled is not None:
+            fresh = [r for b in group if b.source != "analytics" for r in b.readings]
+            if fresh:
+                self.on_spooled(fresh)

@@ -90,6 +90,8 @@ class Batch:
     readings: list[Reading]
     ack: object | None = None  # Callable[[], None]; typed loosely to keep records import-light
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    # Other record types (predictions, alert changes) as (kind, msgpack-able dict); see edge/analytics.py.
+    records: list[tuple[str, dict]] = field(default_factory=list)
 
 
 @dataclass(slots=True)

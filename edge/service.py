@@ -118,6 +118,8 @@ class Service:
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         try:
             await self._start_gateway(self.cfg)
+        except ConfigError:
+            raise  # the CLI prints every problem, one per line
         except Exception as exc:
             log.critical("gateway failed to start: %s: %s", type(exc).__name__, exc, exc_info=exc,
                          extra={"event": "start_failed"})
@@ -233,8 +235,15 @@ class Service:
         try:
             await self._start_gateway(new)
         except Exception as exc:
-            self._rejected([f"{path}: the new configuration failed to start: {type(exc).__name__}: {exc}"])
-            await self._start_gateway(old)  # if even this fails the process exits and is restarted
+            problem = f"{path}: the new configuration failed to start: {type(exc).__name__}: {exc}"
+            try:
+                await self._start_gateway(old)
+            except Exception as again:
+                log.critical("the previous configuration failed to start again: %r; exiting so the supervisor "
+                             "restarts the process", again, extra={"event": "gateway_died"})
+                self.exit_code = 1
+                self._stop.set()
+            self._rejected([problem])
             return False
         self.cfg = new
         self._setup_logging(new)

@@ -301,6 +301,14 @@ OWNED_SECTIONS: list[tuple[str, str, str]] = [
 def _validate_owned_sections(data: dict, source: str, problems: list[str]) -> None:
     import importlib
 
+    if data.get("maintenance"):
+        from maintenance.config import MaintenanceConfig
+
+        try:
+            MaintenanceConfig.model_validate(data["maintenance"])
+        except ValidationError as exc:
+            problems += [f"{source}: maintenance.{_describe(e, {})}" for e in exc.errors()]
+
     for key, module_name, attr in OWNED_SECTIONS:
         entries = data.get(key)
         if not entries:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import msgpack
 
-from edge.records import DeadLetter, Quality, Reading
+from edge.records import Quality, Reading
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -48,6 +48,17 @@ def from_us(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)
 
 
+def _msgpack_default(obj):
+    """Values msgpack does not know: numpy scalars and arrays (model outputs), anything else as text."""
+    item = getattr(obj, "item", None)
+    if callable(item) and getattr(obj, "shape", None) == ():
+        return item()
+    tolist = getattr(obj, "tolist", None)
+    if callable(tolist):
+        return tolist()
+    return str(obj)
+
+
 class SpoolFull(Exception):
     """The disk budget is reached and the policy is ``reject_new``."""
 
@@ -58,6 +69,7 @@ class SpooledBatch:
     rows: list[tuple]  # see _FORMAT_VERSION layout
     dead_letters: list[tuple]  # (source, topic, payload, error, receive_time_us)
     created: float
+    records: list[tuple] = ()  # (kind, dict) of other record types (edge/analytics.py)
 
 
 def encode_readings(readings: list[Reading]) -> list[tuple]:
@@ -103,17 +115,19 @@ class Spool:
         self.rejected = 0  # readings refused by reject_new since start
 
     # -- writing -------------------------------------------------------------------------
-    def append_many(self, items: list[tuple[list[Reading], list[DeadLetter]]]) -> list[int]:
+    def append_many(self, items: list[tuple]) -> list[int]:
         """Store several batches in one transaction (one fsync); returns their sequence numbers.
 
+        Each item is ``(readings, dead_letters)`` or ``(readings, dead_letters, records)``.
         Raises SpoolFull (nothing stored) when the budget is reached under ``reject_new``.
         """
         payloads = []
-        for readings, dead in items:
-            body = msgpack.packb(
-                [encode_readings(readings),
-                 [(d.source, d.topic, d.payload, d.error, to_us(d.receive_time)) for d in dead]],
-                use_bin_type=True)
+        for readings, dead, *rest in items:
+            parts = [encode_readings(readings),
+                     [(d.source, d.topic, d.payload, d.error, to_us(d.receive_time)) for d in dead]]
+            if rest and rest[0]:
+                parts.append(rest[0])
+            body = msgpack.packb(parts, use_bin_type=True, datetime=True, default=_msgpack_default)
             payloads.append((len(readings), body))
         incoming = sum(len(b) for _, b in payloads)
         n_in = sum(n for n, _ in payloads)
@@ -175,8 +189,8 @@ class Spool:
                 break
             if fmt != _FORMAT_VERSION:
                 raise RuntimeError(f"spool batch {seq} has unknown format {fmt}")
-            rows, dead = msgpack.unpackb(payload, raw=False, use_list=False)
-            out.append(SpooledBatch(seq, list(rows), list(dead), created))
+            rows, dead, *records = msgpack.unpackb(payload, raw=False, use_list=False, timestamp=3)
+            out.append(SpooledBatch(seq, list(rows), list(dead), created, list(records[0]) if records else []))
             total += n
         cur.close()
         return out

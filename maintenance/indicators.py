@@ -181,6 +181,8 @@ class IndicatorEngine:
                       now: datetime | None = None) -> list[Reading]:
         """The vectorised core of `update`: series rows, absolute slot numbers, values (NaN = no value)."""
         out: list[Reading] = []
+        if slots.size == 0:  # a period holding only readings of tags without indicators
+            return out
         order = np.argsort(slots, kind="stable")
         ordered = slots[order]
         cuts = np.flatnonzero(np.diff(ordered)) + 1

@@ -16,14 +16,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import msgpack
 import psycopg
 from psycopg import sql
 
 from edge.db.features import Features
 from edge.db.migrate import migrate
+from edge.records import utcnow
 from edge.settings import Asset, Tag
 from edge.sink.pgbinary import COLUMNS, encode_rows
-from edge.spool import SpooledBatch, from_us
+from edge.spool import SpooledBatch, from_us, to_us
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ class WriteResult:
     max_time_us: int | None
     tag_ids: set[int] = field(default_factory=set)
     fast_path: bool = True
+    refused: list[tuple[str, str]] = field(default_factory=list)
 
 
 class TimescaleSink:
@@ -136,6 +139,7 @@ class TimescaleSink:
         conn = self.conn
         rows = [r for b in batches for r in b.rows]
         dead = [d for b in batches for d in b.dead_letters]
+        records = [r for b in batches for r in b.records]
         await self._ensure_tags({r[0] for r in rows})
         ids = self._tag_ids
         payload = encode_rows(rows, ids)
@@ -154,6 +158,14 @@ class TimescaleSink:
                         result.fast_path = False
                         result.inserted = await self._insert_dedup(cur, payload)
                         result.duplicates = len(rows) - result.inserted
+                if records:
+                    from edge.analytics import write_records
+
+                    refused = await write_records(conn, records)
+                    result.refused = refused
+                    dead = list(dead) + [("records", kind, msgpack.packb(
+                        [r for k, r in records if k == kind], datetime=True, default=str), error,
+                        to_us(utcnow())) for kind, error in refused]
                 if dead:
                     await cur.executemany(
                         "INSERT INTO dead_letters (time, source, topic, payload, error) VALUES (%s, %s, %s, %s, %s)",

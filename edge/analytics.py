@@ -1,0 +1,257 @@
+"""Live analytics inside the gateway: maintenance (indicators, ISO zones, rules, anomaly) and emissions.
+
+Validated readings are offered here after they are durable in the spool (`Ingest.on_spooled`), so
+analytics never holds up collection: the queue is bounded and, when analytics falls behind, input is
+dropped and counted (the raw data is safe; only derived values for that stretch are missing).
+
+What analytics produces goes back through the spool like everything else (DESIGN.md §1):
+- derived readings (``<tag>.mean``, ``<tag>.iso_zone`` ...) as ordinary readings;
+- predictions and alert changes as *records* ``(kind, dict)``, written by the forwarder in the same
+  transaction as the readings (`write_records`), so an outage delays them but loses none.
+Notifications (MQTT, webhooks) are sent once the change is in the spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from datetime import timedelta
+
+import psycopg
+
+from edge.metrics import Metrics
+from edge.records import Alert, Batch, Prediction, Reading, utcnow
+from edge.settings import SiteConfig
+
+log = logging.getLogger(__name__)
+
+QUEUE_GROUPS = 1024
+SYNC_INTERVAL_S = 15.0
+SOURCE = "analytics"
+
+
+# -- records: (kind, dict) through the spool --------------------------------------------------
+def prediction_record(p: Prediction) -> tuple[str, dict]:
+    return "prediction", dataclasses.asdict(p)
+
+
+def alert_change_record(ch) -> tuple[str, dict]:
+    return "alert_change", dataclasses.asdict(ch)
+
+
+def _alert_change(d: dict):
+    from maintenance.alerts import AlertChange
+
+    d = dict(d)
+    d["alert"] = Alert(**d["alert"])
+    return AlertChange(**d)
+
+
+async def write_records(conn: psycopg.AsyncConnection, records: list[tuple[str, dict]]) -> list[tuple[str, str]]:
+    """Write records inside the caller's transaction; returns (kind, error) of records refused as data errors.
+
+    Each kind goes in its own savepoint: a record the database refuses (a constraint, bad data)
+    is reported for the dead-letter table instead of blocking every reading behind it.
+    Connection errors propagate (the forwarder retries the whole batch).
+    """
+    from maintenance import store
+
+    by_kind: dict[str, list[dict]] = {}
+    for kind, body in records:
+        by_kind.setdefault(kind, []).append(body)
+    refused: list[tuple[str, str]] = []
+    for kind, bodies in by_kind.items():
+        try:
+            async with conn.transaction():
+                if kind == "prediction":
+                    await store.write_predictions(conn, [Prediction(**b) for b in bodies])
+                elif kind == "alert_change":
+                    await store.apply_changes(conn, [_alert_change(b) for b in bodies])
+                else:
+                    raise ValueError(f"unknown record kind {kind!r}")
+        except (psycopg.OperationalError, psycopg.errors.ConnectionTimeout):
+            raise
+        except (psycopg.Error, ValueError, TypeError) as exc:
+            log.error("database refused %d %s record(s): %s", len(bodies), kind, exc,
+                      extra={"event": "record_refused", "kind": kind})
+            refused.append((kind, f"{type(exc).__name__}: {exc}"))
+    return refused
+
+
+# -- the live analytics task -------------------------------------------------------------------
+def maintenance_config(cfg: SiteConfig):
+    """The ``[maintenance]`` section with the top-level ``[[rules]]`` added, or None when nothing is configured."""
+    from maintenance.config import MaintenanceConfig
+
+    data = dict(cfg.maintenance)
+    if cfg.rules:
+        data["rules"] = [*data.get("rules", []), *cfg.rules]
+    mcfg = MaintenanceConfig.model_validate(data)
+    return mcfg if (mcfg.assets or mcfg.rules) else None
+
+
+class Analytics:
+    def __init__(self, cfg: SiteConfig, metrics: Metrics, emit, conninfo: str | None):
+        from emissions.config import StackConfig
+        from emissions.live import LiveEmissions
+        from maintenance.alerts import AlertManager
+        from maintenance.live import MaintenanceLive
+
+        self.metrics = metrics
+        self.emit = emit
+        self.conninfo = conninfo
+        mcfg = maintenance_config(cfg)
+        self.mcfg = mcfg
+        self.maintenance = MaintenanceLive(mcfg) if mcfg else None
+        if self.maintenance is not None:
+            self.manager = self.maintenance.manager
+        else:
+            from maintenance.config import MaintenanceConfig
+
+            self.manager = AlertManager(MaintenanceConfig.model_validate(cfg.maintenance).alerts)
+        self._conditions: list = []
+        stacks = [StackConfig.model_validate(s) for s in cfg.stacks]
+        self.emissions = LiveEmissions(stacks, on_condition=self._condition) if stacks else None
+        self.queue: asyncio.Queue[list[Reading]] = asyncio.Queue(maxsize=QUEUE_GROUPS)
+        self.dropped = 0
+        self.errors = 0
+        self._dropping = False
+        self.processed = 0
+        self.alert_changes = 0
+        self.predictions = 0
+        self.notifiers: list = []
+        self._synced = False
+        self._notifying: set[asyncio.Task] = set()
+
+    @property
+    def enabled(self) -> bool:
+        return self.maintenance is not None or self.emissions is not None
+
+    def _condition(self, **kw) -> None:
+        self._conditions.extend(self.manager.observe(**kw))
+
+    def offer(self, readings: list[Reading]) -> None:
+        """Called by the ingest task after a spool commit; never blocks."""
+        try:
+            self.queue.put_nowait(readings)
+            if self._dropping:
+                self._dropping = False
+                log.warning("analytics caught up; %d readings skipped in all", self.dropped,
+                            extra={"event": "analytics_resumed"})
+        except asyncio.QueueFull:
+            self.dropped += len(readings)
+            self.metrics.analytics_dropped.inc(len(readings))
+            if not self._dropping:
+                self._dropping = True
+                log.error("analytics is behind; skipping input until it catches up (raw data is stored)",
+                          extra={"event": "analytics_behind"})
+
+    async def run(self) -> None:
+        self._start_notifiers()
+        sync = asyncio.create_task(self._sync_loop())
+        try:
+            while True:
+                group = await self.queue.get()
+                while not self.queue.empty() and len(group) < 50_000:
+                    group = group + self.queue.get_nowait()
+                try:
+                    await self.process(group)
+                except Exception:
+                    # One bad group must not end live analytics; the raw readings are already stored.
+                    self.errors += 1
+                    self.metrics.analytics_errors.inc()
+                    log.exception("analytics failed on a group of %d readings; going on", len(group),
+                                  extra={"event": "analytics_error"})
+        finally:
+            sync.cancel()
+            await asyncio.gather(sync, return_exceptions=True)
+            for n in self.notifiers:
+                await n.aclose()
+
+    async def process(self, readings: list[Reading]) -> None:
+        """Run every analysis on one group of readings and send what it produced to the spool."""
+        readings.sort(key=lambda r: r.time)  # analyses are per-tag time-ordered; groups may interleave sources
+        derived: list[Reading] = []
+        preds: list[Prediction] = []
+        changes: list = []
+        if self.maintenance is not None:
+            derived, preds, changes = await self.maintenance.process(readings)
+        if self.emissions is not None:
+            self.emissions.observe(readings)
+            changes.extend(self._conditions)
+            self._conditions.clear()
+        self.processed += len(readings)
+        if not (derived or preds or changes):
+            return
+        records = [prediction_record(p) for p in preds] + [alert_change_record(c) for c in changes]
+        self.predictions += len(preds)
+        self.alert_changes += len(changes)
+        await self.emit(Batch(SOURCE, derived, records=records))
+        if changes and self.notifiers:
+            task = asyncio.create_task(self._notify(changes))
+            self._notifying.add(task)
+            task.add_done_callback(self._notifying.discard)
+
+    def _start_notifiers(self) -> None:
+        if self.mcfg is None:
+            return
+        from maintenance.notify import MqttNotifier, WebhookNotifier
+
+        n = self.mcfg.notify
+        if n.mqtt is not None:
+            import os
+
+            password = os.environ.get(n.mqtt.password_env) if n.mqtt.password_env else None
+            self.notifiers.append(MqttNotifier(n.mqtt, password))
+        self.notifiers += [WebhookNotifier(w) for w in n.webhooks]
+
+    async def _notify(self, changes: list) -> None:
+        for ch in changes:
+            for n in self.notifiers:
+                try:
+                    ok, detail = await n.send(ch)
+                except Exception as exc:  # a notifier must never take analytics down
+                    ok, detail = False, repr(exc)
+                if not ok:
+                    log.warning("notification of alert %s failed: %s", ch.alert.id, detail,
+                                extra={"event": "notify_failed", "asset": ch.alert.asset})
+                self.metrics.notifications.labels("ok" if ok else "failed").inc()
+
+    async def _sync_loop(self) -> None:
+        """Keep the alert manager in step with the database: open alerts, acknowledgements, windows."""
+        if not self.conninfo:
+            return
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.conninfo, connect_timeout=5,
+                                                                 autocommit=True) as conn:
+                    await self.sync_once(conn)
+            except (psycopg.Error, OSError) as exc:
+                log.debug("analytics sync skipped: %s", exc)
+            await asyncio.sleep(SYNC_INTERVAL_S)
+
+    async def sync_once(self, conn: psycopg.AsyncConnection) -> None:
+        from maintenance import store
+
+        cur = await conn.execute("SELECT to_regclass('alerts') IS NOT NULL")
+        if not (await cur.fetchone())[0]:
+            return
+        stored = await store.open_alerts(conn)
+        if not self._synced:
+            self.manager.load(stored)
+            self._synced = True
+        by_id = {a.id: a for a, *_ in stored}
+        for o in list(self.manager.open.values()):
+            db = by_id.get(o.alert.id)
+            if db is None and o.alert.raised_at < utcnow() - timedelta(seconds=2 * SYNC_INTERVAL_S):
+                self.manager.cleared_by_hand(o.alert.id)  # cleared in the console
+            elif db is not None and db.acknowledged_at and o.alert.acknowledged_at is None:
+                self.manager.acknowledged(o.alert.id, db.acknowledged_by or "", db.acknowledged_at)
+        self.manager.windows = await store.windows(conn, utcnow() - timedelta(days=1))
+
+    def status(self) -> dict:
+        return {"processed": self.processed, "dropped": self.dropped, "queue": self.queue.qsize(),
+                "predictions": self.predictions, "errors": self.errors, "alert_changes": self.alert_changes,
+                "open_alerts": len(self.manager.open), "at": time.time()}
