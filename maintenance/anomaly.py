@@ -35,7 +35,7 @@ class AnomalyConfig:
     window: int = 10  # samples in the causal rolling mean
     alpha: float = 0.01  # flag when p <= alpha (false alarm rate per sample, on healthy data)
     fit_fraction: float = 0.6
-    score: Literal["mahalanobis", "max_z"] = "mahalanobis"
+    score: Literal["mahalanobis", "max_z"] = "max_z"
     ridge: float = 0.1  # added to the correlation matrix's diagonal
     max_drift: float | None = 0.5  # `drift_screen` threshold (None: keep every signal)
     confirm: int = 1  # consecutive flagged samples before the alarm goes on (debounce)

@@ -125,7 +125,8 @@ def cmd_cmapss(args) -> int:
         from maintenance.rul_export import export
 
         m["export"] = export(r, args.export)
-        print(f"  exported to {m['export']['path']} (sha256 {m['export']['sha256'][:12]}...)")
+        print(f"  exported to {m['export']['path']} (sha256 {m['export']['sha256'][:12]}...); "
+              f"{m['export']['parity']}")
     _dump(m, args.json)
     return 0
 

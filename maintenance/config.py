@@ -38,7 +38,8 @@ class AnomalyAssetConfig(BaseModel):
     train_samples: int = Field(1800, ge=40, description="healthy samples (1 per period) collected before scoring")
     window: int = Field(10, ge=1)
     alpha: float = Field(0.01, gt=0, lt=0.5, description="false alarm rate per scored sample on healthy data")
-    score: str = Field("mahalanobis", pattern="^(mahalanobis|max_z)$")
+    # max_z: chosen in 16 of 16 leave-one-file-out selections on SKAB (maintenance/README.md)
+    score: str = Field("max_z", pattern="^(mahalanobis|max_z)$")
     max_drift: float | None = 0.5
     confirm: int = Field(5, ge=1, description="consecutive flagged samples before an alert (debounce)")
     predict_every_s: float = Field(10.0, gt=0, description="store a prediction this often (and on every flag)")

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from edge.records import Prediction, Quality, Reading
-from maintenance.alerts import AlertChange, AlertManager, Window
+from maintenance.alerts import AlertChange, AlertManager, Window, dedup_key
 from maintenance.anomaly import AnomalyBank, AnomalyConfig, AnomalyDetector
 from maintenance.config import AssetConfig, MaintenanceConfig
 from maintenance.indicators import Band, IndicatorEngine, value_of
@@ -54,6 +54,7 @@ class _Anomaly:
         self.flat = {t: i * width + j for i, a in enumerate(assets) for j, t in enumerate(a.anomaly.signals)}
         self.values = np.full((len(assets), width), np.nan)
         self.seen = np.full((len(assets), width), -(10**12), dtype=np.int64)
+        self.used = np.fromiter(sorted(self.flat.values()), np.int64)  # flat positions of configured signals
         self.training: dict[int, list[np.ndarray]] = {i: [] for i in range(len(assets))}
         self.detectors: dict[int, AnomalyDetector] = {}
         self.versions: dict[int, str] = {}
@@ -67,6 +68,10 @@ class _Anomaly:
         ok = (flat >= 0) & np.isfinite(values)
         self.values.flat[flat[ok]] = values[ok]
         self.seen.flat[flat[ok]] = slot
+
+    def complete(self, slot: int) -> bool:
+        """Every configured signal of every asset has a value for ``slot``: it can be scored now."""
+        return bool(self.used.size) and bool((self.seen.flat[self.used] >= slot).all())
 
     def sample(self, slot: int) -> np.ndarray:
         return np.where(slot - self.seen <= STALE_PERIODS, self.values, np.nan)
@@ -150,6 +155,12 @@ class MaintenanceLive:
                 new = self.indicators.update_arrays(rows[ind], slots[ind], values[ind], unc[ind])
                 derived.extend(new)
                 derived.extend(self._zones(new, changes))
+            if an.slot is not None and an.complete(an.slot):
+                # Score as soon as the period is complete rather than when the next one begins: the alert
+                # then follows its readings within this call. Late readings of a scored period only
+                # update the latest values (used by the next period).
+                self._score(an.slot, preds, changes)
+                an.slot += 1
         changes.extend(self.rules.update(readings))
         changes.extend(self.rules.update(derived))
         if readings:
@@ -203,7 +214,8 @@ class MaintenanceLive:
         det = an.detectors[i]
         every = max(1, round(a.anomaly.predict_every_s / self.config.period_s))
         an.run[i] = an.run.get(i, 0) + 1 if flag else 0
-        active = an.run[i] >= a.anomaly.confirm
+        # Confirmation debounces raising; a flag on an asset whose alert is already open keeps it open.
+        active = an.run[i] >= a.anomaly.confirm or (flag and dedup_key(a.name, None, "anomaly") in self.manager.open)
         if not flag and slot - an.last_pred.get(i, -(10**12)) < every:
             changes.extend(self.manager.observe(asset=a.name, tag=None, kind="anomaly", active=False, t=t))
             return

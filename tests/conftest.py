@@ -15,14 +15,26 @@ The servers and their temp dirs are removed at the end, also when a test fails. 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 
 import pytest
 from psycopg.conninfo import conninfo_to_dict
-from serverproc import ServerProcess
+from serverproc import ServerProcess, sweep_stale
 from servers import MosquittoServer, PostgresServer, mosquitto_bin, pg_bin_dir
 
 REQUIRE = os.environ.get("VALVOJA_TEST_REQUIRE_SERVERS") == "1"
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Clean up after killed earlier runs, and make SIGTERM (``timeout``, CI cancel) stop this run like Ctrl-C:
+    pytest then tears the fixtures down, so no server temp dir is left behind."""
+    sweep_stale()
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _unavailable(reason: str) -> None:

@@ -26,6 +26,39 @@ KEEP = os.environ.get("VALVOJA_TEST_KEEP") == "1"
 _live: weakref.WeakSet[ServerProcess] = weakref.WeakSet()
 
 
+OWNER_FILE = ".valvoja-owner"  # pid of the test process that made a temp dir; see sweep_stale()
+
+
+def make_temp_dir(prefix: str, owner: pwd.struct_passwd | None = None, *, scratch: bool = False) -> Path:
+    """A temp dir marked with this process's pid, chowned to ``owner`` if given.
+
+    ``scratch`` dirs (templates, helper trees) are removed at exit; server dirs are removed by ``close()``.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    (path / OWNER_FILE).write_text(str(os.getpid()))
+    if owner:
+        os.chown(path, owner.pw_uid, owner.pw_gid)
+    if scratch:
+        atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def sweep_stale() -> list[Path]:
+    """Remove temp dirs left by test runs that were killed before they could clean up (their servers died
+    with them through the parent-death signal). Only dirs whose owner process is gone; kept dirs have no mark."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob("valvoja-*-*"):
+        try:
+            pid = int((path / OWNER_FILE).read_text())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        except (OSError, ValueError):
+            continue  # not ours, not readable, or its owner is alive
+    return removed
+
+
 class ServerError(RuntimeError):
     """A test server did not start or stop as it should; the message carries the tail of its log."""
 
@@ -66,12 +99,10 @@ class ServerProcess:
     name = "server"
 
     def __init__(self, run_as: str | None = None):
-        self.dir = Path(tempfile.mkdtemp(prefix=f"valvoja-{self.name}-"))
+        self._user = pwd.getpwnam(run_as) if run_as and os.geteuid() == 0 else None
+        self.dir = make_temp_dir(f"valvoja-{self.name}-", self._user)
         self.log_path = self.dir / f"{self.name}.log"
         self.proc: subprocess.Popen | None = None
-        self._user = pwd.getpwnam(run_as) if run_as and os.geteuid() == 0 else None
-        if self._user:
-            os.chown(self.dir, self._user.pw_uid, self._user.pw_gid)
         _live.add(self)
 
     # -- to be provided by the subclasses
@@ -180,6 +211,7 @@ class ServerProcess:
         finally:
             _live.discard(self)
             if KEEP:
+                (self.dir / OWNER_FILE).unlink(missing_ok=True)  # kept on purpose: no sweep_stale() either
                 print(f"[valvoja tests] kept {self.name} dir {self.dir}", file=sys.stderr)
             else:
                 shutil.rmtree(self.dir, ignore_errors=True)

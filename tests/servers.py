@@ -8,13 +8,11 @@ owned by that user. ``scripts/setup.sh`` installs the binaries; without them the
 
 from __future__ import annotations
 
-import atexit
 import os
 import secrets
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import psycopg
 from certs import CertificateAuthority
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from serverproc import KEEP, ServerError, ServerProcess, free_port, port_open, wait_until
+from serverproc import KEEP, ServerError, ServerProcess, free_port, make_temp_dir, port_open, wait_until
 
 __all__ = ["KEEP", "MosquittoServer", "PostgresServer", "ServerError", "free_port", "mosquitto_bin", "pg_bin_dir",
            "port_open", "wait_until"]
@@ -63,9 +61,8 @@ def _without_timescaledb(bindir: Path) -> Path:
     pgc = {k: subprocess.run([str(bindir / "pg_config"), f"--{k}"], capture_output=True, text=True,
                              check=True).stdout.strip() for k in ("bindir", "sharedir", "pkglibdir")}
     common = Path(os.path.commonpath([pgc["bindir"], pgc["sharedir"]]))
-    root = Path(tempfile.mkdtemp(prefix="valvoja-pgplain-"))
+    root = make_temp_dir("valvoja-pgplain-", scratch=True)
     root.chmod(0o755)  # the postgres user must reach the binary
-    atexit.register(shutil.rmtree, root, True)
     new_bin = root / Path(pgc["bindir"]).relative_to(common)
     new_share = root / Path(pgc["sharedir"]).relative_to(common)
     new_bin.mkdir(parents=True)
@@ -134,11 +131,7 @@ class PostgresServer(ServerProcess):
         """An empty cluster made by initdb once per test run (and binaries), removed at exit."""
         template = _pg_templates.get(self.bindir)
         if template is None or not template.exists():
-            tdir = Path(tempfile.mkdtemp(prefix="valvoja-pgtemplate-"))
-            atexit.register(shutil.rmtree, tdir, True)
-            if self._user:
-                os.chown(tdir, self._user.pw_uid, self._user.pw_gid)
-            template = tdir / "data"
+            template = make_temp_dir("valvoja-pgtemplate-", self._user, scratch=True) / "data"
             self.run_as_user([str(self.bindir / "initdb"), "-D", str(template), "-U", self.user, "-A", "trust",
                               "-E", "UTF8", "--locale=C", "--no-sync"])
             _pg_templates[self.bindir] = template

@@ -67,11 +67,15 @@ def test_binned_conformal_covers_and_opens_at_the_cap():
 def test_evaluate_command_on_sample(tmp_path, capsys):
     out = tmp_path / "m.json"
     assert main(["evaluate", "cmapss", "--data", str(SAMPLE), "--subset", "FD001", "--folds", "4",
-                 "--no-select", "--max-iter", "50", "--json", str(out)]) == 0
+                 "--no-select", "--max-iter", "50", "--json", str(out), "--export", str(tmp_path / "onnx")]) == 0
     m = json.loads(out.read_text())
     assert m["engines"] == 6 and m["conditions"] == 1
     assert np.isfinite(m["rmse"]) and 0 <= m["coverage"] <= 1
-    assert "PHM08" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "PHM08" in text and "parity pass" in text
+    card = json.loads((tmp_path / "onnx" / "card.json").read_text())
+    assert card["sha256"] == m["export"]["sha256"] and card["parity"]["passed"]
+    assert card["inputs"]["features"][0]["name"] == "cycle" and card["conformal"]["coverage"] == 0.9
 
 
 @pytest.mark.skipif(not (SHARED / "train_FD001.txt").is_file(), reason=f"C-MAPSS data not found at {SHARED}")

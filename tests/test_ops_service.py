@@ -3,7 +3,10 @@ configuration (the old one keeps running) and applies a good one without losing 
 
 from __future__ import annotations
 
+import shutil
 import signal
+import socket
+import tempfile
 import threading
 import time
 import urllib.error
@@ -64,12 +67,16 @@ def test_sighup_keeps_the_old_config_on_a_bad_file_and_applies_a_good_one(tmp_pa
     gw = GatewayProcess(tmp_path, site_config(pg_dsn, mosquitto.port, run=run, gateway_id="gw-a")).start()
     pub = Publisher(mosquitto.port, run)
     good = gw.config.read_text()
+    busy = socket.socket()  # a port in use: the file is valid but the new gateway cannot start on it
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
     broken = {
         "TOML syntax": good + "\n[database\n",
         "schema": good.replace("[logging]", "[logging]\nbogus = 1").replace('gateway_id = "gw-a"',
                                                                             'gateway_id = "has space"'),
         "missing secret file": good.replace('url = "postgresql',
                                             f'password = "file:{tmp_path}/no-such-secret"\nurl = "postgresql'),
+        "port in use": good.replace(f"127.0.0.1:{gw.port}", f"127.0.0.1:{busy.getsockname()[1]}"),
     }
     try:
         wait_for(lambda: _subscribed(gw), what="collector subscribed, database connected")
@@ -87,6 +94,8 @@ def test_sighup_keeps_the_old_config_on_a_bad_file_and_applies_a_good_one(tmp_pa
         assert "not valid TOML" in log
         assert "logging.bogus: unknown key" in log and "site.gateway_id" in log, "every problem is named"
         assert "cannot read secret file" in log
+        assert "the new configuration failed to start" in log
+        busy.close()
         pub.publish(100)  # still collecting and storing on the old configuration
         wait_for(lambda: stored(pg_dsn) == 200, what="readings stored after the rejections")
 
@@ -110,10 +119,50 @@ def test_sighup_keeps_the_old_config_on_a_bad_file_and_applies_a_good_one(tmp_pa
         sent = pub.sent
         wait_for(lambda: stored(pg_dsn) == sent, timeout_s=30, what=f"all {sent} readings stored")
         assert "configuration reloaded" in gw.log.read_text()
-        assert _metric(gw, 'valvoja_config_reloads_total{result="rejected"}') == 3
+        assert _metric(gw, 'valvoja_config_reloads_total{result="rejected"}') == 4
         assert _metric(gw, 'valvoja_config_reloads_total{result="applied"}') == 1
         assert gw.terminate(timeout_s=15) == 0
     finally:
         pub.close()
         gw.kill()
     assert stored(pg_dsn) == pub.sent
+
+
+def test_systemd_notify_protocol_ready_reloading_watchdog_stopping(tmp_path, pg_dsn, mosquitto, monkeypatch):
+    """Type=notify: READY=1 once running, RELOADING=1 + READY=1 around a SIGHUP, WATCHDOG=1 pings, STOPPING=1."""
+    sock_dir = tempfile.mkdtemp(prefix="vnotify-", dir="/tmp")  # AF_UNIX paths must stay short
+    path = f"{sock_dir}/notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(0.2)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")
+    got: list[str] = []
+
+    def receive(until: str, timeout_s: float = 20) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                got.extend(sock.recv(4096).decode().splitlines())
+            except TimeoutError:
+                pass
+            if until in got:
+                return
+        raise TimeoutError(f"no {until} from the gateway (got {got})")
+
+    gw = GatewayProcess(tmp_path, site_config(pg_dsn, mosquitto.port)).start()
+    try:
+        receive("READY=1")
+        got.clear()
+        gw.proc.send_signal(signal.SIGHUP)
+        receive("RELOADING=1")
+        receive("READY=1")
+        got.clear()
+        receive("WATCHDOG=1", timeout_s=5)
+        gw.proc.send_signal(signal.SIGTERM)
+        receive("STOPPING=1")
+        assert gw.proc.wait(15) == 0
+    finally:
+        gw.kill()
+        sock.close()
+        shutil.rmtree(sock_dir, ignore_errors=True)

@@ -15,13 +15,13 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from ops_support import Publisher, new_run, site_config, stored
 
 from edge import settings
 from edge.gateway import Gateway
 from edge.records import Reading
 from edge.spool import Spool
 from edge.watchdog import Watchdog
-from ops_support import Publisher, new_run, site_config, stored
 
 
 def _config(tmp_path, dsn, port, run, **kw):
@@ -83,7 +83,7 @@ def _subscribed(gw: Gateway) -> bool:
 async def test_forwarder_stalled_on_a_locked_table_is_restarted_and_nothing_is_lost(tmp_path, pg_dsn, mosquitto):
     run = new_run()
     cfg = _config(tmp_path, pg_dsn, mosquitto.port, run, stall_s=2)
-    async with running(cfg) as (gw, wd):
+    async with running(cfg) as (gw, _wd):
         await _until(lambda: _subscribed(gw), what="gateway connected")
         locker = await psycopg.AsyncConnection.connect(pg_dsn)
         await locker.execute("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE")  # held until rollback
@@ -104,7 +104,7 @@ async def test_forwarder_stalled_on_a_locked_table_is_restarted_and_nothing_is_l
 async def test_dead_forwarder_task_is_restarted(tmp_path, pg_dsn, mosquitto):
     run = new_run()
     cfg = _config(tmp_path, pg_dsn, mosquitto.port, run)
-    async with running(cfg) as (gw, wd):
+    async with running(cfg) as (gw, _wd):
         await _until(lambda: _subscribed(gw), what="gateway connected")
         fwd = gw.forwarder
         real = fwd.drain_once
@@ -130,7 +130,7 @@ async def test_dead_forwarder_task_is_restarted(tmp_path, pg_dsn, mosquitto):
 async def test_silent_collector_on_a_frozen_broker_is_restarted(tmp_path, pg_dsn, own_mosquitto):
     run = new_run()
     cfg = _config(tmp_path, pg_dsn, own_mosquitto.port, run, silence_s=2)
-    async with running(cfg) as (gw, wd):
+    async with running(cfg) as (gw, _wd):
         await _until(lambda: _subscribed(gw), what="gateway connected")
         pub = Publisher(own_mosquitto.port, run)
         try:
@@ -165,7 +165,7 @@ async def test_wall_clock_steps_do_not_stall_flushing_or_trigger_the_watchdog(tm
     real = time.time
     monkeypatch.setattr(time, "time", lambda: real() + step_s)
     t0 = time.monotonic()
-    async with running(cfg) as (gw, wd):
+    async with running(cfg) as (_gw, wd):
         await _until_stored(pg_dsn, 100, timeout_s=15)
         drained_s = time.monotonic() - t0
         pub = Publisher(mosquitto.port, run)

@@ -67,6 +67,10 @@ def ensure_extension(conn: psycopg.Connection) -> str | None:
         cur.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")
         if cur.fetchone() is not None:
             return None
+        # Creating it without the library preloaded is a FATAL error that drops the connection.
+        cur.execute("SELECT current_setting('shared_preload_libraries')")
+        if "timescaledb" not in (cur.fetchone()[0] or ""):
+            return "timescaledb is installed but not in shared_preload_libraries"
     try:
         with conn.transaction(), conn.cursor() as cur:
             cur.execute("SET LOCAL client_min_messages = warning")
