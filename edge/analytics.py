@@ -201,9 +201,10 @@ class Analytics:
 
         n = self.mcfg.notify
         if n.mqtt is not None:
-            import os
+            from edge.secrets import resolve_secret
 
-            password = os.environ.get(n.mqtt.password_env) if n.mqtt.password_env else None
+            password = (resolve_secret(n.mqtt.password, where="maintenance.notify.mqtt.password")
+                        if n.mqtt.password else None)
             self.notifiers.append(MqttNotifier(n.mqtt, password))
         self.notifiers += [WebhookNotifier(w) for w in n.webhooks]
 

@@ -22,7 +22,7 @@ from edge.pipeline import SpoolWorker
 from edge.records import utcnow
 from edge.settings import Database, SiteConfig
 from edge.sink.timescale import TimescaleSink, WriteResult
-from edge.spool import from_us, to_us
+from edge.spool import SpooledBatch, from_us, to_us
 
 log = logging.getLogger(__name__)
 
@@ -95,24 +95,45 @@ class Forwarder:
         await asyncio.sleep(self.backoff.next_delay())
 
     async def _drain_forever(self) -> None:
+        """Write groups to the database while the next group is read from the spool (a two-stage pipeline).
+
+        Reading and decoding a group (spool thread) overlaps with the COPY of the previous one; groups are
+        written strictly in spool order and deleted only after their COMMIT.
+        """
+        ready: asyncio.Queue[list[SpooledBatch]] = asyncio.Queue(maxsize=1)
+        reader = asyncio.create_task(self._read_ahead(ready))
+        try:
+            while True:
+                get = asyncio.ensure_future(ready.get())
+                await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    get.cancel()
+                    reader.result()  # the reader died: raise its error here
+                await self._write(get.result())
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    async def _read_ahead(self, ready: asyncio.Queue) -> None:
+        after = 0
         while True:
-            if not await self.drain_once():
+            batches = await self._next_group(after, linger=True)
+            if batches is None:
                 self.wake.clear()
                 try:
                     await asyncio.wait_for(self.wake.wait(), timeout=self.db.flush_interval_s)
                 except TimeoutError:
                     pass
+                continue
+            after = batches[-1].seq
+            await ready.put(batches)
 
-    async def drain_once(self, linger: bool = True) -> bool:
-        """Write one group of spooled batches; returns False when the spool was empty.
-
-        ``linger`` lets a small group wait up to ``flush_interval_s`` to grow (not on shutdown).
-        """
+    async def _next_group(self, after: int, linger: bool) -> list[SpooledBatch] | None:
         spool = self.worker.spool
-        batches = await self.worker.call(spool.peek, self.db.batch_rows)
+        batches = await self.worker.call(spool.peek, self.db.batch_rows, after)
         if not batches:
-            return False
-        n = sum(len(b.rows) for b in batches)
+            return None
+        n = sum(len(b.columns) for b in batches)
         if linger and n < self.db.batch_rows:
             # Let a small group grow for up to flush_interval (bounded latency, fewer transactions).
             # `created` is wall-clock time (it outlives the process); clamp so that a wall clock
@@ -121,13 +142,23 @@ class Forwarder:
             wait = min(self.db.flush_interval_s, self.db.flush_interval_s - age)
             if wait > 0:
                 await asyncio.sleep(wait)
-                batches = await self.worker.call(spool.peek, self.db.batch_rows)
+                batches = await self.worker.call(spool.peek, self.db.batch_rows, after)
+        return batches
+
+    async def _write(self, batches: list[SpooledBatch]) -> None:
         t0 = time.perf_counter()
         result = await self.sink.write(batches)
         self.metrics.db_write_seconds.observe(time.perf_counter() - t0)
-        await self.worker.call(spool.delete, [b.seq for b in batches])
+        await self.worker.call(self.worker.spool.delete, [b.seq for b in batches])
         self.heartbeat = time.monotonic()
         self._account(batches, result)
+
+    async def drain_once(self, linger: bool = True) -> bool:
+        """Write one group of spooled batches; returns False when the spool was empty (shutdown flush)."""
+        batches = await self._next_group(0, linger)
+        if batches is None:
+            return False
+        await self._write(batches)
         return True
 
     def _account(self, batches, result: WriteResult) -> None:
@@ -141,12 +172,12 @@ class Forwarder:
         self.metrics.spool_records.set(spool.readings)
         self.metrics.spool_bytes.set(spool.bytes)
         for b in batches:
-            rows = b.rows
-            if not rows:
+            times = b.columns.time_us
+            if not times.size:
                 continue
-            step = max(1, len(rows) // LATENCY_SAMPLES_PER_BATCH)
-            for r in rows[::step]:
-                lat = (now_us - r[1]) / 1e6
+            step = max(1, times.size // LATENCY_SAMPLES_PER_BATCH)
+            for t in times[::step].tolist():
+                lat = (now_us - t) / 1e6
                 self.latency_s.append(lat)
                 self.metrics.latency_seconds.observe(max(0.0, lat))
         if result.min_time_us is not None:

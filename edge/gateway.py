@@ -166,7 +166,9 @@ class Gateway:
 
     async def _supervise(self, name: str, collector) -> None:
         """The one reconnect loop for every collector: back-off with jitter, log once per outage."""
-        backoff = Backoff()
+        # A collector may cap its own back-off (OPC UA: resume within seconds of a server's return).
+        max_s = getattr(collector, "reconnect_max_delay_s", None)
+        backoff = Backoff() if max_s is None else Backoff(max_s=max_s)
         failing = False
         m = self.metrics
         part = f"collector:{name}"

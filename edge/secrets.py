@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
 
 from edge.errors import ConfigError
 
@@ -16,6 +19,18 @@ PREFIXES = ("env:", "file:")
 
 def is_reference(value: str) -> bool:
     return value.startswith(PREFIXES)
+
+
+def _check_reference(value: str) -> str:
+    if not is_reference(value):
+        raise ValueError("must be a reference 'env:NAME' or 'file:/path'; never put a secret in the config file")
+    return value
+
+
+# The one type for every secret field of every config section (database URL, MQTT and OPC UA passwords,
+# notification credentials): validated at load, resolved by `resolve_secret` only when it is used.
+SecretRef = Annotated[str, AfterValidator(_check_reference),
+                      Field(description="env:NAME or file:/path; never the secret itself")]
 
 
 def resolve_secret(ref: str, *, where: str = "secret") -> str:

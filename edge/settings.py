@@ -14,7 +14,7 @@ import math
 import tomllib
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -27,23 +27,13 @@ from pydantic import (
 )
 
 from edge.errors import ConfigError
-from edge.secrets import is_reference
+from edge.secrets import SecretRef
 
 
 class Strict(BaseModel):
     """Base for configuration sections: unknown keys are errors, instances are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def secret_ref(value: str | None) -> str | None:
-    """Validator body for secret fields: only references are allowed."""
-    if value is not None and not is_reference(value):
-        raise ValueError("must be a reference 'env:NAME' or 'file:/path'; never put a secret in the config file")
-    return value
-
-
-SecretRef = Annotated[str, Field(description="env:NAME or file:/path")]
 
 
 class Site(Strict):
@@ -101,8 +91,6 @@ class Database(Strict):
     retention_days: int | None = Field(None, gt=0)
     rollup_interval_s: float = Field(5.0, gt=0)
     migrate_on_start: bool = True
-
-    _secret = field_validator("password")(secret_ref)
 
     @field_validator("url")
     @classmethod

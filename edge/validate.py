@@ -47,6 +47,13 @@ class _TagState:
         self.since: datetime | None = None
 
 
+# Plain ints on the hot path: enum arithmetic costs several microseconds per reading.
+_NOT_FINITE, _TYPE, _RANGE, _FROZEN = int(Flag.NOT_FINITE), int(Flag.TYPE_MISMATCH), int(Flag.OUT_OF_RANGE), \
+    int(Flag.FROZEN)
+_FUTURE, _STALE, _UNKNOWN = int(Flag.FUTURE_TIME), int(Flag.STALE_TIME), int(Flag.UNKNOWN_TAG)
+_GOOD, _UNCERTAIN, _BAD = Quality.GOOD, Quality.UNCERTAIN, Quality.BAD
+
+
 class Validator:
     """Applies the rules in place to batches of readings; keeps per-tag state for FROZEN."""
 
@@ -56,7 +63,17 @@ class Validator:
         self._future = timedelta(seconds=cfg.future_tolerance_s)
         self._max_age = timedelta(seconds=cfg.max_age_s)
         self._state: dict[str, _TagState] = {}
-        self.counts: dict[str, int] = {}
+        self._by_flags: dict[int, int] = {}  # flags value -> readings flagged with it
+        self._names: dict[int, str] = {}
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Readings per rule since start."""
+        out: dict[str, int] = {}
+        for flags, n in self._by_flags.items():
+            for name in rule_names(flags):
+                out[name] = out.get(name, 0) + n
+        return out
 
     def _state_for(self, tag: str) -> _TagState:
         st = self._state.get(tag)
@@ -68,49 +85,53 @@ class Validator:
         """Flag ``readings`` in place; returns how many got a new flag."""
         latest = now + self._future
         oldest = now - self._max_age
-        flag_unknown = self._cfg.flag_unknown_tags
+        unknown = _UNKNOWN if self._cfg.flag_unknown_tags else 0
+        state = self._state
+        by_flags = self._by_flags
         flagged = 0
         for r in readings:
-            st = self._state_for(r.tag)
+            st = state.get(r.tag) or self._state_for(r.tag)
             flags = 0
-            worst = Quality.GOOD
+            worst = _GOOD
             v = r.value
-            if st.kind is None and flag_unknown:
-                flags |= Flag.UNKNOWN_TAG
-            if isinstance(v, float) and not math.isfinite(v):
-                flags |= Flag.NOT_FINITE
-                worst = Quality.BAD
+            if st.kind is None:
+                flags = unknown
+            if v.__class__ is float and not math.isfinite(v):
+                flags |= _NOT_FINITE
+                worst = _BAD
             elif v is not None:
                 if st.kind is not None and not _type_ok(st.kind, v):
-                    flags |= Flag.TYPE_MISMATCH
-                    worst = Quality.BAD
-                elif isinstance(v, int | float) and not isinstance(v, bool) and not (st.lo <= v <= st.hi):
-                    flags |= Flag.OUT_OF_RANGE
-                    worst = Quality.UNCERTAIN
+                    flags |= _TYPE
+                    worst = _BAD
+                elif v.__class__ in (int, float) and not (st.lo <= v <= st.hi):
+                    flags |= _RANGE
+                    worst = _UNCERTAIN
                 if st.frozen_after is not None:
                     if v != st.last_value or st.since is None:
                         st.last_value, st.since = v, r.time
                     elif r.time - st.since > st.frozen_after:
-                        flags |= Flag.FROZEN
-                        worst = max(worst, Quality.UNCERTAIN)
+                        flags |= _FROZEN
+                        worst = max(worst, _UNCERTAIN)
             t = r.time
             if t > latest:
-                flags |= Flag.FUTURE_TIME
-                worst = max(worst, Quality.UNCERTAIN)
+                flags |= _FUTURE
+                worst = max(worst, _UNCERTAIN)
             elif t < oldest:
-                flags |= Flag.STALE_TIME
-                worst = max(worst, Quality.UNCERTAIN)
+                flags |= _STALE
+                worst = max(worst, _UNCERTAIN)
             if flags:
                 r.flags |= flags
-                significant = flags & ~Flag.UNKNOWN_TAG
+                by_flags[flags] = by_flags.get(flags, 0) + 1
+                significant = flags & ~_UNKNOWN
                 if significant:
                     flagged += 1
                     if worst > r.quality:
                         r.quality = Quality(worst)
                     if not r.status_name:
-                        r.status_name = ",".join(rule_names(significant))
-                for name in rule_names(flags):
-                    self.counts[name] = self.counts.get(name, 0) + 1
+                        name = self._names.get(significant)
+                        if name is None:
+                            name = self._names[significant] = ",".join(rule_names(significant))
+                        r.status_name = name
         return flagged
 
 

@@ -76,6 +76,10 @@ class PemsLink(Strict):
     tag: str  # point prediction: substituted while the analyser is invalid (flagged substituted)
     lower_tag: str | None = None  # prediction interval, for the cross-check
     upper_tag: str | None = None
+    # Live PEMS (emissions.pems_live): the ONNX model and its card written by `valvoja emissions pems
+    # evaluate --save-onnx DIR`, and which tag feeds each model input.
+    model: str | None = None  # path of pems_<target>.onnx; its card is the same path with .json
+    inputs: dict[str, str] = {}  # model feature -> tag
     window_s: int = Field(6 * 3600, gt=0)  # the analyser is flagged when, over this window, ...
     min_outside_share: float = Field(0.5, gt=0, le=1)  # ... at least this share of it lies outside the interval
     min_pairs_share: float = Field(0.5, gt=0, le=1)  # and at least this share of the window has both values

@@ -16,14 +16,10 @@ The PEMS model itself (training, ONNX export, conformal intervals) comes from ``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from emissions.config import PemsLink
-
-GAS_TURBINE_INPUTS = ("AT", "AP", "AH", "AFDP", "GTEP", "TIT", "TAT", "TEY", "CDP")
-GAS_TURBINE_TARGETS = ("CO", "NOX")
 
 
 @dataclass(frozen=True)
@@ -68,17 +64,3 @@ def crosscheck(times: np.ndarray, step_s: int, analyser: np.ndarray, point: np.n
                              float(np.mean(point[seg][ok & np.isfinite(point[seg])]))
                              if (ok & np.isfinite(point[seg])).any() else float("nan")))
     return flag, out
-
-
-def load_gas_turbine(path: str | Path) -> dict[str, np.ndarray]:
-    """One year of the UCI gas-turbine CO/NOx set as column -> array (header whitespace stripped)."""
-    path = Path(path)
-    with path.open() as fh:
-        header = [h.strip() for h in fh.readline().split(",")]
-    data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
-    if data.shape[1] != len(header):
-        raise ValueError(f"{path}: {data.shape[1]} columns but {len(header)} names")
-    missing = set(GAS_TURBINE_INPUTS + GAS_TURBINE_TARGETS) - set(header)
-    if missing:
-        raise ValueError(f"{path}: missing columns {sorted(missing)}")
-    return {h: data[:, i] for i, h in enumerate(header)}

@@ -25,6 +25,7 @@ import orjson
 import paho.mqtt.client as mqtt
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge.secrets import SecretRef
 from maintenance.alerts import AlertChange
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class MqttNotifyConfig(BaseModel):
     topic_prefix: str = "valvoja/alerts"
     events: tuple[str, ...] = ("raised", "updated", "escalated", "cleared")
     username: str | None = None
-    password_env: str | None = Field(None, description="name of the environment variable holding the password")
+    password: SecretRef | None = None
     timeout_s: float = Field(5.0, gt=0)
 
 

@@ -9,17 +9,18 @@ import psycopg
 import pytest
 from servers import PostgresServer
 
+from edge.columns import Columns
 from edge.db.features import detect, ensure_extension
 from edge.db.migrate import migrate
 from edge.records import Reading, utcnow
 from edge.sink.timescale import TimescaleSink
-from edge.spool import SpooledBatch, encode_readings
+from edge.spool import SpooledBatch
 
 
 def _batch(seq: int, n: int, start) -> SpooledBatch:
     rs = [Reading(tag=f"e.t{i % 7}", time=start + timedelta(seconds=i), value=float(i), receive_time=start)
           for i in range(n)]
-    return SpooledBatch(seq, encode_readings(rs), [], 0.0)
+    return SpooledBatch(seq, Columns.from_readings(rs), [], 0.0)
 
 
 def _roundtrip(dsn: str) -> tuple[str, int, int]:
@@ -72,3 +73,40 @@ def test_timescaledb_installed_but_not_preloaded_is_reported_not_fatal():
             assert features.edition == "plain" and applied and detect(conn).edition == "plain"
     finally:
         server.close()
+
+
+def test_every_value_kind_is_stored_exactly(pg_dsn):
+    """Fast (vectorised) and slow COPY rows side by side: floats, NaN, None, text, bool, big int, server time."""
+    import math
+
+    t0 = utcnow().replace(microsecond=0) - timedelta(minutes=5)
+    kinds = [1.25, math.nan, None, "OPEN", True, 2**60, 7, -0.0]
+    rs = [Reading(tag=f"k.{i}", time=t0 + timedelta(microseconds=123457 * (i + 1)), value=v, receive_time=t0,
+                  quality=i % 3, flags=i, status=0x808C0000 if i == 2 else 0,
+                  server_time=t0 if i == 3 else None) for i, v in enumerate(kinds)]
+
+    async def go():
+        sink = TimescaleSink(pg_dsn)
+        await sink.connect()
+        await sink.write([SpooledBatch(1, Columns.from_readings(rs), [], 0.0)])
+        await sink.close()
+
+    asyncio.run(go())
+    with psycopg.connect(pg_dsn) as conn:
+        got = {tag: row for tag, *row in conn.execute(
+            "SELECT tag, time, value, value_text, quality, flags, status, server_time FROM readings_named")}
+    for i, r in enumerate(rs):
+        time, value, text, quality, flags, status, server = got[r.tag]
+        assert time == r.time and quality == r.quality and flags == i and status == r.status
+        assert server == r.server_time
+        v = r.value
+        if v is None:
+            assert value is None and text is None
+        elif isinstance(v, str):
+            assert text == v and value is None
+        elif isinstance(v, float) and math.isnan(v):
+            assert math.isnan(value)
+        elif isinstance(v, int) and not isinstance(v, bool) and abs(v) > 2**53:
+            assert text == str(v) and value == float(v), "an integer beyond float8 precision is also kept as text"
+        else:
+            assert value == float(v)

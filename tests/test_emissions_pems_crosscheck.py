@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from emissions.config import PemsLink
-from emissions.pems import crosscheck, load_gas_turbine, rolling_sum
+from emissions.pems import crosscheck, rolling_sum
 
 LINK = PemsLink(tag="p", lower_tag="lo", upper_tag="hi", window_s=6 * 3600, min_outside_share=0.5)
 
@@ -41,13 +40,3 @@ def test_too_few_pairs_are_not_judged():
     lo[::4] = 0.0  # the interval is known one hour in four
     flag, _ = crosscheck(t, 3600, analyser, np.full(n, 5.0), lo, np.full(n, 10.0), LINK)
     assert not flag.any()
-
-
-def test_load_gas_turbine_strips_header_whitespace(tmp_path):
-    p = tmp_path / "gt.csv"
-    p.write_text("AT,AP,AH,AFDP ,GTEP,TIT,TAT,TEY,CDP,CO,NOX\n1,2,3,4,5,6,7,8,9,10,11\n")
-    d = load_gas_turbine(p)
-    assert d["AFDP"].tolist() == [4.0] and d["NOX"].tolist() == [11.0]
-    p.write_text("AT,AP\n1,2\n")
-    with pytest.raises(ValueError, match="missing columns"):
-        load_gas_turbine(p)

@@ -92,3 +92,12 @@ async def test_webhook_retried_until_delivered(monkeypatch):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_notify_password_must_be_a_reference():
+    import pydantic
+    import pytest
+
+    with pytest.raises(pydantic.ValidationError, match="must be a reference 'env:NAME' or 'file:/path'"):
+        MqttNotifyConfig(username="alerts", password="hunter2")
+    assert MqttNotifyConfig(username="alerts", password="env:VALVOJA_NOTIFY_PW").password == "env:VALVOJA_NOTIFY_PW"

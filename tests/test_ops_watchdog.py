@@ -107,23 +107,24 @@ async def test_dead_forwarder_task_is_restarted(tmp_path, pg_dsn, mosquitto):
     async with running(cfg) as (gw, _wd):
         await _until(lambda: _subscribed(gw), what="gateway connected")
         fwd = gw.forwarder
-        real = fwd.drain_once
+        real = fwd._write
         failures = []
 
-        async def failing_once(linger: bool = True) -> bool:
+        async def failing_once(batches) -> None:
             if not failures:
                 failures.append(1)
                 raise RuntimeError("injected: a bug that escapes the forwarder's error handling")
-            return await real(linger)
+            await real(batches)
 
-        fwd.drain_once = failing_once
-        await _until(lambda: _restarts(gw, "forwarder", "died") == 1, 10, "restart of the dead forwarder")
+        fwd._write = failing_once
         pub = Publisher(mosquitto.port, run)
         try:
+            await asyncio.to_thread(pub.publish, 10)  # the first write meets the injected bug
+            await _until(lambda: _restarts(gw, "forwarder", "died") == 1, 10, "restart of the dead forwarder")
             await asyncio.to_thread(pub.publish, 50)
         finally:
             pub.close()
-        await _until_stored(pg_dsn, 50)
+        await _until_stored(pg_dsn, 60)
         assert gw.health()[0]
 
 

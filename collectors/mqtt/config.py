@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from collectors.mqtt.topics import TagTemplate, TopicFilter
-from edge.secrets import is_reference
+from edge.secrets import SecretRef
 
 TimeFormat = Literal["auto", "iso8601", "epoch_s", "epoch_ms", "epoch_us", "epoch_ns"]
 
@@ -124,7 +124,7 @@ class Config(Strict):
                               description="messages handed to the gateway and not yet acknowledged")
     tls: Tls | None = None
     username: str | None = None
-    password: str | None = Field(None, description="env:NAME or file:/path; never the password itself")
+    password: SecretRef | None = None
     subscriptions: list[Subscription] = Field(min_length=1)
 
     @field_validator("qos", mode="before")
@@ -133,13 +133,6 @@ class Config(Strict):
         if v == 2:
             raise ValueError("QoS 2 is not supported: its PUBREC hands a message over before the gateway has "
                              "stored it; QoS 1 with the gateway's late acknowledgement loses nothing")
-        return v
-
-    @field_validator("password")
-    @classmethod
-    def _password_is_reference(cls, v: str | None) -> str | None:
-        if v is not None and not is_reference(v):
-            raise ValueError("must be a reference 'env:NAME' or 'file:/path', not a literal password")
         return v
 
     @model_validator(mode="after")

@@ -17,14 +17,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import msgpack
+import numpy as np
 import psycopg
 from psycopg import sql
 
+from edge.columns import Columns
 from edge.db.features import Features
 from edge.db.migrate import migrate
 from edge.records import utcnow
 from edge.settings import Asset, Tag
-from edge.sink.pgbinary import COLUMNS, encode_rows
+from edge.sink.pgbinary import COLUMNS, encode_columns
 from edge.spool import SpooledBatch, from_us, to_us
 
 log = logging.getLogger(__name__)
@@ -137,19 +139,20 @@ class TimescaleSink:
     async def write(self, batches: list[SpooledBatch]) -> WriteResult:
         """Commit the readings and dead letters of ``batches`` exactly once."""
         conn = self.conn
-        rows = [r for b in batches for r in b.rows]
+        cols = Columns.concat([b.columns for b in batches])
         dead = [d for b in batches for d in b.dead_letters]
         records = [r for b in batches for r in b.records]
-        await self._ensure_tags({r[0] for r in rows})
-        ids = self._tag_ids
-        payload = encode_rows(rows, ids)
-        result = WriteResult(rows=len(rows), inserted=len(rows), duplicates=0,
-                             min_time_us=min((r[1] for r in rows), default=None),
-                             max_time_us=max((r[1] for r in rows), default=None),
-                             tag_ids={ids[r[0]] for r in rows})
+        await self._ensure_tags(set(cols.tags))
+        ids = np.array([self._tag_ids[t] for t in cols.tags], dtype=np.int32)
+        payload = encode_columns(cols, ids)
+        n = len(cols)
+        result = WriteResult(rows=n, inserted=n, duplicates=0,
+                             min_time_us=int(cols.time_us.min()) if n else None,
+                             max_time_us=int(cols.time_us.max()) if n else None,
+                             tag_ids={int(i) for i in ids[np.unique(cols.tag_idx)]} if n else set())
         async with conn.transaction():
             async with conn.cursor() as cur:
-                if rows:
+                if n:
                     try:
                         async with conn.transaction():  # savepoint
                             async with cur.copy(_COPY_READINGS) as copy:
@@ -157,7 +160,7 @@ class TimescaleSink:
                     except psycopg.errors.UniqueViolation:
                         result.fast_path = False
                         result.inserted = await self._insert_dedup(cur, payload)
-                        result.duplicates = len(rows) - result.inserted
+                        result.duplicates = n - result.inserted
                 if records:
                     from edge.analytics import write_records
 
