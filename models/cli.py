@@ -1,0 +1,233 @@
+"""``valvoja models``: train, list, promote (the gate), rollback; evaluate and report come from
+`models.report_cli` when it is installed.
+
+    valvoja models train --data gt_2011.csv gt_2012.csv --target NOX --model-id gt-nox [--kind hgb]
+    valvoja models list [MODEL]
+    valvoja models promote gt-nox 2 [--holdout gt_2013.csv]
+    valvoja models rollback gt-nox [--to 1]
+
+``python -m models.cli ARGS`` does the same. Exit codes: 0 done, 1 refused by the gate / parity / bad input,
+2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+from edge.errors import ValvojaError
+
+
+def _registry_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--registry", type=Path, default=Path("var/models"), metavar="DIR",
+                   help="registry directory with <model>/<version>/model.onnx + card.json (default var/models)")
+    p.add_argument("--db", metavar="URL", default=os.environ.get("VALVOJA_DB_URL") or None,
+                   help="postgresql:// URL of the model_registry table (default $VALVOJA_DB_URL; without one the "
+                        "index is DIR/index.json)")
+
+
+def add_parser(subparsers) -> None:
+    """Register ``models`` and its actions on the ``valvoja`` sub-command parser."""
+    from models.estimators import ESTIMATORS
+
+    has_reports = importlib.util.find_spec("models.report_cli") is not None
+    actions = "train, evaluate, list, promote, rollback, report" if has_reports else "train, list, promote, rollback"
+    p = subparsers.add_parser("models", help=f"model lifecycle: {actions}",
+                              description="Train scikit-learn pipelines with conformal uncertainty, export them to "
+                                          "ONNX (refused when parity fails), register them as candidates, promote "
+                                          "through the gate (match or beat the champion on the same held-out rows) "
+                                          "and roll back.")
+    sub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+
+    t = sub.add_parser("train", help="train, calibrate, export and register a candidate version",
+                       description="Rows are split in time order into train / calibration / holdout. The ONNX export "
+                                   "must reproduce scikit-learn on the holdout rows or nothing is registered.")
+    t.add_argument("--data", type=Path, nargs="+", required=True, metavar="FILE",
+                   help="CSV files (',' or ';'), concatenated in the order given (give them in time order)")
+    t.add_argument("--model-id", required=True, help="model id, e.g. gt-nox")
+    t.add_argument("--target", help="column to predict (regressors)")
+    t.add_argument("--features", help="comma-separated input columns in model order (default: every numeric "
+                                      "column except target, label and time)")
+    t.add_argument("--kind", default="hgb", choices=sorted(ESTIMATORS), metavar="ESTIMATOR",
+                   help="estimator: " + "; ".join(f"{k}: {v.description}" for k, v in ESTIMATORS.items())
+                        + " (default hgb)")
+    t.add_argument("--label", help="anomaly scorers: 0/1 column, 1 = anomalous (left out of fit and calibration)")
+    t.add_argument("--time-column", help="ISO-8601 time column (rows are sorted by it)")
+    t.add_argument("--alpha", type=float, default=0.1, help="miscoverage of the intervals / p-value flag level "
+                                                            "(default 0.1: 90 %% intervals)")
+    t.add_argument("--interval", choices=["auto", "split", "cqr"], default="auto",
+                   help="regressors: split conformal or CQR (cqr needs --kind hgb-cqr; auto picks by estimator)")
+    t.add_argument("--calibration-fraction", type=float, default=0.2, help="share of rows for calibration "
+                                                                           "(default 0.2)")
+    t.add_argument("--holdout-fraction", type=float, default=0.2, help="last share of rows held out (default 0.2)")
+    t.add_argument("--metric", help="the gate's metric (default mae; anomaly: auc with --label, else far_gap)")
+    t.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="estimator parameter, e.g. max_iter=200 (repeatable; values parsed as JSON when they can be)")
+    t.add_argument("--no-register", action="store_true", help="train and check only; print the card")
+    t.add_argument("--json", action="store_true", help="print the card as JSON")
+    _registry_args(t)
+    t.set_defaults(func=_guard(cmd_train))
+
+    ls = sub.add_parser("list", help="registered versions with status and holdout metrics")
+    ls.add_argument("model_id", nargs="?", metavar="MODEL", help="only this model")
+    ls.add_argument("--json", action="store_true", help="JSON instead of a table")
+    _registry_args(ls)
+    ls.set_defaults(func=_guard(cmd_list))
+
+    pr = sub.add_parser("promote", help="the gate: make VERSION champion if it matches or beats the champion",
+                        description="Re-runs the candidate and the champion ONNX graphs on the same held-out rows "
+                                    "(--holdout files, default the candidate's own held-out rows) and compares them "
+                                    "by the metric the candidate's card names. Prints the comparison either way; "
+                                    "exit 1 when refused.")
+    pr.add_argument("model_id", metavar="MODEL")
+    pr.add_argument("version", type=int, metavar="VERSION")
+    pr.add_argument("--holdout", type=Path, nargs="+", metavar="FILE", help="CSV files to compare on")
+    pr.add_argument("--time-column", help="ISO-8601 time column of the holdout files")
+    pr.add_argument("--actor", default=os.environ.get("USER", "cli"), help="recorded in model_events")
+    pr.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    _registry_args(pr)
+    pr.set_defaults(func=_guard(cmd_promote))
+
+    rb = sub.add_parser("rollback", help="put the previous champion back and retire the current one",
+                        description="No gate: the way back when a promoted model misbehaves. --to picks any "
+                                    "version that passed parity.")
+    rb.add_argument("model_id", metavar="MODEL")
+    rb.add_argument("--to", type=int, metavar="VERSION", help="version to serve (default: the previous champion)")
+    rb.add_argument("--actor", default=os.environ.get("USER", "cli"), help="recorded in model_events")
+    _registry_args(rb)
+    rb.set_defaults(func=_guard(cmd_rollback))
+
+    # `evaluate` and `report` live in models.report_cli (another part of the work); optional here.
+    if has_reports:
+        importlib.import_module("models.report_cli").add_subcommands(sub)
+
+
+def _guard(cmd):
+    """Expected failures (bad data, parity refused, unknown version, no database) as one line and exit 1, under
+    ``valvoja`` too (its main only catches ConfigError)."""
+    import functools
+
+    @functools.wraps(cmd)
+    def run(args) -> int:
+        try:
+            return cmd(args)
+        except ValvojaError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+        except (ValueError, LookupError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+    return run
+
+
+def _progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _read(files: list[Path], time_column: str | None):
+    from models.data import FeatureTable, read_csv
+
+    return FeatureTable.concat(read_csv(f, time_column=time_column) for f in files)
+
+
+def _param(text: str) -> tuple[str, object]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise ValueError(f"--param {text!r}: expected NAME=VALUE")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
+def cmd_train(args) -> int:
+    from models.data import GAS_TURBINE_UNITS
+    from models.registry import Registry
+    from models.train import TrainSpec, train
+
+    table = _read(args.data, args.time_column)
+    if args.features:
+        features = [f.strip() for f in args.features.split(",") if f.strip()]
+    else:
+        features = [c for c in table.names if c not in (args.target, args.label)]
+    spec = TrainSpec(args.model_id, features, args.target, estimator=args.kind, params=dict(map(_param, args.param)),
+                     label=args.label, alpha=args.alpha, interval=args.interval,
+                     calibration_fraction=args.calibration_fraction, holdout_fraction=args.holdout_fraction,
+                     metric=args.metric, units={k: v for k, v in GAS_TURBINE_UNITS.items() if k in features})
+    registry = None if args.no_register else Registry(args.registry, args.db)
+    tm = train(spec, table, progress=_progress)
+    if args.json:
+        print(json.dumps({k: v for k, v in tm.card.items() if k != "calibration"}, indent=2, default=str))
+    if registry is None:
+        print(f"{spec.model_id}: trained, not registered (sha256 {tm.sha256[:12]})")
+        return 0
+    mv = registry.register(tm, actor=os.environ.get("USER", "cli"))
+    print(f"registered {mv.model_id} v{mv.version} as candidate: {mv.path} (sha256 {mv.sha256[:12]}); "
+          f"promote with `valvoja models promote {mv.model_id} {mv.version}`")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from models.registry import Registry
+
+    versions = Registry(args.registry, args.db).list(args.model_id)
+    if args.json:
+        print(json.dumps([v.summary() for v in versions], indent=2, default=str))
+        return 0
+    if not versions:
+        print("no models registered" + (f" under {args.model_id!r}" if args.model_id else ""))
+        return 0
+    print(f"{'model':<20}{'ver':>4}  {'status':<10}{'created (UTC)':<20}{'parent':>7}  {'gate metric':<20}"
+          f"{'coverage':>9}  sha256")
+    for v in versions:
+        gate = v.metrics.get("gate", {})
+        hold = v.metrics.get("holdout", {})
+        gm = gate.get("metric", "")
+        val = hold.get(gm)
+        cov = hold.get("coverage")
+        print(f"{v.model_id:<20}{v.version:>4}  {v.status:<10}{v.created_at:%Y-%m-%d %H:%M:%S}"
+              f"{'' if v.parent_version is None else v.parent_version:>8}  "
+              f"{(f'{gm}={val:.4g}' if isinstance(val, float) else gm):<20}"
+              f"{(f'{cov:.3f}' if isinstance(cov, float) else '-'):>9}  {v.sha256[:12]}")
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from models.registry import GateRefused, Registry
+
+    reg = Registry(args.registry, args.db)
+    holdout = _read(args.holdout, args.time_column) if args.holdout else None
+    try:
+        cmp = reg.promote(args.model_id, args.version, holdout=holdout, actor=args.actor)
+    except GateRefused as exc:
+        print(json.dumps(exc.comparison.to_dict(), indent=2) if args.json else exc.comparison.describe())
+        return 1
+    print(json.dumps(cmp.to_dict(), indent=2) if args.json else cmp.describe())
+    print(f"{args.model_id} v{args.version} is now the champion")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from models.registry import Registry
+
+    r = Registry(args.registry, args.db).rollback(args.model_id, args.to, actor=args.actor)
+    print(f"{r['model_id']}: champion is now v{r['to']}" + (f" (v{r['from']} retired)" if r["from"] else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    # usage lines read "valvoja models ...": `python -m models.cli ARGS` is that command
+    parser = argparse.ArgumentParser(prog="valvoja")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_parser(sub)
+    args = parser.parse_args(["models", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,575 @@
+"""The model registry: versions on disk, an index (database table or JSON file), the promotion gate, rollback.
+
+Layout: ``<root>/<model_id>/<version>/model.onnx`` + ``card.json`` (+ ``holdout.npz``: the version's held-out
+rows, so the gate can compare candidate and champion on the same data without the training files). The
+index is the ``model_registry`` / ``model_events`` tables (migration m0100) when a database URL is given,
+else ``<root>/index.json`` (a gateway without a database, tests, a laptop).
+
+Statuses: ``candidate`` (registered) -> ``champion`` (served; at most one per model id) -> ``retired``.
+
+- `Registry.register` writes the files, checks the written ONNX file's sha256 and inserts a candidate. A model
+  that failed parity is refused (`ParityError`).
+- `Registry.promote` is the gate: the candidate must have passed parity, its file must still have the
+  registered sha256, and on the same held-out rows (``holdout``, default the candidate's own) it must match
+  or beat the champion by the metric its card names, both ONNX graphs re-run on those rows. The comparison
+  is returned (and recorded) either way; a worse candidate raises `GateRefused` carrying it.
+- `Registry.rollback` puts the previous champion back (replaying the promote/rollback events) and retires the
+  current one: one call, one command (``valvoja models rollback MODEL``).
+
+Module-level `promote` and `rollback` do the same from a registry directory and database URL, for the console.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import ConfigError, ValvojaError
+from models.data import FeatureTable
+from models.export import ParityError, sha256
+from models.runtime import OnnxModel
+from models.train import GATE_METRICS, TrainedModel, holdout_metrics
+
+__all__ = ["Comparison", "GateRefused", "ModelVersion", "Registry", "promote", "rollback"]
+
+STATUSES = ("candidate", "champion", "retired")
+# Relative slack when comparing gate metrics: float32 inference of the same graph on the same rows is
+# bit-identical, so a retrained identical model "matches"; this only absorbs summation-order noise.
+MATCH_RTOL = 1e-9
+
+
+class GateRefused(ValvojaError):
+    """The promotion gate refused a candidate; ``comparison`` says why (metric values on the same rows)."""
+
+    def __init__(self, comparison: Comparison):
+        self.comparison = comparison
+        super().__init__(comparison.describe())
+
+
+@dataclass
+class ModelVersion:
+    """One registered version (a row of the index)."""
+
+    model_id: str
+    version: int
+    status: str
+    sha256: str
+    path: Path
+    created_at: datetime
+    kind: str
+    parent_version: int | None
+    parity_passed: bool
+    metrics: dict
+    card: dict
+    promoted_at: datetime | None = None
+    retired_at: datetime | None = None
+
+    def load(self) -> OnnxModel:
+        """The ONNX model, refusing a file whose sha256 is not the registered one."""
+        return OnnxModel.load(self.path, sha256=self.sha256)
+
+    def summary(self) -> dict:
+        gate = self.metrics.get("gate", {})
+        return {"model_id": self.model_id, "version": self.version, "status": self.status, "kind": self.kind,
+                "created_at": self.created_at.isoformat(), "parent_version": self.parent_version,
+                "sha256": self.sha256, "gate_metric": gate.get("metric"),
+                "holdout": self.metrics.get("holdout", {}), "path": str(self.path)}
+
+
+@dataclass
+class Comparison:
+    """The gate's comparison of a candidate with the champion on the same held-out rows."""
+
+    model_id: str
+    candidate: int
+    champion: int | None
+    metric: str
+    direction: str
+    candidate_value: float
+    champion_value: float | None
+    rows: int
+    holdout: str  # where the rows came from
+    holdout_fingerprint: str
+    parity_passed: bool
+    accepted: bool
+    reason: str
+    candidate_metrics: dict = field(default_factory=dict)
+    champion_metrics: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return _json_safe(asdict(self))
+
+    def describe(self) -> str:
+        verdict = "ACCEPTED" if self.accepted else "REFUSED"
+        lines = [f"gate {verdict}: {self.model_id} v{self.candidate} vs "
+                 f"{'champion v' + str(self.champion) if self.champion is not None else 'no champion'} "
+                 f"on {self.rows} held-out rows ({self.holdout}); metric {self.metric} ({self.direction} is better)",
+                 f"  {'metric':<18}{'candidate':>14}{'champion':>14}"]
+        keys = [k for k in self.candidate_metrics if isinstance(self.candidate_metrics[k], float)]
+        for k in keys:
+            c = self.candidate_metrics.get(k)
+            h = self.champion_metrics.get(k)
+            mark = " <- gate" if k == self.metric else ""
+            lines.append(f"  {k:<18}{_fmt(c):>14}{_fmt(h):>14}{mark}")
+        lines.append(f"  reason: {self.reason}")
+        return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.5g}" if isinstance(v, float) else str(v)
+
+
+def _json_safe(obj):
+    """NaN/inf -> None (jsonb and strict JSON have no such numbers), numpy scalars -> Python."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _ts(v) -> datetime | None:
+    if v is None or isinstance(v, datetime):
+        return v
+    return datetime.fromisoformat(v)
+
+
+# ---------------------------------------------------------------- index backends
+
+class _JsonIndex:
+    """``<root>/index.json`` guarded by an exclusive ``flock`` for every read-modify-write."""
+
+    def __init__(self, root: Path):
+        self.path = root / "index.json"
+        self.lock_path = root / ".index.lock"
+
+    @contextlib.contextmanager
+    def tx(self, model_id: str | None = None) -> Iterator[_JsonTx]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
+            data.setdefault("versions", [])
+            data.setdefault("events", [])
+            t = _JsonTx(data)
+            yield t
+            if t.dirty:
+                tmp = self.path.with_suffix(".json.tmp")
+                tmp.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+                os.replace(tmp, self.path)  # atomic: a crash leaves the old or the new index, never half
+
+
+class _JsonTx:
+    def __init__(self, data: dict):
+        self.data = data
+        self.dirty = False
+
+    def rows(self, model_id: str | None = None) -> list[dict]:
+        return [dict(r) for r in self.data["versions"] if model_id is None or r["model_id"] == model_id]
+
+    def insert(self, row: dict) -> None:
+        row = dict(row)
+        for k in ("created_at", "promoted_at", "retired_at", "training_start", "training_end"):
+            if isinstance(row.get(k), datetime):
+                row[k] = row[k].isoformat()
+        self.data["versions"].append(_json_safe(row))
+        self.dirty = True
+
+    def set_status(self, model_id: str, version: int, status: str, now: datetime) -> None:
+        for r in self.data["versions"]:
+            if r["model_id"] == model_id and r["version"] == version:
+                r["status"] = status
+                r["promoted_at" if status == "champion" else "retired_at"] = now.isoformat()
+                self.dirty = True
+
+    def events(self, model_id: str) -> list[dict]:
+        return [e for e in self.data["events"] if e["model_id"] == model_id]
+
+    def add_event(self, model_id: str, version: int, event: str, from_version: int | None, actor: str,
+                  detail: dict) -> None:
+        self.data["events"].append({"model_id": model_id, "version": version, "event": event,
+                                    "from_version": from_version, "time": datetime.now(UTC).isoformat(),
+                                    "actor": actor, "detail": _json_safe(detail)})
+        self.dirty = True
+
+
+_ROW_COLUMNS = ("model_id", "version", "kind", "status", "sha256", "path", "created_at", "parent_version", "target",
+                "estimator", "metrics", "gate_metric", "gate_direction", "input_schema", "calibration", "parity",
+                "parity_passed", "training_fingerprint", "training_start", "training_end", "training_span", "card",
+                "promoted_at", "retired_at")
+_JSONB = {"metrics", "input_schema", "calibration", "parity", "training_span", "card"}
+
+
+class _DbIndex:
+    """The ``model_registry`` and ``model_events`` tables; one transaction per operation, serialised per model
+    id by an advisory lock (two promotions of the same model cannot interleave)."""
+
+    def __init__(self, dsn: str):
+        import psycopg
+
+        self.dsn = dsn
+        try:
+            with psycopg.connect(dsn, connect_timeout=10) as conn:
+                ok = conn.execute("SELECT to_regclass('model_registry'), to_regclass('model_events')").fetchone()
+        except psycopg.OperationalError as exc:
+            raise ConfigError(f"model registry database: cannot connect ({exc})".strip()) from None
+        if None in ok:
+            raise ConfigError("the database has no model_registry / model_events tables: run `valvoja db migrate "
+                              "--db URL` first (migration 0100_models)")
+
+    @contextlib.contextmanager
+    def tx(self, model_id: str | None = None) -> Iterator[_DbTx]:
+        import psycopg
+
+        with psycopg.connect(self.dsn) as conn, conn.transaction():
+            if model_id is not None:
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("valvoja.models:" + model_id,))
+            yield _DbTx(conn)
+
+
+class _DbTx:
+    def __init__(self, conn):
+        from psycopg.rows import dict_row
+
+        self.conn = conn
+        self.dict_row = dict_row
+
+    def rows(self, model_id: str | None = None) -> list[dict]:
+        cur = self.conn.cursor(row_factory=self.dict_row)
+        if model_id is None:
+            return cur.execute("SELECT * FROM model_registry ORDER BY model_id, version").fetchall()
+        return cur.execute("SELECT * FROM model_registry WHERE model_id = %s ORDER BY version",
+                           (model_id,)).fetchall()
+
+    def insert(self, row: dict) -> None:
+        from psycopg.types.json import Jsonb
+
+        vals = [Jsonb(_json_safe(row.get(c))) if c in _JSONB else row.get(c) for c in _ROW_COLUMNS]
+        self.conn.execute(f"INSERT INTO model_registry ({', '.join(_ROW_COLUMNS)}) "
+                          f"VALUES ({', '.join(['%s'] * len(_ROW_COLUMNS))})", vals)
+
+    def set_status(self, model_id: str, version: int, status: str, now: datetime) -> None:
+        col = "promoted_at" if status == "champion" else "retired_at"
+        self.conn.execute(f"UPDATE model_registry SET status = %s, {col} = %s WHERE model_id = %s AND version = %s",
+                          (status, now, model_id, version))
+
+    def events(self, model_id: str) -> list[dict]:
+        cur = self.conn.cursor(row_factory=self.dict_row)
+        return cur.execute("SELECT * FROM model_events WHERE model_id = %s ORDER BY id", (model_id,)).fetchall()
+
+    def add_event(self, model_id: str, version: int, event: str, from_version: int | None, actor: str,
+                  detail: dict) -> None:
+        from psycopg.types.json import Jsonb
+
+        self.conn.execute("INSERT INTO model_events (model_id, version, event, from_version, actor, detail) "
+                          "VALUES (%s, %s, %s, %s, %s, %s)",
+                          (model_id, version, event, from_version, actor, Jsonb(_json_safe(detail))))
+
+
+# ---------------------------------------------------------------- holdout rows stored with a version
+
+def _save_holdout(table: FeatureTable, path: Path) -> None:
+    arrays = {f"col:{k}": v for k, v in table.columns.items()}
+    if table.times is not None:
+        arrays["times"] = table.times.astype("datetime64[us]").astype(np.int64)
+    with path.open("wb") as fh:
+        np.savez_compressed(fh, **arrays)
+
+
+def load_holdout(path: Path) -> FeatureTable:
+    with np.load(path, allow_pickle=False) as z:
+        cols = {k[4:]: z[k] for k in z.files if k.startswith("col:")}
+        times = z["times"].astype("datetime64[us]") if "times" in z.files else None
+    return FeatureTable(cols, times, [(f"holdout of {path.parent.name}", 0, len(next(iter(cols.values()))))])
+
+
+# ---------------------------------------------------------------- the registry
+
+class Registry:
+    """Model versions under ``root`` indexed in the database at ``dsn`` (or ``root/index.json`` when None)."""
+
+    def __init__(self, root: str | Path = "var/models", dsn: str | None = None):
+        self.root = Path(root).absolute()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.dsn = dsn
+        self._index = _DbIndex(dsn) if dsn else _JsonIndex(self.root)
+
+    def __repr__(self) -> str:
+        return f"Registry({str(self.root)!r}, {'database' if self.dsn else 'index.json'})"
+
+    def _version(self, row: dict) -> ModelVersion:
+        return ModelVersion(row["model_id"], int(row["version"]), row["status"], row["sha256"],
+                            self.root / row["path"], _ts(row["created_at"]), row["kind"], row.get("parent_version"),
+                            bool(row["parity_passed"]), row.get("metrics") or {}, row.get("card") or {},
+                            _ts(row.get("promoted_at")), _ts(row.get("retired_at")))
+
+    # ---------------------------------------------------------------- reading
+
+    def list(self, model_id: str | None = None) -> list[ModelVersion]:
+        with self._index.tx() as ix:
+            rows = ix.rows(model_id)
+        return sorted((self._version(r) for r in rows), key=lambda v: (v.model_id, v.version))
+
+    def get(self, model_id: str, version: int) -> ModelVersion:
+        for v in self.list(model_id):
+            if v.version == int(version):
+                return v
+        have = ", ".join(str(v.version) for v in self.list(model_id)) or "none"
+        raise LookupError(f"model {model_id!r} has no version {version} (versions: {have})")
+
+    def champion(self, model_id: str) -> ModelVersion | None:
+        return next((v for v in self.list(model_id) if v.status == "champion"), None)
+
+    def events(self, model_id: str) -> list[dict]:
+        with self._index.tx() as ix:
+            return [dict(e) for e in ix.events(model_id)]
+
+    # ---------------------------------------------------------------- register
+
+    def register(self, trained: TrainedModel, *, actor: str = "system") -> ModelVersion:
+        """Write the version's files and index it as a candidate; returns it (``.version`` is the new number)."""
+        if not trained.parity.passed:
+            raise ParityError(f"{trained.model_id}: not registered, {trained.parity.describe()}")
+        if sha256(trained.onnx_bytes) != trained.sha256:
+            raise ParityError(f"{trained.model_id}: ONNX bytes do not match the sha256 they were checked with")
+        model_id = trained.model_id
+        with self._index.tx(model_id) as ix:
+            rows = ix.rows(model_id)
+            version = max((int(r["version"]) for r in rows), default=0) + 1
+            parent = trained.card.get("parent_version")
+            if parent is None:
+                parent = next((int(r["version"]) for r in rows if r["status"] == "champion"), None)
+            card = _json_safe({**trained.card, "version": version, "parent_version": parent})
+            rel = f"{model_id}/{version}"
+            final = self.root / rel
+            if final.exists():  # left over by a crash between writing files and indexing: not registered
+                shutil.rmtree(final)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=final.parent))
+            try:
+                tmp.chmod(0o755)  # mkdtemp makes it 0700; the served files are not secret
+                (tmp / "model.onnx").write_bytes(trained.onnx_bytes)
+                (tmp / "card.json").write_text(json.dumps(card, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+                _save_holdout(trained.holdout, tmp / "holdout.npz")
+                on_disk = sha256((tmp / "model.onnx").read_bytes())
+                if on_disk != trained.sha256:
+                    raise OSError(f"{tmp / 'model.onnx'}: written file has sha256 {on_disk}, expected {trained.sha256}")
+                os.rename(tmp, final)  # the directory appears complete or not at all
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            td = card.get("training_data", {})
+            span = td.get("span", {})
+            gate = card["metrics"]["gate"]
+            row = {"model_id": model_id, "version": version, "kind": card["kind"], "status": "candidate",
+                   "sha256": trained.sha256, "path": rel, "created_at": datetime.now(UTC), "parent_version": parent,
+                   "target": card.get("target"), "estimator": card.get("estimator"), "metrics": card["metrics"],
+                   "gate_metric": gate["metric"], "gate_direction": gate["direction"],
+                   "input_schema": card["input_schema"], "calibration": _card_calibration(card),
+                   "parity": card["parity"], "parity_passed": bool(card["parity"]["passed"]),
+                   "training_fingerprint": td.get("fingerprint"), "training_start": _ts(span.get("start")),
+                   "training_end": _ts(span.get("end")), "training_span": span,
+                   # the score list (up to 5,000 floats) and the drift reference stay in card.json, where the
+                   # runtime and the report read them; the index rows are what the console lists: keep them small
+                   "card": {k: v for k, v in {**card, "calibration": _card_calibration(card)}.items()
+                            if k != "drift_reference"}}
+            try:
+                ix.insert(row)
+                ix.add_event(model_id, version, "register", None, actor,
+                             {"sha256": trained.sha256, "holdout": card["metrics"]["holdout"]})
+            except BaseException:
+                shutil.rmtree(final, ignore_errors=True)
+                raise
+        return self.get(model_id, version)
+
+    # ---------------------------------------------------------------- the gate
+
+    def compare(self, model_id: str, version: int, holdout: FeatureTable | None = None) -> Comparison:
+        """The gate's comparison without changing anything."""
+        cand = self.get(model_id, version)
+        champ = self.champion(model_id)
+        return self._compare(cand, champ, holdout)
+
+    def _compare(self, cand: ModelVersion, champ: ModelVersion | None, holdout: FeatureTable | None) -> Comparison:
+        gate = cand.metrics.get("gate") or {}
+        metric, direction = gate.get("metric", "mae"), gate.get("direction", GATE_METRICS.get(gate.get("metric"),
+                                                                                            "lower"))
+        if holdout is None:
+            hpath = cand.path / "holdout.npz"
+            if not hpath.exists():
+                raise ConfigError(f"{model_id_v(cand)}: no stored holdout rows ({hpath}); give --holdout files")
+            table, source = load_holdout(hpath), f"held-out rows of v{cand.version}"
+        else:
+            table, source = holdout, "given holdout data"
+        fp = table.fingerprint()
+
+        def run(mv: ModelVersion) -> dict:
+            m = mv.load()  # sha256 checked against the registry
+            need = m.schema.names + [c for c in (mv.card.get("target"), mv.card.get("label")) if c]
+            missing = [c for c in need if c not in table.columns]
+            if missing:
+                raise ConfigError(f"{model_id_v(mv)}: the holdout data has no column(s) {', '.join(missing)}")
+            out = m.predict(table.matrix(m.schema.names), columns=m.schema.names)
+            return holdout_metrics(mv.card, table, out.value, out.lower, out.upper, out.p_value)
+
+        def refuse(reason: str, cm: dict, hm: dict | None = None) -> Comparison:
+            return Comparison(cand.model_id, cand.version, champ.version if champ else None, metric, direction,
+                              cm.get(metric, math.nan), (hm or {}).get(metric), len(table), source, fp,
+                              cand.parity_passed, False, reason, cm, hm or {})
+
+        if not cand.parity_passed:
+            return refuse("the candidate failed the ONNX parity check", {})
+        on_disk = _file_sha256(cand.path / "model.onnx")
+        if on_disk != cand.sha256:
+            return refuse(f"the candidate's model.onnx has sha256 {on_disk[:12]}, not the registered "
+                          f"{cand.sha256[:12]}: the file was changed after registration", {})
+        cm = run(cand)
+        cv = cm.get(metric)
+        if cv is None or not math.isfinite(cv):
+            return refuse(f"the candidate's {metric} is not defined on these rows", cm)
+        if champ is None:
+            return Comparison(cand.model_id, cand.version, None, metric, direction, cv, None, len(table), source, fp,
+                              True, True, "no champion yet: the first version that passes parity becomes champion",
+                              cm, {})
+        if champ.version == cand.version:
+            return Comparison(cand.model_id, cand.version, champ.version, metric, direction, cv, cv, len(table),
+                              source, fp, True, False, "this version is already the champion", cm, cm)
+        if champ.kind != cand.kind:
+            return refuse(f"the champion is a {champ.kind} model, the candidate a {cand.kind} model", cm)
+        hm = run(champ)
+        hv = hm.get(metric)
+        if hv is None or not math.isfinite(hv):
+            ok, reason = True, f"the champion's {metric} is not defined on these rows"
+        else:
+            slack = MATCH_RTOL * max(abs(hv), 1e-12)
+            ok = cv <= hv + slack if direction == "lower" else cv >= hv - slack
+            verb = "matches or beats" if ok else "is worse than"
+            reason = f"candidate {metric} {cv:.6g} {verb} champion {hv:.6g} ({direction} is better)"
+        return Comparison(cand.model_id, cand.version, champ.version, metric, direction, cv, hv, len(table), source,
+                          fp, True, ok, reason, cm, hm)
+
+    def promote(self, model_id: str, version: int, *, holdout: FeatureTable | None = None,
+                actor: str = "system") -> Comparison:
+        """The gate. Returns the comparison when the candidate became champion; raises `GateRefused` (with the
+        comparison) when it did not. Either way the outcome is recorded in the events."""
+        cand = self.get(model_id, version)
+        if cand.status == "champion":
+            raise GateRefused(self._compare(cand, cand, holdout))
+        champ = self.champion(model_id)
+        comparison = self._compare(cand, champ, holdout)
+        with self._index.tx(model_id) as ix:
+            rows = {int(r["version"]): r for r in ix.rows(model_id)}
+            now_champ = next((v for v, r in rows.items() if r["status"] == "champion"), None)
+            if comparison.accepted and now_champ != (champ.version if champ else None):
+                comparison.accepted = False
+                comparison.reason = f"the champion changed to v{now_champ} during the comparison; run the gate again"
+            if not comparison.accepted:
+                ix.add_event(model_id, version, "refuse", now_champ, actor, comparison.to_dict())
+            else:
+                now = datetime.now(UTC)
+                if now_champ is not None:
+                    ix.set_status(model_id, now_champ, "retired", now)
+                ix.set_status(model_id, version, "champion", now)
+                ix.add_event(model_id, version, "promote", now_champ, actor, comparison.to_dict())
+        if not comparison.accepted:
+            raise GateRefused(comparison)
+        return comparison
+
+    # ---------------------------------------------------------------- rollback
+
+    def rollback(self, model_id: str, to: int | None = None, *, actor: str = "system") -> dict:
+        """Retire the champion and put back ``to`` (default: the champion before it). No gate: this is the way
+        back when a promoted model misbehaves in service; the version must still have passed parity and its
+        file must have the registered sha256."""
+        with self._index.tx(model_id) as ix:
+            rows = {int(r["version"]): r for r in ix.rows(model_id)}
+            if not rows:
+                raise LookupError(f"no model {model_id!r} in the registry")
+            current = next((v for v, r in rows.items() if r["status"] == "champion"), None)
+            stack = _champion_history(ix.events(model_id))
+            if to is None:
+                earlier = [v for v in stack if v != current]
+                if not earlier:
+                    raise LookupError(f"model {model_id!r} has no previous champion to roll back to")
+                to = earlier[-1]
+            to = int(to)
+            if to not in rows:
+                raise LookupError(f"model {model_id!r} has no version {to}")
+            if to == current:
+                raise ValueError(f"{model_id} v{to} is already the champion")
+            target = self._version(rows[to])
+            if not target.parity_passed:
+                raise ParityError(f"{model_id} v{to} failed parity; it cannot be served")
+            target.load()  # the file must be intact before it becomes the served model
+            now = datetime.now(UTC)
+            if current is not None:
+                ix.set_status(model_id, current, "retired", now)
+            ix.set_status(model_id, to, "champion", now)
+            detail = {"from": current, "to": to}
+            ix.add_event(model_id, to, "rollback", current, actor, detail)
+        return {"model_id": model_id, **detail}
+
+
+def _champion_history(events: list[dict]) -> list[int]:
+    """Champions in order, as a stack: a promotion pushes; a rollback to ``v`` pops back to ``v`` (or pushes
+    it when it was never champion). The previous champion is the entry below the current one."""
+    stack: list[int] = []
+    for e in events:
+        v = int(e["version"])
+        if e["event"] == "promote":
+            stack.append(v)
+        elif e["event"] == "rollback":
+            if v in stack:
+                del stack[len(stack) - stack[::-1].index(v):]
+            else:
+                stack.append(v)
+    return stack
+
+
+def _file_sha256(path: Path) -> str:
+    try:
+        return sha256(path.read_bytes())
+    except FileNotFoundError:
+        return "missing"
+
+
+def _card_calibration(card: dict) -> dict:
+    """The calibration without the score list (that stays in the card; the column is for reading)."""
+    return {k: v for k, v in card.get("calibration", {}).items() if k != "scores"}
+
+
+def model_id_v(mv: ModelVersion) -> str:
+    return f"{mv.model_id} v{mv.version}"
+
+
+# ---------------------------------------------------------------- for the console and scripts
+
+def promote(model_id: str, version: int, *, root: str | Path = "var/models", dsn: str | None = None,
+            actor: str = "system", holdout: FeatureTable | None = None) -> Comparison:
+    """`Registry.promote` on the registry at ``root`` / ``dsn``."""
+    return Registry(root, dsn).promote(model_id, version, holdout=holdout, actor=actor)
+
+
+def rollback(model_id: str, to: int | None = None, *, root: str | Path = "var/models", dsn: str | None = None,
+             actor: str = "system") -> dict:
+    """`Registry.rollback` on the registry at ``root`` / ``dsn``."""
+    return Registry(root, dsn).rollback(model_id, to, actor=actor)

@@ -1,0 +1,329 @@
+"""Serving: onnxruntime inference with uncertainty on every output, and hot swap to a new champion.
+
+- `OnnxModel`: one registered version: the ONNX graph and its card. ``predict(X)`` checks the input against the
+  card's `InputSchema` (missing / unknown / misordered features, NaN, wrong shape -> `InputError`), runs the
+  batch, and returns an `Output`: values plus the static conformal interval (regressors) or conformal p-value
+  (anomaly scorers), the model id, the registry version and the ONNX sha256.
+- `ModelServer`: serves the champion of one model id from a `models.registry.Registry`. ``refresh()`` loads a
+  new champion and swaps one reference: a request that already picked up the old version finishes on it (its
+  session stays alive), later ones use the new one; nothing is dropped or blocked. Sessions are cached per
+  version. Regressors served through it get adaptive conformal intervals (rolling window of recent scores +
+  ACI level update) once ``observe(truth, ...)`` reports what really happened.
+
+This module needs numpy and onnxruntime only (no scikit-learn), so it is what a gateway imports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from models.conformal import AdaptiveConformal, ConformalizedQuantile, ConformalPValue, SplitConformal
+from models.schema import InputError, InputSchema
+
+__all__ = ["InputError", "ModelServer", "OnnxModel", "Output"]
+
+INPUT_NAME = "X"  # models.export.INPUT_NAME (not imported: that module pulls in skl2onnx)
+
+
+def _session(onnx_bytes: bytes) -> ort.InferenceSession:
+    """CPU session, one intra-op thread: single rows are fastest so and a gateway runs many models side by side.
+    ``InferenceSession.run`` is thread-safe, so one session serves concurrent requests."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+
+
+@dataclass
+class Output:
+    """A batch of predictions with their uncertainty. ``lower``/``upper`` for regressors (nominal ``coverage``),
+    ``p_value`` for anomaly scores; ``raw`` is the graph output (point, and the quantiles of CQR models)."""
+
+    value: np.ndarray
+    lower: np.ndarray | None
+    upper: np.ndarray | None
+    p_value: np.ndarray | None
+    coverage: float | None
+    model_id: str
+    version: int | None  # registry version number
+    model_version: str  # sha256 of the ONNX file
+    raw: np.ndarray
+    adaptive: bool = False
+
+    @property
+    def interval(self) -> np.ndarray | None:
+        return None if self.lower is None else np.column_stack([self.lower, self.upper])
+
+    def __len__(self) -> int:
+        return self.value.size
+
+
+class OnnxModel:
+    """One model version: ONNX graph + card (``input_schema``, ``kind``, ``calibration``, ``sha256``...)."""
+
+    def __init__(self, onnx_bytes: bytes, card: dict):
+        self.card = card
+        self.sha256 = hashlib.sha256(onnx_bytes).hexdigest()
+        if card.get("sha256") and card["sha256"] != self.sha256:
+            raise ValueError(f"{card.get('model_id')}: ONNX file sha256 {self.sha256[:12]} does not match the card's "
+                             f"{card['sha256'][:12]}: the file was changed after registration")
+        self.model_id = card.get("model_id", "")
+        self.version = card.get("version")
+        self.kind = card.get("kind", "regression")
+        self.schema = InputSchema.from_dict(card["input_schema"])
+        self.session = _session(onnx_bytes)
+        self._output = self.session.get_outputs()[0].name
+        cal = card.get("calibration")
+        self.calibrator = None
+        if cal:
+            if self.kind == "anomaly":
+                self.calibrator = ConformalPValue.from_dict(cal)
+            elif cal.get("method") == "cqr":
+                self.calibrator = ConformalizedQuantile.from_dict(cal)
+            else:
+                self.calibrator = SplitConformal.from_dict(cal)
+
+    @classmethod
+    def load(cls, directory: str | Path, *, sha256: str | None = None) -> OnnxModel:
+        """A version directory (``model.onnx`` + ``card.json``); ``sha256`` (from the registry) must match."""
+        import json
+
+        d = Path(directory)
+        data = (d / "model.onnx").read_bytes()
+        card = json.loads((d / "card.json").read_text(encoding="utf-8"))
+        digest = hashlib.sha256(data).hexdigest()
+        if sha256 and digest != sha256:
+            raise ValueError(f"{d / 'model.onnx'}: sha256 {digest[:12]} is not the registered {sha256[:12]}")
+        return cls(data, card)
+
+    @property
+    def alpha(self) -> float | None:
+        cal = self.card.get("calibration") or {}
+        return cal.get("alpha")
+
+    def matrix(self, X, columns: Sequence[str] | None = None) -> np.ndarray:
+        return self.schema.to_matrix(X, columns=columns)
+
+    def run_raw(self, X) -> np.ndarray:
+        """Graph output for a checked float matrix: ``(n, 1)`` or ``(n, 3)`` float64."""
+        X32 = np.ascontiguousarray(X, dtype=np.float32)
+        out = self.session.run([self._output], {INPUT_NAME: X32})[0]
+        return np.asarray(out, dtype=np.float64).reshape(X32.shape[0], -1)
+
+    def predict(self, X, *, columns: Sequence[str] | None = None) -> Output:
+        """Checked batch inference with the static conformal interval or p-value (`InputError` on bad input)."""
+        raw = self.run_raw(self.matrix(X, columns))
+        value = raw[:, 0]
+        lower = upper = p = cov = None
+        if self.kind == "anomaly":
+            if self.calibrator is not None:
+                p = self.calibrator.p_value(value)
+        elif self.calibrator is not None:
+            if isinstance(self.calibrator, ConformalizedQuantile):
+                iv = self.calibrator.interval(raw[:, 1], raw[:, 2])
+            else:
+                iv = self.calibrator.interval(value)
+            lower, upper, cov = iv[:, 0], iv[:, 1], 1.0 - self.calibrator.alpha
+        return Output(value, lower, upper, p, cov, self.model_id, self.version, self.sha256, raw)
+
+
+@dataclass(frozen=True)
+class _Serving:
+    """What one request uses, taken as a single reference so a swap can never mix two versions."""
+
+    version: int
+    model: OnnxModel
+    adaptive: AdaptiveConformal | None
+    lock: threading.Lock
+
+
+class ModelServer:
+    """Serves the champion of ``model_id``; ``refresh()`` hot-swaps to a new champion.
+
+    ``adaptive=True`` gives regressors adaptive conformal intervals: a rolling window of the last ``window``
+    nonconformity scores (seeded from the card's calibration scores) with the ACI step ``gamma``; ``observe``
+    feeds it the truth as it arrives, so the intervals widen when recent errors grow (drift). Anomaly models
+    always use their card's p-value calibration.
+    """
+
+    def __init__(self, registry, model_id: str, *, adaptive: bool = True, window: int = 500, gamma: float = 0.005):
+        self.registry = registry
+        self.model_id = model_id
+        self.adaptive = adaptive
+        self.window = window
+        self.gamma = gamma
+        self._models: dict[int, OnnxModel] = {}  # sessions cached per version
+        self._swap_lock = threading.Lock()
+        self._serving: _Serving | None = None
+        self._watch: tuple[threading.Thread, threading.Event] | None = None
+        self.swaps = 0
+        if not self.refresh():
+            raise LookupError(f"model {model_id!r} has no champion to serve (promote a version first)")
+
+    # ---------------------------------------------------------------- versions
+
+    @property
+    def version(self) -> int:
+        return self._serving.version
+
+    @property
+    def model(self) -> OnnxModel:
+        return self._serving.model
+
+    def _load(self, mv) -> OnnxModel:
+        m = self._models.get(mv.version)
+        if m is None:
+            m = OnnxModel.load(mv.path, sha256=mv.sha256)
+            self._models[mv.version] = m
+        return m
+
+    def refresh(self) -> bool:
+        """Serve the registry's current champion; True when it changed. The new session is built before the
+        swap, and the swap is one reference assignment: in-flight calls finish on the version they started on."""
+        with self._swap_lock:
+            mv = self.registry.champion(self.model_id)
+            if mv is None:
+                return False
+            current = self._serving
+            if current is not None and current.version == mv.version:
+                return False
+            model = self._load(mv)
+            ac = None
+            cal = model.card.get("calibration") or {}
+            if self.adaptive and model.kind == "regression" and cal.get("scores"):
+                ac = AdaptiveConformal(cal["alpha"], window=self.window, gamma=self.gamma,
+                                       score=cal.get("score", "absolute")).start(cal["scores"])
+            self._serving = _Serving(mv.version, model, ac, threading.Lock())
+            if current is not None:
+                self.swaps += 1
+            return True
+
+    def watch(self, interval: float = 5.0) -> None:
+        """Poll the registry every ``interval`` s in a daemon thread and swap when the champion changes."""
+        if self._watch:
+            return
+        stop = threading.Event()
+
+        def loop():
+            while not stop.wait(interval):
+                try:
+                    self.refresh()
+                except Exception:  # a registry hiccup must not kill serving; next poll retries
+                    import logging
+
+                    logging.getLogger(__name__).exception("model %s: refresh failed", self.model_id)
+
+        t = threading.Thread(target=loop, name=f"model-watch-{self.model_id}", daemon=True)
+        t.start()
+        self._watch = (t, stop)
+
+    def close(self) -> None:
+        if self._watch:
+            t, stop = self._watch
+            stop.set()
+            t.join()
+            self._watch = None
+
+    # ---------------------------------------------------------------- inference
+
+    def infer(self, X, *, columns: Sequence[str] | None = None) -> Output:
+        """`OnnxModel.predict` on the champion, with adaptive intervals for regressors when enabled."""
+        return self._infer(self._serving, X, columns)  # one read: the whole request uses this version
+
+    @staticmethod
+    def _infer(s: _Serving, X, columns) -> Output:
+        out = s.model.predict(X, columns=columns)
+        if s.adaptive is not None:
+            with s.lock:
+                if s.adaptive.score == "cqr":
+                    iv = s.adaptive.interval(lower=out.raw[:, 1], upper=out.raw[:, 2])
+                else:
+                    iv = s.adaptive.interval(out.value)
+            out.lower, out.upper, out.adaptive = iv[:, 0], iv[:, 1], True
+        return out
+
+    def predict(self, X, *, columns: Sequence[str] | None = None, return_interval: bool = False,
+                return_pvalue: bool = False):
+        """Values; with ``return_interval`` ``(values, (n, 2) interval)``; with ``return_pvalue``
+        ``(scores, p_values)``. `infer` gives everything including the version."""
+        out = self.infer(X, columns=columns)
+        if return_interval:
+            if out.lower is None:
+                raise ValueError(f"model {self.model_id} is an anomaly scorer: it gives p-values, not intervals")
+            return out.value, out.interval
+        if return_pvalue:
+            if out.p_value is None:
+                raise ValueError(f"model {self.model_id} is a regressor: it gives intervals, not p-values")
+            return out.value, out.p_value
+        return out.value
+
+    def predict_records(self, X, *, asset: str, times: Sequence[datetime], target: str | None = None,
+                        columns: Sequence[str] | None = None) -> list:
+        """`edge.records.Prediction` per row: value, interval or p-value, model id and ONNX sha256; the registry
+        version number and, for CQR models, the predicted quantiles are in ``details``."""
+        from edge.records import Prediction
+
+        s = self._serving
+        out = self._infer(s, X, columns)
+        if len(times) != len(out):
+            raise InputError(f"{len(times)} timestamps for {len(out)} input rows")
+        kind = s.model.kind
+        target = target if target is not None else (s.model.card.get("target") or "")
+        preds = []
+        for i, t in enumerate(times):
+            details = {"registry_version": out.version, "adaptive": out.adaptive}
+            if out.raw.shape[1] == 3:
+                details["lower_quantile"], details["upper_quantile"] = float(out.raw[i, 1]), float(out.raw[i, 2])
+            if out.p_value is not None:
+                preds.append(Prediction(out.model_id, out.model_version, asset, t, float(out.value[i]),
+                                        p_value=float(out.p_value[i]), kind="anomaly", target=target,
+                                        details=details))
+            else:
+                preds.append(Prediction(out.model_id, out.model_version, asset, t, float(out.value[i]),
+                                        lower=None if out.lower is None else float(out.lower[i]),
+                                        upper=None if out.upper is None else float(out.upper[i]),
+                                        coverage=out.coverage, kind=kind, target=target, details=details))
+        return preds
+
+    def observe(self, y_true, predictions) -> int:
+        """The truth of earlier predictions arrived (in time order): update the adaptive intervals. ``predictions``
+        is an `Output` or a list of `Prediction`. Truth for another version than the one now served is ignored
+        (its errors say nothing about the new model). Returns how many rows were used."""
+        s = self._serving
+        if s.adaptive is None:
+            return 0
+        y = np.asarray(y_true, dtype=np.float64).ravel()
+        if isinstance(predictions, Output):
+            if predictions.model_version != s.model.sha256:
+                return 0
+            value, raw, iv = predictions.value, predictions.raw, predictions.interval
+        else:
+            keep = [i for i, p in enumerate(predictions) if p.model_version == s.model.sha256]
+            if not keep:
+                return 0
+            y = y[keep]
+            ps = [predictions[i] for i in keep]
+            value = np.array([p.value for p in ps])
+            iv = np.array([[p.lower, p.upper] for p in ps], dtype=np.float64)
+            if s.adaptive.score == "cqr":
+                raw = np.array([[p.value, p.details["lower_quantile"], p.details["upper_quantile"]] for p in ps])
+            else:
+                raw = value.reshape(-1, 1)
+        if y.size != value.size:
+            raise InputError(f"{y.size} true values for {value.size} predictions")
+        with s.lock:
+            if s.adaptive.score == "cqr":
+                s.adaptive.update(y, lower=raw[:, 1], upper=raw[:, 2], interval=iv)
+            else:
+                s.adaptive.update(y, value, interval=iv)
+        return int(y.size)

@@ -1,0 +1,174 @@
+"""Registry: versions on disk + index (JSON file, and the real TimescaleDB test server), the promotion gate,
+rollback, tampered files, and the ``valvoja models`` commands."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+from models_support import regression_table, spec
+
+from edge.db.migrate import migrate
+from models.registry import GateRefused, Registry, load_holdout
+from models.train import train
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """One table, three models: a good HGB, a better HGB (more iterations), and a worse linear model."""
+    table = regression_table(1500)
+    return {
+        "good": train(spec(params={"max_iter": 40}), table),
+        "better": train(spec(params={"max_iter": 200}), table),
+        "worse": train(spec(estimator="linear"), table),
+    }
+
+
+def _db_registry(pg_dsn, tmp_path) -> Registry:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+    return Registry(tmp_path / "models", pg_dsn)
+
+
+@pytest.fixture(params=["json", "db"])
+def registry(request, tmp_path):
+    if request.param == "json":
+        return Registry(tmp_path / "models")
+    return _db_registry(request.getfixturevalue("pg_dsn"), tmp_path)
+
+
+def test_register_writes_files_and_a_candidate(registry, trained):
+    mv = registry.register(trained["good"])
+    assert (mv.model_id, mv.version, mv.status) == ("syn", 1, "candidate")
+    d = registry.root / "syn" / "1"
+    assert mv.path == d and (d / "model.onnx").read_bytes() == trained["good"].onnx_bytes
+    card = json.loads((d / "card.json").read_text())
+    assert card["version"] == 1 and card["sha256"] == mv.sha256 and card["parent_version"] is None
+    assert load_holdout(d / "holdout.npz").fingerprint() == card["training_data"]["holdout_fingerprint"]
+    assert mv.load().predict(regression_table(5).matrix(["x1", "x2", "x3", "x4"])).version == 1
+    v2 = registry.register(trained["better"])
+    assert v2.version == 2 and [v.version for v in registry.list("syn")] == [1, 2]
+    assert registry.champion("syn") is None
+    assert [e["event"] for e in registry.events("syn")] == ["register", "register"]
+
+
+def test_gate_refuses_a_worse_candidate_and_accepts_a_better_one(registry, trained):
+    v1 = registry.register(trained["good"]).version
+    first = registry.promote("syn", v1)
+    assert first.accepted and first.champion is None and "no champion" in first.reason
+
+    worse = registry.register(trained["worse"]).version
+    with pytest.raises(GateRefused) as refused:
+        registry.promote("syn", worse, actor="anna")
+    c = refused.value.comparison
+    assert not c.accepted and (c.candidate, c.champion, c.metric) == (worse, v1, "mae")
+    assert c.candidate_value > c.champion_value and c.rows == 300
+    assert "REFUSED" in c.describe() and "worse than champion" in c.describe()
+    assert registry.champion("syn").version == v1 and registry.get("syn", worse).status == "candidate"
+
+    better = registry.register(trained["better"]).version
+    ok = registry.promote("syn", better)
+    assert ok.accepted and ok.candidate_value <= ok.champion_value, ok.describe()
+    assert registry.champion("syn").version == better
+    assert registry.get("syn", v1).status == "retired" and registry.get("syn", better).parent_version == v1
+    events = registry.events("syn")
+    assert [e["event"] for e in events] == ["register", "promote", "register", "refuse", "register", "promote"]
+    refuse = events[3]
+    assert refuse["actor"] == "anna" and refuse["detail"]["metric"] == "mae" and refuse["detail"]["accepted"] is False
+
+    # the same model again matches the champion exactly: "match or beat" lets it through
+    same = registry.register(trained["better"]).version
+    assert registry.promote("syn", same).accepted
+
+
+def test_gate_compares_on_given_holdout_rows(registry, trained):
+    registry.promote("syn", registry.register(trained["good"]).version)
+    v = registry.register(trained["worse"]).version
+    later = regression_table(600, seed=9, start="2025-01-01")
+    cmp = registry.compare("syn", v, holdout=later)
+    assert cmp.rows == 600 and cmp.holdout == "given holdout data" and not cmp.accepted
+    assert cmp.holdout_fingerprint == later.fingerprint()
+
+
+def test_rollback_restores_the_previous_champion_in_one_call(registry, trained):
+    for name in ("good", "better"):
+        registry.promote("syn", registry.register(trained[name]).version)
+    assert registry.champion("syn").version == 2
+    assert registry.rollback("syn", actor="ops") == {"model_id": "syn", "from": 2, "to": 1}
+    assert registry.champion("syn").version == 1 and registry.get("syn", 2).status == "retired"
+    with pytest.raises(LookupError, match="no previous champion"):
+        registry.rollback("syn")
+    assert registry.rollback("syn", to=2)["to"] == 2  # and forward again, explicitly
+    assert registry.events("syn")[-1]["event"] == "rollback"
+
+
+def test_a_tampered_onnx_file_is_neither_served_nor_promoted(registry, trained):
+    mv = registry.register(trained["good"])
+    f = mv.path / "model.onnx"
+    f.write_bytes(f.read_bytes()[:-1] + b"\0")
+    with pytest.raises(GateRefused, match="file was changed after registration"):
+        registry.promote("syn", mv.version)
+    assert registry.champion("syn") is None and registry.events("syn")[-1]["event"] == "refuse"
+    with pytest.raises(ValueError, match="not the registered"):
+        mv.load()
+
+
+def test_database_rows_are_what_the_console_reads(pg_dsn, tmp_path, trained):
+    reg = _db_registry(pg_dsn, tmp_path)
+    reg.promote("syn", reg.register(trained["good"]).version)
+    reg.register(trained["better"])
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute("SELECT model_id, version, status, sha256, created_at, card->>'kind', metrics->'gate', "
+                            "input_schema->'features'->0->>'name', training_fingerprint, parity_passed, "
+                            "calibration ? 'scores' OR card->'calibration' ? 'scores' "
+                            "FROM model_registry ORDER BY version").fetchall()
+        with pytest.raises(psycopg.errors.UniqueViolation):  # at most one champion per model, by the schema
+            conn.execute("UPDATE model_registry SET status = 'champion' WHERE version = 2")
+    assert [(r[0], r[1], r[2]) for r in rows] == [("syn", 1, "champion"), ("syn", 2, "candidate")]
+    assert rows[0][3] == trained["good"].sha256 and rows[0][5] == "regression"
+    assert rows[0][6] == {"metric": "mae", "direction": "lower"} and rows[0][7] == "x1"
+    assert rows[0][8] and rows[0][9] is True and rows[0][10] is False
+
+
+def test_registry_without_migrations_says_what_to_run(pg_dsn, tmp_path):
+    from edge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="valvoja db migrate"):
+        Registry(tmp_path, pg_dsn)
+
+
+# ---------------------------------------------------------------- the commands
+
+def _csv(path, table):
+    names = table.names
+    lines = [",".join(names)] + [",".join(repr(float(table.columns[n][i])) for n in names) for i in range(len(table))]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_cli_train_list_promote_rollback(tmp_path, capsys):
+    from edge.cli import main
+
+    data = _csv(tmp_path / "plant.csv", regression_table(800))
+    reg = ["--registry", str(tmp_path / "reg")]
+    base = ["models", "train", "--data", str(data), "--target", "y", "--model-id", "cli-m", *reg]
+    assert main([*base, "--param", "max_iter=40"]) == 0
+    assert "registered cli-m v1 as candidate" in capsys.readouterr().out
+    assert main([*base, "--kind", "linear"]) == 0
+    assert main(["models", "promote", "cli-m", "1", *reg]) == 0
+    out = capsys.readouterr().out
+    assert "gate ACCEPTED" in out and "cli-m v1 is now the champion" in out
+    assert main(["models", "promote", "cli-m", "2", *reg]) == 1
+    out = capsys.readouterr().out
+    assert "gate REFUSED" in out and "mae" in out and "<- gate" in out
+    assert main(["models", "train", "--data", str(data), "--target", "y", "--model-id", "cli-m", "--param",
+                 "max_iter=40", *reg]) == 0
+    assert main(["models", "promote", "cli-m", "3", "--holdout", str(data), *reg]) == 0
+    assert main(["models", "rollback", "cli-m", *reg]) == 0
+    assert "champion is now v1 (v3 retired)" in capsys.readouterr().out
+    assert main(["models", "list", "cli-m", "--json", *reg]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(v["version"], v["status"]) for v in listed] == [(1, "champion"), (2, "candidate"), (3, "retired")]
+    assert main(["models", "promote", "cli-m", "9", *reg]) == 1
+    assert "has no version 9" in capsys.readouterr().err

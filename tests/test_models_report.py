@@ -1,0 +1,141 @@
+"""models.report: the uncertainty report is self-contained HTML (inline SVG, nothing fetched) plus strict JSON
+with coverage over time, widths, residuals and input drift; ``valvoja models report`` from files or a registry."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.conformal import SplitConformal
+from models.drift import DriftMonitor
+from models.report import build_report, write_report
+
+SAMPLE = Path(__file__).parent / "data" / "gas-turbine"
+
+
+def _drifting(n: int = 3000, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    X_ref = rng.normal(size=(5000, 3))
+    X = rng.normal(size=(n, 3))
+    X[n // 2:, 2] += 1.5  # feature c drifts halfway
+    yhat = X[:, 0] * 2.0
+    noise = np.where(np.arange(n) < n // 2, 1.0, 2.5)
+    y = yhat + rng.normal(size=n) * noise
+    cal = SplitConformal(alpha=0.1).fit(rng.normal(size=1000), np.zeros(1000))
+    return X_ref, X, y, yhat, cal
+
+
+def _assert_self_contained(html: str) -> None:
+    assert "<svg" in html
+    assert "http://" not in html and "https://" not in html
+    assert not re.search(r"<script|<link|<img|<iframe|@import|url\(", html, re.I)
+    assert not re.search(r"\b(src|href)\s*=", html, re.I)
+
+
+def test_report_html_and_json(tmp_path):
+    X_ref, X, y, yhat, cal = _drifting()
+    mon = DriftMonitor(X_ref, ["a", "b", "c"])
+    rep = build_report(yhat, y_true=y, X=X, features=["a", "b", "c"], conformal=cal,
+                       calibration_scores=cal.scores_, drift=mon.to_dict(), model={"id": "synthetic", "version": 3},
+                       window=250)
+    html_path, json_path = write_report(rep, tmp_path / "out")
+    html = html_path.read_text(encoding="utf-8")
+    _assert_self_contained(html)
+    assert html.count("<svg") >= 5  # coverage, width, residual histogram, bias, PSI
+    assert "synthetic" in html and "nominal" in html
+
+    text = json_path.read_text(encoding="utf-8")
+    assert "NaN" not in text and "Infinity" not in text
+    d = json.loads(text)
+    assert d["nominal_coverage"] == pytest.approx(0.9) and d["rows"] == 3000
+    static, adaptive = d["over_time"]["static"], d["over_time"]["adaptive"]
+    assert len(static["coverage"]) == len(adaptive["coverage"]) == 12
+    # The noise grows halfway: the static interval under-covers there, the adaptive one widens and holds.
+    assert np.mean(static["coverage"][7:]) < 0.75
+    assert abs(d["metrics"]["adaptive"]["coverage"] - 0.9) <= 0.03
+    assert np.mean(adaptive["mean_width"][7:]) > 2 * np.mean(adaptive["mean_width"][:5])
+    assert static["mean_width"][0] == pytest.approx(2 * cal.q_)
+    res = d["residuals"]
+    assert res["n"] == 3000 and sum(res["histogram"]["counts"]) == 3000 and len(res["mean_per_window"]) == 12
+    drift = d["input_drift"]
+    status = {f["feature"]: f["status"] for f in drift["features"]}
+    assert status["a"] == status["b"] == "ok" and status["c"] == "drift" and drift["status"] == "drift"
+    assert len(drift["over_time"]["psi"]["c"]) == 3  # windows of 4 * 250 rows
+    assert drift["over_time"]["psi"]["c"][0] < 0.1 < 0.25 < drift["over_time"]["psi"]["c"][-1]
+
+
+def test_report_without_truth_or_drift_reference(tmp_path):
+    _, _, _, yhat, cal = _drifting(500)
+    rep = build_report(yhat, conformal=cal.to_dict(), window=100)
+    assert rep["metrics"] == {} and rep["residuals"] is None and rep["input_drift"] is None
+    assert rep["over_time"]["static"]["mean_width"] == pytest.approx([2 * cal.q_] * 5)
+    html_path, json_path = write_report(rep, tmp_path, name="r")
+    _assert_self_contained(html_path.read_text(encoding="utf-8"))
+    assert json.loads(json_path.read_text())["over_time"]["static"]["start"] == [0, 100, 200, 300, 400]
+    with pytest.raises(ValueError):
+        build_report(yhat, y_true=yhat[:-1], conformal=cal)
+
+
+def _parser():
+    from models.report_cli import add_subcommands
+
+    p = argparse.ArgumentParser()
+    add_subcommands(p.add_subparsers(dest="cmd", required=True))
+    return p
+
+
+def test_report_cli_from_onnx_and_card_files(tmp_path, capsys):
+    from models.data import GAS_TURBINE_INPUTS, load_gas_turbine
+    from models.evaluate import fit_onnx
+    from models.schema import InputSchema
+
+    train = load_gas_turbine(SAMPLE, [2011, 2012])
+    feats = list(GAS_TURBINE_INPUTS)
+    f = fit_onnx(train.matrix(feats), train.column("NOX"), feats, "NOX")
+    (tmp_path / "model.onnx").write_bytes(f.onnx_bytes)
+    card = {"model_id": "gt-nox", "kind": "regression", "target": "NOX", "sha256": f.version,
+            "input_schema": InputSchema.of(feats).to_dict(),
+            "calibration": {**f.conformal.to_dict(), "score": "absolute", "scores": f.conformal.scores_.tolist()},
+            "drift_reference": DriftMonitor(train, feats).to_dict()}
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    args = _parser().parse_args(["report", "gt-nox", "--data", str(SAMPLE / "gt_2013.csv"), "--onnx",
+                                 str(tmp_path / "model.onnx"), "--card", str(tmp_path / "card.json"), "--out",
+                                 str(tmp_path / "rep"), "--window", "48", "--adaptive-window", "48"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "gt-nox static" in out and "gt-nox adaptive" in out and "input drift: drift" in out
+    d = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert d["model"]["sha256"] == f.version and d["model"]["drift_reference"] == "model card"
+    assert d["metrics"]["static"]["coverage"] < d["metrics"]["adaptive"]["coverage"]
+    _assert_self_contained((tmp_path / "rep" / "report.html").read_text())
+
+    # A card whose sha256 does not match the file: refused.
+    (tmp_path / "card.json").write_text(json.dumps({**card, "sha256": "0" * 64}))
+    assert args.func(args) == 1
+    assert "sha256" in capsys.readouterr().err
+
+
+def test_report_cli_from_the_registry(tmp_path, capsys):
+    registry = pytest.importorskip("models.registry", reason="models.registry not in this build")
+    train_mod = pytest.importorskip("models.train", reason="models.train not in this build")
+    from models.data import GAS_TURBINE_INPUTS, load_gas_turbine
+
+    table = load_gas_turbine(SAMPLE, [2011, 2012])
+    spec = train_mod.TrainSpec("gt-nox", list(GAS_TURBINE_INPUTS), "NOX")
+    reg = registry.Registry(tmp_path / "reg")
+    mv = reg.register(train_mod.train(spec, table))
+    args = _parser().parse_args(["report", "gt-nox", "--data", str(SAMPLE / "gt_2013.csv"), "--registry",
+                                 str(tmp_path / "reg"), "--out", str(tmp_path / "rep"), "--window", "48"])
+    assert args.func(args) == 1  # a candidate only: no champion yet
+    assert "no champion" in capsys.readouterr().err
+    args.version = mv.version
+    assert args.func(args) == 0
+    d = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert d["model"]["version"] == mv.version and d["metrics"]["adaptive"]["n"] == 596
+    # No drift reference in the card: the card's training files (still there, same sha256) give it.
+    assert d["input_drift"]["status"] in ("warn", "drift")

@@ -1,0 +1,182 @@
+"""Runtime: input checks with clear errors, uncertainty and version on every output, hot swap under concurrent
+load without a lost request, adaptive intervals under drift."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+from models_support import FEATURES, anomaly_table, regression_table, spec
+
+from models.conformal import coverage
+from models.registry import Registry
+from models.runtime import InputError, ModelServer, OnnxModel
+from models.train import train
+
+
+@pytest.fixture(scope="module")
+def models():
+    table = regression_table(1500)
+    return {"linear": train(spec(estimator="linear"), table), "hgb": train(spec(params={"max_iter": 100}), table),
+            "cqr": train(spec("cqr", "hgb-cqr"), table),
+            "anomaly": train(spec("an", "mahalanobis", label="label"), anomaly_table(2000))}
+
+
+@pytest.fixture
+def served(tmp_path, models):
+    reg = Registry(tmp_path / "reg")
+    v1 = reg.register(models["linear"]).version
+    reg.promote("syn", v1)
+    return reg
+
+
+def _model(tm) -> OnnxModel:
+    return OnnxModel(tm.onnx_bytes, {**tm.card, "version": 7})
+
+
+def test_outputs_carry_interval_or_p_value_and_the_version(models):
+    X = regression_table(10, seed=5).matrix(FEATURES)
+    out = _model(models["hgb"]).predict(X)
+    assert out.value.shape == (10,) and out.coverage == pytest.approx(0.9)
+    assert np.all(out.lower < out.value) and np.all(out.value < out.upper)
+    assert (out.model_id, out.version, out.model_version) == ("syn", 7, models["hgb"].sha256)
+    cqr = _model(models["cqr"]).predict(X)
+    assert cqr.raw.shape == (10, 3) and np.all(cqr.lower <= cqr.raw[:, 1]) and np.all(cqr.upper >= cqr.raw[:, 2])
+    an = _model(models["anomaly"]).predict(anomaly_table(50, seed=8).matrix(FEATURES))
+    assert an.lower is None and np.all((an.p_value > 0) & (an.p_value <= 1))
+
+
+def test_malformed_inputs_give_clear_errors(models):
+    m = _model(models["hgb"])
+    row = {"x1": 0.1, "x2": 0.2, "x3": 0.3, "x4": 0.4}
+    assert m.predict(row).value.shape == (1,)
+    with pytest.raises(InputError, match=r"missing feature\(s\): x3 \(the model takes x1, x2, x3, x4\)"):
+        m.predict({k: v for k, v in row.items() if k != "x3"})
+    with pytest.raises(InputError, match=r"unknown feature\(s\): x9"):
+        m.predict({**row, "x9": 1.0})
+    with pytest.raises(InputError, match=r"NaN or infinite input values: x2 \(row 1; 1 in all\)"):
+        m.predict({k: [v, np.nan if k == "x2" else v] for k, v in row.items()})
+    with pytest.raises(InputError, match=r"wrong order: column 0 is 'x2', the model expects 'x1'"):
+        m.predict(np.zeros((2, 4)), columns=["x2", "x1", "x3", "x4"])
+    with pytest.raises(InputError, match="has 3 columns, the model takes 4"):
+        m.predict(np.zeros((2, 3)))
+    with pytest.raises(InputError, match="not numeric"):
+        m.predict([["a", "b", "c", "d"]])
+    with pytest.raises(InputError, match="different lengths"):
+        m.predict({**row, "x1": [1.0, 2.0]})
+
+
+def test_server_serves_the_champion_with_records(served):
+    srv = ModelServer(served, "syn")
+    X = regression_table(3, seed=4).matrix(FEATURES)
+    y, iv = srv.predict(X, return_interval=True)
+    assert y.shape == (3,) and iv.shape == (3, 2) and srv.version == 1
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    recs = srv.predict_records(X, asset="GT1", times=[t0 + timedelta(hours=i) for i in range(3)])
+    r = recs[0]
+    assert (r.model_id, r.asset, r.target, r.kind, r.coverage) == ("syn", "GT1", "y", "regression", 0.9)
+    assert r.model_version == served.get("syn", 1).sha256 and r.details["registry_version"] == 1
+    assert r.lower < r.value < r.upper
+    with pytest.raises(ValueError, match="gives intervals, not p-values"):
+        srv.predict(X, return_pvalue=True)
+    with pytest.raises(LookupError, match="no champion"):
+        ModelServer(served, "other")
+
+
+def test_anomaly_server_records_carry_p_values(tmp_path, models):
+    reg = Registry(tmp_path / "reg")
+    reg.promote("an", reg.register(models["anomaly"]).version)
+    srv = ModelServer(reg, "an")
+    X = anomaly_table(20, seed=3).matrix(FEATURES)
+    score, p = srv.predict(X, return_pvalue=True)
+    assert score.shape == p.shape == (20,)
+    recs = srv.predict_records(X, asset="P-101", times=[datetime(2026, 1, 1, tzinfo=UTC)] * 20)
+    assert all(r.kind == "anomaly" and r.p_value is not None and r.lower is None for r in recs)
+
+
+def test_hot_swap_under_concurrent_requests_loses_nothing(served, models):
+    """Four threads call the server without pause while the gate promotes v2 and the server swaps to it. Every
+    request must succeed, and every answer must be wholly one version's (compared with that version's own
+    output), and every request started after the swap must be answered by v2."""
+    v2 = served.register(models["hgb"]).version
+    srv = ModelServer(served, "syn")
+    X = regression_table(32, seed=11).matrix(FEATURES)
+    expected = {1: _model(models["linear"]).predict(X).value, 2: _model(models["hgb"]).predict(X).value}
+    stop = threading.Event()
+    results: list[tuple[float, int, bool]] = []
+    errors: list[BaseException] = []
+    attempts = [0] * 4
+
+    def worker(i: int) -> None:
+        while not stop.is_set():
+            attempts[i] += 1
+            t = time.perf_counter()
+            try:
+                out = srv.infer(X)
+                results.append((t, out.version, bool(np.array_equal(out.value, expected[out.version]))))
+            except BaseException as exc:  # any failure is a dropped request
+                errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for th in threads:
+        th.start()
+    time.sleep(0.3)
+    served.promote("syn", v2)
+    assert srv.refresh() is True
+    swapped = time.perf_counter()
+    time.sleep(0.3)
+    stop.set()
+    for th in threads:
+        th.join()
+    assert errors == []
+    assert len(results) == sum(attempts) > 100
+    assert all(ok for _, _, ok in results), "an answer mixed versions"
+    assert {v for _, v, _ in results} == {1, 2} and srv.swaps == 1
+    assert all(v == 2 for t, v, _ in results if t > swapped)
+    assert srv.refresh() is False  # nothing new
+
+
+def test_watch_picks_up_a_rollback(served, models):
+    served.promote("syn", served.register(models["hgb"]).version)
+    srv = ModelServer(served, "syn")
+    assert srv.version == 2
+    srv.watch(0.05)
+    try:
+        served.rollback("syn")
+        deadline = time.monotonic() + 5
+        while srv.version != 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert srv.version == 1
+    finally:
+        srv.close()
+
+
+def test_adaptive_intervals_restore_coverage_under_drift(served):
+    """The served model was calibrated on noise sd 0.3; the plant drifts to sd 1.0. Static intervals then cover
+    far less than 90 %; with the truth revealed after each prediction the adaptive intervals cover ~90 %."""
+    srv = ModelServer(served, "syn", window=300, gamma=0.005)
+    static = ModelServer(served, "syn", adaptive=False)
+    drift = regression_table(3000, noise=1.0, seed=21)
+    X, y = drift.matrix(FEATURES), drift.column("y")
+    served_iv = np.empty((len(y), 2))
+    for i in range(len(y)):
+        out = srv.infer(X[i:i + 1])
+        served_iv[i] = out.interval[0]
+        assert out.adaptive
+        srv.observe(y[i:i + 1], out)
+    static_cov = coverage(y, static.predict(X, return_interval=True)[1])
+    adaptive_cov = coverage(y[300:], served_iv[300:])  # after the window has turned over once
+    assert static_cov < 0.85, static_cov
+    assert 0.87 <= adaptive_cov <= 0.93, adaptive_cov
+    # truth for another version's predictions is not used
+    other = _model_output_of_other_version(srv, X[:2])
+    assert srv.observe(y[:2], other) == 0
+
+
+def _model_output_of_other_version(srv, X):
+    out = srv.infer(X)
+    out.model_version = "0" * 64
+    return out

@@ -1,0 +1,127 @@
+"""Training: time split, ONNX export with parity (and refusal when it fails), conformal calibration, card."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from models_support import FEATURES, anomaly_table, regression_table, spec
+
+import models.train as train_mod
+from models.export import ParityError
+from models.registry import Registry
+from models.train import TrainSpec, train
+
+GAS_TURBINE = Path(__file__).resolve().parents[2] / "shared" / "data" / "gas-turbine"
+
+
+@pytest.mark.parametrize("estimator", ["hgb", "hgb-cqr", "linear"])
+def test_regressor_trains_with_parity_and_a_complete_card(estimator):
+    table = regression_table(1500)
+    tm = train(spec(estimator=estimator), table)
+    assert tm.parity.passed and tm.parity.rows == 300 and tm.parity.max_abs < 1e-4
+    card = tm.card
+    assert card["kind"] == "regression" and card["sha256"] == tm.sha256 and card["target"] == "y"
+    assert [f["name"] for f in card["input_schema"]["features"]] == list(FEATURES)
+    assert card["metrics"]["gate"] == {"metric": "mae", "direction": "lower"}
+    assert card["calibration"]["method"] == ("cqr" if estimator == "hgb-cqr" else "split")
+    assert card["calibration"]["n"] == 300 and len(card["calibration"]["scores"]) == 300
+    split = card["training_data"]["split"]
+    assert (split["train"]["rows"], split["calibration"]["rows"], split["holdout"]["rows"]) == (900, 300, 300)
+    # time order: the holdout is the last 20 % of the hours, after every training and calibration row
+    assert split["train"]["span"]["end"] < split["calibration"]["span"]["start"] < split["holdout"]["span"]["start"]
+    assert card["training_data"]["fingerprint"] == table.fingerprint(["x1", "x2", "x3", "x4", "y"])
+    assert card["training_data"]["span"]["start"].startswith("2024-01-01")
+    m = tm.metrics
+    assert m["rows"] == 300 and 0.8 <= m["coverage"] <= 0.97 and m["mean_width"] > 0
+    assert m["r2"] > (0.8 if estimator != "linear" else 0.5)
+    assert card["metrics"]["onnx_single_row_us"] > 0
+    if importlib.util.find_spec("models.drift"):  # the training rows' distribution, for drift checks in service
+        assert card["drift_reference"]["features"] == list(FEATURES)
+        assert card["drift_reference"]["n_reference"] == 900
+
+
+def test_anomaly_scorer_gets_conformal_p_values_that_control_false_alarms():
+    tm = train(spec("an", "mahalanobis", label="label"), anomaly_table(3000))
+    m = tm.metrics
+    assert tm.card["kind"] == "anomaly" and tm.card["metrics"]["gate"] == {"metric": "auc", "direction": "higher"}
+    assert m["auc"] > 0.95 and m["detection_rate"] > 0.8
+    assert m["far"] <= 0.1 + 0.04, "p <= alpha flags at most ~alpha of the normal holdout rows"
+    unlabelled = train(spec("an2", "pca"), anomaly_table(1500, rate=0.0))
+    assert unlabelled.card["metrics"]["gate"]["metric"] == "far_gap"
+
+
+def test_conformal_coverage_on_known_noise_is_within_two_points():
+    """Exchangeable synthetic data: 90 % split-conformal intervals cover 90 % +- 2 points on 4,000 holdout rows,
+    and their half-width is about the noise's 95th percentile of |e| (1.645 sd) plus the model's error."""
+    table = regression_table(20000, noise=1.0, seed=3)
+    tm = train(spec(estimator="hgb", params={"max_iter": 100}), table)
+    assert abs(tm.metrics["coverage"] - 0.9) <= 0.02, tm.metrics
+    half = tm.metrics["mean_width"] / 2
+    assert 1.645 <= half <= 1.645 * 1.25, half
+
+
+def _scale_tree_leaves(onnx_bytes: bytes, factor: float) -> bytes:
+    """A wrongly converted tree ensemble: every leaf value scaled (what a converter bug looks like)."""
+    model = onnx.load_from_string(onnx_bytes)
+    hit = False
+    for node in model.graph.node:
+        if node.op_type == "TreeEnsembleRegressor":
+            for attr in node.attribute:
+                if attr.name == "target_weights":
+                    attr.floats[:] = [v * factor for v in attr.floats]
+                    hit = True
+    assert hit, "expected a TreeEnsembleRegressor with target_weights"
+    return model.SerializeToString()
+
+
+def test_parity_failure_refuses_the_export_and_nothing_is_registered(monkeypatch, tmp_path):
+    real = train_mod.to_onnx
+    monkeypatch.setattr(train_mod, "to_onnx", lambda *a, **k: _scale_tree_leaves(real(*a, **k), 1.01))
+    with pytest.raises(ParityError, match="ONNX export refused, parity FAIL"):
+        train(spec(), regression_table(800))
+    reg = Registry(tmp_path / "reg")
+    assert reg.list() == []
+
+    monkeypatch.setattr(train_mod, "to_onnx", real)
+    tm = train(spec(), regression_table(800))
+    bad = dataclasses.replace(tm, parity=dataclasses.replace(tm.parity, passed=False))
+    with pytest.raises(ParityError, match="not registered"):
+        reg.register(bad)
+    assert reg.list() == [] and not (tmp_path / "reg" / "syn" / "1").exists()
+
+
+def test_spec_errors_are_clear():
+    with pytest.raises(ValueError, match="give a target column"):
+        train(TrainSpec("m", FEATURES, None, estimator="hgb"), regression_table(200))
+    with pytest.raises(ValueError, match="takes no target"):
+        train(TrainSpec("m", FEATURES, "y", estimator="mahalanobis"), regression_table(200))
+    with pytest.raises(ValueError, match="cqr intervals need the hgb-cqr"):
+        train(TrainSpec("m", FEATURES, "y", interval="cqr"), regression_table(200))
+    with pytest.raises(ValueError, match="too few to split"):
+        train(spec(), regression_table(40))
+    from edge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no column"):
+        train(TrainSpec("m", ["x1", "nope"], "y"), regression_table(200))
+
+
+@pytest.mark.skipif(not (GAS_TURBINE / "gt_2011.csv").exists(),
+                    reason=f"shared gas-turbine data not found at {GAS_TURBINE}")
+def test_gas_turbine_nox_hgb_beats_linear_and_passes_parity():
+    from models.data import GAS_TURBINE_INPUTS, GAS_TURBINE_UNITS, load_gas_turbine
+
+    table = load_gas_turbine(GAS_TURBINE, [2011, 2012])
+    s = dict(features=GAS_TURBINE_INPUTS, target="NOX", units=GAS_TURBINE_UNITS)
+    hgb = train(TrainSpec("gt-nox", estimator="hgb", **s), table)
+    lin = train(TrainSpec("gt-nox", estimator="linear", **s), table)
+    assert hgb.parity.passed and lin.parity.passed
+    assert hgb.metrics["mae"] < 0.75 * lin.metrics["mae"], (hgb.metrics, lin.metrics)
+    assert hgb.card["input_schema"]["features"][0] == {"name": "AT", "unit": "°C", "dtype": "float32",
+                                                       "description": ""}
+    assert [s["label"] for s in hgb.card["training_data"]["span"]["segments"]] == ["2011", "2012"]
+    assert np.isfinite(hgb.metrics["coverage"])
