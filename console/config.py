@@ -1,4 +1,4 @@
-"""Console configuration: one TOML file with ``[console]``, ``[database]`` and ``[[gateways]]``.
+"""Console configuration: one TOML file with ``[console]``, ``[database]``, ``[models]`` and ``[[gateways]]``.
 
 The database section has the gateway's schema (``edge.settings.Database``), so the same
 ``url`` / ``password = "env:NAME"`` rules apply; secrets are references, never literals.
@@ -47,9 +47,19 @@ class Gateway(Strict):
     timeout_s: float = Field(2.0, gt=0, le=30)
 
 
+class Models(Strict):
+    """The model registry the models page promotes and rolls back in (`models.registry`): its directory here,
+    its index in the console's database (``model_registry``)."""
+
+    registry: Path = Path("var/models")
+    # Uncertainty reports generated on demand from a version's stored held-out rows, kept per ONNX sha256.
+    report_cache: Path = Path("var/cache/model-reports")
+
+
 class ConsoleConfig(Strict):
     console: Console = Console()
     database: Database = Database()
+    models: Models = Models()
     gateways: list[Gateway] = Field(default_factory=list)
 
 
@@ -77,6 +87,10 @@ def load(path: str | Path) -> ConsoleConfig:
     rd = cfg.console.reports_dir
     if rd is not None and not rd.is_absolute():
         object.__setattr__(cfg.console, "reports_dir", path.resolve().parent / rd)
+    for key in ("registry", "report_cache"):  # relative paths are relative to the configuration file
+        p = getattr(cfg.models, key)
+        if not p.is_absolute():
+            object.__setattr__(cfg.models, key, path.resolve().parent / p)
     return cfg
 
 

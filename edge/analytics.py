@@ -113,7 +113,9 @@ class Analytics:
             self.manager = AlertManager(MaintenanceConfig.model_validate(cfg.maintenance).alerts)
         self._conditions: list = []
         stacks = [StackConfig.model_validate(s) for s in cfg.stacks]
-        self.emissions = LiveEmissions(stacks, on_condition=self._condition) if stacks else None
+        self._pems_steps: list = []  # live PEMS outputs (emissions.pems_live.PemsStep) of the current group
+        self.emissions = (LiveEmissions(stacks, on_condition=self._condition, on_pems=self._pems_steps.append,
+                                        pems_dsn=conninfo) if stacks else None)
         self.queue: asyncio.Queue[list[Reading]] = asyncio.Queue(maxsize=QUEUE_GROUPS)
         self.dropped = 0
         self.errors = 0
@@ -182,6 +184,10 @@ class Analytics:
             self.emissions.observe(readings)
             changes.extend(self._conditions)
             self._conditions.clear()
+            if self._pems_steps:  # PEMS predictions (with interval and model version) and the pems tags' readings
+                derived = derived + [r for st in self._pems_steps for r in st.readings]
+                preds = preds + [st.prediction for st in self._pems_steps]
+                self._pems_steps.clear()
         self.processed += len(readings)
         if not (derived or preds or changes):
             return

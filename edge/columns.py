@@ -18,7 +18,38 @@ import numpy as np
 from edge.records import Quality, Reading
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
 _EXACT_INT = 2**53  # integers beyond this are not exact as float8: kept as text
+# The datetime range (years 1..9999): a reading's time must be representable as a datetime everywhere.
+MIN_US = -62_135_596_800_000_000
+MAX_US = 253_402_300_799_999_999
+
+
+def to_us(dt: datetime) -> int:
+    """Exact microseconds since the Unix epoch of an aware datetime."""
+    return (dt - _EPOCH) // _US
+
+
+def from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _value_column(values: list) -> tuple[np.ndarray, dict[int, object]]:
+    """Floats (and integers exact as float8) into one float64 array; everything else into a side table."""
+    other: dict[int, object] = {}
+    if all(v.__class__ is float for v in values):
+        return np.array(values, dtype=np.float64), other
+    value = np.empty(len(values), np.float64)
+    for i, v in enumerate(values):
+        c = v.__class__
+        if c is float:
+            value[i] = v
+        elif c is int and -_EXACT_INT <= v <= _EXACT_INT:
+            value[i] = v
+        else:
+            value[i] = np.nan
+            other[i] = v if isinstance(v, bool | int | float | str) or v is None else str(v)
+    return value, other
 
 
 @dataclass(slots=True)
@@ -37,6 +68,10 @@ class Columns:
     def __len__(self) -> int:
         return int(self.time_us.size)
 
+    def __iter__(self):
+        """The readings as `Reading` objects (tools, tests, analytics); the hot path stays in columns."""
+        return iter(self.readings())
+
     # -- building --------------------------------------------------------------------------
     @classmethod
     def from_readings(cls, readings: list[Reading]) -> Columns:
@@ -48,27 +83,28 @@ class Columns:
         time_us = np.rint(np.fromiter((r.time.timestamp() for r in readings), np.float64, n) * 1e6).astype(np.int64)
         recv_us = np.rint(np.fromiter((r.receive_time.timestamp() for r in readings), np.float64, n)
                           * 1e6).astype(np.int64)
-        values = [r.value for r in readings]
-        other: dict[int, object] = {}
-        if all(v.__class__ is float for v in values):
-            value = np.array(values, dtype=np.float64)
-        else:
-            value = np.empty(n, np.float64)
-            for i, v in enumerate(values):
-                c = v.__class__
-                if c is float:
-                    value[i] = v
-                elif c is int and -_EXACT_INT <= v <= _EXACT_INT:
-                    value[i] = v
-                else:
-                    value[i] = np.nan
-                    other[i] = v if isinstance(v, bool | int | float | str) or v is None else str(v)
+        value, other = _value_column([r.value for r in readings])
         quality = np.fromiter((r.quality for r in readings), np.int16, n)
         flags = np.fromiter((r.flags for r in readings), np.int32, n)
         status = np.fromiter((r.status for r in readings), np.int64, n)
         server = {i: round(r.server_time.timestamp() * 1e6) for i, r in enumerate(readings)
                   if r.server_time is not None}
         return cls(list(index), tag_idx, time_us, value, recv_us, quality, flags, status, other, server)
+
+    @classmethod
+    def build(cls, tags: list[str], time_us: list[int], values: list, recv_us: int, flags: list[int],
+              bad: list[int]) -> Columns:
+        """From a decoder's parallel lists: one receive time, ``bad`` = rows of bad quality, no status."""
+        n = len(tags)
+        index: dict[str, int] = {}
+        setdefault = index.setdefault
+        tag_idx = np.fromiter((setdefault(t, len(index)) for t in tags), np.int32, n)
+        value, other = _value_column(values)
+        quality = np.zeros(n, np.int16)
+        if bad:
+            quality[bad] = int(Quality.BAD)
+        return cls(list(index), tag_idx, np.array(time_us, dtype=np.int64), value, np.full(n, recv_us, np.int64),
+                   quality, np.array(flags, dtype=np.int32), np.zeros(n, np.int64), other)
 
     @classmethod
     def concat(cls, parts: list[Columns]) -> Columns:
@@ -114,7 +150,7 @@ class Columns:
 
     def readings(self) -> list[Reading]:
         def dt(us):
-            return None if us is None else _EPOCH + timedelta(microseconds=us)
+            return None if us is None else from_us(us)
 
         return [Reading(tag=t, time=dt(ts), value=v, receive_time=dt(rt), quality=Quality(q), flags=f, status=s,
                         server_time=dt(st)) for t, ts, v, rt, q, f, s, st in self.rows()]

@@ -17,12 +17,13 @@ import time
 import psycopg
 
 from edge.backoff import Backoff
+from edge.columns import from_us, to_us
 from edge.metrics import Metrics
 from edge.pipeline import SpoolWorker
 from edge.records import utcnow
 from edge.settings import Database, SiteConfig
 from edge.sink.timescale import TimescaleSink, WriteResult
-from edge.spool import SpooledBatch, from_us, to_us
+from edge.spool import SpooledBatch
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # edge.columns imports this module
+    from edge.columns import Columns
 
 Value = float | int | bool | str | None
 
@@ -87,7 +91,7 @@ class Batch:
     """
 
     source: str
-    readings: list[Reading]
+    readings: list[Reading] | Columns  # a decoder on the hot path hands over columns (edge/columns.py)
     ack: object | None = None  # Callable[[], None]; typed loosely to keep records import-light
     dead_letters: list[DeadLetter] = field(default_factory=list)
     # Other record types (predictions, alert changes) as (kind, msgpack-able dict); see edge/analytics.py.

@@ -24,30 +24,17 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgpack
 
-from edge.columns import Columns
+from edge.columns import Columns, from_us, to_us
 from edge.records import Quality, Reading
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
 
 # Payload formats (spools outlive program versions, so old ones stay readable):
 # 1: [rows, dead_letters, records?], rows = (tag, time_us, value, receive_time_us, quality, flags, status, server_us)
 # 2: [Columns.to_payload(), dead_letters, records?]
 _FORMAT_VERSION = 2
-
-
-def to_us(dt: datetime) -> int:
-    """Exact microseconds since the Unix epoch of an aware datetime."""
-    return (dt - _EPOCH) // _US
-
-
-def from_us(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
 
 
 def _msgpack_default(obj):
@@ -136,12 +123,14 @@ class Spool:
     def append_many(self, items: list[tuple]) -> list[int]:
         """Store several batches in one transaction (one fsync); returns their sequence numbers.
 
-        Each item is ``(readings, dead_letters)`` or ``(readings, dead_letters, records)``.
+        Each item is ``(readings, dead_letters)`` or ``(readings, dead_letters, records)``; ``readings`` is
+        a `Columns` (what the ingest stage hands over) or a list of `Reading`.
         Raises SpoolFull (nothing stored) when the budget is reached under ``reject_new``.
         """
         payloads = []
         for readings, dead, *rest in items:
-            parts = [Columns.from_readings(readings).to_payload(),
+            cols = readings if readings.__class__ is Columns else Columns.from_readings(readings)
+            parts = [cols.to_payload(),
                      [(d.source, d.topic, d.payload, d.error, to_us(d.receive_time)) for d in dead]]
             if rest and rest[0]:
                 parts.append(rest[0])

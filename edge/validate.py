@@ -15,8 +15,11 @@ Quality only ever gets worse here: a device's Bad status is never upgraded.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+from datetime import datetime
 
+import numpy as np
+
+from edge.columns import Columns, to_us
 from edge.records import Flag, Quality, Reading
 from edge.settings import Tag, Validation
 
@@ -37,34 +40,39 @@ def rule_names(flags: int) -> list[str]:
 
 
 class _TagState:
-    __slots__ = ("frozen_after", "hi", "kind", "last_value", "lo", "since")
+    __slots__ = ("frozen_after_us", "hi", "kind", "last_value", "lo", "since_us")
 
     def __init__(self, tag: Tag | None):
         self.kind = tag.kind if tag else None
         self.lo, self.hi = (tag.range if tag and tag.range else (-math.inf, math.inf))
-        self.frozen_after = timedelta(seconds=tag.frozen_after_s) if tag and tag.frozen_after_s else None
+        self.frozen_after_us = round(tag.frozen_after_s * 1e6) if tag and tag.frozen_after_s else None
         self.last_value: object = None
-        self.since: datetime | None = None
+        self.since_us: int | None = None
 
 
-# Plain ints on the hot path: enum arithmetic costs several microseconds per reading.
 _NOT_FINITE, _TYPE, _RANGE, _FROZEN = int(Flag.NOT_FINITE), int(Flag.TYPE_MISMATCH), int(Flag.OUT_OF_RANGE), \
     int(Flag.FROZEN)
 _FUTURE, _STALE, _UNKNOWN = int(Flag.FUTURE_TIME), int(Flag.STALE_TIME), int(Flag.UNKNOWN_TAG)
-_GOOD, _UNCERTAIN, _BAD = Quality.GOOD, Quality.UNCERTAIN, Quality.BAD
+_GOOD, _UNCERTAIN, _BAD = int(Quality.GOOD), int(Quality.UNCERTAIN), int(Quality.BAD)
+# Tag kinds as small ints for the per-tag lookup arrays; -1 = not in the registry.
+_KIND_CODE = {None: -1, "float": 0, "int": 1, "bool": 2, "string": 3}
 
 
 class Validator:
-    """Applies the rules in place to batches of readings; keeps per-tag state for FROZEN."""
+    """Applies the rules in place to batches of readings held as `Columns`; keeps per-tag state for FROZEN.
+
+    The rules run as array operations over a batch (the gateway validates hundreds of thousands of
+    readings per second); only the few rows that need Python objects (text, booleans, nulls, integers
+    beyond 2**53) and the tags with a frozen-value window are visited one by one.
+    """
 
     def __init__(self, tags: dict[str, Tag], cfg: Validation):
         self._tags = tags
         self._cfg = cfg
-        self._future = timedelta(seconds=cfg.future_tolerance_s)
-        self._max_age = timedelta(seconds=cfg.max_age_s)
+        self._future_us = round(cfg.future_tolerance_s * 1e6)
+        self._max_age_us = round(cfg.max_age_s * 1e6)
         self._state: dict[str, _TagState] = {}
         self._by_flags: dict[int, int] = {}  # flags value -> readings flagged with it
-        self._names: dict[int, str] = {}
 
     @property
     def counts(self) -> dict[str, int]:
@@ -81,57 +89,95 @@ class Validator:
             st = self._state[tag] = _TagState(self._tags.get(tag))
         return st
 
-    def apply(self, readings: list[Reading], now: datetime) -> int:
-        """Flag ``readings`` in place; returns how many got a new flag."""
-        latest = now + self._future
-        oldest = now - self._max_age
-        unknown = _UNKNOWN if self._cfg.flag_unknown_tags else 0
-        state = self._state
+    def apply(self, cols: Columns, now: datetime) -> int:
+        """Flag the readings in ``cols`` in place (flags, quality); returns how many got a significant flag."""
+        n = len(cols)
+        if n == 0:
+            return 0
+        states = [self._state_for(t) for t in cols.tags]
+        idx = cols.tag_idx
+        kind = np.array([_KIND_CODE[st.kind] for st in states], np.int8)[idx]
+        lo = np.array([st.lo for st in states], np.float64)[idx]
+        hi = np.array([st.hi for st in states], np.float64)[idx]
+        v = cols.value
+        numeric = np.ones(n, bool)
+        if cols.other:
+            numeric[list(cols.other)] = False
+        flags = np.zeros(n, np.int32)
+        worst = np.zeros(n, np.int16)
+        if self._cfg.flag_unknown_tags:
+            flags[kind < 0] |= _UNKNOWN
+        with np.errstate(invalid="ignore"):
+            not_finite = numeric & ~np.isfinite(v)
+            wrong_type = numeric & ~not_finite & (
+                (kind == 3) | ((kind == 1) & (v != np.floor(v))) | ((kind == 2) & (v != 0) & (v != 1)))
+            out_of_range = numeric & ~not_finite & ~wrong_type & ((v < lo) | (v > hi))
+        flags[not_finite] |= _NOT_FINITE
+        flags[wrong_type] |= _TYPE
+        flags[out_of_range] |= _RANGE
+        worst[not_finite | wrong_type] = _BAD
+        worst[out_of_range] = _UNCERTAIN
+        for i, val in cols.other.items():  # text, booleans, nulls, big integers
+            k = states[idx[i]].kind
+            if val is not None and k is not None and not _type_ok(k, val):
+                flags[i] |= _TYPE
+                worst[i] = _BAD
+            elif val.__class__ in (int, float) and not (lo[i] <= val <= hi[i]):
+                flags[i] |= _RANGE
+                worst[i] = _UNCERTAIN
+        self._frozen(cols, states, not_finite, flags, worst)
+        now_us = to_us(now)
+        t = cols.time_us
+        future = t > now_us + self._future_us
+        stale = ~future & (t < now_us - self._max_age_us)
+        flags[future] |= _FUTURE
+        flags[stale] |= _STALE
+        np.maximum(worst, np.where(future | stale, _UNCERTAIN, _GOOD).astype(np.int16), out=worst)
+        flagged = flags != 0
+        if not flagged.any():
+            return 0
+        cols.flags |= flags
+        kinds, counts = np.unique(flags[flagged], return_counts=True)
         by_flags = self._by_flags
-        flagged = 0
-        for r in readings:
-            st = state.get(r.tag) or self._state_for(r.tag)
-            flags = 0
-            worst = _GOOD
-            v = r.value
-            if st.kind is None:
-                flags = unknown
-            if v.__class__ is float and not math.isfinite(v):
-                flags |= _NOT_FINITE
-                worst = _BAD
-            elif v is not None:
-                if st.kind is not None and not _type_ok(st.kind, v):
-                    flags |= _TYPE
-                    worst = _BAD
-                elif v.__class__ in (int, float) and not (st.lo <= v <= st.hi):
-                    flags |= _RANGE
-                    worst = _UNCERTAIN
-                if st.frozen_after is not None:
-                    if v != st.last_value or st.since is None:
-                        st.last_value, st.since = v, r.time
-                    elif r.time - st.since > st.frozen_after:
-                        flags |= _FROZEN
-                        worst = max(worst, _UNCERTAIN)
-            t = r.time
-            if t > latest:
-                flags |= _FUTURE
-                worst = max(worst, _UNCERTAIN)
-            elif t < oldest:
-                flags |= _STALE
-                worst = max(worst, _UNCERTAIN)
-            if flags:
-                r.flags |= flags
-                by_flags[flags] = by_flags.get(flags, 0) + 1
-                significant = flags & ~_UNKNOWN
-                if significant:
-                    flagged += 1
-                    if worst > r.quality:
-                        r.quality = Quality(worst)
-                    if not r.status_name:
-                        name = self._names.get(significant)
-                        if name is None:
-                            name = self._names[significant] = ",".join(rule_names(significant))
-                        r.status_name = name
+        for f, c in zip(kinds.tolist(), counts.tolist(), strict=True):
+            by_flags[f] = by_flags.get(f, 0) + c
+        significant = (flags & ~_UNKNOWN) != 0
+        np.maximum(cols.quality, np.where(significant, worst, _GOOD).astype(np.int16), out=cols.quality)
+        return int(significant.sum())
+
+    @staticmethod
+    def _frozen(cols: Columns, states: list[_TagState], not_finite: np.ndarray, flags: np.ndarray,
+                worst: np.ndarray) -> None:
+        """FROZEN: unchanged for longer than the tag's window; sequential per tag, so row by row."""
+        watched = [i for i, st in enumerate(states) if st.frozen_after_us is not None]
+        if not watched:
+            return
+        rows = np.flatnonzero(np.isin(cols.tag_idx, watched) & ~not_finite)
+        idx, t = cols.tag_idx, cols.time_us
+        for i in rows.tolist():
+            val = cols.value_at(i)
+            if val is None:
+                continue
+            st = states[idx[i]]
+            ti = int(t[i])
+            if val != st.last_value or st.since_us is None:
+                st.last_value, st.since_us = val, ti
+            elif ti - st.since_us > st.frozen_after_us:
+                flags[i] |= _FROZEN
+                worst[i] = max(int(worst[i]), _UNCERTAIN)
+
+    def apply_readings(self, readings: list[Reading], now: datetime) -> int:
+        """`apply` for a list of `Reading` (tools and tests): flags, quality and a rule name set on each."""
+        cols = Columns.from_readings(readings)
+        flagged = self.apply(cols, now)
+        for r, f, q in zip(readings, cols.flags.tolist(), cols.quality.tolist(), strict=True):
+            if f != r.flags:
+                new = f & ~r.flags & ~_UNKNOWN
+                r.flags = f
+                if q > r.quality:
+                    r.quality = Quality(q)
+                if new and not r.status_name:
+                    r.status_name = ",".join(rule_names(new))
         return flagged
 
 

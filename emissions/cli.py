@@ -3,7 +3,7 @@
     valvoja emissions report  --config SITE.toml --stack K1 --day 2026-03-01   [--out DIR] [--pdf]
     valvoja emissions report  --config SITE.toml --stack K1 --month 2026-03
     valvoja emissions compute --config SITE.toml [--stack K1] --from 2026-01-01 --to 2026-03-01
-    valvoja emissions pems    train|evaluate ...   (see emissions.pems)
+    valvoja emissions pems    train|evaluate ...   (see emissions.pems_cli)
 
 The database is ``--db URL``, else the site configuration's ``[database]``, else ``$VALVOJA_DB_URL``.
 ``python -m emissions.cli ...`` is the same as ``valvoja emissions ...``.

@@ -76,13 +76,27 @@ class PemsLink(Strict):
     tag: str  # point prediction: substituted while the analyser is invalid (flagged substituted)
     lower_tag: str | None = None  # prediction interval, for the cross-check
     upper_tag: str | None = None
-    # Live PEMS (emissions.pems_live): the ONNX model and its card written by `valvoja emissions pems
-    # evaluate --save-onnx DIR`, and which tag feeds each model input.
-    model: str | None = None  # path of pems_<target>.onnx; its card is the same path with .json
+    # Live PEMS (emissions.pems_live): the champion of ``model_id`` in the models registry (models/, trained and
+    # registered by `valvoja emissions pems train`), and which tag feeds each model input.
+    model_id: str | None = Field(None, min_length=1)  # e.g. "pems-nox"
+    registry: str = "var/models"  # registry directory (model.onnx + card.json per version)
+    registry_db: bool = False  # its index is the site database's model_registry table (else <registry>/index.json)
     inputs: dict[str, str] = {}  # model feature -> tag
+    refresh_s: float = Field(30.0, ge=0)  # how often the registry is asked for a new champion (hot swap)
+    adaptive_window: int = Field(168, ge=10)  # adaptive conformal: recent errors kept (primary intervals)
+    adaptive_gamma: float = Field(0.005, ge=0, lt=1)  # adaptive conformal: step of the level update
     window_s: int = Field(6 * 3600, gt=0)  # the analyser is flagged when, over this window, ...
     min_outside_share: float = Field(0.5, gt=0, le=1)  # ... at least this share of it lies outside the interval
     min_pairs_share: float = Field(0.5, gt=0, le=1)  # and at least this share of the window has both values
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_model_file(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "model" in data:
+            raise ValueError("pems.model (an ONNX file path) is no longer read: live PEMS serves the champion of "
+                             "pems.model_id from the models registry (pems.registry); train and register with "
+                             "`valvoja emissions pems train`")
+        return data
 
     @model_validator(mode="after")
     def _both_bounds(self) -> PemsLink:

@@ -25,6 +25,7 @@ active or not, as kind ``emission:<rule>``; collect the changes it returns for t
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -39,6 +40,8 @@ from emissions.config import Rule, StackConfig
 from emissions.normalise import Primary, normalise_stack
 
 CLEAR_HYSTERESIS = 0.95
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,7 +66,8 @@ class LiveMonitor:
     """Incremental running averages and end-of-period projections for one stack."""
 
     def __init__(self, cfg: StackConfig, on_alert: Callable[[Alert], None] | None = None,
-                 on_condition: Callable[..., object] | None = None):
+                 on_condition: Callable[..., object] | None = None, on_pems: Callable[..., object] | None = None,
+                 pems_dsn: str | None = None):
         self.cfg = cfg
         self.on_alert = on_alert or (lambda _alert: None)
         self.on_condition = on_condition
@@ -80,6 +84,29 @@ class LiveMonitor:
         self._bin_subst: set[str] = set()
         self._operating = True
         self.last: dict[str, dict] = {}  # pollutant -> rule -> latest figures, for the console
+        # Live PEMS (emissions.pems_live) for pollutants whose pems link names a registered model.
+        self.on_pems = on_pems or (lambda _step: None)
+        self.pems = self._start_pems(pems_dsn)
+        self.pems_tags = {tag for lp in self.pems.values() for tag in lp.link.inputs.values()}
+        self._in_bin: dict[str, list[float]] = {}
+
+    def _start_pems(self, dsn: str | None) -> dict:
+        out = {}
+        for pol in self.cfg.pollutants:
+            link = pol.pems
+            if link is None or link.model_id is None:
+                continue
+            try:
+                from emissions.pems_live import LivePems
+
+                if link.registry_db and not dsn:
+                    raise ValueError("pems.registry_db is set but the site has no database")
+                out[pol.name] = LivePems(link, asset=self.cfg.name, target=pol.name,
+                                         dsn=dsn if link.registry_db else None)
+            except Exception as exc:  # the monitor (and the gateway) runs on without this PEMS
+                log.error("stack %s %s: live PEMS not started: %s", self.cfg.name, pol.name, exc,
+                          extra={"event": "pems_not_started", "asset": self.cfg.name})
+        return out
 
     # -- input -------------------------------------------------------------------------------
     def observe(self, readings: Iterable[Reading]) -> None:
@@ -87,7 +114,8 @@ class LiveMonitor:
         accept_max = Quality.UNCERTAIN if self.cfg.regulatory.accept_uncertain else Quality.GOOD
         for r in readings:
             role = self.roles.get(r.tag)
-            if role is None:
+            pems_input = r.tag in self.pems_tags
+            if role is None and not pems_input:
                 continue
             t = int(r.time.timestamp()) // self.step * self.step
             if self._bin_t is None:
@@ -104,6 +132,10 @@ class LiveMonitor:
                 continue
             if v is None or not math.isfinite(v) or r.quality > accept_max:
                 continue
+            if pems_input:
+                self._in_bin.setdefault(r.tag, []).append(v)
+                if role is None:
+                    continue
             self._bin.setdefault(role, []).append(v)
             if r.flags & Flag.SUBSTITUTED:
                 self._bin_subst.add(role)
@@ -117,8 +149,32 @@ class LiveMonitor:
     def _close_bin(self) -> None:
         values = {role: np.array([sum(v) / len(v)]) for role, v in self._bin.items()}
         subst = {role: np.array([True]) for role in self._bin_subst}
+        if self.pems:
+            self._run_pems(self._bin_t, values)
         self.push(self._bin_t, values, subst, self._operating)
-        self._bin, self._bin_subst = {}, set()
+        self._bin, self._bin_subst, self._in_bin = {}, set(), {}
+
+    def _run_pems(self, t: int, values: dict[str, np.ndarray]) -> None:
+        """Predict the closed interval from the input tags' means (before its analyser value is used), then learn
+        from the analyser's value; the prediction fills the interval's ``pems`` roles unless they were read."""
+        means = {tag: sum(v) / len(v) for tag, v in self._in_bin.items()}
+        for name, lp in self.pems.items():
+            try:
+                step = lp.push(t, means)
+                measured = values.get(name)
+                if measured is not None:
+                    lp.observe(t, float(measured[0]))
+            except Exception:  # one model's failure must not stop the averages
+                log.exception("stack %s %s: live PEMS failed at %d", self.cfg.name, name, t)
+                continue
+            if step is None:
+                continue
+            p = step.prediction
+            values.setdefault(f"pems:{name}", np.array([p.value]))
+            if p.lower is not None and lp.link.lower_tag and lp.link.upper_tag:
+                values.setdefault(f"pems_lo:{name}", np.array([p.lower]))
+                values.setdefault(f"pems_hi:{name}", np.array([p.upper]))
+            self.on_pems(step)
 
     def push(self, t: int, values: dict[str, np.ndarray], substituted: dict[str, np.ndarray] | None = None,
              operating: bool = True) -> None:
@@ -241,11 +297,14 @@ class LiveEmissions:
     """Every configured stack's `LiveMonitor` behind one ``observe(readings)`` (for the gateway pipeline)."""
 
     def __init__(self, stacks: list[StackConfig], on_alert: Callable[[Alert], None] | None = None,
-                 on_condition: Callable[..., object] | None = None):
-        self.monitors = {cfg.name: LiveMonitor(cfg, on_alert, on_condition) for cfg in stacks}
+                 on_condition: Callable[..., object] | None = None, on_pems: Callable[..., object] | None = None,
+                 pems_dsn: str | None = None):
+        """``on_pems`` receives each live PEMS output (`emissions.pems_live.PemsStep`: the prediction record and
+        the readings of the ``pems`` tags); ``pems_dsn`` is the site database, for links with ``registry_db``."""
+        self.monitors = {cfg.name: LiveMonitor(cfg, on_alert, on_condition, on_pems, pems_dsn) for cfg in stacks}
         self._route: dict[str, list[LiveMonitor]] = {}
         for mon in self.monitors.values():
-            for tag in mon.roles:
+            for tag in {*mon.roles, *mon.pems_tags}:
                 self._route.setdefault(tag, []).append(mon)
 
     def observe(self, readings: Iterable[Reading]) -> None:

@@ -1,61 +1,182 @@
-"""Live PEMS: the exported ONNX model on the live process tags, writing the PEMS tags of a pollutant.
+"""Live PEMS: the registry's champion of a pollutant's PEMS model on the live process tags.
 
-Each primary interval, the model inputs (means of their tags' readings) give a prediction with an adaptive
-90 % interval (`models.conformal.AdaptiveConformal`, started from the calibration scores in the model's
-card); the point, lower and upper values become readings of the ``pems`` tags, flagged
-``Flag.SUBSTITUTED`` (a value produced by a model). They go through the gateway like any reading, so the
-emissions job substitutes them while the analyser is invalid and cross-checks the analyser against them.
-When the analyser's value for the interval is known, the interval adapts to it.
+A pollutant's ``pems`` link names a model id (``model_id``) in a `models.registry.Registry` (``registry``
+directory; its index in the site database when one is given) and the tag feeding each model input
+(``inputs``). `LivePems` serves that model id's champion through `models.runtime.ModelServer`:
+
+- each primary interval, the means of the input tags give a `edge.records.Prediction` (``kind="pems"``) with
+  its 90 % interval, the model id, the ONNX sha256 and the registry version (``details``); the point, lower and
+  upper values also become readings of the ``pems`` tags, flagged ``Flag.SUBSTITUTED`` (a value produced by a
+  model), so the emissions job substitutes them while the analyser is invalid and cross-checks the analyser
+  against them;
+- when the analyser's valid value for an interval is known (`observe`, or ``analyser=`` of `push`), the
+  adaptive conformal interval (`models.conformal.AdaptiveConformal`, seeded from the card's calibration
+  scores) is updated: it widens when recent errors grow;
+- every ``refresh_s`` seconds the registry is asked for the champion; a newly promoted (or rolled back)
+  version is loaded and swapped in between two predictions, so no interval goes without a prediction. A
+  champion whose inputs the link does not map is not swapped in (logged; the old version keeps serving).
+
+The adaptive state starts afresh from the new version's calibration scores on a swap; truth for a
+prediction of the previous version is ignored (its errors say nothing about the new model).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import logging
 import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
-import numpy as np
-
-from edge.records import Flag, Quality, Reading
+from edge.records import Flag, Prediction, Quality, Reading
 from emissions.config import PemsLink
+
+log = logging.getLogger(__name__)
+
+PENDING_MAX = 4096  # predictions kept for the analyser's value to arrive (primary intervals)
+
+
+@dataclass
+class PemsStep:
+    """One primary interval's PEMS output: the prediction record and the readings of the ``pems`` tags."""
+
+    prediction: Prediction
+    readings: list[Reading]
 
 
 class LivePems:
-    """One pollutant's PEMS model, predicting one primary interval at a time."""
+    """One pollutant's PEMS: the champion of ``link.model_id``, one primary interval at a time."""
 
-    def __init__(self, link: PemsLink, *, alpha: float = 0.1, window: int = 168, gamma: float = 0.005):
-        from models.conformal import AdaptiveConformal
-        from models.export import INPUT_NAME, session
+    def __init__(self, link: PemsLink, *, asset: str = "", target: str = "", registry=None, dsn: str | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        if link.model_id is None:
+            raise ValueError(f"pems link {link.tag}: no model_id configured")
+        if registry is None:
+            from models.registry import Registry
 
-        if link.model is None:
-            raise ValueError(f"pems link {link.tag}: no model configured")
-        path = Path(link.model)
-        card = json.loads(path.with_suffix(".json").read_text())
-        self.features: list[str] = card["features"]
-        missing = [f for f in self.features if f not in link.inputs]
-        if missing:
-            raise ValueError(f"pems link {link.tag}: inputs has no tag for model feature(s) {missing}")
+            registry = Registry(link.registry, dsn)
         self.link = link
-        self.version = card["onnx_sha256"]
-        self._input = INPUT_NAME
-        self._session = session(path.read_bytes())
-        self.conformal = AdaptiveConformal(alpha=alpha, window=window, gamma=gamma).start(card["calibration_scores"])
+        self.asset = asset
+        self.target = target
+        self.registry = registry
+        self.clock = clock
+        self.server = None  # models.runtime.ModelServer once the model id has a champion
+        self.pending: OrderedDict[int, Prediction] = OrderedDict()
+        self.swaps = 0
+        self._next_refresh = clock() + link.refresh_s
+        mv = registry.champion(link.model_id)
+        if mv is not None:
+            self._check_inputs(mv)  # a configuration error at start-up is raised, not logged
+        self.refresh()
 
-    def push(self, t: int, inputs: dict[str, float], analyser: float | None = None) -> list[Reading]:
-        """Readings of the PEMS tags for the interval starting at Unix time ``t`` (none if an input is missing);
-        ``analyser``: the measured value of the same interval, if valid, for the adaptive interval."""
-        row = [inputs.get(self.link.inputs[f]) for f in self.features]
-        if any(v is None or not math.isfinite(v) for v in row):
-            return []
-        x = np.asarray([row], dtype=np.float32)
-        yhat = np.asarray(self._session.run(None, {self._input: x})[0], dtype=np.float64).reshape(1, -1)[:, 0]
-        lo, hi = self.conformal.interval(yhat)[0]
-        if analyser is not None and math.isfinite(analyser):
-            self.conformal.update(analyser, yhat, interval=np.array([[lo, hi]]))
+    # -- the served version ---------------------------------------------------------------------
+    def _check_inputs(self, mv) -> None:
+        names = [f["name"] for f in mv.card.get("input_schema", {}).get("features", [])]
+        missing = [n for n in names if n not in self.link.inputs]
+        if missing:
+            raise ValueError(f"pems link {self.link.tag}: {mv.model_id} v{mv.version} takes input(s) "
+                             f"{', '.join(missing)} that pems.inputs maps to no tag")
+
+    def refresh(self) -> bool:
+        """Serve the registry's current champion; True when the served version changed."""
+        from models.runtime import ModelServer
+
+        mv = self.registry.champion(self.link.model_id)
+        if mv is None:
+            if self.server is None:
+                log.warning("pems %s: model %s has no champion yet; no predictions until one is promoted",
+                            self.link.tag, self.link.model_id)
+            return False
+        if self.server is not None and mv.version == self.server.version:
+            return False
+        self._check_inputs(mv)
+        if self.server is None:
+            self.server = ModelServer(self.registry, self.link.model_id, window=self.link.adaptive_window,
+                                      gamma=self.link.adaptive_gamma)
+            log.info("pems %s: serving %s v%s", self.link.tag, self.link.model_id, self.server.version)
+            return True
+        before = self.server.version
+        changed = self.server.refresh()
+        if changed:
+            self.swaps += 1
+            log.info("pems %s: %s v%s -> v%s", self.link.tag, self.link.model_id, before, self.server.version)
+        return changed
+
+    def _maybe_refresh(self) -> None:
+        now = self.clock()
+        if now < self._next_refresh:
+            return
+        self._next_refresh = now + self.link.refresh_s
+        try:
+            self.refresh()
+        except Exception as exc:  # a registry hiccup or a bad new version must not stop the served one
+            log.error("pems %s: registry refresh failed, keeping the served version: %s", self.link.tag, exc)
+
+    @property
+    def version(self) -> int | None:
+        """Registry version being served (None before a champion exists)."""
+        return None if self.server is None else self.server.version
+
+    def status(self) -> dict:
+        """For the console: the served version, swaps, predictions awaiting the analyser and, where the runtime
+        tracks it, performance drift of the served version from the analyser values observed so far."""
+        out = {"model_id": self.link.model_id, "pems_tag": self.link.tag, "version": self.version, "swaps": self.swaps,
+               "awaiting_analyser": len(self.pending)}
+        if self.server is not None:
+            out["sha256"] = self.server.model.sha256
+            if hasattr(self.server, "performance"):
+                out["performance"] = self.server.performance()
+        return out
+
+    # -- predictions ----------------------------------------------------------------------------
+    def predict(self, t: int, inputs: dict[str, float]) -> Prediction | None:
+        """The prediction for the primary interval starting at Unix time ``t`` from the input tags' values
+        (tag -> value); None when a model input is missing or not finite, or there is no champion."""
+        self._maybe_refresh()
+        if self.server is None:
+            return None
+        names = self.server.model.schema.names
+        row = {}
+        for n in names:
+            v = inputs.get(self.link.inputs.get(n, ""))
+            if v is None or not math.isfinite(v):
+                return None
+            row[n] = [float(v)]
         ts = datetime.fromtimestamp(t, UTC)
-        out = [(self.link.tag, float(yhat[0]))]
-        if self.link.lower_tag and self.link.upper_tag:
-            out += [(self.link.lower_tag, float(lo)), (self.link.upper_tag, float(hi))]
-        return [Reading(tag, ts, v, ts, Quality.GOOD, int(Flag.SUBSTITUTED), status_name=f"pems:{self.version[:12]}")
+        p = self.server.predict_records(row, asset=self.asset, times=[ts], target=self.target)[0]
+        p = dataclasses.replace(p, kind="pems", input_start=ts,
+                                details={**p.details, "model_id": p.model_id, "pems_tag": self.link.tag})
+        self.pending[t] = p
+        while len(self.pending) > PENDING_MAX:
+            self.pending.popitem(last=False)
+        return p
+
+    def readings(self, p: Prediction) -> list[Reading]:
+        """The ``pems`` tags' readings of a prediction, flagged substituted, naming the model version."""
+        out = [(self.link.tag, p.value)]
+        if self.link.lower_tag and self.link.upper_tag and p.lower is not None:
+            out += [(self.link.lower_tag, p.lower), (self.link.upper_tag, p.upper)]
+        status = f"pems:{p.model_id} v{p.details.get('registry_version')}"
+        return [Reading(tag, p.time, float(v), p.time, Quality.GOOD, int(Flag.SUBSTITUTED), status_name=status)
                 for tag, v in out]
+
+    def observe(self, t: int, analyser: float | None) -> bool:
+        """The analyser's valid value for interval ``t`` is known: update the adaptive interval. False when
+        there was no prediction for ``t``, the value is not finite, or the prediction was of an older version."""
+        p = self.pending.pop(t, None)
+        if p is None or self.server is None or analyser is None or not math.isfinite(analyser):
+            return False
+        return self.server.observe([float(analyser)], [p]) == 1
+
+    def push(self, t: int, inputs: dict[str, float], analyser: float | None = None) -> PemsStep | None:
+        """Predict interval ``t`` and, when the analyser's value of the same interval is given, learn from it
+        (after the prediction: the interval never sees its own truth)."""
+        p = self.predict(t, inputs)
+        if p is None:
+            return None
+        if analyser is not None:
+            self.observe(t, analyser)
+        return PemsStep(p, self.readings(p))

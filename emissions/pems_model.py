@@ -1,76 +1,153 @@
-"""PEMS models for the gas-turbine NOx and CO, built with ``models/`` (estimators, ONNX export with the
-parity check, split-conformal calibration); inference runs on the exported ONNX graph with onnxruntime.
+"""PEMS models through the model lifecycle of ``models/``: nothing here fits, exports or calibrates by itself.
 
-Training rows are the training years in time order: the first ``1 - calibration_share`` fit the
-pipeline, the last ``calibration_share`` (the end of the last training year, never seen by the fit)
-calibrate the 90 % interval. A model whose ONNX graph does not reproduce scikit-learn within the
-models' tolerance is refused (`models.export.ParityError`).
+- `spec` / `train_target`: a `models.train.TrainSpec` per pollutant (the gas-turbine process inputs, units,
+  90 % split-conformal intervals), trained by `models.train.train` on the **training years only** (rows split
+  in time order into train / calibration / holdout; ONNX export refused unless it passes parity).
+- `train_and_register`: each trained model is registered as a candidate in a `models.registry.Registry`;
+  the first version of a model id becomes champion through the normal promotion gate, later versions stay
+  candidates (their gate comparison is printed) unless ``promote="always"`` asks the gate to promote them.
+- `fit_from_model`: a registered (or just trained) ONNX model as the `emissions.pems_eval.PemsFit` the
+  evaluation runs; `evaluate` trains (or takes the registry's champions) and evaluates on the test years.
+
+Model ids are ``<prefix><target>`` in lower case: ``pems-nox``, ``pems-co`` by default; a stack's
+``pems.model_id`` names one of them for live PEMS (`emissions.pems_live`).
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from emissions.pems_eval import PemsFit
 
-
-def fit(folder: str | Path, train_years: list[str], target: str, *, estimator: str = "hgb", alpha: float = 0.1,
-        calibration_share: float = 0.2, save_dir: Path | None = None) -> tuple[PemsFit, dict]:
-    """Train, export, parity-check and calibrate one target; returns the fit and a model card (dict)."""
-    from models.conformal import SplitConformal
-    from models.data import GAS_TURBINE_INPUTS, GAS_TURBINE_UNITS, load_gas_turbine
-    from models.estimators import make_pipeline
-    from models.export import INPUT_NAME, ParityError, check_parity, session, sha256, to_onnx
-    from models.schema import InputSchema
-
-    table = load_gas_turbine(folder, train_years)
-    features = list(GAS_TURBINE_INPUTS)
-    # The ONNX graph takes float32 inputs: train on float32-representable values so no tree threshold
-    # falls between a value and its float32 rounding.
-    X, y = table.matrix(features).astype(np.float32).astype(np.float64), table.column(target)
-    k = int(len(y) * (1 - calibration_share))
-    pipe = make_pipeline(estimator)
-    with threadpool_limits(1):  # OpenMP on a busy 2-core machine is far slower than one thread
-        pipe.fit(X[:k], y[:k])
-    schema = InputSchema.of(features, GAS_TURBINE_UNITS)
-    onnx_bytes = to_onnx(pipe, schema, metadata={"target": target, "purpose": "pems"})
-    parity = check_parity(pipe, onnx_bytes, X[k:])
-    if not parity.passed:
-        raise ParityError(f"PEMS {target}: {parity.describe()}")
-    sess = session(onnx_bytes)
-
-    def predict(rows: np.ndarray) -> np.ndarray:
-        out = sess.run(None, {INPUT_NAME: np.ascontiguousarray(rows, dtype=np.float32)})[0]
-        return np.asarray(out, dtype=np.float64).reshape(len(rows), -1)[:, 0]
-
-    sc = SplitConformal(alpha=alpha).fit(y[k:], predict(X[k:]))
-    version = sha256(onnx_bytes)
-    card = {"target": target, "estimator": estimator, "features": features, "train_years": list(train_years),
-            "fit_rows": k, "calibration_rows": len(y) - k, "training_fingerprint": table.fingerprint(features),
-            "onnx_sha256": version, "parity": parity.to_dict(), "conformal": sc.to_dict()}
-    if save_dir is not None:
-        save_dir.mkdir(parents=True, exist_ok=True)
-        (save_dir / f"pems_{target.lower()}.onnx").write_bytes(onnx_bytes)
-        # The card keeps the calibration scores: a live PEMS starts its adaptive intervals from them.
-        (save_dir / f"pems_{target.lower()}.json").write_text(json.dumps(
-            {**card, "calibration_scores": [float(x) for x in sc.scores_]}, indent=1))
-    return PemsFit(target, features, predict, sc.scores_, sc.interval, version), card
+TARGETS = ("NOX", "CO")
+DEFAULT_PREFIX = "pems-"
 
 
-def evaluate(folder: str | Path, train_years: list[str], test_years: list[str], *, targets=("NOX", "CO"),
-             estimator: str = "hgb", alpha: float = 0.1, save_dir: Path | None = None) -> dict:
-    """Train on ``train_years`` and run `emissions.pems_eval.evaluate_target` on ``test_years``, per target."""
+def model_id(target: str, prefix: str = DEFAULT_PREFIX) -> str:
+    return f"{prefix}{target.lower()}"
+
+
+def spec(target: str, *, prefix: str = DEFAULT_PREFIX, estimator: str = "hgb", alpha: float = 0.1,
+         calibration_fraction: float = 0.2, holdout_fraction: float = 0.2):
+    """The `models.train.TrainSpec` of one gas-turbine PEMS target."""
+    from models.data import GAS_TURBINE_INPUTS, GAS_TURBINE_UNITS
+    from models.train import TrainSpec
+
+    return TrainSpec(model_id(target, prefix), list(GAS_TURBINE_INPUTS), target, estimator=estimator, alpha=alpha,
+                     calibration_fraction=calibration_fraction, holdout_fraction=holdout_fraction,
+                     units=dict(GAS_TURBINE_UNITS),
+                     description=f"PEMS {target} (CEN/TS 17198) from gas-turbine process parameters")
+
+
+def train_target(folder: str | Path, train_years: Sequence[str | int], target: str, *,
+                 progress: Callable[[str], None] | None = None, **spec_kw):
+    """`models.train.train` of ``spec(target)`` on the files ``gt_<year>.csv`` of the training years."""
+    from models.data import load_gas_turbine
+    from models.train import train
+
+    return train(spec(target, **spec_kw), load_gas_turbine(folder, list(train_years)), progress=progress)
+
+
+def train_and_register(folder: str | Path, train_years: Sequence[str | int], registry, *,
+                       targets: Sequence[str] = TARGETS, promote: str = "first", actor: str = "system",
+                       progress: Callable[[str], None] | None = None, **spec_kw) -> list[dict]:
+    """Train each target, register it as a candidate and run the gate as ``promote`` says:
+
+    ``first``: promote only when the model id has no champion yet (the first version); otherwise report the
+    gate's comparison with the champion and leave the candidate for `valvoja models promote`.
+    ``always``: run the gate (a worse candidate is refused and stays a candidate). ``never``: register only.
+    Returns one dict per target: model id, version, status, sha256, holdout metrics and the comparison."""
+    from models.registry import GateRefused
+
+    if promote not in ("first", "always", "never"):
+        raise ValueError(f"promote must be first, always or never, not {promote!r}")
+    out = []
+    for target in targets:
+        tm = train_target(folder, train_years, target, progress=progress, **spec_kw)
+        mv = registry.register(tm, actor=actor)
+        res = {"target": target, "model_id": mv.model_id, "version": mv.version, "sha256": mv.sha256,
+               "holdout": mv.metrics.get("holdout", {}), "promoted": False, "comparison": None}
+        has_champion = registry.champion(mv.model_id) is not None
+        if promote == "always" or (promote == "first" and not has_champion):
+            try:
+                cmp = registry.promote(mv.model_id, mv.version, actor=actor)
+                res["promoted"] = True
+            except GateRefused as exc:
+                cmp = exc.comparison
+            res["comparison"] = cmp
+        elif promote == "first":
+            res["comparison"] = registry.compare(mv.model_id, mv.version)
+        res["status"] = registry.get(mv.model_id, mv.version).status
+        out.append(res)
+    return out
+
+
+def fit_from_model(model) -> PemsFit:
+    """A `models.runtime.OnnxModel` (a registry version's ``.load()``) as what the evaluation needs: ONNX
+    predictions, the card's calibration scores (they seed the adaptive interval) and its static interval."""
+    cal = model.card.get("calibration") or {}
+    if model.kind != "regression" or not cal.get("scores"):
+        raise ValueError(f"{model.model_id}: a PEMS model must be a regressor with conformal calibration scores")
+    features = list(model.schema.names)
+
+    def predict(X: np.ndarray) -> np.ndarray:
+        return model.run_raw(np.asarray(X, dtype=np.float64))[:, 0]
+
+    def static_interval(yhat: np.ndarray) -> np.ndarray:
+        return model.calibrator.interval(yhat)
+
+    return PemsFit(model.card.get("target") or "", features, predict, np.asarray(cal["scores"], dtype=np.float64),
+                   static_interval, model.sha256)
+
+
+def evaluate(folder: str | Path, train_years: Sequence[str | int], test_years: Sequence[str | int], *,
+             targets: Sequence[str] = TARGETS, registry=None, prefix: str = DEFAULT_PREFIX,
+             progress: Callable[[str], None] | None = None, **spec_kw) -> dict:
+    """`emissions.pems_eval.evaluate_target` per target on ``test_years``.
+
+    Without ``registry`` each target is trained on ``train_years`` with `models.train` (not registered);
+    with one, its champions ``<prefix><target>`` are evaluated (refused when a test year was in their training
+    data). The result carries each model's card summary: version, parity, holdout metrics, training span."""
     from emissions.pems_eval import evaluate_target
     from models.data import load_gas_turbine
+    from models.runtime import OnnxModel
 
+    train_years, test_years = [str(y) for y in train_years], [str(y) for y in test_years]
+    overlap = sorted(set(train_years) & set(test_years))
+    if overlap:
+        raise ValueError(f"year(s) {', '.join(overlap)} both in training and test: the protocol keeps them apart")
+    alpha = spec_kw.get("alpha", 0.1)
     test = load_gas_turbine(folder, test_years)
-    out = {"train_years": list(train_years), "test_years": list(test_years), "alpha": alpha, "targets": {}}
+    out = {"train_years": train_years, "test_years": test_years, "alpha": alpha,
+           "source": "registry" if registry is not None else "trained", "targets": {}}
     for target in targets:
-        f, card = fit(folder, train_years, target, estimator=estimator, alpha=alpha, save_dir=save_dir)
+        if registry is None:
+            tm = train_target(folder, train_years, target, progress=progress, prefix=prefix, **spec_kw)
+            model, version = OnnxModel(tm.onnx_bytes, tm.card), None
+        else:
+            mv = registry.champion(model_id(target, prefix))
+            if mv is None:
+                raise LookupError(f"no champion of {model_id(target, prefix)} in {registry}: run `valvoja emissions "
+                                  "pems train` first")
+            model, version = mv.load(), mv.version
+            seen = [s.get("path", "") for s in mv.card.get("training_data", {}).get("sources", [])]
+            leaked = [p for p in seen for y in test_years if Path(p).name == f"gt_{y}.csv"]
+            if leaked:
+                raise ValueError(f"{mv.model_id} v{mv.version} was trained on {', '.join(leaked)}: not a test year")
+            if alpha != model.alpha:
+                alpha = model.alpha
+        f = fit_from_model(model)
         res = evaluate_target(f, test.matrix(f.features), test.column(target), alpha=alpha)
-        out["targets"][target] = {"card": card, **res}
+        card = model.card
+        out["targets"][target] = {
+            "model_id": card.get("model_id"), "registry_version": version,
+            "card": {"estimator": card.get("estimator"), "parity": card.get("parity"),
+                     "holdout": (card.get("metrics") or {}).get("holdout"),
+                     "training_span": (card.get("training_data") or {}).get("span"),
+                     "training_split": (card.get("training_data") or {}).get("split"),
+                     "training_fingerprint": (card.get("training_data") or {}).get("fingerprint")},
+            **res}
     return out

@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import stats
 
 __all__ = ["STATUSES", "DriftMonitor", "DriftThresholds", "PerformanceMonitor", "ks", "psi", "psi_edges"]
 
@@ -107,6 +106,8 @@ def ks(reference, current) -> tuple[float, float] | tuple[np.ndarray, np.ndarray
     r, c = _finite(ref), _finite(cur)
     if r.size == 0 or c.size == 0:
         return math.nan, math.nan
+    from scipy import stats  # here, not at import: models.runtime uses PerformanceMonitor on scipy-less gateways
+
     res = stats.ks_2samp(r, c, method="asymp" if r.size * c.size > 1_000_000 else "auto")
     return float(res.statistic), float(res.pvalue)
 

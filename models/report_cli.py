@@ -2,17 +2,21 @@
 
     valvoja models evaluate gas-turbine --data ../shared/data/gas-turbine --train 2011 2012 --test 2013 \\
         [--target NOX CO] [--json FILE] [--report DIR] [--check]
+    valvoja models evaluate feedback --db URL [--since ISO] [--model-id ID] [--json FILE]
     valvoja models report MODEL --data FILE.. [--version N] [--out DIR] [--registry DIR] [--db URL]
     valvoja models report MODEL --data FILE.. --onnx model.onnx --card card.json       # without a registry
 
 ``evaluate gas-turbine`` follows the data README's protocol (train years -> fit + calibration, test years
 only predicted, in time order) and prints static and streaming metrics of the model and a linear baseline
-plus the issue's bars; ``--check`` exits 1 when a bar fails. ``report`` runs a registered version (the
+plus the issue's bars; ``--check`` exits 1 when a bar fails. ``evaluate feedback`` is the precision of past
+alerts from the maintenance teams' reviews (`maintenance.review.alert_precision`: right / (right + wrong) by
+each alert's latest verdict, per alert kind and model). ``report`` runs a registered version (the
 champion unless ``--version``) on the data files and writes ``report.html`` + ``report.json``.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import os
@@ -21,7 +25,7 @@ from pathlib import Path
 
 from edge.errors import ValvojaError
 
-__all__ = ["add_subcommands", "cmd_evaluate_gas_turbine", "cmd_report"]
+__all__ = ["add_subcommands", "cmd_evaluate_feedback", "cmd_evaluate_gas_turbine", "cmd_report", "model_report"]
 
 
 def _say(msg: str) -> None:
@@ -68,6 +72,18 @@ def add_subcommands(models_subparsers) -> None:
     g.add_argument("--report", type=Path, metavar="DIR", help="also write an uncertainty report per target")
     g.add_argument("--check", action="store_true", help="exit 1 when a bar of the issue fails")
     g.set_defaults(func=_guard(cmd_evaluate_gas_turbine))
+    fb = evs.add_parser("feedback", help="precision of past alerts from the maintenance teams' reviews",
+                        description="Per alert kind and model: alerts raised, reviewed right / wrong (the newest "
+                                    "review of each alert counts; an alert raised from a prediction also counts "
+                                    "that prediction's review), unreviewed, and precision = right / (right + "
+                                    "wrong). Reads the alerts and prediction_feedback tables.")
+    fb.add_argument("--db", metavar="URL", default=os.environ.get("VALVOJA_DB_URL") or None,
+                    help="postgresql:// URL (default $VALVOJA_DB_URL)")
+    fb.add_argument("--since", type=_iso, metavar="ISO", help="alerts raised at or after this time (ISO-8601)")
+    fb.add_argument("--until", type=_iso, metavar="ISO", help="alerts raised at or before this time (ISO-8601)")
+    fb.add_argument("--model-id", help="only alerts raised from this model's predictions")
+    fb.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
+    fb.set_defaults(func=_guard(cmd_evaluate_feedback))
 
     r = models_subparsers.add_parser("report", help="uncertainty report (HTML with inline SVG + JSON)",
                                      description="Runs a registered version on the data files (rows in time "
@@ -94,6 +110,61 @@ def add_subcommands(models_subparsers) -> None:
     r.add_argument("--bias-halflife", type=float, default=0.0,
                    help="online bias correction of the adaptive mode, half-life in rows (default 0: off)")
     r.set_defaults(func=_guard(cmd_report))
+
+
+def _iso(text: str):
+    """An ISO-8601 time; without an offset it is taken as UTC."""
+    from datetime import UTC, datetime
+
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r} (e.g. 2026-01-01 or "
+                                         "2026-01-01T06:00:00+02:00)") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+# ---------------------------------------------------------------- evaluate feedback
+
+def cmd_evaluate_feedback(args) -> int:
+    """Precision of past alerts from their reviews (`maintenance.review.alert_precision`)."""
+    if not args.db:
+        raise ValueError("no database: give --db URL or set VALVOJA_DB_URL")
+    import psycopg
+
+    from maintenance.review import alert_precision
+
+    try:
+        with psycopg.connect(args.db, autocommit=True, connect_timeout=10) as conn:
+            rows = alert_precision(conn, since=args.since, until=args.until, model_id=args.model_id)
+    except psycopg.errors.UndefinedTable as exc:
+        raise ValueError(f"{exc.diag.message_primary}: run `valvoja db migrate` (maintenance tables)") from None
+    except psycopg.OperationalError as exc:
+        raise ValueError(f"cannot connect to the database: {str(exc).strip()}") from None
+    scope = [f"since {args.since.isoformat()}" if args.since else "",
+             f"until {args.until.isoformat()}" if args.until else "",
+             f"model {args.model_id}" if args.model_id else ""]
+    print("alert precision from reviews" + (" (" + ", ".join(x for x in scope if x) + ")" if any(scope) else ""))
+    if not rows:
+        print("  no alerts in this range")
+    else:
+        print(f"  {'kind':<24}{'model':<28}{'alerts':>7}{'right':>7}{'wrong':>7}{'unreviewed':>11}{'precision':>10}")
+    for r in rows:
+        prec = "-" if r["precision"] is None else f"{r['precision']:.3f}"
+        print(f"  {r['kind']:<24}{r['model_id'] or '-':<28}{r['alerts']:>7}{r['right']:>7}{r['wrong']:>7}"
+              f"{r['unreviewed']:>11}{prec:>10}")
+    right, wrong = sum(r["right"] for r in rows), sum(r["wrong"] for r in rows)
+    overall = right / (right + wrong) if right + wrong else None
+    if len(rows) > 1:
+        print(f"  {'all':<52}{sum(r['alerts'] for r in rows):>7}{right:>7}{wrong:>7}"
+              f"{sum(r['unreviewed'] for r in rows):>11}{'-' if overall is None else f'{overall:.3f}':>10}")
+    if args.json:
+        doc = {"since": args.since, "until": args.until, "model_id": args.model_id, "rows": rows,
+               "overall": {"right": right, "wrong": wrong, "precision": overall}}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(doc, indent=1, default=str) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
 
 
 # ---------------------------------------------------------------- evaluate gas-turbine
@@ -221,41 +292,58 @@ def _drift_reference(card: dict, features: list[str], reference: list[Path] | No
     return DriftMonitor(table.rows(0, int(train_rows)), features), "training rows of the card's data files"
 
 
+def model_report(model, table, *, model_id: str | None = None, info: dict | None = None, data: str = "",
+                 reference: list[Path] | None = None, time_column: str | None = None, window: int = 168,
+                 adaptive_window: int = 168, gamma: float = 0.005, bias_halflife: float | None = None,
+                 say=_say) -> dict:
+    """The uncertainty report (`models.report.build_report`) of a regressor (`models.runtime.OnnxModel`) on the
+    rows of ``table`` (a `models.data.FeatureTable` in time order): its static interval as served, the adaptive
+    one, and input drift against the card's drift reference (else ``reference`` files, else the card's training
+    files). ``valvoja models report`` and the console's report page both use it."""
+    from models.report import build_report
+
+    card = model.card
+    model_id = model_id or model.model_id
+    if model.kind != "regression":
+        raise ValueError(f"{model_id}: the uncertainty report covers regressors; this is a {model.kind} model")
+    features = model.schema.names
+    say(f"{model_id}: {len(table)} rows, {len(features)} features")
+    out = model.predict({n: table.columns[n] for n in features if n in table.columns})
+    target = card.get("target")
+    y = table.column(target) if target and target in table.columns else None
+    if y is None:
+        say(f"{model_id}: no {target!r} column in the data: no coverage or residuals, only widths and drift")
+    cal = card.get("calibration") or {}
+    scores = cal.get("scores") if cal.get("score", "absolute") == "absolute" and cal.get("method") != "cqr" else None
+    mon, why = _drift_reference(card, features, reference, time_column)
+    if mon is None:
+        say(f"{model_id}: input drift left out: {why}")
+    X = table.matrix(features)
+    model_info = {"id": model.model_id or model_id, **{k: v for k, v in (info or {}).items() if v is not None},
+                  "sha256": model.sha256, "target": target, "estimator": card.get("estimator"),
+                  "data": data, "drift_reference": why if mon else None}
+    return build_report(out.value, y_true=y, X=X if mon else None, features=features, static_interval=out.interval,
+                        conformal=cal if cal.get("method") == "split" else None, calibration_scores=scores,
+                        alpha=model.alpha, drift=mon, model=model_info, window=window,
+                        adaptive={"window": adaptive_window, "gamma": gamma}, bias_halflife=bias_halflife or None)
+
+
 def cmd_report(args) -> int:
     import numpy as np
 
     from models.data import FeatureTable, read_csv
-    from models.report import build_report, write_report
+    from models.report import write_report
 
     model, info = _load_model(args)
-    card = model.card
     if model.kind != "regression":
         raise ValueError(f"{args.model_id}: the uncertainty report covers regressors; this is a {model.kind} model")
     table = FeatureTable.concat(read_csv(f, time_column=args.time_column) for f in args.data)
     if table.times is not None:
         order = np.argsort(table.times, kind="stable")
         table = FeatureTable({k: v[order] for k, v in table.columns.items()}, table.times[order])
-    features = model.schema.names
-    _say(f"{args.model_id}: {len(table)} rows, {len(features)} features")
-    out = model.predict({n: table.columns[n] for n in features if n in table.columns})
-    target = card.get("target")
-    y = table.column(target) if target and target in table.columns else None
-    if y is None:
-        _say(f"{args.model_id}: no {target!r} column in the data: no coverage or residuals, only widths and drift")
-    cal = card.get("calibration") or {}
-    scores = cal.get("scores") if cal.get("score", "absolute") == "absolute" and cal.get("method") != "cqr" else None
-    mon, why = _drift_reference(card, features, args.reference, args.time_column)
-    if mon is None:
-        _say(f"{args.model_id}: input drift left out: {why}")
-    X = table.matrix(features)
-    model_info = {"id": model.model_id or args.model_id, **{k: v for k, v in info.items() if v is not None},
-                  "sha256": model.sha256, "target": target, "estimator": card.get("estimator"),
-                  "data": " ".join(str(p) for p in args.data), "drift_reference": why if mon else None}
-    rep = build_report(out.value, y_true=y, X=X if mon else None, features=features, static_interval=out.interval,
-                       conformal=cal if cal.get("method") == "split" else None, calibration_scores=scores,
-                       alpha=model.alpha, drift=mon, model=model_info, window=args.window,
-                       adaptive={"window": args.adaptive_window, "gamma": args.gamma},
-                       bias_halflife=args.bias_halflife or None)
+    rep = model_report(model, table, model_id=args.model_id, info=info, data=" ".join(str(p) for p in args.data),
+                       reference=args.reference, time_column=args.time_column, window=args.window,
+                       adaptive_window=args.adaptive_window, gamma=args.gamma, bias_halflife=args.bias_halflife)
     out_dir = args.out or Path("reports") / f"{args.model_id}-v{info.get('version', 'file')}"
     html_path, json_path = write_report(rep, out_dir)
     for mode, m in rep["metrics"].items():

@@ -8,9 +8,11 @@
   new champion and swaps one reference: a request that already picked up the old version finishes on it (its
   session stays alive), later ones use the new one; nothing is dropped or blocked. Sessions are cached per
   version. Regressors served through it get adaptive conformal intervals (rolling window of recent scores +
-  ACI level update) once ``observe(truth, ...)`` reports what really happened.
+  ACI level update) once ``observe(truth, ...)`` reports what really happened. The same truth feeds a
+  `models.drift.PerformanceMonitor` per served version (rolling MAE against the card's holdout MAE, rolling
+  coverage of the served intervals against nominal): ``performance()`` is its status.
 
-This module needs numpy and onnxruntime only (no scikit-learn), so it is what a gateway imports.
+This module needs numpy and onnxruntime only (no scikit-learn, no scipy), so it is what a gateway imports.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from models.conformal import AdaptiveConformal, ConformalizedQuantile, ConformalPValue, SplitConformal
+from models.drift import PerformanceMonitor
 from models.schema import InputError, InputSchema
 
 __all__ = ["InputError", "ModelServer", "OnnxModel", "Output"]
@@ -145,6 +148,7 @@ class _Serving:
     model: OnnxModel
     adaptive: AdaptiveConformal | None
     lock: threading.Lock
+    performance: PerformanceMonitor | None = None  # this version's performance drift (None: anomaly / no MAE)
 
 
 class ModelServer:
@@ -154,14 +158,22 @@ class ModelServer:
     nonconformity scores (seeded from the card's calibration scores) with the ACI step ``gamma``; ``observe``
     feeds it the truth as it arrives, so the intervals widen when recent errors grow (drift). Anomaly models
     always use their card's p-value calibration.
+
+    ``observe`` also feeds a `models.drift.PerformanceMonitor` of the served version (regressors whose card has a
+    holdout MAE): the last ``performance_window`` revealed rows' MAE against that holdout MAE and the coverage of
+    the intervals as served against nominal; ``performance()`` gives its status (``ok`` / ``warn`` / ``drift`` /
+    ``unknown``). A new champion starts a new monitor: the old one's errors say nothing about it.
     """
 
-    def __init__(self, registry, model_id: str, *, adaptive: bool = True, window: int = 500, gamma: float = 0.005):
+    def __init__(self, registry, model_id: str, *, adaptive: bool = True, window: int = 500, gamma: float = 0.005,
+                 performance_window: int = 168, performance_min_rows: int = 24):
         self.registry = registry
         self.model_id = model_id
         self.adaptive = adaptive
         self.window = window
         self.gamma = gamma
+        self.performance_window = performance_window
+        self.performance_min_rows = performance_min_rows
         self._models: dict[int, OnnxModel] = {}  # sessions cached per version
         self._swap_lock = threading.Lock()
         self._serving: _Serving | None = None
@@ -203,10 +215,32 @@ class ModelServer:
             if self.adaptive and model.kind == "regression" and cal.get("scores"):
                 ac = AdaptiveConformal(cal["alpha"], window=self.window, gamma=self.gamma,
                                        score=cal.get("score", "absolute")).start(cal["scores"])
-            self._serving = _Serving(mv.version, model, ac, threading.Lock())
+            self._serving = _Serving(mv.version, model, ac, threading.Lock(), self._performance_monitor(model))
             if current is not None:
                 self.swaps += 1
             return True
+
+    def _performance_monitor(self, model: OnnxModel) -> PerformanceMonitor | None:
+        if model.kind != "regression":
+            return None
+        mae = ((model.card.get("metrics") or {}).get("holdout") or {}).get("mae")
+        if mae is None or not np.isfinite(mae) or mae <= 0:
+            return None
+        return PerformanceMonitor(float(mae), alpha=model.alpha if model.alpha is not None else 0.1,
+                                  window=self.performance_window, min_rows=self.performance_min_rows)
+
+    def performance(self) -> dict:
+        """Performance drift of the served version from the truth `observe` was given: `PerformanceMonitor.status`
+        (``status`` ok / warn / drift / unknown, rolling MAE and its ratio to the holdout MAE, rolling coverage)
+        plus ``model_id`` and ``version``. ``unknown`` with a ``reason`` when the model has no monitor."""
+        s = self._serving
+        head = {"model_id": self.model_id, "version": s.version}
+        if s.performance is None:
+            why = ("anomaly scorers have no error to track" if s.model.kind != "regression"
+                   else "the model card has no holdout MAE")
+            return {**head, "status": "unknown", "reason": why}
+        with s.lock:
+            return {**head, **s.performance.status()}
 
     def watch(self, interval: float = 5.0) -> None:
         """Poll the registry every ``interval`` s in a daemon thread and swap when the champion changes."""
@@ -296,11 +330,12 @@ class ModelServer:
         return preds
 
     def observe(self, y_true, predictions) -> int:
-        """The truth of earlier predictions arrived (in time order): update the adaptive intervals. ``predictions``
-        is an `Output` or a list of `Prediction`. Truth for another version than the one now served is ignored
-        (its errors say nothing about the new model). Returns how many rows were used."""
+        """The truth of earlier predictions arrived (in time order): update the adaptive intervals and the
+        performance monitor (`performance`). ``predictions`` is an `Output` or a list of `Prediction`. Truth for
+        another version than the one now served is ignored (its errors say nothing about the new model).
+        Returns how many rows were used."""
         s = self._serving
-        if s.adaptive is None:
+        if s.adaptive is None and s.performance is None:
             return 0
         y = np.asarray(y_true, dtype=np.float64).ravel()
         if isinstance(predictions, Output):
@@ -311,19 +346,25 @@ class ModelServer:
             keep = [i for i, p in enumerate(predictions) if p.model_version == s.model.sha256]
             if not keep:
                 return 0
+            if y.size != len(predictions):
+                raise InputError(f"{y.size} true values for {len(predictions)} predictions")
             y = y[keep]
             ps = [predictions[i] for i in keep]
             value = np.array([p.value for p in ps])
-            iv = np.array([[p.lower, p.upper] for p in ps], dtype=np.float64)
-            if s.adaptive.score == "cqr":
+            iv = (None if all(p.lower is None for p in ps)
+                  else np.array([[p.lower, p.upper] for p in ps], dtype=np.float64))
+            if s.adaptive is not None and s.adaptive.score == "cqr":
                 raw = np.array([[p.value, p.details["lower_quantile"], p.details["upper_quantile"]] for p in ps])
             else:
                 raw = value.reshape(-1, 1)
         if y.size != value.size:
             raise InputError(f"{y.size} true values for {value.size} predictions")
         with s.lock:
-            if s.adaptive.score == "cqr":
-                s.adaptive.update(y, lower=raw[:, 1], upper=raw[:, 2], interval=iv)
-            else:
-                s.adaptive.update(y, value, interval=iv)
+            if s.adaptive is not None:
+                if s.adaptive.score == "cqr":
+                    s.adaptive.update(y, lower=raw[:, 1], upper=raw[:, 2], interval=iv)
+                else:
+                    s.adaptive.update(y, value, interval=iv)
+            if s.performance is not None:
+                s.performance.update(y, value, interval=iv)
         return int(y.size)

@@ -60,9 +60,10 @@ class ConsoleServer:
         host, port = params.get("host", "127.0.0.1"), params.get("port", 5432)
         url = f"postgresql://{params.get('user', 'postgres')}@{host}:{port}/{params['dbname']}"
         gateways = console.pop("gateways", [])
+        models = console.pop("models", {})  # [models]: registry, report_cache
         self.cfg = ConsoleConfig.model_validate({
             "console": {"listen": f"127.0.0.1:{self.port}", "alert_poll_s": 0.5, **console},
-            "database": {"url": url}, "gateways": gateways})
+            "database": {"url": url}, "models": models, "gateways": gateways})
         self.app = create_app(self.cfg, dsn=dsn)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
                                                     lifespan="on", timeout_graceful_shutdown=3))

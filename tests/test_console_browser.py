@@ -30,15 +30,32 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 
 
 
+def seed_models(dsn: str, root: Path) -> None:
+    """Model ``syn``: v1 (HGB) champion, v2 (linear, worse) a candidate; trained for real, registered in ``root``
+    with the index in the console's database."""
+    from models_support import regression_table, spec
+
+    from models.registry import Registry
+    from models.train import train
+
+    table = regression_table(1200)
+    reg = Registry(root, dsn)
+    reg.promote("syn", reg.register(train(spec(params={"max_iter": 40}), table)).version)
+    reg.register(train(spec(estimator="linear"), table))
+
+
 @pytest.fixture(scope="module")
-def server(pg_admin_dsn):
+def server(pg_admin_dsn, tmp_path_factory):
+    registry = tmp_path_factory.mktemp("registry")
     with fresh_database(pg_admin_dsn) as dsn:
         seed_users(dsn)
         seed_plant(dsn, hours=48, step_s=30)
         insert_alerts(dsn, [make_alert(f"OLD-{i}", asset="F-201", message=f"earlier alert {i}") for i in range(5)])
         seed_predictions(dsn, asset="P-101", hours=48)
         seed_emissions(dsn, days=3)
-        with ConsoleServer(dsn) as srv:
+        seed_models(dsn, registry)
+        with ConsoleServer(dsn, models={"registry": str(registry),
+                                        "report_cache": str(tmp_path_factory.mktemp("report-cache"))}) as srv:
             srv.dsn = dsn
             yield srv
 
@@ -170,6 +187,43 @@ def test_models_gateways_admin_pages(browser, server):
         page.wait_for_selector(ready)
         page.wait_for_timeout(300)
         shot(page, name)
+    assert page.errors == []
+    page.context.close()
+
+
+def test_models_page_cards_gate_and_report(browser, server):
+    page = login(browser, server, "viewer")
+    page.goto(server.url + "/models")
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    assert page.locator(".model-version[data-status='champion'][data-version='1']").count() == 1
+    assert page.locator("button.promote, button.rollback").count() == 0, "no model actions for a viewer"
+    page.context.close()
+
+    page = login(browser, server, "admin")
+    page.goto(server.url + "/models")
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    champion = page.locator(".model-version[data-status='champion']")
+    assert "mae" in champion.locator(".metrics").inner_text() and "passed" in champion.locator(".parity").inner_text()
+    assert "split" in champion.locator(".calibration").inner_text()
+    assert champion.locator(".schema tr").count() == 5, "header + four features"
+    assert champion.locator("button.rollback").count() == 1
+    candidate = page.locator(".model-version[data-status='candidate'][data-version='2']")
+    candidate.locator(".action-comment").fill("linear baseline")
+    candidate.locator("button.promote").click()
+    result = page.locator(".gate-result[data-accepted='0']")
+    result.wait_for(timeout=15000)
+    assert "REFUSED" in result.inner_text() and "worse than champion" in result.inner_text()
+    shot(page, "models-gate-refused")
+    with psycopg.connect(server.dsn) as conn:
+        who, comment = conn.execute("SELECT actor, detail->>'comment' FROM console_audit "
+                                    "WHERE action = 'model.promote_refused'").fetchone()
+    assert (who, comment) == ("admin", "linear baseline")
+    href = champion.locator("a.report-link").get_attribute("href")
+    assert href == "/api/models/syn/versions/1/report"
+    page.goto(server.url + href)
+    page.wait_for_selector("svg")
+    assert "Uncertainty" in page.inner_text("h1") or "uncertainty" in page.content().lower()
+    shot(page, "model-uncertainty-report")
     assert page.errors == []
     page.context.close()
 

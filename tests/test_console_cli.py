@@ -61,3 +61,21 @@ def test_bad_console_configuration_names_the_key(tmp_path):
     assert r.returncode == 1
     for needle in ("console.listen", "console.cookie_secure", "database.url: contains a password"):
         assert needle in r.stderr, r.stderr
+
+
+def test_models_section_paths_are_relative_to_the_file(tmp_path):
+    from pathlib import Path
+
+    from console.config import load
+
+    (tmp_path / "etc").mkdir()
+    path = tmp_path / "etc" / "console.toml"
+    path.write_text('[database]\nurl = "postgresql://u@h/db"\n[models]\nregistry = "../var/models"\n')
+    cfg = load(path)
+    assert cfg.models.registry == tmp_path / "etc" / ".." / "var" / "models"
+    assert cfg.models.report_cache == tmp_path / "etc" / "var" / "cache" / "model-reports"
+    example = load(Path(__file__).parents[1] / "console" / "console-example.toml")
+    assert example.models.registry.resolve() == (Path(__file__).parents[1] / "var" / "models").resolve()
+    path.write_text('[database]\nurl = "postgresql://u@h/db"\n[models]\nregistery = "x"\n')
+    r = _valvoja("console", "serve", "-c", str(path))
+    assert r.returncode == 1 and "models.registery" in r.stderr, r.stderr

@@ -23,7 +23,7 @@ def test_nan_and_inf_are_bad_and_kept():
     v = make(a={"range": (0, 10)})
     now = utcnow()
     rs = [_r("a", math.nan, now=now), _r("a", math.inf, now=now), _r("a", 5.0, now=now)]
-    assert v.apply(rs, now) == 2
+    assert v.apply_readings(rs, now) == 2
     assert rs[0].quality == Quality.BAD and rs[0].flags & Flag.NOT_FINITE and math.isnan(rs[0].value)
     assert rs[1].quality == Quality.BAD and rs[1].value == math.inf
     assert rs[2].quality == Quality.GOOD and rs[2].flags == 0
@@ -34,7 +34,7 @@ def test_out_of_range_is_uncertain_with_value_kept():
     v = make(a={"range": (0, 10)})
     now = utcnow()
     rs = [_r("a", -0.1, now=now), _r("a", 10.0, now=now), _r("a", 11, now=now)]
-    v.apply(rs, now)
+    v.apply_readings(rs, now)
     assert [r.quality for r in rs] == [Quality.UNCERTAIN, Quality.GOOD, Quality.UNCERTAIN]
     assert rs[2].value == 11 and rule_names(rs[2].flags) == ["out_of_range"]
 
@@ -43,11 +43,11 @@ def test_frozen_value_flagged_after_its_window():
     v = make(a={"frozen_after_s": 10})
     now = utcnow()
     rs = [_r("a", 1.0, dt_s=-30 + i, now=now) for i in range(25)]
-    v.apply(rs, now)
+    v.apply_readings(rs, now)
     assert all(r.quality == Quality.GOOD for r in rs[:11])
     assert all(r.flags & Flag.FROZEN for r in rs[11:])
     change = [_r("a", 2.0, now=now)]
-    v.apply(change, now)
+    v.apply_readings(change, now)
     assert change[0].quality == Quality.GOOD
 
 
@@ -55,7 +55,7 @@ def test_future_and_stale_timestamps():
     v = make(a={})
     now = utcnow()
     rs = [_r("a", 1.0, dt_s=60, now=now), _r("a", 1.0, dt_s=-8 * 86400, now=now), _r("a", 1.0, dt_s=3, now=now)]
-    v.apply(rs, now)
+    v.apply_readings(rs, now)
     assert rs[0].flags & Flag.FUTURE_TIME and rs[0].quality == Quality.UNCERTAIN
     assert rs[1].flags & Flag.STALE_TIME
     assert rs[2].flags == 0  # within the 5 s tolerance
@@ -65,7 +65,7 @@ def test_device_bad_quality_is_never_upgraded():
     v = make(a={})
     now = utcnow()
     r = _r("a", 1.0, now=now, quality=Quality.BAD)
-    v.apply([r], now)
+    v.apply_readings([r], now)
     assert r.quality == Quality.BAD
 
 
@@ -73,6 +73,6 @@ def test_unknown_tag_flagged_but_quality_kept_and_type_mismatch_bad():
     v = make(a={"kind": "float"})
     now = utcnow()
     rs = [_r("zz", 1.0, now=now), _r("a", "hello", now=now)]
-    v.apply(rs, now)
+    v.apply_readings(rs, now)
     assert rs[0].flags & Flag.UNKNOWN_TAG and rs[0].quality == Quality.GOOD
     assert rs[1].flags & Flag.TYPE_MISMATCH and rs[1].quality == Quality.BAD and rs[1].value == "hello"

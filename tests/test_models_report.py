@@ -137,5 +137,7 @@ def test_report_cli_from_the_registry(tmp_path, capsys):
     assert args.func(args) == 0
     d = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert d["model"]["version"] == mv.version and d["metrics"]["adaptive"]["n"] == 596
-    # No drift reference in the card: the card's training files (still there, same sha256) give it.
+    # The card carries the training rows' drift reference (models.train): the report uses it, no files needed.
+    assert json.loads((mv.path / "card.json").read_text())["drift_reference"]["features"] == list(GAS_TURBINE_INPUTS)
+    assert d["model"]["drift_reference"] == "model card"
     assert d["input_drift"]["status"] in ("warn", "drift")

@@ -180,3 +180,38 @@ def _model_output_of_other_version(srv, X):
     out = srv.infer(X)
     out.model_version = "0" * 64
     return out
+
+
+def test_performance_monitor_flags_a_degraded_model_not_a_healthy_one(served, models):
+    """Truth revealed later feeds the served version's PerformanceMonitor: rows like the training data keep it
+    ``ok``; a plant that changed (noise sd 0.3 -> 1.0 and an offset of twice the holdout MAE) pushes the rolling
+    MAE past 1.5x the holdout MAE and the served intervals' coverage far below nominal."""
+    healthy = ModelServer(served, "syn", performance_window=200)
+    assert healthy.performance()["status"] == "unknown" and healthy.performance()["rows"] == 0
+    same = regression_table(400, noise=0.3, seed=31)
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    preds = healthy.predict_records(same.matrix(FEATURES), asset="A1",
+                                    times=[t0 + timedelta(hours=i) for i in range(len(same))])
+    assert healthy.observe(same.column("y"), preds) == len(same)
+    ok = healthy.performance()
+    assert ok["status"] == "ok", ok
+    assert ok["error_status"] == "ok" and ok["coverage_status"] == "ok" and ok["version"] == healthy.version
+    assert ok["mae_ratio"] < 1.25 and ok["baseline_mae"] == served.champion("syn").metrics["holdout"]["mae"]
+
+    # static intervals (adaptive ones would widen and keep the coverage: the MAE still shows the change)
+    degraded = ModelServer(served, "syn", adaptive=False, performance_window=200)
+    worse = regression_table(400, noise=1.0, seed=32)
+    X, y = worse.matrix(FEATURES), worse.column("y") + 2 * ok["baseline_mae"]
+    for i in range(0, len(y), 50):  # truth arrives in batches, after the predictions
+        out = degraded.infer(X[i:i + 50])
+        degraded.observe(y[i:i + 50], out)
+    bad = degraded.performance()
+    assert bad["status"] == "drift" and bad["error_status"] == "drift", bad
+    assert bad["coverage_status"] == "drift" and bad["coverage"] < 0.8, bad
+    assert bad["mae_ratio"] >= 1.5 and bad["rows"] == 200 and bad["seen"] == 400
+
+    # anomaly scorers have no error to track; their status says so
+    reg = Registry(served.root.parent / "an")
+    reg.promote("an", reg.register(models["anomaly"]).version)
+    an = ModelServer(reg, "an")
+    assert an.performance()["status"] == "unknown" and "anomaly" in an.performance()["reason"]

@@ -381,7 +381,7 @@ async def test_through_the_real_ingest_pipeline_into_the_spool(mosquitto, tmp_pa
         samples = [{"tag": "v", "t": T0_MS + i, "v": float(i)} for i in range(100)]
         await apublish(mosquitto.port, [("t/json/L1", json.dumps({"samples": samples}))] * 20
                        + [("t/json/L1", b"garbage")])
-        await until(lambda: ingest.accepted >= 2000 and spool.batches >= 21)
+        await until(lambda: ingest.accepted >= 2000 and metrics.dead_letters.labels("mq")._value.get() == 1)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -76,7 +76,7 @@ def test_every_option_in_the_code_appears_in_the_sample():
 
 
 def test_literal_password_is_refused_and_references_resolve(tmp_path, monkeypatch):
-    assert "not a literal password" in errors(username="u", password="hunter2")
+    assert "never put a secret in the config file" in errors(username="u", password="hunter2")
     assert "password without username" in errors(password="env:X")
     secret = tmp_path / "pw"
     secret.write_text("s3cret\n")

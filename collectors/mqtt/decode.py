@@ -25,6 +25,7 @@ import orjson
 
 from collectors.mqtt.config import JsonMapping, Subscription
 from collectors.mqtt.topics import TagTemplate
+from edge.columns import MAX_US, MIN_US, Columns, to_us
 from edge.errors import DataError
 from edge.records import Flag, Quality, Reading
 
@@ -34,7 +35,7 @@ GOOD = Quality.GOOD
 BAD = Quality.BAD
 NO_TIME = int(Flag.NO_SOURCE_TIME)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_fromts = datetime.fromtimestamp
+_modf = math.modf
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what the spool (msgpack) stores as an integer
 _MISSING = object()
 
@@ -215,25 +216,38 @@ class JsonDecoder:
         self.div = _UNIT_DIV.get(self.fmt)
         self.band = (0.0, 0.0, 1.0)  # auto: (low, high, divisor) of the last number seen
 
-    def _epoch(self, t: float | int) -> datetime:
+    def _epoch_us(self, t: float | int) -> int:
+        """An epoch number as microseconds, rounded exactly as `datetime.fromtimestamp` rounds."""
         div = self.div
         if div is None:
             if self.fmt != "auto":
-                return parse_time(t, self.fmt)  # iso8601 (error) or epoch_ns (integer arithmetic)
+                return to_us(parse_time(t, self.fmt))  # iso8601 (error) or epoch_ns (integer arithmetic)
             lo, hi, div = self.band
             a = t if t >= 0 else -t
             if not lo <= a < hi:
                 if t != t or a >= 1e17 or a == float("inf"):
-                    return parse_time(t, "auto")
+                    return to_us(parse_time(t, "auto"))
                 k = 0 if a < 1e11 else 1 if a < 1e14 else 2
                 lo, (hi, div) = (0.0, 1e11, 1e14)[k], _AUTO_BANDS[k]
                 self.band = (lo, hi, div)
         try:
-            return _fromts(t / div, UTC)
-        except (OverflowError, ValueError, OSError):
+            if type(t) is int:
+                us = t * (1_000_000 // int(div))
+            else:
+                frac, whole = _modf(t / div)
+                us = int(whole) * 1_000_000 + round(frac * 1e6)
+        except (OverflowError, ValueError):
             raise DataError(f"timestamp {t!r} is out of range") from None
+        if not MIN_US <= us <= MAX_US:
+            raise DataError(f"timestamp {t!r} is out of range")
+        return us
 
     def __call__(self, payload: bytes, topic: str, receive_time: datetime) -> list[Reading]:
+        """The `Decoder` protocol (tools and tests); the collector uses `columns`."""
+        return self.columns(payload, topic, receive_time).readings()
+
+    def columns(self, payload: bytes, topic: str, receive_time: datetime) -> Columns:
+        """Decode one message straight into `Columns`: no Reading or datetime per sample on the hot path."""
         doc = loads_json(payload)
         msg_time = msg_tag = _MISSING
         if self.spath:
@@ -255,9 +269,10 @@ class JsonDecoder:
         vkey = vpath[0] if len(vpath) == 1 else None
         tkey = tpath[0] if len(tpath) == 1 else None
         gkey = gpath[0] if len(gpath) == 1 else None
-        epoch = self._epoch
-        out: list[Reading] = []
-        append = out.append
+        epoch = self._epoch_us
+        recv_us = to_us(receive_time)
+        out = _Rows()
+        tag_add, time_add, value_add, flag_add = out.tags.append, out.times.append, out.values.append, out.flags.append
         for i, s in enumerate(samples):
             try:
                 if type(s) is dict:
@@ -278,10 +293,10 @@ class JsonDecoder:
                 else:
                     v, t, field = s, msg_time, msg_tag
                 if t is _MISSING or t is None:
-                    time, flags = receive_time, NO_TIME
+                    time_us, flags = recv_us, NO_TIME
                 else:
                     tt = type(t)
-                    time = epoch(t) if tt is int or tt is float else parse_time(t, self.fmt)
+                    time_us = epoch(t) if tt is int or tt is float else to_us(parse_time(t, self.fmt))
                     flags = 0
                 if needs_field:
                     tag = names.get(field) if type(field) is str else None
@@ -293,18 +308,21 @@ class JsonDecoder:
                     for k, v in items:
                         if not k:
                             raise DataError("an empty key cannot name a tag")
-                        self._append(append, pre + _check_str(k) + post, time, v, receive_time, flags, k)
+                        self._add(out, pre + _check_str(k) + post, time_us, v, flags, k)
                     continue
                 tv = type(v)
                 if tv is float or tv is bool:
-                    append(Reading(tag, time, v, receive_time, GOOD, flags))
+                    tag_add(tag)
+                    time_add(time_us)
+                    value_add(v)
+                    flag_add(flags)
                 else:
-                    self._append(append, tag, time, v, receive_time, flags, None)
+                    self._add(out, tag, time_us, v, flags, None)
             except DataError as exc:
                 if len(samples) == 1:
                     raise
                 raise DataError(f"sample {i}: {exc}") from None
-        return out
+        return Columns.build(out.tags, out.times, out.values, recv_us, out.flags, out.bad)
 
     def _field_tag(self, field: object, names: dict[str, str], pre: str, post: str) -> str:
         if field is _MISSING or field is None:
@@ -319,17 +337,33 @@ class JsonDecoder:
             names[field] = tag
         return tag
 
-    def _append(self, append, tag: str, time: datetime, v: object, receive_time: datetime, flags: int,
-                key: str | None) -> None:
+    def _add(self, out: _Rows, tag: str, time_us: int, v: object, flags: int, key: str | None) -> None:
         tv = type(v)
         if tv is float or tv is bool:
-            append(Reading(tag, time, v, receive_time, GOOD, flags))
+            pass
         elif tv is int:
-            append(Reading(tag, time, storable_int(v), receive_time, GOOD, flags))
+            v = storable_int(v)
         elif tv is str:
-            append(Reading(tag, time, _check_str(v), receive_time, GOOD, flags))
+            v = _check_str(v)
         elif v is None:
-            append(Reading(tag, time, None, receive_time, BAD, flags, 0, "null value"))
+            out.bad.append(len(out.tags))  # a null value: bad quality, kept
         else:
             what = f"value of {key!r}" if key is not None else f"value at {self.m.value!r}"
             raise DataError(f"{what} is {_kind(v)}, not a number, boolean or text")
+        out.tags.append(tag)
+        out.times.append(time_us)
+        out.values.append(v)
+        out.flags.append(flags)
+
+
+class _Rows:
+    """A message's samples as parallel lists, turned into `Columns` at the end."""
+
+    __slots__ = ("bad", "flags", "tags", "times", "values")
+
+    def __init__(self) -> None:
+        self.tags: list[str] = []
+        self.times: list[int] = []
+        self.values: list = []
+        self.flags: list[int] = []
+        self.bad: list[int] = []

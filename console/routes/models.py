@@ -1,14 +1,30 @@
-"""Models: the registry (champion, candidates, retired) with their cards, and an uncertainty report per
-model computed from the stored predictions: interval width and nominal coverage over time, and the
-empirical coverage where the predicted quantity is a measured tag (the prediction's ``target``)."""
+"""Models: the registry (champion, candidates, retired) with their cards; promotion through the gate and
+rollback (admins, `models.registry` on the registry directory of ``[models]`` and the console's database);
+the uncertainty report of a version (``valvoja models report``'s HTML, generated on demand from the version's
+stored held-out rows); and an uncertainty summary per model from the stored predictions: interval width and
+nominal coverage over time, and the empirical coverage where the predicted quantity is a measured tag (the
+prediction's ``target``).
+
+Promote and rollback run in `models.registry` (its own transaction, which also records a ``model_events`` row
+naming the user); the console's audit entry is written right after, with the outcome and the gate's comparison,
+also when the gate refuses."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import shutil
+import tempfile
+import threading
 from datetime import timedelta
+from pathlib import Path
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
 
-from console.auth import Principal, require
+from console import audit
+from console.auth import Principal, client_address, require
 from console.jsonresp import FastJSON
 from console.params import time_range
 from console.problems import Problem
@@ -16,6 +32,31 @@ from console.problems import Problem
 router = APIRouter(prefix="/api/models", tags=["models"], default_response_class=FastJSON)
 OWNER = "models"
 REGISTRY_TABLES = ("model_registry", "models", "model_versions")
+# The report is a document of its own (inline CSS and SVG, no scripts): nothing may be fetched from anywhere.
+REPORT_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'; "
+              "base-uri 'none'; form-action 'none'")
+
+
+class PromoteBody(BaseModel):
+    comment: str = Field("", max_length=2000, description="why (kept in the audit log)")
+
+
+class RollbackBody(BaseModel):
+    to: int | None = Field(None, ge=1, description="version to restore (default: the champion before this one)")
+    comment: str = Field("", max_length=2000, description="why (kept in the audit log)")
+
+
+REFUSAL_EXAMPLE = {
+    "type": "/problems/gate-refused", "title": "Conflict", "status": 409,
+    "detail": "the gate refused gt-nox v3: candidate mae 4.91 is worse than champion 4.62 (lower is better)",
+    "instance": "/api/models/gt-nox/versions/3/promote", "comparison": {
+    "model_id": "gt-nox", "candidate": 3, "champion": 2, "metric": "mae", "direction": "lower",
+    "candidate_value": 4.91, "champion_value": 4.62, "rows": 1470, "holdout": "held-out rows of v3",
+    "holdout_fingerprint": "7d6f...", "parity_passed": True, "accepted": False,
+    "reason": "candidate mae 4.91 is worse than champion 4.62 (lower is better)",
+    "candidate_metrics": {"mae": 4.91, "rmse": 6.3}, "champion_metrics": {"mae": 4.62, "rmse": 6.0}},
+    "text": "gate REFUSED: gt-nox v3 vs champion v2 on 1470 held-out rows ..."}
+PROBLEM = {"content": {"application/problem+json": {}}}
 
 
 async def _registry(db) -> str:
@@ -80,3 +121,177 @@ async def uncertainty(request: Request, model_id: str, _: Principal = Depends(re
         raise Problem(404, f"no predictions of model {model_id!r} between {tr.start.isoformat()} "
                            f"and {tr.end.isoformat()}")
     return {"model_id": model_id, "bucket": bucket, "from": tr.start, "to": tr.end, "items": rows}
+
+
+# ---------------------------------------------------------------- promote / rollback (admins)
+
+def _registry_dir(request: Request) -> Path:
+    return request.app.state.config.models.registry
+
+
+async def _registry_call(request: Request, fn, *args, **kw):
+    """Run a `models.registry` function in a worker thread (it opens its own connection and runs ONNX graphs) and
+    turn its errors into problem documents; `GateRefused` is passed through for the caller."""
+    from edge.errors import ConfigError
+    from models.export import ParityError
+    from models.registry import GateRefused
+
+    db = request.app.state.db
+    await db.require("model_registry", "model_events", owner=OWNER)
+    try:
+        return await asyncio.to_thread(fn, *args, root=_registry_dir(request), dsn=db.conninfo, **kw)
+    except GateRefused:
+        raise
+    except LookupError as exc:
+        raise Problem(404, str(exc).strip("'\"")) from None
+    except (ValueError, ParityError) as exc:
+        raise Problem(409, str(exc)) from None
+    except ConfigError as exc:
+        raise Problem(503, f"model registry: {exc}") from None
+    except OSError as exc:
+        raise Problem(503, f"model registry directory {_registry_dir(request)}: {exc} (set [models] registry in "
+                           "the console configuration)") from None
+
+
+async def _audit(request: Request, p: Principal, action: str, model_id: str, version, detail: dict) -> None:
+    db = request.app.state.db
+    async with db.conn() as conn, conn.transaction(), conn.cursor() as cur:
+        await audit.record(cur, p, action, target_kind="model", target_id=f"{model_id}/{version}", detail=detail,
+                           client=client_address(request))
+
+
+@router.post("/{model_id}/versions/{version}/promote",
+             responses={409: {"content": {"application/problem+json": {"example": REFUSAL_EXAMPLE}},
+                              "description": "the gate refused (``comparison`` in the problem document), or the "
+                                             "version cannot be promoted"},
+                        404: {**PROBLEM, "description": "no such model or version"}})
+async def promote(request: Request, model_id: str, version: int, body: PromoteBody | None = None,
+                  p: Principal = Depends(require("models.admin"))):
+    """The promotion gate (admins): candidate and champion ONNX graphs re-run on the candidate's stored held-out
+    rows; the candidate becomes champion only when it passed parity and matches or beats the champion by its
+    card's gate metric. The comparison is answered either way (a refusal is 409 with ``comparison``); both
+    outcomes are in the audit log (``model.promote`` / ``model.promote_refused``) and in ``model_events``."""
+    from models.registry import GateRefused
+    from models.registry import promote as registry_promote
+
+    comment = body.comment if body else ""
+    try:
+        cmp = await _registry_call(request, registry_promote, model_id, version, actor=p.name)
+    except GateRefused as exc:
+        c = exc.comparison.to_dict()
+        await _audit(request, p, "model.promote_refused", model_id, version, {"comparison": c, "comment": comment})
+        raise Problem(409, f"the gate refused {model_id} v{version}: {c['reason']}", type_="/problems/gate-refused",
+                      comparison=c, text=exc.comparison.describe()) from None
+    c = cmp.to_dict()
+    await _audit(request, p, "model.promote", model_id, version,
+                 {"comparison": c, "previous_champion": c["champion"], "comment": comment})
+    return {"model_id": model_id, "champion": version, "previous_champion": c["champion"], "comparison": c,
+            "text": cmp.describe(), "promoted_by": p.name}
+
+
+@router.post("/{model_id}/rollback", responses={404: {**PROBLEM, "description": "no such model or version"},
+                                                409: {**PROBLEM, "description": "nothing to roll back to, or the "
+                                                                                "version cannot be served"}})
+async def rollback(request: Request, model_id: str, body: RollbackBody | None = None,
+                   p: Principal = Depends(require("models.admin"))):
+    """Put the previous champion back (or ``to``) and retire the current one (admins). No gate: this is the way
+    back when a promoted model misbehaves in service; the restored version must have passed parity and its file
+    must still have the registered sha256. Audited as ``model.rollback``."""
+    from models.registry import rollback as registry_rollback
+
+    body = body or RollbackBody()
+    res = await _registry_call(request, registry_rollback, model_id, body.to, actor=p.name)
+    await _audit(request, p, "model.rollback", model_id, res["to"], {**res, "comment": body.comment})
+    return {**res, "champion": res["to"], "previous_champion": res["from"], "rolled_back_by": p.name}
+
+
+@router.get("/{model_id}/versions/{version}/gate", responses={404: PROBLEM})
+async def gate(request: Request, model_id: str, version: int, _: Principal = Depends(require("read"))):
+    """The gate's comparison of a version with the current champion, without changing anything."""
+    from models.registry import Registry
+
+    def compare(model_id, version, *, root, dsn):
+        return Registry(root, dsn).compare(model_id, version).to_dict()
+
+    return await _registry_call(request, compare, model_id, version)
+
+
+# ---------------------------------------------------------------- the uncertainty report of a version
+
+_report_locks: dict[tuple, threading.Lock] = {}
+_report_locks_guard = threading.Lock()
+
+
+def _window(n: int) -> int:
+    """Rows per point of the report's over-time plots: about a dozen points over the held-out rows."""
+    return max(12, n // 12)
+
+
+def _make_report(root: Path, dsn: str, cache: Path, model_id: str, version: int) -> Path:
+    """``report.html`` + ``report.json`` of a registered version on its stored held-out rows, generated once per
+    (model, version, ONNX sha256) into the cache; later requests get the file."""
+    from models.registry import Registry, load_holdout
+    from models.report import write_report
+    from models.report_cli import model_report
+
+    mv = Registry(root, dsn).get(model_id, version)
+    if mv.kind != "regression":
+        raise ValueError(f"{model_id} v{version} is an {mv.kind} model: the uncertainty report covers regressors "
+                         "(intervals); its p-value calibration is in the card")
+    safe_id = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in model_id)
+    final = cache / safe_id / f"v{version}-{mv.sha256[:16]}"
+    if (final / "report.html").is_file():
+        return final
+    with _report_locks_guard:
+        lock = _report_locks.setdefault((model_id, version, mv.sha256), threading.Lock())
+    with lock:
+        if (final / "report.html").is_file():
+            return final
+        holdout = mv.path / "holdout.npz"
+        if not holdout.is_file():
+            raise FileNotFoundError(f"{holdout}: the version's held-out rows are not in the registry directory")
+        table = load_holdout(holdout)
+        # no status in the info: it changes, the cached report does not
+        rep = model_report(mv.load(), table, model_id=model_id, info={"version": version},
+                           data=f"held-out rows of v{version} ({len(table)} rows, stored at registration)",
+                           window=_window(len(table)), adaptive_window=min(168, max(24, len(table) // 4)),
+                           say=lambda _msg: None)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
+        try:
+            write_report(rep, tmp)
+            os.replace(tmp, final)  # whole or not at all
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (final / "report.html").is_file():  # else another console process wrote it first
+                raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return final
+
+
+@router.get("/{model_id}/versions/{version}/report",
+            responses={200: {"content": {"text/html": {}, "application/json": {}},
+                             "description": "the report (self-contained HTML: inline SVG, no scripts) or its JSON"},
+                       404: PROBLEM, 409: PROBLEM})
+async def report(request: Request, model_id: str, version: int, _: Principal = Depends(require("read")),
+                 format: str = Query("html", pattern="^(html|json)$")):
+    """The uncertainty report of a registered version (``valvoja models report``'s HTML + JSON): static and
+    adaptive interval coverage against nominal over time, interval width, residuals, and input drift against the
+    training data (the card's drift reference), on the held-out rows stored with the version. Generated on the
+    first request and kept per ONNX sha256 in ``[models] report_cache``; coverage in service is
+    ``/api/models/{model_id}/uncertainty`` (from stored predictions)."""
+    cfg = request.app.state.config.models
+    final = await _registry_call(request, _make_report_at(cfg.report_cache), model_id, version)
+    if format == "json":
+        return FileResponse(final / "report.json", media_type="application/json")
+    return FileResponse(final / "report.html", media_type="text/html; charset=utf-8",
+                        headers={"Content-Security-Policy": REPORT_CSP})
+
+
+def _make_report_at(cache: Path):
+    def run(model_id, version, *, root, dsn):
+        return _make_report(root, dsn, cache, model_id, version)
+
+    return run

@@ -1,11 +1,16 @@
-/* Models: champion and candidates per model, their cards, and the uncertainty report from stored predictions. */
+/* Models: champion and candidates per model with their cards (metrics, input schema, calibration, parity), the
+   promotion gate and rollback for admins (the gate's comparison is shown either way), a link to each version's
+   uncertainty report, and the uncertainty summary from stored predictions. */
 "use strict";
 
 (() => {
-  const { el, api, main, badge, fmtNum, timeCell, table } = V;
-  const SKIP = new Set(["card", "input_schema", "metrics", "calibration"]);
+  const { el, api, main, badge, fmtNum, timeCell, table, can, toast } = V;
+  const SKIP = new Set(["card", "input_schema", "metrics", "calibration", "parity", "training_span"]);
+  const STATUS_CLS = { champion: "st-cleared", candidate: "sev-info", retired: "" };
+  const enc = encodeURIComponent;
 
-  function card(v) {
+  /** Rows of a table that is not models/' model_registry: shown as they are. */
+  function genericCard(v) {
     const meta = Object.entries(v).filter(([k, x]) => !SKIP.has(k) && (x === null || typeof x !== "object"));
     const blobs = Object.entries(v).filter(([k, x]) => SKIP.has(k) || (x !== null && typeof x === "object"));
     return el("div", { class: "card model-version" },
@@ -13,11 +18,111 @@
       blobs.map(([k, x]) => el("details", {}, el("summary", {}, k), el("pre", {}, JSON.stringify(x, null, 1)))));
   }
 
-  async function report(modelId, box) {
+  const kv = (pairs) => el("dl", { class: "kv" },
+    pairs.filter(([, x]) => x !== undefined).map(([k, x]) => [el("dt", {}, k), el("dd", {}, x instanceof Node ? x : String(x ?? "–"))]).flat());
+  const num = (x) => (typeof x === "number" ? fmtNum(x) : String(x ?? "–"));
+
+  function metricsTable(v) {
+    const h = (v.metrics && v.metrics.holdout) || {};
+    const gate = (v.metrics && v.metrics.gate) || {};
+    const keys = Object.keys(h).filter((k) => typeof h[k] === "number");
+    return el("div", { class: "metrics" },
+      el("h4", {}, "Held-out metrics ", el("small", {}, `gate: ${gate.metric || "?"} (${gate.direction || "?"} is better)`)),
+      table(["metric", "value"], keys.map((k) => el("tr", { "data-metric": k, class: k === gate.metric ? "gate-metric" : "" },
+        el("td", {}, k === gate.metric ? el("b", {}, k) : k), el("td", {}, num(h[k]))))));
+  }
+
+  function schemaTable(v) {
+    const feats = (v.input_schema && v.input_schema.features) || [];
+    return el("details", { class: "schema" }, el("summary", {}, `Input schema (${feats.length} features, in this order)`),
+      table(["#", "name", "unit", "dtype"], feats.map((f, i) => el("tr", {},
+        el("td", {}, i + 1), el("td", {}, f.name), el("td", {}, f.unit || "–"), el("td", {}, f.dtype || "")))));
+  }
+
+  function calibration(v) {
+    const c = v.calibration || {};
+    return el("div", { class: "calibration" }, el("h4", {}, "Calibration"),
+      kv([["method", c.method], ["alpha", c.alpha], ["nominal", c.alpha !== undefined ? fmtNum(1 - c.alpha) : undefined],
+        ["q", c.q !== undefined ? num(c.q) : undefined], ["rows", c.n], ["score", c.score]]));
+  }
+
+  function parity(v) {
+    const p = v.parity || {};
+    return el("div", { class: "parity" }, el("h4", {}, "ONNX parity"),
+      kv([["passed", badge(v.parity_passed ? "passed" : "FAILED", v.parity_passed ? "st-cleared" : "sev-critical")],
+        ["rows", p.rows], ["max |diff|", num(p.max_abs)], ["atol / rtol", `${num(p.atol)} / ${num(p.rtol)}`]]));
+  }
+
+  function reportLink(modelId, v) {
+    if ((v.kind || "regression") !== "regression") return el("span", { class: "muted" }, "p-value calibration (anomaly scorer)");
+    return el("a", { class: "report-link", href: `/api/models/${enc(modelId)}/versions/${v.version}/report`, target: "_blank",
+      rel: "noopener" }, "Uncertainty report");
+  }
+
+  function actions(modelId, v, result, reload) {
+    if (!can("models.admin")) return "";
+    const comment = el("input", { class: "action-comment", placeholder: "comment (audit log)", "aria-label": "comment" });
+    const run = async (button, path, body) => {
+      button.disabled = true;
+      try {
+        const r = await api(path, { method: "POST", body: { ...body, comment: comment.value }, quiet: true });
+        if (r.comparison) showComparison(result, r.comparison, true);
+        else result.replaceChildren(el("p", { class: "ok-text rollback-result" }, `Rolled back: v${r.from} → v${r.to} is champion again.`));
+        toast(r.comparison ? `v${r.champion} is the champion of ${modelId}` : `rolled back to v${r.to}`);
+        await reload();
+      } catch (e) {
+        if (e.problem && e.problem.comparison) showComparison(result, e.problem.comparison, false);
+        else result.replaceChildren(el("p", { class: "bad-text" }, e.message));
+        button.disabled = false;
+      }
+    };
+    if (v.status === "champion") {
+      const b = el("button", { class: "secondary rollback", onclick: () => run(b, `/api/models/${enc(modelId)}/rollback`, {}) },
+        "Roll back to the previous champion");
+      return el("div", { class: "ackbox" }, comment, b);
+    }
+    if (v.status === "candidate") {
+      const b = el("button", { class: "promote", "data-version": v.version,
+        onclick: () => run(b, `/api/models/${enc(modelId)}/versions/${v.version}/promote`, {}) }, `Promote v${v.version}`);
+      return el("div", { class: "ackbox" }, comment, b);
+    }
+    return "";
+  }
+
+  function showComparison(box, c, accepted) {
+    const keys = Object.keys(c.candidate_metrics || {}).filter((k) => typeof c.candidate_metrics[k] === "number");
+    box.replaceChildren(el("div", { class: "card gate-result", "data-accepted": accepted ? "1" : "0" },
+      el("h4", {}, accepted ? badge("ACCEPTED", "st-cleared") : badge("REFUSED", "sev-critical"),
+        ` v${c.candidate} vs ${c.champion !== null ? "champion v" + c.champion : "no champion"} on ${c.rows} rows (${c.holdout})`),
+      el("p", { class: accepted ? "ok-text" : "bad-text" }, c.reason),
+      table(["metric", `candidate v${c.candidate}`, c.champion !== null ? `champion v${c.champion}` : "champion"],
+        keys.map((k) => el("tr", { class: k === c.metric ? "gate-metric" : "" },
+          el("td", {}, k === c.metric ? el("b", {}, `${k} (gate, ${c.direction} is better)`) : k),
+          el("td", {}, num(c.candidate_metrics[k])), el("td", {}, num((c.champion_metrics || {})[k])))))));
+  }
+
+  function card(modelId, v, result, reload) {
+    if (v.version === undefined || !v.metrics) return genericCard(v);
+    const span = v.training_span || {};
+    return el("div", { class: "card model-version", "data-version": v.version, "data-status": v.status },
+      el("h4", {}, `v${v.version} `, badge(v.status, STATUS_CLS[v.status] || ""), " ",
+        el("small", {}, [v.kind, v.estimator, v.target && `→ ${v.target}`].filter(Boolean).join(" · "))),
+      el("div", { class: "grid" },
+        el("div", {}, kv([["created", timeCell(v.created_at)], ["promoted", v.promoted_at ? timeCell(v.promoted_at) : "–"],
+          ["parent", v.parent_version ?? "–"], ["sha256", el("code", { title: v.sha256 }, (v.sha256 || "").slice(0, 12))],
+          ["data rows", span.rows], ["data span", span.start ? `${span.start.slice(0, 10)} … ${(span.end || "").slice(0, 10)}` : "–"]]),
+          el("p", {}, reportLink(modelId, v))),
+        metricsTable(v), calibration(v), parity(v)),
+      schemaTable(v),
+      v.card ? el("details", {}, el("summary", {}, "Full card"), el("pre", {}, JSON.stringify(v.card, null, 1))) : "",
+      actions(modelId, v, result, reload));
+  }
+
+  async function summary(modelId, box) {
     try {
-      const r = await api(`/api/models/${encodeURIComponent(modelId)}/uncertainty?last=P30D`, { quiet: true });
+      const r = await api(`/api/models/${enc(modelId)}/uncertainty?last=P30D`, { quiet: true });
       const holder = el("div");
-      box.append(el("h3", {}, "Uncertainty (30 days)"), holder,
+      box.append(el("h3", {}, "Uncertainty in service (30 days, stored predictions)"), holder,
         table(["Day", "Predictions", "Mean width", "Nominal", "Empirical", "With truth"], r.items.map((x) => el("tr", {},
           el("td", {}, timeCell(x.t)), el("td", {}, x.n), el("td", {}, fmtNum(x.mean_width)), el("td", {}, fmtNum(x.nominal)),
           el("td", { class: x.empirical !== null && x.nominal !== null && x.empirical < x.nominal - 0.05 ? "bad-text" : "" }, fmtNum(x.empirical)),
@@ -29,20 +134,23 @@
     } catch (e) { box.append(el("p", { class: "muted" }, e.message)); }
   }
 
-  async function init() {
+  async function render(results) {
     let reg;
     try { reg = await api("/api/models", { quiet: true }); }
     catch (e) { main(el("h1", {}, "Models"), el("p", { class: "bad-text", id: "models-missing" }, e.message)); return; }
+    const reload = () => render(results);
     const sections = reg.items.map((g) => {
-      const box = el("section", { class: "model", "data-model": g.model_id }, el("h2", {}, g.model_id),
-        el("h3", {}, "Champion"), g.champion ? card(g.champion) : el("p", { class: "muted" }, "none"),
-        el("h3", {}, `Candidates (${g.candidates.length})`), ...g.candidates.map(card),
-        g.retired.length ? el("details", {}, el("summary", {}, `Retired (${g.retired.length})`), ...g.retired.map(card)) : "");
-      report(g.model_id, box);
+      const result = results[g.model_id] || (results[g.model_id] = el("div", { class: "gate-box" }));
+      const box = el("section", { class: "model", "data-model": g.model_id }, el("h2", {}, g.model_id), result,
+        el("h3", {}, "Champion"), g.champion ? card(g.model_id, g.champion, result, reload) : el("p", { class: "muted" }, "none"),
+        el("h3", {}, `Candidates (${g.candidates.length})`), ...g.candidates.map((v) => card(g.model_id, v, result, reload)),
+        g.retired.length ? el("details", { class: "retired" }, el("summary", {}, `Retired (${g.retired.length})`),
+          ...g.retired.map((v) => card(g.model_id, v, result, reload))) : "");
+      summary(g.model_id, box);
       return box;
     });
     main(el("h1", {}, "Models"), ...(sections.length ? sections : [el("p", { class: "muted" }, "No models registered.")]));
     document.body.dataset.ready = "1";
   }
-  init();
+  render({});
 })();

@@ -21,13 +21,13 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from edge.columns import Columns
+from edge.columns import Columns, from_us, to_us
 from edge.db.features import Features
 from edge.db.migrate import migrate
 from edge.records import utcnow
 from edge.settings import Asset, Tag
 from edge.sink.pgbinary import COLUMNS, encode_columns
-from edge.spool import SpooledBatch, from_us, to_us
+from edge.spool import SpooledBatch
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,224 @@
+"""Live PEMS serves the registry's champion through models.runtime.ModelServer: every prediction carries its
+interval and model version, the adaptive interval learns from the analyser, and a newly promoted version is
+swapped in between two primary intervals without a gap."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.records import Flag
+from emissions.config import PemsLink
+
+SAMPLE = Path(__file__).resolve().parent / "data" / "gas-turbine"
+T0 = 1_356_998_400
+
+
+@pytest.fixture(scope="module")
+def sample():
+    from models.data import GAS_TURBINE_INPUTS, load_gas_turbine
+
+    test = load_gas_turbine(SAMPLE, ["2013"])
+    return list(GAS_TURBINE_INPUTS), test.matrix(GAS_TURBINE_INPUTS), test.column("NOX")
+
+
+def register(reg, estimator: str = "hgb", promote: bool = True) -> int:
+    from emissions.pems_model import train_and_register
+
+    (r,) = train_and_register(SAMPLE, ["2011", "2012"], reg, targets=["NOX"], estimator=estimator,
+                              promote="always" if promote else "never")
+    assert r["promoted"] == promote, r["comparison"].describe() if r["comparison"] else r
+    return r["version"]
+
+
+def link(tmp_path, features, **kw) -> PemsLink:
+    return PemsLink(tag="GT.NOx.pems", lower_tag="GT.NOx.lo", upper_tag="GT.NOx.hi", model_id="pems-nox",
+                    registry=str(tmp_path / "models"), inputs={n: f"GT.{n}" for n in features}, **kw)
+
+
+def row(features, X, i) -> dict[str, float]:
+    return {f"GT.{n}": float(X[i, j]) for j, n in enumerate(features)}
+
+
+def test_live_pems_serves_the_champion_with_intervals_and_adapts(tmp_path, sample):
+    from emissions.pems_live import LivePems
+    from models.registry import Registry
+
+    features, X, y = sample
+    reg = Registry(tmp_path / "models")
+    register(reg)
+    champ = reg.champion("pems-nox")
+    live = LivePems(link(tmp_path, features), asset="GT", target="NOx")  # the registry from the link
+    assert live.version == 1
+    model = champ.load()
+    inside, widths = 0, []
+    for i in range(300):
+        step = live.push(T0 + 3600 * i, row(features, X, i), float(y[i]))
+        p = step.prediction
+        assert p.kind == "pems" and p.model_id == "pems-nox" and p.model_version == champ.sha256
+        assert p.details["registry_version"] == 1 and p.details["adaptive"] and p.coverage == pytest.approx(0.9)
+        assert p.lower <= p.value <= p.upper and p.asset == "GT" and p.target == "NOx"
+        assert p.value == pytest.approx(model.predict(X[i: i + 1]).value[0], abs=1e-9)
+        point, lo, hi = step.readings
+        assert [r.tag for r in step.readings] == ["GT.NOx.pems", "GT.NOx.lo", "GT.NOx.hi"]
+        assert all(r.flags & Flag.SUBSTITUTED for r in step.readings) and (lo.value, point.value, hi.value) == (
+            p.lower, p.value, p.upper)
+        assert point.status_name == "pems:pems-nox v1"
+        inside += p.lower <= y[i] <= p.upper
+        widths.append(p.upper - p.lower)
+    assert 0.8 <= inside / 300 <= 0.97
+    # Seeded from the card's calibration scores (the link's window and step), then it adapts to the analyser.
+    from models.conformal import AdaptiveConformal
+
+    ac = AdaptiveConformal(0.1, window=168, gamma=0.005).start(model.card["calibration"]["scores"])
+    first = ac.interval(np.array([0.0]))[0]
+    assert widths[0] == pytest.approx(first[1] - first[0]) and len(set(np.round(widths, 6))) > 10
+    assert live.push(T0, {}) is None  # a missing input: no prediction
+    assert live.push(T0, {**row(features, X, 0), "GT.AT": float("nan")}) is None
+    # The analyser's value may arrive later than the prediction; unknown intervals are ignored.
+    p = live.predict(T0 + 3600 * 400, row(features, X, 400))
+    assert live.observe(T0 + 3600 * 400, float(y[400])) and not live.observe(T0 + 3600 * 400, float(y[400]))
+    assert p is not None and not live.observe(T0 + 3600 * 401, float("nan"))
+
+
+@pytest.mark.parametrize("index", ["json", "db"])
+def test_promoting_a_second_version_switches_predictions_without_a_gap(tmp_path, sample, index, request):
+    from emissions.pems_live import LivePems
+    from models.registry import Registry
+
+    features, X, y = sample
+    dsn = None
+    if index == "db":  # the registry index in the site database (model_registry), as pems.registry_db asks
+        import psycopg
+
+        from edge.db.migrate import migrate
+
+        dsn = request.getfixturevalue("pg_dsn")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            migrate(conn)
+    reg = Registry(tmp_path / "models", dsn)
+    register(reg, estimator="linear")  # v1: the linear baseline
+    # The link alone says where the registry is; the gateway passes the site database for registry_db.
+    live = LivePems(link(tmp_path, features, refresh_s=0, registry_db=dsn is not None), asset="GT", target="NOx",
+                    dsn=dsn)
+    v2 = None
+    steps = []
+    for i in range(120):
+        if i == 60:
+            v2 = register(reg, estimator="hgb")  # v2: gradient boosting, through the gate (it beats v1)
+        step = live.push(T0 + 3600 * i, row(features, X, i), float(y[i]))
+        assert step is not None, f"no prediction at interval {i}"  # no gap across the swap
+        steps.append(step)
+    versions = [s.prediction.details["registry_version"] for s in steps]
+    assert versions == [1] * 60 + [v2] * 60 and v2 == 2 and live.swaps == 1
+    shas = {s.prediction.model_version for s in steps}
+    assert shas == {reg.get("pems-nox", 1).sha256, reg.get("pems-nox", 2).sha256} and len(shas) == 2
+    assert steps[-1].readings[0].status_name == "pems:pems-nox v2"
+    # Truth for a v1 prediction says nothing about v2: ignored after the swap.
+    old = live.predict(T0 + 3600 * 500, row(features, X, 100))
+    reg.rollback("pems-nox")  # back to v1 (one command); the next refresh serves it
+    live.predict(T0 + 3600 * 501, row(features, X, 101))
+    assert live.version == 1 and old.details["registry_version"] == 2
+    assert not live.observe(T0 + 3600 * 500, float(y[100]))
+
+
+def test_no_champion_yet_and_unmapped_inputs(tmp_path, sample, caplog):
+    from emissions.pems_live import LivePems
+    from models.registry import Registry
+
+    features, X, _ = sample
+    reg = Registry(tmp_path / "models")
+    with caplog.at_level(logging.WARNING):
+        live = LivePems(link(tmp_path, features, refresh_s=0), registry=reg)
+    assert live.version is None and live.push(T0, row(features, X, 0)) is None and "no champion" in caplog.text
+    register(reg)
+    assert live.push(T0, row(features, X, 0)).prediction.details["registry_version"] == 1  # picked up
+    partial = PemsLink(tag="p", model_id="pems-nox", inputs={"AT": "GT.AT"})
+    with pytest.raises(ValueError, match="maps to no tag"):
+        LivePems(partial, registry=reg)
+    with pytest.raises(ValueError, match="model_id"):
+        LivePems(PemsLink(tag="p"), registry=reg)
+
+
+def test_live_monitor_runs_pems_substitutes_and_reports_predictions(tmp_path, sample):
+    """The gateway path: input tags' readings in, each closed primary interval predicted (records + pems tags),
+    the analyser's value teaching the adaptive interval, and the prediction substituted while it is missing."""
+    from datetime import UTC, datetime
+
+    from edge.records import Reading
+    from emissions.config import StackConfig
+    from emissions.live import LiveEmissions
+    from models.registry import Registry
+
+    features, X, y = sample
+    reg = Registry(tmp_path / "models")
+    register(reg)
+    lk = link(tmp_path, features).model_dump()
+    cfg = StackConfig.model_validate({"name": "GT", "regime": "lcp", "primary_s": 60, "pollutants": [
+        {"name": "NOx", "tag": "GT.NOx", "o2_correction": False, "elv": {"month": 500.0}, "pems": lk}]})
+    steps = []
+    live = LiveEmissions([cfg], on_pems=steps.append)
+    mon = live.monitors["GT"]
+    assert set(mon.pems) == {"NOx"} and mon.pems["NOx"].version == 1
+    readings = []
+    for i in range(30):
+        ts = datetime.fromtimestamp(T0 + 60 * i, UTC)
+        readings += [Reading(tag, ts, v, ts) for tag, v in row(features, X, i).items()]
+        if not 10 <= i < 20:  # the analyser is down for ten minutes
+            readings.append(Reading("GT.NOx", ts, float(y[i]), ts))
+    live.observe(readings)
+    live.flush()
+    assert len(steps) == 30
+    assert all(s.prediction.kind == "pems" and s.prediction.details["registry_version"] == 1 for s in steps)
+    assert [s.prediction.time for s in steps] == [datetime.fromtimestamp(T0 + 60 * i, UTC) for i in range(30)]
+    lp = mon.pems["NOx"]
+    assert lp.server._serving.adaptive.n_updates_ == 20  # learnt from every valid analyser minute
+    assert sorted(lp.pending) == [T0 + 60 * i for i in range(10, 20)]  # the outage minutes: no truth came
+    st = lp.status()
+    assert st["version"] == 1 and st["awaiting_analyser"] == 10 and st["sha256"] == reg.champion("pems-nox").sha256
+    # Every minute counts in the running hour: the ten without an analyser were substituted by the PEMS.
+    assert mon.state[("NOx", "lcp_daily_110")].count == 30
+    # Without the PEMS the outage minutes are missing from the running hour.
+    bare = StackConfig.model_validate({**cfg.model_dump(), "pollutants": [
+        {**cfg.pollutants[0].model_dump(), "pems": None}]})
+    plain = LiveEmissions([bare])
+    plain.observe(readings)
+    plain.flush()
+    assert plain.monitors["GT"].state[("NOx", "lcp_daily_110")].count == 20
+
+
+def test_gateway_analytics_sends_pems_predictions_and_readings_through_the_spool(tmp_path, sample):
+    import asyncio
+    from datetime import UTC, datetime
+
+    from edge.analytics import Analytics
+    from edge.metrics import Metrics
+    from edge.records import Prediction, Reading
+    from edge.settings import SiteConfig
+    from models.registry import Registry
+
+    features, X, y = sample
+    register(Registry(tmp_path / "models"))
+    site = SiteConfig(stacks=[{"name": "GT", "regime": "lcp", "pollutants": [
+        {"name": "NOx", "tag": "GT.NOx", "o2_correction": False, "elv": {"month": 500.0},
+         "pems": link(tmp_path, features).model_dump()}]}])
+    batches = []
+
+    async def emit(batch):
+        batches.append(batch)
+
+    analytics = Analytics(site, Metrics(), emit, None)
+    readings = []
+    for i in range(5):
+        ts = datetime.fromtimestamp(T0 + 60 * i, UTC)
+        readings += [Reading(tag, ts, v, ts) for tag, v in row(features, X, i).items()]
+        readings.append(Reading("GT.NOx", ts, float(y[i]), ts))
+    asyncio.run(analytics.process(readings))
+    (batch,) = batches  # four closed minutes; the fifth is still open
+    preds = [Prediction(**body) for kind, body in batch.records if kind == "prediction"]
+    assert len(preds) == 4 and all(p.kind == "pems" and p.model_id == "pems-nox" and p.lower < p.upper
+                                   for p in preds)
+    assert {r.tag for r in batch.readings} == {"GT.NOx.pems", "GT.NOx.lo", "GT.NOx.hi"} and len(batch.readings) == 12

@@ -1,0 +1,104 @@
+"""``valvoja models evaluate feedback``: precision of past alerts from the maintenance teams' reviews, against the
+real test database with alerts raised and reviewed through maintenance's own store and review code."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from edge.cli import main as valvoja
+from edge.db.migrate import migrate
+from edge.records import Prediction
+from maintenance import review, store
+from maintenance.alerts import AlertManager, AlertPolicy
+
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+
+
+def at(s: float) -> datetime:
+    return T0 + timedelta(seconds=s)
+
+
+async def _raise_alerts(dsn: str) -> tuple[list[int], list[dict]]:
+    """Six anomaly alerts: four raised from predictions of model ``an:P-101`` (one a day apart from the rest),
+    two without a model. Returns the prediction ids and the alerts in raise order."""
+    m = AlertManager(AlertPolicy(clear_after_s=0))
+    preds = [Prediction("an:P-101", "abc123", "P-101", at(h * 3600), 10.0 + h, p_value=0.001, kind="anomaly",
+                        details={"alpha": 0.01}) for h in (0, 1, 2, 48)]
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        ids = await store.write_predictions(conn, preds)
+        changes = []
+        for k, (asset, s) in enumerate([("P-101", 0), ("P-102", 3600), ("P-103", 7200), ("P-104", 48 * 3600),
+                                        ("P-105", 100), ("P-106", 200)]):
+            ev = ({"prediction": {"id": ids[k], "model_id": "an:P-101", "model_version": "abc123", "p_value": 0.001}}
+                  if k < 4 else {})
+            changes += m.observe(asset=asset, tag=None, kind="anomaly", active=True, t=at(s), evidence=ev)
+            changes += m.observe(asset=asset, tag=None, kind="anomaly", active=False, t=at(s + 1))
+        await store.apply_changes(conn, changes)
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT id, asset, model_id FROM alerts ORDER BY raised_at, asset")
+            alerts = [dict(zip(("id", "asset", "model_id"), r, strict=True)) for r in await cur.fetchall()]
+    return ids, alerts
+
+
+@pytest.fixture
+def reviewed(pg_dsn):
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+    ids, alerts = asyncio.run(_raise_alerts(pg_dsn))
+    by_asset = {a["asset"]: a["id"] for a in alerts}
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        review.review_prediction(conn, ids[0], "right", "bearing outer race pitted", "anna")  # via its prediction
+        review.review_alert(conn, by_asset["P-102"], "right", "", "anna")
+        review.review_alert(conn, by_asset["P-103"], "right", "", "bob")
+        review.review_alert(conn, by_asset["P-103"], "wrong", "valve test, not a fault", "anna")  # newest counts
+        review.review_alert(conn, by_asset["P-104"], "wrong", "", "anna")
+        review.review_alert(conn, by_asset["P-105"], "wrong", "", "bob")
+        # P-106 stays unreviewed
+    return pg_dsn
+
+
+def test_feedback_precision_per_model_and_overall(reviewed, tmp_path, capsys):
+    out = tmp_path / "precision.json"
+    assert valvoja(["models", "evaluate", "feedback", "--db", reviewed, "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "alert precision from reviews" in text and "an:P-101" in text
+    doc = json.loads(out.read_text())
+    rows = {r["model_id"]: r for r in doc["rows"]}
+    model = rows["an:P-101"]
+    assert (model["alerts"], model["right"], model["wrong"], model["unreviewed"]) == (4, 2, 2, 0)
+    assert model["precision"] == pytest.approx(0.5)
+    other = rows[""]
+    assert (other["alerts"], other["right"], other["wrong"], other["unreviewed"]) == (2, 0, 1, 1)
+    assert other["precision"] == 0.0
+    assert doc["overall"] == {"right": 2, "wrong": 3, "precision": pytest.approx(0.4)}
+    # the same numbers maintenance's own command prints (one implementation)
+    with psycopg.connect(reviewed) as conn:
+        assert review.alert_precision(conn) == doc["rows"]
+
+
+def test_feedback_filters_by_time_and_model(reviewed, tmp_path, capsys):
+    out = tmp_path / "p.json"
+    args = ["models", "evaluate", "feedback", "--db", reviewed, "--model-id", "an:P-101",
+            "--since", "2026-03-01T08:30:00+00:00", "--until", "2026-03-02T08:00:00", "--json", str(out)]
+    assert valvoja(args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 1 and (rows[0]["alerts"], rows[0]["right"], rows[0]["wrong"]) == (2, 1, 1)
+    assert "model an:P-101" in capsys.readouterr().out
+    assert valvoja(["models", "evaluate", "feedback", "--db", reviewed, "--since", "2030-01-01"]) == 0
+    assert "no alerts in this range" in capsys.readouterr().out
+
+
+def test_feedback_needs_a_database_and_a_valid_time(pg_dsn, capsys, monkeypatch):
+    monkeypatch.delenv("VALVOJA_DB_URL", raising=False)
+    assert valvoja(["models", "evaluate", "feedback"]) == 1
+    assert "no database" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        valvoja(["models", "evaluate", "feedback", "--db", pg_dsn, "--since", "yesterday"])
+    assert exc.value.code == 2 and "not an ISO-8601 time" in capsys.readouterr().err
+    assert valvoja(["models", "evaluate", "feedback", "--db", pg_dsn]) == 1  # not migrated
+    assert "valvoja db migrate" in capsys.readouterr().err
