@@ -1,13 +1,16 @@
-"""Helpers for the OPC UA tests: free ports and the plant simulator as a child process."""
+"""Helpers for the OPC UA tests: free ports, the plant simulator (child process or in-process), RSA certificates."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections import defaultdict
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,3 +67,109 @@ class SimProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+# -- in-process helpers shared by the OPC UA tests ----------------------------------------------------------
+
+
+class Sink:
+    """A test's own `emit`: keeps every batch."""
+
+    def __init__(self) -> None:
+        self.batches: list = []
+        self.readings: list = []
+
+    async def emit(self, batch) -> None:
+        self.batches.append(batch)
+        self.readings.extend(batch.readings)
+
+    def by_tag(self) -> dict[str, list]:
+        out: dict[str, list] = defaultdict(list)
+        for r in self.readings:
+            out[r.tag].append(r)
+        return out
+
+
+@asynccontextmanager
+async def running(col, emit):
+    """``col.run(emit)`` as a task for the block; cancelled and closed afterwards."""
+    task = asyncio.create_task(col.run(emit))
+    try:
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await col.aclose()
+
+
+@asynccontextmanager
+async def serving(tags, endpoint: str, **kw):
+    """A bare simulator OPC UA server with these tags for the block."""
+    from collectors.simulator.opcua_server import SimOpcUaServer
+
+    server = SimOpcUaServer(tags, endpoint, **kw)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def until(predicate, timeout_s: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class RsaCa:
+    """An RSA certificate authority for OPC UA tests (OPC UA's policies need RSA keys)."""
+
+    def __init__(self, directory: Path, name: str = "opcua-ca") -> None:
+        import datetime as dt
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.x509.oid import NameOID
+
+        from collectors.opcua.security import new_key
+
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.key = new_key()
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Valvoja test {name}")])
+        now = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+        self.cert = (
+            x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+            .sign(self.key, hashes.SHA256()))
+        self.cert_path = self.directory / f"{name}.der"
+        self.cert_path.write_bytes(self.cert.public_bytes(serialization.Encoding.DER))
+
+
+def server_certificate(directory: Path, name: str, *, ca: RsaCa | None = None, expired: bool = False,
+                       uri: str = "urn:valvoja:simulator:server") -> tuple[str, str]:
+    """An OPC UA server certificate (DER) and key (PEM) in ``directory``: self-signed unless ``ca``."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import serialization
+
+    from collectors.opcua.security import make_certificate, new_key, write_key
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    key = new_key()
+    start = dt.datetime.now(dt.UTC) - (dt.timedelta(days=40) if expired else dt.timedelta(minutes=5))
+    cert = make_certificate(key, uri, f"Valvoja test server {name}", client=False,
+                            dns=("localhost", socket.gethostname()), ips=("127.0.0.1",), days=30, not_before=start,
+                            issuer=(ca.cert, ca.key) if ca else None)
+    cert_path, key_path = directory / f"{name}.der", directory / f"{name}.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    write_key(key, key_path)
+    return str(cert_path), str(key_path)

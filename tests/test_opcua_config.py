@@ -54,7 +54,7 @@ def test_sample_config_validates_and_documents_the_real_defaults():
 
 
 def test_literal_password_is_refused_and_references_resolve(tmp_path, monkeypatch):
-    assert "not a literal password" in errors(username="u", password="hunter2")
+    assert "never put a secret in the config file" in errors(username="u", password="hunter2")
     assert "go together" in errors(username="u")
     secret = tmp_path / "pw"
     secret.write_text("s3cret\n")

@@ -1,14 +1,17 @@
-"""The OPC UA collector: one server, one subscription, data changes out as `Batch`es.
+"""The OPC UA collector: one server, one subscription (and/or a poll loop), data changes out as `Batch`es.
 
-Lifecycle (collectors/base.py): ``run(emit)`` connects, subscribes and emits until the
-connection is lost, then raises `NotConnectedError`; the gateway backs off and calls ``run``
-again, which connects afresh and re-creates every monitored item. asyncua's own
-auto-reconnect is off on purpose: one reconnect loop (the gateway's) owns back-off and logging.
+Lifecycle (collectors/base.py): ``run(emit)`` connects (securely as configured: connection.py and
+security.py), subscribes and polls, and emits until the connection is lost, then raises
+`NotConnectedError`; the gateway backs off (capped at ``reconnect_max_delay_s``, which it reads
+from this object) and calls ``run`` again, which connects afresh and re-creates every monitored
+item. asyncua's own auto-reconnect is off on purpose: one reconnect loop (the gateway's) owns
+back-off and logging.
 
 Every await on the network has a limit: the connect sequence (asyncua's ``connect()`` can wait
 for ever on a peer that accepts TCP but never answers) has ``connect_timeout_s``; each request
 has ``request_timeout_s``; a silent connection is found by asyncua's watchdog, which reads the
-server state every ``watchdog_interval_s`` and gives up after at most that long.
+server state every ``watchdog_interval_s`` and gives up after at most that long; a subscription
+the server stops serving is re-created by asyncua's stale-subscription watchdog (subscription.py).
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ from asyncua import Client, ua
 from asyncua.client.ua_client import UaClientState
 
 from collectors.base import CollectorContext, Emit
-from collectors.opcua.config import Config
-from collectors.opcua.convert import to_reading
+from collectors.opcua.config import Config, NodeConfig
+from collectors.opcua.connection import ClientOpener, describe
+from collectors.opcua.convert import to_reading, to_readings
+from collectors.opcua.security import SecurityError
 from collectors.opcua.subscription import (
     BatchSubscription,
     ItemFailure,
     create_items,
+    eu_ranges,
     item_request,
     subscription_parameters,
 )
@@ -48,12 +54,9 @@ class _QuietLostConnection(logging.Filter):
 logging.getLogger("asyncua.client.ua_session.UaSession").addFilter(_QuietLostConnection())
 
 
-def describe(exc: BaseException) -> str:
-    """A one-line reason for logs and errors (asyncua raises bare AssertionError on refused certificates)."""
-    if isinstance(exc, ua.UaStatusCodeError):
-        return ua.StatusCode(exc.code).name
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+# Read results that mean "this node cannot be polled" (reported once as a failed item, not as readings).
+_POLL_REFUSED = ("BadNodeIdUnknown", "BadNodeIdInvalid", "BadAttributeIdInvalid", "BadNotReadable",
+                 "BadUserAccessDenied")
 
 
 class OpcUaCollector:
@@ -64,8 +67,13 @@ class OpcUaCollector:
         self.cfg = config
         self.ctx = context
         self._password = password
+        self.reconnect_max_delay_s = config.reconnect_max_delay_s  # read by the gateway's reconnect loop
+        self.opener = ClientOpener(config, name=context.name, state_dir=context.state_dir, password=password)
         # Client handle i + 1 <-> config.nodes[i]: fixed, so they survive asyncua's recreate().
         self._tags = [n.tag for n in config.nodes]
+        self._flatten = [(n.arrays or config.arrays) == "flatten" for n in config.nodes]
+        self._poll_task: asyncio.Task | None = None
+        self._sub: BatchSubscription | None = None
         self._client: Client | None = None
         self._emit: Emit | None = None
         self._lost: asyncio.Event | None = None
@@ -81,6 +89,8 @@ class OpcUaCollector:
         self.unknown_handles = 0
         self.item_failures: list[ItemFailure] = []
         self.last_error: str | None = None
+        self.polls = 0
+        self.recreated = 0
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -91,7 +101,9 @@ class OpcUaCollector:
         self._lost_reason, self._lost_error = "", None
         try:
             client = await self._connect()
-            await self._subscribe(client)
+            failures = await self._subscribe(client)
+            failures += await self._start_polling(client)
+            self._report_failures(failures)
             self._set_connected(True)
             await self._watch(client)
         except NotConnectedError as exc:
@@ -116,57 +128,143 @@ class OpcUaCollector:
             "notifications": self.notifications,
             "items": len(self._tags) - len(self.item_failures),
             "items_failed": len(self.item_failures),
+            "security": f"{self.cfg.security_policy}/{self.cfg.security_mode}",
+            "server_certificate": self.opener.server_thumbprint,
+            "polls": self.polls,
+            "subscriptions_recreated": self.recreated + (self._sub.recreated if self._sub else 0),
             "failed": [{"tag": f.tag, "node_id": f.node_id, "status": f.status} for f in self.item_failures[:20]],
             "last_error": self.last_error,
         }
 
     # -- steps -----------------------------------------------------------------------------------------
 
-    def _new_client(self) -> Client:
-        cfg = self.cfg
-        client = Client(cfg.endpoint, timeout=cfg.request_timeout_s, watchdog_intervall=cfg.watchdog_interval_s)
-        client.session_timeout = int(cfg.session_timeout_s * 1000)
-        client.name = client.description = f"Valvoja gateway ({self.name})"
-        client.application_uri = f"urn:valvoja:collector:{self.name}"
-        client.product_uri = "urn:valvoja"
-        if cfg.username is not None:
-            client.set_user(cfg.username)
-            client.set_password(self._password or "")
-        client.connection_lost_callback = self._connection_lost
-        return client
-
     async def _connect(self) -> Client:
         cfg = self.cfg
-        client = self._client = self._new_client()
+        client = self._client = self.opener.new_client()
+        client.connection_lost_callback = self._connection_lost
         self.connects += 1
         try:
-            await asyncio.wait_for(client.connect(auto_reconnect=False), cfg.connect_timeout_s)
+            await self.opener.connect(client)
         except TimeoutError:
             raise NotConnectedError(f"{cfg.endpoint}: no OPC UA session within {cfg.connect_timeout_s:g} s "
                                     "(server not answering)") from None
-        except Exception as exc:  # refused, unreachable, rejected identity, refused certificate ...
+        except SecurityError as exc:  # untrusted certificate, no such endpoint: logged in full, retried
+            self.ctx.metrics.collector_errors.labels(self.name, "security").inc()
+            raise NotConnectedError(str(exc)) from exc
+        except Exception as exc:  # refused, unreachable, rejected identity ...
             raise NotConnectedError(f"{cfg.endpoint}: cannot connect: {describe(exc)}") from exc
         return client
 
-    async def _subscribe(self, client: Client) -> None:
+    async def _subscribe(self, client: Client) -> list[ItemFailure]:
         cfg = self.cfg
-        sub = BatchSubscription(client, subscription_parameters(cfg), on_data=self._on_data,
-                                on_status=self._on_status)
-        requests = [(node, item_request(node, cfg, i + 1)) for i, node in enumerate(cfg.nodes)]
+        nodes = [(i, n) for i, n in enumerate(cfg.nodes) if cfg.node_mode(n) == "subscribe"]
+        if not nodes:
+            return []
+        if self._sub is not None:
+            self.recreated += self._sub.recreated
+        sub = self._sub = BatchSubscription(client, subscription_parameters(cfg), on_data=self._on_data,
+                                            on_status=self._on_status)
+        failures: list[ItemFailure] = []
         try:
+            percent = [(i, n) for i, n in nodes if n.deadband is not None and n.deadband_type == "percent"]
+            ranges = {}
+            if percent:
+                found = await eu_ranges(client, [n.node_id for _, n in percent], cfg.items_per_call)
+                ranges = {i: r for (i, _), r in zip(percent, found, strict=True)}
+            requests = []
+            for i, node in nodes:
+                if i in ranges and ranges[i] is None:
+                    failures.append(ItemFailure(node.tag, node.node_id, "BadFilterNotAllowed (percent deadband "
+                                                                        "needs an EURange; the node has none)"))
+                    continue
+                requests.append((node, item_request(node, cfg, i + 1, ranges.get(i))))
             await sub.init()
             # Registered like Client.create_subscription does, so asyncua's stale-subscription
             # watchdog re-creates it if the server stops publishing while the link stays up.
             client._subscriptions.append(sub)
-            failures = await create_items(sub, requests, cfg.items_per_call)
+            failures += await create_items(sub, requests, cfg.items_per_call)
         except Exception as exc:
             raise NotConnectedError(f"{cfg.endpoint}: subscription failed: {describe(exc)}") from exc
+        return failures
+
+    async def _start_polling(self, client: Client) -> list[ItemFailure]:
+        """Read the poll-mode nodes once (which also finds the unreadable ones) and start the poll loop."""
+        cfg = self.cfg
+        nodes = [(i, n) for i, n in enumerate(cfg.nodes) if cfg.node_mode(n) == "poll"]
+        if not nodes:
+            return []
+        last: dict[int, tuple] = {}
+        try:
+            values = await self._read(client, nodes)
+        except Exception as exc:
+            raise NotConnectedError(f"{cfg.endpoint}: read failed: {describe(exc)}") from exc
+        failures, readable, first = [], [], []
+        for (i, node), dv in zip(nodes, values, strict=True):
+            name = dv.StatusCode.name if dv.StatusCode is not None else "Good"
+            if name.startswith(_POLL_REFUSED):
+                failures.append(ItemFailure(node.tag, node.node_id, name))
+            else:
+                readable.append((i, node))
+                first.append(dv)
+        await self._emit_polled(readable, first, last)
+        self._poll_task = asyncio.create_task(self._poll_loop(client, readable, last), name=f"opcua-poll:{self.name}")
+        return failures
+
+    async def _read(self, client: Client, nodes: list[tuple[int, NodeConfig]]) -> list[ua.DataValue]:
+        out: list[ua.DataValue] = []
+        per_call = self.cfg.items_per_call
+        for start in range(0, len(nodes), per_call):
+            params = ua.ReadParameters()
+            params.TimestampsToReturn = ua.TimestampsToReturn.Both
+            for _, node in nodes[start:start + per_call]:
+                rv = ua.ReadValueId()
+                rv.NodeId = ua.NodeId.from_string(node.node_id)
+                rv.AttributeId = ua.AttributeIds.Value
+                params.NodesToRead.append(rv)
+            out.extend(await client.uaclient.read(params))
+        return out
+
+    async def _poll_loop(self, client: Client, nodes: list[tuple[int, NodeConfig]], last: dict[int, tuple]) -> None:
+        period = self.cfg.polling_interval_ms / 1000.0
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        try:
+            while nodes:
+                due += period
+                now = loop.time()
+                if due < now:  # a slow read: skip the missed slots instead of reading back to back
+                    due = now + period - (now - due) % period
+                await asyncio.sleep(due - now)
+                values = await self._read(client, nodes)
+                await self._emit_polled(nodes, values, last)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._mark_lost(f"poll failed: {describe(exc)}", exc)
+
+    async def _emit_polled(self, nodes: list[tuple[int, NodeConfig]], values: list[ua.DataValue],
+                           last: dict[int, tuple]) -> None:
+        """Emit the values that changed since the last read (same source time, value and status: skipped)."""
+        now = utcnow()
+        readings: list[Reading] = []
+        for (i, node), dv in zip(nodes, values, strict=True):
+            key = (dv.SourceTimestamp, dv.StatusCode.value if dv.StatusCode is not None else 0,
+                   repr(dv.Value.Value) if dv.Value is not None else None)
+            if last.get(i) == key:
+                continue
+            last[i] = key
+            readings.extend(to_readings(node.tag, dv, now, flatten=self._flatten[i]))
+        self.polls += 1
+        if readings:
+            await self._deliver(readings, now)
+
+    def _report_failures(self, failures: list[ItemFailure]) -> None:
         self.item_failures = failures
         if failures:
             self.ctx.metrics.collector_errors.labels(self.name, "monitored_item").inc(len(failures))
             shown = ", ".join(f"{f.tag} ({f.node_id}): {f.status}" for f in failures[:5])
-            log.warning("%s: %d of %d nodes refused by the server: %s%s", self.name, len(failures), len(requests),
-                        shown, " ..." if len(failures) > 5 else "",
+            log.warning("%s: %d of %d nodes refused by the server: %s%s", self.name, len(failures),
+                        len(self.cfg.nodes), shown, " ..." if len(failures) > 5 else "",
                         extra={"event": "opcua_items_refused", "collector": self.name})
 
     async def _watch(self, client: Client) -> None:
@@ -187,6 +285,10 @@ class OpcUaCollector:
     async def _teardown(self) -> None:
         client, self._client = self._client, None
         self._set_connected(False)
+        poll, self._poll_task = self._poll_task, None
+        if poll is not None:
+            poll.cancel()
+            await asyncio.gather(poll, return_exceptions=True)
         if client is None:
             return
         lost = self._lost is not None and self._lost.is_set()
@@ -214,15 +316,22 @@ class OpcUaCollector:
     async def _on_data(self, items: list[ua.MonitoredItemNotification]) -> None:
         now = utcnow()
         tags = self._tags
+        flatten = self._flatten
         n = len(tags)
         readings: list[Reading] = []
         for item in items:
             i = item.ClientHandle - 1
             if 0 <= i < n:
-                readings.append(to_reading(tags[i], item.Value, now))
+                if flatten[i]:
+                    readings.extend(to_readings(tags[i], item.Value, now, flatten=True))
+                else:
+                    readings.append(to_reading(tags[i], item.Value, now))
             else:
                 self.unknown_handles += 1
         self.publishes += 1
+        await self._deliver(readings, now)
+
+    async def _deliver(self, readings: list[Reading], now) -> None:
         self.notifications += len(readings)
         self.last_data = now
         self.ctx.metrics.messages_in.labels(self.name).inc()

@@ -13,7 +13,7 @@ from typing import Literal
 from asyncua import ua
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edge.secrets import is_reference
+from edge.secrets import SecretRef
 
 
 class Strict(BaseModel):
@@ -21,14 +21,19 @@ class Strict(BaseModel):
 
 
 class NodeConfig(Strict):
-    """One variable to subscribe to. Per-node settings override the collector-wide ones."""
+    """One variable to read. Per-node settings override the collector-wide ones."""
 
     node_id: str = Field(min_length=1, description='OPC UA node id, e.g. "ns=2;s=P-101.vib_de"')
     tag: str = Field(min_length=1, description="tag name the readings get")
+    mode: Literal["subscribe", "poll"] | None = Field(None, description="default: the collector's mode")
     sampling_interval_ms: float | None = Field(None, ge=0)
     deadband: float | None = Field(None, ge=0, description="absolute (engineering units) unless deadband_type")
-    deadband_type: Literal["absolute", "percent"] = "absolute"  # percent needs the server to know the EURange
+    # percent: of the node's EURange (read from the server when the item is created; a node without
+    # one is reported as a failed item), sent to the server as the equivalent absolute deadband.
+    deadband_type: Literal["absolute", "percent"] = "absolute"
     queue_size: int | None = Field(None, ge=0)
+    discard_oldest: bool | None = None
+    arrays: Literal["reject", "flatten"] | None = None
 
     @field_validator("node_id")
     @classmethod
@@ -39,29 +44,32 @@ class NodeConfig(Strict):
             raise ValueError(f"not an OPC UA node id ({exc}); write e.g. ns=2;s=Pump.Flow or ns=3;i=1001") from exc
         return v
 
+    @model_validator(mode="after")
+    def _percent(self) -> NodeConfig:
+        if self.deadband_type == "percent" and self.deadband is not None and self.deadband > 100:
+            raise ValueError("a percent deadband is at most 100")
+        return self
 
-class Config(Strict):
-    """One OPC UA server and the nodes read from it."""
+
+class Connection(Strict):
+    """How to reach one OPC UA server (shared by the collector and ``valvoja opcua browse``)."""
 
     endpoint: str = Field(description="opc.tcp://host:port/path")
     connect_timeout_s: float = Field(10.0, gt=0, description="limit on the whole connect sequence")
+    reconnect_max_delay_s: float = Field(5.0, gt=0, le=300, description="cap of the reconnect back-off (with jitter)")
     request_timeout_s: float = Field(5.0, gt=0, description="limit on every request to the server")
     watchdog_interval_s: float = Field(2.0, gt=0, description="how often the server is probed (also the probe timeout)")
-    publishing_interval_ms: float = Field(500.0, gt=0)
-    sampling_interval_ms: float = Field(250.0, ge=0, description="default for nodes without their own")
-    queue_size: int = Field(10, ge=0, description="server-side queue per item; changes between publishes")
-    keepalive_count: int = Field(10, ge=1, description="publishing intervals without data before a keep-alive")
-    lifetime_count: int = Field(100, ge=3, description="publishing intervals without client before expiry")
-    max_notifications_per_publish: int = Field(10000, ge=0, description="0 = no limit")
-    items_per_call: int = Field(500, ge=1, le=10000, description="monitored items created per request")
     session_timeout_s: float = Field(60.0, gt=0)
     username: str | None = None
-    password: str | None = Field(None, description="env:NAME or file:/path; never the password itself")
-    # Placeholders for the security work (issue 3): only the insecure policy exists so far, and a
-    # configuration asking for more is refused instead of silently connecting without security.
-    security_policy: Literal["None"] = "None"
-    security_mode: Literal["None"] = "None"
-    nodes: list[NodeConfig] = Field(min_length=1)
+    password: SecretRef | None = None
+    security_policy: Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"] = "None"
+    security_mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
+    pki_dir: str | None = Field(None, description="own certificate, trusted/ and rejected/; default <state>/pki")
+    trust_on_first_use: bool = False
+    application_uri: str | None = Field(None, description="default urn:valvoja:<host>:<collector name>")
+    certificate: str | None = Field(None, description="a site-issued client certificate (PEM/DER) instead of "
+                                                      "the generated one; with private_key")
+    private_key: str | None = None
 
     @field_validator("endpoint")
     @classmethod
@@ -70,17 +78,35 @@ class Config(Strict):
             raise ValueError("must be an opc.tcp://host:port URL")
         return v
 
-    @field_validator("password")
-    @classmethod
-    def _password_is_reference(cls, v: str | None) -> str | None:
-        if v is not None and not is_reference(v):
-            raise ValueError("must be a reference 'env:NAME' or 'file:/path', not a literal password")
-        return v
+    @model_validator(mode="after")
+    def _security(self) -> Connection:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together (give both or neither)")
+        if (self.security_policy == "None") != (self.security_mode == "None"):
+            raise ValueError(f"security_policy {self.security_policy} with security_mode {self.security_mode}: "
+                             "policy None goes with mode None, any other policy with Sign or SignAndEncrypt")
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key go together (give both or neither)")
+        return self
+
+class Config(Connection):
+    """One OPC UA server and the nodes read from it."""
+
+    mode: Literal["subscribe", "poll"] = Field("subscribe", description="poll: for servers that cannot subscribe")
+    polling_interval_ms: float = Field(1000.0, gt=0, description="read interval of nodes in poll mode")
+    publishing_interval_ms: float = Field(500.0, gt=0)
+    sampling_interval_ms: float = Field(250.0, ge=0, description="default for nodes without their own")
+    queue_size: int = Field(10, ge=0, description="server-side queue per item; changes between publishes")
+    discard_oldest: bool = Field(True, description="when an item's queue is full: drop the oldest (else newest)")
+    keepalive_count: int = Field(10, ge=1, description="publishing intervals without data before a keep-alive")
+    lifetime_count: int = Field(100, ge=3, description="publishing intervals without client before expiry")
+    max_notifications_per_publish: int = Field(10000, ge=0, description="0 = no limit")
+    items_per_call: int = Field(500, ge=1, le=10000, description="monitored items created per request")
+    arrays: Literal["reject", "flatten"] = Field("reject", description="flatten: tag[0], tag[1], ...")
+    nodes: list[NodeConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
-        if (self.username is None) != (self.password is None):
-            raise ValueError("username and password go together (give both or neither)")
         problems = []
         for key in ("tag", "node_id"):
             counts = Counter(getattr(n, key) for n in self.nodes)
@@ -90,3 +116,6 @@ class Config(Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def node_mode(self, node: NodeConfig) -> str:
+        return node.mode or self.mode

@@ -89,7 +89,7 @@ def to_reading(tag: str, dv: ua.DataValue, receive_time: datetime) -> Reading:
     if not usable:
         flags |= Flag.TYPE_MISMATCH
         quality = Quality.BAD
-        name = name or f"Unsupported{type(raw).__name__}"
+        name = name or ("UnsupportedArray" if isinstance(raw, list | tuple) else f"Unsupported{type(raw).__name__}")
     server_time = _time(dv.ServerTimestamp)
     t = _time(dv.SourceTimestamp) or server_time
     if t is None:
@@ -98,3 +98,30 @@ def to_reading(tag: str, dv: ua.DataValue, receive_time: datetime) -> Reading:
     return Reading(tag=tag, time=t, value=value, receive_time=receive_time, quality=quality, flags=int(flags),
                    status=code, status_name=name, server_time=server_time)
 
+
+
+def _flat(values: list) -> list:
+    out: list = []
+    for v in values:
+        if isinstance(v, list | tuple):
+            out.extend(_flat(list(v)))
+        else:
+            out.append(v)
+    return out
+
+
+def to_readings(tag: str, dv: ua.DataValue, receive_time: datetime, *, flatten: bool) -> list[Reading]:
+    """Like `to_reading`; with ``flatten`` an array becomes one reading per element, ``tag[i]``.
+
+    Multi-dimensional arrays are flattened in row-major order (``tag[i]`` counts elements). A Bad
+    array (no value) gives one reading of ``tag`` carrying the status.
+    """
+    variant = dv.Value
+    raw = variant.Value if variant is not None else None
+    if not flatten or not isinstance(raw, list | tuple):
+        return [to_reading(tag, dv, receive_time)]
+    out = []
+    for i, v in enumerate(_flat(list(raw))):
+        out.append(to_reading(f"{tag}[{i}]", ua.DataValue(ua.Variant(v), dv.StatusCode, dv.SourceTimestamp,
+                                                            dv.ServerTimestamp), receive_time))
+    return out

@@ -49,6 +49,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("OPC UA")
     g.add_argument("--opcua", default=DEFAULT_ENDPOINT, metavar="ENDPOINT", help=f"serve here ({DEFAULT_ENDPOINT})")
     g.add_argument("--no-opcua", action="store_true", help="do not start the OPC UA server")
+    g.add_argument("--opcua-cert", metavar="FILE", help="server certificate (DER or PEM) for secure endpoints")
+    g.add_argument("--opcua-key", metavar="FILE", help="its private key (PEM)")
+    g.add_argument("--opcua-policy", action="append", metavar="NAME",
+                   help="endpoint to offer, asyncua SecurityPolicyType name, repeatable "
+                        "(e.g. Basic256Sha256_SignAndEncrypt; default NoSecurity)")
     g.add_argument("--tags", type=int, default=0, metavar="N", help="add N synthetic variables SYN.00001...")
     g.add_argument("--tags-interval", type=float, metavar="S", help="update period of the synthetic variables")
     g = p.add_argument_group("MQTT")
@@ -101,6 +106,8 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
                            sparkplug_group=args.sparkplug_group, sparkplug_node=args.sparkplug_node)
     return SimOptions(seed=args.seed, interval_s=args.interval, speed=args.speed, timestamps=args.timestamps,
                       start=args.start, faults=faults, opcua_endpoint=None if args.no_opcua else args.opcua,
+                      opcua_security={"certificate": args.opcua_cert, "private_key": args.opcua_key,
+                                      "policies": args.opcua_policy},
                       mqtt=mqtt, synthetic_tags=args.tags, synthetic_interval_s=args.tags_interval, replay=replay,
                       duration_s=args.duration)
 

@@ -17,6 +17,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
+from pathlib import Path
 
 from asyncua import Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
@@ -98,8 +99,17 @@ class SimOpcUaServer:
     """Serve ``tags`` on ``endpoint``; ``write`` publishes new values."""
 
     def __init__(self, tags: Sequence[TagSpec], endpoint: str = DEFAULT_ENDPOINT, *,
-                 name: str = "Valvoja plant simulator", users: dict[str, str] | None = None) -> None:
+                 name: str = "Valvoja plant simulator", users: dict[str, str] | None = None,
+                 certificate: str | None = None, private_key: str | None = None,
+                 policies: Sequence[str] | None = None, trusted_clients: str | None = None) -> None:
         self.endpoint = endpoint
+        # Security (tests and demos): the server's certificate and key (PEM or DER), the endpoints it
+        # offers as asyncua SecurityPolicyType names ("NoSecurity", "Basic256Sha256_SignAndEncrypt",
+        # ...; default NoSecurity only), and a folder of client certificates it trusts (default: any).
+        self.certificate = certificate
+        self.private_key = private_key
+        self.policies = list(policies or ["NoSecurity"])
+        self.trusted_clients = trusted_clients
         self.users = users  # None: anonymous access; else these user names and passwords only
         self.tag_specs = list(tags)
         self.name = name
@@ -119,8 +129,26 @@ class SimOpcUaServer:
         await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name(self.name)
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        server.set_security_policy([getattr(ua.SecurityPolicyType, p) for p in self.policies])
         await server.set_application_uri("urn:valvoja:simulator:server")
+        if self.certificate is not None:
+            await server.load_certificate(self.certificate)
+            await server.load_private_key(self.private_key)
+        if self.trusted_clients is not None:
+            from asyncua.common.utils import ServiceError
+            from asyncua.crypto.truststore import TrustStore
+            from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+
+            async def trust_nobody(cert, app) -> None:
+                raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+
+            if not any(Path(self.trusted_clients).glob("*.*")):  # noqa: ASYNC240 - once, at start-up
+                server.set_certificate_validator(trust_nobody)  # asyncua's TrustStore cannot be empty
+            else:
+                store = TrustStore([Path(self.trusted_clients)], [])
+                await store.load()
+                server.set_certificate_validator(CertificateValidator(
+                    CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT, store))
         self.ns = await server.register_namespace(NAMESPACE)
         await self._build(server)
         await server.start()

@@ -39,6 +39,8 @@ class SimOptions:
     start: datetime | None = None  # origin of simulated time (default: now)
     faults: list[str | Fault] = field(default_factory=list)
     opcua_endpoint: str | None = DEFAULT_ENDPOINT  # None: no OPC UA server
+    # Keyword arguments for SimOpcUaServer's security (certificate, private_key, policies, trusted_clients).
+    opcua_security: dict = field(default_factory=dict)
     mqtt: object | None = None  # collectors.simulator.mqtt_publisher.MqttOptions; None: no MQTT
     synthetic_tags: int = 0
     synthetic_interval_s: float | None = None  # default: interval_s
@@ -63,7 +65,7 @@ class Simulator:
         self.tags: list[TagSpec] = self._tag_specs()
         self.opcua: SimOpcUaServer | None = None
         if opts.opcua_endpoint:
-            self.opcua = SimOpcUaServer(self.tags, opts.opcua_endpoint)
+            self.opcua = SimOpcUaServer(self.tags, opts.opcua_endpoint, **opts.opcua_security)
         self.mqtt = None
         if opts.mqtt is not None:
             from collectors.simulator.mqtt_publisher import MqttPublisher

@@ -1,0 +1,158 @@
+"""Opening an asyncua session as configured: security, identity, and a limit on every step.
+
+Used by the collector and by ``valvoja opcua browse``. With a security policy other than None the
+sequence is: make or load the gateway's own certificate; ask the server for its endpoints (the one
+request OPC UA allows without security); pick the endpoint with exactly the configured policy and
+mode (none: refuse, never a weaker one); check the server certificate against the trust list
+(`collectors.opcua.security`); then open the secure channel and session with that certificate
+pinned, so the session cannot be made with any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from pathlib import Path
+
+from asyncua import Client, ua
+from asyncua.crypto import uacrypto
+from cryptography.hazmat.primitives import serialization
+
+from collectors.opcua.config import Connection
+from collectors.opcua.security import (
+    MODES,
+    POLICIES,
+    Pki,
+    SecurityError,
+    application_uris,
+    check_server_certificate,
+    ensure_own_certificate,
+    load_cert,
+    select_endpoint,
+    thumbprint,
+)
+
+log = logging.getLogger(__name__)
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason for logs and errors (asyncua raises bare AssertionError on refused certificates)."""
+    if isinstance(exc, ua.UaStatusCodeError):
+        return ua.StatusCode(exc.code).name
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def default_application_uri(name: str) -> str:
+    return f"urn:valvoja:{socket.gethostname() or 'gateway'}:{name}"
+
+
+def pki_for(conn: Connection, state_dir: Path | str | None) -> Pki:
+    if conn.pki_dir is not None:
+        return Pki(Path(conn.pki_dir))
+    if state_dir is None:
+        raise SecurityError("security_policy needs pki_dir (no state directory to keep certificates in)")
+    return Pki(Path(state_dir) / "pki")
+
+
+def _first_cert(der: bytes) -> bytes:
+    """The leading certificate of a DER chain (servers may send their chain concatenated)."""
+    return der[:int.from_bytes(der[2:4], "big") + 4] if len(der) > 4 and der[1] == 0x82 else der
+
+
+class ClientOpener:
+    """Builds and connects `asyncua.Client`s for one `Connection`; keeps what it learnt for messages."""
+
+    def __init__(self, conn: Connection, *, name: str, state_dir: Path | str | None = None,
+                 password: str | None = None) -> None:
+        self.conn = conn
+        self.name = name
+        self.state_dir = state_dir
+        self.password = password
+        self.own_cert: Path | None = None
+        self.application_uri = conn.application_uri
+        self.server_thumbprint: str | None = None
+        self._warned_plaintext = False
+
+    def new_client(self) -> Client:
+        conn = self.conn
+        client = Client(conn.endpoint, timeout=conn.request_timeout_s, watchdog_intervall=conn.watchdog_interval_s)
+        client.session_timeout = int(conn.session_timeout_s * 1000)
+        client.name = client.description = f"Valvoja gateway ({self.name})"
+        client.product_uri = "urn:valvoja"
+        if conn.username is not None:
+            client.set_user(conn.username)
+            client.set_password(self.password or "")
+        return client
+
+    async def connect(self, client: Client) -> None:
+        """Secure (as configured) and connect ``client``; NotConnected-style errors as exceptions.
+
+        The whole sequence is limited by ``connect_timeout_s`` (asyncua's ``connect()`` can wait for
+        ever on a peer that accepts TCP and never answers). Raises `SecurityError` for anything the
+        operator must fix (untrusted certificate, missing endpoint), TimeoutError, or the error of the
+        failed step.
+        """
+        await asyncio.wait_for(self._connect(client), self.conn.connect_timeout_s)
+
+    async def _connect(self, client: Client) -> None:
+        conn = self.conn
+        if conn.security_policy == "None":
+            client.application_uri = self.application_uri or default_application_uri(self.name)
+            if conn.username is not None and not self._warned_plaintext:
+                self._warned_plaintext = True
+                log.warning("%s: username/password on %s with security_policy None: the server may receive "
+                            "the password unencrypted", self.name, conn.endpoint)
+            await client.connect(auto_reconnect=False)
+            return
+        await self._secure(client)
+        try:
+            await client.connect(auto_reconnect=False)
+        except (AssertionError, ua.UaStatusCodeError) as exc:
+            code = getattr(exc, "code", None)
+            if isinstance(exc, AssertionError) or (code is not None and ua.StatusCode(code).name.startswith(
+                    ("BadSecurityChecksFailed", "BadCertificate", "BadSecurityPolicyRejected"))):
+                raise SecurityError(
+                    f"{conn.endpoint}: the server refused the secure session ({describe(exc)}); most likely it does "
+                    f"not trust the gateway's certificate {self.own_cert} (thumbprint {self._own_thumbprint()}, "
+                    f"URI {client.application_uri}): add it to the server's trusted certificates") from exc
+            raise
+
+    async def _secure(self, client: Client) -> None:
+        conn = self.conn
+        pki = pki_for(conn, self.state_dir)
+        if conn.certificate is not None:
+            cert_path, key_path = Path(conn.certificate), Path(conn.private_key or "")
+            uris = application_uris(load_cert(cert_path))
+            if not uris:
+                raise SecurityError(f"certificate {cert_path} has no application URI in its subjectAltName")
+            if self.application_uri is not None and self.application_uri not in uris:
+                raise SecurityError(f"certificate {cert_path} is for {uris}, not application_uri "
+                                    f"{self.application_uri}")
+            self.application_uri = self.application_uri or uris[0]
+            pki.ensure()
+        else:
+            self.application_uri = self.application_uri or default_application_uri(self.name)
+            cert_path, key_path = await asyncio.to_thread(
+                ensure_own_certificate, pki, self.application_uri, f"Valvoja gateway {self.name}")
+        self.own_cert = cert_path
+        client.application_uri = self.application_uri
+        endpoints = await client.connect_and_get_server_endpoints()
+        ep = select_endpoint(endpoints, conn.security_policy, conn.security_mode, conn.endpoint)
+        if not ep.ServerCertificate:
+            raise SecurityError(f"{conn.endpoint}: the {conn.security_policy} endpoint has no server certificate")
+        der = _first_cert(ep.ServerCertificate)
+        cert = check_server_certificate(pki, der, endpoint=conn.endpoint, trust_on_first_use=conn.trust_on_first_use)
+        self.server_thumbprint = thumbprint(cert)
+        own_der = load_cert(cert_path).public_bytes(serialization.Encoding.DER)
+        key_ext = "pem" if key_path.read_bytes().lstrip().startswith(b"-----BEGIN") else "der"
+        await client.set_security(POLICIES[conn.security_policy], own_der,
+                                  uacrypto.CertProperties(str(key_path), extension=key_ext),
+                                  server_certificate=der, mode=MODES[conn.security_mode])
+
+    def _own_thumbprint(self) -> str:
+        try:
+            return thumbprint(load_cert(self.own_cert)) if self.own_cert else "?"
+        except (OSError, ValueError):
+            return "?"

@@ -1,0 +1,265 @@
+"""OPC UA security for the collector: the gateway's own certificate and the server trust list.
+
+Folder layout (``pki_dir``, by default ``<state_dir>/pki`` of the collector)::
+
+    own/cert.der          the gateway's application instance certificate (made on first start, kept)
+    own/key.pem           its private key (mode 0600)
+    trusted/              server certificates, or the CAs that issued them, the operator trusts (PEM or DER)
+    rejected/             server certificates that were refused, named by thumbprint: move one to
+                          trusted/ to trust it
+
+A server certificate is trusted when it is byte-for-byte one in ``trusted/``, or was issued directly
+by a CA certificate in ``trusted/``; and it must be inside its validity period either way. Anything
+else is refused with `UntrustedCertificate`, whose message names the certificate (subject,
+thumbprint, validity) and says where to put it. ``trust_on_first_use`` copies an unknown (but
+currently valid) certificate into ``trusted/`` on the first connection and trusts it from then on;
+only while no trusted certificate carries the same application URI, so a server whose certificate
+changes later is refused like any unknown one.
+Nothing here ever falls back to an insecure connection: a refusal is an error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from asyncua import ua
+from asyncua.crypto import security_policies
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+log = logging.getLogger(__name__)
+
+POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
+    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
+    "Aes128_Sha256_RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
+    "Aes256_Sha256_RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
+}
+MODES = {"None": ua.MessageSecurityMode.None_, "Sign": ua.MessageSecurityMode.Sign,
+         "SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt}
+OWN_DAYS = 3650  # an unattended gateway: ten years, renewed by deleting own/ (or by the site's own PKI)
+
+
+class SecurityError(Exception):
+    """A secure connection cannot be made as configured (never answered by connecting insecurely)."""
+
+
+class UntrustedCertificate(SecurityError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Pki:
+    root: Path
+
+    @property
+    def own_cert(self) -> Path:
+        return self.root / "own" / "cert.der"
+
+    @property
+    def own_key(self) -> Path:
+        return self.root / "own" / "key.pem"
+
+    @property
+    def trusted(self) -> Path:
+        return self.root / "trusted"
+
+    @property
+    def rejected(self) -> Path:
+        return self.root / "rejected"
+
+    def ensure(self) -> None:
+        for d in (self.own_cert.parent, self.trusted, self.rejected):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+def thumbprint(cert: x509.Certificate) -> str:
+    """SHA-1 of the DER bytes, upper-case hex: what OPC UA tools show as the thumbprint."""
+    return hashlib.sha1(cert.public_bytes(serialization.Encoding.DER)).hexdigest().upper()
+
+
+def subject(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string() or "(empty subject)"
+
+
+def application_uris(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return san.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+def load_cert(data_or_path: bytes | Path) -> x509.Certificate:
+    data = Path(data_or_path).read_bytes() if isinstance(data_or_path, Path) else data_or_path
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return x509.load_pem_x509_certificate(data)
+    return x509.load_der_x509_certificate(data)
+
+
+def make_certificate(key: rsa.RSAPrivateKey, application_uri: str, common_name: str, *, client: bool = True,
+                     dns: tuple[str, ...] = (), ips: tuple[str, ...] = (), days: int = OWN_DAYS,
+                     not_before: dt.datetime | None = None,
+                     issuer: tuple[x509.Certificate, rsa.RSAPrivateKey] | None = None) -> x509.Certificate:
+    """An OPC UA application instance certificate (Part 6 §6.2.2): URI in the SAN, RSA/SHA-256.
+
+    Self-signed unless ``issuer`` (a CA certificate and its key) is given.
+    """
+    start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Valvoja")])
+    san: list[x509.GeneralName] = [x509.UniformResourceIdentifier(application_uri)]
+    san += [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    sign_key = issuer[1] if issuer else key
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(issuer[0].subject if issuer else name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(start).not_valid_after(start + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(san), critical=False)
+        # Self-signed: CA true, like asyncua's and most stacks' own certificates (a trust list may then
+        # hold it as an anchor); issued by a CA: an end-entity certificate.
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=0 if issuer is None else None),
+                       critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=True, key_encipherment=True,
+                                     data_encipherment=True, key_agreement=False, key_cert_sign=issuer is None,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH if client
+                                              else ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    return builder.sign(sign_key, hashes.SHA256())
+
+
+def new_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def write_key(key: rsa.RSAPrivateKey, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def ensure_own_certificate(pki: Pki, application_uri: str, common_name: str) -> tuple[Path, Path]:
+    """The gateway's certificate and key, made on first start and kept afterwards.
+
+    An existing pair is kept as long as it carries ``application_uri`` (servers compare it with the
+    session's application URI) and has not expired; otherwise a new pair is made and the old
+    certificate is logged, since every server that trusted it must now trust the new one.
+    """
+    pki.ensure()
+    cert_path, key_path = pki.own_cert, pki.own_key
+    if cert_path.is_file() and key_path.is_file():
+        cert = load_cert(cert_path)
+        now = dt.datetime.now(dt.UTC)
+        if application_uri in application_uris(cert) and cert.not_valid_after_utc > now:
+            return cert_path, key_path
+        log.warning("own OPC UA certificate %s (thumbprint %s) does not fit any more (URI %s, valid until %s): "
+                    "making a new one; servers must trust the new certificate",
+                    cert_path, thumbprint(cert), application_uris(cert), cert.not_valid_after_utc.isoformat())
+    key = new_key()
+    host = socket.gethostname()
+    cert = make_certificate(key, application_uri, common_name, client=True, dns=(host,) if host else ())
+    write_key(key, key_path)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    log.info("made the gateway's OPC UA certificate %s (thumbprint %s, URI %s): give it to the servers to trust",
+             cert_path, thumbprint(cert), application_uri, extra={"event": "opcua_own_certificate"})
+    return cert_path, key_path
+
+
+def _trusted_certs(folder: Path) -> list[x509.Certificate]:
+    out = []
+    if not folder.is_dir():
+        return out
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in (".der", ".pem", ".crt", ".cer"):
+            continue
+        try:
+            out.append(load_cert(path))
+        except ValueError as exc:
+            log.warning("trust list: %s is not a certificate (%s); ignored", path, exc)
+    return out
+
+
+def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        bc = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return False
+    if not bc.ca:
+        return False
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    now = dt.datetime.now(dt.UTC)
+    return ca.not_valid_before_utc <= now <= ca.not_valid_after_utc
+
+
+def check_server_certificate(pki: Pki, der: bytes, *, endpoint: str, trust_on_first_use: bool) -> x509.Certificate:
+    """Return the server certificate if trusted; raise `UntrustedCertificate` naming it otherwise."""
+    cert = load_cert(der)
+    tp = thumbprint(cert)
+    where = f"{endpoint}: server certificate '{subject(cert)}' (thumbprint {tp}"
+    now = dt.datetime.now(dt.UTC)
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        saved = _save(pki.rejected, cert)
+        raise UntrustedCertificate(
+            f"{where}) is outside its validity period {cert.not_valid_before_utc:%Y-%m-%d %H:%M} .. "
+            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: refused (expired certificates are never trusted; "
+            f"the server needs a new one). A copy is in {saved}")
+    trusted = _trusted_certs(pki.trusted)
+    if any(t == cert for t in trusted) or any(_issued_by(cert, t) for t in trusted):
+        return cert
+    uris = set(application_uris(cert))
+    known = [t for t in trusted if uris & set(application_uris(t))]
+    if trust_on_first_use and not known:
+        saved = _save(pki.trusted, cert)
+        log.warning("%s) trusted on first use and saved as %s; from now on only this certificate (or one "
+                    "issued by a CA in %s) is accepted", where, saved, pki.trusted,
+                    extra={"event": "opcua_trust_on_first_use"})
+        return cert
+    saved = _save(pki.rejected, cert)
+    changed = (f" The server's certificate changed: {', '.join(thumbprint(t) for t in known)} was trusted for "
+               f"{', '.join(sorted(uris))}." if known else "")
+    raise UntrustedCertificate(
+        f"{where}, valid until {cert.not_valid_after_utc:%Y-%m-%d}) is not trusted: refused. "
+        f"To trust it, check the thumbprint with the server's administrator and move {saved} into "
+        f"{pki.trusted}/ (or put the CA that issued it there)"
+        + ("" if known else "; or set trust_on_first_use = true") + "." + changed)
+
+
+def _save(folder: Path, cert: x509.Certificate) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    label = "".join(c if c.isalnum() or c in "-_." else "_" for c in (str(cn[0].value) if cn else "server"))[:40]
+    path = folder / f"{label} [{thumbprint(cert)}].der"
+    if not path.exists():
+        path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    return path
+
+
+def select_endpoint(endpoints: list[ua.EndpointDescription], policy: str, mode: str,
+                    endpoint: str) -> ua.EndpointDescription:
+    """The server's endpoint with exactly this policy and mode; SecurityError listing what it offers."""
+    uri = POLICIES[policy].URI
+    want = MODES[mode]
+    for ep in endpoints:
+        if ep.SecurityPolicyUri == uri and ep.SecurityMode == want:
+            return ep
+    offered = sorted({f"{ep.SecurityPolicyUri.rsplit('#', 1)[-1]}/{ep.SecurityMode.name}" for ep in endpoints})
+    raise SecurityError(f"{endpoint}: the server offers no {policy}/{mode} endpoint (it offers "
+                        f"{', '.join(offered) or 'nothing'}); not connecting with less security")

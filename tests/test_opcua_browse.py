@@ -1,0 +1,106 @@
+"""``valvoja opcua browse`` against the plant simulator's OPC UA server (a real asyncua server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+
+from asyncua import ua
+from opcua_support import ROOT, SimProcess, free_port, server_certificate, serving
+
+from collectors.opcua.browse import browse, toml_section
+from collectors.opcua.config import Config, Connection
+from collectors.opcua.connection import ClientOpener
+from collectors.simulator.tags import synthetic_tags
+from edge import settings
+
+
+def valvoja(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge.cli", "opcua", "browse", *args], cwd=ROOT, timeout=timeout,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_browse_prints_types_units_ranges_access_and_writes_a_valid_tag_section(tmp_path):
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    sim = SimProcess(endpoint, tmp_path).start()
+    try:
+        out = tmp_path / "tags.toml"
+        res = valvoja(endpoint, "--toml", str(out), "--name", "plant", "--pki-dir", str(tmp_path / "pki"))
+        assert res.returncode == 0, res.stderr
+        line = next(ln for ln in res.stdout.splitlines() if ln.startswith("ns=2;s=P-101.vib_de "))
+        assert "P-101.vib_de" in line and "Double" in line and "mm/s" in line and "read" in line
+        assert "0 .. 50" in line or "0 .. " in line
+        assert "Server" not in res.stdout  # the standard Server object is skipped by default
+
+        # The written section is a valid site configuration: tags and a collector reading them.
+        site = tmp_path / "site.toml"
+        site.write_text(out.read_text())
+        cfg = settings.load(site)
+        tags = {t.name: t for t in cfg.tags}
+        assert tags["P-101.vib_de"].unit == "mm/s" and tags["P-101.vib_de"].kind == "float"
+        assert tags["P-101.vib_de"].range is not None and tags["P-101.vib_de"].asset == "P-101"
+        data = tomllib.loads(out.read_text())
+        body = {k: v for k, v in data["collectors"][0].items() if k not in ("kind", "name")}
+        col = Config.model_validate(body)
+        assert {n.tag for n in col.nodes} == set(tags)
+
+        res = valvoja(endpoint, "--json", "--root", "ns=2;s=K1", "--pki-dir", str(tmp_path / "pki"))
+        assert res.returncode == 0, res.stderr
+        listed = json.loads(res.stdout)
+        assert listed and all(v["node_id"].startswith("ns=2;s=K1.") for v in listed)
+        assert all(v["path"][0] == "K1" and v["tag"] == v["node_id"][len("ns=2;s="):] for v in listed)
+    finally:
+        sim.stop()
+
+
+def test_browse_refuses_an_untrusted_server_and_names_the_certificate(tmp_path):
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    cert, key = server_certificate(tmp_path / "server", "srv")
+    pki = tmp_path / "pki"
+    # The secure server runs in this process; the CLI in a child process (asyncio subprocess, so the
+    # server keeps serving while the CLI runs). After the refusal the operator moves the certificate.
+    import asyncio
+
+    async def scenario() -> tuple[int, str]:
+        async with serving(synthetic_tags(3), endpoint, certificate=cert, private_key=key,
+                           policies=["Basic256Sha256_SignAndEncrypt"]):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "edge.cli", "opcua", "browse", endpoint, "--security-policy", "Basic256Sha256",
+                "--security-mode", "SignAndEncrypt", "--pki-dir", str(pki), cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+            first = (proc.returncode, err.decode())
+            shutil.move(next((pki / "rejected").iterdir()), pki / "trusted")
+            conn = Connection(endpoint=endpoint, security_policy="Basic256Sha256", security_mode="SignAndEncrypt",
+                              pki_dir=str(pki))
+            opener = ClientOpener(conn, name="browse")
+            client = opener.new_client()
+            await opener.connect(client)
+            try:
+                variables, truncated = await browse(client)
+            finally:
+                await client.disconnect()
+            assert not truncated and {v.tag for v in variables} >= {"SYN-00.SYN.00001"}
+            return first
+
+    code, err = asyncio.run(scenario())
+    assert code == 1 and "is not trusted: refused" in err and str(pki / "trusted") in err
+
+
+def test_toml_section_comments_out_arrays_and_unreadable_variables():
+    from collectors.opcua.browse import Variable
+
+    vs = [Variable("ns=2;i=1", ["Line", "Speed"], "Double", -1, ["read"], "m/s", (0.0, 5.0)),
+          Variable("ns=2;i=2", ["Line", "Profile"], "Float", 1, ["read"]),
+          Variable("ns=2;i=3", ["Line", "Secret"], "Int32", -1, [])]
+    text = toml_section(vs, endpoint="opc.tcp://h:4840", name="x")
+    data = tomllib.loads(text)
+    assert [t["name"] for t in data["tags"]] == ["Line.Speed"]
+    assert [n["node_id"] for n in data["collectors"][0]["nodes"]] == ["ns=2;i=1"]
+    assert "# Line.Profile: Float[]" in text and "# Line.Secret: Int32, access none" in text
+    assert ua.NodeId.from_string(data["collectors"][0]["nodes"][0]["node_id"])

@@ -1,0 +1,189 @@
+"""OPC UA collector features against real asyncua servers: deadbands at scale, polling, the keep-alive
+watchdog, data types and arrays, per-item settings, several independent servers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+
+from asyncua import ua
+from opcua_support import SimProcess, Sink, free_port, running, serving, until
+
+from collectors.base import CollectorContext
+from collectors.opcua import Config, build
+from collectors.opcua.subscription import item_request
+from collectors.simulator.tags import synthetic_tags
+from edge.metrics import Metrics
+from edge.records import Flag, Quality
+
+
+def collector(endpoint: str, nodes: list[dict], name: str = "opcua-test", **kw):
+    cfg = Config.model_validate({
+        "endpoint": endpoint, "publishing_interval_ms": 100, "sampling_interval_ms": 0, "queue_size": 100,
+        "connect_timeout_s": 5, "watchdog_interval_s": 0.5, **kw, "nodes": nodes})
+    return build(cfg, CollectorContext(name=name, state_dir=None, metrics=Metrics()))
+
+
+def stamp(offset_s: float = 0.0) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=offset_s)
+
+
+async def test_2000_tags_with_absolute_and_percent_deadbands(tmp_path):
+    """Values inside the deadband are not reported, values outside are (percent: of the EURange)."""
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    tags = synthetic_tags(2000)  # EURange -100 .. 100: 1 % is 2.0
+    nodes = [{"node_id": f"ns=2;s={t.name}", "tag": t.name, "deadband": 2.0} for t in tags[:1000]]
+    nodes += [{"node_id": f"ns=2;s={t.name}", "tag": t.name, "deadband": 1.0, "deadband_type": "percent"}
+              for t in tags[1000:]]
+    # A node without an EURange cannot have a percent deadband: reported, the rest unaffected.
+    nodes.append({"node_id": "i=2258", "tag": "server.time", "deadband": 5, "deadband_type": "percent"})
+    col = collector(endpoint, nodes, items_per_call=500)
+    sink = Sink()
+    names = [t.name for t in tags]
+    async with serving(tags, endpoint) as server, running(col, sink.emit):
+        await until(lambda: len(sink.by_tag()) == 2000, timeout_s=60, what="initial values")
+        st = col.status()
+        assert (st["items"], st["items_failed"]) == (2000, 1)
+        assert st["failed"][0]["tag"] == "server.time" and "EURange" in st["failed"][0]["status"]
+        # 0 (initial) -> 1.0 inside -> 5.0 outside -> 6.5 inside -> -10 outside
+        for k, v in enumerate((1.0, 5.0, 6.5, -10.0)):
+            await server.write([(n, v, 0) for n in names], stamp(k), stamp(k))
+            await asyncio.sleep(0.3)
+        await until(lambda: sum(r.value == -10.0 for r in sink.readings) == 2000, timeout_s=30, what="last value")
+        await asyncio.sleep(0.5)
+    by_tag = sink.by_tag()
+    for name in names:
+        assert [r.value for r in by_tag[name]] == [0.0, 5.0, -10.0], name
+
+
+async def test_polling_mode_reads_changes_once_and_reports_unreadable_nodes():
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    tags = synthetic_tags(20)
+    nodes = [{"node_id": f"ns=2;s={t.name}", "tag": t.name} for t in tags]
+    nodes.append({"node_id": "ns=2;s=NO.SUCH.NODE", "tag": "ghost"})
+    col = collector(endpoint, nodes, mode="poll", polling_interval_ms=100)
+    sink = Sink()
+    async with serving(tags, endpoint) as server, running(col, sink.emit):
+        await until(lambda: len(sink.by_tag()) == 20, what="first poll")
+        st = col.status()
+        assert (st["items"], st["items_failed"]) == (20, 1) and st["failed"][0]["status"] == "BadNodeIdUnknown"
+        for k in range(5):
+            await server.write([(t.name, float(k + 1), 0) for t in tags], stamp(k), stamp(k))
+            await asyncio.sleep(0.35)  # several polls per value: each value must still arrive once
+        await until(lambda: sum(r.value == 5.0 for r in sink.readings) == 20, what="last polled value")
+        assert col.status()["polls"] >= 10
+    for t in tags:
+        assert [r.value for r in sink.by_tag()[t.name]] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+async def test_mixed_subscribe_and_poll_nodes_in_one_collector():
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    tags = synthetic_tags(4)
+    nodes = [{"node_id": f"ns=2;s={t.name}", "tag": t.name, "mode": "poll" if i % 2 else None}
+             for i, t in enumerate(tags)]
+    col = collector(endpoint, nodes, polling_interval_ms=100)
+    sink = Sink()
+    async with serving(tags, endpoint) as server, running(col, sink.emit):
+        await until(lambda: len(sink.by_tag()) == 4, what="both kinds")
+        await server.write([(t.name, 42.0, 0) for t in tags], stamp(), stamp())
+        await until(lambda: sum(r.value == 42.0 for r in sink.readings) == 4, what="new values")
+
+
+async def test_keepalive_watchdog_recreates_a_subscription_the_server_stopped_serving():
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    tags = synthetic_tags(5)
+    nodes = [{"node_id": f"ns=2;s={t.name}", "tag": t.name, "deadband": 0.5} for t in tags]
+    col = collector(endpoint, nodes, keepalive_count=3)  # stale after max(0.1 s x 3 x 1.5, 1 s)
+    sink = Sink()
+    async with serving(tags, endpoint) as server, running(col, sink.emit):
+        await until(lambda: len(sink.by_tag()) == 5, what="initial values")
+        # The session and the TCP link stay up; only the server's publishing for the subscription stops.
+        for isub in list(server.server.iserver.subscription_service.subscriptions.values()):
+            isub._task.cancel()
+        t0 = time.monotonic()
+        await until(lambda: col.status()["subscriptions_recreated"] >= 1, timeout_s=15, what="recreate")
+        print(f"silent subscription re-created after {time.monotonic() - t0:.2f} s")
+        await server.write([(t.name, 50.0, 0) for t in tags], stamp(), stamp())
+        await until(lambda: sum(r.value == 50.0 for r in sink.readings) == 5, what="values after recreate")
+        await server.write([(t.name, 50.2, 0) for t in tags], stamp(1), stamp(1))  # inside the deadband
+        await asyncio.sleep(0.6)
+        st = col.status()
+        assert st["connects"] == 1 and st["connected"]  # no reconnect was needed
+    assert not any(r.value == 50.2 for r in sink.readings)  # the deadband survived the recreate
+
+
+async def test_data_types_and_arrays_rejected_or_flattened():
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    t0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    values = {
+        "Double": (2.5, ua.VariantType.Double), "Float": (1.5, ua.VariantType.Float),
+        "Int16": (-12, ua.VariantType.Int16), "Int32": (-70000, ua.VariantType.Int32),
+        "Int64": (2**40, ua.VariantType.Int64), "UInt16": (65000, ua.VariantType.UInt16),
+        "UInt32": (4_000_000_000, ua.VariantType.UInt32), "UInt64": (2**63 + 5, ua.VariantType.UInt64),
+        "Byte": (200, ua.VariantType.Byte), "Boolean": (True, ua.VariantType.Boolean),
+        "String": ("running", ua.VariantType.String), "DateTime": (t0, ua.VariantType.DateTime),
+        "ArrReject": ([1.0, 2.0], ua.VariantType.Double), "ArrFlat": ([3.0, 4.0, 5.0], ua.VariantType.Double),
+    }
+    async with serving(synthetic_tags(1), endpoint) as sim:
+        objects = sim.server.nodes.objects
+        for name, (value, vtype) in values.items():
+            await objects.add_variable(ua.NodeId(f"T.{name}", sim.ns), name, ua.Variant(value, vtype))
+        nodes = [{"node_id": f"ns={sim.ns};s=T.{n}", "tag": n} for n in values if n != "ArrFlat"]
+        nodes.append({"node_id": f"ns={sim.ns};s=T.ArrFlat", "tag": "ArrFlat", "arrays": "flatten"})
+        col = collector(endpoint, nodes)
+        sink = Sink()
+        async with running(col, sink.emit):
+            await until(lambda: len(sink.by_tag()) == len(values) + 2, what="every type")
+    got = {tag: rs[0] for tag, rs in sink.by_tag().items()}
+    for name, (value, _) in values.items():
+        if name.startswith("Arr"):
+            continue
+        want = value.isoformat() if isinstance(value, datetime) else value
+        assert got[name].value == want and got[name].quality is Quality.GOOD, name
+    assert got["Float"].value == 1.5 and isinstance(got["Boolean"].value, bool)
+    rej = got["ArrReject"]
+    assert rej.value is None and rej.quality is Quality.BAD and rej.flags & Flag.TYPE_MISMATCH
+    assert rej.status_name == "UnsupportedArray"
+    assert [got[f"ArrFlat[{i}]"].value for i in range(3)] == [3.0, 4.0, 5.0]
+    assert "ArrFlat" not in got
+
+
+def test_per_node_settings_reach_the_monitored_item_request():
+    cfg = Config.model_validate({
+        "endpoint": "opc.tcp://h:1", "sampling_interval_ms": 250, "queue_size": 10,
+        "nodes": [{"node_id": "ns=2;i=1", "tag": "a"},
+                  {"node_id": "ns=2;i=2", "tag": "b", "sampling_interval_ms": 50, "queue_size": 1,
+                   "discard_oldest": False, "deadband": 5, "deadband_type": "percent"}]})
+    a = item_request(cfg.nodes[0], cfg, 1).RequestedParameters
+    assert (a.SamplingInterval, a.QueueSize, a.DiscardOldest) == (250, 10, True)
+    assert not isinstance(a.Filter, ua.DataChangeFilter)
+    b = item_request(cfg.nodes[1], cfg, 2, (0.0, 400.0)).RequestedParameters
+    assert (b.SamplingInterval, b.QueueSize, b.DiscardOldest, b.ClientHandle) == (50, 1, False, 2)
+    assert (b.Filter.DeadbandType, b.Filter.DeadbandValue) == (ua.DeadbandType.Absolute, 20.0)
+
+
+async def test_one_hung_server_never_stalls_another(tmp_path):
+    """Server A freezes (SIGSTOP: connection open, nothing answers); B's values keep flowing meanwhile."""
+    ep_a = f"opc.tcp://127.0.0.1:{free_port()}/a"
+    ep_b = f"opc.tcp://127.0.0.1:{free_port()}/b"
+    sim_a = SimProcess(ep_a, tmp_path, "--interval", "0.2").start()
+    tags = synthetic_tags(3)
+    col_a = collector(ep_a, [{"node_id": "ns=2;s=P-101.vib_de", "tag": "A"}], name="a", request_timeout_s=2)
+    col_b = collector(ep_b, [{"node_id": f"ns=2;s={t.name}", "tag": t.name} for t in tags], name="b")
+    sink_a, sink_b = Sink(), Sink()
+    try:
+        async with serving(tags, ep_b) as server_b, running(col_b, sink_b.emit):
+            task_a = asyncio.create_task(col_a.run(sink_a.emit))
+            await until(lambda: len(sink_a.readings) >= 3 and len(sink_b.readings) >= 3, what="both flowing")
+            sim_a.freeze()
+            n = len(sink_b.readings)
+            for k in range(10):  # B: a new value every 0.3 s while A hangs
+                await server_b.write([(t.name, 100.0 + k, 0) for t in tags], stamp(k), stamp(k))
+                await asyncio.sleep(0.3)
+            assert len(sink_b.readings) - n >= 27  # all (or nearly all) of B's 30 changes
+            await asyncio.wait_for(asyncio.gather(task_a, return_exceptions=True), 15)
+            assert not col_a.status()["connected"] and col_b.status()["connected"]
+            await col_a.aclose()
+    finally:
+        sim_a.stop()

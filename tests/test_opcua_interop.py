@@ -1,0 +1,130 @@
+"""Interoperability with an independent OPC UA implementation: node-opcua (Node.js) as the server.
+
+The peer is ``tests/node_opcua/server.js``; its package is installed with
+``npm install --prefix tests/node_opcua`` (node-opcua 2.182.0, the last line that runs on Node 20).
+Skipped, saying why, when Node.js or the package is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from opcua_support import ROOT, Sink, free_port, running, until
+
+from collectors.base import CollectorContext
+from collectors.opcua import Config, build
+from collectors.opcua.browse import browse
+from collectors.opcua.connection import ClientOpener
+from edge.errors import NotConnectedError
+from edge.metrics import Metrics
+
+PEER = ROOT / "tests" / "node_opcua"
+pytestmark = pytest.mark.skipif(
+    shutil.which("node") is None or not (PEER / "node_modules" / "node-opcua").is_dir(),
+    reason="node-opcua peer not installed (npm install --prefix tests/node_opcua)")
+
+
+@pytest.fixture
+def peer(tmp_path, monkeypatch):
+    port = free_port()
+    log = open(tmp_path / "node-opcua.log", "wb")  # the child writes to it until the end of the test
+    env = {**os.environ, "NODE_OPCUA_PASSWORD": "n0de-secret"}
+    proc = subprocess.Popen(["node", str(PEER / "server.js"), str(port), str(tmp_path / "peer-pki")],
+                            cwd=PEER, stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError((tmp_path / "node-opcua.log").read_text()[-2000:])
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise TimeoutError("node-opcua did not start") from None
+            time.sleep(0.2)
+    monkeypatch.setenv("PEER_PW", "n0de-secret")
+    yield f"opc.tcp://127.0.0.1:{port}/valvoja"
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+    log.close()
+
+
+def collector(endpoint: str, state: Path, nodes: list[dict], **kw):
+    cfg = Config.model_validate({"endpoint": endpoint, "publishing_interval_ms": 100, "sampling_interval_ms": 0,
+                                 "connect_timeout_s": 10, "watchdog_interval_s": 1, **kw, "nodes": nodes})
+    return build(cfg, CollectorContext(name="node-peer", state_dir=state, metrics=Metrics()))
+
+
+NODES = [{"node_id": "ns=1;s=Line1.Temperature", "tag": "temp"},
+         {"node_id": "ns=1;s=Line1.Pressure", "tag": "pressure", "deadband": 1.0, "deadband_type": "percent"},
+         {"node_id": "ns=1;s=Line1.Count", "tag": "count"},
+         {"node_id": "ns=1;s=Line1.Running", "tag": "running"},
+         {"node_id": "ns=1;s=Line1.Mode", "tag": "mode"},
+         {"node_id": "ns=1;s=Line1.Profile", "tag": "profile", "arrays": "flatten"}]
+
+
+async def test_browse_the_node_opcua_address_space(peer, tmp_path):
+    from collectors.opcua.config import Connection
+
+    opener = ClientOpener(Connection(endpoint=peer, pki_dir=str(tmp_path / "pki")), name="browse")
+    client = opener.new_client()
+    await opener.connect(client)
+    try:
+        variables, _ = await browse(client)  # from Objects: node-opcua numbers the Line1 folder itself
+    finally:
+        await client.disconnect()
+    by_tag = {v.tag: v for v in variables}
+    temp = by_tag["Line1.Temperature"]
+    assert (temp.data_type, temp.eu_range, temp.unit) == ("Double", (-50.0, 150.0), "°C")
+    assert "read" in temp.access
+    assert by_tag["Line1.Count"].data_type == "Int32" and by_tag["Line1.Running"].kind == "bool"
+    assert by_tag["Line1.Profile"].is_array and by_tag["Line1.Profile"].type_text == "Double[]"
+
+
+async def test_sign_and_encrypt_with_username_against_node_opcua(peer, tmp_path):
+    kw = dict(security_policy="Basic256Sha256", security_mode="SignAndEncrypt", username="valvoja",
+              password="env:PEER_PW")
+    state = tmp_path / "gw"
+    col = collector(peer, state, NODES, **kw)
+    with pytest.raises(NotConnectedError, match="is not trusted: refused"):
+        await asyncio.wait_for(col.run(Sink().emit), 30)
+    await col.aclose()
+    rejected = next((state / "pki" / "rejected").iterdir())
+    shutil.move(rejected, state / "pki" / "trusted")
+
+    sink = Sink()
+    col = collector(peer, state, NODES, **kw)
+    async with running(col, sink.emit):
+        await until(lambda: len({r.value for r in sink.by_tag()["count"]}) >= 10, timeout_s=30,
+                    what="count changing over SignAndEncrypt")
+    st = col.status()
+    assert st["items_failed"] == 0 and st["security"] == "Basic256Sha256/SignAndEncrypt"
+    tags = sink.by_tag()
+    assert all(isinstance(r.value, float) for r in tags["temp"]) and isinstance(tags["count"][-1].value, int)
+    assert isinstance(tags["running"][-1].value, bool) and tags["mode"][-1].value == "auto"
+    assert {"profile[0]", "profile[1]", "profile[2]"} <= set(tags)
+    assert len(tags["pressure"]) == 1  # 1 % of EURange 0..10 = 0.1; the peer's changes are 0.001..0.009
+    counts = [r.time for r in tags["count"]]
+    assert counts == sorted(counts) and len(set(counts)) == len(counts)  # source timestamps, none twice
+
+
+@pytest.mark.parametrize("policy,mode", [("Aes128_Sha256_RsaOaep", "Sign"), ("Basic256Sha256", "Sign")])
+async def test_other_policies_and_polling_against_node_opcua(peer, tmp_path, policy, mode):
+    sink = Sink()
+    col = collector(peer, tmp_path / "gw", NODES[:3], security_policy=policy, security_mode=mode,
+                    trust_on_first_use=True, mode="poll", polling_interval_ms=100)
+    async with running(col, sink.emit):
+        await until(lambda: len(sink.by_tag()["count"]) >= 5, timeout_s=30, what="polled values")
+    assert col.status()["security"] == f"{policy}/{mode}"

@@ -1,0 +1,187 @@
+"""OPC UA security against real asyncua servers on loopback: policies, trust list, own certificate, identity."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+from opcua_support import RsaCa, Sink, free_port, running, server_certificate, serving, until
+
+from collectors.base import CollectorContext
+from collectors.opcua import Config, build
+from collectors.opcua.security import load_cert, thumbprint
+from collectors.simulator.tags import synthetic_tags
+from edge.errors import NotConnectedError
+from edge.metrics import Metrics
+
+TAGS = synthetic_tags(5)
+
+
+def collector(endpoint: str, state: Path, **kw):
+    cfg = Config.model_validate({
+        "endpoint": endpoint, "publishing_interval_ms": 100, "sampling_interval_ms": 0,
+        "connect_timeout_s": 8, "watchdog_interval_s": 0.5, **kw,
+        "nodes": [{"node_id": f"ns=2;s={t.name}", "tag": t.name} for t in TAGS]})
+    return build(cfg, CollectorContext(name="secure", state_dir=state, metrics=Metrics()))
+
+
+async def collects(col) -> Sink:
+    sink = Sink()
+    async with running(col, sink.emit):
+        await until(lambda: len(sink.by_tag()) == len(TAGS), timeout_s=20, what="values over the secure session")
+    return sink
+
+
+async def refused(col) -> str:
+    with pytest.raises(NotConnectedError) as info:
+        await asyncio.wait_for(col.run(Sink().emit), 20)
+    await col.aclose()
+    return str(info.value)
+
+
+@pytest.mark.parametrize("policy,mode", [("Basic256Sha256", "Sign"), ("Basic256Sha256", "SignAndEncrypt"),
+                                         ("Aes128_Sha256_RsaOaep", "SignAndEncrypt")])
+async def test_secure_policies_with_a_trusted_server_certificate(tmp_path, policy, mode):
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    cert, key = server_certificate(tmp_path / "server", "srv")
+    (tmp_path / "gw" / "pki" / "trusted").mkdir(parents=True)
+    shutil.copy(cert, tmp_path / "gw" / "pki" / "trusted")
+    server_policy = f"{policy.replace('_', '')}_{mode}"
+    async with serving(TAGS, endpoint, certificate=cert, private_key=key, policies=[server_policy]):
+        col = collector(endpoint, tmp_path / "gw", security_policy=policy, security_mode=mode)
+        await collects(col)
+        st = col.status()
+        assert st["security"] == f"{policy}/{mode}"
+        assert st["server_certificate"] == thumbprint(load_cert(Path(cert)))
+
+
+async def test_sign_and_encrypt_with_username_own_certificate_made_once_and_kept(tmp_path, monkeypatch):
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    cert, key = server_certificate(tmp_path / "server", "srv")
+    pki = tmp_path / "gw" / "pki"
+    (pki / "trusted").mkdir(parents=True)
+    shutil.copy(cert, pki / "trusted")
+    clients = tmp_path / "server" / "trusted-clients"
+    clients.mkdir()
+    monkeypatch.setenv("OPCUA_PW", "s3cret")
+    kw = dict(security_policy="Basic256Sha256", security_mode="SignAndEncrypt", username="gateway",
+              password="env:OPCUA_PW", application_uri="urn:valvoja:test:secure")
+    server_kw = dict(certificate=cert, private_key=key, policies=["Basic256Sha256_SignAndEncrypt"],
+                     users={"gateway": "s3cret"}, trusted_clients=str(clients))
+    # The server does not trust the gateway yet: refused, and the message says which certificate.
+    async with serving(TAGS, endpoint, **server_kw):
+        msg = await refused(collector(endpoint, tmp_path / "gw", **kw))
+    own = pki / "own" / "cert.der"
+    own_cert = load_cert(own)
+    assert "does not trust the gateway's certificate" in msg and str(own) in msg and thumbprint(own_cert) in msg
+    from collectors.opcua.security import application_uris
+    assert application_uris(own_cert) == ["urn:valvoja:test:secure"]
+    assert (pki / "own" / "key.pem").stat().st_mode & 0o777 == 0o600
+
+    # The server's administrator trusts it: works, and the gateway kept the same certificate.
+    shutil.copy(own, clients / "valvoja.der")
+    async with serving(TAGS, endpoint, **server_kw):
+        await collects(collector(endpoint, tmp_path / "gw", **kw))
+    assert thumbprint(load_cert(own)) == thumbprint(own_cert)
+
+    # A wrong password over the secure channel is refused too (not retried insecurely).
+    monkeypatch.setenv("OPCUA_PW", "wrong")
+    async with serving(TAGS, endpoint, **server_kw):
+        assert "Bad" in await refused(collector(endpoint, tmp_path / "gw", **kw))
+
+
+async def test_untrusted_server_certificate_is_refused_with_where_to_put_it_then_trusted(tmp_path):
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    cert, key = server_certificate(tmp_path / "server", "srv")
+    pki = tmp_path / "gw" / "pki"
+    kw = dict(security_policy="Basic256Sha256", security_mode="SignAndEncrypt")
+    async with serving(TAGS, endpoint, certificate=cert, private_key=key,
+                       policies=["Basic256Sha256_SignAndEncrypt"]):
+        msg = await refused(collector(endpoint, tmp_path / "gw", **kw))
+        tp = thumbprint(load_cert(Path(cert)))
+        rejected = list((pki / "rejected").iterdir())
+        assert len(rejected) == 1 and tp in rejected[0].name
+        assert "is not trusted: refused" in msg and tp in msg and "Valvoja test server srv" in msg
+        assert str(rejected[0]) in msg and str(pki / "trusted") in msg
+        print(msg)
+        shutil.move(rejected[0], pki / "trusted")
+        await collects(collector(endpoint, tmp_path / "gw", **kw))
+
+
+async def test_expired_server_certificate_is_refused_even_with_trust_on_first_use(tmp_path):
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    cert, key = server_certificate(tmp_path / "server", "old", expired=True)
+    pki = tmp_path / "gw" / "pki"
+    (pki / "trusted").mkdir(parents=True)
+    shutil.copy(cert, pki / "trusted")  # trusted, but expired
+    async with serving(TAGS, endpoint, certificate=cert, private_key=key,
+                       policies=["Basic256Sha256_SignAndEncrypt"]):
+        msg = await refused(collector(endpoint, tmp_path / "gw", security_policy="Basic256Sha256",
+                                      security_mode="SignAndEncrypt", trust_on_first_use=True))
+    assert "outside its validity period" in msg and thumbprint(load_cert(Path(cert))) in msg
+
+
+async def test_trust_on_first_use_pins_the_first_certificate(tmp_path):
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    first, key1 = server_certificate(tmp_path / "server", "first")
+    other, key2 = server_certificate(tmp_path / "server", "other")
+    kw = dict(security_policy="Basic256Sha256", security_mode="SignAndEncrypt", trust_on_first_use=True)
+    policies = ["Basic256Sha256_SignAndEncrypt"]
+    async with serving(TAGS, endpoint, certificate=first, private_key=key1, policies=policies):
+        await collects(collector(endpoint, tmp_path / "gw", **kw))
+    assert [thumbprint(load_cert(p)) for p in (tmp_path / "gw" / "pki" / "trusted").iterdir()] == \
+        [thumbprint(load_cert(Path(first)))]
+    # TOFU trusts a first certificate, not any certificate: a replaced one is still refused.
+    async with serving(TAGS, endpoint, certificate=other, private_key=key2, policies=policies):
+        assert "is not trusted" in await refused(collector(endpoint, tmp_path / "gw", **kw))
+
+
+async def test_a_ca_in_the_trust_list_trusts_the_certificates_it_issues(tmp_path):
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    ca = RsaCa(tmp_path / "ca")
+    pki = tmp_path / "gw" / "pki"
+    (pki / "trusted").mkdir(parents=True)
+    shutil.copy(ca.cert_path, pki / "trusted")
+    kw = dict(security_policy="Basic256Sha256", security_mode="Sign")
+    for name in ("one", "two"):  # e.g. the server's certificate renewed by the plant's CA
+        cert, key = server_certificate(tmp_path / "server", name, ca=ca)
+        async with serving(TAGS, endpoint, certificate=cert, private_key=key, policies=["Basic256Sha256_Sign"]):
+            await collects(collector(endpoint, tmp_path / "gw", **kw))
+    other = RsaCa(tmp_path / "other-ca", "other")
+    cert, key = server_certificate(tmp_path / "server", "foreign", ca=other)
+    async with serving(TAGS, endpoint, certificate=cert, private_key=key, policies=["Basic256Sha256_Sign"]):
+        assert "is not trusted" in await refused(collector(endpoint, tmp_path / "gw", **kw))
+
+
+async def test_never_falls_back_to_less_security(tmp_path):
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    cert, key = server_certificate(tmp_path / "server", "srv")
+    # The server offers only None / only Sign: a gateway configured for SignAndEncrypt refuses.
+    for offered in (["NoSecurity"], ["Basic256Sha256_Sign"]):
+        async with serving(TAGS, endpoint, certificate=cert, private_key=key, policies=offered):
+            msg = await refused(collector(endpoint, tmp_path / "gw", security_policy="Basic256Sha256",
+                                          security_mode="SignAndEncrypt", trust_on_first_use=True))
+        assert "offers no Basic256Sha256/SignAndEncrypt endpoint" in msg and "not connecting with less" in msg
+
+
+def test_security_configuration_mistakes():
+    from pydantic import ValidationError
+
+    base = {"endpoint": "opc.tcp://h:4840", "nodes": [{"node_id": "ns=2;i=1", "tag": "a"}]}
+    for bad, text in [({"security_policy": "Basic256Sha256"}, "policy None goes with mode None"),
+                      ({"security_mode": "Sign"}, "policy None goes with mode None"),
+                      ({"security_policy": "Basic128Rsa15", "security_mode": "Sign"}, "security_policy"),
+                      ({"certificate": "/x.der"}, "certificate and private_key go together")]:
+        with pytest.raises(ValidationError, match=text):
+            Config.model_validate({**base, **bad})
+
+
+async def test_security_without_a_state_directory_or_pki_dir_is_an_error(tmp_path):
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    cfg = Config.model_validate({"endpoint": endpoint, "security_policy": "Basic256Sha256",
+                                 "security_mode": "Sign", "connect_timeout_s": 3,
+                                 "nodes": [{"node_id": "ns=2;i=1", "tag": "a"}]})
+    col = build(cfg, CollectorContext(name="x", state_dir=None, metrics=Metrics()))
+    assert "needs pki_dir" in await refused(col)
