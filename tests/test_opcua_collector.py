@@ -234,9 +234,9 @@ async def test_a_frozen_server_is_noticed_by_the_watchdog(tmp_path):
     """SIGSTOP: the TCP connection stays open but nothing answers (a hung server, a cut network path)."""
     endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
     sim = SimProcess(endpoint, tmp_path, "--interval", "0.2").start()
-    col = collector(endpoint, ["P-101.vib_de", "K1.NOx"], watchdog_interval_s=0.5, request_timeout_s=2)
-    sink = Sink()
     try:
+        col = collector(endpoint, ["P-101.vib_de", "K1.NOx"], watchdog_interval_s=0.5, request_timeout_s=2)
+        sink = Sink()
         task = asyncio.create_task(col.run(sink.emit))
         await until(lambda: len(sink.readings) >= 4, what="values flowing")
         sim.freeze()
