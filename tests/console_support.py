@@ -5,7 +5,6 @@ tables the gateway and the analytics write."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 import uuid
@@ -16,6 +15,7 @@ import httpx
 import numpy as np
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from serverproc import free_port
 
 from console.config import ConsoleConfig
 from console.passwords import hash_password
@@ -41,10 +41,6 @@ def fresh_database(pg_dsn: str, prefix: str = "console"):
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ConsoleServer:

@@ -13,13 +13,11 @@ from collections import defaultdict
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from serverproc import free_port  # noqa: F401  (re-exported: tests import it from here)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class SimProcess:

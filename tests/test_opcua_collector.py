@@ -5,69 +5,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from contextlib import asynccontextmanager
 from datetime import datetime
 
 import pytest
-from opcua_support import SimProcess, free_port
+from opcua_support import SimProcess, Sink, free_port, running, serving, until
 
 from collectors.base import CollectorContext
 from collectors.opcua import Config, build
 from collectors.simulator import SimOptions, Simulator
-from collectors.simulator.opcua_server import SimOpcUaServer
 from collectors.simulator.tags import synthetic_tags
 from edge.errors import NotConnectedError
 from edge.metrics import Metrics
 from edge.records import Batch, Flag, Quality, Reading
-
-
-class Sink:
-    """The test's own `emit`: keeps every batch."""
-
-    def __init__(self) -> None:
-        self.batches: list[Batch] = []
-        self.readings: list[Reading] = []
-
-    async def emit(self, batch: Batch) -> None:
-        self.batches.append(batch)
-        self.readings.extend(batch.readings)
-
-    def by_tag(self) -> dict[str, list[Reading]]:
-        out: dict[str, list[Reading]] = defaultdict(list)
-        for r in self.readings:
-            out[r.tag].append(r)
-        return out
-
-
-@asynccontextmanager
-async def running(col, emit):
-    """``col.run(emit)`` as a task for the block; cancelled and closed afterwards."""
-    task = asyncio.create_task(col.run(emit))
-    try:
-        yield task
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await col.aclose()
-
-
-@asynccontextmanager
-async def serving(tags, endpoint: str, **kw):
-    """A bare simulator OPC UA server with these tags for the block."""
-    server = SimOpcUaServer(tags, endpoint, **kw)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-async def until(predicate, timeout_s: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def collector(endpoint: str, tags, ns: int = 2, metrics: Metrics | None = None, **kw):
