@@ -43,9 +43,15 @@ def add_parser(subparsers) -> None:
     c.add_argument("--folds", type=int, default=5, help="grouped CV folds over training engines")
     c.add_argument("--truncations", type=int, default=5, help="random truncations per validation engine")
     c.add_argument("--coverage", type=float, default=0.9, help="nominal coverage of the intervals")
-    c.add_argument("--no-select", action="store_true", help="skip model selection (first candidate only)")
+    c.add_argument("--no-select", action="store_true", help="skip model selection (first candidate, cap 125)")
+    c.add_argument("--caps", type=float, nargs="+", help="caps of the training target to choose from by CV "
+                                                         "(default 125 140 160 180 200; one value: no choice)")
     c.add_argument("--max-iter", type=int, default=300, help="boosting iterations")
     c.add_argument("--export", type=Path, help="export the fitted model to ONNX with its card in this folder")
+    c.add_argument("--register", type=Path, metavar="REGISTRY",
+                   help="register the fitted model as a candidate in this model registry directory (models/)")
+    c.add_argument("--registry-db", metavar="URL", help="the registry's database (default: REGISTRY/index.json)")
+    c.add_argument("--model-id", help="model id for --export/--register (default rul-cmapss-fd00x)")
     c.add_argument("--json", type=Path, help="also write the metrics here")
     c.set_defaults(func=cmd_cmapss)
 
@@ -111,6 +117,7 @@ def cmd_cmapss(args) -> int:
 
     r = rul_eval.evaluate(args.data, args.subset, folds=args.folds, truncations=args.truncations,
                           coverage=args.coverage, select=not args.no_select, max_iter=args.max_iter,
+                          caps=tuple(args.caps) if args.caps else None,
                           progress=lambda m: print(m, flush=True))
     m = r["metrics"]
     print(f"{m['subset']}: {m['engines']} test engines, one prediction at the last cycle each")
@@ -119,14 +126,25 @@ def cmd_cmapss(args) -> int:
     print(f"  vs RUL capped at {m['config']['cap']:.0f}:     RMSE {m['rmse_capped']:.2f}  "
           f"PHM08 {m['phm08_capped']:.1f}  "
           f"coverage {m['coverage_capped']:.1%}")
+    if m["config"]["cap"] != 125:
+        print(f"  vs RUL capped at 125:     RMSE {m['rmse_capped_125']:.2f}")
+    print(f"  selected by CV on training engines: cap {m['config']['cap']:g}, spans {m['config']['spans']}, "
+          f"{len(m['config']['sensors'] or []) or 'all varying'} sensors (CV RMSE {m['selection']['cv_rmse']:.2f} "
+          f"against the true RUL at random truncations); {m['seconds']:.0f} s in all")
     print(f"  intervals: {m['open_ended']:.0%} open-ended (\"at least lower\": the model saw no wear), mean width "
           f"{m['mean_width_capped']:.1f} cycles with the upper end taken at the cap")
     if args.export:
         from maintenance.rul_export import export
 
-        m["export"] = export(r, args.export)
+        m["export"] = export(r, args.export, args.model_id)
         print(f"  exported to {m['export']['path']} (sha256 {m['export']['sha256'][:12]}...); "
               f"{m['export']['parity']}")
+    if args.register:
+        from maintenance.rul_export import register
+
+        m["registry"] = register(r, args.register, dsn=args.registry_db, model_id=args.model_id)
+        print(f"  registered {m['registry']['model_id']} v{m['registry']['version']} as {m['registry']['status']} "
+              f"in {args.register} (promote with `valvoja models promote`)")
     _dump(m, args.json)
     return 0
 

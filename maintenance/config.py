@@ -54,6 +54,31 @@ class AnomalyAssetConfig(BaseModel):
         return self
 
 
+class RulAssetConfig(BaseModel):
+    """Remaining useful life of an asset from a RUL model (``maintenance.rul_export``: exported or registered)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_dir: str | None = Field(None, description="a version directory (model.onnx + card.json)")
+    registry: str | None = Field(None, description="model registry directory: serve the champion of model_id")
+    model_id: str | None = None
+    sensors: tuple[str, ...] = Field(min_length=1, description="tags of the model's sensor columns, in the order "
+                                                               "of its training data (unused columns may be '')")
+    settings: tuple[str, ...] = Field((), description="tags of the operating settings (operating conditions)")
+    cycle_s: float = Field(gt=0, description="seconds per cycle: one feature row per cycle (mean of its readings)")
+    start_cycle: int = Field(0, ge=0, description="cycles the asset had run when monitoring started (its age)")
+    predict_every: int = Field(1, ge=1, description="store a prediction every this many cycles")
+    alert_below: float | None = Field(None, gt=0, description="alert while the interval's lower end is below this "
+                                                              "many cycles")
+
+    @model_validator(mode="after")
+    def _source(self) -> RulAssetConfig:
+        if (self.model_dir is None) == (self.registry is None and self.model_id is None):
+            raise ValueError("give either model_dir or registry + model_id")
+        if self.model_dir is None and not (self.registry and self.model_id):
+            raise ValueError("registry and model_id go together")
+        return self
+
+
 class AssetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(min_length=1)
@@ -64,6 +89,7 @@ class AssetConfig(BaseModel):
     process_stats: tuple[str, ...] = ("mean", "min", "max", "slope")
     iso20816: ZoneConfig = ZoneConfig()
     anomaly: AnomalyAssetConfig | None = None
+    rul: RulAssetConfig | None = None
 
     @model_validator(mode="after")
     def _stats_known(self) -> AssetConfig:

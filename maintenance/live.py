@@ -4,10 +4,11 @@
 
 - ``derived``: indicator readings (``<tag>.<stat>``, ``<tag>.iso_zone``) for the spool, like raw data;
 - ``predictions``: anomaly scores with their conformal p-values (every ``predict_every_s`` per asset,
-  and on every flagged sample), for the ``predictions`` table;
+  and on every flagged sample), and remaining useful life with its interval for assets with a RUL model
+  (`maintenance.rul_live`, every ``predict_every`` cycles), for the ``predictions`` table;
 - ``changes``: `AlertChange`s (raised / updated / escalated / cleared / suppressed) from ISO 20816
-  zones, configured rules and the anomaly detectors, for `maintenance.store.apply_changes` and the
-  notifiers.
+  zones, configured rules, the anomaly detectors and RUL thresholds (``alert_below``), for
+  `maintenance.store.apply_changes` and the notifiers.
 
 Times are the readings' own (source) times, so a replay gives the same result as live operation.
 Anomaly detectors train themselves on the first ``train_samples`` seconds of each asset (declare
@@ -120,6 +121,12 @@ class MaintenanceLive:
                                           period_s=config.period_s, waveforms=waveforms)
         self.rules = RuleEngine(config.rules, self.manager)
         self.anomaly = _Anomaly([a for a in config.assets if a.anomaly is not None], config.period_s)
+        rul_assets = [a for a in config.assets if a.rul is not None]
+        self.rul = None
+        if rul_assets:
+            from maintenance.rul_live import RulLive
+
+            self.rul = RulLive(rul_assets, self.manager, config.period_s)
 
     async def process(self, readings: Iterable[Reading]) -> tuple[list[Reading], list[Prediction], list[AlertChange]]:
         """Derived readings, predictions and alert changes caused by one batch (time-ordered per tag)."""
@@ -161,6 +168,10 @@ class MaintenanceLive:
                 # update the latest values (used by the next period).
                 self._score(an.slot, preds, changes)
                 an.slot += 1
+            if self.rul is not None:
+                p, c = self.rul.update(sorted((r for r in scalar if r.tag in self.rul.tag_of), key=lambda r: r.time))
+                preds.extend(p)
+                changes.extend(c)
         changes.extend(self.rules.update(readings))
         changes.extend(self.rules.update(derived))
         if readings:

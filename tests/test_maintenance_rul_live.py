@@ -1,0 +1,146 @@
+"""RUL in the gateway: a C-MAPSS test file replayed as readings through `MaintenanceLive` gives, cycle by cycle,
+the predictions of the offline model (same features, ONNX graph, interval, model version), served from an
+exported directory or the registry's champion; the lower end of the interval can raise an alert."""
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.errors import ConfigError
+from edge.records import Reading
+from maintenance import cmapss
+from maintenance.config import AssetConfig, MaintenanceConfig, RulAssetConfig
+from maintenance.live import MaintenanceLive
+
+SAMPLE = Path(__file__).parent / "data" / "cmapss"
+T0 = datetime(2026, 2, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    from maintenance.rul_eval import evaluate
+    from maintenance.rul_export import export
+
+    r = evaluate(SAMPLE, "FD001", folds=4, select=False, max_iter=50, progress=lambda s: None)
+    d = tmp_path_factory.mktemp("rul") / "model"
+    export(r, d)
+    return r, d
+
+
+def rul_asset(u: int, model_dir, **kw) -> AssetConfig:
+    cfg = {"model_dir": str(model_dir) if model_dir else None, "sensors": tuple(f"E{u}.s{j}" for j in range(1, 22)),
+           "settings": tuple(f"E{u}.set{k}" for k in range(1, 4)), "cycle_s": 60.0, **kw}
+    return AssetConfig(name=f"E{u}", rul=RulAssetConfig(**cfg))
+
+
+def replay(test: cmapss.Fleet):
+    """One batch per cycle: every engine's 3 settings and 21 sensors at the cycle's time."""
+    for c in range(1, int(test.cycle.max()) + 1):
+        t = T0 + timedelta(seconds=60 * (c - 1))
+        batch = []
+        for i in np.flatnonzero(test.cycle == c):
+            u = int(test.unit[i])
+            batch += [Reading(f"E{u}.set{k + 1}", t, float(test.settings[i, k]), t) for k in range(3)]
+            batch += [Reading(f"E{u}.s{j + 1}", t, float(test.sensors[i, j]), t) for j in range(21)]
+        yield batch
+
+
+async def run(live: MaintenanceLive, test: cmapss.Fleet):
+    preds, changes = [], []
+    for batch in replay(test):
+        _, p, c = await live.process(batch)
+        preds += p
+        changes += c
+    return preds, changes
+
+
+async def test_replayed_engines_get_the_offline_predictions(fitted):
+    r, d = fitted
+    card = json.loads((d / "card.json").read_text())
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    units = test.units().tolist()
+    live = MaintenanceLive(MaintenanceConfig(period_s=60.0, assets=tuple(rul_asset(u, d) for u in units)))
+    preds, changes = await run(live, test)
+    assert not changes
+    assert len(preds) == len(test.unit)  # one per cycle and engine
+    offline = r["model"].predict(test.unit, test.cycle, test.settings, test.sensors)
+    by = {(p.asset, p.details["cycle"]): p for p in preds}
+    live_values = np.array([by[(f"E{u}", c)].value for u, c in zip(test.unit, test.cycle, strict=True)])
+    assert np.allclose(live_values, offline, atol=1e-3)  # float32 graph vs scikit-learn
+    last = [max((p for p in preds if p.asset == f"E{u}"), key=lambda p: p.time) for u in units]
+    assert np.allclose([p.value for p in last], r["pred"], atol=1e-3)
+    p = last[0]
+    assert p.kind == "rul" and p.model_id == "rul-cmapss-fd001" and p.model_version == card["sha256"]
+    assert p.coverage == pytest.approx(0.9) and p.lower <= p.value
+    assert (p.upper is None) == p.details["open_ended"] and (p.upper is None or p.upper >= p.value)
+    assert p.time == T0 + timedelta(seconds=60 * int(test.cycle[test.unit == units[0]].max()))
+    assert p.input_start == T0
+
+
+async def test_registry_champion_alert_and_predict_every(fitted, tmp_path):
+    from maintenance.rul_export import register
+    from models.registry import Registry
+
+    r, _ = fitted
+    out = register(r, tmp_path / "reg")
+    Registry(tmp_path / "reg").promote(out["model_id"], out["version"])
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    u = int(test.units()[0])
+    one = test.select(test.unit == u)
+    asset = rul_asset(u, None, registry=str(tmp_path / "reg"), model_id=out["model_id"], predict_every=5,
+                      alert_below=1000.0)
+    live = MaintenanceLive(MaintenanceConfig(period_s=60.0, assets=(asset,)))
+    preds, changes = await run(live, one)
+    assert [p.details["cycle"] for p in preds] == list(range(1, len(one.unit) + 1, 5))
+    assert preds[0].details["registry_version"] == 1 and preds[0].model_version == out["sha256"]
+    raised = [c for c in changes if c.event == "raised"]
+    assert len(raised) == 1 and raised[0].alert.kind == "rul"  # de-duplicated: one open alert
+    ev = raised[0].alert.evidence["prediction"]
+    assert ev["model_version"] == out["sha256"] and ev["lower"] < 1000 and ev["coverage"] == pytest.approx(0.9)
+
+
+def test_rul_config_errors(fitted):
+    _, d = fitted
+    with pytest.raises(ValueError, match="model_dir or registry"):
+        RulAssetConfig(sensors=("a",), cycle_s=1.0)
+    few = AssetConfig(name="E1", rul=RulAssetConfig(model_dir=str(d), sensors=("E1.s1", "E1.s2"), cycle_s=60.0))
+    with pytest.raises(ConfigError, match="sensor column"):
+        MaintenanceLive(MaintenanceConfig(period_s=60.0, assets=(few,)))
+
+
+async def test_rul_predictions_and_alert_stored_through_the_gateway_records(fitted, pg_dsn):
+    """The records the gateway's analytics task spools (`edge.analytics`) land in the predictions table with the
+    interval, its coverage and the model version; the RUL alert carries the prediction as evidence."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from edge.analytics import alert_change_record, prediction_record, write_records
+    from edge.db.migrate import migrate
+
+    _, d = fitted
+    card = json.loads((d / "card.json").read_text())
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    u = int(test.units()[0])
+    live = MaintenanceLive(MaintenanceConfig(period_s=60.0, assets=(rul_asset(u, d, alert_below=1000.0),)))
+    preds, changes = await run(live, test.select(test.unit == u))
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+    async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+        async with conn.transaction():
+            refused = await write_records(conn, [prediction_record(p) for p in preds] +
+                                          [alert_change_record(c) for c in changes])
+    assert refused == []
+    with psycopg.connect(pg_dsn, row_factory=dict_row) as conn:
+        rows = conn.execute("SELECT * FROM predictions WHERE asset = %s ORDER BY time", (f"E{u}",)).fetchall()
+        alerts = conn.execute("SELECT * FROM alerts WHERE asset = %s", (f"E{u}",)).fetchall()
+    assert len(rows) == len(preds)
+    last, p = rows[-1], preds[-1]
+    assert last["kind"] == "rul" and last["model_id"] == "rul-cmapss-fd001" and last["model_version"] == card["sha256"]
+    assert last["value"] == pytest.approx(p.value) and last["lower"] == pytest.approx(p.lower)
+    assert last["upper"] == (None if p.upper is None else pytest.approx(p.upper))
+    assert last["coverage"] == pytest.approx(0.9) and last["details"]["cycle"] == p.details["cycle"]
+    assert len(alerts) == 1 and alerts[0]["kind"] == "rul"
+    assert alerts[0]["evidence"]["prediction"]["model_version"] == card["sha256"]
