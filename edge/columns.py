@@ -10,6 +10,7 @@ sparse side table, as are server timestamps, which most protocols do not send.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -92,19 +93,26 @@ class Columns:
         return cls(list(index), tag_idx, time_us, value, recv_us, quality, flags, status, other, server)
 
     @classmethod
-    def build(cls, tags: list[str], time_us: list[int], values: list, recv_us: int, flags: list[int],
-              bad: list[int]) -> Columns:
-        """From a decoder's parallel lists: one receive time, ``bad`` = rows of bad quality, no status."""
-        n = len(tags)
+    def from_rows(cls, blocks: list[Rows]) -> Columns:
+        """One Columns of many decoders' `Rows` (a commit group): the numpy work is paid once, not per message."""
+        n = sum(len(b.tags) for b in blocks)
         index: dict[str, int] = {}
         setdefault = index.setdefault
-        tag_idx = np.fromiter((setdefault(t, len(index)) for t in tags), np.int32, n)
-        value, other = _value_column(values)
+        chain = itertools.chain.from_iterable
+        tag_idx = np.fromiter((setdefault(t, len(index)) for t in chain(b.tags for b in blocks)), np.int32, n)
+        time_us = np.fromiter(chain(b.times for b in blocks), np.int64, n)
+        value, other = _value_column(list(chain(b.values for b in blocks)))
+        recv_us = np.repeat(np.array([b.recv_us for b in blocks], np.int64), [len(b.tags) for b in blocks])
+        flags = np.fromiter(chain(b.flags for b in blocks), np.int32, n)
         quality = np.zeros(n, np.int16)
+        offset, bad = 0, []
+        for b in blocks:
+            if b.bad:
+                bad += [offset + i for i in b.bad]
+            offset += len(b.tags)
         if bad:
             quality[bad] = int(Quality.BAD)
-        return cls(list(index), tag_idx, np.array(time_us, dtype=np.int64), value, np.full(n, recv_us, np.int64),
-                   quality, np.array(flags, dtype=np.int32), np.zeros(n, np.int64), other)
+        return cls(list(index), tag_idx, time_us, value, recv_us, quality, flags, np.zeros(n, np.int64), other)
 
     @classmethod
     def concat(cls, parts: list[Columns]) -> Columns:
@@ -154,3 +162,29 @@ class Columns:
 
         return [Reading(tag=t, time=dt(ts), value=v, receive_time=dt(rt), quality=Quality(q), flags=f, status=s,
                         server_time=dt(st)) for t, ts, v, rt, q, f, s, st in self.rows()]
+
+
+class Rows:
+    """A decoder's output for one message, before it becomes columns: parallel lists and one receive time.
+
+    Appending to lists is all a decoder does per sample; the ingest task turns a whole commit group of
+    these into one `Columns` (`Columns.from_rows`), so numpy's per-call cost is paid once per group.
+    ``bad`` holds the rows of bad quality (null values).
+    """
+
+    __slots__ = ("bad", "flags", "recv_us", "tags", "times", "values")
+
+    def __init__(self, recv_us: int) -> None:
+        self.recv_us = recv_us
+        self.tags: list[str] = []
+        self.times: list[int] = []
+        self.values: list = []
+        self.flags: list[int] = []
+        self.bad: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.tags)
+
+    def __iter__(self):
+        """The rows as `Reading` objects (tools and tests)."""
+        return iter(Columns.from_rows([self]))

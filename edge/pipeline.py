@@ -14,7 +14,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from edge.columns import Columns
+from edge.columns import Columns, Rows
 from edge.metrics import Metrics
 from edge.records import Batch, utcnow
 from edge.spool import Spool, SpoolFull
@@ -79,8 +79,7 @@ class Ingest:
     async def _commit(self, group: list[Batch]) -> None:
         # The group becomes one Columns, validated and spooled as one row: array work over tens of
         # thousands of readings at once costs far less per reading than per message.
-        parts = [b.readings if b.readings.__class__ is Columns else Columns.from_readings(b.readings) for b in group]
-        cols = Columns.concat(parts)
+        cols = Columns.concat(_columns_of(group))
         self.validator.apply(cols, utcnow())
         items = [(cols, [d for b in group for d in b.dead_letters], [r for b in group for r in b.records])]
         n = len(cols)
@@ -130,3 +129,21 @@ def _sources(group: list[Batch]):
     for b in group:
         for _ in range(len(b.readings)):
             yield b.source
+
+
+def _columns_of(group: list[Batch]) -> list[Columns]:
+    """The group's readings as few `Columns`, in order: runs of decoder `Rows` become one each."""
+    parts: list[Columns] = []
+    run: list[Rows] = []
+    for b in group:
+        r = b.readings
+        if r.__class__ is Rows:
+            run.append(r)
+            continue
+        if run:
+            parts.append(Columns.from_rows(run))
+            run = []
+        parts.append(r if r.__class__ is Columns else Columns.from_readings(r))
+    if run:
+        parts.append(Columns.from_rows(run))
+    return parts

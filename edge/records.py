@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # edge.columns imports this module
-    from edge.columns import Columns
+    from edge.columns import Columns, Rows
 
 Value = float | int | bool | str | None
 
@@ -91,7 +91,7 @@ class Batch:
     """
 
     source: str
-    readings: list[Reading] | Columns  # a decoder on the hot path hands over columns (edge/columns.py)
+    readings: list[Reading] | Rows | Columns  # hot-path decoders hand over `Rows` (edge/columns.py)
     ack: object | None = None  # Callable[[], None]; typed loosely to keep records import-light
     dead_letters: list[DeadLetter] = field(default_factory=list)
     # Other record types (predictions, alert changes) as (kind, msgpack-able dict); see edge/analytics.py.

@@ -25,7 +25,7 @@ import orjson
 
 from collectors.mqtt.config import JsonMapping, Subscription
 from collectors.mqtt.topics import TagTemplate
-from edge.columns import MAX_US, MIN_US, Columns, to_us
+from edge.columns import MAX_US, MIN_US, Rows, to_us
 from edge.errors import DataError
 from edge.records import Flag, Quality, Reading
 
@@ -244,10 +244,10 @@ class JsonDecoder:
 
     def __call__(self, payload: bytes, topic: str, receive_time: datetime) -> list[Reading]:
         """The `Decoder` protocol (tools and tests); the collector uses `columns`."""
-        return self.columns(payload, topic, receive_time).readings()
+        return list(self.rows(payload, topic, receive_time))
 
-    def columns(self, payload: bytes, topic: str, receive_time: datetime) -> Columns:
-        """Decode one message straight into `Columns`: no Reading or datetime per sample on the hot path."""
+    def rows(self, payload: bytes, topic: str, receive_time: datetime) -> Rows:
+        """Decode one message into `Rows` (plain lists): no Reading or datetime per sample on the hot path."""
         doc = loads_json(payload)
         msg_time = msg_tag = _MISSING
         if self.spath:
@@ -270,8 +270,7 @@ class JsonDecoder:
         tkey = tpath[0] if len(tpath) == 1 else None
         gkey = gpath[0] if len(gpath) == 1 else None
         epoch = self._epoch_us
-        recv_us = to_us(receive_time)
-        out = _Rows()
+        out = Rows(to_us(receive_time))
         tag_add, time_add, value_add, flag_add = out.tags.append, out.times.append, out.values.append, out.flags.append
         for i, s in enumerate(samples):
             try:
@@ -293,7 +292,7 @@ class JsonDecoder:
                 else:
                     v, t, field = s, msg_time, msg_tag
                 if t is _MISSING or t is None:
-                    time_us, flags = recv_us, NO_TIME
+                    time_us, flags = out.recv_us, NO_TIME
                 else:
                     tt = type(t)
                     time_us = epoch(t) if tt is int or tt is float else to_us(parse_time(t, self.fmt))
@@ -322,7 +321,7 @@ class JsonDecoder:
                 if len(samples) == 1:
                     raise
                 raise DataError(f"sample {i}: {exc}") from None
-        return Columns.build(out.tags, out.times, out.values, recv_us, out.flags, out.bad)
+        return out
 
     def _field_tag(self, field: object, names: dict[str, str], pre: str, post: str) -> str:
         if field is _MISSING or field is None:
@@ -337,7 +336,7 @@ class JsonDecoder:
             names[field] = tag
         return tag
 
-    def _add(self, out: _Rows, tag: str, time_us: int, v: object, flags: int, key: str | None) -> None:
+    def _add(self, out: Rows, tag: str, time_us: int, v: object, flags: int, key: str | None) -> None:
         tv = type(v)
         if tv is float or tv is bool:
             pass
@@ -354,16 +353,3 @@ class JsonDecoder:
         out.times.append(time_us)
         out.values.append(v)
         out.flags.append(flags)
-
-
-class _Rows:
-    """A message's samples as parallel lists, turned into `Columns` at the end."""
-
-    __slots__ = ("bad", "flags", "tags", "times", "values")
-
-    def __init__(self) -> None:
-        self.tags: list[str] = []
-        self.times: list[int] = []
-        self.values: list = []
-        self.flags: list[int] = []
-        self.bad: list[int] = []

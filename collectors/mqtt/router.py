@@ -18,7 +18,7 @@ from collectors.mqtt.decode import Decoder, JsonDecoder, make_decoder
 from collectors.mqtt.sparkplug import SparkplugDecoder
 from collectors.mqtt.sparkplug_state import SparkplugStore
 from collectors.mqtt.topics import TopicFilter
-from edge.columns import Columns
+from edge.columns import Rows
 from edge.errors import DataError
 from edge.records import DeadLetter, Reading
 
@@ -48,7 +48,7 @@ class Router:
         self.messages = self.readings = self.dead_letters = 0
 
     def handle(self, topic: str | None, raw_topic: bytes, payload: bytes,
-               now: datetime) -> tuple[list[Reading] | Columns, list[DeadLetter]]:
+               now: datetime) -> tuple[list[Reading] | Rows, list[DeadLetter]]:
         """Decode one message; ``topic`` is None when its bytes are not UTF-8."""
         self.messages += 1
         if topic is None:
@@ -58,8 +58,8 @@ class Router:
         try:
             if decoder is None:
                 raise DataError("no subscription of this collector matches the topic")
-            # JSON (the bulk of plant traffic) decodes straight into columns; the others into readings.
-            readings = decoder.columns(payload, topic, now) if decoder.__class__ is JsonDecoder else \
+            # JSON (the bulk of plant traffic) decodes into plain rows; the others into readings.
+            readings = decoder.rows(payload, topic, now) if decoder.__class__ is JsonDecoder else \
                 decoder(payload, topic, now)
         except DataError as exc:
             return [], [self._dead_letter(topic, payload, str(exc), now)]
