@@ -62,13 +62,17 @@ class Containers:
     def wait_healthy(self, name: str, timeout_s: float = 90) -> float:
         """Poll ``podman healthcheck run`` (no systemd here to schedule it); seconds until healthy."""
         t0 = time.monotonic()
+        check = None
         while time.monotonic() - t0 < timeout_s:
             if not self.state(name).get("Running"):
                 raise AssertionError(f"container {name} stopped:\n{self.logs(name)[-4000:]}")
-            if podman("healthcheck", "run", name, check=False).returncode == 0:
+            check = podman("healthcheck", "run", name, check=False)
+            if check.returncode == 0:
                 return time.monotonic() - t0
             time.sleep(0.5)
-        raise TimeoutError(f"{name} not healthy within {timeout_s} s:\n{self.logs(name)[-4000:]}")
+        last = f"exit {check.returncode}: {(check.stdout + check.stderr)[-2000:]}" if check else "never ran"
+        raise TimeoutError(f"{name} not healthy within {timeout_s} s; last `podman healthcheck run`: {last}\n"
+                           f"container log:\n{self.logs(name)[-4000:]}")
 
     def cleanup(self) -> None:
         for name in self.names:

@@ -1,0 +1,226 @@
+"""The gateway image, really built from docker/Dockerfile with podman and run against the test servers.
+
+Build: docker/localbuild.py (stand-in base image from debootstrap, cached in /var/cache/valvoja-build, so a
+second run only rebuilds changed layers). Run: host network, read-only root file system, non-root user,
+secrets and the broker CA as mounted files, state in a mounted directory. The test waits for the image's
+HEALTHCHECK to pass, publishes to the fixture mosquitto (password listener and TLS listener), sees the
+readings in the fixture database, stops the container and checks that it exited 0 after flushing.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+
+import pytest
+from container_support import GATEWAY_UID, Containers, localbuild, podman, require_podman
+from ops_support import Publisher, new_run, site_config, stored, wait_for
+from servers import free_port
+
+TAG = "localhost/valvoja:test"
+# A cold build (debootstrap of the base, ~550 MB of wheels) takes several minutes; warm ones ~20-40 s.
+pytestmark = pytest.mark.timeout(1800)
+
+TLS_COLLECTOR = """
+[[collectors]]
+kind = "mqtt"
+name = "plant-tls"
+host = "localhost"
+port = @TLS_PORT@
+client_id = "valvoja-tls-@RUN@"
+
+[collectors.tls]
+ca_file = "/etc/valvoja/certs/ca.crt"
+
+[[collectors.subscriptions]]
+topic = "tls/@RUN@/+asset/+signal"
+tag = "{asset}.{signal}"
+"""
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    require_podman()
+    timings = localbuild.build(TAG, log=lambda msg: print(f"[localbuild] {msg}"))
+    print(f"[localbuild] timings {timings}")
+    return TAG
+
+
+@pytest.fixture
+def containers():
+    c = Containers()
+    yield c
+    c.cleanup()
+
+
+def _health_ok(port: int) -> dict | bool:
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return json.loads(r.read())
+    except OSError:
+        return False
+
+
+def test_gateway_image_runs_healthy_stores_readings_and_stops_cleanly(image, containers, tmp_path, pg_dsn,
+                                                                       mosquitto):
+    run = new_run()
+    http_port = free_port()
+    # The password listener with the password from a secret file; flush interval 60 s so that the
+    # readings are still in the spool when the container is stopped.
+    text = site_config(pg_dsn, mosquitto.auth_port, run=run, state_dir="/var/lib/valvoja", flush_s=60)
+    text = text.replace("{HTTP_PORT}", str(http_port)).replace(
+        'keepalive_s = 5', 'keepalive_s = 5\nusername = "valvoja"\npassword = "file:/run/secrets/mqtt_password"')
+    text += TLS_COLLECTOR.replace("@TLS_PORT@", str(mosquitto.tls_port)).replace("@RUN@", run)
+    config = tmp_path / "gateway.toml"
+    config.write_text(text)
+    secret = tmp_path / "mqtt_password"
+    secret.write_text(mosquitto.password + "\n")
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, GATEWAY_UID, GATEWAY_UID)
+
+    name = containers.run(
+        f"valvoja-test-{run}", "--network", "host", "--read-only",
+        "-v", f"{config}:/etc/valvoja/gateway.toml:ro",
+        "-v", f"{secret}:/run/secrets/mqtt_password:ro",
+        "-v", f"{mosquitto.ca_path}:/etc/valvoja/certs/ca.crt:ro",
+        "-v", f"{state}:/var/lib/valvoja",
+        "-e", f"VALVOJA_HEALTH_URL=http://127.0.0.1:{http_port}/healthz",
+        image)
+    healthy_s = containers.wait_healthy(name)
+    assert containers.state(name)["Health"]["Status"] == "healthy"
+    wait_for(lambda: all(c.get("connected") for c in (_health_ok(http_port) or {}).get("collectors", {"x": {}})
+                         .values()), 30, what="both collectors subscribed")
+
+    auth = Publisher(mosquitto.auth_port, run, username=mosquitto.username, password=mosquitto.password)
+    tls = Publisher(mosquitto.tls_port, run, host="localhost", ca=mosquitto.ca_path)
+    try:
+        auth.publish(300, asset="P-1")
+        for i in range(200):  # the TLS collector listens on tls/<run>/...
+            tls.client.publish(f"tls/{run}/P-2/flow", f'{{"value": {i}, "time": {1_700_000_000_000 + i}}}',
+                               qos=1).wait_for_publish(10)
+    finally:
+        auth.close()
+        tls.close()
+    wait_for(lambda: (_health_ok(http_port) or {}).get("spool", {}).get("readings") == 500, 30,
+             what="500 readings in the container's spool")
+    assert stored(pg_dsn, "P-") == 0
+
+    t0 = time.monotonic()
+    podman("stop", "-t", "20", name, timeout=60)
+    stop_s = time.monotonic() - t0
+    st = containers.state(name)
+    logs = containers.logs(name)
+    assert st["ExitCode"] == 0, logs[-4000:]
+    assert stored(pg_dsn, "P-1.") == 300 and stored(pg_dsn, "P-2.") == 200, logs[-4000:]
+    assert "event=stopped" in logs and "0 readings left in the spool" in logs
+    # State only in the volume, written by the non-root user; the spool is empty after the flush.
+    spool = state / "spool.db"
+    assert spool.stat().st_uid == GATEWAY_UID
+    with sqlite3.connect(spool) as db:
+        assert db.execute("SELECT count(*) FROM batches").fetchone()[0] == 0
+    print(f"[container] healthy after {healthy_s:.1f} s, stopped (exit 0) in {stop_s:.1f} s")
+
+
+def test_stack_gateway_config_is_valid_inside_the_image(image, tmp_path):
+    """docker/gateway.toml as compose mounts it: `valvoja check-config` in the image says OK."""
+    from certs import CertificateAuthority
+
+    ca = CertificateAuthority(tmp_path / "ca")
+    res = podman("run", "--rm", "--network", "none", "--read-only",
+                 "-v", f"{localbuild.ROOT / 'docker/gateway.toml'}:/etc/valvoja/gateway.toml:ro",
+                 "-v", f"{ca.cert_path}:/etc/valvoja/certs/ca.crt:ro",
+                 image, "check-config", "/etc/valvoja/gateway.toml", check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "OK" in res.stdout
+
+
+def _compose_service(name: str) -> dict:
+    yaml = pytest.importorskip("ruamel.yaml", reason="ruamel.yaml comes with check-jsonschema (dev dependency)")
+    return yaml.YAML(typ="safe").load((localbuild.ROOT / "docker/compose.yaml").read_text())["services"][name]
+
+
+def test_stack_gateway_config_stores_what_the_stack_simulator_publishes(image, containers, tmp_path, pg_dsn,
+                                                                         mosquitto):
+    """docker/gateway.toml and the compose `simulator` command, run from the image: the simulator publishes
+    with the broker password from its secret file, the gateway takes it over TLS with the stack's
+    subscriptions and stores it. Only names, ports and the client id are moved onto the test servers."""
+    from ops_support import db_url
+
+    run = new_run()
+    http_port, opcua_port = free_port(), free_port()
+    text = (localbuild.ROOT / "docker/gateway.toml").read_text()
+    for old, new in {'"postgresql://valvoja@timescaledb:5432/valvoja"': f'"{db_url(pg_dsn)}"',
+                     'host = "mosquitto"': 'host = "localhost"',
+                     "port = 8883": f"port = {mosquitto.tls_port}",
+                     '"0.0.0.0:9108"': f'"127.0.0.1:{http_port}"',
+                     '"valvoja-gw-1"': f'"valvoja-{run}"'}.items():
+        assert old in text, f"docker/gateway.toml no longer has {old}"
+        text = text.replace(old, new)
+    config = tmp_path / "gateway.toml"
+    config.write_text(text)
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "db_password").write_text("unused: the test database trusts local connections\n")
+    (secrets / "mqtt_password").write_text(mosquitto.password + "\n")
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, GATEWAY_UID, GATEWAY_UID)
+
+    command = [str(a) for a in _compose_service("simulator")["command"]]
+    command[command.index("--mqtt") + 1] = f"127.0.0.1:{mosquitto.auth_port}"
+    command[command.index("--opcua") + 1] = f"opc.tcp://127.0.0.1:{opcua_port}/valvoja/sim"
+    command += ["--mqtt-client-id", f"sim-{run}"]
+    gateway = containers.run(
+        f"valvoja-stackgw-{run}", "--network", "host", "--read-only",
+        "-v", f"{config}:/etc/valvoja/gateway.toml:ro",
+        "-v", f"{secrets / 'db_password'}:/run/secrets/db_password:ro",
+        "-v", f"{secrets / 'mqtt_password'}:/run/secrets/mqtt_password:ro",
+        "-v", f"{mosquitto.ca_path}:/etc/valvoja/certs/ca.crt:ro",
+        "-v", f"{state}:/var/lib/valvoja",
+        "-e", f"VALVOJA_HEALTH_URL=http://127.0.0.1:{http_port}/healthz",
+        image)
+    containers.wait_healthy(gateway)
+    simulator = containers.run(f"valvoja-sim-{run}", "--network", "host", "--read-only",
+                               "-v", f"{secrets / 'mqtt_password'}:/run/secrets/mqtt_password:ro",
+                               image, *command)
+    try:
+        wait_for(lambda: stored(pg_dsn, "P-101.") > 0 and stored(pg_dsn, "K1.") > 0, 60,
+                 what="simulator readings (pumps and boiler) in the database")
+    except TimeoutError:
+        raise AssertionError(f"simulator:\n{containers.logs(simulator)[-3000:]}\n"
+                             f"gateway:\n{containers.logs(gateway)[-3000:]}") from None
+    podman("stop", "-t", "15", simulator, timeout=60)
+    podman("stop", "-t", "20", gateway, timeout=60)
+    assert containers.state(gateway)["ExitCode"] == 0, containers.logs(gateway)[-4000:]
+    assert '"event": "stopped"' in containers.logs(gateway), "the stack logs JSON lines"
+
+
+def test_image_runs_as_non_root_with_a_healthcheck(image):
+    import json
+
+    cfg = json.loads(podman("image", "inspect", image).stdout)[0]
+    assert cfg["Config"]["User"] == f"{GATEWAY_UID}:{GATEWAY_UID}"
+    assert cfg["Config"]["StopSignal"] == "SIGTERM"
+    assert "/var/lib/valvoja" in cfg["Config"]["Volumes"]
+    assert "VALVOJA_HEALTH_URL" in cfg["Healthcheck"]["Test"][-1]
+
+
+def test_console_runs_from_the_same_image(image, containers, tmp_path, pg_dsn):
+    """The compose `console` service: same image, `console serve`, read-only root, healthy on /login."""
+    from ops_support import db_url
+
+    port = free_port()
+    config = tmp_path / "console.toml"
+    config.write_text(f'[console]\nlisten = "127.0.0.1:{port}"\n\n[database]\nurl = "{db_url(pg_dsn)}"\n')
+    name = containers.run(f"valvoja-console-{new_run()}", "--network", "host", "--read-only",
+                          "-v", f"{config}:/etc/valvoja/console.toml:ro",
+                          "-e", f"VALVOJA_HEALTH_URL=http://127.0.0.1:{port}/login",
+                          image, "console", "serve", "--config", "/etc/valvoja/console.toml")
+    containers.wait_healthy(name)
+    podman("stop", "-t", "15", name, timeout=60)
+    assert containers.state(name)["ExitCode"] == 0, containers.logs(name)[-3000:]
