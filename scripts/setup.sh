@@ -25,6 +25,7 @@ LOG="$(mktemp -t valvoja-setup.XXXXXX.log)"
 policy_added=""
 build_pid=""
 base_pid=""
+node_pid=""
 step() { printf '==> %s\n' "$*"; }
 done_step() { printf '    %s done (%d s)\n' "$1" "$((SECONDS - $2))"; }
 # Run a noisy command with its output in $LOG; show the tail of the log if it fails.
@@ -39,6 +40,7 @@ cleanup() {
   [[ -z "$policy_added" ]] || rm -f /usr/sbin/policy-rc.d
   [[ -z "$build_pid" ]] || kill "$build_pid" 2>/dev/null || true
   [[ -z "$base_pid" ]] || kill "$base_pid" 2>/dev/null || true
+  [[ -z "$node_pid" ]] || kill "$node_pid" 2>/dev/null || true
 }
 
 apt_packages() {
@@ -67,6 +69,21 @@ apt_packages() {
   fi
   if [[ -n "$policy_added" ]]; then rm -f /usr/sbin/policy-rc.d; policy_added=""; fi
   done_step apt "$t"
+}
+
+# The OPC UA interoperability tests' second, independent implementation: node-opcua from npm
+# (tests/node_opcua, pinned by its package-lock.json). Node itself from Debian where none is installed.
+node_peer() {
+  local t=$SECONDS dir="$ROOT/tests/node_opcua" log="$BUILD_DIR/node-opcua.log"
+  if [[ -d "$dir/node_modules/node-opcua" && "$dir/node_modules/.package-lock.json" -nt "$dir/package-lock.json" ]]; then
+    step "node-opcua: present"
+    return 0
+  fi
+  if ! command -v npm >/dev/null; then
+    apt-get install -y -q --no-install-recommends nodejs npm >"$log" 2>&1 || return 1
+  fi
+  npm ci --prefix "$dir" --no-audit --no-fund >>"$log" 2>&1 || return 1
+  done_step "node-opcua (npm ci)" "$t"
 }
 
 build_timescaledb() {
@@ -158,7 +175,15 @@ main() {
     base_pid=$!
   fi
 
+  node_peer &
+  node_pid=$!
+
   python_env
+
+  if ! wait "$node_pid"; then
+    echo "WARNING: node-opcua not installed (log: $BUILD_DIR/node-opcua.log); the OPC UA interop tests will skip" >&2
+  fi
+  node_pid=""
 
   if [[ -n "$build_pid" ]]; then
     if ! wait "$build_pid"; then
