@@ -39,8 +39,12 @@ class Forwarder:
         self.db: Database = cfg.database
         self.metrics = metrics
         self.wake = wake
-        self.sink = TimescaleSink(conninfo, connect_timeout_s=self.db.connect_timeout_s,
-                                  application_name=f"valvoja-{cfg.site.gateway_id}")
+        # One COPY is one server process: past ~300k rows/s a backlog drains only as fast as one core of the
+        # database. `writers` connections write groups side by side; the first also migrates and syncs tags.
+        self.writers = [TimescaleSink(conninfo, connect_timeout_s=self.db.connect_timeout_s,
+                                      application_name=f"valvoja-{cfg.site.gateway_id}")
+                        for _ in range(self.db.writers)]
+        self.sink = self.writers[0]
         self.backoff = Backoff()
         self.stored = 0
         self.duplicates = 0
@@ -56,12 +60,12 @@ class Forwarder:
 
     @property
     def connected(self) -> bool:
-        return self.sink.connected
+        return all(w.connected for w in self.writers)
 
     async def run(self) -> None:
         while True:
             try:
-                if not self.sink.connected:
+                if not self.connected:
                     await self._connect()
                 await self._drain_forever()
             except asyncio.CancelledError:
@@ -72,6 +76,8 @@ class Forwarder:
     async def _connect(self) -> None:
         features = await self.sink.connect(migrate_schema=self.db.migrate_on_start)
         await self.sink.sync_registry(self.cfg.assets, self.cfg.tags)
+        for w in self.writers[1:]:
+            await w.connect(migrate_schema=False)
         self.metrics.db_connected.set(1)
         self.heartbeat = time.monotonic()
         if self.down_since is not None:
@@ -92,28 +98,61 @@ class Forwarder:
             self.down_since = time.monotonic()
             log.error("database write failed, spooling until it returns: %s", self.last_error,
                       extra={"event": "db_down"})
-        await self.sink.close()
+        await self.close()
         await asyncio.sleep(self.backoff.next_delay())
 
-    async def _drain_forever(self) -> None:
-        """Write groups to the database while the next group is read from the spool (a two-stage pipeline).
+    async def close(self) -> None:
+        """Close every writer connection (errors, a stalled forwarder, shutdown)."""
+        for w in self.writers:
+            try:
+                await w.close()
+            except Exception as exc:  # a broken socket: the connection is gone either way
+                log.debug("closing a database connection failed: %r", exc)
+                w.conn = None
 
-        Reading and decoding a group (spool thread) overlaps with the COPY of the previous one; groups are
-        written strictly in spool order and deleted only after their COMMIT.
+    async def _drain_forever(self) -> None:
+        """Write groups to the database while the next group is read from the spool (a pipeline).
+
+        Reading and decoding a group (spool thread) overlaps with the COPY of the previous ones; up to
+        ``len(self.writers)`` groups of readings are written at once, each on its own connection and in its
+        own transaction, and each is deleted from the spool only after its COMMIT. Groups carrying records
+        (alert changes, predictions) are written alone, after everything before them has committed, because
+        their order matters; readings have a key and no order.
         """
         ready: asyncio.Queue[list[SpooledBatch]] = asyncio.Queue(maxsize=1)
         reader = asyncio.create_task(self._read_ahead(ready))
+        writing: dict[asyncio.Task, TimescaleSink] = {}
         try:
             while True:
                 get = asyncio.ensure_future(ready.get())
-                await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if not get.done():
-                    get.cancel()
-                    reader.result()  # the reader died: raise its error here
-                await self._write(get.result())
+                while not get.done():
+                    await asyncio.wait({get, reader, *writing}, return_when=asyncio.FIRST_COMPLETED)
+                    if reader.done() and not get.done():
+                        get.cancel()
+                        reader.result()  # the reader died: raise its error here
+                    self._reap(writing)
+                batches = get.result()
+                ordered = any(b.records for b in batches)
+                while writing and (ordered or len(writing) >= len(self.writers)):
+                    await asyncio.wait(writing, return_when=asyncio.FIRST_COMPLETED)
+                    self._reap(writing)
+                sink = next(w for w in self.writers if w not in writing.values())
+                if ordered:
+                    await self._write(batches, sink)
+                else:
+                    writing[asyncio.create_task(self._write(batches, sink))] = sink
         finally:
             reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            for t in writing:
+                t.cancel()
+            await asyncio.gather(reader, *writing, return_exceptions=True)
+
+    @staticmethod
+    def _reap(writing: dict[asyncio.Task, TimescaleSink]) -> None:
+        """Forget finished writes; a failed one raises its error (the caller reconnects and retries)."""
+        for t in [t for t in writing if t.done()]:
+            del writing[t]
+            t.result()
 
     async def _read_ahead(self, ready: asyncio.Queue) -> None:
         after = 0
@@ -146,9 +185,9 @@ class Forwarder:
                 batches = await self.worker.call(spool.peek, self.db.batch_rows, after)
         return batches
 
-    async def _write(self, batches: list[SpooledBatch]) -> None:
+    async def _write(self, batches: list[SpooledBatch], sink: TimescaleSink | None = None) -> None:
         t0 = time.perf_counter()
-        result = await self.sink.write(batches)
+        result = await (sink or self.sink).write(batches)
         self.metrics.db_write_seconds.observe(time.perf_counter() - t0)
         await self.worker.call(self.worker.spool.delete, [b.seq for b in batches])
         self.heartbeat = time.monotonic()
@@ -203,9 +242,6 @@ class Forwarder:
                 log.warning("final flush stopped: %s", exc, extra={"event": "flush_incomplete"})
                 return False
         return self.worker.spool.batches == 0
-
-    async def close(self) -> None:
-        await self.sink.close()
 
 
 class RollupWorker:

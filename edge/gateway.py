@@ -143,10 +143,11 @@ class Gateway:
         if name == "forwarder" and self.forwarder:
             # Drop the connection: a half-open socket is the usual reason for a stalled write.
             try:
-                await asyncio.wait_for(self.forwarder.sink.close(), timeout=3)
+                await asyncio.wait_for(self.forwarder.close(), timeout=3)
             except Exception as exc:
-                log.debug("closing the stalled database connection failed: %r", exc)
-                self.forwarder.sink.conn = None
+                log.debug("closing the stalled database connections failed: %r", exc)
+                for w in self.forwarder.writers:
+                    w.conn = None
         elif name.startswith("collector:"):
             await self._close_collector(self.collectors[name.split(":", 1)[1]])
         self.progress[name] = time.monotonic()

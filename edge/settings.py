@@ -86,6 +86,7 @@ class Database(Strict):
     url: str | None = Field(None, description="postgresql://user@host:port/db (no password here)")
     password: SecretRef | None = None
     batch_rows: int = Field(20_000, ge=1, le=1_000_000)
+    writers: int = Field(2, ge=1, le=8, description="database connections writing readings side by side")
     flush_interval_s: float = Field(0.2, gt=0, le=60)
     connect_timeout_s: float = Field(5.0, gt=0)
     retention_days: int | None = Field(None, gt=0)

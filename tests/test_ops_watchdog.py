@@ -110,11 +110,11 @@ async def test_dead_forwarder_task_is_restarted(tmp_path, pg_dsn, mosquitto):
         real = fwd._write
         failures = []
 
-        async def failing_once(batches) -> None:
+        async def failing_once(batches, sink=None) -> None:
             if not failures:
                 failures.append(1)
                 raise RuntimeError("injected: a bug that escapes the forwarder's error handling")
-            await real(batches)
+            await real(batches, sink)
 
         fwd._write = failing_once
         pub = Publisher(mosquitto.port, run)

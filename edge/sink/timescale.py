@@ -125,7 +125,8 @@ class TimescaleSink:
                          tag_id, c.certificate, c.date, c.uncertainty))
 
     async def _ensure_tags(self, names: set[str]) -> None:
-        missing = [n for n in names if n not in self._tag_ids]
+        # Sorted: parallel writers inserting overlapping new tags take the key locks in one order (no deadlock).
+        missing = sorted(n for n in names if n not in self._tag_ids)
         if not missing:
             return
         conn = self.conn
