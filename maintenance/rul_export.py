@@ -37,6 +37,7 @@ from maintenance.rul import RulModel
 from models.conformal import SplitConformal
 from models.data import FeatureTable
 from models.export import ParityError, check_parity, sha256, to_onnx
+from models.registry import json_safe
 from models.schema import InputSchema
 from models.train import MAX_CARD_SCORES, TrainedModel, TrainSpec, holdout_metrics
 
@@ -130,7 +131,7 @@ def export(result: dict, out_dir: Path, model_id: str | None = None) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "model.onnx").write_bytes(tm.onnx_bytes)
-    (out_dir / "card.json").write_text(json.dumps(_json_safe(tm.card), indent=2) + "\n", encoding="utf-8")
+    (out_dir / "card.json").write_text(json.dumps(json_safe(tm.card), indent=2) + "\n", encoding="utf-8")
     return {"path": str(out_dir / "model.onnx"), "sha256": tm.sha256, "parity": tm.parity.describe()}
 
 
@@ -143,15 +144,3 @@ def register(result: dict, root: str | Path, *, dsn: str | None = None, model_id
     mv = Registry(root, dsn).register(tm, actor=actor)
     return {"model_id": mv.model_id, "version": mv.version, "status": mv.status, "sha256": mv.sha256,
             "path": str(mv.path)}
-
-
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj

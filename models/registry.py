@@ -108,7 +108,7 @@ class Comparison:
     champion_metrics: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return _json_safe(asdict(self))
+        return json_safe(asdict(self))
 
     def describe(self) -> str:
         verdict = "ACCEPTED" if self.accepted else "REFUSED"
@@ -132,12 +132,12 @@ def _fmt(v) -> str:
     return f"{v:.5g}" if isinstance(v, float) else str(v)
 
 
-def _json_safe(obj):
+def json_safe(obj):
     """NaN/inf -> None (jsonb and strict JSON have no such numbers), numpy scalars -> Python."""
     if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -191,7 +191,7 @@ class _JsonTx:
         for k in ("created_at", "promoted_at", "retired_at", "training_start", "training_end"):
             if isinstance(row.get(k), datetime):
                 row[k] = row[k].isoformat()
-        self.data["versions"].append(_json_safe(row))
+        self.data["versions"].append(json_safe(row))
         self.dirty = True
 
     def set_status(self, model_id: str, version: int, status: str, now: datetime) -> None:
@@ -208,7 +208,7 @@ class _JsonTx:
                   detail: dict) -> None:
         self.data["events"].append({"model_id": model_id, "version": version, "event": event,
                                     "from_version": from_version, "time": datetime.now(UTC).isoformat(),
-                                    "actor": actor, "detail": _json_safe(detail)})
+                                    "actor": actor, "detail": json_safe(detail)})
         self.dirty = True
 
 
@@ -263,7 +263,7 @@ class _DbTx:
     def insert(self, row: dict) -> None:
         from psycopg.types.json import Jsonb
 
-        vals = [Jsonb(_json_safe(row.get(c))) if c in _JSONB else row.get(c) for c in _ROW_COLUMNS]
+        vals = [Jsonb(json_safe(row.get(c))) if c in _JSONB else row.get(c) for c in _ROW_COLUMNS]
         self.conn.execute(f"INSERT INTO model_registry ({', '.join(_ROW_COLUMNS)}) "
                           f"VALUES ({', '.join(['%s'] * len(_ROW_COLUMNS))})", vals)
 
@@ -282,7 +282,7 @@ class _DbTx:
 
         self.conn.execute("INSERT INTO model_events (model_id, version, event, from_version, actor, detail) "
                           "VALUES (%s, %s, %s, %s, %s, %s)",
-                          (model_id, version, event, from_version, actor, Jsonb(_json_safe(detail))))
+                          (model_id, version, event, from_version, actor, Jsonb(json_safe(detail))))
 
 
 # ---------------------------------------------------------------- holdout rows stored with a version
@@ -358,7 +358,7 @@ class Registry:
             parent = trained.card.get("parent_version")
             if parent is None:
                 parent = next((int(r["version"]) for r in rows if r["status"] == "champion"), None)
-            card = _json_safe({**trained.card, "version": version, "parent_version": parent})
+            card = json_safe({**trained.card, "version": version, "parent_version": parent})
             rel = f"{model_id}/{version}"
             final = self.root / rel
             if final.exists():  # left over by a crash between writing files and indexing: not registered

@@ -88,6 +88,7 @@ async def test_mixed_subscribe_and_poll_nodes_in_one_collector():
         await until(lambda: len(sink.by_tag()) == 4, what="both kinds")
         await server.write([(t.name, 42.0, 0) for t in tags], stamp(), stamp())
         await until(lambda: sum(r.value == 42.0 for r in sink.readings) == 4, what="new values")
+    assert {r.tag for r in sink.readings if r.value == 42.0} == {t.name for t in tags}  # polled and subscribed
 
 
 async def test_keepalive_watchdog_recreates_a_subscription_the_server_stopped_serving():
