@@ -104,7 +104,7 @@ class Analytics:
         self.conninfo = conninfo
         mcfg = maintenance_config(cfg)
         self.mcfg = mcfg
-        self.maintenance = MaintenanceLive(mcfg) if mcfg else None
+        self.maintenance = MaintenanceLive(mcfg, dsn=conninfo, metrics=metrics) if mcfg else None
         if self.maintenance is not None:
             self.manager = self.maintenance.manager
         else:

@@ -56,6 +56,9 @@ class Metrics:
         self.analytics_dropped = Counter("valvoja_analytics_dropped_total",
                                          "Readings analytics skipped because it was behind (raw data is stored)",
                                          registry=r)
+        self.model_swaps = Counter("valvoja_model_swaps_total",
+                                   "Registry champions swapped in live (swapped), refused (refused) or not readable "
+                                   "(error)", ["model_id", "outcome"], registry=r)
         self.analytics_errors = Counter("valvoja_analytics_errors_total",
                                         "Groups of readings live analytics failed on (logged with the error)",
                                         registry=r)

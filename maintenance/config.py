@@ -61,6 +61,11 @@ class RulAssetConfig(BaseModel):
     model_dir: str | None = Field(None, description="a version directory (model.onnx + card.json)")
     registry: str | None = Field(None, description="model registry directory: serve the champion of model_id")
     model_id: str | None = None
+    registry_db: bool = Field(False, description="the registry's index is the site database's model_registry table "
+                                                 "(else <registry>/index.json)")
+    refresh_s: float = Field(30.0, ge=0, description="how often the registry is asked for a new champion (hot swap)")
+    history_cycles: int = Field(2000, ge=1, description="cycles kept per asset to rebuild a new version's features "
+                                                        "on a swap")
     sensors: tuple[str, ...] = Field(min_length=1, description="tags of the model's sensor columns, in the order "
                                                                "of its training data (unused columns may be '')")
     settings: tuple[str, ...] = Field((), description="tags of the operating settings (operating conditions)")

@@ -101,7 +101,10 @@ class _Anomaly:
 
 
 class MaintenanceLive:
-    def __init__(self, config: MaintenanceConfig, windows: list[Window] | None = None) -> None:
+    def __init__(self, config: MaintenanceConfig, windows: list[Window] | None = None, *, dsn: str | None = None,
+                 metrics=None) -> None:
+        """``dsn`` is the site database (RUL models whose registry index is there, ``registry_db``); ``metrics``
+        (`edge.metrics.Metrics`) counts RUL model swaps."""
         self.config = config
         self.manager = AlertManager(config.alerts, windows)
         series: dict[str, tuple[str, ...]] = {}
@@ -126,7 +129,7 @@ class MaintenanceLive:
         if rul_assets:
             from maintenance.rul_live import RulLive
 
-            self.rul = RulLive(rul_assets, self.manager, config.period_s)
+            self.rul = RulLive(rul_assets, self.manager, config.period_s, dsn=dsn, metrics=metrics)
 
     async def process(self, readings: Iterable[Reading]) -> tuple[list[Reading], list[Prediction], list[AlertChange]]:
         """Derived readings, predictions and alert changes caused by one batch (time-ordered per tag)."""

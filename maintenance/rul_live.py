@@ -12,12 +12,19 @@ binned conformal interval of the card (``rul_intervals``; open-ended at the cap:
 version = sha256 of the ONNX file, registry version in ``details``) goes to the predictions table; with
 ``alert_below``, an alert is raised while the interval's lower end is below that many cycles.
 
-The model comes from a version directory or the registry's champion of a model id, read at start.
+The model comes from a version directory or the registry's champion of a model id (its index in
+``index.json`` or, with ``registry_db``, the site database the console promotes in). A registry-served asset
+asks for the champion every ``refresh_s`` seconds and swaps a newly promoted or rolled-back version in
+between two cycles, its features rebuilt from the cycles kept (`RulLive`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +37,8 @@ from maintenance.alerts import AlertChange, AlertManager
 from maintenance.config import AssetConfig, RulAssetConfig
 from maintenance.indicators import value_of
 from maintenance.rul_intervals import BinnedConformal
+
+log = logging.getLogger(__name__)
 
 
 class ServedRulModel:
@@ -108,10 +117,11 @@ class _Asset:
     name: str
     cfg: RulAssetConfig
     model: ServedRulModel
-    tags: list[str]  # settings then the sensor tags the model uses
-    n_settings: int
+    sel: np.ndarray  # positions (settings, then sensors of the configuration) of the model's inputs
+    n_settings: int  # how many of ``sel`` are settings
     per_cycle: int
     state: EwmState
+    history: deque  # (age, per-cycle means of every configured tag) of closed cycles, to replay on a swap
     slot: int | None = None
     first_slot: int | None = None
     closed: bool = False
@@ -120,54 +130,155 @@ class _Asset:
     last: np.ndarray = field(default_factory=lambda: np.zeros(0))
     cycles: int = 0  # feature rows pushed
     last_pred: int = -(10**9)
+    next_refresh: float = 0.0
+    refused: str | None = None  # sha256 of a champion that could not be served (logged once)
+    error: str | None = None  # the registry's last read error (logged once until it changes)
 
 
-def load_model(cfg: RulAssetConfig) -> ServedRulModel:
+def load_model(cfg: RulAssetConfig, dsn: str | None = None) -> ServedRulModel:
+    """The model an asset's configuration names: its version directory, or the registry's champion."""
     if cfg.model_dir is not None:
         return ServedRulModel(cfg.model_dir)
-    from models.registry import Registry
-
-    mv = Registry(cfg.registry).champion(cfg.model_id)
+    mv = _registry(cfg, dsn).champion(cfg.model_id)
     if mv is None:
         raise ConfigError(f"model registry {cfg.registry}: {cfg.model_id!r} has no champion to serve")
     return ServedRulModel(mv.path, sha256=mv.sha256)
 
 
-class RulLive:
-    """RUL predictions (and optional alerts) of every asset configured with a RUL model."""
+def _registry(cfg: RulAssetConfig, dsn: str | None):
+    from models.registry import Registry
 
-    def __init__(self, assets: list[AssetConfig], manager: AlertManager, period_s: float) -> None:
+    if cfg.registry_db and not dsn:
+        raise ConfigError(f"model registry {cfg.registry}: registry_db needs the site database (none configured)")
+    return Registry(cfg.registry, dsn if cfg.registry_db else None)
+
+
+def bind(name: str, cfg: RulAssetConfig, model: ServedRulModel) -> tuple[np.ndarray, int]:
+    """Positions among the configured tags (settings, then sensors) of the model's inputs and how many of them
+    are settings; `ConfigError` where the model and the configuration do not fit together."""
+    used = list(range(len(cfg.sensors))) if model.sensors is None else list(model.sensors)
+    if max(used) >= len(cfg.sensors):
+        raise ConfigError(f"asset {name!r}: the RUL model uses sensor column {max(used)} but "
+                          f"{len(cfg.sensors)} sensor tags are configured")
+    if len(model.mean[0]) != len(used):
+        raise ConfigError(f"asset {name!r}: the RUL model was fitted on {len(model.mean[0])} sensors, "
+                          f"not {len(used)}")
+    multi = model.centres.shape[0] > 1
+    if multi and len(cfg.settings) != model.centres.shape[1]:
+        raise ConfigError(f"asset {name!r}: the RUL model has {model.centres.shape[0]} operating conditions "
+                          f"of {model.centres.shape[1]} settings; {len(cfg.settings)} setting tags configured")
+    ns = len(cfg.settings) if multi else 0
+    sel = np.array(list(range(ns)) + [len(cfg.settings) + j for j in used], dtype=np.int64)
+    tags = list(cfg.settings) + list(cfg.sensors)
+    if any(not tags[i] for i in sel):
+        raise ConfigError(f"asset {name!r}: a sensor column the RUL model uses has no tag")
+    return sel, ns
+
+
+class RulLive:
+    """RUL predictions (and optional alerts) of every asset configured with a RUL model.
+
+    Registry-served assets ask the registry for the champion every ``refresh_s`` seconds (``clock``) and swap a
+    new champion in between two cycles: the asset's EWM state is rebuilt by replaying its kept cycles
+    (``history_cycles``) through the new version's normalisation, so the next prediction is the one the new
+    version would have made had it served from the start (exactly, while the asset's history fits in
+    ``history_cycles``; beyond, the dropped cycles weigh less than (1 - 2/(span + 1))^history_cycles, about
+    e^-16 for a span of 240 and 2,000 cycles). A champion that cannot be served (file not matching its sha256,
+    not a RUL card, inputs the configuration does not map) is refused, logged once and counted; the served
+    version goes on.
+    """
+
+    def __init__(self, assets: list[AssetConfig], manager: AlertManager, period_s: float, *, dsn: str | None = None,
+                 clock: Callable[[], float] = time.monotonic, metrics=None) -> None:
         self.manager = manager
+        self.dsn = dsn
+        self.clock = clock
+        self.metrics = metrics
+        self.swaps = 0
+        self.refusals = 0
         self.assets: list[_Asset] = []
-        self.tag_of: dict[str, tuple[int, int]] = {}  # tag -> (asset, position)
+        self.tag_of: dict[str, tuple[int, int]] = {}  # tag -> (asset, position among its configured tags)
+        now = clock()
         for a in assets:
             cfg = a.rul
-            model = load_model(cfg)
-            used = list(range(len(cfg.sensors))) if model.sensors is None else list(model.sensors)
-            if max(used) >= len(cfg.sensors):
-                raise ConfigError(f"asset {a.name!r}: the RUL model uses sensor column {max(used)} but "
-                                  f"{len(cfg.sensors)} sensor tags are configured")
-            if len(model.mean[0]) != len(used):
-                raise ConfigError(f"asset {a.name!r}: the RUL model was fitted on {len(model.mean[0])} sensors, "
-                                  f"not {len(used)}")
-            if model.centres.shape[0] > 1 and len(cfg.settings) != model.centres.shape[1]:
-                raise ConfigError(f"asset {a.name!r}: the RUL model has {model.centres.shape[0]} operating conditions "
-                                  f"of {model.centres.shape[1]} settings; {len(cfg.settings)} setting tags configured")
-            tags = list(cfg.settings if model.centres.shape[0] > 1 else ()) + [cfg.sensors[j] for j in used]
-            if any(not t for t in tags):
-                raise ConfigError(f"asset {a.name!r}: a sensor column the RUL model uses has no tag")
+            model = load_model(cfg, dsn)
+            sel, ns = bind(a.name, cfg, model)
+            tags = list(cfg.settings) + list(cfg.sensors)
             n = len(tags)
-            st = _Asset(a.name, cfg, model, tags, n - len(used), max(1, round(cfg.cycle_s / period_s)),
-                        EwmState.new(model.spans, model.width), sums=np.zeros(n), counts=np.zeros(n),
-                        last=np.full(n, np.nan))
+            st = _Asset(a.name, cfg, model, sel, ns, max(1, round(cfg.cycle_s / period_s)),
+                        EwmState.new(model.spans, model.width), deque(maxlen=cfg.history_cycles),
+                        sums=np.zeros(n), counts=np.zeros(n), last=np.full(n, np.nan),
+                        next_refresh=now + cfg.refresh_s)
             for j, t in enumerate(tags):
-                self.tag_of[t] = (len(self.assets), j)
+                if t:
+                    self.tag_of[t] = (len(self.assets), j)
             self.assets.append(st)
+
+    # -- the served version ---------------------------------------------------------------------
+    def refresh(self, force: bool = False) -> int:
+        """Ask the registry for the champion of every registry-served asset due (all with ``force``) and swap
+        where it changed; returns the number of swaps. Never raises: a failure keeps the served version."""
+        now = self.clock()
+        champions: dict[tuple, object] = {}
+        swapped = 0
+        for a in self.assets:
+            cfg = a.cfg
+            if cfg.model_dir is not None or (not force and now < a.next_refresh):
+                continue
+            a.next_refresh = now + cfg.refresh_s
+            key = (cfg.registry, cfg.registry_db, cfg.model_id)
+            try:
+                if key not in champions:
+                    champions[key] = _registry(cfg, self.dsn).champion(cfg.model_id)
+            except Exception as exc:  # registry unreachable (database down): retried at the next refresh
+                champions[key] = None
+                if a.error != str(exc):
+                    a.error = str(exc)
+                    log.error("asset %s: RUL model %s: registry not readable, keeping v%s: %s", a.name,
+                              cfg.model_id, a.model.registry_version, exc,
+                              extra={"event": "model_registry_error", "asset": a.name})
+                self._count(cfg.model_id, "error")
+                continue
+            a.error = None
+            mv = champions[key]
+            if mv is None or mv.sha256 in (a.model.sha256, a.refused):
+                continue
+            try:
+                self._swap(a, ServedRulModel(mv.path, sha256=mv.sha256))
+                swapped += 1
+            except Exception as exc:  # an unusable version must not stop the served one; refused once
+                a.refused = mv.sha256
+                self.refusals += 1
+                self._count(cfg.model_id, "refused")
+                log.error("asset %s: RUL model %s v%s not served, keeping v%s (%s): %s", a.name, cfg.model_id,
+                          mv.version, a.model.registry_version, a.model.sha256[:12], exc,
+                          extra={"event": "model_swap_refused", "asset": a.name})
+        return swapped
+
+    def _count(self, model_id: str, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.model_swaps.labels(model_id, outcome).inc()
+
+    def _swap(self, a: _Asset, model: ServedRulModel) -> None:
+        sel, ns = bind(a.name, a.cfg, model)
+        state = EwmState.new(model.spans, model.width)
+        for age, raw in a.history:
+            row = raw[sel]
+            if np.isfinite(row).all():
+                state.push(model.normalise(row[:ns], row[ns:]), age)
+        old = a.model
+        a.model, a.sel, a.n_settings, a.state, a.refused = model, sel, ns, state, None
+        self.swaps += 1
+        self._count(a.cfg.model_id, "swapped")
+        log.info("asset %s: RUL model %s v%s -> v%s (%s), %d cycles replayed", a.name, a.cfg.model_id,
+                 old.registry_version, model.registry_version, model.sha256[:12], len(a.history),
+                 extra={"event": "model_swapped", "asset": a.name})
 
     def update(self, readings: list[Reading]) -> tuple[list[Prediction], list[AlertChange]]:
         """Readings in time order; returns the predictions and alert changes of the cycles they close."""
         preds: list[Prediction] = []
         changes: list[AlertChange] = []
+        self.refresh()
         for r in readings:
             hit = self.tag_of.get(r.tag)
             if hit is None:
@@ -189,7 +300,7 @@ class RulLive:
                 a.counts[:] = 0.0
             a.sums[hit[1]] += v
             a.counts[hit[1]] += 1
-            if (a.counts >= a.per_cycle).all():
+            if (a.counts[a.sel] >= a.per_cycle).all():
                 self._close(a, preds, changes)
         return preds, changes
 
@@ -197,11 +308,13 @@ class RulLive:
         a.closed = True
         seen = a.counts > 0
         a.last[seen] = a.sums[seen] / a.counts[seen]
-        if not np.isfinite(a.last).all():
+        age = a.cfg.start_cycle + (a.slot - a.first_slot + 1)
+        a.history.append((age, a.last.copy()))
+        row = a.last[a.sel]
+        if not np.isfinite(row).all():
             return  # a tag never seen yet: no row (the age still advances with the cycles)
         m = a.model
-        z = m.normalise(a.last[: a.n_settings], a.last[a.n_settings:])
-        age = a.cfg.start_cycle + (a.slot - a.first_slot + 1)
+        z = m.normalise(row[: a.n_settings], row[a.n_settings:])
         x = a.state.push(z, age)
         a.cycles += 1
         if a.cycles - a.last_pred < a.cfg.predict_every:

@@ -144,3 +144,77 @@ async def test_rul_predictions_and_alert_stored_through_the_gateway_records(fitt
     assert last["coverage"] == pytest.approx(0.9) and last["details"]["cycle"] == p.details["cycle"]
     assert len(alerts) == 1 and alerts[0]["kind"] == "rul"
     assert alerts[0]["evidence"]["prediction"]["model_version"] == card["sha256"]
+
+
+def damage(path: Path) -> None:
+    path.write_bytes(b"not the registered graph")
+
+
+@pytest.mark.parametrize("index", ["json", "db"])
+async def test_promotion_and_rollback_swap_the_served_version_live(fitted, tmp_path, index, request, caplog):
+    """A version promoted while the gateway runs serves from the next cycle, its features rebuilt from the cycles
+    already seen (its predictions equal the offline ones of that version); a rolled-back-to version whose file no
+    longer matches its sha256 on the gateway's disk is refused once, logged and counted, and the served version
+    goes on."""
+    import logging
+
+    from edge.metrics import Metrics
+    from maintenance.rul_eval import evaluate
+    from maintenance.rul_export import register
+    from models.registry import Registry
+
+    dsn = None
+    if index == "db":  # the index the console promotes in (registry_db)
+        import psycopg
+
+        from edge.db.migrate import migrate
+
+        dsn = request.getfixturevalue("pg_dsn")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            migrate(conn)
+    r2, _ = fitted
+    # v1: capped at 40 cycles, a poor model the promotion gate lets v2 replace
+    r1 = evaluate(SAMPLE, "FD001", folds=4, select=False, caps=(40.0,), max_iter=50, progress=lambda s: None)
+    root = tmp_path / "reg"
+    reg = Registry(root, dsn)
+    v1 = register(r1, root, dsn=dsn)
+    reg.promote(v1["model_id"], v1["version"])
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    u = int(test.units()[0])
+    one = test.select(test.unit == u)
+    asset = rul_asset(u, None, registry=str(root), model_id=v1["model_id"], registry_db=dsn is not None,
+                      refresh_s=0.0)
+    metrics = Metrics()
+    live = MaintenanceLive(MaintenanceConfig(period_s=60.0, assets=(asset,)), dsn=dsn, metrics=metrics)
+    batches = list(replay(one))
+    third = len(batches) // 3
+    preds = []
+    for i, batch in enumerate(batches):
+        if i == third:
+            v2 = register(r2, root, dsn=dsn)
+            reg.promote(v2["model_id"], v2["version"])
+        if i == 2 * third:
+            reg.rollback(v1["model_id"])  # back to v1 (its file checked by the rollback) ...
+            damage(Path(v1["path"], "model.onnx"))  # ... then damaged on the gateway's disk
+        with caplog.at_level(logging.ERROR, logger="maintenance.rul_live"):
+            preds += (await live.process(batch))[1]
+    versions = [p.details["registry_version"] for p in preds]
+    assert versions == [1] * third + [2] * (len(batches) - third)
+    assert {p.model_version for p in preds} == {v1["sha256"], v2["sha256"]}
+    offline = [r.predict(one.unit, one.cycle, one.settings, one.sensors) for r in (r1["model"], r2["model"])]
+    assert not np.allclose(offline[0], offline[1], atol=1.0)  # two different models
+    got = np.array([p.value for p in preds])
+    want = np.where(np.array(versions) == 1, offline[0], offline[1])
+    assert np.allclose(got, want, atol=1e-3)  # v2 from its first cycle as if it had served from the start
+    assert live.rul.swaps == 1 and live.rul.refusals == 1
+    refused = [r for r in caplog.records if "not served" in r.getMessage()]
+    assert len(refused) == 1 and "sha256" in refused[0].getMessage()  # once, not every cycle
+    swaps = {s.labels["outcome"]: s.value for m in metrics.model_swaps.collect() for s in m.samples
+             if s.name.endswith("_total")}
+    assert swaps == {"swapped": 1.0, "refused": 1.0}
+
+
+def test_registry_db_without_a_database_is_a_config_error(fitted, tmp_path):
+    asset = rul_asset(1, None, registry=str(tmp_path / "reg"), model_id="rul-cmapss-fd001", registry_db=True)
+    with pytest.raises(ConfigError, match="registry_db needs the site database"):
+        MaintenanceLive(MaintenanceConfig(period_s=60.0, assets=(asset,)))
