@@ -116,11 +116,11 @@ class EwmState:
 class _Asset:
     name: str
     cfg: RulAssetConfig
-    model: ServedRulModel
+    model: ServedRulModel | None  # None until the registry has a champion (or can be read)
     sel: np.ndarray  # positions (settings, then sensors of the configuration) of the model's inputs
     n_settings: int  # how many of ``sel`` are settings
     per_cycle: int
-    state: EwmState
+    state: EwmState | None
     history: deque  # (age, per-cycle means of every configured tag) of closed cycles, to replay on a swap
     slot: int | None = None
     first_slot: int | None = None
@@ -135,21 +135,15 @@ class _Asset:
     error: str | None = None  # the registry's last read error (logged once until it changes)
 
 
-def load_model(cfg: RulAssetConfig, dsn: str | None = None) -> ServedRulModel:
-    """The model an asset's configuration names: its version directory, or the registry's champion."""
-    if cfg.model_dir is not None:
-        return ServedRulModel(cfg.model_dir)
-    mv = _registry(cfg, dsn).champion(cfg.model_id)
-    if mv is None:
-        raise ConfigError(f"model registry {cfg.registry}: {cfg.model_id!r} has no champion to serve")
-    return ServedRulModel(mv.path, sha256=mv.sha256)
+def _describe(model: ServedRulModel | None) -> str:
+    if model is None:
+        return "no version (none served yet)"
+    return f"{model.model_id} v{model.registry_version}" if model.registry_version is not None else model.model_id
 
 
 def _registry(cfg: RulAssetConfig, dsn: str | None):
     from models.registry import Registry
 
-    if cfg.registry_db and not dsn:
-        raise ConfigError(f"model registry {cfg.registry}: registry_db needs the site database (none configured)")
     return Registry(cfg.registry, dsn if cfg.registry_db else None)
 
 
@@ -201,14 +195,26 @@ class RulLive:
         now = clock()
         for a in assets:
             cfg = a.rul
-            model = load_model(cfg, dsn)
-            sel, ns = bind(a.name, cfg, model)
             tags = list(cfg.settings) + list(cfg.sensors)
             n = len(tags)
-            st = _Asset(a.name, cfg, model, sel, ns, max(1, round(cfg.cycle_s / period_s)),
-                        EwmState.new(model.spans, model.width), deque(maxlen=cfg.history_cycles),
+            st = _Asset(a.name, cfg, None, np.flatnonzero([bool(t) for t in tags]), 0,
+                        max(1, round(cfg.cycle_s / period_s)), None, deque(maxlen=cfg.history_cycles),
                         sums=np.zeros(n), counts=np.zeros(n), last=np.full(n, np.nan),
                         next_refresh=now + cfg.refresh_s)
+            if cfg.model_dir is not None:
+                self._serve(st, ServedRulModel(cfg.model_dir))
+            else:
+                if cfg.registry_db and not dsn:
+                    raise ConfigError(f"asset {a.name!r}: model registry {cfg.registry}: registry_db needs the site "
+                                      "database (none configured)")
+                mv = self._champion(st)  # None: no champion yet, or the registry not readable now (retried)
+                if mv is not None:
+                    # A configuration that does not fit the champion is an error at start-up, not a log line.
+                    self._serve(st, ServedRulModel(mv.path, sha256=mv.sha256))
+                elif st.error is None:
+                    log.warning("asset %s: RUL model %s has no champion yet; cycles are kept and predictions start "
+                                "when one is promoted", a.name, cfg.model_id,
+                                extra={"event": "model_no_champion", "asset": a.name})
             for j, t in enumerate(tags):
                 if t:
                     self.tag_of[t] = (len(self.assets), j)
@@ -227,31 +233,23 @@ class RulLive:
                 continue
             a.next_refresh = now + cfg.refresh_s
             key = (cfg.registry, cfg.registry_db, cfg.model_id)
-            try:
-                if key not in champions:
-                    champions[key] = _registry(cfg, self.dsn).champion(cfg.model_id)
-            except Exception as exc:  # registry unreachable (database down): retried at the next refresh
-                champions[key] = None
-                if a.error != str(exc):
-                    a.error = str(exc)
-                    log.error("asset %s: RUL model %s: registry not readable, keeping v%s: %s", a.name,
-                              cfg.model_id, a.model.registry_version, exc,
-                              extra={"event": "model_registry_error", "asset": a.name})
-                self._count(cfg.model_id, "error")
+            if key not in champions:
+                champions[key] = self._champion(a)
+            elif champions[key] is None:
                 continue
-            a.error = None
             mv = champions[key]
-            if mv is None or mv.sha256 in (a.model.sha256, a.refused):
+            served = a.model.sha256 if a.model is not None else None
+            if mv is None or mv.sha256 in (served, a.refused):
                 continue
             try:
-                self._swap(a, ServedRulModel(mv.path, sha256=mv.sha256))
+                self._serve(a, ServedRulModel(mv.path, sha256=mv.sha256))
                 swapped += 1
             except Exception as exc:  # an unusable version must not stop the served one; refused once
                 a.refused = mv.sha256
                 self.refusals += 1
                 self._count(cfg.model_id, "refused")
-                log.error("asset %s: RUL model %s v%s not served, keeping v%s (%s): %s", a.name, cfg.model_id,
-                          mv.version, a.model.registry_version, a.model.sha256[:12], exc,
+                log.error("asset %s: RUL model %s v%s not served, keeping %s: %s", a.name, cfg.model_id,
+                          mv.version, _describe(a.model), exc,
                           extra={"event": "model_swap_refused", "asset": a.name})
         return swapped
 
@@ -259,7 +257,22 @@ class RulLive:
         if self.metrics is not None:
             self.metrics.model_swaps.labels(model_id, outcome).inc()
 
-    def _swap(self, a: _Asset, model: ServedRulModel) -> None:
+    def _champion(self, a: _Asset):
+        """The registry's champion for the asset (None: none yet, or the registry not readable: logged once)."""
+        try:
+            mv = _registry(a.cfg, self.dsn).champion(a.cfg.model_id)
+        except Exception as exc:  # registry unreachable (database down): retried at the next refresh
+            if a.error != str(exc):
+                a.error = str(exc)
+                log.error("asset %s: RUL model %s: registry not readable, keeping %s: %s", a.name, a.cfg.model_id,
+                          _describe(a.model), exc, extra={"event": "model_registry_error", "asset": a.name})
+            self._count(a.cfg.model_id, "error")
+            return None
+        a.error = None
+        return mv
+
+    def _serve(self, a: _Asset, model: ServedRulModel) -> None:
+        """Serve ``model`` for the asset from its next cycle, its EWM state rebuilt from the kept cycles."""
         sel, ns = bind(a.name, a.cfg, model)
         state = EwmState.new(model.spans, model.width)
         for age, raw in a.history:
@@ -268,10 +281,14 @@ class RulLive:
                 state.push(model.normalise(row[:ns], row[ns:]), age)
         old = a.model
         a.model, a.sel, a.n_settings, a.state, a.refused = model, sel, ns, state, None
+        if old is None:
+            log.info("asset %s: serving RUL model %s (%s), %d cycles replayed", a.name, _describe(model),
+                     model.sha256[:12], len(a.history), extra={"event": "model_served", "asset": a.name})
+            return
         self.swaps += 1
         self._count(a.cfg.model_id, "swapped")
-        log.info("asset %s: RUL model %s v%s -> v%s (%s), %d cycles replayed", a.name, a.cfg.model_id,
-                 old.registry_version, model.registry_version, model.sha256[:12], len(a.history),
+        log.info("asset %s: RUL model %s -> %s (%s), %d cycles replayed", a.name, _describe(old),
+                 _describe(model), model.sha256[:12], len(a.history),
                  extra={"event": "model_swapped", "asset": a.name})
 
     def update(self, readings: list[Reading]) -> tuple[list[Prediction], list[AlertChange]]:
@@ -311,8 +328,8 @@ class RulLive:
         age = a.cfg.start_cycle + (a.slot - a.first_slot + 1)
         a.history.append((age, a.last.copy()))
         row = a.last[a.sel]
-        if not np.isfinite(row).all():
-            return  # a tag never seen yet: no row (the age still advances with the cycles)
+        if a.model is None or not np.isfinite(row).all():
+            return  # no model yet, or a tag never seen yet: no row (the age still advances with the cycles)
         m = a.model
         z = m.normalise(row[: a.n_settings], row[a.n_settings:])
         x = a.state.push(z, age)

@@ -218,3 +218,80 @@ def test_registry_db_without_a_database_is_a_config_error(fitted, tmp_path):
     asset = rul_asset(1, None, registry=str(tmp_path / "reg"), model_id="rul-cmapss-fd001", registry_db=True)
     with pytest.raises(ConfigError, match="registry_db needs the site database"):
         MaintenanceLive(MaintenanceConfig(period_s=60.0, assets=(asset,)))
+
+
+def _process(live: MaintenanceLive, batches) -> list:
+    import asyncio
+
+    async def go():
+        return [p for b in batches for p in (await live.process(b))[1]]
+
+    return asyncio.run(go())
+
+
+def test_no_champion_at_start_serves_once_promoted_from_the_first_cycle(fitted, tmp_path, caplog):
+    import logging
+
+    from maintenance.rul_export import register
+    from models.registry import Registry
+
+    r, _ = fitted
+    out = register(r, tmp_path / "reg")  # a candidate only
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    u = int(test.units()[0])
+    one = test.select(test.unit == u)
+    asset = rul_asset(u, None, registry=str(tmp_path / "reg"), model_id=out["model_id"], refresh_s=0.0)
+    with caplog.at_level(logging.WARNING, logger="maintenance.rul_live"):
+        live = MaintenanceLive(MaintenanceConfig(period_s=60.0, assets=(asset,)))
+    assert "no champion yet" in caplog.text
+    batches = list(replay(one))
+    half = len(batches) // 2
+    assert _process(live, batches[:half]) == []  # nothing to serve yet; the cycles are kept
+    Registry(tmp_path / "reg").promote(out["model_id"], out["version"])
+    preds = _process(live, batches[half:])
+    offline = r["model"].predict(one.unit, one.cycle, one.settings, one.sensors)
+    assert [p.details["cycle"] for p in preds] == list(range(half + 1, len(batches) + 1))
+    assert np.allclose([p.value for p in preds], offline[half:], atol=1e-3)  # features from cycle 1 on
+
+
+def test_registry_database_down_at_start_then_back(fitted, tmp_path, own_pg_server, caplog):
+    """The gateway starts while the database holding the registry index is down (no RUL yet, logged once,
+    counted), and serves the champion once the database is back, its features from the asset's first cycle."""
+    import logging
+
+    import psycopg
+
+    from edge.db.migrate import migrate
+    from edge.metrics import Metrics
+    from maintenance.rul_export import register
+    from models.registry import Registry
+
+    r, _ = fitted
+    dsn = own_pg_server.create_database("rul_registry", timescaledb=True)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        migrate(conn)
+    out = register(r, tmp_path / "reg", dsn=dsn)
+    Registry(tmp_path / "reg", dsn).promote(out["model_id"], out["version"])
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    u = int(test.units()[0])
+    one = test.select(test.unit == u)
+    batches = list(replay(one))
+    half = len(batches) // 2
+    asset = rul_asset(u, None, registry=str(tmp_path / "reg"), model_id=out["model_id"], registry_db=True,
+                      refresh_s=0.0)
+    metrics = Metrics()
+    own_pg_server.stop()
+    try:
+        with caplog.at_level(logging.ERROR, logger="maintenance.rul_live"):
+            live = MaintenanceLive(MaintenanceConfig(period_s=60.0, assets=(asset,)), dsn=dsn, metrics=metrics)
+            assert _process(live, batches[:half]) == []
+    finally:
+        own_pg_server.start()
+    assert sum("registry not readable" in rec.getMessage() for rec in caplog.records) == 1
+    errors = metrics.model_swaps.labels(out["model_id"], "error")._value.get()
+    assert errors >= half  # every refresh (each batch here) that failed is counted
+    preds = _process(live, batches[half:])
+    offline = r["model"].predict(one.unit, one.cycle, one.settings, one.sensors)
+    assert [p.details["cycle"] for p in preds] == list(range(half + 1, len(batches) + 1))
+    assert np.allclose([p.value for p in preds], offline[half:], atol=1e-3)
+    assert preds[0].model_version == out["sha256"]
