@@ -28,10 +28,11 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -468,9 +469,11 @@ class Registry:
                           fp, True, ok, reason, cm, hm)
 
     def promote(self, model_id: str, version: int, *, holdout: FeatureTable | None = None,
-                actor: str = "system") -> Comparison:
+                actor: str = "system", also: Callable[[Any, Comparison], None] | None = None) -> Comparison:
         """The gate. Returns the comparison when the candidate became champion; raises `GateRefused` (with the
-        comparison) when it did not. Either way the outcome is recorded in the events."""
+        comparison) when it did not. Either way the outcome is recorded in the events. ``also(conn, comparison)``
+        runs inside the index's transaction after the change (``conn``: its database connection, None for
+        ``index.json``), so what it writes (the console's audit entry) commits with the change or not at all."""
         cand = self.get(model_id, version)
         if cand.status == "champion":
             raise GateRefused(self._compare(cand, cand, holdout))
@@ -490,16 +493,20 @@ class Registry:
                     ix.set_status(model_id, now_champ, "retired", now)
                 ix.set_status(model_id, version, "champion", now)
                 ix.add_event(model_id, version, "promote", now_champ, actor, comparison.to_dict())
+            if also is not None:
+                also(getattr(ix, "conn", None), comparison)
         if not comparison.accepted:
             raise GateRefused(comparison)
         return comparison
 
     # ---------------------------------------------------------------- rollback
 
-    def rollback(self, model_id: str, to: int | None = None, *, actor: str = "system") -> dict:
+    def rollback(self, model_id: str, to: int | None = None, *, actor: str = "system",
+                 also: Callable[[Any, dict], None] | None = None) -> dict:
         """Retire the champion and put back ``to`` (default: the champion before it). No gate: this is the way
         back when a promoted model misbehaves in service; the version must still have passed parity and its
-        file must have the registered sha256."""
+        file must have the registered sha256. ``also(conn, result)`` runs inside the transaction, as for
+        `promote`."""
         with self._index.tx(model_id) as ix:
             rows = {int(r["version"]): r for r in ix.rows(model_id)}
             if not rows:
@@ -526,7 +533,10 @@ class Registry:
             ix.set_status(model_id, to, "champion", now)
             detail = {"from": current, "to": to}
             ix.add_event(model_id, to, "rollback", current, actor, detail)
-        return {"model_id": model_id, **detail}
+            result = {"model_id": model_id, **detail}
+            if also is not None:
+                also(getattr(ix, "conn", None), result)
+        return result
 
 
 def _champion_history(events: list[dict]) -> list[int]:
@@ -564,12 +574,12 @@ def model_id_v(mv: ModelVersion) -> str:
 # ---------------------------------------------------------------- for the console and scripts
 
 def promote(model_id: str, version: int, *, root: str | Path = "var/models", dsn: str | None = None,
-            actor: str = "system", holdout: FeatureTable | None = None) -> Comparison:
+            actor: str = "system", holdout: FeatureTable | None = None, also=None) -> Comparison:
     """`Registry.promote` on the registry at ``root`` / ``dsn``."""
-    return Registry(root, dsn).promote(model_id, version, holdout=holdout, actor=actor)
+    return Registry(root, dsn).promote(model_id, version, holdout=holdout, actor=actor, also=also)
 
 
 def rollback(model_id: str, to: int | None = None, *, root: str | Path = "var/models", dsn: str | None = None,
-             actor: str = "system") -> dict:
+             actor: str = "system", also=None) -> dict:
     """`Registry.rollback` on the registry at ``root`` / ``dsn``."""
-    return Registry(root, dsn).rollback(model_id, to, actor=actor)
+    return Registry(root, dsn).rollback(model_id, to, actor=actor, also=also)

@@ -115,6 +115,29 @@ def test_gate_refuses_a_worse_candidate_promotes_a_better_one_and_rolls_back(ser
     assert events == [("refuse", 3, "admin"), ("promote", 2, "admin"), ("rollback", 1, "admin")]
 
 
+def test_a_promotion_whose_audit_entry_fails_changes_nothing(server):
+    """The registry change, its model_events row and the audit entry are one transaction: when the audit insert
+    fails (a trigger refuses it here), the champion stays and no event is left behind."""
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("CREATE FUNCTION test_refuse_audit() RETURNS trigger LANGUAGE plpgsql AS "
+                     "$$ BEGIN RAISE EXCEPTION 'audit refused (test)'; END $$")
+        conn.execute("CREATE TRIGGER test_refuse_audit BEFORE INSERT ON console_audit FOR EACH ROW "
+                     "WHEN (NEW.action LIKE 'model.%') EXECUTE FUNCTION test_refuse_audit()")
+        events = conn.execute("SELECT count(*) FROM model_events").fetchone()[0]
+    champion = server.registry.champion("syn").version
+    try:
+        with server.client("admin") as c:
+            r = c.post("/api/models/syn/versions/2/promote", json={"comment": "audit will fail"})
+            assert r.status_code == 500, r.text
+            assert server.registry.champion("syn").version == champion
+            with psycopg.connect(server.dsn) as conn:
+                assert conn.execute("SELECT count(*) FROM model_events").fetchone()[0] == events
+    finally:
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER test_refuse_audit ON console_audit")
+            conn.execute("DROP FUNCTION test_refuse_audit()")
+
+
 def test_uncertainty_report_of_a_version_is_self_contained_and_cached(server):
     with server.client("viewer") as c:
         r = c.get("/api/models/syn/versions/2/report")

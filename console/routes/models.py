@@ -5,9 +5,9 @@ stored held-out rows); and an uncertainty summary per model from the stored pred
 nominal coverage over time, and the empirical coverage where the predicted quantity is a measured tag (the
 prediction's ``target``).
 
-Promote and rollback run in `models.registry` (its own transaction, which also records a ``model_events`` row
-naming the user); the console's audit entry is written right after, with the outcome and the gate's comparison,
-also when the gate refuses."""
+Promote and rollback run in `models.registry`, in one transaction with the ``model_events`` row naming the user
+and the console's audit entry (the outcome and the gate's comparison, also when the gate refuses): the change
+and its audit entry commit together or not at all."""
 
 from __future__ import annotations
 
@@ -175,16 +175,27 @@ async def promote(request: Request, model_id: str, version: int, body: PromoteBo
     from models.registry import promote as registry_promote
 
     comment = body.comment if body else ""
+    client = client_address(request)
+    audited = []
+
+    def also(conn, cmp) -> None:  # in the registry's transaction
+        c = cmp.to_dict()
+        action, detail = "model.promote_refused", {"comparison": c, "comment": comment}
+        if cmp.accepted:
+            action, detail = "model.promote", {**detail, "previous_champion": c["champion"]}
+        audit.record_sync(conn, p, action, target_kind="model", target_id=f"{model_id}/{version}", detail=detail,
+                          client=client)
+        audited.append(action)
+
     try:
-        cmp = await _registry_call(request, registry_promote, model_id, version, actor=p.name)
+        cmp = await _registry_call(request, registry_promote, model_id, version, actor=p.name, also=also)
     except GateRefused as exc:
         c = exc.comparison.to_dict()
-        await _audit(request, p, "model.promote_refused", model_id, version, {"comparison": c, "comment": comment})
+        if not audited:  # refused before any change (already the champion): nothing to commit it with
+            await _audit(request, p, "model.promote_refused", model_id, version, {"comparison": c, "comment": comment})
         raise Problem(409, f"the gate refused {model_id} v{version}: {c['reason']}", type_="/problems/gate-refused",
                       comparison=c, text=exc.comparison.describe()) from None
     c = cmp.to_dict()
-    await _audit(request, p, "model.promote", model_id, version,
-                 {"comparison": c, "previous_champion": c["champion"], "comment": comment})
     return {"model_id": model_id, "champion": version, "previous_champion": c["champion"], "comparison": c,
             "text": cmp.describe(), "promoted_by": p.name}
 
@@ -200,8 +211,13 @@ async def rollback(request: Request, model_id: str, body: RollbackBody | None = 
     from models.registry import rollback as registry_rollback
 
     body = body or RollbackBody()
-    res = await _registry_call(request, registry_rollback, model_id, body.to, actor=p.name)
-    await _audit(request, p, "model.rollback", model_id, res["to"], {**res, "comment": body.comment})
+    client = client_address(request)
+
+    def also(conn, res: dict) -> None:  # in the registry's transaction
+        audit.record_sync(conn, p, "model.rollback", target_kind="model", target_id=f"{model_id}/{res['to']}",
+                          detail={**res, "comment": body.comment}, client=client)
+
+    res = await _registry_call(request, registry_rollback, model_id, body.to, actor=p.name, also=also)
     return {**res, "champion": res["to"], "previous_champion": res["from"], "rolled_back_by": p.name}
 
 
