@@ -152,8 +152,10 @@ class RsaCa:
 
 
 def server_certificate(directory: Path, name: str, *, ca: RsaCa | None = None, expired: bool = False,
-                       uri: str = "urn:valvoja:simulator:server") -> tuple[str, str]:
-    """An OPC UA server certificate (DER) and key (PEM) in ``directory``: self-signed unless ``ca``."""
+                       uri: str = "urn:valvoja:simulator:server", dns: tuple[str, ...] | None = None,
+                       ips: tuple[str, ...] = ("127.0.0.1",)) -> tuple[str, str]:
+    """An OPC UA server certificate (DER) and key (PEM) in ``directory``: self-signed unless ``ca``; host names
+    ``dns`` (default localhost and this machine's name) and ``ips``."""
     import datetime as dt
 
     from cryptography.hazmat.primitives import serialization
@@ -165,7 +167,8 @@ def server_certificate(directory: Path, name: str, *, ca: RsaCa | None = None, e
     key = new_key()
     start = dt.datetime.now(dt.UTC) - (dt.timedelta(days=40) if expired else dt.timedelta(minutes=5))
     cert = make_certificate(key, uri, f"Valvoja test server {name}", client=False,
-                            dns=("localhost", socket.gethostname()), ips=("127.0.0.1",), days=30, not_before=start,
+                            dns=("localhost", socket.gethostname()) if dns is None else dns, ips=ips, days=30,
+                            not_before=start,
                             issuer=(ca.cert, ca.key) if ca else None)
     cert_path, key_path = directory / f"{name}.der", directory / f"{name}.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))

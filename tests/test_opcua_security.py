@@ -185,3 +185,46 @@ async def test_security_without_a_state_directory_or_pki_dir_is_an_error(tmp_pat
                                  "nodes": [{"node_id": "ns=2;i=1", "tag": "a"}]})
     col = build(cfg, CollectorContext(name="x", state_dir=None, metrics=Metrics()))
     assert "needs pki_dir" in await refused(col)
+
+
+def test_server_identity_host_names_and_application_uri():
+    from collectors.opcua.security import CertificateMismatch, check_server_identity, make_certificate, new_key
+
+    key = new_key()
+    uri = "urn:site:plc1"
+    cert = make_certificate(key, uri, "plc1", client=False, dns=("plc1.site.example", "*.cell.site.example"),
+                            ips=("10.0.0.7", "::1"))
+    ok = ["opc.tcp://plc1.site.example:4840", "opc.tcp://PLC1.Site.Example.:4840/ua", "opc.tcp://10.0.0.7:4840",
+          "opc.tcp://[::1]:4840", "opc.tcp://press.cell.site.example:4840"]
+    for endpoint in ok:
+        check_server_identity(cert, endpoint=endpoint, server_uri=uri)
+    for endpoint in ("opc.tcp://127.0.0.1:4840", "opc.tcp://plc2.site.example:4840",
+                     "opc.tcp://a.press.cell.site.example:4840", "opc.tcp://cell.site.example:4840",
+                     "opc.tcp://10.0.0.8:4840"):
+        with pytest.raises(CertificateMismatch) as info:
+            check_server_identity(cert, endpoint=endpoint, server_uri=uri)
+        msg = str(info.value)
+        assert "is not among its host names (plc1.site.example, *.cell.site.example, 10.0.0.7, ::1)" in msg, msg
+        assert "check_host_name = false" in msg and thumbprint(cert) in msg
+        check_server_identity(cert, endpoint=endpoint, server_uri=uri, check_host_name=False)
+    # The application URI is always checked (when the server announces one).
+    with pytest.raises(CertificateMismatch, match="application URI \\(urn:site:plc1\\) is not the server's urn:x"):
+        check_server_identity(cert, endpoint=ok[0], server_uri="urn:x", check_host_name=False)
+    check_server_identity(cert, endpoint=ok[0], server_uri="")
+
+
+async def test_a_trusted_certificate_of_another_host_is_refused_and_never_pinned(tmp_path):
+    """A server showing a certificate made for another host name is refused even when that certificate is in the
+    trust list; trust on first use does not pin it; ``check_host_name = false`` accepts it."""
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    cert, key = server_certificate(tmp_path / "server", "elsewhere", dns=("plc9.other.example",), ips=())
+    kw = dict(security_policy="Basic256Sha256", security_mode="SignAndEncrypt")
+    pki = tmp_path / "gw" / "pki"
+    async with serving(TAGS, endpoint, certificate=cert, private_key=key, policies=["Basic256Sha256_SignAndEncrypt"]):
+        msg = await refused(collector(endpoint, tmp_path / "gw", trust_on_first_use=True, **kw))
+        assert "is not this server's" in msg and "127.0.0.1 is not among its host names (plc9.other.example)" in msg
+        assert not list((pki / "trusted").iterdir()), "trust on first use must not pin another host's certificate"
+        shutil.copy(cert, pki / "trusted")
+        msg = await refused(collector(endpoint, tmp_path / "gw", **kw))
+        assert "is not this server's" in msg and thumbprint(load_cert(Path(cert))) in msg
+        await collects(collector(endpoint, tmp_path / "gw", check_host_name=False, **kw))

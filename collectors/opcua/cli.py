@@ -38,6 +38,8 @@ def add_parser(sub) -> None:
                    help="own certificate, trusted/ and rejected/ (default var/opcua-browse/pki; give the "
                         "collector's <state_dir>/collectors/<name>/pki to use its trust list)")
     b.add_argument("--trust-on-first-use", action="store_true")
+    b.add_argument("--no-check-host-name", dest="check_host_name", action="store_false",
+                   help="accept a server certificate whose host names do not include the endpoint's host")
     b.add_argument("--username")
     b.add_argument("--password", metavar="REF", help="env:NAME or file:/path (never the password itself)")
     b.add_argument("--timeout", type=float, default=10.0, help="connect and request timeout, s (default 10)")
@@ -56,6 +58,7 @@ def cmd_browse(args) -> int:
             "endpoint": args.endpoint, "connect_timeout_s": args.timeout, "request_timeout_s": args.timeout,
             "security_policy": args.security_policy, "security_mode": args.security_mode,
             "pki_dir": str(args.pki_dir), "trust_on_first_use": args.trust_on_first_use,
+            "check_host_name": args.check_host_name,
             "username": args.username, "password": args.password})
         password = resolve_secret(args.password, where="--password") if args.password else None
     except ValidationError as exc:

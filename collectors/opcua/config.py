@@ -66,6 +66,8 @@ class Connection(Strict):
     security_mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
     pki_dir: str | None = Field(None, description="own certificate, trusted/ and rejected/; default <state>/pki")
     trust_on_first_use: bool = False
+    check_host_name: bool = Field(True, description="refuse a server certificate whose host names do not include "
+                                                    "the endpoint's host (OPC UA Part 4 6.1.3)")
     application_uri: str | None = Field(None, description="default urn:valvoja:<host>:<collector name>")
     certificate: str | None = Field(None, description="a site-issued client certificate (PEM/DER) instead of "
                                                       "the generated one; with private_key")

@@ -27,6 +27,7 @@ from collectors.opcua.security import (
     SecurityError,
     application_uris,
     check_server_certificate,
+    check_server_identity,
     ensure_own_certificate,
     load_cert,
     select_endpoint,
@@ -143,6 +144,10 @@ class ClientOpener:
         if not ep.ServerCertificate:
             raise SecurityError(f"{conn.endpoint}: the {conn.security_policy} endpoint has no server certificate")
         der = _first_cert(ep.ServerCertificate)
+        # Identity before trust: trust on first use must never pin a certificate that is not this server's.
+        check_server_identity(load_cert(der), endpoint=conn.endpoint,
+                              server_uri=ep.Server.ApplicationUri if ep.Server else None,
+                              check_host_name=conn.check_host_name)
         cert = check_server_certificate(pki, der, endpoint=conn.endpoint, trust_on_first_use=conn.trust_on_first_use)
         self.server_thumbprint = thumbprint(cert)
         own_der = load_cert(cert_path).public_bytes(serialization.Encoding.DER)

@@ -15,6 +15,12 @@ thumbprint, validity) and says where to put it. ``trust_on_first_use`` copies an
 currently valid) certificate into ``trusted/`` on the first connection and trusts it from then on;
 only while no trusted certificate carries the same application URI, so a server whose certificate
 changes later is refused like any unknown one.
+The certificate must also be this server's (OPC UA Part 4 §6.1.3, `check_server_identity`, checked first so
+trust on first use never pins another's): its
+subject alternative names must hold the endpoint's host (an IP address for an IP literal, else a DNS name,
+``*.`` for one left-most label; ``check_host_name = false`` turns this off for a server whose certificate
+cannot carry its address), and its application URI must be the one the server announces in its endpoint.
+Either mismatch is refused with `CertificateMismatch`.
 Nothing here ever falls back to an insecure connection: a refusal is an error.
 """
 
@@ -55,6 +61,10 @@ class SecurityError(Exception):
 
 class UntrustedCertificate(SecurityError):
     pass
+
+
+class CertificateMismatch(SecurityError):
+    """A trusted server certificate that is not the certificate of this endpoint (host name, application URI)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +250,49 @@ def check_server_certificate(pki: Pki, der: bytes, *, endpoint: str, trust_on_fi
         f"To trust it, check the thumbprint with the server's administrator and move {saved} into "
         f"{pki.trusted}/ (or put the CA that issued it there)"
         + ("" if known else "; or set trust_on_first_use = true") + "." + changed)
+
+
+def _host_matches(host: str, dns: list[str], ips: list) -> bool:
+    try:
+        addr = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        addr = None
+    if addr is not None:
+        return addr in ips
+    host = host.rstrip(".").lower()
+    for name in (d.rstrip(".").lower() for d in dns):
+        if name == host:
+            return True
+        if name.startswith("*.") and "." in host and host.split(".", 1)[1] == name[2:] and host.split(".", 1)[0]:
+            return True
+    return False
+
+
+def check_server_identity(cert: x509.Certificate, *, endpoint: str, server_uri: str | None,
+                          check_host_name: bool = True) -> None:
+    """Raise `CertificateMismatch` when ``cert`` is not this endpoint's: the endpoint URL's
+    host missing from its DNS / IP subject alternative names (with ``check_host_name``), or its application
+    URI not the ``server_uri`` the server announces (when it announces one)."""
+    from urllib.parse import urlparse
+
+    problems = []
+    host = urlparse(endpoint).hostname
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns, ips = san.get_values_for_type(x509.DNSName), san.get_values_for_type(x509.IPAddress)
+    except x509.ExtensionNotFound:
+        dns, ips = [], []
+    if check_host_name and host and not _host_matches(host, dns, ips):
+        names = ", ".join([*dns, *map(str, ips)]) or "none"
+        problems.append(f"the endpoint's host {host} is not among its host names ({names}); connect by a name the "
+                        "certificate holds, have the server's certificate re-issued with this one, or set "
+                        "check_host_name = false for this server")
+    uris = application_uris(cert)
+    if server_uri and server_uri not in uris:
+        problems.append(f"its application URI ({', '.join(uris) or 'none'}) is not the server's {server_uri}")
+    if problems:
+        raise CertificateMismatch(f"{endpoint}: server certificate '{subject(cert)}' (thumbprint {thumbprint(cert)}) "
+                                  f"is not this server's: {'; '.join(problems)}: refused.")
 
 
 def _save(folder: Path, cert: x509.Certificate) -> Path:

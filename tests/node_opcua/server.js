@@ -4,7 +4,8 @@
 //
 // Serves opc.tcp://127.0.0.1:PORT/valvoja with security None and Basic256Sha256 / Aes128_Sha256_RsaOaep
 // (Sign, SignAndEncrypt), anonymous and user "valvoja" / password from $NODE_OPCUA_PASSWORD. Its own
-// certificate is made in PKI_DIR on first start; client certificates are accepted (this peer tests the
+// certificate is made in PKI_DIR on first start, naming 127.0.0.1 (alternateHostname: the gateway checks the
+// endpoint host against it); client certificates are accepted (this peer tests the
 // gateway's side of the trust). Address space: Objects/Line1 with AnalogItems (EURange, units), an Int32,
 // a Boolean, a String and a Double array; values change every 100 ms with source timestamps.
 "use strict";
@@ -20,7 +21,7 @@ async function main() {
   await serverCertificateManager.initialize();
   const password = process.env.NODE_OPCUA_PASSWORD || "s3cret";
   const server = new opcua.OPCUAServer({
-    port, resourcePath: "/valvoja", hostname: "127.0.0.1",
+    port, resourcePath: "/valvoja", hostname: "127.0.0.1", alternateHostname: ["127.0.0.1"],
     serverCertificateManager,
     securityPolicies: [opcua.SecurityPolicy.None, opcua.SecurityPolicy.Basic256Sha256,
                        opcua.SecurityPolicy.Aes128_Sha256_RsaOaep],
