@@ -228,3 +228,71 @@ async def test_a_trusted_certificate_of_another_host_is_refused_and_never_pinned
         msg = await refused(collector(endpoint, tmp_path / "gw", **kw))
         assert "is not this server's" in msg and thumbprint(load_cert(Path(cert))) in msg
         await collects(collector(endpoint, tmp_path / "gw", check_host_name=False, **kw))
+
+
+def write_crl(path: Path, ca: RsaCa, serials: list[int], *, next_update_days: float = 7, key=None) -> Path:
+    """A revocation list issued in ``ca``'s name listing ``serials``, signed with ``key`` (default the CA's)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    now = dt.datetime.now(dt.UTC)
+    b = (x509.CertificateRevocationListBuilder().issuer_name(ca.cert.subject)
+         .last_update(now - dt.timedelta(days=1)).next_update(now + dt.timedelta(days=next_update_days)))
+    for n in serials:
+        b = b.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(n)
+                                      .revocation_date(now - dt.timedelta(hours=2)).build())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b.sign(key or ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+async def test_a_certificate_revoked_by_its_trusted_ca_is_refused(tmp_path, caplog):
+    """A revocation list signed by a CA of the trust list refuses the certificates it lists (taking effect at the
+    next connection, no restart); a list signed by anyone else is ignored and logged."""
+    import logging
+
+    from collectors.opcua.security import new_key
+
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    ca = RsaCa(tmp_path / "ca")
+    cert, key = server_certificate(tmp_path / "server", "issued", ca=ca)
+    serial = load_cert(Path(cert)).serial_number
+    pki = tmp_path / "gw" / "pki"
+    (pki / "trusted").mkdir(parents=True)
+    shutil.copy(ca.cert_path, pki / "trusted")
+    kw = dict(security_policy="Basic256Sha256", security_mode="SignAndEncrypt")
+    async with serving(TAGS, endpoint, certificate=cert, private_key=key, policies=["Basic256Sha256_SignAndEncrypt"]):
+        write_crl(pki / "crl" / "forged.crl", ca, [serial], key=new_key())  # in the CA's name, not its key
+        with caplog.at_level(logging.WARNING, logger="collectors.opcua.security"):
+            await collects(collector(endpoint, tmp_path / "gw", **kw))
+        assert "forged.crl" in caplog.text and "not signed by a CA" in caplog.text
+        write_crl(pki / "crl" / "ca.crl", ca, [serial + 1])  # lists another certificate only
+        await collects(collector(endpoint, tmp_path / "gw", **kw))
+        write_crl(pki / "crl" / "ca.crl", ca, [serial + 1, serial])
+        msg = await refused(collector(endpoint, tmp_path / "gw", **kw))
+    assert f"serial {serial:X}) was revoked by CN=Valvoja test opcua-ca" in msg and "ca.crl" in msg, msg
+
+
+def test_a_late_revocation_list_still_applies_and_is_logged_once(tmp_path, caplog):
+    import logging
+
+    from collectors.opcua.security import Pki, RevokedCertificate, check_server_certificate
+
+    ca = RsaCa(tmp_path / "ca")
+    revoked, _ = server_certificate(tmp_path / "server", "revoked", ca=ca)
+    good, _ = server_certificate(tmp_path / "server", "good", ca=ca)
+    pki = Pki(tmp_path / "pki")
+    pki.ensure()
+    shutil.copy(ca.cert_path, pki.trusted)
+    (pki.crl / "notes.txt").write_text("not a revocation list")
+    write_crl(pki.crl / "late.crl", ca, [load_cert(Path(revoked)).serial_number], next_update_days=-1)
+    with caplog.at_level(logging.WARNING, logger="collectors.opcua.security"):
+        for _ in range(3):
+            check_server_certificate(pki, Path(good).read_bytes(), endpoint="opc.tcp://x", trust_on_first_use=False)
+            with pytest.raises(RevokedCertificate, match="was revoked"):
+                check_server_certificate(pki, Path(revoked).read_bytes(), endpoint="opc.tcp://x",
+                                         trust_on_first_use=False)
+    assert sum("due for renewal" in r.getMessage() for r in caplog.records) == 1
+    assert "notes.txt is not a CRL" in caplog.text

@@ -7,6 +7,7 @@ Folder layout (``pki_dir``, by default ``<state_dir>/pki`` of the collector)::
     trusted/              server certificates, or the CAs that issued them, the operator trusts (PEM or DER)
     rejected/             server certificates that were refused, named by thumbprint: move one to
                           trusted/ to trust it
+    crl/                  certificate revocation lists (PEM or DER) of the CAs in trusted/
 
 A server certificate is trusted when it is byte-for-byte one in ``trusted/``, or was issued directly
 by a CA certificate in ``trusted/``; and it must be inside its validity period either way. Anything
@@ -21,6 +22,10 @@ subject alternative names must hold the endpoint's host (an IP address for an IP
 ``*.`` for one left-most label; ``check_host_name = false`` turns this off for a server whose certificate
 cannot carry its address), and its application URI must be the one the server announces in its endpoint.
 Either mismatch is refused with `CertificateMismatch`.
+A certificate listed in a revocation list in ``crl/`` is refused (`RevokedCertificate`), however it is trusted.
+A list counts only when a CA in ``trusted/`` signed it (others are logged and ignored); a list past its
+next-update time is still applied, and logged, so a late CRL never takes a plant's data collection down but
+a revocation it holds still stands. A CA without a list in ``crl/`` is not checked for revocation.
 Nothing here ever falls back to an insecure connection: a refusal is an error.
 """
 
@@ -63,6 +68,10 @@ class UntrustedCertificate(SecurityError):
     pass
 
 
+class RevokedCertificate(SecurityError):
+    """A server certificate listed in a revocation list of a trusted CA."""
+
+
 class CertificateMismatch(SecurityError):
     """A trusted server certificate that is not the certificate of this endpoint (host name, application URI)."""
 
@@ -87,8 +96,12 @@ class Pki:
     def rejected(self) -> Path:
         return self.root / "rejected"
 
+    @property
+    def crl(self) -> Path:
+        return self.root / "crl"
+
     def ensure(self) -> None:
-        for d in (self.own_cert.parent, self.trusted, self.rejected):
+        for d in (self.own_cert.parent, self.trusted, self.rejected, self.crl):
             d.mkdir(parents=True, exist_ok=True)
 
 
@@ -205,11 +218,7 @@ def _trusted_certs(folder: Path) -> list[x509.Certificate]:
 
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
-    try:
-        bc = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return False
-    if not bc.ca:
+    if not _is_ca(ca):
         return False
     try:
         cert.verify_directly_issued_by(ca)
@@ -217,6 +226,66 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
         return False
     now = dt.datetime.now(dt.UTC)
     return ca.not_valid_before_utc <= now <= ca.not_valid_after_utc
+
+
+def _crls(pki: Pki, trusted: list[x509.Certificate]) -> list[tuple[Path, x509.CertificateRevocationList]]:
+    """The revocation lists in ``crl/`` that a CA in the trust list signed; the others are logged, not used."""
+    out = []
+    if not pki.crl.is_dir():
+        return out
+    cas = [t for t in trusted if _is_ca(t)]
+    for path in sorted(pki.crl.iterdir()):
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        try:
+            crl = (x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----BEGIN")
+                   else x509.load_der_x509_crl(data))
+        except ValueError as exc:
+            log.warning("revocation lists: %s is not a CRL (%s); ignored", path, exc,
+                        extra={"event": "opcua_crl_ignored"})
+            continue
+        if not any(ca.subject == crl.issuer and _signed_by(crl, ca) for ca in cas):
+            log.warning("revocation lists: %s (issuer %s) is not signed by a CA in %s; ignored", path,
+                        crl.issuer.rfc4514_string(), pki.trusted, extra={"event": "opcua_crl_ignored"})
+            continue
+        out.append((path, crl))
+    return out
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    try:
+        return crl.is_signature_valid(ca.public_key())
+    except (TypeError, ValueError):
+        return False
+
+
+_STALE: set[tuple[Path, dt.datetime]] = set()
+
+
+def _check_revocation(pki: Pki, cert: x509.Certificate, trusted: list[x509.Certificate], where: str) -> None:
+    now = dt.datetime.now(dt.UTC)
+    for path, crl in _crls(pki, trusted):
+        if crl.issuer != cert.issuer:
+            continue
+        if crl.next_update_utc is not None and crl.next_update_utc < now and (path, crl.next_update_utc) not in _STALE:
+            _STALE.add((path, crl.next_update_utc))  # once per list, not at every reconnect
+            log.warning("revocation list %s of %s was due for renewal on %s UTC; still applied: put a current one "
+                        "in %s", path, crl.issuer.rfc4514_string(), f"{crl.next_update_utc:%Y-%m-%d %H:%M}",
+                        pki.crl, extra={"event": "opcua_crl_stale"})
+        entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+        if entry is not None:
+            raise RevokedCertificate(
+                f"{where}, serial {cert.serial_number:X}) was revoked by {crl.issuer.rfc4514_string()} on "
+                f"{entry.revocation_date_utc:%Y-%m-%d %H:%M} UTC (revocation list {path}): refused. The server "
+                "needs a new certificate.")
 
 
 def check_server_certificate(pki: Pki, der: bytes, *, endpoint: str, trust_on_first_use: bool) -> x509.Certificate:
@@ -233,6 +302,7 @@ def check_server_certificate(pki: Pki, der: bytes, *, endpoint: str, trust_on_fi
             f"the server needs a new one). A copy is in {saved}")
     trusted = _trusted_certs(pki.trusted)
     if any(t == cert for t in trusted) or any(_issued_by(cert, t) for t in trusted):
+        _check_revocation(pki, cert, trusted, where)
         return cert
     uris = set(application_uris(cert))
     known = [t for t in trusted if uris & set(application_uris(t))]
