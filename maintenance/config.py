@@ -69,14 +69,21 @@ class RulAssetConfig(BaseModel):
     sensors: tuple[str, ...] = Field(min_length=1, description="tags of the model's sensor columns, in the order "
                                                                "of its training data (unused columns may be '')")
     settings: tuple[str, ...] = Field((), description="tags of the operating settings (operating conditions)")
-    cycle_s: float = Field(gt=0, description="seconds per cycle: one feature row per cycle (mean of its readings)")
-    start_cycle: int = Field(0, ge=0, description="cycles the asset had run when monitoring started (its age)")
+    cycle_s: float | None = Field(None, gt=0, description="seconds per cycle: one feature row per cycle (mean of "
+                                                          "its readings); or cycle_tag")
+    cycle_tag: str | None = Field(None, min_length=1, description="a counter tag of the asset's cycles (flights, "
+                                                                  "batches, strokes): a cycle ends when it changes, "
+                                                                  "its value is the age; a lower value starts a new "
+                                                                  "life (part replaced)")
+    start_cycle: int = Field(0, ge=0, description="cycles the asset had run when monitoring (or its counter) started")
     predict_every: int = Field(1, ge=1, description="store a prediction every this many cycles")
     alert_below: float | None = Field(None, gt=0, description="alert while the interval's lower end is below this "
                                                               "many cycles")
 
     @model_validator(mode="after")
     def _source(self) -> RulAssetConfig:
+        if (self.cycle_s is None) == (self.cycle_tag is None):
+            raise ValueError("give either cycle_s (cycles by time) or cycle_tag (a cycle counter tag)")
         if (self.model_dir is None) == (self.registry is None and self.model_id is None):
             raise ValueError("give either model_dir or registry + model_id")
         if self.model_dir is None and not (self.registry and self.model_id):

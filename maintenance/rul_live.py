@@ -1,9 +1,11 @@
 """Remaining useful life in the gateway: a RUL model (``rul_export``) served per asset, cycle by cycle.
 
 For each asset with ``[maintenance.assets.rul]`` the readings of its setting and sensor tags are averaged
-per cycle (``cycle_s`` seconds; a cycle closes as soon as every tag the model uses has its readings for
-it, or when a reading of a later cycle arrives). Each closed cycle goes through the same steps as in
-training, incrementally: per-condition normalisation with the card's fitted parameters, the causal
+per cycle: cycles of ``cycle_s`` seconds (a cycle closes as soon as every tag the model uses has its
+readings for it, or when a reading of a later cycle arrives), or the asset's own cycles counted by a
+``cycle_tag`` (flights, batches, strokes: a cycle closes when the counter changes, the counter value is the
+age, and a counter that goes back starts a new life with an empty history). Each closed cycle goes through
+the same steps as in training, incrementally: per-condition normalisation with the card's fitted parameters, the causal
 bias-corrected exponentially weighted means (one recursion per span: ``num = x + (1 - a) num``,
 ``den = 1 + (1 - a) den``, exactly `rul.ewm`), the trend and the age in cycles; then the ONNX graph through
 ``models.runtime.OnnxModel`` (file checked against its sha256), the output clipped to [0, cap], and the
@@ -39,6 +41,7 @@ from maintenance.indicators import value_of
 from maintenance.rul_intervals import BinnedConformal
 
 log = logging.getLogger(__name__)
+COUNTER = -1  # the position of an asset's cycle counter tag in `RulLive.tag_of`
 
 
 class ServedRulModel:
@@ -132,6 +135,8 @@ class _Asset:
     last_pred: int = -(10**9)
     next_refresh: float = 0.0
     refused: str | None = None  # sha256 of a champion that could not be served (logged once)
+    first_time: datetime | None = None  # counter mode: when the first counted cycle began
+    end_time: datetime | None = None  # counter mode: when the cycle being closed ended
     error: str | None = None  # the registry's last read error (logged once until it changes)
 
 
@@ -197,8 +202,9 @@ class RulLive:
             cfg = a.rul
             tags = list(cfg.settings) + list(cfg.sensors)
             n = len(tags)
+            per_cycle = max(1, round(cfg.cycle_s / period_s)) if cfg.cycle_s else 0  # counter: closes on change
             st = _Asset(a.name, cfg, None, np.flatnonzero([bool(t) for t in tags]), 0,
-                        max(1, round(cfg.cycle_s / period_s)), None, deque(maxlen=cfg.history_cycles),
+                        per_cycle, None, deque(maxlen=cfg.history_cycles),
                         sums=np.zeros(n), counts=np.zeros(n), last=np.full(n, np.nan),
                         next_refresh=now + cfg.refresh_s)
             if cfg.model_dir is not None:
@@ -218,6 +224,8 @@ class RulLive:
             for j, t in enumerate(tags):
                 if t:
                     self.tag_of[t] = (len(self.assets), j)
+            if cfg.cycle_tag:
+                self.tag_of[cfg.cycle_tag] = (len(self.assets), COUNTER)
             self.assets.append(st)
 
     # -- the served version ---------------------------------------------------------------------
@@ -304,6 +312,9 @@ class RulLive:
             if not math.isfinite(v):
                 continue
             a = self.assets[hit[0]]
+            if a.cfg.cycle_tag is not None:
+                self._counted(a, hit[1], r.time, v, preds, changes)
+                continue
             slot = math.floor(r.time.timestamp() / a.cfg.cycle_s)
             if a.slot is None:
                 a.slot = a.first_slot = slot
@@ -321,11 +332,41 @@ class RulLive:
                 self._close(a, preds, changes)
         return preds, changes
 
+    def _counted(self, a: _Asset, pos: int, t: datetime, v: float, preds: list[Prediction],
+                 changes: list[AlertChange]) -> None:
+        """Counter mode: a reading of the cycle counter (``pos`` COUNTER) or of a tag of the current cycle."""
+        if pos != COUNTER:
+            if a.slot is not None:  # before the first counter value the cycle is unknown: not used
+                a.sums[pos] += v
+                a.counts[pos] += 1
+            return
+        n = int(v)
+        if a.slot is not None and n == a.slot:
+            return
+        if a.slot is not None:
+            a.end_time = t
+            self._close(a, preds, changes)
+            if n < a.slot:  # the counter went back: a new life (the part was replaced, the counter reset)
+                log.warning("asset %s: cycle counter %s went from %d to %d: a new life, its history starts again",
+                            a.name, a.cfg.cycle_tag, a.slot, n, extra={"event": "rul_new_life", "asset": a.name})
+                a.history.clear()
+                a.last[:] = np.nan
+                a.cycles, a.last_pred, a.first_time = 0, -(10**9), None
+                if a.model is not None:
+                    a.state = EwmState.new(a.model.spans, a.model.width)
+        a.slot, a.closed = n, False
+        a.first_time = a.first_time or t
+        a.sums[:] = 0.0
+        a.counts[:] = 0.0
+
     def _close(self, a: _Asset, preds: list[Prediction], changes: list[AlertChange]) -> None:
         a.closed = True
         seen = a.counts > 0
         a.last[seen] = a.sums[seen] / a.counts[seen]
-        age = a.cfg.start_cycle + (a.slot - a.first_slot + 1)
+        if a.cfg.cycle_tag is not None:
+            age = a.cfg.start_cycle + a.slot
+        else:
+            age = a.cfg.start_cycle + (a.slot - a.first_slot + 1)
         a.history.append((age, a.last.copy()))
         row = a.last[a.sel]
         if a.model is None or not np.isfinite(row).all():
@@ -338,8 +379,11 @@ class RulLive:
             return
         a.last_pred = a.cycles
         value, lo, hi = m.predict(x)
-        t = datetime.fromtimestamp((a.slot + 1) * a.cfg.cycle_s, UTC)
-        start = datetime.fromtimestamp(a.first_slot * a.cfg.cycle_s, UTC)
+        if a.cfg.cycle_tag is not None:
+            t, start = a.end_time, a.first_time
+        else:
+            t = datetime.fromtimestamp((a.slot + 1) * a.cfg.cycle_s, UTC)
+            start = datetime.fromtimestamp(a.first_slot * a.cfg.cycle_s, UTC)
         open_ended = math.isinf(hi)
         cov = m.intervals.coverage
         pred = Prediction(m.model_id, m.sha256, a.name, t, value, lower=lo, upper=None if open_ended else hi,

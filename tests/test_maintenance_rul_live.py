@@ -295,3 +295,49 @@ def test_registry_database_down_at_start_then_back(fitted, tmp_path, own_pg_serv
     assert [p.details["cycle"] for p in preds] == list(range(half + 1, len(batches) + 1))
     assert np.allclose([p.value for p in preds], offline[half:], atol=1e-3)
     assert preds[0].model_version == out["sha256"]
+
+
+def test_cycles_from_a_counter_tag_of_irregular_cycles_and_a_new_life(fitted):
+    """With ``cycle_tag`` a cycle is what the asset's counter says, however long it lasts: the replayed engines
+    (cycles of 40-200 s, several readings per tag per cycle) get the offline predictions at each counter change;
+    a counter going back to 1 (the engine replaced) starts a new life whose predictions are those of the new
+    engine's history alone."""
+    r, d = fitted
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    units = [int(u) for u in test.units()[:2]]
+    rng = np.random.default_rng(3)
+    asset = AssetConfig(name="ENG", rul=RulAssetConfig(
+        model_dir=str(d), sensors=tuple(f"ENG.s{j}" for j in range(1, 22)),
+        settings=tuple(f"ENG.set{k}" for k in range(1, 4)), cycle_tag="ENG.cycles"))
+    live = MaintenanceLive(MaintenanceConfig(period_s=1.0, assets=(asset,)))
+    t = T0
+    batches = []
+    for u in units:  # the second engine replaces the first on the same asset
+        one = test.select(test.unit == u)
+        for i in range(len(one.unit)):
+            span = float(rng.uniform(40, 200))
+            batch = [Reading("ENG.cycles", t, float(one.cycle[i]), t)]
+            for k in range(3):  # three readings per tag in the cycle, spread around the row's value
+                tk = t + timedelta(seconds=span * (k + 1) / 4)
+                noise = (k - 1) * 1e-4
+                batch += [Reading(f"ENG.set{j + 1}", tk, float(one.settings[i, j]) + noise, tk) for j in range(3)]
+                batch += [Reading(f"ENG.s{j + 1}", tk, float(one.sensors[i, j]) + noise, tk) for j in range(21)]
+            batches.append(batch)
+            t += timedelta(seconds=span)
+    batches.append([Reading("ENG.cycles", t, 1.0, t)])  # the counter of a third engine: closes the last cycle
+    preds = _process(live, batches)
+    lives = [test.select(test.unit == u) for u in units]
+    want = np.concatenate([r["model"].predict(f.unit, f.cycle, f.settings, f.sensors) for f in lives])
+    cycles = np.concatenate([test.cycle[test.unit == u] for u in units])
+    assert [p.details["cycle"] for p in preds] == cycles.tolist()
+    assert np.allclose([p.value for p in preds], want, atol=1e-3)
+    n1 = int((test.unit == units[0]).sum())
+    assert preds[n1].input_start > preds[n1 - 1].time - timedelta(seconds=1)  # the new life's own start
+    assert preds[0].input_start == T0 and all(p.time > p.input_start for p in preds)
+
+
+def test_cycle_s_or_cycle_tag():
+    with pytest.raises(ValueError, match=r"either cycle_s .* or cycle_tag"):
+        RulAssetConfig(model_dir="m", sensors=("a",))
+    with pytest.raises(ValueError, match=r"either cycle_s .* or cycle_tag"):
+        RulAssetConfig(model_dir="m", sensors=("a",), cycle_s=60.0, cycle_tag="n")
