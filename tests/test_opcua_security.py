@@ -173,7 +173,10 @@ def test_security_configuration_mistakes():
     for bad, text in [({"security_policy": "Basic256Sha256"}, "policy None goes with mode None"),
                       ({"security_mode": "Sign"}, "policy None goes with mode None"),
                       ({"security_policy": "Basic128Rsa15", "security_mode": "Sign"}, "security_policy"),
-                      ({"certificate": "/x.der"}, "certificate and private_key go together")]:
+                      ({"certificate": "/x.der"}, "certificate and private_key go together"),
+                      ({"private_key_password": "env:PW"}, "give private_key too"),
+                      ({"certificate": "/x.der", "private_key": "/k.pem", "private_key_password": "s3cret"},
+                       "must be a reference")]:
         with pytest.raises(ValidationError, match=text):
             Config.model_validate({**base, **bad})
 
@@ -296,3 +299,45 @@ def test_a_late_revocation_list_still_applies_and_is_logged_once(tmp_path, caplo
                                          trust_on_first_use=False)
     assert sum("due for renewal" in r.getMessage() for r in caplog.records) == 1
     assert "notes.txt is not a CRL" in caplog.text
+
+
+async def test_site_issued_client_certificate_with_an_encrypted_key(tmp_path, monkeypatch):
+    """The plant's own client certificate and its password-protected key (password from a reference): the
+    server that trusts that certificate accepts the session; a missing or wrong password is an error at start-up
+    naming the key file and the setting, never the password."""
+    from cryptography.hazmat.primitives import serialization
+
+    from collectors.opcua.security import make_certificate, new_key
+    from edge.errors import ConfigError
+
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    cert, key = server_certificate(tmp_path / "server", "srv")
+    pki = tmp_path / "gw" / "pki"
+    (pki / "trusted").mkdir(parents=True)
+    shutil.copy(cert, pki / "trusted")
+    site = tmp_path / "site"
+    site.mkdir()
+    client_key = new_key()
+    client_cert = make_certificate(client_key, "urn:plant:valvoja:gw1", "gw1", client=True)
+    (site / "gw1.der").write_bytes(client_cert.public_bytes(serialization.Encoding.DER))
+    (site / "gw1.key.pem").write_bytes(client_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"k3y-pass")))
+    clients = tmp_path / "server" / "trusted-clients"
+    clients.mkdir()
+    shutil.copy(site / "gw1.der", clients)
+    kw = dict(security_policy="Basic256Sha256", security_mode="SignAndEncrypt", certificate=str(site / "gw1.der"),
+              private_key=str(site / "gw1.key.pem"))
+    monkeypatch.setenv("GW1_KEY_PW", "k3y-pass")
+    async with serving(TAGS, endpoint, certificate=cert, private_key=key, policies=["Basic256Sha256_SignAndEncrypt"],
+                       trusted_clients=str(clients)):
+        col = collector(endpoint, tmp_path / "gw", private_key_password="env:GW1_KEY_PW", **kw)
+        await collects(col)
+        assert not (pki / "own").exists() or not list((pki / "own").iterdir()), "no certificate of its own made"
+    monkeypatch.setenv("GW1_KEY_PW", "wrong")
+    with pytest.raises(ConfigError) as info:
+        collector(endpoint, tmp_path / "gw", private_key_password="env:GW1_KEY_PW", **kw)
+    assert "collectors (secure).private_key" in str(info.value) and "wrong password" in str(info.value)
+    assert "gw1.key.pem" in str(info.value) and "wrong" not in str(info.value).replace("wrong password", "")
+    with pytest.raises(ConfigError, match="is encrypted: give private_key_password"):
+        collector(endpoint, tmp_path / "gw", **kw)

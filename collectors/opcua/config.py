@@ -72,6 +72,8 @@ class Connection(Strict):
     certificate: str | None = Field(None, description="a site-issued client certificate (PEM/DER) instead of "
                                                       "the generated one; with private_key")
     private_key: str | None = None
+    private_key_password: SecretRef | None = Field(None, description="password of an encrypted private_key: "
+                                                                     "env:NAME or file:/path")
 
     @field_validator("endpoint")
     @classmethod
@@ -89,6 +91,8 @@ class Connection(Strict):
                              "policy None goes with mode None, any other policy with Sign or SignAndEncrypt")
         if (self.certificate is None) != (self.private_key is None):
             raise ValueError("certificate and private_key go together (give both or neither)")
+        if self.private_key_password is not None and self.private_key is None:
+            raise ValueError("private_key_password is the password of private_key: give private_key too")
         return self
 
 class Config(Connection):

@@ -26,6 +26,7 @@ from collectors.opcua.security import (
     Pki,
     SecurityError,
     application_uris,
+    check_private_key,
     check_server_certificate,
     check_server_identity,
     ensure_own_certificate,
@@ -66,11 +67,12 @@ class ClientOpener:
     """Builds and connects `asyncua.Client`s for one `Connection`; keeps what it learnt for messages."""
 
     def __init__(self, conn: Connection, *, name: str, state_dir: Path | str | None = None,
-                 password: str | None = None) -> None:
+                 password: str | None = None, key_password: str | None = None) -> None:
         self.conn = conn
         self.name = name
         self.state_dir = state_dir
         self.password = password
+        self.key_password = key_password
         self.own_cert: Path | None = None
         self.application_uri = conn.application_uri
         self.server_thumbprint: str | None = None
@@ -132,6 +134,7 @@ class ClientOpener:
                 raise SecurityError(f"certificate {cert_path} is for {uris}, not application_uri "
                                     f"{self.application_uri}")
             self.application_uri = self.application_uri or uris[0]
+            check_private_key(key_path, self.key_password)
             pki.ensure()
         else:
             self.application_uri = self.application_uri or default_application_uri(self.name)
@@ -153,7 +156,8 @@ class ClientOpener:
         own_der = load_cert(cert_path).public_bytes(serialization.Encoding.DER)
         key_ext = "pem" if key_path.read_bytes().lstrip().startswith(b"-----BEGIN") else "der"
         await client.set_security(POLICIES[conn.security_policy], own_der,
-                                  uacrypto.CertProperties(str(key_path), extension=key_ext),
+                                  uacrypto.CertProperties(str(key_path), extension=key_ext,
+                                                          password=self.key_password),
                                   server_certificate=der, mode=MODES[conn.security_mode])
 
     def _own_thumbprint(self) -> str:

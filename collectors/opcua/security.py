@@ -176,6 +176,27 @@ def write_key(key: rsa.RSAPrivateKey, path: Path) -> None:
         f.write(data)
 
 
+def check_private_key(path: Path, password: str | None) -> None:
+    """Raise `SecurityError` unless ``path`` is a private key readable with ``password`` (None: unencrypted).
+    The message names the file and the configuration key, never the password."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SecurityError(f"private key {path}: {exc.strerror or exc}") from None
+    load = (serialization.load_pem_private_key if data.lstrip().startswith(b"-----BEGIN")
+            else serialization.load_der_private_key)
+    try:
+        load(data, password.encode() if password is not None else None)
+    except TypeError:  # encrypted without a password, or a password for a key that is not encrypted
+        if password is None:
+            raise SecurityError(f"private key {path} is encrypted: give private_key_password (env:NAME or "
+                                "file:/path)") from None
+        raise SecurityError(f"private key {path} is not encrypted: remove private_key_password") from None
+    except ValueError:
+        raise SecurityError(f"private key {path}: cannot be read" + (" with private_key_password (wrong password?)"
+                                                                     if password is not None else "")) from None
+
+
 def ensure_own_certificate(pki: Pki, application_uri: str, common_name: str) -> tuple[Path, Path]:
     """The gateway's certificate and key, made on first start and kept afterwards.
 
