@@ -175,6 +175,10 @@ def test_security_configuration_mistakes():
                       ({"security_policy": "Basic128Rsa15", "security_mode": "Sign"}, "security_policy"),
                       ({"certificate": "/x.der"}, "certificate and private_key go together"),
                       ({"private_key_password": "env:PW"}, "give private_key too"),
+                      ({"user_certificate": "/u.der"}, "user_certificate and user_private_key go together"),
+                      ({"user_certificate": "/u.der", "user_private_key": "/u.pem", "username": "u",
+                        "password": "env:PW"}, "one user identity"),
+                      ({"user_private_key_password": "env:PW"}, "give it too"),
                       ({"certificate": "/x.der", "private_key": "/k.pem", "private_key_password": "s3cret"},
                        "must be a reference")]:
         with pytest.raises(ValidationError, match=text):
@@ -341,3 +345,39 @@ async def test_site_issued_client_certificate_with_an_encrypted_key(tmp_path, mo
     assert "gw1.key.pem" in str(info.value) and "wrong" not in str(info.value).replace("wrong password", "")
     with pytest.raises(ConfigError, match="is encrypted: give private_key_password"):
         collector(endpoint, tmp_path / "gw", **kw)
+
+
+async def test_x509_user_identity(tmp_path, monkeypatch):
+    """The session is activated with a user certificate (X.509 identity token, signed with the user's encrypted
+    key); the server maps it to its user. A certificate the server does not know is refused."""
+    from cryptography.hazmat.primitives import serialization
+
+    from collectors.opcua.security import make_certificate, new_key
+
+    def user(name: str) -> tuple[Path, Path]:
+        key = new_key()
+        cert = make_certificate(key, f"urn:plant:user:{name}", name, client=True)
+        c, k = tmp_path / "users" / f"{name}.der", tmp_path / "users" / f"{name}.key.pem"
+        c.parent.mkdir(exist_ok=True)
+        c.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+        k.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.BestAvailableEncryption(b"op-pass")))
+        return c, k
+
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    cert, key = server_certificate(tmp_path / "server", "srv")
+    pki = tmp_path / "gw" / "pki"
+    (pki / "trusted").mkdir(parents=True)
+    shutil.copy(cert, pki / "trusted")
+    operator, stranger = user("operator"), user("stranger")
+    monkeypatch.setenv("USER_KEY_PW", "op-pass")
+    kw = dict(security_policy="Basic256Sha256", security_mode="SignAndEncrypt",
+              user_private_key_password="env:USER_KEY_PW")
+    async with serving(TAGS, endpoint, certificate=cert, private_key=key, policies=["Basic256Sha256_SignAndEncrypt"],
+                       users={}, user_certificates={"operator": str(operator[0])}) as srv:
+        await collects(collector(endpoint, tmp_path / "gw", user_certificate=str(operator[0]),
+                                 user_private_key=str(operator[1]), **kw))
+        assert srv.activated == ["operator"]  # the session's user is the certificate's
+        msg = await refused(collector(endpoint, tmp_path / "gw", user_certificate=str(stranger[0]),
+                                      user_private_key=str(stranger[1]), **kw))
+    assert "BadUserAccessDenied" in msg or "BadIdentityToken" in msg, msg

@@ -11,22 +11,24 @@ __all__ = ["Config", "NodeConfig", "build"]
 
 def build(config: Config, context: CollectorContext):
     """The collector for ``config``; the password references are resolved here, at start-up."""
+    from pathlib import Path
+
     from collectors.opcua.collector import OpcUaCollector
+    from collectors.opcua.security import SecurityError, check_private_key
+    from edge.errors import ConfigError
 
-    password = key_password = None
-    if config.password is not None:
-        password = resolve_secret(config.password, where=f"collectors ({context.name}).password")
-    if config.private_key_password is not None:
-        key_password = resolve_secret(config.private_key_password,
-                                      where=f"collectors ({context.name}).private_key_password")
-    if config.private_key is not None:  # a key that cannot be read is a start-up error, not a retry loop
-        from pathlib import Path
+    def secret(key: str) -> str | None:
+        ref = getattr(config, key)
+        return None if ref is None else resolve_secret(ref, where=f"collectors ({context.name}).{key}")
 
-        from collectors.opcua.security import SecurityError, check_private_key
-        from edge.errors import ConfigError
-
-        try:
-            check_private_key(Path(config.private_key), key_password)
-        except SecurityError as exc:
-            raise ConfigError(f"collectors ({context.name}).private_key: {exc}") from None
-    return OpcUaCollector(config, context, password=password, key_password=key_password)
+    password, key_password, user_key_password = (secret("password"), secret("private_key_password"),
+                                                 secret("user_private_key_password"))
+    # A key that cannot be read is a start-up error, not a reconnect loop.
+    for key, pw in (("private_key", key_password), ("user_private_key", user_key_password)):
+        if getattr(config, key) is not None:
+            try:
+                check_private_key(Path(getattr(config, key)), pw, setting=f"{key}_password")
+            except SecurityError as exc:
+                raise ConfigError(f"collectors ({context.name}).{key}: {exc}") from None
+    return OpcUaCollector(config, context, password=password, key_password=key_password,
+                          user_key_password=user_key_password)

@@ -63,13 +63,13 @@ class OpcUaCollector:
     """Subscribes to ``config.nodes`` on ``config.endpoint``; see the module docstring."""
 
     def __init__(self, config: Config, context: CollectorContext, *, password: str | None = None,
-                 key_password: str | None = None) -> None:
+                 key_password: str | None = None, user_key_password: str | None = None) -> None:
         self.name = context.name
         self.cfg = config
         self.ctx = context
         self.reconnect_max_delay_s = config.reconnect_max_delay_s  # read by the gateway's reconnect loop
         self.opener = ClientOpener(config, name=context.name, state_dir=context.state_dir, password=password,
-                                   key_password=key_password)
+                                   key_password=key_password, user_key_password=user_key_password)
         # Client handle i + 1 <-> config.nodes[i]: fixed, so they survive asyncua's recreate().
         self._tags = [n.tag for n in config.nodes]
         self._flatten = [(n.arrays or config.arrays) == "flatten" for n in config.nodes]

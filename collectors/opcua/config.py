@@ -74,6 +74,11 @@ class Connection(Strict):
     private_key: str | None = None
     private_key_password: SecretRef | None = Field(None, description="password of an encrypted private_key: "
                                                                      "env:NAME or file:/path")
+    user_certificate: str | None = Field(None, description="X.509 user identity: the user's certificate (PEM/DER), "
+                                                           "with user_private_key; instead of username")
+    user_private_key: str | None = None
+    user_private_key_password: SecretRef | None = Field(None, description="password of an encrypted "
+                                                                          "user_private_key: env:NAME or file:/path")
 
     @field_validator("endpoint")
     @classmethod
@@ -93,6 +98,12 @@ class Connection(Strict):
             raise ValueError("certificate and private_key go together (give both or neither)")
         if self.private_key_password is not None and self.private_key is None:
             raise ValueError("private_key_password is the password of private_key: give private_key too")
+        if (self.user_certificate is None) != (self.user_private_key is None):
+            raise ValueError("user_certificate and user_private_key go together (give both or neither)")
+        if self.user_private_key_password is not None and self.user_private_key is None:
+            raise ValueError("user_private_key_password is the password of user_private_key: give it too")
+        if self.user_certificate is not None and self.username is not None:
+            raise ValueError("one user identity: username/password or user_certificate, not both")
         return self
 
 class Config(Connection):

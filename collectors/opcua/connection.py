@@ -67,12 +67,14 @@ class ClientOpener:
     """Builds and connects `asyncua.Client`s for one `Connection`; keeps what it learnt for messages."""
 
     def __init__(self, conn: Connection, *, name: str, state_dir: Path | str | None = None,
-                 password: str | None = None, key_password: str | None = None) -> None:
+                 password: str | None = None, key_password: str | None = None,
+                 user_key_password: str | None = None) -> None:
         self.conn = conn
         self.name = name
         self.state_dir = state_dir
         self.password = password
         self.key_password = key_password
+        self.user_key_password = user_key_password
         self.own_cert: Path | None = None
         self.application_uri = conn.application_uri
         self.server_thumbprint: str | None = None
@@ -101,6 +103,9 @@ class ClientOpener:
 
     async def _connect(self, client: Client) -> None:
         conn = self.conn
+        if conn.user_certificate is not None:  # X.509 user identity: the session is activated with it
+            await client.load_client_certificate(conn.user_certificate)
+            await client.load_private_key(Path(conn.user_private_key), self.user_key_password)
         if conn.security_policy == "None":
             client.application_uri = self.application_uri or default_application_uri(self.name)
             if conn.username is not None and not self._warned_plaintext:

@@ -176,9 +176,9 @@ def write_key(key: rsa.RSAPrivateKey, path: Path) -> None:
         f.write(data)
 
 
-def check_private_key(path: Path, password: str | None) -> None:
+def check_private_key(path: Path, password: str | None, *, setting: str = "private_key_password") -> None:
     """Raise `SecurityError` unless ``path`` is a private key readable with ``password`` (None: unencrypted).
-    The message names the file and the configuration key, never the password."""
+    The message names the file and the configuration key (``setting``), never the password."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -189,11 +189,11 @@ def check_private_key(path: Path, password: str | None) -> None:
         load(data, password.encode() if password is not None else None)
     except TypeError:  # encrypted without a password, or a password for a key that is not encrypted
         if password is None:
-            raise SecurityError(f"private key {path} is encrypted: give private_key_password (env:NAME or "
+            raise SecurityError(f"private key {path} is encrypted: give {setting} (env:NAME or "
                                 "file:/path)") from None
-        raise SecurityError(f"private key {path} is not encrypted: remove private_key_password") from None
+        raise SecurityError(f"private key {path} is not encrypted: remove {setting}") from None
     except ValueError:
-        raise SecurityError(f"private key {path}: cannot be read" + (" with private_key_password (wrong password?)"
+        raise SecurityError(f"private key {path}: cannot be read" + (f" with {setting} (wrong password?)"
                                                                      if password is not None else "")) from None
 
 

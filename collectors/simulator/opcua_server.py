@@ -84,15 +84,24 @@ def _item(nodeid: ua.NodeId, parent: ua.NodeId, name: str, ns: int, value: ua.Va
 
 
 class _Users:
-    """Username/password check for the server (anonymous and wrong passwords are refused)."""
+    """User check for the server: user names with passwords, and user certificates (X.509 identity, compared
+    byte for byte); anonymous sessions, wrong passwords and unknown certificates are refused."""
 
-    def __init__(self, users: dict[str, str]) -> None:
+    def __init__(self, users: dict[str, str], certificates: dict[bytes, str]) -> None:
         self.users = users
+        self.certificates = certificates
+        self.activated: list[str] = []  # users whose sessions were activated, in order (for tests and demos)
 
     def get_user(self, iserver, username=None, password=None, certificate=None) -> User | None:
+        name = None
         if username is not None and self.users.get(username) == password:
-            return User(role=UserRole.User, name=username)
-        return None
+            name = username
+        elif certificate is not None:
+            name = self.certificates.get(bytes(certificate))
+        if name is None:
+            return None
+        self.activated.append(name)
+        return User(role=UserRole.User, name=name)
 
 
 class SimOpcUaServer:
@@ -101,7 +110,8 @@ class SimOpcUaServer:
     def __init__(self, tags: Sequence[TagSpec], endpoint: str = DEFAULT_ENDPOINT, *,
                  name: str = "Valvoja plant simulator", users: dict[str, str] | None = None,
                  certificate: str | None = None, private_key: str | None = None,
-                 policies: Sequence[str] | None = None, trusted_clients: str | None = None) -> None:
+                 policies: Sequence[str] | None = None, trusted_clients: str | None = None,
+                 user_certificates: dict[str, str] | None = None) -> None:
         self.endpoint = endpoint
         # Security (tests and demos): the server's certificate and key (PEM or DER), the endpoints it
         # offers as asyncua SecurityPolicyType names ("NoSecurity", "Basic256Sha256_SignAndEncrypt",
@@ -111,6 +121,9 @@ class SimOpcUaServer:
         self.policies = list(policies or ["NoSecurity"])
         self.trusted_clients = trusted_clients
         self.users = users  # None: anonymous access; else these user names and passwords only
+        # user name -> certificate file (PEM/DER) accepted as its X.509 identity; with users, not anonymous
+        self.user_certificates = user_certificates or {}
+        self._users: _Users | None = None
         self.tag_specs = list(tags)
         self.name = name
         self.server: Server | None = None
@@ -120,12 +133,25 @@ class SimOpcUaServer:
         self.writes = 0
         self.on_write: Callable[[str, object, int, datetime], None] | None = None  # test hook
 
+    @property
+    def activated(self) -> list[str]:
+        """User names of the sessions activated so far (empty for anonymous access)."""
+        return self._users.activated if self._users is not None else []
+
     def node_id(self, tag: str) -> str:
         """The node id string of ``tag`` (what a collector's ``nodes`` entry names)."""
         return f"ns={self.ns};s={tag}"
 
     async def start(self) -> None:
-        server = Server(user_manager=_Users(self.users) if self.users is not None else None)
+        certs = {}
+        if self.user_certificates:
+            from asyncua.crypto import uacrypto
+
+            for name, path in self.user_certificates.items():
+                certs[uacrypto.der_from_x509(await uacrypto.load_certificate(path))] = name
+        closed = self.users is not None or certs
+        self._users = _Users(self.users or {}, certs) if closed else None
+        server = Server(user_manager=self._users)
         await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name(self.name)
