@@ -1,7 +1,8 @@
 """Live analytics inside the gateway: maintenance (indicators, ISO zones, rules, anomaly) and emissions.
 
-Validated readings are offered here after they are durable in the spool (`Ingest.on_spooled`), so
-analytics never holds up collection: the queue is bounded and, when analytics falls behind, input is
+Validated readings are offered here after they are durable in the spool (`Ingest.on_spooled`), only
+those of the tags analytics uses (`tags`; making `Reading` objects of every reading would cost more than
+ingesting them), so analytics never holds up collection: the queue is bounded and, when analytics falls behind, input is
 dropped and counted (the raw data is safe; only derived values for that stretch are missing).
 
 What analytics produces goes back through the spool like everything else (DESIGN.md §1):
@@ -124,6 +125,7 @@ class Analytics:
         self.alert_changes = 0
         self.predictions = 0
         self.notifiers: list = []
+        self.latest = None  # latest reading time seen (datetime): analytics' clock
         self._synced = False
         self._notifying: set[asyncio.Task] = set()
 
@@ -134,8 +136,22 @@ class Analytics:
     def _condition(self, **kw) -> None:
         self._conditions.extend(self.manager.observe(**kw))
 
-    def offer(self, readings: list[Reading]) -> None:
-        """Called by the ingest task after a spool commit; never blocks."""
+    def tags(self) -> set[str]:
+        """The raw tags the analyses read: what the ingest task hands over."""
+        out: set[str] = set()
+        if self.maintenance is not None:
+            out |= self.maintenance.tags()
+        if self.emissions is not None:
+            out |= self.emissions.tags()
+        return out
+
+    def offer(self, readings: list[Reading], latest=None) -> None:
+        """Called by the ingest task after a spool commit with the group's readings of `tags` and its latest
+        reading time (the clock of escalations, also when none of the tags is in the group); never blocks."""
+        if latest is not None and (self.latest is None or latest > self.latest):
+            self.latest = latest
+        if not readings and not (self.manager.open and self.queue.empty()):
+            return  # nothing to analyse and no open alert whose escalation waits for the clock
         try:
             self.queue.put_nowait(readings)
             if self._dropping:
@@ -179,7 +195,7 @@ class Analytics:
         preds: list[Prediction] = []
         changes: list = []
         if self.maintenance is not None:
-            derived, preds, changes = await self.maintenance.process(readings)
+            derived, preds, changes = await self.maintenance.process(readings, now=self.latest)
         if self.emissions is not None:
             self.emissions.observe(readings)
             changes.extend(self._conditions)
@@ -259,6 +275,8 @@ class Analytics:
         self.manager.windows = await store.windows(conn, utcnow() - timedelta(days=1))
 
     def status(self) -> dict:
-        return {"processed": self.processed, "dropped": self.dropped, "queue": self.queue.qsize(),
+        # processed / dropped count readings of the analytics tags (``tags``), the only ones handed over.
+        return {"tags": len(self.tags()), "processed": self.processed, "dropped": self.dropped,
+                "queue": self.queue.qsize(),
                 "predictions": self.predictions, "errors": self.errors, "alert_changes": self.alert_changes,
                 "open_alerts": len(self.manager.open), "at": time.time()}

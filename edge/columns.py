@@ -149,19 +149,21 @@ class Columns:
     def value_at(self, i: int):
         return self.other[i] if i in self.other else float(self.value[i])
 
-    def rows(self) -> list[tuple]:
-        """``(tag, time_us, value, receive_us, quality, flags, status, server_us)`` per reading."""
+    def rows(self, which=None) -> list[tuple]:
+        """``(tag, time_us, value, receive_us, quality, flags, status, server_us)`` per reading (``which``: these
+        row numbers only, in that order)."""
         tags = self.tags
         return [(tags[self.tag_idx[i]], int(self.time_us[i]), self.value_at(i), int(self.recv_us[i]),
                  int(self.quality[i]), int(self.flags[i]), int(self.status[i]), self.server_us.get(i))
-                for i in range(len(self))]
+                for i in (range(len(self)) if which is None else (int(i) for i in which))]
 
-    def readings(self) -> list[Reading]:
+    def readings(self, which=None) -> list[Reading]:
+        """The readings as `Reading` objects (``which``: these row numbers only)."""
         def dt(us):
             return None if us is None else from_us(us)
 
         return [Reading(tag=t, time=dt(ts), value=v, receive_time=dt(rt), quality=Quality(q), flags=f, status=s,
-                        server_time=dt(st)) for t, ts, v, rt, q, f, s, st in self.rows()]
+                        server_time=dt(st)) for t, ts, v, rt, q, f, s, st in self.rows(which)]
 
 
 class Rows:

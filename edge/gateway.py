@@ -94,6 +94,7 @@ class Gateway:
         if not analytics.enabled:
             return None
         self.ingest.on_spooled = analytics.offer
+        self.ingest.analytics_tags = analytics.tags()
         self.background.append(analytics.run)
         if self.cfg.stacks and self.conninfo:
             from emissions.config import StackConfig

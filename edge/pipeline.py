@@ -14,9 +14,11 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from edge.columns import Columns, Rows
+import numpy as np
+
+from edge.columns import Columns, Rows, from_us
 from edge.metrics import Metrics
-from edge.records import Batch, utcnow
+from edge.records import Batch, Reading, utcnow
 from edge.spool import Spool, SpoolFull
 from edge.validate import Validator
 
@@ -50,8 +52,11 @@ class Ingest:
         self.full_since: float | None = None
         self.accepted = 0  # readings durable in the spool since start
         self.last_error: str | None = None
-        # Called with the readings of each committed group (live analytics); must not block.
+        # Called as on_spooled(readings, latest) for each committed group (live analytics): the readings of the
+        # `analytics_tags` (None: all) not made by analytics itself, and the group's latest reading time (which
+        # keeps analytics' clock going when none of its tags is in the group); must not block.
         self.on_spooled = None
+        self.analytics_tags: set[str] | None = None
 
     async def emit(self, batch: Batch) -> None:
         """Hand a batch over; waits while the queue is full (back-pressure)."""
@@ -117,18 +122,20 @@ class Ingest:
                     log.exception("upstream acknowledgement failed", extra={"event": "ack_error",
                                                                             "collector": b.source})
         self.spooled.set()
-        if self.on_spooled is not None:
-            # Analytics works on Reading objects; only a gateway that runs analytics pays for them.
-            fresh = [r for b, r in zip(_sources(group), cols.readings(), strict=True) if b != "analytics"]
-            if fresh:
-                self.on_spooled(fresh)
+        if self.on_spooled is not None and n:
+            # Analytics' clock is the data's (a replay escalates as it happened), but never ahead of receipt:
+            # one device with its clock far ahead must not escalate every open alert.
+            latest = from_us(int(min(cols.time_us.max(), cols.recv_us.max())))
+            self.on_spooled(self._for_analytics(group, cols), latest)
 
-
-def _sources(group: list[Batch]):
-    """The source of each reading of a group, in order."""
-    for b in group:
-        for _ in range(len(b.readings)):
-            yield b.source
+    def _for_analytics(self, group: list[Batch], cols: Columns) -> list[Reading]:
+        """`Reading` objects for analytics: only the rows of tags it uses (a `Reading` costs more to make than
+        the whole ingest of a reading), and never what analytics made itself."""
+        keep = np.repeat(np.array([b.source != "analytics" for b in group]), [len(b.readings) for b in group])
+        if self.analytics_tags is not None:
+            want = np.fromiter((t in self.analytics_tags for t in cols.tags), bool, len(cols.tags))
+            keep &= want[cols.tag_idx]
+        return cols.readings(np.flatnonzero(keep)) if keep.any() else []
 
 
 def _columns_of(group: list[Batch]) -> list[Columns]:

@@ -307,6 +307,10 @@ class LiveEmissions:
             for tag in {*mon.roles, *mon.pems_tags}:
                 self._route.setdefault(tag, []).append(mon)
 
+    def tags(self) -> set[str]:
+        """The tags the stacks read (measurands, conditions, PEMS inputs)."""
+        return set(self._route)
+
     def observe(self, readings: Iterable[Reading]) -> None:
         """Feed a batch of validated readings; readings of tags no stack uses cost one dict lookup."""
         per: dict[int, tuple[LiveMonitor, list[Reading]]] = {}

@@ -131,8 +131,16 @@ class MaintenanceLive:
 
             self.rul = RulLive(rul_assets, self.manager, config.period_s, dsn=dsn, metrics=metrics)
 
-    async def process(self, readings: Iterable[Reading]) -> tuple[list[Reading], list[Prediction], list[AlertChange]]:
-        """Derived readings, predictions and alert changes caused by one batch (time-ordered per tag)."""
+    def tags(self) -> set[str]:
+        """The raw tags this reads: indicator series and waveforms, anomaly signals, RUL tags, rule tags."""
+        rul = set(self.rul.tag_of) if self.rul is not None else set()
+        return (set(self.indicators.row) | set(self.indicators.blocks) | set(self.anomaly.flat) | rul
+                | set(self.rules.by_tag))
+
+    async def process(self, readings: Iterable[Reading], now: datetime | None = None
+                      ) -> tuple[list[Reading], list[Prediction], list[AlertChange]]:
+        """Derived readings, predictions and alert changes caused by one batch (time-ordered per tag). The clock
+        of escalations is the latest reading time, or ``now`` (the data's time) when later."""
         readings = list(readings)
         derived: list[Reading] = []
         preds: list[Prediction] = []
@@ -177,8 +185,11 @@ class MaintenanceLive:
                 changes.extend(c)
         changes.extend(self.rules.update(readings))
         changes.extend(self.rules.update(derived))
-        if readings:
-            changes.extend(self.manager.tick(max(r.time for r in readings)))
+        t = max((r.time for r in readings), default=None)
+        if now is not None and (t is None or now > t):
+            t = now
+        if t is not None:
+            changes.extend(self.manager.tick(t))
         return derived, preds, changes
 
     def _zones(self, derived: list[Reading], changes: list[AlertChange]) -> list[Reading]:
