@@ -10,6 +10,9 @@ Phases (each prints its figures; all are written to bench/results/ingest.json):
 4. outage:     the database stopped for --outage-s while 10,000 readings/s flow; then the drain rate
                as a multiple of the ingest rate.
 5. rss:        10,000 configured tags, traffic over all of them; peak RSS of the gateway process.
+6. analytics:  the throughput phase with live analytics on: a threshold rule on each of --analytics-tags
+               of the tags (default 100 of 1,000), never firing; readings/s and its ratio to phase 2 (what
+               running analytics costs ingest).
 
 Servers are private (tests/servers.py): PostgreSQL 15 + TimescaleDB and mosquitto on free ports.
 Run:  .venv/bin/python bench/bench_ingest.py [--outage-s 300] [--messages 10000] [--skip outage]
@@ -45,7 +48,8 @@ BATCH_ROWS = 20_000
 ROLLUP_S = float(os.environ.get("BENCH_ROLLUP_S", "5.0"))
 
 
-def site(dsn: str, mqtt_port: int, topic: str, tags: int, state: Path, *, register_tags: bool = False) -> str:
+def site(dsn: str, mqtt_port: int, topic: str, tags: int, state: Path, *, register_tags: bool = False,
+         rules: int = 0) -> str:
     text = f"""
 [site]
 name = "bench"
@@ -89,6 +93,8 @@ time_format = "epoch_us"
 """
     if register_tags:
         text += "".join(f'\n[[tags]]\nname = "B.t{i:05d}"\nunit = "1"\nrange = [-1e9, 1e9]\n' for i in range(tags))
+    text += "".join(f'\n[[rules]]\nname = "r{i}"\ntag = "B.t{i:05d}"\nkind = "threshold"\nhigh = 1e12\n'
+                    for i in range(rules))
     return text
 
 
@@ -167,8 +173,9 @@ def phase_raw(pg: PostgresServer, n_rows: int, tags: int) -> dict:
 
 
 def start_gateway(tmp: Path, name: str, dsn: str, mq: MosquittoServer, topic: str, tags: int,
-                  register_tags: bool = False) -> GatewayProcess:
-    gw = GatewayProcess(tmp / name, site(dsn, mq.port, topic, tags, tmp / name / "var", register_tags=register_tags))
+                  register_tags: bool = False, rules: int = 0) -> GatewayProcess:
+    gw = GatewayProcess(tmp / name, site(dsn, mq.port, topic, tags, tmp / name / "var", register_tags=register_tags,
+                                         rules=rules))
     gw.start(timeout_s=120)
     deadline = time.monotonic() + 60
     while not gw.health()["collectors"]["bench"].get("connected"):
@@ -187,10 +194,11 @@ def wait_stored(gw: GatewayProcess, n: int, timeout_s: float = 600) -> float:
     return time.perf_counter()
 
 
-def phase_throughput(tmp, pg, mq, messages: int, tags: int, raw: dict) -> dict:
-    dsn = pg.create_database("e2e", timescaledb=True)
-    topic = "bench/tp"
-    gw = start_gateway(tmp, "tp", dsn, mq, topic, tags)
+def phase_throughput(tmp, pg, mq, messages: int, tags: int, raw: dict, rules: int = 0) -> dict:
+    name = f"tp{rules}" if rules else "tp"
+    dsn = pg.create_database(f"e2e{rules}" if rules else "e2e", timescaledb=True)
+    topic = f"bench/{name}"
+    gw = start_gateway(tmp, name, dsn, mq, topic, tags, rules=rules)
     pub = Publisher(mq.port, topic, tags)
     n = messages * SAMPLES_PER_MSG
     # Built before the clock starts: on two cores, a publisher making JSON in Python while it sends would
@@ -210,8 +218,10 @@ def phase_throughput(tmp, pg, mq, messages: int, tags: int, raw: dict) -> dict:
            "publish_seconds": round(t_pub - t0, 3), "readings_per_s": round(rate),
            "gateway_cpu_s": round((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system), 2),
            "ratio_to_raw_copy": round(rate / raw["rows_per_s"], 3)}
-    print(f"end to end: {n} readings in {t1 - t0:.2f} s = {rate:,.0f} readings/s "
-          f"({out['ratio_to_raw_copy']:.0%} of raw COPY); gateway CPU {out['gateway_cpu_s']} s")
+    if rules:
+        out["analytics_rules"] = rules
+    print(f"end to end{f' with {rules} analytics rules' if rules else ''}: {n} readings in {t1 - t0:.2f} s = "
+          f"{rate:,.0f} readings/s ({out['ratio_to_raw_copy']:.0%} of raw COPY); gateway CPU {out['gateway_cpu_s']} s")
     return out
 
 
@@ -305,7 +315,9 @@ def main() -> int:
     ap.add_argument("--latency-s", type=float, default=30)
     ap.add_argument("--outage-s", type=float, default=300)
     ap.add_argument("--rss-s", type=float, default=30)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["raw", "throughput", "latency", "outage", "rss"])
+    ap.add_argument("--analytics-tags", type=int, default=100, help="tags with a rule in the analytics phase")
+    ap.add_argument("--skip", nargs="*", default=[],
+                    choices=["raw", "throughput", "latency", "outage", "rss", "analytics"])
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ingest.json")
     args = ap.parse_args()
     results: dict = {"machine": {"cpus": psutil.cpu_count(), "mem_gb": round(psutil.virtual_memory().total / 2**30)}}
@@ -327,6 +339,12 @@ def main() -> int:
             results["outage"] = phase_outage(tmp, mq, args.tags, args.outage_s)
         if "rss" not in args.skip:
             results["rss"] = phase_rss(tmp, pg, mq, args.rss_s)
+        if "analytics" not in args.skip:
+            a = phase_throughput(tmp, pg, mq, args.messages, args.tags, results["raw_copy"], rules=args.analytics_tags)
+            if "throughput" in results:
+                a["ratio_to_throughput"] = round(a["readings_per_s"] / results["throughput"]["readings_per_s"], 3)
+                print(f"analytics on: {a['ratio_to_throughput']:.0%} of the throughput without")
+            results["analytics"] = a
     finally:
         mq.close()
         pg.close()
