@@ -197,6 +197,10 @@ class Analytics:
         if self.maintenance is not None:
             derived, preds, changes = await self.maintenance.process(readings, now=self.latest)
         if self.emissions is not None:
+            if self.emissions.pems_due():
+                # Registry reads (files, the database) off the event loop; groups are processed in turn, so
+                # nothing observes meanwhile.
+                await asyncio.to_thread(self.emissions.refresh_pems)
             self.emissions.observe(readings)
             changes.extend(self._conditions)
             self._conditions.clear()

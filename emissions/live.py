@@ -311,6 +311,17 @@ class LiveEmissions:
         """The tags the stacks read (measurands, conditions, PEMS inputs)."""
         return set(self._route)
 
+    def pems_due(self) -> bool:
+        """Whether a live PEMS is due to ask the model registry for its champion (`refresh_pems`)."""
+        return any(lp.due() for mon in self.monitors.values() for lp in mon.pems.values())
+
+    def refresh_pems(self) -> None:
+        """Ask the registry for every live PEMS that is due (blocking I/O: the gateway runs it in a worker
+        thread between two `observe` calls)."""
+        for mon in self.monitors.values():
+            for lp in mon.pems.values():
+                lp.maybe_refresh()
+
     def observe(self, readings: Iterable[Reading]) -> None:
         """Feed a batch of validated readings; readings of tags no stack uses cost one dict lookup."""
         per: dict[int, tuple[LiveMonitor, list[Reading]]] = {}

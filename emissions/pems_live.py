@@ -105,7 +105,12 @@ class LivePems:
             log.info("pems %s: %s v%s -> v%s", self.link.tag, self.link.model_id, before, self.server.version)
         return changed
 
-    def _maybe_refresh(self) -> None:
+    def due(self) -> bool:
+        """Whether the registry is due to be asked for the champion."""
+        return self.clock() >= self._next_refresh
+
+    def maybe_refresh(self) -> None:
+        """`refresh` when due (every ``refresh_s``); a failure is logged and the served version goes on."""
         now = self.clock()
         if now < self._next_refresh:
             return
@@ -135,7 +140,7 @@ class LivePems:
     def predict(self, t: int, inputs: dict[str, float]) -> Prediction | None:
         """The prediction for the primary interval starting at Unix time ``t`` from the input tags' values
         (tag -> value); None when a model input is missing or not finite, or there is no champion."""
-        self._maybe_refresh()
+        self.maybe_refresh()
         if self.server is None:
             return None
         names = self.server.model.schema.names

@@ -18,6 +18,7 @@ are scored together in `AnomalyBank`s (numpy across assets).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterable
 from dataclasses import replace
@@ -180,6 +181,10 @@ class MaintenanceLive:
                 self._score(an.slot, preds, changes)
                 an.slot += 1
             if self.rul is not None:
+                if self.rul.due():
+                    # Registry reads (files, the database) off the event loop: a slow database must not stall
+                    # collection. Nothing else touches the RUL state meanwhile: groups are processed in turn.
+                    await asyncio.to_thread(self.rul.refresh)
                 p, c = self.rul.update(sorted((r for r in scalar if r.tag in self.rul.tag_of), key=lambda r: r.time))
                 preds.extend(p)
                 changes.extend(c)

@@ -229,9 +229,16 @@ class RulLive:
             self.assets.append(st)
 
     # -- the served version ---------------------------------------------------------------------
+    def due(self) -> bool:
+        """Whether a registry-served asset is due to ask for its champion (`refresh`)."""
+        now = self.clock()
+        return any(a.cfg.model_dir is None and now >= a.next_refresh for a in self.assets)
+
     def refresh(self, force: bool = False) -> int:
         """Ask the registry for the champion of every registry-served asset due (all with ``force``) and swap
-        where it changed; returns the number of swaps. Never raises: a failure keeps the served version."""
+        where it changed; returns the number of swaps. Never raises: a failure keeps the served version.
+        Blocking I/O (registry files, its database): the gateway calls it in a worker thread between two
+        `update` calls, never concurrently with one."""
         now = self.clock()
         champions: dict[tuple, object] = {}
         swapped = 0
@@ -303,7 +310,6 @@ class RulLive:
         """Readings in time order; returns the predictions and alert changes of the cycles they close."""
         preds: list[Prediction] = []
         changes: list[AlertChange] = []
-        self.refresh()
         for r in readings:
             hit = self.tag_of.get(r.tag)
             if hit is None:

@@ -341,3 +341,43 @@ def test_cycle_s_or_cycle_tag():
         RulAssetConfig(model_dir="m", sensors=("a",))
     with pytest.raises(ValueError, match=r"either cycle_s .* or cycle_tag"):
         RulAssetConfig(model_dir="m", sensors=("a",), cycle_s=60.0, cycle_tag="n")
+
+
+async def test_registry_reads_run_off_the_event_loop(fitted, tmp_path, monkeypatch):
+    """A slow registry (its database far away) must not stall the gateway: the champion lookup runs in a worker
+    thread while the event loop goes on (collectors, ingest)."""
+    import asyncio
+    import time
+
+    from maintenance.rul_export import register
+    from models.registry import Registry
+
+    r, _ = fitted
+    out = register(r, tmp_path / "reg")
+    Registry(tmp_path / "reg").promote(out["model_id"], out["version"])
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    u = int(test.units()[0])
+    asset = rul_asset(u, None, registry=str(tmp_path / "reg"), model_id=out["model_id"], refresh_s=0.0)
+    live = MaintenanceLive(MaintenanceConfig(period_s=60.0, assets=(asset,)))
+    fast = Registry.champion
+
+    def slow(self, model_id):
+        time.sleep(0.5)
+        return fast(self, model_id)
+
+    monkeypatch.setattr(Registry, "champion", slow)
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(ticker())
+    t0 = time.monotonic()
+    _, preds, _ = await live.process(next(replay(test.select(test.unit == u))))
+    elapsed = time.monotonic() - t0
+    task.cancel()
+    assert elapsed >= 0.5 and len(preds) == 1
+    assert ticks >= 0.5 * elapsed / 0.01  # the loop kept running while the registry was read
