@@ -11,6 +11,7 @@ the batches from the spool.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -58,21 +59,26 @@ class TimescaleSink:
         self._tag_ids: dict[str, int] = {}
 
     async def connect(self, *, migrate_schema: bool = True) -> Features:
-        """Connect, migrate (in a sync side connection), and load the tag id map."""
+        """Connect, migrate (in a sync side connection), and load the tag id map.
+
+        The migration and the feature detection are sync (one code path with the CLI); they run in a worker
+        thread, so a database that answers slowly (or a connect that waits out its timeout) never stalls the
+        event loop the collectors run on."""
         if migrate_schema:
-            with psycopg.connect(self._conninfo, connect_timeout=int(max(1, self._timeout)),
-                                 autocommit=True, application_name=self._app + "-migrate") as sconn:
-                migrate(sconn)
+            await asyncio.to_thread(self._sync, migrate, self._app + "-migrate")
         self.conn = await psycopg.AsyncConnection.connect(
             self._conninfo, connect_timeout=int(max(1, self._timeout)), application_name=self._app)
         from edge.db.features import detect
 
-        # detect() is sync; run it on a short-lived sync connection to keep one code path.
-        with psycopg.connect(self._conninfo, connect_timeout=int(max(1, self._timeout)),
-                             autocommit=True) as sconn:
-            self.features = detect(sconn)
+        self.features = await asyncio.to_thread(self._sync, detect, self._app)
         await self._load_tag_ids()
         return self.features
+
+    def _sync(self, fn, application_name: str):
+        """``fn(conn)`` on a short-lived sync connection."""
+        with psycopg.connect(self._conninfo, connect_timeout=int(max(1, self._timeout)),
+                             autocommit=True, application_name=application_name) as sconn:
+            return fn(sconn)
 
     async def close(self) -> None:
         if self.conn is not None:
