@@ -104,3 +104,24 @@ def test_toml_section_comments_out_arrays_and_unreadable_variables():
     assert [n["node_id"] for n in data["collectors"][0]["nodes"]] == ["ns=2;i=1"]
     assert "# Line.Profile: Float[]" in text and "# Line.Secret: Int32, access none" in text
     assert ua.NodeId.from_string(data["collectors"][0]["nodes"][0]["node_id"])
+
+
+def test_browse_checks_an_encrypted_key_before_connecting(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+
+    from collectors.opcua.security import make_certificate, new_key
+
+    key = new_key()
+    cert = make_certificate(key, "urn:plant:browse", "browse", client=True)
+    (tmp_path / "c.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.BestAvailableEncryption(b"right")))
+    common = ["opc.tcp://127.0.0.1:9/none", "--security-policy", "Basic256Sha256", "--security-mode", "Sign",
+              "--pki-dir", str(tmp_path / "pki"), "--certificate", str(tmp_path / "c.der"),
+              "--private-key", str(tmp_path / "k.pem")]
+    r = valvoja(*common)
+    assert r.returncode == 2 and "--private-key" in r.stderr and "is encrypted" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "opcua", "browse", *common, "--private-key-password",
+                        "env:BROWSE_KEY_PW"], cwd=ROOT, timeout=60, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "BROWSE_KEY_PW": "wrong"})
+    assert r.returncode == 2 and "wrong password" in r.stderr and "wrong\n" not in r.stderr, r.stderr

@@ -59,9 +59,9 @@ def test_literal_password_is_refused_and_references_resolve(tmp_path, monkeypatc
     secret = tmp_path / "pw"
     secret.write_text("s3cret\n")
     ctx = CollectorContext(name="c", state_dir=tmp_path, metrics=Metrics())
-    assert build(make(username="u", password=f"file:{secret}"), ctx).opener.password == "s3cret"
+    assert build(make(username="u", password=f"file:{secret}"), ctx).opener.secrets.password == "s3cret"
     monkeypatch.setenv("OPCUA_PW", "from-env")
-    assert build(make(username="u", password="env:OPCUA_PW"), ctx).opener.password == "from-env"
+    assert build(make(username="u", password="env:OPCUA_PW"), ctx).opener.secrets.password == "from-env"
     monkeypatch.delenv("OPCUA_PW")
     with pytest.raises(ConfigError, match="OPCUA_PW is not set"):
         build(make(username="u", password="env:OPCUA_PW"), ctx)

@@ -42,6 +42,12 @@ def add_parser(sub) -> None:
                    help="accept a server certificate whose host names do not include the endpoint's host")
     b.add_argument("--username")
     b.add_argument("--password", metavar="REF", help="env:NAME or file:/path (never the password itself)")
+    b.add_argument("--certificate", help="a site-issued client certificate (PEM/DER) instead of the generated one")
+    b.add_argument("--private-key", help="its private key (with --certificate)")
+    b.add_argument("--private-key-password", metavar="REF", help="of an encrypted --private-key: env:NAME, file:/path")
+    b.add_argument("--user-certificate", help="X.509 user identity instead of --username (with --user-private-key)")
+    b.add_argument("--user-private-key")
+    b.add_argument("--user-private-key-password", metavar="REF", help="env:NAME or file:/path")
     b.add_argument("--timeout", type=float, default=10.0, help="connect and request timeout, s (default 10)")
     b.set_defaults(func=cmd_browse)
 
@@ -50,8 +56,8 @@ def cmd_browse(args) -> int:
     from pydantic import ValidationError
 
     from collectors.opcua.config import Connection
+    from collectors.opcua.connection import resolve_secrets
     from edge.errors import ConfigError
-    from edge.secrets import resolve_secret
 
     try:
         conn = Connection.model_validate({
@@ -59,8 +65,11 @@ def cmd_browse(args) -> int:
             "security_policy": args.security_policy, "security_mode": args.security_mode,
             "pki_dir": str(args.pki_dir), "trust_on_first_use": args.trust_on_first_use,
             "check_host_name": args.check_host_name,
-            "username": args.username, "password": args.password})
-        password = resolve_secret(args.password, where="--password") if args.password else None
+            "username": args.username, "password": args.password, "certificate": args.certificate,
+            "private_key": args.private_key, "private_key_password": args.private_key_password,
+            "user_certificate": args.user_certificate, "user_private_key": args.user_private_key,
+            "user_private_key_password": args.user_private_key_password})
+        secrets = resolve_secrets(conn, lambda key: "--" + key.replace("_", "-"))
     except ValidationError as exc:
         for err in exc.errors():
             print(f"{'.'.join(map(str, err['loc'])) or 'options'}: {err['msg']}", file=sys.stderr)
@@ -68,14 +77,15 @@ def cmd_browse(args) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    return asyncio.run(_browse(args, conn, password))
+    return asyncio.run(_browse(args, conn, secrets))
 
 
-async def _browse(args, conn, password: str | None) -> int:
+async def _browse(args, conn, secrets) -> int:
     from collectors.opcua.browse import browse, table, toml_section
     from collectors.opcua.connection import ClientOpener, describe
+    from collectors.opcua.security import SecurityError
 
-    opener = ClientOpener(conn, name=args.name, password=password)
+    opener = ClientOpener(conn, name=args.name, secrets=secrets)
     client = opener.new_client()
     try:
         await opener.connect(client)
@@ -83,8 +93,8 @@ async def _browse(args, conn, password: str | None) -> int:
         print(f"{conn.endpoint}: no OPC UA session within {conn.connect_timeout_s:g} s", file=sys.stderr)
         return 1
     except Exception as exc:
-        print(str(exc) if type(exc).__name__.endswith(("SecurityError", "Certificate")) else
-              f"{conn.endpoint}: cannot connect: {describe(exc)}", file=sys.stderr)
+        print(str(exc) if isinstance(exc, SecurityError) else f"{conn.endpoint}: cannot connect: {describe(exc)}",
+              file=sys.stderr)
         return 1
     try:
         variables, truncated = await browse(client, args.root, max_depth=args.depth, max_nodes=args.max_nodes,

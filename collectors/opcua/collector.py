@@ -25,7 +25,7 @@ from asyncua.client.ua_client import UaClientState
 
 from collectors.base import CollectorContext, Emit
 from collectors.opcua.config import Config, NodeConfig
-from collectors.opcua.connection import ClientOpener, describe
+from collectors.opcua.connection import ClientOpener, Secrets, describe
 from collectors.opcua.convert import to_reading, to_readings
 from collectors.opcua.security import SecurityError
 from collectors.opcua.subscription import (
@@ -62,14 +62,12 @@ _POLL_REFUSED = ("BadNodeIdUnknown", "BadNodeIdInvalid", "BadAttributeIdInvalid"
 class OpcUaCollector:
     """Subscribes to ``config.nodes`` on ``config.endpoint``; see the module docstring."""
 
-    def __init__(self, config: Config, context: CollectorContext, *, password: str | None = None,
-                 key_password: str | None = None, user_key_password: str | None = None) -> None:
+    def __init__(self, config: Config, context: CollectorContext, *, secrets: Secrets | None = None) -> None:
         self.name = context.name
         self.cfg = config
         self.ctx = context
         self.reconnect_max_delay_s = config.reconnect_max_delay_s  # read by the gateway's reconnect loop
-        self.opener = ClientOpener(config, name=context.name, state_dir=context.state_dir, password=password,
-                                   key_password=key_password, user_key_password=user_key_password)
+        self.opener = ClientOpener(config, name=context.name, state_dir=context.state_dir, secrets=secrets)
         # Client handle i + 1 <-> config.nodes[i]: fixed, so they survive asyncua's recreate().
         self._tags = [n.tag for n in config.nodes]
         self._flatten = [(n.arrays or config.arrays) == "flatten" for n in config.nodes]

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from asyncua import Client, ua
@@ -63,18 +65,45 @@ def _first_cert(der: bytes) -> bytes:
     return der[:int.from_bytes(der[2:4], "big") + 4] if len(der) > 4 and der[1] == 0x82 else der
 
 
+@dataclass(frozen=True, slots=True)
+class Secrets:
+    """The resolved secrets of a `Connection` (never in the configuration file itself)."""
+
+    password: str | None = None
+    key_password: str | None = None
+    user_key_password: str | None = None
+
+
+def resolve_secrets(conn: Connection, where: Callable[[str], str]) -> Secrets:
+    """Resolve the connection's secret references (``env:`` / ``file:``) and check that its private keys can be
+    read with them: `ConfigError` naming ``where(setting)`` otherwise, at start-up rather than at every
+    reconnect."""
+    from edge.errors import ConfigError
+    from edge.secrets import resolve_secret
+
+    def secret(key: str) -> str | None:
+        ref = getattr(conn, key)
+        return None if ref is None else resolve_secret(ref, where=where(key))
+
+    out = Secrets(secret("password"), secret("private_key_password"), secret("user_private_key_password"))
+    for key, pw in (("private_key", out.key_password), ("user_private_key", out.user_key_password)):
+        if getattr(conn, key) is not None:
+            try:
+                check_private_key(Path(getattr(conn, key)), pw, setting=f"{key}_password")
+            except SecurityError as exc:
+                raise ConfigError(f"{where(key)}: {exc}") from None
+    return out
+
+
 class ClientOpener:
     """Builds and connects `asyncua.Client`s for one `Connection`; keeps what it learnt for messages."""
 
     def __init__(self, conn: Connection, *, name: str, state_dir: Path | str | None = None,
-                 password: str | None = None, key_password: str | None = None,
-                 user_key_password: str | None = None) -> None:
+                 secrets: Secrets | None = None) -> None:
         self.conn = conn
         self.name = name
         self.state_dir = state_dir
-        self.password = password
-        self.key_password = key_password
-        self.user_key_password = user_key_password
+        self.secrets = secrets or Secrets()
         self.own_cert: Path | None = None
         self.application_uri = conn.application_uri
         self.server_thumbprint: str | None = None
@@ -88,7 +117,7 @@ class ClientOpener:
         client.product_uri = "urn:valvoja"
         if conn.username is not None:
             client.set_user(conn.username)
-            client.set_password(self.password or "")
+            client.set_password(self.secrets.password or "")
         return client
 
     async def connect(self, client: Client) -> None:
@@ -105,7 +134,7 @@ class ClientOpener:
         conn = self.conn
         if conn.user_certificate is not None:  # X.509 user identity: the session is activated with it
             await client.load_client_certificate(conn.user_certificate)
-            await client.load_private_key(Path(conn.user_private_key), self.user_key_password)
+            await client.load_private_key(Path(conn.user_private_key), self.secrets.user_key_password)
         if conn.security_policy == "None":
             client.application_uri = self.application_uri or default_application_uri(self.name)
             if conn.username is not None and not self._warned_plaintext:
@@ -139,7 +168,7 @@ class ClientOpener:
                 raise SecurityError(f"certificate {cert_path} is for {uris}, not application_uri "
                                     f"{self.application_uri}")
             self.application_uri = self.application_uri or uris[0]
-            check_private_key(key_path, self.key_password)
+            check_private_key(key_path, self.secrets.key_password)
             pki.ensure()
         else:
             self.application_uri = self.application_uri or default_application_uri(self.name)
@@ -162,7 +191,7 @@ class ClientOpener:
         key_ext = "pem" if key_path.read_bytes().lstrip().startswith(b"-----BEGIN") else "der"
         await client.set_security(POLICIES[conn.security_policy], own_der,
                                   uacrypto.CertProperties(str(key_path), extension=key_ext,
-                                                          password=self.key_password),
+                                                          password=self.secrets.key_password),
                                   server_certificate=der, mode=MODES[conn.security_mode])
 
     def _own_thumbprint(self) -> str:
