@@ -14,7 +14,9 @@ directory; its index in the site database when one is given) and the tag feeding
   scores) is updated: it widens when recent errors grow;
 - every ``refresh_s`` seconds the registry is asked for the champion; a newly promoted (or rolled back)
   version is loaded and swapped in between two predictions, so no interval goes without a prediction. A
-  champion whose inputs the link does not map is not swapped in (logged; the old version keeps serving).
+  champion whose inputs the link does not map is not swapped in (logged; the old version keeps serving). A
+  registry that cannot be read (its database down, also at start) is logged once and asked again at every
+  refresh; there is no PEMS output until a champion can be read.
 
 The adaptive state starts afresh from the new version's calibration scores on a swap; truth for a
 prediction of the previous version is ignored (its errors say nothing about the new model).
@@ -54,23 +56,34 @@ class LivePems:
                  clock: Callable[[], float] = time.monotonic):
         if link.model_id is None:
             raise ValueError(f"pems link {link.tag}: no model_id configured")
-        if registry is None:
-            from models.registry import Registry
-
-            registry = Registry(link.registry, dsn)
         self.link = link
         self.asset = asset
         self.target = target
-        self.registry = registry
+        self.dsn = dsn
+        self.registry = registry  # built on first use when None (its database may be down at start)
         self.clock = clock
         self.server = None  # models.runtime.ModelServer once the model id has a champion
         self.pending: OrderedDict[int, Prediction] = OrderedDict()
         self.swaps = 0
         self._next_refresh = clock() + link.refresh_s
-        mv = registry.champion(link.model_id)
+        self._error: str | None = None
+        try:
+            mv = self._registry().champion(link.model_id)
+        except Exception as exc:  # the registry's database is down: no PEMS output until it can be read
+            self._error = str(exc)
+            log.error("pems %s: model registry not readable at start, retried every %g s: %s", link.tag,
+                      link.refresh_s, exc)
+            return
         if mv is not None:
             self._check_inputs(mv)  # a configuration error at start-up is raised, not logged
         self.refresh()
+
+    def _registry(self):
+        if self.registry is None:
+            from models.registry import Registry
+
+            self.registry = Registry(self.link.registry, self.dsn)
+        return self.registry
 
     # -- the served version ---------------------------------------------------------------------
     def _check_inputs(self, mv) -> None:
@@ -84,7 +97,7 @@ class LivePems:
         """Serve the registry's current champion; True when the served version changed."""
         from models.runtime import ModelServer
 
-        mv = self.registry.champion(self.link.model_id)
+        mv = self._registry().champion(self.link.model_id)
         if mv is None:
             if self.server is None:
                 log.warning("pems %s: model %s has no champion yet; no predictions until one is promoted",
@@ -117,8 +130,11 @@ class LivePems:
         self._next_refresh = now + self.link.refresh_s
         try:
             self.refresh()
+            self._error = None
         except Exception as exc:  # a registry hiccup or a bad new version must not stop the served one
-            log.error("pems %s: registry refresh failed, keeping the served version: %s", self.link.tag, exc)
+            if self._error != str(exc):  # once per distinct failure, not every refresh_s of an outage
+                self._error = str(exc)
+                log.error("pems %s: registry refresh failed, keeping the served version: %s", self.link.tag, exc)
 
     @property
     def version(self) -> int | None:

@@ -222,3 +222,30 @@ def test_gateway_analytics_sends_pems_predictions_and_readings_through_the_spool
     assert len(preds) == 4 and all(p.kind == "pems" and p.model_id == "pems-nox" and p.lower < p.upper
                                    for p in preds)
     assert {r.tag for r in batch.readings} == {"GT.NOx.pems", "GT.NOx.lo", "GT.NOx.hi"} and len(batch.readings) == 12
+
+
+def test_registry_database_down_at_start_then_back(tmp_path, sample, own_pg_server, caplog):
+    """The PEMS link whose registry index is in the site database starts while that database is down (no PEMS
+    output, logged once however many refreshes fail) and serves the champion once the database is back."""
+    import psycopg
+
+    from edge.db.migrate import migrate
+    from emissions.pems_live import LivePems
+    from models.registry import Registry
+
+    features, X, _ = sample
+    dsn = own_pg_server.create_database("pems_registry", timescaledb=True)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        migrate(conn)
+    register(Registry(tmp_path / "models", dsn))
+    own_pg_server.stop()
+    try:
+        with caplog.at_level(logging.ERROR, logger="emissions.pems_live"):
+            live = LivePems(link(tmp_path, features, refresh_s=0, registry_db=True), asset="GT", target="NOx",
+                            dsn=dsn)
+            assert [live.predict(T0 + 3600 * i, row(features, X, i)) for i in range(5)] == [None] * 5
+    finally:
+        own_pg_server.start()
+    assert sum("registry" in r.getMessage() for r in caplog.records) == 1
+    p = live.predict(T0 + 3600 * 5, row(features, X, 5))
+    assert p is not None and p.details["registry_version"] == 1 and live.version == 1
