@@ -86,6 +86,8 @@ class RuleEngine:
             self.by_tag.setdefault(r.tag, []).append(r)
         self.manager = manager
         self.state = {r.name: _State(history=deque() if r.kind == "rate" else None) for r in self.rules}
+        # Per rule, what every observation passes (rules are frozen): made once, not per reading.
+        self._fixed = {r.name: (r.asset_name, f"rule:{r.name}", r.model_dump()) for r in self.rules}
 
     def update(self, readings: Iterable[Reading]) -> list[AlertChange]:
         out: list[AlertChange] = []
@@ -98,12 +100,14 @@ class RuleEngine:
                 continue
             for rule in rules:
                 active, detail = self._evaluate(rule, self.state[rule.name], rd, v)
-                msg = rule.message or f"{rule.name}: {rd.tag} = {v:g}" + (f" ({detail})" if detail else "")
-                evidence = {"rule": rule.model_dump(), "readings": [{"tag": rd.tag, "time": rd.time, "value": v}],
-                            "detail": detail}
-                out.extend(self.manager.observe(asset=rule.asset_name, tag=rule.tag, kind=f"rule:{rule.name}",
-                                                active=active, t=rd.time, severity=rule.severity, message=msg,
-                                                evidence=evidence))
+                asset, kind, dumped = self._fixed[rule.name]
+                msg, evidence = "", None
+                if active:  # message and evidence matter only to an active condition (most readings are not)
+                    msg = rule.message or f"{rule.name}: {rd.tag} = {v:g}" + (f" ({detail})" if detail else "")
+                    evidence = {"rule": dumped, "readings": [{"tag": rd.tag, "time": rd.time, "value": v}],
+                                "detail": detail}
+                out.extend(self.manager.observe(asset=asset, tag=rule.tag, kind=kind, active=active, t=rd.time,
+                                                severity=rule.severity, message=msg, evidence=evidence))
         return out
 
     @staticmethod
