@@ -280,7 +280,10 @@ class Analytics:
 
     def status(self) -> dict:
         # processed / dropped count readings of the analytics tags (``tags``), the only ones handed over.
+        rul = self.maintenance.rul if self.maintenance is not None else None
+        pems = ([lp.status() for mon in self.emissions.monitors.values() for lp in mon.pems.values()]
+                if self.emissions is not None else [])
         return {"tags": len(self.tags()), "processed": self.processed, "dropped": self.dropped,
-                "queue": self.queue.qsize(),
+                "queue": self.queue.qsize(), "models": {"rul": rul.status() if rul else [], "pems": pems},
                 "predictions": self.predictions, "errors": self.errors, "alert_changes": self.alert_changes,
                 "open_alerts": len(self.manager.open), "at": time.time()}

@@ -268,6 +268,17 @@ class RulLive:
                           extra={"event": "model_swap_refused", "asset": a.name})
         return swapped
 
+    def status(self) -> list[dict]:
+        """Per asset, the RUL model version being served (for /healthz): model id, registry version, sha256,
+        cycles seen, swaps so far, and a refused version or registry error if any."""
+        out = []
+        for a in self.assets:
+            m = a.model
+            out.append({"asset": a.name, "model_id": m.model_id if m else a.cfg.model_id,
+                        "version": m.registry_version if m else None, "sha256": m.sha256 if m else None,
+                        "cycles": len(a.history), "refused_sha256": a.refused, "registry_error": a.error})
+        return out
+
     def _count(self, model_id: str, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.model_swaps.labels(model_id, outcome).inc()

@@ -207,6 +207,9 @@ async def test_promotion_and_rollback_swap_the_served_version_live(fitted, tmp_p
     want = np.where(np.array(versions) == 1, offline[0], offline[1])
     assert np.allclose(got, want, atol=1e-3)  # v2 from its first cycle as if it had served from the start
     assert live.rul.swaps == 1 and live.rul.refusals == 1
+    (st,) = live.rul.status()  # what /healthz shows: the version served and the one refused
+    assert (st["version"], st["sha256"], st["refused_sha256"]) == (2, v2["sha256"], v1["sha256"])
+    assert st["cycles"] == len(batches)
     refused = [r for r in caplog.records if "not served" in r.getMessage()]
     assert len(refused) == 1 and "sha256" in refused[0].getMessage()  # once, not every cycle
     swaps = {s.labels["outcome"]: s.value for m in metrics.model_swaps.collect() for s in m.samples
