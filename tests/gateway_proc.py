@@ -31,7 +31,9 @@ class GatewayProcess:
         self.proc: subprocess.Popen | None = None
         self.log = self.workdir / "gateway.log"
 
-    def start(self, timeout_s: float = 30.0) -> GatewayProcess:
+    def start(self, timeout_s: float = 30.0, *, wait_database: bool = True) -> GatewayProcess:
+        """Start and wait until /healthz answers and, with ``wait_database``, the configured database is
+        connected and migrated (the gateway answers /healthz before that: it collects with the database away)."""
         logf = open(self.log, "ab")  # owned by the child for its lifetime
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edge.cli", "run", "-c", str(self.config), "--log-format", "text"],
@@ -43,10 +45,13 @@ class GatewayProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
             try:
-                self.health()
-                return self
+                db = self.health().get("database") or {}
             except (OSError, urllib.error.URLError):
                 time.sleep(0.1)
+                continue
+            if not wait_database or not db.get("configured") or db.get("connected"):
+                return self
+            time.sleep(0.1)
         raise TimeoutError(f"gateway not healthy within {timeout_s} s:\n{self.log.read_text()[-3000:]}")
 
     def health(self) -> dict:
