@@ -7,6 +7,8 @@ Validation errors carry the key path (pydantic), which the loader turns into a `
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from maintenance.alerts import AlertPolicy
@@ -88,6 +90,11 @@ class RulAssetConfig(BaseModel):
             raise ValueError("give either model_dir or registry + model_id")
         if self.model_dir is None and not (self.registry and self.model_id):
             raise ValueError("registry and model_id go together")
+        if self.model_dir is not None:  # caught by check-config, not first at the gateway's start
+            missing = [f for f in ("model.onnx", "card.json") if not (Path(self.model_dir) / f).is_file()]
+            if missing:
+                raise ValueError(f"model_dir {self.model_dir}: no {' or '.join(missing)} there (write one with "
+                                 "`valvoja maintenance evaluate cmapss --export DIR`)")
         return self
 
 

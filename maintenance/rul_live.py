@@ -208,7 +208,12 @@ class RulLive:
                         sums=np.zeros(n), counts=np.zeros(n), last=np.full(n, np.nan),
                         next_refresh=now + cfg.refresh_s)
             if cfg.model_dir is not None:
-                self._serve(st, ServedRulModel(cfg.model_dir))
+                try:
+                    model = ServedRulModel(cfg.model_dir)
+                except (OSError, ValueError) as exc:  # unreadable or corrupt files: name the setting
+                    raise ConfigError(f"maintenance asset {a.name!r}: rul.model_dir {cfg.model_dir}: cannot load "
+                                      f"the model ({exc})") from None
+                self._serve(st, model)
             else:
                 if cfg.registry_db and not dsn:
                     raise ConfigError(f"asset {a.name!r}: model registry {cfg.registry}: registry_db needs the site "

@@ -384,3 +384,16 @@ async def test_registry_reads_run_off_the_event_loop(fitted, tmp_path, monkeypat
     task.cancel()
     assert elapsed >= 0.5 and len(preds) == 1
     assert ticks >= 0.5 * elapsed / 0.01  # the loop kept running while the registry was read
+
+
+def test_a_missing_or_damaged_model_directory_is_a_configuration_error(fitted, tmp_path):
+    import shutil
+
+    _, d = fitted
+    with pytest.raises(ValueError, match=r"model_dir .*none: no model.onnx or card.json there"):
+        RulAssetConfig(model_dir=str(tmp_path / "none"), sensors=("a",), cycle_s=60.0)
+    broken = tmp_path / "broken"
+    shutil.copytree(d, broken)
+    (broken / "model.onnx").write_bytes(b"not an onnx graph")
+    with pytest.raises(ConfigError, match=r"asset 'E1': rul.model_dir .*broken: cannot load the model"):
+        MaintenanceLive(MaintenanceConfig(period_s=60.0, assets=(rul_asset(1, broken),)))
