@@ -54,6 +54,15 @@ def containers():
     c.cleanup()
 
 
+def _run_gateway(containers, name: str, image: str, config, state, http_port: int, ca, secrets: dict) -> str:
+    """The gateway container as compose runs it: read-only root, host network, config, CA and secret files
+    mounted read-only, state in a volume, the health check pointed at its port."""
+    mounts = [f"{config}:/etc/valvoja/gateway.toml:ro", *(f"{path}:/run/secrets/{n}:ro" for n, path in secrets.items()),
+              f"{ca}:/etc/valvoja/certs/ca.crt:ro", f"{state}:/var/lib/valvoja"]
+    return containers.run(name, "--network", "host", "--read-only", *(a for m in mounts for a in ("-v", m)),
+                          "-e", f"VALVOJA_HEALTH_URL=http://127.0.0.1:{http_port}/healthz", image)
+
+
 def _health_ok(port: int) -> dict | bool:
     import json
     import urllib.request
@@ -83,14 +92,8 @@ def test_gateway_image_runs_healthy_stores_readings_and_stops_cleanly(image, con
     state.mkdir()
     os.chown(state, GATEWAY_UID, GATEWAY_UID)
 
-    name = containers.run(
-        f"valvoja-test-{run}", "--network", "host", "--read-only",
-        "-v", f"{config}:/etc/valvoja/gateway.toml:ro",
-        "-v", f"{secret}:/run/secrets/mqtt_password:ro",
-        "-v", f"{mosquitto.ca_path}:/etc/valvoja/certs/ca.crt:ro",
-        "-v", f"{state}:/var/lib/valvoja",
-        "-e", f"VALVOJA_HEALTH_URL=http://127.0.0.1:{http_port}/healthz",
-        image)
+    name = _run_gateway(containers, f"valvoja-test-{run}", image, config, state, http_port, mosquitto.ca_path,
+                        {"mqtt_password": secret})
     healthy_s = containers.wait_healthy(name)
     assert containers.state(name)["Health"]["Status"] == "healthy"
     wait_for(lambda: all(c.get("connected") for c in (_health_ok(http_port) or {}).get("collectors", {"x": {}})
@@ -175,15 +178,8 @@ def test_stack_gateway_config_stores_what_the_stack_simulator_publishes(image, c
     command[command.index("--mqtt") + 1] = f"127.0.0.1:{mosquitto.auth_port}"
     command[command.index("--opcua") + 1] = f"opc.tcp://127.0.0.1:{opcua_port}/valvoja/sim"
     command += ["--mqtt-client-id", f"sim-{run}"]
-    gateway = containers.run(
-        f"valvoja-stackgw-{run}", "--network", "host", "--read-only",
-        "-v", f"{config}:/etc/valvoja/gateway.toml:ro",
-        "-v", f"{secrets / 'db_password'}:/run/secrets/db_password:ro",
-        "-v", f"{secrets / 'mqtt_password'}:/run/secrets/mqtt_password:ro",
-        "-v", f"{mosquitto.ca_path}:/etc/valvoja/certs/ca.crt:ro",
-        "-v", f"{state}:/var/lib/valvoja",
-        "-e", f"VALVOJA_HEALTH_URL=http://127.0.0.1:{http_port}/healthz",
-        image)
+    gateway = _run_gateway(containers, f"valvoja-stackgw-{run}", image, config, state, http_port, mosquitto.ca_path,
+                           {n: secrets / n for n in ("db_password", "mqtt_password")})
     containers.wait_healthy(gateway)
     simulator = containers.run(f"valvoja-sim-{run}", "--network", "host", "--read-only",
                                "-v", f"{secrets / 'mqtt_password'}:/run/secrets/mqtt_password:ro",
