@@ -168,7 +168,6 @@ class ClientOpener:
                 raise SecurityError(f"certificate {cert_path} is for {uris}, not application_uri "
                                     f"{self.application_uri}")
             self.application_uri = self.application_uri or uris[0]
-            check_private_key(key_path, self.secrets.key_password)
             pki.ensure()
         else:
             self.application_uri = self.application_uri or default_application_uri(self.name)
