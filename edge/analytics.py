@@ -128,6 +128,7 @@ class Analytics:
         self.latest = None  # latest reading time seen (datetime): analytics' clock
         self._synced = False
         self._notifying: set[asyncio.Task] = set()
+        self._tags: frozenset[str] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -136,14 +137,16 @@ class Analytics:
     def _condition(self, **kw) -> None:
         self._conditions.extend(self.manager.observe(**kw))
 
-    def tags(self) -> set[str]:
-        """The raw tags the analyses read: what the ingest task hands over."""
-        out: set[str] = set()
-        if self.maintenance is not None:
-            out |= self.maintenance.tags()
-        if self.emissions is not None:
-            out |= self.emissions.tags()
-        return out
+    def tags(self) -> frozenset[str]:
+        """The raw tags the analyses read: what the ingest task hands over (fixed by the configuration)."""
+        if self._tags is None:
+            out: set[str] = set()
+            if self.maintenance is not None:
+                out |= self.maintenance.tags()
+            if self.emissions is not None:
+                out |= self.emissions.tags()
+            self._tags = frozenset(out)
+        return self._tags
 
     def offer(self, readings: list[Reading], latest=None) -> None:
         """Called by the ingest task after a spool commit with the group's readings of `tags` and its latest

@@ -56,7 +56,7 @@ class Ingest:
         # `analytics_tags` (None: all) not made by analytics itself, and the group's latest reading time (which
         # keeps analytics' clock going when none of its tags is in the group); must not block.
         self.on_spooled = None
-        self.analytics_tags: set[str] | None = None
+        self.analytics_tags: frozenset[str] | None = None
 
     async def emit(self, batch: Batch) -> None:
         """Hand a batch over; waits while the queue is full (back-pressure)."""
