@@ -123,6 +123,16 @@ def plain_messages(n: int, start: int = 0) -> list[tuple[str, str]]:
     return [("t/plain/P-1/seq", str(i)) for i in range(start, start + n)]
 
 
+async def only_new_messages_come(cfg: Config, tmp_path, topic: str) -> None:
+    """Reconnect with ``cfg``'s session and publish one good value: it alone arrives (all before was acknowledged)."""
+    again = Sink()
+    async with running(cfg, again, tmp_path):
+        await apublish(cfg.port, [(topic, "8")])
+        await again.wait(lambda s: len(s.batches) >= 1)
+        await asyncio.sleep(0.3)
+    assert again.values() == [8] and not any(b.dead_letters for b in again.batches)
+
+
 # -- payloads end to end -----------------------------------------------------------------------------
 
 async def test_json_plain_and_sparkplug_decode_end_to_end(mosquitto, tmp_path):
@@ -172,12 +182,63 @@ async def test_malformed_messages_are_dead_lettered_logged_once_and_acknowledged
     logged = [r.getMessage() for r in caplog.records if "undecodable" in r.getMessage()]
     assert len(logged) == 2 and "t/json/L1" in logged[0] and "t/plain/P-1/x" in logged[1]
     # Dead letters were acknowledged with their batch: nothing comes back on the next connection.
-    again = Sink()
-    async with running(cfg, again, tmp_path):
-        await apublish(mosquitto.port, [("t/plain/P-1/x", "8")])
-        await again.wait(lambda s: len(s.batches) >= 1)
-        await asyncio.sleep(0.3)
-    assert again.values() == [8] and not any(b.dead_letters for b in again.batches)
+    await only_new_messages_come(cfg, tmp_path, "t/plain/P-1/x")
+
+
+# Messages that once made a decoder raise something other than DataError: the collector took that for a lost
+# connection, the message was never acknowledged, and the broker sent it again on every reconnect (topic, payload,
+# what the dead letter's error must say). b"boom" makes the plain decoder fail as a bug would (see the test).
+POISON = [
+    ("t/one/K1/NOx", b'{"value": 1.0, "time": "0001-01-01T00:00:00+01:00"}',
+     "time '0001-01-01T00:00:00+01:00' is out of range in UTC"),
+    ("t/one/K1/NOx", b'{"value": 2.0, "time": "9999-12-31T23:59:59-01:00"}',
+     "time '9999-12-31T23:59:59-01:00' is out of range in UTC"),
+    ("spBv1.0/KIP//sim", b"", "empty message type level"),
+    ("t/plain/P-1/x", b"boom", "RuntimeError: decoder bug for the test"),
+    ("t/plain/P-2/x", b"boom", "RuntimeError: decoder bug for the test"),
+]
+
+
+async def test_a_message_that_breaks_a_decoder_is_a_dead_letter_and_the_stream_goes_on(
+        mosquitto, tmp_path, caplog, monkeypatch):
+    from collectors.mqtt import decode
+
+    real = decode.parse_plain
+
+    def parse_plain(payload: bytes):
+        if payload == b"boom":
+            raise RuntimeError("decoder bug for the test")
+        return real(payload)
+
+    monkeypatch.setattr(decode, "parse_plain", parse_plain)
+    caplog.set_level(logging.WARNING, logger="collectors.mqtt")
+    cfg = config(mosquitto.port)
+    sink = Sink()
+    good = plain_messages(len(POISON) + 1)
+    interleaved = [m for pair in zip(good, [(t, p) for t, p, _ in POISON], strict=False) for m in pair] + good[-1:]
+    async with running(cfg, sink, tmp_path) as collector:
+        await apublish(mosquitto.port, interleaved)
+        # Before the fix the first poison message ended the connection: fail at once rather than time out.
+        await until(lambda: len(sink.batches) == len(interleaved) or not collector.connected)
+        await asyncio.sleep(0.3)  # and nothing more comes (no redelivery)
+        status = collector.status()
+        decoder_errors = collector.ctx.metrics.collector_errors.labels("mq", "decoder")._value.get()
+    assert status["connected"] and status["connects"] == 1 and status["last_error"] is None
+    assert sink.values() == list(range(len(good)))  # every good reading, once, in order
+    dead = [d for b in sink.batches for d in b.dead_letters]
+    assert [(d.topic, d.payload) for d in dead] == [(t, p) for t, p, _ in POISON]
+    for d, (_, _, error) in zip(dead, POISON, strict=True):
+        assert error in d.error
+    assert status["dead_letters"] == len(POISON) and status["decoder_errors"] == 2
+    assert decoder_errors == 2
+    # The first error of its kind is logged at ERROR with the traceback and the topic; the next one on another
+    # topic only as a dead letter.
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info[0] is RuntimeError and "t/plain/P-1/x" in errors[0].getMessage()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("t/plain/P-2/x" in m and "RuntimeError" in m for m in warned)
+    # The poison messages were acknowledged as dead letters: the next connection gets none of them again.
+    await only_new_messages_come(cfg, tmp_path, "t/plain/P-1/seq")
 
 
 # -- security ------------------------------------------------------------------------------------------
@@ -380,8 +441,8 @@ async def test_through_the_real_ingest_pipeline_into_the_spool(mosquitto, tmp_pa
         await until(lambda: collector.connected)
         samples = [{"tag": "v", "t": T0_MS + i, "v": float(i)} for i in range(100)]
         await apublish(mosquitto.port, [("t/json/L1", json.dumps({"samples": samples}))] * 20
-                       + [("t/json/L1", b"garbage")])
-        await until(lambda: ingest.accepted >= 2000 and metrics.dead_letters.labels("mq")._value.get() == 1)
+                       + [("t/json/L1", b"garbage"), POISON[0][:2], ("t/plain/P-1/seq", "1")])
+        await until(lambda: ingest.accepted >= 2001 and metrics.dead_letters.labels("mq")._value.get() == 2)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -391,12 +452,12 @@ async def test_through_the_real_ingest_pipeline_into_the_spool(mosquitto, tmp_pa
         with contextlib.suppress(asyncio.CancelledError):
             await ingest_task
     stored = await worker.call(spool.peek, 10_000)
-    assert sum(len(b.rows) for b in stored) == 2000
-    assert [d[1] for b in stored for d in b.dead_letters] == ["t/json/L1"]
-    assert metrics.dead_letters.labels("mq")._value.get() == 1
+    assert sum(len(b.rows) for b in stored) == 2001
+    assert [d[1] for b in stored for d in b.dead_letters] == ["t/json/L1", "t/one/K1/NOx"]
+    assert metrics.dead_letters.labels("mq")._value.get() == 2
     again = Sink()
     async with running(cfg, again, tmp_path):
         await asyncio.sleep(0.5)
-    assert again.batches == []  # all 21 were acknowledged after the spool commit
+    assert again.batches == []  # all 23 were acknowledged after the spool commit
     await worker.call(spool.close)
     worker.shutdown()

@@ -125,6 +125,7 @@ def test_json_empty_array_is_no_readings():
     (b'[{"value": 1}, [1]]', "sample 1: expected an object or a value, got an array"),
     (b'{"value": 1, "time": true}', "time must be text or a number, not a boolean"),
     (b'{"value": 1, "time": 1e30}', "out of range"),
+    (b'{"value": 1, "time": "0001-01-01T00:00:00+01:00"}', r"time '0001-01-01T00:00:00\+01:00' is out of range in UTC"),
     (b'{"value": "\\ud800"}', "not JSON"),
     (b'\xff{}', "not JSON"),
 ])
@@ -162,6 +163,8 @@ def test_json_errors_for_mappings():
     (T0_MS * 1000 + 7, "auto", T0 + timedelta(microseconds=7)),
     (T0_MS * 1_000_000 + 7000, "auto", T0 + timedelta(microseconds=7)),
     ("1714564800", "auto", T0), (str(T0_MS), "epoch_ms", T0), ("1714564800.25", "auto", T0 + timedelta(seconds=0.25)),
+    ("0001-01-01T01:00:00+01:00", "auto", datetime(1, 1, 1, tzinfo=UTC)),  # the first instant in range
+    ("9999-12-31T22:59:59.999999-01:00", "iso8601", datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
 ])
 def test_parse_time_formats(raw, fmt, want):
     got = parse_time(raw, fmt)
@@ -194,6 +197,10 @@ def test_offsets_become_utc():
 @pytest.mark.parametrize(("raw", "fmt", "message"), [
     ("May 1st", "iso8601", "not ISO-8601"), (1714564800, "iso8601", "is a number but time_format is iso8601"),
     (float("nan"), "auto", "not a finite number"), (10**30, "epoch_s", "out of range"), ([1], "auto", "an array"),
+    # Valid ISO-8601 whose offset takes it outside datetime's years 1 to 9999 once in UTC.
+    ("0001-01-01T00:00:00+01:00", "auto", r"time '0001-01-01T00:00:00\+01:00' is out of range in UTC"),
+    ("9999-12-31T23:59:59-01:00", "iso8601", r"time '9999-12-31T23:59:59-01:00' is out of range in UTC"),
+    ("0001-01-01T00:59:59.999999+01:00", "iso8601", "out of range in UTC"),
 ])
 def test_parse_time_errors(raw, fmt, message):
     with pytest.raises(DataError, match=message):

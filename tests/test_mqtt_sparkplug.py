@@ -152,6 +152,8 @@ def test_commands_and_state_are_not_measurements():
     (b"", "spBv1.0/G/NDATA", "unknown Sparkplug message type or topic shape"),
     (b"", "spBv1.0/G/DDATA/N", "topic shape"),
     (b"", "spBv1.0/G/XDATA/N", "unknown Sparkplug message type"),
+    (b"", "spBv1.0/G//N", "empty message type level"),
+    (b"", "spBv1.0/G/", "empty message type level"),
     (b"", "other/G/NDATA/N", "not a Sparkplug B topic"),
     (encode_payload([Metric(None, 1.0)]), "spBv1.0/G/NBIRTH/N", "a birth certificate metric needs a name"),
     (encode_payload([Metric(None, 1.0)]), "spBv1.0/G/NDATA/N", "neither name nor alias"),

@@ -63,7 +63,8 @@ class MqttCollector:
         self.ctx = context
         self._password = password
         self._tls = tls_context(config)
-        self.router = Router(self.name, list(config.subscriptions), Path(context.state_dir))
+        self.router = Router(self.name, list(config.subscriptions), Path(context.state_dir),
+                             on_decoder_error=context.metrics.collector_errors.labels(self.name, "decoder").inc)
         self._saved = SavedSubscriptions(Path(context.state_dir) / "subscriptions.json", config)
         self._client: mqtt.Client | None = None
         self._conn: Connection | None = None
@@ -118,6 +119,7 @@ class MqttCollector:
             "messages": r.messages,
             "readings": r.readings,
             "dead_letters": r.dead_letters,
+            "decoder_errors": r.decoder_errors,
             "inflight": conn.inflight if conn else 0,
             "sparkplug": r.sparkplug.stats(),
             "last_error": self.last_error,

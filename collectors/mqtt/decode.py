@@ -116,7 +116,12 @@ def parse_time(v: object, fmt: str) -> datetime:
             else:
                 if dt.tzinfo is None:
                     return dt.replace(tzinfo=UTC)
-                return dt if dt.tzinfo is UTC else dt.astimezone(UTC)
+                if dt.tzinfo is UTC:
+                    return dt
+                try:
+                    return dt.astimezone(UTC)
+                except (OverflowError, ValueError):  # e.g. 0001-01-01T00:00:00+01:00 is in year 0 in UTC
+                    raise DataError(f"time {v[:40]!r} is out of range in UTC (years 1 to 9999)") from None
         try:
             num = float(v) if any(c in v for c in ".eE") else int(v)
         except ValueError:

@@ -4,12 +4,19 @@ Runs on paho's network thread. A message that cannot be decoded becomes a `DeadL
 the pipeline for inspection) and one log line per topic, then at most one per ``LOG_EVERY_S`` with
 the number suppressed in between, so a device that sends garbage ten times a second does not flood
 the log.
+
+A decoder raises `DataError` for what it knows to be malformed. Any other exception is a bug that a
+message has found in a decoder: it becomes a dead letter too (the message is acknowledged and the
+stream goes on; raising here would end the connection and the broker would redeliver the message on
+every reconnect, stopping everything after it). The first such error of each exception type is logged
+at ERROR with its traceback, and counted through ``on_decoder_error``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -33,8 +40,10 @@ _ROUTE_CACHE_MAX = 65_536
 class Router:
     """The collector's subscriptions with their decoders; counts what it handles."""
 
-    def __init__(self, source: str, subscriptions: list[Subscription], state_dir: Path) -> None:
+    def __init__(self, source: str, subscriptions: list[Subscription], state_dir: Path, *,
+                 on_decoder_error: Callable[[], None] | None = None) -> None:
         self.source = source
+        self.on_decoder_error = on_decoder_error
         self.sparkplug = SparkplugStore(Path(state_dir) / "sparkplug")
         self.routes: list[tuple[TopicFilter, Decoder]] = []
         for sub in subscriptions:
@@ -45,7 +54,8 @@ class Router:
         self.filters = [flt.mqtt for flt, _ in self.routes]
         self._cache: dict[str, Decoder | None] = {}
         self._log_times: dict[str, tuple[float, int]] = {}
-        self.messages = self.readings = self.dead_letters = 0
+        self._bugs_logged: set[type] = set()  # exception types already logged with a traceback
+        self.messages = self.readings = self.dead_letters = self.decoder_errors = 0
 
     def handle(self, topic: str | None, raw_topic: bytes, payload: bytes,
                now: datetime) -> tuple[list[Reading] | Rows, list[DeadLetter]]:
@@ -63,6 +73,8 @@ class Router:
                 decoder(payload, topic, now)
         except DataError as exc:
             return [], [self._dead_letter(topic, payload, str(exc), now)]
+        except Exception as exc:  # a decoder bug: see the module docstring
+            return [], [self._dead_letter(topic, payload, f"{type(exc).__name__}: {exc}", now, exc)]
         self.readings += len(readings)
         return readings, []
 
@@ -79,20 +91,32 @@ class Router:
         cache[topic] = found
         return found
 
-    def _dead_letter(self, topic: str, payload: bytes, error: str, now: datetime) -> DeadLetter:
+    def _dead_letter(self, topic: str, payload: bytes, error: str, now: datetime,
+                     bug: Exception | None = None) -> DeadLetter:
         self.dead_letters += 1
+        if bug is not None:
+            self.decoder_errors += 1
+            if self.on_decoder_error is not None:
+                self.on_decoder_error()
         if len(payload) > DEAD_LETTER_MAX_BYTES:
             error += f" (payload of {len(payload)} bytes cut to {DEAD_LETTER_MAX_BYTES})"
             payload = payload[:DEAD_LETTER_MAX_BYTES]
         mono = time.monotonic()
         last, suppressed = self._log_times.get(topic, (None, 0))
-        if last is None or mono - last >= LOG_EVERY_S:
+        first_bug = bug is not None and type(bug) not in self._bugs_logged
+        if first_bug or last is None or mono - last >= LOG_EVERY_S:
             if len(self._log_times) >= _LOG_TOPICS_MAX:
                 self._log_times.clear()
             self._log_times[topic] = (mono, 0)
             more = f" ({suppressed} more on this topic since the last report)" if suppressed else ""
-            log.warning("%s: undecodable message on %s: %s%s", self.source, topic, error, more,
-                        extra={"event": "mqtt_dead_letter", "collector": self.source, "topic": topic})
+            if first_bug:
+                self._bugs_logged.add(type(bug))
+                log.error("%s: decoder failed on a message on %s (a bug; the message is kept as a dead letter): "
+                          "%s%s", self.source, topic, error, more, exc_info=bug,
+                          extra={"event": "mqtt_decoder_error", "collector": self.source, "topic": topic})
+            else:
+                log.warning("%s: undecodable message on %s: %s%s", self.source, topic, error, more,
+                            extra={"event": "mqtt_dead_letter", "collector": self.source, "topic": topic})
         else:
             self._log_times[topic] = (last, suppressed + 1)
         return DeadLetter(self.source, topic, bytes(payload), error, now)

@@ -146,6 +146,8 @@ class SparkplugDecoder:
         if len(levels) < 3 or levels[0] != NAMESPACE:
             raise DataError(f"not a Sparkplug B topic (expected {NAMESPACE}/group/TYPE/node[/device])")
         kind = levels[2]
+        if not kind:
+            raise DataError(f"empty message type level (expected {NAMESPACE}/group/TYPE/node[/device])")
         if levels[1] == "STATE" or kind in ("NCMD", "DCMD", "STATE"):
             self.stats["ignored_messages"] += 1
             return []
