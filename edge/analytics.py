@@ -273,11 +273,14 @@ class Analytics:
             self.manager.load(stored)
             self._synced = True
         by_id = {a.id: a for a, *_ in stored}
+        # An open alert of the manager missing from the stored open ones is either cleared in the console or not
+        # written yet (the spool forwards it later: database down, a backlog). Only the stored row can tell.
+        missing = [o.alert.id for o in self.manager.open.values() if o.alert.id not in by_id]
+        for alert_id in await store.cleared_ids(conn, missing) if missing else ():
+            self.manager.cleared_by_hand(alert_id)
         for o in list(self.manager.open.values()):
             db = by_id.get(o.alert.id)
-            if db is None and o.alert.raised_at < utcnow() - timedelta(seconds=2 * SYNC_INTERVAL_S):
-                self.manager.cleared_by_hand(o.alert.id)  # cleared in the console
-            elif db is not None and db.acknowledged_at and o.alert.acknowledged_at is None:
+            if db is not None and db.acknowledged_at and o.alert.acknowledged_at is None:
                 self.manager.acknowledged(o.alert.id, db.acknowledged_by or "", db.acknowledged_at)
         self.manager.windows = await store.windows(conn, utcnow() - timedelta(days=1))
 

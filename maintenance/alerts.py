@@ -10,9 +10,11 @@ those observations into alert changes:
 - **hysteresis**: an alert clears only after its condition has been inactive ``clear_after_s``
   continuously, so a flapping signal makes one alert, not one per flap;
 - **suppression**: conditions on an asset inside a planned maintenance window raise nothing
-  (they are reported as ``suppressed`` changes for the log); open alerts are kept;
+  (they are reported as ``suppressed`` changes for the log); open alerts are kept but do not escalate
+  while the window lasts (the crew is on the machine);
 - **escalation**: an alert left unacknowledged ``escalate_after_s`` goes one severity up
-  (``info`` -> ``warning`` -> ``critical``), once per period, until acknowledged.
+  (``info`` -> ``warning`` -> ``critical``), once per period, until acknowledged. The time of the last
+  escalation is stored, so a restart does not escalate again at once.
 
 The changes (`AlertChange`) go to the store (maintenance/store.py) and the notifiers.
 Acknowledging and clearing by hand happen in the store (the console does it there too);
@@ -72,6 +74,7 @@ class AlertChange:
     last_seen: datetime | None = None
     escalation_level: int = 0
     detail: dict = field(default_factory=dict)
+    escalated_at: datetime | None = None
 
 
 def dedup_key(asset: str, tag: str | None, kind: str) -> str:
@@ -97,10 +100,11 @@ class AlertManager:
         self.open: dict[str, _Open] = {}
         self.pending: dict[str, datetime] = {}  # key -> since when active (debounce)
 
-    def load(self, alerts: list[tuple[Alert, int, datetime, int]]) -> None:
-        """Resume open alerts: (alert, occurrences, last_seen, escalation_level) from the store."""
-        for a, n, seen, level in alerts:
-            self.open[dedup_key(a.asset, a.tag, a.kind)] = _Open(a, n, seen, escalation_level=level)
+    def load(self, alerts: list[tuple[Alert, int, datetime, int, datetime | None]]) -> None:
+        """Resume open alerts: (alert, occurrences, last_seen, escalation_level, escalated_at) from the store."""
+        for a, n, seen, level, escalated_at in alerts:
+            self.open[dedup_key(a.asset, a.tag, a.kind)] = _Open(a, n, seen, escalation_level=level,
+                                                                 escalated_at=escalated_at)
 
     def suppressed(self, asset: str, tag: str | None, t: datetime) -> Window | None:
         return next((w for w in self.windows if w.covers(asset, tag, t)), None)
@@ -156,7 +160,7 @@ class AlertManager:
             return []
         out = []
         for key, o in self.open.items():
-            if o.alert.acknowledged_at is not None:
+            if o.alert.acknowledged_at is not None or self.suppressed(o.alert.asset, o.alert.tag, now):
                 continue
             since = o.escalated_at or o.alert.raised_at
             if now - since >= timedelta(seconds=after):
@@ -165,7 +169,8 @@ class AlertManager:
                 up = SEVERITIES[min(SEVERITIES.index(o.alert.severity) + 1, len(SEVERITIES) - 1)]
                 o.alert = replace(o.alert, severity=up)
                 out.append(AlertChange("escalated", o.alert, key, o.occurrences, o.last_seen, o.escalation_level,
-                                       detail={"unacknowledged_s": (now - o.alert.raised_at).total_seconds()}))
+                                       detail={"unacknowledged_s": (now - o.alert.raised_at).total_seconds()},
+                                       escalated_at=now))
         return out
 
     def acknowledged(self, alert_id: str, by: str, at: datetime) -> None:

@@ -21,6 +21,7 @@ One `AnomalyDetector` per asset:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -170,7 +171,8 @@ class AnomalyBank:
     """Detectors of many assets (same signal count) scored together: one numpy call per second.
 
     ``push(values)`` takes the newest sample of every asset, shape (assets, signals), NaN for
-    missing (the rolling mean skips it), and returns scores, p-values and contributions.
+    missing (the rolling mean skips it), and returns scores, p-values and contributions; all NaN for an
+    asset with a signal that had no value in the whole window (no score, rather than a healthy one).
     """
 
     def __init__(self, detectors: Sequence[AnomalyDetector]) -> None:
@@ -195,11 +197,16 @@ class AnomalyBank:
         v = np.take_along_axis(np.asarray(values, dtype=float), self.use, axis=1)
         self.buf[:, self.pos % self.window, :] = v
         self.pos += 1
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "mean of empty slice": a signal absent all window
             xs = np.nanmean(self.buf, axis=1)
+        # An asset with a signal that had no value in the whole window has no score: scoring it as z = 0 would
+        # call a silent machine perfectly healthy (and clear its alert while its sensors are offline).
+        missing = np.isnan(xs).any(axis=1)
         z = np.nan_to_num((xs - self.mean) / self.scale)
         pz = np.einsum("aij,aj->ai", self.precision, z)
         contrib = np.where(self.max_z[:, None], z * z, z * pz)
         score = np.where(self.max_z, contrib.max(axis=1), contrib.sum(axis=1))
         p = conformal.p_values_many(self.calibration, score)
+        score[missing], p[missing], contrib[missing] = np.nan, np.nan, np.nan
         return score, p, contrib

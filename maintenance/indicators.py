@@ -191,6 +191,11 @@ class IndicatorEngine:
             if self.next_emit is None:
                 self.next_emit = (slot // self.hop_slots + 1) * self.hop_slots
             while slot >= self.next_emit:  # these readings belong to a later window: close the due ones first
+                if self.next_emit - self.slots > self.slot_of.max():
+                    # A gap longer than the window (a stopped machine, the gateway off for a day): every window
+                    # from here to `slot` is empty. Jump rather than close them one hop at a time.
+                    self.next_emit = (slot // self.hop_slots + 1) * self.hop_slots
+                    break
                 out.extend(self._emit(self.next_emit, now))
                 self.next_emit += self.hop_slots
             if slot < self.next_emit - self.slots:

@@ -64,6 +64,8 @@ class _Anomaly:
         self.last_pred: dict[int, int] = {}
         self.run: dict[int, int] = {}  # consecutive flagged samples per asset
         self.slot: int | None = None
+        # Periods after which a gap leaves nothing to score: signals stale, the longest window empty.
+        self.horizon = STALE_PERIODS + 1 + max((a.anomaly.window for a in assets), default=1)
 
     def put(self, flat: np.ndarray, values: np.ndarray, slot: int) -> None:
         """Latest values of one slot: ``flat`` = asset * width + signal (-1: not an anomaly signal)."""
@@ -141,7 +143,7 @@ class MaintenanceLive:
     async def process(self, readings: Iterable[Reading], now: datetime | None = None
                       ) -> tuple[list[Reading], list[Prediction], list[AlertChange]]:
         """Derived readings, predictions and alert changes caused by one batch (time-ordered per tag). The clock
-        of escalations is the latest reading time, or ``now`` (the data's time) when later."""
+        of escalations is ``now`` (the data's time), or the latest reading time when not given."""
         readings = list(readings)
         derived: list[Reading] = []
         preds: list[Prediction] = []
@@ -165,6 +167,12 @@ class MaintenanceLive:
             for g, first in zip(np.split(order, cuts), np.r_[0, cuts], strict=True):
                 slot = int(ordered[first])
                 if an.slot is None:
+                    an.slot = slot
+                if slot - an.slot > an.horizon:
+                    # A gap: after `horizon` periods every signal is stale and every window empty (no scores),
+                    # so the periods beyond need no scoring; jumping keeps a day's gap from stalling the loop.
+                    for s in range(an.slot, an.slot + an.horizon):
+                        self._score(s, preds, changes)
                     an.slot = slot
                 while slot > an.slot:  # a new period began: score the finished one
                     self._score(an.slot, preds, changes)
@@ -190,9 +198,9 @@ class MaintenanceLive:
                 changes.extend(c)
         changes.extend(self.rules.update(readings))
         changes.extend(self.rules.update(derived))
-        t = max((r.time for r in readings), default=None)
-        if now is not None and (t is None or now > t):
-            t = now
+        # The caller's clock (the data's, never ahead of receipt: edge.pipeline) when given: one reading stamped
+        # in the future must not escalate every open alert.
+        t = now if now is not None else max((r.time for r in readings), default=None)
         if t is not None:
             changes.extend(self.manager.tick(t))
         return derived, preds, changes
@@ -208,8 +216,8 @@ class MaintenanceLive:
             tag = d.tag.rsplit(".", 1)[0]
             z = tracker.current
             out.append(replace(d, tag=f"{tag}.iso_zone", value=ZONES.index(z)))
-            if changed is None and z not in ("C", "D"):
-                continue
+            if changed is None and z not in ("C", "D") and dedup_key(asset, tag, "iso20816") not in self.manager.open:
+                continue  # calm and no alert waiting to clear: nothing to tell the manager
             sev = SEVERITY[z]
             b = tracker.config.boundaries
             changes.extend(self.manager.observe(
@@ -234,6 +242,8 @@ class MaintenanceLive:
             score, p, contrib = bank.push(x[rows][:, : max(widths)])
             flags = p <= bank.alpha
             for k, i in enumerate(rows):
+                if np.isnan(p[k]):
+                    continue  # a signal missing the whole window: no prediction, and the alert stays as it is
                 self._anomaly_result(int(i), slot, t, float(score[k]), float(p[k]), bool(flags[k]), contrib[k],
                                      preds, changes)
 

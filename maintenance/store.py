@@ -3,7 +3,9 @@
 Async psycopg 3, one connection passed in by the caller (the gateway's or a CLI's). Writes are
 idempotent where a replay can happen: predictions upsert on (asset, model_id, target, time); an alert
 is keyed by its id, and the unique partial index on ``dedup_key`` keeps one open alert per condition
-even when two writers race (the loser's insert updates the open alert instead).
+even when two writers race (the loser's insert updates the open alert instead). Updates and clears
+address the open alert of the condition (its id, or its ``dedup_key`` where another writer's row absorbed
+the insert), so the alert that exists is the one that changes.
 The history (``alert_events``) is written by the table's trigger; this module only adds events that
 have no row change behind them (suppressed conditions, notification outcomes).
 """
@@ -76,14 +78,14 @@ async def apply_changes(conn: psycopg.AsyncConnection, changes: Iterable[AlertCh
                     "UPDATE alerts SET severity = %s, message = %s, evidence = %s, occurrences = %s,"
                     " last_seen = %s, escalation_level = %s,"
                     " escalated_at = CASE WHEN %s > escalation_level THEN %s ELSE escalated_at END,"
-                    " updated_at = now() WHERE id = %s AND cleared_at IS NULL",
+                    " updated_at = now() WHERE cleared_at IS NULL AND (id = %s OR dedup_key = %s)",
                     (a.severity, a.message, _jsonb(a.evidence), ch.occurrences, ch.last_seen or a.raised_at,
-                     ch.escalation_level, ch.escalation_level, ch.last_seen, a.id))
+                     ch.escalation_level, ch.escalation_level, ch.escalated_at or ch.last_seen, a.id, ch.key))
             elif ch.event == "cleared":
                 await cur.execute(
                     "UPDATE alerts SET cleared_at = %s, cleared_by = 'system', state = 'cleared',"
-                    " occurrences = %s, updated_at = now() WHERE id = %s AND cleared_at IS NULL",
-                    (a.cleared_at, ch.occurrences, a.id))
+                    " occurrences = %s, updated_at = now() WHERE cleared_at IS NULL AND (id = %s OR dedup_key = %s)",
+                    (a.cleared_at, ch.occurrences, a.id, ch.key))
             else:
                 raise ValueError(f"unknown alert change {ch.event!r}")
 
@@ -123,12 +125,20 @@ async def log_event(conn: psycopg.AsyncConnection, alert: Alert, event: str, det
                           (alert.id or None, alert.asset, alert.kind, event, actor, _jsonb(detail)))
 
 
-async def open_alerts(conn: psycopg.AsyncConnection) -> list[tuple[Alert, int, datetime, int]]:
-    """Open alerts for `AlertManager.load` after a restart."""
+async def open_alerts(conn: psycopg.AsyncConnection) -> list[tuple[Alert, int, datetime, int, datetime | None]]:
+    """Open alerts for `AlertManager.load` after a restart: (alert, occurrences, last_seen, escalation_level,
+    escalated_at)."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute("SELECT * FROM alerts WHERE cleared_at IS NULL")
         rows = await cur.fetchall()
-    return [(row_to_alert(r), r["occurrences"], r["last_seen"], r["escalation_level"]) for r in rows]
+    return [(row_to_alert(r), r["occurrences"], r["last_seen"], r["escalation_level"], r["escalated_at"])
+            for r in rows]
+
+
+async def cleared_ids(conn: psycopg.AsyncConnection, ids: list[str]) -> set[str]:
+    """Which of ``ids`` are stored and cleared (by a person in the console, or by another writer)."""
+    cur = await conn.execute("SELECT id FROM alerts WHERE id = ANY(%s) AND cleared_at IS NOT NULL", (ids,))
+    return {r[0] for r in await cur.fetchall()}
 
 
 def row_to_alert(r: dict) -> Alert:

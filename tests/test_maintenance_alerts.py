@@ -106,3 +106,12 @@ def test_rule_config_errors():
         RuleConfig(name="x", tag="a.b", kind="rate")
     with pytest.raises(ValidationError, match="below high"):
         RuleConfig(name="x", tag="a.b", kind="threshold", high=1, low=2)
+
+
+def test_escalation_waits_while_a_maintenance_window_covers_the_asset():
+    w = Window("P-101", at(300), at(1500), "overhaul")
+    m = AlertManager(AlertPolicy(clear_after_s=60, escalate_after_s=600), [w])
+    observe(m, 0, True, severity="info")
+    assert m.tick(at(600)) == [] and m.tick(at(1499)) == []  # the crew is on the machine
+    (e,) = m.tick(at(1500))
+    assert e.event == "escalated" and e.escalated_at == at(1500)

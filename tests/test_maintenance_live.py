@@ -66,3 +66,62 @@ async def test_bearing_fault_gives_zone_and_anomaly_alerts():
     assert 9 <= len(healthy) <= 20  # 300 s / 30 s, plus the few flagged samples (p <= alpha happens on healthy data)
     flagged = [p for p in anomaly_preds if p.p_value <= 0.01 and p.time >= T0 + timedelta(seconds=720)]
     assert len(flagged) > 200
+
+
+def _vibration_only() -> MaintenanceConfig:
+    asset = AssetConfig(name="F-1", vibration_tags=("F-1.vib",), iso20816=ZoneConfig(boundaries_mm_s=(0.8, 1.4, 3.0)))
+    return MaintenanceConfig(window_s=60, hop_s=10, assets=(asset,))
+
+
+async def test_zone_alert_clears_once_the_vibration_is_calm_again():
+    """Going back to zone B is one zone change; the alert's clear delay runs past it, so the calm readings after
+    it must still reach the alert manager (they did not: the alert stayed open for good)."""
+    live = MaintenanceLive(_vibration_only())
+    changes = []
+    for s in range(900):
+        v = 2.0 if 200 <= s < 400 else 1.0  # zone C for 200 s, else zone B
+        t = T0 + timedelta(seconds=s)
+        changes += (await live.process([Reading("F-1.vib", t, v, t)]))[2]
+    events = [(c.event, c.alert.kind) for c in changes]
+    assert events == [("raised", "iso20816"), ("cleared", "iso20816")]
+    cleared = changes[-1].alert.cleared_at
+    assert T0 + timedelta(seconds=460) <= cleared <= T0 + timedelta(seconds=560)  # calm window + 60 s clear delay
+
+
+async def test_silent_signals_give_no_anomaly_scores_and_keep_the_alert_open():
+    """Signals that stop sending are missing, not healthy: no prediction is made from an empty window, and an open
+    anomaly alert is not cleared because its sensors went offline."""
+    live = MaintenanceLive(config())
+    preds, changes = [], []
+    for batch in pump_readings(800, fault_from=600):
+        _, p, c = await live.process(batch)
+        preds += p
+        changes += c
+    assert any(c.event == "raised" and c.alert.kind == "anomaly" for c in changes)
+    silent_from = T0 + timedelta(seconds=800)
+    for s in range(800, 1400):  # only another asset's tag arrives: the pump's signals are silent
+        t = T0 + timedelta(seconds=s)
+        _, p, c = await live.process([Reading("Q-1.flow", t, 1.0, t)])
+        preds += p
+        changes += c
+    late = [p for p in preds if p.kind == "anomaly" and p.time > silent_from + timedelta(seconds=20)]
+    assert late == []  # stale after 5 periods, window of 10 empty after that: nothing to score
+    assert not [c for c in changes if c.event == "cleared" and c.alert.kind == "anomaly"]
+
+
+async def test_a_day_long_gap_is_jumped_not_walked():
+    live = MaintenanceLive(config())
+    for batch in pump_readings(500, fault_from=10_000):
+        await live.process(batch)
+    scored, emitted = [], []
+    score, emit = live._score, live.indicators._emit
+    live._score = lambda slot, *a: (scored.append(slot), score(slot, *a))[1]
+    live.indicators._emit = lambda end, now: (emitted.append(end), emit(end, now))[1]
+    t = T0 + timedelta(days=1)
+    _, preds, _ = await live.process([Reading(f"P-101.{k}", t, 1.0, t) for k in SIGNALS])
+    # A period is scored per second and a window closed per hop only while they can hold data (the window and the
+    # staleness horizon), not for each of the 86,400 seconds in between.
+    assert len(scored) <= live.anomaly.horizon + 1 and len(emitted) <= 60 // 10 + 1
+    # Predictions only where there was data: the periods just after the last readings, and the new one.
+    assert all(p.time <= T0 + timedelta(seconds=600) or p.time == t + timedelta(seconds=1) for p in preds), \
+        [p.time for p in preds]

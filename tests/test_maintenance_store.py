@@ -209,3 +209,57 @@ async def test_live_results_published_with_traceable_evidence(pg_dsn):
         await hook.aclose()
         server.shutdown()
         server.server_close()
+
+
+async def test_escalation_time_is_stored_and_a_restart_does_not_escalate_again(pg_dsn):
+    _migrate(pg_dsn)
+    m = AlertManager(AlertPolicy(escalate_after_s=600))
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await store.apply_changes(conn, m.observe(asset="K2", tag=None, kind="anomaly", active=True, t=at(0),
+                                                  severity="info"))
+        await store.apply_changes(conn, m.observe(asset="K2", tag=None, kind="anomaly", active=True, t=at(100)))
+        await store.apply_changes(conn, m.tick(at(650)))
+        (row,) = await _all(conn)
+        assert row["escalated_at"] == at(650) and row["last_seen"] == at(100)  # when it escalated, not last seen
+        again = AlertManager(AlertPolicy(escalate_after_s=600))  # the gateway restarted
+        again.load(await store.open_alerts(conn))
+        assert again.tick(at(700)) == []
+        (e,) = again.tick(at(1250))
+        assert e.escalation_level == 2 and e.alert.severity == "critical"
+
+
+async def test_sync_forgets_only_alerts_cleared_in_the_console(pg_dsn):
+    """An open alert missing from the stored open ones was either cleared by a person or not written yet (the
+    spool holds it while the database is away); only a stored, cleared row means the former."""
+    from edge.analytics import Analytics
+    from edge.metrics import Metrics
+    from edge.settings import SiteConfig
+
+    _migrate(pg_dsn)
+
+    async def emit(batch):
+        pass
+
+    site = SiteConfig(rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}])
+    an = Analytics(site, Metrics(), emit, pg_dsn)
+    written = an.manager.observe(asset="P1", tag="P1.p", kind="rule:hi", active=True, t=at(0))
+    an.manager.observe(asset="P2", tag="P2.p", kind="rule:hi", active=True, t=at(0))  # raised days ago, unwritten
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await store.apply_changes(conn, written)
+        await an.sync_once(conn)
+        assert {o.alert.asset for o in an.manager.open.values()} == {"P1", "P2"}
+        assert await store.clear(conn, written[0].alert.id, "anna")
+        await an.sync_once(conn)
+        assert {o.alert.asset for o in an.manager.open.values()} == {"P2"}
+
+
+async def test_changes_reach_the_open_alert_that_absorbed_another_writers_insert(pg_dsn):
+    _migrate(pg_dsn)
+    a, b = AlertManager(AlertPolicy(clear_after_s=0)), AlertManager(AlertPolicy(clear_after_s=0))
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await store.apply_changes(conn, a.observe(asset="K3", tag=None, kind="anomaly", active=True, t=at(0)))
+        await store.apply_changes(conn, b.observe(asset="K3", tag=None, kind="anomaly", active=True, t=at(5)))
+        # b's alert id was never stored (its insert became an occurrence of a's): its clear still closes the row.
+        await store.apply_changes(conn, b.observe(asset="K3", tag=None, kind="anomaly", active=False, t=at(9)))
+        (row,) = await _all(conn)
+        assert row["state"] == "cleared" and row["cleared_at"] == at(9)
