@@ -132,6 +132,16 @@ class Columns:
                    cat([p.recv_us for p in parts]), cat([p.quality for p in parts]), cat([p.flags for p in parts]),
                    cat([p.status for p in parts]), other, server)
 
+    def take(self, which) -> Columns:
+        """The rows ``which`` (row numbers, in that order) as a Columns of their own, naming only their tags."""
+        rows = np.asarray(which, dtype=np.int64)
+        used, idx = np.unique(self.tag_idx[rows], return_inverse=True)
+        pos = {int(r): k for k, r in enumerate(rows.tolist())}
+        return Columns([self.tags[i] for i in used.tolist()], idx.astype(np.int32), self.time_us[rows],
+                       self.value[rows], self.recv_us[rows], self.quality[rows], self.flags[rows], self.status[rows],
+                       {pos[i]: v for i, v in self.other.items() if i in pos},
+                       {pos[i]: v for i, v in self.server_us.items() if i in pos})
+
     # -- spool payload -----------------------------------------------------------------------
     def to_payload(self) -> list:
         return [self.tags, self.tag_idx.tobytes(), self.time_us.tobytes(), self.value.tobytes(),

@@ -17,7 +17,7 @@ import time
 import psycopg
 
 from edge.backoff import Backoff
-from edge.columns import from_us, to_us
+from edge.columns import Columns, from_us, to_us
 from edge.metrics import Metrics
 from edge.pipeline import SpoolWorker
 from edge.records import utcnow
@@ -28,6 +28,9 @@ from edge.spool import SpooledBatch
 log = logging.getLogger(__name__)
 
 LATENCY_SAMPLES_PER_BATCH = 16
+# What the database (or the encoding before it) raises for the content of a group rather than for the connection:
+# retrying the same group would fail the same way, so it is written apart (`Forwarder._write_apart`).
+DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError, ValueError, OverflowError)
 
 
 class Forwarder:
@@ -186,12 +189,59 @@ class Forwarder:
         return batches
 
     async def _write(self, batches: list[SpooledBatch], sink: TimescaleSink | None = None) -> None:
+        sink = sink or self.sink
         t0 = time.perf_counter()
-        result = await (sink or self.sink).write(batches)
+        try:
+            result = await sink.write(batches)
+        except DATA_ERRORS as exc:
+            if not sink.connected:
+                raise  # the connection went with it: an outage, retried as one
+            result = await self._write_apart(batches, sink, exc)
         self.metrics.db_write_seconds.observe(time.perf_counter() - t0)
         await self.worker.call(self.worker.spool.delete, [b.seq for b in batches])
         self.heartbeat = time.monotonic()
         self._account(batches, result)
+
+    async def _write_apart(self, batches: list[SpooledBatch], sink: TimescaleSink,
+                           exc: BaseException) -> WriteResult:
+        """The database refused the group for its content (a text with NUL, a time out of its range...), so
+        retrying it whole would block the spool for ever. Write it in halves down to the single readings it
+        refuses; those become dead letters with the database's error. Every good reading is stored."""
+        cols = Columns.concat([b.columns for b in batches])
+        log.error("database refused a group of %d readings (%s); writing it in parts to find the bad ones",
+                  len(cols), f"{type(exc).__name__}: {exc}".strip(),
+                  extra={"event": "db_refused", "seqs": [b.seq for b in batches]})
+        total = WriteResult(rows=0, inserted=0, duplicates=0)
+        refused: list[tuple] = []
+        # Records and dead letters first, in one transaction as before (alert changes keep their order).
+        extras = [SpooledBatch(b.seq, cols.take([]), b.dead_letters, b.created, b.records) for b in batches
+                  if b.dead_letters or b.records]
+        if extras:
+            total.add(await sink.write(extras))
+        await self._split(cols, sink, total, refused)
+        if refused:
+            await sink.write_refused(refused)
+            self.metrics.readings_refused.inc(len(refused))
+            log.error("database refused %d reading(s) of %d, stored as dead letters; first: %s = %r: %s",
+                      len(refused), len(cols), refused[0][0].tags[0], refused[0][0].value_at(0), refused[0][1],
+                      extra={"event": "readings_refused", "refused": len(refused)})
+        return total
+
+    async def _split(self, cols: Columns, sink: TimescaleSink, total: WriteResult, refused: list[tuple]) -> None:
+        if not len(cols):
+            return
+        try:
+            total.add(await sink.write([SpooledBatch(0, cols, [], 0.0)]))
+            return
+        except DATA_ERRORS as exc:
+            if not sink.connected:
+                raise
+            if len(cols) == 1:
+                refused.append((cols, exc))
+                return
+        half = len(cols) // 2
+        await self._split(cols.take(range(half)), sink, total, refused)
+        await self._split(cols.take(range(half, len(cols))), sink, total, refused)
 
     async def drain_once(self, linger: bool = True) -> bool:
         """Write one group of spooled batches; returns False when the spool was empty (shutdown flush)."""

@@ -60,7 +60,8 @@ class Gateway:
         self.spool = Spool(cfg.spool_path, max_bytes=cfg.spool.max_bytes, policy=cfg.spool.full_policy,
                            synchronous=cfg.spool.synchronous)
         self.worker = SpoolWorker(self.spool)
-        self.validator = Validator(cfg.tag_map(), cfg.validation)
+        self.validator = Validator(cfg.tag_map(), cfg.validation,
+                                   on_flagged=lambda rule, n: self.metrics.readings_flagged.labels(rule).inc(n))
         self.ingest = Ingest(self.worker, self.validator, self.metrics, queue_batches=cfg.spool.queue_batches)
         self.forwarder = (Forwarder(self.worker, self.conninfo, cfg, self.metrics, self.ingest.spooled)
                           if self.conninfo else None)

@@ -37,9 +37,14 @@ class Metrics:
         self.spool_dropped = Counter("valvoja_spool_dropped_total",
                                      "Readings dropped (oldest first) to keep the spool within budget",
                                      registry=r)
+        self.spool_errors = Counter("valvoja_spool_write_errors_total",
+                                    "Spool writes that failed (disk full, I/O error) and were retried", registry=r)
         self.db_write_seconds = Histogram(
             "valvoja_db_write_seconds", "Time to commit one batch to the database", registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.readings_refused = Counter("valvoja_readings_refused_total",
+                                        "Readings the database refused for their content (stored as dead letters)",
+                                        registry=r)
         self.db_errors = Counter("valvoja_db_errors_total", "Failed database writes", ["kind"], registry=r)
         self.db_connected = Gauge("valvoja_db_connected", "1 while the database is reachable", registry=r)
         self.latency_seconds = Histogram(

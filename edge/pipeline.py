@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from edge.columns import Columns, Rows, from_us
 from edge.metrics import Metrics
-from edge.records import Batch, Reading, utcnow
+from edge.records import Batch, Flag, Reading, utcnow
 from edge.spool import Spool, SpoolFull
 from edge.validate import Validator
 
@@ -52,6 +53,8 @@ class Ingest:
         self.full_since: float | None = None
         self.accepted = 0  # readings durable in the spool since start
         self.last_error: str | None = None
+        self._dropped_seen = 0  # the spool's drop_oldest count already reported
+        self._drop_logged = -math.inf  # monotonic time of the last log line about dropping
         # Called as on_spooled(readings, latest) for each committed group (live analytics): the readings of the
         # `analytics_tags` (None: all) not made by analytics itself, and the group's latest reading time (which
         # keeps analytics' clock going when none of its tags is in the group); must not block.
@@ -88,6 +91,7 @@ class Ingest:
         self.validator.apply(cols, utcnow())
         items = [(cols, [d for b in group for d in b.dead_letters], [r for b in group for r in b.records])]
         n = len(cols)
+        rejected = failed = False
         while True:
             try:
                 await self.worker.call(self.worker.spool.append_many, items)
@@ -98,11 +102,22 @@ class Ingest:
                     self.full_since = time.monotonic()
                     log.error("spool full, refusing new readings until the database drains it",
                               extra={"event": "spool_full", "detail": str(exc)})
-                self.metrics.spool_rejected.inc(n)
+                if not rejected:  # a group is refused once, however long it waits
+                    rejected = True
+                    self.metrics.spool_rejected.inc(n)
             except Exception as exc:  # disk error, locked database: retry, never ack unstored data
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("spool write failed; retrying", extra={"event": "spool_error"})
+                error = f"{type(exc).__name__}: {exc}"
+                self.metrics.spool_errors.inc()
+                if error != self.last_error:  # once per kind of failure, not every retry
+                    log.exception("spool write failed; retrying every %.1f s", FULL_RETRY_S,
+                                  extra={"event": "spool_error", "readings": n})
+                self.last_error = error
+                failed = True
             await asyncio.sleep(FULL_RETRY_S)
+        self._report_dropped()
+        if failed:
+            log.warning("spool writes work again", extra={"event": "spool_recovered", "error": self.last_error})
+            self.last_error = None
         if self.full_since is not None:
             log.warning("spool accepting readings again after %.1f s full", time.monotonic() - self.full_since,
                         extra={"event": "spool_resumed"})
@@ -128,10 +143,25 @@ class Ingest:
             latest = from_us(int(min(cols.time_us.max(), cols.recv_us.max())))
             self.on_spooled(self._for_analytics(group, cols), latest)
 
+    def _report_dropped(self) -> None:
+        """drop_oldest discarded spooled readings to make room: count them, and say so (at most once a minute)."""
+        dropped = self.worker.spool.dropped
+        if dropped == self._dropped_seen:
+            return
+        self.metrics.spool_dropped.inc(dropped - self._dropped_seen)
+        self._dropped_seen = dropped
+        if time.monotonic() - self._drop_logged >= 60.0:
+            self._drop_logged = time.monotonic()
+            log.error("spool full: oldest readings dropped to make room (%d since start); the database is not "
+                      "draining the spool", dropped, extra={"event": "spool_dropped", "dropped": dropped})
+
     def _for_analytics(self, group: list[Batch], cols: Columns) -> list[Reading]:
         """`Reading` objects for analytics: only the rows of tags it uses (a `Reading` costs more to make than
-        the whole ingest of a reading), and never what analytics made itself."""
+        the whole ingest of a reading), never what analytics made itself, never a reading from the future."""
         keep = np.repeat(np.array([b.source != "analytics" for b in group]), [len(b.readings) for b in group])
+        # A reading stamped ahead of the gateway's clock is stored (flagged) but not analysed: analyses run on the
+        # data's time, and one such reading would move their windows and clocks into the future.
+        keep &= (cols.flags & int(Flag.FUTURE_TIME)) == 0
         if self.analytics_tags is not None:
             want = np.fromiter((t in self.analytics_tags for t in cols.tags), bool, len(cols.tags))
             keep &= want[cols.tag_idx]

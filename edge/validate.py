@@ -15,6 +15,7 @@ Quality only ever gets worse here: a device's Bad status is never upgraded.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import datetime
 
 import numpy as np
@@ -66,8 +67,10 @@ class Validator:
     beyond 2**53) and the tags with a frozen-value window are visited one by one.
     """
 
-    def __init__(self, tags: dict[str, Tag], cfg: Validation):
+    def __init__(self, tags: dict[str, Tag], cfg: Validation, on_flagged: Callable[[str, int], None] | None = None):
+        """``on_flagged(rule, n)`` is told of every reading a rule flags (the gateway counts them in metrics)."""
         self._tags = tags
+        self._on_flagged = on_flagged
         self._cfg = cfg
         self._future_us = round(cfg.future_tolerance_s * 1e6)
         self._max_age_us = round(cfg.max_age_s * 1e6)
@@ -141,6 +144,9 @@ class Validator:
         by_flags = self._by_flags
         for f, c in zip(kinds.tolist(), counts.tolist(), strict=True):
             by_flags[f] = by_flags.get(f, 0) + c
+            if self._on_flagged is not None:
+                for name in rule_names(f):
+                    self._on_flagged(name, c)
         significant = (flags & ~_UNKNOWN) != 0
         np.maximum(cols.quality, np.where(significant, worst, _GOOD).astype(np.int16), out=cols.quality)
         return int(significant.sum())

@@ -110,3 +110,27 @@ def test_every_value_kind_is_stored_exactly(pg_dsn):
             assert text == str(v) and value == float(v), "an integer beyond float8 precision is also kept as text"
         else:
             assert value == float(v)
+
+
+def test_dead_letters_of_a_replayed_batch_are_stored_once(pg_dsn):
+    """A crash between the database COMMIT and the spool delete writes the batch again: its readings are
+    de-duplicated by their key, and its dead letters by their digest."""
+    async def go():
+        sink = TimescaleSink(pg_dsn)
+        await sink.connect()
+        t0 = utcnow().replace(microsecond=0) - timedelta(hours=1)
+        b = _batch(1, 10, t0)
+        b.dead_letters = [("mqtt", "a/b", b"\x00junk", "not JSON", 1_700_000_000_000_000),
+                          ("mqtt", "a/\x00c", b"junk", "bad topic", 1_700_000_000_000_001)]
+        await sink.write([b])
+        await sink.write([b])
+        cur = await sink.conn.execute("SELECT topic FROM dead_letters ORDER BY time")
+        topics = [t for (t,) in await cur.fetchall()]
+        cur = await sink.conn.execute("SELECT count(*) FROM readings")
+        readings = (await cur.fetchone())[0]
+        await sink.close()
+        return topics, readings
+
+    topics, readings = asyncio.run(go())
+    assert readings == 10
+    assert topics == ["a/b", "a/\\x00c"]  # once each; a NUL in a topic is written escaped, not refused

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 
+import orjson
 import psycopg
 import pytest
 from gateway_proc import GatewayProcess
@@ -136,4 +137,33 @@ def test_broker_restart_collection_resumes(tmp_path, pg_dsn, own_mosquitto):
         exactly_once(pg_dsn, 200)
         assert "valvoja_collector_reconnects_total" in gw.metrics()
     finally:
+        assert gw.terminate() == 0
+
+
+def test_reading_the_database_refuses_becomes_a_dead_letter_and_the_rest_flows(tmp_path, pg_dsn, mosquitto):
+    """A text with a NUL character decodes fine but PostgreSQL text cannot hold it. Retrying its group whole
+    blocked the spool for good; now the group is written in parts: one dead letter, every good reading once."""
+    run = new_run()
+    gw = start_subscribed(GatewayProcess(tmp_path / "gw", site_config(pg_dsn, mosquitto.port, run=run)))
+    pub = Publisher(mosquitto.port, run)
+    try:
+        pub.publish(300)
+        t = pub.base.isoformat().replace("+00:00", "Z")
+        pub.client.publish(f"ops/{run}/P-9/state", orjson.dumps({"value": "ok\u0000bad", "time": t}),
+                           qos=1).wait_for_publish(30)
+        pub.publish(300)
+        wait_for(lambda: stored(pg_dsn) >= 600, timeout_s=60, what="the good readings around the bad one stored")
+        exactly_once(pg_dsn, 600)
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            dead = conn.execute("SELECT source, topic, error FROM dead_letters").fetchall()
+        assert len(dead) == 1, dead
+        source, topic, error = dead[0]
+        assert (source, topic) == ("database", "P-9.state") and "0x00" in error, dead
+        wait_for(lambda: gw.health()["spool"]["readings"] == 0, timeout_s=30, what="spool drained")
+        assert "valvoja_readings_refused_total 1.0" in gw.metrics()
+        pub.publish(50)  # and the forwarder is not stuck behind it
+        wait_for(lambda: stored(pg_dsn) >= 650, timeout_s=30, what="later readings stored")
+        exactly_once(pg_dsn, 650)
+    finally:
+        pub.close()
         assert gw.terminate() == 0

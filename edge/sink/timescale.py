@@ -12,10 +12,11 @@ the batches from the spool.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import msgpack
 import numpy as np
@@ -25,7 +26,6 @@ from psycopg import sql
 from edge.columns import Columns, from_us, to_us
 from edge.db.features import Features
 from edge.db.migrate import migrate
-from edge.records import utcnow
 from edge.settings import Asset, Tag
 from edge.sink.pgbinary import COLUMNS, encode_columns
 from edge.spool import SpooledBatch
@@ -35,16 +35,55 @@ log = logging.getLogger(__name__)
 _COPY_READINGS = f"COPY readings ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 
 
+def _text(s: str) -> str:
+    # PostgreSQL text cannot hold NUL; a dead letter must be storable whatever its topic or error says.
+    return s.replace("\x00", "\\x00")
+
+
+def from_seconds(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+async def write_dead_letters(cur: psycopg.AsyncCursor, dead: list[tuple]) -> None:
+    """``(source, topic, payload, error, receive_time_us)`` rows, each stored once: a replay of the same batch
+    (a crash between COMMIT and the spool delete) finds its digest and adds nothing."""
+    rows = []
+    for source, topic, payload, error, t in dead:
+        payload = bytes(payload)
+        h = hashlib.sha256()
+        for part in (source.encode(), topic.encode(), payload, error.encode(), str(t).encode()):
+            h.update(len(part).to_bytes(8, "big"))
+            h.update(part)
+        rows.append((from_us(t), _text(source), _text(topic), payload, _text(error), h.digest()))
+    await cur.executemany(
+        "INSERT INTO dead_letters (time, source, topic, payload, error, digest) VALUES (%s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (digest) DO NOTHING", rows)
+
+
 @dataclass(slots=True)
 class WriteResult:
     rows: int
     inserted: int
     duplicates: int
-    min_time_us: int | None
-    max_time_us: int | None
+    min_time_us: int | None = None
+    max_time_us: int | None = None
     tag_ids: set[int] = field(default_factory=set)
     fast_path: bool = True
     refused: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, other: WriteResult) -> None:
+        """Fold the result of another write of the same group into this one (a group written in parts)."""
+        self.rows += other.rows
+        self.inserted += other.inserted
+        self.duplicates += other.duplicates
+        if other.min_time_us is not None:
+            self.min_time_us = other.min_time_us if self.min_time_us is None else min(self.min_time_us,
+                                                                                      other.min_time_us)
+            self.max_time_us = other.max_time_us if self.max_time_us is None else max(self.max_time_us,
+                                                                                      other.max_time_us)
+        self.tag_ids |= other.tag_ids
+        self.fast_path &= other.fast_path
+        self.refused += other.refused
 
 
 class TimescaleSink:
@@ -173,14 +212,22 @@ class TimescaleSink:
 
                     refused = await write_records(conn, records)
                     result.refused = refused
+                    # The time of the batch (not of this attempt): a replay then makes the same dead letter.
+                    created = to_us(from_seconds(min(b.created for b in batches if b.records)))
                     dead = list(dead) + [("records", kind, msgpack.packb(
                         [r for k, r in records if k == kind], datetime=True, default=str), error,
-                        to_us(utcnow())) for kind, error in refused]
+                        created) for kind, error in refused]
                 if dead:
-                    await cur.executemany(
-                        "INSERT INTO dead_letters (time, source, topic, payload, error) VALUES (%s, %s, %s, %s, %s)",
-                        [(from_us(t), s, topic, bytes(p), e) for s, topic, p, e, t in dead])
+                    await write_dead_letters(cur, dead)
         return result
+
+    async def write_refused(self, rows: list[tuple[Columns, BaseException]]) -> None:
+        """Readings the database refused on their own (`Forwarder` splits a refused group down to them) become
+        dead letters: the reading as a msgpack row and the database's error, in one transaction."""
+        dead = [("database", cols.tags[int(cols.tag_idx[0])], msgpack.packb(cols.rows()[0], use_bin_type=True),
+                 f"{type(exc).__name__}: {exc}".strip(), int(cols.recv_us[0])) for cols, exc in rows]
+        async with self.conn.transaction(), self.conn.cursor() as cur:
+            await write_dead_letters(cur, dead)
 
     async def _insert_dedup(self, cur: psycopg.AsyncCursor, payload: bytes) -> int:
         await cur.execute(
