@@ -60,6 +60,11 @@ class Forwarder:
         # Rollup work: tag ids and the time span touched since the last refresh.
         self.dirty_tags: set[int] = set()
         self.dirty_span: list[int] | None = None  # [min_us, max_us]
+        self.dirty_note: int | None = None  # the spool's last rollup note this work covers (Spool.rollup_done)
+        pending = worker.spool.rollup_pending()  # work a crash left undone (nothing runs yet: read it here)
+        if pending is not None:
+            tags, start, end, self.dirty_note = pending
+            self.dirty_tags, self.dirty_span = set(tags), [start, end]
 
     @property
     def connected(self) -> bool:
@@ -198,7 +203,11 @@ class Forwarder:
                 raise  # the connection went with it: an outage, retried as one
             result = await self._write_apart(batches, sink, exc)
         self.metrics.db_write_seconds.observe(time.perf_counter() - t0)
-        await self.worker.call(self.worker.spool.delete, [b.seq for b in batches])
+        rollup = ((result.tag_ids, result.min_time_us, result.max_time_us)
+                  if result.min_time_us is not None else None)
+        note = await self.worker.call(self.worker.spool.delete, [b.seq for b in batches], rollup)
+        if note is not None:
+            self.dirty_note = max(note, self.dirty_note or 0)
         self.heartbeat = time.monotonic()
         self._account(batches, result)
 
@@ -328,11 +337,13 @@ class RollupWorker:
             if not fwd.connected:
                 return
             await self.sink.connect(migrate_schema=False)
-        tags, span = fwd.dirty_tags, fwd.dirty_span
+        tags, span, note = fwd.dirty_tags, fwd.dirty_span, fwd.dirty_note
         fwd.dirty_tags, fwd.dirty_span = set(), None
         try:
             await self.sink.refresh_rollups(tags, from_us(span[0]), from_us(span[1]))
             self.refreshes += 1
+            if note is not None:
+                await fwd.worker.call(fwd.worker.spool.rollup_done, note)
         except BaseException:
             # Put the work back so nothing is missed after a failure.
             fwd.dirty_tags |= tags

@@ -231,7 +231,7 @@ class Gateway:
             flushed = await self.forwarder.flush(self.shutdown_flush_s)
             try:
                 await asyncio.wait_for(self.rollups.refresh_once(), timeout=2)
-            except Exception as exc:  # rollups catch up on the next start
+            except Exception as exc:  # the work is noted in the spool: the next start does it
                 log.debug("final rollup refresh skipped: %r", exc)
             await self.rollups.close()
             await self.forwarder.close()

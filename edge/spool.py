@@ -114,6 +114,12 @@ class Spool:
             " seq INTEGER PRIMARY KEY AUTOINCREMENT, fmt INTEGER NOT NULL, n INTEGER NOT NULL,"
             " nbytes INTEGER NOT NULL, created REAL NOT NULL, payload BLOB NOT NULL)"
         )
+        # Rollup buckets the database's readings changed in and that are not recomputed yet. Written in the
+        # transaction that deletes the committed batches, so a crash before the refresh cannot lose the work
+        # (the batches are gone from here, their rollups not yet made): the next start does it.
+        db.execute("CREATE TABLE IF NOT EXISTS rollup_pending ("
+                   " id INTEGER PRIMARY KEY AUTOINCREMENT, tags BLOB NOT NULL, start_us INTEGER NOT NULL,"
+                   " end_us INTEGER NOT NULL)")
         row = db.execute("SELECT count(*), coalesce(sum(n), 0), coalesce(sum(nbytes), 0) FROM batches").fetchone()
         self.batches, self.readings, self.bytes = row
         self.dropped = 0  # readings dropped by drop_oldest since start
@@ -203,10 +209,11 @@ class Spool:
         cur.close()
         return out
 
-    def delete(self, seqs: list[int]) -> None:
-        """Forget batches the database has committed."""
+    def delete(self, seqs: list[int], rollup: tuple[set[int], int, int] | None = None) -> int | None:
+        """Forget batches the database has committed, and note in the same transaction the rollup work they
+        caused (``rollup``: tag ids, first and last reading time in µs); returns the note's id."""
         if not seqs:
-            return
+            return None
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -215,6 +222,11 @@ class Spool:
                 f"SELECT coalesce(sum(n), 0), coalesce(sum(nbytes), 0) FROM batches WHERE seq IN ({q})",
                 seqs).fetchone()
             cnt = db.execute(f"DELETE FROM batches WHERE seq IN ({q})", seqs).rowcount
+            note = None
+            if rollup is not None:
+                tags, start, end = rollup
+                note = db.execute("INSERT INTO rollup_pending (tags, start_us, end_us) VALUES (?, ?, ?)",
+                                  (msgpack.packb(sorted(tags)), start, end)).lastrowid
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -222,6 +234,19 @@ class Spool:
         self.batches -= cnt
         self.readings -= n
         self.bytes -= nbytes
+        return note
+
+    def rollup_pending(self) -> tuple[set[int], int, int, int] | None:
+        """The rollup work noted and not done: (tag ids, first µs, last µs, last note id), or None."""
+        rows = self._db.execute("SELECT id, tags, start_us, end_us FROM rollup_pending").fetchall()
+        if not rows:
+            return None
+        tags = {t for _, blob, _, _ in rows for t in msgpack.unpackb(blob)}
+        return tags, min(r[2] for r in rows), max(r[3] for r in rows), max(r[0] for r in rows)
+
+    def rollup_done(self, upto: int) -> None:
+        """The rollups of every note up to id ``upto`` are recomputed."""
+        self._db.execute("DELETE FROM rollup_pending WHERE id <= ?", (upto,))
 
     def oldest_age_s(self) -> float:
         row = self._db.execute("SELECT min(created) FROM batches").fetchone()

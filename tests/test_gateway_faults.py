@@ -167,3 +167,30 @@ def test_reading_the_database_refuses_becomes_a_dead_letter_and_the_rest_flows(t
     finally:
         pub.close()
         assert gw.terminate() == 0
+
+
+def test_rollups_owed_when_the_gateway_is_killed_are_made_at_the_next_start(tmp_path, pg_dsn, mosquitto):
+    """Readings committed and gone from the spool, their 1-minute rollups not yet recomputed, then SIGKILL: the
+    work is noted in the spool in the same transaction that forgets the batches, so the next start does it."""
+    run = new_run()
+    slow = site_config(pg_dsn, mosquitto.port, run=run).replace("connect_timeout_s = 3",
+                                                                "connect_timeout_s = 3\nrollup_interval_s = 3600", 1)
+    gw = start_subscribed(GatewayProcess(tmp_path / "gw", slow))
+    pub = Publisher(mosquitto.port, run)
+
+    def rolled() -> int:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            return conn.execute("SELECT coalesce(sum(count), 0) FROM readings_1m").fetchone()[0]
+
+    try:
+        pub.publish(500)
+        wait_for(lambda: stored(pg_dsn) >= 500 and gw.health()["spool"]["readings"] == 0, timeout_s=30,
+                 what="stored and gone from the spool")
+        assert rolled() == 0  # the refresh is an hour away
+        gw.kill()
+        gw.config.write_text(site_config(pg_dsn, mosquitto.port, run=run).replace("{HTTP_PORT}", str(gw.port)))
+        start_subscribed(gw)
+        wait_for(lambda: rolled() == 500, timeout_s=30, what="the owed rollups made after the restart")
+    finally:
+        pub.close()
+        assert gw.terminate() == 0
