@@ -114,6 +114,57 @@ async def test_keepalive_watchdog_recreates_a_subscription_the_server_stopped_se
     assert not any(r.value == 50.2 for r in sink.readings)  # the deadband survived the recreate
 
 
+async def test_a_quiet_subscription_is_judged_by_the_publishing_interval_the_server_granted(caplog):
+    """The collector asks for 100 ms x keep-alive count 2; the server revises the interval up to 1 s, so a quiet
+    subscription hears a keep-alive only every 2 s. It must not be taken as stale (deleted and re-created) after
+    the requested 0.3 s x 1.5, and status reports what the server granted."""
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    tags = synthetic_tags(3)
+    col = collector(endpoint, [{"node_id": f"ns=2;s={t.name}", "tag": t.name} for t in tags], keepalive_count=2)
+    sink = Sink()
+    async with serving(tags, endpoint, min_publishing_interval_ms=1000) as server, running(col, sink.emit):
+        await until(lambda: len(sink.by_tag()) == 3, what="initial values")
+        granted = col.status()["subscription"]
+        assert (granted["publishing_interval_ms"], granted["keepalive_count"], granted["stale_after_s"]) == \
+            (1000.0, 2, 3.0)
+        await asyncio.sleep(3 * 2.0 + 0.5)  # three keep-alive periods without a data change
+        assert col.status()["subscriptions_recreated"] == 0
+        assert not [r for r in caplog.records if "is stale" in r.getMessage()]
+        await server.write([(t.name, 7.0, 0) for t in tags], stamp(), stamp())
+        await until(lambda: sum(r.value == 7.0 for r in sink.readings) == 3, what="a change after the quiet time")
+    assert all(len(rs) == 2 for rs in sink.by_tag().values())  # no duplicate first values from re-creations
+
+
+async def test_items_refused_when_a_subscription_is_recreated_are_counted_and_named(caplog):
+    """A node removed from the server while the collector runs: when the silent subscription is re-created, the
+    server refuses that item; it is counted (status, metric), named in status and the log, and the others
+    still deliver."""
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    tags = synthetic_tags(5)
+    nodes = [{"node_id": f"ns=2;s={t.name}", "tag": t.name} for t in tags]
+    nodes.append({"node_id": "ns=2;s=NO.SUCH.NODE", "tag": "ghost"})  # refused from the start
+    col = collector(endpoint, nodes, keepalive_count=3)
+    gone, kept = tags[2].name, [t.name for t in tags if t.name != tags[2].name]
+    sink = Sink()
+    refused = col.ctx.metrics.collector_errors.labels(col.name, "monitored_item")
+    async with serving(tags, endpoint) as server, running(col, sink.emit):
+        await until(lambda: len(sink.by_tag()) == 5, what="initial values")
+        assert (col.status()["items"], col.status()["items_failed"], refused._value.get()) == (5, 1, 1)
+        for isub in list(server.server.iserver.subscription_service.subscriptions.values()):
+            await isub.stop()  # the server stops serving the subscription; the session stays up
+        await server.server.delete_nodes([server.server.get_node(server.node_id(gone))])
+        await until(lambda: col.status()["subscriptions_recreated"] >= 1, timeout_s=15, what="recreate")
+        await until(lambda: col.status()["items_failed"] == 2, what="the refused item counted")
+        st = col.status()
+        assert st["items"] == 4 and refused._value.get() == 2
+        assert {(f["tag"], f["status"]) for f in st["failed"]} == {("ghost", "BadNodeIdUnknown"),
+                                                                    (gone, "BadNodeIdUnknown")}
+        warned = [r.getMessage() for r in caplog.records if "re-created" in r.getMessage()]
+        assert len(warned) == 1 and gone in warned[0] and "BadNodeIdUnknown" in warned[0], warned
+        await server.write([(t, 9.0, 0) for t in kept], stamp(), stamp())
+        await until(lambda: sum(r.value == 9.0 for r in sink.readings) == 4, what="values after recreate")
+
+
 async def test_data_types_and_arrays_rejected_or_flattened():
     endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
     t0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)

@@ -138,6 +138,83 @@ async def test_trust_on_first_use_pins_the_first_certificate(tmp_path):
         assert "is not trusted" in await refused(collector(endpoint, tmp_path / "gw", **kw))
 
 
+async def test_trust_on_first_use_is_decided_per_endpoint_not_by_the_application_uri(tmp_path):
+    """Once an endpoint's first certificate is pinned, another self-signed certificate at that endpoint is refused,
+    even one naming the right host with a new application URI that its server announces (the peer chooses its
+    URI; a man in the middle would), and it is never added to trusted/. A renewed certificate is accepted once
+    an operator moves it into trusted/ by hand; the pin then follows it."""
+    import json
+
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    pki = tmp_path / "gw" / "pki"
+    first, key1 = server_certificate(tmp_path / "server", "first")
+    evil, key2 = server_certificate(tmp_path / "server", "evil", uri="urn:evil")
+    renewed, key3 = server_certificate(tmp_path / "server", "renewed")
+    tp_first, tp_evil, tp_renewed = (thumbprint(load_cert(Path(c))) for c in (first, evil, renewed))
+    kw = dict(security_policy="Basic256Sha256", security_mode="SignAndEncrypt", trust_on_first_use=True)
+    policies = ["Basic256Sha256_SignAndEncrypt"]
+
+    def trusted() -> list[str]:
+        return sorted(thumbprint(load_cert(p)) for p in (pki / "trusted").iterdir())
+
+    async with serving(TAGS, endpoint, certificate=first, private_key=key1, policies=policies):
+        await collects(collector(endpoint, tmp_path / "gw", **kw))
+    assert trusted() == [tp_first]
+
+    async with serving(TAGS, endpoint, certificate=evil, private_key=key2, policies=policies,
+                       application_uri="urn:evil"):
+        msg = await refused(collector(endpoint, tmp_path / "gw", **kw))
+    assert "is not trusted: refused" in msg and f"Endpoint {endpoint} was trusted on first use" in msg, msg
+    assert tp_first in msg and tp_evil in msg and str(pki / "pins.json") in msg and "by hand" in msg
+    assert trusted() == [tp_first], "a certificate at a pinned endpoint must never be trusted on first use"
+    assert [p for p in (pki / "rejected").iterdir() if tp_evil in p.name]
+    pins = json.loads((pki / "pins.json").read_text())["endpoints"]
+    assert list(pins) == [endpoint] and pins[endpoint]["thumbprint"] == tp_first
+
+    # The server's certificate is renewed: refused like the stranger, until an operator trusts it by hand.
+    async with serving(TAGS, endpoint, certificate=renewed, private_key=key3, policies=policies):
+        msg = await refused(collector(endpoint, tmp_path / "gw", **kw))
+        assert tp_first in msg and tp_renewed in msg
+        [copy] = [p for p in (pki / "rejected").iterdir() if tp_renewed in p.name]
+        shutil.move(copy, pki / "trusted")
+        col = collector(endpoint, tmp_path / "gw", **kw)
+        await collects(col)
+        assert col.status()["server_certificate"] == tp_renewed
+    assert json.loads((pki / "pins.json").read_text())["endpoints"][endpoint]["thumbprint"] == tp_renewed
+
+
+def test_an_operator_trusted_certificate_pins_its_endpoint_and_a_bad_pin_file_refuses(tmp_path):
+    """With trust on first use, an endpoint whose certificate an operator put in trusted/ is pinned when it is
+    first seen, so it is never first-used afterwards; an unreadable pins.json refuses rather than trusting."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from collectors.opcua.security import (
+        Pki,
+        SecurityError,
+        UntrustedCertificate,
+        check_server_certificate,
+        make_certificate,
+        new_key,
+    )
+
+    pki = Pki(tmp_path / "pki")
+    pki.ensure()
+    endpoint = "opc.tcp://PLC1.site:4840/"
+    real = make_certificate(new_key(), "urn:plant:plc1", "plc1", client=False, dns=("plc1.site",))
+    (pki.trusted / "plc1.der").write_bytes(real.public_bytes(Encoding.DER))
+    check_server_certificate(pki, real.public_bytes(Encoding.DER), endpoint=endpoint, trust_on_first_use=True)
+    stranger = make_certificate(new_key(), "urn:evil", "plc1", client=False, dns=("plc1.site",))
+    with pytest.raises(UntrustedCertificate, match=thumbprint(real)):  # the same endpoint, spelt differently
+        check_server_certificate(pki, stranger.public_bytes(Encoding.DER), endpoint="opc.tcp://plc1.site:4840",
+                                 trust_on_first_use=True)
+    assert [p.name for p in pki.trusted.iterdir()] == ["plc1.der"]
+    pki.pins.write_text("{not json")
+    with pytest.raises(SecurityError, match=r"pins\.json: cannot be read"):
+        check_server_certificate(pki, stranger.public_bytes(Encoding.DER), endpoint="opc.tcp://other:4840",
+                                 trust_on_first_use=True)
+    assert [p.name for p in pki.trusted.iterdir()] == ["plc1.der"]
+
+
 async def test_a_ca_in_the_trust_list_trusts_the_certificates_it_issues(tmp_path):
     endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
     ca = RsaCa(tmp_path / "ca")

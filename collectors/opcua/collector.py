@@ -31,7 +31,6 @@ from collectors.opcua.security import SecurityError
 from collectors.opcua.subscription import (
     BatchSubscription,
     ItemFailure,
-    create_items,
     eu_ranges,
     item_request,
     subscription_parameters,
@@ -54,6 +53,7 @@ class _QuietLostConnection(logging.Filter):
 logging.getLogger("asyncua.client.ua_session.UaSession").addFilter(_QuietLostConnection())
 
 
+_STALE_MARGIN = 1.5  # asyncua 2.1.0's Client._stale_check_margin (keep-alive periods without a publish: stale)
 # Read results that mean "this node cannot be polled" (reported once as a failed item, not as readings).
 _POLL_REFUSED = ("BadNodeIdUnknown", "BadNodeIdInvalid", "BadAttributeIdInvalid", "BadNotReadable",
                  "BadUserAccessDenied")
@@ -86,7 +86,8 @@ class OpcUaCollector:
         self.publishes = 0
         self.notifications = 0
         self.unknown_handles = 0
-        self.item_failures: list[ItemFailure] = []
+        self.item_failures: list[ItemFailure] = []  # refused when the items were first created
+        self.recreate_failures: list[ItemFailure] = []  # refused when the subscription was last re-created
         self.last_error: str | None = None
         self.polls = 0
         self.recreated = 0
@@ -116,6 +117,8 @@ class OpcUaCollector:
         await self._teardown()
 
     def status(self) -> dict:
+        failed = self.item_failures + self.recreate_failures
+        granted = self._sub.revised if self._sub is not None else None
         return {
             "kind": "opcua",
             "endpoint": self.cfg.endpoint,
@@ -125,13 +128,22 @@ class OpcUaCollector:
             "connects": self.connects,
             "publishes": self.publishes,
             "notifications": self.notifications,
-            "items": len(self._tags) - len(self.item_failures),
-            "items_failed": len(self.item_failures),
+            "items": len(self._tags) - len(failed),
+            "items_failed": len(failed),
             "security": f"{self.cfg.security_policy}/{self.cfg.security_mode}",
             "server_certificate": self.opener.server_thumbprint,
             "polls": self.polls,
             "subscriptions_recreated": self.recreated + (self._sub.recreated if self._sub else 0),
-            "failed": [{"tag": f.tag, "node_id": f.node_id, "status": f.status} for f in self.item_failures[:20]],
+            "failed": [{"tag": f.tag, "node_id": f.node_id, "status": f.status} for f in failed[:20]],
+            # What the server granted (it publishes and sends keep-alives at these) and the resulting limit
+            # after which a silent subscription is re-created.
+            "subscription": None if granted is None else {
+                "publishing_interval_ms": granted.RevisedPublishingInterval,
+                "keepalive_count": granted.RevisedMaxKeepAliveCount,
+                "lifetime_count": granted.RevisedLifetimeCount,
+                "stale_after_s": round(self._sub.stale_after_s(getattr(self._client, "_stale_check_margin",
+                                                                       _STALE_MARGIN)), 3),
+            },
             "last_error": self.last_error,
         }
 
@@ -161,8 +173,10 @@ class OpcUaCollector:
             return []
         if self._sub is not None:
             self.recreated += self._sub.recreated
+        self.recreate_failures = []
         sub = self._sub = BatchSubscription(client, subscription_parameters(cfg), on_data=self._on_data,
-                                            on_status=self._on_status)
+                                            on_status=self._on_status, on_failures=self._on_recreated,
+                                            name=self.name)
         failures: list[ItemFailure] = []
         try:
             percent = [(i, n) for i, n in nodes if n.deadband is not None and n.deadband_type == "percent"]
@@ -181,7 +195,9 @@ class OpcUaCollector:
             # Registered like Client.create_subscription does, so asyncua's stale-subscription
             # watchdog re-creates it if the server stops publishing while the link stays up.
             client._subscriptions.append(sub)
-            failures += await create_items(sub, requests, cfg.items_per_call)
+            sub.items, refused = await sub.create_items(requests, cfg.items_per_call)
+            sub.per_call = cfg.items_per_call
+            failures += refused
         except Exception as exc:
             raise NotConnectedError(f"{cfg.endpoint}: subscription failed: {describe(exc)}") from exc
         return failures
@@ -257,14 +273,26 @@ class OpcUaCollector:
         if readings:
             await self._deliver(readings, now)
 
-    def _report_failures(self, failures: list[ItemFailure]) -> None:
-        self.item_failures = failures
-        if failures:
-            self.ctx.metrics.collector_errors.labels(self.name, "monitored_item").inc(len(failures))
-            shown = ", ".join(f"{f.tag} ({f.node_id}): {f.status}" for f in failures[:5])
-            log.warning("%s: %d of %d nodes refused by the server: %s%s", self.name, len(failures),
-                        len(self.cfg.nodes), shown, " ..." if len(failures) > 5 else "",
-                        extra={"event": "opcua_items_refused", "collector": self.name})
+    def _report_failures(self, failures: list[ItemFailure], when: str = "") -> None:
+        """Count refused items and log them once per cause (status), naming the tags."""
+        if when:
+            self.recreate_failures = failures
+        else:
+            self.item_failures = failures
+        if not failures:
+            return
+        self.ctx.metrics.collector_errors.labels(self.name, "monitored_item").inc(len(failures))
+        causes: dict[str, list[ItemFailure]] = {}
+        for f in failures:
+            causes.setdefault(f.status, []).append(f)
+        for status, group in causes.items():
+            shown = ", ".join(f"{f.tag} ({f.node_id})" for f in group[:10])
+            log.warning("%s: %d of %d nodes refused by the server%s: %s: %s%s", self.name, len(group),
+                        len(self.cfg.nodes), when, status, shown, f" and {len(group) - 10} more" if len(group) > 10
+                        else "", extra={"event": "opcua_items_refused", "collector": self.name, "status": status})
+
+    def _on_recreated(self, failures: list[ItemFailure]) -> None:
+        self._report_failures(failures, " when the subscription was re-created")
 
     async def _watch(self, client: Client) -> None:
         """Return never; raise NotConnectedError once the connection or subscription is gone."""

@@ -8,14 +8,23 @@ Folder layout (``pki_dir``, by default ``<state_dir>/pki`` of the collector)::
     rejected/             server certificates that were refused, named by thumbprint: move one to
                           trusted/ to trust it
     crl/                  certificate revocation lists (PEM or DER) of the CAs in trusted/
+    pins.json             with trust_on_first_use: the certificate (thumbprint) each endpoint URL was first
+                          trusted with
 
 A server certificate is trusted when it is byte-for-byte one in ``trusted/``, or was issued directly
 by a CA certificate in ``trusted/``; and it must be inside its validity period either way. Anything
 else is refused with `UntrustedCertificate`, whose message names the certificate (subject,
 thumbprint, validity) and says where to put it. ``trust_on_first_use`` copies an unknown (but
-currently valid) certificate into ``trusted/`` on the first connection and trusts it from then on;
-only while no trusted certificate carries the same application URI, so a server whose certificate
-changes later is refused like any unknown one.
+currently valid) certificate into ``trusted/`` on the first connection to an endpoint and pins it to that
+endpoint in ``pins.json`` (endpoint URL -> thumbprint, written atomically): first use is decided per
+endpoint, the server the collector is configured for, never by what the peer says about itself (its
+application URI is its own choice). Any other certificate at a pinned endpoint is refused like an unknown
+one, naming both thumbprints; a renewed certificate is accepted once an operator moves it into
+``trusted/`` (the pin then follows it), or after the endpoint's pin is removed. A trusted certificate
+seen at an endpoint without a pin also pins it (with ``trust_on_first_use``), so an endpoint whose
+certificate an operator put in ``trusted/`` is never first-used again. For folders from before pins, an
+endpoint without one is not first-used either while a trusted certificate carries the presented
+certificate's application URI.
 The certificate must also be this server's (OPC UA Part 4 §6.1.3, `check_server_identity`, checked first so
 trust on first use never pins another's): its
 subject alternative names must hold the endpoint's host (an IP address for an IP literal, else a DNS name,
@@ -31,14 +40,19 @@ Nothing here ever falls back to an insecure connection: a refusal is an error.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import ipaddress
+import json
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from asyncua import ua
 from asyncua.crypto import security_policies
@@ -99,6 +113,10 @@ class Pki:
     @property
     def crl(self) -> Path:
         return self.root / "crl"
+
+    @property
+    def pins(self) -> Path:
+        return self.root / "pins.json"
 
     def ensure(self) -> None:
         for d in (self.own_cert.parent, self.trusted, self.rejected, self.crl):
@@ -324,23 +342,107 @@ def check_server_certificate(pki: Pki, der: bytes, *, endpoint: str, trust_on_fi
     trusted = _trusted_certs(pki.trusted)
     if any(t == cert for t in trusted) or any(_issued_by(cert, t) for t in trusted):
         _check_revocation(pki, cert, trusted, where)
+        if trust_on_first_use:
+            _follow_pin(pki, endpoint, cert)
         return cert
     uris = set(application_uris(cert))
-    known = [t for t in trusted if uris & set(application_uris(t))]
-    if trust_on_first_use and not known:
-        saved = _save(pki.trusted, cert)
-        log.warning("%s) trusted on first use and saved as %s; from now on only this certificate (or one "
-                    "issued by a CA in %s) is accepted", where, saved, pki.trusted,
-                    extra={"event": "opcua_trust_on_first_use"})
-        return cert
+    known = [t for t in trusted if uris & set(application_uris(t))]  # a folder from before pins.json
+    with _pins_locked(pki) if trust_on_first_use else contextlib.nullcontext():
+        pins = _read_pins(pki) if trust_on_first_use else {}
+        pin = pins.get(endpoint_key(endpoint))
+        if trust_on_first_use and pin is None and not known:
+            saved = _save(pki.trusted, cert)
+            _write_pin(pki, pins, endpoint, cert)
+            log.warning("%s) trusted on first use and saved as %s, pinned to this endpoint in %s; from now on only "
+                        "this certificate (or one in %s, or issued by a CA there) is accepted here", where, saved,
+                        pki.pins, pki.trusted, extra={"event": "opcua_trust_on_first_use"})
+            return cert
     saved = _save(pki.rejected, cert)
+    if pin is not None and pin.get("thumbprint") != tp:
+        raise UntrustedCertificate(
+            f"{where}, valid until {cert.not_valid_after_utc:%Y-%m-%d}) is not trusted: refused. Endpoint "
+            f"{endpoint} was trusted on first use with certificate {pin.get('thumbprint')} "
+            f"('{pin.get('subject', '?')}', pinned {pin.get('pinned', '?')}); it now presents {tp}: a renewed "
+            "certificate, or another machine answering at this address. If the server's administrator confirms "
+            f"thumbprint {tp}, move {saved} into {pki.trusted}/ by hand; or delete the entry for {endpoint} from "
+            f"{pki.pins} (and the old certificate from {pki.trusted}/) to trust the next certificate it presents "
+            "on first use.")
     changed = (f" The server's certificate changed: {', '.join(thumbprint(t) for t in known)} was trusted for "
                f"{', '.join(sorted(uris))}." if known else "")
     raise UntrustedCertificate(
         f"{where}, valid until {cert.not_valid_after_utc:%Y-%m-%d}) is not trusted: refused. "
         f"To trust it, check the thumbprint with the server's administrator and move {saved} into "
         f"{pki.trusted}/ (or put the CA that issued it there)"
-        + ("" if known else "; or set trust_on_first_use = true") + "." + changed)
+        + ("" if known or pin is not None else "; or set trust_on_first_use = true") + "." + changed
+        + (f" It was pinned to {endpoint} in {pki.pins} but is no longer in {pki.trusted}/." if pin else ""))
+
+
+def endpoint_key(endpoint: str) -> str:
+    """The endpoint URL as pins.json keys it: scheme and host in lower case, no trailing slash."""
+    url = urlparse(endpoint.strip())
+    return url._replace(scheme=url.scheme.lower(), netloc=url.netloc.lower()).geturl().rstrip("/")
+
+
+@contextlib.contextmanager
+def _pins_locked(pki: Pki) -> Iterator[None]:
+    """Hold an exclusive lock on the PKI folder: a gateway and ``valvoja opcua browse`` sharing one folder never
+    both decide a first use, nor lose each other's pins."""
+    pki.root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(pki.root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _read_pins(pki: Pki) -> dict[str, dict]:
+    """Endpoint key -> {thumbprint, subject, pinned}; a file that cannot be read refuses (never a first use)."""
+    try:
+        pins = json.loads(pki.pins.read_text())["endpoints"]
+        if not isinstance(pins, dict) or not all(isinstance(p, dict) and isinstance(p.get("thumbprint"), str)
+                                                 for p in pins.values()):
+            raise TypeError("not an object of endpoints with thumbprints")
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SecurityError(f"{pki.pins}: cannot be read ({exc}); it records which certificate each endpoint was "
+                            "trusted on first use with: repair it, or remove it to trust each endpoint's next "
+                            "certificate on first use") from None
+    return pins
+
+
+def _write_pin(pki: Pki, pins: dict[str, dict], endpoint: str, cert: x509.Certificate) -> None:
+    """Pin ``cert`` to ``endpoint``: written to a temporary file, synced and renamed over pins.json."""
+    pins = {**pins, endpoint_key(endpoint): {
+        "thumbprint": thumbprint(cert), "subject": subject(cert),
+        "pinned": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}}
+    text = json.dumps({"version": 1, "endpoints": dict(sorted(pins.items()))}, indent=2) + "\n"
+    tmp = pki.pins.with_name(f".{pki.pins.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, pki.pins)
+    dfd = os.open(pki.root, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _follow_pin(pki: Pki, endpoint: str, cert: x509.Certificate) -> None:
+    """A trusted certificate at ``endpoint``: pin it there (first use decided) or move the pin to it (an operator
+    trusted a renewed certificate); nothing is written while the pin already names it."""
+    with _pins_locked(pki):
+        pins = _read_pins(pki)
+        old = pins.get(endpoint_key(endpoint))
+        if old is not None and old.get("thumbprint") == thumbprint(cert):
+            return
+        _write_pin(pki, pins, endpoint, cert)
+    if old is not None:
+        log.info("%s: the pinned server certificate %s was replaced by %s, which is in %s", endpoint,
+                 old.get("thumbprint"), thumbprint(cert), pki.trusted, extra={"event": "opcua_pin_moved"})
 
 
 def _host_matches(host: str, dns: list[str], ips: list) -> bool:
@@ -364,8 +466,6 @@ def check_server_identity(cert: x509.Certificate, *, endpoint: str, server_uri: 
     """Raise `CertificateMismatch` when ``cert`` is not this endpoint's: the endpoint URL's
     host missing from its DNS / IP subject alternative names (with ``check_host_name``), or its application
     URI not the ``server_uri`` the server announces (when it announces one)."""
-    from urllib.parse import urlparse
-
     problems = []
     host = urlparse(endpoint).hostname
     try:

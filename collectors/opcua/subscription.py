@@ -9,11 +9,15 @@ pipeline slows the publish loop down instead of losing values: the server then q
 (per-item ``queue_size``) as OPC UA intends.
 
 The class stays a real `asyncua.common.subscription.Subscription`, so asyncua's own
-stale-subscription watchdog and `recreate()` keep working with it.
+stale-subscription watchdog and `recreate()` keep working with it. It keeps what the server granted
+(RevisedPublishingInterval, RevisedMaxKeepAliveCount): a server that publishes slower than asked also
+sends its keep-alives later, so a silent subscription is judged by the granted keep-alive period, not
+the requested one (else a quiet, healthy subscription would be deleted and re-created again and again).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -23,33 +27,96 @@ from asyncua.common.subscription import Subscription, SubscriptionEvent
 
 from collectors.opcua.config import Config, NodeConfig
 
+log = logging.getLogger(__name__)
+
 # (client handle -> data values) and status changes, handed to the collector per publish response.
 OnData = Callable[[list[ua.MonitoredItemNotification]], Awaitable[None]]
 OnStatus = Callable[[ua.StatusCode], None]
 
 
+@dataclass(slots=True)
+class ItemFailure:
+    tag: str
+    node_id: str
+    status: str  # status code name, e.g. BadNodeIdUnknown
+
+
+OnFailures = Callable[[list[ItemFailure]], None]
+Item = tuple[NodeConfig, ua.MonitoredItemCreateRequest]
+
+
 class BatchSubscription(Subscription):
     def __init__(self, client: Client, params: ua.CreateSubscriptionParameters, *, on_data: OnData,
-                 on_status: OnStatus) -> None:
+                 on_status: OnStatus, on_failures: OnFailures | None = None, name: str = "opcua") -> None:
         # handler=None puts the base class in iterator mode; its queue stays unused.
         super().__init__(client.uaclient.session, params, None, queue_maxsize=1)
         self._on_data = on_data
         self._on_status = on_status
+        self._on_failures = on_failures
+        self.name = name
         self._busy = False
-        self.requests: list[ua.MonitoredItemCreateRequest] = []  # the created items, for recreate()
+        self.items: list[Item] = []  # the created items, for recreate()
+        self.failures: list[ItemFailure] = []  # items the server refused at the last recreate()
         self.per_call = 500
         self.recreated = 0
+        # What the server granted (CreateSubscription's Revised* values): it publishes, and sends keep-alives,
+        # at these, not at what was asked for.
+        self.revised: ua.CreateSubscriptionResult | None = None
+
+    async def _create(self, event: SubscriptionEvent) -> ua.CreateSubscriptionResult:
+        result = await super()._create(event)
+        asked = self.parameters
+        if self.revised is None and (result.RevisedPublishingInterval, result.RevisedMaxKeepAliveCount) != (
+                asked.RequestedPublishingInterval, asked.RequestedMaxKeepAliveCount):
+            log.info("%s: the server revised the subscription's publishing interval %g -> %g ms and keep-alive "
+                     "count %d -> %d (lifetime count %d)", self.name, asked.RequestedPublishingInterval,
+                     result.RevisedPublishingInterval, asked.RequestedMaxKeepAliveCount,
+                     result.RevisedMaxKeepAliveCount, result.RevisedLifetimeCount,
+                     extra={"event": "opcua_subscription_revised", "collector": self.name})
+        self.revised = result
+        return result
+
+    def stale_after_s(self, margin: float) -> float:
+        """How long without a publish response (data or keep-alive) until the subscription counts as dead:
+        ``margin`` x the server's keep-alive period (revised interval x revised count), at least 1 s."""
+        granted, asked = self.revised, self.parameters
+        interval_ms = granted.RevisedPublishingInterval if granted and granted.RevisedPublishingInterval > 0 \
+            else asked.RequestedPublishingInterval
+        keepalive = granted.RevisedMaxKeepAliveCount if granted and granted.RevisedMaxKeepAliveCount > 0 \
+            else asked.RequestedMaxKeepAliveCount
+        return max(interval_ms / 1000.0 * max(int(keepalive or 1), 1) * margin, 1.0)
 
     def is_stale(self, margin: float) -> bool:
         # While the pipeline holds a batch (back-pressure) no publish can arrive: slow, not dead.
         # Without this, asyncua's watchdog would delete and re-create a healthy subscription.
-        return not self._busy and super().is_stale(margin)
+        if self._busy or self._deleted or self.subscription_id is None or self.last_publish_at is None:
+            return False
+        return time.monotonic() - self.last_publish_at >= self.stale_after_s(margin)
+
+    async def create_items(self, items: Sequence[Item], per_call: int) -> tuple[list[Item], list[ItemFailure]]:
+        """Create monitored items ``per_call`` at a time; one bad node never fails the others.
+
+        Servers cap the items per request (thousands in one call is a known failure of other
+        gateways), so large tag lists go in slices. Returns the items created and those the server refused.
+        """
+        failures: list[ItemFailure] = []
+        created: list[Item] = []
+        for start in range(0, len(items), per_call):
+            chunk = items[start:start + per_call]
+            results = await self.create_monitored_items([r for _, r in chunk])
+            for item, result in zip(chunk, results, strict=True):
+                if isinstance(result, ua.StatusCode):
+                    failures.append(ItemFailure(item[0].tag, item[0].node_id, result.name))
+                else:
+                    created.append(item)
+        return created, failures
 
     async def recreate(self) -> None:
         """Replace a subscription the server stopped serving (asyncua's stale-subscription watchdog).
 
         asyncua's own version re-sends the items with DiscardOldest forced on; this one re-sends
-        the original requests (deadband, queue size, discard policy), in slices like the first time.
+        the original requests (deadband, queue size, discard policy), in slices like the first time,
+        and reports the items the server refuses now (`failures`, ``on_failures``).
         """
         if self._deleted:
             return
@@ -63,15 +130,13 @@ class BatchSubscription(Subscription):
             session._subscription_callbacks.pop(old, None)
             try:
                 await session.delete_subscriptions([old])
-            except Exception:  # the server may have dropped it already
-                pass
+            except Exception as exc:  # the server may have dropped it already
+                log.debug("%s: deleting stale subscription %s before re-creating it failed (%s: %s); the server "
+                          "may have dropped it already", self.name, old, type(exc).__name__, exc)
         await self._create(SubscriptionEvent.RECREATED)
-        for start in range(0, len(self.requests), self.per_call):
-            params = ua.CreateMonitoredItemsParameters()
-            params.SubscriptionId = self.subscription_id
-            params.ItemsToCreate = self.requests[start:start + self.per_call]
-            params.TimestampsToReturn = ua.TimestampsToReturn.Both
-            await session.create_monitored_items(params)
+        _, self.failures = await self.create_items(self.items, self.per_call)
+        if self._on_failures is not None:
+            self._on_failures(self.failures)
         self.last_publish_at = time.monotonic()
 
     async def publish_callback(self, publish_result: ua.PublishResult) -> None:
@@ -141,35 +206,6 @@ def item_request(node: NodeConfig, cfg: Config, handle: int,
     mir.MonitoringMode = ua.MonitoringMode.Reporting
     mir.RequestedParameters = mp
     return mir
-
-
-@dataclass(slots=True)
-class ItemFailure:
-    tag: str
-    node_id: str
-    status: str  # status code name, e.g. BadNodeIdUnknown
-
-
-async def create_items(sub: Subscription, requests: Sequence[tuple[NodeConfig, ua.MonitoredItemCreateRequest]],
-                       per_call: int) -> list[ItemFailure]:
-    """Create monitored items ``per_call`` at a time; one bad node never fails the others.
-
-    Servers cap the items per request (thousands in one call is a known failure of other
-    gateways), so large tag lists go in slices. Returns the items the server refused.
-    """
-    failures: list[ItemFailure] = []
-    created: list[ua.MonitoredItemCreateRequest] = []
-    for start in range(0, len(requests), per_call):
-        chunk = requests[start:start + per_call]
-        results = await sub.create_monitored_items([r for _, r in chunk])
-        for (node, request), result in zip(chunk, results, strict=True):
-            if isinstance(result, ua.StatusCode):
-                failures.append(ItemFailure(node.tag, node.node_id, result.name))
-            else:
-                created.append(request)
-    if isinstance(sub, BatchSubscription):
-        sub.requests, sub.per_call = created, per_call
-    return failures
 
 
 async def eu_ranges(client: Client, node_ids: Sequence[str], per_call: int) -> list[tuple[float, float] | None]:

@@ -14,6 +14,7 @@ variant types, in DataValues the server need not deep-copy (`_SharedDataValue`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "urn:valvoja:simulator"
 DEFAULT_ENDPOINT = "opc.tcp://127.0.0.1:4840/valvoja/sim"
+APPLICATION_URI = "urn:valvoja:simulator:server"
 UNITS_NAMESPACE = "http://www.opcfoundation.org/UA/units/un/cefact"
 _ADD_CHUNK = 2000
 # Writes to variables nobody subscribes to never suspend: without an explicit yield every so many,
@@ -111,8 +113,13 @@ class SimOpcUaServer:
                  name: str = "Valvoja plant simulator", users: dict[str, str] | None = None,
                  certificate: str | None = None, private_key: str | None = None,
                  policies: Sequence[str] | None = None, trusted_clients: str | None = None,
-                 user_certificates: dict[str, str] | None = None) -> None:
+                 user_certificates: dict[str, str] | None = None, application_uri: str = APPLICATION_URI,
+                 min_publishing_interval_ms: float = 0.0) -> None:
         self.endpoint = endpoint
+        self.application_uri = application_uri  # announced in the endpoints; a certificate's URI must match it
+        # Like many servers, revise a subscription's publishing interval up to this minimum (asyncua grants
+        # whatever is asked); 0: no minimum.
+        self.min_publishing_interval_ms = min_publishing_interval_ms
         # Security (tests and demos): the server's certificate and key (PEM or DER), the endpoints it
         # offers as asyncua SecurityPolicyType names ("NoSecurity", "Basic256Sha256_SignAndEncrypt",
         # ...; default NoSecurity only), and a folder of client certificates it trusts (default: any).
@@ -156,7 +163,9 @@ class SimOpcUaServer:
         server.set_endpoint(self.endpoint)
         server.set_server_name(self.name)
         server.set_security_policy([getattr(ua.SecurityPolicyType, p) for p in self.policies])
-        await server.set_application_uri("urn:valvoja:simulator:server")
+        await server.set_application_uri(self.application_uri)
+        if self.min_publishing_interval_ms > 0:
+            self._revise_publishing_interval(server)
         if self.certificate is not None:
             await server.load_certificate(self.certificate)
             await server.load_private_key(self.private_key)
@@ -181,6 +190,18 @@ class SimOpcUaServer:
         self.server = server
         self._aspace = server.iserver.aspace
         log.info("OPC UA server on %s with %d variables", self.endpoint, len(self._nodes))
+
+    def _revise_publishing_interval(self, server: Server) -> None:
+        service = server.iserver.subscription_service
+        create = service.create_subscription
+        floor = self.min_publishing_interval_ms
+
+        async def create_revised(params: ua.CreateSubscriptionParameters, *args, **kwargs):
+            if params.RequestedPublishingInterval < floor:
+                params = dataclasses.replace(params, RequestedPublishingInterval=floor)
+            return await create(params, *args, **kwargs)
+
+        service.create_subscription = create_revised
 
     async def stop(self) -> None:
         server, self.server = self.server, None
