@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 QUEUE_GROUPS = 1024
 SYNC_INTERVAL_S = 15.0
+NOTIFY_QUEUE_GROUPS = 1000  # groups of alert changes waiting for the notifiers
 SOURCE = "analytics"
 
 
@@ -127,7 +128,10 @@ class Analytics:
         self.notifiers: list = []
         self.latest = None  # latest reading time seen (datetime): analytics' clock
         self._synced = False
-        self._notifying: set[asyncio.Task] = set()
+        # Alert changes waiting for the notifiers: one task sends them in order (a "cleared" never overtakes its
+        # "raised"); bounded, so a receiver that is down for hours costs a fixed amount of memory.
+        self._outbox: asyncio.Queue[list] = asyncio.Queue(maxsize=NOTIFY_QUEUE_GROUPS)
+        self.notify_dropped = 0
         self._tags: frozenset[str] | None = None
 
     @property
@@ -172,6 +176,7 @@ class Analytics:
     async def run(self) -> None:
         self._start_notifiers()
         sync = asyncio.create_task(self._sync_loop())
+        notify = asyncio.create_task(self._notify_loop())
         try:
             while True:
                 group = await self.queue.get()
@@ -187,7 +192,8 @@ class Analytics:
                                   extra={"event": "analytics_error"})
         finally:
             sync.cancel()
-            await asyncio.gather(sync, return_exceptions=True)
+            notify.cancel()
+            await asyncio.gather(sync, notify, return_exceptions=True)
             for n in self.notifiers:
                 await n.aclose()
 
@@ -219,9 +225,15 @@ class Analytics:
         self.alert_changes += len(changes)
         await self.emit(Batch(SOURCE, derived, records=records))
         if changes and self.notifiers:
-            task = asyncio.create_task(self._notify(changes))
-            self._notifying.add(task)
-            task.add_done_callback(self._notifying.discard)
+            try:
+                self._outbox.put_nowait(changes)
+            except asyncio.QueueFull:
+                if not self.notify_dropped:
+                    log.error("alert notifications are %d groups behind (a receiver is down or slow); dropping "
+                              "new ones until they catch up (the alerts themselves are stored)", self._outbox.qsize(),
+                              extra={"event": "notify_behind"})
+                self.notify_dropped += len(changes)
+                self.metrics.notifications.labels("dropped").inc(len(changes))
 
     def _start_notifiers(self) -> None:
         if self.mcfg is None:
@@ -236,6 +248,15 @@ class Analytics:
                         if n.mqtt.password else None)
             self.notifiers.append(MqttNotifier(n.mqtt, password))
         self.notifiers += [WebhookNotifier(w) for w in n.webhooks]
+
+    async def _notify_loop(self) -> None:
+        while True:
+            changes = await self._outbox.get()
+            await self._notify(changes)
+            if self.notify_dropped and self._outbox.empty():
+                log.warning("alert notifications caught up; %d changes were not notified", self.notify_dropped,
+                            extra={"event": "notify_resumed"})
+                self.notify_dropped = 0
 
     async def _notify(self, changes: list) -> None:
         for ch in changes:

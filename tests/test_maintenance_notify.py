@@ -101,3 +101,57 @@ def test_notify_password_must_be_a_reference():
     with pytest.raises(pydantic.ValidationError, match="must be a reference 'env:NAME' or 'file:/path'"):
         MqttNotifyConfig(username="alerts", password="hunter2")
     assert MqttNotifyConfig(username="alerts", password="env:VALVOJA_NOTIFY_PW").password == "env:VALVOJA_NOTIFY_PW"
+
+
+async def test_live_notifications_keep_their_order_through_retries(monkeypatch):
+    """Alert changes go to the notifiers from one queue, in order: a "cleared" never overtakes the "raised" that
+    a receiver refused twice (it did when each group of changes had a task of its own)."""
+    from edge.analytics import Analytics
+    from edge.metrics import Metrics
+    from edge.records import Reading
+    from edge.settings import SiteConfig
+
+    class RefusesRaises(_Receiver):  # refuses the first two deliveries of "raised", takes everything else
+        def do_POST(self):
+            data = self.rfile.read(int(self.headers["content-length"]))
+            body = json.loads(data)
+            if body["event"] == "raised" and RefusesRaises.fail_first > 0:
+                RefusesRaises.fail_first -= 1
+                self.send_response(503)
+            else:
+                _Receiver.bodies.append(body)
+                self.send_response(204)
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RefusesRaises)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Receiver.bodies, RefusesRaises.fail_first = [], 2
+    monkeypatch.setattr(WebhookNotifier, "RETRY_BASE_S", 0.2)
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    site = SiteConfig(rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
+                      maintenance={"alerts": {"clear_after_s": 0},
+                                   "notify": {"webhooks": [{"url": url, "attempts": 3}]}})
+
+    async def emit(batch):
+        pass
+
+    an = Analytics(site, Metrics(), emit, None)
+    task = asyncio.create_task(an.run())
+    try:
+        for i, v in enumerate((20.0, 0.0)):  # raised; cleared while the receiver is refusing the raise
+            t = datetime(2026, 3, 1, 8, 0, i, tzinfo=UTC)
+            an.offer([Reading("P1.p", t, v, t)], t)
+            for _ in range(100):
+                if RefusesRaises.fail_first < 2:  # the first attempt was refused
+                    break
+                await asyncio.sleep(0.01)
+        for _ in range(100):
+            if len(_Receiver.bodies) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert [b["event"] for b in _Receiver.bodies] == ["raised", "cleared"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        server.shutdown()
+        server.server_close()
