@@ -134,6 +134,8 @@ async def collector(endpoint: str, nodes: list[str], publishing_ms: float, warmu
 
     async def emit(batch) -> None:
         meter.count += len(batch.readings)
+        if batch.ack is not None:
+            batch.ack()
 
     task = asyncio.create_task(col.run(emit))
     try:
@@ -250,6 +252,8 @@ async def reconnect_async(args) -> dict:
     got = asyncio.Event()
 
     async def emit(batch) -> None:
+        if batch.ack is not None:
+            batch.ack()
         if first_after["t"] is None:
             first_after["t"] = time.monotonic()
             got.set()

@@ -71,7 +71,7 @@ class SimProcess:
 
 
 class Sink:
-    """A test's own `emit`: keeps every batch."""
+    """A test's own `emit`: keeps every batch (and acknowledges it, as the spool would)."""
 
     def __init__(self) -> None:
         self.batches: list = []
@@ -80,6 +80,8 @@ class Sink:
     async def emit(self, batch) -> None:
         self.batches.append(batch)
         self.readings.extend(batch.readings)
+        if batch.ack is not None:  # stored, as the pipeline says once the spool has a batch
+            batch.ack()
 
     def by_tag(self) -> dict[str, list]:
         out: dict[str, list] = defaultdict(list)

@@ -261,3 +261,31 @@ async def test_username_password_from_a_secret_reference(monkeypatch):
         sink = Sink()
         async with running(col, sink.emit):
             await until(lambda: len(sink.by_tag()) == 3, what="values with the right password")
+
+
+async def test_a_notification_is_acknowledged_only_once_the_spool_has_it(sim):
+    """asyncua acknowledges a publish response when the collector's callback returns; the callback returns only
+    after the batch's ``ack`` (called by the pipeline once the spool holds it), so the server keeps in its
+    retransmission queue whatever is not durable yet (DESIGN.md §5)."""
+    held: list[Batch] = []
+
+    async def emit(batch: Batch) -> None:  # a spool that has not written anything yet
+        held.append(batch)
+
+    col = collector(sim.opcua.endpoint, [t.name for t in sim.tags][:20])
+    stop = asyncio.Event()
+    plant = asyncio.create_task(sim.run(stop))
+    try:
+        async with running(col, emit):
+            await until(lambda: held, timeout_s=10)
+            await asyncio.sleep(1.0)  # ten publishing intervals of changing values
+            assert len(held) == 1 and col.publishes == 1  # the first notification is not acknowledged yet
+            held[0].ack()
+            for k in range(2, 5):  # each acknowledgement lets exactly the next notification come
+                await until(lambda k=k: len(held) >= k, timeout_s=5)
+                await asyncio.sleep(0.3)
+                assert len(held) == k
+                held[-1].ack()
+    finally:
+        stop.set()
+        await plant

@@ -365,7 +365,12 @@ class OpcUaCollector:
         if not readings or self._emit is None:
             return
         try:
-            await self._emit(Batch(source=self.name, readings=readings))
+            # asyncua acknowledges this notification once the callback returns (subscription.py): wait until
+            # the spool holds it, so the server's retransmission queue keeps whatever is not durable yet.
+            stored = asyncio.get_running_loop().create_future()
+            await self._emit(Batch(source=self.name, readings=readings,
+                                   ack=lambda: stored.done() or stored.set_result(None)))
+            await stored
         except Exception as exc:
             # asyncua would log this and acknowledge the message anyway; stop instead so the
             # gateway sees the failure and the server re-sends current values after reconnect.
