@@ -33,6 +33,7 @@ from edge.validate import Validator
 log = logging.getLogger(__name__)
 
 SHUTDOWN_FLUSH_S = 6.0
+DRAIN_TIMEOUT_S = 5.0  # spooling what is queued at shutdown: a full spool gives up (nothing unstored was acked)
 # A collector that stayed up this long before failing starts its back-off afresh.
 HEALTHY_RUN_S = 30.0
 
@@ -220,7 +221,7 @@ class Gateway:
         if ingest:
             ingest.cancel()
             await asyncio.gather(ingest, return_exceptions=True)
-        await self.ingest.drain()
+        await self.ingest.drain(DRAIN_TIMEOUT_S)
         flushed = True
         if self.forwarder:
             for name in ("forwarder", "rollups"):

@@ -53,6 +53,7 @@ class Ingest:
         self.full_since: float | None = None
         self.accepted = 0  # readings durable in the spool since start
         self.last_error: str | None = None
+        self._committing: asyncio.Future | None = None
         self._dropped_seen = 0  # the spool's drop_oldest count already reported
         self._drop_logged = -math.inf  # monotonic time of the last log line about dropping
         # Called as on_spooled(readings, latest) for each committed group (live analytics): the readings of the
@@ -69,7 +70,10 @@ class Ingest:
     async def run(self) -> None:
         while True:
             group = [await self.queue.get()]
-            await self._commit(self._take_more(group))
+            # Shielded: cancelling this task (shutdown) must not cut a commit in two (taken from the queue, its
+            # spool write cancelled while waiting for the spool thread: in neither place). `drain` finishes it.
+            self._committing = asyncio.ensure_future(self._commit(self._take_more(group)))
+            await asyncio.shield(self._committing)
 
     def _take_more(self, group: list[Batch]) -> list[Batch]:
         n = len(group[0].readings)
@@ -79,12 +83,21 @@ class Ingest:
             n += len(b.readings)
         return group
 
-    async def drain(self) -> None:
-        """Spool whatever is still queued (shutdown path, collectors already stopped)."""
+    async def drain(self, timeout_s: float = 10.0) -> None:
+        """Spool whatever is still queued (shutdown path, collectors already stopped), within ``timeout_s``: a
+        spool that stays full gives up; what it could not store was never acknowledged upstream."""
+        give_up = time.monotonic() + timeout_s
+        if self._committing is not None and not self._committing.done():
+            # The group `run` was writing when it was cancelled: let it finish, within the same time.
+            await asyncio.wait({self._committing}, timeout=timeout_s)
+            if not self._committing.done():
+                self._committing.cancel()
+                log.error("shutting down: a group could not be spooled in %.0f s (%s); not acknowledged upstream",
+                          timeout_s, self.last_error or "spool full", extra={"event": "drain_gave_up"})
         while not self.queue.empty():
-            await self._commit(self._take_more([self.queue.get_nowait()]))
+            await self._commit(self._take_more([self.queue.get_nowait()]), give_up_at=give_up)
 
-    async def _commit(self, group: list[Batch]) -> None:
+    async def _commit(self, group: list[Batch], give_up_at: float | None = None) -> None:
         # The group becomes one Columns, validated and spooled as one row: array work over tens of
         # thousands of readings at once costs far less per reading than per message.
         cols = Columns.concat(_columns_of(group))
@@ -113,6 +126,11 @@ class Ingest:
                                   extra={"event": "spool_error", "readings": n})
                 self.last_error = error
                 failed = True
+            if give_up_at is not None and time.monotonic() > give_up_at:
+                log.error("shutting down: %d readings could not be spooled (%s); not acknowledged upstream, so "
+                          "MQTT brokers send them again", n, self.last_error or "spool full",
+                          extra={"event": "drain_gave_up", "readings": n})
+                return
             await asyncio.sleep(FULL_RETRY_S)
         self._report_dropped()
         if failed:

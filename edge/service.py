@@ -202,6 +202,8 @@ class Service:
         self._gw_stop.set()
         done, _ = await asyncio.wait({task}, timeout=timeout_s)
         if not done:
+            task.cancel()  # stop its flush and tasks; it must not go on writing to the spool beside a new one
+            await asyncio.wait({task}, timeout=STOP_MARGIN_S)
             return False
         if not task.cancelled() and task.exception() is not None:
             log.error("gateway shutdown failed: %r", task.exception(), exc_info=task.exception(),
@@ -229,9 +231,14 @@ class Service:
             return False
         old = self.cfg
         t0 = time.monotonic()
-        if not await self._stop_gateway(old.service.stop_timeout_s, RELOAD_FLUSH_S):
-            log.error("the running gateway did not stop within %.0f s for the reload",
-                      old.service.stop_timeout_s, extra={"event": "reload_stop_timeout"})
+        if not await self._stop_gateway(old.service.stop_timeout_s, RELOAD_FLUSH_S) and not self._gw_task.done():
+            # Two gateways on one spool and one HTTP port would be worse than a restart: let the supervisor do it.
+            log.critical("the running gateway did not stop within %.0f s for the reload; exiting so the supervisor "
+                         "restarts the process with the new configuration", old.service.stop_timeout_s,
+                         extra={"event": "reload_stop_timeout"})
+            self.exit_code = 1
+            self._stop.set()
+            return False
         try:
             await self._start_gateway(new)
         except Exception as exc:

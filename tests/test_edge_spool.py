@@ -112,3 +112,33 @@ def test_sigkill_loses_no_acknowledged_batch(tmp_path):
     # Every acknowledged batch is there, in order, none twice.
     assert values[: acked + 1] == [float(i) for i in range(acked + 1)]
     assert sp.readings == 100 * len(values)
+
+
+async def test_shutdown_mid_commit_loses_no_group(tmp_path):
+    """Cancelling the ingest task while its group waits for the spool thread (busy with the forwarder's work) left
+    the group neither in the queue nor in the spool; now the commit finishes and the ack follows it."""
+    import asyncio
+    import time
+
+    from edge.metrics import Metrics
+    from edge.pipeline import Ingest, SpoolWorker
+    from edge.records import Batch
+    from edge.settings import Validation
+    from edge.validate import Validator
+
+    worker = SpoolWorker(Spool(tmp_path / "spool.db", max_bytes=100 << 20))
+    ingest = Ingest(worker, Validator({}, Validation()), Metrics(), queue_batches=16)
+    acked = []
+    task = asyncio.create_task(ingest.run())
+    busy = asyncio.ensure_future(worker.call(time.sleep, 0.5))  # the forwarder's peek, say
+    await asyncio.sleep(0.05)
+    now = utcnow()
+    await ingest.emit(Batch("mq", [Reading("A.x", now, 1.0, now)], ack=lambda: acked.append(1)))
+    await asyncio.sleep(0.05)  # run() took the group; its spool write waits behind the busy thread
+    assert ingest.queue.empty() and worker.spool.readings == 0
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await ingest.drain(5.0)
+    await busy
+    assert worker.spool.readings == 1 and acked == [1]
+    worker.shutdown()
