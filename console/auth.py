@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from ipaddress import ip_address
 
 from fastapi import Depends, Request
@@ -31,6 +30,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
 COOKIE = "valvoja_session"
 SECURE_COOKIE = "__Host-valvoja_session"
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+LOCK_USER, LOCK_CLIENT = 0x766C6F67, 0x766C6F68  # advisory-lock classes of the log-in limit (two-key form)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,24 +40,30 @@ class Principal:
     role: str
     user_id: int | None = None
     csrf: str | None = None  # the session's CSRF token; None for bearer tokens
-    session: bytes | None = None
+    session: bytes | None = None  # SHA-256 of the session id (sessions) ...
+    token: bytes | None = None  # ... or of the API token (tokens)
 
     def can(self, permission: str) -> bool:
         return permission in PERMISSIONS.get(self.role, frozenset())
 
 
 def client_address(request: Request) -> str:
-    """The caller's address; X-Forwarded-For is believed only from a configured proxy."""
+    """The caller's address. X-Forwarded-For is believed only from a configured proxy, and read from the right:
+    each trusted proxy appends the address it got the request from, so the client is the first entry (from the
+    right) that is not itself a trusted proxy; entries further left are whatever the client chose to send."""
     peer = request.client.host if request.client else ""
-    cfg = request.app.state.config.console
-    if peer in cfg.trusted_proxies:
-        fwd = request.headers.get("x-forwarded-for", "")
-        first = fwd.split(",")[0].strip()
+    trusted = request.app.state.config.console.trusted_proxies
+    if peer not in trusted:
+        return peer
+    client = peer
+    for entry in reversed(",".join(request.headers.getlist("x-forwarded-for")).split(",")):
         try:
-            return str(ip_address(first))
+            client = str(ip_address(entry.strip()))
         except ValueError:
-            pass
-    return peer
+            break  # a malformed hop: nothing left of it can be told from forged
+        if client not in trusted:
+            break
+    return client
 
 
 def is_tls(request: Request) -> bool:
@@ -84,7 +90,7 @@ async def _from_token(request: Request, token: str) -> Principal:
         "AND (expires_at IS NULL OR expires_at > now()) RETURNING id, name, role", (digest(token),))
     if row is None:
         raise Problem(401, "API token unknown, revoked or expired", headers={"WWW-Authenticate": "Bearer"})
-    return Principal(name=f"token:{row['name']}", kind="token", role=row["role"])
+    return Principal(name=f"token:{row['name']}", kind="token", role=row["role"], token=digest(token))
 
 
 async def _from_session(request: Request, sid: str) -> Principal | None:
@@ -98,6 +104,20 @@ async def _from_session(request: Request, sid: str) -> Principal | None:
         return None
     return Principal(name=row["username"], kind="user", role=row["role"], user_id=row["id"],
                      csrf=row["csrf_token"], session=h)
+
+
+async def still_valid(db, principal: Principal) -> bool:
+    """Whether the session or token ``principal`` came with is still good (not logged out, expired, revoked,
+    nor its user disabled): for long-lived responses such as the alert stream, checked again while they run."""
+    if principal.kind == "token":
+        sql = ("SELECT 1 FROM console_api_tokens WHERE token_hash = %s AND revoked_at IS NULL "
+               "AND (expires_at IS NULL OR expires_at > now())")
+        key = principal.token
+    else:
+        sql = ("SELECT 1 FROM console_sessions s JOIN console_users u ON u.id = s.user_id "
+               "WHERE s.id_hash = %s AND s.expires_at > now() AND NOT u.disabled")
+        key = principal.session
+    return key is not None and await db.fetchone(sql, (key,)) is not None
 
 
 async def optional_principal(request: Request) -> Principal | None:
@@ -158,23 +178,27 @@ def require(permission: str):
     return dep
 
 
-async def rate_limited(request: Request, username: str) -> float | None:
-    """Seconds to wait when too many log-ins failed recently for this user name or client, else None."""
+async def claim_attempt(request: Request, username: str) -> float | None:
+    """Count a log-in attempt against the limit before its password is checked: seconds to wait when too many
+    attempts failed recently for this user name or client (nothing recorded then), else None with the attempt
+    recorded as a failure, which a successful log-in deletes (`_start_session`).
+
+    Check and record are one transaction under advisory locks on the user name and the client, so concurrent
+    attempts queue here and at most ``login_failures_max`` password checks happen per window, per user name
+    and per client. The user-name lock is always taken first, so two attempts cannot wait for each other."""
     cfg = request.app.state.config.console
-    since = datetime.now(UTC) - timedelta(seconds=cfg.login_window_s)
-    row = await request.app.state.db.fetchone(
-        "SELECT count(*) FILTER (WHERE username = %(u)s) AS by_user,"
-        " count(*) FILTER (WHERE client = %(c)s) AS by_client,"
-        " min(time) AS oldest FROM console_login_failures WHERE time > %(t)s AND (username = %(u)s OR client = %(c)s)",
-        {"u": username.lower(), "c": client_address(request), "t": since})
-    if row and max(row["by_user"], row["by_client"]) >= cfg.login_failures_max:
-        wait = (row["oldest"] + timedelta(seconds=cfg.login_window_s) - datetime.now(UTC)).total_seconds()
-        return max(wait, 1.0)
+    key = {"u": username.lower(), "c": client_address(request), "w": cfg.login_window_s}
+    async with request.app.state.db.conn() as conn, conn.transaction(), conn.cursor() as cur:
+        await cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_USER, key["u"]))
+        await cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLIENT, key["c"]))
+        await cur.execute(
+            "SELECT count(*) FILTER (WHERE username = %(u)s) AS by_user, count(*) FILTER (WHERE client = %(c)s) "
+            "AS by_client, extract(epoch FROM min(time) + make_interval(secs => %(w)s) - clock_timestamp()) AS wait "
+            "FROM console_login_failures WHERE time > clock_timestamp() - make_interval(secs => %(w)s) "
+            "AND (username = %(u)s OR client = %(c)s)", key)
+        row = await cur.fetchone()
+        if max(row["by_user"], row["by_client"]) >= cfg.login_failures_max:
+            return max(float(row["wait"]), 1.0)
+        await cur.execute("INSERT INTO console_login_failures (username, client) VALUES (%(u)s, %(c)s)", key)
+        await cur.execute("DELETE FROM console_login_failures WHERE time < now() - interval '1 day'")
     return None
-
-
-async def record_failure(request: Request, username: str) -> None:
-    db = request.app.state.db
-    await db.execute("INSERT INTO console_login_failures (username, client) VALUES (%s, %s)",
-                     (username.lower(), client_address(request)))
-    await db.execute("DELETE FROM console_login_failures WHERE time < now() - interval '1 day'")

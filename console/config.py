@@ -31,6 +31,9 @@ class Console(Strict):
     pool_max: int = Field(8, ge=1)
     # The SSE alert feed polls as a safety net next to LISTEN/NOTIFY (e.g. when a writer does not notify).
     alert_poll_s: float = Field(1.0, gt=0, le=60)
+    # An idle alert stream sends a comment this often (keeps proxies from closing it) and checks that its
+    # session or token is still valid; the check is also made before every event.
+    alert_heartbeat_s: float = Field(15.0, gt=0, le=300)
     # Readings: answer at most this many points per series; longer ranges are downsampled on the server.
     max_points: int = Field(5000, ge=10, le=100_000)
     default_points: int = Field(1000, ge=10, le=100_000)

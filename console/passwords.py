@@ -7,20 +7,27 @@ parameters are stored in each hash, so they can be raised later: `needs_rehash` 
 log-in code to re-hash with the current ones.
 
 Format: ``scrypt$N$r$p$salt_b64$hash_b64``. N=2**15, r=8, p=1 uses 32 MiB and takes
-~50-100 ms on one core: slow for an attacker, fine for a log-in.
+~50-100 ms on one core: slow for an attacker, fine for a log-in. The console's handlers call the
+``*_async`` forms: scrypt runs in a worker thread, at most ``HASH_CONCURRENCY`` at a time per event loop,
+so a burst of log-ins neither stalls the other requests nor takes more than that many times 32 MiB.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import hashlib
 import hmac
 import secrets
+import weakref
 
 N, R, P = 2**15, 8, 1
 _DKLEN = 32
 _MAXMEM = 128 * 1024 * 1024
+HASH_CONCURRENCY = 2
+# One semaphore per event loop: asyncio primitives belong to the loop they first wait in.
+_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
 def _b64(b: bytes) -> str:
@@ -63,6 +70,27 @@ def needs_rehash(stored: str) -> bool:
 @functools.cache
 def dummy_hash() -> str:
     return hash_password(secrets.token_hex(8))
+
+
+async def _off_loop(fn, *args):
+    loop = asyncio.get_running_loop()
+    gate = _gates.get(loop)
+    if gate is None:
+        gate = _gates[loop] = asyncio.Semaphore(HASH_CONCURRENCY)
+    async with gate:
+        return await asyncio.to_thread(fn, *args)
+
+
+async def hash_password_async(password: str) -> str:
+    """`hash_password` in a worker thread, bounded by ``HASH_CONCURRENCY``."""
+    return await _off_loop(lambda: hash_password(password))
+
+
+async def verify_password_async(password: str, stored: str | None) -> bool:
+    """`verify_password` in a worker thread, bounded by ``HASH_CONCURRENCY``; ``stored=None`` (no such user)
+    checks against the dummy hash, so it costs the same time and answers False."""
+    return await _off_loop(lambda: verify_password(password, dummy_hash() if stored is None else stored)
+                           and stored is not None)
 
 
 def new_secret() -> str:

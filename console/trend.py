@@ -98,7 +98,9 @@ async def fetch(db, features: Features, tag_id: int, tr: TimeRange, points: int,
         # Whole rollup buckets inside the range come from the rollup; the partial buckets at either edge and
         # the part after the newest rollup bucket (the rollup worker runs seconds behind) from raw readings.
         level = 60 if p.source == "readings_1m" else 3600
-        head, tail = _ceil(tr.start, level), _floor(tr.end, level)
+        # A range inside one rollup bucket has no whole bucket: head and tail meet at its end, all of it is raw.
+        head = min(_ceil(tr.start, level), tr.end)
+        tail = max(_floor(tr.end, level), head)
         row = await db.fetchone(f"SELECT max(bucket) AS b FROM {p.source} WHERE tag_id = %(tag)s "
                                 "AND bucket >= %(head)s AND bucket < %(tail)s", params | {"head": head, "tail": tail})
         covered = row["b"] + timedelta(seconds=level) if row and row["b"] else head

@@ -10,7 +10,7 @@ from datetime import datetime
 
 import psycopg
 
-from console.passwords import check_password_policy, digest, hash_password, new_secret
+from console.passwords import check_password_policy, digest, hash_password_async, new_secret
 from console.problems import Problem
 
 PUBLIC = "id, username, display_name, role, disabled, created_at, updated_at, last_login"
@@ -21,13 +21,14 @@ async def add(cur, username: str, password: str, role: str, display_name: str = 
     why = check_password_policy(password)
     if why:
         raise Problem(422, f"password {why}", param="password")
+    password_hash = await hash_password_async(password)
     await cur.execute("SELECT 1 FROM console_users WHERE lower(username) = lower(%s)", (username,))
     if await cur.fetchone():
         raise Problem(409, f"user {username!r} exists already")
     try:
         await cur.execute(f"INSERT INTO console_users (username, display_name, password_hash, role) "
                           f"VALUES (%s, %s, %s, %s) RETURNING {PUBLIC}",
-                          (username, display_name, hash_password(password), role))
+                          (username, display_name, password_hash, role))
     except psycopg.errors.CheckViolation as exc:
         raise Problem(422, f"invalid user: {exc.diag.message_primary}") from None
     return await cur.fetchone()
@@ -36,6 +37,12 @@ async def add(cur, username: str, password: str, role: str, display_name: str = 
 async def change(cur, username: str, *, role: str | None = None, display_name: str | None = None,
                  disabled: bool | None = None, password: str | None = None) -> tuple[dict, dict]:
     """Update a user; returns (before, after). Disabling or a new password ends the user's sessions."""
+    password_hash = None
+    if password is not None:
+        why = check_password_policy(password)
+        if why:
+            raise Problem(422, f"password {why}", param="password")
+        password_hash = await hash_password_async(password)  # before the row is locked
     await cur.execute(f"SELECT {PUBLIC} FROM console_users WHERE username = %s FOR UPDATE", (username,))
     before = await cur.fetchone()
     if before is None:
@@ -50,12 +57,9 @@ async def change(cur, username: str, *, role: str | None = None, display_name: s
     if disabled is not None:
         sets.append("disabled = %s")
         params.append(disabled)
-    if password is not None:
-        why = check_password_policy(password)
-        if why:
-            raise Problem(422, f"password {why}", param="password")
+    if password_hash is not None:
         sets.append("password_hash = %s")
-        params.append(hash_password(password))
+        params.append(password_hash)
     await cur.execute(f"UPDATE console_users SET {', '.join(sets)} WHERE id = %s RETURNING {PUBLIC}",
                       (*params, before["id"]))
     after = await cur.fetchone()

@@ -61,8 +61,9 @@ class ConsoleServer:
             "console": {"listen": f"127.0.0.1:{self.port}", "alert_poll_s": 0.5, **console},
             "database": {"url": url}, "models": models, "gateways": gateways})
         self.app = create_app(self.cfg, dsn=dsn)
+        # proxy_headers off as in `valvoja console serve`: console.auth alone decides which X-Forwarded-* to believe.
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="on", timeout_graceful_shutdown=3))
+                                                    lifespan="on", timeout_graceful_shutdown=3, proxy_headers=False))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{self.port}"
 

@@ -35,7 +35,7 @@ def server(pg_admin_dsn):
                                        severity=["info", "warning", "critical"][i % 3],
                                        raised_at=T0 + timedelta(seconds=i), message=f"alert number {i}",
                                        evidence={"tag": "P-101.vib_rms", "value": 7.1 + i}) for i in range(30)])
-        with ConsoleServer(dsn) as srv:
+        with ConsoleServer(dsn, alert_heartbeat_s=0.5) as srv:
             srv.dsn = dsn
             yield srv
 
@@ -165,3 +165,85 @@ def test_stream_delivers_a_new_alert_and_its_acknowledgement(server):
     assert row["severity"] == "critical" and row["site"] == "KIP-North"
     assert any(a["state"] == "acknowledged" for _, a in got if a["id"] == "LIVE-1")
     assert arrived - t_raise < 5.0
+
+
+class _Stream:
+    """An alert stream read in a thread: every line, and whether the server ended it."""
+
+    def __init__(self, client: httpx.Client):
+        self.lines: list[str] = []
+        self.connected, self.ended = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._read, args=(client,), daemon=True)
+        self.thread.start()
+        assert self.connected.wait(10)
+
+    def _read(self, client: httpx.Client) -> None:
+        with client.stream("GET", "/api/alerts/stream") as r:
+            for line in r.iter_lines():
+                self.lines.append(line)
+                if line.startswith(": connected"):
+                    self.connected.set()
+        self.ended.set()
+
+
+@pytest.fixture
+def heartbeat(server):
+    """Set the stream's heartbeat for one test (it is read per request)."""
+    console = server.cfg.console
+    before = console.alert_heartbeat_s
+
+    def set_(seconds: float) -> None:
+        object.__setattr__(console, "alert_heartbeat_s", seconds)
+
+    yield set_
+    set_(before)
+
+
+def _stream_user(server, name: str) -> httpx.Client:
+    with server.client("admin") as a:
+        a.post("/api/users", json={"username": name, "password": PASSWORD, "role": "viewer"}).raise_for_status()
+    c = httpx.Client(base_url=server.url, timeout=httpx.Timeout(10, read=None))
+    r = c.post("/api/auth/login", json={"username": name, "password": PASSWORD})
+    r.raise_for_status()
+    c.headers["X-CSRF-Token"] = r.json()["csrf_token"]
+    return c
+
+
+def test_stream_of_a_disabled_user_ends_before_the_next_alert(server, heartbeat):
+    heartbeat(60)  # no heartbeat in this test: the check before the event must end the stream
+    reader = _stream_user(server, "board-disabled")
+    s = _Stream(reader)
+    try:
+        with server.client("admin") as a:
+            a.patch("/api/users/board-disabled", json={"disabled": True}).raise_for_status()
+        insert_alert(server.dsn, "AFTER-DISABLE", message="must not reach a disabled user")
+        assert s.ended.wait(10), "the stream goes on after the user was disabled"
+    finally:
+        reader.close()
+    assert not any("AFTER-DISABLE" in line for line in s.lines)
+
+
+@pytest.mark.parametrize("how", ["logout", "token revoked"])
+def test_idle_stream_ends_at_the_heartbeat_after_its_credential_ends(server, heartbeat, how):
+    heartbeat(0.3)
+    if how == "logout":
+        reader = _stream_user(server, "board-logout")
+    else:
+        with server.client("admin") as a:
+            tok = a.post("/api/tokens", json={"name": "board", "role": "viewer"}).json()
+        reader = httpx.Client(base_url=server.url, timeout=httpx.Timeout(10, read=None),
+                              headers={"Authorization": f"Bearer {tok['token']}"})
+    s = _Stream(reader)
+    try:
+        while not any(line.startswith(": keep-alive") for line in s.lines) and not s.ended.is_set():
+            time.sleep(0.05)
+        assert not s.ended.is_set(), "a valid stream stays open"
+        if how == "logout":
+            with httpx.Client(base_url=server.url, cookies=reader.cookies, headers=reader.headers) as same:
+                assert same.post("/api/auth/logout").status_code == 204
+        else:
+            with server.client("admin") as a:
+                assert a.delete(f"/api/tokens/{tok['id']}").status_code == 204
+        assert s.ended.wait(10), f"the stream goes on after {how}"
+    finally:
+        reader.close()

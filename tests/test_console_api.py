@@ -263,3 +263,142 @@ def test_gateway_page_reads_a_real_gateway_health_endpoint(pg_admin_dsn):
     assert items["gw-1"]["reachable"] and not items["gw-1"]["healthy"] and items["gw-1"]["http_status"] == 503
     assert items["gw-1"]["health"]["spool"]["readings"] == 1234
     assert items["gw-down"]["reachable"] is False and "Connect" in items["gw-down"]["error"]
+
+
+@pytest.fixture
+def no_login_failures(server):
+    """Forget the log-in failures a test leaves (they would rate-limit the next tests' log-ins)."""
+    import psycopg
+
+    yield
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM console_login_failures")
+
+
+def _burst(server, attempts: list[tuple[str, str, str]]) -> list[int]:
+    """POST /api/auth/login for every (user name, password, X-Forwarded-For) at once; the status codes in order."""
+    import httpx
+
+    async def run():
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
+            rs = await asyncio.gather(*(c.post("/api/auth/login", json={"username": u, "password": pw},
+                                               headers={"X-Forwarded-For": fwd}) for u, pw, fwd in attempts))
+        return [r.status_code for r in rs]
+
+    return asyncio.run(run())
+
+
+def test_concurrent_wrong_passwords_get_at_most_the_limit_of_checks(server, no_login_failures):
+    # From 20 clients at once for one user name (limit 3): three password checks, the rest refused unchecked.
+    codes = _burst(server, [("engineer", f"wrong-{i}", f"198.51.100.{i + 1}") for i in range(20)])
+    assert sorted(codes) == [401] * 3 + [429] * 17
+    # From one client at once for 20 user names: the per-client limit holds the same way.
+    codes = _burst(server, [(f"nobody{i}", "wrong", "198.51.100.200") for i in range(20)])
+    assert sorted(codes) == [401] * 3 + [429] * 17
+
+
+def test_right_password_within_the_limit_logs_in_during_a_burst(server, no_login_failures):
+    codes = _burst(server, [("maintenance", "wrong-1", "198.51.100.77"), ("maintenance", PASSWORD, "198.51.100.77"),
+                            ("maintenance", "wrong-2", "198.51.100.77")])
+    assert codes == [401, 200, 401]
+
+
+def test_password_checks_run_off_the_event_loop_a_few_at_a_time(server, no_login_failures, monkeypatch):
+    """While four log-ins are in their password checks (held there by the test), the console still answers
+    other requests, and only HASH_CONCURRENCY checks run at once."""
+    import hashlib
+    from types import SimpleNamespace
+
+    import httpx
+
+    from console import passwords
+
+    lock, running, peak = threading.Lock(), [0], [0]
+    release, limit_reached = threading.Event(), threading.Event()
+
+    def held_scrypt(*args, **kw):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            if running[0] >= passwords.HASH_CONCURRENCY:
+                limit_reached.set()
+        try:
+            release.wait(20)
+            return hashlib.scrypt(*args, **kw)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(passwords, "hashlib", SimpleNamespace(scrypt=held_scrypt, sha256=hashlib.sha256))
+    codes: list[int] = []
+
+    def login(user: str, i: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            codes.append(c.post("/api/auth/login", json={"username": user, "password": PASSWORD},
+                                headers={"X-Forwarded-For": f"198.51.100.{50 + i}"}).status_code)
+
+    logins = [threading.Thread(target=login, args=(u, i)) for i, u in enumerate(("viewer", "engineer",
+                                                                                "maintenance", "admin"))]
+    try:
+        for t in logins:
+            t.start()
+        assert limit_reached.wait(15), "the password checks did not run side by side"
+        with server.client() as c:  # answered while every log-in is still in its password check
+            assert c.get("/login", timeout=5).status_code == 200
+            assert c.get("/static/app.css", timeout=5).status_code == 200
+        assert running[0] == passwords.HASH_CONCURRENCY and not any(codes)
+    finally:
+        release.set()
+        for t in logins:
+            t.join(30)
+    assert codes == [200] * 4 and peak[0] == passwords.HASH_CONCURRENCY
+
+
+def test_client_address_is_the_first_untrusted_hop_from_the_right(server, no_login_failures):
+    import psycopg
+
+    fwd = {"X-Forwarded-For": "6.6.6.6, 203.0.113.9"}  # 6.6.6.6: whatever the client wrote itself
+    with server.client() as c:
+        def login(password: str) -> int:
+            return c.post("/api/auth/login", json={"username": "viewer", "password": password}, headers=fwd).status_code
+
+        assert login("wrong") == 401
+        with psycopg.connect(server.dsn) as conn:
+            rows = conn.execute("SELECT client FROM console_login_failures WHERE username = 'viewer'").fetchall()
+        assert [r[0] for r in rows] == ["203.0.113.9"]
+        assert login(PASSWORD) == 200
+    with server.client("admin") as a:
+        login = a.get("/api/audit", params={"actor": "viewer", "action": "login", "limit": 1}).json()["items"][0]
+    assert login["client"] == "203.0.113.9"
+
+
+@pytest.mark.parametrize(("peer", "forwarded", "client"), [
+    ("127.0.0.1", ["6.6.6.6, 203.0.113.9"], "203.0.113.9"),
+    ("127.0.0.1", ["203.0.113.9, 127.0.0.1"], "203.0.113.9"),  # a second trusted proxy in the chain
+    ("127.0.0.1", ["6.6.6.6", "203.0.113.9"], "203.0.113.9"),  # repeated headers are one list
+    ("127.0.0.1", ["6.6.6.6, not-an-address"], "127.0.0.1"),
+    ("127.0.0.1", ["::1, 127.0.0.1"], "::1"),  # all trusted: the farthest one
+    ("127.0.0.1", [], "127.0.0.1"),
+    ("192.0.2.1", ["203.0.113.9"], "192.0.2.1"),  # not a trusted proxy: its header is not believed
+])
+def test_client_address_from_forwarded_for(peer, forwarded, client):
+    from types import SimpleNamespace
+
+    from starlette.datastructures import Headers
+
+    from console.auth import client_address
+    from console.config import ConsoleConfig
+
+    request = SimpleNamespace(client=SimpleNamespace(host=peer),
+                              headers=Headers(raw=[(b"x-forwarded-for", f.encode()) for f in forwarded]),
+                              app=SimpleNamespace(state=SimpleNamespace(config=ConsoleConfig())))
+    assert client_address(request) == client
+
+
+def test_trend_inside_one_rollup_bucket_reads_only_the_range(server):
+    start = END.replace(minute=0) - timedelta(hours=3) + timedelta(minutes=10)
+    with server.client("viewer") as c:
+        r = c.get("/api/tags/P-101.vib_rms/readings", params={
+            "from": start.isoformat(), "to": (start + timedelta(minutes=10)).isoformat(), "resolution": "1h"}).json()
+    assert r["source"] == "readings_1h" and r["bucket_s"] == 3600
+    assert sum(r["n"]) == 60, "10 minutes of 10 s readings, not the rest of the hour"

@@ -157,3 +157,24 @@ def test_uncertainty_report_of_a_version_is_self_contained_and_cached(server):
         assert data["model"]["drift_reference"] == "model card" and data["input_drift"]["status"] == "ok"
         assert 0.8 <= data["metrics"]["static"]["coverage"] <= 1.0
         assert c.get("/api/models/syn/versions/9/report").status_code == 404
+
+
+def test_registry_errors_name_no_server_paths(server):
+    """A version whose held-out rows went missing: the problem documents say what is wrong, and the registry's
+    file paths stay in the console's log (any logged-in user reads problem documents)."""
+    mv = server.registry.get("syn", 3)
+    holdout = mv.path / "holdout.npz"
+    moved = holdout.with_name("holdout.npz.away")
+    holdout.rename(moved)
+    try:
+        with server.client("viewer") as c:
+            report = c.get("/api/models/syn/versions/3/report")
+            gate = c.get("/api/models/syn/versions/3/gate")
+    finally:
+        moved.rename(holdout)
+    for r in (report, gate):
+        assert r.status_code == 503, r.text
+        detail = r.json()["detail"]
+        assert str(mv.path.parent.parent) not in detail and not re.search(r"(^|\s|\()/\w+/", detail), detail
+    assert "holdout.npz" in report.json()["detail"] and "held-out rows of syn v3" in report.json()["detail"]
+    assert "[models] registry" in gate.json()["detail"]

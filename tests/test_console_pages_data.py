@@ -5,6 +5,8 @@ pages, and a clear 503 naming the table when an analytics table is absent."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 from console_support import (
     ConsoleServer,
@@ -81,6 +83,27 @@ def test_asset_predictions_come_as_series_with_intervals(server):
     assert reg["coverage"] == 0.9 and reg["model_version"]
     assert kinds["anomaly"]["alpha"] == 0.25 and kinds["anomaly"]["threshold"] is None
     assert kinds["rul"]["latest"]["lower"] < kinds["rul"]["latest"]["value"] < kinds["rul"]["latest"]["upper"]
+
+
+def test_thinned_asset_predictions_keep_the_newest_of_each_series(server):
+    """144 predictions per series in the day, at most 10 points asked for: every series is thinned over the whole
+    range, and ``latest`` is the newest row, not one near the start."""
+    import psycopg
+
+    with psycopg.connect(server.dsn) as conn:
+        newest = dict(conn.execute("SELECT kind, max(time) FROM predictions WHERE asset = 'P-101' GROUP BY kind"))
+        oldest = dict(conn.execute("SELECT kind, min(time) FROM predictions WHERE asset = 'P-101' GROUP BY kind"))
+    with server.client("viewer") as c:
+        body = c.get("/api/assets/P-101/predictions", params={"last": "P2D", "max_points": 10}).json()
+    assert {s["kind"] for s in body["series"]} == set(newest) == {"regression", "anomaly", "rul"}
+    for s in body["series"]:
+        assert len(s["t"]) == 10 and len(s["value"]) == len(s["lower"]) == len(s["p_value"]) == 10
+        assert s["t"] == sorted(s["t"])
+        assert datetime.fromisoformat(s["latest"]["time"]) == newest[s["kind"]], s["kind"]
+        assert datetime.fromisoformat(s["t"][-1]) == newest[s["kind"]], "the series reaches the end of the range"
+        assert datetime.fromisoformat(s["t"][0]) == oldest[s["kind"]]
+    anomaly = next(s for s in body["series"] if s["kind"] == "anomaly")
+    assert anomaly["alpha"] == 0.25 and anomaly["latest"]["p_value"] == anomaly["p_value"][-1]
 
 
 def test_asset_lists_derived_indicators_and_its_iso_zone(server):

@@ -13,13 +13,12 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from console import alerts, audit
-from console.auth import Principal, client_address, require
+from console.auth import Principal, client_address, require, still_valid
 from console.jsonresp import FastJSON
 from console.params import time_range
 from console.problems import Problem
 
 router = APIRouter(prefix="/api/alerts", tags=["alerts"], default_response_class=FastJSON)
-HEARTBEAT_S = 15.0
 
 
 class Comment(BaseModel):
@@ -68,10 +67,13 @@ def _matches(row: dict, f: Filters) -> bool:
 @router.get("/stream", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "`event: alert` with the alert row as JSON data, per change"}})
-async def stream(request: Request, f: Filters = Depends(filters), _: Principal = Depends(require("read"))):
+async def stream(request: Request, f: Filters = Depends(filters), p: Principal = Depends(require("read"))):
     """Server-sent events: every insert or update of an alert matching the filters, as it happens.
-    A comment line every 15 s keeps proxies from closing the connection."""
-    feed = request.app.state.feed
+    A comment line every ``alert_heartbeat_s`` (15 s) keeps proxies from closing the connection. The stream
+    ends when its session or API token stops being valid (log-out, expiry, user disabled, token revoked):
+    that is checked at each heartbeat and before each event is sent."""
+    db, feed = request.app.state.db, request.app.state.feed
+    heartbeat = request.app.state.config.console.alert_heartbeat_s
     queue = feed.subscribe()
 
     async def events():
@@ -79,17 +81,22 @@ async def stream(request: Request, f: Filters = Depends(filters), _: Principal =
             yield b"retry: 2000\n: connected\n\n"
             while True:
                 try:
-                    row = await asyncio.wait_for(queue.get(), timeout=HEARTBEAT_S)
+                    rows = [await asyncio.wait_for(queue.get(), timeout=heartbeat)]
                 except TimeoutError:
-                    if await request.is_disconnected():
+                    if await request.is_disconnected() or not await still_valid(db, p):
                         return
                     yield b": keep-alive\n\n"
                     continue
-                if row is None:
-                    yield b"event: reload\ndata: {}\n\n"
+                while not queue.empty():  # what else is waiting goes out under the same check
+                    rows.append(queue.get_nowait())
+                if not await still_valid(db, p):
                     return
-                if _matches(row, f):
-                    yield b"event: alert\ndata: " + orjson.dumps(row) + b"\n\n"
+                for row in rows:
+                    if row is None:
+                        yield b"event: reload\ndata: {}\n\n"
+                        return
+                    if _matches(row, f):
+                        yield b"event: alert\ndata: " + orjson.dumps(row) + b"\n\n"
         finally:
             feed.unsubscribe(queue)
 

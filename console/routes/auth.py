@@ -1,8 +1,9 @@
 """Log-in and log-out: an HTML form for people (works without JavaScript) and a JSON API.
 
 The log-in form is protected against log-in CSRF by a double-submit token (a cookie and a
-hidden field that must match). Failures are counted per user name and per client address;
-past the configured limit the answer is 429 with Retry-After, before any password is checked.
+hidden field that must match). Attempts are counted per user name and per client address before the
+password is checked (a successful log-in takes its attempt back); past the configured limit the answer is
+429 with Retry-After, without checking the password. scrypt runs in worker threads (`passwords`).
 """
 
 from __future__ import annotations
@@ -23,14 +24,13 @@ from console.auth import (
     PERMISSIONS,
     SECURE_COOKIE,
     Principal,
+    claim_attempt,
     client_address,
     cookie_secure,
     current_principal,
-    rate_limited,
-    record_failure,
     session_cookie,
 )
-from console.passwords import digest, dummy_hash, hash_password, needs_rehash, new_secret, verify_password
+from console.passwords import digest, hash_password_async, needs_rehash, new_secret, verify_password_async
 from console.problems import Problem
 
 router = APIRouter()
@@ -56,16 +56,15 @@ def _me(p: Principal) -> Me:
 
 async def _authenticate(request: Request, username: str, password: str) -> dict:
     """Check the password (rate-limited); returns the user row or raises 401/429."""
-    wait = await rate_limited(request, username)
+    wait = await claim_attempt(request, username)
     if wait is not None:
         raise Problem(429, f"too many failed log-ins; try again in {int(wait) + 1} s",
                       headers={"Retry-After": str(int(wait) + 1)})
     db = request.app.state.db
     user = await db.fetchone("SELECT id, username, role, password_hash, disabled FROM console_users "
                              "WHERE lower(username) = lower(%s)", (username,))
-    ok = verify_password(password, user["password_hash"] if user else dummy_hash())
-    if not ok or user is None or user["disabled"]:
-        await record_failure(request, username)
+    ok = await verify_password_async(password, user["password_hash"] if user else None)
+    if not ok or user is None or user["disabled"]:  # the attempt claimed above stays, as a failure
         raise Problem(401, "wrong user name or password (or the account is disabled)")
     return user
 
@@ -75,14 +74,15 @@ async def _start_session(request: Request, response: Response, user: dict, passw
     sid, csrf = new_secret(), new_secret()
     expires = datetime.now(UTC) + timedelta(hours=cfg.session_hours)
     client = client_address(request)
+    rehashed = await hash_password_async(password) if needs_rehash(user["password_hash"]) else None
     async with request.app.state.db.conn() as conn, conn.transaction(), conn.cursor() as cur:
         await cur.execute("INSERT INTO console_sessions (id_hash, user_id, csrf_token, expires_at, client) "
                           "VALUES (%s, %s, %s, %s, %s)", (digest(sid), user["id"], csrf, expires, client))
         await cur.execute("DELETE FROM console_sessions WHERE expires_at < now()")
+        # This attempt (claimed as a failure before the check) and the user name's earlier failures.
         await cur.execute("DELETE FROM console_login_failures WHERE username = %s", (user["username"].lower(),))
-        if needs_rehash(user["password_hash"]):
-            await cur.execute("UPDATE console_users SET password_hash = %s WHERE id = %s",
-                              (hash_password(password), user["id"]))
+        if rehashed:
+            await cur.execute("UPDATE console_users SET password_hash = %s WHERE id = %s", (rehashed, user["id"]))
         await cur.execute("UPDATE console_users SET last_login = now() WHERE id = %s", (user["id"],))
         p = Principal(name=user["username"], kind="user", role=user["role"], user_id=user["id"], csrf=csrf)
         await audit.record(cur, p, "login", target_kind="user", target_id=user["username"], client=client)

@@ -12,7 +12,10 @@ and its audit entry commit together or not at all."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -29,6 +32,7 @@ from console.jsonresp import FastJSON
 from console.params import time_range
 from console.problems import Problem
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/models", tags=["models"], default_response_class=FastJSON)
 OWNER = "models"
 REGISTRY_TABLES = ("model_registry", "models", "model_versions")
@@ -129,9 +133,23 @@ def _registry_dir(request: Request) -> Path:
     return request.app.state.config.models.registry
 
 
+# An absolute path of two or more parts, not inside a word (so "mm/s" or "a/b" stay).
+_PATH = re.compile(r"(?<![\w.~-])/(?:[^\s/:;,'\"()\[\]]+/)+[^\s/:;,'\"()\[\]]*")
+
+
+def _public(request: Request, message: str) -> str:
+    """``message`` without server file paths (any logged-in user reads problem documents): the configured
+    directories by their key, any other absolute path as ``<path>``."""
+    cfg = request.app.state.config.models
+    for key, path in (("report_cache", cfg.report_cache), ("registry", cfg.registry)):
+        for form in {str(path.resolve()), str(path)}:
+            message = message.replace(form, f"[models] {key}")
+    return _PATH.sub("<path>", message)
+
+
 async def _registry_call(request: Request, fn, *args, **kw):
     """Run a `models.registry` function in a worker thread (it opens its own connection and runs ONNX graphs) and
-    turn its errors into problem documents; `GateRefused` is passed through for the caller."""
+    turn its errors into problem documents (file paths stay in the log); `GateRefused` is passed through."""
     from edge.errors import ConfigError
     from models.export import ParityError
     from models.registry import GateRefused
@@ -143,14 +161,17 @@ async def _registry_call(request: Request, fn, *args, **kw):
     except GateRefused:
         raise
     except LookupError as exc:
-        raise Problem(404, str(exc).strip("'\"")) from None
+        raise Problem(404, _public(request, str(exc).strip("'\""))) from None
     except (ValueError, ParityError) as exc:
-        raise Problem(409, str(exc)) from None
+        raise Problem(409, _public(request, str(exc))) from None
     except ConfigError as exc:
-        raise Problem(503, f"model registry: {exc}") from None
+        log.warning("model registry: %s", exc)
+        raise Problem(503, _public(request, f"model registry: {exc}")) from None
     except OSError as exc:
-        raise Problem(503, f"model registry directory {_registry_dir(request)}: {exc} (set [models] registry in "
-                           "the console configuration)") from None
+        log.warning("model registry directory %s: %s", _registry_dir(request), exc)
+        raise Problem(503, f"model registry directory: {exc.strerror or 'cannot read or write a file'} (the console's "
+                           "log names the file; check [models] registry and report_cache in its configuration)") \
+            from None
 
 
 async def _audit(request: Request, p: Principal, action: str, model_id: str, version, detail: dict) -> None:
@@ -265,7 +286,8 @@ def _make_report(root: Path, dsn: str, cache: Path, model_id: str, version: int)
             return final
         holdout = mv.path / "holdout.npz"
         if not holdout.is_file():
-            raise FileNotFoundError(f"{holdout}: the version's held-out rows are not in the registry directory")
+            raise FileNotFoundError(errno.ENOENT, f"the held-out rows of {model_id} v{version} (holdout.npz) are not "
+                                                  "in the registry directory", str(holdout))
         table = load_holdout(holdout)
         # no status in the info: it changes, the cached report does not
         rep = model_report(mv.load(), table, model_id=model_id, info={"version": version},

@@ -78,18 +78,28 @@ async def asset_predictions(request: Request, name: str, _: Principal = Depends(
                             from_: str | None = Query(None, alias="from"), to: str | None = None,
                             last: str | None = None, max_points: int = Query(2000, ge=10, le=20000)):
     """An asset's predictions as series per (kind, model, target), oldest first, for drawing with their
-    interval bands; plus the newest of each series (e.g. the current RUL with its interval)."""
+    interval bands; plus the newest of each series (e.g. the current RUL with its interval). A series longer
+    than ``max_points`` is thinned evenly over the whole range; its oldest and newest rows are always kept."""
     db = request.app.state.db
     cols = await _check(db)
     tr = time_range(from_, to, last, default=timedelta(days=7))
     target = "p.target" if "target" in cols else "''"
     details = "p.details" if "details" in cols else "'{}'::jsonb"
+    # Thinned in the database: of the n rows of a series (i = 0 .. n-1 by time) those where
+    # floor(i * (m-1) / (n-1)) first takes each of its m values, i.e. i = 0, the newest (only i = n-1 reaches
+    # m-1), and m-2 evenly spaced between; a series of at most m rows comes whole.
     rows = await db.fetch(
-        f"SELECT p.id, p.kind, p.model_id, p.model_version, {target} AS target, p.time, p.value, p.lower, p.upper, "
-        f"p.coverage, p.p_value, {details} AS details FROM predictions p WHERE p.asset = %s AND p.time >= %s "
-        "AND p.time <= %s ORDER BY p.time LIMIT %s", (name, tr.start, tr.end, max_points * 10))
+        "SELECT * FROM (SELECT p.id, p.kind, p.model_id, p.model_version, p.time, p.value, p.lower, p.upper, "
+        f"p.coverage, p.p_value, {target} AS target, {details} AS details, "
+        f"row_number() OVER (PARTITION BY p.kind, p.model_id, {target} ORDER BY p.time, p.id) - 1 AS i, "
+        f"count(*) OVER (PARTITION BY p.kind, p.model_id, {target}) AS n "
+        "FROM predictions p WHERE p.asset = %(asset)s AND p.time >= %(start)s AND p.time <= %(end)s) x "
+        "WHERE n <= %(m)s OR i = 0 OR i * (%(m)s - 1) / greatest(n - 1, 1) "
+        "> (i - 1) * (%(m)s - 1) / greatest(n - 1, 1) "
+        "ORDER BY time, id", {"asset": name, "start": tr.start, "end": tr.end, "m": max_points})
     series: dict[tuple, dict] = {}
     for r in rows:
+        del r["i"], r["n"]
         key = (r["kind"], r["model_id"], r["target"])
         s = series.setdefault(key, {"kind": r["kind"], "model_id": r["model_id"], "target": r["target"],
                                     "model_version": r["model_version"], "coverage": r["coverage"],
@@ -107,14 +117,8 @@ async def asset_predictions(request: Request, name: str, _: Principal = Depends(
             s["threshold"] = d["threshold"]
         if d.get("alpha") is not None:
             s["alpha"] = d["alpha"]
-        s["latest"] = r
+        s["latest"] = r  # rows come oldest first and the newest of each series is always kept
     out = list(series.values())
-    for s in out:  # thin long series evenly; the newest point is always kept
-        n = len(s["t"])
-        if n > max_points:
-            idx = sorted({int(i * (n - 1) / (max_points - 1)) for i in range(max_points)})
-            for k in ("t", "value", "lower", "upper", "p_value"):
-                s[k] = [s[k][i] for i in idx]
     return {"asset": name, "from": tr.start, "to": tr.end, "series": out}
 
 
