@@ -31,9 +31,13 @@ from models.conformal import AdaptiveConformal, ConformalizedQuantile, Conformal
 from models.drift import PerformanceMonitor
 from models.schema import InputError, InputSchema
 
-__all__ = ["InputError", "ModelServer", "OnnxModel", "Output"]
+__all__ = ["InputError", "IntegrityError", "ModelServer", "OnnxModel", "Output"]
 
 INPUT_NAME = "X"  # models.export.INPUT_NAME (not imported: that module pulls in skl2onnx)
+
+
+class IntegrityError(ValueError):
+    """A version's file (``model.onnx`` or ``card.json``) is not the one registered: refused, never served."""
 
 
 def _session(onnx_bytes: bytes) -> ort.InferenceSession:
@@ -97,17 +101,20 @@ class OnnxModel:
                 self.calibrator = SplitConformal.from_dict(cal)
 
     @classmethod
-    def load(cls, directory: str | Path, *, sha256: str | None = None) -> OnnxModel:
-        """A version directory (``model.onnx`` + ``card.json``); ``sha256`` (from the registry) must match."""
+    def load(cls, directory: str | Path, *, sha256: str | None = None, card_sha256: str | None = None) -> OnnxModel:
+        """A version directory (``model.onnx`` + ``card.json``); ``sha256`` and ``card_sha256`` (from the registry)
+        must be those of the files (`IntegrityError` otherwise). The card is parsed from the bytes that were hashed."""
         import json
 
         d = Path(directory)
         data = (d / "model.onnx").read_bytes()
-        card = json.loads((d / "card.json").read_text(encoding="utf-8"))
-        digest = hashlib.sha256(data).hexdigest()
-        if sha256 and digest != sha256:
-            raise ValueError(f"{d / 'model.onnx'}: sha256 {digest[:12]} is not the registered {sha256[:12]}")
-        return cls(data, card)
+        card_bytes = (d / "card.json").read_bytes()
+        for name, content, expected in (("model.onnx", data, sha256), ("card.json", card_bytes, card_sha256)):
+            digest = hashlib.sha256(content).hexdigest()
+            if expected and digest != expected:
+                raise IntegrityError(f"{d / name}: sha256 {digest[:12]} is not the registered {expected[:12]}: "
+                                     "the file was changed after registration")
+        return cls(data, json.loads(card_bytes.decode("utf-8")))
 
     @property
     def alpha(self) -> float | None:
@@ -195,7 +202,7 @@ class ModelServer:
     def _load(self, mv) -> OnnxModel:
         m = self._models.get(mv.version)
         if m is None:
-            m = OnnxModel.load(mv.path, sha256=mv.sha256)
+            m = mv.load()  # models.registry.ModelVersion: both files checked against the registry
             self._models[mv.version] = m
         return m
 

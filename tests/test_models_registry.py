@@ -3,14 +3,18 @@ rollback, tampered files, and the ``valvoja models`` commands."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import shutil
 
 import psycopg
 import pytest
 from models_support import regression_table, spec
 
 from edge.db.migrate import migrate
-from models.registry import GateRefused, Registry, load_holdout
+from models.registry import GateRefused, Registry, coverage_floor, load_holdout
+from models.runtime import IntegrityError, ModelServer
 from models.train import train
 
 
@@ -112,6 +116,126 @@ def test_a_tampered_onnx_file_is_neither_served_nor_promoted(registry, trained):
     assert registry.champion("syn") is None and registry.events("syn")[-1]["event"] == "refuse"
     with pytest.raises(ValueError, match="not the registered"):
         mv.load()
+
+
+def _swap_two_features(card_path):
+    card = json.loads(card_path.read_text())
+    f = card["input_schema"]["features"]
+    f[0], f[1] = f[1], f[0]  # x2 is fed where x1 was trained: silently wrong predictions if served
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+
+
+def test_a_changed_card_is_neither_served_nor_promoted(registry, trained):
+    """card.json holds the feature order and the calibration: its sha256 is registered and checked on every load."""
+    v1 = registry.register(trained["good"])
+    v2 = registry.register(trained["better"])
+    assert v1.card_sha256 == hashlib.sha256((v1.path / "card.json").read_bytes()).hexdigest()
+    assert registry.events("syn")[0]["detail"]["card_sha256"] == v1.card_sha256
+    registry.promote("syn", v1.version)
+    assert ModelServer(registry, "syn").version == 1
+
+    _swap_two_features(v1.path / "card.json")
+    with pytest.raises(IntegrityError, match=r"syn v1: .*/syn/1/card.json: sha256 .* is not the registered"):
+        registry.get("syn", 1).load()
+    with pytest.raises(IntegrityError, match=r"card\.json"):
+        ModelServer(registry, "syn")  # the champion is not served with a changed card
+
+    shutil.copy(v1.path / "card.json", v2.path / "card.json")  # a card copied from another version
+    with pytest.raises(GateRefused, match=r"syn v2: .*card\.json.*changed after registration"):
+        registry.promote("syn", v2.version)
+    assert registry.champion("syn").version == 1 and registry.events("syn")[-1]["event"] == "refuse"
+
+
+def _forget_card_sha256(registry):
+    """The index as a registry written before card sha256s were recorded has it."""
+    if registry.dsn:
+        with psycopg.connect(registry.dsn) as conn:
+            conn.execute("UPDATE model_registry SET card = card - 'card_sha256'")
+        return
+    index = registry.root / "index.json"
+    data = json.loads(index.read_text())
+    for row in data["versions"]:
+        del row["card"]["card_sha256"]
+    index.write_text(json.dumps(data))
+
+
+def test_versions_registered_before_card_hashes_are_checked_against_the_index(registry, trained):
+    mv = registry.register(trained["good"])
+    _forget_card_sha256(registry)
+    legacy = registry.get("syn", mv.version)
+    assert legacy.card_sha256 is None
+    assert legacy.load().schema.names == ["x1", "x2", "x3", "x4"]  # an intact card still loads
+    registry.promote("syn", mv.version)
+    assert ModelServer(registry, "syn").version == mv.version
+
+    _swap_two_features(mv.path / "card.json")
+    with pytest.raises(IntegrityError, match=r"syn v1: .*card.json differs .*\(input_schema\).*register the model"):
+        legacy.load()
+    _swap_two_features(mv.path / "card.json")  # back in order, but a narrower interval
+    card = json.loads(mv.path.joinpath("card.json").read_text())
+    card["calibration"]["q"] /= 2
+    mv.path.joinpath("card.json").write_text(json.dumps(card))
+    with pytest.raises(IntegrityError, match=r"\(calibration\)"):
+        ModelServer(registry, "syn")
+
+
+# ---------------------------------------------------------------- what the gate compares
+
+def test_the_gate_metric_is_the_model_ids_not_the_candidates(registry, trained):
+    """A candidate naming mean_width at alpha 0.5 (half-width intervals that cover ~50 %) does not get to be
+    judged on width against a 90 % champion: the metric is the one the first promotion used, alphas must match."""
+    table = regression_table(1500)
+    registry.promote("syn", registry.register(trained["good"]).version)
+    narrow = train(spec(params={"max_iter": 200}, metric="mean_width", alpha=0.5), table)
+    assert narrow.metrics["mean_width"] < trained["good"].metrics["mean_width"]
+    v = registry.register(narrow).version
+    with pytest.raises(GateRefused) as refused:
+        registry.promote("syn", v)
+    c = refused.value.comparison
+    assert (c.metric, c.direction) == ("mae", "lower") and c.metric_source == "fixed by the first promotion, v1"
+    assert "alpha 0.5 is not the champion's 0.1" in c.reason and "card names mean_width" in c.reason
+    assert registry.champion("syn").version == 1
+
+    # same alpha, better mae: promoted on mae; its card's mean_width does not become the gate for the next one
+    wide = train(spec(params={"max_iter": 200}, metric="mean_width"), table)
+    assert registry.promote("syn", registry.register(wide).version).metric == "mae"
+    later = registry.compare("syn", registry.register(trained["good"]).version)
+    assert later.metric == "mae" and later.metric_source == "fixed by the first promotion, v1"
+
+
+def _overconfident(tm, shrink: float = 3.0):
+    """The same model with intervals ``shrink`` times too narrow for its alpha (a calibration gone wrong)."""
+    cal = {**tm.card["calibration"], "q": tm.card["calibration"]["q"] / shrink}
+    return dataclasses.replace(tm, card={**tm.card, "calibration": cal}, calibration=cal)
+
+
+def test_the_gate_refuses_intervals_that_do_not_cover_what_they_claim(registry, trained):
+    registry.promote("syn", registry.register(trained["good"]).version)
+    v = registry.register(_overconfident(trained["better"])).version
+    with pytest.raises(GateRefused) as refused:
+        registry.promote("syn", v)  # better MAE, same alpha, 90 % intervals covering about half the rows
+    c = refused.value.comparison
+    assert c.candidate_value < c.champion_value and c.candidate_metrics["coverage"] < 0.7
+    assert c.coverage_floor == pytest.approx(coverage_floor(0.9, 300)) and c.champion_metrics["coverage"] >= 0.9
+    assert "below 0.8567 (nominal 0.9 minus a one-sided 99% binomial tolerance for 300 rows)" in c.reason
+    assert "coverage floor 0.8567" in c.describe() and registry.champion("syn").version == 1
+
+    # rows where the champion's intervals fall short as well (noisier than anything calibrated on): the candidate
+    # need only cover as well as the champion, within the same tolerance; the same model again does
+    noisier = regression_table(600, noise=1.2, seed=5, start="2025-01-01")
+    same = registry.compare("syn", registry.register(trained["good"]).version, holdout=noisier)
+    assert same.accepted and same.champion_metrics["coverage"] < coverage_floor(0.9, 600), same.describe()
+    assert same.coverage_floor == pytest.approx(coverage_floor(same.champion_metrics["coverage"], 600))
+    assert not registry.compare("syn", v, holdout=noisier).accepted
+
+
+def test_coverage_floor_is_a_one_sided_99_percent_binomial_bound():
+    from scipy.stats import binom
+
+    for n, nominal in ((300, 0.9), (1000, 0.9), (50, 0.8), (5000, 0.95)):
+        k = round(coverage_floor(nominal, n) * n)
+        assert binom.cdf(k - 1, n, nominal) < 0.01 <= binom.cdf(k, n, nominal)
+    assert coverage_floor(0.9, 300) == pytest.approx(257 / 300)
 
 
 def test_database_rows_are_what_the_console_reads(pg_dsn, tmp_path, trained):
