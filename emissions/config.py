@@ -82,12 +82,21 @@ class PemsLink(Strict):
     registry: str = "var/models"  # registry directory (model.onnx + card.json per version)
     registry_db: bool = False  # its index is the site database's model_registry table (else <registry>/index.json)
     inputs: dict[str, str] = {}  # model feature -> tag
-    refresh_s: float = Field(30.0, ge=0)  # how often the registry is asked for a new champion (hot swap)
+    # How often the registry is asked for a new champion (hot swap); the gateway asks off the event loop.
+    refresh_s: float = 30.0
     adaptive_window: int = Field(168, ge=10)  # adaptive conformal: recent errors kept (primary intervals)
     adaptive_gamma: float = Field(0.005, ge=0, lt=1)  # adaptive conformal: step of the level update
     window_s: int = Field(6 * 3600, gt=0)  # the analyser is flagged when, over this window, ...
     min_outside_share: float = Field(0.5, gt=0, le=1)  # ... at least this share of it lies outside the interval
     min_pairs_share: float = Field(0.5, gt=0, le=1)  # and at least this share of the window has both values
+
+    @field_validator("refresh_s")
+    @classmethod
+    def _refresh_positive(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError(f"pems.refresh_s must be > 0 seconds, got {v}: the registry is asked for a new "
+                             "champion every refresh_s, off the gateway's event loop (never at each prediction)")
+        return v
 
     @model_validator(mode="before")
     @classmethod
@@ -147,6 +156,10 @@ class Rule(Strict):
     A ``period`` average over ``percent``% of ``elv`` is an exceedance. With ``share`` = 100 each
     exceedance breaches the limit; with ``share`` < 100, a ``window`` (calendar day, month or year)
     breaches when fewer than ``share``% of its valid averages are within the limit.
+
+    Rules with the same ``group`` are alternatives (IED Annex VI Part 8 1.1: column A *or* 97 % within
+    column B; CO 10-minute *or* half-hourly): the group passes when any member passes, judged over the
+    widest window of its members (`emissions.compliance.evaluate_group`).
     """
 
     name: str = Field(min_length=1)
@@ -157,6 +170,7 @@ class Rule(Strict):
     window: Window = "each"
     pollutants: list[str] = []  # empty: every pollutant with the elv key
     exclude: list[str] = []
+    group: str | None = Field(None, min_length=1)  # alternatives: rules sharing a group pass when any passes
     reference: str = ""  # where the rule comes from, shown in reports
 
     @model_validator(mode="after")
@@ -327,6 +341,8 @@ class StackConfig(Strict):
         rule_names = [r.name for r in self.compliance]
         if len(rule_names) != len(set(rule_names)):
             problems.append(f"compliance: duplicate rule names in {rule_names}")
+        for group in {r.group for r in self.compliance if r.group} & set(rule_names):
+            problems.append(f"compliance: group {group!r} has the name of a rule")
         for name in self.live.rules or []:
             if name not in rule_names:
                 problems.append(f"live.rules: {name!r} is not a compliance rule (have {rule_names})")

@@ -6,6 +6,9 @@ corrects earlier periods, because every run recomputes them from the stored read
 
 Compliance windows of a year need the year's data, so by default a span is widened to the start of
 its calendar year (``context="year"``); results for windows that are not complete yet are provisional.
+A periodic run covers its context period up to the last whole hour, so when the context period has moved
+on since the previous run (a new month, a new year) the previous one is first computed once to its end:
+its last hour, day, month and year get their final judgement.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,22 +105,27 @@ def pems_events(cfg: StackConfig, primary: Primary) -> list[Event]:
 
 
 async def run_periodic(conninfo: str, stacks: list[StackConfig], stop: asyncio.Event, *,
-                       interval_s: float = 300.0, full_interval_s: float = 3600.0) -> None:
+                       interval_s: float = 300.0, full_interval_s: float = 3600.0,
+                       clock: Callable[[], float] = time.time) -> None:
     """Keep every stack's stored results current until ``stop`` is set.
 
     Every ``interval_s`` the current month is recomputed up to the last whole hour; every
     ``full_interval_s`` (and at start) the whole year to date, which the yearly compliance windows need
-    (a year of one stack takes about 10 s here, see bench/bench_emissions.py). The synchronous job runs
-    in a worker thread so the gateway's event loop is never blocked; a database that is away is retried
-    at the next interval.
+    (a year of one stack takes about 10 s here, see bench/bench_emissions.py). When the period a run
+    starts from lies after the end of the previous run (also one stored before a restart), the time
+    between is computed first from the start of its year to the new period (`_run_once`). The synchronous
+    job runs in a worker thread so the gateway's event loop is never blocked; a database that is away is
+    retried at the next interval.
     """
     last_full = -float("inf")
+    done: dict[str, int | None] = {}  # stack -> end of its last computed span (None: not known yet)
     while not stop.is_set():
-        now = time.time()
+        now = clock()
         context = "year" if now - last_full >= full_interval_s else "month"
         for cfg in stacks:
             try:
-                await asyncio.to_thread(_run_once, conninfo, cfg, int(now), context)
+                done[cfg.name] = await asyncio.to_thread(_run_once, conninfo, cfg, int(now), context,
+                                                         done.get(cfg.name))
             except psycopg.OperationalError as exc:
                 log.warning("emissions: database not reachable (%s); retrying in %.0f s", exc, interval_s,
                             extra={"event": "emissions_job_retry", "stack": cfg.name})
@@ -129,6 +138,23 @@ async def run_periodic(conninfo: str, stacks: list[StackConfig], stop: asyncio.E
             pass
 
 
-def _run_once(conninfo: str, cfg: StackConfig, end: int, context: str) -> None:
+def _run_once(conninfo: str, cfg: StackConfig, now: int, context: str, last_end: int | None) -> int:
+    """One periodic run at ``now``; returns the end of what is computed. ``last_end`` is where the previous
+    run ended (None: read from ``emission_runs``)."""
+    span = widen(cfg, now - 1, now, context, whole_days=False)
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        run_span(conn, cfg, end - 1, end, context=context, whole_days=False)
+        if last_end is None:
+            with conn.cursor() as cur:
+                cur.execute("SELECT extract(epoch FROM span_end)::bigint FROM emission_runs WHERE stack = %s "
+                            "ORDER BY id DESC LIMIT 1", (cfg.name,))
+                row = cur.fetchone()
+            last_end = row[0] if row else span[0]
+        if last_end < span[0]:
+            # The context period moved on: what was left of the previous one (at least its last hour) is
+            # computed to its end, from the start of its year for the yearly windows (at most the year before).
+            year_before = periods.year_of(periods.year_of(span[0] - 1, cfg.timezone)[0] - 1, cfg.timezone)[0]
+            run_span(conn, cfg, max(last_end, year_before), span[0], context="year", whole_days=True)
+        if span[1] <= now:  # nothing closed yet in a period that has just begun
+            run_span(conn, cfg, now - 1, now, context=context, whole_days=False)
+            return span[1]
+    return span[0]

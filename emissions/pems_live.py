@@ -12,11 +12,13 @@ directory; its index in the site database when one is given) and the tag feeding
 - when the analyser's valid value for an interval is known (`observe`, or ``analyser=`` of `push`), the
   adaptive conformal interval (`models.conformal.AdaptiveConformal`, seeded from the card's calibration
   scores) is updated: it widens when recent errors grow;
-- every ``refresh_s`` seconds the registry is asked for the champion; a newly promoted (or rolled back)
-  version is loaded and swapped in between two predictions, so no interval goes without a prediction. A
-  champion whose inputs the link does not map is not swapped in (logged; the old version keeps serving). A
-  registry that cannot be read (its database down, also at start) is logged once and asked again at every
-  refresh; there is no PEMS output until a champion can be read.
+- every ``refresh_s`` seconds (> 0) the registry is asked for the champion, by `maybe_refresh` only: the caller
+  runs it off the event loop (the gateway: `emissions.live.LiveEmissions.pems_due` / ``refresh_pems`` in a worker
+  thread between two groups of readings). `predict` never reads the registry (files, the database). A newly
+  promoted (or rolled back) version is loaded and swapped in between two predictions, so no interval goes
+  without a prediction. A champion whose inputs the link does not map is not swapped in (logged; the old
+  version keeps serving). A registry that cannot be read (its database down, also at start) is logged once and
+  asked again at every refresh; there is no PEMS output until a champion can be read.
 
 The adaptive state starts afresh from the new version's calibration scores on a swap; truth for a
 prediction of the previous version is ignored (its errors say nothing about the new model).
@@ -123,7 +125,8 @@ class LivePems:
         return self.clock() >= self._next_refresh
 
     def maybe_refresh(self) -> None:
-        """`refresh` when due (every ``refresh_s``); a failure is logged and the served version goes on."""
+        """`refresh` when due (every ``refresh_s``); a failure is logged and the served version goes on.
+        Blocking registry I/O: call it off the event loop (`predict` does not)."""
         now = self.clock()
         if now < self._next_refresh:
             return
@@ -155,8 +158,8 @@ class LivePems:
     # -- predictions ----------------------------------------------------------------------------
     def predict(self, t: int, inputs: dict[str, float]) -> Prediction | None:
         """The prediction for the primary interval starting at Unix time ``t`` from the input tags' values
-        (tag -> value); None when a model input is missing or not finite, or there is no champion."""
-        self.maybe_refresh()
+        (tag -> value); None when a model input is missing or not finite, or there is no champion. No registry
+        I/O: a new champion comes through `maybe_refresh`."""
         if self.server is None:
             return None
         names = self.server.model.schema.names

@@ -28,18 +28,22 @@ _LCP_RULES = [
 _WI_RULES = [
     {"name": "wi_daily", "period": "day", "elv": "day", "exclude": ["CO"],
      "reference": "IED Annex VI Part 8 1.1(a): no daily average over the daily ELV (Part 3 1.1)"},
-    {"name": "wi_half_hour_a", "period": "half_hour", "elv": "half_hour_100",
+    # 1.1(b) is one criterion with two alternatives: column A, or (where relevant) column B.
+    {"name": "wi_half_hour_a", "period": "half_hour", "elv": "half_hour_100", "group": "wi_half_hour",
      "reference": "IED Annex VI Part 8 1.1(b): no half-hourly average over column A"},
     {"name": "wi_half_hour_b", "period": "half_hour", "elv": "half_hour_97", "share": 97.0, "window": "year",
-     "reference": "IED Annex VI Part 8 1.1(b): 97 % of half-hourly averages in a year within column B"},
+     "group": "wi_half_hour",
+     "reference": "IED Annex VI Part 8 1.1(b): or, where relevant, 97 % of half-hourly averages in a year "
+                  "within column B"},
     {"name": "wi_co_daily_97", "period": "day", "elv": "day", "share": 97.0, "window": "year", "pollutants": ["CO"],
      "reference": "IED Annex VI Part 8 1.1(d): 97 % of CO daily averages in a year within the ELV"},
+    # CO in 24 h: half-hourly or 10-minute averages, alternatives.
     {"name": "wi_co_half_hour_95", "period": "half_hour", "elv": "half_hour_95", "share": 95.0, "window": "day",
-     "pollutants": ["CO"],
+     "pollutants": ["CO"], "group": "wi_co_24h",
      "reference": "IED Annex VI Part 8 1.1(d): 95 % of CO half-hourly averages in 24 h within the ELV"},
     {"name": "wi_co_ten_min_95", "period": "ten_min", "elv": "ten_min_95", "share": 95.0, "window": "day",
-     "pollutants": ["CO"],
-     "reference": "IED Annex VI Part 8 1.1(d): 95 % of CO 10-minute averages in 24 h within the ELV"},
+     "pollutants": ["CO"], "group": "wi_co_24h",
+     "reference": "IED Annex VI Part 8 1.1(d): or 95 % of CO 10-minute averages in 24 h within the ELV"},
 ]
 
 # Defaults that differ between the two regimes; everything else has one default in the models above.

@@ -139,15 +139,19 @@ def build(sr: SpanResult, kind: str, start: int, end: int, edition: str = "") ->
             if rule.applies_to(pol):
                 av = sr.result.averages[pol.name][rule.period]
                 inside = av.subset((av.start >= start) & (av.end <= end))
-                rules += compliance.evaluate_rule(cfg, rule, pol.name, inside, (start, end))[0]
+                computed = (max(start, sr.span[0]), min(end, sr.span[1]))  # a running period stays provisional
+                rules += compliance.evaluate_rule(cfg, rule, pol.name, inside, computed)[0]
     if kind == "month":  # one line per rule and pollutant for the daily windows of a month
         daily = {r.name for r in cfg.compliance if r.window == "day"}
+        groups = {r.group for r in cfg.compliance if r.group}
+        daily |= {g for g in groups if compliance.group_window([r for r in cfg.compliance if r.group == g]) == "day"}
         grouped: dict[tuple[str, str], list[RuleResult]] = {}
         for r in [r for r in rules if r.rule in daily]:
             grouped.setdefault((r.pollutant, r.rule), []).append(r)
         rules = [r for r in rules if r.rule not in daily] + [compliance.summarise(g, start, end)
                                                             for g in grouped.values()]
     order = {r.name: i for i, r in enumerate(cfg.compliance)}
+    order |= {r.group: i + 0.5 for i, r in enumerate(cfg.compliance) if r.group}  # after its last member
     rules.sort(key=lambda r: ([p.name for p in cfg.pollutants].index(r.pollutant), order.get(r.rule, 99)))
     events = [e for e in sr.events if touches(e.start, e.end)]
     charts = []

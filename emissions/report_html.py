@@ -117,8 +117,10 @@ def render(rep: Report) -> str:
     out += [f"<p class='warn'>{_e(n)}</p>" for n in rep.notes]
 
     verdict = {}
+    decided_by_group = {(r.pollutant, m) for r in rep.rules for m in r.members}  # an alternative's group decides
     for r in rep.rules:
-        verdict.setdefault(r.pollutant, []).append(r)
+        if (r.pollutant, r.rule) not in decided_by_group:
+            verdict.setdefault(r.pollutant, []).append(r)
     rows = []
     for r in rep.summary:
         rs = verdict.get(r.pollutant, [])
@@ -150,6 +152,7 @@ def render(rep: Report) -> str:
                         _n(r.limit), _pct(r.share_within / 100) if r.rule != "invalid_days" else "–",
                         _n(r.required_share, 0) + " %" if math.isfinite(r.required_share) else "–",
                         ("<span class='ok'>pass</span>" if r.passed else "<span class='bad'>FAIL</span>")
+                        + (f" by {_e(r.decided_by)}" if r.decided_by else "")
                         + (" <span class='muted'>(provisional)</span>" if r.provisional else "")]
                        for r in rep.rules], left=3) if rep.rules else "<p class='muted'>no rule applies</p>")
     refs = dict.fromkeys((r.rule, r.reference) for r in rep.rules if r.reference)
@@ -161,7 +164,8 @@ def render(rep: Report) -> str:
     out.append(_table(["Pollutant", "rule", "kind", "period", "start", "value", "limit", "% of ELV", "breach"],
                       [[_e(e.pollutant), _e(e.rule), _e(e.kind), _e(e.period), t(e.start), _n(e.value), _n(e.limit),
                         _n(e.percent_of_elv, 1) if e.kind == "exceedance" else "–",
-                        "<span class='bad'>yes</span>" if e.breach else "tolerated"] for e in exceed], left=5)
+                        "<span class='bad'>yes</span>" if e.breach else "provisional" if e.provisional
+                        else "tolerated"] for e in exceed], left=5)
                if exceed else "<p class='ok'>none</p>")
     pems_links = [p for p in cfg.pollutants if p.pems is not None]
     if pems_links:

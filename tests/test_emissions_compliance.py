@@ -40,8 +40,10 @@ def outcome(cfg, rule_name, pollutant, av):
 
 
 def run_days(cfg: StackConfig, per_day: list[float]):
-    v = np.repeat(np.asarray(per_day, dtype=float), 1440)
-    r = averages.compute(cfg, Primary(T0, 60, len(v), {"NOx": v}))
+    """The given days, then the rest of January 2025 not operating: the month is complete."""
+    v = np.full(31 * 1440, np.nan)
+    v[:len(per_day) * 1440] = np.repeat(np.asarray(per_day, dtype=float), 1440)
+    r = averages.compute(cfg, Primary(T0, 60, len(v), {"NOx": v}, operating=np.arange(len(v)) < len(per_day) * 1440))
     return compliance.evaluate(cfg, r)
 
 
@@ -137,3 +139,103 @@ def test_year_to_date_window_is_provisional():
     results, _ = compliance.evaluate_rule(lcp(), rule(lcp(), "lcp_hourly_95_200"), "NOx",
                                           synthetic("hour", 3600, v), (T0, T0 + 100 * 3600))
     assert results[0].provisional and results[0].passed
+
+
+# -- a running day or month is provisional, never a final breach (IED Annex V Part 4 judges completed averages) --
+
+def running_month(hours_high: int = 3):
+    """An LCP stack judged by a periodic run at 2026-03-10 03:20 local: the span ends at 03:00, the day and
+    the month are still running, and the day's three hours so far are at 280 (validated 240 > 110 % of 200)."""
+    from emissions import job, periods
+
+    cfg = StackConfig.model_validate({"name": "s1", "regime": "lcp", "timezone": "Europe/Helsinki",
+                                      "pollutants": [{"name": "NOx", "tag": "nox", "elv": {"month": 200.0}}]})
+    now = int(periods.parse_day("2026-03-10", cfg.timezone)[0]) + 3 * 3600 + 1200
+    span = job.widen(cfg, now - 1, now, "month", whole_days=False)
+    n = (span[1] - span[0]) // 60
+    v = np.full(n, 150.0)
+    v[-60 * hours_high:] = 280.0
+    return cfg, span, averages.compute(cfg, Primary(span[0], 60, n, {"NOx": v}))
+
+
+def test_a_running_day_over_the_limit_is_provisional_not_a_breach():
+    cfg, span, res = running_month()
+    day = res.averages["NOx"]["day"]
+    assert day.valid[-1] and day.end[-1] > span[1] and day.validated[-1] == pytest.approx(240.0)
+    results, events = compliance.evaluate(cfg, res, span)
+    (daily,) = [e for e in events if e.rule == "lcp_daily_110"]
+    assert daily.start == day.start[-1] and daily.provisional and not daily.breach
+    (rule_daily,) = [r for r in results if r.rule == "lcp_daily_110"]
+    assert rule_daily.provisional and not rule_daily.passed  # failing so far, judged when the day ends
+    assert all(r.provisional for r in results if r.rule == "lcp_monthly")
+    assert not any(e.breach for e in events)
+
+
+def test_a_completed_day_over_the_limit_stays_a_breach_while_the_month_runs():
+    cfg, span, res = running_month(hours_high=27)  # 9 March 00:00 - 24:00 high as well: a completed day
+    _, events = compliance.evaluate(cfg, res, span)
+    daily = {e.start: e for e in events if e.rule == "lcp_daily_110"}
+    day = res.averages["NOx"]["day"]
+    assert daily[int(day.start[-2])].breach and not daily[int(day.start[-2])].provisional
+    assert daily[int(day.start[-1])].provisional and not daily[int(day.start[-1])].breach
+    (rule_daily,) = [r for r in compliance.evaluate(cfg, res, span)[0] if r.rule == "lcp_daily_110"]
+    assert not rule_daily.passed and not rule_daily.provisional  # decided by the completed day
+
+
+# -- alternatives: column A or 97 % within column B; CO 10-minute or half-hourly (IED Annex VI Part 8 1.1) --
+
+def group_outcome(cfg: StackConfig, pollutant: str, levels: dict[str, Averages]):
+    """compliance.evaluate on hand-made averages over the whole of 2025 (complete: nothing provisional)."""
+    cfg = StackConfig.model_validate({**cfg.model_dump(), "pollutants": [cfg.pollutant(pollutant).model_dump()]})
+    z = np.zeros(1, dtype=np.int64)
+    year = Averages("year", np.array([T0]), np.array([T0 + YEAR_S]), np.array([50.0]), np.array([40.0]),
+                    np.array([50.0]), np.zeros(1, np.int8), z, z, z, z, z * 1.0, z * 1.0, sub_valid=z + 365,
+                    sub_invalid=z)
+    days = synthetic("day", 86400, np.full(365, 10.0))
+    result = averages.StackResult(cfg.name, T0, 60, {}, {pollutant: {"day": days, "year": year, **levels}}, "")
+    results, events = compliance.evaluate(cfg, result, (T0, T0 + YEAR_S))
+    return {r.rule: r for r in results}, events
+
+
+@pytest.mark.parametrize(("over_a", "over_b", "passed", "decided_by"), [
+    (1, 1, True, "wi_half_hour_b"),  # a half-hour over column A, but 97 % within column B
+    (0, 526, True, "wi_half_hour_a"),  # column B failed (3.0 % over), nothing over column A
+    (1, 526, False, ""),  # both alternatives failed
+])
+def test_waste_half_hourly_column_a_or_column_b(over_a, over_b, passed, decided_by):
+    v = np.full(17520, 150.0)  # NOx: column A 400, column B 200
+    v[1:1 + over_b] = 300.0
+    v[:over_a] = 450.0
+    rules, events = group_outcome(waste_stack(), "NOx", {"half_hour": synthetic("half_hour", 1800, v)})
+    group = rules["wi_half_hour"]
+    assert group.passed is passed and group.decided_by == decided_by and not group.provisional
+    assert group.members == ("wi_half_hour_a", "wi_half_hour_b")
+    assert rules["wi_half_hour_a"].passed is (over_a == 0)  # each alternative's own result is kept
+    assert rules["wi_half_hour_b"].passed is (over_b <= 525)
+    a_events = [e for e in events if e.rule == "wi_half_hour_a"]
+    assert len(a_events) == over_a and all(e.breach is not passed for e in a_events)
+    assert any(e.breach for e in events) is not passed
+
+
+def test_waste_co_ten_minute_or_half_hourly_in_24_hours():
+    ten = np.full(144, 50.0)
+    ten[:8] = 160.0  # 8 of 144 ten-minute averages over 150: the 10-minute alternative fails the day
+    half = np.full(48, 60.0)  # every half-hour within 100
+    rules, events = group_outcome(waste_stack(), "CO", {"ten_min": synthetic("ten_min", 600, ten),
+                                                        "half_hour": synthetic("half_hour", 1800, half)})
+    assert not rules["wi_co_ten_min_95"].passed and rules["wi_co_half_hour_95"].passed
+    group = rules["wi_co_24h"]
+    assert group.passed and group.decided_by == "wi_co_half_hour_95" and group.start == T0 and group.end == T0 + 86400
+    assert not any(e.breach for e in events) and any(e.kind == "window" for e in events)
+
+
+def test_a_single_rule_is_judged_alone():
+    # Column A without a column B limit: no alternative, the half-hour over it is a breach as before.
+    cfg = waste_stack()
+    cfg = StackConfig.model_validate({**cfg.model_dump(), "pollutants": [
+        {**cfg.pollutant("NOx").model_dump(), "elv": {"day": 200.0, "half_hour_100": 400.0}}]})
+    v = np.full(17520, 150.0)
+    v[5] = 450.0
+    rules, events = group_outcome(cfg, "NOx", {"half_hour": synthetic("half_hour", 1800, v)})
+    assert "wi_half_hour" not in rules and not rules["wi_half_hour_a"].passed
+    assert [(e.rule, e.breach) for e in events] == [("wi_half_hour_a", True)]

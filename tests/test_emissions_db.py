@@ -17,7 +17,8 @@ import pytest
 
 from edge.db.migrate import migrate
 from edge.records import Flag, Quality
-from emissions import job, synthetic
+from emissions import job, periods, synthetic
+from emissions.config import StackConfig
 
 T0 = int(datetime(2025, 3, 1, tzinfo=UTC).timestamp())
 DAYS = 3
@@ -141,9 +142,10 @@ def test_recomputing_is_idempotent_and_late_data_corrects(conn):
     synthetic.copy_readings(conn, ids[cfg.pollutant("NOx").tag], hh + 60 * np.arange(30), np.full(30, 900.0))
     job.run_span(conn, cfg, T0, T0 + DAYS * 86400, context="day")
     with conn.cursor() as cur:
-        cur.execute("SELECT rule, breach FROM emission_events WHERE stack = %s AND pollutant = 'NOx' "
+        cur.execute("SELECT rule, breach, provisional FROM emission_events WHERE stack = %s AND pollutant = 'NOx' "
                     "AND period = 'half_hour' AND period_start = to_timestamp(%s)", (cfg.name, hh))
-        assert ("wi_half_hour_a", True) in cur.fetchall()
+        # Over column A: judged with its alternative (97 % within column B) when the year is complete.
+        assert ("wi_half_hour_a", False, True) in cur.fetchall()
     # ... and when it is corrected again, the event goes away.
     with conn.cursor() as cur:
         cur.execute("UPDATE readings SET value = 100 WHERE tag_id = %s AND time >= to_timestamp(%s) "
@@ -269,3 +271,83 @@ def test_report_pdf_where_chromium_is_installed(conn, pg_dsn, tmp_path):
     assert proc.returncode == 0, proc.stderr
     pdf = tmp_path / f"emissions_{name}_2025-03.pdf"
     assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 10_000
+
+
+def lcp_helsinki(name: str) -> StackConfig:
+    return StackConfig.model_validate({"name": name, "regime": "lcp", "timezone": "Europe/Helsinki",
+                                       "pollutants": [{"name": "NOx", "tag": f"{name}.NOx", "elv": {"month": 200.0}}]})
+
+
+def seed_day(conn, cfg: StackConfig, day: str, value: float) -> tuple[int, int]:
+    start, end = periods.parse_day(day, cfg.timezone)
+    ids = synthetic.ensure_tags(conn, [cfg.pollutant("NOx").tag], asset=cfg.name)
+    t = np.arange(start, end, 60)
+    synthetic.copy_readings(conn, ids[cfg.pollutant("NOx").tag], t, np.full(len(t), value))
+    return start, end
+
+
+def judged(conn, stack: str, rule: str) -> tuple[list, list]:
+    """(period start, breach, provisional) of the rule's events; (window start, passed, provisional) of its results."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT extract(epoch FROM period_start)::bigint, breach, provisional FROM emission_events "
+                    "WHERE stack = %s AND rule = %s ORDER BY period_start", (stack, rule))
+        events = cur.fetchall()
+        cur.execute("SELECT extract(epoch FROM window_start)::bigint, passed, provisional FROM emission_compliance "
+                    "WHERE stack = %s AND rule = %s ORDER BY window_start", (stack, rule))
+        return events, cur.fetchall()
+
+
+def test_a_running_day_is_stored_provisional_and_judged_when_it_ends(conn):
+    """The periodic run at 03:20 covers the day up to 03:00: its three hours at 280 (validated 240, over 110 % of
+    the ELV 200) make a valid day so far, stored as a provisional exceedance; the run after midnight judges it."""
+    cfg = lcp_helsinki(f"T{uuid.uuid4().hex[:8]}")
+    day, next_day = seed_day(conn, cfg, "2026-03-10", 280.0)
+    month = periods.parse_month("2026-03", cfg.timezone)[0]
+    now = day + 3 * 3600 + 1200
+    sr = job.run_span(conn, cfg, now - 1, now, context="month", whole_days=False)
+    assert sr.span == (month, day + 3 * 3600)
+    assert judged(conn, cfg.name, "lcp_daily_110") == ([(day, False, True)], [(month, False, True)])
+    assert not any(e.breach for e in sr.events)
+    later = next_day + 1200
+    job.run_span(conn, cfg, later - 1, later, context="month", whole_days=False)
+    assert judged(conn, cfg.name, "lcp_daily_110") == ([(day, True, False)], [(month, False, False)])
+
+
+async def test_periodic_job_computes_the_last_hour_of_the_year_once(conn, pg_dsn):
+    """The run at 23:50 on 31 December covers the year up to 23:00; the first runs of the new year start from
+    1 January: the year just ended is computed once to its end (its last hour, last day and yearly windows)."""
+    import asyncio
+
+    cfg = lcp_helsinki(f"T{uuid.uuid4().hex[:8]}")
+    day, new_year = seed_day(conn, cfg, "2025-12-31", 300.0)
+    year = periods.year_of(day, cfg.timezone)[0]
+    stop = asyncio.Event()
+    times = iter([new_year - 600, new_year + 300, new_year + 600])
+
+    def clock() -> float:
+        t = next(times)
+        if t == new_year + 600:
+            stop.set()  # the third run is the last
+        return t
+
+    await job.run_periodic(pg_dsn, [cfg], stop, interval_s=0.01, full_interval_s=3600, clock=clock)
+    with conn.cursor() as cur:
+        cur.execute("SELECT extract(epoch FROM span_start)::bigint, extract(epoch FROM span_end)::bigint "
+                    "FROM emission_runs WHERE stack = %s ORDER BY id", (cfg.name,))
+        assert cur.fetchall() == [(year, new_year - 3600), (year, new_year)]  # the new year: nothing closed yet
+    value = stored(conn, cfg.name, "NOx", "hour", new_year - 3600)
+    assert value is not None and value[0] == pytest.approx(300.0)
+    assert judged(conn, cfg.name, "lcp_daily_110")[0] == [(day, True, False)]
+    assert judged(conn, cfg.name, "lcp_hourly_95_200")[1] == [(year, True, False)]
+
+
+def test_after_a_restart_the_job_finishes_the_year_it_last_computed(conn, pg_dsn):
+    """The gateway stopped after its 23:50 run on 31 December and starts again in January: where the previous run
+    ended is read from emission_runs, and the year before is computed to its end once."""
+    cfg = lcp_helsinki(f"T{uuid.uuid4().hex[:8]}")
+    day, new_year = seed_day(conn, cfg, "2025-12-31", 300.0)
+    job.run_span(conn, cfg, new_year - 601, new_year - 600, whole_days=False)
+    assert stored(conn, cfg.name, "NOx", "hour", new_year - 3600) is None
+    assert job._run_once(pg_dsn, cfg, new_year + 3 * 86400 + 300, "year", None) == new_year + 3 * 86400
+    assert stored(conn, cfg.name, "NOx", "hour", new_year - 3600)[0] == pytest.approx(300.0)
+    assert judged(conn, cfg.name, "lcp_daily_110")[0] == [(day, True, False)]

@@ -39,6 +39,13 @@ def link(tmp_path, features, **kw) -> PemsLink:
                     registry=str(tmp_path / "models"), inputs={n: f"GT.{n}" for n in features}, **kw)
 
 
+def ticking():
+    """A clock for LivePems that has moved past ``refresh_s`` at every reading: each `maybe_refresh` asks."""
+    import itertools
+
+    return itertools.count(0.0, 3600.0).__next__
+
+
 def row(features, X, i) -> dict[str, float]:
     return {f"GT.{n}": float(X[i, j]) for j, n in enumerate(features)}
 
@@ -102,13 +109,14 @@ def test_promoting_a_second_version_switches_predictions_without_a_gap(tmp_path,
     reg = Registry(tmp_path / "models", dsn)
     register(reg, estimator="linear")  # v1: the linear baseline
     # The link alone says where the registry is; the gateway passes the site database for registry_db.
-    live = LivePems(link(tmp_path, features, refresh_s=0, registry_db=dsn is not None), asset="GT", target="NOx",
-                    dsn=dsn)
+    live = LivePems(link(tmp_path, features, refresh_s=1, registry_db=dsn is not None), asset="GT", target="NOx",
+                    dsn=dsn, clock=ticking())
     v2 = None
     steps = []
     for i in range(120):
         if i == 60:
             v2 = register(reg, estimator="hgb")  # v2: gradient boosting, through the gate (it beats v1)
+        live.maybe_refresh()  # between two intervals, as the gateway does off its event loop
         step = live.push(T0 + 3600 * i, row(features, X, i), float(y[i]))
         assert step is not None, f"no prediction at interval {i}"  # no gap across the swap
         steps.append(step)
@@ -120,6 +128,7 @@ def test_promoting_a_second_version_switches_predictions_without_a_gap(tmp_path,
     # Truth for a v1 prediction says nothing about v2: ignored after the swap.
     old = live.predict(T0 + 3600 * 500, row(features, X, 100))
     reg.rollback("pems-nox")  # back to v1 (one command); the next refresh serves it
+    live.maybe_refresh()
     live.predict(T0 + 3600 * 501, row(features, X, 101))
     assert live.version == 1 and old.details["registry_version"] == 2
     assert not live.observe(T0 + 3600 * 500, float(y[100]))
@@ -132,9 +141,10 @@ def test_no_champion_yet_and_unmapped_inputs(tmp_path, sample, caplog):
     features, X, _ = sample
     reg = Registry(tmp_path / "models")
     with caplog.at_level(logging.WARNING):
-        live = LivePems(link(tmp_path, features, refresh_s=0), registry=reg)
+        live = LivePems(link(tmp_path, features, refresh_s=1), registry=reg, clock=ticking())
     assert live.version is None and live.push(T0, row(features, X, 0)) is None and "no champion" in caplog.text
     register(reg)
+    live.maybe_refresh()
     assert live.push(T0, row(features, X, 0)).prediction.details["registry_version"] == 1  # picked up
     partial = PemsLink(tag="p", model_id="pems-nox", inputs={"AT": "GT.AT"})
     with pytest.raises(ValueError, match="maps to no tag"):
@@ -241,11 +251,59 @@ def test_registry_database_down_at_start_then_back(tmp_path, sample, own_pg_serv
     own_pg_server.stop()
     try:
         with caplog.at_level(logging.ERROR, logger="emissions.pems_live"):
-            live = LivePems(link(tmp_path, features, refresh_s=0, registry_db=True), asset="GT", target="NOx",
-                            dsn=dsn)
-            assert [live.predict(T0 + 3600 * i, row(features, X, i)) for i in range(5)] == [None] * 5
+            live = LivePems(link(tmp_path, features, refresh_s=1, registry_db=True), asset="GT", target="NOx",
+                            dsn=dsn, clock=ticking())
+            for i in range(5):
+                live.maybe_refresh()
+                assert live.predict(T0 + 3600 * i, row(features, X, i)) is None
     finally:
         own_pg_server.start()
     assert sum("registry" in r.getMessage() for r in caplog.records) == 1
+    live.maybe_refresh()
     p = live.predict(T0 + 3600 * 5, row(features, X, 5))
     assert p is not None and p.details["registry_version"] == 1 and live.version == 1
+
+
+def test_predicting_never_reads_the_registry_refresh_is_off_the_loop(monkeypatch):
+    """LiveEmissions.observe runs on the gateway's event loop: a prediction never asks the registry (files, the
+    database), even when a refresh is due; only refresh_pems does, which the gateway runs in a worker thread."""
+    import threading
+    import time
+    from datetime import UTC, datetime
+
+    import models.registry
+    from edge.records import Reading
+    from emissions.config import StackConfig
+    from emissions.live import LiveEmissions
+
+    asked: list[str] = []
+
+    class Registry:  # counts every registry read and the thread it ran on
+        def __init__(self, *_args, **_kw):
+            pass
+
+        def champion(self, _model_id):
+            asked.append(threading.current_thread().name)
+
+    monkeypatch.setattr(models.registry, "Registry", Registry)
+    lk = {"tag": "GT.NOx.pems", "model_id": "pems-nox", "inputs": {"AT": "GT.AT"}, "refresh_s": 0.001}
+    cfg = StackConfig.model_validate({"name": "GT", "regime": "lcp", "pollutants": [
+        {"name": "NOx", "tag": "GT.NOx", "o2_correction": False, "elv": {"month": 500.0}, "pems": lk}]})
+    live = LiveEmissions([cfg])
+    at_start = len(asked)  # read once when the monitor starts
+    time.sleep(0.01)
+    assert live.pems_due()
+    ts = [datetime.fromtimestamp(T0 + 60 * i, UTC) for i in range(20)]
+    live.observe([r for t in ts for r in (Reading("GT.AT", t, 15.0, t), Reading("GT.NOx", t, 40.0, t))])
+    live.flush()
+    assert len(asked) == at_start  # 20 closed intervals, due all along, no registry read
+    worker = threading.Thread(target=live.refresh_pems, name="refresh-worker")
+    worker.start()
+    worker.join()
+    assert asked[at_start:] == ["refresh-worker"] and not live.pems_due()
+
+
+@pytest.mark.parametrize("refresh_s", [0, -5])
+def test_refresh_interval_must_be_positive(refresh_s):
+    with pytest.raises(ValueError, match=r"pems.refresh_s must be > 0 seconds.*off the gateway's event loop"):
+        PemsLink(tag="p", model_id="pems-nox", refresh_s=refresh_s)
