@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 
 import psycopg
@@ -83,6 +84,15 @@ async def write_records(conn: psycopg.AsyncConnection, records: list[tuple[str, 
 
 
 # -- the live analytics task -------------------------------------------------------------------
+@dataclass(slots=True)
+class _Outbox:
+    """One notifier's queue of alert-change groups, and how many changes it dropped while full."""
+
+    notifier: object
+    queue: asyncio.Queue
+    dropped: int = 0
+
+
 def maintenance_config(cfg: SiteConfig):
     """The ``[maintenance]`` section with the top-level ``[[rules]]`` added, or None when nothing is configured."""
     from maintenance.config import MaintenanceConfig
@@ -128,11 +138,14 @@ class Analytics:
         self.notifiers: list = []
         self.latest = None  # latest reading time seen (datetime): analytics' clock
         self._synced = False
-        # Alert changes waiting for the notifiers: one task sends them in order (a "cleared" never overtakes its
-        # "raised"); bounded, so a receiver that is down for hours costs a fixed amount of memory.
-        self._outbox: asyncio.Queue[list] = asyncio.Queue(maxsize=NOTIFY_QUEUE_GROUPS)
-        self.notify_dropped = 0
+        # Alert changes waiting for each notifier: one queue and one task per notifier, sending in order (a
+        # "cleared" never overtakes its "raised"), so a receiver that is down delays only itself; bounded, so one
+        # that is down for hours costs a fixed amount of memory.
+        self._outboxes: list[_Outbox] = []
         self._tags: frozenset[str] | None = None
+        # Batches waiting in the spool (the gateway sets it): tells "not written yet" from "never will be".
+        self.spool_pending = None
+        self._missing_drained: set[str] = set()
 
     @property
     def enabled(self) -> bool:
@@ -176,7 +189,7 @@ class Analytics:
     async def run(self) -> None:
         self._start_notifiers()
         sync = asyncio.create_task(self._sync_loop())
-        notify = asyncio.create_task(self._notify_loop())
+        notify = [asyncio.create_task(self._notify_loop(box)) for box in self._outboxes]
         try:
             while True:
                 group = await self.queue.get()
@@ -192,8 +205,9 @@ class Analytics:
                                   extra={"event": "analytics_error"})
         finally:
             sync.cancel()
-            notify.cancel()
-            await asyncio.gather(sync, notify, return_exceptions=True)
+            for t in notify:
+                t.cancel()
+            await asyncio.gather(sync, *notify, return_exceptions=True)
             for n in self.notifiers:
                 await n.aclose()
 
@@ -224,15 +238,15 @@ class Analytics:
         self.predictions += len(preds)
         self.alert_changes += len(changes)
         await self.emit(Batch(SOURCE, derived, records=records))
-        if changes and self.notifiers:
+        for box in self._outboxes if changes else ():
             try:
-                self._outbox.put_nowait(changes)
+                box.queue.put_nowait(changes)
             except asyncio.QueueFull:
-                if not self.notify_dropped:
-                    log.error("alert notifications are %d groups behind (a receiver is down or slow); dropping "
-                              "new ones until they catch up (the alerts themselves are stored)", self._outbox.qsize(),
-                              extra={"event": "notify_behind"})
-                self.notify_dropped += len(changes)
+                if not box.dropped:
+                    log.error("alert notifications to %s are %d groups behind (the receiver is down or slow); "
+                              "dropping new ones until it catches up (the alerts themselves are stored)",
+                              box.notifier.name, box.queue.qsize(), extra={"event": "notify_behind"})
+                box.dropped += len(changes)
                 self.metrics.notifications.labels("dropped").inc(len(changes))
 
     def _start_notifiers(self) -> None:
@@ -248,27 +262,27 @@ class Analytics:
                         if n.mqtt.password else None)
             self.notifiers.append(MqttNotifier(n.mqtt, password))
         self.notifiers += [WebhookNotifier(w) for w in n.webhooks]
+        self._outboxes = [_Outbox(n, asyncio.Queue(maxsize=NOTIFY_QUEUE_GROUPS)) for n in self.notifiers]
 
-    async def _notify_loop(self) -> None:
+    async def _notify_loop(self, box: _Outbox) -> None:
         while True:
-            changes = await self._outbox.get()
-            await self._notify(changes)
-            if self.notify_dropped and self._outbox.empty():
-                log.warning("alert notifications caught up; %d changes were not notified", self.notify_dropped,
-                            extra={"event": "notify_resumed"})
-                self.notify_dropped = 0
+            changes = await box.queue.get()
+            await self._notify(box.notifier, changes)
+            if box.dropped and box.queue.empty():
+                log.warning("alert notifications to %s caught up; %d changes were not notified", box.notifier.name,
+                            box.dropped, extra={"event": "notify_resumed"})
+                box.dropped = 0
 
-    async def _notify(self, changes: list) -> None:
+    async def _notify(self, n, changes: list) -> None:
         for ch in changes:
-            for n in self.notifiers:
-                try:
-                    ok, detail = await n.send(ch)
-                except Exception as exc:  # a notifier must never take analytics down
-                    ok, detail = False, repr(exc)
-                if not ok:
-                    log.warning("notification of alert %s failed: %s", ch.alert.id, detail,
-                                extra={"event": "notify_failed", "asset": ch.alert.asset})
-                self.metrics.notifications.labels("ok" if ok else "failed").inc()
+            try:
+                ok, detail = await n.send(ch)
+            except Exception as exc:  # a notifier must never take analytics down
+                ok, detail = False, repr(exc)
+            if not ok:
+                log.warning("notification of alert %s to %s failed: %s", ch.alert.id, n.name, detail,
+                            extra={"event": "notify_failed", "asset": ch.alert.asset})
+            self.metrics.notifications.labels("ok" if ok else "failed").inc()
 
     async def _sync_loop(self) -> None:
         """Keep the alert manager in step with the database: open alerts, acknowledgements, windows."""
@@ -299,6 +313,15 @@ class Analytics:
         missing = [o.alert.id for o in self.manager.open.values() if o.alert.id not in by_id]
         for alert_id in await store.cleared_ids(conn, missing) if missing else ():
             self.manager.cleared_by_hand(alert_id)
+        # Missing with nothing left in the spool, twice running: its row was refused (dead-lettered), so it will
+        # never be written; forgotten, an active condition raises it again (a row the board shows).
+        drained = self.spool_pending is not None and self.spool_pending() == 0
+        unwritten = {i for i in missing if i in self._missing_drained} if drained else set()
+        for alert_id in unwritten - {a.id for a, *_ in stored}:
+            log.warning("alert %s was never stored (its row was refused: see dead_letters); raising it again if "
+                        "its condition lasts", alert_id, extra={"event": "alert_unstored"})
+            self.manager.cleared_by_hand(alert_id)
+        self._missing_drained = set(missing) if drained else set()
         for o in list(self.manager.open.values()):
             db = by_id.get(o.alert.id)
             if db is not None and db.acknowledged_at and o.alert.acknowledged_at is None:

@@ -33,6 +33,15 @@ LATENCY_SAMPLES_PER_BATCH = 16
 DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError, ValueError, OverflowError)
 
 
+def _nul_rows(cols: Columns) -> list[int]:
+    """Rows PostgreSQL will refuse for a NUL character in their tag name or text value."""
+    bad_tags = {i for i, t in enumerate(cols.tags) if "\x00" in t}
+    rows = [i for i, v in cols.other.items() if isinstance(v, str) and "\x00" in v]
+    if bad_tags:
+        rows += [i for i in range(len(cols)) if int(cols.tag_idx[i]) in bad_tags]
+    return sorted(set(rows))
+
+
 class Forwarder:
     def __init__(self, worker: SpoolWorker, conninfo: str, cfg: SiteConfig, metrics: Metrics,
                  wake: asyncio.Event):
@@ -197,6 +206,8 @@ class Forwarder:
         sink = sink or self.sink
         t0 = time.perf_counter()
         try:
+            if any(_nul_rows(b.columns) for b in batches):  # known to be refused: no need to ask the database
+                raise ValueError("a text with a NUL character (PostgreSQL text cannot hold one)")
             result = await sink.write(batches)
         except DATA_ERRORS as exc:
             if not sink.connected:
@@ -217,7 +228,7 @@ class Forwarder:
         retrying it whole would block the spool for ever. Write it in halves down to the single readings it
         refuses; those become dead letters with the database's error. Every good reading is stored."""
         cols = Columns.concat([b.columns for b in batches])
-        log.error("database refused a group of %d readings (%s); writing it in parts to find the bad ones",
+        log.error("a group of %d readings cannot be stored whole (%s); writing it in parts to keep the good ones",
                   len(cols), f"{type(exc).__name__}: {exc}".strip(),
                   extra={"event": "db_refused", "seqs": [b.seq for b in batches]})
         total = WriteResult(rows=0, inserted=0, duplicates=0)
@@ -227,6 +238,11 @@ class Forwarder:
                   if b.dead_letters or b.records]
         if extras:
             total.add(await sink.write(extras))
+        nul = _nul_rows(cols)
+        if nul:  # refused for certain: set aside at once (a PLC's NUL-padded strings would otherwise cost a split)
+            nul_error = ValueError("a text with a NUL character (PostgreSQL text cannot hold one)")
+            refused += [(cols.take([i]), nul_error) for i in nul]
+            cols = cols.take(sorted(set(range(len(cols))) - set(nul)))
         await self._split(cols, sink, total, refused)
         if refused:
             await sink.write_refused(refused)
@@ -241,6 +257,7 @@ class Forwarder:
             return
         try:
             total.add(await sink.write([SpooledBatch(0, cols, [], 0.0)]))
+            self.heartbeat = time.monotonic()  # a long split is progress, not a stall (edge/watchdog.py)
             return
         except DATA_ERRORS as exc:
             if not sink.connected:

@@ -93,6 +93,7 @@ class Gateway:
         from edge.analytics import Analytics
 
         analytics = Analytics(self.cfg, self.metrics, self.ingest.emit, self.conninfo)
+        analytics.spool_pending = lambda: self.spool.batches
         if not analytics.enabled:
             return None
         self.ingest.on_spooled = analytics.offer

@@ -100,8 +100,14 @@ class Ingest:
     async def _commit(self, group: list[Batch], give_up_at: float | None = None) -> None:
         # The group becomes one Columns, validated and spooled as one row: array work over tens of
         # thousands of readings at once costs far less per reading than per message.
-        cols = Columns.concat(_columns_of(group))
-        self.validator.apply(cols, utcnow())
+        try:
+            cols = Columns.concat(_columns_of(group))
+            self.validator.apply(cols, utcnow())
+        except Exception as exc:  # a bug some value found: the group cannot be spooled; tell who waits, then fail
+            for b in group:
+                if b.nack is not None:
+                    b.nack(exc)
+            raise
         items = [(cols, [d for b in group for d in b.dead_letters], [r for b in group for r in b.records])]
         n = len(cols)
         rejected = failed = False
@@ -130,6 +136,9 @@ class Ingest:
                 log.error("shutting down: %d readings could not be spooled (%s); not acknowledged upstream, so "
                           "MQTT brokers send them again", n, self.last_error or "spool full",
                           extra={"event": "drain_gave_up", "readings": n})
+                for b in group:
+                    if b.nack is not None:
+                        b.nack(RuntimeError("not spooled at shutdown"))
                 return
             await asyncio.sleep(FULL_RETRY_S)
         self._report_dropped()

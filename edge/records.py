@@ -86,8 +86,9 @@ class Batch:
     """Readings handed from a collector to the pipeline as one unit.
 
     `ack` is called once every reading in the batch is durable in the spool;
-    collectors use it to acknowledge upstream (MQTT PUBACK). `source` names the
-    collector for metrics and logs.
+    collectors use it to acknowledge upstream (MQTT PUBACK). `nack(exc)` is called instead
+    when the batch could not be spooled (it is gone): a collector waiting for the ack stops
+    waiting. `source` names the collector for metrics and logs.
     """
 
     source: str
@@ -96,6 +97,7 @@ class Batch:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     # Other record types (predictions, alert changes) as (kind, msgpack-able dict); see edge/analytics.py.
     records: list[tuple[str, dict]] = field(default_factory=list)
+    nack: object | None = None  # Callable[[BaseException], None]
 
 
 @dataclass(slots=True)

@@ -192,8 +192,9 @@ class Service:
             raise RuntimeError("gateway returned before it was ready")
         self.gateway, self._gw_stop, self._gw_task = gw, stop, task
 
-    async def _stop_gateway(self, timeout_s: float, flush_s: float) -> bool:
-        """Stop the running gateway gracefully within ``timeout_s``; True if it finished in time."""
+    async def _stop_gateway(self, timeout_s: float, flush_s: float, cancel_wait_s: float = 0.0) -> bool:
+        """Stop the running gateway gracefully within ``timeout_s``; True if it finished in time. Else it is
+        cancelled and awaited up to ``cancel_wait_s`` more (a reload; the final stop exits the process anyway)."""
         gw, task = self.gateway, self._gw_task
         self.gateway = None
         if gw is None or task is None:
@@ -203,7 +204,8 @@ class Service:
         done, _ = await asyncio.wait({task}, timeout=timeout_s)
         if not done:
             task.cancel()  # stop its flush and tasks; it must not go on writing to the spool beside a new one
-            await asyncio.wait({task}, timeout=STOP_MARGIN_S)
+            if cancel_wait_s:
+                await asyncio.wait({task}, timeout=cancel_wait_s)
             return False
         if not task.cancelled() and task.exception() is not None:
             log.error("gateway shutdown failed: %r", task.exception(), exc_info=task.exception(),
@@ -231,8 +233,9 @@ class Service:
             return False
         old = self.cfg
         t0 = time.monotonic()
-        if not await self._stop_gateway(old.service.stop_timeout_s, RELOAD_FLUSH_S) and not self._gw_task.done():
-            # Two gateways on one spool and one HTTP port would be worse than a restart: let the supervisor do it.
+        if not await self._stop_gateway(old.service.stop_timeout_s, RELOAD_FLUSH_S, STOP_MARGIN_S):
+            # A cancelled shutdown leaves parts of the old gateway open (HTTP port, spool, its tasks): a new one beside
+            # it would be two gateways on one spool. A restart by the supervisor is clean.
             log.critical("the running gateway did not stop within %.0f s for the reload; exiting so the supervisor "
                          "restarts the process with the new configuration", old.service.stop_timeout_s,
                          extra={"event": "reload_stop_timeout"})

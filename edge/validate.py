@@ -121,6 +121,13 @@ class Validator:
         worst[not_finite | wrong_type] = _BAD
         worst[out_of_range] = _UNCERTAIN
         for i, val in cols.other.items():  # text, booleans, nulls, big integers
+            if val.__class__ is str and not val.isascii() and not _utf8(val):
+                # Lone surrogates: asyncua decodes a server's non-UTF-8 bytes with surrogateescape. Neither the
+                # spool nor the database can store them, and a group the spool refuses would be retried for ever:
+                # keep the text with U+FFFD in their place, flagged.
+                val = cols.other[i] = _readable(val)
+                flags[i] |= _TYPE
+                worst[i] = max(int(worst[i]), _UNCERTAIN)
             k = states[idx[i]].kind
             if val is not None and k is not None and not _type_ok(k, val):
                 flags[i] |= _TYPE
@@ -185,6 +192,23 @@ class Validator:
                 if new and not r.status_name:
                     r.status_name = ",".join(rule_names(new))
         return flagged
+
+
+def _utf8(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _readable(s: str) -> str:
+    """``s`` with each undecodable byte (or other lone surrogate) as one U+FFFD."""
+    try:
+        raw = s.encode("utf-8", "surrogateescape")  # the server's original bytes
+    except UnicodeEncodeError:
+        raw = s.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
 
 
 def _type_ok(kind: str, v: object) -> bool:

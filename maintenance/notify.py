@@ -64,6 +64,7 @@ class WebhookNotifier:
 
     def __init__(self, cfg: WebhookConfig) -> None:
         self.cfg = cfg
+        self.name = f"webhook {cfg.url.split('?', 1)[0]}"  # for logs: no query string (it may carry a key)
         self.client = httpx.AsyncClient(timeout=cfg.timeout_s, headers=cfg.headers)
 
     async def send(self, ch: AlertChange) -> tuple[bool, str]:
@@ -93,6 +94,7 @@ class MqttNotifier:
 
     def __init__(self, cfg: MqttNotifyConfig, password: str | None = None) -> None:
         self.cfg = cfg
+        self.name = f"MQTT {cfg.host}:{cfg.port}/{cfg.topic_prefix}"
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
         if cfg.username:
             self.client.username_pw_set(cfg.username, password)

@@ -134,3 +134,37 @@ def test_dead_letters_of_a_replayed_batch_are_stored_once(pg_dsn):
     topics, readings = asyncio.run(go())
     assert readings == 10
     assert topics == ["a/b", "a/\\x00c"]  # once each; a NUL in a topic is written escaped, not refused
+
+
+def test_a_group_the_database_refuses_is_written_in_halves(pg_dsn, tmp_path):
+    """Values the database (or the encoding before it) refuses are found by writing the group in halves: each
+    becomes a dead letter with the error, every other reading is stored once, and the spool empties."""
+    from edge.forwarder import Forwarder
+    from edge.metrics import Metrics
+    from edge.pipeline import SpoolWorker
+    from edge.settings import SiteConfig
+    from edge.spool import Spool
+
+    async def go():
+        t0 = utcnow().replace(microsecond=0) - timedelta(hours=1)
+        worker = SpoolWorker(Spool(tmp_path / "spool.db", max_bytes=100 << 20))
+        rs = [Reading(f"e.t{i % 7}", t0 + timedelta(seconds=i), "ok\x00bad" if i == 600 else float(i), t0)
+              for i in range(1000)]
+        first = Columns.from_readings(rs[:500])
+        first.time_us[137] = -(2**62)  # about 146,000 BC: PostgreSQL refuses it ("timestamp out of range")
+        await worker.call(worker.spool.append_many, [(first, []), (rs[500:], [])])
+        fwd = Forwarder(worker, pg_dsn, SiteConfig(), Metrics(), asyncio.Event())
+        await fwd._connect()
+        assert await fwd.drain_once(linger=False)
+        async with fwd.sink.conn.cursor() as cur:
+            await cur.execute("SELECT count(*) FROM readings")
+            stored = (await cur.fetchone())[0]
+            await cur.execute("SELECT topic, error FROM dead_letters ORDER BY topic")
+            dead = await cur.fetchall()
+        await fwd.close()
+        return stored, dead, worker.spool.readings, fwd.stored
+
+    stored, dead, left, counted = asyncio.run(go())
+    assert stored == 998 and counted == 998 and left == 0
+    assert [t for t, _ in dead] == ["e.t4", "e.t5"]  # rows 137 and 600
+    assert "out of range" in dead[0][1] and "NUL" in dead[1][1]

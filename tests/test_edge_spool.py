@@ -142,3 +142,31 @@ async def test_shutdown_mid_commit_loses_no_group(tmp_path):
     await busy
     assert worker.spool.readings == 1 and acked == [1]
     worker.shutdown()
+
+
+async def test_a_group_that_cannot_be_spooled_is_nacked(tmp_path):
+    """A collector waiting for its batch's ack (OPC UA answers the server only then) is told when the batch
+    cannot be spooled at all, instead of waiting for ever."""
+    import asyncio
+
+    from edge.metrics import Metrics
+    from edge.pipeline import Ingest, SpoolWorker
+    from edge.records import Batch
+    from edge.settings import Validation
+    from edge.validate import Validator
+
+    class Broken(Validator):  # a bug that some value finds
+        def apply(self, cols, now):
+            raise RuntimeError("validator bug")
+
+    worker = SpoolWorker(Spool(tmp_path / "spool.db", max_bytes=100 << 20))
+    ingest = Ingest(worker, Broken({}, Validation()), Metrics(), queue_batches=16)
+    told: list[BaseException] = []
+    task = asyncio.create_task(ingest.run())
+    now = utcnow()
+    await ingest.emit(Batch("ua", [Reading("A.x", now, 1.0, now)], ack=lambda: told.append(None),
+                            nack=told.append))
+    with pytest.raises(RuntimeError, match="validator bug"):
+        await asyncio.wait_for(task, 5)  # the task dies (the watchdog restarts it) ...
+    assert [str(e) for e in told] == ["validator bug"]  # ... and the collector was told first
+    worker.shutdown()

@@ -76,3 +76,21 @@ def test_unknown_tag_flagged_but_quality_kept_and_type_mismatch_bad():
     v.apply_readings(rs, now)
     assert rs[0].flags & Flag.UNKNOWN_TAG and rs[0].quality == Quality.GOOD
     assert rs[1].flags & Flag.TYPE_MISMATCH and rs[1].quality == Quality.BAD and rs[1].value == "hello"
+
+
+def test_text_that_is_not_utf8_is_replaced_flagged_and_spoolable(tmp_path):
+    """asyncua decodes a server's Latin-1 bytes with surrogateescape: "25 \\udcb0C". The spool could not store
+    it, and ingest retried that group for ever; now the text keeps its readable part, flagged."""
+    from edge.columns import Columns
+    from edge.spool import Spool
+
+    now = utcnow()
+    cols = Columns.from_readings([_r("a", b"25 \xb0C".decode("utf-8", "surrogateescape"), now=now),
+                                  _r("b", "fine", now=now)])
+    make().apply(cols, now)
+    assert cols.other[0] == "25 \ufffdC" and cols.flags[0] & Flag.TYPE_MISMATCH and cols.quality[0] == Quality.UNCERTAIN
+    assert cols.other[1] == "fine" and not cols.flags[1] & Flag.TYPE_MISMATCH
+    spool = Spool(tmp_path / "s.db", max_bytes=1 << 20)
+    spool.append_many([(cols, [])])
+    assert [r[2] for r in spool.peek(10)[0].rows] == ["25 \ufffdC", "fine"]
+    spool.close()

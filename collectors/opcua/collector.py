@@ -369,7 +369,8 @@ class OpcUaCollector:
             # the spool holds it, so the server's retransmission queue keeps whatever is not durable yet.
             stored = asyncio.get_running_loop().create_future()
             await self._emit(Batch(source=self.name, readings=readings,
-                                   ack=lambda: stored.done() or stored.set_result(None)))
+                                   ack=lambda: stored.done() or stored.set_result(None),
+                                   nack=lambda exc: stored.done() or stored.set_exception(exc)))
             await stored
         except Exception as exc:
             # asyncua would log this and acknowledge the message anyway; stop instead so the
