@@ -47,8 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check-config", help="validate a site configuration and print every problem",
-                       description="Exit 0 if the file is valid, 1 with one line per problem otherwise.")
+                       description="Exit 0 if the file is valid, 1 with one line per problem otherwise. Also "
+                                   "resolves its secret references and builds each collector (TLS and key files), "
+                                   "as `run` does, unless --skip-secrets.")
     p.add_argument("path", type=Path, metavar="SITE.toml")
+    p.add_argument("--skip-secrets", action="store_true",
+                   help="check the file only (a machine without the secrets, e.g. CI)")
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("db", help="database administration")
@@ -56,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = dsub.add_parser("migrate", help="apply pending schema migrations",
                         description="Apply pending migrations to the database of --config (or --db URL).")
     _config_arg(m, required=False)
-    m.add_argument("--db", metavar="URL", help="postgresql:// URL (default: from --config or $VALVOJA_DB_URL)")
+    m.add_argument("--db", metavar="URL",
+                   help="postgresql:// URL (default: from --config or $VALVOJA_DB_URL; prefer those for a URL with "
+                        "a password: arguments are visible in ps and shell history)")
     m.set_defaults(func=cmd_db_migrate)
 
     p = sub.add_parser("demo", help="run a simulated plant end to end with embedded servers",
@@ -64,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(or use --db / --mqtt ones), run the gateway on them and print a live status "
                                    "line. Ctrl-C stops everything cleanly.")
     p.add_argument("--db", metavar="URL", help="use this database instead of an embedded one "
-                                               "(default: $VALVOJA_DB_URL if set)")
+                                               "(default: $VALVOJA_DB_URL if set; prefer it for a URL with a "
+                                               "password: arguments are visible in ps)")
     p.add_argument("--mqtt", metavar="HOST:PORT", help="use this MQTT broker instead of starting mosquitto")
     p.add_argument("--state-dir", type=Path, default=Path("var/demo"), help="demo state (default var/demo)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
@@ -84,9 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_check_config(args) -> int:
     from edge import settings
+    from edge.service import in_file, preflight
 
     try:
         cfg = settings.load(args.path)
+        if not args.skip_secrets:
+            try:
+                preflight(cfg)
+            except ConfigError as exc:
+                raise ConfigError(in_file(args.path, exc.problems)) from None
     except ConfigError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)

@@ -23,7 +23,7 @@ import psycopg
 from edge import logs, settings
 from edge.cli import install_stop_signals
 from edge.embedded import EmbeddedMosquitto, embedded_postgres, free_port
-from edge.gateway import Gateway
+from edge.gateway import Gateway, describe_conninfo
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ async def _demo(args) -> None:
     try:
         conninfo = args.db or os.environ.get("VALVOJA_DB_URL")
         if conninfo:
-            print(f"database: {conninfo.split('@')[-1]}")
+            print(f"database: {describe_conninfo(conninfo)}")
         else:
             server, conninfo = await asyncio.to_thread(embedded_postgres, state / "postgres")
             started.append(lambda: asyncio.to_thread(server.cleanup))

@@ -24,9 +24,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_port(port: int, timeout_s: float = 10.0) -> None:
+def wait_port(port: int, timeout_s: float = 10.0, exited=None) -> None:
+    """Wait until something listens on ``port``; ``exited()`` (e.g. ``Popen.poll``) not None ends it early."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if exited is not None and exited() is not None:
+            raise RuntimeError(f"the server meant for 127.0.0.1:{port} exited")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
@@ -63,7 +66,13 @@ class EmbeddedMosquitto:
         log = open(self.state_dir / "mosquitto.log", "ab")  # owned by the child
         self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        wait_port(self.port)
+        try:
+            wait_port(self.port, exited=self.proc.poll)
+        except BaseException:
+            self.stop()  # not yet in the caller's list of things to stop
+            tail = (self.state_dir / "mosquitto.log").read_text(errors="replace").splitlines()[-5:]
+            raise RuntimeError(f"mosquitto did not start (exit code {self.proc.returncode}); "
+                               f"{self.state_dir / 'mosquitto.log'} ends: " + " | ".join(tail)) from None
         return self
 
     def stop(self) -> None:

@@ -38,6 +38,19 @@ DRAIN_TIMEOUT_S = 5.0  # spooling what is queued at shutdown: a full spool gives
 HEALTHY_RUN_S = 30.0
 
 
+def describe_conninfo(conninfo: str) -> str:
+    """Where a connection string points (user@host:port/dbname), never its password: for logs and messages."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        d = conninfo_to_dict(conninfo)
+    except ProgrammingError:
+        return "(a connection string that cannot be parsed)"
+    user = f"{d['user']}@" if d.get("user") else ""
+    return f"{user}{d.get('host', 'localhost')}:{d.get('port', 5432)}/{d.get('dbname', '')}"
+
+
 def database_conninfo(cfg: SiteConfig) -> str | None:
     """The libpq connection string with the password resolved from its reference, or None."""
     db = cfg.database

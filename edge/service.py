@@ -86,6 +86,11 @@ def preflight(cfg: SiteConfig) -> None:
         raise ConfigError(problems)
 
 
+def in_file(path: Path, problems: list[str]) -> list[str]:
+    """Problems found after parsing (secrets, collector files) named with the configuration file, as parsing's are."""
+    return [p if p.startswith(f"{path}:") else f"{path}: {p}" for p in problems]
+
+
 class Service:
     """Runs one gateway for ``config_path`` until stopped; see the module docstring."""
 
@@ -118,8 +123,8 @@ class Service:
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         try:
             await self._start_gateway(self.cfg)
-        except ConfigError:
-            raise  # the CLI prints every problem, one per line
+        except ConfigError as exc:  # the CLI prints every problem, one per line, each naming the file
+            raise ConfigError(in_file(self.config_path, exc.problems)) from None
         except Exception as exc:
             log.critical("gateway failed to start: %s: %s", type(exc).__name__, exc, exc_info=exc,
                          extra={"event": "start_failed"})
@@ -229,7 +234,7 @@ class Service:
             new = await asyncio.to_thread(settings.load, path)
             await asyncio.to_thread(preflight, new)
         except ConfigError as exc:
-            self._rejected(exc.problems)
+            self._rejected(in_file(path, exc.problems))
             return False
         old = self.cfg
         t0 = time.monotonic()

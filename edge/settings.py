@@ -100,9 +100,11 @@ class Database(Strict):
             return v
         if not v.startswith(("postgresql://", "postgres://", "env:", "file:")):
             raise ValueError("must start with postgresql:// (or be an env:/file: reference)")
-        if v.startswith("postgres") and "@" in v.split("//", 1)[1]:
-            userinfo = v.split("//", 1)[1].split("@", 1)[0]
-            if ":" in userinfo:
+        if v.startswith("postgres"):
+            from urllib.parse import parse_qs, urlsplit
+
+            url = urlsplit(v)
+            if url.password is not None or "password" in parse_qs(url.query):
                 raise ValueError("contains a password; put it in database.password as env:NAME or file:/path")
         return v
 
@@ -131,6 +133,14 @@ class Validation(Strict):
 class Http(Strict):
     listen: str = Field("127.0.0.1:9108", pattern=r"^[^:]+:\d+$")
     enabled: bool = True
+
+    @field_validator("listen")
+    @classmethod
+    def _port_in_range(cls, v: str) -> str:
+        port = int(v.rsplit(":", 1)[1])
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port {port} is not a TCP port (0-65535; 0 picks a free one)")
+        return v
 
 
 class Logging(Strict):

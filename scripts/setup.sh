@@ -38,9 +38,12 @@ quiet() {
 }
 cleanup() {
   [[ -z "$policy_added" ]] || rm -f /usr/sbin/policy-rc.d
-  [[ -z "$build_pid" ]] || kill "$build_pid" 2>/dev/null || true
-  [[ -z "$base_pid" ]] || kill "$base_pid" 2>/dev/null || true
-  [[ -z "$node_pid" ]] || kill "$node_pid" 2>/dev/null || true
+  # Each background job is its own process group (set -m below): kill the whole group, so a `make -j`, `npm ci`
+  # or debootstrap under it does not run on (holding no lock: the jobs do not inherit fd 9) after a failure.
+  local pid
+  for pid in "$build_pid" "$base_pid" "$node_pid"; do
+    [[ -z "$pid" ]] || kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true
+  done
 }
 
 apt_packages() {
@@ -161,7 +164,8 @@ main() {
   else
     step "timescaledb: building from Debian trixie's source package (in the background, log in $BUILD_DIR)"
     # The compile is CPU-bound, pip mostly waits on the network and disk: doing both at once saves a minute.
-    (LOG="$BUILD_DIR/timescaledb-build.log" && : >"$LOG" && build_timescaledb "$ext_dir") &
+    set -m  # job control: each background job gets a process group of its own (see cleanup)
+    (LOG="$BUILD_DIR/timescaledb-build.log" && : >"$LOG" && build_timescaledb "$ext_dir") 9>&- &
     build_pid=$!
   fi
 
@@ -171,12 +175,15 @@ main() {
     step "container base image: cached"
   else
     step "container base image: building in the background (log in $BUILD_DIR/base-image.log)"
-    (VALVOJA_BUILD_DIR="$BUILD_DIR" python3 "$ROOT/docker/localbuild.py" base >"$BUILD_DIR/base-image.log" 2>&1) &
+    set -m
+    (VALVOJA_BUILD_DIR="$BUILD_DIR" python3 "$ROOT/docker/localbuild.py" base >"$BUILD_DIR/base-image.log" 2>&1) 9>&- &
     base_pid=$!
   fi
 
-  node_peer &
+  set -m
+  node_peer 9>&- &
   node_pid=$!
+  set +m
 
   python_env
 

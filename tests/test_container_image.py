@@ -137,7 +137,7 @@ def test_stack_gateway_config_is_valid_inside_the_image(image, tmp_path):
     res = podman("run", "--rm", "--network", "none", "--read-only",
                  "-v", f"{localbuild.ROOT / 'docker/gateway.toml'}:/etc/valvoja/gateway.toml:ro",
                  "-v", f"{ca.cert_path}:/etc/valvoja/certs/ca.crt:ro",
-                 image, "check-config", "/etc/valvoja/gateway.toml", check=False)
+                 image, "check-config", "--skip-secrets", "/etc/valvoja/gateway.toml", check=False)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "OK" in res.stdout
 

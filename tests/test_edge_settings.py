@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,8 @@ def test_good_config_loads(tmp_path):
 @pytest.mark.parametrize("change, expected", [
     ('[site]\ngateway_id = "has space"', "site.gateway_id: String should match pattern"),
     ('[database]\nurl = "postgresql://u:pw@h/db"', "database.url: contains a password"),
+    ('[database]\nurl = "postgresql://u@h/db?sslmode=require&password=pw"', "database.url: contains a password"),
+    ('[http]\nlisten = "127.0.0.1:70000"', "http.listen: port 70000 is not a TCP port"),
     ('[database]\npassword = "hunter2"', "database.password: must be a reference"),
     ('[database]\nbatchrows = 5', "database.batchrows: unknown key"),
     ('[database]\nbatch_rows = -1', "database.batch_rows: Input should be greater than or equal to 1"),
@@ -93,9 +96,21 @@ def test_check_config_command_exit_codes(tmp_path):
     good.write_text(GOOD)
     bad = tmp_path / "bad.toml"
     bad.write_text('[spool]\nmax_bytes = 1\n[http]\nlisten = "nowhere"\n')
-    ok = subprocess.run([sys.executable, "-m", "edge.cli", "check-config", str(good)], capture_output=True, text=True)
+    env = {**os.environ, "VALVOJA_TEST_PW": "pw"}
+    ok = subprocess.run([sys.executable, "-m", "edge.cli", "check-config", str(good)], capture_output=True, text=True,
+                        env=env)
     assert ok.returncode == 0, ok.stderr
     assert "OK" in ok.stdout
+    # Secret references are resolved as `run` would (the unit's ExecStartPre relies on it) ...
+    env.pop("VALVOJA_TEST_PW")
+    unset = subprocess.run([sys.executable, "-m", "edge.cli", "check-config", str(good)], capture_output=True,
+                           text=True, env=env)
+    assert unset.returncode == 1 and unset.stderr.startswith(f"{good}: database.password:"), unset.stderr
+    assert "VALVOJA_TEST_PW" in unset.stderr
+    # ... unless asked not to (a machine without the secrets)
+    skip = subprocess.run([sys.executable, "-m", "edge.cli", "check-config", "--skip-secrets", str(good)],
+                          capture_output=True, text=True, env=env)
+    assert skip.returncode == 0, skip.stderr
     ko = subprocess.run([sys.executable, "-m", "edge.cli", "check-config", str(bad)], capture_output=True, text=True)
     assert ko.returncode == 1
     assert "spool.max_bytes" in ko.stderr and "http.listen" in ko.stderr and "2 problem(s)" in ko.stderr
