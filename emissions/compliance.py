@@ -11,7 +11,8 @@ kept as an `Event` (a breach, or tolerated within a share rule), and a failed wi
 own. The directive judges completed averages: an average whose period is not inside the evaluated span
 (the running day or month of a job that computes up to the last whole hour) and a window only partly
 covered by it (a year to date) are provisional, and a provisional event is never a breach
-(``breach = False``); the final judgement is made when a computation covers the whole period.
+(``breach = False``); the final judgement is made when a computation covers the whole period. A window or
+period that started before the span (a month's run and its year) is not judged at all (`evaluate`).
 Rules sharing a ``group`` are alternatives (`evaluate_group`): the group passes when any member passes.
 The count of invalid days per year is checked against ``max_invalid_days_per_year`` as well.
 """
@@ -230,7 +231,11 @@ def alternatives(stack: StackConfig, pollutant: Pollutant) -> list[list[Rule]]:
 
 def evaluate(stack: StackConfig, result: StackResult,
              span: tuple[int, int] | None = None) -> tuple[list[RuleResult], list[Event]]:
-    """Every configured rule for every pollutant it applies to, plus the invalid-day count."""
+    """Every configured rule for every pollutant it applies to, plus the invalid-day count.
+
+    A window or period that started before ``span`` (the year of a month's run, the month of a day's) holds only
+    the part of its data inside the span: it is not judged here (no result, no event), only a run covering it
+    from its start judges it. It still makes the events inside the span that depend on it provisional."""
     if span is None:
         n = len(next(iter(result.normalised.values())).valid) if result.normalised else 0
         span = (result.t0, result.t0 + n * result.step_s)
@@ -248,4 +253,4 @@ def evaluate(stack: StackConfig, result: StackResult,
         r, e = invalid_days(stack, pol.name, levels["year"], span)
         results += r
         events += e
-    return results, events
+    return [r for r in results if r.start >= span[0]], [e for e in events if e.start >= span[0]]

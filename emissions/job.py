@@ -111,7 +111,8 @@ async def run_periodic(conninfo: str, stacks: list[StackConfig], stop: asyncio.E
 
     Every ``interval_s`` the current month is recomputed up to the last whole hour; every
     ``full_interval_s`` (and at start) the whole year to date, which the yearly compliance windows need
-    (a year of one stack takes about 10 s here, see bench/bench_emissions.py). When the period a run
+    (a year of one stack takes about 10 s here, see bench/bench_emissions.py); a month run leaves the windows
+    that started before its month (the yearly ones) to the year runs (`compliance.evaluate`). When the period a run
     starts from lies after the end of the previous run (also one stored before a restart), the time
     between is computed first from the start of its year to the new period (`_run_once`). The synchronous
     job runs in a worker thread so the gateway's event loop is never blocked; a database that is away is

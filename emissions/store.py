@@ -198,12 +198,14 @@ def write_result(conn: psycopg.Connection, cfg: StackConfig, result: StackResult
     """Store one computed span in one transaction; returns the number of average rows written.
 
     Averages, events and rule windows that start inside the span replace the stored ones (a period or
-    window that started before the span was computed from part of its data and is left alone).
+    window that started before the span was computed from part of its data and is left alone: the year
+    windows of a month's run, say, are the year run's).
     Averages go by binary COPY into a temporary table, then one DELETE and one INSERT: the same result
     as an upsert per row, several times faster for a year.
     """
     sha = result.config_sha256
     n_rows = 0
+    events = [e for e in events if span[0] <= e.start < span[1]]
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("CREATE TEMP TABLE IF NOT EXISTS _emis_avg (LIKE emission_averages INCLUDING DEFAULTS)"
                     " ON COMMIT DELETE ROWS")

@@ -1,0 +1,107 @@
+"""A run computes its context period (a month, a day) only: windows and periods that started before it (the year
+of the yearly rules and of the invalid-day count, the month of a day run) are judged by the runs that cover them
+whole, and a shorter run leaves their stored judgement alone (real PostgreSQL)."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import psycopg
+import pytest
+
+from edge.db.migrate import migrate
+from emissions import job, periods, synthetic
+from emissions.config import StackConfig
+
+TZ = "Europe/Helsinki"
+
+
+@pytest.fixture
+def conn(pg_dsn):
+    with psycopg.connect(pg_dsn, autocommit=True) as c:
+        migrate(c)
+        yield c
+
+
+def lcp(name: str, **regulatory) -> StackConfig:
+    """No operating-state tag: always operating, so a day without data is an invalid day."""
+    return StackConfig.model_validate({"name": name, "regime": "lcp", "timezone": TZ, "regulatory": regulatory,
+                                       "pollutants": [{"name": "NOx", "tag": f"{name}.NOx", "elv": {"month": 200.0}}]})
+
+
+def seed(conn, cfg: StackConfig, first: str, last: str, value: float, skip: tuple[str, ...] = ()) -> None:
+    """One reading a minute at ``value`` from local day ``first`` to the end of ``last`` (``skip``: days without)."""
+    start, end = periods.parse_day(first, TZ)[0], periods.parse_day(last, TZ)[1]
+    t = np.arange(start, end, 60)
+    for d in skip:
+        lo, hi = periods.parse_day(d, TZ)
+        t = t[(t < lo) | (t >= hi)]
+    tag = cfg.pollutant("NOx").tag
+    ids = synthetic.ensure_tags(conn, [tag], asset=cfg.name)
+    synthetic.copy_readings(conn, ids[tag], t, np.full(len(t), value))
+
+
+def stored(conn, stack: str, start: int) -> dict:
+    """Events and rule results of the windows and periods starting at ``start``, by rule."""
+    out = {}
+    for key, table, columns, at in (
+            ("events", "emission_events", "kind, round(value::numeric, 3)::float8, breach", "period_start"),
+            ("rules", "emission_compliance", "n_valid, n_over, passed", "window_start")):
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT rule, {columns}, provisional FROM {table} WHERE stack = %s"
+                        f" AND {at} = to_timestamp(%s) ORDER BY 1, 2", (stack, start))
+            out[key] = cur.fetchall()
+    return out
+
+
+def test_a_month_run_leaves_the_year_windows_judged_by_the_year_run(conn, pg_dsn):
+    """1 January - 10 March 2026 03:00: five days without data (three in January, 1-2 March), 3-4 March at 500
+    (validated 460, over 200 % of the ELV: 48 hours). Year to date 48 of 1515 valid hours over (96.8 % within
+    95 %: passed so far) and five invalid days (over the one allowed); March alone would be 72 % within and two
+    invalid days. The periodic month run five minutes after the year run must not replace the year's judgement."""
+    cfg = lcp(f"T{uuid.uuid4().hex[:8]}", max_invalid_days_per_year=1)
+    seed(conn, cfg, "2026-01-01", "2026-03-10", 150.0, skip=("2026-01-05", "2026-01-06", "2026-01-07",
+                                                             "2026-03-01", "2026-03-02", "2026-03-03", "2026-03-04"))
+    seed(conn, cfg, "2026-03-03", "2026-03-04", 500.0)
+    year = periods.year_of(periods.parse_day("2026-03-10", TZ)[0], TZ)[0]
+    now = periods.parse_day("2026-03-10", TZ)[0] + 3 * 3600 + 1200  # 03:20
+
+    job._run_once(pg_dsn, cfg, now, "year", None)
+    by_year = stored(conn, cfg.name, year)
+    assert by_year["events"] == [("invalid_days", "invalid_days", 5.0, False, True)]
+    rules = {r[0]: r[1:] for r in by_year["rules"]}
+    assert rules["invalid_days"] == (69, 5, False, True) and rules["lcp_hourly_95_200"] == (1515, 48, True, True)
+
+    job._run_once(pg_dsn, cfg, now + 300, "month", None)
+    assert stored(conn, cfg.name, year) == by_year
+    # The month's own judgement is stored: its two days over 110 % are final breaches.
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM emission_events WHERE stack = %s AND rule = 'lcp_daily_110' AND breach",
+                    (cfg.name,))
+        assert cur.fetchone()[0] == 2
+    # The next hourly year run judges the year to date again, from the whole of it (one more hour).
+    job._run_once(pg_dsn, cfg, now + 3600, "year", None)
+    after = stored(conn, cfg.name, year)
+    assert after["events"] == by_year["events"]
+    assert {r[0]: r[1:] for r in after["rules"]}["lcp_hourly_95_200"] == (1516, 48, True, True)
+
+
+def test_a_day_run_leaves_a_judged_month_alone(conn):
+    """February 2026 at 300 (validated 260 over the ELV 200): the month run judges the monthly average a breach.
+    Recomputing one day of it afterwards (`valvoja emissions compute`, context day) must not turn that final
+    breach into a provisional exceedance of the day's value, nor add a year window event from one day."""
+    cfg = lcp(f"T{uuid.uuid4().hex[:8]}")
+    seed(conn, cfg, "2026-02-01", "2026-02-28", 300.0)
+    month, month_end = periods.parse_month("2026-02", TZ)
+    job.run_span(conn, cfg, month, month_end, context="month")
+    by_month = stored(conn, cfg.name, month)
+    assert ("lcp_monthly", "exceedance", 260.0, True, False) in by_month["events"]
+    year = periods.year_of(month, TZ)[0]
+    by_year = stored(conn, cfg.name, year)
+
+    day = periods.parse_day("2026-02-10", TZ)
+    sr = job.run_span(conn, cfg, *day, context="day")
+    assert stored(conn, cfg.name, month) == by_month
+    assert stored(conn, cfg.name, year) == by_year
+    assert all(e.start >= day[0] for e in sr.events) and all(r.start >= day[0] for r in sr.rules)
