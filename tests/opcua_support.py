@@ -18,6 +18,79 @@ from serverproc import free_port  # noqa: F401  (re-exported: tests import it fr
 ROOT = Path(__file__).resolve().parents[1]
 
 
+class CutProxy:
+    """A loopback TCP proxy to ``127.0.0.1:target_port`` that can cut the network: `cut` aborts every connection
+    (both sides see a reset) and refuses new ones (the port stops listening) for a while, then accepts again."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.accepted = 0
+        self._server: asyncio.Server | None = None
+        self._links: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._last_byte = 0.0
+
+    def endpoint(self, path: str = "/sim") -> str:
+        return f"opc.tcp://127.0.0.1:{self.port}{path}"
+
+    async def start(self) -> CutProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.accepted += 1
+        self._links.update((writer, up_writer))
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(src, dst))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                self._last_byte = time.monotonic()
+                dst.write(data)
+                await dst.drain()
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            dst.transport.abort()
+            self._links.discard(dst)
+
+    async def cut(self, seconds: float, *, quiet_s: float = 0.0) -> None:
+        """Cut every connection and refuse new ones for ``seconds``. ``quiet_s``: first wait until no byte has
+        passed for that long (an OPC UA client then has a Publish request waiting at the server)."""
+        while True:
+            wait = quiet_s - (time.monotonic() - self._last_byte)
+            if wait <= 0:
+                break
+            await asyncio.sleep(wait)
+        self._stop_listening()
+        for writer in list(self._links):
+            writer.transport.abort()
+        self._links.clear()
+        await asyncio.sleep(seconds)
+        await self.start()
+
+    def _stop_listening(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    async def stop(self) -> None:
+        self._stop_listening()
+        for writer in list(self._links):
+            writer.transport.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 class SimProcess:
@@ -91,15 +164,42 @@ class Sink:
 
 
 @asynccontextmanager
-async def running(col, emit):
-    """``col.run(emit)`` as a task for the block; cancelled and closed afterwards."""
-    task = asyncio.create_task(col.run(emit))
+async def _as_task(col, coro):
+    task = asyncio.create_task(coro)
     try:
         yield task
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await col.aclose()
+
+
+@asynccontextmanager
+async def running(col, emit):
+    """``col.run(emit)`` as a task for the block; cancelled and closed afterwards."""
+    async with _as_task(col, col.run(emit)) as task:
+        yield task
+
+
+@asynccontextmanager
+async def supervised(col, emit, retry_s: float = 0.3):
+    """``col.run(emit)`` in a loop as the gateway runs it (on NotConnectedError: close, retry after ``retry_s``)
+    for the block; yields the errors the runs ended with."""
+    from edge.errors import NotConnectedError
+
+    errors: list[str] = []
+
+    async def loop() -> None:
+        while True:
+            try:
+                await col.run(emit)
+            except NotConnectedError as exc:
+                errors.append(str(exc))
+            await col.aclose()
+            await asyncio.sleep(retry_s)
+
+    async with _as_task(col, loop()):
+        yield errors
 
 
 @asynccontextmanager

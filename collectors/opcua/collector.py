@@ -3,8 +3,11 @@
 Lifecycle (collectors/base.py): ``run(emit)`` connects (securely as configured: connection.py and
 security.py), subscribes and polls, and emits until the connection is lost, then raises
 `NotConnectedError`; the gateway backs off (capped at ``reconnect_max_delay_s``, which it reads
-from this object) and calls ``run`` again, which connects afresh and re-creates every monitored
-item. asyncua's own auto-reconnect is off on purpose: one reconnect loop (the gateway's) owns
+from this object) and calls ``run`` again. A lost connection keeps its session (`_Detached`): the next
+``run`` re-activates it on a new channel and continues the same subscription, first republishing what the
+server still holds (subscription.py), so a short network cut loses nothing. When the server no longer has the
+session or the subscription (expired, server restarted) it logs why and connects afresh, re-creating every
+monitored item. asyncua's own auto-reconnect is off on purpose: one reconnect loop (the gateway's) owns
 back-off and logging.
 
 Every await on the network has a limit: the connect sequence (asyncua's ``connect()`` can wait
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from dataclasses import dataclass
 from datetime import datetime
 
 from asyncua import Client, ua
@@ -25,7 +30,7 @@ from asyncua.client.ua_client import UaClientState
 
 from collectors.base import CollectorContext, Emit
 from collectors.opcua.config import Config, NodeConfig
-from collectors.opcua.connection import ClientOpener, Secrets, describe
+from collectors.opcua.connection import ClientOpener, Secrets, SessionGone, describe
 from collectors.opcua.convert import to_reading, to_readings
 from collectors.opcua.security import SecurityError
 from collectors.opcua.subscription import (
@@ -59,6 +64,15 @@ _POLL_REFUSED = ("BadNodeIdUnknown", "BadNodeIdInvalid", "BadAttributeIdInvalid"
                  "BadUserAccessDenied")
 
 
+@dataclass(slots=True)
+class _Detached:
+    """A session whose connection was lost, kept for the next ``run`` to re-activate."""
+
+    client: Client
+    sub: BatchSubscription
+    lost_at: float  # time.monotonic()
+
+
 class OpcUaCollector:
     """Subscribes to ``config.nodes`` on ``config.endpoint``; see the module docstring."""
 
@@ -78,6 +92,8 @@ class OpcUaCollector:
         self._lost: asyncio.Event | None = None
         self._lost_reason = ""
         self._lost_error: BaseException | None = None
+        self._detached: _Detached | None = None
+        self._sub_failures: list[ItemFailure] = []  # refused when the subscription's items were created
         # For status() / health.
         self.connected = False
         self.connected_since: datetime | None = None
@@ -91,6 +107,11 @@ class OpcUaCollector:
         self.last_error: str | None = None
         self.polls = 0
         self.recreated = 0
+        self.session: str | None = None  # "new" or "resumed": how the current (last) session was opened
+        self.sessions_resumed = 0
+        self.messages_lost = 0  # of earlier subscriptions (sequence-number gaps)
+        self.republished = 0  # notification messages the server republished after a resume
+        self.resume_fallback: str | None = None  # why the last resume attempt opened a new session instead
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -100,9 +121,13 @@ class OpcUaCollector:
         self._lost = asyncio.Event()
         self._lost_reason, self._lost_error = "", None
         try:
-            client = await self._connect()
-            failures = await self._subscribe(client)
-            failures += await self._start_polling(client)
+            self.connects += 1
+            client = await self._resume() if self._detached is not None else None
+            if client is None:
+                client = await self._connect()
+                self._sub_failures = await self._subscribe(client)
+                self.session = "new"
+            failures = self._sub_failures + await self._start_polling(client)
             self._report_failures(failures)
             self._set_connected(True)
             await self._watch(client)
@@ -134,6 +159,11 @@ class OpcUaCollector:
             "server_certificate": self.opener.server_thumbprint,
             "polls": self.polls,
             "subscriptions_recreated": self.recreated + (self._sub.recreated if self._sub else 0),
+            "session": self.session,
+            "sessions_resumed": self.sessions_resumed,
+            "republished": self.republished,
+            "messages_lost": self.messages_lost + (self._sub.missed if self._sub else 0),
+            "resume_fallback": self.resume_fallback,
             "failed": [{"tag": f.tag, "node_id": f.node_id, "status": f.status} for f in failed[:20]],
             # What the server granted (it publishes and sends keep-alives at these) and the resulting limit
             # after which a silent subscription is re-created.
@@ -150,12 +180,16 @@ class OpcUaCollector:
     # -- steps -----------------------------------------------------------------------------------------
 
     async def _connect(self) -> Client:
-        cfg = self.cfg
         client = self._client = self.opener.new_client()
         client.connection_lost_callback = self._connection_lost
-        self.connects += 1
+        await self._open(self.opener.connect(client))
+        return client
+
+    async def _open(self, step) -> None:
+        """Await ``step`` (connect or re-activate); its failures as `NotConnectedError`."""
+        cfg = self.cfg
         try:
-            await self.opener.connect(client)
+            await step
         except TimeoutError:
             raise NotConnectedError(f"{cfg.endpoint}: no OPC UA session within {cfg.connect_timeout_s:g} s "
                                     "(server not answering)") from None
@@ -164,7 +198,60 @@ class OpcUaCollector:
             raise NotConnectedError(str(exc)) from exc
         except Exception as exc:  # refused, unreachable, rejected identity ...
             raise NotConnectedError(f"{cfg.endpoint}: cannot connect: {describe(exc)}") from exc
+
+    async def _resume(self) -> Client | None:
+        """Re-activate the lost connection's session on a new channel and continue its subscription; None when
+        the server no longer has them (logged once with the reason; the caller opens a new session)."""
+        detached = self._detached
+        assert detached is not None
+        client, sub = detached.client, detached.sub
+        age, limit = time.monotonic() - detached.lost_at, client.session_timeout / 1000.0  # as the server revised it
+        if age >= limit:
+            return await self._fall_back(client, f"the connection was lost {age:.0f} s ago, longer than the "
+                                                 f"session timeout ({limit:g} s)")
+        try:
+            try:
+                await self._open(self.opener.reactivate(client))
+            except NotConnectedError as exc:
+                if isinstance(exc.__cause__, SessionGone):
+                    return await self._fall_back(client, f"the server no longer has the session ({exc.__cause__})")
+                raise  # unreachable, refused ...: the session may still be there at the next attempt
+            try:
+                republished = await sub.resume()
+            except ua.UaStatusCodeError as exc:
+                return await self._fall_back(client, f"the server no longer has the subscription ({describe(exc)})")
+            except Exception as exc:
+                raise NotConnectedError(f"{self.cfg.endpoint}: resuming the session failed: {describe(exc)}") \
+                    from exc
+        except BaseException:
+            if self._detached is detached:  # still resumable: what was made durable is remembered
+                await self.opener.detach(client, self.cfg.request_timeout_s)
+            raise
+        self._client = client
+        self.opener.restart_tasks(client)
+        self._detached = None
+        self.session = "resumed"
+        self.sessions_resumed += 1
+        self.republished += republished
+        log.info("%s: resumed the session and subscription %s on %s after %.1f s (%d notification messages "
+                 "republished)", self.name, sub.subscription_id, self.cfg.endpoint, age, republished,
+                 extra={"event": "opcua_session_resumed", "collector": self.name})
         return client
+
+    async def _fall_back(self, client: Client, reason: str) -> None:
+        """Give up the lost session (closed if the server still has it) and say why a new one is opened."""
+        self._detached, self._client = None, None
+        self.resume_fallback = reason
+        log.warning("%s: cannot resume the session on %s: %s; opening a new session and subscription (what the "
+                    "server held for the old subscription is lost)", self.name, self.cfg.endpoint, reason,
+                    extra={"event": "opcua_session_not_resumed", "collector": self.name})
+        try:
+            if client.uaclient.state is UaClientState.CONNECTED:
+                await asyncio.wait_for(client.disconnect(), self.cfg.request_timeout_s)
+        except Exception as exc:
+            log.debug("%s: close: %s", self.name, describe(exc))
+        finally:
+            client.disconnect_socket()
 
     async def _subscribe(self, client: Client) -> list[ItemFailure]:
         cfg = self.cfg
@@ -173,6 +260,7 @@ class OpcUaCollector:
             return []
         if self._sub is not None:
             self.recreated += self._sub.recreated
+            self.messages_lost += self._sub.missed
         self.recreate_failures = []
         sub = self._sub = BatchSubscription(client, subscription_parameters(cfg), on_data=self._on_data,
                                             on_status=self._on_status, on_failures=self._on_recreated,
@@ -311,6 +399,7 @@ class OpcUaCollector:
 
     async def _teardown(self) -> None:
         client, self._client = self._client, None
+        subscribed = self.connected  # every item was created: the subscription is worth resuming
         self._set_connected(False)
         poll, self._poll_task = self._poll_task, None
         if poll is not None:
@@ -319,6 +408,13 @@ class OpcUaCollector:
         if client is None:
             return
         lost = self._lost is not None and self._lost.is_set()
+        sub = self._sub
+        if lost and subscribed and sub is not None and sub.subscription_id is not None \
+                and client.uaclient.has_session:
+            # Keep the session: the server keeps it (and the subscription's queues) for the session timeout.
+            self._detached = _Detached(client, sub, time.monotonic())
+            await self.opener.detach(client, self.cfg.request_timeout_s)
+            return
         try:
             if client.uaclient.state is UaClientState.CONNECTED and not lost:
                 await asyncio.wait_for(client.disconnect(), self.cfg.request_timeout_s)
@@ -340,7 +436,7 @@ class OpcUaCollector:
 
     # -- callbacks (run on asyncua's tasks) ------------------------------------------------------------
 
-    async def _on_data(self, items: list[ua.MonitoredItemNotification]) -> None:
+    async def _on_data(self, items: list[ua.MonitoredItemNotification]) -> bool:
         now = utcnow()
         tags = self._tags
         flatten = self._flatten
@@ -356,14 +452,15 @@ class OpcUaCollector:
             else:
                 self.unknown_handles += 1
         self.publishes += 1
-        await self._deliver(readings, now)
+        return await self._deliver(readings, now)
 
-    async def _deliver(self, readings: list[Reading], now) -> None:
+    async def _deliver(self, readings: list[Reading], now) -> bool:
+        """Hand ``readings`` to the pipeline; True once the spool holds them."""
         self.notifications += len(readings)
         self.last_data = now
         self.ctx.metrics.messages_in.labels(self.name).inc()
         if not readings or self._emit is None:
-            return
+            return True
         try:
             # asyncua acknowledges this notification once the callback returns (subscription.py): wait until
             # the spool holds it, so the server's retransmission queue keeps whatever is not durable yet.
@@ -373,9 +470,12 @@ class OpcUaCollector:
                                    nack=lambda exc: stored.done() or stored.set_exception(exc)))
             await stored
         except Exception as exc:
-            # asyncua would log this and acknowledge the message anyway; stop instead so the
-            # gateway sees the failure and the server re-sends current values after reconnect.
+            # asyncua would log this and acknowledge the message anyway; stop instead (the subscription then
+            # holds the message unacknowledged) so the gateway sees the failure and the resumed session
+            # republishes it.
             self._mark_lost(f"emit failed: {describe(exc)}", exc)
+            return False
+        return True
 
     def _on_status(self, status: ua.StatusCode) -> None:
         if not status.is_good():

@@ -6,6 +6,11 @@ request OPC UA allows without security); pick the endpoint with exactly the conf
 mode (none: refuse, never a weaker one); check the server certificate against the trust list
 (`collectors.opcua.security`); then open the secure channel and session with that certificate
 pinned, so the session cannot be made with any other.
+
+After a lost connection `reactivate` re-opens the channel of the same `Client` (after the same endpoint, identity
+and trust checks) and re-activates its session with the existing authentication token (OPC UA Part 4 §6.7), so
+the server's subscriptions and their queued notifications survive a short network cut. `detach` is its other
+half: it stops asyncua's background tasks and drops the socket without closing the session.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asyncua import Client, ua
-from asyncua.crypto import uacrypto
+from asyncua.crypto import security_policies, uacrypto
 from cryptography.hazmat.primitives import serialization
 
 from collectors.opcua.config import Connection
@@ -63,6 +68,10 @@ def pki_for(conn: Connection, state_dir: Path | str | None) -> Pki:
 def _first_cert(der: bytes) -> bytes:
     """The leading certificate of a DER chain (servers may send their chain concatenated)."""
     return der[:int.from_bytes(der[2:4], "big") + 4] if len(der) > 4 and der[1] == 0x82 else der
+
+
+class SessionGone(Exception):
+    """The server refused to re-activate the session (expired, closed, or the server restarted)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,8 +153,14 @@ class ClientOpener:
             await client.connect(auto_reconnect=False)
             return
         await self._secure(client)
+        await self._refusals(client, client.connect(auto_reconnect=False))
+
+    async def _refusals(self, client: Client, step) -> None:
+        """Await ``step`` (opening a secure channel and session); the server refusing the gateway's certificate
+        is raised as a `SecurityError` naming it."""
+        conn = self.conn
         try:
-            await client.connect(auto_reconnect=False)
+            await step
         except (AssertionError, ua.UaStatusCodeError) as exc:
             code = getattr(exc, "code", None)
             if isinstance(exc, AssertionError) or (code is not None and ua.StatusCode(code).name.startswith(
@@ -155,6 +170,66 @@ class ClientOpener:
                     f"not trust the gateway's certificate {self.own_cert} (thumbprint {self._own_thumbprint()}, "
                     f"URI {client.application_uri}): add it to the server's trusted certificates") from exc
             raise
+
+    async def reactivate(self, client: Client) -> None:
+        """Re-open ``client``'s secure channel and re-activate its existing session (after `detach`).
+
+        The server's certificate goes through the same checks as on a first connect (endpoint with exactly the
+        configured policy and mode, identity, trust list, revocation, pin). Limited by ``connect_timeout_s``.
+        Raises `SessionGone` when the server refuses the session (then a new one is needed), else like `connect`.
+        """
+        await asyncio.wait_for(self._reactivate(client), self.conn.connect_timeout_s)
+
+    async def _reactivate(self, client: Client) -> None:
+        if self.conn.security_policy != "None":
+            none = security_policies.SecurityPolicyNone()  # GetEndpoints without security, as on a first connect
+            client.security_policy = none
+            client.uaclient.set_security(none)
+            await self._secure(client)
+            await self._refusals(client, self._reopen(client))
+        else:
+            await self._reopen(client)
+
+    @staticmethod
+    async def _reopen(client: Client) -> None:
+        await client.connect_socket()
+        try:
+            await client.send_hello()
+            await client.open_secure_channel()
+            client.uaclient.session.rebind_authentication_token()
+            try:
+                await client._activate_with_credentials()  # asyncua 2.1.0: what its own reconnect uses
+            except ua.UaStatusCodeError as exc:
+                raise SessionGone(describe(exc)) from exc
+        except BaseException:
+            client.disconnect_socket()
+            raise
+
+    @staticmethod
+    def restart_tasks(client: Client) -> None:
+        """Start what `Client.connect` starts after a re-activation: channel renewal, the connection supervisor
+        (server-state probe, `connection_lost_callback`) and the stale-subscription watchdog."""
+        client._start_renew_loop()
+        client._supervisor_task = asyncio.create_task(client._connection_supervisor())
+        client._stale_watchdog_task = asyncio.create_task(client._stale_watchdog_loop())
+
+    @staticmethod
+    async def detach(client: Client, timeout_s: float) -> None:
+        """Stop asyncua's background tasks (publish loop included) and drop the socket, keeping the session's
+        token and subscriptions for `reactivate`; nothing is sent to the server."""
+        session = client.uaclient.session
+        tasks = [t for t in (client._supervisor_task, client._stale_watchdog_task, client._renew_channel_task,
+                             session._publish_task) if t is not None and t is not asyncio.current_task()]
+        client._supervisor_task = client._stale_watchdog_task = client._renew_channel_task = None
+        session._publish_task = None
+        for task in tasks:
+            task.cancel()
+        client.disconnect_socket()
+        protocol = client.uaclient.protocol  # left open when asyncua only marked the client lost
+        if protocol is not None:
+            protocol.disconnect_socket()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
 
     async def _secure(self, client: Client) -> None:
         conn = self.conn

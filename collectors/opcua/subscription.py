@@ -13,10 +13,18 @@ stale-subscription watchdog and `recreate()` keep working with it. It keeps what
 (RevisedPublishingInterval, RevisedMaxKeepAliveCount): a server that publishes slower than asked also
 sends its keep-alives later, so a silent subscription is judged by the granted keep-alive period, not
 the requested one (else a quiet, healthy subscription would be deleted and re-created again and again).
+
+`last_sequence_number` is the last notification message the pipeline made durable (not merely received): after
+a connection loss `resume` continues the subscription in the re-activated session and asks the server to
+republish every message after it that it still holds (asyncua's own ``Subscription.restore`` /
+``_republish_gaps`` counts a message as done once received, stops only on BadMessageNotAvailable, which
+asyncua's server never sends (it answers an empty message, so the loop never ends), and starts asyncua's publish
+loop before the gap is filled, so newer messages could overtake republished ones).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,13 +32,15 @@ from dataclasses import dataclass
 
 from asyncua import Client, ua
 from asyncua.common.subscription import Subscription, SubscriptionEvent
+from asyncua.ua.uaerrors import BadMessageNotAvailable
 
 from collectors.opcua.config import Config, NodeConfig
 
 log = logging.getLogger(__name__)
 
-# (client handle -> data values) and status changes, handed to the collector per publish response.
-OnData = Callable[[list[ua.MonitoredItemNotification]], Awaitable[None]]
+# (client handle -> data values) and status changes, handed to the collector per publish response; on_data
+# returns whether the batch is durable (False: refused, the collector is dropping the connection).
+OnData = Callable[[list[ua.MonitoredItemNotification]], Awaitable[bool]]
 OnStatus = Callable[[ua.StatusCode], None]
 
 
@@ -59,6 +69,7 @@ class BatchSubscription(Subscription):
         self.failures: list[ItemFailure] = []  # items the server refused at the last recreate()
         self.per_call = 500
         self.recreated = 0
+        self.missed = 0  # notification messages the server no longer had (sequence-number gaps)
         # What the server granted (CreateSubscription's Revised* values): it publishes, and sends keep-alives,
         # at these, not at what was asked for.
         self.revised: ua.CreateSubscriptionResult | None = None
@@ -123,6 +134,7 @@ class BatchSubscription(Subscription):
         self.recreated += 1
         old = self.subscription_id
         self.subscription_id = None
+        self.last_sequence_number = None  # a new subscription numbers its messages from 1
         self._monitored_items.clear()
         self.last_publish_at = time.monotonic()
         session = self.server
@@ -140,13 +152,27 @@ class BatchSubscription(Subscription):
         self.last_publish_at = time.monotonic()
 
     async def publish_callback(self, publish_result: ua.PublishResult) -> None:
-        # Same bookkeeping as the base class (the watchdog reads last_publish_at; republish uses
-        # the sequence number), without exploding the message into one object per value.
+        # Same bookkeeping as the base class (the watchdog reads last_publish_at), without exploding the message
+        # into one object per value.
         self.last_publish_at = time.monotonic()
-        message = publish_result.NotificationMessage
-        if message.NotificationData is None:
-            return
-        self.last_sequence_number = int(message.SequenceNumber)
+        if not await self._handle(publish_result.NotificationMessage):
+            # Not durable (the pipeline refused it; the collector drops the connection): never return, so asyncua's
+            # publish loop does not acknowledge the message and the server keeps it for Republish once the session
+            # is resumed. The collector's teardown cancels this task.
+            await asyncio.Event().wait()
+
+    async def _handle(self, message: ua.NotificationMessage) -> bool:
+        """Hand one notification message to the collector; True once durable (``last_sequence_number`` then
+        names it). A keep-alive (no data) carries the *next* sequence number and is not counted."""
+        if not message.NotificationData:
+            return True
+        seq = int(message.SequenceNumber)
+        last = self.last_sequence_number
+        if seq and last is not None and seq > last + 1:
+            self.missed += seq - last - 1
+            log.warning("%s: %d notification messages of subscription %s are lost (the server no longer held "
+                        "sequence numbers %d-%d)", self.name, seq - last - 1, self.subscription_id, last + 1,
+                        seq - 1, extra={"event": "opcua_messages_lost", "collector": self.name})
         items: list[ua.MonitoredItemNotification] = []
         for notification in message.NotificationData:
             if isinstance(notification, ua.DataChangeNotification):
@@ -156,10 +182,47 @@ class BatchSubscription(Subscription):
         if items:
             self._busy = True
             try:
-                await self._on_data(items)
+                if not await self._on_data(items):
+                    return False
             finally:
                 self._busy = False
                 self.last_publish_at = time.monotonic()
+        if seq:  # 0: asyncua's own status message on a lost connection, not from the server
+            self.last_sequence_number = seq
+        return True
+
+    async def resume(self) -> int:
+        """Continue this subscription in the session just re-activated on a new channel; the number of
+        notification messages republished.
+
+        TransferSubscriptions (to the same session; SendInitialValues false) re-binds it and gives the sequence
+        numbers the server still holds unacknowledged; each one after the last durable message is fetched with
+        Republish, in order, and handed over like a publish response. Only then does asyncua's publish loop start
+        again, so what the server queued during the outage follows in order. Raises `ua.UaStatusCodeError`
+        (BadSubscriptionIdInvalid ...) when the server no longer has the subscription.
+        """
+        session = self.server
+        params = ua.TransferSubscriptionsParameters(SubscriptionIds=[self.subscription_id], SendInitialValues=False)
+        results = await session.transfer_subscriptions(params)
+        if not results:
+            raise ua.UaStatusCodeError(ua.StatusCodes.BadSubscriptionIdInvalid)
+        results[0].StatusCode.check()
+        session._subscription_callbacks[self.subscription_id] = self.publish_callback
+        last = self.last_sequence_number or 0
+        republished = 0
+        for seq in sorted(n for n in results[0].AvailableSequenceNumbers if n > last):
+            try:
+                message = await session.republish(self.subscription_id, seq)
+            except BadMessageNotAvailable:
+                continue  # counted as a gap by the next message
+            if int(message.SequenceNumber) != seq:  # asyncua's server answers an empty message instead
+                continue
+            if not await self._handle(message):
+                raise ConnectionError("the pipeline refused a republished notification")
+            republished += 1
+        self.last_publish_at = time.monotonic()
+        session.ensure_publish_loop()
+        return republished
 
 
 def subscription_parameters(cfg: Config) -> ua.CreateSubscriptionParameters:
