@@ -47,10 +47,12 @@ COUNTER = -1  # the position of an asset's cycle counter tag in `RulLive.tag_of`
 class ServedRulModel:
     """The card's preprocessing + the ONNX graph + the binned intervals of one RUL model version."""
 
-    def __init__(self, directory: str | Path, sha256: str | None = None, card_sha256: str | None = None) -> None:
+    def __init__(self, directory: str | Path, *, onnx=None) -> None:
+        """``directory`` (``model.onnx`` + ``card.json``, a configured ``model_dir``), or a registry version's
+        model already loaded and checked (``onnx``: `ModelVersion.load`, which checks both files)."""
         from models.runtime import OnnxModel
 
-        self.onnx = OnnxModel.load(directory, sha256=sha256, card_sha256=card_sha256)
+        self.onnx = onnx if onnx is not None else OnnxModel.load(directory)
         card = self.onnx.card
         try:
             pp = card["preprocessing"]
@@ -221,7 +223,7 @@ class RulLive:
                 mv = self._champion(st)  # None: no champion yet, or the registry not readable now (retried)
                 if mv is not None:
                     # A configuration that does not fit the champion is an error at start-up, not a log line.
-                    self._serve(st, ServedRulModel(mv.path, sha256=mv.sha256, card_sha256=mv.card_sha256))
+                    self._serve(st, ServedRulModel(mv.path, onnx=mv.load()))
                 elif st.error is None:
                     log.warning("asset %s: RUL model %s has no champion yet; cycles are kept and predictions start "
                                 "when one is promoted", a.name, cfg.model_id,
@@ -262,7 +264,7 @@ class RulLive:
             if mv is None or mv.sha256 in (served, a.refused):
                 continue
             try:
-                self._serve(a, ServedRulModel(mv.path, sha256=mv.sha256, card_sha256=mv.card_sha256))
+                self._serve(a, ServedRulModel(mv.path, onnx=mv.load()))
                 swapped += 1
             except Exception as exc:  # an unusable version must not stop the served one; refused once
                 a.refused = mv.sha256
