@@ -91,7 +91,7 @@ def cmd_report(args) -> int:
 
     from edge.db.migrate import migrate
     from emissions import periods, report, report_html
-    from emissions.job import run_span
+    from emissions.job import NothingClosed, run_span
 
     stacks, url = load(args)
     cfg = _stack(stacks, args.stack)
@@ -102,7 +102,10 @@ def cmd_report(args) -> int:
         raise ConfigError(f"--{'day' if args.day else 'month'}: {exc}") from exc
     with psycopg.connect(url, autocommit=True) as conn:
         features, _ = migrate(conn)
-        sr = run_span(conn, cfg, start, end, features=features, write=not args.no_store)
+        try:
+            sr = run_span(conn, cfg, start, end, features=features, write=not args.no_store)
+        except NothingClosed as exc:
+            raise ConfigError(str(exc)) from None
     rep = report.build(sr, kind, start, end, features.edition)
     args.out.mkdir(parents=True, exist_ok=True)
     base = args.out / f"emissions_{cfg.name}_{args.day or args.month}"
@@ -142,7 +145,7 @@ def cmd_compute(args) -> int:
 
     from edge.db.migrate import migrate
     from emissions import periods
-    from emissions.job import run_span
+    from emissions.job import NothingClosed, run_span
 
     stacks, url = load(args)
     chosen = [_stack(stacks, args.stack)] if args.stack else stacks
@@ -154,7 +157,10 @@ def cmd_compute(args) -> int:
                 end = periods.parse_day(date.fromisoformat(args.end).isoformat(), cfg.timezone)[0]
             except ValueError as exc:
                 raise ConfigError(f"--from/--to: {exc}") from exc
-            sr = run_span(conn, cfg, start, end, features=features, context="day")
+            try:
+                sr = run_span(conn, cfg, start, end, features=features, context="day")
+            except NothingClosed as exc:
+                raise ConfigError(str(exc)) from None
             print(f"{cfg.name}: {sr.rows_written} averages, {len(sr.events)} events, "
                   f"{sum(not r.passed for r in sr.rules)} failed rule windows in {sr.seconds:.1f} s")
     return 0

@@ -83,6 +83,7 @@ class PemsLink(Strict):
     registry_db: bool = False  # its index is the site database's model_registry table (else <registry>/index.json)
     inputs: dict[str, str] = {}  # model feature -> tag
     # How often the registry is asked for a new champion (hot swap); the gateway asks off the event loop.
+    # 0: as often as it can, before every group of readings (a registry read per group, see the README).
     refresh_s: float = 30.0
     adaptive_window: int = Field(168, ge=10)  # adaptive conformal: recent errors kept (primary intervals)
     adaptive_gamma: float = Field(0.005, ge=0, lt=1)  # adaptive conformal: step of the level update
@@ -92,10 +93,11 @@ class PemsLink(Strict):
 
     @field_validator("refresh_s")
     @classmethod
-    def _refresh_positive(cls, v: float) -> float:
-        if not v > 0:
-            raise ValueError(f"pems.refresh_s must be > 0 seconds, got {v}: the registry is asked for a new "
-                             "champion every refresh_s, off the gateway's event loop (never at each prediction)")
+    def _refresh_not_negative(cls, v: float) -> float:
+        if not v >= 0:
+            raise ValueError(f"pems.refresh_s must be >= 0 seconds, got {v}: the registry is asked for a new "
+                             "champion every refresh_s (0: before every group of readings), off the gateway's "
+                             "event loop")
         return v
 
     @model_validator(mode="before")
@@ -158,8 +160,8 @@ class Rule(Strict):
     breaches when fewer than ``share``% of its valid averages are within the limit.
 
     Rules with the same ``group`` are alternatives (IED Annex VI Part 8 1.1: column A *or* 97 % within
-    column B; CO 10-minute *or* half-hourly): the group passes when any member passes, judged over the
-    widest window of its members (`emissions.compliance.evaluate_group`).
+    column B; CO 95 % of 10-minute *or* all half-hourly averages in 24 h): the group passes when any member
+    passes, judged over the widest window of its members (`emissions.compliance.evaluate_group`).
     """
 
     name: str = Field(min_length=1)

@@ -6,6 +6,9 @@ corrects earlier periods, because every run recomputes them from the stored read
 
 Compliance windows of a year need the year's data, so by default a span is widened to the start of
 its calendar year (``context="year"``); results for windows that are not complete yet are provisional.
+A span never ends after the last whole hour of the clock (`capped`): a report of the running day or month, or
+a recomputation to a day still to come, covers the data so far, its running periods are provisional, and the
+stored run (``emission_runs.span_end``) ends where its data does.
 A periodic run covers its context period up to the last whole hour, so when the context period has moved
 on since the previous run (a new month, a new year) the previous one is first computed once to its end:
 its last hour, day, month and year get their final judgement.
@@ -53,15 +56,31 @@ def widen(cfg: StackConfig, start: int, end: int, context: str = "year", whole_d
     b = periods.boundaries(context, start, start + 1, cfg.timezone)
     if whole_days:
         return int(b[0]), int(periods.boundaries("day", end - 1, end, cfg.timezone)[-1])
-    return int(b[0]), max(end // 3600 * 3600, int(b[0]) + 3600)
+    return int(b[0]), max(periods.last_whole_hour(end, cfg.timezone), int(b[0]) + 3600)
+
+
+class NothingClosed(ValueError):
+    """A span that starts after the last whole hour: no average in it has any data yet."""
+
+
+def capped(cfg: StackConfig, span: tuple[int, int], now: float) -> tuple[int, int]:
+    """``span`` ending at the last whole hour of ``now`` at the latest. Compliance judges an average final when it
+    ends inside the span, so a span reaching past now would judge the running day or month on its data so far."""
+    end = min(span[1], periods.last_whole_hour(int(now), cfg.timezone))
+    if end <= span[0]:
+        raise NothingClosed(f"stack {cfg.name}: nothing to compute from {periods.iso(span[0], cfg.timezone)}: no "
+                            f"hour of it has ended yet (now {periods.iso(int(now), cfg.timezone)})")
+    return span[0], end
 
 
 def run_span(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int, *, features: Features | None = None,
-             context: str = "year", whole_days: bool = True, write: bool = True) -> SpanResult:
-    """Compute (and store) a stack's averages, compliance and QAL3 charts for [start, end) widened."""
+             context: str = "year", whole_days: bool = True, write: bool = True,
+             clock: Callable[[], float] = time.time) -> SpanResult:
+    """Compute (and store) a stack's averages, compliance and QAL3 charts for [start, end) widened, up to the last
+    whole hour of ``clock()`` at the most (`capped`; `NothingClosed` when none of it has ended)."""
     t_begin = time.perf_counter()
     features = features or detect(conn)
-    span = widen(cfg, start, end, context, whole_days)
+    span = capped(cfg, widen(cfg, start, end, context, whole_days), clock())
     primary = store.fetch_primary(conn, features, cfg, *span)
     result = averages.compute(cfg, primary)
     rules, events = compliance.evaluate(cfg, result, span)
@@ -154,8 +173,9 @@ def _run_once(conninfo: str, cfg: StackConfig, now: int, context: str, last_end:
             # The context period moved on: what was left of the previous one (at least its last hour) is
             # computed to its end, from the start of its year for the yearly windows (at most the year before).
             year_before = periods.year_of(periods.year_of(span[0] - 1, cfg.timezone)[0] - 1, cfg.timezone)[0]
-            run_span(conn, cfg, max(last_end, year_before), span[0], context="year", whole_days=True)
+            run_span(conn, cfg, max(last_end, year_before), span[0], context="year", whole_days=True,
+                     clock=lambda: now)
         if span[1] <= now:  # nothing closed yet in a period that has just begun
-            run_span(conn, cfg, now - 1, now, context=context, whole_days=False)
+            run_span(conn, cfg, now - 1, now, context=context, whole_days=False, clock=lambda: now)
             return span[1]
     return span[0]

@@ -12,7 +12,7 @@ directory; its index in the site database when one is given) and the tag feeding
 - when the analyser's valid value for an interval is known (`observe`, or ``analyser=`` of `push`), the
   adaptive conformal interval (`models.conformal.AdaptiveConformal`, seeded from the card's calibration
   scores) is updated: it widens when recent errors grow;
-- every ``refresh_s`` seconds (> 0) the registry is asked for the champion, by `maybe_refresh` only: the caller
+- every ``refresh_s`` seconds (>= 0) the registry is asked for the champion, by `maybe_refresh` only: the caller
   runs it off the event loop (the gateway: `emissions.live.LiveEmissions.pems_due` / ``refresh_pems`` in a worker
   thread between two groups of readings). `predict` never reads the registry (files, the database). A newly
   promoted (or rolled back) version is loaded and swapped in between two predictions, so no interval goes

@@ -65,6 +65,12 @@ def locate(bounds: np.ndarray, times: np.ndarray) -> np.ndarray:
     return np.searchsorted(bounds, times, side="right") - 1
 
 
+def last_whole_hour(t: int, tz: str = "UTC") -> int:
+    """The start of the local hour holding Unix time ``t``: where data up to ``t`` ends in whole hours."""
+    b = boundaries("hour", t - 3600, t + 1, tz)
+    return int(b[locate(b, np.asarray([t]))[0]])
+
+
 def iso(t: int | np.integer, tz: str = "UTC") -> str:
     """A period boundary as local ISO time, for reports."""
     return datetime.fromtimestamp(int(t), UTC).astimezone(ZoneInfo(tz)).isoformat(timespec="minutes")

@@ -229,6 +229,26 @@ def test_waste_co_ten_minute_or_half_hourly_in_24_hours():
     assert not any(e.breach for e in events) and any(e.kind == "window" for e in events)
 
 
+@pytest.mark.parametrize(("ten_over", "half_over", "passed", "decided_by"), [
+    (8, 1, False, ""),  # one half-hour of 48 over 100 (97.9 % within): the half-hourly alternative needs all
+    (7, 1, True, "wi_co_ten_min_95"),  # 95 % of the 10-minute averages within 150 pass the day
+])
+def test_waste_co_half_hourly_alternative_needs_every_half_hour_within(ten_over, half_over, passed, decided_by):
+    """IED Annex VI Part 3 point 3: 95 % of the 10-minute averages in 24 h *or all* of the half-hourly ones."""
+    ten = np.full(144, 50.0)
+    ten[:ten_over] = 160.0
+    half = np.full(48, 60.0)
+    half[:half_over] = 110.0
+    rules, events = group_outcome(waste_stack(), "CO", {"ten_min": synthetic("ten_min", 600, ten),
+                                                        "half_hour": synthetic("half_hour", 1800, half)})
+    assert not rules["wi_co_half_hour_95"].passed and rules["wi_co_half_hour_95"].required_share == 100.0
+    group = rules["wi_co_24h"]
+    assert group.passed is passed and group.decided_by == decided_by and not group.provisional
+    half_events = [e for e in events if e.rule == "wi_co_half_hour_95"]
+    assert [e.breach for e in half_events] == [not passed] * half_over  # a breach only when no alternative passed
+    assert "all CO half-hourly averages" in rule(waste_stack(), "wi_co_half_hour_95").reference
+
+
 def test_a_single_rule_is_judged_alone():
     # Column A without a column B limit: no alternative, the half-hour over it is a breach as before.
     cfg = waste_stack()

@@ -228,6 +228,15 @@ def test_report_command_explains_a_bad_request(pg_dsn, tmp_path):
     assert proc.returncode == 1 and "no stack 'nope'" in proc.stderr and "X1" in proc.stderr
 
 
+def test_report_command_refuses_a_period_no_hour_of_which_has_ended(pg_dsn, tmp_path):
+    site = tmp_path / "site.toml"
+    site.write_text(SITE.format(name="X1"))
+    proc = subprocess.run([sys.executable, "-m", "emissions.cli", "report", "--config", str(site), "--db", pg_dsn,
+                           "--stack", "X1", "--month", "2099-01", "--out", str(tmp_path)], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 1 and "stack X1: nothing to compute from 2099-01-01" in proc.stderr
+
+
 async def test_periodic_job_keeps_the_current_month_stored(conn, pg_dsn):
     import asyncio
     import time

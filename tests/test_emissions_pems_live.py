@@ -264,9 +264,11 @@ def test_registry_database_down_at_start_then_back(tmp_path, sample, own_pg_serv
     assert p is not None and p.details["registry_version"] == 1 and live.version == 1
 
 
-def test_predicting_never_reads_the_registry_refresh_is_off_the_loop(monkeypatch):
+@pytest.mark.parametrize("refresh_s", [0.001, 0])
+def test_predicting_never_reads_the_registry_refresh_is_off_the_loop(monkeypatch, refresh_s):
     """LiveEmissions.observe runs on the gateway's event loop: a prediction never asks the registry (files, the
-    database), even when a refresh is due; only refresh_pems does, which the gateway runs in a worker thread."""
+    database), even when a refresh is due; only refresh_pems does, which the gateway runs in a worker thread.
+    refresh_s = 0 (the minimum interval) is due before every group of readings, and still only asks there."""
     import threading
     import time
     from datetime import UTC, datetime
@@ -286,7 +288,7 @@ def test_predicting_never_reads_the_registry_refresh_is_off_the_loop(monkeypatch
             asked.append(threading.current_thread().name)
 
     monkeypatch.setattr(models.registry, "Registry", Registry)
-    lk = {"tag": "GT.NOx.pems", "model_id": "pems-nox", "inputs": {"AT": "GT.AT"}, "refresh_s": 0.001}
+    lk = {"tag": "GT.NOx.pems", "model_id": "pems-nox", "inputs": {"AT": "GT.AT"}, "refresh_s": refresh_s}
     cfg = StackConfig.model_validate({"name": "GT", "regime": "lcp", "pollutants": [
         {"name": "NOx", "tag": "GT.NOx", "o2_correction": False, "elv": {"month": 500.0}, "pems": lk}]})
     live = LiveEmissions([cfg])
@@ -300,10 +302,10 @@ def test_predicting_never_reads_the_registry_refresh_is_off_the_loop(monkeypatch
     worker = threading.Thread(target=live.refresh_pems, name="refresh-worker")
     worker.start()
     worker.join()
-    assert asked[at_start:] == ["refresh-worker"] and not live.pems_due()
+    assert asked[at_start:] == ["refresh-worker"] and live.pems_due() is (refresh_s == 0)
 
 
-@pytest.mark.parametrize("refresh_s", [0, -5])
-def test_refresh_interval_must_be_positive(refresh_s):
-    with pytest.raises(ValueError, match=r"pems.refresh_s must be > 0 seconds.*off the gateway's event loop"):
+@pytest.mark.parametrize("refresh_s", [-5, float("nan")])
+def test_refresh_interval_must_not_be_negative(refresh_s):
+    with pytest.raises(ValueError, match=r"pems.refresh_s must be >= 0 seconds.*0: before every group of readings"):
         PemsLink(tag="p", model_id="pems-nox", refresh_s=refresh_s)

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from edge.db.migrate import migrate
-from emissions import job, periods, synthetic
+from emissions import job, periods, report, synthetic
 from emissions.config import StackConfig
 
 TZ = "Europe/Helsinki"
@@ -32,7 +32,11 @@ def lcp(name: str, **regulatory) -> StackConfig:
 
 def seed(conn, cfg: StackConfig, first: str, last: str, value: float, skip: tuple[str, ...] = ()) -> None:
     """One reading a minute at ``value`` from local day ``first`` to the end of ``last`` (``skip``: days without)."""
-    start, end = periods.parse_day(first, TZ)[0], periods.parse_day(last, TZ)[1]
+    seed_between(conn, cfg, periods.parse_day(first, TZ)[0], periods.parse_day(last, TZ)[1], value, skip)
+
+
+def seed_between(conn, cfg: StackConfig, start: int, end: int, value: float, skip: tuple[str, ...] = ()) -> None:
+    """One reading a minute at ``value`` in [start, end) (``skip``: local days without)."""
     t = np.arange(start, end, 60)
     for d in skip:
         lo, hi = periods.parse_day(d, TZ)
@@ -105,3 +109,60 @@ def test_a_day_run_leaves_a_judged_month_alone(conn):
     assert stored(conn, cfg.name, month) == by_month
     assert stored(conn, cfg.name, year) == by_year
     assert all(e.start >= day[0] for e in sr.events) and all(r.start >= day[0] for r in sr.rules)
+
+
+# -- a computation never reaches past the last whole hour: a running period is judged provisional --
+
+def run_end(conn, stack: str) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT extract(epoch FROM span_end)::bigint FROM emission_runs WHERE stack = %s ORDER BY id DESC"
+                    " LIMIT 1", (stack,))
+        return cur.fetchone()[0]
+
+
+def test_a_report_of_the_running_month_is_provisional_and_stored_to_the_last_hour(conn):
+    """`valvoja emissions report --month 2026-01` at 11 January 12:20: 1-10 January at 250 (validated 210, over the
+    ELV 200), 11 January at 300 (260, over 110 %) up to now. The span must end at 12:00, not on 1 February: the
+    month and the day so far are provisional exceedances, the report says so, the stored run ends at 12:00."""
+    cfg = lcp(f"T{uuid.uuid4().hex[:8]}")
+    month, month_end = periods.parse_month("2026-01", TZ)
+    day = periods.parse_day("2026-01-11", TZ)[0]
+    now = day + 12 * 3600 + 1200
+    seed(conn, cfg, "2026-01-01", "2026-01-10", 250.0)
+    seed_between(conn, cfg, day, now, 300.0)
+    sr = job.run_span(conn, cfg, month, month_end, clock=lambda: now)  # as cmd_report: context year, whole days
+    assert sr.span == (month, day + 12 * 3600)
+    # the month so far: 240 hours at 210 and 12 at 260
+    assert stored(conn, cfg.name, month)["events"] == [("lcp_monthly", "exceedance", 212.381, False, True)]
+    assert stored(conn, cfg.name, day)["events"] == [("lcp_daily_110", "exceedance", 260.0, False, True)]
+    assert not any(e.breach for e in sr.events) and run_end(conn, cfg.name) == day + 12 * 3600
+    rep = report.build(sr, "month", month, month_end)
+    assert [r.provisional for r in rep.rules if r.rule == "lcp_monthly"] == [True]
+    assert rep.notes and rep.notes[0].startswith("The period is not complete")
+
+    # `valvoja emissions compute --from 2026-01-11 --to 2026-01-13` (a day still to come) at the same time
+    sr = job.run_span(conn, cfg, day, day + 2 * 86400, context="day", clock=lambda: now)
+    assert sr.span == (day, day + 12 * 3600) and run_end(conn, cfg.name) == day + 12 * 3600
+    assert stored(conn, cfg.name, day)["events"] == [("lcp_daily_110", "exceedance", 260.0, False, True)]
+
+
+def test_after_a_report_of_the_running_month_a_restart_finishes_it(conn, pg_dsn):
+    """A December report at 15 December 12:20 (1-15 December 12:00 at 250, validated 210 over the ELV 200), the
+    rest of the month at 150 (110) arriving later, the gateway started again on 3 January: the periodic job
+    must compute December to its end from where the report stopped (the month within its ELV, no breach)."""
+    cfg = lcp(f"T{uuid.uuid4().hex[:8]}")
+    month, new_year = periods.parse_month("2025-12", TZ)
+    now = periods.parse_day("2025-12-15", TZ)[0] + 12 * 3600 + 1200
+    seed_between(conn, cfg, month, now - 1200, 250.0)
+    job.run_span(conn, cfg, month, new_year, clock=lambda: now)
+    assert stored(conn, cfg.name, month)["events"] == [("lcp_monthly", "exceedance", 210.0, False, True)]
+    seed_between(conn, cfg, now - 1200, new_year, 150.0)
+    job._run_once(pg_dsn, cfg, new_year + 2 * 86400 + 1200, "year", None)
+    assert stored(conn, cfg.name, month)["events"] == []  # the provisional month-to-date exceedance replaced
+
+
+def test_a_span_of_which_no_hour_has_ended_is_refused(conn):
+    cfg = lcp(f"T{uuid.uuid4().hex[:8]}")
+    now = periods.parse_day("2026-12-06", TZ)[0]
+    with pytest.raises(job.NothingClosed, match="no hour of it has ended yet"):
+        job.run_span(conn, cfg, *periods.parse_month("2027-02", TZ), clock=lambda: now)
