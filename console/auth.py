@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import hmac
+import math
+import time
 from dataclasses import dataclass
 from ipaddress import ip_address
 
@@ -31,6 +33,7 @@ COOKIE = "valvoja_session"
 SECURE_COOKIE = "__Host-valvoja_session"
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOCK_USER, LOCK_CLIENT = 0x766C6F67, 0x766C6F68  # advisory-lock classes of the log-in limit (two-key form)
+RECHECK_S = 5.0  # how long `StillValid` keeps a yes (the live board's session re-check)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,18 +109,54 @@ async def _from_session(request: Request, sid: str) -> Principal | None:
                      csrf=row["csrf_token"], session=h)
 
 
-async def still_valid(db, principal: Principal) -> bool:
-    """Whether the session or token ``principal`` came with is still good (not logged out, expired, revoked,
-    nor its user disabled): for long-lived responses such as the alert stream, checked again while they run."""
-    if principal.kind == "token":
-        sql = ("SELECT 1 FROM console_api_tokens WHERE token_hash = %s AND revoked_at IS NULL "
-               "AND (expires_at IS NULL OR expires_at > now())")
-        key = principal.token
-    else:
-        sql = ("SELECT 1 FROM console_sessions s JOIN console_users u ON u.id = s.user_id "
-               "WHERE s.id_hash = %s AND s.expires_at > now() AND NOT u.disabled")
-        key = principal.session
-    return key is not None and await db.fetchone(sql, (key,)) is not None
+def credentials_changed() -> None:
+    """Call after committing a log-out, a change that ends a user's sessions, or a token revocation: every
+    `StillValid` of this process asks the database again at its next check instead of trusting a kept yes."""
+    StillValid.generation += 1
+
+
+class StillValid:
+    """Whether the session or token a long-lived response (the alert stream) came with is still good: not logged
+    out, expired, revoked, nor its user disabled. A yes is kept for ``ttl`` seconds, never past the credential's
+    own expiry, so a busy stream costs one query per ``ttl`` rather than one per batch of events. A log-out, user
+    change or revocation made through this process (`credentials_changed`) voids every kept yes at once; one made
+    by another console process or by the CLI is seen within ``ttl``."""
+
+    generation = 0  # bumped by credentials_changed
+
+    def __init__(self, db, principal: Principal, ttl: float | None = None, clock=time.monotonic):
+        self.db, self.principal, self.clock = db, principal, clock
+        self.ttl = RECHECK_S if ttl is None else ttl
+        self.until, self.seen = -math.inf, -1
+
+    async def __call__(self) -> bool:
+        now = self.clock()
+        if now < self.until and self.seen == StillValid.generation:
+            return True
+        seen = StillValid.generation
+        left = await self._seconds_left()
+        if left is None:
+            self.until = -math.inf
+            return False
+        self.until, self.seen = now + min(self.ttl, left), seen
+        return True
+
+    async def _seconds_left(self) -> float | None:
+        """None when no longer valid, else how long it still is (inf for a token without expiry)."""
+        p = self.principal
+        if p.kind == "token":
+            sql = ("SELECT EXTRACT(EPOCH FROM expires_at - now())::float8 AS left_s FROM console_api_tokens "
+                   "WHERE token_hash = %s AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())")
+            key = p.token
+        else:
+            sql = ("SELECT EXTRACT(EPOCH FROM s.expires_at - now())::float8 AS left_s FROM console_sessions s "
+                   "JOIN console_users u ON u.id = s.user_id "
+                   "WHERE s.id_hash = %s AND s.expires_at > now() AND NOT u.disabled")
+            key = p.session
+        row = await self.db.fetchone(sql, (key,)) if key is not None else None
+        if row is None:
+            return None
+        return math.inf if row["left_s"] is None else max(row["left_s"], 0.0)
 
 
 async def optional_principal(request: Request) -> Principal | None:

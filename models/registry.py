@@ -56,6 +56,8 @@ MATCH_RTOL = 1e-9
 # The coverage check: a candidate whose intervals really cover 1 - alpha is refused by chance on fewer than this
 # share of holdouts (one-sided binomial test of its holdout coverage against nominal, `coverage_floor`).
 COVERAGE_TEST_LEVEL = 0.01
+# Gate metrics that need the rows' truth labels (anomaly scorers): computed with the champion's label column.
+LABELLED_METRICS = frozenset({"auc"})
 
 
 class GateRefused(ValvojaError):
@@ -446,13 +448,16 @@ class Registry:
         champ = self.champion(model_id)
         return self._compare(cand, champ, holdout)
 
+    def _first_promotion(self, model_id: str) -> dict | None:
+        return next((e for e in self.events(model_id) if e["event"] == "promote"), None)
+
     def gate_metric(self, model_id: str, champ: ModelVersion | None = None,
                     cand: ModelVersion | None = None) -> tuple[str, str, str]:
         """``(metric, direction, why)`` of the model id's gate. Fixed by its first promotion (recorded in that
         event), so no later card can pick the metric it happens to win on; before any promotion, the champion's
         card's (a champion put back by rollback only), else the candidate's (it sets the metric by becoming the
         first champion). The direction is always `GATE_METRICS`' for the metric, never a card's."""
-        first = next((e for e in self.events(model_id) if e["event"] == "promote"), None)
+        first = self._first_promotion(model_id)
         metric = ((first or {}).get("detail") or {}).get("metric")
         if metric in GATE_METRICS:
             return metric, GATE_METRICS[metric], f"fixed by the first promotion, v{first['version']}"
@@ -474,15 +479,20 @@ class Registry:
         else:
             table, source = holdout, "given holdout data"
         fp = table.fingerprint()
+        # Anomaly truth: the champion's label column, for both (a candidate trained without labels is judged on
+        # the same rows and truth as the champion; its own card cannot leave the gate metric undefined).
+        label = (champ.card.get("label") if champ else None) or None
+        label = label if label in table.columns else None
 
         def run(mv: ModelVersion) -> dict:
             m = mv.load()  # model.onnx and card.json checked against the registry
-            need = m.schema.names + [c for c in (mv.card.get("target"), mv.card.get("label")) if c]
+            card = {**m.card, "label": label} if label else m.card
+            need = m.schema.names + [c for c in (card.get("target"), card.get("label")) if c]
             missing = [c for c in need if c not in table.columns]
             if missing:
                 raise ConfigError(f"{model_id_v(mv)}: the holdout data has no column(s) {', '.join(missing)}")
             out = m.predict(table.matrix(m.schema.names), columns=m.schema.names)
-            return holdout_metrics(m.card, table, out.value, out.lower, out.upper, out.p_value)
+            return holdout_metrics(card, table, out.value, out.lower, out.upper, out.p_value)
 
         def result(accepted: bool, reason: str, cm: dict, hm: dict | None = None, floor: float | None = None):
             return Comparison(cand.model_id, cand.version, champ.version if champ else None, metric, direction,
@@ -497,7 +507,8 @@ class Registry:
             return result(False, str(exc), {})
         cv = cm.get(metric)
         if cv is None or not math.isfinite(cv):
-            return result(False, f"the candidate's {metric} is not defined on these rows", cm)
+            return result(False, f"the candidate's {metric} is not defined on these rows"
+                          + self._needs_labels(cand, champ, metric, label), cm)
         if champ is None:
             return result(True, "no champion yet: the first version that passes parity becomes champion", cm)
         if champ.version == cand.version:
@@ -526,6 +537,20 @@ class Registry:
         if own and own != metric:
             verdict += f" (the candidate's card names {own}; the gate metric is not the candidate's to choose)"
         return result(ok and not refusals, "; ".join([*refusals, verdict]), cm, hm, floor)
+
+    def _needs_labels(self, cand: ModelVersion, champ: ModelVersion | None, metric: str, label: str | None) -> str:
+        """What a candidate whose labelled gate metric is undefined needs ('' when that is not why): the metric was
+        fixed by an earlier promotion, and the rows lack the label column named on the champion's card."""
+        first = self._first_promotion(cand.model_id)
+        if metric not in LABELLED_METRICS or label or first is None:
+            return ""
+        column = (champ.card.get("label") if champ else None) \
+            or self.get(cand.model_id, int(first["version"])).card.get("label")
+        own = f"labelled by {cand.card['label']!r}" if cand.card.get("label") else "trained without labels"
+        need = f"holdout data with column {column!r}" if column else "labelled holdout data"
+        return (f": the gate metric {metric} was fixed by v{first['version']}'s promotion and needs labelled rows "
+                f"(the candidate was {own}); give {need} "
+                f"(`valvoja models promote {cand.model_id} {cand.version} --holdout FILE`)")
 
     def promote(self, model_id: str, version: int, *, holdout: FeatureTable | None = None,
                 actor: str = "system", also: Callable[[Any, Comparison], None] | None = None) -> Comparison:

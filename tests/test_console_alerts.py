@@ -23,6 +23,9 @@ from console_support import (
     seed_users,
 )
 
+import console.auth
+from console.auth import Principal, StillValid, credentials_changed
+
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 
 
@@ -185,6 +188,10 @@ class _Stream:
                     self.connected.set()
         self.ended.set()
 
+    def last_event(self) -> str | None:
+        events = [line[7:] for line in self.lines if line.startswith("event: ")]
+        return events[-1] if events else None
+
 
 @pytest.fixture
 def heartbeat(server):
@@ -199,6 +206,13 @@ def heartbeat(server):
     set_(before)
 
 
+@pytest.fixture
+def recheck(monkeypatch):
+    """Keep a stream's yes for a minute: what ends a stream in the test must be the credential's own expiry or
+    this process saying that credentials changed, never the cached answer running out by chance."""
+    monkeypatch.setattr(console.auth, "RECHECK_S", 60.0)
+
+
 def _stream_user(server, name: str) -> httpx.Client:
     with server.client("admin") as a:
         a.post("/api/users", json={"username": name, "password": PASSWORD, "role": "viewer"}).raise_for_status()
@@ -209,11 +223,16 @@ def _stream_user(server, name: str) -> httpx.Client:
     return c
 
 
-def test_stream_of_a_disabled_user_ends_before_the_next_alert(server, heartbeat):
+def test_stream_of_a_disabled_user_ends_before_the_next_alert(server, heartbeat, recheck):
     heartbeat(60)  # no heartbeat in this test: the check before the event must end the stream
     reader = _stream_user(server, "board-disabled")
     s = _Stream(reader)
     try:
+        insert_alert(server.dsn, "BEFORE-DISABLE", message="reaches the board; its check is kept a minute")
+        deadline = time.monotonic() + 10
+        while not any("BEFORE-DISABLE" in line for line in s.lines) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert any("BEFORE-DISABLE" in line for line in s.lines)
         with server.client("admin") as a:
             a.patch("/api/users/board-disabled", json={"disabled": True}).raise_for_status()
         insert_alert(server.dsn, "AFTER-DISABLE", message="must not reach a disabled user")
@@ -221,10 +240,11 @@ def test_stream_of_a_disabled_user_ends_before_the_next_alert(server, heartbeat)
     finally:
         reader.close()
     assert not any("AFTER-DISABLE" in line for line in s.lines)
+    assert s.last_event() == "session-ended", "the board is told to reload (-> log-in), not left reconnecting"
 
 
 @pytest.mark.parametrize("how", ["logout", "token revoked"])
-def test_idle_stream_ends_at_the_heartbeat_after_its_credential_ends(server, heartbeat, how):
+def test_idle_stream_ends_at_the_heartbeat_after_its_credential_ends(server, heartbeat, recheck, how):
     heartbeat(0.3)
     if how == "logout":
         reader = _stream_user(server, "board-logout")
@@ -247,3 +267,66 @@ def test_idle_stream_ends_at_the_heartbeat_after_its_credential_ends(server, hea
         assert s.ended.wait(10), f"the stream goes on after {how}"
     finally:
         reader.close()
+    assert s.last_event() == "session-ended"
+
+
+def test_stream_ends_with_session_ended_when_the_session_expires(server, heartbeat, recheck):
+    """No sliding expiry: every open board reaches ``session_hours``. Its stream's kept yes never outlives the
+    session, and its last event sends the board to the log-in page."""
+    heartbeat(0.3)
+    cfg = server.cfg.console
+    hours = cfg.session_hours
+    object.__setattr__(cfg, "session_hours", 3 / 3600)
+    try:
+        reader = _stream_user(server, "board-expiry")
+    finally:
+        object.__setattr__(cfg, "session_hours", hours)
+    s = _Stream(reader)
+    try:
+        while not any(line.startswith(": keep-alive") for line in s.lines) and not s.ended.is_set():
+            time.sleep(0.05)
+        assert not s.ended.is_set(), "a valid stream stays open"
+        assert s.ended.wait(15), "the stream goes on after its session expired"
+    finally:
+        reader.close()
+    assert s.last_event() == "session-ended"
+
+
+class _FakeDb:
+    """`fetchone` answering the validity query with ``left`` (seconds left, None = no expiry, False = invalid)."""
+
+    def __init__(self, left):
+        self.left, self.queries = left, 0
+
+    async def fetchone(self, sql, params):
+        self.queries += 1
+        return None if self.left is False else {"left_s": self.left}
+
+
+async def test_validity_is_asked_once_per_recheck_period_and_never_kept_past_expiry():
+    now = [100.0]
+    session = Principal(name="u", kind="user", role="viewer", session=b"h")
+    db = _FakeDb(3600.0)
+    valid = StillValid(db, session, ttl=5.0, clock=lambda: now[0])
+    for _ in range(50):  # a busy board: 50 batches in under 5 s cost one query
+        assert await valid()
+        now[0] += 0.09
+    assert db.queries == 1
+    now[0] += 1.0
+    assert await valid() and db.queries == 2, "asked again once the yes is 5 s old"
+
+    credentials_changed()  # a log-out or revocation through this process: asked at the next check
+    assert await valid() and db.queries == 3
+    assert await valid() and db.queries == 3
+
+    db.left = 2.0  # the session ends in 2 s: the yes is kept 2 s, not 5
+    now[0] += 10
+    assert await valid() and db.queries == 4
+    now[0] += 2.01
+    db.left = False
+    assert not await valid() and db.queries == 5
+    assert not await valid() and db.queries == 6, "a no is not kept"
+
+    token = StillValid(_FakeDb(None), Principal(name="t", kind="token", role="viewer", token=b"t"), ttl=5.0,
+                       clock=lambda: now[0])
+    assert await token() and token.until == now[0] + 5.0, "a token without expiry: kept the recheck period"

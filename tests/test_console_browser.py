@@ -139,6 +139,26 @@ def test_viewer_sees_no_acknowledge_button(browser, server):
     page.context.close()
 
 
+def test_board_goes_to_the_log_in_page_when_its_session_expires(browser, server, monkeypatch):
+    """An expired session ends the stream with ``session-ended``; the board reloads into the log-in page instead
+    of reconnecting (401) and showing 'reconnecting…' for ever."""
+    import console.auth
+
+    monkeypatch.setattr(console.auth, "RECHECK_S", 0.0)  # the stream asks the database at every check
+    with server.client("admin") as a:
+        a.post("/api/users", json={"username": "board-expiry", "password": PASSWORD,
+                                   "role": "viewer"}).raise_for_status()
+    page = login(browser, server, "board-expiry")
+    page.wait_for_selector("#live-dot.on")
+    with psycopg.connect(server.dsn, autocommit=True) as conn:  # session_hours are over
+        conn.execute("UPDATE console_sessions s SET expires_at = now() - interval '1 second' FROM console_users u "
+                     "WHERE u.id = s.user_id AND u.username = 'board-expiry'")
+    insert_alert(server.dsn, "AFTER-EXPIRY", asset="P-101", message="the check before this batch ends the stream")
+    page.wait_for_url(server.url + "/login?next=/alerts", timeout=10000)
+    assert page.locator("#username").is_visible() and page.errors == []
+    page.context.close()
+
+
 def test_asset_page_draws_prediction_band_and_review(browser, server):
     page = login(browser, server, "maintenance")
     page.goto(server.url + "/assets/P-101")

@@ -10,7 +10,7 @@ import shutil
 
 import psycopg
 import pytest
-from models_support import regression_table, spec
+from models_support import anomaly_table, regression_table, spec
 
 from edge.db.migrate import migrate
 from models.registry import GateRefused, Registry, coverage_floor, load_holdout
@@ -201,6 +201,25 @@ def test_the_gate_metric_is_the_model_ids_not_the_candidates(registry, trained):
     assert registry.promote("syn", registry.register(wide).version).metric == "mae"
     later = registry.compare("syn", registry.register(trained["good"]).version)
     assert later.metric == "mae" and later.metric_source == "fixed by the first promotion, v1"
+
+
+def test_a_candidate_trained_without_labels_is_gated_on_the_champions_label(registry):
+    """auc fixed by a labelled first champion: a candidate trained without a label column is scored with the label
+    named on the champion's card when the rows have it; its own stored holdout rows have none, and the refusal
+    says which promotion fixed the metric and which column the holdout needs."""
+    registry.promote("an", registry.register(train(spec("an", "pca", label="label"), anomaly_table(2000))).version)
+    v = registry.register(train(spec("an", "mahalanobis"), anomaly_table(2000, rate=0.0, seed=4))).version
+    with pytest.raises(GateRefused) as refused:
+        registry.promote("an", v)
+    assert refused.value.comparison.reason == (
+        "the candidate's auc is not defined on these rows: the gate metric auc was fixed by v1's promotion and "
+        "needs labelled rows (the candidate was trained without labels); give holdout data with column 'label' "
+        f"(`valvoja models promote an {v} --holdout FILE`)")
+
+    c = registry.promote("an", v, holdout=anomaly_table(1000, seed=9))
+    assert (c.metric, c.metric_source) == ("auc", "fixed by the first promotion, v1")
+    assert c.accepted and c.candidate_value > 0.95 and c.candidate_metrics["anomalous_rows"] > 0, c.describe()
+    assert registry.champion("an").version == v
 
 
 def _overconfident(tm, shrink: float = 3.0):

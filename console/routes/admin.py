@@ -6,11 +6,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from console import audit, users
-from console.auth import Principal, client_address, require
+from console.auth import Principal, client_address, credentials_changed, require
 from console.jsonresp import FastJSON
 from console.params import decode_cursor, equal_filters, page, time_range
 from console.problems import Problem
@@ -69,6 +69,7 @@ async def change_user(request: Request, username: str, body: UserChange,
         await audit.record(cur, p, "user.change", target_kind="user", target_id=username,
                            detail={"before": {k: before.get(k) for k in shown if k != "password"}, "after": shown},
                            client=client_address(request))
+    credentials_changed()  # disabling, a new password or role ended the user's sessions
     return after
 
 
@@ -101,7 +102,8 @@ async def revoke_token(request: Request, token_id: int, p: Principal = Depends(r
             raise Problem(404, f"no active API token with id {token_id}")
         await audit.record(cur, p, "token.revoke", target_kind="token", target_id=token_id,
                            detail={"name": row["name"]}, client=client_address(request))
-    return FastJSON(None, status_code=204)
+    credentials_changed()
+    return Response(status_code=204)  # no body: a JSON "null" with 204 broke the HTTP framing
 
 
 @router.get("/audit", tags=["admin"])

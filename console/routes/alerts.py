@@ -13,12 +13,14 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from console import alerts, audit
-from console.auth import Principal, client_address, require, still_valid
+from console.auth import Principal, StillValid, client_address, require
 from console.jsonresp import FastJSON
 from console.params import time_range
 from console.problems import Problem
 
 router = APIRouter(prefix="/api/alerts", tags=["alerts"], default_response_class=FastJSON)
+# The stream's last event when its credential ends: the board reloads the page (-> log-in) instead of reconnecting.
+SESSION_ENDED = b"event: session-ended\ndata: {}\n\n"
 
 
 class Comment(BaseModel):
@@ -66,14 +68,18 @@ def _matches(row: dict, f: Filters) -> bool:
 
 @router.get("/stream", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}},
-                             "description": "`event: alert` with the alert row as JSON data, per change"}})
+                             "description": "`event: alert` with the alert row as JSON data, per change; "
+                                            "`event: session-ended` last when the credential ends"}})
 async def stream(request: Request, f: Filters = Depends(filters), p: Principal = Depends(require("read"))):
     """Server-sent events: every insert or update of an alert matching the filters, as it happens.
-    A comment line every ``alert_heartbeat_s`` (15 s) keeps proxies from closing the connection. The stream
-    ends when its session or API token stops being valid (log-out, expiry, user disabled, token revoked):
-    that is checked at each heartbeat and before each event is sent."""
-    db, feed = request.app.state.db, request.app.state.feed
+    A comment line every ``alert_heartbeat_s`` (15 s) keeps proxies from closing the connection. When its
+    session or API token stops being valid (log-out, expiry, user disabled, token revoked) the stream sends
+    ``event: session-ended`` and ends (a browser reloads the page and so reaches the log-in page; reconnecting
+    would only get 401). That is checked at each heartbeat and before each batch of events, a yes kept for
+    `console.auth.RECHECK_S` (5 s; a log-out or revocation through this process voids it at once)."""
+    feed = request.app.state.feed
     heartbeat = request.app.state.config.console.alert_heartbeat_s
+    valid = StillValid(request.app.state.db, p)
     queue = feed.subscribe()
 
     async def events():
@@ -83,13 +89,17 @@ async def stream(request: Request, f: Filters = Depends(filters), p: Principal =
                 try:
                     rows = [await asyncio.wait_for(queue.get(), timeout=heartbeat)]
                 except TimeoutError:
-                    if await request.is_disconnected() or not await still_valid(db, p):
+                    if await request.is_disconnected():
+                        return
+                    if not await valid():
+                        yield SESSION_ENDED
                         return
                     yield b": keep-alive\n\n"
                     continue
                 while not queue.empty():  # what else is waiting goes out under the same check
                     rows.append(queue.get_nowait())
-                if not await still_valid(db, p):
+                if not await valid():
+                    yield SESSION_ENDED
                     return
                 for row in rows:
                     if row is None:

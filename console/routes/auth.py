@@ -27,6 +27,7 @@ from console.auth import (
     claim_attempt,
     client_address,
     cookie_secure,
+    credentials_changed,
     current_principal,
     session_cookie,
 )
@@ -104,6 +105,7 @@ async def _end_session(request: Request, response: Response) -> None:
                 p = getattr(request.state, "principal", None)
                 await audit.record(cur, p, "logout", target_kind="user", target_id=p.name if p else row["user_id"],
                                    client=client_address(request))
+        credentials_changed()
     for name in (COOKIE, SECURE_COOKIE):
         response.delete_cookie(name, path="/", secure=name == SECURE_COOKIE, httponly=True, samesite="lax")
 

@@ -121,6 +121,9 @@
     source.addEventListener("open", () => { liveDot.classList.add("on"); liveText.textContent = "live"; });
     source.addEventListener("error", () => { liveDot.classList.remove("on"); liveText.textContent = "reconnecting…"; });
     source.addEventListener("reload", () => reload());
+    // the session ended (log-out, expiry, user disabled): reconnecting would only get 401 for ever, so reload the
+    // page, which sends the browser to the log-in page and back here afterwards
+    source.addEventListener("session-ended", () => { source.close(); location.reload(); });
     source.addEventListener("alert", (ev) => {
       const a = JSON.parse(ev.data);
       const known = rows.has(String(a.id));
