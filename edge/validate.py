@@ -51,6 +51,8 @@ class _TagState:
         self.since_us: int | None = None
 
 
+_UNCONFIGURED = _TagState(None)
+
 _NOT_FINITE, _TYPE, _RANGE, _FROZEN = int(Flag.NOT_FINITE), int(Flag.TYPE_MISMATCH), int(Flag.OUT_OF_RANGE), \
     int(Flag.FROZEN)
 _FUTURE, _STALE, _UNKNOWN = int(Flag.FUTURE_TIME), int(Flag.STALE_TIME), int(Flag.UNKNOWN_TAG)
@@ -89,7 +91,12 @@ class Validator:
     def _state_for(self, tag: str) -> _TagState:
         st = self._state.get(tag)
         if st is None:
-            st = self._state[tag] = _TagState(self._tags.get(tag))
+            cfg = self._tags.get(tag)
+            if cfg is None:
+                # A tag not in the registry has no rules of its own and no frozen-value window: one shared state,
+                # so a wildcard subscription over ever new device ids does not grow this dict without bound.
+                return _UNCONFIGURED
+            st = self._state[tag] = _TagState(cfg)
         return st
 
     def apply(self, cols: Columns, now: datetime) -> int:

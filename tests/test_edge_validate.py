@@ -94,3 +94,11 @@ def test_text_that_is_not_utf8_is_replaced_flagged_and_spoolable(tmp_path):
     spool.append_many([(cols, [])])
     assert [r[2] for r in spool.peek(10)[0].rows] == ["25 \ufffdC", "fine"]
     spool.close()
+
+
+def test_tags_outside_the_registry_keep_no_state_each():
+    """A wildcard subscription over ever new device ids must not grow the validator's memory per tag."""
+    v = make(a={"range": (0, 10), "frozen_after_s": 60})
+    now = utcnow()
+    v.apply_readings([_r(f"dev{i}.x", float(i), now=now) for i in range(10_000)] + [_r("a", 1.0, now=now)], now)
+    assert len(v._state) == 1  # only the configured tag, which has a frozen-value window to follow

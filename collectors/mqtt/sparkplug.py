@@ -155,6 +155,8 @@ class SparkplugDecoder:
         if kind not in ("NBIRTH", "NDATA", "NDEATH", "DBIRTH", "DDATA", "DDEATH") or \
                 len(levels) != (5 if device else 4):
             raise DataError(f"unknown Sparkplug message type or topic shape: {kind!r} with {len(levels)} levels")
+        if not all(levels[1:]):  # the ids make the tag names: an empty one would make tags like "..flow"
+            raise DataError(f"empty group, edge node or device id in {topic!r}")
         try:
             p = Payload.FromString(payload)
         except DecodeError as exc:
