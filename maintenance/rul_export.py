@@ -19,7 +19,9 @@ promotion gate, rollback); `register` does that in one call and `export` writes 
 - **Metrics** (``card["metrics"]``): ``holdout`` = the served ONNX outputs on the test engines' last-cycle
   rows against the RUL file (the rows stored as the version's ``holdout.npz``, on which the gate compares
   versions, metric ``rmse``), ``cmapss`` = the evaluation's metrics (RMSE, PHM08, coverage, selection by CV).
-  The test rows are never used for a choice: selection is by CV on the training engines.
+  The evaluation never uses the test rows for a choice (selection is by CV on the training engines); but a
+  *promotion* between two C-MAPSS versions by the registry gate would compare them on these test rows, i.e.
+  choose on the test set: register the configuration the evaluation selected (maintenance/README.md).
 """
 
 from __future__ import annotations
