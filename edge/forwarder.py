@@ -206,8 +206,8 @@ class Forwarder:
         sink = sink or self.sink
         t0 = time.perf_counter()
         try:
-            if any(_nul_rows(b.columns) for b in batches):  # known to be refused: no need to ask the database
-                raise ValueError("a text with a NUL character (PostgreSQL text cannot hold one)")
+            # Not screened here (the hot path): the database's refusal is the signal, and `_write_apart` sets NUL
+            # texts aside at once, so such a group costs one failed transaction, not a split.
             result = await sink.write(batches)
         except DATA_ERRORS as exc:
             if not sink.connected:

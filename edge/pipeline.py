@@ -104,9 +104,7 @@ class Ingest:
             cols = Columns.concat(_columns_of(group))
             self.validator.apply(cols, utcnow())
         except Exception as exc:  # a bug some value found: the group cannot be spooled; tell who waits, then fail
-            for b in group:
-                if b.nack is not None:
-                    b.nack(exc)
+            _nack(group, exc)
             raise
         items = [(cols, [d for b in group for d in b.dead_letters], [r for b in group for r in b.records])]
         n = len(cols)
@@ -136,9 +134,7 @@ class Ingest:
                 log.error("shutting down: %d readings could not be spooled (%s); not acknowledged upstream, so "
                           "MQTT brokers send them again", n, self.last_error or "spool full",
                           extra={"event": "drain_gave_up", "readings": n})
-                for b in group:
-                    if b.nack is not None:
-                        b.nack(RuntimeError("not spooled at shutdown"))
+                _nack(group, RuntimeError("not spooled at shutdown"))
                 return
             await asyncio.sleep(FULL_RETRY_S)
         self._report_dropped()
@@ -193,6 +189,13 @@ class Ingest:
             want = np.fromiter((t in self.analytics_tags for t in cols.tags), bool, len(cols.tags))
             keep &= want[cols.tag_idx]
         return cols.readings(np.flatnonzero(keep)) if keep.any() else []
+
+
+def _nack(group: list[Batch], exc: BaseException) -> None:
+    """Tell the collectors waiting for these batches' acks that they will not come (the batches are gone)."""
+    for b in group:
+        if b.nack is not None:
+            b.nack(exc)
 
 
 def _columns_of(group: list[Batch]) -> list[Columns]:

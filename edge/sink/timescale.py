@@ -16,14 +16,14 @@ import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 import msgpack
 import numpy as np
 import psycopg
 from psycopg import sql
 
-from edge.columns import Columns, from_us, to_us
+from edge.columns import Columns, from_us
 from edge.db.features import Features
 from edge.db.migrate import migrate
 from edge.settings import Asset, Tag
@@ -38,10 +38,6 @@ _COPY_READINGS = f"COPY readings ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINAR
 def _text(s: str) -> str:
     # PostgreSQL text cannot hold NUL; a dead letter must be storable whatever its topic or error says.
     return s.replace("\x00", "\\x00")
-
-
-def from_seconds(t: float) -> datetime:
-    return datetime.fromtimestamp(t, UTC)
 
 
 async def write_dead_letters(cur: psycopg.AsyncCursor, dead: list[tuple]) -> None:
@@ -213,7 +209,7 @@ class TimescaleSink:
                     refused = await write_records(conn, records)
                     result.refused = refused
                     # The time of the batch (not of this attempt): a replay then makes the same dead letter.
-                    created = to_us(from_seconds(min(b.created for b in batches if b.records)))
+                    created = round(min(b.created for b in batches if b.records) * 1e6)  # seconds -> µs
                     dead = list(dead) + [("records", kind, msgpack.packb(
                         [r for k, r in records if k == kind], datetime=True, default=str), error,
                         created) for kind, error in refused]
