@@ -311,13 +311,15 @@ class Analytics:
         # An open alert of the manager missing from the stored open ones is either cleared in the console or not
         # written yet (the spool forwards it later: database down, a backlog). Only the stored row can tell.
         missing = [o.alert.id for o in self.manager.open.values() if o.alert.id not in by_id]
-        for alert_id in await store.cleared_ids(conn, missing) if missing else ():
+        cleared = await store.cleared_ids(conn, missing) if missing else set()
+        for alert_id in cleared:
             self.manager.cleared_by_hand(alert_id)
         # Missing with nothing left in the spool, twice running: its row was refused (dead-lettered), so it will
-        # never be written; forgotten, an active condition raises it again (a row the board shows).
+        # never be written; forgotten, an active condition raises it again (a row the board shows). A row that
+        # arrived since and was cleared in the console is the case above, not this one.
         drained = self.spool_pending is not None and self.spool_pending() == 0
-        unwritten = {i for i in missing if i in self._missing_drained} if drained else set()
-        for alert_id in unwritten - {a.id for a, *_ in stored}:
+        unwritten = {i for i in missing if i in self._missing_drained and i not in cleared} if drained else set()
+        for alert_id in unwritten:
             log.warning("alert %s was never stored (its row was refused: see dead_letters); raising it again if "
                         "its condition lasts", alert_id, extra={"event": "alert_unstored"})
             self.manager.cleared_by_hand(alert_id)

@@ -1,5 +1,6 @@
 """Alert lifecycle, predictions and feedback stored in TimescaleDB (and plain PostgreSQL)."""
 
+import logging
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -228,7 +229,7 @@ async def test_escalation_time_is_stored_and_a_restart_does_not_escalate_again(p
         assert e.escalation_level == 2 and e.alert.severity == "critical"
 
 
-async def test_sync_forgets_only_alerts_cleared_in_the_console(pg_dsn):
+async def test_sync_forgets_only_alerts_cleared_in_the_console(pg_dsn, caplog):
     """An open alert missing from the stored open ones was either cleared by a person or not written yet (the
     spool holds it while the database is away); only a stored, cleared row means the former."""
     from edge.analytics import Analytics
@@ -263,6 +264,17 @@ async def test_sync_forgets_only_alerts_cleared_in_the_console(pg_dsn):
         assert {o.alert.asset for o in an.manager.open.values()} == {"P2"}
         await an.sync_once(conn)
         assert an.manager.open == {}
+        # Missing at a drained sync, then written and cleared in the console before the next one: cleared by
+        # hand, not reported as a row that was never stored.
+        late = an.manager.observe(asset="P3", tag="P3.p", kind="rule:hi", active=True, t=at(0))
+        await an.sync_once(conn)
+        await store.apply_changes(conn, late)
+        assert await store.clear(conn, late[0].alert.id, "anna")
+        with caplog.at_level(logging.WARNING, logger="edge.analytics"):
+            await an.sync_once(conn)
+        assert an.manager.open == {}
+        assert not [r for r in caplog.records if getattr(r, "event", None) == "alert_unstored"
+                    and r.args == (late[0].alert.id,)]
 
 
 async def test_changes_reach_the_open_alert_that_absorbed_another_writers_insert(pg_dsn):
