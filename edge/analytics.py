@@ -116,7 +116,8 @@ class Analytics:
         self.conninfo = conninfo
         mcfg = maintenance_config(cfg)
         self.mcfg = mcfg
-        self.maintenance = MaintenanceLive(mcfg, dsn=conninfo, metrics=metrics) if mcfg else None
+        self.maintenance = (MaintenanceLive(mcfg, dsn=conninfo, metrics=metrics, state_dir=cfg.site.state_dir)
+                            if mcfg else None)
         if self.maintenance is not None:
             self.manager = self.maintenance.manager
         else:
@@ -190,6 +191,7 @@ class Analytics:
         self._start_notifiers()
         sync = asyncio.create_task(self._sync_loop())
         notify = [asyncio.create_task(self._notify_loop(box)) for box in self._outboxes]
+        save = asyncio.create_task(self._save_loop())
         try:
             while True:
                 group = await self.queue.get()
@@ -205,9 +207,14 @@ class Analytics:
                                   extra={"event": "analytics_error"})
         finally:
             sync.cancel()
+            save.cancel()
             for t in notify:
                 t.cancel()
-            await asyncio.gather(sync, *notify, return_exceptions=True)
+            await asyncio.gather(sync, save, *notify, return_exceptions=True)
+            rul = self.maintenance.rul if self.maintenance is not None else None
+            data = rul.snapshot() if rul is not None else None
+            if data is not None:  # the cycles since the last save, so a restart goes on from here
+                rul.write(data)
             for n in self.notifiers:
                 await n.aclose()
 
@@ -283,6 +290,18 @@ class Analytics:
                 log.warning("notification of alert %s to %s failed: %s", ch.alert.id, n.name, detail,
                             extra={"event": "notify_failed", "asset": ch.alert.asset})
             self.metrics.notifications.labels("ok" if ok else "failed").inc()
+
+    async def _save_loop(self) -> None:
+        """Save the RUL assets' kept cycles every ``state_save_s`` (the snapshot on the loop, between two groups
+        or inside one's awaits, never during a synchronous update; the file written in a worker thread)."""
+        rul = self.maintenance.rul if self.maintenance is not None else None
+        if rul is None or rul.state_path is None:
+            return
+        while True:
+            await asyncio.sleep(self.mcfg.state_save_s)
+            data = rul.snapshot()
+            if data is not None:
+                await asyncio.to_thread(rul.write, data)
 
     async def _sync_loop(self) -> None:
         """Keep the alert manager in step with the database: open alerts, acknowledgements, windows."""

@@ -23,6 +23,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 
@@ -105,9 +106,10 @@ class _Anomaly:
 
 class MaintenanceLive:
     def __init__(self, config: MaintenanceConfig, windows: list[Window] | None = None, *, dsn: str | None = None,
-                 metrics=None) -> None:
+                 metrics=None, state_dir: Path | None = None) -> None:
         """``dsn`` is the site database (RUL models whose registry index is there, ``registry_db``); ``metrics``
-        (`edge.metrics.Metrics`) counts RUL model swaps."""
+        (`edge.metrics.Metrics`) counts RUL model swaps; ``state_dir`` keeps the RUL assets' cycles across
+        restarts (`maintenance.rul_live`)."""
         self.config = config
         self.manager = AlertManager(config.alerts, windows)
         series: dict[str, tuple[str, ...]] = {}
@@ -132,7 +134,8 @@ class MaintenanceLive:
         if rul_assets:
             from maintenance.rul_live import RulLive
 
-            self.rul = RulLive(rul_assets, self.manager, config.period_s, dsn=dsn, metrics=metrics)
+            self.rul = RulLive(rul_assets, self.manager, config.period_s, dsn=dsn, metrics=metrics,
+                               state_dir=state_dir)
 
     def tags(self) -> set[str]:
         """The raw tags this reads: indicator series and waveforms, anomaly signals, RUL tags, rule tags."""

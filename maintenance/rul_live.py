@@ -18,12 +18,24 @@ The model comes from a version directory or the registry's champion of a model i
 ``index.json`` or, with ``registry_db``, the site database the console promotes in). A registry-served asset
 asks for the champion every ``refresh_s`` seconds and swaps a newly promoted or rolled-back version in
 between two cycles, its features rebuilt from the cycles kept (`RulLive`).
+
+The kept cycles outlive the process: with a state folder, `snapshot` + `write` save every asset's per-cycle
+means, its current cycle and its age to ``rul_state.json`` (atomically, every ``[maintenance] state_save_s``
+and at shutdown), and the next start restores them, so a restarted gateway goes on with the asset's age and
+EWM history instead of starting a new life (the longest span, 240 cycles, takes hundreds of cycles to fill
+again). Cycles closed after the last save and before a crash are missing from the history (their readings
+are stored; their predictions went out when they closed). A saved asset whose tags or cycle settings changed
+is not restored (logged).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -42,6 +54,8 @@ from maintenance.rul_intervals import BinnedConformal
 
 log = logging.getLogger(__name__)
 COUNTER = -1  # the position of an asset's cycle counter tag in `RulLive.tag_of`
+STATE_FILE = "rul_state.json"
+STATE_FORMAT = 1
 
 
 class ServedRulModel:
@@ -176,6 +190,62 @@ def bind(name: str, cfg: RulAssetConfig, model: ServedRulModel) -> tuple[np.ndar
     return sel, ns
 
 
+def _replayed(history, model: ServedRulModel, sel: np.ndarray, ns: int) -> EwmState:
+    """The EWM state of ``model`` after the kept cycles (cycles with a tag not yet seen give no row, as live)."""
+    state = EwmState.new(model.spans, model.width)
+    for age, raw in history:
+        row = raw[sel]
+        if np.isfinite(row).all():
+            state.push(model.normalise(row[:ns], row[ns:]), age)
+    return state
+
+
+def _key(cfg: RulAssetConfig) -> dict:
+    """What a saved history must match to be restored: the tags (their order is the raw columns') and cycles."""
+    return {"settings": list(cfg.settings), "sensors": list(cfg.sensors), "cycle_s": cfg.cycle_s,
+            "cycle_tag": cfg.cycle_tag, "start_cycle": cfg.start_cycle}
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t is not None else None
+
+
+def _asset_state(a: _Asset) -> dict:
+    return {"key": _key(a.cfg), "slot": a.slot, "first_slot": a.first_slot, "closed": a.closed,
+            "sums": a.sums.tolist(), "counts": a.counts.tolist(), "last": a.last.tolist(), "cycles": a.cycles,
+            "last_pred": a.last_pred, "first_time": _iso(a.first_time), "end_time": _iso(a.end_time),
+            "history": [[age, raw.tolist()] for age, raw in a.history]}
+
+
+def _restore(a: _Asset, s: dict) -> None:
+    n = len(a.sums)
+
+    def vector(v) -> np.ndarray:
+        x = np.asarray(v, dtype=float)
+        if x.shape != (n,):
+            raise ValueError(f"a vector of {x.shape} values, expected {n}")
+        return x
+
+    history = [(int(age), vector(raw)) for age, raw in s["history"]]
+    sums, counts, last = vector(s["sums"]), vector(s["counts"]), vector(s["last"])
+    a.history = deque(history, maxlen=a.cfg.history_cycles)
+    a.slot, a.closed = int(s["slot"]), bool(s["closed"])
+    a.first_slot = int(s["first_slot"]) if s["first_slot"] is not None else None  # counter mode: unused
+    a.sums, a.counts, a.last = sums, counts, last
+    a.cycles, a.last_pred = int(s["cycles"]), int(s["last_pred"])
+    a.first_time = datetime.fromisoformat(s["first_time"]) if s["first_time"] else None
+    a.end_time = datetime.fromisoformat(s["end_time"]) if s["end_time"] else None
+
+
+def _reset(a: _Asset) -> None:
+    a.history.clear()
+    a.slot = a.first_slot = a.first_time = a.end_time = None
+    a.closed, a.cycles, a.last_pred = False, 0, -(10**9)
+    a.sums[:] = 0.0
+    a.counts[:] = 0.0
+    a.last[:] = np.nan
+
+
 class RulLive:
     """RUL predictions (and optional alerts) of every asset configured with a RUL model.
 
@@ -190,13 +260,20 @@ class RulLive:
     """
 
     def __init__(self, assets: list[AssetConfig], manager: AlertManager, period_s: float, *, dsn: str | None = None,
-                 clock: Callable[[], float] = time.monotonic, metrics=None) -> None:
+                 clock: Callable[[], float] = time.monotonic, metrics=None, state_dir: Path | None = None) -> None:
         self.manager = manager
         self.dsn = dsn
         self.clock = clock
         self.metrics = metrics
         self.swaps = 0
         self.refusals = 0
+        self.state_path = Path(state_dir) / STATE_FILE if state_dir is not None else None
+        self.restored: dict[str, int] = {}  # asset -> cycles restored from the state file at start
+        self._dirty = False  # a cycle closed since the last snapshot
+        self._snapshots = 0
+        self._written = 0
+        self._write_lock = threading.Lock()
+        self._write_error: str | None = None
         self.assets: list[_Asset] = []
         self.tag_of: dict[str, tuple[int, int]] = {}  # tag -> (asset, position among its configured tags)
         now = clock()
@@ -234,6 +311,8 @@ class RulLive:
             if cfg.cycle_tag:
                 self.tag_of[cfg.cycle_tag] = (len(self.assets), COUNTER)
             self.assets.append(st)
+        if self.state_path is not None:
+            self._load()
 
     # -- the served version ---------------------------------------------------------------------
     def due(self) -> bool:
@@ -307,11 +386,7 @@ class RulLive:
     def _serve(self, a: _Asset, model: ServedRulModel) -> None:
         """Serve ``model`` for the asset from its next cycle, its EWM state rebuilt from the kept cycles."""
         sel, ns = bind(a.name, a.cfg, model)
-        state = EwmState.new(model.spans, model.width)
-        for age, raw in a.history:
-            row = raw[sel]
-            if np.isfinite(row).all():
-                state.push(model.normalise(row[:ns], row[ns:]), age)
+        state = _replayed(a.history, model, sel, ns)
         old = a.model
         a.model, a.sel, a.n_settings, a.state, a.refused = model, sel, ns, state, None
         if old is None:
@@ -356,6 +431,85 @@ class RulLive:
                 self._close(a, preds, changes)
         return preds, changes
 
+    # -- the kept cycles across restarts ------------------------------------------------------------
+    def snapshot(self) -> bytes | None:
+        """Every asset's kept cycles, current cycle and age as JSON, or None when no cycle closed since the last
+        snapshot. Cheap enough for the event loop (the gateway writes it with `write` in a worker thread)."""
+        if self.state_path is None or not self._dirty:
+            return None
+        self._dirty = False
+        self._snapshots += 1
+        body = {"format": STATE_FORMAT, "saved_at": datetime.now(UTC).isoformat(), "seq": self._snapshots,
+                "assets": {a.name: _asset_state(a) for a in self.assets if a.slot is not None}}
+        return json.dumps(body).encode()
+
+    def write(self, data: bytes) -> bool:
+        """Replace the state file with ``data`` (a `snapshot`) atomically; an older snapshot never replaces a newer
+        one. Blocking. A failure is logged once per kind and counted; the gateway goes on."""
+        seq = json.loads(data)["seq"]
+        with self._write_lock:
+            if seq <= self._written:
+                return False
+            path = self.state_path
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=".rul_state.", dir=path.parent)
+                try:
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(data)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    os.replace(tmp, path)
+                except BaseException:
+                    os.unlink(tmp)
+                    raise
+            except OSError as exc:
+                self._dirty = True  # try again at the next save
+                if self.metrics is not None:
+                    self.metrics.analytics_errors.inc()
+                if self._write_error != type(exc).__name__:
+                    self._write_error = type(exc).__name__
+                    log.error("RUL history not saved to %s (kept in memory, retried): %s", path, exc,
+                              extra={"event": "rul_state_not_saved"})
+                return False
+            self._written, self._write_error = seq, None
+            return True
+
+    def _load(self) -> None:
+        path = self.state_path
+        try:
+            body = json.loads(path.read_bytes())
+            if body.get("format") != STATE_FORMAT:
+                raise ValueError(f"format {body.get('format')!r}, expected {STATE_FORMAT}")
+            saved = body["assets"]
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("RUL history in %s not readable, every asset starts without history: %s", path, exc,
+                        extra={"event": "rul_state_unreadable"})
+            return
+        for a in self.assets:
+            s = saved.get(a.name)
+            if s is None:
+                continue
+            if s.get("key") != _key(a.cfg):
+                log.warning("asset %s: the RUL history saved in %s is of another configuration (tags or cycles "
+                            "changed); not restored, the asset starts without history", a.name, path,
+                            extra={"event": "rul_state_mismatch", "asset": a.name})
+                continue
+            try:
+                _restore(a, s)
+            except (KeyError, TypeError, ValueError) as exc:
+                _reset(a)
+                log.warning("asset %s: the RUL history saved in %s is damaged (%s); the asset starts without "
+                            "history", a.name, path, exc, extra={"event": "rul_state_unreadable", "asset": a.name})
+                continue
+            if a.model is not None:
+                a.state = _replayed(a.history, a.model, a.sel, a.n_settings)
+            self.restored[a.name] = len(a.history)
+            log.info("asset %s: RUL history restored from %s: %d cycles, age %s", a.name, path, len(a.history),
+                     a.history[-1][0] if a.history else None, extra={"event": "rul_state_restored", "asset": a.name})
+
     def _counted(self, a: _Asset, pos: int, t: datetime, v: float, preds: list[Prediction],
                  changes: list[AlertChange]) -> None:
         """Counter mode: a reading of the cycle counter (``pos`` COUNTER) or of a tag of the current cycle."""
@@ -385,6 +539,7 @@ class RulLive:
 
     def _close(self, a: _Asset, preds: list[Prediction], changes: list[AlertChange]) -> None:
         a.closed = True
+        self._dirty = True
         seen = a.counts > 0
         a.last[seen] = a.sums[seen] / a.counts[seen]
         if a.cfg.cycle_tag is not None:

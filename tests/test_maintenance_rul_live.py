@@ -3,6 +3,8 @@ the predictions of the offline model (same features, ONNX graph, interval, model
 exported directory or the registry's champion; the lower end of the interval can raise an alert."""
 
 import json
+import logging
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -397,3 +399,201 @@ def test_a_missing_or_damaged_model_directory_is_a_configuration_error(fitted, t
     (broken / "model.onnx").write_bytes(b"not an onnx graph")
     with pytest.raises(ConfigError, match=r"asset 'E1': rul.model_dir .*broken: cannot load the model"):
         MaintenanceLive(MaintenanceConfig(period_s=60.0, assets=(rul_asset(1, broken),)))
+
+
+def _restarted(config: MaintenanceConfig, state_dir: Path, first: list, rest: list) -> tuple[list, MaintenanceLive]:
+    """Process ``first``, save as the gateway does at shutdown, start afresh on the same state folder, process
+    ``rest``: the predictions of ``rest`` and the new instance."""
+    live = MaintenanceLive(config, state_dir=state_dir)
+    _process(live, first)
+    data = live.rul.snapshot()
+    assert data is not None and live.rul.write(data)
+    again = MaintenanceLive(config, state_dir=state_dir)
+    return _process(again, rest), again
+
+
+def test_a_restart_goes_on_with_the_assets_age_and_history(fitted, tmp_path, caplog):
+    """The kept cycles are saved in the state folder: after a restart (cycles by time, and by a counter) the
+    predictions are those of an uninterrupted run: same age, same features, same values and intervals."""
+    _, d = fitted
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    u = int(test.units()[0])
+    one = test.select(test.unit == u)
+    batches = list(replay(one))
+    at = len(batches) // 2
+    config = MaintenanceConfig(period_s=60.0, assets=(rul_asset(u, d),))
+    whole = _process(MaintenanceLive(config), batches)
+    with caplog.at_level(logging.INFO, logger="maintenance.rul_live"):
+        after, again = _restarted(config, tmp_path / "a", batches[:at], batches[at:])
+    assert again.rul.restored == {f"E{u}": at}
+    assert any(getattr(r, "event", None) == "rul_state_restored" for r in caplog.records)
+    tail = whole[-len(after):]
+    assert [p.details["cycle"] for p in after] == [p.details["cycle"] for p in tail] == list(range(at + 1, at + 1 +
+                                                                                                     len(after)))
+    assert np.allclose([p.value for p in after], [p.value for p in tail], atol=1e-9)
+    assert [(p.lower, p.upper, p.input_start) for p in after] == [(p.lower, p.upper, p.input_start) for p in tail]
+    # Without the saved state (the old behaviour) the restarted asset would start a new life at cycle 1.
+    fresh = _process(MaintenanceLive(config), batches[at:])
+    assert fresh[0].details["cycle"] == 1 and not np.allclose([p.value for p in fresh], [p.value for p in tail])
+
+    # Counter mode, the restart in the middle of a cycle (its readings so far are kept).
+    asset = AssetConfig(name="ENG", rul=RulAssetConfig(
+        model_dir=str(d), sensors=tuple(f"ENG.s{j}" for j in range(1, 22)),
+        settings=tuple(f"ENG.set{k}" for k in range(1, 4)), cycle_tag="ENG.cycles"))
+    cconfig = MaintenanceConfig(period_s=1.0, assets=(asset,))
+    readings, t = [], T0
+    for i in range(len(one.unit)):
+        readings.append(Reading("ENG.cycles", t, float(one.cycle[i]), t))
+        tk = t + timedelta(seconds=30)
+        readings += [Reading(f"ENG.set{j + 1}", tk, float(one.settings[i, j]), tk) for j in range(3)]
+        readings += [Reading(f"ENG.s{j + 1}", tk, float(one.sensors[i, j]), tk) for j in range(21)]
+        t += timedelta(seconds=60)
+    readings.append(Reading("ENG.cycles", t, float(one.cycle[-1]) + 1, t))
+    cut = 25 * at + 10  # inside cycle at + 1: its counter and 9 of its 24 tags before the restart
+    whole = _process(MaintenanceLive(cconfig), [[r] for r in readings])
+    after, _ = _restarted(cconfig, tmp_path / "c", [[r] for r in readings[:cut]], [[r] for r in readings[cut:]])
+    tail = whole[-len(after):]
+    assert [p.details["cycle"] for p in after] == [p.details["cycle"] for p in tail]
+    assert after[0].details["cycle"] == at + 1
+    assert np.allclose([p.value for p in after], [p.value for p in tail], atol=1e-9)
+    assert [p.input_start for p in after] == [p.input_start for p in tail]
+
+
+def test_saved_history_of_another_configuration_or_damaged_is_not_restored(fitted, tmp_path, caplog):
+    _, d = fitted
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    u = int(test.units()[0])
+    batches = list(replay(test.select(test.unit == u)))
+    config = MaintenanceConfig(period_s=60.0, assets=(rul_asset(u, d),))
+    live = MaintenanceLive(config, state_dir=tmp_path)
+    _process(live, batches[:20])
+    first = live.rul.snapshot()
+    _process(live, batches[20:30])
+    second = live.rul.snapshot()
+    assert live.rul.write(second) and not live.rul.write(first)  # an older snapshot never replaces a newer one
+    assert MaintenanceLive(config, state_dir=tmp_path).rul.restored == {f"E{u}": 30}
+    assert live.rul.snapshot() is None  # nothing closed since: nothing to save
+
+    other = MaintenanceConfig(period_s=60.0, assets=(rul_asset(u, d, cycle_s=30.0),))
+    with caplog.at_level(logging.WARNING, logger="maintenance.rul_live"):
+        moved = MaintenanceLive(other, state_dir=tmp_path)
+    assert moved.rul.restored == {}
+    assert [r for r in caplog.records if getattr(r, "event", None) == "rul_state_mismatch"]
+    preds = _process(moved, batches[30:32])
+    assert preds[0].details["cycle"] == 1  # starts afresh
+
+    state = tmp_path / "rul_state.json"
+    body = json.loads(state.read_text())
+    body["assets"][f"E{u}"]["history"][3][1] = [1.0, 2.0]  # a row of the wrong width
+    state.write_text(json.dumps(body))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="maintenance.rul_live"):
+        damaged = MaintenanceLive(config, state_dir=tmp_path)
+    assert damaged.rul.restored == {}
+    assert [r for r in caplog.records if getattr(r, "event", None) == "rul_state_unreadable"]
+    assert _process(damaged, batches[30:32])[0].details["cycle"] == 1
+    state.write_text("{not json")
+    assert MaintenanceLive(config, state_dir=tmp_path).rul.restored == {}
+
+
+GATEWAY_SITE = """
+[[collectors.subscriptions]]
+topic = "rul/@RUN@/cycle"
+tag = "{field}"
+json = { samples = "s", tag = "tag", value = "v", time = "t", time_format = "epoch_s" }
+
+[validation]
+max_age_s = 864000
+
+[maintenance]
+period_s = 60
+state_save_s = @SAVE@
+
+[[maintenance.assets]]
+name = "E@U@"
+rul = { model_dir = "@MODEL@", sensors = [@SENSORS@], settings = [@SETTINGS@], cycle_s = 60.0 }
+"""
+
+
+@pytest.mark.slow
+def test_the_gateway_goes_on_with_an_engines_age_after_a_stop_and_a_kill(fitted, tmp_path, pg_dsn, mosquitto):
+    """MQTT -> `valvoja run` -> predictions table, one engine's cycles in three parts: a stop (SIGTERM: saved at
+    shutdown; the periodic save an hour away), a SIGKILL after the periodic save: every cycle has exactly one
+    prediction, with its own age, equal to the offline model's (an uninterrupted run's)."""
+    import orjson
+    import paho.mqtt.client as mqtt
+    import psycopg
+    from gateway_proc import GatewayProcess
+    from ops_support import new_run, site_config, wait_for
+
+    r, d = fitted
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    u = int(test.units()[0])
+    one = test.select(test.unit == u)
+    n = len(one.unit)
+    run = new_run()
+
+    def site(save_s: float) -> str:
+        sensors = ", ".join(f'"E{u}.s{j}"' for j in range(1, 22))
+        settings = ", ".join(f'"E{u}.set{k}"' for k in range(1, 4))
+        return site_config(pg_dsn, mosquitto.port, run=run, gateway_id="gw-rul") + (
+            GATEWAY_SITE.replace("@RUN@", run).replace("@U@", str(u)).replace("@MODEL@", str(d))
+            .replace("@SAVE@", str(save_s)).replace("@SENSORS@", sensors).replace("@SETTINGS@", settings))
+
+    def predictions() -> list[tuple]:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            try:
+                return conn.execute("SELECT (details->>'cycle')::int, value FROM predictions WHERE asset = %s "
+                                    "ORDER BY time", (f"E{u}",)).fetchall()
+            except psycopg.errors.UndefinedTable:
+                return []
+
+    t0 = time.time() - 60 * (n + 10)
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{run}")
+    pub.connect("127.0.0.1", mosquitto.port)
+    pub.loop_start()
+
+    def send(cycles: range) -> None:
+        infos = []
+        for i in cycles:
+            t = t0 + 60 * i
+            samples = ([{"tag": f"E{u}.set{k + 1}", "t": t, "v": float(one.settings[i, k])} for k in range(3)] +
+                       [{"tag": f"E{u}.s{j + 1}", "t": t, "v": float(one.sensors[i, j])} for j in range(21)])
+            infos.append(pub.publish(f"rul/{run}/cycle", orjson.dumps({"s": samples}), qos=1))
+        for info in infos:
+            info.wait_for_publish(10)
+
+    # The last reading of a cycle closes it only when a later cycle's reading arrives, or when every tag has its
+    # reading: here the latter (one reading per tag per 60 s cycle), so each message closes its cycle.
+    a, b = n // 3, 2 * n // 3
+    gw = GatewayProcess(tmp_path / "gw", site(3600)).start()
+    state = tmp_path / "gw" / "var" / "rul_state.json"
+    try:
+        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up")
+        send(range(0, a))
+        wait_for(lambda: len(predictions()) == a, timeout_s=60, what=f"{a} predictions")
+        assert not state.exists()  # the periodic save is an hour away
+        assert gw.terminate() == 0
+        assert len(json.loads(state.read_text())["assets"][f"E{u}"]["history"]) == a  # saved at shutdown
+
+        gw.config.write_text(site(0.5).replace("{HTTP_PORT}", str(gw.port)))
+        gw.start()
+        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up again")
+        send(range(a, b))
+        wait_for(lambda: len(predictions()) == b, timeout_s=60, what=f"{b} predictions")
+        wait_for(lambda: len(json.loads(state.read_text())["assets"][f"E{u}"]["history"]) == b,
+                 what="the periodic save")
+        gw.kill()
+
+        gw.start()
+        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up after the kill")
+        send(range(b, n))
+        got = wait_for(lambda: len(p := predictions()) >= n and p, timeout_s=60, what=f"{n} predictions")
+        assert [c for c, _ in got] == list(range(1, n + 1))  # one per cycle, each with its own age
+        offline = r["model"].predict(one.unit, one.cycle, one.settings, one.sensors)
+        assert np.allclose([v for _, v in got], offline, atol=1e-3)
+        assert gw.health()["analytics"]["errors"] == 0
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        gw.kill()
