@@ -33,8 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import threading
 import time
 from collections import deque
@@ -46,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import ConfigError
+from edge.files import write_atomic
 from edge.records import Prediction, Reading
 from maintenance.alerts import AlertChange, AlertManager
 from maintenance.config import AssetConfig, RulAssetConfig
@@ -452,17 +451,7 @@ class RulLive:
                 return False
             path = self.state_path
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=".rul_state.", dir=path.parent)
-                try:
-                    with os.fdopen(fd, "wb") as f:
-                        f.write(data)
-                        f.flush()
-                        os.fsync(f.fileno())
-                    os.replace(tmp, path)
-                except BaseException:
-                    os.unlink(tmp)
-                    raise
+                write_atomic(path, data)
             except OSError as exc:
                 self._dirty = True  # try again at the next save
                 if self.metrics is not None:

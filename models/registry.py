@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import ConfigError, ValvojaError
+from edge.files import write_atomic
 from models.data import FeatureTable
 from models.export import ParityError, sha256
 from models.runtime import IntegrityError, OnnxModel
@@ -207,9 +208,7 @@ class _JsonIndex:
             t = _JsonTx(data)
             yield t
             if t.dirty:
-                tmp = self.path.with_suffix(".json.tmp")
-                tmp.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-                os.replace(tmp, self.path)  # atomic: a crash leaves the old or the new index, never half
+                write_atomic(self.path, json.dumps(data, indent=1, allow_nan=False) + "\n")
 
 
 class _JsonTx:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import os
 import ssl
 import threading
 from pathlib import Path
@@ -22,6 +21,7 @@ import paho.mqtt.client as mqtt
 
 from collectors.mqtt.config import Config
 from edge.errors import ConfigError
+from edge.files import write_atomic
 
 
 def tls_context(cfg: Config) -> ssl.SSLContext | None:
@@ -167,7 +167,4 @@ class SavedSubscriptions:
         return filters if isinstance(filters, list) else None
 
     def save(self, filters: list[str]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**self.key, "filters": sorted(filters)}))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps({**self.key, "filters": sorted(filters)}))

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from pathlib import Path
 from urllib.parse import quote, unquote
 
 from collectors.mqtt.sparkplug import SparkplugDecoder
+from edge.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,8 @@ class SparkplugStore:
     def save(self, group: str, node: str, state: dict) -> None:
         """Write one node's state (called on the MQTT network thread, before the birth is acked)."""
         path = self.folder / f"{_name(group)}~{_name(node)}.json"
-        tmp = path.with_suffix(".tmp")
         with self._lock:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w") as f:
-                json.dump(state, f, separators=(",", ":"))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            write_atomic(path, json.dumps(state, separators=(",", ":")))
 
     def stats(self) -> dict | None:
         if not self.decoders:

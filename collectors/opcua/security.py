@@ -62,6 +62,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from edge.files import write_atomic
+
 log = logging.getLogger(__name__)
 
 POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
@@ -417,18 +419,7 @@ def _write_pin(pki: Pki, pins: dict[str, dict], endpoint: str, cert: x509.Certif
     pins = {**pins, endpoint_key(endpoint): {
         "thumbprint": thumbprint(cert), "subject": subject(cert),
         "pinned": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}}
-    text = json.dumps({"version": 1, "endpoints": dict(sorted(pins.items()))}, indent=2) + "\n"
-    tmp = pki.pins.with_name(f".{pki.pins.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, pki.pins)
-    dfd = os.open(pki.root, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomic(pki.pins, json.dumps({"version": 1, "endpoints": dict(sorted(pins.items()))}, indent=2) + "\n")
 
 
 def _follow_pin(pki: Pki, endpoint: str, cert: x509.Certificate) -> None:
