@@ -31,3 +31,28 @@ def write_atomic(path: str | Path, data: bytes | str, *, mode: int = 0o644) -> N
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def state_body(body: dict, version: int) -> bytes:
+    """A state file's content: ``body`` with its format version and when it was saved, as JSON."""
+    import json
+    from datetime import UTC, datetime
+
+    return json.dumps({"format": version, "saved_at": datetime.now(UTC).isoformat(), **body}).encode()
+
+
+def read_state(path: Path, version: int) -> dict | None:
+    """The body of a state file written with `state_body`; None when there is none. ValueError (naming the file)
+    when it cannot be read or is of another format version: the caller logs it and starts without it."""
+    import json
+
+    try:
+        body = json.loads(Path(path).read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    if not isinstance(body, dict) or body.get("format") != version:
+        got = body.get("format") if isinstance(body, dict) else type(body).__name__
+        raise ValueError(f"{path}: format {got!r}, expected {version}")
+    return body

@@ -13,13 +13,17 @@
 Times are the readings' own (source) times, so a replay gives the same result as live operation.
 Anomaly detectors train themselves on the first ``train_samples`` seconds of each asset (declare
 that period healthy by starting monitoring on a healthy machine), then score every second; assets
-are scored together in `AnomalyBank`s (numpy across assets).
+are scored together in `AnomalyBank`s (numpy across assets). With a state folder the fitted detectors are
+saved (``anomaly_models.json``) when an asset finishes training and restored at the next start, so a restart
+neither trains again on whatever the machine does then (a fault would become "healthy") nor leaves the asset
+unscored for the training time; changed anomaly settings of an asset, or deleting the file, train again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -27,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.files import read_state, state_body, write_atomic
 from edge.records import Prediction, Quality, Reading
 from maintenance.alerts import AlertChange, AlertManager, Window, dedup_key
 from maintenance.anomaly import AnomalyBank, AnomalyConfig, AnomalyDetector
@@ -35,7 +40,10 @@ from maintenance.indicators import Band, IndicatorEngine, value_of
 from maintenance.iso20816 import SEVERITY, ZONES, ZoneTracker
 from maintenance.rules import RuleEngine
 
+log = logging.getLogger(__name__)
 STALE_PERIODS = 5  # a signal not updated for this many periods is missing in the anomaly sample
+ANOMALY_STATE_FILE = "anomaly_models.json"
+STATE_FORMAT = 1
 
 
 def detector_version(d: AnomalyDetector) -> str:
@@ -45,6 +53,13 @@ def detector_version(d: AnomalyDetector) -> str:
         h.update(np.ascontiguousarray(a, dtype=float).tobytes())
     h.update(repr(d.config).encode())
     return h.hexdigest()
+
+
+def _anomaly_key(a: AssetConfig) -> dict:
+    """What a saved detector must match to be restored: the asset's anomaly settings that shape the fit."""
+    c = a.anomaly
+    return {"signals": list(c.signals), "train_samples": c.train_samples, "window": c.window, "alpha": c.alpha,
+            "score": c.score, "max_drift": c.max_drift}
 
 
 class _Anomaly:
@@ -65,6 +80,7 @@ class _Anomaly:
         self.last_pred: dict[int, int] = {}
         self.run: dict[int, int] = {}  # consecutive flagged samples per asset
         self.slot: int | None = None
+        self.unsaved = False  # a detector was fitted since the last snapshot
         # Periods after which a gap leaves nothing to score: signals stale, the longest window empty.
         self.horizon = STALE_PERIODS + 1 + max((a.anomaly.window for a in assets), default=1)
 
@@ -95,13 +111,70 @@ class _Anomaly:
                 self.detectors[i] = det
                 self.versions[i] = detector_version(det)
                 changed = True
-        if changed:  # regroup: one bank per number of scored signals
-            groups: dict[int, list[int]] = {}
-            for i, d in self.detectors.items():
-                groups.setdefault(len(d.use_), []).append(i)
-            self.banks = [(np.array(rows), AnomalyBank([self.detectors[i] for i in rows]))
-                          for rows in groups.values()]
+        if changed:
+            self._regroup()
+            self.unsaved = True
         return changed
+
+    def _regroup(self) -> None:
+        """One bank per number of scored signals."""
+        groups: dict[int, list[int]] = {}
+        for i, d in self.detectors.items():
+            groups.setdefault(len(d.use_), []).append(i)
+        self.banks = [(np.array(rows), AnomalyBank([self.detectors[i] for i in rows])) for rows in groups.values()]
+
+    # -- fitted detectors across restarts ----------------------------------------------------------
+    # Trained live on the first `train_samples` after start, a detector would otherwise be trained again at every
+    # restart, on whatever the machine does then: a restart during a fault would learn the fault as healthy
+    # (and clear its alert), and nothing is scored for the training time (30 min by default).
+    def snapshot(self) -> bytes:
+        """The fitted detectors as JSON (`load` restores them)."""
+        self.unsaved = False
+        return state_body({"assets": {
+            self.assets[i].name: {"key": _anomaly_key(self.assets[i]), "version": self.versions[i],
+                                  "use": d.use_.tolist(), "mean": d.mean_.tolist(), "scale": d.scale_.tolist(),
+                                  "precision": d.precision_.tolist(), "calibration": d.calibration_.tolist()}
+            for i, d in self.detectors.items()}}, STATE_FORMAT)
+
+    def load(self, path: Path) -> None:
+        """Restore the detectors saved in ``path`` whose asset's anomaly settings are unchanged (others train)."""
+        try:
+            body = read_state(path, STATE_FORMAT)
+            saved = dict(body["assets"]) if body is not None else {}
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("anomaly models not readable; every asset trains again: %s", exc,
+                        extra={"event": "anomaly_state_unreadable"})
+            return
+        for i, a in enumerate(self.assets):
+            s = saved.get(a.name)
+            if s is None:
+                continue
+            if s.get("key") != _anomaly_key(a):
+                log.warning("asset %s: the anomaly model saved in %s was trained with other settings; training "
+                            "again", a.name, path, extra={"event": "anomaly_state_mismatch", "asset": a.name})
+                continue
+            c = a.anomaly
+            det = AnomalyDetector(AnomalyConfig(window=c.window, alpha=c.alpha, score=c.score,
+                                                max_drift=c.max_drift, hold=0), c.signals)
+            try:
+                det.use_ = np.asarray(s["use"], dtype=np.int64)
+                det.signals_ = [c.signals[j] for j in det.use_]
+                det.mean_, det.scale_ = np.asarray(s["mean"], float), np.asarray(s["scale"], float)
+                det.precision_ = np.asarray(s["precision"], float)
+                det.calibration_ = np.asarray(s["calibration"], float)
+                version = detector_version(det)
+                if version != s["version"]:
+                    raise ValueError("its parameters do not give its version")
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                log.warning("asset %s: the anomaly model saved in %s is damaged (%s); training again", a.name,
+                            path, exc, extra={"event": "anomaly_state_unreadable", "asset": a.name})
+                continue
+            self.detectors[i], self.versions[i] = det, version
+            self.training.pop(i, None)
+            log.info("asset %s: anomaly model %s restored from %s (delete the file to train again)", a.name,
+                     version[:12], path, extra={"event": "anomaly_state_restored", "asset": a.name})
+        if self.detectors:
+            self._regroup()
 
 
 class MaintenanceLive:
@@ -129,6 +202,11 @@ class MaintenanceLive:
                                           period_s=config.period_s, waveforms=waveforms)
         self.rules = RuleEngine(config.rules, self.manager)
         self.anomaly = _Anomaly([a for a in config.assets if a.anomaly is not None], config.period_s)
+        self.anomaly_path = state_dir / ANOMALY_STATE_FILE if state_dir is not None and self.anomaly.assets else None
+        if self.anomaly_path is not None:
+            self.anomaly.load(self.anomaly_path)
+        self._save_error: str | None = None
+        self.metrics = metrics
         rul_assets = [a for a in config.assets if a.rul is not None]
         self.rul = None
         if rul_assets:
@@ -191,6 +269,8 @@ class MaintenanceLive:
                 # update the latest values (used by the next period).
                 self._score(an.slot, preds, changes)
                 an.slot += 1
+            if self.anomaly.unsaved and self.anomaly_path is not None:
+                await self._save_detectors()
             if self.rul is not None:
                 if self.rul.due():
                     # Registry reads (files, the database) off the event loop: a slow database must not stall
@@ -207,6 +287,21 @@ class MaintenanceLive:
         if t is not None:
             changes.extend(self.manager.tick(t))
         return derived, preds, changes
+
+    async def _save_detectors(self) -> None:
+        """Write the fitted detectors (rare: when an asset finishes training) off the event loop; a failure is
+        logged once per kind, counted, and retried at the next fit or restart of training."""
+        try:
+            await asyncio.to_thread(write_atomic, self.anomaly_path, self.anomaly.snapshot())
+            self._save_error = None
+        except OSError as exc:
+            self.anomaly.unsaved = True
+            if self.metrics is not None:
+                self.metrics.analytics_errors.inc()
+            if self._save_error != type(exc).__name__:
+                self._save_error = type(exc).__name__
+                log.error("anomaly models not saved to %s (a restart would train them again): %s",
+                          self.anomaly_path, exc, extra={"event": "anomaly_state_not_saved"})
 
     def _zones(self, derived: list[Reading], changes: list[AlertChange]) -> list[Reading]:
         out = []

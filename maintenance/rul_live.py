@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import ConfigError
-from edge.files import write_atomic
+from edge.files import read_state, state_body, write_atomic
 from edge.records import Prediction, Reading
 from maintenance.alerts import AlertChange, AlertManager
 from maintenance.config import AssetConfig, RulAssetConfig
@@ -438,9 +438,9 @@ class RulLive:
             return None
         self._dirty = False
         self._snapshots += 1
-        body = {"format": STATE_FORMAT, "saved_at": datetime.now(UTC).isoformat(), "seq": self._snapshots,
-                "assets": {a.name: _asset_state(a) for a in self.assets if a.slot is not None}}
-        return json.dumps(body).encode()
+        return state_body({"seq": self._snapshots,
+                           "assets": {a.name: _asset_state(a) for a in self.assets if a.slot is not None}},
+                          STATE_FORMAT)
 
     def write(self, data: bytes) -> bool:
         """Replace the state file with ``data`` (a `snapshot`) atomically; an older snapshot never replaces a newer
@@ -467,14 +467,10 @@ class RulLive:
     def _load(self) -> None:
         path = self.state_path
         try:
-            body = json.loads(path.read_bytes())
-            if body.get("format") != STATE_FORMAT:
-                raise ValueError(f"format {body.get('format')!r}, expected {STATE_FORMAT}")
-            saved = body["assets"]
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("RUL history in %s not readable, every asset starts without history: %s", path, exc,
+            body = read_state(path, STATE_FORMAT)
+            saved = dict(body["assets"]) if body is not None else {}
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("RUL history not readable, every asset starts without history: %s", exc,
                         extra={"event": "rul_state_unreadable"})
             return
         for a in self.assets:

@@ -1,6 +1,8 @@
 """Live monitoring on the simulator's pump: a bearing fault raises an ISO 20816 zone alert and an anomaly
 alert that names the contributing signals, with p-values and model version as evidence."""
 
+import json
+import logging
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -125,3 +127,52 @@ async def test_a_day_long_gap_is_jumped_not_walked():
     # Predictions only where there was data: the periods just after the last readings, and the new one.
     assert all(p.time <= T0 + timedelta(seconds=600) or p.time == t + timedelta(seconds=1) for p in preds), \
         [p.time for p in preds]
+
+
+async def _run(live: MaintenanceLive, batches) -> tuple[list, list]:
+    preds, changes = [], []
+    for batch in batches:
+        _, p, c = await live.process(batch)
+        preds += p
+        changes += c
+    return preds, changes
+
+
+async def test_a_restart_during_a_fault_keeps_the_healthy_model(tmp_path, caplog):
+    """The detector trained on the healthy start is saved when it is fitted and restored at the next start: a
+    gateway restarted while the bearing fault lasts goes on scoring with the same model version at once (it used
+    to train again on the faulty machine, calling the fault healthy and scoring nothing for the training time).
+    Changed anomaly settings or a damaged file train again."""
+    readings = list(pump_readings(1000, fault_from=600))
+    live = MaintenanceLive(config(), state_dir=tmp_path)
+    preds, _ = await _run(live, readings[:700])
+    version = next(p.model_version for p in preds if p.kind == "anomaly")
+    assert (tmp_path / "anomaly_models.json").exists()
+
+    with caplog.at_level(logging.INFO, logger="maintenance.live"):
+        again = MaintenanceLive(config(), state_dir=tmp_path)  # the gateway restarted at second 700
+    assert [r for r in caplog.records if getattr(r, "event", None) == "anomaly_state_restored"]
+    preds, changes = await _run(again, readings[700:])
+    scored = [p for p in preds if p.kind == "anomaly"]
+    assert scored and {p.model_version for p in scored} == {version}
+    assert scored[0].time <= T0 + timedelta(seconds=720)  # from the first full window, not after 400 s of training
+    assert sum(p.p_value <= 0.01 for p in scored) > 200
+    assert [c for c in changes if c.event == "raised" and c.alert.kind == "anomaly"]
+    # Without the saved model (the old behaviour) it trains on the faulty machine and sees nothing.
+    fresh, _ = await _run(MaintenanceLive(config()), readings[700:])
+    assert not [p for p in fresh if p.kind == "anomaly" and p.time < T0 + timedelta(seconds=1100)]
+
+    other = config().model_copy(update={"assets": (config().assets[0].model_copy(update={
+        "anomaly": config().assets[0].anomaly.model_copy(update={"alpha": 0.02})}),)})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="maintenance.live"):
+        retrained = MaintenanceLive(other, state_dir=tmp_path)
+    assert retrained.anomaly.detectors == {}
+    assert [r for r in caplog.records if getattr(r, "event", None) == "anomaly_state_mismatch"]
+    path = tmp_path / "anomaly_models.json"
+    body = json.loads(path.read_text())
+    body["assets"]["P-101"]["mean"][0] += 1.0  # no longer the parameters of its version
+    path.write_text(json.dumps(body))
+    assert MaintenanceLive(config(), state_dir=tmp_path).anomaly.detectors == {}
+    path.write_text("[")
+    assert MaintenanceLive(config(), state_dir=tmp_path).anomaly.detectors == {}
