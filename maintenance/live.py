@@ -14,7 +14,7 @@ Times are the readings' own (source) times, so a replay gives the same result as
 Anomaly detectors train themselves on the first ``train_samples`` seconds of each asset (declare
 that period healthy by starting monitoring on a healthy machine), then score every second; assets
 are scored together in `AnomalyBank`s (numpy across assets). With a state folder the fitted detectors are
-saved (``anomaly_models.json``) when an asset finishes training and restored at the next start, so a restart
+saved (``anomaly_models.npz``) when an asset finishes training and restored at the next start, so a restart
 neither trains again on whatever the machine does then (a fault would become "healthy") nor leaves the asset
 unscored for the training time; changed anomaly settings of an asset, or deleting the file, train again.
 """
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.files import read_state, state_body, write_atomic
+from edge.files import pack_state, read_state, write_atomic
 from edge.records import Prediction, Quality, Reading
 from maintenance.alerts import AlertChange, AlertManager, Window, dedup_key
 from maintenance.anomaly import AnomalyBank, AnomalyConfig, AnomalyDetector
@@ -42,7 +42,8 @@ from maintenance.rules import RuleEngine
 
 log = logging.getLogger(__name__)
 STALE_PERIODS = 5  # a signal not updated for this many periods is missing in the anomaly sample
-ANOMALY_STATE_FILE = "anomaly_models.json"
+ANOMALY_STATE_FILE = "anomaly_models.npz"
+DETECTOR_ARRAYS = ("use", "mean", "scale", "precision", "calibration")  # AnomalyDetector's fitted `<name>_`
 STATE_FORMAT = 1
 
 
@@ -128,19 +129,21 @@ class _Anomaly:
     # restart, on whatever the machine does then: a restart during a fault would learn the fault as healthy
     # (and clear its alert), and nothing is scored for the training time (30 min by default).
     def snapshot(self) -> bytes:
-        """The fitted detectors as JSON (`load` restores them)."""
+        """The fitted detectors as a state file (`load` restores them)."""
         self.unsaved = False
-        return state_body({"assets": {
-            self.assets[i].name: {"key": _anomaly_key(self.assets[i]), "version": self.versions[i],
-                                  "use": d.use_.tolist(), "mean": d.mean_.tolist(), "scale": d.scale_.tolist(),
-                                  "precision": d.precision_.tolist(), "calibration": d.calibration_.tolist()}
-            for i, d in self.detectors.items()}}, STATE_FORMAT)
+        meta: dict = {"assets": {}}
+        arrays: dict[str, np.ndarray] = {}
+        for i, d in self.detectors.items():
+            meta["assets"][self.assets[i].name] = {"key": _anomaly_key(self.assets[i]), "version": self.versions[i],
+                                                   "arrays": i}
+            arrays.update({f"{i}.{k}": getattr(d, f"{k}_") for k in DETECTOR_ARRAYS})
+        return pack_state(meta, arrays, STATE_FORMAT)
 
     def load(self, path: Path) -> None:
         """Restore the detectors saved in ``path`` whose asset's anomaly settings are unchanged (others train)."""
         try:
-            body = read_state(path, STATE_FORMAT)
-            saved = dict(body["assets"]) if body is not None else {}
+            meta, arrays = read_state(path, STATE_FORMAT) or ({"assets": {}}, {})
+            saved = dict(meta["assets"])
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("anomaly models not readable; every asset trains again: %s", exc,
                         extra={"event": "anomaly_state_unreadable"})
@@ -157,11 +160,9 @@ class _Anomaly:
             det = AnomalyDetector(AnomalyConfig(window=c.window, alpha=c.alpha, score=c.score,
                                                 max_drift=c.max_drift, hold=0), c.signals)
             try:
-                det.use_ = np.asarray(s["use"], dtype=np.int64)
+                for k in DETECTOR_ARRAYS:
+                    setattr(det, f"{k}_", arrays[f"{s['arrays']}.{k}"])
                 det.signals_ = [c.signals[j] for j in det.use_]
-                det.mean_, det.scale_ = np.asarray(s["mean"], float), np.asarray(s["scale"], float)
-                det.precision_ = np.asarray(s["precision"], float)
-                det.calibration_ = np.asarray(s["calibration"], float)
                 version = detector_version(det)
                 if version != s["version"]:
                     raise ValueError("its parameters do not give its version")

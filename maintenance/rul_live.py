@@ -20,7 +20,7 @@ asks for the champion every ``refresh_s`` seconds and swaps a newly promoted or 
 between two cycles, its features rebuilt from the cycles kept (`RulLive`).
 
 The kept cycles outlive the process: with a state folder, `snapshot` + `write` save every asset's per-cycle
-means, its current cycle and its age to ``rul_state.json`` (atomically, every ``[maintenance] state_save_s``
+means, its current cycle and its age to ``rul_state.npz`` (atomically, every ``[maintenance] state_save_s``
 and at shutdown), and the next start restores them, so a restarted gateway goes on with the asset's age and
 EWM history instead of starting a new life (the longest span, 240 cycles, takes hundreds of cycles to fill
 again). Cycles closed after the last save and before a crash are missing from the history (their readings
@@ -30,7 +30,6 @@ is not restored (logged).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -44,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import ConfigError
-from edge.files import read_state, state_body, write_atomic
+from edge.files import pack_state, read_state, write_atomic
 from edge.records import Prediction, Reading
 from maintenance.alerts import AlertChange, AlertManager
 from maintenance.config import AssetConfig, RulAssetConfig
@@ -53,7 +52,7 @@ from maintenance.rul_intervals import BinnedConformal
 
 log = logging.getLogger(__name__)
 COUNTER = -1  # the position of an asset's cycle counter tag in `RulLive.tag_of`
-STATE_FILE = "rul_state.json"
+STATE_FILE = "rul_state.npz"
 STATE_FORMAT = 1
 
 
@@ -209,28 +208,34 @@ def _iso(t: datetime | None) -> str | None:
     return t.isoformat() if t is not None else None
 
 
-def _asset_state(a: _Asset) -> dict:
-    return {"key": _key(a.cfg), "slot": a.slot, "first_slot": a.first_slot, "closed": a.closed,
-            "sums": a.sums.tolist(), "counts": a.counts.tolist(), "last": a.last.tolist(), "cycles": a.cycles,
-            "last_pred": a.last_pred, "first_time": _iso(a.first_time), "end_time": _iso(a.end_time),
-            "history": [[age, raw.tolist()] for age, raw in a.history]}
+ARRAYS = ("ages", "rows", "sums", "counts", "last")
 
 
-def _restore(a: _Asset, s: dict) -> None:
+def _asset_state(a: _Asset) -> tuple[dict, dict[str, np.ndarray]]:
+    """What `_restore` needs: scalars, and copies of the arrays (cheap on the event loop; written later)."""
     n = len(a.sums)
+    scalars = {"key": _key(a.cfg), "slot": a.slot, "first_slot": a.first_slot, "closed": a.closed,
+               "cycles": a.cycles, "last_pred": a.last_pred, "first_time": _iso(a.first_time),
+               "end_time": _iso(a.end_time)}
+    arrays = {"ages": np.fromiter((age for age, _ in a.history), np.int64, len(a.history)),
+              "rows": np.array([raw for _, raw in a.history]) if a.history else np.zeros((0, n)),
+              "sums": a.sums.copy(), "counts": a.counts.copy(), "last": a.last.copy()}
+    return scalars, arrays
 
-    def vector(v) -> np.ndarray:
-        x = np.asarray(v, dtype=float)
-        if x.shape != (n,):
-            raise ValueError(f"a vector of {x.shape} values, expected {n}")
-        return x
 
-    history = [(int(age), vector(raw)) for age, raw in s["history"]]
-    sums, counts, last = vector(s["sums"]), vector(s["counts"]), vector(s["last"])
-    a.history = deque(history, maxlen=a.cfg.history_cycles)
+def _restore(a: _Asset, s: dict, arrays: dict[str, np.ndarray]) -> None:
+    n = len(a.sums)
+    ages, rows = arrays["ages"], arrays["rows"]
+    if rows.shape != (len(ages), n):
+        raise ValueError(f"{rows.shape} history rows for {len(ages)} cycles of {n} tags")
+    for name in ("sums", "counts", "last"):
+        if arrays[name].shape != (n,):
+            raise ValueError(f"{name}: {arrays[name].shape} values, expected {n}")
+    a.history = deque(((int(age), row.astype(float)) for age, row in zip(ages, rows, strict=True)),
+                      maxlen=a.cfg.history_cycles)
+    a.sums, a.counts, a.last = (arrays[k].astype(float) for k in ("sums", "counts", "last"))
     a.slot, a.closed = int(s["slot"]), bool(s["closed"])
     a.first_slot = int(s["first_slot"]) if s["first_slot"] is not None else None  # counter mode: unused
-    a.sums, a.counts, a.last = sums, counts, last
     a.cycles, a.last_pred = int(s["cycles"]), int(s["last_pred"])
     a.first_time = datetime.fromisoformat(s["first_time"]) if s["first_time"] else None
     a.end_time = datetime.fromisoformat(s["end_time"]) if s["end_time"] else None
@@ -431,27 +436,30 @@ class RulLive:
         return preds, changes
 
     # -- the kept cycles across restarts ------------------------------------------------------------
-    def snapshot(self) -> bytes | None:
-        """Every asset's kept cycles, current cycle and age as JSON, or None when no cycle closed since the last
-        snapshot. Cheap enough for the event loop (the gateway writes it with `write` in a worker thread)."""
+    def snapshot(self) -> dict | None:
+        """A copy of every asset's kept cycles, current cycle and age, or None when no cycle closed since the last
+        snapshot. Only array copies, for the event loop; `write` encodes and writes it in a worker thread."""
         if self.state_path is None or not self._dirty:
             return None
         self._dirty = False
         self._snapshots += 1
-        return state_body({"seq": self._snapshots,
-                           "assets": {a.name: _asset_state(a) for a in self.assets if a.slot is not None}},
-                          STATE_FORMAT)
+        return {"seq": self._snapshots,
+                "assets": [(a.name, *_asset_state(a)) for a in self.assets if a.slot is not None]}
 
-    def write(self, data: bytes) -> bool:
-        """Replace the state file with ``data`` (a `snapshot`) atomically; an older snapshot never replaces a newer
-        one. Blocking. A failure is logged once per kind and counted; the gateway goes on."""
-        seq = json.loads(data)["seq"]
+    def write(self, snapshot: dict) -> bool:
+        """Replace the state file with a `snapshot` atomically; an older snapshot never replaces a newer one.
+        Blocking. A failure is logged once per kind and counted; the gateway goes on."""
         with self._write_lock:
-            if seq <= self._written:
+            if snapshot["seq"] <= self._written:
                 return False
             path = self.state_path
             try:
-                write_atomic(path, data)
+                meta = {"seq": snapshot["seq"], "assets": {}}
+                arrays = {}
+                for k, (name, scalars, arr) in enumerate(snapshot["assets"]):
+                    meta["assets"][name] = {**scalars, "arrays": k}
+                    arrays.update({f"{k}.{key}": v for key, v in arr.items()})
+                write_atomic(path, pack_state(meta, arrays, STATE_FORMAT))
             except OSError as exc:
                 self._dirty = True  # try again at the next save
                 if self.metrics is not None:
@@ -461,14 +469,14 @@ class RulLive:
                     log.error("RUL history not saved to %s (kept in memory, retried): %s", path, exc,
                               extra={"event": "rul_state_not_saved"})
                 return False
-            self._written, self._write_error = seq, None
+            self._written, self._write_error = snapshot["seq"], None
             return True
 
     def _load(self) -> None:
         path = self.state_path
         try:
-            body = read_state(path, STATE_FORMAT)
-            saved = dict(body["assets"]) if body is not None else {}
+            meta, arrays = read_state(path, STATE_FORMAT) or ({"assets": {}}, {})
+            saved = dict(meta["assets"])
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("RUL history not readable, every asset starts without history: %s", exc,
                         extra={"event": "rul_state_unreadable"})
@@ -483,7 +491,8 @@ class RulLive:
                             extra={"event": "rul_state_mismatch", "asset": a.name})
                 continue
             try:
-                _restore(a, s)
+                k = s["arrays"]
+                _restore(a, s, {key: arrays[f"{k}.{key}"] for key in ARRAYS})
             except (KeyError, TypeError, ValueError) as exc:
                 _reset(a)
                 log.warning("asset %s: the RUL history saved in %s is damaged (%s); the asset starts without "

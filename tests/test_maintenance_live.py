@@ -1,13 +1,13 @@
 """Live monitoring on the simulator's pump: a bearing fault raises an ISO 20816 zone alert and an anomaly
 alert that names the contributing signals, with p-values and model version as evidence."""
 
-import json
 import logging
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
 from collectors.simulator.pump import Pump, PumpFaults
+from edge.files import pack_state, read_state
 from edge.records import Reading
 from maintenance.config import AnomalyAssetConfig, AssetConfig, MaintenanceConfig
 from maintenance.iso20816 import ZoneConfig
@@ -147,7 +147,7 @@ async def test_a_restart_during_a_fault_keeps_the_healthy_model(tmp_path, caplog
     live = MaintenanceLive(config(), state_dir=tmp_path)
     preds, _ = await _run(live, readings[:700])
     version = next(p.model_version for p in preds if p.kind == "anomaly")
-    assert (tmp_path / "anomaly_models.json").exists()
+    assert (tmp_path / "anomaly_models.npz").exists()
 
     with caplog.at_level(logging.INFO, logger="maintenance.live"):
         again = MaintenanceLive(config(), state_dir=tmp_path)  # the gateway restarted at second 700
@@ -169,10 +169,10 @@ async def test_a_restart_during_a_fault_keeps_the_healthy_model(tmp_path, caplog
         retrained = MaintenanceLive(other, state_dir=tmp_path)
     assert retrained.anomaly.detectors == {}
     assert [r for r in caplog.records if getattr(r, "event", None) == "anomaly_state_mismatch"]
-    path = tmp_path / "anomaly_models.json"
-    body = json.loads(path.read_text())
-    body["assets"]["P-101"]["mean"][0] += 1.0  # no longer the parameters of its version
-    path.write_text(json.dumps(body))
+    path = tmp_path / "anomaly_models.npz"
+    meta, arrays = read_state(path, 1)
+    arrays["0.mean"] = arrays["0.mean"] + 1.0  # no longer the parameters of its version
+    path.write_bytes(pack_state(meta, arrays, 1))
     assert MaintenanceLive(config(), state_dir=tmp_path).anomaly.detectors == {}
-    path.write_text("[")
+    path.write_bytes(b"PK\x03\x04 not a whole file")
     assert MaintenanceLive(config(), state_dir=tmp_path).anomaly.detectors == {}

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from edge.errors import ConfigError
+from edge.files import pack_state, read_state
 from edge.records import Reading
 from maintenance import cmapss
 from maintenance.config import AssetConfig, MaintenanceConfig, RulAssetConfig
@@ -482,17 +483,17 @@ def test_saved_history_of_another_configuration_or_damaged_is_not_restored(fitte
     preds = _process(moved, batches[30:32])
     assert preds[0].details["cycle"] == 1  # starts afresh
 
-    state = tmp_path / "rul_state.json"
-    body = json.loads(state.read_text())
-    body["assets"][f"E{u}"]["history"][3][1] = [1.0, 2.0]  # a row of the wrong width
-    state.write_text(json.dumps(body))
+    state = tmp_path / "rul_state.npz"
+    meta, arrays = read_state(state, 1)
+    arrays["0.rows"] = arrays["0.rows"][:, :2]  # rows of the wrong width
+    state.write_bytes(pack_state(meta, arrays, 1))
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="maintenance.rul_live"):
         damaged = MaintenanceLive(config, state_dir=tmp_path)
     assert damaged.rul.restored == {}
     assert [r for r in caplog.records if getattr(r, "event", None) == "rul_state_unreadable"]
     assert _process(damaged, batches[30:32])[0].details["cycle"] == 1
-    state.write_text("{not json")
+    state.write_bytes(b"not a state file")
     assert MaintenanceLive(config, state_dir=tmp_path).rul.restored == {}
 
 
@@ -567,21 +568,25 @@ def test_the_gateway_goes_on_with_an_engines_age_after_a_stop_and_a_kill(fitted,
     # reading: here the latter (one reading per tag per 60 s cycle), so each message closes its cycle.
     a, b = n // 3, 2 * n // 3
     gw = GatewayProcess(tmp_path / "gw", site(3600)).start()
-    state = tmp_path / "gw" / "var" / "rul_state.json"
+    state = tmp_path / "gw" / "var" / "rul_state.npz"
+
+    def saved_cycles() -> int:
+        return len(read_state(state, 1)[1]["0.ages"])
+
     try:
         wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up")
         send(range(0, a))
         wait_for(lambda: len(predictions()) == a, timeout_s=60, what=f"{a} predictions")
         assert not state.exists()  # the periodic save is an hour away
         assert gw.terminate() == 0
-        assert len(json.loads(state.read_text())["assets"][f"E{u}"]["history"]) == a  # saved at shutdown
+        assert saved_cycles() == a  # saved at shutdown
 
         gw.config.write_text(site(0.5).replace("{HTTP_PORT}", str(gw.port)))
         gw.start()
         wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up again")
         send(range(a, b))
         wait_for(lambda: len(predictions()) == b, timeout_s=60, what=f"{b} predictions")
-        wait_for(lambda: len(json.loads(state.read_text())["assets"][f"E{u}"]["history"]) == b,
+        wait_for(lambda: saved_cycles() == b,
                  what="the periodic save")
         gw.kill()
 
