@@ -26,7 +26,8 @@ import pytest
 from edge import cli, settings
 
 ROOT = Path(__file__).resolve().parents[1]
-NOT_SHIPPED = {".venv", ".git", "var", "node_modules", "reports", "__pycache__", ".pytest_cache"}
+NOT_SHIPPED = {".venv", ".git", "var", "node_modules", "reports", "build", "test-artifacts", ".cache", "__pycache__",
+               ".pytest_cache"}
 
 
 def shipped(pattern: str) -> list[Path]:
