@@ -30,7 +30,8 @@ def add_parser(subparsers) -> None:
 
     r = sub.add_parser("report", help="write a daily or monthly report (HTML + CSV, PDF with --pdf)",
                        description="Recompute the stack from the year start to the end of the period (so year-to-date "
-                                   "rules are current), store the results, and write the report files.")
+                                   "rules are current), store the results, and write the report files. A period "
+                                   "still running is computed up to the last whole hour and reported provisional.")
     _common(r)
     r.add_argument("--stack", required=True, help="stack name from [[stacks]]")
     when = r.add_mutually_exclusive_group(required=True)
@@ -43,7 +44,9 @@ def add_parser(subparsers) -> None:
 
     c = sub.add_parser("compute", help="recompute and store averages and compliance for a span",
                        description="Recompute whole days from the stored readings and upsert the results "
-                                   "(idempotent: running it twice stores the same rows).")
+                                   "(idempotent: running it twice stores the same rows); a day still running up to "
+                                   "the last whole hour. Windows that started before --from (a month, a year) are "
+                                   "left as stored: start at their first day to judge them.")
     _common(c)
     c.add_argument("--stack", help="one stack (default: all)")
     c.add_argument("--from", dest="start", required=True, metavar="YYYY-MM-DD")

@@ -36,7 +36,7 @@ class Event:
     stack: str
     pollutant: str
     rule: str
-    kind: str  # exceedance | window | invalid_days
+    kind: str  # exceedance | window | invalid_days | pems_deviation (job.pems_events)
     period: str
     start: int  # Unix seconds
     end: int

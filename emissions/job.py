@@ -160,15 +160,13 @@ async def run_periodic(conninfo: str, stacks: list[StackConfig], stop: asyncio.E
 
 def _run_once(conninfo: str, cfg: StackConfig, now: int, context: str, last_end: int | None) -> int:
     """One periodic run at ``now``; returns the end of what is computed. ``last_end`` is where the previous
-    run ended (None: read from ``emission_runs``)."""
+    run ended (None: read from ``emission_runs``, `store.finished_until`)."""
     span = widen(cfg, now - 1, now, context, whole_days=False)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         if last_end is None:
-            with conn.cursor() as cur:
-                cur.execute("SELECT extract(epoch FROM span_end)::bigint FROM emission_runs WHERE stack = %s "
-                            "ORDER BY id DESC LIMIT 1", (cfg.name,))
-                row = cur.fetchone()
-            last_end = row[0] if row else span[0]
+            last_end = store.finished_until(conn, cfg, span[0])
+            if last_end is None:
+                last_end = span[0]  # nothing stored before this period: nothing to finish
         if last_end < span[0]:
             # The context period moved on: what was left of the previous one (at least its last hour) is
             # computed to its end, from the start of its year for the yearly windows (at most the year before).

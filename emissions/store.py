@@ -23,7 +23,7 @@ from psycopg.conninfo import make_conninfo
 
 from edge.db.features import Features
 from edge.records import Flag, Quality
-from emissions import pgcopy
+from emissions import periods, pgcopy
 from emissions.averages import Averages, StackResult
 from emissions.compliance import Event, RuleResult
 from emissions.config import StackConfig
@@ -252,6 +252,21 @@ def write_result(conn: psycopg.Connection, cfg: StackConfig, result: StackResult
                     " seconds) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                     (cfg.name, lo, hi, json.dumps(cfg.model_dump(mode="json")), sha, n_rows, len(events), seconds))
     return n_rows
+
+
+def finished_until(conn: psycopg.Connection, cfg: StackConfig, before: int) -> int | None:
+    """Where the stored runs of ``cfg`` left the time before ``before`` (the start of the period the periodic job
+    is about to compute), for its catch-up after a restart: the latest end of the runs that started at or before
+    the start of the year in which ``before - 1`` lies, i.e. that judged that year's windows from its start. The
+    newest run is not enough: `report` or `compute` of an earlier period would send the job back to recompute a
+    year it had finished, and a run starting later (a report of the new month, a `compute` from a day in
+    December) judged neither the end of that year nor its year windows. None when no such run is stored."""
+    year_start = periods.year_of(before - 1, cfg.timezone)[0]
+    with conn.cursor() as cur:
+        cur.execute("SELECT extract(epoch FROM max(span_end))::bigint FROM emission_runs WHERE stack = %s"
+                    " AND span_start <= %s", (cfg.name, _ts(year_start)))
+        row = cur.fetchone()
+    return None if row is None or row[0] is None else int(row[0])
 
 
 def write_qal3(conn: psycopg.Connection, stack: str, analyser: str, checks: list[Check]) -> None:

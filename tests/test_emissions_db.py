@@ -360,3 +360,42 @@ def test_after_a_restart_the_job_finishes_the_year_it_last_computed(conn, pg_dsn
     assert job._run_once(pg_dsn, cfg, new_year + 3 * 86400 + 300, "year", None) == new_year + 3 * 86400
     assert stored(conn, cfg.name, "NOx", "hour", new_year - 3600)[0] == pytest.approx(300.0)
     assert judged(conn, cfg.name, "lcp_daily_110")[0] == [(day, True, False)]
+
+
+def runs_from(conn, stack: str, start: int) -> list[tuple[int, int]]:
+    with conn.cursor() as cur:
+        cur.execute("SELECT extract(epoch FROM span_start)::bigint, extract(epoch FROM span_end)::bigint "
+                    "FROM emission_runs WHERE stack = %s AND span_start = to_timestamp(%s) ORDER BY id", (stack, start))
+        return cur.fetchall()
+
+
+def test_a_report_of_an_earlier_month_does_not_send_the_job_back(conn, pg_dsn):
+    """The job finished 2025 (the year-end run) and went on into 2026; then `valvoja emissions report --month
+    2025-06` stored the newest emission_runs row, ending on 1 July 2025. A restart must not take that for where the
+    job stopped: 2025 is not computed again."""
+    cfg = lcp_helsinki(f"T{uuid.uuid4().hex[:8]}")
+    day, new_year = seed_day(conn, cfg, "2025-12-31", 300.0)
+    year = periods.year_of(day, cfg.timezone)[0]
+    job._run_once(pg_dsn, cfg, new_year - 600, "year", None)
+    job._run_once(pg_dsn, cfg, new_year + 10 * 86400 + 300, "year", new_year - 3600)
+    june, july = periods.parse_month("2025-06", cfg.timezone)
+    job.run_span(conn, cfg, june, july, clock=lambda: new_year + 10 * 86400 + 900)  # as cmd_report
+    before = runs_from(conn, cfg.name, year)
+    assert before == [(year, new_year - 3600), (year, new_year), (year, july)]
+    job._run_once(pg_dsn, cfg, new_year + 11 * 86400 + 300, "year", None)
+    assert runs_from(conn, cfg.name, year) == before
+
+
+def test_a_report_of_a_later_month_does_not_stand_for_the_year_before(conn, pg_dsn):
+    """The gateway stopped after its 23:50 run on 31 December; in February, before it starts again, `valvoja
+    emissions report --month 2026-01` stores a run of January. The restart must still finish 2025: its last hour
+    and last day are judged (the report covered 2026 only)."""
+    cfg = lcp_helsinki(f"T{uuid.uuid4().hex[:8]}")
+    day, new_year = seed_day(conn, cfg, "2025-12-31", 300.0)
+    job._run_once(pg_dsn, cfg, new_year - 600, "year", None)
+    january, february = periods.parse_month("2026-01", cfg.timezone)
+    job.run_span(conn, cfg, january, february, clock=lambda: february + 2 * 86400)  # as cmd_report
+    assert stored(conn, cfg.name, "NOx", "hour", new_year - 3600) is None
+    job._run_once(pg_dsn, cfg, february + 2 * 86400 + 300, "year", None)
+    assert stored(conn, cfg.name, "NOx", "hour", new_year - 3600)[0] == pytest.approx(300.0)
+    assert judged(conn, cfg.name, "lcp_daily_110")[0] == [(day, True, False)]

@@ -5,12 +5,14 @@ whole, and a shorter run leaves their stored judgement alone (real PostgreSQL)."
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import numpy as np
 import psycopg
 import pytest
 
 from edge.db.migrate import migrate
+from emissions import cli as emissions_cli
 from emissions import job, periods, report, synthetic
 from emissions.config import StackConfig
 
@@ -166,3 +168,55 @@ def test_a_span_of_which_no_hour_has_ended_is_refused(conn):
     now = periods.parse_day("2026-12-06", TZ)[0]
     with pytest.raises(job.NothingClosed, match="no hour of it has ended yet"):
         job.run_span(conn, cfg, *periods.parse_month("2027-02", TZ), clock=lambda: now)
+
+
+# -- emissions/README.md "Upgrading": events that a run before this rule overwrote, found and put right --
+
+README = Path(__file__).resolve().parents[1] / "emissions" / "README.md"
+
+
+def readme_sql() -> str:
+    text = README.read_text(encoding="utf-8")
+    return text.split("```sql\n", 1)[1].split("```", 1)[0]
+
+
+def left_over(pg_dsn: str, stack: str) -> list[tuple]:
+    with psycopg.connect(pg_dsn, autocommit=True) as c, c.cursor() as cur:
+        cur.execute(readme_sql())  # one SET and one SELECT, as an operator pastes them into psql
+        assert cur.nextset()
+        return [r for r in cur.fetchall() if r[0] == stack]
+
+
+def test_the_readme_finds_an_event_an_old_month_run_overwrote_and_its_compute_puts_it_right(conn, pg_dsn, tmp_path):
+    """2025 judged whole (`compute` of the year: three days without data in January, then readings up to 10 January
+    only, so 358 invalid days). A month run of the old code then stored the year's invalid-day event from March
+    alone (the UPDATE below does what it did, in its own transaction with its run row). The README's query lists
+    that year, and the command it gives restores the year's own judgement."""
+    cfg = lcp(f"T{uuid.uuid4().hex[:8]}", max_invalid_days_per_year=1)
+    seed(conn, cfg, "2025-01-01", "2025-01-10", 150.0, skip=("2025-01-05", "2025-01-06", "2025-01-07"))
+    year, year_end = periods.year_of(periods.parse_day("2025-06-01", TZ)[0], TZ)
+    site = tmp_path / "site.toml"
+    site.write_text(f'[[stacks]]\nname = "{cfg.name}"\nregime = "lcp"\ntimezone = "{TZ}"\n'
+                    f'regulatory = {{ max_invalid_days_per_year = 1 }}\n'
+                    f'pollutants = [{{ name = "NOx", tag = "{cfg.name}.NOx", elv = {{ month = 200.0 }} }}]\n')
+    compute = ["compute", "--config", str(site), "--db", pg_dsn, "--stack", cfg.name, "--from", "2025-01-01",
+               "--to", "2026-01-01"]
+    assert emissions_cli.main(compute) == 0
+    judged = stored(conn, cfg.name, year)
+    assert judged["events"] == [("invalid_days", "invalid_days", 358.0, True, False)]
+    assert left_over(pg_dsn, cfg.name) == []
+
+    march, april = periods.parse_month("2025-03", TZ)
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("INSERT INTO emission_runs (stack, span_start, span_end, config, config_sha256, averages, events,"
+                    " seconds) VALUES (%s, to_timestamp(%s), to_timestamp(%s), '{}', 'old', 0, 1, 0)",
+                    (cfg.name, march, april))
+        cur.execute("UPDATE emission_events SET value = 31, breach = false, provisional = true, computed_at = now()"
+                    " WHERE stack = %s AND period_start = to_timestamp(%s)", (cfg.name, year))
+    found = left_over(pg_dsn, cfg.name)
+    assert [(r[1], int(r[2].timestamp()), int(r[3].timestamp())) for r in found] == [("year", year, year_end)]
+    assert found[0][2].isoformat().startswith("2025-01-01T00:00:00+02")  # local dates, as the README says
+
+    assert emissions_cli.main(compute) == 0
+    assert stored(conn, cfg.name, year) == judged
+    assert left_over(pg_dsn, cfg.name) == []

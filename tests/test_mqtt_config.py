@@ -99,7 +99,6 @@ def test_each_mistake_has_its_own_message(tmp_path):
     assert "less than or equal to 65535" in errors(port=70000)
     assert "'3.1.1' or '5'" in errors(protocol="3")
     assert "cert_file and key_file go together" in errors(tls={"cert_file": str(SAMPLE)})
-    assert "ca_file: no such file" in errors(tls={"ca_file": str(tmp_path / "nope.pem")})
     assert "unknown placeholder {asset}" in sub_errors(topic="plant/+/x", tag="{asset}")
     assert "{3} is beyond topic" in sub_errors(topic="plant/+/x", tag="{3}")
     assert "{#} needs a topic ending in '#'" in sub_errors(topic="plant/+", tag="{#}")
@@ -120,6 +119,13 @@ def test_bad_tls_files_are_a_configuration_error_at_build(tmp_path):
     ctx = CollectorContext(name="c", state_dir=tmp_path, metrics=Metrics())
     with pytest.raises(ConfigError, match="tls: cannot load certificates"):
         build(make(tls={"ca_file": str(bad)}), ctx)
+    # A file that is not there is for the build too (check-config without --skip-secrets, run): the file alone
+    # is valid on a machine without the certificates.
+    absent = make(tls={"ca_file": str(tmp_path / "nope.pem"), "cert_file": str(bad), "key_file": str(tmp_path / "k")})
+    with pytest.raises(ConfigError) as err:
+        build(absent, ctx)
+    assert err.value.problems == [f"tls.ca_file: no such file {tmp_path / 'nope.pem'}",
+                                  f"tls.key_file: no such file {tmp_path / 'k'}"]
 
 
 def test_topic_filter_matching_follows_mqtt_rules():

@@ -29,6 +29,10 @@ def tls_context(cfg: Config) -> ssl.SSLContext | None:
     t = cfg.tls
     if t is None:
         return None
+    missing = [f"tls.{key}: no such file {path}" for key in ("ca_file", "cert_file", "key_file")
+               if (path := getattr(t, key)) is not None and not Path(path).is_file()]
+    if missing:
+        raise ConfigError(missing)
     try:
         ctx = ssl.create_default_context(cafile=t.ca_file)
         if t.cert_file:

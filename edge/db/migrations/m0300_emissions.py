@@ -61,15 +61,17 @@ def up(cur, features: Features) -> None:
             stack text NOT NULL,
             pollutant text NOT NULL,
             rule text NOT NULL,
-            kind text NOT NULL,                 -- exceedance | window | invalid_days
+            kind text NOT NULL,                 -- exceedance | window | invalid_days | pems_deviation
             period text NOT NULL,
             period_start timestamptz NOT NULL,
             period_end timestamptz NOT NULL,
             value double precision NOT NULL,
             limit_value double precision NOT NULL,
             elv double precision NOT NULL,
-            breach boolean NOT NULL,            -- false: over the limit but tolerated by a share rule
-            provisional boolean NOT NULL,
+            breach boolean NOT NULL,            -- a final breach; false: tolerated by a share rule or by an
+                                                -- alternative of its group, provisional, or a PEMS deviation
+            provisional boolean NOT NULL,       -- period or window not complete in the computed span: never a
+                                                -- breach yet; the first run covering all of it judges it
             config_sha256 text NOT NULL,
             computed_at timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (stack, pollutant, rule, kind, period_start)

@@ -1,0 +1,281 @@
+"""The project rule "Keep README, `--help` texts and the example configs true to the code", as tests.
+
+- Every shipped example configuration goes through the validation of the command that reads it: site files
+  through `valvoja check-config --skip-secrets` and the parsing `valvoja run` and `valvoja emissions` add
+  (`[maintenance]` with the top-level `[[rules]]`, `[[stacks]]`); console files through the loader of `valvoja
+  console serve|user|token`. Not done here, because it needs what a developer machine and CI do not have:
+  resolving the secret references (`file:/run/secrets/...`), loading the TLS and key files the collectors name
+  (check-config without `--skip-secrets` does both), and connecting to the database.
+- Every TOML block in the Markdown files is a site configuration (or a fragment of one) and passes the same.
+- Every command in the Markdown files (`valvoja ...`, `python -m <package> ...`, `docker compose run --rm
+  <service> ...`, `bash <script>`) names sub-commands and options the argparse parser has; a command in a code
+  block also gives the options the parser requires.
+- The metric table of docs/operations.md lists the metrics `edge.metrics.Metrics` registers, with their labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from edge import cli, settings
+
+ROOT = Path(__file__).resolve().parents[1]
+NOT_SHIPPED = {".venv", ".git", "var", "node_modules", "reports", "build", "test-artifacts", ".cache", "__pycache__",
+               ".pytest_cache"}
+
+
+def shipped(pattern: str) -> list[Path]:
+    return sorted(p for p in ROOT.rglob(pattern) if not NOT_SHIPPED.intersection(p.relative_to(ROOT).parts))
+
+
+def rel(p: Path) -> str:
+    return str(p.relative_to(ROOT))
+
+
+# -- example configurations --------------------------------------------------------------------------------------
+
+CONFIGS = [p for p in shipped("*.toml") if p.name != "pyproject.toml" and "tests" not in p.relative_to(ROOT).parts]
+CONSOLE_CONFIGS = [p for p in CONFIGS if p.name.startswith("console")]
+SITE_CONFIGS = [p for p in CONFIGS if p not in CONSOLE_CONFIGS]
+
+
+def test_the_examples_are_found():
+    names = {rel(p) for p in CONFIGS}
+    assert {"config/site-example.toml", "emissions/sample.toml", "console/console-example.toml",
+            "docker/gateway.toml", "docker/console.toml"} <= names, names
+
+
+def check_site(path: Path, capsys) -> None:
+    """What `valvoja check-config --skip-secrets PATH` says, then the sections `run` and `emissions` parse again."""
+    from edge.analytics import maintenance_config
+    from emissions.config import load_stacks
+
+    code = cli.main(["check-config", "--skip-secrets", str(path)])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert f"{path}: OK" in out.out
+    cfg = settings.load(path)
+    maintenance_config(cfg)  # the gateway's analytics: [maintenance] with the top-level [[rules]] added
+    load_stacks(cfg.stacks)  # `valvoja emissions report|compute`
+
+
+@pytest.mark.parametrize("path", SITE_CONFIGS, ids=rel)
+def test_site_example_passes_check_config(path, capsys):
+    check_site(path, capsys)
+
+
+@pytest.mark.parametrize("path", CONSOLE_CONFIGS, ids=rel)
+def test_console_example_loads(path):
+    from console.config import load
+
+    load(path)  # `console serve` then resolves [database] password (console.config.conninfo): a secret
+
+
+def toml_blocks() -> list[tuple[str, str]]:
+    out = []
+    for md in shipped("*.md"):
+        for i, block in enumerate(re.findall(r"^```toml\n(.*?)^```", md.read_text(encoding="utf-8"), re.M | re.S)):
+            out.append((f"{rel(md)}#{i}", block))
+    return out
+
+
+@pytest.mark.parametrize("where, text", toml_blocks(), ids=[w for w, _ in toml_blocks()])
+def test_toml_in_the_docs_passes_check_config(where, text, tmp_path, capsys):
+    path = tmp_path / "fragment.toml"
+    path.write_text(text)
+    check_site(path, capsys)
+
+
+# -- commands in the documentation -------------------------------------------------------------------------------
+
+# `python -m MODULE` is `valvoja` with these words first (each module's main says so).
+MODULES = {"edge.cli": [], "emissions.cli": ["emissions"], "maintenance.cli": ["maintenance"],
+           "models.cli": ["models"], "console.cli": ["console"], "collectors.simulator": ["simulate"],
+           "collectors.opcua.cli": []}
+# The compose services whose entry point is `valvoja`.
+SERVICES = ("gateway", "console", "simulator")
+
+
+@dataclass(frozen=True)
+class Command:
+    where: str
+    text: str
+    block: bool  # in a code block (a whole command) rather than named in the prose
+
+
+def commands() -> list[Command]:
+    out = []
+    for md in shipped("*.md"):
+        fence: str | None = None
+        pending = ""
+        for n, line in enumerate(md.read_text(encoding="utf-8").splitlines(), 1):
+            if line.startswith("```"):
+                fence = None if fence is not None else line[3:].strip()
+                continue
+            if fence is not None:
+                if fence in ("", "bash", "sh", "console"):
+                    pending += line
+                    if pending.endswith("\\"):
+                        pending = pending[:-1] + " "
+                        continue
+                    out.append(Command(f"{rel(md)}:{n}", pending.strip(), block=True))
+                    pending = ""
+                continue
+            out += [Command(f"{rel(md)}:{n}", span, block=False) for span in re.findall(r"`([^`]+)`", line)]
+    return out
+
+
+def valvoja_words(text: str) -> list[str] | None:
+    """The words after `valvoja` of a documented command, or None when it is not one."""
+    text = re.split(r"\s#", text, maxsplit=1)[0].strip()
+    text = re.sub(r"^(\$|sudo)\s+", "", text)
+    m = (re.match(r"^(?:\S*/)?valvoja\s+(.*)$", text)
+         or re.match(rf"^docker compose run --rm (?:{'|'.join(SERVICES)})\s+(.*)$", text))
+    if m:
+        prefix, rest = [], m.group(1)
+    elif m := re.match(r"^\S*python3?\s+-m\s+([\w.]+)(.*)$", text):
+        if m.group(1) not in MODULES:
+            return None
+        prefix, rest = MODULES[m.group(1)], m.group(2)
+    else:
+        return None
+    rest = re.sub(r"\s*\|\s*", "|", rest)  # `train | evaluate` names alternatives
+    try:
+        words = shlex.split(rest)
+    except ValueError:
+        words = rest.split()
+    return prefix + [w.strip("[]") for w in words if w.strip("[]")]
+
+
+def subparsers(p: argparse.ArgumentParser) -> argparse._SubParsersAction | None:
+    return next((a for a in p._actions if isinstance(a, argparse._SubParsersAction)), None)
+
+
+def problems(cmd: Command, words: list[str]) -> list[str]:
+    """What a documented command says that the parser does not have."""
+    parser: argparse.ArgumentParser = cli.build_parser()
+    path = ["valvoja"]
+    i = 0
+    while (sub := subparsers(parser)) is not None and i < len(words):
+        word = words[i]
+        if word in ("...", ".."):
+            return []  # "and so on": nothing more is claimed
+        if "|" in word:  # alternatives: each must exist; what follows belongs to one of them
+            missing = [w for w in word.split("|") if w and w not in sub.choices]
+            return [f"{' '.join(path)} has no sub-command {w!r}" for w in missing]
+        if word.startswith("-"):
+            break  # an option of the group itself (checked below)
+        if word not in sub.choices:
+            return [f"{' '.join(path)} has no sub-command {word!r} (has: {', '.join(sub.choices)})"]
+        parser = sub.choices[word]
+        path.append(word)
+        i += 1
+    known = {s for a in parser._actions for s in a.option_strings}
+    out = []
+    given = set()
+    for word in words[i:]:
+        if re.match(r"^--?[A-Za-z]", word):
+            opt = word.split("=", 1)[0]
+            given.add(opt)
+            if opt not in known:
+                out.append(f"{' '.join(path)} has no option {opt}")
+    if cmd.block and subparsers(parser) is None:
+        for a in parser._actions:
+            if a.required and a.option_strings and not given.intersection(a.option_strings):
+                out.append(f"{' '.join(path)} requires {'/'.join(a.option_strings)}")
+        for g in parser._mutually_exclusive_groups:
+            if g.required and not any(given.intersection(a.option_strings) for a in g._group_actions):
+                out.append(f"{' '.join(path)} requires one of "
+                           f"{', '.join('/'.join(a.option_strings) for a in g._group_actions)}")
+    return out
+
+
+def test_documented_commands_exist_with_their_options():
+    found = [(c, w) for c in commands() if (w := valvoja_words(c.text)) is not None]
+    assert len(found) > 40, "the documents name fewer commands than they do: is the extraction broken?"
+    wrong = [f"{c.where}: `{c.text}`: {p}" for c, w in found for p in problems(c, w)]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_documented_scripts_exist():
+    scripts = set()
+    for c in commands():
+        m = re.match(r"^(?:sudo\s+)?bash\s+(\S+)", c.text)
+        if m:
+            scripts.add((c.where, m.group(1)))
+    assert any(s == "scripts/test.sh" for _, s in scripts)
+    missing = [f"{where}: {s}" for where, s in sorted(scripts) if not (ROOT / s).is_file()]
+    assert not missing, missing
+
+
+# -- numbers and names ------------------------------------------------------------------------------------------
+
+def test_the_metric_table_lists_what_the_gateway_exports():
+    from edge.metrics import Metrics
+
+    table = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8").split("`GET /metrics`", 1)[1]
+    table = table.split("\n\n", 2)[1]
+    documented: dict[str, tuple[str, ...]] = {}
+    for row in table.splitlines()[2:]:
+        cell = row.split("|")[1]
+        for name, labels in re.findall(r"`(valvoja_\w+)(?:\{([\w,]*)\})?`", cell):
+            documented[name] = tuple(labels.split(",")) if labels else ()
+    exported = {}
+    for collector in Metrics().registry._collector_to_names:
+        name = getattr(collector, "_name", None)
+        if name and name.startswith("valvoja_"):
+            suffix = "_total" if collector._type == "counter" else ""
+            exported[name + suffix] = tuple(collector._labelnames)
+    assert documented == exported
+
+
+def model_keys(model: type, seen: set | None = None) -> list[str]:
+    """Every key of a pydantic model and of the models in its fields, as ``Model.key``."""
+    import typing
+
+    from pydantic import BaseModel
+
+    def inner(annotation) -> list[type]:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return [annotation]
+        return [m for a in typing.get_args(annotation) for m in inner(a)]
+
+    seen = set() if seen is None else seen
+    if model in seen:
+        return []
+    seen.add(model)
+    out = []
+    for name, field in model.model_fields.items():
+        out.append(f"{model.__name__}.{field.alias or name}")
+        for m in inner(field.annotation):
+            out += model_keys(m, seen)
+    return out
+
+
+def example_models() -> list[tuple[str, type]]:
+    import collectors.mqtt.config as mqtt
+    import collectors.opcua.config as opcua
+    from console.config import ConsoleConfig
+    from edge.settings import SiteConfig
+    from emissions.config import StackConfig
+    from maintenance.config import MaintenanceConfig
+
+    return [("config/site-example.toml", SiteConfig), ("emissions/sample.toml", StackConfig),
+            ("maintenance/sample.toml", MaintenanceConfig), ("collectors/mqtt/sample.toml", mqtt.Config),
+            ("collectors/opcua/sample.toml", opcua.Config), ("console/console-example.toml", ConsoleConfig)]
+
+
+@pytest.mark.parametrize("where, model", example_models(), ids=[w for w, _ in example_models()])
+def test_the_example_names_every_key(where, model):
+    """The READMEs say the example "documents every key": each key of the model is in it (set, commented out
+    with its default, or named in a comment)."""
+    text = (ROOT / where).read_text(encoding="utf-8")
+    missing = [k for k in model_keys(model) if not re.search(rf"(?<![\w-]){re.escape(k.split('.')[1])}(?![\w-])",
+                                                             text)]
+    assert not missing, missing
