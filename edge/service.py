@@ -79,7 +79,8 @@ def preflight(cfg: SiteConfig) -> None:
         try:
             module_for(kind).build(ccfg, ctx)
         except ConfigError as exc:
-            problems += [f"collectors ({name}): {p}" for p in exc.problems]
+            own = f"collectors ({name})"  # secrets already name their setting with it
+            problems += [p if p.startswith(own) else f"{own}: {p}" for p in exc.problems]
         except Exception as exc:  # a collector constructor that fails would fail at start too
             problems.append(f"collectors ({name}): cannot be built: {type(exc).__name__}: {exc}")
     if problems:

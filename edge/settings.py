@@ -286,7 +286,9 @@ def _validate_collectors(entries: Any, source: str, problems: list[str]) -> list
             out.append((kind, name, module.Config.model_validate(body)))
         except ValidationError as exc:
             for e in exc.errors():
-                problems.append(f"{where}.{_describe(e, {})}")
+                d = _describe(e, {})
+                top = d.startswith("(top level): ")  # a rule across keys: the entry itself
+                problems.append(f"{where}: {d.removeprefix('(top level): ')}" if top else f"{where}.{d}")
     return out
 
 

@@ -115,3 +115,22 @@ def test_check_config_command_exit_codes(tmp_path):
     assert ko.returncode == 1
     assert "spool.max_bytes" in ko.stderr and "http.listen" in ko.stderr and "2 problem(s)" in ko.stderr
 
+
+
+def test_collector_problems_name_the_entry_once(tmp_path):
+    """A rule across a collector's keys names the entry, not "(top level)"; an unset secret of a collector names its
+    setting once (it read "collectors (plant): collectors (plant).password")."""
+    entry = ('[[collectors]]\nkind = "mqtt"\nname = "plant"\nhost = "127.0.0.1"\nusername = "u"\n'
+             'password = "env:VALVOJA_TEST_UNSET_PW"\n[[collectors.subscriptions]]\ntopic = "a/#"\ntag = "{field}"\n')
+    found = problems(tmp_path, entry)
+    assert any(line.endswith("collectors[0] (plant): client_id is required for a persistent session "
+                             "(clean_session = false): the broker keeps queued messages under that id")
+               for line in found), found
+    path = tmp_path / "secret.toml"
+    path.write_text(entry.replace('username = "u"', 'client_id = "c"\nusername = "u"'))
+    env = {k: v for k, v in os.environ.items() if k != "VALVOJA_TEST_UNSET_PW"}
+    out = subprocess.run([sys.executable, "-m", "edge.cli", "check-config", str(path)], capture_output=True,
+                         text=True, env=env)
+    assert out.returncode == 1
+    assert f"{path}: collectors (plant).password: environment variable VALVOJA_TEST_UNSET_PW is not set" in out.stderr
+    assert out.stderr.count("collectors (plant)") == 1, out.stderr
