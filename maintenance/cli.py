@@ -5,6 +5,7 @@
     valvoja maintenance review list --asset P-101 [--db URL]
     valvoja maintenance review mark --alert ID --verdict wrong --comment "valve test" --by anna
     valvoja maintenance review precision [--since 2026-01-01]
+    valvoja maintenance train-anomaly -c SITE.toml --asset P-101 --from 2026-11-02T06:00:00+02:00 [--to ...]
 
 Until the lead's ``valvoja`` exists everywhere, ``python -m maintenance.cli ARGS`` does the same.
 """
@@ -55,6 +56,20 @@ def add_parser(subparsers) -> None:
     c.add_argument("--json", type=Path, help="also write the metrics here")
     c.set_defaults(func=cmd_cmapss)
 
+    ta = sub.add_parser("train-anomaly", help="train an asset's live anomaly detector again on a healthy period",
+                        description="Fit the asset's anomaly detector on its stored readings from --from (a period "
+                                    "the team calls healthy: after an overhaul, or when monitoring started on a "
+                                    "machine that was not), as the gateway would have from there, and put it in "
+                                    "the gateway's state folder. The gateway serves it from its next start or "
+                                    "configuration reload (SIGHUP).")
+    ta.add_argument("-c", "--config", type=Path, required=True, help="the gateway's site configuration")
+    ta.add_argument("--asset", required=True, help="an asset with [maintenance.assets.anomaly]")
+    ta.add_argument("--from", dest="start", type=_aware, required=True,
+                    help="start of the healthy period (ISO 8601 with a time zone, e.g. 2026-11-02T06:00:00+02:00)")
+    ta.add_argument("--to", dest="end", type=_aware, help="end of the healthy period (default: as long as the "
+                                                          "asset's train_samples need)")
+    ta.set_defaults(func=cmd_train_anomaly)
+
     rv = sub.add_parser("review", help="list, mark and score predictions and alerts")
     rvs = rv.add_subparsers(dest="review_command", required=True, metavar="ACTION")
     ls = rvs.add_parser("list", help="an asset's predictions and alerts with their uncertainty and reviews")
@@ -82,6 +97,42 @@ def add_parser(subparsers) -> None:
 def _db_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", metavar="URL", default=os.environ.get("VALVOJA_DB_URL"),
                    help="postgresql:// URL (default: $VALVOJA_DB_URL)")
+
+
+def _aware(text: str) -> datetime:
+    t = datetime.fromisoformat(text)
+    if t.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no time zone (add +02:00 or Z)")
+    return t
+
+
+def cmd_train_anomaly(args) -> int:
+    import psycopg
+
+    from edge import settings
+    from edge.analytics import maintenance_config
+    from edge.errors import ConfigError
+    from edge.gateway import database_conninfo, describe_conninfo
+    from maintenance.retrain import train_asset
+
+    try:
+        cfg = settings.load(args.config)
+        conninfo = database_conninfo(cfg)
+        mcfg = maintenance_config(cfg)
+        if conninfo is None or mcfg is None:
+            raise ConfigError(f"{args.config}: needs [database] and [maintenance] with the asset")
+        r = train_asset(mcfg, args.asset, conninfo, cfg.site.state_dir, args.start, args.end)
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(p, file=sys.stderr)
+        return 1
+    except psycopg.Error as exc:
+        print(f"cannot read the stored readings ({describe_conninfo(conninfo)}): {exc}", file=sys.stderr)
+        return 1
+    print(f"{r.asset}: anomaly model {r.version[:12]} trained on {r.samples} samples from readings of "
+          f"{r.first:%Y-%m-%d %H:%M:%S%z} to {r.last:%Y-%m-%d %H:%M:%S%z}; written to {r.path}")
+    print("the gateway serves it from its next start or configuration reload (SIGHUP)")
+    return 0
 
 
 def _dump(obj, path: Path | None) -> None:

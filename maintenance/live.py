@@ -178,6 +178,19 @@ class _Anomaly:
             self._regroup()
 
 
+def replace_detector(config: MaintenanceConfig, state_dir: Path, asset: str, detector: AnomalyDetector,
+                     version: str) -> Path:
+    """Put ``detector`` in ``state_dir``'s anomaly state file as ``asset``'s, keeping every other asset's saved one
+    (`maintenance.retrain`); the gateway serves it from its next start or reload. Returns the file's path."""
+    an = _Anomaly([a for a in config.assets if a.anomaly is not None], config.period_s)
+    path = state_dir / ANOMALY_STATE_FILE
+    an.load(path)
+    i = next(k for k, a in enumerate(an.assets) if a.name == asset)
+    an.detectors[i], an.versions[i] = detector, version
+    write_atomic(path, an.snapshot())
+    return path
+
+
 class MaintenanceLive:
     def __init__(self, config: MaintenanceConfig, windows: list[Window] | None = None, *, dsn: str | None = None,
                  metrics=None, state_dir: Path | None = None) -> None:
