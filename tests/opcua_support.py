@@ -103,20 +103,27 @@ class SimProcess:
         self.log = Path(workdir) / "simulator.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 30.0) -> SimProcess:
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "collectors.simulator", "--opcua", self.endpoint, *self.args]
+
+    def ready(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+
+    def start(self, timeout_s: float = 30.0, env: dict[str, str] | None = None) -> SimProcess:
         with open(self.log, "ab") as logf:  # the child keeps its own handle
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "collectors.simulator", "--opcua", self.endpoint, *self.args],
-                cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            self.proc = subprocess.Popen(self.command(), cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT,
+                                         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"simulator exited: {self.log.read_text()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            if self.ready():
                 return self
-            except OSError:
-                time.sleep(0.1)
+            time.sleep(0.1)
         self.stop()
         raise TimeoutError(f"simulator not listening on {self.port} after {timeout_s} s")
 
@@ -138,6 +145,24 @@ class SimProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+class CounterProcess(SimProcess):
+    """``tests/opcua_counter.py`` on ``endpoint``: variables ``SYN.00001`` ... count, value k at source time
+    ``origin + k x period``; `last` is the last k written. Started once the first value is written."""
+
+    def __init__(self, endpoint: str, workdir: Path, *args: str) -> None:
+        super().__init__(endpoint, workdir, *args)
+        self.out = Path(workdir) / f"counter-{self.port}-{time.monotonic_ns()}.txt"
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(ROOT / "tests" / "opcua_counter.py"), self.endpoint, str(self.out), *self.args]
+
+    def ready(self) -> bool:
+        return self.out.exists() and super().ready()
+
+    def last(self) -> int:
+        return int(self.out.read_text())
 
 
 # -- in-process helpers shared by the OPC UA tests ----------------------------------------------------------

@@ -128,3 +128,26 @@ async def test_other_policies_and_polling_against_node_opcua(peer, tmp_path, pol
     async with running(col, sink.emit):
         await until(lambda: len(sink.by_tag()["count"]) >= 5, timeout_s=30, what="polled values")
     assert col.status()["security"] == f"{policy}/{mode}"
+
+
+async def test_a_kept_session_is_resumed_from_the_state_folder_on_node_opcua(peer, tmp_path):
+    """What a restarted gateway does, against an independent server: the next collector on the same state folder
+    re-activates the session the first one kept (session.json) under Basic256Sha256 with a user name (the
+    signature and the encrypted password cover the saved server nonce). node-opcua answers TransferSubscriptions
+    to the same session with BadNothingToDo and no sequence numbers, so what it kept is republished until
+    BadMessageNotAvailable: the count goes on without a gap or a repeat."""
+    kw = dict(security_policy="Basic256Sha256", security_mode="SignAndEncrypt", username="valvoja",
+              password="env:PEER_PW", trust_on_first_use=True)
+    nodes = [{"node_id": "ns=1;s=Line1.Count", "tag": "count", "queue_size": 1000}]
+    first, second = Sink(), Sink()
+    async with running(collector(peer, tmp_path / "gw", nodes, **kw), first.emit):
+        await until(lambda: len(first.readings) >= 5, timeout_s=30, what="counting")
+    assert (tmp_path / "gw" / "session.json").exists()
+    await asyncio.sleep(1.0)  # the peer counts on, every 100 ms
+    col = collector(peer, tmp_path / "gw", nodes, **kw)
+    async with running(col, second.emit):
+        await until(lambda: len(second.readings) >= 15, timeout_s=30, what="counting after the resume")
+        st = col.status()
+    counts = [r.value for r in first.readings + second.readings]
+    assert counts == list(range(counts[0], counts[0] + len(counts)))
+    assert st["session"] == "resumed" and st["resume_fallback"] is None and st["republished"] >= 1

@@ -28,9 +28,13 @@ def collector(endpoint: str, state: Path, **kw):
 
 
 async def collects(col) -> Sink:
+    """Values over the secure session; or, when an earlier collector on the same state folder kept its session
+    (session.json), that session resumed over the new secure channel: it sends changes only, not the values the
+    earlier one already had."""
     sink = Sink()
     async with running(col, sink.emit):
-        await until(lambda: len(sink.by_tag()) == len(TAGS), timeout_s=20, what="values over the secure session")
+        await until(lambda: len(sink.by_tag()) == len(TAGS) or (col.connected and col.session == "resumed"),
+                    timeout_s=20, what="values over the secure session")
     return sink
 
 

@@ -5,10 +5,12 @@ security.py), subscribes and polls, and emits until the connection is lost, then
 `NotConnectedError`; the gateway backs off (capped at ``reconnect_max_delay_s``, which it reads
 from this object) and calls ``run`` again. A lost connection keeps its session (`_Detached`): the next
 ``run`` re-activates it on a new channel and continues the same subscription, first republishing what the
-server still holds (subscription.py), so a short network cut loses nothing. When the server no longer has the
-session or the subscription (expired, server restarted) it logs why and connects afresh, re-creating every
-monitored item. asyncua's own auto-reconnect is off on purpose: one reconnect loop (the gateway's) owns
-back-off and logging.
+server still holds (subscription.py), so a short network cut loses nothing. A stop keeps the session too, and
+``session.json`` in the state folder (session_state.py) lets the next process do the same: a gateway restarted
+(upgrade, crash, SIGKILL) within the session timeout resumes where the spool ends. When the server no longer has
+the session or the subscription (expired, server restarted) or the configuration changed, it logs why and
+connects afresh, re-creating every monitored item. asyncua's own auto-reconnect is off on purpose: one reconnect
+loop (the gateway's) owns back-off and logging.
 
 Every await on the network has a limit: the connect sequence (asyncua's ``connect()`` can wait
 for ever on a peer that accepts TCP but never answers) has ``connect_timeout_s``; each request
@@ -22,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from asyncua import Client, ua
 from asyncua.client.ua_client import UaClientState
@@ -33,6 +37,7 @@ from collectors.opcua.config import Config, NodeConfig
 from collectors.opcua.connection import ClientOpener, Secrets, SessionGone, describe
 from collectors.opcua.convert import to_reading, to_readings
 from collectors.opcua.security import SecurityError
+from collectors.opcua.session_state import SavedSession, SessionFile, config_key
 from collectors.opcua.subscription import (
     BatchSubscription,
     ItemFailure,
@@ -64,13 +69,20 @@ _POLL_REFUSED = ("BadNodeIdUnknown", "BadNodeIdInvalid", "BadAttributeIdInvalid"
                  "BadUserAccessDenied")
 
 
+def _iso(t: datetime | None) -> str:
+    return t.isoformat() if t is not None else "at an unknown time"
+
+
 @dataclass(slots=True)
 class _Detached:
-    """A session whose connection was lost, kept for the next ``run`` to re-activate."""
+    """A session whose connection was lost (or stopped, or that an earlier process saved), kept for the next
+    ``run`` to re-activate."""
 
     client: Client
     sub: BatchSubscription
     lost_at: float  # time.monotonic()
+    started: datetime | None  # the server's start time when the session was created
+    restarted: bool = False  # from session.json: made by an earlier process
 
 
 class OpcUaCollector:
@@ -94,6 +106,13 @@ class OpcUaCollector:
         self._lost_error: BaseException | None = None
         self._detached: _Detached | None = None
         self._sub_failures: list[ItemFailure] = []  # refused when the subscription's items were created
+        self._eu_ranges: dict[int, tuple[float, float]] = {}  # client handle -> EURange of percent-deadband items
+        self._started: datetime | None = None  # the server's start time when the current session was created
+        # What a restarted gateway resumes (session_state.py); read at the first run.
+        self._state = SessionFile(Path(context.state_dir) / "session.json") if context.state_dir is not None \
+            else None
+        self._restore_pending = self._state is not None
+        self._state_failing = False
         # For status() / health.
         self.connected = False
         self.connected_since: datetime | None = None
@@ -122,11 +141,16 @@ class OpcUaCollector:
         self._lost_reason, self._lost_error = "", None
         try:
             self.connects += 1
+            if self._restore_pending:
+                self._restore_pending = False
+                self._detached = self._restore()
             client = await self._resume() if self._detached is not None else None
             if client is None:
                 client = await self._connect()
+                self._started = await self._start_time(client)
                 self._sub_failures = await self._subscribe(client)
                 self.session = "new"
+                self._save(client, self._sub)
             failures = self._sub_failures + await self._start_polling(client)
             self._report_failures(failures)
             self._set_connected(True)
@@ -138,7 +162,8 @@ class OpcUaCollector:
             await self._teardown()
 
     async def aclose(self) -> None:
-        """Close the session; safe to call more than once and on a dead connection."""
+        """Drop the connection, keeping a subscribed session for the next run or process (README: Session resume);
+        safe to call more than once and on a dead connection."""
         await self._teardown()
 
     def status(self) -> dict:
@@ -200,8 +225,9 @@ class OpcUaCollector:
             raise NotConnectedError(f"{cfg.endpoint}: cannot connect: {describe(exc)}") from exc
 
     async def _resume(self) -> Client | None:
-        """Re-activate the lost connection's session on a new channel and continue its subscription; None when
-        the server no longer has them (logged once with the reason; the caller opens a new session)."""
+        """Re-activate the kept session (of a lost connection, a stop, or an earlier process: `_restore`) on a new
+        channel and continue its subscription; None when the server no longer has them (logged once with the
+        reason; the caller opens a new session)."""
         detached = self._detached
         assert detached is not None
         client, sub = detached.client, detached.sub
@@ -216,6 +242,14 @@ class OpcUaCollector:
                 if isinstance(exc.__cause__, SessionGone):
                     return await self._fall_back(client, f"the server no longer has the session ({exc.__cause__})")
                 raise  # unreachable, refused ...: the session may still be there at the next attempt
+            started = await self._start_time(client)
+            if started != detached.started:
+                # Another client's session under a re-used token: left alone (never closed), nothing transferred.
+                return await self._fall_back(client, f"the server restarted (started {_iso(started)}; the session "
+                                                     f"was made on the server started {_iso(detached.started)})",
+                                             close=False)
+            self._started = started
+            self._save(client, sub)  # the new server nonce: the next ActivateSession's signature covers it
             try:
                 republished = await sub.resume()
             except ua.UaStatusCodeError as exc:
@@ -233,25 +267,113 @@ class OpcUaCollector:
         self.session = "resumed"
         self.sessions_resumed += 1
         self.republished += republished
-        log.info("%s: resumed the session and subscription %s on %s after %.1f s (%d notification messages "
-                 "republished)", self.name, sub.subscription_id, self.cfg.endpoint, age, republished,
+        log.info("%s: resumed the session and subscription %s on %s after %s (%d notification messages "
+                 "republished)", self.name, sub.subscription_id, self.cfg.endpoint,
+                 "a gateway restart" if detached.restarted else f"{age:.1f} s", republished,
                  extra={"event": "opcua_session_resumed", "collector": self.name})
         return client
 
-    async def _fall_back(self, client: Client, reason: str) -> None:
-        """Give up the lost session (closed if the server still has it) and say why a new one is opened."""
+    async def _fall_back(self, client: Client, reason: str, *, close: bool = True) -> None:
+        """Give up the lost session (closed if the server still has it and ``close``) and say why a new one is
+        opened."""
         self._detached, self._client = None, None
-        self.resume_fallback = reason
-        log.warning("%s: cannot resume the session on %s: %s; opening a new session and subscription (what the "
-                    "server held for the old subscription is lost)", self.name, self.cfg.endpoint, reason,
-                    extra={"event": "opcua_session_not_resumed", "collector": self.name})
+        self._not_resumed(reason)
         try:
-            if client.uaclient.state is UaClientState.CONNECTED:
+            if close and client.uaclient.state is UaClientState.CONNECTED:
                 await asyncio.wait_for(client.disconnect(), self.cfg.request_timeout_s)
         except Exception as exc:
             log.debug("%s: close: %s", self.name, describe(exc))
         finally:
             client.disconnect_socket()
+
+    def _not_resumed(self, reason: str) -> None:
+        self.resume_fallback = reason
+        self._forget()
+        log.warning("%s: cannot resume the session on %s: %s; opening a new session and subscription (what the "
+                    "server held for the old subscription is lost)", self.name, self.cfg.endpoint, reason,
+                    extra={"event": "opcua_session_not_resumed", "collector": self.name})
+
+    async def _start_time(self, client: Client) -> datetime | None:
+        try:
+            return await self.opener.server_started(client)
+        except Exception as exc:
+            raise NotConnectedError(f"{self.cfg.endpoint}: reading the server's start time failed: "
+                                    f"{describe(exc)}") from exc
+
+    # -- what a restarted gateway resumes (session_state.py) -------------------------------------------
+
+    def _restore(self) -> _Detached | None:
+        """The session an earlier process saved, ready for `_resume`; None if there is none, or if it cannot be
+        read or belongs to other settings (then logged with the reason and deleted)."""
+        assert self._state is not None
+        try:
+            saved = self._state.load()
+        except (OSError, ValueError) as exc:
+            self._not_resumed(f"the saved session {self._state.path} cannot be read ({exc})")
+            return None
+        if saved is None:
+            return None
+        changed = [part for part, value in config_key(self.cfg).items() if saved.config.get(part) != value]
+        nodes = self.cfg.nodes
+        if not changed and any(not 0 < h <= len(nodes) or nodes[h - 1].tag != tag for h, tag in saved.items.items()):
+            changed = ["client handles"]  # the hash agrees but the handle -> tag list does not: not ours to trust
+        if changed:
+            self._not_resumed(f"the configuration changed since the session was saved ({', '.join(changed)})")
+            return None
+        client = self.opener.restore(saved.ticket)
+        client.connection_lost_callback = self._connection_lost
+        granted = ua.CreateSubscriptionResult(SubscriptionId=saved.subscription_id,
+                                              RevisedPublishingInterval=saved.publishing_interval_ms,
+                                              RevisedLifetimeCount=saved.lifetime_count,
+                                              RevisedMaxKeepAliveCount=saved.keepalive_count)
+        sub = BatchSubscription.restored(client, subscription_parameters(self.cfg), granted,
+                                         saved.last_sequence_number or None, **self._sub_callbacks())
+        sub.items = [(nodes[h - 1], item_request(nodes[h - 1], self.cfg, h, saved.eu_ranges.get(h)))
+                     for h in sorted(saved.items)]
+        sub.per_call = self.cfg.items_per_call
+        self.opener.watch(client, sub)
+        self._sub = sub
+        self._sub_failures = [ItemFailure(*f) for f in saved.failed]
+        self._eu_ranges = dict(saved.eu_ranges)
+        started = datetime.fromisoformat(saved.server_started) if saved.server_started else None
+        return _Detached(client, sub, time.monotonic(), started, restarted=True)
+
+    def _save(self, client: Client | None, sub: BatchSubscription | None) -> None:
+        if self._state is None or client is None or sub is None or sub.subscription_id is None \
+                or sub.revised is None:
+            return
+        granted = sub.revised
+        saved = SavedSession(
+            config_key(self.cfg), self.opener.ticket(client), self._started.isoformat() if self._started else None,
+            sub.subscription_id, granted.RevisedPublishingInterval, granted.RevisedMaxKeepAliveCount,
+            granted.RevisedLifetimeCount, {req.RequestedParameters.ClientHandle: node.tag for node, req in sub.items},
+            dict(self._eu_ranges), [(f.tag, f.node_id, f.status) for f in self._sub_failures],
+            sub.last_sequence_number or 0)
+        self._state_io("save", self._state.save, saved)
+
+    def _durable(self, seq: int) -> None:
+        """The spool holds notification message ``seq`` (called before asyncua acknowledges it)."""
+        if self._state is not None:
+            self._state_io("update", self._state.advance, seq)
+
+    def _forget(self) -> None:
+        if self._state is not None:
+            self._state_io("delete", self._state.delete)
+
+    def _state_io(self, what: str, step: Callable, *args) -> None:
+        """Run a `SessionFile` step; a failure costs only the resume after a restart: counted, logged once a run of
+        failures, never raised into the data path."""
+        try:
+            step(*args)
+        except OSError as exc:
+            self.ctx.metrics.collector_errors.labels(self.name, "session_state").inc()
+            if not self._state_failing:
+                self._state_failing = True
+                log.warning("%s: cannot %s %s (%s); a restarted gateway may not resume this session", self.name,
+                            what, getattr(self._state, "path", "session.json"), exc,
+                            extra={"event": "opcua_session_state_error", "collector": self.name})
+            return
+        self._state_failing = False
 
     async def _subscribe(self, client: Client) -> list[ItemFailure]:
         cfg = self.cfg
@@ -262,9 +384,7 @@ class OpcUaCollector:
             self.recreated += self._sub.recreated
             self.messages_lost += self._sub.missed
         self.recreate_failures = []
-        sub = self._sub = BatchSubscription(client, subscription_parameters(cfg), on_data=self._on_data,
-                                            on_status=self._on_status, on_failures=self._on_recreated,
-                                            name=self.name)
+        sub = self._sub = BatchSubscription(client, subscription_parameters(cfg), **self._sub_callbacks())
         failures: list[ItemFailure] = []
         try:
             percent = [(i, n) for i, n in nodes if n.deadband is not None and n.deadband_type == "percent"]
@@ -272,6 +392,7 @@ class OpcUaCollector:
             if percent:
                 found = await eu_ranges(client, [n.node_id for _, n in percent], cfg.items_per_call)
                 ranges = {i: r for (i, _), r in zip(percent, found, strict=True)}
+            self._eu_ranges = {i + 1: r for i, r in ranges.items() if r is not None}
             requests = []
             for i, node in nodes:
                 if i in ranges and ranges[i] is None:
@@ -280,15 +401,17 @@ class OpcUaCollector:
                     continue
                 requests.append((node, item_request(node, cfg, i + 1, ranges.get(i))))
             await sub.init()
-            # Registered like Client.create_subscription does, so asyncua's stale-subscription
-            # watchdog re-creates it if the server stops publishing while the link stays up.
-            client._subscriptions.append(sub)
+            self.opener.watch(client, sub)
             sub.items, refused = await sub.create_items(requests, cfg.items_per_call)
             sub.per_call = cfg.items_per_call
             failures += refused
         except Exception as exc:
             raise NotConnectedError(f"{cfg.endpoint}: subscription failed: {describe(exc)}") from exc
         return failures
+
+    def _sub_callbacks(self) -> dict:
+        return {"on_data": self._on_data, "on_status": self._on_status, "on_failures": self._on_recreated,
+                "on_durable": self._durable, "name": self.name}
 
     async def _start_polling(self, client: Client) -> list[ItemFailure]:
         """Read the poll-mode nodes once (which also finds the unreadable ones) and start the poll loop."""
@@ -381,6 +504,7 @@ class OpcUaCollector:
 
     def _on_recreated(self, failures: list[ItemFailure]) -> None:
         self._report_failures(failures, " when the subscription was re-created")
+        self._save(self._client, self._sub)  # a new subscription id
 
     async def _watch(self, client: Client) -> None:
         """Return never; raise NotConnectedError once the connection or subscription is gone."""
@@ -409,12 +533,13 @@ class OpcUaCollector:
             return
         lost = self._lost is not None and self._lost.is_set()
         sub = self._sub
-        if lost and subscribed and sub is not None and sub.subscription_id is not None \
-                and client.uaclient.has_session:
-            # Keep the session: the server keeps it (and the subscription's queues) for the session timeout.
-            self._detached = _Detached(client, sub, time.monotonic())
+        if subscribed and sub is not None and sub.subscription_id is not None and client.uaclient.has_session:
+            # Keep the session, lost or stopped: the server keeps it (and the subscription's queues) for the session
+            # timeout, for the next run or, through session.json, the next process (an upgrade then loses nothing).
+            self._detached = _Detached(client, sub, time.monotonic(), self._started)
             await self.opener.detach(client, self.cfg.request_timeout_s)
             return
+        self._forget()  # the session is closed (or was never subscribed): nothing to resume
         try:
             if client.uaclient.state is UaClientState.CONNECTED and not lost:
                 await asyncio.wait_for(client.disconnect(), self.cfg.request_timeout_s)

@@ -11,6 +11,12 @@ After a lost connection `reactivate` re-opens the channel of the same `Client` (
 and trust checks) and re-activates its session with the existing authentication token (OPC UA Part 4 §6.7), so
 the server's subscriptions and their queued notifications survive a short network cut. `detach` is its other
 half: it stops asyncua's background tasks and drops the socket without closing the session.
+
+A restarted gateway resumes the same way: `SessionTicket` is what ActivateSession needs from the process that
+created the session (authentication token, the server nonce the next client signature covers, the user token
+policies), `ticket` takes it from a live client and `restore` makes a client holding it, for `reactivate`.
+The private asyncua 2.1.0 names that sessions and their re-activation rely on are used in this module (the
+README lists them).
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from asyncua import Client, ua
@@ -75,6 +82,31 @@ class SessionGone(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class SessionTicket:
+    """What re-activating a session needs besides the configuration (own certificate and key, identity): all a
+    restarted gateway has of the session that an earlier process created. The token is a credential."""
+
+    authentication_token: str  # NodeId text
+    server_nonce: str | None  # hex; the last ActivateSession's: the next client signature covers it
+    timeout_ms: float  # as the server revised it
+    # (PolicyId, UserTokenType, SecurityPolicyUri) of the endpoint's user token policies: the identity token
+    # names its policy.
+    user_token_policies: list[tuple[str | None, int, str | None]] = field(default_factory=list)
+    session_id: str | None = None  # for logs; the token is what identifies the session to the server
+
+
+class _Client(Client):
+    """asyncua's `Client`, keeping the session id CreateSession returned (its `connect()` drops it)."""
+
+    session_id: ua.NodeId | None = None
+
+    async def create_session(self) -> ua.CreateSessionResult:
+        result = await super().create_session()
+        self.session_id = result.SessionId
+        return result
+
+
+@dataclass(frozen=True, slots=True)
 class Secrets:
     """The resolved secrets of a `Connection` (never in the configuration file itself)."""
 
@@ -120,7 +152,7 @@ class ClientOpener:
 
     def new_client(self) -> Client:
         conn = self.conn
-        client = Client(conn.endpoint, timeout=conn.request_timeout_s, watchdog_intervall=conn.watchdog_interval_s)
+        client = _Client(conn.endpoint, timeout=conn.request_timeout_s, watchdog_intervall=conn.watchdog_interval_s)
         client.session_timeout = int(conn.session_timeout_s * 1000)
         client.name = client.description = f"Valvoja gateway ({self.name})"
         client.product_uri = "urn:valvoja"
@@ -139,11 +171,16 @@ class ClientOpener:
         """
         await asyncio.wait_for(self._connect(client), self.conn.connect_timeout_s)
 
-    async def _connect(self, client: Client) -> None:
+    async def _identity(self, client: Client) -> None:
         conn = self.conn
-        if conn.user_certificate is not None:  # X.509 user identity: the session is activated with it
+        if conn.user_certificate is not None and client.user_certificate is None:
+            # X.509 user identity: the session is activated with it
             await client.load_client_certificate(conn.user_certificate)
             await client.load_private_key(Path(conn.user_private_key), self.secrets.user_key_password)
+
+    async def _connect(self, client: Client) -> None:
+        conn = self.conn
+        await self._identity(client)
         if conn.security_policy == "None":
             client.application_uri = self.application_uri or default_application_uri(self.name)
             if conn.username is not None and not self._warned_plaintext:
@@ -181,6 +218,7 @@ class ClientOpener:
         await asyncio.wait_for(self._reactivate(client), self.conn.connect_timeout_s)
 
     async def _reactivate(self, client: Client) -> None:
+        await self._identity(client)  # a restored client has not loaded it yet
         if self.conn.security_policy != "None":
             none = security_policies.SecurityPolicyNone()  # GetEndpoints without security, as on a first connect
             client.security_policy = none
@@ -204,6 +242,47 @@ class ClientOpener:
         except BaseException:
             client.disconnect_socket()
             raise
+
+    @staticmethod
+    def ticket(client: Client) -> SessionTicket:
+        """The session of ``client`` (connected or re-activated) as a restarted gateway needs it."""
+        session_id = getattr(client, "session_id", None)
+        return SessionTicket(
+            authentication_token=client.uaclient.session.authentication_token.to_string(),
+            server_nonce=client._server_nonce.hex() if client._server_nonce else None,  # asyncua 2.1.0
+            timeout_ms=float(client.session_timeout),
+            user_token_policies=[(p.PolicyId, int(p.TokenType), p.SecurityPolicyUri) for p in client._policy_ids],
+            session_id=session_id.to_string() if session_id is not None else None)
+
+    def restore(self, ticket: SessionTicket) -> Client:
+        """A new client holding the session of ``ticket`` (made by an earlier process), for `reactivate`."""
+        client = self.new_client()
+        client.session_id = ua.NodeId.from_string(ticket.session_id) if ticket.session_id else None
+        client.session_timeout = ticket.timeout_ms
+        client.uaclient.session.restore_authentication_token(ua.NodeId.from_string(ticket.authentication_token))
+        client._server_nonce = bytes.fromhex(ticket.server_nonce) if ticket.server_nonce else None  # asyncua 2.1.0
+        client._policy_ids = [ua.UserTokenPolicy(PolicyId=pid, TokenType=ua.UserTokenType(kind), SecurityPolicyUri=uri)
+                              for pid, kind, uri in ticket.user_token_policies]
+        return client
+
+    @staticmethod
+    async def server_started(client: Client) -> datetime | None:
+        """The server's ServerStatus.StartTime (None if it gives none): a session re-activated on a server that
+        started since is not the one that was saved (asyncua's server numbers authentication tokens from the same
+        start after a restart, so an old token can name another client's new session)."""
+        rv = ua.ReadValueId(NodeId=ua.NodeId(ua.ObjectIds.Server_ServerStatus_StartTime),
+                            AttributeId=ua.AttributeIds.Value)
+        [dv] = await client.uaclient.read(ua.ReadParameters(NodesToRead=[rv]))
+        good = dv.StatusCode is None or dv.StatusCode.is_good()
+        value = dv.Value.Value if good and dv.Value is not None else None
+        return value if isinstance(value, datetime) else None
+
+    @staticmethod
+    def watch(client: Client, sub) -> None:
+        """Register ``sub`` (a `Subscription` not made by ``client``) like `Client.create_subscription` does, so
+        asyncua's stale-subscription watchdog re-creates it if the server stops publishing while the link stays
+        up."""
+        client._subscriptions.append(sub)
 
     @staticmethod
     def restart_tasks(client: Client) -> None:

@@ -19,12 +19,16 @@ a connection loss `resume` continues the subscription in the re-activated sessio
 republish every message after it that it still holds (asyncua's own ``Subscription.restore`` /
 ``_republish_gaps`` counts a message as done once received, stops only on BadMessageNotAvailable, which
 asyncua's server never sends (it answers an empty message, so the loop never ends), and starts asyncua's publish
-loop before the gap is filled, so newer messages could overtake republished ones).
+loop before the gap is filled, so newer messages could overtake republished ones). ``on_durable`` hears of each
+new value, before asyncua acknowledges the message, so what the collector writes down for a restarted gateway
+never names a message the server may already have forgotten; `restored` rebuilds a subscription that an earlier
+process created, for `resume`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,6 +41,18 @@ from asyncua.ua.uaerrors import BadMessageNotAvailable
 from collectors.opcua.config import Config, NodeConfig
 
 log = logging.getLogger(__name__)
+
+
+class _QuietRepublishEnd(logging.Filter):
+    """asyncua logs every ServiceFault at WARNING; BadMessageNotAvailable answering a Republish is how a server says
+    it holds no more messages, which `BatchSubscription.resume` may ask for on purpose: not worth a warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not ("BadMessageNotAvailable" in text and "RepublishRequest" in text)
+
+
+logging.getLogger("asyncua.client.ua_client.UASocketProtocol").addFilter(_QuietRepublishEnd())
 
 # (client handle -> data values) and status changes, handed to the collector per publish response; on_data
 # returns whether the batch is durable (False: refused, the collector is dropping the connection).
@@ -52,17 +68,20 @@ class ItemFailure:
 
 
 OnFailures = Callable[[list[ItemFailure]], None]
+OnDurable = Callable[[int], None]
 Item = tuple[NodeConfig, ua.MonitoredItemCreateRequest]
 
 
 class BatchSubscription(Subscription):
     def __init__(self, client: Client, params: ua.CreateSubscriptionParameters, *, on_data: OnData,
-                 on_status: OnStatus, on_failures: OnFailures | None = None, name: str = "opcua") -> None:
+                 on_status: OnStatus, on_failures: OnFailures | None = None, on_durable: OnDurable | None = None,
+                 name: str = "opcua") -> None:
         # handler=None puts the base class in iterator mode; its queue stays unused.
         super().__init__(client.uaclient.session, params, None, queue_maxsize=1)
         self._on_data = on_data
         self._on_status = on_status
         self._on_failures = on_failures
+        self._on_durable = on_durable
         self.name = name
         self._busy = False
         self.items: list[Item] = []  # the created items, for recreate()
@@ -73,6 +92,18 @@ class BatchSubscription(Subscription):
         # What the server granted (CreateSubscription's Revised* values): it publishes, and sends keep-alives,
         # at these, not at what was asked for.
         self.revised: ua.CreateSubscriptionResult | None = None
+
+    @classmethod
+    def restored(cls, client: Client, params: ua.CreateSubscriptionParameters, granted: ua.CreateSubscriptionResult,
+                 last_sequence_number: int | None, **kw) -> BatchSubscription:
+        """The subscription ``granted`` (id and Revised* values) that an earlier process created, ``client`` holding
+        its session; ``last_sequence_number`` is the last message that process made durable. `resume` continues it.
+        """
+        sub = cls(client, params, **kw)
+        sub.subscription_id = granted.SubscriptionId
+        sub.revised = granted
+        sub.last_sequence_number = last_sequence_number
+        return sub
 
     async def _create(self, event: SubscriptionEvent) -> ua.CreateSubscriptionResult:
         result = await super()._create(event)
@@ -189,6 +220,8 @@ class BatchSubscription(Subscription):
                 self.last_publish_at = time.monotonic()
         if seq:  # 0: asyncua's own status message on a lost connection, not from the server
             self.last_sequence_number = seq
+            if self._on_durable is not None:
+                self._on_durable(seq)
         return True
 
     async def resume(self) -> int:
@@ -197,25 +230,36 @@ class BatchSubscription(Subscription):
 
         TransferSubscriptions (to the same session; SendInitialValues false) re-binds it and gives the sequence
         numbers the server still holds unacknowledged; each one after the last durable message is fetched with
-        Republish, in order, and handed over like a publish response. Only then does asyncua's publish loop start
-        again, so what the server queued during the outage follows in order. Raises `ua.UaStatusCodeError`
-        (BadSubscriptionIdInvalid ...) when the server no longer has the subscription.
+        Republish, in order, and handed over like a publish response. A server that answers BadNothingToDo (the
+        subscription is in this session already; node-opcua) gives no list: the messages after the last durable
+        one are asked for in turn until it has no more (BadMessageNotAvailable), as OPC UA Part 4 §6.7 has a
+        client do after re-activating its session. Only then does asyncua's publish loop start again, so what the
+        server queued during the outage follows in order. Raises `ua.UaStatusCodeError` (BadSubscriptionIdInvalid
+        ...) when the server no longer has the subscription.
         """
         session = self.server
         params = ua.TransferSubscriptionsParameters(SubscriptionIds=[self.subscription_id], SendInitialValues=False)
         results = await session.transfer_subscriptions(params)
         if not results:
             raise ua.UaStatusCodeError(ua.StatusCodes.BadSubscriptionIdInvalid)
-        results[0].StatusCode.check()
+        in_session = results[0].StatusCode.value == ua.StatusCodes.BadNothingToDo
+        if not in_session:
+            results[0].StatusCode.check()
         session._subscription_callbacks[self.subscription_id] = self.publish_callback
         last = self.last_sequence_number or 0
+        wanted = itertools.count(last + 1) if in_session else \
+            iter(sorted(n for n in results[0].AvailableSequenceNumbers if n > last))
         republished = 0
-        for seq in sorted(n for n in results[0].AvailableSequenceNumbers if n > last):
+        for seq in wanted:
             try:
                 message = await session.republish(self.subscription_id, seq)
             except BadMessageNotAvailable:
+                if in_session:
+                    break  # the last one it holds
                 continue  # counted as a gap by the next message
             if int(message.SequenceNumber) != seq:  # asyncua's server answers an empty message instead
+                if in_session:
+                    break
                 continue
             if not await self._handle(message):
                 raise ConnectionError("the pipeline refused a republished notification")
