@@ -299,9 +299,17 @@ class Analytics:
             return
         while True:
             await asyncio.sleep(self.mcfg.state_save_s)
-            data = rul.snapshot()
-            if data is not None:
-                await asyncio.to_thread(rul.write, data)
+            try:
+                data = rul.snapshot()
+                if data is not None:
+                    await asyncio.to_thread(rul.write, data)
+            except Exception:
+                # `write` handles the file system's errors; anything else is a bug, but saving must go on.
+                self.errors += 1
+                self.metrics.analytics_errors.inc()
+                log.exception("saving the RUL history failed; retried in %.0f s", self.mcfg.state_save_s,
+                              extra={"event": "rul_state_not_saved"})
+                rul.mark_unsaved()
 
     async def _sync_loop(self) -> None:
         """Keep the alert manager in step with the database: open alerts, acknowledgements, windows."""

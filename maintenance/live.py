@@ -308,7 +308,7 @@ class MaintenanceLive:
         try:
             await asyncio.to_thread(write_atomic, self.anomaly_path, self.anomaly.snapshot())
             self._save_error = None
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             self.anomaly.unsaved = True
             if self.metrics is not None:
                 self.metrics.analytics_errors.inc()

@@ -446,6 +446,10 @@ class RulLive:
         return {"seq": self._snapshots,
                 "assets": [(a.name, *_asset_state(a)) for a in self.assets if a.slot is not None]}
 
+    def mark_unsaved(self) -> None:
+        """A snapshot was taken but not written: the next one is due even if no cycle closes meanwhile."""
+        self._dirty = True
+
     def write(self, snapshot: dict) -> bool:
         """Replace the state file with a `snapshot` atomically; an older snapshot never replaces a newer one.
         Blocking. A failure is logged once per kind and counted; the gateway goes on."""
@@ -461,7 +465,7 @@ class RulLive:
                     arrays.update({f"{k}.{key}": v for key, v in arr.items()})
                 write_atomic(path, pack_state(meta, arrays, STATE_FORMAT))
             except OSError as exc:
-                self._dirty = True  # try again at the next save
+                self.mark_unsaved()  # try again at the next save
                 if self.metrics is not None:
                     self.metrics.analytics_errors.inc()
                 if self._write_error != type(exc).__name__:

@@ -602,3 +602,50 @@ def test_the_gateway_goes_on_with_an_engines_age_after_a_stop_and_a_kill(fitted,
         pub.loop_stop()
         pub.disconnect()
         gw.kill()
+
+
+async def test_the_gateways_save_loop_goes_on_after_a_failed_save(fitted, tmp_path, caplog):
+    """A save that fails for a reason the file writer does not handle (a bug) is logged, counted and retried at
+    the next interval; saving goes on."""
+    import asyncio
+
+    from edge.analytics import Analytics
+    from edge.metrics import Metrics
+    from edge.settings import SiteConfig
+
+    _, d = fitted
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    u = int(test.units()[0])
+    rul = {"model_dir": str(d), "sensors": [f"E{u}.s{j}" for j in range(1, 22)],
+           "settings": [f"E{u}.set{k}" for k in range(1, 4)], "cycle_s": 60.0}
+    site = SiteConfig(site={"state_dir": str(tmp_path)},
+                      maintenance={"period_s": 60, "state_save_s": 0.05, "assets": [{"name": f"E{u}", "rul": rul}]})
+
+    async def emit(batch):
+        pass
+
+    an = Analytics(site, Metrics(), emit, None)
+    live = an.maintenance
+    for batch in list(replay(test.select(test.unit == u)))[:10]:
+        await live.process(batch)
+    write, calls = live.rul.write, []
+
+    def failing_once(snapshot):
+        calls.append(snapshot["seq"])
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return write(snapshot)
+
+    live.rul.write = failing_once
+    with caplog.at_level(logging.ERROR, logger="edge.analytics"):
+        task = asyncio.create_task(an._save_loop())
+        try:
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if (tmp_path / "rul_state.npz").exists():
+                    break
+        finally:
+            task.cancel()
+    assert calls[:2] == [1, 2] and an.errors == 1
+    assert [r for r in caplog.records if getattr(r, "event", None) == "rul_state_not_saved"]
+    assert len(read_state(tmp_path / "rul_state.npz", 1)[1]["0.ages"]) == 10
