@@ -69,3 +69,16 @@ def read_state(path: str | Path, version: int) -> tuple[dict, dict[str, np.ndarr
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ValueError(f"{path}: format {got!r}, expected {version}")
     return meta, arrays
+
+
+def read_asset_state(path: str | Path, version: int) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """The per-asset entries (``meta["assets"]``) and the arrays of a state file; both empty when there is none.
+    ValueError naming the file when it cannot be read as one (the caller logs it and starts without)."""
+    state = read_state(path, version)
+    if state is None:
+        return {}, {}
+    meta, arrays = state
+    assets = meta.get("assets")
+    if not isinstance(assets, dict) or not all(isinstance(v, dict) for v in assets.values()):
+        raise ValueError(f"{path}: no per-asset entries")
+    return assets, arrays

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.files import pack_state, read_state, write_atomic
+from edge.files import pack_state, read_asset_state, write_atomic
 from edge.records import Prediction, Quality, Reading
 from maintenance.alerts import AlertChange, AlertManager, Window, dedup_key
 from maintenance.anomaly import AnomalyBank, AnomalyConfig, AnomalyDetector
@@ -142,9 +142,8 @@ class _Anomaly:
     def load(self, path: Path) -> None:
         """Restore the detectors saved in ``path`` whose asset's anomaly settings are unchanged (others train)."""
         try:
-            meta, arrays = read_state(path, STATE_FORMAT) or ({"assets": {}}, {})
-            saved = dict(meta["assets"])
-        except (ValueError, KeyError, TypeError) as exc:
+            saved, arrays = read_asset_state(path, STATE_FORMAT)
+        except ValueError as exc:
             log.warning("anomaly models not readable; every asset trains again: %s", exc,
                         extra={"event": "anomaly_state_unreadable"})
             return

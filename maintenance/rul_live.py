@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import ConfigError
-from edge.files import pack_state, read_state, write_atomic
+from edge.files import pack_state, read_asset_state, write_atomic
 from edge.records import Prediction, Reading
 from maintenance.alerts import AlertChange, AlertManager
 from maintenance.config import AssetConfig, RulAssetConfig
@@ -479,9 +479,8 @@ class RulLive:
     def _load(self) -> None:
         path = self.state_path
         try:
-            meta, arrays = read_state(path, STATE_FORMAT) or ({"assets": {}}, {})
-            saved = dict(meta["assets"])
-        except (ValueError, KeyError, TypeError) as exc:
+            saved, arrays = read_asset_state(path, STATE_FORMAT)
+        except ValueError as exc:
             log.warning("RUL history not readable, every asset starts without history: %s", exc,
                         extra={"event": "rul_state_unreadable"})
             return

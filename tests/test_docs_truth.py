@@ -74,7 +74,8 @@ def test_site_example_passes_check_config(path, capsys):
 def test_console_example_loads(path):
     from console.config import load
 
-    load(path)  # `console serve` then resolves [database] password (console.config.conninfo): a secret
+    cfg = load(path)  # `console serve` then resolves [database] password (console.config.conninfo): a secret
+    assert cfg.console.listen and cfg.database.url, "the example names where the console listens and its database"
 
 
 def toml_blocks() -> list[tuple[str, str]]:
