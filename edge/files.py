@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,6 +40,43 @@ def write_atomic(path: str | Path, data: bytes | str, *, mode: int = 0o644) -> N
     finally:
         os.close(dfd)
 
+
+FileId = tuple[int, int, int]
+
+
+def file_id(path: str | Path) -> FileId | None:
+    """What tells one version of a file from another (inode, mtime, size): `write_atomic` gives every write a new
+    inode, so a changed id means someone replaced the file. None when there is no file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+@contextlib.contextmanager
+def locked(path: str | Path) -> Iterator[None]:
+    """Hold the exclusive advisory lock of ``path`` (``<path>.lock`` beside it) while reading, changing and writing
+    it back, so two processes that both do (the gateway and a command such as ``train-anomaly``) never lose each
+    other's change. Blocks until the lock is free; released on exit, also when the process dies."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def replace_if_unchanged(path: str | Path, data: bytes, expected: FileId | None) -> FileId | None:
+    """`write_atomic` ``data`` to ``path`` under its lock, only if the file is still the version ``expected`` (None:
+    no file): the new version's id, or None when another process replaced the file since (read it, merge, retry)."""
+    with locked(path):
+        if file_id(path) != expected:
+            return None
+        write_atomic(path, data)
+        return file_id(path)
 
 
 META = "__meta__"

@@ -60,8 +60,8 @@ def add_parser(subparsers) -> None:
                         description="Fit the asset's anomaly detector on its stored readings from --from (a period "
                                     "the team calls healthy: after an overhaul, or when monitoring started on a "
                                     "machine that was not), as the gateway would have from there, and put it in "
-                                    "the gateway's state folder. The gateway serves it from its next start or "
-                                    "configuration reload (SIGHUP).")
+                                    "the gateway's state folder. A running gateway scores with it from its next "
+                                    "readings (log event anomaly_model_replaced); a stopped one from its start.")
     ta.add_argument("-c", "--config", type=Path, required=True, help="the gateway's site configuration")
     ta.add_argument("--asset", required=True, help="an asset with [maintenance.assets.anomaly]")
     ta.add_argument("--from", dest="start", type=_aware, required=True,
@@ -131,7 +131,7 @@ def cmd_train_anomaly(args) -> int:
         return 1
     print(f"{r.asset}: anomaly model {r.version[:12]} trained on {r.samples} samples from readings of "
           f"{r.first:%Y-%m-%d %H:%M:%S%z} to {r.last:%Y-%m-%d %H:%M:%S%z}; written to {r.path}")
-    print("the gateway serves it from its next start or configuration reload (SIGHUP)")
+    print("a running gateway scores with it from its next readings (log event anomaly_model_replaced)")
     return 0
 
 

@@ -17,6 +17,8 @@ are scored together in `AnomalyBank`s (numpy across assets). With a state folder
 saved (``anomaly_models.npz``) when an asset finishes training and restored at the next start, so a restart
 neither trains again on whatever the machine does then (a fault would become "healthy") nor leaves the asset
 unscored for the training time; changed anomaly settings of an asset, or deleting the file, train again.
+``valvoja maintenance train-anomaly`` replaces an asset's entry from another process; the running gateway adopts
+it with its next readings (`MaintenanceLive.sync_detectors`) and never writes over it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.files import pack_state, read_asset_state, write_atomic
+from edge.files import FileId, file_id, locked, pack_state, read_asset_state, replace_if_unchanged, write_atomic
 from edge.records import Prediction, Quality, Reading
 from maintenance.alerts import AlertChange, AlertManager, Window, dedup_key
 from maintenance.anomaly import AnomalyBank, AnomalyConfig, AnomalyDetector
@@ -82,6 +84,10 @@ class _Anomaly:
         self.run: dict[int, int] = {}  # consecutive flagged samples per asset
         self.slot: int | None = None
         self.unsaved = False  # a detector was fitted since the last snapshot
+        self.scored: dict[int, str] = {}  # the version each bank row's window of samples was scored with
+        # The state file as this process last read or wrote it: its id, and the version of each asset it held.
+        self.file_id: FileId | None = None
+        self.known: dict[str, str | None] = {}
         # Periods after which a gap leaves nothing to score: signals stale, the longest window empty.
         self.horizon = STALE_PERIODS + 1 + max((a.anomaly.window for a in assets), default=1)
 
@@ -118,18 +124,33 @@ class _Anomaly:
         return changed
 
     def _regroup(self) -> None:
-        """One bank per number of scored signals."""
-        groups: dict[int, list[int]] = {}
+        """One bank per number of scored signals and window length. An asset already scored keeps its window of
+        samples: regrouping (another asset finished training or was replaced) must not empty the windows of every
+        other asset, whose next scores would then be means of a sample or two (noisy: false alarms)."""
+        kept: dict[int, np.ndarray] = {}
+        for rows, bank in self.banks:
+            oldest_first = np.roll(bank.buf, -(bank.pos % bank.window), axis=1)
+            kept.update({int(i): oldest_first[k] for k, i in enumerate(rows)})
+        groups: dict[tuple[int, int], list[int]] = {}
         for i, d in self.detectors.items():
-            groups.setdefault(len(d.use_), []).append(i)
-        self.banks = [(np.array(rows), AnomalyBank([self.detectors[i] for i in rows])) for rows in groups.values()]
+            groups.setdefault((len(d.use_), d.config.window), []).append(i)
+        self.banks = []
+        for rows in groups.values():
+            bank = AnomalyBank([self.detectors[i] for i in rows])
+            for k, i in enumerate(rows):
+                if i in kept and kept[i].shape == bank.buf[k].shape and self.versions[i] == self.scored.get(i):
+                    bank.buf[k] = kept[i]
+            self.banks.append((np.array(rows), bank))
+        self.scored = dict(self.versions)
 
     # -- fitted detectors across restarts ----------------------------------------------------------
     # Trained live on the first `train_samples` after start, a detector would otherwise be trained again at every
     # restart, on whatever the machine does then: a restart during a fault would learn the fault as healthy
     # (and clear its alert), and nothing is scored for the training time (30 min by default).
-    def snapshot(self) -> bytes:
-        """The fitted detectors as a state file (`load` restores them)."""
+    # `valvoja maintenance train-anomaly` (another process) replaces one asset's entry in the same file; the
+    # running gateway adopts it (`adopt`) and never writes over it (`edge.files.replace_if_unchanged`).
+    def snapshot(self) -> tuple[bytes, dict[str, str]]:
+        """The fitted detectors as a state file (`load` restores them) and the versions it holds per asset name."""
         self.unsaved = False
         meta: dict = {"assets": {}}
         arrays: dict[str, np.ndarray] = {}
@@ -137,23 +158,32 @@ class _Anomaly:
             meta["assets"][self.assets[i].name] = {"key": _anomaly_key(self.assets[i]), "version": self.versions[i],
                                                    "arrays": i}
             arrays.update({f"{i}.{k}": getattr(d, f"{k}_") for k in DETECTOR_ARRAYS})
-        return pack_state(meta, arrays, STATE_FORMAT)
+        return pack_state(meta, arrays, STATE_FORMAT), {n: e["version"] for n, e in meta["assets"].items()}
 
     def load(self, path: Path) -> None:
         """Restore the detectors saved in ``path`` whose asset's anomaly settings are unchanged (others train)."""
+        fid = file_id(path)
         try:
             saved, arrays = read_asset_state(path, STATE_FORMAT)
         except ValueError as exc:
             log.warning("anomaly models not readable; every asset trains again: %s", exc,
                         extra={"event": "anomaly_state_unreadable"})
             return
+        self.adopt(saved, arrays, path, fid, at_start=True)
+
+    def adopt(self, saved: dict[str, dict], arrays: dict[str, np.ndarray], path: Path, fid: FileId | None, *,
+              at_start: bool = False) -> int:
+        """Take the entries of the state file read as (``saved``, ``arrays``) that changed since this process last
+        read or wrote it (at start: all) and fit its assets' current anomaly settings; returns how many."""
+        taken = 0
         for i, a in enumerate(self.assets):
             s = saved.get(a.name)
-            if s is None:
-                continue
+            if s is None or s.get("version") == self.known.get(a.name):
+                continue  # not in the file, or what this process already knows from it
             if s.get("key") != _anomaly_key(a):
-                log.warning("asset %s: the anomaly model saved in %s was trained with other settings; training "
-                            "again", a.name, path, extra={"event": "anomaly_state_mismatch", "asset": a.name})
+                log.warning("asset %s: the anomaly model saved in %s was trained with other settings; %s", a.name,
+                            path, "training again" if at_start else "keeping the current one",
+                            extra={"event": "anomaly_state_mismatch", "asset": a.name})
                 continue
             c = a.anomaly
             det = AnomalyDetector(AnomalyConfig(window=c.window, alpha=c.alpha, score=c.score,
@@ -166,27 +196,41 @@ class _Anomaly:
                 if version != s["version"]:
                     raise ValueError("its parameters do not give its version")
             except (KeyError, TypeError, ValueError, IndexError) as exc:
-                log.warning("asset %s: the anomaly model saved in %s is damaged (%s); training again", a.name,
-                            path, exc, extra={"event": "anomaly_state_unreadable", "asset": a.name})
+                log.warning("asset %s: the anomaly model saved in %s is damaged (%s); %s", a.name, path, exc,
+                            "training again" if at_start else "keeping the current one",
+                            extra={"event": "anomaly_state_unreadable", "asset": a.name})
+                continue
+            if version == self.versions.get(i):
                 continue
             self.detectors[i], self.versions[i] = det, version
             self.training.pop(i, None)
-            log.info("asset %s: anomaly model %s restored from %s (delete the file to train again)", a.name,
-                     version[:12], path, extra={"event": "anomaly_state_restored", "asset": a.name})
-        if self.detectors:
+            self.run.pop(i, None)
+            taken += 1
+            if at_start:
+                log.info("asset %s: anomaly model %s restored from %s (delete the file to train again)", a.name,
+                         version[:12], path, extra={"event": "anomaly_state_restored", "asset": a.name})
+            else:
+                log.warning("asset %s: anomaly model %s adopted from %s, written by another process (valvoja "
+                            "maintenance train-anomaly); scored with it from now on", a.name, version[:12], path,
+                            extra={"event": "anomaly_model_replaced", "asset": a.name})
+        self.known = {n: e.get("version") for n, e in saved.items()}
+        self.file_id = fid
+        if taken:
             self._regroup()
+        return taken
 
 
 def replace_detector(config: MaintenanceConfig, state_dir: Path, asset: str, detector: AnomalyDetector,
                      version: str) -> Path:
     """Put ``detector`` in ``state_dir``'s anomaly state file as ``asset``'s, keeping every other asset's saved one
-    (`maintenance.retrain`); the gateway serves it from its next start or reload. Returns the file's path."""
+    (`maintenance.retrain`); a running gateway adopts it at its next group of readings. Returns the file's path."""
     an = _Anomaly([a for a in config.assets if a.anomaly is not None], config.period_s)
     path = state_dir / ANOMALY_STATE_FILE
-    an.load(path)
-    i = next(k for k, a in enumerate(an.assets) if a.name == asset)
-    an.detectors[i], an.versions[i] = detector, version
-    write_atomic(path, an.snapshot())
+    with locked(path):  # the gateway's own save waits, then sees a new file and adopts this first
+        an.load(path)
+        i = next(k for k, a in enumerate(an.assets) if a.name == asset)
+        an.detectors[i], an.versions[i] = detector, version
+        write_atomic(path, an.snapshot()[0])
     return path
 
 
@@ -245,6 +289,8 @@ class MaintenanceLive:
         scalar = [r for r in readings if r.tag not in self.indicators.blocks]
         if len(scalar) < len(readings):  # waveform samples: block indicators
             derived.extend(self.indicators.update([r for r in readings if r.tag in self.indicators.blocks]))
+        if scalar and self.anomaly_path is not None:
+            await self.sync_detectors()
         if scalar:
             # One pass over the Reading objects; the rest is numpy per period.
             n = len(scalar)
@@ -301,12 +347,39 @@ class MaintenanceLive:
             changes.extend(self.manager.tick(t))
         return derived, preds, changes
 
-    async def _save_detectors(self) -> None:
-        """Write the fitted detectors (rare: when an asset finishes training) off the event loop; a failure is
-        logged once per kind, counted, and retried at the next fit or restart of training."""
+    async def sync_detectors(self) -> int:
+        """Adopt the detectors another process put in the state file since this one last read or wrote it
+        (`replace_detector`, run by ``valvoja maintenance train-anomaly``); returns how many. A stat per call
+        (microseconds); the file is read, off the event loop, only when it changed."""
+        fid = file_id(self.anomaly_path)
+        if fid == self.anomaly.file_id:
+            return 0
         try:
-            await asyncio.to_thread(write_atomic, self.anomaly_path, self.anomaly.snapshot())
-            self._save_error = None
+            saved, arrays = await asyncio.to_thread(read_asset_state, self.anomaly_path, STATE_FORMAT)
+        except ValueError as exc:
+            self.anomaly.file_id = fid  # once per version of the file; the next save writes a readable one
+            self.anomaly.unsaved = True
+            if self.metrics is not None:
+                self.metrics.analytics_errors.inc()
+            log.error("anomaly models written by another process not readable; keeping the current ones: %s", exc,
+                      extra={"event": "anomaly_state_unreadable"})
+            return 0
+        return self.anomaly.adopt(saved, arrays, self.anomaly_path, fid)
+
+    async def _save_detectors(self) -> None:
+        """Write the fitted detectors (rare: when an asset finishes training) off the event loop, never over a
+        version of the file this process has not seen (another process's change is adopted first, then written
+        with ours); a failure is logged once per kind, counted, and retried with the next group of readings."""
+        try:
+            for _ in range(5):  # another writer between our read and our write: adopt its change and try again
+                await self.sync_detectors()
+                data, versions = self.anomaly.snapshot()
+                fid = await asyncio.to_thread(replace_if_unchanged, self.anomaly_path, data, self.anomaly.file_id)
+                if fid is not None:
+                    self.anomaly.file_id, self.anomaly.known = fid, versions
+                    self._save_error = None
+                    return
+            raise OSError("the file kept changing while it was being saved")
         except (OSError, ValueError) as exc:
             self.anomaly.unsaved = True
             if self.metrics is not None:

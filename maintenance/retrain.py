@@ -5,7 +5,8 @@ The gateway trains each detector on the first ``train_samples`` of its asset aft
 healthy, `train_asset` fits the detector on readings from the database instead: they go through the gateway's own
 live path (`maintenance.live.MaintenanceLive`, the asset alone, from ``start``), so the samples, their staleness
 rule and the fit are exactly what the gateway would have made had it started at ``start``. The result replaces
-the asset's entry in the state file; the gateway uses it from its next start or configuration reload (SIGHUP).
+the asset's entry in the state file (under its lock); a running gateway adopts it with its next readings
+(`maintenance.live.MaintenanceLive.sync_detectors`) and never writes over it, a stopped one at its start.
 """
 
 from __future__ import annotations

@@ -266,3 +266,81 @@ anomaly = {{ signals = ["Q-1.a", "Q-1.b"], train_samples = 100, alpha = 0.05 }}
                   for r in b] for b in pump_readings(300, fault_from=0, seed=6)]
     _, changes = asyncio.run(_run(again, new_fault))
     assert [c for c in changes if c.event == "raised" and c.alert.kind == "anomaly"]
+
+
+def _noise(assets: dict[str, int], seconds: int, seed: int = 7, step: dict[str, tuple[int, float]] | None = None):
+    """One batch per second: ``assets`` name -> signal count, N(0, 1) values; ``step`` name -> (from second, +x)."""
+    rng = np.random.default_rng(seed)
+    for s in range(seconds):
+        t = T0 + timedelta(seconds=s)
+        batch = []
+        for name, k in assets.items():
+            jump = step[name][1] if step and name in step and s >= step[name][0] else 0.0
+            batch += [Reading(f"{name}.s{j}", t, float(rng.normal()) + jump, t) for j in range(k)]
+        yield batch
+
+
+def _asset(name: str, k: int, *, train: int = 100, window: int = 10) -> AssetConfig:
+    return AssetConfig(name=name, anomaly=AnomalyAssetConfig(
+        signals=tuple(f"{name}.s{j}" for j in range(k)), train_samples=train, window=window, alpha=0.05,
+        predict_every_s=1, confirm=1))
+
+
+async def test_an_asset_finishing_training_leaves_the_others_scores_alone():
+    """A's scores are the same whether or not B (scored in the same bank) finishes training meanwhile: rebuilding
+    the banks used to empty A's window of samples, so A's next scores were means of one or two samples."""
+    alone = MaintenanceLive(MaintenanceConfig(assets=(_asset("A", 3),)))
+    both = MaintenanceLive(MaintenanceConfig(assets=(_asset("A", 3), _asset("B", 3, train=160))))
+    a_only, _ = await _run(alone, [[r for r in b if r.tag.startswith("A.")]
+                                   for b in _noise({"A": 3, "B": 3}, 220)])
+    mixed, _ = await _run(both, list(_noise({"A": 3, "B": 3}, 220)))
+    assert both.anomaly.detectors.keys() == {0, 1} and len(both.anomaly.banks) == 1
+    a_mixed = [(p.time, p.value, p.p_value) for p in mixed if p.asset == "A"]
+    assert [(p.time, p.value, p.p_value) for p in a_only] == a_mixed and len(a_mixed) > 100
+
+
+async def test_each_asset_is_scored_over_its_own_window():
+    """Two assets with as many signals but different windows: each score is the mean over its own window (a bank
+    used to take the longest, so a window-1 asset's step was diluted over 60 samples and went unseen)."""
+    live = MaintenanceLive(MaintenanceConfig(assets=(_asset("A", 2, window=1), _asset("B", 2, window=60))))
+    preds, _ = await _run(live, list(_noise({"A": 2, "B": 2}, 200, step={"A": (150, 8.0)})))
+    first = next(p for p in preds if p.asset == "A" and p.time == T0 + timedelta(seconds=151))
+    assert first.p_value <= 0.05
+    assert sorted(bank.window for _, bank in live.anomaly.banks) == [1, 60]
+
+
+def test_a_running_gateway_adopts_train_anomaly_and_never_writes_over_it(tmp_path, caplog):
+    """`replace_detector` (what `valvoja maintenance train-anomaly` runs) changes one asset's entry while the
+    gateway runs: the gateway scores with it from its next group of readings, and when it later saves a detector
+    of its own the file keeps the replaced one. The file is never written over a version its writer has not
+    read (edge.files.replace_if_unchanged)."""
+    from edge.files import file_id, replace_if_unchanged
+    from maintenance.live import replace_detector
+
+    cfg = MaintenanceConfig(assets=(_asset("A", 3), _asset("B", 3, train=300)))
+    gw = MaintenanceLive(cfg, state_dir=tmp_path)
+    asyncio.run(_run(gw, list(_noise({"A": 3, "B": 3}, 150))))  # A trained and saved, B still training
+    path = tmp_path / "anomaly_models.npz"
+    before = gw.anomaly.versions[0]
+
+    other = MaintenanceLive(MaintenanceConfig(assets=(_asset("A", 3),)))  # "train-anomaly": A on other data
+    asyncio.run(_run(other, list(_noise({"A": 3}, 150, seed=11))))
+    new = other.anomaly.versions[0]
+    assert new != before
+    replace_detector(cfg, tmp_path, "A", other.anomaly.detectors[0], new)
+
+    with caplog.at_level(logging.WARNING, logger="maintenance.live"):
+        preds, _ = asyncio.run(_run(gw, list(_noise({"A": 3, "B": 3}, 400, seed=12))[150:]))
+    assert [r for r in caplog.records if getattr(r, "event", None) == "anomaly_model_replaced"]
+    assert {p.model_version for p in preds if p.asset == "A"} == {new}
+    assert 1 in gw.anomaly.detectors  # B finished training meanwhile and was saved, with A's replaced model
+    saved = read_state(path, 1)[0]["assets"]
+    assert saved["A"]["version"] == new and saved["B"]["version"] == gw.anomaly.versions[1]
+    assert MaintenanceLive(cfg, state_dir=tmp_path).anomaly.versions == gw.anomaly.versions
+
+    # The check behind it: a write expecting a version someone else has replaced since is refused.
+    seen = file_id(path)
+    replace_detector(cfg, tmp_path, "A", other.anomaly.detectors[0], new)  # another writer, same content
+    assert file_id(path) != seen
+    assert replace_if_unchanged(path, b"stale", seen) is None and path.read_bytes() != b"stale"
+    assert replace_if_unchanged(path, b"fresh", file_id(path)) is not None and path.read_bytes() == b"fresh"
