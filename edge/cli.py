@@ -107,6 +107,8 @@ def cmd_check_config(args) -> int:
         return 1
     print(f"{args.path}: OK ({len(cfg.tags)} tags, {len(cfg.collector_configs)} collectors, "
           f"{len(cfg.stacks)} stacks, {len(cfg.rules)} rules)")
+    for note in cfg.unused_keys():
+        print(f"{args.path}: note: {note}")
     return 0
 
 

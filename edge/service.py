@@ -113,6 +113,7 @@ class Service:
     def run(self) -> int:
         """Set up logging, run until stopped, return the exit code."""
         self._setup_logging(self.cfg)
+        self._unused_keys(self.cfg)
         asyncio.run(self.main())
         return self.exit_code
 
@@ -263,6 +264,7 @@ class Service:
             return False
         self.cfg = new
         self._setup_logging(new)
+        self._unused_keys(new)
         self.metrics.config_reloads.labels("applied").inc()
         log.info("configuration reloaded from %s in %.2f s%s", path, time.monotonic() - t0,
                  "" if new != old else " (unchanged; secrets and certificates read again)",
@@ -277,6 +279,10 @@ class Service:
     # -- helpers ---------------------------------------------------------------------------
     def _setup_logging(self, cfg: SiteConfig) -> None:
         logs.setup(cfg.logging.level, self.log_format or cfg.logging.format)
+
+    def _unused_keys(self, cfg: SiteConfig) -> None:
+        for note in cfg.unused_keys():
+            log.warning("%s: %s", self.config_path, note, extra={"event": "config_key_unused"})
 
     async def _systemd_pings(self) -> None:
         """WATCHDOG=1 at half the interval systemd asks for; stops when the event loop is blocked."""

@@ -210,6 +210,18 @@ class SiteConfig(Strict):
     def tag_map(self) -> dict[str, Tag]:
         return {t.name: t for t in self.tags}
 
+    def unused_keys(self) -> list[str]:
+        """Keys the file sets that this version accepts (older files stay valid) but does not act on: said at
+        start, at reload and by check-config, so nobody tunes a setting that changes nothing."""
+        notes = []
+        if "group_commit_ms" in self.spool.model_fields_set:
+            notes.append("spool.group_commit_ms: has no effect (every spool commit already takes all the batches "
+                         "queued while the previous one was written); remove it")
+        if self.models:
+            notes.append("models: this table is not read (models are configured where they are used: "
+                         "[maintenance.assets.anomaly] and .rul, a [[stacks]] pollutant's pems); remove it")
+        return notes
+
 
 def _loc(loc: tuple) -> str:
     out = ""

@@ -114,6 +114,23 @@ def test_check_config_command_exit_codes(tmp_path):
     ko = subprocess.run([sys.executable, "-m", "edge.cli", "check-config", str(bad)], capture_output=True, text=True)
     assert ko.returncode == 1
     assert "spool.max_bytes" in ko.stderr and "http.listen" in ko.stderr and "2 problem(s)" in ko.stderr
+    assert "note:" not in ok.stdout
+
+
+def test_keys_that_change_nothing_are_named(tmp_path):
+    """`spool.group_commit_ms` and a `[models]` table are accepted (older files stay valid) but not acted on:
+    check-config says so (still OK), and the gateway logs it at start (event config_key_unused)."""
+    p = tmp_path / "site.toml"
+    p.write_text(GOOD + '\n[spool]\ngroup_commit_ms = 5.0\n\n[models]\nregistry = "models"\n')
+    notes = settings.load(p).unused_keys()
+    assert [n.split(":")[0] for n in notes] == ["spool.group_commit_ms", "models"]
+    out = subprocess.run([sys.executable, "-m", "edge.cli", "check-config", "--skip-secrets", str(p)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert f"{p}: note: spool.group_commit_ms: has no effect" in out.stdout
+    assert f"{p}: note: models: this table is not read" in out.stdout
+    p.write_text(GOOD + '\n[spool]\nqueue_batches = 8\n')
+    assert settings.load(p).unused_keys() == []
 
 
 
