@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 QUEUE_GROUPS = 1024
 SYNC_INTERVAL_S = 15.0
 NOTIFY_QUEUE_GROUPS = 1000  # groups of alert changes waiting for the notifiers
+NOTIFY_RETRY_MIN_S = 1.0  # a change a receiver did not take is sent again after this, doubling up to the max
+NOTIFY_RETRY_MAX_S = 60.0
 SOURCE = "analytics"
 
 
@@ -193,6 +195,11 @@ class Analytics:
         notify = [asyncio.create_task(self._notify_loop(box)) for box in self._outboxes]
         save = asyncio.create_task(self._save_loop())
         try:
+            # The open alerts before the first group: readings the collectors queued while the gateway started
+            # were analysed before the first sync, and every condition still active was raised again (a new id,
+            # "raised" notified again, an acknowledged alert paged and escalating again). With the database down
+            # at start the sync loop loads them later (the spool's raise is then absorbed by the stored row).
+            await self._sync()
             while True:
                 group = await self.queue.get()
                 while not self.queue.empty() and len(group) < 50_000:
@@ -281,15 +288,35 @@ class Analytics:
                 box.dropped = 0
 
     async def _notify(self, n, changes: list) -> None:
+        from maintenance.notify import Refused
+
         for ch in changes:
-            try:
-                ok, detail = await n.send(ch)
-            except Exception as exc:  # a notifier must never take analytics down
-                ok, detail = False, repr(exc)
-            if not ok:
-                log.warning("notification of alert %s to %s failed: %s", ch.alert.id, n.name, detail,
-                            extra={"event": "notify_failed", "asset": ch.alert.asset})
-            self.metrics.notifications.labels("ok" if ok else "failed").inc()
+            # A change the receiver did not take (down, unreachable, 5xx) stays at the head of its queue and is sent
+            # again with back-off until it is delivered: trying each change once lost everything that happened
+            # while a receiver restarted. Later changes wait behind it (in order); the queue's bound drops new ones
+            # when a receiver stays down that long. What the receiver refuses (`Refused`, a 4xx) or a notifier's
+            # own error is not retried: it would block that receiver for good.
+            delay, failed = NOTIFY_RETRY_MIN_S, False
+            while True:
+                try:
+                    ok, detail = await n.send(ch)
+                except Exception as exc:  # a notifier must never take analytics down
+                    ok, detail = False, Refused(repr(exc))
+                if ok:
+                    self.metrics.notifications.labels("ok").inc()
+                    break
+                refused = isinstance(detail, Refused)
+                if refused or not failed:  # logged and counted once per change, not per attempt
+                    log.warning("notification of alert %s to %s failed: %s%s", ch.alert.id, n.name, detail,
+                                "" if refused else "; sending it again until it is taken",
+                                extra={"event": "notify_failed", "asset": ch.alert.asset})
+                    if not failed:
+                        self.metrics.notifications.labels("failed").inc()
+                    failed = True
+                if refused:
+                    break
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, NOTIFY_RETRY_MAX_S)
 
     async def _save_loop(self) -> None:
         """Save the RUL assets' kept cycles every ``state_save_s`` (the snapshot on the loop, between two groups
@@ -312,17 +339,23 @@ class Analytics:
                 rul.mark_unsaved()
 
     async def _sync_loop(self) -> None:
-        """Keep the alert manager in step with the database: open alerts, acknowledgements, windows."""
+        """Keep the alert manager in step with the database: open alerts, acknowledgements, windows (`run` makes
+        the first sync before analysing anything)."""
         if not self.conninfo:
             return
         while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(self.conninfo, connect_timeout=5,
-                                                                 autocommit=True) as conn:
-                    await self.sync_once(conn)
-            except (psycopg.Error, OSError) as exc:
-                log.debug("analytics sync skipped: %s", exc)
             await asyncio.sleep(SYNC_INTERVAL_S)
+            await self._sync()
+
+    async def _sync(self) -> None:
+        if not self.conninfo:
+            return
+        try:
+            async with await psycopg.AsyncConnection.connect(self.conninfo, connect_timeout=5,
+                                                             autocommit=True) as conn:
+                await self.sync_once(conn)
+        except (psycopg.Error, OSError) as exc:
+            log.debug("analytics sync skipped: %s", exc)
 
     async def sync_once(self, conn: psycopg.AsyncConnection) -> None:
         from maintenance import store

@@ -10,8 +10,8 @@ those observations into alert changes:
 - **hysteresis**: an alert clears only after its condition has been inactive ``clear_after_s``
   continuously, so a flapping signal makes one alert, not one per flap;
 - **suppression**: conditions on an asset inside a planned maintenance window raise nothing
-  (they are reported as ``suppressed`` changes for the log); open alerts are kept but do not escalate
-  while the window lasts (the crew is on the machine);
+  (they are reported as a ``suppressed`` change for the log, once per condition and window, not per
+  sample); open alerts are kept but do not escalate while the window lasts (the crew is on the machine);
 - **escalation**: an alert left unacknowledged ``escalate_after_s`` goes one severity up
   (``info`` -> ``warning`` -> ``critical``), once per period, until acknowledged. The time of the last
   escalation is stored, so a restart does not escalate again at once.
@@ -99,6 +99,9 @@ class AlertManager:
         self.windows: list[Window] = list(windows or [])
         self.open: dict[str, _Open] = {}
         self.pending: dict[str, datetime] = {}  # key -> since when active (debounce)
+        # key -> the window its suppression was last reported for: a condition active through an 8-hour overhaul
+        # is one ``suppressed`` event, not one per sample (each is an alert_events row through the spool).
+        self.suppressing: dict[str, Window] = {}
 
     def load(self, alerts: list[tuple[Alert, int, datetime, int, datetime | None]]) -> None:
         """Resume open alerts: (alert, occurrences, last_seen, escalation_level, escalated_at) from the store."""
@@ -143,8 +146,12 @@ class AlertManager:
             return changes
         window = self.suppressed(asset, tag, t)
         if window is not None:
+            if self.suppressing.get(key) == window:
+                return []
+            self.suppressing[key] = window
             a = Alert("", asset, tag, kind, severity, t, message, evidence=evidence or {})
             return [AlertChange("suppressed", a, key, last_seen=t, detail={"window": window.reason})]
+        self.suppressing.pop(key, None)
         since = self.pending.setdefault(key, t)
         if (t - since).total_seconds() < self.policy.raise_after_s:
             return []

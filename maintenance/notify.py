@@ -2,15 +2,18 @@
 
 Notifications are a courtesy copy: the ``alerts`` table is the record. A notifier never blocks the
 alert path for long: each send has a timeout, webhooks are retried a few times with back-off, and the
-outcome is returned so the caller can log it in ``alert_events`` (``notified`` / ``notify_failed``).
+outcome is returned so the caller can log it in ``alert_events`` (``notified`` / ``notify_failed``). A failure
+the receiver made on purpose (HTTP 4xx) is marked `Refused`: the gateway sends other failed changes again
+once the receiver is back (edge/analytics.py), not these.
 
 Webhooks use **httpx** (already a pinned dependency): its async client fits the gateway's event loop
 without a thread per request, pools connections, and has per-request timeouts; ``urllib`` would block
 the loop or need a thread pool for the same.
 
 MQTT uses paho-mqtt 2 with QoS 1 on ``<prefix>/<asset>/<kind>`` (not retained: a board that connects
-later reads the table, not the broker). Payload (both channels): JSON with ``event`` (raised, updated,
-escalated, cleared), the alert's fields and its evidence.
+later reads the table, not the broker; ``#``, ``+`` and ``/`` in the asset or kind become ``_`` in the
+topic). Payload (both channels): JSON with ``event`` (raised, updated, escalated, cleared), the alert's
+fields and its evidence.
 """
 
 from __future__ import annotations
@@ -51,6 +54,15 @@ class MqttNotifyConfig(BaseModel):
     timeout_s: float = Field(5.0, gt=0)
 
 
+class Refused(str):
+    """The detail of a failure that sending the change again cannot fix (the receiver refused the request:
+    HTTP 4xx other than 408/429). The gateway's outbox retries other failures (the receiver is down) until
+    they are delivered, and goes on past these."""
+
+
+_TOPIC_RESERVED = str.maketrans({c: "_" for c in "#+/\0"})
+
+
 def payload(ch: AlertChange) -> bytes:
     body = {"event": ch.event, "occurrences": ch.occurrences, "escalation_level": ch.escalation_level,
             **asdict(ch.alert)}
@@ -78,6 +90,8 @@ class WebhookNotifier:
                 if 200 <= r.status_code < 300:
                     return True, f"HTTP {r.status_code}"
                 error = f"HTTP {r.status_code}"
+                if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
+                    error = Refused(error)
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"
             if attempt + 1 < self.cfg.attempts:
@@ -105,7 +119,10 @@ class MqttNotifier:
         self.client.loop_start()
 
     def topic(self, ch: AlertChange) -> str:
-        return f"{self.cfg.topic_prefix}/{ch.alert.asset}/{ch.alert.kind}"
+        # Asset and rule names are free text: a '#' or '+' made paho refuse every publish of the alert, a '/' split
+        # the kind over levels a subscription to <prefix>/+/+ does not reach. The payload keeps the names.
+        asset, kind = (x.translate(_TOPIC_RESERVED) for x in (ch.alert.asset, ch.alert.kind))
+        return f"{self.cfg.topic_prefix}/{asset}/{kind}"
 
     def _publish(self, ch: AlertChange) -> tuple[bool, str]:
         if not self._connected.wait(self.cfg.timeout_s):

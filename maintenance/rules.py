@@ -32,7 +32,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edge.records import Quality, Reading
-from maintenance.alerts import AlertChange, AlertManager
+from maintenance.alerts import AlertChange, AlertManager, dedup_key
 
 
 class RuleConfig(BaseModel):
@@ -70,6 +70,7 @@ class RuleConfig(BaseModel):
 class _State:
     active: bool = False
     history: deque | None = None
+    fresh: bool = True  # not evaluated yet since this engine started
 
 
 class RuleEngine:
@@ -87,7 +88,8 @@ class RuleEngine:
         self.manager = manager
         self.state = {r.name: _State(history=deque() if r.kind == "rate" else None) for r in self.rules}
         # Per rule, what every observation passes (rules are frozen): made once, not per reading.
-        self._fixed = {r.name: (r.asset_name, f"rule:{r.name}", r.model_dump()) for r in self.rules}
+        self._fixed = {r.name: (r.asset_name, f"rule:{r.name}", r.model_dump(),
+                                dedup_key(r.asset_name, r.tag, f"rule:{r.name}")) for r in self.rules}
 
     def update(self, readings: Iterable[Reading]) -> list[AlertChange]:
         out: list[AlertChange] = []
@@ -99,8 +101,15 @@ class RuleEngine:
             if v is None or rd.quality == Quality.BAD or not math.isfinite(v):
                 continue
             for rule in rules:
-                active, detail = self._evaluate(rule, self.state[rule.name], rd, v)
-                asset, kind, dumped = self._fixed[rule.name]
+                asset, kind, dumped, key = self._fixed[rule.name]
+                st = self.state[rule.name]
+                if st.fresh:
+                    # A rule whose alert is open at its first reading (loaded after a restart) starts active, so
+                    # the deadband applies: a value inside it cleared the alert, and the next one above `high`
+                    # raised a second alert (a flap per restart).
+                    st.fresh = False
+                    st.active = rule.kind == "threshold" and key in self.manager.open
+                active, detail = self._evaluate(rule, st, rd, v)
                 msg, evidence = "", None
                 if active:  # message and evidence matter only to an active condition (most readings are not)
                     msg = rule.message or f"{rule.name}: {rd.tag} = {v:g}" + (f" ({detail})" if detail else "")

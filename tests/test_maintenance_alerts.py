@@ -115,3 +115,41 @@ def test_escalation_waits_while_a_maintenance_window_covers_the_asset():
     assert m.tick(at(600)) == [] and m.tick(at(1499)) == []  # the crew is on the machine
     (e,) = m.tick(at(1500))
     assert e.event == "escalated" and e.escalated_at == at(1500)
+
+
+def test_a_condition_active_through_a_window_is_logged_once_not_per_sample():
+    """Suppressed conditions are logged (alert_events rows through the spool), but one per sample flooded the
+    history: a 1 Hz rule active through an 8-hour overhaul wrote 28,800 rows. Once per condition and window."""
+    w = Window("P-101", at(100), at(200), "bearing change")
+    m = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None), [w])
+    changes = []
+    for s in range(100, 200):
+        changes += observe(m, s, s % 30 != 0)  # active, with a few inactive samples (flaps) in between
+    assert [c.event for c in changes] == ["suppressed"]
+    assert changes[0].alert.raised_at == at(100)
+    other = m.observe(asset="P-101", tag="P-101.temp", kind="test", active=True, t=at(150))
+    assert [c.event for c in other] == ["suppressed"]  # another condition of the asset is logged too
+    (ch,) = observe(m, 200, True)  # the window ended with the condition still active: raised
+    assert ch.event == "raised"
+    w2 = Window("P-101", at(300), at(400), "alignment")
+    m.windows = [w, w2]
+    assert observe(m, 310, True) == []  # the alert raised before the second window is open: absorbs the activity
+    assert [c.event for c in observe(m, 320, False)] == ["cleared"]
+    assert [c.event for c in observe(m, 330, True) + observe(m, 331, True)] == ["suppressed"]
+
+
+def test_threshold_deadband_holds_for_an_alert_resumed_after_a_restart():
+    """After a restart the rule's state is new but its alert is loaded open: a value inside the deadband must
+    keep it open (it cleared, and the next value above `high` raised a second alert: a flap per restart)."""
+    rule = RuleConfig(name="hot", tag="P-101.bearing_temp", kind="threshold", high=90, deadband=2)
+    m = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None))
+    eng = RuleEngine([rule], m)
+    (raised,) = eng.update([Reading("P-101.bearing_temp", at(0), 95.0, at(0))])
+    o = m.open[raised.key]
+    again = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None))  # the gateway restarted
+    again.load([(o.alert, o.occurrences, o.last_seen, o.escalation_level, o.escalated_at)])
+    eng2 = RuleEngine([rule], again)
+    assert eng2.update([Reading("P-101.bearing_temp", at(10), 89.0, at(10))]) == []
+    assert raised.key in again.open
+    (cl,) = eng2.update([Reading("P-101.bearing_temp", at(20), 87.5, at(20))])
+    assert cl.event == "cleared" and cl.alert.id == raised.alert.id

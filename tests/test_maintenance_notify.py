@@ -24,11 +24,12 @@ def _raised():
     return ch
 
 
-async def test_mqtt_notification_received(mosquitto):
+async def _through_broker(mosquitto, subscription: str, ch) -> mqtt.MQTTMessage:
+    """Send ``ch`` with an `MqttNotifier` and return what a subscriber to ``subscription`` received."""
     got: list[mqtt.MQTTMessage] = []
     ready, arrived = threading.Event(), threading.Event()
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    sub.on_connect = lambda c, *a: c.subscribe("valvoja/alerts/#", qos=1)
+    sub.on_connect = lambda c, *a: c.subscribe(subscription, qos=1)
     sub.on_subscribe = lambda *a: ready.set()
     sub.on_message = lambda c, u, msg: (got.append(msg), arrived.set())
     sub.connect(mosquitto.host, mosquitto.port)
@@ -36,17 +37,24 @@ async def test_mqtt_notification_received(mosquitto):
     try:
         assert await asyncio.to_thread(ready.wait, 10)
         n = MqttNotifier(MqttNotifyConfig(host=mosquitto.host, port=mosquitto.port))
-        ch = _raised()
-        ok, detail = await n.send(ch)
-        await n.aclose()
+        try:
+            ok, detail = await n.send(ch)
+        finally:
+            await n.aclose()
         assert ok, detail
         assert await asyncio.to_thread(arrived.wait, 10)
-        body = json.loads(got[0].payload)
-        assert got[0].topic == "valvoja/alerts/P-101/iso20816"
-        assert body["event"] == "raised" and body["id"] == ch.alert.id and body["evidence"]["zone"] == "C"
+        return got[0]
     finally:
         sub.loop_stop()
         sub.disconnect()
+
+
+async def test_mqtt_notification_received(mosquitto):
+    ch = _raised()
+    msg = await _through_broker(mosquitto, "valvoja/alerts/#", ch)
+    body = json.loads(msg.payload)
+    assert msg.topic == "valvoja/alerts/P-101/iso20816"
+    assert body["event"] == "raised" and body["id"] == ch.alert.id and body["evidence"]["zone"] == "C"
 
 
 async def test_mqtt_notifier_reports_unreachable_broker():
@@ -155,3 +163,71 @@ async def test_live_notifications_keep_their_order_through_retries(monkeypatch):
         await asyncio.gather(task, return_exceptions=True)
         server.shutdown()
         server.server_close()
+
+
+async def test_live_notifications_wait_for_a_receiver_that_is_down(monkeypatch):
+    """A receiver down longer than a send's own retries (a restart of the paging service, a broker update) lost
+    every change of that time: the outbox tried each once and went on, though its queue is there to hold them
+    ("dropped when a receiver stays down that long", docs/operations.md). Now a change waits at the head of its
+    receiver's queue until delivered, in order; a change the receiver refuses (HTTP 4xx) is not sent again."""
+    from edge import analytics
+    from edge.analytics import Analytics
+    from edge.metrics import Metrics
+    from edge.records import Reading
+    from edge.settings import SiteConfig
+
+    class RefusesOne(_Receiver):  # takes everything but a 400 for the rule "bad"
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            if body["kind"] == "rule:bad":
+                self.send_response(400)
+            else:
+                _Receiver.bodies.append(body)
+                self.send_response(204)
+            self.end_headers()
+
+    port = free_port()
+    monkeypatch.setattr(WebhookNotifier, "RETRY_BASE_S", 0.01)
+    monkeypatch.setattr(analytics, "NOTIFY_RETRY_MIN_S", 0.05, raising=False)
+    monkeypatch.setattr(analytics, "NOTIFY_RETRY_MAX_S", 0.2, raising=False)
+    site = SiteConfig(rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0},
+                             {"name": "bad", "tag": "P2.p", "kind": "threshold", "high": 10.0}],
+                      maintenance={"alerts": {"clear_after_s": 0},
+                                   "notify": {"webhooks": [{"url": f"http://127.0.0.1:{port}/hook", "attempts": 2}]}})
+
+    async def emit(batch):
+        pass
+
+    _Receiver.bodies = []
+    an = Analytics(site, Metrics(), emit, None)
+    task = asyncio.create_task(an.run())
+    server = None
+    try:
+        for i, (tag, v) in enumerate((("P1.p", 20.0), ("P1.p", 0.0), ("P2.p", 20.0), ("P1.p", 30.0))):
+            t = datetime(2026, 3, 1, 8, 0, i, tzinfo=UTC)
+            an.offer([Reading(tag, t, v, t)], t)
+        await asyncio.sleep(1.0)  # the receiver is down all this time
+        server = ThreadingHTTPServer(("127.0.0.1", port), RefusesOne)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        for _ in range(100):
+            if len(_Receiver.bodies) >= 3:
+                break
+            await asyncio.sleep(0.05)
+        assert [(b["kind"], b["event"]) for b in _Receiver.bodies] == [
+            ("rule:hi", "raised"), ("rule:hi", "cleared"), ("rule:hi", "raised")]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+
+async def test_mqtt_topic_of_a_rule_named_with_mqtt_wildcards(mosquitto):
+    """Rule names are free text: one named "Pump #2 hot" (or "+10 % load") made every MQTT notification of its
+    alerts fail (paho refuses wildcards in a topic), and a '/' in a name split the kind over topic levels, out
+    of reach of a subscription to ``<prefix>/+/+``. Reserved characters become '_' in the topic."""
+    (ch,) = AlertManager().observe(asset="P-101", tag="P-101.t", kind="rule:Pump #2 in/out +hot", active=True, t=T0)
+    msg = await _through_broker(mosquitto, "valvoja/alerts/+/+", ch)
+    assert msg.topic == "valvoja/alerts/P-101/rule:Pump _2 in_out _hot"
+    assert json.loads(msg.payload)["kind"] == "rule:Pump #2 in/out +hot"  # the payload keeps the name

@@ -287,3 +287,47 @@ async def test_changes_reach_the_open_alert_that_absorbed_another_writers_insert
         await store.apply_changes(conn, b.observe(asset="K3", tag=None, kind="anomaly", active=False, t=at(9)))
         (row,) = await _all(conn)
         assert row["state"] == "cleared" and row["cleared_at"] == at(9)
+
+
+async def test_a_restarted_gateway_resumes_open_alerts_before_analysing_readings(pg_dsn):
+    """Readings the collectors queued while the gateway started were analysed before the first sync loaded the
+    open alerts: every condition still active was raised again (a new id, "raised" notified again, and an
+    alert already acknowledged paged again and escalating) until that sync."""
+    import asyncio
+
+    from edge.analytics import Analytics
+    from edge.metrics import Metrics
+    from edge.records import Reading
+    from edge.settings import SiteConfig
+
+    _migrate(pg_dsn)
+    before = AlertManager()  # the gateway before its restart
+    raised = before.observe(asset="P1", tag="P1.p", kind="rule:hi", active=True, t=at(0))
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await store.apply_changes(conn, raised)
+        assert await store.acknowledge(conn, raised[0].alert.id, "anna", "valve being checked")
+        # P2 is in a maintenance window (until an hour from now): the windows are loaded by the same sync.
+        await store.add_window(conn, Window("P2", at(0), datetime.now(UTC) + timedelta(hours=1), "overhaul"))
+    batches = []
+
+    async def emit(batch):
+        batches.append(batch)
+
+    site = SiteConfig(rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0},
+                             {"name": "hi2", "tag": "P2.p", "kind": "threshold", "high": 10.0}])
+    an = Analytics(site, Metrics(), emit, pg_dsn)
+    an.offer([Reading("P1.p", at(60), 20.0, at(60)), Reading("P2.p", at(60), 20.0, at(60))], at(60))  # queued
+    task = asyncio.create_task(an.run())
+    try:
+        for _ in range(200):
+            if an.processed:
+                break
+            await asyncio.sleep(0.02)
+        assert an.processed == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    changes = [body for b in batches for kind, body in b.records if kind == "alert_change"]
+    assert [(c["alert"]["asset"], c["event"]) for c in changes] == [("P2", "suppressed")]
+    (o,) = an.manager.open.values()
+    assert o.alert.id == raised[0].alert.id and o.alert.acknowledged_by == "anna"
