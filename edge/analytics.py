@@ -367,7 +367,7 @@ class Analytics:
         if not self._synced:
             self.manager.load(stored)
             self._synced = True
-        by_id = {a.id: a for a, *_ in stored}
+        by_id = {a.id: (a, level, escalated_at) for a, _, _, level, escalated_at in stored}
         # An open alert of the manager missing from the stored open ones is either cleared in the console or not
         # written yet (the spool forwards it later: database down, a backlog). Only the stored row can tell.
         missing = [o.alert.id for o in self.manager.open.values() if o.alert.id not in by_id]
@@ -385,9 +385,10 @@ class Analytics:
             self.manager.cleared_by_hand(alert_id)
         self._missing_drained = set(missing) if drained else set()
         for o in list(self.manager.open.values()):
-            db = by_id.get(o.alert.id)
+            db, level, escalated_at = by_id.get(o.alert.id, (None, None, None))
             if db is not None and db.acknowledged_at and o.alert.acknowledged_at is None:
-                self.manager.acknowledged(o.alert.id, db.acknowledged_by or "", db.acknowledged_at)
+                self.manager.acknowledged(o.alert.id, db.acknowledged_by or "", db.acknowledged_at,
+                                          severity=db.severity, level=level, escalated_at=escalated_at)
         self.manager.windows = await store.windows(conn, utcnow() - timedelta(days=1))
 
     def status(self) -> dict:

@@ -180,11 +180,17 @@ class AlertManager:
                                        escalated_at=now))
         return out
 
-    def acknowledged(self, alert_id: str, by: str, at: datetime) -> None:
-        """Keep the manager in step with an acknowledgement made in the store (stops escalation)."""
+    def acknowledged(self, alert_id: str, by: str, at: datetime, *, severity: str | None = None,
+                     level: int | None = None, escalated_at: datetime | None = None) -> None:
+        """Keep the manager in step with an acknowledgement made in the store (stops escalation). ``severity``,
+        ``level`` and ``escalated_at``: the stored row's, which did not take an escalation made here after the
+        acknowledgement and before this call (`maintenance.store.apply_changes`)."""
         for o in self.open.values():
             if o.alert.id == alert_id:
-                o.alert = replace(o.alert, acknowledged_at=at, acknowledged_by=by)
+                o.alert = replace(o.alert, acknowledged_at=at, acknowledged_by=by,
+                                  severity=severity or o.alert.severity)
+                if level is not None:
+                    o.escalation_level, o.escalated_at = level, escalated_at
 
     def cleared_by_hand(self, alert_id: str) -> None:
         """Forget an alert cleared by a person; the condition, if still active, raises a new one."""

@@ -74,13 +74,24 @@ async def apply_changes(conn: psycopg.AsyncConnection, changes: Iterable[AlertCh
                      source or a.kind, pred.get("model_id"), pred.get("model_version"), ch.occurrences,
                      ch.last_seen or a.raised_at))
             elif ch.event in ("updated", "escalated"):
+                # An alert acknowledged in the console since the gateway's last sync (up to SYNC_INTERVAL_S) may
+                # still be escalated by the gateway: the row does not go up for it (level, severity, the
+                # "escalated" event after "acknowledged"), and the next sync hands the row's severity and level
+                # back to the gateway (`AlertManager.acknowledged`).
                 await cur.execute(
-                    "UPDATE alerts SET severity = %s, message = %s, evidence = %s, occurrences = %s,"
-                    " last_seen = %s, escalation_level = %s,"
-                    " escalated_at = CASE WHEN %s > escalation_level THEN %s ELSE escalated_at END,"
-                    " updated_at = now() WHERE cleared_at IS NULL AND (id = %s OR dedup_key = %s)",
-                    (a.severity, a.message, _jsonb(a.evidence), ch.occurrences, ch.last_seen or a.raised_at,
-                     ch.escalation_level, ch.escalation_level, ch.escalated_at or ch.last_seen, a.id, ch.key))
+                    "UPDATE alerts SET"
+                    " severity = CASE WHEN acknowledged_at IS NOT NULL AND %(level)s > escalation_level"
+                    "  THEN severity ELSE %(severity)s END,"
+                    " message = %(message)s, evidence = %(evidence)s, occurrences = %(occurrences)s,"
+                    " last_seen = %(last_seen)s,"
+                    " escalated_at = CASE WHEN acknowledged_at IS NULL AND %(level)s > escalation_level"
+                    "  THEN %(escalated_at)s ELSE escalated_at END,"
+                    " escalation_level = CASE WHEN acknowledged_at IS NULL THEN %(level)s ELSE escalation_level END,"
+                    " updated_at = now() WHERE cleared_at IS NULL AND (id = %(id)s OR dedup_key = %(key)s)",
+                    {"severity": a.severity, "message": a.message, "evidence": _jsonb(a.evidence),
+                     "occurrences": ch.occurrences, "last_seen": ch.last_seen or a.raised_at,
+                     "level": ch.escalation_level, "escalated_at": ch.escalated_at or ch.last_seen, "id": a.id,
+                     "key": ch.key})
             elif ch.event == "cleared":
                 await cur.execute(
                     "UPDATE alerts SET cleared_at = %s, cleared_by = 'system', state = 'cleared',"

@@ -331,3 +331,39 @@ async def test_a_restarted_gateway_resumes_open_alerts_before_analysing_readings
     assert [(c["alert"]["asset"], c["event"]) for c in changes] == [("P2", "suppressed")]
     (o,) = an.manager.open.values()
     assert o.alert.id == raised[0].alert.id and o.alert.acknowledged_by == "anna"
+
+
+async def test_an_escalation_after_an_acknowledgement_the_gateway_has_not_synced_is_not_stored(pg_dsn):
+    """Acknowledged in the console, escalated by the gateway before its next sync (up to 15 s): the row keeps its
+    severity and level (no "escalated" after "acknowledged"), later updates from the gateway do not raise it
+    either, and the sync gives the gateway the row's severity and level back (no further escalation)."""
+    from edge.analytics import Analytics
+    from edge.metrics import Metrics
+    from edge.settings import SiteConfig
+
+    _migrate(pg_dsn)
+
+    async def emit(batch):
+        pass
+
+    an = Analytics(SiteConfig(rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}]), Metrics(),
+                   emit, pg_dsn)
+    m = an.manager
+    m.policy = AlertPolicy(escalate_after_s=600)
+    raised = m.observe(asset="P1", tag="P1.p", kind="rule:hi", active=True, t=at(0), severity="warning")
+    alert_id = raised[0].alert.id
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await store.apply_changes(conn, raised)
+        assert await store.acknowledge(conn, alert_id, "anna", "on it")
+        escalated = m.tick(at(700))  # the gateway has not seen the acknowledgement yet
+        assert [c.event for c in escalated] == ["escalated"] and escalated[0].alert.severity == "critical"
+        await store.apply_changes(conn, escalated)
+        await store.apply_changes(conn, m.observe(asset="P1", tag="P1.p", kind="rule:hi", active=True, t=at(710),
+                                                  severity="warning"))
+        row = await store.get_alert(conn, alert_id)
+        assert (row["severity"], row["escalation_level"], row["escalated_at"]) == ("warning", 0, None)
+        assert _events(pg_dsn, alert_id) == [("raised", "system"), ("acknowledged", "anna")]
+        await an.sync_once(conn)
+    (o,) = m.open.values()
+    assert (o.alert.severity, o.escalation_level, o.alert.acknowledged_by) == ("warning", 0, "anna")
+    assert m.tick(at(2000)) == []
