@@ -100,3 +100,34 @@ def test_rollups_owed_by_a_write_cancelled_after_its_spool_delete_are_still_made
     assert _minute(pg_dsn, "owed.b", t0) is not None
     assert _minute(pg_dsn, "owed.a", t0) is not None or left is not None, \
         "the rollups owed by the cancelled write were marked done without being made"
+
+
+def test_a_replayed_alert_raise_is_stored_once(pg_dsn):
+    """A crash between the database COMMIT and the spool delete writes the batch again. Readings and dead letters
+    are de-duplicated by their keys; an alert's "raised" change conflicted with its own open alert and counted one
+    more occurrence for each replay."""
+    from edge.analytics import alert_change_record
+    from edge.records import Alert
+    from maintenance.alerts import AlertChange, dedup_key
+
+    t0 = utcnow().replace(microsecond=0) - timedelta(minutes=5)
+    alert = Alert(id="a-replay-1", asset="P-1", tag="P-1.vib", kind="threshold", severity="warning", raised_at=t0,
+                  message="vibration high")
+    change = AlertChange("raised", alert, dedup_key("P-1", "P-1.vib", "threshold"), occurrences=1, last_seen=t0)
+    batch = SpooledBatch(7, _cols("P-1.vib", t0, 3), [], 1_700_000_000.0, [alert_change_record(change)])
+
+    async def go():
+        sink = TimescaleSink(pg_dsn)
+        await sink.connect()
+        first = await sink.write([batch])
+        replay = await sink.write([batch])
+        await sink.close()
+        assert not first.refused and not replay.refused
+
+    asyncio.run(go())
+    with psycopg.connect(pg_dsn) as conn:
+        occurrences = conn.execute("SELECT occurrences FROM alerts WHERE id = 'a-replay-1'").fetchone()[0]
+        events = conn.execute("SELECT count(*) FROM alert_events WHERE alert_id = 'a-replay-1'").fetchone()[0]
+        readings = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+    assert readings == 3 and events == 1
+    assert occurrences == 1, "the replay counted the alert's one occurrence twice"
