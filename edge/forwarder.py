@@ -348,6 +348,16 @@ class RollupWorker:
 
     async def refresh_once(self) -> None:
         fwd = self.fwd
+        # The spool's notes are the record of what is owed: a write cancelled while the spool thread ran its
+        # delete (shutdown, a watchdog restart, another writer's failure) left a note the forwarder never heard
+        # of, and marking every note up to a later one done would lose it.
+        pending = await fwd.worker.call(fwd.worker.spool.rollup_pending)
+        if pending is not None:
+            p_tags, p_start, p_end, p_note = pending
+            fwd.dirty_tags |= p_tags
+            fwd.dirty_span = ([p_start, p_end] if fwd.dirty_span is None else
+                              [min(p_start, fwd.dirty_span[0]), max(p_end, fwd.dirty_span[1])])
+            fwd.dirty_note = max(p_note, fwd.dirty_note or 0)
         if fwd.dirty_span is None:
             return
         if not self.sink.connected:

@@ -15,7 +15,9 @@ The class is synchronous; `edge.pipeline` runs it on one dedicated thread.
 Disk budget: ``max_bytes`` bounds the payload bytes held. When full,
 ``reject_new`` refuses appends (the pipeline then applies back-pressure: nothing is
 acknowledged that was not stored) and ``drop_oldest`` deletes the oldest batches to
-make room (counted as dropped).
+make room (counted as dropped). Either way an empty spool takes a commit group larger
+than the whole budget (it exceeds the budget by that group), since nothing else could
+ever make room for it.
 """
 
 from __future__ import annotations
@@ -131,7 +133,8 @@ class Spool:
 
         Each item is ``(readings, dead_letters)`` or ``(readings, dead_letters, records)``; ``readings`` is
         a `Columns` (what the ingest stage hands over) or a list of `Reading`.
-        Raises SpoolFull (nothing stored) when the budget is reached under ``reject_new``.
+        Raises SpoolFull (nothing stored) when the budget is reached under ``reject_new`` (an empty spool takes
+        even a group larger than the whole budget).
         """
         payloads = []
         for readings, dead, *rest in items:
@@ -147,7 +150,9 @@ class Spool:
         if self.bytes + incoming > self.max_bytes:
             if self.policy == "drop_oldest":
                 self._drop_oldest(self.bytes + incoming - self.max_bytes)
-            else:
+            elif self.batches:
+                # An empty spool takes even a group larger than the whole budget: refusing it would stall the
+                # ingest for ever, since nothing can make room for it.
                 self.rejected += n_in
                 raise SpoolFull(f"spool at {self.bytes} of {self.max_bytes} bytes")
         now = time.time()

@@ -63,13 +63,16 @@ async def apply_changes(conn: psycopg.AsyncConnection, changes: Iterable[AlertCh
                     (a.asset, a.kind, a.raised_at, _jsonb({"tag": a.tag, "severity": a.severity,
                                                          "message": a.message, **ch.detail})))
             elif ch.event == "raised":
-                # A racing writer may already hold the open alert of this key: then it absorbs this one.
+                # A racing writer may already hold the open alert of this key: then it absorbs this one. The
+                # same alert (a batch written again after a crash between COMMIT and the spool delete) is left
+                # as it is.
                 await cur.execute(
                     "INSERT INTO alerts (id, asset, tag, kind, severity, state, raised_at, message, evidence,"
                     " dedup_key, source, model_id, model_version, occurrences, last_seen)"
                     " VALUES (%s, %s, %s, %s, %s, 'raised', %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                     " ON CONFLICT (dedup_key) WHERE cleared_at IS NULL DO UPDATE SET"
-                    " occurrences = alerts.occurrences + 1, last_seen = EXCLUDED.last_seen, updated_at = now()",
+                    " occurrences = alerts.occurrences + 1, last_seen = EXCLUDED.last_seen, updated_at = now()"
+                    " WHERE alerts.id <> EXCLUDED.id",
                     (a.id, a.asset, a.tag, a.kind, a.severity, a.raised_at, a.message, _jsonb(a.evidence), ch.key,
                      source or a.kind, pred.get("model_id"), pred.get("model_version"), ch.occurrences,
                      ch.last_seen or a.raised_at))

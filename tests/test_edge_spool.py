@@ -170,3 +170,26 @@ async def test_a_group_that_cannot_be_spooled_is_nacked(tmp_path):
         await asyncio.wait_for(task, 5)  # the task dies (the watchdog restarts it) ...
     assert [str(e) for e in told] == ["validator bug"]  # ... and the collector was told first
     worker.shutdown()
+
+
+async def test_a_group_larger_than_the_whole_budget_is_stored_in_an_empty_spool(tmp_path):
+    """After back-pressure the queue holds many batches and the ingest task takes them as one group of up to
+    GROUP_MAX_READINGS readings. Under reject_new a group larger than the whole budget was refused even by an
+    empty spool, and retried for ever: ingest stalled although the database had drained everything."""
+    from edge.metrics import Metrics
+    from edge.pipeline import Ingest, SpoolWorker
+    from edge.records import Batch
+    from edge.settings import Validation
+    from edge.validate import Validator
+
+    worker = SpoolWorker(Spool(tmp_path / "spool.db", max_bytes=1_000_000, policy="reject_new"))  # config minimum
+    ingest = Ingest(worker, Validator({}, Validation()), Metrics(), queue_batches=64)
+    acked = []
+    for i in range(50):  # what a collector queued while the spool was full: 50,000 readings, ~2 MB spooled
+        await ingest.emit(Batch("mq", _readings(1_000, tag=f"g{i}"), ack=lambda: acked.append(1)))
+    await ingest.drain(3.0)
+    assert worker.spool.readings == 50_000 and len(acked) == 50
+    # Beyond the budget by that one group only: the next is refused until the database drains the spool.
+    with pytest.raises(SpoolFull):
+        worker.spool.append_many([(_readings(10), [])])
+    worker.shutdown()

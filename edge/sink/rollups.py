@@ -4,6 +4,13 @@ The rollup tables have one shape on every edition; the forwarder recomputes the
 buckets its commits touched, so late data (a spool drained after an outage)
 corrects old buckets too. Bad-quality and non-finite values are left out of
 min/max/mean and counted in ``bad_count``.
+
+Raw readings only ever grow, except where retention removed them (the rollups are
+kept). A 1-minute bucket is therefore never replaced by a recomputation over fewer
+readings than it counted: late data for a bucket whose raw readings retention already
+removed would otherwise turn the rollup of the whole minute into that of the late
+readings alone. Such late readings are stored raw (until retention removes them too)
+and counted only in a bucket that had no rollup yet.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ async def refresh(conn: psycopg.AsyncConnection, features: Features, tag_ids: li
             ON CONFLICT (tag_id, bucket) DO UPDATE SET min = EXCLUDED.min, max = EXCLUDED.max,
               sum = EXCLUDED.sum, count = EXCLUDED.count, last = EXCLUDED.last,
               last_time = EXCLUDED.last_time, bad_count = EXCLUDED.bad_count
+            WHERE readings_1m.count + readings_1m.bad_count <= EXCLUDED.count + EXCLUDED.bad_count
             """, {"tags": tag_ids, "start": start, "end": end})
         b1h = features.bucket("1 hour", "bucket")
         last_h = ("last(last, last_time)" if features.timescaledb

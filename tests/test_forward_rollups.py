@@ -1,0 +1,133 @@
+"""Forwarder and rollups against a real TimescaleDB: late data, retention, work owed across a cancelled write."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from datetime import timedelta
+
+import psycopg
+import pytest
+
+from edge.columns import Columns
+from edge.forwarder import Forwarder, RollupWorker
+from edge.metrics import Metrics
+from edge.pipeline import SpoolWorker
+from edge.records import Reading, utcnow
+from edge.settings import SiteConfig
+from edge.sink.timescale import TimescaleSink
+from edge.spool import Spool, SpooledBatch
+
+
+def _cols(tag: str, start, n: int, step_s: float = 1.0, value: float = 1.0) -> Columns:
+    return Columns.from_readings([Reading(tag, start + timedelta(seconds=i * step_s), value, start)
+                                  for i in range(n)])
+
+
+def _minute(dsn: str, tag: str, bucket) -> tuple | None:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT r.count, r.min, r.max, r.sum FROM readings_1m r JOIN tags t ON t.id = r.tag_id"
+                            " WHERE t.name = %s AND r.bucket = %s", (tag, bucket)).fetchone()
+
+
+@pytest.mark.parametrize("edition", ["pg_dsn", "plain_pg_dsn"])
+def test_a_late_reading_after_retention_does_not_shrink_the_rollup_of_its_bucket(edition, request):
+    """Retention drops raw readings but keeps their rollups. A reading arriving later for such a bucket (a long
+    outage, a device's buffer) used to make the refresh recompute the bucket from the one raw reading left, so
+    the rollup of sixty readings became a rollup of one."""
+    pg_dsn = request.getfixturevalue(edition)
+    old = (utcnow() - timedelta(days=10)).replace(second=0, microsecond=0)
+
+    async def go():
+        sink = TimescaleSink(pg_dsn)
+        await sink.connect()
+        first = await sink.write([SpooledBatch(1, _cols("late.t", old, 60, value=5.0), [], 0.0)])
+        await sink.refresh_rollups(first.tag_ids, old, old + timedelta(seconds=59))
+        assert _minute(pg_dsn, "late.t", old) == (60, 5.0, 5.0, 300.0)
+        removed = await sink.apply_retention(7)
+        assert removed >= 1  # the chunk of that day is gone, its rollups kept
+        late = await sink.write([SpooledBatch(2, _cols("late.t", old + timedelta(seconds=30, milliseconds=500), 1,
+                                                       value=99.0), [], 0.0)])
+        await sink.refresh_rollups(late.tag_ids, old, old + timedelta(seconds=31))
+        await sink.close()
+
+    asyncio.run(go())
+    count, lo = _minute(pg_dsn, "late.t", old)[:2]
+    assert count >= 60 and lo == 5.0, "the rollup lost the readings retention had removed"
+    with psycopg.connect(pg_dsn) as conn:
+        hour = conn.execute("SELECT sum(count) FROM readings_1h").fetchone()[0]
+    assert hour >= 60
+
+
+def test_rollups_owed_by_a_write_cancelled_after_its_spool_delete_are_still_made(pg_dsn, tmp_path):
+    """A write cancelled (shutdown, a watchdog restart, another writer's failure) while the spool thread runs its
+    delete: the batches are gone and the note of the rollups they owe is in the spool, but the forwarder never
+    heard of it. A later refresh marked every note up to its own as done, so those buckets were never made."""
+    t0 = (utcnow() - timedelta(hours=1)).replace(second=0, microsecond=0)
+
+    async def go():
+        spool = Spool(tmp_path / "spool.db", max_bytes=100 << 20)
+        worker = SpoolWorker(spool)
+        started, original = threading.Event(), spool.delete
+
+        def slow_delete(seqs, rollup=None):
+            note = original(seqs, rollup)
+            started.set()
+            time.sleep(0.5)  # the cancellation arrives while the spool thread is here
+            return note
+
+        spool.delete = slow_delete
+        await worker.call(spool.append_many, [(_cols("owed.a", t0, 30), [])])
+        fwd = Forwarder(worker, pg_dsn, SiteConfig(), Metrics(), asyncio.Event())
+        await fwd._connect()
+        write = asyncio.create_task(fwd.drain_once(linger=False))
+        assert await asyncio.to_thread(started.wait, 30)
+        write.cancel()
+        await asyncio.gather(write, return_exceptions=True)
+        spool.delete = original
+        await worker.call(spool.append_many, [(_cols("owed.b", t0, 30), [])])
+        assert await fwd.drain_once(linger=False)
+        rollups = RollupWorker(fwd, pg_dsn, fwd.db)
+        await rollups.refresh_once()
+        await rollups.close()
+        await fwd.close()
+        left = await worker.call(spool.rollup_pending)
+        worker.shutdown()
+        return left
+
+    left = asyncio.run(go())
+    assert _minute(pg_dsn, "owed.b", t0) is not None
+    assert _minute(pg_dsn, "owed.a", t0) is not None or left is not None, \
+        "the rollups owed by the cancelled write were marked done without being made"
+
+
+def test_a_replayed_alert_raise_is_stored_once(pg_dsn):
+    """A crash between the database COMMIT and the spool delete writes the batch again. Readings and dead letters
+    are de-duplicated by their keys; an alert's "raised" change conflicted with its own open alert and counted one
+    more occurrence for each replay."""
+    from edge.analytics import alert_change_record
+    from edge.records import Alert
+    from maintenance.alerts import AlertChange, dedup_key
+
+    t0 = utcnow().replace(microsecond=0) - timedelta(minutes=5)
+    alert = Alert(id="a-replay-1", asset="P-1", tag="P-1.vib", kind="threshold", severity="warning", raised_at=t0,
+                  message="vibration high")
+    change = AlertChange("raised", alert, dedup_key("P-1", "P-1.vib", "threshold"), occurrences=1, last_seen=t0)
+    batch = SpooledBatch(7, _cols("P-1.vib", t0, 3), [], 1_700_000_000.0, [alert_change_record(change)])
+
+    async def go():
+        sink = TimescaleSink(pg_dsn)
+        await sink.connect()
+        first = await sink.write([batch])
+        replay = await sink.write([batch])
+        await sink.close()
+        assert not first.refused and not replay.refused
+
+    asyncio.run(go())
+    with psycopg.connect(pg_dsn) as conn:
+        occurrences = conn.execute("SELECT occurrences FROM alerts WHERE id = 'a-replay-1'").fetchone()[0]
+        events = conn.execute("SELECT count(*) FROM alert_events WHERE alert_id = 'a-replay-1'").fetchone()[0]
+        readings = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+    assert readings == 3 and events == 1
+    assert occurrences == 1, "the replay counted the alert's one occurrence twice"
