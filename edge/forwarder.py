@@ -26,6 +26,7 @@ from edge.sink.timescale import TimescaleSink, WriteResult
 from edge.spool import SpooledBatch
 
 log = logging.getLogger(__name__)
+VACUUM_CHECK_S = 60.0  # how often an idle forwarder checks whether a drained spool has disk to give back
 
 LATENCY_SAMPLES_PER_BATCH = 16
 # What the database (or the encoding before it) raises for the content of a group rather than for the connection:
@@ -45,6 +46,7 @@ def _nul_rows(cols: Columns) -> list[int]:
 class Forwarder:
     def __init__(self, worker: SpoolWorker, conninfo: str, cfg: SiteConfig, metrics: Metrics,
                  wake: asyncio.Event):
+        self._vacuum_check_at = 0.0  # monotonic time of the next idle check for free spool pages
         self.worker = worker
         self.conninfo = conninfo
         self.cfg = cfg
@@ -176,6 +178,12 @@ class Forwarder:
         while True:
             batches = await self._next_group(after, linger=True)
             if batches is None:
+                if time.monotonic() >= self._vacuum_check_at:  # idle: give back what a drained backlog held
+                    self._vacuum_check_at = time.monotonic() + VACUUM_CHECK_S
+                    freed = await self.worker.call(self.worker.spool.vacuum_if_empty)
+                    if freed:
+                        log.info("spool drained: %.0f MB of disk given back", freed / 1e6,
+                                 extra={"event": "spool_vacuumed", "bytes": freed})
                 self.wake.clear()
                 try:
                     await asyncio.wait_for(self.wake.wait(), timeout=self.db.flush_interval_s)

@@ -50,6 +50,9 @@ def _msgpack_default(obj):
     return str(obj)
 
 
+VACUUM_MIN_FREE_BYTES = 64 << 20  # free pages worth giving back to the file system (`Spool.vacuum_if_empty`)
+
+
 class SpoolFull(Exception):
     """The disk budget is reached and the policy is ``reject_new``."""
 
@@ -109,8 +112,8 @@ class Spool:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
         db.execute("PRAGMA busy_timeout=10000")
-        # Large outages write GBs; give disk back once drained (see `vacuum_if_empty`).
-        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        # Large outages write GBs; `vacuum_if_empty` gives the disk back once drained. (An auto_vacuum pragma here
+        # never took effect: it must come before the file is created, and journal_mode=WAL creates it.)
         db.execute(
             "CREATE TABLE IF NOT EXISTS batches ("
             " seq INTEGER PRIMARY KEY AUTOINCREMENT, fmt INTEGER NOT NULL, n INTEGER NOT NULL,"
@@ -266,11 +269,24 @@ class Spool:
                 pass
         return total
 
-    def vacuum_if_empty(self) -> None:
-        """Give disk back after a drained backlog; cheap when there is nothing to free."""
-        if self.batches == 0:
-            self._db.execute("PRAGMA incremental_vacuum")
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    def vacuum_if_empty(self, min_free_bytes: int | None = None) -> int:
+        """Give disk back after a drained backlog (the forwarder calls it when idle): with no batch held and at least
+        ``min_free_bytes`` of free pages, free them and truncate the write-ahead log. Returns the bytes freed (0:
+        nothing done; a stat of two pragmas otherwise). Without it the file stayed at the size of the largest
+        outage's backlog for good, also crowding the disk the next outage needs."""
+        if self.batches:
+            return 0
+        min_free_bytes = VACUUM_MIN_FREE_BYTES if min_free_bytes is None else min_free_bytes
+        page = self._db.execute("PRAGMA page_size").fetchone()[0]
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0] * page
+        if free < min_free_bytes:
+            return 0
+        before = self.file_bytes()
+        # A full VACUUM rewrites only what is left (no batch, the rollup notes): milliseconds, whatever the file's
+        # size, and it works on spool files of every age (incremental vacuum needs auto_vacuum from creation).
+        self._db.execute("VACUUM")
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return max(0, before - self.file_bytes())
 
     def close(self) -> None:
         try:

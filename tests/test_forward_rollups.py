@@ -131,3 +131,45 @@ def test_a_replayed_alert_raise_is_stored_once(pg_dsn):
         readings = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
     assert readings == 3 and events == 1
     assert occurrences == 1, "the replay counted the alert's one occurrence twice"
+
+
+def test_an_idle_forwarder_gives_back_the_disk_a_drained_backlog_held(pg_dsn, tmp_path, monkeypatch):
+    """After an outage the spool file stayed at the size of its backlog for good (`vacuum_if_empty` was never
+    called): the disk the next outage needs. Once drained and idle, the forwarder frees it."""
+    import random
+
+    import edge.forwarder
+    import edge.spool
+
+    monkeypatch.setattr(edge.spool, "VACUUM_MIN_FREE_BYTES", 1 << 20)
+    monkeypatch.setattr(edge.forwarder, "VACUUM_CHECK_S", 0.2)
+    rng = random.Random(1)
+    t0 = utcnow() - timedelta(hours=2)
+
+    async def go():
+        spool = Spool(tmp_path / "spool.db", max_bytes=100 << 20)
+        worker = SpoolWorker(spool)
+        for k in range(20):  # the backlog of an outage: ~6 MB of readings that do not compress
+            rows = [Reading(f"bl.{k}", t0 + timedelta(seconds=i), rng.random(), t0) for i in range(5000)]
+            await worker.call(spool.append_many, [(Columns.from_readings(rows), [])])
+        full = spool.file_bytes()
+        fwd = Forwarder(worker, pg_dsn, SiteConfig(), Metrics(), asyncio.Event())
+        task = asyncio.create_task(fwd.run())
+        try:
+            for _ in range(600):
+                if spool.batches == 0 and spool.file_bytes() < full / 4:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await fwd.close()
+        left = (spool.batches, spool.file_bytes())
+        worker.shutdown()
+        return full, left
+
+    full, (batches, size) = asyncio.run(go())
+    assert full > 4 << 20
+    assert batches == 0 and size < full / 4, f"spool file {size} bytes after draining {full}"
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 100_000
