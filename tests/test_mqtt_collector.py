@@ -519,3 +519,23 @@ async def test_a_will_ndeath_is_stored_when_the_edge_node_died_not_when_it_conne
     dead = sink.readings[-1]
     assert (dead.tag, dead.value, dead.status_name) == (f"KIP.{node.node}.flow", None, "NDEATH")
     assert dead.time >= before_death and dead.flags & Flag.NO_SOURCE_TIME
+
+
+async def test_sparkplug_transient_metrics_are_not_stored(mosquitto, tmp_path):
+    """Sparkplug: a metric flagged is_transient is of interest to a host but must not be stored in a historian."""
+    from collectors.mqtt.sparkplug_b_pb2 import Payload
+
+    node = EdgeNode("KIP", f"tr{next(_ids)}")
+    _, birth = node.birth({"flow": 1.0, "setpoint": 5.0}, timestamp_ms=T0_MS)
+    data = Payload.FromString(node.data({"flow": 2.0, "setpoint": 6.0}, timestamp_ms=T0_MS + 1000)[1])
+    data.metrics[1].is_transient = True
+    data.metrics[0].is_historical = True  # history is stored, with its own time
+    sink = Sink()
+    async with running(config(mosquitto.port), sink, tmp_path) as collector:
+        await apublish(mosquitto.port, [(f"spBv1.0/KIP/NBIRTH/{node.node}", birth),
+                                        (f"spBv1.0/KIP/NDATA/{node.node}", data.SerializeToString())])
+        await sink.wait(lambda s: len(s.batches) == 2)
+        stats = collector.status()["sparkplug"]
+    assert [(r.tag.split(".")[-1], r.value) for r in sink.batches[1].readings] == [("flow", 2.0)]
+    assert sink.batches[1].readings[0].time == T0 + timedelta(seconds=1)
+    assert stats["transient_metrics"] == 1

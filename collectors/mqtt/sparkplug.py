@@ -18,7 +18,9 @@ NDATA/DDATA that carry only aliases decode. That state outlives a gateway restar
 - Quality: the metric property ``Quality`` (OPC DA code: 192 good, 64..191 uncertain, else bad).
 - Timestamps are ms since the epoch: metric's, else payload's, else the receive time.
 - Protocol metrics (``bdSeq``, ``Node Control/*``, ``Device Control/*``) and non-scalar types
-  (DataSet, Template, Bytes, File, arrays) are skipped and counted, not stored.
+  (DataSet, Template, Bytes, File, arrays) are skipped and counted, not stored; so are metrics flagged
+  ``is_transient`` (the specification: of interest to a host, not to be stored in a historian).
+  ``is_historical`` metrics are stored with their own timestamps like any other.
 """
 
 from __future__ import annotations
@@ -137,7 +139,8 @@ class SparkplugDecoder:
                                                                   sparkplug=True)
         self.nodes: dict[tuple[str, str], Node] = {}
         self.on_birth = on_birth
-        self.stats = {"seq_gaps": 0, "stale_deaths": 0, "skipped_metrics": 0, "ignored_messages": 0}
+        self.stats = {"seq_gaps": 0, "stale_deaths": 0, "skipped_metrics": 0, "transient_metrics": 0,
+                      "ignored_messages": 0}
 
     def load_node(self, group: str, node: str, state: dict) -> None:
         """Restore a node's birth state saved from ``on_birth``."""
@@ -276,6 +279,9 @@ class SparkplugDecoder:
                 tag = pre + _check_str(name) + post
                 if len(names) < 100_000:
                     names[name] = tag
+            if m.is_transient:  # "not to be stored in a historian" (Sparkplug 3.0)
+                self.stats["transient_metrics"] += 1
+                continue
             kind = m.WhichOneof("value")
             if kind == "double_value" or kind == "float_value" or kind == "boolean_value":
                 v = getattr(m, kind)
