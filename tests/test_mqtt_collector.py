@@ -539,3 +539,18 @@ async def test_sparkplug_transient_metrics_are_not_stored(mosquitto, tmp_path):
     assert [(r.tag.split(".")[-1], r.value) for r in sink.batches[1].readings] == [("flow", 2.0)]
     assert sink.batches[1].readings[0].time == T0 + timedelta(seconds=1)
     assert stats["transient_metrics"] == 1
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_a_message_matching_two_subscriptions_is_stored_once(mosquitto, tmp_path, protocol):
+    """mosquitto sends an MQTT 5 client one copy per matching subscription; a plain value (receive time) was stored
+    twice. Only filters no other one covers are subscribed; the first matching subscription still decodes."""
+    unique = f"ov{next(_ids)}"
+    subs = [{"topic": f"{unique}/+a/x", "format": "plain", "tag": "first.{a}"},
+            {"topic": f"{unique}/#", "format": "plain", "tag": "wide.{#}"}]
+    sink = Sink()
+    async with running(config(mosquitto.port, subscriptions=subs, protocol=protocol), sink, tmp_path):
+        await apublish(mosquitto.port, [(f"{unique}/p1/x", "1"), (f"{unique}/p1/y", "2")], protocol=protocol)
+        await sink.wait(lambda s: len(s.readings) >= 2)
+        await asyncio.sleep(0.5)
+    assert [(r.tag, r.value) for r in sink.readings] == [("first.p1", 1), ("wide.p1/y", 2)]
