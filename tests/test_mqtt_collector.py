@@ -21,10 +21,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from collectors.base import CollectorContext
 from collectors.mqtt import Config, build
-from collectors.mqtt.sparkplug_encode import EdgeNode
+from collectors.mqtt.sparkplug_b_pb2 import DataType
+from collectors.mqtt.sparkplug_encode import EdgeNode, Metric, encode_payload
 from edge.errors import NotConnectedError
 from edge.metrics import Metrics
-from edge.records import Batch, Flag
+from edge.records import Batch, Flag, Quality
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 T0_MS = int(T0.timestamp() * 1000)
@@ -422,36 +423,43 @@ async def test_sparkplug_aliases_survive_a_collector_restart(mosquitto, tmp_path
     assert second.batches[0].dead_letters == []
 
 
-async def test_through_the_real_ingest_pipeline_into_the_spool(mosquitto, tmp_path):
-    """Acknowledged only after the spool commit: nothing is redelivered once the spool has it."""
+@contextlib.asynccontextmanager
+async def spooling(cfg: Config, tmp_path):
+    """The collector feeding the gateway's real ingest (validation, spool, ack after the commit) until the block
+    ends; yields (ingest, its task, spool worker, metrics). The spool is closed after the block."""
     from edge.pipeline import Ingest, SpoolWorker
     from edge.settings import Validation
     from edge.spool import Spool
     from edge.validate import Validator
 
     metrics = Metrics()
-    spool = Spool(tmp_path / "spool.db", max_bytes=100 << 20)
-    worker = SpoolWorker(spool)
+    worker = SpoolWorker(Spool(tmp_path / "spool.db", max_bytes=100 << 20))
     ingest = Ingest(worker, Validator({}, Validation()), metrics, queue_batches=4)
     ingest_task = asyncio.create_task(ingest.run())
-    cfg = config(mosquitto.port)
     collector = build(cfg, CollectorContext(name="mq", state_dir=tmp_path, metrics=metrics))
     task = asyncio.create_task(collector.run(ingest.emit))
     try:
         await until(lambda: collector.connected)
-        samples = [{"tag": "v", "t": T0_MS + i, "v": float(i)} for i in range(100)]
-        await apublish(mosquitto.port, [("t/json/L1", json.dumps({"samples": samples}))] * 20
-                       + [("t/json/L1", b"garbage"), POISON[0][:2], ("t/plain/P-1/seq", "1")])
-        await until(lambda: ingest.accepted >= 2001 and metrics.dead_letters.labels("mq")._value.get() == 2)
+        yield ingest, ingest_task, worker, metrics
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await collector.aclose()
         ingest_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await ingest_task
-    stored = await worker.call(spool.peek, 10_000)
+
+
+async def test_through_the_real_ingest_pipeline_into_the_spool(mosquitto, tmp_path):
+    """Acknowledged only after the spool commit: nothing is redelivered once the spool has it."""
+    cfg = config(mosquitto.port)
+    async with spooling(cfg, tmp_path) as (ingest, _, worker, metrics):
+        samples = [{"tag": "v", "t": T0_MS + i, "v": float(i)} for i in range(100)]
+        await apublish(mosquitto.port, [("t/json/L1", json.dumps({"samples": samples}))] * 20
+                       + [("t/json/L1", b"garbage"), POISON[0][:2], ("t/plain/P-1/seq", "1")])
+        await until(lambda: ingest.accepted >= 2001 and metrics.dead_letters.labels("mq")._value.get() == 2)
+    stored = await worker.call(worker.spool.peek, 10_000)
     assert sum(len(b.rows) for b in stored) == 2001
     assert [d[1] for b in stored for d in b.dead_letters] == ["t/json/L1", "t/one/K1/NOx"]
     assert metrics.dead_letters.labels("mq")._value.get() == 2
@@ -459,5 +467,90 @@ async def test_through_the_real_ingest_pipeline_into_the_spool(mosquitto, tmp_pa
     async with running(cfg, again, tmp_path):
         await asyncio.sleep(0.5)
     assert again.batches == []  # all 23 were acknowledged after the spool commit
-    await worker.call(spool.close)
+    await worker.call(worker.spool.close)
     worker.shutdown()
+
+
+async def test_a_sparkplug_quality_code_beyond_64_bits_signed_does_not_stop_the_ingest(mosquitto, tmp_path):
+    """A Quality property is a uint64 on the wire; the status column is a signed 64-bit integer. A device's bogus
+    code used to reach the spool as an int too large for it: the ingest task died and, the message never acked,
+    the broker sent it again after every restart."""
+    from collectors.mqtt.sparkplug_b_pb2 import Payload
+
+    p = Payload(timestamp=T0_MS, seq=0)
+    m = p.metrics.add(name="flow", datatype=DataType.Double, double_value=1.5)
+    m.properties.keys.append("Quality")
+    m.properties.values.add(type=DataType.UInt64, long_value=2**64 - 1)
+    async with spooling(config(mosquitto.port), tmp_path) as (ingest, ingest_task, worker, _):
+        await apublish(mosquitto.port, [("spBv1.0/KIP/NDATA/q64", p.SerializeToString()), ("t/plain/P-1/seq", "7")])
+        await until(lambda: ingest.accepted >= 2 or ingest_task.done())
+        assert not ingest_task.done()
+    rows = {c.tags[c.tag_idx[i]]: (c.value_at(i), int(c.quality[i]), int(c.status[i]))
+            for c in [b.columns for b in await worker.call(worker.spool.peek, 10)] for i in range(len(c))}
+    assert rows["KIP.q64.flow"] == (1.5, int(Quality.BAD), 2**63 - 1)
+    assert rows["P-1.seq"][0] == 7
+    await worker.call(worker.spool.close)
+    worker.shutdown()
+
+
+async def test_a_will_ndeath_is_stored_when_the_edge_node_died_not_when_it_connected(mosquitto, tmp_path):
+    """The broker publishes the NDEATH registered as the will at CONNECT, so its payload timestamp (as Eclipse
+    Tahu's clients set it) is the connect time, before the birth; the null readings belong to the death."""
+    import socket
+
+    node = EdgeNode("KIP", f"will{next(_ids)}", bd_seq=4)
+    will_topic, _ = node.death()
+    connected_ms = T0_MS
+    will = encode_payload([Metric("bdSeq", 4, datatype=DataType.Int64)], timestamp_ms=connected_ms)
+    edge = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edge-{node.node}")
+    edge.will_set(will_topic, will, qos=1)
+    sink = Sink()
+    async with running(config(mosquitto.port), sink, tmp_path):
+        await asyncio.to_thread(edge.connect, "127.0.0.1", mosquitto.port)
+        edge.loop_start()
+        edge.publish(*node.birth({"flow": 1.0}, timestamp_ms=connected_ms + 10), qos=1).wait_for_publish(5)
+        edge.publish(*node.data({"flow": 2.0}, timestamp_ms=connected_ms + 60_000), qos=1).wait_for_publish(5)
+        await sink.wait(lambda s: len(s.readings) == 2)
+        edge.loop_stop()
+        before_death = datetime.now(UTC)
+        edge.socket().shutdown(socket.SHUT_RDWR)  # the edge node vanishes: the broker sends its will
+        edge.socket().close()
+        await sink.wait(lambda s: len(s.readings) == 3)
+    dead = sink.readings[-1]
+    assert (dead.tag, dead.value, dead.status_name) == (f"KIP.{node.node}.flow", None, "NDEATH")
+    assert dead.time >= before_death and dead.flags & Flag.NO_SOURCE_TIME
+
+
+async def test_sparkplug_transient_metrics_are_not_stored(mosquitto, tmp_path):
+    """Sparkplug: a metric flagged is_transient is of interest to a host but must not be stored in a historian."""
+    from collectors.mqtt.sparkplug_b_pb2 import Payload
+
+    node = EdgeNode("KIP", f"tr{next(_ids)}")
+    _, birth = node.birth({"flow": 1.0, "setpoint": 5.0}, timestamp_ms=T0_MS)
+    data = Payload.FromString(node.data({"flow": 2.0, "setpoint": 6.0}, timestamp_ms=T0_MS + 1000)[1])
+    data.metrics[1].is_transient = True
+    data.metrics[0].is_historical = True  # history is stored, with its own time
+    sink = Sink()
+    async with running(config(mosquitto.port), sink, tmp_path) as collector:
+        await apublish(mosquitto.port, [(f"spBv1.0/KIP/NBIRTH/{node.node}", birth),
+                                        (f"spBv1.0/KIP/NDATA/{node.node}", data.SerializeToString())])
+        await sink.wait(lambda s: len(s.batches) == 2)
+        stats = collector.status()["sparkplug"]
+    assert [(r.tag.split(".")[-1], r.value) for r in sink.batches[1].readings] == [("flow", 2.0)]
+    assert sink.batches[1].readings[0].time == T0 + timedelta(seconds=1)
+    assert stats["transient_metrics"] == 1
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_a_message_matching_two_subscriptions_is_stored_once(mosquitto, tmp_path, protocol):
+    """mosquitto sends an MQTT 5 client one copy per matching subscription; a plain value (receive time) was stored
+    twice. Only filters no other one covers are subscribed; the first matching subscription still decodes."""
+    unique = f"ov{next(_ids)}"
+    subs = [{"topic": f"{unique}/+a/x", "format": "plain", "tag": "first.{a}"},
+            {"topic": f"{unique}/#", "format": "plain", "tag": "wide.{#}"}]
+    sink = Sink()
+    async with running(config(mosquitto.port, subscriptions=subs, protocol=protocol), sink, tmp_path):
+        await apublish(mosquitto.port, [(f"{unique}/p1/x", "1"), (f"{unique}/p1/y", "2")], protocol=protocol)
+        await sink.wait(lambda s: len(s.readings) >= 2)
+        await asyncio.sleep(0.5)
+    assert [(r.tag, r.value) for r in sink.readings] == [("first.p1", 1), ("wide.p1/y", 2)]

@@ -163,3 +163,14 @@ def test_default_tag_templates_depend_on_format():
     assert Subscription(topic="a/#", json={"tag": "name"}).tag_spec() == "{field}"
     assert Subscription(topic="a/#", json={"value": "*"}).tag_spec() == "{topic}.{field}"
     assert Subscription(topic="spBv1.0/#", format="sparkplug").tag_spec() == "{group}.{node}.{field}"
+
+
+def test_filters_covered_by_another_are_not_subscribed():
+    from collectors.mqtt.topics import covers, subscribed_filters
+
+    assert covers("a/#", "a") and covers("a/#", "a/+/x") and covers("a/+", "a/b") and covers("#", "a/#")
+    assert covers("+/+", "a/b") and covers("a/+/#", "a/b/#")
+    assert not covers("a/+", "a/#") and not covers("a/+", "a") and not covers("a/b", "a/+")
+    assert not covers("#", "$SYS/x") and not covers("+/x", "$SYS/x") and covers("$SYS/#", "$SYS/x")
+    assert not covers("a/+/c", "a/b") and not covers("a/b", "a/b/c")
+    assert subscribed_filters(["a/+/x", "a/#", "b/c", "+/c", "$SYS/#"]) == ["a/#", "+/c", "$SYS/#"]

@@ -212,3 +212,15 @@ def test_unreadable_state_files_are_ignored(tmp_path):
     d = decoder()
     SparkplugStore(tmp_path).attach(d)
     assert d.nodes == {}
+
+
+def test_node_death_time_is_the_receive_time_unless_the_death_is_stamped_after_the_birth():
+    d, n = decoder(), EdgeNode("G", "N", bd_seq=1)
+    d(*_swap(n.birth({"a": 1.0}, timestamp_ms=T0_MS)), NOW)
+    will = encode_payload([Metric("bdSeq", 1, datatype=DataType.Int64)], timestamp_ms=T0_MS - 5)  # set at CONNECT
+    [r] = d(will, topic("G", "NDEATH", "N"), NOW)
+    assert r.time == NOW and r.flags & Flag.NO_SOURCE_TIME
+    d(*_swap(n.birth({"a": 1.0}, timestamp_ms=T0_MS)), NOW)
+    orderly = encode_payload([Metric("bdSeq", 1, datatype=DataType.Int64)], timestamp_ms=T0_MS + 60_000)
+    [r] = d(orderly, topic("G", "NDEATH", "N"), NOW)
+    assert r.time == T0 + timedelta(minutes=1) and not r.flags & Flag.NO_SOURCE_TIME

@@ -24,7 +24,7 @@ from collectors.mqtt.config import Subscription
 from collectors.mqtt.decode import Decoder, JsonDecoder, make_decoder
 from collectors.mqtt.sparkplug import SparkplugDecoder
 from collectors.mqtt.sparkplug_state import SparkplugStore
-from collectors.mqtt.topics import TopicFilter
+from collectors.mqtt.topics import TopicFilter, subscribed_filters
 from edge.columns import Rows
 from edge.errors import DataError
 from edge.records import DeadLetter, Reading
@@ -51,7 +51,8 @@ class Router:
             if isinstance(decoder, SparkplugDecoder):
                 self.sparkplug.attach(decoder)
             self.routes.append((sub.compiled()[0], decoder))
-        self.filters = [flt.mqtt for flt, _ in self.routes]
+        # What is subscribed; routing still goes by every subscription, in configuration order.
+        self.filters = subscribed_filters([flt.mqtt for flt, _ in self.routes])
         self._cache: dict[str, Decoder | None] = {}
         self._log_times: dict[str, tuple[float, int]] = {}
         self._bugs_logged: set[type] = set()  # exception types already logged with a traceback

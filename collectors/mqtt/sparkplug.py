@@ -11,12 +11,16 @@ NDATA/DDATA that carry only aliases decode. That state outlives a gateway restar
 - NDEATH (with the bdSeq of the current birth) / DDEATH: a bad-quality null reading for every
   metric the node or device had, so consumers see the values stop being live. An NDEATH whose
   bdSeq is not the current birth's is a late will message of an old session and is ignored.
+  An NDEATH is usually the will registered at CONNECT, so its timestamp is the connect time: its
+  readings take the receive time unless the timestamp is later than the birth's.
 - NCMD / DCMD / STATE: commands and host state, not measurements: no readings.
 - Sequence numbers (0..255 per edge node) are checked; a gap is counted in ``stats``, not an error.
 - Quality: the metric property ``Quality`` (OPC DA code: 192 good, 64..191 uncertain, else bad).
 - Timestamps are ms since the epoch: metric's, else payload's, else the receive time.
 - Protocol metrics (``bdSeq``, ``Node Control/*``, ``Device Control/*``) and non-scalar types
-  (DataSet, Template, Bytes, File, arrays) are skipped and counted, not stored.
+  (DataSet, Template, Bytes, File, arrays) are skipped and counted, not stored; so are metrics flagged
+  ``is_transient`` (the specification: of interest to a host, not to be stored in a historian).
+  ``is_historical`` metrics are stored with their own timestamps like any other.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ SIGNED_BITS = {1: 8, 2: 16, 3: 32, 4: 64}  # Int8, Int16, Int32, Int64
 DATETIME = 13
 SCALAR_FIELDS = {"int_value", "long_value", "float_value", "double_value", "boolean_value", "string_value"}
 _PROTOCOL_PREFIXES = ("Node Control/", "Device Control/")
+_STATUS_MAX = 2**63 - 1  # the status column is a signed 64-bit integer; a Quality property is up to 64 bits unsigned
 
 
 @dataclass
@@ -68,16 +73,17 @@ class Node(Entity):
     bd_seq: int | None = None
     seq: int | None = None  # last sequence number seen
     devices: dict[str, Entity] = field(default_factory=dict)
+    born_ms: int | None = None  # the NBIRTH's payload timestamp
 
     def to_json(self) -> dict:
-        return {**super().to_json(), "bd_seq": self.bd_seq, "seq": self.seq,
+        return {**super().to_json(), "bd_seq": self.bd_seq, "seq": self.seq, "born_ms": self.born_ms,
                 "devices": {d: e.to_json() for d, e in self.devices.items()}}
 
     @classmethod
     def from_json(cls, d: dict) -> Node:
         base = Entity.from_json(d)
         return cls(base.aliases, base.types, base.online, d.get("bd_seq"), d.get("seq"),
-                   {k: Entity.from_json(v) for k, v in d.get("devices", {}).items()})
+                   {k: Entity.from_json(v) for k, v in d.get("devices", {}).items()}, d.get("born_ms"))
 
 
 def scalar_value(m, kind: str | None, datatype: int) -> object:
@@ -108,7 +114,7 @@ def quality_of(props) -> tuple[Quality, int, int, str]:
             if q <= 255 and q & 0xC0 == 0xC0:
                 return GOOD, 0, q, ""
             quality = UNCERTAIN if q <= 255 and q & 0xC0 == 0x40 else BAD
-            return quality, SOURCE_STATUS, q, f"Quality={q}"
+            return quality, SOURCE_STATUS, min(q, _STATUS_MAX), f"Quality={q}"
     return GOOD, 0, 0, ""
 
 
@@ -133,7 +139,8 @@ class SparkplugDecoder:
                                                                   sparkplug=True)
         self.nodes: dict[tuple[str, str], Node] = {}
         self.on_birth = on_birth
-        self.stats = {"seq_gaps": 0, "stale_deaths": 0, "skipped_metrics": 0, "ignored_messages": 0}
+        self.stats = {"seq_gaps": 0, "stale_deaths": 0, "skipped_metrics": 0, "transient_metrics": 0,
+                      "ignored_messages": 0}
 
     def load_node(self, group: str, node: str, state: dict) -> None:
         """Restore a node's birth state saved from ``on_birth``."""
@@ -192,7 +199,8 @@ class SparkplugDecoder:
         key = (group, node_id)
         if device is None:
             seq = p.seq if p.HasField("seq") else None
-            node = self.nodes[key] = Node(fresh.aliases, fresh.types, True, _bd_seq(p), seq)
+            node = self.nodes[key] = Node(fresh.aliases, fresh.types, True, _bd_seq(p), seq,
+                                          born_ms=p.timestamp or None)
             template, entity = self.node_tag, node
         else:
             node = self.nodes.setdefault(key, Node())
@@ -209,12 +217,16 @@ class SparkplugDecoder:
             return []
         node.online = False
         levels = topic.split("/")
-        out = self._dead(node, self.node_tag, topic, p, receive_time, "NDEATH")
+        # The broker publishes the NDEATH the edge node registered as its will at CONNECT: a timestamp in it is
+        # the connect time, before the birth. Only one after the birth (an NDEATH sent on an orderly shutdown)
+        # says when the node went away; else the receive time does.
+        ts = p.timestamp if p.timestamp and node.born_ms is not None and p.timestamp > node.born_ms else 0
+        out = self._dead(node, self.node_tag, topic, ts, receive_time, "NDEATH")
         for dev, entity in node.devices.items():
             if entity.online:
                 entity.online = False
                 dev_topic = "/".join([*levels[:2], "DDEATH", levels[3], dev])
-                out += self._dead(entity, self.device_tag, dev_topic, p, receive_time, "NDEATH")
+                out += self._dead(entity, self.device_tag, dev_topic, ts, receive_time, "NDEATH")
         return out
 
     def _device_death(self, p, topic, receive_time, node: Node | None, device: str) -> list[Reading]:
@@ -223,7 +235,7 @@ class SparkplugDecoder:
             self.stats["stale_deaths"] += 1
             return []
         entity.online = False
-        return self._dead(entity, self.device_tag, topic, p, receive_time, "DDEATH")
+        return self._dead(entity, self.device_tag, topic, p.timestamp, receive_time, "DDEATH")
 
     def _check_seq(self, p, node: Node | None) -> None:
         if node is None or not p.HasField("seq"):
@@ -234,8 +246,7 @@ class SparkplugDecoder:
 
     # -- readings -----------------------------------------------------------------------------
 
-    def _dead(self, entity: Entity, template: TagTemplate, topic, p, receive_time, why: str) -> list[Reading]:
-        ts = p.timestamp
+    def _dead(self, entity: Entity, template: TagTemplate, topic, ts: int, receive_time, why: str) -> list[Reading]:
         t, flags = (ms_to_datetime(ts), SOURCE_STATUS) if ts else (receive_time, SOURCE_STATUS | NO_TIME)
         pre, post = template.around_field(topic)
         return [Reading(pre + name + post, t, None, receive_time, BAD, flags, 0, why)
@@ -268,6 +279,9 @@ class SparkplugDecoder:
                 tag = pre + _check_str(name) + post
                 if len(names) < 100_000:
                     names[name] = tag
+            if m.is_transient:  # "not to be stored in a historian" (Sparkplug 3.0)
+                self.stats["transient_metrics"] += 1
+                continue
             kind = m.WhichOneof("value")
             if kind == "double_value" or kind == "float_value" or kind == "boolean_value":
                 v = getattr(m, kind)

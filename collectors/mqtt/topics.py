@@ -74,6 +74,28 @@ class TopicFilter:
         return True
 
 
+def covers(wide: str, narrow: str) -> bool:
+    """True when MQTT filter ``wide`` matches every topic that filter ``narrow`` matches."""
+    a, b = wide.split("/"), narrow.split("/")
+    for i, level in enumerate(a):
+        if level == "#":
+            return not (i == 0 and b[0].startswith("$"))  # wildcards at level 0 never match $SYS/...
+        if i >= len(b) or b[i] == "#":
+            return False
+        if level == "+":
+            if i == 0 and b[0].startswith("$"):
+                return False
+        elif level != b[i]:
+            return False
+    return len(a) == len(b)
+
+
+def subscribed_filters(filters: list[str]) -> list[str]:
+    """``filters`` without those another one covers. A broker may send a message that matches two subscriptions
+    once per subscription (mosquitto does with MQTT 5): each copy would be stored, at its own receive time."""
+    return [f for f in filters if not any(g != f and covers(g, f) for g in filters)]
+
+
 class TagTemplate:
     """A compiled tag template (see the module docstring); ``render`` names a reading."""
 
