@@ -113,7 +113,11 @@ class Config(Connection):
     polling_interval_ms: float = Field(1000.0, gt=0, description="read interval of nodes in poll mode")
     publishing_interval_ms: float = Field(500.0, gt=0)
     sampling_interval_ms: float = Field(250.0, ge=0, description="default for nodes without their own")
-    queue_size: int = Field(10, ge=0, description="server-side queue per item; changes between publishes")
+    # Also what a restarted gateway gets back from a resumed session: 100 holds 25 s of changes at the default
+    # 250 ms sampling, a restart or an upgrade (10 held 2.5 s, less than the gateway takes to start). A server
+    # with less memory revises it down; the queue fills only while the gateway is away.
+    queue_size: int = Field(100, ge=0, description="server-side queue per item: changes between publishes, and "
+                                                   "while the gateway restarts")
     discard_oldest: bool = Field(True, description="when an item's queue is full: drop the oldest (else newest)")
     keepalive_count: int = Field(10, ge=1, description="publishing intervals without data before a keep-alive")
     lifetime_count: int = Field(100, ge=3, description="publishing intervals without client before expiry")
