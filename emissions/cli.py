@@ -45,8 +45,9 @@ def add_parser(subparsers) -> None:
     c = sub.add_parser("compute", help="recompute and store averages and compliance for a span",
                        description="Recompute whole days from the stored readings and upsert the results "
                                    "(idempotent: running it twice stores the same rows); a day still running up to "
-                                   "the last whole hour. Windows that started before --from (a month, a year) are "
-                                   "left as stored: start at their first day to judge them.")
+                                   "the last whole hour. Windows that started before --from or run on after --to (a "
+                                   "month, a year) are left as stored: cover them from their first day to their end "
+                                   "(or to today) to judge them.")
     _common(c)
     c.add_argument("--stack", help="one stack (default: all)")
     c.add_argument("--from", dest="start", required=True, metavar="YYYY-MM-DD")

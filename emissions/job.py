@@ -96,8 +96,9 @@ def run_span(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int, *
     if write:
         for (analyser, _kind), checks in charts.items():
             store.write_qal3(conn, cfg.name, analyser, checks)
+        reaches_now = span[1] >= periods.last_whole_hour(int(clock()), cfg.timezone)
         out.rows_written = store.write_result(conn, cfg, result, span, rules, events,
-                                              time.perf_counter() - t_begin)
+                                              time.perf_counter() - t_begin, reaches_now=reaches_now)
     out.seconds = time.perf_counter() - t_begin
     log.info("emissions: %s %s..%s: %d averages, %d events in %.2f s", cfg.name, periods.iso(span[0]),
              periods.iso(span[1]), out.rows_written, len(events), out.seconds,
@@ -142,6 +143,7 @@ async def run_periodic(conninfo: str, stacks: list[StackConfig], stop: asyncio.E
     while not stop.is_set():
         now = clock()
         context = "year" if now - last_full >= full_interval_s else "month"
+        failed = False
         for cfg in stacks:
             try:
                 done[cfg.name] = await asyncio.to_thread(_run_once, conninfo, cfg, int(now), context,
@@ -149,8 +151,8 @@ async def run_periodic(conninfo: str, stacks: list[StackConfig], stop: asyncio.E
             except psycopg.OperationalError as exc:
                 log.warning("emissions: database not reachable (%s); retrying in %.0f s", exc, interval_s,
                             extra={"event": "emissions_job_retry", "stack": cfg.name})
-                context = "failed"
-        if context == "year":
+                failed = True  # the year run is due again at the next interval; the other stacks still run
+        if context == "year" and not failed:
             last_full = now
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval_s)

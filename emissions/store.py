@@ -194,18 +194,29 @@ def _average_rows(cfg: StackConfig, pol: str, av: Averages, sha: str, keep: np.n
 
 
 def write_result(conn: psycopg.Connection, cfg: StackConfig, result: StackResult, span: tuple[int, int],
-                 rule_results: list[RuleResult], events: list[Event], seconds: float = 0.0) -> int:
+                 rule_results: list[RuleResult], events: list[Event], seconds: float = 0.0, *,
+                 reaches_now: bool = True) -> int:
     """Store one computed span in one transaction; returns the number of average rows written.
 
     Averages, events and rule windows that start inside the span replace the stored ones (a period or
     window that started before the span was computed from part of its data and is left alone: the year
     windows of a month's run, say, are the year run's).
+    A span that ends before the data does (``reaches_now`` False: a `report` or `compute` of a past period) holds
+    only part of a period or window that runs on after it, so such a one is left alone too (the year average and
+    year windows of a report of March, which the runs covering the year judged), and an event it could judge only
+    provisionally (an hour under a year's share rule) keeps the judgement stored, its value updated.
     Averages go by binary COPY into a temporary table, then one DELETE and one INSERT: the same result
     as an upsert per row, several times faster for a year.
     """
     sha = result.config_sha256
     n_rows = 0
-    events = [e for e in events if span[0] <= e.start < span[1]]
+    end_cap = float("inf") if reaches_now else span[1]  # what may end after the span: only when nothing follows
+    events = [e for e in events if span[0] <= e.start < span[1] and e.end <= end_cap]
+    keep_judged = [] if reaches_now else [e for e in events if e.provisional]
+    events = [e for e in events if reaches_now or not e.provisional]
+    kept_keys = [f"{e.pollutant}|{e.rule}|{e.kind}|{int(e.start)}" for e in keep_judged]
+    lo, hi = _ts(span[0]), _ts(span[1])
+    ends = "" if reaches_now else " AND {} <= %(hi)s"
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("CREATE TEMP TABLE IF NOT EXISTS _emis_avg (LIKE emission_averages INCLUDING DEFAULTS)"
                     " ON COMMIT DELETE ROWS")
@@ -213,29 +224,31 @@ def write_result(conn: psycopg.Connection, cfg: StackConfig, result: StackResult
             copy.write(pgcopy.HEADER)
             for pol, levels in result.averages.items():
                 for av in levels.values():
-                    keep = (av.start >= span[0]) & (av.start < span[1])
+                    keep = (av.start >= span[0]) & (av.start < span[1]) & (av.end <= end_cap)
                     if keep.any():
                         copy.write(_average_rows(cfg, pol, av, sha, keep))
                         n_rows += int(keep.sum())
             copy.write(pgcopy.TRAILER)
         select = ", ".join(f"NULLIF({c}, 'NaN'::float8)" if c in _NULLABLE_F8 else
                            f"NULLIF({c}, -1)" if c in _NULLABLE_I4 else c for c in _AVG_COLUMNS)
-        cur.execute("DELETE FROM emission_averages WHERE stack = %s AND period_start >= %s AND period_start < %s",
-                    (cfg.name, _ts(span[0]), _ts(span[1])))
+        within = {"stack": cfg.name, "lo": lo, "hi": hi}
+        cur.execute("DELETE FROM emission_averages WHERE stack = %(stack)s AND period_start >= %(lo)s"
+                    " AND period_start < %(hi)s" + ends.format("period_end"), within)
         cur.execute(f"INSERT INTO emission_averages ({', '.join(_AVG_COLUMNS)}) SELECT {select} FROM _emis_avg")
-        lo, hi = _ts(span[0]), _ts(span[1])
-        cur.execute("DELETE FROM emission_events WHERE stack = %s AND period_start >= %s AND period_start < %s",
-                    (cfg.name, lo, hi))
-        cur.executemany(
-            "INSERT INTO emission_events (stack, pollutant, rule, kind, period, period_start, period_end, value,"
-            " limit_value, elv, breach, provisional, config_sha256) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
-            " ON CONFLICT (stack, pollutant, rule, kind, period_start) DO UPDATE SET value = EXCLUDED.value,"
-            " limit_value = EXCLUDED.limit_value, breach = EXCLUDED.breach, provisional = EXCLUDED.provisional,"
-            " config_sha256 = EXCLUDED.config_sha256, computed_at = now()",
-            [(e.stack, e.pollutant, e.rule, e.kind, e.period, _ts(e.start), _ts(e.end), e.value, e.limit, e.elv,
-              e.breach, e.provisional, sha) for e in events])
-        cur.execute("DELETE FROM emission_compliance WHERE stack = %s AND window_start >= %s AND window_start < %s",
-                    (cfg.name, lo, hi))
+        cur.execute("DELETE FROM emission_events WHERE stack = %(stack)s AND period_start >= %(lo)s"
+                    " AND period_start < %(hi)s" + ends.format("period_end")
+                    + " AND concat_ws('|', pollutant, rule, kind, extract(epoch FROM period_start)::bigint)"
+                    " <> ALL(%(kept)s::text[])", {**within, "kept": kept_keys})
+        insert = ("INSERT INTO emission_events (stack, pollutant, rule, kind, period, period_start, period_end, value,"
+                  " limit_value, elv, breach, provisional, config_sha256) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,"
+                  "%s) ON CONFLICT (stack, pollutant, rule, kind, period_start) DO UPDATE SET value = EXCLUDED.value,"
+                  " limit_value = EXCLUDED.limit_value, config_sha256 = EXCLUDED.config_sha256, computed_at = now()")
+        for rows, judge in ((events, ", breach = EXCLUDED.breach, provisional = EXCLUDED.provisional"),
+                            (keep_judged, "")):
+            cur.executemany(insert + judge, [(e.stack, e.pollutant, e.rule, e.kind, e.period, _ts(e.start), _ts(e.end),
+                                              e.value, e.limit, e.elv, e.breach, e.provisional, sha) for e in rows])
+        cur.execute("DELETE FROM emission_compliance WHERE stack = %(stack)s AND window_start >= %(lo)s"
+                    " AND window_start < %(hi)s" + ends.format("window_end"), within)
         cur.executemany(
             "INSERT INTO emission_compliance (stack, pollutant, rule, window_start, window_end, n_valid, n_over,"
             " limit_value, required_share, share_within, passed, provisional, reference, config_sha256)"
@@ -247,7 +260,7 @@ def write_result(conn: psycopg.Connection, cfg: StackConfig, result: StackResult
             " config_sha256 = EXCLUDED.config_sha256, computed_at = now()",
             [(r.stack, r.pollutant, r.rule, _ts(r.start), _ts(r.end), r.n_valid, r.n_over, r.limit,
               _f(r.required_share), _f(r.share_within), r.passed, r.provisional, r.reference, sha)
-             for r in rule_results if span[0] <= r.start < span[1]])
+             for r in rule_results if span[0] <= r.start < span[1] and r.end <= end_cap])
         cur.execute("INSERT INTO emission_runs (stack, span_start, span_end, config, config_sha256, averages, events,"
                     " seconds) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                     (cfg.name, lo, hi, json.dumps(cfg.model_dump(mode="json")), sha, n_rows, len(events), seconds))

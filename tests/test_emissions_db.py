@@ -313,12 +313,12 @@ def test_a_running_day_is_stored_provisional_and_judged_when_it_ends(conn):
     day, next_day = seed_day(conn, cfg, "2026-03-10", 280.0)
     month = periods.parse_month("2026-03", cfg.timezone)[0]
     now = day + 3 * 3600 + 1200
-    sr = job.run_span(conn, cfg, now - 1, now, context="month", whole_days=False)
+    sr = job.run_span(conn, cfg, now - 1, now, context="month", whole_days=False, clock=lambda: now)  # as _run_once
     assert sr.span == (month, day + 3 * 3600)
     assert judged(conn, cfg.name, "lcp_daily_110") == ([(day, False, True)], [(month, False, True)])
     assert not any(e.breach for e in sr.events)
     later = next_day + 1200
-    job.run_span(conn, cfg, later - 1, later, context="month", whole_days=False)
+    job.run_span(conn, cfg, later - 1, later, context="month", whole_days=False, clock=lambda: later)
     assert judged(conn, cfg.name, "lcp_daily_110") == ([(day, True, False)], [(month, False, False)])
 
 
@@ -355,7 +355,7 @@ def test_after_a_restart_the_job_finishes_the_year_it_last_computed(conn, pg_dsn
     ended is read from emission_runs, and the year before is computed to its end once."""
     cfg = lcp_helsinki(f"T{uuid.uuid4().hex[:8]}")
     day, new_year = seed_day(conn, cfg, "2025-12-31", 300.0)
-    job.run_span(conn, cfg, new_year - 601, new_year - 600, whole_days=False)
+    job.run_span(conn, cfg, new_year - 601, new_year - 600, whole_days=False, clock=lambda: new_year - 600)
     assert stored(conn, cfg.name, "NOx", "hour", new_year - 3600) is None
     assert job._run_once(pg_dsn, cfg, new_year + 3 * 86400 + 300, "year", None) == new_year + 3 * 86400
     assert stored(conn, cfg.name, "NOx", "hour", new_year - 3600)[0] == pytest.approx(300.0)
@@ -399,3 +399,67 @@ def test_a_report_of_a_later_month_does_not_stand_for_the_year_before(conn, pg_d
     job._run_once(pg_dsn, cfg, february + 2 * 86400 + 300, "year", None)
     assert stored(conn, cfg.name, "NOx", "hour", new_year - 3600)[0] == pytest.approx(300.0)
     assert judged(conn, cfg.name, "lcp_daily_110")[0] == [(day, True, False)]
+
+
+def stored_year(conn, stack: str, year: int) -> tuple:
+    """What the year's own computation stored: the year average, its rule windows and its events."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT value, validated, n_valid, sub_invalid FROM emission_averages WHERE stack = %s"
+                    " AND period = 'year' AND period_start = to_timestamp(%s)", (stack, year))
+        average = cur.fetchall()
+        cur.execute("SELECT rule, extract(epoch FROM window_start)::bigint, n_valid, n_over, passed, provisional"
+                    " FROM emission_compliance WHERE stack = %s AND window_start = to_timestamp(%s) ORDER BY 1",
+                    (stack, year))
+        rules = cur.fetchall()
+        cur.execute("SELECT rule, kind, extract(epoch FROM period_start)::bigint, value, breach, provisional"
+                    " FROM emission_events WHERE stack = %s ORDER BY 1, 2, 3", (stack,))
+        return average, rules, cur.fetchall()
+
+
+def test_a_report_or_compute_of_a_past_period_leaves_what_runs_on_more_data_judged(conn):
+    """2025 was computed to its end: one day (10 March) at 500 mg/Nm³, its 24 hours over 200 % of the ELV, so the
+    year's hourly window failed for good. A report of February or March 2025 (computed from 1 January to the end of
+    that month) and a `compute` of 10 March hold only part of the year: they must not replace the year's average,
+    its windows or the final judgement of the hours with figures from their part (a February report left the year
+    without its average and its failed window)."""
+    cfg = lcp_helsinki(f"T{uuid.uuid4().hex[:8]}")
+    day, _ = seed_day(conn, cfg, "2025-03-10", 500.0)
+    year, new_year = periods.year_of(day, cfg.timezone)
+    later = new_year + 40 * 86400
+    job.run_span(conn, cfg, year, new_year, clock=lambda: later)  # the year-end run
+    before = stored_year(conn, cfg.name, year)
+    assert before[0][0][0] == pytest.approx(500.0)
+    assert ("lcp_hourly_95_200", year, 24, 24, False, False) in before[1]
+    assert ("lcp_hourly_95_200", "exceedance", day, 460.0, False, False) in before[2]
+    for month in ("2025-02", "2025-03"):
+        job.run_span(conn, cfg, *periods.parse_month(month, cfg.timezone), clock=lambda: later)  # as cmd_report
+        assert stored_year(conn, cfg.name, year) == before, month
+    job.run_span(conn, cfg, day, day + 86400, context="day", clock=lambda: later)  # as cmd_compute
+    assert stored_year(conn, cfg.name, year) == before
+
+
+async def test_periodic_job_with_the_database_away_retries_every_stack(caplog):
+    """Two stacks and no database: each run fails with OperationalError, is logged and retried at the next
+    interval. The first failure used to become the second stack's averaging period ("failed") and end the job
+    with a KeyError."""
+    import asyncio
+
+    stacks = [lcp_helsinki(f"T{uuid.uuid4().hex[:8]}") for _ in range(2)]
+    stop = asyncio.Event()
+    rounds = iter(range(3))
+
+    def clock() -> float:
+        if next(rounds) == 2:
+            stop.set()
+        return time_now()
+
+    await asyncio.wait_for(job.run_periodic("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2", stacks, stop,
+                                            interval_s=0.01, clock=clock), timeout=60)
+    retries = [r for r in caplog.records if getattr(r, "event", "") == "emissions_job_retry"]
+    assert [r.stack for r in retries] == [s.name for s in stacks] * 3
+
+
+def time_now() -> float:
+    import time
+
+    return time.time()
