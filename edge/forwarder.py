@@ -17,7 +17,7 @@ import time
 import psycopg
 
 from edge.backoff import Backoff
-from edge.columns import Columns, from_us, to_us
+from edge.columns import Columns, to_us
 from edge.metrics import Metrics
 from edge.pipeline import SpoolWorker
 from edge.records import utcnow
@@ -68,14 +68,20 @@ class Forwarder:
         self.heartbeat = time.monotonic()
         # Reservoir of (commit time - source time) in seconds, for benchmarks and /status.
         self.latency_s: collections.deque[float] = collections.deque(maxlen=200_000)
-        # Rollup work: tag ids and the time span touched since the last refresh.
+        # Rollup work: tag ids and the 1-minute buckets touched since the last refresh.
         self.dirty_tags: set[int] = set()
-        self.dirty_span: list[int] | None = None  # [min_us, max_us]
+        self.dirty_minutes: set[int] = set()
         self.dirty_note: int | None = None  # the spool's last rollup note this work covers (Spool.rollup_done)
         pending = worker.spool.rollup_pending()  # work a crash left undone (nothing runs yet: read it here)
         if pending is not None:
-            tags, start, end, self.dirty_note = pending
-            self.dirty_tags, self.dirty_span = set(tags), [start, end]
+            self.add_rollup_work(*pending)
+
+    def add_rollup_work(self, tags: set[int], minutes: set[int], note: int | None = None) -> None:
+        """Owe the rollups of ``minutes`` for ``tags`` (up to the spool's note ``note``)."""
+        self.dirty_tags |= tags
+        self.dirty_minutes |= minutes
+        if note is not None:
+            self.dirty_note = max(note, self.dirty_note or 0)
 
     @property
     def connected(self) -> bool:
@@ -222,8 +228,7 @@ class Forwarder:
                 raise  # the connection went with it: an outage, retried as one
             result = await self._write_apart(batches, sink, exc)
         self.metrics.db_write_seconds.observe(time.perf_counter() - t0)
-        rollup = ((result.tag_ids, result.min_time_us, result.max_time_us)
-                  if result.min_time_us is not None else None)
+        rollup = (result.tag_ids, result.minutes) if result.minutes else None
         note = await self.worker.call(self.worker.spool.delete, [b.seq for b in batches], rollup)
         if note is not None:
             self.dirty_note = max(note, self.dirty_note or 0)
@@ -304,13 +309,8 @@ class Forwarder:
                 lat = (now_us - t) / 1e6
                 self.latency_s.append(lat)
                 self.metrics.latency_seconds.observe(max(0.0, lat))
-        if result.min_time_us is not None:
-            self.dirty_tags |= result.tag_ids
-            if self.dirty_span is None:
-                self.dirty_span = [result.min_time_us, result.max_time_us]
-            else:
-                self.dirty_span[0] = min(self.dirty_span[0], result.min_time_us)
-                self.dirty_span[1] = max(self.dirty_span[1], result.max_time_us)
+        if result.minutes:
+            self.add_rollup_work(result.tag_ids, result.minutes)
 
     async def flush(self, timeout_s: float) -> bool:
         """Shutdown path: write what the spool holds, within ``timeout_s``. True if it emptied."""
@@ -361,31 +361,22 @@ class RollupWorker:
         # of, and marking every note up to a later one done would lose it.
         pending = await fwd.worker.call(fwd.worker.spool.rollup_pending)
         if pending is not None:
-            p_tags, p_start, p_end, p_note = pending
-            fwd.dirty_tags |= p_tags
-            fwd.dirty_span = ([p_start, p_end] if fwd.dirty_span is None else
-                              [min(p_start, fwd.dirty_span[0]), max(p_end, fwd.dirty_span[1])])
-            fwd.dirty_note = max(p_note, fwd.dirty_note or 0)
-        if fwd.dirty_span is None:
+            fwd.add_rollup_work(*pending)
+        if not fwd.dirty_minutes:
             return
         if not self.sink.connected:
             if not fwd.connected:
                 return
             await self.sink.connect(migrate_schema=False)
-        tags, span, note = fwd.dirty_tags, fwd.dirty_span, fwd.dirty_note
-        fwd.dirty_tags, fwd.dirty_span = set(), None
+        tags, minutes, note = fwd.dirty_tags, fwd.dirty_minutes, fwd.dirty_note
+        fwd.dirty_tags, fwd.dirty_minutes = set(), set()
         try:
-            await self.sink.refresh_rollups(tags, from_us(span[0]), from_us(span[1]))
+            await self.sink.refresh_minutes(tags, minutes)
             self.refreshes += 1
             if note is not None:
                 await fwd.worker.call(fwd.worker.spool.rollup_done, note)
         except BaseException:
-            # Put the work back so nothing is missed after a failure.
-            fwd.dirty_tags |= tags
-            if fwd.dirty_span is None:
-                fwd.dirty_span = span
-            else:
-                fwd.dirty_span = [min(span[0], fwd.dirty_span[0]), max(span[1], fwd.dirty_span[1])]
+            fwd.add_rollup_work(tags, minutes)  # put the work back so nothing is missed after a failure
             raise
         if self.db.retention_days and time.monotonic() - self.last_retention > 3600:
             removed = await self.sink.apply_retention(self.db.retention_days)

@@ -124,7 +124,9 @@ class Spool:
         # (the batches are gone from here, their rollups not yet made): the next start does it.
         db.execute("CREATE TABLE IF NOT EXISTS rollup_pending ("
                    " id INTEGER PRIMARY KEY AUTOINCREMENT, tags BLOB NOT NULL, start_us INTEGER NOT NULL,"
-                   " end_us INTEGER NOT NULL)")
+                   " end_us INTEGER NOT NULL, minutes BLOB)")
+        if "minutes" not in {r[1] for r in db.execute("PRAGMA table_info(rollup_pending)")}:
+            db.execute("ALTER TABLE rollup_pending ADD COLUMN minutes BLOB")  # a spool file of an older version
         row = db.execute("SELECT count(*), coalesce(sum(n), 0), coalesce(sum(nbytes), 0) FROM batches").fetchone()
         self.batches, self.readings, self.bytes = row
         self.dropped = 0  # readings dropped by drop_oldest since start
@@ -217,9 +219,9 @@ class Spool:
         cur.close()
         return out
 
-    def delete(self, seqs: list[int], rollup: tuple[set[int], int, int] | None = None) -> int | None:
+    def delete(self, seqs: list[int], rollup: tuple[set[int], set[int]] | None = None) -> int | None:
         """Forget batches the database has committed, and note in the same transaction the rollup work they
-        caused (``rollup``: tag ids, first and last reading time in µs); returns the note's id."""
+        caused (``rollup``: tag ids, the 1-minute buckets as minutes since the epoch); returns the note's id."""
         if not seqs:
             return None
         db = self._db
@@ -231,10 +233,11 @@ class Spool:
                 seqs).fetchone()
             cnt = db.execute(f"DELETE FROM batches WHERE seq IN ({q})", seqs).rowcount
             note = None
-            if rollup is not None:
-                tags, start, end = rollup
-                note = db.execute("INSERT INTO rollup_pending (tags, start_us, end_us) VALUES (?, ?, ?)",
-                                  (msgpack.packb(sorted(tags)), start, end)).lastrowid
+            if rollup is not None and rollup[1]:
+                tags, minutes = rollup
+                note = db.execute("INSERT INTO rollup_pending (tags, start_us, end_us, minutes) VALUES (?, ?, ?, ?)",
+                                  (msgpack.packb(sorted(tags)), min(minutes) * 60_000_000,
+                                   max(minutes) * 60_000_000, msgpack.packb(sorted(minutes)))).lastrowid
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -244,13 +247,18 @@ class Spool:
         self.bytes -= nbytes
         return note
 
-    def rollup_pending(self) -> tuple[set[int], int, int, int] | None:
-        """The rollup work noted and not done: (tag ids, first µs, last µs, last note id), or None."""
-        rows = self._db.execute("SELECT id, tags, start_us, end_us FROM rollup_pending").fetchall()
+    def rollup_pending(self) -> tuple[set[int], set[int], int] | None:
+        """The rollup work noted and not done: (tag ids, 1-minute buckets, last note id), or None."""
+        rows = self._db.execute("SELECT id, tags, start_us, end_us, minutes FROM rollup_pending").fetchall()
         if not rows:
             return None
-        tags = {t for _, blob, _, _ in rows for t in msgpack.unpackb(blob)}
-        return tags, min(r[2] for r in rows), max(r[3] for r in rows), max(r[0] for r in rows)
+        tags = {t for _, blob, _, _, _ in rows for t in msgpack.unpackb(blob)}
+        minutes: set[int] = set()
+        for _, _, start, end, blob in rows:
+            # A note of an older version holds the span only: every minute of it.
+            minutes.update(msgpack.unpackb(blob) if blob is not None else range(start // 60_000_000,
+                                                                                  end // 60_000_000 + 1))
+        return tags, minutes, max(r[0] for r in rows)
 
     def rollup_done(self, upto: int) -> None:
         """The rollups of every note up to id ``upto`` are recomputed."""

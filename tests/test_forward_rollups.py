@@ -173,3 +173,50 @@ def test_an_idle_forwarder_gives_back_the_disk_a_drained_backlog_held(pg_dsn, tm
     assert batches == 0 and size < full / 4, f"spool file {size} bytes after draining {full}"
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 100_000
+
+
+def test_runs_of_minutes():
+    from edge.sink.rollups import minutes_of, runs
+
+    assert runs(set()) == []
+    assert runs({5, 6, 7, 9, 20, 21}) == [(5, 7), (9, 9), (20, 21)]
+    assert runs({1, 3, 10, 11, 40}, max_runs=2) == [(1, 11), (40, 40)]  # joined across the smallest gaps
+    assert len(runs(set(range(0, 10_000, 2)), max_runs=64)) == 64
+    us = 60_000_000
+    assert minutes_of(__import__("numpy").array([0, us - 1, us, 5 * us + 7])) == {0, 1, 5}
+
+
+def test_a_reading_from_a_clock_reset_to_1970_does_not_recompute_every_minute_between(pg_dsn, tmp_path):
+    """A device whose clock fell back to 1970 (a flat battery) sends its readings beside the others: the rollup
+    work was one span from the oldest to the newest reading, so every refresh recomputed the whole history of
+    every tag written with it. Now the minutes touched are recomputed, and only they."""
+    import datetime as dt
+
+    now = utcnow().replace(second=0, microsecond=0) - timedelta(minutes=10)
+    old = now - timedelta(days=2)
+    epoch = dt.datetime(1970, 1, 1, 0, 0, 5, tzinfo=dt.UTC)
+
+    async def go():
+        spool = Spool(tmp_path / "spool.db", max_bytes=100 << 20)
+        worker = SpoolWorker(spool)
+        fwd = Forwarder(worker, pg_dsn, SiteConfig(), Metrics(), asyncio.Event())
+        await fwd._connect()
+        rollups = RollupWorker(fwd, pg_dsn, fwd.db)
+        await worker.call(spool.append_many, [(_cols("clock.x", old, 60), [])])  # two days ago
+        assert await fwd.drain_once(linger=False)
+        await rollups.refresh_once()
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:  # a marker no recomputation would leave
+            conn.execute("UPDATE readings_1m SET min = -1 WHERE bucket = %s", (old,))
+        mixed = Columns.concat([_cols("clock.x", epoch, 1), _cols("clock.x", now, 30)])
+        await worker.call(spool.append_many, [(mixed, [])])
+        assert await fwd.drain_once(linger=False)
+        assert len(fwd.dirty_minutes) == 2
+        await rollups.refresh_once()
+        await rollups.close()
+        await fwd.close()
+        worker.shutdown()
+
+    asyncio.run(go())
+    assert _minute(pg_dsn, "clock.x", epoch.replace(second=0)) == (1, 1.0, 1.0, 1.0)
+    assert _minute(pg_dsn, "clock.x", now) == (30, 1.0, 1.0, 30.0)
+    assert _minute(pg_dsn, "clock.x", old)[1] == -1, "a minute nobody wrote to was recomputed"

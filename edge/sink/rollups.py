@@ -11,12 +11,18 @@ readings than it counted: late data for a bucket whose raw readings retention al
 removed would otherwise turn the rollup of the whole minute into that of the late
 readings alone. Such late readings are stored raw (until retention removes them too)
 and counted only in a bucket that had no rollup yet.
+
+The work is tracked as the set of 1-minute buckets the commits touched (`minutes_of`) and
+recomputed per run of neighbouring minutes (`runs`), not as one span from the oldest to the
+newest reading: a device whose clock fell back to 1970 (a flat clock battery) made every
+refresh recompute the whole history of every tag committed beside it.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
+import numpy as np
 import psycopg
 
 from edge.db.features import Features
@@ -27,6 +33,33 @@ def _last(features: Features) -> str:
         return "last(value, time) FILTER (WHERE {good}), max(time) FILTER (WHERE {good})"
     return ("(array_agg(value ORDER BY time DESC) FILTER (WHERE {good}))[1], "
             "max(time) FILTER (WHERE {good})")
+
+
+US_PER_MINUTE = 60_000_000
+MAX_RUNS = 64  # refresh statements per round at most: scattered minutes are merged over their smallest gaps
+
+
+def minutes_of(time_us: np.ndarray) -> set[int]:
+    """The 1-minute buckets (minutes since the epoch) of reading times in µs."""
+    return set(np.unique(np.floor_divide(time_us, US_PER_MINUTE)).tolist())
+
+
+def runs(minutes: set[int], max_runs: int = MAX_RUNS) -> list[tuple[int, int]]:
+    """``minutes`` as runs (first, last minute) of neighbouring minutes; where there would be more than
+    ``max_runs``, the runs across the smallest gaps are joined (recomputing a few untouched minutes is cheaper
+    than a statement per scattered minute)."""
+    if not minutes:
+        return []
+    m = np.fromiter(sorted(minutes), np.int64, len(minutes))
+    gaps = np.diff(m)
+    cut = gaps > 1
+    if cut.sum() >= max_runs:
+        keep = np.argsort(gaps, kind="stable")[-(max_runs - 1):]  # the widest gaps stay cuts
+        cut = np.zeros_like(cut)
+        cut[keep] = True
+    starts = np.r_[0, np.flatnonzero(cut) + 1]
+    ends = np.r_[starts[1:] - 1, len(m) - 1]
+    return [(int(m[a]), int(m[b])) for a, b in zip(starts, ends, strict=True)]
 
 
 async def refresh(conn: psycopg.AsyncConnection, features: Features, tag_ids: list[int],

@@ -28,6 +28,7 @@ from edge.db.features import Features
 from edge.db.migrate import migrate
 from edge.settings import Asset, Tag
 from edge.sink.pgbinary import COLUMNS, encode_columns
+from edge.sink.rollups import US_PER_MINUTE, minutes_of, runs
 from edge.spool import SpooledBatch
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,7 @@ class WriteResult:
     rows: int
     inserted: int
     duplicates: int
-    min_time_us: int | None = None
-    max_time_us: int | None = None
+    minutes: set[int] = field(default_factory=set)  # the 1-minute buckets the readings fall in (rollup work)
     tag_ids: set[int] = field(default_factory=set)
     fast_path: bool = True
     refused: list[tuple[str, str]] = field(default_factory=list)
@@ -72,11 +72,7 @@ class WriteResult:
         self.rows += other.rows
         self.inserted += other.inserted
         self.duplicates += other.duplicates
-        if other.min_time_us is not None:
-            self.min_time_us = other.min_time_us if self.min_time_us is None else min(self.min_time_us,
-                                                                                      other.min_time_us)
-            self.max_time_us = other.max_time_us if self.max_time_us is None else max(self.max_time_us,
-                                                                                      other.max_time_us)
+        self.minutes |= other.minutes
         self.tag_ids |= other.tag_ids
         self.fast_path &= other.fast_path
         self.refused += other.refused
@@ -189,8 +185,7 @@ class TimescaleSink:
         payload = encode_columns(cols, ids)
         n = len(cols)
         result = WriteResult(rows=n, inserted=n, duplicates=0,
-                             min_time_us=int(cols.time_us.min()) if n else None,
-                             max_time_us=int(cols.time_us.max()) if n else None,
+                             minutes=minutes_of(cols.time_us) if n else set(),
                              tag_ids={int(i) for i in ids[np.unique(cols.tag_idx)]} if n else set())
         async with conn.transaction():
             async with conn.cursor() as cur:
@@ -242,6 +237,12 @@ class TimescaleSink:
         from edge.sink.rollups import refresh
 
         await refresh(self.conn, self.features, sorted(tag_ids), start, end)
+
+    async def refresh_minutes(self, tag_ids: set[int], minutes: set[int]) -> None:
+        """Recompute the rollups of the 1-minute buckets ``minutes`` (and their hours) for ``tag_ids``, one
+        statement pair per run of neighbouring minutes (`edge.sink.rollups.runs`)."""
+        for first, last in runs(minutes):
+            await self.refresh_rollups(tag_ids, from_us(first * US_PER_MINUTE), from_us(last * US_PER_MINUTE))
 
     async def apply_retention(self, days: int) -> int:
         from edge.sink.rollups import retention
