@@ -50,6 +50,8 @@ def _msgpack_default(obj):
     return str(obj)
 
 
+LEGACY_SPAN_MINUTES = 100_000  # ~70 days: the longest rollup span of an older spool note taken whole
+
 VACUUM_MIN_FREE_BYTES = 64 << 20  # free pages worth giving back to the file system (`Spool.vacuum_if_empty`)
 
 
@@ -255,9 +257,18 @@ class Spool:
         tags = {t for _, blob, _, _, _ in rows for t in msgpack.unpackb(blob)}
         minutes: set[int] = set()
         for _, _, start, end, blob in rows:
-            # A note of an older version holds the span only: every minute of it.
-            minutes.update(msgpack.unpackb(blob) if blob is not None else range(start // 60_000_000,
-                                                                                  end // 60_000_000 + 1))
+            if blob is not None:
+                minutes.update(msgpack.unpackb(blob))
+                continue
+            # A note of an older version holds the span only: every minute of it, but a span longer than
+            # LEGACY_SPAN_MINUTES is a clock far off (readings at its two ends, not between): its first day and
+            # the last LEGACY_SPAN_MINUTES, rather than tens of millions of minutes in memory.
+            first, last = start // 60_000_000, end // 60_000_000
+            if last - first <= LEGACY_SPAN_MINUTES:
+                minutes.update(range(first, last + 1))
+            else:
+                minutes.update(range(first, first + 1440))
+                minutes.update(range(last - LEGACY_SPAN_MINUTES, last + 1))
         return tags, minutes, max(r[0] for r in rows)
 
     def rollup_done(self, upto: int) -> None:

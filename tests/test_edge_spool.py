@@ -193,3 +193,32 @@ async def test_a_group_larger_than_the_whole_budget_is_stored_in_an_empty_spool(
     with pytest.raises(SpoolFull):
         worker.spool.append_many([(_readings(10), [])])
     worker.shutdown()
+
+
+def test_rollup_notes_of_an_older_spool_file_are_read(tmp_path):
+    """A spool file written by the version before rollup work went by minute: its table gets the minutes column,
+    and its notes (a span) are read as the minutes of that span; a span of decades (a clock at 1970) as its
+    first day and its last ~70 days, not tens of millions of minutes."""
+    import sqlite3
+
+    import msgpack
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE rollup_pending (id INTEGER PRIMARY KEY AUTOINCREMENT, tags BLOB NOT NULL,"
+               " start_us INTEGER NOT NULL, end_us INTEGER NOT NULL)")
+    m = 60_000_000
+    db.execute("INSERT INTO rollup_pending (tags, start_us, end_us) VALUES (?, ?, ?)",
+               (msgpack.packb([1, 2]), 28_000_000 * m + 5, 28_000_002 * m + 7))
+    db.commit()
+    db.close()
+    sp = Spool(path, max_bytes=10**8)
+    assert sp.rollup_pending() == ({1, 2}, {28_000_000, 28_000_001, 28_000_002}, 1)
+    note = sp.delete([1], ({3}, {29_000_000}))  # no such batch: only the note
+    assert note == 2 and sp.rollup_pending()[1] == {28_000_000, 28_000_001, 28_000_002, 29_000_000}
+    sp.rollup_done(2)
+    sp._db.execute("INSERT INTO rollup_pending (tags, start_us, end_us) VALUES (?, ?, ?)",
+                   (msgpack.packb([1]), 5 * m, 29_000_000 * m))
+    minutes = sp.rollup_pending()[1]
+    assert 5 in minutes and 29_000_000 in minutes and 100_000 < len(minutes) < 110_000
+    sp.close()
