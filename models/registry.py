@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import math
 import os
 import shutil
@@ -48,6 +49,8 @@ from models.data import FeatureTable
 from models.export import ParityError, sha256
 from models.runtime import IntegrityError, OnnxModel
 from models.train import GATE_METRICS, TrainedModel, holdout_metrics
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Comparison", "GateRefused", "ModelVersion", "Registry", "promote", "rollback"]
 
@@ -405,8 +408,13 @@ class Registry:
             card = json_safe({**trained.card, "version": version, "parent_version": parent})
             rel = f"{model_id}/{version}"
             final = self.root / rel
-            if final.exists():  # left over by a crash between writing files and indexing: not registered
-                shutil.rmtree(final)
+            if final.exists():
+                # Not in this index: left by a crash between the rename and the index commit, or the files of another
+                # index's version (a registry directory used with and without --db). Set aside, never deleted.
+                aside = final.parent / f".{version}-orphan-{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
+                os.rename(final, aside)
+                _fsync(final.parent)
+                log.warning("model registry: %s is not in the index; moved to %s", final, aside)
             final.parent.mkdir(parents=True, exist_ok=True)
             card_bytes = (json.dumps(card, indent=2, allow_nan=False) + "\n").encode("utf-8")
             card_sha256 = sha256(card_bytes)

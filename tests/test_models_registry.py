@@ -96,6 +96,21 @@ def test_version_files_are_on_disk_for_good_before_the_index_names_them(registry
     assert ("fsync", mv.path.parent.stat().st_ino) in before[renamed:], "the rename itself was not synced"
 
 
+def test_a_version_directory_the_index_does_not_know_is_kept_not_deleted(pg_dsn, tmp_path, trained):
+    """A version directory the index has no row for (a crash between the rename and the index commit, or a registry
+    directory shared by two indexes: the console's database and a `valvoja models` run without ``--db``) may be a
+    served champion's files: `register` sets it aside instead of deleting it."""
+    db = _db_registry(pg_dsn, tmp_path)
+    champ = db.register(trained["good"])
+    db.promote("syn", champ.version)
+    onnx = (champ.path / "model.onnx").read_bytes()
+    Registry(tmp_path / "models").register(trained["worse"])  # index.json: knows no v1, so writes syn/1 again
+    kept = [d for d in (tmp_path / "models" / "syn").iterdir() if d.name.startswith(".1-orphan-")]
+    assert len(kept) == 1 and (kept[0] / "model.onnx").read_bytes() == onnx
+    with pytest.raises(IntegrityError):
+        db.get("syn", 1).load()  # the database's v1 is not the file now at syn/1: refused, never served
+
+
 def test_gate_refuses_a_worse_candidate_and_accepts_a_better_one(registry, trained):
     v1 = registry.register(trained["good"]).version
     first = registry.promote("syn", v1)
