@@ -8,9 +8,10 @@ else ``<root>/index.json`` (a gateway without a database, tests, a laptop).
 Statuses: ``candidate`` (registered) -> ``champion`` (served; at most one per model id) -> ``retired``.
 
 - `Registry.register` writes the files, checks the written files' sha256 (``model.onnx`` and ``card.json``: the
-  card holds the feature order and the calibration, so it is as much the model as the graph) and inserts a
-  candidate. A model that failed parity is refused (`ParityError`). `ModelVersion.load` refuses either file
-  when it is not the registered one (`models.runtime.IntegrityError`).
+  card holds the feature order and the calibration, so it is as much the model as the graph), syncs them and the
+  version directory's rename to disk, and only then inserts a candidate (a power cut after the index committed
+  cannot leave a row whose files were lost). A model that failed parity is refused (`ParityError`).
+  `ModelVersion.load` refuses either file when it is not the registered one (`models.runtime.IntegrityError`).
 - `Registry.promote` is the gate: the candidate must have passed parity and its files must still be the
   registered ones; against a champion, its alpha must be the champion's, its intervals must cover the held-out
   rows (``holdout``, default the candidate's own) at least to `coverage_floor` of nominal (or of the champion's
@@ -29,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import math
 import os
 import shutil
@@ -47,6 +49,8 @@ from models.data import FeatureTable
 from models.export import ParityError, sha256
 from models.runtime import IntegrityError, OnnxModel
 from models.train import GATE_METRICS, TrainedModel, holdout_metrics
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Comparison", "GateRefused", "ModelVersion", "Registry", "promote", "rollback"]
 
@@ -335,6 +339,15 @@ def load_holdout(path: Path) -> FeatureTable:
     return FeatureTable(cols, times, [(f"holdout of {path.parent.name}", 0, len(next(iter(cols.values()))))])
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's (its entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 # ---------------------------------------------------------------- the registry
 
 class Registry:
@@ -395,8 +408,13 @@ class Registry:
             card = json_safe({**trained.card, "version": version, "parent_version": parent})
             rel = f"{model_id}/{version}"
             final = self.root / rel
-            if final.exists():  # left over by a crash between writing files and indexing: not registered
-                shutil.rmtree(final)
+            if final.exists():
+                # Not in this index: left by a crash between the rename and the index commit, or the files of another
+                # index's version (a registry directory used with and without --db). Set aside, never deleted.
+                aside = final.parent / f".{version}-orphan-{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
+                os.rename(final, aside)
+                _fsync(final.parent)
+                log.warning("model registry: %s is not in the index; moved to %s", final, aside)
             final.parent.mkdir(parents=True, exist_ok=True)
             card_bytes = (json.dumps(card, indent=2, allow_nan=False) + "\n").encode("utf-8")
             card_sha256 = sha256(card_bytes)
@@ -410,7 +428,10 @@ class Registry:
                     on_disk = sha256((tmp / name).read_bytes())
                     if on_disk != expected:
                         raise OSError(f"{tmp / name}: written file has sha256 {on_disk}, expected {expected}")
+                for name in ("model.onnx", "card.json", "holdout.npz", "."):
+                    _fsync(tmp / name)  # on disk before the index can name them (a power cut after the commit)
                 os.rename(tmp, final)  # the directory appears complete or not at all
+                _fsync(final.parent)  # ... and so does the rename
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise

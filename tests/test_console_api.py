@@ -402,3 +402,48 @@ def test_trend_inside_one_rollup_bucket_reads_only_the_range(server):
             "from": start.isoformat(), "to": (start + timedelta(minutes=10)).isoformat(), "resolution": "1h"}).json()
     assert r["source"] == "readings_1h" and r["bucket_s"] == 3600
     assert sum(r["n"]) == 60, "10 minutes of 10 s readings, not the rest of the hour"
+
+
+def test_tags_named_after_mqtt_topics_have_readings_latest_and_calibrations(server):
+    """The MQTT collector's default tag name is the whole topic (``{topic}``: ``plant/line1/T-7``); the tag API must
+    serve such names (the asset page asks for them URL-encoded, ``plant%2Fline1%2FT-7``), not answer 404."""
+    from urllib.parse import quote
+
+    import numpy as np
+    import psycopg
+
+    from emissions import synthetic
+
+    name = "kip/line1/T-7.temp"
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        tag_id = conn.execute("INSERT INTO tags (name, asset, unit, sampling_ms) VALUES (%s, '', 'degC', 10000) "
+                              "RETURNING id", (name,)).fetchone()[0]
+        conn.execute("INSERT INTO tag_calibrations (tag_id, valid_from, certificate, calibrated_on, uncertainty, "
+                      "uncertainty_unit) VALUES (%s, %s, 'CAL-T7', %s, 0.2, 'degC')",
+                      (tag_id, END - timedelta(days=10), (END - timedelta(days=10)).date()))
+        t = int((END - timedelta(minutes=30)).timestamp()) + 10 * np.arange(180, dtype=np.int64)
+        synthetic.copy_readings(conn, tag_id, t, np.full(180, 41.5))
+    path = "/api/tags/" + quote(name, safe="")
+    with server.client("viewer") as c:
+        r = c.get(path + "/readings", params={"to": END.isoformat(), "last": "PT30M"})
+        assert r.status_code == 200, r.text
+        assert r.json()["tag"] == name and len(r.json()["t"]) == 180
+        latest = c.get(path + "/latest")
+        assert latest.status_code == 200 and latest.json()["reading"]["value"] == 41.5
+        cal = c.get(path + "/calibrations")
+        assert cal.status_code == 200 and cal.json()["items"][0]["certificate"] == "CAL-T7"
+        assert c.get("/api/tags/" + quote("kip/nope", safe="") + "/readings").status_code == 404
+
+
+def test_token_expiry_without_utc_offset_is_refused(server):
+    """A naive ``expires_at`` would be read in the database session's time zone (the server's local zone on a plant
+    machine), so the token would expire hours early or late; like every instant of the API it needs an offset."""
+    with server.client("admin") as c:
+        naive = (datetime.now(UTC) + timedelta(days=1)).replace(tzinfo=None).isoformat()
+        r = c.post("/api/tokens", json={"name": "naive", "expires_at": naive})
+        assert r.status_code == 422, r.text
+        assert "expires_at" in r.json()["detail"]
+        aware = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+        r = c.post("/api/tokens", json={"name": "aware", "expires_at": aware})
+        assert r.status_code == 201
+        assert datetime.fromisoformat(r.json()["expires_at"]) == datetime.fromisoformat(aware)

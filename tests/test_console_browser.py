@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -197,6 +199,27 @@ def test_emissions_page(browser, server):
     shot(page, "emissions")
     assert page.errors == []
     page.context.close()
+
+
+def test_emission_periods_are_labelled_in_the_stacks_time_zone(browser, server):
+    """A day average is the stack's calendar day (its ``timezone``, shown in the page's header), whatever zone the
+    engineer's browser is in: a browser in New York must not label the UTC stack's day 2024-05-01 as 2024-04-30."""
+    with server.client("viewer") as c:
+        live = c.get("/api/emissions/WI1/live").json()
+    nox = next(i for i in live["items"] if i["pollutant"] == "NOx")
+    day_start = datetime.fromisoformat(nox["averages"]["day"]["period_start"]).astimezone(ZoneInfo(live["timezone"]))
+    hour_start = datetime.fromisoformat(nox["averages"]["hour"]["period_start"]).astimezone(ZoneInfo(live["timezone"]))
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, timezone_id="America/New_York")
+    page = ctx.new_page()
+    page.goto(server.url + "/login?next=/emissions")
+    page.fill("#username", "viewer")
+    page.fill("#password", PASSWORD)
+    page.click("#login")
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    card = page.locator("#live .pollutant[data-pollutant='NOx']")
+    assert card.locator("tr[data-period='day'] small").first.inner_text().startswith(day_start.strftime("%Y-%m-%d"))
+    assert card.locator("tr[data-period='hour'] small").first.inner_text().startswith(hour_start.strftime("%H:%M"))
+    ctx.close()
 
 
 def test_models_gateways_admin_pages(browser, server):

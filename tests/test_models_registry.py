@@ -57,6 +57,60 @@ def test_register_writes_files_and_a_candidate(registry, trained):
     assert [e["event"] for e in registry.events("syn")] == ["register", "register"]
 
 
+def test_version_files_are_on_disk_for_good_before_the_index_names_them(registry, trained, monkeypatch):
+    """Power loss right after `register` committed must not leave an index row whose files were still only in the
+    page cache: the files, the version directory and its rename are synced before the row is written (the index's
+    own writes are durable: a PostgreSQL commit, or `write_atomic` of index.json)."""
+    import os
+
+    from models import registry as registry_module
+
+    log: list[tuple] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd):
+        log.append(("fsync", os.fstat(fd).st_ino))
+        return real_fsync(fd)
+
+    def rename(src, dst, *a, **kw):
+        out = real_rename(src, dst, *a, **kw)
+        log.append(("rename", str(dst)))
+        return out
+
+    at_insert: list[list[tuple]] = []
+    for tx in (registry_module._JsonTx, registry_module._DbTx):
+        def insert(self, row, _real=tx.insert):
+            at_insert.append(list(log))
+            return _real(self, row)
+        monkeypatch.setattr(tx, "insert", insert)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    mv = registry.register(trained["good"])
+    assert len(at_insert) == 1
+    before = at_insert[0]
+    synced = [ino for what, ino in before if what == "fsync"]
+    for name in ("model.onnx", "card.json", "holdout.npz"):
+        assert (mv.path / name).stat().st_ino in synced, f"{name} was not synced before the index row"
+    assert mv.path.stat().st_ino in synced, "the version directory (its entries) was not synced"
+    renamed = next(i for i, e in enumerate(before) if e == ("rename", str(mv.path)))
+    assert ("fsync", mv.path.parent.stat().st_ino) in before[renamed:], "the rename itself was not synced"
+
+
+def test_a_version_directory_the_index_does_not_know_is_kept_not_deleted(pg_dsn, tmp_path, trained):
+    """A version directory the index has no row for (a crash between the rename and the index commit, or a registry
+    directory shared by two indexes: the console's database and a `valvoja models` run without ``--db``) may be a
+    served champion's files: `register` sets it aside instead of deleting it."""
+    db = _db_registry(pg_dsn, tmp_path)
+    champ = db.register(trained["good"])
+    db.promote("syn", champ.version)
+    onnx = (champ.path / "model.onnx").read_bytes()
+    Registry(tmp_path / "models").register(trained["worse"])  # index.json: knows no v1, so writes syn/1 again
+    kept = [d for d in (tmp_path / "models" / "syn").iterdir() if d.name.startswith(".1-orphan-")]
+    assert len(kept) == 1 and (kept[0] / "model.onnx").read_bytes() == onnx
+    with pytest.raises(IntegrityError):
+        db.get("syn", 1).load()  # the database's v1 is not the file now at syn/1: refused, never served
+
+
 def test_gate_refuses_a_worse_candidate_and_accepts_a_better_one(registry, trained):
     v1 = registry.register(trained["good"]).version
     first = registry.promote("syn", v1)

@@ -3,11 +3,10 @@ roles, since engineers and maintenance need to see who acknowledged or reviewed 
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from console import audit, users
 from console.auth import Principal, client_address, credentials_changed, require
@@ -36,7 +35,8 @@ class UserChange(BaseModel):
 class NewToken(BaseModel):
     name: str = Field(min_length=1, max_length=64)
     role: Role = "viewer"
-    expires_at: datetime | None = None
+    # With an offset: a naive time would be read in the database session's time zone (the server's local one).
+    expires_at: AwareDatetime | None = None
 
 
 @router.get("/users", tags=["admin"])

@@ -1,4 +1,8 @@
-"""Assets, tags (with their calibration in force) and readings over a time range."""
+"""Assets, tags (with their calibration in force) and readings over a time range.
+
+Tag routes take the name as a ``path`` parameter: a tag name may hold ``/`` (the MQTT collector names a tag after
+its whole topic by default, ``plant/line1/T-7``), which a client sends URL-encoded (``plant%2Fline1%2FT-7``) and
+the server sees decoded."""
 
 from __future__ import annotations
 
@@ -85,7 +89,7 @@ async def tag_row(request: Request, name: str) -> dict:
     return row
 
 
-@router.get("/tags/{name}/calibrations", tags=["assets"])
+@router.get("/tags/{name:path}/calibrations", tags=["assets"])
 async def calibrations(request: Request, name: str):
     """Calibration history of a tag, newest first (traceability: which record was in force when)."""
     tag = await tag_row(request, name)
@@ -94,7 +98,7 @@ async def calibrations(request: Request, name: str):
         "WHERE tag_id = %s ORDER BY valid_from DESC", (tag["id"],))}
 
 
-@router.get("/tags/{name}/readings", tags=["readings"])
+@router.get("/tags/{name:path}/readings", tags=["readings"])
 async def readings(request: Request, name: str, _: Principal = Depends(require("read")),
                    from_: str | None = Query(None, alias="from",
                                              description="ISO-8601 instant, e.g. 2024-05-01T00:00Z"),
@@ -114,7 +118,7 @@ async def readings(request: Request, name: str, _: Principal = Depends(require("
             "range": [tag["range_min"], tag["range_max"]], **series}
 
 
-@router.get("/tags/{name}/latest", tags=["readings"])
+@router.get("/tags/{name:path}/latest", tags=["readings"])
 async def latest(request: Request, name: str):
     """The newest reading of a tag, with its quality and both timestamps."""
     tag = await tag_row(request, name)

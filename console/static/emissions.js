@@ -13,10 +13,18 @@
     return b;
   }
 
-  function liveCard(item) {
+  /** "YYYY-MM-DD HH:MM" of an instant in the IANA zone ``tz``: averaging periods are the stack's calendar periods
+      (its ``timezone``), not the browser's. */
+  function inZone(t, tz) {
+    const p = Object.fromEntries(new Intl.DateTimeFormat("en-GB", { timeZone: tz, year: "numeric", month: "2-digit",
+      day: "2-digit", hour: "2-digit", minute: "2-digit", hourCycle: "h23" }).formatToParts(new Date(t)).map((x) => [x.type, x.value]));
+    return `${p.year}-${p.month}-${p.day} ${p.hour}:${p.minute}`;
+  }
+
+  function liveCard(item, tz) {
     const ORDER = ["ten_min", "half_hour", "hour", "day", "month"];
     const rows = Object.values(item.averages).sort((a, b) => ORDER.indexOf(a.period) - ORDER.indexOf(b.period));
-    const when = (r) => { const t = V.fmtTime(r.period_start); return ["day", "month"].includes(r.period) ? t.slice(0, 10) : t.slice(11, 16); };
+    const when = (r) => { const t = inZone(r.period_start, tz); return ["day", "month"].includes(r.period) ? t.slice(0, 10) : t.slice(11, 16); };
     const day = item.day;
     return el("div", { class: "card pollutant", "data-pollutant": item.pollutant },
       el("h2", {}, item.pollutant, " ", el("small", {}, item.tag || "")),
@@ -53,7 +61,7 @@
       api("/api/emissions/reports/files")]);
     return [
       el("h2", {}, `Stack ${stack.stack} `, el("small", {}, `${stack.description || ""} · ${stack.regime || ""} · ${live.timezone}`)),
-      el("div", { class: "grid wide", id: "live" }, live.items.map(liveCard)),
+      el("div", { class: "grid wide", id: "live" }, live.items.map((item) => liveCard(item, live.timezone))),
       el("h2", {}, `Daily compliance ${cal.month}`), calendarView(cal),
       el("p", { class: "muted" }, "green: valid and within limits · red: exceedance · yellow: invalid day · grey: no data or not operating"),
       el("h2", {}, "Exceedances (31 days)"),
