@@ -162,3 +162,18 @@ def test_missing_analytics_tables_answer_503_naming_them(pg_admin_dsn):
                 assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json"
                 assert table in r.json()["detail"] and f"by the {owner} migrations" in r.json()["detail"], r.json()
             assert c.get("/api/assets").status_code == 200, "the rest of the console works"
+
+
+def test_another_tags_indicators_are_not_listed_for_an_asset(server):
+    """The asset's tag P-101.vib_rms: "_" was a LIKE wildcard, so the indicators of a tag P-101.vibXrms (of
+    another device, or another asset's naming) were listed as this asset's."""
+    import psycopg
+
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO tags (name, asset) VALUES ('P-101.vibXrms.kurtosis', '')")
+        try:
+            with server.client("viewer") as c:
+                a = c.get("/api/assets/P-101").json()
+        finally:
+            conn.execute("DELETE FROM tags WHERE name = 'P-101.vibXrms.kurtosis'")
+    assert {d["name"] for d in a["derived"]} == {"P-101.vib_rms.iso_zone", "P-101.vib_rms.kurtosis"}

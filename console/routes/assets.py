@@ -44,6 +44,11 @@ async def list_assets(request: Request, site: str | None = None, kind: str | Non
     return page(rows, limit, ("name",))
 
 
+def _like_escaped(text: str) -> str:
+    """``text`` matched literally by LIKE (PostgreSQL's default escape character is the backslash)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 @router.get("/assets/{name}", tags=["assets"])
 async def get_asset(request: Request, name: str):
     """One asset with its tags and their calibration in force."""
@@ -55,7 +60,9 @@ async def get_asset(request: Request, name: str):
                                    "ORDER BY t.name", (name,))
     # Condition indicators derived by maintenance/ from the asset's tags (``<tag>.<stat>``, ``<tag>.iso_zone``)
     # are registered without an asset: found by name, each with its newest value.
-    prefixes = [t["name"] + ".%" for t in asset["tags"]]
+    # LIKE wildcards in tag names ("vib_de") escaped: "_" matched any character, so another tag's indicators
+    # ("P-101.vibXde.rms") were listed as this asset's.
+    prefixes = [_like_escaped(t["name"]) + ".%" for t in asset["tags"]]
     asset["derived"] = await db.fetch(
         f"SELECT {TAG_COLUMNS}, r.time AS latest_time, r.value AS latest_value FROM tags t "
         "LEFT JOIN LATERAL (SELECT time, value FROM readings WHERE tag_id = t.id ORDER BY time DESC LIMIT 1) r ON true "
