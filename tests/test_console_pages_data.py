@@ -177,3 +177,17 @@ def test_another_tags_indicators_are_not_listed_for_an_asset(server):
         finally:
             conn.execute("DELETE FROM tags WHERE name = 'P-101.vibXrms.kurtosis'")
     assert {d["name"] for d in a["derived"]} == {"P-101.vib_rms.iso_zone", "P-101.vib_rms.kurtosis"}
+
+
+def test_the_running_day_has_its_own_number_of_sub_periods():
+    """The live view's "x/48 half-hours" and its projection to the day's end: a day of 23 or 25 hours in the stack's
+    time zone was always counted as 24 (aware datetimes of one zone subtract as wall clock)."""
+    from datetime import date
+    from zoneinfo import ZoneInfo
+
+    from console.routes.emissions import subs_in_day
+
+    hel = ZoneInfo("Europe/Helsinki")
+    assert subs_in_day(date(2025, 3, 30), hel, 1800) == 46
+    assert subs_in_day(date(2025, 10, 26), hel, 3600) == 25
+    assert subs_in_day(date(2025, 6, 1), hel, 1800) == 48

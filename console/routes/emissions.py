@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -86,6 +86,14 @@ def _projection(subs: list[dict], total: int) -> float | None:
     return (sum(valid) + valid[-1] * remaining) / (len(valid) + remaining)
 
 
+def subs_in_day(day: date, tz: ZoneInfo, sub_s: int) -> int:
+    """Sub-periods of ``sub_s`` seconds in the local calendar ``day``: 46 half-hours on the day clocks go forward,
+    50 on the day they go back. (Aware datetimes of one zone subtract as wall clock: always 24 h.)"""
+    start = datetime.combine(day, datetime.min.time(), tz).astimezone(UTC)
+    end = datetime.combine(day + timedelta(days=1), datetime.min.time(), tz).astimezone(UTC)
+    return int((end - start).total_seconds() // sub_s)
+
+
 @router.get("/{stack}/live")
 async def live(request: Request, stack: str):
     """Per pollutant: the newest analyser reading (raw unit), the newest stored average of every period
@@ -97,8 +105,7 @@ async def live(request: Request, stack: str):
     now = datetime.now(UTC)
     day_start = datetime.combine(now.astimezone(tz).date(), datetime.min.time(), tz)
     day_from = (cfg.get("regulatory") or {}).get("day_from", "hour")
-    sub_s = 1800 if day_from == "half_hour" else 3600
-    total_subs = int(((day_start + timedelta(days=1)) - day_start).total_seconds() // sub_s)
+    total_subs = subs_in_day(now.astimezone(tz).date(), tz, 1800 if day_from == "half_hour" else 3600)
     pollutants = [p["name"] for p in cfg.get("pollutants", [])] or [
         r["pollutant"] for r in await db.fetch("SELECT DISTINCT pollutant FROM emission_averages WHERE stack = %s",
                                                (stack,))]
