@@ -277,3 +277,11 @@ def test_the_decoder_says_when_an_edge_node_should_rebirth_and_why(tmp_path):
     SparkplugStore(tmp_path / "sparkplug").attach(restarted)
     assert len(restarted(*_swap(n.data({"a": 7.0})), NOW)) == 1
     assert asked == []
+    # A DBIRTH without the NBIRTH before it: ask, and keep asking on the node's data (its NBIRTH is still missing).
+    asked.clear()
+    m = EdgeNode("G", "M")
+    m.birth({"b": 1.0})
+    assert len(d(*_swap(m.device_birth("E", {"y": 1})), NOW)) == 1
+    d(encode_payload([Metric("b", 2.0)], seq=m._next_seq()), topic("G", "NDATA", "M"), NOW)
+    assert asked == [("G", "M", "DBIRTH from an edge node whose NBIRTH was not seen"),
+                     ("G", "M", "NDATA from an edge node whose NBIRTH was not seen")]

@@ -188,7 +188,9 @@ class SparkplugDecoder:
             return self._node_death(p, topic, receive_time, node)
         why = self._check_seq(p, node)
         if node is None or not node.online:
-            why = f"{kind} from an edge node whose NBIRTH was not seen" + (" since its NDEATH" if node else "")
+            # A node with types had a birth and then an NDEATH; one without was only named by a DBIRTH.
+            why = f"{kind} from an edge node whose NBIRTH was not seen" + (" since its NDEATH" if node and node.types
+                                                                           else "")
         if kind == "DBIRTH" or kind == "DDEATH":
             self._rebirth(group, node_id, why)
             if kind == "DBIRTH":
