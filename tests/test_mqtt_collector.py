@@ -424,9 +424,10 @@ async def test_sparkplug_aliases_survive_a_collector_restart(mosquitto, tmp_path
 
 
 @contextlib.asynccontextmanager
-async def spooling(cfg: Config, tmp_path):
+async def spooling(cfg: Config, tmp_path, built: list | None = None):
     """The collector feeding the gateway's real ingest (validation, spool, ack after the commit) until the block
-    ends; yields (ingest, its task, spool worker, metrics). The spool is closed after the block."""
+    ends; yields (ingest, its task, spool worker, metrics). The spool is closed after the block. The collector is
+    appended to ``built`` when given."""
     from edge.pipeline import Ingest, SpoolWorker
     from edge.settings import Validation
     from edge.spool import Spool
@@ -437,6 +438,8 @@ async def spooling(cfg: Config, tmp_path):
     ingest = Ingest(worker, Validator({}, Validation()), metrics, queue_batches=4)
     ingest_task = asyncio.create_task(ingest.run())
     collector = build(cfg, CollectorContext(name="mq", state_dir=tmp_path, metrics=metrics))
+    if built is not None:
+        built.append(collector)
     task = asyncio.create_task(collector.run(ingest.emit))
     try:
         await until(lambda: collector.connected)

@@ -111,6 +111,9 @@ def test_each_mistake_has_its_own_message(tmp_path):
     assert "Sparkplug B topics start with spBv1.0/" in sub_errors(topic="plant/#", format="sparkplug")
     assert "not a dotted path" in sub_errors(topic="a", json={"time": "data..ts"})
     assert "'auto', 'iso8601'" in sub_errors(topic="a", json={"time_format": "epoch"})
+    assert "rebirth_interval_s\n  Input should be greater than or equal to 1" in errors(rebirth_interval_s=0.5)
+    assert "request_rebirth\n  Input should be a valid boolean" in errors(request_rebirth="sometimes")
+    assert make().request_rebirth is True and make().rebirth_interval_s == 30.0
 
 
 def test_bad_tls_files_are_a_configuration_error_at_build(tmp_path):

@@ -224,3 +224,64 @@ def test_node_death_time_is_the_receive_time_unless_the_death_is_stamped_after_t
     orderly = encode_payload([Metric("bdSeq", 1, datatype=DataType.Int64)], timestamp_ms=T0_MS + 60_000)
     [r] = d(orderly, topic("G", "NDEATH", "N"), NOW)
     assert r.time == T0 + timedelta(minutes=1) and not r.flags & Flag.NO_SOURCE_TIME
+
+
+def test_the_decoder_says_when_an_edge_node_should_rebirth_and_why(tmp_path):
+    """Sparkplug 3.0: a host that receives DATA it cannot place (no birth seen, an alias no birth defined) or
+    misses messages (a sequence gap) sends a Rebirth Request. The decoder names the node and the reason; the
+    message itself is handled as before."""
+    asked: list[tuple[str, str, str]] = []
+    d, n = decoder(), EdgeNode("G", "N")
+    d.on_rebirth = lambda group, node, why: asked.append((group, node, why))
+    n.birth({"a": 1.0})  # published before the gateway listened
+    n.device_birth("D", {"x": 1})
+    with pytest.raises(DataError, match="alias 1 unknown"):
+        d(*_swap(n.data({"a": 2.0})), NOW)  # still a dead letter
+    with pytest.raises(DataError, match="alias 2 unknown"):
+        d(*_swap(n.data({"x": 2}, device="D")), NOW)
+    assert d(encode_payload([Metric("named", 1.0)], seq=9), topic("G", "NDATA", "N"), NOW)[0].value == 1.0
+    assert asked == [("G", "N", "NDATA from an edge node whose NBIRTH was not seen"),
+                     ("G", "N", "DDATA from an edge node whose NBIRTH was not seen"),
+                     ("G", "N", "NDATA from an edge node whose NBIRTH was not seen")]
+    asked.clear()
+    # After the births: nothing to ask, until a device's data comes without its DBIRTH, an alias is unknown,
+    # or a message is missing.
+    d(*_swap(n.birth({"a": 1.0})), NOW)
+    d(*_swap(n.device_birth("D", {"x": 1})), NOW)
+    assert len(d(*_swap(n.data({"a": 3.0})), NOW)) == 1
+    assert len(d(*_swap(n.data({"x": 3}, device="D")), NOW)) == 1
+    assert asked == []
+    d(*_swap(n.device_death("D")), NOW)
+    d(*_swap(n.data({"x": 4}, device="D")), NOW)
+    with pytest.raises(DataError, match="alias 7 unknown"):
+        d(encode_payload([Metric(None, 1.0, alias=7)], seq=n._next_seq()), topic("G", "NDATA", "N"), NOW)
+    n.data({"a": 4.0})  # lost on the way
+    assert [r.value for r in d(*_swap(n.data({"a": 5.0})), NOW)] == [5.0]  # decoded as before
+    seq = n.seq - 1
+    assert asked == [("G", "N", "DDATA from device D whose DBIRTH was not seen since its DDEATH"),
+                     ("G", "N", "metric 0: alias 7 unknown for edge node G/N (no birth certificate seen with it: "
+                                "the edge node must rebirth)"),
+                     ("G", "N", f"sequence gap: {seq} after {seq - 2}")]
+    asked.clear()
+    # An NDEATH ends the session: DATA after it means its next NBIRTH was missed.
+    d(*_swap(n.death()), NOW)
+    d(*_swap(n.data({"a": 6.0})), NOW)
+    assert asked == [("G", "N", "NDATA from an edge node whose NBIRTH was not seen since its NDEATH")]
+    # A birth state restored after a gateway restart is a birth seen: nothing to ask.
+    asked.clear()
+    store = SparkplugStore(tmp_path / "sparkplug")
+    store.attach(d)
+    d(*_swap(n.birth({"a": 1.0})), NOW)
+    restarted = decoder()
+    restarted.on_rebirth = d.on_rebirth
+    SparkplugStore(tmp_path / "sparkplug").attach(restarted)
+    assert len(restarted(*_swap(n.data({"a": 7.0})), NOW)) == 1
+    assert asked == []
+    # A DBIRTH without the NBIRTH before it: ask, and keep asking on the node's data (its NBIRTH is still missing).
+    asked.clear()
+    m = EdgeNode("G", "M")
+    m.birth({"b": 1.0})
+    assert len(d(*_swap(m.device_birth("E", {"y": 1})), NOW)) == 1
+    d(encode_payload([Metric("b", 2.0)], seq=m._next_seq()), topic("G", "NDATA", "M"), NOW)
+    assert asked == [("G", "M", "DBIRTH from an edge node whose NBIRTH was not seen"),
+                     ("G", "M", "NDATA from an edge node whose NBIRTH was not seen")]

@@ -42,6 +42,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from collectors.base import CollectorContext, Emit
 from collectors.mqtt.config import Config
+from collectors.mqtt.rebirth import RebirthRequests
 from collectors.mqtt.router import Router
 from collectors.mqtt.session import Ack, Connection, SavedSubscriptions, tls_context
 from edge.errors import NotConnectedError
@@ -63,8 +64,10 @@ class MqttCollector:
         self.ctx = context
         self._password = password
         self._tls = tls_context(config)
+        self.rebirths = RebirthRequests(self.name, enabled=config.request_rebirth, interval_s=config.rebirth_interval_s)
         self.router = Router(self.name, list(config.subscriptions), Path(context.state_dir),
-                             on_decoder_error=context.metrics.collector_errors.labels(self.name, "decoder").inc)
+                             on_decoder_error=context.metrics.collector_errors.labels(self.name, "decoder").inc,
+                             on_rebirth=self.rebirths.request)
         self._saved = SavedSubscriptions(Path(context.state_dir) / "subscriptions.json", config)
         self._client: mqtt.Client | None = None
         self._conn: Connection | None = None
@@ -82,7 +85,7 @@ class MqttCollector:
     async def run(self, emit: Emit) -> None:
         """Connect, subscribe, emit a batch per message until the connection is lost (then raise)."""
         conn = self._conn = Connection(asyncio.get_running_loop(), self.cfg.max_inflight)
-        client = self._client = self._new_client(conn)
+        client = self._client = self.rebirths.client = self._new_client(conn)
         try:
             await self._connect(client, conn)
             await self._subscribe(client, conn)
@@ -106,6 +109,9 @@ class MqttCollector:
 
     def status(self) -> dict:
         conn, r = self._conn, self.router
+        sparkplug = r.sparkplug.stats()
+        if sparkplug is not None:
+            sparkplug.update(self.rebirths.stats())
         return {
             "kind": "mqtt",
             "broker": self._where(),
@@ -121,7 +127,7 @@ class MqttCollector:
             "dead_letters": r.dead_letters,
             "decoder_errors": r.decoder_errors,
             "inflight": conn.inflight if conn else 0,
-            "sparkplug": r.sparkplug.stats(),
+            "sparkplug": sparkplug,
             "last_error": self.last_error,
         }
 
@@ -217,7 +223,7 @@ class MqttCollector:
 
     async def _teardown(self) -> None:
         client, conn = self._client, self._conn
-        self._client = None
+        self._client = self.rebirths.client = None
         self._set_connected(False)
         if client is None:
             return

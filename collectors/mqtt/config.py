@@ -122,6 +122,10 @@ class Config(Strict):
     tls: Tls | None = None
     username: str | None = None
     password: SecretRef | None = None
+    request_rebirth: bool = Field(True, description="Sparkplug: ask an edge node to rebirth (NCMD) when its data "
+                                                    "cannot be decoded (no birth seen, unknown alias, sequence gap)")
+    rebirth_interval_s: float = Field(30.0, ge=1.0, le=86400.0,
+                                      description="Sparkplug: at most one rebirth request per edge node this often")
     subscriptions: list[Subscription] = Field(min_length=1)
 
     @field_validator("qos", mode="before")

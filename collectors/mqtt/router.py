@@ -41,7 +41,8 @@ class Router:
     """The collector's subscriptions with their decoders; counts what it handles."""
 
     def __init__(self, source: str, subscriptions: list[Subscription], state_dir: Path, *,
-                 on_decoder_error: Callable[[], None] | None = None) -> None:
+                 on_decoder_error: Callable[[], None] | None = None,
+                 on_rebirth: Callable[[str, str, str], None] | None = None) -> None:
         self.source = source
         self.on_decoder_error = on_decoder_error
         self.sparkplug = SparkplugStore(Path(state_dir) / "sparkplug")
@@ -49,6 +50,7 @@ class Router:
         for sub in subscriptions:
             decoder = make_decoder(sub)
             if isinstance(decoder, SparkplugDecoder):
+                decoder.on_rebirth = on_rebirth
                 self.sparkplug.attach(decoder)
             self.routes.append((sub.compiled()[0], decoder))
         # What is subscribed; routing still goes by every subscription, in configuration order.

@@ -8,13 +8,18 @@ NDATA/DDATA that carry only aliases decode. That state outlives a gateway restar
 - NBIRTH / DBIRTH: reset the alias table; every metric with a value becomes a reading.
 - NDATA / DDATA: metrics by name or alias; an unknown alias fails the whole message (DataError:
   the edge node must rebirth), since guessing a tag would be worse than a dead letter.
+- Rebirth: ``on_rebirth(group, node, reason)`` is called when the node should publish its births again
+  (the collector sends the request, see rebirth.py): a message from an edge node whose NBIRTH was not seen
+  (none, or an NDEATH since), DDATA from a device whose DBIRTH was not seen, an unknown alias, or a
+  sequence gap. The message itself is handled as before (decoded, or a dead letter).
 - NDEATH (with the bdSeq of the current birth) / DDEATH: a bad-quality null reading for every
   metric the node or device had, so consumers see the values stop being live. An NDEATH whose
   bdSeq is not the current birth's is a late will message of an old session and is ignored.
   An NDEATH is usually the will registered at CONNECT, so its timestamp is the connect time: its
   readings take the receive time unless the timestamp is later than the birth's.
 - NCMD / DCMD / STATE: commands and host state, not measurements: no readings.
-- Sequence numbers (0..255 per edge node) are checked; a gap is counted in ``stats``, not an error.
+- Sequence numbers (0..255 per edge node) are checked; a gap is counted in ``stats`` (and asks for a
+  rebirth), not an error.
 - Quality: the metric property ``Quality`` (OPC DA code: 192 good, 64..191 uncertain, else bad).
 - Timestamps are ms since the epoch: metric's, else payload's, else the receive time.
 - Protocol metrics (``bdSeq``, ``Node Control/*``, ``Device Control/*``) and non-scalar types
@@ -105,6 +110,10 @@ def scalar_value(m, kind: str | None, datatype: int) -> object:
 _SKIP = object()
 
 
+class UnknownAlias(DataError):
+    """DATA named a metric by an alias no birth defined."""
+
+
 def quality_of(props) -> tuple[Quality, int, int, str]:
     """(quality, flags, status, status_name) from a metric's ``Quality`` property, if it has one."""
     for key, pv in zip(props.keys, props.values, strict=False):
@@ -129,16 +138,19 @@ class SparkplugDecoder:
     """Decoder for one Sparkplug subscription; holds the birth state of the nodes it has seen.
 
     ``on_birth(group, node, state)`` is called after a birth changed a node's state (the
-    collector persists it). ``stats`` counts sequence gaps, stale deaths and skipped metrics.
+    collector persists it). ``on_rebirth(group, node, reason)`` is called when the node should be asked
+    to rebirth. ``stats`` counts sequence gaps, stale deaths and skipped metrics.
     """
 
     def __init__(self, template: TagTemplate, *, custom_tag: bool,
-                 on_birth: Callable[[str, str, dict], None] | None = None) -> None:
+                 on_birth: Callable[[str, str, dict], None] | None = None,
+                 on_rebirth: Callable[[str, str, str], None] | None = None) -> None:
         self.node_tag = template
         self.device_tag = template if custom_tag else TagTemplate(DEVICE_DEFAULT_TAG, TopicFilter(f"{NAMESPACE}/#"),
                                                                   sparkplug=True)
         self.nodes: dict[tuple[str, str], Node] = {}
         self.on_birth = on_birth
+        self.on_rebirth = on_rebirth
         self.stats = {"seq_gaps": 0, "stale_deaths": 0, "skipped_metrics": 0, "transient_metrics": 0,
                       "ignored_messages": 0}
 
@@ -174,14 +186,27 @@ class SparkplugDecoder:
             return self._birth(p, topic, receive_time, group, node_id, None)
         if kind == "NDEATH":
             return self._node_death(p, topic, receive_time, node)
-        self._check_seq(p, node)
-        if kind == "DBIRTH":
-            return self._birth(p, topic, receive_time, group, node_id, levels[4])
-        if kind == "DDEATH":
+        why = self._check_seq(p, node)
+        if node is None or not node.online:
+            # A node with types had a birth and then an NDEATH; one without was only named by a DBIRTH.
+            why = f"{kind} from an edge node whose NBIRTH was not seen" + (" since its NDEATH" if node and node.types
+                                                                           else "")
+        if kind == "DBIRTH" or kind == "DDEATH":
+            self._rebirth(group, node_id, why)
+            if kind == "DBIRTH":
+                return self._birth(p, topic, receive_time, group, node_id, levels[4])
             return self._device_death(p, topic, receive_time, node, levels[4])
         entity = node.devices.get(levels[4]) if device and node else node
-        return self._metrics(p, topic, receive_time, entity, self.device_tag if device else self.node_tag,
-                             f"{'device' if device else 'edge node'} {'/'.join(levels[1:2] + levels[3:])}")
+        if why is None and device and (entity is None or not entity.online):
+            why = f"DDATA from device {levels[4]} whose DBIRTH was not seen" + (" since its DDEATH" if entity else "")
+        try:
+            return self._metrics(p, topic, receive_time, entity, self.device_tag if device else self.node_tag,
+                                 f"{'device' if device else 'edge node'} {'/'.join(levels[1:2] + levels[3:])}")
+        except UnknownAlias as exc:
+            why = why or str(exc)
+            raise
+        finally:
+            self._rebirth(group, node_id, why)
 
     # -- message kinds ------------------------------------------------------------------------
 
@@ -237,12 +262,20 @@ class SparkplugDecoder:
         entity.online = False
         return self._dead(entity, self.device_tag, topic, p.timestamp, receive_time, "DDEATH")
 
-    def _check_seq(self, p, node: Node | None) -> None:
+    def _check_seq(self, p, node: Node | None) -> str | None:
+        """Note the message's sequence number; a gap (a reason to ask for a rebirth) is counted."""
         if node is None or not p.HasField("seq"):
-            return
+            return None
+        gap = None
         if node.seq is not None and p.seq != (node.seq + 1) % 256:
             self.stats["seq_gaps"] += 1
+            gap = f"sequence gap: {p.seq} after {node.seq}"
         node.seq = p.seq
+        return gap
+
+    def _rebirth(self, group: str, node_id: str, why: str | None) -> None:
+        if why is not None and self.on_rebirth is not None:
+            self.on_rebirth(group, node_id, why)
 
     # -- readings -----------------------------------------------------------------------------
 
@@ -268,8 +301,8 @@ class SparkplugDecoder:
                 if name is None:
                     if not m.HasField("alias"):
                         raise DataError(f"metric {i}: neither name nor alias")
-                    raise DataError(f"metric {i}: alias {m.alias} unknown for {where} (no birth certificate seen "
-                                    "with it: the edge node must rebirth)")
+                    raise UnknownAlias(f"metric {i}: alias {m.alias} unknown for {where} (no birth certificate "
+                                       "seen with it: the edge node must rebirth)")
             elif type(name) is not str:
                 raise DataError(f"metric {i}: name is not valid UTF-8")
             tag = names.get(name)

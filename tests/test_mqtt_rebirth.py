@@ -1,0 +1,236 @@
+"""Sparkplug B rebirth requests against a real mosquitto (tests/servers.py).
+
+A simulated edge node (its own paho connection) publishes births and alias-only data and answers a rebirth
+request (an NCMD with "Node Control/Rebirth" = true) with NBIRTH and DBIRTH, as the specification asks of an edge
+node. The gateway's collector must ask when it cannot place the node's data (no birth seen, a sequence gap), at most
+once per node per interval, and not at all with ``request_rebirth = false``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from test_mqtt_collector import Sink, config, running, spooling, until
+
+from collectors.mqtt.rebirth import REBIRTH_METRIC, RebirthRequests
+from collectors.mqtt.sparkplug_b_pb2 import DataType, Payload
+from collectors.mqtt.sparkplug_encode import EdgeNode, now_ms
+
+_ids = itertools.count()
+
+
+@dataclass
+class Command:
+    """An NCMD as the edge node received it."""
+
+    topic: str
+    qos: int
+    retain: bool
+    payload: Payload
+    received_ms: int
+    received_mono: float  # time.monotonic() on arrival
+
+
+class SimulatedNode:
+    """A Sparkplug edge node with one device, on a connection of its own.
+
+    ``births()`` publishes NBIRTH + DBIRTH; ``send(...)`` publishes alias-only NDATA/DDATA. Every NCMD to the node is
+    recorded in ``commands``; a rebirth request is answered with the births (unless ``answers`` is false). Publishes
+    use QoS 0, as the specification has edge nodes do; a lock keeps sequence numbers in publishing order.
+    """
+
+    def __init__(self, port: int, *, answers: bool = True, group: str = "KIP") -> None:
+        self.name = f"edge{next(_ids)}"
+        self.edge = EdgeNode(group, self.name)
+        self.values = {"flow": 1.0, "running": True}
+        self.device, self.device_values = "pump1", {"speed": 1480}
+        self.answers = answers
+        self.commands: list[Command] = []
+        self.births_sent = 0
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sim-{self.name}")
+        self.client.will_set(*self.edge.death(), qos=1)
+        self.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.client.subscribe(f"spBv1.0/{group}/NCMD/{self.name}", qos=0)
+        assert subscribed.wait(5), "the simulated edge node got no SUBACK"
+
+    def _on_message(self, client, userdata, msg) -> None:
+        payload = Payload.FromString(msg.payload)
+        self.commands.append(Command(msg.topic, msg.qos, msg.retain, payload, now_ms(), time.monotonic()))
+        if self.answers and any(m.name == REBIRTH_METRIC and m.boolean_value for m in payload.metrics):
+            self.births()  # stop DATA, publish the whole birth sequence (the lock holds DATA back meanwhile)
+
+    def births(self) -> None:
+        with self._lock:
+            self.client.publish(*self.edge.birth(self.values), qos=0)
+            self.client.publish(*self.edge.device_birth(self.device, self.device_values), qos=0)
+            self.births_sent += 1
+
+    def born_unseen(self) -> None:
+        """Births published before the gateway listens: a QoS 1 round trip after them proves the broker has handled
+        them (it handles a connection's packets in order), so none can reach a gateway that subscribes next."""
+        self.births()
+        info = self.client.publish(f"sim/{self.name}/flushed", b"", qos=1)
+        info.wait_for_publish(5)
+        assert info.is_published()
+
+    def send(self, *samples: tuple[str, object]) -> None:
+        """Alias-only data, one message per (metric, value); device metrics go out as DDATA."""
+        with self._lock:
+            for name, value in samples:
+                device = self.device if name in self.device_values else None
+                self.client.publish(*self.edge.data({name: value}, device=device), qos=0)
+
+    def skip(self) -> None:
+        """A message lost on the way: its sequence number is used, nothing arrives."""
+        with self._lock:
+            self.edge.data({"flow": 0.0})
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def tag(self, name: str) -> str:
+        device = f"{self.device}." if name in self.device_values else ""
+        return f"KIP.{self.name}.{device}{name}"
+
+
+async def test_data_of_a_node_born_before_the_gateway_started_gets_a_rebirth_request_then_is_stored(
+        mosquitto, tmp_path):
+    node = SimulatedNode(mosquitto.port)
+    try:
+        node.born_unseen()  # the gateway is not listening yet
+        built: list = []
+        async with spooling(config(mosquitto.port), tmp_path, built) as (ingest, _, worker, metrics):
+            sent_ms = now_ms()
+            node.send(("flow", 2.0), ("speed", 1490))  # aliases only: the gateway cannot place them
+            await until(lambda: node.births_sent == 2)  # the node answered the request
+            node.send(("flow", 3.0), ("speed", 1500), ("running", False))
+            await until(lambda: ingest.accepted >= 6 and metrics.dead_letters.labels("mq")._value.get() == 2)
+            status = built[0].status()["sparkplug"]
+        stored = await worker.call(worker.spool.peek, 1000)
+        await worker.call(worker.spool.close)
+        worker.shutdown()
+    finally:
+        node.close()
+    rows = [(c.tags[c.tag_idx[i]], c.value_at(i)) for c in [b.columns for b in stored] for i in range(len(c))]
+    # The births the request brought, then the data after them, under the node's and the device's tag names.
+    assert rows == [(node.tag("flow"), 1.0), (node.tag("running"), True), (node.tag("speed"), 1480),
+                    (node.tag("flow"), 3.0), (node.tag("speed"), 1500), (node.tag("running"), False)]
+    # What came before the birth stays a dead letter, as before.
+    dead = [d for b in stored for d in b.dead_letters]
+    assert [d[1] for d in dead] == [f"spBv1.0/KIP/NDATA/{node.name}", f"spBv1.0/KIP/DDATA/{node.name}/pump1"]
+    # One request for both messages, shaped as the specification says (Sparkplug 3.0, Commands; NCMD).
+    [cmd] = node.commands
+    assert (cmd.topic, cmd.qos, cmd.retain) == (f"spBv1.0/KIP/NCMD/{node.name}", 0, False)
+    [metric] = cmd.payload.metrics
+    assert (metric.name, metric.datatype, metric.WhichOneof("value"), metric.boolean_value) == \
+        (REBIRTH_METRIC, DataType.Boolean, "boolean_value", True)
+    assert not metric.HasField("alias")
+    assert sent_ms - 1000 <= cmd.payload.timestamp <= cmd.received_ms + 1000
+    assert not cmd.payload.HasField("seq")  # an NCMD carries no sequence number
+    assert status["rebirths_requested"] == 1 and status["rebirth_requests_rate_limited"] == 1
+    assert status["rebirth_requests_refused"] == 0
+
+
+async def test_a_node_that_does_not_answer_is_asked_once_per_interval(mosquitto, tmp_path):
+    node = SimulatedNode(mosquitto.port, answers=False)
+    node.born_unseen()
+    sink = Sink()
+    try:
+        async with running(config(mosquitto.port, rebirth_interval_s=2.0), sink, tmp_path) as collector:
+            started = time.monotonic()
+            node.send(*[("flow", float(i)) for i in range(30)])
+            await sink.wait(lambda s: sum(len(b.dead_letters) for b in s.batches) == 30)
+            assert time.monotonic() - started < 1.5, "too slow a machine for this interval"
+            await asyncio.sleep(0.3)
+            assert len(node.commands) == 1
+            assert collector.status()["sparkplug"]["rebirth_requests_rate_limited"] == 29
+            # The interval since the request (sent before the node got it) has passed: the next message asks again.
+            await asyncio.sleep(2.1 - (time.monotonic() - node.commands[0].received_mono))
+            node.send(("flow", 99.0))
+            await until(lambda: len(node.commands) == 2)
+            await asyncio.sleep(0.3)
+            status = collector.status()["sparkplug"]
+    finally:
+        node.close()
+    assert len(node.commands) == 2
+    assert status["rebirths_requested"] == 2 and status["rebirth_requests_rate_limited"] == 29
+    assert sink.readings == []  # nothing was guessed
+
+
+async def test_a_sequence_gap_asks_for_a_rebirth(mosquitto, tmp_path):
+    node = SimulatedNode(mosquitto.port)
+    sink = Sink()
+    try:
+        async with running(config(mosquitto.port), sink, tmp_path) as collector:
+            node.births()  # seen by the gateway this time
+            node.send(("flow", 2.0))
+            await sink.wait(lambda s: len(s.readings) == 4)
+            assert node.commands == []  # births and data in order: nothing to ask
+            node.skip()
+            node.send(("flow", 4.0))  # after a gap: decoded as before, and the node is asked to rebirth
+            await until(lambda: node.births_sent == 2)
+            node.send(("speed", 1600))
+            await sink.wait(lambda s: len(s.readings) == 4 + 1 + 3 + 1)
+            status = collector.status()["sparkplug"]
+    finally:
+        node.close()
+    assert [(r.tag, r.value) for r in sink.readings[-5:]] == [
+        (node.tag("flow"), 4.0), (node.tag("flow"), 1.0), (node.tag("running"), True), (node.tag("speed"), 1480),
+        (node.tag("speed"), 1600)]
+    assert len(node.commands) == 1 and node.commands[0].payload.metrics[0].name == REBIRTH_METRIC
+    assert status["seq_gaps"] == 1 and status["rebirths_requested"] == 1
+    assert not any(b.dead_letters for b in sink.batches)
+
+
+async def test_request_rebirth_false_publishes_nothing(mosquitto, tmp_path):
+    node = SimulatedNode(mosquitto.port)
+    node.born_unseen()
+    sink = Sink()
+    try:
+        async with running(config(mosquitto.port, request_rebirth=False), sink, tmp_path) as collector:
+            node.send(("flow", 2.0), ("speed", 1490))
+            node.skip()
+            node.send(("flow", 3.0))
+            await sink.wait(lambda s: sum(len(b.dead_letters) for b in s.batches) == 3)
+            await asyncio.sleep(0.5)
+            status = collector.status()
+    finally:
+        node.close()
+    assert node.commands == [] and node.births_sent == 1
+    assert status["messages"] == 3  # and nothing of the gateway's own came back on spBv1.0/KIP/#
+    assert status["sparkplug"]["rebirths_requested"] == 0 and status["sparkplug"]["rebirth_requests_refused"] == 0
+
+
+def test_a_refused_rebirth_request_is_counted_and_logged_once_never_raised(caplog):
+    """paho refuses to publish while not connected (and after the connection is gone): the message handling goes
+    on, the refusal is counted, and the log says it once, with the topic, the reason and what to do."""
+    caplog.set_level(logging.DEBUG, logger="collectors.mqtt")
+    clock = [0.0]
+    requests = RebirthRequests("mq", enabled=True, interval_s=30.0, clock=lambda: clock[0])
+    requests.request("KIP", "n1", "NDATA from an edge node whose NBIRTH was not seen")  # no client at all yet
+    requests.client = mqtt.Client(CallbackAPIVersion.VERSION2)  # never connected
+    requests.request("KIP", "n2", "sequence gap: 9 after 7")
+    requests.request("KIP", "n2", "sequence gap: 12 after 10")  # within the interval: held back, not refused
+    clock[0] = 31.0
+    requests.request("KIP", "n2", "sequence gap: 14 after 12")
+    assert requests.stats() == {"rebirths_requested": 0, "rebirth_requests_rate_limited": 1,
+                                "rebirth_requests_refused": 3}
+    assert requests.last_refusal == "spBv1.0/KIP/NCMD/n2: The client is not currently connected."
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warned == ["mq: could not publish a Sparkplug rebirth request on spBv1.0/KIP/NCMD/n1 (wanted because: "
+                      "NDATA from an edge node whose NBIRTH was not seen): The client is not currently connected.; "
+                      "further refusals are only counted (status: sparkplug.rebirth_requests_refused). If the broker "
+                      "does not allow this client to publish NCMD, set request_rebirth = false"]
