@@ -149,3 +149,42 @@ def test_the_readme_site_fragment_is_a_valid_configuration():
         {"mqtt": MqttConfig, "opcua": OpcUaConfig}[kind].model_validate(entry)
         kinds.append(kind)
     assert kinds == ["opcua", "mqtt"]
+
+
+async def test_the_simulated_edge_node_answers_a_rebirth_request(mosquitto):
+    """A gateway started after the simulator sees its data by alias only and asks for a rebirth (NCMD
+    Node Control/Rebirth): the simulator sends its NBIRTH and DBIRTHs again with the next values."""
+    from collectors.mqtt.rebirth import rebirth_request
+
+    listener = Listener(mosquitto.host, mosquitto.port, ["spBv1.0/#"])
+    sim = Simulator(SimOptions(opcua_endpoint=None, seed=3, mqtt=MqttOptions(
+        host=mosquitto.host, port=mosquitto.port, formats=("sparkplug",), client_id="sim-rebirth")))
+    host = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="host-asking")
+    host.connect(mosquitto.host, mosquitto.port)
+    host.loop_start()
+
+    def births() -> list[str]:
+        with listener.lock:
+            return [t.split("/")[2] for t, _ in listener.messages if t.split("/")[2] in ("NBIRTH", "DBIRTH")]
+
+    try:
+        await sim.start()
+        await sim.tick()
+        for _ in range(200):  # the listener's copy arrives a moment later
+            if births():
+                break
+            await asyncio.sleep(0.05)
+        assert births().count("NBIRTH") == 1
+        await sim.tick()
+        assert births().count("NBIRTH") == 1  # no rebirth unasked
+        host.publish("spBv1.0/KIP/NCMD/simulator", rebirth_request(), qos=0).wait_for_publish(5)
+        deadline = time.monotonic() + 10
+        while births().count("NBIRTH") < 2 and time.monotonic() < deadline:
+            await sim.tick()
+            await asyncio.sleep(0.1)
+    finally:
+        await sim.stop()
+        host.loop_stop()
+        host.disconnect()
+        listener.close()
+    assert births().count("NBIRTH") == 2 and births().count("DBIRTH") == 10

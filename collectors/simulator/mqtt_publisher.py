@@ -32,7 +32,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import paho.mqtt.client as mqtt
+from google.protobuf.message import DecodeError
 
+from collectors.mqtt.rebirth import REBIRTH_METRIC
+from collectors.mqtt.sparkplug_b_pb2 import Payload
+from collectors.mqtt.sparkplug_encode import topic
 from collectors.simulator.faults import BAD_SENSOR_FAILURE
 from collectors.simulator.plant import Sample
 from collectors.simulator.tags import TagSpec
@@ -125,6 +129,7 @@ class MqttPublisher:
             client.will_set(topic, payload, qos=1)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
         client.connect_async(o.host, o.port, keepalive=30)
         client.loop_start()
         self._client = client
@@ -141,8 +146,24 @@ class MqttPublisher:
             return
         if self._sparkplug is not None:  # births after every (re)connect, sent with the next values
             self._sparkplug.need_birth = True
+            # A host that saw data without a birth (started after this node) asks for them again.
+            client.subscribe(topic(self._sparkplug.group, "NCMD", self._sparkplug.node), qos=0)
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._connected.set)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        """An NCMD with ``Node Control/Rebirth`` = true: births again with the next values (Sparkplug 3.0,
+        "Commands"); anything else sent to the node is ignored (it has nothing to control)."""
+        if self._sparkplug is None:
+            return
+        try:
+            p = Payload.FromString(msg.payload)
+        except DecodeError:
+            log.warning("not a Sparkplug payload on %s; ignored", msg.topic)
+            return
+        if any(m.name == REBIRTH_METRIC and m.boolean_value for m in p.metrics):
+            log.info("rebirth requested on %s: births with the next values", msg.topic)
+            self._sparkplug.need_birth = True
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self._loop is not None and not self._loop.is_closed():
