@@ -152,11 +152,15 @@ def _operating(conn: psycopg.Connection, features: Features, cfg: StackConfig, t
     state[idx] = rows["x"]
     if before is not None:
         state[0] = state[0] if state[0] >= 0 else int(before[0] in excluded)
-    # Forward fill: position of the last known state at or before each interval.
-    known = np.where(state >= 0, np.arange(n), -1)
-    np.maximum.accumulate(known, out=known)
-    filled = np.where(known >= 0, state[np.maximum(known, 0)], -1)
+    filled = _carry_forward(state)
     return filled == 0, filled < 0
+
+
+def _carry_forward(state: np.ndarray) -> np.ndarray:
+    """Each interval's state, or where it has none (-1) the last known one before it (-1 before any)."""
+    known = np.where(state >= 0, np.arange(len(state)), -1)
+    np.maximum.accumulate(known, out=known)
+    return np.where(known >= 0, state[np.maximum(known, 0)], -1)
 
 
 def status_excluded(conn: psycopg.Connection, features: Features, cfg: StackConfig, ids: dict[str, int], start: int,
@@ -183,7 +187,8 @@ def _status_mask(conn: psycopg.Connection, features: Features, cfg: StackConfig,
     step = cfg.primary_s
     bucket = features.bucket(f"{step} seconds", "time")
     rows = pgcopy.parse(_copy_out(conn, f"""
-        SELECT b, bool_or(bad), (array_agg(bad ORDER BY time DESC))[1], min(time) = b
+        SELECT b, bool_or(bad), coalesce(max(time) FILTER (WHERE bad) > max(time) FILTER (WHERE NOT bad), bool_or(bad)),
+               min(time) = b
         FROM (SELECT {bucket} AS b, time, value <> ALL(%(ok)s::float8[]) AS bad FROM readings
               WHERE tag_id = %(tid)s AND time >= %(start)s AND time < %(end)s AND {_good(cfg)}) s
         GROUP BY b""", {"tid": tid, "ok": ok, "start": _ts(start), "end": _ts(end)}), _STATUS_ROW)
@@ -195,9 +200,7 @@ def _status_mask(conn: psycopg.Connection, features: Features, cfg: StackConfig,
     last = np.full(n, -1, dtype=np.int8)
     idx = (pgcopy.timestamps_s(rows["t"]) - start) // step
     last[idx] = rows["last"]
-    known = np.where(last >= 0, np.arange(n), -1)
-    np.maximum.accumulate(known, out=known)
-    at_end = np.where(known >= 0, last[np.maximum(known, 0)], -1)
+    at_end = _carry_forward(last)
     # In force at the start of each interval: what held at the end of the one before (unless a reading came at
     # the very start of the interval, which then decides, and is in ``any``).
     at_start = np.empty(n, dtype=np.int8)
