@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -132,6 +133,11 @@ class Pollutant(Strict):
     ci_elv: str | None = None  # which elv key the CI percentage applies to; default: regulatory.ci_elv
     o2_correction: bool = True  # False for e.g. CO2 or O2 itself
     pems: PemsLink | None = None  # predictive emission monitoring: cross-check and substitution
+    # The analyser's status signal (calibration, maintenance, fault): a step signal, each reading holding until
+    # the next. Where its value is not one of ``status_ok`` the analyser's readings are left out of every average,
+    # as missing data (that time counts against availability). Several pollutants of one analyser name one tag.
+    status_tag: str | None = Field(None, min_length=1)
+    status_ok: list[float] = [0.0]  # values meaning "measuring normally" (a boolean tag: false = 0, true = 1)
 
     @field_validator("elv")
     @classmethod
@@ -140,6 +146,26 @@ class Pollutant(Strict):
             if not limit > 0:
                 raise ValueError(f"elv.{key}: must be > 0, got {limit}")
         return v
+
+    @field_validator("status_ok")
+    @classmethod
+    def _status_ok(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("needs at least one value meaning \"measuring normally\" (e.g. [0])")
+        bad = [x for x in v if not math.isfinite(x)]
+        if bad:
+            raise ValueError(f"values must be finite numbers, got {bad}")
+        return v
+
+    @model_validator(mode="after")
+    def _status(self) -> Pollutant:
+        if self.status_tag is None and self.status_ok != [0.0]:  # (the default round-trips through model_dump)
+            raise ValueError(f"status_ok is set for {self.name!r} but status_tag is not: name the analyser's "
+                             "status tag (e.g. status_tag = \"AN-1.status\")")
+        if self.status_tag is not None and self.status_tag == self.tag:
+            raise ValueError(f"status_tag of {self.name!r} is its measurement tag {self.tag!r}: the status is a "
+                             "separate signal of the analyser (e.g. \"AN-1.status\")")
+        return self
 
     @model_validator(mode="after")
     def _molar_mass_known(self) -> Pollutant:
@@ -348,6 +374,11 @@ class StackConfig(Strict):
         for name in self.live.rules or []:
             if name not in rule_names:
                 problems.append(f"live.rules: {name!r} is not a compliance rule (have {rule_names})")
+        measured = {tag: role for role, tag in self.tags().items() if not role.startswith("status:")}
+        for p in self.pollutants:
+            if p.status_tag is not None and p.status_tag in measured:
+                problems.append(f"pollutants ({p.name}).status_tag: {p.status_tag!r} is already the stack's "
+                                f"{measured[p.status_tag]} tag; the analyser status needs a tag of its own")
         for q in self.qal3:
             if q.analyser not in names:
                 problems.append(f"qal3 ({q.analyser}).analyser: not a pollutant of this stack (have {names})")
@@ -382,7 +413,8 @@ class StackConfig(Strict):
         raise KeyError(f"stack {self.name} has no pollutant {name!r}")
 
     def tags(self) -> dict[str, str]:
-        """Every tag the stack reads, by role (pollutant name, 'o2', 'h2o', ..., 'pems:NAME', 'fuel:NAME', 'state')."""
+        """Every tag the stack reads, by role (pollutant name, 'o2', 'h2o', ..., 'pems:NAME', 'fuel:NAME', 'state',
+        'status:NAME'; several ``status:`` roles may share one tag)."""
         out = {p.name: p.tag for p in self.pollutants}
         for p in self.pollutants:
             if p.pems is not None:
@@ -395,13 +427,18 @@ class StackConfig(Strict):
             if sig.tag:
                 out[role] = sig.tag
         out.update({f"fuel:{f.name}": f.tag for f in self.fuels})
+        out.update({f"status:{p.name}": p.status_tag for p in self.pollutants if p.status_tag})
         if self.operating_state_tag:
             out["state"] = self.operating_state_tag
         return out
 
     def fingerprint(self) -> str:
         """sha256 of the configuration as used (defaults included), stored with every result for audit."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json")
+        for p in data["pollutants"]:  # a pollutant without a status signal hashes as before status_tag existed
+            if p["status_tag"] is None:
+                del p["status_tag"], p["status_ok"]
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -73,7 +73,19 @@ class LiveMonitor:
         self.on_condition = on_condition
         self.sha = cfg.fingerprint()
         self.step = cfg.primary_s
-        self.roles = {tag: role for role, tag in cfg.tags().items()}
+        self.roles = {tag: role for role, tag in cfg.tags().items() if not role.startswith("status:")}
+        # Analyser status (a step signal): status tag -> pollutants reading it; per pollutant the status in force
+        # after its latest status reading (True: not measuring) and that reading's time; measuring before any.
+        self.status_tags: dict[str, list[str]] = {}
+        for p in cfg.pollutants:
+            if p.status_tag:
+                self.status_tags.setdefault(p.status_tag, []).append(p.name)
+        self._status_ok = {p.name: {float(x) for x in p.status_ok} for p in cfg.pollutants if p.status_tag}
+        self._status_bad: dict[str, bool] = dict.fromkeys(self._status_ok, False)
+        self._status_t: dict[str, float] = dict.fromkeys(self._status_ok, -math.inf)
+        self._bin_start_bad: set[str] = set()  # not measuring when the current interval began
+        self._bin_start_ok: set[str] = set()  # a "measuring" status read at the very start of the interval
+        self._bin_excluded: set[str] = set()  # a "not measuring" status read in the interval
         names = cfg.live.rules
         self.rules: list[Rule] = [r for r in cfg.compliance if (r.name in names if names is not None else (
             r.share >= 100 and r.period in ("ten_min", "half_hour", "hour", "day")))]
@@ -115,16 +127,24 @@ class LiveMonitor:
         for r in readings:
             role = self.roles.get(r.tag)
             pems_input = r.tag in self.pems_tags
-            if role is None and not pems_input:
+            status_of = self.status_tags.get(r.tag)
+            if role is None and not pems_input and status_of is None:
                 continue
-            t = int(r.time.timestamp()) // self.step * self.step
+            ts = r.time.timestamp()
+            t = int(ts) // self.step * self.step
             if self._bin_t is None:
-                self._bin_t = t
+                self._open_bin(t)
             elif t > self._bin_t:
                 self._close_bin()
-                self._bin_t = t
+                self._open_bin(t)
             elif t < self._bin_t:
+                if status_of is not None:  # a late status still holds from its time on: into this interval
+                    self._status(status_of, r, ts, accept_max, late=True)
                 continue  # late reading: the stored averages will include it, the live view has moved on
+            if status_of is not None:
+                self._status(status_of, r, ts, accept_max)
+                if role is None and not pems_input:
+                    continue
             v = r.numeric
             if role == "state":
                 if v is not None:
@@ -140,6 +160,31 @@ class LiveMonitor:
             if r.flags & Flag.SUBSTITUTED:
                 self._bin_subst.add(role)
 
+    def _status(self, pollutants: list[str], r: Reading, ts: float, accept_max: int, late: bool = False) -> None:
+        """One analyser status reading (a step signal): in force from ``ts`` until the next one."""
+        v = r.numeric
+        if v is None or not math.isfinite(v) or r.quality > accept_max:
+            return  # not valid data: the status before it holds on
+        for name in pollutants:
+            bad = v not in self._status_ok[name]
+            if late:
+                if ts > self._status_t[name]:  # newer than any status read so far: it holds now
+                    self._status_bad[name], self._status_t[name] = bad, ts
+                    if bad:
+                        self._bin_excluded.add(name)
+                continue
+            if bad:
+                self._bin_excluded.add(name)
+            elif ts == self._bin_t:
+                self._bin_start_ok.add(name)
+            if ts >= self._status_t[name]:
+                self._status_bad[name], self._status_t[name] = bad, ts
+
+    def _open_bin(self, t: int) -> None:
+        self._bin_t = t
+        self._bin_start_bad = {name for name, bad in self._status_bad.items() if bad}
+        self._bin_start_ok, self._bin_excluded = set(), set()
+
     def flush(self) -> None:
         """Close the current primary interval now (e.g. on a timer when readings stop)."""
         if self._bin_t is not None:
@@ -147,11 +192,14 @@ class LiveMonitor:
             self._bin_t = None
 
     def _close_bin(self) -> None:
-        values = {role: np.array([sum(v) / len(v)]) for role, v in self._bin.items()}
-        subst = {role: np.array([True]) for role in self._bin_subst}
+        # Not measuring at any moment of the interval (calibration, maintenance, fault): its value is left out
+        # before anything sees it (the averages, and live PEMS, which learns from the analyser's values).
+        excluded = self._bin_excluded | (self._bin_start_bad - self._bin_start_ok)
+        values = {role: np.array([sum(v) / len(v)]) for role, v in self._bin.items() if role not in excluded}
+        subst = {role: np.array([True]) for role in self._bin_subst if role not in excluded}
         if self.pems:
             self._run_pems(self._bin_t, values)
-        self.push(self._bin_t, values, subst, self._operating)
+        self.push(self._bin_t, values, subst, self._operating, excluded=excluded)
         self._bin, self._bin_subst, self._in_bin = {}, set(), {}
 
     def _run_pems(self, t: int, values: dict[str, np.ndarray]) -> None:
@@ -177,9 +225,11 @@ class LiveMonitor:
             self.on_pems(step)
 
     def push(self, t: int, values: dict[str, np.ndarray], substituted: dict[str, np.ndarray] | None = None,
-             operating: bool = True) -> None:
-        """One primary interval starting at Unix time ``t``: role -> 1-element arrays of mean values."""
-        primary = Primary(t, self.step, 1, values, substituted or {}, np.array([operating]))
+             operating: bool = True, excluded: Iterable[str] = ()) -> None:
+        """One primary interval starting at Unix time ``t``: role -> 1-element arrays of mean values; the
+        pollutants in ``excluded`` had an analyser status of "not measuring" (their values are left out)."""
+        primary = Primary(t, self.step, 1, dict(values), dict(substituted or {}), np.array([operating]))
+        primary.exclude({name: np.array([True]) for name in excluded})
         norm = normalise_stack(self.cfg, primary)
         t_end = t + self.step
         for pol in self.cfg.pollutants:
@@ -304,11 +354,11 @@ class LiveEmissions:
         self.monitors = {cfg.name: LiveMonitor(cfg, on_alert, on_condition, on_pems, pems_dsn) for cfg in stacks}
         self._route: dict[str, list[LiveMonitor]] = {}
         for mon in self.monitors.values():
-            for tag in {*mon.roles, *mon.pems_tags}:
+            for tag in {*mon.roles, *mon.pems_tags, *mon.status_tags}:
                 self._route.setdefault(tag, []).append(mon)
 
     def tags(self) -> set[str]:
-        """The tags the stacks read (measurands, conditions, PEMS inputs)."""
+        """The tags the stacks read (measurands, conditions, PEMS inputs, analyser status)."""
         return set(self._route)
 
     def pems_due(self) -> bool:

@@ -40,6 +40,7 @@ class Why(enum.IntFlag):
     SUBSTITUTED = 1 << 6  # a PEMS value stands in for the analyser
     NOT_OPERATING = 1 << 7  # excluded operating state (start-up, shut-down): not invalid, not counted
     STATE_UNKNOWN = 1 << 8  # no operating-state reading yet: not counted as operating
+    ANALYSER_STATUS = 1 << 9  # the analyser's status said calibration / maintenance / fault: its value left out
 
 
 @dataclass
@@ -51,6 +52,8 @@ class Primary:
     and ``pems:NAME``. ``substituted[role]`` marks intervals whose readings were already substituted
     upstream. ``operating`` is False in excluded operating states (None: always operating);
     ``state_unknown`` marks intervals before the first operating-state reading (not operating).
+    ``excluded[pollutant]`` marks intervals in which the analyser's status tag said it was not measuring
+    (`exclude` leaves the pollutant's value out there: missing data, as far as every average is concerned).
     """
 
     t0: int
@@ -60,6 +63,20 @@ class Primary:
     substituted: dict[str, np.ndarray] = field(default_factory=dict)
     operating: np.ndarray | None = None
     state_unknown: np.ndarray | None = None
+    excluded: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def exclude(self, excluded: dict[str, np.ndarray]) -> Primary:
+        """Leave each pollutant's values out where its analyser status said "not measuring" (``excluded``:
+        pollutant -> bool per interval): they become missing (NaN, not substituted), recorded in ``excluded``."""
+        for name, mask in excluded.items():
+            if not mask.any():
+                continue
+            self.excluded[name] = mask
+            if name in self.values:
+                self.values[name] = np.where(mask, np.nan, self.values[name])
+            if name in self.substituted:
+                self.substituted[name] = self.substituted[name] & ~mask
+        return self
 
     def times(self) -> np.ndarray:
         return self.t0 + self.step_s * np.arange(self.n, dtype=np.int64)
@@ -152,7 +169,11 @@ def normalise_pollutant(cfg: StackConfig, pol: Pollutant, primary: Primary,
         raw = np.where(use, pems, raw)
         subst |= use
         missing &= ~use
-    why |= np.where(missing, Why.ANALYSER, 0).astype(np.uint16)
+    status = primary.excluded.get(pol.name)
+    if status is not None:  # left out by the analyser's status: that reason, not "no reading"
+        why |= np.where(status, Why.ANALYSER_STATUS, np.where(missing, Why.ANALYSER, 0)).astype(np.uint16)
+    else:
+        why |= np.where(missing, Why.ANALYSER, 0).astype(np.uint16)
     why |= np.where(subst, Why.SUBSTITUTED, 0).astype(np.uint16)
 
     conc, at_std = units.to_mg_m3(raw, pol.unit, pol.molar_mass())

@@ -25,6 +25,8 @@ from emissions.config import StackConfig
 from emissions.job import SpanResult
 from emissions.normalise import Why
 
+# Reasons whose bit name alone does not say enough (the others are shown as the name in lower case).
+LABELS = {Why.ANALYSER_STATUS: "analyser_status (calibration, maintenance, fault)"}
 STATUS_TEXT = {int(Status.VALID): "valid", int(Status.INVALID): "invalid", int(Status.NOT_OPERATING): "not operating"}
 
 
@@ -101,7 +103,7 @@ def _reasons(sr: SpanResult, pol: str, start: int, end: int) -> dict[str, int]:
         if bit not in (Why.NONE, Why.NOT_OPERATING, Why.STATE_UNKNOWN):
             count = int((((why & bit) != 0) & operating).sum())
             if count:
-                out[bit.name.lower()] = count
+                out[LABELS.get(bit, bit.name.lower())] = count
     out["not_operating"] = int((~operating).sum())
     unknown = int(((why & Why.STATE_UNKNOWN) != 0).sum())
     if unknown:

@@ -33,6 +33,7 @@ from emissions.qal3 import Check
 # Primary values come back as fixed-width binary COPY rows (see emissions.pgcopy).
 _VALUE_ROW = pgcopy.row_dtype([("tid", ">i4"), ("t", ">i8"), ("v", ">f8"), ("s", "u1")])
 _STATE_ROW = pgcopy.row_dtype([("t", ">i8"), ("x", "u1")])
+_STATUS_ROW = pgcopy.row_dtype([("t", ">i8"), ("any", "u1"), ("last", "u1"), ("at0", "u1")])
 
 
 def _ts(t: int) -> datetime:
@@ -83,8 +84,10 @@ def fetch_primary(conn: psycopg.Connection, features: Features, cfg: StackConfig
             operating, unknown = np.zeros(n, dtype=bool), np.ones(n, dtype=bool)
         else:
             operating, unknown = _operating(conn, features, cfg, tid, start, end, n)
-    wanted = {role: ids[tag] for role, tag in roles.items() if role != "state" and tag in ids}
-    values = {role: np.full(n, np.nan) for role in roles if role != "state"}
+    excluded = status_excluded(conn, features, cfg, ids, start, end, n)
+    measured = [role for role in roles if role != "state" and not role.startswith("status:")]
+    wanted = {role: ids[roles[role]] for role in measured if roles[role] in ids}
+    values = {role: np.full(n, np.nan) for role in measured}
     substituted = {role: np.zeros(n, dtype=bool) for role in values}
     # One pass over the readings for all tags (a query per tag would scan each chunk once per tag where
     # the planner prefers a sequential scan); with workers, each takes a contiguous part of the span.
@@ -113,7 +116,7 @@ def fetch_primary(conn: psycopg.Connection, features: Features, cfg: StackConfig
         with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="emissions-fetch") as pool:
             for f in [pool.submit(worker, lo, hi) for lo, hi in parts]:
                 f.result()
-    return Primary(start, step, n, values, substituted, operating, unknown)
+    return Primary(start, step, n, values, substituted, operating, unknown).exclude(excluded)
 
 
 def _primary_rows(conn: psycopg.Connection, features: Features, cfg: StackConfig, tids: list[int], start: int,
@@ -149,11 +152,68 @@ def _operating(conn: psycopg.Connection, features: Features, cfg: StackConfig, t
     state[idx] = rows["x"]
     if before is not None:
         state[0] = state[0] if state[0] >= 0 else int(before[0] in excluded)
-    # Forward fill: position of the last known state at or before each interval.
-    known = np.where(state >= 0, np.arange(n), -1)
-    np.maximum.accumulate(known, out=known)
-    filled = np.where(known >= 0, state[np.maximum(known, 0)], -1)
+    filled = _carry_forward(state)
     return filled == 0, filled < 0
+
+
+def _carry_forward(state: np.ndarray) -> np.ndarray:
+    """Each interval's state, or where it has none (-1) the last known one before it (-1 before any)."""
+    known = np.where(state >= 0, np.arange(len(state)), -1)
+    np.maximum.accumulate(known, out=known)
+    return np.where(known >= 0, state[np.maximum(known, 0)], -1)
+
+
+def status_excluded(conn: psycopg.Connection, features: Features, cfg: StackConfig, ids: dict[str, int], start: int,
+                     end: int, n: int) -> dict[str, np.ndarray]:
+    """Pollutant -> primary intervals in which its analyser's status said "not measuring" (calibration,
+    maintenance, fault): a status value outside ``status_ok`` holds from its reading to the next one, and an
+    interval is excluded when such a value was in force at any moment of it. Before the first status reading the
+    analyser counts as measuring; status readings that are not valid data (BAD, NaN) are skipped, the status
+    before them holding on. One query per distinct status tag (a tag several pollutants share is read once)."""
+    out: dict[str, np.ndarray] = {}
+    done: dict[tuple[str, tuple[float, ...]], np.ndarray] = {}
+    for p in cfg.pollutants:
+        if p.status_tag is None or p.status_tag not in ids:
+            continue  # a status tag never read: measuring, as without one
+        key = (p.status_tag, tuple(sorted(float(x) for x in p.status_ok)))
+        if key not in done:
+            done[key] = _status_mask(conn, features, cfg, ids[p.status_tag], list(key[1]), start, end, n)
+        out[p.name] = done[key]
+    return out
+
+
+def _status_mask(conn: psycopg.Connection, features: Features, cfg: StackConfig, tid: int, ok: list[float],
+                 start: int, end: int, n: int) -> np.ndarray:
+    step = cfg.primary_s
+    bucket = features.bucket(f"{step} seconds", "time")
+    rows = pgcopy.parse(_copy_out(conn, f"""
+        SELECT b, bool_or(bad), coalesce(max(time) FILTER (WHERE bad) > max(time) FILTER (WHERE NOT bad), bool_or(bad)),
+               min(time) = b
+        FROM (SELECT {bucket} AS b, time, value <> ALL(%(ok)s::float8[]) AS bad FROM readings
+              WHERE tag_id = %(tid)s AND time >= %(start)s AND time < %(end)s AND {_good(cfg)}) s
+        GROUP BY b""", {"tid": tid, "ok": ok, "start": _ts(start), "end": _ts(end)}), _STATUS_ROW)
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT value <> ALL(%s::float8[]) FROM readings WHERE tag_id = %s AND time < %s AND {_good(cfg)}"
+                    " ORDER BY time DESC LIMIT 1", (ok, tid, _ts(start)))
+        before = cur.fetchone()
+    # In force at the end of each interval (-1: no status yet), carried forward over intervals without readings.
+    last = np.full(n, -1, dtype=np.int8)
+    idx = (pgcopy.timestamps_s(rows["t"]) - start) // step
+    last[idx] = rows["last"]
+    at_end = _carry_forward(last)
+    # In force at the start of each interval: what held at the end of the one before (unless a reading came at
+    # the very start of the interval, which then decides, and is in ``any``).
+    at_start = np.empty(n, dtype=np.int8)
+    at_start[0] = -1 if before is None else int(before[0])
+    at_start[1:] = at_end[:-1]
+    if at_start[0] >= 0:
+        at_start[1:] = np.where(at_start[1:] < 0, at_start[0], at_start[1:])
+    starts_new = np.zeros(n, dtype=bool)
+    starts_new[idx] = rows["at0"].astype(bool)
+    excluded = np.zeros(n, dtype=bool)
+    excluded[idx] = rows["any"].astype(bool)
+    excluded |= (at_start == 1) & ~starts_new
+    return excluded
 
 
 _AVG_COLUMNS = ("stack", "pollutant", "period", "period_start", "period_end", "value", "validated", "raw",
