@@ -43,7 +43,9 @@ async def change(cur, username: str, *, role: str | None = None, display_name: s
         if why:
             raise Problem(422, f"password {why}", param="password")
         password_hash = await hash_password_async(password)  # before the row is locked
-    await cur.execute(f"SELECT {PUBLIC} FROM console_users WHERE username = %s FOR UPDATE", (username,))
+    # Case-insensitive like log-in and creation (names are unique that way): "Anna" is anna's account.
+    await cur.execute(f"SELECT {PUBLIC} FROM console_users WHERE lower(username) = lower(%s) FOR UPDATE",
+                      (username,))
     before = await cur.fetchone()
     if before is None:
         raise Problem(404, f"no user {username!r}")

@@ -146,8 +146,8 @@ def test_admin_manages_users_and_every_change_is_audited(server):
         assert r.status_code == 201 and "password_hash" not in r.json()
         assert c.post("/api/users", json={"username": "kalle", "password": "long-enough-pw",
                                           "role": "viewer"}).status_code == 409
-        r = c.patch("/api/users/kalle", json={"role": "engineer"})
-        assert r.json()["role"] == "engineer"
+        r = c.patch("/api/users/Kalle", json={"role": "engineer"})  # as case-insensitive as log-in
+        assert r.status_code == 200 and r.json()["role"] == "engineer" and r.json()["username"] == "kalle"
         audit = c.get("/api/audit", params={"target_kind": "user", "target_id": "kalle"}).json()["items"]
     actions = [(a["action"], a["actor"]) for a in audit]
     assert ("user.change", "admin") in actions and ("user.create", "admin") in actions

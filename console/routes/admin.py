@@ -66,7 +66,7 @@ async def change_user(request: Request, username: str, body: UserChange,
         before, after = await users.change(cur, username, **changes)
         shown = {k: v for k, v in changes.items() if k != "password"}
         shown |= {"password": "changed"} if body.password else {}
-        await audit.record(cur, p, "user.change", target_kind="user", target_id=username,
+        await audit.record(cur, p, "user.change", target_kind="user", target_id=after["username"],
                            detail={"before": {k: before.get(k) for k in shown if k != "password"}, "after": shown},
                            client=client_address(request))
     credentials_changed()  # disabling, a new password or role ended the user's sessions
