@@ -101,7 +101,7 @@ class ModelVersion:
         except IntegrityError as exc:
             raise IntegrityError(f"{model_id_v(self)}: {exc}") from None
         if self.card_sha256 is None:
-            indexed = {k: v for k, v in self.card.items() if k != "card_sha256"}
+            indexed = {k: v for k, v in self.card.items() if k not in ("card_sha256", "holdout_sha256")}
             on_disk = json_safe(_index_card(m.card))
             differ = sorted(k for k in indexed.keys() | on_disk.keys() if indexed.get(k) != on_disk.get(k))
             if differ:
@@ -424,6 +424,7 @@ class Registry:
                 (tmp / "model.onnx").write_bytes(trained.onnx_bytes)
                 (tmp / "card.json").write_bytes(card_bytes)
                 _save_holdout(trained.holdout, tmp / "holdout.npz")
+                holdout_sha256 = sha256((tmp / "holdout.npz").read_bytes())
                 for name, expected in (("model.onnx", trained.sha256), ("card.json", card_sha256)):
                     on_disk = sha256((tmp / name).read_bytes())
                     if on_disk != expected:
@@ -449,7 +450,8 @@ class Registry:
                    # the score list (up to 5,000 floats) and the drift reference stay in card.json, where the
                    # runtime and the report read them; the index rows are what the console lists: keep them small.
                    # card_sha256: card.json's, checked on every load (no column of its own: m0100 has none)
-                   "card": {**_index_card(card), "card_sha256": card_sha256}}
+                   # holdout_sha256: the gate's rows (`_compare`), which decide a promotion as much as the model
+                   "card": {**_index_card(card), "card_sha256": card_sha256, "holdout_sha256": holdout_sha256}}
             try:
                 ix.insert(row)
                 ix.add_event(model_id, version, "register", None, actor,
@@ -495,6 +497,11 @@ class Registry:
             hpath = cand.path / "holdout.npz"
             if not hpath.exists():
                 raise ConfigError(f"{model_id_v(cand)}: no stored holdout rows ({hpath}); give --holdout files")
+            expected = cand.card.get("holdout_sha256")  # None: registered before it was recorded
+            if expected is not None and sha256(hpath.read_bytes()) != expected:
+                raise ConfigError(f"{model_id_v(cand)}: {hpath} is not the registered file (sha256 differs): it was "
+                                  "changed after registration, and the gate will not judge on it; restore it, or give "
+                                  "--holdout files")
             table, source = load_holdout(hpath), f"held-out rows of v{cand.version}"
         else:
             table, source = holdout, "given holdout data"

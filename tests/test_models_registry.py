@@ -369,3 +369,28 @@ def test_cli_train_list_promote_rollback(tmp_path, capsys):
     assert [(v["version"], v["status"]) for v in listed] == [(1, "champion"), (2, "candidate"), (3, "retired")]
     assert main(["models", "promote", "cli-m", "9", *reg]) == 1
     assert "has no version 9" in capsys.readouterr().err
+
+
+def test_changed_holdout_rows_do_not_decide_a_promotion(registry, trained):
+    """The gate judges a candidate on the held-out rows stored with it: rows changed after registration (kinder ones,
+    say) would pass a model the real ones refuse. Their sha256 is registered and checked before the gate runs."""
+    import numpy as np
+
+    from edge.errors import ConfigError
+
+    mv = registry.register(trained["good"])
+    h = mv.path / "holdout.npz"
+    assert mv.card["holdout_sha256"] == hashlib.sha256(h.read_bytes()).hexdigest()
+    original = h.read_bytes()
+    with np.load(h) as z:
+        arrays = {k: z[k] for k in z.files}
+    key = next(k for k in arrays if k.startswith("col:"))
+    arrays[key] = arrays[key][: len(arrays[key]) // 2]
+    arrays = {k: (v[: len(arrays[key])] if v.ndim else v) for k, v in arrays.items()}
+    np.savez_compressed(h, **arrays)
+    with pytest.raises(ConfigError, match=r"syn v1: .*holdout\.npz is not the registered file"):
+        registry.promote("syn", mv.version)
+    assert registry.champion("syn") is None
+    h.write_bytes(original)
+    registry.promote("syn", mv.version)
+    assert registry.champion("syn").version == 1
