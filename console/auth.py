@@ -164,11 +164,12 @@ async def optional_principal(request: Request) -> Principal | None:
     cached = getattr(request.state, "principal", None)
     if cached is not None:
         return cached
-    authz = request.headers.get("authorization", "")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
     principal = None
-    if authz:
-        scheme, _, token = authz.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+    # Only Bearer is ours. Another scheme is for a proxy in front (nginx basic auth passes its Authorization
+    # header on): answering it with 401 made every page fail behind such a proxy; the session cookie decides.
+    if scheme.lower() == "bearer":
+        if not token.strip():
             raise Problem(401, "Authorization must be 'Bearer <API token>'", headers={"WWW-Authenticate": "Bearer"})
         principal = await _from_token(request, token.strip())
     else:

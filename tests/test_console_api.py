@@ -115,6 +115,20 @@ def test_unsafe_request_without_csrf_token_is_refused(server):
         assert r.status_code == 403 and "CSRF" in r.json()["detail"]
 
 
+def test_a_proxys_basic_authorization_header_leaves_the_session_in_charge(server):
+    """Behind a proxy with its own basic auth (nginx passes the Authorization header on), every page answered 401
+    "Authorization must be 'Bearer ...'" for a logged-in user. Only Bearer is the console's; the session decides."""
+    with server.client("viewer") as c:
+        c.headers["Authorization"] = "Basic cHJveHk6c2VjcmV0"
+        assert c.get("/api/assets").status_code == 200
+    with server.client() as anon:
+        anon.headers["Authorization"] = "Basic cHJveHk6c2VjcmV0"
+        r = anon.get("/api/assets")
+        assert r.status_code == 401 and "log in first" in r.json()["detail"]
+        anon.headers["Authorization"] = "Bearer"
+        assert "must be 'Bearer <API token>'" in anon.get("/api/assets").json()["detail"]
+
+
 def test_api_token_authenticates_machines_and_is_stored_hashed(server):
     import psycopg
 
