@@ -106,12 +106,18 @@ async def get(db, alert_id: str) -> dict:
     return row
 
 
-async def changed_since(db, since, ids: list[str] | None = None) -> list[dict]:
-    """Alerts changed after ``since`` (and/or with the given ids), oldest change first."""
+CHANGED_PAGE = 1000
+
+
+async def changed_since(db, since, ids: list[str] | None = None, after_id: str = "") -> list[dict]:
+    """Alerts with the given ids, or (without ids) the first `CHANGED_PAGE` changed after (``since``, ``after_id``)
+    in (change time, id) order: a keyset, so alerts changed in one transaction (one ``now()``) beyond a page are
+    the next page, not skipped."""
     sh = await shape(db)
     if ids:
         return await db.fetch(f"{sh.select} WHERE a.id::text = ANY(%s) ORDER BY 1", (ids,))
-    return await db.fetch(f"{sh.select} WHERE {sh.changed_sql} > %s ORDER BY {sh.changed_sql} LIMIT 1000", (since,))
+    return await db.fetch(f"{sh.select} WHERE ({sh.changed_sql}, a.id::text) > (%s, %s)"
+                          f" ORDER BY {sh.changed_sql}, a.id::text LIMIT {CHANGED_PAGE}", (since, after_id))
 
 
 async def acknowledge(conn, alert_id: str, who: str, comment: str) -> dict:

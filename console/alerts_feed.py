@@ -36,6 +36,7 @@ class AlertFeed:
         self.poll_s = poll_s
         self.subscribers: set[asyncio.Queue] = set()
         self.watermark: datetime | None = None
+        self.watermark_id = ""  # with watermark: the (change time, id) keyset of the last alert seen
         self._tasks: list[asyncio.Task] = []
         self._wake = asyncio.Event()
         self._pending_ids: set[str] = set()
@@ -111,11 +112,15 @@ class AlertFeed:
             self.watermark = row["t"] if row else datetime.now(UTC)
             return
         rows = await alerts.changed_since(self.db, self.watermark, ids or None) if ids else []
-        rows += await alerts.changed_since(self.db, self.watermark)
+        while True:  # page by page: more than a page may share one change time (one transaction's now())
+            page = await alerts.changed_since(self.db, self.watermark, after_id=self.watermark_id)
+            rows += page
+            if page:
+                self.watermark, self.watermark_id = page[-1]["changed_at"], str(page[-1]["id"])
+            if len(page) < alerts.CHANGED_PAGE:
+                break
         seen: dict[str, dict] = {}
         for r in rows:
             seen[str(r["id"])] = r
-            if r["changed_at"] is not None and r["changed_at"] > self.watermark:
-                self.watermark = r["changed_at"]
         if seen and self.subscribers:
             self.publish(list(seen.values()))

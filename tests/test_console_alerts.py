@@ -330,3 +330,34 @@ async def test_validity_is_asked_once_per_recheck_period_and_never_kept_past_exp
     token = StillValid(_FakeDb(None), Principal(name="t", kind="token", role="viewer", token=b"t"), ttl=5.0,
                        clock=lambda: now[0])
     assert await token() and token.until == now[0] + 5.0, "a token without expiry: kept the recheck period"
+
+
+def test_the_feeds_poll_pages_through_alerts_changed_in_one_transaction(pg_dsn):
+    """The feed's safety-net poll (when a NOTIFY was missed) took changes after its watermark, 1,000 at most, and
+    moved the watermark to the last one's time: alerts beyond the first 1,000 changed in one transaction (one
+    now()) were never sent. It now pages by (change time, id)."""
+    import asyncio
+
+    import psycopg
+
+    from console.alerts_feed import AlertFeed
+    from console.db import Database
+
+    async def go() -> int:
+        db = Database(pg_dsn)
+        await db.open()
+        feed = AlertFeed(db)
+        got: list[dict] = []
+        feed.publish = got.extend  # what the poll would send to the streams
+        feed.subscribers.add(object())
+        await feed._fetch([])  # sets the watermark
+        await asyncio.sleep(0.05)
+        with psycopg.connect(pg_dsn) as conn:  # one transaction: one now() for every row
+            conn.execute("INSERT INTO alerts (id, asset, kind, severity, state, raised_at, last_seen, message,"
+                         " dedup_key) SELECT 'bulk-' || i, 'P-1', 'rule:r' || i, 'warning', 'raised', now(), now(),"
+                         " 'm', 'k' || i FROM generate_series(1, 1050) i")
+        await feed._fetch([])
+        await db.close()
+        return len({r["id"] for r in got})
+
+    assert asyncio.run(go()) == 1050
