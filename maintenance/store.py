@@ -65,17 +65,19 @@ async def apply_changes(conn: psycopg.AsyncConnection, changes: Iterable[AlertCh
             elif ch.event == "raised":
                 # A racing writer may already hold the open alert of this key: then it absorbs this one. The
                 # same alert (a batch written again after a crash between COMMIT and the spool delete) is left
-                # as it is.
+                # as it is, also when it was cleared in the console meanwhile (its id then conflicts with no open
+                # row: the insert is skipped rather than refused, which dead-lettered the batch's alert changes).
                 await cur.execute(
                     "INSERT INTO alerts (id, asset, tag, kind, severity, state, raised_at, message, evidence,"
                     " dedup_key, source, model_id, model_version, occurrences, last_seen)"
-                    " VALUES (%s, %s, %s, %s, %s, 'raised', %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    " SELECT %s, %s, %s::text, %s, %s, 'raised', %s, %s, %s, %s, %s, %s::text, %s::text, %s, %s"
+                    " WHERE NOT EXISTS (SELECT 1 FROM alerts WHERE id = %s)"
                     " ON CONFLICT (dedup_key) WHERE cleared_at IS NULL DO UPDATE SET"
                     " occurrences = alerts.occurrences + 1, last_seen = EXCLUDED.last_seen, updated_at = now()"
                     " WHERE alerts.id <> EXCLUDED.id",
                     (a.id, a.asset, a.tag, a.kind, a.severity, a.raised_at, a.message, _jsonb(a.evidence), ch.key,
                      source or a.kind, pred.get("model_id"), pred.get("model_version"), ch.occurrences,
-                     ch.last_seen or a.raised_at))
+                     ch.last_seen or a.raised_at, a.id))
             elif ch.event in ("updated", "escalated"):
                 # An alert acknowledged in the console since the gateway's last sync (up to SYNC_INTERVAL_S) may
                 # still be escalated by the gateway: the row does not go up for it (level, severity, the

@@ -220,3 +220,35 @@ def test_a_reading_from_a_clock_reset_to_1970_does_not_recompute_every_minute_be
     assert _minute(pg_dsn, "clock.x", epoch.replace(second=0)) == (1, 1.0, 1.0, 1.0)
     assert _minute(pg_dsn, "clock.x", now) == (30, 1.0, 1.0, 30.0)
     assert _minute(pg_dsn, "clock.x", old)[1] == -1, "a minute nobody wrote to was recomputed"
+
+
+def test_a_replayed_raise_of_an_alert_cleared_in_the_console_meanwhile_is_skipped(pg_dsn):
+    """Crash between COMMIT and the spool delete, the alert cleared by hand before the batch is written again: the
+    replayed "raised" met the cleared row's primary key, so the batch's alert changes became dead letters."""
+    from edge.analytics import alert_change_record
+    from edge.records import Alert
+    from maintenance.alerts import AlertChange, dedup_key
+
+    t0 = utcnow().replace(microsecond=0) - timedelta(minutes=5)
+    alert = Alert(id="a-replay-2", asset="P-2", tag="P-2.vib", kind="threshold", severity="warning", raised_at=t0,
+                  message="vibration high")
+    change = AlertChange("raised", alert, dedup_key("P-2", "P-2.vib", "threshold"), occurrences=1, last_seen=t0)
+    batch = SpooledBatch(8, _cols("P-2.vib", t0, 3), [], 1_700_000_000.0, [alert_change_record(change)])
+
+    async def go():
+        sink = TimescaleSink(pg_dsn)
+        await sink.connect()
+        first = await sink.write([batch])
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("UPDATE alerts SET cleared_at = now(), cleared_by = 'anna', state = 'cleared'"
+                         " WHERE id = 'a-replay-2'")
+        replay = await sink.write([batch])
+        await sink.close()
+        return first, replay
+
+    first, replay = asyncio.run(go())
+    assert not first.refused and not replay.refused, replay.refused
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute("SELECT state, cleared_by, occurrences FROM alerts WHERE asset = 'P-2'").fetchall()
+        dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+    assert rows == [("cleared", "anna", 1)] and dead == 0
