@@ -287,10 +287,32 @@ class Analytics:
                             box.dropped, extra={"event": "notify_resumed"})
                 box.dropped = 0
 
+    async def _acknowledged_in_store(self, alert_id: str) -> bool:
+        """Whether the alert is acknowledged in the database (the console), which this gateway learns only at its
+        next sync; False when it cannot tell (no database, or not reachable: the notification goes out)."""
+        if not self.conninfo:
+            return False
+        try:
+            async with await psycopg.AsyncConnection.connect(self.conninfo, connect_timeout=5,
+                                                             autocommit=True) as conn:
+                cur = await conn.execute("SELECT acknowledged_at IS NOT NULL FROM alerts WHERE id = %s", (alert_id,))
+                row = await cur.fetchone()
+        except (psycopg.Error, OSError) as exc:
+            log.debug("acknowledgement of alert %s not checked: %s", alert_id, exc)
+            return False
+        return bool(row and row[0])
+
     async def _notify(self, n, changes: list) -> None:
         from maintenance.notify import Refused
 
         for ch in changes:
+            if ch.event == "escalated" and await self._acknowledged_in_store(ch.alert.id):
+                # Acknowledged in the console since the last sync: the store does not take this escalation
+                # (maintenance.store.apply_changes), and nobody should be paged for an alert someone has taken.
+                self.metrics.notifications.labels("skipped").inc()
+                log.info("escalation of alert %s not notified to %s: acknowledged in the console", ch.alert.id,
+                         n.name, extra={"event": "notify_skipped", "asset": ch.alert.asset})
+                continue
             # A change the receiver did not take (down, unreachable, 5xx) stays at the head of its queue and is sent
             # again with back-off until it is delivered: trying each change once lost everything that happened
             # while a receiver restarted. Later changes wait behind it (in order); the queue's bound drops new ones

@@ -363,7 +363,23 @@ async def test_an_escalation_after_an_acknowledgement_the_gateway_has_not_synced
         row = await store.get_alert(conn, alert_id)
         assert (row["severity"], row["escalation_level"], row["escalated_at"]) == ("warning", 0, None)
         assert _events(pg_dsn, alert_id) == [("raised", "system"), ("acknowledged", "anna")]
+        # Nobody is paged for it either; an escalation of an alert nobody took is sent.
+        sent = []
+
+        class Receiver:
+            name = "pager"
+
+            async def send(self, ch):
+                sent.append((ch.alert.id, ch.event))
+                return True, "HTTP 200"
+
+        await an._notify(Receiver(), escalated)
+        assert sent == []
+        other = m.observe(asset="P9", tag="P9.p", kind="rule:hi", active=True, t=at(0), severity="warning")
+        await store.apply_changes(conn, other)
+        await an._notify(Receiver(), [c for c in m.tick(at(700)) if c.alert.asset == "P9"])
+        assert sent == [(other[0].alert.id, "escalated")]
         await an.sync_once(conn)
-    (o,) = m.open.values()
+    o = next(o for o in m.open.values() if o.alert.id == alert_id)
     assert (o.alert.severity, o.escalation_level, o.alert.acknowledged_by) == ("warning", 0, "anna")
-    assert m.tick(at(2000)) == []
+    assert [c for c in m.tick(at(2000)) if c.alert.id == alert_id] == []
