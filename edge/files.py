@@ -34,11 +34,16 @@ def write_atomic(path: str | Path, data: bytes | str, *, mode: int = 0o644) -> N
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    dfd = os.open(path.parent, os.O_RDONLY)
+    fsync_path(path.parent)
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's data, or a folder's entries (a rename or a new file in it), to disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(dfd)
+        os.fsync(fd)
     finally:
-        os.close(dfd)
+        os.close(fd)
 
 
 FileId = tuple[int, int, int]

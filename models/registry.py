@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import ConfigError, ValvojaError
-from edge.files import write_atomic
+from edge.files import fsync_path, write_atomic
 from models.data import FeatureTable
 from models.export import ParityError, sha256
 from models.runtime import IntegrityError, OnnxModel
@@ -339,15 +339,6 @@ def load_holdout(path: Path) -> FeatureTable:
     return FeatureTable(cols, times, [(f"holdout of {path.parent.name}", 0, len(next(iter(cols.values()))))])
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file's or a directory's (its entries') data to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # ---------------------------------------------------------------- the registry
 
 class Registry:
@@ -413,7 +404,7 @@ class Registry:
                 # index's version (a registry directory used with and without --db). Set aside, never deleted.
                 aside = final.parent / f".{version}-orphan-{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
                 os.rename(final, aside)
-                _fsync(final.parent)
+                fsync_path(final.parent)
                 log.warning("model registry: %s is not in the index; moved to %s", final, aside)
             final.parent.mkdir(parents=True, exist_ok=True)
             card_bytes = (json.dumps(card, indent=2, allow_nan=False) + "\n").encode("utf-8")
@@ -430,9 +421,9 @@ class Registry:
                     if on_disk != expected:
                         raise OSError(f"{tmp / name}: written file has sha256 {on_disk}, expected {expected}")
                 for name in ("model.onnx", "card.json", "holdout.npz", "."):
-                    _fsync(tmp / name)  # on disk before the index can name them (a power cut after the commit)
+                    fsync_path(tmp / name)  # on disk before the index can name them (a power cut after the commit)
                 os.rename(tmp, final)  # the directory appears complete or not at all
-                _fsync(final.parent)  # ... and so does the rename
+                fsync_path(final.parent)  # ... and so does the rename
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise

@@ -102,19 +102,26 @@ def test_rollups_owed_by_a_write_cancelled_after_its_spool_delete_are_still_made
         "the rollups owed by the cancelled write were marked done without being made"
 
 
-def test_a_replayed_alert_raise_is_stored_once(pg_dsn):
-    """A crash between the database COMMIT and the spool delete writes the batch again. Readings and dead letters
-    are de-duplicated by their keys; an alert's "raised" change conflicted with its own open alert and counted one
-    more occurrence for each replay."""
+def _raised_batch(seq: int, alert_id: str, asset: str) -> SpooledBatch:
+    """A spooled batch as the gateway writes it: three readings of ``<asset>.vib`` and the "raised" change of one
+    alert on them."""
     from edge.analytics import alert_change_record
     from edge.records import Alert
     from maintenance.alerts import AlertChange, dedup_key
 
     t0 = utcnow().replace(microsecond=0) - timedelta(minutes=5)
-    alert = Alert(id="a-replay-1", asset="P-1", tag="P-1.vib", kind="threshold", severity="warning", raised_at=t0,
+    tag = f"{asset}.vib"
+    alert = Alert(id=alert_id, asset=asset, tag=tag, kind="threshold", severity="warning", raised_at=t0,
                   message="vibration high")
-    change = AlertChange("raised", alert, dedup_key("P-1", "P-1.vib", "threshold"), occurrences=1, last_seen=t0)
-    batch = SpooledBatch(7, _cols("P-1.vib", t0, 3), [], 1_700_000_000.0, [alert_change_record(change)])
+    change = AlertChange("raised", alert, dedup_key(asset, tag, "threshold"), occurrences=1, last_seen=t0)
+    return SpooledBatch(seq, _cols(tag, t0, 3), [], 1_700_000_000.0, [alert_change_record(change)])
+
+
+def test_a_replayed_alert_raise_is_stored_once(pg_dsn):
+    """A crash between the database COMMIT and the spool delete writes the batch again. Readings and dead letters
+    are de-duplicated by their keys; an alert's "raised" change conflicted with its own open alert and counted one
+    more occurrence for each replay."""
+    batch = _raised_batch(7, "a-replay-1", "P-1")
 
     async def go():
         sink = TimescaleSink(pg_dsn)
@@ -225,15 +232,7 @@ def test_a_reading_from_a_clock_reset_to_1970_does_not_recompute_every_minute_be
 def test_a_replayed_raise_of_an_alert_cleared_in_the_console_meanwhile_is_skipped(pg_dsn):
     """Crash between COMMIT and the spool delete, the alert cleared by hand before the batch is written again: the
     replayed "raised" met the cleared row's primary key, so the batch's alert changes became dead letters."""
-    from edge.analytics import alert_change_record
-    from edge.records import Alert
-    from maintenance.alerts import AlertChange, dedup_key
-
-    t0 = utcnow().replace(microsecond=0) - timedelta(minutes=5)
-    alert = Alert(id="a-replay-2", asset="P-2", tag="P-2.vib", kind="threshold", severity="warning", raised_at=t0,
-                  message="vibration high")
-    change = AlertChange("raised", alert, dedup_key("P-2", "P-2.vib", "threshold"), occurrences=1, last_seen=t0)
-    batch = SpooledBatch(8, _cols("P-2.vib", t0, 3), [], 1_700_000_000.0, [alert_change_record(change)])
+    batch = _raised_batch(8, "a-replay-2", "P-2")
 
     async def go():
         sink = TimescaleSink(pg_dsn)
