@@ -10,6 +10,12 @@
 - `ks` — two-sample Kolmogorov-Smirnov statistic ``D = sup |F_ref - F_cur|`` (0..1) and its p-value. With
   thousands of rows the p-value flags differences too small to matter, so the status uses ``D``.
 
+Both statistics are biased upwards on few rows: PSI over deciles is about ``(bins - 1) / rows`` under no drift at
+all (plus ~0.7 for every bin a small sample leaves empty), and the KS D of 30 unchanged rows is ~0.16. A reading
+therefore counts (``warn`` / ``drift``) only when it is also beyond sampling noise at
+`DriftThresholds.significance` (1 %): KS p below it, and PSI above the value that as many rows drawn from the
+reference shares themselves exceed that rarely (`psi_chance`). With thousands of rows the thresholds decide.
+
 `DriftMonitor` keeps what it needs of the reference (bin edges and shares for PSI, at most
 ``max_reference`` order statistics per feature for KS) so it can be stored with a model card
 (`to_dict` / `from_dict`) and checks a batch of recent rows: per feature PSI, KS, means and a status
@@ -30,9 +36,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["STATUSES", "DriftMonitor", "DriftThresholds", "PerformanceMonitor", "ks", "psi", "psi_edges"]
+__all__ = ["STATUSES", "DriftMonitor", "DriftThresholds", "PerformanceMonitor", "ks", "psi", "psi_chance", "psi_edges"]
 
 STATUSES = ("ok", "warn", "drift")  # in order of severity; "unknown" when there are too few rows to tell
+PSI_NULL_DRAWS = 2000  # samples of the PSI of unchanged data (`psi_chance`): its 99th percentile to ~10 %
 
 
 def _worst(statuses) -> str:
@@ -91,6 +98,21 @@ def psi(reference, current, bins: int | Sequence[float] = 10, *, eps: float = 1e
     return _psi_from_shares(_shares(r, edges), _shares(c, edges), eps)
 
 
+def psi_chance(ref_shares, rows: int, level: float = 0.01, *, eps: float = 1e-4) -> float:
+    """The PSI that ``rows`` rows drawn from the reference distribution itself (bin shares ``ref_shares``) exceed
+    with probability ``level``: the sampling noise of a PSI reading on that many rows. Simulated (multinomial
+    draws, fixed seed so a check is repeatable), because the eps floor of bins a small sample leaves empty puts
+    the PSI of few rows far from its chi-square approximation. The reference's own sampling noise, about
+    ``(bins - 1) / n_reference``, is left out: it is far below the thresholds for any training set."""
+    r = np.asarray(ref_shares, dtype=np.float64)
+    if rows <= 0 or r.size < 2:
+        return 0.0
+    counts = np.random.default_rng(0).multinomial(int(rows), r / r.sum(), size=PSI_NULL_DRAWS)
+    c = np.maximum(counts / rows, eps)
+    rf = np.maximum(r, eps)
+    return float(np.quantile(np.sum((c - rf) * np.log(c / rf), axis=1), 1.0 - level))
+
+
 def ks(reference, current) -> tuple[float, float] | tuple[np.ndarray, np.ndarray]:
     """Two-sample Kolmogorov-Smirnov ``(statistic D, p-value)``; per column for 2-D inputs.
 
@@ -114,22 +136,30 @@ def ks(reference, current) -> tuple[float, float] | tuple[np.ndarray, np.ndarray
 
 @dataclass(frozen=True)
 class DriftThresholds:
-    """Where ``warn`` and ``drift`` start, per reading; ``min_rows``: fewer current rows give ``unknown``."""
+    """Where ``warn`` and ``drift`` start, per reading; ``min_rows``: fewer current rows give ``unknown``;
+    ``significance``: a reading counts only when sampling noise alone reaches it less often than this."""
 
     psi_warn: float = 0.1
     psi_drift: float = 0.25
     ks_warn: float = 0.1
     ks_drift: float = 0.2
     min_rows: int = 30
+    significance: float = 0.01
 
-    def psi_status(self, v: float) -> str:
+    def psi_status(self, v: float, chance: float = 0.0) -> str:
+        """``chance``: the PSI unchanged data of as many rows exceeds at ``significance`` (`psi_chance`)."""
         if not math.isfinite(v):
             return "unknown"
+        if v <= chance:  # within the sampling noise of this many rows: no evidence of a shift
+            return "ok"
         return "drift" if v >= self.psi_drift else "warn" if v >= self.psi_warn else "ok"
 
-    def ks_status(self, d: float) -> str:
+    def ks_status(self, d: float, p: float = 0.0) -> str:
+        """``p``: the KS p-value of ``d`` (a D this large is common by chance on few rows)."""
         if not math.isfinite(d):
             return "unknown"
+        if p >= self.significance:  # within the sampling noise of this many rows: no evidence of a shift
+            return "ok"
         return "drift" if d >= self.ks_drift else "warn" if d >= self.ks_warn else "ok"
 
 
@@ -159,8 +189,8 @@ class DriftMonitor:
     (which columns, in which order; default: all columns of a table). ``check(current)`` takes the same
     kinds of input and returns a dict::
 
-        {"status": "ok|warn|drift|unknown", "rows": n, "features": [{"feature", "psi", "ks", "ks_p",
-         "psi_status", "ks_status", "status", "mean_ref", "mean_cur", "std_ref"}, ...]}
+        {"status": "ok|warn|drift|unknown", "rows": n, "features": [{"feature", "psi", "psi_chance", "ks",
+         "ks_p", "psi_status", "ks_status", "status", "mean_ref", "mean_cur", "std_ref"}, ...]}
     """
 
     def __init__(self, reference, schema=None, *, bins: int = 10, thresholds: DriftThresholds | None = None,
@@ -171,6 +201,7 @@ class DriftMonitor:
         self.eps = eps
         self.thresholds = thresholds or DriftThresholds()
         self.n_reference = int(ref.shape[0])
+        self._chance: dict[tuple[int, int], float] = {}  # (feature, rows) -> psi_chance
         self.edges: list[np.ndarray] = []
         self.ref_shares: list[np.ndarray] = []
         self.ref_sample: list[np.ndarray] = []  # sorted; order statistics when subsampled
@@ -195,16 +226,24 @@ class DriftMonitor:
         for j, name in enumerate(self.features):
             c = _finite(cur[:, j])
             if c.size < th.min_rows:
-                p, d, pv = math.nan, math.nan, math.nan
+                p, d, pv, chance = math.nan, math.nan, math.nan, math.nan
             else:
                 p = _psi_from_shares(self.ref_shares[j], _shares(c, self.edges[j]), self.eps)
                 d, pv = ks(self.ref_sample[j], c)
-            ps, kst = th.psi_status(p), th.ks_status(d)
-            out.append({"feature": name, "psi": p, "ks": d, "ks_p": pv, "psi_status": ps, "ks_status": kst,
+                chance = self._psi_chance(j, c.size)
+            ps, kst = th.psi_status(p, chance), th.ks_status(d, pv)
+            out.append({"feature": name, "psi": p, "psi_chance": chance, "ks": d, "ks_p": pv, "psi_status": ps,
+                        "ks_status": kst,
                         "status": _worst([ps, kst]), "mean_ref": self.ref_mean[j],
                         "mean_cur": float(c.mean()) if c.size else math.nan, "std_ref": self.ref_std[j],
                         "rows": int(c.size)})
         return {"status": _worst(f["status"] for f in out), "rows": int(cur.shape[0]), "features": out}
+
+    def _psi_chance(self, j: int, rows: int) -> float:
+        key = (j, rows)
+        if key not in self._chance:  # windows of one size share it (over_time)
+            self._chance[key] = psi_chance(self.ref_shares[j], rows, self.thresholds.significance, eps=self.eps)
+        return self._chance[key]
 
     def over_time(self, current, window: int, step: int | None = None) -> dict:
         """PSI and KS per feature on consecutive windows of ``current`` (rows in time order).
@@ -248,6 +287,7 @@ class DriftMonitor:
         obj.ref_sample = [np.asarray(s, dtype=np.float64) for s in d["ref_sample"]]
         obj.ref_mean = [float(v) for v in d["ref_mean"]]
         obj.ref_std = [float(v) for v in d["ref_std"]]
+        obj._chance = {}
         return obj
 
 
