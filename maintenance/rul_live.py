@@ -10,9 +10,10 @@ bias-corrected exponentially weighted means (one recursion per span: ``num = x +
 ``den = 1 + (1 - a) den``, exactly `rul.ewm`), the trend and the age in cycles; then the ONNX graph through
 ``models.runtime.OnnxModel`` (file checked against its sha256), the output clipped to [0, cap], and the
 binned conformal interval of the card (``rul_intervals``; open-ended at the cap: ``upper`` None and
-``details.open_ended``). Every ``predict_every`` cycles a `Prediction` (kind ``rul``, model id, model
-version = sha256 of the ONNX file, registry version in ``details``) goes to the predictions table; with
-``alert_below``, an alert is raised while the interval's lower end is below that many cycles.
+``details.open_ended``); a row the runtime refuses (a value beyond float32, a non-finite output) gives no
+prediction for that cycle (logged, event ``rul_input_refused``). Every ``predict_every`` cycles a `Prediction`
+(kind ``rul``, model id, model version = sha256 of the ONNX file, registry version in ``details``) goes to the
+predictions table; with ``alert_below``, an alert is raised while the interval's lower end is below that many cycles.
 
 The model comes from a version directory or the registry's champion of a model id (its index in
 ``index.json`` or, with ``registry_db``, the site database the console promotes in). A registry-served asset
@@ -42,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import ConfigError
+from edge.errors import ConfigError, DataError
 from edge.files import pack_state, read_asset_state, write_atomic
 from edge.records import Prediction, Reading
 from maintenance.alerts import AlertChange, AlertManager
@@ -554,7 +555,15 @@ class RulLive:
         if a.cycles - a.last_pred < a.cfg.predict_every:
             return
         a.last_pred = a.cycles
-        value, lo, hi = m.predict(x)
+        try:
+            value, lo, hi = m.predict(x)
+        except DataError as exc:
+            # The runtime refuses a row the float32 graph cannot hold or whose output is not finite (a tag without a
+            # range sending its device's 1e39 "no value"): no prediction for this cycle rather than a RUL computed
+            # from an infinite input, and no exception that would drop every asset's results of the group.
+            log.warning("asset %s: no RUL prediction at cycle %s: %s", a.name, age, exc,
+                        extra={"event": "rul_input_refused", "asset": a.name})
+            return
         if a.cfg.cycle_tag is not None:
             t, start = a.end_time, a.first_time
         else:

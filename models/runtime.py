@@ -130,9 +130,22 @@ class OnnxModel:
         out = self.session.run([self._output], {INPUT_NAME: X32})[0]
         return np.asarray(out, dtype=np.float64).reshape(X32.shape[0], -1)
 
+    def _check_output(self, raw: np.ndarray) -> None:
+        # Finite float32 inputs can still overflow inside a graph (a scaler and a linear model on a value of 3e38):
+        # an inf or NaN value gives an interval of [inf, inf] or NaN, or a NaN p-value, that would be stored and
+        # shown as a prediction. Refused like a bad input, naming the rows.
+        bad = ~np.isfinite(raw).all(axis=1)
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            shown = ", ".join(str(r) for r in rows[:5]) + (" ..." if rows.size > 5 else "")
+            raise InputError(f"{self.model_id} v{self.version}: the model's output is NaN or infinite for row {shown} "
+                             f"({rows.size} of {raw.shape[0]}): its inputs are far outside what it can handle")
+
     def predict(self, X, *, columns: Sequence[str] | None = None) -> Output:
-        """Checked batch inference with the static conformal interval or p-value (`InputError` on bad input)."""
+        """Checked batch inference with the static conformal interval or p-value (`InputError` on bad input, and
+        on a graph output that is NaN or infinite: never served as a prediction)."""
         raw = self.run_raw(self.matrix(X, columns))
+        self._check_output(raw)
         value = raw[:, 0]
         lower = upper = p = cov = None
         if self.kind == "anomaly":

@@ -101,7 +101,7 @@ class InputSchema:
         if a.shape[1] != len(self):
             raise InputError(f"model input has {a.shape[1]} columns, the model takes {len(self)}: "
                              f"{', '.join(self.names)}")
-        self._check_finite(a)
+        self._check_finite(a, dtype)
         return np.ascontiguousarray(a, dtype=dtype)
 
     def _from_mapping(self, X: Mapping, dtype) -> np.ndarray:
@@ -118,7 +118,7 @@ class InputSchema:
             raise InputError("features have different lengths: "
                              + ", ".join(f"{f.name}={c.size}" for f, c in zip(self.features, cols, strict=True)))
         a = np.column_stack(cols)
-        self._check_finite(a)
+        self._check_finite(a, dtype)
         return np.ascontiguousarray(a, dtype=dtype)
 
     def _check_names(self, given: list[str], order_matters: bool = True) -> None:
@@ -137,10 +137,16 @@ class InputSchema:
             raise InputError(f"features in the wrong order: column {first} is {given[first]!r}, the model expects "
                              f"{want[first]!r} there (order: {', '.join(want)})")
 
-    def _check_finite(self, a: np.ndarray) -> None:
+    def _check_finite(self, a: np.ndarray, dtype=np.float32) -> None:
+        """``a`` (float64) must be finite in ``dtype``, the type the graph takes: a value beyond float32's range
+        (a device's 1e39 or DBL_MAX "no value") is finite here but infinite in the tensor, and the model's answer
+        to it is inf or NaN, or a finite value no training row supports."""
         if self.allow_nan:
             return
-        bad = ~np.isfinite(a)
+        top = float(np.finfo(dtype).max)
+        with np.errstate(invalid="ignore"):
+            beyond = np.abs(a) > top  # NaN compares False: counted by isfinite below
+        bad = ~np.isfinite(a) | beyond
         if not bad.any():
             return
         parts = []
@@ -148,4 +154,5 @@ class InputSchema:
             rows = np.flatnonzero(bad[:, j])
             shown = ", ".join(str(r) for r in rows[:_MAX_ROWS_NAMED]) + (" ..." if rows.size > _MAX_ROWS_NAMED else "")
             parts.append(f"{self.features[j].name} (row {shown}; {rows.size} in all)")
-        raise InputError("NaN or infinite input values: " + "; ".join(parts))
+        hint = f" (beyond ±{top:.3g}, the largest {np.dtype(dtype).name} the model takes)" if beyond.any() else ""
+        raise InputError("NaN or infinite input values: " + "; ".join(parts) + hint)

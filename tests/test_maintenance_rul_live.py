@@ -649,3 +649,29 @@ async def test_the_gateways_save_loop_goes_on_after_a_failed_save(fitted, tmp_pa
     assert calls[:2] == [1, 2] and an.errors == 1
     assert [r for r in caplog.records if getattr(r, "event", None) == "rul_state_not_saved"]
     assert len(read_state(tmp_path / "rul_state.npz", 1)[1]["0.ages"]) == 10
+
+
+async def test_a_reading_the_float32_graph_cannot_hold_gives_no_prediction_not_a_lost_group(fitted, caplog):
+    """A sensor without a configured range sends its device's 1e39 "no value" (finite, so the reading is good). The
+    model's input row then holds a value beyond float32, which the runtime refuses (`models.runtime`): the asset gets
+    no prediction for that cycle (logged), instead of a RUL computed from an infinite input, and the other engines'
+    predictions of the same group go on (an exception would have dropped the whole analytics group)."""
+    _, d = fitted
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    units = [int(u) for u in test.units()[:3]]
+    fleet = test.select(np.isin(test.unit, units))
+    live = MaintenanceLive(MaintenanceConfig(period_s=60.0, assets=tuple(rul_asset(u, d) for u in units)))
+    glitch = 10
+    preds = []
+    with caplog.at_level(logging.WARNING, logger="maintenance.rul_live"):
+        for c, batch in enumerate(replay(fleet), start=1):
+            if c == glitch:
+                batch = [Reading(r.tag, r.time, 1e39, r.time) if r.tag == f"E{units[0]}.s2" else r for r in batch]
+            _, p, _ = await live.process(batch)
+            preds += p
+    at = {(p.asset, p.details["cycle"]) for p in preds}
+    assert (f"E{units[0]}", glitch) not in at
+    assert all((f"E{u}", glitch) in at for u in units[1:])
+    assert (f"E{units[0]}", glitch - 1) in at
+    assert all(np.isfinite(p.value) and np.isfinite(p.lower) for p in preds)
+    assert any("no RUL prediction" in r.getMessage() for r in caplog.records)

@@ -215,3 +215,22 @@ def test_performance_monitor_flags_a_degraded_model_not_a_healthy_one(served, mo
     reg.promote("an", reg.register(models["anomaly"]).version)
     an = ModelServer(reg, "an")
     assert an.performance()["status"] == "unknown" and "anomaly" in an.performance()["reason"]
+
+
+def test_inputs_beyond_float32_and_non_finite_outputs_are_refused_not_served(models, served):
+    """The input check ran on float64 values, the graph takes float32: a device's 1e39 "no value" passed as finite,
+    became inf in the tensor, and a linear model answered inf with the interval [inf, inf]; so did a float32-finite
+    3e38 that overflows inside the graph. `predict_records` turned both into stored predictions."""
+    m = _model(models["linear"])
+    rows = {"x1": [0.1, 1e39], "x2": [0.2, 0.2], "x3": [0.3, 0.3], "x4": [0.4, 0.4]}
+    with pytest.raises(InputError, match=r"NaN or infinite input values: x1 \(row 1; 1 in all\).*float32"):
+        m.predict(rows)
+    with pytest.raises(InputError, match=r"output is NaN or infinite for row 1 "):
+        m.predict({**rows, "x1": [0.1, -3e38]})
+    srv = ModelServer(served, "syn")
+    times = [datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, 1, tzinfo=UTC)]
+    for x1 in (1e39, -3e38):
+        with pytest.raises(InputError):
+            srv.predict_records({**rows, "x1": [0.1, x1]}, asset="GT1", times=times)
+    ok = srv.predict_records(rows | {"x1": [0.1, 0.2]}, asset="GT1", times=times)
+    assert all(np.isfinite([p.value, p.lower, p.upper]).all() for p in ok)
