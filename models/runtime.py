@@ -6,9 +6,10 @@
   (anomaly scorers), the model id, the registry version and the ONNX sha256.
 - `ModelServer`: serves the champion of one model id from a `models.registry.Registry`. ``refresh()`` loads a
   new champion and swaps one reference: a request that already picked up the old version finishes on it (its
-  session stays alive), later ones use the new one; nothing is dropped or blocked. Sessions are cached per
-  version. Regressors served through it get adaptive conformal intervals (rolling window of recent scores +
-  ACI level update) once ``observe(truth, ...)`` reports what really happened. The same truth feeds a
+  session stays alive), later ones use the new one; nothing is dropped or blocked. Only the served version's
+  session is kept (the old one is freed once its last request is done). Regressors served through it get
+  adaptive conformal intervals (rolling window of recent scores + ACI level update) once
+  ``observe(truth, ...)`` reports what really happened. The same truth feeds a
   `models.drift.PerformanceMonitor` per served version (rolling MAE against the card's holdout MAE, rolling
   coverage of the served intervals against nominal): ``performance()`` is its status.
 
@@ -194,7 +195,7 @@ class ModelServer:
         self.gamma = gamma
         self.performance_window = performance_window
         self.performance_min_rows = performance_min_rows
-        self._models: dict[int, OnnxModel] = {}  # sessions cached per version
+        self._models: dict[int, OnnxModel] = {}  # the served version's session (older ones are released on a swap)
         self._swap_lock = threading.Lock()
         self._serving: _Serving | None = None
         self._watch: tuple[threading.Thread, threading.Event] | None = None
@@ -236,6 +237,11 @@ class ModelServer:
                 ac = AdaptiveConformal(cal["alpha"], window=self.window, gamma=self.gamma,
                                        score=cal.get("score", "absolute")).start(cal["scores"])
             self._serving = _Serving(mv.version, model, ac, threading.Lock(), self._performance_monitor(model))
+            # Only the served version stays cached: a gateway that runs for months through weekly promotions kept
+            # every version's session and card (5,000 scores, the drift reference) for good. A request still on the
+            # old version holds its own reference until it finishes; a rollback to it loads it again.
+            for v in [v for v in self._models if v != mv.version]:
+                del self._models[v]
             if current is not None:
                 self.swaps += 1
             return True

@@ -3,8 +3,10 @@ load without a lost request, adaptive intervals under drift."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -234,3 +236,19 @@ def test_inputs_beyond_float32_and_non_finite_outputs_are_refused_not_served(mod
             srv.predict_records({**rows, "x1": [0.1, x1]}, asset="GT1", times=times)
     ok = srv.predict_records(rows | {"x1": [0.1, 0.2]}, asset="GT1", times=times)
     assert all(np.isfinite([p.value, p.lower, p.upper]).all() for p in ok)
+
+
+def test_a_swapped_out_version_is_released(served, models):
+    """A gateway runs for months while new champions are promoted (retrained weekly, say): each swap used to keep
+    the previous version's onnxruntime session and card (calibration scores, drift reference) in the server's cache
+    for good, so memory grew with every promotion. Once no request uses it, a swapped-out version is freed; a
+    rollback to it loads it again."""
+    srv = ModelServer(served, "syn")
+    first = weakref.ref(srv.model)
+    served.promote("syn", served.register(models["hgb"]).version)
+    out = srv.infer(regression_table(2, seed=3).matrix(FEATURES))  # an answer of v1 may outlive the swap
+    assert srv.refresh() and srv.version == 2 and out.version == 1
+    gc.collect()
+    assert first() is None, "v1's session is still held after the swap"
+    served.rollback("syn")
+    assert srv.refresh() and srv.version == 1 and srv.infer(regression_table(2, seed=3).matrix(FEATURES)).version == 1
