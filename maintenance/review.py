@@ -88,7 +88,9 @@ def alert_precision(conn: psycopg.Connection, *, since: datetime | None = None, 
                     model_id: str | None = None) -> list[dict]:
     """Precision of past alerts from reviews, per (kind, model): right / (right + wrong) by the latest
     verdict of each alert, with how many alerts are still unreviewed. An alert raised from a prediction
-    also counts the review of that prediction when the alert itself has none."""
+    also counts the review of that prediction when the alert itself has none: the prediction its evidence
+    names by ``id``, or, as the gateway writes evidence (it cannot know the id of a prediction still in its
+    spool), by the alert's asset and the evidence's ``model_id`` and ``time``."""
     where, params = ["true"], {}
     if since is not None:
         where.append("a.raised_at >= %(since)s")
@@ -106,7 +108,14 @@ def alert_precision(conn: psycopg.Connection, *, since: datetime | None = None, 
                        (SELECT verdict FROM prediction_feedback f WHERE f.alert_id = a.id
                         ORDER BY created_at DESC, id DESC LIMIT 1),
                        (SELECT verdict FROM prediction_feedback f
-                        WHERE f.prediction_id = (a.evidence #>> '{{prediction,id}}')::bigint
+                        WHERE f.prediction_id = coalesce(
+                            (a.evidence #>> '{{prediction,id}}')::bigint,
+                            -- live alerts name their prediction by its key (model, time; the asset is the
+                            -- alert's): without this their predictions' reviews were never counted
+                            (SELECT p.id FROM predictions p
+                             WHERE p.model_id = a.evidence #>> '{{prediction,model_id}}' AND p.asset = a.asset
+                               AND p.time = (a.evidence #>> '{{prediction,time}}')::timestamptz
+                             ORDER BY p.id LIMIT 1))
                         ORDER BY created_at DESC, id DESC LIMIT 1)) AS verdict
             FROM alerts a WHERE {' AND '.join(where)})
         SELECT kind, model_id, count(*) AS alerts,

@@ -102,3 +102,41 @@ def test_feedback_needs_a_database_and_a_valid_time(pg_dsn, capsys, monkeypatch)
     assert exc.value.code == 2 and "not an ISO-8601 time" in capsys.readouterr().err
     assert valvoja(["models", "evaluate", "feedback", "--db", pg_dsn]) == 1  # not migrated
     assert "valvoja db migrate" in capsys.readouterr().err
+
+
+async def _live_alerts(dsn: str) -> list[int]:
+    """Three anomaly alerts as the gateway raises them: the evidence names the prediction by model, version and time
+    (`maintenance.live`; the gateway cannot know the database id of a prediction still in its spool), and the
+    predictions are stored by the forwarder. Returns the ids of the three evidence predictions and of one more
+    prediction of the first asset, an hour later, that no alert names."""
+    m = AlertManager(AlertPolicy(clear_after_s=0))
+    preds = [Prediction("anomaly:P-20" + str(k), "sha-live", "P-20" + str(k), at(k * 60), 9.0, p_value=0.001,
+                        kind="anomaly", input_start=at(k * 60 - 600), input_end=at(k * 60)) for k in (1, 2, 3)]
+    preds.append(Prediction("anomaly:P-201", "sha-live", "P-201", at(3660), 1.0, p_value=0.6, kind="anomaly"))
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        ids = await store.write_predictions(conn, preds)
+        changes = []
+        for p in preds[:3]:
+            ev = {"prediction": {"model_id": p.model_id, "model_version": p.model_version, "value": p.value,
+                                 "p_value": p.p_value, "alpha": 0.01, "time": p.time, "input_start": p.input_start,
+                                 "input_end": p.input_end}, "top_signals": []}
+            changes += m.observe(asset=p.asset, tag=None, kind="anomaly", active=True, t=p.time, evidence=ev)
+            changes += m.observe(asset=p.asset, tag=None, kind="anomaly", active=False, t=at(3600))
+        await store.apply_changes(conn, changes)
+    return ids
+
+
+def test_feedback_counts_the_review_of_the_prediction_behind_a_live_alert(pg_dsn):
+    """Maintenance teams review a gateway alert's prediction in the predictions view (the console's
+    /predictions/{id}/review). The alert's evidence names that prediction by model and time, not by id, so its
+    review was never found: the alert stayed 'unreviewed' and the precision ignored the team's verdict."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+    ids = asyncio.run(_live_alerts(pg_dsn))
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        review.review_prediction(conn, ids[0], "wrong", "pump was being flushed", "anna")
+        review.review_prediction(conn, ids[1], "right", "seal leaking", "bob")
+        review.review_prediction(conn, ids[3], "right", "", "bob")  # a prediction no alert names: counts for none
+        rows = {r["model_id"]: r for r in review.alert_precision(conn)}
+    got = {m: (r["alerts"], r["right"], r["wrong"], r["unreviewed"]) for m, r in rows.items()}
+    assert got == {"anomaly:P-201": (1, 0, 1, 0), "anomaly:P-202": (1, 1, 0, 0), "anomaly:P-203": (1, 0, 0, 1)}
