@@ -57,7 +57,8 @@ def add_subcommands(models_subparsers) -> None:
                                    "through the same modes.")
     g.add_argument("--data", type=Path, required=True, metavar="DIR", help="folder with gt_<year>.csv files")
     g.add_argument("--train", nargs="+", required=True, metavar="YEAR", help="training years, in time order")
-    g.add_argument("--test", nargs="+", required=True, metavar="YEAR", help="evaluation years, in time order")
+    g.add_argument("--test", nargs="+", required=True, metavar="YEAR",
+                   help="evaluation years, in time order; none of the training years (refused)")
     g.add_argument("--target", nargs="+", default=["NOX", "CO"], help="target column(s) (default NOX CO)")
     g.add_argument("--estimator", default="hgb", help="model (models.estimators.ESTIMATORS; default hgb)")
     g.add_argument("--baseline", default="linear", help="baseline estimator, or 'none' (default linear)")

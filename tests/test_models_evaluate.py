@@ -159,3 +159,20 @@ def test_gas_turbine_full_2013():
     bars = res["targets"]["NOX"]["bars"]
     assert bars["streaming_mae_30pct_below_baseline"], bars
     assert res["targets"]["NOX"]["models"]["hgb"]["streaming"]["mae"] < 5.0
+
+
+def test_a_test_year_that_is_also_a_training_year_is_refused(capsys):
+    """``--train 2011 2012 2013 --test 2013`` fitted and calibrated on the very rows it then scored, and printed
+    its (flattering) MAE and coverage as the evaluation; the data README's rule is never to train on an
+    evaluation part."""
+    from models.report_cli import add_subcommands
+
+    with pytest.raises(ValueError, match=r"2013 .*both training and test"):
+        evaluate_gas_turbine(SAMPLE, [2011, 2012, 2013], ["2013"], targets=["NOX"], baseline=None)
+    parser = argparse.ArgumentParser()
+    add_subcommands(parser.add_subparsers(dest="cmd", required=True))
+    args = parser.parse_args(["evaluate", "gas-turbine", "--data", str(SAMPLE), "--train", "2012", "2013",
+                              "--test", "2013", "--target", "NOX", "--baseline", "none"])
+    assert args.func(args) == 1
+    captured = capsys.readouterr()
+    assert "both training and test" in captured.err and "MAE" not in captured.out
