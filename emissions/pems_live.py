@@ -105,7 +105,8 @@ class LivePems:
                 log.warning("pems %s: model %s has no champion yet; no predictions until one is promoted",
                             self.link.tag, self.link.model_id)
             return False
-        if self.server is not None and mv.version == self.server.version:
+        # The sha256 too: an index restored from an older backup numbers a new registration as an old version.
+        if self.server is not None and mv.version == self.server.version and mv.sha256 == self.server.model.sha256:
             return False
         self._check_inputs(mv)
         if self.server is None:

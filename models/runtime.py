@@ -215,7 +215,7 @@ class ModelServer:
 
     def _load(self, mv) -> OnnxModel:
         m = self._models.get(mv.version)
-        if m is None:
+        if m is None or m.sha256 != mv.sha256:  # a version number the index reused for other files
             m = mv.load()  # models.registry.ModelVersion: both files checked against the registry
             self._models[mv.version] = m
         return m
@@ -228,7 +228,9 @@ class ModelServer:
             if mv is None:
                 return False
             current = self._serving
-            if current is not None and current.version == mv.version:
+            # The number alone is not the version: an index that lost rows (restored from a backup) numbers the
+            # next registration as an old one, and the champion under that number is then another graph.
+            if current is not None and current.version == mv.version and current.model.sha256 == mv.sha256:
                 return False
             model = self._load(mv)
             ac = None

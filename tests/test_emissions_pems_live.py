@@ -309,3 +309,23 @@ def test_predicting_never_reads_the_registry_refresh_is_off_the_loop(monkeypatch
 def test_refresh_interval_must_not_be_negative(refresh_s):
     with pytest.raises(ValueError, match=r"pems.refresh_s must be >= 0 seconds.*0: before every group of readings"):
         PemsLink(tag="p", model_id="pems-nox", refresh_s=refresh_s)
+
+
+def test_a_champion_under_a_reused_version_number_is_swapped_in(tmp_path, sample):
+    """The registry's index was restored from a backup older than v1 (its files are still there): the next model
+    registered is numbered v1 again (the old files are moved aside) and promoted. Live PEMS compared version
+    numbers only and went on predicting with a graph that is no longer in the registry."""
+    from emissions.pems_live import LivePems
+    from models.registry import Registry
+
+    features, X, _ = sample
+    reg = Registry(tmp_path / "models")
+    register(reg, estimator="linear")
+    live = LivePems(link(tmp_path, features), asset="GT", target="NOx", registry=reg, clock=ticking())
+    old = live.server.model.sha256
+    (tmp_path / "models" / "index.json").unlink()
+    assert register(reg) == 1
+    new = reg.champion("pems-nox").sha256
+    assert new != old
+    live.maybe_refresh()
+    assert live.predict(T0, row(features, X, 0)).model_version == new

@@ -252,3 +252,20 @@ def test_a_swapped_out_version_is_released(served, models):
     assert first() is None, "v1's session is still held after the swap"
     served.rollback("syn")
     assert srv.refresh() and srv.version == 1 and srv.infer(regression_table(2, seed=3).matrix(FEATURES)).version == 1
+
+
+def test_a_new_champion_under_a_reused_version_number_is_swapped_in(tmp_path, models):
+    """The index lost rows its directory still has (a database restored from an older backup; a registry directory
+    also used with the other index): the next registration reuses the version number (the old files are moved
+    aside as an orphan) and is promoted. The server compared version numbers only, so it went on serving the old
+    graph, no longer in the registry, while the registry's champion was another model."""
+    reg = Registry(tmp_path / "reg")
+    reg.promote("syn", reg.register(models["linear"]).version)
+    srv = ModelServer(reg, "syn")
+    assert srv.model.sha256 == models["linear"].sha256
+    (tmp_path / "reg" / "index.json").unlink()  # the restored index knows nothing of v1
+    again = reg.register(models["hgb"])
+    reg.promote("syn", again.version)
+    assert again.version == srv.version == 1
+    assert srv.refresh() is True
+    assert srv.model.sha256 == models["hgb"].sha256 == srv.infer(regression_table(2).matrix(FEATURES)).model_version
