@@ -246,7 +246,8 @@ class DriftMonitor:
         return self._chance[key]
 
     def over_time(self, current, window: int, step: int | None = None) -> dict:
-        """PSI and KS per feature on consecutive windows of ``current`` (rows in time order).
+        """PSI and KS per feature on consecutive windows of ``current`` (rows in time order); the last window
+        ends at the last row (it overlaps the one before when the rows are not a whole number of steps).
 
         Returns ``{"start": [...], "end": [...], "psi": {feature: [...]}, "ks": {...}, "status": [...]}``.
         """
@@ -256,6 +257,10 @@ class DriftMonitor:
                      "ks": {f: [] for f in self.features}, "status": []}
         n = cur.shape[0]
         starts = list(range(0, max(n - window, 0) + 1, step)) if n >= window else ([0] if n else [])
+        if starts and starts[-1] + window < n:
+            # The rows after the last whole window are the newest: a last window of full size ends at the last row
+            # (overlapping the one before) rather than leaving recent drift out of the series.
+            starts.append(n - window)
         for a in starts:
             b = min(a + window, n)
             r = self.check(cur[a:b])

@@ -153,3 +153,18 @@ def test_small_windows_of_unchanged_data_do_not_read_as_drift():
     shifted = mon.check(np.column_stack([rng.normal(size=30) + 2.0, rng.normal(size=30)]))
     by = {f["feature"]: f for f in shifted["features"]}
     assert by["a"]["status"] == "drift" and by["b"]["status"] == "ok" and shifted["status"] == "drift"
+
+
+def test_over_time_reaches_the_latest_rows():
+    """Windows were laid from the first row and only full ones kept: with 1,000 rows and a window of 300, rows
+    900-999, the most recent, were in no window, so a drift that began there never showed over time (in the
+    report's default 672-row windows, up to four weeks of the newest hourly data). The last window now ends at
+    the last row."""
+    rng = np.random.default_rng(8)
+    mon = DriftMonitor(rng.normal(size=(5000, 1)), ["a"])
+    cur = rng.normal(size=(1000, 1))
+    cur[880:] += 3.0  # the newest rows drifted
+    ot = mon.over_time(cur, 300)
+    assert ot["end"][-1] == 1000 and ot["status"][-1] == "drift"
+    assert ot["start"][:3] == [0, 300, 600] and ot["status"][:2] == ["ok", "ok"]
+    assert mon.over_time(cur[:900], 300)["start"] == [0, 300, 600]  # whole windows: as before
