@@ -38,7 +38,7 @@ from edge.records import Prediction, Quality, Reading
 from maintenance.alerts import AlertChange, AlertManager, Window, dedup_key
 from maintenance.anomaly import AnomalyBank, AnomalyConfig, AnomalyDetector
 from maintenance.config import AssetConfig, MaintenanceConfig
-from maintenance.indicators import Band, IndicatorEngine, value_of
+from maintenance.indicators import Band, IndicatorEngine, slot_numbers, value_of
 from maintenance.iso20816 import SEVERITY, ZONES, ZoneTracker
 from maintenance.rules import RuleEngine
 
@@ -294,8 +294,7 @@ class MaintenanceLive:
         if scalar:
             # One pass over the Reading objects; the rest is numpy per period.
             n = len(scalar)
-            slots = np.floor(np.fromiter((r.time.timestamp() for r in scalar), float, n)
-                             / self.config.period_s).astype(np.int64)
+            slots = slot_numbers(np.fromiter((r.time.timestamp() for r in scalar), float, n), self.config.period_s)
             values = np.fromiter((value_of(r) for r in scalar), float, n)
             unc = np.fromiter((r.quality == Quality.UNCERTAIN for r in scalar), bool, n)
             rows = np.fromiter((self.indicators.row.get(r.tag, -1) for r in scalar), np.int64, n)

@@ -344,3 +344,16 @@ def test_a_running_gateway_adopts_train_anomaly_and_never_writes_over_it(tmp_pat
     assert file_id(path) != seen
     assert replace_if_unchanged(path, b"stale", seen) is None and path.read_bytes() != b"stale"
     assert replace_if_unchanged(path, b"fresh", file_id(path)) is not None and path.read_bytes() == b"fresh"
+
+
+async def test_tags_sampled_every_tenth_of_a_second_fill_every_slot_of_their_windows():
+    """`process` computes the slots of a batch itself: on a 0.1 s grid each reading has its own (in floating point
+    40 % fell one slot early, overwriting their neighbours: the window's minimum here was 21, not 20)."""
+    asset = AssetConfig(name="F", process_tags=("F.x",), process_stats=("min", "max", "mean"))
+    live = MaintenanceLive(MaintenanceConfig(window_s=1, hop_s=1, period_s=0.1, assets=(asset,)))
+    derived = []
+    for k in range(40):
+        t = T0 + timedelta(microseconds=100_000 * k)
+        derived += (await live.process([Reading("F.x", t, float(k), t)]))[0]
+    at3 = {r.tag: r.value for r in derived if r.time == T0 + timedelta(seconds=3)}
+    assert (at3["F.x.min"], at3["F.x.max"], at3["F.x.mean"]) == (20.0, 29.0, 24.5)
