@@ -4,7 +4,8 @@ For each asset with ``[maintenance.assets.rul]`` the readings of its setting and
 per cycle: cycles of ``cycle_s`` seconds (a cycle closes as soon as every tag the model uses has its
 readings for it, or when a reading of a later cycle arrives), or the asset's own cycles counted by a
 ``cycle_tag`` (flights, batches, strokes: a cycle closes when the counter changes, the counter value is the
-age, and a counter that goes back starts a new life with an empty history). Each closed cycle goes through
+age, and a counter that goes back starts a new life with an empty history; a reading older than the
+current cycle's start is late and left out). Each closed cycle goes through
 the same steps as in training, incrementally: per-condition normalisation with the card's fitted parameters, the causal
 bias-corrected exponentially weighted means (one recursion per span: ``num = x + (1 - a) num``,
 ``den = 1 + (1 - a) den``, exactly `rul.ewm`), the trend and the age in cycles; then the ONNX graph through
@@ -510,6 +511,13 @@ class RulLive:
     def _counted(self, a: _Asset, pos: int, t: datetime, v: float, preds: list[Prediction],
                  changes: list[AlertChange]) -> None:
         """Counter mode: a reading of the cycle counter (``pos`` COUNTER) or of a tag of the current cycle."""
+        began = a.end_time or a.first_time  # when the current cycle began (its counter value was first seen)
+        if began is not None and (t < began or (pos == COUNTER and t == began)):
+            # Older than the current cycle (an MQTT redelivery after a reconnect, a device's buffered backlog): its
+            # cycle is closed. A late counter value below the current one used to read as the counter going back,
+            # closing the cycle early and starting a new life (the history and the EWM wiped); a late sensor
+            # reading was counted in the current cycle. A genuine reset comes with a newer time.
+            return
         if pos != COUNTER:
             if a.slot is not None:  # before the first counter value the cycle is unknown: not used
                 a.sums[pos] += v

@@ -649,3 +649,32 @@ async def test_the_gateways_save_loop_goes_on_after_a_failed_save(fitted, tmp_pa
     assert calls[:2] == [1, 2] and an.errors == 1
     assert [r for r in caplog.records if getattr(r, "event", None) == "rul_state_not_saved"]
     assert len(read_state(tmp_path / "rul_state.npz", 1)[1]["0.ages"]) == 10
+
+
+def test_a_late_or_repeated_counter_reading_is_not_a_new_life(fitted):
+    """Counter mode: a counter reading older than the current cycle's start (an MQTT redelivery after a reconnect,
+    a device's buffered backlog) is late, not the counter going back: it used to close the cycle early and start
+    a new life, wiping the asset's history and age. A genuine reset comes with a newer time. A sensor reading
+    older than the current cycle's start belongs to a cycle already closed and is not counted in the current one."""
+    _, d = fitted
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    one = test.select(test.unit == int(test.units()[0]))
+    asset = AssetConfig(name="ENG", rul=RulAssetConfig(
+        model_dir=str(d), sensors=tuple(f"ENG.s{j}" for j in range(1, 22)),
+        settings=tuple(f"ENG.set{k}" for k in range(1, 4)), cycle_tag="ENG.cycles"))
+    config = MaintenanceConfig(period_s=1.0, assets=(asset,))
+    n = len(one.unit)
+    batches, t = [], T0
+    for i in range(n):
+        tk = t + timedelta(seconds=30)
+        batches.append([Reading("ENG.cycles", t, float(one.cycle[i]), t)]
+                       + [Reading(f"ENG.set{j + 1}", tk, float(one.settings[i, j]), tk) for j in range(3)]
+                       + [Reading(f"ENG.s{j + 1}", tk, float(one.sensors[i, j]), tk) for j in range(21)])
+        t += timedelta(seconds=60)
+    batches.append([Reading("ENG.cycles", t, float(one.cycle[-1]) + 1, t)])
+    whole = _process(MaintenanceLive(config), batches)
+    h = n // 2  # cycle h's counter and readings again, after cycle h + 1 began
+    late = [*batches[:h + 1], batches[h - 1][:1], batches[h - 1][1:], *batches[h + 1:]]
+    got = _process(MaintenanceLive(config), late)
+    assert [p.details["cycle"] for p in got] == [p.details["cycle"] for p in whole] == list(range(1, n + 1))
+    assert np.allclose([p.value for p in got], [p.value for p in whole], atol=1e-12)
