@@ -337,6 +337,21 @@ class MaintenanceLive:
                 p, c = self.rul.update(sorted((r for r in scalar if r.tag in self.rul.tag_of), key=lambda r: r.time))
                 preds.extend(p)
                 changes.extend(c)
+                if self.rul.closed_unsaved and self.rul.state_path is not None:
+                    # A closed cycle is saved before its prediction is handed on: its readings were acknowledged
+                    # upstream and are not analysed again, so a crash before the periodic save lost the cycle from
+                    # the restored history (and every later EWM feature with it). A crash between the save and the
+                    # spool loses the prediction row at most. Written off the event loop; a failure is logged,
+                    # counted and retried by the periodic save.
+                    data = self.rul.snapshot()
+                    try:
+                        await asyncio.to_thread(self.rul.write, data)
+                    except Exception:  # a bug in saving must not lose this group's predictions and alerts
+                        self.rul.mark_unsaved()
+                        if self.metrics is not None:
+                            self.metrics.analytics_errors.inc()
+                        log.exception("saving the RUL history failed; retried by the periodic save",
+                                      extra={"event": "rul_state_not_saved"})
         changes.extend(self.rules.update(readings))
         changes.extend(self.rules.update(derived))
         # The caller's clock (the data's, never ahead of receipt: edge.pipeline) when given: one reading stamped

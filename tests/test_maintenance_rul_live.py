@@ -403,12 +403,12 @@ def test_a_missing_or_damaged_model_directory_is_a_configuration_error(fitted, t
 
 
 def _restarted(config: MaintenanceConfig, state_dir: Path, first: list, rest: list) -> tuple[list, MaintenanceLive]:
-    """Process ``first``, save as the gateway does at shutdown, start afresh on the same state folder, process
-    ``rest``: the predictions of ``rest`` and the new instance."""
+    """Process ``first`` (each closed cycle saved), save as the gateway does at shutdown (what changed since), start
+    afresh on the same state folder, process ``rest``: the predictions of ``rest`` and the new instance."""
     live = MaintenanceLive(config, state_dir=state_dir)
     _process(live, first)
     data = live.rul.snapshot()
-    assert data is not None and live.rul.write(data)
+    assert data is None or live.rul.write(data)
     again = MaintenanceLive(config, state_dir=state_dir)
     return _process(again, rest), again
 
@@ -468,8 +468,10 @@ def test_saved_history_of_another_configuration_or_damaged_is_not_restored(fitte
     config = MaintenanceConfig(period_s=60.0, assets=(rul_asset(u, d),))
     live = MaintenanceLive(config, state_dir=tmp_path)
     _process(live, batches[:20])
+    live.rul.mark_unsaved()  # (each closed cycle was saved already: snapshots taken by hand)
     first = live.rul.snapshot()
     _process(live, batches[20:30])
+    live.rul.mark_unsaved()
     second = live.rul.snapshot()
     assert live.rul.write(second) and not live.rul.write(first)  # an older snapshot never replaces a newer one
     assert MaintenanceLive(config, state_dir=tmp_path).rul.restored == {f"E{u}": 30}
@@ -483,6 +485,8 @@ def test_saved_history_of_another_configuration_or_damaged_is_not_restored(fitte
     preds = _process(moved, batches[30:32])
     assert preds[0].details["cycle"] == 1  # starts afresh
 
+    live.rul.mark_unsaved()  # `moved` saved its own cycles over the file: the first configuration's again
+    assert live.rul.write(live.rul.snapshot())
     state = tmp_path / "rul_state.npz"
     meta, arrays = read_state(state, 1)
     arrays["0.rows"] = arrays["0.rows"][:, :2]  # rows of the wrong width
@@ -518,8 +522,8 @@ rul = { model_dir = "@MODEL@", sensors = [@SENSORS@], settings = [@SETTINGS@], c
 
 @pytest.mark.slow
 def test_the_gateway_goes_on_with_an_engines_age_after_a_stop_and_a_kill(fitted, tmp_path, pg_dsn, mosquitto):
-    """MQTT -> `valvoja run` -> predictions table, one engine's cycles in three parts: a stop (SIGTERM: saved at
-    shutdown; the periodic save an hour away), a SIGKILL after the periodic save: every cycle has exactly one
+    """MQTT -> `valvoja run` -> predictions table, one engine's cycles in three parts: a stop (SIGTERM; the
+    periodic save an hour away), a SIGKILL after the periodic save: every cycle has exactly one
     prediction, with its own age, equal to the offline model's (an uninterrupted run's)."""
     import orjson
     import paho.mqtt.client as mqtt
@@ -577,9 +581,9 @@ def test_the_gateway_goes_on_with_an_engines_age_after_a_stop_and_a_kill(fitted,
         wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up")
         send(range(0, a))
         wait_for(lambda: len(predictions()) == a, timeout_s=60, what=f"{a} predictions")
-        assert not state.exists()  # the periodic save is an hour away
+        assert saved_cycles() == a  # the periodic save is an hour away: saved as each cycle closed
         assert gw.terminate() == 0
-        assert saved_cycles() == a  # saved at shutdown
+        assert saved_cycles() == a
 
         gw.config.write_text(site(0.5).replace("{HTTP_PORT}", str(gw.port)))
         gw.start()
@@ -628,6 +632,9 @@ async def test_the_gateways_save_loop_goes_on_after_a_failed_save(fitted, tmp_pa
     live = an.maintenance
     for batch in list(replay(test.select(test.unit == u)))[:10]:
         await live.process(batch)
+    (tmp_path / "rul_state.npz").unlink()  # saved as each cycle closed; the save loop's own save is tested here
+    live.rul.mark_unsaved()
+    seq = live.rul._snapshots
     write, calls = live.rul.write, []
 
     def failing_once(snapshot):
@@ -646,7 +653,7 @@ async def test_the_gateways_save_loop_goes_on_after_a_failed_save(fitted, tmp_pa
                     break
         finally:
             task.cancel()
-    assert calls[:2] == [1, 2] and an.errors == 1
+    assert calls[:2] == [seq + 1, seq + 2] and an.errors == 1
     assert [r for r in caplog.records if getattr(r, "event", None) == "rul_state_not_saved"]
     assert len(read_state(tmp_path / "rul_state.npz", 1)[1]["0.ages"]) == 10
 
@@ -678,3 +685,103 @@ def test_a_late_or_repeated_counter_reading_is_not_a_new_life(fitted):
     got = _process(MaintenanceLive(config), late)
     assert [p.details["cycle"] for p in got] == [p.details["cycle"] for p in whole] == list(range(1, n + 1))
     assert np.allclose([p.value for p in got], [p.value for p in whole], atol=1e-12)
+
+
+def test_the_cycle_in_progress_is_saved_at_shutdown(fitted, tmp_path):
+    """The gateway saves at shutdown what changed since its last save. The readings of the cycle in progress are
+    part of it: they were not (only a closed cycle counted as a change), so a stop after a periodic save lost
+    them and the cycle's mean was made of the readings after the restart alone."""
+    _, d = fitted
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    u = int(test.units()[0])
+    one = test.select(test.unit == u)
+    batches = []  # three readings per tag per 60 s cycle, spread around the cycle's row
+    for c, batch in enumerate(replay(one)):
+        for k in range(3):
+            tk = T0 + timedelta(seconds=60 * c + 20 * k)
+            batches.append([Reading(r.tag, tk, float(r.value) + (k - 1) * 1e-3, tk) for r in batch])
+    config = MaintenanceConfig(period_s=20.0, assets=(rul_asset(u, d),))
+    whole = _process(MaintenanceLive(config), batches)
+    at = 3 * (len(one.unit) // 2)
+    live = MaintenanceLive(config, state_dir=tmp_path)
+    _process(live, batches[:at])
+    data = live.rul.snapshot()  # the last save: just after a cycle closed (a periodic save, or the close's own)
+    if data is not None:
+        live.rul.write(data)
+    _process(live, batches[at:at + 2])  # two thirds of the next cycle, then a stop
+    data = live.rul.snapshot()  # what `Analytics.run` writes at shutdown
+    assert data is not None and live.rul.write(data)
+    after = _process(MaintenanceLive(config, state_dir=tmp_path), batches[at + 2:])
+    tail = whole[-len(after):]
+    assert [p.details["cycle"] for p in after] == [p.details["cycle"] for p in tail]
+    assert np.allclose([p.value for p in after], [p.value for p in tail], atol=1e-12)
+
+
+@pytest.mark.slow
+def test_a_killed_gateway_keeps_every_cycle_that_closed(fitted, tmp_path, pg_dsn, mosquitto):
+    """SIGKILL of `valvoja run` between two periodic saves (an hour apart): the cycles that closed since the last
+    one are in the state file, because a closed cycle is saved before its prediction is handed on. They were
+    missing from the restored history, and every later prediction of the engine differed from the offline one."""
+    import orjson
+    import paho.mqtt.client as mqtt
+    import psycopg
+    from gateway_proc import GatewayProcess
+    from ops_support import new_run, site_config, wait_for
+
+    r, d = fitted
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    u = int(test.units()[0])
+    one = test.select(test.unit == u)
+    n = len(one.unit)
+    run = new_run()
+    sensors = ", ".join(f'"E{u}.s{j}"' for j in range(1, 22))
+    settings = ", ".join(f'"E{u}.set{k}"' for k in range(1, 4))
+    site = site_config(pg_dsn, mosquitto.port, run=run, gateway_id="gw-rul-kill") + (
+        GATEWAY_SITE.replace("@RUN@", run).replace("@U@", str(u)).replace("@MODEL@", str(d))
+        .replace("@SAVE@", "3600").replace("@SENSORS@", sensors).replace("@SETTINGS@", settings))
+
+    def predictions() -> list[tuple]:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            try:
+                return conn.execute("SELECT (details->>'cycle')::int, value FROM predictions WHERE asset = %s "
+                                    "ORDER BY time", (f"E{u}",)).fetchall()
+            except psycopg.errors.UndefinedTable:
+                return []
+
+    t0 = time.time() - 60 * (n + 10)
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{run}")
+    pub.connect("127.0.0.1", mosquitto.port)
+    pub.loop_start()
+
+    def send(cycles: range) -> None:
+        infos = []
+        for i in cycles:
+            t = t0 + 60 * i
+            samples = ([{"tag": f"E{u}.set{k + 1}", "t": t, "v": float(one.settings[i, k])} for k in range(3)] +
+                       [{"tag": f"E{u}.s{j + 1}", "t": t, "v": float(one.sensors[i, j])} for j in range(21)])
+            infos.append(pub.publish(f"rul/{run}/cycle", orjson.dumps({"s": samples}), qos=1))
+        for info in infos:
+            info.wait_for_publish(10)
+
+    a = n // 2
+    gw = GatewayProcess(tmp_path / "gw", site).start()
+    state = tmp_path / "gw" / "var" / "rul_state.npz"
+    try:
+        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up")
+        send(range(0, a))
+        wait_for(lambda: len(predictions()) == a, timeout_s=60, what=f"{a} predictions")
+        gw.kill()  # the periodic save is an hour away
+        saved = read_state(state, 1)
+        assert saved is not None and len(saved[1]["0.ages"]) == a
+
+        gw.start()
+        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up after the kill")
+        send(range(a, n))
+        got = wait_for(lambda: len(p := predictions()) >= n and p, timeout_s=60, what=f"{n} predictions")
+        assert [c for c, _ in got] == list(range(1, n + 1))
+        offline = r["model"].predict(one.unit, one.cycle, one.settings, one.sensors)
+        assert np.allclose([v for _, v in got], offline, atol=1e-3)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        gw.kill()
