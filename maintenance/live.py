@@ -410,8 +410,17 @@ class MaintenanceLive:
             if hit is None:
                 continue
             asset, tracker = hit
-            changed = tracker.update(float(d.value))
             tag = d.tag.rsplit(".", 1)[0]
+            if tracker.current is None:
+                # First value since the start (or a reload): with the tag's zone alert open (loaded from the store),
+                # start from its zone so the hysteresis holds across the restart. Starting without a zone, a value
+                # just under the boundary (inside the band) read as zone B and cleared the alert, raised again at the
+                # next value above it: an alert and a notification per restart (as the rules' deadband, rules.py).
+                held = self.manager.open.get(dedup_key(asset, tag, "iso20816"))
+                if held is not None:
+                    z0 = held.alert.evidence.get("zone")
+                    tracker.current = z0 if z0 in ("C", "D") else "C"
+            changed = tracker.update(float(d.value))
             z = tracker.current
             out.append(replace(d, tag=f"{tag}.iso_zone", value=ZONES.index(z)))
             if changed is None and z not in ("C", "D") and dedup_key(asset, tag, "iso20816") not in self.manager.open:
