@@ -517,11 +517,12 @@ class RulLive:
                  changes: list[AlertChange]) -> None:
         """Counter mode: a reading of the cycle counter (``pos`` COUNTER) or of a tag of the current cycle."""
         began = a.end_time or a.first_time  # when the current cycle began (its counter value was first seen)
-        if began is not None and (t < began or (pos == COUNTER and t == began)):
-            # Older than the current cycle (an MQTT redelivery after a reconnect, a device's buffered backlog): its
-            # cycle is closed. A late counter value below the current one used to read as the counter going back,
-            # closing the cycle early and starting a new life (the history and the EWM wiped); a late sensor
-            # reading was counted in the current cycle. A genuine reset comes with a newer time.
+        if began is not None and (t < began if pos != COUNTER else t <= began and int(v) < a.slot):
+            # Older than the current cycle (a device's buffered backlog sent after its live values, a redelivery):
+            # its cycle is closed. A late counter value below the current one used to read as the counter going
+            # back, closing the cycle early and starting a new life (the history and the EWM wiped); a late sensor
+            # reading was counted in the current cycle. A genuine reset comes with a newer time; a counter going up
+            # closes the cycle whatever its time (a device clock stepped back must not stop the cycles).
             return
         if pos != COUNTER:
             if a.slot is not None:  # before the first counter value the cycle is unknown: not used
