@@ -520,58 +520,81 @@ rul = { model_dir = "@MODEL@", sensors = [@SENSORS@], settings = [@SETTINGS@], c
 """
 
 
+class _EngineOverMqtt:
+    """One C-MAPSS test engine's cycles published to `valvoja run` over MQTT, one message per 60 s cycle (one reading
+    per tag: each message closes its cycle), and the engine's predictions read back from the database."""
+
+    def __init__(self, model_dir: Path, pg_dsn: str, mosquitto, gateway_id: str) -> None:
+        import paho.mqtt.client as mqtt
+        from ops_support import new_run
+
+        test = cmapss.load(SAMPLE / "test_FD001.txt")
+        self.u = int(test.units()[0])
+        self.one = test.select(test.unit == self.u)
+        self.n = len(self.one.unit)
+        self.run, self.model_dir, self.pg_dsn, self.port = new_run(), model_dir, pg_dsn, mosquitto.port
+        self.gateway_id = gateway_id
+        self.t0 = time.time() - 60 * (self.n + 10)
+        self.pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{self.run}")
+        self.pub.connect("127.0.0.1", mosquitto.port)
+        self.pub.loop_start()
+
+    def site(self, save_s: float) -> str:
+        from ops_support import site_config
+
+        u = self.u
+        sensors = ", ".join(f'"E{u}.s{j}"' for j in range(1, 22))
+        settings = ", ".join(f'"E{u}.set{k}"' for k in range(1, 4))
+        return site_config(self.pg_dsn, self.port, run=self.run, gateway_id=self.gateway_id) + (
+            GATEWAY_SITE.replace("@RUN@", self.run).replace("@U@", str(u)).replace("@MODEL@", str(self.model_dir))
+            .replace("@SAVE@", str(save_s)).replace("@SENSORS@", sensors).replace("@SETTINGS@", settings))
+
+    def predictions(self) -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(self.pg_dsn, autocommit=True) as conn:
+            try:
+                return conn.execute("SELECT (details->>'cycle')::int, value FROM predictions WHERE asset = %s "
+                                    "ORDER BY time", (f"E{self.u}",)).fetchall()
+            except psycopg.errors.UndefinedTable:
+                return []
+
+    def send(self, cycles: range) -> None:
+        import orjson
+
+        u, one, infos = self.u, self.one, []
+        for i in cycles:
+            t = self.t0 + 60 * i
+            samples = ([{"tag": f"E{u}.set{k + 1}", "t": t, "v": float(one.settings[i, k])} for k in range(3)] +
+                       [{"tag": f"E{u}.s{j + 1}", "t": t, "v": float(one.sensors[i, j])} for j in range(21)])
+            infos.append(self.pub.publish(f"rul/{self.run}/cycle", orjson.dumps({"s": samples}), qos=1))
+        for info in infos:
+            info.wait_for_publish(10)
+
+    def offline(self, r) -> np.ndarray:
+        one = self.one
+        return r["model"].predict(one.unit, one.cycle, one.settings, one.sensors)
+
+    def close(self) -> None:
+        self.pub.loop_stop()
+        self.pub.disconnect()
+
+
 @pytest.mark.slow
 def test_the_gateway_goes_on_with_an_engines_age_after_a_stop_and_a_kill(fitted, tmp_path, pg_dsn, mosquitto):
     """MQTT -> `valvoja run` -> predictions table, one engine's cycles in three parts: a stop (SIGTERM; the
     periodic save an hour away), a SIGKILL after the periodic save: every cycle has exactly one
     prediction, with its own age, equal to the offline model's (an uninterrupted run's)."""
-    import orjson
-    import paho.mqtt.client as mqtt
-    import psycopg
     from gateway_proc import GatewayProcess
-    from ops_support import new_run, site_config, wait_for
+    from ops_support import wait_for
 
     r, d = fitted
-    test = cmapss.load(SAMPLE / "test_FD001.txt")
-    u = int(test.units()[0])
-    one = test.select(test.unit == u)
-    n = len(one.unit)
-    run = new_run()
-
-    def site(save_s: float) -> str:
-        sensors = ", ".join(f'"E{u}.s{j}"' for j in range(1, 22))
-        settings = ", ".join(f'"E{u}.set{k}"' for k in range(1, 4))
-        return site_config(pg_dsn, mosquitto.port, run=run, gateway_id="gw-rul") + (
-            GATEWAY_SITE.replace("@RUN@", run).replace("@U@", str(u)).replace("@MODEL@", str(d))
-            .replace("@SAVE@", str(save_s)).replace("@SENSORS@", sensors).replace("@SETTINGS@", settings))
-
-    def predictions() -> list[tuple]:
-        with psycopg.connect(pg_dsn, autocommit=True) as conn:
-            try:
-                return conn.execute("SELECT (details->>'cycle')::int, value FROM predictions WHERE asset = %s "
-                                    "ORDER BY time", (f"E{u}",)).fetchall()
-            except psycopg.errors.UndefinedTable:
-                return []
-
-    t0 = time.time() - 60 * (n + 10)
-    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{run}")
-    pub.connect("127.0.0.1", mosquitto.port)
-    pub.loop_start()
-
-    def send(cycles: range) -> None:
-        infos = []
-        for i in cycles:
-            t = t0 + 60 * i
-            samples = ([{"tag": f"E{u}.set{k + 1}", "t": t, "v": float(one.settings[i, k])} for k in range(3)] +
-                       [{"tag": f"E{u}.s{j + 1}", "t": t, "v": float(one.sensors[i, j])} for j in range(21)])
-            infos.append(pub.publish(f"rul/{run}/cycle", orjson.dumps({"s": samples}), qos=1))
-        for info in infos:
-            info.wait_for_publish(10)
-
+    eng = _EngineOverMqtt(d, pg_dsn, mosquitto, "gw-rul")
+    n = eng.n
     # The last reading of a cycle closes it only when a later cycle's reading arrives, or when every tag has its
     # reading: here the latter (one reading per tag per 60 s cycle), so each message closes its cycle.
     a, b = n // 3, 2 * n // 3
-    gw = GatewayProcess(tmp_path / "gw", site(3600)).start()
+    gw = GatewayProcess(tmp_path / "gw", eng.site(3600)).start()
     state = tmp_path / "gw" / "var" / "rul_state.npz"
 
     def saved_cycles() -> int:
@@ -579,32 +602,62 @@ def test_the_gateway_goes_on_with_an_engines_age_after_a_stop_and_a_kill(fitted,
 
     try:
         wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up")
-        send(range(0, a))
-        wait_for(lambda: len(predictions()) == a, timeout_s=60, what=f"{a} predictions")
+        eng.send(range(0, a))
+        wait_for(lambda: len(eng.predictions()) == a, timeout_s=60, what=f"{a} predictions")
         assert saved_cycles() == a  # the periodic save is an hour away: saved as each cycle closed
         assert gw.terminate() == 0
         assert saved_cycles() == a
 
-        gw.config.write_text(site(0.5).replace("{HTTP_PORT}", str(gw.port)))
+        gw.config.write_text(eng.site(0.5).replace("{HTTP_PORT}", str(gw.port)))
         gw.start()
         wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up again")
-        send(range(a, b))
-        wait_for(lambda: len(predictions()) == b, timeout_s=60, what=f"{b} predictions")
+        eng.send(range(a, b))
+        wait_for(lambda: len(eng.predictions()) == b, timeout_s=60, what=f"{b} predictions")
         wait_for(lambda: saved_cycles() == b,
                  what="the periodic save")
         gw.kill()
 
         gw.start()
         wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up after the kill")
-        send(range(b, n))
-        got = wait_for(lambda: len(p := predictions()) >= n and p, timeout_s=60, what=f"{n} predictions")
+        eng.send(range(b, n))
+        got = wait_for(lambda: len(p := eng.predictions()) >= n and p, timeout_s=60, what=f"{n} predictions")
         assert [c for c, _ in got] == list(range(1, n + 1))  # one per cycle, each with its own age
-        offline = r["model"].predict(one.unit, one.cycle, one.settings, one.sensors)
-        assert np.allclose([v for _, v in got], offline, atol=1e-3)
+        assert np.allclose([v for _, v in got], eng.offline(r), atol=1e-3)
         assert gw.health()["analytics"]["errors"] == 0
     finally:
-        pub.loop_stop()
-        pub.disconnect()
+        eng.close()
+        gw.kill()
+
+
+@pytest.mark.slow
+def test_a_killed_gateway_keeps_every_cycle_that_closed(fitted, tmp_path, pg_dsn, mosquitto):
+    """SIGKILL of `valvoja run` between two periodic saves (an hour apart): the cycles that closed since the last
+    one are in the state file, because a closed cycle is saved before its prediction is handed on. They were
+    missing from the restored history, and every later prediction of the engine differed from the offline one."""
+    from gateway_proc import GatewayProcess
+    from ops_support import wait_for
+
+    r, d = fitted
+    eng = _EngineOverMqtt(d, pg_dsn, mosquitto, "gw-rul-kill")
+    n, a = eng.n, eng.n // 2
+    gw = GatewayProcess(tmp_path / "gw", eng.site(3600)).start()
+    state = tmp_path / "gw" / "var" / "rul_state.npz"
+    try:
+        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up")
+        eng.send(range(0, a))
+        wait_for(lambda: len(eng.predictions()) == a, timeout_s=60, what=f"{a} predictions")
+        gw.kill()  # the periodic save is an hour away
+        saved = read_state(state, 1)
+        assert saved is not None and len(saved[1]["0.ages"]) == a
+
+        gw.start()
+        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up after the kill")
+        eng.send(range(a, n))
+        got = wait_for(lambda: len(p := eng.predictions()) >= n and p, timeout_s=60, what=f"{n} predictions")
+        assert [c for c, _ in got] == list(range(1, n + 1))
+        assert np.allclose([v for _, v in got], eng.offline(r), atol=1e-3)
+    finally:
+        eng.close()
         gw.kill()
 
 
@@ -715,73 +768,3 @@ def test_the_cycle_in_progress_is_saved_at_shutdown(fitted, tmp_path):
     tail = whole[-len(after):]
     assert [p.details["cycle"] for p in after] == [p.details["cycle"] for p in tail]
     assert np.allclose([p.value for p in after], [p.value for p in tail], atol=1e-12)
-
-
-@pytest.mark.slow
-def test_a_killed_gateway_keeps_every_cycle_that_closed(fitted, tmp_path, pg_dsn, mosquitto):
-    """SIGKILL of `valvoja run` between two periodic saves (an hour apart): the cycles that closed since the last
-    one are in the state file, because a closed cycle is saved before its prediction is handed on. They were
-    missing from the restored history, and every later prediction of the engine differed from the offline one."""
-    import orjson
-    import paho.mqtt.client as mqtt
-    import psycopg
-    from gateway_proc import GatewayProcess
-    from ops_support import new_run, site_config, wait_for
-
-    r, d = fitted
-    test = cmapss.load(SAMPLE / "test_FD001.txt")
-    u = int(test.units()[0])
-    one = test.select(test.unit == u)
-    n = len(one.unit)
-    run = new_run()
-    sensors = ", ".join(f'"E{u}.s{j}"' for j in range(1, 22))
-    settings = ", ".join(f'"E{u}.set{k}"' for k in range(1, 4))
-    site = site_config(pg_dsn, mosquitto.port, run=run, gateway_id="gw-rul-kill") + (
-        GATEWAY_SITE.replace("@RUN@", run).replace("@U@", str(u)).replace("@MODEL@", str(d))
-        .replace("@SAVE@", "3600").replace("@SENSORS@", sensors).replace("@SETTINGS@", settings))
-
-    def predictions() -> list[tuple]:
-        with psycopg.connect(pg_dsn, autocommit=True) as conn:
-            try:
-                return conn.execute("SELECT (details->>'cycle')::int, value FROM predictions WHERE asset = %s "
-                                    "ORDER BY time", (f"E{u}",)).fetchall()
-            except psycopg.errors.UndefinedTable:
-                return []
-
-    t0 = time.time() - 60 * (n + 10)
-    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{run}")
-    pub.connect("127.0.0.1", mosquitto.port)
-    pub.loop_start()
-
-    def send(cycles: range) -> None:
-        infos = []
-        for i in cycles:
-            t = t0 + 60 * i
-            samples = ([{"tag": f"E{u}.set{k + 1}", "t": t, "v": float(one.settings[i, k])} for k in range(3)] +
-                       [{"tag": f"E{u}.s{j + 1}", "t": t, "v": float(one.sensors[i, j])} for j in range(21)])
-            infos.append(pub.publish(f"rul/{run}/cycle", orjson.dumps({"s": samples}), qos=1))
-        for info in infos:
-            info.wait_for_publish(10)
-
-    a = n // 2
-    gw = GatewayProcess(tmp_path / "gw", site).start()
-    state = tmp_path / "gw" / "var" / "rul_state.npz"
-    try:
-        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up")
-        send(range(0, a))
-        wait_for(lambda: len(predictions()) == a, timeout_s=60, what=f"{a} predictions")
-        gw.kill()  # the periodic save is an hour away
-        saved = read_state(state, 1)
-        assert saved is not None and len(saved[1]["0.ages"]) == a
-
-        gw.start()
-        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up after the kill")
-        send(range(a, n))
-        got = wait_for(lambda: len(p := predictions()) >= n and p, timeout_s=60, what=f"{n} predictions")
-        assert [c for c, _ in got] == list(range(1, n + 1))
-        offline = r["model"].predict(one.unit, one.cycle, one.settings, one.sensors)
-        assert np.allclose([v for _, v in got], offline, atol=1e-3)
-    finally:
-        pub.loop_stop()
-        pub.disconnect()
-        gw.kill()
