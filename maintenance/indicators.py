@@ -48,9 +48,15 @@ def slot_numbers(times_s: np.ndarray, period_s: float) -> np.ndarray:
 
     Computed in whole microseconds: in floating point, ``floor(t / 0.1)`` puts 40 % of the times on a 0.1 s
     grid one slot early (two readings in one slot, the first overwritten, and an empty slot beside it).
-    Readings' times are whole microseconds, so ``t * 1e6`` rounds back to them exactly."""
-    us = np.rint(np.asarray(times_s, dtype=float) * 1e6).astype(np.int64)
-    return us // max(1, round(period_s * 1e6))
+    Readings' times are whole microseconds, so ``t * 1e6`` rounds back to them exactly. A period of no whole
+    number of microseconds keeps the floating-point division: slot times are ``slot * period`` (window ends,
+    anomaly sample times), and a rounded period would drift from them (minutes at today's slot numbers)."""
+    t = np.asarray(times_s, dtype=float)
+    p_us = period_s * 1e6
+    n_us = round(p_us)
+    if n_us < 1 or abs(p_us - n_us) > 1e-12 * p_us:  # float error of a whole number of microseconds: ~1e-16
+        return np.floor(t / period_s).astype(np.int64)
+    return np.rint(t * 1e6).astype(np.int64) // n_us
 
 
 STATS = ("mean", "std", "min", "max", "rms", "peak", "crest", "kurtosis", "slope")

@@ -127,6 +127,12 @@ def test_readings_on_a_tenth_of_a_second_grid_each_get_their_own_slot():
     assert (at3["F.x.min"].value, at3["F.x.max"].value) == (20.0, 29.0)
     assert at3["F.x.mean"].value == pytest.approx(24.5)
     assert all(r.quality == Quality.GOOD for r in out if r.time > t0 + timedelta(seconds=1))  # every slot filled
+    # A period of no whole number of microseconds: the windows still end where their readings are.
+    p = 0.3333333
+    eng = IndicatorEngine({"F.x": ("mean",)}, window_s=3, hop_s=3, period_s=p)
+    out = [d for k in range(40) for d in eng.update([_r("F.x", t0 + timedelta(seconds=k * p), 1.0)])]
+    ends = [(d.time - t0).total_seconds() for d in out]  # windows aligned to the epoch: the first ends in [0, 3)
+    assert len(ends) >= 4 and 0 <= ends[0] < 3 and np.allclose(np.diff(ends), 9 * p, atol=1e-5)
 
 
 def test_waveform_block_never_spans_a_gap():
