@@ -129,8 +129,9 @@ class MaintenanceConfig(BaseModel):
     window_s: int = Field(60, gt=0, description="sliding window of the indicators")
     hop_s: int = Field(10, gt=0, description="indicators are emitted this often")
     period_s: float = Field(1.0, gt=0, description="sampling period of scalar tags")
-    state_save_s: float = Field(60.0, gt=0, description="how often the RUL assets' kept cycles are saved to the "
-                                                         "state folder (a restart goes on from them)")
+    state_save_s: float = Field(60.0, gt=0, description="how often the RUL assets' cycles in progress are saved to "
+                                                         "the state folder (a restart goes on from them); a "
+                                                         "closed cycle is saved at once")
     assets: tuple[AssetConfig, ...] = ()
     alerts: AlertPolicy = AlertPolicy()
     notify: NotifyConfig = NotifyConfig()

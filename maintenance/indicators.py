@@ -9,7 +9,9 @@ Two kinds of input:
   ``<tag>.<stat>`` (``P-101.vib_de.rms``), so they go through the same spool and sink as raw data.
 - **Waveform tags** (high-rate samples, e.g. 2560 Hz velocity): samples are collected into blocks;
   each full block gives velocity RMS, peak, crest factor, kurtosis and band RMS values from the
-  spectrum (Parseval: the band values add up, in quadrature, to the block's AC RMS).
+  spectrum (Parseval: the band values add up, in quadrature, to the block's RMS). A block is made of
+  evenly spaced good samples only: a gap in the samples' times or a bad sample starts a new block, and a
+  repeated (or older) sample is skipped.
 
 Statistics: ``mean std min max rms peak crest kurtosis slope`` (``slope`` per second, least squares;
 ``kurtosis`` is Pearson's: 1.5 for a sine, 3 for Gaussian noise). Bad-quality and non-finite values
@@ -39,6 +41,22 @@ def value_of(r: Reading) -> float:
         return v
     n = r.numeric
     return math.nan if n is None else n
+
+
+def slot_numbers(times_s: np.ndarray, period_s: float) -> np.ndarray:
+    """Absolute slot numbers (``floor(time / period)``) of times in seconds since the epoch.
+
+    Computed in whole microseconds: in floating point, ``floor(t / 0.1)`` puts 40 % of the times on a 0.1 s
+    grid one slot early (two readings in one slot, the first overwritten, and an empty slot beside it).
+    Readings' times are whole microseconds, so ``t * 1e6`` rounds back to them exactly. A period of no whole
+    number of microseconds keeps the floating-point division: slot times are ``slot * period`` (window ends,
+    anomaly sample times), and a rounded period would drift from them (minutes at today's slot numbers)."""
+    t = np.asarray(times_s, dtype=float)
+    p_us = period_s * 1e6
+    n_us = round(p_us)
+    if n_us < 1 or abs(p_us - n_us) > 1e-12 * p_us:  # float error of a whole number of microseconds: ~1e-16
+        return np.floor(t / period_s).astype(np.int64)
+    return np.rint(t * 1e6).astype(np.int64) // n_us
 
 
 STATS = ("mean", "std", "min", "max", "rms", "peak", "crest", "kurtosis", "slope")
@@ -94,13 +112,15 @@ class Band:
 def waveform_indicators(samples: np.ndarray, fs_hz: float, bands: Iterable[Band] = ()) -> dict[str, float]:
     """RMS, peak, crest factor, kurtosis and band RMS values of one block of waveform samples.
 
-    ``rms`` and ``peak`` are of the signal as measured (a velocity waveform's RMS is the ISO 20816
-    quantity when the sensor filters 10-1000 Hz); band values come from a Hann-free rectangular
-    one-sided spectrum scaled so that the sum of squares of all bands (DC excluded) is the AC
-    variance (Parseval), which makes them comparable with ``rms``.
+    ``rms``, ``peak`` and ``crest`` are of the vibration: the block's mean (a sensor's offset, an integrator's
+    drift) is taken out first. ISO 20816 rates the RMS of the vibration velocity (10-1000 Hz); with the offset
+    in, 1 mm/s of vibration on a 3 mm/s offset read 3.16 mm/s, zone C on a machine in zone A. When the
+    sensor filters 10-1000 Hz the mean is about zero and this changes nothing. Band values come from a
+    Hann-free rectangular one-sided spectrum scaled so that the sum of squares of all bands (DC excluded)
+    is the variance (Parseval), so they add up, in quadrature, to ``rms``.
     """
     x = np.asarray(samples, dtype=float)
-    s = window_stats(x[None, :], 1.0 / fs_hz)
+    s = window_stats((x - x.mean())[None, :], 1.0 / fs_hz)
     out = {k: float(s[k][0]) for k in ("rms", "peak", "crest", "kurtosis")}
     bands = list(bands)
     if bands:
@@ -125,6 +145,7 @@ class _Block:
     buf: list[float] = field(default_factory=list)
     start: datetime | None = None
     worst: Quality = Quality.GOOD
+    last: datetime | None = None  # time of the latest sample seen (good or bad)
 
 
 class IndicatorEngine:
@@ -173,7 +194,7 @@ class IndicatorEngine:
             values.append(value_of(r))
             unc.append(r.quality == Quality.UNCERTAIN)
         if rows:
-            slots = np.floor(np.asarray(times) / self.period).astype(np.int64)
+            slots = slot_numbers(np.asarray(times), self.period)
             out.extend(self.update_arrays(np.asarray(rows), slots, np.asarray(values), np.asarray(unc), now))
         return out
 
@@ -239,8 +260,20 @@ class IndicatorEngine:
     # -- waveforms -----------------------------------------------------------------------------
     def _waveform_sample(self, r: Reading) -> list[Reading]:
         b = self.blocks[r.tag]
+        if b.last is not None:
+            # The spectrum and the block's statistics assume evenly spaced samples: a block never joins two
+            # bursts (the step between them reads as broadband energy, kurtosis and crest), and a repeated or
+            # older sample (a redelivery, a late message) is not appended a second time or out of place.
+            dt = (r.time - b.last).total_seconds() * b.fs_hz  # in sample periods
+            if dt < 0.5:
+                return []
+            if dt > 1.5:
+                b.buf, b.start, b.worst = [], None, Quality.GOOD
+        b.last = r.time
         v = r.numeric
         if v is None or r.quality == Quality.BAD or not math.isfinite(v):
+            # Leaving the sample out would close up the block and shift every later sample's time: start anew.
+            b.buf, b.start, b.worst = [], None, Quality.GOOD
             return []
         if b.start is None:
             b.start = r.time

@@ -38,7 +38,7 @@ from edge.records import Prediction, Quality, Reading
 from maintenance.alerts import AlertChange, AlertManager, Window, dedup_key
 from maintenance.anomaly import AnomalyBank, AnomalyConfig, AnomalyDetector
 from maintenance.config import AssetConfig, MaintenanceConfig
-from maintenance.indicators import Band, IndicatorEngine, value_of
+from maintenance.indicators import Band, IndicatorEngine, slot_numbers, value_of
 from maintenance.iso20816 import SEVERITY, ZONES, ZoneTracker
 from maintenance.rules import RuleEngine
 
@@ -294,8 +294,7 @@ class MaintenanceLive:
         if scalar:
             # One pass over the Reading objects; the rest is numpy per period.
             n = len(scalar)
-            slots = np.floor(np.fromiter((r.time.timestamp() for r in scalar), float, n)
-                             / self.config.period_s).astype(np.int64)
+            slots = slot_numbers(np.fromiter((r.time.timestamp() for r in scalar), float, n), self.config.period_s)
             values = np.fromiter((value_of(r) for r in scalar), float, n)
             unc = np.fromiter((r.quality == Quality.UNCERTAIN for r in scalar), bool, n)
             rows = np.fromiter((self.indicators.row.get(r.tag, -1) for r in scalar), np.int64, n)
@@ -338,6 +337,21 @@ class MaintenanceLive:
                 p, c = self.rul.update(sorted((r for r in scalar if r.tag in self.rul.tag_of), key=lambda r: r.time))
                 preds.extend(p)
                 changes.extend(c)
+                if self.rul.closed_unsaved and self.rul.state_path is not None:
+                    # A closed cycle is saved before its prediction is handed on: its readings were acknowledged
+                    # upstream and are not analysed again, so a crash before the periodic save lost the cycle from
+                    # the restored history (and every later EWM feature with it). A crash between the save and the
+                    # spool loses the prediction row at most. Written off the event loop; a failure is logged,
+                    # counted and retried by the periodic save.
+                    data = self.rul.snapshot()
+                    try:
+                        await asyncio.to_thread(self.rul.write, data)
+                    except Exception:  # a bug in saving must not lose this group's predictions and alerts
+                        self.rul.mark_unsaved()
+                        if self.metrics is not None:
+                            self.metrics.analytics_errors.inc()
+                        log.exception("saving the RUL history failed; retried by the periodic save",
+                                      extra={"event": "rul_state_not_saved"})
         changes.extend(self.rules.update(readings))
         changes.extend(self.rules.update(derived))
         # The caller's clock (the data's, never ahead of receipt: edge.pipeline) when given: one reading stamped
@@ -396,8 +410,17 @@ class MaintenanceLive:
             if hit is None:
                 continue
             asset, tracker = hit
-            changed = tracker.update(float(d.value))
             tag = d.tag.rsplit(".", 1)[0]
+            if tracker.current is None:
+                # First value since the start (or a reload): with the tag's zone alert open (loaded from the store),
+                # start from its zone so the hysteresis holds across the restart. Starting without a zone, a value
+                # just under the boundary (inside the band) read as zone B and cleared the alert, raised again at the
+                # next value above it: an alert and a notification per restart (as the rules' deadband, rules.py).
+                held = self.manager.open.get(dedup_key(asset, tag, "iso20816"))
+                if held is not None:
+                    z0 = held.alert.evidence.get("zone")
+                    tracker.current = z0 if z0 in ("C", "D") else "C"
+            changed = tracker.update(float(d.value))
             z = tracker.current
             out.append(replace(d, tag=f"{tag}.iso_zone", value=ZONES.index(z)))
             if changed is None and z not in ("C", "D") and dedup_key(asset, tag, "iso20816") not in self.manager.open:

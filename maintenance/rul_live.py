@@ -4,7 +4,8 @@ For each asset with ``[maintenance.assets.rul]`` the readings of its setting and
 per cycle: cycles of ``cycle_s`` seconds (a cycle closes as soon as every tag the model uses has its
 readings for it, or when a reading of a later cycle arrives), or the asset's own cycles counted by a
 ``cycle_tag`` (flights, batches, strokes: a cycle closes when the counter changes, the counter value is the
-age, and a counter that goes back starts a new life with an empty history). Each closed cycle goes through
+age, and a counter that goes back starts a new life with an empty history; a reading older than the
+current cycle's start is late and left out). Each closed cycle goes through
 the same steps as in training, incrementally: per-condition normalisation with the card's fitted parameters, the causal
 bias-corrected exponentially weighted means (one recursion per span: ``num = x + (1 - a) num``,
 ``den = 1 + (1 - a) den``, exactly `rul.ewm`), the trend and the age in cycles; then the ONNX graph through
@@ -21,12 +22,13 @@ asks for the champion every ``refresh_s`` seconds and swaps a newly promoted or 
 between two cycles, its features rebuilt from the cycles kept (`RulLive`).
 
 The kept cycles outlive the process: with a state folder, `snapshot` + `write` save every asset's per-cycle
-means, its current cycle and its age to ``rul_state.npz`` (atomically, every ``[maintenance] state_save_s``
-and at shutdown), and the next start restores them, so a restarted gateway goes on with the asset's age and
-EWM history instead of starting a new life (the longest span, 240 cycles, takes hundreds of cycles to fill
-again). Cycles closed after the last save and before a crash are missing from the history (their readings
-are stored; their predictions went out when they closed). A saved asset whose tags or cycle settings changed
-is not restored (logged).
+means, its current cycle and its age to ``rul_state.npz`` (atomically, as soon as a cycle closes, before its
+prediction is handed on (`maintenance.live`), every ``[maintenance] state_save_s`` while readings of a cycle
+in progress come, and at shutdown), and the next start restores them, so a restarted gateway goes on with the
+asset's age and EWM history instead of starting a new life (the longest span, 240 cycles, takes hundreds of
+cycles to fill again). A crash loses at most the readings of the cycle in progress since the last periodic
+save; killed while a closed cycle is being saved, the gateway loses that cycle's prediction row, never the
+cycle. A saved asset whose tags or cycle settings changed is not restored (logged).
 """
 
 from __future__ import annotations
@@ -274,7 +276,10 @@ class RulLive:
         self.refusals = 0
         self.state_path = Path(state_dir) / STATE_FILE if state_dir is not None else None
         self.restored: dict[str, int] = {}  # asset -> cycles restored from the state file at start
-        self._dirty = False  # a cycle closed since the last snapshot
+        # Changed since the last snapshot: any reading taken (the cycle in progress is saved too, not only the closed
+        # ones: a stop after a periodic save lost its readings), and whether a cycle closed (saved at once).
+        self._dirty = False
+        self.closed_unsaved = False
         self._snapshots = 0
         self._written = 0
         self._write_lock = threading.Lock()
@@ -416,6 +421,7 @@ class RulLive:
             if not math.isfinite(v):
                 continue
             a = self.assets[hit[0]]
+            self._dirty = True
             if a.cfg.cycle_tag is not None:
                 self._counted(a, hit[1], r.time, v, preds, changes)
                 continue
@@ -438,11 +444,11 @@ class RulLive:
 
     # -- the kept cycles across restarts ------------------------------------------------------------
     def snapshot(self) -> dict | None:
-        """A copy of every asset's kept cycles, current cycle and age, or None when no cycle closed since the last
+        """A copy of every asset's kept cycles, current cycle and age, or None when nothing changed since the last
         snapshot. Only array copies, for the event loop; `write` encodes and writes it in a worker thread."""
         if self.state_path is None or not self._dirty:
             return None
-        self._dirty = False
+        self._dirty = self.closed_unsaved = False
         self._snapshots += 1
         return {"seq": self._snapshots,
                 "assets": [(a.name, *_asset_state(a)) for a in self.assets if a.slot is not None]}
@@ -511,6 +517,14 @@ class RulLive:
     def _counted(self, a: _Asset, pos: int, t: datetime, v: float, preds: list[Prediction],
                  changes: list[AlertChange]) -> None:
         """Counter mode: a reading of the cycle counter (``pos`` COUNTER) or of a tag of the current cycle."""
+        began = a.end_time or a.first_time  # when the current cycle began (its counter value was first seen)
+        if began is not None and (t < began if pos != COUNTER else t <= began and int(v) < a.slot):
+            # Older than the current cycle (a device's buffered backlog sent after its live values, a redelivery):
+            # its cycle is closed. A late counter value below the current one used to read as the counter going
+            # back, closing the cycle early and starting a new life (the history and the EWM wiped); a late sensor
+            # reading was counted in the current cycle. A genuine reset comes with a newer time; a counter going up
+            # closes the cycle whatever its time (a device clock stepped back must not stop the cycles).
+            return
         if pos != COUNTER:
             if a.slot is not None:  # before the first counter value the cycle is unknown: not used
                 a.sums[pos] += v
@@ -537,7 +551,7 @@ class RulLive:
 
     def _close(self, a: _Asset, preds: list[Prediction], changes: list[AlertChange]) -> None:
         a.closed = True
-        self._dirty = True
+        self._dirty = self.closed_unsaved = True
         seen = a.counts > 0
         a.last[seen] = a.sums[seen] / a.counts[seen]
         if a.cfg.cycle_tag is not None:

@@ -111,3 +111,74 @@ def test_waveform_tag_blocks():
 def test_unknown_statistic_rejected():
     with pytest.raises(ValueError, match="unknown statistic"):
         IndicatorEngine({"a": ("median",)})
+
+
+def test_readings_on_a_tenth_of_a_second_grid_each_get_their_own_slot():
+    """period_s = 0.1 (10 Hz tags): a reading stamped exactly on the grid belongs to its own slot. Slots were
+    floor(seconds / 0.1) in floating point, which puts 40 % of grid times one slot early: two readings in one slot
+    (the first overwritten) and an empty slot beside it, so a full window had a lower coverage and lost values."""
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    eng = IndicatorEngine({"F.x": ("mean", "min", "max")}, window_s=1, hop_s=1, period_s=0.1, min_coverage=1.0)
+    out = []
+    for k in range(40):
+        t = t0 + timedelta(microseconds=100_000 * k)
+        out += eng.update([_r("F.x", t, float(k))])
+    at3 = {r.tag: r for r in out if r.time == t0 + timedelta(seconds=3)}  # the window [2 s, 3 s): values 20..29
+    assert (at3["F.x.min"].value, at3["F.x.max"].value) == (20.0, 29.0)
+    assert at3["F.x.mean"].value == pytest.approx(24.5)
+    assert all(r.quality == Quality.GOOD for r in out if r.time > t0 + timedelta(seconds=1))  # every slot filled
+    # A period of no whole number of microseconds: the windows still end where their readings are.
+    p = 0.3333333
+    eng = IndicatorEngine({"F.x": ("mean",)}, window_s=3, hop_s=3, period_s=p)
+    out = [d for k in range(40) for d in eng.update([_r("F.x", t0 + timedelta(seconds=k * p), 1.0)])]
+    ends = [(d.time - t0).total_seconds() for d in out]  # windows aligned to the epoch: the first ends in [0, 3)
+    assert len(ends) >= 4 and 0 <= ends[0] < 3 and np.allclose(np.diff(ends), 9 * p, atol=1e-5)
+
+
+def test_waveform_block_never_spans_a_gap():
+    """Waveform samples are evenly spaced only within a burst: a block must not join the end of one burst to the
+    start of the next (the jump is a step in the signal: broadband energy, kurtosis and crest far from the
+    machine's), nor close up over a bad sample, nor take a repeated sample twice."""
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    n = 256  # 0.1 s at 2560 Hz: 5 whole periods of 50 Hz
+    eng = IndicatorEngine({}, waveforms={"P1.vel": (FS, n, [Band("1x", 40, 60), Band("high", 200, 1280)])})
+
+    def burst(start, amplitude, count, phase=0.0):
+        x = amplitude * np.sin(2 * np.pi * 50.0 * np.arange(count) / FS + phase)
+        return [_r("P1.vel", start + timedelta(microseconds=round(i * 1e6 / FS)), float(v)) for i, v in enumerate(x)]
+
+    first = burst(t0, 4.0, n // 2)  # half a block, then the sensor stops for ten minutes
+    later = t0 + timedelta(minutes=10)
+    second = burst(later, 2.0, n, phase=1.0)
+    assert eng.update(first) == []
+    out = eng.update(second)
+    got = {r.tag: r.value for r in out}
+    assert {r.time for r in out} == {later}  # the block of the second burst only
+    assert got["P1.vel.rms"] == pytest.approx(2.0 / np.sqrt(2), rel=1e-6)
+    assert got["P1.vel.kurtosis"] == pytest.approx(1.5, rel=1e-6)
+    assert got["P1.vel.band_high"] == pytest.approx(0.0, abs=1e-9)
+
+    # A bad sample inside a block: the block is dropped (closing up over it would shift every later sample's time).
+    third = burst(t0 + timedelta(minutes=20), 2.0, n + 10)
+    third[5] = _r("P1.vel", third[5].time, float("nan"), Quality.BAD)
+    out = eng.update(third)
+    assert {r.time for r in out} == {third[6].time}  # the block from the sample after the bad one
+    # A sample delivered twice (an MQTT redelivery) is taken once.
+    fourth = burst(t0 + timedelta(minutes=30), 2.0, n)
+    out = eng.update(fourth[:100] + fourth[99:])
+    got = {r.tag: r.value for r in out}
+    assert {r.time for r in out} == {fourth[0].time}
+    assert got["P1.vel.kurtosis"] == pytest.approx(1.5, rel=1e-6)
+
+
+def test_waveform_rms_is_of_the_vibration_not_of_the_sensors_offset():
+    """ISO 20816 rates the RMS of the vibration velocity (10-1000 Hz); a constant offset in the samples (sensor
+    bias, an integrator's drift) is no vibration. With it in, 1.0 mm/s of vibration and a 3 mm/s offset read
+    3.16 mm/s: zone C (a warning) on a machine in zone A. Peak and crest factor are of the vibration too; the
+    band values (DC excluded) add up to the RMS again."""
+    x = sine(1.0 * np.sqrt(2)) + 3.0  # 1.0 mm/s RMS of vibration on a 3 mm/s offset
+    s = waveform_indicators(x, FS, [Band("all", 1, 1281)])
+    assert s["rms"] == pytest.approx(1.0, rel=1e-9)
+    assert s["peak"] == pytest.approx(np.sqrt(2), rel=1e-4)
+    assert s["crest"] == pytest.approx(np.sqrt(2), rel=1e-4)
+    assert s["band_all"] == pytest.approx(s["rms"], rel=1e-9)

@@ -344,3 +344,49 @@ def test_a_running_gateway_adopts_train_anomaly_and_never_writes_over_it(tmp_pat
     assert file_id(path) != seen
     assert replace_if_unchanged(path, b"stale", seen) is None and path.read_bytes() != b"stale"
     assert replace_if_unchanged(path, b"fresh", file_id(path)) is not None and path.read_bytes() == b"fresh"
+
+
+async def test_tags_sampled_every_tenth_of_a_second_fill_every_slot_of_their_windows():
+    """`process` computes the slots of a batch itself: on a 0.1 s grid each reading has its own (in floating point
+    40 % fell one slot early, overwriting their neighbours: the window's minimum here was 21, not 20)."""
+    asset = AssetConfig(name="F", process_tags=("F.x",), process_stats=("min", "max", "mean"))
+    live = MaintenanceLive(MaintenanceConfig(window_s=1, hop_s=1, period_s=0.1, assets=(asset,)))
+    derived = []
+    for k in range(40):
+        t = T0 + timedelta(microseconds=100_000 * k)
+        derived += (await live.process([Reading("F.x", t, float(k), t)]))[0]
+    at3 = {r.tag: r.value for r in derived if r.time == T0 + timedelta(seconds=3)}
+    assert (at3["F.x.min"], at3["F.x.max"], at3["F.x.mean"]) == (20.0, 29.0, 24.5)
+
+
+async def test_a_restart_keeps_the_zone_hysteresis_of_an_open_zone_alert():
+    """A vibration hovering just under the B/C boundary (inside the hysteresis band) keeps zone C and its alert
+    open. After a restart or a configuration reload the zone tracker started without a zone: the first value
+    read as zone B and the alert cleared, to be raised again (a new alert, notified again) at the next value
+    above the boundary. Like a threshold rule's deadband, the zone of the open alert (loaded from the store
+    before the first readings) is where the tracker starts."""
+    def vib(live, seconds, value, start):
+        async def go():
+            out = []
+            for s in range(start, start + seconds):
+                t = T0 + timedelta(seconds=s)
+                out.append(await live.process([Reading("F-1.vib", t, value, t)]))
+            return out
+        return go()
+
+    live = MaintenanceLive(_vibration_only())
+    first = await vib(live, 100, 1.0, 0) + await vib(live, 200, 1.5, 100)  # zone B, then C (boundary 1.4)
+    raised = [c for _, _, ch in first for c in ch if c.event == "raised"]
+    assert len(raised) == 1 and raised[0].alert.evidence["zone"] == "C"
+    hover = await vib(live, 300, 1.35, 300)  # under 1.4 by less than 5 %: still C
+    assert not [c for _, _, ch in hover for c in ch if c.event == "cleared"]
+
+    again = MaintenanceLive(_vibration_only())  # restarted at 300 s
+    a = raised[0]
+    again.manager.load([(a.alert, a.occurrences, a.last_seen, 0, None)])
+    after = await vib(again, 300, 1.35, 300)
+    assert not [c for _, _, ch in after for c in ch if c.event == "cleared"]
+    zones = [r.value for d, _, _ in after for r in d if r.tag == "F-1.vib.iso_zone"]
+    assert zones and set(zones) == {2}  # zone C, as without the restart
+    calm = await vib(again, 200, 1.0, 600)  # clearly below: down to B, and the alert clears
+    assert [c.event for _, _, ch in calm for c in ch] == ["cleared"]

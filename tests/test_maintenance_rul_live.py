@@ -403,12 +403,12 @@ def test_a_missing_or_damaged_model_directory_is_a_configuration_error(fitted, t
 
 
 def _restarted(config: MaintenanceConfig, state_dir: Path, first: list, rest: list) -> tuple[list, MaintenanceLive]:
-    """Process ``first``, save as the gateway does at shutdown, start afresh on the same state folder, process
-    ``rest``: the predictions of ``rest`` and the new instance."""
+    """Process ``first`` (each closed cycle saved), save as the gateway does at shutdown (what changed since), start
+    afresh on the same state folder, process ``rest``: the predictions of ``rest`` and the new instance."""
     live = MaintenanceLive(config, state_dir=state_dir)
     _process(live, first)
     data = live.rul.snapshot()
-    assert data is not None and live.rul.write(data)
+    assert data is None or live.rul.write(data)
     again = MaintenanceLive(config, state_dir=state_dir)
     return _process(again, rest), again
 
@@ -468,8 +468,10 @@ def test_saved_history_of_another_configuration_or_damaged_is_not_restored(fitte
     config = MaintenanceConfig(period_s=60.0, assets=(rul_asset(u, d),))
     live = MaintenanceLive(config, state_dir=tmp_path)
     _process(live, batches[:20])
+    live.rul.mark_unsaved()  # (each closed cycle was saved already: snapshots taken by hand)
     first = live.rul.snapshot()
     _process(live, batches[20:30])
+    live.rul.mark_unsaved()
     second = live.rul.snapshot()
     assert live.rul.write(second) and not live.rul.write(first)  # an older snapshot never replaces a newer one
     assert MaintenanceLive(config, state_dir=tmp_path).rul.restored == {f"E{u}": 30}
@@ -483,6 +485,8 @@ def test_saved_history_of_another_configuration_or_damaged_is_not_restored(fitte
     preds = _process(moved, batches[30:32])
     assert preds[0].details["cycle"] == 1  # starts afresh
 
+    live.rul.mark_unsaved()  # `moved` saved its own cycles over the file: the first configuration's again
+    assert live.rul.write(live.rul.snapshot())
     state = tmp_path / "rul_state.npz"
     meta, arrays = read_state(state, 1)
     arrays["0.rows"] = arrays["0.rows"][:, :2]  # rows of the wrong width
@@ -516,58 +520,81 @@ rul = { model_dir = "@MODEL@", sensors = [@SENSORS@], settings = [@SETTINGS@], c
 """
 
 
-@pytest.mark.slow
-def test_the_gateway_goes_on_with_an_engines_age_after_a_stop_and_a_kill(fitted, tmp_path, pg_dsn, mosquitto):
-    """MQTT -> `valvoja run` -> predictions table, one engine's cycles in three parts: a stop (SIGTERM: saved at
-    shutdown; the periodic save an hour away), a SIGKILL after the periodic save: every cycle has exactly one
-    prediction, with its own age, equal to the offline model's (an uninterrupted run's)."""
-    import orjson
-    import paho.mqtt.client as mqtt
-    import psycopg
-    from gateway_proc import GatewayProcess
-    from ops_support import new_run, site_config, wait_for
+class _EngineOverMqtt:
+    """One C-MAPSS test engine's cycles published to `valvoja run` over MQTT, one message per 60 s cycle (one reading
+    per tag: each message closes its cycle), and the engine's predictions read back from the database."""
 
-    r, d = fitted
-    test = cmapss.load(SAMPLE / "test_FD001.txt")
-    u = int(test.units()[0])
-    one = test.select(test.unit == u)
-    n = len(one.unit)
-    run = new_run()
+    def __init__(self, model_dir: Path, pg_dsn: str, mosquitto, gateway_id: str) -> None:
+        import paho.mqtt.client as mqtt
+        from ops_support import new_run
 
-    def site(save_s: float) -> str:
+        test = cmapss.load(SAMPLE / "test_FD001.txt")
+        self.u = int(test.units()[0])
+        self.one = test.select(test.unit == self.u)
+        self.n = len(self.one.unit)
+        self.run, self.model_dir, self.pg_dsn, self.port = new_run(), model_dir, pg_dsn, mosquitto.port
+        self.gateway_id = gateway_id
+        self.t0 = time.time() - 60 * (self.n + 10)
+        self.pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{self.run}")
+        self.pub.connect("127.0.0.1", mosquitto.port)
+        self.pub.loop_start()
+
+    def site(self, save_s: float) -> str:
+        from ops_support import site_config
+
+        u = self.u
         sensors = ", ".join(f'"E{u}.s{j}"' for j in range(1, 22))
         settings = ", ".join(f'"E{u}.set{k}"' for k in range(1, 4))
-        return site_config(pg_dsn, mosquitto.port, run=run, gateway_id="gw-rul") + (
-            GATEWAY_SITE.replace("@RUN@", run).replace("@U@", str(u)).replace("@MODEL@", str(d))
+        return site_config(self.pg_dsn, self.port, run=self.run, gateway_id=self.gateway_id) + (
+            GATEWAY_SITE.replace("@RUN@", self.run).replace("@U@", str(u)).replace("@MODEL@", str(self.model_dir))
             .replace("@SAVE@", str(save_s)).replace("@SENSORS@", sensors).replace("@SETTINGS@", settings))
 
-    def predictions() -> list[tuple]:
-        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+    def predictions(self) -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(self.pg_dsn, autocommit=True) as conn:
             try:
                 return conn.execute("SELECT (details->>'cycle')::int, value FROM predictions WHERE asset = %s "
-                                    "ORDER BY time", (f"E{u}",)).fetchall()
+                                    "ORDER BY time", (f"E{self.u}",)).fetchall()
             except psycopg.errors.UndefinedTable:
                 return []
 
-    t0 = time.time() - 60 * (n + 10)
-    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{run}")
-    pub.connect("127.0.0.1", mosquitto.port)
-    pub.loop_start()
+    def send(self, cycles: range) -> None:
+        import orjson
 
-    def send(cycles: range) -> None:
-        infos = []
+        u, one, infos = self.u, self.one, []
         for i in cycles:
-            t = t0 + 60 * i
+            t = self.t0 + 60 * i
             samples = ([{"tag": f"E{u}.set{k + 1}", "t": t, "v": float(one.settings[i, k])} for k in range(3)] +
                        [{"tag": f"E{u}.s{j + 1}", "t": t, "v": float(one.sensors[i, j])} for j in range(21)])
-            infos.append(pub.publish(f"rul/{run}/cycle", orjson.dumps({"s": samples}), qos=1))
+            infos.append(self.pub.publish(f"rul/{self.run}/cycle", orjson.dumps({"s": samples}), qos=1))
         for info in infos:
             info.wait_for_publish(10)
 
+    def offline(self, r) -> np.ndarray:
+        one = self.one
+        return r["model"].predict(one.unit, one.cycle, one.settings, one.sensors)
+
+    def close(self) -> None:
+        self.pub.loop_stop()
+        self.pub.disconnect()
+
+
+@pytest.mark.slow
+def test_the_gateway_goes_on_with_an_engines_age_after_a_stop_and_a_kill(fitted, tmp_path, pg_dsn, mosquitto):
+    """MQTT -> `valvoja run` -> predictions table, one engine's cycles in three parts: a stop (SIGTERM; the
+    periodic save an hour away), a SIGKILL after the periodic save: every cycle has exactly one
+    prediction, with its own age, equal to the offline model's (an uninterrupted run's)."""
+    from gateway_proc import GatewayProcess
+    from ops_support import wait_for
+
+    r, d = fitted
+    eng = _EngineOverMqtt(d, pg_dsn, mosquitto, "gw-rul")
+    n = eng.n
     # The last reading of a cycle closes it only when a later cycle's reading arrives, or when every tag has its
     # reading: here the latter (one reading per tag per 60 s cycle), so each message closes its cycle.
     a, b = n // 3, 2 * n // 3
-    gw = GatewayProcess(tmp_path / "gw", site(3600)).start()
+    gw = GatewayProcess(tmp_path / "gw", eng.site(3600)).start()
     state = tmp_path / "gw" / "var" / "rul_state.npz"
 
     def saved_cycles() -> int:
@@ -575,32 +602,62 @@ def test_the_gateway_goes_on_with_an_engines_age_after_a_stop_and_a_kill(fitted,
 
     try:
         wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up")
-        send(range(0, a))
-        wait_for(lambda: len(predictions()) == a, timeout_s=60, what=f"{a} predictions")
-        assert not state.exists()  # the periodic save is an hour away
+        eng.send(range(0, a))
+        wait_for(lambda: len(eng.predictions()) == a, timeout_s=60, what=f"{a} predictions")
+        assert saved_cycles() == a  # the periodic save is an hour away: saved as each cycle closed
         assert gw.terminate() == 0
-        assert saved_cycles() == a  # saved at shutdown
+        assert saved_cycles() == a
 
-        gw.config.write_text(site(0.5).replace("{HTTP_PORT}", str(gw.port)))
+        gw.config.write_text(eng.site(0.5).replace("{HTTP_PORT}", str(gw.port)))
         gw.start()
         wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up again")
-        send(range(a, b))
-        wait_for(lambda: len(predictions()) == b, timeout_s=60, what=f"{b} predictions")
+        eng.send(range(a, b))
+        wait_for(lambda: len(eng.predictions()) == b, timeout_s=60, what=f"{b} predictions")
         wait_for(lambda: saved_cycles() == b,
                  what="the periodic save")
         gw.kill()
 
         gw.start()
         wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up after the kill")
-        send(range(b, n))
-        got = wait_for(lambda: len(p := predictions()) >= n and p, timeout_s=60, what=f"{n} predictions")
+        eng.send(range(b, n))
+        got = wait_for(lambda: len(p := eng.predictions()) >= n and p, timeout_s=60, what=f"{n} predictions")
         assert [c for c, _ in got] == list(range(1, n + 1))  # one per cycle, each with its own age
-        offline = r["model"].predict(one.unit, one.cycle, one.settings, one.sensors)
-        assert np.allclose([v for _, v in got], offline, atol=1e-3)
+        assert np.allclose([v for _, v in got], eng.offline(r), atol=1e-3)
         assert gw.health()["analytics"]["errors"] == 0
     finally:
-        pub.loop_stop()
-        pub.disconnect()
+        eng.close()
+        gw.kill()
+
+
+@pytest.mark.slow
+def test_a_killed_gateway_keeps_every_cycle_that_closed(fitted, tmp_path, pg_dsn, mosquitto):
+    """SIGKILL of `valvoja run` between two periodic saves (an hour apart): the cycles that closed since the last
+    one are in the state file, because a closed cycle is saved before its prediction is handed on. They were
+    missing from the restored history, and every later prediction of the engine differed from the offline one."""
+    from gateway_proc import GatewayProcess
+    from ops_support import wait_for
+
+    r, d = fitted
+    eng = _EngineOverMqtt(d, pg_dsn, mosquitto, "gw-rul-kill")
+    n, a = eng.n, eng.n // 2
+    gw = GatewayProcess(tmp_path / "gw", eng.site(3600)).start()
+    state = tmp_path / "gw" / "var" / "rul_state.npz"
+    try:
+        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up")
+        eng.send(range(0, a))
+        wait_for(lambda: len(eng.predictions()) == a, timeout_s=60, what=f"{a} predictions")
+        gw.kill()  # the periodic save is an hour away
+        saved = read_state(state, 1)
+        assert saved is not None and len(saved[1]["0.ages"]) == a
+
+        gw.start()
+        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up after the kill")
+        eng.send(range(a, n))
+        got = wait_for(lambda: len(p := eng.predictions()) >= n and p, timeout_s=60, what=f"{n} predictions")
+        assert [c for c, _ in got] == list(range(1, n + 1))
+        assert np.allclose([v for _, v in got], eng.offline(r), atol=1e-3)
+    finally:
+        eng.close()
         gw.kill()
 
 
@@ -628,6 +685,9 @@ async def test_the_gateways_save_loop_goes_on_after_a_failed_save(fitted, tmp_pa
     live = an.maintenance
     for batch in list(replay(test.select(test.unit == u)))[:10]:
         await live.process(batch)
+    (tmp_path / "rul_state.npz").unlink()  # saved as each cycle closed; the save loop's own save is tested here
+    live.rul.mark_unsaved()
+    seq = live.rul._snapshots
     write, calls = live.rul.write, []
 
     def failing_once(snapshot):
@@ -646,7 +706,7 @@ async def test_the_gateways_save_loop_goes_on_after_a_failed_save(fitted, tmp_pa
                     break
         finally:
             task.cancel()
-    assert calls[:2] == [1, 2] and an.errors == 1
+    assert calls[:2] == [seq + 1, seq + 2] and an.errors == 1
     assert [r for r in caplog.records if getattr(r, "event", None) == "rul_state_not_saved"]
     assert len(read_state(tmp_path / "rul_state.npz", 1)[1]["0.ages"]) == 10
 
@@ -675,3 +735,62 @@ async def test_a_reading_the_float32_graph_cannot_hold_gives_no_prediction_not_a
     assert (f"E{units[0]}", glitch - 1) in at
     assert all(np.isfinite(p.value) and np.isfinite(p.lower) for p in preds)
     assert any("no RUL prediction" in r.getMessage() for r in caplog.records)
+
+
+def test_a_late_or_repeated_counter_reading_is_not_a_new_life(fitted):
+    """Counter mode: a counter reading older than the current cycle's start (an MQTT redelivery after a reconnect,
+    a device's buffered backlog) is late, not the counter going back: it used to close the cycle early and start
+    a new life, wiping the asset's history and age. A genuine reset comes with a newer time. A sensor reading
+    older than the current cycle's start belongs to a cycle already closed and is not counted in the current one."""
+    _, d = fitted
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    one = test.select(test.unit == int(test.units()[0]))
+    asset = AssetConfig(name="ENG", rul=RulAssetConfig(
+        model_dir=str(d), sensors=tuple(f"ENG.s{j}" for j in range(1, 22)),
+        settings=tuple(f"ENG.set{k}" for k in range(1, 4)), cycle_tag="ENG.cycles"))
+    config = MaintenanceConfig(period_s=1.0, assets=(asset,))
+    n = len(one.unit)
+    batches, t = [], T0
+    for i in range(n):
+        tk = t + timedelta(seconds=30)
+        batches.append([Reading("ENG.cycles", t, float(one.cycle[i]), t)]
+                       + [Reading(f"ENG.set{j + 1}", tk, float(one.settings[i, j]), tk) for j in range(3)]
+                       + [Reading(f"ENG.s{j + 1}", tk, float(one.sensors[i, j]), tk) for j in range(21)])
+        t += timedelta(seconds=60)
+    batches.append([Reading("ENG.cycles", t, float(one.cycle[-1]) + 1, t)])
+    whole = _process(MaintenanceLive(config), batches)
+    h = n // 2  # cycle h's counter and readings again, after cycle h + 1 began
+    late = [*batches[:h + 1], batches[h - 1][:1], batches[h - 1][1:], *batches[h + 1:]]
+    got = _process(MaintenanceLive(config), late)
+    assert [p.details["cycle"] for p in got] == [p.details["cycle"] for p in whole] == list(range(1, n + 1))
+    assert np.allclose([p.value for p in got], [p.value for p in whole], atol=1e-12)
+
+
+def test_the_cycle_in_progress_is_saved_at_shutdown(fitted, tmp_path):
+    """The gateway saves at shutdown what changed since its last save. The readings of the cycle in progress are
+    part of it: they were not (only a closed cycle counted as a change), so a stop after a periodic save lost
+    them and the cycle's mean was made of the readings after the restart alone."""
+    _, d = fitted
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    u = int(test.units()[0])
+    one = test.select(test.unit == u)
+    batches = []  # three readings per tag per 60 s cycle, spread around the cycle's row
+    for c, batch in enumerate(replay(one)):
+        for k in range(3):
+            tk = T0 + timedelta(seconds=60 * c + 20 * k)
+            batches.append([Reading(r.tag, tk, float(r.value) + (k - 1) * 1e-3, tk) for r in batch])
+    config = MaintenanceConfig(period_s=20.0, assets=(rul_asset(u, d),))
+    whole = _process(MaintenanceLive(config), batches)
+    at = 3 * (len(one.unit) // 2)
+    live = MaintenanceLive(config, state_dir=tmp_path)
+    _process(live, batches[:at])
+    data = live.rul.snapshot()  # the last save: just after a cycle closed (a periodic save, or the close's own)
+    if data is not None:
+        live.rul.write(data)
+    _process(live, batches[at:at + 2])  # two thirds of the next cycle, then a stop
+    data = live.rul.snapshot()  # what `Analytics.run` writes at shutdown
+    assert data is not None and live.rul.write(data)
+    after = _process(MaintenanceLive(config, state_dir=tmp_path), batches[at + 2:])
+    tail = whole[-len(after):]
+    assert [p.details["cycle"] for p in after] == [p.details["cycle"] for p in tail]
+    assert np.allclose([p.value for p in after], [p.value for p in tail], atol=1e-12)
