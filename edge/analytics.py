@@ -341,15 +341,16 @@ class Analytics:
                 delay = min(delay * 2, NOTIFY_RETRY_MAX_S)
 
     async def _save_loop(self) -> None:
-        """Save the RUL assets' kept cycles every ``state_save_s`` (the snapshot on the loop, between two groups
-        or inside one's awaits, never during a synchronous update; the file written in a worker thread)."""
+        """Every ``state_save_s``, save the RUL assets' kept cycles when a closed cycle's own save failed (the
+        snapshot on the loop, between two groups or inside one's awaits, never during a synchronous update; the file
+        written in a worker thread)."""
         rul = self.maintenance.rul if self.maintenance is not None else None
         if rul is None or rul.state_path is None:
             return
         while True:
             await asyncio.sleep(self.mcfg.state_save_s)
             try:
-                data = rul.snapshot()
+                data = rul.snapshot(progress=False)
                 if data is not None:
                     await asyncio.to_thread(rul.write, data)
             except Exception:

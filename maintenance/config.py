@@ -129,9 +129,10 @@ class MaintenanceConfig(BaseModel):
     window_s: int = Field(60, gt=0, description="sliding window of the indicators")
     hop_s: int = Field(10, gt=0, description="indicators are emitted this often")
     period_s: float = Field(1.0, gt=0, description="sampling period of scalar tags")
-    state_save_s: float = Field(60.0, gt=0, description="how often the RUL assets' cycles in progress are saved to "
-                                                         "the state folder (a restart goes on from them); a "
-                                                         "closed cycle is saved at once")
+    state_save_s: float = Field(60.0, gt=0, description="RUL assets: a closed cycle is saved to the state "
+                                                         "folder at once (a restart goes on from it); a save that "
+                                                         "failed is tried again this often; the cycle in progress "
+                                                         "is saved at shutdown")
     assets: tuple[AssetConfig, ...] = ()
     alerts: AlertPolicy = AlertPolicy()
     notify: NotifyConfig = NotifyConfig()

@@ -23,12 +23,13 @@ between two cycles, its features rebuilt from the cycles kept (`RulLive`).
 
 The kept cycles outlive the process: with a state folder, `snapshot` + `write` save every asset's per-cycle
 means, its current cycle and its age to ``rul_state.npz`` (atomically, as soon as a cycle closes, before its
-prediction is handed on (`maintenance.live`), every ``[maintenance] state_save_s`` while readings of a cycle
-in progress come, and at shutdown), and the next start restores them, so a restarted gateway goes on with the
-asset's age and EWM history instead of starting a new life (the longest span, 240 cycles, takes hundreds of
-cycles to fill again). A crash loses at most the readings of the cycle in progress since the last periodic
-save; killed while a closed cycle is being saved, the gateway loses that cycle's prediction row, never the
-cycle. A saved asset whose tags or cycle settings changed is not restored (logged).
+prediction is handed on (`maintenance.live`), again every ``[maintenance] state_save_s`` while that save
+fails, and at shutdown with the cycle in progress), and the next start restores them, so a restarted gateway
+goes on with the asset's age and EWM history instead of starting a new life (the longest span, 240 cycles,
+takes hundreds of cycles to fill again). A crash loses at most the readings of the cycle in progress (they are
+stored; the cycle's mean is then made of the readings after the restart); killed while a closed cycle is being
+saved, the gateway loses that cycle's prediction row, never the cycle. A saved asset whose tags or cycle
+settings changed is not restored (logged).
 """
 
 from __future__ import annotations
@@ -443,10 +444,15 @@ class RulLive:
         return preds, changes
 
     # -- the kept cycles across restarts ------------------------------------------------------------
-    def snapshot(self) -> dict | None:
+    def snapshot(self, progress: bool = True) -> dict | None:
         """A copy of every asset's kept cycles, current cycle and age, or None when nothing changed since the last
-        snapshot. Only array copies, for the event loop; `write` encodes and writes it in a worker thread."""
-        if self.state_path is None or not self._dirty:
+        snapshot. Only array copies, for the event loop; `write` encodes and writes it in a worker thread.
+
+        ``progress=False`` (the periodic save): only when a closed cycle is not saved yet (its save at close
+        failed). Readings of the cycle in progress alone are saved at shutdown, not periodically: the file holds
+        every asset's whole kept history (2,000 cycles of 24 tags are 400 KB an asset), and rewriting it every
+        ``state_save_s`` for a partial cycle wrote 0.6 GB a day per asset to the gateway's flash."""
+        if self.state_path is None or not (self._dirty if progress else self.closed_unsaved):
             return None
         self._dirty = self.closed_unsaved = False
         self._snapshots += 1
@@ -455,7 +461,7 @@ class RulLive:
 
     def mark_unsaved(self) -> None:
         """A snapshot was taken but not written: the next one is due even if no cycle closes meanwhile."""
-        self._dirty = True
+        self._dirty = self.closed_unsaved = True
 
     def write(self, snapshot: dict) -> bool:
         """Replace the state file with a `snapshot` atomically; an older snapshot never replaces a newer one.
