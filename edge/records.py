@@ -98,6 +98,9 @@ class Batch:
     # Other record types (predictions, alert changes) as (kind, msgpack-able dict); see edge/analytics.py.
     records: list[tuple[str, dict]] = field(default_factory=list)
     nack: object | None = None  # Callable[[BaseException], None]
+    # The collector's own durable state, written in the spool commit of these readings (so it holds exactly when
+    # they do): (key, value) pairs for the `source`, a None value deletes the key. See `edge.pipeline.SourceState`.
+    state: list[tuple[bytes, bytes | None]] | tuple = ()
 
 
 @dataclass(slots=True)

@@ -428,7 +428,7 @@ async def spooling(cfg: Config, tmp_path, built: list | None = None):
     """The collector feeding the gateway's real ingest (validation, spool, ack after the commit) until the block
     ends; yields (ingest, its task, spool worker, metrics). The spool is closed after the block. The collector is
     appended to ``built`` when given."""
-    from edge.pipeline import Ingest, SpoolWorker
+    from edge.pipeline import Ingest, SourceState, SpoolWorker
     from edge.settings import Validation
     from edge.spool import Spool
     from edge.validate import Validator
@@ -437,7 +437,8 @@ async def spooling(cfg: Config, tmp_path, built: list | None = None):
     worker = SpoolWorker(Spool(tmp_path / "spool.db", max_bytes=100 << 20))
     ingest = Ingest(worker, Validator({}, Validation()), metrics, queue_batches=4)
     ingest_task = asyncio.create_task(ingest.run())
-    collector = build(cfg, CollectorContext(name="mq", state_dir=tmp_path, metrics=metrics))
+    collector = build(cfg, CollectorContext(name="mq", state_dir=tmp_path, metrics=metrics,
+                                            state=SourceState(worker, "mq")))
     if built is not None:
         built.append(collector)
     task = asyncio.create_task(collector.run(ingest.emit))
