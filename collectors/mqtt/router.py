@@ -5,6 +5,8 @@ the pipeline for inspection) and one log line per topic, then at most one per ``
 the number suppressed in between, so a device that sends garbage ten times a second does not flood
 the log.
 
+Readings without a source time get the receive time; `untimed.spread` keeps several of one tag apart.
+
 A decoder raises `DataError` for what it knows to be malformed. Any other exception is a bug that a
 message has found in a decoder: it becomes a dead letter too (the message is acknowledged and the
 stream goes on; raising here would end the connection and the broker would redeliver the message on
@@ -25,6 +27,7 @@ from collectors.mqtt.decode import Decoder, JsonDecoder, make_decoder
 from collectors.mqtt.sparkplug import SparkplugDecoder
 from collectors.mqtt.sparkplug_state import SparkplugStore
 from collectors.mqtt.topics import TopicFilter, subscribed_filters
+from collectors.mqtt.untimed import spread
 from edge.columns import Rows
 from edge.errors import DataError
 from edge.records import DeadLetter, Reading
@@ -61,12 +64,14 @@ class Router:
         self.messages = self.readings = self.dead_letters = self.decoder_errors = 0
 
     def handle(self, topic: str | None, raw_topic: bytes, payload: bytes,
-               now: datetime) -> tuple[list[Reading] | Rows, list[DeadLetter]]:
-        """Decode one message; ``topic`` is None when its bytes are not UTF-8."""
+               now: datetime) -> tuple[list[Reading] | Rows, list[DeadLetter], int]:
+        """Decode one message; ``topic`` is None when its bytes are not UTF-8. Returns the readings, the dead
+        letters and the microseconds from ``now`` its readings without a source time take (`untimed.spread`; 0:
+        none has the receive time as its time)."""
         self.messages += 1
         if topic is None:
             return [], [self._dead_letter(raw_topic.decode("utf-8", "replace"), payload,
-                                          "topic is not valid UTF-8", now)]
+                                          "topic is not valid UTF-8", now)], 0
         decoder = self._route(topic)
         try:
             if decoder is None:
@@ -75,11 +80,11 @@ class Router:
             readings = decoder.rows(payload, topic, now) if decoder.__class__ is JsonDecoder else \
                 decoder(payload, topic, now)
         except DataError as exc:
-            return [], [self._dead_letter(topic, payload, str(exc), now)]
+            return [], [self._dead_letter(topic, payload, str(exc), now)], 0
         except Exception as exc:  # a decoder bug: see the module docstring
-            return [], [self._dead_letter(topic, payload, f"{type(exc).__name__}: {exc}", now, exc)]
+            return [], [self._dead_letter(topic, payload, f"{type(exc).__name__}: {exc}", now, exc)], 0
         self.readings += len(readings)
-        return readings, []
+        return readings, [], spread(readings)
 
     def _route(self, topic: str) -> Decoder | None:
         cache = self._cache

@@ -58,6 +58,7 @@ class Connection:
         self.lost_reason = ""
         self.max_inflight = max_inflight
         self.inflight = 0
+        self.acked: list = []  # redelivery.Entry of messages acknowledged on this connection, not yet confirmed
         self._cond = threading.Condition()
         self._replies: dict[int, object] = {}  # packet id -> SUBACK/UNSUBACK reason codes
         self._replied = asyncio.Event()
@@ -135,13 +136,14 @@ class Ack:
     ``Client.ack`` only appends the PUBACK to paho's outgoing deque and wakes the network thread through
     its socket pair (the path ``publish`` takes from other threads), so calling it on the event loop is safe.
     Packet ids belong to a connection: after a reconnect the broker re-sends what was not acknowledged,
-    so an ack for a message of a closed connection only frees its slot.
+    so an ack for a message of a closed connection only frees its slot. ``entry``: the message's remembered
+    receive time (`redelivery`), to be forgotten once the broker has confirmed this PUBACK.
     """
 
-    __slots__ = ("client", "conn", "done", "mid", "qos")
+    __slots__ = ("client", "conn", "done", "entry", "mid", "qos")
 
-    def __init__(self, client: mqtt.Client, conn: Connection, mid: int, qos: int) -> None:
-        self.client, self.conn, self.mid, self.qos, self.done = client, conn, mid, qos, False
+    def __init__(self, client: mqtt.Client, conn: Connection, mid: int, qos: int, entry=None) -> None:
+        self.client, self.conn, self.mid, self.qos, self.done, self.entry = client, conn, mid, qos, False, entry
 
     def __call__(self) -> None:
         if self.done:
@@ -150,6 +152,8 @@ class Ack:
         self.conn.free_slot()
         if self.qos and self.conn.connected:
             self.client.ack(self.mid, self.qos)
+            if self.entry is not None:
+                self.conn.acked.append(self.entry)
 
 
 class SavedSubscriptions:

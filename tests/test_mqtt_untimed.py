@@ -1,0 +1,355 @@
+"""MQTT values without a source time (the receive time is their time) against a real mosquitto and PostgreSQL:
+stored once when the broker sends them again, and none lost when one message holds several of one tag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import psycopg
+import pytest
+from gateway_proc import GatewayProcess
+from ops_support import new_run, site_config, wait_for
+from test_mqtt_collector import Sink, apublish, config, spooling, until
+
+from collectors.base import CollectorContext
+from collectors.mqtt import build
+from edge.errors import NotConnectedError
+from edge.metrics import Metrics
+
+PLAIN_SUBSCRIPTION = """
+[[collectors.subscriptions]]
+topic = "plain/@RUN@/+asset/+signal"
+format = "plain"
+tag = "{asset}.{signal}"
+"""
+
+
+class HoldProxy:
+    """A loopback TCP proxy to a broker that can swallow what the client sends on the connections open now (its
+    PUBACKs never reach the broker) while the broker's messages still come through; later connections pass."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._links: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []  # (to client, to broker)
+        self._held: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> HoldProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._links.append((writer, up_writer))
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(src, dst))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                if dst not in self._held:
+                    dst.write(data)
+                    await dst.drain()
+        except OSError:
+            pass
+        finally:
+            dst.transport.abort()
+
+    def cut(self) -> None:
+        """Abort the open connections (both ends see them reset); new ones are accepted."""
+        for pair in self._links:
+            for w in pair:
+                w.transport.abort()
+        self._links.clear()
+
+    def hold_client_bytes(self) -> None:
+        """From now on, the bytes the client sends on the open connections are dropped."""
+        self._held.update(up for _, up in self._links)
+
+    async def close(self) -> None:
+        self._server.close()
+        self.cut()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def rows(dsn: str, sql: str, *args) -> list[tuple]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        try:
+            return conn.execute(sql, args).fetchall()
+        except psycopg.errors.UndefinedTable:
+            return []
+
+
+def readings_of(dsn: str, prefix: str) -> list[tuple]:
+    """(tag, value, time) of the stored readings whose tag starts with ``prefix``."""
+    return rows(dsn, "SELECT t.name, coalesce(r.value::text, r.value_text), r.time FROM readings r "
+                     "JOIN tags t ON t.id = r.tag_id WHERE t.name LIKE %s ORDER BY 1, 2, 3", prefix + "%")
+
+
+# -- 1. a message the broker sends again ------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_an_untimed_message_sent_again_after_a_crash_before_its_puback_is_stored_once(
+        tmp_path, pg_dsn, mosquitto):
+    """The gateway spools messages without a source time, then dies before its PUBACKs reach the broker (a proxy
+    swallows them; then SIGKILL). The broker sends them again (DUP, same packet id) to the restarted gateway. They
+    were stored a second time, at a new receive time; a dead letter too (its digest covers the receive time)."""
+    run = new_run()
+    proxy = await HoldProxy(mosquitto.port).start()
+    config = site_config(pg_dsn, proxy.port, run=run).replace("keepalive_s = 5", "keepalive_s = 60")
+    gw = GatewayProcess(tmp_path / "gw", config + PLAIN_SUBSCRIPTION.replace("@RUN@", run))
+    n = 20
+
+    def ours(prefix: str = "P-") -> list[tuple]:
+        return readings_of(pg_dsn, prefix)
+
+    def dead_letters() -> list[tuple]:
+        return rows(pg_dsn, "SELECT topic, payload FROM dead_letters WHERE topic LIKE %s", f"%/{run}/%")
+
+    try:
+        await asyncio.to_thread(gw.start)
+        await asyncio.to_thread(wait_for, lambda: gw.health()["collectors"]["plant"]["connected"], 30)
+        await apublish(mosquitto.port, [(f"plain/{run}/P-1/warm", "0")])
+        await asyncio.to_thread(wait_for, lambda: len(ours()) == 1, 30, 0.1, "the first reading stored")
+        proxy.hold_client_bytes()
+        messages = []
+        for i in range(n):
+            messages += [(f"plain/{run}/P-2/seq", str(i)), (f"ops/{run}/P-3/json", json.dumps({"value": i + 0.5}))]
+        messages.append((f"ops/{run}/P-4/bad", b"not json"))
+        await apublish(mosquitto.port, messages)
+        # Stored in the database, so certainly spooled (and acknowledged into the proxy, which drops it).
+        await asyncio.to_thread(wait_for, lambda: len(ours()) == 1 + 2 * n and dead_letters(), 30, 0.1,
+                                "the messages stored")
+        # Killed: its end of the connection closes, so the proxy closes the broker's end, and every PUBACK sent
+        # since the hold is missing there. The restarted gateway connects through the proxy again, unheld.
+        await asyncio.to_thread(gw.kill)
+        await asyncio.to_thread(gw.start)
+        await asyncio.to_thread(wait_for, lambda: gw.health()["collectors"]["plant"]["connected"], 30)
+        # The broker sends the unacknowledged messages first; a message published now comes after them.
+        await apublish(mosquitto.port, [(f"plain/{run}/P-9/end", "1")])
+        await asyncio.to_thread(wait_for, lambda: ours("P-9."), 30, 0.1, "the last message stored")
+        await asyncio.sleep(1.0)
+        stored = ours()
+        dead = dead_letters()
+    finally:
+        await asyncio.to_thread(gw.terminate)
+        await proxy.close()
+    per_value: dict[tuple, int] = {}
+    for tag, value, _ in stored:
+        per_value[(tag, value)] = per_value.get((tag, value), 0) + 1
+    twice = sorted(k for k, c in per_value.items() if c > 1)
+    assert (len(twice), len(dead)) == (0, 1), f"readings stored more than once: {twice[:3]}..., dead letters: {dead}"
+    assert len(stored) == 2 + 2 * n
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_a_message_sent_again_on_a_new_connection_keeps_its_first_receive_time(mosquitto, tmp_path, protocol):
+    """The connection drops before the PUBACKs (here: before the acks, as when the spool is slow); the broker sends
+    the messages again on the next connection, flagged DUP with the same packet id, and the running gateway gives
+    them the receive time they had, so the database key finds the copy it holds."""
+    proxy = await HoldProxy(mosquitto.port).start()
+    cfg = config(proxy.port, protocol=protocol)
+    collector = build(cfg, CollectorContext(name="mq", state_dir=tmp_path, metrics=Metrics()))
+    sink = Sink(auto_ack=False)
+    try:
+        task = asyncio.create_task(collector.run(sink))
+        await until(lambda: collector.connected)
+        await apublish(mosquitto.port, [("t/plain/P-1/x", "1"), ("t/one/K1", '{"value": 2}'), ("t/one/K1", "[3, 4]")])
+        await sink.wait(lambda s: len(s.batches) == 3)
+        first = [(r.tag, r.value, r.time, r.receive_time) for r in sink.readings]
+        proxy.cut()
+        with pytest.raises(NotConnectedError):
+            await task
+        again = Sink()
+        task = asyncio.create_task(collector.run(again))  # what the gateway's supervisor does
+        await again.wait(lambda s: len(s.batches) == 3)
+        second = [(r.tag, r.value, r.time, r.receive_time) for r in again.readings]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, NotConnectedError):
+            await task
+        await collector.aclose()
+        await proxy.close()
+    assert second == first
+
+
+
+async def test_remembered_receive_times_are_forgotten_once_the_broker_confirms_the_pubacks(
+        mosquitto, tmp_path, monkeypatch):
+    """Kept only while the broker may send a message again: once it has confirmed the PUBACKs (periodically, and
+    before a clean disconnect) nothing is held, in memory or in the spool. Messages with a source time are never
+    remembered."""
+    import collectors.mqtt.collector as module
+
+    timed = ("t/one/K1", '{"value": 1, "time": "2024-05-01T12:00:00Z"}')
+    built = []
+    monkeypatch.setattr(module, "CONFIRM_EVERY_S", 3600.0)
+    async with spooling(config(mosquitto.port), tmp_path, built) as (ingest, _, worker, _):
+        await apublish(mosquitto.port, [("t/plain/P-1/x", str(i)) for i in range(5)] + [timed])
+        await until(lambda: ingest.accepted == 6)
+        assert len(await worker.call(worker.spool.load_state, "mq")) == 5
+        assert built[0].status()["receive_times_held"] == 5
+    assert await worker.call(worker.spool.load_state, "mq") == {}  # confirmed before the disconnect
+    assert built[0].status()["receive_times_held"] == 0
+    await worker.call(worker.spool.close)
+    worker.shutdown()
+
+    monkeypatch.setattr(module, "CONFIRM_EVERY_S", 0.2)
+    async with spooling(config(mosquitto.port), tmp_path / "periodic", built) as (ingest, _, worker, _):
+        await apublish(mosquitto.port, [("t/plain/P-1/x", str(i)) for i in range(5)] + [timed])
+        await until(lambda: ingest.accepted == 6)
+        await until(lambda: built[1].status()["receive_times_held"] == 0 and not worker.spool.load_state("mq"))
+    await worker.call(worker.spool.close)
+    worker.shutdown()
+
+
+async def test_a_new_session_forgets_every_remembered_receive_time(mosquitto, tmp_path):
+    """The broker has no session for the client (first start, or it lost it): it will send nothing again."""
+    from edge.spool import Spool
+
+    spool = Spool(tmp_path / "spool.db", max_bytes=1 << 20)
+    spool.save_state([("mq", b"\x00\x07", bytes(24)), ("other", b"\x00\x07", bytes(24))])
+    spool.close()
+    async with spooling(config(mosquitto.port), tmp_path) as (_, _, worker, _):
+        assert await worker.call(worker.spool.load_state, "mq") == {}
+        assert len(await worker.call(worker.spool.load_state, "other")) == 1
+    await worker.call(worker.spool.close)
+    worker.shutdown()
+
+# -- 2. several untimed samples of one tag in one message ------------------------------------------------
+
+async def test_untimed_samples_of_one_tag_in_one_message_are_all_stored_in_their_order(mosquitto, tmp_path, pg_dsn):
+    """They all had the receive time: the (tag, time) key kept the first and silently dropped the others."""
+    from edge.forwarder import Forwarder
+    from edge.settings import SiteConfig
+
+    subs = [{"topic": "u/arr/#", "tag": "{#}"},
+            {"topic": "u/batch/+line", "tag": "{line}.{field}", "json": {"samples": "s", "tag": "tag"}},
+            {"topic": "u/wide/+a", "tag": "{a}.{field}", "json": {"value": "*"}}]
+    messages = [("u/arr/A", "[1, 2, 3]"),
+                ("u/arr/B", '[{"value": 10}, {"value": 11, "time": 1714564800000}, {"value": 12}]'),
+                ("u/batch/L1",
+                 '{"s": [{"tag": "a", "value": 20}, {"tag": "b", "value": 30}, {"tag": "a", "value": 21}]}'),
+                ("u/wide/W", '{"x": 40, "y": 50}')]
+    async with spooling(config(mosquitto.port, subscriptions=subs), tmp_path) as (ingest, _, worker, _):
+        await apublish(mosquitto.port, messages)
+        await until(lambda: ingest.accepted >= 11)
+    fwd = Forwarder(worker, pg_dsn, SiteConfig(), Metrics(), asyncio.Event())
+    await fwd._connect()
+    while await fwd.drain_once(linger=False):
+        pass
+    await fwd.close()
+    await worker.call(worker.spool.close)
+    worker.shutdown()
+    stored = await asyncio.to_thread(readings_of, pg_dsn, "")
+    got = {}
+    for tag, value, time in stored:
+        got.setdefault(tag, []).append((time, float(value)))
+    assert {t: [v for _, v in sorted(vs)] for t, vs in got.items()} == {
+        "A": [1, 2, 3], "B": [11, 10, 12], "L1.a": [20, 21], "L1.b": [30], "W.x": [40], "W.y": [50]}
+    # Several of one tag: a microsecond apart, in message order; one per tag: the receive time itself, which the
+    # readings of one message share.
+    a = [t for t, _ in sorted(got["A"])]
+    assert [(t - a[0]).microseconds for t in a] == [0, 1, 2]
+    assert got["W.x"][0][0] == got["W.y"][0][0] and min(got["L1.a"])[0] == got["L1.b"][0][0]
+
+
+# -- the pieces, without a broker ----------------------------------------------------------------------------
+
+def message(mid: int, payload: bytes, *, dup: bool = False, qos: int = 1, topic: bytes = b"t/a"):
+    from paho.mqtt.client import MQTTMessage
+
+    msg = MQTTMessage(mid=mid, topic=topic)
+    msg.payload, msg.dup, msg.qos = payload, dup, qos
+    return msg
+
+
+def test_receive_times_match_a_dup_by_packet_id_and_content_only():
+    from collectors.mqtt.redelivery import ReceiveTimes
+
+    times = ReceiveTimes(remember=True)
+    first = message(7, b"1")
+    t0 = times.stamp(first, 1_000)
+    changes, entry = times.settle(first, t0, 1, depends=True)
+    assert t0 == 1_000 and entry == (7, entry[1], 1_000)
+    assert changes == [(b"\x00\x07", entry[1] + (1000).to_bytes(8, "big"))]
+    assert times.stamp(message(7, b"1", dup=True), 5_000) == 1_000  # sent again: its first receive time
+    assert times.stamp(message(7, b"2", dup=True), 5_000) == 5_000  # another payload: another message
+    assert times.stamp(message(7, b"1", dup=True, topic=b"t/b"), 5_000) == 5_000
+    assert times.stamp(message(8, b"1", dup=True), 5_000) == 5_000
+    assert times.matched == 1
+    # Not DUP: the packet id is free again, so this is a new message, and the entry before it is gone.
+    fresh = message(7, b"1")
+    assert times.stamp(fresh, 6_000) == 6_000
+    assert times.settle(fresh, 6_000, 1, depends=False) == ([(b"\x00\x07", None)], None)
+    assert len(times) == 0 and times.stamp(message(7, b"1", dup=True), 7_000) == 7_000
+
+
+def test_receive_times_survive_a_restart_through_the_spool_changes_and_are_confirmed_one_by_one():
+    from collectors.mqtt.redelivery import ReceiveTimes
+
+    times, spool = ReceiveTimes(remember=True), {}
+    entries = []
+    for mid in (1, 2):
+        changes, entry = times.settle(message(mid, b"x"), 100 + mid, 1, depends=True)
+        spool.update(changes)
+        entries.append(entry)
+    again = ReceiveTimes(remember=True)
+    again.load(spool)
+    assert again.stamp(message(2, b"x", dup=True), 900) == 102
+    # The entry of packet id 1 was replaced by a newer message before the confirmation came: it stays.
+    _, newer = again.settle(message(1, b"y"), 903, 1, depends=True)
+    assert again.confirmed(entries) == [(b"\x00\x02", None)]
+    assert len(again) == 1 and again.confirmed([newer]) == [(b"\x00\x01", None)]
+    assert again.clear() == [(None, None)]
+
+
+def test_a_new_receive_time_is_not_among_those_the_message_before_took():
+    from collectors.mqtt.redelivery import ReceiveTimes
+
+    times = ReceiveTimes(remember=False)
+    a = times.stamp(message(1, b"[1,2,3]"), 1_000)
+    times.settle(message(1, b"[1,2,3]"), a, 3, depends=True)  # three samples of one tag: 1000, 1001, 1002
+    assert times.stamp(message(2, b"4"), 1_001) == 1_003  # came within them (a big array decodes fast)
+    assert times.settle(message(2, b"4"), 1_003, 1, depends=True) == ([], None)  # clean session: nothing kept
+    assert times.stamp(message(3, b"5"), 1_003) == 1_004  # the same microsecond
+    times.settle(message(3, b"5"), 1_004, 1, depends=True)
+    assert times.stamp(message(4, b"5", qos=0), 2_000) == 2_000
+    times.settle(message(4, b"5", qos=0), 2_000, 1, depends=True)
+    assert times.stamp(message(5, b"6"), 500) == 500  # the clock stepped back: followed
+
+
+def test_spread_on_rows_and_readings():
+    from datetime import UTC, datetime, timedelta
+
+    from collectors.mqtt.untimed import NO_TIME, spread
+    from edge.columns import Rows
+    from edge.records import Reading
+
+    rows = Rows(1_000)
+    for tag, t, v, f in [("a", 1_000, 1.0, NO_TIME), ("b", 5, None, 0), ("a", 1_000, 2.0, NO_TIME),
+                         ("b", 1_000, 3.0, NO_TIME), ("a", 1_000, None, NO_TIME)]:
+        if v is None:
+            rows.bad.append(len(rows.tags))
+        rows.tags.append(tag)
+        rows.times.append(t)
+        rows.values.append(v)
+        rows.flags.append(f)
+    assert spread(rows) == 3 and rows.times == [1_000, 5, 1_001, 1_000, 1_002]
+
+    now = datetime(2024, 5, 1, tzinfo=UTC)
+    readings = [Reading("x", now, 1, now, flags=NO_TIME), Reading("x", now, 2, now, flags=NO_TIME)]
+    assert spread(readings) == 2 and [r.time - now for r in readings] == [timedelta(0), timedelta(microseconds=1)]
+    assert readings[1].receive_time == now
+    assert spread([Reading("x", now, 1, now, flags=NO_TIME), Reading("y", now, 2, now, flags=NO_TIME)]) == 1
