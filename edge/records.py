@@ -44,6 +44,7 @@ class Flag(enum.IntFlag):
     UNKNOWN_TAG = 1 << 7  # tag not in the registry (wildcard-discovered)
     SUBSTITUTED = 1 << 8  # value produced by a model in place of a measurement
     TYPE_MISMATCH = 1 << 9  # value type not what the tag declares
+    RETAINED = 1 << 10  # MQTT retained (last known) value without source time: time = when received, not measured
 
 
 def utcnow() -> datetime:

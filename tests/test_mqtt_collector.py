@@ -382,7 +382,9 @@ async def test_broker_restart_raises_not_connected_and_the_next_run_resumes_the_
 async def test_resumed_sessions_keep_their_subscriptions_and_drop_removed_ones(mosquitto, tmp_path, protocol):
     unique = f"{protocol}-{next(_ids)}"
     keep, drop = f"keep/{unique}", f"drop/{unique}"
+    # retained_untimed = "store": the retained value (no time of its own) is kept, so each delivery of it shows.
     body = {"port": mosquitto.port, "client_id": f"valvoja-subs-{unique}", "protocol": protocol,
+            "retained_untimed": "store",
             "subscriptions": [{"topic": f"{keep}/+n", "tag": "{n}"}, {"topic": f"{drop}/+n", "tag": "{n}"}]}
     await apublish(mosquitto.port, [(f"{keep}/retained", "1")], retain=True)
     try:

@@ -1,5 +1,6 @@
 """MQTT values without a source time (the receive time is their time) against a real mosquitto and PostgreSQL:
-stored once when the broker sends them again, and none lost when one message holds several of one tag.
+stored once when the broker sends them again, none lost when one message holds several of one tag, and a
+retained last-known value not stored as a fresh reading at every new subscription.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import psycopg
 import pytest
 from gateway_proc import GatewayProcess
 from ops_support import new_run, site_config, wait_for
-from test_mqtt_collector import Sink, apublish, config, spooling, until
+from test_mqtt_collector import Sink, apublish, config, running, spooling, until
 
 from collectors.base import CollectorContext
 from collectors.mqtt import build
 from edge.errors import NotConnectedError
 from edge.metrics import Metrics
+from edge.records import Flag
 
 PLAIN_SUBSCRIPTION = """
 [[collectors.subscriptions]]
@@ -265,6 +267,55 @@ async def test_untimed_samples_of_one_tag_in_one_message_are_all_stored_in_their
     assert got["W.x"][0][0] == got["W.y"][0][0] and min(got["L1.a"])[0] == got["L1.b"][0][0]
 
 
+# -- 3. retained messages ------------------------------------------------------------------------------
+
+@contextlib.asynccontextmanager
+async def retained(port: int, messages: list[tuple[str, str]]):
+    """``messages`` retained at the broker for the block (then cleared: the broker is shared)."""
+    await apublish(port, messages, retain=True)
+    try:
+        yield
+    finally:
+        await apublish(port, [(t, b"") for t, _ in messages], retain=True)
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_a_retained_value_without_a_source_time_is_not_stored_as_a_fresh_reading(mosquitto, tmp_path, protocol):
+    """Each new subscription gets the broker's retained (last known) value; without a time of its own it was stored
+    at the receive time, as if it had just been measured, once per new session or filter."""
+    unique = f"ret{protocol[0]}{new_run()}"
+    subs = [{"topic": f"{unique}/plain/+a", "format": "plain", "tag": "{a}"},
+            {"topic": f"{unique}/json/+a", "tag": "{a}"}]
+    stale = [(f"{unique}/plain/P1", "5"), (f"{unique}/json/P2", '{"value": 6, "time": "2024-05-01T12:00:00Z"}'),
+             (f"{unique}/json/P3", '[{"value": 7}, {"value": 8, "time": "2024-05-01T12:00:00Z"}]')]
+    async with retained(mosquitto.port, stale):
+        for _ in range(2):  # a new session each time (clean session, or a new client id), as after a reset
+            sink = Sink()
+            async with running(config(mosquitto.port, subscriptions=subs, protocol=protocol), sink, tmp_path) as c:
+                await sink.wait(lambda s: len(s.batches) == 3)
+                # Published while subscribed, retained or not, it is a live value: stored at its receive time.
+                await apublish(mosquitto.port, [(f"{unique}/plain/P1", "9")], retain=True, protocol=protocol)
+                await sink.wait(lambda s: len(s.batches) == 4)
+                status = c.status()
+            assert sorted((r.tag, r.value) for r in sink.readings) == [("P1", 9), ("P2", 6), ("P3", 8)]
+            assert status["retained_untimed_skipped"] == 2
+            assert not any(r.flags & Flag.RETAINED for r in sink.readings)
+            await apublish(mosquitto.port, stale[:1], retain=True)
+
+
+async def test_retained_untimed_values_are_stored_flagged_when_configured(mosquitto, tmp_path):
+    unique = f"ret{new_run()}"
+    subs = [{"topic": f"{unique}/+a", "format": "plain", "tag": "{a}"}]
+    async with retained(mosquitto.port, [(f"{unique}/P1", "5")]):
+        sink = Sink()
+        async with running(config(mosquitto.port, subscriptions=subs, retained_untimed="store"), sink, tmp_path):
+            await apublish(mosquitto.port, [(f"{unique}/P2", "6")])
+            await sink.wait(lambda s: len(s.readings) == 2)
+    one, two = sorted(sink.readings, key=lambda r: r.tag)
+    assert (one.tag, one.value, one.flags) == ("P1", 5, Flag.NO_SOURCE_TIME | Flag.RETAINED)
+    assert (two.tag, two.value, two.flags) == ("P2", 6, Flag.NO_SOURCE_TIME)
+
+
 # -- the pieces, without a broker ----------------------------------------------------------------------------
 
 def message(mid: int, payload: bytes, *, dup: bool = False, qos: int = 1, topic: bytes = b"t/a"):
@@ -330,10 +381,10 @@ def test_a_new_receive_time_is_not_among_those_the_message_before_took():
     assert times.stamp(message(5, b"6"), 500) == 500  # the clock stepped back: followed
 
 
-def test_spread_on_rows_and_readings():
+def test_spread_and_retained_helpers_on_rows_and_readings():
     from datetime import UTC, datetime, timedelta
 
-    from collectors.mqtt.untimed import NO_TIME, spread
+    from collectors.mqtt.untimed import NO_TIME, mark_retained, spread, without_untimed
     from edge.columns import Rows
     from edge.records import Reading
 
@@ -347,6 +398,10 @@ def test_spread_on_rows_and_readings():
         rows.values.append(v)
         rows.flags.append(f)
     assert spread(rows) == 3 and rows.times == [1_000, 5, 1_001, 1_000, 1_002]
+    kept, n = without_untimed(rows)
+    assert n == 4 and (kept.tags, kept.times, kept.bad) == (["b"], [5], [0])
+    mark_retained(rows)
+    assert rows.flags == [NO_TIME | int(Flag.RETAINED), 0] + [NO_TIME | int(Flag.RETAINED)] * 3
 
     now = datetime(2024, 5, 1, tzinfo=UTC)
     readings = [Reading("x", now, 1, now, flags=NO_TIME), Reading("x", now, 2, now, flags=NO_TIME)]

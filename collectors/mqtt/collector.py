@@ -73,7 +73,7 @@ class MqttCollector:
         self.rebirths = RebirthRequests(self.name, enabled=config.request_rebirth, interval_s=config.rebirth_interval_s)
         self.router = Router(self.name, list(config.subscriptions), Path(context.state_dir),
                              on_decoder_error=context.metrics.collector_errors.labels(self.name, "decoder").inc,
-                             on_rebirth=self.rebirths.request)
+                             on_rebirth=self.rebirths.request, retained_untimed=config.retained_untimed)
         self.times = ReceiveTimes(remember=config.qos == 1 and not config.clean_session)
         self._times_loaded = False
         self._saved = SavedSubscriptions(Path(context.state_dir) / "subscriptions.json", config)
@@ -141,6 +141,7 @@ class MqttCollector:
             "readings": r.readings,
             "dead_letters": r.dead_letters,
             "decoder_errors": r.decoder_errors,
+            "retained_untimed_skipped": r.retained_skipped,
             "redeliveries_matched": self.times.matched,  # sent again, given their first receive time
             "receive_times_held": len(self.times),  # of messages whose PUBACK the broker has not confirmed
             "inflight": conn.inflight if conn else 0,
@@ -336,7 +337,7 @@ class MqttCollector:
                 topic = msg.topic
             except UnicodeDecodeError:
                 topic = None
-            readings, dead, span_us = self.router.handle(topic, msg._topic, msg.payload, received)
+            readings, dead, span_us = self.router.handle(topic, msg._topic, msg.payload, received, msg.retain)
             # Dead letters count too: their digest in the database covers the receive time.
             changes, entry = times.settle(msg, recv_us, span_us, span_us > 0 or bool(dead))
             self.last_message = now
