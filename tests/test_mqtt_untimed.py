@@ -361,3 +361,31 @@ def test_spread_and_retained_helpers_on_rows_and_readings():
     assert spread(readings) == 2 and [r.time - now for r in readings] == [timedelta(0), timedelta(microseconds=1)]
     assert readings[1].receive_time == now
     assert spread([Reading("x", now, 1, now, flags=NO_TIME), Reading("y", now, 2, now, flags=NO_TIME)]) == 1
+
+
+# -- 4. a long full spool with MQTT 3.1.1 ----------------------------------------------------------------------
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_a_collector_waiting_for_the_spool_keeps_its_connection_alive(mosquitto, tmp_path, protocol):
+    """MQTT 3.1.1 has no Receive Maximum: with every in-flight slot taken (the spool full, nothing acknowledged), the
+    collector stops reading so the broker keeps the rest. paho's network thread used to wait inside on_message, sent
+    no PINGREQ, and the broker dropped the connection after 1.5 x keepalive (then the messages came again)."""
+    cfg = config(mosquitto.port, keepalive_s=5, max_inflight=2, protocol=protocol)
+    sink = Sink(auto_ack=False)
+    async with running(cfg, sink, tmp_path) as collector:
+        await apublish(mosquitto.port, [("t/plain/P-1/x", str(i)) for i in range(6)])
+        await sink.wait(lambda s: len(s.batches) == 2)
+        await asyncio.sleep(cfg.keepalive_s * 2.5)  # the broker gives up after 1.5 x keepalive without a packet
+        dropped = [line for line in mosquitto.log_path.read_text().splitlines()
+                   if cfg.client_id in line and "exceeded timeout" in line]
+        assert dropped == []
+        status = collector.status()
+        assert (status["connected"], status["connects"], len(sink.batches)) == (True, 1, 2)
+        sink.auto_ack = True
+        for b in sink.batches:
+            b.ack()
+        await sink.wait(lambda s: len(s.batches) == 6)
+        await asyncio.sleep(0.5)
+        assert collector.status()["connects"] == 1
+    assert sink.values() == list(range(6))

@@ -1,7 +1,7 @@
 """The MQTT collector: one broker, QoS 1 on a persistent session, acknowledged after the spool.
 
-Threads. paho runs its network loop in its own thread (``loop_start``). ``_on_message`` runs
-there: it waits for an in-flight slot (back-pressure), decodes the payload, and hands a `Batch`
+Threads. paho runs its network loop in its own thread (``loop_start``, the loop of `session.Client`).
+``_on_message`` runs there: it takes an in-flight slot (back-pressure), decodes the payload, and hands a `Batch`
 to the event loop with ``call_soon_threadsafe``; ``run`` emits the batches in arrival order.
 The pipeline calls ``batch.ack`` on the event loop once the readings are durable; that sends the
 MQTT PUBACK with ``Client.ack``, which only appends to paho's outgoing deque and wakes the
@@ -15,8 +15,8 @@ broker re-sends what was not acknowledged and the database key removes the dupli
 of a message without a source time gets its first receive time back: ``redelivery``).
 
 Back-pressure. At most ``max_inflight`` messages are between paho and the PUBACK. MQTT 5 tells
-the broker so (Receive Maximum); with 3.1.1 the network thread waits for a slot, which stops
-reading from the socket, so the broker keeps the messages.
+the broker so (Receive Maximum); with 3.1.1 the network thread stops reading from the socket while
+every slot is taken (still sending PUBACKs and PINGREQs), so the broker keeps the messages.
 
 Receive times. A message without a source time takes its receive time, which must be the same when the broker
 sends the message again (see ``redelivery``), and several samples of one tag must not share it (see ``untimed``).
@@ -49,7 +49,7 @@ from collectors.mqtt.config import Config
 from collectors.mqtt.rebirth import RebirthRequests
 from collectors.mqtt.redelivery import CONFIRM_EVERY_S, ReceiveTimes
 from collectors.mqtt.router import Router
-from collectors.mqtt.session import Ack, Connection, SavedSubscriptions, tls_context
+from collectors.mqtt.session import Ack, Client, Connection, SavedSubscriptions, tls_context
 from edge.columns import from_us, to_us
 from edge.errors import NotConnectedError
 from edge.records import Batch, utcnow
@@ -157,7 +157,7 @@ class MqttCollector:
     def _new_client(self, conn: Connection) -> mqtt.Client:
         cfg = self.cfg
         v5 = cfg.protocol == "5"
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id or "",
+        client = Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id or "",
                              clean_session=None if v5 else cfg.clean_session, userdata=conn,
                              protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
                              reconnect_on_failure=False, manual_ack=True)
