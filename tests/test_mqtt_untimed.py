@@ -1,6 +1,7 @@
 """MQTT values without a source time (the receive time is their time) against a real mosquitto and PostgreSQL:
 stored once when the broker sends them again, none lost when one message holds several of one tag, and a
-retained last-known value not stored as a fresh reading at every new subscription.
+retained last-known value not stored as a fresh reading at every new subscription. And a collector whose spool
+is full keeps its connection (MQTT 3.1.1).
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ async def test_an_untimed_message_sent_again_after_a_crash_before_its_puback_is_
     were stored a second time, at a new receive time; a dead letter too (its digest covers the receive time)."""
     run = new_run()
     proxy = await HoldProxy(mosquitto.port).start()
-    config = site_config(pg_dsn, proxy.port, run=run).replace("keepalive_s = 5", "keepalive_s = 60")
-    gw = GatewayProcess(tmp_path / "gw", config + PLAIN_SUBSCRIPTION.replace("@RUN@", run))
+    # keepalive 60 s: while held, the broker hears nothing from the gateway and must not drop it for that.
+    site = site_config(pg_dsn, proxy.port, run=run).replace("keepalive_s = 5", "keepalive_s = 60")
+    gw = GatewayProcess(tmp_path / "gw", site + PLAIN_SUBSCRIPTION.replace("@RUN@", run))
     n = 20
 
     def ours(prefix: str = "P-") -> list[tuple]:
@@ -97,6 +99,7 @@ async def test_an_untimed_message_sent_again_after_a_crash_before_its_puback_is_
         await asyncio.sleep(1.0)
         stored = ours()
         dead = dead_letters()
+        matched = gw.health()["collectors"]["plant"]["redeliveries_matched"]
     finally:
         await asyncio.to_thread(gw.terminate)
         await proxy.stop()
@@ -106,6 +109,7 @@ async def test_an_untimed_message_sent_again_after_a_crash_before_its_puback_is_
     twice = sorted(k for k, c in per_value.items() if c > 1)
     assert (len(twice), len(dead)) == (0, 1), f"readings stored more than once: {twice[:3]}..., dead letters: {dead}"
     assert len(stored) == 2 + 2 * n
+    assert matched == 2 * n + 1  # the broker did send them all again (DUP), and each found its receive time
 
 
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
