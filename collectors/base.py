@@ -39,10 +39,13 @@ class CollectorContext:
     """What the runtime gives a collector when it builds one.
 
     ``state_dir`` is the collector's own folder for durable state (certificates,
-    session ids); ``metrics`` is the gateway's `edge.metrics.Metrics`.
+    session ids); ``metrics`` is the gateway's `edge.metrics.Metrics`; ``state`` (an
+    `edge.pipeline.SourceState`, or None without a spool) is state kept in the spool, for
+    what must be committed with the readings themselves (`Batch.state`).
     """
 
-    def __init__(self, *, name: str, state_dir, metrics) -> None:
+    def __init__(self, *, name: str, state_dir, metrics, state=None) -> None:
         self.name = name
         self.state_dir = state_dir
         self.metrics = metrics
+        self.state = state

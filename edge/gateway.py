@@ -24,7 +24,7 @@ from edge.errors import ConfigError
 from edge.forwarder import Forwarder, RollupWorker
 from edge.http import HealthServer
 from edge.metrics import Metrics
-from edge.pipeline import Ingest, SpoolWorker
+from edge.pipeline import Ingest, SourceState, SpoolWorker
 from edge.secrets import is_reference, resolve_secret
 from edge.settings import SiteConfig
 from edge.spool import Spool
@@ -82,7 +82,8 @@ class Gateway:
         self.rollups = RollupWorker(self.forwarder, self.conninfo, cfg.database) if self.forwarder else None
         self.collectors: dict[str, object] = {}
         for kind, name, ccfg in cfg.collector_configs:
-            ctx = CollectorContext(name=name, state_dir=state / "collectors" / name, metrics=self.metrics)
+            ctx = CollectorContext(name=name, state_dir=state / "collectors" / name, metrics=self.metrics,
+                                   state=SourceState(self.worker, name))
             self.collectors[name] = module_for(kind).build(ccfg, ctx)
         host, port = cfg.http.listen.rsplit(":", 1)
         self.http = (HealthServer(host, int(port) if http_port is None else http_port, health=self.health,

@@ -43,6 +43,23 @@ class SpoolWorker:
         self._pool.shutdown(wait=True)
 
 
+class SourceState:
+    """A collector's small durable state in the spool (`CollectorContext.state`). What must hold exactly when some
+    readings do goes with their batch (`Batch.state`, the same transaction); `save` is for the rest."""
+
+    def __init__(self, worker: SpoolWorker, source: str):
+        self.worker = worker
+        self.source = source
+
+    async def load(self) -> dict[bytes, bytes]:
+        return await self.worker.call(self.worker.spool.load_state, self.source)
+
+    async def save(self, changes: list[tuple[bytes | None, bytes | None]]) -> None:
+        """``(key, value)`` changes; a None value deletes the key, a None key every key. Sent to the spool thread
+        before the first await, so a batch emitted after this call is committed after these changes."""
+        await self.worker.call(self.worker.spool.save_state, [(self.source, k, v) for k, v in changes])
+
+
 class Ingest:
     def __init__(self, worker: SpoolWorker, validator: Validator, metrics: Metrics, *, queue_batches: int):
         self.worker = worker
@@ -106,7 +123,8 @@ class Ingest:
         except Exception as exc:  # a bug some value found: the group cannot be spooled; tell who waits, then fail
             _nack(group, exc)
             raise
-        items = [(cols, [d for b in group for d in b.dead_letters], [r for b in group for r in b.records])]
+        items = [(cols, [d for b in group for d in b.dead_letters], [r for b in group for r in b.records],
+                  [(b.source, k, v) for b in group if b.state for k, v in b.state])]
         n = len(cols)
         rejected = failed = False
         while True:

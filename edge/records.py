@@ -44,6 +44,7 @@ class Flag(enum.IntFlag):
     UNKNOWN_TAG = 1 << 7  # tag not in the registry (wildcard-discovered)
     SUBSTITUTED = 1 << 8  # value produced by a model in place of a measurement
     TYPE_MISMATCH = 1 << 9  # value type not what the tag declares
+    RETAINED = 1 << 10  # MQTT retained (last known) value without source time: time = when received, not measured
 
 
 def utcnow() -> datetime:
@@ -98,6 +99,9 @@ class Batch:
     # Other record types (predictions, alert changes) as (kind, msgpack-able dict); see edge/analytics.py.
     records: list[tuple[str, dict]] = field(default_factory=list)
     nack: object | None = None  # Callable[[BaseException], None]
+    # The collector's own durable state, written in the spool commit of these readings (so it holds exactly when
+    # they do): (key, value) pairs for the `source`, a None value deletes the key. See `edge.pipeline.SourceState`.
+    state: list[tuple[bytes, bytes | None]] | tuple = ()
 
 
 @dataclass(slots=True)

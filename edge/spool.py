@@ -129,6 +129,10 @@ class Spool:
                    " end_us INTEGER NOT NULL, minutes BLOB)")
         if "minutes" not in {r[1] for r in db.execute("PRAGMA table_info(rollup_pending)")}:
             db.execute("ALTER TABLE rollup_pending ADD COLUMN minutes BLOB")  # a spool file of an older version
+        # Small durable state of collectors (`Batch.state`), kept here because it must commit with the readings it
+        # belongs to: the MQTT collector's receive times of messages the broker may send again.
+        db.execute("CREATE TABLE IF NOT EXISTS source_state (source TEXT NOT NULL, key BLOB NOT NULL,"
+                   " value BLOB NOT NULL, PRIMARY KEY (source, key)) WITHOUT ROWID")
         row = db.execute("SELECT count(*), coalesce(sum(n), 0), coalesce(sum(nbytes), 0) FROM batches").fetchone()
         self.batches, self.readings, self.bytes = row
         self.dropped = 0  # readings dropped by drop_oldest since start
@@ -138,12 +142,14 @@ class Spool:
     def append_many(self, items: list[tuple]) -> list[int]:
         """Store several batches in one transaction (one fsync); returns their sequence numbers.
 
-        Each item is ``(readings, dead_letters)`` or ``(readings, dead_letters, records)``; ``readings`` is
-        a `Columns` (what the ingest stage hands over) or a list of `Reading`.
+        Each item is ``(readings, dead_letters)``, ``(readings, dead_letters, records)`` or ``(readings,
+        dead_letters, records, state)``; ``readings`` is a `Columns` (what the ingest stage hands over) or a list
+        of `Reading`; ``state`` is ``(source, key, value)`` changes for `save_state`, made in the same transaction.
         Raises SpoolFull (nothing stored) when the budget is reached under ``reject_new`` (an empty spool takes
         even a group larger than the whole budget).
         """
         payloads = []
+        state = [op for _, _, *rest in items if len(rest) > 1 for op in rest[1]]
         for readings, dead, *rest in items:
             cols = readings if readings.__class__ is Columns else Columns.from_readings(readings)
             parts = [cols.to_payload(),
@@ -172,6 +178,7 @@ class Spool:
                     "INSERT INTO batches (fmt, n, nbytes, created, payload) VALUES (?, ?, ?, ?, ?)",
                     (_FORMAT_VERSION, n, len(body), now, body))
                 seqs.append(cur.lastrowid)
+            self._state_ops(state)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -180,6 +187,33 @@ class Spool:
         self.readings += n_in
         self.bytes += incoming
         return seqs
+
+    def _state_ops(self, ops) -> None:
+        for source, key, value in ops:
+            if key is None:
+                self._db.execute("DELETE FROM source_state WHERE source = ?", (source,))
+            elif value is None:
+                self._db.execute("DELETE FROM source_state WHERE source = ? AND key = ?", (source, key))
+            else:
+                self._db.execute("INSERT OR REPLACE INTO source_state (source, key, value) VALUES (?, ?, ?)",
+                                 (source, key, value))
+
+    def save_state(self, ops: list[tuple[str, bytes | None, bytes | None]]) -> None:
+        """Change collectors' state on its own: ``(source, key, value)``; a None value deletes the key, a None key
+        every key of the source."""
+        if not ops:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._state_ops(ops)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def load_state(self, source: str) -> dict[bytes, bytes]:
+        """A collector's state as committed: key -> value."""
+        return dict(self._db.execute("SELECT key, value FROM source_state WHERE source = ?", (source,)).fetchall())
 
     def _drop_oldest(self, need: int) -> None:
         freed = 0

@@ -67,6 +67,26 @@ def test_reject_new_refuses_without_storing(tmp_path):
     assert sum(len(b.rows) for b in sp.peek(10**9)) == held
 
 
+def test_collector_state_commits_with_its_readings_and_not_without_them(tmp_path):
+    """`Batch.state` (the MQTT collector's remembered receive times) is written in the transaction of the readings
+    it belongs to: a group the spool refuses changes no state either."""
+    sp = Spool(tmp_path / "s.db", max_bytes=1_000_000, policy="reject_new")
+    sp.append_many([(_readings(3), [], [], [("mq", b"\x00\x01", b"one"), ("mq", b"\x00\x02", b"two")])])
+    sp.append_many([(_readings(3), [], [], [("mq", b"\x00\x01", None), ("other", b"\x00\x01", b"x")])])
+    assert sp.load_state("mq") == {b"\x00\x02": b"two"} and sp.load_state("other") == {b"\x00\x01": b"x"}
+    with pytest.raises(SpoolFull):
+        for _ in range(100):
+            sp.append_many([(_readings(20_000), [])])
+    with pytest.raises(SpoolFull):
+        sp.append_many([(_readings(20_000), [], [], [("mq", b"\x00\x05", b"five")])])
+    assert sp.load_state("mq") == {b"\x00\x02": b"two"}  # the refused group changed nothing
+    sp.save_state([("mq", None, None)])
+    sp.close()
+    sp = Spool(tmp_path / "s.db", max_bytes=1_000_000)
+    assert sp.load_state("mq") == {} and sp.load_state("other") == {b"\x00\x01": b"x"}
+    sp.close()
+
+
 def test_drop_oldest_keeps_newest_within_budget(tmp_path):
     sp = Spool(tmp_path / "s.db", max_bytes=1_000_000, policy="drop_oldest")
     for i in range(60):

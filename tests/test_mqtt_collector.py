@@ -382,7 +382,9 @@ async def test_broker_restart_raises_not_connected_and_the_next_run_resumes_the_
 async def test_resumed_sessions_keep_their_subscriptions_and_drop_removed_ones(mosquitto, tmp_path, protocol):
     unique = f"{protocol}-{next(_ids)}"
     keep, drop = f"keep/{unique}", f"drop/{unique}"
+    # retained_untimed = "store": the retained value (no time of its own) is kept, so each delivery of it shows.
     body = {"port": mosquitto.port, "client_id": f"valvoja-subs-{unique}", "protocol": protocol,
+            "retained_untimed": "store",
             "subscriptions": [{"topic": f"{keep}/+n", "tag": "{n}"}, {"topic": f"{drop}/+n", "tag": "{n}"}]}
     await apublish(mosquitto.port, [(f"{keep}/retained", "1")], retain=True)
     try:
@@ -428,7 +430,7 @@ async def spooling(cfg: Config, tmp_path, built: list | None = None):
     """The collector feeding the gateway's real ingest (validation, spool, ack after the commit) until the block
     ends; yields (ingest, its task, spool worker, metrics). The spool is closed after the block. The collector is
     appended to ``built`` when given."""
-    from edge.pipeline import Ingest, SpoolWorker
+    from edge.pipeline import Ingest, SourceState, SpoolWorker
     from edge.settings import Validation
     from edge.spool import Spool
     from edge.validate import Validator
@@ -437,7 +439,8 @@ async def spooling(cfg: Config, tmp_path, built: list | None = None):
     worker = SpoolWorker(Spool(tmp_path / "spool.db", max_bytes=100 << 20))
     ingest = Ingest(worker, Validator({}, Validation()), metrics, queue_batches=4)
     ingest_task = asyncio.create_task(ingest.run())
-    collector = build(cfg, CollectorContext(name="mq", state_dir=tmp_path, metrics=metrics))
+    collector = build(cfg, CollectorContext(name="mq", state_dir=tmp_path, metrics=metrics,
+                                            state=SourceState(worker, "mq")))
     if built is not None:
         built.append(collector)
     task = asyncio.create_task(collector.run(ingest.emit))

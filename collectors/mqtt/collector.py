@@ -1,7 +1,7 @@
 """The MQTT collector: one broker, QoS 1 on a persistent session, acknowledged after the spool.
 
-Threads. paho runs its network loop in its own thread (``loop_start``). ``_on_message`` runs
-there: it waits for an in-flight slot (back-pressure), decodes the payload, and hands a `Batch`
+Threads. paho runs its network loop in its own thread (``loop_start``, the loop of `session.Client`).
+``_on_message`` runs there: it takes an in-flight slot (back-pressure), decodes the payload, and hands a `Batch`
 to the event loop with ``call_soon_threadsafe``; ``run`` emits the batches in arrival order.
 The pipeline calls ``batch.ack`` on the event loop once the readings are durable; that sends the
 MQTT PUBACK with ``Client.ack``, which only appends to paho's outgoing deque and wakes the
@@ -11,11 +11,15 @@ At least once. paho's automatic acknowledgement is off (``manual_ack=True``): a 
 gateway received but had not stored when it died is still unacknowledged in the broker's
 session and is sent again on the next connection. An acknowledgement is only sent on the
 connection that received the message (packet ids are per connection); after a reconnect the
-broker re-sends what was not acknowledged and the database key removes the duplicates.
+broker re-sends what was not acknowledged and the database key removes the duplicates (a copy
+of a message without a source time gets its first receive time back: ``redelivery``).
 
 Back-pressure. At most ``max_inflight`` messages are between paho and the PUBACK. MQTT 5 tells
-the broker so (Receive Maximum); with 3.1.1 the network thread waits for a slot, which stops
-reading from the socket, so the broker keeps the messages.
+the broker so (Receive Maximum); with 3.1.1 the network thread stops reading from the socket while
+every slot is taken (still sending PUBACKs and PINGREQs), so the broker keeps the messages.
+
+Receive times. A message without a source time takes its receive time, which must be the same when the broker
+sends the message again (see ``redelivery``), and several samples of one tag must not share it (see ``untimed``).
 
 Reconnects. paho's own reconnect is off (``reconnect_on_failure=False``): ``run`` raises
 `NotConnectedError` when the connection drops and the gateway's supervisor (one back-off policy
@@ -43,8 +47,10 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from collectors.base import CollectorContext, Emit
 from collectors.mqtt.config import Config
 from collectors.mqtt.rebirth import RebirthRequests
+from collectors.mqtt.redelivery import CONFIRM_EVERY_S, ReceiveTimes
 from collectors.mqtt.router import Router
-from collectors.mqtt.session import Ack, Connection, SavedSubscriptions, tls_context
+from collectors.mqtt.session import Ack, Client, Connection, SavedSubscriptions, tls_context
+from edge.columns import from_us, to_us
 from edge.errors import NotConnectedError
 from edge.records import Batch, utcnow
 
@@ -67,7 +73,9 @@ class MqttCollector:
         self.rebirths = RebirthRequests(self.name, enabled=config.request_rebirth, interval_s=config.rebirth_interval_s)
         self.router = Router(self.name, list(config.subscriptions), Path(context.state_dir),
                              on_decoder_error=context.metrics.collector_errors.labels(self.name, "decoder").inc,
-                             on_rebirth=self.rebirths.request)
+                             on_rebirth=self.rebirths.request, retained_untimed=config.retained_untimed)
+        self.times = ReceiveTimes(remember=config.qos == 1 and not config.clean_session)
+        self._times_loaded = False
         self._saved = SavedSubscriptions(Path(context.state_dir) / "subscriptions.json", config)
         self._client: mqtt.Client | None = None
         self._conn: Connection | None = None
@@ -84,12 +92,17 @@ class MqttCollector:
 
     async def run(self, emit: Emit) -> None:
         """Connect, subscribe, emit a batch per message until the connection is lost (then raise)."""
+        await self._load_times()
         conn = self._conn = Connection(asyncio.get_running_loop(), self.cfg.max_inflight)
         client = self._client = self.rebirths.client = self._new_client(conn)
+        confirming = None
         try:
             await self._connect(client, conn)
+            if self.times.remember and not self.session_present:
+                await self._save_state(self.times.clear())  # nothing subscribed yet: no message can race this
             await self._subscribe(client, conn)
             self._set_connected(True)
+            confirming = asyncio.create_task(self._confirm_acks(client, conn))
             while True:
                 item = await conn.queue.get()
                 if item is _LOST:
@@ -101,6 +114,8 @@ class MqttCollector:
             self.last_error = str(exc)
             raise
         finally:
+            if confirming is not None:
+                confirming.cancel()
             await self._teardown()
 
     async def aclose(self) -> None:
@@ -126,6 +141,9 @@ class MqttCollector:
             "readings": r.readings,
             "dead_letters": r.dead_letters,
             "decoder_errors": r.decoder_errors,
+            "retained_untimed_skipped": r.retained_skipped,
+            "redeliveries_matched": self.times.matched,  # sent again, given their first receive time
+            "receive_times_held": len(self.times),  # of messages whose PUBACK the broker has not confirmed
             "inflight": conn.inflight if conn else 0,
             "sparkplug": sparkplug,
             "last_error": self.last_error,
@@ -139,7 +157,7 @@ class MqttCollector:
     def _new_client(self, conn: Connection) -> mqtt.Client:
         cfg = self.cfg
         v5 = cfg.protocol == "5"
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id or "",
+        client = Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id or "",
                              clean_session=None if v5 else cfg.clean_session, userdata=conn,
                              protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
                              reconnect_on_failure=False, manual_ack=True)
@@ -238,19 +256,51 @@ class MqttCollector:
             log.debug("%s: disconnect: %r", self.name, exc)
         await asyncio.to_thread(client.loop_stop)
 
-    async def _barrier(self, client: mqtt.Client, conn: Connection) -> None:
-        """Wait until the broker has processed every PUBACK sent so far.
+    async def _barrier(self, client: mqtt.Client, conn: Connection, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
+        """Wait until the broker has processed every PUBACK sent so far, then forget the receive times they held.
 
         A broker handles a connection's packets in order, so the UNSUBACK of a harmless UNSUBSCRIBE proves
         it. Without it, PUBACKs still unread when a quick reconnect takes the session over are dropped
         with the old connection, and those messages come again (duplicates, not losses).
         """
+        n = len(conn.acked)  # acks appended while waiting may follow the UNSUBSCRIBE: not covered
         try:
             rc, mid = client.unsubscribe(BARRIER_TOPIC)
-            if rc == mqtt.MQTT_ERR_SUCCESS:
-                await conn.wait_reply(mid, BARRIER_TIMEOUT_S)
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                return
+            await conn.wait_reply(mid, timeout_s)
         except (TimeoutError, OSError) as exc:
-            log.debug("%s: no UNSUBACK before disconnect: %r", self.name, exc)
+            log.debug("%s: no UNSUBACK: %r", self.name, exc)
+            return
+        done, conn.acked[:n] = conn.acked[:n], []
+        await self._save_state(self.times.confirmed(done))
+
+    async def _confirm_acks(self, client: mqtt.Client, conn: Connection) -> None:
+        """Forget the receive times of acknowledged messages once the broker has their PUBACKs (``redelivery``)."""
+        while True:
+            await asyncio.sleep(CONFIRM_EVERY_S)
+            if conn.acked and conn.connected:
+                await self._barrier(client, conn, self.cfg.connect_timeout_s)
+
+    async def _load_times(self) -> None:
+        """The receive times the spool remembers (once, before the first connection: a DUP may come at once)."""
+        if self._times_loaded or not self.times.remember or self.ctx.state is None:
+            return
+        try:
+            self.times.load(await self.ctx.state.load())
+        except Exception:
+            log.exception("%s: cannot read the remembered receive times from the spool; messages the broker sends "
+                          "again may be stored twice", self.name, extra={"collector": self.name})
+        self._times_loaded = True
+
+    async def _save_state(self, changes: list) -> None:
+        if not changes or self.ctx.state is None:
+            return
+        try:
+            await self.ctx.state.save(changes)
+        except Exception as exc:  # the entries stay: harmless, removed when their packet id is used again
+            log.warning("%s: cannot forget remembered receive times in the spool: %r", self.name, exc,
+                        extra={"collector": self.name})
 
     # -- paho callbacks (network thread) -----------------------------------------------------------
 
@@ -279,15 +329,21 @@ class MqttCollector:
         try:
             if not conn.take_slot():
                 return  # shutting down; the broker keeps the message
+            times = self.times
             now = utcnow()
+            recv_us = times.stamp(msg, now_us := to_us(now))
+            received = now if recv_us == now_us else from_us(recv_us)
             try:
                 topic = msg.topic
             except UnicodeDecodeError:
                 topic = None
-            readings, dead = self.router.handle(topic, msg._topic, msg.payload, now)
+            readings, dead, span_us = self.router.handle(topic, msg._topic, msg.payload, received, msg.retain)
+            # Dead letters count too: their digest in the database covers the receive time.
+            changes, entry = times.settle(msg, recv_us, span_us, span_us > 0 or bool(dead))
             self.last_message = now
             self._m_messages.inc()
-            conn.to_loop(conn.queue.put_nowait, Batch(self.name, readings, Ack(client, conn, msg.mid, msg.qos), dead))
+            conn.to_loop(conn.queue.put_nowait, Batch(self.name, readings, Ack(client, conn, msg.mid, msg.qos, entry),
+                                                      dead, state=changes))
         except Exception as exc:
             log.exception("%s: message handling failed", self.name, extra={"collector": self.name})
             conn.lost_reason = f"internal error: {exc!r}"

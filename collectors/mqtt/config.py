@@ -122,6 +122,10 @@ class Config(Strict):
     tls: Tls | None = None
     username: str | None = None
     password: SecretRef | None = None
+    retained_untimed: Literal["skip", "store"] = Field(
+        "skip", description="values without a source time in a retained message (the broker's last known value, sent "
+                            "again at every new subscription): skip them, or store them at the receive time flagged "
+                            "RETAINED")
     request_rebirth: bool = Field(True, description="Sparkplug: ask an edge node to rebirth (NCMD) when its data "
                                                     "cannot be decoded (no birth seen, unknown alias, sequence gap)")
     rebirth_interval_s: float = Field(30.0, ge=1.0, le=86400.0,

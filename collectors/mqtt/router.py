@@ -5,6 +5,9 @@ the pipeline for inspection) and one log line per topic, then at most one per ``
 the number suppressed in between, so a device that sends garbage ten times a second does not flood
 the log.
 
+Readings without a source time get the receive time; `untimed` keeps several of one tag apart and decides what
+becomes of a retained message's (``retained_untimed``).
+
 A decoder raises `DataError` for what it knows to be malformed. Any other exception is a bug that a
 message has found in a decoder: it becomes a dead letter too (the message is acknowledged and the
 stream goes on; raising here would end the connection and the broker would redeliver the message on
@@ -25,6 +28,7 @@ from collectors.mqtt.decode import Decoder, JsonDecoder, make_decoder
 from collectors.mqtt.sparkplug import SparkplugDecoder
 from collectors.mqtt.sparkplug_state import SparkplugStore
 from collectors.mqtt.topics import TopicFilter, subscribed_filters
+from collectors.mqtt.untimed import mark_retained, spread, without_untimed
 from edge.columns import Rows
 from edge.errors import DataError
 from edge.records import DeadLetter, Reading
@@ -42,8 +46,10 @@ class Router:
 
     def __init__(self, source: str, subscriptions: list[Subscription], state_dir: Path, *,
                  on_decoder_error: Callable[[], None] | None = None,
-                 on_rebirth: Callable[[str, str, str], None] | None = None) -> None:
+                 on_rebirth: Callable[[str, str, str], None] | None = None,
+                 retained_untimed: str = "skip") -> None:
         self.source = source
+        self.keep_retained = retained_untimed == "store"
         self.on_decoder_error = on_decoder_error
         self.sparkplug = SparkplugStore(Path(state_dir) / "sparkplug")
         self.routes: list[tuple[TopicFilter, Decoder]] = []
@@ -58,15 +64,17 @@ class Router:
         self._cache: dict[str, Decoder | None] = {}
         self._log_times: dict[str, tuple[float, int]] = {}
         self._bugs_logged: set[type] = set()  # exception types already logged with a traceback
-        self.messages = self.readings = self.dead_letters = self.decoder_errors = 0
+        self.messages = self.readings = self.dead_letters = self.decoder_errors = self.retained_skipped = 0
 
-    def handle(self, topic: str | None, raw_topic: bytes, payload: bytes,
-               now: datetime) -> tuple[list[Reading] | Rows, list[DeadLetter]]:
-        """Decode one message; ``topic`` is None when its bytes are not UTF-8."""
+    def handle(self, topic: str | None, raw_topic: bytes, payload: bytes, now: datetime,
+               retained: bool = False) -> tuple[list[Reading] | Rows, list[DeadLetter], int]:
+        """Decode one message; ``topic`` is None when its bytes are not UTF-8. Returns the readings, the dead
+        letters and the microseconds from ``now`` its readings without a source time take (`untimed.spread`; 0:
+        none has the receive time as its time)."""
         self.messages += 1
         if topic is None:
             return [], [self._dead_letter(raw_topic.decode("utf-8", "replace"), payload,
-                                          "topic is not valid UTF-8", now)]
+                                          "topic is not valid UTF-8", now)], 0
         decoder = self._route(topic)
         try:
             if decoder is None:
@@ -75,11 +83,27 @@ class Router:
             readings = decoder.rows(payload, topic, now) if decoder.__class__ is JsonDecoder else \
                 decoder(payload, topic, now)
         except DataError as exc:
-            return [], [self._dead_letter(topic, payload, str(exc), now)]
+            return [], [self._dead_letter(topic, payload, str(exc), now)], 0
         except Exception as exc:  # a decoder bug: see the module docstring
-            return [], [self._dead_letter(topic, payload, f"{type(exc).__name__}: {exc}", now, exc)]
+            return [], [self._dead_letter(topic, payload, f"{type(exc).__name__}: {exc}", now, exc)], 0
+        if retained:
+            if self.keep_retained:
+                mark_retained(readings)
+            else:
+                readings, skipped = without_untimed(readings)
+                if skipped:
+                    self._skipped_retained(topic, skipped)
         self.readings += len(readings)
-        return readings, []
+        return readings, [], spread(readings)
+
+    def _skipped_retained(self, topic: str, n: int) -> None:
+        if not self.retained_skipped:
+            # Once per collector: at a new subscription a broker may hold thousands of retained topics.
+            log.info("%s: retained message on %s: %d value(s) without a source time not stored (the broker's last "
+                     "known value, not a new measurement); more are counted in status(); retained_untimed = "
+                     "\"store\" keeps them", self.source, topic, n,
+                     extra={"event": "mqtt_retained_skipped", "collector": self.source, "topic": topic})
+        self.retained_skipped += n
 
     def _route(self, topic: str) -> Decoder | None:
         cache = self._cache

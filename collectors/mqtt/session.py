@@ -1,6 +1,7 @@
 """Pieces of one broker connection shared by paho's network thread and the event loop.
 
 - `Connection`: the hand-over queue, in-flight slots (back-pressure), replies to SUBSCRIBE/UNSUBSCRIBE.
+- `Client`: paho's client whose network thread stops reading while every slot is taken, and keeps the connection.
 - `Ack`: a batch's ``ack``; sends the PUBACK on the connection that received the message.
 - `SavedSubscriptions`: what the broker's persistent session is subscribed to, kept on disk, so a
   resumed session is not subscribed again (which would make the broker re-send retained messages)
@@ -18,6 +19,7 @@ import threading
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.client import time_func
 
 from collectors.mqtt.config import Config
 from edge.errors import ConfigError
@@ -58,6 +60,7 @@ class Connection:
         self.lost_reason = ""
         self.max_inflight = max_inflight
         self.inflight = 0
+        self.acked: list = []  # redelivery.Entry of messages acknowledged on this connection, not yet confirmed
         self._cond = threading.Condition()
         self._replies: dict[int, object] = {}  # packet id -> SUBACK/UNSUBACK reason codes
         self._replied = asyncio.Event()
@@ -78,6 +81,13 @@ class Connection:
                 self._cond.wait(0.5)
             self.inflight += 1
             return True
+
+    def wait_slot(self, timeout_s: float) -> bool:
+        """(network thread) Whether a slot is free (or the connection closing), waiting up to ``timeout_s`` for one."""
+        with self._cond:
+            if self.inflight >= self.max_inflight and not self.closing:
+                self._cond.wait(timeout_s)
+            return self.inflight < self.max_inflight or self.closing
 
     def free_slot(self) -> None:
         with self._cond:
@@ -129,19 +139,63 @@ class Connection:
         return self._replies.pop(mid)
 
 
+class Client(mqtt.Client):
+    """paho's client, whose network thread (``loop_start``) reads a message only when an in-flight slot is free.
+
+    MQTT 3.1.1 cannot tell the broker how many unacknowledged messages to send (MQTT 5's Receive Maximum), so
+    back-pressure is to stop reading: the broker keeps the rest. paho's own loop would read on and wait inside
+    ``on_message`` for a slot, writing nothing meanwhile: with the spool full for longer than 1.5 x keepalive the
+    broker dropped the connection (and sent the messages again on the next). While every slot is taken this loop
+    only writes (PUBACKs, PINGREQs) and keeps the keepalive. The userdata is the `Connection`. It uses paho's
+    private members (``_loop``, ``_ping_t``, ...) as paho-mqtt 2.2.0 (pinned) has them; the test of a long full
+    spool (tests/test_mqtt_untimed.py) fails if they change.
+    """
+
+    SLOT_WAIT_S = 0.25  # how often a paused loop looks at the keepalive and the outgoing packets
+
+    def loop_forever(self, timeout: float = 1.0, retry_first_connection: bool = False) -> mqtt.MQTTErrorCode:
+        # paho's reconnect is off (the gateway's supervisor reconnects): one connection, until it ends or loop_stop.
+        conn: Connection = self._userdata
+        rc = mqtt.MQTT_ERR_SUCCESS
+        while rc == mqtt.MQTT_ERR_SUCCESS:
+            if self._thread_terminate and not self._out_packet:
+                break
+            if conn.wait_slot(0):
+                rc = self._loop(timeout)  # reads one packet: one message at most takes a slot
+            else:
+                rc = self._paused()
+        return rc
+
+    def _paused(self) -> mqtt.MQTTErrorCode:
+        rc = self.loop_write()
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            return rc
+        # Unread on purpose, the PINGRESPs wait in the socket behind the messages: paho must not take their absence
+        # for a dead broker, and still sends a PINGREQ when nothing else went out for a keepalive period. A broker
+        # that died meanwhile is noticed once reading resumes (paho's keepalive check works again then).
+        with self._msgtime_mutex:
+            self._last_bytes_received = time_func()
+        self._ping_t = 0
+        rc = self.loop_misc()
+        if rc == mqtt.MQTT_ERR_SUCCESS:
+            self._userdata.wait_slot(self.SLOT_WAIT_S)
+        return rc
+
+
 class Ack:
     """``batch.ack``: PUBACK on the connection that received the message, once.
 
     ``Client.ack`` only appends the PUBACK to paho's outgoing deque and wakes the network thread through
     its socket pair (the path ``publish`` takes from other threads), so calling it on the event loop is safe.
     Packet ids belong to a connection: after a reconnect the broker re-sends what was not acknowledged,
-    so an ack for a message of a closed connection only frees its slot.
+    so an ack for a message of a closed connection only frees its slot. ``entry``: the message's remembered
+    receive time (`redelivery`), to be forgotten once the broker has confirmed this PUBACK.
     """
 
-    __slots__ = ("client", "conn", "done", "mid", "qos")
+    __slots__ = ("client", "conn", "done", "entry", "mid", "qos")
 
-    def __init__(self, client: mqtt.Client, conn: Connection, mid: int, qos: int) -> None:
-        self.client, self.conn, self.mid, self.qos, self.done = client, conn, mid, qos, False
+    def __init__(self, client: mqtt.Client, conn: Connection, mid: int, qos: int, entry=None) -> None:
+        self.client, self.conn, self.mid, self.qos, self.done, self.entry = client, conn, mid, qos, False, entry
 
     def __call__(self) -> None:
         if self.done:
@@ -150,6 +204,8 @@ class Ack:
         self.conn.free_slot()
         if self.qos and self.conn.connected:
             self.client.ack(self.mid, self.qos)
+            if self.entry is not None:
+                self.conn.acked.append(self.entry)
 
 
 class SavedSubscriptions:
