@@ -31,7 +31,9 @@ def add_parser(subparsers) -> None:
     r = sub.add_parser("report", help="write a daily or monthly report (HTML + CSV, PDF with --pdf)",
                        description="Recompute the stack from the year start to the end of the period (so year-to-date "
                                    "rules are current), store the results, and write the report files. A period "
-                                   "still running is computed up to the last whole hour and reported provisional.")
+                                   "still running is computed up to the last whole hour and reported provisional. "
+                                   "Where the periodic job recomputed the period's stored results from late "
+                                   "readings, the report says when and why.")
     _common(r)
     r.add_argument("--stack", required=True, help="stack name from [[stacks]]")
     when = r.add_mutually_exclusive_group(required=True)
@@ -47,7 +49,9 @@ def add_parser(subparsers) -> None:
                                    "(idempotent: running it twice stores the same rows); a day still running up to "
                                    "the last whole hour. Windows that started before --from or run on after --to (a "
                                    "month, a year) are left as stored: cover them from their first day to their end "
-                                   "(or to today) to judge them.")
+                                   "(or to today) to judge them. Late readings of a closed year that the periodic "
+                                   "job no longer takes (after late_data_days) are taken with --from YYYY-01-01 "
+                                   "--to the next 1 January.")
     _common(c)
     c.add_argument("--stack", help="one stack (default: all)")
     c.add_argument("--from", dest="start", required=True, metavar="YYYY-MM-DD")
@@ -94,7 +98,7 @@ def cmd_report(args) -> int:
     import psycopg
 
     from edge.db.migrate import migrate
-    from emissions import periods, report, report_html
+    from emissions import late, periods, report, report_html
     from emissions.job import NothingClosed, run_span
 
     stacks, url = load(args)
@@ -110,7 +114,9 @@ def cmd_report(args) -> int:
             sr = run_span(conn, cfg, start, end, features=features, write=not args.no_store)
         except NothingClosed as exc:
             raise ConfigError(str(exc)) from None
+        recomputed = late.notes(conn, cfg, start, end)
     rep = report.build(sr, kind, start, end, features.edition)
+    rep.notes += recomputed  # a report filed before late data changed the stored results differs from this one
     args.out.mkdir(parents=True, exist_ok=True)
     base = args.out / f"emissions_{cfg.name}_{args.day or args.month}"
     html_path = base.with_suffix(".html")

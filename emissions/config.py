@@ -318,6 +318,10 @@ class StackConfig(Strict):
     fuels: list[Fuel] = []
     live: Live = Live()
     qal3: list[Qal3] = []
+    # How many days after the end of a year readings arriving for it still make the periodic job recompute the stored
+    # year (`emissions.late`); later ones are logged and left to `valvoja emissions compute`, so a year whose report
+    # was filed does not change unnoticed. 0: never. At most a year: only the year before the running one is watched.
+    late_data_days: int = Field(31, ge=0, le=366)
 
     @model_validator(mode="before")
     @classmethod
@@ -435,6 +439,7 @@ class StackConfig(Strict):
     def fingerprint(self) -> str:
         """sha256 of the configuration as used (defaults included), stored with every result for audit."""
         data = self.model_dump(mode="json")
+        del data["late_data_days"]  # when late readings are taken changes no result: the hash stays as before it
         for p in data["pollutants"]:  # a pollutant without a status signal hashes as before status_tag existed
             if p["status_tag"] is None:
                 del p["status_tag"], p["status_ok"]

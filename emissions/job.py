@@ -11,7 +11,8 @@ a recomputation to a day still to come, covers the data so far, its running peri
 stored run (``emission_runs.span_end``) ends where its data does.
 A periodic run covers its context period up to the last whole hour, so when the context period has moved
 on since the previous run (a new month, a new year) the previous one is first computed once to its end:
-its last hour, day, month and year get their final judgement.
+its last hour, day, month and year get their final judgement. Readings of that year which arrive after it
+(a spool drained late, a device's backlog) make a year run compute it again, within bounds (`emissions.late`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 import psycopg
 
 from edge.db.features import Features, detect
-from emissions import averages, compliance, pems, periods, qal3, store
+from emissions import averages, compliance, late, pems, periods, qal3, store
 from emissions.averages import StackResult
 from emissions.compliance import Event, RuleResult
 from emissions.config import StackConfig
@@ -75,12 +76,15 @@ def capped(cfg: StackConfig, span: tuple[int, int], now: float) -> tuple[int, in
 
 def run_span(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int, *, features: Features | None = None,
              context: str = "year", whole_days: bool = True, write: bool = True,
-             clock: Callable[[], float] = time.time) -> SpanResult:
+             clock: Callable[[], float] = time.time, reason: str = "") -> SpanResult:
     """Compute (and store) a stack's averages, compliance and QAL3 charts for [start, end) widened, up to the last
-    whole hour of ``clock()`` at the most (`capped`; `NothingClosed` when none of it has ended)."""
+    whole hour of ``clock()`` at the most (`capped`; `NothingClosed` when none of it has ended). ``reason`` is stored
+    with the run where it is not the usual schedule."""
     t_begin = time.perf_counter()
     features = features or detect(conn)
     span = capped(cfg, widen(cfg, start, end, context, whole_days), clock())
+    # Counted before the readings are read: whatever this count holds, the run has (emissions.late).
+    seen = late.rollup_readings(conn, cfg, *span) if write else None
     primary = store.fetch_primary(conn, features, cfg, *span)
     result = averages.compute(cfg, primary)
     rules, events = compliance.evaluate(cfg, result, span)
@@ -98,7 +102,8 @@ def run_span(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int, *
             store.write_qal3(conn, cfg.name, analyser, checks)
         reaches_now = span[1] >= periods.last_whole_hour(int(clock()), cfg.timezone)
         out.rows_written = store.write_result(conn, cfg, result, span, rules, events,
-                                              time.perf_counter() - t_begin, reaches_now=reaches_now)
+                                              time.perf_counter() - t_begin, reaches_now=reaches_now,
+                                              rollup_readings=seen, reason=reason)
     out.seconds = time.perf_counter() - t_begin
     log.info("emissions: %s %s..%s: %d averages, %d events in %.2f s", cfg.name, periods.iso(span[0]),
              periods.iso(span[1]), out.rows_written, len(events), out.seconds,
@@ -134,12 +139,14 @@ async def run_periodic(conninfo: str, stacks: list[StackConfig], stop: asyncio.E
     (a year of one stack takes about 10 s here, see bench/bench_emissions.py); a month run leaves the windows
     that started before its month (the yearly ones) to the year runs (`compliance.evaluate`). When the period a run
     starts from lies after the end of the previous run (also one stored before a restart), the time
-    between is computed first from the start of its year to the new period (`_run_once`). The synchronous
+    between is computed first from the start of its year to the new period (`_run_once`); a year run also
+    recomputes the year before when readings of it arrived after that (`emissions.late`). The synchronous
     job runs in a worker thread so the gateway's event loop is never blocked; a database that is away is
     retried at the next interval.
     """
     last_full = -float("inf")
     done: dict[str, int | None] = {}  # stack -> end of its last computed span (None: not known yet)
+    warned: dict = {}  # late readings not taken, already logged (emissions.late.due)
     while not stop.is_set():
         now = clock()
         context = "year" if now - last_full >= full_interval_s else "month"
@@ -147,7 +154,7 @@ async def run_periodic(conninfo: str, stacks: list[StackConfig], stop: asyncio.E
         for cfg in stacks:
             try:
                 done[cfg.name] = await asyncio.to_thread(_run_once, conninfo, cfg, int(now), context,
-                                                         done.get(cfg.name))
+                                                         done.get(cfg.name), warned)
             except psycopg.OperationalError as exc:
                 log.warning("emissions: database not reachable (%s); retrying in %.0f s", exc, interval_s,
                             extra={"event": "emissions_job_retry", "stack": cfg.name})
@@ -160,9 +167,10 @@ async def run_periodic(conninfo: str, stacks: list[StackConfig], stop: asyncio.E
             pass
 
 
-def _run_once(conninfo: str, cfg: StackConfig, now: int, context: str, last_end: int | None) -> int:
+def _run_once(conninfo: str, cfg: StackConfig, now: int, context: str, last_end: int | None,
+              warned: dict | None = None) -> int:
     """One periodic run at ``now``; returns the end of what is computed. ``last_end`` is where the previous
-    run ended (None: read from ``emission_runs``, `store.finished_until`)."""
+    run ended (None: read from ``emission_runs``, `store.finished_until`); ``warned`` keeps what `late.due` logged."""
     span = widen(cfg, now - 1, now, context, whole_days=False)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         if last_end is None:
@@ -175,6 +183,11 @@ def _run_once(conninfo: str, cfg: StackConfig, now: int, context: str, last_end:
             year_before = periods.year_of(periods.year_of(span[0] - 1, cfg.timezone)[0] - 1, cfg.timezone)[0]
             run_span(conn, cfg, max(last_end, year_before), span[0], context="year", whole_days=True,
                      clock=lambda: now)
+        # The year-end run may have come before all of its readings did (a spool drained after it, a device's
+        # backlog): the hourly year run looks for them, cheaply, and recomputes the year within its bounds.
+        redo = late.due(conn, cfg, now, {} if warned is None else warned) if context == "year" else None
+        if redo is not None:
+            run_span(conn, cfg, redo[0], redo[1], context="year", whole_days=True, clock=lambda: now, reason=redo[2])
         if span[1] <= now:  # nothing closed yet in a period that has just begun
             run_span(conn, cfg, now - 1, now, context=context, whole_days=False, clock=lambda: now)
             return span[1]

@@ -255,8 +255,10 @@ def _average_rows(cfg: StackConfig, pol: str, av: Averages, sha: str, keep: np.n
 
 def write_result(conn: psycopg.Connection, cfg: StackConfig, result: StackResult, span: tuple[int, int],
                  rule_results: list[RuleResult], events: list[Event], seconds: float = 0.0, *,
-                 reaches_now: bool = True) -> int:
+                 reaches_now: bool = True, rollup_readings: int | None = None, reason: str = "") -> int:
     """Store one computed span in one transaction; returns the number of average rows written.
+    The run goes to ``emission_runs`` with ``rollup_readings`` (`emissions.late.rollup_readings` when it started)
+    and ``reason`` (why it ran, where that is not the usual schedule).
 
     Averages, events and rule windows that start inside the span replace the stored ones (a period or
     window that started before the span was computed from part of its data and is left alone: the year
@@ -322,8 +324,9 @@ def write_result(conn: psycopg.Connection, cfg: StackConfig, result: StackResult
               _f(r.required_share), _f(r.share_within), r.passed, r.provisional, r.reference, sha)
              for r in rule_results if span[0] <= r.start < span[1] and r.end <= end_cap])
         cur.execute("INSERT INTO emission_runs (stack, span_start, span_end, config, config_sha256, averages, events,"
-                    " seconds) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                    (cfg.name, lo, hi, json.dumps(cfg.model_dump(mode="json")), sha, n_rows, len(events), seconds))
+                    " seconds, rollup_readings, reason) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (cfg.name, lo, hi, json.dumps(cfg.model_dump(mode="json")), sha, n_rows, len(events), seconds,
+                     rollup_readings, reason))
     return n_rows
 
 
