@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from collectors.base import CollectorContext
 from collectors.opcua import Config, NodeConfig, build
-from collectors.opcua.convert import quality_of, status_name, to_reading
+from collectors.opcua.convert import overflowed, quality_of, status_name, to_reading
 from edge.errors import ConfigError
 from edge.metrics import Metrics
 from edge.records import Flag, Quality
@@ -131,3 +131,11 @@ def test_value_types():
     assert to_reading("t", dv(T0), NOW).value == T0.isoformat()
     r = to_reading("t", dv([1.0, 2.0]), NOW)  # arrays are not readings yet
     assert r.value is None and r.quality is Quality.BAD and r.flags & Flag.TYPE_MISMATCH
+
+
+def test_the_overflow_bit_counts_only_with_info_type_data_value():
+    assert overflowed(0x00000480) and overflowed(0x408F0480) and overflowed(0x808C0480)
+    assert not overflowed(0x00000080)  # bit 7 without InfoType DataValue means nothing
+    assert not overflowed(0x00000400) and not overflowed(0)
+    r = to_reading("t", dv(2.5, 0x00000480, T0), NOW)
+    assert (r.quality, r.status, r.value) == (Quality.GOOD, 0x0480, 2.5)

@@ -241,3 +241,31 @@ async def test_one_hung_server_never_stalls_another(tmp_path):
             await col_a.aclose()
     finally:
         sim_a.stop()
+
+
+async def test_values_the_server_discarded_from_a_full_queue_are_counted_and_logged(caplog):
+    """OPC UA Part 4 §5.12.1.5: when an item's queue overflows the server discards values and sets the Overflow
+    info bit (InfoType DataValue, 0x0480) on the value next to the gap. With discard_oldest no sequence-number gap
+    shows the loss: the bit is the only trace, so it must be counted, logged and not lost in the reading."""
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    tags = synthetic_tags(4)
+    col = collector(endpoint, [{"node_id": f"ns=2;s={t.name}", "tag": t.name} for t in tags])
+    overflowed = col.ctx.metrics.collector_errors.labels(col.name, "queue_overflow")
+    sink = Sink()
+    names = [t.name for t in tags]
+    async with serving(tags, endpoint) as server, running(col, sink.emit):
+        await until(lambda: len(sink.by_tag()) == 4, what="initial values")
+        assert col.status()["queue_overflows"] == 0
+        # What a server sends for two items whose queues overflowed: a Good value with the overflow bit.
+        await server.write([(n, 1.0, 0x0480 if n in names[:2] else 0) for n in names], stamp(), stamp())
+        await until(lambda: sum(r.value == 1.0 for r in sink.readings) == 4, what="the values")
+        await server.write([(n, 2.0, 0) for n in names], stamp(1), stamp(1))
+        await until(lambda: sum(r.value == 2.0 for r in sink.readings) == 4, what="the next values")
+        st = col.status()
+        assert st["queue_overflows"] == 2 and overflowed._value.get() == 2
+    flagged = [r for r in sink.readings if r.value == 1.0 and r.tag in names[:2]]
+    assert all(r.quality is Quality.GOOD and r.status == 0x0480 for r in flagged)  # the value itself is good
+    warned = [r.getMessage() for r in caplog.records if "Overflow" in r.getMessage()]
+    text = " ".join(warned)  # one warning (two if the server split the write over two publish responses)
+    assert 1 <= len(warned) <= 2 and all(n in text for n in names[:2]) and "queue_size" in text, warned
+    assert not any(n in text for n in names[2:])

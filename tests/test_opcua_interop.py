@@ -151,3 +151,26 @@ async def test_a_kept_session_is_resumed_from_the_state_folder_on_node_opcua(pee
     counts = [r.value for r in first.readings + second.readings]
     assert counts == list(range(counts[0], counts[0] + len(counts)))
     assert st["session"] == "resumed" and st["resume_fallback"] is None and st["republished"] >= 1
+
+
+async def test_values_node_opcua_discards_from_a_full_queue_are_counted(peer, tmp_path):
+    """A pipeline that holds a batch for 2 s while the peer counts every 100 ms into a queue of 3: node-opcua
+    discards the oldest values and sets the Overflow bit on the oldest one it kept. The collector counts it
+    (status, metric); what it did receive is in order, with the gap right before the flagged value."""
+    nodes = [{"node_id": "ns=1;s=Line1.Count", "tag": "count", "queue_size": 3}]
+    sink = Sink()
+    held = asyncio.Event()
+
+    async def slow_emit(batch) -> None:
+        if sink.batches and not held.is_set():  # the second batch: the server queues meanwhile
+            held.set()
+            await asyncio.sleep(2.0)
+        await sink.emit(batch)
+
+    col = collector(peer, tmp_path / "gw", nodes)
+    async with running(col, slow_emit):
+        await until(lambda: col.status()["queue_overflows"] >= 1, timeout_s=30, what="an overflow")
+    flagged = [i for i, r in enumerate(sink.readings) if r.status & 0x0C80 == 0x0480]
+    assert flagged and col.ctx.metrics.collector_errors.labels(col.name, "queue_overflow")._value.get() >= 1
+    i = flagged[0]
+    assert sink.readings[i].value - sink.readings[i - 1].value > 1  # the values discarded before it

@@ -35,7 +35,7 @@ from asyncua.client.ua_client import UaClientState
 from collectors.base import CollectorContext, Emit
 from collectors.opcua.config import Config, NodeConfig
 from collectors.opcua.connection import ClientOpener, Secrets, SessionGone, describe
-from collectors.opcua.convert import to_reading, to_readings
+from collectors.opcua.convert import OVERFLOW, OVERFLOW_MASK, to_reading, to_readings
 from collectors.opcua.security import SecurityError
 from collectors.opcua.session_state import SavedSession, SessionFile, config_key
 from collectors.opcua.subscription import (
@@ -129,6 +129,10 @@ class OpcUaCollector:
         self.session: str | None = None  # "new" or "resumed": how the current (last) session was opened
         self.sessions_resumed = 0
         self.messages_lost = 0  # of earlier subscriptions (sequence-number gaps)
+        # Values with the Overflow info bit: the server discarded values of that item from its full queue (with
+        # discard_oldest no sequence-number gap shows it). Each tag is logged the first time in a run.
+        self.queue_overflows = 0
+        self._overflowed: set[str] = set()
         self.republished = 0  # notification messages the server republished after a resume
         self.resume_fallback: str | None = None  # why the last resume attempt opened a new session instead
 
@@ -139,6 +143,7 @@ class OpcUaCollector:
         self._emit = emit
         self._lost = asyncio.Event()
         self._lost_reason, self._lost_error = "", None
+        self._overflowed.clear()  # log each tag's first overflow again in this run
         try:
             self.connects += 1
             if self._restore_pending:
@@ -188,6 +193,7 @@ class OpcUaCollector:
             "sessions_resumed": self.sessions_resumed,
             "republished": self.republished,
             "messages_lost": self.messages_lost + (self._sub.missed if self._sub else 0),
+            "queue_overflows": self.queue_overflows,
             "resume_fallback": self.resume_fallback,
             "failed": [{"tag": f.tag, "node_id": f.node_id, "status": f.status} for f in failed[:20]],
             # What the server granted (it publishes and sends keep-alives at these) and the resulting limit
@@ -567,6 +573,7 @@ class OpcUaCollector:
         flatten = self._flatten
         n = len(tags)
         readings: list[Reading] = []
+        overflows: list[str] = []
         for item in items:
             i = item.ClientHandle - 1
             if 0 <= i < n:
@@ -574,10 +581,30 @@ class OpcUaCollector:
                     readings.extend(to_readings(tags[i], item.Value, now, flatten=True))
                 else:
                     readings.append(to_reading(tags[i], item.Value, now))
+                code = item.Value.StatusCode
+                if code is not None and code.value & OVERFLOW_MASK == OVERFLOW:
+                    overflows.append(tags[i])
             else:
                 self.unknown_handles += 1
         self.publishes += 1
+        if overflows:
+            self._note_overflows(overflows)
         return await self._deliver(readings, now)
+
+    def _note_overflows(self, tags: list[str]) -> None:
+        """Count values the server flagged with the Overflow bit (values before them were discarded from the item's
+        full queue) and log the tags not logged yet in this run: the only trace of that loss."""
+        self.queue_overflows += len(tags)
+        self.ctx.metrics.collector_errors.labels(self.name, "queue_overflow").inc(len(tags))
+        new = sorted({t for t in tags if t not in self._overflowed})
+        if not new:
+            return
+        self._overflowed.update(new)
+        log.warning("%s: the server discarded values of %d items from their full queues (Overflow bit): %s%s; the "
+                    "gateway did not take them in time (a cut or restart longer than queue_size x sampling interval, "
+                    "or a slow pipeline): raise queue_size to keep them", self.name, len(new), ", ".join(new[:10]),
+                    f" and {len(new) - 10} more" if len(new) > 10 else "",
+                    extra={"event": "opcua_queue_overflow", "collector": self.name})
 
     async def _deliver(self, readings: list[Reading], now) -> bool:
         """Hand ``readings`` to the pipeline; True once the spool holds them."""

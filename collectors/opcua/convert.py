@@ -24,6 +24,10 @@ _SEVERITY_MASK = 0xC0000000
 _CODE_MASK = 0xFFFF0000  # the low 16 bits are info bits (limits, overflow), not part of the name
 
 _SCALARS = (bool, int, float, str)
+# Info bits (OPC UA Part 4 §7.39.1): InfoType DataValue (bits 10-11 = 01) with the Overflow bit (7) set: the
+# server's queue of this monitored item was full and it discarded values next to this one (§5.12.1.5).
+OVERFLOW_MASK = 0x0C80
+OVERFLOW = 0x0480
 
 
 def quality_of(code: int) -> Quality:
@@ -34,6 +38,11 @@ def quality_of(code: int) -> Quality:
     if severity == 0x40000000:
         return Quality.UNCERTAIN
     return Quality.BAD
+
+
+def overflowed(code: int) -> bool:
+    """Whether ``code`` carries the Overflow info bit: values of the item were lost in the server's queue."""
+    return code & OVERFLOW_MASK == OVERFLOW
 
 
 def status_name(code: int) -> str:
