@@ -269,3 +269,33 @@ async def test_values_the_server_discarded_from_a_full_queue_are_counted_and_log
     text = " ".join(warned)  # one warning (two if the server split the write over two publish responses)
     assert 1 <= len(warned) <= 2 and all(n in text for n in names[:2]) and "queue_size" in text, warned
     assert not any(n in text for n in names[2:])
+
+
+async def test_queue_sizes_and_sampling_intervals_the_server_revised_are_reported(caplog):
+    """A server grants at most what it can (Part 4 §5.12.1.4-5): a queue of 5 where 100 were asked holds 5
+    changes per item while the gateway is away, not the 100 queue_size was sized for. The revision is logged
+    (queue: a warning naming the tags) and shown in status; an item that got what it asked for is not listed."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="collectors.opcua")
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    tags = synthetic_tags(4)
+    nodes = [{"node_id": f"ns=2;s={t.name}", "tag": t.name} for t in tags]
+    nodes[1]["queue_size"] = 3  # within the server's limit: granted as asked
+    nodes[2]["sampling_interval_ms"] = 50  # asyncua samples at the publishing interval (100 ms): slower
+    col = collector(endpoint, nodes)  # queue_size 100, sampling 0 (fastest: whatever the server can)
+    sink = Sink()
+    async with serving(tags, endpoint) as server:
+        server.server.iserver.max_monitored_item_queue_size = 5
+        async with running(col, sink.emit):
+            await until(lambda: col.connected, what="subscribed")
+            st = col.status()
+    names = [t.name for t in tags]
+    revised = {r["tag"]: (r["sampling_interval_ms"], r["queue_size"]) for r in st["revised"]}
+    assert st["items_revised"] == 3 and revised == {names[0]: (100.0, 5), names[2]: (100.0, 5), names[3]: (100.0, 5)}
+    queue = [r for r in caplog.records if "queue" in r.getMessage() and r.levelname == "WARNING"]
+    text = queue[0].getMessage() if len(queue) == 1 else queue
+    assert "5 instead of 100" in text and all(n in text for n in (names[0], names[2], names[3])), text
+    assert names[1] not in text
+    sampling = [r.getMessage() for r in caplog.records if "sampl" in r.getMessage() and "instead of" in r.getMessage()]
+    assert len(sampling) == 1 and names[2] in sampling[0] and "100 ms instead of 50 ms" in sampling[0], sampling

@@ -41,6 +41,7 @@ from collectors.opcua.session_state import SavedSession, SessionFile, config_key
 from collectors.opcua.subscription import (
     BatchSubscription,
     ItemFailure,
+    ItemRevision,
     eu_ranges,
     item_request,
     subscription_parameters,
@@ -174,6 +175,7 @@ class OpcUaCollector:
     def status(self) -> dict:
         failed = self.item_failures + self.recreate_failures
         granted = self._sub.revised if self._sub is not None else None
+        revised = self._sub.revisions if self._sub is not None else []
         return {
             "kind": "opcua",
             "endpoint": self.cfg.endpoint,
@@ -196,6 +198,11 @@ class OpcUaCollector:
             "queue_overflows": self.queue_overflows,
             "resume_fallback": self.resume_fallback,
             "failed": [{"tag": f.tag, "node_id": f.node_id, "status": f.status} for f in failed[:20]],
+            # Items the server granted a slower sampling interval or a smaller queue than asked (first 20, granted
+            # values): what a cut or a restart can lose is queue_size x sampling interval of each.
+            "items_revised": len(revised),
+            "revised": [{"tag": r.tag, "node_id": r.node_id, "sampling_interval_ms": r.sampling_interval_ms[1],
+                         "queue_size": r.queue_size[1]} for r in revised[:20]],
             # What the server granted (it publishes and sends keep-alives at these) and the resulting limit
             # after which a silent subscription is re-created.
             "subscription": None if granted is None else {
@@ -413,6 +420,7 @@ class OpcUaCollector:
             failures += refused
         except Exception as exc:
             raise NotConnectedError(f"{cfg.endpoint}: subscription failed: {describe(exc)}") from exc
+        self._report_revisions(sub.revisions)
         return failures
 
     def _sub_callbacks(self) -> dict:
@@ -508,8 +516,31 @@ class OpcUaCollector:
                         len(self.cfg.nodes), when, status, shown, f" and {len(group) - 10} more" if len(group) > 10
                         else "", extra={"event": "opcua_items_refused", "collector": self.name, "status": status})
 
+    def _report_revisions(self, revisions: list[ItemRevision], when: str = "") -> None:
+        """Log the items the server granted less than asked, once per (asked, granted) pair, naming the tags: a
+        smaller queue as a warning (it is what survives a cut or a restart), a slower sampling as information."""
+        queues: dict[tuple[int, int], list[str]] = {}
+        rates: dict[tuple[float, float], list[str]] = {}
+        for r in revisions:
+            if 0 < r.queue_size[1] < r.queue_size[0]:
+                queues.setdefault(r.queue_size, []).append(r.tag)
+            if 0 < r.sampling_interval_ms[0] < r.sampling_interval_ms[1]:
+                rates.setdefault(r.sampling_interval_ms, []).append(r.tag)
+        extra = {"event": "opcua_items_revised", "collector": self.name}
+        for (asked, granted), tags in queues.items():
+            log.warning("%s: the server granted a queue of %d instead of %d values to %d items%s: %s%s; each holds "
+                        "only that many changes while the gateway is away or slow", self.name, granted, asked,
+                        len(tags), when, ", ".join(tags[:10]), f" and {len(tags) - 10} more" if len(tags) > 10 else "",
+                        extra=extra)
+        for (asked, granted), tags in rates.items():
+            log.info("%s: the server samples %d items%s every %g ms instead of %g ms: %s%s", self.name, len(tags), when,
+                     granted, asked, ", ".join(tags[:10]), f" and {len(tags) - 10} more" if len(tags) > 10 else "",
+                     extra=extra)
+
     def _on_recreated(self, failures: list[ItemFailure]) -> None:
         self._report_failures(failures, " when the subscription was re-created")
+        if self._sub is not None:
+            self._report_revisions(self._sub.revisions, " when the subscription was re-created")
         self._save(self._client, self._sub)  # a new subscription id
 
     async def _watch(self, client: Client) -> None:
