@@ -152,7 +152,12 @@ async def _properties(client: Client, nodes: list[ua.NodeId], name: str, per_cal
 
 async def browse(client: Client, root: str = "i=85", *, max_depth: int = 10, max_nodes: int = 10_000,
                  per_call: int = 200, include_server: bool = False) -> tuple[list[Variable], bool]:
-    """Variables below ``root`` and whether the walk stopped at ``max_nodes``."""
+    """Variables below ``root`` and whether the walk stopped at ``max_nodes``. Requests carry ``per_call`` nodes, or
+    fewer where the server's operation limits say so (it refuses a bigger request whole)."""
+    from collectors.opcua.connection import operation_limits
+
+    limits = await operation_limits(client)
+    per_call = min([per_call, *(limits[k] for k in ("browse", "read", "translate") if k in limits)])
     start = ua.NodeId.from_string(root)
     prefix: list[str] = []
     if start != ua.NodeId(ua.ObjectIds.ObjectsFolder):  # tags below a folder keep the folder's name

@@ -34,7 +34,7 @@ from asyncua.client.ua_client import UaClientState
 
 from collectors.base import CollectorContext, Emit
 from collectors.opcua.config import Config, NodeConfig
-from collectors.opcua.connection import ClientOpener, Secrets, SessionGone, describe
+from collectors.opcua.connection import ClientOpener, Secrets, SessionGone, describe, operation_limits
 from collectors.opcua.convert import OVERFLOW, OVERFLOW_MASK, to_reading, to_readings
 from collectors.opcua.security import SecurityError
 from collectors.opcua.session_state import SavedSession, SessionFile, config_key
@@ -109,6 +109,7 @@ class OpcUaCollector:
         self._sub_failures: list[ItemFailure] = []  # refused when the subscription's items were created
         self._eu_ranges: dict[int, tuple[float, float]] = {}  # client handle -> EURange of percent-deadband items
         self._started: datetime | None = None  # the server's start time when the current session was created
+        self._limits: dict[str, int] = {}  # the server's operation limits (per request), read at every connect
         # What a restarted gateway resumes (session_state.py); read at the first run.
         self._state = SessionFile(Path(context.state_dir) / "session.json") if context.state_dir is not None \
             else None
@@ -154,9 +155,12 @@ class OpcUaCollector:
             if client is None:
                 client = await self._connect()
                 self._started = await self._start_time(client)
+                await self._learn_limits(client)
                 self._sub_failures = await self._subscribe(client)
                 self.session = "new"
                 self._save(client, self._sub)
+            else:
+                await self._learn_limits(client)  # for a later re-creation and the polls
             failures = self._sub_failures + await self._start_polling(client)
             self._report_failures(failures)
             self._set_connected(True)
@@ -306,6 +310,29 @@ class OpcUaCollector:
                     "server held for the old subscription is lost)", self.name, self.cfg.endpoint, reason,
                     extra={"event": "opcua_session_not_resumed", "collector": self.name})
 
+    async def _learn_limits(self, client: Client) -> None:
+        """Read the server's operation limits: batched requests (items_per_call) are made no bigger, since a server
+        refuses a whole request past them (BadTooManyOperations) and the connection would fail at every attempt.
+        Never raises: a link that fails here fails the next request with its own message, and a resumed session must
+        not be given up for this read (the limits known before are kept)."""
+        try:
+            limits = await operation_limits(client)
+        except Exception as exc:
+            log.debug("%s: reading the server's operation limits failed: %s", self.name, describe(exc))
+            return
+        lower = {k: v for k, v in limits.items() if v < self.cfg.items_per_call}
+        if lower and limits != self._limits:
+            log.info("%s: the server takes at most %s per request: requests are made no bigger (items_per_call %d)",
+                     self.name, ", ".join(f"{v} ({k.replace('_', ' ')})" for k, v in sorted(lower.items())),
+                     self.cfg.items_per_call, extra={"event": "opcua_operation_limits", "collector": self.name})
+        self._limits = limits
+        if self._sub is not None:
+            self._sub.per_call = self._per_call("monitored_items")
+
+    def _per_call(self, *operations: str) -> int:
+        """items_per_call, or less where the server limits any of ``operations`` (`OPERATION_LIMITS` keys)."""
+        return min([self.cfg.items_per_call, *(self._limits[op] for op in operations if op in self._limits)])
+
     async def _start_time(self, client: Client) -> datetime | None:
         try:
             return await self.opener.server_started(client)
@@ -403,7 +430,7 @@ class OpcUaCollector:
             percent = [(i, n) for i, n in nodes if n.deadband is not None and n.deadband_type == "percent"]
             ranges = {}
             if percent:
-                found = await eu_ranges(client, [n.node_id for _, n in percent], cfg.items_per_call)
+                found = await eu_ranges(client, [n.node_id for _, n in percent], self._per_call("translate", "read"))
                 ranges = {i: r for (i, _), r in zip(percent, found, strict=True)}
             self._eu_ranges = {i + 1: r for i, r in ranges.items() if r is not None}
             requests = []
@@ -415,8 +442,8 @@ class OpcUaCollector:
                 requests.append((node, item_request(node, cfg, i + 1, ranges.get(i))))
             await sub.init()
             self.opener.watch(client, sub)
-            sub.items, refused = await sub.create_items(requests, cfg.items_per_call)
-            sub.per_call = cfg.items_per_call
+            sub.per_call = self._per_call("monitored_items")
+            sub.items, refused = await sub.create_items(requests, sub.per_call)
             failures += refused
         except Exception as exc:
             raise NotConnectedError(f"{cfg.endpoint}: subscription failed: {describe(exc)}") from exc
@@ -452,7 +479,7 @@ class OpcUaCollector:
 
     async def _read(self, client: Client, nodes: list[tuple[int, NodeConfig]]) -> list[ua.DataValue]:
         out: list[ua.DataValue] = []
-        per_call = self.cfg.items_per_call
+        per_call = self._per_call("read")
         for start in range(0, len(nodes), per_call):
             params = ua.ReadParameters()
             params.TimestampsToReturn = ua.TimestampsToReturn.Both

@@ -122,7 +122,9 @@ class Config(Connection):
     keepalive_count: int = Field(10, ge=1, description="publishing intervals without data before a keep-alive")
     lifetime_count: int = Field(100, ge=3, description="publishing intervals without client before expiry")
     max_notifications_per_publish: int = Field(10000, ge=0, description="0 = no limit")
-    items_per_call: int = Field(500, ge=1, le=10000, description="monitored items created per request")
+    items_per_call: int = Field(500, ge=1, le=10000, description="monitored items created (nodes read) per "
+                                                                 "request; fewer where the server's OperationLimits "
+                                                                 "say so")
     arrays: Literal["reject", "flatten"] = Field("reject", description="flatten: tag[0], tag[1], ...")
     nodes: list[NodeConfig] = Field(min_length=1)
 

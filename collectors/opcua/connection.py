@@ -52,6 +52,34 @@ from collectors.opcua.security import (
 log = logging.getLogger(__name__)
 
 
+# The server's OperationLimits (OPC UA Part 5 §6.3.11) that the collector's batched requests must respect: a server
+# answers a bigger request with BadTooManyOperations (node-opcua does), refusing every item of it.
+OPERATION_LIMITS = {
+    "monitored_items": ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
+    "read": ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
+    "translate": ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerTranslateBrowsePathsToNodeIds,
+    "browse": ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerBrowse,
+}
+
+
+async def operation_limits(client: Client) -> dict[str, int]:
+    """The server's operation limits by `OPERATION_LIMITS` key; a limit it does not expose (no such node, 0 = no
+    limit, unreadable) is left out. Connection errors propagate."""
+    params = ua.ReadParameters(NodesToRead=[ua.ReadValueId(NodeId=ua.NodeId(i), AttributeId=ua.AttributeIds.Value)
+                                            for i in OPERATION_LIMITS.values()])
+    try:
+        values = await client.uaclient.read(params)
+    except ua.UaStatusCodeError:  # a server that refuses even this: no limits known, as before
+        return {}
+    out = {}
+    for key, dv in zip(OPERATION_LIMITS, values, strict=True):
+        good = dv.StatusCode is None or dv.StatusCode.is_good()
+        v = dv.Value.Value if good and dv.Value is not None else None
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            out[key] = v
+    return out
+
+
 def describe(exc: BaseException) -> str:
     """A one-line reason for logs and errors (asyncua raises bare AssertionError on refused certificates)."""
     if isinstance(exc, ua.UaStatusCodeError):
