@@ -69,6 +69,14 @@ def test_literal_password_is_refused_and_references_resolve(tmp_path, monkeypatc
 
 def test_each_mistake_has_its_own_message():
     assert "opc.tcp://" in errors(endpoint="http://x")
+    # Accepted before, then retried for ever at run time: port 0 ("Connect call failed ('plc1', 0)"), a ValueError.
+    assert "no port: write opc.tcp://plc1:4840" in errors(endpoint="opc.tcp://plc1")
+    assert "no port: write opc.tcp://plc1:4840/ua" in errors(endpoint="opc.tcp://plc1/ua")
+    assert "port 70000 is not 1-65535" in errors(endpoint="opc.tcp://plc1:70000")
+    assert "no host" in errors(endpoint="opc.tcp://:4840/x")
+    assert "no host" in errors(endpoint="opc.tcp://plc 1:4840")
+    for good in ("opc.tcp://plc1:4840", "opc.tcp://10.0.2.15:4840/path", "opc.tcp://[fe80::1]:4840"):
+        make(endpoint=good)
     assert "not an OPC UA node id" in errors(nodes=[{"node_id": "ns=x;q=1", "tag": "a"}])
     one = {"node_id": "ns=2;i=1", "tag": "a"}
     assert "duplicate tag a" in errors(nodes=[one, {"node_id": "ns=2;i=2", "tag": "a"}])
