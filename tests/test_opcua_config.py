@@ -129,6 +129,13 @@ def test_timestamps_source_then_server_then_receive_time():
     # OPC UA's "no timestamp" (0) decodes as 1601-01-01: treated as absent.
     r = to_reading("t", dv(1.0, 0, datetime(1601, 1, 1, tzinfo=UTC), T1), NOW)
     assert r.time == T1
+    # So is the encoding's other end (Part 6 §5.2.2.5: MaxInt64, decoded as 9999-12-31 23:59:59), which devices send
+    # for "unknown" (.NET's DateTime.MaxValue): as a time every value of the tag had the same (tag, time) key and
+    # the database kept only the first.
+    r = to_reading("t", dv(1.0, 0, datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC), T1), NOW)
+    assert r.time == T1 and not r.flags & Flag.NO_SOURCE_TIME
+    r = to_reading("t", dv(1.0, 0, datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC), None), NOW)
+    assert r.time == NOW and r.flags & Flag.NO_SOURCE_TIME
 
 
 def test_value_types():

@@ -6,7 +6,8 @@ Contracts (DESIGN.md §2, §4):
 - a Bad status never replaces the value by text: the value is kept as the server sent it
   (usually null, which the OPC UA specification asks of servers);
 - time is the source timestamp, else the server timestamp, else the receive time with
-  `Flag.NO_SOURCE_TIME`; the server timestamp is kept alongside.
+  `Flag.NO_SOURCE_TIME`; the server timestamp is kept alongside. The encoding's two ends (1601-01-01: "none",
+  9999-12-31: "unknown") count as no timestamp.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from edge.records import Flag, Quality, Reading
 
 # OPC UA encodes "no timestamp" as 0, which asyncua decodes as 1601-01-01.
 _EPOCH_FLOOR = datetime(1601, 1, 2, tzinfo=UTC)
+# The other end of the encoding (Part 6 §5.2.2.5: MaxInt64, decoded as 9999-12-31 23:59:59): what devices send for
+# "unknown" (.NET's DateTime.MaxValue). Never a real time: as one, every value of the tag would share the same
+# (tag, time) key and the database would keep only the first.
+_EPOCH_CEILING = datetime(9999, 12, 31, tzinfo=UTC)
 _SEVERITY_MASK = 0xC0000000
 _CODE_MASK = 0xFFFF0000  # the low 16 bits are info bits (limits, overflow), not part of the name
 
@@ -54,9 +59,10 @@ def status_name(code: int) -> str:
 
 
 def _time(ts: datetime | None) -> datetime | None:
-    if ts is None or ts < _EPOCH_FLOOR:
+    if ts is None:
         return None
-    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+    ts = ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+    return None if ts < _EPOCH_FLOOR or ts >= _EPOCH_CEILING else ts
 
 
 def plain_value(v: object) -> tuple[object, bool]:
