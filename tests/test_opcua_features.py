@@ -299,3 +299,28 @@ async def test_queue_sizes_and_sampling_intervals_the_server_revised_are_reporte
     assert names[1] not in text
     sampling = [r.getMessage() for r in caplog.records if "sampl" in r.getMessage() and "instead of" in r.getMessage()]
     assert len(sampling) == 1 and names[2] in sampling[0] and "100 ms instead of 50 ms" in sampling[0], sampling
+
+
+async def test_a_change_with_the_previous_values_source_time_is_counted_and_logged(caplog):
+    """A server whose source timestamps are coarser than its changes (a PLC clock in whole seconds, a gateway
+    that stamps a block read once) sends different values of a tag with the same source time. The database keeps
+    one reading per (tag, time), the first: the others are dropped there without a trace. The collector counts
+    and names them; a value merely sent again (same time, same value: a re-subscription) is not counted."""
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    tags = synthetic_tags(3)
+    names = [t.name for t in tags]
+    col = collector(endpoint, [{"node_id": f"ns=2;s={n}", "tag": n} for n in names])
+    sink = Sink()
+    async with serving(tags, endpoint) as server, running(col, sink.emit):
+        await until(lambda: len(sink.by_tag()) == 3, what="initial values")
+        t = stamp()
+        await server.write([(n, 1.0, 0) for n in names], t, t)
+        await until(lambda: sum(r.value == 1.0 for r in sink.readings) == 3, what="the first values")
+        await server.write([(names[0], 2.0, 0)], t, stamp())  # a new value, the same source time
+        await server.write([(names[1], 1.0, 0x40000000)], t, stamp())  # a new status, the same source time
+        await until(lambda: len(sink.readings) == 8, what="the second values")
+        st = col.status()
+    assert st["same_source_time"] == 2
+    assert col.ctx.metrics.collector_errors.labels(col.name, "same_source_time")._value.get() == 2
+    warned = " ".join(r.getMessage() for r in caplog.records if "same source time" in r.getMessage())
+    assert names[0] in warned and names[1] in warned and names[2] not in warned, warned

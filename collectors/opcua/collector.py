@@ -135,6 +135,11 @@ class OpcUaCollector:
         # discard_oldest no sequence-number gap shows it). Each tag is logged the first time in a run.
         self.queue_overflows = 0
         self._overflowed: set[str] = set()
+        # Changes (another value or status) with the source time of the tag's previous reading: the database keeps
+        # one reading per (tag, time), so they are lost there. Counted, each tag logged once a run.
+        self.same_source_time = 0
+        self._last: dict[str, Reading] = {}
+        self._same_logged: set[str] = set()
         self.republished = 0  # notification messages the server republished after a resume
         self.resume_fallback: str | None = None  # why the last resume attempt opened a new session instead
 
@@ -146,6 +151,7 @@ class OpcUaCollector:
         self._lost = asyncio.Event()
         self._lost_reason, self._lost_error = "", None
         self._overflowed.clear()  # log each tag's first overflow again in this run
+        self._same_logged.clear()
         try:
             self.connects += 1
             if self._restore_pending:
@@ -200,6 +206,7 @@ class OpcUaCollector:
             "republished": self.republished,
             "messages_lost": self.messages_lost + (self._sub.missed if self._sub else 0),
             "queue_overflows": self.queue_overflows,
+            "same_source_time": self.same_source_time,
             "resume_fallback": self.resume_fallback,
             "failed": [{"tag": f.tag, "node_id": f.node_id, "status": f.status} for f in failed[:20]],
             # Items the server granted a slower sampling interval or a smaller queue than asked (first 20, granted
@@ -649,6 +656,21 @@ class OpcUaCollector:
             self._note_overflows(overflows)
         return await self._deliver(readings, now)
 
+    def _note_same_time(self, tags: list[str]) -> None:
+        """Count changes that carry their tag's previous source time (the database keeps the first reading of a
+        (tag, time), so these are dropped there) and log the tags not logged yet in this run."""
+        self.same_source_time += len(tags)
+        self.ctx.metrics.collector_errors.labels(self.name, "same_source_time").inc(len(tags))
+        new = sorted({t for t in tags if t not in self._same_logged})
+        if not new:
+            return
+        self._same_logged.update(new)
+        log.warning("%s: %d tags changed without a new source time (same source time as their previous value, "
+                    "another value or status): %s%s; the database keeps one reading per tag and time, the first, so "
+                    "these changes are not stored: the server's source timestamps are coarser than its changes",
+                    self.name, len(new), ", ".join(new[:10]), f" and {len(new) - 10} more" if len(new) > 10 else "",
+                    extra={"event": "opcua_same_source_time", "collector": self.name})
+
     def _note_overflows(self, tags: list[str]) -> None:
         """Count values the server flagged with the Overflow bit (values before them were discarded from the item's
         full queue) and log the tags not logged yet in this run: the only trace of that loss."""
@@ -671,6 +693,17 @@ class OpcUaCollector:
         self.ctx.metrics.messages_in.labels(self.name).inc()
         if not readings or self._emit is None:
             return True
+        last, same = self._last, None
+        for r in readings:
+            prev = last.get(r.tag)
+            # Same time, another status or value (NaN, never equal to itself, is not "another value" of a NaN).
+            if prev is not None and prev.time == r.time and (prev.status != r.status or (
+                    prev.value != r.value and prev.value == prev.value)):
+                same = same or []
+                same.append(r.tag)
+            last[r.tag] = r
+        if same:
+            self._note_same_time(same)
         try:
             # asyncua acknowledges this notification once the callback returns (subscription.py): wait until
             # the spool holds it, so the server's retransmission queue keeps whatever is not durable yet.
