@@ -503,3 +503,26 @@ async def test_the_gateways_own_certificate_near_or_past_its_expiry_is_named(tmp
         assert warned and "expires on" in warned[0] and f"{now + dt.timedelta(days=5):%Y-%m-%d}" in warned[0], warned
         msg = await refused(collector(endpoint, tmp_path / "gw2", **expired))
     assert "expired.der" in msg and "expired on" in msg and "trusted certificates" not in msg, msg
+
+
+def test_a_server_certificate_not_valid_yet_points_at_the_clocks(tmp_path):
+    """A certificate whose validity starts in the future is almost always a clock: the gateway's behind (an OT
+    network without NTP) or the server's ahead when it made its certificate. The refusal said the certificate
+    expired and "the server needs a new one"; it must say when it becomes valid and to check the clocks."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import serialization
+
+    from collectors.opcua.security import Pki, UntrustedCertificate, check_server_certificate, make_certificate, new_key
+
+    start = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
+    cert = make_certificate(new_key(), "urn:plant:srv", "srv", client=False, not_before=start, days=365)
+    der = cert.public_bytes(serialization.Encoding.DER)
+    pki = Pki(tmp_path / "pki")
+    pki.ensure()
+    (pki.trusted / "srv.der").write_bytes(der)  # trusted: only its validity is wrong
+    with pytest.raises(UntrustedCertificate) as info:
+        check_server_certificate(pki, der, endpoint="opc.tcp://plc1:4840", trust_on_first_use=False)
+    msg = str(info.value)
+    assert f"not valid before {start:%Y-%m-%d %H:%M}" in msg and "clock" in msg, msg
+    assert "expired" not in msg and "needs a new one" not in msg, msg
