@@ -70,6 +70,11 @@ _POLL_REFUSED = ("BadNodeIdUnknown", "BadNodeIdInvalid", "BadAttributeIdInvalid"
                  "BadUserAccessDenied")
 
 
+def _names(tags: list[str]) -> str:
+    """The first ten of ``tags`` for a log line, and how many more."""
+    return ", ".join(tags[:10]) + (f" and {len(tags) - 10} more" if len(tags) > 10 else "")
+
+
 def _iso(t: datetime | None) -> str:
     return t.isoformat() if t is not None else "at an unknown time"
 
@@ -562,14 +567,12 @@ class OpcUaCollector:
                 rates.setdefault(r.sampling_interval_ms, []).append(r.tag)
         extra = {"event": "opcua_items_revised", "collector": self.name}
         for (asked, granted), tags in queues.items():
-            log.warning("%s: the server granted a queue of %d instead of %d values to %d items%s: %s%s; each holds "
+            log.warning("%s: the server granted a queue of %d instead of %d values to %d items%s: %s; each holds "
                         "only that many changes while the gateway is away or slow", self.name, granted, asked,
-                        len(tags), when, ", ".join(tags[:10]), f" and {len(tags) - 10} more" if len(tags) > 10 else "",
-                        extra=extra)
+                        len(tags), when, _names(tags), extra=extra)
         for (asked, granted), tags in rates.items():
-            log.info("%s: the server samples %d items%s every %g ms instead of %g ms: %s%s", self.name, len(tags), when,
-                     granted, asked, ", ".join(tags[:10]), f" and {len(tags) - 10} more" if len(tags) > 10 else "",
-                     extra=extra)
+            log.info("%s: the server samples %d items%s every %g ms instead of %g ms: %s", self.name, len(tags), when,
+                     granted, asked, _names(tags), extra=extra)
 
     def _on_recreated(self, failures: list[ItemFailure]) -> None:
         self._report_failures(failures, " when the subscription was re-created")
@@ -660,31 +663,31 @@ class OpcUaCollector:
         """Count changes that carry their tag's previous source time (the database keeps the first reading of a
         (tag, time), so these are dropped there) and log the tags not logged yet in this run."""
         self.same_source_time += len(tags)
-        self.ctx.metrics.collector_errors.labels(self.name, "same_source_time").inc(len(tags))
-        new = sorted({t for t in tags if t not in self._same_logged})
-        if not new:
-            return
-        self._same_logged.update(new)
-        log.warning("%s: %d tags changed without a new source time (same source time as their previous value, "
-                    "another value or status): %s%s; the database keeps one reading per tag and time, the first, so "
-                    "these changes are not stored: the server's source timestamps are coarser than its changes",
-                    self.name, len(new), ", ".join(new[:10]), f" and {len(new) - 10} more" if len(new) > 10 else "",
-                    extra={"event": "opcua_same_source_time", "collector": self.name})
+        new = self._count_lost("same_source_time", tags, self._same_logged)
+        if new:
+            log.warning("%s: %d tags changed without a new source time (same source time as their previous value, "
+                        "another value or status): %s; the database keeps one reading per tag and time, the first, so "
+                        "these changes are not stored: the server's source timestamps are coarser than its changes",
+                        self.name, len(new), _names(new),
+                        extra={"event": "opcua_same_source_time", "collector": self.name})
 
     def _note_overflows(self, tags: list[str]) -> None:
         """Count values the server flagged with the Overflow bit (values before them were discarded from the item's
         full queue) and log the tags not logged yet in this run: the only trace of that loss."""
         self.queue_overflows += len(tags)
-        self.ctx.metrics.collector_errors.labels(self.name, "queue_overflow").inc(len(tags))
-        new = sorted({t for t in tags if t not in self._overflowed})
-        if not new:
-            return
-        self._overflowed.update(new)
-        log.warning("%s: the server discarded values of %d items from their full queues (Overflow bit): %s%s; the "
-                    "gateway did not take them in time (a cut or restart longer than queue_size x sampling interval, "
-                    "or a slow pipeline): raise queue_size to keep them", self.name, len(new), ", ".join(new[:10]),
-                    f" and {len(new) - 10} more" if len(new) > 10 else "",
-                    extra={"event": "opcua_queue_overflow", "collector": self.name})
+        new = self._count_lost("queue_overflow", tags, self._overflowed)
+        if new:
+            log.warning("%s: the server discarded values of %d items from their full queues (Overflow bit): %s; the "
+                        "gateway did not take them in time (a cut or restart longer than queue_size x sampling "
+                        "interval, or a slow pipeline): raise queue_size to keep them", self.name, len(new),
+                        _names(new), extra={"event": "opcua_queue_overflow", "collector": self.name})
+
+    def _count_lost(self, kind: str, tags: list[str], logged: set[str]) -> list[str]:
+        """Count ``tags`` in collector_errors{kind}; return those not in ``logged`` yet (and add them)."""
+        self.ctx.metrics.collector_errors.labels(self.name, kind).inc(len(tags))
+        new = sorted({t for t in tags if t not in logged})
+        logged.update(new)
+        return new
 
     async def _deliver(self, readings: list[Reading], now) -> bool:
         """Hand ``readings`` to the pipeline; True once the spool holds them."""
