@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from datetime import UTC, datetime
 
 from asyncua import ua
 from opcua_support import ROOT, SimProcess, free_port, server_certificate, serving
@@ -125,3 +126,48 @@ def test_browse_checks_an_encrypted_key_before_connecting(tmp_path):
                         "env:BROWSE_KEY_PW"], cwd=ROOT, timeout=60, capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT), "BROWSE_KEY_PW": "wrong"})
     assert r.returncode == 2 and "wrong password" in r.stderr and "wrong\n" not in r.stderr, r.stderr
+
+
+def test_browse_gives_derived_and_enumerated_types_the_kind_of_their_base_type():
+    """A variable's DataType is often a subtype: Duration (Double), Counter (UInt32), UtcTime (DateTime), a standard
+    or a server's own enumeration (values arrive as Int32). The tag's kind must be the base type's, else every
+    reading the collector stores for it is flagged TYPE_MISMATCH and Bad by validation."""
+    import asyncio
+
+    from asyncua.common.structures104 import new_enum
+
+    from collectors.opcua.browse import Variable
+    from edge.validate import _type_ok
+
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+
+    async def scenario() -> dict[str, Variable]:
+        async with serving(synthetic_tags(1), endpoint) as sim:
+            ns = sim.ns
+            folder = await sim.server.nodes.objects.add_folder(ua.NodeId("Types", ns), "Types")
+            mode = await new_enum(sim.server, ns, "PumpMode", ["Off", "Auto", "Manual"])
+            specs = {
+                "Duration": (ua.Variant(1.5, ua.VariantType.Double), ua.NodeId(ua.ObjectIds.Duration)),
+                "Counter": (ua.Variant(7, ua.VariantType.UInt32), ua.NodeId(ua.ObjectIds.Counter)),
+                "UtcTime": (ua.Variant(datetime(2026, 5, 1, tzinfo=UTC), ua.VariantType.DateTime),
+                            ua.NodeId(ua.ObjectIds.UtcTime)),
+                "State": (ua.Variant(0, ua.VariantType.Int32), ua.NodeId(ua.ObjectIds.ServerState)),
+                "Mode": (ua.Variant(1, ua.VariantType.Int32), mode.nodeid),
+                "Plain": (ua.Variant(2.0, ua.VariantType.Double), ua.NodeId(ua.ObjectIds.Double)),
+            }
+            for name, (value, dtype) in specs.items():
+                await folder.add_variable(ua.NodeId(f"Types.{name}", ns), name, value, datatype=dtype)
+            client = ClientOpener(Connection(endpoint=endpoint), name="browse").new_client()
+            await client.connect()
+            try:
+                variables, _ = await browse(client, f"ns={ns};s=Types")
+            finally:
+                await client.disconnect()
+            return {v.path[-1]: v for v in variables}
+
+    got = asyncio.run(scenario())
+    assert {n: (v.data_type, v.kind) for n, v in got.items()} == {
+        "Duration": ("Duration", "float"), "Counter": ("Counter", "int"), "UtcTime": ("UtcTime", "string"),
+        "State": ("ServerState", "int"), "Mode": ("PumpMode", "int"), "Plain": ("Double", "float")}
+    # What the collector delivers for them passes validation with that kind.
+    assert _type_ok(got["Mode"].kind, 1) and _type_ok(got["Duration"].kind, 1.5)

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from collectors.base import CollectorContext
 from collectors.opcua import Config, NodeConfig, build
-from collectors.opcua.convert import quality_of, status_name, to_reading
+from collectors.opcua.convert import overflowed, quality_of, status_name, to_reading
 from edge.errors import ConfigError
 from edge.metrics import Metrics
 from edge.records import Flag, Quality
@@ -69,6 +69,14 @@ def test_literal_password_is_refused_and_references_resolve(tmp_path, monkeypatc
 
 def test_each_mistake_has_its_own_message():
     assert "opc.tcp://" in errors(endpoint="http://x")
+    # Accepted before, then retried for ever at run time: port 0 ("Connect call failed ('plc1', 0)"), a ValueError.
+    assert "no port: write opc.tcp://plc1:4840" in errors(endpoint="opc.tcp://plc1")
+    assert "no port: write opc.tcp://plc1:4840/ua" in errors(endpoint="opc.tcp://plc1/ua")
+    assert "port 70000 is not 1-65535" in errors(endpoint="opc.tcp://plc1:70000")
+    assert "no host" in errors(endpoint="opc.tcp://:4840/x")
+    assert "no host" in errors(endpoint="opc.tcp://plc 1:4840")
+    for good in ("opc.tcp://plc1:4840", "opc.tcp://10.0.2.15:4840/path", "opc.tcp://[fe80::1]:4840"):
+        make(endpoint=good)
     assert "not an OPC UA node id" in errors(nodes=[{"node_id": "ns=x;q=1", "tag": "a"}])
     one = {"node_id": "ns=2;i=1", "tag": "a"}
     assert "duplicate tag a" in errors(nodes=[one, {"node_id": "ns=2;i=2", "tag": "a"}])
@@ -121,6 +129,13 @@ def test_timestamps_source_then_server_then_receive_time():
     # OPC UA's "no timestamp" (0) decodes as 1601-01-01: treated as absent.
     r = to_reading("t", dv(1.0, 0, datetime(1601, 1, 1, tzinfo=UTC), T1), NOW)
     assert r.time == T1
+    # So is the encoding's other end (Part 6 §5.2.2.5: MaxInt64, decoded as 9999-12-31 23:59:59), which devices send
+    # for "unknown" (.NET's DateTime.MaxValue): as a time every value of the tag had the same (tag, time) key and
+    # the database kept only the first.
+    r = to_reading("t", dv(1.0, 0, datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC), T1), NOW)
+    assert r.time == T1 and not r.flags & Flag.NO_SOURCE_TIME
+    r = to_reading("t", dv(1.0, 0, datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC), None), NOW)
+    assert r.time == NOW and r.flags & Flag.NO_SOURCE_TIME
 
 
 def test_value_types():
@@ -131,3 +146,11 @@ def test_value_types():
     assert to_reading("t", dv(T0), NOW).value == T0.isoformat()
     r = to_reading("t", dv([1.0, 2.0]), NOW)  # arrays are not readings yet
     assert r.value is None and r.quality is Quality.BAD and r.flags & Flag.TYPE_MISMATCH
+
+
+def test_the_overflow_bit_counts_only_with_info_type_data_value():
+    assert overflowed(0x00000480) and overflowed(0x408F0480) and overflowed(0x808C0480)
+    assert not overflowed(0x00000080)  # bit 7 without InfoType DataValue means nothing
+    assert not overflowed(0x00000400) and not overflowed(0)
+    r = to_reading("t", dv(2.5, 0x00000480, T0), NOW)
+    assert (r.quality, r.status, r.value) == (Quality.GOOD, 0x0480, 2.5)

@@ -241,3 +241,86 @@ async def test_one_hung_server_never_stalls_another(tmp_path):
             await col_a.aclose()
     finally:
         sim_a.stop()
+
+
+async def test_values_the_server_discarded_from_a_full_queue_are_counted_and_logged(caplog):
+    """OPC UA Part 4 §5.12.1.5: when an item's queue overflows the server discards values and sets the Overflow
+    info bit (InfoType DataValue, 0x0480) on the value next to the gap. With discard_oldest no sequence-number gap
+    shows the loss: the bit is the only trace, so it must be counted, logged and not lost in the reading."""
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    tags = synthetic_tags(4)
+    col = collector(endpoint, [{"node_id": f"ns=2;s={t.name}", "tag": t.name} for t in tags])
+    overflowed = col.ctx.metrics.collector_errors.labels(col.name, "queue_overflow")
+    sink = Sink()
+    names = [t.name for t in tags]
+    async with serving(tags, endpoint) as server, running(col, sink.emit):
+        await until(lambda: len(sink.by_tag()) == 4, what="initial values")
+        assert col.status()["queue_overflows"] == 0
+        # What a server sends for two items whose queues overflowed: a Good value with the overflow bit.
+        await server.write([(n, 1.0, 0x0480 if n in names[:2] else 0) for n in names], stamp(), stamp())
+        await until(lambda: sum(r.value == 1.0 for r in sink.readings) == 4, what="the values")
+        await server.write([(n, 2.0, 0) for n in names], stamp(1), stamp(1))
+        await until(lambda: sum(r.value == 2.0 for r in sink.readings) == 4, what="the next values")
+        st = col.status()
+        assert st["queue_overflows"] == 2 and overflowed._value.get() == 2
+    flagged = [r for r in sink.readings if r.value == 1.0 and r.tag in names[:2]]
+    assert all(r.quality is Quality.GOOD and r.status == 0x0480 for r in flagged)  # the value itself is good
+    warned = [r.getMessage() for r in caplog.records if "Overflow" in r.getMessage()]
+    text = " ".join(warned)  # one warning (two if the server split the write over two publish responses)
+    assert 1 <= len(warned) <= 2 and all(n in text for n in names[:2]) and "queue_size" in text, warned
+    assert not any(n in text for n in names[2:])
+
+
+async def test_queue_sizes_and_sampling_intervals_the_server_revised_are_reported(caplog):
+    """A server grants at most what it can (Part 4 §5.12.1.4-5): a queue of 5 where 100 were asked holds 5
+    changes per item while the gateway is away, not the 100 queue_size was sized for. The revision is logged
+    (queue: a warning naming the tags) and shown in status; an item that got what it asked for is not listed."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="collectors.opcua")
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    tags = synthetic_tags(4)
+    nodes = [{"node_id": f"ns=2;s={t.name}", "tag": t.name} for t in tags]
+    nodes[1]["queue_size"] = 3  # within the server's limit: granted as asked
+    nodes[2]["sampling_interval_ms"] = 50  # asyncua samples at the publishing interval (100 ms): slower
+    col = collector(endpoint, nodes)  # queue_size 100, sampling 0 (fastest: whatever the server can)
+    sink = Sink()
+    async with serving(tags, endpoint) as server:
+        server.server.iserver.max_monitored_item_queue_size = 5
+        async with running(col, sink.emit):
+            await until(lambda: col.connected, what="subscribed")
+            st = col.status()
+    names = [t.name for t in tags]
+    revised = {r["tag"]: (r["sampling_interval_ms"], r["queue_size"]) for r in st["revised"]}
+    assert st["items_revised"] == 3 and revised == {names[0]: (100.0, 5), names[2]: (100.0, 5), names[3]: (100.0, 5)}
+    queue = [r for r in caplog.records if "queue" in r.getMessage() and r.levelname == "WARNING"]
+    text = queue[0].getMessage() if len(queue) == 1 else queue
+    assert "5 instead of 100" in text and all(n in text for n in (names[0], names[2], names[3])), text
+    assert names[1] not in text
+    sampling = [r.getMessage() for r in caplog.records if "sampl" in r.getMessage() and "instead of" in r.getMessage()]
+    assert len(sampling) == 1 and names[2] in sampling[0] and "100 ms instead of 50 ms" in sampling[0], sampling
+
+
+async def test_a_change_with_the_previous_values_source_time_is_counted_and_logged(caplog):
+    """A server whose source timestamps are coarser than its changes (a PLC clock in whole seconds, a gateway
+    that stamps a block read once) sends different values of a tag with the same source time. The database keeps
+    one reading per (tag, time), the first: the others are dropped there without a trace. The collector counts
+    and names them; a value merely sent again (same time, same value: a re-subscription) is not counted."""
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    tags = synthetic_tags(3)
+    names = [t.name for t in tags]
+    col = collector(endpoint, [{"node_id": f"ns=2;s={n}", "tag": n} for n in names])
+    sink = Sink()
+    async with serving(tags, endpoint) as server, running(col, sink.emit):
+        await until(lambda: len(sink.by_tag()) == 3, what="initial values")
+        t = stamp()
+        await server.write([(n, 1.0, 0) for n in names], t, t)
+        await until(lambda: sum(r.value == 1.0 for r in sink.readings) == 3, what="the first values")
+        await server.write([(names[0], 2.0, 0)], t, stamp())  # a new value, the same source time
+        await server.write([(names[1], 1.0, 0x40000000)], t, stamp())  # a new status, the same source time
+        await until(lambda: len(sink.readings) == 8, what="the second values")
+        st = col.status()
+    assert st["same_source_time"] == 2
+    assert col.ctx.metrics.collector_errors.labels(col.name, "same_source_time")._value.get() == 2
+    warned = " ".join(r.getMessage() for r in caplog.records if "same source time" in r.getMessage())
+    assert names[0] in warned and names[1] in warned and names[2] not in warned, warned

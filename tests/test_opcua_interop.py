@@ -33,9 +33,19 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def peer(tmp_path, monkeypatch):
+    yield from _peer(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def strict_peer(tmp_path, monkeypatch):
+    """The peer with operation limits of 4 monitored items / nodes per call (Part 5 OperationLimits)."""
+    yield from _peer(tmp_path, monkeypatch, NODE_OPCUA_MAX_PER_CALL="4")
+
+
+def _peer(tmp_path, monkeypatch, **env_extra):
     port = free_port()
     log = open(tmp_path / "node-opcua.log", "wb")  # the child writes to it until the end of the test
-    env = {**os.environ, "NODE_OPCUA_PASSWORD": "n0de-secret"}
+    env = {**os.environ, "NODE_OPCUA_PASSWORD": "n0de-secret", **env_extra}
     proc = subprocess.Popen(["node", str(PEER / "server.js"), str(port), str(tmp_path / "peer-pki")],
                             cwd=PEER, stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 60
@@ -151,3 +161,55 @@ async def test_a_kept_session_is_resumed_from_the_state_folder_on_node_opcua(pee
     counts = [r.value for r in first.readings + second.readings]
     assert counts == list(range(counts[0], counts[0] + len(counts)))
     assert st["session"] == "resumed" and st["resume_fallback"] is None and st["republished"] >= 1
+
+
+async def test_values_node_opcua_discards_from_a_full_queue_are_counted(peer, tmp_path):
+    """A pipeline that holds a batch for 2 s while the peer counts every 100 ms into a queue of 3: node-opcua
+    discards the oldest values and sets the Overflow bit on the oldest one it kept. The collector counts it
+    (status, metric); what it did receive is in order, with the gap right before the flagged value."""
+    nodes = [{"node_id": "ns=1;s=Line1.Count", "tag": "count", "queue_size": 3}]
+    sink = Sink()
+    held = asyncio.Event()
+
+    async def slow_emit(batch) -> None:
+        if sink.batches and not held.is_set():  # the second batch: the server queues meanwhile
+            held.set()
+            await asyncio.sleep(2.0)
+        await sink.emit(batch)
+
+    col = collector(peer, tmp_path / "gw", nodes)
+    async with running(col, slow_emit):
+        await until(lambda: col.status()["queue_overflows"] >= 1, timeout_s=30, what="an overflow")
+    flagged = [i for i, r in enumerate(sink.readings) if r.status & 0x0C80 == 0x0480]
+    assert flagged and col.ctx.metrics.collector_errors.labels(col.name, "queue_overflow")._value.get() >= 1
+    i = flagged[0]
+    assert sink.readings[i].value - sink.readings[i - 1].value > 1  # the values discarded before it
+
+
+async def test_the_servers_operation_limits_are_respected(strict_peer, tmp_path):
+    """A server that allows 4 monitored items (and 4 nodes per Read and TranslateBrowsePaths) per call answers a
+    bigger request with BadTooManyOperations: with items_per_call 500 every connection failed and was retried for
+    ever. The collector reads the server's OperationLimits and makes its requests no bigger."""
+    subscribed, polled = Sink(), Sink()
+    col = collector(strict_peer, tmp_path / "gw", NODES)  # 6 items, one with a percent deadband
+    poller = collector(strict_peer, tmp_path / "gw2", NODES, mode="poll", polling_interval_ms=100)
+    async with running(col, subscribed.emit) as task, running(poller, polled.emit) as poll_task:
+        await until(lambda: (len(subscribed.by_tag()) == 8 and len(polled.by_tag()) == 8) or task.done()
+                    or poll_task.done(), timeout_s=30, what="every tag, subscribed and polled")
+        assert not task.done(), task.exception()
+        assert not poll_task.done(), poll_task.exception()
+        await until(lambda: len(polled.by_tag()["count"]) >= 3, what="polling goes on")
+        st = col.status()
+    assert st["items_failed"] == 0 and st["connects"] == 1 and poller.status()["connects"] == 1
+    assert len(subscribed.by_tag()["pressure"]) == 1  # the percent deadband (EURange read in slices) holds
+
+    from collectors.opcua.config import Connection  # browse, too: it reads 4 attributes per variable
+
+    opener = ClientOpener(Connection(endpoint=strict_peer, pki_dir=str(tmp_path / "pki")), name="browse")
+    client = opener.new_client()
+    await opener.connect(client)
+    try:
+        variables, _ = await browse(client)
+    finally:
+        await client.disconnect()
+    assert {"Line1.Temperature", "Line1.Profile"} <= {v.tag for v in variables}

@@ -462,3 +462,67 @@ async def test_x509_user_identity(tmp_path, monkeypatch):
         msg = await refused(collector(endpoint, tmp_path / "gw", user_certificate=str(stranger[0]),
                                       user_private_key=str(stranger[1]), **kw))
     assert "BadUserAccessDenied" in msg or "BadIdentityToken" in msg, msg
+
+
+async def test_the_gateways_own_certificate_near_or_past_its_expiry_is_named(tmp_path, caplog):
+    """A site-issued client certificate runs out (a year is common): 30 days ahead a warning names the file and the
+    date (once a day); once expired, the server's refusal says so instead of "add it to the server's trusted
+    certificates" (it is trusted: an operator would chase the wrong cause)."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import serialization
+
+    from collectors.opcua.security import make_certificate, new_key, write_key
+
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    cert, key = server_certificate(tmp_path / "server", "srv")
+    for gw in ("gw", "gw2"):
+        (tmp_path / gw / "pki" / "trusted").mkdir(parents=True)
+        shutil.copy(cert, tmp_path / gw / "pki" / "trusted")
+    clients = tmp_path / "server" / "trusted-clients"
+    clients.mkdir()
+    now = dt.datetime.now(dt.UTC)
+
+    def site_certificate(name: str, not_before: dt.datetime, days: int) -> dict:
+        client_key = new_key()
+        c = make_certificate(client_key, "urn:plant:valvoja:gw1", "gw1", client=True, not_before=not_before, days=days)
+        path = tmp_path / "site" / f"{name}.der"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(c.public_bytes(serialization.Encoding.DER))
+        write_key(client_key, tmp_path / "site" / f"{name}.key.pem")
+        shutil.copy(path, clients)  # the server trusts it
+        return dict(security_policy="Basic256Sha256", security_mode="SignAndEncrypt", certificate=str(path),
+                    private_key=str(tmp_path / "site" / f"{name}.key.pem"))
+
+    soon = site_certificate("soon", now - dt.timedelta(days=360), 365)
+    expired = site_certificate("expired", now - dt.timedelta(days=40), 30)
+    async with serving(TAGS, endpoint, certificate=cert, private_key=key, policies=["Basic256Sha256_SignAndEncrypt"],
+                       trusted_clients=str(clients)):
+        await collects(collector(endpoint, tmp_path / "gw", **soon))
+        warned = [r.getMessage() for r in caplog.records if "soon.der" in r.getMessage()]
+        assert warned and "expires on" in warned[0] and f"{now + dt.timedelta(days=5):%Y-%m-%d}" in warned[0], warned
+        msg = await refused(collector(endpoint, tmp_path / "gw2", **expired))
+    assert "expired.der" in msg and "expired on" in msg and "trusted certificates" not in msg, msg
+
+
+def test_a_server_certificate_not_valid_yet_points_at_the_clocks(tmp_path):
+    """A certificate whose validity starts in the future is almost always a clock: the gateway's behind (an OT
+    network without NTP) or the server's ahead when it made its certificate. The refusal said the certificate
+    expired and "the server needs a new one"; it must say when it becomes valid and to check the clocks."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import serialization
+
+    from collectors.opcua.security import Pki, UntrustedCertificate, check_server_certificate, make_certificate, new_key
+
+    start = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
+    cert = make_certificate(new_key(), "urn:plant:srv", "srv", client=False, not_before=start, days=365)
+    der = cert.public_bytes(serialization.Encoding.DER)
+    pki = Pki(tmp_path / "pki")
+    pki.ensure()
+    (pki.trusted / "srv.der").write_bytes(der)  # trusted: only its validity is wrong
+    with pytest.raises(UntrustedCertificate) as info:
+        check_server_certificate(pki, der, endpoint="opc.tcp://plc1:4840", trust_on_first_use=False)
+    msg = str(info.value)
+    assert f"not valid before {start:%Y-%m-%d %H:%M}" in msg and "clock" in msg, msg
+    assert "expired" not in msg and "needs a new one" not in msg, msg

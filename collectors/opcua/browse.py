@@ -21,6 +21,11 @@ _SERVER = ua.NodeId(ua.ObjectIds.Server)
 _INT_TYPES = {"SByte", "Byte", "Int16", "UInt16", "Int32", "UInt32", "Int64", "UInt64"}
 _FLOAT_TYPES = {"Float", "Double", "Decimal"}
 _TEXT_TYPES = {"String", "LocalizedText", "DateTime", "ByteString", "Guid", "NodeId", "QualifiedName"}
+# Where a subtype's kind comes from: an Enumeration's values travel as Int32, the abstract Number / Integer /
+# UInteger as one of their concrete types. Structure and BaseDataType end the walk up the type tree.
+_BASE_TYPES = _INT_TYPES | _FLOAT_TYPES | _TEXT_TYPES | {"Boolean", "Enumeration", "Integer", "UInteger", "Number",
+                                                         "Structure", "BaseDataType"}
+_HAS_SUBTYPE = ua.NodeId(ua.ObjectIds.HasSubtype)
 
 
 @dataclass(slots=True)
@@ -33,6 +38,9 @@ class Variable:
     unit: str = ""
     eu_range: tuple[float, float] | None = None
     description: str = ""
+    # The built-in type data_type derives from (Duration: Double, a server's enumeration: Enumeration), "" when
+    # data_type is built in: it decides the kind.
+    base_type: str = ""
 
     @property
     def tag(self) -> str:
@@ -45,11 +53,12 @@ class Variable:
 
     @property
     def kind(self) -> str:
-        if self.data_type == "Boolean":
+        t = self.base_type or self.data_type
+        if t == "Boolean":
             return "bool"
-        if self.data_type in _INT_TYPES:
+        if t in _INT_TYPES or t in ("Enumeration", "Integer", "UInteger"):
             return "int"
-        if self.data_type in _FLOAT_TYPES:
+        if t in _FLOAT_TYPES or t == "Number":
             return "float"
         return "string"
 
@@ -70,7 +79,11 @@ def _type_name(nodeid: ua.NodeId, names: dict[ua.NodeId, str]) -> str:
     return names.get(nodeid, nodeid.to_string())
 
 
-async def _browse(client: Client, nodes: list[ua.NodeId], per_call: int) -> list[list[ua.ReferenceDescription]]:
+async def _browse(client: Client, nodes: list[ua.NodeId], per_call: int, *,
+                  direction: ua.BrowseDirection = ua.BrowseDirection.Forward,
+                  reference: ua.NodeId = ua.NodeId(ua.ObjectIds.HierarchicalReferences),
+                  classes: int = int(ua.NodeClass.Object) | int(ua.NodeClass.Variable),
+                  ) -> list[list[ua.ReferenceDescription]]:
     out: list[list[ua.ReferenceDescription]] = []
     for start in range(0, len(nodes), per_call):
         params = ua.BrowseParameters()
@@ -79,10 +92,10 @@ async def _browse(client: Client, nodes: list[ua.NodeId], per_call: int) -> list
         for nid in nodes[start:start + per_call]:
             d = ua.BrowseDescription()
             d.NodeId = nid
-            d.BrowseDirection = ua.BrowseDirection.Forward
-            d.ReferenceTypeId = ua.NodeId(ua.ObjectIds.HierarchicalReferences)
+            d.BrowseDirection = direction
+            d.ReferenceTypeId = reference
             d.IncludeSubtypes = True
-            d.NodeClassMask = int(ua.NodeClass.Object) | int(ua.NodeClass.Variable)
+            d.NodeClassMask = classes
             d.ResultMask = int(ua.BrowseResultMask.All)
             params.NodesToBrowse.append(d)
         for result in await client.uaclient.browse(params):
@@ -139,7 +152,12 @@ async def _properties(client: Client, nodes: list[ua.NodeId], name: str, per_cal
 
 async def browse(client: Client, root: str = "i=85", *, max_depth: int = 10, max_nodes: int = 10_000,
                  per_call: int = 200, include_server: bool = False) -> tuple[list[Variable], bool]:
-    """Variables below ``root`` and whether the walk stopped at ``max_nodes``."""
+    """Variables below ``root`` and whether the walk stopped at ``max_nodes``. Requests carry ``per_call`` nodes, or
+    fewer where the server's operation limits say so (it refuses a bigger request whole)."""
+    from collectors.opcua.connection import operation_limits
+
+    limits = await operation_limits(client)
+    per_call = min([per_call, *(limits[k] for k in ("browse", "read", "translate") if k in limits)])
     start = ua.NodeId.from_string(root)
     prefix: list[str] = []
     if start != ua.NodeId(ua.ObjectIds.ObjectsFolder):  # tags below a folder keep the folder's name
@@ -199,8 +217,14 @@ async def _describe(client: Client, variables: list[Variable], per_call: int) ->
                          strict=True):
             if dv.Value is not None and isinstance(dv.Value.Value, ua.QualifiedName):
                 names[t] = dv.Value.Value.Name
+    derived = {t for t in type_ids if _type_name(t, names) not in _BASE_TYPES}  # Duration, enumerations ...
+    bases = await _base_types(client, sorted(derived, key=lambda n: n.to_string()), per_call)
     for v in variables:
-        v.data_type = _type_name(v.data_type, names) if isinstance(v.data_type, ua.NodeId) else "?"
+        if isinstance(v.data_type, ua.NodeId):
+            v.base_type = bases.get(v.data_type, "")
+            v.data_type = _type_name(v.data_type, names)
+        else:
+            v.data_type = "?"
     units = await _properties(client, ids, "EngineeringUnits", per_call)
     ranges = await _properties(client, ids, "EURange", per_call)
     for v, unit, rng in zip(variables, units, ranges, strict=True):
@@ -208,6 +232,33 @@ async def _describe(client: Client, variables: list[Variable], per_call: int) ->
             v.unit = unit.DisplayName.Text or "" if unit.DisplayName is not None else ""
         if isinstance(rng, ua.Range):
             v.eu_range = (float(rng.Low), float(rng.High))
+
+
+async def _base_types(client: Client, types: list[ua.NodeId], per_call: int,
+                      max_depth: int = 10) -> dict[ua.NodeId, str]:
+    """The built-in type (a name in `_BASE_TYPES`) each of ``types`` derives from, walking the inverse HasSubtype
+    references up the type tree, all types one level per request; types it cannot place are left out (kind
+    string)."""
+    found: dict[ua.NodeId, str] = {}
+    at = {t: t for t in types}  # type -> the supertype reached so far
+    for _ in range(max_depth):
+        if not at:
+            break
+        level = sorted(set(at.values()), key=lambda n: n.to_string())
+        refs = await _browse(client, level, per_call, direction=ua.BrowseDirection.Inverse, reference=_HAS_SUBTYPE,
+                             classes=int(ua.NodeClass.DataType))
+        parent = {n: ua.NodeId(r[0].NodeId.Identifier, r[0].NodeId.NamespaceIndex) if r else None
+                  for n, r in zip(level, refs, strict=True)}
+        for t, node in list(at.items()):
+            up = parent[node]
+            name = _type_name(up, {}) if up is not None else None
+            if up is None or name in _BASE_TYPES:
+                del at[t]
+                if name is not None:
+                    found[t] = name
+            else:
+                at[t] = up
+    return found
 
 
 def table(variables: list[Variable]) -> str:

@@ -34,13 +34,14 @@ from asyncua.client.ua_client import UaClientState
 
 from collectors.base import CollectorContext, Emit
 from collectors.opcua.config import Config, NodeConfig
-from collectors.opcua.connection import ClientOpener, Secrets, SessionGone, describe
-from collectors.opcua.convert import to_reading, to_readings
+from collectors.opcua.connection import ClientOpener, Secrets, SessionGone, describe, operation_limits
+from collectors.opcua.convert import OVERFLOW, OVERFLOW_MASK, to_reading, to_readings
 from collectors.opcua.security import SecurityError
 from collectors.opcua.session_state import SavedSession, SessionFile, config_key
 from collectors.opcua.subscription import (
     BatchSubscription,
     ItemFailure,
+    ItemRevision,
     eu_ranges,
     item_request,
     subscription_parameters,
@@ -67,6 +68,11 @@ _STALE_MARGIN = 1.5  # asyncua 2.1.0's Client._stale_check_margin (keep-alive pe
 # Read results that mean "this node cannot be polled" (reported once as a failed item, not as readings).
 _POLL_REFUSED = ("BadNodeIdUnknown", "BadNodeIdInvalid", "BadAttributeIdInvalid", "BadNotReadable",
                  "BadUserAccessDenied")
+
+
+def _names(tags: list[str]) -> str:
+    """The first ten of ``tags`` for a log line, and how many more."""
+    return ", ".join(tags[:10]) + (f" and {len(tags) - 10} more" if len(tags) > 10 else "")
 
 
 def _iso(t: datetime | None) -> str:
@@ -108,6 +114,7 @@ class OpcUaCollector:
         self._sub_failures: list[ItemFailure] = []  # refused when the subscription's items were created
         self._eu_ranges: dict[int, tuple[float, float]] = {}  # client handle -> EURange of percent-deadband items
         self._started: datetime | None = None  # the server's start time when the current session was created
+        self._limits: dict[str, int] = {}  # the server's operation limits (per request), read at every connect
         # What a restarted gateway resumes (session_state.py); read at the first run.
         self._state = SessionFile(Path(context.state_dir) / "session.json") if context.state_dir is not None \
             else None
@@ -129,6 +136,15 @@ class OpcUaCollector:
         self.session: str | None = None  # "new" or "resumed": how the current (last) session was opened
         self.sessions_resumed = 0
         self.messages_lost = 0  # of earlier subscriptions (sequence-number gaps)
+        # Values with the Overflow info bit: the server discarded values of that item from its full queue (with
+        # discard_oldest no sequence-number gap shows it). Each tag is logged the first time in a run.
+        self.queue_overflows = 0
+        self._overflowed: set[str] = set()
+        # Changes (another value or status) with the source time of the tag's previous reading: the database keeps
+        # one reading per (tag, time), so they are lost there. Counted, each tag logged once a run.
+        self.same_source_time = 0
+        self._last: dict[str, Reading] = {}
+        self._same_logged: set[str] = set()
         self.republished = 0  # notification messages the server republished after a resume
         self.resume_fallback: str | None = None  # why the last resume attempt opened a new session instead
 
@@ -139,6 +155,8 @@ class OpcUaCollector:
         self._emit = emit
         self._lost = asyncio.Event()
         self._lost_reason, self._lost_error = "", None
+        self._overflowed.clear()  # log each tag's first overflow again in this run
+        self._same_logged.clear()
         try:
             self.connects += 1
             if self._restore_pending:
@@ -148,9 +166,12 @@ class OpcUaCollector:
             if client is None:
                 client = await self._connect()
                 self._started = await self._start_time(client)
+                await self._learn_limits(client)
                 self._sub_failures = await self._subscribe(client)
                 self.session = "new"
                 self._save(client, self._sub)
+            else:
+                await self._learn_limits(client)  # for a later re-creation and the polls
             failures = self._sub_failures + await self._start_polling(client)
             self._report_failures(failures)
             self._set_connected(True)
@@ -169,6 +190,7 @@ class OpcUaCollector:
     def status(self) -> dict:
         failed = self.item_failures + self.recreate_failures
         granted = self._sub.revised if self._sub is not None else None
+        revised = self._sub.revisions if self._sub is not None else []
         return {
             "kind": "opcua",
             "endpoint": self.cfg.endpoint,
@@ -188,8 +210,15 @@ class OpcUaCollector:
             "sessions_resumed": self.sessions_resumed,
             "republished": self.republished,
             "messages_lost": self.messages_lost + (self._sub.missed if self._sub else 0),
+            "queue_overflows": self.queue_overflows,
+            "same_source_time": self.same_source_time,
             "resume_fallback": self.resume_fallback,
             "failed": [{"tag": f.tag, "node_id": f.node_id, "status": f.status} for f in failed[:20]],
+            # Items the server granted a slower sampling interval or a smaller queue than asked (first 20, granted
+            # values): what a cut or a restart can lose is queue_size x sampling interval of each.
+            "items_revised": len(revised),
+            "revised": [{"tag": r.tag, "node_id": r.node_id, "sampling_interval_ms": r.sampling_interval_ms[1],
+                         "queue_size": r.queue_size[1]} for r in revised[:20]],
             # What the server granted (it publishes and sends keep-alives at these) and the resulting limit
             # after which a silent subscription is re-created.
             "subscription": None if granted is None else {
@@ -293,6 +322,29 @@ class OpcUaCollector:
                     "server held for the old subscription is lost)", self.name, self.cfg.endpoint, reason,
                     extra={"event": "opcua_session_not_resumed", "collector": self.name})
 
+    async def _learn_limits(self, client: Client) -> None:
+        """Read the server's operation limits: batched requests (items_per_call) are made no bigger, since a server
+        refuses a whole request past them (BadTooManyOperations) and the connection would fail at every attempt.
+        Never raises: a link that fails here fails the next request with its own message, and a resumed session must
+        not be given up for this read (the limits known before are kept)."""
+        try:
+            limits = await operation_limits(client)
+        except Exception as exc:
+            log.debug("%s: reading the server's operation limits failed: %s", self.name, describe(exc))
+            return
+        lower = {k: v for k, v in limits.items() if v < self.cfg.items_per_call}
+        if lower and limits != self._limits:
+            log.info("%s: the server takes at most %s per request: requests are made no bigger (items_per_call %d)",
+                     self.name, ", ".join(f"{v} ({k.replace('_', ' ')})" for k, v in sorted(lower.items())),
+                     self.cfg.items_per_call, extra={"event": "opcua_operation_limits", "collector": self.name})
+        self._limits = limits
+        if self._sub is not None:
+            self._sub.per_call = self._per_call("monitored_items")
+
+    def _per_call(self, *operations: str) -> int:
+        """items_per_call, or less where the server limits any of ``operations`` (`OPERATION_LIMITS` keys)."""
+        return min([self.cfg.items_per_call, *(self._limits[op] for op in operations if op in self._limits)])
+
     async def _start_time(self, client: Client) -> datetime | None:
         try:
             return await self.opener.server_started(client)
@@ -390,7 +442,7 @@ class OpcUaCollector:
             percent = [(i, n) for i, n in nodes if n.deadband is not None and n.deadband_type == "percent"]
             ranges = {}
             if percent:
-                found = await eu_ranges(client, [n.node_id for _, n in percent], cfg.items_per_call)
+                found = await eu_ranges(client, [n.node_id for _, n in percent], self._per_call("translate", "read"))
                 ranges = {i: r for (i, _), r in zip(percent, found, strict=True)}
             self._eu_ranges = {i + 1: r for i, r in ranges.items() if r is not None}
             requests = []
@@ -402,11 +454,12 @@ class OpcUaCollector:
                 requests.append((node, item_request(node, cfg, i + 1, ranges.get(i))))
             await sub.init()
             self.opener.watch(client, sub)
-            sub.items, refused = await sub.create_items(requests, cfg.items_per_call)
-            sub.per_call = cfg.items_per_call
+            sub.per_call = self._per_call("monitored_items")
+            sub.items, refused = await sub.create_items(requests, sub.per_call)
             failures += refused
         except Exception as exc:
             raise NotConnectedError(f"{cfg.endpoint}: subscription failed: {describe(exc)}") from exc
+        self._report_revisions(sub.revisions)
         return failures
 
     def _sub_callbacks(self) -> dict:
@@ -438,7 +491,7 @@ class OpcUaCollector:
 
     async def _read(self, client: Client, nodes: list[tuple[int, NodeConfig]]) -> list[ua.DataValue]:
         out: list[ua.DataValue] = []
-        per_call = self.cfg.items_per_call
+        per_call = self._per_call("read")
         for start in range(0, len(nodes), per_call):
             params = ua.ReadParameters()
             params.TimestampsToReturn = ua.TimestampsToReturn.Both
@@ -502,8 +555,29 @@ class OpcUaCollector:
                         len(self.cfg.nodes), when, status, shown, f" and {len(group) - 10} more" if len(group) > 10
                         else "", extra={"event": "opcua_items_refused", "collector": self.name, "status": status})
 
+    def _report_revisions(self, revisions: list[ItemRevision], when: str = "") -> None:
+        """Log the items the server granted less than asked, once per (asked, granted) pair, naming the tags: a
+        smaller queue as a warning (it is what survives a cut or a restart), a slower sampling as information."""
+        queues: dict[tuple[int, int], list[str]] = {}
+        rates: dict[tuple[float, float], list[str]] = {}
+        for r in revisions:
+            if 0 < r.queue_size[1] < r.queue_size[0]:
+                queues.setdefault(r.queue_size, []).append(r.tag)
+            if 0 < r.sampling_interval_ms[0] < r.sampling_interval_ms[1]:
+                rates.setdefault(r.sampling_interval_ms, []).append(r.tag)
+        extra = {"event": "opcua_items_revised", "collector": self.name}
+        for (asked, granted), tags in queues.items():
+            log.warning("%s: the server granted a queue of %d instead of %d values to %d items%s: %s; each holds "
+                        "only that many changes while the gateway is away or slow", self.name, granted, asked,
+                        len(tags), when, _names(tags), extra=extra)
+        for (asked, granted), tags in rates.items():
+            log.info("%s: the server samples %d items%s every %g ms instead of %g ms: %s", self.name, len(tags), when,
+                     granted, asked, _names(tags), extra=extra)
+
     def _on_recreated(self, failures: list[ItemFailure]) -> None:
         self._report_failures(failures, " when the subscription was re-created")
+        if self._sub is not None:
+            self._report_revisions(self._sub.revisions, " when the subscription was re-created")
         self._save(self._client, self._sub)  # a new subscription id
 
     async def _watch(self, client: Client) -> None:
@@ -567,6 +641,7 @@ class OpcUaCollector:
         flatten = self._flatten
         n = len(tags)
         readings: list[Reading] = []
+        overflows: list[str] = []
         for item in items:
             i = item.ClientHandle - 1
             if 0 <= i < n:
@@ -574,10 +649,45 @@ class OpcUaCollector:
                     readings.extend(to_readings(tags[i], item.Value, now, flatten=True))
                 else:
                     readings.append(to_reading(tags[i], item.Value, now))
+                code = item.Value.StatusCode
+                if code is not None and code.value & OVERFLOW_MASK == OVERFLOW:
+                    overflows.append(tags[i])
             else:
                 self.unknown_handles += 1
         self.publishes += 1
+        if overflows:
+            self._note_overflows(overflows)
         return await self._deliver(readings, now)
+
+    def _note_same_time(self, tags: list[str]) -> None:
+        """Count changes that carry their tag's previous source time (the database keeps the first reading of a
+        (tag, time), so these are dropped there) and log the tags not logged yet in this run."""
+        self.same_source_time += len(tags)
+        new = self._count_lost("same_source_time", tags, self._same_logged)
+        if new:
+            log.warning("%s: %d tags changed without a new source time (same source time as their previous value, "
+                        "another value or status): %s; the database keeps one reading per tag and time, the first, so "
+                        "these changes are not stored: the server's source timestamps are coarser than its changes",
+                        self.name, len(new), _names(new),
+                        extra={"event": "opcua_same_source_time", "collector": self.name})
+
+    def _note_overflows(self, tags: list[str]) -> None:
+        """Count values the server flagged with the Overflow bit (values before them were discarded from the item's
+        full queue) and log the tags not logged yet in this run: the only trace of that loss."""
+        self.queue_overflows += len(tags)
+        new = self._count_lost("queue_overflow", tags, self._overflowed)
+        if new:
+            log.warning("%s: the server discarded values of %d items from their full queues (Overflow bit): %s; the "
+                        "gateway did not take them in time (a cut or restart longer than queue_size x sampling "
+                        "interval, or a slow pipeline): raise queue_size to keep them", self.name, len(new),
+                        _names(new), extra={"event": "opcua_queue_overflow", "collector": self.name})
+
+    def _count_lost(self, kind: str, tags: list[str], logged: set[str]) -> list[str]:
+        """Count ``tags`` in collector_errors{kind}; return those not in ``logged`` yet (and add them)."""
+        self.ctx.metrics.collector_errors.labels(self.name, kind).inc(len(tags))
+        new = sorted({t for t in tags if t not in logged})
+        logged.update(new)
+        return new
 
     async def _deliver(self, readings: list[Reading], now) -> bool:
         """Hand ``readings`` to the pipeline; True once the spool holds them."""
@@ -586,6 +696,17 @@ class OpcUaCollector:
         self.ctx.metrics.messages_in.labels(self.name).inc()
         if not readings or self._emit is None:
             return True
+        last, same = self._last, None
+        for r in readings:
+            prev = last.get(r.tag)
+            # Same time, another status or value (NaN, never equal to itself, is not "another value" of a NaN).
+            if prev is not None and prev.time == r.time and (prev.status != r.status or (
+                    prev.value != r.value and prev.value == prev.value)):
+                same = same or []
+                same.append(r.tag)
+            last[r.tag] = r
+        if same:
+            self._note_same_time(same)
         try:
             # asyncua acknowledges this notification once the callback returns (subscription.py): wait until
             # the spool holds it, so the server's retransmission queue keeps whatever is not durable yet.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from typing import Literal
+from urllib.parse import urlparse
 
 from asyncua import ua
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -85,6 +86,21 @@ class Connection(Strict):
     def _endpoint(cls, v: str) -> str:
         if not v.startswith("opc.tcp://") or len(v) <= len("opc.tcp://"):
             raise ValueError("must be an opc.tcp://host:port URL")
+        # Checked here because asyncua takes a URL without a port as port 0 and an impossible one as a ValueError at
+        # every connect: the gateway would retry for ever instead of saying what is wrong at start-up.
+        url = urlparse(v)
+        host = url.hostname
+        if not host or any(c.isspace() for c in url.netloc):
+            raise ValueError(f"{v}: no host name or address (write opc.tcp://host:port)")
+        try:
+            port = url.port
+        except ValueError:
+            raise ValueError(f"{v}: port {url.netloc.rsplit(':', 1)[-1]} is not 1-65535") from None
+        if port is None:
+            raise ValueError(f"{v}: no port: write {url._replace(netloc=f'{url.netloc}:4840').geturl()} (4840 is "
+                             "OPC UA's usual port) or the port the server listens on")
+        if not 0 < port < 65536:
+            raise ValueError(f"{v}: port {port} is not 1-65535")
         return v
 
     @model_validator(mode="after")
@@ -122,7 +138,9 @@ class Config(Connection):
     keepalive_count: int = Field(10, ge=1, description="publishing intervals without data before a keep-alive")
     lifetime_count: int = Field(100, ge=3, description="publishing intervals without client before expiry")
     max_notifications_per_publish: int = Field(10000, ge=0, description="0 = no limit")
-    items_per_call: int = Field(500, ge=1, le=10000, description="monitored items created per request")
+    items_per_call: int = Field(500, ge=1, le=10000, description="monitored items created (nodes read) per "
+                                                                 "request; fewer where the server's OperationLimits "
+                                                                 "say so")
     arrays: Literal["reject", "flatten"] = Field("reject", description="flatten: tag[0], tag[1], ...")
     nodes: list[NodeConfig] = Field(min_length=1)
 

@@ -26,7 +26,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from asyncua import Client, ua
@@ -50,6 +50,38 @@ from collectors.opcua.security import (
 )
 
 log = logging.getLogger(__name__)
+
+# The gateway's own certificate is named in a warning this long before it expires (once a day): a site-issued one
+# (a year is common) needs a new certificate and key, a generated one is re-made at expiry and must be trusted anew.
+OWN_EXPIRY_WARNING = timedelta(days=30)
+
+
+# The server's OperationLimits (OPC UA Part 5 §6.3.11) that the collector's batched requests must respect: a server
+# answers a bigger request with BadTooManyOperations (node-opcua does), refusing every item of it.
+OPERATION_LIMITS = {
+    "monitored_items": ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
+    "read": ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
+    "translate": ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerTranslateBrowsePathsToNodeIds,
+    "browse": ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerBrowse,
+}
+
+
+async def operation_limits(client: Client) -> dict[str, int]:
+    """The server's operation limits by `OPERATION_LIMITS` key; a limit it does not expose (no such node, 0 = no
+    limit, unreadable) is left out. Connection errors propagate."""
+    params = ua.ReadParameters(NodesToRead=[ua.ReadValueId(NodeId=ua.NodeId(i), AttributeId=ua.AttributeIds.Value)
+                                            for i in OPERATION_LIMITS.values()])
+    try:
+        values = await client.uaclient.read(params)
+    except ua.UaStatusCodeError:  # a server that refuses even this: no limits known, as before
+        return {}
+    out = {}
+    for key, dv in zip(OPERATION_LIMITS, values, strict=True):
+        good = dv.StatusCode is None or dv.StatusCode.is_good()
+        v = dv.Value.Value if good and dv.Value is not None else None
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            out[key] = v
+    return out
 
 
 def describe(exc: BaseException) -> str:
@@ -149,6 +181,7 @@ class ClientOpener:
         self.application_uri = conn.application_uri
         self.server_thumbprint: str | None = None
         self._warned_plaintext = False
+        self._expiry_warned: dict[str, str] = {}  # own certificate thumbprint -> day its expiry was last logged
 
     def new_client(self) -> Client:
         conn = self.conn
@@ -202,6 +235,10 @@ class ClientOpener:
             code = getattr(exc, "code", None)
             if isinstance(exc, AssertionError) or (code is not None and ua.StatusCode(code).name.startswith(
                     ("BadSecurityChecksFailed", "BadCertificate", "BadSecurityPolicyRejected"))):
+                invalid = self._own_invalid()
+                if invalid:  # trusted or not, the server refuses a certificate out of its validity period
+                    raise SecurityError(f"{conn.endpoint}: the server refused the secure session ({describe(exc)}): "
+                                        f"{invalid}") from exc
                 raise SecurityError(
                     f"{conn.endpoint}: the server refused the secure session ({describe(exc)}); most likely it does "
                     f"not trust the gateway's certificate {self.own_cert} (thumbprint {self._own_thumbprint()}, "
@@ -328,6 +365,7 @@ class ClientOpener:
             cert_path, key_path = await asyncio.to_thread(
                 ensure_own_certificate, pki, self.application_uri, f"Valvoja gateway {self.name}")
         self.own_cert = cert_path
+        self._warn_expiry(load_cert(cert_path))
         client.application_uri = self.application_uri
         endpoints = await client.connect_and_get_server_endpoints()
         ep = select_endpoint(endpoints, conn.security_policy, conn.security_mode, conn.endpoint)
@@ -346,6 +384,45 @@ class ClientOpener:
                                   uacrypto.CertProperties(str(key_path), extension=key_ext,
                                                           password=self.secrets.key_password),
                                   server_certificate=der, mode=MODES[conn.security_mode])
+
+    def _warn_expiry(self, cert) -> None:
+        """Log, once a day, that the gateway's certificate expires within `OWN_EXPIRY_WARNING` or is out of its
+        validity period (servers refuse it then, trusted or not)."""
+        now = datetime.now(UTC)
+        tp, today = thumbprint(cert), f"{now:%Y-%m-%d}"
+        if self._expiry_warned.get(tp) == today:
+            return
+        invalid = self._own_invalid(cert)
+        if invalid:
+            self._expiry_warned[tp] = today
+            log.warning("%s: %s", self.name, invalid, extra={"event": "opcua_own_certificate_expiry"})
+        elif cert.not_valid_after_utc - now < OWN_EXPIRY_WARNING:
+            self._expiry_warned[tp] = today
+            renew = ("a new one is made then, which every server must trust anew: make it now by deleting "
+                     f"{self.own_cert} and trust the new one" if self.conn.certificate is None else
+                     "give a renewed certificate and private_key before then")
+            log.warning("%s: the gateway's certificate %s (thumbprint %s) expires on %s UTC; servers refuse it after "
+                        "that: %s", self.name, self.own_cert, tp, f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M}", renew,
+                        extra={"event": "opcua_own_certificate_expiry"})
+
+    def _own_invalid(self, cert=None) -> str | None:
+        """Why the gateway's certificate is out of its validity period (for messages), None while it is valid."""
+        try:
+            cert = cert or (load_cert(self.own_cert) if self.own_cert else None)
+        except (OSError, ValueError):
+            return None
+        if cert is None:
+            return None
+        now = datetime.now(UTC)
+        span = f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} .. {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+        where = f"the gateway's certificate {self.own_cert} (thumbprint {thumbprint(cert)}, valid {span})"
+        if now > cert.not_valid_after_utc:
+            return (f"{where} expired on {cert.not_valid_after_utc:%Y-%m-%d}: servers refuse it; give a renewed "
+                    "certificate and private_key" if self.conn.certificate is not None else
+                    f"{where} expired on {cert.not_valid_after_utc:%Y-%m-%d}: servers refuse it")
+        if now < cert.not_valid_before_utc:
+            return f"{where} is not valid yet: check this machine's clock"
+        return None
 
     def _own_thumbprint(self) -> str:
         try:

@@ -6,7 +6,8 @@ Contracts (DESIGN.md §2, §4):
 - a Bad status never replaces the value by text: the value is kept as the server sent it
   (usually null, which the OPC UA specification asks of servers);
 - time is the source timestamp, else the server timestamp, else the receive time with
-  `Flag.NO_SOURCE_TIME`; the server timestamp is kept alongside.
+  `Flag.NO_SOURCE_TIME`; the server timestamp is kept alongside. The encoding's two ends (1601-01-01: "none",
+  9999-12-31: "unknown") count as no timestamp.
 """
 
 from __future__ import annotations
@@ -20,10 +21,18 @@ from edge.records import Flag, Quality, Reading
 
 # OPC UA encodes "no timestamp" as 0, which asyncua decodes as 1601-01-01.
 _EPOCH_FLOOR = datetime(1601, 1, 2, tzinfo=UTC)
+# The other end of the encoding (Part 6 §5.2.2.5: MaxInt64, decoded as 9999-12-31 23:59:59): what devices send for
+# "unknown" (.NET's DateTime.MaxValue). Never a real time: as one, every value of the tag would share the same
+# (tag, time) key and the database would keep only the first.
+_EPOCH_CEILING = datetime(9999, 12, 31, tzinfo=UTC)
 _SEVERITY_MASK = 0xC0000000
 _CODE_MASK = 0xFFFF0000  # the low 16 bits are info bits (limits, overflow), not part of the name
 
 _SCALARS = (bool, int, float, str)
+# Info bits (OPC UA Part 4 §7.39.1): InfoType DataValue (bits 10-11 = 01) with the Overflow bit (7) set: the
+# server's queue of this monitored item was full and it discarded values next to this one (§5.12.1.5).
+OVERFLOW_MASK = 0x0C80
+OVERFLOW = 0x0480
 
 
 def quality_of(code: int) -> Quality:
@@ -36,6 +45,11 @@ def quality_of(code: int) -> Quality:
     return Quality.BAD
 
 
+def overflowed(code: int) -> bool:
+    """Whether ``code`` carries the Overflow info bit: values of the item were lost in the server's queue."""
+    return code & OVERFLOW_MASK == OVERFLOW
+
+
 def status_name(code: int) -> str:
     """Symbolic name of a status code ("BadSensorFailure"), ignoring its info bits."""
     entry = code_to_name_doc.get(code) or code_to_name_doc.get(code & _CODE_MASK)
@@ -45,9 +59,10 @@ def status_name(code: int) -> str:
 
 
 def _time(ts: datetime | None) -> datetime | None:
-    if ts is None or ts < _EPOCH_FLOOR:
+    if ts is None:
         return None
-    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+    ts = ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+    return None if ts < _EPOCH_FLOOR or ts >= _EPOCH_CEILING else ts
 
 
 def plain_value(v: object) -> tuple[object, bool]:

@@ -335,6 +335,14 @@ def check_server_certificate(pki: Pki, der: bytes, *, endpoint: str, trust_on_fi
     tp = thumbprint(cert)
     where = f"{endpoint}: server certificate '{subject(cert)}' (thumbprint {tp}"
     now = dt.datetime.now(dt.UTC)
+    if now < cert.not_valid_before_utc:
+        # Not valid yet: nearly always a clock (this machine's behind, an OT network without NTP; or the server's
+        # ahead when it made its certificate), not a certificate to replace.
+        saved = _save(pki.rejected, cert)
+        raise UntrustedCertificate(
+            f"{where}) is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (it is {now:%Y-%m-%d %H:%M} "
+            "UTC here): refused. Check this machine's clock and the server's (it made the certificate with its "
+            f"clock then); it is accepted from that time if trusted. A copy is in {saved}")
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
         saved = _save(pki.rejected, cert)
         raise UntrustedCertificate(

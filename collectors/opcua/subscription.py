@@ -67,6 +67,16 @@ class ItemFailure:
     status: str  # status code name, e.g. BadNodeIdUnknown
 
 
+@dataclass(slots=True)
+class ItemRevision:
+    """A monitored item the server created with less than was asked: sampled slower, or a smaller queue."""
+
+    tag: str
+    node_id: str
+    sampling_interval_ms: tuple[float, float]  # (asked, granted)
+    queue_size: tuple[int, int]  # (asked, granted)
+
+
 OnFailures = Callable[[list[ItemFailure]], None]
 OnDurable = Callable[[int], None]
 Item = tuple[NodeConfig, ua.MonitoredItemCreateRequest]
@@ -86,6 +96,7 @@ class BatchSubscription(Subscription):
         self._busy = False
         self.items: list[Item] = []  # the created items, for recreate()
         self.failures: list[ItemFailure] = []  # items the server refused at the last recreate()
+        self.revisions: list[ItemRevision] = []  # items granted less than asked at the last creation
         self.per_call = 500
         self.recreated = 0
         self.missed = 0  # notification messages the server no longer had (sequence-number gaps)
@@ -139,18 +150,37 @@ class BatchSubscription(Subscription):
         """Create monitored items ``per_call`` at a time; one bad node never fails the others.
 
         Servers cap the items per request (thousands in one call is a known failure of other
-        gateways), so large tag lists go in slices. Returns the items created and those the server refused.
+        gateways), so large tag lists go in slices. Returns the items created and those the server refused;
+        `revisions` lists the created items the server granted less than asked (a slower sampling interval, a
+        smaller queue: what a cut or a restart can lose depends on it).
         """
         failures: list[ItemFailure] = []
         created: list[Item] = []
+        revisions: list[ItemRevision] = []
         for start in range(0, len(items), per_call):
             chunk = items[start:start + per_call]
-            results = await self.create_monitored_items([r for _, r in chunk])
+            # The service itself rather than Subscription.create_monitored_items, which keeps only the item ids:
+            # the Revised* values are in the results. The base class's item table is not used (publish_callback
+            # and recreate are this class's own).
+            params = ua.CreateMonitoredItemsParameters(SubscriptionId=self.subscription_id,
+                                                       ItemsToCreate=[r for _, r in chunk],
+                                                       TimestampsToReturn=ua.TimestampsToReturn.Both)
+            results = await self.server.create_monitored_items(params)
             for item, result in zip(chunk, results, strict=True):
-                if isinstance(result, ua.StatusCode):
-                    failures.append(ItemFailure(item[0].tag, item[0].node_id, result.name))
-                else:
-                    created.append(item)
+                if not result.StatusCode.is_good():
+                    failures.append(ItemFailure(item[0].tag, item[0].node_id, result.StatusCode.name))
+                    continue
+                created.append(item)
+                asked = item[1].RequestedParameters
+                # Asked 0: the fastest rate / the server's queue, whatever it grants. A bigger queue or a faster
+                # sampling than asked loses nothing.
+                slower = 0 < asked.SamplingInterval < result.RevisedSamplingInterval
+                smaller = 0 < result.RevisedQueueSize < asked.QueueSize
+                if slower or smaller:
+                    revisions.append(ItemRevision(item[0].tag, item[0].node_id,
+                                                  (asked.SamplingInterval, result.RevisedSamplingInterval),
+                                                  (asked.QueueSize, result.RevisedQueueSize)))
+        self.revisions = revisions
         return created, failures
 
     async def recreate(self) -> None:

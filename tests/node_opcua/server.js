@@ -8,6 +8,8 @@
 // endpoint host against it); client certificates are accepted (this peer tests the
 // gateway's side of the trust). Address space: Objects/Line1 with AnalogItems (EURange, units), an Int32,
 // a Boolean, a String and a Double array; values change every 100 ms with source timestamps.
+// $NODE_OPCUA_MAX_PER_CALL (optional): the operation limits MaxMonitoredItemsPerCall, MaxNodesPerRead and
+// MaxNodesPerTranslateBrowsePathsToNodeIds, which node-opcua enforces (BadTooManyOperations past them).
 "use strict";
 const path = require("path");
 const opcua = require("node-opcua");
@@ -20,6 +22,10 @@ async function main() {
   });
   await serverCertificateManager.initialize();
   const password = process.env.NODE_OPCUA_PASSWORD || "s3cret";
+  const perCall = parseInt(process.env.NODE_OPCUA_MAX_PER_CALL || "0", 10);
+  const serverCapabilities = perCall > 0 ? { operationLimits: {
+    maxMonitoredItemsPerCall: perCall, maxNodesPerRead: perCall, maxNodesPerTranslateBrowsePathsToNodeIds: perCall,
+  } } : undefined;
   const server = new opcua.OPCUAServer({
     port, resourcePath: "/valvoja", hostname: "127.0.0.1", alternateHostname: ["127.0.0.1"],
     serverCertificateManager,
@@ -27,7 +33,7 @@ async function main() {
                        opcua.SecurityPolicy.Aes128_Sha256_RsaOaep],
     securityModes: [opcua.MessageSecurityMode.None, opcua.MessageSecurityMode.Sign,
                     opcua.MessageSecurityMode.SignAndEncrypt],
-    allowAnonymous: true,
+    allowAnonymous: true, serverCapabilities,
     userManager: { isValidUser: (user, pw) => user === "valvoja" && pw === password },
     serverInfo: { applicationUri: "urn:valvoja:node-opcua:peer", productUri: "urn:valvoja:node-opcua",
                   applicationName: { text: "Valvoja node-opcua peer" } },
