@@ -15,6 +15,7 @@ from maintenance.alerts import AlertPolicy
 from maintenance.indicators import STATS
 from maintenance.iso20816 import ZoneConfig
 from maintenance.notify import MqttNotifyConfig, WebhookConfig
+from maintenance.quality import QualityConfig
 from maintenance.rules import RuleConfig
 
 
@@ -135,6 +136,7 @@ class MaintenanceConfig(BaseModel):
                                                          "is saved at shutdown")
     assets: tuple[AssetConfig, ...] = ()
     alerts: AlertPolicy = AlertPolicy()
+    quality: QualityConfig = QualityConfig()
     notify: NotifyConfig = NotifyConfig()
     rules: tuple[RuleConfig, ...] = ()
 

@@ -15,9 +15,11 @@ Two kinds of input:
 
 Statistics: ``mean std min max rms peak crest kurtosis slope`` (``slope`` per second, least squares;
 ``kurtosis`` is Pearson's: 1.5 for a sine, 3 for Gaussian noise). Bad-quality and non-finite values
-are left out; a derived value is UNCERTAIN when less than ``min_coverage`` of its window had data,
-and is not emitted at all without any data. Window boundaries are aligned to the Unix epoch, so two
-gateways compute the same windows.
+are left out, and so are the readings `maintenance.quality` calls sensor problems (frozen, the device's own
+doubt); a derived value is UNCERTAIN when less than ``min_coverage`` of its window had data or an input was
+UNCERTAIN, and is not emitted at all without any data. Each slot also keeps its reading's class
+(`maintenance.quality`), which ``on_window`` hears of at every closed window (sensor alerts, zones).
+Window boundaries are aligned to the Unix epoch, so two gateways compute the same windows.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from edge.records import Quality, Reading, utcnow
+from maintenance.quality import BAD, GOOD, MISSING, classify, usable
 
 
 def value_of(r: Reading) -> float:
@@ -158,7 +161,9 @@ class IndicatorEngine:
 
     def __init__(self, series: dict[str, Iterable[str]], *, window_s: int = 60, hop_s: int = 10,
                  period_s: float = 1.0, min_coverage: float = 0.5,
-                 waveforms: dict[str, tuple[float, int, Iterable[Band]]] | None = None) -> None:
+                 waveforms: dict[str, tuple[float, int, Iterable[Band]]] | None = None,
+                 out_of_range: str = "unverified") -> None:
+        """``out_of_range``: whether `update` uses out-of-range readings (`maintenance.quality.QualityConfig`)."""
         if window_s <= 0 or hop_s <= 0 or period_s <= 0:
             raise ValueError("window_s, hop_s and period_s must be positive")
         self.tags = list(series)
@@ -174,6 +179,12 @@ class IndicatorEngine:
         self.min_coverage = min_coverage
         self.buf = np.full((len(self.tags), self.slots), np.nan)
         self.uncertain = np.zeros((len(self.tags), self.slots), dtype=bool)
+        self.cls = np.full((len(self.tags), self.slots), MISSING, dtype=np.int8)  # maintenance.quality classes
+        self.last_seen = np.full(len(self.tags), -1, dtype=np.int64)  # absolute slot of each series' latest reading
+        self.first_slot: int | None = None
+        self.out_of_range = out_of_range
+        # Called as on_window(end_slot, values, classes) for each closed window, before its derived readings are made.
+        self.on_window = None
         self.slot_of = np.full(self.slots, -1, dtype=np.int64)  # absolute slot number held by each column
         self.next_emit: int | None = None  # absolute slot number at which the next window closes
         self.blocks = {t: _Block(fs, int(size), tuple(b)) for t, (fs, size, b) in (waveforms or {}).items()}
@@ -182,7 +193,7 @@ class IndicatorEngine:
     def update(self, readings: Iterable[Reading], now: datetime | None = None) -> list[Reading]:
         """Take a batch of readings; return the derived readings of every window that closed."""
         out: list[Reading] = []
-        rows, times, values, unc = [], [], [], []
+        rows, times, values, quality, flags = [], [], [], [], []
         for r in readings:
             i = self.row.get(r.tag)
             if i is None:
@@ -192,18 +203,28 @@ class IndicatorEngine:
             rows.append(i)
             times.append(r.time.timestamp())
             values.append(value_of(r))
-            unc.append(r.quality == Quality.UNCERTAIN)
+            quality.append(int(r.quality))
+            flags.append(r.flags)
         if rows:
             slots = slot_numbers(np.asarray(times), self.period)
-            out.extend(self.update_arrays(np.asarray(rows), slots, np.asarray(values), np.asarray(unc), now))
+            v = np.asarray(values, float)
+            cls = classify(np.asarray(quality), np.asarray(flags), v, self.out_of_range)
+            use = usable(cls, self.out_of_range)
+            out.extend(self.update_arrays(np.asarray(rows), slots, np.where(use, v, np.nan),
+                                          use & (np.asarray(quality) == Quality.UNCERTAIN), now, cls))
         return out
 
     def update_arrays(self, rows: np.ndarray, slots: np.ndarray, values: np.ndarray, uncertain: np.ndarray,
-                      now: datetime | None = None) -> list[Reading]:
-        """The vectorised core of `update`: series rows, absolute slot numbers, values (NaN = no value)."""
+                      now: datetime | None = None, classes: np.ndarray | None = None) -> list[Reading]:
+        """The vectorised core of `update`: series rows, absolute slot numbers, values (NaN = no value, or not to
+        be used), and each reading's `maintenance.quality` class (default: good, or bad where NaN)."""
         out: list[Reading] = []
         if slots.size == 0:  # a period holding only readings of tags without indicators
             return out
+        if classes is None:
+            classes = np.where(np.isfinite(values), GOOD, BAD).astype(np.int8)
+        if self.first_slot is None:
+            self.first_slot = int(slots.min())
         order = np.argsort(slots, kind="stable")
         ordered = slots[order]
         cuts = np.flatnonzero(np.diff(ordered)) + 1
@@ -225,9 +246,12 @@ class IndicatorEngine:
             if self.slot_of[col] != slot:  # the column held an older slot: reset it for all series
                 self.buf[:, col] = np.nan
                 self.uncertain[:, col] = False
+                self.cls[:, col] = MISSING
                 self.slot_of[col] = slot
             self.buf[rows[g], col] = values[g]
             self.uncertain[rows[g], col] = uncertain[g]
+            self.cls[rows[g], col] = classes[g]
+            self.last_seen[rows[g]] = slot
         return out
 
     def window(self, end_slot: int) -> tuple[np.ndarray, np.ndarray]:
@@ -240,8 +264,21 @@ class IndicatorEngine:
         unc = (self.uncertain[:, cols] & valid[None, :]).any(axis=1)
         return x, unc
 
+    def classes(self, end_slot: int) -> np.ndarray:
+        """`maintenance.quality` class of each slot of the window ending before ``end_slot`` (MISSING: none)."""
+        want = np.arange(end_slot - self.slots, end_slot)
+        cols = want % self.slots
+        return np.where((self.slot_of[cols] == want)[None, :], self.cls[:, cols], MISSING)
+
+    def silent_s(self, end_slot: int) -> np.ndarray:
+        """Per series, seconds since its latest reading (since the first reading of any series if it has none)."""
+        since = np.maximum(self.last_seen, self.first_slot if self.first_slot is not None else end_slot)
+        return (end_slot - 1 - since) * self.period
+
     def _emit(self, end_slot: int, now: datetime | None) -> list[Reading]:
         x, unc = self.window(end_slot)
+        if self.on_window is not None:
+            self.on_window(end_slot, x, self.classes(end_slot))
         stats = window_stats(x, self.period)
         coverage = np.isfinite(x).sum(axis=1) / self.slots
         t = datetime.fromtimestamp(end_slot * self.period, UTC)

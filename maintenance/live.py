@@ -39,7 +39,8 @@ from maintenance.alerts import AlertChange, AlertManager, Window, dedup_key
 from maintenance.anomaly import AnomalyBank, AnomalyConfig, AnomalyDetector
 from maintenance.config import AssetConfig, MaintenanceConfig
 from maintenance.indicators import Band, IndicatorEngine, slot_numbers, value_of
-from maintenance.iso20816 import SEVERITY, ZONES, ZoneTracker
+from maintenance.iso20816 import SEVERITY, ZONES, ZoneTracker, zone
+from maintenance.quality import GOOD, NAMES, OUT_OF_RANGE, SensorWatch, classify, data_quality, lower, usable
 from maintenance.rules import RuleEngine
 
 log = logging.getLogger(__name__)
@@ -245,18 +246,33 @@ class MaintenanceLive:
         series: dict[str, tuple[str, ...]] = {}
         waveforms = {}
         self.zone_of: dict[str, tuple[str, ZoneTracker]] = {}
+        watched: dict[str, str] = {}  # tag -> asset: the tags with a sensor alert (maintenance.quality)
         for a in config.assets:
             for t in a.vibration_tags:
                 series[t] = tuple(dict.fromkeys(("mean", *a.vibration_stats)))
                 self.zone_of[f"{t}.mean"] = (a.name, ZoneTracker(a.iso20816))
             for t in a.process_tags:
                 series[t] = tuple(a.process_stats)
+            for t in a.anomaly.signals if a.anomaly is not None else ():
+                series.setdefault(t, ())  # a window without statistics: its sensor alert needs its data quality
+            for t in (*a.vibration_tags, *a.process_tags, *(a.anomaly.signals if a.anomaly is not None else ())):
+                watched.setdefault(t, a.name)
             for w in a.waveforms:
                 waveforms[w.tag] = (w.fs_hz, w.block, [Band(b.name, b.low_hz, b.high_hz) for b in w.bands])
                 if w.iso20816:
                     self.zone_of[f"{w.tag}.rms"] = (a.name, ZoneTracker(a.iso20816))
+        self.quality = config.quality
         self.indicators = IndicatorEngine(series, window_s=config.window_s, hop_s=config.hop_s,
-                                          period_s=config.period_s, waveforms=waveforms)
+                                          period_s=config.period_s, waveforms=waveforms,
+                                          out_of_range=config.quality.out_of_range)
+        self.indicators.on_window = self._window
+        self.sensors = SensorWatch(self.indicators.tags, watched, config.quality, self.manager, config.window_s)
+        # The windows whose quality zones and rules on indicators judge: (series tag, window end) -> (class counts,
+        # mean of the good readings), for the derived readings of the current `process` call.
+        bases = {k.rsplit(".", 1)[0] for k in self.zone_of} | {r.tag.rsplit(".", 1)[0] for r in config.rules}
+        self._judged = np.array([i for i, t in enumerate(self.indicators.tags) if t in bases], np.int64)
+        self._windows: dict[tuple[str, datetime], tuple[np.ndarray, float]] = {}
+        self._pending: list[AlertChange] = []  # sensor conditions of the windows closed by the current call
         self.rules = RuleEngine(config.rules, self.manager)
         self.anomaly = _Anomaly([a for a in config.assets if a.anomaly is not None], config.period_s)
         self.anomaly_path = state_dir / ANOMALY_STATE_FILE if state_dir is not None and self.anomaly.assets else None
@@ -286,6 +302,7 @@ class MaintenanceLive:
         derived: list[Reading] = []
         preds: list[Prediction] = []
         changes: list[AlertChange] = []
+        self._windows.clear()
         scalar = [r for r in readings if r.tag not in self.indicators.blocks]
         if len(scalar) < len(readings):  # waveform samples: block indicators
             derived.extend(self.indicators.update([r for r in readings if r.tag in self.indicators.blocks]))
@@ -296,7 +313,14 @@ class MaintenanceLive:
             n = len(scalar)
             slots = slot_numbers(np.fromiter((r.time.timestamp() for r in scalar), float, n), self.config.period_s)
             values = np.fromiter((value_of(r) for r in scalar), float, n)
-            unc = np.fromiter((r.quality == Quality.UNCERTAIN for r in scalar), bool, n)
+            quality = np.fromiter((r.quality for r in scalar), np.int8, n)
+            cls = classify(quality, np.fromiter((r.flags for r in scalar), np.int64, n), values,
+                           self.quality.out_of_range)
+            # A sensor problem's value (frozen, the device's own doubt) is left out of every machine condition, as
+            # a bad one always was: it tells nothing about the machine (maintenance.quality).
+            use = usable(cls, self.quality.out_of_range)
+            values = np.where(use, values, np.nan)
+            unc = use & (quality == Quality.UNCERTAIN)
             rows = np.fromiter((self.indicators.row.get(r.tag, -1) for r in scalar), np.int64, n)
             flat = np.fromiter((self.anomaly.flat.get(r.tag, -1) for r in scalar), np.int64, n)
             order = np.argsort(slots, kind="stable")
@@ -318,7 +342,9 @@ class MaintenanceLive:
                     an.slot += 1
                 an.put(flat[g], values[g], slot)
                 ind = g[rows[g] >= 0]
-                new = self.indicators.update_arrays(rows[ind], slots[ind], values[ind], unc[ind])
+                new = self.indicators.update_arrays(rows[ind], slots[ind], values[ind], unc[ind], classes=cls[ind])
+                changes.extend(self._pending)
+                self._pending.clear()
                 derived.extend(new)
                 derived.extend(self._zones(new, changes))
             if an.slot is not None and an.complete(an.slot):
@@ -403,6 +429,34 @@ class MaintenanceLive:
                 log.error("anomaly models not saved to %s (a restart would train them again): %s",
                           self.anomaly_path, exc, extra={"event": "anomaly_state_not_saved"})
 
+    def _window(self, end_slot: int, x: np.ndarray, cls: np.ndarray) -> None:
+        """A closed indicator window (`IndicatorEngine.on_window`): its sensor conditions, and the quality of the
+        windows zones and rules on indicators will judge."""
+        counts = np.stack([(cls == c).sum(axis=1) for c in range(len(NAMES))], axis=1)
+        t = datetime.fromtimestamp(end_slot * self.config.period_s, UTC)
+        if self._judged.size:
+            good = cls[self._judged] == GOOD
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = np.where(good, x[self._judged], 0.0).sum(axis=1) / good.sum(axis=1)
+            tags = self.indicators.tags
+            for k, i in enumerate(self._judged.tolist()):
+                self._windows[(tags[i], t)] = (counts[i], float(mean[k]))
+        self._pending.extend(self.sensors.window(t, counts, self.indicators.slots,
+                                                 self.indicators.silent_s(end_slot)))
+
+    def window_quality(self, tag: str, t: datetime) -> tuple[float | None, float | None, dict]:
+        """How far the window of ``tag`` ending at ``t`` can be trusted: the mean of its good readings when they fill
+        ``min_share`` of it (else None); the mean of its usable readings when out-of-range ones are among them and
+        fill ``min_share`` with the good ones (an unverified value, else None); its `data_quality` evidence."""
+        q = self.quality
+        n = self.indicators.slots
+        counts, good_mean = self._windows[(tag, t)]
+        good = counts[GOOD] / n
+        oor = counts[OUT_OF_RANGE] / n if q.out_of_range == "unverified" else 0.0
+        trusted = good_mean if counts[GOOD] and good >= q.min_share else None
+        unverified = (oor > 0 and good + oor >= q.min_share) or None
+        return trusted, unverified, data_quality(counts, n, window_s=self.config.window_s)
+
     def _zones(self, derived: list[Reading], changes: list[AlertChange]) -> list[Reading]:
         out = []
         for d in derived:
@@ -420,20 +474,40 @@ class MaintenanceLive:
                 if held is not None:
                     z0 = held.alert.evidence.get("zone")
                     tracker.current = z0 if z0 in ("C", "D") else "C"
-            changed = tracker.update(float(d.value))
+            b = tracker.config.boundaries
+            trusted, mixed, dq = self.window_quality(tag, d.time) if (tag, d.time) in self._windows \
+                else (float(d.value), None, {})
+            # The zone follows the good readings only. Out-of-range ones (a broken loop, or vibration beyond what the
+            # sensor was expected to see) may raise it, unverified, never lower it: a cable reading 0 must not clear
+            # zone D. Without enough of either (a sparse first window, a frozen sensor) the zone holds and its alert
+            # stays as it is; the sensor alert says why.
+            prev = tracker.current
+            if trusted is not None:
+                tracker.update(trusted)
+            value = trusted
+            unverified = bool(mixed) and (tracker.current is None
+                                          or ZONES.index(zone(float(d.value), b)) > ZONES.index(tracker.current))
+            if unverified:
+                tracker.current, value = zone(float(d.value), b), float(d.value)
+            if value is None:
+                continue
             z = tracker.current
             out.append(replace(d, tag=f"{tag}.iso_zone", value=ZONES.index(z)))
-            if changed is None and z not in ("C", "D") and dedup_key(asset, tag, "iso20816") not in self.manager.open:
+            if z == prev and z not in ("C", "D") and dedup_key(asset, tag, "iso20816") not in self.manager.open:
                 continue  # calm and no alert waiting to clear: nothing to tell the manager
             sev = SEVERITY[z]
-            b = tracker.config.boundaries
+            note = ""
+            if unverified and sev is not None:
+                sev = lower(sev)
+                note = (f"; unverified: {dq['out_of_range']:.0%} of the window's readings are out of the sensor's "
+                        "range (a sensor fault, or vibration beyond it): check the sensor")
             changes.extend(self.manager.observe(
                 asset=asset, tag=tag, kind="iso20816", active=sev is not None, t=d.time, severity=sev or "info",
-                message=f"{tag}: vibration {float(d.value):.2f} mm/s in ISO 20816-3 zone {z} "
+                message=f"{tag}: vibration {value:.2f} mm/s in ISO 20816-3 zone {z} "
                         f"(boundaries {b[0]}/{b[1]}/{b[2]} mm/s, group {tracker.config.group}, "
-                        f"{tracker.config.foundation})",
+                        f"{tracker.config.foundation}){note}",
                 evidence={"readings": [{"tag": d.tag, "time": d.time, "value": d.value}], "zone": z,
-                          "boundaries_mm_s": list(b)}))
+                          "boundaries_mm_s": list(b), "data_quality": {**dq, "unverified": unverified}}))
         return out
 
     def _score(self, slot: int, preds: list[Prediction], changes: list[AlertChange]) -> None:

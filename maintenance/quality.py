@@ -1,0 +1,163 @@
+"""Data quality in condition monitoring: what a validation flag means for a machine alert (DESIGN.md §2, §7).
+
+The validator (`edge.validate`) keeps every raw value and says what is wrong with it in flags. Maintenance sorts a
+reading into one class (worst first) and treats the classes differently (maintenance/README.md, "Data quality"):
+
+- ``bad`` (quality BAD: not finite, wrong type, the device's Bad status), ``frozen`` (FROZEN), ``source_uncertain``
+  (the device's own Uncertain status, a substituted or an MQTT retained value: not a current measurement) are
+  *sensor problems*: left out of every machine condition, like a missing reading;
+- ``out_of_range`` (OUT_OF_RANGE) is an *unusual value*: a broken loop or a saturated transmitter, or a machine
+  vibrating beyond what the sensor was expected to see. With ``out_of_range = "unverified"`` (default) it may raise
+  a machine condition, one severity lower and marked unverified, and never lowers a zone or clears an alert;
+  ``"sensor"`` treats it as a sensor problem (4-20 mA loops: NAMUR NE 43 failure currents); ``"value"`` as a
+  measurement (the behaviour before this module);
+- ``good``: quality GOOD, or UNCERTAIN only for its time (STALE_TIME: a backlog older than ``max_age_s``;
+  NO_SOURCE_TIME, UNKNOWN_TAG): the value itself is a measurement.
+
+`SensorWatch` turns each closed indicator window into one 'sensor' condition per watched tag (mostly flagged, or
+silent for ``no_data_after_s``), so a sensor fault pages as what it is, with the alert lifecycle of every other
+condition (de-duplication, clear delay, suppression in maintenance windows, escalation).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge.records import Flag, Quality, Reading
+from edge.validate import rule_names
+from maintenance.alerts import SEVERITIES, AlertChange, AlertManager, dedup_key
+
+# Class of a reading; in a window, MISSING is a slot without one.
+MISSING, GOOD, OUT_OF_RANGE, FROZEN, BAD, SOURCE = range(6)
+NAMES = ("missing", "good", "out_of_range", "frozen", "bad", "source_uncertain")
+DESCRIBE = {OUT_OF_RANGE: "out of range", FROZEN: "frozen", BAD: "bad (not a number, wrong type or device Bad)",
+            SOURCE: "uncertain at the source (device status, substituted or retained value)"}
+FLAGGED = (OUT_OF_RANGE, FROZEN, BAD, SOURCE)
+_FROZEN, _RANGE = int(Flag.FROZEN), int(Flag.OUT_OF_RANGE)
+_NOT_MEASURED = int(Flag.SUBSTITUTED | Flag.RETAINED)
+# Flags that explain an UNCERTAIN quality by the time alone, or by the range: what is left is the device's own doubt.
+_EXPLAINED = int(Flag.OUT_OF_RANGE | Flag.STALE_TIME | Flag.FUTURE_TIME | Flag.FROZEN)
+
+
+class QualityConfig(BaseModel):
+    """``[maintenance.quality]``: how flagged readings weigh in machine alerts, and the 'sensor' alerts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_share: float = Field(0.5, ge=0, le=1, description="a zone or a rule on an indicator moves only on windows "
+                                                          "with this share of usable readings (good, and out of "
+                                                          "range unless out_of_range = 'sensor'); RUL alerts only "
+                                                          "on cycles with good readings of this share of the "
+                                                          "model's tags")
+    out_of_range: Literal["unverified", "sensor", "value"] = Field(
+        "unverified", description="unverified: may raise a machine alert one severity lower, marked, never clear one; "
+                                  "sensor: left out like a frozen value; value: used like a good one")
+    sensor_alerts: bool = Field(True, description="a 'sensor' alert per watched tag whose readings are mostly "
+                                                  "flagged or missing")
+    sensor_share: float = Field(0.5, gt=0, le=1, description="flagged readings fill this share of a window: the "
+                                                             "tag's sensor alert is active")
+    no_data_after_s: float | None = Field(300.0, gt=0, description="a watched tag silent this long while others "
+                                                                   "report: a sensor alert (None: never)")
+    sensor_severity: Literal["info", "warning", "critical"] = "warning"
+
+
+def classify(quality: np.ndarray, flags: np.ndarray, values: np.ndarray, out_of_range: str = "unverified"
+             ) -> np.ndarray:
+    """Class of each reading (int8) from its quality, flags and value (NaN: no number)."""
+    quality = np.asarray(quality)
+    flags = np.asarray(flags, np.int64)
+    cls = np.full(quality.shape, GOOD, np.int8)
+    if out_of_range != "value":
+        cls[(flags & _RANGE) != 0] = OUT_OF_RANGE
+    cls[(quality >= Quality.UNCERTAIN) & ((flags & _EXPLAINED) == 0)] = SOURCE
+    cls[(flags & _NOT_MEASURED) != 0] = SOURCE
+    cls[(flags & _FROZEN) != 0] = FROZEN
+    cls[(quality >= Quality.BAD) | ~np.isfinite(np.asarray(values, float))] = BAD
+    return cls
+
+
+def classify_reading(r: Reading, value: float, out_of_range: str = "unverified") -> int:
+    """`classify` of one reading (rules see readings one at a time)."""
+    return int(classify(np.array([int(r.quality)]), np.array([r.flags]), np.array([value]), out_of_range)[0])
+
+
+def usable(cls: np.ndarray, out_of_range: str = "unverified") -> np.ndarray:
+    """Readings whose value enters machine conditions: good ones, and out of range ones when unverified."""
+    return (cls == GOOD) | ((cls == OUT_OF_RANGE) & (out_of_range == "unverified"))
+
+
+def lower(severity: str) -> str:
+    """One severity step down (an unverified condition)."""
+    return SEVERITIES[max(SEVERITIES.index(severity) - 1, 0)]
+
+
+def data_quality(counts: np.ndarray, slots: int, **extra) -> dict:
+    """The evidence of an alert about the data behind it: share of each class in the window (per `NAMES`)."""
+    total = max(int(slots), 1)
+    out = {name: round(float(counts[c]) / total, 3) for c, name in enumerate(NAMES)}
+    out["readings"] = int(counts[GOOD:].sum())
+    return {**out, **extra}
+
+
+def one_reading(cls: int, r: Reading) -> dict:
+    """`data_quality` of a condition judged on one reading (threshold rules)."""
+    counts = np.zeros(len(NAMES))
+    counts[cls] = 1
+    return data_quality(counts, 1, flags=rule_names(r.flags), quality=Quality(r.quality).name.lower())
+
+
+class SensorWatch:
+    """One 'sensor' condition per watched tag, judged at each closed indicator window.
+
+    ``tags``: the indicator engine's series, in its row order; ``assets``: tag -> asset for the watched ones.
+    Active while flagged readings fill ``sensor_share`` of the window, or the tag has sent nothing for
+    ``no_data_after_s``; it clears (after the alert policy's ``clear_after_s``) once the data is usable again.
+    """
+
+    def __init__(self, tags: list[str], assets: dict[str, str], config: QualityConfig, manager: AlertManager,
+                 window_s: float) -> None:
+        self.config = config
+        self.manager = manager
+        self.window_s = window_s
+        self.tags = tags
+        self.watched = np.array([t in assets for t in tags], bool)
+        self.asset = [assets.get(t, "") for t in tags]
+        self.key = {dedup_key(assets[t], t, "sensor"): i for i, t in enumerate(tags) if t in assets}
+
+    def window(self, t: datetime, counts: np.ndarray, slots: int, silent_s: np.ndarray) -> list[AlertChange]:
+        """Conditions of the window ending at ``t``: ``counts`` (series x classes), ``silent_s`` per series."""
+        if not self.config.sensor_alerts or not self.watched.any():
+            return []
+        flagged = counts[:, list(FLAGGED)].sum(axis=1)
+        silent = np.zeros(len(self.tags), bool)
+        if self.config.no_data_after_s is not None:
+            silent = silent_s >= self.config.no_data_after_s
+        active = self.watched & ((flagged >= self.config.sensor_share * slots) | silent)
+        rows = set(np.flatnonzero(active).tolist())
+        # Calm tags matter only with an alert waiting to clear: a few open alerts, not every watched tag.
+        rows.update(i for k, i in self.key.items() if k in self.manager.open)
+        out: list[AlertChange] = []
+        for i in sorted(rows):
+            tag, asset = self.tags[i], self.asset[i]
+            if not active[i]:
+                out.extend(self.manager.observe(asset=asset, tag=tag, kind="sensor", active=False, t=t))
+                continue
+            dq = data_quality(counts[i], slots, window_s=self.window_s)
+            if silent[i] and flagged[i] == 0:
+                problem = "no_data"
+                what = f"no data for {silent_s[i]:.0f} s"
+            else:
+                worst = max(FLAGGED, key=lambda c: counts[i, c])
+                problem = NAMES[worst]
+                what = (f"{DESCRIBE[worst]} ({counts[i, worst] / slots:.0%} of the last {self.window_s:g} s; "
+                        f"good {dq['good']:.0%}, missing {dq['missing']:.0%})")
+            out.extend(self.manager.observe(
+                asset=asset, tag=tag, kind="sensor", active=True, t=t, severity=self.config.sensor_severity,
+                message=f"{tag}: sensor problem: {what}; machine alerts from this tag hold while it lasts",
+                evidence={"problem": problem, "data_quality": dq,
+                          "window": [t - timedelta(seconds=self.window_s), t]}))
+        return out

@@ -1,0 +1,129 @@
+"""What flagged readings do to the live maintenance alerts (maintenance/README.md, "Data quality").
+
+Readings are made by hand and flagged by the gateway's own validator (`edge.validate.Validator`: out of range,
+frozen), then go through `MaintenanceLive.process` as in the gateway. A sensor fault (a cable reading full scale
+or below range, a stuck value) must not page a machine alert at full severity nor clear one, and gets its own
+'sensor' alert; sparse windows do not move a zone."""
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from edge.records import Reading
+from edge.settings import Tag, Validation
+from edge.validate import Validator
+from maintenance.config import AssetConfig, MaintenanceConfig
+from maintenance.iso20816 import ZoneConfig
+from maintenance.live import MaintenanceLive
+
+T0 = datetime(2026, 2, 1, tzinfo=UTC)
+VIB = Tag(name="F-1.vib", asset="F-1", unit="mm/s", range=(0.0, 20.0), frozen_after_s=30)
+
+
+def at(s: float) -> datetime:
+    return T0 + timedelta(seconds=s)
+
+
+def vibration_only(**quality) -> MaintenanceConfig:
+    asset = AssetConfig(name="F-1", vibration_tags=("F-1.vib",), iso20816=ZoneConfig(boundaries_mm_s=(0.8, 1.4, 3.0)))
+    return MaintenanceConfig.model_validate({"window_s": 60, "hop_s": 10, "assets": [asset.model_dump()],
+                                            **({"quality": quality} if quality else {})})
+
+
+class Plant:
+    """Readings of one or more tags per second, flagged by the gateway's validator, through `process`."""
+
+    def __init__(self, live: MaintenanceLive, *tags: Tag, seed: int = 1) -> None:
+        self.live = live
+        self.validator = Validator({t.name: t for t in tags}, Validation())
+        self.rng = np.random.default_rng(seed)
+        self.derived: list[Reading] = []
+        self.preds: list = []
+        self.changes: list = []
+
+    def noise(self, scale: float = 0.02) -> float:
+        return float(scale * self.rng.standard_normal())
+
+    async def run(self, start: int, stop: int, values) -> list:
+        """``values(s)`` -> {tag: value} (a tag left out sends nothing that second); returns this run's changes."""
+        before = len(self.changes)
+        for s in range(start, stop):
+            t = at(s)
+            batch = [Reading(tag, t, v, t) for tag, v in values(s).items()]
+            if batch:
+                self.validator.apply_readings(batch, now=t)
+            d, p, c = await self.live.process(batch, now=t)
+            self.derived += d
+            self.preds += p
+            self.changes += c
+        return self.changes[before:]
+
+
+def of(changes, kind: str, event: str | None = None) -> list:
+    return [c for c in changes if c.alert.kind == kind and (event is None or c.event == event)]
+
+
+async def test_a_cable_fault_reading_full_scale_pages_no_critical_vibration_alert():
+    """A broken cable reads full scale (25 mm/s on a 0-20 mm/s sensor): out of range, then frozen too. It used to
+    raise 'critical, zone D' for a machine in zone B. Now the zone alert is one severity lower and marked
+    unverified (the value could be real), and a 'sensor' alert names the sensor's problem; both clear once the
+    readings are good again."""
+    plant = Plant(MaintenanceLive(vibration_only()), VIB)
+    await plant.run(0, 300, lambda s: {"F-1.vib": 1.0 + plant.noise()})
+    fault = await plant.run(300, 600, lambda s: {"F-1.vib": 25.0})
+    good = await plant.run(600, 900, lambda s: {"F-1.vib": 1.0 + plant.noise()})
+    assert not [c for c in plant.changes if c.alert.severity == "critical"]
+    zone = of(fault, "iso20816", "raised")
+    assert zone, "a value above range could be real vibration: still raised, lower and marked"
+    (z,) = zone
+    assert z.alert.severity == "warning" and z.alert.evidence["zone"] == "D"
+    assert z.alert.evidence["data_quality"]["unverified"] is True and "unverified" in z.alert.message
+    assert z.alert.evidence["data_quality"]["out_of_range"] > 0
+    (sensor,) = of(fault, "sensor", "raised")
+    a = sensor.alert
+    assert (a.asset, a.tag) == ("F-1", "F-1.vib") and a.evidence["problem"] == "out_of_range"
+    assert "out of range" in a.message and a.raised_at <= at(340)
+    assert a.evidence["data_quality"]["good"] <= 0.5 and a.evidence["data_quality"]["out_of_range"] >= 0.5
+    assert [c.event for c in of(good, "sensor")] == ["cleared"]
+    assert [c.event for c in of(good, "iso20816")] == ["cleared"]
+
+
+async def test_a_frozen_vibration_value_raises_a_sensor_alert_not_a_zone_alert():
+    """A velocity stuck at 2.0 mm/s (zone C here) is flagged FROZEN after frozen_after_s: it used to be averaged
+    into the zone like a measurement (a 'zone C' warning for a machine in B). Frozen readings say nothing about the
+    machine: left out, the zone holds, and the sensor alert says 'frozen'."""
+    tag = VIB.model_copy(update={"frozen_after_s": 5})
+    plant = Plant(MaintenanceLive(vibration_only()), tag)
+    await plant.run(0, 300, lambda s: {"F-1.vib": 1.0 + plant.noise()})
+    fault = await plant.run(300, 700, lambda s: {"F-1.vib": 2.0})
+    assert of(fault, "iso20816") == []
+    (sensor,) = of(fault, "sensor", "raised")
+    assert sensor.alert.evidence["problem"] == "frozen" and "frozen" in sensor.alert.message
+    assert sensor.alert.evidence["data_quality"]["frozen"] >= 0.5
+
+
+async def test_a_reading_below_range_does_not_clear_an_open_zone_alert():
+    """Zone C is real and its alert open; then the transmitter's loop breaks and reads -1 mm/s (below range). That
+    read as zone A and cleared the alert of a machine still in zone C. Out-of-range readings never lower a zone."""
+    plant = Plant(MaintenanceLive(vibration_only()), VIB)
+    first = await plant.run(0, 400, lambda s: {"F-1.vib": 2.0 + plant.noise()})
+    assert [c.event for c in of(first, "iso20816")] == ["raised"]
+    broken = await plant.run(400, 1000, lambda s: {"F-1.vib": -1.0})
+    assert of(broken, "iso20816") == []
+    assert [c.event for c in of(broken, "sensor")] == ["raised"]
+    zones = [r for r in plant.derived if r.tag == "F-1.vib.iso_zone" and r.time > at(420)]
+    assert all(r.value == 2 for r in zones)  # no window said A or B
+
+
+async def test_a_sparse_first_window_does_not_move_the_zone():
+    """The first window after a start held 5 readings of 60: their mean (a start transient) read as zone C and
+    paged, to clear a minute later. A zone moves only on windows with `quality.min_share` of usable readings."""
+    plant = Plant(MaintenanceLive(vibration_only()), VIB)
+    await plant.run(55, 400, lambda s: {"F-1.vib": (2.0 if s < 60 else 1.0) + plant.noise()})
+    assert of(plant.changes, "iso20816") == []
+    zones = [r for r in plant.derived if r.tag == "F-1.vib.iso_zone"]
+    assert zones and min(r.time for r in zones) >= at(85)  # 30 of 60 slots filled
+    sparse = vibration_only(min_share=0.0)  # the old behaviour, on request
+    again = Plant(MaintenanceLive(sparse), VIB)
+    await again.run(55, 120, lambda s: {"F-1.vib": (2.0 if s < 60 else 1.0) + again.noise()})
+    assert [c.event for c in of(again.changes, "iso20816")][:1] == ["raised"]
