@@ -40,7 +40,7 @@ from maintenance.anomaly import AnomalyBank, AnomalyConfig, AnomalyDetector
 from maintenance.config import AssetConfig, MaintenanceConfig
 from maintenance.indicators import Band, IndicatorEngine, slot_numbers, value_of
 from maintenance.iso20816 import SEVERITY, ZONES, ZoneTracker, zone
-from maintenance.quality import GOOD, NAMES, OUT_OF_RANGE, SensorWatch, classify, data_quality, lower, usable
+from maintenance.quality import GOOD, MISSING, NAMES, OUT_OF_RANGE, SensorWatch, classify, data_quality, lower, usable
 from maintenance.rules import RuleEngine
 
 log = logging.getLogger(__name__)
@@ -273,7 +273,7 @@ class MaintenanceLive:
         self._judged = np.array([i for i, t in enumerate(self.indicators.tags) if t in bases], np.int64)
         self._windows: dict[tuple[str, datetime], tuple[np.ndarray, float]] = {}
         self._pending: list[AlertChange] = []  # sensor conditions of the windows closed by the current call
-        self.rules = RuleEngine(config.rules, self.manager)
+        self.rules = RuleEngine(config.rules, self.manager, config.quality)
         self.anomaly = _Anomaly([a for a in config.assets if a.anomaly is not None], config.period_s)
         self.anomaly_path = state_dir / ANOMALY_STATE_FILE if state_dir is not None and self.anomaly.assets else None
         if self.anomaly_path is not None:
@@ -379,7 +379,7 @@ class MaintenanceLive:
                         log.exception("saving the RUL history failed; retried by the periodic save",
                                       extra={"event": "rul_state_not_saved"})
         changes.extend(self.rules.update(readings))
-        changes.extend(self.rules.update(derived))
+        changes.extend(self.rules.update(derived, judge=self._judge))
         # The caller's clock (the data's, never ahead of receipt: edge.pipeline) when given: one reading stamped
         # in the future must not escalate every open alert.
         t = now if now is not None else max((r.time for r in readings), default=None)
@@ -456,6 +456,15 @@ class MaintenanceLive:
         trusted = good_mean if counts[GOOD] and good >= q.min_share else None
         unverified = (oor > 0 and good + oor >= q.min_share) or None
         return trusted, unverified, data_quality(counts, n, window_s=self.config.window_s)
+
+    def _judge(self, d: Reading) -> tuple[int, dict] | None:
+        """A rule on an indicator judges its window: it holds (MISSING) without ``min_share`` of usable readings,
+        and a window with out-of-range readings in it is out of range (unverified), as one raw reading would be."""
+        base = d.tag.rsplit(".", 1)[0]
+        if (base, d.time) not in self._windows:
+            return None  # not a window of this engine (a waveform block): its own flags say
+        trusted, mixed, dq = self.window_quality(base, d.time)
+        return (OUT_OF_RANGE if mixed else GOOD if trusted is not None else MISSING), dq
 
     def _zones(self, derived: list[Reading], changes: list[AlertChange]) -> list[Reading]:
         out = []

@@ -21,6 +21,7 @@ condition (de-duplication, clear delay, suppression in maintenance windows, esca
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -81,8 +82,19 @@ def classify(quality: np.ndarray, flags: np.ndarray, values: np.ndarray, out_of_
 
 
 def classify_reading(r: Reading, value: float, out_of_range: str = "unverified") -> int:
-    """`classify` of one reading (rules see readings one at a time)."""
-    return int(classify(np.array([int(r.quality)]), np.array([r.flags]), np.array([value]), out_of_range)[0])
+    """`classify` of one reading, without numpy (rules see readings one at a time, most of them good)."""
+    q, f = int(r.quality), r.flags
+    if q >= Quality.BAD or not math.isfinite(value):
+        return BAD
+    if q == Quality.GOOD and not f:
+        return GOOD
+    if f & _FROZEN:
+        return FROZEN
+    if f & _NOT_MEASURED or (q >= Quality.UNCERTAIN and not f & _EXPLAINED):
+        return SOURCE
+    if f & _RANGE and out_of_range != "value":
+        return OUT_OF_RANGE
+    return GOOD
 
 
 def usable(cls: np.ndarray, out_of_range: str = "unverified") -> np.ndarray:

@@ -18,14 +18,20 @@ The site configuration embeds `RuleConfig` as ``[[rules]]`` (sample in ``mainten
     window_s = 300
 
 A rule turns readings into conditions (active or not) for the alert manager, which does the
-de-duplication, clearing delay, suppression and escalation. Bad-quality readings are ignored.
+de-duplication, clearing delay, suppression and escalation. Bad-quality readings are ignored, and so are
+the readings `maintenance.quality` calls sensor problems (frozen, the device's own doubt): the rule holds its
+state. An out-of-range reading (``[maintenance.quality] out_of_range = "unverified"``) may make a rule active,
+one severity lower and marked unverified, never inactive. A rule on an indicator (``<tag>.<stat>``) holds on
+windows with less than ``min_share`` of usable readings, and one with out-of-range readings in it counts as an
+out-of-range reading. ``use_flagged = true`` judges every reading but bad ones as it comes, at the rule's own
+severity (a rule that deliberately watches raw values). The evidence of every alert states the data quality.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edge.records import Quality, Reading
 from maintenance.alerts import AlertChange, AlertManager, dedup_key
+from maintenance.quality import GOOD, OUT_OF_RANGE, QualityConfig, classify_reading, lower, one_reading
 
 
 class RuleConfig(BaseModel):
@@ -49,6 +56,8 @@ class RuleConfig(BaseModel):
     window_s: float = Field(300.0, gt=0)
     severity: Literal["info", "warning", "critical"] = "warning"
     message: str = ""
+    use_flagged: bool = Field(False, description="judge every reading but bad ones, whatever its validation flags, "
+                                                 "at this severity (a rule that deliberately watches raw values)")
 
     @model_validator(mode="after")
     def _complete(self) -> RuleConfig:
@@ -76,8 +85,10 @@ class _State:
 class RuleEngine:
     """Evaluates every configured rule on incoming readings and feeds the alert manager."""
 
-    def __init__(self, rules: Iterable[RuleConfig], manager: AlertManager) -> None:
+    def __init__(self, rules: Iterable[RuleConfig], manager: AlertManager, quality: QualityConfig | None = None
+                 ) -> None:
         self.rules = list(rules)
+        self.quality = quality or QualityConfig()
         names = [r.name for r in self.rules]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -91,8 +102,12 @@ class RuleEngine:
         self._fixed = {r.name: (r.asset_name, f"rule:{r.name}", r.model_dump(),
                                 dedup_key(r.asset_name, r.tag, f"rule:{r.name}")) for r in self.rules}
 
-    def update(self, readings: Iterable[Reading]) -> list[AlertChange]:
+    def update(self, readings: Iterable[Reading], judge: Callable[[Reading], tuple[int, dict] | None] | None = None
+               ) -> list[AlertChange]:
+        """Alert changes of the rules on these readings. ``judge(reading)``: the `maintenance.quality` class and
+        `data_quality` of a reading that is a window's statistic (None, or no judge: from its own flags)."""
         out: list[AlertChange] = []
+        unverified_ok = self.quality.out_of_range == "unverified"
         for rd in readings:
             rules = self.by_tag.get(rd.tag)
             if not rules:
@@ -100,7 +115,12 @@ class RuleEngine:
             v = rd.numeric
             if v is None or rd.quality == Quality.BAD or not math.isfinite(v):
                 continue
+            judged = judge(rd) if judge is not None else None
+            cls, dq = judged if judged is not None else (classify_reading(rd, v, self.quality.out_of_range), None)
             for rule in rules:
+                c = GOOD if rule.use_flagged else cls
+                if c != GOOD and not (c == OUT_OF_RANGE and unverified_ok):
+                    continue  # a sensor problem, or too few usable readings: the rule holds (maintenance.quality)
                 asset, kind, dumped, key = self._fixed[rule.name]
                 st = self.state[rule.name]
                 if st.fresh:
@@ -109,18 +129,29 @@ class RuleEngine:
                     # raised a second alert (a flap per restart).
                     st.fresh = False
                     st.active = rule.kind == "threshold" and key in self.manager.open
-                active, detail = self._evaluate(rule, st, rd, v)
-                msg, evidence = "", None
+                # An out-of-range reading may be a broken loop: it may raise (unverified), never clear, and leaves
+                # no trace in the rule's state (hysteresis, rate history) for the good readings after it.
+                unverified = c == OUT_OF_RANGE
+                active, detail = self._evaluate(rule, st, rd, v, trial=unverified)
+                if unverified and not active:
+                    continue
+                msg, evidence, sev = "", None, rule.severity
                 if active:  # message and evidence matter only to an active condition (most readings are not)
                     msg = rule.message or f"{rule.name}: {rd.tag} = {v:g}" + (f" ({detail})" if detail else "")
+                    quality = {**(dq if dq is not None else one_reading(cls, rd)), "unverified": unverified}
+                    if unverified:
+                        sev = lower(sev)
+                        msg += "; unverified: out-of-range readings (a sensor fault, or a real value beyond the " \
+                               "sensor's range): check the sensor"
                     evidence = {"rule": dumped, "readings": [{"tag": rd.tag, "time": rd.time, "value": v}],
-                                "detail": detail}
+                                "detail": detail, "data_quality": quality}
                 out.extend(self.manager.observe(asset=asset, tag=rule.tag, kind=kind, active=active, t=rd.time,
-                                                severity=rule.severity, message=msg, evidence=evidence))
+                                                severity=sev, message=msg, evidence=evidence))
         return out
 
     @staticmethod
-    def _evaluate(rule: RuleConfig, st: _State, rd: Reading, v: float) -> tuple[bool, str]:
+    def _evaluate(rule: RuleConfig, st: _State, rd: Reading, v: float, trial: bool = False) -> tuple[bool, str]:
+        """Whether the rule is active with this reading; ``trial``: without changing its state."""
         if rule.kind == "threshold":
             if st.active:  # hysteresis in the value: leave the active state only past the deadband
                 hi = rule.high is not None and v > rule.high - rule.deadband
@@ -128,15 +159,19 @@ class RuleEngine:
             else:
                 hi = rule.high is not None and v >= rule.high
                 lo = rule.low is not None and v <= rule.low
-            st.active = hi or lo
-            return st.active, (f">= {rule.high:g}" if hi else f"<= {rule.low:g}" if lo else "")
+            if not trial:
+                st.active = hi or lo
+            return hi or lo, (f">= {rule.high:g}" if hi else f"<= {rule.low:g}" if lo else "")
         h = st.history
         t = rd.time.timestamp()
-        h.append((t, v))
         while h and h[0][0] < t - rule.window_s:
             h.popleft()
-        if len(h) < 2 or h[-1][0] - h[0][0] < rule.window_s / 2:
-            return st.active, ""  # not enough history to judge a rate
-        rate = (h[-1][1] - h[0][1]) / (h[-1][0] - h[0][0]) * 60.0
-        st.active = abs(rate) > rule.max_rate_per_min
-        return st.active, f"rate {rate:+.3g}/min"
+        if not trial:
+            h.append((t, v))
+        if not h or t - h[0][0] < rule.window_s / 2 or (not trial and len(h) < 2):
+            return st.active and not trial, ""  # not enough history to judge a rate
+        rate = (v - h[0][1]) / (t - h[0][0]) * 60.0
+        active = abs(rate) > rule.max_rate_per_min
+        if not trial:
+            st.active = active
+        return active, f"rate {rate:+.3g}/min"

@@ -15,6 +15,7 @@ from edge.validate import Validator
 from maintenance.config import AssetConfig, MaintenanceConfig
 from maintenance.iso20816 import ZoneConfig
 from maintenance.live import MaintenanceLive
+from maintenance.rules import RuleConfig
 
 T0 = datetime(2026, 2, 1, tzinfo=UTC)
 VIB = Tag(name="F-1.vib", asset="F-1", unit="mm/s", range=(0.0, 20.0), frozen_after_s=30)
@@ -127,3 +128,68 @@ async def test_a_sparse_first_window_does_not_move_the_zone():
     again = Plant(MaintenanceLive(sparse), VIB)
     await again.run(55, 120, lambda s: {"F-1.vib": (2.0 if s < 60 else 1.0) + again.noise()})
     assert [c.event for c in of(again.changes, "iso20816")][:1] == ["raised"]
+
+
+TEMP = Tag(name="P.temp", asset="P", unit="degC", range=(-20.0, 150.0))
+
+
+async def test_a_thermocouple_burnout_neither_pages_a_rule_at_full_severity_nor_clears_it():
+    """An upscale burnout drives the reading far above range (1370 degC): a 'bearing hot' rule paged at its
+    configured severity. Now it is raised one step lower, marked unverified, and goes to its own severity when good
+    readings confirm it; a loop broken below range afterwards does not clear it."""
+    hot = RuleConfig(name="bearing hot", tag="P.temp", kind="threshold", high=90.0, deadband=2.0, severity="critical")
+    plant = Plant(MaintenanceLive(MaintenanceConfig(rules=(hot,))), TEMP)
+    await plant.run(0, 100, lambda s: {"P.temp": 60.0 + plant.noise(0.2)})
+    burnout = await plant.run(100, 200, lambda s: {"P.temp": 1370.0})
+    (raised,) = of(burnout, "rule:bearing hot", "raised")
+    assert raised.alert.severity == "warning" and "unverified" in raised.alert.message
+    assert raised.alert.evidence["data_quality"]["unverified"] is True
+    assert raised.alert.evidence["data_quality"]["out_of_range"] == 1.0
+    assert raised.alert.evidence["data_quality"]["flags"] == ["out_of_range"]
+    confirmed = await plant.run(200, 300, lambda s: {"P.temp": 95.0 + plant.noise(0.2)})
+    assert [(c.event, c.alert.severity) for c in of(confirmed, "rule:bearing hot")] == [("updated", "critical")]
+    assert of(confirmed, "rule:bearing hot")[0].alert.evidence["data_quality"]["unverified"] is False
+    broken = await plant.run(300, 500, lambda s: {"P.temp": -40.0})
+    assert of(broken, "rule:bearing hot") == []
+
+
+async def test_a_rule_set_to_watch_raw_values_still_judges_flagged_readings():
+    """`use_flagged = true`: a rule meant to catch any reading over a limit, flags or not, keeps its severity and
+    is cleared by whatever the sensor reads (the behaviour of every rule before)."""
+    raw = RuleConfig(name="over 120", tag="P.temp", kind="threshold", high=120.0, severity="critical",
+                     use_flagged=True)
+    plant = Plant(MaintenanceLive(MaintenanceConfig(rules=(raw,))), TEMP)
+    await plant.run(0, 100, lambda s: {"P.temp": 60.0 + plant.noise(0.2)})
+    burnout = await plant.run(100, 200, lambda s: {"P.temp": 1370.0})
+    (raised,) = of(burnout, "rule:over 120", "raised")
+    assert raised.alert.severity == "critical" and "unverified" not in raised.alert.message
+    assert raised.alert.evidence["data_quality"]["out_of_range"] == 1.0
+    broken = await plant.run(200, 400, lambda s: {"P.temp": -40.0})
+    assert [c.event for c in of(broken, "rule:over 120")] == ["cleared"]
+
+
+async def test_a_frozen_temperature_does_not_clear_a_rate_alert():
+    """The bearing heats 6 degC/min, then the transmitter sticks: its readings, flagged FROZEN, made a rate of 0 and
+    cleared the 'heating fast' alert while the bearing may still be heating. Frozen readings hold the rule."""
+    tag = TEMP.model_copy(update={"frozen_after_s": 10})
+    fast = RuleConfig(name="heating fast", tag="P.temp", kind="rate", max_rate_per_min=2.0, window_s=60)
+    plant = Plant(MaintenanceLive(MaintenanceConfig(rules=(fast,))), tag)
+    await plant.run(0, 100, lambda s: {"P.temp": 60.0 + plant.noise(0.05)})
+    ramp = await plant.run(100, 200, lambda s: {"P.temp": 60.0 + 0.1 * (s - 100) + plant.noise(0.05)})
+    assert [c.event for c in of(ramp, "rule:heating fast")] == ["raised"]
+    stuck = await plant.run(200, 600, lambda s: {"P.temp": 70.0})
+    assert of(stuck, "rule:heating fast") == []
+
+
+async def test_a_rule_on_an_indicator_holds_on_a_window_of_frozen_readings():
+    """A rule on a statistic (`F-1.press.mean` below 2 bar) saw the mean of a stuck transmitter's readings and paged
+    'pressure low'. Frozen readings are left out of the window; without enough others the rule holds."""
+    press = Tag(name="F-1.press", asset="F-1", unit="bar", range=(0.0, 10.0), frozen_after_s=5)
+    low = RuleConfig(name="pressure low", tag="F-1.press.mean", kind="threshold", low=2.0, severity="critical")
+    asset = AssetConfig(name="F-1", process_tags=("F-1.press",))
+    plant = Plant(MaintenanceLive(MaintenanceConfig(window_s=60, hop_s=10, assets=(asset,), rules=(low,))), press)
+    await plant.run(0, 300, lambda s: {"F-1.press": 5.0 + plant.noise()})
+    stuck = await plant.run(300, 700, lambda s: {"F-1.press": 1.0})
+    assert of(stuck, "rule:pressure low") == []
+    (sensor,) = of(stuck, "sensor", "raised")
+    assert sensor.alert.tag == "F-1.press" and sensor.alert.evidence["problem"] == "frozen"
