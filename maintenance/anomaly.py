@@ -170,9 +170,11 @@ def hold(flag: np.ndarray, n: int) -> np.ndarray:
 class AnomalyBank:
     """Detectors of many assets (same signal count) scored together: one numpy call per second.
 
-    ``push(values)`` takes the newest sample of every asset, shape (assets, signals), NaN for
+    ``push(values, marks)`` takes the newest sample of every asset, shape (assets, signals), NaN for
     missing (the rolling mean skips it), and returns scores, p-values and contributions; all NaN for an
     asset with a signal that had no value in the whole window (no score, rather than a healthy one).
+    ``marks`` (same shape, bool) are values out of the sensor's range (`maintenance.quality`), kept for the
+    window so `window_quality` can say which scores rest on them.
     """
 
     def __init__(self, detectors: Sequence[AnomalyDetector]) -> None:
@@ -191,11 +193,14 @@ class AnomalyBank:
         self.calibration = [d.calibration_ for d in detectors]
         n = len(detectors)
         self.buf = np.full((n, self.window, self.use.shape[1]), np.nan)
+        self.marks = np.zeros(self.buf.shape, bool)
         self.pos = 0
 
-    def push(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def push(self, values: np.ndarray, marks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         v = np.take_along_axis(np.asarray(values, dtype=float), self.use, axis=1)
         self.buf[:, self.pos % self.window, :] = v
+        self.marks[:, self.pos % self.window, :] = (False if marks is None else
+                                                    np.take_along_axis(np.asarray(marks, bool), self.use, axis=1))
         self.pos += 1
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # "mean of empty slice": a signal absent all window
@@ -210,3 +215,11 @@ class AnomalyBank:
         p = conformal.p_values_many(self.calibration, score)
         score[missing], p[missing], contrib[missing] = np.nan, np.nan, np.nan
         return score, p, contrib
+
+    def window_quality(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per asset, the share of the window's values (samples x signals) that are good and out of range (the
+        rest is missing or left out), and per signal whether an out-of-range value is in the window."""
+        finite = np.isfinite(self.buf)
+        oor = self.marks & finite
+        total = self.buf.shape[1] * self.buf.shape[2]
+        return (finite & ~oor).sum(axis=(1, 2)) / total, oor.sum(axis=(1, 2)) / total, oor.any(axis=1)

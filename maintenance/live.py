@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.files import FileId, file_id, locked, pack_state, read_asset_state, replace_if_unchanged, write_atomic
-from edge.records import Prediction, Quality, Reading
+from edge.records import Flag, Prediction, Quality, Reading
 from maintenance.alerts import AlertChange, AlertManager, Window, dedup_key
 from maintenance.anomaly import AnomalyBank, AnomalyConfig, AnomalyDetector
 from maintenance.config import AssetConfig, MaintenanceConfig
@@ -76,6 +76,10 @@ class _Anomaly:
         self.flat = {t: i * width + j for i, a in enumerate(assets) for j, t in enumerate(a.anomaly.signals)}
         self.values = np.full((len(assets), width), np.nan)
         self.seen = np.full((len(assets), width), -(10**12), dtype=np.int64)
+        # Whether each signal's latest value is out of range (scored, unverified) and whether its latest reading
+        # carried any flag at all (never trained on), per `maintenance.quality`.
+        self.oor = np.zeros((len(assets), width), bool)
+        self.flagged = np.zeros((len(assets), width), bool)
         self.used = np.fromiter(sorted(self.flat.values()), np.int64)  # flat positions of configured signals
         self.training: dict[int, list[np.ndarray]] = {i: [] for i in range(len(assets))}
         self.detectors: dict[int, AnomalyDetector] = {}
@@ -92,25 +96,36 @@ class _Anomaly:
         # Periods after which a gap leaves nothing to score: signals stale, the longest window empty.
         self.horizon = STALE_PERIODS + 1 + max((a.anomaly.window for a in assets), default=1)
 
-    def put(self, flat: np.ndarray, values: np.ndarray, slot: int) -> None:
-        """Latest values of one slot: ``flat`` = asset * width + signal (-1: not an anomaly signal)."""
-        ok = (flat >= 0) & np.isfinite(values)
+    def put(self, flat: np.ndarray, values: np.ndarray, slot: int, oor: np.ndarray | None = None,
+            flagged: np.ndarray | None = None) -> None:
+        """Latest values of one slot: ``flat`` = asset * width + signal (-1: not an anomaly signal); ``values`` NaN
+        where the reading is not to be used (bad, or a sensor problem); ``oor``: out of range (used, unverified);
+        ``flagged``: any flag (not for training)."""
+        ok = flat >= 0
+        # A reading whose value is not to be used takes the slot as NaN: carrying the previous value forward would
+        # score (and train on) a value the sensor has just said it cannot give.
         self.values.flat[flat[ok]] = values[ok]
         self.seen.flat[flat[ok]] = slot
+        self.oor.flat[flat[ok]] = False if oor is None else oor[ok]
+        self.flagged.flat[flat[ok]] = ~np.isfinite(values[ok]) if flagged is None else flagged[ok]
 
     def complete(self, slot: int) -> bool:
         """Every configured signal of every asset has a value for ``slot``: it can be scored now."""
         return bool(self.used.size) and bool((self.seen.flat[self.used] >= slot).all())
 
-    def sample(self, slot: int) -> np.ndarray:
-        return np.where(slot - self.seen <= STALE_PERIODS, self.values, np.nan)
+    def sample(self, slot: int) -> tuple[np.ndarray, np.ndarray]:
+        """The values of every asset's signals for ``slot`` (NaN: none usable), and which are out of range."""
+        fresh = slot - self.seen <= STALE_PERIODS
+        return np.where(fresh, self.values, np.nan), fresh & self.oor
 
     def train_ready(self, x: np.ndarray) -> bool:
         changed = False
         for i in list(self.training):
             a = self.assets[i]
             n = len(a.anomaly.signals)
-            if np.isfinite(x[i, :n]).all():
+            # Trained on healthy data only: a sample with a flagged reading (out of range too, whatever the
+            # out_of_range setting) would teach the detector that a broken sensor is the healthy machine.
+            if np.isfinite(x[i, :n]).all() and not self.flagged[i, :n].any():
                 self.training[i].append(x[i, :n].copy())
             if len(self.training[i]) >= a.anomaly.train_samples:
                 c = a.anomaly
@@ -128,10 +143,11 @@ class _Anomaly:
         """One bank per number of scored signals and window length. An asset already scored keeps its window of
         samples: regrouping (another asset finished training or was replaced) must not empty the windows of every
         other asset, whose next scores would then be means of a sample or two (noisy: false alarms)."""
-        kept: dict[int, np.ndarray] = {}
+        kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for rows, bank in self.banks:
             oldest_first = np.roll(bank.buf, -(bank.pos % bank.window), axis=1)
-            kept.update({int(i): oldest_first[k] for k, i in enumerate(rows)})
+            marks = np.roll(bank.marks, -(bank.pos % bank.window), axis=1)
+            kept.update({int(i): (oldest_first[k], marks[k]) for k, i in enumerate(rows)})
         groups: dict[tuple[int, int], list[int]] = {}
         for i, d in self.detectors.items():
             groups.setdefault((len(d.use_), d.config.window), []).append(i)
@@ -139,8 +155,8 @@ class _Anomaly:
         for rows in groups.values():
             bank = AnomalyBank([self.detectors[i] for i in rows])
             for k, i in enumerate(rows):
-                if i in kept and kept[i].shape == bank.buf[k].shape and self.versions[i] == self.scored.get(i):
-                    bank.buf[k] = kept[i]
+                if i in kept and kept[i][0].shape == bank.buf[k].shape and self.versions[i] == self.scored.get(i):
+                    bank.buf[k], bank.marks[k] = kept[i]
             self.banks.append((np.array(rows), bank))
         self.scored = dict(self.versions)
 
@@ -314,12 +330,13 @@ class MaintenanceLive:
             slots = slot_numbers(np.fromiter((r.time.timestamp() for r in scalar), float, n), self.config.period_s)
             values = np.fromiter((value_of(r) for r in scalar), float, n)
             quality = np.fromiter((r.quality for r in scalar), np.int8, n)
-            cls = classify(quality, np.fromiter((r.flags for r in scalar), np.int64, n), values,
-                           self.quality.out_of_range)
+            flags = np.fromiter((r.flags for r in scalar), np.int64, n)
+            cls = classify(quality, flags, values, self.quality.out_of_range)
             # A sensor problem's value (frozen, the device's own doubt) is left out of every machine condition, as
             # a bad one always was: it tells nothing about the machine (maintenance.quality).
             use = usable(cls, self.quality.out_of_range)
             values = np.where(use, values, np.nan)
+            flagged = (cls != GOOD) | ((flags & int(Flag.OUT_OF_RANGE)) != 0)  # never trained on
             unc = use & (quality == Quality.UNCERTAIN)
             rows = np.fromiter((self.indicators.row.get(r.tag, -1) for r in scalar), np.int64, n)
             flat = np.fromiter((self.anomaly.flat.get(r.tag, -1) for r in scalar), np.int64, n)
@@ -340,7 +357,7 @@ class MaintenanceLive:
                 while slot > an.slot:  # a new period began: score the finished one
                     self._score(an.slot, preds, changes)
                     an.slot += 1
-                an.put(flat[g], values[g], slot)
+                an.put(flat[g], values[g], slot, cls[g] == OUT_OF_RANGE, flagged[g])
                 ind = g[rows[g] >= 0]
                 new = self.indicators.update_arrays(rows[ind], slots[ind], values[ind], unc[ind], classes=cls[ind])
                 changes.extend(self._pending)
@@ -523,22 +540,26 @@ class MaintenanceLive:
         an = self.anomaly
         if not an.assets:
             return
-        x = an.sample(slot)
+        x, oor = an.sample(slot)
         if an.training:
             an.train_ready(x)
         t = datetime.fromtimestamp((slot + 1) * self.config.period_s, UTC)
         for rows, bank in an.banks:
-            widths = [len(an.assets[i].anomaly.signals) for i in rows]
-            score, p, contrib = bank.push(x[rows][:, : max(widths)])
+            w = max(len(an.assets[i].anomaly.signals) for i in rows)
+            score, p, contrib = bank.push(x[rows][:, :w], oor[rows][:, :w])
             flags = p <= bank.alpha
+            good, out, oor_signals = bank.window_quality()
             for k, i in enumerate(rows):
                 if np.isnan(p[k]):
                     continue  # a signal missing the whole window: no prediction, and the alert stays as it is
+                quality = {"samples": bank.window, "good": round(float(good[k]), 3),
+                           "out_of_range": round(float(out[k]), 3), "missing": round(1.0 - good[k] - out[k], 3)}
                 self._anomaly_result(int(i), slot, t, float(score[k]), float(p[k]), bool(flags[k]), contrib[k],
-                                     preds, changes)
+                                     preds, changes, quality, oor_signals[k])
 
     def _anomaly_result(self, i: int, slot: int, t: datetime, score: float, p: float, flag: bool,
-                        contrib: np.ndarray, preds: list[Prediction], changes: list[AlertChange]) -> None:
+                        contrib: np.ndarray, preds: list[Prediction], changes: list[AlertChange], quality: dict,
+                        oor: np.ndarray) -> None:
         an = self.anomaly
         a = an.assets[i]
         det = an.detectors[i]
@@ -554,17 +575,27 @@ class MaintenanceLive:
         top = [{"signal": det.signals_[j], "share": round(float(max(contrib[j], 0.0)) / total, 3)}
                for j in np.argsort(-contrib)[:3]]
         start = datetime.fromtimestamp((slot + 1 - det.config.window) * self.config.period_s, UTC)
+        # An anomaly that rests mostly on out-of-range values (their share of the score) may be a broken sensor:
+        # unverified, one severity lower (maintenance.quality).
+        positive = np.clip(contrib, 0, None)
+        unverified = bool(flag and oor.any() and positive[oor].sum() >= 0.5 * total)
+        quality = {**quality, "unverified": unverified,
+                   "signals_out_of_range": [det.signals_[j] for j in np.flatnonzero(oor)]}
         pred = Prediction(f"anomaly:{a.name}", an.versions[i], a.name, t, score, p_value=p, input_start=start,
                           input_end=t, kind="anomaly",
-                          details={"alpha": det.config.alpha, "top_signals": top, "signals": det.signals_})
+                          details={"alpha": det.config.alpha, "top_signals": top, "signals": det.signals_,
+                                   "data_quality": quality})
         preds.append(pred)
         names = ", ".join(f"{c['signal']} ({c['share']:.0%})" for c in top)
         if flag and not active:
             return  # flagged, not yet confirmed: stored as a prediction, no alert change
+        note = "; unverified: it rests on out-of-range values of " + ", ".join(quality["signals_out_of_range"]) + \
+            " (a sensor fault, or real): check the sensor" if unverified else ""
         changes.extend(self.manager.observe(
-            asset=a.name, tag=None, kind="anomaly", active=active, t=t, severity="warning",
-            message=f"{a.name}: anomalous operation (p = {p:.4f} <= {det.config.alpha}); top signals: {names}",
+            asset=a.name, tag=None, kind="anomaly", active=active, t=t, severity=lower("warning") if unverified
+            else "warning",
+            message=f"{a.name}: anomalous operation (p = {p:.4f} <= {det.config.alpha}); top signals: {names}{note}",
             evidence={"prediction": {"model_id": pred.model_id, "model_version": pred.model_version, "value": score,
                                      "p_value": p, "alpha": det.config.alpha, "time": t,
                                      "input_start": start, "input_end": t},
-                      "top_signals": top}))
+                      "top_signals": top, "data_quality": quality}))

@@ -57,12 +57,13 @@ def train_asset(config: MaintenanceConfig, asset: str, conninfo: str, state_dir:
             rows = cur.fetchmany(CHUNK)
             if not rows:
                 return
-            batch = [Reading(tag, t, v, t, Quality(q)) for tag, t, v, q in rows]
+            # With their validation flags: a flagged sample is not trained on, live or here (maintenance.quality).
+            batch = [Reading(tag, t, v, t, Quality(q), flags) for tag, t, v, q, flags in rows]
             await live.process(batch)
             first, last, n = first or batch[0].time, batch[-1].time, n + len(batch)
 
     with psycopg.connect(conninfo) as conn, conn.cursor(name="valvoja_retrain") as cur:
-        cur.execute("SELECT t.name, r.time, r.value, r.quality FROM readings r JOIN tags t ON t.id = r.tag_id "
+        cur.execute("SELECT t.name, r.time, r.value, r.quality, r.flags FROM readings r JOIN tags t ON t.id = r.tag_id "
                     "WHERE t.name = ANY(%s) AND r.time >= %s AND (%s::timestamptz IS NULL OR r.time < %s) "
                     "ORDER BY r.time", (list(cfg.anomaly.signals), start, end, end))
         asyncio.run(replay(cur))

@@ -12,7 +12,7 @@ import numpy as np
 from edge.records import Reading
 from edge.settings import Tag, Validation
 from edge.validate import Validator
-from maintenance.config import AssetConfig, MaintenanceConfig
+from maintenance.config import AnomalyAssetConfig, AssetConfig, MaintenanceConfig
 from maintenance.iso20816 import ZoneConfig
 from maintenance.live import MaintenanceLive
 from maintenance.rules import RuleConfig
@@ -193,3 +193,53 @@ async def test_a_rule_on_an_indicator_holds_on_a_window_of_frozen_readings():
     assert of(stuck, "rule:pressure low") == []
     (sensor,) = of(stuck, "sensor", "raised")
     assert sensor.alert.tag == "F-1.press" and sensor.alert.evidence["problem"] == "frozen"
+
+
+def anomaly_asset() -> AssetConfig:
+    return AssetConfig(name="A", anomaly=AnomalyAssetConfig(
+        signals=("A.s0", "A.s1", "A.s2"), train_samples=400, window=10, alpha=0.01, predict_every_s=1, confirm=5))
+
+
+SIGNALS = [Tag(name="A.s0", asset="A", range=(-10.0, 10.0), frozen_after_s=5),
+           Tag(name="A.s1", asset="A", range=(-10.0, 10.0)), Tag(name="A.s2", asset="A", range=(-10.0, 10.0))]
+
+
+def noise3(plant: Plant, s0=None) -> dict[str, float]:
+    x = {f"A.s{j}": float(plant.rng.standard_normal()) for j in range(3)}
+    if s0 is not None:
+        x["A.s0"] = s0(x["A.s0"])
+    return x
+
+
+async def test_anomaly_training_does_not_learn_flagged_readings():
+    """A transmitter out of range (40 on a -10..10 signal) for 70 s of the healthy period was learnt as healthy:
+    the signal's scale (or the drift screen) then hid a real shift of it. Flagged samples are not trained on."""
+    live = MaintenanceLive(MaintenanceConfig(assets=(anomaly_asset(),)))
+    plant = Plant(live, *SIGNALS, seed=2)
+    await plant.run(0, 600, lambda s: noise3(plant, (lambda v: 40.0 + v) if 50 <= s < 120 else None))
+    det = live.anomaly.detectors[0]
+    assert "A.s0" in det.signals_ and abs(det.mean_[det.signals_.index("A.s0")]) < 0.5
+    shifted = await plant.run(600, 800, lambda s: noise3(plant, lambda v: v + 3.0))  # real, in range
+    (raised,) = of(shifted, "anomaly", "raised")
+    assert raised.alert.severity == "warning" and raised.alert.evidence["top_signals"][0]["signal"] == "A.s0"
+    dq = raised.alert.evidence["data_quality"]
+    assert dq["good"] == 1.0 and dq["unverified"] is False
+
+
+async def test_a_broken_signal_is_not_scored_as_an_anomaly_of_the_machine():
+    """After training, A.s0's cable breaks: it reads 40 (out of range), then stays there (frozen). It was scored as
+    the machine's anomaly ('warning', top signal A.s0). Out-of-range values make an unverified anomaly one severity
+    lower; frozen ones are left out (the asset is not scored on them); the sensor alert names A.s0."""
+    live = MaintenanceLive(MaintenanceConfig(assets=(anomaly_asset(),)))
+    plant = Plant(live, *SIGNALS, seed=2)
+    await plant.run(0, 500, lambda s: noise3(plant))
+    assert plant.changes == []
+    broken = await plant.run(500, 700, lambda s: noise3(plant, lambda v: 40.0))
+    anomaly = of(broken, "anomaly")
+    assert anomaly and all(c.alert.severity == "info" for c in anomaly)
+    assert all(c.alert.evidence["data_quality"]["unverified"] for c in anomaly if c.event == "raised")
+    assert anomaly[0].alert.evidence["data_quality"]["signals_out_of_range"] == ["A.s0"]
+    (sensor,) = of(broken, "sensor", "raised")
+    assert sensor.alert.tag == "A.s0"
+    # Frozen for good: no score of the machine on it after its window of out-of-range values has passed.
+    assert not [p for p in plant.preds if p.time > at(530)]
