@@ -302,7 +302,7 @@ class MaintenanceLive:
             from maintenance.rul_live import RulLive
 
             self.rul = RulLive(rul_assets, self.manager, config.period_s, dsn=dsn, metrics=metrics,
-                               state_dir=state_dir)
+                               state_dir=state_dir, quality=config.quality)
 
     def tags(self) -> set[str]:
         """The raw tags this reads: indicator series and waveforms, anomaly signals, RUL tags, rule tags."""

@@ -5,7 +5,11 @@ per cycle: cycles of ``cycle_s`` seconds (a cycle closes as soon as every tag th
 readings for it, or when a reading of a later cycle arrives), or the asset's own cycles counted by a
 ``cycle_tag`` (flights, batches, strokes: a cycle closes when the counter changes, the counter value is the
 age, and a counter that goes back starts a new life with an empty history; a reading older than the
-current cycle's start is late and left out). Each closed cycle goes through
+current cycle's start is late and left out). Flagged readings of the settings and sensors (out of range, frozen,
+the device's own doubt: `maintenance.quality`) are left out of the cycle means as bad ones are: a sensor fault must
+not move the RUL; each prediction states the share of good readings in its cycle (``details.data_quality``), and
+the RUL alert holds (neither raised nor cleared) on a cycle in which less than ``[maintenance.quality] min_share``
+of the model's tags had a good reading. Each closed cycle goes through
 the same steps as in training, incrementally: per-condition normalisation with the card's fitted parameters, the causal
 bias-corrected exponentially weighted means (one recursion per span: ``num = x + (1 - a) num``,
 ``den = 1 + (1 - a) den``, exactly `rul.ewm`), the trend and the age in cycles; then the ONNX graph through
@@ -52,6 +56,7 @@ from edge.records import Prediction, Reading
 from maintenance.alerts import AlertChange, AlertManager
 from maintenance.config import AssetConfig, RulAssetConfig
 from maintenance.indicators import value_of
+from maintenance.quality import GOOD, QualityConfig, classify_reading
 from maintenance.rul_intervals import BinnedConformal
 
 log = logging.getLogger(__name__)
@@ -149,6 +154,7 @@ class _Asset:
     sums: np.ndarray = field(default_factory=lambda: np.zeros(0))
     counts: np.ndarray = field(default_factory=lambda: np.zeros(0))
     last: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    flagged: np.ndarray = field(default_factory=lambda: np.zeros(0))  # readings of the cycle left out (not saved)
     cycles: int = 0  # feature rows pushed
     last_pred: int = -(10**9)
     next_refresh: float = 0.0
@@ -251,7 +257,14 @@ def _reset(a: _Asset) -> None:
     a.closed, a.cycles, a.last_pred = False, 0, -(10**9)
     a.sums[:] = 0.0
     a.counts[:] = 0.0
+    a.flagged[:] = 0.0
     a.last[:] = np.nan
+
+
+def _new_cycle(a: _Asset) -> None:
+    a.sums[:] = 0.0
+    a.counts[:] = 0.0
+    a.flagged[:] = 0.0
 
 
 class RulLive:
@@ -268,8 +281,10 @@ class RulLive:
     """
 
     def __init__(self, assets: list[AssetConfig], manager: AlertManager, period_s: float, *, dsn: str | None = None,
-                 clock: Callable[[], float] = time.monotonic, metrics=None, state_dir: Path | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, metrics=None, state_dir: Path | None = None,
+                 quality: QualityConfig | None = None) -> None:
         self.manager = manager
+        self.quality = quality or QualityConfig()
         self.dsn = dsn
         self.clock = clock
         self.metrics = metrics
@@ -295,7 +310,7 @@ class RulLive:
             per_cycle = max(1, round(cfg.cycle_s / period_s)) if cfg.cycle_s else 0  # counter: closes on change
             st = _Asset(a.name, cfg, None, np.flatnonzero([bool(t) for t in tags]), 0,
                         per_cycle, None, deque(maxlen=cfg.history_cycles),
-                        sums=np.zeros(n), counts=np.zeros(n), last=np.full(n, np.nan),
+                        sums=np.zeros(n), counts=np.zeros(n), last=np.full(n, np.nan), flagged=np.zeros(n),
                         next_refresh=now + cfg.refresh_s)
             if cfg.model_dir is not None:
                 try:
@@ -421,10 +436,12 @@ class RulLive:
             v = value_of(r)
             if not math.isfinite(v):
                 continue
+            # The counter is what it is (a counter holds its value all cycle: frozen is its nature).
+            good = hit[1] == COUNTER or classify_reading(r, v, self.quality.out_of_range) == GOOD
             a = self.assets[hit[0]]
             self._dirty = True
             if a.cfg.cycle_tag is not None:
-                self._counted(a, hit[1], r.time, v, preds, changes)
+                self._counted(a, hit[1], r.time, v, preds, changes, good)
                 continue
             slot = math.floor(r.time.timestamp() / a.cfg.cycle_s)
             if a.slot is None:
@@ -435,8 +452,10 @@ class RulLive:
                 if not a.closed:
                     self._close(a, preds, changes)
                 a.slot, a.closed = slot, False
-                a.sums[:] = 0.0
-                a.counts[:] = 0.0
+                _new_cycle(a)
+            if not good:
+                a.flagged[hit[1]] += 1
+                continue
             a.sums[hit[1]] += v
             a.counts[hit[1]] += 1
             if (a.counts[a.sel] >= a.per_cycle).all():
@@ -521,7 +540,7 @@ class RulLive:
                      a.history[-1][0] if a.history else None, extra={"event": "rul_state_restored", "asset": a.name})
 
     def _counted(self, a: _Asset, pos: int, t: datetime, v: float, preds: list[Prediction],
-                 changes: list[AlertChange]) -> None:
+                 changes: list[AlertChange], good: bool = True) -> None:
         """Counter mode: a reading of the cycle counter (``pos`` COUNTER) or of a tag of the current cycle."""
         began = a.end_time or a.first_time  # when the current cycle began (its counter value was first seen)
         if began is not None and (t < began if pos != COUNTER else t <= began and int(v) < a.slot):
@@ -532,7 +551,9 @@ class RulLive:
             # closes the cycle whatever its time (a device clock stepped back must not stop the cycles).
             return
         if pos != COUNTER:
-            if a.slot is not None:  # before the first counter value the cycle is unknown: not used
+            if a.slot is not None and not good:
+                a.flagged[pos] += 1
+            elif a.slot is not None:  # before the first counter value the cycle is unknown: not used
                 a.sums[pos] += v
                 a.counts[pos] += 1
             return
@@ -552,8 +573,7 @@ class RulLive:
                     a.state = EwmState.new(a.model.spans, a.model.width)
         a.slot, a.closed = n, False
         a.first_time = a.first_time or t
-        a.sums[:] = 0.0
-        a.counts[:] = 0.0
+        _new_cycle(a)
 
     def _close(self, a: _Asset, preds: list[Prediction], changes: list[AlertChange]) -> None:
         a.closed = True
@@ -591,12 +611,19 @@ class RulLive:
             start = datetime.fromtimestamp(a.first_slot * a.cfg.cycle_s, UTC)
         open_ended = math.isinf(hi)
         cov = m.intervals.coverage
+        good, flagged = float(a.counts[a.sel].sum()), float(a.flagged[a.sel].sum())
+        fresh = float((a.counts[a.sel] > 0).mean())
+        quality = {"readings": int(good + flagged), "good": round(good / (good + flagged), 3) if good else 0.0,
+                   "flagged": round(flagged / (good + flagged), 3) if flagged else 0.0,
+                   "tags_with_good_readings": round(fresh, 3)}
         pred = Prediction(m.model_id, m.sha256, a.name, t, value, lower=lo, upper=None if open_ended else hi,
                           coverage=cov, input_start=start, input_end=t, kind="rul", target="rul",
                           details={"cycle": age, "cap": m.cap, "open_ended": open_ended, "unit": "cycles",
-                                   "registry_version": m.registry_version})
+                                   "registry_version": m.registry_version, "data_quality": quality})
         preds.append(pred)
-        if a.cfg.alert_below is None:
+        if a.cfg.alert_below is None or fresh < self.quality.min_share:
+            # Most of the model's tags carried their previous cycle's means (flagged or silent this cycle): the
+            # prediction is stored, with its data quality, but moves no alert (maintenance.quality).
             return
         active = lo < a.cfg.alert_below
         upper = "or more" if open_ended else f"to {hi:.0f}"
@@ -606,4 +633,5 @@ class RulLive:
                     f"lower end below {a.cfg.alert_below:g}",
             evidence={"prediction": {"model_id": m.model_id, "model_version": m.sha256, "value": value,
                                      "lower": lo, "upper": None if open_ended else hi, "coverage": cov,
-                                     "time": t, "input_start": start, "input_end": t, "cycle": age}}))
+                                     "time": t, "input_start": start, "input_end": t, "cycle": age},
+                      "data_quality": quality}))

@@ -13,7 +13,7 @@ import pytest
 
 from edge.errors import ConfigError
 from edge.files import pack_state, read_state
-from edge.records import Reading
+from edge.records import Flag, Quality, Reading
 from maintenance import cmapss
 from maintenance.config import AssetConfig, MaintenanceConfig, RulAssetConfig
 from maintenance.live import MaintenanceLive
@@ -735,6 +735,55 @@ async def test_a_reading_the_float32_graph_cannot_hold_gives_no_prediction_not_a
     assert (f"E{units[0]}", glitch - 1) in at
     assert all(np.isfinite(p.value) and np.isfinite(p.lower) for p in preds)
     assert any("no RUL prediction" in r.getMessage() for r in caplog.records)
+
+
+async def test_flagged_readings_are_left_out_of_the_cycle_means(fitted):
+    """An out-of-range spike and a frozen value of two sensors were averaged into their cycle's means: the RUL moved
+    with a sensor fault. Left out (maintenance.quality), every prediction is the offline one, and each states the
+    quality of the cycle's readings; an alert carries it as evidence."""
+    r, d = fitted
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    u = int(test.units()[0])
+    one = test.select(test.unit == u)
+    live = MaintenanceLive(MaintenanceConfig(period_s=60.0, assets=(rul_asset(u, d, alert_below=1000.0),)))
+    preds, changes = [], []
+    for c, batch in enumerate(replay(one), start=1):
+        if c % 3 == 0:  # before the cycle's good readings, so they are in its mean (a late one would be left out)
+            t = batch[0].time
+            batch = [Reading(f"E{u}.s2", t, 1e4, t, Quality.UNCERTAIN, int(Flag.OUT_OF_RANGE)),
+                     Reading(f"E{u}.s7", t, 0.0, t, Quality.UNCERTAIN, int(Flag.FROZEN)), *batch]
+        _, p, ch = await live.process(batch)
+        preds += p
+        changes += ch
+    offline = r["model"].predict(one.unit, one.cycle, one.settings, one.sensors)
+    assert np.allclose([p.value for p in preds], offline, atol=1e-3)
+    q = {p.details["cycle"]: p.details["data_quality"] for p in preds}
+    n = len(live.rul.assets[0].sel)  # the model's input tags, s2 and s7 among them
+    assert q[1] == {"readings": n, "good": 1.0, "flagged": 0.0, "tags_with_good_readings": 1.0}
+    assert q[3]["good"] == pytest.approx(n / (n + 2), abs=1e-3) and q[3]["tags_with_good_readings"] == 1.0
+    (raised,) = [c for c in changes if c.event == "raised"]
+    assert raised.alert.evidence["data_quality"]["tags_with_good_readings"] == 1.0
+
+
+async def test_cycles_of_out_of_range_sensors_raise_no_rul_alert(fitted):
+    """Every sensor of the engine out of range (1e4, flagged) from cycle 10: their means gave a RUL of 37 cycles,
+    lower end 0, and a 'RUL below 20 cycles' alert for an engine with 120 left. Left out, the cycles carry the last
+    good means; the predictions say no tag had a good reading, and they move no alert."""
+    _, d = fitted
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    u = int(test.units()[0])
+    live = MaintenanceLive(MaintenanceConfig(period_s=60.0, assets=(rul_asset(u, d, alert_below=20.0),)))
+    preds, changes = [], []
+    for c, batch in enumerate(replay(test.select(test.unit == u)), start=1):
+        if c >= 10:
+            batch = [Reading(r.tag, r.time, 1e4, r.time, Quality.UNCERTAIN, int(Flag.OUT_OF_RANGE))
+                     if ".s" in r.tag else r for r in batch]
+        _, p, ch = await live.process(batch)
+        preds += p
+        changes += ch
+    assert changes == []
+    late = [p for p in preds if p.details["cycle"] >= 10]
+    assert late and all(p.details["data_quality"]["tags_with_good_readings"] == 0.0 and p.value > 100 for p in late)
 
 
 def test_a_late_or_repeated_counter_reading_is_not_a_new_life(fitted):
