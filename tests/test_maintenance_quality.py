@@ -243,3 +243,110 @@ async def test_a_broken_signal_is_not_scored_as_an_anomaly_of_the_machine():
     assert sensor.alert.tag == "A.s0"
     # Frozen for good: no score of the machine on it after its window of out-of-range values has passed.
     assert not [p for p in plant.preds if p.time > at(530)]
+
+
+async def test_out_of_range_as_a_sensor_fault_or_as_a_value():
+    """`out_of_range = "sensor"` (4-20 mA loops, where beyond range is the transmitter's failure signal): the cable
+    fault raises the sensor alert only. `"value"`: out-of-range readings are measurements (the old behaviour)."""
+    def cable(cfg):
+        plant = Plant(MaintenanceLive(cfg), VIB)
+        return plant, plant.run(0, 300, lambda s: {"F-1.vib": 1.0 + plant.noise()})
+
+    plant, warm = cable(vibration_only(out_of_range="sensor"))
+    await warm
+    fault = await plant.run(300, 600, lambda s: {"F-1.vib": 25.0})
+    assert of(fault, "iso20816") == []
+    (sensor,) = of(fault, "sensor", "raised")
+    assert sensor.alert.evidence["problem"] == "out_of_range"
+    plant, warm = cable(vibration_only(out_of_range="value"))
+    await warm
+    fault = await plant.run(300, 600, lambda s: {"F-1.vib": 25.0})
+    assert [(c.event, c.alert.severity) for c in of(fault, "iso20816")] == [("raised", "critical")]
+
+
+async def test_every_alert_states_the_quality_of_the_data_behind_it():
+    """The bearing fault of the simulator's pump (good data): the zone, anomaly and rule alerts' evidence give the
+    share of good readings in their window (all of them here) and that they are verified."""
+    from test_maintenance_live import config, pump_readings
+
+    cfg = config()
+    rule = RuleConfig(name="P-101 vibration high", tag="P-101.vib_de", kind="threshold", high=1.5)
+    live = MaintenanceLive(cfg.model_copy(update={"rules": (*cfg.rules, rule)}))
+    changes = []
+    for batch in pump_readings(900, fault_from=700):
+        changes += (await live.process(batch))[2]
+    raised = {c.alert.kind: c.alert for c in changes if c.event == "raised"}
+    assert set(raised) == {"iso20816", "anomaly", "rule:P-101 vibration high"}
+    for a in raised.values():
+        dq = a.evidence["data_quality"]
+        assert dq["good"] == 1.0 and dq["unverified"] is False, (a.kind, dq)
+    assert raised["iso20816"].evidence["data_quality"]["window_s"] == 60
+
+
+def test_what_each_flag_means_for_maintenance():
+    """Sensor problems (bad, frozen, the device's own doubt, values not measured now), unusual values (out of range),
+    and flags about time only (the value is a measurement); the vectorised and the one-reading forms agree."""
+    import itertools
+
+    from edge.records import Flag, Quality
+    from maintenance.quality import BAD, FROZEN, GOOD, OUT_OF_RANGE, SOURCE, classify, classify_reading
+
+    U, G = Quality.UNCERTAIN, Quality.GOOD
+    cases = [(G, 0, GOOD), (U, Flag.STALE_TIME, GOOD), (G, Flag.NO_SOURCE_TIME | Flag.UNKNOWN_TAG, GOOD),
+             (U, Flag.OUT_OF_RANGE, OUT_OF_RANGE), (U, Flag.FROZEN, FROZEN),
+             (U, Flag.FROZEN | Flag.OUT_OF_RANGE, FROZEN), (U, Flag.SOURCE_STATUS, SOURCE), (U, 0, SOURCE),
+             (G, Flag.RETAINED, SOURCE), (G, Flag.SUBSTITUTED, SOURCE), (Quality.BAD, Flag.SOURCE_STATUS, BAD),
+             (Quality.BAD, Flag.NOT_FINITE, BAD)]
+    for q, f, want in cases:
+        assert classify(np.array([q]), np.array([int(f)]), np.array([1.0]))[0] == want, (q, f)
+    assert classify(np.array([U]), np.array([int(Flag.OUT_OF_RANGE)]), np.array([1.0]), "value")[0] == GOOD
+    bits = [int(b) for b in (Flag.OUT_OF_RANGE, Flag.FROZEN, Flag.STALE_TIME, Flag.SOURCE_STATUS, Flag.RETAINED,
+                             Flag.SUBSTITUTED, Flag.NO_SOURCE_TIME)]
+    for q, mode, v in itertools.product(Quality, ("unverified", "sensor", "value"), (1.0, float("nan"))):
+        for on in itertools.product((0, 1), repeat=len(bits)):
+            f = sum(b for b, o in zip(bits, on, strict=True) if o)
+            one = classify_reading(Reading("x", T0, v, T0, q, f), v, mode)
+            assert one == classify(np.array([q]), np.array([f]), np.array([v]), mode)[0], (q, f, v, mode)
+
+
+async def test_sensor_alerts_stored_with_their_lifecycle(pg_dsn):
+    """Against the database: a frozen vibration sensor is one 'sensor' alert (de-duplicated while it lasts) that
+    clears once its readings are good again; a sensor gone silent is a 'no data' alert, suppressed while a
+    maintenance window covers the asset (logged once), raised when the window ends, and still open."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from edge.db.migrate import migrate
+    from maintenance.alerts import Window
+    from maintenance.publish import publish
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+    asset = AssetConfig(name="F-1", vibration_tags=("F-1.vib",), process_tags=("F-1.temp",),
+                        iso20816=ZoneConfig(boundaries_mm_s=(0.8, 1.4, 3.0)))
+    live = MaintenanceLive(MaintenanceConfig(window_s=60, hop_s=10, assets=(asset,)),
+                           windows=[Window("F-1", at(1150), at(1300), "bearing change")])
+    plant = Plant(live, VIB, Tag(name="F-1.temp", asset="F-1", range=(-20.0, 150.0)))
+
+    def values(s: int) -> dict[str, float]:
+        x = {"F-1.temp": 40.0 + plant.noise()}
+        if s < 900:  # stuck at 1.0 from 300 s to 600 s (frozen after 30 s); silent from 900 s
+            x["F-1.vib"] = 1.0 if 300 <= s < 600 else 1.0 + plant.noise()
+        return x
+
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        for s in range(1400):
+            await publish(conn, [], await plant.run(s, s + 1, values))
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute("SELECT * FROM alerts ORDER BY raised_at")
+            rows = await cur.fetchall()
+            await cur.execute("SELECT kind, time, detail FROM alert_events WHERE event = 'suppressed'")
+            suppressed = await cur.fetchall()
+    assert [(r["kind"], r["tag"]) for r in rows] == [("sensor", "F-1.vib"), ("sensor", "F-1.vib")]
+    frozen, silent = rows
+    assert frozen["evidence"]["problem"] == "frozen" and frozen["occurrences"] == 1
+    assert at(360) <= frozen["raised_at"] <= at(380) and at(640) <= frozen["cleared_at"] <= at(720)
+    assert frozen["evidence"]["data_quality"]["frozen"] >= 0.5 and frozen["severity"] == "warning"
+    assert silent["evidence"]["problem"] == "no_data" and "no data for" in silent["message"]
+    assert silent["raised_at"] == at(1300) and silent["cleared_at"] is None
+    assert [(e["kind"], e["time"]) for e in suppressed] == [("sensor", at(1200))]
