@@ -199,8 +199,8 @@ class AnomalyBank:
     def push(self, values: np.ndarray, marks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         v = np.take_along_axis(np.asarray(values, dtype=float), self.use, axis=1)
         self.buf[:, self.pos % self.window, :] = v
-        self.marks[:, self.pos % self.window, :] = (False if marks is None else
-                                                    np.take_along_axis(np.asarray(marks, bool), self.use, axis=1))
+        marked = marks is not None and marks.any()  # rarely: most samples have no value out of range
+        self.marks[:, self.pos % self.window, :] = np.take_along_axis(marks, self.use, axis=1) if marked else False
         self.pos += 1
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # "mean of empty slice": a signal absent all window

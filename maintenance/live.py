@@ -283,11 +283,10 @@ class MaintenanceLive:
                                           out_of_range=config.quality.out_of_range)
         self.indicators.on_window = self._window
         self.sensors = SensorWatch(self.indicators.tags, watched, config.quality, self.manager, config.window_s)
-        # The windows whose quality zones and rules on indicators judge: (series tag, window end) -> (class counts,
-        # mean of the good readings), for the derived readings of the current `process` call.
-        bases = {k.rsplit(".", 1)[0] for k in self.zone_of} | {r.tag.rsplit(".", 1)[0] for r in config.rules}
-        self._judged = np.array([i for i, t in enumerate(self.indicators.tags) if t in bases], np.int64)
-        self._windows: dict[tuple[str, datetime], tuple[np.ndarray, float]] = {}
+        # The quality of the windows closed by the current `process` call, which zones and rules on indicators judge:
+        # window end -> (class counts per series, mean of each series' good readings). Rows of the arrays, not a
+        # record per tag: a window closes for every series at once.
+        self._windows: dict[datetime, tuple[np.ndarray, np.ndarray]] = {}
         self._pending: list[AlertChange] = []  # sensor conditions of the windows closed by the current call
         self.rules = RuleEngine(config.rules, self.manager, config.quality)
         self.anomaly = _Anomaly([a for a in config.assets if a.anomaly is not None], config.period_s)
@@ -329,8 +328,8 @@ class MaintenanceLive:
             n = len(scalar)
             slots = slot_numbers(np.fromiter((r.time.timestamp() for r in scalar), float, n), self.config.period_s)
             values = np.fromiter((value_of(r) for r in scalar), float, n)
-            quality = np.fromiter((r.quality for r in scalar), np.int8, n)
-            flags = np.fromiter((r.flags for r in scalar), np.int64, n)
+            both = np.fromiter((r.flags * 4 + r.quality for r in scalar), np.int64, n)  # one pass over the objects
+            quality, flags = both & 3, both >> 2
             cls = classify(quality, flags, values, self.quality.out_of_range)
             # A sensor problem's value (frozen, the device's own doubt) is left out of every machine condition, as
             # a bad one always was: it tells nothing about the machine (maintenance.quality).
@@ -449,39 +448,41 @@ class MaintenanceLive:
     def _window(self, end_slot: int, x: np.ndarray, cls: np.ndarray) -> None:
         """A closed indicator window (`IndicatorEngine.on_window`): its sensor conditions, and the quality of the
         windows zones and rules on indicators will judge."""
-        counts = np.stack([(cls == c).sum(axis=1) for c in range(len(NAMES))], axis=1)
+        n = len(NAMES)
+        counts = np.bincount((np.arange(len(cls))[:, None] * n + cls).ravel(), minlength=len(cls) * n).reshape(-1, n)
         t = datetime.fromtimestamp(end_slot * self.config.period_s, UTC)
-        if self._judged.size:
-            good = cls[self._judged] == GOOD
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mean = np.where(good, x[self._judged], 0.0).sum(axis=1) / good.sum(axis=1)
-            tags = self.indicators.tags
-            for k, i in enumerate(self._judged.tolist()):
-                self._windows[(tags[i], t)] = (counts[i], float(mean[k]))
+        good = cls == GOOD
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self._windows[t] = (counts, np.where(good, x, 0.0).sum(axis=1) / counts[:, GOOD])
         self._pending.extend(self.sensors.window(t, counts, self.indicators.slots,
                                                  self.indicators.silent_s(end_slot)))
 
-    def window_quality(self, tag: str, t: datetime) -> tuple[float | None, float | None, dict]:
+    def window_quality(self, tag: str, t: datetime) -> tuple[float | None, bool | None, np.ndarray]:
         """How far the window of ``tag`` ending at ``t`` can be trusted: the mean of its good readings when they fill
-        ``min_share`` of it (else None); the mean of its usable readings when out-of-range ones are among them and
-        fill ``min_share`` with the good ones (an unverified value, else None); its `data_quality` evidence."""
+        ``min_share`` of it (else None); whether out-of-range readings are among its usable ones, which fill
+        ``min_share`` with the good ones (its statistics are then unverified; else None); its class counts."""
         q = self.quality
         n = self.indicators.slots
-        counts, good_mean = self._windows[(tag, t)]
+        row = self.indicators.row[tag]
+        counts, means = self._windows[t]
+        counts, good_mean = counts[row], float(means[row])
         good = counts[GOOD] / n
         oor = counts[OUT_OF_RANGE] / n if q.out_of_range == "unverified" else 0.0
         trusted = good_mean if counts[GOOD] and good >= q.min_share else None
         unverified = (oor > 0 and good + oor >= q.min_share) or None
-        return trusted, unverified, data_quality(counts, n, window_s=self.config.window_s)
+        return trusted, unverified, counts
+
+    def _data_quality(self, counts: np.ndarray) -> dict:
+        return data_quality(counts, self.indicators.slots, window_s=self.config.window_s)
 
     def _judge(self, d: Reading) -> tuple[int, dict] | None:
         """A rule on an indicator judges its window: it holds (MISSING) without ``min_share`` of usable readings,
         and a window with out-of-range readings in it is out of range (unverified), as one raw reading would be."""
         base = d.tag.rsplit(".", 1)[0]
-        if (base, d.time) not in self._windows:
+        if d.time not in self._windows or base not in self.indicators.row:
             return None  # not a window of this engine (a waveform block): its own flags say
-        trusted, mixed, dq = self.window_quality(base, d.time)
-        return (OUT_OF_RANGE if mixed else GOOD if trusted is not None else MISSING), dq
+        trusted, mixed, counts = self.window_quality(base, d.time)
+        return (OUT_OF_RANGE if mixed else GOOD if trusted is not None else MISSING), self._data_quality(counts)
 
     def _zones(self, derived: list[Reading], changes: list[AlertChange]) -> list[Reading]:
         out = []
@@ -501,8 +502,8 @@ class MaintenanceLive:
                     z0 = held.alert.evidence.get("zone")
                     tracker.current = z0 if z0 in ("C", "D") else "C"
             b = tracker.config.boundaries
-            trusted, mixed, dq = self.window_quality(tag, d.time) if (tag, d.time) in self._windows \
-                else (float(d.value), None, {})
+            trusted, mixed, counts = self.window_quality(tag, d.time) if d.time in self._windows \
+                else (float(d.value), None, None)
             # The zone follows the good readings only. Out-of-range ones (a broken loop, or vibration beyond what the
             # sensor was expected to see) may raise it, unverified, never lower it: a cable reading 0 must not clear
             # zone D. Without enough of either (a sparse first window, a frozen sensor) the zone holds and its alert
@@ -523,6 +524,7 @@ class MaintenanceLive:
                 continue  # calm and no alert waiting to clear: nothing to tell the manager
             sev = SEVERITY[z]
             note = ""
+            dq = self._data_quality(counts) if counts is not None else {}
             if unverified and sev is not None:
                 sev = lower(sev)
                 note = (f"; unverified: {dq['out_of_range']:.0%} of the window's readings are out of the sensor's "
@@ -548,18 +550,16 @@ class MaintenanceLive:
             w = max(len(an.assets[i].anomaly.signals) for i in rows)
             score, p, contrib = bank.push(x[rows][:, :w], oor[rows][:, :w])
             flags = p <= bank.alpha
-            good, out, oor_signals = bank.window_quality()
+            quality = bank.window_quality()
             for k, i in enumerate(rows):
                 if np.isnan(p[k]):
                     continue  # a signal missing the whole window: no prediction, and the alert stays as it is
-                quality = {"samples": bank.window, "good": round(float(good[k]), 3),
-                           "out_of_range": round(float(out[k]), 3), "missing": round(1.0 - good[k] - out[k], 3)}
                 self._anomaly_result(int(i), slot, t, float(score[k]), float(p[k]), bool(flags[k]), contrib[k],
-                                     preds, changes, quality, oor_signals[k])
+                                     preds, changes, bank.window, [q[k] for q in quality])
 
     def _anomaly_result(self, i: int, slot: int, t: datetime, score: float, p: float, flag: bool,
-                        contrib: np.ndarray, preds: list[Prediction], changes: list[AlertChange], quality: dict,
-                        oor: np.ndarray) -> None:
+                        contrib: np.ndarray, preds: list[Prediction], changes: list[AlertChange], window: int,
+                        quality: list) -> None:
         an = self.anomaly
         a = an.assets[i]
         det = an.detectors[i]
@@ -577,9 +577,10 @@ class MaintenanceLive:
         start = datetime.fromtimestamp((slot + 1 - det.config.window) * self.config.period_s, UTC)
         # An anomaly that rests mostly on out-of-range values (their share of the score) may be a broken sensor:
         # unverified, one severity lower (maintenance.quality).
-        positive = np.clip(contrib, 0, None)
-        unverified = bool(flag and oor.any() and positive[oor].sum() >= 0.5 * total)
-        quality = {**quality, "unverified": unverified,
+        good, out, oor = quality  # `AnomalyBank.window_quality` of this asset
+        unverified = bool(flag and oor.any() and np.clip(contrib, 0, None)[oor].sum() >= 0.5 * total)
+        quality = {"samples": window, "good": round(float(good), 3), "out_of_range": round(float(out), 3),
+                   "missing": round(float(1.0 - good - out), 3), "unverified": unverified,
                    "signals_out_of_range": [det.signals_[j] for j in np.flatnonzero(oor)]}
         pred = Prediction(f"anomaly:{a.name}", an.versions[i], a.name, t, score, p_value=p, input_start=start,
                           input_end=t, kind="anomaly",

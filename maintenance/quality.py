@@ -151,7 +151,7 @@ class SensorWatch:
         active = self.watched & ((flagged >= self.config.sensor_share * slots) | silent)
         rows = set(np.flatnonzero(active).tolist())
         # Calm tags matter only with an alert waiting to clear: a few open alerts, not every watched tag.
-        rows.update(i for k, i in self.key.items() if k in self.manager.open)
+        rows.update(self.key[k] for k in self.manager.open if k in self.key)
         out: list[AlertChange] = []
         for i in sorted(rows):
             tag, asset = self.tags[i], self.asset[i]
