@@ -61,8 +61,8 @@ class QualityConfig(BaseModel):
                                                   "flagged or missing")
     sensor_share: float = Field(0.5, gt=0, le=1, description="flagged readings fill this share of a window: the "
                                                              "tag's sensor alert is active")
-    no_data_after_s: float | None = Field(300.0, gt=0, description="a watched tag silent this long while others "
-                                                                   "report: a sensor alert (None: never)")
+    no_data_after_s: float = Field(300.0, ge=0, description="a watched tag silent this long while others report: "
+                                                            "a sensor alert (0: never)")
     sensor_severity: Literal["info", "warning", "critical"] = "warning"
 
 
@@ -146,7 +146,7 @@ class SensorWatch:
             return []
         flagged = counts[:, list(FLAGGED)].sum(axis=1)
         silent = np.zeros(len(self.tags), bool)
-        if self.config.no_data_after_s is not None:
+        if self.config.no_data_after_s > 0:
             silent = silent_s >= self.config.no_data_after_s
         active = self.watched & ((flagged >= self.config.sensor_share * slots) | silent)
         rows = set(np.flatnonzero(active).tolist())

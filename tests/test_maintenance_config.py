@@ -21,6 +21,7 @@ def test_sample_parses_and_states_the_defaults():
     default = MaintenanceConfig()
     assert (cfg.window_s, cfg.hop_s, cfg.period_s, cfg.alerts) == (default.window_s, default.hop_s, default.period_s,
                                                                    default.alerts)
+    assert cfg.quality == default.quality and "quality" in tomllib.loads(SAMPLE.read_text())["maintenance"]
     a = cfg.assets[0]
     assert a.anomaly == AnomalyAssetConfig(signals=a.anomaly.signals)  # every other key at its default
     assert a.iso20816.boundaries == (1.4, 2.8, 4.5)
