@@ -319,8 +319,10 @@ class MaintenanceLive:
         changes: list[AlertChange] = []
         self._windows.clear()
         scalar = [r for r in readings if r.tag not in self.indicators.blocks]
-        if len(scalar) < len(readings):  # waveform samples: block indicators
-            derived.extend(self.indicators.update([r for r in readings if r.tag in self.indicators.blocks]))
+        if len(scalar) < len(readings):  # waveform samples: block indicators, each block's RMS rated in zones
+            blocks = self.indicators.update([r for r in readings if r.tag in self.indicators.blocks])
+            derived.extend(blocks)
+            derived.extend(self._zones(blocks, changes))
         if scalar and self.anomaly_path is not None:
             await self.sync_detectors()
         if scalar:
@@ -502,8 +504,13 @@ class MaintenanceLive:
                     z0 = held.alert.evidence.get("zone")
                     tracker.current = z0 if z0 in ("C", "D") else "C"
             b = tracker.config.boundaries
-            trusted, mixed, counts = self.window_quality(tag, d.time) if d.time in self._windows \
-                else (float(d.value), None, None)
+            if d.time in self._windows:
+                trusted, mixed, counts = self.window_quality(tag, d.time)
+            else:
+                # A waveform block's RMS: bad samples end a block, so its quality is the worst of the rest; an
+                # uncertain one (out of range, frozen) may raise the zone, unverified, never lower it.
+                good = d.quality == Quality.GOOD
+                trusted, mixed, counts = (float(d.value) if good else None), (not good) or None, None
             # The zone follows the good readings only. Out-of-range ones (a broken loop, or vibration beyond what the
             # sensor was expected to see) may raise it, unverified, never lower it: a cable reading 0 must not clear
             # zone D. Without enough of either (a sparse first window, a frozen sensor) the zone holds and its alert
@@ -527,8 +534,10 @@ class MaintenanceLive:
             dq = self._data_quality(counts) if counts is not None else {}
             if unverified and sev is not None:
                 sev = lower(sev)
-                note = (f"; unverified: {dq['out_of_range']:.0%} of the window's readings are out of the sensor's "
-                        "range (a sensor fault, or vibration beyond it): check the sensor")
+                share = (f"{dq['out_of_range']:.0%} of the window's readings are" if dq
+                         else "samples of the waveform block are flagged,")  # a block has no window counts
+                note = (f"; unverified: {share} out of the sensor's range (a sensor fault, or vibration beyond it): "
+                        "check the sensor")
             changes.extend(self.manager.observe(
                 asset=asset, tag=tag, kind="iso20816", active=sev is not None, t=d.time, severity=sev or "info",
                 message=f"{tag}: vibration {value:.2f} mm/s in ISO 20816-3 zone {z} "

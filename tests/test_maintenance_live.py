@@ -9,7 +9,7 @@ import numpy as np
 
 from collectors.simulator.pump import Pump, PumpFaults
 from edge.files import pack_state, read_state
-from edge.records import Reading
+from edge.records import Quality, Reading
 from maintenance.config import AnomalyAssetConfig, AssetConfig, MaintenanceConfig
 from maintenance.iso20816 import ZoneConfig
 from maintenance.live import MaintenanceLive
@@ -89,6 +89,44 @@ async def test_zone_alert_clears_once_the_vibration_is_calm_again():
     assert events == [("raised", "iso20816"), ("cleared", "iso20816")]
     cleared = changes[-1].alert.cleared_at
     assert T0 + timedelta(seconds=460) <= cleared <= T0 + timedelta(seconds=560)  # calm window + 60 s clear delay
+
+
+async def test_a_waveforms_block_rms_is_rated_in_iso_zones():
+    """``iso20816 = true`` on a waveform: each block's velocity RMS is rated like a 1 Hz RMS tag's window mean. The
+    block indicators never reached the zone trackers, so a 14 mm/s block (zone D) raised nothing."""
+    from maintenance.config import WaveformConfig
+
+    fs, block = 1000.0, 1000
+    asset = AssetConfig(name="F-2", waveforms=(WaveformConfig(tag="F-2.vel", fs_hz=fs, block=block),),
+                        iso20816=ZoneConfig(boundaries_mm_s=(0.8, 1.4, 3.0)))
+    live = MaintenanceLive(MaintenanceConfig(window_s=60, hop_s=10, assets=(asset,)))
+    changes, derived = [], []
+    for b, amplitude in enumerate((1.0, 1.0, 14.0 * np.sqrt(2), 14.0 * np.sqrt(2), 1.0)):  # RMS 0.71 or 14 mm/s
+        t0 = T0 + timedelta(seconds=b)
+        batch = [Reading("F-2.vel", t0 + timedelta(microseconds=int(1e6 * k / fs)),
+                         float(amplitude * np.sin(2 * np.pi * 50 * k / fs)), t0) for k in range(block)]
+        d, _, c = await live.process(batch)
+        derived += d
+        changes += c
+    zones = [int(d.value) for d in derived if d.tag == "F-2.vel.iso_zone"]
+    assert zones[:3] == [0, 0, 3]  # A, A, then D from the first 14 mm/s block
+    raised = [c for c in changes if c.event == "raised"]
+    assert [(c.alert.kind, c.alert.severity, c.alert.evidence["zone"]) for c in raised] == [
+        ("iso20816", "critical", "D")]
+
+    # A block with flagged samples (out of range: quality UNCERTAIN) may raise, one severity lower and marked
+    # unverified; it never lowers the zone.
+    live = MaintenanceLive(MaintenanceConfig(window_s=60, hop_s=10, assets=(asset,)))
+    changes = []
+    for b, amplitude in enumerate((1.0, 14.0 * np.sqrt(2), 1.0)):
+        t0 = T0 + timedelta(seconds=b)
+        q = Quality.GOOD if b != 1 else Quality.UNCERTAIN
+        batch = [Reading("F-2.vel", t0 + timedelta(microseconds=int(1e6 * k / fs)),
+                         float(amplitude * np.sin(2 * np.pi * 50 * k / fs)), t0, quality=q) for k in range(block)]
+        changes += (await live.process(batch))[2]
+    raised = [c for c in changes if c.event == "raised"]
+    assert [(c.alert.severity, c.alert.evidence["zone"]) for c in raised] == [("warning", "D")]
+    assert "unverified" in raised[0].alert.message
 
 
 async def test_silent_signals_give_no_anomaly_scores_and_keep_the_alert_open():
