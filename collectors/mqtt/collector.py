@@ -247,6 +247,9 @@ class MqttCollector:
             return
         if conn is not None:
             if conn.connected:
+                # The pipeline goes on acknowledging while this waits (a stop spools what is queued): no PUBACK may
+                # follow the barrier's UNSUBSCRIBE (see Connection.acking).
+                conn.acking = False
                 await self._barrier(client, conn)
             conn.close()
         try:
