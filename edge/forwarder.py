@@ -147,6 +147,7 @@ class Forwarder:
         ready: asyncio.Queue[list[SpooledBatch]] = asyncio.Queue(maxsize=1)
         reader = asyncio.create_task(self._read_ahead(ready))
         writing: dict[asyncio.Task, TimescaleSink] = {}
+        get: asyncio.Future | None = None
         try:
             while True:
                 get = asyncio.ensure_future(ready.get())
@@ -167,10 +168,13 @@ class Forwarder:
                 else:
                     writing[asyncio.create_task(self._write(batches, sink))] = sink
         finally:
-            reader.cancel()
-            for t in writing:
+            # The pending read of the next group too: a failed write leaves here while it waits, and a task never
+            # cancelled is reported by asyncio at ERROR ("Task was destroyed but it is pending!") once collected.
+            # A group it read is still in the spool: the next run reads it again.
+            pending = [t for t in (reader, get, *writing) if t is not None]
+            for t in pending:
                 t.cancel()
-            await asyncio.gather(reader, *writing, return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
 
     @staticmethod
     def _reap(writing: dict[asyncio.Task, TimescaleSink]) -> None:

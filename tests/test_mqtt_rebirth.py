@@ -9,6 +9,7 @@ once per node per interval, and not at all with ``request_rebirth = false``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import threading
@@ -16,12 +17,17 @@ import time
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
+from opcua_support import CutProxy
 from paho.mqtt.enums import CallbackAPIVersion
-from test_mqtt_collector import Sink, config, running, spooling, until
+from test_mqtt_collector import Sink, apublish, config, running, spooling, until
 
+from collectors.base import CollectorContext
+from collectors.mqtt import build
 from collectors.mqtt.rebirth import REBIRTH_METRIC, RebirthRequests
 from collectors.mqtt.sparkplug_b_pb2 import DataType, Payload
 from collectors.mqtt.sparkplug_encode import EdgeNode, now_ms
+from edge.errors import NotConnectedError
+from edge.metrics import Metrics
 
 _ids = itertools.count()
 
@@ -234,3 +240,38 @@ def test_a_refused_rebirth_request_is_counted_and_logged_once_never_raised(caplo
                       "NDATA from an edge node whose NBIRTH was not seen): The client is not currently connected.; "
                       "further refusals are only counted (status: sparkplug.rebirth_requests_refused). If the broker "
                       "does not allow this client to publish NCMD, set request_rebirth = false"]
+
+
+async def test_data_the_broker_sends_again_is_not_a_sequence_gap(mosquitto, tmp_path):
+    """Found by tests/test_gateway_chaos.py ("asked ... to rebirth (sequence gap: 92 after 92)"): after a lost
+    connection the broker sends the messages it has no PUBACK for again (DUP), whose sequence numbers the decoder has
+    seen already. Each such copy was counted as a gap and asked the edge node to rebirth, though nothing was missed,
+    and moved the number the next message was checked against back."""
+    proxy = await CutProxy(mosquitto.port).start()
+    edge = EdgeNode("KIP", f"dup{next(_ids)}")
+    collector = build(config(proxy.port), CollectorContext(name="mq", state_dir=tmp_path, metrics=Metrics()))
+    sink, again = Sink(), Sink()
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            task = asyncio.create_task(collector.run(sink))
+            stack.push_async_callback(collector.aclose)
+            await until(lambda: collector.connected)
+            await apublish(mosquitto.port, [edge.birth({"flow": 1.0})])
+            await sink.wait(lambda s: len(s.batches) == 1)  # stored and acknowledged
+            sink.auto_ack = False
+            await apublish(mosquitto.port, [edge.data({"flow": float(v)}) for v in (2, 3, 4)])
+            await sink.wait(lambda s: len(s.batches) == 4)  # decoded, not acknowledged: the broker sends them again
+            await proxy.cut(0)
+            with contextlib.suppress(NotConnectedError):
+                await task
+            task = asyncio.create_task(collector.run(again))  # what the gateway's supervisor does
+            await again.wait(lambda s: len(s.readings) == 3)
+            await apublish(mosquitto.port, [edge.data({"flow": 5.0})])  # and the stream goes on
+            await again.wait(lambda s: len(s.readings) == 4)
+            status = collector.status()["sparkplug"]
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await proxy.stop()
+    assert [r.value for r in again.readings] == [2.0, 3.0, 4.0, 5.0]
+    assert (status["seq_gaps"], status["rebirths_requested"]) == (0, 0), status

@@ -186,6 +186,54 @@ async def test_a_new_session_forgets_every_remembered_receive_time(mosquitto, tm
     await worker.call(worker.spool.close)
     worker.shutdown()
 
+
+async def test_a_message_acknowledged_while_the_collector_closes_is_sent_again_not_held_for_good(
+        mosquitto, tmp_path, monkeypatch):
+    """Found by tests/test_gateway_chaos.py (a SIGTERM while a backlog was being spooled). The ingest goes on
+    acknowledging batches while the collector closes: those PUBACKs went out after the final barrier's UNSUBSCRIBE,
+    so its UNSUBACK did not cover them and their receive times stayed remembered, in memory and in the spool, though
+    the broker had the PUBACKs and would never send the messages again: held until their packet ids came round
+    (65,535 messages later), when a copy of another message with the same topic and payload that the broker sends
+    again would take the old receive time and be dropped by the database as a duplicate. Now no PUBACK goes out once
+    the final barrier has started: the broker sends those messages again and the remembered times find them."""
+    import collectors.mqtt.collector as module
+
+    monkeypatch.setattr(module, "CONFIRM_EVERY_S", 3600.0)  # only the barrier at close confirms
+    cfg = config(mosquitto.port)
+    collector = build(cfg, CollectorContext(name="mq", state_dir=tmp_path, metrics=Metrics()))
+    sink = Sink(auto_ack=False)
+    task = asyncio.create_task(collector.run(sink))
+    try:
+        await until(lambda: collector.connected)
+        await apublish(mosquitto.port, [("t/plain/P-1/x", str(i)) for i in range(20)])
+        await sink.wait(lambda s: len(s.batches) == 20)
+        first = {r.value: r.time for r in sink.readings}
+        for b in sink.batches[:10]:
+            b.ack()  # spooled before the close: their PUBACKs precede the barrier
+        closing = asyncio.create_task(collector.aclose())
+        await asyncio.sleep(0)  # the close has sent its UNSUBSCRIBE and waits for the UNSUBACK
+        for b in sink.batches[10:]:
+            b.ack()  # spooled while it waits (the gateway's ingest runs on during a stop)
+        await closing
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, NotConnectedError):
+            await task
+        again = Sink()
+        task = asyncio.create_task(collector.run(again))  # the next connection of the session
+        await until(lambda: collector.connected)
+        await asyncio.sleep(1.0)  # what the broker sends again comes first
+        await collector.aclose()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, NotConnectedError):
+            await task
+        await collector.aclose()
+    st = collector.status()
+    assert (st["receive_times_held"], st["redeliveries_matched"]) == (0, 10), st
+    assert sorted(r.value for r in again.readings) == list(range(10, 20))
+    assert all(r.time == first[r.value] for r in again.readings), "sent again, with the first receive time"
+
+
 # -- 2. several untimed samples of one tag in one message ------------------------------------------------
 
 async def test_untimed_samples_of_one_tag_in_one_message_are_all_stored_in_their_order(mosquitto, tmp_path, pg_dsn):

@@ -247,6 +247,9 @@ class MqttCollector:
             return
         if conn is not None:
             if conn.connected:
+                # The pipeline goes on acknowledging while this waits (a stop spools what is queued): no PUBACK may
+                # follow the barrier's UNSUBSCRIBE (see Connection.acking).
+                conn.acking = False
                 await self._barrier(client, conn)
             conn.close()
         try:
@@ -337,7 +340,8 @@ class MqttCollector:
                 topic = msg.topic
             except UnicodeDecodeError:
                 topic = None
-            readings, dead, span_us = self.router.handle(topic, msg._topic, msg.payload, received, msg.retain)
+            readings, dead, span_us = self.router.handle(topic, msg._topic, msg.payload, received, msg.retain,
+                                                         msg.dup)
             # Dead letters count too: their digest in the database covers the receive time.
             changes, entry = times.settle(msg, recv_us, span_us, span_us > 0 or bool(dead))
             self.last_message = now

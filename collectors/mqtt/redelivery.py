@@ -22,7 +22,8 @@ whose packet id and digest match takes the remembered receive time. Entries go:
   mosquitto) and could, after a second crash, match another message with the same topic and payload;
 - all of them when the broker has no session for the client (nothing will be sent again).
 
-An entry left over by a crash before its removal was written stays until its packet id is used again. What is not
+An entry left over by a crash before its removal was written, or by a connection lost before the broker confirmed
+its PUBACK (which the broker may have processed or not), stays until its packet id is used again. What is not
 covered: a broker that sends a message again without DUP, or under another packet id, is not recognised (the copy
 gets its own receive time, as before).
 """

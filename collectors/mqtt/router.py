@@ -67,10 +67,10 @@ class Router:
         self.messages = self.readings = self.dead_letters = self.decoder_errors = self.retained_skipped = 0
 
     def handle(self, topic: str | None, raw_topic: bytes, payload: bytes, now: datetime,
-               retained: bool = False) -> tuple[list[Reading] | Rows, list[DeadLetter], int]:
-        """Decode one message; ``topic`` is None when its bytes are not UTF-8. Returns the readings, the dead
-        letters and the microseconds from ``now`` its readings without a source time take (`untimed.spread`; 0:
-        none has the receive time as its time)."""
+               retained: bool = False, redelivered: bool = False) -> tuple[list[Reading] | Rows, list[DeadLetter], int]:
+        """Decode one message; ``topic`` is None when its bytes are not UTF-8; ``redelivered``: the broker sends it
+        again (DUP). Returns the readings, the dead letters and the microseconds from ``now`` its readings without a
+        source time take (`untimed.spread`; 0: none has the receive time as its time)."""
         self.messages += 1
         if topic is None:
             return [], [self._dead_letter(raw_topic.decode("utf-8", "replace"), payload,
@@ -80,8 +80,12 @@ class Router:
             if decoder is None:
                 raise DataError("no subscription of this collector matches the topic")
             # JSON (the bulk of plant traffic) decodes into plain rows; the others into readings.
-            readings = decoder.rows(payload, topic, now) if decoder.__class__ is JsonDecoder else \
-                decoder(payload, topic, now)
+            if decoder.__class__ is JsonDecoder:
+                readings = decoder.rows(payload, topic, now)
+            elif redelivered and decoder.__class__ is SparkplugDecoder:  # its sequence number was seen already
+                readings = decoder(payload, topic, now, redelivered=True)
+            else:
+                readings = decoder(payload, topic, now)
         except DataError as exc:
             return [], [self._dead_letter(topic, payload, str(exc), now)], 0
         except Exception as exc:  # a decoder bug: see the module docstring

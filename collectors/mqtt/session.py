@@ -61,6 +61,11 @@ class Connection:
         self.max_inflight = max_inflight
         self.inflight = 0
         self.acked: list = []  # redelivery.Entry of messages acknowledged on this connection, not yet confirmed
+        # False once the final barrier has started (collector._teardown): a PUBACK sent after its UNSUBSCRIBE is not
+        # covered by its UNSUBACK, so the broker might have processed it or not, and the message's remembered receive
+        # time could be neither confirmed nor ever used again. Not sent, the broker certainly sends the message again
+        # on the next connection, where the receive time remembered in the spool finds the copy.
+        self.acking = True
         self._cond = threading.Condition()
         self._replies: dict[int, object] = {}  # packet id -> SUBACK/UNSUBACK reason codes
         self._replied = asyncio.Event()
@@ -202,7 +207,7 @@ class Ack:
             return
         self.done = True
         self.conn.free_slot()
-        if self.qos and self.conn.connected:
+        if self.qos and self.conn.connected and self.conn.acking:
             self.client.ack(self.mid, self.qos)
             if self.entry is not None:
                 self.conn.acked.append(self.entry)

@@ -160,7 +160,9 @@ class SparkplugDecoder:
         restored.seq = None  # messages were acknowledged after the save: the saved number is stale
         self.nodes[(group, node)] = restored
 
-    def __call__(self, payload: bytes, topic: str, receive_time: datetime) -> list[Reading]:
+    def __call__(self, payload: bytes, topic: str, receive_time: datetime, *,
+                 redelivered: bool = False) -> list[Reading]:
+        """Decode one message. ``redelivered``: the broker sends it again (MQTT DUP), see `_check_seq`."""
         levels = topic.split("/")
         if len(levels) < 3 or levels[0] != NAMESPACE:
             raise DataError(f"not a Sparkplug B topic (expected {NAMESPACE}/group/TYPE/node[/device])")
@@ -186,7 +188,7 @@ class SparkplugDecoder:
             return self._birth(p, topic, receive_time, group, node_id, None)
         if kind == "NDEATH":
             return self._node_death(p, topic, receive_time, node)
-        why = self._check_seq(p, node)
+        why = self._check_seq(p, node, redelivered)
         if node is None or not node.online:
             # A node with types had a birth and then an NDEATH; one without was only named by a DBIRTH.
             why = f"{kind} from an edge node whose NBIRTH was not seen" + (" since its NDEATH" if node and node.types
@@ -262,12 +264,17 @@ class SparkplugDecoder:
         entity.online = False
         return self._dead(entity, self.device_tag, topic, p.timestamp, receive_time, "DDEATH")
 
-    def _check_seq(self, p, node: Node | None) -> str | None:
+    def _check_seq(self, p, node: Node | None, redelivered: bool = False) -> str | None:
         """Note the message's sequence number; a gap (a reason to ask for a rebirth) is counted."""
         if node is None or not p.HasField("seq"):
             return None
         gap = None
         if node.seq is not None and p.seq != (node.seq + 1) % 256:
+            if redelivered:
+                # A copy the broker sends again after a lost connection, of a message decoded before it was
+                # acknowledged: nothing was missed. Taken for a gap, it asked the node for a needless rebirth and set
+                # the number the next message is checked against back.
+                return None
             self.stats["seq_gaps"] += 1
             gap = f"sequence gap: {p.seq} after {node.seq}"
         node.seq = p.seq
