@@ -36,6 +36,7 @@ from edge import logs, settings
 from edge.errors import ConfigError
 from edge.gateway import SHUTDOWN_FLUSH_S, Gateway, database_conninfo
 from edge.metrics import Metrics
+from edge.secrets import resolve_secret
 from edge.settings import SiteConfig
 from edge.watchdog import Watchdog
 
@@ -73,6 +74,17 @@ def preflight(cfg: SiteConfig) -> None:
         database_conninfo(cfg)
     except ConfigError as exc:
         problems += exc.problems
+    # The alert notification password is resolved inside the running analytics task (edge/analytics.py): unchecked
+    # here, an unset one passed check-config and a reload, then killed live analytics at every watchdog restart.
+    from edge.analytics import maintenance_config
+
+    mcfg = maintenance_config(cfg)
+    notify = mcfg.notify.mqtt if mcfg is not None else None
+    if notify is not None and notify.password:
+        try:
+            resolve_secret(notify.password, where="maintenance.notify.mqtt.password")
+        except ConfigError as exc:
+            problems += exc.problems
     metrics = Metrics()  # throw-away: no labels leak into the running gateway's metrics
     for kind, name, ccfg in cfg.collector_configs:
         ctx = CollectorContext(name=name, state_dir=Path(cfg.site.state_dir) / "collectors" / name, metrics=metrics)
@@ -237,6 +249,12 @@ class Service:
             await asyncio.to_thread(preflight, new)
         except ConfigError as exc:
             self._rejected(in_file(path, exc.problems))
+            return False
+        except Exception as exc:
+            # Any other error of the checks (it was a UnicodeDecodeError of a secret file) escaped `_serve` and ended
+            # the running gateway; whatever is wrong with the new file, only the file is rejected.
+            log.debug("checking the new configuration raised", exc_info=exc)
+            self._rejected([f"{path}: cannot be checked: {type(exc).__name__}: {exc}"])
             return False
         old = self.cfg
         t0 = time.monotonic()

@@ -106,6 +106,16 @@ class Database(Strict):
             url = urlsplit(v)
             if url.password is not None or "password" in parse_qs(url.query):
                 raise ValueError("contains a password; put it in database.password as env:NAME or file:/path")
+            # What libpq cannot parse (a misspelt parameter such as sslmod=) otherwise passed check-config and
+            # failed only at run time: retried for ever, or raised out of a SIGHUP reload. This URL holds no
+            # password (checked above), so libpq's message, which quotes it, may be shown.
+            from psycopg import ProgrammingError
+            from psycopg.conninfo import conninfo_to_dict
+
+            try:
+                conninfo_to_dict(v)
+            except ProgrammingError as exc:
+                raise ValueError(f"not a valid connection URL: {str(exc).strip()}") from None
         return v
 
 

@@ -1,0 +1,51 @@
+"""SIGHUP reloads of `valvoja run` as a real process: whatever is wrong with the new file, the running gateway goes on
+(docs/operations.md, "Configuration reload")."""
+
+from __future__ import annotations
+
+import signal
+
+from gateway_proc import GatewayProcess
+from ops_support import wait_for
+
+SPOOL_ONLY = """\
+[site]
+gateway_id = "gw-reload"
+state_dir = "var"
+
+[http]
+listen = "127.0.0.1:{HTTP_PORT}"
+
+[logging]
+format = "text"
+"""
+
+
+def test_a_reload_whose_secret_or_url_cannot_be_read_is_rejected_and_the_gateway_goes_on(tmp_path):
+    """A secret file in Latin-1 raised UnicodeDecodeError and a URL libpq cannot parse psycopg.ProgrammingError out of
+    the reload's checks, which only caught ConfigError: the running gateway ended with a traceback."""
+    secret = tmp_path / "db_password"
+    secret.write_bytes("pässi\n".encode("latin-1"))
+    gw = GatewayProcess(tmp_path, SPOOL_ONLY).start()
+    good = gw.config.read_text()
+    bad = {
+        "Latin-1 secret file": good + f'\n[database]\nurl = "postgresql://valvoja@127.0.0.1:9/valvoja"\n'
+                                      f'password = "file:{secret}"\n',
+        "URL libpq cannot parse": good + '\n[database]\nurl = "postgresql://valvoja@127.0.0.1:9/valvoja?sslmod=x"\n'
+                                         'password = "env:PATH"\n',
+    }
+    try:
+        for n, (what, text) in enumerate(bad.items(), start=1):
+            gw.config.write_text(text)
+            gw.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda n=n: gw.log.read_text().count("event=config_rejected") == n or gw.proc.poll() is not None,
+                     what=f"the {what} config rejected")
+            assert gw.proc.poll() is None, f"the gateway ended on a reload with a {what}:\n{gw.log.read_text()[-3000:]}"
+            assert gw.health()["gateway"] == "gw-reload"
+        log = gw.log.read_text()
+        assert "database.password: " in log and "UTF-8" in log
+        assert "database.url: " in log and "sslmod" in log
+        assert 'valvoja_config_reloads_total{result="rejected"} 2.0' in gw.metrics()
+        assert gw.terminate() == 0
+    finally:
+        gw.kill()
