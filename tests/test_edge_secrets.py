@@ -100,3 +100,17 @@ def test_check_config_resolves_the_alert_notification_password(tmp_path):
     assert out.returncode == 1, out.stdout
     assert out.stderr.startswith(f"{p}: maintenance.notify.mqtt.password: environment variable "
                                  "VALVOJA_TEST_UNSET_NOTIFY_PW is not set"), out.stderr
+
+
+def test_an_opcua_endpoint_with_a_password_in_it_is_refused(tmp_path):
+    """asyncua takes ``user:password@`` from the endpoint URL and logs in with it, so a literal password was accepted in
+    the configuration (which must never hold one) and then shown in /healthz (``collectors.<name>.endpoint``) and in
+    every connection error message."""
+    p = tmp_path / "site.toml"
+    p.write_text('[[collectors]]\nkind = "opcua"\nname = "plc"\nendpoint = "opc.tcp://op:s3cr3t@127.0.0.1:4840/x"\n'
+                 '[[collectors.nodes]]\ntag = "P-1.flow"\nnode_id = "ns=2;s=Flow"\n')
+    with pytest.raises(ConfigError) as err:
+        settings.load(p)
+    found = [line for line in err.value.problems if "collectors[0] (plc).endpoint: " in line]
+    assert found and "password" in found[0], err.value.problems
+    assert not any("s3cr3t" in line for line in err.value.problems), err.value.problems
