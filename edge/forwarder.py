@@ -105,13 +105,20 @@ class Forwarder:
             await w.connect(migrate_schema=False)
         self.metrics.db_connected.set(1)
         self.heartbeat = time.monotonic()
+        if self.down_since is None:
+            log.info("database connected (%s edition)", features.edition, extra={"event": "db_up",
+                                                                                 "edition": features.edition})
+        # An outage ends (`_working`) at the first write that commits, not here: a database that takes connections
+        # but refuses writes (a lock with lock_timeout, statement_timeout, a read-only failover) reset the back-off
+        # at every connect, and was reconnected (with a migration check) every ~0.4 s, logging db_up and db_down
+        # each time.
+
+    def _working(self) -> None:
+        """A write committed, or the spool is empty on a live connection: the outage (if any) is over."""
         if self.down_since is not None:
             log.warning("database reachable again after %.1f s", time.monotonic() - self.down_since,
                         extra={"event": "db_up"})
-        else:
-            log.info("database connected (%s edition)", features.edition, extra={"event": "db_up",
-                                                                                 "edition": features.edition})
-        self.down_since = None
+            self.down_since = None
         self.backoff.reset()
 
     async def _on_error(self, exc: BaseException) -> None:
@@ -147,6 +154,7 @@ class Forwarder:
         ready: asyncio.Queue[list[SpooledBatch]] = asyncio.Queue(maxsize=1)
         reader = asyncio.create_task(self._read_ahead(ready))
         writing: dict[asyncio.Task, TimescaleSink] = {}
+        get: asyncio.Future | None = None
         try:
             while True:
                 get = asyncio.ensure_future(ready.get())
@@ -167,10 +175,12 @@ class Forwarder:
                 else:
                     writing[asyncio.create_task(self._write(batches, sink))] = sink
         finally:
-            reader.cancel()
-            for t in writing:
+            # `get` too: left pending when a write failed, it was destroyed with the queue ("Task was destroyed but
+            # it is pending!", an error line at every database outage).
+            pending = [t for t in (get, reader, *writing) if t is not None]
+            for t in pending:
                 t.cancel()
-            await asyncio.gather(reader, *writing, return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
 
     @staticmethod
     def _reap(writing: dict[asyncio.Task, TimescaleSink]) -> None:
@@ -184,6 +194,8 @@ class Forwarder:
         while True:
             batches = await self._next_group(after, linger=True)
             if batches is None:
+                if not self.worker.spool.batches:  # nothing spooled, nothing in flight: the connection works
+                    self._working()
                 if time.monotonic() >= self._vacuum_check_at:  # idle: give back what a drained backlog held
                     self._vacuum_check_at = time.monotonic() + VACUUM_CHECK_S
                     freed = await self.worker.call(self.worker.spool.vacuum_if_empty)
@@ -233,6 +245,7 @@ class Forwarder:
         if note is not None:
             self.dirty_note = max(note, self.dirty_note or 0)
         self.heartbeat = time.monotonic()
+        self._working()
         self._account(batches, result)
 
     async def _write_apart(self, batches: list[SpooledBatch], sink: TimescaleSink,
