@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import sqlite3
 import time
 
 import psycopg
@@ -64,6 +65,7 @@ class Forwarder:
         self.duplicates = 0
         self.down_since: float | None = None
         self.last_error: str | None = None
+        self.spool_error: str | None = None  # the last spool failure while forwarding, until one works again
         # Monotonic time of the last sign of life (commit, connect, error): the watchdog's stall check.
         self.heartbeat = time.monotonic()
         # Reservoir of (commit time - source time) in seconds, for benchmarks and /status.
@@ -97,6 +99,21 @@ class Forwarder:
                 raise
             except (psycopg.Error, OSError, TimeoutError) as exc:
                 await self._on_error(exc)
+            except sqlite3.Error as exc:
+                await self._on_spool_error(exc)
+
+    async def _on_spool_error(self, exc: sqlite3.Error) -> None:
+        """The spool failed (a full disk: a delete needs room in its write-ahead log), not the database: keep the
+        connections, say it once per kind of failure, retry with back-off (the group written again is skipped by
+        the database's key). It was a crash the watchdog restarted every round: a traceback, a reconnect and the
+        same group written again each time."""
+        self.heartbeat = time.monotonic()
+        self.metrics.spool_errors.inc()
+        error = f"{type(exc).__name__}: {exc}"
+        if error != self.spool_error:
+            log.error("spool read or delete failed, retrying with back-off: %s", error, extra={"event": "spool_error"})
+        self.spool_error = error
+        await asyncio.sleep(self.backoff.next_delay())
 
     async def _connect(self) -> None:
         features = await self.sink.connect(migrate_schema=self.db.migrate_on_start)
@@ -115,6 +132,9 @@ class Forwarder:
 
     def _working(self) -> None:
         """A write committed, or the spool is empty on a live connection: the outage (if any) is over."""
+        if self.spool_error is not None:
+            log.warning("spool deletes work again", extra={"event": "spool_recovered", "error": self.spool_error})
+            self.spool_error = None
         if self.down_since is not None:
             log.warning("database reachable again after %.1f s", time.monotonic() - self.down_since,
                         extra={"event": "db_up"})

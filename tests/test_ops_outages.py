@@ -5,11 +5,13 @@ Each must be logged once, back off, and end by itself when the cause goes away."
 from __future__ import annotations
 
 import re
+import shutil
 import time
 
 import psycopg
+import pytest
 from gateway_proc import GatewayProcess
-from ops_support import Publisher, new_run, site_config, stored, wait_for
+from ops_support import Publisher, new_run, site_config, small_disk, stored, wait_for
 from psycopg.conninfo import conninfo_to_dict
 
 
@@ -59,3 +61,91 @@ def test_a_database_that_connects_but_refuses_writes_is_one_outage_with_back_off
     # Back-off from 0.5 s doubling (with jitter, at most 30 s): at most ~6 attempts in 8 s; it was ~20.
     assert errors <= 8, f"{errors} failed writes in 8 s:\n{during[-3000:]}"
     assert "Task was destroyed but it is pending" not in after, after[-3000:]
+
+
+@pytest.mark.timeout(240)
+def test_a_full_state_disk_refuses_new_readings_and_drains_when_the_database_returns(tmp_path, own_pg_server,
+                                                                                     mosquitto):
+    """The spool filled the disk of the state folder (the database away, its budget larger than the free space):
+    after that even the forwarder's DELETE of what the database had committed failed (SQLite's write-ahead log could
+    not grow), so the forwarder died and was restarted at every watchdog round, writing the same group again, for
+    ever, and nothing was acknowledged upstream: a gateway that never recovers by itself. The spool now treats a disk
+    within its reserve as full (reject_new: collectors wait, the broker keeps the messages) and drains once the
+    database is back."""
+    from edge import spool as spool_module
+
+    reserve = getattr(spool_module, "DISK_RESERVE_BYTES", 0)
+    state = small_disk(tmp_path / "state", size_mb=(reserve >> 20) + 16)
+    with state as state_dir:
+        run = new_run()
+        dsn = own_pg_server.dsn("postgres")
+        gw = GatewayProcess(tmp_path, site_config(dsn, mosquitto.port, run=run, state_dir=str(state_dir), stall_s=3))
+        gw.start()
+        pub = Publisher(mosquitto.port, run)
+        try:
+            wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector connected")
+            # Something else on the volume leaves 2 MB beyond the spool's reserve.
+            ballast = state_dir / "other-files"
+            with open(ballast, "wb") as f:
+                f.write(b"\0" * (shutil.disk_usage(state_dir).free - reserve - (2 << 20)))
+            own_pg_server.stop()
+            for _ in range(30):  # until the spool stops taking readings (full) or fails to
+                pub.publish(500)
+                h = gw.health()
+                if h["spool"]["full"] or h["problems"] or h["queue_batches"] >= 200:
+                    break
+            time.sleep(4)  # longer than stall_after_s
+            full = gw.health()
+            own_pg_server.start()
+            wait_for(lambda: gw.health()["database"]["connected"], what="database connected again")
+            pub.publish(100)  # taken again once the backlog is written
+            wait_for(lambda: stored(dsn) == pub.sent, timeout_s=60,
+                     what=f"all {pub.sent} readings stored after the database returned")
+            assert gw.health()["spool"]["full"] is False
+        finally:
+            pub.close()
+            gw.terminate()
+            gw.kill()
+        log = gw.log.read_text()
+    assert full["spool"]["full"] is True and not full["problems"], full
+    assert _events(log, "spool_full") >= 1 and _events(log, "spool_resumed") >= 1, log[-3000:]
+    for bad in ("task_died", "spool_error", "ingest_stalled"):
+        assert _events(log, bad) == 0, f"{bad}:\n{log[-3000:]}"
+
+
+@pytest.mark.timeout(240)
+def test_a_disk_filled_by_other_files_holds_the_drain_quietly_until_space_returns(tmp_path, own_pg_server,
+                                                                                mosquitto):
+    """Other files fill the state folder's disk (logs, a backup) while readings wait for the database: the spool
+    cannot delete what the database committed. The forwarder died on that sqlite3 error and the watchdog restarted it
+    every round, each time a traceback, a database reconnect and the same group written again; now it says so once,
+    keeps its connections, backs off, and drains by itself once there is room."""
+    with small_disk(tmp_path / "state", size_mb=64) as state_dir:
+        run = new_run()
+        dsn = own_pg_server.dsn("postgres")
+        gw = GatewayProcess(tmp_path, site_config(dsn, mosquitto.port, run=run, state_dir=str(state_dir)))
+        gw.start()
+        pub = Publisher(mosquitto.port, run)
+        try:
+            wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector connected")
+            own_pg_server.stop()
+            pub.publish(300)
+            wait_for(lambda: gw.health()["spool"]["readings"] == 300, what="300 readings spooled")
+            ballast = state_dir / "other-files"
+            with open(ballast, "wb") as f:
+                f.write(b"\0" * shutil.disk_usage(state_dir).free)
+            mark = len(gw.log.read_text())
+            own_pg_server.start()
+            time.sleep(8)
+            during = gw.log.read_text()[mark:]
+            ballast.unlink()
+            wait_for(lambda: stored(dsn) == 300, timeout_s=60, what="the backlog stored once there is room")
+            wait_for(lambda: gw.health()["spool"]["readings"] == 0, what="the backlog deleted from the spool")
+            after = gw.log.read_text()[mark:]
+        finally:
+            pub.close()
+            gw.terminate()
+            gw.kill()
+    assert _events(during, "task_died") == 0, during[-3000:]
+    assert _events(during, "spool_error") == 1 and "disk is full" in during, during[-3000:]
+    assert _events(after, "spool_recovered") == 1, after[-3000:]
