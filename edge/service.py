@@ -12,7 +12,9 @@
   collectors close, its queue goes to the spool), the new one starts on the same spool, so no
   reading is lost; secrets and certificates are read again too, which is how they are rotated.
   If the new gateway cannot start (a port in use ...) the previous configuration is started again.
-- **Watchdog** (edge/watchdog.py): dead or stalled parts are restarted and counted.
+- **Watchdog** (edge/watchdog.py): dead or stalled parts are restarted and counted; a stalled
+  ingest (nothing can be written to the spool) ends the process with exit code 1 (``stall_exit``)
+  for systemd or the container runtime to start it again.
 - **systemd**: with ``Type=notify`` the process reports READY / RELOADING / STOPPING and, when
   ``WatchdogSec`` is set, pings the service manager from the event loop, so a blocked loop gets
   the process restarted.
@@ -145,7 +147,8 @@ class Service:
             self.exit_code = 1
             return
         sd_notify(f"READY=1\nSTATUS=running {self.cfg.site.gateway_id}\nMAINPID={os.getpid()}")
-        helpers = [asyncio.create_task(self.watchdog.run(lambda: self.gateway), name="watchdog")]
+        helpers = [asyncio.create_task(self.watchdog.run(lambda: self.gateway), name="watchdog"),
+                   asyncio.create_task(self._exit_on_stalled_ingest(), name="stall-exit")]
         if os.environ.get("WATCHDOG_USEC"):
             helpers.append(asyncio.create_task(self._systemd_pings(), name="systemd-watchdog"))
         try:
@@ -301,6 +304,23 @@ class Service:
     def _unused_keys(self, cfg: SiteConfig) -> None:
         for note in cfg.unused_keys():
             log.warning("%s: %s", self.config_path, note, extra={"event": "config_key_unused"})
+
+    async def _exit_on_stalled_ingest(self) -> None:
+        """Exit 1 once the watchdog reports a stalled ingest (edge/watchdog.py: restarting the task could lose the
+        batches it holds). It only failed /healthz, "so that the supervisor restarts the process", but none did:
+        systemd does not read /healthz (and the WATCHDOG=1 pings go on), docker and compose do not restart an
+        unhealthy container. An exit is what `Restart=always` and `restart: unless-stopped` act on; nothing
+        unspooled was acknowledged, so brokers send it again to the next process."""
+        while not self._stop.is_set():
+            await asyncio.sleep(1.0)
+            gw = self.gateway
+            problem = gw.problems.get("ingest") if gw is not None else None
+            if problem is not None:
+                log.critical("ingest stalled (%s); exiting so the supervisor starts the process again", problem,
+                             extra={"event": "stall_exit"})
+                self.exit_code = 1
+                self._stop.set()
+                return
 
     async def _systemd_pings(self) -> None:
         """WATCHDOG=1 at half the interval systemd asks for; stops when the event loop is blocked."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import sqlite3
+import subprocess
 import time
 
 import psycopg
@@ -149,3 +151,47 @@ def test_a_disk_filled_by_other_files_holds_the_drain_quietly_until_space_return
     assert _events(during, "task_died") == 0, during[-3000:]
     assert _events(during, "spool_error") == 1 and "disk is full" in during, during[-3000:]
     assert _events(after, "spool_recovered") == 1, after[-3000:]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("messages", [1, 50])
+def test_a_stalled_ingest_ends_the_process_for_its_supervisor_and_nothing_is_lost(tmp_path, pg_dsn, mosquitto,
+                                                                               messages):
+    """Nothing could be written to the spool (here another process holds its write lock, as a backup tool or a hung
+    disk would): the watchdog reported it on /healthz "so that the container runtime or systemd restarts the
+    process", but neither does: systemd does not read /healthz (and the gateway's WATCHDOG=1 pings went on), docker
+    and compose do not restart an unhealthy container. The gateway stayed stuck for good. It now exits 1, which
+    `Restart=always` and `restart: unless-stopped` act on; what was not spooled was never acknowledged, so the broker
+    sends it again to the restarted gateway. With 1 message the stuck commit holds every batch and the queue is
+    empty: the watchdog counted only queued batches as work, and saw no stall at all."""
+    run = new_run()
+    gw = GatewayProcess(tmp_path, site_config(pg_dsn, mosquitto.port, run=run, stall_s=2))
+    gw.start()
+    pub = Publisher(mosquitto.port, run)
+    lock = None
+    try:
+        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector connected")
+        pub.publish(50)
+        wait_for(lambda: stored(pg_dsn) == 50, what="first readings stored")
+        lock = sqlite3.connect(tmp_path / "var" / "spool.db", isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        pub.publish(messages)
+        try:
+            code = gw.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            code = None
+        health = None if code is not None else gw.health()
+        lock.rollback()
+        lock.close()
+        lock = None
+        assert code == 1, f"still running with /healthz {health}:\n{gw.log.read_text()[-3000:]}"
+        gw.start()  # what the supervisor does
+        wait_for(lambda: stored(pg_dsn) == 50 + messages, what="the readings not spooled before the exit, stored after")
+        assert gw.terminate() == 0
+    finally:
+        if lock is not None:
+            lock.close()
+        pub.close()
+        gw.kill()
+    log = gw.log.read_text()
+    assert _events(log, "ingest_stalled") == 1 and _events(log, "stall_exit") == 1, log[-3000:]
