@@ -284,6 +284,13 @@ class Service:
             self._rejected([problem])
             return False
         self.cfg = new
+        # The gauge of a collector the new file removed or renamed stayed at 0 for good (the metrics outlive the
+        # gateway) and fired "collector down" alerts for a collector that no longer exists. Counters stay: flat.
+        for name in {n for _, n, _ in old.collector_configs} - {n for _, n, _ in new.collector_configs}:
+            try:
+                self.metrics.connected.remove(name)
+            except KeyError:  # never connected
+                pass
         self._setup_logging(new)
         self._unused_keys(new)
         self.metrics.config_reloads.labels("applied").inc()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 
 from gateway_proc import GatewayProcess
-from ops_support import wait_for
+from ops_support import site_config, wait_for
 
 SPOOL_ONLY = """\
 [site]
@@ -49,3 +49,29 @@ def test_a_reload_whose_secret_or_url_cannot_be_read_is_rejected_and_the_gateway
         assert gw.terminate() == 0
     finally:
         gw.kill()
+
+
+def test_a_collector_removed_by_a_reload_leaves_no_connected_gauge_behind(tmp_path, pg_dsn, mosquitto):
+    """The gauge of a collector that a reload removed or renamed stayed in /metrics at 0 for the life of the process:
+    the suggested alert `valvoja_collector_connected == 0 for 5 min` fired for a collector that no longer exists."""
+    gw = GatewayProcess(tmp_path, site_config(pg_dsn, mosquitto.port)).start()
+    try:
+        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector connected")
+        assert 'valvoja_collector_connected{collector="plant"} 1.0' in gw.metrics()
+        gw.config.write_text(gw.config.read_text().replace('name = "plant"', 'name = "line-2"'))
+        gw.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "event=config_applied" in gw.log.read_text(), what="the new configuration applied")
+        wait_for(lambda: _collector_up(gw, "line-2"), what="the renamed collector connected")
+        metrics = gw.metrics()
+        assert 'valvoja_collector_connected{collector="line-2"} 1.0' in metrics
+        assert 'valvoja_collector_connected{collector="plant"}' not in metrics, metrics
+        assert gw.terminate() == 0
+    finally:
+        gw.kill()
+
+
+def _collector_up(gw: GatewayProcess, name: str) -> bool:
+    try:
+        return bool(gw.health()["collectors"].get(name, {}).get("connected"))
+    except (OSError, ValueError):
+        return False  # between the two gateways of a reload
