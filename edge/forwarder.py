@@ -372,6 +372,7 @@ class RollupWorker:
         self.last_retention = 0.0
         self.backoff = Backoff()
         self.refreshes = 0
+        self.error: str | None = None  # the refresh failure last logged, until a refresh works
 
     async def run(self) -> None:
         while True:
@@ -379,11 +380,23 @@ class RollupWorker:
             try:
                 await self.refresh_once()
                 self.backoff.reset()
+                if self.error is not None:
+                    log.warning("rollups refreshed again", extra={"event": "rollup_resumed", "error": self.error})
+                    self.error = None
             except asyncio.CancelledError:
                 raise
             except (psycopg.Error, OSError, TimeoutError) as exc:
-                # The forwarder logs the outage; this only retries later, keeping the dirty span.
-                log.debug("rollup refresh failed: %s", exc)
+                # A database outage is the forwarder's to log; a refresh failing while the forwarder is connected is
+                # the rollups' own (a lock, statement_timeout, a permission): said once per kind of failure. It was a
+                # debug line, and the rollups the console draws stayed stale for good without a word. Retried
+                # later, keeping the work owed.
+                error = f"{type(exc).__name__}: {exc}".strip()
+                if self.fwd.connected and error != self.error:
+                    log.error("rollup refresh failed, retrying with back-off (raw readings are stored): %s", error,
+                              extra={"event": "rollup_error"})
+                    self.error = error
+                else:
+                    log.debug("rollup refresh failed: %s", error)
                 await self.sink.close()
                 await asyncio.sleep(self.backoff.next_delay())
 

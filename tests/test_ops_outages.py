@@ -195,3 +195,38 @@ def test_a_stalled_ingest_ends_the_process_for_its_supervisor_and_nothing_is_los
         gw.kill()
     log = gw.log.read_text()
     assert _events(log, "ingest_stalled") == 1 and _events(log, "stall_exit") == 1, log[-3000:]
+
+
+def test_rollups_the_database_keeps_refusing_are_logged_while_readings_flow(tmp_path, pg_dsn, mosquitto):
+    """Rollup refreshes that fail while the database takes readings (here a lock on readings_1m with the role's
+    lock_timeout; also a statement_timeout on a large recomputation, a permission) went to a debug line only: the
+    1-minute and 1-hour rollups the console draws stayed stale for good and nothing said so."""
+    run = new_run()
+    gw = GatewayProcess(tmp_path, site_config(pg_dsn, mosquitto.port, run=run)).start()
+    pub = Publisher(mosquitto.port, run)
+    locker = None
+    try:
+        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector connected")
+        pub.publish(10)
+        wait_for(lambda: stored(pg_dsn) == 10, what="first readings stored")
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute(f"ALTER DATABASE {conninfo_to_dict(pg_dsn)['dbname']} SET lock_timeout = '300ms'")
+            locker = psycopg.connect(pg_dsn)
+            locker.execute("SET lock_timeout = 0")
+            locker.execute("LOCK TABLE readings_1m IN ACCESS EXCLUSIVE MODE")
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE application_name LIKE 'valvoja-%'")
+        for _ in range(4):  # rollup_interval_s is 5 s: several refreshes meet the lock
+            pub.publish(10)
+            time.sleep(3)
+        wait_for(lambda: stored(pg_dsn) == 50, what="readings stored beside the failing rollups")
+        during = gw.log.read_text()
+        locker.rollback()
+        wait_for(lambda: _events(gw.log.read_text(), "rollup_resumed") == 1, what="rollups working again")
+    finally:
+        if locker is not None:
+            locker.close()
+        pub.close()
+        gw.terminate()
+        gw.kill()
+    assert _events(during, "rollup_error") == 1 and "LockNotAvailable" in during, during[-3000:]
