@@ -53,6 +53,8 @@ def resolve_secret(ref: str, *, where: str = "secret") -> str:
             raise ConfigError(f"{where}: environment variable {name} is empty")
         return os.environ[name]
     if ref.startswith("file:"):
+        if not ref[5:]:
+            raise ConfigError(f"{where}: 'file:' needs a path, e.g. file:/run/secrets/db_password")
         path = Path(ref[5:])
         try:
             # UTF-8 whatever the locale (systemd and containers often run with none).

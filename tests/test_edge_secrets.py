@@ -114,3 +114,9 @@ def test_an_opcua_endpoint_with_a_password_in_it_is_refused(tmp_path):
     found = [line for line in err.value.problems if "collectors[0] (plc).endpoint: " in line]
     assert found and "password" in found[0], err.value.problems
     assert not any("s3cr3t" in line for line in err.value.problems), err.value.problems
+
+
+def test_file_reference_without_a_path_says_so():
+    """`file:` alone read the current folder: "cannot read secret file .: Is a directory"."""
+    with pytest.raises(ConfigError, match=r"^database\.url: 'file:' needs a path"):
+        resolve_secret("file:", where="database.url")
