@@ -169,7 +169,8 @@ class Service(Strict):
     # A collector that delivered nothing for this long is restarted; 0 turns the check off
     # (for sources that may be silent longer, e.g. event-only MQTT topics).
     collector_silence_s: float = Field(600.0, ge=0)
-    # Warn (log + health) when the state directory's file system has less free space than this.
+    # Warn (log disk_low; valvoja_state_disk_free_bytes) when the state directory's file system has less free space
+    # than this. Only a warning: the spool itself keeps edge.spool.DISK_RESERVE_BYTES free.
     min_free_disk_bytes: int = Field(500_000_000, ge=0)
 
 
