@@ -260,6 +260,14 @@ class Service:
             self._rejected([f"{path}: cannot be checked: {type(exc).__name__}: {exc}"])
             return False
         old = self.cfg
+        gw = self.gateway
+        if gw is not None and new.spool_path.resolve() != old.spool_path.resolve() and gw.spool.batches:
+            # The new gateway would start on another (empty) spool and nothing would ever forward what waits in this
+            # one (a database away while the spool moves to a bigger volume): refused, with what to do instead.
+            self._rejected([f"{path}: spool.path: the spool moves from {old.spool_path} to {new.spool_path} while "
+                            f"{gw.spool.readings} readings wait in it for the database; reload again once they are "
+                            "forwarded, or stop the gateway and move the file (with its -wal file) first"])
+            return False
         t0 = time.monotonic()
         if not await self._stop_gateway(old.service.stop_timeout_s, RELOAD_FLUSH_S, STOP_MARGIN_S):
             # A cancelled shutdown leaves parts of the old gateway open (HTTP port, spool, its tasks): a new one beside

@@ -75,3 +75,31 @@ def _collector_up(gw: GatewayProcess, name: str) -> bool:
         return bool(gw.health()["collectors"].get(name, {}).get("connected"))
     except (OSError, ValueError):
         return False  # between the two gateways of a reload
+
+
+def test_a_reload_that_moves_the_spool_away_from_waiting_readings_is_rejected(tmp_path, mosquitto):
+    """A new spool.path (or state_dir), e.g. a bigger volume while the database is away, started the new gateway on
+    an empty spool: the readings waiting in the old file were never forwarded, and nothing said so."""
+    from ops_support import Publisher, new_run
+
+    run = new_run()
+    no_database = site_config("host=127.0.0.1 port=1 user=u dbname=d", mosquitto.port, run=run)
+    no_database = no_database.replace(no_database[no_database.index("[database]"):no_database.index("[http]")], "")
+    gw = GatewayProcess(tmp_path, no_database).start()
+    pub = Publisher(mosquitto.port, run)
+    try:
+        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector connected")
+        pub.publish(10)
+        wait_for(lambda: gw.health()["spool"]["readings"] == 10, what="10 readings spooled")
+        gw.config.write_text(gw.config.read_text().replace("[http]", f'[spool]\npath = "{tmp_path}/big/spool.db"\n\n'
+                                                                           "[http]"))
+        gw.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "event=config_rejected" in gw.log.read_text() or "event=config_applied" in gw.log.read_text(),
+                 what="the reload handled")
+        log = gw.log.read_text()
+        assert "event=config_rejected" in log and "spool.path" in log, log[-3000:]
+        assert gw.health()["spool"]["readings"] == 10
+        assert gw.terminate() == 0
+    finally:
+        pub.close()
+        gw.kill()
