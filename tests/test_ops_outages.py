@@ -4,6 +4,7 @@ Each must be logged once, back off, and end by itself when the cause goes away."
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import sqlite3
@@ -21,42 +22,51 @@ def _events(log: str, event: str) -> int:
     return len(re.findall(rf"\bevent={event}\b", log))
 
 
+@contextlib.contextmanager
+def _gateway_storing(tmp_path, dsn: str, mqtt_port: int):
+    """`valvoja run` with its collector connected and 10 readings stored; yields it and its publisher."""
+    run = new_run()
+    gw = GatewayProcess(tmp_path, site_config(dsn, mqtt_port, run=run)).start()
+    pub = Publisher(mqtt_port, run)
+    try:
+        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector connected")
+        pub.publish(10)
+        wait_for(lambda: stored(dsn) == 10, what="first readings stored")
+        yield gw, pub
+    finally:
+        pub.close()
+        gw.terminate()
+        gw.kill()
+
+
+def _lock_for_the_gateway(dsn: str, table: str) -> psycopg.Connection:
+    """Hold an exclusive lock on ``table`` and give the gateway's sessions a lock_timeout (they are cut and
+    reconnect, as after a database restart): its statements on ``table`` fail instead of waiting. Rollback to free."""
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE {conninfo_to_dict(dsn)['dbname']} SET lock_timeout = '300ms'")
+        locker = psycopg.connect(dsn)
+        locker.execute("SET lock_timeout = 0")
+        locker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'valvoja-%'")
+    return locker
+
+
 def test_a_database_that_connects_but_refuses_writes_is_one_outage_with_back_off(tmp_path, pg_dsn, mosquitto):
     """Every reconnect reset the back-off and ended the outage, so a database that accepts connections but refuses
     every write (here: a lock held on `readings` with the role's lock_timeout; also a statement_timeout or a read-only
     failover) got a reconnect with a full migration check every ~0.4 s and two log lines each time (db_up, db_down),
     plus asyncio "Task was destroyed but it is pending!" errors of the forwarder's abandoned read-ahead."""
-    run = new_run()
-    gw = GatewayProcess(tmp_path, site_config(pg_dsn, mosquitto.port, run=run)).start()
-    pub = Publisher(mosquitto.port, run)
-    locker = None
-    try:
-        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector connected")
-        pub.publish(10)
-        wait_for(lambda: stored(pg_dsn) == 10, what="first readings stored")
+    with _gateway_storing(tmp_path, pg_dsn, mosquitto.port) as (gw, pub):
         before = gw.log.read_text()
-        with psycopg.connect(pg_dsn, autocommit=True) as admin:
-            admin.execute(f"ALTER DATABASE {conninfo_to_dict(pg_dsn)['dbname']} SET lock_timeout = '300ms'")
-            locker = psycopg.connect(pg_dsn)
-            locker.execute("SET lock_timeout = 0")
-            locker.execute("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE")
-            # New sessions for the gateway: they get the lock_timeout (as after a database restart).
-            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE application_name LIKE 'valvoja-%'")
-        pub.publish(10)
-        time.sleep(8)
-        during = gw.log.read_text()[len(before):]
-        errors = sum(float(line.rsplit(" ", 1)[1]) for line in gw.metrics().splitlines()
-                     if line.startswith("valvoja_db_errors_total{"))
-        locker.rollback()
+        with contextlib.closing(_lock_for_the_gateway(pg_dsn, "readings")) as locker:
+            pub.publish(10)
+            time.sleep(8)
+            during = gw.log.read_text()[len(before):]
+            errors = sum(float(line.rsplit(" ", 1)[1]) for line in gw.metrics().splitlines()
+                         if line.startswith("valvoja_db_errors_total{"))
+            locker.rollback()
         wait_for(lambda: stored(pg_dsn) == 20, what="readings stored once the lock is gone")
         after = gw.log.read_text()[len(before):]
-    finally:
-        if locker is not None:
-            locker.close()
-        pub.close()
-        gw.terminate()
-        gw.kill()
     assert _events(during, "db_down") == 1, during[-3000:]
     assert _events(during, "db_up") == 0, during[-3000:]
     assert _events(after, "db_up") == 1 and "reachable again" in after, after[-3000:]
@@ -202,32 +212,13 @@ def test_rollups_the_database_keeps_refusing_are_logged_while_readings_flow(tmp_
     """Rollup refreshes that fail while the database takes readings (here a lock on readings_1m with the role's
     lock_timeout; also a statement_timeout on a large recomputation, a permission) went to a debug line only: the
     1-minute and 1-hour rollups the console draws stayed stale for good and nothing said so."""
-    run = new_run()
-    gw = GatewayProcess(tmp_path, site_config(pg_dsn, mosquitto.port, run=run)).start()
-    pub = Publisher(mosquitto.port, run)
-    locker = None
-    try:
-        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector connected")
-        pub.publish(10)
-        wait_for(lambda: stored(pg_dsn) == 10, what="first readings stored")
-        with psycopg.connect(pg_dsn, autocommit=True) as admin:
-            admin.execute(f"ALTER DATABASE {conninfo_to_dict(pg_dsn)['dbname']} SET lock_timeout = '300ms'")
-            locker = psycopg.connect(pg_dsn)
-            locker.execute("SET lock_timeout = 0")
-            locker.execute("LOCK TABLE readings_1m IN ACCESS EXCLUSIVE MODE")
-            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE application_name LIKE 'valvoja-%'")
-        for _ in range(4):  # rollup_interval_s is 5 s: several refreshes meet the lock
-            pub.publish(10)
-            time.sleep(3)
-        wait_for(lambda: stored(pg_dsn) == 50, what="readings stored beside the failing rollups")
-        during = gw.log.read_text()
-        locker.rollback()
+    with _gateway_storing(tmp_path, pg_dsn, mosquitto.port) as (gw, pub):
+        with contextlib.closing(_lock_for_the_gateway(pg_dsn, "readings_1m")) as locker:
+            for _ in range(4):  # rollup_interval_s is 5 s: several refreshes meet the lock
+                pub.publish(10)
+                time.sleep(3)
+            wait_for(lambda: stored(pg_dsn) == 50, what="readings stored beside the failing rollups")
+            during = gw.log.read_text()
+            locker.rollback()
         wait_for(lambda: _events(gw.log.read_text(), "rollup_resumed") == 1, what="rollups working again")
-    finally:
-        if locker is not None:
-            locker.close()
-        pub.close()
-        gw.terminate()
-        gw.kill()
     assert _events(during, "rollup_error") == 1 and "LockNotAvailable" in during, during[-3000:]
