@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import sqlite3
 import time
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 VACUUM_CHECK_S = 60.0  # how often an idle forwarder checks whether a drained spool has disk to give back
 
 LATENCY_SAMPLES_PER_BATCH = 16
+REFUSED_LOG_EVERY_S = 60.0  # db_refused / readings_refused at most this often (with the count meanwhile)
 # What the database (or the encoding before it) raises for the content of a group rather than for the connection:
 # retrying the same group would fail the same way, so it is written apart (`Forwarder._write_apart`).
 DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError, ValueError, OverflowError)
@@ -66,6 +68,8 @@ class Forwarder:
         self.down_since: float | None = None
         self.last_error: str | None = None
         self.spool_error: str | None = None  # the last spool failure while forwarding, until one works again
+        self._refused_logged_at = -math.inf  # monotonic time `_write_apart` last logged
+        self._refused_quiet = [0, 0]  # groups, readings refused since then without a log line
         # Monotonic time of the last sign of life (commit, connect, error): the watchdog's stall check.
         self.heartbeat = time.monotonic()
         # Reservoir of (commit time - source time) in seconds, for benchmarks and /status.
@@ -274,9 +278,21 @@ class Forwarder:
         retrying it whole would block the spool for ever. Write it in halves down to the single readings it
         refuses; those become dead letters with the database's error. Every good reading is stored."""
         cols = Columns.concat([b.columns for b in batches])
-        log.error("a group of %d readings cannot be stored whole (%s); writing it in parts to keep the good ones",
-                  len(cols), f"{type(exc).__name__}: {exc}".strip(),
-                  extra={"event": "db_refused", "seqs": [b.seq for b in batches]})
+        # A device that keeps sending what the database refuses (a PLC's NUL-padded strings) refuses a group every
+        # flush: two error lines per group, all day, buried every other event. Said once a minute with the count;
+        # valvoja_readings_refused_total counts every reading.
+        now = time.monotonic()
+        loud = now - self._refused_logged_at >= REFUSED_LOG_EVERY_S
+        if loud:
+            self._refused_logged_at = now
+            more = (f" ({self._refused_quiet[0]} more groups with {self._refused_quiet[1]} refused readings since the "
+                    "last report)" if self._refused_quiet[0] else "")
+            self._refused_quiet = [0, 0]
+            log.error("a group of %d readings cannot be stored whole (%s); writing it in parts to keep the good "
+                      "ones%s", len(cols), f"{type(exc).__name__}: {exc}".strip(), more,
+                      extra={"event": "db_refused", "seqs": [b.seq for b in batches]})
+        else:
+            self._refused_quiet[0] += 1
         total = WriteResult(rows=0, inserted=0, duplicates=0)
         refused: list[tuple] = []
         # Records and dead letters first, in one transaction as before (alert changes keep their order).
@@ -293,9 +309,12 @@ class Forwarder:
         if refused:
             await sink.write_refused(refused)
             self.metrics.readings_refused.inc(len(refused))
-            log.error("database refused %d reading(s) of %d, stored as dead letters; first: %s = %r: %s",
-                      len(refused), len(cols), refused[0][0].tags[0], refused[0][0].value_at(0), refused[0][1],
-                      extra={"event": "readings_refused", "refused": len(refused)})
+            if loud:
+                log.error("database refused %d reading(s) of %d, stored as dead letters; first: %s = %r: %s",
+                          len(refused), len(cols), refused[0][0].tags[0], refused[0][0].value_at(0), refused[0][1],
+                          extra={"event": "readings_refused", "refused": len(refused)})
+            else:
+                self._refused_quiet[1] += len(refused)
         return total
 
     async def _split(self, cols: Columns, sink: TimescaleSink, total: WriteResult, refused: list[tuple]) -> None:

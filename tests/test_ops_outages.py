@@ -5,12 +5,14 @@ Each must be logged once, back off, and end by itself when the cause goes away."
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import re
 import shutil
 import sqlite3
 import subprocess
 import time
 
+import orjson
 import psycopg
 import pytest
 from gateway_proc import GatewayProcess
@@ -222,3 +224,20 @@ def test_rollups_the_database_keeps_refusing_are_logged_while_readings_flow(tmp_
             locker.rollback()
         wait_for(lambda: _events(gw.log.read_text(), "rollup_resumed") == 1, what="rollups working again")
     assert _events(during, "rollup_error") == 1 and "LockNotAvailable" in during, during[-3000:]
+
+
+def test_a_device_that_keeps_sending_text_the_database_refuses_is_logged_once_a_minute(tmp_path, pg_dsn, mosquitto):
+    """A PLC's NUL-padded string in every message: each commit group with one was logged twice at error level
+    (db_refused, readings_refused), one line pair per group for as long as the device sends (~170,000 lines a day
+    at one group a second), burying every other event. The metric counts each reading; the log says it once a
+    minute, with the count."""
+    with _gateway_storing(tmp_path, pg_dsn, mosquitto.port) as (gw, pub):
+        mark = len(gw.log.read_text())
+        for i in range(8):  # one refused reading in each of 8 groups (flush_interval_s is 0.2 s)
+            t = (pub.base + dt.timedelta(seconds=3600 + i)).isoformat().replace("+00:00", "Z")
+            pub.client.publish(f"ops/{pub.run}/P-9/state", orjson.dumps({"value": f"run\u0000{i}", "time": t}),
+                               qos=1).wait_for_publish(30)
+            time.sleep(0.6)
+        wait_for(lambda: "valvoja_readings_refused_total 8.0" in gw.metrics(), what="8 readings refused")
+        log = gw.log.read_text()[mark:]
+    assert _events(log, "db_refused") == 1 and _events(log, "readings_refused") == 1, log[-3000:]
