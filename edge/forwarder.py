@@ -374,7 +374,9 @@ class Forwarder:
                 left = deadline - time.monotonic()
                 if not await asyncio.wait_for(self.drain_once(linger=False), timeout=max(0.1, left)):
                     return True
-            except (psycopg.Error, OSError, TimeoutError) as exc:
+            except (psycopg.Error, OSError, TimeoutError, sqlite3.Error) as exc:
+                # sqlite3: a spool that cannot delete (disk full) ends the flush as a database away does; it raised
+                # out of the shutdown, leaving the spool and its thread open.
                 log.warning("final flush stopped: %s", exc, extra={"event": "flush_incomplete"})
                 return False
         return self.worker.spool.batches == 0

@@ -167,6 +167,41 @@ def test_a_disk_filled_by_other_files_holds_the_drain_quietly_until_space_return
 
 
 @pytest.mark.timeout(240)
+def test_a_stop_on_a_full_disk_exits_0_and_the_next_start_drains(tmp_path, own_pg_server, mosquitto):
+    """SIGTERM while the spool cannot delete (its disk full): the final flush raised the sqlite3 error out of the
+    gateway's shutdown (event shutdown_error with a traceback, the spool and its thread left open) instead of
+    stopping as for a database that is away (flush_incomplete: what is left stays in the spool for the next start)."""
+    with small_disk(tmp_path / "state", size_mb=64) as state_dir:
+        run = new_run()
+        dsn = own_pg_server.dsn("postgres")
+        gw = GatewayProcess(tmp_path, site_config(dsn, mosquitto.port, run=run, state_dir=str(state_dir)))
+        gw.start()
+        pub = Publisher(mosquitto.port, run)
+        try:
+            wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector connected")
+            own_pg_server.stop()
+            pub.publish(300)
+            wait_for(lambda: gw.health()["spool"]["readings"] == 300, what="300 readings spooled")
+            ballast = state_dir / "other-files"
+            with open(ballast, "wb") as f:
+                f.write(b"\0" * shutil.disk_usage(state_dir).free)
+            own_pg_server.start()
+            wait_for(lambda: "event=spool_error" in gw.log.read_text(), what="the spool's delete failing")
+            code = gw.terminate()
+            stop_log = gw.log.read_text()
+            ballast.unlink()
+            gw.start()
+            wait_for(lambda: stored(dsn) == 300 and gw.health()["spool"]["readings"] == 0, timeout_s=60,
+                     what="the backlog stored and deleted by the next start")
+        finally:
+            pub.close()
+            gw.terminate()
+            gw.kill()
+    assert code == 0, stop_log[-3000:]
+    assert _events(stop_log, "shutdown_error") == 0 and _events(stop_log, "flush_incomplete") == 1, stop_log[-3000:]
+
+
+@pytest.mark.timeout(240)
 @pytest.mark.parametrize("messages", [1, 50])
 def test_a_stalled_ingest_ends_the_process_for_its_supervisor_and_nothing_is_lost(tmp_path, pg_dsn, mosquitto,
                                                                                messages):
