@@ -399,9 +399,10 @@ class RollupWorker:
         while True:
             await asyncio.sleep(self.db.rollup_interval_s)
             try:
+                done = self.refreshes
                 await self.refresh_once()
                 self.backoff.reset()
-                if self.error is not None:
+                if self.error is not None and self.refreshes > done:  # a refresh ran (not skipped: nothing owed)
                     log.warning("rollups refreshed again", extra={"event": "rollup_resumed", "error": self.error})
                     self.error = None
             except asyncio.CancelledError:
