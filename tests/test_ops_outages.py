@@ -128,39 +128,47 @@ def test_a_full_state_disk_refuses_new_readings_and_drains_when_the_database_ret
         assert _events(log, bad) == 0, f"{bad}:\n{log[-3000:]}"
 
 
-@pytest.mark.timeout(240)
-def test_a_disk_filled_by_other_files_holds_the_drain_quietly_until_space_returns(tmp_path, own_pg_server,
-                                                                                mosquitto):
-    """Other files fill the state folder's disk (logs, a backup) while readings wait for the database: the spool
-    cannot delete what the database committed. The forwarder died on that sqlite3 error and the watchdog restarted it
-    every round, each time a traceback, a database reconnect and the same group written again; now it says so once,
-    keeps its connections, backs off, and drains by itself once there is room."""
+@contextlib.contextmanager
+def _backlog_on_a_full_disk(tmp_path, pg_server, mqtt_port: int):
+    """`valvoja run` on a small state disk with 300 readings spooled while the database was stopped, then that disk
+    filled by other files (a log, a backup) and the database started again. Yields (gateway, dsn, the other file)."""
     with small_disk(tmp_path / "state", size_mb=64) as state_dir:
         run = new_run()
-        dsn = own_pg_server.dsn("postgres")
-        gw = GatewayProcess(tmp_path, site_config(dsn, mosquitto.port, run=run, state_dir=str(state_dir)))
+        dsn = pg_server.dsn("postgres")
+        gw = GatewayProcess(tmp_path, site_config(dsn, mqtt_port, run=run, state_dir=str(state_dir)))
         gw.start()
-        pub = Publisher(mosquitto.port, run)
+        pub = Publisher(mqtt_port, run)
         try:
             wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector connected")
-            own_pg_server.stop()
+            pg_server.stop()
             pub.publish(300)
             wait_for(lambda: gw.health()["spool"]["readings"] == 300, what="300 readings spooled")
             ballast = state_dir / "other-files"
             with open(ballast, "wb") as f:
                 f.write(b"\0" * shutil.disk_usage(state_dir).free)
-            mark = len(gw.log.read_text())
-            own_pg_server.start()
-            time.sleep(8)
-            during = gw.log.read_text()[mark:]
-            ballast.unlink()
-            wait_for(lambda: stored(dsn) == 300, timeout_s=60, what="the backlog stored once there is room")
-            wait_for(lambda: gw.health()["spool"]["readings"] == 0, what="the backlog deleted from the spool")
-            after = gw.log.read_text()[mark:]
+            pg_server.start()
+            yield gw, dsn, ballast
         finally:
             pub.close()
             gw.terminate()
             gw.kill()
+
+
+@pytest.mark.timeout(240)
+def test_a_disk_filled_by_other_files_holds_the_drain_quietly_until_space_returns(tmp_path, own_pg_server,
+                                                                                mosquitto):
+    """Other files fill the state folder's disk while readings wait for the database: the spool cannot delete what
+    the database committed. The forwarder died on that sqlite3 error and the watchdog restarted it every round, each
+    time a traceback, a database reconnect and the same group written again; now it says so once, keeps its
+    connections, backs off, and drains by itself once there is room."""
+    with _backlog_on_a_full_disk(tmp_path, own_pg_server, mosquitto.port) as (gw, dsn, ballast):
+        mark = len(gw.log.read_text())
+        time.sleep(8)
+        during = gw.log.read_text()[mark:]
+        ballast.unlink()
+        wait_for(lambda: stored(dsn) == 300, timeout_s=60, what="the backlog stored once there is room")
+        wait_for(lambda: gw.health()["spool"]["readings"] == 0, what="the backlog deleted from the spool")
+        after = gw.log.read_text()[mark:]
     assert _events(during, "task_died") == 0, during[-3000:]
     assert _events(during, "spool_error") == 1 and "disk is full" in during, during[-3000:]
     assert _events(after, "spool_recovered") == 1, after[-3000:]
@@ -171,32 +179,14 @@ def test_a_stop_on_a_full_disk_exits_0_and_the_next_start_drains(tmp_path, own_p
     """SIGTERM while the spool cannot delete (its disk full): the final flush raised the sqlite3 error out of the
     gateway's shutdown (event shutdown_error with a traceback, the spool and its thread left open) instead of
     stopping as for a database that is away (flush_incomplete: what is left stays in the spool for the next start)."""
-    with small_disk(tmp_path / "state", size_mb=64) as state_dir:
-        run = new_run()
-        dsn = own_pg_server.dsn("postgres")
-        gw = GatewayProcess(tmp_path, site_config(dsn, mosquitto.port, run=run, state_dir=str(state_dir)))
+    with _backlog_on_a_full_disk(tmp_path, own_pg_server, mosquitto.port) as (gw, dsn, ballast):
+        wait_for(lambda: "event=spool_error" in gw.log.read_text(), what="the spool's delete failing")
+        code = gw.terminate()
+        stop_log = gw.log.read_text()
+        ballast.unlink()
         gw.start()
-        pub = Publisher(mosquitto.port, run)
-        try:
-            wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector connected")
-            own_pg_server.stop()
-            pub.publish(300)
-            wait_for(lambda: gw.health()["spool"]["readings"] == 300, what="300 readings spooled")
-            ballast = state_dir / "other-files"
-            with open(ballast, "wb") as f:
-                f.write(b"\0" * shutil.disk_usage(state_dir).free)
-            own_pg_server.start()
-            wait_for(lambda: "event=spool_error" in gw.log.read_text(), what="the spool's delete failing")
-            code = gw.terminate()
-            stop_log = gw.log.read_text()
-            ballast.unlink()
-            gw.start()
-            wait_for(lambda: stored(dsn) == 300 and gw.health()["spool"]["readings"] == 0, timeout_s=60,
-                     what="the backlog stored and deleted by the next start")
-        finally:
-            pub.close()
-            gw.terminate()
-            gw.kill()
+        wait_for(lambda: stored(dsn) == 300 and gw.health()["spool"]["readings"] == 0, timeout_s=60,
+                 what="the backlog stored and deleted by the next start")
     assert code == 0, stop_log[-3000:]
     assert _events(stop_log, "shutdown_error") == 0 and _events(stop_log, "flush_incomplete") == 1, stop_log[-3000:]
 
