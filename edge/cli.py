@@ -41,7 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the gateway with a site configuration",
                        description="Run the gateway until SIGTERM/SIGINT; the spool is flushed on the way out. "
-                                   "SIGHUP reloads the configuration (a bad file is rejected, the old one kept).")
+                                   "SIGHUP reloads the configuration (a bad file is rejected, the old one kept). "
+                                   "Exit code 0 after a clean stop; 1 when the configuration is wrong, the gateway "
+                                   "cannot start, ends by itself, cannot write to its spool (stall_exit) or overruns "
+                                   "service.stop_timeout_s: a supervisor (systemd Restart=always, compose restart:) "
+                                   "should start it again; 130 on a second signal while stopping.")
     _config_arg(p)
     p.add_argument("--log-format", choices=["json", "text"], help="override logging.format from the config")
     p.set_defaults(func=cmd_run)

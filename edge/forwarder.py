@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
+import sqlite3
 import time
 
 import psycopg
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 VACUUM_CHECK_S = 60.0  # how often an idle forwarder checks whether a drained spool has disk to give back
 
 LATENCY_SAMPLES_PER_BATCH = 16
+REFUSED_LOG_EVERY_S = 60.0  # db_refused / readings_refused at most this often (with the count meanwhile)
 # What the database (or the encoding before it) raises for the content of a group rather than for the connection:
 # retrying the same group would fail the same way, so it is written apart (`Forwarder._write_apart`).
 DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError, ValueError, OverflowError)
@@ -64,6 +67,9 @@ class Forwarder:
         self.duplicates = 0
         self.down_since: float | None = None
         self.last_error: str | None = None
+        self.spool_error: str | None = None  # the last spool failure while forwarding, until one works again
+        self._refused_logged_at = -math.inf  # monotonic time `_write_apart` last logged
+        self._refused_quiet = [0, 0]  # groups, readings refused since then without a log line
         # Monotonic time of the last sign of life (commit, connect, error): the watchdog's stall check.
         self.heartbeat = time.monotonic()
         # Reservoir of (commit time - source time) in seconds, for benchmarks and /status.
@@ -97,6 +103,21 @@ class Forwarder:
                 raise
             except (psycopg.Error, OSError, TimeoutError) as exc:
                 await self._on_error(exc)
+            except sqlite3.Error as exc:
+                await self._on_spool_error(exc)
+
+    async def _on_spool_error(self, exc: sqlite3.Error) -> None:
+        """The spool failed (a full disk: a delete needs room in its write-ahead log), not the database: keep the
+        connections, say it once per kind of failure, retry with back-off (the group written again is skipped by
+        the database's key). It was a crash the watchdog restarted every round: a traceback, a reconnect and the
+        same group written again each time."""
+        self.heartbeat = time.monotonic()
+        self.metrics.spool_errors.inc()
+        error = f"{type(exc).__name__}: {exc}"
+        if error != self.spool_error:
+            log.error("spool read or delete failed, retrying with back-off: %s", error, extra={"event": "spool_error"})
+        self.spool_error = error
+        await asyncio.sleep(self.backoff.next_delay())
 
     async def _connect(self) -> None:
         features = await self.sink.connect(migrate_schema=self.db.migrate_on_start)
@@ -105,13 +126,23 @@ class Forwarder:
             await w.connect(migrate_schema=False)
         self.metrics.db_connected.set(1)
         self.heartbeat = time.monotonic()
+        if self.down_since is None:
+            log.info("database connected (%s edition)", features.edition, extra={"event": "db_up",
+                                                                                 "edition": features.edition})
+        # An outage ends (`_working`) at the first write that commits, not here: a database that takes connections
+        # but refuses writes (a lock with lock_timeout, statement_timeout, a read-only failover) reset the back-off
+        # at every connect, and was reconnected (with a migration check) every ~0.4 s, logging db_up and db_down
+        # each time.
+
+    def _working(self) -> None:
+        """A write committed, or the spool is empty on a live connection: the outage (if any) is over."""
+        if self.spool_error is not None:
+            log.warning("spool deletes work again", extra={"event": "spool_recovered", "error": self.spool_error})
+            self.spool_error = None
         if self.down_since is not None:
             log.warning("database reachable again after %.1f s", time.monotonic() - self.down_since,
                         extra={"event": "db_up"})
-        else:
-            log.info("database connected (%s edition)", features.edition, extra={"event": "db_up",
-                                                                                 "edition": features.edition})
-        self.down_since = None
+            self.down_since = None
         self.backoff.reset()
 
     async def _on_error(self, exc: BaseException) -> None:
@@ -188,6 +219,8 @@ class Forwarder:
         while True:
             batches = await self._next_group(after, linger=True)
             if batches is None:
+                if not self.worker.spool.batches:  # nothing spooled, nothing in flight: the connection works
+                    self._working()
                 if time.monotonic() >= self._vacuum_check_at:  # idle: give back what a drained backlog held
                     self._vacuum_check_at = time.monotonic() + VACUUM_CHECK_S
                     freed = await self.worker.call(self.worker.spool.vacuum_if_empty)
@@ -237,6 +270,7 @@ class Forwarder:
         if note is not None:
             self.dirty_note = max(note, self.dirty_note or 0)
         self.heartbeat = time.monotonic()
+        self._working()
         self._account(batches, result)
 
     async def _write_apart(self, batches: list[SpooledBatch], sink: TimescaleSink,
@@ -245,9 +279,21 @@ class Forwarder:
         retrying it whole would block the spool for ever. Write it in halves down to the single readings it
         refuses; those become dead letters with the database's error. Every good reading is stored."""
         cols = Columns.concat([b.columns for b in batches])
-        log.error("a group of %d readings cannot be stored whole (%s); writing it in parts to keep the good ones",
-                  len(cols), f"{type(exc).__name__}: {exc}".strip(),
-                  extra={"event": "db_refused", "seqs": [b.seq for b in batches]})
+        # A device that keeps sending what the database refuses (a PLC's NUL-padded strings) refuses a group every
+        # flush: two error lines per group, all day, buried every other event. Said once a minute with the count;
+        # valvoja_readings_refused_total counts every reading.
+        now = time.monotonic()
+        loud = now - self._refused_logged_at >= REFUSED_LOG_EVERY_S
+        if loud:
+            self._refused_logged_at = now
+            more = (f" ({self._refused_quiet[0]} more groups with {self._refused_quiet[1]} refused readings since the "
+                    "last report)" if self._refused_quiet[0] else "")
+            self._refused_quiet = [0, 0]
+            log.error("a group of %d readings cannot be stored whole (%s); writing it in parts to keep the good "
+                      "ones%s", len(cols), f"{type(exc).__name__}: {exc}".strip(), more,
+                      extra={"event": "db_refused", "seqs": [b.seq for b in batches]})
+        else:
+            self._refused_quiet[0] += 1
         total = WriteResult(rows=0, inserted=0, duplicates=0)
         refused: list[tuple] = []
         # Records and dead letters first, in one transaction as before (alert changes keep their order).
@@ -264,9 +310,12 @@ class Forwarder:
         if refused:
             await sink.write_refused(refused)
             self.metrics.readings_refused.inc(len(refused))
-            log.error("database refused %d reading(s) of %d, stored as dead letters; first: %s = %r: %s",
-                      len(refused), len(cols), refused[0][0].tags[0], refused[0][0].value_at(0), refused[0][1],
-                      extra={"event": "readings_refused", "refused": len(refused)})
+            if loud:
+                log.error("database refused %d reading(s) of %d, stored as dead letters; first: %s = %r: %s",
+                          len(refused), len(cols), refused[0][0].tags[0], refused[0][0].value_at(0), refused[0][1],
+                          extra={"event": "readings_refused", "refused": len(refused)})
+            else:
+                self._refused_quiet[1] += len(refused)
         return total
 
     async def _split(self, cols: Columns, sink: TimescaleSink, total: WriteResult, refused: list[tuple]) -> None:
@@ -326,7 +375,9 @@ class Forwarder:
                 left = deadline - time.monotonic()
                 if not await asyncio.wait_for(self.drain_once(linger=False), timeout=max(0.1, left)):
                     return True
-            except (psycopg.Error, OSError, TimeoutError) as exc:
+            except (psycopg.Error, OSError, TimeoutError, sqlite3.Error) as exc:
+                # sqlite3: a spool that cannot delete (disk full) ends the flush as a database away does; it raised
+                # out of the shutdown, leaving the spool and its thread open.
                 log.warning("final flush stopped: %s", exc, extra={"event": "flush_incomplete"})
                 return False
         return self.worker.spool.batches == 0
@@ -343,18 +394,32 @@ class RollupWorker:
         self.last_retention = 0.0
         self.backoff = Backoff()
         self.refreshes = 0
+        self.error: str | None = None  # the refresh failure last logged, until a refresh works
 
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.db.rollup_interval_s)
             try:
+                done = self.refreshes
                 await self.refresh_once()
                 self.backoff.reset()
+                if self.error is not None and self.refreshes > done:  # a refresh ran (not skipped: nothing owed)
+                    log.warning("rollups refreshed again", extra={"event": "rollup_resumed", "error": self.error})
+                    self.error = None
             except asyncio.CancelledError:
                 raise
             except (psycopg.Error, OSError, TimeoutError) as exc:
-                # The forwarder logs the outage; this only retries later, keeping the dirty span.
-                log.debug("rollup refresh failed: %s", exc)
+                # A database outage is the forwarder's to log; a refresh failing while the forwarder is connected is
+                # the rollups' own (a lock, statement_timeout, a permission): said once per kind of failure. It was a
+                # debug line, and the rollups the console draws stayed stale for good without a word. Retried
+                # later, keeping the work owed.
+                error = f"{type(exc).__name__}: {exc}".strip()
+                if self.fwd.connected and error != self.error:
+                    log.error("rollup refresh failed, retrying with back-off (raw readings are stored): %s", error,
+                              extra={"event": "rollup_error"})
+                    self.error = error
+                else:
+                    log.debug("rollup refresh failed: %s", error)
                 await self.sink.close()
                 await asyncio.sleep(self.backoff.next_delay())
 

@@ -15,7 +15,8 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from psycopg.conninfo import make_conninfo
+from psycopg import ProgrammingError
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from collectors.base import CollectorContext
 from collectors.registry import module_for
@@ -40,9 +41,6 @@ HEALTHY_RUN_S = 30.0
 
 def describe_conninfo(conninfo: str) -> str:
     """Where a connection string points (user@host:port/dbname), never its password: for logs and messages."""
-    from psycopg import ProgrammingError
-    from psycopg.conninfo import conninfo_to_dict
-
     try:
         d = conninfo_to_dict(conninfo)
     except ProgrammingError:
@@ -57,6 +55,12 @@ def database_conninfo(cfg: SiteConfig) -> str | None:
     if not db.url:
         return None
     url = resolve_secret(db.url, where="database.url") if is_reference(db.url) else db.url
+    try:
+        conninfo_to_dict(url)  # a ConfigError here, not a ProgrammingError out of a SIGHUP reload or check-config
+    except ProgrammingError:
+        # libpq's message quotes the whole URL, and one from env:/file: may hold a password: not repeated here.
+        raise ConfigError(f"database.url: the value of {db.url} is not a connection string libpq can parse "
+                          "(postgresql://user@host:port/dbname?param=value)") from None
     if db.password:
         return make_conninfo(url, password=resolve_secret(db.password, where="database.password"))
     return url

@@ -31,14 +31,17 @@ class Metrics:
         self.connected = Gauge("valvoja_collector_connected", "1 while the collector is connected",
                                ["collector"], registry=r)
         self.spool_records = Gauge("valvoja_spool_readings", "Readings waiting in the spool", registry=r)
-        self.spool_bytes = Gauge("valvoja_spool_bytes", "Size of the spool files on disk", registry=r)
+        self.spool_bytes = Gauge("valvoja_spool_bytes",
+                                 "Payload bytes held in the spool (what spool.max_bytes bounds; the file is larger)",
+                                 registry=r)
         self.spool_rejected = Counter("valvoja_spool_rejected_total",
                                       "Readings refused because the spool disk budget was full", registry=r)
         self.spool_dropped = Counter("valvoja_spool_dropped_total",
                                      "Readings dropped (oldest first) to keep the spool within budget",
                                      registry=r)
         self.spool_errors = Counter("valvoja_spool_write_errors_total",
-                                    "Spool writes that failed (disk full, I/O error) and were retried", registry=r)
+                                    "Spool writes and deletes that failed (disk full, I/O error) and were retried",
+                                    registry=r)
         self.db_write_seconds = Histogram(
             "valvoja_db_write_seconds", "Time to commit one batch to the database", registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
@@ -48,7 +51,8 @@ class Metrics:
         self.db_errors = Counter("valvoja_db_errors_total", "Failed database writes", ["kind"], registry=r)
         self.db_connected = Gauge("valvoja_db_connected", "1 while the database is reachable", registry=r)
         self.latency_seconds = Histogram(
-            "valvoja_reading_latency_seconds", "Receive time to database commit", registry=r,
+            "valvoja_reading_latency_seconds", "Reading time (the source's, else the receive time) to database commit",
+            registry=r,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600))
         self.queue_depth = Gauge("valvoja_ingest_queue_batches", "Batches waiting to be spooled", registry=r)
         # Process supervision (edge/service.py): watchdog, SIGHUP reloads, disk; process_* gives RSS and CPU.

@@ -79,6 +79,11 @@ class Ingest:
         self.on_spooled = None
         self.analytics_tags: frozenset[str] | None = None
 
+    @property
+    def committing(self) -> bool:
+        """A group is being written to the spool (taken from the queue: the queue may be empty meanwhile)."""
+        return self._committing is not None and not self._committing.done()
+
     async def emit(self, batch: Batch) -> None:
         """Hand a batch over; waits while the queue is full (back-pressure)."""
         await self.queue.put(batch)
@@ -109,8 +114,10 @@ class Ingest:
             await asyncio.wait({self._committing}, timeout=timeout_s)
             if not self._committing.done():
                 self._committing.cancel()
+                # No error yet and not full: the write is still waiting in the spool thread (a lock, a hung disk).
+                why = self.last_error or ("spool full" if self.full_since is not None else "the spool did not answer")
                 log.error("shutting down: a group could not be spooled in %.0f s (%s); not acknowledged upstream",
-                          timeout_s, self.last_error or "spool full", extra={"event": "drain_gave_up"})
+                          timeout_s, why, extra={"event": "drain_gave_up"})
         while not self.queue.empty():
             await self._commit(self._take_more([self.queue.get_nowait()]), give_up_at=give_up)
 

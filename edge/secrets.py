@@ -37,7 +37,11 @@ def resolve_secret(ref: str, *, where: str = "secret") -> str:
     """Resolve ``env:NAME`` or ``file:PATH``; ``where`` names the config key for error messages.
 
     A file's trailing newline is stripped (secrets written by ``echo`` or container
-    secret mounts usually have one).
+    secret mounts usually have one). An empty secret is an error: no site means an empty
+    password, and using one fails the log-in later, far from the cause (a secret file
+    written on a full disk, an unset-but-exported variable). Every problem is a
+    `ConfigError` naming ``where``, never another exception: a SIGHUP reload rejects
+    only ConfigError and must never end the running gateway.
     """
     if ref.startswith("env:"):
         name = ref[4:]
@@ -45,11 +49,22 @@ def resolve_secret(ref: str, *, where: str = "secret") -> str:
             raise ConfigError(f"{where}: 'env:' needs a variable name, e.g. env:MQTT_PASSWORD")
         if name not in os.environ:
             raise ConfigError(f"{where}: environment variable {name} is not set")
+        if not os.environ[name]:
+            raise ConfigError(f"{where}: environment variable {name} is empty")
         return os.environ[name]
     if ref.startswith("file:"):
+        if not ref[5:]:
+            raise ConfigError(f"{where}: 'file:' needs a path, e.g. file:/run/secrets/db_password")
         path = Path(ref[5:])
         try:
-            return path.read_text().rstrip("\r\n")
+            # UTF-8 whatever the locale (systemd and containers often run with none).
+            value = path.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
             raise ConfigError(f"{where}: cannot read secret file {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:  # e.g. saved as Latin-1; the message must not show the bytes
+            raise ConfigError(f"{where}: secret file {path} is not UTF-8 text (byte {exc.start}); save it as "
+                              "UTF-8") from None
+        if not value:
+            raise ConfigError(f"{where}: secret file {path} is empty")
+        return value
     raise ConfigError(f"{where}: must be a reference 'env:NAME' or 'file:/path', not a literal secret")

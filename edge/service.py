@@ -12,7 +12,9 @@
   collectors close, its queue goes to the spool), the new one starts on the same spool, so no
   reading is lost; secrets and certificates are read again too, which is how they are rotated.
   If the new gateway cannot start (a port in use ...) the previous configuration is started again.
-- **Watchdog** (edge/watchdog.py): dead or stalled parts are restarted and counted.
+- **Watchdog** (edge/watchdog.py): dead or stalled parts are restarted and counted; a stalled
+  ingest (nothing can be written to the spool) ends the process with exit code 1 (``stall_exit``)
+  for systemd or the container runtime to start it again.
 - **systemd**: with ``Type=notify`` the process reports READY / RELOADING / STOPPING and, when
   ``WatchdogSec`` is set, pings the service manager from the event loop, so a blocked loop gets
   the process restarted.
@@ -36,6 +38,7 @@ from edge import logs, settings
 from edge.errors import ConfigError
 from edge.gateway import SHUTDOWN_FLUSH_S, Gateway, database_conninfo
 from edge.metrics import Metrics
+from edge.secrets import resolve_secret
 from edge.settings import SiteConfig
 from edge.watchdog import Watchdog
 
@@ -73,6 +76,17 @@ def preflight(cfg: SiteConfig) -> None:
         database_conninfo(cfg)
     except ConfigError as exc:
         problems += exc.problems
+    # The alert notification password is resolved inside the running analytics task (edge/analytics.py): unchecked
+    # here, an unset one passed check-config and a reload, then killed live analytics at every watchdog restart.
+    from edge.analytics import maintenance_config
+
+    mcfg = maintenance_config(cfg)
+    notify = mcfg.notify.mqtt if mcfg is not None else None
+    if notify is not None and notify.password:
+        try:
+            resolve_secret(notify.password, where="maintenance.notify.mqtt.password")
+        except ConfigError as exc:
+            problems += exc.problems
     metrics = Metrics()  # throw-away: no labels leak into the running gateway's metrics
     for kind, name, ccfg in cfg.collector_configs:
         ctx = CollectorContext(name=name, state_dir=Path(cfg.site.state_dir) / "collectors" / name, metrics=metrics)
@@ -133,7 +147,8 @@ class Service:
             self.exit_code = 1
             return
         sd_notify(f"READY=1\nSTATUS=running {self.cfg.site.gateway_id}\nMAINPID={os.getpid()}")
-        helpers = [asyncio.create_task(self.watchdog.run(lambda: self.gateway), name="watchdog")]
+        helpers = [asyncio.create_task(self.watchdog.run(lambda: self.gateway), name="watchdog"),
+                   asyncio.create_task(self._exit_on_stalled_ingest(), name="stall-exit")]
         if os.environ.get("WATCHDOG_USEC"):
             helpers.append(asyncio.create_task(self._systemd_pings(), name="systemd-watchdog"))
         try:
@@ -238,7 +253,21 @@ class Service:
         except ConfigError as exc:
             self._rejected(in_file(path, exc.problems))
             return False
+        except Exception as exc:
+            # Any other error of the checks (it was a UnicodeDecodeError of a secret file) escaped `_serve` and ended
+            # the running gateway; whatever is wrong with the new file, only the file is rejected.
+            log.debug("checking the new configuration raised", exc_info=exc)
+            self._rejected([f"{path}: cannot be checked: {type(exc).__name__}: {exc}"])
+            return False
         old = self.cfg
+        gw = self.gateway
+        if gw is not None and new.spool_path.resolve() != old.spool_path.resolve() and gw.spool.batches:
+            # The new gateway would start on another (empty) spool and nothing would ever forward what waits in this
+            # one (a database away while the spool moves to a bigger volume): refused, with what to do instead.
+            self._rejected([f"{path}: spool.path: the spool moves from {old.spool_path} to {new.spool_path} while "
+                            f"{gw.spool.readings} readings wait in it for the database; reload again once they are "
+                            "forwarded, or stop the gateway and move the file (with its -wal file) first"])
+            return False
         t0 = time.monotonic()
         if not await self._stop_gateway(old.service.stop_timeout_s, RELOAD_FLUSH_S, STOP_MARGIN_S):
             # A cancelled shutdown leaves parts of the old gateway open (HTTP port, spool, its tasks): a new one beside
@@ -263,6 +292,13 @@ class Service:
             self._rejected([problem])
             return False
         self.cfg = new
+        # The gauge of a collector the new file removed or renamed stayed at 0 for good (the metrics outlive the
+        # gateway) and fired "collector down" alerts for a collector that no longer exists. Counters stay: flat.
+        for name in {n for _, n, _ in old.collector_configs} - {n for _, n, _ in new.collector_configs}:
+            try:
+                self.metrics.connected.remove(name)
+            except KeyError:  # never connected
+                pass
         self._setup_logging(new)
         self._unused_keys(new)
         self.metrics.config_reloads.labels("applied").inc()
@@ -283,6 +319,23 @@ class Service:
     def _unused_keys(self, cfg: SiteConfig) -> None:
         for note in cfg.unused_keys():
             log.warning("%s: %s", self.config_path, note, extra={"event": "config_key_unused"})
+
+    async def _exit_on_stalled_ingest(self) -> None:
+        """Exit 1 once the watchdog reports a stalled ingest (edge/watchdog.py: restarting the task could lose the
+        batches it holds). It only failed /healthz, "so that the supervisor restarts the process", but none did:
+        systemd does not read /healthz (and the WATCHDOG=1 pings go on), docker and compose do not restart an
+        unhealthy container. An exit is what `Restart=always` and `restart: unless-stopped` act on; nothing
+        unspooled was acknowledged, so brokers send it again to the next process."""
+        while not self._stop.is_set():
+            await asyncio.sleep(1.0)
+            gw = self.gateway
+            problem = gw.problems.get("ingest") if gw is not None else None
+            if problem is not None:
+                log.critical("ingest stalled (%s); exiting so the supervisor starts the process again", problem,
+                             extra={"event": "stall_exit"})
+                self.exit_code = 1
+                self._stop.set()
+                return
 
     async def _systemd_pings(self) -> None:
         """WATCHDOG=1 at half the interval systemd asks for; stops when the event loop is blocked."""

@@ -106,6 +106,16 @@ class Database(Strict):
             url = urlsplit(v)
             if url.password is not None or "password" in parse_qs(url.query):
                 raise ValueError("contains a password; put it in database.password as env:NAME or file:/path")
+            # What libpq cannot parse (a misspelt parameter such as sslmod=) otherwise passed check-config and
+            # failed only at run time: retried for ever, or raised out of a SIGHUP reload. This URL holds no
+            # password (checked above), so libpq's message, which quotes it, may be shown.
+            from psycopg import ProgrammingError
+            from psycopg.conninfo import conninfo_to_dict
+
+            try:
+                conninfo_to_dict(v)
+            except ProgrammingError as exc:
+                raise ValueError(f"not a valid connection URL: {str(exc).strip()}") from None
         return v
 
 
@@ -159,7 +169,8 @@ class Service(Strict):
     # A collector that delivered nothing for this long is restarted; 0 turns the check off
     # (for sources that may be silent longer, e.g. event-only MQTT topics).
     collector_silence_s: float = Field(600.0, ge=0)
-    # Warn (log + health) when the state directory's file system has less free space than this.
+    # Warn (log disk_low; valvoja_state_disk_free_bytes) when the state directory's file system has less free space
+    # than this. Only a warning: the spool itself keeps edge.spool.DISK_RESERVE_BYTES free.
     min_free_disk_bytes: int = Field(500_000_000, ge=0)
 
 

@@ -17,12 +17,14 @@ Disk budget: ``max_bytes`` bounds the payload bytes held. When full,
 acknowledged that was not stored) and ``drop_oldest`` deletes the oldest batches to
 make room (counted as dropped). Either way an empty spool takes a commit group larger
 than the whole budget (it exceeds the budget by that group), since nothing else could
-ever make room for it.
+ever make room for it. The free space of the disk is a second budget with the same
+policies: the spool leaves ``DISK_RESERVE_BYTES`` free, so that it can always drain.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -53,6 +55,11 @@ def _msgpack_default(obj):
 LEGACY_SPAN_MINUTES = 100_000  # ~70 days: the longest rollup span of an older spool note taken whole
 
 VACUUM_MIN_FREE_BYTES = 64 << 20  # free pages worth giving back to the file system (`Spool.vacuum_if_empty`)
+# Free space the spool leaves on its file system, whatever its budget: when the disk filled up, even the DELETE of
+# batches the database had committed failed (SQLite's write-ahead log and the checkpoint into the file need room), so
+# the spool could never drain again by itself. Covers the log (~4 MB between checkpoints) plus the largest commit
+# group, twice over. Appends that fit in the file's free pages (those of drained batches) need no room.
+DISK_RESERVE_BYTES = 32 << 20
 
 
 class SpoolFull(Exception):
@@ -168,6 +175,14 @@ class Spool:
                 # ingest for ever, since nothing can make room for it.
                 self.rejected += n_in
                 raise SpoolFull(f"spool at {self.bytes} of {self.max_bytes} bytes")
+        # The disk as a second budget (DISK_RESERVE_BYTES), with the same policies; an empty spool, again, takes it.
+        short = self._disk_short(incoming) if self.batches else None
+        if short is not None:
+            if self.policy == "drop_oldest":
+                self._drop_oldest(incoming)  # their pages are free for this group: the file need not grow
+            else:
+                self.rejected += n_in
+                raise SpoolFull(short)
         now = time.time()
         seqs = []
         db = self._db
@@ -181,12 +196,34 @@ class Spool:
             self._state_ops(state)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            self._rollback()
             raise
         self.batches += len(payloads)
         self.readings += n_in
         self.bytes += incoming
         return seqs
+
+    def _disk_short(self, incoming: int) -> str | None:
+        """Why ``incoming`` payload bytes would eat into the disk's reserve, or None (a statvfs and two pragmas)."""
+        db = self._db
+        free_pages = db.execute("PRAGMA freelist_count").fetchone()[0] * db.execute("PRAGMA page_size").fetchone()[0]
+        grow = incoming - free_pages
+        if grow <= 0:
+            return None
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError:
+            return None
+        if free - grow >= DISK_RESERVE_BYTES:
+            return None
+        return (f"the disk of {self.path.parent} has {free / 1e6:.1f} MB free; the spool keeps "
+                f"{DISK_RESERVE_BYTES / 1e6:.1f} MB of it so that it can still drain")
+
+    def _rollback(self) -> None:
+        # A COMMIT that failed for a full disk has already rolled back: a second ROLLBACK raised "cannot rollback -
+        # no transaction is active" in place of the real error.
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     def _state_ops(self, ops) -> None:
         for source, key, value in ops:
@@ -208,7 +245,7 @@ class Spool:
             self._state_ops(ops)
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
 
     def load_state(self, source: str) -> dict[bytes, bytes]:
@@ -230,7 +267,7 @@ class Spool:
                 self.batches -= 1
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            self._rollback()
             raise
         self.bytes -= freed
         self.readings -= dropped
@@ -276,7 +313,7 @@ class Spool:
                                    max(minutes) * 60_000_000, msgpack.packb(sorted(minutes)))).lastrowid
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            self._rollback()
             raise
         self.batches -= cnt
         self.readings -= n
@@ -344,5 +381,7 @@ class Spool:
     def close(self) -> None:
         try:
             self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            pass  # a full disk: the write-ahead log stays and the next open recovers it; the stop must go on
         finally:
             self._db.close()

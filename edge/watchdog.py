@@ -15,8 +15,9 @@ It runs beside the gateway on the same event loop (edge/service.py) and looks ev
   back-pressure; it is closed and started again (``reason="silent"``);
 - the ingest task is stalled when batches wait and nothing reaches the spool for
   ``stall_after_s`` while the spool is not full: restarting it could drop the batches it holds,
-  so this only fails /healthz (``problems.ingest``) so that the container runtime or systemd
-  restarts the process; the spool on disk keeps everything acknowledged.
+  so this fails /healthz (``problems.ingest``) and edge/service.py exits 1 for the supervisor to
+  start the process again (neither systemd nor docker restarts on a failing health check); the
+  spool on disk keeps everything acknowledged.
 
 All intervals use the monotonic clock, so wall-clock steps (NTP, a wrong RTC at boot) neither
 trigger nor suppress a restart. Every restart is logged (``event=watchdog_restart``) and counted
@@ -84,12 +85,16 @@ class Watchdog:
         if pressure:
             self._pressure_at = now
         waiting = ingest.queue.qsize()
-        if self._stalled("ingest", waiting > 0 and ingest.full_since is None, ingest.accepted, opts.stall_after_s, now):
+        # A commit in progress is work too: a stuck one may hold every batch that came (a quiet source, an MQTT
+        # in-flight window), leaving the queue empty, and was never seen as a stall.
+        work = (waiting > 0 or ingest.committing) and ingest.full_since is None
+        if self._stalled("ingest", work, ingest.accepted, opts.stall_after_s, now):
             if "ingest" not in gw.problems:
-                log.error("ingest stalled: %d batches wait and nothing reached the spool for %.0f s; reporting "
-                          "unhealthy so the process is restarted", waiting, opts.stall_after_s,
-                          extra={"event": "ingest_stalled"})
-            gw.problems["ingest"] = f"no readings spooled for {opts.stall_after_s:.0f} s while {waiting} batches wait"
+                log.error("ingest stalled: nothing reached the spool for %.0f s while readings wait (%d batches "
+                          "queued); reporting unhealthy, the process exits to be restarted", opts.stall_after_s,
+                          waiting, extra={"event": "ingest_stalled"})
+            gw.problems["ingest"] = (f"no readings spooled for {opts.stall_after_s:.0f} s while readings wait "
+                                     f"({waiting} batches queued)")
         elif gw.problems.pop("ingest", None) is not None:
             log.warning("ingest moving again", extra={"event": "ingest_resumed"})
 

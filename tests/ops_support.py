@@ -3,14 +3,18 @@ for the fixture servers, an MQTT publisher with distinct source timestamps, data
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 import secrets
+import subprocess
 import time
 from pathlib import Path
 
 import orjson
 import paho.mqtt.client as mqtt
 import psycopg
+import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 SITE = """\
@@ -131,3 +135,19 @@ def wait_for(predicate, timeout_s: float = 30.0, interval_s: float = 0.1, what: 
 
 def log_events(log_path: Path) -> str:
     return log_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def small_disk(path, size_mb: int):
+    """A tmpfs of ``size_mb`` at ``path``: a state folder whose file system really fills up (root only)."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

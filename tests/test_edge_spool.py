@@ -242,3 +242,58 @@ def test_rollup_notes_of_an_older_spool_file_are_read(tmp_path):
     minutes = sp.rollup_pending()[1]
     assert 5 in minutes and 29_000_000 in minutes and 100_000 < len(minutes) < 110_000
     sp.close()
+
+
+def _fill_to(path, leave_bytes: int) -> None:
+    """Take the free space of ``path``'s file system down to ``leave_bytes`` (other files on the volume)."""
+    import shutil
+
+    with open(path / "other-files", "wb") as f:
+        f.write(b"\0" * max(0, shutil.disk_usage(path).free - leave_bytes))
+
+
+@pytest.mark.parametrize("policy", ["reject_new", "drop_oldest"])
+def test_the_disk_reserve_is_a_budget_and_drained_pages_are_used_again(tmp_path, policy):
+    """Past its budget the spool could fill the disk, and then not even delete what the database had committed (see
+    tests/test_ops_outages.py): it leaves DISK_RESERVE_BYTES free, with its full policy, and takes new groups again
+    into the pages of drained batches without growing the file."""
+    import shutil
+
+    from ops_support import small_disk
+
+    from edge.spool import DISK_RESERVE_BYTES
+
+    with small_disk(tmp_path / "disk", size_mb=(DISK_RESERVE_BYTES >> 20) + 8) as disk:
+        sp = Spool(disk / "s.db", max_bytes=10**9, policy=policy)
+        _fill_to(disk, DISK_RESERVE_BYTES + (1 << 20))
+        full = None
+        for i in range(40):
+            try:
+                sp.append_many([(_readings(2000, start=i * 2000), [])])
+            except SpoolFull as exc:
+                full = exc
+                break
+        assert shutil.disk_usage(disk).free >= DISK_RESERVE_BYTES // 2
+        if policy == "reject_new":
+            assert full is not None and "MB free" in str(full)
+            sp.delete([sp.peek(1)[0].seq])  # the forwarder drains one group ...
+            sp.append_many([(_readings(2000, start=10**6), [])])  # ... and its pages take the next
+        else:
+            assert full is None and sp.dropped > 0
+        sp.close()
+
+
+def test_a_commit_that_fails_on_a_full_disk_raises_the_disk_error(tmp_path):
+    """SQLite rolls a transaction back itself when its COMMIT fails for a full disk; the spool's own ROLLBACK then
+    raised "cannot rollback - no transaction is active", which is what the logs and /healthz showed instead."""
+    import sqlite3
+
+    from ops_support import small_disk
+
+    with small_disk(tmp_path / "disk", size_mb=4) as disk:
+        sp = Spool(disk / "s.db", max_bytes=10**9)
+        _fill_to(disk, 1 << 20)
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            sp.append_many([(_readings(60_000), [])])  # an empty spool takes any group: the disk refuses it
+        assert sp.batches == 0 and sp.readings == 0
+        sp.close()

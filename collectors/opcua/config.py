@@ -86,6 +86,12 @@ class Connection(Strict):
     def _endpoint(cls, v: str) -> str:
         if not v.startswith("opc.tcp://") or len(v) <= len("opc.tcp://"):
             raise ValueError("must be an opc.tcp://host:port URL")
+        # asyncua logs in with a URL's user:password@, so a literal password would sit in the file and be shown in
+        # /healthz and in connection errors (the endpoint is in both). The message must not repeat it.
+        userinfo, at, _ = v[len("opc.tcp://"):].partition("/")[0].rpartition("@")
+        if at and ":" in userinfo:
+            raise ValueError("contains a password (user:password@); give username, and password as env:NAME or "
+                             "file:/path")
         # Checked here because asyncua takes a URL without a port as port 0 and an impossible one as a ValueError at
         # every connect: the gateway would retry for ever instead of saying what is wrong at start-up.
         url = urlparse(v)

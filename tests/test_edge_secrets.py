@@ -1,0 +1,122 @@
+"""Secrets by reference (edge/secrets.py) and the database URL: every problem is a `ConfigError` naming the key, never
+an exception that escapes (check-config printed a traceback; a SIGHUP with such a file ended the running gateway:
+tests/test_ops_reload.py), and no message repeats a secret."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from edge import settings
+from edge.errors import ConfigError
+from edge.gateway import database_conninfo
+from edge.secrets import resolve_secret
+
+
+def test_a_secret_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    """A password saved as Latin-1 (an editor on a Finnish Windows desktop: "pässi") raised UnicodeDecodeError."""
+    f = tmp_path / "db_password"
+    f.write_bytes("pässi\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as err:
+        resolve_secret(f"file:{f}", where="database.password")
+    msg = str(err.value)
+    assert msg.startswith("database.password: ") and str(f) in msg and "UTF-8" in msg, msg
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"\r\n"])
+def test_an_empty_secret_file_is_a_config_error(tmp_path, content):
+    """An empty file (a secret written on a full disk, `init-secrets.sh` interrupted) was used as an empty password:
+    check-config said OK and the gateway then failed to log in over and over, far from the cause."""
+    f = tmp_path / "mqtt_password"
+    f.write_bytes(content)
+    with pytest.raises(ConfigError, match=r"^collectors \(plant\)\.password: secret file .* is empty"):
+        resolve_secret(f"file:{f}", where="collectors (plant).password")
+
+
+def test_an_empty_environment_variable_is_a_config_error(monkeypatch):
+    monkeypatch.setenv("VALVOJA_TEST_EMPTY_PW", "")
+    with pytest.raises(ConfigError, match=r"^database\.password: environment variable VALVOJA_TEST_EMPTY_PW is empty"):
+        resolve_secret("env:VALVOJA_TEST_EMPTY_PW", where="database.password")
+
+
+def test_a_secret_keeps_inner_and_leading_white_space_and_loses_only_the_line_end(tmp_path):
+    f = tmp_path / "pw"
+    f.write_text(" a b\t\n")
+    assert resolve_secret(f"file:{f}") == " a b\t"
+
+
+def test_a_database_url_libpq_cannot_parse_is_named_by_check_config(tmp_path):
+    """`url = "postgresql://valvoja@db/valvoja?sslmod=require"` (a misspelt parameter) passed the file's validation;
+    with a password set, building the connection string raised psycopg.ProgrammingError out of check-config and out
+    of a SIGHUP reload; without one, the gateway started and retried the connection for ever."""
+    p = tmp_path / "site.toml"
+    p.write_text('[database]\nurl = "postgresql://valvoja@db/valvoja?sslmod=require"\n')
+    with pytest.raises(ConfigError) as err:
+        settings.load(p)
+    assert any(line.startswith(f"{p}: database.url: ") and "sslmod" in line for line in err.value.problems), \
+        err.value.problems
+
+
+def test_a_malformed_database_url_from_a_reference_is_named_without_its_password(tmp_path, monkeypatch):
+    """``url = "env:..."`` may hold a password (that is what the reference is for); libpq's message quotes the whole
+    URL, so it must not reach the log or check-config's output."""
+    monkeypatch.setenv("VALVOJA_TEST_DB_URL", "postgresql://valvoja:s3cr3t-pw@[::1/valvoja")
+    p = tmp_path / "site.toml"
+    p.write_text('[database]\nurl = "env:VALVOJA_TEST_DB_URL"\n')
+    cfg = settings.load(p)
+    with pytest.raises(ConfigError) as err:
+        database_conninfo(cfg)
+    msg = str(err.value)
+    assert msg.startswith("database.url: ") and "VALVOJA_TEST_DB_URL" in msg, msg
+    assert "s3cr3t-pw" not in msg, msg
+
+
+def test_check_config_names_a_non_utf8_secret_without_a_traceback(tmp_path):
+    secret = tmp_path / "db_password"
+    secret.write_bytes("pässi".encode("latin-1"))
+    p = tmp_path / "site.toml"
+    p.write_text(f'[database]\nurl = "postgresql://valvoja@127.0.0.1:5432/valvoja"\npassword = "file:{secret}"\n')
+    out = subprocess.run([sys.executable, "-m", "edge.cli", "check-config", str(p)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith(f"{p}: database.password: "), out.stderr
+
+
+def test_check_config_resolves_the_alert_notification_password(tmp_path):
+    """`maintenance.notify.mqtt.password` was resolved only inside the running analytics task: check-config (and the
+    checks of a SIGHUP reload) said OK for an unset variable, then live analytics (every rule and alert, not just the
+    notifications) died at start and was restarted by the watchdog every interval, a traceback each time."""
+    p = tmp_path / "site.toml"
+    p.write_text('[[rules]]\nname = "hot"\ntag = "P-1.temp"\nkind = "threshold"\nhigh = 90.0\n\n'
+                 '[maintenance.notify.mqtt]\nhost = "127.0.0.1"\nusername = "n"\n'
+                 'password = "env:VALVOJA_TEST_UNSET_NOTIFY_PW"\n')
+    env = {k: v for k, v in os.environ.items() if k != "VALVOJA_TEST_UNSET_NOTIFY_PW"}
+    out = subprocess.run([sys.executable, "-m", "edge.cli", "check-config", str(p)], capture_output=True, text=True,
+                         env={**env, "PYTHONPATH": os.getcwd()})
+    assert out.returncode == 1, out.stdout
+    assert out.stderr.startswith(f"{p}: maintenance.notify.mqtt.password: environment variable "
+                                 "VALVOJA_TEST_UNSET_NOTIFY_PW is not set"), out.stderr
+
+
+def test_an_opcua_endpoint_with_a_password_in_it_is_refused(tmp_path):
+    """asyncua takes ``user:password@`` from the endpoint URL and logs in with it, so a literal password was accepted in
+    the configuration (which must never hold one) and then shown in /healthz (``collectors.<name>.endpoint``) and in
+    every connection error message."""
+    p = tmp_path / "site.toml"
+    p.write_text('[[collectors]]\nkind = "opcua"\nname = "plc"\nendpoint = "opc.tcp://op:s3cr3t@127.0.0.1:4840/x"\n'
+                 '[[collectors.nodes]]\ntag = "P-1.flow"\nnode_id = "ns=2;s=Flow"\n')
+    with pytest.raises(ConfigError) as err:
+        settings.load(p)
+    found = [line for line in err.value.problems if "collectors[0] (plc).endpoint: " in line]
+    assert found and "password" in found[0], err.value.problems
+    assert not any("s3cr3t" in line for line in err.value.problems), err.value.problems
+
+
+def test_file_reference_without_a_path_says_so():
+    """`file:` alone read the current folder: "cannot read secret file .: Is a directory"."""
+    with pytest.raises(ConfigError, match=r"^database\.url: 'file:' needs a path"):
+        resolve_secret("file:", where="database.url")

@@ -1,0 +1,105 @@
+"""SIGHUP reloads of `valvoja run` as a real process: whatever is wrong with the new file, the running gateway goes on
+(docs/operations.md, "Configuration reload")."""
+
+from __future__ import annotations
+
+import signal
+
+from gateway_proc import GatewayProcess
+from ops_support import site_config, wait_for
+
+SPOOL_ONLY = """\
+[site]
+gateway_id = "gw-reload"
+state_dir = "var"
+
+[http]
+listen = "127.0.0.1:{HTTP_PORT}"
+
+[logging]
+format = "text"
+"""
+
+
+def test_a_reload_whose_secret_or_url_cannot_be_read_is_rejected_and_the_gateway_goes_on(tmp_path):
+    """A secret file in Latin-1 raised UnicodeDecodeError and a URL libpq cannot parse psycopg.ProgrammingError out of
+    the reload's checks, which only caught ConfigError: the running gateway ended with a traceback."""
+    secret = tmp_path / "db_password"
+    secret.write_bytes("pässi\n".encode("latin-1"))
+    gw = GatewayProcess(tmp_path, SPOOL_ONLY).start()
+    good = gw.config.read_text()
+    bad = {
+        "Latin-1 secret file": good + f'\n[database]\nurl = "postgresql://valvoja@127.0.0.1:9/valvoja"\n'
+                                      f'password = "file:{secret}"\n',
+        "URL libpq cannot parse": good + '\n[database]\nurl = "postgresql://valvoja@127.0.0.1:9/valvoja?sslmod=x"\n'
+                                         'password = "env:PATH"\n',
+    }
+    try:
+        for n, (what, text) in enumerate(bad.items(), start=1):
+            gw.config.write_text(text)
+            gw.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda n=n: gw.log.read_text().count("event=config_rejected") == n or gw.proc.poll() is not None,
+                     what=f"the {what} config rejected")
+            assert gw.proc.poll() is None, f"the gateway ended on a reload with a {what}:\n{gw.log.read_text()[-3000:]}"
+            assert gw.health()["gateway"] == "gw-reload"
+        log = gw.log.read_text()
+        assert "database.password: " in log and "UTF-8" in log
+        assert "database.url: " in log and "sslmod" in log
+        assert 'valvoja_config_reloads_total{result="rejected"} 2.0' in gw.metrics()
+        assert gw.terminate() == 0
+    finally:
+        gw.kill()
+
+
+def test_a_collector_removed_by_a_reload_leaves_no_connected_gauge_behind(tmp_path, pg_dsn, mosquitto):
+    """The gauge of a collector that a reload removed or renamed stayed in /metrics at 0 for the life of the process:
+    the suggested alert `valvoja_collector_connected == 0 for 5 min` fired for a collector that no longer exists."""
+    gw = GatewayProcess(tmp_path, site_config(pg_dsn, mosquitto.port)).start()
+    try:
+        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector connected")
+        assert 'valvoja_collector_connected{collector="plant"} 1.0' in gw.metrics()
+        gw.config.write_text(gw.config.read_text().replace('name = "plant"', 'name = "line-2"'))
+        gw.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "event=config_applied" in gw.log.read_text(), what="the new configuration applied")
+        wait_for(lambda: _collector_up(gw, "line-2"), what="the renamed collector connected")
+        metrics = gw.metrics()
+        assert 'valvoja_collector_connected{collector="line-2"} 1.0' in metrics
+        assert 'valvoja_collector_connected{collector="plant"}' not in metrics, metrics
+        assert gw.terminate() == 0
+    finally:
+        gw.kill()
+
+
+def _collector_up(gw: GatewayProcess, name: str) -> bool:
+    try:
+        return bool(gw.health()["collectors"].get(name, {}).get("connected"))
+    except (OSError, ValueError):
+        return False  # between the two gateways of a reload
+
+
+def test_a_reload_that_moves_the_spool_away_from_waiting_readings_is_rejected(tmp_path, mosquitto):
+    """A new spool.path (or state_dir), e.g. a bigger volume while the database is away, started the new gateway on
+    an empty spool: the readings waiting in the old file were never forwarded, and nothing said so."""
+    from ops_support import Publisher, new_run
+
+    run = new_run()
+    no_database = site_config("host=127.0.0.1 port=1 user=u dbname=d", mosquitto.port, run=run)
+    no_database = no_database.replace(no_database[no_database.index("[database]"):no_database.index("[http]")], "")
+    gw = GatewayProcess(tmp_path, no_database).start()
+    pub = Publisher(mosquitto.port, run)
+    try:
+        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector connected")
+        pub.publish(10)
+        wait_for(lambda: gw.health()["spool"]["readings"] == 10, what="10 readings spooled")
+        gw.config.write_text(gw.config.read_text().replace("[http]", f'[spool]\npath = "{tmp_path}/big/spool.db"\n\n'
+                                                                           "[http]"))
+        gw.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "event=config_rejected" in gw.log.read_text() or "event=config_applied" in gw.log.read_text(),
+                 what="the reload handled")
+        log = gw.log.read_text()
+        assert "event=config_rejected" in log and "spool.path" in log, log[-3000:]
+        assert gw.health()["spool"]["readings"] == 10
+        assert gw.terminate() == 0
+    finally:
+        pub.close()
+        gw.kill()
