@@ -269,6 +269,11 @@ class Analytics:
         from maintenance.notify import MqttNotifier, WebhookNotifier
 
         n = self.mcfg.notify
+        # Called at every start of `run`: the watchdog restarts a failed task on this object, and the notifiers of
+        # the run before were closed by it (they were kept, next to the new ones: a closed receiver's outbox failed
+        # for good). The outboxes' queues are kept: changes waiting in them are still sent.
+        queues = [box.queue for box in self._outboxes]
+        self.notifiers = []
         if n.mqtt is not None:
             from edge.secrets import resolve_secret
 
@@ -276,7 +281,8 @@ class Analytics:
                         if n.mqtt.password else None)
             self.notifiers.append(MqttNotifier(n.mqtt, password))
         self.notifiers += [WebhookNotifier(w) for w in n.webhooks]
-        self._outboxes = [_Outbox(n, asyncio.Queue(maxsize=NOTIFY_QUEUE_GROUPS)) for n in self.notifiers]
+        self._outboxes = [_Outbox(n, queues[i] if i < len(queues) else asyncio.Queue(maxsize=NOTIFY_QUEUE_GROUPS))
+                          for i, n in enumerate(self.notifiers)]
 
     async def _notify_loop(self, box: _Outbox) -> None:
         while True:

@@ -231,3 +231,41 @@ async def test_mqtt_topic_of_a_rule_named_with_mqtt_wildcards(mosquitto):
     msg = await _through_broker(mosquitto, "valvoja/alerts/+/+", ch)
     assert msg.topic == "valvoja/alerts/P-101/rule:Pump _2 in_out _hot"
     assert json.loads(msg.payload)["kind"] == "rule:Pump #2 in/out +hot"  # the payload keeps the name
+
+
+async def test_notifications_go_on_after_the_watchdog_restarts_analytics():
+    """The watchdog restarts a failed analytics task by calling ``run`` again on the same object. Each run added
+    its notifiers to those of the run before, which it had closed: the old outbox's sends failed for good, and a
+    receiver got every later change once per restart, or, for a closed one, an error per change."""
+    from edge.analytics import Analytics
+    from edge.metrics import Metrics
+    from edge.records import Reading
+    from edge.settings import SiteConfig
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Receiver.bodies = []
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    site = SiteConfig(rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
+                      maintenance={"alerts": {"clear_after_s": 0}, "notify": {"webhooks": [{"url": url}]}})
+
+    async def emit(batch):
+        pass
+
+    an = Analytics(site, Metrics(), emit, None)
+    try:
+        for i, v in enumerate((20.0, 0.0)):  # raised in the first run, cleared in the second
+            task = asyncio.create_task(an.run())
+            t = datetime(2026, 3, 1, 8, 0, i, tzinfo=UTC)
+            an.offer([Reading("P1.p", t, v, t)], t)
+            for _ in range(100):
+                if len(_Receiver.bodies) > i:
+                    break
+                await asyncio.sleep(0.05)
+            task.cancel()  # as the watchdog does before it starts the task again
+            await asyncio.gather(task, return_exceptions=True)
+        assert [b["event"] for b in _Receiver.bodies] == ["raised", "cleared"]
+        assert len(an.notifiers) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
