@@ -15,6 +15,9 @@
 - **Watchdog** (edge/watchdog.py): dead or stalled parts are restarted and counted; a stalled
   ingest (nothing can be written to the spool) ends the process with exit code 1 (``stall_exit``)
   for systemd or the container runtime to start it again.
+- **Blocked event loop** (edge/loopwatch.py): no heartbeat from the loop for ``service.loop_stall_exit_s``
+  writes every thread's stack to stderr and exits 1 (``loop_stall_exit``): docker does not restart an
+  unhealthy container.
 - **systemd**: with ``Type=notify`` the process reports READY / RELOADING / STOPPING and, when
   ``WatchdogSec`` is set, pings the service manager from the event loop, so a blocked loop gets
   the process restarted.
@@ -25,6 +28,7 @@ All intervals use ``time.monotonic``; a wall-clock step changes no timing here.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import os
 import signal
@@ -37,6 +41,7 @@ from collectors.registry import module_for
 from edge import logs, settings
 from edge.errors import ConfigError
 from edge.gateway import SHUTDOWN_FLUSH_S, Gateway, database_conninfo
+from edge.loopwatch import LoopWatch
 from edge.metrics import Metrics
 from edge.secrets import resolve_secret
 from edge.settings import SiteConfig
@@ -151,9 +156,16 @@ class Service:
                    asyncio.create_task(self._exit_on_stalled_ingest(), name="stall-exit")]
         if os.environ.get("WATCHDOG_USEC"):
             helpers.append(asyncio.create_task(self._systemd_pings(), name="systemd-watchdog"))
+        watch = None
+        if self.cfg.service.loop_stall_exit_s > 0:
+            watch = LoopWatch(self.cfg.service.loop_stall_exit_s, _exit_on_blocked_loop)
+            helpers.append(asyncio.create_task(watch.beat(), name="loop-watch"))
+            watch.start()
         try:
             await self._serve()
         finally:
+            if watch is not None:
+                watch.stop()
             for t in helpers:
                 t.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
@@ -354,6 +366,14 @@ async def _release(gw: Gateway) -> None:
     except Exception as exc:
         log.debug("cleanup after a failed start: %r", exc)
     gw.worker.shutdown()
+
+
+def _exit_on_blocked_loop(seconds: float) -> None:
+    """(the watch thread) The loop has been blocked ``seconds``: the stacks to stderr, a log line, exit 1."""
+    faulthandler.dump_traceback(all_threads=True)
+    log.critical("event loop blocked for %.0f s; exiting so the supervisor starts the process again (the threads' "
+                 "stacks are on stderr)", seconds, extra={"event": "loop_stall_exit"})
+    _hard_exit(1)
 
 
 def _hard_exit(code: int) -> None:
