@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from console_support import PASSWORD, free_port, seed_users  # noqa: E402
+from results_io import write_results  # noqa: E402
 
 from edge.db.features import detect  # noqa: E402
 from edge.db.migrate import migrate  # noqa: E402
@@ -239,10 +240,8 @@ def main() -> int:
             "alert_visible_le_2s": browser is not None and browser["max_ms"] <= 2000}
     out = {"time": datetime.now(UTC).isoformat(), "machine": {"cpus": os.cpu_count()}, "setup": setup, "api": api,
            "alert_to_screen": browser, "bars": bars}
-    results = ROOT / "bench" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "console.json").write_text(json.dumps(out, indent=1))
-    print(f"bars: {bars}; wrote bench/results/console.json")
+    write_results(out, "console.json")
+    print(f"bars: {bars}")
     return 0 if all(bars.values()) else 1
 
 

@@ -36,6 +36,8 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results_io import write_results  # noqa: E402
+
 from edge.db.features import detect  # noqa: E402
 from edge.db.migrate import migrate  # noqa: E402
 from emissions import averages, compliance, store, synthetic  # noqa: E402
@@ -194,10 +196,8 @@ def run(dsn: str, repeat: int, status: str = "none") -> int:
               "runs": runs, "best_total_s": min(r["total_s"] for r in runs), "bar_s": 30.0,
               "machine": {"cpus": os.cpu_count()}, "when": datetime.now(UTC).isoformat(timespec="seconds")}
     suffix = "" if status == "none" else f"_status_{status}"
-    out = ROOT / "bench" / "results" / f"bench_emissions{suffix}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"best {result['best_total_s']:.2f} s (bar 30 s) -> {out.relative_to(ROOT)}")
+    print(f"best {result['best_total_s']:.2f} s (bar 30 s)")
+    write_results(result, f"bench_emissions{suffix}.json")
     return 0
 
 

@@ -14,7 +14,6 @@ Prints the figures and writes bench/results/bench_emissions_late.json. The seede
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_emissions import MINUTES, START, cleanup, seed, stack  # noqa: E402
+from results_io import write_results  # noqa: E402
 
 from edge.db.migrate import migrate  # noqa: E402
 from emissions import job, late, synthetic  # noqa: E402
@@ -145,10 +145,7 @@ def main() -> int:
           f"check ({out['raw_kept_ms']} ms); recomputing the year: {out['recompute_year_s']} s")
     result = {"benchmark": "emissions_late", **out, "machine": {"cpus": os.cpu_count()},
               "when": datetime.now(UTC).isoformat(timespec="seconds")}
-    path = ROOT / "bench" / "results" / "bench_emissions_late.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
-    print(f"-> {path.relative_to(ROOT)}")
+    write_results(result, "bench_emissions_late.json")
     return 0
 
 

@@ -21,7 +21,6 @@ Run:  .venv/bin/python bench/bench_ingest.py [--outage-s 300] [--messages 10000]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -38,6 +37,7 @@ import psutil  # noqa: E402
 import psycopg  # noqa: E402
 from gateway_proc import GatewayProcess  # noqa: E402
 from ops_support import db_url  # noqa: E402
+from results_io import write_results  # noqa: E402
 from servers import MosquittoServer, PostgresServer  # noqa: E402
 
 from edge.db.migrate import migrate  # noqa: E402
@@ -348,9 +348,7 @@ def main() -> int:
     finally:
         mq.close()
         pg.close()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out}")
+    write_results(results, args.out)
     return 0
 
 

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import resource
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import numpy as np
+from results_io import write_results
 
 from edge.records import Reading
 from maintenance.config import AnomalyAssetConfig, AssetConfig, MaintenanceConfig
@@ -126,10 +125,7 @@ def main() -> None:
           f"p99 {r['latency_ms']['p99']:.1f} ms, max {r['latency_ms']['max']:.1f} ms; CPU p50 "
           f"{r['latency_cpu_ms']['p50']:.1f} ms, p99 {r['latency_cpu_ms']['p99']:.1f} ms")
     print(f"  peak RSS {r['peak_rss_mb']:.0f} MB")
-    out = Path(__file__).parent / "results" / "bench_maintenance.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(r, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(r, "bench_maintenance.json")
 
 
 if __name__ == "__main__":

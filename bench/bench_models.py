@@ -21,13 +21,13 @@ Prints a table and writes bench/results/bench_models.json (or ``--out``). Run:
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import time
 from pathlib import Path
 
 import numpy as np
+from results_io import write_results
 from threadpoolctl import threadpool_limits
 
 from models.estimators import ESTIMATORS, make_pipeline
@@ -143,9 +143,7 @@ def main() -> None:
         print(f"single row {m}: ONNX p50 {b['single_row_p50_us']:.1f} µs{p50}, {b['speedup_single_row']:.1f}x "
               f"scikit-learn ({'>= 5x: ok' if b['speedup_at_least_5x'] else 'below 5x'})")
     print(f"peak RSS {out['peak_rss_mb']:.0f} MB")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(out, args.out)
 
 
 if __name__ == "__main__":

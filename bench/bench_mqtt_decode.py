@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import random
 import sys
@@ -32,6 +31,8 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from results_io import write_results  # noqa: E402
 
 from collectors.mqtt.config import Subscription  # noqa: E402
 from collectors.mqtt.decode import make_decoder  # noqa: E402
@@ -195,10 +196,7 @@ def main() -> None:
                     for name, (rps, mps, r) in results.items()},
         "bar": {"json_batch_readings_per_s": 300_000},
     }
-    path = ROOT / "bench" / "results" / "mqtt_decode.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {path.relative_to(ROOT)}")
+    write_results(out, "mqtt_decode.json")
 
 
 if __name__ == "__main__":

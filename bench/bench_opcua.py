@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import socket
@@ -45,6 +44,8 @@ from asyncua import Client
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from results_io import write_results  # noqa: E402
 
 from collectors.base import CollectorContext  # noqa: E402
 from collectors.opcua import Config, build  # noqa: E402
@@ -319,10 +320,7 @@ def main() -> None:
               f"{', Basic256Sha256 SignAndEncrypt' if args.secure else ''}", flush=True)
         result = asyncio.run(reconnect_async(args))
         print(f"first reading after the server's return: p50 {result['p50_s']} s, max {result['max_s']} s")
-        out = args.out or ROOT / "bench" / "results" / "opcua_reconnect.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out}")
+        write_results(result, args.out or "opcua_reconnect.json")
         return
     args.out = args.out or ROOT / "bench" / "results" / "opcua.json"
     print(f"OPC UA: {args.tags} tags changing every {args.interval} s "
@@ -335,9 +333,7 @@ def main() -> None:
           f"rss {result['gateway_rss_mb']} MB)")
     print(f"ratio collector / bare: {result['ratio']}; gateway (end to end into the spool) / bare: "
           f"{result['gateway_ratio']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(result, args.out)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ Writes bench/results/soak.json (samples included).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import threading
@@ -31,6 +30,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 from bench_ingest import SAMPLES_PER_MSG, Publisher, count, start_gateway  # noqa: E402
+from results_io import write_results  # noqa: E402
 from servers import MosquittoServer, PostgresServer  # noqa: E402
 
 RESULTS = ROOT / "bench/results/soak.json"
@@ -122,8 +122,7 @@ def main() -> int:
         "fds_first_last": [samples[0]["fds"], samples[-1]["fds"]] if samples else None,
         "samples": samples,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_results(result, args.out)
     print(f"published {published:,} in {elapsed / 60:.1f} min ({result['achieved_rate']:,.0f}/s); "
           f"in the database {in_db:,} (lost {published - in_db})")
     print(f"RSS first {result['rss_first_mb']} MB, last {result['rss_last_mb']} MB, peak {result['rss_peak_mb']} MB; "
