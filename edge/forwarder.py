@@ -72,6 +72,9 @@ class Forwarder:
         self._refused_quiet = [0, 0]  # groups, readings refused since then without a log line
         # Monotonic time of the last sign of life (commit, connect, error): the watchdog's stall check.
         self.heartbeat = time.monotonic()
+        # Set once the first connect has migrated the schema: jobs that query the database wait for it, or a fresh
+        # database met them with "relation does not exist" (the emissions job died at every first start).
+        self.schema_ready = asyncio.Event()
         # Reservoir of (commit time - source time) in seconds, for benchmarks and /status.
         self.latency_s: collections.deque[float] = collections.deque(maxlen=200_000)
         # Rollup work: tag ids and the 1-minute buckets touched since the last refresh.
@@ -124,6 +127,7 @@ class Forwarder:
         await self.sink.sync_registry(self.cfg.assets, self.cfg.tags)
         for w in self.writers[1:]:
             await w.connect(migrate_schema=False)
+        self.schema_ready.set()
         self.metrics.db_connected.set(1)
         self.heartbeat = time.monotonic()
         if self.down_since is None:

@@ -123,7 +123,12 @@ class Gateway:
 
             stacks = [StackConfig.model_validate(s) for s in self.cfg.stacks]
             self._emissions_stop = asyncio.Event()
-            self.background.append(lambda: run_periodic(self.conninfo, stacks, self._emissions_stop))
+
+            async def emissions_job() -> None:
+                await self.forwarder.schema_ready.wait()
+                await run_periodic(self.conninfo, stacks, self._emissions_stop)
+
+            self.background.append(emissions_job)
         return analytics
 
     # -- lifecycle -----------------------------------------------------------------------
