@@ -1,8 +1,9 @@
 """Remaining useful life in the gateway: a RUL model (``rul_export``) served per asset, cycle by cycle.
 
 For each asset with ``[maintenance.assets.rul]`` the readings of its setting and sensor tags are averaged
-per cycle: cycles of ``cycle_s`` seconds (a cycle closes as soon as every tag the model uses has its
-readings for it, or when a reading of a later cycle arrives), or the asset's own cycles counted by a
+per cycle: cycles of ``cycle_s`` seconds (a cycle closes as soon as every tag the model uses has sent its last
+reading for it: its latest one plus its sampling step, the gap to its previous reading but at most ``period_s``,
+reaches the cycle's end; or when a reading of a later cycle arrives), or the asset's own cycles counted by a
 ``cycle_tag`` (flights, batches, strokes: a cycle closes when the counter changes, the counter value is the
 age, and a counter that goes back starts a new life with an empty history; a reading older than the
 current cycle's start is late and left out). Flagged readings of the settings and sensors (out of range, frozen,
@@ -145,7 +146,7 @@ class _Asset:
     model: ServedRulModel | None  # None until the registry has a champion (or can be read)
     sel: np.ndarray  # positions (settings, then sensors of the configuration) of the model's inputs
     n_settings: int  # how many of ``sel`` are settings
-    per_cycle: int
+    period: float  # [maintenance] period_s: the longest sampling step a tag is assumed to have (cycles by time)
     state: EwmState | None
     history: deque  # (age, per-cycle means of every configured tag) of closed cycles, to replay on a swap
     slot: int | None = None
@@ -155,6 +156,11 @@ class _Asset:
     counts: np.ndarray = field(default_factory=lambda: np.zeros(0))
     last: np.ndarray = field(default_factory=lambda: np.zeros(0))
     flagged: np.ndarray = field(default_factory=lambda: np.zeros(0))  # readings of the cycle left out (not saved)
+    # Cycles by time, per tag (not saved): the time of its previous reading, its sampling step (the latest gap, at
+    # most `period`) and the time of its latest reading in the current cycle (NaN: none yet).
+    prev: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    step: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    latest: np.ndarray = field(default_factory=lambda: np.zeros(0))
     cycles: int = 0  # feature rows pushed
     last_pred: int = -(10**9)
     next_refresh: float = 0.0
@@ -258,6 +264,7 @@ def _reset(a: _Asset) -> None:
     a.sums[:] = 0.0
     a.counts[:] = 0.0
     a.flagged[:] = 0.0
+    a.latest[:] = np.nan
     a.last[:] = np.nan
 
 
@@ -265,6 +272,24 @@ def _new_cycle(a: _Asset) -> None:
     a.sums[:] = 0.0
     a.counts[:] = 0.0
     a.flagged[:] = 0.0
+    a.latest[:] = np.nan
+
+
+def _sampled(a: _Asset, pos: int, ts: float) -> None:
+    """Note a reading of the tag at ``pos`` at ``ts`` (seconds): its sampling step and its latest time this cycle."""
+    gap = ts - a.prev[pos]
+    if gap > 0:  # NaN (its first reading) and repeats leave the step as it was
+        a.step[pos] = min(gap, a.period)
+    a.prev[pos] = a.latest[pos] = ts
+
+
+def _complete(a: _Asset) -> bool:
+    """Cycles by time: every tag of the model has sent the last reading its sampling step leaves room for before
+    the cycle's end (its next one falls in the next cycle), so the cycle can close now rather than at the next
+    cycle's first reading. It used to close once every tag had ``cycle_s / period_s`` readings: a tag sampled
+    faster than ``period_s`` got there early, and the rest of its cycle was dropped as late."""
+    end = (a.slot + 1) * a.cfg.cycle_s
+    return bool((a.latest[a.sel] + a.step[a.sel] >= end - 1e-6).all())  # NaN (no reading yet): False
 
 
 class RulLive:
@@ -307,10 +332,10 @@ class RulLive:
             cfg = a.rul
             tags = list(cfg.settings) + list(cfg.sensors)
             n = len(tags)
-            per_cycle = max(1, round(cfg.cycle_s / period_s)) if cfg.cycle_s else 0  # counter: closes on change
             st = _Asset(a.name, cfg, None, np.flatnonzero([bool(t) for t in tags]), 0,
-                        per_cycle, None, deque(maxlen=cfg.history_cycles),
+                        float(period_s), None, deque(maxlen=cfg.history_cycles),
                         sums=np.zeros(n), counts=np.zeros(n), last=np.full(n, np.nan), flagged=np.zeros(n),
+                        prev=np.full(n, np.nan), step=np.full(n, float(period_s)), latest=np.full(n, np.nan),
                         next_refresh=now + cfg.refresh_s)
             if cfg.model_dir is not None:
                 try:
@@ -453,12 +478,13 @@ class RulLive:
                     self._close(a, preds, changes)
                 a.slot, a.closed = slot, False
                 _new_cycle(a)
+            _sampled(a, hit[1], r.time.timestamp())
             if not good:
                 a.flagged[hit[1]] += 1
-                continue
-            a.sums[hit[1]] += v
-            a.counts[hit[1]] += 1
-            if (a.counts[a.sel] >= a.per_cycle).all():
+            else:
+                a.sums[hit[1]] += v
+                a.counts[hit[1]] += 1
+            if _complete(a):
                 self._close(a, preds, changes)
         return preds, changes
 

@@ -846,3 +846,29 @@ def test_the_cycle_in_progress_is_saved_at_shutdown(fitted, tmp_path):
     tail = whole[-len(after):]
     assert [p.details["cycle"] for p in after] == [p.details["cycle"] for p in tail]
     assert np.allclose([p.value for p in after], [p.value for p in tail], atol=1e-12)
+
+
+def test_tags_sampled_faster_than_period_s_close_their_cycle_at_its_end(fitted):
+    """Cycles by time: a cycle closed early once every tag had ``cycle_s / period_s`` readings, which assumed one
+    reading per tag per ``period_s``. Tags sampled faster (here 1 Hz with period_s 10: 60 readings a 60 s cycle)
+    reached that count after 6 s: the cycle closed with the first tenth of its readings, the other 54 were dropped as
+    late, and the means (of a drifting signal) were not the cycle's. The cycle now closes when every tag's latest
+    reading is the last its sampling leaves room for before the cycle's end."""
+    r, d = fitted
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    u = int(test.units()[0])
+    one = test.select(test.unit == u)
+    batches = []
+    for c, batch in enumerate(replay(one)):
+        for k in range(60):  # 1 Hz, a ramp across the cycle whose mean is the cycle's value
+            tk = T0 + timedelta(seconds=60 * c + k)
+            batches.append([Reading(x.tag, tk, float(x.value) * (1 + (k - 29.5) * 1e-4), tk) for x in batch])
+    live = MaintenanceLive(MaintenanceConfig(period_s=10.0, assets=(rul_asset(u, d),)))
+    preds = _process(live, batches)
+    offline = r["model"].predict(one.unit, one.cycle, one.settings, one.sensors)
+    assert [p.details["cycle"] for p in preds] == list(range(1, len(one.unit) + 1))
+    assert all(p.details["data_quality"]["readings"] == 60 * len(live.rul.assets[0].sel) for p in preds)
+    assert np.allclose([p.value for p in preds], offline, atol=1e-3)
+    # The cycle closes with its last readings, not one cycle later: its prediction is in the same call.
+    live = MaintenanceLive(MaintenanceConfig(period_s=10.0, assets=(rul_asset(u, d),)))
+    assert _process(live, batches[:60]) and live.rul.assets[0].closed
