@@ -381,13 +381,14 @@ class MaintenanceLive:
                 p, c = self.rul.update(sorted((r for r in scalar if r.tag in self.rul.tag_of), key=lambda r: r.time))
                 preds.extend(p)
                 changes.extend(c)
-                if self.rul.closed_unsaved and self.rul.state_path is not None:
-                    # A closed cycle is saved before its prediction is handed on: its readings were acknowledged
-                    # upstream and are not analysed again, so a crash before the periodic save lost the cycle from
-                    # the restored history (and every later EWM feature with it). A crash between the save and the
-                    # spool loses the prediction row at most. Written off the event loop; a failure is logged,
-                    # counted and retried by the periodic save.
-                    data = self.rul.snapshot()
+                data = self.rul.journal()
+                if data is not None:
+                    # The cycles closed by this group are on disk (a journal line, fsync'd: a few hundred bytes an
+                    # asset, not every asset's whole history) before its predictions are handed on: the readings were
+                    # acknowledged upstream and are not analysed again, so a crash before the periodic save lost the
+                    # cycle from the restored history (and every later EWM feature with it). A crash between the
+                    # append and the spool loses the prediction row at most. Written off the event loop; a failure is
+                    # logged, counted and made good by a snapshot at the periodic save.
                     try:
                         await asyncio.to_thread(self.rul.write, data)
                     except Exception:  # a bug in saving must not lose this group's predictions and alerts

@@ -571,6 +571,11 @@ class _EngineOverMqtt:
         for info in infos:
             info.wait_for_publish(10)
 
+    def saved(self, state_dir: Path) -> int:
+        """The cycles a gateway started on ``state_dir`` would restore (snapshot + journal; read only)."""
+        config = MaintenanceConfig(period_s=60.0, assets=(rul_asset(self.u, self.model_dir),))
+        return MaintenanceLive(config, state_dir=state_dir).rul.restored.get(f"E{self.u}", 0)
+
     def offline(self, r) -> np.ndarray:
         one = self.one
         return r["model"].predict(one.unit, one.cycle, one.settings, one.sensors)
@@ -583,7 +588,7 @@ class _EngineOverMqtt:
 @pytest.mark.slow
 def test_the_gateway_goes_on_with_an_engines_age_after_a_stop_and_a_kill(fitted, tmp_path, pg_dsn, mosquitto):
     """MQTT -> `valvoja run` -> predictions table, one engine's cycles in three parts: a stop (SIGTERM; the
-    periodic save an hour away), a SIGKILL after the periodic save: every cycle has exactly one
+    periodic save an hour away), a SIGKILL (every closed cycle journalled): every cycle has exactly one
     prediction, with its own age, equal to the offline model's (an uninterrupted run's)."""
     from gateway_proc import GatewayProcess
     from ops_support import wait_for
@@ -595,10 +600,9 @@ def test_the_gateway_goes_on_with_an_engines_age_after_a_stop_and_a_kill(fitted,
     # reading: here the latter (one reading per tag per 60 s cycle), so each message closes its cycle.
     a, b = n // 3, 2 * n // 3
     gw = GatewayProcess(tmp_path / "gw", eng.site(3600)).start()
-    state = tmp_path / "gw" / "var" / "rul_state.npz"
 
     def saved_cycles() -> int:
-        return len(read_state(state, 1)[1]["0.ages"])
+        return eng.saved(tmp_path / "gw" / "var")
 
     try:
         wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up")
@@ -613,8 +617,7 @@ def test_the_gateway_goes_on_with_an_engines_age_after_a_stop_and_a_kill(fitted,
         wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up again")
         eng.send(range(a, b))
         wait_for(lambda: len(eng.predictions()) == b, timeout_s=60, what=f"{b} predictions")
-        wait_for(lambda: saved_cycles() == b,
-                 what="the periodic save")
+        assert saved_cycles() == b  # journalled as each cycle closed
         gw.kill()
 
         gw.start()
@@ -632,7 +635,7 @@ def test_the_gateway_goes_on_with_an_engines_age_after_a_stop_and_a_kill(fitted,
 @pytest.mark.slow
 def test_a_killed_gateway_keeps_every_cycle_that_closed(fitted, tmp_path, pg_dsn, mosquitto):
     """SIGKILL of `valvoja run` between two periodic saves (an hour apart): the cycles that closed since the last
-    one are in the state file, because a closed cycle is saved before its prediction is handed on. They were
+    one are in the journal, because a closed cycle is appended before its prediction is handed on. They were
     missing from the restored history, and every later prediction of the engine differed from the offline one."""
     from gateway_proc import GatewayProcess
     from ops_support import wait_for
@@ -641,14 +644,13 @@ def test_a_killed_gateway_keeps_every_cycle_that_closed(fitted, tmp_path, pg_dsn
     eng = _EngineOverMqtt(d, pg_dsn, mosquitto, "gw-rul-kill")
     n, a = eng.n, eng.n // 2
     gw = GatewayProcess(tmp_path / "gw", eng.site(3600)).start()
-    state = tmp_path / "gw" / "var" / "rul_state.npz"
     try:
         wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up")
         eng.send(range(0, a))
         wait_for(lambda: len(eng.predictions()) == a, timeout_s=60, what=f"{a} predictions")
         gw.kill()  # the periodic save is an hour away
-        saved = read_state(state, 1)
-        assert saved is not None and len(saved[1]["0.ages"]) == a
+        assert not (tmp_path / "gw" / "var" / "rul_state.npz").exists()  # every close went to the journal
+        assert eng.saved(tmp_path / "gw" / "var") == a
 
         gw.start()
         wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up after the kill")
@@ -685,7 +687,7 @@ async def test_the_gateways_save_loop_goes_on_after_a_failed_save(fitted, tmp_pa
     live = an.maintenance
     for batch in list(replay(test.select(test.unit == u)))[:10]:
         await live.process(batch)
-    (tmp_path / "rul_state.npz").unlink()  # saved as each cycle closed; the save loop's own save is tested here
+    assert not (tmp_path / "rul_state.npz").exists()  # closed cycles went to the journal; the snapshot is tested here
     live.rul.mark_unsaved()
     seq = live.rul._snapshots
     write, calls = live.rul.write, []
@@ -872,3 +874,110 @@ def test_tags_sampled_faster_than_period_s_close_their_cycle_at_its_end(fitted):
     # The cycle closes with its last readings, not one cycle later: its prediction is in the same call.
     live = MaintenanceLive(MaintenanceConfig(period_s=10.0, assets=(rul_asset(u, d),)))
     assert _process(live, batches[:60]) and live.rul.assets[0].closed
+
+
+def _write_bytes() -> int:
+    """Bytes this process has passed to write() so far (Linux ``/proc/self/io``, every thread of the process)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no wchar in /proc/self/io")
+
+
+def test_a_closed_cycle_appends_a_line_not_every_assets_history(fitted, tmp_path):
+    """Each closed cycle was saved by rewriting the whole state file: every RUL asset's kept history (up to 2,000
+    cycles of 24 tags, 400 KB an asset) per close, whatever the cycle's length; at cycles of seconds that is
+    gigabytes a day of flash. A close now appends one fsync'd line (the cycles closed since the last one) to a
+    journal, folded into the snapshot file at the periodic save once the journal is as large as the snapshot,
+    and at shutdown."""
+    _, d = fitted
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    units = [int(u) for u in test.units()[2:]]  # the engines with 98 to 126 cycles
+    fleet = test.select(np.isin(test.unit, units))
+    batches = list(replay(fleet))
+    config = MaintenanceConfig(period_s=60.0, assets=tuple(rul_asset(u, d) for u in units))
+    live = MaintenanceLive(config, state_dir=tmp_path)
+    _process(live, batches[:80])
+    before = _write_bytes()
+    _process(live, batches[80:90])  # 10 groups, each closing a cycle of 4 assets with 80 cycles of history
+    per_close = (_write_bytes() - before) / 10
+    history = 80 * 24 * 8 * len(units)  # what one rewrite of the histories alone weighs
+    assert per_close < 8192 < history, f"{per_close:.0f} bytes written per group of closes"
+    after = _process(MaintenanceLive(config, state_dir=tmp_path), batches[90:])
+    whole = _process(MaintenanceLive(config), batches)
+    tail = whole[-len(after):]
+    assert [(p.asset, p.details["cycle"]) for p in after] == [(p.asset, p.details["cycle"]) for p in tail]
+    assert np.allclose([p.value for p in after], [p.value for p in tail], atol=1e-12)
+
+
+KILLED_RUN = """
+import asyncio, os, signal, sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_maintenance_rul_live import *
+from test_maintenance_rul_live import _process
+test = cmapss.load(SAMPLE / "test_FD001.txt")
+u = int(test.units()[2])
+batches = list(replay(test.select(test.unit == u)))
+config = MaintenanceConfig(period_s=60.0, assets=(rul_asset(u, Path({model!r})),))
+live = MaintenanceLive(config, state_dir=Path({state!r}))
+for i in range({start}, {stop}):
+    for p in _process(live, [batches[i]]):
+        print(p.details["cycle"], repr(p.value), flush=True)
+    if i == {compact}:  # the periodic save folds the journal into the snapshot
+        live.rul.compact_bytes = 0
+        assert live.rul.write(live.rul.snapshot(progress=False))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_sigkill_after_a_close_loses_no_cycle_and_repeats_none(fitted, tmp_path):
+    """SIGKILL right after closes (the journal's fsync'd appends), twice, once after a compaction, once with a
+    torn last line and once between a compaction's snapshot and its journal truncation: the restored history is
+    every closed cycle once, and the predictions go on as an uninterrupted run's."""
+    import subprocess
+    import sys
+
+    _, d = fitted
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    u = int(test.units()[2])  # 126 cycles
+    batches = list(replay(test.select(test.unit == u)))
+    config = MaintenanceConfig(period_s=60.0, assets=(rul_asset(u, d),))
+    whole = {p.details["cycle"]: p.value for p in _process(MaintenanceLive(config), batches)}
+    state, got = tmp_path / "state", {}
+
+    def killed(start: int, stop: int, compact: int = -1) -> None:
+        code = KILLED_RUN.format(tests=str(Path(__file__).parent), model=str(d), state=str(state), start=start,
+                                 stop=stop, compact=compact)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert out.returncode == -9, out.stderr
+        for line in out.stdout.split("\n"):
+            if line:
+                c, v = line.split()
+                assert int(c) not in got
+                got[int(c)] = float(v)
+
+    a, b, c = 10, 25, 40
+    killed(0, a)
+    assert MaintenanceLive(config, state_dir=state).rul.restored == {f"E{u}": a}
+    killed(a, b, compact=a + 5)
+    assert MaintenanceLive(config, state_dir=state).rul.restored == {f"E{u}": b}
+    journal = state / "rul_state.journal"
+    kept = journal.read_bytes()
+    live = MaintenanceLive(config, state_dir=state)
+    live.rul.compact_bytes = 0
+    assert live.rul.write(live.rul.snapshot())
+    journal.write_bytes(kept)  # killed after the snapshot's rename, before the journal was truncated
+    killed(b, c)
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join(lines) + lines[-1][: len(lines[-1]) // 2])  # a torn append: half a line
+    live = MaintenanceLive(config, state_dir=state)
+    assert live.rul.restored == {f"E{u}": c}
+    ages = [age for age, _ in live.rul.assets[0].history]
+    assert ages == list(range(1, c + 1))
+    for p in _process(live, batches[c:]):
+        got[p.details["cycle"]] = p.value
+    assert sorted(got) == sorted(whole)
+    assert np.allclose([got[k] for k in sorted(got)], [whole[k] for k in sorted(whole)], atol=1e-9)
+    again = MaintenanceLive(config, state_dir=state)  # the torn half line was cut off before the next append
+    assert again.rul.restored == {f"E{u}": len(batches)}
