@@ -95,7 +95,7 @@ def restore(a: _Asset, s: dict, arrays: dict[str, np.ndarray]) -> None:
 def entry(a: _Asset) -> dict:
     """The asset's journal record: the rows closed since its previous record (after a new life: ``reset``, the
     history emptied first), its scalars and its current cycle's sums. Clears what it took."""
-    new = list(a.history)[len(a.history) - min(a.appended, len(a.history)):]
+    new = [a.history[-k] for k in range(min(a.appended, len(a.history)), 0, -1)]  # from the end: O(new rows)
     rec = {**scalars(a), "reset": a.reset, "ages": [int(age) for age, _ in new],
            "rows": [row.tolist() for _, row in new], "sums": a.sums.tolist(), "counts": a.counts.tolist()}
     a.appended, a.reset = 0, False

@@ -303,19 +303,9 @@ def test_registry_database_down_at_start_then_back(fitted, tmp_path, own_pg_serv
     assert preds[0].model_version == out["sha256"]
 
 
-def test_cycles_from_a_counter_tag_of_irregular_cycles_and_a_new_life(fitted):
-    """With ``cycle_tag`` a cycle is what the asset's counter says, however long it lasts: the replayed engines
-    (cycles of 40-200 s, several readings per tag per cycle) get the offline predictions at each counter change;
-    a counter going back to 1 (the engine replaced) starts a new life whose predictions are those of the new
-    engine's history alone."""
-    r, d = fitted
-    test = cmapss.load(SAMPLE / "test_FD001.txt")
-    units = [int(u) for u in test.units()[:2]]
-    rng = np.random.default_rng(3)
-    asset = AssetConfig(name="ENG", rul=RulAssetConfig(
-        model_dir=str(d), sensors=tuple(f"ENG.s{j}" for j in range(1, 22)),
-        settings=tuple(f"ENG.set{k}" for k in range(1, 4)), cycle_tag="ENG.cycles"))
-    live = MaintenanceLive(MaintenanceConfig(period_s=1.0, assets=(asset,)))
+def _two_lives(test: cmapss.Fleet, units: list[int], rng) -> list[list[Reading]]:
+    """Counter mode: one batch per cycle (the counter, then three readings per tag), engine after engine on the
+    same asset ``ENG`` (the counter going back to 1 between them), and a last counter that closes the last cycle."""
     t = T0
     batches = []
     for u in units:  # the second engine replaces the first on the same asset
@@ -331,6 +321,23 @@ def test_cycles_from_a_counter_tag_of_irregular_cycles_and_a_new_life(fitted):
             batches.append(batch)
             t += timedelta(seconds=span)
     batches.append([Reading("ENG.cycles", t, 1.0, t)])  # the counter of a third engine: closes the last cycle
+    return batches
+
+
+def test_cycles_from_a_counter_tag_of_irregular_cycles_and_a_new_life(fitted):
+    """With ``cycle_tag`` a cycle is what the asset's counter says, however long it lasts: the replayed engines
+    (cycles of 40-200 s, several readings per tag per cycle) get the offline predictions at each counter change;
+    a counter going back to 1 (the engine replaced) starts a new life whose predictions are those of the new
+    engine's history alone."""
+    r, d = fitted
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    units = [int(u) for u in test.units()[:2]]
+    rng = np.random.default_rng(3)
+    asset = AssetConfig(name="ENG", rul=RulAssetConfig(
+        model_dir=str(d), sensors=tuple(f"ENG.s{j}" for j in range(1, 22)),
+        settings=tuple(f"ENG.set{k}" for k in range(1, 4)), cycle_tag="ENG.cycles"))
+    live = MaintenanceLive(MaintenanceConfig(period_s=1.0, assets=(asset,)))
+    batches = _two_lives(test, units, rng)
     preds = _process(live, batches)
     lives = [test.select(test.unit == u) for u in units]
     want = np.concatenate([r["model"].predict(f.unit, f.cycle, f.settings, f.sensors) for f in lives])
@@ -981,3 +988,30 @@ def test_a_sigkill_after_a_close_loses_no_cycle_and_repeats_none(fitted, tmp_pat
     assert np.allclose([got[k] for k in sorted(got)], [whole[k] for k in sorted(whole)], atol=1e-9)
     again = MaintenanceLive(config, state_dir=state)  # the torn half line was cut off before the next append
     assert again.rul.restored == {f"E{u}": len(batches)}
+
+
+def test_the_journal_restores_counter_cycles_and_a_new_life(fitted, tmp_path):
+    """Counter mode through the journal alone (crashes, no snapshot at shutdown): restarts in the first life, just
+    after the counter went back (a new life: the history emptied) and in the second life give the predictions of an
+    uninterrupted run, cycle for cycle."""
+    _, d = fitted
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    units = [int(u) for u in test.units()[:2]]
+    batches = _two_lives(test, units, np.random.default_rng(3))
+    asset = AssetConfig(name="ENG", rul=RulAssetConfig(
+        model_dir=str(d), sensors=tuple(f"ENG.s{j}" for j in range(1, 22)),
+        settings=tuple(f"ENG.set{k}" for k in range(1, 4)), cycle_tag="ENG.cycles"))
+    config = MaintenanceConfig(period_s=1.0, assets=(asset,))
+    whole = _process(MaintenanceLive(config), batches)
+    n1 = int((test.unit == units[0]).sum())
+    got, start = [], 0
+    for stop in (n1 // 2, n1 + 1, n1 + 10, len(batches)):
+        live = MaintenanceLive(config, state_dir=tmp_path)  # restarted after a crash: what the journal holds
+        if start:
+            assert live.rul.restored["ENG"] == (start - 1 if start <= n1 else start - n1 - 1)  # closed cycles
+        got += _process(live, batches[start:stop])
+        start = stop
+    assert not (tmp_path / "rul_state.npz").exists()
+    assert [p.details["cycle"] for p in got] == [p.details["cycle"] for p in whole]
+    assert np.allclose([p.value for p in got], [p.value for p in whole], atol=1e-12)
+    assert [p.input_start for p in got] == [p.input_start for p in whole]
