@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from edge.records import Quality, Reading, utcnow
-from maintenance.quality import BAD, GOOD, MISSING, classify, usable
+from maintenance.quality import BAD, FROZEN, GOOD, MISSING, classify, usable
 
 
 def value_of(r: Reading) -> float:
@@ -211,13 +211,15 @@ class IndicatorEngine:
             cls = classify(np.asarray(quality), np.asarray(flags), v, self.out_of_range)
             use = usable(cls, self.out_of_range)
             out.extend(self.update_arrays(np.asarray(rows), slots, np.where(use, v, np.nan),
-                                          use & (np.asarray(quality) == Quality.UNCERTAIN), now, cls))
+                                          use & (np.asarray(quality) == Quality.UNCERTAIN), now, cls, raw=v))
         return out
 
     def update_arrays(self, rows: np.ndarray, slots: np.ndarray, values: np.ndarray, uncertain: np.ndarray,
-                      now: datetime | None = None, classes: np.ndarray | None = None) -> list[Reading]:
+                      now: datetime | None = None, classes: np.ndarray | None = None,
+                      raw: np.ndarray | None = None) -> list[Reading]:
         """The vectorised core of `update`: series rows, absolute slot numbers, values (NaN = no value, or not to
-        be used), and each reading's `maintenance.quality` class (default: good, or bad where NaN)."""
+        be used), and each reading's `maintenance.quality` class (default: good, or bad where NaN); ``raw``: the
+        values as read (frozen ones too), to find where a freeze began (`_frozen_run`)."""
         out: list[Reading] = []
         if slots.size == 0:  # a period holding only readings of tags without indicators
             return out
@@ -252,7 +254,27 @@ class IndicatorEngine:
             self.uncertain[rows[g], col] = uncertain[g]
             self.cls[rows[g], col] = classes[g]
             self.last_seen[rows[g]] = slot
+            if raw is not None:
+                for j in g[classes[g] == FROZEN].tolist():
+                    self._frozen_run(int(rows[j]), slot, float(raw[j]))
         return out
+
+    def _frozen_run(self, row: int, slot: int, value: float) -> None:
+        """A reading flagged FROZEN at ``slot``: the validator flags a stuck value only after ``frozen_after_s``, so
+        the readings of the same value before it (the run since the value last changed) were taken as good. They
+        are the same stuck sensor: mark them frozen in the windows still to come. Left as they were, they alone
+        filled ``min_share`` of the window after the detection and its mean was the stuck value (a zone alert from a
+        stuck sensor). Stops at the first other value (the run's start) or an earlier frozen one (done before)."""
+        low = max(self.next_emit - self.slots, slot - self.slots + 1)  # the oldest slot of a window to come
+        for s in range(slot - 1, low - 1, -1):
+            col = s % self.slots
+            if self.slot_of[col] != s or self.cls[row, col] == MISSING:
+                continue  # no reading of the series then: the run goes on across a gap, as in the validator
+            if self.cls[row, col] == FROZEN or self.buf[row, col] != value:  # NaN (not a used value) too
+                return
+            self.buf[row, col] = np.nan
+            self.uncertain[row, col] = False
+            self.cls[row, col] = FROZEN
 
     def window(self, end_slot: int) -> tuple[np.ndarray, np.ndarray]:
         """Values of the window ending before absolute slot ``end_slot``, oldest first, and a

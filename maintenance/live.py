@@ -336,7 +336,7 @@ class MaintenanceLive:
             # A sensor problem's value (frozen, the device's own doubt) is left out of every machine condition, as
             # a bad one always was: it tells nothing about the machine (maintenance.quality).
             use = usable(cls, self.quality.out_of_range)
-            values = np.where(use, values, np.nan)
+            raw, values = values, np.where(use, values, np.nan)
             flagged = (cls != GOOD) | ((flags & int(Flag.OUT_OF_RANGE)) != 0)  # never trained on
             unc = use & (quality == Quality.UNCERTAIN)
             rows = np.fromiter((self.indicators.row.get(r.tag, -1) for r in scalar), np.int64, n)
@@ -360,7 +360,8 @@ class MaintenanceLive:
                     an.slot += 1
                 an.put(flat[g], values[g], slot, cls[g] == OUT_OF_RANGE, flagged[g])
                 ind = g[rows[g] >= 0]
-                new = self.indicators.update_arrays(rows[ind], slots[ind], values[ind], unc[ind], classes=cls[ind])
+                new = self.indicators.update_arrays(rows[ind], slots[ind], values[ind], unc[ind], classes=cls[ind],
+                                                    raw=raw[ind])
                 changes.extend(self._pending)
                 self._pending.clear()
                 derived.extend(new)

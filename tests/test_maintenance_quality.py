@@ -345,8 +345,27 @@ async def test_sensor_alerts_stored_with_their_lifecycle(pg_dsn):
     assert [(r["kind"], r["tag"]) for r in rows] == [("sensor", "F-1.vib"), ("sensor", "F-1.vib")]
     frozen, silent = rows
     assert frozen["evidence"]["problem"] == "frozen" and frozen["occurrences"] == 1
-    assert at(360) <= frozen["raised_at"] <= at(380) and at(640) <= frozen["cleared_at"] <= at(720)
+    # Raised at the first window after the detection (331 s): the run before it counts as frozen too.
+    assert at(340) <= frozen["raised_at"] <= at(350) and at(640) <= frozen["cleared_at"] <= at(720)
     assert frozen["evidence"]["data_quality"]["frozen"] >= 0.5 and frozen["severity"] == "warning"
     assert silent["evidence"]["problem"] == "no_data" and "no data for" in silent["message"]
     assert silent["raised_at"] == at(1300) and silent["cleared_at"] is None
     assert [(e["kind"], e["time"]) for e in suppressed] == [("sensor", at(1200))]
+
+
+async def test_the_readings_of_a_freeze_before_its_detection_leave_the_windows_too():
+    """A velocity stuck at 1.6 mm/s (zone C) on a machine in zone B: the validator flags it FROZEN only after
+    frozen_after_s (30 s), and the 31 readings before that were good ones. After the detection they alone filled
+    half of the window (min_share): its mean was the stuck value, and the zone went to C ('warning') 50 s into the
+    freeze. Once a freeze is flagged, the readings of its run before the detection (the same value) are frozen
+    too: the zone holds, and the sensor alert comes at the first window after the detection, not 30 s later."""
+    plant = Plant(MaintenanceLive(vibration_only()), VIB)
+    await plant.run(0, 300, lambda s: {"F-1.vib": 1.0 + plant.noise()})
+    fault = await plant.run(300, 700, lambda s: {"F-1.vib": 1.6})
+    assert of(fault, "iso20816") == []
+    (sensor,) = of(fault, "sensor", "raised")
+    assert sensor.alert.evidence["problem"] == "frozen" and sensor.alert.raised_at <= at(340)
+    zones = [r for r in plant.derived if r.tag == "F-1.vib.iso_zone" and r.time > at(300)]
+    assert all(r.value == 1 for r in zones)  # B, and nothing from the stuck value
+    means = [r for r in plant.derived if r.tag == "F-1.vib.mean" and at(330) < r.time <= at(400)]
+    assert all(abs(r.value - 1.0) < 0.05 for r in means)  # the stuck value is in no window's mean
