@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from edge.records import Quality, Reading, utcnow
-from maintenance.quality import BAD, FROZEN, GOOD, MISSING, classify, usable
+from maintenance.quality import BAD, FROZEN, GOOD, MISSING, NAMES, SOURCE, classify, classify_reading, usable
 
 
 def value_of(r: Reading) -> float:
@@ -149,6 +149,12 @@ class _Block:
     start: datetime | None = None
     worst: Quality = Quality.GOOD
     last: datetime | None = None  # time of the latest sample seen (good or bad)
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(len(NAMES), np.int64))  # samples per class
+
+    def restart(self) -> None:
+        """Start a new block (a gap, a bad sample, or a full block handed on)."""
+        self.buf, self.start, self.worst = [], None, Quality.GOOD
+        self.counts[:] = 0
 
 
 class IndicatorEngine:
@@ -183,8 +189,10 @@ class IndicatorEngine:
         self.last_seen = np.full(len(self.tags), -1, dtype=np.int64)  # absolute slot of each series' latest reading
         self.first_slot: int | None = None
         self.out_of_range = out_of_range
-        # Called as on_window(end_slot, values, classes) for each closed window, before its derived readings are made.
+        # Called as on_window(end_slot, values, classes) for each closed window, before its derived readings are made,
+        # and on_block(tag, start, counts) for each waveform block (its samples per `maintenance.quality` class).
         self.on_window = None
+        self.on_block = None
         self.slot_of = np.full(self.slots, -1, dtype=np.int64)  # absolute slot number held by each column
         self.next_emit: int | None = None  # absolute slot number at which the next window closes
         self.blocks = {t: _Block(fs, int(size), tuple(b)) for t, (fs, size, b) in (waveforms or {}).items()}
@@ -327,27 +335,38 @@ class IndicatorEngine:
             if dt < 0.5:
                 return []
             if dt > 1.5:
-                b.buf, b.start, b.worst = [], None, Quality.GOOD
+                b.restart()
         b.last = r.time
         v = r.numeric
         if v is None or r.quality == Quality.BAD or not math.isfinite(v):
             # Leaving the sample out would close up the block and shift every later sample's time: start anew.
-            b.buf, b.start, b.worst = [], None, Quality.GOOD
+            b.restart()
             return []
         if b.start is None:
             b.start = r.time
         b.buf.append(v)
         b.worst = max(b.worst, r.quality)
+        # Each sample's class, as a scalar reading's (maintenance.quality): the block's share of flagged samples
+        # decides whether its RMS says anything about the machine (`MaintenanceLive._block_quality`).
+        b.counts[classify_reading(r, v, self.out_of_range)] += 1
         if len(b.buf) < b.size:
             return []
-        return self.waveform_block(r.tag, b.start, np.asarray(b.buf), quality=b.worst, _reset=True)
+        return self.waveform_block(r.tag, b.start, np.asarray(b.buf), quality=b.worst, counts=b.counts.copy(),
+                                   _reset=True)
 
     def waveform_block(self, tag: str, start: datetime, samples: np.ndarray, *, quality: Quality = Quality.GOOD,
-                       _reset: bool = False) -> list[Reading]:
-        """Indicators of one block of a waveform tag (also for sensors that deliver whole blocks)."""
+                       counts: np.ndarray | None = None, _reset: bool = False) -> list[Reading]:
+        """Indicators of one block of a waveform tag (also for sensors that deliver whole blocks). ``counts``: its
+        samples per `maintenance.quality` class (default: all good, or all uncertain at the source when ``quality``
+        is not GOOD), handed to ``on_block``."""
         b = self.blocks[tag]
         if _reset:
-            b.buf, b.start, b.worst = [], None, Quality.GOOD
+            b.restart()
+        if counts is None:
+            counts = np.zeros(len(NAMES), np.int64)
+            counts[GOOD if quality == Quality.GOOD else SOURCE] = len(samples)
+        if self.on_block is not None:
+            self.on_block(tag, start, counts)
         ind = waveform_indicators(samples, b.fs_hz, b.bands)
         recv = utcnow()
         return [Reading(f"{tag}.{k}", start, v, recv, quality=quality, status_name="derived")

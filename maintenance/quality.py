@@ -158,18 +158,35 @@ class SensorWatch:
             if not active[i]:
                 out.extend(self.manager.observe(asset=asset, tag=tag, kind="sensor", active=False, t=t))
                 continue
-            dq = data_quality(counts[i], slots, window_s=self.window_s)
-            if silent[i] and flagged[i] == 0:
-                problem = "no_data"
-                what = f"no data for {silent_s[i]:.0f} s"
-            else:
-                worst = max(FLAGGED, key=lambda c: counts[i, c])
-                problem = NAMES[worst]
-                what = (f"{DESCRIBE[worst]} ({counts[i, worst] / slots:.0%} of the last {self.window_s:g} s; "
-                        f"good {dq['good']:.0%}, missing {dq['missing']:.0%})")
-            out.extend(self.manager.observe(
-                asset=asset, tag=tag, kind="sensor", active=True, t=t, severity=self.config.sensor_severity,
-                message=f"{tag}: sensor problem: {what}; machine alerts from this tag hold while it lasts",
-                evidence={"problem": problem, "data_quality": dq,
-                          "window": [t - timedelta(seconds=self.window_s), t]}))
+            no_data = float(silent_s[i]) if silent[i] and flagged[i] == 0 else None
+            out.extend(self._active(asset, tag, t, counts[i], slots, self.window_s, f"the last {self.window_s:g} s",
+                                    no_data))
         return out
+
+    def block(self, asset: str, tag: str, t: datetime, counts: np.ndarray, span_s: float) -> list[AlertChange]:
+        """The condition of a waveform tag at one of its blocks (``counts``: its samples per class, ``span_s`` long,
+        ending at ``t``): active while flagged samples fill ``sensor_share`` of it, as a scalar tag's window."""
+        if not self.config.sensor_alerts:
+            return []
+        n = int(counts.sum())
+        if counts[list(FLAGGED)].sum() >= self.config.sensor_share * n:
+            return self._active(asset, tag, t, counts, n, span_s, f"a block of {n} samples")
+        if dedup_key(asset, tag, "sensor") not in self.manager.open:
+            return []
+        return self.manager.observe(asset=asset, tag=tag, kind="sensor", active=False, t=t)
+
+    def _active(self, asset: str, tag: str, t: datetime, counts: np.ndarray, slots: int, span_s: float, span: str,
+                no_data_s: float | None = None) -> list[AlertChange]:
+        dq = data_quality(counts, slots, window_s=span_s)
+        if no_data_s is not None:
+            problem = "no_data"
+            what = f"no data for {no_data_s:.0f} s"
+        else:
+            worst = max(FLAGGED, key=lambda c: counts[c])
+            problem = NAMES[worst]
+            what = (f"{DESCRIBE[worst]} ({counts[worst] / slots:.0%} of {span}; good {dq['good']:.0%}, "
+                    f"missing {dq['missing']:.0%})")
+        return self.manager.observe(
+            asset=asset, tag=tag, kind="sensor", active=True, t=t, severity=self.config.sensor_severity,
+            message=f"{tag}: sensor problem: {what}; machine alerts from this tag hold while it lasts",
+            evidence={"problem": problem, "data_quality": dq, "window": [t - timedelta(seconds=span_s), t]})
