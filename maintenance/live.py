@@ -290,6 +290,9 @@ class MaintenanceLive:
                 self.waveform_of[w.tag] = (a.name, w.block / w.fs_hz)
                 if w.iso20816:
                     self.zone_of[f"{w.tag}.rms"] = (a.name, ZoneTracker(a.iso20816))
+        for g in config.quality.silence:
+            if g.heartbeat:  # its silence tells a source that is down from sensors that are silent
+                series.setdefault(g.heartbeat, ())
         self.quality = config.quality
         self.indicators = IndicatorEngine(series, window_s=config.window_s, hop_s=config.hop_s,
                                           period_s=config.period_s, waveforms=waveforms,
