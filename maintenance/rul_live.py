@@ -496,17 +496,19 @@ class RulLive:
         if not (self._dirty or fold if progress else self.closed_unsaved or fold):
             return None
         self._dirty = self.closed_unsaved = self._compact_due = False
+        absorbed = any(a.appended or a.reset for a in self.assets)
         for a in self.assets:  # the snapshot holds the cycles not journalled yet
             a.appended, a.reset = 0, False
         self._snapshots += 1
-        return {"seq": self._snapshots, "journal_seq": self._jseq,
+        return {"seq": self._snapshots, "journal_seq": self._jseq, "absorbed": absorbed,
                 "assets": [(a.name, *rul_state.asset_state(a)) for a in self.assets if a.slot is not None]}
 
-    def mark_unsaved(self) -> None:
+    def mark_unsaved(self, lost: bool = True) -> None:
         """A snapshot or journal line was taken but not written: a snapshot is due even if no cycle closes
-        meanwhile (journal lines wait for it)."""
+        meanwhile. ``lost``: closed cycles it held are on disk nowhere, so journal lines wait for that snapshot (a
+        line would build on the ones lost)."""
         self._dirty = self.closed_unsaved = True
-        if self._lost_seq is None:
+        if lost and self._lost_seq is None:
             self._lost_seq = self._jseq
 
     def write(self, data: dict) -> bool:
@@ -542,7 +544,8 @@ class RulLive:
             except OSError as exc:
                 if "journal" in data and self._lost_seq is None:
                     self._lost_seq = data["journal_seq"]
-                self.mark_unsaved()  # a snapshot at the next save
+                # A snapshot at the next save; a failed fold of the journal (nothing only in it) lets lines go on.
+                self.mark_unsaved(lost="journal" in data or data.get("absorbed", True))
                 if self.metrics is not None:
                     self.metrics.analytics_errors.inc()
                 if self._write_error != type(exc).__name__:
@@ -555,7 +558,12 @@ class RulLive:
 
     def _load(self) -> None:
         path, jpath = self.state_path, self.journal_path
-        lines, good, torn = rul_state.read(jpath)
+        try:
+            lines, good, torn = rul_state.read(jpath)
+        except OSError as exc:  # not a file (a folder in its place), unreadable: the snapshot alone
+            log.warning("RUL journal %s not readable; the snapshot alone is restored: %s", jpath, exc,
+                        extra={"event": "rul_state_unreadable"})
+            lines, good, torn = [], 0, False
         if torn:
             self._cut = good
             log.warning("RUL journal %s: a torn or damaged line at byte %d (a crash during an append) left out",
