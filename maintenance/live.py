@@ -562,9 +562,11 @@ class MaintenanceLive:
                 # flagged, it says nothing about the machine and the zone holds (the tag's sensor alert says why).
                 good, mixed, dq = block
                 trusted, mixed = (float(d.value) if good else None), mixed or None
-            else:
+            elif d.time in self._windows:
                 trusted, mixed, counts = self.window_quality(tag, d.time)
                 dq = self._data_quality(counts)
+            else:
+                continue  # neither a window nor a block of this call: nothing to judge it by
             # The zone follows the good readings only. Out-of-range ones (a broken loop, or vibration beyond what the
             # sensor was expected to see) may raise it, unverified, never lower it: a cable reading 0 must not clear
             # zone D. Without enough of either (a sparse first window, a frozen sensor) the zone holds and its alert
