@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
@@ -150,9 +150,16 @@ class _Block:
     worst: Quality = Quality.GOOD
     last: datetime | None = None  # time of the latest sample seen (good or bad)
     counts: np.ndarray = field(default_factory=lambda: np.zeros(len(NAMES), np.int64))  # samples per class
+    # Samples no block used since the last one (a bad sample or a gap threw the block away), per class.
+    lost: np.ndarray = field(default_factory=lambda: np.zeros(len(NAMES), np.int64))
 
-    def restart(self) -> None:
-        """Start a new block (a gap, a bad sample, or a full block handed on)."""
+    def restart(self, *, lost: bool = False) -> None:
+        """Start a new block: after a full block handed on, or (``lost``) a gap or a bad sample, whose discarded
+        samples are counted in ``lost``."""
+        if lost:
+            self.lost += self.counts
+        else:
+            self.lost[:] = 0
         self.buf, self.start, self.worst = [], None, Quality.GOOD
         self.counts[:] = 0
 
@@ -335,12 +342,18 @@ class IndicatorEngine:
             if dt < 0.5:
                 return []
             if dt > 1.5:
-                b.restart()
+                b.restart(lost=True)
         b.last = r.time
         v = r.numeric
         if v is None or r.quality == Quality.BAD or not math.isfinite(v):
             # Leaving the sample out would close up the block and shift every later sample's time: start anew.
-            b.restart()
+            b.restart(lost=True)
+            b.lost[BAD] += 1
+            if b.lost.sum() >= b.size and self.on_block is not None:
+                # A block's worth of samples no block used (a device reporting Bad for every sample made no block at
+                # all, and its sensor died in silence): judged as a block, for the tag's sensor alert.
+                self.on_block(r.tag, r.time - timedelta(seconds=b.size / b.fs_hz), b.lost.copy())
+                b.lost[:] = 0
             return []
         if b.start is None:
             b.start = r.time

@@ -171,6 +171,30 @@ async def test_a_waveform_block_of_mostly_flagged_samples_is_not_rated_as_vibrat
         ("iso20816", "warning", "D")]
 
 
+async def test_a_waveform_sensor_sending_bad_samples_raises_its_sensor_alert():
+    """A bad sample starts a new block (the samples must stay evenly spaced), so a waveform sensor whose device
+    reports Bad for every sample made no block at all: no zone, and no sensor alert either; the sensor had died in
+    silence, where a scalar tag's bad readings raise its 'sensor' alert. The samples a block never used are now
+    counted per class, and a block's worth of them is judged as a block (here: bad)."""
+    from maintenance.config import WaveformConfig
+
+    fs, block = 1000.0, 1000
+    asset = AssetConfig(name="F-2", waveforms=(WaveformConfig(tag="F-2.vel", fs_hz=fs, block=block),),
+                        iso20816=ZoneConfig(boundaries_mm_s=(0.8, 1.4, 3.0)))
+    live = MaintenanceLive(MaintenanceConfig(window_s=60, hop_s=10, assets=(asset,)))
+    changes = []
+    for b in range(6):
+        t0 = T0 + timedelta(seconds=b)
+        q = Quality.GOOD if b < 2 or b == 5 else Quality.BAD
+        batch = [Reading("F-2.vel", t0 + timedelta(microseconds=int(1e6 * k / fs)),
+                         float(np.sin(2 * np.pi * 50 * k / fs)), t0, quality=q) for k in range(block)]
+        changes += (await live.process(batch))[2]
+    sensor = [c for c in changes if c.alert.kind == "sensor"]
+    assert [(c.event, c.alert.tag, c.alert.evidence["problem"]) for c in sensor][:1] == [("raised", "F-2.vel", "bad")]
+    assert sensor[0].alert.evidence["data_quality"]["bad"] == 1.0
+    assert not [c for c in changes if c.alert.kind == "iso20816"]
+
+
 async def test_silent_signals_give_no_anomaly_scores_and_keep_the_alert_open():
     """Signals that stop sending are missing, not healthy: no prediction is made from an empty window, and an open
     anomaly alert is not cleared because its sensors went offline."""
