@@ -480,8 +480,12 @@ class MaintenanceLive:
         good = cls == GOOD
         with np.errstate(invalid="ignore", divide="ignore"):
             self._windows[t] = (counts, np.where(good, x, 0.0).sum(axis=1) / counts[:, GOOD])
-        self._pending.extend(self.sensors.window(t, counts, self.indicators.slots,
-                                                 self.indicators.silent_s(end_slot)))
+        silent = self.indicators.silent_s(end_slot)
+        self._pending.extend(self.sensors.window(t, counts, self.indicators.slots, silent))
+        for tag, (asset, _) in self.waveform_of.items():  # a waveform gone silent: no block says so
+            last = self.indicators.blocks[tag].last
+            since = last.timestamp() if last is not None else self.indicators.first_slot * self.config.period_s
+            self._pending.extend(self.sensors.silence(asset, tag, t, t.timestamp() - since, silent))
 
     def _block(self, tag: str, start: datetime, counts: np.ndarray) -> None:
         """A waveform block (`IndicatorEngine.on_block`): its samples per class, which its zone and rules judge, and

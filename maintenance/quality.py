@@ -163,7 +163,8 @@ class SensorWatch:
         self.asset = [assets.get(t, "") for t in tags]
         self.key = {dedup_key(assets[t], t, "sensor"): i for i, t in enumerate(tags) if t in assets}
         # Per series: seconds of silence that make it 'no data' (inf: never), and the row of its source's heartbeat.
-        row = {t: i for i, t in enumerate(tags)}
+        self.row = row = {t: i for i, t in enumerate(tags)}
+        self.block_active: dict[str, bool] = {}  # waveform tag -> whether its latest block's condition was active
         self.limit = np.full(len(tags), config.no_data_after_s or math.inf)
         self.heartbeat = np.full(len(tags), -1, np.int64)
         for i, t in enumerate(tags):
@@ -205,9 +206,31 @@ class SensorWatch:
         if not self.config.sensor_alerts:
             return []
         n = int(counts.sum())
-        if counts[list(FLAGGED)].sum() >= self.config.sensor_share * n:
+        self.block_active[tag] = active = bool(counts[list(FLAGGED)].sum() >= self.config.sensor_share * n)
+        if active:
             return self._active(asset, tag, t, counts, n, span_s, f"a block of {n} samples")
         if dedup_key(asset, tag, "sensor") not in self.manager.open:
+            return []
+        return self.manager.observe(asset=asset, tag=tag, kind="sensor", active=False, t=t)
+
+    def silence(self, asset: str, tag: str, t: datetime, silent_s: float, series_silent_s: np.ndarray
+                ) -> list[AlertChange]:
+        """A waveform tag's 'no data' condition at the indicator window ending at ``t``: sent nothing for
+        ``silent_s``, judged as a scalar tag's silence (its ``silence`` group's limit and heartbeat, whose silence is
+        read from ``series_silent_s``). While its latest block's condition is active, that one holds the alert."""
+        if not self.config.sensor_alerts:
+            return []
+        g = self.config.silence_of(tag)
+        limit = (g.no_data_after_s if g is not None else self.config.no_data_after_s) or math.inf
+        active = silent_s >= limit
+        if active and g is not None and g.heartbeat:
+            hb = self.row[g.heartbeat]
+            active = bool(series_silent_s[hb] < self.limit[hb])
+        if active:
+            counts = np.zeros(len(NAMES))
+            counts[MISSING] = 1
+            return self._active(asset, tag, t, counts, 1, self.window_s, "", no_data=(silent_s, limit))
+        if self.block_active.get(tag) or dedup_key(asset, tag, "sensor") not in self.manager.open:
             return []
         return self.manager.observe(asset=asset, tag=tag, kind="sensor", active=False, t=t)
 

@@ -195,6 +195,36 @@ async def test_a_waveform_sensor_sending_bad_samples_raises_its_sensor_alert():
     assert not [c for c in changes if c.alert.kind == "iso20816"]
 
 
+async def test_a_waveform_sensor_gone_silent_raises_a_no_data_alert():
+    """A waveform sensor that stops sending (its cable, its DAQ) made no block and raised nothing, while a scalar
+    tag silent for ``no_data_after_s`` raises its 'no data' sensor alert. A waveform tag is now judged the same way
+    at each indicator window (its own limit if a ``silence`` group names it; 0: never)."""
+    from maintenance.config import WaveformConfig
+
+    fs, block = 1000.0, 1000
+    asset = AssetConfig(name="F-2", process_tags=("F-2.temp",),
+                        waveforms=(WaveformConfig(tag="F-2.vel", fs_hz=fs, block=block),),
+                        iso20816=ZoneConfig(boundaries_mm_s=(0.8, 1.4, 3.0)))
+
+    async def run(quality: dict) -> list:
+        cfg = MaintenanceConfig.model_validate({"window_s": 60, "hop_s": 10, "assets": [asset.model_dump()],
+                                                "quality": quality})
+        live, changes = MaintenanceLive(cfg), []
+        for b in range(500):
+            t0 = T0 + timedelta(seconds=b)
+            batch = [Reading("F-2.temp", t0, 40.0 + 0.01 * (b % 7), t0)]
+            if b < 3:
+                batch += [Reading("F-2.vel", t0 + timedelta(microseconds=int(1e6 * k / fs)),
+                                  float(np.sin(2 * np.pi * 50 * k / fs)), t0) for k in range(block)]
+            changes += (await live.process(batch))[2]
+        return [c for c in changes if c.alert.kind == "sensor"]
+
+    (raised,) = await run({})
+    assert (raised.event, raised.alert.tag, raised.alert.evidence["problem"]) == ("raised", "F-2.vel", "no_data")
+    assert T0 + timedelta(seconds=300) <= raised.alert.raised_at <= T0 + timedelta(seconds=320)
+    assert await run({"silence": [{"tags": ["F-2.vel"], "no_data_after_s": 0}]}) == []
+
+
 async def test_silent_signals_give_no_anomaly_scores_and_keep_the_alert_open():
     """Signals that stop sending are missing, not healthy: no prediction is made from an empty window, and an open
     anomaly alert is not cleared because its sensors went offline."""
