@@ -130,10 +130,11 @@ class MaintenanceConfig(BaseModel):
     window_s: int = Field(60, gt=0, description="sliding window of the indicators")
     hop_s: int = Field(10, gt=0, description="indicators are emitted this often")
     period_s: float = Field(1.0, gt=0, description="sampling period of scalar tags")
-    state_save_s: float = Field(60.0, gt=0, description="RUL assets: a closed cycle is saved to the state "
-                                                         "folder at once (a restart goes on from it); a save that "
-                                                         "failed is tried again this often; the cycle in progress "
-                                                         "is saved at shutdown")
+    state_save_s: float = Field(60.0, gt=0, description="RUL assets: a closed cycle is appended to the state "
+                                                         "folder's journal at once (a restart goes on from it); "
+                                                         "this often the journal is folded into the snapshot when "
+                                                         "it has grown as large as it (or an append failed); the "
+                                                         "cycle in progress is saved at shutdown")
     assets: tuple[AssetConfig, ...] = ()
     alerts: AlertPolicy = AlertPolicy()
     quality: QualityConfig = QualityConfig()

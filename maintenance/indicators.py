@@ -27,12 +27,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
 from edge.records import Quality, Reading, utcnow
-from maintenance.quality import BAD, GOOD, MISSING, classify, usable
+from maintenance.quality import BAD, FROZEN, GOOD, MISSING, NAMES, SOURCE, classify, classify_reading, usable
 
 
 def value_of(r: Reading) -> float:
@@ -149,6 +149,19 @@ class _Block:
     start: datetime | None = None
     worst: Quality = Quality.GOOD
     last: datetime | None = None  # time of the latest sample seen (good or bad)
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(len(NAMES), np.int64))  # samples per class
+    # Samples no block used since the last one (a bad sample or a gap threw the block away), per class.
+    lost: np.ndarray = field(default_factory=lambda: np.zeros(len(NAMES), np.int64))
+
+    def restart(self, *, lost: bool = False) -> None:
+        """Start a new block: after a full block handed on, or (``lost``) a gap or a bad sample, whose discarded
+        samples are counted in ``lost``."""
+        if lost:
+            self.lost += self.counts
+        else:
+            self.lost[:] = 0
+        self.buf, self.start, self.worst = [], None, Quality.GOOD
+        self.counts[:] = 0
 
 
 class IndicatorEngine:
@@ -183,8 +196,10 @@ class IndicatorEngine:
         self.last_seen = np.full(len(self.tags), -1, dtype=np.int64)  # absolute slot of each series' latest reading
         self.first_slot: int | None = None
         self.out_of_range = out_of_range
-        # Called as on_window(end_slot, values, classes) for each closed window, before its derived readings are made.
+        # Called as on_window(end_slot, values, classes) for each closed window, before its derived readings are made,
+        # and on_block(tag, start, counts) for each waveform block (its samples per `maintenance.quality` class).
         self.on_window = None
+        self.on_block = None
         self.slot_of = np.full(self.slots, -1, dtype=np.int64)  # absolute slot number held by each column
         self.next_emit: int | None = None  # absolute slot number at which the next window closes
         self.blocks = {t: _Block(fs, int(size), tuple(b)) for t, (fs, size, b) in (waveforms or {}).items()}
@@ -211,13 +226,15 @@ class IndicatorEngine:
             cls = classify(np.asarray(quality), np.asarray(flags), v, self.out_of_range)
             use = usable(cls, self.out_of_range)
             out.extend(self.update_arrays(np.asarray(rows), slots, np.where(use, v, np.nan),
-                                          use & (np.asarray(quality) == Quality.UNCERTAIN), now, cls))
+                                          use & (np.asarray(quality) == Quality.UNCERTAIN), now, cls, raw=v))
         return out
 
     def update_arrays(self, rows: np.ndarray, slots: np.ndarray, values: np.ndarray, uncertain: np.ndarray,
-                      now: datetime | None = None, classes: np.ndarray | None = None) -> list[Reading]:
+                      now: datetime | None = None, classes: np.ndarray | None = None,
+                      raw: np.ndarray | None = None) -> list[Reading]:
         """The vectorised core of `update`: series rows, absolute slot numbers, values (NaN = no value, or not to
-        be used), and each reading's `maintenance.quality` class (default: good, or bad where NaN)."""
+        be used), and each reading's `maintenance.quality` class (default: good, or bad where NaN); ``raw``: the
+        values as read (frozen ones too), to find where a freeze began (`_frozen_run`)."""
         out: list[Reading] = []
         if slots.size == 0:  # a period holding only readings of tags without indicators
             return out
@@ -252,7 +269,27 @@ class IndicatorEngine:
             self.uncertain[rows[g], col] = uncertain[g]
             self.cls[rows[g], col] = classes[g]
             self.last_seen[rows[g]] = slot
+            if raw is not None:
+                for j in g[classes[g] == FROZEN].tolist():
+                    self._frozen_run(int(rows[j]), slot, float(raw[j]))
         return out
+
+    def _frozen_run(self, row: int, slot: int, value: float) -> None:
+        """A reading flagged FROZEN at ``slot``: the validator flags a stuck value only after ``frozen_after_s``, so
+        the readings of the same value before it (the run since the value last changed) were taken as good. They
+        are the same stuck sensor: mark them frozen in the windows still to come. Left as they were, they alone
+        filled ``min_share`` of the window after the detection and its mean was the stuck value (a zone alert from a
+        stuck sensor). Stops at the first other value (the run's start) or an earlier frozen one (done before)."""
+        low = max(self.next_emit - self.slots, slot - self.slots + 1)  # the oldest slot of a window to come
+        for s in range(slot - 1, low - 1, -1):
+            col = s % self.slots
+            if self.slot_of[col] != s or self.cls[row, col] == MISSING:
+                continue  # no reading of the series then: the run goes on across a gap, as in the validator
+            if self.cls[row, col] == FROZEN or self.buf[row, col] != value:  # NaN (not a used value) too
+                return
+            self.buf[row, col] = np.nan
+            self.uncertain[row, col] = False
+            self.cls[row, col] = FROZEN
 
     def window(self, end_slot: int) -> tuple[np.ndarray, np.ndarray]:
         """Values of the window ending before absolute slot ``end_slot``, oldest first, and a
@@ -305,27 +342,44 @@ class IndicatorEngine:
             if dt < 0.5:
                 return []
             if dt > 1.5:
-                b.buf, b.start, b.worst = [], None, Quality.GOOD
+                b.restart(lost=True)
         b.last = r.time
         v = r.numeric
         if v is None or r.quality == Quality.BAD or not math.isfinite(v):
             # Leaving the sample out would close up the block and shift every later sample's time: start anew.
-            b.buf, b.start, b.worst = [], None, Quality.GOOD
+            b.restart(lost=True)
+            b.lost[BAD] += 1
+            if b.lost.sum() >= b.size and self.on_block is not None:
+                # A block's worth of samples no block used (a device reporting Bad for every sample made no block at
+                # all, and its sensor died in silence): judged as a block, for the tag's sensor alert.
+                self.on_block(r.tag, r.time - timedelta(seconds=b.size / b.fs_hz), b.lost.copy())
+                b.lost[:] = 0
             return []
         if b.start is None:
             b.start = r.time
         b.buf.append(v)
         b.worst = max(b.worst, r.quality)
+        # Each sample's class, as a scalar reading's (maintenance.quality): the block's share of flagged samples
+        # decides whether its RMS says anything about the machine (`MaintenanceLive._block_quality`).
+        b.counts[classify_reading(r, v, self.out_of_range)] += 1
         if len(b.buf) < b.size:
             return []
-        return self.waveform_block(r.tag, b.start, np.asarray(b.buf), quality=b.worst, _reset=True)
+        return self.waveform_block(r.tag, b.start, np.asarray(b.buf), quality=b.worst, counts=b.counts.copy(),
+                                   _reset=True)
 
     def waveform_block(self, tag: str, start: datetime, samples: np.ndarray, *, quality: Quality = Quality.GOOD,
-                       _reset: bool = False) -> list[Reading]:
-        """Indicators of one block of a waveform tag (also for sensors that deliver whole blocks)."""
+                       counts: np.ndarray | None = None, _reset: bool = False) -> list[Reading]:
+        """Indicators of one block of a waveform tag (also for sensors that deliver whole blocks). ``counts``: its
+        samples per `maintenance.quality` class (default: all good, or all uncertain at the source when ``quality``
+        is not GOOD), handed to ``on_block``."""
         b = self.blocks[tag]
         if _reset:
-            b.buf, b.start, b.worst = [], None, Quality.GOOD
+            b.restart()
+        if counts is None:
+            counts = np.zeros(len(NAMES), np.int64)
+            counts[GOOD if quality == Quality.GOOD else SOURCE] = len(samples)
+        if self.on_block is not None:
+            self.on_block(tag, start, counts)
         ind = waveform_indicators(samples, b.fs_hz, b.bands)
         recv = utcnow()
         return [Reading(f"{tag}.{k}", start, v, recv, quality=quality, status_name="derived")

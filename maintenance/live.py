@@ -28,7 +28,7 @@ import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,18 @@ from maintenance.anomaly import AnomalyBank, AnomalyConfig, AnomalyDetector
 from maintenance.config import AssetConfig, MaintenanceConfig
 from maintenance.indicators import Band, IndicatorEngine, slot_numbers, value_of
 from maintenance.iso20816 import SEVERITY, ZONES, ZoneTracker, zone
-from maintenance.quality import GOOD, MISSING, NAMES, OUT_OF_RANGE, SensorWatch, classify, data_quality, lower, usable
+from maintenance.quality import (
+    FLAGGED,
+    GOOD,
+    MISSING,
+    NAMES,
+    OUT_OF_RANGE,
+    SensorWatch,
+    classify,
+    data_quality,
+    lower,
+    usable,
+)
 from maintenance.rules import RuleEngine
 
 log = logging.getLogger(__name__)
@@ -262,6 +273,7 @@ class MaintenanceLive:
         series: dict[str, tuple[str, ...]] = {}
         waveforms = {}
         self.zone_of: dict[str, tuple[str, ZoneTracker]] = {}
+        self.waveform_of: dict[str, tuple[str, float]] = {}  # waveform tag -> (asset, seconds per block)
         watched: dict[str, str] = {}  # tag -> asset: the tags with a sensor alert (maintenance.quality)
         for a in config.assets:
             for t in a.vibration_tags:
@@ -275,13 +287,20 @@ class MaintenanceLive:
                 watched.setdefault(t, a.name)
             for w in a.waveforms:
                 waveforms[w.tag] = (w.fs_hz, w.block, [Band(b.name, b.low_hz, b.high_hz) for b in w.bands])
+                self.waveform_of[w.tag] = (a.name, w.block / w.fs_hz)
                 if w.iso20816:
                     self.zone_of[f"{w.tag}.rms"] = (a.name, ZoneTracker(a.iso20816))
+        for g in config.quality.silence:
+            if g.heartbeat:  # its silence tells a source that is down from sensors that are silent
+                series.setdefault(g.heartbeat, ())
         self.quality = config.quality
         self.indicators = IndicatorEngine(series, window_s=config.window_s, hop_s=config.hop_s,
                                           period_s=config.period_s, waveforms=waveforms,
                                           out_of_range=config.quality.out_of_range)
         self.indicators.on_window = self._window
+        self.indicators.on_block = self._block
+        # The class counts of the waveform blocks made by the current `process` call: (tag, block start) -> counts.
+        self._blocks: dict[tuple[str, datetime], np.ndarray] = {}
         self.sensors = SensorWatch(self.indicators.tags, watched, config.quality, self.manager, config.window_s)
         # The quality of the windows closed by the current `process` call, which zones and rules on indicators judge:
         # window end -> (class counts per series, mean of each series' good readings). Rows of the arrays, not a
@@ -318,9 +337,12 @@ class MaintenanceLive:
         preds: list[Prediction] = []
         changes: list[AlertChange] = []
         self._windows.clear()
+        self._blocks.clear()
         scalar = [r for r in readings if r.tag not in self.indicators.blocks]
         if len(scalar) < len(readings):  # waveform samples: block indicators, each block's RMS rated in zones
             blocks = self.indicators.update([r for r in readings if r.tag in self.indicators.blocks])
+            changes.extend(self._pending)  # the waveform tags' sensor conditions
+            self._pending.clear()
             derived.extend(blocks)
             derived.extend(self._zones(blocks, changes))
         if scalar and self.anomaly_path is not None:
@@ -336,7 +358,7 @@ class MaintenanceLive:
             # A sensor problem's value (frozen, the device's own doubt) is left out of every machine condition, as
             # a bad one always was: it tells nothing about the machine (maintenance.quality).
             use = usable(cls, self.quality.out_of_range)
-            values = np.where(use, values, np.nan)
+            raw, values = values, np.where(use, values, np.nan)
             flagged = (cls != GOOD) | ((flags & int(Flag.OUT_OF_RANGE)) != 0)  # never trained on
             unc = use & (quality == Quality.UNCERTAIN)
             rows = np.fromiter((self.indicators.row.get(r.tag, -1) for r in scalar), np.int64, n)
@@ -360,7 +382,8 @@ class MaintenanceLive:
                     an.slot += 1
                 an.put(flat[g], values[g], slot, cls[g] == OUT_OF_RANGE, flagged[g])
                 ind = g[rows[g] >= 0]
-                new = self.indicators.update_arrays(rows[ind], slots[ind], values[ind], unc[ind], classes=cls[ind])
+                new = self.indicators.update_arrays(rows[ind], slots[ind], values[ind], unc[ind], classes=cls[ind],
+                                                    raw=raw[ind])
                 changes.extend(self._pending)
                 self._pending.clear()
                 derived.extend(new)
@@ -381,13 +404,14 @@ class MaintenanceLive:
                 p, c = self.rul.update(sorted((r for r in scalar if r.tag in self.rul.tag_of), key=lambda r: r.time))
                 preds.extend(p)
                 changes.extend(c)
-                if self.rul.closed_unsaved and self.rul.state_path is not None:
-                    # A closed cycle is saved before its prediction is handed on: its readings were acknowledged
-                    # upstream and are not analysed again, so a crash before the periodic save lost the cycle from
-                    # the restored history (and every later EWM feature with it). A crash between the save and the
-                    # spool loses the prediction row at most. Written off the event loop; a failure is logged,
-                    # counted and retried by the periodic save.
-                    data = self.rul.snapshot()
+                data = self.rul.journal()
+                if data is not None:
+                    # The cycles closed by this group are on disk (a journal line, fsync'd: a few hundred bytes an
+                    # asset, not every asset's whole history) before its predictions are handed on: the readings were
+                    # acknowledged upstream and are not analysed again, so a crash before the periodic save lost the
+                    # cycle from the restored history (and every later EWM feature with it). A crash between the
+                    # append and the spool loses the prediction row at most. Written off the event loop; a failure is
+                    # logged, counted and made good by a snapshot at the periodic save.
                     try:
                         await asyncio.to_thread(self.rul.write, data)
                     except Exception:  # a bug in saving must not lose this group's predictions and alerts
@@ -456,8 +480,35 @@ class MaintenanceLive:
         good = cls == GOOD
         with np.errstate(invalid="ignore", divide="ignore"):
             self._windows[t] = (counts, np.where(good, x, 0.0).sum(axis=1) / counts[:, GOOD])
-        self._pending.extend(self.sensors.window(t, counts, self.indicators.slots,
-                                                 self.indicators.silent_s(end_slot)))
+        silent = self.indicators.silent_s(end_slot)
+        self._pending.extend(self.sensors.window(t, counts, self.indicators.slots, silent))
+        for tag, (asset, _) in self.waveform_of.items():  # a waveform gone silent: no block says so
+            last = self.indicators.blocks[tag].last
+            since = last.timestamp() if last is not None else self.indicators.first_slot * self.config.period_s
+            self._pending.extend(self.sensors.silence(asset, tag, t, t.timestamp() - since, silent))
+
+    def _block(self, tag: str, start: datetime, counts: np.ndarray) -> None:
+        """A waveform block (`IndicatorEngine.on_block`): its samples per class, which its zone and rules judge, and
+        the waveform tag's sensor condition."""
+        self._blocks[(tag, start)] = counts
+        asset, span = self.waveform_of[tag]
+        self._pending.extend(self.sensors.block(asset, tag, start + timedelta(seconds=span), counts, span))
+
+    def block_quality(self, tag: str, t: datetime) -> tuple[bool, bool, dict] | None:
+        """How far the block of waveform ``tag`` starting at ``t`` can be trusted, as a window of scalar readings
+        (`window_quality`): whether all its samples are good (its RMS is the machine's); whether it may only raise,
+        unverified (flagged samples among them, usable ones filling ``min_share``: out of range counts as usable
+        unless ``out_of_range = 'sensor'``); and its ``data_quality``. Neither: mostly flagged, not rated. None: not a
+        block of this call."""
+        counts = self._blocks.get((tag, t))
+        if counts is None:
+            return None
+        q = self.quality
+        n = int(counts.sum())
+        oor = counts[OUT_OF_RANGE] if q.out_of_range == "unverified" else 0
+        good = bool(counts[GOOD] == n)
+        mixed = not good and counts[GOOD] + oor >= q.min_share * n
+        return good, mixed, data_quality(counts, n, samples=n, window_s=self.waveform_of[tag][1])
 
     def window_quality(self, tag: str, t: datetime) -> tuple[float | None, bool | None, np.ndarray]:
         """How far the window of ``tag`` ending at ``t`` can be trusted: the mean of its good readings when they fill
@@ -481,8 +532,12 @@ class MaintenanceLive:
         """A rule on an indicator judges its window: it holds (MISSING) without ``min_share`` of usable readings,
         and a window with out-of-range readings in it is out of range (unverified), as one raw reading would be."""
         base = d.tag.rsplit(".", 1)[0]
+        block = self.block_quality(base, d.time)
+        if block is not None:  # a waveform block's indicator: its samples, as a window's readings
+            good, mixed, dq = block
+            return (GOOD if good else OUT_OF_RANGE if mixed else MISSING), dq
         if d.time not in self._windows or base not in self.indicators.row:
-            return None  # not a window of this engine (a waveform block): its own flags say
+            return None  # not a window of this engine: its own flags say
         trusted, mixed, counts = self.window_quality(base, d.time)
         return (OUT_OF_RANGE if mixed else GOOD if trusted is not None else MISSING), self._data_quality(counts)
 
@@ -504,13 +559,18 @@ class MaintenanceLive:
                     z0 = held.alert.evidence.get("zone")
                     tracker.current = z0 if z0 in ("C", "D") else "C"
             b = tracker.config.boundaries
-            if d.time in self._windows:
+            block = self.block_quality(tag, d.time)
+            if block is not None:
+                # A waveform block's RMS (bad samples end a block): all samples good, it is the machine's; with flagged
+                # ones among usable ones filling min_share it may raise the zone, unverified, never lower it; mostly
+                # flagged, it says nothing about the machine and the zone holds (the tag's sensor alert says why).
+                good, mixed, dq = block
+                trusted, mixed = (float(d.value) if good else None), mixed or None
+            elif d.time in self._windows:
                 trusted, mixed, counts = self.window_quality(tag, d.time)
+                dq = self._data_quality(counts)
             else:
-                # A waveform block's RMS: bad samples end a block, so its quality is the worst of the rest; an
-                # uncertain one (out of range, frozen) may raise the zone, unverified, never lower it.
-                good = d.quality == Quality.GOOD
-                trusted, mixed, counts = (float(d.value) if good else None), (not good) or None, None
+                continue  # neither a window nor a block of this call: nothing to judge it by
             # The zone follows the good readings only. Out-of-range ones (a broken loop, or vibration beyond what the
             # sensor was expected to see) may raise it, unverified, never lower it: a cable reading 0 must not clear
             # zone D. Without enough of either (a sparse first window, a frozen sensor) the zone holds and its alert
@@ -531,13 +591,15 @@ class MaintenanceLive:
                 continue  # calm and no alert waiting to clear: nothing to tell the manager
             sev = SEVERITY[z]
             note = ""
-            dq = self._data_quality(counts) if counts is not None else {}
             if unverified and sev is not None:
                 sev = lower(sev)
-                share = (f"{dq['out_of_range']:.0%} of the window's readings are" if dq
-                         else "samples of the waveform block are flagged,")  # a block has no window counts
-                note = (f"; unverified: {share} out of the sensor's range (a sensor fault, or vibration beyond it): "
-                        "check the sensor")
+                if block is not None:
+                    flagged = ", ".join(f"{dq[NAMES[c]]:.0%} {NAMES[c]}" for c in FLAGGED if dq[NAMES[c]])
+                    note = (f"; unverified: samples of the waveform block are flagged ({flagged}; a sensor fault, or "
+                            "vibration beyond the sensor's range): check the sensor")
+                else:
+                    note = (f"; unverified: {dq['out_of_range']:.0%} of the window's readings are out of the sensor's "
+                            "range (a sensor fault, or vibration beyond it): check the sensor")
             changes.extend(self.manager.observe(
                 asset=asset, tag=tag, kind="iso20816", active=sev is not None, t=d.time, severity=sev or "info",
                 message=f"{tag}: vibration {value:.2f} mm/s in ISO 20816-3 zone {z} "

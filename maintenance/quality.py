@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
+from fnmatch import fnmatchcase
 from typing import Literal
 
 import numpy as np
@@ -42,6 +43,20 @@ _FROZEN, _RANGE = int(Flag.FROZEN), int(Flag.OUT_OF_RANGE)
 _NOT_MEASURED = int(Flag.SUBSTITUTED | Flag.RETAINED)
 # Flags that explain an UNCERTAIN quality by the time alone, or by the range: what is left is the device's own doubt.
 _EXPLAINED = int(Flag.OUT_OF_RANGE | Flag.STALE_TIME | Flag.FUTURE_TIME | Flag.FROZEN)
+
+
+class SilenceConfig(BaseModel):
+    """``[[maintenance.quality.silence]]``: tags that are silent by design (reported by exception: an OPC UA
+    subscription with a deadband, MQTT publish-on-change), with their own limit for the 'no data' sensor alert."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tags: tuple[str, ...] = Field(min_length=1, description="tag names or patterns (fnmatch: 'P-101.valve_*')")
+    no_data_after_s: float = Field(ge=0, description="the longest a healthy one stays silent (its device's integrity "
+                                                     "report or heartbeat period, with a margin); 0: never")
+    heartbeat: str | None = Field(None, min_length=1, description="a tag of the same source (device, PLC, MQTT "
+                                                                  "client) that reports periodically: while it is "
+                                                                  "silent too, the source is down, not each sensor")
 
 
 class QualityConfig(BaseModel):
@@ -64,6 +79,12 @@ class QualityConfig(BaseModel):
     no_data_after_s: float = Field(300.0, ge=0, description="a watched tag silent this long while others report: "
                                                             "a sensor alert (0: never)")
     sensor_severity: Literal["info", "warning", "critical"] = "warning"
+    silence: tuple[SilenceConfig, ...] = Field((), description="tags reported by exception: their own no-data limit "
+                                                               "and heartbeat (the first group naming a tag)")
+
+    def silence_of(self, tag: str) -> SilenceConfig | None:
+        """The first ``silence`` group whose names or patterns take ``tag`` (None: the default limit)."""
+        return next((g for g in self.silence if any(fnmatchcase(tag, p) for p in g.tags)), None)
 
 
 def classify(quality: np.ndarray, flags: np.ndarray, values: np.ndarray, out_of_range: str = "unverified"
@@ -127,11 +148,13 @@ class SensorWatch:
 
     ``tags``: the indicator engine's series, in its row order; ``assets``: tag -> asset for the watched ones.
     Active while flagged readings fill ``sensor_share`` of the window, or the tag has sent nothing for
-    ``no_data_after_s``; it clears (after the alert policy's ``clear_after_s``) once the data is usable again.
+    ``no_data_after_s`` (a tag of a ``silence`` group: its own limit, and not while its source's heartbeat is silent
+    too); it clears (after the alert policy's ``clear_after_s``) once the data is usable again.
     """
 
     def __init__(self, tags: list[str], assets: dict[str, str], config: QualityConfig, manager: AlertManager,
                  window_s: float) -> None:
+        """``tags`` must hold the ``heartbeat`` tags of ``config.silence`` (`MaintenanceLive` adds them as series)."""
         self.config = config
         self.manager = manager
         self.window_s = window_s
@@ -139,15 +162,29 @@ class SensorWatch:
         self.watched = np.array([t in assets for t in tags], bool)
         self.asset = [assets.get(t, "") for t in tags]
         self.key = {dedup_key(assets[t], t, "sensor"): i for i, t in enumerate(tags) if t in assets}
+        # Per series: seconds of silence that make it 'no data' (inf: never), and the row of its source's heartbeat.
+        self.row = row = {t: i for i, t in enumerate(tags)}
+        self.block_active: dict[str, bool] = {}  # waveform tag -> whether its latest block's condition was active
+        self.limit = np.full(len(tags), config.no_data_after_s or math.inf)
+        self.heartbeat = np.full(len(tags), -1, np.int64)
+        for i, t in enumerate(tags):
+            g = config.silence_of(t)
+            if g is not None:
+                self.limit[i] = g.no_data_after_s or math.inf
+                self.heartbeat[i] = row[g.heartbeat] if g.heartbeat else -1
 
     def window(self, t: datetime, counts: np.ndarray, slots: int, silent_s: np.ndarray) -> list[AlertChange]:
         """Conditions of the window ending at ``t``: ``counts`` (series x classes), ``silent_s`` per series."""
         if not self.config.sensor_alerts or not self.watched.any():
             return []
         flagged = counts[:, list(FLAGGED)].sum(axis=1)
-        silent = np.zeros(len(self.tags), bool)
-        if self.config.no_data_after_s > 0:
-            silent = silent_s >= self.config.no_data_after_s
+        silent = silent_s >= self.limit
+        beat = self.heartbeat >= 0
+        if beat.any():
+            # A tag whose source's heartbeat is silent too: the source (device, link) is down, not the sensor. The
+            # heartbeat, a watched tag, says so once rather than one alert per tag of that source.
+            hb = self.heartbeat[beat]
+            silent[beat] &= silent_s[hb] < self.limit[hb]
         active = self.watched & ((flagged >= self.config.sensor_share * slots) | silent)
         rows = set(np.flatnonzero(active).tolist())
         # Calm tags matter only with an alert waiting to clear: a few open alerts, not every watched tag.
@@ -158,18 +195,59 @@ class SensorWatch:
             if not active[i]:
                 out.extend(self.manager.observe(asset=asset, tag=tag, kind="sensor", active=False, t=t))
                 continue
-            dq = data_quality(counts[i], slots, window_s=self.window_s)
-            if silent[i] and flagged[i] == 0:
-                problem = "no_data"
-                what = f"no data for {silent_s[i]:.0f} s"
-            else:
-                worst = max(FLAGGED, key=lambda c: counts[i, c])
-                problem = NAMES[worst]
-                what = (f"{DESCRIBE[worst]} ({counts[i, worst] / slots:.0%} of the last {self.window_s:g} s; "
-                        f"good {dq['good']:.0%}, missing {dq['missing']:.0%})")
-            out.extend(self.manager.observe(
-                asset=asset, tag=tag, kind="sensor", active=True, t=t, severity=self.config.sensor_severity,
-                message=f"{tag}: sensor problem: {what}; machine alerts from this tag hold while it lasts",
-                evidence={"problem": problem, "data_quality": dq,
-                          "window": [t - timedelta(seconds=self.window_s), t]}))
+            no_data = (float(silent_s[i]), float(self.limit[i])) if silent[i] and flagged[i] == 0 else None
+            out.extend(self._active(asset, tag, t, counts[i], slots, self.window_s, f"the last {self.window_s:g} s",
+                                    no_data))
         return out
+
+    def block(self, asset: str, tag: str, t: datetime, counts: np.ndarray, span_s: float) -> list[AlertChange]:
+        """The condition of a waveform tag at one of its blocks (``counts``: its samples per class, ``span_s`` long,
+        ending at ``t``): active while flagged samples fill ``sensor_share`` of it, as a scalar tag's window."""
+        if not self.config.sensor_alerts:
+            return []
+        n = int(counts.sum())
+        self.block_active[tag] = active = bool(counts[list(FLAGGED)].sum() >= self.config.sensor_share * n)
+        if active:
+            return self._active(asset, tag, t, counts, n, span_s, f"a block of {n} samples")
+        if dedup_key(asset, tag, "sensor") not in self.manager.open:
+            return []
+        return self.manager.observe(asset=asset, tag=tag, kind="sensor", active=False, t=t)
+
+    def silence(self, asset: str, tag: str, t: datetime, silent_s: float, series_silent_s: np.ndarray
+                ) -> list[AlertChange]:
+        """A waveform tag's 'no data' condition at the indicator window ending at ``t``: sent nothing for
+        ``silent_s``, judged as a scalar tag's silence (its ``silence`` group's limit and heartbeat, whose silence is
+        read from ``series_silent_s``). While its latest block's condition is active, that one holds the alert."""
+        if not self.config.sensor_alerts:
+            return []
+        g = self.config.silence_of(tag)
+        limit = (g.no_data_after_s if g is not None else self.config.no_data_after_s) or math.inf
+        active = silent_s >= limit
+        if active and g is not None and g.heartbeat:
+            hb = self.row[g.heartbeat]
+            active = bool(series_silent_s[hb] < self.limit[hb])
+        if active:
+            counts = np.zeros(len(NAMES))
+            counts[MISSING] = 1
+            return self._active(asset, tag, t, counts, 1, self.window_s, "", no_data=(silent_s, limit))
+        if self.block_active.get(tag) or dedup_key(asset, tag, "sensor") not in self.manager.open:
+            return []
+        return self.manager.observe(asset=asset, tag=tag, kind="sensor", active=False, t=t)
+
+    def _active(self, asset: str, tag: str, t: datetime, counts: np.ndarray, slots: int, span_s: float, span: str,
+                no_data: tuple[float, float] | None = None) -> list[AlertChange]:
+        dq = data_quality(counts, slots, window_s=span_s)
+        extra = {}
+        if no_data is not None:  # (seconds silent, the tag's limit)
+            problem = "no_data"
+            what = f"no data for {no_data[0]:.0f} s (a healthy one reports within {no_data[1]:g} s)"
+            extra = {"no_data_after_s": no_data[1]}
+        else:
+            worst = max(FLAGGED, key=lambda c: counts[c])
+            problem = NAMES[worst]
+            what = (f"{DESCRIBE[worst]} ({counts[worst] / slots:.0%} of {span}; good {dq['good']:.0%}, "
+                    f"missing {dq['missing']:.0%})")
+        return self.manager.observe(
+            asset=asset, tag=tag, kind="sensor", active=True, t=t, severity=self.config.sensor_severity,
+            message=f"{tag}: sensor problem: {what}; machine alerts from this tag hold while it lasts",
+            evidence={"problem": problem, "data_quality": dq, "window": [t - timedelta(seconds=span_s), t], **extra})

@@ -1,8 +1,9 @@
 """Remaining useful life in the gateway: a RUL model (``rul_export``) served per asset, cycle by cycle.
 
 For each asset with ``[maintenance.assets.rul]`` the readings of its setting and sensor tags are averaged
-per cycle: cycles of ``cycle_s`` seconds (a cycle closes as soon as every tag the model uses has its
-readings for it, or when a reading of a later cycle arrives), or the asset's own cycles counted by a
+per cycle: cycles of ``cycle_s`` seconds (a cycle closes as soon as every tag the model uses has sent its last
+reading for it: its latest one plus its sampling step, the gap to its previous reading but at most ``period_s``,
+reaches the cycle's end; or when a reading of a later cycle arrives), or the asset's own cycles counted by a
 ``cycle_tag`` (flights, batches, strokes: a cycle closes when the counter changes, the counter value is the
 age, and a counter that goes back starts a new life with an empty history; a reading older than the
 current cycle's start is late and left out). Flagged readings of the settings and sensors (out of range, frozen,
@@ -25,15 +26,16 @@ The model comes from a version directory or the registry's champion of a model i
 asks for the champion every ``refresh_s`` seconds and swaps a newly promoted or rolled-back version in
 between two cycles, its features rebuilt from the cycles kept (`RulLive`).
 
-The kept cycles outlive the process: with a state folder, `snapshot` + `write` save every asset's per-cycle
-means, its current cycle and its age to ``rul_state.npz`` (atomically, as soon as a cycle closes, before its
-prediction is handed on (`maintenance.live`), again every ``[maintenance] state_save_s`` while that save
-fails, and at shutdown with the cycle in progress), and the next start restores them, so a restarted gateway
-goes on with the asset's age and EWM history instead of starting a new life (the longest span, 240 cycles,
-takes hundreds of cycles to fill again). A crash loses at most the readings of the cycle in progress (they are
-stored; the cycle's mean is then made of the readings after the restart); killed while a closed cycle is being
-saved, the gateway loses that cycle's prediction row, never the cycle. A saved asset whose tags or cycle
-settings changed is not restored (logged).
+The kept cycles outlive the process (`maintenance.rul_state`): each group of readings that closes cycles appends
+them to a journal (``rul_state.journal``, one fsync'd line, before the group's predictions are handed on
+(`maintenance.live`)); `snapshot` + `write` save every asset's per-cycle means, its current cycle and its age to
+``rul_state.npz`` (atomically) at shutdown, with the cycle in progress, and at a periodic save once the journal is
+as large as the snapshot; the next start reads the snapshot and the journal lines after it, so a restarted gateway
+goes on with the asset's age and EWM history instead of starting a new life (the longest span, 240 cycles, takes
+hundreds of cycles to fill again). A crash loses at most the readings of the cycle in progress (they are stored;
+the cycle's mean is then made of the readings after the restart); killed between a close's append and the spool,
+the gateway loses that cycle's prediction row, never the cycle. A saved asset whose tags or cycle settings changed
+is not restored (logged).
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import ConfigError, DataError
-from edge.files import pack_state, read_asset_state, write_atomic
+from edge.files import pack_state, read_state, write_atomic
 from edge.records import Prediction, Reading
+from maintenance import rul_state
 from maintenance.alerts import AlertChange, AlertManager
 from maintenance.config import AssetConfig, RulAssetConfig
 from maintenance.indicators import value_of
@@ -145,7 +148,7 @@ class _Asset:
     model: ServedRulModel | None  # None until the registry has a champion (or can be read)
     sel: np.ndarray  # positions (settings, then sensors of the configuration) of the model's inputs
     n_settings: int  # how many of ``sel`` are settings
-    per_cycle: int
+    period: float  # [maintenance] period_s: the longest sampling step a tag is assumed to have (cycles by time)
     state: EwmState | None
     history: deque  # (age, per-cycle means of every configured tag) of closed cycles, to replay on a swap
     slot: int | None = None
@@ -155,6 +158,13 @@ class _Asset:
     counts: np.ndarray = field(default_factory=lambda: np.zeros(0))
     last: np.ndarray = field(default_factory=lambda: np.zeros(0))
     flagged: np.ndarray = field(default_factory=lambda: np.zeros(0))  # readings of the cycle left out (not saved)
+    # Cycles by time, per tag (not saved): the time of its previous reading, its sampling step (the latest gap, at
+    # most `period`) and the time of its latest reading in the current cycle (NaN: none yet).
+    prev: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    step: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    latest: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    appended: int = 0  # cycles closed since the asset's last journal record
+    reset: bool = False  # a new life (history emptied) since the asset's last journal record
     cycles: int = 0  # feature rows pushed
     last_pred: int = -(10**9)
     next_refresh: float = 0.0
@@ -208,56 +218,15 @@ def _replayed(history, model: ServedRulModel, sel: np.ndarray, ns: int) -> EwmSt
     return state
 
 
-def _key(cfg: RulAssetConfig) -> dict:
-    """What a saved history must match to be restored: the tags (their order is the raw columns') and cycles."""
-    return {"settings": list(cfg.settings), "sensors": list(cfg.sensors), "cycle_s": cfg.cycle_s,
-            "cycle_tag": cfg.cycle_tag, "start_cycle": cfg.start_cycle}
-
-
-def _iso(t: datetime | None) -> str | None:
-    return t.isoformat() if t is not None else None
-
-
-ARRAYS = ("ages", "rows", "sums", "counts", "last")
-
-
-def _asset_state(a: _Asset) -> tuple[dict, dict[str, np.ndarray]]:
-    """What `_restore` needs: scalars, and copies of the arrays (cheap on the event loop; written later)."""
-    n = len(a.sums)
-    scalars = {"key": _key(a.cfg), "slot": a.slot, "first_slot": a.first_slot, "closed": a.closed,
-               "cycles": a.cycles, "last_pred": a.last_pred, "first_time": _iso(a.first_time),
-               "end_time": _iso(a.end_time)}
-    arrays = {"ages": np.fromiter((age for age, _ in a.history), np.int64, len(a.history)),
-              "rows": np.array([raw for _, raw in a.history]) if a.history else np.zeros((0, n)),
-              "sums": a.sums.copy(), "counts": a.counts.copy(), "last": a.last.copy()}
-    return scalars, arrays
-
-
-def _restore(a: _Asset, s: dict, arrays: dict[str, np.ndarray]) -> None:
-    n = len(a.sums)
-    ages, rows = arrays["ages"], arrays["rows"]
-    if rows.shape != (len(ages), n):
-        raise ValueError(f"{rows.shape} history rows for {len(ages)} cycles of {n} tags")
-    for name in ("sums", "counts", "last"):
-        if arrays[name].shape != (n,):
-            raise ValueError(f"{name}: {arrays[name].shape} values, expected {n}")
-    a.history = deque(((int(age), row.astype(float)) for age, row in zip(ages, rows, strict=True)),
-                      maxlen=a.cfg.history_cycles)
-    a.sums, a.counts, a.last = (arrays[k].astype(float) for k in ("sums", "counts", "last"))
-    a.slot, a.closed = int(s["slot"]), bool(s["closed"])
-    a.first_slot = int(s["first_slot"]) if s["first_slot"] is not None else None  # counter mode: unused
-    a.cycles, a.last_pred = int(s["cycles"]), int(s["last_pred"])
-    a.first_time = datetime.fromisoformat(s["first_time"]) if s["first_time"] else None
-    a.end_time = datetime.fromisoformat(s["end_time"]) if s["end_time"] else None
-
-
 def _reset(a: _Asset) -> None:
     a.history.clear()
+    a.appended, a.reset = 0, False
     a.slot = a.first_slot = a.first_time = a.end_time = None
     a.closed, a.cycles, a.last_pred = False, 0, -(10**9)
     a.sums[:] = 0.0
     a.counts[:] = 0.0
     a.flagged[:] = 0.0
+    a.latest[:] = np.nan
     a.last[:] = np.nan
 
 
@@ -265,6 +234,24 @@ def _new_cycle(a: _Asset) -> None:
     a.sums[:] = 0.0
     a.counts[:] = 0.0
     a.flagged[:] = 0.0
+    a.latest[:] = np.nan
+
+
+def _sampled(a: _Asset, pos: int, ts: float) -> None:
+    """Note a reading of the tag at ``pos`` at ``ts`` (seconds): its sampling step and its latest time this cycle."""
+    gap = ts - a.prev[pos]
+    if gap > 0:  # NaN (its first reading) and repeats leave the step as it was
+        a.step[pos] = min(gap, a.period)
+    a.prev[pos] = a.latest[pos] = ts
+
+
+def _complete(a: _Asset) -> bool:
+    """Cycles by time: every tag of the model has sent the last reading its sampling step leaves room for before
+    the cycle's end (its next one falls in the next cycle), so the cycle can close now rather than at the next
+    cycle's first reading. It used to close once every tag had ``cycle_s / period_s`` readings: a tag sampled
+    faster than ``period_s`` got there early, and the rest of its cycle was dropped as late."""
+    end = (a.slot + 1) * a.cfg.cycle_s
+    return bool((a.latest[a.sel] + a.step[a.sel] >= end - 1e-6).all())  # NaN (no reading yet): False
 
 
 class RulLive:
@@ -300,6 +287,19 @@ class RulLive:
         self._written = 0
         self._write_lock = threading.Lock()
         self._write_error: str | None = None
+        # The journal of closed cycles (maintenance.rul_state): the last line's sequence number, the file's size,
+        # the snapshot's last size (the journal is folded in once as large), a torn tail to cut before the next
+        # append, the first line lost by a failed append (no line is appended until a snapshot holds it), and
+        # whether the journal read at start is to be folded in at the next periodic save.
+        self.journal_path = self.state_path.with_name(rul_state.JOURNAL_FILE) if self.state_path else None
+        self._jseq = 0
+        self._journal_size = 0
+        self._snapshot_size = 0
+        self._cut: int | None = None
+        self._lost_seq: int | None = None
+        self._compact_due = False
+        self.compact_bytes: int | None = None  # journal size that folds it in (None: the snapshot's, >= 64 KiB)
+        self.bytes_written = {"journal": 0, "snapshot": 0}  # bytes handed to the file system (bench/tests)
         self.assets: list[_Asset] = []
         self.tag_of: dict[str, tuple[int, int]] = {}  # tag -> (asset, position among its configured tags)
         now = clock()
@@ -307,10 +307,10 @@ class RulLive:
             cfg = a.rul
             tags = list(cfg.settings) + list(cfg.sensors)
             n = len(tags)
-            per_cycle = max(1, round(cfg.cycle_s / period_s)) if cfg.cycle_s else 0  # counter: closes on change
             st = _Asset(a.name, cfg, None, np.flatnonzero([bool(t) for t in tags]), 0,
-                        per_cycle, None, deque(maxlen=cfg.history_cycles),
+                        float(period_s), None, deque(maxlen=cfg.history_cycles),
                         sums=np.zeros(n), counts=np.zeros(n), last=np.full(n, np.nan), flagged=np.zeros(n),
+                        prev=np.full(n, np.nan), step=np.full(n, float(period_s)), latest=np.full(n, np.nan),
                         next_refresh=now + cfg.refresh_s)
             if cfg.model_dir is not None:
                 try:
@@ -453,51 +453,99 @@ class RulLive:
                     self._close(a, preds, changes)
                 a.slot, a.closed = slot, False
                 _new_cycle(a)
+            _sampled(a, hit[1], r.time.timestamp())
             if not good:
                 a.flagged[hit[1]] += 1
-                continue
-            a.sums[hit[1]] += v
-            a.counts[hit[1]] += 1
-            if (a.counts[a.sel] >= a.per_cycle).all():
+            else:
+                a.sums[hit[1]] += v
+                a.counts[hit[1]] += 1
+            if _complete(a):
                 self._close(a, preds, changes)
         return preds, changes
 
-    # -- the kept cycles across restarts ------------------------------------------------------------
-    def snapshot(self, progress: bool = True) -> dict | None:
-        """A copy of every asset's kept cycles, current cycle and age, or None when nothing changed since the last
-        snapshot. Only array copies, for the event loop; `write` encodes and writes it in a worker thread.
-
-        ``progress=False`` (the periodic save): only when a closed cycle is not saved yet (its save at close
-        failed). Readings of the cycle in progress alone are saved at shutdown, not periodically: the file holds
-        every asset's whole kept history (2,000 cycles of 24 tags are 400 KB an asset), and rewriting it every
-        ``state_save_s`` for a partial cycle wrote 0.6 GB a day per asset to the gateway's flash."""
-        if self.state_path is None or not (self._dirty if progress else self.closed_unsaved):
+    # -- the kept cycles across restarts (maintenance.rul_state) ---------------------------------------
+    def journal(self) -> dict | None:
+        """The journal line of the cycles closed since the last line or snapshot (on the event loop: a few hundred
+        bytes of JSON an asset), for `write` to append in a worker thread; None when no cycle closed. While a line
+        is lost (an append failed), the full snapshot instead: a later line would build on the lost one."""
+        if self.state_path is None or not self.closed_unsaved:
             return None
-        self._dirty = self.closed_unsaved = False
+        if self._lost_seq is not None:
+            return self.snapshot(progress=False)
+        self.closed_unsaved = False
+        records = {a.name: rul_state.entry(a) for a in self.assets if a.appended or a.reset}
+        if not records:
+            return None
+        self._jseq += 1
+        return {"journal": rul_state.encode(self._jseq, records), "journal_seq": self._jseq}
+
+    def snapshot(self, progress: bool = True) -> dict | None:
+        """A copy of every asset's kept cycles, current cycle and age for the snapshot file, or None when none is
+        due. Only array copies, for the event loop; `write` encodes and writes it in a worker thread.
+
+        ``progress=True`` (shutdown): when anything changed since the last one, the cycle in progress included.
+        ``progress=False`` (the periodic save): only to fold the journal in (once it is as large as the snapshot,
+        at least ``COMPACT_MIN_BYTES``; or it was read at start) or when a closed cycle is on disk nowhere (its
+        journal append failed). Rewriting the file at every close, or every ``state_save_s`` for a partial cycle,
+        wrote every asset's whole history (2,000 cycles of 24 tags: 400 KB an asset) each time to the flash."""
+        if self.state_path is None:
+            return None
+        limit = self.compact_bytes if self.compact_bytes is not None else max(self._snapshot_size,
+                                                                              rul_state.COMPACT_MIN_BYTES)
+        fold = self._compact_due or (self._journal_size > 0 and self._journal_size >= limit)
+        if not (self._dirty or fold if progress else self.closed_unsaved or fold):
+            return None
+        self._dirty = self.closed_unsaved = self._compact_due = False
+        absorbed = any(a.appended or a.reset for a in self.assets)
+        for a in self.assets:  # the snapshot holds the cycles not journalled yet
+            a.appended, a.reset = 0, False
         self._snapshots += 1
-        return {"seq": self._snapshots,
-                "assets": [(a.name, *_asset_state(a)) for a in self.assets if a.slot is not None]}
+        return {"seq": self._snapshots, "journal_seq": self._jseq, "absorbed": absorbed,
+                "assets": [(a.name, *rul_state.asset_state(a)) for a in self.assets if a.slot is not None]}
 
-    def mark_unsaved(self) -> None:
-        """A snapshot was taken but not written: the next one is due even if no cycle closes meanwhile."""
+    def mark_unsaved(self, lost: bool = True) -> None:
+        """A snapshot or journal line was taken but not written: a snapshot is due even if no cycle closes
+        meanwhile. ``lost``: closed cycles it held are on disk nowhere, so journal lines wait for that snapshot (a
+        line would build on the ones lost)."""
         self._dirty = self.closed_unsaved = True
+        if lost and self._lost_seq is None:
+            self._lost_seq = self._jseq
 
-    def write(self, snapshot: dict) -> bool:
-        """Replace the state file with a `snapshot` atomically; an older snapshot never replaces a newer one.
-        Blocking. A failure is logged once per kind and counted; the gateway goes on."""
+    def write(self, data: dict) -> bool:
+        """Append a `journal` line (fsync'd) or replace the snapshot file with a `snapshot` atomically, then drop
+        the journal lines it holds; an older snapshot never replaces a newer one. Blocking. A failure is logged
+        once per kind and counted; the gateway goes on."""
         with self._write_lock:
-            if snapshot["seq"] <= self._written:
-                return False
             path = self.state_path
             try:
-                meta = {"seq": snapshot["seq"], "assets": {}}
-                arrays = {}
-                for k, (name, scalars, arr) in enumerate(snapshot["assets"]):
-                    meta["assets"][name] = {**scalars, "arrays": k}
-                    arrays.update({f"{k}.{key}": v for key, v in arr.items()})
-                write_atomic(path, pack_state(meta, arrays, STATE_FORMAT))
+                if "journal" in data:
+                    if self._cut is not None:  # a torn last line found at start: cut off before appending
+                        rul_state.cut(self.journal_path, self._cut)
+                        self._cut = None
+                    rul_state.append(self.journal_path, data["journal"])
+                    self._journal_size += len(data["journal"])
+                    self.bytes_written["journal"] += len(data["journal"])
+                else:
+                    if data["seq"] <= self._written:
+                        return False
+                    meta = {"seq": data["seq"], "journal_seq": data["journal_seq"], "assets": {}}
+                    arrays = {}
+                    for k, (name, scalars, arr) in enumerate(data["assets"]):
+                        meta["assets"][name] = {**scalars, "arrays": k}
+                        arrays.update({f"{k}.{key}": v for key, v in arr.items()})
+                    blob = pack_state(meta, arrays, STATE_FORMAT)
+                    write_atomic(path, blob)
+                    self._written, self._snapshot_size = data["seq"], len(blob)
+                    self.bytes_written["snapshot"] += len(blob)
+                    if self._lost_seq is not None and data["journal_seq"] >= self._lost_seq:
+                        self._lost_seq = None  # the lost line's cycles are in the snapshot: lines may go on
+                    self._cut = None
+                    self._journal_size = rul_state.keep_after(self.journal_path, data["journal_seq"])
             except OSError as exc:
-                self.mark_unsaved()  # try again at the next save
+                if "journal" in data and self._lost_seq is None:
+                    self._lost_seq = data["journal_seq"]
+                # A snapshot at the next save; a failed fold of the journal (nothing only in it) lets lines go on.
+                self.mark_unsaved(lost="journal" in data or data.get("absorbed", True))
                 if self.metrics is not None:
                     self.metrics.analytics_errors.inc()
                 if self._write_error != type(exc).__name__:
@@ -505,33 +553,77 @@ class RulLive:
                     log.error("RUL history not saved to %s (kept in memory, retried): %s", path, exc,
                               extra={"event": "rul_state_not_saved"})
                 return False
-            self._written, self._write_error = snapshot["seq"], None
+            self._write_error = None
             return True
 
     def _load(self) -> None:
-        path = self.state_path
+        path, jpath = self.state_path, self.journal_path
         try:
-            saved, arrays = read_asset_state(path, STATE_FORMAT)
-        except ValueError as exc:
+            lines, good, torn = rul_state.read(jpath)
+        except OSError as exc:  # not a file (a folder in its place), unreadable: the snapshot alone
+            log.warning("RUL journal %s not readable; the snapshot alone is restored: %s", jpath, exc,
+                        extra={"event": "rul_state_unreadable"})
+            lines, good, torn = [], 0, False
+        if torn:
+            self._cut = good
+            log.warning("RUL journal %s: a torn or damaged line at byte %d (a crash during an append) left out",
+                        jpath, good, extra={"event": "rul_journal_torn"})
+        self._journal_size = good
+        self._jseq = max((r["seq"] for r in lines), default=0)
+        self._compact_due = bool(lines) or torn  # fold it into the snapshot at the next periodic save
+        try:
+            state = read_state(path, STATE_FORMAT)
+            meta, arrays = state if state is not None else ({"assets": {}}, {})
+            saved = meta.get("assets")
+            if not isinstance(saved, dict) or not all(isinstance(v, dict) for v in saved.values()):
+                raise ValueError(f"{path}: no per-asset entries")
+            base = int(meta.get("journal_seq", 0))
+        except (ValueError, TypeError) as exc:
             log.warning("RUL history not readable, every asset starts without history: %s", exc,
                         extra={"event": "rul_state_unreadable"})
             return
+        self._jseq = max(self._jseq, base)
+        skip: set[str] = set()  # a damaged snapshot entry: its journal lines build on what was lost
+        found: set[str] = set()
         for a in self.assets:
             s = saved.get(a.name)
             if s is None:
                 continue
-            if s.get("key") != _key(a.cfg):
+            if s.get("key") != rul_state.key(a.cfg):
                 log.warning("asset %s: the RUL history saved in %s is of another configuration (tags or cycles "
                             "changed); not restored, the asset starts without history", a.name, path,
                             extra={"event": "rul_state_mismatch", "asset": a.name})
                 continue
             try:
                 k = s["arrays"]
-                _restore(a, s, {key: arrays[f"{k}.{key}"] for key in ARRAYS})
+                rul_state.restore(a, s, {key: arrays[f"{k}.{key}"] for key in rul_state.ARRAYS})
             except (KeyError, TypeError, ValueError) as exc:
                 _reset(a)
+                skip.add(a.name)
                 log.warning("asset %s: the RUL history saved in %s is damaged (%s); the asset starts without "
                             "history", a.name, path, exc, extra={"event": "rul_state_unreadable", "asset": a.name})
+                continue
+            found.add(a.name)
+        by_name = {a.name: a for a in self.assets}
+        for rec in lines:
+            if rec["seq"] <= base:
+                continue  # in the snapshot already (a crash between its rename and the journal's truncation)
+            for name, r in rec["assets"].items():
+                a = by_name.get(name)
+                if a is None or name in skip or not isinstance(r, dict) or r.get("key") != rul_state.key(a.cfg):
+                    continue
+                try:
+                    rul_state.apply(a, r)
+                except (KeyError, TypeError, ValueError) as exc:
+                    _reset(a)
+                    skip.add(name)
+                    found.discard(name)
+                    log.warning("asset %s: the RUL journal %s is damaged (%s); the asset starts without history",
+                                name, jpath, exc, extra={"event": "rul_state_unreadable", "asset": name})
+                    continue
+                found.add(name)
+        for a in self.assets:
+            if a.name not in found:
                 continue
             if a.model is not None:
                 a.state = _replayed(a.history, a.model, a.sel, a.n_settings)
@@ -567,6 +659,7 @@ class RulLive:
                 log.warning("asset %s: cycle counter %s went from %d to %d: a new life, its history starts again",
                             a.name, a.cfg.cycle_tag, a.slot, n, extra={"event": "rul_new_life", "asset": a.name})
                 a.history.clear()
+                a.appended, a.reset = 0, True
                 a.last[:] = np.nan
                 a.cycles, a.last_pred, a.first_time = 0, -(10**9), None
                 if a.model is not None:
@@ -585,6 +678,7 @@ class RulLive:
         else:
             age = a.cfg.start_cycle + (a.slot - a.first_slot + 1)
         a.history.append((age, a.last.copy()))
+        a.appended += 1
         row = a.last[a.sel]
         if a.model is None or not np.isfinite(row).all():
             return  # no model yet, or a tag never seen yet: no row (the age still advances with the cycles)

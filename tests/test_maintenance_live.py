@@ -9,7 +9,7 @@ import numpy as np
 
 from collectors.simulator.pump import Pump, PumpFaults
 from edge.files import pack_state, read_state
-from edge.records import Quality, Reading
+from edge.records import Flag, Quality, Reading
 from maintenance.config import AnomalyAssetConfig, AssetConfig, MaintenanceConfig
 from maintenance.iso20816 import ZoneConfig
 from maintenance.live import MaintenanceLive
@@ -114,19 +114,115 @@ async def test_a_waveforms_block_rms_is_rated_in_iso_zones():
     assert [(c.alert.kind, c.alert.severity, c.alert.evidence["zone"]) for c in raised] == [
         ("iso20816", "critical", "D")]
 
-    # A block with flagged samples (out of range: quality UNCERTAIN) may raise, one severity lower and marked
-    # unverified; it never lowers the zone.
+    # A block with out-of-range samples (flagged by the validator: quality UNCERTAIN) may raise, one severity lower
+    # and marked unverified; it never lowers the zone.
     live = MaintenanceLive(MaintenanceConfig(window_s=60, hop_s=10, assets=(asset,)))
     changes = []
     for b, amplitude in enumerate((1.0, 14.0 * np.sqrt(2), 1.0)):
         t0 = T0 + timedelta(seconds=b)
-        q = Quality.GOOD if b != 1 else Quality.UNCERTAIN
+        q, f = (Quality.GOOD, 0) if b != 1 else (Quality.UNCERTAIN, int(Flag.OUT_OF_RANGE))
         batch = [Reading("F-2.vel", t0 + timedelta(microseconds=int(1e6 * k / fs)),
-                         float(amplitude * np.sin(2 * np.pi * 50 * k / fs)), t0, quality=q) for k in range(block)]
+                         float(amplitude * np.sin(2 * np.pi * 50 * k / fs)), t0, quality=q, flags=f)
+                 for k in range(block)]
         changes += (await live.process(batch))[2]
-    raised = [c for c in changes if c.event == "raised"]
+    raised = [c for c in changes if c.event == "raised" and c.alert.kind == "iso20816"]
     assert [(c.alert.severity, c.alert.evidence["zone"]) for c in raised] == [("warning", "D")]
     assert "unverified" in raised[0].alert.message
+    assert raised[0].alert.evidence["data_quality"]["out_of_range"] == 1.0
+    # A whole block out of range is also the waveform tag's sensor alert (as a window of such readings is).
+    assert [c.alert.evidence["problem"] for c in changes if c.alert.kind == "sensor"] == ["out_of_range"]
+
+
+async def test_a_waveform_block_of_mostly_flagged_samples_is_not_rated_as_vibration():
+    """A block whose samples are mostly sensor problems (the device's own Uncertain status, frozen, or out of range
+    with ``out_of_range = "sensor"``) says nothing about the machine, as a window of such scalar readings does not
+    (maintenance.quality). It was rated like any block with a flagged sample: a device glitching at 14 mm/s for 80 %
+    of a block raised a zone D 'warning'. The share of flagged samples is now counted: below ``min_share`` of usable
+    samples the zone holds, and the waveform tag gets its 'sensor' alert; a block with a few flagged samples is still
+    rated, unverified."""
+    from maintenance.config import WaveformConfig
+
+    fs, block = 1000.0, 1000
+    asset = AssetConfig(name="F-2", waveforms=(WaveformConfig(tag="F-2.vel", fs_hz=fs, block=block),),
+                        iso20816=ZoneConfig(boundaries_mm_s=(0.8, 1.4, 3.0)))
+
+    async def blocks(live, *shares):
+        changes = []
+        for b, share in enumerate(shares):  # share of the block's samples the device marks Uncertain
+            t0 = T0 + timedelta(seconds=b)
+            amplitude = 1.0 if share == 0 else 14.0 * np.sqrt(2)
+            batch = [Reading("F-2.vel", t0 + timedelta(microseconds=int(1e6 * k / fs)),
+                             float(amplitude * np.sin(2 * np.pi * 50 * k / fs)), t0,
+                             quality=Quality.UNCERTAIN if k < share * block else Quality.GOOD,
+                             flags=int(Flag.SOURCE_STATUS) if k < share * block else 0) for k in range(block)]
+            changes += (await live.process(batch))[2]
+        return changes
+
+    changes = await blocks(MaintenanceLive(MaintenanceConfig(window_s=60, hop_s=10, assets=(asset,))), 0, 0.8, 0)
+    assert [c for c in changes if c.alert.kind == "iso20816"] == []
+    (sensor,) = [c for c in changes if c.alert.kind == "sensor"]
+    assert (sensor.event, sensor.alert.tag, sensor.alert.evidence["problem"]) == ("raised", "F-2.vel",
+                                                                                  "source_uncertain")
+    assert sensor.alert.evidence["data_quality"]["source_uncertain"] == 0.8
+    # A few flagged samples: rated, unverified (the RMS holds them too).
+    changes = await blocks(MaintenanceLive(MaintenanceConfig(window_s=60, hop_s=10, assets=(asset,))), 0, 0.2, 0)
+    raised = [c for c in changes if c.event == "raised"]
+    assert [(c.alert.kind, c.alert.severity, c.alert.evidence["zone"]) for c in raised] == [
+        ("iso20816", "warning", "D")]
+
+
+async def test_a_waveform_sensor_sending_bad_samples_raises_its_sensor_alert():
+    """A bad sample starts a new block (the samples must stay evenly spaced), so a waveform sensor whose device
+    reports Bad for every sample made no block at all: no zone, and no sensor alert either; the sensor had died in
+    silence, where a scalar tag's bad readings raise its 'sensor' alert. The samples a block never used are now
+    counted per class, and a block's worth of them is judged as a block (here: bad)."""
+    from maintenance.config import WaveformConfig
+
+    fs, block = 1000.0, 1000
+    asset = AssetConfig(name="F-2", waveforms=(WaveformConfig(tag="F-2.vel", fs_hz=fs, block=block),),
+                        iso20816=ZoneConfig(boundaries_mm_s=(0.8, 1.4, 3.0)))
+    live = MaintenanceLive(MaintenanceConfig(window_s=60, hop_s=10, assets=(asset,)))
+    changes = []
+    for b in range(6):
+        t0 = T0 + timedelta(seconds=b)
+        q = Quality.GOOD if b < 2 or b == 5 else Quality.BAD
+        batch = [Reading("F-2.vel", t0 + timedelta(microseconds=int(1e6 * k / fs)),
+                         float(np.sin(2 * np.pi * 50 * k / fs)), t0, quality=q) for k in range(block)]
+        changes += (await live.process(batch))[2]
+    sensor = [c for c in changes if c.alert.kind == "sensor"]
+    assert [(c.event, c.alert.tag, c.alert.evidence["problem"]) for c in sensor][:1] == [("raised", "F-2.vel", "bad")]
+    assert sensor[0].alert.evidence["data_quality"]["bad"] == 1.0
+    assert not [c for c in changes if c.alert.kind == "iso20816"]
+
+
+async def test_a_waveform_sensor_gone_silent_raises_a_no_data_alert():
+    """A waveform sensor that stops sending (its cable, its DAQ) made no block and raised nothing, while a scalar
+    tag silent for ``no_data_after_s`` raises its 'no data' sensor alert. A waveform tag is now judged the same way
+    at each indicator window (its own limit if a ``silence`` group names it; 0: never)."""
+    from maintenance.config import WaveformConfig
+
+    fs, block = 1000.0, 1000
+    asset = AssetConfig(name="F-2", process_tags=("F-2.temp",),
+                        waveforms=(WaveformConfig(tag="F-2.vel", fs_hz=fs, block=block),),
+                        iso20816=ZoneConfig(boundaries_mm_s=(0.8, 1.4, 3.0)))
+
+    async def run(quality: dict) -> list:
+        cfg = MaintenanceConfig.model_validate({"window_s": 60, "hop_s": 10, "assets": [asset.model_dump()],
+                                                "quality": quality})
+        live, changes = MaintenanceLive(cfg), []
+        for b in range(500):
+            t0 = T0 + timedelta(seconds=b)
+            batch = [Reading("F-2.temp", t0, 40.0 + 0.01 * (b % 7), t0)]
+            if b < 3:
+                batch += [Reading("F-2.vel", t0 + timedelta(microseconds=int(1e6 * k / fs)),
+                                  float(np.sin(2 * np.pi * 50 * k / fs)), t0) for k in range(block)]
+            changes += (await live.process(batch))[2]
+        return [c for c in changes if c.alert.kind == "sensor"]
+
+    (raised,) = await run({})
+    assert (raised.event, raised.alert.tag, raised.alert.evidence["problem"]) == ("raised", "F-2.vel", "no_data")
+    assert T0 + timedelta(seconds=300) <= raised.alert.raised_at <= T0 + timedelta(seconds=320)
+    assert await run({"silence": [{"tags": ["F-2.vel"], "no_data_after_s": 0}]}) == []
 
 
 async def test_silent_signals_give_no_anomaly_scores_and_keep_the_alert_open():

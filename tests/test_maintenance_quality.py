@@ -345,8 +345,76 @@ async def test_sensor_alerts_stored_with_their_lifecycle(pg_dsn):
     assert [(r["kind"], r["tag"]) for r in rows] == [("sensor", "F-1.vib"), ("sensor", "F-1.vib")]
     frozen, silent = rows
     assert frozen["evidence"]["problem"] == "frozen" and frozen["occurrences"] == 1
-    assert at(360) <= frozen["raised_at"] <= at(380) and at(640) <= frozen["cleared_at"] <= at(720)
+    # Raised at the first window after the detection (331 s): the run before it counts as frozen too.
+    assert at(340) <= frozen["raised_at"] <= at(350) and at(640) <= frozen["cleared_at"] <= at(720)
     assert frozen["evidence"]["data_quality"]["frozen"] >= 0.5 and frozen["severity"] == "warning"
     assert silent["evidence"]["problem"] == "no_data" and "no data for" in silent["message"]
     assert silent["raised_at"] == at(1300) and silent["cleared_at"] is None
     assert [(e["kind"], e["time"]) for e in suppressed] == [("sensor", at(1200))]
+
+
+async def test_the_readings_of_a_freeze_before_its_detection_leave_the_windows_too():
+    """A velocity stuck at 1.6 mm/s (zone C) on a machine in zone B: the validator flags it FROZEN only after
+    frozen_after_s (30 s), and the 31 readings before that were good ones. After the detection they alone filled
+    half of the window (min_share): its mean was the stuck value, and the zone went to C ('warning') 50 s into the
+    freeze. Once a freeze is flagged, the readings of its run before the detection (the same value) are frozen
+    too: the zone holds, and the sensor alert comes at the first window after the detection, not 30 s later."""
+    plant = Plant(MaintenanceLive(vibration_only()), VIB)
+    await plant.run(0, 300, lambda s: {"F-1.vib": 1.0 + plant.noise()})
+    fault = await plant.run(300, 700, lambda s: {"F-1.vib": 1.6})
+    assert of(fault, "iso20816") == []
+    (sensor,) = of(fault, "sensor", "raised")
+    assert sensor.alert.evidence["problem"] == "frozen" and sensor.alert.raised_at <= at(340)
+    zones = [r for r in plant.derived if r.tag == "F-1.vib.iso_zone" and r.time > at(300)]
+    assert all(r.value == 1 for r in zones)  # B, and nothing from the stuck value
+    means = [r for r in plant.derived if r.tag == "F-1.vib.mean" and at(330) < r.time <= at(400)]
+    assert all(abs(r.value - 1.0) < 0.05 for r in means)  # the stuck value is in no window's mean
+
+
+async def test_a_tag_reported_by_exception_is_not_a_dead_sensor_for_being_calm():
+    """A valve position reported by exception (an OPC UA deadband, MQTT publish-on-change) sends a value only when it
+    moves: every 15 min here. With the one ``no_data_after_s`` (300 s) of every watched tag it raised a 'no data'
+    sensor alert in every calm spell. ``[[maintenance.quality.silence]]`` gives such tags their own limit (the
+    longest a healthy one stays silent): calm spells raise nothing, a valve silent beyond it still does (a dead
+    sensor). With a ``heartbeat`` tag of the same source, a silence while the heartbeat is silent too is the source
+    being down (one alert: the heartbeat's, a watched tag), not one sensor alert per tag of that source."""
+    asset = AssetConfig(name="F-1", process_tags=("F-1.temp", "F-1.valve", "PLC-1.alive"))
+
+    def config(**quality) -> MaintenanceConfig:
+        return MaintenanceConfig.model_validate({"window_s": 60, "hop_s": 10, "assets": [asset.model_dump()],
+                                                 "quality": quality})
+
+    tags = [Tag(name="F-1.temp", asset="F-1", range=(-20.0, 150.0)), Tag(name="F-1.valve", asset="F-1"),
+            Tag(name="PLC-1.alive", asset="F-1")]
+
+    def values(dead_from: int, plc_down_from: int = 10**9):
+        def at_second(s: int) -> dict[str, float]:
+            x = {"F-1.temp": 40.0 + plant.noise()}
+            if s % 900 == 0 and s < min(dead_from, plc_down_from):  # moves every 15 min
+                x["F-1.valve"] = float(s % 1800 == 0)
+            if s % 10 == 0 and s < plc_down_from:
+                x["PLC-1.alive"] = float(s)
+            return x
+        return at_second
+
+    def sensor(changes) -> list[tuple[str, str, str]]:
+        return [(c.event, c.alert.tag, c.alert.evidence.get("problem", "")) for c in of(changes, "sensor")
+                if c.event in ("raised", "cleared")]
+
+    plant = Plant(MaintenanceLive(config()), *tags)  # before: one limit for all
+    await plant.run(0, 2000, values(dead_from=10**9))
+    assert ("raised", "F-1.valve", "no_data") in sensor(plant.changes)
+
+    silence = {"silence": [{"tags": ["F-1.val*"], "no_data_after_s": 2400.0, "heartbeat": "PLC-1.alive"}]}
+    plant = Plant(MaintenanceLive(config(**silence)), *tags)
+    calm = await plant.run(0, 3700, values(dead_from=3000))  # the valve's last report at 2700 s
+    assert sensor(calm) == []
+    dead = await plant.run(3700, 5400, values(dead_from=3000))
+    (raised,) = of(dead, "sensor", "raised")
+    assert (raised.alert.tag, raised.alert.evidence["problem"]) == ("F-1.valve", "no_data")
+    assert at(2700 + 2400) <= raised.alert.raised_at <= at(2700 + 2420)
+    assert raised.alert.evidence["no_data_after_s"] == 2400.0 and "2400 s" in raised.alert.message
+
+    plant = Plant(MaintenanceLive(config(**silence)), *tags)  # the PLC goes down: valve and heartbeat silent
+    await plant.run(0, 6000, values(dead_from=10**9, plc_down_from=2000))
+    assert sensor(plant.changes) == [("raised", "PLC-1.alive", "no_data")]
