@@ -23,6 +23,8 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from results_io import write_results
+
 from edge.records import Reading
 from maintenance import cmapss
 from maintenance.config import AssetConfig, MaintenanceConfig, RulAssetConfig
@@ -103,9 +105,7 @@ def main() -> None:
 
     res = asyncio.run(run())
     print(json.dumps(res, indent=2))
-    dest = ROOT / "bench" / "results" / "bench_rul_state.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(res, indent=2))
+    write_results(res, "bench_rul_state.json")
 
 
 if __name__ == "__main__":
