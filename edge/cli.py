@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path, default=Path("var/demo"), help="demo state (default var/demo)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
+    p.add_argument("--no-console", dest="console", action="store_false",
+                   help="do not serve the web console (default: on a free port; on the embedded database with a "
+                        "user 'demo' whose password is printed)")
     p.set_defaults(func=cmd_demo)
 
     for mod_name in PLUGINS:

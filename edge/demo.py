@@ -107,6 +107,7 @@ async def _demo(args) -> None:
     started: list = []  # things to stop, in reverse order
     try:
         conninfo = args.db or os.environ.get("VALVOJA_DB_URL")
+        embedded = not conninfo
         if conninfo:
             print(f"database: {describe_conninfo(conninfo)}")
         else:
@@ -134,6 +135,14 @@ async def _demo(args) -> None:
         cfg = demo_config(state, opcua_port, mqtt_host, mqtt_port)
         gw = Gateway(cfg, conninfo=conninfo)
         print(f"gateway: health http://{gw.cfg.http.listen}/healthz, logs in {state / 'demo.log'}")
+        if getattr(args, "console", True):
+            from edge.demo_console import DEMO_USER, start_console
+
+            console = await start_console(conninfo, f"http://{gw.cfg.http.listen}/healthz", make_user=embedded)
+            started.append(console.stop)
+            login = (f"user {DEMO_USER}, password {console.password}" if console.password
+                     else "log in as a user of that database: valvoja console user add")
+            print(f"console: {console.url} ({login})")
         print(f"P-102 develops a bearing fault {BEARING_FAULT_AFTER_S / 60:.0f} min after the start (the anomaly "
               "detectors learn healthy operation for the first 5 min); Ctrl-C stops the demo.")
         if args.duration:
