@@ -265,13 +265,18 @@ class Forwarder:
                 raise  # the connection went with it: an outage, retried as one
             result = await self._write_apart(batches, sink, exc)
         self.metrics.db_write_seconds.observe(time.perf_counter() - t0)
+        # Counted at the COMMIT, with no await in between: a write cancelled while the spool thread deletes the batch
+        # (a watchdog restart, a shutdown) lets the delete finish in its thread, and the readings, committed and
+        # gone from the spool, were never counted (a replay of a batch whose delete failed counts as duplicates).
+        self._account(batches, result)
         rollup = (result.tag_ids, result.minutes) if result.minutes else None
         note = await self.worker.call(self.worker.spool.delete, [b.seq for b in batches], rollup)
         if note is not None:
             self.dirty_note = max(note, self.dirty_note or 0)
         self.heartbeat = time.monotonic()
         self._working()
-        self._account(batches, result)
+        self.metrics.spool_records.set(self.worker.spool.readings)
+        self.metrics.spool_bytes.set(self.worker.spool.bytes)
 
     async def _write_apart(self, batches: list[SpooledBatch], sink: TimescaleSink,
                            exc: BaseException) -> WriteResult:
@@ -350,9 +355,6 @@ class Forwarder:
         self.metrics.readings_out.inc(result.inserted)
         for kind, _ in result.refused:
             self.metrics.records_refused.labels(kind).inc()
-        spool = self.worker.spool
-        self.metrics.spool_records.set(spool.readings)
-        self.metrics.spool_bytes.set(spool.bytes)
         for b in batches:
             times = b.columns.time_us
             if not times.size:
@@ -422,6 +424,23 @@ class RollupWorker:
                     log.debug("rollup refresh failed: %s", error)
                 await self.sink.close()
                 await asyncio.sleep(self.backoff.next_delay())
+            except sqlite3.Error as exc:
+                # The spool's notes of the work owed could not be read or marked done: another process holds the
+                # spool's lock ("database is locked": a backup, the sqlite3 shell) or the disk fails. It escaped this
+                # loop: the task died, the watchdog restarted it and it died again every round, with a traceback
+                # each time. The database connection is fine; the work stays owed (in the spool and here).
+                await self._spool_error(exc)
+
+    async def _spool_error(self, exc: sqlite3.Error) -> None:
+        """Say a spool failure once per kind (`rollup_error`; `rollup_resumed` when a refresh works again), count
+        it in ``valvoja_spool_write_errors_total``, and back off."""
+        self.fwd.metrics.spool_errors.inc()
+        error = f"spool: {type(exc).__name__}: {exc}".strip()
+        if error != self.error:
+            log.error("rollup refresh cannot use the spool, retrying with back-off (raw readings are stored): %s",
+                      error, extra={"event": "rollup_error"})
+            self.error = error
+        await asyncio.sleep(self.backoff.next_delay())
 
     async def refresh_once(self) -> None:
         fwd = self.fwd
