@@ -89,7 +89,7 @@ class Gateway:
             ctx = CollectorContext(name=name, state_dir=state / "collectors" / name, metrics=self.metrics,
                                    state=SourceState(self.worker, name))
             self.collectors[name] = module_for(kind).build(ccfg, ctx)
-        host, port = cfg.http.listen.rsplit(":", 1)
+        host, port = cfg.http.address
         self.http = (HealthServer(host, int(port) if http_port is None else http_port, health=self.health,
                                   metrics=self._render_metrics) if cfg.http.enabled else None)
         self._tasks: dict[str, asyncio.Task] = {}

@@ -10,6 +10,7 @@ Secrets are never literal: fields holding them accept only ``env:NAME`` or ``fil
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import tomllib
 from datetime import date
@@ -140,17 +141,48 @@ class Validation(Strict):
     flag_unknown_tags: bool = True
 
 
+def host_port(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPV6]:PORT`` as (host, port), the host without brackets; ValueError saying what is
+    wrong. A bare IPv6 address cannot be told from its port, so it must be in brackets (as in a URL)."""
+    if listen.startswith("["):
+        addr, sep, port = listen[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{listen!r}: write [IPV6-ADDRESS]:PORT, e.g. [::1]:9108 (no port after the brackets)")
+        try:
+            ipaddress.IPv6Address(addr)
+        except ValueError:
+            raise ValueError(f"{listen!r}: {addr!r} in brackets is not an IPv6 address") from None
+        host = addr
+    else:
+        host, sep, port = listen.rpartition(":")
+        if not sep:
+            raise ValueError(f"{listen!r}: write HOST:PORT, e.g. 127.0.0.1:9108 (no port)")
+        if ":" in host:
+            raise ValueError(f"{listen!r}: an IPv6 address goes in brackets: [{host}]:{port}")
+        if not host or any(c.isspace() for c in host):
+            raise ValueError(f"{listen!r}: no host name or address before the port (0.0.0.0 or [::] for every "
+                             "interface)")
+    if not port.isascii() or not port.isdigit():
+        raise ValueError(f"{listen!r}: port {port!r} is not a number")
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"port {port} is not a TCP port (0-65535; 0 picks a free one)")
+    return host, int(port)
+
+
 class Http(Strict):
-    listen: str = Field("127.0.0.1:9108", pattern=r"^[^:]+:\d+$")
+    listen: str = Field("127.0.0.1:9108", description="HOST:PORT, or [IPV6]:PORT (e.g. [::1]:9108)")
     enabled: bool = True
 
     @field_validator("listen")
     @classmethod
-    def _port_in_range(cls, v: str) -> str:
-        port = int(v.rsplit(":", 1)[1])
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port {port} is not a TCP port (0-65535; 0 picks a free one)")
+    def _host_port(cls, v: str) -> str:
+        host_port(v)
         return v
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) to listen on; an IPv6 host without its brackets."""
+        return host_port(self.listen)
 
 
 class Logging(Strict):
