@@ -362,6 +362,9 @@ async def _release(gw: Gateway) -> None:
     try:
         if gw.http:
             await gw.http.close()
+    except Exception as exc:  # the spool is closed all the same
+        log.debug("cleanup after a failed start: %r", exc)
+    try:
         await gw.worker.call(gw.spool.close)
     except Exception as exc:
         log.debug("cleanup after a failed start: %r", exc)
