@@ -39,7 +39,8 @@ from maintenance.alerts import AlertChange
 log = logging.getLogger(__name__)
 
 # Header names whose value is a credential whatever it holds: only a reference is accepted for them.
-_CREDENTIAL_HEADER = re.compile(r"authorization|cookie|token|secret|passw|api[-_]?key|auth", re.IGNORECASE)
+_CREDENTIAL_HEADER = re.compile(r"(^|[-_])(authorization|auth|cookie|token|secret|password|passwd|api[-_]?key|key)"
+                                r"($|[-_])", re.IGNORECASE)
 
 
 def _url_problem(url: str) -> str | None:

@@ -61,6 +61,21 @@ def test_a_late_reading_after_retention_does_not_shrink_the_rollup_of_its_bucket
     assert hour >= 60
 
 
+def _slow_delete(spool: Spool):
+    """Make the spool's delete linger in its thread after deleting (the moment a write is cancelled there): the
+    event set once it deleted, and the original method to put back."""
+    started, original = threading.Event(), spool.delete
+
+    def slow_delete(seqs, rollup=None):
+        note = original(seqs, rollup)
+        started.set()
+        time.sleep(0.5)  # the cancellation arrives while the spool thread is here
+        return note
+
+    spool.delete = slow_delete
+    return started, original
+
+
 def test_rollups_owed_by_a_write_cancelled_after_its_spool_delete_are_still_made(pg_dsn, tmp_path):
     """A write cancelled (shutdown, a watchdog restart, another writer's failure) while the spool thread runs its
     delete: the batches are gone and the note of the rollups they owe is in the spool, but the forwarder never
@@ -70,15 +85,7 @@ def test_rollups_owed_by_a_write_cancelled_after_its_spool_delete_are_still_made
     async def go():
         spool = Spool(tmp_path / "spool.db", max_bytes=100 << 20)
         worker = SpoolWorker(spool)
-        started, original = threading.Event(), spool.delete
-
-        def slow_delete(seqs, rollup=None):
-            note = original(seqs, rollup)
-            started.set()
-            time.sleep(0.5)  # the cancellation arrives while the spool thread is here
-            return note
-
-        spool.delete = slow_delete
+        started, original = _slow_delete(spool)
         await worker.call(spool.append_many, [(_cols("owed.a", t0, 30), [])])
         fwd = Forwarder(worker, pg_dsn, SiteConfig(), Metrics(), asyncio.Event())
         await fwd._connect()
@@ -307,14 +314,7 @@ def test_readings_committed_by_a_write_cancelled_during_its_spool_delete_are_cou
     async def go():
         spool = Spool(tmp_path / "spool.db", max_bytes=100 << 20)
         worker = SpoolWorker(spool)
-        started, original = threading.Event(), spool.delete
-
-        def slow_delete(seqs, rollup=None):
-            started.set()
-            time.sleep(0.5)  # the cancellation arrives while the spool thread is here
-            return original(seqs, rollup)
-
-        spool.delete = slow_delete
+        started, original = _slow_delete(spool)
         await worker.call(spool.append_many, [(_cols("count.a", t0, 30), [])])
         metrics = Metrics()
         fwd = Forwarder(worker, pg_dsn, SiteConfig(), metrics, asyncio.Event())
