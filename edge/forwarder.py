@@ -259,15 +259,12 @@ class Forwarder:
         try:
             # Not screened here (the hot path): the database's refusal is the signal, and `_write_apart` sets NUL
             # texts aside at once, so such a group costs one failed transaction, not a split.
-            result = await sink.write(batches)
+            result = self._committed(await sink.write(batches))
         except DATA_ERRORS as exc:
             if not sink.connected:
                 raise  # the connection went with it: an outage, retried as one
             result = await self._write_apart(batches, sink, exc)
         self.metrics.db_write_seconds.observe(time.perf_counter() - t0)
-        # Counted at the COMMIT, with no await in between: a write cancelled while the spool thread deletes the batch
-        # (a watchdog restart, a shutdown) lets the delete finish in its thread, and the readings, committed and
-        # gone from the spool, were never counted (a replay of a batch whose delete failed counts as duplicates).
         self._account(batches, result)
         rollup = (result.tag_ids, result.minutes) if result.minutes else None
         note = await self.worker.call(self.worker.spool.delete, [b.seq for b in batches], rollup)
@@ -305,7 +302,7 @@ class Forwarder:
         extras = [SpooledBatch(b.seq, cols.take([]), b.dead_letters, b.created, b.records) for b in batches
                   if b.dead_letters or b.records]
         if extras:
-            total.add(await sink.write(extras))
+            total.add(self._committed(await sink.write(extras)))
         nul = _nul_rows(cols)
         if nul:  # refused for certain: set aside at once (a PLC's NUL-padded strings would otherwise cost a split)
             nul_error = ValueError("a text with a NUL character (PostgreSQL text cannot hold one)")
@@ -327,7 +324,7 @@ class Forwarder:
         if not len(cols):
             return
         try:
-            total.add(await sink.write([SpooledBatch(0, cols, [], 0.0)]))
+            total.add(self._committed(await sink.write([SpooledBatch(0, cols, [], 0.0)])))
             self.heartbeat = time.monotonic()  # a long split is progress, not a stall (edge/watchdog.py)
             return
         except DATA_ERRORS as exc:
@@ -348,11 +345,18 @@ class Forwarder:
         await self._write(batches)
         return True
 
-    def _account(self, batches, result: WriteResult) -> None:
-        now_us = to_us(utcnow())
+    def _committed(self, result: WriteResult) -> WriteResult:
+        """Count what a transaction committed (``valvoja_readings_stored_total``, /healthz), right at its COMMIT
+        with no await in between: counted later, a write cancelled after it (a watchdog restart, the shutdown
+        flush's deadline: while the spool thread deletes the group, or between the parts of a refused group) lost
+        the count of readings that were stored (written again, they come back as duplicates)."""
         self.stored += result.inserted
         self.duplicates += result.duplicates
         self.metrics.readings_out.inc(result.inserted)
+        return result
+
+    def _account(self, batches, result: WriteResult) -> None:
+        now_us = to_us(utcnow())
         for kind, _ in result.refused:
             self.metrics.records_refused.labels(kind).inc()
         for b in batches:

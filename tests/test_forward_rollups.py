@@ -385,3 +385,47 @@ def test_a_locked_spool_makes_the_rollups_wait_quietly_instead_of_dying(pg_dsn, 
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "locked" in errors[0].getMessage(), [r.getMessage() for r in errors]
     assert errors[0].exc_info is None, "a traceback for an expected condition"
+
+
+def test_parts_of_a_refused_group_committed_before_a_cancel_are_counted_stored(pg_dsn, tmp_path):
+    """A group the database refuses for one reading is written in parts, each in its own transaction; a cancel in the
+    middle (the shutdown flush's deadline, a watchdog restart) lost the count of the parts already committed: the
+    group is written again later, those parts come back as duplicates and were never counted stored."""
+    t0 = (utcnow() - timedelta(hours=1)).replace(second=0, microsecond=0)
+
+    async def go():
+        spool = Spool(tmp_path / "spool.db", max_bytes=100 << 20)
+        worker = SpoolWorker(spool)
+        cols = _cols("split.a", t0, 64)
+        cols.time_us[40] = -300_000_000_000_000_000  # ~9,500 years BC: PostgreSQL's "timestamp out of range"
+        await worker.call(spool.append_many, [(cols, [])])
+        metrics = Metrics()
+        fwd = Forwarder(worker, pg_dsn, SiteConfig(), metrics, asyncio.Event())
+        await fwd._connect()
+        committed, original = threading.Event(), fwd.sink.write
+
+        async def linger_after_a_commit(batches):
+            if committed.is_set():
+                await asyncio.sleep(5)  # the next part, after one committed: the cancel arrives here
+            result = await original(batches)
+            if result.inserted:
+                committed.set()
+            return result
+
+        fwd.sink.write = linger_after_a_commit
+        write = asyncio.create_task(fwd.drain_once(linger=False))
+        await until(committed.is_set, what="the first part committed")
+        await asyncio.sleep(0.2)
+        write.cancel()
+        await asyncio.gather(write, return_exceptions=True)
+        fwd.sink.write = original
+        assert await fwd.drain_once(linger=False)  # the group again, whole
+        await fwd.close()
+        worker.shutdown()
+        return metrics.readings_out._value.get(), metrics.readings_refused._value.get()
+
+    counted, refused = asyncio.run(go())
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+    assert rows == 63 and refused >= 1
+    assert counted == 63, f"63 readings committed, {counted} counted stored"
