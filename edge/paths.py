@@ -55,7 +55,10 @@ def _walk(annotation: Any, value: Any, base: Path) -> Any:
             return _resolved(value, tuple(markers), base)
         return _walk(inner, value, base)
     if origin in (Union, types.UnionType):
-        for arg in typing.get_args(annotation):
+        args = typing.get_args(annotation)
+        if isinstance(value, dict) and sum(isinstance(a, type) and issubclass(a, BaseModel) for a in args) > 1:
+            return value  # which model a table is, is validation's to decide (none of the configuration's has paths)
+        for arg in args:
             out = _walk(arg, value, base)
             if out is not value:
                 return out

@@ -161,8 +161,8 @@ def host_port(listen: str) -> tuple[str, int]:
         if ":" in host:
             raise ValueError(f"{listen!r}: an IPv6 address goes in brackets: [{host}]:{port}")
         if not host or any(c.isspace() for c in host):
-            raise ValueError(f"{listen!r}: no host name or address before the port (0.0.0.0 or [::] for every "
-                             "interface)")
+            raise ValueError(f"{listen!r}: no host name or address before the port (0.0.0.0 for every IPv4 "
+                             "interface, [::] for every IPv6 one)")
     if not port.isascii() or not port.isdigit():
         raise ValueError(f"{listen!r}: port {port!r} is not a number")
     if not 0 <= int(port) <= 65535:
