@@ -106,6 +106,34 @@ def maintenance_config(cfg: SiteConfig):
     return mcfg if (mcfg.assets or mcfg.rules) else None
 
 
+def notify_secrets(mcfg) -> tuple[str | None, list]:
+    """The alert notifiers' secrets resolved (``maintenance.notify``): the MQTT password and each webhook's
+    `maintenance.notify.WebhookTarget`; `ConfigError` listing every reference that cannot be read. Called when the
+    gateway is built and by `edge.service.preflight`: resolved only inside the running task, an unset one passed
+    check-config and a reload, then killed live analytics at every watchdog restart."""
+    if mcfg is None:
+        return None, []
+    from edge.errors import ConfigError
+    from edge.secrets import resolve_secret
+
+    n = mcfg.notify
+    problems: list[str] = []
+    password, targets = None, []
+    if n.mqtt is not None and n.mqtt.password:
+        try:
+            password = resolve_secret(n.mqtt.password, where="maintenance.notify.mqtt.password")
+        except ConfigError as exc:
+            problems += exc.problems
+    for i, w in enumerate(n.webhooks):
+        try:
+            targets.append(w.target(f"maintenance.notify.webhooks[{i}]"))
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    return password, targets
+
+
 class Analytics:
     def __init__(self, cfg: SiteConfig, metrics: Metrics, emit, conninfo: str | None):
         from emissions.config import StackConfig
@@ -118,6 +146,7 @@ class Analytics:
         self.conninfo = conninfo
         mcfg = maintenance_config(cfg)
         self.mcfg = mcfg
+        self._notify_secrets = notify_secrets(mcfg)  # read again by each new gateway: a reload rotates them
         self.maintenance = (MaintenanceLive(mcfg, dsn=conninfo, metrics=metrics, state_dir=cfg.site.state_dir)
                             if mcfg else None)
         if self.maintenance is not None:
@@ -274,13 +303,10 @@ class Analytics:
         # for good). The outboxes' queues are kept: changes waiting in them are still sent.
         queues = [box.queue for box in self._outboxes]
         self.notifiers = []
+        password, targets = self._notify_secrets
         if n.mqtt is not None:
-            from edge.secrets import resolve_secret
-
-            password = (resolve_secret(n.mqtt.password, where="maintenance.notify.mqtt.password")
-                        if n.mqtt.password else None)
             self.notifiers.append(MqttNotifier(n.mqtt, password))
-        self.notifiers += [WebhookNotifier(w) for w in n.webhooks]
+        self.notifiers += [WebhookNotifier(w, t) for w, t in zip(n.webhooks, targets, strict=True)]
         self._outboxes = [_Outbox(n, queues[i] if i < len(queues) else asyncio.Queue(maxsize=NOTIFY_QUEUE_GROUPS))
                           for i, n in enumerate(self.notifiers)]
 

@@ -52,7 +52,7 @@ def demo_config(state_dir: Path, opcua_port: int, mqtt_host: str, mqtt_port: int
             c["endpoint"] = f"opc.tcp://127.0.0.1:{opcua_port}/valvoja/sim"
         elif c["kind"] == "mqtt":
             c["host"], c["port"] = mqtt_host, mqtt_port
-    return settings.parse(data, source=str(path))
+    return settings.parse(settings.relative_to_file(data, path.resolve().parent), source=str(path))
 
 
 async def _open_alerts(conninfo: str) -> int | None:

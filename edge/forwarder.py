@@ -263,19 +263,21 @@ class Forwarder:
         try:
             # Not screened here (the hot path): the database's refusal is the signal, and `_write_apart` sets NUL
             # texts aside at once, so such a group costs one failed transaction, not a split.
-            result = await sink.write(batches)
+            result = self._committed(await sink.write(batches))
         except DATA_ERRORS as exc:
             if not sink.connected:
                 raise  # the connection went with it: an outage, retried as one
             result = await self._write_apart(batches, sink, exc)
         self.metrics.db_write_seconds.observe(time.perf_counter() - t0)
+        self._account(batches, result)
         rollup = (result.tag_ids, result.minutes) if result.minutes else None
         note = await self.worker.call(self.worker.spool.delete, [b.seq for b in batches], rollup)
         if note is not None:
             self.dirty_note = max(note, self.dirty_note or 0)
         self.heartbeat = time.monotonic()
         self._working()
-        self._account(batches, result)
+        self.metrics.spool_records.set(self.worker.spool.readings)
+        self.metrics.spool_bytes.set(self.worker.spool.bytes)
 
     async def _write_apart(self, batches: list[SpooledBatch], sink: TimescaleSink,
                            exc: BaseException) -> WriteResult:
@@ -304,7 +306,7 @@ class Forwarder:
         extras = [SpooledBatch(b.seq, cols.take([]), b.dead_letters, b.created, b.records) for b in batches
                   if b.dead_letters or b.records]
         if extras:
-            total.add(await sink.write(extras))
+            total.add(self._committed(await sink.write(extras)))
         nul = _nul_rows(cols)
         if nul:  # refused for certain: set aside at once (a PLC's NUL-padded strings would otherwise cost a split)
             nul_error = ValueError("a text with a NUL character (PostgreSQL text cannot hold one)")
@@ -326,7 +328,7 @@ class Forwarder:
         if not len(cols):
             return
         try:
-            total.add(await sink.write([SpooledBatch(0, cols, [], 0.0)]))
+            total.add(self._committed(await sink.write([SpooledBatch(0, cols, [], 0.0)])))
             self.heartbeat = time.monotonic()  # a long split is progress, not a stall (edge/watchdog.py)
             return
         except DATA_ERRORS as exc:
@@ -347,16 +349,20 @@ class Forwarder:
         await self._write(batches)
         return True
 
-    def _account(self, batches, result: WriteResult) -> None:
-        now_us = to_us(utcnow())
+    def _committed(self, result: WriteResult) -> WriteResult:
+        """Count what a transaction committed (``valvoja_readings_stored_total``, /healthz), right at its COMMIT
+        with no await in between: counted later, a write cancelled after it (a watchdog restart, the shutdown
+        flush's deadline: while the spool thread deletes the group, or between the parts of a refused group) lost
+        the count of readings that were stored (written again, they come back as duplicates)."""
         self.stored += result.inserted
         self.duplicates += result.duplicates
         self.metrics.readings_out.inc(result.inserted)
+        return result
+
+    def _account(self, batches, result: WriteResult) -> None:
+        now_us = to_us(utcnow())
         for kind, _ in result.refused:
             self.metrics.records_refused.labels(kind).inc()
-        spool = self.worker.spool
-        self.metrics.spool_records.set(spool.readings)
-        self.metrics.spool_bytes.set(spool.bytes)
         for b in batches:
             times = b.columns.time_us
             if not times.size:
@@ -426,6 +432,23 @@ class RollupWorker:
                     log.debug("rollup refresh failed: %s", error)
                 await self.sink.close()
                 await asyncio.sleep(self.backoff.next_delay())
+            except sqlite3.Error as exc:
+                # The spool's notes of the work owed could not be read or marked done: another process holds the
+                # spool's lock ("database is locked": a backup, the sqlite3 shell) or the disk fails. It escaped this
+                # loop: the task died, the watchdog restarted it and it died again every round, with a traceback
+                # each time. The database connection is fine; the work stays owed (in the spool and here).
+                await self._spool_error(exc)
+
+    async def _spool_error(self, exc: sqlite3.Error) -> None:
+        """Say a spool failure once per kind (`rollup_error`; `rollup_resumed` when a refresh works again), count
+        it in ``valvoja_spool_write_errors_total``, and back off."""
+        self.fwd.metrics.spool_errors.inc()
+        error = f"spool: {type(exc).__name__}: {exc}".strip()
+        if error != self.error:
+            log.error("rollup refresh cannot use the spool, retrying with back-off (raw readings are stored): %s",
+                      error, extra={"event": "rollup_error"})
+            self.error = error
+        await asyncio.sleep(self.backoff.next_delay())
 
     async def refresh_once(self) -> None:
         fwd = self.fwd

@@ -78,32 +78,39 @@ class Gateway:
         self.spool = Spool(cfg.spool_path, max_bytes=cfg.spool.max_bytes, policy=cfg.spool.full_policy,
                            synchronous=cfg.spool.synchronous)
         self.worker = SpoolWorker(self.spool)
-        self.validator = Validator(cfg.tag_map(), cfg.validation,
-                                   on_flagged=lambda rule, n: self.metrics.readings_flagged.labels(rule).inc(n))
-        self.ingest = Ingest(self.worker, self.validator, self.metrics, queue_batches=cfg.spool.queue_batches)
-        self.forwarder = (Forwarder(self.worker, self.conninfo, cfg, self.metrics, self.ingest.spooled)
-                          if self.conninfo else None)
-        self.rollups = RollupWorker(self.forwarder, self.conninfo, cfg.database) if self.forwarder else None
-        self.collectors: dict[str, object] = {}
-        for kind, name, ccfg in cfg.collector_configs:
-            ctx = CollectorContext(name=name, state_dir=state / "collectors" / name, metrics=self.metrics,
-                                   state=SourceState(self.worker, name))
-            self.collectors[name] = module_for(kind).build(ccfg, ctx)
-        host, port = cfg.http.listen.rsplit(":", 1)
-        self.http = (HealthServer(host, int(port) if http_port is None else http_port, health=self.health,
-                                  metrics=self._render_metrics) if cfg.http.enabled else None)
-        self._tasks: dict[str, asyncio.Task] = {}
-        # Watchdog hooks (edge/service.py): how to start each task again, the monotonic time of each
-        # collector's last sign of life, and problems that make /healthz fail until they clear.
-        self._factories: dict[str, Callable[[], Awaitable[None]]] = {}
-        self.progress: dict[str, float] = {}
-        self.problems: dict[str, str] = {}
-        self.shutdown_flush_s = SHUTDOWN_FLUSH_S
-        self.started = time.monotonic()
-        self.ready = asyncio.Event()
-        # Extra long-running jobs (analytics, the emissions averaging job) run and stop with the collectors.
-        self.background: list[Callable[[], Awaitable[None]]] = []
-        self.analytics = self._build_analytics()
+        try:
+            self.validator = Validator(cfg.tag_map(), cfg.validation,
+                                       on_flagged=lambda rule, n: self.metrics.readings_flagged.labels(rule).inc(n))
+            self.ingest = Ingest(self.worker, self.validator, self.metrics, queue_batches=cfg.spool.queue_batches)
+            self.forwarder = (Forwarder(self.worker, self.conninfo, cfg, self.metrics, self.ingest.spooled)
+                              if self.conninfo else None)
+            self.rollups = RollupWorker(self.forwarder, self.conninfo, cfg.database) if self.forwarder else None
+            self.collectors: dict[str, object] = {}
+            for kind, name, ccfg in cfg.collector_configs:
+                ctx = CollectorContext(name=name, state_dir=state / "collectors" / name, metrics=self.metrics,
+                                       state=SourceState(self.worker, name))
+                self.collectors[name] = module_for(kind).build(ccfg, ctx)
+            host, port = cfg.http.address
+            self.http = (HealthServer(host, int(port) if http_port is None else http_port, health=self.health,
+                                      metrics=self._render_metrics) if cfg.http.enabled else None)
+            self._tasks: dict[str, asyncio.Task] = {}
+            # Watchdog hooks (edge/service.py): how to start each task again, the monotonic time of each
+            # collector's last sign of life, and problems that make /healthz fail until they clear.
+            self._factories: dict[str, Callable[[], Awaitable[None]]] = {}
+            self.progress: dict[str, float] = {}
+            self.problems: dict[str, str] = {}
+            self.shutdown_flush_s = SHUTDOWN_FLUSH_S
+            self.started = time.monotonic()
+            self.ready = asyncio.Event()
+            # Extra long-running jobs (analytics, the emissions averaging job) run and stop with the collectors.
+            self.background: list[Callable[[], Awaitable[None]]] = []
+            self.analytics = self._build_analytics()
+        except BaseException:
+            # Nothing runs yet to close them: a reload whose gateway could not be built (a collector, a model that
+            # does not load) left the spool's SQLite connection open at every SIGHUP, beside the gateway started again.
+            self.spool.close()
+            self.worker.shutdown()
+            raise
 
     def _build_analytics(self):
         if not (self.cfg.maintenance or self.cfg.rules or self.cfg.stacks):

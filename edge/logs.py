@@ -47,6 +47,7 @@ def setup(level: str = "INFO", fmt: str = "json", stream=None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Libraries log every reconnect attempt at INFO/WARNING; the runtime logs outages once.
-    for noisy in ("asyncua", "asyncio", "uvicorn.access"):
+    # Libraries log every reconnect attempt at INFO/WARNING; the runtime logs outages once. httpx logs every request
+    # with its whole URL at INFO ("HTTP Request: POST <url>"): a webhook's token in its path or query with it.
+    for noisy in ("asyncua", "asyncio", "uvicorn.access", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.WARNING))

@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import AfterValidator, Field
 
 from edge.errors import ConfigError
+from edge.paths import REF
 
 PREFIXES = ("env:", "file:")
 
@@ -29,7 +30,8 @@ def _check_reference(value: str) -> str:
 
 # The one type for every secret field of every config section (database URL, MQTT and OPC UA passwords,
 # notification credentials): validated at load, resolved by `resolve_secret` only when it is used.
-SecretRef = Annotated[str, AfterValidator(_check_reference),
+# A relative file: path is taken from the configuration file's folder (edge.paths, REF).
+SecretRef = Annotated[str, AfterValidator(_check_reference), REF,
                       Field(description="env:NAME or file:/path; never the secret itself")]
 
 

@@ -43,7 +43,6 @@ from edge.errors import ConfigError
 from edge.gateway import SHUTDOWN_FLUSH_S, Gateway, database_conninfo
 from edge.loopwatch import LoopWatch
 from edge.metrics import Metrics
-from edge.secrets import resolve_secret
 from edge.settings import SiteConfig
 from edge.watchdog import Watchdog
 
@@ -81,17 +80,13 @@ def preflight(cfg: SiteConfig) -> None:
         database_conninfo(cfg)
     except ConfigError as exc:
         problems += exc.problems
-    # The alert notification password is resolved inside the running analytics task (edge/analytics.py): unchecked
-    # here, an unset one passed check-config and a reload, then killed live analytics at every watchdog restart.
-    from edge.analytics import maintenance_config
+    # The alert notifiers' secrets (MQTT password, webhook URLs and headers): edge/analytics.py.
+    from edge.analytics import maintenance_config, notify_secrets
 
-    mcfg = maintenance_config(cfg)
-    notify = mcfg.notify.mqtt if mcfg is not None else None
-    if notify is not None and notify.password:
-        try:
-            resolve_secret(notify.password, where="maintenance.notify.mqtt.password")
-        except ConfigError as exc:
-            problems += exc.problems
+    try:
+        notify_secrets(maintenance_config(cfg))
+    except ConfigError as exc:
+        problems += exc.problems
     metrics = Metrics()  # throw-away: no labels leak into the running gateway's metrics
     for kind, name, ccfg in cfg.collector_configs:
         ctx = CollectorContext(name=name, state_dir=Path(cfg.site.state_dir) / "collectors" / name, metrics=metrics)
@@ -362,6 +357,9 @@ async def _release(gw: Gateway) -> None:
     try:
         if gw.http:
             await gw.http.close()
+    except Exception as exc:  # the spool is closed all the same
+        log.debug("cleanup after a failed start: %r", exc)
+    try:
         await gw.worker.call(gw.spool.close)
     except Exception as exc:
         log.debug("cleanup after a failed start: %r", exc)

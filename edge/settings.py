@@ -10,11 +10,12 @@ Secrets are never literal: fields holding them accept only ``env:NAME`` or ``fil
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import tomllib
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -27,6 +28,7 @@ from pydantic import (
 )
 
 from edge.errors import ConfigError
+from edge.paths import PATH, REF, resolve_relative
 from edge.secrets import SecretRef
 
 
@@ -39,7 +41,7 @@ class Strict(BaseModel):
 class Site(Strict):
     name: str = "valvoja"
     gateway_id: str = Field("gw-1", pattern=r"^[A-Za-z0-9_.-]+$")
-    state_dir: Path = Path("var")
+    state_dir: Annotated[Path, PATH] = Path("var")
 
 
 class Calibration(Strict):
@@ -83,7 +85,7 @@ class Tag(Strict):
 class Database(Strict):
     """TimescaleDB / PostgreSQL. Without ``url`` the gateway runs spool-only (the demo embeds one)."""
 
-    url: str | None = Field(None, description="postgresql://user@host:port/db (no password here)")
+    url: Annotated[str, REF] | None = Field(None, description="postgresql://user@host:port/db (no password here)")
     password: SecretRef | None = None
     batch_rows: int = Field(20_000, ge=1, le=1_000_000)
     writers: int = Field(2, ge=1, le=8, description="database connections writing readings side by side")
@@ -122,7 +124,7 @@ class Database(Strict):
 class Spool(Strict):
     """Durable store-and-forward buffer (SQLite, WAL)."""
 
-    path: Path | None = None  # default: <state_dir>/spool.db
+    path: Annotated[Path, PATH] | None = None  # default: <state_dir>/spool.db
     max_bytes: int = Field(2_000_000_000, ge=1_000_000)
     # reject_new: stop acknowledging upstream (MQTT keeps messages on the broker) and refuse
     #             new readings, which keeps the oldest data; drop_oldest: delete the oldest
@@ -140,17 +142,48 @@ class Validation(Strict):
     flag_unknown_tags: bool = True
 
 
+def host_port(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPV6]:PORT`` as (host, port), the host without brackets; ValueError saying what is
+    wrong. A bare IPv6 address cannot be told from its port, so it must be in brackets (as in a URL)."""
+    if listen.startswith("["):
+        addr, sep, port = listen[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{listen!r}: write [IPV6-ADDRESS]:PORT, e.g. [::1]:9108 (no port after the brackets)")
+        try:
+            ipaddress.IPv6Address(addr)
+        except ValueError:
+            raise ValueError(f"{listen!r}: {addr!r} in brackets is not an IPv6 address") from None
+        host = addr
+    else:
+        host, sep, port = listen.rpartition(":")
+        if not sep:
+            raise ValueError(f"{listen!r}: write HOST:PORT, e.g. 127.0.0.1:9108 (no port)")
+        if ":" in host:
+            raise ValueError(f"{listen!r}: an IPv6 address goes in brackets: [{host}]:{port}")
+        if not host or any(c.isspace() for c in host):
+            raise ValueError(f"{listen!r}: no host name or address before the port (0.0.0.0 for every IPv4 "
+                             "interface, [::] for every IPv6 one)")
+    if not port.isascii() or not port.isdigit():
+        raise ValueError(f"{listen!r}: port {port!r} is not a number")
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"port {port} is not a TCP port (0-65535; 0 picks a free one)")
+    return host, int(port)
+
+
 class Http(Strict):
-    listen: str = Field("127.0.0.1:9108", pattern=r"^[^:]+:\d+$")
+    listen: str = Field("127.0.0.1:9108", description="HOST:PORT, or [IPV6]:PORT (e.g. [::1]:9108)")
     enabled: bool = True
 
     @field_validator("listen")
     @classmethod
-    def _port_in_range(cls, v: str) -> str:
-        port = int(v.rsplit(":", 1)[1])
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port {port} is not a TCP port (0-65535; 0 picks a free one)")
+    def _host_port(cls, v: str) -> str:
+        host_port(v)
         return v
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) to listen on; an IPv6 host without its brackets."""
+        return host_port(self.listen)
 
 
 class Logging(Strict):
@@ -367,12 +400,44 @@ def load(path: str | Path) -> SiteConfig:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    cfg = parse(data, source=str(path))
-    # Relative paths in the file are relative to the file, not to the working directory.
-    base = path.resolve().parent
-    site = cfg.site
-    if not site.state_dir.is_absolute():
-        object.__setattr__(site, "state_dir", (base / site.state_dir))
-    if cfg.spool.path is not None and not cfg.spool.path.is_absolute():
-        object.__setattr__(cfg.spool, "path", base / cfg.spool.path)
-    return cfg
+    return parse(relative_to_file(data, path.resolve().parent), source=str(path))
+
+
+def relative_to_file(data: dict, base: Path) -> dict:
+    """The file's data with every relative path (fields marked `edge.paths.PATH`, ``file:`` references) taken from
+    ``base``, the configuration file's folder, in every section: the site's own, each collector's (by its kind),
+    ``[maintenance]`` and ``[[stacks]]``. Not the working directory: systemd and docker start the gateway elsewhere
+    (state_dir and spool.path alone were taken from the file, a pki_dir or a ``file:`` secret from the process)."""
+    import importlib
+
+    from collectors.registry import KINDS, module_for
+
+    data = dict(data)
+    if isinstance(data.get("site", {}), dict):
+        data["site"] = data.get("site", {})  # so that the default state_dir ("var") is the file's folder's too
+    out = resolve_relative(SiteConfig, data, base)
+    if isinstance(out.get("collectors"), list):
+        out["collectors"] = [
+            resolve_relative(module_for(c["kind"]).Config, c, base)
+            if isinstance(c, dict) and c.get("kind") in KINDS and _importable(module_for, c["kind"]) else c
+            for c in out["collectors"]]
+    owned = [("maintenance", "maintenance.config", "MaintenanceConfig"), *OWNED_SECTIONS]
+    for key, module_name, attr in owned:
+        section = out.get(key)
+        try:
+            model = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError):
+            continue  # `parse` says so
+        if isinstance(section, dict):
+            out[key] = resolve_relative(model, section, base)
+        elif isinstance(section, list):
+            out[key] = [resolve_relative(model, e, base) if isinstance(e, dict) else e for e in section]
+    return out
+
+
+def _importable(module_for, kind: str) -> bool:
+    try:
+        module_for(kind)
+    except ImportError:
+        return False  # `parse` names it
+    return True

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edge.paths import ConfigPath
 from emissions import units
 from emissions.regimes import DEFAULT_MIN_VALID_SHARE, IED_CI_PERCENT, REGIME_DEFAULTS
 
@@ -80,7 +81,7 @@ class PemsLink(Strict):
     # Live PEMS (emissions.pems_live): the champion of ``model_id`` in the models registry (models/, trained and
     # registered by `valvoja emissions pems train`), and which tag feeds each model input.
     model_id: str | None = Field(None, min_length=1)  # e.g. "pems-nox"
-    registry: str = "var/models"  # registry directory (model.onnx + card.json per version)
+    registry: ConfigPath = "var/models"  # registry directory (model.onnx + card.json per version)
     registry_db: bool = False  # its index is the site database's model_registry table (else <registry>/index.json)
     inputs: dict[str, str] = {}  # model feature -> tag
     # How often the registry is asked for a new champion (hot swap); the gateway asks off the event loop.

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from edge.paths import ConfigPath
 from maintenance.alerts import AlertPolicy
 from maintenance.indicators import STATS
 from maintenance.iso20816 import ZoneConfig
@@ -61,8 +62,8 @@ class RulAssetConfig(BaseModel):
     """Remaining useful life of an asset from a RUL model (``maintenance.rul_export``: exported or registered)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    model_dir: str | None = Field(None, description="a version directory (model.onnx + card.json)")
-    registry: str | None = Field(None, description="model registry directory: serve the champion of model_id")
+    model_dir: ConfigPath | None = Field(None, description="a version directory (model.onnx + card.json)")
+    registry: ConfigPath | None = Field(None, description="model registry directory: serve the champion of model_id")
     model_id: str | None = None
     registry_db: bool = Field(False, description="the registry's index is the site database's model_registry table "
                                                  "(else <registry>/index.json)")

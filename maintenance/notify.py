@@ -20,27 +20,121 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
+from typing import Annotated
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
 import paho.mqtt.client as mqtt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edge.secrets import SecretRef
+from edge.errors import ConfigError
+from edge.paths import REF
+from edge.secrets import SecretRef, is_reference, resolve_secret
 from maintenance.alerts import AlertChange
 
 log = logging.getLogger(__name__)
 
+# Header names whose value is a credential whatever it holds: only a reference is accepted for them.
+_CREDENTIAL_HEADER = re.compile(r"(^|[-_])(authorization|auth|cookie|token|secret|password|passwd|api[-_]?key|key)"
+                                r"($|[-_])", re.IGNORECASE)
+
+
+def _url_problem(url: str) -> str | None:
+    """What makes ``url`` unusable as a webhook address (never repeating a password in it), or None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return "is not a valid URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL with a host"
+    return None
+
+
+def _origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``: where it goes, without credentials, path or query."""
+    parts = urlsplit(url)
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
 
 class WebhookConfig(BaseModel):
+    """One webhook receiver. ``url`` is the address, or a reference (``env:NAME`` / ``file:PATH``) to one when it
+    carries a credential (a token in its path or query, ``user:password@``); a header value may be a reference too,
+    and must be one for a credential header (``Authorization``, ``X-Api-Key``, ...). Resolved at start-up
+    (`target`), never shown: logs name the receiver by the reference and its ``scheme://host:port``."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
-    url: str
+    url: Annotated[str, REF] = Field(description="http(s) URL, or env:NAME / file:PATH holding it")
     events: tuple[str, ...] = ("raised", "escalated", "cleared")
     timeout_s: float = Field(5.0, gt=0)
     attempts: int = Field(3, ge=1, le=10)
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, Annotated[str, REF]] = Field(default_factory=dict, description="values may be env:NAME or "
+                                                                                      "file:PATH references")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if is_reference(v):
+            return v
+        problem = _url_problem(v)
+        if problem:
+            raise ValueError(problem + " (or an env:NAME / file:PATH reference to one)")
+        if urlsplit(v).password is not None:
+            raise ValueError("contains a password (user:password@); put the whole URL in an env:NAME or file:PATH "
+                             "reference")
+        return v
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if _CREDENTIAL_HEADER.search(name) and not is_reference(value):
+                raise ValueError(f"{name}: a credential; give it as a reference env:NAME or file:/path, never the "
+                                 "value itself")
+        return v
+
+    def target(self, where: str = "webhook") -> WebhookTarget:
+        """The URL and headers with their references resolved; `ConfigError` naming ``where`` and the key (never
+        the value) when one cannot be read or the URL read is not usable."""
+        url = resolve_secret(self.url, where=f"{where}.url") if is_reference(self.url) else self.url
+        problem = _url_problem(url)
+        if problem:
+            raise ConfigError(f"{where}.url: the value of {self.url} {problem}")
+        headers = {k: resolve_secret(v, where=f"{where}.headers.{k}") if is_reference(v) else v
+                   for k, v in self.headers.items()}
+        if is_reference(self.url):
+            name = f"webhook {self.url} ({_origin(url)})"
+        else:  # written in the file, so not a secret: the path helps; the query is left out (it may carry a key)
+            parts = urlsplit(url)
+            name = f"webhook {_origin(url)}{parts.path}"
+        # What an error message must never repeat: the URL and its parts that may be a credential, and every
+        # header value read from a reference.
+        parts = urlsplit(url)
+        secrets = [url, parts.password, parts.query, parts.path if is_reference(self.url) else None,
+                   *(headers[k] for k, v in self.headers.items() if is_reference(v))]
+        return WebhookTarget(url=url, headers=headers, name=name,
+                             secrets=tuple(s for s in secrets if s and len(s) > 1))
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookTarget:
+    """A webhook's resolved address and headers (secrets: never in its repr) and its name for logs."""
+
+    url: str = field(repr=False)
+    headers: dict[str, str] = field(repr=False)
+    name: str
+    secrets: tuple[str, ...] = field(repr=False, default=())
+
+    def scrub(self, text: str) -> str:
+        """``text`` (an error message) without any of the resolved secrets."""
+        for s in sorted(self.secrets, key=len, reverse=True):
+            text = text.replace(s, "***")
+        return text
 
 
 class MqttNotifyConfig(BaseModel):
@@ -74,10 +168,16 @@ class WebhookNotifier:
 
     RETRY_BASE_S = 0.5
 
-    def __init__(self, cfg: WebhookConfig) -> None:
+    def __init__(self, cfg: WebhookConfig, target: WebhookTarget | None = None) -> None:
+        """``target``: the resolved address (`WebhookConfig.target`, done at start-up by the gateway); resolved
+        here when not given (`ConfigError` when a reference cannot be read)."""
         self.cfg = cfg
-        self.name = f"webhook {cfg.url.split('?', 1)[0]}"  # for logs: no query string (it may carry a key)
-        self.client = httpx.AsyncClient(timeout=cfg.timeout_s, headers=cfg.headers)
+        self._target = target or cfg.target()
+        self.name = self._target.name
+        self.client = httpx.AsyncClient(timeout=cfg.timeout_s, headers=self._target.headers)
+
+    def __repr__(self) -> str:
+        return f"<WebhookNotifier {self.name}>"
 
     async def send(self, ch: AlertChange) -> tuple[bool, str]:
         if ch.event not in self.cfg.events:
@@ -85,7 +185,7 @@ class WebhookNotifier:
         error = ""
         for attempt in range(self.cfg.attempts):
             try:
-                r = await self.client.post(self.cfg.url, content=payload(ch),
+                r = await self.client.post(self._target.url, content=payload(ch),
                                            headers={"content-type": "application/json"})
                 if 200 <= r.status_code < 300:
                     return True, f"HTTP {r.status_code}"
@@ -93,10 +193,11 @@ class WebhookNotifier:
                 if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
                     error = Refused(error)
             except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"
+                # httpx may quote the URL (an invalid one, a redirect): the detail goes to logs and alert_events.
+                error = self._target.scrub(f"{type(exc).__name__}: {exc}")
             if attempt + 1 < self.cfg.attempts:
                 await asyncio.sleep(self.RETRY_BASE_S * 2**attempt)
-        log.warning("webhook %s failed for alert %s: %s", self.cfg.url, ch.alert.id, error)
+        log.warning("%s failed for alert %s: %s", self.name, ch.alert.id, error)
         return False, error
 
     async def aclose(self) -> None:

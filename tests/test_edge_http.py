@@ -78,3 +78,65 @@ async def test_connections_beyond_the_limit_are_closed_at_once(monkeypatch):
         assert (await _get(s.port)).startswith(b"HTTP/1.1 200")
     finally:
         await s.close()
+
+
+def _ipv6_loopback() -> str | None:
+    """Why IPv6 loopback cannot be used here, or None when it can."""
+    import socket
+
+    if not socket.has_ipv6:
+        return "Python built without IPv6"
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError as exc:
+        return f"no IPv6 loopback on this machine ({exc.strerror})"
+    return None
+
+
+async def test_http_listen_takes_a_bracketed_ipv6_address(tmp_path):
+    """``http.listen = "[::1]:9108"`` was refused by the configuration's pattern (one colon only), so a gateway could
+    not serve /healthz on an IPv6-only network or loopback; the gateway's split at the last colon would also have
+    handed "[::1]" with its brackets to the socket layer."""
+    import pytest
+
+    from edge.gateway import Gateway
+    from edge.settings import SiteConfig
+
+    why = _ipv6_loopback()
+    if why:
+        pytest.skip(why)
+    cfg = SiteConfig.model_validate({"site": {"state_dir": str(tmp_path)}, "http": {"listen": "[::1]:0"}})
+    assert cfg.http.address == ("::1", 0)
+    gw = Gateway(cfg)
+    stop = asyncio.Event()
+    task = asyncio.create_task(gw.run(stop))
+    try:
+        await asyncio.wait_for(gw.ready.wait(), 10)
+        r, w = await asyncio.open_connection("::1", gw.http.port)
+        w.write(b"GET /healthz HTTP/1.1\r\nHost: [::1]\r\n\r\n")
+        got = await asyncio.wait_for(r.read(), 5)
+        w.close()
+        assert got.startswith(b"HTTP/1.1 200"), got[:200]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+
+def test_http_listen_addresses_accepted_and_refused():
+    from pydantic import ValidationError
+
+    from edge.settings import Http
+
+    assert Http(listen="127.0.0.1:9108").address == ("127.0.0.1", 9108)
+    assert Http(listen="[::]:9108").address == ("::", 9108)
+    assert Http(listen="[fe80::1%eth0]:80").address == ("fe80::1%eth0", 80)
+    assert Http(listen="gateway.local:1").address == ("gateway.local", 1)
+    for bad, says in [("::1:9108", "brackets"), ("[::1]", "port"), ("[nonsense]:80", "IPv6"),
+                      ("[::1]:70000", "0-65535"), ("127.0.0.1", "port"), (":9108", "host")]:
+        try:
+            Http(listen=bad)
+        except ValidationError as exc:
+            assert says in str(exc), (bad, str(exc))
+        else:
+            raise AssertionError(f"{bad!r} was accepted")

@@ -151,3 +151,92 @@ def test_collector_problems_name_the_entry_once(tmp_path):
     assert out.returncode == 1
     assert f"{path}: collectors (plant).password: environment variable VALVOJA_TEST_UNSET_PW is not set" in out.stderr
     assert out.stderr.count("collectors (plant)") == 1, out.stderr
+
+
+def test_relative_paths_and_file_secrets_are_taken_from_the_config_files_folder(tmp_path, monkeypatch):
+    """state_dir and spool.path were taken from the configuration file's folder, but a relative ``file:`` secret,
+    an MQTT CA file, an OPC UA pki_dir / certificate / private key, a RUL model_dir and a PEMS registry were taken
+    from the working directory: a gateway started by systemd or docker in another folder failed on them, or read
+    another file of the same name."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from certs import CertificateAuthority
+
+    from edge.gateway import database_conninfo
+    from edge.service import preflight
+
+    site = tmp_path / "etc"
+    (site / "secrets").mkdir(parents=True)
+    (site / "secrets" / "db").write_text("db-secret\n")
+    (site / "secrets" / "mqtt").write_text("mqtt-secret\n")
+    ca = CertificateAuthority(site / "certs")
+    client = ca.issue("opc", client=True)
+    (site / "models" / "rul").mkdir(parents=True)
+    (site / "models" / "rul" / "model.onnx").write_bytes(b"x")
+    (site / "models" / "rul" / "card.json").write_text("{}")
+    (site / "site.toml").write_text(f"""
+[site]
+state_dir = "var"
+
+[database]
+url = "postgresql://valvoja@127.0.0.1:5432/valvoja"
+password = "file:secrets/db"
+
+[[collectors]]
+kind = "mqtt"
+name = "plant"
+username = "gw"
+client_id = "gw-1"
+password = "file:secrets/mqtt"
+tls = {{ ca_file = "certs/{ca.cert_path.name}" }}
+[[collectors.subscriptions]]
+topic = "plant/#"
+
+[[collectors]]
+kind = "opcua"
+name = "line"
+endpoint = "opc.tcp://127.0.0.1:4840"
+pki_dir = "pki"
+security_policy = "Basic256Sha256"
+security_mode = "Sign"
+certificate = "certs/{client.cert.name}"
+private_key = "certs/{client.key.name}"
+[[collectors.nodes]]
+node_id = "ns=2;s=X"
+tag = "X"
+
+[[maintenance.assets]]
+name = "ENG-1"
+[maintenance.assets.rul]
+model_dir = "models/rul"
+sensors = ["ENG-1.s1"]
+cycle_s = 60.0
+""")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # where systemd or docker start the process
+    cfg = settings.load(Path("..") / "etc" / "site.toml")  # a relative path to the file itself, too
+    assert cfg.site.state_dir == site / "var" and cfg.spool_path == site / "var" / "spool.db"
+    assert "password=db-secret" in database_conninfo(cfg)
+    preflight(cfg)  # reads the MQTT secret and CA file, the OPC UA private key
+    by_name = {name: c for _, name, c in cfg.collector_configs}
+    assert by_name["plant"].password == f"file:{site / 'secrets' / 'mqtt'}"
+    assert by_name["plant"].tls.ca_file == str(ca.cert_path)
+    line = by_name["line"]
+    assert (line.pki_dir, line.certificate, line.private_key) == (str(site / "pki"), str(client.cert),
+                                                                  str(client.key))
+    assert cfg.maintenance["assets"][0]["rul"]["model_dir"] == str(site / "models" / "rul")
+
+
+def test_a_relative_pems_registry_and_its_default_are_taken_from_the_config_files_folder(tmp_path, monkeypatch):
+    from emissions.config import StackConfig
+
+    sample = (Path(__file__).parents[1] / "emissions" / "sample.toml").read_text()
+    (tmp_path / "site.toml").write_text(sample)
+    monkeypatch.chdir("/")
+    cfg = settings.load(tmp_path / "site.toml")
+    links = [p.pems for s in cfg.stacks for p in StackConfig.model_validate(s).pollutants if p.pems is not None]
+    assert links, "emissions/sample.toml has a pems link"
+    for link in links:
+        assert Path(link.registry).is_absolute() and Path(link.registry).is_relative_to(tmp_path), link.registry

@@ -61,6 +61,21 @@ def test_a_late_reading_after_retention_does_not_shrink_the_rollup_of_its_bucket
     assert hour >= 60
 
 
+def _slow_delete(spool: Spool):
+    """Make the spool's delete linger in its thread after deleting (the moment a write is cancelled there): the
+    event set once it deleted, and the original method to put back."""
+    started, original = threading.Event(), spool.delete
+
+    def slow_delete(seqs, rollup=None):
+        note = original(seqs, rollup)
+        started.set()
+        time.sleep(0.5)  # the cancellation arrives while the spool thread is here
+        return note
+
+    spool.delete = slow_delete
+    return started, original
+
+
 def test_rollups_owed_by_a_write_cancelled_after_its_spool_delete_are_still_made(pg_dsn, tmp_path):
     """A write cancelled (shutdown, a watchdog restart, another writer's failure) while the spool thread runs its
     delete: the batches are gone and the note of the rollups they owe is in the spool, but the forwarder never
@@ -70,15 +85,7 @@ def test_rollups_owed_by_a_write_cancelled_after_its_spool_delete_are_still_made
     async def go():
         spool = Spool(tmp_path / "spool.db", max_bytes=100 << 20)
         worker = SpoolWorker(spool)
-        started, original = threading.Event(), spool.delete
-
-        def slow_delete(seqs, rollup=None):
-            note = original(seqs, rollup)
-            started.set()
-            time.sleep(0.5)  # the cancellation arrives while the spool thread is here
-            return note
-
-        spool.delete = slow_delete
+        started, original = _slow_delete(spool)
         await worker.call(spool.append_many, [(_cols("owed.a", t0, 30), [])])
         fwd = Forwarder(worker, pg_dsn, SiteConfig(), Metrics(), asyncio.Event())
         await fwd._connect()
@@ -295,3 +302,130 @@ def test_a_write_the_database_breaks_off_leaves_no_pending_task_behind(pg_dsn, t
     assert not [m for m in leaked if "destroyed but it is pending" in m], leaked
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 20
+
+
+def test_readings_committed_by_a_write_cancelled_during_its_spool_delete_are_counted_stored(pg_dsn, tmp_path):
+    """The watchdog (or a shutdown) cancels a write after its COMMIT, while the spool thread deletes the batch: the
+    delete completes in its thread, so the readings are in the database and gone from the spool, but
+    ``valvoja_readings_stored_total`` (and /healthz's readings_stored) were only counted after the delete returned:
+    readings stored without a count, for good (a replay of a batch whose delete failed counts as duplicates)."""
+    t0 = (utcnow() - timedelta(hours=1)).replace(second=0, microsecond=0)
+
+    async def go():
+        spool = Spool(tmp_path / "spool.db", max_bytes=100 << 20)
+        worker = SpoolWorker(spool)
+        started, original = _slow_delete(spool)
+        await worker.call(spool.append_many, [(_cols("count.a", t0, 30), [])])
+        metrics = Metrics()
+        fwd = Forwarder(worker, pg_dsn, SiteConfig(), metrics, asyncio.Event())
+        await fwd._connect()
+        write = asyncio.create_task(fwd.drain_once(linger=False))
+        assert await asyncio.to_thread(started.wait, 30)
+        write.cancel()
+        await asyncio.gather(write, return_exceptions=True)
+        await asyncio.sleep(0.7)  # the delete finishes in its thread
+        spool.delete = original
+        assert not await fwd.drain_once(linger=False), "the batch was deleted by the cancelled write"
+        await fwd.close()
+        worker.shutdown()
+        return metrics.readings_out._value.get(), fwd.stored
+
+    counted, stored = asyncio.run(go())
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 30
+    assert counted == 30 and stored == 30, f"30 readings committed, {counted} counted ({stored} in /healthz)"
+
+
+def test_a_locked_spool_makes_the_rollups_wait_quietly_instead_of_dying(pg_dsn, tmp_path, caplog):
+    """Another process holding the spool's write lock (a backup with the sqlite3 shell, a stuck checkpoint) made the
+    rollups' note update raise sqlite3.OperationalError "database is locked", which the rollup task did not catch:
+    it died, the watchdog restarted it, it died again the next round, each time with a traceback. It backs off with
+    one log line and a count, and catches up once the lock is gone."""
+    import logging
+    import sqlite3
+
+    t0 = (utcnow() - timedelta(hours=1)).replace(second=0, microsecond=0)
+    cfg = SiteConfig.model_validate({"database": {"rollup_interval_s": 0.05}})
+
+    async def go():
+        spool = Spool(tmp_path / "spool.db", max_bytes=100 << 20)
+        worker = SpoolWorker(spool)
+        await worker.call(spool._db.execute, "PRAGMA busy_timeout=50")  # fail fast instead of after 10 s
+        await worker.call(spool.append_many, [(_cols("locked.a", t0, 30), [])])
+        metrics = Metrics()
+        fwd = Forwarder(worker, pg_dsn, cfg, metrics, asyncio.Event())
+        await fwd._connect()
+        assert await fwd.drain_once(linger=False)
+        assert await worker.call(spool.rollup_pending) is not None
+        other = sqlite3.connect(tmp_path / "spool.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # the write lock, as another process would hold it
+        rollups = RollupWorker(fwd, pg_dsn, fwd.db)
+        rollups.backoff.initial_s = rollups.backoff.max_s = 0.05
+        task = asyncio.create_task(rollups.run())
+        try:
+            await until(lambda: metrics.spool_errors._value.get() >= 3 or task.done(), what="locked rounds")
+            assert not task.done(), f"the rollup task died: {task.exception()!r}"
+            other.execute("ROLLBACK")
+            await until(lambda: any(getattr(r, "event", "") == "rollup_resumed" for r in caplog.records),
+                        what="the rollups resumed")
+            left = await worker.call(spool.rollup_pending)
+        finally:
+            other.close()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await rollups.close()
+            await fwd.close()
+            worker.shutdown()
+        return left
+
+    with caplog.at_level(logging.DEBUG, logger="edge.forwarder"):
+        left = asyncio.run(go())
+    assert left is None, "the rollups owed were not marked done after the lock went"
+    assert _minute(pg_dsn, "locked.a", t0) is not None
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "locked" in errors[0].getMessage(), [r.getMessage() for r in errors]
+    assert errors[0].exc_info is None, "a traceback for an expected condition"
+
+
+def test_parts_of_a_refused_group_committed_before_a_cancel_are_counted_stored(pg_dsn, tmp_path):
+    """A group the database refuses for one reading is written in parts, each in its own transaction; a cancel in the
+    middle (the shutdown flush's deadline, a watchdog restart) lost the count of the parts already committed: the
+    group is written again later, those parts come back as duplicates and were never counted stored."""
+    t0 = (utcnow() - timedelta(hours=1)).replace(second=0, microsecond=0)
+
+    async def go():
+        spool = Spool(tmp_path / "spool.db", max_bytes=100 << 20)
+        worker = SpoolWorker(spool)
+        cols = _cols("split.a", t0, 64)
+        cols.time_us[40] = -300_000_000_000_000_000  # ~9,500 years BC: PostgreSQL's "timestamp out of range"
+        await worker.call(spool.append_many, [(cols, [])])
+        metrics = Metrics()
+        fwd = Forwarder(worker, pg_dsn, SiteConfig(), metrics, asyncio.Event())
+        await fwd._connect()
+        committed, original = threading.Event(), fwd.sink.write
+
+        async def linger_after_a_commit(batches):
+            if committed.is_set():
+                await asyncio.sleep(5)  # the next part, after one committed: the cancel arrives here
+            result = await original(batches)
+            if result.inserted:
+                committed.set()
+            return result
+
+        fwd.sink.write = linger_after_a_commit
+        write = asyncio.create_task(fwd.drain_once(linger=False))
+        await until(committed.is_set, what="the first part committed")
+        await asyncio.sleep(0.2)
+        write.cancel()
+        await asyncio.gather(write, return_exceptions=True)
+        fwd.sink.write = original
+        assert await fwd.drain_once(linger=False)  # the group again, whole
+        await fwd.close()
+        worker.shutdown()
+        return metrics.readings_out._value.get(), metrics.readings_refused._value.get()
+
+    counted, refused = asyncio.run(go())
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+    assert rows == 63 and refused >= 1
+    assert counted == 63, f"63 readings committed, {counted} counted stored"

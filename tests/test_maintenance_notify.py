@@ -269,3 +269,115 @@ async def test_notifications_go_on_after_the_watchdog_restarts_analytics():
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """Takes every POST and keeps (path, Authorization header)."""
+
+    seen: typing.ClassVar[list[tuple[str, str | None]]] = []
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["content-length"]))
+        _Recorder.seen.append((self.path, self.headers.get("authorization")))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+async def test_webhook_url_and_header_values_come_from_references(tmp_path, monkeypatch):
+    """A webhook's URL (its token) and header values (Authorization) could only be written literally in the site
+    file: ``env:`` / ``file:`` were sent as they are ("Authorization: env:HOOK_AUTH"; a ``file:`` URL refused by
+    httpx). Now both are references resolved at start, and the secret is in no name, message or repr."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Recorder.seen = []
+    token = "s3cr3t-path-token"
+    (tmp_path / "hook_url").write_text(f"http://127.0.0.1:{server.server_address[1]}/hooks/{token}?key=q-{token}\n")
+    monkeypatch.setenv("HOOK_AUTH", f"Bearer {token}-auth")
+    import io
+    import logging
+
+    from edge import logs
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    out = io.StringIO()
+    logs.setup("INFO", "text", stream=out)  # as the gateway logs: httpx said "HTTP Request: POST <url>" at INFO
+    try:
+        cfg = WebhookConfig(url=f"file:{tmp_path / 'hook_url'}", headers={"Authorization": "env:HOOK_AUTH"})
+        n = WebhookNotifier(cfg)
+        ok, detail = await n.send(_raised())
+        await n.aclose()
+    finally:
+        root.handlers[:], root.level = saved
+        server.shutdown()
+        server.server_close()
+    assert ok, detail
+    assert _Recorder.seen == [(f"/hooks/{token}?key=q-{token}", f"Bearer {token}-auth")]
+    for text in (n.name, repr(n), repr(cfg), str(cfg), out.getvalue()):
+        assert token not in text, text
+
+
+async def test_a_failing_webhook_says_so_without_its_secrets(tmp_path, monkeypatch, caplog):
+    """The failure log line carried the whole URL (``self.cfg.url``, query string and all) although the notifier's
+    name left the query out because "it may carry a key"; a user:password@ or a token in the path went to the logs
+    and into alert_events."""
+    import logging
+
+    token = "s3cr3t-path-token"
+    port = free_port()  # nothing listens
+    monkeypatch.setenv("HOOK_URL", f"http://hook:pw-{token}@127.0.0.1:{port}/hooks/{token}?key=q-{token}")
+    monkeypatch.setattr(WebhookNotifier, "RETRY_BASE_S", 0.01)
+    for url in (f"http://127.0.0.1:{port}/hooks?key=q-{token}", "env:HOOK_URL"):
+        caplog.clear()
+        n = WebhookNotifier(WebhookConfig(url=url, attempts=2, timeout_s=1))
+        with caplog.at_level(logging.DEBUG):
+            ok, detail = await n.send(_raised())
+        await n.aclose()
+        assert not ok
+        assert f"127.0.0.1:{port}" in n.name, n.name  # says where it goes
+        for text in (detail, n.name, caplog.text):
+            assert token not in text, (url, text)
+
+
+def test_webhook_credentials_written_in_the_file_are_refused():
+    import pydantic
+    import pytest
+
+    with pytest.raises(pydantic.ValidationError, match="password"):
+        WebhookConfig(url="https://alerts:hunter2@hooks.example.com/x")
+    with pytest.raises(pydantic.ValidationError, match="env:NAME"):
+        WebhookConfig(url="https://hooks.example.com/x", headers={"Authorization": "Bearer abc"})
+    with pytest.raises(pydantic.ValidationError, match="http"):
+        WebhookConfig(url="ftp://hooks.example.com/x")
+    ok = WebhookConfig(url="https://hooks.example.com/x", headers={"Authorization": "file:/run/secrets/hook",
+                                                                     "X-Source": "valvoja"})
+    assert ok.headers["X-Source"] == "valvoja"
+
+
+def test_check_config_resolves_the_webhook_references(tmp_path, monkeypatch):
+    """An unset variable behind a webhook's URL or header passed check-config and a SIGHUP reload, and failed only
+    when live analytics started its notifiers (the task died at every watchdog restart)."""
+    import pytest
+
+    from edge import settings
+    from edge.errors import ConfigError
+    from edge.service import preflight
+
+    monkeypatch.delenv("HOOK_AUTH_UNSET", raising=False)
+    (tmp_path / "site.toml").write_text("""
+[[maintenance.assets]]
+name = "P-1"
+process_tags = ["P-1.t"]
+
+[[maintenance.notify.webhooks]]
+url = "https://hooks.example.com/alerts"
+headers = { Authorization = "env:HOOK_AUTH_UNSET" }
+""")
+    cfg = settings.load(tmp_path / "site.toml")
+    with pytest.raises(ConfigError) as err:
+        preflight(cfg)
+    assert any("maintenance.notify.webhooks[0].headers.Authorization" in p and "HOOK_AUTH_UNSET" in p
+               for p in err.value.problems), err.value.problems

@@ -103,3 +103,61 @@ def test_a_reload_that_moves_the_spool_away_from_waiting_readings_is_rejected(tm
     finally:
         pub.close()
         gw.kill()
+
+
+def _spool_fds(state) -> int:
+    """Open file descriptors of this process on the spool's files (spool.db, -wal, -shm)."""
+    import os
+
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        n += target.startswith(str(state / "spool.db"))
+    return n
+
+
+def test_a_reload_whose_gateway_fails_to_build_leaves_no_spool_connection_open(tmp_path):
+    """A new configuration that passes the checks but whose gateway cannot be built (here a RUL model_dir with a
+    damaged card.json: the model is loaded when live analytics is built, which the reload's checks do not do) left
+    the new gateway's spool open: its SQLite connection (three file descriptors with the WAL) and its spool thread,
+    at every such SIGHUP, beside the previous configuration started again."""
+    import asyncio
+    import threading
+
+    from edge.service import Service
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.onnx").write_bytes(b"not a model")
+    (model / "card.json").write_text("{ damaged")
+    config = tmp_path / "site.toml"
+    good = SPOOL_ONLY.replace("{HTTP_PORT}", "0")
+    config.write_text(good)
+    bad = good + f"""
+[[maintenance.assets]]
+name = "ENG-1"
+[maintenance.assets.rul]
+model_dir = "{model}"
+sensors = ["ENG-1.s1"]
+cycle_s = 60.0
+"""
+
+    async def go():
+        svc = Service(config)
+        svc._stop = asyncio.Event()
+        await svc._start_gateway(svc.cfg)
+        before = _spool_fds(tmp_path / "var"), sum(t.name.startswith("spool") for t in threading.enumerate())
+        config.write_text(bad)
+        for _ in range(3):
+            assert not await svc.reload()
+        after = _spool_fds(tmp_path / "var"), sum(t.name.startswith("spool") for t in threading.enumerate())
+        assert svc.gateway is not None and not svc._stop.is_set(), "the previous configuration runs again"
+        await svc._stop_gateway(10, 1)
+        return before, after
+
+    before, after = asyncio.run(go())
+    assert before[0] >= 1
+    assert after == before, f"(spool fds, spool threads) {before} before 3 failed reloads, {after} after"

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from collectors.mqtt.topics import TagTemplate, TopicFilter
+from edge.paths import ConfigPath
 from edge.secrets import SecretRef
 
 TimeFormat = Literal["auto", "iso8601", "epoch_s", "epoch_ms", "epoch_us", "epoch_ns"]
@@ -90,9 +91,9 @@ class Tls(Strict):
     """TLS towards the broker. The server certificate is always verified against ``ca_file``
     (or the system's CAs when it is not given)."""
 
-    ca_file: str | None = Field(None, description="PEM CA bundle; None = the system trust store")
-    cert_file: str | None = Field(None, description="client certificate (PEM) for mutual TLS")
-    key_file: str | None = Field(None, description="client private key (PEM)")
+    ca_file: ConfigPath | None = Field(None, description="PEM CA bundle; None = the system trust store")
+    cert_file: ConfigPath | None = Field(None, description="client certificate (PEM) for mutual TLS")
+    key_file: ConfigPath | None = Field(None, description="client private key (PEM)")
     insecure: bool = Field(False, description="skip the host-name check (the chain is still verified)")
 
     @model_validator(mode="after")

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 from asyncua import ua
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edge.paths import ConfigPath
 from edge.secrets import SecretRef
 
 
@@ -65,19 +66,20 @@ class Connection(Strict):
     password: SecretRef | None = None
     security_policy: Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"] = "None"
     security_mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
-    pki_dir: str | None = Field(None, description="own certificate, trusted/ and rejected/; default <state>/pki")
+    pki_dir: ConfigPath | None = Field(None, description="own certificate, trusted/ and rejected/; default <state>/pki")
     trust_on_first_use: bool = False
     check_host_name: bool = Field(True, description="refuse a server certificate whose host names do not include "
                                                     "the endpoint's host (OPC UA Part 4 6.1.3)")
     application_uri: str | None = Field(None, description="default urn:valvoja:<host>:<collector name>")
-    certificate: str | None = Field(None, description="a site-issued client certificate (PEM/DER) instead of "
+    certificate: ConfigPath | None = Field(None, description="a site-issued client certificate (PEM/DER) instead of "
                                                       "the generated one; with private_key")
-    private_key: str | None = None
+    private_key: ConfigPath | None = None
     private_key_password: SecretRef | None = Field(None, description="password of an encrypted private_key: "
                                                                      "env:NAME or file:/path")
-    user_certificate: str | None = Field(None, description="X.509 user identity: the user's certificate (PEM/DER), "
-                                                           "with user_private_key; instead of username")
-    user_private_key: str | None = None
+    user_certificate: ConfigPath | None = Field(None, description="X.509 user identity: the user's certificate "
+                                                                  "(PEM/DER), with user_private_key; instead of "
+                                                                  "username")
+    user_private_key: ConfigPath | None = None
     user_private_key_password: SecretRef | None = Field(None, description="password of an encrypted "
                                                                           "user_private_key: env:NAME or file:/path")
 
