@@ -5,7 +5,7 @@ invalid-day count are current) what a report of one local day or month shows: th
 per pollutant, its sub-averages (hours or half-hours for a day, days for a month), the rule outcomes
 whose windows touch the period, exceedance events, substituted periods, why data was invalid, mass
 totals and the QAL3 chart states. `emissions.report_html` renders it; `write_csv` writes the
-averages and events as CSV.
+averages, events and notes as CSV.
 """
 
 from __future__ import annotations
@@ -188,7 +188,9 @@ def _num(x: float | None, digits: int = 4) -> str:
 
 
 def write_csv(rep: Report, path: Path) -> list[Path]:
-    """Averages (summary, then sub-averages) to ``path``; events to ``<stem>_events.csv``."""
+    """Averages (summary, then sub-averages) to ``path``; events to ``<stem>_events.csv``; the report's notes (an
+    incomplete period, results recomputed from late data) to ``<stem>_notes.csv``, written even when there are none
+    so that a system reading the export can tell "no notes" from "notes not exported"."""
     sha = rep.cfg.fingerprint()
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -208,4 +210,9 @@ def write_csv(rep: Report, path: Path) -> list[Path]:
             w.writerow([e.stack, e.pollutant, e.rule, e.kind, e.period, periods.iso(e.start, "UTC"),
                         periods.iso(e.end, "UTC"), _num(e.value), _num(e.limit), _num(e.elv), e.breach,
                         e.provisional])
-    return [path, ev_path]
+    notes_path = path.with_name(path.stem + "_notes.csv")
+    with notes_path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(("stack", "note"))
+        w.writerows([rep.cfg.name, note] for note in rep.notes)
+    return [path, ev_path, notes_path]

@@ -8,6 +8,7 @@ touched (`edge.sink.rollups.refresh`, what the forwarder's rollup task runs afte
 
 from __future__ import annotations
 
+import csv
 import logging
 import uuid
 from datetime import UTC, datetime
@@ -125,6 +126,11 @@ async def test_readings_drained_after_the_year_end_run_recompute_the_closed_year
                          "2025-12", "--out", str(tmp_path)]) == 0
         html = (tmp_path / f"emissions_{cfg.name}_2025-12.html").read_text()
         assert "were recomputed at" in html and "late data: 240 readings of 2025 arrived after" in html
+        # The CSV export goes to systems that never see the HTML: the same notes, one row each.
+        with (tmp_path / f"emissions_{cfg.name}_2025-12_notes.csv").open() as fh:
+            notes = list(csv.DictReader(fh))
+        assert [r["stack"] for r in notes] == [cfg.name] * len(notes)
+        assert any("late data: 240 readings of 2025 arrived after" in r["note"] for r in notes)
 
 
 async def test_a_closed_year_without_late_readings_is_not_recomputed(conn, pg_dsn, caplog):
