@@ -34,6 +34,11 @@ SYNC_INTERVAL_S = 15.0
 NOTIFY_QUEUE_GROUPS = 1000  # groups of alert changes waiting for the notifiers
 NOTIFY_RETRY_MIN_S = 1.0  # a change a receiver did not take is sent again after this, doubling up to the max
 NOTIFY_RETRY_MAX_S = 60.0
+# Is an escalated alert acknowledged in the console already? One bounded question per group of changes; after the
+# database failed to answer it is not asked again for a while (escalations are then sent, marked unverified).
+ACK_CHECK_TIMEOUT_S = 3.0
+ACK_RECHECK_S = 15.0
+ACK_CHECK_FRESH_S = 5.0
 SOURCE = "analytics"
 
 
@@ -149,6 +154,7 @@ class Analytics:
         # Batches waiting in the spool (the gateway sets it): tells "not written yet" from "never will be".
         self.spool_pending = None
         self._missing_drained: set[str] = set()
+        self._db_down_until = 0.0  # time.monotonic(): the database did not answer; not asked again before
 
     @property
     def enabled(self) -> bool:
@@ -293,32 +299,62 @@ class Analytics:
                             box.dropped, extra={"event": "notify_resumed"})
                 box.dropped = 0
 
-    async def _acknowledged_in_store(self, alert_id: str) -> bool:
-        """Whether the alert is acknowledged in the database (the console), which this gateway learns only at its
-        next sync; False when it cannot tell (no database, or not reachable: the notification goes out)."""
-        if not self.conninfo:
-            return False
+    async def _taken_in_store(self, alert_ids: list[str]) -> set[str] | None:
+        """Which of ``alert_ids`` are acknowledged or cleared in the database (the console), which this gateway
+        learns only at its next sync; None when it cannot tell (no database, not reachable, not answering).
+
+        One query for all, bounded by `ACK_CHECK_TIMEOUT_S`; after a failure the database is not asked again for
+        `ACK_RECHECK_S` (nor after a failed sync): a database that does not answer cost a 5 s connect timeout per
+        escalation and per receiver, in the receiver's queue, so 100 alerts escalating in a network cut held every
+        later notification (new critical alerts too) for over 8 minutes."""
+        if not self.conninfo or not alert_ids:
+            return set()
+        if time.monotonic() < self._db_down_until:
+            return None
+
+        async def ask() -> set[str]:
+            async with await psycopg.AsyncConnection.connect(
+                    self.conninfo, connect_timeout=max(2, int(ACK_CHECK_TIMEOUT_S)), autocommit=True,
+                    options=f"-c statement_timeout={int(ACK_CHECK_TIMEOUT_S * 1000)}") as conn:
+                cur = await conn.execute("SELECT id FROM alerts WHERE id = ANY(%s)"
+                                         " AND (acknowledged_at IS NOT NULL OR cleared_at IS NOT NULL)",
+                                         (list(alert_ids),))
+                return {r[0] for r in await cur.fetchall()}
+
         try:
-            async with await psycopg.AsyncConnection.connect(self.conninfo, connect_timeout=5,
-                                                             autocommit=True) as conn:
-                cur = await conn.execute("SELECT acknowledged_at IS NOT NULL FROM alerts WHERE id = %s", (alert_id,))
-                row = await cur.fetchone()
-        except (psycopg.Error, OSError) as exc:
-            log.debug("acknowledgement of alert %s not checked: %s", alert_id, exc)
-            return False
-        return bool(row and row[0])
+            taken = await asyncio.wait_for(ask(), ACK_CHECK_TIMEOUT_S)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            self._db_down_until = time.monotonic() + ACK_RECHECK_S
+            log.warning("acknowledgement of %d escalated alert(s) not checked (database: %s); notified anyway",
+                        len(alert_ids), exc or type(exc).__name__, extra={"event": "notify_unverified"})
+            return None
+        self._db_down_until = 0.0
+        return taken
 
     async def _notify(self, n, changes: list) -> None:
         from maintenance.notify import Refused
 
-        for ch in changes:
-            if ch.event == "escalated" and await self._acknowledged_in_store(ch.alert.id):
-                # Acknowledged in the console since the last sync: the store does not take this escalation
-                # (maintenance.store.apply_changes), and nobody should be paged for an alert someone has taken.
-                self.metrics.notifications.labels("skipped").inc()
-                log.info("escalation of alert %s not notified to %s: acknowledged in the console", ch.alert.id,
-                         n.name, extra={"event": "notify_skipped", "asset": ch.alert.asset})
-                continue
+        taken: set[str] | None = set()
+        asked = -ACK_CHECK_FRESH_S
+        for i, ch in enumerate(changes):
+            if ch.event == "escalated":
+                if time.monotonic() - asked >= ACK_CHECK_FRESH_S:
+                    # The escalations of the rest of the group in one question (asked again when sending the group
+                    # has taken a while: a receiver that was down).
+                    taken = await self._taken_in_store([c.alert.id for c in changes[i:] if c.event == "escalated"])
+                    asked = time.monotonic()
+                if taken is not None and ch.alert.id in taken:
+                    # Acknowledged (or cleared) in the console since the last sync: the store does not take this
+                    # escalation (maintenance.store.apply_changes), and nobody should be paged for an alert someone
+                    # has taken.
+                    self.metrics.notifications.labels("skipped").inc()
+                    log.info("escalation of alert %s not notified to %s: acknowledged in the console", ch.alert.id,
+                             n.name, extra={"event": "notify_skipped", "asset": ch.alert.asset})
+                    continue
+                if taken is None:
+                    # Cannot tell: sent (a page for an alert someone took is better than none for one nobody took),
+                    # saying so to the receiver.
+                    ch = dataclasses.replace(ch, detail={**ch.detail, "acknowledgement": "unverified"})
             # A change the receiver did not take (down, unreachable, 5xx) stays at the head of its queue and is sent
             # again with back-off until it is delivered: trying each change once lost everything that happened
             # while a receiver restarted. Later changes wait behind it (in order); the queue's bound drops new ones
@@ -384,6 +420,7 @@ class Analytics:
                                                              autocommit=True) as conn:
                 await self.sync_once(conn)
         except (psycopg.Error, OSError) as exc:
+            self._db_down_until = time.monotonic() + ACK_RECHECK_S  # escalations do not wait for it either
             log.debug("analytics sync skipped: %s", exc)
 
     async def sync_once(self, conn: psycopg.AsyncConnection) -> None:

@@ -13,7 +13,8 @@ the loop or need a thread pool for the same.
 MQTT uses paho-mqtt 2 with QoS 1 on ``<prefix>/<asset>/<kind>`` (not retained: a board that connects
 later reads the table, not the broker; ``#``, ``+`` and ``/`` in the asset or kind become ``_`` in the
 topic). Payload (both channels): JSON with ``event`` (raised, updated, escalated, cleared), the alert's
-fields and its evidence.
+fields and its evidence, and ``detail`` (an escalation: ``unacknowledged_s``, and ``acknowledgement``
+``"unverified"`` when the gateway could not ask the database whether someone had acknowledged it meanwhile).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ _TOPIC_RESERVED = str.maketrans({c: "_" for c in "#+/\0"})
 
 def payload(ch: AlertChange) -> bytes:
     body = {"event": ch.event, "occurrences": ch.occurrences, "escalation_level": ch.escalation_level,
-            **asdict(ch.alert)}
+            **asdict(ch.alert), "detail": ch.detail}
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
 
 

@@ -269,3 +269,73 @@ async def test_notifications_go_on_after_the_watchdog_restarts_analytics():
     finally:
         server.shutdown()
         server.server_close()
+
+
+async def test_escalations_go_out_at_once_while_the_database_does_not_answer(own_pg_server):
+    """Before an escalation is sent the gateway asks the database whether the console acknowledged the alert
+    meanwhile. With the database not answering (SIGSTOP: a hung server or a cut network path) each question waited
+    for a 5 s connect timeout, one escalation after the other and per receiver, in the receiver's queue: a plant-wide
+    escalation of 12 alerts held every later notification (a new alert too) for a minute, 100 alerts for over 8.
+    Now one bounded question per group, not asked again for a while after it failed; the escalations are sent,
+    marked as not checked against the console (``detail.acknowledgement``)."""
+    import os
+    import signal
+    import time
+
+    import psycopg
+
+    from edge.analytics import Analytics
+    from edge.db.migrate import migrate
+    from edge.metrics import Metrics
+    from edge.records import Reading
+    from edge.settings import SiteConfig
+
+    dsn = own_pg_server.create_database()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        migrate(conn)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Receiver.bodies, _Receiver.fail_first = [], 0
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    n = 12
+    site = SiteConfig(rules=[{"name": f"hi{i}", "tag": f"P{i}.p", "kind": "threshold", "high": 10.0}
+                             for i in range(n + 1)],
+                      maintenance={"alerts": {"clear_after_s": 600, "escalate_after_s": 60},
+                                   "notify": {"webhooks": [{"url": url}]}})
+
+    async def emit(batch):
+        pass
+
+    async def received(count: int, within: float) -> float:
+        start = time.monotonic()
+        for _ in range(int(within / 0.05)):
+            if len(_Receiver.bodies) >= count:
+                break
+            await asyncio.sleep(0.05)
+        return time.monotonic() - start
+
+    an = Analytics(site, Metrics(), emit, dsn)
+    task = asyncio.create_task(an.run())
+    stopped = False
+    try:
+        t0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+        an.offer([Reading(f"P{i}.p", t0, 20.0, t0) for i in range(n)], t0)
+        await received(n, 15)
+        assert [b["event"] for b in _Receiver.bodies] == ["raised"] * n
+        os.kill(own_pg_server.proc.pid, signal.SIGSTOP)
+        stopped = True
+        t1 = t0.replace(minute=1, second=1)  # every alert unacknowledged for 61 s: all escalate
+        an.offer([Reading("P0.p", t1, 20.0, t1), Reading(f"P{n}.p", t1, 20.0, t1)], t1)  # and a new alert
+        took = await received(2 * n + 1, 40)
+        events = [(b["asset"], b["event"]) for b in _Receiver.bodies[n:]]
+        assert events[0] == (f"P{n}", "raised") and sorted(events[1:]) == sorted((f"P{i}", "escalated")
+                                                                                 for i in range(n))
+        assert took < 10, f"{n} escalations and a new alert took {took:.0f} s to reach the receiver"
+        assert {b["detail"].get("acknowledgement") for b in _Receiver.bodies[n + 1:]} == {"unverified"}
+    finally:
+        if stopped:
+            os.kill(own_pg_server.proc.pid, signal.SIGCONT)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        server.shutdown()
+        server.server_close()
