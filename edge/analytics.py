@@ -93,11 +93,13 @@ async def write_records(conn: psycopg.AsyncConnection, records: list[tuple[str, 
 # -- the live analytics task -------------------------------------------------------------------
 @dataclass(slots=True)
 class _Outbox:
-    """One notifier's queue of alert-change groups, and how many changes it dropped while full."""
+    """One notifier's queue of alert-change groups ``(changes, seqs)``, and how many changes it dropped while full.
+    ``seqs``: the changes' rows in the outbox file (`maintenance.outbox`), or None where it could not be written."""
 
     notifier: object
     queue: asyncio.Queue
     dropped: int = 0
+    key: str = ""  # the receiver's name in the outbox file
 
 
 def maintenance_config(cfg: SiteConfig):
@@ -123,6 +125,7 @@ class Analytics:
         self.conninfo = conninfo
         mcfg = maintenance_config(cfg)
         self.mcfg = mcfg
+        self.state_dir = cfg.site.state_dir
         self.maintenance = (MaintenanceLive(mcfg, dsn=conninfo, metrics=metrics, state_dir=cfg.site.state_dir)
                             if mcfg else None)
         if self.maintenance is not None:
@@ -155,6 +158,9 @@ class Analytics:
         self.spool_pending = None
         self._missing_drained: set[str] = set()
         self._db_down_until = 0.0  # time.monotonic(): the database did not answer; not asked again before
+        self._outbox_file = None  # maintenance.outbox.Outbox: the changes not taken yet, kept across restarts
+        self._outbox_restored = False
+        self._outbox_error: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -230,6 +236,9 @@ class Analytics:
                 rul.write(data)
             for n in self.notifiers:
                 await n.aclose()
+            if self._outbox_file is not None:
+                self._outbox_file.close()
+                self._outbox_file = None
 
     async def process(self, readings: list[Reading]) -> None:
         """Run every analysis on one group of readings and send what it produced to the spool."""
@@ -259,15 +268,21 @@ class Analytics:
         self.alert_changes += len(changes)
         await self.emit(Batch(SOURCE, derived, records=records))
         for box in self._outboxes if changes else ():
-            try:
-                box.queue.put_nowait(changes)
-            except asyncio.QueueFull:
+            events = getattr(getattr(box.notifier, "cfg", None), "events", None)
+            mine = [c for c in changes if c.event != "suppressed" and (events is None or c.event in events)]
+            if not mine:
+                continue
+            if not box.queue.full():
+                # On disk before it is queued: a stop of the gateway (reload, upgrade, crash) with the receiver down
+                # lost every change waiting for it; the next start sends them first (`_start_notifiers`).
+                box.queue.put_nowait((mine, await self._outbox_add(box.key, mine)))
+            else:
                 if not box.dropped:
                     log.error("alert notifications to %s are %d groups behind (the receiver is down or slow); "
                               "dropping new ones until it catches up (the alerts themselves are stored)",
                               box.notifier.name, box.queue.qsize(), extra={"event": "notify_behind"})
-                box.dropped += len(changes)
-                self.metrics.notifications.labels("dropped").inc(len(changes))
+                box.dropped += len(mine)
+                self.metrics.notifications.labels("dropped").inc(len(mine))
 
     def _start_notifiers(self) -> None:
         if self.mcfg is None:
@@ -289,11 +304,66 @@ class Analytics:
         self.notifiers += [WebhookNotifier(w) for w in n.webhooks]
         self._outboxes = [_Outbox(n, queues[i] if i < len(queues) else asyncio.Queue(maxsize=NOTIFY_QUEUE_GROUPS))
                           for i, n in enumerate(self.notifiers)]
+        names: dict[str, int] = {}
+        for box in self._outboxes:  # two receivers of one name (the same URL twice) keep their rows apart
+            names[box.notifier.name] = names.get(box.notifier.name, 0) + 1
+            box.key = box.notifier.name + (f" #{names[box.notifier.name]}" if names[box.notifier.name] > 1 else "")
+        self._open_outbox_file()
+
+    def _open_outbox_file(self) -> None:
+        """Open ``<state_dir>/notify_outbox.db`` and, at the first start only (a watchdog restart keeps its queues),
+        queue what each receiver had not taken when the gateway stopped, before anything new."""
+        from maintenance.outbox import OUTBOX_FILE, Outbox
+
+        if not self._outboxes or self._outbox_file is not None:
+            return
+        try:
+            self._outbox_file = Outbox(self.state_dir / OUTBOX_FILE)
+            if self._outbox_restored:
+                return
+            self._outbox_restored = True
+            gone = self._outbox_file.forget_others({box.key for box in self._outboxes})
+            if gone:
+                log.warning("%d alert notifications for receivers no longer configured were dropped", gone,
+                            extra={"event": "notify_receiver_gone"})
+            for box in self._outboxes:
+                rows = self._outbox_file.pending(box.key)
+                if rows:
+                    box.queue.put_nowait(([ch for _, ch in rows], [seq for seq, _ in rows]))
+                    log.info("%d alert notifications to %s left from before the restart are sent first", len(rows),
+                             box.notifier.name, extra={"event": "notify_restored"})
+        except Exception as exc:  # notifications still go out, from memory only
+            self._outbox_failed(exc)
+
+    def _outbox_failed(self, exc: BaseException) -> None:
+        if self._outbox_error != type(exc).__name__:
+            self._outbox_error = type(exc).__name__
+            log.error("alert notification outbox %s not usable; notifications waiting for a receiver are lost if "
+                      "the gateway stops: %s", self.state_dir, exc, extra={"event": "notify_outbox_error"})
+
+    async def _outbox_add(self, key: str, changes: list) -> list[int] | None:
+        if self._outbox_file is None:
+            return None
+        try:
+            seqs = await asyncio.to_thread(self._outbox_file.add, [(key, ch) for ch in changes])
+        except Exception as exc:
+            self._outbox_failed(exc)
+            return None
+        self._outbox_error = None
+        return seqs
+
+    async def _outbox_done(self, seq: int | None) -> None:
+        if seq is None or self._outbox_file is None:
+            return
+        try:
+            await asyncio.to_thread(self._outbox_file.done, [seq])
+        except Exception as exc:
+            self._outbox_failed(exc)
 
     async def _notify_loop(self, box: _Outbox) -> None:
         while True:
-            changes = await box.queue.get()
-            await self._notify(box.notifier, changes)
+            changes, seqs = await box.queue.get()
+            await self._notify(box.notifier, changes, seqs)
             if box.dropped and box.queue.empty():
                 log.warning("alert notifications to %s caught up; %d changes were not notified", box.notifier.name,
                             box.dropped, extra={"event": "notify_resumed"})
@@ -331,7 +401,9 @@ class Analytics:
         self._db_down_until = 0.0
         return taken
 
-    async def _notify(self, n, changes: list) -> None:
+    async def _notify(self, n, changes: list, seqs: list[int] | None = None) -> None:
+        """Send ``changes`` to ``n`` in order; each one taken, refused or skipped is forgotten from the outbox file
+        (``seqs``: their rows)."""
         from maintenance.notify import Refused
 
         taken: set[str] | None = set()
@@ -350,6 +422,7 @@ class Analytics:
                     self.metrics.notifications.labels("skipped").inc()
                     log.info("escalation of alert %s not notified to %s: acknowledged in the console", ch.alert.id,
                              n.name, extra={"event": "notify_skipped", "asset": ch.alert.asset})
+                    await self._outbox_done(seqs[i] if seqs else None)
                     continue
                 if taken is None:
                     # Cannot tell: sent (a page for an alert someone took is better than none for one nobody took),
@@ -381,6 +454,7 @@ class Analytics:
                     break
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, NOTIFY_RETRY_MAX_S)
+            await self._outbox_done(seqs[i] if seqs else None)
 
     async def _save_loop(self) -> None:
         """Every ``state_save_s``, save the RUL assets' kept cycles when a closed cycle's own save failed (the

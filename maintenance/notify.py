@@ -12,7 +12,8 @@ the loop or need a thread pool for the same.
 
 MQTT uses paho-mqtt 2 with QoS 1 on ``<prefix>/<asset>/<kind>`` (not retained: a board that connects
 later reads the table, not the broker; ``#``, ``+`` and ``/`` in the asset or kind become ``_`` in the
-topic). Payload (both channels): JSON with ``event`` (raised, updated, escalated, cleared), the alert's
+topic). Payload (both channels): JSON with ``event`` (raised, updated, escalated, cleared), ``notification_id``
+(the same for every copy of one change: receivers drop repeats by it), the alert's
 fields and its evidence, and ``detail`` (an escalation: ``unacknowledged_s``, and ``acknowledgement``
 ``"unverified"`` when the gateway could not ask the database whether someone had acknowledged it meanwhile).
 """
@@ -20,6 +21,7 @@ fields and its evidence, and ``detail`` (an escalation: ``unacknowledged_s``, an
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
 from dataclasses import asdict
@@ -64,9 +66,20 @@ class Refused(str):
 _TOPIC_RESERVED = str.maketrans({c: "_" for c in "#+/\0"})
 
 
+def notification_id(ch: AlertChange) -> str:
+    """The same for every copy of one change (retries, a re-send after a restart), different for two changes: what
+    the alert is, what happened to it and when, hashed. Receivers drop repeats by it (payload ``notification_id``,
+    webhook header ``Idempotency-Key``)."""
+    a = ch.alert
+    when = a.cleared_at if ch.event == "cleared" else ch.escalated_at if ch.event == "escalated" else ch.last_seen
+    key = "|".join(str(x) for x in (a.id, ch.event, ch.escalation_level, ch.occurrences, a.severity,
+                                    (when or a.raised_at).timestamp()))  # the same instant in any time zone
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
 def payload(ch: AlertChange) -> bytes:
-    body = {"event": ch.event, "occurrences": ch.occurrences, "escalation_level": ch.escalation_level,
-            **asdict(ch.alert), "detail": ch.detail}
+    body = {"event": ch.event, "notification_id": notification_id(ch), "occurrences": ch.occurrences,
+            "escalation_level": ch.escalation_level, **asdict(ch.alert), "detail": ch.detail}
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
 
 
@@ -87,7 +100,8 @@ class WebhookNotifier:
         for attempt in range(self.cfg.attempts):
             try:
                 r = await self.client.post(self.cfg.url, content=payload(ch),
-                                           headers={"content-type": "application/json"})
+                                           headers={"content-type": "application/json",
+                                                    "idempotency-key": notification_id(ch)})
                 if 200 <= r.status_code < 300:
                     return True, f"HTTP {r.status_code}"
                 error = f"HTTP {r.status_code}"

@@ -111,7 +111,7 @@ def test_notify_password_must_be_a_reference():
     assert MqttNotifyConfig(username="alerts", password="env:VALVOJA_NOTIFY_PW").password == "env:VALVOJA_NOTIFY_PW"
 
 
-async def test_live_notifications_keep_their_order_through_retries(monkeypatch):
+async def test_live_notifications_keep_their_order_through_retries(tmp_path, monkeypatch):
     """Alert changes go to the notifiers from one queue, in order: a "cleared" never overtakes the "raised" that
     a receiver refused twice (it did when each group of changes had a task of its own)."""
     from edge.analytics import Analytics
@@ -136,7 +136,8 @@ async def test_live_notifications_keep_their_order_through_retries(monkeypatch):
     _Receiver.bodies, RefusesRaises.fail_first = [], 2
     monkeypatch.setattr(WebhookNotifier, "RETRY_BASE_S", 0.2)
     url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    site = SiteConfig(rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
+    site = SiteConfig(site={"state_dir": tmp_path},
+                      rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
                       maintenance={"alerts": {"clear_after_s": 0},
                                    "notify": {"webhooks": [{"url": url, "attempts": 3}]}})
 
@@ -165,7 +166,7 @@ async def test_live_notifications_keep_their_order_through_retries(monkeypatch):
         server.server_close()
 
 
-async def test_live_notifications_wait_for_a_receiver_that_is_down(monkeypatch):
+async def test_live_notifications_wait_for_a_receiver_that_is_down(tmp_path, monkeypatch):
     """A receiver down longer than a send's own retries (a restart of the paging service, a broker update) lost
     every change of that time: the outbox tried each once and went on, though its queue is there to hold them
     ("dropped when a receiver stays down that long", docs/operations.md). Now a change waits at the head of its
@@ -190,7 +191,8 @@ async def test_live_notifications_wait_for_a_receiver_that_is_down(monkeypatch):
     monkeypatch.setattr(WebhookNotifier, "RETRY_BASE_S", 0.01)
     monkeypatch.setattr(analytics, "NOTIFY_RETRY_MIN_S", 0.05, raising=False)
     monkeypatch.setattr(analytics, "NOTIFY_RETRY_MAX_S", 0.2, raising=False)
-    site = SiteConfig(rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0},
+    site = SiteConfig(site={"state_dir": tmp_path},
+                      rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0},
                              {"name": "bad", "tag": "P2.p", "kind": "threshold", "high": 10.0}],
                       maintenance={"alerts": {"clear_after_s": 0},
                                    "notify": {"webhooks": [{"url": f"http://127.0.0.1:{port}/hook", "attempts": 2}]}})
@@ -233,7 +235,7 @@ async def test_mqtt_topic_of_a_rule_named_with_mqtt_wildcards(mosquitto):
     assert json.loads(msg.payload)["kind"] == "rule:Pump #2 in/out +hot"  # the payload keeps the name
 
 
-async def test_notifications_go_on_after_the_watchdog_restarts_analytics():
+async def test_notifications_go_on_after_the_watchdog_restarts_analytics(tmp_path):
     """The watchdog restarts a failed analytics task by calling ``run`` again on the same object. Each run added
     its notifiers to those of the run before, which it had closed: the old outbox's sends failed for good, and a
     receiver got every later change once per restart, or, for a closed one, an error per change."""
@@ -246,7 +248,8 @@ async def test_notifications_go_on_after_the_watchdog_restarts_analytics():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     _Receiver.bodies = []
     url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    site = SiteConfig(rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
+    site = SiteConfig(site={"state_dir": tmp_path},
+                      rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
                       maintenance={"alerts": {"clear_after_s": 0}, "notify": {"webhooks": [{"url": url}]}})
 
     async def emit(batch):
@@ -271,7 +274,7 @@ async def test_notifications_go_on_after_the_watchdog_restarts_analytics():
         server.server_close()
 
 
-async def test_escalations_go_out_at_once_while_the_database_does_not_answer(own_pg_server):
+async def test_escalations_go_out_at_once_while_the_database_does_not_answer(tmp_path, own_pg_server):
     """Before an escalation is sent the gateway asks the database whether the console acknowledged the alert
     meanwhile. With the database not answering (SIGSTOP: a hung server or a cut network path) each question waited
     for a 5 s connect timeout, one escalation after the other and per receiver, in the receiver's queue: a plant-wide
@@ -298,7 +301,8 @@ async def test_escalations_go_out_at_once_while_the_database_does_not_answer(own
     _Receiver.bodies, _Receiver.fail_first = [], 0
     url = f"http://127.0.0.1:{server.server_address[1]}/hook"
     n = 12
-    site = SiteConfig(rules=[{"name": f"hi{i}", "tag": f"P{i}.p", "kind": "threshold", "high": 10.0}
+    site = SiteConfig(site={"state_dir": tmp_path},
+                      rules=[{"name": f"hi{i}", "tag": f"P{i}.p", "kind": "threshold", "high": 10.0}
                              for i in range(n + 1)],
                       maintenance={"alerts": {"clear_after_s": 600, "escalate_after_s": 60},
                                    "notify": {"webhooks": [{"url": url}]}})
@@ -335,6 +339,78 @@ async def test_escalations_go_out_at_once_while_the_database_does_not_answer(own
     finally:
         if stopped:
             os.kill(own_pg_server.proc.pid, signal.SIGCONT)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        server.shutdown()
+        server.server_close()
+
+
+async def test_notifications_a_receiver_has_not_taken_survive_a_restart_of_the_gateway(tmp_path, monkeypatch):
+    """The paging webhook is down (a restart of the paging service) when an alert is raised and cleared, and the
+    gateway stops meanwhile (a reload: SIGHUP builds a new gateway; an upgrade; a crash). The changes waited for the
+    receiver in memory only and were lost with the process: the alert was stored but nobody was ever paged. Now they
+    are kept on disk (``<state_dir>/notify_outbox.db``) and the next start sends them first, in order, each once, with
+    an id that is the same for every copy of a change (``notification_id``, header ``Idempotency-Key``)."""
+    from edge import analytics
+    from edge.analytics import Analytics
+    from edge.metrics import Metrics
+    from edge.records import Reading
+    from edge.settings import SiteConfig
+
+    class Keeps(_Receiver):
+        keys: typing.ClassVar[list[str]] = []
+
+        def do_POST(self):
+            Keeps.keys.append(self.headers.get("idempotency-key"))
+            super().do_POST()
+
+    port = free_port()
+    monkeypatch.setattr(WebhookNotifier, "RETRY_BASE_S", 0.01)
+    monkeypatch.setattr(analytics, "NOTIFY_RETRY_MIN_S", 0.05)
+    monkeypatch.setattr(analytics, "NOTIFY_RETRY_MAX_S", 0.2)
+    site = SiteConfig(site={"state_dir": tmp_path},
+                      rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
+                      maintenance={"alerts": {"clear_after_s": 0},
+                                   "notify": {"webhooks": [{"url": f"http://127.0.0.1:{port}/hook", "attempts": 1}]}})
+
+    async def emit(batch):
+        pass
+
+    _Receiver.bodies, _Receiver.fail_first, Keeps.keys = [], 0, []
+    before = Analytics(site, Metrics(), emit, None)  # the gateway before the restart
+    task = asyncio.create_task(before.run())
+    for i, v in enumerate((20.0, 0.0)):  # raised, cleared: the receiver is down
+        t = datetime(2026, 3, 1, 8, 0, i, tzinfo=UTC)
+        before.offer([Reading("P1.p", t, v, t)], t)
+    for _ in range(100):
+        if before.alert_changes >= 2:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)  # tried and failed a few times
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert _Receiver.bodies == []
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Keeps)  # the receiver is back
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    after = Analytics(site, Metrics(), emit, None)  # the gateway after it
+    task = asyncio.create_task(after.run())
+    try:
+        for _ in range(100):
+            if len(_Receiver.bodies) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # and nothing more
+        assert [b["event"] for b in _Receiver.bodies] == ["raised", "cleared"]
+        ids = [b["notification_id"] for b in _Receiver.bodies]
+        assert Keeps.keys == ids and len(set(ids)) == 2
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        again = Analytics(site, Metrics(), emit, None)  # a third start sends nothing again
+        task = asyncio.create_task(again.run())
+        await asyncio.sleep(0.3)
+        assert len(_Receiver.bodies) == 2
+    finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         server.shutdown()
