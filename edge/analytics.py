@@ -39,6 +39,10 @@ NOTIFY_RETRY_MAX_S = 60.0
 ACK_CHECK_TIMEOUT_S = 3.0
 ACK_RECHECK_S = 15.0
 ACK_CHECK_FRESH_S = 5.0
+# The alert manager's open alerts and windows on disk (maintenance.alert_state), for a start without the database:
+# checked this often, written when changed (and at least this often while nothing changes).
+ALERT_STATE_SAVE_S = 5.0
+ALERT_STATE_REFRESH_S = 3600.0
 SOURCE = "analytics"
 
 
@@ -161,6 +165,8 @@ class Analytics:
         self._outbox_file = None  # maintenance.outbox.Outbox: the changes not taken yet, kept across restarts
         self._outbox_restored = False
         self._outbox_error: str | None = None
+        self._state_saved: bytes | None = None  # the alert state last written (maintenance.alert_state.content)
+        self._state_saved_at = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -206,12 +212,16 @@ class Analytics:
         sync = asyncio.create_task(self._sync_loop())
         notify = [asyncio.create_task(self._notify_loop(box)) for box in self._outboxes]
         save = asyncio.create_task(self._save_loop())
+        state: asyncio.Task | None = None
         try:
             # The open alerts before the first group: readings the collectors queued while the gateway started
             # were analysed before the first sync, and every condition still active was raised again (a new id,
             # "raised" notified again, an acknowledged alert paged and escalating again). With the database down
-            # at start the sync loop loads them later (the spool's raise is then absorbed by the stored row).
+            # at start they come from the state file until the sync loop loads them (maintenance.alert_state).
             await self._sync()
+            if self.conninfo and not self._synced:
+                self._restore_alert_state()
+            state = asyncio.create_task(self._alert_state_loop()) if self.conninfo else None
             while True:
                 group = await self.queue.get()
                 while not self.queue.empty() and len(group) < 50_000:
@@ -227,6 +237,10 @@ class Analytics:
         finally:
             sync.cancel()
             save.cancel()
+            if state is not None:
+                state.cancel()
+                await asyncio.gather(state, return_exceptions=True)
+                self._save_alert_state()  # what this run knew last, for a start without the database
             for t in notify:
                 t.cancel()
             await asyncio.gather(sync, save, *notify, return_exceptions=True)
@@ -455,6 +469,55 @@ class Analytics:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, NOTIFY_RETRY_MAX_S)
             await self._outbox_done(seqs[i] if seqs else None)
+
+    def _restore_alert_state(self) -> None:
+        """The database did not answer the first sync: go on from the open alerts and windows saved when this gateway
+        last knew them (maintenance.alert_state), instead of raising every active condition again."""
+        from maintenance import alert_state
+
+        got = alert_state.restore(self.manager, self.state_dir / alert_state.STATE_FILE)
+        if got is not None:
+            log.warning("database not reachable at start: going on from %d open alert(s) and %d maintenance "
+                        "window(s) saved before the restart until it answers", *got,
+                        extra={"event": "alert_state_restored"})
+
+    def _alert_state_changed(self) -> tuple[bytes, bytes] | None:
+        """(what to write, what tells a change) when the alert state is to be written again, else None."""
+        from maintenance import alert_state
+
+        key = alert_state.content(self.manager, seen=False)
+        if key == self._state_saved and time.monotonic() - self._state_saved_at < ALERT_STATE_REFRESH_S:
+            return None
+        return alert_state.content(self.manager), key
+
+    def _save_alert_state(self) -> None:
+        """At shutdown (no event loop to spare a thread)."""
+        from maintenance import alert_state
+
+        changed = self._alert_state_changed()
+        if changed is not None:
+            try:
+                alert_state.write(self.state_dir / alert_state.STATE_FILE, changed[0])
+            except OSError as exc:
+                log.error("alert state not saved: %s", exc, extra={"event": "alert_state_not_saved"})
+
+    async def _alert_state_loop(self) -> None:
+        from maintenance import alert_state
+
+        failed = False
+        while True:
+            changed = self._alert_state_changed()
+            if changed is not None:
+                try:
+                    await asyncio.to_thread(alert_state.write, self.state_dir / alert_state.STATE_FILE, changed[0])
+                    self._state_saved, self._state_saved_at, failed = changed[1], time.monotonic(), False
+                except OSError as exc:
+                    if not failed:  # logged once per failing stretch, tried again every period
+                        log.error("alert state not saved to %s (a start without the database would raise every "
+                                  "active condition again): %s", self.state_dir, exc,
+                                  extra={"event": "alert_state_not_saved"})
+                    failed = True
+            await asyncio.sleep(ALERT_STATE_SAVE_S)
 
     async def _save_loop(self) -> None:
         """Every ``state_save_s``, save the RUL assets' kept cycles when a closed cycle's own save failed (the
