@@ -562,6 +562,7 @@ class Analytics:
 
     async def sync_once(self, conn: psycopg.AsyncConnection) -> None:
         from maintenance import store
+        from maintenance.alerts import dedup_key
 
         cur = await conn.execute("SELECT to_regclass('alerts') IS NOT NULL")
         if not (await cur.fetchone())[0]:
@@ -582,7 +583,18 @@ class Analytics:
         # arrived since and was cleared in the console is the case above, not this one.
         drained = self.spool_pending is not None and self.spool_pending() == 0
         unwritten = {i for i in missing if i in self._missing_drained and i not in cleared} if drained else set()
+        stored_by_key = {dedup_key(r[0].asset, r[0].tag, r[0].kind): r for r in stored}
+        key_of = {o.alert.id: k for k, o in self.manager.open.items()}
         for alert_id in unwritten:
+            row = stored_by_key.get(key_of.get(alert_id))
+            if row is not None:
+                # Its raise met another open alert of the condition (another gateway's: a redundant pair) and became
+                # an occurrence of it. Forgotten, the condition raised (and paged) again every two syncs while it
+                # lasted, and escalated an alert the other's operators had acknowledged: take that alert instead.
+                log.info("alert %s was stored as an occurrence of alert %s of the same condition; going on with "
+                         "that one", alert_id, row[0].id, extra={"event": "alert_absorbed"})
+                self.manager.load([row])
+                continue
             log.warning("alert %s was never stored (its row was refused: see dead_letters); raising it again if "
                         "its condition lasts", alert_id, extra={"event": "alert_unstored"})
             self.manager.cleared_by_hand(alert_id)

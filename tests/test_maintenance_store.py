@@ -449,3 +449,38 @@ async def test_a_gateway_started_while_the_database_is_away_goes_on_from_the_ale
     assert changes[1][2] == waiting[0].alert.id
     assert {o.alert.id: o.alert.acknowledged_by for o in after.manager.open.values()} == {
         acked[0].alert.id: "anna", waiting[0].alert.id: None}
+
+
+async def test_a_gateway_whose_alert_another_writer_absorbed_takes_that_alert_instead_of_raising_again(pg_dsn):
+    """Two gateways watch the same condition (a redundant pair). B's raise met A's open alert and became an
+    occurrence of it, so B's own alert id was never stored: B's sync took it for a row the database had refused,
+    forgot it, and raised the still active condition again (a "raised" page) every two syncs, for as long as the
+    condition lasted; and B escalated (and paged) an alert A's operators had acknowledged. B now takes the stored
+    alert of the condition, with its acknowledgement."""
+    from edge.analytics import Analytics
+    from edge.metrics import Metrics
+    from edge.settings import SiteConfig
+
+    _migrate(pg_dsn)
+
+    async def emit(batch):
+        pass
+
+    site = SiteConfig(rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}])
+    a = AlertManager()
+    b = Analytics(site, Metrics(), emit, pg_dsn)
+    b.spool_pending = lambda: 0  # B's spool is drained: its raise was written
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await b.sync_once(conn)
+        theirs = a.observe(asset="P1", tag="P1.p", kind="rule:hi", active=True, t=at(0))
+        await store.apply_changes(conn, theirs)
+        ours = b.manager.observe(asset="P1", tag="P1.p", kind="rule:hi", active=True, t=at(1))
+        await store.apply_changes(conn, ours)  # absorbed: an occurrence of A's alert
+        assert await store.acknowledge(conn, theirs[0].alert.id, "anna", "on it")
+        for _ in range(3):
+            await b.sync_once(conn)
+        again = b.manager.observe(asset="P1", tag="P1.p", kind="rule:hi", active=True, t=at(60))
+        assert again == []
+        (o,) = b.manager.open.values()
+        assert (o.alert.id, o.alert.acknowledged_by) == (theirs[0].alert.id, "anna")
+        assert b.manager.tick(at(10_000)) == []
