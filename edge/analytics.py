@@ -281,6 +281,10 @@ class Analytics:
         self.predictions += len(preds)
         self.alert_changes += len(changes)
         await self.emit(Batch(SOURCE, derived, records=records))
+        await self._queue_notifications(changes)
+
+    async def _queue_notifications(self, changes: list) -> None:
+        """Hand ``changes`` to each receiver's queue (the events it takes), on disk first."""
         for box in self._outboxes if changes else ():
             events = getattr(getattr(box.notifier, "cfg", None), "events", None)
             mine = [c for c in changes if c.event != "suppressed" and (events is None or c.event in events)]
@@ -562,7 +566,7 @@ class Analytics:
 
     async def sync_once(self, conn: psycopg.AsyncConnection) -> None:
         from maintenance import store
-        from maintenance.alerts import dedup_key
+        from maintenance.alerts import AlertChange, dedup_key
 
         cur = await conn.execute("SELECT to_regclass('alerts') IS NOT NULL")
         if not (await cur.fetchone())[0]:
@@ -575,8 +579,16 @@ class Analytics:
         # An open alert of the manager missing from the stored open ones is either cleared in the console or not
         # written yet (the spool forwards it later: database down, a backlog). Only the stored row can tell.
         missing = [o.alert.id for o in self.manager.open.values() if o.alert.id not in by_id]
-        cleared = await store.cleared_ids(conn, missing) if missing else set()
-        for alert_id in cleared:
+        cleared = await store.cleared_ids(conn, missing) if missing else {}
+        # What a person did in the console goes to the receivers too: the pager that got "raised" heard nothing of a
+        # clear or an acknowledgement made in the console, kept the incident open and went on paging the on-call.
+        by_person: list = []
+        for alert_id, (cleared_at, who) in cleared.items():
+            o = next((o for o in self.manager.open.values() if o.alert.id == alert_id), None)
+            if o is not None and who != "system":  # "system": another gateway's clear, notified by that gateway
+                by_person.append(AlertChange("cleared", dataclasses.replace(o.alert, cleared_at=cleared_at),
+                                             dedup_key(o.alert.asset, o.alert.tag, o.alert.kind), o.occurrences,
+                                             o.last_seen, o.escalation_level, detail={"by": who}))
             self.manager.cleared_by_hand(alert_id)
         # Missing with nothing left in the spool, twice running: its row was refused (dead-lettered), so it will
         # never be written; forgotten, an active condition raises it again (a row the board shows). A row that
@@ -604,7 +616,11 @@ class Analytics:
             if db is not None and db.acknowledged_at and o.alert.acknowledged_at is None:
                 self.manager.acknowledged(o.alert.id, db.acknowledged_by or "", db.acknowledged_at,
                                           severity=db.severity, level=level, escalated_at=escalated_at)
+                by_person.append(AlertChange("acknowledged", o.alert, dedup_key(o.alert.asset, o.alert.tag,
+                                                                                 o.alert.kind), o.occurrences,
+                                             o.last_seen, o.escalation_level, detail={"by": db.acknowledged_by}))
         self.manager.windows = await store.windows(conn, utcnow() - timedelta(days=1))
+        await self._queue_notifications(by_person)
 
     def status(self) -> dict:
         # processed / dropped count readings of the analytics tags (``tags``), the only ones handed over.

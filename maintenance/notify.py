@@ -12,7 +12,9 @@ the loop or need a thread pool for the same.
 
 MQTT uses paho-mqtt 2 with QoS 1 on ``<prefix>/<asset>/<kind>`` (not retained: a board that connects
 later reads the table, not the broker; ``#``, ``+`` and ``/`` in the asset or kind become ``_`` in the
-topic). Payload (both channels): JSON with ``event`` (raised, updated, escalated, cleared), ``notification_id``
+topic). Payload (both channels): JSON with ``event`` (raised, updated, acknowledged, escalated, cleared;
+acknowledged and cleared by a person in the console are sent once the gateway's sync sees them, ``detail.by``
+naming who cleared it), ``notification_id``
 (the same for every copy of one change: receivers drop repeats by it), the alert's
 fields and its evidence, and ``detail`` (an escalation: ``unacknowledged_s``, and ``acknowledgement``
 ``"unverified"`` when the gateway could not ask the database whether someone had acknowledged it meanwhile).
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 class WebhookConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     url: str
-    events: tuple[str, ...] = ("raised", "escalated", "cleared")
+    events: tuple[str, ...] = ("raised", "acknowledged", "escalated", "cleared")
     timeout_s: float = Field(5.0, gt=0)
     attempts: int = Field(3, ge=1, le=10)
     headers: dict[str, str] = Field(default_factory=dict)
@@ -51,7 +53,7 @@ class MqttNotifyConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = 1883
     topic_prefix: str = "valvoja/alerts"
-    events: tuple[str, ...] = ("raised", "updated", "escalated", "cleared")
+    events: tuple[str, ...] = ("raised", "updated", "acknowledged", "escalated", "cleared")
     username: str | None = None
     password: SecretRef | None = None
     timeout_s: float = Field(5.0, gt=0)

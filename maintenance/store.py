@@ -151,10 +151,12 @@ async def open_alerts(conn: psycopg.AsyncConnection) -> list[tuple[Alert, int, d
             for r in rows]
 
 
-async def cleared_ids(conn: psycopg.AsyncConnection, ids: list[str]) -> set[str]:
-    """Which of ``ids`` are stored and cleared (by a person in the console, or by another writer)."""
-    cur = await conn.execute("SELECT id FROM alerts WHERE id = ANY(%s) AND cleared_at IS NOT NULL", (ids,))
-    return {r[0] for r in await cur.fetchall()}
+async def cleared_ids(conn: psycopg.AsyncConnection, ids: list[str]) -> dict[str, tuple[datetime, str]]:
+    """Which of ``ids`` are stored and cleared (by a person in the console, or by another writer): id -> (cleared_at,
+    cleared_by)."""
+    cur = await conn.execute("SELECT id, cleared_at, coalesce(cleared_by, 'system') FROM alerts"
+                             " WHERE id = ANY(%s) AND cleared_at IS NOT NULL", (ids,))
+    return {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
 
 
 def row_to_alert(r: dict) -> Alert:

@@ -415,3 +415,58 @@ async def test_notifications_a_receiver_has_not_taken_survive_a_restart_of_the_g
         await asyncio.gather(task, return_exceptions=True)
         server.shutdown()
         server.server_close()
+
+
+async def test_an_acknowledgement_and_a_clear_made_in_the_console_reach_the_receivers(tmp_path, pg_dsn):
+    """The pager got "raised" (and "escalated") from the gateway but never heard that an engineer acknowledged or
+    cleared the alert in the console: its incident stayed open and it went on paging the on-call. The gateway's sync
+    sees both and sends them like its own changes ("acknowledged" is a new event; a "cleared" names who)."""
+    import psycopg
+
+    from edge.analytics import Analytics
+    from edge.db.migrate import migrate
+    from edge.metrics import Metrics
+    from edge.settings import SiteConfig
+    from maintenance import store
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Receiver.bodies, _Receiver.fail_first = [], 0
+    site = SiteConfig(site={"state_dir": tmp_path},
+                      rules=[{"name": f"hi{i}", "tag": f"P{i}.p", "kind": "threshold", "high": 10.0} for i in (1, 2)],
+                      maintenance={"notify": {"webhooks": [{"url": f"http://127.0.0.1:{server.server_address[1]}/h"}]}})
+
+    async def emit(batch):
+        pass
+
+    an = Analytics(site, Metrics(), emit, pg_dsn)
+    task = asyncio.create_task(an.run())
+    try:
+        for _ in range(100):
+            if an._synced:
+                break
+            await asyncio.sleep(0.05)
+        changes = [c for i in (1, 2) for c in an.manager.observe(asset=f"P{i}", tag=f"P{i}.p", kind="rule:hi",
+                                                                  active=True, t=T0)]
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+            await store.apply_changes(conn, changes)
+            assert await store.acknowledge(conn, changes[0].alert.id, "anna", "on it")
+            assert await store.clear(conn, changes[1].alert.id, "bob")
+            await an.sync_once(conn)
+            await an.sync_once(conn)  # once each
+        for _ in range(100):
+            if len(_Receiver.bodies) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        got = {(b["asset"], b["event"]): b for b in _Receiver.bodies}
+        assert sorted(got) == [("P1", "acknowledged"), ("P2", "cleared")]
+        assert got["P1", "acknowledged"]["acknowledged_by"] == "anna"
+        assert got["P2", "cleared"]["detail"] == {"by": "bob"} and got["P2", "cleared"]["cleared_at"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        server.shutdown()
+        server.server_close()
