@@ -285,9 +285,11 @@ class Analytics:
 
     async def _queue_notifications(self, changes: list) -> None:
         """Hand ``changes`` to each receiver's queue (the events it takes), on disk first."""
+        from maintenance.notify import wanted
+
         for box in self._outboxes if changes else ():
             events = getattr(getattr(box.notifier, "cfg", None), "events", None)
-            mine = [c for c in changes if c.event != "suppressed" and (events is None or c.event in events)]
+            mine = [c for c in changes if c.event != "suppressed" and (events is None or wanted(events, c))]
             if not mine:
                 continue
             if not box.queue.full():

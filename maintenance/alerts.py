@@ -146,9 +146,12 @@ class AlertManager:
             new_sev = worse(cur.alert.severity, severity)
             if flapped or new_sev != cur.alert.severity:
                 cur.occurrences += int(flapped)
+                # A worse condition (zone C -> D) is news for receivers of escalations too (notify.wanted)
+                detail = {"severity_was": cur.alert.severity} if new_sev != cur.alert.severity else {}
                 cur.alert = replace(cur.alert, severity=new_sev, evidence=evidence or cur.alert.evidence,
                                     message=message or cur.alert.message)
-                changes.append(AlertChange("updated", cur.alert, key, cur.occurrences, t, cur.escalation_level))
+                changes.append(AlertChange("updated", cur.alert, key, cur.occurrences, t, cur.escalation_level,
+                                           detail=detail))
             return changes
         window = self.suppressed(asset, tag, t)
         if window is not None:

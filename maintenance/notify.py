@@ -68,6 +68,14 @@ class Refused(str):
 _TOPIC_RESERVED = str.maketrans({c: "_" for c in "#+/\0"})
 
 
+def wanted(events: tuple[str, ...], ch: AlertChange) -> bool:
+    """Whether a receiver taking ``events`` gets ``ch``. An "updated" that raised the severity (a vibration going
+    from zone C to D: ``detail.severity_was``) goes to receivers of "escalated" too: webhooks take no "updated" by
+    default (every flap is one), so the pager heard of a machine entering zone D only at the next escalation, an
+    hour later."""
+    return ch.event in events or (ch.event == "updated" and "severity_was" in ch.detail and "escalated" in events)
+
+
 def notification_id(ch: AlertChange) -> str:
     """The same for every copy of one change (retries, a re-send after a restart), different for two changes: what
     the alert is, what happened to it and when, hashed. Receivers drop repeats by it (payload ``notification_id``,
@@ -96,7 +104,7 @@ class WebhookNotifier:
         self.client = httpx.AsyncClient(timeout=cfg.timeout_s, headers=cfg.headers)
 
     async def send(self, ch: AlertChange) -> tuple[bool, str]:
-        if ch.event not in self.cfg.events:
+        if not wanted(self.cfg.events, ch):
             return True, "skipped"
         error = ""
         for attempt in range(self.cfg.attempts):
@@ -152,7 +160,7 @@ class MqttNotifier:
         return (True, "PUBACK") if info.is_published() else (False, "no PUBACK in time")
 
     async def send(self, ch: AlertChange) -> tuple[bool, str]:
-        if ch.event not in self.cfg.events:
+        if not wanted(self.cfg.events, ch):
             return True, "skipped"
         return await asyncio.to_thread(self._publish, ch)
 

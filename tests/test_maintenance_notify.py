@@ -470,3 +470,30 @@ async def test_an_acknowledgement_and_a_clear_made_in_the_console_reach_the_rece
         await asyncio.gather(task, return_exceptions=True)
         server.shutdown()
         server.server_close()
+
+
+async def test_a_machine_going_from_warning_to_critical_reaches_a_webhook_with_the_default_events():
+    """A bearing in ISO zone C (warning, paged) moves into zone D (critical: damage). The alert absorbs it as an
+    "updated" change, and webhooks take no "updated" by default (every flap of a condition is one): the pager heard
+    of zone D only at the next escalation, an hour later. A rise of severity goes to receivers of "escalated"."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Receiver.bodies, _Receiver.fail_first = [], 0
+    n = WebhookNotifier(WebhookConfig(url=f"http://127.0.0.1:{server.server_address[1]}/hook"))
+    try:
+        m = AlertManager()
+        changes = []
+        for s, (active, zone, sev) in enumerate([(True, "C", "warning"), (False, "B", "warning"),
+                                                 (True, "C", "warning"), (True, "D", "critical")]):
+            changes += m.observe(asset="P-101", tag="P-101.vib_de", kind="iso20816", active=active,
+                                 t=T0.replace(second=s), severity=sev, message=f"zone {zone}")
+        assert [c.event for c in changes] == ["raised", "updated", "updated"]  # a flap, then zone D
+        for ch in changes:
+            await n.send(ch)
+        assert [(b["event"], b["severity"]) for b in _Receiver.bodies] == [("raised", "warning"),
+                                                                           ("updated", "critical")]
+        assert _Receiver.bodies[1]["detail"] == {"severity_was": "warning"}
+    finally:
+        await n.aclose()
+        server.shutdown()
+        server.server_close()
