@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import paho.mqtt.client as mqtt
 from servers import free_port
 
-from maintenance.alerts import AlertManager
+from maintenance.alerts import AlertManager, AlertPolicy
 from maintenance.notify import MqttNotifier, MqttNotifyConfig, WebhookConfig, WebhookNotifier
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -493,6 +493,45 @@ async def test_a_machine_going_from_warning_to_critical_reaches_a_webhook_with_t
         assert [(b["event"], b["severity"]) for b in _Receiver.bodies] == [("raised", "warning"),
                                                                            ("updated", "critical")]
         assert _Receiver.bodies[1]["detail"] == {"severity_was": "warning"}
+    finally:
+        await n.aclose()
+        server.shutdown()
+        server.server_close()
+
+
+async def test_publish_sends_one_receivers_changes_in_their_order(pg_dsn):
+    """`maintenance.publish.publish` (the documented way to plug maintenance into another process) sent all the
+    changes of a call to a receiver at once: a "cleared" overtook its "raised" whenever the receiver answered the
+    first request more slowly, and the pager closed an incident before opening it (left open for good)."""
+    import time
+
+    import psycopg
+
+    from edge.db.migrate import migrate
+    from maintenance.publish import publish
+
+    class SlowOnRaise(_Receiver):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            if body["event"] == "raised":
+                time.sleep(0.3)
+            _Receiver.bodies.append(body)
+            self.send_response(204)
+            self.end_headers()
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowOnRaise)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Receiver.bodies = []
+    n = WebhookNotifier(WebhookConfig(url=f"http://127.0.0.1:{server.server_address[1]}/hook"))
+    m = AlertManager(AlertPolicy(clear_after_s=0))
+    changes = (m.observe(asset="P-101", tag="P-101.t", kind="rule:hot", active=True, t=T0)
+               + m.observe(asset="P-101", tag="P-101.t", kind="rule:hot", active=False, t=T0.replace(second=1)))
+    try:
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+            await publish(conn, [], changes, [n])
+        assert [b["event"] for b in _Receiver.bodies] == ["raised", "cleared"]
     finally:
         await n.aclose()
         server.shutdown()
