@@ -43,6 +43,9 @@ ACK_CHECK_FRESH_S = 5.0
 # checked this often, written when changed (and at least this often while nothing changes).
 ALERT_STATE_SAVE_S = 5.0
 ALERT_STATE_REFRESH_S = 3600.0
+# Nothing offered for this long (every collector cut off) while alerts are open: the escalation clock goes on by the
+# gateway's own clock from the last reading time, so the alerts nobody can see the machine behind still escalate.
+IDLE_TICK_S = 15.0
 SOURCE = "analytics"
 
 
@@ -152,6 +155,8 @@ class Analytics:
         self.predictions = 0
         self.notifiers: list = []
         self.latest = None  # latest reading time seen (datetime): analytics' clock
+        self._clock_mono = time.monotonic()  # when ``latest`` last moved
+        self._offered_mono = time.monotonic()  # when the ingest task last offered a group
         self._synced = False
         # Alert changes waiting for each notifier: one queue and one task per notifier, sending in order (a
         # "cleared" never overtakes its "raised"), so a receiver that is down delays only itself; bounded, so one
@@ -189,8 +194,10 @@ class Analytics:
     def offer(self, readings: list[Reading], latest=None) -> None:
         """Called by the ingest task after a spool commit with the group's readings of `tags` and its latest
         reading time (the clock of escalations, also when none of the tags is in the group); never blocks."""
+        self._offered_mono = time.monotonic()
         if latest is not None and (self.latest is None or latest > self.latest):
             self.latest = latest
+            self._clock_mono = time.monotonic()
         if not readings and not (self.manager.open and self.queue.empty()):
             return  # nothing to analyse and no open alert whose escalation waits for the clock
         try:
@@ -213,6 +220,7 @@ class Analytics:
         notify = [asyncio.create_task(self._notify_loop(box)) for box in self._outboxes]
         save = asyncio.create_task(self._save_loop())
         state: asyncio.Task | None = None
+        idle: asyncio.Task | None = None
         try:
             # The open alerts before the first group: readings the collectors queued while the gateway started
             # were analysed before the first sync, and every condition still active was raised again (a new id,
@@ -222,6 +230,7 @@ class Analytics:
             if self.conninfo and not self._synced:
                 self._restore_alert_state()
             state = asyncio.create_task(self._alert_state_loop()) if self.conninfo else None
+            idle = asyncio.create_task(self._idle_clock_loop())
             while True:
                 group = await self.queue.get()
                 while not self.queue.empty() and len(group) < 50_000:
@@ -237,6 +246,9 @@ class Analytics:
         finally:
             sync.cancel()
             save.cancel()
+            if idle is not None:
+                idle.cancel()
+                await asyncio.gather(idle, return_exceptions=True)
             if state is not None:
                 state.cancel()
                 await asyncio.gather(state, return_exceptions=True)
@@ -270,6 +282,10 @@ class Analytics:
             self.emissions.observe(readings)
             changes.extend(self._conditions)
             self._conditions.clear()
+            if self.maintenance is None and self.latest is not None:
+                # Emission alerts escalate too when no maintenance analysis runs (it calls the manager's tick): a
+                # site that monitors only its stacks never escalated an unacknowledged "NOx heading over its limit".
+                changes.extend(self.manager.tick(self.latest))
             if self._pems_steps:  # PEMS predictions (with interval and model version) and the pems tags' readings
                 derived = derived + [r for st in self._pems_steps for r in st.readings]
                 preds = preds + [st.prediction for st in self._pems_steps]
@@ -475,6 +491,18 @@ class Analytics:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, NOTIFY_RETRY_MAX_S)
             await self._outbox_done(seqs[i] if seqs else None)
+
+    async def _idle_clock_loop(self) -> None:
+        """Move the clock on by the gateway's own while nothing is offered and alerts are open (see IDLE_TICK_S)."""
+        while True:
+            await asyncio.sleep(IDLE_TICK_S)
+            now = time.monotonic()
+            if (self.latest is None or now - self._offered_mono < IDLE_TICK_S or not self.manager.open
+                    or not self.queue.empty()):
+                continue
+            self.latest += timedelta(seconds=now - self._clock_mono)
+            self._clock_mono = now
+            self.queue.put_nowait([])
 
     def _restore_alert_state(self) -> None:
         """The database did not answer the first sync: go on from the open alerts and windows saved when this gateway
