@@ -484,3 +484,27 @@ async def test_a_gateway_whose_alert_another_writer_absorbed_takes_that_alert_in
         (o,) = b.manager.open.values()
         assert (o.alert.id, o.alert.acknowledged_by) == (theirs[0].alert.id, "anna")
         assert b.manager.tick(at(10_000)) == []
+
+
+@pytest.mark.parametrize("flavour", ["timescaledb", "plain"])
+async def test_the_evidence_that_raised_an_alert_is_kept_when_later_observations_replace_it(flavour, request):
+    """The row's evidence is the last observation's: after a flap and a rise to zone D the readings that raised the
+    alert (zone C, 3.1 mm/s) were nowhere in the database. The history keeps each one that raised or worsened it."""
+    dsn = request.getfixturevalue("pg_dsn" if flavour == "timescaledb" else "plain_pg_dsn")
+    _migrate(dsn)
+    m = AlertManager(AlertPolicy(clear_after_s=60))
+
+    def obs(s, active, value=None, severity="warning"):
+        ev = {"readings": [{"tag": "P-101.vib_de", "time": at(s), "value": value}]} if active else None
+        return m.observe(asset="P-101", tag="P-101.vib_de", kind="iso20816", active=active, t=at(s),
+                         severity=severity, message=f"{value} mm/s", evidence=ev)
+
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        changes = obs(0, True, 3.1) + obs(5, False) + obs(10, True, 3.3) + obs(20, True, 7.5, "critical")
+        await store.apply_changes(conn, changes)
+        (row,) = await _all(conn)
+        assert row["evidence"]["readings"][0]["value"] == 7.5
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT event, detail->'evidence'->'readings'->0->>'value' FROM alert_events"
+                              " WHERE alert_id = %s ORDER BY time, id", (row["id"],))
+            assert await cur.fetchall() == [("raised", "3.1"), ("updated", "7.5")]
