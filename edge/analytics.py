@@ -311,14 +311,19 @@ class Analytics:
             if not box.queue.full():
                 # On disk before it is queued: a stop of the gateway (reload, upgrade, crash) with the receiver down
                 # lost every change waiting for it; the next start sends them first (`_start_notifiers`).
-                box.queue.put_nowait((mine, await self._outbox_add(box.key, mine)))
-            else:
-                if not box.dropped:
-                    log.error("alert notifications to %s are %d groups behind (the receiver is down or slow); "
-                              "dropping new ones until it catches up (the alerts themselves are stored)",
-                              box.notifier.name, box.queue.qsize(), extra={"event": "notify_behind"})
-                box.dropped += len(mine)
-                self.metrics.notifications.labels("dropped").inc(len(mine))
+                seqs = await self._outbox_add(box.key, mine)
+                try:  # the sync and the analysis both queue: the other may have taken the last place meanwhile
+                    box.queue.put_nowait((mine, seqs))
+                    continue
+                except asyncio.QueueFull:
+                    for seq in seqs or ():
+                        await self._outbox_done(seq)
+            if not box.dropped:
+                log.error("alert notifications to %s are %d groups behind (the receiver is down or slow); "
+                          "dropping new ones until it catches up (the alerts themselves are stored)",
+                          box.notifier.name, box.queue.qsize(), extra={"event": "notify_behind"})
+            box.dropped += len(mine)
+            self.metrics.notifications.labels("dropped").inc(len(mine))
 
     def _start_notifiers(self) -> None:
         if self.mcfg is None:
@@ -581,7 +586,15 @@ class Analytics:
             return
         while True:
             await asyncio.sleep(SYNC_INTERVAL_S)
-            await self._sync()
+            try:
+                await self._sync()
+            except Exception:
+                # A bug must not end the loop for good: acknowledgements would no longer stop escalations, clears in
+                # the console would not be seen, windows would not refresh. Logged, tried again next period.
+                self.errors += 1
+                self.metrics.analytics_errors.inc()
+                log.exception("analytics sync failed; tried again in %.0f s", SYNC_INTERVAL_S,
+                              extra={"event": "analytics_sync_error"})
 
     async def _sync(self) -> None:
         if not self.conninfo:

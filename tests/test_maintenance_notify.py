@@ -536,3 +536,39 @@ async def test_publish_sends_one_receivers_changes_in_their_order(pg_dsn):
         await n.aclose()
         server.shutdown()
         server.server_close()
+
+
+async def test_changes_queued_from_the_sync_and_the_analysis_at_once_never_overflow_a_queue(tmp_path, monkeypatch):
+    """Changes reach a receiver's queue from the analysis of readings and from the sync (what people did in the
+    console), each after writing them to the outbox file. With one place left in the queue, both saw room, both
+    wrote, and the second put raised QueueFull: in the sync loop that ended the loop for good (acknowledgements no
+    longer stopped escalations, windows no longer refreshed). One of them is now counted dropped instead."""
+    from edge import analytics
+    from edge.analytics import Analytics
+    from edge.metrics import Metrics
+    from edge.settings import SiteConfig
+
+    monkeypatch.setattr(analytics, "NOTIFY_QUEUE_GROUPS", 2)
+    site = SiteConfig(site={"state_dir": tmp_path},
+                      rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
+                      maintenance={"alerts": {"clear_after_s": 0},
+                                   "notify": {"webhooks": [{"url": f"http://127.0.0.1:{free_port()}/hook"}]}})
+
+    async def emit(batch):
+        pass
+
+    an = Analytics(site, Metrics(), emit, None)
+    an._start_notifiers()  # the queues, no sending task: the receiver is down and its queue fills
+    try:
+        (box,) = an._outboxes
+        m = an.manager
+        await an._queue_notifications(m.observe(asset="P1", tag="P1.p", kind="rule:hi", active=True, t=T0))
+        assert box.queue.qsize() == 1
+        a = m.observe(asset="P1", tag="P1.p", kind="rule:hi", active=False, t=T0.replace(second=1))
+        b = m.observe(asset="P1", tag="P1.p", kind="rule:hi", active=True, t=T0.replace(second=2))
+        await asyncio.gather(an._queue_notifications(a), an._queue_notifications(b))
+        assert box.queue.qsize() == 2 and box.dropped == 1
+        assert len(an._outbox_file.pending(box.key)) == 2  # the dropped one is not sent after a restart either
+    finally:
+        for n in an.notifiers:
+            await n.aclose()
