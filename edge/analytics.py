@@ -424,9 +424,9 @@ class Analytics:
             return None
 
         async def ask() -> set[str]:
+            # No statement_timeout startup option (a pgbouncer in front refuses it): wait_for cancels the query.
             async with await psycopg.AsyncConnection.connect(
-                    self.conninfo, connect_timeout=max(2, int(ACK_CHECK_TIMEOUT_S)), autocommit=True,
-                    options=f"-c statement_timeout={int(ACK_CHECK_TIMEOUT_S * 1000)}") as conn:
+                    self.conninfo, connect_timeout=max(2, int(ACK_CHECK_TIMEOUT_S)), autocommit=True) as conn:
                 cur = await conn.execute("SELECT id FROM alerts WHERE id = ANY(%s)"
                                          " AND (acknowledged_at IS NOT NULL OR cleared_at IS NOT NULL)",
                                          (list(alert_ids),))
@@ -437,7 +437,7 @@ class Analytics:
         except (psycopg.Error, OSError, TimeoutError) as exc:
             self._db_down_until = time.monotonic() + ACK_RECHECK_S
             log.warning("acknowledgement of %d escalated alert(s) not checked (database: %s); notified anyway",
-                        len(alert_ids), exc or type(exc).__name__, extra={"event": "notify_unverified"})
+                        len(alert_ids), str(exc) or type(exc).__name__, extra={"event": "notify_unverified"})
             return None
         self._db_down_until = 0.0
         return taken

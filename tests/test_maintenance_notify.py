@@ -572,3 +572,45 @@ async def test_changes_queued_from_the_sync_and_the_analysis_at_once_never_overf
     finally:
         for n in an.notifiers:
             await n.aclose()
+
+
+async def test_an_escalation_is_sent_while_a_lock_holds_the_alerts_table(pg_dsn):
+    """The database answers but the alerts table is locked (a migration of the console at its start, a DBA's
+    VACUUM FULL): the question whether the escalated alert was acknowledged waited for the lock without a bound,
+    and the receiver's notifications, every later one too, waited with it. Bounded now: sent, marked unverified."""
+    import time
+
+    import psycopg
+
+    from edge.analytics import Analytics
+    from edge.db.migrate import migrate
+    from edge.metrics import Metrics
+    from edge.settings import SiteConfig
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+
+    async def emit(batch):
+        pass
+
+    an = Analytics(SiteConfig(rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}]), Metrics(),
+                   emit, pg_dsn)
+    an.manager.policy = AlertPolicy(escalate_after_s=60)
+    an.manager.observe(asset="P1", tag="P1.p", kind="rule:hi", active=True, t=T0)
+    escalated = an.manager.tick(T0.replace(minute=2))
+    sent = []
+
+    class Receiver:
+        name = "pager"
+
+        async def send(self, ch):
+            sent.append(ch.detail.get("acknowledgement"))
+            return True, "HTTP 200"
+
+    with psycopg.connect(pg_dsn) as locker:
+        locker.execute("LOCK TABLE alerts IN ACCESS EXCLUSIVE MODE")
+        start = time.monotonic()
+        await asyncio.wait_for(an._notify(Receiver(), escalated), 30)
+        took = time.monotonic() - start
+        locker.rollback()
+    assert sent == ["unverified"] and took < 10
