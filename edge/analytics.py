@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 QUEUE_GROUPS = 1024
 SYNC_INTERVAL_S = 15.0
+SYNC_TIMEOUT_S = 30.0  # a sync with the database that takes longer is given up (tried again next period)
 NOTIFY_QUEUE_GROUPS = 1000  # groups of alert changes waiting for the notifiers
 NOTIFY_RETRY_MIN_S = 1.0  # a change a receiver did not take is sent again after this, doubling up to the max
 NOTIFY_RETRY_MAX_S = 60.0
@@ -599,13 +600,18 @@ class Analytics:
     async def _sync(self) -> None:
         if not self.conninfo:
             return
-        try:
+        async def sync() -> None:
             async with await psycopg.AsyncConnection.connect(self.conninfo, connect_timeout=5,
                                                              autocommit=True) as conn:
                 await self.sync_once(conn)
-        except (psycopg.Error, OSError) as exc:
+
+        try:
+            # Bounded: a lock on the alerts table (a session idle in a transaction, a long migration) held the first
+            # sync, and with it every analysis, for as long as the lock lasted (psycopg cancels the query).
+            await asyncio.wait_for(sync(), SYNC_TIMEOUT_S)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
             self._db_down_until = time.monotonic() + ACK_RECHECK_S  # escalations do not wait for it either
-            log.debug("analytics sync skipped: %s", exc)
+            log.debug("analytics sync skipped: %s", str(exc) or type(exc).__name__)
 
     async def sync_once(self, conn: psycopg.AsyncConnection) -> None:
         from maintenance import store

@@ -67,3 +67,39 @@ async def test_open_alerts_escalate_while_no_reading_arrives_at_all(tmp_path, mo
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_analysis_starts_while_a_lock_holds_the_alerts_table(tmp_path, pg_dsn, monkeypatch):
+    """The gateway loads the open alerts before it analyses anything. With the alerts table locked at that moment
+    (a session left idle in a transaction that holds a lock, a long migration) that load waited without a bound:
+    no reading was analysed, no alert raised or escalated, for as long as the lock lasted. The sync is bounded;
+    a start without it goes on from the saved alert state, like a start without the database."""
+    import psycopg
+
+    from edge.db.migrate import migrate
+
+    monkeypatch.setattr(analytics, "SYNC_TIMEOUT_S", 1.0, raising=False)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+
+    async def emit(batch):
+        pass
+
+    site = SiteConfig(site={"state_dir": tmp_path}, rules=[{"name": "hot", "tag": "P1.t", "kind": "threshold",
+                                                             "high": 90.0}])
+    an = Analytics(site, Metrics(), emit, pg_dsn)
+    with psycopg.connect(pg_dsn) as locker:
+        locker.execute("LOCK TABLE alerts IN ACCESS EXCLUSIVE MODE")
+        t0 = datetime.now(UTC)
+        an.offer([Reading("P1.t", t0, 95.0, t0)], t0)
+        task = asyncio.create_task(an.run())
+        try:
+            for _ in range(200):
+                if an.processed:
+                    break
+                await asyncio.sleep(0.05)
+            assert an.processed == 1 and len(an.manager.open) == 1
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            locker.rollback()
