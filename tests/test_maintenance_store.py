@@ -508,3 +508,23 @@ async def test_the_evidence_that_raised_an_alert_is_kept_when_later_observations
             await cur.execute("SELECT event, detail->'evidence'->'readings'->0->>'value' FROM alert_events"
                               " WHERE alert_id = %s ORDER BY time, id", (row["id"],))
             assert await cur.fetchall() == [("raised", "3.1"), ("updated", "7.5")]
+
+
+async def test_an_open_alert_never_falls_in_severity_or_level_through_another_alert_of_its_condition(pg_dsn):
+    """A change of another in-memory alert of the same condition reaches the open row by its dedup_key (a
+    redundant gateway's, or one raised again by a gateway started while the database was away): its lower severity
+    and level were written over the row's, and an alert escalated to critical fell back to warning and level 0
+    while still open and unacknowledged (the board showed it as a warning; it then escalated again from there)."""
+    _migrate(pg_dsn)
+    a = AlertManager(AlertPolicy(escalate_after_s=600, clear_after_s=60))
+    b = AlertManager(AlertPolicy(escalate_after_s=600, clear_after_s=60))
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await store.apply_changes(conn, a.observe(asset="K4", tag=None, kind="anomaly", active=True, t=at(0)))
+        await store.apply_changes(conn, a.tick(at(600)) + a.tick(at(1200)))  # warning -> critical, level 2
+        changes = (b.observe(asset="K4", tag=None, kind="anomaly", active=True, t=at(1300))  # absorbed
+                   + b.observe(asset="K4", tag=None, kind="anomaly", active=False, t=at(1301))
+                   + b.observe(asset="K4", tag=None, kind="anomaly", active=True, t=at(1302)))  # a flap: "updated"
+        assert [c.event for c in changes] == ["raised", "updated"]
+        await store.apply_changes(conn, changes)
+        (row,) = await _all(conn)
+        assert (row["severity"], row["escalation_level"], row["escalated_at"]) == ("critical", 2, at(1200))
