@@ -317,8 +317,7 @@ class Analytics:
                     box.queue.put_nowait((mine, seqs))
                     continue
                 except asyncio.QueueFull:
-                    for seq in seqs or ():
-                        await self._outbox_done(seq)
+                    await self._outbox_done(seqs or [])
             if not box.dropped:
                 log.error("alert notifications to %s are %d groups behind (the receiver is down or slow); "
                           "dropping new ones until it catches up (the alerts themselves are stored)",
@@ -394,11 +393,12 @@ class Analytics:
         self._outbox_error = None
         return seqs
 
-    async def _outbox_done(self, seq: int | None) -> None:
-        if seq is None or self._outbox_file is None:
+    async def _outbox_done(self, seqs: list[int | None]) -> None:
+        seqs = [s for s in seqs if s is not None]
+        if not seqs or self._outbox_file is None:
             return
         try:
-            await asyncio.to_thread(self._outbox_file.done, [seq])
+            await asyncio.to_thread(self._outbox_file.done, seqs)
         except Exception as exc:
             self._outbox_failed(exc)
 
@@ -450,6 +450,7 @@ class Analytics:
 
         taken: set[str] | None = set()
         asked = -ACK_CHECK_FRESH_S
+        done: list[int | None] = []  # rows of the changes taken, refused or skipped, still in the outbox file
         for i, ch in enumerate(changes):
             if ch.event == "escalated":
                 if time.monotonic() - asked >= ACK_CHECK_FRESH_S:
@@ -464,7 +465,7 @@ class Analytics:
                     self.metrics.notifications.labels("skipped").inc()
                     log.info("escalation of alert %s not notified to %s: acknowledged in the console", ch.alert.id,
                              n.name, extra={"event": "notify_skipped", "asset": ch.alert.asset})
-                    await self._outbox_done(seqs[i] if seqs else None)
+                    done.append(seqs[i] if seqs else None)
                     continue
                 if taken is None:
                     # Cannot tell: sent (a page for an alert someone took is better than none for one nobody took),
@@ -494,9 +495,18 @@ class Analytics:
                     failed = True
                 if refused:
                     break
+                # What was delivered before is forgotten now, not after this receiver comes back.
+                await self._outbox_done(done)
+                done.clear()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, NOTIFY_RETRY_MAX_S)
-            await self._outbox_done(seqs[i] if seqs else None)
+            done.append(seqs[i] if seqs else None)
+            if len(done) >= 100:
+                await self._outbox_done(done)
+                done.clear()
+        # Forgotten a group at a time, not a change at a time (each delete is a synced commit); a stop before this
+        # sends the group's delivered changes again at the next start, with the same notification_id.
+        await self._outbox_done(done)
 
     async def _idle_clock_loop(self) -> None:
         """Move the clock on by the gateway's own while nothing is offered and alerts are open (see IDLE_TICK_S)."""
