@@ -513,10 +513,14 @@ class Analytics:
         while True:
             await asyncio.sleep(IDLE_TICK_S)
             now = time.monotonic()
-            if (self.latest is None or now - self._offered_mono < IDLE_TICK_S or not self.manager.open
-                    or not self.queue.empty()):
+            if now - self._offered_mono < IDLE_TICK_S or not self.manager.open or not self.queue.empty():
                 continue
-            self.latest += timedelta(seconds=now - self._clock_mono)
+            if self.latest is None:
+                # No reading since the start (a power cut took the plant network down too) but open alerts, loaded or
+                # restored: the clock starts at the gateway's own time; readings move it on from there.
+                self.latest = utcnow()
+            else:
+                self.latest += timedelta(seconds=now - self._clock_mono)
             self._clock_mono = now
             self.queue.put_nowait([])
 

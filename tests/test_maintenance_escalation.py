@@ -103,3 +103,40 @@ async def test_analysis_starts_while_a_lock_holds_the_alerts_table(tmp_path, pg_
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             locker.rollback()
+
+
+async def test_a_gateway_started_without_database_and_readings_escalates_the_alerts_it_restored(tmp_path, monkeypatch):
+    """A power cut took the gateway, the database and the plant network down; the gateway comes back first and
+    goes on from its saved alert state, but no reading has arrived yet to give its clock a time: the restored
+    alerts nobody had acknowledged never escalated until the first reading. Without any, the clock starts at the
+    gateway's own time."""
+    from servers import free_port
+
+    from maintenance import alert_state
+    from maintenance.alerts import AlertManager
+
+    monkeypatch.setattr(analytics, "IDLE_TICK_S", 0.1)
+    before = AlertManager()
+    (raised,) = before.observe(asset="P1", tag="P1.t", kind="rule:hot", active=True,
+                               t=datetime.now(UTC) - timedelta(seconds=5))
+    alert_state.write(tmp_path / alert_state.STATE_FILE, alert_state.content(before))
+    batches = []
+
+    async def emit(batch):
+        batches.append(batch)
+
+    site = SiteConfig(site={"state_dir": tmp_path},
+                      rules=[{"name": "hot", "tag": "P1.t", "kind": "threshold", "high": 90.0}],
+                      maintenance={"alerts": {"escalate_after_s": 1.0}})
+    an = Analytics(site, Metrics(), emit, f"host=127.0.0.1 port={free_port()} user=postgres dbname=x")
+    task = asyncio.create_task(an.run())
+    try:
+        for _ in range(100):
+            if _changes(batches):
+                break
+            await asyncio.sleep(0.05)
+        assert _changes(batches)[:1] == [("P1", "escalated")]
+        assert batches[0].records[0][1]["alert"]["id"] == raised.alert.id
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
