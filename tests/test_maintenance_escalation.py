@@ -15,6 +15,18 @@ STACK = {"name": "W", "regime": "waste_incineration", "operating_state_tag": "W.
          "pollutants": [{"name": "NOx", "tag": "W.NOx", "elv": {"day": 200.0, "half_hour_100": 400.0}}]}
 
 
+def _hot_bearing(state_dir, batches: list, conninfo: str | None) -> Analytics:
+    """Live analytics with the rule "P1.t above 90" escalating after 1 s, its batches collected in ``batches``."""
+
+    async def emit(batch):
+        batches.append(batch)
+
+    site = SiteConfig(site={"state_dir": state_dir},
+                      rules=[{"name": "hot", "tag": "P1.t", "kind": "threshold", "high": 90.0}],
+                      maintenance={"alerts": {"escalate_after_s": 1.0}})
+    return Analytics(site, Metrics(), emit, conninfo)
+
+
 def _changes(batches) -> list[tuple[str, str]]:
     return [(c["alert"]["asset"], c["event"]) for b in batches for kind, c in b.records if kind == "alert_change"]
 
@@ -47,14 +59,7 @@ async def test_open_alerts_escalate_while_no_reading_arrives_at_all(tmp_path, mo
     its alert stopped going up. Without readings the clock now goes on with the gateway's own."""
     monkeypatch.setattr(analytics, "IDLE_TICK_S", 0.1, raising=False)
     batches = []
-
-    async def emit(batch):
-        batches.append(batch)
-
-    site = SiteConfig(site={"state_dir": tmp_path},
-                      rules=[{"name": "hot", "tag": "P1.t", "kind": "threshold", "high": 90.0}],
-                      maintenance={"alerts": {"escalate_after_s": 1.0}})
-    an = Analytics(site, Metrics(), emit, None)
+    an = _hot_bearing(tmp_path, batches, None)
     task = asyncio.create_task(an.run())
     try:
         t0 = datetime.now(UTC)
@@ -121,14 +126,7 @@ async def test_a_gateway_started_without_database_and_readings_escalates_the_ale
                                t=datetime.now(UTC) - timedelta(seconds=5))
     alert_state.write(tmp_path / alert_state.STATE_FILE, alert_state.content(before))
     batches = []
-
-    async def emit(batch):
-        batches.append(batch)
-
-    site = SiteConfig(site={"state_dir": tmp_path},
-                      rules=[{"name": "hot", "tag": "P1.t", "kind": "threshold", "high": 90.0}],
-                      maintenance={"alerts": {"escalate_after_s": 1.0}})
-    an = Analytics(site, Metrics(), emit, f"host=127.0.0.1 port={free_port()} user=postgres dbname=x")
+    an = _hot_bearing(tmp_path, batches, f"host=127.0.0.1 port={free_port()} user=postgres dbname=x")
     task = asyncio.create_task(an.run())
     try:
         for _ in range(100):
