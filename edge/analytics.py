@@ -31,9 +31,22 @@ log = logging.getLogger(__name__)
 
 QUEUE_GROUPS = 1024
 SYNC_INTERVAL_S = 15.0
+SYNC_TIMEOUT_S = 30.0  # a sync with the database that takes longer is given up (tried again next period)
 NOTIFY_QUEUE_GROUPS = 1000  # groups of alert changes waiting for the notifiers
 NOTIFY_RETRY_MIN_S = 1.0  # a change a receiver did not take is sent again after this, doubling up to the max
 NOTIFY_RETRY_MAX_S = 60.0
+# Is an escalated alert acknowledged in the console already? One bounded question per group of changes; after the
+# database failed to answer it is not asked again for a while (escalations are then sent, marked unverified).
+ACK_CHECK_TIMEOUT_S = 3.0
+ACK_RECHECK_S = 15.0
+ACK_CHECK_FRESH_S = 5.0
+# The alert manager's open alerts and windows on disk (maintenance.alert_state), for a start without the database:
+# checked this often, written when changed (and at least this often while nothing changes).
+ALERT_STATE_SAVE_S = 5.0
+ALERT_STATE_REFRESH_S = 3600.0
+# Nothing offered for this long (every collector cut off) while alerts are open: the escalation clock goes on by the
+# gateway's own clock from the last reading time, so the alerts nobody can see the machine behind still escalate.
+IDLE_TICK_S = 15.0
 SOURCE = "analytics"
 
 
@@ -88,11 +101,13 @@ async def write_records(conn: psycopg.AsyncConnection, records: list[tuple[str, 
 # -- the live analytics task -------------------------------------------------------------------
 @dataclass(slots=True)
 class _Outbox:
-    """One notifier's queue of alert-change groups, and how many changes it dropped while full."""
+    """One notifier's queue of alert-change groups ``(changes, seqs)``, and how many changes it dropped while full.
+    ``seqs``: the changes' rows in the outbox file (`maintenance.outbox`), or None where it could not be written."""
 
     notifier: object
     queue: asyncio.Queue
     dropped: int = 0
+    key: str = ""  # the receiver's name in the outbox file
 
 
 def maintenance_config(cfg: SiteConfig):
@@ -147,6 +162,7 @@ class Analytics:
         mcfg = maintenance_config(cfg)
         self.mcfg = mcfg
         self._notify_secrets = notify_secrets(mcfg)  # read again by each new gateway: a reload rotates them
+        self.state_dir = cfg.site.state_dir
         self.maintenance = (MaintenanceLive(mcfg, dsn=conninfo, metrics=metrics, state_dir=cfg.site.state_dir)
                             if mcfg else None)
         if self.maintenance is not None:
@@ -169,6 +185,8 @@ class Analytics:
         self.predictions = 0
         self.notifiers: list = []
         self.latest = None  # latest reading time seen (datetime): analytics' clock
+        self._clock_mono = time.monotonic()  # when ``latest`` last moved
+        self._offered_mono = time.monotonic()  # when the ingest task last offered a group
         self._synced = False
         # Alert changes waiting for each notifier: one queue and one task per notifier, sending in order (a
         # "cleared" never overtakes its "raised"), so a receiver that is down delays only itself; bounded, so one
@@ -178,6 +196,12 @@ class Analytics:
         # Batches waiting in the spool (the gateway sets it): tells "not written yet" from "never will be".
         self.spool_pending = None
         self._missing_drained: set[str] = set()
+        self._db_down_until = 0.0  # time.monotonic(): the database did not answer; not asked again before
+        self._outbox_file = None  # maintenance.outbox.Outbox: the changes not taken yet, kept across restarts
+        self._outbox_restored = False
+        self._outbox_error: str | None = None
+        self._state_saved: bytes | None = None  # the alert state last written (maintenance.alert_state.content)
+        self._state_saved_at = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -200,8 +224,10 @@ class Analytics:
     def offer(self, readings: list[Reading], latest=None) -> None:
         """Called by the ingest task after a spool commit with the group's readings of `tags` and its latest
         reading time (the clock of escalations, also when none of the tags is in the group); never blocks."""
+        self._offered_mono = time.monotonic()
         if latest is not None and (self.latest is None or latest > self.latest):
             self.latest = latest
+            self._clock_mono = time.monotonic()
         if not readings and not (self.manager.open and self.queue.empty()):
             return  # nothing to analyse and no open alert whose escalation waits for the clock
         try:
@@ -223,12 +249,18 @@ class Analytics:
         sync = asyncio.create_task(self._sync_loop())
         notify = [asyncio.create_task(self._notify_loop(box)) for box in self._outboxes]
         save = asyncio.create_task(self._save_loop())
+        state: asyncio.Task | None = None
+        idle: asyncio.Task | None = None
         try:
             # The open alerts before the first group: readings the collectors queued while the gateway started
             # were analysed before the first sync, and every condition still active was raised again (a new id,
             # "raised" notified again, an acknowledged alert paged and escalating again). With the database down
-            # at start the sync loop loads them later (the spool's raise is then absorbed by the stored row).
+            # at start they come from the state file until the sync loop loads them (maintenance.alert_state).
             await self._sync()
+            if self.conninfo and not self._synced:
+                self._restore_alert_state()
+            state = asyncio.create_task(self._alert_state_loop()) if self.conninfo else None
+            idle = asyncio.create_task(self._idle_clock_loop())
             while True:
                 group = await self.queue.get()
                 while not self.queue.empty() and len(group) < 50_000:
@@ -244,6 +276,13 @@ class Analytics:
         finally:
             sync.cancel()
             save.cancel()
+            if idle is not None:
+                idle.cancel()
+                await asyncio.gather(idle, return_exceptions=True)
+            if state is not None:
+                state.cancel()
+                await asyncio.gather(state, return_exceptions=True)
+                self._save_alert_state()  # what this run knew last, for a start without the database
             for t in notify:
                 t.cancel()
             await asyncio.gather(sync, save, *notify, return_exceptions=True)
@@ -253,6 +292,9 @@ class Analytics:
                 rul.write(data)
             for n in self.notifiers:
                 await n.aclose()
+            if self._outbox_file is not None:
+                self._outbox_file.close()
+                self._outbox_file = None
 
     async def process(self, readings: list[Reading]) -> None:
         """Run every analysis on one group of readings and send what it produced to the spool."""
@@ -270,6 +312,10 @@ class Analytics:
             self.emissions.observe(readings)
             changes.extend(self._conditions)
             self._conditions.clear()
+            if self.maintenance is None and self.latest is not None:
+                # Emission alerts escalate too when no maintenance analysis runs (it calls the manager's tick): a
+                # site that monitors only its stacks never escalated an unacknowledged "NOx heading over its limit".
+                changes.extend(self.manager.tick(self.latest))
             if self._pems_steps:  # PEMS predictions (with interval and model version) and the pems tags' readings
                 derived = derived + [r for st in self._pems_steps for r in st.readings]
                 preds = preds + [st.prediction for st in self._pems_steps]
@@ -281,16 +327,32 @@ class Analytics:
         self.predictions += len(preds)
         self.alert_changes += len(changes)
         await self.emit(Batch(SOURCE, derived, records=records))
+        await self._queue_notifications(changes)
+
+    async def _queue_notifications(self, changes: list) -> None:
+        """Hand ``changes`` to each receiver's queue (the events it takes), on disk first."""
+        from maintenance.notify import wanted
+
         for box in self._outboxes if changes else ():
-            try:
-                box.queue.put_nowait(changes)
-            except asyncio.QueueFull:
-                if not box.dropped:
-                    log.error("alert notifications to %s are %d groups behind (the receiver is down or slow); "
-                              "dropping new ones until it catches up (the alerts themselves are stored)",
-                              box.notifier.name, box.queue.qsize(), extra={"event": "notify_behind"})
-                box.dropped += len(changes)
-                self.metrics.notifications.labels("dropped").inc(len(changes))
+            events = getattr(getattr(box.notifier, "cfg", None), "events", None)
+            mine = [c for c in changes if c.event != "suppressed" and (events is None or wanted(events, c))]
+            if not mine:
+                continue
+            if not box.queue.full():
+                # On disk before it is queued: a stop of the gateway (reload, upgrade, crash) with the receiver down
+                # lost every change waiting for it; the next start sends them first (`_start_notifiers`).
+                seqs = await self._outbox_add(box.key, mine)
+                try:  # the sync and the analysis both queue: the other may have taken the last place meanwhile
+                    box.queue.put_nowait((mine, seqs))
+                    continue
+                except asyncio.QueueFull:
+                    await self._outbox_done(seqs or [])
+            if not box.dropped:
+                log.error("alert notifications to %s are %d groups behind (the receiver is down or slow); "
+                          "dropping new ones until it catches up (the alerts themselves are stored)",
+                          box.notifier.name, box.queue.qsize(), extra={"event": "notify_behind"})
+            box.dropped += len(mine)
+            self.metrics.notifications.labels("dropped").inc(len(mine))
 
     def _start_notifiers(self) -> None:
         if self.mcfg is None:
@@ -309,42 +371,132 @@ class Analytics:
         self.notifiers += [WebhookNotifier(w, t) for w, t in zip(n.webhooks, targets, strict=True)]
         self._outboxes = [_Outbox(n, queues[i] if i < len(queues) else asyncio.Queue(maxsize=NOTIFY_QUEUE_GROUPS))
                           for i, n in enumerate(self.notifiers)]
+        names: dict[str, int] = {}
+        for box in self._outboxes:  # two receivers of one name (the same URL twice) keep their rows apart
+            names[box.notifier.name] = names.get(box.notifier.name, 0) + 1
+            box.key = box.notifier.name + (f" #{names[box.notifier.name]}" if names[box.notifier.name] > 1 else "")
+        self._open_outbox_file()
+
+    def _open_outbox_file(self) -> None:
+        """Open ``<state_dir>/notify_outbox.db`` and, at the first start only (a watchdog restart keeps its queues),
+        queue what each receiver had not taken when the gateway stopped, before anything new."""
+        from maintenance.outbox import OUTBOX_FILE, Outbox
+
+        if not self._outboxes or self._outbox_file is not None:
+            return
+        try:
+            self._outbox_file = Outbox(self.state_dir / OUTBOX_FILE)
+            if self._outbox_restored:
+                return
+            self._outbox_restored = True
+            gone = self._outbox_file.forget_others({box.key for box in self._outboxes})
+            if gone:
+                log.warning("%d alert notifications for receivers no longer configured were dropped", gone,
+                            extra={"event": "notify_receiver_gone"})
+            for box in self._outboxes:
+                rows = self._outbox_file.pending(box.key)
+                if rows:
+                    box.queue.put_nowait(([ch for _, ch in rows], [seq for seq, _ in rows]))
+                    log.info("%d alert notifications to %s left from before the restart are sent first", len(rows),
+                             box.notifier.name, extra={"event": "notify_restored"})
+        except Exception as exc:  # notifications still go out, from memory only
+            self._outbox_failed(exc)
+
+    def _outbox_failed(self, exc: BaseException) -> None:
+        if self._outbox_error != type(exc).__name__:
+            self._outbox_error = type(exc).__name__
+            log.error("alert notification outbox %s not usable; notifications waiting for a receiver are lost if "
+                      "the gateway stops: %s", self.state_dir, exc, extra={"event": "notify_outbox_error"})
+
+    async def _outbox_add(self, key: str, changes: list) -> list[int] | None:
+        if self._outbox_file is None:
+            return None
+        try:
+            seqs = await asyncio.to_thread(self._outbox_file.add, [(key, ch) for ch in changes])
+        except Exception as exc:
+            self._outbox_failed(exc)
+            return None
+        self._outbox_error = None
+        return seqs
+
+    async def _outbox_done(self, seqs: list[int | None]) -> None:
+        seqs = [s for s in seqs if s is not None]
+        if not seqs or self._outbox_file is None:
+            return
+        try:
+            await asyncio.to_thread(self._outbox_file.done, seqs)
+        except Exception as exc:
+            self._outbox_failed(exc)
 
     async def _notify_loop(self, box: _Outbox) -> None:
         while True:
-            changes = await box.queue.get()
-            await self._notify(box.notifier, changes)
+            changes, seqs = await box.queue.get()
+            await self._notify(box.notifier, changes, seqs)
             if box.dropped and box.queue.empty():
                 log.warning("alert notifications to %s caught up; %d changes were not notified", box.notifier.name,
                             box.dropped, extra={"event": "notify_resumed"})
                 box.dropped = 0
 
-    async def _acknowledged_in_store(self, alert_id: str) -> bool:
-        """Whether the alert is acknowledged in the database (the console), which this gateway learns only at its
-        next sync; False when it cannot tell (no database, or not reachable: the notification goes out)."""
-        if not self.conninfo:
-            return False
-        try:
-            async with await psycopg.AsyncConnection.connect(self.conninfo, connect_timeout=5,
-                                                             autocommit=True) as conn:
-                cur = await conn.execute("SELECT acknowledged_at IS NOT NULL FROM alerts WHERE id = %s", (alert_id,))
-                row = await cur.fetchone()
-        except (psycopg.Error, OSError) as exc:
-            log.debug("acknowledgement of alert %s not checked: %s", alert_id, exc)
-            return False
-        return bool(row and row[0])
+    async def _taken_in_store(self, alert_ids: list[str]) -> set[str] | None:
+        """Which of ``alert_ids`` are acknowledged or cleared in the database (the console), which this gateway
+        learns only at its next sync; None when it cannot tell (no database, not reachable, not answering).
 
-    async def _notify(self, n, changes: list) -> None:
+        One query for all, bounded by `ACK_CHECK_TIMEOUT_S`; after a failure the database is not asked again for
+        `ACK_RECHECK_S` (nor after a failed sync): a database that does not answer cost a 5 s connect timeout per
+        escalation and per receiver, in the receiver's queue, so 100 alerts escalating in a network cut held every
+        later notification (new critical alerts too) for over 8 minutes."""
+        if not self.conninfo or not alert_ids:
+            return set()
+        if time.monotonic() < self._db_down_until:
+            return None
+
+        async def ask() -> set[str]:
+            # No statement_timeout startup option (a pgbouncer in front refuses it): wait_for cancels the query.
+            async with await psycopg.AsyncConnection.connect(
+                    self.conninfo, connect_timeout=max(2, int(ACK_CHECK_TIMEOUT_S)), autocommit=True) as conn:
+                cur = await conn.execute("SELECT id FROM alerts WHERE id = ANY(%s)"
+                                         " AND (acknowledged_at IS NOT NULL OR cleared_at IS NOT NULL)",
+                                         (list(alert_ids),))
+                return {r[0] for r in await cur.fetchall()}
+
+        try:
+            taken = await asyncio.wait_for(ask(), ACK_CHECK_TIMEOUT_S)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            self._db_down_until = time.monotonic() + ACK_RECHECK_S
+            log.warning("acknowledgement of %d escalated alert(s) not checked (database: %s); notified anyway",
+                        len(alert_ids), str(exc) or type(exc).__name__, extra={"event": "notify_unverified"})
+            return None
+        self._db_down_until = 0.0
+        return taken
+
+    async def _notify(self, n, changes: list, seqs: list[int] | None = None) -> None:
+        """Send ``changes`` to ``n`` in order; each one taken, refused or skipped is forgotten from the outbox file
+        (``seqs``: their rows)."""
         from maintenance.notify import Refused
 
-        for ch in changes:
-            if ch.event == "escalated" and await self._acknowledged_in_store(ch.alert.id):
-                # Acknowledged in the console since the last sync: the store does not take this escalation
-                # (maintenance.store.apply_changes), and nobody should be paged for an alert someone has taken.
-                self.metrics.notifications.labels("skipped").inc()
-                log.info("escalation of alert %s not notified to %s: acknowledged in the console", ch.alert.id,
-                         n.name, extra={"event": "notify_skipped", "asset": ch.alert.asset})
-                continue
+        taken: set[str] | None = set()
+        asked = -ACK_CHECK_FRESH_S
+        done: list[int | None] = []  # rows of the changes taken, refused or skipped, still in the outbox file
+        for i, ch in enumerate(changes):
+            if ch.event == "escalated":
+                if time.monotonic() - asked >= ACK_CHECK_FRESH_S:
+                    # The escalations of the rest of the group in one question (asked again when sending the group
+                    # has taken a while: a receiver that was down).
+                    taken = await self._taken_in_store([c.alert.id for c in changes[i:] if c.event == "escalated"])
+                    asked = time.monotonic()
+                if taken is not None and ch.alert.id in taken:
+                    # Acknowledged (or cleared) in the console since the last sync: the store does not take this
+                    # escalation (maintenance.store.apply_changes), and nobody should be paged for an alert someone
+                    # has taken.
+                    self.metrics.notifications.labels("skipped").inc()
+                    log.info("escalation of alert %s not notified to %s: acknowledged in the console", ch.alert.id,
+                             n.name, extra={"event": "notify_skipped", "asset": ch.alert.asset})
+                    done.append(seqs[i] if seqs else None)
+                    continue
+                if taken is None:
+                    # Cannot tell: sent (a page for an alert someone took is better than none for one nobody took),
+                    # saying so to the receiver.
+                    ch = dataclasses.replace(ch, detail={**ch.detail, "acknowledgement": "unverified"})
             # A change the receiver did not take (down, unreachable, 5xx) stays at the head of its queue and is sent
             # again with back-off until it is delivered: trying each change once lost everything that happened
             # while a receiver restarted. Later changes wait behind it (in order); the queue's bound drops new ones
@@ -369,8 +521,83 @@ class Analytics:
                     failed = True
                 if refused:
                     break
+                # What was delivered before is forgotten now, not after this receiver comes back.
+                await self._outbox_done(done)
+                done.clear()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, NOTIFY_RETRY_MAX_S)
+            done.append(seqs[i] if seqs else None)
+            if len(done) >= 100:
+                await self._outbox_done(done)
+                done.clear()
+        # Forgotten a group at a time, not a change at a time (each delete is a synced commit); a stop before this
+        # sends the group's delivered changes again at the next start, with the same notification_id.
+        await self._outbox_done(done)
+
+    async def _idle_clock_loop(self) -> None:
+        """Move the clock on by the gateway's own while nothing is offered and alerts are open (see IDLE_TICK_S)."""
+        while True:
+            await asyncio.sleep(IDLE_TICK_S)
+            now = time.monotonic()
+            if now - self._offered_mono < IDLE_TICK_S or not self.manager.open or not self.queue.empty():
+                continue
+            if self.latest is None:
+                # No reading since the start (a power cut took the plant network down too) but open alerts, loaded or
+                # restored: the clock starts at the gateway's own time; readings move it on from there.
+                self.latest = utcnow()
+            else:
+                self.latest += timedelta(seconds=now - self._clock_mono)
+            self._clock_mono = now
+            self.queue.put_nowait([])
+
+    def _restore_alert_state(self) -> None:
+        """The database did not answer the first sync: go on from the open alerts and windows saved when this gateway
+        last knew them (maintenance.alert_state), instead of raising every active condition again."""
+        from maintenance import alert_state
+
+        got = alert_state.restore(self.manager, self.state_dir / alert_state.STATE_FILE)
+        if got is not None:
+            log.warning("database not reachable at start: going on from %d open alert(s) and %d maintenance "
+                        "window(s) saved before the restart until it answers", *got,
+                        extra={"event": "alert_state_restored"})
+
+    def _alert_state_changed(self) -> tuple[bytes, bytes] | None:
+        """(what to write, what tells a change) when the alert state is to be written again, else None."""
+        from maintenance import alert_state
+
+        key = alert_state.content(self.manager, seen=False)
+        if key == self._state_saved and time.monotonic() - self._state_saved_at < ALERT_STATE_REFRESH_S:
+            return None
+        return alert_state.content(self.manager), key
+
+    def _save_alert_state(self) -> None:
+        """At shutdown (no event loop to spare a thread)."""
+        from maintenance import alert_state
+
+        changed = self._alert_state_changed()
+        if changed is not None:
+            try:
+                alert_state.write(self.state_dir / alert_state.STATE_FILE, changed[0])
+            except OSError as exc:
+                log.error("alert state not saved: %s", exc, extra={"event": "alert_state_not_saved"})
+
+    async def _alert_state_loop(self) -> None:
+        from maintenance import alert_state
+
+        failed = False
+        while True:
+            changed = self._alert_state_changed()
+            if changed is not None:
+                try:
+                    await asyncio.to_thread(alert_state.write, self.state_dir / alert_state.STATE_FILE, changed[0])
+                    self._state_saved, self._state_saved_at, failed = changed[1], time.monotonic(), False
+                except OSError as exc:
+                    if not failed:  # logged once per failing stretch, tried again every period
+                        log.error("alert state not saved to %s (a start without the database would raise every "
+                                  "active condition again): %s", self.state_dir, exc,
+                                  extra={"event": "alert_state_not_saved"})
+                    failed = True
+            await asyncio.sleep(ALERT_STATE_SAVE_S)
 
     async def _save_loop(self) -> None:
         """Every ``state_save_s``, save the RUL assets' kept cycles when a closed cycle's own save failed (the
@@ -400,20 +627,35 @@ class Analytics:
             return
         while True:
             await asyncio.sleep(SYNC_INTERVAL_S)
-            await self._sync()
+            try:
+                await self._sync()
+            except Exception:
+                # A bug must not end the loop for good: acknowledgements would no longer stop escalations, clears in
+                # the console would not be seen, windows would not refresh. Logged, tried again next period.
+                self.errors += 1
+                self.metrics.analytics_errors.inc()
+                log.exception("analytics sync failed; tried again in %.0f s", SYNC_INTERVAL_S,
+                              extra={"event": "analytics_sync_error"})
 
     async def _sync(self) -> None:
         if not self.conninfo:
             return
-        try:
+        async def sync() -> None:
             async with await psycopg.AsyncConnection.connect(self.conninfo, connect_timeout=5,
                                                              autocommit=True) as conn:
                 await self.sync_once(conn)
-        except (psycopg.Error, OSError) as exc:
-            log.debug("analytics sync skipped: %s", exc)
+
+        try:
+            # Bounded: a lock on the alerts table (a session idle in a transaction, a long migration) held the first
+            # sync, and with it every analysis, for as long as the lock lasted (psycopg cancels the query).
+            await asyncio.wait_for(sync(), SYNC_TIMEOUT_S)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            self._db_down_until = time.monotonic() + ACK_RECHECK_S  # escalations do not wait for it either
+            log.debug("analytics sync skipped: %s", str(exc) or type(exc).__name__)
 
     async def sync_once(self, conn: psycopg.AsyncConnection) -> None:
         from maintenance import store
+        from maintenance.alerts import AlertChange, dedup_key
 
         cur = await conn.execute("SELECT to_regclass('alerts') IS NOT NULL")
         if not (await cur.fetchone())[0]:
@@ -426,15 +668,34 @@ class Analytics:
         # An open alert of the manager missing from the stored open ones is either cleared in the console or not
         # written yet (the spool forwards it later: database down, a backlog). Only the stored row can tell.
         missing = [o.alert.id for o in self.manager.open.values() if o.alert.id not in by_id]
-        cleared = await store.cleared_ids(conn, missing) if missing else set()
-        for alert_id in cleared:
+        cleared = await store.cleared_ids(conn, missing) if missing else {}
+        # What a person did in the console goes to the receivers too: the pager that got "raised" heard nothing of a
+        # clear or an acknowledgement made in the console, kept the incident open and went on paging the on-call.
+        by_person: list = []
+        for alert_id, (cleared_at, who) in cleared.items():
+            o = next((o for o in self.manager.open.values() if o.alert.id == alert_id), None)
+            if o is not None and who != "system":  # "system": another gateway's clear, notified by that gateway
+                by_person.append(AlertChange("cleared", dataclasses.replace(o.alert, cleared_at=cleared_at),
+                                             dedup_key(o.alert.asset, o.alert.tag, o.alert.kind), o.occurrences,
+                                             o.last_seen, o.escalation_level, detail={"by": who}))
             self.manager.cleared_by_hand(alert_id)
         # Missing with nothing left in the spool, twice running: its row was refused (dead-lettered), so it will
         # never be written; forgotten, an active condition raises it again (a row the board shows). A row that
         # arrived since and was cleared in the console is the case above, not this one.
         drained = self.spool_pending is not None and self.spool_pending() == 0
         unwritten = {i for i in missing if i in self._missing_drained and i not in cleared} if drained else set()
+        stored_by_key = {dedup_key(r[0].asset, r[0].tag, r[0].kind): r for r in stored}
+        key_of = {o.alert.id: k for k, o in self.manager.open.items()}
         for alert_id in unwritten:
+            row = stored_by_key.get(key_of.get(alert_id))
+            if row is not None:
+                # Its raise met another open alert of the condition (another gateway's: a redundant pair) and became
+                # an occurrence of it. Forgotten, the condition raised (and paged) again every two syncs while it
+                # lasted, and escalated an alert the other's operators had acknowledged: take that alert instead.
+                log.info("alert %s was stored as an occurrence of alert %s of the same condition; going on with "
+                         "that one", alert_id, row[0].id, extra={"event": "alert_absorbed"})
+                self.manager.load([row])
+                continue
             log.warning("alert %s was never stored (its row was refused: see dead_letters); raising it again if "
                         "its condition lasts", alert_id, extra={"event": "alert_unstored"})
             self.manager.cleared_by_hand(alert_id)
@@ -444,7 +705,11 @@ class Analytics:
             if db is not None and db.acknowledged_at and o.alert.acknowledged_at is None:
                 self.manager.acknowledged(o.alert.id, db.acknowledged_by or "", db.acknowledged_at,
                                           severity=db.severity, level=level, escalated_at=escalated_at)
+                by_person.append(AlertChange("acknowledged", o.alert, dedup_key(o.alert.asset, o.alert.tag,
+                                                                                 o.alert.kind), o.occurrences,
+                                             o.last_seen, o.escalation_level, detail={"by": db.acknowledged_by}))
         self.manager.windows = await store.windows(conn, utcnow() - timedelta(days=1))
+        await self._queue_notifications(by_person)
 
     def status(self) -> dict:
         # processed / dropped count readings of the analytics tags (``tags``), the only ones handed over.

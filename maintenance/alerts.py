@@ -106,8 +106,14 @@ class AlertManager:
     def load(self, alerts: list[tuple[Alert, int, datetime, int, datetime | None]]) -> None:
         """Resume open alerts: (alert, occurrences, last_seen, escalation_level, escalated_at) from the store."""
         for a, n, seen, level, escalated_at in alerts:
-            self.open[dedup_key(a.asset, a.tag, a.kind)] = _Open(a, n, seen, escalation_level=level,
-                                                                 escalated_at=escalated_at)
+            key = dedup_key(a.asset, a.tag, a.kind)
+            cur = self.open.get(key)
+            if (cur is not None and cur.alert.id == a.id and a.acknowledged_at is None
+                    and cur.escalation_level > level):
+                # This process escalated it further than the row says: the change is still on its way to the
+                # database (the spool after an outage). Taking the row's level escalated it again at once.
+                continue
+            self.open[key] = _Open(a, n, seen, escalation_level=level, escalated_at=escalated_at)
 
     def suppressed(self, asset: str, tag: str | None, t: datetime) -> Window | None:
         return next((w for w in self.windows if w.covers(asset, tag, t)), None)
@@ -140,9 +146,12 @@ class AlertManager:
             new_sev = worse(cur.alert.severity, severity)
             if flapped or new_sev != cur.alert.severity:
                 cur.occurrences += int(flapped)
+                # A worse condition (zone C -> D) is news for receivers of escalations too (notify.wanted)
+                detail = {"severity_was": cur.alert.severity} if new_sev != cur.alert.severity else {}
                 cur.alert = replace(cur.alert, severity=new_sev, evidence=evidence or cur.alert.evidence,
                                     message=message or cur.alert.message)
-                changes.append(AlertChange("updated", cur.alert, key, cur.occurrences, t, cur.escalation_level))
+                changes.append(AlertChange("updated", cur.alert, key, cur.occurrences, t, cur.escalation_level,
+                                           detail=detail))
             return changes
         window = self.suppressed(asset, tag, t)
         if window is not None:

@@ -12,13 +12,18 @@ the loop or need a thread pool for the same.
 
 MQTT uses paho-mqtt 2 with QoS 1 on ``<prefix>/<asset>/<kind>`` (not retained: a board that connects
 later reads the table, not the broker; ``#``, ``+`` and ``/`` in the asset or kind become ``_`` in the
-topic). Payload (both channels): JSON with ``event`` (raised, updated, escalated, cleared), the alert's
-fields and its evidence.
+topic). Payload (both channels): JSON with ``event`` (raised, updated, acknowledged, escalated, cleared;
+acknowledged and cleared by a person in the console are sent once the gateway's sync sees them, ``detail.by``
+naming who cleared it), ``notification_id``
+(the same for every copy of one change: receivers drop repeats by it), the alert's
+fields and its evidence, and ``detail`` (an escalation: ``unacknowledged_s``, and ``acknowledgement``
+``"unverified"`` when the gateway could not ask the database whether someone had acknowledged it meanwhile).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import threading
@@ -70,7 +75,7 @@ class WebhookConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     url: Annotated[str, REF] = Field(description="http(s) URL, or env:NAME / file:PATH holding it")
-    events: tuple[str, ...] = ("raised", "escalated", "cleared")
+    events: tuple[str, ...] = ("raised", "acknowledged", "escalated", "cleared")
     timeout_s: float = Field(5.0, gt=0)
     attempts: int = Field(3, ge=1, le=10)
     headers: dict[str, Annotated[str, REF]] = Field(default_factory=dict, description="values may be env:NAME or "
@@ -142,7 +147,7 @@ class MqttNotifyConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = 1883
     topic_prefix: str = "valvoja/alerts"
-    events: tuple[str, ...] = ("raised", "updated", "escalated", "cleared")
+    events: tuple[str, ...] = ("raised", "updated", "acknowledged", "escalated", "cleared")
     username: str | None = None
     password: SecretRef | None = None
     timeout_s: float = Field(5.0, gt=0)
@@ -157,9 +162,28 @@ class Refused(str):
 _TOPIC_RESERVED = str.maketrans({c: "_" for c in "#+/\0"})
 
 
+def wanted(events: tuple[str, ...], ch: AlertChange) -> bool:
+    """Whether a receiver taking ``events`` gets ``ch``. An "updated" that raised the severity (a vibration going
+    from zone C to D: ``detail.severity_was``) goes to receivers of "escalated" too: webhooks take no "updated" by
+    default (every flap is one), so the pager heard of a machine entering zone D only at the next escalation, an
+    hour later."""
+    return ch.event in events or (ch.event == "updated" and "severity_was" in ch.detail and "escalated" in events)
+
+
+def notification_id(ch: AlertChange) -> str:
+    """The same for every copy of one change (retries, a re-send after a restart), different for two changes: what
+    the alert is, what happened to it and when, hashed. Receivers drop repeats by it (payload ``notification_id``,
+    webhook header ``Idempotency-Key``)."""
+    a = ch.alert
+    when = a.cleared_at if ch.event == "cleared" else ch.escalated_at if ch.event == "escalated" else ch.last_seen
+    key = "|".join(str(x) for x in (a.id, ch.event, ch.escalation_level, ch.occurrences, a.severity,
+                                    (when or a.raised_at).timestamp()))  # the same instant in any time zone
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
 def payload(ch: AlertChange) -> bytes:
-    body = {"event": ch.event, "occurrences": ch.occurrences, "escalation_level": ch.escalation_level,
-            **asdict(ch.alert)}
+    body = {"event": ch.event, "notification_id": notification_id(ch), "occurrences": ch.occurrences,
+            "escalation_level": ch.escalation_level, **asdict(ch.alert), "detail": ch.detail}
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
 
 
@@ -180,13 +204,14 @@ class WebhookNotifier:
         return f"<WebhookNotifier {self.name}>"
 
     async def send(self, ch: AlertChange) -> tuple[bool, str]:
-        if ch.event not in self.cfg.events:
+        if not wanted(self.cfg.events, ch):
             return True, "skipped"
         error = ""
         for attempt in range(self.cfg.attempts):
             try:
                 r = await self.client.post(self._target.url, content=payload(ch),
-                                           headers={"content-type": "application/json"})
+                                           headers={"content-type": "application/json",
+                                                    "idempotency-key": notification_id(ch)})
                 if 200 <= r.status_code < 300:
                     return True, f"HTTP {r.status_code}"
                 error = f"HTTP {r.status_code}"
@@ -236,7 +261,7 @@ class MqttNotifier:
         return (True, "PUBACK") if info.is_published() else (False, "no PUBACK in time")
 
     async def send(self, ch: AlertChange) -> tuple[bool, str]:
-        if ch.event not in self.cfg.events:
+        if not wanted(self.cfg.events, ch):
             return True, "skipped"
         return await asyncio.to_thread(self._publish, ch)
 

@@ -33,8 +33,13 @@ async def publish(conn: psycopg.AsyncConnection, predictions: Sequence[Predictio
     await store.apply_changes(conn, changes)
     outcomes: list[tuple[AlertChange, bool, str]] = []
     sendable = [ch for ch in changes if ch.event != "suppressed"]
-    for n in notifiers:
-        results = await asyncio.gather(*(n.send(ch) for ch in sendable))
+    async def send_in_order(n) -> list[tuple[bool, str]]:
+        # One receiver's changes one after the other: sent at once, a "cleared" overtook its "raised" whenever the
+        # receiver answered the first more slowly. Receivers are still served side by side.
+        return [await n.send(ch) for ch in sendable]
+
+    per_receiver = await asyncio.gather(*(send_in_order(n) for n in notifiers))
+    for n, results in zip(notifiers, per_receiver, strict=True):
         for ch, (ok, detail) in zip(sendable, results, strict=True):
             if detail == "skipped":
                 continue

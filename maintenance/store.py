@@ -21,7 +21,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from edge.records import Alert, Prediction
-from maintenance.alerts import AlertChange, Window
+from maintenance.alerts import SEVERITIES, AlertChange, Window
 
 
 def _jsonb(obj: dict) -> Jsonb:
@@ -83,20 +83,25 @@ async def apply_changes(conn: psycopg.AsyncConnection, changes: Iterable[AlertCh
                 # still be escalated by the gateway: the row does not go up for it (level, severity, the
                 # "escalated" event after "acknowledged"), and the next sync hands the row's severity and level
                 # back to the gateway (`AlertManager.acknowledged`).
+                # Severity and level never fall while the alert is open: a change may come from another in-memory
+                # alert of the condition (a redundant gateway's, or one raised again by a gateway started without the
+                # database) whose lower values turned a critical, twice escalated alert back into a warning.
                 await cur.execute(
                     "UPDATE alerts SET"
-                    " severity = CASE WHEN acknowledged_at IS NOT NULL AND %(level)s > escalation_level"
-                    "  THEN severity ELSE %(severity)s END,"
-                    " message = %(message)s, evidence = %(evidence)s, occurrences = %(occurrences)s,"
-                    " last_seen = %(last_seen)s,"
+                    " severity = CASE WHEN acknowledged_at IS NOT NULL AND %(level)s > escalation_level THEN severity"
+                    "  WHEN array_position(%(order)s, %(severity)s) > array_position(%(order)s, severity)"
+                    "  THEN %(severity)s ELSE severity END,"
+                    " message = %(message)s, evidence = %(evidence)s,"
+                    " occurrences = greatest(occurrences, %(occurrences)s), last_seen = %(last_seen)s,"
                     " escalated_at = CASE WHEN acknowledged_at IS NULL AND %(level)s > escalation_level"
                     "  THEN %(escalated_at)s ELSE escalated_at END,"
-                    " escalation_level = CASE WHEN acknowledged_at IS NULL THEN %(level)s ELSE escalation_level END,"
+                    " escalation_level = CASE WHEN acknowledged_at IS NULL"
+                    "  THEN greatest(escalation_level, %(level)s) ELSE escalation_level END,"
                     " updated_at = now() WHERE cleared_at IS NULL AND (id = %(id)s OR dedup_key = %(key)s)",
                     {"severity": a.severity, "message": a.message, "evidence": _jsonb(a.evidence),
                      "occurrences": ch.occurrences, "last_seen": ch.last_seen or a.raised_at,
                      "level": ch.escalation_level, "escalated_at": ch.escalated_at or ch.last_seen, "id": a.id,
-                     "key": ch.key})
+                     "key": ch.key, "order": list(SEVERITIES)})
             elif ch.event == "cleared":
                 await cur.execute(
                     "UPDATE alerts SET cleared_at = %s, cleared_by = 'system', state = 'cleared',"
@@ -151,10 +156,12 @@ async def open_alerts(conn: psycopg.AsyncConnection) -> list[tuple[Alert, int, d
             for r in rows]
 
 
-async def cleared_ids(conn: psycopg.AsyncConnection, ids: list[str]) -> set[str]:
-    """Which of ``ids`` are stored and cleared (by a person in the console, or by another writer)."""
-    cur = await conn.execute("SELECT id FROM alerts WHERE id = ANY(%s) AND cleared_at IS NOT NULL", (ids,))
-    return {r[0] for r in await cur.fetchall()}
+async def cleared_ids(conn: psycopg.AsyncConnection, ids: list[str]) -> dict[str, tuple[datetime, str]]:
+    """Which of ``ids`` are stored and cleared (by a person in the console, or by another writer): id -> (cleared_at,
+    cleared_by)."""
+    cur = await conn.execute("SELECT id, cleared_at, coalesce(cleared_by, 'system') FROM alerts"
+                             " WHERE id = ANY(%s) AND cleared_at IS NOT NULL", (ids,))
+    return {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
 
 
 def row_to_alert(r: dict) -> Alert:

@@ -361,3 +361,15 @@ def test_the_feeds_poll_pages_through_alerts_changed_in_one_transaction(pg_dsn):
         return len({r["id"] for r in got})
 
     assert asyncio.run(go()) == 1050
+
+
+def test_a_comment_with_a_nul_character_is_refused_not_a_server_error(server):
+    """A comment pasted from a PLC export or a binary log can hold a NUL character, which PostgreSQL text cannot
+    store: the acknowledgement failed with 500 "internal error" and the engineer could not tell why. 422, saying so."""
+    with server.client("engineer") as c, server.client("maintenance") as m:
+        for client, path in ((c, "/api/alerts/A010/ack"), (c, "/api/alerts/A010/clear"),
+                             (c, "/api/alerts/A010/comment"), (m, "/api/alerts/A010/review")):
+            body = {"comment": "valve\x00 checked"} | ({"verdict": "right"} if path.endswith("review") else {})
+            r = client.post(path, json=body)
+            assert r.status_code == 422 and "NUL" in r.json()["detail"], (path, r.status_code, r.text)
+        assert c.post("/api/alerts/A010/ack", json={"comment": "valve checked"}).status_code == 200

@@ -1,6 +1,7 @@
 """Alert lifecycle without I/O: de-duplication of a flapping signal, hysteresis, suppression, escalation;
 threshold and rate rules."""
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -153,3 +154,22 @@ def test_threshold_deadband_holds_for_an_alert_resumed_after_a_restart():
     assert raised.key in again.open
     (cl,) = eng2.update([Reading("P-101.bearing_temp", at(20), 87.5, at(20))])
     assert cl.event == "cleared" and cl.alert.id == raised.alert.id
+
+
+def test_loading_the_stored_row_keeps_an_escalation_still_on_its_way_to_the_database():
+    """A gateway that escalated an alert while the database was away (the change waits in the spool) and then loads
+    the stored open alerts (its first sync once the database is back) took the row's lower level and older
+    escalation time, and escalated the alert again at once: a second page and two severity steps for one period."""
+    m = AlertManager(AlertPolicy(escalate_after_s=600))
+    (r,) = observe(m, 0, True, severity="info")
+    o = m.open[r.key]
+    stored = (o.alert, o.occurrences, o.last_seen, o.escalation_level, o.escalated_at)  # the row as written
+    assert [c.event for c in m.tick(at(600))] == ["escalated"]  # the database is away: the change is in the spool
+    m.load([stored])  # the database is back: the first sync
+    assert m.tick(at(601)) == []
+    assert m.open[r.key].escalation_level == 1 and m.open[r.key].alert.severity == "warning"
+    (e2,) = m.tick(at(1200))
+    assert e2.escalation_level == 2
+    acked = (dataclasses.replace(o.alert, acknowledged_at=at(650), acknowledged_by="anna"), 1, at(0), 0, None)
+    m.load([acked])  # acknowledged meanwhile: the row wins
+    assert m.tick(at(5000)) == [] and m.open[r.key].alert.acknowledged_by == "anna"

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import paho.mqtt.client as mqtt
 from servers import free_port
 
-from maintenance.alerts import AlertManager
+from maintenance.alerts import AlertManager, AlertPolicy
 from maintenance.notify import MqttNotifier, MqttNotifyConfig, WebhookConfig, WebhookNotifier
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -111,7 +111,7 @@ def test_notify_password_must_be_a_reference():
     assert MqttNotifyConfig(username="alerts", password="env:VALVOJA_NOTIFY_PW").password == "env:VALVOJA_NOTIFY_PW"
 
 
-async def test_live_notifications_keep_their_order_through_retries(monkeypatch):
+async def test_live_notifications_keep_their_order_through_retries(tmp_path, monkeypatch):
     """Alert changes go to the notifiers from one queue, in order: a "cleared" never overtakes the "raised" that
     a receiver refused twice (it did when each group of changes had a task of its own)."""
     from edge.analytics import Analytics
@@ -136,7 +136,8 @@ async def test_live_notifications_keep_their_order_through_retries(monkeypatch):
     _Receiver.bodies, RefusesRaises.fail_first = [], 2
     monkeypatch.setattr(WebhookNotifier, "RETRY_BASE_S", 0.2)
     url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    site = SiteConfig(rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
+    site = SiteConfig(site={"state_dir": tmp_path},
+                      rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
                       maintenance={"alerts": {"clear_after_s": 0},
                                    "notify": {"webhooks": [{"url": url, "attempts": 3}]}})
 
@@ -165,7 +166,7 @@ async def test_live_notifications_keep_their_order_through_retries(monkeypatch):
         server.server_close()
 
 
-async def test_live_notifications_wait_for_a_receiver_that_is_down(monkeypatch):
+async def test_live_notifications_wait_for_a_receiver_that_is_down(tmp_path, monkeypatch):
     """A receiver down longer than a send's own retries (a restart of the paging service, a broker update) lost
     every change of that time: the outbox tried each once and went on, though its queue is there to hold them
     ("dropped when a receiver stays down that long", docs/operations.md). Now a change waits at the head of its
@@ -190,7 +191,8 @@ async def test_live_notifications_wait_for_a_receiver_that_is_down(monkeypatch):
     monkeypatch.setattr(WebhookNotifier, "RETRY_BASE_S", 0.01)
     monkeypatch.setattr(analytics, "NOTIFY_RETRY_MIN_S", 0.05, raising=False)
     monkeypatch.setattr(analytics, "NOTIFY_RETRY_MAX_S", 0.2, raising=False)
-    site = SiteConfig(rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0},
+    site = SiteConfig(site={"state_dir": tmp_path},
+                      rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0},
                              {"name": "bad", "tag": "P2.p", "kind": "threshold", "high": 10.0}],
                       maintenance={"alerts": {"clear_after_s": 0},
                                    "notify": {"webhooks": [{"url": f"http://127.0.0.1:{port}/hook", "attempts": 2}]}})
@@ -233,7 +235,7 @@ async def test_mqtt_topic_of_a_rule_named_with_mqtt_wildcards(mosquitto):
     assert json.loads(msg.payload)["kind"] == "rule:Pump #2 in/out +hot"  # the payload keeps the name
 
 
-async def test_notifications_go_on_after_the_watchdog_restarts_analytics():
+async def test_notifications_go_on_after_the_watchdog_restarts_analytics(tmp_path):
     """The watchdog restarts a failed analytics task by calling ``run`` again on the same object. Each run added
     its notifiers to those of the run before, which it had closed: the old outbox's sends failed for good, and a
     receiver got every later change once per restart, or, for a closed one, an error per change."""
@@ -246,7 +248,8 @@ async def test_notifications_go_on_after_the_watchdog_restarts_analytics():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     _Receiver.bodies = []
     url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    site = SiteConfig(rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
+    site = SiteConfig(site={"state_dir": tmp_path},
+                      rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
                       maintenance={"alerts": {"clear_after_s": 0}, "notify": {"webhooks": [{"url": url}]}})
 
     async def emit(batch):
@@ -381,3 +384,345 @@ headers = { Authorization = "env:HOOK_AUTH_UNSET" }
         preflight(cfg)
     assert any("maintenance.notify.webhooks[0].headers.Authorization" in p and "HOOK_AUTH_UNSET" in p
                for p in err.value.problems), err.value.problems
+
+
+async def test_escalations_go_out_at_once_while_the_database_does_not_answer(tmp_path, own_pg_server):
+    """Before an escalation is sent the gateway asks the database whether the console acknowledged the alert
+    meanwhile. With the database not answering (SIGSTOP: a hung server or a cut network path) each question waited
+    for a 5 s connect timeout, one escalation after the other and per receiver, in the receiver's queue: a plant-wide
+    escalation of 12 alerts held every later notification (a new alert too) for a minute, 100 alerts for over 8.
+    Now one bounded question per group, not asked again for a while after it failed; the escalations are sent,
+    marked as not checked against the console (``detail.acknowledgement``)."""
+    import os
+    import signal
+    import time
+
+    import psycopg
+
+    from edge.analytics import Analytics
+    from edge.db.migrate import migrate
+    from edge.metrics import Metrics
+    from edge.records import Reading
+    from edge.settings import SiteConfig
+
+    dsn = own_pg_server.create_database()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        migrate(conn)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Receiver.bodies, _Receiver.fail_first = [], 0
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    n = 12
+    site = SiteConfig(site={"state_dir": tmp_path},
+                      rules=[{"name": f"hi{i}", "tag": f"P{i}.p", "kind": "threshold", "high": 10.0}
+                             for i in range(n + 1)],
+                      maintenance={"alerts": {"clear_after_s": 600, "escalate_after_s": 60},
+                                   "notify": {"webhooks": [{"url": url}]}})
+
+    async def emit(batch):
+        pass
+
+    async def received(count: int, within: float) -> float:
+        start = time.monotonic()
+        for _ in range(int(within / 0.05)):
+            if len(_Receiver.bodies) >= count:
+                break
+            await asyncio.sleep(0.05)
+        return time.monotonic() - start
+
+    an = Analytics(site, Metrics(), emit, dsn)
+    task = asyncio.create_task(an.run())
+    stopped = False
+    try:
+        t0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+        an.offer([Reading(f"P{i}.p", t0, 20.0, t0) for i in range(n)], t0)
+        await received(n, 15)
+        assert [b["event"] for b in _Receiver.bodies] == ["raised"] * n
+        os.kill(own_pg_server.proc.pid, signal.SIGSTOP)
+        stopped = True
+        t1 = t0.replace(minute=1, second=1)  # every alert unacknowledged for 61 s: all escalate
+        an.offer([Reading("P0.p", t1, 20.0, t1), Reading(f"P{n}.p", t1, 20.0, t1)], t1)  # and a new alert
+        took = await received(2 * n + 1, 40)
+        events = [(b["asset"], b["event"]) for b in _Receiver.bodies[n:]]
+        assert events[0] == (f"P{n}", "raised") and sorted(events[1:]) == sorted((f"P{i}", "escalated")
+                                                                                 for i in range(n))
+        assert took < 10, f"{n} escalations and a new alert took {took:.0f} s to reach the receiver"
+        assert {b["detail"].get("acknowledgement") for b in _Receiver.bodies[n + 1:]} == {"unverified"}
+    finally:
+        if stopped:
+            os.kill(own_pg_server.proc.pid, signal.SIGCONT)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        server.shutdown()
+        server.server_close()
+
+
+async def test_notifications_a_receiver_has_not_taken_survive_a_restart_of_the_gateway(tmp_path, monkeypatch):
+    """The paging webhook is down (a restart of the paging service) when an alert is raised and cleared, and the
+    gateway stops meanwhile (a reload: SIGHUP builds a new gateway; an upgrade; a crash). The changes waited for the
+    receiver in memory only and were lost with the process: the alert was stored but nobody was ever paged. Now they
+    are kept on disk (``<state_dir>/notify_outbox.db``) and the next start sends them first, in order, each once, with
+    an id that is the same for every copy of a change (``notification_id``, header ``Idempotency-Key``)."""
+    from edge import analytics
+    from edge.analytics import Analytics
+    from edge.metrics import Metrics
+    from edge.records import Reading
+    from edge.settings import SiteConfig
+
+    class Keeps(_Receiver):
+        keys: typing.ClassVar[list[str]] = []
+
+        def do_POST(self):
+            Keeps.keys.append(self.headers.get("idempotency-key"))
+            super().do_POST()
+
+    port = free_port()
+    monkeypatch.setattr(WebhookNotifier, "RETRY_BASE_S", 0.01)
+    monkeypatch.setattr(analytics, "NOTIFY_RETRY_MIN_S", 0.05)
+    monkeypatch.setattr(analytics, "NOTIFY_RETRY_MAX_S", 0.2)
+    site = SiteConfig(site={"state_dir": tmp_path},
+                      rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
+                      maintenance={"alerts": {"clear_after_s": 0},
+                                   "notify": {"webhooks": [{"url": f"http://127.0.0.1:{port}/hook", "attempts": 1}]}})
+
+    async def emit(batch):
+        pass
+
+    _Receiver.bodies, _Receiver.fail_first, Keeps.keys = [], 0, []
+    before = Analytics(site, Metrics(), emit, None)  # the gateway before the restart
+    task = asyncio.create_task(before.run())
+    for i, v in enumerate((20.0, 0.0)):  # raised, cleared: the receiver is down
+        t = datetime(2026, 3, 1, 8, 0, i, tzinfo=UTC)
+        before.offer([Reading("P1.p", t, v, t)], t)
+    for _ in range(100):
+        if before.alert_changes >= 2:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)  # tried and failed a few times
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert _Receiver.bodies == []
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Keeps)  # the receiver is back
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    after = Analytics(site, Metrics(), emit, None)  # the gateway after it
+    task = asyncio.create_task(after.run())
+    try:
+        for _ in range(100):
+            if len(_Receiver.bodies) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # and nothing more
+        assert [b["event"] for b in _Receiver.bodies] == ["raised", "cleared"]
+        ids = [b["notification_id"] for b in _Receiver.bodies]
+        assert Keeps.keys == ids and len(set(ids)) == 2
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        again = Analytics(site, Metrics(), emit, None)  # a third start sends nothing again
+        task = asyncio.create_task(again.run())
+        await asyncio.sleep(0.3)
+        assert len(_Receiver.bodies) == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        server.shutdown()
+        server.server_close()
+
+
+async def test_an_acknowledgement_and_a_clear_made_in_the_console_reach_the_receivers(tmp_path, pg_dsn):
+    """The pager got "raised" (and "escalated") from the gateway but never heard that an engineer acknowledged or
+    cleared the alert in the console: its incident stayed open and it went on paging the on-call. The gateway's sync
+    sees both and sends them like its own changes ("acknowledged" is a new event; a "cleared" names who)."""
+    import psycopg
+
+    from edge.analytics import Analytics
+    from edge.db.migrate import migrate
+    from edge.metrics import Metrics
+    from edge.settings import SiteConfig
+    from maintenance import store
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Receiver.bodies, _Receiver.fail_first = [], 0
+    site = SiteConfig(site={"state_dir": tmp_path},
+                      rules=[{"name": f"hi{i}", "tag": f"P{i}.p", "kind": "threshold", "high": 10.0} for i in (1, 2)],
+                      maintenance={"notify": {"webhooks": [{"url": f"http://127.0.0.1:{server.server_address[1]}/h"}]}})
+
+    async def emit(batch):
+        pass
+
+    an = Analytics(site, Metrics(), emit, pg_dsn)
+    task = asyncio.create_task(an.run())
+    try:
+        for _ in range(100):
+            if an._synced:
+                break
+            await asyncio.sleep(0.05)
+        changes = [c for i in (1, 2) for c in an.manager.observe(asset=f"P{i}", tag=f"P{i}.p", kind="rule:hi",
+                                                                  active=True, t=T0)]
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+            await store.apply_changes(conn, changes)
+            assert await store.acknowledge(conn, changes[0].alert.id, "anna", "on it")
+            assert await store.clear(conn, changes[1].alert.id, "bob")
+            await an.sync_once(conn)
+            await an.sync_once(conn)  # once each
+        for _ in range(100):
+            if len(_Receiver.bodies) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        got = {(b["asset"], b["event"]): b for b in _Receiver.bodies}
+        assert sorted(got) == [("P1", "acknowledged"), ("P2", "cleared")]
+        assert got["P1", "acknowledged"]["acknowledged_by"] == "anna"
+        assert got["P2", "cleared"]["detail"] == {"by": "bob"} and got["P2", "cleared"]["cleared_at"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        server.shutdown()
+        server.server_close()
+
+
+async def test_a_machine_going_from_warning_to_critical_reaches_a_webhook_with_the_default_events():
+    """A bearing in ISO zone C (warning, paged) moves into zone D (critical: damage). The alert absorbs it as an
+    "updated" change, and webhooks take no "updated" by default (every flap of a condition is one): the pager heard
+    of zone D only at the next escalation, an hour later. A rise of severity goes to receivers of "escalated"."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Receiver.bodies, _Receiver.fail_first = [], 0
+    n = WebhookNotifier(WebhookConfig(url=f"http://127.0.0.1:{server.server_address[1]}/hook"))
+    try:
+        m = AlertManager()
+        changes = []
+        for s, (active, zone, sev) in enumerate([(True, "C", "warning"), (False, "B", "warning"),
+                                                 (True, "C", "warning"), (True, "D", "critical")]):
+            changes += m.observe(asset="P-101", tag="P-101.vib_de", kind="iso20816", active=active,
+                                 t=T0.replace(second=s), severity=sev, message=f"zone {zone}")
+        assert [c.event for c in changes] == ["raised", "updated", "updated"]  # a flap, then zone D
+        for ch in changes:
+            await n.send(ch)
+        assert [(b["event"], b["severity"]) for b in _Receiver.bodies] == [("raised", "warning"),
+                                                                           ("updated", "critical")]
+        assert _Receiver.bodies[1]["detail"] == {"severity_was": "warning"}
+    finally:
+        await n.aclose()
+        server.shutdown()
+        server.server_close()
+
+
+async def test_publish_sends_one_receivers_changes_in_their_order(pg_dsn):
+    """`maintenance.publish.publish` (the documented way to plug maintenance into another process) sent all the
+    changes of a call to a receiver at once: a "cleared" overtook its "raised" whenever the receiver answered the
+    first request more slowly, and the pager closed an incident before opening it (left open for good)."""
+    import time
+
+    import psycopg
+
+    from edge.db.migrate import migrate
+    from maintenance.publish import publish
+
+    class SlowOnRaise(_Receiver):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            if body["event"] == "raised":
+                time.sleep(0.3)
+            _Receiver.bodies.append(body)
+            self.send_response(204)
+            self.end_headers()
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowOnRaise)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Receiver.bodies = []
+    n = WebhookNotifier(WebhookConfig(url=f"http://127.0.0.1:{server.server_address[1]}/hook"))
+    m = AlertManager(AlertPolicy(clear_after_s=0))
+    changes = (m.observe(asset="P-101", tag="P-101.t", kind="rule:hot", active=True, t=T0)
+               + m.observe(asset="P-101", tag="P-101.t", kind="rule:hot", active=False, t=T0.replace(second=1)))
+    try:
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+            await publish(conn, [], changes, [n])
+        assert [b["event"] for b in _Receiver.bodies] == ["raised", "cleared"]
+    finally:
+        await n.aclose()
+        server.shutdown()
+        server.server_close()
+
+
+async def test_changes_queued_from_the_sync_and_the_analysis_at_once_never_overflow_a_queue(tmp_path, monkeypatch):
+    """Changes reach a receiver's queue from the analysis of readings and from the sync (what people did in the
+    console), each after writing them to the outbox file. With one place left in the queue, both saw room, both
+    wrote, and the second put raised QueueFull: in the sync loop that ended the loop for good (acknowledgements no
+    longer stopped escalations, windows no longer refreshed). One of them is now counted dropped instead."""
+    from edge import analytics
+    from edge.analytics import Analytics
+    from edge.metrics import Metrics
+    from edge.settings import SiteConfig
+
+    monkeypatch.setattr(analytics, "NOTIFY_QUEUE_GROUPS", 2)
+    site = SiteConfig(site={"state_dir": tmp_path},
+                      rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
+                      maintenance={"alerts": {"clear_after_s": 0},
+                                   "notify": {"webhooks": [{"url": f"http://127.0.0.1:{free_port()}/hook"}]}})
+
+    async def emit(batch):
+        pass
+
+    an = Analytics(site, Metrics(), emit, None)
+    an._start_notifiers()  # the queues, no sending task: the receiver is down and its queue fills
+    try:
+        (box,) = an._outboxes
+        m = an.manager
+        await an._queue_notifications(m.observe(asset="P1", tag="P1.p", kind="rule:hi", active=True, t=T0))
+        assert box.queue.qsize() == 1
+        a = m.observe(asset="P1", tag="P1.p", kind="rule:hi", active=False, t=T0.replace(second=1))
+        b = m.observe(asset="P1", tag="P1.p", kind="rule:hi", active=True, t=T0.replace(second=2))
+        await asyncio.gather(an._queue_notifications(a), an._queue_notifications(b))
+        assert box.queue.qsize() == 2 and box.dropped == 1
+        assert len(an._outbox_file.pending(box.key)) == 2  # the dropped one is not sent after a restart either
+    finally:
+        for n in an.notifiers:
+            await n.aclose()
+
+
+async def test_an_escalation_is_sent_while_a_lock_holds_the_alerts_table(pg_dsn):
+    """The database answers but the alerts table is locked (a migration of the console at its start, a DBA's
+    VACUUM FULL): the question whether the escalated alert was acknowledged waited for the lock without a bound,
+    and the receiver's notifications, every later one too, waited with it. Bounded now: sent, marked unverified."""
+    import time
+
+    import psycopg
+
+    from edge.analytics import Analytics
+    from edge.db.migrate import migrate
+    from edge.metrics import Metrics
+    from edge.settings import SiteConfig
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+
+    async def emit(batch):
+        pass
+
+    an = Analytics(SiteConfig(rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}]), Metrics(),
+                   emit, pg_dsn)
+    an.manager.policy = AlertPolicy(escalate_after_s=60)
+    an.manager.observe(asset="P1", tag="P1.p", kind="rule:hi", active=True, t=T0)
+    escalated = an.manager.tick(T0.replace(minute=2))
+    sent = []
+
+    class Receiver:
+        name = "pager"
+
+        async def send(self, ch):
+            sent.append(ch.detail.get("acknowledgement"))
+            return True, "HTTP 200"
+
+    with psycopg.connect(pg_dsn) as locker:
+        locker.execute("LOCK TABLE alerts IN ACCESS EXCLUSIVE MODE")
+        start = time.monotonic()
+        await asyncio.wait_for(an._notify(Receiver(), escalated), 30)
+        took = time.monotonic() - start
+        locker.rollback()
+    assert sent == ["unverified"] and took < 10

@@ -289,7 +289,21 @@ async def test_changes_reach_the_open_alert_that_absorbed_another_writers_insert
         assert row["state"] == "cleared" and row["cleared_at"] == at(9)
 
 
-async def test_a_restarted_gateway_resumes_open_alerts_before_analysing_readings(pg_dsn):
+async def _before_the_restart(dsn):
+    """What a gateway left in the database before its restart: P1's alert acknowledged by anna, P3's alert nobody
+    acknowledged (both raised at 0 s), and a maintenance window on P2 (until an hour from now)."""
+    _migrate(dsn)
+    before = AlertManager()
+    acked = before.observe(asset="P1", tag="P1.p", kind="rule:hi", active=True, t=at(0))
+    waiting = before.observe(asset="P3", tag="P3.p", kind="rule:hi3", active=True, t=at(0))
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await store.apply_changes(conn, acked + waiting)
+        assert await store.acknowledge(conn, acked[0].alert.id, "anna", "valve being checked")
+        await store.add_window(conn, Window("P2", at(0), datetime.now(UTC) + timedelta(hours=1), "overhaul"))
+    return acked, waiting
+
+
+async def test_a_restarted_gateway_resumes_open_alerts_before_analysing_readings(pg_dsn, tmp_path):
     """Readings the collectors queued while the gateway started were analysed before the first sync loaded the
     open alerts: every condition still active was raised again (a new id, "raised" notified again, and an
     alert already acknowledged paged again and escalating) until that sync."""
@@ -300,20 +314,14 @@ async def test_a_restarted_gateway_resumes_open_alerts_before_analysing_readings
     from edge.records import Reading
     from edge.settings import SiteConfig
 
-    _migrate(pg_dsn)
-    before = AlertManager()  # the gateway before its restart
-    raised = before.observe(asset="P1", tag="P1.p", kind="rule:hi", active=True, t=at(0))
-    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
-        await store.apply_changes(conn, raised)
-        assert await store.acknowledge(conn, raised[0].alert.id, "anna", "valve being checked")
-        # P2 is in a maintenance window (until an hour from now): the windows are loaded by the same sync.
-        await store.add_window(conn, Window("P2", at(0), datetime.now(UTC) + timedelta(hours=1), "overhaul"))
+    raised, _ = await _before_the_restart(pg_dsn)
     batches = []
 
     async def emit(batch):
         batches.append(batch)
 
-    site = SiteConfig(rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0},
+    site = SiteConfig(site={"state_dir": tmp_path},
+                      rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0},
                              {"name": "hi2", "tag": "P2.p", "kind": "threshold", "high": 10.0}])
     an = Analytics(site, Metrics(), emit, pg_dsn)
     an.offer([Reading("P1.p", at(60), 20.0, at(60)), Reading("P2.p", at(60), 20.0, at(60))], at(60))  # queued
@@ -329,7 +337,7 @@ async def test_a_restarted_gateway_resumes_open_alerts_before_analysing_readings
         await asyncio.gather(task, return_exceptions=True)
     changes = [body for b in batches for kind, body in b.records if kind == "alert_change"]
     assert [(c["alert"]["asset"], c["event"]) for c in changes] == [("P2", "suppressed")]
-    (o,) = an.manager.open.values()
+    o = next(o for o in an.manager.open.values() if o.alert.asset == "P1")
     assert o.alert.id == raised[0].alert.id and o.alert.acknowledged_by == "anna"
 
 
@@ -379,7 +387,144 @@ async def test_an_escalation_after_an_acknowledgement_the_gateway_has_not_synced
         await store.apply_changes(conn, other)
         await an._notify(Receiver(), [c for c in m.tick(at(700)) if c.alert.asset == "P9"])
         assert sent == [(other[0].alert.id, "escalated")]
+        # Cleared by hand in the console since the last sync: nobody is paged for it either.
+        gone = m.observe(asset="P8", tag="P8.p", kind="rule:hi", active=True, t=at(0), severity="warning")
+        await store.apply_changes(conn, gone)
+        assert await store.clear(conn, gone[0].alert.id, "anna")
+        await an._notify(Receiver(), [c for c in m.tick(at(1400)) if c.alert.asset == "P8"])
+        assert sent == [(other[0].alert.id, "escalated")]
         await an.sync_once(conn)
     o = next(o for o in m.open.values() if o.alert.id == alert_id)
     assert (o.alert.severity, o.escalation_level, o.alert.acknowledged_by) == ("warning", 0, "anna")
     assert [c for c in m.tick(at(2000)) if c.alert.id == alert_id] == []
+
+
+async def test_a_gateway_started_while_the_database_is_away_goes_on_from_the_alerts_it_knew(pg_dsn, tmp_path):
+    """After a power cut the gateway is up before PostgreSQL has finished its recovery (or the network path to it
+    is cut). Its alert manager started empty until the database answered: every condition still active was raised
+    again under a new id and paged again (the acknowledged one too, which then escalated), a condition inside a
+    planned maintenance window paged the crew on the machine, and the open alerts nobody had acknowledged never
+    escalated. Now it goes on from what it saved in its state directory (maintenance/alert_state.py)."""
+    import asyncio
+
+    from servers import free_port
+
+    from edge.analytics import Analytics
+    from edge.metrics import Metrics
+    from edge.records import Reading
+    from edge.settings import SiteConfig
+
+    acked, waiting = await _before_the_restart(pg_dsn)
+    batches = []
+
+    async def emit(batch):
+        batches.append(batch)
+
+    site = SiteConfig(site={"state_dir": tmp_path},
+                      rules=[{"name": n, "tag": f"{a}.p", "kind": "threshold", "high": 10.0}
+                             for n, a in (("hi", "P1"), ("hi2", "P2"), ("hi3", "P3"))],
+                      maintenance={"alerts": {"escalate_after_s": 600}})
+
+    async def run(an, readings):
+        an.offer(readings, readings[-1].time)
+        task = asyncio.create_task(an.run())
+        try:
+            for _ in range(300):
+                if an.processed >= len(readings):
+                    break
+                await asyncio.sleep(0.02)
+            assert an.processed == len(readings)
+        finally:
+            task.cancel()  # a stop of the gateway
+            await asyncio.gather(task, return_exceptions=True)
+
+    await run(Analytics(site, Metrics(), emit, pg_dsn), [Reading("P1.p", at(60), 20.0, at(60))])
+    batches.clear()
+    down = f"host=127.0.0.1 port={free_port()} user=postgres dbname=x"  # nothing answers there
+    after = Analytics(site, Metrics(), emit, down)
+    await run(after, [Reading(f"{a}.p", at(700), 20.0, at(700)) for a in ("P1", "P2", "P3")])
+    changes = sorted((c["alert"]["asset"], c["event"], c["alert"]["id"]) for b in batches
+                     for kind, c in b.records if kind == "alert_change")
+    assert [(a, e) for a, e, _ in changes] == [("P2", "suppressed"), ("P3", "escalated")]
+    assert changes[1][2] == waiting[0].alert.id
+    assert {o.alert.id: o.alert.acknowledged_by for o in after.manager.open.values()} == {
+        acked[0].alert.id: "anna", waiting[0].alert.id: None}
+
+
+async def test_a_gateway_whose_alert_another_writer_absorbed_takes_that_alert_instead_of_raising_again(pg_dsn):
+    """Two gateways watch the same condition (a redundant pair). B's raise met A's open alert and became an
+    occurrence of it, so B's own alert id was never stored: B's sync took it for a row the database had refused,
+    forgot it, and raised the still active condition again (a "raised" page) every two syncs, for as long as the
+    condition lasted; and B escalated (and paged) an alert A's operators had acknowledged. B now takes the stored
+    alert of the condition, with its acknowledgement."""
+    from edge.analytics import Analytics
+    from edge.metrics import Metrics
+    from edge.settings import SiteConfig
+
+    _migrate(pg_dsn)
+
+    async def emit(batch):
+        pass
+
+    site = SiteConfig(rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}])
+    a = AlertManager()
+    b = Analytics(site, Metrics(), emit, pg_dsn)
+    b.spool_pending = lambda: 0  # B's spool is drained: its raise was written
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await b.sync_once(conn)
+        theirs = a.observe(asset="P1", tag="P1.p", kind="rule:hi", active=True, t=at(0))
+        await store.apply_changes(conn, theirs)
+        ours = b.manager.observe(asset="P1", tag="P1.p", kind="rule:hi", active=True, t=at(1))
+        await store.apply_changes(conn, ours)  # absorbed: an occurrence of A's alert
+        assert await store.acknowledge(conn, theirs[0].alert.id, "anna", "on it")
+        for _ in range(3):
+            await b.sync_once(conn)
+        again = b.manager.observe(asset="P1", tag="P1.p", kind="rule:hi", active=True, t=at(60))
+        assert again == []
+        (o,) = b.manager.open.values()
+        assert (o.alert.id, o.alert.acknowledged_by) == (theirs[0].alert.id, "anna")
+        assert b.manager.tick(at(10_000)) == []
+
+
+@pytest.mark.parametrize("flavour", ["timescaledb", "plain"])
+async def test_the_evidence_that_raised_an_alert_is_kept_when_later_observations_replace_it(flavour, request):
+    """The row's evidence is the last observation's: after a flap and a rise to zone D the readings that raised the
+    alert (zone C, 3.1 mm/s) were nowhere in the database. The history keeps each one that raised or worsened it."""
+    dsn = request.getfixturevalue("pg_dsn" if flavour == "timescaledb" else "plain_pg_dsn")
+    _migrate(dsn)
+    m = AlertManager(AlertPolicy(clear_after_s=60))
+
+    def obs(s, active, value=None, severity="warning"):
+        ev = {"readings": [{"tag": "P-101.vib_de", "time": at(s), "value": value}]} if active else None
+        return m.observe(asset="P-101", tag="P-101.vib_de", kind="iso20816", active=active, t=at(s),
+                         severity=severity, message=f"{value} mm/s", evidence=ev)
+
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        changes = obs(0, True, 3.1) + obs(5, False) + obs(10, True, 3.3) + obs(20, True, 7.5, "critical")
+        await store.apply_changes(conn, changes)
+        (row,) = await _all(conn)
+        assert row["evidence"]["readings"][0]["value"] == 7.5
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT event, detail->'evidence'->'readings'->0->>'value' FROM alert_events"
+                              " WHERE alert_id = %s ORDER BY time, id", (row["id"],))
+            assert await cur.fetchall() == [("raised", "3.1"), ("updated", "7.5")]
+
+
+async def test_an_open_alert_never_falls_in_severity_or_level_through_another_alert_of_its_condition(pg_dsn):
+    """A change of another in-memory alert of the same condition reaches the open row by its dedup_key (a
+    redundant gateway's, or one raised again by a gateway started while the database was away): its lower severity
+    and level were written over the row's, and an alert escalated to critical fell back to warning and level 0
+    while still open and unacknowledged (the board showed it as a warning; it then escalated again from there)."""
+    _migrate(pg_dsn)
+    a = AlertManager(AlertPolicy(escalate_after_s=600, clear_after_s=60))
+    b = AlertManager(AlertPolicy(escalate_after_s=600, clear_after_s=60))
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await store.apply_changes(conn, a.observe(asset="K4", tag=None, kind="anomaly", active=True, t=at(0)))
+        await store.apply_changes(conn, a.tick(at(600)) + a.tick(at(1200)))  # warning -> critical, level 2
+        changes = (b.observe(asset="K4", tag=None, kind="anomaly", active=True, t=at(1300))  # absorbed
+                   + b.observe(asset="K4", tag=None, kind="anomaly", active=False, t=at(1301))
+                   + b.observe(asset="K4", tag=None, kind="anomaly", active=True, t=at(1302)))  # a flap: "updated"
+        assert [c.event for c in changes] == ["raised", "updated"]
+        await store.apply_changes(conn, changes)
+        (row,) = await _all(conn)
+        assert (row["severity"], row["escalation_level"], row["escalated_at"]) == ("critical", 2, at(1200))

@@ -1,0 +1,69 @@
+"""The alert manager's knowledge kept on disk, for a gateway that starts while the database is away.
+
+A restarted gateway loads the open alerts (with who acknowledged them and how far they escalated) and the
+maintenance windows from the database before it analyses anything (edge/analytics.py). When the database was
+not there at that moment (a power cut: the gateway is up before PostgreSQL has finished its recovery; a cut
+network path) the manager started empty, and until the database answered:
+
+- every condition still active was raised again under a new id and paged again, alerts already acknowledged too,
+  and those then escalated and paged again;
+- conditions inside a planned maintenance window raised alerts and paged the crew working on the machine;
+- alerts that were open and unacknowledged never escalated.
+
+So the gateway writes what it knows (`content`: open alerts, windows) to ``<state_dir>/alert_state.msgpack``
+after each sync with the database, a few seconds after its own changes, and when it stops; and `restore` reads it
+when the first sync fails. A file older than `MAX_AGE` is not used: the world has moved on since (alerts cleared
+in the console). The database stays the record: its first answer replaces what was restored (`AlertManager.load`)
+and forgets alerts cleared in the console meanwhile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import msgpack
+
+from edge.files import write_atomic
+from edge.records import Alert
+from edge.spool import _msgpack_default  # numpy values in evidence, as the spool packs them
+from maintenance.alerts import AlertManager, Window
+
+STATE_FILE = "alert_state.msgpack"
+FORMAT = 1
+MAX_AGE = timedelta(days=1)
+
+
+def content(manager: AlertManager, *, seen: bool = True) -> bytes:
+    """The manager's open alerts and windows, packed (on the event loop: a copy of small records). ``seen=False``
+    leaves out when each condition was last seen, which moves with every active sample: what tells whether the
+    file needs writing again (a write a second of a condition that lasts would wear a gateway's flash)."""
+    alerts = [[dataclasses.asdict(o.alert), o.occurrences, o.last_seen if seen else None, o.escalation_level,
+               o.escalated_at] for o in manager.open.values()]
+    windows = [dataclasses.asdict(w) for w in manager.windows]
+    return msgpack.packb([alerts, windows], use_bin_type=True, datetime=True, default=_msgpack_default)
+
+
+def write(path: Path, packed: bytes) -> None:
+    """`content` with the time it was saved, atomically (a crash leaves the old file or the new one); called in a
+    worker thread."""
+    write_atomic(path, msgpack.packb({"format": FORMAT, "saved": time.time(), "content": packed}, use_bin_type=True))
+
+
+def restore(manager: AlertManager, path: Path) -> tuple[int, int] | None:
+    """Load the saved open alerts and windows into ``manager``; (alerts, windows), or None when there is no usable
+    file (missing, unreadable, another format, older than `MAX_AGE`)."""
+    try:
+        state = msgpack.unpackb(path.read_bytes(), raw=False)
+        if state.get("format") != FORMAT or time.time() - state["saved"] > MAX_AGE.total_seconds():
+            return None
+        saved_alerts, saved_windows = msgpack.unpackb(state["content"], raw=False, timestamp=3)
+        alerts = [(Alert(**a), n, seen, level, at) for a, n, seen, level, at in saved_alerts]
+        windows = [Window(**w) for w in saved_windows]
+    except (OSError, ValueError, TypeError, KeyError, msgpack.UnpackException):
+        return None
+    manager.load(alerts)
+    manager.windows = windows
+    return len(alerts), len(windows)

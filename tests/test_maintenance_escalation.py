@@ -1,0 +1,140 @@
+"""Escalation in the gateway's live analytics: its clock, and the alerts it escalates."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from edge import analytics
+from edge.analytics import Analytics
+from edge.metrics import Metrics
+from edge.records import Reading
+from edge.settings import SiteConfig
+
+STACK = {"name": "W", "regime": "waste_incineration", "operating_state_tag": "W.state",
+         "pollutants": [{"name": "NOx", "tag": "W.NOx", "elv": {"day": 200.0, "half_hour_100": 400.0}}]}
+
+
+def _hot_bearing(state_dir, batches: list, conninfo: str | None) -> Analytics:
+    """Live analytics with the rule "P1.t above 90" escalating after 1 s, its batches collected in ``batches``."""
+
+    async def emit(batch):
+        batches.append(batch)
+
+    site = SiteConfig(site={"state_dir": state_dir},
+                      rules=[{"name": "hot", "tag": "P1.t", "kind": "threshold", "high": 90.0}],
+                      maintenance={"alerts": {"escalate_after_s": 1.0}})
+    return Analytics(site, Metrics(), emit, conninfo)
+
+
+def _changes(batches) -> list[tuple[str, str]]:
+    return [(c["alert"]["asset"], c["event"]) for b in batches for kind, c in b.records if kind == "alert_change"]
+
+
+async def test_emission_alerts_escalate_in_a_gateway_without_maintenance_assets():
+    """A site that monitors only its stacks (no [maintenance] assets or rules): the projection alerts of the
+    emissions ("NOx half-hour heading over its limit") went through the alert lifecycle but were never escalated,
+    however long nobody acknowledged them: only the maintenance analysis advanced the escalation clock."""
+    batches = []
+
+    async def emit(batch):
+        batches.append(batch)
+
+    an = Analytics(SiteConfig(stacks=[STACK], maintenance={"alerts": {"escalate_after_s": 600}}), Metrics(), emit,
+                   None)
+    assert an.maintenance is None and an.emissions is not None
+    t0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+    an._condition(asset="W", tag="W.NOx", kind="emission:wi_half_hour_a", active=True, t=t0, severity="warning",
+                  message="NOx projected over its limit")
+    await an.process([])
+    an.latest = t0 + timedelta(seconds=601)
+    await an.process([])
+    assert _changes(batches) == [("W", "raised"), ("W", "escalated")]
+
+
+async def test_open_alerts_escalate_while_no_reading_arrives_at_all(tmp_path, monkeypatch):
+    """The escalation clock is the readings' time, and it moved only when readings arrived. When every collector
+    is cut off (the plant network down, the OPC UA server hung), an alert raised just before (a bearing running
+    hot) was never escalated for as long as nothing came: the moment nobody could see the machine was the moment
+    its alert stopped going up. Without readings the clock now goes on with the gateway's own."""
+    monkeypatch.setattr(analytics, "IDLE_TICK_S", 0.1, raising=False)
+    batches = []
+    an = _hot_bearing(tmp_path, batches, None)
+    task = asyncio.create_task(an.run())
+    try:
+        t0 = datetime.now(UTC)
+        an.offer([Reading("P1.t", t0, 95.0, t0)], t0)  # the last reading before the cut
+        for _ in range(60):
+            if len(_changes(batches)) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert _changes(batches)[:2] == [("P1", "raised"), ("P1", "escalated")]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_analysis_starts_while_a_lock_holds_the_alerts_table(tmp_path, pg_dsn, monkeypatch):
+    """The gateway loads the open alerts before it analyses anything. With the alerts table locked at that moment
+    (a session left idle in a transaction that holds a lock, a long migration) that load waited without a bound:
+    no reading was analysed, no alert raised or escalated, for as long as the lock lasted. The sync is bounded;
+    a start without it goes on from the saved alert state, like a start without the database."""
+    import psycopg
+
+    from edge.db.migrate import migrate
+
+    monkeypatch.setattr(analytics, "SYNC_TIMEOUT_S", 1.0, raising=False)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+
+    async def emit(batch):
+        pass
+
+    site = SiteConfig(site={"state_dir": tmp_path}, rules=[{"name": "hot", "tag": "P1.t", "kind": "threshold",
+                                                             "high": 90.0}])
+    an = Analytics(site, Metrics(), emit, pg_dsn)
+    with psycopg.connect(pg_dsn) as locker:
+        locker.execute("LOCK TABLE alerts IN ACCESS EXCLUSIVE MODE")
+        t0 = datetime.now(UTC)
+        an.offer([Reading("P1.t", t0, 95.0, t0)], t0)
+        task = asyncio.create_task(an.run())
+        try:
+            for _ in range(200):
+                if an.processed:
+                    break
+                await asyncio.sleep(0.05)
+            assert an.processed == 1 and len(an.manager.open) == 1
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            locker.rollback()
+
+
+async def test_a_gateway_started_without_database_and_readings_escalates_the_alerts_it_restored(tmp_path, monkeypatch):
+    """A power cut took the gateway, the database and the plant network down; the gateway comes back first and
+    goes on from its saved alert state, but no reading has arrived yet to give its clock a time: the restored
+    alerts nobody had acknowledged never escalated until the first reading. Without any, the clock starts at the
+    gateway's own time."""
+    from servers import free_port
+
+    from maintenance import alert_state
+    from maintenance.alerts import AlertManager
+
+    monkeypatch.setattr(analytics, "IDLE_TICK_S", 0.1)
+    before = AlertManager()
+    (raised,) = before.observe(asset="P1", tag="P1.t", kind="rule:hot", active=True,
+                               t=datetime.now(UTC) - timedelta(seconds=5))
+    alert_state.write(tmp_path / alert_state.STATE_FILE, alert_state.content(before))
+    batches = []
+    an = _hot_bearing(tmp_path, batches, f"host=127.0.0.1 port={free_port()} user=postgres dbname=x")
+    task = asyncio.create_task(an.run())
+    try:
+        for _ in range(100):
+            if _changes(batches):
+                break
+            await asyncio.sleep(0.05)
+        assert _changes(batches)[:1] == [("P1", "escalated")]
+        assert batches[0].records[0][1]["alert"]["id"] == raised.alert.id
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
