@@ -9,7 +9,7 @@ What analytics produces goes back through the spool like everything else (DESIGN
 - derived readings (``<tag>.mean``, ``<tag>.iso_zone`` ...) as ordinary readings;
 - predictions and alert changes as *records* ``(kind, dict)``, written by the forwarder in the same
   transaction as the readings (`write_records`), so an outage delays them but loses none.
-Notifications (MQTT, webhooks) are sent once the change is in the spool.
+Notifications (MQTT, webhooks) are sent once the change is in the spool (`edge.notifications`).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import asyncio
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 
 import psycopg
 
 from edge.metrics import Metrics
+from edge.notifications import ACK_RECHECK_S, Notifications, notify_secrets
 from edge.records import Alert, Batch, Prediction, Reading, utcnow
 from edge.settings import SiteConfig
 
@@ -32,14 +32,6 @@ log = logging.getLogger(__name__)
 QUEUE_GROUPS = 1024
 SYNC_INTERVAL_S = 15.0
 SYNC_TIMEOUT_S = 30.0  # a sync with the database that takes longer is given up (tried again next period)
-NOTIFY_QUEUE_GROUPS = 1000  # groups of alert changes waiting for the notifiers
-NOTIFY_RETRY_MIN_S = 1.0  # a change a receiver did not take is sent again after this, doubling up to the max
-NOTIFY_RETRY_MAX_S = 60.0
-# Is an escalated alert acknowledged in the console already? One bounded question per group of changes; after the
-# database failed to answer it is not asked again for a while (escalations are then sent, marked unverified).
-ACK_CHECK_TIMEOUT_S = 3.0
-ACK_RECHECK_S = 15.0
-ACK_CHECK_FRESH_S = 5.0
 # The alert manager's open alerts and windows on disk (maintenance.alert_state), for a start without the database:
 # checked this often, written when changed (and at least this often while nothing changes).
 ALERT_STATE_SAVE_S = 5.0
@@ -99,17 +91,6 @@ async def write_records(conn: psycopg.AsyncConnection, records: list[tuple[str, 
 
 
 # -- the live analytics task -------------------------------------------------------------------
-@dataclass(slots=True)
-class _Outbox:
-    """One notifier's queue of alert-change groups ``(changes, seqs)``, and how many changes it dropped while full.
-    ``seqs``: the changes' rows in the outbox file (`maintenance.outbox`), or None where it could not be written."""
-
-    notifier: object
-    queue: asyncio.Queue
-    dropped: int = 0
-    key: str = ""  # the receiver's name in the outbox file
-
-
 def maintenance_config(cfg: SiteConfig):
     """The ``[maintenance]`` section with the top-level ``[[rules]]`` added, or None when nothing is configured."""
     from maintenance.config import MaintenanceConfig
@@ -119,34 +100,6 @@ def maintenance_config(cfg: SiteConfig):
         data["rules"] = [*data.get("rules", []), *cfg.rules]
     mcfg = MaintenanceConfig.model_validate(data)
     return mcfg if (mcfg.assets or mcfg.rules) else None
-
-
-def notify_secrets(mcfg) -> tuple[str | None, list]:
-    """The alert notifiers' secrets resolved (``maintenance.notify``): the MQTT password and each webhook's
-    `maintenance.notify.WebhookTarget`; `ConfigError` listing every reference that cannot be read. Called when the
-    gateway is built and by `edge.service.preflight`: resolved only inside the running task, an unset one passed
-    check-config and a reload, then killed live analytics at every watchdog restart."""
-    if mcfg is None:
-        return None, []
-    from edge.errors import ConfigError
-    from edge.secrets import resolve_secret
-
-    n = mcfg.notify
-    problems: list[str] = []
-    password, targets = None, []
-    if n.mqtt is not None and n.mqtt.password:
-        try:
-            password = resolve_secret(n.mqtt.password, where="maintenance.notify.mqtt.password")
-        except ConfigError as exc:
-            problems += exc.problems
-    for i, w in enumerate(n.webhooks):
-        try:
-            targets.append(w.target(f"maintenance.notify.webhooks[{i}]"))
-        except ConfigError as exc:
-            problems += exc.problems
-    if problems:
-        raise ConfigError(problems)
-    return password, targets
 
 
 class Analytics:
@@ -161,8 +114,9 @@ class Analytics:
         self.conninfo = conninfo
         mcfg = maintenance_config(cfg)
         self.mcfg = mcfg
-        self._notify_secrets = notify_secrets(mcfg)  # read again by each new gateway: a reload rotates them
         self.state_dir = cfg.site.state_dir
+        # Secrets read by each new gateway: a reload rotates them.
+        self.notifications = Notifications(mcfg, notify_secrets(mcfg), metrics, conninfo, cfg.site.state_dir)
         self.maintenance = (MaintenanceLive(mcfg, dsn=conninfo, metrics=metrics, state_dir=cfg.site.state_dir)
                             if mcfg else None)
         if self.maintenance is not None:
@@ -183,23 +137,14 @@ class Analytics:
         self.processed = 0
         self.alert_changes = 0
         self.predictions = 0
-        self.notifiers: list = []
         self.latest = None  # latest reading time seen (datetime): analytics' clock
         self._clock_mono = time.monotonic()  # when ``latest`` last moved
         self._offered_mono = time.monotonic()  # when the ingest task last offered a group
         self._synced = False
-        # Alert changes waiting for each notifier: one queue and one task per notifier, sending in order (a
-        # "cleared" never overtakes its "raised"), so a receiver that is down delays only itself; bounded, so one
-        # that is down for hours costs a fixed amount of memory.
-        self._outboxes: list[_Outbox] = []
         self._tags: frozenset[str] | None = None
         # Batches waiting in the spool (the gateway sets it): tells "not written yet" from "never will be".
         self.spool_pending = None
         self._missing_drained: set[str] = set()
-        self._db_down_until = 0.0  # time.monotonic(): the database did not answer; not asked again before
-        self._outbox_file = None  # maintenance.outbox.Outbox: the changes not taken yet, kept across restarts
-        self._outbox_restored = False
-        self._outbox_error: str | None = None
         self._state_saved: bytes | None = None  # the alert state last written (maintenance.alert_state.content)
         self._state_saved_at = 0.0
 
@@ -245,9 +190,9 @@ class Analytics:
                           extra={"event": "analytics_behind"})
 
     async def run(self) -> None:
-        self._start_notifiers()
+        self.notifications.open()
         sync = asyncio.create_task(self._sync_loop())
-        notify = [asyncio.create_task(self._notify_loop(box)) for box in self._outboxes]
+        notify = self.notifications.tasks()
         save = asyncio.create_task(self._save_loop())
         state: asyncio.Task | None = None
         idle: asyncio.Task | None = None
@@ -290,11 +235,7 @@ class Analytics:
             data = rul.snapshot() if rul is not None else None
             if data is not None:  # the cycles since the last save, so a restart goes on from here
                 rul.write(data)
-            for n in self.notifiers:
-                await n.aclose()
-            if self._outbox_file is not None:
-                self._outbox_file.close()
-                self._outbox_file = None
+            await self.notifications.close()
 
     async def process(self, readings: list[Reading]) -> None:
         """Run every analysis on one group of readings and send what it produced to the spool."""
@@ -327,212 +268,7 @@ class Analytics:
         self.predictions += len(preds)
         self.alert_changes += len(changes)
         await self.emit(Batch(SOURCE, derived, records=records))
-        await self._queue_notifications(changes)
-
-    async def _queue_notifications(self, changes: list) -> None:
-        """Hand ``changes`` to each receiver's queue (the events it takes), on disk first."""
-        from maintenance.notify import wanted
-
-        for box in self._outboxes if changes else ():
-            events = getattr(getattr(box.notifier, "cfg", None), "events", None)
-            mine = [c for c in changes if c.event != "suppressed" and (events is None or wanted(events, c))]
-            if not mine:
-                continue
-            if not box.queue.full():
-                # On disk before it is queued: a stop of the gateway (reload, upgrade, crash) with the receiver down
-                # lost every change waiting for it; the next start sends them first (`_start_notifiers`).
-                seqs = await self._outbox_add(box.key, mine)
-                try:  # the sync and the analysis both queue: the other may have taken the last place meanwhile
-                    box.queue.put_nowait((mine, seqs))
-                    continue
-                except asyncio.QueueFull:
-                    await self._outbox_done(seqs or [])
-            if not box.dropped:
-                log.error("alert notifications to %s are %d groups behind (the receiver is down or slow); "
-                          "dropping new ones until it catches up (the alerts themselves are stored)",
-                          box.notifier.name, box.queue.qsize(), extra={"event": "notify_behind"})
-            box.dropped += len(mine)
-            self.metrics.notifications.labels("dropped").inc(len(mine))
-
-    def _start_notifiers(self) -> None:
-        if self.mcfg is None:
-            return
-        from maintenance.notify import MqttNotifier, WebhookNotifier
-
-        n = self.mcfg.notify
-        # Called at every start of `run`: the watchdog restarts a failed task on this object, and the notifiers of
-        # the run before were closed by it (they were kept, next to the new ones: a closed receiver's outbox failed
-        # for good). The outboxes' queues are kept: changes waiting in them are still sent.
-        queues = [box.queue for box in self._outboxes]
-        self.notifiers = []
-        password, targets = self._notify_secrets
-        if n.mqtt is not None:
-            self.notifiers.append(MqttNotifier(n.mqtt, password))
-        self.notifiers += [WebhookNotifier(w, t) for w, t in zip(n.webhooks, targets, strict=True)]
-        self._outboxes = [_Outbox(n, queues[i] if i < len(queues) else asyncio.Queue(maxsize=NOTIFY_QUEUE_GROUPS))
-                          for i, n in enumerate(self.notifiers)]
-        names: dict[str, int] = {}
-        for box in self._outboxes:  # two receivers of one name (the same URL twice) keep their rows apart
-            names[box.notifier.name] = names.get(box.notifier.name, 0) + 1
-            box.key = box.notifier.name + (f" #{names[box.notifier.name]}" if names[box.notifier.name] > 1 else "")
-        self._open_outbox_file()
-
-    def _open_outbox_file(self) -> None:
-        """Open ``<state_dir>/notify_outbox.db`` and, at the first start only (a watchdog restart keeps its queues),
-        queue what each receiver had not taken when the gateway stopped, before anything new."""
-        from maintenance.outbox import OUTBOX_FILE, Outbox
-
-        if not self._outboxes or self._outbox_file is not None:
-            return
-        try:
-            self._outbox_file = Outbox(self.state_dir / OUTBOX_FILE)
-            if self._outbox_restored:
-                return
-            self._outbox_restored = True
-            gone = self._outbox_file.forget_others({box.key for box in self._outboxes})
-            if gone:
-                log.warning("%d alert notifications for receivers no longer configured were dropped", gone,
-                            extra={"event": "notify_receiver_gone"})
-            for box in self._outboxes:
-                rows = self._outbox_file.pending(box.key)
-                if rows:
-                    box.queue.put_nowait(([ch for _, ch in rows], [seq for seq, _ in rows]))
-                    log.info("%d alert notifications to %s left from before the restart are sent first", len(rows),
-                             box.notifier.name, extra={"event": "notify_restored"})
-        except Exception as exc:  # notifications still go out, from memory only
-            self._outbox_failed(exc)
-
-    def _outbox_failed(self, exc: BaseException) -> None:
-        if self._outbox_error != type(exc).__name__:
-            self._outbox_error = type(exc).__name__
-            log.error("alert notification outbox %s not usable; notifications waiting for a receiver are lost if "
-                      "the gateway stops: %s", self.state_dir, exc, extra={"event": "notify_outbox_error"})
-
-    async def _outbox_add(self, key: str, changes: list) -> list[int] | None:
-        if self._outbox_file is None:
-            return None
-        try:
-            seqs = await asyncio.to_thread(self._outbox_file.add, [(key, ch) for ch in changes])
-        except Exception as exc:
-            self._outbox_failed(exc)
-            return None
-        self._outbox_error = None
-        return seqs
-
-    async def _outbox_done(self, seqs: list[int | None]) -> None:
-        seqs = [s for s in seqs if s is not None]
-        if not seqs or self._outbox_file is None:
-            return
-        try:
-            await asyncio.to_thread(self._outbox_file.done, seqs)
-        except Exception as exc:
-            self._outbox_failed(exc)
-
-    async def _notify_loop(self, box: _Outbox) -> None:
-        while True:
-            changes, seqs = await box.queue.get()
-            await self._notify(box.notifier, changes, seqs)
-            if box.dropped and box.queue.empty():
-                log.warning("alert notifications to %s caught up; %d changes were not notified", box.notifier.name,
-                            box.dropped, extra={"event": "notify_resumed"})
-                box.dropped = 0
-
-    async def _taken_in_store(self, alert_ids: list[str]) -> set[str] | None:
-        """Which of ``alert_ids`` are acknowledged or cleared in the database (the console), which this gateway
-        learns only at its next sync; None when it cannot tell (no database, not reachable, not answering).
-
-        One query for all, bounded by `ACK_CHECK_TIMEOUT_S`; after a failure the database is not asked again for
-        `ACK_RECHECK_S` (nor after a failed sync): a database that does not answer cost a 5 s connect timeout per
-        escalation and per receiver, in the receiver's queue, so 100 alerts escalating in a network cut held every
-        later notification (new critical alerts too) for over 8 minutes."""
-        if not self.conninfo or not alert_ids:
-            return set()
-        if time.monotonic() < self._db_down_until:
-            return None
-
-        async def ask() -> set[str]:
-            # No statement_timeout startup option (a pgbouncer in front refuses it): wait_for cancels the query.
-            async with await psycopg.AsyncConnection.connect(
-                    self.conninfo, connect_timeout=max(2, int(ACK_CHECK_TIMEOUT_S)), autocommit=True) as conn:
-                cur = await conn.execute("SELECT id FROM alerts WHERE id = ANY(%s)"
-                                         " AND (acknowledged_at IS NOT NULL OR cleared_at IS NOT NULL)",
-                                         (list(alert_ids),))
-                return {r[0] for r in await cur.fetchall()}
-
-        try:
-            taken = await asyncio.wait_for(ask(), ACK_CHECK_TIMEOUT_S)
-        except (psycopg.Error, OSError, TimeoutError) as exc:
-            self._db_down_until = time.monotonic() + ACK_RECHECK_S
-            log.warning("acknowledgement of %d escalated alert(s) not checked (database: %s); notified anyway",
-                        len(alert_ids), str(exc) or type(exc).__name__, extra={"event": "notify_unverified"})
-            return None
-        self._db_down_until = 0.0
-        return taken
-
-    async def _notify(self, n, changes: list, seqs: list[int] | None = None) -> None:
-        """Send ``changes`` to ``n`` in order; each one taken, refused or skipped is forgotten from the outbox file
-        (``seqs``: their rows)."""
-        from maintenance.notify import Refused
-
-        taken: set[str] | None = set()
-        asked = -ACK_CHECK_FRESH_S
-        done: list[int | None] = []  # rows of the changes taken, refused or skipped, still in the outbox file
-        for i, ch in enumerate(changes):
-            if ch.event == "escalated":
-                if time.monotonic() - asked >= ACK_CHECK_FRESH_S:
-                    # The escalations of the rest of the group in one question (asked again when sending the group
-                    # has taken a while: a receiver that was down).
-                    taken = await self._taken_in_store([c.alert.id for c in changes[i:] if c.event == "escalated"])
-                    asked = time.monotonic()
-                if taken is not None and ch.alert.id in taken:
-                    # Acknowledged (or cleared) in the console since the last sync: the store does not take this
-                    # escalation (maintenance.store.apply_changes), and nobody should be paged for an alert someone
-                    # has taken.
-                    self.metrics.notifications.labels("skipped").inc()
-                    log.info("escalation of alert %s not notified to %s: acknowledged in the console", ch.alert.id,
-                             n.name, extra={"event": "notify_skipped", "asset": ch.alert.asset})
-                    done.append(seqs[i] if seqs else None)
-                    continue
-                if taken is None:
-                    # Cannot tell: sent (a page for an alert someone took is better than none for one nobody took),
-                    # saying so to the receiver.
-                    ch = dataclasses.replace(ch, detail={**ch.detail, "acknowledgement": "unverified"})
-            # A change the receiver did not take (down, unreachable, 5xx) stays at the head of its queue and is sent
-            # again with back-off until it is delivered: trying each change once lost everything that happened
-            # while a receiver restarted. Later changes wait behind it (in order); the queue's bound drops new ones
-            # when a receiver stays down that long. What the receiver refuses (`Refused`, a 4xx) or a notifier's
-            # own error is not retried: it would block that receiver for good.
-            delay, failed = NOTIFY_RETRY_MIN_S, False
-            while True:
-                try:
-                    ok, detail = await n.send(ch)
-                except Exception as exc:  # a notifier must never take analytics down
-                    ok, detail = False, Refused(repr(exc))
-                if ok:
-                    self.metrics.notifications.labels("ok").inc()
-                    break
-                refused = isinstance(detail, Refused)
-                if refused or not failed:  # logged and counted once per change, not per attempt
-                    log.warning("notification of alert %s to %s failed: %s%s", ch.alert.id, n.name, detail,
-                                "" if refused else "; sending it again until it is taken",
-                                extra={"event": "notify_failed", "asset": ch.alert.asset})
-                    if not failed:
-                        self.metrics.notifications.labels("failed").inc()
-                    failed = True
-                if refused:
-                    break
-                # What was delivered before is forgotten now, not after this receiver comes back.
-                await self._outbox_done(done)
-                done.clear()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, NOTIFY_RETRY_MAX_S)
-            done.append(seqs[i] if seqs else None)
-            if len(done) >= 100:
-                await self._outbox_done(done)
-                done.clear()
-        # Forgotten a group at a time, not a change at a time (each delete is a synced commit); a stop before this
-        # sends the group's delivered changes again at the next start, with the same notification_id.
-        await self._outbox_done(done)
+        await self.notifications.queue(changes)
 
     async def _idle_clock_loop(self) -> None:
         """Move the clock on by the gateway's own while nothing is offered and alerts are open (see IDLE_TICK_S)."""
@@ -650,7 +386,7 @@ class Analytics:
             # sync, and with it every analysis, for as long as the lock lasted (psycopg cancels the query).
             await asyncio.wait_for(sync(), SYNC_TIMEOUT_S)
         except (psycopg.Error, OSError, TimeoutError) as exc:
-            self._db_down_until = time.monotonic() + ACK_RECHECK_S  # escalations do not wait for it either
+            self.notifications.db_down_until = time.monotonic() + ACK_RECHECK_S  # escalations do not wait for it either
             log.debug("analytics sync skipped: %s", str(exc) or type(exc).__name__)
 
     async def sync_once(self, conn: psycopg.AsyncConnection) -> None:
@@ -709,7 +445,7 @@ class Analytics:
                                                                                  o.alert.kind), o.occurrences,
                                              o.last_seen, o.escalation_level, detail={"by": db.acknowledged_by}))
         self.manager.windows = await store.windows(conn, utcnow() - timedelta(days=1))
-        await self._queue_notifications(by_person)
+        await self.notifications.queue(by_person)
 
     def status(self) -> dict:
         # processed / dropped count readings of the analytics tags (``tags``), the only ones handed over.

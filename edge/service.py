@@ -80,8 +80,9 @@ def preflight(cfg: SiteConfig) -> None:
         database_conninfo(cfg)
     except ConfigError as exc:
         problems += exc.problems
-    # The alert notifiers' secrets (MQTT password, webhook URLs and headers): edge/analytics.py.
-    from edge.analytics import maintenance_config, notify_secrets
+    # The alert notifiers' secrets (MQTT password, webhook URLs and headers): edge/notifications.py.
+    from edge.analytics import maintenance_config
+    from edge.notifications import notify_secrets
 
     try:
         notify_secrets(maintenance_config(cfg))

@@ -171,7 +171,7 @@ async def test_live_notifications_wait_for_a_receiver_that_is_down(tmp_path, mon
     every change of that time: the outbox tried each once and went on, though its queue is there to hold them
     ("dropped when a receiver stays down that long", docs/operations.md). Now a change waits at the head of its
     receiver's queue until delivered, in order; a change the receiver refuses (HTTP 4xx) is not sent again."""
-    from edge import analytics
+    from edge import notifications
     from edge.analytics import Analytics
     from edge.metrics import Metrics
     from edge.records import Reading
@@ -189,8 +189,8 @@ async def test_live_notifications_wait_for_a_receiver_that_is_down(tmp_path, mon
 
     port = free_port()
     monkeypatch.setattr(WebhookNotifier, "RETRY_BASE_S", 0.01)
-    monkeypatch.setattr(analytics, "NOTIFY_RETRY_MIN_S", 0.05, raising=False)
-    monkeypatch.setattr(analytics, "NOTIFY_RETRY_MAX_S", 0.2, raising=False)
+    monkeypatch.setattr(notifications, "NOTIFY_RETRY_MIN_S", 0.05)
+    monkeypatch.setattr(notifications, "NOTIFY_RETRY_MAX_S", 0.2)
     site = SiteConfig(site={"state_dir": tmp_path},
                       rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0},
                              {"name": "bad", "tag": "P2.p", "kind": "threshold", "high": 10.0}],
@@ -268,7 +268,7 @@ async def test_notifications_go_on_after_the_watchdog_restarts_analytics(tmp_pat
             task.cancel()  # as the watchdog does before it starts the task again
             await asyncio.gather(task, return_exceptions=True)
         assert [b["event"] for b in _Receiver.bodies] == ["raised", "cleared"]
-        assert len(an.notifiers) == 1
+        assert len(an.notifications.notifiers) == 1
     finally:
         server.shutdown()
         server.server_close()
@@ -463,7 +463,7 @@ async def test_notifications_a_receiver_has_not_taken_survive_a_restart_of_the_g
     receiver in memory only and were lost with the process: the alert was stored but nobody was ever paged. Now they
     are kept on disk (``<state_dir>/notify_outbox.db``) and the next start sends them first, in order, each once, with
     an id that is the same for every copy of a change (``notification_id``, header ``Idempotency-Key``)."""
-    from edge import analytics
+    from edge import notifications
     from edge.analytics import Analytics
     from edge.metrics import Metrics
     from edge.records import Reading
@@ -478,8 +478,8 @@ async def test_notifications_a_receiver_has_not_taken_survive_a_restart_of_the_g
 
     port = free_port()
     monkeypatch.setattr(WebhookNotifier, "RETRY_BASE_S", 0.01)
-    monkeypatch.setattr(analytics, "NOTIFY_RETRY_MIN_S", 0.05)
-    monkeypatch.setattr(analytics, "NOTIFY_RETRY_MAX_S", 0.2)
+    monkeypatch.setattr(notifications, "NOTIFY_RETRY_MIN_S", 0.05)
+    monkeypatch.setattr(notifications, "NOTIFY_RETRY_MAX_S", 0.2)
     site = SiteConfig(site={"state_dir": tmp_path},
                       rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
                       maintenance={"alerts": {"clear_after_s": 0},
@@ -655,12 +655,12 @@ async def test_changes_queued_from_the_sync_and_the_analysis_at_once_never_overf
     console), each after writing them to the outbox file. With one place left in the queue, both saw room, both
     wrote, and the second put raised QueueFull: in the sync loop that ended the loop for good (acknowledgements no
     longer stopped escalations, windows no longer refreshed). One of them is now counted dropped instead."""
-    from edge import analytics
+    from edge import notifications
     from edge.analytics import Analytics
     from edge.metrics import Metrics
     from edge.settings import SiteConfig
 
-    monkeypatch.setattr(analytics, "NOTIFY_QUEUE_GROUPS", 2)
+    monkeypatch.setattr(notifications, "NOTIFY_QUEUE_GROUPS", 2)
     site = SiteConfig(site={"state_dir": tmp_path},
                       rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
                       maintenance={"alerts": {"clear_after_s": 0},
@@ -670,19 +670,20 @@ async def test_changes_queued_from_the_sync_and_the_analysis_at_once_never_overf
         pass
 
     an = Analytics(site, Metrics(), emit, None)
-    an._start_notifiers()  # the queues, no sending task: the receiver is down and its queue fills
+    an.notifications.open()  # the queues, no sending task: the receiver is down and its queue fills
     try:
-        (box,) = an._outboxes
+        (box,) = an.notifications._outboxes
         m = an.manager
-        await an._queue_notifications(m.observe(asset="P1", tag="P1.p", kind="rule:hi", active=True, t=T0))
+        await an.notifications.queue(m.observe(asset="P1", tag="P1.p", kind="rule:hi", active=True, t=T0))
         assert box.queue.qsize() == 1
         a = m.observe(asset="P1", tag="P1.p", kind="rule:hi", active=False, t=T0.replace(second=1))
         b = m.observe(asset="P1", tag="P1.p", kind="rule:hi", active=True, t=T0.replace(second=2))
-        await asyncio.gather(an._queue_notifications(a), an._queue_notifications(b))
+        await asyncio.gather(an.notifications.queue(a), an.notifications.queue(b))
         assert box.queue.qsize() == 2 and box.dropped == 1
-        assert len(an._outbox_file.pending(box.key)) == 2  # the dropped one is not sent after a restart either
+        # The dropped one is not sent after a restart either.
+        assert len(an.notifications._outbox_file.pending(box.key)) == 2
     finally:
-        for n in an.notifiers:
+        for n in an.notifications.notifiers:
             await n.aclose()
 
 
@@ -722,7 +723,7 @@ async def test_an_escalation_is_sent_while_a_lock_holds_the_alerts_table(pg_dsn)
     with psycopg.connect(pg_dsn) as locker:
         locker.execute("LOCK TABLE alerts IN ACCESS EXCLUSIVE MODE")
         start = time.monotonic()
-        await asyncio.wait_for(an._notify(Receiver(), escalated), 30)
+        await asyncio.wait_for(an.notifications.send(Receiver(), escalated), 30)
         took = time.monotonic() - start
         locker.rollback()
     assert sent == ["unverified"] and took < 10

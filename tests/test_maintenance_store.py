@@ -381,17 +381,17 @@ async def test_an_escalation_after_an_acknowledgement_the_gateway_has_not_synced
                 sent.append((ch.alert.id, ch.event))
                 return True, "HTTP 200"
 
-        await an._notify(Receiver(), escalated)
+        await an.notifications.send(Receiver(), escalated)
         assert sent == []
         other = m.observe(asset="P9", tag="P9.p", kind="rule:hi", active=True, t=at(0), severity="warning")
         await store.apply_changes(conn, other)
-        await an._notify(Receiver(), [c for c in m.tick(at(700)) if c.alert.asset == "P9"])
+        await an.notifications.send(Receiver(), [c for c in m.tick(at(700)) if c.alert.asset == "P9"])
         assert sent == [(other[0].alert.id, "escalated")]
         # Cleared by hand in the console since the last sync: nobody is paged for it either.
         gone = m.observe(asset="P8", tag="P8.p", kind="rule:hi", active=True, t=at(0), severity="warning")
         await store.apply_changes(conn, gone)
         assert await store.clear(conn, gone[0].alert.id, "anna")
-        await an._notify(Receiver(), [c for c in m.tick(at(1400)) if c.alert.asset == "P8"])
+        await an.notifications.send(Receiver(), [c for c in m.tick(at(1400)) if c.alert.asset == "P8"])
         assert sent == [(other[0].alert.id, "escalated")]
         await an.sync_once(conn)
     o = next(o for o in m.open.values() if o.alert.id == alert_id)

@@ -1,0 +1,310 @@
+"""Alert changes to the configured receivers (``[maintenance.notify]``: MQTT, webhooks), in order, each once.
+
+One bounded queue and one task per receiver, so a receiver that is down delays only itself and a "cleared" never
+overtakes its "raised"; a change a receiver did not take is sent again with back-off. Every queued change is on
+disk first (``<state_dir>/notify_outbox.db``, `maintenance.outbox`), so a stop of the gateway (reload, upgrade,
+crash) with a receiver down loses nothing: the next start sends what was left first, with the same
+``notification_id``. Before an escalation is paged, the database is asked whether the console has acknowledged the
+alert since the last sync (one bounded question per group; unanswered: sent, marked unverified).
+
+`edge.analytics` owns one `Notifications` and hands it the alert changes it stores (`queue`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from edge.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+NOTIFY_QUEUE_GROUPS = 1000  # groups of alert changes waiting for the notifiers
+NOTIFY_RETRY_MIN_S = 1.0  # a change a receiver did not take is sent again after this, doubling up to the max
+NOTIFY_RETRY_MAX_S = 60.0
+# Is an escalated alert acknowledged in the console already? One bounded question per group of changes; after the
+# database failed to answer it is not asked again for a while (escalations are then sent, marked unverified).
+ACK_CHECK_TIMEOUT_S = 3.0
+ACK_RECHECK_S = 15.0
+ACK_CHECK_FRESH_S = 5.0
+
+
+@dataclass(slots=True)
+class _Outbox:
+    """One notifier's queue of alert-change groups ``(changes, seqs)``, and how many changes it dropped while full.
+    ``seqs``: the changes' rows in the outbox file (`maintenance.outbox`), or None where it could not be written."""
+
+    notifier: object
+    queue: asyncio.Queue
+    dropped: int = 0
+    key: str = ""  # the receiver's name in the outbox file
+
+
+def notify_secrets(mcfg) -> tuple[str | None, list]:
+    """The alert notifiers' secrets resolved (``maintenance.notify``): the MQTT password and each webhook's
+    `maintenance.notify.WebhookTarget`; `ConfigError` listing every reference that cannot be read. Called when the
+    gateway is built and by `edge.service.preflight`: resolved only inside the running task, an unset one passed
+    check-config and a reload, then killed live analytics at every watchdog restart."""
+    if mcfg is None:
+        return None, []
+    from edge.errors import ConfigError
+    from edge.secrets import resolve_secret
+
+    n = mcfg.notify
+    problems: list[str] = []
+    password, targets = None, []
+    if n.mqtt is not None and n.mqtt.password:
+        try:
+            password = resolve_secret(n.mqtt.password, where="maintenance.notify.mqtt.password")
+        except ConfigError as exc:
+            problems += exc.problems
+    for i, w in enumerate(n.webhooks):
+        try:
+            targets.append(w.target(f"maintenance.notify.webhooks[{i}]"))
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    return password, targets
+
+
+class Notifications:
+    """The receivers of one gateway's alert changes; `open` builds them (again after a watchdog restart, keeping
+    the queues), `tasks` starts their senders, `queue` hands changes over, `close` ends them."""
+
+    def __init__(self, mcfg, secrets: tuple[str | None, list], metrics: Metrics, conninfo: str | None,
+                 state_dir: Path) -> None:
+        self.mcfg = mcfg
+        self._secrets = secrets  # notify_secrets(mcfg): read by each new gateway, so a reload rotates them
+        self.metrics = metrics
+        self.conninfo = conninfo
+        self.state_dir = Path(state_dir)
+        self.notifiers: list = []
+        self._outboxes: list[_Outbox] = []
+        self.db_down_until = 0.0  # time.monotonic(): the database did not answer; not asked again before
+        self._outbox_file = None  # maintenance.outbox.Outbox: the changes not taken yet, kept across restarts
+        self._outbox_restored = False
+        self._outbox_error: str | None = None
+
+    def tasks(self) -> list[asyncio.Task]:
+        """One sending task per receiver (`open` first)."""
+        return [asyncio.create_task(self._loop(box), name=f"notify:{box.key}") for box in self._outboxes]
+
+    async def close(self) -> None:
+        """Close the receivers and the outbox file (the senders are cancelled by the caller first)."""
+        for n in self.notifiers:
+            await n.aclose()
+        if self._outbox_file is not None:
+            self._outbox_file.close()
+            self._outbox_file = None
+
+    async def queue(self, changes: list) -> None:
+        """Hand ``changes`` to each receiver's queue (the events it takes), on disk first."""
+        from maintenance.notify import wanted
+
+        for box in self._outboxes if changes else ():
+            events = getattr(getattr(box.notifier, "cfg", None), "events", None)
+            mine = [c for c in changes if c.event != "suppressed" and (events is None or wanted(events, c))]
+            if not mine:
+                continue
+            if not box.queue.full():
+                # On disk before it is queued: a stop of the gateway (reload, upgrade, crash) with the receiver down
+                # lost every change waiting for it; the next start sends them first (`open`).
+                seqs = await self._outbox_add(box.key, mine)
+                try:  # the sync and the analysis both queue: the other may have taken the last place meanwhile
+                    box.queue.put_nowait((mine, seqs))
+                    continue
+                except asyncio.QueueFull:
+                    await self._outbox_done(seqs or [])
+            if not box.dropped:
+                log.error("alert notifications to %s are %d groups behind (the receiver is down or slow); "
+                          "dropping new ones until it catches up (the alerts themselves are stored)",
+                          box.notifier.name, box.queue.qsize(), extra={"event": "notify_behind"})
+            box.dropped += len(mine)
+            self.metrics.notifications.labels("dropped").inc(len(mine))
+
+    def open(self) -> None:
+        if self.mcfg is None:
+            return
+        from maintenance.notify import MqttNotifier, WebhookNotifier
+
+        n = self.mcfg.notify
+        # Called at every start of `run`: the watchdog restarts a failed task on this object, and the notifiers of
+        # the run before were closed by it (they were kept, next to the new ones: a closed receiver's outbox failed
+        # for good). The outboxes' queues are kept: changes waiting in them are still sent.
+        queues = [box.queue for box in self._outboxes]
+        self.notifiers = []
+        password, targets = self._secrets
+        if n.mqtt is not None:
+            self.notifiers.append(MqttNotifier(n.mqtt, password))
+        self.notifiers += [WebhookNotifier(w, t) for w, t in zip(n.webhooks, targets, strict=True)]
+        self._outboxes = [_Outbox(n, queues[i] if i < len(queues) else asyncio.Queue(maxsize=NOTIFY_QUEUE_GROUPS))
+                          for i, n in enumerate(self.notifiers)]
+        names: dict[str, int] = {}
+        for box in self._outboxes:  # two receivers of one name (the same URL twice) keep their rows apart
+            names[box.notifier.name] = names.get(box.notifier.name, 0) + 1
+            box.key = box.notifier.name + (f" #{names[box.notifier.name]}" if names[box.notifier.name] > 1 else "")
+        self._open_outbox_file()
+
+    def _open_outbox_file(self) -> None:
+        """Open ``<state_dir>/notify_outbox.db`` and, at the first start only (a watchdog restart keeps its queues),
+        queue what each receiver had not taken when the gateway stopped, before anything new."""
+        from maintenance.outbox import OUTBOX_FILE, Outbox
+
+        if not self._outboxes or self._outbox_file is not None:
+            return
+        try:
+            self._outbox_file = Outbox(self.state_dir / OUTBOX_FILE)
+            if self._outbox_restored:
+                return
+            self._outbox_restored = True
+            gone = self._outbox_file.forget_others({box.key for box in self._outboxes})
+            if gone:
+                log.warning("%d alert notifications for receivers no longer configured were dropped", gone,
+                            extra={"event": "notify_receiver_gone"})
+            for box in self._outboxes:
+                rows = self._outbox_file.pending(box.key)
+                if rows:
+                    box.queue.put_nowait(([ch for _, ch in rows], [seq for seq, _ in rows]))
+                    log.info("%d alert notifications to %s left from before the restart are sent first", len(rows),
+                             box.notifier.name, extra={"event": "notify_restored"})
+        except Exception as exc:  # notifications still go out, from memory only
+            self._outbox_failed(exc)
+
+    def _outbox_failed(self, exc: BaseException) -> None:
+        if self._outbox_error != type(exc).__name__:
+            self._outbox_error = type(exc).__name__
+            log.error("alert notification outbox %s not usable; notifications waiting for a receiver are lost if "
+                      "the gateway stops: %s", self.state_dir, exc, extra={"event": "notify_outbox_error"})
+
+    async def _outbox_add(self, key: str, changes: list) -> list[int] | None:
+        if self._outbox_file is None:
+            return None
+        try:
+            seqs = await asyncio.to_thread(self._outbox_file.add, [(key, ch) for ch in changes])
+        except Exception as exc:
+            self._outbox_failed(exc)
+            return None
+        self._outbox_error = None
+        return seqs
+
+    async def _outbox_done(self, seqs: list[int | None]) -> None:
+        seqs = [s for s in seqs if s is not None]
+        if not seqs or self._outbox_file is None:
+            return
+        try:
+            await asyncio.to_thread(self._outbox_file.done, seqs)
+        except Exception as exc:
+            self._outbox_failed(exc)
+
+    async def _loop(self, box: _Outbox) -> None:
+        while True:
+            changes, seqs = await box.queue.get()
+            await self.send(box.notifier, changes, seqs)
+            if box.dropped and box.queue.empty():
+                log.warning("alert notifications to %s caught up; %d changes were not notified", box.notifier.name,
+                            box.dropped, extra={"event": "notify_resumed"})
+                box.dropped = 0
+
+    async def _taken_in_store(self, alert_ids: list[str]) -> set[str] | None:
+        """Which of ``alert_ids`` are acknowledged or cleared in the database (the console), which this gateway
+        learns only at its next sync; None when it cannot tell (no database, not reachable, not answering).
+
+        One query for all, bounded by `ACK_CHECK_TIMEOUT_S`; after a failure the database is not asked again for
+        `ACK_RECHECK_S` (nor after a failed sync): a database that does not answer cost a 5 s connect timeout per
+        escalation and per receiver, in the receiver's queue, so 100 alerts escalating in a network cut held every
+        later notification (new critical alerts too) for over 8 minutes."""
+        if not self.conninfo or not alert_ids:
+            return set()
+        if time.monotonic() < self.db_down_until:
+            return None
+
+        async def ask() -> set[str]:
+            # No statement_timeout startup option (a pgbouncer in front refuses it): wait_for cancels the query.
+            async with await psycopg.AsyncConnection.connect(
+                    self.conninfo, connect_timeout=max(2, int(ACK_CHECK_TIMEOUT_S)), autocommit=True) as conn:
+                cur = await conn.execute("SELECT id FROM alerts WHERE id = ANY(%s)"
+                                         " AND (acknowledged_at IS NOT NULL OR cleared_at IS NOT NULL)",
+                                         (list(alert_ids),))
+                return {r[0] for r in await cur.fetchall()}
+
+        try:
+            taken = await asyncio.wait_for(ask(), ACK_CHECK_TIMEOUT_S)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            self.db_down_until = time.monotonic() + ACK_RECHECK_S
+            log.warning("acknowledgement of %d escalated alert(s) not checked (database: %s); notified anyway",
+                        len(alert_ids), str(exc) or type(exc).__name__, extra={"event": "notify_unverified"})
+            return None
+        self.db_down_until = 0.0
+        return taken
+
+    async def send(self, n, changes: list, seqs: list[int] | None = None) -> None:
+        """Send ``changes`` to ``n`` in order; each one taken, refused or skipped is forgotten from the outbox file
+        (``seqs``: their rows)."""
+        from maintenance.notify import Refused
+
+        taken: set[str] | None = set()
+        asked = -ACK_CHECK_FRESH_S
+        done: list[int | None] = []  # rows of the changes taken, refused or skipped, still in the outbox file
+        for i, ch in enumerate(changes):
+            if ch.event == "escalated":
+                if time.monotonic() - asked >= ACK_CHECK_FRESH_S:
+                    # The escalations of the rest of the group in one question (asked again when sending the group
+                    # has taken a while: a receiver that was down).
+                    taken = await self._taken_in_store([c.alert.id for c in changes[i:] if c.event == "escalated"])
+                    asked = time.monotonic()
+                if taken is not None and ch.alert.id in taken:
+                    # Acknowledged (or cleared) in the console since the last sync: the store does not take this
+                    # escalation (maintenance.store.apply_changes), and nobody should be paged for an alert someone
+                    # has taken.
+                    self.metrics.notifications.labels("skipped").inc()
+                    log.info("escalation of alert %s not notified to %s: acknowledged in the console", ch.alert.id,
+                             n.name, extra={"event": "notify_skipped", "asset": ch.alert.asset})
+                    done.append(seqs[i] if seqs else None)
+                    continue
+                if taken is None:
+                    # Cannot tell: sent (a page for an alert someone took is better than none for one nobody took),
+                    # saying so to the receiver.
+                    ch = dataclasses.replace(ch, detail={**ch.detail, "acknowledgement": "unverified"})
+            # A change the receiver did not take (down, unreachable, 5xx) stays at the head of its queue and is sent
+            # again with back-off until it is delivered: trying each change once lost everything that happened
+            # while a receiver restarted. Later changes wait behind it (in order); the queue's bound drops new ones
+            # when a receiver stays down that long. What the receiver refuses (`Refused`, a 4xx) or a notifier's
+            # own error is not retried: it would block that receiver for good.
+            delay, failed = NOTIFY_RETRY_MIN_S, False
+            while True:
+                try:
+                    ok, detail = await n.send(ch)
+                except Exception as exc:  # a notifier must never take analytics down
+                    ok, detail = False, Refused(repr(exc))
+                if ok:
+                    self.metrics.notifications.labels("ok").inc()
+                    break
+                refused = isinstance(detail, Refused)
+                if refused or not failed:  # logged and counted once per change, not per attempt
+                    log.warning("notification of alert %s to %s failed: %s%s", ch.alert.id, n.name, detail,
+                                "" if refused else "; sending it again until it is taken",
+                                extra={"event": "notify_failed", "asset": ch.alert.asset})
+                    if not failed:
+                        self.metrics.notifications.labels("failed").inc()
+                    failed = True
+                if refused:
+                    break
+                # What was delivered before is forgotten now, not after this receiver comes back.
+                await self._outbox_done(done)
+                done.clear()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, NOTIFY_RETRY_MAX_S)
+            done.append(seqs[i] if seqs else None)
+            if len(done) >= 100:
+                await self._outbox_done(done)
+                done.clear()
+        # Forgotten a group at a time, not a change at a time (each delete is a synced commit); a stop before this
+        # sends the group's delivered changes again at the next start, with the same notification_id.
+        await self._outbox_done(done)
