@@ -373,3 +373,21 @@ def test_a_comment_with_a_nul_character_is_refused_not_a_server_error(server):
             r = client.post(path, json=body)
             assert r.status_code == 422 and "NUL" in r.json()["detail"], (path, r.status_code, r.text)
         assert c.post("/api/alerts/A010/ack", json={"comment": "valve checked"}).status_code == 200
+
+
+def test_nul_characters_anywhere_in_a_request_are_refused_not_a_server_error(server):
+    """PostgreSQL text cannot hold NUL, and psycopg refuses to send it: a filter or a name with %00 in it (a
+    scanner, a mistyped link, a paste) ended in 500 "internal error" and an ERROR with a traceback in the console
+    log, on every endpoint the comment fix did not reach. 422, saying why."""
+    with server.client("admin") as a, server.client("maintenance") as m:
+        for client, method, path, kw in (
+                (a, "get", "/api/alerts", {"params": {"asset": "P-101\x00"}}),
+                (a, "get", "/api/assets", {"params": {"site": "KIP\x00"}}),
+                (a, "get", "/api/assets/P-101%00", {}),
+                (a, "get", "/api/tags/P-101.vib_rms%00/readings", {"params": {"last": "PT1H"}}),
+                (a, "get", "/api/audit", {"params": {"actor": "x\x00"}}),
+                (a, "post", "/api/users", {"json": {"username": "nul1", "password": "a long enough pw 1",
+                                                    "role": "viewer", "display_name": "Ni\x00lo"}}),
+                (m, "post", "/api/alerts/A011/review", {"json": {"verdict": "right", "comment": "a\x00b"}})):
+            r = getattr(client, method)(path, **kw)
+            assert r.status_code == 422 and "NUL" in r.json()["detail"], (path, r.status_code, r.text)

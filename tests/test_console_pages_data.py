@@ -123,6 +123,8 @@ def test_maintenance_reviews_a_prediction_and_others_cannot(server):
     with server.client("maintenance") as c:
         bad = c.post(f"/api/predictions/{pred['id']}/review", json={"verdict": "maybe"})
         assert bad.status_code == 422
+        nul = c.post(f"/api/predictions/{pred['id']}/review", json={"verdict": "wrong", "comment": "pump\x00 swap"})
+        assert nul.status_code == 422 and "NUL" in nul.json()["detail"], nul.text  # was a 500
         r = c.post(f"/api/predictions/{pred['id']}/review", json={"verdict": "wrong", "comment": "pump was replaced"})
         assert r.status_code == 200 and r.json()["reviewed_by"] == "maintenance"
         got = c.get("/api/predictions", params={"asset": "P-101", "kind": "rul", "limit": 1}).json()["items"][0]

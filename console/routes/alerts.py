@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Annotated, Literal
+from typing import Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from console import alerts, audit
 from console.auth import Principal, StillValid, client_address, require
@@ -23,19 +23,8 @@ router = APIRouter(prefix="/api/alerts", tags=["alerts"], default_response_class
 SESSION_ENDED = b"event: session-ended\ndata: {}\n\n"
 
 
-def _storable(text: str) -> str:
-    # PostgreSQL text cannot hold NUL: such a comment (pasted from a PLC export) ended in 500 "internal error".
-    if "\x00" in text:
-        raise ValueError("must not contain NUL characters")
-    return text
-
-
-CommentText = Annotated[str, AfterValidator(_storable)]
-
-
 class Comment(BaseModel):
-    comment: CommentText = Field("", max_length=2000,
-                                 description="why; kept in the alert's history and the audit log")
+    comment: str = Field("", max_length=2000, description="why; kept in the alert's history and the audit log")
 
 
 class Filters(BaseModel):
@@ -177,7 +166,7 @@ async def comment(request: Request, alert_id: str, body: Comment, p: Principal =
 
 class AlertReview(BaseModel):
     verdict: Literal["right", "wrong"]
-    comment: CommentText = Field("", max_length=2000)
+    comment: str = Field("", max_length=2000)
 
 
 @router.post("/{alert_id}/review")
