@@ -2,6 +2,8 @@
 
 The database section has the gateway's schema (``edge.settings.Database``), so the same
 ``url`` / ``password = "env:NAME"`` rules apply; secrets are references, never literals.
+As in the site configuration, every relative path (``reports_dir``, ``[models]``, a ``file:`` reference) is
+taken from the file's folder (``edge.paths``), never from the working directory.
 ``load`` raises ``ConfigError`` listing every problem as ``FILE: KEY: what is wrong``.
 """
 
@@ -9,11 +11,12 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError
 
 from edge.errors import ConfigError
+from edge.paths import PATH, resolve_relative
 from edge.settings import Database, Strict, _describe
 
 
@@ -38,7 +41,7 @@ class Console(Strict):
     max_points: int = Field(5000, ge=10, le=100_000)
     default_points: int = Field(1000, ge=10, le=100_000)
     # Emission/compliance reports are linked from the emissions page when present here.
-    reports_dir: Path | None = None
+    reports_dir: Annotated[Path, PATH] | None = None
 
 
 class Gateway(Strict):
@@ -54,9 +57,9 @@ class Models(Strict):
     """The model registry the models page promotes and rolls back in (`models.registry`): its directory here,
     its index in the console's database (``model_registry``)."""
 
-    registry: Path = Path("var/models")
+    registry: Annotated[Path, PATH] = Path("var/models")
     # Uncertainty reports generated on demand from a version's stored held-out rows, kept per ONNX sha256.
-    report_cache: Path = Path("var/cache/model-reports")
+    report_cache: Annotated[Path, PATH] = Path("var/cache/model-reports")
 
 
 class ConsoleConfig(Strict):
@@ -86,15 +89,17 @@ def load(path: str | Path) -> ConsoleConfig:
         raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from exc
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    cfg = parse(data, source=str(path))
-    rd = cfg.console.reports_dir
-    if rd is not None and not rd.is_absolute():
-        object.__setattr__(cfg.console, "reports_dir", path.resolve().parent / rd)
-    for key in ("registry", "report_cache"):  # relative paths are relative to the configuration file
-        p = getattr(cfg.models, key)
-        if not p.is_absolute():
-            object.__setattr__(cfg.models, key, path.resolve().parent / p)
-    return cfg
+    return parse(relative_to_file(data, path.resolve().parent), source=str(path))
+
+
+def relative_to_file(data: dict, base: Path) -> dict:
+    """The file's data with every relative path (``reports_dir``, ``[models]``, ``[database]`` ``file:``
+    references) taken from ``base``, the file's folder, not the working directory: systemd starts the console
+    elsewhere. ``[models]`` defaults ("var/models") are the folder's too."""
+    data = dict(data)
+    if isinstance(data.get("models", {}), dict):
+        data["models"] = data.get("models", {})  # so that its defaults are filled in from the file's folder
+    return resolve_relative(ConsoleConfig, data, base)
 
 
 def conninfo(cfg: ConsoleConfig) -> str:
