@@ -3,7 +3,8 @@
 The database section has the gateway's schema (``edge.settings.Database``), so the same
 ``url`` / ``password = "env:NAME"`` rules apply; secrets are references, never literals.
 As in the site configuration, every relative path (``reports_dir``, ``[models]``, a ``file:`` reference) is
-taken from the file's folder (``edge.paths``), never from the working directory.
+taken from the file's folder (``edge.paths``), never from the working directory; ``console.listen`` is
+``HOST:PORT`` or ``[IPV6]:PORT`` (``edge.settings.host_port``), as ``http.listen`` there.
 ``load`` raises ``ConfigError`` listing every problem as ``FILE: KEY: what is wrong``.
 """
 
@@ -13,15 +14,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from edge.errors import ConfigError
 from edge.paths import PATH, resolve_relative
-from edge.settings import Database, Strict, _describe
+from edge.settings import Database, Strict, _describe, host_port
 
 
 class Console(Strict):
-    listen: str = Field("127.0.0.1:8080", pattern=r"^[^:]+:\d+$")
+    listen: str = Field("127.0.0.1:8080", description="HOST:PORT, or [IPV6]:PORT (e.g. [::1]:8080)")
     # "auto": Secure cookies when the request arrived over TLS (directly or via X-Forwarded-Proto from
     # a trusted proxy); "always" for deployments that are only ever reached over HTTPS.
     cookie_secure: Literal["auto", "always", "never"] = "auto"
@@ -42,6 +43,17 @@ class Console(Strict):
     default_points: int = Field(1000, ge=10, le=100_000)
     # Emission/compliance reports are linked from the emissions page when present here.
     reports_dir: Annotated[Path, PATH] | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host_port(v)  # its ValueError says what is wrong (a bare IPv6 address: "goes in brackets")
+        return v
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) to listen on; an IPv6 host without its brackets."""
+        return host_port(self.listen)
 
 
 class Gateway(Strict):
