@@ -11,14 +11,33 @@ taken from the file's folder (``edge.paths``), never from the working directory;
 from __future__ import annotations
 
 import tomllib
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
 
 from edge.errors import ConfigError
 from edge.paths import PATH, resolve_relative
 from edge.settings import Database, Strict, _describe, host_port
+
+
+def _network(value: object) -> object:
+    if not isinstance(value, str):
+        return value  # validation says what is wrong
+    try:
+        return ip_network(value.strip())
+    except ValueError as exc:
+        if "host bits" in str(exc):
+            raise ValueError(f"{value!r} has host bits set: write the network "
+                             f"({ip_network(value.strip(), strict=False)}) "
+                             "or one address") from None
+        raise ValueError(f"{value!r} is not an IP address or network (e.g. 127.0.0.1, ::1, 10.0.0.0/8, fd00::/8; "
+                         "host names are not looked up, IPv6 without brackets)") from None
+
+
+# A proxy's address, or a network of them; compared as addresses, so "::1" and "0:0:0:0:0:0:0:1" are one.
+ProxyNetwork = Annotated[IPv4Network | IPv6Network, BeforeValidator(_network)]
 
 
 class Console(Strict):
@@ -26,7 +45,8 @@ class Console(Strict):
     # "auto": Secure cookies when the request arrived over TLS (directly or via X-Forwarded-Proto from
     # a trusted proxy); "always" for deployments that are only ever reached over HTTPS.
     cookie_secure: Literal["auto", "always", "never"] = "auto"
-    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    # Whose X-Forwarded-For / X-Forwarded-Proto are believed: addresses or networks (console.auth).
+    trusted_proxies: list[ProxyNetwork] = Field(default_factory=lambda: [ip_network("127.0.0.1"), ip_network("::1")])
     session_hours: float = Field(12.0, gt=0, le=24 * 30)
     # Log-in rate limit: at most this many failures per user name and per client address per window.
     login_failures_max: int = Field(5, ge=1)

@@ -145,9 +145,15 @@ def test_console_serves_on_a_bracketed_ipv6_address(pg_admin_dsn, tmp_path):
         assert clients == ["2001:db8::7"]
 
         other = _free_port_v6()  # --listen overrides the file's console.listen
-        config.write_text(f'[console]\nlisten = "127.0.0.1:0"\n[database]\nurl = "{url}"\n')
-        with _serving(config, other, "--listen", f"[::1]:{other}"):
-            pass
+        config.write_text(f'[console]\nlisten = "127.0.0.1:0"\ntrusted_proxies = ["0:0:0:0:0:0:0:1/128"]\n'
+                          f'[database]\nurl = "{url}"\n')
+        with _serving(config, other, "--listen", f"[::1]:{other}") as base:
+            r = httpx.post(f"{base}/api/auth/login", json={"username": "nobody", "password": "wrong-password"},
+                           headers={"X-Forwarded-For": "[2001:db8::8]:4711"})
+            assert r.status_code == 401
+        with psycopg.connect(dsn) as conn:
+            clients = [c for (c,) in conn.execute("SELECT client FROM console_login_failures ORDER BY time")]
+        assert clients == ["2001:db8::7", "2001:db8::8"]
 
 
 @pytest.mark.parametrize(("listen", "says"), [
@@ -161,3 +167,54 @@ def test_console_listen_refused_says_why(tmp_path, listen, says):
     config.write_text('[database]\nurl = "postgresql://u@h/db"\n')
     r = _valvoja("console", "serve", "-c", str(config), "--listen", listen, cwd=tmp_path)
     assert r.returncode == 1 and "--listen" in r.stderr and says in r.stderr, r.stderr
+
+
+def _request(peer: str, forwarded: list[str], trusted: list[str] | None = None, proto: str = ""):
+    from types import SimpleNamespace
+
+    from starlette.datastructures import Headers
+
+    from console.config import ConsoleConfig
+
+    cfg = ConsoleConfig.model_validate({"console": {} if trusted is None else {"trusted_proxies": trusted}})
+    raw = [(b"x-forwarded-for", f.encode()) for f in forwarded] + ([(b"x-forwarded-proto", proto.encode())]
+                                                                   if proto else [])
+    return SimpleNamespace(client=SimpleNamespace(host=peer), headers=Headers(raw=raw), url=SimpleNamespace(
+        scheme="http"), app=SimpleNamespace(state=SimpleNamespace(config=cfg)))
+
+
+@pytest.mark.parametrize(("peer", "forwarded", "trusted", "client"), [
+    ("::1", ["2001:db8::7"], None, "2001:db8::7"),  # a proxy on ::1, the default
+    ("::1", ["2001:db8::7"], ["0:0:0:0:0:0:0:1"], "2001:db8::7"),  # ::1 written out in full
+    ("2001:db8::10", ["203.0.113.9"], ["2001:DB8::10"], "203.0.113.9"),  # upper-case hex
+    ("fd00::5", ["2001:db8::7"], ["fd00::/8"], "2001:db8::7"),  # a proxy network (container network)
+    ("10.1.2.3", ["203.0.113.9"], ["10.0.0.0/8"], "203.0.113.9"),
+    ("::1", ["[2001:db8::7]:4711"], None, "2001:db8::7"),  # bracketed, with the client's port
+    ("::1", ["[2001:db8::7]"], None, "2001:db8::7"),
+    ("::1", ["203.0.113.9:4711"], None, "203.0.113.9"),
+    ("::1", ["2001:0DB8:0::7"], None, "2001:db8::7"),  # one client, one spelling (log-in limit, audit log)
+    ("::ffff:127.0.0.1", ["203.0.113.9"], None, "203.0.113.9"),  # IPv4 proxy seen by a dual-stack socket
+    ("::ffff:192.0.2.1", ["203.0.113.9"], None, "192.0.2.1"),  # not trusted: its own IPv4 address
+    ("2001:db8::99", ["203.0.113.9"], None, "2001:db8::99"),  # not trusted: header not believed
+    ("::1", ["6.6.6.6, [2001:db8::7]:1, ::1"], None, "2001:db8::7"),
+    ("::1", ["[2001:db8::7]:port"], None, "::1"),  # malformed: nothing left of it is believed
+])
+def test_trusted_proxies_compare_addresses_not_spellings(peer, forwarded, trusted, client):
+    """trusted_proxies and the peer were compared as strings: a proxy written "0:0:0:0:0:0:0:1", in upper case, as
+    a network, or seen as ::ffff:127.0.0.1 was not trusted, so every client behind it had the proxy's address (one
+    log-in limit for all of them, a wrong audit log); a bracketed X-Forwarded-For entry ended the search."""
+    from console.auth import client_address, is_tls
+
+    assert client_address(_request(peer, forwarded, trusted)) == client
+    trusted_peer = peer not in ("::ffff:192.0.2.1", "2001:db8::99")  # X-Forwarded-Proto believed from a proxy only
+    assert is_tls(_request(peer, [], trusted, proto="https")) is trusted_peer
+
+
+@pytest.mark.parametrize(("entry", "says"), [("localhost", "not an IP address"), ("10.0.0.5/8", "host bits"),
+                                              ("[::1]", "not an IP address")])
+def test_trusted_proxies_refuses_what_never_matches(tmp_path, entry, says):
+    config = tmp_path / "console.toml"
+    config.write_text(f'[console]\ntrusted_proxies = ["::1", "{entry}"]\n[database]\nurl = "postgresql://u@h/db"\n')
+    with pytest.raises(ConfigError) as exc:
+        load(config)
+    assert "console.trusted_proxies[1]" in str(exc.value) and says in str(exc.value), str(exc.value)
