@@ -4,11 +4,11 @@ compares addresses, not their spelling."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import socket
 import subprocess
 import sys
-import time
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from console_support import fresh_database
 from psycopg.conninfo import conninfo_to_dict
+from serverproc import free_port, ipv6_loopback_missing, wait_until
 
 from console.config import conninfo, load
 from edge.errors import ConfigError
@@ -74,44 +75,26 @@ def test_file_references_are_taken_from_the_config_files_folder(own_pg_server, t
         assert conn.execute("SELECT role FROM console_users WHERE username = 'alice'").fetchone() == ("admin",)
 
 
-def _ipv6_loopback() -> str | None:
-    """Why IPv6 loopback cannot be used here, or None when it can."""
-    if not socket.has_ipv6:
-        return "Python built without IPv6"
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError as exc:
-        return f"no IPv6 loopback on this machine ({exc.strerror})"
-    return None
-
-
-def _free_port_v6() -> int:
-    with socket.socket(socket.AF_INET6) as s:
-        s.bind(("::1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def _serving(config: Path, port: int, *extra: str):
     """``valvoja console serve`` in a process of its own until ``http://[::1]:port/login`` answers; stopped after."""
     e = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+    log = tempfile.TemporaryFile("w+")  # not a pipe: a full one would stall the server
     proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "console", "serve", "-c", str(config), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=e,
-                            stdin=subprocess.DEVNULL)
+                            stdout=log, stderr=subprocess.STDOUT, text=True, env=e, stdin=subprocess.DEVNULL)
+
+    def answers() -> bool:
+        with contextlib.suppress(httpx.TransportError):
+            return httpx.get(f"http://[::1]:{port}/login", timeout=2).status_code == 200
+        return False
+
+    def alive() -> None:
+        if proc.poll() is not None:
+            log.seek(0)
+            raise AssertionError(f"console serve ended ({proc.returncode}): {log.read()}")
+
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"console serve ended ({proc.returncode}): {proc.stdout.read()}")
-            try:
-                if httpx.get(f"http://[::1]:{port}/login", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"console serve did not answer on [::1]:{port}")
-            time.sleep(0.2)
+        wait_until(answers, 30, f"console serve on [::1]:{port}", alive)
         yield f"http://[::1]:{port}"
     finally:
         proc.terminate()
@@ -120,19 +103,20 @@ def _serving(config: Path, port: int, *extra: str):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+        log.close()
 
 
 def test_console_serves_on_a_bracketed_ipv6_address(pg_admin_dsn, tmp_path):
     """``console.listen = "[::1]:8080"`` was refused by the configuration's pattern (one colon only), and ``serve
     --listen`` split at the last colon, handing "[::1]" with its brackets to the socket layer. Behind a proxy on ::1
     (a trusted proxy by default) the client address is the X-Forwarded-For entry, an IPv6 one too."""
-    why = _ipv6_loopback()
+    why = ipv6_loopback_missing()
     if why:
         pytest.skip(why)
     with fresh_database(pg_admin_dsn) as dsn:
         p = conninfo_to_dict(dsn)
         url = f'postgresql://{p.get("user", "postgres")}@{p.get("host")}:{p.get("port", 5432)}/{p["dbname"]}'
-        port = _free_port_v6()
+        port = free_port("::1")
         config = tmp_path / "console.toml"
         config.write_text(f'[console]\nlisten = "[::1]:{port}"\n[database]\nurl = "{url}"\n')
         assert load(config).console.address == ("::1", port)
@@ -144,7 +128,7 @@ def test_console_serves_on_a_bracketed_ipv6_address(pg_admin_dsn, tmp_path):
             clients = [c for (c,) in conn.execute("SELECT client FROM console_login_failures")]
         assert clients == ["2001:db8::7"]
 
-        other = _free_port_v6()  # --listen overrides the file's console.listen
+        other = free_port("::1")  # --listen overrides the file's console.listen
         config.write_text(f'[console]\nlisten = "127.0.0.1:0"\ntrusted_proxies = ["0:0:0:0:0:0:0:1/128"]\n'
                           f'[database]\nurl = "{url}"\n')
         with _serving(config, other, "--listen", f"[::1]:{other}") as base:
@@ -156,14 +140,26 @@ def test_console_serves_on_a_bracketed_ipv6_address(pg_admin_dsn, tmp_path):
         assert clients == ["2001:db8::7", "2001:db8::8"]
 
 
-@pytest.mark.parametrize(("listen", "says"), [
-    ("::1:8080", "brackets"), ("[::1]", "port"), ("[::1]:99999", "0-65535"), ("localhost", "port")])
-def test_console_listen_refused_says_why(tmp_path, listen, says):
+@pytest.mark.parametrize(("console", "key", "says"), [
+    ('listen = "::1:8080"', "console.listen", "brackets"), ('listen = "[::1]"', "console.listen", "port"),
+    ('listen = "[::1]:99999"', "console.listen", "0-65535"), ('listen = "localhost"', "console.listen", "port"),
+    ('trusted_proxies = ["::1", "localhost"]', "console.trusted_proxies[1]", "not an IP address"),
+    ('trusted_proxies = ["::1", "10.0.0.5/8"]', "console.trusted_proxies[1]", "host bits"),
+    ('trusted_proxies = ["[::1]"]', "console.trusted_proxies[0]", "not an IP address"),
+])
+def test_console_keys_refused_say_why(tmp_path, console, key, says):
+    """A bare IPv6 listen address, or a trusted proxy that can never match (a host name, brackets, host bits),
+    is refused at load with the reason."""
     config = tmp_path / "console.toml"
-    config.write_text(f'[console]\nlisten = "{listen}"\n[database]\nurl = "postgresql://u@h/db"\n')
+    config.write_text(f'[console]\n{console}\n[database]\nurl = "postgresql://u@h/db"\n')
     with pytest.raises(ConfigError) as exc:
         load(config)
-    assert "console.listen" in str(exc.value) and says in str(exc.value), str(exc.value)
+    assert f"{key}: " in str(exc.value) and says in str(exc.value), str(exc.value)
+
+
+@pytest.mark.parametrize(("listen", "says"), [("::1:8080", "brackets"), ("[::1]", "port")])
+def test_serve_listen_refused_says_why(tmp_path, listen, says):
+    config = tmp_path / "console.toml"
     config.write_text('[database]\nurl = "postgresql://u@h/db"\n')
     r = _valvoja("console", "serve", "-c", str(config), "--listen", listen, cwd=tmp_path)
     assert r.returncode == 1 and "--listen" in r.stderr and says in r.stderr, r.stderr
@@ -208,13 +204,3 @@ def test_trusted_proxies_compare_addresses_not_spellings(peer, forwarded, truste
     assert client_address(_request(peer, forwarded, trusted)) == client
     trusted_peer = peer not in ("::ffff:192.0.2.1", "2001:db8::99")  # X-Forwarded-Proto believed from a proxy only
     assert is_tls(_request(peer, [], trusted, proto="https")) is trusted_peer
-
-
-@pytest.mark.parametrize(("entry", "says"), [("localhost", "not an IP address"), ("10.0.0.5/8", "host bits"),
-                                              ("[::1]", "not an IP address")])
-def test_trusted_proxies_refuses_what_never_matches(tmp_path, entry, says):
-    config = tmp_path / "console.toml"
-    config.write_text(f'[console]\ntrusted_proxies = ["::1", "{entry}"]\n[database]\nurl = "postgresql://u@h/db"\n')
-    with pytest.raises(ConfigError) as exc:
-        load(config)
-    assert "console.trusted_proxies[1]" in str(exc.value) and says in str(exc.value), str(exc.value)
