@@ -15,7 +15,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, field_validator
 
 from edge.errors import ConfigError
 from edge.paths import PATH, resolve_relative
@@ -76,12 +76,35 @@ class Console(Strict):
         return host_port(self.listen)
 
 
+def _http_url(value: str) -> str:
+    """An http(s) URL the gateway page can fetch, checked here: one it could not parse (httpx.InvalidURL, not an
+    httpx.HTTPError) failed the whole page at run time."""
+    import httpx
+
+    example = "e.g. http://gw-1:9108/healthz or http://[::1]:9108/healthz"
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL as exc:
+        hint = "an IPv6 address goes in brackets" if value.count(":") > 2 and "[" not in value else str(exc)
+        raise ValueError(f"{value!r} is not a URL ({hint}; {example})") from None
+    if url.scheme not in ("http", "https"):
+        raise ValueError(f"{value!r}: must start with http:// or https://")
+    if not url.host:
+        raise ValueError(f"{value!r}: no host ({example})")
+    if url.port is not None and not 0 < url.port <= 65535:
+        raise ValueError(f"{value!r}: port {url.port} is not a TCP port (1-65535)")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
 class Gateway(Strict):
     """A gateway whose ``/healthz`` the gateway page shows."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    health_url: str = Field(pattern=r"^https?://")
-    metrics_url: str | None = Field(None, pattern=r"^https?://")
+    health_url: HttpUrl
+    metrics_url: HttpUrl | None = None
     timeout_s: float = Field(2.0, gt=0, le=30)
 
 

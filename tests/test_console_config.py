@@ -146,15 +146,60 @@ def test_console_serves_on_a_bracketed_ipv6_address(pg_admin_dsn, tmp_path):
     ('trusted_proxies = ["::1", "localhost"]', "console.trusted_proxies[1]", "not an IP address"),
     ('trusted_proxies = ["::1", "10.0.0.5/8"]', "console.trusted_proxies[1]", "host bits"),
     ('trusted_proxies = ["[::1]"]', "console.trusted_proxies[0]", "not an IP address"),
+    ('[[gateways]]\nname = "gw"\nhealth_url = "http://::1:9108/healthz"', "gateways[0] (gw).health_url", "brackets"),
+    ('[[gateways]]\nname = "gw"\nhealth_url = "http://[::1]:9108/healthz"\nmetrics_url = "http://gw:99999/metrics"',
+     "gateways[0] (gw).metrics_url", "1-65535"),
+    ('[[gateways]]\nname = "gw"\nhealth_url = "http:///healthz"', "gateways[0] (gw).health_url", "no host"),
 ])
 def test_console_keys_refused_say_why(tmp_path, console, key, says):
-    """A bare IPv6 listen address, or a trusted proxy that can never match (a host name, brackets, host bits),
-    is refused at load with the reason."""
+    """A bare IPv6 listen address, a trusted proxy that can never match (a host name, brackets, host bits), or a
+    gateway URL that cannot be fetched (an IPv6 address without brackets, a port past 65535) is refused at load
+    with the reason. Such a gateway URL was accepted, and then the gateway page answered 500 for every gateway
+    (httpx.InvalidURL is not an httpx.HTTPError, so the probe did not catch it)."""
     config = tmp_path / "console.toml"
-    config.write_text(f'[console]\n{console}\n[database]\nurl = "postgresql://u@h/db"\n')
+    section = console if console.startswith("[[") else f"[console]\n{console}"
+    config.write_text(f'[database]\nurl = "postgresql://u@h/db"\n{section}\n')
     with pytest.raises(ConfigError) as exc:
         load(config)
     assert f"{key}: " in str(exc.value) and says in str(exc.value), str(exc.value)
+
+
+def test_gateway_page_probes_a_gateway_on_ipv6(pg_admin_dsn):
+    """A gateway serving /healthz on [::1] (http.listen = "[::1]:9108") is probed at its bracketed URL."""
+    import asyncio
+    import threading
+
+    from console_support import ConsoleServer, seed_users
+
+    from edge.http import HealthServer
+
+    why = ipv6_loopback_missing()
+    if why:
+        pytest.skip(why)
+    loop, ready, box = asyncio.new_event_loop(), threading.Event(), {}
+
+    async def run_health() -> None:
+        box["stop"] = asyncio.Event()
+        hs = HealthServer("::1", 0, health=lambda: (True, {"gateway": "gw6"}), metrics=lambda: b"")
+        await hs.start()
+        box["port"] = hs.port
+        ready.set()
+        await box["stop"].wait()
+        await hs.close()
+
+    t = threading.Thread(target=lambda: loop.run_until_complete(run_health()), daemon=True)
+    t.start()
+    try:
+        assert ready.wait(10)
+        with fresh_database(pg_admin_dsn) as dsn:
+            seed_users(dsn)
+            gws = [{"name": "gw6", "health_url": f"http://[::1]:{box['port']}/healthz"}]
+            with ConsoleServer(dsn, gateways=gws) as srv, srv.client("viewer") as c:
+                r = c.get("/api/gateways/gw6")
+    finally:
+        loop.call_soon_threadsafe(box["stop"].set)
+        t.join(10)
+    assert r.status_code == 200 and r.json()["healthy"] and r.json()["health"] == {"gateway": "gw6"}, r.text
 
 
 @pytest.mark.parametrize(("listen", "says"), [("::1:8080", "brackets"), ("[::1]", "port")])
