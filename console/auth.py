@@ -15,7 +15,7 @@ import hmac
 import math
 import time
 from dataclasses import dataclass
-from ipaddress import ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from fastapi import Depends, Request
 
@@ -50,30 +50,58 @@ class Principal:
         return permission in PERMISSIONS.get(self.role, frozenset())
 
 
+def _address(text: str) -> IPv4Address | IPv6Address | None:
+    """An address as a socket or a proxy wrote it (``::1``, ``[2001:db8::7]:4711``, ``203.0.113.9:4711``), the
+    port dropped and an IPv4-mapped IPv6 address (a dual-stack socket's view of an IPv4 peer) as IPv4; None when it
+    is not one. Compared and recorded as address objects, one client has one spelling whatever the proxy wrote."""
+    text = text.strip()
+    if text.startswith("["):  # IPv6 in brackets, maybe with a port: what else is there is not an address
+        inside, sep, port = text[1:].partition("]")
+        if not sep or (port and not (port[0] == ":" and port[1:].isdigit())):
+            return None
+        text = inside
+    elif text.count(":") == 1:  # IPv4:port (an IPv6 address has at least two colons)
+        text, _, port = text.partition(":")
+        if not port.isdigit():
+            return None
+    try:
+        addr = ip_address(text)
+    except ValueError:
+        return None
+    return (addr.ipv4_mapped if isinstance(addr, IPv6Address) else None) or addr
+
+
+def _trusted(request: Request, addr: IPv4Address | IPv6Address | None) -> bool:
+    return addr is not None and any(addr in net for net in request.app.state.config.console.trusted_proxies)
+
+
+def _peer(request: Request) -> tuple[str, IPv4Address | IPv6Address | None]:
+    host = request.client.host if request.client else ""
+    return host, _address(host)
+
+
 def client_address(request: Request) -> str:
     """The caller's address. X-Forwarded-For is believed only from a configured proxy, and read from the right:
     each trusted proxy appends the address it got the request from, so the client is the first entry (from the
     right) that is not itself a trusted proxy; entries further left are whatever the client chose to send."""
-    peer = request.client.host if request.client else ""
-    trusted = request.app.state.config.console.trusted_proxies
-    if peer not in trusted:
-        return peer
+    host, peer = _peer(request)
+    if not _trusted(request, peer):
+        return str(peer) if peer else host
     client = peer
     for entry in reversed(",".join(request.headers.getlist("x-forwarded-for")).split(",")):
-        try:
-            client = str(ip_address(entry.strip()))
-        except ValueError:
+        hop = _address(entry)
+        if hop is None:
             break  # a malformed hop: nothing left of it can be told from forged
-        if client not in trusted:
+        client = hop
+        if not _trusted(request, client):
             break
-    return client
+    return str(client)
 
 
 def is_tls(request: Request) -> bool:
     if request.url.scheme == "https":
         return True
-    peer = request.client.host if request.client else ""
-    return (peer in request.app.state.config.console.trusted_proxies
+    return (_trusted(request, _peer(request)[1])
             and request.headers.get("x-forwarded-proto", "").lower() == "https")
 
 

@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
 
     s = sub.add_parser("serve", help="run the console HTTP server")
     _config(s)
-    s.add_argument("--listen", metavar="HOST:PORT", help="override console.listen")
+    s.add_argument("--listen", metavar="HOST:PORT", help="override console.listen (HOST:PORT or [IPV6]:PORT)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.set_defaults(func=cmd_serve)
 
@@ -81,13 +81,19 @@ def cmd_serve(args) -> int:
 
     from console.app import create_app
     from edge import logs
+    from edge.errors import ConfigError
+    from edge.settings import host_port
 
     cfg, _ = _load(args)
+    try:
+        # Not split at the last colon: "[::1]:8080" would hand "[::1]" with its brackets to the socket layer.
+        host, port = host_port(args.listen) if args.listen else cfg.console.address
+    except ValueError as exc:
+        raise ConfigError(f"--listen: {exc}") from None
     logs.setup("INFO", "text")
-    host, _, port = (args.listen or cfg.console.listen).rpartition(":")
     app = create_app(cfg)
     # proxy_headers off: console.auth decides which X-Forwarded-* to believe (console.trusted_proxies).
-    uvicorn.run(app, host=host, port=int(port), log_level=args.log_level, proxy_headers=False,
+    uvicorn.run(app, host=host, port=port, log_level=args.log_level, proxy_headers=False,
                 server_header=False, timeout_graceful_shutdown=5)
     return 0
 

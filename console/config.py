@@ -2,27 +2,51 @@
 
 The database section has the gateway's schema (``edge.settings.Database``), so the same
 ``url`` / ``password = "env:NAME"`` rules apply; secrets are references, never literals.
+As in the site configuration, every relative path (``reports_dir``, ``[models]``, a ``file:`` reference) is
+taken from the file's folder (``edge.paths``), never from the working directory; ``console.listen`` is
+``HOST:PORT`` or ``[IPV6]:PORT`` (``edge.settings.host_port``), as ``http.listen`` there.
 ``load`` raises ``ConfigError`` listing every problem as ``FILE: KEY: what is wrong``.
 """
 
 from __future__ import annotations
 
 import tomllib
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, field_validator
 
 from edge.errors import ConfigError
-from edge.settings import Database, Strict, _describe
+from edge.paths import PATH, resolve_relative
+from edge.settings import Database, Strict, _describe, host_port
+
+
+def _network(value: object) -> object:
+    if not isinstance(value, str):
+        return value  # validation says what is wrong
+    try:
+        return ip_network(value.strip())
+    except ValueError as exc:
+        if "host bits" in str(exc):
+            raise ValueError(f"{value!r} has host bits set: write the network "
+                             f"({ip_network(value.strip(), strict=False)}) "
+                             "or one address") from None
+        raise ValueError(f"{value!r} is not an IP address or network (e.g. 127.0.0.1, ::1, 10.0.0.0/8, fd00::/8; "
+                         "host names are not looked up, IPv6 without brackets)") from None
+
+
+# A proxy's address, or a network of them; compared as addresses, so "::1" and "0:0:0:0:0:0:0:1" are one.
+ProxyNetwork = Annotated[IPv4Network | IPv6Network, BeforeValidator(_network)]
 
 
 class Console(Strict):
-    listen: str = Field("127.0.0.1:8080", pattern=r"^[^:]+:\d+$")
+    listen: str = Field("127.0.0.1:8080", description="HOST:PORT, or [IPV6]:PORT (e.g. [::1]:8080)")
     # "auto": Secure cookies when the request arrived over TLS (directly or via X-Forwarded-Proto from
     # a trusted proxy); "always" for deployments that are only ever reached over HTTPS.
     cookie_secure: Literal["auto", "always", "never"] = "auto"
-    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    # Whose X-Forwarded-For / X-Forwarded-Proto are believed: addresses or networks (console.auth).
+    trusted_proxies: list[ProxyNetwork] = Field(default_factory=lambda: [ip_network("127.0.0.1"), ip_network("::1")])
     session_hours: float = Field(12.0, gt=0, le=24 * 30)
     # Log-in rate limit: at most this many failures per user name and per client address per window.
     login_failures_max: int = Field(5, ge=1)
@@ -38,15 +62,49 @@ class Console(Strict):
     max_points: int = Field(5000, ge=10, le=100_000)
     default_points: int = Field(1000, ge=10, le=100_000)
     # Emission/compliance reports are linked from the emissions page when present here.
-    reports_dir: Path | None = None
+    reports_dir: Annotated[Path, PATH] | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host_port(v)  # its ValueError says what is wrong (a bare IPv6 address: "goes in brackets")
+        return v
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) to listen on; an IPv6 host without its brackets."""
+        return host_port(self.listen)
+
+
+def _http_url(value: str) -> str:
+    """An http(s) URL the gateway page can fetch, checked here: one it could not parse (httpx.InvalidURL, not an
+    httpx.HTTPError) failed the whole page at run time."""
+    import httpx
+
+    example = "e.g. http://gw-1:9108/healthz or http://[::1]:9108/healthz"
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL as exc:
+        hint = "an IPv6 address goes in brackets" if value.count(":") > 2 and "[" not in value else str(exc)
+        raise ValueError(f"{value!r} is not a URL ({hint}; {example})") from None
+    if url.scheme not in ("http", "https"):
+        raise ValueError(f"{value!r}: must start with http:// or https://")
+    if not url.host:
+        raise ValueError(f"{value!r}: no host ({example})")
+    if url.port is not None and not 0 < url.port <= 65535:
+        raise ValueError(f"{value!r}: port {url.port} is not a TCP port (1-65535)")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
 class Gateway(Strict):
     """A gateway whose ``/healthz`` the gateway page shows."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    health_url: str = Field(pattern=r"^https?://")
-    metrics_url: str | None = Field(None, pattern=r"^https?://")
+    health_url: HttpUrl
+    metrics_url: HttpUrl | None = None
     timeout_s: float = Field(2.0, gt=0, le=30)
 
 
@@ -54,9 +112,9 @@ class Models(Strict):
     """The model registry the models page promotes and rolls back in (`models.registry`): its directory here,
     its index in the console's database (``model_registry``)."""
 
-    registry: Path = Path("var/models")
+    registry: Annotated[Path, PATH] = Path("var/models")
     # Uncertainty reports generated on demand from a version's stored held-out rows, kept per ONNX sha256.
-    report_cache: Path = Path("var/cache/model-reports")
+    report_cache: Annotated[Path, PATH] = Path("var/cache/model-reports")
 
 
 class ConsoleConfig(Strict):
@@ -86,15 +144,17 @@ def load(path: str | Path) -> ConsoleConfig:
         raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from exc
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    cfg = parse(data, source=str(path))
-    rd = cfg.console.reports_dir
-    if rd is not None and not rd.is_absolute():
-        object.__setattr__(cfg.console, "reports_dir", path.resolve().parent / rd)
-    for key in ("registry", "report_cache"):  # relative paths are relative to the configuration file
-        p = getattr(cfg.models, key)
-        if not p.is_absolute():
-            object.__setattr__(cfg.models, key, path.resolve().parent / p)
-    return cfg
+    return parse(relative_to_file(data, path.resolve().parent), source=str(path))
+
+
+def relative_to_file(data: dict, base: Path) -> dict:
+    """The file's data with every relative path (``reports_dir``, ``[models]``, ``[database]`` ``file:``
+    references) taken from ``base``, the file's folder, not the working directory: systemd starts the console
+    elsewhere. ``[models]`` defaults ("var/models") are the folder's too."""
+    data = dict(data)
+    if isinstance(data.get("models", {}), dict):
+        data["models"] = data.get("models", {})  # so that its defaults are filled in from the file's folder
+    return resolve_relative(ConsoleConfig, data, base)
 
 
 def conninfo(cfg: ConsoleConfig) -> str:

@@ -63,11 +63,23 @@ class ServerError(RuntimeError):
     """A test server did not start or stop as it should; the message carries the tail of its log."""
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` (127.0.0.1, or ::1) that nothing listens on right now."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def ipv6_loopback_missing() -> str | None:
+    """Why IPv6 loopback (::1) cannot be used here, for a skip, or None when it can."""
+    if not socket.has_ipv6:
+        return "Python built without IPv6"
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError as exc:
+        return f"no IPv6 loopback on this machine ({exc.strerror})"
+    return None
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -80,30 +80,17 @@ async def test_connections_beyond_the_limit_are_closed_at_once(monkeypatch):
         await s.close()
 
 
-def _ipv6_loopback() -> str | None:
-    """Why IPv6 loopback cannot be used here, or None when it can."""
-    import socket
-
-    if not socket.has_ipv6:
-        return "Python built without IPv6"
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError as exc:
-        return f"no IPv6 loopback on this machine ({exc.strerror})"
-    return None
-
-
 async def test_http_listen_takes_a_bracketed_ipv6_address(tmp_path):
     """``http.listen = "[::1]:9108"`` was refused by the configuration's pattern (one colon only), so a gateway could
     not serve /healthz on an IPv6-only network or loopback; the gateway's split at the last colon would also have
     handed "[::1]" with its brackets to the socket layer."""
     import pytest
+    from serverproc import ipv6_loopback_missing
 
     from edge.gateway import Gateway
     from edge.settings import SiteConfig
 
-    why = _ipv6_loopback()
+    why = ipv6_loopback_missing()
     if why:
         pytest.skip(why)
     cfg = SiteConfig.model_validate({"site": {"state_dir": str(tmp_path)}, "http": {"listen": "[::1]:0"}})
