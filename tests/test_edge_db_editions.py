@@ -75,6 +75,36 @@ def test_timescaledb_installed_but_not_preloaded_is_reported_not_fatal():
         server.close()
 
 
+def test_a_role_that_is_not_superuser_migrates_where_timescaledb_is_not_created_yet(pg_server):
+    """The recommended set-up: the gateway logs in with its own role, not a superuser, on a database where nobody has
+    created the extension yet. Reading shared_preload_libraries needs superuser or pg_read_all_settings: the gateway
+    (and the console) crashed at the first migration with InsufficientPrivilege. Now: the reason is said, the schema
+    is created as plain PostgreSQL."""
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    if not pg_server.timescaledb:
+        pytest.skip("TimescaleDB is not installed on this machine (scripts/setup.sh builds it)")
+    admin = pg_server.dsn()
+    dsn = pg_server.create_database(timescaledb=False)
+    db = conninfo_to_dict(dsn)["dbname"]
+    role = f"gw_{db}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(db), sql.Identifier(role)))
+    try:
+        with psycopg.connect(make_conninfo(dsn, user=role), autocommit=True) as conn:
+            reason = ensure_extension(conn)
+            assert reason and "superuser" in reason and "CREATE EXTENSION timescaledb" in reason
+            features, applied = migrate(conn)
+            assert features.edition == "plain" and applied
+            assert conn.execute("SELECT to_regclass('readings') IS NOT NULL").fetchone()[0]
+    finally:
+        pg_server.drop_database(db)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
 def test_every_value_kind_is_stored_exactly(pg_dsn):
     """Fast (vectorised) and slow COPY rows side by side: floats, NaN, None, text, bool, big int, server time."""
     import math

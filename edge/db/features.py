@@ -67,7 +67,15 @@ def ensure_extension(conn: psycopg.Connection) -> str | None:
         cur.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")
         if cur.fetchone() is not None:
             return None
-        # Creating it without the library preloaded is a FATAL error that drops the connection.
+        # Creating it without the library preloaded is a FATAL error that drops the connection. Reading the setting
+        # needs superuser or pg_read_all_settings, and so does creating the extension: a gateway's own role (the
+        # recommended set-up) cannot do either, and crashed here at its first migration.
+        cur.execute("SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_settings', 'USAGE') FROM pg_roles"
+                    " WHERE rolname = current_user")
+        if not cur.fetchone()[0]:
+            return ("timescaledb is available but not created in this database, and this role is not a superuser: "
+                    "the schema is created as plain PostgreSQL tables; for hypertables a superuser runs "
+                    "CREATE EXTENSION timescaledb in it before the first start")
         cur.execute("SELECT current_setting('shared_preload_libraries')")
         if "timescaledb" not in (cur.fetchone()[0] or ""):
             return "timescaledb is installed but not in shared_preload_libraries"
