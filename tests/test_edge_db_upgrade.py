@@ -1,0 +1,156 @@
+"""Upgrading, downgrading and moving a populated database, as an operator does it (docs/operations.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from datetime import timedelta
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+from test_forward_rollups import _cols
+
+from edge import cli
+from edge.db.migrate import SchemaMismatch, available, migrate
+from edge.records import utcnow
+from edge.sink.timescale import TimescaleSink
+from edge.spool import SpooledBatch
+
+
+def _migrate(dsn: str, **kw):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return migrate(conn, **kw)
+
+
+def _write(dsn: str, tag: str, start, n: int, *, migrate_schema: bool = True, dead: list | None = None):
+    async def go():
+        sink = TimescaleSink(dsn)
+        await sink.connect(migrate_schema=migrate_schema)
+        try:
+            res = await sink.write([SpooledBatch(1, _cols(tag, start, n), dead or [], 0.0)])
+            await sink.refresh_minutes(res.tag_ids, res.minutes)
+            return res
+        finally:
+            await sink.close()
+
+    return asyncio.run(go())
+
+
+def _count(dsn: str, sql: str, *args) -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql, args).fetchone()[0]
+
+
+def test_an_older_gateway_refuses_a_schema_a_newer_version_migrated(pg_dsn, capsys):
+    """After an upgrade (or a second gateway of a newer version on the same database), an older gateway found
+    every migration it knew applied and went on writing to a schema it does not know, as if up to date; `valvoja
+    db migrate` even said "schema up to date". It must refuse, naming the migrations it does not know, and the
+    readings it holds stay where they are (the spool) rather than be written with the wrong meaning."""
+    _migrate(pg_dsn)
+    newest = max(m.version for m in available())
+    with psycopg.connect(pg_dsn) as conn:  # what a newer version's migration leaves behind
+        conn.execute("INSERT INTO valvoja_migrations (version, name, edition) VALUES (%s, 'from_the_future', 'x')",
+                     (newest + 1,))
+    with pytest.raises(SchemaMismatch, match=f"{newest + 1:04d}_from_the_future"):
+        _migrate(pg_dsn)
+    assert cli.main(["db", "migrate", "--db", pg_dsn]) == 1
+    err = capsys.readouterr().err
+    assert "newer than this program" in err and f"{newest + 1:04d}_from_the_future" in err
+    for migrate_schema in (True, False):  # migrate_on_start, and the writer connections that never migrate
+        with pytest.raises(SchemaMismatch):
+            _write(pg_dsn, "old.gw", utcnow(), 3, migrate_schema=migrate_schema)
+    assert _count(pg_dsn, "SELECT count(*) FROM readings") == 0
+
+
+def test_a_gateway_told_not_to_migrate_refuses_a_schema_behind_it(pg_dsn):
+    """`database.migrate_on_start = false` and the upgrade's `valvoja db migrate` step forgotten: the gateway
+    wrote to the old schema, and every group carrying a dead letter failed on the missing ``digest`` column, over
+    and over. It must refuse to connect and say which migrations are pending and how to apply them."""
+    _migrate(pg_dsn, target=1)
+    dead = [("mqtt", "t/x", b"\x00junk", "bad payload", 1_700_000_000_000_000)]
+    with pytest.raises(SchemaMismatch, match=r"0002_dead_letter_digest.*valvoja db migrate"):
+        _write(pg_dsn, "behind.t", utcnow(), 3, migrate_schema=False, dead=dead)
+    _migrate(pg_dsn)
+    _write(pg_dsn, "behind.t", utcnow(), 3, migrate_schema=False, dead=dead)
+    assert _count(pg_dsn, "SELECT count(*) FROM dead_letters") == 1
+
+
+def test_a_database_never_migrated_is_refused_by_a_gateway_that_does_not_migrate(pg_dsn):
+    with pytest.raises(SchemaMismatch, match="no Valvoja schema"):
+        _write(pg_dsn, "none.t", utcnow(), 1, migrate_schema=False)
+
+
+def test_every_migration_runs_on_a_populated_database_and_keeps_its_data(pg_dsn):
+    """An installation of the first release, with readings, rollups and dead letters in it, upgraded to this one:
+    every later migration runs on tables that hold rows, nothing is lost, and a replayed batch adds nothing."""
+    _migrate(pg_dsn, target=1)
+    start = (utcnow() - timedelta(hours=2)).replace(second=0, microsecond=0)
+    with psycopg.connect(pg_dsn) as conn:  # written as the first release wrote them (no digest column yet)
+        conn.execute("INSERT INTO tags (name) VALUES ('pop.t')")
+        conn.execute("INSERT INTO readings (time, tag_id, value, quality, receive_time) SELECT %s + i * interval"
+                     " '1 second', 1, i, 0, now() FROM generate_series(0, 599) i", (start,))
+        conn.execute("INSERT INTO dead_letters (time, source, topic, payload, error) VALUES (now(), 's', 't',"
+                     " 'x', 'e'), (now(), 's', 't', 'x', 'e')")
+    _, applied = _migrate(pg_dsn)
+    assert [m.version for m in applied] == [m.version for m in available()][1:]
+    assert _migrate(pg_dsn)[1] == []  # idempotent: a second run applies nothing
+    assert _write(pg_dsn, "pop.t", start, 600).inserted == 0  # the old rows, replayed: no duplicates
+    assert _write(pg_dsn, "pop.t", start + timedelta(minutes=10), 60).inserted == 60
+    assert _count(pg_dsn, "SELECT count(*) FROM readings") == 660
+    assert _count(pg_dsn, "SELECT count(*) FROM dead_letters") == 2
+    assert _count(pg_dsn, "SELECT sum(count) FROM readings_1m") == 660
+
+
+def test_a_migration_interrupted_half_way_leaves_nothing_behind_and_runs_again(pg_dsn):
+    """Power lost (or the connection cut) inside a migration: its transaction rolls back as a whole, so the next
+    start applies it again from the beginning instead of failing on the half of its tables already made."""
+    _migrate(pg_dsn, target=199)
+    outcome: list[BaseException] = []
+    with psycopg.connect(pg_dsn, autocommit=True) as victim, psycopg.connect(pg_dsn) as blocker:
+        pid = victim.info.backend_pid
+        # An uncommitted table of the name 0200 makes second: the migration waits there, its first table made.
+        blocker.execute("CREATE TABLE alert_events (x int)")
+
+        def run():
+            try:
+                migrate(victim)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        t = threading.Thread(target=run)
+        t.start()
+        with psycopg.connect(pg_dsn, autocommit=True) as killer:
+            for _ in range(100):
+                row = killer.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+                if row and row[0] == "Lock":
+                    break
+                time.sleep(0.05)
+            assert row and row[0] == "Lock", "migration 0200 never reached the table it waits for"
+            killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            t.join(10)
+        blocker.rollback()
+    assert outcome, "the interrupted migration did not fail"
+    assert _count(pg_dsn, "SELECT max(version) FROM valvoja_migrations") < 200
+    assert _count(pg_dsn, "SELECT count(*) FROM pg_tables WHERE tablename = 'alerts'") == 0
+    _, applied = _migrate(pg_dsn)
+    assert applied[0].version == 200
+    assert _count(pg_dsn, "SELECT count(*) FROM pg_tables WHERE tablename IN ('alerts', 'alert_events')") == 2
+
+
+def test_two_gateways_migrating_an_empty_database_at_once(pg_server):
+    """Two gateways started together on a new database (no extension yet): both come up, the schema is made once
+    and on TimescaleDB (the second one must not see the extension half made and take the database for plain)."""
+    dsn = pg_server.create_database()
+    try:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: _migrate(dsn), range(4)))
+        assert sum(len(applied) for _, applied in results) == len(available())
+        assert {f.edition for f, _ in results} == {"apache"} or {f.edition for f, _ in results} == {"community"}
+        assert _count(dsn, "SELECT count(*) FROM timescaledb_information.hypertables"
+                           " WHERE hypertable_name = 'readings'") == 1
+    finally:
+        pg_server.drop_database(conninfo_to_dict(dsn)["dbname"])
