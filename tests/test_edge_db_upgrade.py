@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import threading
 import time
 from datetime import timedelta
@@ -154,3 +155,36 @@ def test_two_gateways_migrating_an_empty_database_at_once(pg_server):
                            " WHERE hypertable_name = 'readings'") == 1
     finally:
         pg_server.drop_database(conninfo_to_dict(dsn)["dbname"])
+
+
+def _pg_tool(server, tool: str) -> str:
+    return str(server.bindir / tool)
+
+
+def test_retention_works_on_a_plain_database_moved_to_timescaledb(plain_pg_server, pg_server, plain_pg_dsn, pg_dsn):
+    """A site starts on plain PostgreSQL and moves to TimescaleDB (pg_dump, pg_restore into a database with the
+    extension; or TimescaleDB installed on the same server, which the gateway then enables). ``readings`` stays
+    an ordinary table, but retention asked the edition only and ran ``drop_chunks`` on it: every hourly run
+    failed, and raw readings were never removed until the disk filled."""
+    old = (utcnow() - timedelta(days=10)).replace(second=0, microsecond=0)
+    _write(plain_pg_dsn, "moved.t", old, 120)
+    _write(plain_pg_dsn, "moved.t", utcnow().replace(microsecond=0), 5)
+    plain = conninfo_to_dict(plain_pg_dsn)
+    ts = conninfo_to_dict(pg_dsn)
+    dump = subprocess.run([_pg_tool(plain_pg_server, "pg_dump"), "-h", "127.0.0.1", "-p", str(plain["port"]),
+                           "-U", plain["user"], "-Fc", plain["dbname"]], capture_output=True, check=True).stdout
+    subprocess.run([_pg_tool(pg_server, "pg_restore"), "-h", "127.0.0.1", "-p", str(ts["port"]), "-U", ts["user"],
+                    "-d", ts["dbname"], "--no-owner"], input=dump, capture_output=True, check=True)
+
+    async def go():
+        sink = TimescaleSink(pg_dsn)
+        features = await sink.connect()
+        try:
+            assert features.timescaledb
+            return await sink.apply_retention(7)
+        finally:
+            await sink.close()
+
+    assert asyncio.run(go()) == 120
+    assert _count(pg_dsn, "SELECT count(*) FROM readings") == 5
+    assert _count(pg_dsn, "SELECT sum(count) FROM readings_1m") == 125  # the rollups are kept

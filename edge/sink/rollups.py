@@ -106,15 +106,26 @@ async def refresh(conn: psycopg.AsyncConnection, features: Features, tag_ids: li
             """, {"tags": tag_ids, "start": start, "end": end})
 
 
+async def _is_hypertable(cur: psycopg.AsyncCursor, table: str) -> bool:
+    await cur.execute("SELECT EXISTS (SELECT 1 FROM timescaledb_information.hypertables"
+                      " WHERE hypertable_name = %s AND hypertable_schema = current_schema())", (table,))
+    return (await cur.fetchone())[0]
+
+
 async def retention(conn: psycopg.AsyncConnection, features: Features, days: int) -> int:
-    """Drop raw readings older than ``days`` (rollups are kept); returns chunks or rows removed."""
+    """Drop raw readings older than ``days`` (rollups are kept); returns chunks or rows removed.
+
+    What is possible depends on the table, not only on the server: a database made on plain PostgreSQL and moved to
+    TimescaleDB (pg_restore, or the extension installed later) keeps ``readings`` an ordinary table, on which
+    ``drop_chunks`` and retention policies fail, so it is trimmed by DELETE as on plain PostgreSQL."""
     async with conn.transaction(), conn.cursor() as cur:
-        if features.community:
+        hypertable = features.timescaledb and await _is_hypertable(cur, "readings")
+        if hypertable and features.community:
             # The server's own job scheduler does it; re-adding keeps the policy in step with the config.
             await cur.execute("SELECT remove_retention_policy('readings', if_exists => true)")
             await cur.execute("SELECT add_retention_policy('readings', %s * interval '1 day')", (days,))
             return 0
-        if features.timescaledb:
+        if hypertable:
             await cur.execute("SELECT count(*) FROM drop_chunks('readings', older_than => %s * interval '1 day')",
                               (days,))
             return (await cur.fetchone())[0]
