@@ -398,6 +398,7 @@ class RollupWorker:
         self.last_retention = 0.0
         self.backoff = Backoff()
         self.refreshes = 0
+        self.tail_checked = False  # the rollups of the newest raw readings recomputed once after start
         self.error: str | None = None  # the refresh failure last logged, until a refresh works
 
     async def run(self) -> None:
@@ -435,12 +436,20 @@ class RollupWorker:
         pending = await fwd.worker.call(fwd.worker.spool.rollup_pending)
         if pending is not None:
             fwd.add_rollup_work(*pending)
-        if not fwd.dirty_minutes:
+        if not fwd.dirty_minutes and self.tail_checked:
             return
         if not self.sink.connected:
             if not fwd.connected:
                 return
             await self.sink.connect(migrate_schema=False)
+        if not self.tail_checked:
+            # Owed work no spool note records: a database restored from a dump of a running gateway.
+            from edge.sink.rollups import unrolled_tail
+
+            fwd.add_rollup_work(*await unrolled_tail(self.sink.conn))
+            self.tail_checked = True
+            if not fwd.dirty_minutes:
+                return
         tags, minutes, note = fwd.dirty_tags, fwd.dirty_minutes, fwd.dirty_note
         fwd.dirty_tags, fwd.dirty_minutes = set(), set()
         try:
