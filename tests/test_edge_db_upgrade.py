@@ -253,3 +253,16 @@ def test_rollups_equal_the_raw_readings_after_a_restore_of_a_dump_taken_while_th
         hours = conn.execute("SELECT sum(count) FROM readings_1h").fetchone()[0]
     assert rolled == raw
     assert hours == 220
+
+
+def test_db_migrate_with_the_site_configuration_as_documented(pg_dsn, tmp_path, capsys):
+    """operations.md, Upgrade step 4: `valvoja db migrate --config SITE.toml`, first on a new database, then again."""
+    from ops_support import site_config
+
+    site = tmp_path / "site.toml"
+    site.write_text(site_config(pg_dsn, 1883, state_dir=str(tmp_path / "state")).replace("{HTTP_PORT}", "9108"))
+    assert cli.main(["db", "migrate", "--config", str(site)]) == 0
+    out = capsys.readouterr().out
+    assert f"applied {len(available())} migration(s): 0001_core" in out and "database edition: " in out
+    assert cli.main(["db", "migrate", "--config", str(site)]) == 0
+    assert "applied 0 migration(s) (schema up to date)" in capsys.readouterr().out
