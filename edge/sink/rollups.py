@@ -110,23 +110,24 @@ TAIL_MARGIN_MINUTES = 10  # before the newest rollup: commits racing a refresh, 
 
 
 async def unrolled_tail(conn: psycopg.AsyncConnection) -> tuple[set[int], set[int]]:
-    """Tags and 1-minute buckets (minutes since the epoch) of raw readings from ``TAIL_MARGIN_MINUTES`` before the
-    newest rollup on: rollup work a starting gateway owes that no spool note may record.
+    """Tags and 1-minute buckets (minutes since the epoch) of raw readings from ``TAIL_MARGIN_MINUTES`` before each
+    tag's newest rollup on (all of a tag's readings where it has none): rollup work a starting gateway owes that no
+    spool note may record.
 
     The documented backup is a pg_dump of the running database: readings committed after the last refresh are in
     it, and the work they owe is noted in the spool of the gateway that wrote them, not in the dump. After a restore
     those minutes kept rollups short of their raw readings. Recomputing the tail once at start costs a few minutes
-    per tag (read by the (tag_id, time) key, on every edition) and changes nothing where the rollups were right.
-    A dump taken while a long backlog was drained can also leave older minutes owed; those are not found here."""
+    per tag, read by the (tag_id, bucket) and (tag_id, time) keys on every edition (a max() over the whole rollup
+    table is a full scan on plain PostgreSQL), and changes nothing where the rollups were right. A dump taken while
+    a long backlog was drained can also leave older minutes owed; those are not found here."""
     async with conn.transaction(), conn.cursor() as cur:
-        await cur.execute("SELECT max(bucket) FROM readings_1m")
-        (newest,) = await cur.fetchone()
-        since = ("(SELECT min(time) FROM readings)" if newest is None
-                 else f"%(newest)s::timestamptz - interval '{TAIL_MARGIN_MINUTES} minutes'")
         await cur.execute(
-            f"SELECT t.id, m.minute FROM tags t CROSS JOIN LATERAL ("
-            f" SELECT DISTINCT floor(extract(epoch FROM r.time) / 60)::bigint AS minute FROM readings r"
-            f" WHERE r.tag_id = t.id AND r.time >= {since}) m", {"newest": newest})
+            "SELECT t.id, m.minute FROM tags t"
+            " CROSS JOIN LATERAL (SELECT max(bucket) AS newest FROM readings_1m WHERE tag_id = t.id) n"
+            " CROSS JOIN LATERAL (SELECT DISTINCT floor(extract(epoch FROM r.time) / 60)::bigint AS minute"
+            "  FROM readings r WHERE r.tag_id = t.id"
+            "  AND r.time >= coalesce(n.newest - %s * interval '1 minute', '-infinity')) m",
+            (TAIL_MARGIN_MINUTES,))
         rows = await cur.fetchall()
     return {r[0] for r in rows}, {int(r[1]) for r in rows}
 
