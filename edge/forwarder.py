@@ -32,6 +32,7 @@ VACUUM_CHECK_S = 60.0  # how often an idle forwarder checks whether a drained sp
 
 LATENCY_SAMPLES_PER_BATCH = 16
 REFUSED_LOG_EVERY_S = 60.0  # db_refused / readings_refused at most this often (with the count meanwhile)
+RETENTION_LOCK_TIMEOUT_S = 5  # retention holds writes off while it drops; never longer than this waiting for a lock
 # What the database (or the encoding before it) raises for the content of a group rather than for the connection:
 # retrying the same group would fail the same way, so it is written apart (`Forwarder._write_apart`).
 DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError, ValueError, OverflowError)
@@ -494,11 +495,20 @@ class RollupWorker:
         are held off (``SHARE`` lock on ``readings``) while the work noted since is recomputed and the old rows go,
         in one transaction. Groups committed but not yet noted in the spool are waited for (a spool delete away).
         The community edition's retention policy runs in the server's own scheduler, outside this."""
-        fwd = self.fwd
         conn = self.sink.conn
+        try:
+            return await self._retention_locked(conn, days)
+        except psycopg.errors.LockNotAvailable:
+            # A reader holds a chunk to drop (a long console query): writes must not wait behind it. Next round.
+            log.debug("retention postponed: a lock on readings was not granted in time")
+            return None
+
+    async def _retention_locked(self, conn: psycopg.AsyncConnection, days: int) -> int | None:
+        fwd = self.fwd
         async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{RETENTION_LOCK_TIMEOUT_S}s'")
             await conn.execute("LOCK TABLE readings IN SHARE MODE")
-            for _ in range(500):  # ~5 s; not writes yet to commit, which the lock makes wait for us
+            for _ in range(500):  # ~5 s: committed groups only (those not committed yet wait for this lock)
                 if not fwd.committed_unnoted:
                     break
                 await asyncio.sleep(0.01)
