@@ -125,7 +125,7 @@ def cmd_db_migrate(args) -> int:
     import psycopg
 
     from edge import settings
-    from edge.db.migrate import migrate
+    from edge.db.migrate import SchemaMismatch, migrate
     from edge.gateway import database_conninfo
 
     url = args.db
@@ -135,8 +135,12 @@ def cmd_db_migrate(args) -> int:
     if not url:
         print("no database: give --db URL, --config with [database] url, or set VALVOJA_DB_URL", file=sys.stderr)
         return 2
-    with psycopg.connect(url, autocommit=True) as conn:
-        features, applied = migrate(conn)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            features, applied = migrate(conn)
+    except SchemaMismatch as exc:
+        print(f"valvoja db migrate: {exc}", file=sys.stderr)
+        return 1
     print(f"database edition: {features.edition}"
           + (f" (TimescaleDB {features.timescaledb_version})" if features.timescaledb_version else ""))
     print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(f"{m.version:04d}_{m.name}" for m in applied)

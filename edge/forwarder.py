@@ -32,6 +32,7 @@ VACUUM_CHECK_S = 60.0  # how often an idle forwarder checks whether a drained sp
 
 LATENCY_SAMPLES_PER_BATCH = 16
 REFUSED_LOG_EVERY_S = 60.0  # db_refused / readings_refused at most this often (with the count meanwhile)
+RETENTION_LOCK_TIMEOUT_S = 5  # retention holds writes off while it drops; never longer than this waiting for a lock
 # What the database (or the encoding before it) raises for the content of a group rather than for the connection:
 # retrying the same group would fail the same way, so it is written apart (`Forwarder._write_apart`).
 DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError, ValueError, OverflowError)
@@ -81,6 +82,9 @@ class Forwarder:
         self.dirty_tags: set[int] = set()
         self.dirty_minutes: set[int] = set()
         self.dirty_note: int | None = None  # the spool's last rollup note this work covers (Spool.rollup_done)
+        # Writes committed (or, split in parts, committing) whose rollup note is not in the spool yet: retention
+        # waits for them (`RollupWorker._apply_retention`).
+        self.committed_unnoted = 0
         pending = worker.spool.rollup_pending()  # work a crash left undone (nothing runs yet: read it here)
         if pending is not None:
             self.add_rollup_work(*pending)
@@ -264,14 +268,23 @@ class Forwarder:
             # Not screened here (the hot path): the database's refusal is the signal, and `_write_apart` sets NUL
             # texts aside at once, so such a group costs one failed transaction, not a split.
             result = self._committed(await sink.write(batches))
+            self.committed_unnoted += 1  # no await since the COMMIT: retention cannot slip in between
         except DATA_ERRORS as exc:
             if not sink.connected:
                 raise  # the connection went with it: an outage, retried as one
-            result = await self._write_apart(batches, sink, exc)
-        self.metrics.db_write_seconds.observe(time.perf_counter() - t0)
-        self._account(batches, result)
-        rollup = (result.tag_ids, result.minutes) if result.minutes else None
-        note = await self.worker.call(self.worker.spool.delete, [b.seq for b in batches], rollup)
+            self.committed_unnoted += 1  # its parts commit one by one
+            try:
+                result = await self._write_apart(batches, sink, exc)
+            except BaseException:
+                self.committed_unnoted -= 1  # written again later: its minutes are noted then
+                raise
+        try:
+            self.metrics.db_write_seconds.observe(time.perf_counter() - t0)
+            self._account(batches, result)
+            rollup = (result.tag_ids, result.minutes) if result.minutes else None
+            note = await self.worker.call(self.worker.spool.delete, [b.seq for b in batches], rollup)
+        finally:
+            self.committed_unnoted -= 1
         if note is not None:
             self.dirty_note = max(note, self.dirty_note or 0)
         self.heartbeat = time.monotonic()
@@ -404,6 +417,7 @@ class RollupWorker:
         self.last_retention = 0.0
         self.backoff = Backoff()
         self.refreshes = 0
+        self.tail_checked = False  # the rollups of the newest raw readings recomputed once after start
         self.error: str | None = None  # the refresh failure last logged, until a refresh works
 
     async def run(self) -> None:
@@ -458,27 +472,84 @@ class RollupWorker:
         pending = await fwd.worker.call(fwd.worker.spool.rollup_pending)
         if pending is not None:
             fwd.add_rollup_work(*pending)
-        if not fwd.dirty_minutes:
+        if not fwd.dirty_minutes and self.tail_checked:
             return
         if not self.sink.connected:
             if not fwd.connected:
                 return
             await self.sink.connect(migrate_schema=False)
+        if not self.tail_checked:
+            # Owed work no spool note records: a database restored from a dump of a running gateway.
+            from edge.sink.rollups import unrolled_tail
+
+            fwd.add_rollup_work(*await unrolled_tail(self.sink.conn))
+            self.tail_checked = True
+            if not fwd.dirty_minutes:
+                return
+        note = await self._refresh_owed()
+        if note is not None:
+            await fwd.worker.call(fwd.worker.spool.rollup_done, note)
+        if self.db.retention_days and time.monotonic() - self.last_retention > 3600:
+            removed = await self._apply_retention(self.db.retention_days)
+            if removed is not None:
+                self.last_retention = time.monotonic()
+                log.info("retention: removed %s older than %d days", removed, self.db.retention_days,
+                         extra={"event": "retention"})
+
+    async def _refresh_owed(self) -> int | None:
+        """Recompute the rollups owed; returns the spool note they cover, to mark done once committed."""
+        fwd = self.fwd
         tags, minutes, note = fwd.dirty_tags, fwd.dirty_minutes, fwd.dirty_note
         fwd.dirty_tags, fwd.dirty_minutes = set(), set()
         try:
-            await self.sink.refresh_minutes(tags, minutes)
-            self.refreshes += 1
-            if note is not None:
-                await fwd.worker.call(fwd.worker.spool.rollup_done, note)
+            if minutes:
+                await self.sink.refresh_minutes(tags, minutes)
+                self.refreshes += 1
         except BaseException:
             fwd.add_rollup_work(tags, minutes)  # put the work back so nothing is missed after a failure
             raise
-        if self.db.retention_days and time.monotonic() - self.last_retention > 3600:
-            removed = await self.sink.apply_retention(self.db.retention_days)
-            self.last_retention = time.monotonic()
-            log.info("retention: removed %s older than %d days", removed, self.db.retention_days,
-                     extra={"event": "retention"})
+        return note
+
+    async def _apply_retention(self, days: int) -> int | None:
+        """Drop raw readings older than ``days``, never before the rollups they owe are made; None: not now.
+
+        A group the forwarder committed after the refresh before (a backlog drained after an outage longer than
+        ``days``) was dropped with its chunk before its rollups were made, and was then in neither table. Writes
+        are held off (``SHARE`` lock on ``readings``) while the work noted since is recomputed and the old rows go,
+        in one transaction. Groups committed but not yet noted in the spool are waited for (a spool delete away).
+        The community edition's retention policy runs in the server's own scheduler, outside this."""
+        conn = self.sink.conn
+        try:
+            return await self._retention_locked(conn, days)
+        except psycopg.errors.LockNotAvailable:
+            # A reader holds a chunk to drop (a long console query): writes must not wait behind it. Next round.
+            log.debug("retention postponed: a lock on readings was not granted in time")
+            return None
+
+    async def _retention_locked(self, conn: psycopg.AsyncConnection, days: int) -> int | None:
+        fwd = self.fwd
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{RETENTION_LOCK_TIMEOUT_S}s'")
+            await conn.execute("LOCK TABLE readings IN SHARE MODE")
+            for _ in range(500):  # ~5 s: committed groups only (those not committed yet wait for this lock)
+                if not fwd.committed_unnoted:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                return None
+            pending = await fwd.worker.call(fwd.worker.spool.rollup_pending)
+            if pending is not None:
+                fwd.add_rollup_work(*pending)
+            tags, minutes = set(fwd.dirty_tags), set(fwd.dirty_minutes)
+            try:
+                note = await self._refresh_owed()
+                removed = await self.sink.apply_retention(days)
+            except BaseException:
+                fwd.add_rollup_work(tags, minutes)  # the refresh is rolled back with the rest
+                raise
+        if note is not None:
+            await fwd.worker.call(fwd.worker.spool.rollup_done, note)
+        return removed
 
     async def close(self) -> None:
         await self.sink.close()

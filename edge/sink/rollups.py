@@ -106,15 +106,52 @@ async def refresh(conn: psycopg.AsyncConnection, features: Features, tag_ids: li
             """, {"tags": tag_ids, "start": start, "end": end})
 
 
-async def retention(conn: psycopg.AsyncConnection, features: Features, days: int) -> int:
-    """Drop raw readings older than ``days`` (rollups are kept); returns chunks or rows removed."""
+TAIL_MARGIN_MINUTES = 10  # before the newest rollup: commits racing a refresh, writers finishing out of order
+
+
+async def unrolled_tail(conn: psycopg.AsyncConnection) -> tuple[set[int], set[int]]:
+    """Tags and 1-minute buckets (minutes since the epoch) of raw readings from ``TAIL_MARGIN_MINUTES`` before each
+    tag's newest rollup on (all of a tag's readings where it has none): rollup work a starting gateway owes that no
+    spool note may record.
+
+    The documented backup is a pg_dump of the running database: readings committed after the last refresh are in
+    it, and the work they owe is noted in the spool of the gateway that wrote them, not in the dump. After a restore
+    those minutes kept rollups short of their raw readings. Recomputing the tail once at start costs a few minutes
+    per tag, read by the (tag_id, bucket) and (tag_id, time) keys on every edition (a max() over the whole rollup
+    table is a full scan on plain PostgreSQL), and changes nothing where the rollups were right. A dump taken while
+    a long backlog was drained can also leave older minutes owed; those are not found here."""
     async with conn.transaction(), conn.cursor() as cur:
-        if features.community:
+        await cur.execute(
+            "SELECT t.id, m.minute FROM tags t"
+            " CROSS JOIN LATERAL (SELECT max(bucket) AS newest FROM readings_1m WHERE tag_id = t.id) n"
+            " CROSS JOIN LATERAL (SELECT DISTINCT floor(extract(epoch FROM r.time) / 60)::bigint AS minute"
+            "  FROM readings r WHERE r.tag_id = t.id"
+            "  AND r.time >= coalesce(n.newest - %s * interval '1 minute', '-infinity')) m",
+            (TAIL_MARGIN_MINUTES,))
+        rows = await cur.fetchall()
+    return {r[0] for r in rows}, {int(r[1]) for r in rows}
+
+
+async def _is_hypertable(cur: psycopg.AsyncCursor, table: str) -> bool:
+    await cur.execute("SELECT EXISTS (SELECT 1 FROM timescaledb_information.hypertables"
+                      " WHERE hypertable_name = %s AND hypertable_schema = current_schema())", (table,))
+    return (await cur.fetchone())[0]
+
+
+async def retention(conn: psycopg.AsyncConnection, features: Features, days: int) -> int:
+    """Drop raw readings older than ``days`` (rollups are kept); returns chunks or rows removed.
+
+    What is possible depends on the table, not only on the server: a database made on plain PostgreSQL and moved to
+    TimescaleDB (pg_restore, or the extension installed later) keeps ``readings`` an ordinary table, on which
+    ``drop_chunks`` and retention policies fail, so it is trimmed by DELETE as on plain PostgreSQL."""
+    async with conn.transaction(), conn.cursor() as cur:
+        hypertable = features.timescaledb and await _is_hypertable(cur, "readings")
+        if hypertable and features.community:
             # The server's own job scheduler does it; re-adding keeps the policy in step with the config.
             await cur.execute("SELECT remove_retention_policy('readings', if_exists => true)")
             await cur.execute("SELECT add_retention_policy('readings', %s * interval '1 day')", (days,))
             return 0
-        if features.timescaledb:
+        if hypertable:
             await cur.execute("SELECT count(*) FROM drop_chunks('readings', older_than => %s * interval '1 day')",
                               (days,))
             return (await cur.fetchone())[0]

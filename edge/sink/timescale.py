@@ -24,8 +24,8 @@ import psycopg
 from psycopg import sql
 
 from edge.columns import Columns, from_us
-from edge.db.features import Features
-from edge.db.migrate import migrate
+from edge.db.features import Features, detect
+from edge.db.migrate import check_schema, migrate
 from edge.settings import Asset, Tag
 from edge.sink.pgbinary import COLUMNS, encode_columns
 from edge.sink.rollups import US_PER_MINUTE, minutes_of, runs
@@ -34,6 +34,11 @@ from edge.spool import SpooledBatch
 log = logging.getLogger(__name__)
 
 _COPY_READINGS = f"COPY readings ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+
+
+def _checked_detect(conn: psycopg.Connection) -> Features:
+    check_schema(conn)
+    return detect(conn)
 
 
 def _text(s: str) -> str:
@@ -94,14 +99,13 @@ class TimescaleSink:
 
         The migration and the feature detection are sync (one code path with the CLI); they run in a worker
         thread, so a database that answers slowly (or a connect that waits out its timeout) never stalls the
-        event loop the collectors run on."""
+        event loop the collectors run on. Without migrating, the schema must be exactly the one this program ships
+        (`check_schema`): writes to a schema behind or ahead of it were attempted anyway."""
         if migrate_schema:
             await asyncio.to_thread(self._sync, migrate, self._app + "-migrate")
         self.conn = await psycopg.AsyncConnection.connect(
             self._conninfo, connect_timeout=int(max(1, self._timeout)), application_name=self._app)
-        from edge.db.features import detect
-
-        self.features = await asyncio.to_thread(self._sync, detect, self._app)
+        self.features = await asyncio.to_thread(self._sync, detect if migrate_schema else _checked_detect, self._app)
         await self._load_tag_ids()
         return self.features
 
