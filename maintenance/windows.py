@@ -72,7 +72,7 @@ def parse_when(text: str, tz: ZoneInfo | None, *, name: str) -> datetime:
         return t.astimezone(UTC)
     if tz is None:
         raise WindowError(422, f"{name}: {text!r} has no UTC offset; add one (+03:00, Z) or give time_zone "
-                               "(an IANA zone such as Europe/Helsinki) to read it as local time", name)
+                               "(CLI --tz; an IANA zone such as Europe/Helsinki) to read it as local time", name)
     early, late = t.replace(tzinfo=tz, fold=0), t.replace(tzinfo=tz, fold=1)
     if early.utcoffset() != late.utcoffset():
         # fold=0/1 differ on both sides of a change: inside a gap the round trip through UTC changes the wall time.
