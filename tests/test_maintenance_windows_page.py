@@ -8,21 +8,10 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import psycopg
-import pytest
-from console_support import ConsoleServer, fresh_database, seed_plant, seed_users
 from test_console_browser import browser, login, shot  # noqa: F401 - the fixture and helpers of the browser tests
+from test_maintenance_windows_api import server  # noqa: F401 - a console on a fresh database with the plant
 
 HEL = ZoneInfo("Europe/Helsinki")
-
-
-@pytest.fixture(scope="module")
-def server(pg_admin_dsn):
-    with fresh_database(pg_admin_dsn) as dsn:
-        seed_users(dsn)
-        seed_plant(dsn, hours=1, step_s=600)
-        with ConsoleServer(dsn) as srv:
-            srv.dsn = dsn
-            yield srv
 
 
 def test_plan_and_end_a_window_from_the_page(browser, server):  # noqa: F811
