@@ -38,6 +38,8 @@ COLUMNS = ("id, asset, tag, starts_at, ends_at, reason, created_by, created_at, 
            "ended_at, ended_by, cancelled_at, cancelled_by, cancel_reason")
 STATE_SQL = ("CASE WHEN cancelled_at IS NOT NULL THEN 'cancelled' WHEN ends_at <= now() THEN 'past' "
              "WHEN starts_at <= now() THEN 'current' ELSE 'upcoming' END")
+# In a change, by the clock: now() is the transaction's start, earlier than a concurrent change it waited for.
+STATE_CLOCK = STATE_SQL.replace("now()", "clock_timestamp()")
 
 Audit = Callable[[psycopg.AsyncCursor, str, int, dict], Awaitable[None]]
 
@@ -181,8 +183,9 @@ async def create(conn: psycopg.AsyncConnection, plan: Plan, by: str, audit: Audi
 
 
 async def _locked(cur, window_id: int) -> dict:
-    await cur.execute(f"SELECT {COLUMNS}, {STATE_SQL} AS state, now() AS now FROM maintenance_windows "
-                      "WHERE id = %s FOR UPDATE", (window_id,))
+    # The state after the lock (a concurrent end it waited for would otherwise still look current: ended twice).
+    await cur.execute(f"SELECT {COLUMNS}, {STATE_CLOCK} AS state, "
+                      "clock_timestamp() AS now FROM maintenance_windows WHERE id = %s FOR UPDATE", (window_id,))
     row = await cur.fetchone()
     if row is None:
         raise WindowError(404, f"no maintenance window {window_id}")
@@ -216,7 +219,7 @@ async def end_early(conn: psycopg.AsyncConnection, window_id: int, by: str, audi
                 raise WindowError(422, f"at ({new_end.isoformat()}) is not after the window's start "
                                        f"({w['starts_at'].isoformat()}): cancel it instead", "at")
         await cur.execute(f"UPDATE maintenance_windows SET ends_at = %s, ended_at = now(), ended_by = %s "
-                          f"WHERE id = %s RETURNING {COLUMNS}, {STATE_SQL} AS state", (new_end, by, window_id))
+                          f"WHERE id = %s RETURNING {COLUMNS}, {STATE_CLOCK} AS state", (new_end, by, window_id))
         row = _row(await cur.fetchone())
         await audit(cur, "maintenance_window.end", window_id,
                     {"asset": w["asset"], "ends_at_was": w["ends_at"].isoformat(), "ends_at": new_end.isoformat(),
@@ -233,7 +236,7 @@ async def cancel(conn: psycopg.AsyncConnection, window_id: int, by: str, audit: 
             raise WindowError(409, f"maintenance window {window_id} is {w['state']}, only an upcoming window can be "
                                    f"cancelled{hint}")
         await cur.execute(f"UPDATE maintenance_windows SET cancelled_at = now(), cancelled_by = %s, "
-                          f"cancel_reason = %s WHERE id = %s RETURNING {COLUMNS}, {STATE_SQL} AS state",
+                          f"cancel_reason = %s WHERE id = %s RETURNING {COLUMNS}, {STATE_CLOCK} AS state",
                           (by, reason.strip(), window_id))
         row = _row(await cur.fetchone())
         await audit(cur, "maintenance_window.cancel", window_id, {"asset": w["asset"], "reason": reason.strip()})

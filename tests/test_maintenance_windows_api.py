@@ -4,6 +4,7 @@ roles, CSRF and the audit entry of each change."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -178,3 +179,26 @@ def test_lists_page_by_state_and_asset(server):
         bad = c.get("/api/maintenance-windows", params={"state": "sleeping"})
         assert bad.status_code == 422
         assert c.get("/api/maintenance-windows", params={"cursor": "zz"}).status_code == 422
+
+
+def test_two_planners_ending_one_window_at_once_end_it_once(server):
+    with server.client("maintenance") as c:
+        w = plan(c, starts_at=iso(-timedelta(hours=1)), reason="race").json()["items"][0]
+
+    def end(_):
+        with server.client("admin") as c:
+            return c.post(f"/api/maintenance-windows/{w['id']}/end", json={}).status_code
+    with ThreadPoolExecutor(4) as pool:
+        codes = sorted(pool.map(end, range(4)))
+    assert codes == [200, 409, 409, 409]
+    with server.client("admin") as c:
+        audit = c.get("/api/audit", params={"target_kind": "maintenance_window", "target_id": str(w["id"])}).json()
+    assert sorted(a["action"] for a in audit["items"]) == ["maintenance_window.create", "maintenance_window.end"]
+
+
+def test_the_openapi_document_has_the_windows(server):
+    with server.client() as c:
+        doc = c.get("/api/openapi.json").json()
+    assert {"/api/maintenance-windows", "/api/maintenance-windows/{window_id}/end",
+            "/api/maintenance-windows/{window_id}/cancel"} <= set(doc["paths"])
+    assert "maintenance windows" in {t["name"] for t in doc["tags"]}
