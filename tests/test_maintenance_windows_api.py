@@ -66,6 +66,13 @@ def test_helsinki_window_across_the_end_of_summer_time_ends_at_the_wall_clock_ti
     assert w["starts_local"] == "2027-10-30T22:00:00+03:00" and w["ends_local"] == "2027-10-31T06:00:00+02:00"
     assert w["time_zone"] == "Europe/Helsinki"
     assert datetime.fromisoformat(w["ends_at"]) - datetime.fromisoformat(w["starts_at"]) == timedelta(hours=9)
+    # shortened with a local time and no zone: read in the window's own zone
+    with server.client("maintenance") as c:
+        twice = c.post(f"/api/maintenance-windows/{w['id']}/end", json={"at": "2027-10-31T03:30"})
+        assert twice.status_code == 422 and "happens twice" in twice.json()["detail"]
+        short = c.post(f"/api/maintenance-windows/{w['id']}/end", json={"at": "2027-10-31T05:00"}).json()
+    assert datetime.fromisoformat(short["ends_at"]) == datetime(2027, 10, 31, 3, 0, tzinfo=UTC)
+    assert short["ends_local"] == "2027-10-31T05:00:00+02:00" and short["planned_ends_at"] == w["ends_at"]
 
 
 def test_a_local_time_the_clocks_repeat_or_skip_is_refused_not_guessed(server):

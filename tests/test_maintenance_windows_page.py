@@ -48,3 +48,17 @@ def test_a_viewer_sees_the_windows_but_no_form(browser, server):  # noqa: F811
     assert page.locator("#mw-form").count() == 0 and page.locator("button[data-action]").count() == 0
     assert page.errors == []
     page.context.close()
+
+
+def test_the_asset_page_names_its_current_window(browser, server):  # noqa: F811
+    with server.client("admin") as c:
+        r = c.post("/api/maintenance-windows", json={
+            "assets": ["B-301"], "starts_at": (datetime.now(UTC) - timedelta(minutes=1)).isoformat(),
+            "ends_at": (datetime.now(UTC) + timedelta(hours=1)).isoformat(), "reason": "boiler inspection"})
+        assert r.status_code == 201, r.text
+    page = login(browser, server, "engineer")
+    page.goto(server.url + "/assets/B-301")
+    note = page.wait_for_selector("#asset-windows")
+    assert "in a window" in note.inner_text() and "boiler inspection" in note.inner_text()
+    assert page.errors == []
+    page.context.close()
