@@ -29,6 +29,8 @@ TAGS = [
     {"name": "assets", "description": "assets, tags and their calibration records"},
     {"name": "readings", "description": "readings and rollups over a time range, downsampled on the server"},
     {"name": "alerts", "description": "the alert board: list, filter, acknowledge, clear, comment, live feed"},
+    {"name": "maintenance windows", "description": "planned maintenance: alerts of the asset are suppressed; "
+                                                   "plan, end early, cancel"},
     {"name": "predictions", "description": "model predictions with intervals, and their review"},
     {"name": "emissions", "description": "emission averages, compliance, exceedances"},
     {"name": "models", "description": "model registry, cards, uncertainty reports"},
@@ -75,9 +77,9 @@ def create_app(cfg: ConsoleConfig, *, dsn: str | None = None, migrate: bool | No
             h.setdefault("Cache-Control", "no-store")
         return response
 
-    from console.routes import admin, alerts, assets, auth, emissions, gateways, models, pages, predictions
+    from console.routes import admin, alerts, assets, auth, emissions, gateways, models, pages, predictions, windows
 
-    for module in (auth, admin, assets, alerts, predictions, emissions, models, gateways, pages):
+    for module in (auth, admin, assets, alerts, windows, predictions, emissions, models, gateways, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -26,8 +26,8 @@ ROLES = ("viewer", "engineer", "maintenance", "admin")
 PERMISSIONS: dict[str, frozenset[str]] = {
     "viewer": frozenset({"read"}),
     "engineer": frozenset({"read", "alerts.write"}),
-    "maintenance": frozenset({"read", "predictions.review"}),
-    "admin": frozenset({"read", "alerts.write", "predictions.review", "users.admin", "models.admin"}),
+    "maintenance": frozenset({"read", "predictions.review", "windows.plan"}),
+    "admin": frozenset({"read", "alerts.write", "predictions.review", "windows.plan", "users.admin", "models.admin"}),
 }
 COOKIE = "valvoja_session"
 SECURE_COOKIE = "__Host-valvoja_session"

@@ -6,6 +6,7 @@
     valvoja maintenance review mark --alert ID --verdict wrong --comment "valve test" --by anna
     valvoja maintenance review precision [--since 2026-01-01]
     valvoja maintenance train-anomaly -c SITE.toml --asset P-101 --from 2026-11-02T06:00:00+02:00 [--to ...]
+    valvoja maintenance window add|list|end|cancel ...   (maintenance/windows_cli.py)
 
 Until the lead's ``valvoja`` exists everywhere, ``python -m maintenance.cli ARGS`` does the same.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 
 def add_parser(subparsers) -> None:
     """Register ``maintenance`` and its actions on the ``valvoja`` sub-command parser."""
-    p = subparsers.add_parser("maintenance", help="condition monitoring: evaluations and reviews",
+    p = subparsers.add_parser("maintenance", help="condition monitoring: evaluations, reviews, maintenance windows",
                               description="Evaluate the anomaly detector (SKAB) and the RUL model (C-MAPSS) on "
                                           "benchmark files; list, review and score predictions and alerts.")
     sub = p.add_subparsers(dest="maintenance_command", required=True, metavar="ACTION")
@@ -92,6 +93,10 @@ def add_parser(subparsers) -> None:
     pr.add_argument("--model-id")
     _db_arg(pr)
     pr.set_defaults(func=cmd_review_precision)
+
+    from maintenance.windows_cli import add_parser as add_window_parser
+
+    add_window_parser(sub, _db_arg)
 
 
 def _db_arg(p: argparse.ArgumentParser) -> None:

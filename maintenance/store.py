@@ -184,8 +184,8 @@ async def add_window(conn: psycopg.AsyncConnection, w: Window, created_by: str =
 
 
 async def windows(conn: psycopg.AsyncConnection, after: datetime) -> list[Window]:
-    """Maintenance windows that end after ``after`` (current and planned)."""
+    """Maintenance windows that end after ``after`` (current and planned), cancelled ones left out (m0202)."""
     async with conn.cursor() as cur:
         await cur.execute("SELECT asset, starts_at, ends_at, reason, tag FROM maintenance_windows"
-                          " WHERE ends_at > %s ORDER BY starts_at", (after,))
+                          " WHERE ends_at > %s AND cancelled_at IS NULL ORDER BY starts_at", (after,))
         return [Window(a, s, e, r, t) for a, s, e, r, t in await cur.fetchall()]

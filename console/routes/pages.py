@@ -24,12 +24,14 @@ PAGES = {  # path -> (title, script, nav key)
     "/": ("Alert board", "board.js", "alerts"),
     "/alerts": ("Alert board", "board.js", "alerts"),
     "/assets": ("Assets", "assets.js", "assets"),
+    "/maintenance": ("Maintenance windows", "windows.js", "maintenance"),
     "/emissions": ("Emissions", "emissions.js", "emissions"),
     "/models": ("Models", "models.js", "models"),
     "/gateways": ("Gateways", "gateways.js", "gateways"),
     "/admin": ("Administration", "admin.js", "admin"),
 }
-NAV = [("alerts", "/alerts", "Alerts"), ("assets", "/assets", "Assets"), ("emissions", "/emissions", "Emissions"),
+NAV = [("alerts", "/alerts", "Alerts"), ("assets", "/assets", "Assets"),
+       ("maintenance", "/maintenance", "Maintenance"), ("emissions", "/emissions", "Emissions"),
        ("models", "/models", "Models"), ("gateways", "/gateways", "Gateways"), ("admin", "/admin", "Admin")]
 
 

@@ -5,8 +5,8 @@ const V = (() => {
   const csrf = document.querySelector('meta[name="csrf-token"]')?.content || "";
   const role = document.getElementById("user")?.dataset.role || "viewer";
   const PERMS = {
-    viewer: ["read"], engineer: ["read", "alerts.write"], maintenance: ["read", "predictions.review"],
-    admin: ["read", "alerts.write", "predictions.review", "users.admin", "models.admin"],
+    viewer: ["read"], engineer: ["read", "alerts.write"], maintenance: ["read", "predictions.review", "windows.plan"],
+    admin: ["read", "alerts.write", "predictions.review", "windows.plan", "users.admin", "models.admin"],
   };
 
   /** Build an element: el("td", {class: "x", onclick: f}, child, "text", ...). */

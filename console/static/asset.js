@@ -4,7 +4,7 @@
 "use strict";
 
 (() => {
-  const { el, api, qs, main, badge, fmtNum, timeCell, toast, can, table } = V;
+  const { el, api, qs, main, badge, fmtNum, fmtTime, timeCell, toast, can, table } = V;
   const name = decodeURIComponent(location.pathname.split("/").pop());
   const PRESETS = [["1h", 36e5], ["6h", 216e5], ["24h", 864e5], ["7d", 6048e5], ["30d", 2592e6], ["90d", 7776e6]];
   const ZONES = ["A", "B", "C", "D"];
@@ -179,10 +179,21 @@
     document.body.dataset.ready = "1";
   }
 
+  /** Current and upcoming maintenance windows of the asset (its alerts are suppressed in them), with a link. */
+  async function windowsNote() {
+    let items = [];
+    try { items = (await api("/api/maintenance-windows" + qs({ asset: name, state: ["current", "upcoming"], limit: 5 }), { quiet: true })).items; }
+    catch (e) { return ""; }
+    if (!items.length) return "";
+    return el("p", { class: "card", id: "asset-windows" }, el("strong", {}, "Maintenance: "), items.map((w, i) => [i ? " · " : "",
+      `${w.state === "current" ? "in a window" : "planned"} ${fmtTime(w.starts_at)} – ${fmtTime(w.ends_at)}${w.asset === "*" ? " (every asset)" : ""}: ${w.reason}`]),
+      " ", el("a", { href: "/maintenance" }, "windows"));
+  }
+
   async function init() {
     asset = await api(`/api/assets/${encodeURIComponent(name)}`);
     main(el("h1", {}, `${asset.name} `, el("small", {}, [asset.site, asset.kind].filter(Boolean).join(" · "))),
-      asset.description ? el("p", {}, asset.description) : "", header, presets, trends, derivedBox, preds, alertsBox, reviews);
+      asset.description ? el("p", {}, asset.description) : "", await windowsNote(), header, presets, trends, derivedBox, preds, alertsBox, reviews);
     await drawAll();
   }
   init();

@@ -1,0 +1,90 @@
+/* Maintenance windows: current and upcoming windows (alerts of their assets are suppressed), the recent past,
+   and for maintenance/admin a form to plan one in the site's local time and buttons to end or cancel. */
+"use strict";
+
+(() => {
+  const { el, api, qs, main, badge, timeCell, table, toast, can } = V;
+  const STATE_CLASS = { current: "st-acknowledged", upcoming: "st-cleared", past: "", cancelled: "" };
+  const browserZone = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+  let assetFilter = "";
+
+  /** A time as the planner gave it (local in the window's zone) with the UTC instant as tooltip. */
+  function when(local, utc, zone) {
+    if (!local) return timeCell(utc);
+    return el("time", { datetime: utc, title: utc }, local.replace("T", " ").slice(0, 16), " ", el("small", { class: "muted" }, zone));
+  }
+
+  function actions(w, reload) {
+    if (!can("windows.plan")) return "";
+    if (w.state === "current") {
+      return el("button", { class: "secondary", "data-action": "end", onclick: async () => {
+        await api(`/api/maintenance-windows/${w.id}/end`, { method: "POST", body: { comment: "ended from the console" } });
+        toast(`window #${w.id} ended`); reload();
+      } }, "End now");
+    }
+    if (w.state === "upcoming") {
+      return el("button", { class: "bad", "data-action": "cancel", onclick: async () => {
+        await api(`/api/maintenance-windows/${w.id}/cancel`, { method: "POST", body: { reason: "cancelled from the console" } });
+        toast(`window #${w.id} cancelled`); reload();
+      } }, "Cancel");
+    }
+    return "";
+  }
+
+  function rows(items, reload) {
+    return table(["#", "Asset", "State", "Start", "End", "Reason", "Planned by", ""], items.map((w) => el("tr", { "data-window": w.id },
+      el("td", {}, w.id), el("td", {}, w.asset === "*" ? "every asset" : w.asset, w.tag ? el("small", {}, ` (${w.tag})`) : ""),
+      el("td", {}, badge(w.state, STATE_CLASS[w.state])),
+      el("td", {}, when(w.starts_local, w.starts_at, w.time_zone)),
+      el("td", {}, when(w.ends_local, w.ends_at, w.time_zone),
+        w.ended_by ? el("small", { class: "muted" }, ` ended by ${w.ended_by}`) : "",
+        w.cancelled_by ? el("small", { class: "muted" }, ` cancelled by ${w.cancelled_by}`) : ""),
+      el("td", {}, w.reason), el("td", {}, w.created_by), el("td", {}, actions(w, reload)))));
+  }
+
+  function form(assets, reload) {
+    const f = {
+      assets: el("select", { id: "mw-assets", multiple: true, size: Math.min(6, Math.max(3, assets.length)) },
+        assets.map((a) => el("option", { value: a.name }, a.name))),
+      start: el("input", { id: "mw-start", type: "datetime-local", required: true }),
+      end: el("input", { id: "mw-end", type: "datetime-local", required: true }),
+      zone: el("input", { id: "mw-zone", value: browserZone, size: 18 }),
+      reason: el("input", { id: "mw-reason", placeholder: "work order, job", size: 30 }),
+      long: el("input", { id: "mw-long", type: "checkbox" }),
+    };
+    const submit = async () => {
+      const chosen = [...f.assets.selectedOptions].map((o) => o.value);
+      const r = await api("/api/maintenance-windows", { method: "POST", body: {
+        assets: chosen, starts_at: f.start.value, ends_at: f.end.value, time_zone: f.zone.value,
+        reason: f.reason.value, long: f.long.checked } });
+      toast(`planned ${r.items.length} window(s)`); reload();
+    };
+    return el("section", { class: "card", id: "mw-form" }, el("h2", {}, "Plan a window"),
+      el("p", { class: "muted" }, "Start and end are wall-clock times in the time zone given (the site's); a window over a clock change ends when the clocks show its end."),
+      el("div", { class: "row" },
+        el("label", {}, "Assets", f.assets), el("label", {}, "Start", f.start), el("label", {}, "End", f.end),
+        el("label", {}, "Time zone (IANA)", f.zone), el("label", {}, "Reason", f.reason),
+        el("label", {}, "Longer than 14 days", f.long),
+        el("button", { id: "mw-submit", onclick: submit }, "Plan window")));
+  }
+
+  async function load() {
+    const asset = assetFilter ? { asset: assetFilter } : {};
+    const [active, recent, assets] = await Promise.all([
+      api("/api/maintenance-windows" + qs({ ...asset, state: ["current", "upcoming"], limit: 200 })),
+      api("/api/maintenance-windows" + qs({ ...asset, state: ["past", "cancelled"], limit: 20 })),
+      api("/api/assets?limit=1000")]);
+    const filter = el("select", { id: "mw-filter", onchange: () => { assetFilter = filter.value; load(); } },
+      el("option", { value: "" }, "all assets"),
+      assets.items.map((a) => el("option", { value: a.name, selected: a.name === assetFilter }, a.name)));
+    main(el("h1", {}, "Maintenance windows"),
+      el("p", { class: "muted" }, "Alerts of an asset are not raised while a window covers it; a running gateway sees a change within 15 s."),
+      el("div", { class: "row" }, el("label", {}, "Asset", filter)),
+      el("h2", {}, "Current and upcoming"),
+      active.items.length ? rows(active.items, load) : el("p", { class: "muted", id: "mw-none" }, "No current or upcoming windows."),
+      can("windows.plan") ? form(assets.items, load) : "",
+      el("h2", {}, "Recently ended or cancelled"),
+      recent.items.length ? rows(recent.items, load) : el("p", { class: "muted" }, "None."));
+  }
+  load();
+})();
