@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+import tomllib
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -343,3 +344,17 @@ key_password = "env:GW1_KEY_PW_UNSET"
     monkeypatch.setenv("GW1_KEY_PW_UNSET", "not used: the key is not encrypted")
     secrets = notify_secrets(maintenance_config(settings.load(conf / "site.toml")))
     assert secrets.mqtt_tls is not None and secrets.mqtt_tls.check_hostname
+
+
+def test_the_sample_shows_every_tls_option_with_the_code_default():
+    import re
+    from pathlib import Path
+
+    from edge.tls import Tls
+
+    text = (Path(__file__).parent.parent / "maintenance" / "sample.toml").read_text()
+    block = text.split("# [maintenance.notify.mqtt.tls]", 1)[1].split("\n\n", 1)[0]
+    options = dict(re.findall(r"^# (\w+) = (\"[^\"]*\"|\S+)", block, re.M))
+    assert set(options) == set(Tls.model_fields)
+    assert options["insecure"] == "false" and Tls().insecure is False
+    Tls.model_validate({k: tomllib.loads(f"v = {v}")["v"] for k, v in options.items()})
