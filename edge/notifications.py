@@ -46,22 +46,39 @@ class _Outbox:
     key: str = ""  # the receiver's name in the outbox file
 
 
-def notify_secrets(mcfg) -> tuple[str | None, list]:
-    """The alert notifiers' secrets resolved (``maintenance.notify``): the MQTT password and each webhook's
-    `maintenance.notify.WebhookTarget`; `ConfigError` listing every reference that cannot be read. Called when the
-    gateway is built and by `edge.service.preflight`: resolved only inside the running task, an unset one passed
-    check-config and a reload, then killed live analytics at every watchdog restart."""
+@dataclass(frozen=True, slots=True)
+class NotifySecrets:
+    """What the notifiers need from outside the configuration file, read at start-up (`notify_secrets`)."""
+
+    mqtt_password: str | None = dataclasses.field(default=None, repr=False)
+    mqtt_tls: object = None  # ssl.SSLContext of [maintenance.notify.mqtt.tls] (edge.tls), or None
+    webhooks: tuple = ()  # maintenance.notify.WebhookTarget of each webhook, in order
+
+
+def notify_secrets(mcfg) -> NotifySecrets:
+    """The alert notifiers' secrets resolved (``maintenance.notify``): the MQTT password, the MQTT TLS context (its
+    CA, certificate and key files read, the key's password resolved) and each webhook's
+    `maintenance.notify.WebhookTarget`; `ConfigError` listing every reference and file that cannot be read, by its
+    key. Called when the gateway is built and by `edge.service.preflight`: resolved only inside the running task, an
+    unset one passed check-config and a reload, then killed live analytics at every watchdog restart."""
     if mcfg is None:
-        return None, []
+        return NotifySecrets()
     from edge.errors import ConfigError
     from edge.secrets import resolve_secret
+    from edge.tls import tls_context
+    from maintenance.notify_mqtt import TLS_KEY
 
     n = mcfg.notify
     problems: list[str] = []
-    password, targets = None, []
+    password, tls, targets = None, None, []
     if n.mqtt is not None and n.mqtt.password:
         try:
             password = resolve_secret(n.mqtt.password, where="maintenance.notify.mqtt.password")
+        except ConfigError as exc:
+            problems += exc.problems
+    if n.mqtt is not None:
+        try:
+            tls = tls_context(n.mqtt.tls, TLS_KEY)
         except ConfigError as exc:
             problems += exc.problems
     for i, w in enumerate(n.webhooks):
@@ -71,14 +88,14 @@ def notify_secrets(mcfg) -> tuple[str | None, list]:
             problems += exc.problems
     if problems:
         raise ConfigError(problems)
-    return password, targets
+    return NotifySecrets(password, tls, tuple(targets))
 
 
 class Notifications:
     """The receivers of one gateway's alert changes; `open` builds them (again after a watchdog restart, keeping
     the queues), `tasks` starts their senders, `queue` hands changes over, `close` ends them."""
 
-    def __init__(self, mcfg, secrets: tuple[str | None, list], metrics: Metrics, conninfo: str | None,
+    def __init__(self, mcfg, secrets: NotifySecrets, metrics: Metrics, conninfo: str | None,
                  state_dir: Path) -> None:
         self.mcfg = mcfg
         self._secrets = secrets  # notify_secrets(mcfg): read by each new gateway, so a reload rotates them
@@ -132,7 +149,8 @@ class Notifications:
     def open(self) -> None:
         if self.mcfg is None:
             return
-        from maintenance.notify import MqttNotifier, WebhookNotifier
+        from maintenance.notify import WebhookNotifier
+        from maintenance.notify_mqtt import MqttNotifier
 
         n = self.mcfg.notify
         # Called at every start of `run`: the watchdog restarts a failed task on this object, and the notifiers of
@@ -140,10 +158,10 @@ class Notifications:
         # for good). The outboxes' queues are kept: changes waiting in them are still sent.
         queues = [box.queue for box in self._outboxes]
         self.notifiers = []
-        password, targets = self._secrets
+        secrets: NotifySecrets = self._secrets
         if n.mqtt is not None:
-            self.notifiers.append(MqttNotifier(n.mqtt, password))
-        self.notifiers += [WebhookNotifier(w, t) for w, t in zip(n.webhooks, targets, strict=True)]
+            self.notifiers.append(MqttNotifier(n.mqtt, secrets.mqtt_password, secrets.mqtt_tls))
+        self.notifiers += [WebhookNotifier(w, t) for w, t in zip(n.webhooks, secrets.webhooks, strict=True)]
         self._outboxes = [_Outbox(n, queues[i] if i < len(queues) else asyncio.Queue(maxsize=NOTIFY_QUEUE_GROUPS))
                           for i, n in enumerate(self.notifiers)]
         names: dict[str, int] = {}

@@ -80,7 +80,8 @@ def preflight(cfg: SiteConfig) -> None:
         database_conninfo(cfg)
     except ConfigError as exc:
         problems += exc.problems
-    # The alert notifiers' secrets (MQTT password, webhook URLs and headers): edge/notifications.py.
+    # The alert notifiers' secrets and files (MQTT password and TLS files, webhook URLs and headers):
+    # edge/notifications.py.
     from edge.analytics import maintenance_config
     from edge.notifications import notify_secrets
 

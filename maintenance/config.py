@@ -15,7 +15,8 @@ from edge.paths import ConfigPath
 from maintenance.alerts import AlertPolicy
 from maintenance.indicators import STATS
 from maintenance.iso20816 import ZoneConfig
-from maintenance.notify import MqttNotifyConfig, WebhookConfig
+from maintenance.notify import WebhookConfig
+from maintenance.notify_mqtt import MqttNotifyConfig
 from maintenance.quality import QualityConfig
 from maintenance.rules import RuleConfig
 

@@ -10,14 +10,14 @@ Webhooks use **httpx** (already a pinned dependency): its async client fits the 
 without a thread per request, pools connections, and has per-request timeouts; ``urllib`` would block
 the loop or need a thread pool for the same.
 
-MQTT uses paho-mqtt 2 with QoS 1 on ``<prefix>/<asset>/<kind>`` (not retained: a board that connects
-later reads the table, not the broker; ``#``, ``+`` and ``/`` in the asset or kind become ``_`` in the
-topic). Payload (both channels): JSON with ``event`` (raised, updated, acknowledged, escalated, cleared;
-acknowledged and cleared by a person in the console are sent once the gateway's sync sees them, ``detail.by``
-naming who cleared it), ``notification_id``
-(the same for every copy of one change: receivers drop repeats by it), the alert's
-fields and its evidence, and ``detail`` (an escalation: ``unacknowledged_s``, and ``acknowledgement``
-``"unverified"`` when the gateway could not ask the database whether someone had acknowledged it meanwhile).
+MQTT (maintenance/notify_mqtt.py, plain or TLS) uses paho-mqtt 2 with QoS 1 on ``<prefix>/<asset>/<kind>`` (not
+retained: a board that connects later reads the table, not the broker; ``#``, ``+`` and ``/`` in the asset or kind
+become ``_`` in the topic). Payload (both channels): JSON with ``event`` (raised, updated, acknowledged, escalated,
+cleared; acknowledged and cleared by a person in the console are sent once the gateway's sync sees them,
+``detail.by`` naming who cleared it), ``notification_id`` (the same for every copy of one change: receivers drop
+repeats by it), the alert's fields and its evidence, and ``detail`` (an escalation: ``unacknowledged_s``, and
+``acknowledgement`` ``"unverified"`` when the gateway could not ask the database whether someone had acknowledged
+it meanwhile).
 """
 
 from __future__ import annotations
@@ -26,19 +26,17 @@ import asyncio
 import hashlib
 import logging
 import re
-import threading
 from dataclasses import asdict, dataclass, field
 from typing import Annotated
 from urllib.parse import urlsplit
 
 import httpx
 import orjson
-import paho.mqtt.client as mqtt
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edge.errors import ConfigError
 from edge.paths import REF
-from edge.secrets import SecretRef, is_reference, resolve_secret
+from edge.secrets import is_reference, resolve_secret
 from maintenance.alerts import AlertChange
 
 log = logging.getLogger(__name__)
@@ -142,24 +140,10 @@ class WebhookTarget:
         return text
 
 
-class MqttNotifyConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    host: str = "127.0.0.1"
-    port: int = 1883
-    topic_prefix: str = "valvoja/alerts"
-    events: tuple[str, ...] = ("raised", "updated", "acknowledged", "escalated", "cleared")
-    username: str | None = None
-    password: SecretRef | None = None
-    timeout_s: float = Field(5.0, gt=0)
-
-
 class Refused(str):
     """The detail of a failure that sending the change again cannot fix (the receiver refused the request:
     HTTP 4xx other than 408/429). The gateway's outbox retries other failures (the receiver is down) until
     they are delivered, and goes on past these."""
-
-
-_TOPIC_RESERVED = str.maketrans({c: "_" for c in "#+/\0"})
 
 
 def wanted(events: tuple[str, ...], ch: AlertChange) -> bool:
@@ -227,44 +211,3 @@ class WebhookNotifier:
 
     async def aclose(self) -> None:
         await self.client.aclose()
-
-
-class MqttNotifier:
-    """Publishes with QoS 1 and waits (in a thread) for the broker's PUBACK, bounded by ``timeout_s``."""
-
-    def __init__(self, cfg: MqttNotifyConfig, password: str | None = None) -> None:
-        self.cfg = cfg
-        self.name = f"MQTT {cfg.host}:{cfg.port}/{cfg.topic_prefix}"
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-        if cfg.username:
-            self.client.username_pw_set(cfg.username, password)
-        self._connected = threading.Event()
-        self.client.on_connect = lambda *a: self._connected.set()
-        self.client.on_disconnect = lambda *a: self._connected.clear()
-        self.client.connect_async(cfg.host, cfg.port)
-        self.client.loop_start()
-
-    def topic(self, ch: AlertChange) -> str:
-        # Asset and rule names are free text: a '#' or '+' made paho refuse every publish of the alert, a '/' split
-        # the kind over levels a subscription to <prefix>/+/+ does not reach. The payload keeps the names.
-        asset, kind = (x.translate(_TOPIC_RESERVED) for x in (ch.alert.asset, ch.alert.kind))
-        return f"{self.cfg.topic_prefix}/{asset}/{kind}"
-
-    def _publish(self, ch: AlertChange) -> tuple[bool, str]:
-        if not self._connected.wait(self.cfg.timeout_s):
-            return False, f"not connected to {self.cfg.host}:{self.cfg.port}"
-        info = self.client.publish(self.topic(ch), payload(ch), qos=1)
-        try:
-            info.wait_for_publish(self.cfg.timeout_s)
-        except (RuntimeError, ValueError) as exc:
-            return False, str(exc)
-        return (True, "PUBACK") if info.is_published() else (False, "no PUBACK in time")
-
-    async def send(self, ch: AlertChange) -> tuple[bool, str]:
-        if not wanted(self.cfg.events, ch):
-            return True, "skipped"
-        return await asyncio.to_thread(self._publish, ch)
-
-    async def aclose(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()

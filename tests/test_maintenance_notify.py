@@ -11,7 +11,8 @@ import paho.mqtt.client as mqtt
 from servers import free_port
 
 from maintenance.alerts import AlertManager, AlertPolicy
-from maintenance.notify import MqttNotifier, MqttNotifyConfig, WebhookConfig, WebhookNotifier
+from maintenance.notify import WebhookConfig, WebhookNotifier
+from maintenance.notify_mqtt import MqttNotifier, MqttNotifyConfig
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 

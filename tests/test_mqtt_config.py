@@ -120,7 +120,7 @@ def test_bad_tls_files_are_a_configuration_error_at_build(tmp_path):
     bad = tmp_path / "ca.pem"
     bad.write_text("not a certificate")
     ctx = CollectorContext(name="c", state_dir=tmp_path, metrics=Metrics())
-    with pytest.raises(ConfigError, match="tls: cannot load certificates"):
+    with pytest.raises(ConfigError, match=r"tls.ca_file: cannot load the CA certificates of .*ca.pem"):
         build(make(tls={"ca_file": str(bad)}), ctx)
     # A file that is not there is for the build too (check-config without --skip-secrets, run): the file alone
     # is valid on a machine without the certificates.

@@ -49,10 +49,11 @@ from collectors.mqtt.config import Config
 from collectors.mqtt.rebirth import RebirthRequests
 from collectors.mqtt.redelivery import CONFIRM_EVERY_S, ReceiveTimes
 from collectors.mqtt.router import Router
-from collectors.mqtt.session import Ack, Client, Connection, SavedSubscriptions, tls_context
+from collectors.mqtt.session import Ack, Client, Connection, SavedSubscriptions
 from edge.columns import from_us, to_us
 from edge.errors import NotConnectedError
 from edge.records import Batch, utcnow
+from edge.tls import tls_context
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class MqttCollector:
         self.cfg = config
         self.ctx = context
         self._password = password
-        self._tls = tls_context(config)
+        self._tls = tls_context(config.tls)  # edge/tls.py: read here, at start-up
         self.rebirths = RebirthRequests(self.name, enabled=config.request_rebirth, interval_s=config.rebirth_interval_s)
         self.router = Router(self.name, list(config.subscriptions), Path(context.state_dir),
                              on_decoder_error=context.metrics.collector_errors.labels(self.name, "decoder").inc,

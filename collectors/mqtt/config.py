@@ -12,8 +12,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from collectors.mqtt.topics import TagTemplate, TopicFilter
-from edge.paths import ConfigPath
 from edge.secrets import SecretRef
+from edge.tls import Tls  # shared with the alert notifier: edge/tls.py
 
 TimeFormat = Literal["auto", "iso8601", "epoch_s", "epoch_ms", "epoch_us", "epoch_ns"]
 
@@ -85,24 +85,6 @@ class Subscription(Strict):
         """A fresh (filter, template) pair; templates hold a per-topic cache, so each decoder gets its own."""
         topic = TopicFilter(self.topic)
         return topic, TagTemplate(self.tag_spec(), topic, sparkplug=self.format == "sparkplug")
-
-
-class Tls(Strict):
-    """TLS towards the broker. The server certificate is always verified against ``ca_file``
-    (or the system's CAs when it is not given)."""
-
-    ca_file: ConfigPath | None = Field(None, description="PEM CA bundle; None = the system trust store")
-    cert_file: ConfigPath | None = Field(None, description="client certificate (PEM) for mutual TLS")
-    key_file: ConfigPath | None = Field(None, description="client private key (PEM)")
-    insecure: bool = Field(False, description="skip the host-name check (the chain is still verified)")
-
-    @model_validator(mode="after")
-    def _files(self) -> Tls:
-        # The files themselves are read when the collector is built (`session.tls_context`), not here:
-        # `check-config --skip-secrets` checks a file on a machine that has neither secrets nor certificates.
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together (give both or neither)")
-        return self
 
 
 class Config(Strict):

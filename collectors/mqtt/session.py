@@ -6,7 +6,6 @@
 - `SavedSubscriptions`: what the broker's persistent session is subscribed to, kept on disk, so a
   resumed session is not subscribed again (which would make the broker re-send retained messages)
   and filters removed from the configuration are unsubscribed.
-- `tls_context`: the client's TLS settings, built once at start-up.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import ssl
 import threading
 from pathlib import Path
 
@@ -22,27 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.client import time_func
 
 from collectors.mqtt.config import Config
-from edge.errors import ConfigError
 from edge.files import write_atomic
-
-
-def tls_context(cfg: Config) -> ssl.SSLContext | None:
-    """The client TLS context (built at start-up so a bad CA or key file is a configuration error)."""
-    t = cfg.tls
-    if t is None:
-        return None
-    missing = [f"tls.{key}: no such file {path}" for key in ("ca_file", "cert_file", "key_file")
-               if (path := getattr(t, key)) is not None and not Path(path).is_file()]
-    if missing:
-        raise ConfigError(missing)
-    try:
-        ctx = ssl.create_default_context(cafile=t.ca_file)
-        if t.cert_file:
-            ctx.load_cert_chain(t.cert_file, t.key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"tls: cannot load certificates: {exc}") from exc
-    ctx.check_hostname = not t.insecure
-    return ctx
 
 
 class Connection:
