@@ -25,7 +25,9 @@ import sys
 def add_parser(sub, db_arg) -> None:
     """Register ``window`` and its actions on the ``maintenance`` sub-command parser."""
     w = sub.add_parser("window", help="plan, list, end and cancel maintenance windows (alerts suppressed)",
-                       description=__doc__.split("\n\n")[0])
+                       description="Plan maintenance windows from a shell or a CMMS script: alerts of the assets "
+                                   "are suppressed while a window runs. The same rules as the console's API; each "
+                                   "change is audited; a running gateway picks it up at its next sync (15 s).")
     ws = w.add_subparsers(dest="window_command", required=True, metavar="ACTION")
     by_default = os.environ.get("VALVOJA_USER") or getpass.getuser()
 
