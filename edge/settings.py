@@ -92,6 +92,10 @@ class Database(Strict):
     flush_interval_s: float = Field(0.2, gt=0, le=60)
     connect_timeout_s: float = Field(5.0, gt=0)
     retention_days: int | None = Field(None, gt=0)
+    # Predictions and dead letters are removed by default (they filled the disk): reviewed predictions and an
+    # alert's evidence are kept whatever their age (edge/sink/housekeeping.py). 0: keep them all.
+    predictions_retention_days: int = Field(180, ge=0)
+    dead_letters_retention_days: int = Field(30, ge=0)
     rollup_interval_s: float = Field(5.0, gt=0)
     migrate_on_start: bool = True
 
