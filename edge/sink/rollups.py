@@ -156,8 +156,9 @@ async def retention(conn: psycopg.AsyncConnection, features: Features, days: int
                               (days,))
             return (await cur.fetchone())[0]
         # By the (tag_id, time) key, one range per tag: there is no index on time alone, and a DELETE by time
-        # scanned the whole table every hour for the hour that aged out (1.2 s on 4.3 M rows, growing with the
-        # table; per tag 0.03 s: bench/bench_db_growth.py). An index on time would cost every write instead.
+        # scanned the whole table every hour for the hour that aged out, writes held off (0.84-1.07 s on 4.3 M rows,
+        # growing with the table; this 0.024 s: bench/bench_db_growth.py). An index on time would cost every write
+        # instead (37-40 % more WAL).
         # The tag ids come from the key itself (a skip scan: one probe per tag), not from ``tags``.
         await cur.execute(
             "WITH RECURSIVE t AS (SELECT min(tag_id) AS id FROM readings"
