@@ -505,7 +505,7 @@ class RollupWorker:
         Apart from the raw readings' retention: that one runs only while readings come and only where
         ``retention_days`` is set, and predictions of a gateway whose readings are kept for good grew as fast."""
         db = self.db
-        if not (db.predictions_retention_days or db.dead_letters_retention_days):
+        if not (db.predictions_retention_days or db.dead_letters_retention_days or db.emission_runs_retention_days):
             return
         if self.last_trim is not None and time.monotonic() - self.last_trim < 3600:
             return
@@ -515,14 +515,16 @@ class RollupWorker:
             await self.sink.connect(migrate_schema=False)
         from edge.sink.housekeeping import trim
 
-        out = await trim(self.sink.conn, db.predictions_retention_days, db.dead_letters_retention_days)
+        out = await trim(self.sink.conn, db.predictions_retention_days, db.dead_letters_retention_days,
+                         db.emission_runs_retention_days)
         if out.done:
             self.last_trim = time.monotonic()
-        if out.predictions or out.dead_letters:
-            log.info("retention: removed %d predictions older than %d days, %d dead letters older than %d days%s",
-                     out.predictions, db.predictions_retention_days, out.dead_letters,
-                     db.dead_letters_retention_days, "" if out.done else " (more next round)",
-                     extra={"event": "retention_predictions"})
+        if out.predictions or out.dead_letters or out.emission_runs:
+            log.info("retention: removed %d predictions older than %d days, %d dead letters older than %d days, "
+                     "%d emission runs older than %d days%s", out.predictions, db.predictions_retention_days,
+                     out.dead_letters, db.dead_letters_retention_days, out.emission_runs,
+                     db.emission_runs_retention_days, "" if out.done else " (more next round)",
+                     extra={"event": "retention_tables"})
 
     async def _refresh_owed(self) -> int | None:
         """Recompute the rollups owed; returns the spool note they cover, to mark done once committed."""

@@ -124,3 +124,42 @@ def test_a_round_cut_short_goes_on_at_the_next(pg_dsn):
     first, rest = asyncio.run(go())
     assert not first.done and first.predictions == 100
     assert rest.done and first.predictions + rest.predictions == 2000 and rest.dead_letters == 30
+
+
+def _runs(dsn: str) -> dict[str, int]:
+    """Emission runs every 5 minutes of 500 days ago (two configurations, one recomputation with a reason) and of
+    today; the ids of those that must stay."""
+    keep = {}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        migrate(conn)
+        with conn.cursor() as cur:
+            for sha, age in (("old-config", 500), ("new-config", 499)):
+                cur.execute("INSERT INTO emission_runs (stack, span_start, span_end, config, config_sha256, averages,"
+                            " events, seconds, computed_at) SELECT 'K1', now(), now(), '{\"elv\": 1}', %s, 1, 0, 0.1,"
+                            " now() - %s * interval '1 day' + s * interval '5 min' FROM generate_series(0, 287) s",
+                            (sha, age))
+            cur.execute("SELECT max(id) FROM emission_runs WHERE config_sha256 = 'old-config'")
+            keep["newest_of_old_config"] = cur.fetchone()[0]
+            cur.execute("INSERT INTO emission_runs (stack, span_start, span_end, config, config_sha256, averages,"
+                        " events, seconds, computed_at, reason) VALUES ('K1', now(), now(), '{}', 'new-config', 1, 0,"
+                        " 0.1, now() - interval '450 days', 'late data: 240 readings') RETURNING id")
+            keep["reason"] = cur.fetchone()[0]
+            cur.execute("INSERT INTO emission_runs (stack, span_start, span_end, config, config_sha256, averages,"
+                        " events, seconds) VALUES ('K1', now(), now(), '{}', 'new-config', 1, 0, 0.1) RETURNING id")
+            keep["today"] = cur.fetchone()[0]
+    return keep
+
+
+def test_old_emission_runs_are_removed_keeping_each_configuration_and_recomputations(pg_dsn, tmp_path):
+    """`emission_runs` took a row every 5 minutes per stack with its configuration (4-5 KB) for good."""
+    keep = _runs(pg_dsn)
+    asyncio.run(_run_worker(pg_dsn, tmp_path, Database(url="postgresql://x/y", rollup_interval_s=0.2)))
+    with psycopg.connect(pg_dsn) as conn:
+        ids = [r[0] for r in conn.execute("SELECT id FROM emission_runs ORDER BY id").fetchall()]
+    assert ids == sorted(keep.values())
+
+
+def test_emission_runs_are_kept_at_least_a_year():
+    with pytest.raises(ValueError, match="at least 367"):
+        Database(emission_runs_retention_days=100)
+    assert Database(emission_runs_retention_days=0).emission_runs_retention_days == 0

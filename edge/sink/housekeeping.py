@@ -8,7 +8,12 @@ all day); both grew until the disk was full. What is removed is what nobody can 
   (``prediction_feedback``: ``valvoja models evaluate`` and the alert review summary count them) and one an alert
   names as its evidence (``alerts.evidence`` and the ``raised``/``updated`` events of ``alert_events``: "why was
   this raised?" must keep its answer, open or cleared);
-- a dead letter older than ``database.dead_letters_retention_days``.
+- a dead letter older than ``database.dead_letters_retention_days``;
+- an emission run (``emission_runs``: one per stack every 5 minutes, each with the stack's configuration, 4-5 KB)
+  older than ``database.emission_runs_retention_days`` (at least 367: the late-data check reads the run that
+  computed the year before to its end, made at most a year ago), except the newest of each stack and configuration
+  (the console and an audit read the limits an average was judged by from it, by ``config_sha256``) and those with
+  a ``reason`` (recomputations from late data, which reports quote).
 
 Rows go in batches, each its own short transaction, oldest first, and a round stops after ``budget_s`` (the rollup
 connection is shared: a first round over years of predictions must not hold rollups back for minutes); the caller
@@ -35,6 +40,7 @@ class Trimmed:
 
     predictions: int = 0
     dead_letters: int = 0
+    emission_runs: int = 0
     done: bool = True
 
 
@@ -102,6 +108,12 @@ _DELETE_DEAD_LETTERS = """
         LIMIT %(batch)s)"""
 
 
+_DELETE_EMISSION_RUNS = """
+    DELETE FROM emission_runs WHERE id IN (
+        SELECT id FROM emission_runs WHERE computed_at < now() - %(days)s * interval '1 day' AND reason = ''
+          AND id <> ALL(%(keep)s::bigint[]) ORDER BY id LIMIT %(batch)s)"""
+
+
 async def _delete(conn: psycopg.AsyncConnection, sql: str, params: dict, batch: int,
                   deadline: float) -> tuple[int, bool]:
     removed = 0
@@ -117,8 +129,10 @@ async def _delete(conn: psycopg.AsyncConnection, sql: str, params: dict, batch: 
 
 
 async def trim(conn: psycopg.AsyncConnection, predictions_days: int | None, dead_letters_days: int | None,
-               batch: int = BATCH_ROWS, budget_s: float = ROUND_BUDGET_S) -> Trimmed:
-    """Remove predictions and dead letters past their retention (None: keep them); see the module docstring."""
+               emission_runs_days: int | None = None, batch: int = BATCH_ROWS,
+               budget_s: float = ROUND_BUDGET_S) -> Trimmed:
+    """Remove predictions, dead letters and emission runs past their retention (None or 0: keep them); see the
+    module docstring."""
     out = Trimmed()
     deadline = time.monotonic() + budget_s
     if predictions_days:
@@ -134,4 +148,13 @@ async def trim(conn: psycopg.AsyncConnection, predictions_days: int | None, dead
     if dead_letters_days:
         n, out.done = await _delete(conn, _DELETE_DEAD_LETTERS, {"days": dead_letters_days}, batch, deadline)
         out.dead_letters += n
+        if not out.done:
+            return out
+    if emission_runs_days:
+        async with conn.transaction(), conn.cursor() as cur:
+            await cur.execute("SELECT max(id) FROM emission_runs GROUP BY stack, config_sha256")
+            keep = [r[0] for r in await cur.fetchall()]
+        n, out.done = await _delete(conn, _DELETE_EMISSION_RUNS, {"days": emission_runs_days, "keep": keep}, batch,
+                                    deadline)
+        out.emission_runs += n
     return out
