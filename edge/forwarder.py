@@ -515,8 +515,18 @@ class RollupWorker:
             await self.sink.connect(migrate_schema=False)
         from edge.sink.housekeeping import trim
 
-        out = await trim(self.sink.conn, db.predictions_retention_days, db.dead_letters_retention_days,
-                         db.emission_runs_retention_days)
+        try:
+            out = await trim(self.sink.conn, db.predictions_retention_days, db.dead_letters_retention_days,
+                             db.emission_runs_retention_days)
+        except psycopg.Error as exc:
+            if self.sink.conn.closed or self.sink.conn.broken:
+                raise  # the connection's failure: the refresh's back-off and reconnect
+            # A refusal (a role without DELETE, statement_timeout, a lock) repeats every round: raised, it put the
+            # rollups themselves behind a growing back-off. Said once and tried again in an hour.
+            log.error("retention of predictions, dead letters and emission runs failed, retried in an hour: %s",
+                      f"{type(exc).__name__}: {exc}".strip(), extra={"event": "retention_error"})
+            self.last_trim = time.monotonic()
+            return
         if out.done:
             self.last_trim = time.monotonic()
         if out.predictions or out.dead_letters or out.emission_runs:

@@ -163,3 +163,20 @@ def test_emission_runs_are_kept_at_least_a_year():
     with pytest.raises(ValueError, match="at least 367"):
         Database(emission_runs_retention_days=100)
     assert Database(emission_runs_retention_days=0).emission_runs_retention_days == 0
+
+
+def test_a_refused_trim_is_said_once_and_leaves_the_rollups_alone(pg_dsn, tmp_path, caplog):
+    """A role without DELETE on predictions (or a statement_timeout) refuses every round: the error went through the
+    rollup refresh's handling, said as a rollup failure, with the rollups put behind a growing back-off."""
+    import logging
+
+    _populate(pg_dsn)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+                     " $$ BEGIN RAISE EXCEPTION 'permission denied for table predictions'; END $$")
+        conn.execute("CREATE TRIGGER refuse BEFORE DELETE ON predictions FOR EACH ROW EXECUTE FUNCTION refuse()")
+    caplog.set_level(logging.DEBUG, logger="edge")
+    asyncio.run(_run_worker(pg_dsn, tmp_path, Database(url="postgresql://x/y", rollup_interval_s=0.2)))
+    events = [getattr(r, "event", None) for r in caplog.records]
+    assert events.count("retention_error") == 1 and "rollup_error" not in events
+    assert not any("rollup refresh failed" in r.getMessage() for r in caplog.records)
