@@ -178,6 +178,24 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if not _is_database_error(exc):
+            raise
+        print(f"valvoja {args.command}: database: {one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    # psycopg is imported lazily by the commands; one that never imported it raised no database error.
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(exc, psycopg.Error)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line: libpq's span several ("connection to server ... failed: Connection
+    refused" then a tab-indented "Is the server running ...?"). It names the host, port and user, never the
+    password."""
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
 
 
 if __name__ == "__main__":

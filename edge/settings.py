@@ -92,8 +92,22 @@ class Database(Strict):
     flush_interval_s: float = Field(0.2, gt=0, le=60)
     connect_timeout_s: float = Field(5.0, gt=0)
     retention_days: int | None = Field(None, gt=0)
+    # Predictions and dead letters are removed by default (they filled the disk): reviewed predictions and an
+    # alert's evidence are kept whatever their age (edge/sink/housekeeping.py). 0: keep them all.
+    predictions_retention_days: int = Field(180, ge=0)
+    dead_letters_retention_days: int = Field(30, ge=0)
+    # One run per stack every 5 minutes; the newest of each configuration and late-data recomputations are kept.
+    emission_runs_retention_days: int = Field(400, ge=0)
     rollup_interval_s: float = Field(5.0, gt=0)
     migrate_on_start: bool = True
+
+    @field_validator("emission_runs_retention_days")
+    @classmethod
+    def _a_year_of_runs(cls, v: int) -> int:
+        # The late-data check of the year before reads the run that computed it to its end, up to a year old.
+        if 0 < v < 367:
+            raise ValueError(f"must be 0 (keep them all) or at least 367 days, got {v}")
+        return v
 
     @field_validator("url")
     @classmethod
