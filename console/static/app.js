@@ -70,6 +70,30 @@ const V = (() => {
     const d = t instanceof Date ? t : new Date(t);
     return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
   }
+  /** A time in the IANA zone ``tz`` (else the browser's) with its UTC offset: 2026-12-07 06:00 (UTC+02:00). */
+  function fmtZoned(t, tz) {
+    if (!t) return "";
+    const d = t instanceof Date ? t : new Date(t);
+    let parts;
+    try {
+      parts = Object.fromEntries(new Intl.DateTimeFormat("en-GB", { timeZone: tz || undefined, year: "numeric",
+        month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", hourCycle: "h23",
+        timeZoneName: "longOffset" }).formatToParts(d).map((x) => [x.type, x.value]));
+    } catch (e) { return fmtZoned(d); }  // an unknown zone name: the browser's
+    const off = parts.timeZoneName === "GMT" ? "UTC+00:00" : parts.timeZoneName.replace("GMT", "UTC");
+    return `${parts.year}-${parts.month}-${parts.day} ${parts.hour}:${parts.minute} (${off}${tz ? " " + tz : ""})`;
+  }
+  /** One condition hidden by a maintenance window: "P-102 · tag: message — suppressed by window #12 until …". */
+  function suppressedRow(s) {
+    const w = s.window;
+    return el("tr", { "data-asset": s.asset, "data-window": w.id },
+      el("td", {}, badge(s.severity || "", "sev-" + (s.severity || "info"))),
+      el("td", {}, el("a", { href: "/assets/" + encodeURIComponent(s.asset) }, s.asset), s.tag ? [el("br"), el("small", {}, s.tag)] : ""),
+      el("td", { class: "msg" }, s.message || s.kind),
+      el("td", {}, `suppressed by `, el("a", { href: "/maintenance" }, `window #${w.id}`),
+        ` until ${fmtZoned(w.ends_at, w.time_zone)}`, el("br"), el("small", {}, w.reason || ""),
+        el("br"), el("small", { class: "muted" }, "first seen ", fmtZoned(s.seen_at, w.time_zone))));
+  }
   function timeCell(t) { return el("time", { datetime: t || "", title: t || "" }, fmtTime(t)); }
   function fmtNum(v) {
     if (v === null || v === undefined || Number.isNaN(v)) return "–";
@@ -91,5 +115,5 @@ const V = (() => {
       el("tbody", {}, rows));
   }
 
-  return { el, api, qs, toast, fmtTime, fmtNum, timeCell, badge, main, can, role, csrf, table };
+  return { el, api, qs, toast, fmtTime, fmtZoned, suppressedRow, fmtNum, timeCell, badge, main, can, role, csrf, table };
 })();

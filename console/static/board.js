@@ -15,6 +15,8 @@
   const counts = el("div", { class: "counts", id: "counts" });
   const liveDot = el("span", { class: "live-dot", id: "live-dot", title: "live feed" });
   const liveText = el("span", { id: "live-text" }, "connecting…");
+  // Conditions a current maintenance window hides (no alert is raised for them): read-only, refreshed each minute.
+  const suppressedBox = el("section", { id: "suppressed", hidden: true });
 
   function stateParam() {
     return filters.state === "open" ? ["raised", "acknowledged"] : filters.state || undefined;
@@ -134,6 +136,15 @@
     });
   }
 
+  async function loadSuppressed() {
+    let items = [];
+    try { items = (await api("/api/alerts/suppressed" + qs({ asset: filters.asset }), { quiet: true })).items; }
+    catch (e) { return; }
+    suppressedBox.hidden = !items.length;
+    suppressedBox.replaceChildren(el("h2", {}, `Suppressed by maintenance windows (${items.length})`),
+      el("table", { class: "suppressed" }, el("tbody", {}, items.map((s) => V.suppressedRow(s)))));
+  }
+
   async function init() {
     let assets = [];
     try { assets = (await api("/api/assets?limit=1000")).items; } catch (e) { /* board works without */ }
@@ -149,7 +160,9 @@
           ["acknowledged", "acknowledged"], ["cleared", "cleared (history)"], ["", "all"]])),
       el("table", { id: "alerts" }, el("thead", {}, el("tr", {},
         ["Raised", "Severity", "State", "Site", "Asset / tag", "Kind", "Message", "Acknowledged", ""].map((h) => el("th", {}, h)))), tbody),
-      el("p", {}, more));
+      el("p", {}, more), suppressedBox);
+    loadSuppressed();
+    setInterval(loadSuppressed, 60000);
     try { await reload(); } catch (e) {
       tbody.replaceChildren(el("tr", {}, el("td", { colspan: 9, class: "bad-text" }, e.message)));
     }
