@@ -92,14 +92,18 @@
       el("div", { class: "card", id: "count-" + s }, el("b", {}, by[s] || 0), s)));
   }
 
-  async function reload() {
-    const page = await api("/api/alerts" + qs({ ...query(), limit: 200 }));
+  /** The rows afresh, by id (no duplicates; an alert cleared meanwhile leaves the open view). */
+  async function refetch() {
+    const page = await api("/api/alerts" + qs({ ...query(), limit: 200 }), { quiet: true });
     rows.clear();
     for (const a of page.items) rows.set(String(a.id), a);
     nextCursor = page.next_cursor;
     more.hidden = !nextCursor;
     renderCounts(page.counts);
     render();
+  }
+  async function reload() {
+    await refetch();
     connect();
   }
   async function loadMore() {
@@ -117,15 +121,58 @@
     }, 1000);
   }
 
+  // A 24/7 wall screen: the stream must come back by itself after the console or the database restarts, and
+  // what changed meanwhile must be fetched (the new process's feed starts from its own start). An EventSource
+  // retries by itself after a dropped connection, but gives up for good on an HTTP error (a proxy's 502, the
+  // console's 503 while the database is down): then we retry, with a growing pause. While not live the board
+  // says so in a banner with the time it stopped being live, instead of a stale table looking current.
+  let downSince = null, retryTimer = null, retryDelay = 2000, staleTimer = null;
+  const stale = el("div", { id: "stale", class: "stale-banner", role: "alert", hidden: true });
+  function markDown() {
+    liveDot.classList.remove("on"); liveText.textContent = "reconnecting…";
+    if (downSince) return;
+    downSince = new Date();
+    staleTimer = setTimeout(() => {  // a blip of a second or two is not worth a banner
+      stale.textContent = `NOT LIVE since ${V.fmtZoned(downSince)}: reconnecting; the alerts below may be out of date.`;
+      stale.hidden = false; document.body.classList.add("stale");
+    }, 5000);
+  }
+  async function markUp() {
+    liveDot.classList.add("on"); liveText.textContent = "live";
+    retryDelay = 2000;
+    if (!downSince) return;
+    downSince = null; clearTimeout(staleTimer);
+    try { await refetch(); } catch (e) { markDown(); return; }  // what changed while the stream was away
+    stale.hidden = true; document.body.classList.remove("stale");
+  }
+  async function retry() {
+    retryTimer = null;
+    // 401: the session ended meanwhile (expiry on a wall screen): say so, then the log-in page
+    const r = await fetch("/api/auth/me", { credentials: "same-origin" }).catch(() => null);
+    if (r && r.status === 401) return sessionEnded();
+    connect();
+  }
+  function sessionEnded() {
+    if (source) source.close();
+    stale.textContent = "Session ended: this board is no longer live. Log in again.";
+    stale.hidden = false; document.body.classList.add("stale");
+    setTimeout(() => location.reload(), 1500);
+  }
   function connect() {
     if (source) source.close();
     source = new EventSource("/api/alerts/stream" + qs({ site: filters.site, asset: filters.asset }));
-    source.addEventListener("open", () => { liveDot.classList.add("on"); liveText.textContent = "live"; });
-    source.addEventListener("error", () => { liveDot.classList.remove("on"); liveText.textContent = "reconnecting…"; });
+    source.addEventListener("open", () => markUp());
+    source.addEventListener("error", () => {
+      markDown();
+      if (source.readyState === EventSource.CLOSED && !retryTimer) {  // the browser will not retry: we do
+        retryTimer = setTimeout(retry, retryDelay);
+        retryDelay = Math.min(retryDelay * 2, 30000);
+      }
+    });
     source.addEventListener("reload", () => reload());
     // the session ended (log-out, expiry, user disabled): reconnecting would only get 401 for ever, so reload the
     // page, which sends the browser to the log-in page and back here afterwards
-    source.addEventListener("session-ended", () => { source.close(); location.reload(); });
+    source.addEventListener("session-ended", () => sessionEnded());
     source.addEventListener("alert", (ev) => {
       const a = JSON.parse(ev.data);
       const known = rows.has(String(a.id));
@@ -151,6 +198,7 @@
     const sites = [...new Set(assets.map((a) => a.site).filter(Boolean))].sort();
     main(
       el("h1", {}, "Alert board ", el("small", {}, liveDot, liveText)),
+      stale,
       counts,
       el("div", { class: "row filters" },
         select("site", "Site", [["", "all"], ...sites.map((s) => [s, s])]),

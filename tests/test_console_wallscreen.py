@@ -1,0 +1,63 @@
+"""The live board on a 24/7 control-room screen, in headless Chromium: the console restarts (a proxy answers 503
+meanwhile, as it does while its upstream is down), alerts are raised while it is away; the board must say it is
+not live while it is not, come back by itself without a reload, show what was raised meanwhile, once each."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from console_support import ConsoleServer, fresh_database, insert_alert, seed_plant, seed_users
+from test_console_browser import browser, login  # noqa: F401  (the Chromium fixture and log-in helper)
+
+
+class _Unavailable(BaseHTTPRequestHandler):
+    def do_GET(self):  # http.server calls it by this name
+        self.send_response(503)
+        self.send_header("Content-Type", "text/plain")
+        self.end_headers()
+        self.wfile.write(b"upstream restarting")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def database(pg_admin_dsn):
+    with fresh_database(pg_admin_dsn) as dsn:
+        seed_users(dsn)
+        seed_plant(dsn, hours=1, step_s=60)
+        insert_alert(dsn, "BEFORE", asset="P-101", message="raised before the restart")
+        yield dsn
+
+
+def test_board_recovers_after_a_console_restart_without_reload_or_duplicates(browser, database):  # noqa: F811
+    first = ConsoleServer(database)
+    with first:
+        page = login(browser, first, "engineer")
+        page.wait_for_selector("#live-dot.on", timeout=10000)
+        page.evaluate("window.__notReloaded = true")
+    # The console is away; a proxy in front answers 503 (an EventSource gives up for good on an HTTP error).
+    proxy = ThreadingHTTPServer(("127.0.0.1", first.port), _Unavailable)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        insert_alert(database, "WHILE-AWAY", asset="P-101", message="raised while the console was away")
+        page.wait_for_selector("#stale:not([hidden])", timeout=15000)
+        assert "NOT LIVE since" in page.inner_text("#stale")
+        assert "live" != page.inner_text("#live-text")
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    with ConsoleServer(database, port=first.port) as second:
+        page.wait_for_selector("tr[data-id='WHILE-AWAY']", timeout=40000)
+        page.wait_for_selector("#stale", state="hidden", timeout=10000)
+        assert page.inner_text("#live-text") == "live"
+        insert_alert(database, "AFTER", asset="P-101", message="raised after the restart")
+        page.wait_for_selector("tr[data-id='AFTER']", timeout=10000)
+        ids = page.eval_on_selector_all("#alert-rows tr[data-id]", "rs => rs.map(r => r.dataset.id)")
+        assert sorted(ids) == ["AFTER", "BEFORE", "WHILE-AWAY"], "each alert once"
+        assert page.evaluate("window.__notReloaded") is True, "recovered without a page reload"
+        assert page.errors == []
+        page.context.close()
+        assert second.port == first.port
