@@ -61,3 +61,40 @@ def test_board_recovers_after_a_console_restart_without_reload_or_duplicates(bro
         assert page.errors == []
         page.context.close()
         assert second.port == first.port
+
+
+@pytest.mark.parametrize(("plant_zone", "browser_zone", "shown"), [
+    ("Europe/Helsinki", "UTC", "2026-01-15 12:00:00 +02:00"),  # the plant's zone, whatever the screen is set to
+    ("Europe/Helsinki", "America/New_York", "2026-07-15 13:00:00 +03:00"),  # summer time: its own offset
+    (None, "America/New_York", "2026-01-15 05:00:00 -05:00"),  # none configured: the browser's, with the offset
+])
+def test_times_are_shown_in_the_plant_time_zone_with_the_offset(browser, database, plant_zone,  # noqa: F811
+                                                                 browser_zone, shown):
+    """A control-room PC is often set to UTC: the board showed 10:00:00 for an alert raised at 12:00 plant time,
+    with no offset to tell."""
+    from datetime import datetime
+
+    from console_support import PASSWORD
+
+    raised = datetime.fromisoformat(shown.replace(" +", "+").replace(" -", "-").replace(" ", "T"))
+    insert_alert(database, "ZONED", asset="P-101", message="zoned", raised_at=raised)
+    options = {"time_zone": plant_zone} if plant_zone else {}
+    with ConsoleServer(database, **options) as srv:
+        ctx = browser.new_context(timezone_id=browser_zone)
+        page = ctx.new_page()
+        page.goto(srv.url + "/login?next=/alerts")
+        page.fill("#username", "viewer")
+        page.fill("#password", PASSWORD)
+        page.click("#login")
+        page.wait_for_selector("tr[data-id='ZONED']", timeout=10000)
+        assert page.inner_text("tr[data-id='ZONED'] td:first-child") == shown
+        ctx.close()
+
+
+def test_an_unknown_plant_time_zone_is_refused_at_load():
+    from pydantic import ValidationError
+
+    from console.config import ConsoleConfig
+
+    with pytest.raises(ValidationError, match="IANA time zone"):
+        ConsoleConfig.model_validate({"console": {"time_zone": "Europe/Helsinky"}})
