@@ -98,3 +98,32 @@ def test_an_unknown_plant_time_zone_is_refused_at_load():
 
     with pytest.raises(ValidationError, match="IANA time zone"):
         ConsoleConfig.model_validate({"console": {"time_zone": "Europe/Helsinky"}})
+
+
+def test_a_live_alert_leaves_a_comment_being_typed_in_another_row(browser, database):  # noqa: F811
+    """Each live event rebuilt the whole table: an engineer typing why into an acknowledgement box lost the text
+    (and an open history closed) whenever any other alert arrived, every few seconds in an alert storm."""
+    from console_support import insert_alerts, make_alert
+
+    with ConsoleServer(database) as srv:
+        page = login(browser, srv, "engineer")
+        page.wait_for_selector("#live-dot.on", timeout=10000)
+        box = page.locator("tr[data-id='BEFORE'] .ack-comment")
+        box.fill("valve V-12 closed by hand, checking")
+        page.locator("tr[data-id='BEFORE'] details.hist summary").click()
+        insert_alert(database, "NEWER", asset="F-201", message="a new alert")
+        page.wait_for_selector("tr[data-id='NEWER']", timeout=10000)
+        assert box.input_value() == "valve V-12 closed by hand, checking"
+        assert page.locator("tr[data-id='BEFORE'] details.hist").get_attribute("open") is not None
+        # an alert storm: 300 in one transaction, each shown once, newest first, the comment still there
+        insert_alerts(database, [make_alert(f"STORM-{i:03d}", asset="B-301", message=f"storm {i}") for i in range(300)])
+        page.wait_for_selector("tr[data-id='STORM-299']", timeout=20000)
+        for _ in range(100):  # the storm's rows come in batches (CSP: no wait_for_function, it evaluates a string)
+            if page.locator("#alert-rows tr[data-id]").count() >= 302:
+                break
+            page.wait_for_timeout(200)
+        ids = page.eval_on_selector_all("#alert-rows tr[data-id]", "rs => rs.map(r => r.dataset.id)")
+        assert len(set(ids)) == 302 and ids[-1] == "BEFORE"
+        assert box.input_value() == "valve V-12 closed by hand, checking"
+        assert page.errors == []
+        page.context.close()

@@ -68,7 +68,7 @@
         el("li", {}, timeCell(h.time), ` ${h.action} by ${h.actor}`, h.comment ? ` — “${h.comment}”` : ""))),
       el("pre", {}, JSON.stringify(full.evidence || {}, null, 1)));
     } }, el("summary", {}, "history & evidence"));
-    return el("tr", { "data-id": a.id, "data-state": a.state, class: fresh ? "new" : "" },
+    return el("tr", { "data-id": a.id, "data-state": a.state, "data-raised": a.raised_at, class: fresh ? "new" : "" },
       el("td", {}, timeCell(a.raised_at)),
       el("td", {}, badge(a.severity, "sev-" + a.severity)),
       el("td", {}, badge(a.state, "st-" + a.state)),
@@ -80,10 +80,31 @@
       actions);
   }
 
-  function render(freshId) {
+  const empty = () => el("tr", { id: "no-alerts" }, el("td", { colspan: 9, class: "muted" }, "No alerts match."));
+  function render() {
     const list = [...rows.values()].filter(visible).sort((a, b) => (a.raised_at < b.raised_at ? 1 : -1));
-    tbody.replaceChildren(...list.map((a) => row(a, a.id === freshId)));
-    if (!list.length) tbody.append(el("tr", {}, el("td", { colspan: 9, class: "muted" }, "No alerts match.")));
+    tbody.replaceChildren(...list.map((a) => row(a, false)));
+    if (!list.length) tbody.append(empty());
+  }
+  /** One alert changed (live event): only its row is replaced or inserted in place. Rebuilding the whole table
+   * per event wiped a comment being typed into another row's acknowledgement box and closed open histories,
+   * and cost a full re-render of every loaded row per event in an alert storm. */
+  function upsert(a, fresh) {
+    const id = String(a.id);
+    const old = [...tbody.children].find((tr) => tr.dataset.id === id);
+    if (!visible(a)) { if (old) old.remove(); }
+    else {
+      const tr = row(a, fresh);
+      const typed = old?.querySelector(".ack-comment")?.value, input = tr.querySelector(".ack-comment");
+      if (typed && input) input.value = typed;  // the same alert changed (e.g. escalated): keep the comment
+      if (old) old.replaceWith(tr);
+      else {
+        const after = [...tbody.children].find((x) => x.dataset.raised && x.dataset.raised < a.raised_at);
+        tbody.insertBefore(tr, after || null);
+      }
+    }
+    document.getElementById("no-alerts")?.remove();
+    if (!tbody.querySelector("tr[data-id]")) tbody.append(empty());
   }
   function renderCounts(c) {
     const by = {};
@@ -177,7 +198,7 @@
       const a = JSON.parse(ev.data);
       const known = rows.has(String(a.id));
       rows.set(String(a.id), a);
-      render(known ? null : String(a.id));
+      upsert(a, !known);
       if (!known && visible(a)) toast(`New ${a.severity} alert on ${a.asset}: ${a.message || a.kind}`);
       refreshCounts();
     });
