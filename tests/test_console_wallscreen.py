@@ -74,21 +74,14 @@ def test_times_are_shown_in_the_plant_time_zone_with_the_offset(browser, databas
     with no offset to tell."""
     from datetime import datetime
 
-    from console_support import PASSWORD
-
     raised = datetime.fromisoformat(shown.replace(" +", "+").replace(" -", "-").replace(" ", "T"))
     insert_alert(database, "ZONED", asset="P-101", message="zoned", raised_at=raised)
     options = {"time_zone": plant_zone} if plant_zone else {}
     with ConsoleServer(database, **options) as srv:
-        ctx = browser.new_context(timezone_id=browser_zone)
-        page = ctx.new_page()
-        page.goto(srv.url + "/login?next=/alerts")
-        page.fill("#username", "viewer")
-        page.fill("#password", PASSWORD)
-        page.click("#login")
+        page = login(browser, srv, "viewer", timezone_id=browser_zone)
         page.wait_for_selector("tr[data-id='ZONED']", timeout=10000)
         assert page.inner_text("tr[data-id='ZONED'] td:first-child") == shown
-        ctx.close()
+        page.context.close()
 
 
 def test_an_unknown_plant_time_zone_is_refused_at_load():
