@@ -120,3 +120,24 @@ def test_a_live_alert_leaves_a_comment_being_typed_in_another_row(browser, datab
         assert box.input_value() == "valve V-12 closed by hand, checking"
         assert page.errors == []
         page.context.close()
+
+
+def test_board_recovers_after_the_database_drops_its_connections(browser, database):  # noqa: F811
+    """A database restart as the console sees it: every connection of the console (pool, LISTEN) is cut."""
+    import psycopg
+
+    with ConsoleServer(database) as srv:
+        page = login(browser, srv, "engineer")
+        page.wait_for_selector("#live-dot.on", timeout=10000)
+        page.evaluate("window.__notReloaded = true")
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                         "AND pid <> pg_backend_pid()")
+        insert_alert(database, "AFTER-DB-CUT", asset="P-101", message="raised after the database cut")
+        page.wait_for_selector("tr[data-id='AFTER-DB-CUT']", timeout=30000)
+        insert_alert(database, "LATER", asset="P-101", message="live again")
+        page.wait_for_selector("tr[data-id='LATER']", timeout=15000)
+        ids = page.eval_on_selector_all("#alert-rows tr[data-id]", "rs => rs.map(r => r.dataset.id)")
+        assert sorted(ids) == ["AFTER-DB-CUT", "BEFORE", "LATER"]
+        assert page.evaluate("window.__notReloaded") is True
+        page.context.close()
