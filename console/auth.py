@@ -15,7 +15,7 @@ import hmac
 import math
 import time
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address
 
 from fastapi import Depends, Request
 
@@ -96,6 +96,17 @@ def client_address(request: Request) -> str:
         if not _trusted(request, client):
             break
     return str(client)
+
+
+def login_client_key(request: Request) -> str:
+    """What the log-in limit counts a client by: an IPv4 address, or the /64 network of an IPv6 one. An IPv6
+    host is usually given a whole /64 (SLAAC, privacy addresses) and can take a new address per attempt, so
+    counting full IPv6 addresses let one client make the per-client limit's number of attempts from each."""
+    client = client_address(request)
+    addr = _address(client)
+    if isinstance(addr, IPv6Address):
+        return str(IPv6Network((addr, 64), strict=False))
+    return client
 
 
 def is_tls(request: Request) -> bool:
@@ -249,13 +260,14 @@ def require(permission: str):
 async def claim_attempt(request: Request, username: str) -> float | None:
     """Count a log-in attempt against the limit before its password is checked: seconds to wait when too many
     attempts failed recently for this user name or client (nothing recorded then), else None with the attempt
-    recorded as a failure, which a successful log-in deletes (`_start_session`).
+    recorded as a failure, which a successful log-in deletes (`_start_session`). The client is
+    `login_client_key` (an IPv6 client by its /64), stored in ``client`` so the (client, time) index serves.
 
     Check and record are one transaction under advisory locks on the user name and the client, so concurrent
     attempts queue here and at most ``login_failures_max`` password checks happen per window, per user name
     and per client. The user-name lock is always taken first, so two attempts cannot wait for each other."""
     cfg = request.app.state.config.console
-    key = {"u": username.lower(), "c": client_address(request), "w": cfg.login_window_s}
+    key = {"u": username.lower(), "c": login_client_key(request), "w": cfg.login_window_s}
     async with request.app.state.db.conn() as conn, conn.transaction(), conn.cursor() as cur:
         await cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_USER, key["u"]))
         await cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLIENT, key["c"]))

@@ -14,6 +14,7 @@ import tomllib
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, field_validator
 
@@ -63,6 +64,19 @@ class Console(Strict):
     default_points: int = Field(1000, ge=10, le=100_000)
     # Emission/compliance reports are linked from the emissions page when present here.
     reports_dir: Annotated[Path, PATH] | None = None
+    # The plant's IANA time zone: the pages show times in it, with the UTC offset, whatever zone the browser of
+    # a control-room screen is set to (often UTC). None: the browser's zone (still with the offset).
+    time_zone: str | None = None
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        if v:
+            try:
+                ZoneInfo(v)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"{v!r} is not an IANA time zone (e.g. Europe/Helsinki)") from None
+        return v or None
 
     @field_validator("listen")
     @classmethod

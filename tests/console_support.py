@@ -46,12 +46,12 @@ def fresh_database(pg_dsn: str, prefix: str = "console"):
 class ConsoleServer:
     """The console app under uvicorn in a thread, on 127.0.0.1 and a free port."""
 
-    def __init__(self, dsn: str, **console: object):
+    def __init__(self, dsn: str, *, port: int | None = None, **console: object):
         import uvicorn
 
         from console.app import create_app
 
-        self.port = free_port()
+        self.port = port or free_port()  # a given port: the console restarted where its pages are open
         params = conninfo_to_dict(dsn)
         host, port = params.get("host", "127.0.0.1"), params.get("port", 5432)
         url = f"postgresql://{params.get('user', 'postgres')}@{host}:{port}/{params['dbname']}"

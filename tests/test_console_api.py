@@ -311,6 +311,29 @@ def test_concurrent_wrong_passwords_get_at_most_the_limit_of_checks(server, no_l
     assert sorted(codes) == [401] * 3 + [429] * 17
 
 
+def test_ipv6_clients_are_counted_per_64_ipv4_per_address(server, no_login_failures):
+    """An IPv6 host holds a whole /64 and can use a new address for each attempt: each full address was its own
+    client, so 20 addresses of one /64 got 20 password checks. Now the /64 is the client (IPv4: the address)."""
+    import psycopg
+
+    codes = _burst(server, [(f"nobody{i}", "wrong", f"2001:db8:1:2:{i:x}:{i * 7:x}::{i + 1:x}") for i in range(20)])
+    assert sorted(codes) == [401] * 3 + [429] * 17
+    with psycopg.connect(server.dsn) as conn:
+        clients = {c for (c,) in conn.execute("SELECT client FROM console_login_failures")}
+        assert clients == {"2001:db8:1:2::/64"}
+        # The count is one indexed equality on the stored key, not a scan over addresses.
+        conn.execute("SET enable_seqscan = off")
+        plan = " ".join(r[0] for r in conn.execute(
+            "EXPLAIN SELECT count(*) FROM console_login_failures WHERE client = '2001:db8:1:2::/64' "
+            "AND time > now() - interval '60 s'"))
+        assert "console_login_failures_client" in plan
+    # Another /64 of the same /48 is another client; the per-user-name limit still holds on its own.
+    assert _burst(server, [("nobody99", "wrong", "2001:db8:1:3::1")]) == [401]
+    assert _burst(server, [("engineer", f"wrong-{i}", f"2001:db8:{i + 10:x}::1") for i in range(4)]).count(429) == 1
+    # IPv4 neighbours are separate clients (a NAT'd plant network is one address, not a /24).
+    assert _burst(server, [(f"v4-{i}", "wrong", f"198.51.100.{i + 100}") for i in range(4)]) == [401] * 4
+
+
 def test_right_password_within_the_limit_logs_in_during_a_burst(server, no_login_failures):
     codes = _burst(server, [("maintenance", "wrong-1", "198.51.100.77"), ("maintenance", PASSWORD, "198.51.100.77"),
                             ("maintenance", "wrong-2", "198.51.100.77")])

@@ -79,8 +79,8 @@ def browser():
         b.close()
 
 
-def login(browser, server, user: str):
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+def login(browser, server, user: str, timezone_id: str | None = None):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, timezone_id=timezone_id)
     page = ctx.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))

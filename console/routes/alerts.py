@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from console import alerts, audit
+from console import alerts, audit, suppressed
 from console.auth import Principal, StillValid, client_address, require
 from console.jsonresp import FastJSON
 from console.params import time_range
@@ -112,6 +112,15 @@ async def stream(request: Request, f: Filters = Depends(filters), p: Principal =
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+@router.get("/suppressed")
+async def list_suppressed(request: Request, asset: list[str] | None = Query(None),
+                          _: Principal = Depends(require("read"))):
+    """Conditions a current maintenance window hides (no alert is raised for them): asset, tag, kind, severity,
+    message, when first seen in the window, and the window (id, reason, ``ends_at``, the zone it was planned in).
+    Read-only; ``?asset=`` repeatable."""
+    return {"items": await suppressed.current(request.app.state.db, asset)}
 
 
 @router.get("/{alert_id}")

@@ -35,20 +35,21 @@ NAV = [("alerts", "/alerts", "Alerts"), ("assets", "/assets", "Assets"),
        ("models", "/models", "Models"), ("gateways", "/gateways", "Gateways"), ("admin", "/admin", "Admin")]
 
 
-def _render(title: str, script: str, nav_key: str, principal) -> str:
+def _render(title: str, script: str, nav_key: str, principal, time_zone: str | None = None) -> str:
     nav = "".join(f'<a href="{href}"{" class=active aria-current=page" if key == nav_key else ""}>{label}</a>'
                   for key, href, label in NAV if key != "admin" or principal.role == "admin")
     return ((STATIC / "shell.html").read_text()
             .replace("{{title}}", html.escape(title)).replace("{{nav}}", nav)
             .replace("{{user}}", html.escape(principal.name)).replace("{{role}}", html.escape(principal.role))
-            .replace("{{csrf}}", html.escape(principal.csrf or "")).replace("{{script}}", script))
+            .replace("{{csrf}}", html.escape(principal.csrf or "")).replace("{{script}}", script)
+            .replace("{{time_zone}}", html.escape(time_zone or "")))
 
 
 async def _page(request: Request, title: str, script: str, nav_key: str):
     principal = await optional_principal(request)
     if principal is None or principal.kind != "user":
         return RedirectResponse("/login?next=" + quote(request.url.path), status_code=303)
-    return HTMLResponse(_render(title, script, nav_key, principal))
+    return HTMLResponse(_render(title, script, nav_key, principal, request.app.state.config.console.time_zone))
 
 
 def _make(path: str, title: str, script: str, nav_key: str):

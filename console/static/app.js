@@ -63,12 +63,40 @@ const V = (() => {
     return s ? "?" + s : "";
   }
 
-  const pad = (n) => String(n).padStart(2, "0");
-  /** Local time, unambiguous: 2024-05-01 14:03:07 (the tooltip shows the ISO-8601 UTC time). */
+  // The plant's zone (console.time_zone), else the browser's: a wall screen set to UTC shows plant time.
+  const plantZone = document.querySelector('meta[name="time-zone"]')?.content || undefined;
+  /** A time in the IANA zone ``tz`` with its UTC offset, to the minute (``seconds``: to the second). */
+  function zoned(d, tz, seconds) {
+    const parts = Object.fromEntries(new Intl.DateTimeFormat("en-GB", { timeZone: tz, year: "numeric",
+      month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: seconds ? "2-digit" : undefined,
+      hourCycle: "h23", timeZoneName: "longOffset" }).formatToParts(d).map((x) => [x.type, x.value]));
+    const off = parts.timeZoneName === "GMT" ? "+00:00" : parts.timeZoneName.replace("GMT", "");
+    return { text: `${parts.year}-${parts.month}-${parts.day} ${parts.hour}:${parts.minute}${seconds ? ":" + parts.second : ""}`, off };
+  }
+  /** Plant time, unambiguous: 2024-05-01 14:03:07 +03:00 (the tooltip shows the ISO-8601 UTC time). */
   function fmtTime(t) {
     if (!t) return "";
+    const z = zoned(t instanceof Date ? t : new Date(t), plantZone, true);
+    return `${z.text} ${z.off}`;
+  }
+  /** A time in the IANA zone ``tz`` (else the plant's) with its offset: 2026-12-07 06:00 (UTC+02:00 Europe/Helsinki). */
+  function fmtZoned(t, tz) {
+    if (!t) return "";
     const d = t instanceof Date ? t : new Date(t);
-    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+    let z;
+    try { z = zoned(d, tz || plantZone); } catch (e) { z = zoned(d, plantZone); tz = plantZone; }  // unknown zone
+    return `${z.text} (UTC${z.off}${tz || plantZone ? " " + (tz || plantZone) : ""})`;
+  }
+  /** One condition hidden by a maintenance window: "P-102 · tag: message — suppressed by window #12 until …". */
+  function suppressedRow(s) {
+    const w = s.window;
+    return el("tr", { "data-asset": s.asset, "data-window": w.id },
+      el("td", {}, badge(s.severity || "", "sev-" + (s.severity || "info"))),
+      el("td", {}, el("a", { href: "/assets/" + encodeURIComponent(s.asset) }, s.asset), s.tag ? [el("br"), el("small", {}, s.tag)] : ""),
+      el("td", { class: "msg" }, s.message || s.kind),
+      el("td", {}, `suppressed by `, el("a", { href: "/maintenance" }, `window #${w.id}`),
+        ` until ${fmtZoned(w.ends_at, w.time_zone)}`, el("br"), el("small", {}, w.reason || ""),
+        el("br"), el("small", { class: "muted" }, "first seen ", fmtZoned(s.seen_at, w.time_zone))));
   }
   function timeCell(t) { return el("time", { datetime: t || "", title: t || "" }, fmtTime(t)); }
   function fmtNum(v) {
@@ -91,5 +119,5 @@ const V = (() => {
       el("tbody", {}, rows));
   }
 
-  return { el, api, qs, toast, fmtTime, fmtNum, timeCell, badge, main, can, role, csrf, table };
+  return { el, api, qs, toast, fmtTime, fmtZoned, suppressedRow, fmtNum, timeCell, badge, main, can, role, csrf, table };
 })();

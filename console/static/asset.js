@@ -190,10 +190,20 @@
       " ", el("a", { href: "/maintenance" }, "windows"));
   }
 
+  /** Conditions of the asset a current maintenance window hides (read-only). */
+  async function suppressedNote() {
+    let items = [];
+    try { items = (await api("/api/alerts/suppressed" + qs({ asset: name }), { quiet: true })).items; }
+    catch (e) { return ""; }
+    if (!items.length) return "";
+    return el("section", { class: "card", id: "asset-suppressed" }, el("strong", {}, "Suppressed by maintenance windows"),
+      el("table", { class: "suppressed" }, el("tbody", {}, items.map((s) => V.suppressedRow(s)))));
+  }
+
   async function init() {
     asset = await api(`/api/assets/${encodeURIComponent(name)}`);
     main(el("h1", {}, `${asset.name} `, el("small", {}, [asset.site, asset.kind].filter(Boolean).join(" · "))),
-      asset.description ? el("p", {}, asset.description) : "", await windowsNote(), header, presets, trends, derivedBox, preds, alertsBox, reviews);
+      asset.description ? el("p", {}, asset.description) : "", await windowsNote(), await suppressedNote(), header, presets, trends, derivedBox, preds, alertsBox, reviews);
     await drawAll();
   }
   init();

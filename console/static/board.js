@@ -15,6 +15,8 @@
   const counts = el("div", { class: "counts", id: "counts" });
   const liveDot = el("span", { class: "live-dot", id: "live-dot", title: "live feed" });
   const liveText = el("span", { id: "live-text" }, "connecting…");
+  // Conditions a current maintenance window hides (no alert is raised for them): read-only, refreshed each minute.
+  const suppressedBox = el("section", { id: "suppressed", hidden: true });
 
   function stateParam() {
     return filters.state === "open" ? ["raised", "acknowledged"] : filters.state || undefined;
@@ -66,7 +68,7 @@
         el("li", {}, timeCell(h.time), ` ${h.action} by ${h.actor}`, h.comment ? ` — “${h.comment}”` : ""))),
       el("pre", {}, JSON.stringify(full.evidence || {}, null, 1)));
     } }, el("summary", {}, "history & evidence"));
-    return el("tr", { "data-id": a.id, "data-state": a.state, class: fresh ? "new" : "" },
+    return el("tr", { "data-id": a.id, "data-state": a.state, "data-raised": a.raised_at, class: fresh ? "new" : "" },
       el("td", {}, timeCell(a.raised_at)),
       el("td", {}, badge(a.severity, "sev-" + a.severity)),
       el("td", {}, badge(a.state, "st-" + a.state)),
@@ -78,10 +80,31 @@
       actions);
   }
 
-  function render(freshId) {
+  const empty = () => el("tr", { id: "no-alerts" }, el("td", { colspan: 9, class: "muted" }, "No alerts match."));
+  function render() {
     const list = [...rows.values()].filter(visible).sort((a, b) => (a.raised_at < b.raised_at ? 1 : -1));
-    tbody.replaceChildren(...list.map((a) => row(a, a.id === freshId)));
-    if (!list.length) tbody.append(el("tr", {}, el("td", { colspan: 9, class: "muted" }, "No alerts match.")));
+    tbody.replaceChildren(...list.map((a) => row(a, false)));
+    if (!list.length) tbody.append(empty());
+  }
+  /** One alert changed (live event): only its row is replaced or inserted in place. Rebuilding the whole table
+   * per event wiped a comment being typed into another row's acknowledgement box and closed open histories,
+   * and cost a full re-render of every loaded row per event in an alert storm. */
+  function upsert(a, fresh) {
+    const id = String(a.id);
+    const old = [...tbody.children].find((tr) => tr.dataset.id === id);
+    if (!visible(a)) { if (old) old.remove(); }
+    else {
+      const tr = row(a, fresh);
+      const typed = old?.querySelector(".ack-comment")?.value, input = tr.querySelector(".ack-comment");
+      if (typed && input) input.value = typed;  // the same alert changed (e.g. escalated): keep the comment
+      if (old) old.replaceWith(tr);
+      else {
+        const after = [...tbody.children].find((x) => x.dataset.raised && x.dataset.raised < a.raised_at);
+        tbody.insertBefore(tr, after || null);
+      }
+    }
+    document.getElementById("no-alerts")?.remove();
+    if (!tbody.querySelector("tr[data-id]")) tbody.append(empty());
   }
   function renderCounts(c) {
     const by = {};
@@ -90,14 +113,18 @@
       el("div", { class: "card", id: "count-" + s }, el("b", {}, by[s] || 0), s)));
   }
 
-  async function reload() {
-    const page = await api("/api/alerts" + qs({ ...query(), limit: 200 }));
+  /** The rows afresh, by id (no duplicates; an alert cleared meanwhile leaves the open view). */
+  async function refetch() {
+    const page = await api("/api/alerts" + qs({ ...query(), limit: 200 }), { quiet: true });
     rows.clear();
     for (const a of page.items) rows.set(String(a.id), a);
     nextCursor = page.next_cursor;
     more.hidden = !nextCursor;
     renderCounts(page.counts);
     render();
+  }
+  async function reload() {
+    await refetch();
     connect();
   }
   async function loadMore() {
@@ -115,23 +142,75 @@
     }, 1000);
   }
 
+  // A 24/7 wall screen: the stream must come back by itself after the console or the database restarts, and
+  // what changed meanwhile must be fetched (the new process's feed starts from its own start). An EventSource
+  // retries by itself after a dropped connection, but gives up for good on an HTTP error (a proxy's 502, the
+  // console's 503 while the database is down): then we retry, with a growing pause. While not live the board
+  // says so in a banner with the time it stopped being live, instead of a stale table looking current.
+  let downSince = null, retryTimer = null, retryDelay = 2000, staleTimer = null;
+  const stale = el("div", { id: "stale", class: "stale-banner", role: "alert", hidden: true });
+  function markDown() {
+    liveDot.classList.remove("on"); liveText.textContent = "reconnecting…";
+    if (downSince) return;
+    downSince = new Date();
+    staleTimer = setTimeout(() => {  // a blip of a second or two is not worth a banner
+      stale.textContent = `NOT LIVE since ${V.fmtZoned(downSince)}: reconnecting; the alerts below may be out of date.`;
+      stale.hidden = false; document.body.classList.add("stale");
+    }, 5000);
+  }
+  async function markUp() {
+    liveDot.classList.add("on"); liveText.textContent = "live";
+    retryDelay = 2000;
+    if (!downSince) return;
+    downSince = null; clearTimeout(staleTimer);
+    try { await refetch(); } catch (e) { markDown(); return; }  // what changed while the stream was away
+    stale.hidden = true; document.body.classList.remove("stale");
+  }
+  async function retry() {
+    retryTimer = null;
+    // 401: the session ended meanwhile (expiry on a wall screen): say so, then the log-in page
+    const r = await fetch("/api/auth/me", { credentials: "same-origin" }).catch(() => null);
+    if (r && r.status === 401) return sessionEnded();
+    connect();
+  }
+  function sessionEnded() {
+    if (source) source.close();
+    stale.textContent = "Session ended: this board is no longer live. Log in again.";
+    stale.hidden = false; document.body.classList.add("stale");
+    setTimeout(() => location.reload(), 1500);
+  }
   function connect() {
     if (source) source.close();
     source = new EventSource("/api/alerts/stream" + qs({ site: filters.site, asset: filters.asset }));
-    source.addEventListener("open", () => { liveDot.classList.add("on"); liveText.textContent = "live"; });
-    source.addEventListener("error", () => { liveDot.classList.remove("on"); liveText.textContent = "reconnecting…"; });
+    source.addEventListener("open", () => markUp());
+    source.addEventListener("error", () => {
+      markDown();
+      if (source.readyState === EventSource.CLOSED && !retryTimer) {  // the browser will not retry: we do
+        retryTimer = setTimeout(retry, retryDelay);
+        retryDelay = Math.min(retryDelay * 2, 30000);
+      }
+    });
     source.addEventListener("reload", () => reload());
     // the session ended (log-out, expiry, user disabled): reconnecting would only get 401 for ever, so reload the
     // page, which sends the browser to the log-in page and back here afterwards
-    source.addEventListener("session-ended", () => { source.close(); location.reload(); });
+    source.addEventListener("session-ended", () => sessionEnded());
     source.addEventListener("alert", (ev) => {
       const a = JSON.parse(ev.data);
       const known = rows.has(String(a.id));
       rows.set(String(a.id), a);
-      render(known ? null : String(a.id));
+      upsert(a, !known);
       if (!known && visible(a)) toast(`New ${a.severity} alert on ${a.asset}: ${a.message || a.kind}`);
       refreshCounts();
     });
+  }
+
+  async function loadSuppressed() {
+    let items = [];
+    try { items = (await api("/api/alerts/suppressed" + qs({ asset: filters.asset }), { quiet: true })).items; }
+    catch (e) { return; }
+    suppressedBox.hidden = !items.length;
+    suppressedBox.replaceChildren(el("h2", {}, `Suppressed by maintenance windows (${items.length})`),
+      el("table", { class: "suppressed" }, el("tbody", {}, items.map((s) => V.suppressedRow(s)))));
   }
 
   async function init() {
@@ -140,6 +219,7 @@
     const sites = [...new Set(assets.map((a) => a.site).filter(Boolean))].sort();
     main(
       el("h1", {}, "Alert board ", el("small", {}, liveDot, liveText)),
+      stale,
       counts,
       el("div", { class: "row filters" },
         select("site", "Site", [["", "all"], ...sites.map((s) => [s, s])]),
@@ -149,7 +229,9 @@
           ["acknowledged", "acknowledged"], ["cleared", "cleared (history)"], ["", "all"]])),
       el("table", { id: "alerts" }, el("thead", {}, el("tr", {},
         ["Raised", "Severity", "State", "Site", "Asset / tag", "Kind", "Message", "Acknowledged", ""].map((h) => el("th", {}, h)))), tbody),
-      el("p", {}, more));
+      el("p", {}, more), suppressedBox);
+    loadSuppressed();
+    setInterval(loadSuppressed, 60000);
     try { await reload(); } catch (e) {
       tbody.replaceChildren(el("tr", {}, el("td", { colspan: 9, class: "bad-text" }, e.message)));
     }
