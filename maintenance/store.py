@@ -103,9 +103,12 @@ async def apply_changes(conn: psycopg.AsyncConnection, changes: Iterable[AlertCh
                      "level": ch.escalation_level, "escalated_at": ch.escalated_at or ch.last_seen, "id": a.id,
                      "key": ch.key, "order": list(SEVERITIES)})
             elif ch.event == "cleared":
+                # Like an update, the clear never lowers the count: the row may hold occurrences this gateway's
+                # in-memory alert never saw (another writer's, a start without the database).
                 await cur.execute(
                     "UPDATE alerts SET cleared_at = %s, cleared_by = 'system', state = 'cleared',"
-                    " occurrences = %s, updated_at = now() WHERE cleared_at IS NULL AND (id = %s OR dedup_key = %s)",
+                    " occurrences = greatest(occurrences, %s), updated_at = now()"
+                    " WHERE cleared_at IS NULL AND (id = %s OR dedup_key = %s)",
                     (a.cleared_at, ch.occurrences, a.id, ch.key))
             else:
                 raise ValueError(f"unknown alert change {ch.event!r}")

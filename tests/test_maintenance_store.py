@@ -528,3 +528,24 @@ async def test_an_open_alert_never_falls_in_severity_or_level_through_another_al
         await store.apply_changes(conn, changes)
         (row,) = await _all(conn)
         assert (row["severity"], row["escalation_level"], row["escalated_at"]) == ("critical", 2, at(1200))
+
+
+async def test_the_gateways_clear_never_lowers_the_occurrences_of_the_alert(pg_dsn):
+    """The ``cleared`` of a gateway whose in-memory alert had absorbed fewer flaps than the row (another writer's
+    occurrences, a gateway restarted without the database) wrote its own lower count over the row's: the history the
+    crew and the review read said the bearing had come back twice when it had come back twenty times."""
+    _migrate(pg_dsn)
+    a = AlertManager(AlertPolicy(clear_after_s=5, escalate_after_s=None))
+    b = AlertManager(AlertPolicy(clear_after_s=5, escalate_after_s=None))
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        changes = []
+        for s in range(40):  # 20 flaps on gateway a
+            changes += a.observe(asset="K4", tag=None, kind="anomaly", active=s % 2 == 0, t=at(s))
+        await store.apply_changes(conn, changes)
+        (row,) = await _all(conn)
+        assert row["occurrences"] == 20
+        await store.apply_changes(conn, b.observe(asset="K4", tag=None, kind="anomaly", active=True, t=at(50))
+                                  + b.observe(asset="K4", tag=None, kind="anomaly", active=False, t=at(51))
+                                  + b.observe(asset="K4", tag=None, kind="anomaly", active=False, t=at(60)))
+        (row,) = await _all(conn)
+        assert row["cleared_at"] == at(60) and row["occurrences"] >= 20
