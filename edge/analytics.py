@@ -399,6 +399,9 @@ class Analytics:
         stored = await store.open_alerts(conn)
         if not self._synced:
             self.manager.load(stored)
+            # Alerts cleared just before the restart re-open, as they would have without it (reopen_within_s).
+            self.manager.load_recent(await store.recently_cleared(conn, self.manager.policy.reopen_within_s,
+                                                                  self.latest or utcnow()))
             self._synced = True
         by_id = {a.id: (a, level, escalated_at) for a, _, _, level, escalated_at in stored}
         # An open alert of the manager missing from the stored open ones is either cleared in the console or not

@@ -76,7 +76,7 @@ def test_escalation_until_acknowledged():
 
 
 def test_threshold_rule_with_deadband():
-    m = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None))
+    m = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None, reopen_within_s=0))
     rule = RuleConfig(name="hot", tag="P-101.bearing_temp", kind="threshold", high=90, deadband=2)
     eng = RuleEngine([rule], m)
     events = []
