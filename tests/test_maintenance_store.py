@@ -637,3 +637,26 @@ async def test_a_reopened_alert_escalates_from_its_return_not_from_when_it_was_f
         m2.load(await store.open_alerts(conn))
         assert m2.tick(at(3100)) == []
         assert [c.event for c in m2.tick(at(3600))] == ["escalated"]
+
+
+async def test_alert_precision_reads_the_review_of_the_prediction_that_raised_the_alert(pg_dsn):
+    """A flap replaces the row's evidence: precision matched the alert to the prediction of its latest return, so a
+    reviewer's "right" on the prediction that raised it (the one the crew was paged for) counted as the verdict of
+    another prediction, here "wrong". The raising evidence is in the ``raised`` event (m0201)."""
+    _migrate(pg_dsn)
+    preds = [Prediction("anomaly:P-101", "abc123", "P-101", at(s), 14.2, p_value=0.003, kind="anomaly") for s in (0, 5)]
+    m = AlertManager(AlertPolicy(clear_after_s=60, escalate_after_s=None))
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await store.write_predictions(conn, preds)
+        changes = []
+        for s, active in ((0, True), (3, False), (5, True)):  # raised by the first, a flap brings the second
+            ev = {"prediction": {"model_id": "anomaly:P-101", "model_version": "abc123", "time": at(s)}}
+            changes += m.observe(asset="P-101", tag=None, kind="anomaly", active=active, t=at(s), evidence=ev)
+        assert [c.event for c in changes] == ["raised", "updated"]
+        await store.apply_changes(conn, changes)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        ids = {r["time"]: r["id"] for r in review.list_predictions(conn, "P-101")}
+        review.review_prediction(conn, ids[at(0)], "right", "bearing pitted", "anna")
+        review.review_prediction(conn, ids[at(5)], "wrong", "", "bob")
+        (row,) = review.alert_precision(conn)
+        assert (row["right"], row["wrong"]) == (1, 0)
