@@ -397,7 +397,12 @@ class Analytics:
         if not (await cur.fetchone())[0]:
             return
         stored = await store.open_alerts(conn)
-        if not self._synced:
+        first, known = not self._synced, {}
+        if first:
+            from maintenance import alert_state
+
+            # What the receivers last heard of, before the database's state replaces the manager's.
+            known = alert_state.last_known(self.state_dir / alert_state.STATE_FILE)
             self.manager.load(stored)
             # Alerts cleared just before the restart re-open, as they would have without it (reopen_within_s).
             self.manager.load_recent(await store.recently_cleared(conn, self.manager.policy.reopen_within_s,
@@ -447,8 +452,39 @@ class Analytics:
                 by_person.append(AlertChange("acknowledged", o.alert, dedup_key(o.alert.asset, o.alert.tag,
                                                                                  o.alert.kind), o.occurrences,
                                              o.last_seen, o.escalation_level, detail={"by": db.acknowledged_by}))
+        if known:
+            by_person += await self._done_while_down(conn, known, by_id, set(missing))
         self.manager.windows = await store.windows(conn, utcnow() - timedelta(days=1))
         await self.notifications.queue(by_person)
+
+    async def _done_while_down(self, conn: psycopg.AsyncConnection, known: dict, by_id: dict,
+                               handled: set[str]) -> list:
+        """At the first sync: the acknowledgements and clears made in the console while this gateway was stopped,
+        against the open alerts it last knew (``known``, `maintenance.alert_state.last_known`). The database's
+        state was loaded as it is, so the comparison in `sync_once` never saw them: the pager that got "raised"
+        kept the incident open for an alert acknowledged or cleared at 3 a.m. while the gateway was restarting.
+        ``handled``: the alerts `sync_once` notified already (restored from the file into the manager)."""
+        from maintenance import store
+        from maintenance.alerts import AlertChange, dedup_key
+
+        out: list = []
+        gone = [i for i in known if i not in by_id and i not in handled]
+        cleared = await store.cleared_ids(conn, gone) if gone else {}
+        for alert_id, (a, n, seen, level, _) in known.items():
+            key = dedup_key(a.asset, a.tag, a.kind)
+            o = self.manager.open.get(key)
+            if alert_id in by_id and a.acknowledged_at is None and o is not None and o.alert.id == alert_id \
+                    and o.alert.acknowledged_at is not None:
+                out.append(AlertChange("acknowledged", o.alert, key, o.occurrences, o.last_seen,
+                                       o.escalation_level, detail={"by": o.alert.acknowledged_by}))
+            elif alert_id in cleared and cleared[alert_id][1] != "system":  # "system": another gateway's clear
+                cleared_at, who = cleared[alert_id]
+                out.append(AlertChange("cleared", dataclasses.replace(a, cleared_at=cleared_at), key, n, seen,
+                                       level, detail={"by": who}))
+        if out:
+            log.info("%d acknowledgement(s) and clear(s) made in the console while the gateway was stopped are "
+                     "notified", len(out), extra={"event": "notify_missed_console"})
+        return out
 
     def status(self) -> dict:
         # processed / dropped count readings of the analytics tags (``tags``), the only ones handed over.

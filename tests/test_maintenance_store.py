@@ -660,3 +660,46 @@ async def test_alert_precision_reads_the_review_of_the_prediction_that_raised_th
         review.review_prediction(conn, ids[at(5)], "wrong", "", "bob")
         (row,) = review.alert_precision(conn)
         assert (row["right"], row["wrong"]) == (1, 0)
+
+
+async def test_acknowledgements_and_clears_made_while_the_gateway_was_stopped_are_notified_at_its_start(
+        pg_dsn, tmp_path):
+    """The console acknowledged one alert and cleared another while the gateway was stopped (an upgrade, a power cut
+    of the gateway's cabinet): the restarted gateway loaded the database's state as it was, compared nothing, and the
+    pager that got "raised" kept both incidents open. Now the first sync compares with the open alerts the gateway
+    last knew (its alert state file) and notifies both, once."""
+    from edge.analytics import Analytics
+    from edge.metrics import Metrics
+    from edge.settings import SiteConfig
+
+    _migrate(pg_dsn)
+
+    async def emit(batch):
+        pass
+
+    site = SiteConfig(site={"state_dir": tmp_path},
+                      rules=[{"name": f"hi{i}", "tag": f"P{i}.p", "kind": "threshold", "high": 10.0} for i in (1, 2, 3)])
+    before = Analytics(site, Metrics(), emit, pg_dsn)
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        changes = [c for i in (1, 2, 3) for c in before.manager.observe(asset=f"P{i}", tag=f"P{i}.p", kind="rule:hi",
+                                                                         active=True, t=at(0))]
+        await store.apply_changes(conn, changes)
+        await before.sync_once(conn)
+        before._save_alert_state()  # at its stop
+        p1, p2, _ = (c.alert.id for c in changes)
+        # The gateway is stopped: the night shift acknowledges P1 and clears P2 in the console.
+        assert await store.acknowledge(conn, p1, "anna", "on my way", at(100))
+        assert await store.clear(conn, p2, "anna", at(200))
+        after = Analytics(site, Metrics(), emit, pg_dsn)
+        queued: list = []
+
+        async def queue(changes):
+            queued.extend(changes)
+
+        after.notifications.queue = queue
+        await after.sync_once(conn)
+        assert sorted((c.event, c.alert.asset, c.detail.get("by")) for c in queued) == [
+            ("acknowledged", "P1", "anna"), ("cleared", "P2", "anna")]
+        assert next(c for c in queued if c.event == "cleared").alert.cleared_at == at(200)
+        await after.sync_once(conn)  # once
+        assert len(queued) == 2
