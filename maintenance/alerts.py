@@ -13,7 +13,8 @@ those observations into alert changes:
   re-opens that alert (``reopened``: same id, history, one more occurrence, severity never lower, the
   acknowledgement kept) instead of raising a new one: a bearing crossing its threshold every 20 minutes, slower
   than the hysteresis, is one alert and one incident at the pager, not a new page per crossing all night. An
-  alert cleared by a person is not re-opened (they said the problem is over: its return is news);
+  alert cleared by a person, or one whose asset had a maintenance window since, is not re-opened (the problem
+  was declared over, or the machine was worked on: its return is news);
 - **suppression**: conditions on an asset inside a planned maintenance window raise nothing
   (they are reported as a ``suppressed`` change for the log, once per condition and window, not per
   sample); open alerts are kept but do not escalate while the window lasts (the crew is on the machine);
@@ -201,6 +202,10 @@ class AlertManager:
         o, cleared_at = got
         if not 0 <= (t - cleared_at).total_seconds() < self.policy.reopen_within_s:
             return None
+        a = o.alert
+        if any(w.asset in ("*", a.asset) and (w.tag is None or w.tag == a.tag) and cleared_at < w.start <= t
+               for w in self.windows):
+            return None  # a maintenance window since the clear: the crew changed the machine, its return is news
         new_sev = worse(o.alert.severity, severity)
         detail = {"cleared_at": cleared_at}
         if new_sev != o.alert.severity:

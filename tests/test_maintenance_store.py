@@ -678,7 +678,8 @@ async def test_acknowledgements_and_clears_made_while_the_gateway_was_stopped_ar
         pass
 
     site = SiteConfig(site={"state_dir": tmp_path},
-                      rules=[{"name": f"hi{i}", "tag": f"P{i}.p", "kind": "threshold", "high": 10.0} for i in (1, 2, 3)])
+                      rules=[{"name": f"hi{i}", "tag": f"P{i}.p", "kind": "threshold", "high": 10.0}
+                             for i in (1, 2, 3)])
     before = Analytics(site, Metrics(), emit, pg_dsn)
     async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
         changes = [c for i in (1, 2, 3) for c in before.manager.observe(asset=f"P{i}", tag=f"P{i}.p", kind="rule:hi",
