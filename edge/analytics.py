@@ -191,6 +191,8 @@ class Analytics:
 
     async def run(self) -> None:
         self.notifications.open()
+        # A misconfigured receiver (CA, password) is found at commissioning, not at the first night-time alarm.
+        probe = asyncio.create_task(self.notifications.probe(), name="notify:probe")
         sync = asyncio.create_task(self._sync_loop())
         notify = self.notifications.tasks()
         save = asyncio.create_task(self._save_loop())
@@ -219,6 +221,7 @@ class Analytics:
                     log.exception("analytics failed on a group of %d readings; going on", len(group),
                                   extra={"event": "analytics_error"})
         finally:
+            probe.cancel()
             sync.cancel()
             save.cancel()
             if idle is not None:
@@ -230,7 +233,7 @@ class Analytics:
                 self._save_alert_state()  # what this run knew last, for a start without the database
             for t in notify:
                 t.cancel()
-            await asyncio.gather(sync, save, *notify, return_exceptions=True)
+            await asyncio.gather(probe, sync, save, *notify, return_exceptions=True)
             rul = self.maintenance.rul if self.maintenance is not None else None
             data = rul.snapshot() if rul is not None else None
             if data is not None:  # the cycles since the last save, so a restart goes on from here

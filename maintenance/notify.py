@@ -76,6 +76,9 @@ class WebhookConfig(BaseModel):
     events: tuple[str, ...] = ("raised", "acknowledged", "escalated", "cleared")
     timeout_s: float = Field(5.0, gt=0)
     attempts: int = Field(3, ge=1, le=10)
+    probe: bool = Field(False, description="at the gateway's start, one HEAD request to the URL (no alert is sent): an "
+                                           "unreachable host, a refused CA or a 401/403 show at commissioning. Off "
+                                           "by default: a receiver may count, log or refuse any request")
     headers: dict[str, Annotated[str, REF]] = Field(default_factory=dict, description="values may be env:NAME or "
                                                                                       "file:PATH references")
 
@@ -217,6 +220,24 @@ class WebhookNotifier:
                 await asyncio.sleep(self.RETRY_BASE_S * 2**attempt)
         log.warning("%s failed for alert %s: %s", self.name, ch.alert.id, error)
         return False, error
+
+    @property
+    def probes(self) -> bool:
+        return self.cfg.probe
+
+    async def probe(self) -> str | None:
+        """With ``probe = true``: one HEAD request to the URL; why it failed, or None (any HTTP answer but 401, 403
+        and 407 means the address, the TLS and the route are right). Without: None, nothing sent. No fake alert is
+        ever POSTed: a pager would page for it."""
+        if not self.cfg.probe:
+            return None
+        try:
+            r = await self.client.head(self._target.url)
+        except httpx.HTTPError as exc:
+            return self._target.scrub(f"{type(exc).__name__}: {exc}")
+        if r.status_code in (401, 403, 407):
+            return f"HTTP {r.status_code} to a HEAD request: are its credentials (headers, URL token) refused?"
+        return None
 
     async def aclose(self) -> None:
         await self.client.aclose()
