@@ -416,6 +416,9 @@ class Analytics:
         # written yet (the spool forwards it later: database down, a backlog). Only the stored row can tell.
         missing = [o.alert.id for o in self.manager.open.values() if o.alert.id not in by_id]
         cleared = await store.cleared_ids(conn, missing) if missing else {}
+        # A re-opened alert whose reopen is not written yet reads as cleared by the gateway's own earlier clear:
+        # forgotten, the condition still active raised and paged a new alert.
+        cleared = {i: c for i, c in cleared.items() if not (c[1] == "system" and self.manager.reopened_since(i, c[0]))}
         # What a person did in the console goes to the receivers too: the pager that got "raised" heard nothing of a
         # clear or an acknowledgement made in the console, kept the incident open and went on paging the on-call.
         by_person: list = []

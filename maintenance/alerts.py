@@ -97,6 +97,7 @@ class _Open:
     inactive_since: datetime | None = None
     escalation_level: int = 0
     escalated_at: datetime | None = None
+    reopened_at: datetime | None = None  # when this manager last re-opened it (`AlertManager.reopened_since`)
 
 
 class AlertManager:
@@ -213,7 +214,7 @@ class AlertManager:
         o.alert = replace(o.alert, cleared_at=None, severity=new_sev, evidence=evidence or o.alert.evidence,
                           message=message or o.alert.message)
         o.occurrences += 1
-        o.last_seen, o.inactive_since = t, None
+        o.last_seen, o.inactive_since, o.reopened_at = t, None, t
         if o.alert.acknowledged_at is None:
             # The escalation clock starts again: the crew gets escalate_after_s for the alert's return, which was
             # no alert of anyone's while it was cleared (`maintenance.store.open_alerts` does so after a restart).
@@ -258,6 +259,12 @@ class AlertManager:
                                   severity=severity or o.alert.severity)
                 if level is not None:
                     o.escalation_level, o.escalated_at = level, escalated_at
+
+    def reopened_since(self, alert_id: str, cleared_at: datetime) -> bool:
+        """Whether this manager re-opened ``alert_id`` after a clear at ``cleared_at``: a stored row still cleared
+        then is the clear the re-opening undid, its write still on the way (the spool), not a clear to follow."""
+        return any(o.alert.id == alert_id and o.reopened_at is not None and cleared_at <= o.reopened_at
+                   for o in self.open.values())
 
     def cleared_by_hand(self, alert_id: str) -> None:
         """Forget an alert cleared by a person; the condition, if still active, raises a new one."""

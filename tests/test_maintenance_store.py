@@ -704,3 +704,35 @@ async def test_acknowledgements_and_clears_made_while_the_gateway_was_stopped_ar
         assert next(c for c in queued if c.event == "cleared").alert.cleared_at == at(200)
         await after.sync_once(conn)  # once
         assert len(queued) == 2
+
+
+async def test_a_reopened_alert_still_on_its_way_to_the_database_is_not_forgotten_by_the_sync(pg_dsn):
+    """The sync saw the re-opened alert's row still cleared (the reopen waits in the spool: a backlog, the database
+    away) and forgot it as cleared; the condition, still active, then raised and paged a new alert."""
+    from edge.analytics import Analytics
+    from edge.metrics import Metrics
+    from edge.settings import SiteConfig
+
+    _migrate(pg_dsn)
+
+    async def emit(batch):
+        pass
+
+    site = SiteConfig(rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
+                      maintenance={"alerts": {"clear_after_s": 10, "reopen_within_s": 3600}})
+    an = Analytics(site, Metrics(), emit, pg_dsn)
+    kw = {"asset": "P1", "tag": "P1.p", "kind": "rule:hi"}
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await an.sync_once(conn)
+        await store.apply_changes(conn, an.manager.observe(**kw, active=True, t=at(0))
+                                  + an.manager.observe(**kw, active=False, t=at(5))
+                                  + an.manager.observe(**kw, active=False, t=at(20)))
+        (ch,) = an.manager.observe(**kw, active=True, t=at(600))
+        assert ch.event == "reopened"
+        an.spool_pending = lambda: 1
+        await an.sync_once(conn)  # the reopen not written yet
+        assert [o.alert.id for o in an.manager.open.values()] == [ch.alert.id]
+        assert an.manager.observe(**kw, active=True, t=at(601)) == []
+        await store.apply_changes(conn, [ch])
+        await an.sync_once(conn)
+        assert [o.alert.id for o in an.manager.open.values()] == [ch.alert.id]
