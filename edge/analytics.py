@@ -191,6 +191,8 @@ class Analytics:
 
     async def run(self) -> None:
         self.notifications.open()
+        # A misconfigured receiver (CA, password) is found at commissioning, not at the first night-time alarm.
+        probe = asyncio.create_task(self.notifications.probe(), name="notify:probe")
         sync = asyncio.create_task(self._sync_loop())
         notify = self.notifications.tasks()
         save = asyncio.create_task(self._save_loop())
@@ -219,6 +221,7 @@ class Analytics:
                     log.exception("analytics failed on a group of %d readings; going on", len(group),
                                   extra={"event": "analytics_error"})
         finally:
+            probe.cancel()
             sync.cancel()
             save.cancel()
             if idle is not None:
@@ -230,7 +233,7 @@ class Analytics:
                 self._save_alert_state()  # what this run knew last, for a start without the database
             for t in notify:
                 t.cancel()
-            await asyncio.gather(sync, save, *notify, return_exceptions=True)
+            await asyncio.gather(probe, sync, save, *notify, return_exceptions=True)
             rul = self.maintenance.rul if self.maintenance is not None else None
             data = rul.snapshot() if rul is not None else None
             if data is not None:  # the cycles since the last save, so a restart goes on from here
@@ -397,14 +400,25 @@ class Analytics:
         if not (await cur.fetchone())[0]:
             return
         stored = await store.open_alerts(conn)
-        if not self._synced:
+        first, known = not self._synced, {}
+        if first:
+            from maintenance import alert_state
+
+            # What the receivers last heard of, before the database's state replaces the manager's.
+            known = alert_state.last_known(self.state_dir / alert_state.STATE_FILE)
             self.manager.load(stored)
+            # Alerts cleared just before the restart re-open, as they would have without it (reopen_within_s).
+            self.manager.load_recent(await store.recently_cleared(conn, self.manager.policy.reopen_within_s,
+                                                                  self.latest or utcnow()))
             self._synced = True
         by_id = {a.id: (a, level, escalated_at) for a, _, _, level, escalated_at in stored}
         # An open alert of the manager missing from the stored open ones is either cleared in the console or not
         # written yet (the spool forwards it later: database down, a backlog). Only the stored row can tell.
         missing = [o.alert.id for o in self.manager.open.values() if o.alert.id not in by_id]
         cleared = await store.cleared_ids(conn, missing) if missing else {}
+        # A re-opened alert whose reopen is not written yet reads as cleared by the gateway's own earlier clear:
+        # forgotten, the condition still active raised and paged a new alert.
+        cleared = {i: c for i, c in cleared.items() if not (c[1] == "system" and self.manager.reopened_since(i, c[0]))}
         # What a person did in the console goes to the receivers too: the pager that got "raised" heard nothing of a
         # clear or an acknowledgement made in the console, kept the incident open and went on paging the on-call.
         by_person: list = []
@@ -444,8 +458,39 @@ class Analytics:
                 by_person.append(AlertChange("acknowledged", o.alert, dedup_key(o.alert.asset, o.alert.tag,
                                                                                  o.alert.kind), o.occurrences,
                                              o.last_seen, o.escalation_level, detail={"by": db.acknowledged_by}))
+        if known:
+            by_person += await self._done_while_down(conn, known, by_id, set(missing))
         self.manager.windows = await store.windows(conn, utcnow() - timedelta(days=1))
         await self.notifications.queue(by_person)
+
+    async def _done_while_down(self, conn: psycopg.AsyncConnection, known: dict, by_id: dict,
+                               handled: set[str]) -> list:
+        """At the first sync: the acknowledgements and clears made in the console while this gateway was stopped,
+        against the open alerts it last knew (``known``, `maintenance.alert_state.last_known`). The database's
+        state was loaded as it is, so the comparison in `sync_once` never saw them: the pager that got "raised"
+        kept the incident open for an alert acknowledged or cleared at 3 a.m. while the gateway was restarting.
+        ``handled``: the alerts `sync_once` notified already (restored from the file into the manager)."""
+        from maintenance import store
+        from maintenance.alerts import AlertChange, dedup_key
+
+        out: list = []
+        gone = [i for i in known if i not in by_id and i not in handled]
+        cleared = await store.cleared_ids(conn, gone) if gone else {}
+        for alert_id, (a, n, seen, level, _) in known.items():
+            key = dedup_key(a.asset, a.tag, a.kind)
+            o = self.manager.open.get(key)
+            if alert_id in by_id and a.acknowledged_at is None and o is not None and o.alert.id == alert_id \
+                    and o.alert.acknowledged_at is not None:
+                out.append(AlertChange("acknowledged", o.alert, key, o.occurrences, o.last_seen,
+                                       o.escalation_level, detail={"by": o.alert.acknowledged_by}))
+            elif alert_id in cleared and cleared[alert_id][1] != "system":  # "system": another gateway's clear
+                cleared_at, who = cleared[alert_id]
+                out.append(AlertChange("cleared", dataclasses.replace(a, cleared_at=cleared_at), key, n, seen,
+                                       level, detail={"by": who}))
+        if out:
+            log.info("%d acknowledgement(s) and clear(s) made in the console while the gateway was stopped are "
+                     "notified", len(out), extra={"event": "notify_missed_console"})
+        return out
 
     def status(self) -> dict:
         # processed / dropped count readings of the analytics tags (``tags``), the only ones handed over.

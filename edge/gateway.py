@@ -119,6 +119,7 @@ class Gateway:
 
         analytics = Analytics(self.cfg, self.metrics, self.ingest.emit, self.conninfo)
         analytics.spool_pending = lambda: self.spool.batches
+        analytics.notifications.problems = self.problems  # a receiver failing its start-up probe fails /healthz
         if not analytics.enabled:
             return None
         self.ingest.on_spooled = analytics.offer

@@ -73,6 +73,9 @@ class Metrics:
                                         registry=r)
         self.notifications = Counter("valvoja_alert_notifications_total", "Alert notifications sent",
                                      ["result"], registry=r)
+        self.notify_receiver_up = Gauge("valvoja_alert_receiver_up",
+                                        "Alert receivers: 1 when the start-up probe or the last notification got "
+                                        "through, 0 when it failed", ["receiver"], registry=r)
         self.records_refused = Counter("valvoja_records_refused_total",
                                        "Predictions/alert changes the database refused (dead-lettered)",
                                        ["kind"], registry=r)

@@ -33,6 +33,7 @@ NOTIFY_RETRY_MAX_S = 60.0
 ACK_CHECK_TIMEOUT_S = 3.0
 ACK_RECHECK_S = 15.0
 ACK_CHECK_FRESH_S = 5.0
+PROBE_SLACK_S = 5.0  # a receiver's start-up probe gets its timeout_s plus this, at most
 
 
 @dataclass(slots=True)
@@ -108,6 +109,10 @@ class Notifications:
         self._outbox_file = None  # maintenance.outbox.Outbox: the changes not taken yet, kept across restarts
         self._outbox_restored = False
         self._outbox_error: str | None = None
+        # The gateway's /healthz problems (edge/gateway.py sets it): a receiver failing its probe is one until it
+        # takes a notification.
+        self.problems: dict[str, str] | None = None
+        self._probed = False
 
     def tasks(self) -> list[asyncio.Task]:
         """One sending task per receiver (`open` first)."""
@@ -145,6 +150,41 @@ class Notifications:
                           box.notifier.name, box.queue.qsize(), extra={"event": "notify_behind"})
             box.dropped += len(mine)
             self.metrics.notifications.labels("dropped").inc(len(mine))
+
+    async def probe(self) -> None:
+        """Once per gateway, at its start (`edge.analytics.Analytics.run`, in its own task: collection and analysis
+        do not wait): try each receiver that has a harmless probe (MQTT: connect and log in; a webhook only with
+        ``probe = true``: a HEAD request). A failure is logged (``notify_probe_failed``), counted in
+        ``valvoja_alert_receiver_up`` and listed in /healthz ``problems``: a wrong CA or password used to show only
+        at the first alert, at night."""
+        if self._probed:
+            return
+        self._probed = True
+
+        async def one(n) -> None:
+            if not getattr(n, "probes", False):  # no harmless probe (a webhook without probe = true): unknown
+                return
+            try:
+                error = await asyncio.wait_for(n.probe(), n.cfg.timeout_s + PROBE_SLACK_S)
+            except TimeoutError:
+                error = f"no answer within {n.cfg.timeout_s + PROBE_SLACK_S:g} s"
+            except Exception as exc:  # a probe must never take analytics down
+                error = f"{type(exc).__name__}: {exc}"
+            self._receiver(n, error)
+
+        await asyncio.gather(*(one(n) for n in self.notifiers))
+
+    def _receiver(self, n, error: str | None) -> None:
+        """Report what ``n``'s probe or last notification showed (None: it got through)."""
+        key = f"notify {n.name}"
+        self.metrics.notify_receiver_up.labels(n.name).set(0 if error else 1)
+        if error:
+            if self.problems is not None:
+                self.problems[key] = f"alert receiver failing: {error}"
+            log.error("alert receiver %s failed its start-up check: %s (alerts will not reach it until this is "
+                      "fixed; they wait in the outbox)", n.name, error, extra={"event": "notify_probe_failed"})
+        elif self.problems is not None and self.problems.pop(key, None) is not None:
+            log.info("alert receiver %s works again", n.name, extra={"event": "notify_probe_recovered"})
 
     def open(self) -> None:
         if self.mcfg is None:
@@ -303,6 +343,8 @@ class Notifications:
                     ok, detail = False, Refused(repr(exc))
                 if ok:
                     self.metrics.notifications.labels("ok").inc()
+                    if detail != "skipped":
+                        self._receiver(n, None)
                     break
                 refused = isinstance(detail, Refused)
                 if refused or not failed:  # logged and counted once per change, not per attempt

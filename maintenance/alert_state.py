@@ -52,18 +52,37 @@ def write(path: Path, packed: bytes) -> None:
     write_atomic(path, msgpack.packb({"format": FORMAT, "saved": time.time(), "content": packed}, use_bin_type=True))
 
 
-def restore(manager: AlertManager, path: Path) -> tuple[int, int] | None:
-    """Load the saved open alerts and windows into ``manager``; (alerts, windows), or None when there is no usable
-    file (missing, unreadable, another format, older than `MAX_AGE`)."""
+def read(path: Path, max_age: timedelta | None = MAX_AGE) -> tuple[list, list[Window]] | None:
+    """The saved (open alerts as `AlertManager.load` takes them, windows); None when there is no usable file
+    (missing, unreadable, another format, older than ``max_age``)."""
     try:
         state = msgpack.unpackb(path.read_bytes(), raw=False)
-        if state.get("format") != FORMAT or time.time() - state["saved"] > MAX_AGE.total_seconds():
+        if state.get("format") != FORMAT or (max_age is not None
+                                             and time.time() - state["saved"] > max_age.total_seconds()):
             return None
         saved_alerts, saved_windows = msgpack.unpackb(state["content"], raw=False, timestamp=3)
         alerts = [(Alert(**a), n, seen, level, at) for a, n, seen, level, at in saved_alerts]
         windows = [Window(**w) for w in saved_windows]
     except (OSError, ValueError, TypeError, KeyError, msgpack.UnpackException):
         return None
+    return alerts, windows
+
+
+def last_known(path: Path) -> dict[str, tuple]:
+    """The open alerts as this gateway last knew them (and so as it last notified them: it notifies each change it
+    makes and each one of the console it sees), by id, however old the file: what the receivers heard last.
+    Each as `AlertManager.load` takes it: (alert, occurrences, last_seen, escalation_level, escalated_at)."""
+    got = read(path, max_age=None)
+    return {row[0].id: row for row in got[0]} if got else {}
+
+
+def restore(manager: AlertManager, path: Path) -> tuple[int, int] | None:
+    """Load the saved open alerts and windows into ``manager``; (alerts, windows), or None when there is no usable
+    file (missing, unreadable, another format, older than `MAX_AGE`)."""
+    got = read(path)
+    if got is None:
+        return None
+    alerts, windows = got
     manager.load(alerts)
     manager.windows = windows
     return len(alerts), len(windows)

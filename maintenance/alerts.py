@@ -9,6 +9,12 @@ those observations into alert changes:
   count, last seen, severity only goes up) instead of raising another one;
 - **hysteresis**: an alert clears only after its condition has been inactive ``clear_after_s``
   continuously, so a flapping signal makes one alert, not one per flap;
+- **re-opening**: a condition that comes back less than ``reopen_within_s`` after the manager cleared its alert
+  re-opens that alert (``reopened``: same id, history, one more occurrence, severity never lower, the
+  acknowledgement kept) instead of raising a new one: a bearing crossing its threshold every 20 minutes, slower
+  than the hysteresis, is one alert and one incident at the pager, not a new page per crossing all night. An
+  alert cleared by a person, or one whose asset had a maintenance window since, is not re-opened (the problem
+  was declared over, or the machine was worked on: its return is news);
 - **suppression**: conditions on an asset inside a planned maintenance window raise nothing
   (they are reported as a ``suppressed`` change for the log, once per condition and window, not per
   sample); open alerts are kept but do not escalate while the window lasts (the crew is on the machine);
@@ -46,6 +52,8 @@ class AlertPolicy(BaseModel):
     raise_after_s: float = Field(0.0, ge=0, description="condition active this long before an alert is raised")
     clear_after_s: float = Field(60.0, ge=0, description="condition inactive this long before the alert clears")
     escalate_after_s: float | None = Field(3600.0, gt=0, description="unacknowledged this long: one severity up")
+    reopen_within_s: float = Field(3600.0, ge=0, description="a condition back this soon after its alert cleared "
+                                                             "re-opens that alert (0: raises a new one)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +73,7 @@ class Window:
 
 @dataclass(slots=True)
 class AlertChange:
-    """What happened to an alert: raised, updated, escalated, cleared, or suppressed (no alert row)."""
+    """What happened to an alert: raised, updated, escalated, cleared, reopened, or suppressed (no alert row)."""
 
     event: str
     alert: Alert
@@ -89,6 +97,7 @@ class _Open:
     inactive_since: datetime | None = None
     escalation_level: int = 0
     escalated_at: datetime | None = None
+    reopened_at: datetime | None = None  # when this manager last re-opened it (`AlertManager.reopened_since`)
 
 
 class AlertManager:
@@ -102,6 +111,8 @@ class AlertManager:
         # key -> the window its suppression was last reported for: a condition active through an 8-hour overhaul
         # is one ``suppressed`` event, not one per sample (each is an alert_events row through the spool).
         self.suppressing: dict[str, Window] = {}
+        # key -> (alert the manager cleared, when): re-opened if its condition comes back within reopen_within_s.
+        self.recent: dict[str, tuple[_Open, datetime]] = {}
 
     def load(self, alerts: list[tuple[Alert, int, datetime, int, datetime | None]]) -> None:
         """Resume open alerts: (alert, occurrences, last_seen, escalation_level, escalated_at) from the store."""
@@ -114,6 +125,15 @@ class AlertManager:
                 # database (the spool after an outage). Taking the row's level escalated it again at once.
                 continue
             self.open[key] = _Open(a, n, seen, escalation_level=level, escalated_at=escalated_at)
+
+    def load_recent(self, alerts: list[tuple[Alert, int, datetime, int, datetime | None]]) -> None:
+        """Resume alerts the manager cleared lately (`maintenance.store.recently_cleared`), so that a condition
+        coming back after a restart re-opens its alert as it would have without the restart."""
+        for a, n, seen, level, escalated_at in alerts:
+            key = dedup_key(a.asset, a.tag, a.kind)
+            if key not in self.open and a.cleared_at is not None:
+                self.recent[key] = (_Open(a, n, seen, escalation_level=level, escalated_at=escalated_at),
+                                    a.cleared_at)
 
     def suppressed(self, asset: str, tag: str | None, t: datetime) -> Window | None:
         return next((w for w in self.windows if w.covers(asset, tag, t)), None)
@@ -134,6 +154,9 @@ class AlertManager:
             if (t - cur.inactive_since).total_seconds() >= self.policy.clear_after_s:
                 del self.open[key]
                 a = replace(cur.alert, cleared_at=t)
+                if self.policy.reopen_within_s > 0:
+                    cur.alert = a
+                    self.recent[key] = (cur, t)
                 return [AlertChange("cleared", a, key, cur.occurrences, cur.last_seen, cur.escalation_level)]
             return []
         if cur is not None:
@@ -165,12 +188,48 @@ class AlertManager:
         if (t - since).total_seconds() < self.policy.raise_after_s:
             return []
         del self.pending[key]
+        reopened = self._reopen(key, t, severity, message, evidence)
+        if reopened is not None:
+            return [reopened]
         a = Alert(str(uuid.uuid4()), asset, tag, kind, severity, t, message, evidence=evidence or {})
         self.open[key] = _Open(a, 1, t)
         return [AlertChange("raised", a, key, 1, t)]
 
+    def _reopen(self, key: str, t: datetime, severity: str, message: str, evidence: dict | None) -> AlertChange | None:
+        """Re-open the alert of ``key`` cleared less than ``reopen_within_s`` before ``t``; None when there is none."""
+        got = self.recent.pop(key, None)
+        if got is None:
+            return None
+        o, cleared_at = got
+        if not 0 <= (t - cleared_at).total_seconds() < self.policy.reopen_within_s:
+            return None
+        a = o.alert
+        if any(w.asset in ("*", a.asset) and (w.tag is None or w.tag == a.tag) and cleared_at < w.start <= t
+               for w in self.windows):
+            return None  # a maintenance window since the clear: the crew changed the machine, its return is news
+        new_sev = worse(o.alert.severity, severity)
+        detail = {"cleared_at": cleared_at}
+        if new_sev != o.alert.severity:
+            detail["severity_was"] = o.alert.severity
+        o.alert = replace(o.alert, cleared_at=None, severity=new_sev, evidence=evidence or o.alert.evidence,
+                          message=message or o.alert.message)
+        o.occurrences += 1
+        o.last_seen, o.inactive_since, o.reopened_at = t, None, t
+        if o.alert.acknowledged_at is None:
+            # The escalation clock starts again: the crew gets escalate_after_s for the alert's return, which was
+            # no alert of anyone's while it was cleared (`maintenance.store.open_alerts` does so after a restart).
+            o.escalated_at = t
+        self.open[key] = o
+        return AlertChange("reopened", o.alert, key, o.occurrences, t, o.escalation_level, detail=detail)
+
+    def _forget_recent(self, now: datetime) -> None:
+        within = timedelta(seconds=self.policy.reopen_within_s)
+        for key in [k for k, (_, at) in self.recent.items() if now - at >= within]:
+            del self.recent[key]
+
     def tick(self, now: datetime) -> list[AlertChange]:
-        """Escalate open alerts nobody acknowledged in time."""
+        """Escalate open alerts nobody acknowledged in time (and forget cleared ones too old to re-open)."""
+        self._forget_recent(now)
         after = self.policy.escalate_after_s
         if after is None:
             return []
@@ -200,6 +259,12 @@ class AlertManager:
                                   severity=severity or o.alert.severity)
                 if level is not None:
                     o.escalation_level, o.escalated_at = level, escalated_at
+
+    def reopened_since(self, alert_id: str, cleared_at: datetime) -> bool:
+        """Whether this manager re-opened ``alert_id`` after a clear at ``cleared_at``: a stored row still cleared
+        then is the clear the re-opening undid, its write still on the way (the spool), not a clear to follow."""
+        return any(o.alert.id == alert_id and o.reopened_at is not None and cleared_at <= o.reopened_at
+                   for o in self.open.values())
 
     def cleared_by_hand(self, alert_id: str) -> None:
         """Forget an alert cleared by a person; the condition, if still active, raises a new one."""

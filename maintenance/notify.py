@@ -13,7 +13,7 @@ the loop or need a thread pool for the same.
 MQTT (maintenance/notify_mqtt.py, plain or TLS) uses paho-mqtt 2 with QoS 1 on ``<prefix>/<asset>/<kind>`` (not
 retained: a board that connects later reads the table, not the broker; ``#``, ``+`` and ``/`` in the asset or kind
 become ``_`` in the topic). Payload (both channels): JSON with ``event`` (raised, updated, acknowledged, escalated,
-cleared; acknowledged and cleared by a person in the console are sent once the gateway's sync sees them,
+cleared, reopened; acknowledged and cleared by a person in the console are sent once the gateway's sync sees them,
 ``detail.by`` naming who cleared it), ``notification_id`` (the same for every copy of one change: receivers drop
 repeats by it), the alert's fields and its evidence, and ``detail`` (an escalation: ``unacknowledged_s``, and
 ``acknowledgement`` ``"unverified"`` when the gateway could not ask the database whether someone had acknowledged
@@ -76,6 +76,9 @@ class WebhookConfig(BaseModel):
     events: tuple[str, ...] = ("raised", "acknowledged", "escalated", "cleared")
     timeout_s: float = Field(5.0, gt=0)
     attempts: int = Field(3, ge=1, le=10)
+    probe: bool = Field(False, description="at the gateway's start, one HEAD request to the URL (no alert is sent): an "
+                                           "unreachable host, a refused CA or a 401/403 show at commissioning. Off "
+                                           "by default: a receiver may count, log or refuse any request")
     headers: dict[str, Annotated[str, REF]] = Field(default_factory=dict, description="values may be env:NAME or "
                                                                                       "file:PATH references")
 
@@ -150,7 +153,16 @@ def wanted(events: tuple[str, ...], ch: AlertChange) -> bool:
     """Whether a receiver taking ``events`` gets ``ch``. An "updated" that raised the severity (a vibration going
     from zone C to D: ``detail.severity_was``) goes to receivers of "escalated" too: webhooks take no "updated" by
     default (every flap is one), so the pager heard of a machine entering zone D only at the next escalation, an
-    hour later."""
+    hour later.
+
+    A "reopened" alert (its condition back soon after it cleared, `maintenance.alerts`) goes to receivers of
+    "updated" (one more occurrence of an alert they know), and to receivers of "raised" while nobody has acknowledged
+    it (the pager that closed the incident at "cleared" opens it again: same alert id, same incident); an
+    acknowledged one does not page again (the crew has it), unless the receiver asks for "reopened"."""
+    if ch.event == "reopened":
+        return ("reopened" in events or "updated" in events
+                or ("raised" in events and ch.alert.acknowledged_at is None)
+                or ("escalated" in events and "severity_was" in ch.detail))
     return ch.event in events or (ch.event == "updated" and "severity_was" in ch.detail and "escalated" in events)
 
 
@@ -208,6 +220,24 @@ class WebhookNotifier:
                 await asyncio.sleep(self.RETRY_BASE_S * 2**attempt)
         log.warning("%s failed for alert %s: %s", self.name, ch.alert.id, error)
         return False, error
+
+    @property
+    def probes(self) -> bool:
+        return self.cfg.probe
+
+    async def probe(self) -> str | None:
+        """With ``probe = true``: one HEAD request to the URL; why it failed, or None (any HTTP answer but 401, 403
+        and 407 means the address, the TLS and the route are right). Without: None, nothing sent. No fake alert is
+        ever POSTed: a pager would page for it."""
+        if not self.cfg.probe:
+            return None
+        try:
+            r = await self.client.head(self._target.url)
+        except httpx.HTTPError as exc:
+            return self._target.scrub(f"{type(exc).__name__}: {exc}")
+        if r.status_code in (401, 403, 407):
+            return f"HTTP {r.status_code} to a HEAD request: are its credentials (headers, URL token) refused?"
+        return None
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -180,6 +180,21 @@ class MqttNotifier:
             return True, "skipped"
         return await asyncio.to_thread(self._publish, ch)
 
+    probes = True  # connecting and logging in publishes nothing
+
+    def _probe(self) -> str | None:
+        with self._lock:
+            if self._closed or (self._conn is not None and not self._conn.lost):
+                return None
+            self._drop()
+            error = self._connect()  # kept open when it succeeds: the first alert's publish uses it
+            return f"not connected to {self._where}: {error}" if error else None
+
+    async def probe(self) -> str | None:
+        """Connect once (TCP, TLS, log-in, CONNACK; bounded by ``timeout_s``), publishing nothing: why it failed,
+        or None. A refused CA or password shows at the gateway's start, not at the first alert."""
+        return await asyncio.to_thread(self._probe)
+
     def _close(self) -> None:
         with self._lock:
             self._closed = True

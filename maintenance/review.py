@@ -90,7 +90,10 @@ def alert_precision(conn: psycopg.Connection, *, since: datetime | None = None, 
     verdict of each alert, with how many alerts are still unreviewed. An alert raised from a prediction
     also counts the review of that prediction when the alert itself has none: the prediction its evidence
     names by ``id``, or, as the gateway writes evidence (it cannot know the id of a prediction still in its
-    spool), by the alert's asset and the evidence's ``model_id`` and ``time``."""
+    spool), by the alert's asset and the evidence's ``model_id`` and ``time``. The evidence is the one that
+    *raised* the alert (its ``raised`` event, m0201), not the row's, which the latest return of the condition
+    replaced: the prediction a crew was paged for is the one whose review counts (the row's evidence for alerts
+    raised before m0201, which kept none in the event)."""
     where, params = ["true"], {}
     if since is not None:
         where.append("a.raised_at >= %(since)s")
@@ -102,7 +105,14 @@ def alert_precision(conn: psycopg.Connection, *, since: datetime | None = None, 
         where.append("a.model_id = %(model_id)s")
         params["model_id"] = model_id
     sql = f"""
-        WITH latest AS (
+        WITH raising AS (
+            SELECT a.id, a.kind, a.model_id, a.asset, coalesce(
+                       (SELECT e.detail -> 'evidence' FROM alert_events e
+                        WHERE e.alert_id = a.id AND e.event = 'raised' AND e.detail ? 'evidence'
+                        ORDER BY e.time, e.id LIMIT 1),
+                       a.evidence) AS evidence
+            FROM alerts a WHERE {' AND '.join(where)}),
+        latest AS (
             SELECT a.id, a.kind, coalesce(a.model_id, '') AS model_id,
                    coalesce(
                        (SELECT verdict FROM prediction_feedback f WHERE f.alert_id = a.id
@@ -117,7 +127,7 @@ def alert_precision(conn: psycopg.Connection, *, since: datetime | None = None, 
                                AND p.time = (a.evidence #>> '{{prediction,time}}')::timestamptz
                              ORDER BY p.id LIMIT 1))
                         ORDER BY created_at DESC, id DESC LIMIT 1)) AS verdict
-            FROM alerts a WHERE {' AND '.join(where)})
+            FROM raising a)
         SELECT kind, model_id, count(*) AS alerts,
                count(*) FILTER (WHERE verdict = 'right') AS right,
                count(*) FILTER (WHERE verdict = 'wrong') AS wrong,

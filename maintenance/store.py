@@ -79,36 +79,79 @@ async def apply_changes(conn: psycopg.AsyncConnection, changes: Iterable[AlertCh
                      source or a.kind, pred.get("model_id"), pred.get("model_version"), ch.occurrences,
                      ch.last_seen or a.raised_at, a.id))
             elif ch.event in ("updated", "escalated"):
-                # An alert acknowledged in the console since the gateway's last sync (up to SYNC_INTERVAL_S) may
-                # still be escalated by the gateway: the row does not go up for it (level, severity, the
-                # "escalated" event after "acknowledged"), and the next sync hands the row's severity and level
-                # back to the gateway (`AlertManager.acknowledged`).
-                # Severity and level never fall while the alert is open: a change may come from another in-memory
-                # alert of the condition (a redundant gateway's, or one raised again by a gateway started without the
-                # database) whose lower values turned a critical, twice escalated alert back into a warning.
-                await cur.execute(
-                    "UPDATE alerts SET"
-                    " severity = CASE WHEN acknowledged_at IS NOT NULL AND %(level)s > escalation_level THEN severity"
-                    "  WHEN array_position(%(order)s, %(severity)s) > array_position(%(order)s, severity)"
-                    "  THEN %(severity)s ELSE severity END,"
-                    " message = %(message)s, evidence = %(evidence)s,"
-                    " occurrences = greatest(occurrences, %(occurrences)s), last_seen = %(last_seen)s,"
-                    " escalated_at = CASE WHEN acknowledged_at IS NULL AND %(level)s > escalation_level"
-                    "  THEN %(escalated_at)s ELSE escalated_at END,"
-                    " escalation_level = CASE WHEN acknowledged_at IS NULL"
-                    "  THEN greatest(escalation_level, %(level)s) ELSE escalation_level END,"
-                    " updated_at = now() WHERE cleared_at IS NULL AND (id = %(id)s OR dedup_key = %(key)s)",
-                    {"severity": a.severity, "message": a.message, "evidence": _jsonb(a.evidence),
-                     "occurrences": ch.occurrences, "last_seen": ch.last_seen or a.raised_at,
-                     "level": ch.escalation_level, "escalated_at": ch.escalated_at or ch.last_seen, "id": a.id,
-                     "key": ch.key, "order": list(SEVERITIES)})
+                await _update(cur, ch)
+            elif ch.event == "reopened":
+                await _reopen(cur, ch)
             elif ch.event == "cleared":
+                # Like an update, the clear never lowers the count: the row may hold occurrences this gateway's
+                # in-memory alert never saw (another writer's, a start without the database).
                 await cur.execute(
                     "UPDATE alerts SET cleared_at = %s, cleared_by = 'system', state = 'cleared',"
-                    " occurrences = %s, updated_at = now() WHERE cleared_at IS NULL AND (id = %s OR dedup_key = %s)",
+                    " occurrences = greatest(occurrences, %s), updated_at = now()"
+                    " WHERE cleared_at IS NULL AND (id = %s OR dedup_key = %s)",
                     (a.cleared_at, ch.occurrences, a.id, ch.key))
             else:
                 raise ValueError(f"unknown alert change {ch.event!r}")
+
+
+async def _update(cur: psycopg.AsyncCursor, ch: AlertChange) -> None:
+    """An "updated" or "escalated" change to the open alert of its condition."""
+    a = ch.alert
+    # An alert acknowledged in the console since the gateway's last sync (up to SYNC_INTERVAL_S) may
+    # still be escalated by the gateway: the row does not go up for it (level, severity, the
+    # "escalated" event after "acknowledged"), and the next sync hands the row's severity and level
+    # back to the gateway (`AlertManager.acknowledged`).
+    # Severity and level never fall while the alert is open: a change may come from another in-memory
+    # alert of the condition (a redundant gateway's, or one raised again by a gateway started without the
+    # database) whose lower values turned a critical, twice escalated alert back into a warning.
+    await cur.execute(
+        "UPDATE alerts SET"
+        " severity = CASE WHEN acknowledged_at IS NOT NULL AND %(level)s > escalation_level THEN severity"
+        "  WHEN array_position(%(order)s, %(severity)s) > array_position(%(order)s, severity)"
+        "  THEN %(severity)s ELSE severity END,"
+        " message = %(message)s, evidence = %(evidence)s,"
+        " occurrences = greatest(occurrences, %(occurrences)s), last_seen = %(last_seen)s,"
+        " escalated_at = CASE WHEN acknowledged_at IS NULL AND %(level)s > escalation_level"
+        "  THEN %(escalated_at)s ELSE escalated_at END,"
+        " escalation_level = CASE WHEN acknowledged_at IS NULL"
+        "  THEN greatest(escalation_level, %(level)s) ELSE escalation_level END,"
+        " updated_at = now() WHERE cleared_at IS NULL AND (id = %(id)s OR dedup_key = %(key)s)",
+        {"severity": a.severity, "message": a.message, "evidence": _jsonb(a.evidence),
+         "occurrences": ch.occurrences, "last_seen": ch.last_seen or a.raised_at,
+         "level": ch.escalation_level, "escalated_at": ch.escalated_at or ch.last_seen, "id": a.id,
+         "key": ch.key, "order": list(SEVERITIES)})
+
+
+async def _reopen(cur: psycopg.AsyncCursor, ch: AlertChange) -> None:
+    """Open again the alert the gateway cleared (``cleared_by = 'system'``): the condition came back within
+    ``reopen_within_s``. When another open alert of the condition exists (another writer raised it meanwhile) the
+    return is an occurrence of that one; a row cleared by a person, or open already (a replay), is left as it is."""
+    a = ch.alert
+    await cur.execute(
+        "UPDATE alerts SET cleared_at = NULL, cleared_by = NULL,"
+        " state = CASE WHEN acknowledged_at IS NULL THEN 'raised' ELSE 'acknowledged' END,"
+        " severity = CASE WHEN array_position(%(order)s, %(severity)s) > array_position(%(order)s, severity)"
+        "  THEN %(severity)s ELSE severity END,"
+        " message = %(message)s, evidence = %(evidence)s, occurrences = greatest(occurrences, %(occurrences)s),"
+        " last_seen = %(last_seen)s, reopened_at = %(last_seen)s, updated_at = now()"
+        " WHERE id = %(id)s AND cleared_at IS NOT NULL AND cleared_by = 'system'"
+        " AND NOT EXISTS (SELECT 1 FROM alerts o WHERE o.dedup_key = %(key)s AND o.cleared_at IS NULL)"
+        " RETURNING asset, kind",
+        {"severity": a.severity, "message": a.message, "evidence": _jsonb(a.evidence), "order": list(SEVERITIES),
+         "occurrences": ch.occurrences, "last_seen": ch.last_seen or a.raised_at, "id": a.id, "key": ch.key})
+    if await cur.fetchone() is not None:
+        # The history trigger (m0201) writes no event for a cleared row opening again.
+        await cur.execute(
+            "INSERT INTO alert_events (alert_id, asset, kind, time, event, detail)"
+            " VALUES (%s, %s, %s, %s, 'reopened', %s)",
+            (a.id, a.asset, a.kind, ch.last_seen or a.raised_at,
+             _jsonb({"severity": a.severity, "occurrences": ch.occurrences, "message": a.message,
+                     "evidence": a.evidence, **ch.detail})))
+        return
+    # Another writer's open alert of the condition: one more occurrence of it (a no-op when none is open).
+    await cur.execute("UPDATE alerts SET occurrences = occurrences + 1, last_seen = greatest(last_seen, %s),"
+                      " updated_at = now() WHERE cleared_at IS NULL AND dedup_key = %s AND id <> %s",
+                      (ch.last_seen or a.raised_at, ch.key, a.id))
 
 
 async def acknowledge(conn: psycopg.AsyncConnection, alert_id: str, who: str, comment: str = "",
@@ -151,6 +194,26 @@ async def open_alerts(conn: psycopg.AsyncConnection) -> list[tuple[Alert, int, d
     escalated_at)."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute("SELECT * FROM alerts WHERE cleared_at IS NULL")
+        rows = await cur.fetchall()
+    # A re-opened, unacknowledged alert escalates from its return (`AlertManager._reopen`), also after a restart.
+    return [(row_to_alert(r), r["occurrences"], r["last_seen"], r["escalation_level"],
+             max((t for t in (r["escalated_at"], r.get("reopened_at") if r["acknowledged_at"] is None else None)
+                  if t is not None), default=None))
+            for r in rows]
+
+
+async def recently_cleared(conn: psycopg.AsyncConnection, within_s: float,
+                           now: datetime) -> list[tuple[Alert, int, datetime, int, datetime | None]]:
+    """Alerts the gateway cleared (not a person) less than ``within_s`` before ``now`` whose condition has no open
+    alert, the latest per condition: for `AlertManager.load_recent` after a restart."""
+    if within_s <= 0:
+        return []
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT DISTINCT ON (dedup_key) * FROM alerts a WHERE cleared_by = 'system'"
+            " AND cleared_at > %s - make_interval(secs => %s)"
+            " AND NOT EXISTS (SELECT 1 FROM alerts o WHERE o.dedup_key = a.dedup_key AND o.cleared_at IS NULL)"
+            " ORDER BY dedup_key, cleared_at DESC", (now, within_s))
         rows = await cur.fetchall()
     return [(row_to_alert(r), r["occurrences"], r["last_seen"], r["escalation_level"], r["escalated_at"])
             for r in rows]

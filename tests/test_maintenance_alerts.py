@@ -76,7 +76,7 @@ def test_escalation_until_acknowledged():
 
 
 def test_threshold_rule_with_deadband():
-    m = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None))
+    m = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None, reopen_within_s=0))
     rule = RuleConfig(name="hot", tag="P-101.bearing_temp", kind="threshold", high=90, deadband=2)
     eng = RuleEngine([rule], m)
     events = []
@@ -173,3 +173,18 @@ def test_loading_the_stored_row_keeps_an_escalation_still_on_its_way_to_the_data
     acked = (dataclasses.replace(o.alert, acknowledged_at=at(650), acknowledged_by="anna"), 1, at(0), 0, None)
     m.load([acked])  # acknowledged meanwhile: the row wins
     assert m.tick(at(5000)) == [] and m.open[r.key].alert.acknowledged_by == "anna"
+
+
+def test_a_condition_back_after_a_maintenance_window_raises_a_new_alert_rather_than_reopening():
+    """Re-opening joins the returns of one problem; after a planned window the crew worked on the machine (a bearing
+    change), so the condition coming back is a new alert, paged as such."""
+    from maintenance.alerts import Window
+
+    m = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None, reopen_within_s=3600),
+                     windows=[Window("P-101", at(100), at(200), "bearing change")])
+    kw = {"asset": "P-101", "tag": "P-101.t", "kind": "rule:hot"}
+    assert [c.event for c in m.observe(**kw, active=True, t=at(0)) + m.observe(**kw, active=False, t=at(10))
+            + m.observe(**kw, active=True, t=at(20)) + m.observe(**kw, active=False, t=at(30))] == [
+        "raised", "cleared", "reopened", "cleared"]
+    (ch,) = m.observe(**kw, active=True, t=at(300))
+    assert ch.event == "raised"

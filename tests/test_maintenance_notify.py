@@ -195,7 +195,7 @@ async def test_live_notifications_wait_for_a_receiver_that_is_down(tmp_path, mon
     site = SiteConfig(site={"state_dir": tmp_path},
                       rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0},
                              {"name": "bad", "tag": "P2.p", "kind": "threshold", "high": 10.0}],
-                      maintenance={"alerts": {"clear_after_s": 0},
+                      maintenance={"alerts": {"clear_after_s": 0, "reopen_within_s": 0},
                                    "notify": {"webhooks": [{"url": f"http://127.0.0.1:{port}/hook", "attempts": 2}]}})
 
     async def emit(batch):

@@ -358,3 +358,71 @@ def test_the_sample_shows_every_tls_option_with_the_code_default():
     assert set(options) == set(Tls.model_fields)
     assert options["insecure"] == "false" and Tls().insecure is False
     Tls.model_validate({k: tomllib.loads(f"v = {v}")["v"] for k, v in options.items()})
+
+
+async def test_a_receiver_refusing_the_gateways_log_in_is_reported_at_start_not_at_the_first_alert(
+        mosquitto, tmp_path, monkeypatch, caplog):
+    """A wrong pager password (or CA) showed only when the first alert was to be sent, at night. The start-up probe
+    connects to each receiver (a webhook only with ``probe = true``: a HEAD, never a fake alert) and reports the
+    failure in the log, ``valvoja_alert_receiver_up`` and /healthz ``problems``, which clear once it works."""
+    from edge.metrics import Metrics
+    from edge.notifications import Notifications, notify_secrets
+    from maintenance.config import MaintenanceConfig
+
+    monkeypatch.setenv("VALVOJA_TEST_NOTIFY_PW", "not-the-password")
+    closed = free_port()
+    mcfg = MaintenanceConfig.model_validate({"notify": {
+        "mqtt": {"host": mosquitto.host, "port": mosquitto.auth_port, "username": mosquitto.username,
+                 "password": "env:VALVOJA_TEST_NOTIFY_PW", "timeout_s": 2.0},
+        "webhooks": [{"url": f"http://127.0.0.1:{closed}/probed", "probe": True, "timeout_s": 1.0},
+                     {"url": f"http://127.0.0.1:{closed}/not-probed", "timeout_s": 1.0}]}})
+    metrics, problems = Metrics(), {}
+    notes = Notifications(mcfg, notify_secrets(mcfg), metrics, None, tmp_path)
+    notes.problems = problems
+    notes.open()
+    try:
+        with caplog.at_level(logging.ERROR, logger="edge.notifications"):
+            await notes.probe()
+        mqtt_name, probed, _ = (n.name for n in notes.notifiers)
+        assert set(problems) == {f"notify {mqtt_name}", f"notify {probed}"}
+        assert "broker refused the connection" in problems[f"notify {mqtt_name}"]
+        assert "ConnectError" in problems[f"notify {probed}"]
+        assert len([r for r in caplog.records if getattr(r, "event", None) == "notify_probe_failed"]) == 2
+        rendered = metrics.render().decode()
+        assert f'valvoja_alert_receiver_up{{receiver="{mqtt_name}"}} 0.0' in rendered
+        assert "not-probed" not in rendered
+        # The password fixed (a reload builds new notifiers): the receiver works and the problem goes.
+        notes.notifiers[0]._password = mosquitto.password
+        await notes.send(notes.notifiers[0], [_change()])
+        assert f"notify {mqtt_name}" not in problems
+        assert f'valvoja_alert_receiver_up{{receiver="{mqtt_name}"}} 1.0' in metrics.render().decode()
+    finally:
+        await notes.close()
+
+
+async def test_a_gateway_with_a_pager_it_cannot_reach_says_so_in_healthz_at_start(tmp_path):
+    """Wired into the gateway: the probe runs in its own task at the start of analytics, and /healthz lists the
+    failing receiver while the gateway runs on (collection is not held)."""
+    from edge.gateway import Gateway
+    from edge.settings import SiteConfig
+
+    cfg = SiteConfig.model_validate({
+        "site": {"state_dir": str(tmp_path)}, "http": {"listen": "127.0.0.1:0"},
+        "rules": [{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
+        "maintenance": {"notify": {"mqtt": {"host": "127.0.0.1", "port": free_port(), "timeout_s": 1.0}}}})
+    gw = Gateway(cfg)
+    stop = asyncio.Event()
+    task = asyncio.create_task(gw.run(stop))
+    try:
+        await asyncio.wait_for(gw.ready.wait(), 10)
+        for _ in range(100):
+            ok, detail = gw.health()
+            if detail["problems"]:
+                break
+            await asyncio.sleep(0.1)
+        assert not ok and not detail["dead_tasks"]
+        (problem,) = detail["problems"].values()
+        assert "alert receiver failing" in problem and "cannot connect" in problem, problem
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)

@@ -106,7 +106,7 @@ async def test_predictions_idempotent_and_feedback_used_for_precision(pg_dsn):
     p = Prediction("anomaly:P-101", "abc123", "P-101", at(0), 14.2, p_value=0.003, kind="anomaly",
                    input_start=at(-10), input_end=at(0), details={"alpha": 0.01})
     rul = Prediction("rul:P-101", "def456", "P-101", at(0), 80.0, lower=60.0, upper=101.0, coverage=0.9, kind="rul")
-    m = AlertManager(AlertPolicy(clear_after_s=0))
+    m = AlertManager(AlertPolicy(clear_after_s=0, reopen_within_s=0))  # four alerts, none re-opened
     async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
         ids = await store.write_predictions(conn, [p, rul])
         assert ids == await store.write_predictions(conn, [p, rul])  # a replay does not duplicate
@@ -528,3 +528,211 @@ async def test_an_open_alert_never_falls_in_severity_or_level_through_another_al
         await store.apply_changes(conn, changes)
         (row,) = await _all(conn)
         assert (row["severity"], row["escalation_level"], row["escalated_at"]) == ("critical", 2, at(1200))
+
+
+async def test_the_gateways_clear_never_lowers_the_occurrences_of_the_alert(pg_dsn):
+    """The ``cleared`` of a gateway whose in-memory alert had absorbed fewer flaps than the row (another writer's
+    occurrences, a gateway restarted without the database) wrote its own lower count over the row's: the history the
+    crew and the review read said the bearing had come back twice when it had come back twenty times."""
+    _migrate(pg_dsn)
+    a = AlertManager(AlertPolicy(clear_after_s=5, escalate_after_s=None))
+    b = AlertManager(AlertPolicy(clear_after_s=5, escalate_after_s=None))
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        changes = []
+        for s in range(40):  # 20 flaps on gateway a
+            changes += a.observe(asset="K4", tag=None, kind="anomaly", active=s % 2 == 0, t=at(s))
+        await store.apply_changes(conn, changes)
+        (row,) = await _all(conn)
+        assert row["occurrences"] == 20
+        await store.apply_changes(conn, b.observe(asset="K4", tag=None, kind="anomaly", active=True, t=at(50))
+                                  + b.observe(asset="K4", tag=None, kind="anomaly", active=False, t=at(51))
+                                  + b.observe(asset="K4", tag=None, kind="anomaly", active=False, t=at(60)))
+        (row,) = await _all(conn)
+        assert row["cleared_at"] == at(60) and row["occurrences"] >= 20
+
+
+async def test_a_condition_flapping_slower_than_the_hysteresis_reopens_its_alert_instead_of_paging_anew(pg_dsn):
+    """A bearing temperature crossing its threshold every 20 minutes (slower than clear_after_s) raised a new alert,
+    and paged, at every crossing all night. Now the alert cleared less than reopen_within_s before is re-opened:
+    same id and history, one more occurrence, the acknowledgement kept, notified as "reopened" (which pages only
+    while nobody has acknowledged it); an alert cleared by a person, or one cleared too long ago, is raised anew."""
+    from maintenance.notify import wanted
+
+    _migrate(pg_dsn)
+    m = AlertManager(AlertPolicy(clear_after_s=60, escalate_after_s=3600, reopen_within_s=3600))
+    events: list = []
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        async def step(s: float, active: bool, sev: str = "warning") -> None:
+            changes = m.observe(asset="P-101", tag="P-101.bearing_temp", kind="rule:hot", active=active, t=at(s),
+                                severity=sev, message=f"{s}", evidence={"value": s})
+            events.extend(changes)
+            await store.apply_changes(conn, changes + m.tick(at(s)))
+
+        for flap in range(3):  # 5 minutes hot, 15 minutes back below the threshold, three times
+            base = flap * 1200
+            await step(base, True)
+            await step(base + 300, False)
+            await step(base + 400, False)  # cleared (hysteresis 60 s)
+        assert [c.event for c in events] == ["raised", "cleared", "reopened", "cleared", "reopened", "cleared"]
+        assert len({c.alert.id for c in events}) == 1
+        (row,) = await _all(conn)
+        assert (row["occurrences"], row["state"], row["reopened_at"]) == (3, "cleared", at(2400))
+        assert row["evidence"] == {"value": 2400}
+        # Notified to a pager (webhook defaults: raised, acknowledged, escalated, cleared) while unacknowledged.
+        reopened = next(c for c in events if c.event == "reopened")
+        assert wanted(("raised", "acknowledged", "escalated", "cleared"), reopened)
+        # Acknowledged in the console: a return keeps the acknowledgement and pages nobody.
+        await step(3600, True, "critical")
+        assert await store.acknowledge(conn, row["id"], "anna", "on it", at(3610))
+        m.acknowledged(row["id"], "anna", at(3610))
+        await step(3700, False)
+        await step(3800, False)
+        await step(4000, True)
+        last = events[-1]
+        assert last.event == "reopened" and last.alert.acknowledged_by == "anna" and last.alert.severity == "critical"
+        assert not wanted(("raised", "acknowledged", "escalated", "cleared"), last)
+        assert wanted(("raised", "updated", "acknowledged", "escalated", "cleared"), last)  # MQTT defaults
+        (row,) = await _all(conn)
+        assert (row["state"], row["acknowledged_by"], row["occurrences"], row["cleared_at"]) == (
+            "acknowledged", "anna", 5, None)
+        assert m.tick(at(9000)) == []  # acknowledged: no escalation
+        # A restarted gateway re-opens what it cleared lately, as it would have without the restart.
+        await step(4100, False)
+        await step(4200, False)
+        m2 = AlertManager(m.policy)
+        m2.load(await store.open_alerts(conn))
+        m2.load_recent(await store.recently_cleared(conn, m.policy.reopen_within_s, at(4300)))
+        (ch,) = m2.observe(asset="P-101", tag="P-101.bearing_temp", kind="rule:hot", active=True, t=at(4300))
+        assert ch.event == "reopened" and ch.alert.id == row["id"] and ch.occurrences == 6
+        await store.apply_changes(conn, [ch])
+        # Cleared by a person: over; its return is a new alert.
+        assert await store.clear(conn, row["id"], "anna", at(4400))
+        m2.cleared_by_hand(row["id"])
+        (ch,) = m2.observe(asset="P-101", tag="P-101.bearing_temp", kind="rule:hot", active=True, t=at(4500))
+        assert ch.event == "raised" and ch.alert.id != row["id"]
+        await store.apply_changes(conn, [ch])
+        # Back after longer than reopen_within_s: a new alert too.
+        for s in (4600, 4700):
+            await store.apply_changes(conn, m2.observe(asset="P-101", tag="P-101.bearing_temp", kind="rule:hot",
+                                                       active=False, t=at(s)))
+        (ch,) = m2.observe(asset="P-101", tag="P-101.bearing_temp", kind="rule:hot", active=True, t=at(9000))
+        assert ch.event == "raised"
+    assert [e for e, _ in _events(pg_dsn, row["id"])].count("reopened") == 5
+
+
+async def test_a_reopened_alert_escalates_from_its_return_not_from_when_it_was_first_raised(pg_dsn):
+    """Unacknowledged and re-opened hours after it was raised, it escalated at once (the clock read raised_at);
+    now the crew gets escalate_after_s from its return, also after a restart (reopened_at in the row)."""
+    _migrate(pg_dsn)
+    m = AlertManager(AlertPolicy(clear_after_s=10, escalate_after_s=600, reopen_within_s=3600))
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await store.apply_changes(conn, m.observe(asset="K4", tag=None, kind="anomaly", active=True, t=at(0))
+                                  + m.observe(asset="K4", tag=None, kind="anomaly", active=False, t=at(100))
+                                  + m.observe(asset="K4", tag=None, kind="anomaly", active=False, t=at(200)))
+        (ch,) = m.observe(asset="K4", tag=None, kind="anomaly", active=True, t=at(3000))
+        assert ch.event == "reopened"
+        await store.apply_changes(conn, [ch])
+        assert m.tick(at(3100)) == []
+        m2 = AlertManager(m.policy)
+        m2.load(await store.open_alerts(conn))
+        assert m2.tick(at(3100)) == []
+        assert [c.event for c in m2.tick(at(3600))] == ["escalated"]
+
+
+async def test_alert_precision_reads_the_review_of_the_prediction_that_raised_the_alert(pg_dsn):
+    """A flap replaces the row's evidence: precision matched the alert to the prediction of its latest return, so a
+    reviewer's "right" on the prediction that raised it (the one the crew was paged for) counted as the verdict of
+    another prediction, here "wrong". The raising evidence is in the ``raised`` event (m0201)."""
+    _migrate(pg_dsn)
+    preds = [Prediction("anomaly:P-101", "abc123", "P-101", at(s), 14.2, p_value=0.003, kind="anomaly") for s in (0, 5)]
+    m = AlertManager(AlertPolicy(clear_after_s=60, escalate_after_s=None))
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await store.write_predictions(conn, preds)
+        changes = []
+        for s, active in ((0, True), (3, False), (5, True)):  # raised by the first, a flap brings the second
+            ev = {"prediction": {"model_id": "anomaly:P-101", "model_version": "abc123", "time": at(s)}}
+            changes += m.observe(asset="P-101", tag=None, kind="anomaly", active=active, t=at(s), evidence=ev)
+        assert [c.event for c in changes] == ["raised", "updated"]
+        await store.apply_changes(conn, changes)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        ids = {r["time"]: r["id"] for r in review.list_predictions(conn, "P-101")}
+        review.review_prediction(conn, ids[at(0)], "right", "bearing pitted", "anna")
+        review.review_prediction(conn, ids[at(5)], "wrong", "", "bob")
+        (row,) = review.alert_precision(conn)
+        assert (row["right"], row["wrong"]) == (1, 0)
+
+
+async def test_acknowledgements_and_clears_made_while_the_gateway_was_stopped_are_notified_at_its_start(
+        pg_dsn, tmp_path):
+    """The console acknowledged one alert and cleared another while the gateway was stopped (an upgrade, a power cut
+    of the gateway's cabinet): the restarted gateway loaded the database's state as it was, compared nothing, and the
+    pager that got "raised" kept both incidents open. Now the first sync compares with the open alerts the gateway
+    last knew (its alert state file) and notifies both, once."""
+    from edge.analytics import Analytics
+    from edge.metrics import Metrics
+    from edge.settings import SiteConfig
+
+    _migrate(pg_dsn)
+
+    async def emit(batch):
+        pass
+
+    site = SiteConfig(site={"state_dir": tmp_path},
+                      rules=[{"name": f"hi{i}", "tag": f"P{i}.p", "kind": "threshold", "high": 10.0}
+                             for i in (1, 2, 3)])
+    before = Analytics(site, Metrics(), emit, pg_dsn)
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        changes = [c for i in (1, 2, 3) for c in before.manager.observe(asset=f"P{i}", tag=f"P{i}.p", kind="rule:hi",
+                                                                         active=True, t=at(0))]
+        await store.apply_changes(conn, changes)
+        await before.sync_once(conn)
+        before._save_alert_state()  # at its stop
+        p1, p2, _ = (c.alert.id for c in changes)
+        # The gateway is stopped: the night shift acknowledges P1 and clears P2 in the console.
+        assert await store.acknowledge(conn, p1, "anna", "on my way", at(100))
+        assert await store.clear(conn, p2, "anna", at(200))
+        after = Analytics(site, Metrics(), emit, pg_dsn)
+        queued: list = []
+
+        async def queue(changes):
+            queued.extend(changes)
+
+        after.notifications.queue = queue
+        await after.sync_once(conn)
+        assert sorted((c.event, c.alert.asset, c.detail.get("by")) for c in queued) == [
+            ("acknowledged", "P1", "anna"), ("cleared", "P2", "anna")]
+        assert next(c for c in queued if c.event == "cleared").alert.cleared_at == at(200)
+        await after.sync_once(conn)  # once
+        assert len(queued) == 2
+
+
+async def test_a_reopened_alert_still_on_its_way_to_the_database_is_not_forgotten_by_the_sync(pg_dsn):
+    """The sync saw the re-opened alert's row still cleared (the reopen waits in the spool: a backlog, the database
+    away) and forgot it as cleared; the condition, still active, then raised and paged a new alert."""
+    from edge.analytics import Analytics
+    from edge.metrics import Metrics
+    from edge.settings import SiteConfig
+
+    _migrate(pg_dsn)
+
+    async def emit(batch):
+        pass
+
+    site = SiteConfig(rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
+                      maintenance={"alerts": {"clear_after_s": 10, "reopen_within_s": 3600}})
+    an = Analytics(site, Metrics(), emit, pg_dsn)
+    kw = {"asset": "P1", "tag": "P1.p", "kind": "rule:hi"}
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await an.sync_once(conn)
+        await store.apply_changes(conn, an.manager.observe(**kw, active=True, t=at(0))
+                                  + an.manager.observe(**kw, active=False, t=at(5))
+                                  + an.manager.observe(**kw, active=False, t=at(20)))
+        (ch,) = an.manager.observe(**kw, active=True, t=at(600))
+        assert ch.event == "reopened"
+        an.spool_pending = lambda: 1
+        await an.sync_once(conn)  # the reopen not written yet
+        assert [o.alert.id for o in an.manager.open.values()] == [ch.alert.id]
+        assert an.manager.observe(**kw, active=True, t=at(601)) == []
+        await store.apply_changes(conn, [ch])
+        await an.sync_once(conn)
+        assert [o.alert.id for o in an.manager.open.values()] == [ch.alert.id]
