@@ -22,6 +22,7 @@ from pathlib import Path
 
 from asyncua import Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.internal_subscription import InternalSubscription
 
 from collectors.simulator.tags import UNECE_CODES, TagSpec, unit_id
 
@@ -104,6 +105,18 @@ class _Users:
             return None
         self.activated.append(name)
         return User(role=UserRole.User, name=name)
+
+
+def _republish_keeping(self: InternalSubscription, nb: int) -> ua.NotificationMessage:
+    """Republish per OPC UA Part 4 (Republish service): the message stays in the retransmission queue until the
+    client acknowledges it. asyncua's own removes it when it is republished, so a Republish response lost in a
+    cut, or a client stopped before it stored the message, lost it for good (the chaos test's rare
+    ``opcua_messages_lost``); a client that asks again now gets it again."""
+    result = self._not_acknowledged_results.get(nb)
+    return result.NotificationMessage if result is not None else ua.NotificationMessage()
+
+
+InternalSubscription.republish = _republish_keeping
 
 
 class SimOpcUaServer:
