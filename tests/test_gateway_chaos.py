@@ -32,8 +32,10 @@ What must hold at the end:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
+import re
 import secrets
 import sqlite3
 import time
@@ -98,6 +100,7 @@ nodes = [@NODES@]
 LOG_PROBLEMS = ("event=opcua_session_not_resumed", "event=opcua_messages_lost", "event=mqtt_session_lost",
                 "event=task_died", "event=drain_gave_up", "event=stop_timeout", "event=ack_error", "Traceback",
                 "Task was destroyed")
+RECORD_START = re.compile(r"\d\d:\d\d:\d\d ")  # edge/logs.py TextFormatter: a new record, not a traceback line
 
 
 class Chaos:
@@ -226,8 +229,21 @@ def left_behind(gw: GatewayProcess, dsn: str, health: dict) -> list[str]:
     print(f"receive times left in the spool: {len(held)}, of the final connection {final}")
     if final:
         out.append(f"{final} receive times of the final connection not confirmed at its clean stop")
-    return out + [line for line in gw.log.read_text(errors="replace").splitlines()
-                  if any(m in line for m in LOG_PROBLEMS)]
+    return out + log_problems(gw.log.read_text(errors="replace").splitlines())
+
+
+def log_problems(lines: list[str]) -> list[str]:
+    """The log lines no fault may cause; a traceback whole, so that a rare failure says what raised."""
+    out = []
+    for i, line in enumerate(lines):
+        if not any(m in line for m in LOG_PROBLEMS):
+            continue
+        if line.startswith("Traceback") and i:
+            out.append(lines[i - 1])  # the record it belongs to
+        out.append(line)
+        if line.startswith("Traceback"):
+            out += itertools.takewhile(lambda s: not RECORD_START.match(s), lines[i + 1:i + 60])
+    return out
 
 
 @pytest.mark.timeout(300)
