@@ -23,6 +23,7 @@ import psycopg
 
 from console import alerts
 from console.problems import Problem
+from edge.timeouts import within
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class AlertFeed:
     async def _poll(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
+                await within(self._wake.wait(), self.poll_s)
             self._wake.clear()
             ids, self._pending_ids = list(self._pending_ids), set()
             try:

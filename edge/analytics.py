@@ -26,6 +26,7 @@ from edge.metrics import Metrics
 from edge.notifications import ACK_RECHECK_S, Notifications, notify_secrets
 from edge.records import Alert, Batch, Prediction, Reading, utcnow
 from edge.settings import SiteConfig
+from edge.timeouts import within
 
 log = logging.getLogger(__name__)
 
@@ -387,7 +388,7 @@ class Analytics:
         try:
             # Bounded: a lock on the alerts table (a session idle in a transaction, a long migration) held the first
             # sync, and with it every analysis, for as long as the lock lasted (psycopg cancels the query).
-            await asyncio.wait_for(sync(), SYNC_TIMEOUT_S)
+            await within(sync(), SYNC_TIMEOUT_S)
         except (psycopg.Error, OSError, TimeoutError) as exc:
             self.notifications.db_down_until = time.monotonic() + ACK_RECHECK_S  # escalations do not wait for it either
             log.debug("analytics sync skipped: %s", str(exc) or type(exc).__name__)

@@ -24,6 +24,7 @@ from edge import logs, settings
 from edge.cli import install_stop_signals
 from edge.embedded import EmbeddedMosquitto, embedded_postgres, free_port
 from edge.gateway import Gateway, describe_conninfo
+from edge.timeouts import within
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ async def _status_loop(gw: Gateway, conninfo: str, stop: asyncio.Event) -> None:
     tick = 0
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
+            await within(stop.wait(), 1.0)
         now = time.monotonic()
         rate = (gw.ingest.accepted - last_n) / max(1e-6, now - last_t)
         last_n, last_t = gw.ingest.accepted, now

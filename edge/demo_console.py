@@ -18,6 +18,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from edge.embedded import free_port
+from edge.timeouts import within
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class DemoConsole:
     async def stop(self) -> None:
         self.server.should_exit = True
         try:
-            await asyncio.wait_for(self.task, timeout=10)
+            await within(self.task, 10)
         except TimeoutError:
             self.task.cancel()
 

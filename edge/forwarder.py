@@ -26,6 +26,7 @@ from edge.records import utcnow
 from edge.settings import Database, SiteConfig
 from edge.sink.timescale import TimescaleSink, WriteResult
 from edge.spool import SpooledBatch
+from edge.timeouts import within
 
 log = logging.getLogger(__name__)
 VACUUM_CHECK_S = 60.0  # how often an idle forwarder checks whether a drained spool has disk to give back
@@ -237,7 +238,7 @@ class Forwarder:
                                  extra={"event": "spool_vacuumed", "bytes": freed})
                 self.wake.clear()
                 try:
-                    await asyncio.wait_for(self.wake.wait(), timeout=self.db.flush_interval_s)
+                    await within(self.wake.wait(), self.db.flush_interval_s)
                 except TimeoutError:
                     pass
                 continue
@@ -396,7 +397,7 @@ class Forwarder:
                 return False
             try:
                 left = deadline - time.monotonic()
-                if not await asyncio.wait_for(self.drain_once(linger=False), timeout=max(0.1, left)):
+                if not await within(self.drain_once(linger=False), max(0.1, left)):
                     return True
             except (psycopg.Error, OSError, TimeoutError, sqlite3.Error) as exc:
                 # sqlite3: a spool that cannot delete (disk full) ends the flush as a database away does; it raised

@@ -29,6 +29,7 @@ from edge.pipeline import Ingest, SourceState, SpoolWorker
 from edge.secrets import is_reference, resolve_secret
 from edge.settings import SiteConfig
 from edge.spool import Spool
+from edge.timeouts import within
 from edge.validate import Validator
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ class Gateway:
         if name == "forwarder" and self.forwarder:
             # Drop the connection: a half-open socket is the usual reason for a stalled write.
             try:
-                await asyncio.wait_for(self.forwarder.close(), timeout=3)
+                await within(self.forwarder.close(), 3)
             except Exception as exc:
                 log.debug("closing the stalled database connections failed: %r", exc)
                 for w in self.forwarder.writers:
@@ -237,7 +238,7 @@ class Gateway:
                                 type(exc).__name__, exc, extra={"event": "collector_lost", "collector": name})
                     failing = True
             try:
-                await asyncio.wait_for(collector.aclose(), timeout=5)
+                await within(collector.aclose(), 5)
             except Exception as exc:  # closing a broken connection may fail; it is being replaced
                 log.debug("collector %s close failed: %r", name, exc)
             m.reconnects.labels(name).inc()
@@ -263,7 +264,7 @@ class Gateway:
                     await asyncio.gather(task, return_exceptions=True)
             flushed = await self.forwarder.flush(self.shutdown_flush_s)
             try:
-                await asyncio.wait_for(self.rollups.refresh_once(), timeout=2)
+                await within(self.rollups.refresh_once(), 2)
             except Exception as exc:  # the work is noted in the spool: the next start does it
                 log.debug("final rollup refresh skipped: %r", exc)
             await self.rollups.close()
@@ -278,7 +279,7 @@ class Gateway:
 
     async def _close_collector(self, collector) -> None:
         try:
-            await asyncio.wait_for(collector.aclose(), timeout=3)
+            await within(collector.aclose(), 3)
         except Exception as exc:
             log.warning("collector close failed: %r", exc, extra={"event": "collector_close"})
 

@@ -12,6 +12,8 @@ import json
 import logging
 from collections.abc import Callable
 
+from edge.timeouts import within
+
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 5.0  # to read a request's head, and again to send the answer
@@ -65,7 +67,7 @@ class HealthServer:
             head = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                     "Connection: close\r\n\r\n").encode()
             writer.write(head + (b"" if parts and parts[0] == "HEAD" else body))
-            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_S)  # a client that never reads
+            await within(writer.drain(), REQUEST_TIMEOUT_S)  # a client that never reads
         except (TimeoutError, ConnectionError):
             pass
         except ValueError as exc:  # a line over the stream's limit, too many headers: not worth an error log

@@ -22,6 +22,7 @@ from pathlib import Path
 import psycopg
 
 from edge.metrics import Metrics
+from edge.timeouts import within
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ class Notifications:
             if not getattr(n, "probes", False):  # no harmless probe (a webhook without probe = true): unknown
                 return
             try:
-                error = await asyncio.wait_for(n.probe(), n.cfg.timeout_s + PROBE_SLACK_S)
+                error = await within(n.probe(), n.cfg.timeout_s + PROBE_SLACK_S)
             except TimeoutError:
                 error = f"no answer within {n.cfg.timeout_s + PROBE_SLACK_S:g} s"
             except Exception as exc:  # a probe must never take analytics down
@@ -293,7 +294,7 @@ class Notifications:
                 return {r[0] for r in await cur.fetchall()}
 
         try:
-            taken = await asyncio.wait_for(ask(), ACK_CHECK_TIMEOUT_S)
+            taken = await within(ask(), ACK_CHECK_TIMEOUT_S)
         except (psycopg.Error, OSError, TimeoutError) as exc:
             self.db_down_until = time.monotonic() + ACK_RECHECK_S
             log.warning("acknowledgement of %d escalated alert(s) not checked (database: %s); notified anyway",

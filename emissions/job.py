@@ -27,6 +27,7 @@ import numpy as np
 import psycopg
 
 from edge.db.features import Features, detect
+from edge.timeouts import within
 from emissions import averages, compliance, late, pems, periods, qal3, store
 from emissions.averages import StackResult
 from emissions.compliance import Event, RuleResult
@@ -162,7 +163,7 @@ async def run_periodic(conninfo: str, stacks: list[StackConfig], stop: asyncio.E
         if context == "year" and not failed:
             last_full = now
         try:
-            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+            await within(stop.wait(), interval_s)
         except TimeoutError:
             pass
 

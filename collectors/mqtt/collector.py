@@ -53,6 +53,7 @@ from collectors.mqtt.session import Ack, Client, Connection, SavedSubscriptions
 from edge.columns import from_us, to_us
 from edge.errors import NotConnectedError
 from edge.records import Batch, utcnow
+from edge.timeouts import within
 from edge.tls import tls_context
 
 log = logging.getLogger(__name__)
@@ -187,10 +188,10 @@ class MqttCollector:
         deadline = time.monotonic() + cfg.connect_timeout_s
         try:
             # TCP connect and TLS handshake block: run them off the event loop.
-            await asyncio.wait_for(asyncio.to_thread(client.connect, cfg.host, cfg.port, cfg.keepalive_s, **kwargs),
+            await within(asyncio.to_thread(client.connect, cfg.host, cfg.port, cfg.keepalive_s, **kwargs),
                                    cfg.connect_timeout_s)
             client.loop_start()
-            reason = await asyncio.wait_for(conn.connack, max(0.1, deadline - time.monotonic()))
+            reason = await within(conn.connack, max(0.1, deadline - time.monotonic()))
         except TimeoutError:
             raise NotConnectedError(f"{self._where()}: no CONNACK within {cfg.connect_timeout_s:g} s") from None
         except ssl.SSLCertVerificationError as exc:

@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from edge.timeouts import within
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("opcua", help="OPC UA tools (browse a server)")
@@ -101,7 +103,7 @@ async def _browse(args, conn, secrets) -> int:
                                             include_server=args.include_server)
     finally:
         try:
-            await asyncio.wait_for(client.disconnect(), conn.request_timeout_s)
+            await within(client.disconnect(), conn.request_timeout_s)
         except Exception:  # the listing is what matters
             client.disconnect_socket()
     if args.json:

@@ -48,6 +48,7 @@ from collectors.opcua.subscription import (
 )
 from edge.errors import NotConnectedError
 from edge.records import Batch, Reading, utcnow
+from edge.timeouts import within
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +310,7 @@ class OpcUaCollector:
         self._not_resumed(reason)
         try:
             if close and client.uaclient.state is UaClientState.CONNECTED:
-                await asyncio.wait_for(client.disconnect(), self.cfg.request_timeout_s)
+                await within(client.disconnect(), self.cfg.request_timeout_s)
         except Exception as exc:
             log.debug("%s: close: %s", self.name, describe(exc))
         finally:
@@ -585,7 +586,7 @@ class OpcUaCollector:
         assert self._lost is not None
         while True:
             try:
-                await asyncio.wait_for(self._lost.wait(), self.cfg.watchdog_interval_s)
+                await within(self._lost.wait(), self.cfg.watchdog_interval_s)
             except TimeoutError:
                 # Belt and braces: asyncua's supervisor normally reports the loss through the callback.
                 state = client.uaclient.state
@@ -616,7 +617,7 @@ class OpcUaCollector:
         self._forget()  # the session is closed (or was never subscribed): nothing to resume
         try:
             if client.uaclient.state is UaClientState.CONNECTED and not lost:
-                await asyncio.wait_for(client.disconnect(), self.cfg.request_timeout_s)
+                await within(client.disconnect(), self.cfg.request_timeout_s)
             else:
                 # The peer is gone or not answering: drop the socket first, so that stopping
                 # asyncua's background tasks sends nothing and waits for nobody.
@@ -627,7 +628,7 @@ class OpcUaCollector:
                 protocol = client.uaclient.protocol  # left open when asyncua only marked the client lost
                 if protocol is not None:
                     protocol.disconnect_socket()
-                await asyncio.wait_for(client.close_session(), self.cfg.request_timeout_s)
+                await within(client.close_session(), self.cfg.request_timeout_s)
         except Exception as exc:  # the connection is being replaced; nothing to save
             log.debug("%s: close: %s", self.name, describe(exc))
         finally:

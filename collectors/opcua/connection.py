@@ -48,6 +48,7 @@ from collectors.opcua.security import (
     select_endpoint,
     thumbprint,
 )
+from edge.timeouts import within
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ class ClientOpener:
         operator must fix (untrusted certificate, missing endpoint), TimeoutError, or the error of the
         failed step.
         """
-        await asyncio.wait_for(self._connect(client), self.conn.connect_timeout_s)
+        await within(self._connect(client), self.conn.connect_timeout_s)
 
     async def _identity(self, client: Client) -> None:
         conn = self.conn
@@ -252,7 +253,7 @@ class ClientOpener:
         configured policy and mode, identity, trust list, revocation, pin). Limited by ``connect_timeout_s``.
         Raises `SessionGone` when the server refuses the session (then a new one is needed), else like `connect`.
         """
-        await asyncio.wait_for(self._reactivate(client), self.conn.connect_timeout_s)
+        await within(self._reactivate(client), self.conn.connect_timeout_s)
 
     async def _reactivate(self, client: Client) -> None:
         await self._identity(client)  # a restored client has not loaded it yet

@@ -41,6 +41,7 @@ from collectors.simulator.faults import BAD_SENSOR_FAILURE
 from collectors.simulator.plant import Sample
 from collectors.simulator.tags import TagSpec
 from edge.secrets import resolve_secret
+from edge.timeouts import within
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class MqttPublisher:
         client.loop_start()
         self._client = client
         try:
-            await asyncio.wait_for(self._connected.wait(), o.connect_timeout_s)
+            await within(self._connected.wait(), o.connect_timeout_s)
         except TimeoutError:
             await self.stop()
             raise ConnectionError(f"MQTT broker {o.host}:{o.port} did not accept a connection "

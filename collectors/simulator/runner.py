@@ -26,6 +26,7 @@ from collectors.simulator.plant import Plant, PlantConfig, Sample
 from collectors.simulator.replay import CsvReplay, ReplaySpec
 from collectors.simulator.synthetic import SyntheticSignals
 from collectors.simulator.tags import TagSpec
+from edge.timeouts import within
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class Simulator:
         try:
             if opts.duration_s is not None:
                 try:
-                    await asyncio.wait_for(stop.wait(), opts.duration_s)
+                    await within(stop.wait(), opts.duration_s)
                 except TimeoutError:
                     stop.set()
             await asyncio.gather(*tasks)
@@ -143,7 +144,7 @@ class Simulator:
             delay = t0 + (done + 1) * interval - time.monotonic()
             if delay > 0:
                 try:
-                    await asyncio.wait_for(stop.wait(), delay)
+                    await within(stop.wait(), delay)
                 except TimeoutError:
                     pass
             else:
@@ -161,7 +162,7 @@ class Simulator:
             delay = t0 + k * interval - time.monotonic()
             if delay > 0:
                 try:
-                    await asyncio.wait_for(stop.wait(), delay)
+                    await within(stop.wait(), delay)
                     return
                 except TimeoutError:
                     pass

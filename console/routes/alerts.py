@@ -3,7 +3,6 @@ and a server-sent-event stream of changes."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 from typing import Literal
 
@@ -17,6 +16,7 @@ from console.auth import Principal, StillValid, client_address, require
 from console.jsonresp import FastJSON
 from console.params import time_range
 from console.problems import Problem
+from edge.timeouts import within
 
 router = APIRouter(prefix="/api/alerts", tags=["alerts"], default_response_class=FastJSON)
 # The stream's last event when its credential ends: the board reloads the page (-> log-in) instead of reconnecting.
@@ -87,7 +87,7 @@ async def stream(request: Request, f: Filters = Depends(filters), p: Principal =
             yield b"retry: 2000\n: connected\n\n"
             while True:
                 try:
-                    rows = [await asyncio.wait_for(queue.get(), timeout=heartbeat)]
+                    rows = [await within(queue.get(), heartbeat)]
                 except TimeoutError:
                     if await request.is_disconnected():
                         return
