@@ -2,10 +2,12 @@
 
 The gateway raises no alert for a condition on an asset inside a maintenance window; it logs one
 ``suppressed`` row in ``alert_events`` per condition and window (maintenance/alerts.py, store.py:
-``asset``, ``kind``, ``time``, ``detail`` with ``tag``, ``severity``, ``message`` and the window's ``reason``).
-The row does not name the window's id, so it is found as the gateway found it: a window that is not cancelled,
-for the event's asset (or ``'*'``) and tag (or every tag), holding the event's time. Only windows current now
-count: once a window ends (or is ended early) what it hid is raised as an alert again if still active.
+``asset``, ``kind``, ``time``, ``detail`` with ``tag``, ``severity``, ``message``, the window's ``reason`` and,
+from gateways of this version on, its ``window_id``). The window shown is found as the gateway found it, not by
+that id (rows of older gateways lack it, and of overlapping windows the one ending last is what matters): a
+window that is not cancelled, for the event's asset (or ``'*'``) and tag (or every tag), holding the event's time.
+Only windows current now count: once a window ends (or is ended early) what it hid is raised as an alert again if
+still active.
 
 One row per condition (asset, tag, kind): the first time it was seen in the window, and of overlapping windows
 the one ending last (how long it stays hidden).

@@ -65,6 +65,7 @@ class Window:
     end: datetime
     reason: str = ""
     tag: str | None = None
+    id: int | None = None  # maintenance_windows.id (m0202); None for a window not from the database
 
     def covers(self, asset: str, tag: str | None, t: datetime) -> bool:
         return (self.asset in ("*", asset) and (self.tag is None or self.tag == tag)
@@ -182,7 +183,10 @@ class AlertManager:
                 return []
             self.suppressing[key] = window
             a = Alert("", asset, tag, kind, severity, t, message, evidence=evidence or {})
-            return [AlertChange("suppressed", a, key, last_seen=t, detail={"window": window.reason})]
+            # The window's id: which planned work hid the condition, traceable to who planned it (the reason is
+            # free text that two windows may share).
+            detail = {"window": window.reason} | ({"window_id": window.id} if window.id is not None else {})
+            return [AlertChange("suppressed", a, key, last_seen=t, detail=detail)]
         self.suppressing.pop(key, None)
         since = self.pending.setdefault(key, t)
         if (t - since).total_seconds() < self.policy.raise_after_s:

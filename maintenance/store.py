@@ -249,6 +249,6 @@ async def add_window(conn: psycopg.AsyncConnection, w: Window, created_by: str =
 async def windows(conn: psycopg.AsyncConnection, after: datetime) -> list[Window]:
     """Maintenance windows that end after ``after`` (current and planned), cancelled ones left out (m0202)."""
     async with conn.cursor() as cur:
-        await cur.execute("SELECT asset, starts_at, ends_at, reason, tag FROM maintenance_windows"
+        await cur.execute("SELECT asset, starts_at, ends_at, reason, tag, id FROM maintenance_windows"
                           " WHERE ends_at > %s AND cancelled_at IS NULL ORDER BY starts_at", (after,))
-        return [Window(a, s, e, r, t) for a, s, e, r, t in await cur.fetchall()]
+        return [Window(*row) for row in await cur.fetchall()]

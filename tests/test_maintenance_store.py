@@ -92,13 +92,15 @@ async def test_one_open_alert_per_condition_across_writers(pg_dsn):
 async def test_suppressed_conditions_are_logged_not_raised(pg_dsn):
     _migrate(pg_dsn)
     async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
-        await store.add_window(conn, Window("P-102", at(0), at(3600), "seal replacement"), created_by="planner")
+        wid = await store.add_window(conn, Window("P-102", at(0), at(3600), "seal replacement"),
+                                     created_by="planner")
         m = AlertManager(windows=await store.windows(conn, at(10)))
         await store.apply_changes(conn, m.observe(asset="P-102", tag=None, kind="anomaly", active=True, t=at(10)))
         assert await _all(conn) == []
         async with conn.cursor() as cur:
-            await cur.execute("SELECT event, asset, detail->>'window' FROM alert_events")
-            assert await cur.fetchall() == [("suppressed", "P-102", "seal replacement")]
+            # The event names the window by id: traceable to who planned it, whatever its free-text reason.
+            await cur.execute("SELECT event, asset, detail->>'window', (detail->>'window_id')::int FROM alert_events")
+            assert await cur.fetchall() == [("suppressed", "P-102", "seal replacement", wid)]
 
 
 async def test_predictions_idempotent_and_feedback_used_for_precision(pg_dsn):
