@@ -8,13 +8,14 @@ network path) the manager started empty, and until the database answered:
 - every condition still active was raised again under a new id and paged again, alerts already acknowledged too,
   and those then escalated and paged again;
 - conditions inside a planned maintenance window raised alerts and paged the crew working on the machine;
-- alerts that were open and unacknowledged never escalated.
+- alerts that were open and unacknowledged never escalated;
+- a condition back within ``reopen_within_s`` of its alert's clear paged as a new alert instead of re-opening it.
 
-So the gateway writes what it knows (`content`: open alerts, windows) to ``<state_dir>/alert_state.msgpack``
-after each sync with the database, a few seconds after its own changes, and when it stops; and `restore` reads it
-when the first sync fails. A file older than `MAX_AGE` is not used: the world has moved on since (alerts cleared
-in the console). The database stays the record: its first answer replaces what was restored (`AlertManager.load`)
-and forgets alerts cleared in the console meanwhile.
+So the gateway writes what it knows (`content`: open alerts, windows, alerts it cleared lately) to
+``<state_dir>/alert_state.msgpack`` after each sync with the database, a few seconds after its own changes, and when
+it stops; and `restore` reads it when the first sync fails. A file older than `MAX_AGE` is not used: the world has
+moved on since (alerts cleared in the console). The database stays the record: its first answer replaces what was
+restored (`AlertManager.load`) and forgets alerts cleared in the console meanwhile.
 """
 
 from __future__ import annotations
@@ -37,13 +38,16 @@ MAX_AGE = timedelta(days=1)
 
 
 def content(manager: AlertManager, *, seen: bool = True) -> bytes:
-    """The manager's open alerts and windows, packed (on the event loop: a copy of small records). ``seen=False``
-    leaves out when each condition was last seen, which moves with every active sample: what tells whether the
-    file needs writing again (a write a second of a condition that lasts would wear a gateway's flash)."""
+    """The manager's open alerts, windows and recently cleared alerts (`AlertManager.recent`), packed (on the event
+    loop: a copy of small records). ``seen=False`` leaves out when each condition was last seen, which moves with
+    every active sample: what tells whether the file needs writing again (a write a second of a condition that
+    lasts would wear a gateway's flash)."""
     alerts = [[dataclasses.asdict(o.alert), o.occurrences, o.last_seen if seen else None, o.escalation_level,
                o.escalated_at] for o in manager.open.values()]
     windows = [dataclasses.asdict(w) for w in manager.windows]
-    return msgpack.packb([alerts, windows], use_bin_type=True, datetime=True, default=_msgpack_default)
+    recent = [[dataclasses.asdict(o.alert), o.occurrences, o.last_seen, o.escalation_level, o.escalated_at]
+              for o, _ in manager.recent.values()]  # each alert carries its cleared_at
+    return msgpack.packb([alerts, windows, recent], use_bin_type=True, datetime=True, default=_msgpack_default)
 
 
 def write(path: Path, packed: bytes) -> None:
@@ -52,20 +56,23 @@ def write(path: Path, packed: bytes) -> None:
     write_atomic(path, msgpack.packb({"format": FORMAT, "saved": time.time(), "content": packed}, use_bin_type=True))
 
 
-def read(path: Path, max_age: timedelta | None = MAX_AGE) -> tuple[list, list[Window]] | None:
-    """The saved (open alerts as `AlertManager.load` takes them, windows); None when there is no usable file
+def read(path: Path, max_age: timedelta | None = MAX_AGE) -> tuple[list, list[Window], list] | None:
+    """The saved (open alerts as `AlertManager.load` takes them, windows, recently cleared alerts as
+    `AlertManager.load_recent` takes them); None when there is no usable file
     (missing, unreadable, another format, older than ``max_age``)."""
     try:
         state = msgpack.unpackb(path.read_bytes(), raw=False)
         if state.get("format") != FORMAT or (max_age is not None
                                              and time.time() - state["saved"] > max_age.total_seconds()):
             return None
-        saved_alerts, saved_windows = msgpack.unpackb(state["content"], raw=False, timestamp=3)
+        saved = msgpack.unpackb(state["content"], raw=False, timestamp=3)
+        saved_alerts, saved_windows, saved_recent = saved if len(saved) == 3 else (*saved, [])  # older: no recent
         alerts = [(Alert(**a), n, seen, level, at) for a, n, seen, level, at in saved_alerts]
         windows = [Window(**w) for w in saved_windows]
+        recent = [(Alert(**a), n, seen, level, at) for a, n, seen, level, at in saved_recent]
     except (OSError, ValueError, TypeError, KeyError, msgpack.UnpackException):
         return None
-    return alerts, windows
+    return alerts, windows, recent
 
 
 def last_known(path: Path) -> dict[str, tuple]:
@@ -77,12 +84,13 @@ def last_known(path: Path) -> dict[str, tuple]:
 
 
 def restore(manager: AlertManager, path: Path) -> tuple[int, int] | None:
-    """Load the saved open alerts and windows into ``manager``; (alerts, windows), or None when there is no usable
-    file (missing, unreadable, another format, older than `MAX_AGE`)."""
+    """Load the saved open alerts, windows and recently cleared alerts into ``manager``; (alerts, windows), or None
+    when there is no usable file (missing, unreadable, another format, older than `MAX_AGE`)."""
     got = read(path)
     if got is None:
         return None
-    alerts, windows = got
+    alerts, windows, recent = got
     manager.load(alerts)
     manager.windows = windows
+    manager.load_recent(recent)
     return len(alerts), len(windows)

@@ -453,6 +453,36 @@ async def test_a_gateway_started_while_the_database_is_away_goes_on_from_the_ale
         acked[0].alert.id: "anna", waiting[0].alert.id: None}
 
 
+def test_a_gateway_started_while_the_database_is_away_reopens_the_alert_it_cleared_lately(tmp_path):
+    """The alerts a gateway cleared within ``reopen_within_s`` came only from the database at its start, so after a
+    power cut with PostgreSQL still recovering, a slow flap's return paged as a new alert. They are in the alert
+    state file now; a file of the earlier format (no such list) still restores."""
+    import msgpack
+
+    from maintenance import alert_state
+
+    def flap(m: AlertManager) -> str:
+        [raised] = m.observe(asset="P4", tag="P4.p", kind="rule:hi", active=True, t=at(0))
+        assert m.observe(asset="P4", tag="P4.p", kind="rule:hi", active=False, t=at(10)) == []
+        [cleared] = m.observe(asset="P4", tag="P4.p", kind="rule:hi", active=False, t=at(80))
+        assert (raised.event, cleared.event) == ("raised", "cleared")
+        return raised.alert.id
+
+    before = AlertManager()
+    first = flap(before)
+    path = tmp_path / alert_state.STATE_FILE
+    alert_state.write(path, alert_state.content(before))  # at its stop
+    after = AlertManager()
+    assert alert_state.restore(after, path) == (0, 0)
+    [back] = after.observe(asset="P4", tag="P4.p", kind="rule:hi", active=True, t=at(600))
+    assert (back.event, back.alert.id, back.occurrences) == ("reopened", first, 2)
+
+    alerts, windows, _ = msgpack.unpackb(alert_state.content(before), raw=False, timestamp=3)
+    alert_state.write(path, msgpack.packb([alerts, windows], use_bin_type=True, datetime=True))  # earlier format
+    older = AlertManager()
+    assert alert_state.restore(older, path) == (0, 0) and older.recent == {}
+
+
 async def test_a_gateway_whose_alert_another_writer_absorbed_takes_that_alert_instead_of_raising_again(pg_dsn):
     """Two gateways watch the same condition (a redundant pair). B's raise met A's open alert and became an
     occurrence of it, so B's own alert id was never stored: B's sync took it for a row the database had refused,
