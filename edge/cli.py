@@ -32,6 +32,17 @@ def _config_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="site configuration file (TOML); see config/*.toml for examples")
 
 
+def host_port_arg(text: str) -> tuple[str, int]:
+    """An argparse ``type``: ``HOST:PORT`` or ``[IPV6]:PORT`` as (host, port); a wrong one is a one-line usage
+    error naming the option (a bare ``:PORT`` is 127.0.0.1)."""
+    from edge.settings import host_port
+
+    try:
+        return host_port("127.0.0.1" + text if text.startswith(":") else text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="valvoja",
@@ -76,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", metavar="URL", help="use this database instead of an embedded one "
                                                "(default: $VALVOJA_DB_URL if set; prefer it for a URL with a "
                                                "password: arguments are visible in ps)")
-    p.add_argument("--mqtt", metavar="HOST:PORT", help="use this MQTT broker instead of starting mosquitto")
+    p.add_argument("--mqtt", metavar="HOST:PORT", type=host_port_arg,
+                   help="use this MQTT broker instead of starting mosquitto")
     p.add_argument("--state-dir", type=Path, default=Path("var/demo"), help="demo state (default var/demo)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
@@ -178,11 +190,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:
+        # A missing, unreadable or wrong kind of file, a peer that refuses: the operator's to fix, in one line
+        # (a traceback whose last line says it is a bug report's material, not a typo's).
+        print(f"valvoja {args.command}: {os_error(exc)}", file=sys.stderr)
+        return 1
     except Exception as exc:
         if not _is_database_error(exc):
             raise
         print(f"valvoja {args.command}: database: {one_line(exc)}", file=sys.stderr)
         return 1
+
+
+def os_error(exc: OSError) -> str:
+    """``FILE: what is wrong`` for a file error (``No such file or directory``), else the message on one line."""
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return one_line(exc)
 
 
 def _is_database_error(exc: BaseException) -> bool:

@@ -1,0 +1,72 @@
+"""A first-day user's wrong argument (a missing file, a folder, an empty file, a typo in HOST:PORT, a broker that
+refuses) gets one line naming what is wrong and a non-zero exit, never a Python traceback. Found by a first-day
+audit: each command here printed a traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_edge_cli_db_errors import _valvoja
+
+
+def _refused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again: a connect is refused
+
+
+def _one_line_error(r: subprocess.CompletedProcess, code: int, *words: str) -> None:
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    for w in words:
+        assert w in r.stderr, r.stderr
+
+
+def test_maintenance_evaluate_missing_data_is_one_line(tmp_path):
+    r = _valvoja("maintenance", "evaluate", "skab", "--data", str(tmp_path), "--files", "valve1/0.csv")
+    _one_line_error(r, 1, "valve1/0.csv", "No such file")
+    r = _valvoja("maintenance", "evaluate", "cmapss", "--data", str(tmp_path), "--subset", "FD001")
+    _one_line_error(r, 1, "train_FD001.txt", "not found")
+
+
+@pytest.mark.parametrize("kind", ["empty", "folder"])
+def test_models_train_on_an_empty_file_or_a_folder(tmp_path, kind):
+    data = tmp_path / "data.csv"
+    data.write_text("") if kind == "empty" else data.mkdir()
+    r = _valvoja("models", "train", "--data", str(data), "--model-id", "x", "--registry", str(tmp_path / "reg"))
+    _one_line_error(r, 1, str(data), "empty file" if kind == "empty" else "is a folder")
+
+
+def test_demo_mqtt_not_host_port_is_a_usage_error():
+    r = _valvoja("demo", "--mqtt", "localhost", "--no-console", "--duration", "1")
+    _one_line_error(r, 2, "argument --mqtt", "HOST:PORT")
+
+
+def test_simulate_to_a_refusing_broker_is_one_line(tmp_path):
+    port = _refused_port()
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "simulate", "--no-opcua", "--duration", "2",
+                        "--mqtt", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ), stdin=subprocess.DEVNULL)
+    _one_line_error(r, 1, f"127.0.0.1:{port}", "did not accept a connection")
+
+
+def test_no_help_text_shows_a_doubled_percent():
+    """argparse %-formats help strings but not descriptions: "90 %%" in a description is printed as is."""
+    import argparse
+
+    from edge.cli import build_parser
+
+    def walk(p: argparse.ArgumentParser, path: str):
+        yield path, p.format_help()
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sp in a.choices.items():
+                    yield from walk(sp, f"{path} {name}")
+
+    wrong = [path for path, text in walk(build_parser(), "valvoja") if "%%" in text]
+    assert not wrong, wrong
