@@ -280,3 +280,39 @@ def test_the_example_names_every_key(where, model):
     missing = [k for k in model_keys(model) if not re.search(rf"(?<![\w-]){re.escape(k.split('.')[1])}(?![\w-])",
                                                              text)]
     assert not missing, missing
+
+
+# -- the install steps -------------------------------------------------------------------------------------------
+
+def test_the_service_user_can_read_what_the_install_steps_give_it():
+    """docs/operations.md, "Without containers": a file installed for the service's group (``install -m 0640 -g
+    valvoja``) is readable by the service only if every folder the steps create above it lets that group (or
+    anyone) through. A root-only /etc/valvoja left `check-config` and `run` (User=valvoja) with "Permission
+    denied" on the first start."""
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    block = re.search(r"### Without containers.*?```bash\n(.*?)```", text, re.S).group(1)
+    folders: dict[str, tuple[int, str | None]] = {}  # folder -> (mode, group)
+    wrong = []
+    for line in block.splitlines():
+        for part in line.split("&&"):
+            words = shlex.split(part, comments=True)
+            if not words or words[0] != "install":
+                continue
+            mode = int(words[words.index("-m") + 1], 8) if "-m" in words else 0o755
+            group = words[words.index("-g") + 1] if "-g" in words else None
+            paths = [w for i, w in enumerate(words[1:], 1)
+                     if not w.startswith("-") and words[i - 1] not in ("-m", "-g")]
+            if "-d" in words:
+                folders.update({p: (mode, group) for p in paths})
+                continue
+            if group is None or not mode & 0o040:
+                continue
+            dest = Path(paths[-1])
+            for folder in map(str, dest.parents):
+                if folder in folders:
+                    fmode, fgroup = folders[folder]
+                    if not (fmode & 0o001 or (fgroup == group and fmode & 0o010)):
+                        wrong.append(f"{dest} is for group {group}, but {folder} is {fmode:04o} "
+                                     f"group {fgroup or 'root'}: {group} cannot reach it")
+    assert folders, "no `install -d` in the block: is the extraction broken?"
+    assert not wrong, wrong
