@@ -61,10 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=["json", "text"], help="override logging.format from the config")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("check-config", help="validate a site configuration and print every problem",
+    p = sub.add_parser("check-config", help="validate a site (or console) configuration and print every problem",
                        description="Exit 0 if the file is valid, 1 with one line per problem otherwise. Also "
                                    "resolves its secret references and builds each collector (TLS and key files), "
-                                   "as `run` does, unless --skip-secrets.")
+                                   "as `run` does, unless --skip-secrets. A console configuration (a file with a "
+                                   "[console] table) is checked as `valvoja console serve` reads it.")
     p.add_argument("path", type=Path, metavar="SITE.toml")
     p.add_argument("--skip-secrets", action="store_true",
                    help="check the file only (a machine without the secrets, e.g. CI)")
@@ -113,6 +114,8 @@ def cmd_check_config(args) -> int:
     from edge.service import in_file, preflight
 
     try:
+        if _is_console_file(args.path):
+            return _check_console_config(args)
         cfg = settings.load(args.path)
         if not args.skip_secrets:
             try:
@@ -128,6 +131,32 @@ def cmd_check_config(args) -> int:
           f"{len(cfg.stacks)} stacks, {len(cfg.rules)} rules)")
     for note in cfg.unused_keys():
         print(f"{args.path}: note: {note}")
+    return 0
+
+
+def _is_console_file(path: Path) -> bool:
+    """A console configuration (a top-level [console] table, which a site file never has); an unreadable or broken
+    file is left to the site loader's messages."""
+    import tomllib
+
+    try:
+        return isinstance(tomllib.loads(path.read_text("utf-8")).get("console"), dict)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+
+
+def _check_console_config(args) -> int:
+    """check-config of a console configuration: what `valvoja console serve|user|token` load, and its database
+    password reference resolved unless --skip-secrets."""
+    from console.config import conninfo, load
+
+    cfg = load(args.path)
+    if not args.skip_secrets:
+        try:
+            conninfo(cfg)
+        except ConfigError as exc:
+            raise ConfigError([f"{args.path}: {p}" for p in exc.problems]) from None
+    print(f"{args.path}: OK (console configuration: listen {cfg.console.listen}, {len(cfg.gateways)} gateways)")
     return 0
 
 

@@ -70,3 +70,17 @@ def test_no_help_text_shows_a_doubled_percent():
 
     wrong = [path for path, text in walk(build_parser(), "valvoja") if "%%" in text]
     assert not wrong, wrong
+
+
+def test_check_config_of_a_console_file_names_its_problems(tmp_path):
+    path = tmp_path / "console.toml"
+    path.write_text('[console]\nlisten = "127.0.0.1:8080"\nlisen = "x"\n[database]\nurl = "postgresql://c@h/d"\n'
+                    'password = "file:nothing-here"\n')
+    r = _valvoja("check-config", "--skip-secrets", str(path))
+    _one_line_error(r, 1, "console.lisen: unknown key")
+    assert "console: unknown key" not in r.stderr
+    path.write_text(path.read_text().replace('lisen = "x"\n', ""))
+    r = _valvoja("check-config", "--skip-secrets", str(path))
+    assert r.returncode == 0 and "OK (console configuration" in r.stdout, r
+    r = _valvoja("check-config", str(path))
+    _one_line_error(r, 1, "database.password", "nothing-here")
