@@ -84,3 +84,14 @@ def test_check_config_of_a_console_file_names_its_problems(tmp_path):
     assert r.returncode == 0 and "OK (console configuration" in r.stdout, r
     r = _valvoja("check-config", str(path))
     _one_line_error(r, 1, "database.password", "nothing-here")
+
+
+def test_models_list_of_a_missing_registry_says_so(tmp_path):
+    """It said "no models registered", exit 0, and created the mistyped folder."""
+    missing = tmp_path / "regsitry"
+    r = _valvoja("models", "list", "--registry", str(missing))
+    _one_line_error(r, 1, f"no registry folder {missing}", "--registry")
+    assert not missing.exists()
+    (tmp_path / "empty").mkdir()
+    r = _valvoja("models", "list", "--registry", str(tmp_path / "empty"))
+    assert r.returncode == 0 and "no models registered" in r.stdout, r
