@@ -319,3 +319,18 @@ def test_the_service_user_can_read_what_the_install_steps_give_it():
                                      f"group {fgroup or 'root'}: {group} cannot reach it")
     assert folders, "no `install -d` in the block: is the extraction broken?"
     assert not wrong, wrong
+
+
+def test_every_log_event_is_in_the_operations_guide():
+    """The person on call greps docs/operations.md for the `event` of a log line: every event the code logs by a
+    literal name is there (in the table of log events, or where the guide says what to do about it)."""
+    guide = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    code = [p for p in shipped("*.py") if not {"tests", "bench", "scripts"}.intersection(p.relative_to(ROOT).parts)]
+    events: dict[str, str] = {}
+    for path in code:
+        for name in re.findall(r"""["']event["']\s*:\s*["']([a-z][a-z0-9_]+)["']""", path.read_text(encoding="utf-8")):
+            events.setdefault(name, rel(path))
+    assert len(events) > 80, "fewer logged events than there are: is the extraction broken?"
+    missing = sorted(f"{name} ({where})" for name, where in events.items()
+                     if not re.search(rf"(?<![\w]){name}(?![\w])", guide))
+    assert not missing, missing
