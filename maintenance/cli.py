@@ -237,11 +237,15 @@ def cmd_review_list(args) -> int:
 def cmd_review_mark(args) -> int:
     from maintenance import review
 
-    with _connect(args) as conn:
-        if args.alert:
-            fid = review.review_alert(conn, args.alert, args.verdict, args.comment, args.by)
-        else:
-            fid = review.review_prediction(conn, args.prediction, args.verdict, args.comment, args.by)
+    try:
+        with _connect(args) as conn:
+            if args.alert:
+                fid = review.review_alert(conn, args.alert, args.verdict, args.comment, args.by)
+            else:
+                fid = review.review_prediction(conn, args.prediction, args.verdict, args.comment, args.by)
+    except LookupError as exc:  # an id that is not there: the operator's typo, one line (it was a traceback)
+        print(f"valvoja maintenance review mark: {exc}", file=sys.stderr)
+        return 1
     print(f"feedback #{fid} stored")
     return 0
 

@@ -95,3 +95,29 @@ def test_models_list_of_a_missing_registry_says_so(tmp_path):
     (tmp_path / "empty").mkdir()
     r = _valvoja("models", "list", "--registry", str(tmp_path / "empty"))
     assert r.returncode == 0 and "no models registered" in r.stdout, r
+
+
+def test_emissions_compute_with_to_not_after_from_says_so(tmp_path):
+    """It said "nothing to compute from 2026-01-02: no hour of it has ended yet", sending people to the clock; the
+    dates are checked before the database is asked (this one refuses)."""
+    site = tmp_path / "site.toml"
+    site.write_text('[[stacks]]\nname = "K9"\nregime = "lcp"\ntimezone = "Europe/Helsinki"\n'
+                    'pollutants = [{ name = "NOx", tag = "K9.NOx", elv = { month = 200.0 } }]\n')
+    db = f"postgresql://x@127.0.0.1:{_refused_port()}/x"
+    for start, end in (("2026-01-02", "2026-01-01"), ("2026-01-02", "2026-01-02")):
+        r = _valvoja("emissions", "compute", "-c", str(site), "--db", db, "--from", start, "--to", end)
+        _one_line_error(r, 1, f"--to {end} is not after --from {start}", "exclusive")
+    r = _valvoja("emissions", "compute", "-c", str(site), "--db", db, "--from", "2026-02-30", "--to", "2026-03-01")
+    _one_line_error(r, 1, "--from/--to", "YYYY-MM-DD")
+
+
+def test_review_mark_of_an_unknown_id_is_one_line(plain_pg_dsn):
+    import psycopg
+
+    from edge.db.migrate import migrate
+
+    with psycopg.connect(plain_pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+    r = _valvoja("maintenance", "review", "mark", "--prediction", "99", "--verdict", "right", "--by", "me",
+                 "--db", plain_pg_dsn)
+    _one_line_error(r, 1, "no prediction 99")
