@@ -121,3 +121,23 @@ def test_review_mark_of_an_unknown_id_is_one_line(plain_pg_dsn):
     r = _valvoja("maintenance", "review", "mark", "--prediction", "99", "--verdict", "right", "--by", "me",
                  "--db", plain_pg_dsn)
     _one_line_error(r, 1, "no prediction 99")
+
+
+def test_window_help_states_the_exit_codes_a_script_gets(plain_pg_dsn):
+    """A CMMS script tells "refused" from "no such window" by the exit code: --help says which is which, and the
+    codes are those."""
+    import psycopg
+
+    from edge.db.migrate import migrate
+
+    r = _valvoja("maintenance", "window", "--help")
+    assert "2 a refused request" in " ".join(r.stdout.split()) and "3 an unknown window" in " ".join(r.stdout.split())
+    with psycopg.connect(plain_pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+    r = _valvoja("maintenance", "window", "end", "999", "--db", plain_pg_dsn)
+    _one_line_error(r, 3, "no maintenance window 999")
+    r = _valvoja("maintenance", "window", "add", "--asset", "P-1", "--from", "x", "--to", "y", "--reason", "r",
+                 "--db", plain_pg_dsn)
+    _one_line_error(r, 2, "not an ISO-8601")
+    r = _valvoja("maintenance", "window", "list", "--db", f"postgresql://x@127.0.0.1:{_refused_port()}/x")
+    _one_line_error(r, 1, "connection")
