@@ -63,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate a site (or console) configuration and print every problem",
                        description="Exit 0 if the file is valid, 1 with one line per problem otherwise. Also "
-                                   "resolves its secret references and builds each collector (TLS and key files), "
-                                   "as `run` does, unless --skip-secrets. A console configuration (a file with a "
+                                   "resolves its secret references, builds each collector (TLS and key files) and "
+                                   "checks that this user can write (or create) the state folder, as `run` does, "
+                                   "unless --skip-secrets. A console configuration (a file with a "
                                    "[console] table) is checked as `valvoja console serve` reads it.")
     p.add_argument("path", type=Path, metavar="SITE.toml")
     p.add_argument("--skip-secrets", action="store_true",
@@ -91,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt", metavar="HOST:PORT", type=host_port_arg,
                    help="use this MQTT broker instead of starting mosquitto")
     p.add_argument("--state-dir", type=Path, default=Path("var/demo"), help="demo state (default var/demo)")
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: at Ctrl-C)")
+    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second (default 1)")
     p.add_argument("--no-console", dest="console", action="store_false",
                    help="do not serve the web console (default: on a free port; on the embedded database with a "
                         "user 'demo' whose password is printed)")

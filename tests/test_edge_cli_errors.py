@@ -141,3 +141,15 @@ def test_window_help_states_the_exit_codes_a_script_gets(plain_pg_dsn):
     _one_line_error(r, 2, "not an ISO-8601")
     r = _valvoja("maintenance", "window", "list", "--db", f"postgresql://x@127.0.0.1:{_refused_port()}/x")
     _one_line_error(r, 1, "connection")
+
+
+def test_a_state_folder_that_cannot_be_made_is_a_configuration_problem(tmp_path):
+    """check-config said OK and `run` failed with a bare NotADirectoryError/PermissionError traceback (start_failed)
+    that did not name the setting; now both name site.state_dir and exit 1."""
+    (tmp_path / "afile").write_text("")
+    site = tmp_path / "site.toml"
+    site.write_text(f'[site]\nstate_dir = "{tmp_path}/afile/state"\n[http]\nenabled = false\n')
+    for args in (["check-config", str(site)], ["run", "--config", str(site)]):
+        r = _valvoja(*args)
+        _one_line_error(r, 1, f"site.state_dir: {tmp_path}/afile/state: cannot be created", "is not a folder")
+
