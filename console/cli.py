@@ -182,9 +182,12 @@ def cmd_user_list(args) -> int:
 
     async def work(cur):
         await cur.execute(f"SELECT {users.PUBLIC} FROM console_users ORDER BY username")
-        for r in await cur.fetchall():
+        rows = await cur.fetchall()
+        for r in rows:
             state = "disabled" if r["disabled"] else "active"
             print(f"{r['username']:24} {r['role']:12} {state:9} last log-in: {r['last_login'] or 'never'}")
+        if not rows:  # an empty output read as a failure (or the wrong database) on the first day
+            print("no users yet: add one with `valvoja console user add NAME --role admin --config ...`")
 
     return _run(_with_cursor(dsn, work, "", ""))
 
