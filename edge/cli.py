@@ -130,9 +130,20 @@ def cmd_check_config(args) -> int:
         return 1
     print(f"{args.path}: OK ({len(cfg.tags)} tags, {len(cfg.collector_configs)} collectors, "
           f"{len(cfg.stacks)} stacks, {len(cfg.rules)} rules)")
-    for note in cfg.unused_keys():
+    for note in cfg.unused_keys() + _first_day_notes(cfg):
         print(f"{args.path}: note: {note}")
     return 0
+
+
+def _first_day_notes(cfg) -> list[str]:
+    """What a valid file leaves out that a gateway usually needs: `run` would start and do nothing visible."""
+    notes = []
+    if not cfg.collector_configs:
+        notes.append("no [[collectors]]: `run` collects nothing (examples: collectors/mqtt/sample.toml, "
+                     "collectors/opcua/sample.toml)")
+    if not cfg.database.url:
+        notes.append("no database.url: `run` keeps readings in the spool only (log event spool_only)")
+    return notes
 
 
 def _is_console_file(path: Path) -> bool:

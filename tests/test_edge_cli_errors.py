@@ -153,3 +153,12 @@ def test_a_state_folder_that_cannot_be_made_is_a_configuration_problem(tmp_path)
         r = _valvoja(*args)
         _one_line_error(r, 1, f"site.state_dir: {tmp_path}/afile/state: cannot be created", "is not a folder")
 
+
+
+def test_check_config_notes_what_a_first_file_leaves_out(tmp_path):
+    """An empty file was "OK (0 tags, 0 collectors ...)" and nothing more: `run` then started and did nothing."""
+    site = tmp_path / "site.toml"
+    site.write_text("")
+    r = _valvoja("check-config", "--skip-secrets", str(site))
+    assert r.returncode == 0, r
+    assert "note: no [[collectors]]" in r.stdout and "note: no database.url" in r.stdout, r.stdout
