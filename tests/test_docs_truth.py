@@ -334,3 +334,17 @@ def test_every_log_event_is_in_the_operations_guide():
     missing = sorted(f"{name} ({where})" for name, where in events.items()
                      if not re.search(rf"(?<![\w]){name}(?![\w])", guide))
     assert not missing, missing
+
+
+def test_the_install_steps_check_the_configuration_without_the_services_credentials():
+    """The guide has the site file name its secrets as systemd credentials (`file:/run/credentials/...`), which
+    exist only inside the service: the install step's `check-config` by hand failed on every such file unless it
+    skips the secrets (the unit's ExecStartPre checks them, with the credentials)."""
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = text.split("### Without containers", 1)[1].split("\n## ", 1)[0]
+    assert "file:/run/credentials/valvoja-gateway.service/" in section
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    checks = [line for line in block.splitlines() if " check-config " in line]
+    assert checks and all("--skip-secrets" in line for line in checks), checks
+    unit = (ROOT / "docker" / "systemd" / "valvoja-gateway.service").read_text(encoding="utf-8")
+    assert re.search(r"^ExecStartPre=\S*valvoja check-config (?!--skip-secrets)", unit, re.M), "the unit checks all"
