@@ -162,3 +162,12 @@ def test_check_config_notes_what_a_first_file_leaves_out(tmp_path):
     r = _valvoja("check-config", "--skip-secrets", str(site))
     assert r.returncode == 0, r
     assert "note: no [[collectors]]" in r.stdout and "note: no database.url" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--opcua", "notaurl"], ["--opcua 'notaurl'", "opc.tcp://HOST:PORT"]),
+    (["--opcua-policy", "Basic256"], ["--opcua-policy 'Basic256'", "Basic256Sha256_SignAndEncrypt"]),
+])
+def test_simulate_opcua_arguments_are_one_line(args, words):
+    r = _valvoja("simulate", "--duration", "1", *args)
+    _one_line_error(r, 2, *words)
