@@ -348,3 +348,27 @@ def test_the_install_steps_check_the_configuration_without_the_services_credenti
     assert checks and all("--skip-secrets" in line for line in checks), checks
     unit = (ROOT / "docker" / "systemd" / "valvoja-gateway.service").read_text(encoding="utf-8")
     assert re.search(r"^ExecStartPre=\S*valvoja check-config (?!--skip-secrets)", unit, re.M), "the unit checks all"
+
+
+def test_the_readme_command_list_names_every_command_and_action():
+    """README's `valvoja` block is where a first-day user looks for what the command can do: every sub-command,
+    and every action of a group unless the line says `...` (`maintenance window`, the planners' command, was
+    missing)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## The `valvoja` command\n+```\n(.*?)```", text, re.S).group(1)
+    listed: dict[str, set[str] | None] = {}
+    for line in block.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "valvoja":
+            second = words[2] if len(words) > 2 else ""
+            listed[words[1]] = None if second == "..." else set(second.split("|"))
+    parser = cli.build_parser()
+    missing = []
+    for name, sub in subparsers(parser).choices.items():
+        if name not in listed:
+            missing.append(name)
+            continue
+        actions = subparsers(sub)
+        if actions is not None and listed[name] is not None:
+            missing += [f"{name} {a}" for a in actions.choices if a not in listed[name]]
+    assert not missing, missing
