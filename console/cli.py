@@ -60,7 +60,7 @@ def add_parser(subparsers) -> None:
     ta = tsub.add_parser("add", help="create an API token (printed once)")
     _config(ta)
     ta.add_argument("name")
-    ta.add_argument("--role", default="viewer", choices=ROLES)
+    ta.add_argument("--role", default="viewer", choices=ROLES, help="(default viewer)")
     ta.set_defaults(func=cmd_token_add)
 
 
