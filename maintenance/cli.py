@@ -107,7 +107,10 @@ def _db_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _aware(text: str) -> datetime:
-    t = datetime.fromisoformat(text)
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:  # argparse said "invalid _aware value"
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (e.g. 2026-11-02T06:00:00+02:00)") from None
     if t.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{text!r} has no time zone (add +02:00 or Z)")
     return t

@@ -171,3 +171,9 @@ def test_check_config_notes_what_a_first_file_leaves_out(tmp_path):
 def test_simulate_opcua_arguments_are_one_line(args, words):
     r = _valvoja("simulate", "--duration", "1", *args)
     _one_line_error(r, 2, *words)
+
+
+def test_train_anomaly_from_that_is_not_a_time_names_the_format(tmp_path):
+    r = _valvoja("maintenance", "train-anomaly", "-c", str(tmp_path / "x.toml"), "--asset", "P-1", "--from", "monday")
+    _one_line_error(r, 2, "argument --from: 'monday' is not an ISO 8601 time")
+    assert "_aware" not in r.stderr
