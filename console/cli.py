@@ -60,7 +60,7 @@ def add_parser(subparsers) -> None:
     ta = tsub.add_parser("add", help="create an API token (printed once)")
     _config(ta)
     ta.add_argument("name")
-    ta.add_argument("--role", default="viewer", choices=ROLES)
+    ta.add_argument("--role", default="viewer", choices=ROLES, help="(default viewer)")
     ta.set_defaults(func=cmd_token_add)
 
 
@@ -182,9 +182,12 @@ def cmd_user_list(args) -> int:
 
     async def work(cur):
         await cur.execute(f"SELECT {users.PUBLIC} FROM console_users ORDER BY username")
-        for r in await cur.fetchall():
+        rows = await cur.fetchall()
+        for r in rows:
             state = "disabled" if r["disabled"] else "active"
             print(f"{r['username']:24} {r['role']:12} {state:9} last log-in: {r['last_login'] or 'never'}")
+        if not rows:  # an empty output read as a failure (or the wrong database) on the first day
+            print("no users yet: add one with `valvoja console user add NAME --role admin --config ...`")
 
     return _run(_with_cursor(dsn, work, "", ""))
 

@@ -32,6 +32,17 @@ def _config_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="site configuration file (TOML); see config/*.toml for examples")
 
 
+def host_port_arg(text: str) -> tuple[str, int]:
+    """An argparse ``type``: ``HOST:PORT`` or ``[IPV6]:PORT`` as (host, port); a wrong one is a one-line usage
+    error naming the option (a bare ``:PORT`` is 127.0.0.1)."""
+    from edge.settings import host_port
+
+    try:
+        return host_port("127.0.0.1" + text if text.startswith(":") else text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="valvoja",
@@ -50,10 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=["json", "text"], help="override logging.format from the config")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("check-config", help="validate a site configuration and print every problem",
+    p = sub.add_parser("check-config", help="validate a site (or console) configuration and print every problem",
                        description="Exit 0 if the file is valid, 1 with one line per problem otherwise. Also "
-                                   "resolves its secret references and builds each collector (TLS and key files), "
-                                   "as `run` does, unless --skip-secrets.")
+                                   "resolves its secret references, builds each collector (TLS and key files) and "
+                                   "checks that this user can write (or create) the state folder, as `run` does, "
+                                   "unless --skip-secrets. A console configuration (a file with a "
+                                   "[console] table) is checked as `valvoja console serve` reads it.")
     p.add_argument("path", type=Path, metavar="SITE.toml")
     p.add_argument("--skip-secrets", action="store_true",
                    help="check the file only (a machine without the secrets, e.g. CI)")
@@ -76,10 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", metavar="URL", help="use this database instead of an embedded one "
                                                "(default: $VALVOJA_DB_URL if set; prefer it for a URL with a "
                                                "password: arguments are visible in ps)")
-    p.add_argument("--mqtt", metavar="HOST:PORT", help="use this MQTT broker instead of starting mosquitto")
+    p.add_argument("--mqtt", metavar="HOST:PORT", type=host_port_arg,
+                   help="use this MQTT broker instead of starting mosquitto")
     p.add_argument("--state-dir", type=Path, default=Path("var/demo"), help="demo state (default var/demo)")
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: at Ctrl-C)")
+    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second (default 1)")
     p.add_argument("--no-console", dest="console", action="store_false",
                    help="do not serve the web console (default: on a free port; on the embedded database with a "
                         "user 'demo' whose password is printed)")
@@ -101,6 +115,8 @@ def cmd_check_config(args) -> int:
     from edge.service import in_file, preflight
 
     try:
+        if _is_console_file(args.path):
+            return _check_console_config(args)
         cfg = settings.load(args.path)
         if not args.skip_secrets:
             try:
@@ -114,8 +130,45 @@ def cmd_check_config(args) -> int:
         return 1
     print(f"{args.path}: OK ({len(cfg.tags)} tags, {len(cfg.collector_configs)} collectors, "
           f"{len(cfg.stacks)} stacks, {len(cfg.rules)} rules)")
-    for note in cfg.unused_keys():
+    for note in cfg.unused_keys() + _first_day_notes(cfg):
         print(f"{args.path}: note: {note}")
+    return 0
+
+
+def _first_day_notes(cfg) -> list[str]:
+    """What a valid file leaves out that a gateway usually needs: `run` would start and do nothing visible."""
+    notes = []
+    if not cfg.collector_configs:
+        notes.append("no [[collectors]]: `run` collects nothing (examples: collectors/mqtt/sample.toml, "
+                     "collectors/opcua/sample.toml)")
+    if not cfg.database.url:
+        notes.append("no database.url: `run` keeps readings in the spool only (log event spool_only)")
+    return notes
+
+
+def _is_console_file(path: Path) -> bool:
+    """A console configuration (a top-level [console] table, which a site file never has); an unreadable or broken
+    file is left to the site loader's messages."""
+    import tomllib
+
+    try:
+        return isinstance(tomllib.loads(path.read_text("utf-8")).get("console"), dict)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+
+
+def _check_console_config(args) -> int:
+    """check-config of a console configuration: what `valvoja console serve|user|token` load, and its database
+    password reference resolved unless --skip-secrets."""
+    from console.config import conninfo, load
+
+    cfg = load(args.path)
+    if not args.skip_secrets:
+        try:
+            conninfo(cfg)
+        except ConfigError as exc:
+            raise ConfigError([f"{args.path}: {p}" for p in exc.problems]) from None
+    print(f"{args.path}: OK (console configuration: listen {cfg.console.listen}, {len(cfg.gateways)} gateways)")
     return 0
 
 
@@ -178,11 +231,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:
+        # A missing, unreadable or wrong kind of file, a peer that refuses: the operator's to fix, in one line
+        # (a traceback whose last line says it is a bug report's material, not a typo's).
+        print(f"valvoja {args.command}: {os_error(exc)}", file=sys.stderr)
+        return 1
     except Exception as exc:
         if not _is_database_error(exc):
             raise
         print(f"valvoja {args.command}: database: {one_line(exc)}", file=sys.stderr)
         return 1
+
+
+def os_error(exc: OSError) -> str:
+    """``FILE: what is wrong`` for a file error (``No such file or directory``), else the message on one line."""
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return one_line(exc)
 
 
 def _is_database_error(exc: BaseException) -> bool:

@@ -116,8 +116,7 @@ async def _demo(args) -> None:
             started.append(lambda: asyncio.to_thread(server.cleanup))
             print(f"database: embedded PostgreSQL in {state / 'postgres'}")
         if args.mqtt:
-            host, _, port = args.mqtt.rpartition(":")
-            mqtt_host, mqtt_port = host or "127.0.0.1", int(port)
+            mqtt_host, mqtt_port = args.mqtt  # edge.cli.host_port_arg
             print(f"MQTT broker: {mqtt_host}:{mqtt_port}")
         else:
             broker = await asyncio.to_thread(EmbeddedMosquitto(state / "mosquitto").start)

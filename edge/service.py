@@ -75,7 +75,7 @@ def preflight(cfg: SiteConfig) -> None:
     Resolves the database and collector secrets and builds each collector (which loads TLS
     files); raises ConfigError listing every problem. Nothing is connected or started.
     """
-    problems: list[str] = []
+    problems: list[str] = state_folder_problems(cfg)
     try:
         database_conninfo(cfg)
     except ConfigError as exc:
@@ -101,6 +101,29 @@ def preflight(cfg: SiteConfig) -> None:
             problems.append(f"collectors ({name}): cannot be built: {type(exc).__name__}: {exc}")
     if problems:
         raise ConfigError(problems)
+
+
+def state_folder_problems(cfg: SiteConfig) -> list[str]:
+    """The state folder and the spool's folder must be folders this user can write, or creatable where they would be
+    made: the gateway failed to start with a bare FileNotFoundError / PermissionError (`start_failed`) that did not
+    name the setting, after check-config had said OK (as systemd's ExecStartPre, run as the service's user)."""
+    import os
+
+    out: list[str] = []
+    for key, folder in (("site.state_dir", Path(cfg.site.state_dir)), ("spool.path", cfg.spool_path.parent)):
+        nearest = folder
+        while not nearest.exists() and nearest != nearest.parent:
+            nearest = nearest.parent  # where the missing folders would be created
+        if not nearest.is_dir():
+            problem = f"{key}: {folder}: cannot be created: {nearest} is not a folder"
+        elif not os.access(nearest, os.W_OK | os.X_OK):
+            what = "not writable" if nearest == folder else f"cannot be created in {nearest}"
+            problem = f"{key}: {folder}: {what} by this user (uid {os.getuid()})"
+        else:
+            continue
+        if problem.split(": ", 2)[1:] not in [p.split(": ", 2)[1:] for p in out]:
+            out.append(problem)
+    return out
 
 
 def in_file(path: Path, problems: list[str]) -> list[str]:
@@ -140,6 +163,8 @@ class Service:
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         try:
+            if problems := state_folder_problems(self.cfg):
+                raise ConfigError(problems)
             await self._start_gateway(self.cfg)
         except ConfigError as exc:  # the CLI prints every problem, one per line, each naming the file
             raise ConfigError(in_file(self.config_path, exc.problems)) from None

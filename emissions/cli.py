@@ -149,7 +149,7 @@ def print_pdf(html_path: Path, timeout_s: float = 120.0) -> Path | None:
 
 
 def cmd_compute(args) -> int:
-    from datetime import date
+    from datetime import date, timedelta
 
     import psycopg
 
@@ -157,6 +157,14 @@ def cmd_compute(args) -> int:
     from emissions import periods
     from emissions.job import NothingClosed, run_span
 
+    try:
+        first, after = date.fromisoformat(args.start), date.fromisoformat(args.end)
+    except ValueError as exc:
+        raise ConfigError(f"--from/--to: {exc} (write YYYY-MM-DD)") from None
+    if after <= first:
+        # run_span said "nothing to compute from --from: no hour of it has ended yet", which sent people to the clock
+        raise ConfigError(f"--to {args.end} is not after --from {args.start} (--to is exclusive: one day is "
+                          f"--from {first} --to {first + timedelta(days=1)})")
     stacks, url = load(args)
     chosen = [_stack(stacks, args.stack)] if args.stack else stacks
     with psycopg.connect(url, autocommit=True) as conn:

@@ -75,8 +75,9 @@ def add_parser(subparsers) -> None:
     rvs = rv.add_subparsers(dest="review_command", required=True, metavar="ACTION")
     ls = rvs.add_parser("list", help="an asset's predictions and alerts with their uncertainty and reviews")
     ls.add_argument("--asset", required=True)
-    ls.add_argument("--since", type=datetime.fromisoformat)
-    ls.add_argument("--limit", type=int, default=20)
+    ls.add_argument("--since", type=datetime.fromisoformat, metavar="ISO",
+                    help="only these since this time (ISO 8601, e.g. 2026-11-01 or 2026-11-01T06:00+02:00)")
+    ls.add_argument("--limit", type=int, default=20, help="at most this many of each (default 20)")
     _db_arg(ls)
     ls.set_defaults(func=cmd_review_list)
     mk = rvs.add_parser("mark", help="mark a prediction or an alert right or wrong")
@@ -89,8 +90,9 @@ def add_parser(subparsers) -> None:
     _db_arg(mk)
     mk.set_defaults(func=cmd_review_mark)
     pr = rvs.add_parser("precision", help="precision of past alerts from their reviews")
-    pr.add_argument("--since", type=datetime.fromisoformat)
-    pr.add_argument("--model-id")
+    pr.add_argument("--since", type=datetime.fromisoformat, metavar="ISO",
+                    help="alerts raised since this time (ISO 8601; default: all)")
+    pr.add_argument("--model-id", help="only alerts raised from this model's predictions")
     _db_arg(pr)
     pr.set_defaults(func=cmd_review_precision)
 
@@ -105,7 +107,10 @@ def _db_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _aware(text: str) -> datetime:
-    t = datetime.fromisoformat(text)
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:  # argparse said "invalid _aware value"
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (e.g. 2026-11-02T06:00:00+02:00)") from None
     if t.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{text!r} has no time zone (add +02:00 or Z)")
     return t
@@ -237,11 +242,15 @@ def cmd_review_list(args) -> int:
 def cmd_review_mark(args) -> int:
     from maintenance import review
 
-    with _connect(args) as conn:
-        if args.alert:
-            fid = review.review_alert(conn, args.alert, args.verdict, args.comment, args.by)
-        else:
-            fid = review.review_prediction(conn, args.prediction, args.verdict, args.comment, args.by)
+    try:
+        with _connect(args) as conn:
+            if args.alert:
+                fid = review.review_alert(conn, args.alert, args.verdict, args.comment, args.by)
+            else:
+                fid = review.review_prediction(conn, args.prediction, args.verdict, args.comment, args.by)
+    except LookupError as exc:  # an id that is not there: the operator's typo, one line (it was a traceback)
+        print(f"valvoja maintenance review mark: {exc}", file=sys.stderr)
+        return 1
     print(f"feedback #{fid} stored")
     return 0
 

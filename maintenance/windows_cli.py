@@ -9,8 +9,8 @@
 The same rules as the console API (`maintenance.windows`), written straight to the database (``--db``, default
 ``$VALVOJA_DB_URL``), each change with its entry in the console's audit log (actor ``--by``, default the login
 name; ``detail.via`` = ``cli``) in the same transaction. A running gateway picks a change up at its next sync
-(15 s). Exit status 0, 2 for a refused request (the reason on stderr), 3 for an unknown window or one whose
-state forbids the change.
+(15 s). Exit status (also in ``--help``): 0, 1 when the database cannot be used, 2 for a refused request (the
+reason on stderr), 3 for an unknown window or one whose state forbids the change.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ def add_parser(sub, db_arg) -> None:
     w = sub.add_parser("window", help="plan, list, end and cancel maintenance windows (alerts suppressed)",
                        description="Plan maintenance windows from a shell or a CMMS script: alerts of the assets "
                                    "are suppressed while a window runs. The same rules as the console's API; each "
-                                   "change is audited; a running gateway picks it up at its next sync (15 s).")
+                                   "change is audited; a running gateway picks it up at its next sync (15 s). "
+                                   "Exit status 0 done; 1 the database cannot be used; 2 a refused request (the "
+                                   "reason on stderr) or no database given; 3 an unknown window or one whose "
+                                   "state forbids the change.")
     ws = w.add_subparsers(dest="window_command", required=True, metavar="ACTION")
     by_default = os.environ.get("VALVOJA_USER") or getpass.getuser()
 

@@ -175,6 +175,11 @@ def cmd_train(args) -> int:
 def cmd_list(args) -> int:
     from models.registry import Registry
 
+    if not args.db and not args.registry.is_dir():
+        # "no models registered" here sent people looking for a lost registry: the default is relative to the
+        # working directory, the gateway's is the `registry` of its site configuration.
+        raise ValueError(f"no registry folder {args.registry} (give --registry DIR: the `registry` folder the site "
+                         "configuration names, or --db URL / $VALVOJA_DB_URL for a database registry)")
     versions = Registry(args.registry, args.db).list(args.model_id)
     if args.json:
         print(json.dumps([v.summary() for v in versions], indent=2, default=str))

@@ -124,13 +124,16 @@ def read_csv(path: str | Path, *, time_column: str | None = None, label: str | N
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: no such data file")
+        raise ConfigError(f"{path}: is a folder, not a data file" if path.is_dir() else f"{path}: no such data file")
     with path.open(newline="", encoding="utf-8-sig") as fh:
         sample = fh.read(4096)
         fh.seek(0)
         delim = ";" if sample.count(";") > sample.count(",") else ","
         reader = csv.reader(fh, delimiter=delim)
-        header = [h.strip() for h in next(reader)]
+        first = next(reader, None)
+        if first is None:
+            raise ConfigError(f"{path}: empty file (a CSV file with a header line is expected)")
+        header = [h.strip() for h in first]
         raw = [r for r in reader if r]
     times = None
     cols: dict[str, np.ndarray] = {}

@@ -50,7 +50,7 @@ def add_subcommands(models_subparsers) -> None:
     evs = ev.add_subparsers(dest="evaluate_set", required=True, metavar="DATASET")
     g = evs.add_parser("gas-turbine", help="UCI gas-turbine CO/NOx: train on some years, evaluate on others",
                        description="Fits on the training years (their last --calibration-share rows calibrate the "
-                                   "90 %% interval), exports to ONNX with the parity check, and predicts the test "
+                                   "90 % interval), exports to ONNX with the parity check, and predicts the test "
                                    "years with onnxruntime: static (never sees the test truth) and streaming (rows "
                                    "in time order, each row's truth revealed after its prediction: adaptive "
                                    "conformal intervals and an online bias correction). A linear baseline runs "

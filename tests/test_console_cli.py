@@ -31,6 +31,8 @@ def _valvoja(*args: str, env: dict | None = None, dsn: str | None = None) -> sub
 def test_user_and_token_from_the_command_line(pg_admin_dsn, tmp_path):
     with fresh_database(pg_admin_dsn) as dsn:
         cfg = _config(tmp_path, dsn)
+        empty = _valvoja("console", "user", "list", "-c", cfg, dsn=dsn)  # it printed nothing at all
+        assert empty.returncode == 0 and "no users yet" in empty.stdout, empty
         r = _valvoja("console", "user", "add", "liisa", "--role", "maintenance", "-c", cfg,
                      env={"VALVOJA_PASSWORD": "liisa-password-1"}, dsn=dsn)
         assert r.returncode == 0, r.stderr
@@ -41,7 +43,7 @@ def test_user_and_token_from_the_command_line(pg_admin_dsn, tmp_path):
         assert r.returncode == 0, r.stderr
         token = r.stdout.strip()
         listed = _valvoja("console", "user", "list", "-c", cfg, dsn=dsn)
-        assert "liisa" in listed.stdout and "maintenance" in listed.stdout
+        assert "liisa" in listed.stdout and "maintenance" in listed.stdout and "no users" not in listed.stdout
         with ConsoleServer(dsn) as srv, srv.client(username="liisa", password="liisa-password-1") as c:
             me = c.get("/api/auth/me").json()
             assert (me["name"], me["role"]) == ("liisa", "maintenance")

@@ -57,6 +57,9 @@ def test_compose_stack_has_the_services_volumes_secrets_and_policies():
     assert "spool:/var/lib/valvoja" in gw["volumes"] and "certs:/etc/valvoja/certs:ro" in gw["volumes"]
     assert gw["depends_on"]["timescaledb"]["condition"] == "service_healthy"
     assert int(gw["stop_grace_period"].rstrip("s")) > 10, "longer than the gateway's own stop deadline"
+    # The OPC UA certificate's default application URI holds the host name: a container's is its id, new at every
+    # recreate (an upgrade), and every OPC UA server would then refuse the gateway's newly made certificate.
+    assert gw.get("hostname"), "gateway: a fixed hostname (urn:valvoja:<host>:<collector>)"
     assert set(c["volumes"]) == {"db-data", "spool", "certs", "mqtt-data"}
     for name, secret in c["secrets"].items():
         assert secret["file"] == f"./secrets/{name}"

@@ -71,9 +71,12 @@ def test_site_example_passes_check_config(path, capsys):
 
 
 @pytest.mark.parametrize("path", CONSOLE_CONFIGS, ids=rel)
-def test_console_example_loads(path):
+def test_console_example_loads(path, capsys):
     from console.config import load
 
+    # `valvoja check-config` knows a console file too (it said "console: unknown key", a site file's message)
+    assert cli.main(["check-config", "--skip-secrets", str(path)]) == 0, capsys.readouterr().err
+    assert f"{path}: OK (console configuration" in capsys.readouterr().out
     cfg = load(path)  # `console serve` then resolves [database] password (console.config.conninfo): a secret
     assert cfg.console.listen and cfg.database.url, "the example names where the console listens and its database"
 
@@ -279,4 +282,93 @@ def test_the_example_names_every_key(where, model):
     text = (ROOT / where).read_text(encoding="utf-8")
     missing = [k for k in model_keys(model) if not re.search(rf"(?<![\w-]){re.escape(k.split('.')[1])}(?![\w-])",
                                                              text)]
+    assert not missing, missing
+
+
+# -- the install steps -------------------------------------------------------------------------------------------
+
+def test_the_service_user_can_read_what_the_install_steps_give_it():
+    """docs/operations.md, "Without containers": a file installed for the service's group (``install -m 0640 -g
+    valvoja``) is readable by the service only if every folder the steps create above it lets that group (or
+    anyone) through. A root-only /etc/valvoja left `check-config` and `run` (User=valvoja) with "Permission
+    denied" on the first start."""
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    block = re.search(r"### Without containers.*?```bash\n(.*?)```", text, re.S).group(1)
+    folders: dict[str, tuple[int, str | None]] = {}  # folder -> (mode, group)
+    wrong = []
+    for line in block.splitlines():
+        for part in line.split("&&"):
+            words = shlex.split(part, comments=True)
+            if not words or words[0] != "install":
+                continue
+            mode = int(words[words.index("-m") + 1], 8) if "-m" in words else 0o755
+            group = words[words.index("-g") + 1] if "-g" in words else None
+            paths = [w for i, w in enumerate(words[1:], 1)
+                     if not w.startswith("-") and words[i - 1] not in ("-m", "-g")]
+            if "-d" in words:
+                folders.update({p: (mode, group) for p in paths})
+                continue
+            if group is None or not mode & 0o040:
+                continue
+            dest = Path(paths[-1])
+            for folder in map(str, dest.parents):
+                if folder in folders:
+                    fmode, fgroup = folders[folder]
+                    if not (fmode & 0o001 or (fgroup == group and fmode & 0o010)):
+                        wrong.append(f"{dest} is for group {group}, but {folder} is {fmode:04o} "
+                                     f"group {fgroup or 'root'}: {group} cannot reach it")
+    assert folders, "no `install -d` in the block: is the extraction broken?"
+    assert not wrong, wrong
+
+
+def test_every_log_event_is_in_the_operations_guide():
+    """The person on call greps docs/operations.md for the `event` of a log line: every event the code logs by a
+    literal name is there (in the table of log events, or where the guide says what to do about it)."""
+    guide = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    code = [p for p in shipped("*.py") if not {"tests", "bench", "scripts"}.intersection(p.relative_to(ROOT).parts)]
+    events: dict[str, str] = {}
+    for path in code:
+        for name in re.findall(r"""["']event["']\s*:\s*["']([a-z][a-z0-9_]+)["']""", path.read_text(encoding="utf-8")):
+            events.setdefault(name, rel(path))
+    assert len(events) > 80, "fewer logged events than there are: is the extraction broken?"
+    missing = sorted(f"{name} ({where})" for name, where in events.items()
+                     if not re.search(rf"(?<![\w]){name}(?![\w])", guide))
+    assert not missing, missing
+
+
+def test_the_install_steps_check_the_configuration_without_the_services_credentials():
+    """The guide has the site file name its secrets as systemd credentials (`file:/run/credentials/...`), which
+    exist only inside the service: the install step's `check-config` by hand failed on every such file unless it
+    skips the secrets (the unit's ExecStartPre checks them, with the credentials)."""
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = text.split("### Without containers", 1)[1].split("\n## ", 1)[0]
+    assert "file:/run/credentials/valvoja-gateway.service/" in section
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    checks = [line for line in block.splitlines() if " check-config " in line]
+    assert checks and all("--skip-secrets" in line for line in checks), checks
+    unit = (ROOT / "docker" / "systemd" / "valvoja-gateway.service").read_text(encoding="utf-8")
+    assert re.search(r"^ExecStartPre=\S*valvoja check-config (?!--skip-secrets)", unit, re.M), "the unit checks all"
+
+
+def test_the_readme_command_list_names_every_command_and_action():
+    """README's `valvoja` block is where a first-day user looks for what the command can do: every sub-command,
+    and every action of a group unless the line says `...` (`maintenance window`, the planners' command, was
+    missing)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## The `valvoja` command\n+```\n(.*?)```", text, re.S).group(1)
+    listed: dict[str, set[str] | None] = {}
+    for line in block.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "valvoja":
+            second = words[2] if len(words) > 2 else ""
+            listed[words[1]] = None if second == "..." else set(second.split("|"))
+    parser = cli.build_parser()
+    missing = []
+    for name, sub in subparsers(parser).choices.items():
+        if name not in listed:
+            missing.append(name)
+            continue
+        actions = subparsers(sub)
+        if actions is not None and listed[name] is not None:
+            missing += [f"{name} {a}" for a in actions.choices if a not in listed[name]]
     assert not missing, missing

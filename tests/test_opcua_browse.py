@@ -171,3 +171,20 @@ def test_browse_gives_derived_and_enumerated_types_the_kind_of_their_base_type()
         "State": ("ServerState", "int"), "Mode": ("PumpMode", "int"), "Plain": ("Double", "float")}
     # What the collector delivers for them passes validation with that kind.
     assert _type_ok(got["Mode"].kind, 1) and _type_ok(got["Duration"].kind, 1.5)
+
+
+def test_browse_names_a_root_the_server_does_not_have_and_refuses_a_malformed_one(tmp_path):
+    """A mistyped --root listed "0 variables" with exit 0 (read as an empty server); a malformed one was asyncua's
+    UaStringParsingError traceback."""
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    sim = SimProcess(endpoint, tmp_path).start()
+    try:
+        res = valvoja(endpoint, "--root", "ns=2;s=P-999", "--pki-dir", str(tmp_path / "pki"))
+        assert res.returncode == 1 and "--root ns=2;s=P-999: the server has no such node" in res.stderr, res
+        assert "Traceback" not in res.stderr
+    finally:
+        sim.stop()
+    res = valvoja(endpoint, "--root", "P-101")  # refused before connecting
+    assert res.returncode == 2 and "argument --root: 'P-101' is not a node id" in res.stderr, res
+    res = valvoja(endpoint, "--depth", "0")
+    assert res.returncode == 2 and "argument --depth" in res.stderr, res

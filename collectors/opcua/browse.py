@@ -162,6 +162,8 @@ async def browse(client: Client, root: str = "i=85", *, max_depth: int = 10, max
     prefix: list[str] = []
     if start != ua.NodeId(ua.ObjectIds.ObjectsFolder):  # tags below a folder keep the folder's name
         dv = (await _read(client, [(start, ua.AttributeIds.BrowseName)], 1))[0]
+        if dv.StatusCode is not None and not dv.StatusCode.is_good():
+            raise LookupError(f"--root {root}: the server has no such node ({dv.StatusCode.name})")
         if dv.Value is not None and isinstance(dv.Value.Value, ua.QualifiedName):
             prefix = [dv.Value.Value.Name]
     level: list[tuple[ua.NodeId, list[str]]] = [(start, prefix)]

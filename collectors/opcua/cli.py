@@ -19,6 +19,27 @@ from pathlib import Path
 from edge.timeouts import within
 
 
+def _node_id(text: str) -> str:
+    """--root as asyncua parses it (a wrong one was its UaStringParsingError traceback)."""
+    from asyncua import ua
+
+    try:
+        ua.NodeId.from_string(text)
+    except Exception:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a node id (e.g. i=85, ns=2;s=Line1, ns=3;i=1001)") from None
+    return text
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number of at least 1")
+    return value
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("opcua", help="OPC UA tools (browse a server)")
     osub = p.add_subparsers(dest="opcua_command", required=True, metavar="ACTION")
@@ -26,9 +47,10 @@ def add_parser(sub) -> None:
                         description="Walk the address space from --root (default: the Objects folder) and list "
                                     "every variable with data type, unit, EURange and access level.")
     b.add_argument("endpoint", metavar="URL", help="opc.tcp://host:port/path")
-    b.add_argument("--root", default="i=85", help="node id to start from (default i=85, Objects)")
-    b.add_argument("--depth", type=int, default=10, help="levels to walk (default 10)")
-    b.add_argument("--max-nodes", type=int, default=10_000, help="stop after this many nodes (default 10000)")
+    b.add_argument("--root", default="i=85", type=_node_id,
+                   help="node id to start from (default i=85, Objects); exit 1 when the server has no such node")
+    b.add_argument("--depth", type=_positive, default=10, help="levels to walk (default 10)")
+    b.add_argument("--max-nodes", type=_positive, default=10_000, help="stop after this many nodes (default 10000)")
     b.add_argument("--include-server", action="store_true", help="also walk the standard Server object")
     b.add_argument("--toml", type=Path, metavar="FILE", help="write [[tags]] and a [[collectors]] block here")
     b.add_argument("--name", default="opcua", help="collector name in the TOML (default opcua)")
@@ -74,7 +96,8 @@ def cmd_browse(args) -> int:
         secrets = resolve_secrets(conn, lambda key: "--" + key.replace("_", "-"))
     except ValidationError as exc:
         for err in exc.errors():
-            print(f"{'.'.join(map(str, err['loc'])) or 'options'}: {err['msg']}", file=sys.stderr)
+            print(f"{'.'.join(map(str, err['loc'])) or 'options'}: {err['msg'].removeprefix('Value error, ')}",
+                  file=sys.stderr)
         return 2
     except ConfigError as exc:
         print(exc, file=sys.stderr)
@@ -101,6 +124,9 @@ async def _browse(args, conn, secrets) -> int:
     try:
         variables, truncated = await browse(client, args.root, max_depth=args.depth, max_nodes=args.max_nodes,
                                             include_server=args.include_server)
+    except LookupError as exc:  # --root the server does not have: "0 variables", exit 0, read as an empty server
+        print(f"{conn.endpoint}: {exc}", file=sys.stderr)
+        return 1
     finally:
         try:
             await within(client.disconnect(), conn.request_timeout_s)

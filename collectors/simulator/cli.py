@@ -104,12 +104,33 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
                            formats=tuple(f.strip() for f in args.mqtt_formats.split(",") if f.strip()),
                            username=args.mqtt_username, password=args.mqtt_password, client_id=args.mqtt_client_id,
                            sparkplug_group=args.sparkplug_group, sparkplug_node=args.sparkplug_node)
+    if not args.no_opcua:
+        _check_opcua(args.opcua, args.opcua_policy)
     return SimOptions(seed=args.seed, interval_s=args.interval, speed=args.speed, timestamps=args.timestamps,
                       start=args.start, faults=faults, opcua_endpoint=None if args.no_opcua else args.opcua,
                       opcua_security={"certificate": args.opcua_cert, "private_key": args.opcua_key,
                                       "policies": args.opcua_policy},
                       mqtt=mqtt, synthetic_tags=args.tags, synthetic_interval_s=args.tags_interval, replay=replay,
                       duration_s=args.duration)
+
+
+def _check_opcua(endpoint: str, policies: list[str] | None) -> None:
+    """--opcua and --opcua-policy as a person can fix them (a wrong one was an asyncio/enum traceback)."""
+    from urllib.parse import urlsplit
+
+    from asyncua import ua
+
+    url = urlsplit(endpoint)
+    try:
+        port = url.port
+    except ValueError:
+        port = None
+    if url.scheme != "opc.tcp" or not url.hostname or port is None:
+        raise ValueError(f"--opcua {endpoint!r}: expected opc.tcp://HOST:PORT[/path], e.g. {DEFAULT_ENDPOINT}")
+    names = [m.name for m in ua.SecurityPolicyType]
+    for name in policies or ():
+        if name not in names:
+            raise ValueError(f"--opcua-policy {name!r}: choose from {', '.join(names)}")
 
 
 def list_tags(sim: Simulator) -> None:

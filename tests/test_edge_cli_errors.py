@@ -1,0 +1,179 @@
+"""A first-day user's wrong argument (a missing file, a folder, an empty file, a typo in HOST:PORT, a broker that
+refuses) gets one line naming what is wrong and a non-zero exit, never a Python traceback. Found by a first-day
+audit: each command here printed a traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_edge_cli_db_errors import _valvoja
+
+
+def _refused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again: a connect is refused
+
+
+def _one_line_error(r: subprocess.CompletedProcess, code: int, *words: str) -> None:
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    for w in words:
+        assert w in r.stderr, r.stderr
+
+
+def test_maintenance_evaluate_missing_data_is_one_line(tmp_path):
+    r = _valvoja("maintenance", "evaluate", "skab", "--data", str(tmp_path), "--files", "valve1/0.csv")
+    _one_line_error(r, 1, "valve1/0.csv", "No such file")
+    r = _valvoja("maintenance", "evaluate", "cmapss", "--data", str(tmp_path), "--subset", "FD001")
+    _one_line_error(r, 1, "train_FD001.txt", "not found")
+
+
+@pytest.mark.parametrize("kind", ["empty", "folder"])
+def test_models_train_on_an_empty_file_or_a_folder(tmp_path, kind):
+    data = tmp_path / "data.csv"
+    data.write_text("") if kind == "empty" else data.mkdir()
+    r = _valvoja("models", "train", "--data", str(data), "--model-id", "x", "--registry", str(tmp_path / "reg"))
+    _one_line_error(r, 1, str(data), "empty file" if kind == "empty" else "is a folder")
+
+
+def test_demo_mqtt_not_host_port_is_a_usage_error():
+    r = _valvoja("demo", "--mqtt", "localhost", "--no-console", "--duration", "1")
+    _one_line_error(r, 2, "argument --mqtt", "HOST:PORT")
+
+
+def test_simulate_to_a_refusing_broker_is_one_line(tmp_path):
+    port = _refused_port()
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "simulate", "--no-opcua", "--duration", "2",
+                        "--mqtt", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ), stdin=subprocess.DEVNULL)
+    _one_line_error(r, 1, f"127.0.0.1:{port}", "did not accept a connection")
+
+
+def test_no_help_text_shows_a_doubled_percent():
+    """argparse %-formats help strings but not descriptions: "90 %%" in a description is printed as is."""
+    import argparse
+
+    from edge.cli import build_parser
+
+    def walk(p: argparse.ArgumentParser, path: str):
+        yield path, p.format_help()
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sp in a.choices.items():
+                    yield from walk(sp, f"{path} {name}")
+
+    wrong = [path for path, text in walk(build_parser(), "valvoja") if "%%" in text]
+    assert not wrong, wrong
+
+
+def test_check_config_of_a_console_file_names_its_problems(tmp_path):
+    path = tmp_path / "console.toml"
+    path.write_text('[console]\nlisten = "127.0.0.1:8080"\nlisen = "x"\n[database]\nurl = "postgresql://c@h/d"\n'
+                    'password = "file:nothing-here"\n')
+    r = _valvoja("check-config", "--skip-secrets", str(path))
+    _one_line_error(r, 1, "console.lisen: unknown key")
+    assert "console: unknown key" not in r.stderr
+    path.write_text(path.read_text().replace('lisen = "x"\n', ""))
+    r = _valvoja("check-config", "--skip-secrets", str(path))
+    assert r.returncode == 0 and "OK (console configuration" in r.stdout, r
+    r = _valvoja("check-config", str(path))
+    _one_line_error(r, 1, "database.password", "nothing-here")
+
+
+def test_models_list_of_a_missing_registry_says_so(tmp_path):
+    """It said "no models registered", exit 0, and created the mistyped folder."""
+    missing = tmp_path / "regsitry"
+    r = _valvoja("models", "list", "--registry", str(missing))
+    _one_line_error(r, 1, f"no registry folder {missing}", "--registry")
+    assert not missing.exists()
+    (tmp_path / "empty").mkdir()
+    r = _valvoja("models", "list", "--registry", str(tmp_path / "empty"))
+    assert r.returncode == 0 and "no models registered" in r.stdout, r
+
+
+def test_emissions_compute_with_to_not_after_from_says_so(tmp_path):
+    """It said "nothing to compute from 2026-01-02: no hour of it has ended yet", sending people to the clock; the
+    dates are checked before the database is asked (this one refuses)."""
+    site = tmp_path / "site.toml"
+    site.write_text('[[stacks]]\nname = "K9"\nregime = "lcp"\ntimezone = "Europe/Helsinki"\n'
+                    'pollutants = [{ name = "NOx", tag = "K9.NOx", elv = { month = 200.0 } }]\n')
+    db = f"postgresql://x@127.0.0.1:{_refused_port()}/x"
+    for start, end in (("2026-01-02", "2026-01-01"), ("2026-01-02", "2026-01-02")):
+        r = _valvoja("emissions", "compute", "-c", str(site), "--db", db, "--from", start, "--to", end)
+        _one_line_error(r, 1, f"--to {end} is not after --from {start}", "exclusive")
+    r = _valvoja("emissions", "compute", "-c", str(site), "--db", db, "--from", "2026-02-30", "--to", "2026-03-01")
+    _one_line_error(r, 1, "--from/--to", "YYYY-MM-DD")
+
+
+def test_review_mark_of_an_unknown_id_is_one_line(plain_pg_dsn):
+    import psycopg
+
+    from edge.db.migrate import migrate
+
+    with psycopg.connect(plain_pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+    r = _valvoja("maintenance", "review", "mark", "--prediction", "99", "--verdict", "right", "--by", "me",
+                 "--db", plain_pg_dsn)
+    _one_line_error(r, 1, "no prediction 99")
+
+
+def test_window_help_states_the_exit_codes_a_script_gets(plain_pg_dsn):
+    """A CMMS script tells "refused" from "no such window" by the exit code: --help says which is which, and the
+    codes are those."""
+    import psycopg
+
+    from edge.db.migrate import migrate
+
+    r = _valvoja("maintenance", "window", "--help")
+    assert "2 a refused request" in " ".join(r.stdout.split()) and "3 an unknown window" in " ".join(r.stdout.split())
+    with psycopg.connect(plain_pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+    r = _valvoja("maintenance", "window", "end", "999", "--db", plain_pg_dsn)
+    _one_line_error(r, 3, "no maintenance window 999")
+    r = _valvoja("maintenance", "window", "add", "--asset", "P-1", "--from", "x", "--to", "y", "--reason", "r",
+                 "--db", plain_pg_dsn)
+    _one_line_error(r, 2, "not an ISO-8601")
+    r = _valvoja("maintenance", "window", "list", "--db", f"postgresql://x@127.0.0.1:{_refused_port()}/x")
+    _one_line_error(r, 1, "connection")
+
+
+def test_a_state_folder_that_cannot_be_made_is_a_configuration_problem(tmp_path):
+    """check-config said OK and `run` failed with a bare NotADirectoryError/PermissionError traceback (start_failed)
+    that did not name the setting; now both name site.state_dir and exit 1."""
+    (tmp_path / "afile").write_text("")
+    site = tmp_path / "site.toml"
+    site.write_text(f'[site]\nstate_dir = "{tmp_path}/afile/state"\n[http]\nenabled = false\n')
+    for args in (["check-config", str(site)], ["run", "--config", str(site)]):
+        r = _valvoja(*args)
+        _one_line_error(r, 1, f"site.state_dir: {tmp_path}/afile/state: cannot be created", "is not a folder")
+
+
+
+def test_check_config_notes_what_a_first_file_leaves_out(tmp_path):
+    """An empty file was "OK (0 tags, 0 collectors ...)" and nothing more: `run` then started and did nothing."""
+    site = tmp_path / "site.toml"
+    site.write_text("")
+    r = _valvoja("check-config", "--skip-secrets", str(site))
+    assert r.returncode == 0, r
+    assert "note: no [[collectors]]" in r.stdout and "note: no database.url" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--opcua", "notaurl"], ["--opcua 'notaurl'", "opc.tcp://HOST:PORT"]),
+    (["--opcua-policy", "Basic256"], ["--opcua-policy 'Basic256'", "Basic256Sha256_SignAndEncrypt"]),
+])
+def test_simulate_opcua_arguments_are_one_line(args, words):
+    r = _valvoja("simulate", "--duration", "1", *args)
+    _one_line_error(r, 2, *words)
+
+
+def test_train_anomaly_from_that_is_not_a_time_names_the_format(tmp_path):
+    r = _valvoja("maintenance", "train-anomaly", "-c", str(tmp_path / "x.toml"), "--asset", "P-1", "--from", "monday")
+    _one_line_error(r, 2, "argument --from: 'monday' is not an ISO 8601 time")
+    assert "_aware" not in r.stderr
