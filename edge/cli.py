@@ -87,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(or use --db / --mqtt ones), run the gateway on them and print a live status "
                                    "line. Ctrl-C stops everything cleanly.")
     p.add_argument("--db", metavar="URL", help="use this database instead of an embedded one "
-                                               "(default: $VALVOJA_DB_URL if set; prefer it for a URL with a "
-                                               "password: arguments are visible in ps)")
+                                               "(default: $VALVOJA_DEMO_DB_URL if set, never $VALVOJA_DB_URL, "
+                                               "the plant's; prefer it for a URL with a password: arguments are "
+                                               "visible in ps). The demo writes simulated data into it")
     p.add_argument("--mqtt", metavar="HOST:PORT", type=host_port_arg,
                    help="use this MQTT broker instead of starting mosquitto")
     p.add_argument("--state-dir", type=Path, default=Path("var/demo"), help="demo state (default var/demo)")

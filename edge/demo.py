@@ -107,10 +107,13 @@ async def _demo(args) -> None:
     install_stop_signals(stop)
     started: list = []  # things to stop, in reverse order
     try:
-        conninfo = args.db or os.environ.get("VALVOJA_DB_URL")
+        # Not $VALVOJA_DB_URL, which the maintenance, models and emissions commands take: exported for them, it
+        # named the plant's database, and the demo wrote simulated readings and alerts into it.
+        conninfo = args.db or os.environ.get("VALVOJA_DEMO_DB_URL")
         embedded = not conninfo
         if conninfo:
-            print(f"database: {describe_conninfo(conninfo)}")
+            print(f"database: {describe_conninfo(conninfo)} (the demo writes simulated readings, predictions and "
+                  "alerts into it)")
         else:
             server, conninfo = await asyncio.to_thread(embedded_postgres, state / "postgres")
             started.append(lambda: asyncio.to_thread(server.cleanup))

@@ -26,7 +26,10 @@ pytestmark = pytest.mark.slow
 @pytest.mark.skipif(shutil.which("mosquitto") is None and not os.path.exists("/usr/sbin/mosquitto"),
                     reason="mosquitto is not installed (the demo starts its own broker)")
 def test_the_demo_runs_on_its_own_servers_serves_the_console_and_stops_on_ctrl_c():
-    env = {k: v for k, v in os.environ.items() if k != "VALVOJA_DB_URL"}  # the embedded database, as in README
+    env = {k: v for k, v in os.environ.items() if k != "VALVOJA_DEMO_DB_URL"}  # the embedded database, as in README
+    # The database the other commands take (maintenance, models, emissions) is never the demo's unasked: simulated
+    # readings and alerts for P-101 must not land in a plant's database because its URL was exported for them.
+    env["VALVOJA_DB_URL"] = "postgresql://plant@127.0.0.1:1/plant"
     # Run as root, the embedded PostgreSQL drops to its own user, which cannot enter pytest's private tmp_path.
     state = Path(tempfile.mkdtemp(prefix="valvoja-demo-"))
     state.chmod(0o755)
@@ -41,6 +44,7 @@ def test_the_demo_runs_on_its_own_servers_serves_the_console_and_stops_on_ctrl_c
                     return m
             raise AssertionError("demo output ended early:\n" + "".join(lines))
 
+        read_until(r"database: embedded PostgreSQL")
         console = read_until(r"console: (http://127\.0\.0\.1:\d+/) \(user demo, password (\S+)\)")
         read_until(r"stored +[1-9]")  # readings reached the database
         with httpx.Client(base_url=console[1], timeout=10) as c:
