@@ -54,6 +54,11 @@ def test_browse_prints_types_units_ranges_access_and_writes_a_valid_tag_section(
         listed = json.loads(res.stdout)
         assert listed and all(v["node_id"].startswith("ns=2;s=K1.") for v in listed)
         assert all(v["path"][0] == "K1" and v["tag"] == v["node_id"][len("ns=2;s="):] for v in listed)
+        # A --root that is a variable lists that variable (it listed nothing: a variable has no variables below).
+        res = valvoja(endpoint, "--json", "--root", listed[0]["node_id"], "--pki-dir", str(tmp_path / "pki"))
+        assert res.returncode == 0, res.stderr
+        assert [(v["node_id"], v["unit"]) for v in json.loads(res.stdout)] == [(listed[0]["node_id"],
+                                                                                 listed[0]["unit"])]
     finally:
         sim.stop()
 

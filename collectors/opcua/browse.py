@@ -160,15 +160,17 @@ async def browse(client: Client, root: str = "i=85", *, max_depth: int = 10, max
     per_call = min([per_call, *(limits[k] for k in ("browse", "read", "translate") if k in limits)])
     start = ua.NodeId.from_string(root)
     prefix: list[str] = []
+    variables: list[Variable] = []
     if start != ua.NodeId(ua.ObjectIds.ObjectsFolder):  # tags below a folder keep the folder's name
-        dv = (await _read(client, [(start, ua.AttributeIds.BrowseName)], 1))[0]
+        dv, kind = await _read(client, [(start, ua.AttributeIds.BrowseName), (start, ua.AttributeIds.NodeClass)], 2)
         if dv.StatusCode is not None and not dv.StatusCode.is_good():
             raise LookupError(f"--root {root}: the server has no such node ({dv.StatusCode.name})")
         if dv.Value is not None and isinstance(dv.Value.Value, ua.QualifiedName):
             prefix = [dv.Value.Value.Name]
+        if kind.Value is not None and kind.Value.Value == ua.NodeClass.Variable:
+            variables.append(Variable(start.to_string(), prefix))  # a root that is a variable is listed too
     level: list[tuple[ua.NodeId, list[str]]] = [(start, prefix)]
     seen = {start}
-    variables: list[Variable] = []
     truncated = False
     for _depth in range(max_depth):
         if not level:
