@@ -77,16 +77,28 @@ class Webhook:
         self.server.server_close()
 
 
-def site_config(state: Path, db_url: str, opcua_port: int, mqtt_port: int, webhook: str) -> str:
+# --churn: rules on signals that cross them every few seconds, and an alert policy that clears after 3 s, never
+# re-opens and escalates after 30 s: a new alert (a new id: rows, events, notifications) every few seconds.
+CHURN_POLICY = ("clear_after_s = 60.0\nescalate_after_s = 3600.0",
+                "clear_after_s = 3.0\nescalate_after_s = 30.0\nreopen_within_s = 0.0")
+CHURN_RULES = (("K1.NOx", "high", 78.0), ("K1.load", "high", 76.0), ("P-101.flow", "low", 150.0),
+               ("SITE.ambient_temp", "high", 1.5))
+
+
+def site_config(state: Path, db_url: str, opcua_port: int, mqtt_port: int, webhook: str,
+                churn: bool = False) -> str:
     """config/demo.toml with this run's servers, state folder and notification receivers."""
     text = DEMO.read_text()
-    for old, new in (('state_dir = "../var/demo/gateway"', f'state_dir = "{state}"'),
+    for old, new in (*((CHURN_POLICY,) if churn else ()),
+                     ('state_dir = "../var/demo/gateway"', f'state_dir = "{state}"'),
                      ('listen = "127.0.0.1:9108"', 'listen = "127.0.0.1:{HTTP_PORT}"'),
                      ("opc.tcp://127.0.0.1:4840/valvoja/sim", f"opc.tcp://127.0.0.1:{opcua_port}/valvoja/sim"),
                      ("port = 1883", f"port = {mqtt_port}"),
                      ("[database]\n", f'[database]\nurl = "{db_url}"\nconnect_timeout_s = 3\n')):
         assert text.count(old) == 1, old
         text = text.replace(old, new)
+    for tag, side, limit in CHURN_RULES if churn else ():
+        text += f'\n[[rules]]\nname = "churn {tag}"\ntag = "{tag}"\nkind = "threshold"\n{side} = {limit}\n'
     return text + f"""
 [maintenance.notify.mqtt]
 host = "127.0.0.1"
@@ -153,6 +165,9 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=0.2,
                     help="real seconds between plant steps (default 0.2: ~250 readings/s)")
     ap.add_argument("--fault-every-s", type=float, default=120.0, help="recurring faults, real seconds (120)")
+    ap.add_argument("--churn", action="store_true",
+                    help="rules crossed every few seconds, alerts cleared after 3 s and never re-opened: a new alert "
+                         "every few seconds (the alert lifecycle, notifications and their tables under load)")
     ap.add_argument("--db-sample-s", type=float, default=30.0, help="table sizes every this many s (30)")
     args = ap.parse_args()
     seconds = args.minutes * 60
@@ -169,7 +184,7 @@ def main() -> int:
             cwd=ROOT, stdout=simlog, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
         time.sleep(3)
         state = tmp / "gw" / "var"
-        gw = GatewayProcess(tmp / "gw", site_config(state, pg.url("soak"), opcua_port, mq.port, hook.url))
+        gw = GatewayProcess(tmp / "gw", site_config(state, pg.url("soak"), opcua_port, mq.port, hook.url, args.churn))
         gw.start(timeout_s=120)
         deadline = time.monotonic() + 60
         while not all(c.get("connected") for c in gw.health()["collectors"].values()):
@@ -250,7 +265,7 @@ def main() -> int:
     grown = {f: [families_first.get(f, 0), n] for f, n in families_last.items() if n != families_first.get(f, 0)}
     result = {
         "minutes": round(elapsed / 60, 2), "speed": args.speed, "plant_step_s": args.interval, "warmup_s": warmup,
-        "fault_every_s": args.fault_every_s, "exit_code": code, "stop_s": round(stop_s, 2),
+        "fault_every_s": args.fault_every_s, "churn": args.churn, "exit_code": code, "stop_s": round(stop_s, 2),
         "webhook_posts": hook.posts, "summary": {k: first_last_peak(k) for k in keys},
         "log_lines_per_min_after_warmup": (fits["log_lines"]["slope_per_h"] or 0) / 60,
         "log_bytes_per_min_after_warmup": (fits["log_bytes"]["slope_per_h"] or 0) / 60,
