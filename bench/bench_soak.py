@@ -12,16 +12,19 @@ Not part of the test suite. Run:
     .venv/bin/python bench/bench_soak.py                 # 30 minutes
     .venv/bin/python bench/bench_soak.py --minutes 3     # a quick look
 
-Writes bench/results/soak.json (samples included).
+Writes bench/results/soak.json (samples included). The whole gateway (simulated plant over OPC UA and MQTT,
+analytics, alerts, notifications, rollups, emissions): bench/bench_soak_plant.py, which reuses `fit_series`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,37 +39,63 @@ from servers import MosquittoServer, PostgresServer  # noqa: E402
 RESULTS = ROOT / "bench/results/soak.json"
 
 
+def fit_series(samples: list[dict], warmup_s: float, key: str) -> dict:
+    """Least-squares slope of ``key`` per hour over the samples after the warm-up (those that have it), with its
+    standard error and the fitted first and last values."""
+    pts = [(s["t_s"], s[key]) for s in samples if s["t_s"] >= warmup_s and s.get(key) is not None]
+    if len(pts) < 3:
+        return {"slope_per_h": None, "points": len(pts)}
+    t = np.array([p[0] for p in pts]) / 3600.0
+    y = np.array([p[1] for p in pts], dtype=float)
+    (slope, intercept), cov = np.polyfit(t, y, 1, cov=True)
+    return {"slope_per_h": round(float(slope), 3), "stderr_per_h": round(float(np.sqrt(cov[0, 0])), 3),
+            "points": len(pts), "from_s": round(float(pts[0][0]), 1), "to_s": round(float(pts[-1][0]), 1),
+            "fit_start": round(float(intercept + slope * t[0]), 2),
+            "fit_end": round(float(intercept + slope * t[-1]), 2)}
+
+
 def fit_slope(samples: list[dict], warmup_s: float) -> dict:
     """Least-squares RSS slope (MB/h) over the samples after the warm-up, with its standard error."""
-    pts = [(s["t_s"], s["rss_mb"]) for s in samples if s["t_s"] >= warmup_s]
-    if len(pts) < 3:
-        return {"slope_mb_per_h": None, "points": len(pts)}
-    t = np.array([p[0] for p in pts]) / 3600.0
-    y = np.array([p[1] for p in pts])
-    (slope, intercept), cov = np.polyfit(t, y, 1, cov=True)
-    return {"slope_mb_per_h": round(float(slope), 2), "slope_stderr_mb_per_h": round(float(np.sqrt(cov[0, 0])), 2),
-            "points": len(pts), "from_s": round(float(pts[0][0]), 1), "to_s": round(float(pts[-1][0]), 1),
-            "rss_fit_start_mb": round(float(intercept + slope * t[0]), 1),
-            "rss_fit_end_mb": round(float(intercept + slope * t[-1]), 1)}
+    f = fit_series(samples, warmup_s, "rss_mb")
+    if f["slope_per_h"] is None:
+        return {"slope_mb_per_h": None, "points": f["points"]}
+    return {"slope_mb_per_h": round(f["slope_per_h"], 2), "slope_stderr_mb_per_h": round(f["stderr_per_h"], 2),
+            "points": f["points"], "from_s": f["from_s"], "to_s": f["to_s"],
+            "rss_fit_start_mb": round(f["fit_start"], 1), "rss_fit_end_mb": round(f["fit_end"], 1)}
+
+
+def soak_arguments(doc: str, minutes: float, warmup_cap_s: float, out: Path) -> argparse.ArgumentParser:
+    """The options every soak has: duration, sampling interval, warm-up, results file."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=minutes, help=f"soak duration (default {minutes:g})")
+    ap.add_argument("--sample-s", type=float, default=5.0, help="sampling interval (default 5 s)")
+    ap.add_argument("--warmup-s", type=float, default=None,
+                    help=f"samples before this are not fitted (default: 20%% of the run, at most {warmup_cap_s:g} s)")
+    ap.add_argument("--out", type=Path, default=out)
+    return ap
+
+
+def warmup_of(args: argparse.Namespace, warmup_cap_s: float) -> float:
+    return args.warmup_s if args.warmup_s is not None else min(warmup_cap_s, 0.2 * args.minutes * 60)
+
+
+@contextlib.contextmanager
+def soak_servers(prefix: str) -> Iterator[tuple[Path, PostgresServer, MosquittoServer, str]]:
+    """A temp folder, private PostgreSQL (TimescaleDB, no fsync) and mosquitto servers, and a database ``soak``."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmpdir, \
+            PostgresServer(fsync=False) as pg, MosquittoServer(tls=False, password=False) as mq:
+        yield Path(tmpdir), pg, mq, pg.create_database("soak", timescaledb=True)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--minutes", type=float, default=30.0, help="soak duration (default 30)")
+    ap = soak_arguments(__doc__, 30.0, 300.0, RESULTS)
     ap.add_argument("--rate", type=float, default=2000.0, help="readings per second (default 2000)")
     ap.add_argument("--tags", type=int, default=1000)
-    ap.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling interval (default 5 s)")
-    ap.add_argument("--warmup-s", type=float, default=None,
-                    help="samples before this are not fitted (default: 20%% of the run, at most 300 s)")
-    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     seconds = args.minutes * 60
-    warmup = args.warmup_s if args.warmup_s is not None else min(300.0, 0.2 * seconds)
+    warmup = warmup_of(args, 300.0)
 
-    with tempfile.TemporaryDirectory(prefix="valvoja-soak-") as tmpdir, \
-            PostgresServer(fsync=False) as pg, MosquittoServer(tls=False, password=False) as mq:
-        tmp = Path(tmpdir)
-        dsn = pg.create_database("soak", timescaledb=True)
+    with soak_servers("valvoja-soak-") as (tmp, _pg, mq, dsn):
         topic = "bench/soak"
         gw = start_gateway(tmp, "soak", dsn, mq, topic, args.tags)
         proc = psutil.Process(gw.proc.pid)

@@ -116,8 +116,15 @@ async def changed_since(db, since, ids: list[str] | None = None, after_id: str =
     sh = await shape(db)
     if ids:
         return await db.fetch(f"{sh.select} WHERE a.id::text = ANY(%s) ORDER BY 1", (ids,))
-    return await db.fetch(f"{sh.select} WHERE ({sh.changed_sql}, a.id::text) > (%s, %s)"
-                          f" ORDER BY {sh.changed_sql}, a.id::text LIMIT {CHANGED_PAGE}", (since, after_id))
+    return await db.fetch(changed_page_sql(sh), (since, after_id))
+
+
+def changed_page_sql(sh: Shape) -> str:
+    """The live feed's poll (every second, for as long as the console runs): one page of alerts changed after
+    (change time, id). The alerts table keeps every alert ever raised; the index ``alerts_changed`` (migration
+    m0403) makes this a short index range whatever their number."""
+    return (f"{sh.select} WHERE ({sh.changed_sql}, a.id::text) > (%s, %s)"
+            f" ORDER BY {sh.changed_sql}, a.id::text LIMIT {CHANGED_PAGE}")
 
 
 async def acknowledge(conn, alert_id: str, who: str, comment: str) -> dict:

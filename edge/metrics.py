@@ -7,7 +7,16 @@ in ``_total``, units are in the name.
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+
+
+def _loop_tasks() -> float:
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:  # rendered outside the loop (a test, a thread): not known
+        return float("nan")
 
 
 class Metrics:
@@ -79,6 +88,10 @@ class Metrics:
         self.records_refused = Counter("valvoja_records_refused_total",
                                        "Predictions/alert changes the database refused (dead-lettered)",
                                        ["kind"], registry=r)
+        # Tasks alive on the event loop the metrics are served from (the gateway's one loop): a number that climbs
+        # over days is a task started per event and never finished (bench/bench_soak.py --plant watches it).
+        self.asyncio_tasks = Gauge("valvoja_asyncio_tasks", "Tasks alive on the gateway's event loop", registry=r)
+        self.asyncio_tasks.set_function(_loop_tasks)
         ProcessCollector(registry=r)
 
     def render(self) -> bytes:
