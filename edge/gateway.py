@@ -300,7 +300,7 @@ class Gateway:
                          "last_error": fwd.last_error if fwd else None},
             "collectors": {name: _safe_status(c) for name, c in self.collectors.items()},
             "queue_batches": self.ingest.queue.qsize(),
-            "latency_s": _percentiles(fwd.latency_s) if fwd else None,
+            "latency_s": _percentiles(fwd.latency_s.values()) if fwd else None,
             "analytics": self.analytics.status() if self.analytics else None,
         }
 
@@ -318,13 +318,12 @@ class Gateway:
         return not dead and not self.problems, detail
 
 
-def _percentiles(samples) -> dict | None:
-    """p50/p99/max of the recent source-time-to-commit latencies (a bounded reservoir)."""
-    if not samples:
+def _percentiles(arr) -> dict | None:
+    """p50/p99/max of the recent source-time-to-commit latencies (`edge.forwarder.LatencyReservoir.values`)."""
+    if not arr.size:
         return None
     import numpy as np
 
-    arr = np.fromiter(samples, dtype=float, count=len(samples))
     p50, p99 = np.percentile(arr, [50, 99])
     return {"p50": round(float(p50), 4), "p99": round(float(p99), 4), "max": round(float(arr.max()), 4),
             "n": int(arr.size)}
