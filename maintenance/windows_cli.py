@@ -1,6 +1,6 @@
 """``valvoja maintenance window add|list|end|cancel``: plan maintenance windows from a shell or a CMMS script.
 
-    valvoja maintenance window add --asset P-101 --asset F-201 --from 2026-10-24T22:00 --to 2026-10-25T06:00 \\
+    valvoja maintenance window add --asset P-101 --asset F-201 --from 2027-10-30T22:00 --to 2027-10-31T06:00 \\
         --tz Europe/Helsinki --reason "WO-4711 coupling alignment" [--tag TAG] [--long] [--by anna] [--json]
     valvoja maintenance window list [--asset P-101] [--state current --state upcoming] [--limit 50] [--json]
     valvoja maintenance window end ID [--at 2026-10-25T04:00 --tz Europe/Helsinki] [--comment ...] [--by anna]
