@@ -3,7 +3,7 @@
     valvoja maintenance window add --asset P-101 --asset F-201 --from 2027-10-30T22:00 --to 2027-10-31T06:00 \\
         --tz Europe/Helsinki --reason "WO-4711 coupling alignment" [--tag TAG] [--long] [--by anna] [--json]
     valvoja maintenance window list [--asset P-101] [--state current --state upcoming] [--limit 50] [--json]
-    valvoja maintenance window end ID [--at 2026-10-25T04:00 --tz Europe/Helsinki] [--comment ...] [--by anna]
+    valvoja maintenance window end ID [--at 2027-10-31T04:00 --tz Europe/Helsinki] [--comment ...] [--by anna]
     valvoja maintenance window cancel ID [--reason "parts late"] [--by anna]
 
 The same rules as the console API (`maintenance.windows`), written straight to the database (``--db``, default
