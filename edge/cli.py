@@ -16,6 +16,7 @@ import importlib
 import logging
 import signal
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from edge.errors import ConfigError
@@ -41,6 +42,33 @@ def host_port_arg(text: str) -> tuple[str, int]:
         return host_port("127.0.0.1" + text if text.startswith(":") else text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def iso_time_arg(text: str) -> datetime:
+    """An argparse ``type``: an ISO 8601 date or date-time; without an offset it is UTC (say so in the help). The
+    one parser of times on the command line, so every command reads and refuses a time the same way."""
+    return _iso_time(text, need_offset=False)
+
+
+def aware_time_arg(text: str) -> datetime:
+    """An argparse ``type``: an ISO 8601 date-time with its offset (``Z``, ``+02:00``), for the times where reading
+    local time as UTC would be hours off and unnoticed (a healthy period a model is trained on)."""
+    return _iso_time(text, need_offset=True)
+
+
+def _iso_time(text: str, *, need_offset: bool) -> datetime:
+    from datetime import UTC
+
+    try:
+        t = datetime.fromisoformat(text.strip())
+    except ValueError:  # argparse itself said "invalid fromisoformat value"
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (e.g. 2026-11-02T06:00:00+02:00"
+                                         f"{'' if need_offset else ' or 2026-11-02'})") from None
+    if t.tzinfo is not None:
+        return t
+    if need_offset:
+        raise argparse.ArgumentTypeError(f"{text!r} has no time zone (add +02:00 or Z)")
+    return t.replace(tzinfo=UTC)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,8 +17,9 @@ import argparse
 import json
 import os
 import sys
-from datetime import datetime
 from pathlib import Path
+
+from edge.cli import aware_time_arg, iso_time_arg
 
 
 def add_parser(subparsers) -> None:
@@ -65,9 +66,9 @@ def add_parser(subparsers) -> None:
                                     "readings (log event anomaly_model_replaced); a stopped one from its start.")
     ta.add_argument("-c", "--config", type=Path, required=True, help="the gateway's site configuration")
     ta.add_argument("--asset", required=True, help="an asset with [maintenance.assets.anomaly]")
-    ta.add_argument("--from", dest="start", type=_aware, required=True,
+    ta.add_argument("--from", dest="start", type=aware_time_arg, required=True,
                     help="start of the healthy period (ISO 8601 with a time zone, e.g. 2026-11-02T06:00:00+02:00)")
-    ta.add_argument("--to", dest="end", type=_aware, help="end of the healthy period (default: as long as the "
+    ta.add_argument("--to", dest="end", type=aware_time_arg, help="end of the healthy period (default: as long as the "
                                                           "asset's train_samples need)")
     ta.set_defaults(func=cmd_train_anomaly)
 
@@ -75,8 +76,9 @@ def add_parser(subparsers) -> None:
     rvs = rv.add_subparsers(dest="review_command", required=True, metavar="ACTION")
     ls = rvs.add_parser("list", help="an asset's predictions and alerts with their uncertainty and reviews")
     ls.add_argument("--asset", required=True)
-    ls.add_argument("--since", type=datetime.fromisoformat, metavar="ISO",
-                    help="only these since this time (ISO 8601, e.g. 2026-11-01 or 2026-11-01T06:00+02:00)")
+    ls.add_argument("--since", type=iso_time_arg, metavar="ISO",
+                    help="only these since this time (ISO 8601, e.g. 2026-11-01T06:00+02:00; without an offset "
+                         "it is UTC)")
     ls.add_argument("--limit", type=int, default=20, help="at most this many of each (default 20)")
     _db_arg(ls)
     ls.set_defaults(func=cmd_review_list)
@@ -90,8 +92,8 @@ def add_parser(subparsers) -> None:
     _db_arg(mk)
     mk.set_defaults(func=cmd_review_mark)
     pr = rvs.add_parser("precision", help="precision of past alerts from their reviews")
-    pr.add_argument("--since", type=datetime.fromisoformat, metavar="ISO",
-                    help="alerts raised since this time (ISO 8601; default: all)")
+    pr.add_argument("--since", type=iso_time_arg, metavar="ISO",
+                    help="alerts raised since this time (ISO 8601; without an offset it is UTC; default: all)")
     pr.add_argument("--model-id", help="only alerts raised from this model's predictions")
     _db_arg(pr)
     pr.set_defaults(func=cmd_review_precision)
@@ -104,16 +106,6 @@ def add_parser(subparsers) -> None:
 def _db_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", metavar="URL", default=os.environ.get("VALVOJA_DB_URL"),
                    help="postgresql:// URL (default: $VALVOJA_DB_URL)")
-
-
-def _aware(text: str) -> datetime:
-    try:
-        t = datetime.fromisoformat(text)
-    except ValueError:  # argparse said "invalid _aware value"
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (e.g. 2026-11-02T06:00:00+02:00)") from None
-    if t.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r} has no time zone (add +02:00 or Z)")
-    return t
 
 
 def cmd_train_anomaly(args) -> int:

@@ -16,13 +16,13 @@ champion unless ``--version``) on the data files and writes ``report.html`` + ``
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
 import sys
 from pathlib import Path
 
+from edge.cli import iso_time_arg
 from edge.errors import ValvojaError
 
 __all__ = ["add_subcommands", "cmd_evaluate_feedback", "cmd_evaluate_gas_turbine", "cmd_report", "model_report"]
@@ -80,8 +80,10 @@ def add_subcommands(models_subparsers) -> None:
                                     "wrong). Reads the alerts and prediction_feedback tables.")
     fb.add_argument("--db", metavar="URL", default=os.environ.get("VALVOJA_DB_URL") or None,
                     help="postgresql:// URL (default $VALVOJA_DB_URL)")
-    fb.add_argument("--since", type=_iso, metavar="ISO", help="alerts raised at or after this time (ISO-8601)")
-    fb.add_argument("--until", type=_iso, metavar="ISO", help="alerts raised at or before this time (ISO-8601)")
+    fb.add_argument("--since", type=iso_time_arg, metavar="ISO",
+                    help="alerts raised at or after this time (ISO 8601; without an offset it is UTC)")
+    fb.add_argument("--until", type=iso_time_arg, metavar="ISO",
+                    help="alerts raised at or before this time (ISO 8601; without an offset it is UTC)")
     fb.add_argument("--model-id", help="only alerts raised from this model's predictions")
     fb.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
     fb.set_defaults(func=_guard(cmd_evaluate_feedback))
@@ -111,18 +113,6 @@ def add_subcommands(models_subparsers) -> None:
     r.add_argument("--bias-halflife", type=float, default=0.0,
                    help="online bias correction of the adaptive mode, half-life in rows (default 0: off)")
     r.set_defaults(func=_guard(cmd_report))
-
-
-def _iso(text: str):
-    """An ISO-8601 time; without an offset it is taken as UTC."""
-    from datetime import UTC, datetime
-
-    try:
-        t = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r} (e.g. 2026-01-01 or "
-                                         "2026-01-01T06:00:00+02:00)") from None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 # ---------------------------------------------------------------- evaluate feedback

@@ -177,3 +177,29 @@ def test_train_anomaly_from_that_is_not_a_time_names_the_format(tmp_path):
     r = _valvoja("maintenance", "train-anomaly", "-c", str(tmp_path / "x.toml"), "--asset", "P-1", "--from", "monday")
     _one_line_error(r, 2, "argument --from: 'monday' is not an ISO 8601 time")
     assert "_aware" not in r.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["maintenance", "review", "list", "--asset", "P-1", "--since", "yesterday"],
+    ["maintenance", "review", "precision", "--since", "yesterday"],
+    ["models", "evaluate", "feedback", "--until", "yesterday"],
+    ["simulate", "--start", "yesterday"],
+])
+def test_every_time_argument_names_the_format(argv):
+    # Each command parsed times its own way; review --since said "invalid fromisoformat value: 'yesterday'".
+    r = _valvoja(*argv)
+    _one_line_error(r, 2, "'yesterday' is not an ISO 8601 time (e.g. 2026-11-02T06:00:00+02:00 or 2026-11-02)")
+
+
+def test_a_time_without_an_offset_is_utc_where_the_help_says_so():
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from edge.cli import aware_time_arg, build_parser, iso_time_arg
+
+    assert iso_time_arg("2026-11-02") == datetime(2026, 11, 2, tzinfo=UTC)
+    assert iso_time_arg("2026-11-02T06:00+02:00") == datetime(2026, 11, 2, 6, tzinfo=timezone(timedelta(hours=2)))
+    with pytest.raises(Exception, match="has no time zone"):
+        aware_time_arg("2026-11-02T06:00")
+    # A naive --since went to the database as a timestamp without zone, read in the server's TimeZone setting.
+    args = build_parser().parse_args(["maintenance", "review", "list", "--asset", "P-1", "--since", "2026-11-01"])
+    assert args.since == datetime(2026, 11, 1, tzinfo=UTC)

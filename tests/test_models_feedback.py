@@ -99,7 +99,7 @@ def test_feedback_needs_a_database_and_a_valid_time(pg_dsn, capsys, monkeypatch)
     assert "no database" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         valvoja(["models", "evaluate", "feedback", "--db", pg_dsn, "--since", "yesterday"])
-    assert exc.value.code == 2 and "not an ISO-8601 time" in capsys.readouterr().err
+    assert exc.value.code == 2 and "not an ISO 8601 time" in capsys.readouterr().err
     assert valvoja(["models", "evaluate", "feedback", "--db", pg_dsn]) == 1  # not migrated
     assert "valvoja db migrate" in capsys.readouterr().err
 

@@ -7,13 +7,13 @@ import asyncio
 import logging
 import signal
 import sys
-from datetime import datetime
 from pathlib import Path
 
 from collectors.simulator import faults as faultlib
 from collectors.simulator.opcua_server import DEFAULT_ENDPOINT
 from collectors.simulator.replay import ReplaySpec, parse_mapping
 from collectors.simulator.runner import SimOptions, Simulator
+from edge.cli import iso_time_arg
 
 DESCRIPTION = """\
 A small KIP-style plant: pumps P-101..P-103 (vibration, bearing temperature, current, flow,
@@ -41,8 +41,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second (1.0)")
     g.add_argument("--timestamps", choices=["wall", "sim"], default="wall",
                    help="source timestamps: real time of each step (wall) or --start + simulated time (sim)")
-    g.add_argument("--start", type=datetime.fromisoformat, metavar="ISO-TIME",
-                   help="origin of simulated time for --timestamps sim (default now)")
+    g.add_argument("--start", type=iso_time_arg, metavar="ISO-TIME",
+                   help="origin of simulated time for --timestamps sim (ISO 8601; without an offset it is UTC; "
+                        "default now)")
     g.add_argument("--duration", type=float, metavar="S", help="stop after this many real seconds")
     g.add_argument("--fault", action="append", default=[], metavar="SPEC", help="inject a fault (repeatable)")
     g.add_argument("--list-tags", action="store_true", help="print every tag with unit and node id, then exit")
