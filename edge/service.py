@@ -110,7 +110,11 @@ def state_folder_problems(cfg: SiteConfig) -> list[str]:
     import os
 
     out: list[str] = []
+    seen: set[Path] = set()
     for key, folder in (("site.state_dir", Path(cfg.site.state_dir)), ("spool.path", cfg.spool_path.parent)):
+        if folder.absolute() in seen:
+            continue  # the spool in the state folder (the default): one problem, named once
+        seen.add(folder.absolute())
         nearest = folder
         while not nearest.exists() and nearest != nearest.parent:
             nearest = nearest.parent  # where the missing folders would be created
@@ -121,8 +125,7 @@ def state_folder_problems(cfg: SiteConfig) -> list[str]:
             problem = f"{key}: {folder}: {what} by this user (uid {os.getuid()})"
         else:
             continue
-        if problem.split(": ", 2)[1:] not in [p.split(": ", 2)[1:] for p in out]:
-            out.append(problem)
+        out.append(problem)
     return out
 
 

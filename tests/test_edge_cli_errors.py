@@ -152,7 +152,11 @@ def test_a_state_folder_that_cannot_be_made_is_a_configuration_problem(tmp_path)
     for args in (["check-config", str(site)], ["run", "--config", str(site)]):
         r = _valvoja(*args)
         _one_line_error(r, 1, f"site.state_dir: {tmp_path}/afile/state: cannot be created", "is not a folder")
-
+        assert r.stderr.count("cannot be created") == 1, r.stderr  # the spool is in it: one folder, one problem
+    site.write_text(f'[site]\nstate_dir = "{tmp_path}/afile/state"\n[spool]\npath = "{tmp_path}/afile/spool/s.db"\n'
+                    '[http]\nenabled = false\n')
+    r = _valvoja("check-config", str(site))
+    _one_line_error(r, 1, "site.state_dir: ", f"spool.path: {tmp_path}/afile/spool: cannot be created")
 
 
 def test_check_config_notes_what_a_first_file_leaves_out(tmp_path):
