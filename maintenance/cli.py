@@ -203,12 +203,22 @@ def cmd_cmapss(args) -> int:
 
 
 def _connect(args):
+    """The review commands' connection, to a schema this program was built for (`check_schema`): a newer
+    version's may have changed what a verdict row means, one behind lacks the tables the commands name."""
     import psycopg
+
+    from edge.db.migrate import check_schema
 
     if not args.db:
         print("no database: give --db URL or set VALVOJA_DB_URL", file=sys.stderr)
         raise SystemExit(2)
-    return psycopg.connect(args.db, autocommit=True)
+    conn = psycopg.connect(args.db, autocommit=True)
+    try:
+        check_schema(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def cmd_review_list(args) -> int:

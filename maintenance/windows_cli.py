@@ -73,6 +73,10 @@ async def _run(args) -> list[dict]:
         await audit.record(cur, None, action, target_kind="maintenance_window", target_id=window_id,
                            detail=detail | {"via": "cli"}, actor=args.by)
 
+    from edge.db.migrate import check_schema
+
+    with psycopg.connect(args.db, autocommit=True) as sync_conn:  # a schema of another version: refused, unused
+        check_schema(sync_conn)
     async with await psycopg.AsyncConnection.connect(args.db, autocommit=True) as conn:
         if args.window_command == "add":
             plan = windows.Plan(assets=args.asset, starts_at=args.start, ends_at=args.end, reason=args.reason,

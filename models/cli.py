@@ -71,13 +71,13 @@ def add_parser(subparsers) -> None:
     t.add_argument("--no-register", action="store_true", help="train and check only; print the card")
     t.add_argument("--json", action="store_true", help="print the card as JSON")
     _registry_args(t)
-    t.set_defaults(func=_guard(cmd_train))
+    t.set_defaults(func=guard(cmd_train))
 
     ls = sub.add_parser("list", help="registered versions with status and holdout metrics")
     ls.add_argument("model_id", nargs="?", metavar="MODEL", help="only this model")
     ls.add_argument("--json", action="store_true", help="JSON instead of a table")
     _registry_args(ls)
-    ls.set_defaults(func=_guard(cmd_list))
+    ls.set_defaults(func=guard(cmd_list))
 
     pr = sub.add_parser("promote", help="the gate: make VERSION champion if it matches or beats the champion",
                         description="Re-runs the candidate and the champion ONNX graphs on the same held-out rows "
@@ -91,7 +91,7 @@ def add_parser(subparsers) -> None:
     pr.add_argument("--actor", default=os.environ.get("USER", "cli"), help="recorded in model_events")
     pr.add_argument("--json", action="store_true", help="print the comparison as JSON")
     _registry_args(pr)
-    pr.set_defaults(func=_guard(cmd_promote))
+    pr.set_defaults(func=guard(cmd_promote))
 
     rb = sub.add_parser("rollback", help="put the previous champion back and retire the current one",
                         description="No gate: the way back when a promoted model misbehaves. --to picks any "
@@ -100,26 +100,28 @@ def add_parser(subparsers) -> None:
     rb.add_argument("--to", type=int, metavar="VERSION", help="version to serve (default: the previous champion)")
     rb.add_argument("--actor", default=os.environ.get("USER", "cli"), help="recorded in model_events")
     _registry_args(rb)
-    rb.set_defaults(func=_guard(cmd_rollback))
+    rb.set_defaults(func=guard(cmd_rollback))
 
     # `evaluate` and `report` live in models.report_cli (another part of the work); optional here.
     if has_reports:
         importlib.import_module("models.report_cli").add_subcommands(sub)
 
 
-def _guard(cmd):
+def guard(cmd):
     """Expected failures (bad data, parity refused, unknown version, no database) as one line and exit 1, under
-    ``valvoja`` too (its main only catches ConfigError)."""
+    ``valvoja`` too (its main only catches ConfigError). libpq's messages span lines: joined into one."""
     import functools
+
+    from edge.cli import one_line, os_error
 
     @functools.wraps(cmd)
     def run(args) -> int:
         try:
             return cmd(args)
-        except ValvojaError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-        except (ValueError, LookupError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
+        except OSError as exc:
+            print(f"error: {os_error(exc)}", file=sys.stderr)
+        except (ValvojaError, ValueError, LookupError) as exc:
+            print(f"error: {one_line(exc)}", file=sys.stderr)
         return 1
 
     return run

@@ -263,15 +263,16 @@ class _DbIndex:
     def __init__(self, dsn: str):
         import psycopg
 
+        from edge.db.migrate import SchemaMismatch, check_schema
+
         self.dsn = dsn
         try:
             with psycopg.connect(dsn, connect_timeout=10) as conn:
-                ok = conn.execute("SELECT to_regclass('model_registry'), to_regclass('model_events')").fetchone()
+                check_schema(conn)  # another version's schema: a promotion written into it may mean another thing
+        except SchemaMismatch as exc:
+            raise ConfigError(f"model registry database: {exc}") from None
         except psycopg.OperationalError as exc:
             raise ConfigError(f"model registry database: cannot connect ({exc})".strip()) from None
-        if None in ok:
-            raise ConfigError("the database has no model_registry / model_events tables: run `valvoja db migrate "
-                              "--db URL` first (migration 0100_models)")
 
     @contextlib.contextmanager
     def tx(self, model_id: str | None = None) -> Iterator[_DbTx]:

@@ -16,7 +16,6 @@ champion unless ``--version``) on the data files and writes ``report.html`` + ``
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -24,24 +23,13 @@ from pathlib import Path
 
 from edge.cli import iso_time_arg
 from edge.errors import ValvojaError
+from models.cli import guard
 
 __all__ = ["add_subcommands", "cmd_evaluate_feedback", "cmd_evaluate_gas_turbine", "cmd_report", "model_report"]
 
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def _guard(cmd):
-    @functools.wraps(cmd)
-    def run(args) -> int:
-        try:
-            return cmd(args)
-        except (ValvojaError, ValueError, LookupError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-
-    return run
 
 
 def add_subcommands(models_subparsers) -> None:
@@ -72,7 +60,7 @@ def add_subcommands(models_subparsers) -> None:
     g.add_argument("--json", type=Path, metavar="FILE", help="write the full result as JSON")
     g.add_argument("--report", type=Path, metavar="DIR", help="also write an uncertainty report per target")
     g.add_argument("--check", action="store_true", help="exit 1 when a bar of the issue fails")
-    g.set_defaults(func=_guard(cmd_evaluate_gas_turbine))
+    g.set_defaults(func=guard(cmd_evaluate_gas_turbine))
     fb = evs.add_parser("feedback", help="precision of past alerts from the maintenance teams' reviews",
                         description="Per alert kind and model: alerts raised, reviewed right / wrong (the newest "
                                     "review of each alert counts; an alert raised from a prediction also counts "
@@ -86,7 +74,7 @@ def add_subcommands(models_subparsers) -> None:
                     help="alerts raised at or before this time (ISO 8601; without an offset it is UTC)")
     fb.add_argument("--model-id", help="only alerts raised from this model's predictions")
     fb.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
-    fb.set_defaults(func=_guard(cmd_evaluate_feedback))
+    fb.set_defaults(func=guard(cmd_evaluate_feedback))
 
     r = models_subparsers.add_parser("report", help="uncertainty report (HTML with inline SVG + JSON)",
                                      description="Runs a registered version on the data files (rows in time "
@@ -112,7 +100,7 @@ def add_subcommands(models_subparsers) -> None:
     r.add_argument("--gamma", type=float, default=0.005, help="ACI step (default 0.005)")
     r.add_argument("--bias-halflife", type=float, default=0.0,
                    help="online bias correction of the adaptive mode, half-life in rows (default 0: off)")
-    r.set_defaults(func=_guard(cmd_report))
+    r.set_defaults(func=guard(cmd_report))
 
 
 # ---------------------------------------------------------------- evaluate feedback
@@ -123,13 +111,15 @@ def cmd_evaluate_feedback(args) -> int:
         raise ValueError("no database: give --db URL or set VALVOJA_DB_URL")
     import psycopg
 
+    from edge.db.migrate import SchemaMismatch, check_schema
     from maintenance.review import alert_precision
 
     try:
         with psycopg.connect(args.db, autocommit=True, connect_timeout=10) as conn:
+            check_schema(conn)  # another version's reviews may not mean what this one counts
             rows = alert_precision(conn, since=args.since, until=args.until, model_id=args.model_id)
-    except psycopg.errors.UndefinedTable as exc:
-        raise ValueError(f"{exc.diag.message_primary}: run `valvoja db migrate` (maintenance tables)") from None
+    except SchemaMismatch as exc:
+        raise ValueError(str(exc)) from None
     except psycopg.OperationalError as exc:
         raise ValueError(f"cannot connect to the database: {str(exc).strip()}") from None
     scope = [f"since {args.since.isoformat()}" if args.since else "",

@@ -39,7 +39,13 @@ def _commands(tmp_path, url: str) -> list[list[str]]:
                        f'{p.get("host", "127.0.0.1")}:{p.get("port", 5432)}/{p.get("dbname", "x")}"\n')
     return [["emissions", "compute", "-c", str(site), "--db", url, "--from", "2026-01-01", "--to", "2026-01-02"],
             ["console", "user", "list", "-c", str(console)],
-            ["db", "migrate", "--db", url]]
+            ["db", "migrate", "--db", url],
+            # These read or wrote another version's schema as if it were theirs (a review verdict, a window, a
+            # promotion written with a meaning the newer version may have changed).
+            ["maintenance", "review", "list", "--asset", "P-1", "--db", url],
+            ["maintenance", "window", "list", "--db", url],
+            ["models", "list", "--registry", str(tmp_path), "--db", url],
+            ["models", "evaluate", "feedback", "--db", url]]
 
 
 def _assert_one_line(r: subprocess.CompletedProcess, *needles: str) -> None:
