@@ -50,7 +50,7 @@ class Averages:
     n_operating: np.ndarray
     n_valid: np.ndarray
     n_substituted: np.ndarray
-    mass_kg_h: np.ndarray  # mean mass rate over valid primary values with a valid flow
+    mass_kg_h: np.ndarray  # mean mass rate over operating primary values with a concentration and a flow
     mass_kg: np.ndarray  # mass emitted in the operating time (mean rate × operating hours)
     sub_valid: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # valid sub-averages (days…)
     sub_invalid: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -117,8 +117,9 @@ def primary_averages(period: str, bounds: np.ndarray, times: np.ndarray, step_s:
     n_op = _count(idx, nb, operating)
     n_valid = _count(idx, nb, valid)
     value = _mean(idx, nb, norm.ref, valid)
-    mass_ok = valid & np.isfinite(norm.mass_kg_h)
-    mass_rate = _mean(idx, nb, norm.mass_kg_h, mass_ok)
+    # The mass rate needs the dry standard concentration and the flow, not the O2 correction (finite only while
+    # operating): a minute whose O2 is missing is not a valid concentration but still gives its mass.
+    mass_rate = _mean(idx, nb, norm.mass_kg_h, np.isfinite(norm.mass_kg_h))
     status = np.where(n_op == 0, Status.NOT_OPERATING,
                       np.where(n_valid >= min_share * n_op - 1e-9, Status.VALID, Status.INVALID)).astype(np.int8)
     ok = status == Status.VALID

@@ -56,3 +56,18 @@ def test_hours_without_valid_data_are_reported_as_gap():
     r = averages.compute(stack(), Primary(T0, 60, n, v))
     t = {x.pollutant: x for x in mass.totals(r, T0, T0 + 7200)}["NOx"]
     assert t.tonnes == pytest.approx(0.005) and t.gap_h == pytest.approx(1.0) and t.operating_h == 2.0
+
+
+def test_an_o2_outage_leaves_the_mass_whole():
+    """The mass rate uses the concentration *without* the O2 correction: an hour whose O2 analyser was down is an
+    invalid concentration average, but its NOx and flow give its mass (80 mg/Nm³ × 100 000 Nm³/h = 8 kg/h)."""
+    n = 120
+    o2 = np.full(n, 6.0)
+    o2[60:] = np.nan  # the second hour without O2
+    v = {"NOx": np.full(n, 80.0), "o2": o2, "flow": np.full(n, 100_000.0)}
+    r = averages.compute(stack(), Primary(T0, 60, n, v))
+    hours = r.averages["NOx"]["hour"]
+    assert list(hours.valid) == [True, False]  # the concentration needs the O2, the mass does not
+    assert hours.mass_kg_h == pytest.approx([8.0, 8.0]) and hours.mass_kg == pytest.approx([8.0, 8.0])
+    t = {x.pollutant: x for x in mass.totals(r, T0, T0 + 7200)}["NOx"]
+    assert t.tonnes == pytest.approx(0.016) and t.gap_h == 0 and t.mean_kg_h == pytest.approx(8.0)
