@@ -1,4 +1,4 @@
-"""Averages with data availability, validity and validated values (IED Annex V Part 3, Annex VI Part 6).
+"""Averages with data availability, validity and validated values (IED Annex V Part 3, Annex VI Part 8 1.2).
 
 Levels:
 - **10-minute, half-hour, hour** averages come from the normalised primary values. Only operating

@@ -280,7 +280,7 @@ class Regulatory(Strict):
     # Month and year: built from valid days' sub-averages; valid when this share of operating days is valid.
     month_min_valid_days_share: float = Field(0.0, ge=0, le=1)
     year_min_valid_days_share: float = Field(0.0, ge=0, le=1)
-    max_invalid_days_per_year: int = Field(10, ge=0)  # Annex V Part 3 (10), Annex VI Part 6 (10)
+    max_invalid_days_per_year: int = Field(10, ge=0)  # Annex V Part 3 point 10, Annex VI Part 8 point 1.2
     clamp_validated_at_zero: bool = True  # a validated average below zero is reported as zero
     accept_uncertain: bool = True  # readings of UNCERTAIN quality count as valid data
     o2_max_percent: float = Field(20.0, gt=0, lt=21)  # above this (dry) the O2 correction is not computed
