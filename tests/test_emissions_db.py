@@ -170,6 +170,33 @@ def test_qal3_checks_are_stored(conn):
         assert [r[0] for r in cur.fetchall()] == [[], [], ["drift_action"]]
 
 
+def test_a_new_span_gas_does_not_rejudge_the_checks_made_with_the_old_one(conn):
+    """A span gas cylinder of 100 (analyser units) is replaced by one of 80 and ``span_reference`` follows. The checks
+    made with the old cylinder were deviations from 100 (0.2, -0.1, 0.1): recomputing them against 80 made them
+    +20 = 20 s_AMS (drift_action on every past check) and the first check on the new gas (80.1: +0.1) a moving range
+    of ~20 s_AMS (precision: status "action") although the analyser never drifted."""
+    name = f"T{uuid.uuid4().hex[:8]}"
+    q3 = {"analyser": "NOx", "span_tag": f"{name}.NOx.span", "span_reference": 100.0, "s_ams": 1.0}
+    cfg = synthetic.waste_stack(name, qal3=[q3])
+    seed(conn, cfg)
+    ids = synthetic.ensure_tags(conn, [f"{name}.NOx.span"])
+    synthetic.copy_readings(conn, ids[f"{name}.NOx.span"], T0 + 86400 * np.arange(2) + 3600, np.array([100.2, 99.9]))
+    job.run_span(conn, cfg, T0, T0 + 2 * 86400, context="day")
+    synthetic.copy_readings(conn, ids[f"{name}.NOx.span"], np.array([T0 + 2 * 86400 + 3600]), np.array([80.1]))
+    new = synthetic.waste_stack(name, qal3=[{**q3, "span_reference": 80.0}])
+    sr = job.run_span(conn, new, T0 + 2 * 86400, T0 + 3 * 86400, context="day")
+    checks = sr.qal3[("NOx", "span")]
+    assert [c.reference for c in checks] == [100.0, 100.0, 80.0]
+    assert [c.deviation for c in checks] == pytest.approx([0.2, -0.1, 0.1])
+    assert [c.alarms for c in checks] == [(), (), ()]
+    with conn.cursor() as cur:
+        cur.execute("SELECT reference, deviation, alarms FROM emission_qal3_checks WHERE stack = %s ORDER BY time",
+                    (name,))
+        rows = cur.fetchall()
+    assert [r[0] for r in rows] == [100.0, 100.0, 80.0] and [r[2] for r in rows] == [[], [], []]
+    assert [r[1] for r in rows] == pytest.approx([0.2, -0.1, 0.1])
+
+
 SITE = """
 [[stacks]]
 name = "{name}"
