@@ -371,6 +371,13 @@ class StackConfig(Strict):
             if p.unit not in ("ppm", "percent") and p.conditions == "actual" and not (
                     self.temperature.configured and self.pressure.configured):
                 problems.append(f"temperature/pressure: {p.name} is measured at actual conditions")
+        if self.flow.configured:  # the mass needs the flow at dry standard conditions (emissions.normalise)
+            if self.flow.conditions == "actual" and not (self.temperature.configured and self.pressure.configured):
+                problems.append("temperature/pressure: the flow is at actual conditions (flow.conditions): the mass "
+                                "needs them, or set flow.conditions = \"standard\"")
+            if self.flow.moisture == "wet" and not self.h2o.configured:
+                problems.append("h2o: the flow is wet (flow.moisture): the mass needs the water content (h2o.tag or "
+                                "h2o.value), or set flow.moisture = \"dry\"")
         rule_names = [r.name for r in self.compliance]
         if len(rule_names) != len(set(rule_names)):
             problems.append(f"compliance: duplicate rule names in {rule_names}")
