@@ -1,4 +1,4 @@
-"""Averages with data availability, validity and validated values (IED Annex V Part 3, Annex VI Part 6).
+"""Averages with data availability, validity and validated values (IED Annex V Part 3, Annex VI Part 8 1.2).
 
 Levels:
 - **10-minute, half-hour, hour** averages come from the normalised primary values. Only operating
@@ -50,7 +50,8 @@ class Averages:
     n_operating: np.ndarray
     n_valid: np.ndarray
     n_substituted: np.ndarray
-    mass_kg_h: np.ndarray  # mean mass rate over valid primary values with a valid flow
+    mass_kg_h: np.ndarray  # mean mass rate over operating primary values with a concentration and a flow (longer
+    # periods: their sub-averages' rates weighted by operating time)
     mass_kg: np.ndarray  # mass emitted in the operating time (mean rate × operating hours)
     sub_valid: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # valid sub-averages (days…)
     sub_invalid: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -117,8 +118,9 @@ def primary_averages(period: str, bounds: np.ndarray, times: np.ndarray, step_s:
     n_op = _count(idx, nb, operating)
     n_valid = _count(idx, nb, valid)
     value = _mean(idx, nb, norm.ref, valid)
-    mass_ok = valid & np.isfinite(norm.mass_kg_h)
-    mass_rate = _mean(idx, nb, norm.mass_kg_h, mass_ok)
+    # The mass rate needs the dry standard concentration and the flow, not the O2 correction (finite only while
+    # operating): a minute whose O2 is missing is not a valid concentration but still gives its mass.
+    mass_rate = _mean(idx, nb, norm.mass_kg_h, np.isfinite(norm.mass_kg_h))
     status = np.where(n_op == 0, Status.NOT_OPERATING,
                       np.where(n_valid >= min_share * n_op - 1e-9, Status.VALID, Status.INVALID)).astype(np.int8)
     ok = status == Status.VALID
@@ -162,12 +164,18 @@ def combine(period: str, bounds: np.ndarray, sub: Averages, *, include: np.ndarr
         ok = (sub_valid > 0) & (sub_valid >= min_valid_days_share * op_days - 1e-9)
     status = np.where(n_op == 0, Status.NOT_OPERATING, np.where(ok, Status.VALID, Status.INVALID)).astype(np.int8)
     valid = status == Status.VALID
+    # The mean mass rate goes with ``mass_kg``, which every sub-average with a rate adds to (an invalid concentration
+    # average too): their rates weighted by operating time, so mass_kg = mass_kg_h × those operating hours.
+    has_rate = np.isfinite(sub.mass_kg_h)
+    weight = np.where(has_rate, sub.n_operating, 0)
+    op_with_rate = _sum(idx, nb, weight)
+    rate_x_op = _sum(idx, nb, np.where(has_rate, sub.mass_kg_h, 0.0) * weight)
+    mass_rate = np.where(op_with_rate > 0, rate_x_op / np.maximum(op_with_rate, 1), np.nan)
     return Averages(
         period=period, start=bounds[:-1], end=bounds[1:], value=value,
         validated=np.where(valid, validated_mean, np.nan), raw=_mean(idx, nb, sub.raw, use), status=status,
         n_expected=_sum(idx, nb, sub.n_expected).astype(np.int64), n_operating=n_op, n_valid=n_valid,
-        n_substituted=_sum(idx, nb, sub.n_substituted).astype(np.int64),
-        mass_kg_h=_mean(idx, nb, sub.mass_kg_h, use & np.isfinite(sub.mass_kg_h)),
+        n_substituted=_sum(idx, nb, sub.n_substituted).astype(np.int64), mass_kg_h=mass_rate,
         mass_kg=_sum(idx, nb, np.nan_to_num(sub.mass_kg)), sub_valid=sub_valid, sub_invalid=sub_invalid)
 
 

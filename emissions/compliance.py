@@ -204,7 +204,7 @@ def invalid_days(stack: StackConfig, pollutant: str, year: Averages,
         ok = n_bad <= allowed
         results.append(RuleResult(stack.name, pollutant, "invalid_days", ys, ye, int(year.sub_valid[i]) + n_bad,
                                   n_bad, float(allowed), float("nan"), ok, provisional,
-                                  "IED Annex V Part 3 10 / Annex VI Part 6 1.2: days invalidated per year"))
+                                  "IED Annex V Part 3 10 / Annex VI Part 8 1.2: days invalidated per year"))
         if not ok:
             events.append(Event(stack.name, pollutant, "invalid_days", "invalid_days", "year", ys, ye, float(n_bad),
                                 float(allowed), 0.0, breach=not provisional, provisional=provisional))

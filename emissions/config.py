@@ -280,7 +280,7 @@ class Regulatory(Strict):
     # Month and year: built from valid days' sub-averages; valid when this share of operating days is valid.
     month_min_valid_days_share: float = Field(0.0, ge=0, le=1)
     year_min_valid_days_share: float = Field(0.0, ge=0, le=1)
-    max_invalid_days_per_year: int = Field(10, ge=0)  # Annex V Part 3 (10), Annex VI Part 6 (10)
+    max_invalid_days_per_year: int = Field(10, ge=0)  # Annex V Part 3 point 10, Annex VI Part 8 point 1.2
     clamp_validated_at_zero: bool = True  # a validated average below zero is reported as zero
     accept_uncertain: bool = True  # readings of UNCERTAIN quality count as valid data
     o2_max_percent: float = Field(20.0, gt=0, lt=21)  # above this (dry) the O2 correction is not computed
@@ -371,6 +371,13 @@ class StackConfig(Strict):
             if p.unit not in ("ppm", "percent") and p.conditions == "actual" and not (
                     self.temperature.configured and self.pressure.configured):
                 problems.append(f"temperature/pressure: {p.name} is measured at actual conditions")
+        if self.flow.configured:  # the mass needs the flow at dry standard conditions (emissions.normalise)
+            if self.flow.conditions == "actual" and not (self.temperature.configured and self.pressure.configured):
+                problems.append("temperature/pressure: the flow is at actual conditions (flow.conditions): the mass "
+                                "needs them, or set flow.conditions = \"standard\"")
+            if self.flow.moisture == "wet" and not self.h2o.configured:
+                problems.append("h2o: the flow is wet (flow.moisture): the mass needs the water content (h2o.tag or "
+                                "h2o.value), or set flow.moisture = \"dry\"")
         rule_names = [r.name for r in self.compliance]
         if len(rule_names) != len(set(rule_names)):
             problems.append(f"compliance: duplicate rule names in {rule_names}")

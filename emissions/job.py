@@ -94,9 +94,11 @@ def run_span(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int, *
     for q in cfg.qal3:
         for kind, tag in (("zero", q.zero_tag), ("span", q.span_tag)):
             if tag:
-                # Charts are cumulative: the checks before the span decide where the CUSUM stands.
+                # Charts are cumulative: the checks before the span decide where the CUSUM stands. Checks already
+                # stored keep the reference they were charted against (a zero or span gas replaced since).
                 t, v = store.fetch_tag(conn, cfg, tag, 0, span[1])
-                charts[(q.analyser, kind)] = qal3.chart(q, kind, t, v)
+                known = store.qal3_references(conn, cfg.name, q.analyser, kind)
+                charts[(q.analyser, kind)] = qal3.chart(q, kind, t, v, known)
     out = SpanResult(cfg, span, primary, result, rules, events, charts, 0.0)
     if write:
         for (analyser, _kind), checks in charts.items():

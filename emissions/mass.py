@@ -2,8 +2,9 @@
 
 Measured pollutants: the rate is the concentration at dry standard conditions *without* the O2
 correction times the dry standard flue-gas flow (`emissions.normalise`), averaged per period over the
-valid primary values; the period's mass is that mean rate over its operating time, so gaps inside
-an hour are filled with the hour's own mean while hours without valid data contribute nothing
+operating primary values that have both (a missing or too high O2 reading invalidates the corrected
+concentration, not the mass); the period's mass is that mean rate over its operating time, so gaps
+inside an hour are filled with the hour's own mean while hours without a rate contribute nothing
 (their operating time is reported as the gap). CO2 can also come from measured CO2 (a pollutant in
 vol % with the flow) or from fuel data: tonnes = activity × NCV / 1000 × EF × OF
 (activity in fuel units, NCV in GJ per unit, EF in t CO2 / TJ).

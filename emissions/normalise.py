@@ -179,13 +179,16 @@ def normalise_pollutant(cfg: StackConfig, pol: Pollutant, primary: Primary,
     conc, at_std = units.to_mg_m3(raw, pol.unit, pol.molar_mass())
     if not at_std and pol.conditions == "actual":
         conc = conc * _std_factor(cfg, primary, why)
-    h2o = _h2o(cfg, primary, why) if (pol.moisture == "wet" or cfg.o2.basis == "wet") else None
+    corrected = pol.o2_correction and cfg.reference_o2_percent is not None
+    # The water content only where this pollutant uses it (its own dry basis, or the O2 it is corrected with): a
+    # missing H2O is no reason for a value that never needed it.
+    h2o = _h2o(cfg, primary, why) if (pol.moisture == "wet" or (corrected and cfg.o2.basis == "wet")) else None
     if pol.moisture == "wet":
         conc = conc * units.dry_factor(h2o)
     dry_std = conc
 
     ref = dry_std
-    if pol.o2_correction and cfg.reference_o2_percent is not None:
+    if corrected:
         o2 = o2_dry(cfg, primary, h2o)
         why |= np.where(np.isfinite(o2), 0, Why.O2_MISSING).astype(np.uint16)
         high = (o2 >= cfg.regulatory.o2_max_percent) | (o2 < 0)

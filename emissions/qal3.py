@@ -62,8 +62,15 @@ def estimate_s(deviations: np.ndarray) -> float:
     return float(mr.mean() / D2) if len(mr) else float("nan")
 
 
-def chart(cfg: Qal3, kind: str, times: np.ndarray, values: np.ndarray) -> list[Check]:
-    """Run the charts over one analyser's zero or span checks in time order."""
+def chart(cfg: Qal3, kind: str, times: np.ndarray, values: np.ndarray,
+          known: dict[int, float] | None = None) -> list[Check]:
+    """Run the charts over one analyser's zero or span checks in time order.
+
+    ``known`` maps the time of a check already charted to the reference it was charted against: that check keeps it.
+    A zero or span gas is replaced now and then (a new cylinder, a new certified concentration) and the configured
+    reference follows; the checks made with the old gas are deviations from the old one, which recomputing them
+    against the new reference would turn into a drift of the difference (and the first check on the new gas into a
+    precision alarm). New checks take the configured reference."""
     reference = cfg.zero_reference if kind == "zero" else cfg.span_reference
     if reference is None:
         raise ValueError(f"{cfg.analyser}: {kind} checks need a reference value")
@@ -71,7 +78,8 @@ def chart(cfg: Qal3, kind: str, times: np.ndarray, values: np.ndarray) -> list[C
     times, values = np.asarray(times)[order], np.asarray(values, dtype=float)[order]
     ok = np.isfinite(values)
     times, values = times[ok], values[ok]
-    dev = values - reference
+    refs = np.asarray([(known or {}).get(int(t), reference) for t in times], dtype=float)
+    dev = values - refs
     s, estimated = cfg.s_ams, cfg.s_ams is None
     if estimated:
         s = estimate_s(dev[: cfg.n_initial]) if len(dev) >= cfg.n_initial else None
@@ -80,11 +88,11 @@ def chart(cfg: Qal3, kind: str, times: np.ndarray, values: np.ndarray) -> list[C
     out: list[Check] = []
     sp = sn = 0.0
     prev = None
-    for i, (t, v, d) in enumerate(zip(times, values, dev, strict=True)):
+    for i, (t, v, d, ref) in enumerate(zip(times, values, dev, refs, strict=True)):
         mr = abs(d - prev) if prev is not None else float("nan")
         prev = d
         if s is None or (estimated and i < cfg.n_initial):
-            out.append(Check(int(t), kind, float(v), reference, float(d), float("nan"), 0.0, 0.0, mr,
+            out.append(Check(int(t), kind, float(v), float(ref), float(d), float("nan"), 0.0, 0.0, mr,
                              s or float("nan"), estimated, ()))
             continue
         z = d / s
@@ -101,7 +109,7 @@ def chart(cfg: Qal3, kind: str, times: np.ndarray, values: np.ndarray) -> list[C
             alarms.append("cusum_down")
         if mr == mr and mr > cfg.precision_factor * s:
             alarms.append("precision")
-        out.append(Check(int(t), kind, float(v), reference, float(d), float(z), sp, sn, mr, s, estimated,
+        out.append(Check(int(t), kind, float(v), float(ref), float(d), float(z), sp, sn, mr, s, estimated,
                          tuple(alarms)))
         if "cusum_up" in alarms or "cusum_down" in alarms:
             sp = sn = 0.0

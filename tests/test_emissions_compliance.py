@@ -134,6 +134,17 @@ def test_invalid_days_per_year(bad_days, ok):
     assert results[0].passed is ok and len(events) == (0 if ok else 1)
 
 
+def test_invalid_days_cite_where_the_directive_sets_the_ten_days():
+    """The reference is printed in the reports an authority reads: the ten days are in Annex V Part 3 point 10 (LCP)
+    and Annex VI Part 8 point 1.2 (waste; Part 6 point 1.2 is about sampling and analysis to CEN standards)."""
+    z = np.zeros(1, dtype=np.int64)
+    year = Averages("year", np.array([T0]), np.array([T0 + YEAR_S]), np.array([50.0]), np.array([40.0]),
+                    np.array([50.0]), np.zeros(1, np.int8), z, z, z, z, z * 1.0, z * 1.0, sub_valid=z + 365,
+                    sub_invalid=z)
+    reference = compliance.invalid_days(waste_stack(), "NOx", year, (T0, T0 + YEAR_S))[0][0].reference
+    assert "Annex V Part 3 10" in reference and "Annex VI Part 8 1.2" in reference and "Part 6" not in reference
+
+
 def test_year_to_date_window_is_provisional():
     v = np.full(100, 100.0)
     results, _ = compliance.evaluate_rule(lcp(), rule(lcp(), "lcp_hourly_95_200"), "NOx",
@@ -234,7 +245,8 @@ def test_waste_co_ten_minute_or_half_hourly_in_24_hours():
     (7, 1, True, "wi_co_ten_min_95"),  # 95 % of the 10-minute averages within 150 pass the day
 ])
 def test_waste_co_half_hourly_alternative_needs_every_half_hour_within(ten_over, half_over, passed, decided_by):
-    """IED Annex VI Part 3 point 3: 95 % of the 10-minute averages in 24 h *or all* of the half-hourly ones."""
+    """IED Annex VI Part 8 1.1(d): 95 % of the 10-minute averages in 24 h *or all* of the half-hourly ones (limits:
+    Part 3 point 1.5 (b), (c))."""
     ten = np.full(144, 50.0)
     ten[:ten_over] = 160.0
     half = np.full(48, 60.0)

@@ -65,6 +65,17 @@ def test_errors_name_the_key():
     assert "o2" in _errors(o2={})
 
 
+def test_a_flow_that_cannot_be_brought_to_dry_standard_conditions_is_refused():
+    """A flue-gas flow at actual conditions needs temperature and pressure, a wet one the water content (the
+    defaults are actual and wet): without them every mass rate was NaN, no mass ever, and the stack loaded fine."""
+    msg = _errors(temperature={}, pressure={})
+    assert "flow" in msg and "temperature" in msg and "pressure" in msg
+    assert "h2o" in _errors(h2o={}, o2={"tag": "K1.O2"}, pollutants=[{"name": "NOx", "tag": "K1.NOx", "unit": "ppm",
+                                                                      "elv": {"month": 100.0}}])
+    assert lcp_stack(temperature={}, pressure={}, flow={"tag": "Q", "conditions": "standard"}).flow.tag == "Q"
+    assert lcp_stack(flow={}).flow.tag is None  # no flow: no mass, nothing to refuse
+
+
 def test_fingerprint_changes_with_permit_numbers():
     a, b = lcp_stack(), lcp_stack(regulatory={"day_max_invalid": 2})
     assert a.fingerprint() != b.fingerprint() and a.fingerprint() == lcp_stack().fingerprint()

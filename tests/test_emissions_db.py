@@ -10,6 +10,7 @@ import uuid
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import psycopg
@@ -86,6 +87,45 @@ def independent_daily(conn, cfg, pollutant: str, day_start: int) -> tuple[float,
     mean = sum(valid) / len(valid)
     validated = sum(max(v - ci, 0.0) for v in valid) / len(valid)
     return mean, validated, n_invalid <= 5
+
+
+@pytest.mark.parametrize("dsn", ["pg_dsn", "plain_pg_dsn"])
+def test_the_day_clocks_go_back_has_25_stored_hours_matching_the_raw_rows(dsn, request):
+    """Europe/Helsinki, 25 October 2026 (03:00 EEST -> 02:00 EET): 25 local hours, each the mean of its one-minute
+    means of the raw rows, readings on every hour boundary counted in the hour they start (time_bucket on
+    TimescaleDB, date_bin on plain PostgreSQL); the day is 1500 minutes."""
+    helsinki = ZoneInfo("Europe/Helsinki")
+    d0, d1 = (int(datetime(2026, 10, day, tzinfo=helsinki).timestamp()) for day in (25, 26))
+    cfg = StackConfig.model_validate({"name": "K", "regime": "lcp", "timezone": "Europe/Helsinki",
+                                      "pollutants": [{"name": "NOx", "tag": "K.NOx", "elv": {"month": 100.0}}]})
+    rng = np.random.default_rng(3)
+    t = np.arange(d0, d1, 20, dtype=np.int64)
+    keep = (rng.uniform(size=len(t)) > 0.5) | (t % 3600 == 0)  # random gaps, every hour boundary read
+    keep &= ~((t >= d0 + 3 * 3600) & (t < d0 + 3 * 3600 + 21 * 60))  # 39 minutes of the fourth hour: invalid
+    t = t[keep]
+    v = rng.uniform(0, 200, len(t))
+    with psycopg.connect(request.getfixturevalue(dsn), autocommit=True) as c:
+        migrate(c)
+        ids = synthetic.ensure_tags(c, ["K.NOx"], asset="K")
+        synthetic.copy_readings(c, ids["K.NOx"], t, v, np.zeros(len(t), np.int32), np.zeros(len(t), np.int16))
+        job.run_span(c, cfg, d0, d1, context="day", clock=lambda: d1 + 30 * 86400)
+        with c.cursor() as cur:
+            cur.execute("SELECT value, valid FROM emission_averages WHERE period = 'hour' ORDER BY period_start")
+            hours = cur.fetchall()
+            cur.execute("SELECT value, validated, valid, n_expected FROM emission_averages WHERE period = 'day'")
+            day = cur.fetchone()
+    minutes = defaultdict(list)
+    for ts, x in zip(t, v, strict=True):
+        minutes[(ts - d0) // 60].append(x)
+    expected = []
+    for h in range(25):
+        means = [np.mean(minutes[m]) for m in range(60 * h, 60 * h + 60) if m in minutes]
+        expected.append((float(np.mean(means)), len(means) >= 40))
+    assert [valid for _, valid in hours] == [ok for _, ok in expected] and sum(ok for _, ok in expected) == 24
+    assert [value for value, _ in hours] == pytest.approx([x for x, _ in expected])
+    good = [x for x, ok in expected if ok]
+    assert day[2] and day[3] == 1500 and day[0] == pytest.approx(np.mean(good))
+    assert day[1] == pytest.approx(np.mean([max(x - 20.0, 0.0) for x in good]))  # CI 20 % of the ELV 100
 
 
 def stored(conn, stack, pollutant, period, start):
@@ -168,6 +208,33 @@ def test_qal3_checks_are_stored(conn):
     with conn.cursor() as cur:
         cur.execute("SELECT alarms FROM emission_qal3_checks WHERE stack = %s ORDER BY time", (name,))
         assert [r[0] for r in cur.fetchall()] == [[], [], ["drift_action"]]
+
+
+def test_a_new_span_gas_does_not_rejudge_the_checks_made_with_the_old_one(conn):
+    """A span gas cylinder of 100 (analyser units) is replaced by one of 80 and ``span_reference`` follows. The checks
+    made with the old cylinder were deviations from 100 (0.2, -0.1, 0.1): recomputing them against 80 made them
+    +20 = 20 s_AMS (drift_action on every past check) and the first check on the new gas (80.1: +0.1) a moving range
+    of ~20 s_AMS (precision: status "action") although the analyser never drifted."""
+    name = f"T{uuid.uuid4().hex[:8]}"
+    q3 = {"analyser": "NOx", "span_tag": f"{name}.NOx.span", "span_reference": 100.0, "s_ams": 1.0}
+    cfg = synthetic.waste_stack(name, qal3=[q3])
+    seed(conn, cfg)
+    ids = synthetic.ensure_tags(conn, [f"{name}.NOx.span"])
+    synthetic.copy_readings(conn, ids[f"{name}.NOx.span"], T0 + 86400 * np.arange(2) + 3600, np.array([100.2, 99.9]))
+    job.run_span(conn, cfg, T0, T0 + 2 * 86400, context="day")
+    synthetic.copy_readings(conn, ids[f"{name}.NOx.span"], np.array([T0 + 2 * 86400 + 3600]), np.array([80.1]))
+    new = synthetic.waste_stack(name, qal3=[{**q3, "span_reference": 80.0}])
+    sr = job.run_span(conn, new, T0 + 2 * 86400, T0 + 3 * 86400, context="day")
+    checks = sr.qal3[("NOx", "span")]
+    assert [c.reference for c in checks] == [100.0, 100.0, 80.0]
+    assert [c.deviation for c in checks] == pytest.approx([0.2, -0.1, 0.1])
+    assert [c.alarms for c in checks] == [(), (), ()]
+    with conn.cursor() as cur:
+        cur.execute("SELECT reference, deviation, alarms FROM emission_qal3_checks WHERE stack = %s ORDER BY time",
+                    (name,))
+        rows = cur.fetchall()
+    assert [r[0] for r in rows] == [100.0, 100.0, 80.0] and [r[2] for r in rows] == [[], [], []]
+    assert [r[1] for r in rows] == pytest.approx([0.2, -0.1, 0.1])
 
 
 SITE = """

@@ -56,3 +56,34 @@ def test_hours_without_valid_data_are_reported_as_gap():
     r = averages.compute(stack(), Primary(T0, 60, n, v))
     t = {x.pollutant: x for x in mass.totals(r, T0, T0 + 7200)}["NOx"]
     assert t.tonnes == pytest.approx(0.005) and t.gap_h == pytest.approx(1.0) and t.operating_h == 2.0
+
+
+def test_an_o2_outage_leaves_the_mass_whole():
+    """The mass rate uses the concentration *without* the O2 correction: an hour whose O2 analyser was down is an
+    invalid concentration average, but its NOx and flow give its mass (80 mg/Nm³ × 100 000 Nm³/h = 8 kg/h)."""
+    n = 120
+    o2 = np.full(n, 6.0)
+    o2[60:] = np.nan  # the second hour without O2
+    v = {"NOx": np.full(n, 80.0), "o2": o2, "flow": np.full(n, 100_000.0)}
+    r = averages.compute(stack(), Primary(T0, 60, n, v))
+    hours = r.averages["NOx"]["hour"]
+    assert list(hours.valid) == [True, False]  # the concentration needs the O2, the mass does not
+    assert hours.mass_kg_h == pytest.approx([8.0, 8.0]) and hours.mass_kg == pytest.approx([8.0, 8.0])
+    t = {x.pollutant: x for x in mass.totals(r, T0, T0 + 7200)}["NOx"]
+    assert t.tonnes == pytest.approx(0.016) and t.gap_h == 0 and t.mean_kg_h == pytest.approx(8.0)
+
+
+def test_a_day_mean_mass_rate_is_its_mass_over_its_hours():
+    """An hour of 80 mg/Nm³ (8 kg/h) and an hour of 160 mg/Nm³ (16 kg/h) of which only half is measured (an invalid
+    concentration average, its mass filled from its own mean): 24 kg in 2 h is 12 kg/h for the day, as the report's
+    mass totals say, not the 8 kg/h of the valid hour alone."""
+    n = 120
+    nox = np.r_[np.full(60, 80.0), np.full(30, 160.0), np.full(30, np.nan)]
+    v = {"NOx": nox, "o2": np.full(n, 3.0), "flow": np.full(n, 100_000.0)}
+    r = averages.compute(stack(), Primary(T0, 60, n, v))
+    hours, day = r.averages["NOx"]["hour"], r.averages["NOx"]["day"]
+    assert list(hours.valid) == [True, False] and hours.mass_kg == pytest.approx([8.0, 16.0])
+    assert day.mass_kg[0] == pytest.approx(24.0)
+    assert day.mass_kg_h[0] == pytest.approx(12.0)
+    assert r.averages["NOx"]["month"].mass_kg_h[0] == pytest.approx(12.0)
+    assert mass.totals(r, T0, T0 + 7200)[0].mean_kg_h == pytest.approx(12.0)

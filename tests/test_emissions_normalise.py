@@ -93,6 +93,18 @@ def test_missing_peripheral_invalidates_with_reason():
     assert n.why[0] & Why.O2_MISSING and n.why[1] & Why.ANALYSER
 
 
+def test_a_reason_is_given_only_for_what_the_pollutant_needs():
+    """O2 measured wet: NOx (corrected to reference O2) needs the water content to dry the O2, CO2 in vol % dry without
+    the O2 correction does not. A minute without H2O is invalid NOx with reason h2o_missing; its CO2 is valid and the
+    report's "invalid data" table must not count it under h2o_missing."""
+    cfg = stack(o2={"tag": "O2", "basis": "wet"}, h2o={"tag": "H"},
+                pollutants=[{"name": "NOx", "tag": "N", "elv": {"month": 100.0}},
+                            {"name": "CO2", "tag": "C", "unit": "percent", "o2_correction": False}])
+    out = normalise_stack(cfg, prim(NOx=[50.0, 50.0], CO2=10.0, o2=5.0, h2o=[10.0, np.nan]))
+    assert out["NOx"].valid.tolist() == [True, False] and out["NOx"].why[1] & Why.H2O_MISSING
+    assert out["CO2"].valid.tolist() == [True, True] and out["CO2"].why.tolist() == [0, 0]
+
+
 def test_pems_substitutes_only_where_the_analyser_is_invalid():
     cfg = stack(pollutants=[{"name": "NOx", "tag": "N", "pems": {"tag": "P"}, "elv": {"month": 100.0}}])
     n = normalise_stack(cfg, prim(NOx=[50.0, np.nan, np.nan], o2=3.0, **{"pems:NOx": [70.0, 60.0, np.nan]}))["NOx"]
