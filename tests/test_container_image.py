@@ -20,7 +20,8 @@ from servers import free_port
 
 TAG = "localhost/valvoja:test"
 # A cold build (debootstrap of the base, ~550 MB of wheels) takes several minutes; warm ones ~20-40 s.
-pytestmark = pytest.mark.timeout(1800)
+# One worker under pytest-xdist: the module builds the image once, into podman storage both workers share.
+pytestmark = [pytest.mark.timeout(1800), pytest.mark.xdist_group("podman")]
 
 TLS_COLLECTOR = """
 [[collectors]]

@@ -63,7 +63,9 @@ from test_opcua_restart import PERIOD_S, TAGS, differences, produced, stored
 
 from collectors.mqtt.sparkplug_encode import EdgeNode
 
-pytestmark = pytest.mark.slow
+# Under pytest-xdist (scripts/test.sh) the long fault tests share one worker: two at once on 2 cores slowed
+# each other's gateways past what they wait for.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("faults")]
 
 JSON_STEP = timedelta(milliseconds=25)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -15,7 +15,9 @@ import pytest
 from gateway_proc import GatewayProcess
 from ops_support import Publisher, new_run, site_config, stored, wait_for
 
-pytestmark = pytest.mark.slow
+# Under pytest-xdist (scripts/test.sh) the long fault tests share one worker: two at once on 2 cores slowed
+# each other's gateways past what they wait for.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("faults")]
 
 
 def values(dsn: str, prefix: str = "P-1.") -> list[float]:

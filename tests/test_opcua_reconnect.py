@@ -13,9 +13,14 @@ import time
 from datetime import UTC, datetime
 
 import psycopg
+import pytest
 from gateway_proc import GatewayProcess
 from opcua_support import RsaCa, SimProcess, free_port, server_certificate
 from ops_support import db_url, wait_for
+
+# Under pytest-xdist (scripts/test.sh) the long fault tests share one worker: two at once on 2 cores slowed
+# each other's gateways past what they wait for.
+pytestmark = pytest.mark.xdist_group("faults")
 
 OUTAGE_S = float(os.environ.get("VALVOJA_OPCUA_OUTAGE_S", "30"))
 TAGS = ["P-101.vib_de", "P-101.bearing_temp", "K1.NOx", "P-102.running"]
