@@ -75,7 +75,8 @@ class MqttCollector:
         self.rebirths = RebirthRequests(self.name, enabled=config.request_rebirth, interval_s=config.rebirth_interval_s)
         self.router = Router(self.name, list(config.subscriptions), Path(context.state_dir),
                              on_decoder_error=context.metrics.collector_errors.labels(self.name, "decoder").inc,
-                             on_rebirth=self.rebirths.request, retained_untimed=config.retained_untimed)
+                             on_rebirth=self.rebirths.request, retained_untimed=config.retained_untimed,
+                             max_payload_bytes=config.max_payload_bytes)
         self.times = ReceiveTimes(remember=config.qos == 1 and not config.clean_session)
         self._times_loaded = False
         self._saved = SavedSubscriptions(Path(context.state_dir) / "subscriptions.json", config)

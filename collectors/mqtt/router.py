@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from collectors.mqtt.config import Subscription
+from collectors.mqtt.config import MQTT_MAX_PAYLOAD, Subscription
 from collectors.mqtt.decode import Decoder, JsonDecoder, make_decoder
 from collectors.mqtt.sparkplug import SparkplugDecoder
 from collectors.mqtt.sparkplug_state import SparkplugStore
@@ -47,8 +47,9 @@ class Router:
     def __init__(self, source: str, subscriptions: list[Subscription], state_dir: Path, *,
                  on_decoder_error: Callable[[], None] | None = None,
                  on_rebirth: Callable[[str, str, str], None] | None = None,
-                 retained_untimed: str = "skip") -> None:
+                 retained_untimed: str = "skip", max_payload_bytes: int = MQTT_MAX_PAYLOAD) -> None:
         self.source = source
+        self.max_payload_bytes = max_payload_bytes
         self.keep_retained = retained_untimed == "store"
         self.on_decoder_error = on_decoder_error
         self.sparkplug = SparkplugStore(Path(state_dir) / "sparkplug")
@@ -75,6 +76,9 @@ class Router:
         if topic is None:
             return [], [self._dead_letter(raw_topic.decode("utf-8", "replace"), payload,
                                           "topic is not valid UTF-8", now)], 0
+        if len(payload) > self.max_payload_bytes:  # before decoding: that would take several times its size
+            return [], [self._dead_letter(topic, payload, f"message of {len(payload)} bytes is over max_payload_bytes "
+                                                          f"({self.max_payload_bytes}); not decoded", now)], 0
         decoder = self._route(topic)
         try:
             if decoder is None:
