@@ -317,8 +317,7 @@ class SparkplugDecoder:
                 if _is_protocol(name):
                     continue
                 tag = pre + _check_str(name) + post
-                if len(names) < 100_000:
-                    names[name] = tag
+                template.remember(names, name, tag)
             if m.is_transient:  # "not to be stored in a historian" (Sparkplug 3.0)
                 self.stats["transient_metrics"] += 1
                 continue
