@@ -236,6 +236,35 @@ async def test_a_ca_in_the_trust_list_trusts_the_certificates_it_issues(tmp_path
         assert "is not trusted" in await refused(collector(endpoint, tmp_path / "gw", **kw))
 
 
+async def test_a_server_certificate_in_the_trust_list_never_issues_another_servers(tmp_path):
+    """Self-signed application certificates carry CA:TRUE and keyCertSign (asyncua's, most stacks', the gateway's
+    own), and one in trusted/ counted as a CA: whoever holds that server's key could issue a certificate any other
+    server's collector sharing the folder accepted. With trust on first use, a stranger answering one endpoint's
+    first connection got its certificate into trusted/ and could then stand in for every server, even one trusted
+    by hand without trust on first use. A trust anchor must be a CA certificate that is not an application's (no
+    application URI); an application certificate in trusted/ trusts itself only."""
+    from types import SimpleNamespace
+
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    pki = tmp_path / "pki"
+    first_use, strict = (f"opc.tcp://127.0.0.1:{free_port()}/sim" for _ in range(2))
+    kw = dict(security_policy="Basic256Sha256", security_mode="SignAndEncrypt", pki_dir=str(pki))
+    policies = ["Basic256Sha256_SignAndEncrypt"]
+    stranger, stranger_key = server_certificate(tmp_path / "server", "stranger", uri="urn:stranger")
+    async with serving(TAGS, first_use, certificate=stranger, private_key=stranger_key, policies=policies,
+                       application_uri="urn:stranger"):
+        await collects(collector(first_use, tmp_path / "a", trust_on_first_use=True, **kw))
+    assert [thumbprint(load_cert(p)) for p in (pki / "trusted").iterdir()] == [thumbprint(load_cert(Path(stranger)))]
+
+    issuer = SimpleNamespace(cert=load_cert(Path(stranger)),
+                             key=load_pem_private_key(await asyncio.to_thread(Path(stranger_key).read_bytes), None))
+    forged, forged_key = server_certificate(tmp_path / "server", "forged", ca=issuer)
+    async with serving(TAGS, strict, certificate=forged, private_key=forged_key, policies=policies):
+        assert "is not trusted" in await refused(collector(strict, tmp_path / "b", **kw))
+    # The CA of the plant still issues (test_a_ca_in_the_trust_list_trusts_the_certificates_it_issues).
+
+
 async def test_never_falls_back_to_less_security(tmp_path):
     endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
     cert, key = server_certificate(tmp_path / "server", "srv")

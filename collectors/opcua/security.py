@@ -259,7 +259,7 @@ def _trusted_certs(folder: Path) -> list[x509.Certificate]:
 
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
-    if not _is_ca(ca):
+    if not _is_issuer(ca):
         return False
     try:
         cert.verify_directly_issued_by(ca)
@@ -274,7 +274,7 @@ def _crls(pki: Pki, trusted: list[x509.Certificate]) -> list[tuple[Path, x509.Ce
     out = []
     if not pki.crl.is_dir():
         return out
-    cas = [t for t in trusted if _is_ca(t)]
+    cas = [t for t in trusted if _is_issuer(t)]
     for path in sorted(pki.crl.iterdir()):
         if not path.is_file():
             continue
@@ -299,6 +299,15 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
     except x509.ExtensionNotFound:
         return False
+
+
+def _is_issuer(cert: x509.Certificate) -> bool:
+    """Whether a certificate of the trust list vouches for the certificates it signs: a CA's, not an application's.
+    Self-signed application certificates carry CA:TRUE too (asyncua's, most stacks', the gateway's own): one in
+    trusted/ (put there by hand, or by trust on first use, where a stranger may have answered) counted as a CA, and
+    whoever held its key could make a certificate every collector sharing the folder accepted for any server. An
+    application certificate carries its application URI; a CA's does not."""
+    return _is_ca(cert) and not application_uris(cert)
 
 
 def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
