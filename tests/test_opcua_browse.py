@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from asyncua import ua
 from opcua_support import ROOT, SimProcess, free_port, server_certificate, serving
 
-from collectors.opcua.browse import browse, toml_section
+from collectors.opcua.browse import browse, table, toml_section
 from collectors.opcua.config import Config, Connection
 from collectors.opcua.connection import ClientOpener
 from collectors.simulator.tags import synthetic_tags
@@ -211,7 +211,7 @@ def test_browse_writes_a_section_a_server_cannot_add_settings_to():
     from asyncua.common.structures104 import new_enum
 
     endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
-    injected = 'Mode\n[[collectors]]\nkind = "mqtt"\nname = "evil"\nhost = "203.0.113.9"\n#'
+    injected = 'Mode\x1b[8m\n[[collectors]]\nkind = "mqtt"\nname = "evil"\nhost = "203.0.113.9"\n#'
 
     async def scenario() -> str:
         async with serving(synthetic_tags(1), endpoint) as sim:
@@ -224,10 +224,12 @@ def test_browse_writes_a_section_a_server_cannot_add_settings_to():
                 ua.LocalizedText("Pump mode.\r\nSet by the PLC; \x07 \u2028 see \"manual\" \\ p. 4"),
                 ua.VariantType.LocalizedText)))
             variables = await browsed(endpoint, f"ns={ns};s=Odd")
-            return toml_section(variables, endpoint=endpoint, name="plant")
+            return toml_section(variables, endpoint=endpoint, name="plant"), table(variables)
 
-    text = asyncio.run(scenario())
+    text, listing = asyncio.run(scenario())
     data = tomllib.loads(text)
     assert [c["name"] for c in data["collectors"]] == ["plant"], text
     assert data["tags"][0]["description"] == "Pump mode.\r\nSet by the PLC; \x07 \u2028 see \"manual\" \\ p. 4"
     assert [n["tag"] for n in data["collectors"][0]["nodes"]] == ["Odd.Mode"]
+    # The table printed for a terminal has one line per variable and no control character from the server.
+    assert len(listing.splitlines()) == 2 and not any(c < " " for c in listing.replace("\n", "")), listing

@@ -269,7 +269,8 @@ def table(variables: list[Variable]) -> str:
     rows = [("NODE ID", "TAG", "TYPE", "UNIT", "EURANGE", "ACCESS")]
     for v in variables:
         rng = f"{v.eu_range[0]:g} .. {v.eu_range[1]:g}" if v.eu_range else ""
-        rows.append((v.node_id, v.tag, v.type_text, v.unit, rng, ",".join(v.access)))
+        # What the server named goes to a terminal: an escape sequence in it must not move the cursor or hide rows.
+        rows.append(tuple(_comment(c) for c in (v.node_id, v.tag, v.type_text, v.unit, rng, ",".join(v.access))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
