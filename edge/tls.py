@@ -116,7 +116,12 @@ def warn_password_in_clear(who: str, host: str, port: int, t: Tls | None, passwo
     """Log (event ``mqtt_password_in_clear``) when ``who`` (a collector, the alert notifier) sends a password to a
     broker on another host without TLS: it travels in the CONNECT packet, readable by anyone on the network between
     them. Called when the client is built (start-up, reload); silent with TLS, without a password, or for a broker
-    on this host (loopback)."""
+    on this host (loopback). ``tls.insecure`` is said too (``mqtt_tls_insecure``): it is a choice to make knowingly,
+    not one to forget in a file."""
+    if t is not None and t.insecure:
+        log.warning("%s: tls.insecure = true: the MQTT broker's host name (%s) is not checked against its "
+                    "certificate, so any certificate its CA signed is taken for the broker's", who, host,
+                    extra={"event": "mqtt_tls_insecure"})
     if not password or t is not None or _loopback(host):
         return
     log.warning("%s: logs in to the MQTT broker %s:%d with a password but without TLS: the password crosses the "

@@ -114,3 +114,10 @@ def test_a_password_sent_to_a_broker_off_this_host_without_tls_is_said_at_start(
     collector("192.0.2.10")  # no password
     MqttNotifier(MqttNotifyConfig(host="::1", username="gw", password="env:X"), password="pw")
     assert not [r for r in caplog.records if getattr(r, "event", None) == "mqtt_password_in_clear"]
+
+    # tls.insecure (no host-name check) is said as well, with or without a password.
+    ca = CertificateAuthority(tmp_path / "ca")
+    collector("192.0.2.10", tls={"ca_file": str(ca.cert_path), "insecure": True})
+    said = [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "mqtt_tls_insecure"]
+    assert len(said) == 1 and said[0].startswith("collector plant: tls.insecure = true"), said
+    assert not [r for r in caplog.records if getattr(r, "event", None) == "mqtt_password_in_clear"]
