@@ -112,7 +112,7 @@ def tls_context(t: Tls | None, where: str = "tls") -> ssl.SSLContext | None:
     return ctx
 
 
-def warn_password_in_clear(who: str, host: str, port: int, t: Tls | None, password: str | None) -> None:
+def warn_insecure_login(who: str, host: str, port: int, t: Tls | None, password: str | None) -> None:
     """Log (event ``mqtt_password_in_clear``) when ``who`` (a collector, the alert notifier) sends a password to a
     broker on another host without TLS: it travels in the CONNECT packet, readable by anyone on the network between
     them. Called when the client is built (start-up, reload); silent with TLS, without a password, or for a broker
