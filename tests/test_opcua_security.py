@@ -347,6 +347,24 @@ async def test_a_trusted_certificate_of_another_host_is_refused_and_never_pinned
         await collects(collector(endpoint, tmp_path / "gw", check_host_name=False, **kw))
 
 
+def test_a_collector_that_does_not_check_the_host_name_says_so_at_start(caplog):
+    """``check_host_name = false`` (a server whose certificate cannot carry its address) takes a certificate trusted
+    for any other server, or issued by any CA in trusted/, for this one; it was silent once written in the file.
+    Said when the collector is built (start-up, reload); not without security (nothing is checked then)."""
+    import logging
+
+    from collectors.opcua.config import Connection
+    from collectors.opcua.connection import ClientOpener
+
+    caplog.set_level(logging.WARNING)
+    secure = dict(endpoint="opc.tcp://plc1.site:4840", security_policy="Basic256Sha256", security_mode="Sign")
+    ClientOpener(Connection(**secure, check_host_name=False), name="plc1")
+    ClientOpener(Connection(**secure), name="plc2")
+    ClientOpener(Connection(endpoint="opc.tcp://plc3.site:4840", check_host_name=False), name="plc3")
+    said = [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "opcua_host_name_unchecked"]
+    assert len(said) == 1 and said[0].startswith("plc1: check_host_name = false") and "plc1.site" in said[0], said
+
+
 def write_crl(path: Path, ca: RsaCa, serials: list[int], *, next_update_days: float = 7, key=None) -> Path:
     """A revocation list issued in ``ca``'s name listing ``serials``, signed with ``key`` (default the CA's)."""
     import datetime as dt
