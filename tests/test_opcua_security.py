@@ -365,6 +365,21 @@ def test_a_collector_that_does_not_check_the_host_name_says_so_at_start(caplog):
     assert len(said) == 1 and said[0].startswith("plc1: check_host_name = false") and "plc1.site" in said[0], said
 
 
+def test_a_remade_own_key_is_the_owners_alone_whatever_the_file_before(tmp_path):
+    """The gateway's own key is made again when its certificate no longer fits (another application URI, expiry).
+    It was written into the existing file (O_TRUNC): the file kept its mode, so a key.pem an operator or a backup
+    restore had left readable by others stayed so with the new key in it. Now it is a new file, 0600."""
+    from collectors.opcua.security import Pki, ensure_own_certificate
+
+    pki = Pki(tmp_path / "pki")
+    _, key_path = ensure_own_certificate(pki, "urn:valvoja:test:one", "gw")
+    first = key_path.read_bytes()
+    key_path.chmod(0o644)
+    _, key_path = ensure_own_certificate(pki, "urn:valvoja:test:two", "gw")  # the URI changed: a new pair
+    assert key_path.read_bytes() != first
+    assert key_path.stat().st_mode & 0o777 == 0o600
+
+
 def write_crl(path: Path, ca: RsaCa, serials: list[int], *, next_update_days: float = 7, key=None) -> Path:
     """A revocation list issued in ``ca``'s name listing ``serials``, signed with ``key`` (default the CA's)."""
     import datetime as dt

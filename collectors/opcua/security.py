@@ -188,12 +188,11 @@ def new_key() -> rsa.RSAPrivateKey:
 
 
 def write_key(key: rsa.RSAPrivateKey, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``key`` (PEM, unencrypted) as a new file of mode 0600: written into an existing file, a re-made key
+    kept that file's mode (readable by others if it was) and a crash left half a key."""
     data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    write_atomic(path, data, mode=0o600)
 
 
 def check_private_key(path: Path, password: str | None, *, setting: str = "private_key_password") -> None:
