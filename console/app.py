@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from console import problems
 from console.config import ConsoleConfig, conninfo
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "font-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'")
+
+MAX_BODY_BYTES = 1 << 20  # a request body: a log-in, a comment, a window, a user; far more than any of them needs
 
 TAGS = [
     {"name": "auth", "description": "log-in, log-out, who am I"},
@@ -64,6 +67,7 @@ def create_app(cfg: ConsoleConfig, *, dsn: str | None = None, migrate: bool | No
     app.state.config = cfg
     app.state.db = db
     problems.install(app)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)  # added first: the security headers wrap its answers too
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
@@ -83,3 +87,36 @@ def create_app(cfg: ConsoleConfig, *, dsn: str | None = None, migrate: bool | No
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+class BodyLimit:
+    """Refuse a request body over ``limit`` bytes with 413: one that says so (Content-Length) before it is read, a
+    streamed one (chunked) once that much has arrived. uvicorn passes on whatever a client sends, and the log-in
+    form (no session needed), the CSRF form field and JSON bodies are read whole: anyone who could reach the
+    console could make it hold gigabytes."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            response = problems.problem_response(413, self._detail(), instance=scope.get("path"))
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:  # raised where the body is read; the app's handler answers (problems.py)
+                    raise StarletteHTTPException(413, self._detail())
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _detail(self) -> str:
+        return f"the request body is over {self.limit} bytes"

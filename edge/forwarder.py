@@ -69,7 +69,11 @@ REFUSED_LOG_EVERY_S = 60.0  # db_refused / readings_refused at most this often (
 RETENTION_LOCK_TIMEOUT_S = 5  # retention holds writes off while it drops; never longer than this waiting for a lock
 # What the database (or the encoding before it) raises for the content of a group rather than for the connection:
 # retrying the same group would fail the same way, so it is written apart (`Forwarder._write_apart`).
-DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError, ValueError, OverflowError)
+# ProgramLimitExceeded is an OperationalError, but the limit is a value's size: a tag name longer than the ``tags``
+# index can hold (about 2.7 kB), which anyone who may publish on the broker chooses (a topic level, a JSON field).
+# Taken for an outage, that one reading blocked the spool for good.
+DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded, ValueError,
+               OverflowError)
 
 
 def _nul_rows(cols: Columns) -> list[int]:

@@ -12,6 +12,8 @@ broker's host name is checked against it unless ``insecure``, and nothing older 
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import ssl
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from edge.errors import ConfigError
 from edge.paths import ConfigPath
 from edge.secrets import SecretRef, resolve_secret
+
+log = logging.getLogger(__name__)
 
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2  # Python's default too; written here so that it cannot drift
 
@@ -106,3 +110,29 @@ def tls_context(t: Tls | None, where: str = "tls") -> ssl.SSLContext | None:
         raise ConfigError(problems)
     ctx.check_hostname = not t.insecure
     return ctx
+
+
+def warn_insecure_login(who: str, host: str, port: int, t: Tls | None, password: str | None) -> None:
+    """Log (event ``mqtt_password_in_clear``) when ``who`` (a collector, the alert notifier) sends a password to a
+    broker on another host without TLS: it travels in the CONNECT packet, readable by anyone on the network between
+    them. Called when the client is built (start-up, reload); silent with TLS, without a password, or for a broker
+    on this host (loopback). ``tls.insecure`` is said too (``mqtt_tls_insecure``): it is a choice to make knowingly,
+    not one to forget in a file."""
+    if t is not None and t.insecure:
+        log.warning("%s: tls.insecure = true: the MQTT broker's host name (%s) is not checked against its "
+                    "certificate, so any certificate its CA signed is taken for the broker's", who, host,
+                    extra={"event": "mqtt_tls_insecure"})
+    if not password or t is not None or _loopback(host):
+        return
+    log.warning("%s: logs in to the MQTT broker %s:%d with a password but without TLS: the password crosses the "
+                "network readable by anyone on it; give the broker a TLS listener and the client a [tls] table",
+                who, host, port, extra={"event": "mqtt_password_in_clear"})
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

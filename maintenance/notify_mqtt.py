@@ -26,7 +26,7 @@ import paho.mqtt.client as mqtt
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge.secrets import SecretRef
-from edge.tls import Tls, tls_context
+from edge.tls import Tls, tls_context, warn_insecure_login
 from maintenance.alerts import AlertChange
 from maintenance.notify import payload, wanted
 
@@ -88,6 +88,8 @@ class MqttNotifier:
         self.cfg = cfg
         self._password = password
         self._tls = tls if tls is not None else tls_context(cfg.tls, TLS_KEY)
+        warn_insecure_login("maintenance.notify.mqtt", cfg.host, cfg.port, cfg.tls,
+                               password if cfg.username else None)
         self.name = f"MQTT {cfg.host}:{cfg.port}/{cfg.topic_prefix}"  # the outbox's key: not changed by TLS
         self._where = f"mqtt{'s' if cfg.tls else ''}://{cfg.host}:{cfg.port}"
         self._lock = threading.Lock()  # one send at a time; a close waits for it

@@ -94,6 +94,28 @@ def test_html_login_form_needs_its_csrf_token_and_redirects(server):
         assert c.get("/assets").status_code == 200
 
 
+def test_a_request_body_over_a_mebibyte_is_refused_before_it_is_read(server):
+    """uvicorn passes on whatever body a client sends and the log-in form, the CSRF form field and JSON bodies
+    were read whole: anyone who could reach the console could make it hold gigabytes (POST /login needs no
+    session). A body over 1 MiB is refused with 413, declared (Content-Length) or streamed (chunked)."""
+    big = b"username=viewer&password=" + b"x" * (1 << 20)
+
+    def chunks():
+        for i in range(0, len(big), 65536):
+            yield big[i:i + 65536]
+
+    with server.client() as c:
+        for body in (big, chunks()):
+            r = c.post("/login", content=body, headers={"content-type": "application/x-www-form-urlencoded"})
+            assert r.status_code == 413, (r.status_code, r.text[:200])
+            assert r.headers["content-type"].startswith("application/problem+json")
+            assert "1048576" in r.json()["detail"]
+        r = c.post("/api/auth/login", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413, (r.status_code, r.text[:200])
+    with server.client("engineer") as c:  # and what the console takes still works
+        assert c.post("/api/auth/logout").status_code == 204
+
+
 def test_logout_form_ends_the_session_and_is_audited(server):
     with server.client("maintenance") as c:
         page = c.get("/alerts")

@@ -79,3 +79,45 @@ def test_a_key_password_is_a_reference_and_needs_a_key():
         Tls(cert_file="/c.pem", key_file="/k.pem", key_password="hunter2")
     with pytest.raises(ValidationError, match="key_password without key_file"):
         Tls(key_password="env:X")
+
+
+def test_a_password_sent_to_a_broker_off_this_host_without_tls_is_said_at_start(tmp_path, caplog, monkeypatch):
+    """An MQTT password goes in the CONNECT packet: without TLS anyone on the plant network between the gateway
+    and the broker reads it. OPC UA said so for its password on security_policy None; MQTT (the collector and the
+    alert notifier) said nothing. Said once when each is built (start-up, reload); not for a broker on this host,
+    nor without a password, nor with TLS."""
+    import logging
+
+    from collectors.base import CollectorContext
+    from collectors.mqtt import Config, build
+    from edge.metrics import Metrics
+    from maintenance.notify_mqtt import MqttNotifier, MqttNotifyConfig
+
+    subs = [{"topic": "p/#"}]
+    monkeypatch.setenv("MQTT_PASSWORD", "pw")
+
+    def collector(host: str, **kw) -> None:
+        cfg = Config.model_validate({"host": host, "client_id": "c", "subscriptions": subs, **kw})
+        build(cfg, CollectorContext(name="plant", state_dir=tmp_path, metrics=Metrics()))
+
+    caplog.set_level(logging.WARNING)
+    collector("192.0.2.10", username="gw", password="env:MQTT_PASSWORD")
+    MqttNotifier(MqttNotifyConfig(host="broker.example", username="gw", password="env:X"), password="pw")
+    said = [r for r in caplog.records if getattr(r, "event", None) == "mqtt_password_in_clear"]
+    assert [r.getMessage().split(":")[0] for r in said] == ["collector plant", "maintenance.notify.mqtt"]
+    assert "192.0.2.10:1883" in said[0].getMessage() and "TLS" in said[0].getMessage()
+    assert "pw" not in " ".join(r.getMessage() for r in said).replace("password", "")
+
+    caplog.clear()
+    collector("127.0.0.1", username="gw", password="env:MQTT_PASSWORD")  # this host: nothing crosses a network
+    collector("localhost", username="gw", password="env:MQTT_PASSWORD")
+    collector("192.0.2.10")  # no password
+    MqttNotifier(MqttNotifyConfig(host="::1", username="gw", password="env:X"), password="pw")
+    assert not [r for r in caplog.records if getattr(r, "event", None) == "mqtt_password_in_clear"]
+
+    # tls.insecure (no host-name check) is said as well, with or without a password.
+    ca = CertificateAuthority(tmp_path / "ca")
+    collector("192.0.2.10", tls={"ca_file": str(ca.cert_path), "insecure": True})
+    said = [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "mqtt_tls_insecure"]
+    assert len(said) == 1 and said[0].startswith("collector plant: tls.insecure = true"), said
+    assert not [r for r in caplog.records if getattr(r, "event", None) == "mqtt_password_in_clear"]

@@ -429,3 +429,44 @@ def test_parts_of_a_refused_group_committed_before_a_cancel_are_counted_stored(p
         rows = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
     assert rows == 63 and refused >= 1
     assert counted == 63, f"63 readings committed, {counted} counted stored"
+
+
+def test_the_tag_id_map_of_a_writer_is_bounded_whatever_the_tags_table_holds(pg_dsn, monkeypatch):
+    """Readings of a tag nobody configured make a ``tags`` row (flagged), and anyone who may publish on a subscribed
+    topic chooses those names. Each writer loaded every row of ``tags`` at connect and kept every name it met since:
+    millions of junk topics made a map of gigabytes in each writer, loaded again at every start from the table that
+    keeps them. The map is a cache now: at most TAG_IDS_MAX names (configured tags first) are loaded, it is
+    emptied when it would grow beyond, and a name it lacks is looked up when a group needs it."""
+    import asyncio
+
+    from edge.sink import timescale
+
+    monkeypatch.setattr(timescale, "TAG_IDS_MAX", 1000, raising=False)
+    t0 = utcnow().replace(microsecond=0) - timedelta(minutes=5)
+
+    async def scenario() -> tuple[int, int, list]:
+        sink = TimescaleSink(pg_dsn)
+        await sink.connect()  # makes the schema
+        async with sink.conn.cursor() as cur:
+            await cur.execute("INSERT INTO tags (name, configured) SELECT 'junk.' || g, false "
+                              "FROM generate_series(1, 5000) g")
+        await sink.conn.commit()
+        await sink.close()
+        sink = TimescaleSink(pg_dsn)
+        await sink.connect()
+        loaded = len(sink._tag_ids)
+        biggest = loaded
+        for i in range(0, 3000, 500):  # groups of 500 tags, old and new names
+            cols = Columns.concat([_cols(f"junk.{j}" if j % 2 else f"new.{j}", t0, 1) for j in range(i, i + 500)])
+            result = await sink.write([SpooledBatch(i + 1, cols, [], 0.0)])
+            assert result.inserted == 500
+            biggest = max(biggest, len(sink._tag_ids))
+        await sink.close()
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            stored = conn.execute("SELECT t.name, count(*) FROM readings r JOIN tags t ON t.id = r.tag_id "
+                                  "GROUP BY 1 HAVING count(*) <> 1").fetchall()
+        return loaded, biggest, stored
+
+    loaded, biggest, wrong = asyncio.run(scenario())
+    assert loaded <= 1000 and biggest <= 1000, (loaded, biggest)
+    assert wrong == [], "every reading stored once under its own tag"

@@ -6,6 +6,7 @@ every published reading in the database exactly once.
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 
@@ -142,33 +143,52 @@ def test_broker_restart_collection_resumes(tmp_path, pg_dsn, own_mosquitto):
         assert gw.terminate() == 0
 
 
-def test_reading_the_database_refuses_becomes_a_dead_letter_and_the_rest_flows(tmp_path, pg_dsn, mosquitto):
-    """A text with a NUL character decodes fine but PostgreSQL text cannot hold it. Retrying its group whole
-    blocked the spool for good; now the group is written in parts: one dead letter, every good reading once."""
+def one_refused_among_good(tmp_path, pg_dsn: str, mosquitto, levels: str, value) -> tuple[str, str, str]:
+    """Publish 300 good readings, one of ``value`` on ``ops/<run>/<levels>``, 300 more: every good one must be stored
+    once, the spool drain, one reading counted refused, and later readings flow. The dead letter (source, topic,
+    error) is returned."""
     run = new_run()
     gw = start_subscribed(GatewayProcess(tmp_path / "gw", site_config(pg_dsn, mosquitto.port, run=run)))
     pub = Publisher(mosquitto.port, run)
     try:
         pub.publish(300)
         t = pub.base.isoformat().replace("+00:00", "Z")
-        pub.client.publish(f"ops/{run}/P-9/state", orjson.dumps({"value": "ok\u0000bad", "time": t}),
+        pub.client.publish(f"ops/{run}/{levels}", orjson.dumps({"value": value, "time": t}),
                            qos=1).wait_for_publish(30)
         pub.publish(300)
         wait_for(lambda: stored(pg_dsn) >= 600, timeout_s=60, what="the good readings around the bad one stored")
         exactly_once(pg_dsn, 600)
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             dead = conn.execute("SELECT source, topic, error FROM dead_letters").fetchall()
-        assert len(dead) == 1, dead
-        source, topic, error = dead[0]
-        assert (source, topic) == ("database", "P-9.state") and "NUL" in error, dead
+        assert len(dead) == 1, [(s, t[:40], e) for s, t, e in dead]
         wait_for(lambda: gw.health()["spool"]["readings"] == 0, timeout_s=30, what="spool drained")
         assert "valvoja_readings_refused_total 1.0" in gw.metrics()
         pub.publish(50)  # and the forwarder is not stuck behind it
         wait_for(lambda: stored(pg_dsn) >= 650, timeout_s=30, what="later readings stored")
         exactly_once(pg_dsn, 650)
+        return dead[0]
     finally:
         pub.close()
         assert gw.terminate() == 0
+
+
+def test_reading_the_database_refuses_becomes_a_dead_letter_and_the_rest_flows(tmp_path, pg_dsn, mosquitto):
+    """A text with a NUL character decodes fine but PostgreSQL text cannot hold it. Retrying its group whole
+    blocked the spool for good; now the group is written in parts: one dead letter, every good reading once."""
+    source, topic, error = one_refused_among_good(tmp_path, pg_dsn, mosquitto, "P-9/state", "ok\u0000bad")
+    assert (source, topic) == ("database", "P-9.state") and "NUL" in error, (source, topic, error)
+
+
+def test_a_tag_name_too_long_for_the_database_becomes_a_dead_letter_and_the_rest_flows(tmp_path, pg_dsn,
+                                                                                       mosquitto):
+    """Anyone who may publish on the plant's broker chooses the tag name (a topic level, a JSON field, a Sparkplug
+    metric). One name longer than a PostgreSQL index entry can hold (about 2.7 kB) was refused by the ``tags``
+    unique index with ProgramLimitExceeded, an OperationalError: taken for an outage, the group was retried for
+    ever and nothing reached the database again. Now it is one dead letter and the rest flows."""
+    asset = secrets.token_urlsafe(6000)  # 8,000 characters that do not compress below the index limit
+    source, topic, error = one_refused_among_good(tmp_path, pg_dsn, mosquitto, f"{asset}/flow", 1.0)
+    assert (source, topic) == ("database", f"{asset}.flow"), (source, topic[:40])
+    assert "ProgramLimitExceeded" in error, error
 
 
 def test_rollups_owed_when_the_gateway_is_killed_are_made_at_the_next_start(tmp_path, pg_dsn, mosquitto):

@@ -242,6 +242,27 @@ async def test_a_message_that_breaks_a_decoder_is_a_dead_letter_and_the_stream_g
     await only_new_messages_come(cfg, tmp_path, "t/plain/P-1/seq")
 
 
+async def test_a_message_over_max_payload_bytes_is_a_dead_letter_not_decoded(mosquitto, tmp_path):
+    """Decoding takes about 8 times a JSON message's size in memory and a broker passes up to 256 MB: a message the
+    gateway could not hold killed it (MemoryMax), and the broker sent it again at every restart. Over the limit
+    (16 MiB by default) a message is a dead letter, its first MiB kept, acknowledged; the stream goes on."""
+    cfg = config(mosquitto.port)
+    assert cfg.max_payload_bytes == 16 * 2**20
+    sample = json.dumps({"tag": "big", "v": 1.0, "t": T0_MS}) + ","
+    big = ('{"samples": [' + sample * (cfg.max_payload_bytes // len(sample) + 1))[:-1] + "]}"
+    sink = Sink()
+    async with running(cfg, sink, tmp_path) as collector:
+        await apublish(mosquitto.port, [("t/plain/P-1/x", "1"), ("t/json/L1", big), ("t/plain/P-1/x", "2")])
+        await sink.wait(lambda s: len(s.batches) == 3, within_s=60)
+        assert collector.status()["dead_letters"] == 1
+    assert sink.values() == [1, 2]
+    dead = [d for b in sink.batches for d in b.dead_letters]
+    assert [d.topic for d in dead] == ["t/json/L1"]
+    assert f"message of {len(big)} bytes is over max_payload_bytes (16777216); not decoded" in dead[0].error
+    assert dead[0].payload == big.encode()[:2**20]
+    await only_new_messages_come(cfg, tmp_path, "t/plain/P-1/x")
+
+
 # -- security ------------------------------------------------------------------------------------------
 
 async def test_tls_with_the_broker_ca_works(mosquitto, tmp_path):

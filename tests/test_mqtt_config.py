@@ -177,3 +177,42 @@ def test_filters_covered_by_another_are_not_subscribed():
     assert not covers("#", "$SYS/x") and not covers("+/x", "$SYS/x") and covers("$SYS/#", "$SYS/x")
     assert not covers("a/+/c", "a/b") and not covers("a/b", "a/b/c")
     assert subscribed_filters(["a/+/x", "a/#", "b/c", "+/c", "$SYS/#"]) == ["a/#", "+/c", "$SYS/#"]
+
+
+def test_the_topic_and_field_caches_hold_little_whatever_the_publishers_choose(tmp_path):
+    """Topics and JSON field names come from whoever may publish; the router and the tag templates cache by them.
+    The caches were bounded by entries only (65,536 topics, 100,000 field names per topic for 4,096 topics), and an
+    MQTT topic or a field name may be 64 kB: 20,000 messages on distinct 20 kB topics kept 786 MB. Long keys are
+    not cached now, and field names are bounded over all topics."""
+    import datetime as dt
+    import gc
+    import tracemalloc
+
+    import orjson
+
+    from collectors.mqtt.router import Router
+
+    subs = [Subscription.model_validate({"topic": "p/+a/+s", "tag": "{a}.{s}"}),
+            Subscription.model_validate({"topic": "w/+a", "tag": "{a}.{field}", "json": {"value": "*"}})]
+    router = Router("mq", subs, tmp_path)
+    now = dt.datetime.now(dt.UTC)
+    long = "x" * 20_000
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(1000):
+            readings, dead, _ = router.handle(f"p/{long}{i}/flow", b"", b'{"value": 1.0}', now)
+            assert len(readings) == 1 and not dead
+            router.handle(f"p/{long}{i}/flow", b"", b'{"value": "nan"', now)  # a dead letter: logged by topic
+            readings, dead, _ = router.handle(f"w/A{i % 3}", b"", orjson.dumps({f"{long}{i}": 1.0}), now)
+            assert len(readings) == 1 and not dead
+        readings, dead, _ = router.handle("w/A0", b"", orjson.dumps({f"f{i}": 1.0 for i in range(200_000)}), now)
+        assert len(readings) == 200_000 and not dead
+        del readings, dead
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # 1,000 messages on 20 kB topics, 1,000 field names of 20 kB, 200,000 short field names in one message: the old
+    # caches kept 150 MB.
+    assert kept < 25e6, f"{kept / 1e6:.0f} MB kept by the caches"

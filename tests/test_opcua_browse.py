@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from asyncua import ua
 from opcua_support import ROOT, SimProcess, free_port, server_certificate, serving
 
-from collectors.opcua.browse import browse, toml_section
+from collectors.opcua.browse import browse, table, toml_section
 from collectors.opcua.config import Config, Connection
 from collectors.opcua.connection import ClientOpener
 from collectors.simulator.tags import synthetic_tags
@@ -23,6 +23,17 @@ from edge import settings
 def valvoja(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edge.cli", "opcua", "browse", *args], cwd=ROOT, timeout=timeout,
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+async def browsed(endpoint: str, root: str) -> list:
+    """The variables `browse` finds under ``root`` of the server at ``endpoint`` (no security)."""
+    client = ClientOpener(Connection(endpoint=endpoint), name="browse").new_client()
+    await client.connect()
+    try:
+        variables, _ = await browse(client, root)
+    finally:
+        await client.disconnect()
+    return variables
 
 
 def test_browse_prints_types_units_ranges_access_and_writes_a_valid_tag_section(tmp_path):
@@ -162,12 +173,7 @@ def test_browse_gives_derived_and_enumerated_types_the_kind_of_their_base_type()
             }
             for name, (value, dtype) in specs.items():
                 await folder.add_variable(ua.NodeId(f"Types.{name}", ns), name, value, datatype=dtype)
-            client = ClientOpener(Connection(endpoint=endpoint), name="browse").new_client()
-            await client.connect()
-            try:
-                variables, _ = await browse(client, f"ns={ns};s=Types")
-            finally:
-                await client.disconnect()
+            variables = await browsed(endpoint, f"ns={ns};s=Types")
             return {v.path[-1]: v for v in variables}
 
     got = asyncio.run(scenario())
@@ -193,3 +199,37 @@ def test_browse_names_a_root_the_server_does_not_have_and_refuses_a_malformed_on
     assert res.returncode == 2 and "argument --root: 'P-101' is not a node id" in res.stderr, res
     res = valvoja(endpoint, "--depth", "0")
     assert res.returncode == 2 and "argument --depth" in res.stderr, res
+
+
+def test_browse_writes_a_section_a_server_cannot_add_settings_to():
+    """What the server says goes into the written TOML: browse names, descriptions, units, its data types' names. A
+    description over two lines (common) made a file TOML cannot read; a data type's name with a line break went
+    into a comment as it was, so the server could write configuration lines (here a collector of its own, or a
+    webhook that would get every alert) into the file an engineer pastes into the site configuration."""
+    import asyncio
+
+    from asyncua.common.structures104 import new_enum
+
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    injected = 'Mode\x1b[8m\n[[collectors]]\nkind = "mqtt"\nname = "evil"\nhost = "203.0.113.9"\n#'
+
+    async def scenario() -> str:
+        async with serving(synthetic_tags(1), endpoint) as sim:
+            ns = sim.ns
+            folder = await sim.server.nodes.objects.add_folder(ua.NodeId("Odd", ns), "Odd")
+            mode = await new_enum(sim.server, ns, injected, ["Off", "Auto"])
+            var = await folder.add_variable(ua.NodeId("Odd.Mode", ns), "Mode", ua.Variant(1, ua.VariantType.Int32),
+                                            datatype=mode.nodeid)
+            await var.write_attribute(ua.AttributeIds.Description, ua.DataValue(ua.Variant(
+                ua.LocalizedText("Pump mode.\r\nSet by the PLC; \x07 \u2028 see \"manual\" \\ p. 4"),
+                ua.VariantType.LocalizedText)))
+            variables = await browsed(endpoint, f"ns={ns};s=Odd")
+            return toml_section(variables, endpoint=endpoint, name="plant"), table(variables)
+
+    text, listing = asyncio.run(scenario())
+    data = tomllib.loads(text)
+    assert [c["name"] for c in data["collectors"]] == ["plant"], text
+    assert data["tags"][0]["description"] == "Pump mode.\r\nSet by the PLC; \x07 \u2028 see \"manual\" \\ p. 4"
+    assert [n["tag"] for n in data["collectors"][0]["nodes"]] == ["Odd.Mode"]
+    # The table printed for a terminal has one line per variable and no control character from the server.
+    assert len(listing.splitlines()) == 2 and not any(c < " " for c in listing.replace("\n", "")), listing

@@ -236,6 +236,35 @@ async def test_a_ca_in_the_trust_list_trusts_the_certificates_it_issues(tmp_path
         assert "is not trusted" in await refused(collector(endpoint, tmp_path / "gw", **kw))
 
 
+async def test_a_server_certificate_in_the_trust_list_never_issues_another_servers(tmp_path):
+    """Self-signed application certificates carry CA:TRUE and keyCertSign (asyncua's, most stacks', the gateway's
+    own), and one in trusted/ counted as a CA: whoever holds that server's key could issue a certificate any other
+    server's collector sharing the folder accepted. With trust on first use, a stranger answering one endpoint's
+    first connection got its certificate into trusted/ and could then stand in for every server, even one trusted
+    by hand without trust on first use. A trust anchor must be a CA certificate that is not an application's (no
+    application URI); an application certificate in trusted/ trusts itself only."""
+    from types import SimpleNamespace
+
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    pki = tmp_path / "pki"
+    first_use, strict = (f"opc.tcp://127.0.0.1:{free_port()}/sim" for _ in range(2))
+    kw = dict(security_policy="Basic256Sha256", security_mode="SignAndEncrypt", pki_dir=str(pki))
+    policies = ["Basic256Sha256_SignAndEncrypt"]
+    stranger, stranger_key = server_certificate(tmp_path / "server", "stranger", uri="urn:stranger")
+    async with serving(TAGS, first_use, certificate=stranger, private_key=stranger_key, policies=policies,
+                       application_uri="urn:stranger"):
+        await collects(collector(first_use, tmp_path / "a", trust_on_first_use=True, **kw))
+    assert [thumbprint(load_cert(p)) for p in (pki / "trusted").iterdir()] == [thumbprint(load_cert(Path(stranger)))]
+
+    issuer = SimpleNamespace(cert=load_cert(Path(stranger)),
+                             key=load_pem_private_key(await asyncio.to_thread(Path(stranger_key).read_bytes), None))
+    forged, forged_key = server_certificate(tmp_path / "server", "forged", ca=issuer)
+    async with serving(TAGS, strict, certificate=forged, private_key=forged_key, policies=policies):
+        assert "is not trusted" in await refused(collector(strict, tmp_path / "b", **kw))
+    # The CA of the plant still issues (test_a_ca_in_the_trust_list_trusts_the_certificates_it_issues).
+
+
 async def test_never_falls_back_to_less_security(tmp_path):
     endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
     cert, key = server_certificate(tmp_path / "server", "srv")
@@ -316,6 +345,39 @@ async def test_a_trusted_certificate_of_another_host_is_refused_and_never_pinned
         msg = await refused(collector(endpoint, tmp_path / "gw", **kw))
         assert "is not this server's" in msg and thumbprint(load_cert(Path(cert))) in msg
         await collects(collector(endpoint, tmp_path / "gw", check_host_name=False, **kw))
+
+
+def test_a_collector_that_does_not_check_the_host_name_says_so_at_start(caplog):
+    """``check_host_name = false`` (a server whose certificate cannot carry its address) takes a certificate trusted
+    for any other server, or issued by any CA in trusted/, for this one; it was silent once written in the file.
+    Said when the collector is built (start-up, reload); not without security (nothing is checked then)."""
+    import logging
+
+    from collectors.opcua.config import Connection
+    from collectors.opcua.connection import ClientOpener
+
+    caplog.set_level(logging.WARNING)
+    secure = dict(endpoint="opc.tcp://plc1.site:4840", security_policy="Basic256Sha256", security_mode="Sign")
+    ClientOpener(Connection(**secure, check_host_name=False), name="plc1")
+    ClientOpener(Connection(**secure), name="plc2")
+    ClientOpener(Connection(endpoint="opc.tcp://plc3.site:4840", check_host_name=False), name="plc3")
+    said = [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "opcua_host_name_unchecked"]
+    assert len(said) == 1 and said[0].startswith("plc1: check_host_name = false") and "plc1.site" in said[0], said
+
+
+def test_a_remade_own_key_is_the_owners_alone_whatever_the_file_before(tmp_path):
+    """The gateway's own key is made again when its certificate no longer fits (another application URI, expiry).
+    It was written into the existing file (O_TRUNC): the file kept its mode, so a key.pem an operator or a backup
+    restore had left readable by others stayed so with the new key in it. Now it is a new file, 0600."""
+    from collectors.opcua.security import Pki, ensure_own_certificate
+
+    pki = Pki(tmp_path / "pki")
+    _, key_path = ensure_own_certificate(pki, "urn:valvoja:test:one", "gw")
+    first = key_path.read_bytes()
+    key_path.chmod(0o644)
+    _, key_path = ensure_own_certificate(pki, "urn:valvoja:test:two", "gw")  # the URI changed: a new pair
+    assert key_path.read_bytes() != first
+    assert key_path.stat().st_mode & 0o777 == 0o600
 
 
 def write_crl(path: Path, ca: RsaCa, serials: list[int], *, next_update_days: float = 7, key=None) -> Path:

@@ -54,7 +54,7 @@ from edge.columns import from_us, to_us
 from edge.errors import NotConnectedError
 from edge.records import Batch, utcnow
 from edge.timeouts import within
-from edge.tls import tls_context
+from edge.tls import tls_context, warn_insecure_login
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,12 @@ class MqttCollector:
         self.ctx = context
         self._password = password
         self._tls = tls_context(config.tls)  # edge/tls.py: read here, at start-up
+        warn_insecure_login(f"collector {self.name}", config.host, config.port, config.tls, password)
         self.rebirths = RebirthRequests(self.name, enabled=config.request_rebirth, interval_s=config.rebirth_interval_s)
         self.router = Router(self.name, list(config.subscriptions), Path(context.state_dir),
                              on_decoder_error=context.metrics.collector_errors.labels(self.name, "decoder").inc,
-                             on_rebirth=self.rebirths.request, retained_untimed=config.retained_untimed)
+                             on_rebirth=self.rebirths.request, retained_untimed=config.retained_untimed,
+                             max_payload_bytes=config.max_payload_bytes)
         self.times = ReceiveTimes(remember=config.qos == 1 and not config.clean_session)
         self._times_loaded = False
         self._saved = SavedSubscriptions(Path(context.state_dir) / "subscriptions.json", config)

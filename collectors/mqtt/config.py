@@ -15,6 +15,8 @@ from collectors.mqtt.topics import TagTemplate, TopicFilter
 from edge.secrets import SecretRef
 from edge.tls import Tls  # shared with the alert notifier: edge/tls.py
 
+MQTT_MAX_PAYLOAD = 268_435_455  # the largest MQTT packet (a variable byte integer of 4 bytes)
+
 TimeFormat = Literal["auto", "iso8601", "epoch_s", "epoch_ms", "epoch_us", "epoch_ns"]
 
 
@@ -102,6 +104,10 @@ class Config(Strict):
     qos: Literal[0, 1] = Field(1, description="QoS of the subscriptions (2 is refused: see README)")
     max_inflight: int = Field(1000, ge=1, le=65535,
                               description="messages handed to the gateway and not yet acknowledged")
+    # Decoding takes about 8 times a JSON message's size in memory (measured: 65 MB -> 546 MB). A message the
+    # gateway cannot hold (a broker passes up to 256 MB) killed it, and the broker sent it again at every restart.
+    max_payload_bytes: int = Field(16 * 2**20, ge=1024, le=MQTT_MAX_PAYLOAD,
+                                   description="a larger message becomes a dead letter without being decoded")
     tls: Tls | None = None
     username: str | None = None
     password: SecretRef | None = None

@@ -337,8 +337,7 @@ class JsonDecoder:
         if not field:
             raise DataError(f"tag name at {self.m.tag!r} is empty")
         tag = pre + _check_str(field) + post
-        if len(names) < 100_000:
-            names[field] = tag
+        self.template.remember(names, field, tag)
         return tag
 
     def _add(self, out: Rows, tag: str, time_us: int, v: object, flags: int, key: str | None) -> None:

@@ -23,11 +23,11 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from collectors.mqtt.config import Subscription
+from collectors.mqtt.config import MQTT_MAX_PAYLOAD, Subscription
 from collectors.mqtt.decode import Decoder, JsonDecoder, make_decoder
 from collectors.mqtt.sparkplug import SparkplugDecoder
 from collectors.mqtt.sparkplug_state import SparkplugStore
-from collectors.mqtt.topics import TopicFilter, subscribed_filters
+from collectors.mqtt.topics import CACHED_KEY_MAX, TopicFilter, subscribed_filters
 from collectors.mqtt.untimed import mark_retained, spread, without_untimed
 from edge.columns import Rows
 from edge.errors import DataError
@@ -47,8 +47,9 @@ class Router:
     def __init__(self, source: str, subscriptions: list[Subscription], state_dir: Path, *,
                  on_decoder_error: Callable[[], None] | None = None,
                  on_rebirth: Callable[[str, str, str], None] | None = None,
-                 retained_untimed: str = "skip") -> None:
+                 retained_untimed: str = "skip", max_payload_bytes: int = MQTT_MAX_PAYLOAD) -> None:
         self.source = source
+        self.max_payload_bytes = max_payload_bytes
         self.keep_retained = retained_untimed == "store"
         self.on_decoder_error = on_decoder_error
         self.sparkplug = SparkplugStore(Path(state_dir) / "sparkplug")
@@ -75,6 +76,9 @@ class Router:
         if topic is None:
             return [], [self._dead_letter(raw_topic.decode("utf-8", "replace"), payload,
                                           "topic is not valid UTF-8", now)], 0
+        if len(payload) > self.max_payload_bytes:  # before decoding: that would take several times its size
+            return [], [self._dead_letter(topic, payload, f"message of {len(payload)} bytes is over max_payload_bytes "
+                                                          f"({self.max_payload_bytes}); not decoded", now)], 0
         decoder = self._route(topic)
         try:
             if decoder is None:
@@ -117,9 +121,10 @@ class Router:
             pass
         levels = topic.split("/")
         found = next((dec for flt, dec in self.routes if flt.matches(levels)), None)
-        if len(cache) >= _ROUTE_CACHE_MAX:
-            cache.clear()
-        cache[topic] = found
+        if len(topic) <= CACHED_KEY_MAX:
+            if len(cache) >= _ROUTE_CACHE_MAX:
+                cache.clear()
+            cache[topic] = found
         return found
 
     def _dead_letter(self, topic: str, payload: bytes, error: str, now: datetime,
@@ -133,12 +138,13 @@ class Router:
             error += f" (payload of {len(payload)} bytes cut to {DEAD_LETTER_MAX_BYTES})"
             payload = payload[:DEAD_LETTER_MAX_BYTES]
         mono = time.monotonic()
-        last, suppressed = self._log_times.get(topic, (None, 0))
+        key = topic[:CACHED_KEY_MAX]  # long topics that begin alike share their log lines' rate
+        last, suppressed = self._log_times.get(key, (None, 0))
         first_bug = bug is not None and type(bug) not in self._bugs_logged
         if first_bug or last is None or mono - last >= LOG_EVERY_S:
             if len(self._log_times) >= _LOG_TOPICS_MAX:
                 self._log_times.clear()
-            self._log_times[topic] = (mono, 0)
+            self._log_times[key] = (mono, 0)
             more = f" ({suppressed} more on this topic since the last report)" if suppressed else ""
             if first_bug:
                 self._bugs_logged.add(type(bug))
@@ -149,5 +155,5 @@ class Router:
                 log.warning("%s: undecodable message on %s: %s%s", self.source, topic, error, more,
                             extra={"event": "mqtt_dead_letter", "collector": self.source, "topic": topic})
         else:
-            self._log_times[topic] = (last, suppressed + 1)
+            self._log_times[key] = (last, suppressed + 1)
         return DeadLetter(self.source, topic, bytes(payload), error, now)

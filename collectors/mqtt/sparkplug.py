@@ -54,6 +54,11 @@ DATETIME = 13
 SCALAR_FIELDS = {"int_value", "long_value", "float_value", "double_value", "boolean_value", "string_value"}
 _PROTOCOL_PREFIXES = ("Node Control/", "Device Control/")
 _STATUS_MAX = 2**63 - 1  # the status column is a signed 64-bit integer; a Quality property is up to 64 bits unsigned
+# Births kept (memory, and a state file per edge node rewritten whole at each birth and read at start): whoever may
+# publish on spBv1.0/# could otherwise send births of new nodes and devices without end. Beyond, a new one's birth
+# is a dead letter; the known ones go on.
+NODES_MAX = 10_000  # edge nodes per subscription
+DEVICES_MAX = 10_000  # devices per edge node
 
 
 @dataclass
@@ -224,6 +229,14 @@ class SparkplugDecoder:
             if m.HasField("alias"):
                 fresh.aliases[m.alias] = name
         key = (group, node_id)
+        known = self.nodes.get(key)
+        if known is None and len(self.nodes) >= NODES_MAX:
+            raise DataError(f"birth of edge node {group}/{node_id}: {NODES_MAX} edge nodes are known already; a new "
+                            "one is not kept")
+        if device is not None and known is not None and device not in known.devices \
+                and len(known.devices) >= DEVICES_MAX:
+            raise DataError(f"birth of device {device} of edge node {group}/{node_id}: it has {DEVICES_MAX} devices "
+                            "already; a new one is not kept")
         if device is None:
             seq = p.seq if p.HasField("seq") else None
             node = self.nodes[key] = Node(fresh.aliases, fresh.types, True, _bd_seq(p), seq,
@@ -317,8 +330,7 @@ class SparkplugDecoder:
                 if _is_protocol(name):
                     continue
                 tag = pre + _check_str(name) + post
-                if len(names) < 100_000:
-                    names[name] = tag
+                template.remember(names, name, tag)
             if m.is_transient:  # "not to be stored in a historian" (Sparkplug 3.0)
                 self.stats["transient_metrics"] += 1
                 continue

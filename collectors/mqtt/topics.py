@@ -27,6 +27,11 @@ _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CACHE_MAX = 65_536  # distinct topics remembered per subscription; cleared (not grown) beyond this
 _FIELD_TOPICS_MAX = 4096  # topics whose field -> tag names are remembered
+_FIELD_NAMES_MAX = 100_000  # field -> tag names remembered over all topics; cleared (not grown) beyond this
+# Topics and field names come from whoever may publish, and either may be 64 kB: longer ones are not cached (they
+# cost a little more to route and name), so the caches stay at tens of MB. Bounded by entries alone, 20,000
+# messages on distinct 20 kB topics kept 786 MB.
+CACHED_KEY_MAX = 256
 
 # Template parts: a literal str, or one of these tuples.
 _LEVEL, _REST, _TOPIC, _FIELD = "level", "rest", "topic", "field"
@@ -144,25 +149,45 @@ class TagTemplate:
         self._parts = [p for p in parts if p != ""]
         self._cache: dict[str, tuple[str, str]] = {}
         self._field_cache: dict[str, dict[str, str]] = {}
+        self._field_names = 0  # names held in _field_cache, over all topics
 
     def around_field(self, topic: str) -> tuple[str, str]:
         """(text before ``{field}``, text after) for ``topic``; the whole tag is in the first when no field."""
         got = self._cache.get(topic)
         if got is None:
             got = self._render(topic)
-            if len(self._cache) >= _CACHE_MAX:
-                self._cache.clear()
-            self._cache[topic] = got
+            if len(topic) <= CACHED_KEY_MAX:
+                if len(self._cache) >= _CACHE_MAX:
+                    self._cache.clear()
+                self._cache[topic] = got
         return got
 
     def field_tags(self, topic: str) -> dict[str, str]:
-        """A cache ``{field: tag}`` for ``topic`` that decoders fill, so a known name costs one lookup."""
+        """A cache ``{field: tag}`` for ``topic`` that decoders look names up in and fill through `remember`, so a
+        known name costs one lookup (a long topic gets an empty dict of its own: not cached)."""
+        if len(topic) > CACHED_KEY_MAX:
+            return {}
         names = self._field_cache.get(topic)
         if names is None:
             if len(self._field_cache) >= _FIELD_TOPICS_MAX:
-                self._field_cache.clear()
+                self._forget_fields()
             names = self._field_cache[topic] = {}
         return names
+
+    def remember(self, names: dict[str, str], field: str, tag: str) -> None:
+        """Add ``field -> tag`` to ``names`` (from `field_tags`) unless the field name is long; all topics' names
+        are forgotten beyond `_FIELD_NAMES_MAX`."""
+        if len(field) > CACHED_KEY_MAX:
+            return
+        if self._field_names >= _FIELD_NAMES_MAX:
+            self._forget_fields()
+            return
+        names[field] = tag
+        self._field_names += 1
+
+    def _forget_fields(self) -> None:
+        self._field_cache.clear()
+        self._field_names = 0
 
     def render(self, topic: str, field: str | None = None) -> str:
         pre, post = self.around_field(topic)

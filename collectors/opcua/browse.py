@@ -269,13 +269,24 @@ def table(variables: list[Variable]) -> str:
     rows = [("NODE ID", "TAG", "TYPE", "UNIT", "EURANGE", "ACCESS")]
     for v in variables:
         rng = f"{v.eu_range[0]:g} .. {v.eu_range[1]:g}" if v.eu_range else ""
-        rows.append((v.node_id, v.tag, v.type_text, v.unit, rng, ",".join(v.access)))
+        # What the server named goes to a terminal: an escape sequence in it must not move the cursor or hide rows.
+        rows.append(tuple(_comment(c) for c in (v.node_id, v.tag, v.type_text, v.unit, rng, ",".join(v.access))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 def _q(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """``s`` as a TOML basic string. The text comes from the server (names, descriptions, units): a control
+    character (a line break in a description) is not allowed in one, so it is written as an escape."""
+    return '"' + _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04X}", s.replace("\\", "\\\\").replace('"', '\\"')) + '"'
+
+
+def _comment(s: str) -> str:
+    """``s`` for a comment line: what the server named (a data type) must not end the comment and add lines."""
+    return _CONTROL.sub("?", s)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def toml_section(variables: list[Variable], *, endpoint: str, name: str, security_policy: str = "None",
@@ -291,7 +302,8 @@ def toml_section(variables: list[Variable], *, endpoint: str, name: str, securit
         skip = v not in usable
         prefix = "# " if skip else ""
         if skip:
-            lines.append(f"# {v.tag}: {v.type_text}, access {','.join(v.access) or 'none'} - not added")
+            lines.append(f"# {_comment(v.tag)}: {_comment(v.type_text)}, access {','.join(v.access) or 'none'} "
+                         "- not added")
         lines.append(f"{prefix}[[tags]]")
         lines.append(f"{prefix}name = {_q(v.tag)}")
         if len(v.path) > 1:
@@ -309,5 +321,6 @@ def toml_section(variables: list[Variable], *, endpoint: str, name: str, securit
         lines += [f"security_policy = {_q(security_policy)}", f"security_mode = {_q(security_mode)}"]
     lines.append("")
     for v in usable:
-        lines += ["[[collectors.nodes]]", f"node_id = {_q(v.node_id)}", f"tag = {_q(v.tag)}  # {v.type_text}", ""]
+        lines += ["[[collectors.nodes]]", f"node_id = {_q(v.node_id)}",
+                  f"tag = {_q(v.tag)}  # {_comment(v.type_text)}", ""]
     return "\n".join(lines)

@@ -183,6 +183,10 @@ class ClientOpener:
         self.server_thumbprint: str | None = None
         self._warned_plaintext = False
         self._expiry_warned: dict[str, str] = {}  # own certificate thumbprint -> day its expiry was last logged
+        if not conn.check_host_name and conn.security_policy != "None":  # a choice to make knowingly, and see
+            log.warning("%s: check_host_name = false: the server's certificate is not checked for the host of %s, so "
+                        "a certificate trusted for another server (or issued by a CA in trusted/) is taken for this "
+                        "one", name, conn.endpoint, extra={"event": "opcua_host_name_unchecked"})
 
     def new_client(self) -> Client:
         conn = self.conn

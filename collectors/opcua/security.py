@@ -188,12 +188,11 @@ def new_key() -> rsa.RSAPrivateKey:
 
 
 def write_key(key: rsa.RSAPrivateKey, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``key`` (PEM, unencrypted) as a new file of mode 0600: written into an existing file, a re-made key
+    kept that file's mode (readable by others if it was) and a crash left half a key."""
     data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    write_atomic(path, data, mode=0o600)
 
 
 def check_private_key(path: Path, password: str | None, *, setting: str = "private_key_password") -> None:
@@ -259,7 +258,7 @@ def _trusted_certs(folder: Path) -> list[x509.Certificate]:
 
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
-    if not _is_ca(ca):
+    if not _is_issuer(ca):
         return False
     try:
         cert.verify_directly_issued_by(ca)
@@ -274,7 +273,7 @@ def _crls(pki: Pki, trusted: list[x509.Certificate]) -> list[tuple[Path, x509.Ce
     out = []
     if not pki.crl.is_dir():
         return out
-    cas = [t for t in trusted if _is_ca(t)]
+    cas = [t for t in trusted if _is_issuer(t)]
     for path in sorted(pki.crl.iterdir()):
         if not path.is_file():
             continue
@@ -299,6 +298,15 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
     except x509.ExtensionNotFound:
         return False
+
+
+def _is_issuer(cert: x509.Certificate) -> bool:
+    """Whether a certificate of the trust list vouches for the certificates it signs: a CA's, not an application's.
+    Self-signed application certificates carry CA:TRUE too (asyncua's, most stacks', the gateway's own): one in
+    trusted/ (put there by hand, or by trust on first use, where a stranger may have answered) counted as a CA, and
+    whoever held its key could make a certificate every collector sharing the folder accepted for any server. An
+    application certificate carries its application URI; a CA's does not."""
+    return _is_ca(cert) and not application_uris(cert)
 
 
 def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:

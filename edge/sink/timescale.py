@@ -33,6 +33,10 @@ from edge.spool import SpooledBatch
 
 log = logging.getLogger(__name__)
 
+# Tag name -> id map of a writer: a cache of at most this many names. Readings of tags nobody configured make rows of
+# their own, named by whoever may publish; loaded whole and kept whole, the map of a table holding millions of junk
+# names took gigabytes in each writer, again at every start.
+TAG_IDS_MAX = 200_000
 _COPY_READINGS = f"COPY readings ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 
 
@@ -128,7 +132,8 @@ class TimescaleSink:
 
     async def _load_tag_ids(self) -> None:
         async with self.conn.cursor() as cur:
-            await cur.execute("SELECT name, id FROM tags")
+            # Configured tags first: they are the ones read every second; the others are looked up when met.
+            await cur.execute("SELECT name, id FROM tags ORDER BY configured DESC, id DESC LIMIT %s", (TAG_IDS_MAX,))
             self._tag_ids = dict(await cur.fetchall())
         await self.conn.commit()
 
@@ -166,8 +171,12 @@ class TimescaleSink:
                          tag_id, c.certificate, c.date, c.uncertainty))
 
     async def _ensure_tags(self, names: set[str]) -> None:
+        missing = [n for n in names if n not in self._tag_ids]
+        if missing and len(self._tag_ids) + len(missing) > TAG_IDS_MAX:  # a cache: emptied, this group's looked up
+            self._tag_ids = {}
+            missing = list(names)
         # Sorted: parallel writers inserting overlapping new tags take the key locks in one order (no deadlock).
-        missing = sorted(n for n in names if n not in self._tag_ids)
+        missing.sort()
         if not missing:
             return
         conn = self.conn
