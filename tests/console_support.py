@@ -227,11 +227,18 @@ def seed_predictions(dsn: str, *, asset: str = "P-101", hours: float = 24, end: 
         synthetic.copy_readings(conn, ids[f"{asset}.vib_rms.iso_zone"], t, np.where(np.arange(n) >= n * 0.8, 2.0, 1.0))
         synthetic.copy_readings(conn, ids[f"{asset}.vib_rms.kurtosis"], t, 3.0 + 0.1 * np.sin(np.arange(n)))
 
-def seed_emissions(dsn: str, *, days: int = 3) -> str:
+def midday_zone() -> str:
+    """A fixed-offset zone in which it is now about noon: the stack's running day then has hours done whenever the
+    test runs (in UTC, a run in the first hour after midnight found no average of the day yet)."""
+    east = (12 - datetime.now(UTC).hour + 11) % 24 - 11  # -11 .. 12 hours east of UTC
+    return "UTC" if east == 0 else f"Etc/GMT{'-' if east > 0 else '+'}{abs(east)}"  # POSIX signs: GMT-3 is UTC+3
+
+
+def seed_emissions(dsn: str, *, days: int = 3, timezone: str = "UTC") -> str:
     """A waste-incinerator stack: synthetic analyser readings up to now, averaged and judged by emissions/."""
     from emissions import job, synthetic
 
-    cfg = synthetic.waste_stack("WI1")
+    cfg = synthetic.waste_stack("WI1", timezone=timezone)
     end = int(datetime.now(UTC).timestamp()) // 60 * 60
     start = end - days * 86400
     with psycopg.connect(dsn, autocommit=True) as conn:

@@ -11,6 +11,7 @@ import pytest
 from console_support import (
     ConsoleServer,
     fresh_database,
+    midday_zone,
     seed_emissions,
     seed_plant,
     seed_predictions,
@@ -26,7 +27,7 @@ def server(pg_admin_dsn, tmp_path_factory):
         seed_users(dsn)
         seed_plant(dsn, hours=24, step_s=60)
         seed_predictions(dsn, asset="P-101", hours=24)
-        seed_emissions(dsn, days=3)
+        seed_emissions(dsn, days=3, timezone=midday_zone())
         with ConsoleServer(dsn, reports_dir=str(reports)) as srv:
             srv.dsn = dsn
             yield srv
