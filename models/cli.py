@@ -33,7 +33,7 @@ def _registry_args(p: argparse.ArgumentParser) -> None:
 
 def add_parser(subparsers) -> None:
     """Register ``models`` and its actions on the ``valvoja`` sub-command parser."""
-    from models.estimators import ESTIMATORS
+    from models.catalogue import CATALOGUE
 
     has_reports = importlib.util.find_spec("models.report_cli") is not None
     actions = "train, evaluate, list, promote, rollback, report" if has_reports else "train, list, promote, rollback"
@@ -53,8 +53,8 @@ def add_parser(subparsers) -> None:
     t.add_argument("--target", help="column to predict (regressors)")
     t.add_argument("--features", help="comma-separated input columns in model order (default: every numeric "
                                       "column except target, label and time)")
-    t.add_argument("--kind", default="hgb", choices=sorted(ESTIMATORS), metavar="ESTIMATOR",
-                   help="estimator: " + "; ".join(f"{k}: {v.description}" for k, v in ESTIMATORS.items())
+    t.add_argument("--kind", default="hgb", choices=sorted(CATALOGUE), metavar="ESTIMATOR",
+                   help="estimator: " + "; ".join(f"{k}: {v.description}" for k, v in CATALOGUE.items())
                         + " (default hgb)")
     t.add_argument("--label", help="anomaly scorers: 0/1 column, 1 = anomalous (left out of fit and calibration)")
     t.add_argument("--time-column", help="ISO-8601 time column (rows are sorted by it)")

@@ -34,6 +34,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from models.catalogue import CATALOGUE
+
 
 class QuantileBandRegressor(RegressorMixin, BaseEstimator):
     """A point regressor plus lower and upper quantile regressors fitted on the same rows.
@@ -174,26 +176,27 @@ def _cqr(**kw):
                                  _hgb(loss="quantile", quantile=1 - alpha / 2, **kw))
 
 
-ESTIMATORS: dict[str, EstimatorSpec] = {
-    "hgb": EstimatorSpec("regression", _hgb, False, "HistGradientBoostingRegressor (default regressor)"),
-    "hgb-cqr": EstimatorSpec("regression", _cqr, False,
-                             "HGB point + HGB quantile regressors at alpha/2, 1-alpha/2 (for CQR intervals)"),
-    "gbr": EstimatorSpec("regression", lambda **kw: GradientBoostingRegressor(
-        **{"n_estimators": 300, "max_depth": 4, "random_state": 0, **kw}), False, "GradientBoostingRegressor"),
-    "extratrees": EstimatorSpec("regression", lambda **kw: ExtraTreesRegressor(
-        **{"n_estimators": 100, "min_samples_leaf": 5, "max_features": 0.7, "random_state": 0, **kw}), False,
-        "ExtraTreesRegressor (large ONNX files: ~16 MB for 100 trees on 15k rows)"),
-    "randomforest": EstimatorSpec("regression", lambda **kw: RandomForestRegressor(
-        **{"n_estimators": 100, "min_samples_leaf": 5, "max_features": 0.5, "random_state": 0, **kw}), False,
-        "RandomForestRegressor"),
-    "linear": EstimatorSpec("regression", lambda **kw: LinearRegression(**kw), True,
-                            "ordinary least squares (the baseline)"),
-    "mahalanobis": EstimatorSpec("anomaly", lambda **kw: MahalanobisScorer(**kw), True,
-                                 "squared Mahalanobis distance, Ledoit-Wolf covariance (default scorer)"),
-    "pca": EstimatorSpec("anomaly", lambda **kw: PCAResidualScorer(**kw), True, "PCA T² + Q (SPE) statistic"),
-    "isolationforest": EstimatorSpec("anomaly", lambda **kw: IsolationForestScorer(**kw), False,
-                                     "IsolationForest (slow ONNX graph: ~1 ms per row)"),
+_BUILD: dict[str, tuple[Callable[..., BaseEstimator], bool]] = {  # name -> (factory, needs scaling)
+    "hgb": (_hgb, False),
+    "hgb-cqr": (_cqr, False),
+    "gbr": (lambda **kw: GradientBoostingRegressor(**{"n_estimators": 300, "max_depth": 4, "random_state": 0, **kw}),
+            False),
+    "extratrees": (lambda **kw: ExtraTreesRegressor(
+        **{"n_estimators": 100, "min_samples_leaf": 5, "max_features": 0.7, "random_state": 0, **kw}), False),
+    "randomforest": (lambda **kw: RandomForestRegressor(
+        **{"n_estimators": 100, "min_samples_leaf": 5, "max_features": 0.5, "random_state": 0, **kw}), False),
+    "linear": (lambda **kw: LinearRegression(**kw), True),
+    "mahalanobis": (lambda **kw: MahalanobisScorer(**kw), True),
+    "pca": (lambda **kw: PCAResidualScorer(**kw), True),
+    "isolationforest": (lambda **kw: IsolationForestScorer(**kw), False),
 }
+# Names, tasks and descriptions are the catalogue's (the command line reads it without scikit-learn); a name in one
+# and not the other fails here, at import.
+ESTIMATORS: dict[str, EstimatorSpec] = {
+    name: EstimatorSpec(entry.kind, *_BUILD[name], entry.description) for name, entry in CATALOGUE.items()}
+if set(_BUILD) != set(CATALOGUE):
+    raise ImportError(f"models.estimators and models.catalogue name different estimators: "
+                      f"{sorted(set(_BUILD) ^ set(CATALOGUE))}")
 
 
 def make_pipeline(name: str, params: dict | None = None) -> Pipeline:

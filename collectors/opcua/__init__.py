@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
-from collectors.base import CollectorContext
-from collectors.opcua.config import Config, NodeConfig
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collectors.base import CollectorContext
+    from collectors.opcua.config import Config, NodeConfig
 
 __all__ = ["Config", "NodeConfig", "build"]
+
+
+def __getattr__(name: str):
+    # The configuration models import asyncua (about a second): not for every `valvoja` command, which all build
+    # the `opcua browse` parser, only where an OPC UA configuration is read.
+    if name in ("Config", "NodeConfig"):
+        from collectors.opcua import config
+
+        return getattr(config, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build(config: Config, context: CollectorContext):

@@ -8,12 +8,15 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from collectors.simulator import DEFAULT_ENDPOINT
 from collectors.simulator import faults as faultlib
-from collectors.simulator.opcua_server import DEFAULT_ENDPOINT
 from collectors.simulator.replay import ReplaySpec, parse_mapping
-from collectors.simulator.runner import SimOptions, Simulator
 from edge.cli import iso_time_arg
+
+if TYPE_CHECKING:  # the runner imports asyncua: only the commands that simulate pay for it
+    from collectors.simulator.runner import SimOptions, Simulator
 
 DESCRIPTION = """\
 A small KIP-style plant: pumps P-101..P-103 (vibration, bearing temperature, current, flow,
@@ -89,6 +92,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def options_from_args(args: argparse.Namespace) -> SimOptions:
     """SimOptions from parsed arguments; ValueError with a message a person can act on."""
+    from collectors.simulator.runner import SimOptions
+
     faults = [faultlib.parse(spec) for spec in args.fault]
     replay = None
     if args.replay is not None:
@@ -145,6 +150,8 @@ def run_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     logging.getLogger("asyncua").setLevel(logging.WARNING)
     logging.getLogger("asyncua.server.server").setLevel(logging.ERROR)  # "no signing policy": None is intended
+    from collectors.simulator.runner import Simulator
+
     try:
         sim = Simulator(options_from_args(args))
     except ValueError as exc:

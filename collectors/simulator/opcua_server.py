@@ -24,12 +24,12 @@ from asyncua import Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.internal_subscription import InternalSubscription
 
+from collectors.simulator import DEFAULT_ENDPOINT
 from collectors.simulator.tags import UNECE_CODES, TagSpec, unit_id
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "urn:valvoja:simulator"
-DEFAULT_ENDPOINT = "opc.tcp://127.0.0.1:4840/valvoja/sim"
 APPLICATION_URI = "urn:valvoja:simulator:server"
 UNITS_NAMESPACE = "http://www.opcfoundation.org/UA/units/un/cefact"
 _ADD_CHUNK = 2000

@@ -20,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from collectors.simulator import DEFAULT_ENDPOINT
 from collectors.simulator.faults import Fault
-from collectors.simulator.opcua_server import DEFAULT_ENDPOINT, SimOpcUaServer
+from collectors.simulator.opcua_server import SimOpcUaServer
 from collectors.simulator.plant import Plant, PlantConfig, Sample
 from collectors.simulator.replay import CsvReplay, ReplaySpec
 from collectors.simulator.synthetic import SyntheticSignals
