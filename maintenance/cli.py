@@ -234,11 +234,23 @@ def cmd_review_list(args) -> int:
               f"{a['message']} [{u}] review={a['verdict'] or '-'}")
     print(f"predictions of {args.asset} ({len(preds)}):")
     for p in preds:
-        unc = (f"p={p['p_value']:.4g}" if p["p_value"] is not None else
-               f"[{p['lower']:.1f}, {p['upper']:.1f}] @{p['coverage']:.0%}" if p["lower"] is not None else "-")
         print(f"  {p['time']:%Y-%m-%d %H:%M:%S} #{p['id']} {p['model_id']}@{p['model_version'][:12]} "
-              f"value={p['value']:.4g} {unc} review={p['verdict'] or '-'}")
+              f"value={p['value']:.4g} {_uncertainty(p)} review={p['verdict'] or '-'}")
     return 0
+
+
+def _uncertainty(p: dict) -> str:
+    """A prediction's uncertainty as stored: p-value with the alpha it is judged against, or interval with its
+    nominal coverage. A NULL bound is an open end (a RUL at the model's cap is "``lower`` cycles or more")."""
+    if p["p_value"] is not None:
+        alpha = (p.get("details") or {}).get("alpha")
+        return f"p={p['p_value']:.4g}" + (f" (alpha {alpha:g})" if alpha is not None else "")
+    if p["lower"] is None and p["upper"] is None:
+        return "-"
+    lo = f"[{p['lower']:.1f}" if p["lower"] is not None else "(-inf"
+    hi = f"{p['upper']:.1f}]" if p["upper"] is not None else "inf)"
+    level = f" @{p['coverage']:.0%}" if p["coverage"] is not None else " (coverage not stated)"
+    return f"{lo}, {hi}{level}"
 
 
 def cmd_review_mark(args) -> int:

@@ -53,8 +53,10 @@ def list_alerts(conn: psycopg.Connection, asset: str, *, since: datetime | None 
         rows = cur.fetchall()
     for r in rows:
         pred = (r.get("evidence") or {}).get("prediction") or {}
-        r["uncertainty"] = {k: pred.get(k) for k in ("p_value", "lower", "upper", "coverage", "model_version")
-                            if pred.get(k) is not None}
+        # alpha: the level an anomaly's p-value was judged against (without it "p=0.004" says nothing of
+        # whether that raised the alert); upper absent with lower present is an open-ended interval.
+        r["uncertainty"] = {k: pred.get(k) for k in ("p_value", "alpha", "lower", "upper", "coverage",
+                                                     "model_version") if pred.get(k) is not None}
     return rows
 
 

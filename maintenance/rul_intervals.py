@@ -54,3 +54,14 @@ class BinnedConformal:
     def to_dict(self) -> dict:
         return {"coverage": self.coverage, "cap": self.cap, "edges": self.edges_.tolist(),
                 "below": self.below_.tolist(), "above": self.above_.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BinnedConformal:
+        """As `to_dict` wrote it, also after a strict-JSON card (``models.registry.json_safe``) turned an infinite
+        offset into null: a bin with too few residuals for its level keeps an infinite offset (interval ``[0, inf)``),
+        where ``float(None)`` would be NaN bounds: no interval at all, and a RUL alert that can never fire."""
+        def offsets(v) -> np.ndarray:
+            return np.array([np.inf if x is None else float(x) for x in v], float)
+
+        return cls(coverage=float(d["coverage"]), cap=None if d.get("cap") is None else float(d["cap"]),
+                   edges_=np.asarray(d["edges"], float), below_=offsets(d["below"]), above_=offsets(d["above"]))

@@ -97,8 +97,7 @@ class ServedRulModel:
         self.std = np.asarray(cond["std"], float)
         self.keep = np.asarray(cond["keep"], bool)
         self.cap = float(card["rul"]["cap"])
-        self.intervals = BinnedConformal(coverage=ri["coverage"], cap=ri["cap"], edges_=np.asarray(ri["edges"], float),
-                                         below_=np.asarray(ri["below"], float), above_=np.asarray(ri["above"], float))
+        self.intervals = BinnedConformal.from_dict(ri)
         self.width = int(self.keep.sum())
         expect = 1 + self.width * (len(self.spans) + 1)
         if len(self.onnx.schema) != expect:

@@ -36,6 +36,7 @@ __all__ = [
     "SplitConformal",
     "coverage",
     "mean_width",
+    "min_scores",
     "p_values",
     "p_values_many",
     "quantile",
@@ -64,6 +65,14 @@ def quantile(scores, alpha: float) -> float:
     if n == 0 or k > n:
         return math.inf
     return float(np.partition(s, k - 1)[k - 1])
+
+
+def min_scores(alpha: float) -> int:
+    """The fewest calibration scores with a finite `quantile` at ``alpha`` (``ceil((n + 1)(1 - alpha)) <= n``)."""
+    n = max(1, math.ceil(1.0 / alpha) - 2)  # one below n >= 1/alpha - 1, for the float rounding of 1/alpha
+    while math.isinf(quantile(np.zeros(n), alpha)):  # float rounding of (n + 1)(1 - alpha) near an integer
+        n += 1
+    return n
 
 
 def p_values(calibration, scores) -> np.ndarray:
@@ -184,6 +193,8 @@ class AdaptiveConformal:
     a miss lowers it (wider intervals), a hit raises it a little. It is clipped to
     ``[1 / (window + 1), alpha_max]`` so the interval stays finite (ACI's ``alpha_t <= 0`` would mean an
     infinite interval; here it means "the largest recent score"). ``gamma=0`` gives a plain rolling window.
+    ``window`` must hold at least `min_scores` ``(alpha)`` scores, so that the nominal level itself has a finite
+    interval (refused otherwise: the largest of fewer scores covers less than the ``1 - alpha`` it would state).
 
     Start it from calibration scores (``start(scores)``, e.g. ``SplitConformal.scores_``); it keeps the most
     recent ``window`` of them.
@@ -194,6 +205,11 @@ class AdaptiveConformal:
         _check_alpha(alpha)
         if window < 2:
             raise ValueError(f"window must be at least 2, got {window}")
+        if math.isinf(quantile(np.zeros(int(window)), alpha)):
+            # Fewer recent scores than the level needs: no finite interval has it, and the fallback (the largest
+            # score) would cover only window/(window+1) while predictions state 1 - alpha.
+            raise ValueError(f"window {window} is too small for {1 - alpha:.1%} intervals: it needs at least "
+                             f"{min_scores(alpha)} scores")
         if score not in ("absolute", "cqr"):
             raise ValueError(f"score must be 'absolute' or 'cqr', got {score!r}")
         self.alpha = alpha

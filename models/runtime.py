@@ -332,7 +332,8 @@ class ModelServer:
     def predict_records(self, X, *, asset: str, times: Sequence[datetime], target: str | None = None,
                         columns: Sequence[str] | None = None) -> list:
         """`edge.records.Prediction` per row: value, interval or p-value, model id and ONNX sha256; the registry
-        version number and, for CQR models, the predicted quantiles are in ``details``."""
+        version number, for CQR models the predicted quantiles, and for anomaly scorers the card's ``alpha`` are in
+        ``details``."""
         from edge.records import Prediction
 
         s = self._serving
@@ -347,6 +348,10 @@ class ModelServer:
             if out.raw.shape[1] == 3:
                 details["lower_quantile"], details["upper_quantile"] = float(out.raw[i, 1]), float(out.raw[i, 2])
             if out.p_value is not None:
+                # The false-alarm level of the card, as maintenance's detectors store it: without it a stored
+                # p-value does not say whether it was an alarm (console threshold line, review list).
+                if s.model.alpha is not None:
+                    details["alpha"] = s.model.alpha
                 preds.append(Prediction(out.model_id, out.model_version, asset, t, float(out.value[i]),
                                         p_value=float(out.p_value[i]), kind="anomaly", target=target,
                                         details=details))

@@ -27,7 +27,14 @@ from datetime import UTC, datetime
 import numpy as np
 from sklearn.pipeline import Pipeline
 
-from models.conformal import ConformalizedQuantile, ConformalPValue, SplitConformal, coverage, mean_width
+from models.conformal import (
+    ConformalizedQuantile,
+    ConformalPValue,
+    SplitConformal,
+    coverage,
+    mean_width,
+    min_scores,
+)
 from models.data import FeatureTable
 from models.estimators import ESTIMATORS, make_pipeline
 from models.export import DEFAULT_ATOL, DEFAULT_RTOL, ParityError, ParityReport, check_parity, sha256, to_onnx
@@ -312,7 +319,7 @@ def train(spec: TrainSpec, table: FeatureTable, *, parent_version: int | None = 
             cp = SplitConformal(alpha=spec.alpha).fit(y_cal, out_cal[:, 0])
         if not math.isfinite(cp.q_):
             raise ValueError(f"{cp.n_} calibration rows are too few for {1 - spec.alpha:.1%} intervals (need at "
-                             f"least {math.ceil(1 / spec.alpha) - 1}); give more data or a larger alpha")
+                             f"least {min_scores(spec.alpha)}); give more data or a larger alpha")
         calibration = {**cp.to_dict(), "score": "cqr" if method == "cqr" else "absolute",
                        "scores": cp.scores_[-MAX_CARD_SCORES:].tolist()}
         say(f"{spec.model_id}: {method} conformal on {cp.n_} rows, q = {cp.q_:.4g} ({1 - spec.alpha:.0%} nominal)")
@@ -320,6 +327,12 @@ def train(spec: TrainSpec, table: FeatureTable, *, parent_version: int | None = 
         if len(X_cal) < 10:
             raise ValueError(f"only {len(X_cal)} normal calibration rows: p-values need normal operation data")
         pv = ConformalPValue().fit(out_cal[:, 0][-MAX_CARD_SCORES:])
+        n = pv.calibration_.size
+        if spec.alpha < 1.0 / (n + 1):
+            # The smallest conformal p-value is 1/(n+1): a smaller alpha never flags (a holdout FAR of 0 that
+            # says nothing), as in maintenance's AnomalyDetector.fit.
+            raise ValueError(f"alpha {spec.alpha} is below the p-value resolution 1/(n+1) = {1 / (n + 1):.4f} of "
+                             f"{n} normal calibration rows: give more normal data or a larger alpha")
         calibration = {**pv.to_dict(), "alpha": spec.alpha}
         say(f"{spec.model_id}: conformal p-values from {pv.calibration_.size} normal calibration scores")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -19,6 +19,7 @@ from console_support import (
     insert_alert,
     insert_alerts,
     make_alert,
+    run_async,
     seed_emissions,
     seed_plant,
     seed_predictions,
@@ -185,6 +186,38 @@ def test_asset_page_draws_prediction_band_and_review(browser, server):
     page.wait_for_selector("body[data-ready='1']", timeout=15000)
     assert page.locator(".trend[data-tag='P-101.vib_rms'] .src").inner_text().startswith("readings_1m")
     shot(page, "asset-page")
+    assert page.errors == []
+    page.context.close()
+
+
+def test_open_ended_rul_interval_is_shown_open_with_its_level(browser, server):
+    """maintenance.rul_live stores an interval that reaches the model's cap with upper NULL: "lower cycles or
+    more". The RUL card and the review table show it as open ([lower … ∞)) with its nominal coverage, not as a
+    missing bound ("–"), and an anomaly's p-value in the table comes with its alpha."""
+    from edge.records import Prediction
+    from maintenance import store
+
+    end = datetime.now(UTC)
+    preds = [Prediction("pump-rul", "99aa88bb77cc", "P-OPEN", end - timedelta(minutes=m), 118.0, 87.0, None, 0.9,
+                        kind="rul", details={"open_ended": True, "unit": "cycles"}) for m in (20, 10)]
+    preds.append(Prediction("anomaly:P-OPEN", "0f9e8d7c6b5a", "P-OPEN", end - timedelta(minutes=5), 3.0,
+                            p_value=0.004, kind="anomaly", details={"alpha": 0.01}))
+
+    async def write():
+        async with await psycopg.AsyncConnection.connect(server.dsn, autocommit=True) as conn:
+            await conn.execute("INSERT INTO assets (name, site, kind) VALUES ('P-OPEN', 'plant', 'pump') "
+                               "ON CONFLICT DO NOTHING")
+            await store.write_predictions(conn, preds)
+
+    run_async(write())
+    page = login(browser, server, "maintenance")
+    page.goto(server.url + "/assets/P-OPEN")
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    card = page.inner_text("#rul")
+    assert "[87 … ∞)" in card and "90 % interval" in card, card
+    rows = page.locator("tr[data-prediction]").all_inner_texts()
+    assert any("118 [87 … ∞) @ 90 %" in r for r in rows), rows
+    assert any("3 (p 0.004, α 0.01)" in r for r in rows), rows
     assert page.errors == []
     page.context.close()
 

@@ -29,6 +29,22 @@ def test_false_alarm_rate_near_alpha_on_fresh_healthy_data():
     assert np.mean(rates) == pytest.approx(0.05, abs=0.01)
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "calibration scores are overlapping rolling-mean windows (window 10 at defaults): not exchangeable with a "
+    "live window even on i.i.d. data, so the FAR per scored window exceeds alpha (0.0115 at alpha 0.01 with 1,800 "
+    "training samples; 0.0214 with 300, as config/demo.toml). Fix: non-overlapping calibration windows, and a "
+    "resolution check on their count (defaults and the demo's train_samples must change with it)"))
+def test_false_alarm_rate_at_most_alpha_with_the_default_rolling_window():
+    """The configured alpha is documented as the false alarm rate per scored sample on healthy data. With the
+    default window of 10 (not window=1, which the test above uses) on i.i.d. healthy data."""
+    rng = np.random.default_rng(4)
+    cfg = AnomalyConfig(alpha=0.01, max_drift=None)  # window 10, fit_fraction 0.6: as maintenance.live fits them
+    rates = np.array([AnomalyDetector(cfg).fit(healthy(1800, rng, k=3)).score(healthy(2000, rng, k=3)).flag[10:].mean()
+                      for _ in range(600)])
+    se = rates.std() / np.sqrt(rates.size)
+    assert rates.mean() <= cfg.alpha + 3 * se, f"FAR {rates.mean():.4f} (se {se:.5f}) above alpha {cfg.alpha}"
+
+
 def test_shift_is_flagged_and_attributed():
     rng = np.random.default_rng(1)
     det = AnomalyDetector(AnomalyConfig(window=5, alpha=0.01, max_drift=None),

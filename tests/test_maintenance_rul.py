@@ -64,6 +64,26 @@ def test_binned_conformal_covers_and_opens_at_the_cap():
     assert np.isinf(hi[pred[2000:] > 124]).all()
 
 
+def test_binned_conformal_survives_the_card_when_a_bin_is_too_small():
+    """A bin with fewer residuals than its level needs (ties at the cap leave one bin empty here; 5 % a side needs
+    19) has an infinite offset. The card is strict JSON (models.registry.json_safe: inf -> null); read back, that
+    bin must still give [0, inf), not NaN bounds (which stored NaN and never raised an alert)."""
+    from models.registry import json_safe
+
+    rng = np.random.default_rng(2)
+    pred = np.r_[rng.uniform(0, 50, 350), rng.uniform(50, 60, 10), np.full(240, 125.0)]  # 40 % at the cap
+    truth = pred + rng.normal(0, 3, pred.size)
+    bc = BinnedConformal(coverage=0.9, cap=125.0, min_per_bin=100).fit(pred, truth)
+    assert np.isinf(bc.below_).any(), "the sparse bin has no finite offset"
+    card = json.loads(json.dumps(json_safe(bc.to_dict()), allow_nan=False))
+    back = BinnedConformal.from_dict(card)
+    probe = np.array([5.0, 40.0, 59.99, 100.0, 125.0])
+    for a, b in zip(bc.interval(probe), back.interval(probe), strict=True):
+        np.testing.assert_array_equal(a, b)
+    lo, hi = back.interval(np.array([100.0]))
+    assert lo[0] == 0.0 and np.isinf(hi[0])
+
+
 def test_evaluate_command_on_sample(tmp_path, capsys):
     out = tmp_path / "m.json"
     assert main(["evaluate", "cmapss", "--data", str(SAMPLE), "--subset", "FD001", "--folds", "4",

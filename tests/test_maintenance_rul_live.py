@@ -83,6 +83,27 @@ async def test_replayed_engines_get_the_offline_predictions(fitted):
     assert p.input_start == T0
 
 
+async def test_a_card_bin_without_a_finite_offset_serves_an_open_interval(fitted, tmp_path):
+    """A calibration bin with too few residuals has an infinite offset, which the strict-JSON card stores as null.
+    Served live it is the widest interval, [0, inf) (upper None: open-ended), never NaN bounds."""
+    import shutil
+
+    _, d = fitted
+    model = tmp_path / "model"
+    shutil.copytree(d, model)
+    card = json.loads((model / "card.json").read_text())
+    n = len(card["rul_intervals"]["below"])
+    card["rul_intervals"]["below"] = card["rul_intervals"]["above"] = [None] * n
+    (model / "card.json").write_text(json.dumps(card))
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    u = int(test.units()[0])
+    live = MaintenanceLive(MaintenanceConfig(period_s=60.0, assets=(rul_asset(u, model, alert_below=30.0),)))
+    preds, changes = await run(live, test)
+    mine = [p for p in preds if p.asset == f"E{u}"]
+    assert mine and all(p.lower == 0.0 and p.upper is None and p.details["open_ended"] for p in mine)
+    assert any(c.event == "raised" for c in changes), "a lower end of 0 is below alert_below"
+
+
 async def test_registry_champion_alert_and_predict_every(fitted, tmp_path):
     from maintenance.rul_export import register
     from models.registry import Registry

@@ -768,3 +768,28 @@ async def test_a_reopened_alert_still_on_its_way_to_the_database_is_not_forgotte
         await store.apply_changes(conn, [ch])
         await an.sync_once(conn)
         assert [o.alert.id for o in an.manager.open.values()] == [ch.alert.id]
+
+
+async def test_review_list_shows_open_ended_rul_and_anomaly_level(pg_dsn, capsys):
+    """An open-ended RUL interval (upper NULL: "lower or more", as rul_live stores it at the cap) is listed
+    with its level, not a crash; an anomaly's p-value comes with the alpha it was judged against."""
+    from maintenance.cli import main
+
+    _migrate(pg_dsn)
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await store.write_predictions(conn, [
+            Prediction("rul-x", "r1" * 32, "P-8", at(0), 118.0, lower=87.0, upper=None, coverage=0.9, kind="rul",
+                       details={"open_ended": True, "unit": "cycles"}),
+            Prediction("rul-x", "r1" * 32, "P-8", at(1), 40.0, lower=22.0, upper=61.0, coverage=0.9, kind="rul",
+                       details={"open_ended": False, "unit": "cycles"}),
+            Prediction("anomaly:P-8", "v1" * 32, "P-8", at(2), 20.0, p_value=0.004, kind="anomaly",
+                       details={"alpha": 0.01})])
+        await store.apply_changes(conn, AlertManager().observe(
+            asset="P-8", tag=None, kind="anomaly", active=True, t=at(2), message="anomalous",
+            evidence={"prediction": {"model_id": "anomaly:P-8", "p_value": 0.004, "alpha": 0.01}}))
+    assert main(["review", "list", "--asset", "P-8", "--db", pg_dsn]) == 0
+    out = capsys.readouterr().out
+    assert "value=118 [87.0, inf) @90%" in out
+    assert "value=40 [22.0, 61.0] @90%" in out
+    assert "p=0.004 (alpha 0.01)" in out
+    assert "[p_value=0.004, alpha=0.01]" in out

@@ -97,6 +97,9 @@ def test_anomaly_server_records_carry_p_values(tmp_path, models):
     assert score.shape == p.shape == (20,)
     recs = srv.predict_records(X, asset="P-101", times=[datetime(2026, 1, 1, tzinfo=UTC)] * 20)
     assert all(r.kind == "anomaly" and r.p_value is not None and r.lower is None for r in recs)
+    # The level the p-value is judged at travels with it (the console draws it, review lists it), as maintenance's
+    # detectors store it.
+    assert {r.details.get("alpha") for r in recs} == {srv.model.alpha} and srv.model.alpha is not None
 
 
 def test_hot_swap_under_concurrent_requests_loses_nothing(served, models):

@@ -55,6 +55,15 @@ def test_anomaly_scorer_gets_conformal_p_values_that_control_false_alarms():
     assert unlabelled.card["metrics"]["gate"]["metric"] == "far_gap"
 
 
+def test_anomaly_alpha_below_the_p_value_resolution_is_refused():
+    """40 normal calibration rows give p-values of at least 1/41: at alpha = 0.01 such a scorer could never flag
+    (its holdout FAR of 0 looked perfect to the gate). Refused like a regressor's infinite interval, and like
+    maintenance's detectors (AnomalyDetector.fit)."""
+    with pytest.raises(ValueError, match="resolution"):
+        train(spec("an", "mahalanobis", alpha=0.01), anomaly_table(200, rate=0.0))
+    train(spec("an", "mahalanobis", alpha=0.05), anomaly_table(200, rate=0.0))  # 1/41 <= 0.05: fine
+
+
 def test_conformal_coverage_on_known_noise_is_within_two_points():
     """Exchangeable synthetic data: 90 % split-conformal intervals cover 90 % +- 2 points on 4,000 holdout rows,
     and their half-width is about the noise's 95th percentile of |e| (1.645 sd) plus the model's error."""

@@ -105,6 +105,13 @@ const V = (() => {
     if (a !== 0 && (a >= 1e6 || a < 1e-3)) return v.toExponential(2);
     return String(parseFloat(v.toPrecision(4)));
   }
+  // A prediction's uncertainty as stored. A null bound next to a set one is an open end (maintenance's RUL at the
+  // model's cap is "lower or more"), not a missing value; the nominal coverage is stated with the interval.
+  function fmtInterval(lower, upper, coverage) {
+    if (lower === null && upper === null) return "";
+    const lo = lower === null ? "(−∞" : `[${fmtNum(lower)}`, hi = upper === null ? "∞)" : `${fmtNum(upper)}]`;
+    return `${lo} … ${hi}` + (coverage ? ` @ ${Math.round(coverage * 100)} %` : "");
+  }
   function badge(text, cls) { return el("span", { class: "badge " + (cls || "") }, text); }
 
   function main(...children) {
@@ -119,5 +126,5 @@ const V = (() => {
       el("tbody", {}, rows));
   }
 
-  return { el, api, qs, toast, fmtTime, fmtZoned, suppressedRow, fmtNum, timeCell, badge, main, can, role, csrf, table };
+  return { el, api, qs, toast, fmtTime, fmtZoned, suppressedRow, fmtNum, fmtInterval, timeCell, badge, main, can, role, csrf, table };
 })();

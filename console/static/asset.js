@@ -4,7 +4,7 @@
 "use strict";
 
 (() => {
-  const { el, api, qs, main, badge, fmtNum, fmtTime, timeCell, toast, can, table } = V;
+  const { el, api, qs, main, badge, fmtNum, fmtInterval, fmtTime, timeCell, toast, can, table } = V;
   const name = decodeURIComponent(location.pathname.split("/").pop());
   const PRESETS = [["1h", 36e5], ["6h", 216e5], ["24h", 864e5], ["7d", 6048e5], ["30d", 2592e6], ["90d", 7776e6]];
   const ZONES = ["A", "B", "C", "D"];
@@ -92,7 +92,7 @@
     if (rul && rul.latest) {
       const l = rul.latest;
       cards.push(el("div", { class: "card", id: "rul" }, el("small", {}, `Remaining useful life (${Math.round((l.coverage || 0) * 100)} % interval)`),
-        el("div", { class: "big" }, fmtNum(l.value)), el("small", {}, `[${fmtNum(l.lower)} … ${fmtNum(l.upper)}] · ${rul.model_id}`)));
+        el("div", { class: "big" }, fmtNum(l.value)), el("small", {}, `${fmtInterval(l.lower, l.upper, null)} · ${rul.model_id}`)));
     }
     cards.push(el("div", { class: "card" }, el("small", {}, "Open alerts"), el("div", { class: "big " + (openAlerts.length ? "bad-text" : "ok-text") }, openAlerts.length)));
     header.replaceChildren(...cards);
@@ -144,7 +144,9 @@
         el("button", { class: "ok review-right", onclick: send("right") }, "Right"),
         el("button", { class: "bad review-wrong", onclick: send("wrong") }, "Wrong")));
       else cell.append(el("span", { class: "muted" }, "not reviewed"));
-      const interval = p.lower !== null ? ` [${fmtNum(p.lower)} … ${fmtNum(p.upper)}]` : p.p_value !== null ? ` (p ${fmtNum(p.p_value)})` : "";
+      const alpha = (p.details || {}).alpha;
+      const interval = p.lower !== null || p.upper !== null ? " " + fmtInterval(p.lower, p.upper, p.coverage)
+        : p.p_value !== null ? ` (p ${fmtNum(p.p_value)}${alpha !== null && alpha !== undefined ? `, α ${fmtNum(alpha)}` : ""})` : "";
       return el("tr", { "data-prediction": p.id }, el("td", {}, timeCell(p.time)), el("td", {}, p.kind),
         el("td", {}, fmtNum(p.value) + interval), el("td", {}, el("small", {}, `${p.model_id} @ ${String(p.model_version).slice(0, 10)}`)), cell);
     })));
