@@ -42,7 +42,9 @@ class AnomalyAssetConfig(BaseModel):
     signals: tuple[str, ...] = Field(min_length=1, description="tags scored together, in this order")
     train_samples: int = Field(1800, ge=40, description="healthy samples (1 per period) collected before scoring")
     window: int = Field(10, ge=1)
-    alpha: float = Field(0.01, gt=0, lt=0.5, description="false alarm rate per scored sample on healthy data")
+    alpha: float = Field(0.01, gt=0, lt=0.5,
+                         description="flag at p <= alpha: the false alarm rate per scored sample on healthy "
+                                     "data it aims at (somewhat above it with window > 1: maintenance/README.md)")
     # max_z: chosen in 16 of 16 leave-one-file-out selections on SKAB (maintenance/README.md)
     score: str = Field("max_z", pattern="^(mahalanobis|max_z)$")
     max_drift: float | None = 0.5
