@@ -30,14 +30,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+# Control characters (C0, DEL, C1) and the Unicode line and paragraph separators, which some viewers break lines at.
+_CONTROL = {c: ascii(chr(c))[1:-1] for c in (*range(0x20), *range(0x7f, 0xa0), 0x2028, 0x2029)}
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its control characters escaped as Python writes them (``\\n``, ``\\x1b``): a topic or tag
+    name with a line break in it, logged as it came, would start a line of the text log that looks like a record
+    of its own (a forged "logged in"), and a terminal escape would act on the reader's terminal."""
+    return text.translate(_CONTROL)
+
+
 class TextFormatter(logging.Formatter):
+    """One line per record: the message and its fields with control characters escaped; a traceback follows on
+    lines of its own, as Python prints it. The JSON format needs none of this (its strings are escaped)."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
 
-    def format(self, record: logging.LogRecord) -> str:
-        base = super().format(record)
+    def formatMessage(self, record: logging.LogRecord) -> str:
         extras = {k: v for k, v in record.__dict__.items() if k not in _STD and not k.startswith("_")}
-        return base + (" " + " ".join(f"{k}={v}" for k, v in extras.items()) if extras else "")
+        line = super().formatMessage(record) + (" " + " ".join(f"{k}={v}" for k, v in extras.items())
+                                                 if extras else "")
+        return _one_line(line)
 
 
 def setup(level: str = "INFO", fmt: str = "json", stream=None) -> None:

@@ -1,0 +1,46 @@
+"""The text log format: one record, one line, whatever the peer put in a topic or tag name."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from edge import logs
+
+
+def _emit(fmt: str, *args, **extra) -> str:
+    out = io.StringIO()
+    logs.setup("INFO", fmt, stream=out)
+    try:
+        logging.getLogger("valvoja.test").warning(*args, extra=extra)
+    finally:
+        logs.setup("INFO", "json", stream=io.StringIO())
+    return out.getvalue()
+
+
+def test_text_format_cannot_be_given_forged_lines() -> None:
+    forged = "x\n00:00:00 ERROR   edge.auth: admin logged in event=login_ok"
+    text = _emit("text", "no such tag %s", forged, event="tag_unknown", topic="plant/\r\n1\x1b[2J\u2028")
+    assert text.count("\n") == 1 and text.endswith("\n")  # the message, its fields and the record's own end
+    assert "\\n00:00:00 ERROR" in text and "topic=plant/\\r\\n1\\x1b[2J\\u2028" in text
+    assert "event=tag_unknown" in text  # ordinary fields as they were
+
+
+def test_text_format_keeps_a_traceback_on_its_lines() -> None:
+    out = io.StringIO()
+    logs.setup("INFO", "text", stream=out)
+    try:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("valvoja.test").exception("failed on %s", "a\nb")
+    finally:
+        logs.setup("INFO", "json", stream=io.StringIO())
+    first, *rest = out.getvalue().splitlines()
+    assert first.endswith("failed on a\\nb") and rest[0] == "Traceback (most recent call last):"
+
+
+def test_json_format_keeps_the_text_as_it_was() -> None:
+    rec = json.loads(_emit("json", "no such tag %s", "a\nb", topic="t\n"))
+    assert rec["msg"] == "no such tag a\nb" and rec["topic"] == "t\n"
