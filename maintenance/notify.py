@@ -113,15 +113,17 @@ class WebhookConfig(BaseModel):
             raise ConfigError(f"{where}.url: the value of {self.url} {problem}")
         headers = {k: resolve_secret(v, where=f"{where}.headers.{k}") if is_reference(v) else v
                    for k, v in self.headers.items()}
+        parts = urlsplit(url)
         if is_reference(self.url):
             name = f"webhook {self.url} ({_origin(url)})"
-        else:  # written in the file, so not a secret: the path helps; the query is left out (it may carry a key)
-            parts = urlsplit(url)
-            name = f"webhook {_origin(url)}{parts.path}"
+        else:
+            # Not the path even when it is written in the file: a Slack-style URL's path is its token, and the name
+            # is the receiver label on /metrics and in logs and alert_events. A hash of it keeps two receivers on
+            # one host apart.
+            name = f"webhook {_origin(url)} #{hashlib.sha256(parts.path.encode()).hexdigest()[:8]}"
         # What an error message must never repeat: the URL and its parts that may be a credential, and every
         # header value read from a reference.
-        parts = urlsplit(url)
-        secrets = [url, parts.password, parts.query, parts.path if is_reference(self.url) else None,
+        secrets = [url, parts.password, parts.query, parts.path,
                    *(headers[k] for k, v in self.headers.items() if is_reference(v))]
         return WebhookTarget(url=url, headers=headers, name=name,
                              secrets=tuple(s for s in secrets if s and len(s) > 1))

@@ -728,3 +728,25 @@ async def test_an_escalation_is_sent_while_a_lock_holds_the_alerts_table(pg_dsn)
         took = time.monotonic() - start
         locker.rollback()
     assert sent == ["unverified"] and took < 10
+
+
+async def test_a_literal_webhook_url_s_path_is_in_no_name_or_message(caplog):
+    """A webhook URL written in the file was named ``webhook <scheme://host:port><path>``: the path of a Slack-style
+    URL (``/services/T0/B0/<token>``) is its credential, and the name is the ``receiver`` label on /metrics, in
+    logs and in alert_events. Now such a receiver is named by its origin and a short hash of its path, which keeps
+    two receivers on one host apart without showing either path."""
+    import logging
+
+    token = "s3cr3tpathtoken"
+    port = free_port()  # nothing listens
+    a = WebhookNotifier(WebhookConfig(url=f"http://127.0.0.1:{port}/services/T0/B0/{token}", attempts=1,
+                                      timeout_s=1))
+    b = WebhookNotifier(WebhookConfig(url=f"http://127.0.0.1:{port}/services/T0/B0/other", attempts=1))
+    with caplog.at_level(logging.DEBUG):
+        ok, detail = await a.send(_raised())
+    await a.aclose()
+    await b.aclose()
+    assert not ok
+    assert a.name.startswith(f"webhook http://127.0.0.1:{port} ") and a.name != b.name, (a.name, b.name)
+    for text in (detail, a.name, repr(a), caplog.text):
+        assert token not in text and "/services" not in text, text
