@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -320,3 +321,61 @@ def test_births_of_ever_new_nodes_and_devices_are_bounded_in_memory_and_on_disk(
     assert not dead and [r.value for r in readings] == [5.0]
     readings, dead = send(*nodes[0].device_birth("D0", {"x": 3.0}))  # a known device is born again
     assert not dead and [r.value for r in readings] == [3.0]
+
+
+def test_a_node_id_longer_than_a_file_name_is_saved_and_restored(tmp_path):
+    """The state file was named ``<group>~<node>.json`` with the ids quoted: a 300-character node id (MQTT allows
+    65,535 bytes per topic) made a name longer than the file system's 255 bytes, and the save failed with
+    ENAMETOOLONG after the birth had been taken into memory (a dead letter "decoder bug"; aliases lost at the next
+    restart). A long id now gets a shortened name with a hash of both ids, which the file itself names."""
+    from collectors.mqtt.router import Router
+
+    router = Router("mq", [Subscription.model_validate({"topic": "spBv1.0/#", "format": "sparkplug"})], tmp_path)
+    long_a, long_b = "n" * 299 + "a", "n" * 299 + "b"  # one long prefix: two files all the same
+    nodes = [EdgeNode("G", long_a), EdgeNode("G" * 300, long_b), EdgeNode("G", "short")]
+    for n in nodes:
+        t, p = n.birth({"m": 1.0})
+        readings, dead, _ = router.handle(t, t.encode(), p, NOW)
+        assert not dead and len(readings) == 1, dead
+    files = sorted(p.name for p in (tmp_path / "sparkplug").iterdir())
+    assert len(files) == 3 and "G~short.json" in files and max(len(f.encode()) for f in files) <= 200, files
+    old = EdgeNode("H", "old%1")  # a file from before the ids were in it: named by them alone
+    older = decoder()
+    SparkplugStore(tmp_path / "older").attach(older)
+    older(*_swap(old.birth({"m": 1.0})), NOW)
+    [saved] = (tmp_path / "older").iterdir()
+    state = json.loads(saved.read_text())
+    assert (state.pop("group"), state.pop("node")) == ("H", "old%1")
+    (tmp_path / "sparkplug" / saved.name).write_text(json.dumps(state))
+    nodes.append(old)
+    restarted = decoder()
+    SparkplugStore(tmp_path / "sparkplug").attach(restarted)
+    for n in nodes:
+        [r] = restarted(*_swap(n.data({"m": 2.0})), NOW)  # alias-only: the saved birth placed it
+        assert (r.tag, r.value) == (f"{n.group}.{n.node}.m", 2.0)
+
+
+def test_a_birth_that_could_not_be_saved_is_not_kept_in_memory(tmp_path):
+    """A birth whose state could not be written (here: the state folder is a file) was a dead letter, but the node
+    stayed in memory with its new aliases: its data were stored until the next restart, then undecodable, with no
+    rebirth asked for meanwhile. Now the node (device) whose birth was not saved is forgotten: its data ask for a
+    rebirth, which tries the save again."""
+    asked: list[tuple[str, str, str]] = []
+    (tmp_path / "sparkplug").write_text("not a folder")
+    d, n = decoder(), EdgeNode("G", "N")
+    d.on_rebirth = lambda group, node, why: asked.append((group, node, why))
+    SparkplugStore(tmp_path / "sparkplug").attach(d)
+    with pytest.raises(OSError):
+        d(*_swap(n.birth({"a": 1.0})), NOW)
+    assert d.nodes == {}
+    with pytest.raises(DataError, match="alias 1 unknown"):
+        d(*_swap(n.data({"a": 2.0})), NOW)
+    assert asked and asked[0][:2] == ("G", "N")  # the node is asked to rebirth
+    (tmp_path / "sparkplug").unlink()
+    d(*_swap(n.birth({"a": 1.0})), NOW)
+    n.device_birth("D", {"x": 1})
+    (tmp_path / "sparkplug" / "G~N.json").unlink()
+    (tmp_path / "sparkplug" / "G~N.json").mkdir()  # the next save fails
+    with pytest.raises(OSError):
+        d(*_swap(n.device_birth("D", {"x": 1})), NOW)
+    assert d.nodes[("G", "N")].devices == {} and d.nodes[("G", "N")].aliases == {1: "a"}

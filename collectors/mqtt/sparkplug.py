@@ -247,7 +247,18 @@ class SparkplugDecoder:
             node.devices[device] = fresh
             template, entity = self.device_tag, fresh
         if self.on_birth is not None:
-            self.on_birth(group, node_id, node.to_json())
+            try:
+                self.on_birth(group, node_id, node.to_json())
+            except BaseException:
+                # Not saved (a full disk ...): the birth is a dead letter, so memory must not keep it either, or its
+                # data would be decoded until the next restart and then not at all. Forgetting the node (device)
+                # makes its next data ask for a rebirth, which tries the save again; the old state is not put back,
+                # its aliases may name other metrics now.
+                if device is None:
+                    del self.nodes[key]
+                else:
+                    node.devices.pop(device, None)
+                raise
         return self._metrics(p, topic, receive_time, entity, template, "birth")
 
     def _node_death(self, p, topic, receive_time, node: Node | None) -> list[Reading]:

@@ -4,11 +4,14 @@ With a persistent session the broker re-sends only what was not acknowledged: th
 defined the aliases was acknowledged long ago and will not come again until the edge node
 rebirths. So every birth's state (alias table, datatypes, bdSeq, sequence number) is written here
 — atomically and synced — while the birth message is being handled, before its batch can be
-acknowledged. One small JSON file per edge node: ``<state_dir>/sparkplug/<group>~<node>.json``.
+acknowledged. One small JSON file per edge node: ``<state_dir>/sparkplug/<group>~<node>.json`` (the ids quoted),
+holding the ids too. Ids too long for that name (a topic level may be 65,535 bytes, a file name 255) give
+``<group, cut>~<node, cut>~<hash of both>.json``: the save must not fail on a name the edge node chose.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -20,6 +23,10 @@ from edge.files import write_atomic
 
 log = logging.getLogger(__name__)
 
+# Longest state file name: write_atomic's temporary file adds 14 bytes to it, and file systems allow 255.
+NAME_MAX_BYTES = 200
+_CUT = 80  # bytes of each quoted id kept in a shortened name, so a person can still tell the files apart
+
 
 class SparkplugStore:
     def __init__(self, folder: Path) -> None:
@@ -30,9 +37,13 @@ class SparkplugStore:
     def attach(self, decoder: SparkplugDecoder) -> None:
         """Load the saved nodes into ``decoder`` and save its births from now on."""
         for path in sorted(self.folder.glob("*.json")) if self.folder.is_dir() else ():
-            group, _, node = path.stem.partition("~")
             try:
-                decoder.load_node(unquote(group), unquote(node), json.loads(path.read_text()))
+                state = json.loads(path.read_text())
+                if "group" in state and "node" in state:
+                    group, node = str(state["group"]), str(state["node"])
+                else:  # written before the file held the ids: its name is whole
+                    group, _, node = (unquote(part) for part in path.stem.partition("~"))
+                decoder.load_node(group, node, state)
             except (OSError, ValueError, TypeError, AttributeError) as exc:
                 log.warning("ignoring unreadable Sparkplug state %s: %s", path, exc)
         decoder.on_birth = self.save
@@ -40,9 +51,9 @@ class SparkplugStore:
 
     def save(self, group: str, node: str, state: dict) -> None:
         """Write one node's state (called on the MQTT network thread, before the birth is acked)."""
-        path = self.folder / f"{_name(group)}~{_name(node)}.json"
+        path = self.folder / file_name(group, node)
         with self._lock:
-            write_atomic(path, json.dumps(state, separators=(",", ":")))
+            write_atomic(path, json.dumps({**state, "group": group, "node": node}, separators=(",", ":")))
 
     def stats(self) -> dict | None:
         if not self.decoders:
@@ -52,6 +63,16 @@ class SparkplugStore:
             for k, v in d.stats.items():
                 out[k] = out.get(k, 0) + v
         return out
+
+
+def file_name(group: str, node: str) -> str:
+    """The state file's name for one edge node: the quoted ids, or cut ids and a hash of both when they are too
+    long for a file name (the file holds the ids, `SparkplugStore.attach` reads them from there)."""
+    name = f"{_name(group)}~{_name(node)}.json"
+    if len(name) <= NAME_MAX_BYTES:  # quoted: ASCII, one byte a character
+        return name
+    digest = hashlib.sha256(json.dumps([group, node]).encode()).hexdigest()[:32]
+    return f"{_name(group)[:_CUT]}~{_name(node)[:_CUT]}~{digest}.json"
 
 
 def _name(part: str) -> str:
