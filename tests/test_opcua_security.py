@@ -588,3 +588,42 @@ def test_a_server_certificate_not_valid_yet_points_at_the_clocks(tmp_path):
     msg = str(info.value)
     assert f"not valid before {start:%Y-%m-%d %H:%M}" in msg and "clock" in msg, msg
     assert "expired" not in msg and "needs a new one" not in msg, msg
+
+
+def test_the_rejected_folder_keeps_only_the_newest_certificates(tmp_path, monkeypatch):
+    """Every refused server certificate was copied to rejected/, one file per thumbprint and never removed: a man in
+    the middle presenting a new certificate at each reconnect (every few seconds) filled the disk. The folder now
+    keeps the newest `REJECTED_MAX_FILES` within `REJECTED_MAX_BYTES` (a certificate refused again counts as new);
+    files that are not such copies are left alone."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from collectors.opcua import security
+    from collectors.opcua.security import Pki, UntrustedCertificate, check_server_certificate, make_certificate, new_key
+
+    monkeypatch.setattr(security, "REJECTED_MAX_FILES", 3)
+    pki = Pki(tmp_path / "pki")
+    pki.ensure()
+    (pki.rejected / "README.txt").write_text("an operator's note")
+    key = new_key()
+    ders = [make_certificate(key, f"urn:evil:{i}", f"evil{i}", client=False).public_bytes(Encoding.DER)
+            for i in range(6)]
+    tps = [thumbprint(load_cert(d)) for d in ders]
+
+    def refuse(der: bytes) -> None:
+        with pytest.raises(UntrustedCertificate):
+            check_server_certificate(pki, der, endpoint="opc.tcp://plc1:4840", trust_on_first_use=False)
+
+    def kept() -> set[str]:
+        return {tp for tp in tps if any(tp in p.name for p in pki.rejected.iterdir())}
+
+    for der in ders[:4]:
+        refuse(der)
+    assert kept() == set(tps[1:4])
+    refuse(ders[1])  # refused again: the newest now
+    refuse(ders[4])
+    refuse(ders[5])
+    assert kept() == {tps[1], tps[4], tps[5]}
+    assert (pki.rejected / "README.txt").exists() and len(list(pki.rejected.iterdir())) == 4
+    monkeypatch.setattr(security, "REJECTED_MAX_BYTES", len(ders[0]) * 2 + 1)  # and a size bound: two fit
+    refuse(ders[0])
+    assert kept() == {tps[0], tps[5]}

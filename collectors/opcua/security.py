@@ -6,7 +6,7 @@ Folder layout (``pki_dir``, by default ``<state_dir>/pki`` of the collector)::
     own/key.pem           its private key (mode 0600)
     trusted/              server certificates, or the CAs that issued them, the operator trusts (PEM or DER)
     rejected/             server certificates that were refused, named by thumbprint: move one to
-                          trusted/ to trust it
+                          trusted/ to trust it (the newest REJECTED_MAX_FILES are kept)
     crl/                  certificate revocation lists (PEM or DER) of the CAs in trusted/
     pins.json             with trust_on_first_use: the certificate (thumbprint) each endpoint URL was first
                           trusted with
@@ -49,6 +49,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,10 @@ POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
 MODES = {"None": ua.MessageSecurityMode.None_, "Sign": ua.MessageSecurityMode.Sign,
          "SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt}
 OWN_DAYS = 3650  # an unattended gateway: ten years, renewed by deleting own/ (or by the site's own PKI)
+# Refused server certificates kept in rejected/, the newest: whoever answers at a server's address may present a new
+# certificate at every connection attempt, every few seconds, and each was a file of its own for ever.
+REJECTED_MAX_FILES = 100
+REJECTED_MAX_BYTES = 10 << 20
 
 
 class SecurityError(Exception):
@@ -346,13 +351,13 @@ def check_server_certificate(pki: Pki, der: bytes, *, endpoint: str, trust_on_fi
     if now < cert.not_valid_before_utc:
         # Not valid yet: nearly always a clock (this machine's behind, an OT network without NTP; or the server's
         # ahead when it made its certificate), not a certificate to replace.
-        saved = _save(pki.rejected, cert)
+        saved = _save_rejected(pki.rejected, cert)
         raise UntrustedCertificate(
             f"{where}) is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (it is {now:%Y-%m-%d %H:%M} "
             "UTC here): refused. Check this machine's clock and the server's (it made the certificate with its "
             f"clock then); it is accepted from that time if trusted. A copy is in {saved}")
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        saved = _save(pki.rejected, cert)
+        saved = _save_rejected(pki.rejected, cert)
         raise UntrustedCertificate(
             f"{where}) is outside its validity period {cert.not_valid_before_utc:%Y-%m-%d %H:%M} .. "
             f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: refused (expired certificates are never trusted; "
@@ -375,7 +380,7 @@ def check_server_certificate(pki: Pki, der: bytes, *, endpoint: str, trust_on_fi
                         "this certificate (or one in %s, or issued by a CA there) is accepted here", where, saved,
                         pki.pins, pki.trusted, extra={"event": "opcua_trust_on_first_use"})
             return cert
-    saved = _save(pki.rejected, cert)
+    saved = _save_rejected(pki.rejected, cert)
     if pin is not None and pin.get("thumbprint") != tp:
         raise UntrustedCertificate(
             f"{where}, valid until {cert.not_valid_after_utc:%Y-%m-%d}) is not trusted: refused. Endpoint "
@@ -500,6 +505,29 @@ def _save(folder: Path, cert: x509.Certificate) -> Path:
     path = folder / f"{label} [{thumbprint(cert)}].der"
     if not path.exists():
         path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    return path
+
+
+def _save_rejected(folder: Path, cert: x509.Certificate) -> Path:
+    """Copy a refused certificate to ``folder`` (rejected/) as the newest, and remove the oldest copies beyond
+    `REJECTED_MAX_FILES` or `REJECTED_MAX_BYTES`; never the one just refused (its path is in the error message)."""
+    path = _save(folder, cert)
+    # The time is set, not left to the write: a file system's clock can be coarser than two refusals apart, and a
+    # certificate refused again is new again (the renewed one an operator is about to move to trusted/).
+    now = time.time_ns()
+    os.utime(path, ns=(now, now))
+    copies = []
+    for p in folder.iterdir():
+        if p.name.endswith("].der") and " [" in p.name and p != path:  # a copy `_save` made, not an operator's file
+            with contextlib.suppress(FileNotFoundError):  # another collector sharing the folder removed it
+                st = p.stat()
+                copies.append((st.st_mtime_ns, st.st_size, p))
+    kept, total = 1, path.stat().st_size
+    for _, size, p in sorted(copies, key=lambda c: c[0], reverse=True):
+        kept, total = kept + 1, total + size
+        if kept > REJECTED_MAX_FILES or total > REJECTED_MAX_BYTES:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
     return path
 
 
