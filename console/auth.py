@@ -259,13 +259,17 @@ def require(permission: str):
 
 async def claim_attempt(request: Request, username: str) -> float | None:
     """Count a log-in attempt against the limit before its password is checked: seconds to wait when too many
-    attempts failed recently for this user name or client (nothing recorded then), else None with the attempt
-    recorded as a failure, which a successful log-in deletes (`_start_session`). The client is
+    attempts failed recently from this client or for this user name (nothing recorded then), else None with the
+    attempt recorded as a failure, which a successful log-in deletes (`_start_session`). The client is
     `login_client_key` (an IPv6 client by its /64), stored in ``client`` so the (client, time) index serves.
 
+    A client gets ``login_failures_max`` attempts per window across all user names; a user name gets
+    ``login_user_failures_max`` (higher) across all clients. Counted per user name at the client's limit, anyone
+    who could reach the console locked a named user (an admin) out everywhere with a few wrong passwords.
+
     Check and record are one transaction under advisory locks on the user name and the client, so concurrent
-    attempts queue here and at most ``login_failures_max`` password checks happen per window, per user name
-    and per client. The user-name lock is always taken first, so two attempts cannot wait for each other."""
+    attempts queue here and the limits hold as password checks made, not only as answers. The user-name lock is
+    always taken first, so two attempts cannot wait for each other."""
     cfg = request.app.state.config.console
     key = {"u": username.lower(), "c": login_client_key(request), "w": cfg.login_window_s}
     async with request.app.state.db.conn() as conn, conn.transaction(), conn.cursor() as cur:
@@ -277,7 +281,7 @@ async def claim_attempt(request: Request, username: str) -> float | None:
             "FROM console_login_failures WHERE time > clock_timestamp() - make_interval(secs => %(w)s) "
             "AND (username = %(u)s OR client = %(c)s)", key)
         row = await cur.fetchone()
-        if max(row["by_user"], row["by_client"]) >= cfg.login_failures_max:
+        if row["by_client"] >= cfg.login_failures_max or row["by_user"] >= cfg.login_user_failures_max:
             return max(float(row["wait"]), 1.0)
         await cur.execute("INSERT INTO console_login_failures (username, client) VALUES (%(u)s, %(c)s)", key)
         await cur.execute("DELETE FROM console_login_failures WHERE time < now() - interval '1 day'")

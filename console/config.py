@@ -49,8 +49,11 @@ class Console(Strict):
     # Whose X-Forwarded-For / X-Forwarded-Proto are believed: addresses or networks (console.auth).
     trusted_proxies: list[ProxyNetwork] = Field(default_factory=lambda: [ip_network("127.0.0.1"), ip_network("::1")])
     session_hours: float = Field(12.0, gt=0, le=24 * 30)
-    # Log-in rate limit: at most this many failures per user name and per client address per window.
+    # Log-in rate limit: at most this many failures per client address (IPv6: /64) per window, across user names ...
     login_failures_max: int = Field(5, ge=1)
+    # ... and this many per user name across clients: higher, so that one address cannot lock a user (an admin) out,
+    # and still a bound on a brute force from many addresses.
+    login_user_failures_max: int = Field(50, ge=1)
     login_window_s: float = Field(300.0, gt=0)
     pool_min: int = Field(1, ge=1)
     pool_max: int = Field(8, ge=1)

@@ -18,7 +18,7 @@ def server(pg_admin_dsn):
     with fresh_database(pg_admin_dsn) as dsn:
         seed_users(dsn)
         seed_plant(dsn, hours=72, step_s=10, end=END)
-        with ConsoleServer(dsn, login_failures_max=3, login_window_s=60) as srv:
+        with ConsoleServer(dsn, login_failures_max=3, login_user_failures_max=6, login_window_s=60) as srv:
             srv.dsn = dsn
             yield srv
 
@@ -325,9 +325,9 @@ def _burst(server, attempts: list[tuple[str, str, str]]) -> list[int]:
 
 
 def test_concurrent_wrong_passwords_get_at_most_the_limit_of_checks(server, no_login_failures):
-    # From 20 clients at once for one user name (limit 3): three password checks, the rest refused unchecked.
+    # From 20 clients at once for one user name (its limit 6): six password checks, the rest refused unchecked.
     codes = _burst(server, [("engineer", f"wrong-{i}", f"198.51.100.{i + 1}") for i in range(20)])
-    assert sorted(codes) == [401] * 3 + [429] * 17
+    assert sorted(codes) == [401] * 6 + [429] * 14
     # From one client at once for 20 user names: the per-client limit holds the same way.
     codes = _burst(server, [(f"nobody{i}", "wrong", "198.51.100.200") for i in range(20)])
     assert sorted(codes) == [401] * 3 + [429] * 17
@@ -351,7 +351,7 @@ def test_ipv6_clients_are_counted_per_64_ipv4_per_address(server, no_login_failu
         assert "console_login_failures_client" in plan
     # Another /64 of the same /48 is another client; the per-user-name limit still holds on its own.
     assert _burst(server, [("nobody99", "wrong", "2001:db8:1:3::1")]) == [401]
-    assert _burst(server, [("engineer", f"wrong-{i}", f"2001:db8:{i + 10:x}::1") for i in range(4)]).count(429) == 1
+    assert _burst(server, [("engineer", f"wrong-{i}", f"2001:db8:{i + 10:x}::1") for i in range(7)]).count(429) == 1
     # IPv4 neighbours are separate clients (a NAT'd plant network is one address, not a /24).
     assert _burst(server, [(f"v4-{i}", "wrong", f"198.51.100.{i + 100}") for i in range(4)]) == [401] * 4
 
@@ -506,3 +506,19 @@ def test_token_expiry_without_utc_offset_is_refused(server):
         r = c.post("/api/tokens", json={"name": "aware", "expires_at": aware})
         assert r.status_code == 201
         assert datetime.fromisoformat(r.json()["expires_at"]) == datetime.fromisoformat(aware)
+
+
+def test_one_address_cannot_lock_a_user_out_and_many_addresses_are_still_stopped(server, no_login_failures):
+    """The limit counted failures per user name over every client: three wrong passwords for "admin" from anyone on
+    the network made the admin's own log-in wait, from any address, for as long as the attacker kept it up. Now one
+    client (address, IPv6 /64) gets `login_failures_max` attempts across all names, and a user name
+    `login_user_failures_max` (higher) across all clients: a lock-out needs many addresses, a brute force from many
+    is still stopped."""
+    attacker = [("admin", f"wrong-{i}", "203.0.113.66") for i in range(5)]
+    assert _burst(server, attacker).count(401) == 3  # the per-client limit (3) stops one address
+    assert _burst(server, [("admin", PASSWORD, "198.51.100.10")]) == [200]  # the admin elsewhere logs in
+    assert _burst(server, [("admin", PASSWORD, "203.0.113.66")]) == [429]  # not from the attacker's address
+    # From many addresses: the user name's ceiling (6 here) holds, whatever the addresses, even for the right one.
+    codes = _burst(server, [("engineer", f"wrong-{i}", f"192.0.2.{i + 1}") for i in range(12)])
+    assert sorted(codes) == [401] * 6 + [429] * 6
+    assert _burst(server, [("engineer", PASSWORD, "198.51.100.11")]) == [429]

@@ -29,6 +29,7 @@ from console.auth import (
     cookie_secure,
     credentials_changed,
     current_principal,
+    login_client_key,
     session_cookie,
 )
 from console.passwords import digest, hash_password_async, needs_rehash, new_secret, verify_password_async
@@ -80,8 +81,11 @@ async def _start_session(request: Request, response: Response, user: dict, passw
         await cur.execute("INSERT INTO console_sessions (id_hash, user_id, csrf_token, expires_at, client) "
                           "VALUES (%s, %s, %s, %s, %s)", (digest(sid), user["id"], csrf, expires, client))
         await cur.execute("DELETE FROM console_sessions WHERE expires_at < now()")
-        # This attempt (claimed as a failure before the check) and the user name's earlier failures.
-        await cur.execute("DELETE FROM console_login_failures WHERE username = %s", (user["username"].lower(),))
+        # This attempt (claimed as a failure before the check) and the user name's earlier failures from this client:
+        # not from others, whose count toward the per-client limit this log-in must not reset (an attacker's
+        # address got a fresh set of guesses at every log-in of the user it was guessing for).
+        await cur.execute("DELETE FROM console_login_failures WHERE username = %s AND client = %s",
+                          (user["username"].lower(), login_client_key(request)))
         if rehashed:
             await cur.execute("UPDATE console_users SET password_hash = %s WHERE id = %s", (rehashed, user["id"]))
         await cur.execute("UPDATE console_users SET last_login = now() WHERE id = %s", (user["id"],))
