@@ -222,6 +222,38 @@ def test_open_ended_rul_interval_is_shown_open_with_its_level(browser, server):
     page.context.close()
 
 
+def test_rul_without_stated_level_and_open_band(browser, server):
+    """A RUL interval whose nominal coverage is not stored says so ("level not stated"; it read "0 % interval"),
+    and the band runs on through open-ended points (upper NULL) to the chart's top instead of breaking there."""
+    from edge.records import Prediction
+    from maintenance import store
+
+    end = datetime.now(UTC)
+    preds = [Prediction("pump-rul", "99aa88bb77cc", "P-LVL", end - timedelta(minutes=m), 118.0, 80.0 + m / 10,
+                        upper, None, kind="rul", details={"unit": "cycles"})
+             for m, upper in ((50, 130.0), (40, None), (30, None), (20, 125.0), (10, None))]
+
+    async def write():
+        async with await psycopg.AsyncConnection.connect(server.dsn, autocommit=True) as conn:
+            await conn.execute("INSERT INTO assets (name, site, kind) VALUES ('P-LVL', 'plant', 'pump') "
+                               "ON CONFLICT DO NOTHING")
+            await store.write_predictions(conn, preds)
+
+    run_async(write())
+    page = login(browser, server, "maintenance")
+    page.goto(server.url + "/assets/P-LVL")
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    card = page.inner_text("#rul")
+    assert "level not stated" in card and "0 %" not in card, card
+    assert "level not stated" in page.inner_text(".prediction[data-kind='rul'] .chart-title")
+    band = page.locator("#pred-band-rul")
+    assert band.count() == 1, "one band through the open-ended points"
+    ys = [float(p.split(",")[1]) for p in band.get_attribute("points").split()]
+    assert len(ys) == 10 and min(ys) == 18, "open upper ends at the plot's top edge (margin 18)"
+    assert page.errors == []
+    page.context.close()
+
+
 def test_emissions_page(browser, server):
     page = login(browser, server, "viewer")
     page.goto(server.url + "/emissions")
