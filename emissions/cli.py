@@ -98,7 +98,7 @@ def cmd_report(args) -> int:
     import psycopg
 
     from edge.db.migrate import migrate
-    from emissions import late, periods, report, report_html
+    from emissions import job, late, periods, report, report_html
     from emissions.job import NothingClosed, run_span
 
     stacks, url = load(args)
@@ -115,7 +115,9 @@ def cmd_report(args) -> int:
         except NothingClosed as exc:
             raise ConfigError(str(exc)) from None
         recomputed = late.notes(conn, cfg, start, end)
+        pems_levels = job.pems_levels(conn, cfg, start, end)
     rep = report.build(sr, kind, start, end, features.edition)
+    rep.pems_levels = pems_levels
     rep.notes += recomputed  # a report filed before late data changed the stored results differs from this one
     args.out.mkdir(parents=True, exist_ok=True)
     base = args.out / f"emissions_{cfg.name}_{args.day or args.month}"

@@ -114,6 +114,25 @@ def run_span(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int, *
     return out
 
 
+def pems_levels(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int) -> dict[str, list[float | None]]:
+    """Pollutant -> the nominal coverages of the PEMS predictions stored in [start, end) for its ``pems`` tag
+    (live PEMS stores each with its readings): the level of the interval the analyser was checked against, which
+    the readings of the lower and upper tags do not carry. None in the list: a prediction without a stated level;
+    an empty list: no PEMS prediction stored (the bounds came from elsewhere)."""
+    links = {p.pems.tag: p.name for p in cfg.pollutants if p.pems is not None and p.pems.lower_tag}
+    if not links:
+        return {}
+    with conn.cursor() as cur:
+        cur.execute("SELECT DISTINCT details->>'pems_tag', coverage FROM predictions WHERE kind = 'pems' "
+                    "AND details->>'pems_tag' = ANY(%s) AND time >= to_timestamp(%s) AND time < to_timestamp(%s) "
+                    "ORDER BY 1, 2", (list(links), start, end))
+        rows = cur.fetchall()
+    out: dict[str, list[float | None]] = {name: [] for name in links.values()}
+    for tag, coverage in rows:
+        out[links[tag]].append(coverage)
+    return out
+
+
 def pems_events(cfg: StackConfig, primary: Primary) -> list[Event]:
     """Cross-check events: stretches where an analyser stayed outside its PEMS prediction interval."""
     out = []

@@ -15,11 +15,20 @@ The PEMS model itself (training, ONNX export, conformal intervals) comes from ``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from emissions.config import PemsLink
+
+
+def interval_level(coverage: float | None) -> str:
+    """An interval's nominal coverage as text ("90 % interval"), or that it was not stated: the share of the
+    analyser's values expected outside, and so ``min_outside_share``, only means something against it."""
+    if coverage is None or not math.isfinite(coverage):
+        return "interval, level not stated"
+    return f"{coverage * 100:g} % interval"
 
 
 @dataclass(frozen=True)

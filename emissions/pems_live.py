@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 
 from edge.records import Flag, Prediction, Quality, Reading
 from emissions.config import PemsLink
+from emissions.pems import interval_level
 
 log = logging.getLogger(__name__)
 
@@ -180,13 +181,17 @@ class LivePems:
         return p
 
     def readings(self, p: Prediction) -> list[Reading]:
-        """The ``pems`` tags' readings of a prediction, flagged substituted, naming the model version."""
-        out = [(self.link.tag, p.value)]
-        if self.link.lower_tag and self.link.upper_tag and p.lower is not None:
-            out += [(self.link.lower_tag, p.lower), (self.link.upper_tag, p.upper)]
+        """The ``pems`` tags' readings of a prediction, flagged substituted, naming the model version; the lower
+        and upper readings also name the interval's nominal level ("pems:pems-nox v3 lower, 90 % interval"): a
+        bound without its level says nothing about how often the analyser may lie outside it."""
         status = f"pems:{p.model_id} v{p.details.get('registry_version')}"
-        return [Reading(tag, p.time, float(v), p.time, Quality.GOOD, int(Flag.SUBSTITUTED), status_name=status)
-                for tag, v in out]
+        out = [(self.link.tag, p.value, status)]
+        if self.link.lower_tag and self.link.upper_tag and p.lower is not None:
+            level = interval_level(p.coverage)
+            out += [(self.link.lower_tag, p.lower, f"{status} lower, {level}"),
+                    (self.link.upper_tag, p.upper, f"{status} upper, {level}")]
+        return [Reading(tag, p.time, float(v), p.time, Quality.GOOD, int(Flag.SUBSTITUTED), status_name=name)
+                for tag, v, name in out]
 
     def observe(self, t: int, analyser: float | None) -> bool:
         """The analyser's valid value for interval ``t`` is known: update the adaptive interval. False when

@@ -72,6 +72,9 @@ class Report:
     fuels: list[mass.FuelTotals]
     qal3: list[tuple[qal3.ChartState, list[qal3.Check]]]
     notes: list[str] = field(default_factory=list)
+    # Pollutant -> nominal coverages of the stored PEMS predictions of the period (`job.pems_levels`): the level of
+    # the interval of the cross-check, which its lower / upper readings do not carry.
+    pems_levels: dict[str, list[float | None]] = field(default_factory=dict)
 
     @property
     def title(self) -> str:

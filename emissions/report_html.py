@@ -11,6 +11,7 @@ import html
 import math
 
 from emissions import periods
+from emissions.pems import interval_level
 from emissions.report import Report, Row
 
 CSS = """
@@ -95,6 +96,14 @@ def _chart(rows: list[Row], limits: list[tuple[str, float]], width: int = 900, h
     return "".join(parts)
 
 
+def _level(rep: Report, pollutant: str) -> str:
+    """The nominal level of a pollutant's PEMS interval in the period, from its stored predictions."""
+    levels = rep.pems_levels.get(pollutant, [])
+    if not levels:
+        return "level not stated: no PEMS prediction stored in the period"
+    return " / ".join(_e(interval_level(c)) for c in levels) + ", as stored with the PEMS predictions"
+
+
 def render(rep: Report) -> str:
     """The whole report as HTML text."""
     cfg, tz = rep.cfg, rep.cfg.timezone
@@ -173,7 +182,8 @@ def render(rep: Report) -> str:
         out.append(f"<h2>PEMS cross-check ({len(dev)} analyser deviations)</h2>")
         out.append("<p>" + "; ".join(
             f"{_e(p.name)}: analyser flagged when over {p.pems.window_s / 3600:g} h at least "
-            f"{p.pems.min_outside_share:.0%} of its values lie outside the PEMS interval" for p in pems_links) + "</p>")
+            f"{p.pems.min_outside_share:.0%} of its values lie outside the PEMS interval ({_level(rep, p.name)})"
+            for p in pems_links) + "</p>")
         if dev:
             out.append(_table(["Pollutant", "from", "to", "max share outside"],
                               [[_e(e.pollutant), t(e.start), t(e.end), _n(e.value, 0) + " %"] for e in dev], left=3))

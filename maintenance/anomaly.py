@@ -121,11 +121,12 @@ class AnomalyDetector:
         corr = np.atleast_2d(np.cov(z.T)) if len(z) > 1 else np.eye(k)
         self.precision_ = np.linalg.inv(corr + c.ridge * np.eye(k))
         self.calibration_ = self._raw_scores(x[n_fit:])[0]
-        if c.alpha < 1.0 / (len(self.calibration_) + 1):
+        n_cal = len(self.calibration_)
+        if n_cal < conformal.min_scores(c.alpha):
             # The smallest conformal p-value is 1/(n+1): a smaller alpha could never flag anything.
-            raise ValueError(f"alpha {c.alpha} is below the p-value resolution 1/(n+1) = "
-                             f"{1 / (len(self.calibration_) + 1):.4f} of {len(self.calibration_)} calibration "
-                             "samples: train on more healthy data or raise alpha")
+            raise ValueError(f"alpha {c.alpha} is below the p-value resolution 1/(n+1) = {1 / (n_cal + 1):.4f} of "
+                             f"{n_cal} calibration samples (alpha {c.alpha} needs {conformal.min_scores(c.alpha)}): "
+                             "train on more healthy data or raise alpha")
         return self
 
     def _raw_scores(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

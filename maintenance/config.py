@@ -13,12 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edge.paths import ConfigPath
 from maintenance.alerts import AlertPolicy
+from maintenance.anomaly import AnomalyConfig
 from maintenance.indicators import STATS
 from maintenance.iso20816 import ZoneConfig
 from maintenance.notify import WebhookConfig
 from maintenance.notify_mqtt import MqttNotifyConfig
 from maintenance.quality import QualityConfig
 from maintenance.rules import RuleConfig
+from maintenance.uncertainty import min_scores
 
 
 class BandConfig(BaseModel):
@@ -53,11 +55,13 @@ class AnomalyAssetConfig(BaseModel):
 
     @model_validator(mode="after")
     def _resolution(self) -> AnomalyAssetConfig:
-        # 40 % of the training samples calibrate (AnomalyConfig.fit_fraction); p-values step by 1/(n+1).
-        n_cal = self.train_samples - int(self.train_samples * 0.6)
-        if self.alpha < 1.0 / (n_cal + 1):
+        # Checked here, not first after train_samples seconds of training, with the detector's own rule: the
+        # samples after AnomalyConfig.fit_fraction calibrate, and p-values step by 1/(n+1).
+        n_cal = self.train_samples - int(self.train_samples * AnomalyConfig.fit_fraction)
+        if n_cal < min_scores(self.alpha):
             raise ValueError(f"alpha {self.alpha} is below the p-value resolution 1/{n_cal + 1} of "
-                             f"{self.train_samples} training samples; raise alpha or train_samples")
+                             f"{self.train_samples} training samples ({n_cal} calibrate; alpha {self.alpha} needs "
+                             f"{min_scores(self.alpha)}); raise alpha or train_samples")
         return self
 
 

@@ -27,3 +27,9 @@ def p_values_many(calibrations: Sequence[np.ndarray], scores: np.ndarray) -> np.
 def quantile(scores: np.ndarray, alpha: float) -> float:
     """The conformal (finite-sample corrected) 1 - alpha quantile of calibration scores."""
     return float(conformal.quantile(scores, alpha))
+
+
+def min_scores(alpha: float) -> int:
+    """The fewest calibration scores for ``alpha``: their smallest p-value 1/(n+1) reaches alpha (a smaller alpha
+    could never flag) and their 1 - alpha quantile is finite. The one resolution rule of every alpha check."""
+    return conformal.min_scores(alpha)

@@ -68,7 +68,11 @@ def quantile(scores, alpha: float) -> float:
 
 
 def min_scores(alpha: float) -> int:
-    """The fewest calibration scores with a finite `quantile` at ``alpha`` (``ceil((n + 1)(1 - alpha)) <= n``)."""
+    """The fewest calibration scores with a finite `quantile` at ``alpha`` (``ceil((n + 1)(1 - alpha)) <= n``).
+
+    Equally the fewest whose smallest conformal p-value, ``1 / (n + 1)``, reaches ``alpha`` (``alpha >= 1/(n+1)``):
+    fewer could never flag at ``p <= alpha``. Every alpha check (models.train, maintenance's detectors and
+    configuration) uses this one rule."""
     n = max(1, math.ceil(1.0 / alpha) - 2)  # one below n >= 1/alpha - 1, for the float rounding of 1/alpha
     while math.isinf(quantile(np.zeros(n), alpha)):  # float rounding of (n + 1)(1 - alpha) near an integer
         n += 1

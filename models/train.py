@@ -328,11 +328,12 @@ def train(spec: TrainSpec, table: FeatureTable, *, parent_version: int | None = 
             raise ValueError(f"only {len(X_cal)} normal calibration rows: p-values need normal operation data")
         pv = ConformalPValue().fit(out_cal[:, 0][-MAX_CARD_SCORES:])
         n = pv.calibration_.size
-        if spec.alpha < 1.0 / (n + 1):
+        if n < min_scores(spec.alpha):
             # The smallest conformal p-value is 1/(n+1): a smaller alpha never flags (a holdout FAR of 0 that
-            # says nothing), as in maintenance's AnomalyDetector.fit.
+            # says nothing); the same rule (min_scores) as maintenance's AnomalyDetector.fit and [maintenance].
             raise ValueError(f"alpha {spec.alpha} is below the p-value resolution 1/(n+1) = {1 / (n + 1):.4f} of "
-                             f"{n} normal calibration rows: give more normal data or a larger alpha")
+                             f"{n} normal calibration rows (alpha {spec.alpha} needs {min_scores(spec.alpha)}): "
+                             "give more normal data or a larger alpha")
         calibration = {**pv.to_dict(), "alpha": spec.alpha}
         say(f"{spec.model_id}: conformal p-values from {pv.calibration_.size} normal calibration scores")
 

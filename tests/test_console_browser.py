@@ -190,34 +190,61 @@ def test_asset_page_draws_prediction_band_and_review(browser, server):
     page.context.close()
 
 
+def asset_page(browser, server, asset: str, preds: list):
+    """The asset page of a new pump ``asset`` after ``preds`` were written by maintenance's store (as maintenance)."""
+    from maintenance import store
+
+    async def write():
+        async with await psycopg.AsyncConnection.connect(server.dsn, autocommit=True) as conn:
+            await conn.execute("INSERT INTO assets (name, site, kind) VALUES (%s, 'plant', 'pump') "
+                               "ON CONFLICT DO NOTHING", (asset,))
+            await store.write_predictions(conn, preds)
+
+    run_async(write())
+    page = login(browser, server, "maintenance")
+    page.goto(server.url + f"/assets/{asset}")
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    return page
+
+
 def test_open_ended_rul_interval_is_shown_open_with_its_level(browser, server):
     """maintenance.rul_live stores an interval that reaches the model's cap with upper NULL: "lower cycles or
     more". The RUL card and the review table show it as open ([lower … ∞)) with its nominal coverage, not as a
     missing bound ("–"), and an anomaly's p-value in the table comes with its alpha."""
     from edge.records import Prediction
-    from maintenance import store
 
     end = datetime.now(UTC)
     preds = [Prediction("pump-rul", "99aa88bb77cc", "P-OPEN", end - timedelta(minutes=m), 118.0, 87.0, None, 0.9,
                         kind="rul", details={"open_ended": True, "unit": "cycles"}) for m in (20, 10)]
     preds.append(Prediction("anomaly:P-OPEN", "0f9e8d7c6b5a", "P-OPEN", end - timedelta(minutes=5), 3.0,
                             p_value=0.004, kind="anomaly", details={"alpha": 0.01}))
-
-    async def write():
-        async with await psycopg.AsyncConnection.connect(server.dsn, autocommit=True) as conn:
-            await conn.execute("INSERT INTO assets (name, site, kind) VALUES ('P-OPEN', 'plant', 'pump') "
-                               "ON CONFLICT DO NOTHING")
-            await store.write_predictions(conn, preds)
-
-    run_async(write())
-    page = login(browser, server, "maintenance")
-    page.goto(server.url + "/assets/P-OPEN")
-    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    page = asset_page(browser, server, "P-OPEN", preds)
     card = page.inner_text("#rul")
     assert "[87 … ∞)" in card and "90 % interval" in card, card
     rows = page.locator("tr[data-prediction]").all_inner_texts()
     assert any("118 [87 … ∞) @ 90 %" in r for r in rows), rows
     assert any("3 (p 0.004, α 0.01)" in r for r in rows), rows
+    assert page.errors == []
+    page.context.close()
+
+
+def test_rul_without_stated_level_and_open_band(browser, server):
+    """A RUL interval whose nominal coverage is not stored says so ("level not stated"; it read "0 % interval"),
+    and the band runs on through open-ended points (upper NULL) to the chart's top instead of breaking there."""
+    from edge.records import Prediction
+
+    end = datetime.now(UTC)
+    preds = [Prediction("pump-rul", "99aa88bb77cc", "P-LVL", end - timedelta(minutes=m), 118.0, 80.0 + m / 10,
+                        upper, None, kind="rul", details={"unit": "cycles"})
+             for m, upper in ((50, 130.0), (40, None), (30, None), (20, 125.0), (10, None))]
+    page = asset_page(browser, server, "P-LVL", preds)
+    card = page.inner_text("#rul")
+    assert "level not stated" in card and "0 %" not in card, card
+    assert "level not stated" in page.inner_text(".prediction[data-kind='rul'] .chart-title")
+    band = page.locator("#pred-band-rul")
+    assert band.count() == 1, "one band through the open-ended points"
+    ys = [float(p.split(",")[1]) for p in band.get_attribute("points").split()]
+    assert len(ys) == 10 and min(ys) == 18, "open upper ends at the plot's top edge (margin 18)"
     assert page.errors == []
     page.context.close()
 

@@ -194,3 +194,69 @@ def test_the_running_day_has_its_own_number_of_sub_periods():
     assert subs_in_day(date(2025, 3, 30), hel, 1800) == 46
     assert subs_in_day(date(2025, 10, 26), hel, 3600) == 25
     assert subs_in_day(date(2025, 6, 1), hel, 1800) == 48
+
+
+def _truth_minutes(dsn: str, tag: str, k: int) -> list[tuple[datetime, float]]:
+    """``k`` minutes that have a 1-minute mean of ``tag`` (the report's truth), with that mean."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT r.bucket, r.sum / r.count FROM readings_1m r JOIN tags t ON t.id = r.tag_id "
+                            "WHERE t.name = %s AND r.count > 0 ORDER BY r.bucket DESC LIMIT %s", (tag, k)).fetchall()
+
+
+def test_uncertainty_report_counts_an_open_upper_end_as_covering(server):
+    """An open-ended interval (upper NULL: "lower or more", as a RUL at the model's cap is stored) covers every
+    truth at or above its lower end; it was counted a miss. The mean width is of the closed intervals only, and
+    how many were open is stated (an open interval has no finite width)."""
+    from console_support import run_async
+
+    from edge.records import Prediction
+    from maintenance import store
+
+    minutes = _truth_minutes(server.dsn, "P-101.bearing_temp", 4)
+    assert len(minutes) == 4, "the plant's bearing temperature has 1-minute means"
+    target = "P-101.bearing_temp"
+    preds = [Prediction("open-end", "v1", "P-101", t, y, y - 1.0, None, 0.9, kind="rul", target=target)
+             for t, y in minutes[:2]]  # open upper ends above the truth's lower bound: covered
+    preds.append(Prediction("open-end", "v1", "P-101", minutes[2][0], minutes[2][1], minutes[2][1] + 1.0, None, 0.9,
+                            kind="rul", target=target))  # the truth below the lower end: a miss
+    preds.append(Prediction("open-end", "v1", "P-101", minutes[3][0], minutes[3][1], minutes[3][1] - 1.0,
+                            minutes[3][1] + 3.0, 0.9, kind="rul", target=target))  # closed, width 4: covered
+
+    async def write():
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(server.dsn, autocommit=True) as conn, conn.transaction():
+            await store.write_predictions(conn, preds)
+
+    run_async(write())
+    with server.client("viewer") as c:
+        rep = c.get("/api/models/open-end/uncertainty", params={"last": "P2D", "bucket": "week"}).json()
+    n = sum(x["n"] for x in rep["items"])
+    covered = sum(x["empirical"] * x["n_truth"] for x in rep["items"] if x["empirical"] is not None)
+    assert (n, sum(x["n_truth"] for x in rep["items"])) == (4, 4)
+    assert covered == pytest.approx(3), "three of four intervals hold the truth (two of them open-ended)"
+    assert sum(x["n_open"] for x in rep["items"]) == 3
+    widths = [x["mean_width"] for x in rep["items"] if x["mean_width"] is not None]
+    assert widths == [pytest.approx(4.0)], "the mean width is of the one closed interval"
+
+
+def test_uncertainty_report_of_an_anomaly_model_states_alpha_and_the_flagged_share(server):
+    """An anomaly scorer's report gives the alpha its predictions carry and the share of stored predictions with
+    p <= alpha (flagged), to set against alpha; not a bare mean p-value, which flagged samples (stored on every
+    flag, others only every predict_every_s) pull down."""
+    import psycopg
+
+    with psycopg.connect(server.dsn) as conn:
+        want = conn.execute("SELECT count(*), count(*) FILTER (WHERE p_value <= (details->>'alpha')::float8) "
+                            "FROM predictions WHERE model_id = 'anomaly:P-101'").fetchone()
+    assert want[1] > 0, "the seed's scores rise at the end: some predictions are flagged"
+    with server.client("viewer") as c:
+        rep = c.get("/api/models/anomaly:P-101/uncertainty", params={"last": "P2D", "bucket": "week"}).json()
+    items = rep["items"]
+    assert all(x["alpha"] == 0.25 for x in items)
+    assert sum(x["n_p_values"] for x in items) == want[0]
+    assert sum(x["flagged_share"] * x["n_p_values"] for x in items) == pytest.approx(want[1])
+    assert all("mean_p_value" not in x for x in items)
+    assert "every flagged" in rep["notes"]["flagged_share"]

@@ -259,6 +259,15 @@ pollutants = [
 """
 
 
+def daily_report(site: Path, pg_dsn: str, name: str, day: str, out: Path) -> str:
+    """`valvoja emissions report --day` of stack ``name`` into ``out``: the HTML written."""
+    proc = subprocess.run([sys.executable, "-m", "emissions.cli", "report", "--config", str(site), "--db", pg_dsn,
+                           "--stack", name, "--day", day, "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return (out / f"emissions_{name}_{day}.html").read_text()
+
+
 def test_report_command_writes_html_and_csv_matching_the_raw_rows(conn, pg_dsn, tmp_path):
     name = f"T{uuid.uuid4().hex[:8]}"
     cfg = synthetic.waste_stack(name)
@@ -266,11 +275,7 @@ def test_report_command_writes_html_and_csv_matching_the_raw_rows(conn, pg_dsn, 
     site = tmp_path / "site.toml"
     site.write_text(SITE.format(name=name))
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "emissions.cli", "report", "--config", str(site), "--db", pg_dsn,
-                           "--stack", name, "--day", "2025-03-02", "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    html = (out / f"emissions_{name}_2025-03-02.html").read_text()
+    html = daily_report(site, pg_dsn, name, "2025-03-02", out)
     assert "Emission report" in html and "Substituted periods" in html and cfg.fingerprint() in html
     with (out / f"emissions_{name}_2025-03-02.csv").open() as fh:
         rows = list(csv.DictReader(fh))
@@ -530,3 +535,31 @@ def time_now() -> float:
     import time
 
     return time.time()
+
+
+def test_report_states_the_level_of_the_pems_interval_of_the_cross_check(conn, pg_dsn, tmp_path):
+    """The cross-check line said "outside the PEMS interval" without its level, and the lower / upper readings do
+    not carry one: the report takes it from the PEMS predictions stored in the period (live PEMS stores each with
+    its readings), and says when there is none."""
+    name = f"T{uuid.uuid4().hex[:8]}"
+    cfg = synthetic.waste_stack(name)
+    seed(conn, cfg)
+    pems_tag = f"{name}.NOx.pems"
+    day2 = T0 + 86400
+    with conn.cursor() as cur:  # as emissions.pems_live stores them (kind pems, details.pems_tag)
+        cur.executemany(
+            "INSERT INTO predictions (time, model_id, model_version, asset, kind, target, value, lower, upper, "
+            "coverage, details) VALUES (to_timestamp(%s), 'pems-nox', 'abc', %s, 'pems', 'NOx', 150, 120, 180, 0.9, "
+            "jsonb_build_object('pems_tag', %s::text))", [(day2 + 3600 * h, name, pems_tag) for h in range(24)])
+    site = tmp_path / "site.toml"
+    pems = f'pems = {{ tag = "{pems_tag}", lower_tag = "{name}.NOx.lo", upper_tag = "{name}.NOx.hi" }}'
+    nox = f'name = "NOx", tag = "{name}.NOx", '
+    site.write_text(SITE.format(name=name).replace(nox, nox + pems + ", "))
+    out = tmp_path / "out"
+    html = daily_report(site, pg_dsn, name, "2025-03-02", out)
+    assert "outside the PEMS interval (90 % interval, as stored with the PEMS predictions)" in html
+    import tomllib
+
+    linked = StackConfig.model_validate(tomllib.loads(site.read_text())["stacks"][0])
+    assert job.pems_levels(conn, linked, day2, day2 + 86400) == {"NOx": [0.9]}
+    assert job.pems_levels(conn, linked, day2 + 86400, day2 + 2 * 86400) == {"NOx": []}, "none stored on day 3"

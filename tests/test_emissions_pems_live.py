@@ -74,6 +74,9 @@ def test_live_pems_serves_the_champion_with_intervals_and_adapts(tmp_path, sampl
         assert all(r.flags & Flag.SUBSTITUTED for r in step.readings) and (lo.value, point.value, hi.value) == (
             p.lower, p.value, p.upper)
         assert point.status_name == "pems:pems-nox v1"
+        # A bound means nothing without its level: the interval's readings name it.
+        assert (lo.status_name, hi.status_name) == ("pems:pems-nox v1 lower, 90 % interval",
+                                                    "pems:pems-nox v1 upper, 90 % interval")
         inside += p.lower <= y[i] <= p.upper
         widths.append(p.upper - p.lower)
     assert 0.8 <= inside / 300 <= 0.97

@@ -40,3 +40,30 @@ def test_errors_name_the_key():
     with pytest.raises(ValidationError) as e:
         MaintenanceConfig.model_validate({"assets": [{"name": "P", "iso20816": {"group": 4}}]})
     assert "assets.0.iso20816.group" in str(e.value)
+
+
+@pytest.mark.parametrize("train_samples", [40, 99, 300, 1800])
+def test_the_config_refuses_exactly_the_alphas_the_detector_cannot_fit(train_samples):
+    """``[maintenance]`` checks alpha against the p-value resolution before a detector trains for train_samples
+    seconds; it must refuse exactly the alphas `AnomalyDetector.fit` would (one rule, `min_scores`, with the
+    detector's own share of calibration samples), no more and no fewer."""
+    import numpy as np
+
+    from maintenance.anomaly import AnomalyConfig, AnomalyDetector
+
+    healthy = np.random.default_rng(train_samples).standard_normal((train_samples, 2))
+    n_cal = train_samples - int(train_samples * AnomalyConfig.fit_fraction)
+    for alpha in (1 / (n_cal + 1), 1 / (n_cal + 1) * 0.999, 1 / n_cal, 1 / (n_cal + 2)):
+        try:
+            AnomalyAssetConfig(signals=("a", "b"), train_samples=train_samples, alpha=alpha)
+            config_ok = True
+        except ValidationError as exc:
+            assert "alpha" in str(exc) and "train_samples" in str(exc), "the error names the settings"
+            config_ok = False
+        try:
+            AnomalyDetector(AnomalyConfig(alpha=alpha, max_drift=None)).fit(healthy)
+            fit_ok = True
+        except ValueError as exc:
+            assert "resolution" in str(exc)
+            fit_ok = False
+        assert config_ok == fit_ok, (train_samples, alpha)

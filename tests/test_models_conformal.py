@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from models.conformal import AdaptiveConformal, ConformalPValue, SplitConformal, p_values, quantile
+from models.conformal import AdaptiveConformal, ConformalPValue, SplitConformal, min_scores, p_values, quantile
 
 
 def test_quantile_is_the_ceil_n_plus_1_rule():
@@ -63,3 +63,14 @@ def test_adaptive_intervals_cover_exchangeable_data():
         hits += iv[0, 0] <= y <= iv[0, 1]
         ac.update([y], [0.0], interval=iv)
     assert hits / n == pytest.approx(0.9, abs=3 * math.sqrt(0.09 / n) + 0.005)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.25, 0.1, 0.05, 0.01, 1 / 41, 1 / 720, 0.001, 0.0123])
+def test_min_scores_is_also_the_p_value_resolution(alpha):
+    """The one rule behind every alpha check (models.train, maintenance's config and detectors): n scores give a
+    finite quantile at alpha exactly when their smallest conformal p-value, 1/(n+1), reaches alpha."""
+    n = min_scores(alpha)
+    smallest = p_values(np.zeros(n), [1.0])[0]
+    assert smallest <= alpha and smallest == pytest.approx(1 / (n + 1))
+    if n > 1:
+        assert p_values(np.zeros(n - 1), [1.0])[0] > alpha

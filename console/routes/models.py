@@ -61,6 +61,14 @@ REFUSAL_EXAMPLE = {
     "candidate_metrics": {"mae": 4.91, "rmse": 6.3}, "champion_metrics": {"mae": 4.62, "rmse": 6.0}},
     "text": "gate REFUSED: gt-nox v3 vs champion v2 on 1470 held-out rows ..."}
 PROBLEM = {"content": {"application/problem+json": {}}}
+# What the uncertainty summary's columns mean where the stored predictions are a biased sample (API and page).
+NOTES = {
+    "mean_width": "of closed intervals; n_open open-ended ones ('lower or more') have no finite width",
+    "flagged_share": "share of the STORED predictions with p <= alpha (alpha: the smallest, alpha_max: the largest "
+                     "in the bucket). Maintenance's live detectors store a prediction every predict_every_s and on "
+                     "every flagged sample, so the share over-states the flag rate per scored sample; on a healthy "
+                     "asset it is an upper bound of the false alarm rate, to compare with alpha.",
+}
 
 
 async def _registry(db) -> str:
@@ -103,8 +111,13 @@ async def list_models(request: Request, _: Principal = Depends(require("read")))
 async def uncertainty(request: Request, model_id: str, _: Principal = Depends(require("read")),
                       from_: str | None = Query(None, alias="from"), to: str | None = None, last: str | None = None,
                       bucket: str = Query("day", pattern="^(hour|day|week)$")):
-    """Per time bucket: predictions made, mean interval width, nominal coverage, and the empirical coverage
-    (share of intervals holding the measured value: the 1-minute mean of the target tag at the prediction time)."""
+    """Per time bucket: predictions made; for intervals the mean width, nominal coverage and the empirical coverage
+    (share of intervals holding the measured value: the 1-minute mean of the target tag at the prediction time);
+    for anomaly scorers the alpha and the share of stored predictions flagged (p <= alpha).
+
+    An open upper end (upper NULL next to a lower: "lower or more", a RUL at the model's cap) holds every value at
+    or above its lower end; it has no finite width, so ``mean_width`` is of the closed intervals and ``n_open``
+    says how many were open. A prediction with no interval has no coverage (NULL, not a miss)."""
     db = request.app.state.db
     await db.require("predictions", owner="maintenance")
     cols = await db.columns("predictions")
@@ -114,17 +127,23 @@ async def uncertainty(request: Request, model_id: str, _: Principal = Depends(re
     target_join = ("LEFT JOIN tags t ON t.name = p.target LEFT JOIN readings_1m r ON r.tag_id = t.id "
                    f"AND r.bucket = {db.features.bucket('1 minute', 'p.time')}" if "target" in cols else "")
     actual = "r.sum / nullif(r.count, 0)" if target_join else "NULL::float8"
+    # The alpha each anomaly prediction was flagged against (maintenance.live stores it in details).
+    alpha = "(p.details->>'alpha')::float8" if "details" in cols else "NULL::float8"
     rows = await db.fetch(
-        f"SELECT {b} AS t, count(*) AS n, avg(p.upper - p.lower) AS mean_width, avg(p.coverage) AS nominal, "
-        f"count({actual}) AS n_truth, avg(CASE WHEN {actual} BETWEEN p.lower AND p.upper THEN 1.0 "
-        f"WHEN {actual} IS NOT NULL THEN 0.0 END) AS empirical, avg(p.p_value) AS mean_p_value, "
-        f"count(DISTINCT p.model_version) AS versions "
+        f"SELECT {b} AS t, count(*) AS n, avg(p.upper - p.lower) AS mean_width, "
+        "count(*) FILTER (WHERE p.lower IS NOT NULL AND p.upper IS NULL) AS n_open, avg(p.coverage) AS nominal, "
+        f"count({actual}) AS n_truth, avg(CASE WHEN {actual} IS NULL OR p.lower IS NULL THEN NULL "
+        f"WHEN {actual} >= p.lower AND (p.upper IS NULL OR {actual} <= p.upper) THEN 1.0 ELSE 0.0 END) "
+        f"AS empirical, min({alpha}) AS alpha, max({alpha}) AS alpha_max, "
+        f"count(p.p_value) FILTER (WHERE {alpha} IS NOT NULL) AS n_p_values, "
+        f"avg(CASE WHEN p.p_value <= {alpha} THEN 1.0 WHEN p.p_value IS NOT NULL AND {alpha} IS NOT NULL "
+        "THEN 0.0 END) AS flagged_share, count(DISTINCT p.model_version) AS versions "
         f"FROM predictions p {target_join} WHERE p.model_id = %s AND p.time >= %s AND p.time <= %s "
         "GROUP BY 1 ORDER BY 1", (model_id, tr.start, tr.end))
     if not rows:
         raise Problem(404, f"no predictions of model {model_id!r} between {tr.start.isoformat()} "
                            f"and {tr.end.isoformat()}")
-    return {"model_id": model_id, "bucket": bucket, "from": tr.start, "to": tr.end, "items": rows}
+    return {"model_id": model_id, "bucket": bucket, "from": tr.start, "to": tr.end, "items": rows, "notes": NOTES}
 
 
 # ---------------------------------------------------------------- promote / rollback (admins)

@@ -68,6 +68,11 @@
     return zs.length ? zs[zs.length - 1] : null;
   }
 
+  // An interval's nominal coverage; a stored interval without one does not pass for a "0 %" interval.
+  function level(coverage) {
+    return coverage === null || coverage === undefined ? "interval, level not stated" : `${Math.round(coverage * 100)} % interval`;
+  }
+
   function summary(series, openAlerts) {
     const cards = [];
     // Newest first: maintenance's <tag>.iso_zone readings, a zone prediction, the evidence of an open zone alert.
@@ -91,7 +96,7 @@
     const rul = series.find((s) => s.kind === "rul");
     if (rul && rul.latest) {
       const l = rul.latest;
-      cards.push(el("div", { class: "card", id: "rul" }, el("small", {}, `Remaining useful life (${Math.round((l.coverage || 0) * 100)} % interval)`),
+      cards.push(el("div", { class: "card", id: "rul" }, el("small", {}, `Remaining useful life (${level(l.coverage)})`),
         el("div", { class: "big" }, fmtNum(l.value)), el("small", {}, `${fmtInterval(l.lower, l.upper, null)} · ${rul.model_id}`)));
     }
     cards.push(el("div", { class: "card" }, el("small", {}, "Open alerts"), el("div", { class: "big " + (openAlerts.length ? "bad-text" : "ok-text") }, openAlerts.length)));
@@ -106,11 +111,11 @@
     if (!shown.length) preds.append(el("p", { class: "muted" }, "No predictions for this asset in the range."));
     for (const s of shown) {
       const holder = el("div");
-      const cov = s.coverage ? `${Math.round(s.coverage * 100)} % interval` : s.p_value.some((v) => v !== null) ? "score with conformal p-values" : "point values";
+      const hasBand = s.lower.some((v) => v !== null);
+      const cov = hasBand ? level(s.coverage) : s.p_value.some((v) => v !== null) ? "score with conformal p-values" : "point values";
       preds.append(el("div", { class: "prediction", "data-kind": s.kind, "data-model": s.model_id },
         el("div", { class: "chart-title" }, el("b", {}, `${s.kind}: ${s.target || s.model_id}`),
           el("small", { class: "muted" }, `model ${s.model_id} @ ${String(s.model_version).slice(0, 12)} · ${cov}`)), holder));
-      const hasBand = s.lower.some((v) => v !== null);
       const byAlpha = s.alpha !== null && s.alpha !== undefined && s.threshold === null;
       const lines = byAlpha ? [{ value: s.alpha, label: `α = ${s.alpha}`, cls: "threshold" }]
         : s.threshold !== null && s.threshold !== undefined ? [{ value: s.threshold, label: "threshold", cls: "threshold" }] : [];

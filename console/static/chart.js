@@ -71,8 +71,13 @@ const VChart = (() => {
 
     for (const b of opts.bands || []) {
       const t = b.t.map(ms);
-      for (const r of runs(t, b.lower.map((v, i) => (v === null || b.upper[i] === null ? null : v)), b.maxGap)) {
-        const up = r.map((i) => `${X(t[i])},${Y(b.upper[i])}`), lo = r.slice().reverse().map((i) => `${X(t[i])},${Y(b.lower[i])}`);
+      // A null bound next to a set one is an open end ("lower or more", a RUL at the model's cap): the band runs
+      // to the plot's edge there instead of breaking; no bound at all is a gap.
+      const open = (v, edge) => (v === null || v === undefined ? edge : v);
+      const some = b.lower.map((v, i) => (v === null && b.upper[i] === null ? null : 0));
+      for (const r of runs(t, some, b.maxGap)) {
+        const up = r.map((i) => `${X(t[i])},${Y(open(b.upper[i], yhi))}`);
+        const lo = r.slice().reverse().map((i) => `${X(t[i])},${Y(open(b.lower[i], ylo))}`);
         svg.append(el("polygon", { class: "band " + (b.cls || ""), points: up.concat(lo).join(" "), "data-band": b.label || "interval" },
           el("title", {}, b.label || "prediction interval")));
       }

@@ -122,11 +122,23 @@
     try {
       const r = await api(`/api/models/${enc(modelId)}/uncertainty?last=P30D`, { quiet: true });
       const holder = el("div");
+      const scorer = r.items.some((x) => x.alpha !== null && x.alpha !== undefined);
+      if (scorer) {
+        // An anomaly scorer: its alpha against the share of stored predictions flagged (p <= alpha), not an interval.
+        box.append(el("h3", {}, "Flags in service (30 days, stored predictions)"),
+          table(["Day", "Predictions", "α", "Share flagged (p ≤ α)"], r.items.map((x) => el("tr", {},
+            el("td", {}, timeCell(x.t)), el("td", {}, x.n),
+            el("td", {}, x.alpha_max !== null && x.alpha_max !== x.alpha ? `${fmtNum(x.alpha)} … ${fmtNum(x.alpha_max)}` : fmtNum(x.alpha)),
+            el("td", {}, fmtNum(x.flagged_share))))),
+          el("p", { class: "muted note-flagged" }, r.notes.flagged_share));
+        return;
+      }
       box.append(el("h3", {}, "Uncertainty in service (30 days, stored predictions)"), holder,
-        table(["Day", "Predictions", "Mean width", "Nominal", "Empirical", "With truth"], r.items.map((x) => el("tr", {},
-          el("td", {}, timeCell(x.t)), el("td", {}, x.n), el("td", {}, fmtNum(x.mean_width)), el("td", {}, fmtNum(x.nominal)),
+        table(["Day", "Predictions", "Mean width", "Open-ended", "Nominal", "Empirical", "With truth"], r.items.map((x) => el("tr", {},
+          el("td", {}, timeCell(x.t)), el("td", {}, x.n), el("td", {}, fmtNum(x.mean_width)), el("td", {}, x.n_open), el("td", {}, fmtNum(x.nominal)),
           el("td", { class: x.empirical !== null && x.nominal !== null && x.empirical < x.nominal - 0.05 ? "bad-text" : "" }, fmtNum(x.empirical)),
           el("td", {}, x.n_truth)))));
+      if (r.items.some((x) => x.n_open)) box.append(el("p", { class: "muted" }, `Mean width ${r.notes.mean_width}.`));
       const t = r.items.map((x) => x.t);
       VChart.draw(holder, { start: r.from, end: r.to, height: 180, label: "coverage",
         series: [{ t, y: r.items.map((x) => x.empirical), cls: "emp" }, { t, y: r.items.map((x) => x.nominal), cls: "pred" }],
