@@ -13,8 +13,9 @@ One `AnomalyDetector` per asset:
   ``p <= alpha`` controls the false alarm rate per scored sample at ``alpha`` *on data like the
   calibration period*. Slow drifts (warm-up, seasons) break exchangeability: signals that drift within
   healthy data are left out (`drift_screen`), and the measured FAR on held-out data is what we report.
-  The calibration scores overlap (a rolling mean at every sample), which also puts the FAR a little above
-  alpha on independent data (0.0116 at the defaults): measured and left open in maintenance/README.md;
+  The calibration scores are taken on **non-overlapping** windows lying wholly inside the calibration part
+  (`calibration_scores` of them): rolling means at every sample overlap, their largest values cluster and
+  the threshold came out low (FAR 0.0116 at alpha 0.01 on i.i.d. data; maintenance/README.md);
 - each score is split into per-signal contributions ``z_i (P z)_i`` (they sum to the score), so an
   alert names the signals that contributed most.
 
@@ -37,12 +38,21 @@ from maintenance import uncertainty as conformal
 class AnomalyConfig:
     window: int = 10  # samples in the causal rolling mean
     alpha: float = 0.01  # flag when p <= alpha (false alarm rate per sample, on healthy data)
-    fit_fraction: float = 0.6
+    # 0.4, not more: the calibration windows are disjoint, (1 - fit_fraction) * 1,800 / 10 = 108 at the live
+    # defaults, enough for alpha 0.01 (`min_scores`: 99); 0.6 left 72.
+    fit_fraction: float = 0.4
     score: Literal["mahalanobis", "max_z"] = "max_z"
     ridge: float = 0.1  # added to the correlation matrix's diagonal
     max_drift: float | None = 0.5  # `drift_screen` threshold (None: keep every signal)
     confirm: int = 1  # consecutive flagged samples before the alarm goes on (debounce)
     hold: int = 30  # samples an alarm is held after the last flagged sample (alert clear hysteresis)
+
+
+def calibration_scores(n: int, window: int, fit_fraction: float) -> int:
+    """How many calibration scores `AnomalyDetector.fit` takes from ``n`` healthy samples: one per whole,
+    non-overlapping ``window`` after the first ``int(n * fit_fraction)`` (the fit part). The alpha resolution
+    (`maintenance.uncertainty.min_scores`) is checked against this count, by fit and by ``[maintenance]``."""
+    return max(0, n - int(n * fit_fraction)) // max(1, window)
 
 
 def rolling_mean(x: np.ndarray, window: int) -> np.ndarray:
@@ -120,13 +130,19 @@ class AnomalyDetector:
         k = z.shape[1]
         corr = np.atleast_2d(np.cov(z.T)) if len(z) > 1 else np.eye(k)
         self.precision_ = np.linalg.inv(corr + c.ridge * np.eye(k))
-        self.calibration_ = self._raw_scores(x[n_fit:])[0]
+        # One score per whole window inside the calibration part, windows not overlapping: scores of overlapping
+        # windows are dependent and their largest come in clusters, so the p <= alpha threshold came out low (FAR
+        # above alpha even on i.i.d. data), and the first window - 1 would have averaged in fit samples.
+        # Disjoint windows of exchangeable samples give exchangeable scores, each distributed as a live score.
+        w = max(1, c.window)
+        self.calibration_ = self._raw_scores(x[n_fit + w - 1::w])[0]
         n_cal = len(self.calibration_)
         if n_cal < conformal.min_scores(c.alpha):
             # The smallest conformal p-value is 1/(n+1): a smaller alpha could never flag anything.
             raise ValueError(f"alpha {c.alpha} is below the p-value resolution 1/(n+1) = {1 / (n_cal + 1):.4f} of "
-                             f"{n_cal} calibration samples (alpha {c.alpha} needs {conformal.min_scores(c.alpha)}): "
-                             "train on more healthy data or raise alpha")
+                             f"{n_cal} calibration scores (one per {w} samples of the last {len(x) - n_fit}; alpha "
+                             f"{c.alpha} needs {conformal.min_scores(c.alpha)}): train on more healthy data, "
+                             "shorten window or raise alpha")
         return self
 
     def _raw_scores(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

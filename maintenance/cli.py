@@ -160,6 +160,9 @@ def cmd_skab(args) -> int:
           f"(TP {s['tp']} FP {s['fp']} FN {s['fn']} TN {s['tn']})")
     print(f"  FAR on normal rows before the first anomaly {s['far_before_first_anomaly']:.2f} %, "
           f"after an anomaly {s['far_after_an_anomaly']:.2f} %")
+    if result["infeasible"]:
+        print(f"  {result['infeasible']} grid configurations skipped in every selection: alpha below the p-value "
+              f"resolution of their window's calibration scores (they could never flag)")
     print("leaderboard for scale (full benchmark): Conv-AE F1 0.78 / FAR 13.55 % / MAR 28.02 %")
     _dump(result, args.json)
     return 0

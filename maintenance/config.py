@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edge.paths import ConfigPath
 from maintenance.alerts import AlertPolicy
-from maintenance.anomaly import AnomalyConfig
+from maintenance.anomaly import AnomalyConfig, calibration_scores
 from maintenance.indicators import STATS
 from maintenance.iso20816 import ZoneConfig
 from maintenance.notify import WebhookConfig
@@ -46,7 +46,8 @@ class AnomalyAssetConfig(BaseModel):
     window: int = Field(10, ge=1)
     alpha: float = Field(0.01, gt=0, lt=0.5,
                          description="flag at p <= alpha: the false alarm rate per scored sample on healthy "
-                                     "data it aims at (somewhat above it with window > 1: maintenance/README.md)")
+                                     "data like the training period; needs (train_samples x 0.6 / window) >= "
+                                     "about 1/alpha (maintenance/README.md)")
     # max_z: chosen in 16 of 16 leave-one-file-out selections on SKAB (maintenance/README.md)
     score: str = Field("max_z", pattern="^(mahalanobis|max_z)$")
     max_drift: float | None = 0.5
@@ -55,13 +56,15 @@ class AnomalyAssetConfig(BaseModel):
 
     @model_validator(mode="after")
     def _resolution(self) -> AnomalyAssetConfig:
-        # Checked here, not first after train_samples seconds of training, with the detector's own rule: the
-        # samples after AnomalyConfig.fit_fraction calibrate, and p-values step by 1/(n+1).
-        n_cal = self.train_samples - int(self.train_samples * AnomalyConfig.fit_fraction)
+        # Checked here, not first after train_samples seconds of training, with the detector's own rule: one
+        # score per whole, non-overlapping window after AnomalyConfig.fit_fraction calibrates, and p-values step
+        # by 1/(n+1).
+        n_cal = calibration_scores(self.train_samples, self.window, AnomalyConfig.fit_fraction)
         if n_cal < min_scores(self.alpha):
             raise ValueError(f"alpha {self.alpha} is below the p-value resolution 1/{n_cal + 1} of "
-                             f"{self.train_samples} training samples ({n_cal} calibrate; alpha {self.alpha} needs "
-                             f"{min_scores(self.alpha)}); raise alpha or train_samples")
+                             f"{self.train_samples} training samples at window {self.window} ({n_cal} calibration "
+                             f"windows; alpha {self.alpha} needs {min_scores(self.alpha)}); raise alpha or "
+                             "train_samples, or shorten window")
         return self
 
 

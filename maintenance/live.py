@@ -59,6 +59,9 @@ STALE_PERIODS = 5  # a signal not updated for this many periods is missing in th
 ANOMALY_STATE_FILE = "anomaly_models.npz"
 DETECTOR_ARRAYS = ("use", "mean", "scale", "precision", "calibration")  # AnomalyDetector's fitted `<name>_`
 STATE_FORMAT = 1
+# How a saved detector was calibrated, part of its key: a model saved before calibration on disjoint windows has no
+# such entry (its alpha was not held: FAR above alpha) and is trained again, with `anomaly_state_mismatch`.
+CALIBRATION = {"calibration": "disjoint_windows", "fit_fraction": AnomalyConfig.fit_fraction}
 
 
 def detector_version(d: AnomalyDetector) -> str:
@@ -74,7 +77,7 @@ def _anomaly_key(a: AssetConfig) -> dict:
     """What a saved detector must match to be restored: the asset's anomaly settings that shape the fit."""
     c = a.anomaly
     return {"signals": list(c.signals), "train_samples": c.train_samples, "window": c.window, "alpha": c.alpha,
-            "score": c.score, "max_drift": c.max_drift}
+            "score": c.score, "max_drift": c.max_drift} | CALIBRATION
 
 
 class _Anomaly:
@@ -209,8 +212,11 @@ class _Anomaly:
             if s is None or s.get("version") == self.known.get(a.name):
                 continue  # not in the file, or what this process already knows from it
             if s.get("key") != _anomaly_key(a):
-                log.warning("asset %s: the anomaly model saved in %s was trained with other settings; %s", a.name,
-                            path, "training again" if at_start else "keeping the current one",
+                old = isinstance(s.get("key"), dict) and "calibration" not in s["key"]
+                log.warning("asset %s: the anomaly model saved in %s was %s; %s", a.name, path,
+                            "calibrated by an older version, on overlapping windows (its false alarm rate was "
+                            "above alpha)" if old else "trained with other settings",
+                            "training again" if at_start else "keeping the current one",
                             extra={"event": "anomaly_state_mismatch", "asset": a.name})
                 continue
             c = a.anomaly

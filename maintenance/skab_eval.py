@@ -10,6 +10,10 @@ on the *other* files and the one with the best pooled F1 there (optionally with 
 is applied to the held-out group. The held-out predictions of all groups are pooled for the
 reported figures. Signal selection (`anomaly.drift_screen`) uses only the training rows (first 400)
 of the training files: no labels.
+
+A configuration whose alpha is below the p-value resolution of its calibration scores (400 rows leave
+``anomaly.calibration_scores(400, window, fit_fraction)`` disjoint windows: 48 at window 5, 24 at 10) could
+never flag: it is skipped as infeasible and counted (``infeasible`` in the result), never scored.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from dataclasses import asdict, replace
 
 import numpy as np
 
-from maintenance.anomaly import AnomalyConfig, AnomalyDetector, alarm, drift_screen
+from maintenance.anomaly import AnomalyConfig, AnomalyDetector, alarm, calibration_scores, drift_screen
 from maintenance.skab import TRAIN_ROWS, SkabFile, score
+from maintenance.uncertainty import min_scores
 
 GRID = {
     "window": (5, 10, 15, 30),
@@ -67,16 +72,29 @@ def far_split(truth: np.ndarray, pred: np.ndarray, before: np.ndarray) -> dict:
     return {"far_before_first_anomaly": far(before), "far_after_an_anomaly": far(~before)}
 
 
+def feasible(window: int, alpha: float) -> bool:
+    """Whether a detector fitted on SKAB's training rows at ``window`` can flag at ``alpha`` (its calibration
+    scores reach the p-value resolution; `AnomalyDetector.fit` refuses it otherwise)."""
+    return calibration_scores(TRAIN_ROWS, window, AnomalyConfig.fit_fraction) >= min_scores(alpha)
+
+
 def grid_search(files: Sequence[SkabFile], grid: dict = GRID, max_far: float | None = None):
-    """Best configuration on ``files`` by pooled F1 (FAR <= max_far if given); returns (config, use, scores)."""
+    """Best configuration on ``files`` by pooled F1 (FAR <= max_far if given), skipping the infeasible (`feasible`);
+    returns (config, use, scores, how many configurations were infeasible)."""
     best = None
     cache: dict = {}
+    infeasible = 0
     for window, max_drift, sc in itertools.product(grid["window"], grid["max_drift"], grid["score"]):
+        alphas = [a for a in grid["alpha"] if feasible(window, a)]
+        infeasible += (len(grid["alpha"]) - len(alphas)) * len(grid["confirm"]) * len(grid["hold"])
+        if not alphas:
+            continue
         use = drift_screen([f.x[:TRAIN_ROWS] for f in files], max_drift)
         key = (window, tuple(use), sc)
-        if key not in cache:
-            cache[key] = _flags(files, AnomalyConfig(window=window, score=sc, max_drift=max_drift), use)
-        for alpha, n_confirm, n_hold in itertools.product(grid["alpha"], grid["confirm"], grid["hold"]):
+        if key not in cache:  # the p-values do not depend on alpha; fitted at a feasible one
+            cache[key] = _flags(files, AnomalyConfig(window=window, alpha=max(alphas), score=sc, max_drift=max_drift),
+                                use)
+        for alpha, n_confirm, n_hold in itertools.product(alphas, grid["confirm"], grid["hold"]):
             s = score(*_pooled(files, cache[key], alpha, n_confirm, n_hold))
             if max_far is not None and s.far > max_far:
                 continue
@@ -85,8 +103,11 @@ def grid_search(files: Sequence[SkabFile], grid: dict = GRID, max_far: float | N
                                     hold=n_hold)
                 best = (cfg, use, s)
     if best is None:
+        if infeasible and not cache:
+            raise ValueError(f"no configuration of the grid can flag: every alpha is below the p-value resolution of "
+                             f"its window's calibration scores ({TRAIN_ROWS} training rows)")
         raise ValueError(f"no configuration keeps FAR <= {max_far} % on the training files")
-    return best
+    return (*best, infeasible)
 
 
 def evaluate(files: Sequence[SkabFile], *, folds: int | None = None, grid: dict = GRID, max_far: float | None = None,
@@ -108,15 +129,16 @@ def evaluate(files: Sequence[SkabFile], *, folds: int | None = None, grid: dict 
     for g in groups:
         train = [files[i] for i in range(len(files)) if i not in g]
         test = [files[i] for i in g]
-        cfg, use, s_train = grid_search(train, grid, max_far)
+        cfg, use, s_train, infeasible = grid_search(train, grid, max_far)
         t, p = _pooled(test, _flags(test, cfg, use), cfg.alpha, cfg.confirm, cfg.hold)
         truth_all.append(t)
         pred_all.append(p)
         before_all.append(_before_first_anomaly(test))
         per_fold.append({"test_files": [f.name for f in test], "config": asdict(cfg),
                          "signals": [files[0].columns[i] for i in use], "train_f1": s_train.f1,
-                         "test": score(t, p).as_dict()})
+                         "infeasible": infeasible, "test": score(t, p).as_dict()})
     t, p = np.concatenate(truth_all), np.concatenate(pred_all)
     pooled = score(t, p).as_dict() | far_split(t, p, np.concatenate(before_all))
     return {"mode": "nested-leave-files-out", "folds": per_fold, "pooled": pooled,
-            "files": [f.name for f in files], "max_far": max_far}
+            "files": [f.name for f in files], "max_far": max_far,
+            "infeasible": per_fold[0]["infeasible"] if per_fold else 0}

@@ -58,7 +58,14 @@ name = "P-1"
 vibration_tags = ["P-1.vib"]
 process_tags = ["P-1.temp"]
 iso20816 = { group = 2, foundation = "rigid" }
-anomaly = { signals = ["P-1.vib", "P-1.temp"], train_samples = 240, alpha = 0.05, confirm = 3, predict_every_s = 10 }
+# window 5: 240 samples leave 28 disjoint calibration windows, enough for alpha 0.05 (19; window 10: 14)
+[maintenance.assets.anomaly]
+signals = ["P-1.vib", "P-1.temp"]
+train_samples = 240
+window = 5
+alpha = 0.05
+confirm = 3
+predict_every_s = 10
 """
 
 

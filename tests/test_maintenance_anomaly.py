@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from maintenance import skab, skab_eval
-from maintenance.anomaly import AnomalyBank, AnomalyConfig, AnomalyDetector, alarm, confirmed, drift_screen
+from maintenance.anomaly import (
+    AnomalyBank,
+    AnomalyConfig,
+    AnomalyDetector,
+    alarm,
+    calibration_scores,
+    confirmed,
+    drift_screen,
+)
 
 SHARED_SKAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "skab"
 
@@ -29,16 +37,13 @@ def test_false_alarm_rate_near_alpha_on_fresh_healthy_data():
     assert np.mean(rates) == pytest.approx(0.05, abs=0.01)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "calibration scores are overlapping rolling-mean windows (window 10 at defaults): not exchangeable with a "
-    "live window even on i.i.d. data, so the FAR per scored window exceeds alpha (0.0115 at alpha 0.01 with 1,800 "
-    "training samples; 0.0214 with 300, as config/demo.toml). Fix: non-overlapping calibration windows, and a "
-    "resolution check on their count (defaults and the demo's train_samples must change with it)"))
 def test_false_alarm_rate_at_most_alpha_with_the_default_rolling_window():
     """The configured alpha is documented as the false alarm rate per scored sample on healthy data. With the
-    default window of 10 (not window=1, which the test above uses) on i.i.d. healthy data."""
+    default window of 10 (not window=1, which the test above uses) on i.i.d. healthy data. It failed while the
+    calibration scores were rolling means at every sample (overlapping, their largest in clusters: 0.0116); they
+    are now one per disjoint window."""
     rng = np.random.default_rng(4)
-    cfg = AnomalyConfig(alpha=0.01, max_drift=None)  # window 10, fit_fraction 0.6: as maintenance.live fits them
+    cfg = AnomalyConfig(alpha=0.01, max_drift=None)  # window 10, fit_fraction 0.4: as maintenance.live fits them
     rates = np.array([AnomalyDetector(cfg).fit(healthy(1800, rng, k=3)).score(healthy(2000, rng, k=3)).flag[10:].mean()
                       for _ in range(600)])
     se = rates.std() / np.sqrt(rates.size)
@@ -70,6 +75,22 @@ def test_drift_screen_leaves_out_trending_signals():
 def test_alpha_below_resolution_refused():
     with pytest.raises(ValueError, match="resolution"):
         AnomalyDetector(AnomalyConfig(alpha=0.001)).fit(healthy(200, np.random.default_rng(0)))
+
+
+def test_calibration_scores_are_disjoint_windows_inside_the_calibration_part():
+    """One calibration score per whole window after the fit part, none averaging a fit sample in, and as many as
+    `calibration_scores` says (the count the config's resolution check uses)."""
+    rng = np.random.default_rng(5)
+    for n, window in ((1800, 10), (400, 5), (300, 1), (407, 7)):
+        x = healthy(n, rng, k=3)
+        det = AnomalyDetector(AnomalyConfig(window=window, alpha=0.2, max_drift=None)).fit(x)
+        n_fit = int(n * det.config.fit_fraction)
+        assert len(det.calibration_) == calibration_scores(n, window, det.config.fit_fraction) == (n - n_fit) // window
+        starts = n_fit + window * np.arange(len(det.calibration_))
+        means = np.stack([x[s:s + window].mean(axis=0) for s in starts])
+        expected = (((means - det.mean_) / det.scale_) ** 2).max(axis=1)
+        np.testing.assert_allclose(det.calibration_, expected)
+    assert calibration_scores(1800, 10, AnomalyConfig.fit_fraction) >= 99  # the live defaults can flag at 0.01
 
 
 def test_confirm_and_hold():
@@ -118,13 +139,29 @@ def test_skab_evaluation_on_skab_format_files(tmp_path):
         paths.append(p)
     files = [skab.load(p) for p in paths]
     assert files[0].x.shape == (1100, 5) and files[0].anomaly.sum() == 300
-    small = {"window": (5, 10), "alpha": (0.02, 0.01), "max_drift": (0.5, None), "score": ("max_z",),
+    # 400 training rows leave 48 calibration windows at window 5 and 24 at 10: alpha 0.05 is feasible at both,
+    # 0.02 (49 needed) and 0.01 at neither; those are skipped, not scored as "never flags".
+    small = {"window": (5, 10), "alpha": (0.05, 0.02, 0.01), "max_drift": (0.5, None), "score": ("max_z",),
              "confirm": (1,), "hold": (0, 10)}
     r = skab_eval.evaluate(files, folds=2, grid=small)
     assert r["mode"] == "nested-leave-files-out" and len(r["folds"]) == 2
+    assert r["infeasible"] == 2 * 2 * 2 * 2  # (window, max_drift) x the two alphas x hold
+    assert {f["config"]["alpha"] for f in r["folds"]} == {0.05}
     assert r["pooled"]["f1"] > 0.9 and r["pooled"]["far"] < 10
     for f in r["folds"]:  # the warming signal is screened out on the training files alone
         assert "Temperature" not in f["signals"]
+
+
+def test_skab_grid_with_no_feasible_alpha_is_refused(tmp_path):
+    rng = np.random.default_rng(6)
+    paths = [tmp_path / f"{i}.csv" for i in range(2)]
+    for p in paths:
+        write_skab_like(p, rng, shift=3.0)
+    files = [skab.load(p) for p in paths]
+    grid = {"window": (10,), "alpha": (0.01,), "max_drift": (None,), "score": ("max_z",), "confirm": (1,),
+            "hold": (0,)}
+    with pytest.raises(ValueError, match="resolution"):
+        skab_eval.evaluate(files, grid=grid)
 
 
 def test_skab_metrics_by_hand():

@@ -42,26 +42,26 @@ def test_errors_name_the_key():
     assert "assets.0.iso20816.group" in str(e.value)
 
 
-@pytest.mark.parametrize("train_samples", [40, 99, 300, 1800])
-def test_the_config_refuses_exactly_the_alphas_the_detector_cannot_fit(train_samples):
+@pytest.mark.parametrize(("train_samples", "window"), [(40, 5), (99, 10), (300, 10), (300, 1), (1800, 10)])
+def test_the_config_refuses_exactly_the_alphas_the_detector_cannot_fit(train_samples, window):
     """``[maintenance]`` checks alpha against the p-value resolution before a detector trains for train_samples
     seconds; it must refuse exactly the alphas `AnomalyDetector.fit` would (one rule, `min_scores`, with the
-    detector's own share of calibration samples), no more and no fewer."""
+    detector's own count of calibration scores: one per disjoint window), no more and no fewer."""
     import numpy as np
 
     from maintenance.anomaly import AnomalyConfig, AnomalyDetector
 
     healthy = np.random.default_rng(train_samples).standard_normal((train_samples, 2))
-    n_cal = train_samples - int(train_samples * AnomalyConfig.fit_fraction)
+    n_cal = (train_samples - int(train_samples * AnomalyConfig.fit_fraction)) // window
     for alpha in (1 / (n_cal + 1), 1 / (n_cal + 1) * 0.999, 1 / n_cal, 1 / (n_cal + 2)):
         try:
-            AnomalyAssetConfig(signals=("a", "b"), train_samples=train_samples, alpha=alpha)
+            AnomalyAssetConfig(signals=("a", "b"), train_samples=train_samples, window=window, alpha=alpha)
             config_ok = True
         except ValidationError as exc:
             assert "alpha" in str(exc) and "train_samples" in str(exc), "the error names the settings"
             config_ok = False
         try:
-            AnomalyDetector(AnomalyConfig(alpha=alpha, max_drift=None)).fit(healthy)
+            AnomalyDetector(AnomalyConfig(window=window, alpha=alpha, max_drift=None)).fit(healthy)
             fit_ok = True
         except ValueError as exc:
             assert "resolution" in str(exc)

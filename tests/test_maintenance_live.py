@@ -33,8 +33,9 @@ def config() -> MaintenanceConfig:
     asset = AssetConfig(
         name="P-101", vibration_tags=("P-101.vib_de",), process_tags=("P-101.bearing_temp", "P-101.motor_current"),
         iso20816=ZoneConfig(boundaries_mm_s=(0.8, 1.4, 3.0)),  # this pump's own limits: 1.5 mm/s is zone C
+        # window 2: 400 samples leave 120 disjoint calibration windows, enough for alpha 0.01 (99; window 10: 24)
         anomaly=AnomalyAssetConfig(signals=tuple(f"P-101.{s}" for s in SIGNALS), train_samples=400, alpha=0.01,
-                                   window=10, predict_every_s=30))
+                                   window=2, predict_every_s=30))
     rule = RuleConfig(name="P-101 current high", tag="P-101.motor_current", kind="threshold", high=500)
     return MaintenanceConfig(window_s=60, hop_s=10, assets=(asset,), rules=(rule,))
 
@@ -346,7 +347,7 @@ def test_train_anomaly_again_on_a_healthy_period_from_the_database(tmp_path, pg_
     _store(pg_dsn, faulty + overhauled)
     cfg = config()
     other = AssetConfig(name="Q-1", anomaly=AnomalyAssetConfig(signals=("Q-1.a", "Q-1.b"), train_samples=100,
-                                                               alpha=0.05))
+                                                               window=3, alpha=0.05))
     cfg = cfg.model_copy(update={"assets": (*cfg.assets, other)})
     state = tmp_path / "var"
     gw = MaintenanceLive(cfg, state_dir=state)  # the gateway's first start, on the faulty pump, and Q-1 healthy
@@ -371,11 +372,11 @@ url = "{db_url(pg_dsn)}"
 
 [[maintenance.assets]]
 name = "P-101"
-anomaly = {{ signals = [{signals}], train_samples = 400, alpha = 0.01, window = 10, predict_every_s = 30 }}
+anomaly = {{ signals = [{signals}], train_samples = 400, alpha = 0.01, window = 2, predict_every_s = 30 }}
 
 [[maintenance.assets]]
 name = "Q-1"
-anomaly = {{ signals = ["Q-1.a", "Q-1.b"], train_samples = 100, alpha = 0.05 }}
+anomaly = {{ signals = ["Q-1.a", "Q-1.b"], train_samples = 100, window = 3, alpha = 0.05 }}
 """)
 
     def cli(*args: str) -> subprocess.CompletedProcess:
@@ -414,9 +415,10 @@ def _noise(assets: dict[str, int], seconds: int, seed: int = 7, step: dict[str, 
         yield batch
 
 
-def _asset(name: str, k: int, *, train: int = 100, window: int = 10) -> AssetConfig:
+def _asset(name: str, k: int, *, train: int = 100, window: int = 3, alpha: float = 0.05) -> AssetConfig:
+    # window 3: 100 samples leave 20 disjoint calibration windows, enough for alpha 0.05 (19)
     return AssetConfig(name=name, anomaly=AnomalyAssetConfig(
-        signals=tuple(f"{name}.s{j}" for j in range(k)), train_samples=train, window=window, alpha=0.05,
+        signals=tuple(f"{name}.s{j}" for j in range(k)), train_samples=train, window=window, alpha=alpha,
         predict_every_s=1, confirm=1))
 
 
@@ -435,12 +437,13 @@ async def test_an_asset_finishing_training_leaves_the_others_scores_alone():
 
 async def test_each_asset_is_scored_over_its_own_window():
     """Two assets with as many signals but different windows: each score is the mean over its own window (a bank
-    used to take the longest, so a window-1 asset's step was diluted over 60 samples and went unseen)."""
-    live = MaintenanceLive(MaintenanceConfig(assets=(_asset("A", 2, window=1), _asset("B", 2, window=60))))
+    used to take the longest, so a window-1 asset's step was diluted over 30 samples and went unseen). B's alpha 0.4:
+    its 100 training samples leave two calibration windows of 30."""
+    live = MaintenanceLive(MaintenanceConfig(assets=(_asset("A", 2, window=1), _asset("B", 2, window=30, alpha=0.4))))
     preds, _ = await _run(live, list(_noise({"A": 2, "B": 2}, 200, step={"A": (150, 8.0)})))
     first = next(p for p in preds if p.asset == "A" and p.time == T0 + timedelta(seconds=151))
     assert first.p_value <= 0.05
-    assert sorted(bank.window for _, bank in live.anomaly.banks) == [1, 60]
+    assert sorted(bank.window for _, bank in live.anomaly.banks) == [1, 30]
 
 
 def test_a_running_gateway_adopts_train_anomaly_and_never_writes_over_it(tmp_path, caplog):
@@ -524,3 +527,24 @@ async def test_a_restart_keeps_the_zone_hysteresis_of_an_open_zone_alert():
     assert zones and set(zones) == {2}  # zone C, as without the restart
     calm = await vib(again, 200, 1.0, 600)  # clearly below: down to B, and the alert clears
     assert [c.event for _, _, ch in calm for c in ch] == ["cleared"]
+
+
+async def test_a_model_saved_before_disjoint_calibration_windows_trains_again(tmp_path, caplog):
+    """A detector saved by a version that calibrated on overlapping windows (its key has no ``calibration``) held a
+    false alarm rate above alpha: it is not restored but trained again, with a log that says why; no crash."""
+    cfg = MaintenanceConfig(assets=(_asset("A", 2),))
+    live = MaintenanceLive(cfg, state_dir=tmp_path)
+    await _run(live, list(_noise({"A": 2}, 120)))
+    path = tmp_path / "anomaly_models.npz"
+    meta, arrays = read_state(path, 1)
+    assert MaintenanceLive(cfg, state_dir=tmp_path).anomaly.detectors.keys() == {0}  # as saved: restored
+    for key in ("calibration", "fit_fraction"):
+        del meta["assets"]["A"]["key"][key]  # as the older version wrote it
+    path.write_bytes(pack_state(meta, arrays, 1))
+    with caplog.at_level(logging.WARNING, logger="maintenance.live"):
+        again = MaintenanceLive(cfg, state_dir=tmp_path)
+    assert again.anomaly.detectors == {} and 0 in again.anomaly.training
+    (rec,) = [r for r in caplog.records if getattr(r, "event", None) == "anomaly_state_mismatch"]
+    assert "overlapping windows" in rec.getMessage() and "training again" in rec.getMessage()
+    preds, _ = await _run(again, list(_noise({"A": 2}, 120)))
+    assert again.anomaly.detectors.keys() == {0} and preds

@@ -197,7 +197,7 @@ async def test_a_rule_on_an_indicator_holds_on_a_window_of_frozen_readings():
 
 def anomaly_asset() -> AssetConfig:
     return AssetConfig(name="A", anomaly=AnomalyAssetConfig(
-        signals=("A.s0", "A.s1", "A.s2"), train_samples=400, window=10, alpha=0.01, predict_every_s=1, confirm=5))
+        signals=("A.s0", "A.s1", "A.s2"), train_samples=400, window=2, alpha=0.01, predict_every_s=1, confirm=5))
 
 
 SIGNALS = [Tag(name="A.s0", asset="A", range=(-10.0, 10.0), frozen_after_s=5),
