@@ -15,10 +15,12 @@ import psycopg
 import pytest
 from test_emissions_late import _dt, day_average, events, forward, report, stack
 
+from edge import cli
 from edge.db.features import detect
 from edge.db.migrate import migrate
 from edge.sink import rollups
 from emissions import job, periods, synthetic
+from emissions.config import StackConfig
 
 
 @pytest.fixture(params=["pg_dsn", "plain_pg_dsn"], ids=["timescaledb", "plain"])
@@ -93,3 +95,34 @@ async def test_unchanged_readings_and_running_periods_are_no_revision(pg_dsn, ca
         assert day_average(conn, cfg.name, day)[1] is True
         assert revisions(conn, cfg.name) == []
         assert events(caplog, "emissions_revised") == []
+
+
+async def test_a_compute_that_changes_a_closed_day_of_a_waste_incinerator_records_its_half_hours(pg_dsn, tmp_path):
+    """Waste incineration: the day is built from half-hours (its half-hour limits). The day closed on 22 hours (valid:
+    4 half-hours missing, at most 5 allowed); the last two hours' readings come later and are taken by `valvoja
+    emissions compute` of the day: the day's value changes (still valid) and the four half-hours get one. Both are
+    revisions, and the day's report names the day's change and the half-hours."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+        name = stack().name
+        cfg = StackConfig.model_validate({"name": name, "regime": "waste_incineration", "timezone": "Europe/Helsinki",
+                                          "pollutants": [{"name": "NOx", "tag": f"{name}.NOx", "elv": {"day": 200.0}}]})
+        day, next_day = periods.parse_day("2026-03-10", cfg.timezone)
+        await forward(conn, pg_dsn, cfg, day, day + 22 * 3600, value=150.0)
+        job._run_once(pg_dsn, cfg, next_day + 2100, "year", None)
+        old, valid, _ = day_average(conn, cfg.name, day)
+        assert valid is True
+        await forward(conn, pg_dsn, cfg, day + 22 * 3600, next_day, value=30.0)
+        site = tmp_path / "site.toml"
+        site.write_text(f'[[stacks]]\nname = "{cfg.name}"\nregime = "waste_incineration"\ntimezone = "Europe/Helsinki"'
+                        f'\npollutants = [{{ name = "NOx", tag = "{cfg.name}.NOx", elv = {{ day = 200.0 }} }}]\n')
+        common = ["--config", str(site), "--db", pg_dsn, "--stack", cfg.name]
+        assert cli.main(["emissions", "compute", *common, "--from", "2026-03-10", "--to", "2026-03-11"]) == 0
+        new, valid, _ = day_average(conn, cfg.name, day)
+        assert valid is True and new == pytest.approx((22 * 150.0 + 2 * 30.0) / 24)
+        assert [(p, t, n) for p, t, _, n, *_ in revisions(conn, cfg.name)] == [
+            ("day", day, pytest.approx(new))] + [("half_hour", day + 22 * 3600 + i * 1800, 30.0) for i in range(4)]
+        assert cli.main(["emissions", "report", *common, "--day", "2026-03-10", "--out", str(tmp_path)]) == 0
+    html = (tmp_path / f"emissions_{cfg.name}_2026-03-10.html").read_text()
+    assert f"{old:.2f} mg/Nm³ (valid) -&gt; {new:.2f} mg/Nm³ (valid)" in html
+    assert "4 stored half-hour NOx averages of this period changed after they closed" in html
