@@ -33,7 +33,9 @@ def add_parser(subparsers) -> None:
                                    "rules are current), store the results, and write the report files. A period "
                                    "still running is computed up to the last whole hour and reported provisional. "
                                    "Where the periodic job recomputed the period's stored results from late "
-                                   "readings, the report says when and why.")
+                                   "readings, the report says when and why; where a run changed a stored average of "
+                                   "the period (or of its hours, half-hours or days) after it had closed, it gives "
+                                   "the old and new value.")
     _common(r)
     r.add_argument("--stack", required=True, help="stack name from [[stacks]]")
     when = r.add_mutually_exclusive_group(required=True)
@@ -98,7 +100,7 @@ def cmd_report(args) -> int:
     import psycopg
 
     from edge.db.migrate import migrate
-    from emissions import job, late, periods, report, report_html
+    from emissions import job, late, periods, report, report_html, revisions
     from emissions.job import NothingClosed, run_span
 
     stacks, url = load(args)
@@ -114,7 +116,7 @@ def cmd_report(args) -> int:
             sr = run_span(conn, cfg, start, end, features=features, write=not args.no_store)
         except NothingClosed as exc:
             raise ConfigError(str(exc)) from None
-        recomputed = late.notes(conn, cfg, start, end)
+        recomputed = late.notes(conn, cfg, start, end) + revisions.notes(conn, cfg, kind, start, end)
         pems_levels = job.pems_levels(conn, cfg, start, end)
     rep = report.build(sr, kind, start, end, features.edition)
     rep.pems_levels = pems_levels

@@ -2,7 +2,8 @@
 
 `run_span` computes one stack over whole periods and stores the result idempotently; `run_periodic`
 keeps the current month and year up to date while the gateway runs (late data after an outage
-corrects earlier periods, because every run recomputes them from the stored readings).
+corrects earlier periods, because every run recomputes them from the stored readings; where that changes the stored
+average of a period that had closed, `emissions.revisions` records it and reports of the period say so).
 
 Compliance windows of a year need the year's data, so by default a span is widened to the start of
 its calendar year (``context="year"``); results for windows that are not complete yet are provisional.

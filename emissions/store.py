@@ -23,7 +23,7 @@ from psycopg.conninfo import make_conninfo
 
 from edge.db.features import Features
 from edge.records import Flag, Quality
-from emissions import periods, pgcopy
+from emissions import periods, pgcopy, revisions
 from emissions.averages import Averages, StackResult
 from emissions.compliance import Event, RuleResult
 from emissions.config import StackConfig
@@ -258,7 +258,8 @@ def write_result(conn: psycopg.Connection, cfg: StackConfig, result: StackResult
                  reaches_now: bool = True, rollup_readings: int | None = None, reason: str = "") -> int:
     """Store one computed span in one transaction; returns the number of average rows written.
     The run goes to ``emission_runs`` with ``rollup_readings`` (`emissions.late.rollup_readings` when it started)
-    and ``reason`` (why it ran, where that is not the usual schedule).
+    and ``reason`` (why it ran, where that is not the usual schedule). Stored averages of closed periods that it
+    changes are recorded first (`emissions.revisions`).
 
     Averages, events and rule windows that start inside the span replace the stored ones (a period or
     window that started before the span was computed from part of its data and is left alone: the year
@@ -294,6 +295,12 @@ def write_result(conn: psycopg.Connection, cfg: StackConfig, result: StackResult
         select = ", ".join(f"NULLIF({c}, 'NaN'::float8)" if c in _NULLABLE_F8 else
                            f"NULLIF({c}, -1)" if c in _NULLABLE_I4 else c for c in _AVG_COLUMNS)
         within = {"stack": cfg.name, "lo": lo, "hi": hi}
+        # The run first, so that the revisions of closed averages it makes can name it (compared before replacing).
+        cur.execute("INSERT INTO emission_runs (stack, span_start, span_end, config, config_sha256, averages, events,"
+                    " seconds, rollup_readings, reason) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                    (cfg.name, lo, hi, json.dumps(cfg.model_dump(mode="json")), sha, n_rows, len(events), seconds,
+                     rollup_readings, reason))
+        revised = revisions.record(cur, cfg, lo, hi, cur.fetchone()[0])
         cur.execute("DELETE FROM emission_averages WHERE stack = %(stack)s AND period_start >= %(lo)s"
                     " AND period_start < %(hi)s" + ends.format("period_end"), within)
         cur.execute(f"INSERT INTO emission_averages ({', '.join(_AVG_COLUMNS)}) SELECT {select} FROM _emis_avg")
@@ -323,10 +330,7 @@ def write_result(conn: psycopg.Connection, cfg: StackConfig, result: StackResult
             [(r.stack, r.pollutant, r.rule, _ts(r.start), _ts(r.end), r.n_valid, r.n_over, r.limit,
               _f(r.required_share), _f(r.share_within), r.passed, r.provisional, r.reference, sha)
              for r in rule_results if span[0] <= r.start < span[1] and r.end <= end_cap])
-        cur.execute("INSERT INTO emission_runs (stack, span_start, span_end, config, config_sha256, averages, events,"
-                    " seconds, rollup_readings, reason) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    (cfg.name, lo, hi, json.dumps(cfg.model_dump(mode="json")), sha, n_rows, len(events), seconds,
-                     rollup_readings, reason))
+    revisions.log_revisions(cfg, revised)  # after the commit: what is logged is stored
     return n_rows
 
 

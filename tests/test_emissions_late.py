@@ -12,6 +12,7 @@ import csv
 import logging
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import psycopg
@@ -81,6 +82,17 @@ def year_runs(conn, stack: str, year: int, new_year: int) -> list[tuple[str, int
         return cur.fetchall()
 
 
+def report(dsn: str, cfg: StackConfig, out: Path, *period: str) -> str:
+    """``valvoja emissions report`` of ``cfg`` (one `stack`) for ``period`` (``--day D`` / ``--month M``) into ``out``,
+    its site file there too; the HTML written."""
+    site = out / "site.toml"
+    site.write_text(f'[[stacks]]\nname = "{cfg.name}"\nregime = "lcp"\ntimezone = "Europe/Helsinki"\npollutants = '
+                    f'[{{ name = "NOx", tag = "{cfg.name}.NOx", elv = {{ month = 200.0 }} }}]\n')
+    assert cli.main(["emissions", "report", "--config", str(site), "--db", dsn, "--stack", cfg.name, *period, "--out",
+                     str(out)]) == 0
+    return (out / f"emissions_{cfg.name}_{period[1]}.html").read_text()
+
+
 def events(caplog, name: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if getattr(r, "event", "") == name]
 
@@ -119,13 +131,9 @@ async def test_readings_drained_after_the_year_end_run_recompute_the_closed_year
         assert runs[0][0] == "" and runs[1][0].startswith("late data: 240 readings")
         (record,) = events(caplog, "emissions_late_recompute")
         assert record.stack == cfg.name and record.period == "2025" and "240 readings" in record.getMessage()
-        site = tmp_path / "site.toml"
-        site.write_text(f'[[stacks]]\nname = "{cfg.name}"\nregime = "lcp"\ntimezone = "Europe/Helsinki"\npollutants = '
-                        f'[{{ name = "NOx", tag = "{cfg.name}.NOx", elv = {{ month = 200.0 }} }}]\n')
-        assert cli.main(["emissions", "report", "--config", str(site), "--db", any_dsn, "--stack", cfg.name, "--month",
-                         "2025-12", "--out", str(tmp_path)]) == 0
-        html = (tmp_path / f"emissions_{cfg.name}_2025-12.html").read_text()
+        html = report(any_dsn, cfg, tmp_path, "--month", "2025-12")
         assert "were recomputed at" in html and "late data: 240 readings of 2025 arrived after" in html
+        assert "1 stored daily NOx average of this period changed after it closed" in html  # 31 December, invalid
         # The CSV export goes to systems that never see the HTML: the same notes, one row each.
         with (tmp_path / f"emissions_{cfg.name}_2025-12_notes.csv").open() as fh:
             notes = list(csv.DictReader(fh))
