@@ -172,6 +172,11 @@ def _first_day_notes(cfg) -> list[str]:
                      "collectors/opcua/sample.toml)")
     if not cfg.database.url:
         notes.append("no database.url: `run` keeps readings in the spool only (log event spool_only)")
+    if cfg.stacks:
+        from emissions.config import StackConfig
+
+        for stack in cfg.stacks:
+            notes += StackConfig.model_validate(stack).notes()
     return notes
 
 

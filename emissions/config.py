@@ -403,6 +403,16 @@ class StackConfig(Strict):
             raise ValueError("; ".join(problems))
         return self
 
+    def notes(self) -> list[str]:
+        """What is valid but probably not meant (check-config prints these as notes): a pollutant with limits whose
+        name the regulatory confidence intervals do not know ("NO2", "Dust") and no ci_percent of its own gets no
+        confidence interval, so its validated averages are the measured ones, silently stricter than the permit."""
+        known = ", ".join(self.regulatory.ci_percent)
+        return [f"stacks ({self.name}).pollutants ({p.name}): no confidence interval: the name is not one of "
+                f"regulatory.ci_percent's ({known}) and ci_percent is not set, so nothing is subtracted from its "
+                "averages to validate them; set ci_percent (0 if that is meant)"
+                for p in self.pollutants if p.elv and p.ci_percent is None and p.name not in self.regulatory.ci_percent]
+
     def ci_percent(self, p: Pollutant) -> float:
         if p.ci_percent is not None:
             return p.ci_percent

@@ -207,3 +207,17 @@ def test_a_time_without_an_offset_is_utc_where_the_help_says_so():
     # A naive --since went to the database as a timestamp without zone, read in the server's TimeZone setting.
     args = build_parser().parse_args(["maintenance", "review", "list", "--asset", "P-1", "--since", "2026-11-01"])
     assert args.since == datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def test_check_config_notes_a_pollutant_without_a_confidence_interval(tmp_path):
+    """A pollutant named "NO2" (the IED's CIs are keyed NOx, dust, ...) silently had no CI: its validated averages
+    were the measured ones. Valid, so a note, not a problem."""
+    site = tmp_path / "site.toml"
+    site.write_text('[[stacks]]\nname = "K9"\nregime = "lcp"\npollutants = [\n'
+                    '  { name = "NO2", tag = "K9.NO2", elv = { month = 200.0 } },\n'
+                    '  { name = "NOx", tag = "K9.NOx", elv = { month = 200.0 } },\n'
+                    '  { name = "NH3", tag = "K9.NH3", elv = { month = 10.0 }, ci_percent = 0 }]\n')
+    r = _valvoja("check-config", "--skip-secrets", str(site))
+    assert r.returncode == 0, r
+    notes = [line for line in r.stdout.splitlines() if "no confidence interval" in line]
+    assert len(notes) == 1 and "pollutants (NO2)" in notes[0], r.stdout
