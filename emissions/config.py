@@ -16,6 +16,7 @@ import math
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edge.paths import ConfigPath
@@ -60,9 +61,25 @@ class H2O(Signal):
 class Temperature(Signal):
     unit: Literal["degC", "K"] = "degC"
 
+    @model_validator(mode="after")
+    def _plausible(self) -> Temperature:
+        if self.value is not None and not units.plausible_k(units.kelvin(np.float64(self.value), self.unit)):
+            raise ValueError(f"value {self.value} {self.unit} is not a flue-gas temperature (between "
+                             f"{units.PLAUSIBLE_K[0] - units.T_STD_K:g} and {units.PLAUSIBLE_K[1] - units.T_STD_K:g} "
+                             "degC): is the unit right?")
+        return self
+
 
 class Pressure(Signal):
     unit: Literal["kPa", "hPa", "mbar", "Pa", "bar"] = "kPa"
+
+    @model_validator(mode="after")
+    def _plausible(self) -> Pressure:
+        if self.value is not None and not units.plausible_kpa(units.kpa(np.float64(self.value), self.unit)):
+            raise ValueError(f"value {self.value} {self.unit} is not an absolute flue-gas pressure (between "
+                             f"{units.PLAUSIBLE_KPA[0]:g} and {units.PLAUSIBLE_KPA[1]:g} kPa): a gauge pressure, "
+                             "or another unit?")
+        return self
 
 
 class Flow(Signal):

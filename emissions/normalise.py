@@ -36,7 +36,7 @@ class Why(enum.IntFlag):
     O2_HIGH = 1 << 2  # O2 at or above the configured maximum: the correction would blow up
     H2O_MISSING = 1 << 3
     H2O_HIGH = 1 << 4
-    T_P_MISSING = 1 << 5
+    T_P_MISSING = 1 << 5  # temperature or pressure missing, or implausible (emissions.units.PLAUSIBLE_K / _KPA)
     SUBSTITUTED = 1 << 6  # a PEMS value stands in for the analyser
     NOT_OPERATING = 1 << 7  # excluded operating state (start-up, shut-down): not invalid, not counted
     STATE_UNKNOWN = 1 << 8  # no operating-state reading yet: not counted as operating
@@ -125,7 +125,8 @@ def _std_factor(cfg: StackConfig, primary: Primary, why: np.ndarray) -> np.ndarr
     p_kpa = units.kpa(p, cfg.pressure.unit) if p is not None else np.full(primary.n, np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         f = units.std_factor(t_k, p_kpa)
-    f = np.where((t_k > 0) & (p_kpa > 0), f, np.nan)
+    plausible = units.plausible_k(t_k) & units.plausible_kpa(p_kpa)  # else missing, not converted
+    f = np.where(plausible, f, np.nan)
     why |= np.where(np.isfinite(f), 0, Why.T_P_MISSING).astype(np.uint16)
     return f
 

@@ -26,7 +26,8 @@ from emissions.job import SpanResult
 from emissions.normalise import Why
 
 # Reasons whose bit name alone does not say enough (the others are shown as the name in lower case).
-LABELS = {Why.ANALYSER_STATUS: "analyser_status (calibration, maintenance, fault)"}
+LABELS = {Why.ANALYSER_STATUS: "analyser_status (calibration, maintenance, fault)",
+          Why.T_P_MISSING: "t_p_missing (temperature or pressure missing or implausible)"}
 STATUS_TEXT = {int(Status.VALID): "valid", int(Status.INVALID): "invalid", int(Status.NOT_OPERATING): "not operating"}
 
 

@@ -47,6 +47,24 @@ def kpa(values: np.ndarray, unit: str) -> np.ndarray:
     return values * _PRESSURE_TO_KPA[unit]
 
 
+# What a flue gas's absolute pressure and temperature can be. Outside, a value is not what the configuration says it
+# is: a gauge pressure configured as absolute (0.3 kPa made every concentration 338 times larger, reported as limit
+# exceedances), hPa configured as kPa, kelvin as degrees Celsius. Such a value is refused (a configured constant) or
+# taken as missing (a reading), never converted.
+PLAUSIBLE_KPA = (50.0, 150.0)
+PLAUSIBLE_K = (223.15, 1773.15)  # -50 to 1500 degrees Celsius
+
+
+def plausible_kpa(p_kpa: np.ndarray) -> np.ndarray:
+    """Where an absolute flue-gas pressure in kPa is within `PLAUSIBLE_KPA`."""
+    return (p_kpa >= PLAUSIBLE_KPA[0]) & (p_kpa <= PLAUSIBLE_KPA[1])
+
+
+def plausible_k(t_k: np.ndarray) -> np.ndarray:
+    """Where a flue-gas temperature in kelvin is within `PLAUSIBLE_K`."""
+    return (t_k >= PLAUSIBLE_K[0]) & (t_k <= PLAUSIBLE_K[1])
+
+
 def std_factor(t_k: np.ndarray, p_kpa: np.ndarray) -> np.ndarray:
     """Factor taking a concentration at actual (T, p) to standard conditions: (T / T_std) × (p_std / p)."""
     return (t_k / T_STD_K) * (P_STD_KPA / p_kpa)

@@ -143,3 +143,24 @@ def test_o2_correction_is_monotonic_and_invertible(c, o2, ref):
     there = nox(stack(reference_o2_percent=ref), NOx=c, o2=o2).ref[0]
     back = (21 - o2) / (21 - ref) * there
     assert back == pytest.approx(c, rel=1e-9)
+
+
+def test_an_implausible_pressure_or_temperature_is_missing_not_converted():
+    """A gauge pressure configured as absolute (0.3 kPa) made the concentration 338 times larger, and every one a limit
+    exceedance in the report; hPa read as kPa the same. Such a value is missing."""
+    cfg = stack(reference_o2_percent=None, temperature={"tag": "T"}, pressure={"tag": "p"},
+                pollutants=[{"name": "NOx", "tag": "N", "conditions": "actual"}])
+    n = normalise_stack(cfg, prim(NOx=[100.0] * 4, temperature=[150.0, 150.0, 150.0, 1900.0],
+                                  pressure=[101.325, 0.3, 1013.25, 101.325]))["NOx"]
+    assert n.ref[0] == pytest.approx(100 * 423.15 / 273.15)
+    assert np.isnan(n.ref[1:]).all()
+    assert all(Why.T_P_MISSING & int(w) for w in n.why[1:])
+
+
+@pytest.mark.parametrize("signal, words", [({"pressure": {"value": 0.3}}, "not an absolute flue-gas pressure"),
+                                           ({"pressure": {"value": 1013.0}}, "not an absolute flue-gas pressure"),
+                                           ({"temperature": {"value": 1900.0}}, "not a flue-gas temperature")])
+def test_an_implausible_constant_pressure_or_temperature_is_refused(signal, words):
+    with pytest.raises(ValueError, match=words):
+        stack(**signal)
+    stack(pressure={"value": 1013.0, "unit": "hPa"}, temperature={"value": 423.0, "unit": "K"})  # the units said
