@@ -58,27 +58,37 @@ class H2O(Signal):
     max_percent: float = Field(50.0, gt=0, lt=100)  # above this the dry conversion is not trusted
 
 
-class Temperature(Signal):
+class _Condition(Signal):
+    """Temperature or pressure for standard conditions: a configured constant must be a flue gas's (`units.PLAUSIBLE_K`,
+    `PLAUSIBLE_KPA`); a gauge pressure configured as absolute made every concentration 338 times larger."""
+
+    unit: str
+
+    def _refuse_implausible(self, si: float, ok: bool, what: str) -> None:
+        if not ok:
+            raise ValueError(f"value {self.value} {self.unit} ({si:g} in SI) is not {what}: is the unit right?")
+
+
+class Temperature(_Condition):
     unit: Literal["degC", "K"] = "degC"
 
     @model_validator(mode="after")
     def _plausible(self) -> Temperature:
-        if self.value is not None and not units.plausible_k(units.kelvin(np.float64(self.value), self.unit)):
-            raise ValueError(f"value {self.value} {self.unit} is not a flue-gas temperature (between "
-                             f"{units.PLAUSIBLE_K[0] - units.T_STD_K:g} and {units.PLAUSIBLE_K[1] - units.T_STD_K:g} "
-                             "degC): is the unit right?")
+        if self.value is not None:
+            t_k = float(units.kelvin(np.float64(self.value), self.unit))
+            self._refuse_implausible(t_k, bool(units.plausible_k(t_k)), "a flue-gas temperature (-50 to 1500 degC)")
         return self
 
 
-class Pressure(Signal):
+class Pressure(_Condition):
     unit: Literal["kPa", "hPa", "mbar", "Pa", "bar"] = "kPa"
 
     @model_validator(mode="after")
     def _plausible(self) -> Pressure:
-        if self.value is not None and not units.plausible_kpa(units.kpa(np.float64(self.value), self.unit)):
-            raise ValueError(f"value {self.value} {self.unit} is not an absolute flue-gas pressure (between "
-                             f"{units.PLAUSIBLE_KPA[0]:g} and {units.PLAUSIBLE_KPA[1]:g} kPa): a gauge pressure, "
-                             "or another unit?")
+        if self.value is not None:
+            kpa = float(units.kpa(np.float64(self.value), self.unit))
+            self._refuse_implausible(kpa, bool(units.plausible_kpa(kpa)),
+                                     "an absolute flue-gas pressure (50-150 kPa; a gauge pressure?)")
         return self
 
 
