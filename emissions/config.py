@@ -64,9 +64,9 @@ class _Condition(Signal):
 
     unit: str
 
-    def _refuse_implausible(self, si: float, ok: bool, what: str) -> None:
+    def _refuse_implausible(self, converted: str, ok: bool, what: str) -> None:
         if not ok:
-            raise ValueError(f"value {self.value} {self.unit} ({si:g} in SI) is not {what}: is the unit right?")
+            raise ValueError(f"value {self.value} {self.unit} ({converted}) is not {what}: is the unit right?")
 
 
 class Temperature(_Condition):
@@ -76,7 +76,8 @@ class Temperature(_Condition):
     def _plausible(self) -> Temperature:
         if self.value is not None:
             t_k = float(units.kelvin(np.float64(self.value), self.unit))
-            self._refuse_implausible(t_k, bool(units.plausible_k(t_k)), "a flue-gas temperature (-50 to 1500 degC)")
+            self._refuse_implausible(f"{t_k:g} K", bool(units.plausible_k(t_k)),
+                                     "a flue-gas temperature (-50 to 1500 degC)")
         return self
 
 
@@ -87,7 +88,7 @@ class Pressure(_Condition):
     def _plausible(self) -> Pressure:
         if self.value is not None:
             kpa = float(units.kpa(np.float64(self.value), self.unit))
-            self._refuse_implausible(kpa, bool(units.plausible_kpa(kpa)),
+            self._refuse_implausible(f"{kpa:g} kPa", bool(units.plausible_kpa(kpa)),
                                      "an absolute flue-gas pressure (50-150 kPa; a gauge pressure?)")
         return self
 
