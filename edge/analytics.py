@@ -105,7 +105,7 @@ def maintenance_config(cfg: SiteConfig):
 
 class Analytics:
     def __init__(self, cfg: SiteConfig, metrics: Metrics, emit, conninfo: str | None):
-        from emissions.config import StackConfig
+        from emissions.config import load_stacks
         from emissions.live import LiveEmissions
         from maintenance.alerts import AlertManager
         from maintenance.live import MaintenanceLive
@@ -127,7 +127,7 @@ class Analytics:
 
             self.manager = AlertManager(MaintenanceConfig.model_validate(cfg.maintenance).alerts)
         self._conditions: list = []
-        stacks = [StackConfig.model_validate(s) for s in cfg.stacks]
+        stacks = load_stacks(cfg.stacks)
         self._pems_steps: list = []  # live PEMS outputs (emissions.pems_live.PemsStep) of the current group
         self.emissions = (LiveEmissions(stacks, on_condition=self._condition, on_pems=self._pems_steps.append,
                                         pems_dsn=conninfo) if stacks else None)

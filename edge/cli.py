@@ -173,10 +173,10 @@ def _first_day_notes(cfg) -> list[str]:
     if not cfg.database.url:
         notes.append("no database.url: `run` keeps readings in the spool only (log event spool_only)")
     if cfg.stacks:
-        from emissions.config import StackConfig
+        from emissions.config import load_stacks
 
-        for stack in cfg.stacks:
-            notes += StackConfig.model_validate(stack).notes()
+        for stack in load_stacks(cfg.stacks):
+            notes += stack.notes()
     return notes
 
 

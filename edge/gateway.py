@@ -127,10 +127,10 @@ class Gateway:
         self.ingest.analytics_tags = analytics.tags()
         self.background.append(analytics.run)
         if self.cfg.stacks and self.conninfo:
-            from emissions.config import StackConfig
+            from emissions.config import load_stacks
             from emissions.job import run_periodic
 
-            stacks = [StackConfig.model_validate(s) for s in self.cfg.stacks]
+            stacks = load_stacks(self.cfg.stacks)
             self._emissions_stop = asyncio.Event()
 
             async def emissions_job() -> None:

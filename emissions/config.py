@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -63,34 +64,31 @@ class _Condition(Signal):
     `PLAUSIBLE_KPA`); a gauge pressure configured as absolute made every concentration 338 times larger."""
 
     unit: str
+    # Per kind: to the unit the plausible range is in, that unit, the range check, what the value must be.
+    _to_si: ClassVar[Callable]
+    _si: ClassVar[str]
+    _plausible: ClassVar[Callable]
+    _what: ClassVar[str]
 
-    def _refuse_implausible(self, converted: str, ok: bool, what: str) -> None:
-        if not ok:
-            raise ValueError(f"value {self.value} {self.unit} ({converted}) is not {what}: is the unit right?")
+    @model_validator(mode="after")
+    def _refuse_implausible(self) -> _Condition:
+        if self.value is not None:
+            si = float(type(self)._to_si(np.float64(self.value), self.unit))
+            if not type(self)._plausible(si):
+                raise ValueError(f"value {self.value} {self.unit} ({si:g} {self._si}) is not {self._what}: is the "
+                                 "unit right?")
+        return self
 
 
 class Temperature(_Condition):
     unit: Literal["degC", "K"] = "degC"
-
-    @model_validator(mode="after")
-    def _plausible(self) -> Temperature:
-        if self.value is not None:
-            t_k = float(units.kelvin(np.float64(self.value), self.unit))
-            self._refuse_implausible(f"{t_k:g} K", bool(units.plausible_k(t_k)),
-                                     "a flue-gas temperature (-50 to 1500 degC)")
-        return self
+    _to_si, _si, _plausible, _what = units.kelvin, "K", units.plausible_k, "a flue-gas temperature (-50 to 1500 degC)"
 
 
 class Pressure(_Condition):
     unit: Literal["kPa", "hPa", "mbar", "Pa", "bar"] = "kPa"
-
-    @model_validator(mode="after")
-    def _plausible(self) -> Pressure:
-        if self.value is not None:
-            kpa = float(units.kpa(np.float64(self.value), self.unit))
-            self._refuse_implausible(f"{kpa:g} kPa", bool(units.plausible_kpa(kpa)),
-                                     "an absolute flue-gas pressure (50-150 kPa; a gauge pressure?)")
-        return self
+    _to_si, _si, _plausible = units.kpa, "kPa", units.plausible_kpa
+    _what = "an absolute flue-gas pressure (50-150 kPa; a gauge pressure?)"
 
 
 class Flow(Signal):
