@@ -23,6 +23,21 @@ def server(pg_admin_dsn):
             yield srv
 
 
+@pytest.fixture(autouse=True)
+def no_login_failures(request):
+    """Each test starts with no log-in failures on record. They count per client (every test here is 127.0.0.1)
+    for a minute, so which tests ran before on the same worker decided whether a log-in got 429: pytest-xdist
+    hands a module's tests to its workers in no fixed order."""
+    if "server" not in request.fixturenames:
+        yield
+        return
+    import psycopg
+
+    with psycopg.connect(request.getfixturevalue("server").dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM console_login_failures")
+    yield
+
+
 def test_openapi_document_lists_the_api(server):
     with server.client() as c:
         doc = c.get("/api/openapi.json").json()
@@ -72,10 +87,6 @@ def test_login_is_rate_limited_per_user_name(server):
         r = c.post("/api/auth/login", json={"username": "engineer", "password": PASSWORD})
         assert r.status_code == 429, "even the right password waits until the window has passed"
         assert int(r.headers["retry-after"]) >= 1
-    import psycopg
-
-    with psycopg.connect(server.dsn, autocommit=True) as conn:
-        conn.execute("DELETE FROM console_login_failures")
 
 
 def test_html_login_form_needs_its_csrf_token_and_redirects(server):
@@ -301,16 +312,6 @@ def test_gateway_page_reads_a_real_gateway_health_endpoint(pg_admin_dsn):
     assert items["gw-down"]["reachable"] is False and "Connect" in items["gw-down"]["error"]
 
 
-@pytest.fixture
-def no_login_failures(server):
-    """Forget the log-in failures a test leaves (they would rate-limit the next tests' log-ins)."""
-    import psycopg
-
-    yield
-    with psycopg.connect(server.dsn, autocommit=True) as conn:
-        conn.execute("DELETE FROM console_login_failures")
-
-
 def _burst(server, attempts: list[tuple[str, str, str]]) -> list[int]:
     """POST /api/auth/login for every (user name, password, X-Forwarded-For) at once; the status codes in order."""
     import httpx
@@ -324,7 +325,7 @@ def _burst(server, attempts: list[tuple[str, str, str]]) -> list[int]:
     return asyncio.run(run())
 
 
-def test_concurrent_wrong_passwords_get_at_most_the_limit_of_checks(server, no_login_failures):
+def test_concurrent_wrong_passwords_get_at_most_the_limit_of_checks(server):
     # From 20 clients at once for one user name (its limit 6): six password checks, the rest refused unchecked.
     codes = _burst(server, [("engineer", f"wrong-{i}", f"198.51.100.{i + 1}") for i in range(20)])
     assert sorted(codes) == [401] * 6 + [429] * 14
@@ -333,7 +334,7 @@ def test_concurrent_wrong_passwords_get_at_most_the_limit_of_checks(server, no_l
     assert sorted(codes) == [401] * 3 + [429] * 17
 
 
-def test_ipv6_clients_are_counted_per_64_ipv4_per_address(server, no_login_failures):
+def test_ipv6_clients_are_counted_per_64_ipv4_per_address(server):
     """An IPv6 host holds a whole /64 and can use a new address for each attempt: each full address was its own
     client, so 20 addresses of one /64 got 20 password checks. Now the /64 is the client (IPv4: the address)."""
     import psycopg
@@ -356,13 +357,13 @@ def test_ipv6_clients_are_counted_per_64_ipv4_per_address(server, no_login_failu
     assert _burst(server, [(f"v4-{i}", "wrong", f"198.51.100.{i + 100}") for i in range(4)]) == [401] * 4
 
 
-def test_right_password_within_the_limit_logs_in_during_a_burst(server, no_login_failures):
+def test_right_password_within_the_limit_logs_in_during_a_burst(server):
     codes = _burst(server, [("maintenance", "wrong-1", "198.51.100.77"), ("maintenance", PASSWORD, "198.51.100.77"),
                             ("maintenance", "wrong-2", "198.51.100.77")])
     assert codes == [401, 200, 401]
 
 
-def test_password_checks_run_off_the_event_loop_a_few_at_a_time(server, no_login_failures, monkeypatch):
+def test_password_checks_run_off_the_event_loop_a_few_at_a_time(server, monkeypatch):
     """While four log-ins are in their password checks (held there by the test), the console still answers
     other requests, and only HASH_CONCURRENCY checks run at once."""
     import hashlib
@@ -413,7 +414,7 @@ def test_password_checks_run_off_the_event_loop_a_few_at_a_time(server, no_login
     assert codes == [200] * 4 and peak[0] == passwords.HASH_CONCURRENCY
 
 
-def test_client_address_is_the_first_untrusted_hop_from_the_right(server, no_login_failures):
+def test_client_address_is_the_first_untrusted_hop_from_the_right(server):
     import psycopg
 
     fwd = {"X-Forwarded-For": "6.6.6.6, 203.0.113.9"}  # 6.6.6.6: whatever the client wrote itself
@@ -508,7 +509,7 @@ def test_token_expiry_without_utc_offset_is_refused(server):
         assert datetime.fromisoformat(r.json()["expires_at"]) == datetime.fromisoformat(aware)
 
 
-def test_one_address_cannot_lock_a_user_out_and_many_addresses_are_still_stopped(server, no_login_failures):
+def test_one_address_cannot_lock_a_user_out_and_many_addresses_are_still_stopped(server):
     """The limit counted failures per user name over every client: three wrong passwords for "admin" from anyone on
     the network made the admin's own log-in wait, from any address, for as long as the attacker kept it up. Now one
     client (address, IPv6 /64) gets `login_failures_max` attempts across all names, and a user name
