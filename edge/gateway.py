@@ -135,7 +135,7 @@ class Gateway:
 
             async def emissions_job() -> None:
                 await self.forwarder.schema_ready.wait()
-                await run_periodic(self.conninfo, stacks, self._emissions_stop)
+                await run_periodic(self.conninfo, stacks, self._emissions_stop, metrics=self.metrics)
 
             self.background.append(emissions_job)
         return analytics

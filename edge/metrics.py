@@ -85,6 +85,16 @@ class Metrics:
         self.notify_receiver_up = Gauge("valvoja_alert_receiver_up",
                                         "Alert receivers: 1 when the start-up probe or the last notification got "
                                         "through, 0 when it failed", ["receiver"], registry=r)
+        self.emissions_runs = Counter("valvoja_emissions_runs_total",
+                                      "Emissions job runs per stack: ok, db_unreachable or error (logged once per "
+                                      "distinct error); both retried at the next interval", ["stack", "result"],
+                                      registry=r)
+        self.emissions_last_success = Gauge("valvoja_emissions_last_success_timestamp_seconds",
+                                            "Unix time the emissions job last computed the stack through",
+                                            ["stack"], registry=r)
+        self.emissions_revisions = Counter("valvoja_emissions_revisions_total",
+                                           "Stored averages of closed periods the emissions job changed (late data; "
+                                           "emission_revisions)", ["stack"], registry=r)
         self.records_refused = Counter("valvoja_records_refused_total",
                                        "Predictions/alert changes the database refused (dead-lettered)",
                                        ["kind"], registry=r)

@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import psycopg
@@ -34,6 +35,9 @@ from emissions.averages import StackResult
 from emissions.compliance import Event, RuleResult
 from emissions.config import StackConfig
 from emissions.normalise import Primary
+
+if TYPE_CHECKING:
+    from edge.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,7 @@ class SpanResult:
     qal3: dict[tuple[str, str], list[qal3.Check]]
     seconds: float
     rows_written: int = 0
+    revisions: int = 0  # stored averages of closed periods this run changed (emissions.revisions)
 
 
 def widen(cfg: StackConfig, start: int, end: int, context: str = "year", whole_days: bool = True
@@ -105,9 +110,9 @@ def run_span(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int, *
         for (analyser, _kind), checks in charts.items():
             store.write_qal3(conn, cfg.name, analyser, checks)
         reaches_now = span[1] >= periods.last_whole_hour(int(clock()), cfg.timezone)
-        out.rows_written = store.write_result(conn, cfg, result, span, rules, events,
-                                              time.perf_counter() - t_begin, reaches_now=reaches_now,
-                                              rollup_readings=seen, reason=reason)
+        out.rows_written, out.revisions = store.write_result(conn, cfg, result, span, rules, events,
+                                                             time.perf_counter() - t_begin, reaches_now=reaches_now,
+                                                             rollup_readings=seen, reason=reason)
     out.seconds = time.perf_counter() - t_begin
     log.info("emissions: %s %s..%s: %d averages, %d events in %.2f s", cfg.name, periods.iso(span[0]),
              periods.iso(span[1]), out.rows_written, len(events), out.seconds,
@@ -154,7 +159,7 @@ def pems_events(cfg: StackConfig, primary: Primary) -> list[Event]:
 
 async def run_periodic(conninfo: str, stacks: list[StackConfig], stop: asyncio.Event, *,
                        interval_s: float = 300.0, full_interval_s: float = 3600.0,
-                       clock: Callable[[], float] = time.time) -> None:
+                       clock: Callable[[], float] = time.time, metrics: Metrics | None = None) -> None:
     """Keep every stack's stored results current until ``stop`` is set.
 
     Every ``interval_s`` the current month is recomputed up to the last whole hour; every
@@ -165,23 +170,45 @@ async def run_periodic(conninfo: str, stacks: list[StackConfig], stop: asyncio.E
     between is computed first from the start of its year to the new period (`_run_once`); a year run also
     recomputes the year before when readings of it arrived after that (`emissions.late`). The synchronous
     job runs in a worker thread so the gateway's event loop is never blocked; a database that is away is
-    retried at the next interval.
+    retried at the next interval, and so is a stack whose run failed otherwise (logged once per distinct error,
+    with the stack; the other stacks still run). ``metrics`` (the gateway's) counts the runs per stack and result,
+    the closed averages they changed, and when each stack last completed one.
     """
     last_full = -float("inf")
     done: dict[str, int | None] = {}  # stack -> end of its last computed span (None: not known yet)
     warned: dict = {}  # late readings not taken, already logged (emissions.late.due)
+    failing: dict[str, str] = {}  # stack -> the error its runs fail with, logged once
     while not stop.is_set():
         now = clock()
         context = "year" if now - last_full >= full_interval_s else "month"
         failed = False
         for cfg in stacks:
+            runs: list[SpanResult] = []
             try:
                 done[cfg.name] = await asyncio.to_thread(_run_once, conninfo, cfg, int(now), context,
-                                                         done.get(cfg.name), warned)
+                                                         done.get(cfg.name), warned, runs)
+                result = "ok"
             except psycopg.OperationalError as exc:
                 log.warning("emissions: database not reachable (%s); retrying in %.0f s", exc, interval_s,
                             extra={"event": "emissions_job_retry", "stack": cfg.name})
-                failed = True  # the year run is due again at the next interval; the other stacks still run
+                failed, result = True, "db_unreachable"  # the year run is due again at the next interval
+            except Exception as exc:
+                # A stack the job cannot compute (a bug, data the code did not foresee) must not stop the others
+                # or the job: its reports would silently go stale. Logged once per distinct error, then counted.
+                failed, result = True, "error"
+                if failing.get(cfg.name) != repr(exc):
+                    failing[cfg.name] = repr(exc)
+                    log.exception("emissions: stack %s could not be computed (%s run); retrying every %.0f s",
+                                  cfg.name, context, interval_s,
+                                  extra={"event": "emissions_job_error", "stack": cfg.name})
+            if result == "ok" and failing.pop(cfg.name, None) is not None:
+                log.info("emissions: stack %s computed again", cfg.name,
+                         extra={"event": "emissions_job_recovered", "stack": cfg.name})
+            if metrics is not None:
+                metrics.emissions_runs.labels(cfg.name, result).inc()
+                metrics.emissions_revisions.labels(cfg.name).inc(sum(r.revisions for r in runs))
+                if result == "ok":
+                    metrics.emissions_last_success.labels(cfg.name).set(time.time())
         if context == "year" and not failed:
             last_full = now
         try:
@@ -191,9 +218,11 @@ async def run_periodic(conninfo: str, stacks: list[StackConfig], stop: asyncio.E
 
 
 def _run_once(conninfo: str, cfg: StackConfig, now: int, context: str, last_end: int | None,
-              warned: dict | None = None) -> int:
+              warned: dict | None = None, runs: list[SpanResult] | None = None) -> int:
     """One periodic run at ``now``; returns the end of what is computed. ``last_end`` is where the previous
-    run ended (None: read from ``emission_runs``, `store.finished_until`); ``warned`` keeps what `late.due` logged."""
+    run ended (None: read from ``emission_runs``, `store.finished_until`); ``warned`` keeps what `late.due` logged;
+    ``runs`` collects the spans computed."""
+    runs = [] if runs is None else runs
     span = widen(cfg, now - 1, now, context, whole_days=False)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         if last_end is None:
@@ -204,14 +233,15 @@ def _run_once(conninfo: str, cfg: StackConfig, now: int, context: str, last_end:
             # The context period moved on: what was left of the previous one (at least its last hour) is
             # computed to its end, from the start of its year for the yearly windows (at most the year before).
             year_before = periods.year_of(periods.year_of(span[0] - 1, cfg.timezone)[0] - 1, cfg.timezone)[0]
-            run_span(conn, cfg, max(last_end, year_before), span[0], context="year", whole_days=True,
-                     clock=lambda: now)
+            runs.append(run_span(conn, cfg, max(last_end, year_before), span[0], context="year", whole_days=True,
+                                 clock=lambda: now))
         # The year-end run may have come before all of its readings did (a spool drained after it, a device's
         # backlog): the hourly year run looks for them, cheaply, and recomputes the year within its bounds.
         redo = late.due(conn, cfg, now, {} if warned is None else warned) if context == "year" else None
         if redo is not None:
-            run_span(conn, cfg, redo[0], redo[1], context="year", whole_days=True, clock=lambda: now, reason=redo[2])
+            runs.append(run_span(conn, cfg, redo[0], redo[1], context="year", whole_days=True, clock=lambda: now,
+                                 reason=redo[2]))
         if span[1] <= now:  # nothing closed yet in a period that has just begun
-            run_span(conn, cfg, now - 1, now, context=context, whole_days=False, clock=lambda: now)
+            runs.append(run_span(conn, cfg, now - 1, now, context=context, whole_days=False, clock=lambda: now))
             return span[1]
     return span[0]

@@ -16,6 +16,7 @@ import itertools
 import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import numpy as np
 import psycopg
@@ -253,10 +254,18 @@ def _average_rows(cfg: StackConfig, pol: str, av: Averages, sha: str, keep: np.n
     return pgcopy.build(n, cols)
 
 
+class Written(NamedTuple):
+    """What `write_result` stored: average rows, and closed averages it changed (`emissions.revisions`)."""
+
+    averages: int
+    revisions: int
+
+
 def write_result(conn: psycopg.Connection, cfg: StackConfig, result: StackResult, span: tuple[int, int],
                  rule_results: list[RuleResult], events: list[Event], seconds: float = 0.0, *,
-                 reaches_now: bool = True, rollup_readings: int | None = None, reason: str = "") -> int:
-    """Store one computed span in one transaction; returns the number of average rows written.
+                 reaches_now: bool = True, rollup_readings: int | None = None, reason: str = "") -> Written:
+    """Store one computed span in one transaction; returns how many average rows it wrote and how many stored
+    averages of closed periods it changed.
     The run goes to ``emission_runs`` with ``rollup_readings`` (`emissions.late.rollup_readings` when it started)
     and ``reason`` (why it ran, where that is not the usual schedule). Stored averages of closed periods that it
     changes are recorded first (`emissions.revisions`).
@@ -331,7 +340,7 @@ def write_result(conn: psycopg.Connection, cfg: StackConfig, result: StackResult
               _f(r.required_share), _f(r.share_within), r.passed, r.provisional, r.reference, sha)
              for r in rule_results if span[0] <= r.start < span[1] and r.end <= end_cap])
     revisions.log_revisions(cfg, revised)  # after the commit: what is logged is stored
-    return n_rows
+    return Written(n_rows, len(revised))
 
 
 def finished_until(conn: psycopg.Connection, cfg: StackConfig, before: int) -> int | None:

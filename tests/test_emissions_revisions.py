@@ -52,7 +52,9 @@ async def test_late_readings_of_a_closed_day_are_a_revision_the_report_states(an
         assert valid is False
         await forward(conn, any_dsn, cfg, day + 20 * 3600, next_day, value=100.0)
         caplog.set_level(logging.INFO, logger="emissions")
-        job._run_once(any_dsn, cfg, next_day + 2400, "month", end)
+        runs: list[job.SpanResult] = []
+        job._run_once(any_dsn, cfg, next_day + 2400, "month", end, None, runs)
+        assert [r.revisions for r in runs] == [5]  # what valvoja_emissions_revisions_total counts
         new, valid, _ = day_average(conn, cfg.name, day)
         assert valid is True and new < old
         said = "changed after it closed, at "
