@@ -234,6 +234,21 @@ def midday_zone() -> str:
     return "UTC" if east == 0 else f"Etc/GMT{'-' if east > 0 else '+'}{abs(east)}"  # POSIX signs: GMT-3 is UTC+3
 
 
+def insert_revision(dsn: str, day: datetime, *, period: str = "day", start_h: float = 0.0, hours: float = 24.0,
+                    old: float | None = 180.5, new: float | None = 150.25, old_status: int = 1,
+                    new_status: int = 0) -> int:
+    """One stored revision of stack WI1's NOx average of ``period`` (starting ``start_h`` hours into ``day``, lasting
+    ``hours``), as `emissions.revisions.record` writes it an hour ago, naming the newest run; returns that run's id."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        (run_id,) = conn.execute("SELECT max(id) FROM emission_runs WHERE stack = 'WI1'").fetchone()
+        start = day.astimezone(UTC) + timedelta(hours=start_h)
+        conn.execute("INSERT INTO emission_revisions (stack, pollutant, period, period_start, period_end, old_value,"
+                     " new_value, old_status, new_status, run_id, revised_at)"
+                     " VALUES ('WI1', 'NOx', %s, %s, %s, %s, %s, %s, %s, %s, now() - interval '1 h')",
+                     (period, start, start + timedelta(hours=hours), old, new, old_status, new_status, run_id))
+    return run_id
+
+
 def seed_emissions(dsn: str, *, days: int = 3, timezone: str = "UTC") -> str:
     """A waste-incinerator stack: synthetic analyser readings up to now, averaged and judged by emissions/."""
     from emissions import job, synthetic

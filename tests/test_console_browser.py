@@ -18,6 +18,7 @@ from console_support import (
     fresh_database,
     insert_alert,
     insert_alerts,
+    insert_revision,
     make_alert,
     run_async,
     seed_emissions,
@@ -256,7 +257,19 @@ def test_emissions_page(browser, server):
     assert page.locator("#live .pollutant").count() == 6
     assert page.locator("#live .pollutant[data-pollutant='NOx'] tr[data-period='half_hour']").count() == 1
     assert page.locator("#calendar .valid, #calendar .invalid, #calendar .exceed").count() >= 2
+    assert page.locator("#revisions").inner_text() == "None."  # no closed day changed in the seeded data
     shot(page, "emissions")
+    # A day of this month whose stored average a later run changed: listed with before and after, marked.
+    first = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    insert_revision(server.dsn, first)
+    try:
+        page.reload()
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        assert "180.5 (invalid) → 150.3 (valid)" in page.locator("#revisions tr[data-day]").inner_text()
+        assert page.locator("#calendar .revised").get_attribute("data-date") == first.date().isoformat()
+    finally:
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM emission_revisions")
     assert page.errors == []
     page.context.close()
 

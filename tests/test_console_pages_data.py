@@ -11,6 +11,7 @@ import pytest
 from console_support import (
     ConsoleServer,
     fresh_database,
+    insert_revision,
     midday_zone,
     seed_emissions,
     seed_plant,
@@ -260,3 +261,34 @@ def test_uncertainty_report_of_an_anomaly_model_states_alpha_and_the_flagged_sha
     assert sum(x["flagged_share"] * x["n_p_values"] for x in items) == pytest.approx(want[1])
     assert all("mean_p_value" not in x for x in items)
     assert "every flagged" in rep["notes"]["flagged_share"]
+
+
+def test_closed_days_a_later_run_changed_are_listed_and_marked_in_the_calendar(server):
+    """A day's stored average changed after the day closed (late readings): a report made before differs from one
+    made now. The page lists such changes with the value and status before and after, and marks the day in the
+    calendar; the rows are those emissions/ stores (`emission_revisions`, one per changed average)."""
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    import psycopg
+
+    with server.client("viewer") as c:
+        tz = ZoneInfo(c.get("/api/emissions/WI1/live").json()["timezone"])
+    day = datetime.now(tz).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    run_id = insert_revision(server.dsn, day)
+    insert_revision(server.dsn, day, period="half_hour", start_h=22, hours=0.5, old=None, new=90.0)
+    try:
+        with server.client("viewer") as c:
+            every = c.get("/api/emissions/WI1/revisions").json()["items"]
+            assert {(r["period"], r["old_value"], r["new_value"]) for r in every} == {
+                ("day", 180.5, 150.25), ("half_hour", None, 90.0)}
+            (only,) = c.get("/api/emissions/WI1/revisions", params={"period": "day", "last": "P1D"}).json()["items"]
+            assert (only["old_status"], only["new_status"], only["run_id"]) == (1, 0, run_id)
+            assert c.get("/api/emissions/WI1/revisions", params={"last": "PT10M"}).json()["items"] == []
+            cal = c.get("/api/emissions/WI1/calendar", params={"month": day.strftime("%Y-%m")}).json()
+            marked = {d["date"]: [r["pollutant"] for r in d["revisions"]] for d in cal["days"] if d["revisions"]}
+            assert marked == {day.date().isoformat(): ["NOx"]}  # the day's own average, not its half-hours
+            assert c.get("/api/emissions/NOPE/revisions").status_code == 404
+    finally:
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM emission_revisions WHERE stack = 'WI1'")

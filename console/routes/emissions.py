@@ -24,6 +24,9 @@ router = APIRouter(prefix="/api/emissions", tags=["emissions"], default_response
 Period = Literal["ten_min", "half_hour", "hour", "day", "month", "year"]
 LIVE_PERIODS = ("ten_min", "half_hour", "hour", "day", "month")
 OWNER = "emissions"
+# Status codes of emission_averages and emission_revisions: 0 valid, 1 invalid, 2 not operating.
+REVISION_COLUMNS = ("pollutant, period, period_start, period_end, old_value, new_value, old_status, new_status, "
+                    "run_id, revised_at")
 
 
 async def _stacks(db) -> dict[str, dict]:
@@ -189,18 +192,40 @@ async def compliance_calendar(request: Request, stack: str,
                             "provisional "
                             "FROM emission_events WHERE stack = %s AND period_start >= %s AND period_start < %s "
                             "ORDER BY period_start", (stack, start, end))
+    await db.require("emission_revisions", owner=OWNER)
+    revised = await db.fetch(f"SELECT {REVISION_COLUMNS} FROM emission_revisions WHERE stack = %s AND period = 'day' "
+                             "AND period_start >= %s AND period_start < %s ORDER BY revised_at", (stack, start, end))
     out = []
     for d in range(1, calendar.monthrange(y, m)[1] + 1):
         ds = datetime(y, m, d, tzinfo=tz)
         de = ds + timedelta(days=1)
         dayrows = [r for r in days if r["period_start"].astimezone(tz).date() == ds.date()]
         ev = [e for e in events if ds <= e["period_start"] < de]
-        # Status codes of emission_averages: 0 valid, 1 invalid, 2 not operating.
+        changed = [r for r in revised if ds <= r["period_start"] < de]
         status = ("none" if not dayrows else "exceed" if any(e["breach"] for e in ev)
                   else "invalid" if any(r["status"] == 1 for r in dayrows)
                   else "off" if all(r["status"] == 2 for r in dayrows) else "valid")
-        out.append({"date": ds.date().isoformat(), "status": status, "pollutants": dayrows, "events": ev})
+        out.append({"date": ds.date().isoformat(), "status": status, "pollutants": dayrows, "events": ev,
+                    "revisions": changed})
     return {"stack": stack, "month": f"{y:04d}-{m:02d}", "timezone": str(tz), "days": out}
+
+
+@router.get("/{stack}/revisions")
+async def revisions(request: Request, stack: str, from_: str | None = Query(None, alias="from"), to: str | None = None,
+                    last: str | None = None, period: Period | None = None, limit: int = Query(200, ge=1, le=2000)):
+    """Stored averages of closed periods that a later run changed (late readings, a recomputation), newest change
+    first, with the value and status before and after: a report of such a period made before the change differs from
+    one made now. The range is over when the change was made (``revised_at``)."""
+    db = request.app.state.db
+    await _stack(db, stack)
+    await db.require("emission_revisions", owner=OWNER)
+    tr = time_range(from_, to, last, default=timedelta(days=31))
+    where, params = "stack = %s AND revised_at >= %s AND revised_at < %s", [stack, tr.start, tr.end]
+    if period:
+        where += " AND period = %s"
+        params.append(period)
+    return {"items": await db.fetch(f"SELECT {REVISION_COLUMNS} FROM emission_revisions WHERE {where} "
+                                    "ORDER BY revised_at DESC, id DESC LIMIT %s", (*params, limit))}
 
 
 @router.get("/{stack}/compliance")

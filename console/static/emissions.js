@@ -40,6 +40,12 @@
         el("b", {}, fmtNum(day.projection)), day.limit !== null ? ` against ${fmtNum(day.limit)} mg/Nm³` : " (no daily limit)"));
   }
 
+  const STATUS = ["valid", "invalid", "not operating"];
+  /** "12.3 (invalid) → 10.1 (valid)": a stored average before and after a later run changed it. */
+  function change(r) {
+    return `${fmtNum(r.old_value)} (${STATUS[r.old_status]}) → ${fmtNum(r.new_value)} (${STATUS[r.new_status]})`;
+  }
+
   function calendarView(cal) {
     const first = new Date(cal.days[0].date + "T00:00:00");
     const blanks = (first.getDay() + 6) % 7;
@@ -47,29 +53,39 @@
     for (let i = 0; i < blanks; i++) cells.push(el("div", { class: "none" }));
     for (const d of cal.days) {
       const title = d.pollutants.map((p) => `${p.pollutant}: ${fmtNum(p.validated)} ${p.valid ? "" : "(invalid)"}`).join("\n")
-        + (d.events.length ? "\n" + d.events.map((e) => `${e.pollutant} ${e.rule}: ${fmtNum(e.value)} > ${fmtNum(e.limit_value)}`).join("\n") : "");
-      cells.push(el("div", { class: d.status, "data-date": d.date, title }, el("b", {}, d.date.slice(8)), el("br"), d.status === "none" ? "" : d.status));
+        + (d.events.length ? "\n" + d.events.map((e) => `${e.pollutant} ${e.rule}: ${fmtNum(e.value)} > ${fmtNum(e.limit_value)}`).join("\n") : "")
+        + (d.revisions.length ? "\nchanged after the day closed: " + d.revisions.map((r) => `${r.pollutant} ${change(r)}`).join("; ") : "");
+      cells.push(el("div", { class: d.status + (d.revisions.length ? " revised" : ""), "data-date": d.date, title },
+        el("b", {}, d.date.slice(8)), el("br"), d.status === "none" ? "" : d.status, d.revisions.length ? el("small", {}, " (revised)") : ""));
     }
     return el("div", { class: "calendar", id: "calendar" }, cells);
   }
 
   async function load(stack) {
-    const [live, cal, events, reports] = await Promise.all([
+    const [live, cal, events, revised, reports] = await Promise.all([
       api(`/api/emissions/${encodeURIComponent(stack.stack)}/live`),
       api(`/api/emissions/${encodeURIComponent(stack.stack)}/calendar` + qs({ month: params.get("month") })),
       api(`/api/emissions/${encodeURIComponent(stack.stack)}/events?last=P31D`),
+      api(`/api/emissions/${encodeURIComponent(stack.stack)}/revisions?last=P31D&period=day`),
       api("/api/emissions/reports/files")]);
     return [
       el("h2", {}, `Stack ${stack.stack} `, el("small", {}, `${stack.description || ""} · ${stack.regime || ""} · ${live.timezone}`)),
       el("div", { class: "grid wide", id: "live" }, live.items.map((item) => liveCard(item, live.timezone))),
       el("h2", {}, `Daily compliance ${cal.month}`), calendarView(cal),
-      el("p", { class: "muted" }, "green: valid and within limits · red: exceedance · yellow: invalid day · grey: no data or not operating"),
+      el("p", { class: "muted" }, "green: valid and within limits · red: exceedance · yellow: invalid day · grey: no data or not operating · dashed: changed after it closed"),
       el("h2", {}, "Exceedances (31 days)"),
       events.items.length ? table(["Period", "Pollutant", "Rule", "Value", "Limit", "Breach"], events.items.map((e) => el("tr", {},
         el("td", {}, e.period, " ", timeCell(e.period_start)), el("td", {}, e.pollutant), el("td", {}, e.rule),
         el("td", {}, fmtNum(e.value)), el("td", {}, fmtNum(e.limit_value)),
         el("td", {}, e.breach ? badge("breach", "st-raised") : badge("tolerated", "st-acknowledged"), e.provisional ? " (provisional)" : ""))))
         : el("p", { class: "muted" }, "None."),
+      el("h2", {}, "Closed days changed (last 31 days)"),
+      el("p", { class: "muted" }, "Daily averages a later run changed after the day had closed (late readings, a recomputation): a report made before the change differs from one made now."),
+      el("div", { id: "revisions" }, revised.items.length
+        ? table(["Changed at", "Day", "Pollutant", "Before → after", "Run"], revised.items.map((r) => el("tr", { "data-day": r.period_start },
+          el("td", {}, timeCell(r.revised_at)), el("td", {}, inZone(r.period_start, live.timezone).slice(0, 10)), el("td", {}, r.pollutant),
+          el("td", {}, change(r)), el("td", {}, String(r.run_id)))))
+        : el("p", { class: "muted" }, "None.")),
       el("h2", {}, "Reports"),
       reports.items.length ? el("ul", { id: "reports" }, reports.items.map((r) => el("li", {}, el("a", { href: r.href }, r.name), ` (${fmtNum(r.bytes / 1024)} kB)`)))
         : el("p", { class: "muted" }, reports.configured ? "No reports yet." : "No reports folder configured (console.reports_dir)."),
