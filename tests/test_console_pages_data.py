@@ -50,6 +50,10 @@ def test_live_values_against_limits_with_day_projection(server):
     assert nox["reading"]["value"] > 0 and nox["tag"] == "WI1.NOx"
     hh = nox["averages"]["half_hour"]
     assert hh["value"] is not None and hh["limits"] and hh["percent_of_limit"] is not None
+    # Against the strictest half-hour limit (the 97 % one, B = 200), not the first rule listed (the 100 % one, A = 400).
+    assert [(x["limit"], x["share"]) for x in hh["limits"]] == [(200.0, 97.0), (400.0, 100.0)]
+    check = hh["validated"] if hh["validated"] is not None else hh["value"]
+    assert hh["percent_of_limit"] == pytest.approx(100 * check / 200.0)
     assert nox["averages"]["day"]["running"] is True
     assert nox["day"]["limit"] == 200.0 and nox["day"]["subs_total"] == 48
     assert nox["day"]["projection"] is not None and nox["day"]["subs_done"] >= 1

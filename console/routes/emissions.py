@@ -100,7 +100,8 @@ def subs_in_day(day: date, tz: ZoneInfo, sub_s: int) -> int:
 @router.get("/{stack}/live")
 async def live(request: Request, stack: str):
     """Per pollutant: the newest analyser reading (raw unit), the newest stored average of every period
-    (normalised, validated), each against its limits, and the running day with a projection to its end."""
+    (normalised, validated), each against its limits (strictest first; ``percent_of_limit`` against that one), and
+    the running day with a projection to its end."""
     db = request.app.state.db
     s = await _stack(db, stack)
     cfg = s["config"] or {}
@@ -130,7 +131,9 @@ async def live(request: Request, stack: str):
         rules = limits(cfg, pol)
         periods = {}
         for r in (x for x in latest if x["pollutant"] == pol):
-            lims = [x for x in rules if x["period"] == r["period"]]
+            # Strictest first: a half-hour under a waste incinerator's 100 % limit (A) can be over its 97 % one (B),
+            # and the percentage against A alone showed half the load on the limit that is exceeded first.
+            lims = sorted((x for x in rules if x["period"] == r["period"]), key=lambda x: x["limit"])
             check = r["validated"] if r["validated"] is not None else r["value"]
             r["limits"] = lims
             r["percent_of_limit"] = (100.0 * check / lims[0]["limit"]) if lims and check is not None else None
