@@ -7,7 +7,7 @@ import fcntl
 import io
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -16,16 +16,24 @@ from pathlib import Path
 import numpy as np
 
 
-def write_atomic(path: str | Path, data: bytes | str, *, mode: int = 0o644) -> None:
+def write_atomic(path: str | Path, data: bytes | str, *, mode: int | None = None) -> None:
     """Replace ``path`` with ``data`` durably and atomically: a temporary file in the same folder, synced, renamed
     over it, then the folder synced, so a crash or a power cut leaves the old or the new content, never half of
-    one, and a completed call survives. ``mode`` 0o600 for files holding credentials."""
+    one, and a completed call survives. The file's mode is what ``open`` would give a new file (0o666 less the
+    process's umask: a site that runs with umask 027 gets files the world cannot read); ``mode`` 0o600 for files
+    holding credentials (the umask can only take more away)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # Not mkstemp: it makes the file 0o600 whatever the umask, and a fchmod to a fixed mode ignored the site's umask.
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666 if mode is None else mode)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
