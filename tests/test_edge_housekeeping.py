@@ -101,6 +101,26 @@ def test_old_predictions_and_dead_letters_are_removed_keeping_reviews_and_eviden
         assert ages[1] < timedelta(days=30) and ages[0] < timedelta(days=1)
 
 
+def test_the_prediction_that_reopened_an_alert_is_kept(pg_dsn, tmp_path):
+    """A re-open replaces the row's evidence and keeps the return's in its `reopened` event (m0203), which the
+    evidence read left out: once the row's evidence changed again, the prediction that re-opened the alert went
+    after 180 days while the alert stayed for years."""
+    t = utcnow().replace(microsecond=0) - timedelta(days=200)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+        with conn.cursor() as cur:
+            first, back = _predict(cur, "anom", "P-1", t), _predict(cur, "anom", "P-1", t + timedelta(hours=3))
+            _alert(cur, "r1", "P-1", {"prediction": {"model_id": "anom", "time": t.isoformat()}}, t)
+            cur.execute("INSERT INTO alert_events (alert_id, asset, kind, time, event, detail) VALUES ('r1', 'P-1',"
+                        " 'anomaly', %s, 'reopened', %s)", (t + timedelta(hours=3), Jsonb(
+                            {"evidence": {"prediction": {"model_id": "anom", "time": (t + timedelta(hours=3))
+                                                         .isoformat()}}})))
+            cur.execute("UPDATE alerts SET evidence = '{}'::jsonb WHERE id = 'r1'")  # a later update's
+    asyncio.run(_run_worker(pg_dsn, tmp_path, Database(url="postgresql://x/y", rollup_interval_s=0.2)))
+    with psycopg.connect(pg_dsn) as conn:
+        assert {r[0] for r in conn.execute("SELECT id FROM predictions").fetchall()} == {first, back}
+
+
 def test_zero_keeps_them_all(pg_dsn, tmp_path):
     _populate(pg_dsn)
     asyncio.run(_run_worker(pg_dsn, tmp_path, Database(url="postgresql://x/y", rollup_interval_s=0.2,

@@ -7,8 +7,8 @@ all day); both grew until the disk was full. What is removed is what nobody can 
 
 - a prediction older than ``database.predictions_retention_days``, except one a reviewer gave a verdict on
   (``prediction_feedback``: ``valvoja models evaluate`` and the alert review summary count them) and one an alert
-  names as its evidence (``alerts.evidence`` and the ``raised``/``updated`` events of ``alert_events``: "why was
-  this raised?" must keep its answer, open or cleared);
+  names as its evidence (``alerts.evidence`` and the ``raised``/``updated``/``reopened`` events of ``alert_events``:
+  "why was this raised?", and re-opened, must keep its answer, open or cleared);
 - a dead letter older than ``database.dead_letters_retention_days``;
 - an emission run (``emission_runs``: one per stack every 5 minutes, each with the stack's configuration, 4-5 KB)
   older than ``database.emission_runs_retention_days`` (at least 367: the late-data check reads the run that
@@ -87,7 +87,7 @@ async def evidence_keys(conn: psycopg.AsyncConnection) -> tuple[list[int], list[
     alert retention bounds them: 91,000 in five years at 50 a day), the times parsed here: a malformed time in one
     alert must not stop retention for good. The server takes out the three fields as text and drops repeats (each
     raised alert names its prediction twice, in the row and in its ``raised`` event): sorting whole jsonb values
-    for the ``UNION`` and decoding them here took 3.3-3.5 s at 182,500 alerts, this 1.3-1.9 s (0.7-0.8 s at the
+    for the ``UNION`` and decoding them here took 3.3-3.5 s at 182,500 alerts, this 1.3-1.9 s (0.65-0.8 s at the
     93,000 left by five years' retention; bench/bench_alert_retention.py)."""
     # Every statement in its own transaction: on the rollup connection (not autocommit) a read left one open, and
     # the deletes after it were savepoints inside it, rolled back with the connection.
@@ -101,7 +101,7 @@ async def evidence_keys(conn: psycopg.AsyncConnection) -> tuple[list[int], list[
             " CASE WHEN jsonb_typeof(pred -> 'time') = 'string' THEN pred ->> 'time' END"
             " FROM (SELECT asset, evidence -> 'prediction' AS pred FROM alerts WHERE evidence ? 'prediction'"
             "  UNION ALL SELECT asset, detail -> 'evidence' -> 'prediction' FROM alert_events"
-            "  WHERE event IN ('raised', 'updated') AND detail -> 'evidence' ? 'prediction') e")
+            "  WHERE event IN ('raised', 'updated', 'reopened') AND detail -> 'evidence' ? 'prediction') e")
         rows = await cur.fetchall()
     ids, keys = set(), set()
     for asset, pred_id, model_id, pred_time in rows:
