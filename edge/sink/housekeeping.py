@@ -17,30 +17,31 @@ all day); both grew until the disk was full. What is removed is what nobody can 
   a ``reason`` (recomputations from late data, which reports quote);
 - an alert (``alerts``, with what belongs to it: its ``alert_events`` history, escalations and notification
   outcomes, and its ``alert_comments``, all removed by their ``ON DELETE CASCADE``) cleared and untouched
-  (``updated_at``: a re-open, an acknowledgement, a clear all set it) for more than ``database.alerts_retention_days``,
-  except one a review counts. ``maintenance.review.alert_precision`` (``valvoja models evaluate feedback``,
-  ``valvoja maintenance review``) takes an alert's latest own verdict (``prediction_feedback.alert_id``), else the
-  verdict on the prediction its evidence names (by ``id``, or by model, the alert's asset and time). So an alert is
-  kept whatever its age when it has a verdict of its own or when a prediction named by any of its evidence (the row's,
-  and that of its ``raised``/``updated``/``reopened`` events: a superset of the one precision reads) has one: its
-  review keeps counting, and its feedback rows (which cascade with it) are never removed. An open or acknowledged
-  alert is never removed (``cleared_at IS NULL``). Unreviewed alerts removed leave the ``alerts``/``unreviewed``
-  counts of the precision report for periods older than the retention; its precision is unchanged. The predictions
-  such an alert kept as its evidence are then removed by the prediction retention of the same round (alerts go
-  first). Events with no alert (``alert_id`` NULL: conditions a maintenance window suppressed) older than the same
-  number of days go too, except those inside a window that has not ended (the console shows what a current window
-  hides). The console's audit trail (``console_audit``) keeps naming a removed alert's id: it is who did what.
+  (``updated_at``: a re-open, an acknowledgement, a clear all set it) for more than
+  ``database.alerts_retention_days``, except one a review counts. ``maintenance.review.alert_precision`` (``valvoja
+  models evaluate feedback``, ``valvoja maintenance review precision``) takes an alert's latest own verdict
+  (``prediction_feedback.alert_id``), else the verdict on the prediction its evidence names (by ``id``, or by model,
+  the alert's asset and time). So an alert is kept whatever its age when it has a verdict of its own or when a
+  prediction named by any of its evidence (the row's, and that of its ``raised``/``updated``/``reopened`` events: a
+  superset of the one precision reads) has one: its review keeps counting, and its feedback rows (which cascade with
+  it) are never removed. An open alert, acknowledged or not, is never removed (``cleared_at IS NULL``). Unreviewed
+  alerts removed leave the ``alerts``/``unreviewed`` counts of the precision report for periods older than the
+  retention; its precision is unchanged. The predictions such an alert kept as its evidence are then removed by the
+  prediction retention of the same round (alerts go first). Events with no alert (``alert_id`` NULL: conditions a
+  maintenance window suppressed) older than the same number of days go too, except those inside a window that has
+  not ended (the console shows what a current window hides). The console's audit trail (``console_audit``) keeps
+  naming a removed alert's id: it is who did what.
 
 Rows go in batches, each its own short transaction, oldest first, and a round stops after ``budget_s`` (the rollup
 connection is shared: a first round over years of predictions must not hold rollups back for minutes); the caller
 runs the next round soon when one was cut short. Predictions cannot be dropped by chunk (the kept ones live in
 them), so this is a DELETE on every edition; a plain PostgreSQL table has no index on ``time`` alone, so rows are
-found per model by the ``(model_id, time)`` index, whose model ids are read by a skip scan of that index. Alerts
-are found by the ``(updated_at, id)`` index (m0403, ``updated_at`` is never earlier than ``cleared_at``) and read
-in pages of a tenth of ``batch`` (2,000: each alert takes its history, 5-10 events, with it) with their events'
-evidence, which is parsed here as in `evidence_keys` (a malformed
-time in one alert must not stop retention for good); a kept alert is passed over by that key, not read again in
-the round. Alerts and their events are plain tables on every edition: a DELETE everywhere.
+found per model by the ``(model_id, time)`` index, whose model ids are read by a skip scan of that index. Alerts are
+found by the ``(updated_at, id)`` index (m0403, ``updated_at`` is never earlier than ``cleared_at``) and read in
+pages of a tenth of ``batch`` (2,000: each alert takes its history, 5-10 events, with it) with their events'
+evidence, which is parsed here as in `evidence_keys` (a malformed time in one alert must not stop retention for
+good); a kept alert is passed over by that key, not read again in the round. Alerts and their events are plain
+tables on every edition: a DELETE everywhere.
 """
 
 from __future__ import annotations
