@@ -452,7 +452,9 @@ class RollupWorker:
         self.db = db
         self.sink = TimescaleSink(conninfo, connect_timeout_s=db.connect_timeout_s,
                                   application_name="valvoja-rollups")
-        self.last_retention = 0.0
+        # None until the first round: a time.monotonic() of 0.0 is the machine's boot, so on a gateway started less
+        # than an hour after boot (every start after a power cut) raw retention waited for an hour of uptime.
+        self.last_retention: float | None = None
         self.last_trim: float | None = None  # predictions and dead letters: the last round that got through
         self.backoff = Backoff()
         self.refreshes = 0
@@ -529,7 +531,7 @@ class RollupWorker:
         note = await self._refresh_owed()
         if note is not None:
             await fwd.worker.call(fwd.worker.spool.rollup_done, note)
-        if self.db.retention_days and time.monotonic() - self.last_retention > 3600:
+        if self.db.retention_days and (self.last_retention is None or time.monotonic() - self.last_retention > 3600):
             removed = await self._apply_retention(self.db.retention_days)
             if removed is not None:
                 self.last_retention = time.monotonic()
