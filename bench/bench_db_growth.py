@@ -4,7 +4,8 @@
 
 1. predictions (TimescaleDB hypertable and plain table): size per row with its indexes, as the gateway writes them
    (one every 5 s per model and asset: 17,280 a day), and the time to trim a day of them (edge.sink.housekeeping).
-2. dead letters: size per row (a 200-byte payload).
+2. dead letters: size per row (a 200-byte payload); the rollups (``readings_1m``, ``readings_1h``, which have no
+   retention): size per row with the (tag_id, bucket) key, written a week (1m) or 90 days (1h) for 200 tags.
 3. readings on plain PostgreSQL, ``tags`` x one reading every ``every_s`` over ``days``: the hourly retention
    deleting its hour by time alone (no index: a scan of the whole table), per tag by the (tag_id, time) key, and
    with an index on time; the index's size and its cost on writes (COPY of 1M rows, time and WAL).
@@ -76,6 +77,22 @@ def dead_letters(dsn: str, n: int = 200_000) -> dict:
                      " convert_to(repeat('x', 200), 'UTF8'), 'payload is not valid JSON: expecting value at 0',"
                      " sha256(s::text::bytea) FROM generate_series(1, %s) s", (n,))
         return {"bytes_per_row": round((_size(conn, "dead_letters", False) - before) / n, 1)}
+
+
+def rollups(dsn: str, hyper: bool, tags: int = 200) -> dict:
+    out = {}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        migrate(conn)
+        for table, step, buckets in (("readings_1m", "1 minute", 1440 * 7), ("readings_1h", "1 hour", 24 * 90)):
+            empty = _size(conn, table, hyper)
+            conn.execute(f"INSERT INTO {table} (bucket, tag_id, min, max, sum, count, last, last_time, bad_count)"
+                         f" SELECT now() - i * interval '{step}', t, random(), random(), random(), 60, random(), now(),"
+                         " 0 FROM generate_series(1, %s) t, generate_series(0, %s - 1) i", (tags, buckets))
+            conn.execute(f"VACUUM ANALYZE {table}")
+            per_row = (_size(conn, table, hyper) - empty) / (tags * buckets)
+            per_year = per_row * (1440 if table == "readings_1m" else 24) * 365
+            out[table] = {"bytes_per_row": round(per_row, 1), "mb_per_tag_year": round(per_year / 1e6, 1)}
+    return out
 
 
 def _fill(conn: psycopg.Connection, tags: int, days: int, every_s: int) -> int:
@@ -159,6 +176,8 @@ def main() -> int:
     try:
         results["predictions_timescaledb"] = predictions(ts.create_database(timescaledb=True), hyper=True)
         print("predictions_timescaledb:", results["predictions_timescaledb"], flush=True)
+        results["rollups_timescaledb"] = rollups(ts.create_database(timescaledb=True), hyper=True)
+        print("rollups_timescaledb:", results["rollups_timescaledb"], flush=True)
     finally:
         ts.close()
     plain = PostgresServer(fsync=False, timescaledb=False).start()
@@ -167,6 +186,8 @@ def main() -> int:
         results["predictions_plain"] = predictions(dsn, hyper=False)
         results["dead_letters"] = dead_letters(dsn)
         print("predictions_plain:", results["predictions_plain"], "dead_letters:", results["dead_letters"], flush=True)
+        results["rollups_plain"] = rollups(plain.create_database(timescaledb=False), hyper=False)
+        print("rollups_plain:", results["rollups_plain"], flush=True)
         results["readings_retention_plain"] = plain_retention(plain.create_database(timescaledb=False), args.tags,
                                                               args.days, args.every_s)
     finally:

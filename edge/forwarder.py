@@ -452,7 +452,9 @@ class RollupWorker:
         self.db = db
         self.sink = TimescaleSink(conninfo, connect_timeout_s=db.connect_timeout_s,
                                   application_name="valvoja-rollups")
-        self.last_retention = 0.0
+        # None until the first round: a time.monotonic() of 0.0 is the machine's boot, so on a gateway started less
+        # than an hour after boot (every start after a power cut) raw retention waited for an hour of uptime.
+        self.last_retention: float | None = None
         self.last_trim: float | None = None  # predictions and dead letters: the last round that got through
         self.backoff = Backoff()
         self.refreshes = 0
@@ -529,7 +531,7 @@ class RollupWorker:
         note = await self._refresh_owed()
         if note is not None:
             await fwd.worker.call(fwd.worker.spool.rollup_done, note)
-        if self.db.retention_days and time.monotonic() - self.last_retention > 3600:
+        if self.db.retention_days and (self.last_retention is None or time.monotonic() - self.last_retention > 3600):
             removed = await self._apply_retention(self.db.retention_days)
             if removed is not None:
                 self.last_retention = time.monotonic()
@@ -537,13 +539,15 @@ class RollupWorker:
                          extra={"event": "retention"})
 
     async def trim_once(self) -> None:
-        """Hourly, remove predictions and dead letters past their retention (`edge.sink.housekeeping`); a round
-        cut short by its time budget (the first one over years of rows) goes on at the next refresh instead.
+        """Hourly, remove alerts, predictions, dead letters and emission runs past their retention
+        (`edge.sink.housekeeping`); a round cut short by its time budget (the first one over years of rows) goes on
+        at the next refresh instead.
 
         Apart from the raw readings' retention: that one runs only while readings come and only where
         ``retention_days`` is set, and predictions of a gateway whose readings are kept for good grew as fast."""
         db = self.db
-        if not (db.predictions_retention_days or db.dead_letters_retention_days or db.emission_runs_retention_days):
+        if not (db.predictions_retention_days or db.dead_letters_retention_days or db.emission_runs_retention_days
+                or db.alerts_retention_days):
             return
         if self.last_trim is not None and time.monotonic() - self.last_trim < 3600:
             return
@@ -555,23 +559,24 @@ class RollupWorker:
 
         try:
             out = await trim(self.sink.conn, db.predictions_retention_days, db.dead_letters_retention_days,
-                             db.emission_runs_retention_days)
+                             db.emission_runs_retention_days, db.alerts_retention_days)
         except psycopg.Error as exc:
             if self.sink.conn.closed or self.sink.conn.broken:
                 raise  # the connection's failure: the refresh's back-off and reconnect
             # A refusal (a role without DELETE, statement_timeout, a lock) repeats every round: raised, it put the
             # rollups themselves behind a growing back-off. Said once and tried again in an hour.
-            log.error("retention of predictions, dead letters and emission runs failed, retried in an hour: %s",
-                      f"{type(exc).__name__}: {exc}".strip(), extra={"event": "retention_error"})
+            log.error("retention of alerts, predictions, dead letters and emission runs failed, retried in an hour:"
+                      " %s", f"{type(exc).__name__}: {exc}".strip(), extra={"event": "retention_error"})
             self.last_trim = time.monotonic()
             return
         if out.done:
             self.last_trim = time.monotonic()
-        if out.predictions or out.dead_letters or out.emission_runs:
-            log.info("retention: removed %d predictions older than %d days, %d dead letters older than %d days, "
-                     "%d emission runs older than %d days%s", out.predictions, db.predictions_retention_days,
-                     out.dead_letters, db.dead_letters_retention_days, out.emission_runs,
-                     db.emission_runs_retention_days, "" if out.done else " (more next round)",
+        if out.predictions or out.dead_letters or out.emission_runs or out.alerts or out.alert_events:
+            log.info("retention: removed %d cleared alerts (with their history) and %d suppressed-condition events "
+                     "older than %d days, %d predictions older than %d days, %d dead letters older than %d days, "
+                     "%d emission runs older than %d days%s", out.alerts, out.alert_events, db.alerts_retention_days,
+                     out.predictions, db.predictions_retention_days, out.dead_letters, db.dead_letters_retention_days,
+                     out.emission_runs, db.emission_runs_retention_days, "" if out.done else " (more next round)",
                      extra={"event": "retention_tables"})
 
     async def _refresh_owed(self) -> int | None:

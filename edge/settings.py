@@ -82,6 +82,9 @@ class Tag(Strict):
         return v
 
 
+ALERTS_RETENTION_MIN_DAYS = 92  # the longest quarter
+
+
 class Database(Strict):
     """TimescaleDB / PostgreSQL. Without ``url`` the gateway runs spool-only (the demo embeds one)."""
 
@@ -98,6 +101,11 @@ class Database(Strict):
     dead_letters_retention_days: int = Field(30, ge=0)
     # One run per stack every 5 minutes; the newest of each configuration and late-data recomputations are kept.
     emission_runs_retention_days: int = Field(400, ge=0)
+    # Cleared alerts (with their history and comments) untouched this long are removed; open and acknowledged ones,
+    # and those a review counts, are kept whatever their age (edge/sink/housekeeping.py). Five calendar years
+    # (1,827 days, two leap days in): maintenance teams compare an asset's alerts across a turnaround cycle (major
+    # shutdowns every 4-5 years in process plants), and an alert with its events takes a few KB. 0: keep them all.
+    alerts_retention_days: int = Field(1827, ge=0)
     rollup_interval_s: float = Field(5.0, gt=0)
     migrate_on_start: bool = True
 
@@ -107,6 +115,16 @@ class Database(Strict):
         # The late-data check of the year before reads the run that computed it to its end, up to a year old.
         if 0 < v < 367:
             raise ValueError(f"must be 0 (keep them all) or at least 367 days, got {v}")
+        return v
+
+    @field_validator("alerts_retention_days")
+    @classmethod
+    def _a_quarter_of_alerts(cls, v: int) -> int:
+        # Alerts are reviewed after they clear (review meetings, quarterly reports): one removed before that is
+        # missing from the review and from the precision `valvoja models evaluate feedback` reports. Fewer days
+        # than a quarter is most likely a unit taken for another (weeks, months).
+        if 0 < v < ALERTS_RETENTION_MIN_DAYS:
+            raise ValueError(f"must be 0 (keep them all) or at least {ALERTS_RETENTION_MIN_DAYS} days, got {v}")
         return v
 
     @field_validator("url")

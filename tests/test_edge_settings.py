@@ -61,6 +61,10 @@ def test_good_config_loads(tmp_path):
     ('[database]\npassword = "hunter2"', "database.password: must be a reference"),
     ('[database]\nbatchrows = 5', "database.batchrows: unknown key"),
     ('[database]\nbatch_rows = -1', "database.batch_rows: Input should be greater than or equal to 1"),
+    ('[database]\nalerts_retention_days = 30', "database.alerts_retention_days: must be 0 (keep them all) or at "
+                                                "least 92 days, got 30"),
+    ('[database]\nalerts_retention_days = -1', "database.alerts_retention_days: Input should be greater than or equal"),
+    ('[database]\nalerts_retention_days = "5y"', "database.alerts_retention_days: Input should be a valid integer"),
     ('[spool]\nfull_policy = "explode"', "spool.full_policy: Input should be 'reject_new' or 'drop_oldest'"),
     ('[[tags]]\nname = "x"\nrange = [5, 1]', "tags[0] (x).range: must be [low, high] with low < high"),
     ('[[tags]]\nunit = "C"', "tags[0].name: is required"),
