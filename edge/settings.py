@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -95,6 +96,10 @@ class Database(Strict):
     flush_interval_s: float = Field(0.2, gt=0, le=60)
     connect_timeout_s: float = Field(5.0, gt=0)
     retention_days: int | None = Field(None, gt=0)
+    # 1-minute rollups (readings_1m: ~84 GB a year per 1,000 tags) older than this are removed; the hourly ones are
+    # kept. None (the default) keeps them, as raw readings are by default: removing a plant's trend history must
+    # be asked for, not come with an upgrade.
+    rollups_1m_retention_days: int | None = Field(None, gt=0)
     # Predictions and dead letters are removed by default (they filled the disk): reviewed predictions and an
     # alert's evidence are kept whatever their age (edge/sink/housekeeping.py). 0: keep them all.
     predictions_retention_days: int = Field(180, ge=0)
@@ -125,6 +130,24 @@ class Database(Strict):
         # than a quarter is most likely a unit taken for another (weeks, months).
         if 0 < v < ALERTS_RETENTION_MIN_DAYS:
             raise ValueError(f"must be 0 (keep them all) or at least {ALERTS_RETENTION_MIN_DAYS} days, got {v}")
+        return v
+
+    @field_validator("rollups_1m_retention_days")
+    @classmethod
+    def _rollups_outlive_raw_readings(cls, v: int | None, info: ValidationInfo) -> int | None:
+        # Raw readings are the only source of a 1-minute rollup: with the rollups gone first, the console's
+        # medium ranges fall back to hourly ones over raw readings still stored, and a late reading for such a
+        # minute cannot reach its hour (edge/sink/rollups.py). Most likely the two values were swapped.
+        if v is None or "retention_days" not in info.data:  # an invalid retention_days is reported on its own
+            return v
+        raw = info.data["retention_days"]
+        if raw is None:
+            raise ValueError(f"{v} days would remove 1-minute rollups of raw readings kept for good "
+                             "(database.retention_days is not set): set retention_days too, at most "
+                             f"{v} days, or remove this key")
+        if v < raw:
+            raise ValueError(f"must be at least database.retention_days ({raw}): 1-minute rollups are what is "
+                             f"left of the raw readings that retention removes, got {v}")
         return v
 
     @field_validator("url")

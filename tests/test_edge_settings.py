@@ -65,6 +65,13 @@ def test_good_config_loads(tmp_path):
                                                 "least 92 days, got 30"),
     ('[database]\nalerts_retention_days = -1', "database.alerts_retention_days: Input should be greater than or equal"),
     ('[database]\nalerts_retention_days = "5y"', "database.alerts_retention_days: Input should be a valid integer"),
+    ('[database]\nretention_days = 90\nrollups_1m_retention_days = 30',
+     "database.rollups_1m_retention_days: must be at least database.retention_days (90): 1-minute rollups are what "
+     "is left of the raw readings that retention removes, got 30"),
+    ('[database]\nrollups_1m_retention_days = 400', "database.rollups_1m_retention_days: 400 days would remove "
+                                                      "1-minute rollups of raw readings kept for good"),
+    ('[database]\nretention_days = 90\nrollups_1m_retention_days = 0',
+     "database.rollups_1m_retention_days: Input should be greater than 0"),
     ('[spool]\nfull_policy = "explode"', "spool.full_policy: Input should be 'reject_new' or 'drop_oldest'"),
     ('[[tags]]\nname = "x"\nrange = [5, 1]', "tags[0] (x).range: must be [low, high] with low < high"),
     ('[[tags]]\nunit = "C"', "tags[0].name: is required"),
@@ -73,6 +80,14 @@ def test_good_config_loads(tmp_path):
 def test_each_mistake_has_its_own_message(tmp_path, change, expected):
     found = problems(tmp_path, change)
     assert any(expected in line for line in found), found
+
+
+def test_rollups_1m_retention_is_kept_for_good_unless_set_at_least_as_long_as_the_raw_one(tmp_path):
+    p = tmp_path / "site.toml"
+    p.write_text(GOOD)
+    assert settings.load(p).database.rollups_1m_retention_days is None
+    p.write_text(GOOD.replace("[database]\n", "[database]\nretention_days = 90\nrollups_1m_retention_days = 90\n"))
+    assert settings.load(p).database.rollups_1m_retention_days == 90
 
 
 def test_all_problems_reported_at_once(tmp_path):
