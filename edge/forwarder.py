@@ -539,15 +539,15 @@ class RollupWorker:
                          extra={"event": "retention"})
 
     async def trim_once(self) -> None:
-        """Hourly, remove alerts, predictions, dead letters and emission runs past their retention
-        (`edge.sink.housekeeping`); a round cut short by its time budget (the first one over years of rows) goes on
-        at the next refresh instead.
+        """Hourly, remove alerts, predictions, dead letters, emission runs (`edge.sink.housekeeping`) and 1-minute
+        rollups (`edge.sink.rollups.retention_1m`) past their retention, within one round's time budget; a round
+        cut short by it (the first one over years of rows) goes on at the next refresh instead.
 
         Apart from the raw readings' retention: that one runs only while readings come and only where
         ``retention_days`` is set, and predictions of a gateway whose readings are kept for good grew as fast."""
         db = self.db
         if not (db.predictions_retention_days or db.dead_letters_retention_days or db.emission_runs_retention_days
-                or db.alerts_retention_days):
+                or db.alerts_retention_days or db.rollups_1m_retention_days):
             return
         if self.last_trim is not None and time.monotonic() - self.last_trim < 3600:
             return
@@ -555,22 +555,34 @@ class RollupWorker:
             if not self.fwd.connected:
                 return
             await self.sink.connect(migrate_schema=False)
-        from edge.sink.housekeeping import trim
+        from edge.sink.housekeeping import ROUND_BUDGET_S, trim
+        from edge.sink.rollups import retention_1m
 
+        deadline = time.monotonic() + ROUND_BUDGET_S
+        rollups = (0, "rows", True)
         try:
             out = await trim(self.sink.conn, db.predictions_retention_days, db.dead_letters_retention_days,
                              db.emission_runs_retention_days, db.alerts_retention_days)
+            if out.done and db.rollups_1m_retention_days:
+                # What the tables before it left of the round's budget; one batch at least.
+                rollups = await retention_1m(self.sink.conn, self.sink.features, db.rollups_1m_retention_days,
+                                             deadline)
         except psycopg.Error as exc:
             if self.sink.conn.closed or self.sink.conn.broken:
                 raise  # the connection's failure: the refresh's back-off and reconnect
             # A refusal (a role without DELETE, statement_timeout, a lock) repeats every round: raised, it put the
             # rollups themselves behind a growing back-off. Said once and tried again in an hour.
-            log.error("retention of alerts, predictions, dead letters and emission runs failed, retried in an hour:"
-                      " %s", f"{type(exc).__name__}: {exc}".strip(), extra={"event": "retention_error"})
+            log.error("retention of alerts, predictions, dead letters, emission runs and 1-minute rollups failed,"
+                      " retried in an hour: %s", f"{type(exc).__name__}: {exc}".strip(),
+                      extra={"event": "retention_error"})
             self.last_trim = time.monotonic()
             return
-        if out.done:
+        if out.done and rollups[2]:
             self.last_trim = time.monotonic()
+        if rollups[0]:
+            log.info("retention: removed %d %s of 1-minute rollups older than %d days%s", rollups[0], rollups[1],
+                     db.rollups_1m_retention_days, "" if rollups[2] else " (more next round)",
+                     extra={"event": "retention_rollups"})
         if out.predictions or out.dead_letters or out.emission_runs or out.alerts or out.alert_events:
             log.info("retention: removed %d cleared alerts (with their history) and %d suppressed-condition events "
                      "older than %d days, %d predictions older than %d days, %d dead letters older than %d days, "

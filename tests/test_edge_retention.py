@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import time
 from datetime import timedelta
 
 import psycopg
+import pytest
 from test_forward_rollups import _cols
 
 from edge.forwarder import Forwarder, RollupWorker
@@ -113,3 +116,103 @@ def test_retention_does_not_hold_writes_behind_a_long_reader(pg_dsn, tmp_path):
     assert _rolled_up(pg_dsn, "old.t") == 10
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM readings WHERE time < now() - interval '7 days'").fetchone()[0] == 0
+
+
+def _hours(dsn: str, tag: str) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT r.bucket, r.count, r.min, r.max FROM readings_1h r JOIN tags t ON t.id = r.tag_id"
+                            " WHERE t.name = %s ORDER BY r.bucket", (tag,)).fetchall()
+
+
+def _minutes_before(dsn: str, days: int) -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT count(*) FROM readings_1m WHERE bucket < now() - %s * interval '1 day'",
+                            (days,)).fetchone()[0]
+
+
+@pytest.mark.parametrize("edition", ["pg_dsn", "plain_pg_dsn"])
+def test_rollups_1m_retention_removes_old_minutes_and_keeps_their_hours(edition, request, tmp_path, caplog):
+    """`rollups_1m_retention_days`: the hourly round of the rollup worker removes 1-minute rollups older than that
+    (by chunk on TimescaleDB, by row on plain PostgreSQL) and keeps the hourly ones, and the newer minutes."""
+    dsn = request.getfixturevalue(edition)
+    old = (utcnow() - timedelta(days=30)).replace(minute=0, second=0, microsecond=0)
+    recent = (utcnow() - timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
+
+    async def go():
+        worker = SpoolWorker(Spool(tmp_path / "spool.db", max_bytes=100 << 20))
+        fwd = Forwarder(worker, dsn, SiteConfig(), Metrics(), asyncio.Event())
+        await fwd._connect()
+        rollups = RollupWorker(fwd, dsn, Database(url="postgresql://x/y", retention_days=10,
+                                                  rollups_1m_retention_days=14))
+        try:
+            await worker.call(worker.spool.append_many, [(_cols("m.t", old, 180, step_s=60.0, value=3.0), []),
+                                                         (_cols("m.t", recent, 120, step_s=60.0, value=4.0), [])])
+            assert await fwd.drain_once(linger=False)
+            await rollups.refresh_once()
+            assert _minutes_before(dsn, 14) == 180
+            with caplog.at_level(logging.INFO, logger="edge.forwarder"):
+                await rollups.trim_once()
+            assert rollups.last_trim is not None, "the round got through"
+        finally:
+            await rollups.close()
+            await fwd.close()
+            worker.shutdown()
+
+    asyncio.run(go())
+    assert _minutes_before(dsn, 14) == 0
+    assert _rolled_up(dsn, "m.t") == 120, "the newer minutes are kept"
+    assert [h[1:] for h in _hours(dsn, "m.t")] == [(60, 3.0, 3.0)] * 3 + [(60, 4.0, 4.0)] * 2
+    assert any(getattr(r, "event", None) == "retention_rollups" for r in caplog.records)
+
+
+@pytest.mark.parametrize("edition", ["pg_dsn", "plain_pg_dsn"])
+def test_a_late_reading_for_an_hour_whose_minutes_retention_removed_does_not_shrink_the_hour(edition, request):
+    """Hours are recomputed from their 1-minute rollups. Once those are gone, a late reading for such an hour made
+    a 1-minute rollup of its own, and the hour recomputed from it became an hour of one reading."""
+    from edge.sink.rollups import retention_1m
+    from edge.sink.timescale import TimescaleSink
+    from edge.spool import SpooledBatch
+
+    dsn = request.getfixturevalue(edition)
+    old = (utcnow() - timedelta(days=30)).replace(minute=0, second=0, microsecond=0)
+
+    async def go():
+        sink = TimescaleSink(dsn)
+        await sink.connect()
+        first = await sink.write([SpooledBatch(1, _cols("late1m.t", old, 60, step_s=60.0, value=5.0), [], 0.0)])
+        await sink.refresh_rollups(first.tag_ids, old, old + timedelta(minutes=59))
+        await sink.apply_retention(10)
+        removed, _, done = await retention_1m(sink.conn, sink.features, 14, time.monotonic() + 60)
+        assert removed >= 1 and done
+        late = await sink.write([SpooledBatch(2, _cols("late1m.t", old + timedelta(minutes=30, seconds=1), 1,
+                                                       value=99.0), [], 0.0)])
+        await sink.refresh_rollups(late.tag_ids, old + timedelta(minutes=30), old + timedelta(minutes=30))
+        await sink.close()
+
+    asyncio.run(go())
+    assert [h[1:] for h in _hours(dsn, "late1m.t")] == [(60, 5.0, 5.0)], \
+        "the hour was recomputed from the late reading alone"
+
+
+def test_rollups_1m_retention_on_plain_postgresql_goes_on_after_its_time_budget(plain_pg_dsn):
+    """A first round over a long history is cut at the deadline, in batches, and the next round finishes it."""
+    from edge.sink.rollups import retention_1m
+    from edge.sink.timescale import TimescaleSink
+    from edge.spool import SpooledBatch
+
+    old = (utcnow() - timedelta(days=30)).replace(minute=0, second=0, microsecond=0)
+
+    async def go():
+        sink = TimescaleSink(plain_pg_dsn)
+        await sink.connect()
+        first = await sink.write([SpooledBatch(1, _cols("budget.t", old, 300, step_s=60.0), [], 0.0)])
+        await sink.refresh_rollups(first.tag_ids, old, old + timedelta(minutes=299))
+        out = [await retention_1m(sink.conn, sink.features, 14, time.monotonic() - 1, batch=100)]
+        out.append(await retention_1m(sink.conn, sink.features, 14, time.monotonic() + 60, batch=100))
+        await sink.close()
+        return out
+
+    (n1, unit, done1), (n2, _, done2) = asyncio.run(go())
+    assert (n1, unit, done1) == (100, "rows", False), "one batch, then the deadline"
+    assert (n2, done2) == (200, True)
+    assert _minutes_before(plain_pg_dsn, 14) == 0

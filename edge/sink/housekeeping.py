@@ -228,8 +228,10 @@ _DELETE_EMISSION_RUNS = """
           AND id <> ALL(%(keep)s::bigint[]) ORDER BY id LIMIT %(batch)s)"""
 
 
-async def _delete(conn: psycopg.AsyncConnection, sql: str, params: dict, batch: int,
-                  deadline: float) -> tuple[int, bool]:
+async def delete_batches(conn: psycopg.AsyncConnection, sql: str, params: dict, batch: int,
+                         deadline: float) -> tuple[int, bool]:
+    """Run ``sql`` (a DELETE of at most ``%(batch)s`` rows) until it removes fewer than ``batch``, each its own
+    transaction; stops after the batch that ends past ``deadline`` (time.monotonic()). (rows removed, done)."""
     removed = 0
     while True:
         async with conn.transaction(), conn.cursor() as cur:
@@ -253,7 +255,7 @@ async def trim(conn: psycopg.AsyncConnection, predictions_days: int | None, dead
         out.alerts, out.done = await _trim_alerts(conn, alerts_days, max(1, batch // 10), deadline)
         if not out.done:
             return out
-        out.alert_events, out.done = await _delete(conn, _DELETE_LOOSE_EVENTS, {"days": alerts_days}, batch,
+        out.alert_events, out.done = await delete_batches(conn, _DELETE_LOOSE_EVENTS, {"days": alerts_days}, batch,
                                                    deadline)
         if not out.done:
             return out
@@ -262,13 +264,13 @@ async def trim(conn: psycopg.AsyncConnection, predictions_days: int | None, dead
         params = {"days": predictions_days, "ids": ids, "k_model": [k[0] for k in keys],
                   "k_asset": [k[1] for k in keys], "k_time": [k[2] for k in keys]}
         for model in await _model_ids(conn):
-            n, done = await _delete(conn, _DELETE_PREDICTIONS, {**params, "model": model}, batch, deadline)
+            n, done = await delete_batches(conn, _DELETE_PREDICTIONS, {**params, "model": model}, batch, deadline)
             out.predictions += n
             if not done:
                 out.done = False
                 return out
     if dead_letters_days:
-        n, out.done = await _delete(conn, _DELETE_DEAD_LETTERS, {"days": dead_letters_days}, batch, deadline)
+        n, out.done = await delete_batches(conn, _DELETE_DEAD_LETTERS, {"days": dead_letters_days}, batch, deadline)
         out.dead_letters += n
         if not out.done:
             return out
@@ -276,7 +278,7 @@ async def trim(conn: psycopg.AsyncConnection, predictions_days: int | None, dead
         async with conn.transaction(), conn.cursor() as cur:
             await cur.execute("SELECT max(id) FROM emission_runs GROUP BY stack, config_sha256")
             keep = [r[0] for r in await cur.fetchall()]
-        n, out.done = await _delete(conn, _DELETE_EMISSION_RUNS, {"days": emission_runs_days, "keep": keep}, batch,
-                                    deadline)
+        n, out.done = await delete_batches(conn, _DELETE_EMISSION_RUNS, {"days": emission_runs_days, "keep": keep},
+                                           batch, deadline)
         out.emission_runs += n
     return out

@@ -12,6 +12,14 @@ removed would otherwise turn the rollup of the whole minute into that of the lat
 readings alone. Such late readings are stored raw (until retention removes them too)
 and counted only in a bucket that had no rollup yet.
 
+The same holds one level up: an hour is recomputed from its 1-minute rollups, which
+``database.rollups_1m_retention_days`` removes (`retention_1m`) while the hourly ones are kept. A late reading for
+such an hour makes a 1-minute rollup of its own minute (there is none left to guard), and the hour recomputed from
+that one minute would become the hour of the late readings alone; so an hour, too, is never replaced by a
+recomputation over fewer readings than it counted. The late readings stay in their own 1-minute rollup (until
+retention removes it) and out of the hour. The 1-minute retention cuts on whole hours, so an hour keeps either all
+of its minutes or none.
+
 The work is tracked as the set of 1-minute buckets the commits touched (`minutes_of`) and
 recomputed per run of neighbouring minutes (`runs`), not as one span from the oldest to the
 newest reading: a device whose clock fell back to 1970 (a flat clock battery) made every
@@ -103,6 +111,7 @@ async def refresh(conn: psycopg.AsyncConnection, features: Features, tag_ids: li
             ON CONFLICT (tag_id, bucket) DO UPDATE SET min = EXCLUDED.min, max = EXCLUDED.max,
               sum = EXCLUDED.sum, count = EXCLUDED.count, last = EXCLUDED.last,
               last_time = EXCLUDED.last_time, bad_count = EXCLUDED.bad_count
+            WHERE readings_1h.count + readings_1h.bad_count <= EXCLUDED.count + EXCLUDED.bad_count
             """, {"tags": tag_ids, "start": start, "end": end})
 
 
@@ -168,3 +177,57 @@ async def retention(conn: psycopg.AsyncConnection, features: Features, days: int
         await cur.execute("DELETE FROM readings WHERE tag_id = ANY(%s) AND time < now() - %s * interval '1 day'",
                           (tag_ids, days))
         return cur.rowcount
+
+
+# Rows of an ordinary readings_1m, by its (tag_id, bucket) key: a plain table has no index on bucket alone. Whole
+# hours only (see the module docstring); now() is the statement's, so a batch after an hour boundary takes that hour.
+_DELETE_1M = """
+    DELETE FROM readings_1m WHERE (tag_id, bucket) IN (
+        SELECT tag_id, bucket FROM readings_1m
+        WHERE tag_id = ANY(%(tags)s) AND bucket < {cutoff} LIMIT %(batch)s)"""
+
+
+LOCK_TIMEOUT_S = 5
+
+
+async def retention_1m(conn: psycopg.AsyncConnection, features: Features, days: int, deadline: float,
+                       batch: int = 20_000) -> tuple[int, str, bool]:
+    """Remove 1-minute rollups older than ``days`` (the hourly ones are kept): (how many, "chunks" or "rows",
+    done). ``done`` is False when ``deadline`` (time.monotonic()) passed with rows left: the caller goes on soon.
+
+    The cheapest removal the table allows: a retention policy in the server's scheduler on the community edition,
+    ``drop_chunks`` (whole 7-day chunks: the rollups are kept up to a week longer) on the Apache-2 edition, and
+    DELETE in batches of ``batch`` rows, each its own transaction, on an ordinary table (plain PostgreSQL, or a
+    database moved there from it). Chunk boundaries are whole hours, and so is the DELETE's cutoff. Only the rollup
+    worker writes this table, on the connection this runs on, so no rollup work can be lost in between: a minute
+    rolled up before is in its hour already."""
+    from edge.sink.housekeeping import delete_batches
+
+    async with conn.transaction(), conn.cursor() as cur:
+        hypertable = features.timescaledb and await _is_hypertable(cur, "readings_1m")
+        if hypertable and features.community:
+            await cur.execute("SELECT remove_retention_policy('readings_1m', if_exists => true)")
+            await cur.execute("SELECT add_retention_policy('readings_1m', %s * interval '1 day')", (days,))
+            return 0, "chunks", True
+    if hypertable:
+        try:
+            async with conn.transaction(), conn.cursor() as cur:
+                # A console query reading an old chunk holds it: the rollups wait behind drop_chunks no longer
+                # than this, and the chunk goes at the next round.
+                await cur.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_S}s'")
+                await cur.execute("SELECT count(*) FROM drop_chunks('readings_1m',"
+                                  " older_than => %s * interval '1 day')", (days,))
+                return (await cur.fetchone())[0], "chunks", True
+        except psycopg.errors.LockNotAvailable:
+            return 0, "chunks", True
+    async with conn.transaction(), conn.cursor() as cur:
+        # The tag ids from the key itself (a skip scan: one probe per tag), as for raw readings.
+        await cur.execute(
+            "WITH RECURSIVE t AS (SELECT min(tag_id) AS id FROM readings_1m UNION ALL SELECT"
+            " (SELECT min(tag_id) FROM readings_1m WHERE tag_id > t.id) FROM t WHERE t.id IS NOT NULL)"
+            " SELECT array_agg(id) FROM t WHERE id IS NOT NULL")
+        tag_ids = (await cur.fetchone())[0] or []
+    cutoff = features.bucket("1 hour", "now() - %(days)s * interval '1 day'")
+    removed, done = await delete_batches(conn, _DELETE_1M.format(cutoff=cutoff), {"tags": tag_ids, "days": days},
+                                         batch, deadline)
+    return removed, "rows", done
