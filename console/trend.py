@@ -12,6 +12,13 @@ chart can draw the min-max envelope and nothing is hidden by averaging. The roll
 kept by the gateway's forwarder a few seconds behind the raw data; the part of the range
 after the newest rollup bucket is bucketed from raw readings, so the right edge of a live
 trend is never missing. Buckets use ``Features.bucket`` (time_bucket or date_bin).
+
+``database.rollups_1m_retention_days`` removes the oldest 1-minute rollups and keeps the hourly ones. A range
+``auto`` would draw from ``readings_1m`` that begins before what is left of them is drawn from ``readings_1h``
+instead, whole (one bucket width across the chart rather than a line that is empty, or a few late readings, up
+to a point). Found by count, not by a setting (the console's file need not hold the gateway's retention, and
+chunks are dropped a week late on TimescaleDB): retention removes the oldest whole hours first, so the range's
+first hour with an hourly rollup tells, by whether its 1-minute rollups count as many readings.
 """
 
 from __future__ import annotations
@@ -77,9 +84,23 @@ def _rollup_bucket_sql(features: Features, table: str, width: int) -> str:
             f"FROM {table} WHERE tag_id = %(tag)s AND bucket >= %(start)s AND bucket < %(end)s GROUP BY 1")
 
 
+async def minutes_removed(db, tag_id: int, tr: TimeRange) -> bool:
+    """Whether retention removed 1-minute rollups of ``tag_id`` in ``tr``: the range's first hour with an hourly
+    rollup counts more readings than its 1-minute rollups do (two probes by the (tag_id, bucket) keys)."""
+    row = await db.fetchone(
+        "SELECT h.n AS hour_n, (SELECT coalesce(sum(m.count + m.bad_count), 0) FROM readings_1m m"
+        " WHERE m.tag_id = %(tag)s AND m.bucket >= h.bucket AND m.bucket < h.bucket + interval '1 hour') AS minute_n"
+        " FROM (SELECT bucket, count + bad_count AS n FROM readings_1h WHERE tag_id = %(tag)s"
+        "  AND bucket >= %(start)s AND bucket < %(end)s ORDER BY bucket LIMIT 1) h",
+        {"tag": tag_id, "start": _floor(tr.start, 3600), "end": tr.end})
+    return row is not None and row["minute_n"] < row["hour_n"]
+
+
 async def fetch(db, features: Features, tag_id: int, tr: TimeRange, points: int, resolution: str) -> dict:
     """Columnar series for one tag: raw (t, v, q) or bucketed (t, min, max, avg, n, bad)."""
     p = plan(tr.span, points, resolution)
+    if p.source == "readings_1m" and resolution == "auto" and await minutes_removed(db, tag_id, tr):
+        p = Plan("readings_1h", max(p.bucket_s, 3600))
     params = {"tag": tag_id, "start": tr.start, "end": tr.end, "n": points + 1}
     if p.source == "readings" and (p.bucket_s < 60 or resolution == "raw"):
         rows = await db.fetch("SELECT time, value, value_text, quality FROM readings WHERE tag_id = %(tag)s "

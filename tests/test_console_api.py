@@ -523,3 +523,49 @@ def test_one_address_cannot_lock_a_user_out_and_many_addresses_are_still_stopped
     codes = _burst(server, [("engineer", f"wrong-{i}", f"192.0.2.{i + 1}") for i in range(12)])
     assert sorted(codes) == [401] * 6 + [429] * 6
     assert _burst(server, [("engineer", PASSWORD, "198.51.100.11")]) == [429]
+
+
+@pytest.mark.parametrize("server_fixture", ["pg_server", "plain_pg_server"])
+def test_a_range_whose_minute_rollups_retention_removed_is_drawn_from_the_hourly_ones(server_fixture, request):
+    """`rollups_1m_retention_days` removes the oldest 1-minute rollups and keeps the hourly ones. A range the
+    1-minute rollups would serve that begins before what is left of them drew a line empty up to that point (and
+    a mean over the readings left); it is drawn from the hourly rollups, every reading counted."""
+    import time
+
+    import psycopg
+    from console_support import run_async
+
+    from edge.db.features import detect
+    from edge.sink.rollups import retention_1m
+
+    admin = request.getfixturevalue(server_fixture).dsn()
+    end = datetime.now(UTC).replace(second=0, microsecond=0)
+    with fresh_database(admin, prefix="console_1mret") as dsn:
+        seed_users(dsn)
+        seed_plant(dsn, hours=24 * 30, step_s=60, end=end)
+        with psycopg.connect(dsn) as conn:
+            features = detect(conn)
+
+        async def trim():
+            async with await psycopg.AsyncConnection.connect(dsn) as conn:
+                return await retention_1m(conn, features, 14, time.monotonic() + 60)
+
+        assert run_async(trim())[0] > 0
+
+        def raw_count(start, stop):
+            with psycopg.connect(dsn) as conn:
+                return conn.execute("SELECT count(*) FROM readings r JOIN tags t ON t.id = r.tag_id"
+                                    " WHERE t.name = 'P-101.vib_rms' AND r.time >= %s AND r.time < %s",
+                                    (start, stop)).fetchone()[0]
+
+        with ConsoleServer(dsn) as srv, srv.client("viewer") as c:
+            old = c.get("/api/tags/P-101.vib_rms/readings", params={
+                "from": (end - timedelta(days=25)).isoformat(), "to": (end - timedelta(days=10)).isoformat(),
+                "points": 1000}).json()
+            recent = c.get("/api/tags/P-101.vib_rms/readings", params={
+                "from": (end - timedelta(days=9)).isoformat(), "to": (end - timedelta(days=2)).isoformat(),
+                "points": 1000}).json()
+        assert old["source"] == "readings_1h" and old["bucket_s"] == 3600, "the minutes are gone: hourly rollups"
+        assert sum(old["n"]) == raw_count(end - timedelta(days=25), end - timedelta(days=10))
+        assert recent["source"] == "readings_1m" and recent["bucket_s"] == 900, "the minutes are there: used"
+        assert sum(recent["n"]) == raw_count(end - timedelta(days=9), end - timedelta(days=2))
