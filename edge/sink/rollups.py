@@ -147,6 +147,22 @@ async def _is_hypertable(cur: psycopg.AsyncCursor, table: str) -> bool:
     return (await cur.fetchone())[0]
 
 
+async def _key_tag_ids(cur: psycopg.AsyncCursor, table: str) -> list[int]:
+    """The tag ids of ``table`` from its (tag_id, ...) key itself (a skip scan: one probe per tag), not from
+    ``tags``."""
+    await cur.execute(
+        f"WITH RECURSIVE t AS (SELECT min(tag_id) AS id FROM {table}"
+        f" UNION ALL SELECT (SELECT min(tag_id) FROM {table} WHERE tag_id > t.id) FROM t WHERE t.id IS NOT NULL)"
+        " SELECT array_agg(id) FROM t WHERE id IS NOT NULL")
+    return (await cur.fetchone())[0] or []
+
+
+async def _retention_policy(cur: psycopg.AsyncCursor, table: str, days: int) -> None:
+    # The server's own job scheduler does it (community edition); re-adding keeps the policy in step with the config.
+    await cur.execute("SELECT remove_retention_policy(%s::regclass, if_exists => true)", (table,))
+    await cur.execute("SELECT add_retention_policy(%s::regclass, %s * interval '1 day')", (table, days))
+
+
 async def retention(conn: psycopg.AsyncConnection, features: Features, days: int) -> int:
     """Drop raw readings older than ``days`` (rollups are kept); returns chunks or rows removed.
 
@@ -156,9 +172,7 @@ async def retention(conn: psycopg.AsyncConnection, features: Features, days: int
     async with conn.transaction(), conn.cursor() as cur:
         hypertable = features.timescaledb and await _is_hypertable(cur, "readings")
         if hypertable and features.community:
-            # The server's own job scheduler does it; re-adding keeps the policy in step with the config.
-            await cur.execute("SELECT remove_retention_policy('readings', if_exists => true)")
-            await cur.execute("SELECT add_retention_policy('readings', %s * interval '1 day')", (days,))
+            await _retention_policy(cur, "readings", days)
             return 0
         if hypertable:
             await cur.execute("SELECT count(*) FROM drop_chunks('readings', older_than => %s * interval '1 day')",
@@ -168,12 +182,7 @@ async def retention(conn: psycopg.AsyncConnection, features: Features, days: int
         # scanned the whole table every hour for the hour that aged out, writes held off (0.84-1.07 s on 4.3 M rows,
         # growing with the table; this 0.024 s: bench/bench_db_growth.py). An index on time would cost every write
         # instead (37-40 % more WAL).
-        # The tag ids come from the key itself (a skip scan: one probe per tag), not from ``tags``.
-        await cur.execute(
-            "WITH RECURSIVE t AS (SELECT min(tag_id) AS id FROM readings"
-            " UNION ALL SELECT (SELECT min(tag_id) FROM readings WHERE tag_id > t.id) FROM t WHERE t.id IS NOT NULL)"
-            " SELECT array_agg(id) FROM t WHERE id IS NOT NULL")
-        tag_ids = (await cur.fetchone())[0] or []
+        tag_ids = await _key_tag_ids(cur, "readings")
         await cur.execute("DELETE FROM readings WHERE tag_id = ANY(%s) AND time < now() - %s * interval '1 day'",
                           (tag_ids, days))
         return cur.rowcount
@@ -186,8 +195,7 @@ _DELETE_1M = """
         SELECT tag_id, bucket FROM readings_1m
         WHERE tag_id = ANY(%(tags)s) AND bucket < {cutoff} LIMIT %(batch)s)"""
 
-
-LOCK_TIMEOUT_S = 5
+_LOCK_TIMEOUT_S = 5  # as raw readings' retention waits (edge.forwarder.RETENTION_LOCK_TIMEOUT_S)
 
 
 async def retention_1m(conn: psycopg.AsyncConnection, features: Features, days: int, deadline: float,
@@ -206,27 +214,21 @@ async def retention_1m(conn: psycopg.AsyncConnection, features: Features, days: 
     async with conn.transaction(), conn.cursor() as cur:
         hypertable = features.timescaledb and await _is_hypertable(cur, "readings_1m")
         if hypertable and features.community:
-            await cur.execute("SELECT remove_retention_policy('readings_1m', if_exists => true)")
-            await cur.execute("SELECT add_retention_policy('readings_1m', %s * interval '1 day')", (days,))
+            await _retention_policy(cur, "readings_1m", days)
             return 0, "chunks", True
     if hypertable:
         try:
             async with conn.transaction(), conn.cursor() as cur:
                 # A console query reading an old chunk holds it: the rollups wait behind drop_chunks no longer
-                # than this, and the chunk goes at the next round.
-                await cur.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_S}s'")
+                # than this, and the chunk goes at the next hourly round.
+                await cur.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT_S}s'")
                 await cur.execute("SELECT count(*) FROM drop_chunks('readings_1m',"
                                   " older_than => %s * interval '1 day')", (days,))
                 return (await cur.fetchone())[0], "chunks", True
         except psycopg.errors.LockNotAvailable:
             return 0, "chunks", True
     async with conn.transaction(), conn.cursor() as cur:
-        # The tag ids from the key itself (a skip scan: one probe per tag), as for raw readings.
-        await cur.execute(
-            "WITH RECURSIVE t AS (SELECT min(tag_id) AS id FROM readings_1m UNION ALL SELECT"
-            " (SELECT min(tag_id) FROM readings_1m WHERE tag_id > t.id) FROM t WHERE t.id IS NOT NULL)"
-            " SELECT array_agg(id) FROM t WHERE id IS NOT NULL")
-        tag_ids = (await cur.fetchone())[0] or []
+        tag_ids = await _key_tag_ids(cur, "readings_1m")
     cutoff = features.bucket("1 hour", "now() - %(days)s * interval '1 day'")
     removed, done = await delete_batches(conn, _DELETE_1M.format(cutoff=cutoff), {"tags": tag_ids, "days": days},
                                          batch, deadline)
