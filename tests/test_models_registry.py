@@ -394,3 +394,24 @@ def test_changed_holdout_rows_do_not_decide_a_promotion(registry, trained):
     h.write_bytes(original)
     registry.promote("syn", mv.version)
     assert registry.champion("syn").version == 1
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    (["--param", "bogus=3"], "estimator 'hgb' does not take parameter 'bogus'"),
+    (["--kind", "hgb-cqr", "--param", "loss=absolute_error"], "estimator 'hgb-cqr' does not take parameter 'loss'"),
+    (["--alpha", "1.5"], "alpha 1.5 must be in (0, 1)"),
+    (["--alpha", "nan"], "alpha nan must be in (0, 1)"),
+])
+def test_cli_train_bad_estimator_parameters_and_alpha_are_one_line_errors_before_fitting(tmp_path, capsys, extra,
+                                                                                          says):
+    # An unknown --param ended in a TypeError traceback; --alpha 1.5 was refused only after the fit, the export
+    # and the parity check, by the conformal step, as "alpha must be in (0, 1), got 1.5" (which option?).
+    from edge.cli import main
+
+    data = _csv(tmp_path / "plant.csv", regression_table(200))
+    assert main(["models", "train", "--data", str(data), "--target", "y", "--model-id", "m", "--registry",
+                 str(tmp_path / "reg"), *extra]) == 1
+    cap = capsys.readouterr()
+    err = cap.err.strip()
+    assert err.startswith("error: ") and "\n" not in err and says in err, err
+    assert "fitted" not in err and "Traceback" not in err
