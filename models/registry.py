@@ -13,9 +13,9 @@ Statuses: ``candidate`` (registered) -> ``champion`` (served; at most one per mo
   cannot leave a row whose files were lost). A model that failed parity is refused (`ParityError`).
   `ModelVersion.load` refuses either file when it is not the registered one (`models.runtime.IntegrityError`).
 - `Registry.promote` is the gate: the candidate must have passed parity and its files must still be the
-  registered ones; against a champion, its alpha must be the champion's, its intervals must cover the held-out
-  rows (``holdout``, default the candidate's own) at least to `coverage_floor` of nominal (or of the champion's
-  coverage when drifted rows take the champion below that too), and on the same rows it must match or beat
+  registered ones; against a champion, its target and alpha must be the champion's, its intervals must cover
+  the held-out rows (``holdout``, default the candidate's own) at least to `coverage_floor` of nominal (or of the
+  champion's coverage when drifted rows take the champion below that too), and on the same rows it must match or beat
   the champion by the model id's gate metric (the one its first promotion used: a candidate's card cannot pick
   it), both ONNX graphs re-run on those rows. The comparison is returned (and recorded) either way; a refused
   candidate raises `GateRefused` carrying it.
@@ -534,6 +534,12 @@ class Registry:
             return result(False, "this version is already the champion", cm, cm)
         if champ.kind != cand.kind:
             return result(False, f"the champion is a {champ.kind} model, the candidate a {cand.kind} model", cm)
+        ct, ht = cand.card.get("target"), champ.card.get("target")
+        if ct != ht:
+            # Each side is scored on its own target: a CO model registered under the NOx model id had the smaller
+            # MAE (CO's scale) and became the champion, and the NOx PEMS served CO values as NOx.
+            return result(False, f"the candidate predicts {ct!r}, the champion {ht!r}: a model id serves one target "
+                          f"(register the candidate under another model id, or train it with target {ht!r})", cm)
         refusals = []
         ca, ha = _alpha(cand), _alpha(champ)
         if (ca is None) != (ha is None) or (ca is not None and not math.isclose(ca, ha, rel_tol=1e-9)):

@@ -415,3 +415,20 @@ def test_cli_train_bad_estimator_parameters_and_alpha_are_one_line_errors_before
     err = cap.err.strip()
     assert err.startswith("error: ") and "\n" not in err and says in err, err
     assert "fitted" not in err and "Traceback" not in err
+
+
+def test_the_gate_refuses_a_candidate_that_predicts_another_target(registry, trained):
+    # `valvoja models train --model-id gt-nox --target CO` registers a CO model under the NOx model id; the gate
+    # scored each on its own target (CO MAE ~1 against NOx MAE ~6) and made it the champion: the NOx PEMS then
+    # served CO values as NOx. The same happens with a target of another scale, here y / 10.
+    registry.promote("syn", registry.register(trained["good"]).version)
+    table = regression_table(1500)
+    table.columns["y10"] = table.columns["y"] / 10
+    other = registry.register(train(spec(target="y10", params={"max_iter": 40}), table)).version
+    for holdout in (table, None):  # rows with both columns (a plant CSV has NOX and CO), and its own rows
+        with pytest.raises(GateRefused) as refused:
+            registry.promote("syn", other, holdout=holdout)
+        c = refused.value.comparison
+        assert not c.accepted and "predicts 'y10'" in c.reason and "'y'" in c.reason, c.reason
+    assert registry.champion("syn").version == 1
+    assert [e["event"] for e in registry.events("syn")][-2:] == ["refuse", "refuse"]
