@@ -65,7 +65,8 @@ def add_parser(subparsers) -> None:
     t.add_argument("--calibration-fraction", type=float, default=0.2, help="share of rows for calibration "
                                                                            "(default 0.2)")
     t.add_argument("--holdout-fraction", type=float, default=0.2, help="last share of rows held out (default 0.2)")
-    t.add_argument("--metric", help="the gate's metric (default mae; anomaly: auc with --label, else far_gap)")
+    t.add_argument("--metric", help="the gate metric the card names (default mae; anomaly: auc with --label, else "
+                                    "far_gap); the model's first promotion fixes its gate metric for good")
     t.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="estimator parameter, e.g. max_iter=200 (repeatable; values parsed as JSON when they can be)")
     t.add_argument("--no-register", action="store_true", help="train and check only; print the card")
@@ -82,8 +83,11 @@ def add_parser(subparsers) -> None:
     pr = sub.add_parser("promote", help="the gate: make VERSION champion if it matches or beats the champion",
                         description="Re-runs the candidate and the champion ONNX graphs on the same held-out rows "
                                     "(--holdout files, default the candidate's own held-out rows) and compares them "
-                                    "by the metric the candidate's card names. Prints the comparison either way; "
-                                    "exit 1 when refused.")
+                                    "by the model's gate metric: the one its first promotion used, fixed from then "
+                                    "on (a later card's --metric does not change it). Refused too: a candidate "
+                                    "that predicts another target or has another alpha than the champion, or "
+                                    "whose intervals cover clearly less than nominal. Prints the comparison "
+                                    "either way; exit 1 when refused.")
     pr.add_argument("model_id", metavar="MODEL")
     pr.add_argument("version", type=int, metavar="VERSION")
     pr.add_argument("--holdout", type=Path, nargs="+", metavar="FILE", help="CSV files to compare on")

@@ -432,3 +432,16 @@ def test_the_gate_refuses_a_candidate_that_predicts_another_target(registry, tra
         assert not c.accepted and "predicts 'y10'" in c.reason and "'y'" in c.reason, c.reason
     assert registry.champion("syn").version == 1
     assert [e["event"] for e in registry.events("syn")][-2:] == ["refuse", "refuse"]
+
+
+def test_promote_help_names_the_gate_metric_the_code_uses(capsys):
+    # `valvoja models promote --help` said the gate compares "by the metric the candidate's card names"; the gate
+    # uses the model id's metric, fixed by its first promotion, and a later card cannot change it.
+    from edge.cli import main
+
+    for action in ("promote", "train"):
+        with pytest.raises(SystemExit):
+            main(["models", action, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "the metric the candidate's card names" not in text
+        assert "first promotion" in text, text
