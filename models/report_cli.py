@@ -225,7 +225,10 @@ def _load_model(args):
     if args.onnx or args.card:
         if not (args.onnx and args.card):
             raise ValueError("--onnx and --card go together")
-        card = json.loads(args.card.read_text(encoding="utf-8"))
+        try:
+            card = json.loads(args.card.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:  # "Expecting value: line 2 column 1" alone does not say which file
+            raise ValueError(f"--card {args.card}: not a JSON model card ({exc})") from None
         return OnnxModel(args.onnx.read_bytes(), card), {"source": str(args.onnx)}
     from models.registry import Registry
 

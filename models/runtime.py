@@ -108,14 +108,27 @@ class OnnxModel:
         import json
 
         d = Path(directory)
-        data = (d / "model.onnx").read_bytes()
-        card_bytes = (d / "card.json").read_bytes()
+
+        def read(name: str) -> bytes:
+            # A deleted or moved file is refused like a changed one (the gate records a refusal, a server keeps
+            # its version), not a bare FileNotFoundError that names neither the version nor the remedy.
+            try:
+                return (d / name).read_bytes()
+            except FileNotFoundError:
+                raise IntegrityError(f"{d / name} is missing: the version's files were moved or deleted after "
+                                     "registration; restore them, or register the model again") from None
+
+        data, card_bytes = read("model.onnx"), read("card.json")
         for name, content, expected in (("model.onnx", data, sha256), ("card.json", card_bytes, card_sha256)):
             digest = hashlib.sha256(content).hexdigest()
             if expected and digest != expected:
                 raise IntegrityError(f"{d / name}: sha256 {digest[:12]} is not the registered {expected[:12]}: "
                                      "the file was changed after registration")
-        return cls(data, json.loads(card_bytes.decode("utf-8")))
+        try:
+            card = json.loads(card_bytes.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:  # only without a registered card sha256
+            raise IntegrityError(f"{d / 'card.json'} is not a JSON model card ({exc})") from None
+        return cls(data, card)
 
     @property
     def alpha(self) -> float | None:

@@ -445,3 +445,23 @@ def test_promote_help_names_the_gate_metric_the_code_uses(capsys):
         text = " ".join(capsys.readouterr().out.split())
         assert "the metric the candidate's card names" not in text
         assert "first promotion" in text, text
+
+
+def test_a_missing_version_file_is_refused_like_a_changed_one_and_the_served_version_goes_on(registry, trained):
+    # A deleted model.onnx / card.json was a FileNotFoundError: the gate raised it instead of recording a refusal
+    # (a changed file is a refusal), and the message named neither the version nor what to do.
+    v1 = registry.register(trained["good"])
+    registry.promote("syn", v1.version)
+    server = ModelServer(registry, "syn")
+    v2 = registry.register(trained["better"])
+    (v2.path / "model.onnx").unlink()
+    with pytest.raises(GateRefused, match=r"syn v2: .*/syn/2/model\.onnx is missing"):
+        registry.promote("syn", v2.version)
+    assert registry.events("syn")[-1]["event"] == "refuse" and registry.champion("syn").version == 1
+
+    (v1.path / "card.json").unlink()  # the served champion's card goes; rollback to it is refused, one line
+    with pytest.raises(IntegrityError, match=r"syn v1: .*/syn/1/card\.json is missing") as missing:
+        registry.get("syn", v1.version).load()
+    assert "\n" not in str(missing.value)
+    assert server.refresh() is False and server.version == 1  # still served from memory
+    assert server.predict(regression_table(3).matrix(["x1", "x2", "x3", "x4"])).shape == (3,)
