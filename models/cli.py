@@ -99,7 +99,8 @@ def add_parser(subparsers) -> None:
 
     rb = sub.add_parser("rollback", help="put the previous champion back and retire the current one",
                         description="No gate: the way back when a promoted model misbehaves. --to picks any "
-                                    "version that passed parity.")
+                                    "version that passed parity, whose files are intact and that predicts the "
+                                    "champion's target.")
     rb.add_argument("model_id", metavar="MODEL")
     rb.add_argument("--to", type=int, metavar="VERSION", help="version to serve (default: the previous champion)")
     rb.add_argument("--actor", default=os.environ.get("USER", "cli"), help="recorded in model_events")

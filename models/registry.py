@@ -635,6 +635,13 @@ class Registry:
             target = self._version(rows[to])
             if not target.parity_passed:
                 raise ParityError(f"{model_id} v{to} failed parity; it cannot be served")
+            if current is not None:
+                was = rows[current].get("target")
+                if target.card.get("target") != was:
+                    # No gate here, but a model id serves one target: its consumers name the target themselves
+                    # (a PEMS link stores the output as its own pollutant), so another target is served as this one.
+                    raise ValueError(f"{model_id} v{to} predicts {target.card.get('target')!r}, the champion "
+                                     f"v{current} {was!r}: a model id serves one target")
             target.load()  # the file must be intact before it becomes the served model
             now = datetime.now(UTC)
             if current is not None:

@@ -465,3 +465,16 @@ def test_a_missing_version_file_is_refused_like_a_changed_one_and_the_served_ver
     assert "\n" not in str(missing.value)
     assert server.refresh() is False and server.version == 1  # still served from memory
     assert server.predict(regression_table(3).matrix(["x1", "x2", "x3", "x4"])).shape == (3,)
+
+
+def test_rollback_to_a_version_that_predicts_another_target_is_refused(registry, trained):
+    # Rollback has no gate, but a model id serves one target: its consumers name the target themselves (a PEMS
+    # link stores the output as its own tag's pollutant), so `rollback --to` a CO candidate under the NOx id
+    # served CO values as NOx.
+    registry.promote("syn", registry.register(trained["good"]).version)
+    table = regression_table(1500)
+    table.columns["y10"] = table.columns["y"] / 10
+    other = registry.register(train(spec(target="y10", params={"max_iter": 40}), table)).version
+    with pytest.raises(ValueError, match=r"syn v2 predicts 'y10', the champion v1 'y'"):
+        registry.rollback("syn", to=other)
+    assert registry.champion("syn").version == 1 and registry.events("syn")[-1]["event"] == "register"
