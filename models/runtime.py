@@ -141,8 +141,9 @@ class OnnxModel:
     def run_raw(self, X) -> np.ndarray:
         """Graph output for a checked float matrix: ``(n, 1)`` or ``(n, 3)`` float64."""
         X32 = np.ascontiguousarray(X, dtype=np.float32)
-        out = self.session.run([self._output], {INPUT_NAME: X32})[0]
-        return np.asarray(out, dtype=np.float64).reshape(X32.shape[0], -1)
+        out = np.asarray(self.session.run([self._output], {INPUT_NAME: X32})[0], dtype=np.float64)
+        # The graphs give (n, width); reshape(n, -1) cannot infer the width of an empty batch, so keep 2-D as is.
+        return out if out.ndim == 2 else out.reshape(-1, 1)
 
     def _check_output(self, raw: np.ndarray) -> None:
         # Finite float32 inputs can still overflow inside a graph (a scaler and a linear model on a value of 3e38):
