@@ -34,6 +34,8 @@ def _say(msg: str) -> None:
 
 def add_subcommands(models_subparsers) -> None:
     """Add ``evaluate`` and ``report`` to the ``valvoja models`` sub-command parser."""
+    from models.catalogue import CATALOGUE
+
     ev = models_subparsers.add_parser("evaluate", help="evaluate on a data set's own split protocol")
     evs = ev.add_subparsers(dest="evaluate_set", required=True, metavar="DATASET")
     g = evs.add_parser("gas-turbine", help="UCI gas-turbine CO/NOx: train on some years, evaluate on others",
@@ -48,8 +50,9 @@ def add_subcommands(models_subparsers) -> None:
     g.add_argument("--test", nargs="+", required=True, metavar="YEAR",
                    help="evaluation years, in time order; none of the training years (refused)")
     g.add_argument("--target", nargs="+", default=["NOX", "CO"], help="target column(s) (default NOX CO)")
-    g.add_argument("--estimator", default="hgb", help="model (models.estimators.ESTIMATORS; default hgb)")
-    g.add_argument("--baseline", default="linear", help="baseline estimator, or 'none' (default linear)")
+    regressors = ", ".join(k for k, e in CATALOGUE.items() if e.kind == "regression")
+    g.add_argument("--estimator", default="hgb", help=f"regressor: {regressors} (default hgb)")
+    g.add_argument("--baseline", default="linear", help="baseline regressor, or 'none' (default linear)")
     g.add_argument("--alpha", type=float, default=0.1, help="miscoverage (default 0.1: 90 %% intervals)")
     g.add_argument("--window", type=int, default=168, help="adaptive conformal window in rows (default 168)")
     g.add_argument("--gamma", type=float, default=0.005, help="ACI step (default 0.005)")
