@@ -179,15 +179,21 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_list(args) -> int:
+def existing_registry(args):
+    """The registry of ``--registry`` / ``--db`` for an action that reads one (all but ``train``): a folder that does
+    not exist is named, not created (`models.registry.Registry` makes its root). "no models registered" or "has no
+    version 1" there sent people looking for a lost registry: the default is relative to the working directory,
+    the gateway's is the `registry` of its site configuration."""
     from models.registry import Registry
 
     if not args.db and not args.registry.is_dir():
-        # "no models registered" here sent people looking for a lost registry: the default is relative to the
-        # working directory, the gateway's is the `registry` of its site configuration.
         raise ValueError(f"no registry folder {args.registry} (give --registry DIR: the `registry` folder the site "
                          "configuration names, or --db URL / $VALVOJA_DB_URL for a database registry)")
-    versions = Registry(args.registry, args.db).list(args.model_id)
+    return Registry(args.registry, args.db)
+
+
+def cmd_list(args) -> int:
+    versions = existing_registry(args).list(args.model_id)
     if args.json:
         print(json.dumps([v.summary() for v in versions], indent=2, default=str))
         return 0
@@ -210,9 +216,9 @@ def cmd_list(args) -> int:
 
 
 def cmd_promote(args) -> int:
-    from models.registry import GateRefused, Registry
+    from models.registry import GateRefused
 
-    reg = Registry(args.registry, args.db)
+    reg = existing_registry(args)
     holdout = _read(args.holdout, args.time_column) if args.holdout else None
     try:
         cmp = reg.promote(args.model_id, args.version, holdout=holdout, actor=args.actor)
@@ -225,9 +231,7 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from models.registry import Registry
-
-    r = Registry(args.registry, args.db).rollback(args.model_id, args.to, actor=args.actor)
+    r = existing_registry(args).rollback(args.model_id, args.to, actor=args.actor)
     print(f"{r['model_id']}: champion is now v{r['to']}" + (f" (v{r['from']} retired)" if r["from"] else ""))
     return 0
 

@@ -233,9 +233,9 @@ def _load_model(args):
         except json.JSONDecodeError as exc:  # "Expecting value: line 2 column 1" alone does not say which file
             raise ValueError(f"--card {args.card}: not a JSON model card ({exc})") from None
         return OnnxModel(args.onnx.read_bytes(), card), {"source": str(args.onnx)}
-    from models.registry import Registry
+    from models.cli import existing_registry
 
-    reg = Registry(args.registry, args.db)
+    reg = existing_registry(args)
     mv = reg.get(args.model_id, args.version) if args.version is not None else reg.champion(args.model_id)
     if mv is None:
         have = ", ".join(f"v{v.version} {v.status}" for v in reg.list(args.model_id)) or "no versions"

@@ -478,3 +478,16 @@ def test_rollback_to_a_version_that_predicts_another_target_is_refused(registry,
     with pytest.raises(ValueError, match=r"syn v2 predicts 'y10', the champion v1 'y'"):
         registry.rollback("syn", to=other)
     assert registry.champion("syn").version == 1 and registry.events("syn")[-1]["event"] == "register"
+
+
+@pytest.mark.parametrize("action", [["promote", "m", "1"], ["rollback", "m"], ["report", "m", "--data", "x.csv"]])
+def test_cli_a_registry_folder_that_does_not_exist_is_named_not_created(tmp_path, capsys, action):
+    # `promote` / `rollback` / `report` with a mistyped --registry created the folder and answered "model 'm' has no
+    # version 1 (versions: none)", as if the registry had lost the model; `list` already named the folder.
+    from edge.cli import main
+
+    missing = tmp_path / "modles"
+    assert main(["models", *action, "--registry", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert f"no registry folder {missing}" in err and "\n" not in err.strip(), err
+    assert not missing.exists()
