@@ -40,11 +40,11 @@ def add_subcommands(models_subparsers) -> None:
     evs = ev.add_subparsers(dest="evaluate_set", required=True, metavar="DATASET")
     g = evs.add_parser("gas-turbine", help="UCI gas-turbine CO/NOx: train on some years, evaluate on others",
                        description="Fits on the training years (their last --calibration-share rows calibrate the "
-                                   "90 % interval), exports to ONNX with the parity check, and predicts the test "
-                                   "years with onnxruntime: static (never sees the test truth) and streaming (rows "
-                                   "in time order, each row's truth revealed after its prediction: adaptive "
-                                   "conformal intervals and an online bias correction). A linear baseline runs "
-                                   "through the same modes.")
+                                   "1 - --alpha interval, 90 % by default), exports to ONNX with the parity check, "
+                                   "and predicts the test years with onnxruntime: static (never sees the test truth) "
+                                   "and streaming (rows in time order, each row's truth revealed after its "
+                                   "prediction: adaptive conformal intervals and an online bias correction). The "
+                                   "--baseline (linear) runs through the same modes.")
     g.add_argument("--data", type=Path, required=True, metavar="DIR", help="folder with gt_<year>.csv files")
     g.add_argument("--train", nargs="+", required=True, metavar="YEAR", help="training years, in time order")
     g.add_argument("--test", nargs="+", required=True, metavar="YEAR",
