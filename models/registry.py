@@ -206,7 +206,13 @@ class _JsonIndex:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.lock_path, "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                # json's "Expecting value: line 2 column 1" alone names neither the file nor what it is (the gateway
+                # logs it when a served model asks for its champion).
+                raise ConfigError(f"{self.path} is not a readable registry index ({exc}): restore it from a "
+                                  "backup") from None
             data.setdefault("versions", [])
             data.setdefault("events", [])
             t = _JsonTx(data)

@@ -491,3 +491,19 @@ def test_cli_a_registry_folder_that_does_not_exist_is_named_not_created(tmp_path
     err = capsys.readouterr().err
     assert f"no registry folder {missing}" in err and "\n" not in err.strip(), err
     assert not missing.exists()
+
+
+def test_a_damaged_index_json_is_named_in_one_line(tmp_path, capsys):
+    # A truncated or hand-edited index.json gave "error: Expecting value: line 2 column 1 (char 15)" (and the same in
+    # the gateway's log when a PEMS asked for its champion), naming neither the file nor what it is.
+    from edge.cli import main
+    from edge.errors import ConfigError
+
+    root = tmp_path / "reg"
+    root.mkdir()
+    (root / "index.json").write_text('{"versions": [\n')
+    with pytest.raises(ConfigError, match=r"index\.json is not a readable registry index"):
+        Registry(root).champion("m")
+    assert main(["models", "list", "--registry", str(root)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert str(root / "index.json") in err and "\n" not in err, err
