@@ -516,6 +516,14 @@ class Registry:
             missing = [c for c in need if c not in table.columns]
             if missing:
                 raise ConfigError(f"{model_id_v(mv)}: the holdout data has no column(s) {', '.join(missing)}")
+            for c in (card.get("target"), card.get("label")):
+                # An empty truth cell (analyser down) made the metric NaN ("not defined on these rows") and counted
+                # as an interval miss; training refuses such rows by name, so does the gate.
+                gaps = np.flatnonzero(~np.isfinite(table.column(c))) if c else np.empty(0, dtype=int)
+                if gaps.size:
+                    shown = ", ".join(str(r) for r in gaps[:5]) + (" ..." if gaps.size > 5 else "")
+                    raise ConfigError(f"{model_id_v(mv)}: the holdout data has no value of {c} in {gaps.size} row(s) "
+                                      f"({shown}): drop those rows, the gate scores every row")
             out = m.predict(table.matrix(m.schema.names), columns=m.schema.names)
             return holdout_metrics(card, table, out.value, out.lower, out.upper, out.p_value)
 

@@ -13,6 +13,7 @@ import pytest
 from models_support import anomaly_table, regression_table, spec
 
 from edge.db.migrate import migrate
+from edge.errors import ConfigError
 from models.registry import GateRefused, Registry, coverage_floor, load_holdout
 from models.runtime import IntegrityError, ModelServer
 from models.train import train
@@ -497,7 +498,6 @@ def test_a_damaged_index_json_is_named_in_one_line(tmp_path, capsys):
     # A truncated or hand-edited index.json gave "error: Expecting value: line 2 column 1 (char 15)" (and the same in
     # the gateway's log when a PEMS asked for its champion), naming neither the file nor what it is.
     from edge.cli import main
-    from edge.errors import ConfigError
 
     root = tmp_path / "reg"
     root.mkdir()
@@ -507,3 +507,18 @@ def test_a_damaged_index_json_is_named_in_one_line(tmp_path, capsys):
     assert main(["models", "list", "--registry", str(root)]) == 1
     err = capsys.readouterr().err.strip()
     assert str(root / "index.json") in err and "\n" not in err, err
+
+
+def test_holdout_rows_without_a_true_value_are_named_not_scored_as_an_undefined_metric(registry, trained):
+    # A plant CSV given as --holdout with a few empty NOX cells (analyser down) was refused with "the candidate's
+    # mae is not defined on these rows", while its coverage (each empty cell counted as a miss) was printed as if
+    # measured; training refuses such rows by name, the gate now does too.
+    import numpy as np
+
+    registry.promote("syn", registry.register(trained["good"]).version)
+    v = registry.register(trained["better"]).version
+    rows = regression_table(300, seed=4)
+    rows.columns["y"][[3, 40]] = np.nan
+    with pytest.raises(ConfigError, match=r"syn v2: the holdout data has no value of y in 2 row\(s\) \(3, 40\)"):
+        registry.promote("syn", v, holdout=rows)
+    assert registry.champion("syn").version == 1
