@@ -167,7 +167,7 @@ class _Asset:
     cycles: int = 0  # feature rows pushed
     last_pred: int = -(10**9)
     next_refresh: float = 0.0
-    refused: str | None = None  # sha256 of a champion that could not be served (logged once)
+    refused: str | None = None  # sha256 of a champion that could not be served (logged once, retried)
     first_time: datetime | None = None  # counter mode: when the first counted cycle began
     end_time: datetime | None = None  # counter mode: when the cycle being closed ended
     error: str | None = None  # the registry's last read error (logged once until it changes)
@@ -263,7 +263,7 @@ class RulLive:
     ``history_cycles``; beyond, the dropped cycles weigh less than (1 - 2/(span + 1))^history_cycles, about
     e^-16 for a span of 240 and 2,000 cycles). A champion that cannot be served (file not matching its sha256,
     not a RUL card, inputs the configuration does not map) is refused, logged once and counted; the served
-    version goes on.
+    version goes on, and the champion is tried again at each refresh (served once its files are restored).
     """
 
     def __init__(self, assets: list[AssetConfig], manager: AlertManager, period_s: float, *, dsn: str | None = None,
@@ -365,18 +365,22 @@ class RulLive:
                 continue
             mv = champions[key]
             served = a.model.sha256 if a.model is not None else None
-            if mv is None or mv.sha256 in (served, a.refused):
+            if mv is None or mv.sha256 == served:
                 continue
+            # A refused champion is tried again at every refresh (its files read and hashed): a refusal for good
+            # kept the previous version served after the file was restored, while the registry named the champion.
+            # Logged and counted once per version, not at every refresh.
             try:
                 self._serve(a, ServedRulModel(mv.path, onnx=mv.load()))
                 swapped += 1
-            except Exception as exc:  # an unusable version must not stop the served one; refused once
-                a.refused = mv.sha256
-                self.refusals += 1
-                self._count(cfg.model_id, "refused")
-                log.error("asset %s: RUL model %s v%s not served, keeping %s: %s", a.name, cfg.model_id,
-                          mv.version, _describe(a.model), exc,
-                          extra={"event": "model_swap_refused", "asset": a.name})
+            except Exception as exc:  # an unusable version must not stop the served one
+                if a.refused != mv.sha256:
+                    a.refused = mv.sha256
+                    self.refusals += 1
+                    self._count(cfg.model_id, "refused")
+                    log.error("asset %s: RUL model %s v%s not served, keeping %s: %s", a.name, cfg.model_id,
+                              mv.version, _describe(a.model), exc,
+                              extra={"event": "model_swap_refused", "asset": a.name})
         return swapped
 
     def status(self) -> list[dict]:
