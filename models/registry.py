@@ -187,9 +187,12 @@ def json_safe(obj):
 
 
 def _ts(v) -> datetime | None:
-    if v is None or isinstance(v, datetime):
-        return v
-    return datetime.fromisoformat(v)
+    """A stored time as an aware UTC datetime. psycopg hands timestamptz back in the session's TimeZone (a plant
+    database's is often local), and `valvoja models list` prints these under "created (UTC)"."""
+    if v is None:
+        return None
+    t = v if isinstance(v, datetime) else datetime.fromisoformat(v)
+    return t.astimezone(UTC) if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 # ---------------------------------------------------------------- index backends

@@ -522,3 +522,21 @@ def test_holdout_rows_without_a_true_value_are_named_not_scored_as_an_undefined_
     with pytest.raises(ConfigError, match=r"syn v2: the holdout data has no value of y in 2 row\(s\) \(3, 40\)"):
         registry.promote("syn", v, holdout=rows)
     assert registry.champion("syn").version == 1
+
+
+def test_cli_list_shows_creation_times_in_utc_whatever_the_database_time_zone(pg_dsn, tmp_path, trained, capsys):
+    # The table's column says "created (UTC)"; a database whose TimeZone is the plant's (initdb takes the host's)
+    # handed back times in that zone and the list printed them, two or three hours off, under that heading.
+    from datetime import UTC
+
+    from edge.cli import main
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("SELECT set_config('TimeZone', 'UTC', false)")
+        db = conn.execute("SELECT current_database()").fetchone()[0]
+        conn.execute(f"ALTER DATABASE {db} SET TimeZone = 'Europe/Helsinki'")
+    reg = _db_registry(pg_dsn, tmp_path)
+    mv = reg.register(trained["good"])
+    assert main(["models", "list", "--registry", str(reg.root), "--db", pg_dsn]) == 0
+    out = capsys.readouterr().out
+    assert f"{mv.created_at.astimezone(UTC):%Y-%m-%d %H:%M}" in out, (out, mv.created_at)
