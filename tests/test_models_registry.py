@@ -540,3 +540,6 @@ def test_cli_list_shows_creation_times_in_utc_whatever_the_database_time_zone(pg
     assert main(["models", "list", "--registry", str(reg.root), "--db", pg_dsn]) == 0
     out = capsys.readouterr().out
     assert f"{mv.created_at.astimezone(UTC):%Y-%m-%d %H:%M}" in out, (out, mv.created_at)
+    with psycopg.connect(pg_dsn) as conn:  # the training span (naive UTC in the card) stored as that instant
+        start = conn.execute("SELECT training_start FROM model_registry").fetchone()[0]
+    assert start.astimezone(UTC).replace(tzinfo=None).isoformat() == "2024-01-01T00:00:00", start
