@@ -79,7 +79,15 @@ class LivePems:
             return
         if mv is not None:
             self._check_inputs(mv)  # a configuration error at start-up is raised, not logged
-        self.refresh()
+        from models.runtime import IntegrityError
+
+        try:
+            self.refresh()
+        except (OSError, IntegrityError) as exc:
+            # The champion's files changed or missing: raised, it stopped this PEMS for good (the stack logs "not
+            # started" and never asks again). Waited for like a champion not yet promoted: retried every refresh_s.
+            self._error = str(exc)
+            log.error("pems %s: champion not served at start, retried every %g s: %s", link.tag, link.refresh_s, exc)
 
     def _registry(self):
         if self.registry is None:

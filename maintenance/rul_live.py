@@ -168,6 +168,7 @@ class _Asset:
     last_pred: int = -(10**9)
     next_refresh: float = 0.0
     refused: str | None = None  # sha256 of a champion that could not be served (logged once)
+    refused_files: bool = False  # ... for its files (changed, missing): tried again at each refresh
     first_time: datetime | None = None  # counter mode: when the first counted cycle began
     end_time: datetime | None = None  # counter mode: when the cycle being closed ended
     error: str | None = None  # the registry's last read error (logged once until it changes)
@@ -263,7 +264,7 @@ class RulLive:
     ``history_cycles``; beyond, the dropped cycles weigh less than (1 - 2/(span + 1))^history_cycles, about
     e^-16 for a span of 240 and 2,000 cycles). A champion that cannot be served (file not matching its sha256,
     not a RUL card, inputs the configuration does not map) is refused, logged once and counted; the served
-    version goes on.
+    version goes on; one refused for its files is tried again at each refresh (served once they are restored).
     """
 
     def __init__(self, assets: list[AssetConfig], manager: AlertManager, period_s: float, *, dsn: str | None = None,
@@ -365,18 +366,26 @@ class RulLive:
                 continue
             mv = champions[key]
             served = a.model.sha256 if a.model is not None else None
-            if mv is None or mv.sha256 in (served, a.refused):
+            if mv is None or mv.sha256 == served or (mv.sha256 == a.refused and not a.refused_files):
                 continue
+            # A champion refused for its files (changed, missing, unreadable) is tried again at every refresh (they
+            # are read and hashed): a refusal for good kept the previous version served after the files were
+            # restored, while the registry named the champion. One that does not fit the configuration is not
+            # (that takes a configuration change, and a restart). Logged and counted once per version.
             try:
                 self._serve(a, ServedRulModel(mv.path, onnx=mv.load()))
                 swapped += 1
-            except Exception as exc:  # an unusable version must not stop the served one; refused once
-                a.refused = mv.sha256
-                self.refusals += 1
-                self._count(cfg.model_id, "refused")
-                log.error("asset %s: RUL model %s v%s not served, keeping %s: %s", a.name, cfg.model_id,
-                          mv.version, _describe(a.model), exc,
-                          extra={"event": "model_swap_refused", "asset": a.name})
+            except Exception as exc:  # an unusable version must not stop the served one
+                from models.runtime import IntegrityError
+
+                a.refused_files = isinstance(exc, (OSError, IntegrityError))
+                if a.refused != mv.sha256:
+                    a.refused = mv.sha256
+                    self.refusals += 1
+                    self._count(cfg.model_id, "refused")
+                    log.error("asset %s: RUL model %s v%s not served, keeping %s: %s", a.name, cfg.model_id,
+                              mv.version, _describe(a.model), exc,
+                              extra={"event": "model_swap_refused", "asset": a.name})
         return swapped
 
     def status(self) -> list[dict]:

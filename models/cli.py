@@ -65,7 +65,8 @@ def add_parser(subparsers) -> None:
     t.add_argument("--calibration-fraction", type=float, default=0.2, help="share of rows for calibration "
                                                                            "(default 0.2)")
     t.add_argument("--holdout-fraction", type=float, default=0.2, help="last share of rows held out (default 0.2)")
-    t.add_argument("--metric", help="the gate's metric (default mae; anomaly: auc with --label, else far_gap)")
+    t.add_argument("--metric", help="the gate metric the card names (default mae; anomaly: auc with --label, else "
+                                    "far_gap); the model's first promotion fixes its gate metric for good")
     t.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="estimator parameter, e.g. max_iter=200 (repeatable; values parsed as JSON when they can be)")
     t.add_argument("--no-register", action="store_true", help="train and check only; print the card")
@@ -82,8 +83,11 @@ def add_parser(subparsers) -> None:
     pr = sub.add_parser("promote", help="the gate: make VERSION champion if it matches or beats the champion",
                         description="Re-runs the candidate and the champion ONNX graphs on the same held-out rows "
                                     "(--holdout files, default the candidate's own held-out rows) and compares them "
-                                    "by the metric the candidate's card names. Prints the comparison either way; "
-                                    "exit 1 when refused.")
+                                    "by the model's gate metric: the one its first promotion used, fixed from then "
+                                    "on (a later card's --metric does not change it). Refused too: a candidate "
+                                    "that predicts another target or has another alpha than the champion, or "
+                                    "whose intervals cover clearly less than nominal. Prints the comparison "
+                                    "either way; exit 1 when refused.")
     pr.add_argument("model_id", metavar="MODEL")
     pr.add_argument("version", type=int, metavar="VERSION")
     pr.add_argument("--holdout", type=Path, nargs="+", metavar="FILE", help="CSV files to compare on")
@@ -95,7 +99,8 @@ def add_parser(subparsers) -> None:
 
     rb = sub.add_parser("rollback", help="put the previous champion back and retire the current one",
                         description="No gate: the way back when a promoted model misbehaves. --to picks any "
-                                    "version that passed parity.")
+                                    "version that passed parity, whose files are intact and that predicts the "
+                                    "champion's target.")
     rb.add_argument("model_id", metavar="MODEL")
     rb.add_argument("--to", type=int, metavar="VERSION", help="version to serve (default: the previous champion)")
     rb.add_argument("--actor", default=os.environ.get("USER", "cli"), help="recorded in model_events")
@@ -174,15 +179,21 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_list(args) -> int:
+def existing_registry(args):
+    """The registry of ``--registry`` / ``--db`` for an action that reads one (all but ``train``): a folder that does
+    not exist is named, not created (`models.registry.Registry` makes its root). "no models registered" or "has no
+    version 1" there sent people looking for a lost registry: the default is relative to the working directory,
+    the gateway's is the `registry` of its site configuration."""
     from models.registry import Registry
 
     if not args.db and not args.registry.is_dir():
-        # "no models registered" here sent people looking for a lost registry: the default is relative to the
-        # working directory, the gateway's is the `registry` of its site configuration.
         raise ValueError(f"no registry folder {args.registry} (give --registry DIR: the `registry` folder the site "
                          "configuration names, or --db URL / $VALVOJA_DB_URL for a database registry)")
-    versions = Registry(args.registry, args.db).list(args.model_id)
+    return Registry(args.registry, args.db)
+
+
+def cmd_list(args) -> int:
+    versions = existing_registry(args).list(args.model_id)
     if args.json:
         print(json.dumps([v.summary() for v in versions], indent=2, default=str))
         return 0
@@ -205,9 +216,9 @@ def cmd_list(args) -> int:
 
 
 def cmd_promote(args) -> int:
-    from models.registry import GateRefused, Registry
+    from models.registry import GateRefused
 
-    reg = Registry(args.registry, args.db)
+    reg = existing_registry(args)
     holdout = _read(args.holdout, args.time_column) if args.holdout else None
     try:
         cmp = reg.promote(args.model_id, args.version, holdout=holdout, actor=args.actor)
@@ -220,9 +231,7 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from models.registry import Registry
-
-    r = Registry(args.registry, args.db).rollback(args.model_id, args.to, actor=args.actor)
+    r = existing_registry(args).rollback(args.model_id, args.to, actor=args.actor)
     print(f"{r['model_id']}: champion is now v{r['to']}" + (f" (v{r['from']} retired)" if r["from"] else ""))
     return 0
 

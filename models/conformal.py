@@ -216,6 +216,8 @@ class AdaptiveConformal:
                              f"{min_scores(alpha)} scores")
         if score not in ("absolute", "cqr"):
             raise ValueError(f"score must be 'absolute' or 'cqr', got {score!r}")
+        if not (math.isfinite(gamma) and gamma >= 0):  # a negative step narrows the interval after each miss
+            raise ValueError(f"gamma must be a number >= 0 (the ACI step; 0: a plain rolling window), got {gamma}")
         self.alpha = alpha
         self.window = int(window)
         self.gamma = float(gamma)

@@ -199,12 +199,31 @@ if set(_BUILD) != set(CATALOGUE):
                       f"{sorted(set(_BUILD) ^ set(CATALOGUE))}")
 
 
+def accepted_params(name: str) -> set[str]:
+    """The parameter names estimator ``name`` takes (``--param NAME=VALUE``). ``hgb-cqr`` takes the
+    HistGradientBoosting ones for its three models, but not ``loss`` and ``quantile``: those make them the point
+    and the two quantile models."""
+    if name == "hgb-cqr":
+        return (set(HistGradientBoostingRegressor().get_params(deep=False)) - {"loss", "quantile"}) | {"alpha"}
+    return set(ESTIMATORS[name].factory().get_params(deep=False))
+
+
+def check_params(name: str, params: dict | None) -> None:
+    """`ValueError` naming the parameters ``params`` gives that estimator ``name`` does not take (a factory called
+    with them raised a TypeError, a traceback on the command line, and only once the data was read)."""
+    unknown = sorted(set(params or {}) - accepted_params(name))
+    if unknown:
+        raise ValueError(f"estimator {name!r} does not take parameter{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(map(repr, unknown))} (it takes {', '.join(sorted(accepted_params(name)))})")
+
+
 def make_pipeline(name: str, params: dict | None = None) -> Pipeline:
     """The scikit-learn pipeline for estimator ``name`` (``ESTIMATORS``): optional scaler + estimator."""
     try:
         spec = ESTIMATORS[name]
     except KeyError:
         raise ValueError(f"unknown estimator {name!r}; choose one of {', '.join(ESTIMATORS)}") from None
+    check_params(name, params)
     steps = [("scale", StandardScaler())] if spec.scale else []
     steps.append(("model", spec.factory(**(params or {}))))
     return Pipeline(steps)

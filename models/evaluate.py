@@ -185,6 +185,7 @@ def fit_onnx(X: np.ndarray, y: np.ndarray, features: Sequence[str], target: str,
     from models.export import INPUT_NAME, ParityError, check_parity, session, sha256, to_onnx
     from models.schema import InputSchema
 
+    _check_regressor(estimator)
     # The graph takes float32: fit on float32-representable values so no split falls between a value and
     # its float32 rounding (see models.export).
     X = np.asarray(X, dtype=np.float32).astype(np.float64)
@@ -212,6 +213,18 @@ def fit_onnx(X: np.ndarray, y: np.ndarray, features: Sequence[str], target: str,
     sc = SplitConformal(alpha=alpha).fit(y[k:], cal_pred)
     return OnnxFit(estimator, list(features), target, onnx_bytes, sha256(onnx_bytes), predict, sc, y[k:], cal_pred,
                    parity.to_dict(), k, fit_s)
+
+
+def _check_regressor(name: str) -> None:
+    """`ValueError` unless ``name`` is a regressor of the catalogue: an anomaly scorer fits a distance to the inputs,
+    and its output scored against the target read as a (bad) model with MAE and a coverage that looked fine."""
+    from models.catalogue import CATALOGUE
+
+    regressors = [k for k, e in CATALOGUE.items() if e.kind == "regression"]
+    if name not in regressors:
+        what = "an anomaly scorer" if name in CATALOGUE else "not an estimator"
+        raise ValueError(f"estimator {name!r} is {what}: the evaluation needs a regressor, one of "
+                         f"{', '.join(regressors)}")
 
 
 def _stream_calibration_scores(fit: OnnxFit, bias_halflife: float | None) -> np.ndarray:
@@ -269,6 +282,8 @@ def evaluate_gas_turbine(folder: str | Path, train_years: Sequence[int | str], t
 
     say = progress or (lambda _msg: None)
     targets = [targets] if isinstance(targets, str) else list(targets)
+    for name in [estimator] + ([baseline] if baseline else []):
+        _check_regressor(name)
     # A year on both sides would be fitted and calibrated on the very rows it is scored on: flattering metrics
     # reported as the evaluation (the data README: never train on an evaluation part).
     both = sorted({str(y) for y in train_years} & {str(y) for y in test_years})

@@ -69,16 +69,29 @@ class ParityReport:
 # ---------------------------------------------------------------- skl2onnx compatibility
 
 def _patch_tree_missing_flags() -> None:
-    """skl2onnx 1.20 passes Python/numpy booleans for ``nodes_missing_value_tracks_true`` when it converts a
-    HistGradientBoosting model; onnx 1.23's ``make_attribute`` rejects booleans in an int list ("Expected an
-    int, got a boolean"). Cast them to int before they reach onnx. Idempotent."""
+    """Two fixes to skl2onnx 1.20's tree nodes, applied where it adds each node (idempotent):
+
+    - it passes Python/numpy booleans for ``nodes_missing_value_tracks_true`` when it converts a
+      HistGradientBoosting model; onnx 1.23's ``make_attribute`` rejects booleans in an int list ("Expected an
+      int, got a boolean"). Cast them to int before they reach onnx.
+    - a split's float64 threshold is stored as the *nearest* float32 (``nodes_values`` is a float list), while
+      scikit-learn compares the float32 input with the float64 threshold. A HistGradientBoosting threshold is
+      the midpoint of two adjacent bin values; for adjacent float32 values (1018.39996 and 1018.4 in a pressure
+      column) the midpoint rounds onto the upper one, so rows at exactly that value took the other branch in
+      the graph: a whole leaf off on real data, and parity refused the export. Stored instead as the largest
+      float32 not above the threshold (skl2onnx's own `sklearn_threshold`), for which ``x <= t32`` holds
+      exactly when ``x <= t64`` for every float32 ``x``: the graph routes every input as scikit-learn does."""
     if getattr(_tree_ensemble.add_node, "_valvoja_patched", False):
         return
     original = _tree_ensemble.add_node
 
     @functools.wraps(original)
-    def add_node(*args, nodes_missing_value_tracks_true=0, **kwargs):
-        return original(*args, nodes_missing_value_tracks_true=int(nodes_missing_value_tracks_true), **kwargs)
+    def add_node(attr_pairs, is_classifier, tree_id, tree_weight, node_id, feature_id, mode, value, *args,
+                 nodes_missing_value_tracks_true=0, **kwargs):
+        if mode == "BRANCH_LEQ":
+            value = float(_tree_ensemble.sklearn_threshold(value, np.float32, mode))
+        return original(attr_pairs, is_classifier, tree_id, tree_weight, node_id, feature_id, mode, value, *args,
+                        nodes_missing_value_tracks_true=int(nodes_missing_value_tracks_true), **kwargs)
 
     add_node._valvoja_patched = True
     _tree_ensemble.add_node = add_node

@@ -13,9 +13,9 @@ Statuses: ``candidate`` (registered) -> ``champion`` (served; at most one per mo
   cannot leave a row whose files were lost). A model that failed parity is refused (`ParityError`).
   `ModelVersion.load` refuses either file when it is not the registered one (`models.runtime.IntegrityError`).
 - `Registry.promote` is the gate: the candidate must have passed parity and its files must still be the
-  registered ones; against a champion, its alpha must be the champion's, its intervals must cover the held-out
-  rows (``holdout``, default the candidate's own) at least to `coverage_floor` of nominal (or of the champion's
-  coverage when drifted rows take the champion below that too), and on the same rows it must match or beat
+  registered ones; against a champion, its target and alpha must be the champion's, its intervals must cover
+  the held-out rows (``holdout``, default the candidate's own) at least to `coverage_floor` of nominal (or of the
+  champion's coverage when drifted rows take the champion below that too), and on the same rows it must match or beat
   the champion by the model id's gate metric (the one its first promotion used: a candidate's card cannot pick
   it), both ONNX graphs re-run on those rows. The comparison is returned (and recorded) either way; a refused
   candidate raises `GateRefused` carrying it.
@@ -187,9 +187,12 @@ def json_safe(obj):
 
 
 def _ts(v) -> datetime | None:
-    if v is None or isinstance(v, datetime):
-        return v
-    return datetime.fromisoformat(v)
+    """A stored time as an aware UTC datetime. psycopg hands timestamptz back in the session's TimeZone (a plant
+    database's is often local), and `valvoja models list` prints these under "created (UTC)"."""
+    if v is None:
+        return None
+    t = v if isinstance(v, datetime) else datetime.fromisoformat(v)
+    return t.astimezone(UTC) if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 # ---------------------------------------------------------------- index backends
@@ -206,7 +209,13 @@ class _JsonIndex:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.lock_path, "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                # json's "Expecting value: line 2 column 1" alone names neither the file nor what it is (the gateway
+                # logs it when a served model asks for its champion).
+                raise ConfigError(f"{self.path} is not a readable registry index ({exc}): restore it from a "
+                                  "backup") from None
             data.setdefault("versions", [])
             data.setdefault("events", [])
             t = _JsonTx(data)
@@ -510,6 +519,14 @@ class Registry:
             missing = [c for c in need if c not in table.columns]
             if missing:
                 raise ConfigError(f"{model_id_v(mv)}: the holdout data has no column(s) {', '.join(missing)}")
+            for c in (card.get("target"), card.get("label")):
+                # An empty truth cell (analyser down) made the metric NaN ("not defined on these rows") and counted
+                # as an interval miss; training refuses such rows by name, so does the gate.
+                gaps = np.flatnonzero(~np.isfinite(table.column(c))) if c else np.empty(0, dtype=int)
+                if gaps.size:
+                    shown = ", ".join(str(r) for r in gaps[:5]) + (" ..." if gaps.size > 5 else "")
+                    raise ConfigError(f"{model_id_v(mv)}: the holdout data has no value of {c} in {gaps.size} row(s) "
+                                      f"({shown}): drop those rows, the gate scores every row")
             out = m.predict(table.matrix(m.schema.names), columns=m.schema.names)
             return holdout_metrics(card, table, out.value, out.lower, out.upper, out.p_value)
 
@@ -534,6 +551,12 @@ class Registry:
             return result(False, "this version is already the champion", cm, cm)
         if champ.kind != cand.kind:
             return result(False, f"the champion is a {champ.kind} model, the candidate a {cand.kind} model", cm)
+        ct, ht = cand.card.get("target"), champ.card.get("target")
+        if ct != ht:
+            # Each side is scored on its own target: a CO model registered under the NOx model id had the smaller
+            # MAE (CO's scale) and became the champion, and the NOx PEMS served CO values as NOx.
+            return result(False, f"the candidate predicts {ct!r}, the champion {ht!r}: a model id serves one target "
+                          f"(register the candidate under another model id, or train it with target {ht!r})", cm)
         refusals = []
         ca, ha = _alpha(cand), _alpha(champ)
         if (ca is None) != (ha is None) or (ca is not None and not math.isclose(ca, ha, rel_tol=1e-9)):
@@ -629,6 +652,13 @@ class Registry:
             target = self._version(rows[to])
             if not target.parity_passed:
                 raise ParityError(f"{model_id} v{to} failed parity; it cannot be served")
+            if current is not None:
+                was = rows[current].get("target")
+                if target.card.get("target") != was:
+                    # No gate here, but a model id serves one target: its consumers name the target themselves
+                    # (a PEMS link stores the output as its own pollutant), so another target is served as this one.
+                    raise ValueError(f"{model_id} v{to} predicts {target.card.get('target')!r}, the champion "
+                                     f"v{current} {was!r}: a model id serves one target")
             target.load()  # the file must be intact before it becomes the served model
             now = datetime.now(UTC)
             if current is not None:

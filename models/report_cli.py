@@ -34,22 +34,25 @@ def _say(msg: str) -> None:
 
 def add_subcommands(models_subparsers) -> None:
     """Add ``evaluate`` and ``report`` to the ``valvoja models`` sub-command parser."""
+    from models.catalogue import CATALOGUE
+
     ev = models_subparsers.add_parser("evaluate", help="evaluate on a data set's own split protocol")
     evs = ev.add_subparsers(dest="evaluate_set", required=True, metavar="DATASET")
     g = evs.add_parser("gas-turbine", help="UCI gas-turbine CO/NOx: train on some years, evaluate on others",
                        description="Fits on the training years (their last --calibration-share rows calibrate the "
-                                   "90 % interval), exports to ONNX with the parity check, and predicts the test "
-                                   "years with onnxruntime: static (never sees the test truth) and streaming (rows "
-                                   "in time order, each row's truth revealed after its prediction: adaptive "
-                                   "conformal intervals and an online bias correction). A linear baseline runs "
-                                   "through the same modes.")
+                                   "1 - --alpha interval, 90 % by default), exports to ONNX with the parity check, "
+                                   "and predicts the test years with onnxruntime: static (never sees the test truth) "
+                                   "and streaming (rows in time order, each row's truth revealed after its "
+                                   "prediction: adaptive conformal intervals and an online bias correction). The "
+                                   "--baseline (linear) runs through the same modes.")
     g.add_argument("--data", type=Path, required=True, metavar="DIR", help="folder with gt_<year>.csv files")
     g.add_argument("--train", nargs="+", required=True, metavar="YEAR", help="training years, in time order")
     g.add_argument("--test", nargs="+", required=True, metavar="YEAR",
                    help="evaluation years, in time order; none of the training years (refused)")
     g.add_argument("--target", nargs="+", default=["NOX", "CO"], help="target column(s) (default NOX CO)")
-    g.add_argument("--estimator", default="hgb", help="model (models.estimators.ESTIMATORS; default hgb)")
-    g.add_argument("--baseline", default="linear", help="baseline estimator, or 'none' (default linear)")
+    regressors = ", ".join(k for k, e in CATALOGUE.items() if e.kind == "regression")
+    g.add_argument("--estimator", default="hgb", help=f"regressor: {regressors} (default hgb)")
+    g.add_argument("--baseline", default="linear", help="baseline regressor, or 'none' (default linear)")
     g.add_argument("--alpha", type=float, default=0.1, help="miscoverage (default 0.1: 90 %% intervals)")
     g.add_argument("--window", type=int, default=168, help="adaptive conformal window in rows (default 168)")
     g.add_argument("--gamma", type=float, default=0.005, help="ACI step (default 0.005)")
@@ -225,11 +228,14 @@ def _load_model(args):
     if args.onnx or args.card:
         if not (args.onnx and args.card):
             raise ValueError("--onnx and --card go together")
-        card = json.loads(args.card.read_text(encoding="utf-8"))
+        try:
+            card = json.loads(args.card.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:  # "Expecting value: line 2 column 1" alone does not say which file
+            raise ValueError(f"--card {args.card}: not a JSON model card ({exc})") from None
         return OnnxModel(args.onnx.read_bytes(), card), {"source": str(args.onnx)}
-    from models.registry import Registry
+    from models.cli import existing_registry
 
-    reg = Registry(args.registry, args.db)
+    reg = existing_registry(args)
     mv = reg.get(args.model_id, args.version) if args.version is not None else reg.champion(args.model_id)
     if mv is None:
         have = ", ".join(f"v{v.version} {v.status}" for v in reg.list(args.model_id)) or "no versions"

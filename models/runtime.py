@@ -108,14 +108,27 @@ class OnnxModel:
         import json
 
         d = Path(directory)
-        data = (d / "model.onnx").read_bytes()
-        card_bytes = (d / "card.json").read_bytes()
+
+        def read(name: str) -> bytes:
+            # A deleted or moved file is refused like a changed one (the gate records a refusal, a server keeps
+            # its version), not a bare FileNotFoundError that names neither the version nor the remedy.
+            try:
+                return (d / name).read_bytes()
+            except FileNotFoundError:
+                raise IntegrityError(f"{d / name} is missing: the version's files were moved or deleted after "
+                                     "registration; restore them, or register the model again") from None
+
+        data, card_bytes = read("model.onnx"), read("card.json")
         for name, content, expected in (("model.onnx", data, sha256), ("card.json", card_bytes, card_sha256)):
             digest = hashlib.sha256(content).hexdigest()
             if expected and digest != expected:
                 raise IntegrityError(f"{d / name}: sha256 {digest[:12]} is not the registered {expected[:12]}: "
                                      "the file was changed after registration")
-        return cls(data, json.loads(card_bytes.decode("utf-8")))
+        try:
+            card = json.loads(card_bytes.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:  # only without a registered card sha256
+            raise IntegrityError(f"{d / 'card.json'} is not a JSON model card ({exc})") from None
+        return cls(data, card)
 
     @property
     def alpha(self) -> float | None:
@@ -128,8 +141,9 @@ class OnnxModel:
     def run_raw(self, X) -> np.ndarray:
         """Graph output for a checked float matrix: ``(n, 1)`` or ``(n, 3)`` float64."""
         X32 = np.ascontiguousarray(X, dtype=np.float32)
-        out = self.session.run([self._output], {INPUT_NAME: X32})[0]
-        return np.asarray(out, dtype=np.float64).reshape(X32.shape[0], -1)
+        out = np.asarray(self.session.run([self._output], {INPUT_NAME: X32})[0], dtype=np.float64)
+        # The graphs give (n, width); reshape(n, -1) cannot infer the width of an empty batch, so keep 2-D as is.
+        return out if out.ndim == 2 else out.reshape(-1, 1)
 
     def _check_output(self, raw: np.ndarray) -> None:
         # Finite float32 inputs can still overflow inside a graph (a scaler and a linear model on a value of 3e38):

@@ -87,6 +87,12 @@ class InputSchema:
             return self._from_mapping(X, dtype)
         if isinstance(X, Sequence) and X and isinstance(X[0], Mapping):
             keys = set().union(*(r.keys() for r in X))
+            for i, r in enumerate(X):
+                # A row without a feature is the caller's gap, not a NaN reading of a sensor: say which row.
+                lacks = [n for n in self.names if n not in r]
+                if lacks and all(n in keys for n in lacks):
+                    raise InputError(f"missing feature(s): {', '.join(lacks)} in row {i} "
+                                     f"(the model takes {', '.join(self.names)})")
             return self._from_mapping({k: [r.get(k, np.nan) for r in X] for k in keys}, dtype)
         if columns is not None:
             self._check_names(list(columns))

@@ -36,7 +36,7 @@ from models.conformal import (
     min_scores,
 )
 from models.data import FeatureTable
-from models.estimators import ESTIMATORS, make_pipeline
+from models.estimators import ESTIMATORS, check_params, make_pipeline
 from models.export import DEFAULT_ATOL, DEFAULT_RTOL, ParityError, ParityReport, check_parity, sha256, to_onnx
 from models.schema import Feature, InputSchema
 
@@ -101,6 +101,12 @@ class TrainSpec:
             problems.append(f"target {self.target!r} is also an input feature")
         if self.label and self.label in self.features:
             problems.append(f"label {self.label!r} is also an input feature")
+        if not 0.0 < self.alpha < 1.0:  # NaN fails too; refused before the fit, not by the conformal step after it
+            problems.append(f"alpha {self.alpha} must be in (0, 1) (the miscoverage: 0.1 gives 90 % intervals)")
+        try:
+            check_params(self.estimator, self.params)
+        except ValueError as exc:
+            problems.append(str(exc))
         if self.interval not in ("auto", "split", "cqr"):
             problems.append(f"interval must be auto, split or cqr, not {self.interval!r}")
         if self.interval == "cqr" and self.estimator != "hgb-cqr":

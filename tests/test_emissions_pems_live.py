@@ -332,3 +332,25 @@ def test_a_champion_under_a_reused_version_number_is_swapped_in(tmp_path, sample
     assert new != old
     live.maybe_refresh()
     assert live.predict(T0, row(features, X, 0)).model_version == new
+
+
+def test_a_champion_whose_file_is_damaged_at_start_is_served_once_restored(tmp_path, sample, caplog):
+    """A champion whose model.onnx did not match its sha256 when the gateway started stopped the live PEMS for good
+    ("live PEMS not started", never retried), unlike a registry that cannot be read at start; now it waits, as
+    for a champion not promoted yet, and serves once the file is restored."""
+    from emissions.pems_live import LivePems
+    from models.registry import Registry
+
+    features, X, _ = sample
+    reg = Registry(tmp_path / "models")
+    register(reg)
+    onnx = reg.champion("pems-nox").path / "model.onnx"
+    good = onnx.read_bytes()
+    onnx.write_bytes(b"not the registered graph")
+    with caplog.at_level(logging.ERROR):
+        live = LivePems(link(tmp_path, features, refresh_s=1), registry=reg, clock=ticking())
+    assert live.version is None and live.push(T0, row(features, X, 0)) is None
+    assert "model.onnx" in caplog.text and "not the registered" in caplog.text
+    onnx.write_bytes(good)
+    live.maybe_refresh()
+    assert live.push(T0 + 3600, row(features, X, 1)).prediction.details["registry_version"] == 1

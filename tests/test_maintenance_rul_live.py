@@ -170,8 +170,14 @@ async def test_rul_predictions_and_alert_stored_through_the_gateway_records(fitt
     assert alerts[0]["evidence"]["prediction"]["model_version"] == card["sha256"]
 
 
-def damage(path: Path) -> None:
+def damage(path: Path) -> bytes:
+    good = path.read_bytes()
     path.write_bytes(b"not the registered graph")
+    return good
+
+
+def restore(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
 
 
 @pytest.mark.parametrize("index", ["json", "db"])
@@ -219,7 +225,7 @@ async def test_promotion_and_rollback_swap_the_served_version_live(fitted, tmp_p
             reg.promote(v2["model_id"], v2["version"])
         if i == 2 * third:
             reg.rollback(v1["model_id"])  # back to v1 (its file checked by the rollback) ...
-            damage(Path(v1["path"], "model.onnx"))  # ... then damaged on the gateway's disk
+            good = damage(Path(v1["path"], "model.onnx"))  # ... then damaged on the gateway's disk
         with caplog.at_level(logging.ERROR, logger="maintenance.rul_live"):
             preds += (await live.process(batch))[1]
     versions = [p.details["registry_version"] for p in preds]
@@ -239,6 +245,14 @@ async def test_promotion_and_rollback_swap_the_served_version_live(fitted, tmp_p
     swaps = {s.labels["outcome"]: s.value for m in metrics.model_swaps.collect() for s in m.samples
              if s.name.endswith("_total")}
     assert swaps == {"swapped": 1.0, "refused": 1.0}
+
+    # The file restored, the champion is served at the next refresh: a refusal was for good (until a restart or
+    # another promotion), so the gateway went on serving v2 while the registry and the console named v1.
+    restore(Path(v1["path"], "model.onnx"), good)
+    await live.process(batches[-1])
+    (st,) = live.rul.status()
+    assert (st["version"], st["sha256"], st["refused_sha256"]) == (1, v1["sha256"], None)
+    assert live.rul.swaps == 2 and live.rul.refusals == 1
 
 
 def test_registry_db_without_a_database_is_a_config_error(fitted, tmp_path):

@@ -74,3 +74,12 @@ def test_min_scores_is_also_the_p_value_resolution(alpha):
     assert smallest <= alpha and smallest == pytest.approx(1 / (n + 1))
     if n > 1:
         assert p_values(np.zeros(n - 1), [1.0])[0] > alpha
+
+
+@pytest.mark.parametrize("gamma", [-0.005, math.nan, math.inf])
+def test_adaptive_step_must_be_a_non_negative_number(gamma):
+    """A negative ACI step turns the update round: each miss narrows the interval, so `valvoja models evaluate
+    gas-turbine --gamma -1` / `report --gamma -1` ran and showed 90 % intervals that covered 83 %."""
+    with pytest.raises(ValueError, match="gamma must be a number >= 0"):
+        AdaptiveConformal(0.1, window=168, gamma=gamma)
+    AdaptiveConformal(0.1, window=168, gamma=0.0)  # a plain rolling window

@@ -176,3 +176,21 @@ def test_a_test_year_that_is_also_a_training_year_is_refused(capsys):
     assert args.func(args) == 1
     captured = capsys.readouterr()
     assert "both training and test" in captured.err and "MAE" not in captured.out
+
+
+@pytest.mark.parametrize(("flag", "name"), [("--estimator", "mahalanobis"), ("--baseline", "pca"),
+                                            ("--estimator", "bogus")])
+def test_an_anomaly_scorer_or_unknown_estimator_is_not_evaluated_as_a_regressor(capsys, flag, name):
+    """``--estimator mahalanobis`` fitted a distance to the inputs, printed it as NOx "predictions" with MAE and
+    coverage ("streaming coverage 0.899 (ok)") and, as baseline, the MAE reduction against it; refused now before
+    any data is read."""
+    from models.report_cli import add_subcommands
+
+    parser = argparse.ArgumentParser()
+    add_subcommands(parser.add_subparsers(dest="cmd", required=True))
+    args = parser.parse_args(["evaluate", "gas-turbine", "--data", str(SAMPLE), "--train", "2011", "--test", "2013",
+                              "--target", "NOX", flag, name])
+    assert args.func(args) == 1
+    captured = capsys.readouterr()
+    assert f"{name!r}" in captured.err and "regressor" in captured.err and "MAE" not in captured.out
+    assert "data:" not in captured.err and "fitting" not in captured.err

@@ -13,6 +13,7 @@ import pytest
 from models_support import anomaly_table, regression_table, spec
 
 from edge.db.migrate import migrate
+from edge.errors import ConfigError
 from models.registry import GateRefused, Registry, coverage_floor, load_holdout
 from models.runtime import IntegrityError, ModelServer
 from models.train import train
@@ -394,3 +395,151 @@ def test_changed_holdout_rows_do_not_decide_a_promotion(registry, trained):
     h.write_bytes(original)
     registry.promote("syn", mv.version)
     assert registry.champion("syn").version == 1
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    (["--param", "bogus=3"], "estimator 'hgb' does not take parameter 'bogus'"),
+    (["--kind", "hgb-cqr", "--param", "loss=absolute_error"], "estimator 'hgb-cqr' does not take parameter 'loss'"),
+    (["--alpha", "1.5"], "alpha 1.5 must be in (0, 1)"),
+    (["--alpha", "nan"], "alpha nan must be in (0, 1)"),
+])
+def test_cli_train_bad_estimator_parameters_and_alpha_are_one_line_errors_before_fitting(tmp_path, capsys, extra,
+                                                                                          says):
+    # An unknown --param ended in a TypeError traceback; --alpha 1.5 was refused only after the fit, the export
+    # and the parity check, by the conformal step, as "alpha must be in (0, 1), got 1.5" (which option?).
+    from edge.cli import main
+
+    data = _csv(tmp_path / "plant.csv", regression_table(200))
+    assert main(["models", "train", "--data", str(data), "--target", "y", "--model-id", "m", "--registry",
+                 str(tmp_path / "reg"), *extra]) == 1
+    cap = capsys.readouterr()
+    err = cap.err.strip()
+    assert err.startswith("error: ") and "\n" not in err and says in err, err
+    assert "fitted" not in err and "Traceback" not in err
+
+
+def test_the_gate_refuses_a_candidate_that_predicts_another_target(registry, trained):
+    # `valvoja models train --model-id gt-nox --target CO` registers a CO model under the NOx model id; the gate
+    # scored each on its own target (CO MAE ~1 against NOx MAE ~6) and made it the champion: the NOx PEMS then
+    # served CO values as NOx. The same happens with a target of another scale, here y / 10.
+    registry.promote("syn", registry.register(trained["good"]).version)
+    table = regression_table(1500)
+    table.columns["y10"] = table.columns["y"] / 10
+    other = registry.register(train(spec(target="y10", params={"max_iter": 40}), table)).version
+    for holdout in (table, None):  # rows with both columns (a plant CSV has NOX and CO), and its own rows
+        with pytest.raises(GateRefused) as refused:
+            registry.promote("syn", other, holdout=holdout)
+        c = refused.value.comparison
+        assert not c.accepted and "predicts 'y10'" in c.reason and "'y'" in c.reason, c.reason
+    assert registry.champion("syn").version == 1
+    assert [e["event"] for e in registry.events("syn")][-2:] == ["refuse", "refuse"]
+
+
+def test_promote_help_names_the_gate_metric_the_code_uses(capsys):
+    # `valvoja models promote --help` said the gate compares "by the metric the candidate's card names"; the gate
+    # uses the model id's metric, fixed by its first promotion, and a later card cannot change it.
+    from edge.cli import main
+
+    for action in ("promote", "train"):
+        with pytest.raises(SystemExit):
+            main(["models", action, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "the metric the candidate's card names" not in text
+        assert "first promotion" in text, text
+
+
+def test_a_missing_version_file_is_refused_like_a_changed_one_and_the_served_version_goes_on(registry, trained):
+    # A deleted model.onnx / card.json was a FileNotFoundError: the gate raised it instead of recording a refusal
+    # (a changed file is a refusal), and the message named neither the version nor what to do.
+    v1 = registry.register(trained["good"])
+    registry.promote("syn", v1.version)
+    server = ModelServer(registry, "syn")
+    v2 = registry.register(trained["better"])
+    (v2.path / "model.onnx").unlink()
+    with pytest.raises(GateRefused, match=r"syn v2: .*/syn/2/model\.onnx is missing"):
+        registry.promote("syn", v2.version)
+    assert registry.events("syn")[-1]["event"] == "refuse" and registry.champion("syn").version == 1
+
+    (v1.path / "card.json").unlink()  # the served champion's card goes; rollback to it is refused, one line
+    with pytest.raises(IntegrityError, match=r"syn v1: .*/syn/1/card\.json is missing") as missing:
+        registry.get("syn", v1.version).load()
+    assert "\n" not in str(missing.value)
+    assert server.refresh() is False and server.version == 1  # still served from memory
+    assert server.predict(regression_table(3).matrix(["x1", "x2", "x3", "x4"])).shape == (3,)
+
+
+def test_rollback_to_a_version_that_predicts_another_target_is_refused(registry, trained):
+    # Rollback has no gate, but a model id serves one target: its consumers name the target themselves (a PEMS
+    # link stores the output as its own tag's pollutant), so `rollback --to` a CO candidate under the NOx id
+    # served CO values as NOx.
+    registry.promote("syn", registry.register(trained["good"]).version)
+    table = regression_table(1500)
+    table.columns["y10"] = table.columns["y"] / 10
+    other = registry.register(train(spec(target="y10", params={"max_iter": 40}), table)).version
+    with pytest.raises(ValueError, match=r"syn v2 predicts 'y10', the champion v1 'y'"):
+        registry.rollback("syn", to=other)
+    assert registry.champion("syn").version == 1 and registry.events("syn")[-1]["event"] == "register"
+
+
+@pytest.mark.parametrize("action", [["promote", "m", "1"], ["rollback", "m"], ["report", "m", "--data", "x.csv"]])
+def test_cli_a_registry_folder_that_does_not_exist_is_named_not_created(tmp_path, capsys, action):
+    # `promote` / `rollback` / `report` with a mistyped --registry created the folder and answered "model 'm' has no
+    # version 1 (versions: none)", as if the registry had lost the model; `list` already named the folder.
+    from edge.cli import main
+
+    missing = tmp_path / "modles"
+    assert main(["models", *action, "--registry", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert f"no registry folder {missing}" in err and "\n" not in err.strip(), err
+    assert not missing.exists()
+
+
+def test_a_damaged_index_json_is_named_in_one_line(tmp_path, capsys):
+    # A truncated or hand-edited index.json gave "error: Expecting value: line 2 column 1 (char 15)" (and the same in
+    # the gateway's log when a PEMS asked for its champion), naming neither the file nor what it is.
+    from edge.cli import main
+
+    root = tmp_path / "reg"
+    root.mkdir()
+    (root / "index.json").write_text('{"versions": [\n')
+    with pytest.raises(ConfigError, match=r"index\.json is not a readable registry index"):
+        Registry(root).champion("m")
+    assert main(["models", "list", "--registry", str(root)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert str(root / "index.json") in err and "\n" not in err, err
+
+
+def test_holdout_rows_without_a_true_value_are_named_not_scored_as_an_undefined_metric(registry, trained):
+    # A plant CSV given as --holdout with a few empty NOX cells (analyser down) was refused with "the candidate's
+    # mae is not defined on these rows", while its coverage (each empty cell counted as a miss) was printed as if
+    # measured; training refuses such rows by name, the gate now does too.
+    import numpy as np
+
+    registry.promote("syn", registry.register(trained["good"]).version)
+    v = registry.register(trained["better"]).version
+    rows = regression_table(300, seed=4)
+    rows.columns["y"][[3, 40]] = np.nan
+    with pytest.raises(ConfigError, match=r"syn v2: the holdout data has no value of y in 2 row\(s\) \(3, 40\)"):
+        registry.promote("syn", v, holdout=rows)
+    assert registry.champion("syn").version == 1
+
+
+def test_cli_list_shows_creation_times_in_utc_whatever_the_database_time_zone(pg_dsn, tmp_path, trained, capsys):
+    # The table's column says "created (UTC)"; a database whose TimeZone is the plant's (initdb takes the host's)
+    # handed back times in that zone and the list printed them, two or three hours off, under that heading.
+    from datetime import UTC
+
+    from edge.cli import main
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("SELECT set_config('TimeZone', 'UTC', false)")
+        db = conn.execute("SELECT current_database()").fetchone()[0]
+        conn.execute(f"ALTER DATABASE {db} SET TimeZone = 'Europe/Helsinki'")
+    reg = _db_registry(pg_dsn, tmp_path)
+    mv = reg.register(trained["good"])
+    assert main(["models", "list", "--registry", str(reg.root), "--db", pg_dsn]) == 0
+    out = capsys.readouterr().out
+    assert f"{mv.created_at.astimezone(UTC):%Y-%m-%d %H:%M}" in out, (out, mv.created_at)
+    with psycopg.connect(pg_dsn) as conn:  # the training span (naive UTC in the card) stored as that instant
+        start = conn.execute("SELECT training_start FROM model_registry").fetchone()[0]
+    assert start.astimezone(UTC).replace(tzinfo=None).isoformat() == "2024-01-01T00:00:00", start

@@ -272,3 +272,16 @@ def test_a_new_champion_under_a_reused_version_number_is_swapped_in(tmp_path, mo
     assert again.version == srv.version == 1
     assert srv.refresh() is True
     assert srv.model.sha256 == models["hgb"].sha256 == srv.infer(regression_table(2).matrix(FEATURES)).model_version
+
+
+def test_an_empty_batch_gives_empty_outputs_and_a_row_without_a_feature_says_so(models):
+    # An empty batch (a report or console range without rows) failed inside the runtime with "cannot reshape
+    # array of size 0 into shape (0,newaxis)"; a list of row dicts of which one lacked a feature was reported as a
+    # "NaN or infinite input value" of that feature, which sends people looking at the sensor, not the caller.
+    for name in ("hgb", "cqr", "anomaly"):
+        out = _model(models[name]).predict(np.zeros((0, 4)))
+        assert len(out) == 0 and out.raw.shape[0] == 0
+        assert (out.interval.shape if out.lower is not None else out.p_value.shape)[0] == 0
+    row = {"x1": 0.1, "x2": 0.2, "x3": 0.3, "x4": 0.4}
+    with pytest.raises(InputError, match=r"missing feature\(s\): x3 in row 1 \(the model takes x1, x2, x3, x4\)"):
+        _model(models["hgb"]).predict([row, {k: v for k, v in row.items() if k != "x3"}])

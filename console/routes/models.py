@@ -208,8 +208,9 @@ async def _audit(request: Request, p: Principal, action: str, model_id: str, ver
 async def promote(request: Request, model_id: str, version: int, body: PromoteBody | None = None,
                   p: Principal = Depends(require("models.admin"))):
     """The promotion gate (admins): candidate and champion ONNX graphs re-run on the candidate's stored held-out
-    rows; the candidate becomes champion only when it passed parity and matches or beats the champion by its
-    card's gate metric. The comparison is answered either way (a refusal is 409 with ``comparison``); both
+    rows; the candidate becomes champion only when it passed parity, predicts the champion's target at its alpha
+    and matches or beats it by the model's gate metric (fixed by its first promotion, not the candidate's card).
+    The comparison is answered either way (a refusal is 409 with ``comparison``); both
     outcomes are in the audit log (``model.promote`` / ``model.promote_refused``) and in ``model_events``."""
     from models.registry import GateRefused
     from models.registry import promote as registry_promote
