@@ -168,11 +168,20 @@ class OnnxModel:
                 p = self.calibrator.p_value(value)
         elif self.calibrator is not None:
             if isinstance(self.calibrator, ConformalizedQuantile):
-                iv = self.calibrator.interval(raw[:, 1], raw[:, 2])
+                iv = enclosing(self.calibrator.interval(raw[:, 1], raw[:, 2]), value)
             else:
                 iv = self.calibrator.interval(value)
             lower, upper, cov = iv[:, 0], iv[:, 1], 1.0 - self.calibrator.alpha
         return Output(value, lower, upper, p, cov, self.model_id, self.version, self.sha256, raw)
+
+
+def enclosing(iv: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """A CQR interval widened, where needed, to hold its own point prediction. The bounds come from the quantile
+    models and the point from the median one, fitted apart: now and then (5 of 596 NOx rows of the gas-turbine
+    holdout) the point fell outside, and a plant engineer shown "412 [415, 470]" rightly stops trusting either.
+    Widening keeps the coverage guarantee (a wider interval covers whatever the narrower one did)."""
+    v = np.asarray(value, dtype=np.float64).ravel()
+    return np.column_stack([np.minimum(iv[:, 0], v), np.maximum(iv[:, 1], v)])
 
 
 @dataclass(frozen=True)
@@ -322,7 +331,7 @@ class ModelServer:
         if s.adaptive is not None:
             with s.lock:
                 if s.adaptive.score == "cqr":
-                    iv = s.adaptive.interval(lower=out.raw[:, 1], upper=out.raw[:, 2])
+                    iv = enclosing(s.adaptive.interval(lower=out.raw[:, 1], upper=out.raw[:, 2]), out.value)
                 else:
                     iv = s.adaptive.interval(out.value)
             out.lower, out.upper, out.adaptive = iv[:, 0], iv[:, 1], True

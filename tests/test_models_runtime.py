@@ -47,8 +47,26 @@ def test_outputs_carry_interval_or_p_value_and_the_version(models):
     assert (out.model_id, out.version, out.model_version) == ("syn", 7, models["hgb"].sha256)
     cqr = _model(models["cqr"]).predict(X)
     assert cqr.raw.shape == (10, 3) and np.all(cqr.lower <= cqr.raw[:, 1]) and np.all(cqr.upper >= cqr.raw[:, 2])
+    assert np.all((cqr.lower <= cqr.value) & (cqr.value <= cqr.upper))
     an = _model(models["anomaly"]).predict(anomaly_table(50, seed=8).matrix(FEATURES))
     assert an.lower is None and np.all((an.p_value > 0) & (an.p_value <= 1))
+
+
+def test_a_cqr_interval_holds_its_own_point_prediction(models, tmp_path):
+    """The CQR bounds come from the quantile models, the point from the median one: on rows where they disagree the
+    point fell outside its interval. Served static or adaptive, the interval now holds it."""
+    X = regression_table(3000, seed=11).matrix(FEATURES)
+    m = _model(models["cqr"])
+    out = m.predict(X)
+    lo, hi = m.calibrator.interval(out.raw[:, 1], out.raw[:, 2]).T
+    outside = (out.value < lo) | (out.value > hi)
+    assert outside.any(), "the data no longer shows the case; choose rows where the median leaves the quantiles"
+    assert np.all((out.lower <= out.value) & (out.value <= out.upper))
+    assert np.array_equal(out.lower[~outside], lo[~outside]) and np.array_equal(out.upper[~outside], hi[~outside])
+    reg = Registry(tmp_path / "reg")
+    reg.promote("cqr", reg.register(models["cqr"]).version)
+    served = ModelServer(reg, "cqr", adaptive=True).infer(X)
+    assert served.adaptive and np.all((served.lower <= served.value) & (served.value <= served.upper))
 
 
 def test_malformed_inputs_give_clear_errors(models):
