@@ -274,6 +274,13 @@ def train(spec: TrainSpec, table: FeatureTable, *, parent_version: int | None = 
     if not np.all(np.isfinite(full)):
         bad = [c for j, c in enumerate(needed) if not np.all(np.isfinite(full[:, j]))]
         raise ValueError(f"non-finite values in column(s) {', '.join(bad)}: clean or drop those rows first")
+    if spec.label:
+        # 0 is normal operation (what an anomaly scorer learns), 1 an anomaly; a label of 1/2 or -1/1 (another
+        # convention) silently trained on the wrong rows, or on none.
+        odd = sorted(set(np.unique(full[:, needed.index(spec.label)]).tolist()) - {0.0, 1.0})
+        if odd:
+            raise ValueError(f"label column {spec.label} must hold 0 (normal) or 1 (anomaly); it also holds "
+                             f"{', '.join(f'{v:g}' for v in odd[:5])}{' ...' if len(odd) > 5 else ''}")
     schema = InputSchema(tuple(Feature(n, spec.units.get(n, "")) for n in features))
     n = len(table)
     a, b = _split_points(n, spec)
@@ -290,6 +297,10 @@ def train(spec: TrainSpec, table: FeatureTable, *, parent_version: int | None = 
         return X, y
 
     X_tr, y_tr = xy(parts["train"], normal_only=kind == "anomaly")
+    if y_tr is not None and kind == "regression" and y_tr.size and np.ptp(y_tr) == 0:
+        # Its intervals would be 0 wide "at 90 %": a frozen analyser or a wrong column, not a model to serve.
+        raise ValueError(f"target {spec.target} is constant ({y_tr[0]:g}) over the {y_tr.size} training rows: "
+                         "nothing to learn (a frozen analyser or the wrong column?)")
     if kind == "anomaly" and len(X_tr) < 20:
         raise ValueError(f"only {len(X_tr)} normal training rows: an anomaly scorer needs normal operation data")
     pipeline = make_pipeline(spec.estimator, {**spec.params, **({"alpha": spec.alpha} if spec.estimator == "hgb-cqr"

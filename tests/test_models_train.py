@@ -113,6 +113,17 @@ def test_spec_errors_are_clear():
         train(TrainSpec("m", FEATURES, "y", interval="cqr"), regression_table(200))
     with pytest.raises(ValueError, match="too few to split"):
         train(spec(), regression_table(40))
+    # A frozen analyser (or the wrong column) as the target: its "90 %" intervals would be 0 wide.
+    frozen = regression_table(300)
+    frozen.columns["y"] = np.full(300, 42.0)
+    with pytest.raises(ValueError, match=r"target y is constant \(42\) over the \d+ training rows"):
+        train(spec(), frozen)
+    # Labels in another convention (1 normal / 2 anomaly) trained the scorer on no normal row, or on the wrong ones.
+    labelled = anomaly_table(400)
+    labelled.columns["label"] = labelled.columns["label"] + 1
+    with pytest.raises(ValueError, match=r"label column label must hold 0 \(normal\) or 1 \(anomaly\); it also "
+                                         r"holds 2"):
+        train(spec("an", "mahalanobis", label="label"), labelled)
     from edge.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no column"):
