@@ -284,6 +284,8 @@ def evaluate_gas_turbine(folder: str | Path, train_years: Sequence[int | str], t
     targets = [targets] if isinstance(targets, str) else list(targets)
     for name in [estimator] + ([baseline] if baseline else []):
         _check_regressor(name)
+    if baseline == estimator:  # one result under both names: the "MAE reduction" against itself, 0 %
+        raise ValueError(f"--baseline {baseline} is the estimator itself: give another regressor, or none")
     # A year on both sides would be fitted and calibrated on the very rows it is scored on: flattering metrics
     # reported as the evaluation (the data README: never train on an evaluation part).
     both = sorted({str(y) for y in train_years} & {str(y) for y in test_years})

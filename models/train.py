@@ -107,6 +107,9 @@ class TrainSpec:
             check_params(self.estimator, self.params)
         except ValueError as exc:
             problems.append(str(exc))
+        if self.estimator == "hgb-cqr" and "alpha" in self.params:
+            # Its quantiles are alpha/2 and 1 - alpha/2 of the interval's alpha: a --param alpha was overridden.
+            problems.append("hgb-cqr takes its quantiles from the interval's alpha (--alpha), not --param alpha")
         if self.interval not in ("auto", "split", "cqr"):
             problems.append(f"interval must be auto, split or cqr, not {self.interval!r}")
         if self.interval == "cqr" and self.estimator != "hgb-cqr":

@@ -178,6 +178,20 @@ def test_a_test_year_that_is_also_a_training_year_is_refused(capsys):
     assert "both training and test" in captured.err and "MAE" not in captured.out
 
 
+def test_the_estimator_as_its_own_baseline_is_refused(capsys):
+    """``--estimator hgb --baseline hgb`` fitted it twice, one result overwrote the other and the report said a 0 %
+    MAE reduction against the baseline."""
+    from models.report_cli import add_subcommands
+
+    parser = argparse.ArgumentParser()
+    add_subcommands(parser.add_subparsers(dest="cmd", required=True))
+    args = parser.parse_args(["evaluate", "gas-turbine", "--data", str(SAMPLE), "--train", "2011", "--test", "2013",
+                              "--target", "NOX", "--estimator", "hgb", "--baseline", "hgb"])
+    assert args.func(args) == 1
+    captured = capsys.readouterr()
+    assert "--baseline hgb is the estimator itself" in captured.err and "MAE" not in captured.out
+
+
 @pytest.mark.parametrize(("flag", "name"), [("--estimator", "mahalanobis"), ("--baseline", "pca"),
                                             ("--estimator", "bogus")])
 def test_an_anomaly_scorer_or_unknown_estimator_is_not_evaluated_as_a_regressor(capsys, flag, name):

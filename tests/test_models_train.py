@@ -113,6 +113,8 @@ def test_spec_errors_are_clear():
         train(TrainSpec("m", FEATURES, "y", interval="cqr"), regression_table(200))
     with pytest.raises(ValueError, match="too few to split"):
         train(spec(), regression_table(40))
+    with pytest.raises(ValueError, match=r"hgb-cqr takes its quantiles from the interval's alpha \(--alpha\)"):
+        train(spec(estimator="hgb-cqr", params={"alpha": 0.2}), regression_table(200))
     # A frozen analyser (or the wrong column) as the target: its "90 %" intervals would be 0 wide.
     frozen = regression_table(300)
     frozen.columns["y"] = np.full(300, 42.0)
