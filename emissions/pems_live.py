@@ -70,6 +70,7 @@ class LivePems:
         self.swaps = 0
         self._next_refresh = clock() + link.refresh_s
         self._error: str | None = None
+        self._named: int | None = None  # the version whose other target was logged
         try:
             mv = self._registry().champion(link.model_id)
         except Exception as exc:  # the registry's database is down: no PEMS output until it can be read
@@ -103,6 +104,14 @@ class LivePems:
         if missing:
             raise ValueError(f"pems link {self.link.tag}: {mv.model_id} v{mv.version} takes input(s) "
                              f"{', '.join(missing)} that pems.inputs maps to no tag")
+        predicts = str(mv.card.get("target") or "")
+        if predicts and self.target and predicts.lower() != self.target.lower() and self._named != mv.version:
+            self._named = mv.version  # once per version (start-up checks it, then serves it)
+            # Its output is stored as this pollutant's substitute: a model_id naming the CO model under NOx served
+            # CO values as NOx. Said, not refused: a site may name the pollutant otherwise than the training column.
+            log.warning("pems %s: %s v%s was trained to predict %r, and its output is stored as %s; check the link's "
+                        "model_id", self.link.tag, mv.model_id, mv.version, predicts, self.target,
+                        extra={"event": "pems_target_mismatch", "stack": self.asset, "pollutant": self.target})
 
     def refresh(self) -> bool:
         """Serve the registry's current champion; True when the served version changed."""

@@ -267,6 +267,25 @@ def test_registry_database_down_at_start_then_back(tmp_path, sample, own_pg_serv
     assert p is not None and p.details["registry_version"] == 1 and live.version == 1
 
 
+def test_a_champion_trained_for_another_pollutant_is_named(tmp_path, sample, caplog):
+    """A link whose model_id names the NOX model under the CO pollutant stored NOx predictions as CO's substitute
+    without a word. Said once at start (with the pollutant and what the model predicts); the same link under NOx
+    (another case than the training column) says nothing."""
+    from emissions.pems_live import LivePems
+    from models.registry import Registry
+
+    features = sample[0]
+    reg = Registry(tmp_path / "models")
+    register(reg)
+    with caplog.at_level(logging.WARNING, logger="emissions"):
+        LivePems(link(tmp_path, features), registry=reg, target="NOx")
+        assert not [r for r in caplog.records if getattr(r, "event", "") == "pems_target_mismatch"]
+        live = LivePems(link(tmp_path, features), registry=reg, target="CO")
+    (said,) = [r for r in caplog.records if getattr(r, "event", "") == "pems_target_mismatch"]
+    assert said.pollutant == "CO" and "trained to predict 'NOX'" in said.getMessage()
+    assert live.version == 1  # served still: the site may name its pollutant otherwise than the training column
+
+
 @pytest.mark.parametrize("refresh_s", [0.001, 0])
 def test_predicting_never_reads_the_registry_refresh_is_off_the_loop(monkeypatch, refresh_s):
     """LiveEmissions.observe runs on the gateway's event loop: a prediction never asks the registry (files, the
