@@ -293,9 +293,22 @@ def model_report(model, table, *, model_id: str | None = None, info: dict | None
     model_id = model_id or model.model_id
     if model.kind != "regression":
         raise ValueError(f"{model_id}: the uncertainty report covers regressors; this is a {model.kind} model")
+    import numpy as np
+
+    from models.data import FeatureTable
+
     features = model.schema.names
     say(f"{model_id}: {len(table)} rows, {len(features)} features")
-    out = model.predict({n: table.columns[n] for n in features if n in table.columns})
+    # Months of plant data have gaps (a sensor out, an empty CSV cell): one row with a missing input failed the whole
+    # report. Those rows are left out and counted; the model is never asked about them in service either.
+    ok = np.isfinite(table.matrix(features)).all(axis=1)
+    if not ok.all():
+        if not ok.any():
+            raise ValueError(f"{model_id}: every one of the {len(table)} rows has a missing or non-finite input")
+        say(f"{model_id}: {int((~ok).sum())} of {len(table)} rows left out: an input is missing or not finite")
+        table = FeatureTable({k: v[ok] for k, v in table.columns.items()},
+                             None if table.times is None else table.times[ok])
+    out = model.predict({n: table.columns[n] for n in features})
     target = card.get("target")
     y = table.column(target) if target and target in table.columns else None
     if y is None:

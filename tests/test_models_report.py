@@ -120,6 +120,41 @@ def test_report_cli_from_onnx_and_card_files(tmp_path, capsys):
     assert "sha256" in capsys.readouterr().err
 
 
+def test_rows_with_a_missing_input_are_left_out_and_counted(tmp_path, capsys):
+    """A data file with empty input cells (a sensor out for a few hours) failed the whole report with the model's
+    "non-finite input" error; those rows are now left out, and said."""
+    from models.data import GAS_TURBINE_INPUTS, load_gas_turbine
+    from models.evaluate import fit_onnx
+    from models.schema import InputSchema
+
+    train = load_gas_turbine(SAMPLE, [2011, 2012])
+    feats = list(GAS_TURBINE_INPUTS)
+    f = fit_onnx(train.matrix(feats), train.column("NOX"), feats, "NOX")
+    (tmp_path / "model.onnx").write_bytes(f.onnx_bytes)
+    card = {"model_id": "gt-nox", "kind": "regression", "target": "NOX", "sha256": f.version,
+            "input_schema": InputSchema.of(feats).to_dict(),
+            "calibration": {**f.conformal.to_dict(), "score": "absolute", "scores": f.conformal.scores_.tolist()},
+            "drift_reference": DriftMonitor(train, feats).to_dict()}
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    lines = (SAMPLE / "gt_2013.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    at = header.index("AT")
+    for i in (5, 6, 7):  # three rows without ambient temperature
+        cells = lines[i].split(",")
+        cells[at] = ""
+        lines[i] = ",".join(cells)
+    (tmp_path / "gaps").mkdir()
+    (tmp_path / "gaps" / "gt_2013.csv").write_text("\n".join(lines) + "\n")
+    args = _parser().parse_args(["report", "gt-nox", "--data", str(tmp_path / "gaps" / "gt_2013.csv"), "--onnx",
+                                 str(tmp_path / "model.onnx"), "--card", str(tmp_path / "card.json"), "--out",
+                                 str(tmp_path / "rep"), "--window", "48", "--adaptive-window", "48"])
+    assert args.func(args) == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert f"3 of {len(lines) - 1} rows left out: an input is missing or not finite" in captured.out + captured.err
+    d = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert d["model"]["sha256"] == f.version and d["metrics"]["static"]["coverage"] is not None
+
+
 def test_report_cli_from_the_registry(tmp_path, capsys):
     registry = pytest.importorskip("models.registry", reason="models.registry not in this build")
     train_mod = pytest.importorskip("models.train", reason="models.train not in this build")
