@@ -15,6 +15,7 @@ The servers and their temp dirs are removed at the end, also when a test fails. 
 from __future__ import annotations
 
 import os
+import random
 import signal
 from collections.abc import Iterator
 
@@ -24,6 +25,7 @@ from serverproc import ServerProcess, sweep_stale
 from servers import MosquittoServer, PostgresServer, mosquitto_bin, pg_bin_dir
 
 REQUIRE = os.environ.get("VALVOJA_TEST_REQUIRE_SERVERS") == "1"
+SHUFFLE = os.environ.get("VALVOJA_TEST_SHUFFLE", "")
 
 
 def _interrupt(signum, frame):
@@ -35,6 +37,32 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     pytest then tears the fixtures down, so no server temp dir is left behind."""
     sweep_stale()
     signal.signal(signal.SIGTERM, _interrupt)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``VALVOJA_TEST_SHUFFLE=<seed>``: each module's tests in a seeded random order, and the modules too;
+    ``=reverse``: each module's tests backwards. pytest-xdist hands tests to workers in no fixed order, so a test
+    that only passes after (or without) another one fails on CI some day: this finds it first. A module's tests
+    stay together, so its module-scoped fixtures still start once. Every xdist worker collects the same order."""
+    if not SHUFFLE:
+        return
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    groups = list(modules.values())
+    if SHUFFLE == "reverse":
+        for g in groups:
+            g.reverse()
+    else:
+        rng = random.Random(SHUFFLE)
+        rng.shuffle(groups)
+        for g in groups:
+            rng.shuffle(g)
+    items[:] = [item for g in groups for item in g]
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    return f"VALVOJA_TEST_SHUFFLE={SHUFFLE}: each module's tests in that order" if SHUFFLE else None
 
 
 def _unavailable(reason: str) -> None:
