@@ -43,6 +43,11 @@ class AlertFeed:
         self._pending_ids: set[str] = set()
 
     async def start(self) -> None:
+        # The watermark before the first request: every change from here on is after it. Set at the first poll
+        # instead (up to poll_s later), an alert raised in between was before it and never reached the boards
+        # already connected.
+        with contextlib.suppress(Exception):  # no database yet: the first poll sets it
+            await self._start_watermark()
         self._tasks = [asyncio.create_task(self._listen(), name="alert-listen"),
                        asyncio.create_task(self._poll(), name="alert-poll")]
 
@@ -107,10 +112,13 @@ class AlertFeed:
                 log.warning("alert feed: poll failed: %s", exc)
                 await asyncio.sleep(self.poll_s)
 
+    async def _start_watermark(self) -> None:
+        row = await self.db.fetchone("SELECT now() AS t")
+        self.watermark = row["t"] if row else datetime.now(UTC)
+
     async def _fetch(self, ids: list[str]) -> None:
         if self.watermark is None:
-            row = await self.db.fetchone("SELECT now() AS t")
-            self.watermark = row["t"] if row else datetime.now(UTC)
+            await self._start_watermark()
             return
         rows = await alerts.changed_since(self.db, self.watermark, ids or None) if ids else []
         while True:  # page by page: more than a page may share one change time (one transaction's now())

@@ -366,6 +366,31 @@ def test_the_feeds_poll_pages_through_alerts_changed_in_one_transaction(pg_dsn):
     assert asyncio.run(go()) == 1050
 
 
+def test_an_alert_raised_right_after_the_console_started_reaches_the_boards(pg_dsn):
+    """The feed set its watermark at its first poll, up to ``poll_s`` after the start: an alert raised in between
+    (a board connected, an alert right away) was before the watermark and never sent. Found when
+    test_stream_delivers_a_new_alert_and_its_acknowledgement ran first in its module."""
+    import asyncio
+
+    from console.alerts_feed import AlertFeed
+    from console.db import Database
+
+    async def go() -> list[str]:
+        db = Database(pg_dsn)
+        await db.open()
+        feed = AlertFeed(db, poll_s=1.0)
+        await feed.start()
+        queue = feed.subscribe()
+        try:
+            await asyncio.to_thread(insert_alert, pg_dsn, "EARLY-1")
+            return [(await asyncio.wait_for(queue.get(), 5))["id"]]
+        finally:
+            await feed.stop()
+            await db.close()
+
+    assert asyncio.run(go()) == ["EARLY-1"]
+
+
 def test_a_comment_with_a_nul_character_is_refused_not_a_server_error(server):
     """A comment pasted from a PLC export or a binary log can hold a NUL character, which PostgreSQL text cannot
     store: the acknowledgement failed with 500 "internal error" and the engineer could not tell why. 422, saying so."""
