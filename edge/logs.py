@@ -55,6 +55,9 @@ class TextFormatter(logging.Formatter):
         return _one_line(line)
 
 
+NOISY = ("asyncua", "asyncio", "uvicorn.access", "httpx", "httpcore")  # loggers `setup` keeps at WARNING or above
+
+
 def setup(level: str = "INFO", fmt: str = "json", stream=None) -> None:
     """Configure the root logger once (idempotent; replaces earlier handlers)."""
     handler = logging.StreamHandler(stream or sys.stderr)
@@ -64,5 +67,5 @@ def setup(level: str = "INFO", fmt: str = "json", stream=None) -> None:
     root.setLevel(level)
     # Libraries log every reconnect attempt at INFO/WARNING; the runtime logs outages once. httpx logs every request
     # with its whole URL at INFO ("HTTP Request: POST <url>"): a webhook's token in its path or query with it.
-    for noisy in ("asyncua", "asyncio", "uvicorn.access", "httpx", "httpcore"):
+    for noisy in NOISY:
         logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.WARNING))

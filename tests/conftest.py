@@ -14,6 +14,7 @@ The servers and their temp dirs are removed at the end, also when a test fails. 
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -152,3 +153,21 @@ def mosquitto() -> Iterator[MosquittoServer]:
 def own_mosquitto() -> Iterator[MosquittoServer]:
     """A started broker for this test alone: stop, kill and restart it (same ports, same persistence)."""
     yield from _serve(_new_mosquitto())
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """For a test that calls ``edge.logs.setup`` (as the gateway and the console configure their logging): the root
+    logger's handlers and level and the levels of ``edge.logs.NOISY`` are put back afterwards. Left as setup made
+    them, every later test on the worker ran with them: root at INFO into that test's stream, pytest's own log
+    handlers gone, httpx's and asyncio's records below WARNING dropped."""
+    from edge import logs
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    noisy = {name: logging.getLogger(name).level for name in logs.NOISY}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, lvl in noisy.items():
+        logging.getLogger(name).setLevel(lvl)

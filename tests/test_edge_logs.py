@@ -6,7 +6,12 @@ import io
 import json
 import logging
 
+import pytest
+
 from edge import logs
+
+# every test here sets up the process's logging as the gateway does (tests/conftest.py puts it back)
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def _emit(fmt: str, *args, **extra) -> str:

@@ -290,7 +290,7 @@ class _Recorder(BaseHTTPRequestHandler):
         pass
 
 
-async def test_webhook_url_and_header_values_come_from_references(tmp_path, monkeypatch):
+async def test_webhook_url_and_header_values_come_from_references(tmp_path, monkeypatch, restore_logging):
     """A webhook's URL (its token) and header values (Authorization) could only be written literally in the site
     file: ``env:`` / ``file:`` were sent as they are ("Authorization: env:HOOK_AUTH"; a ``file:`` URL refused by
     httpx). Now both are references resolved at start, and the secret is in no name, message or repr."""
@@ -301,12 +301,9 @@ async def test_webhook_url_and_header_values_come_from_references(tmp_path, monk
     (tmp_path / "hook_url").write_text(f"http://127.0.0.1:{server.server_address[1]}/hooks/{token}?key=q-{token}\n")
     monkeypatch.setenv("HOOK_AUTH", f"Bearer {token}-auth")
     import io
-    import logging
 
     from edge import logs
 
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
     out = io.StringIO()
     logs.setup("INFO", "text", stream=out)  # as the gateway logs: httpx said "HTTP Request: POST <url>" at INFO
     try:
@@ -315,7 +312,6 @@ async def test_webhook_url_and_header_values_come_from_references(tmp_path, monk
         ok, detail = await n.send(_raised())
         await n.aclose()
     finally:
-        root.handlers[:], root.level = saved
         server.shutdown()
         server.server_close()
     assert ok, detail
