@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import psycopg
 import pytest
 from console_support import (
@@ -223,7 +224,7 @@ def test_open_ended_rul_interval_is_shown_open_with_its_level(browser, server):
     card = page.inner_text("#rul")
     assert "[87 … ∞)" in card and "90 % interval" in card, card
     rows = page.locator("tr[data-prediction]").all_inner_texts()
-    assert any("118 [87 … ∞) @ 90 %" in r for r in rows), rows
+    assert any("118 cycles [87 … ∞) @ 90 %" in r for r in rows), rows
     assert any("3 (p 0.004, α 0.01)" in r for r in rows), rows
     assert page.errors == []
     page.context.close()
@@ -248,6 +249,38 @@ def test_rul_without_stated_level_and_open_band(browser, server):
     assert len(ys) == 10 and min(ys) == 18, "open upper ends at the plot's top edge (margin 18)"
     assert page.errors == []
     page.context.close()
+
+
+def test_rul_has_its_unit_and_time_and_an_old_zone_its_age(browser, server):
+    """The RUL card and the review table name the unit stored with the prediction (details.unit: "h" or "cycles";
+    "118" alone could be hours or cycles) and when it was predicted; the ISO 20816 zone card names the tag and the
+    time of the reading it comes from: the newest <tag>.iso_zone reading may be weeks old (the analytics stopped),
+    and a bare "D" on the card read as the machine's zone now."""
+    from edge.records import Prediction
+    from emissions import synthetic
+
+    old = datetime.now(UTC).replace(microsecond=0) - timedelta(days=20)
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        synthetic.ensure_tags(conn, ["P-AGE.vib_rms"], asset="P-AGE")
+        ids = synthetic.ensure_tags(conn, ["P-AGE.vib_rms.iso_zone"])
+        synthetic.copy_readings(conn, ids["P-AGE.vib_rms.iso_zone"], np.array([int(old.timestamp())]), np.array([3.0]))
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+    page = asset_page(browser, server, "P-AGE", [Prediction("pump-rul", "99aa88bb77cc", "P-AGE", at, 118.0, 90.0,
+                                                            140.0, 0.9, kind="rul", details={"unit": "cycles"})])
+    try:
+        card = page.inner_text("#rul")
+        assert "118 cycles" in card and "[90 … 140] cycles" in card, card
+        assert datetime.fromisoformat(page.locator("#rul time").get_attribute("datetime")) == at, card
+        assert any("118 cycles [90 … 140] @ 90 %" in r for r in page.locator("tr[data-prediction]").all_inner_texts())
+        zone = page.inner_text("#iso-zone")
+        assert "D" in zone and "P-AGE.vib_rms" in zone, zone
+        assert datetime.fromisoformat(page.locator("#iso-zone time").get_attribute("datetime")) == old, zone
+        assert page.errors == []
+    finally:
+        page.context.close()
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM predictions WHERE asset = 'P-AGE'")
+            conn.execute("DELETE FROM readings WHERE tag_id = %s", (ids["P-AGE.vib_rms.iso_zone"],))
 
 
 def test_emissions_page(browser, server):

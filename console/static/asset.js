@@ -56,17 +56,29 @@
     VChart.draw(holder, { start: range.end - range.span, end: range.end, series, lines, markers, yLabel: tag.unit, height: 200, onZoom: zoom, label: tag.name });
   }
 
+  // Each zone comes with where and when it was found: the newest <tag>.iso_zone reading is whatever was last
+  // derived, which may be weeks old (the analytics stopped, the sensor left); a bare "C" read as the zone now.
   function zoneOf(series) {
     const z = series.find((s) => ["iso_zone", "zone"].includes(s.kind));
     if (!z || !z.latest) return null;
     const d = z.latest.details || {};
-    return d.zone || ZONES[Math.round(z.latest.value)] || null;
+    const zone = d.zone || ZONES[Math.round(z.latest.value)] || null;
+    return zone && { zone, source: `prediction ${z.model_id}`, time: z.latest.time };
   }
 
   function worstZone() {
-    const zs = (asset.iso_zones || []).map((z) => z.zone).sort();
-    return zs.length ? zs[zs.length - 1] : null;
+    const zs = (asset.iso_zones || []).slice().sort((a, b) => (a.zone < b.zone ? -1 : a.zone > b.zone ? 1 : 0));
+    const z = zs[zs.length - 1];
+    return z ? { zone: z.zone, source: z.tag, time: z.time } : null;
   }
+
+  function alertZone(openAlerts) {
+    const a = openAlerts.find((x) => (x.evidence || {}).zone);
+    return a ? { zone: a.evidence.zone, source: `alert ${a.id}`, time: a.raised_at } : null;
+  }
+
+  // A unit stored with a prediction (maintenance's RUL: details.unit, "h" or "cycles").
+  const unitOf = (p) => ((p && p.details) || {}).unit || "";
 
   // An interval's nominal coverage; a stored interval without one does not pass for a "0 %" interval.
   function level(coverage) {
@@ -76,9 +88,10 @@
   function summary(series, openAlerts) {
     const cards = [];
     // Newest first: maintenance's <tag>.iso_zone readings, a zone prediction, the evidence of an open zone alert.
-    const zone = worstZone() || zoneOf(series) || openAlerts.map((a) => (a.evidence || {}).zone).find(Boolean);
+    const zone = worstZone() || zoneOf(series) || alertZone(openAlerts);
     cards.push(el("div", { class: "card", id: "iso-zone" }, el("small", {}, "ISO 20816-3 zone"), el("div", { class: "big" },
-      zone ? badge(zone, "zone-" + zone) : el("span", { class: "muted" }, "no zone computed"))));
+      zone ? badge(zone.zone, "zone-" + zone.zone) : el("span", { class: "muted" }, "no zone computed")),
+      zone ? el("small", { class: "zone-when" }, `${zone.source} · `, timeCell(zone.time)) : ""));
     const an = series.find((s) => s.kind === "anomaly");
     if (an && an.latest && an.alpha !== null && an.alpha !== undefined) {
       // Conformal p-value against the false-alarm rate alpha: an alarm when p <= alpha.
@@ -96,8 +109,10 @@
     const rul = series.find((s) => s.kind === "rul");
     if (rul && rul.latest) {
       const l = rul.latest;
+      const unit = unitOf(l);
       cards.push(el("div", { class: "card", id: "rul" }, el("small", {}, `Remaining useful life (${level(l.coverage)})`),
-        el("div", { class: "big" }, fmtNum(l.value)), el("small", {}, `${fmtInterval(l.lower, l.upper, null)} · ${rul.model_id}`)));
+        el("div", { class: "big" }, fmtNum(l.value), unit ? el("small", {}, ` ${unit}`) : ""),
+        el("small", {}, `${fmtInterval(l.lower, l.upper, null)}${unit ? " " + unit : ""} · ${rul.model_id} · `, timeCell(l.time))));
     }
     cards.push(el("div", { class: "card" }, el("small", {}, "Open alerts"), el("div", { class: "big " + (openAlerts.length ? "bad-text" : "ok-text") }, openAlerts.length)));
     header.replaceChildren(...cards);
@@ -153,7 +168,7 @@
       const interval = p.lower !== null || p.upper !== null ? " " + fmtInterval(p.lower, p.upper, p.coverage)
         : p.p_value !== null ? ` (p ${fmtNum(p.p_value)}${alpha !== null && alpha !== undefined ? `, α ${fmtNum(alpha)}` : ""})` : "";
       return el("tr", { "data-prediction": p.id }, el("td", {}, timeCell(p.time)), el("td", {}, p.kind),
-        el("td", {}, fmtNum(p.value) + interval), el("td", {}, el("small", {}, `${p.model_id} @ ${String(p.model_version).slice(0, 10)}`)), cell);
+        el("td", {}, fmtNum(p.value) + (unitOf(p) ? " " + unitOf(p) : "") + interval), el("td", {}, el("small", {}, `${p.model_id} @ ${String(p.model_version).slice(0, 10)}`)), cell);
     })));
   }
 
