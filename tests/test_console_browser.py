@@ -328,6 +328,33 @@ def test_emission_periods_are_labelled_in_the_stacks_time_zone(browser, server):
     ctx.close()
 
 
+def test_an_old_average_is_labelled_with_its_date(browser, server):
+    """The live card shows the newest stored average of each period; when the averaging job stopped days ago that
+    half-hour is days old, and labelled "14:30" alone it read as today's. A sub-day average not of the stack's
+    today carries its date."""
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=3)
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO emission_averages (stack, pollutant, period, period_start, period_end, value, validated, "
+            "status, valid, n_expected, n_operating, n_valid, n_substituted, substituted_share, ci, config_sha256) "
+            "VALUES ('OLD1', 'NOx', %s, %s, %s, 120.0, 100.0, 0, true, 30, 30, 30, 0, 0, 20.0, 'x')",
+            [("half_hour", start, start + timedelta(minutes=30)), ("hour", start, start + timedelta(hours=1))])
+    page = login(browser, server, "viewer")
+    try:
+        page.goto(server.url + "/emissions?stack=OLD1")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        card = page.locator("#live .pollutant[data-pollutant='NOx']")
+        for period in ("half_hour", "hour"):
+            label = card.locator(f"tr[data-period='{period}'] small").first.inner_text()
+            assert label.startswith(start.strftime("%Y-%m-%d %H:%M")), label
+        assert "Normalised mg/Nm³" in card.locator("thead").text_content()
+        assert page.errors == []
+    finally:
+        page.context.close()
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM emission_averages WHERE stack = 'OLD1'")
+
+
 def test_models_gateways_admin_pages(browser, server):
     page = login(browser, server, "admin")
     for path, name, ready in (("/models", "models", "h1"), ("/gateways", "gateways", "h1"),

@@ -24,12 +24,18 @@
   function liveCard(item, tz) {
     const ORDER = ["ten_min", "half_hour", "hour", "day", "month"];
     const rows = Object.values(item.averages).sort((a, b) => ORDER.indexOf(a.period) - ORDER.indexOf(b.period));
-    const when = (r) => { const t = inZone(r.period_start, tz); return ["day", "month"].includes(r.period) ? t.slice(0, 10) : t.slice(11, 16); };
+    // A sub-day average is labelled by its clock time only when it is of the stack's today: the newest stored one may
+    // be days old (the averaging job stopped), and "14:30" alone read as this afternoon's.
+    const today = inZone(Date.now(), tz).slice(0, 10);
+    const when = (r) => {
+      const t = inZone(r.period_start, tz);
+      return ["day", "month"].includes(r.period) ? t.slice(0, 10) : t.slice(0, 10) === today ? t.slice(11, 16) : t;
+    };
     const day = item.day;
     return el("div", { class: "card pollutant", "data-pollutant": item.pollutant },
       el("h2", {}, item.pollutant, " ", el("small", {}, item.tag || "")),
       item.reading ? el("p", {}, "Analyser now: ", el("b", {}, `${fmtNum(item.reading.value)} ${item.reading.unit}`), " ", el("small", {}, "(raw) "), timeCell(item.reading.time)) : "",
-      table(["Period", "Normalised", "Validated", "Limit", ""], rows.map((r) => el("tr", { "data-period": r.period },
+      table(["Period", "Normalised mg/Nm³", "Validated mg/Nm³", "Limit mg/Nm³", ""], rows.map((r) => el("tr", { "data-period": r.period },
         el("td", {}, r.period.replace("_", "-"), " ", el("small", { title: r.period_start }, when(r), r.running ? " (running)" : "")),
         el("td", {}, fmtNum(r.value), r.valid ? "" : el("small", { class: "warn-text" }, " invalid")),
         el("td", {}, fmtNum(r.validated)),
