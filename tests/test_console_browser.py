@@ -355,6 +355,59 @@ def test_an_old_average_is_labelled_with_its_date(browser, server):
             conn.execute("DELETE FROM emission_averages WHERE stack = 'OLD1'")
 
 
+def test_an_unknown_asset_says_so(browser, server):
+    """/assets/<a name nobody registered> (a stale link, a typo) says the API's 404 where the page would be; it
+    stayed on "Loading…" with an unhandled error in the browser's console."""
+    page = login(browser, server, "viewer")
+    try:
+        page.goto(server.url + "/assets/NO-SUCH-PUMP")
+        page.wait_for_selector("body[data-ready='error']", timeout=15000)
+        assert "404" in page.inner_text("#page-error") and "NO-SUCH-PUMP" in page.inner_text("#page-error")
+        assert "Loading" not in page.inner_text("#main")
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
+def test_one_trend_that_fails_leaves_the_rest_of_the_asset_page(browser, server):
+    """One tag's readings failing (a 503, a timeout) is said in that trend; the other trends, the predictions and
+    the reviews still load (one failed request rejected the whole page, which stayed half-drawn, never ready)."""
+    page = login(browser, server, "maintenance")
+    try:
+        page.route("**/api/tags/P-101.bearing_temp/readings*", lambda route: route.fulfill(
+            status=503, content_type="application/problem+json",
+            body='{"title": "Service unavailable", "status": 503, "detail": "database unavailable"}'))
+        page.goto(server.url + "/assets/P-101")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        assert "readings not loaded: database unavailable" in page.inner_text(".trend[data-tag='P-101.bearing_temp']")
+        assert page.locator(".trend[data-tag='P-101.vib_rms'] polyline.line").count() >= 1
+        assert page.locator("tr[data-prediction]").count() >= 1
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
+@pytest.mark.parametrize("path, api", [("/maintenance", "**/api/maintenance-windows*"),
+                                       ("/emissions", "**/api/emissions/*/live"),
+                                       ("/assets", "**/api/assets?*"),
+                                       ("/admin", "**/api/audit*")])
+def test_a_page_whose_api_fails_says_so(browser, server, path, api):
+    """The database down (the console answers 503) or a table not there yet: the page shows the problem's detail
+    instead of staying on "Loading…" for ever (it threw an unhandled error and showed nothing)."""
+    page = login(browser, server, "admin")
+    try:
+        page.route(api, lambda route: route.fulfill(
+            status=503, content_type="application/problem+json",
+            body='{"type": "about:blank", "title": "Service unavailable", "status": 503, '
+                 '"detail": "database unavailable: connection refused"}'))
+        page.goto(server.url + path)
+        page.wait_for_selector("body[data-ready='error']", timeout=15000)
+        assert "503: database unavailable" in page.inner_text("#page-error")
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
 def test_models_gateways_admin_pages(browser, server):
     page = login(browser, server, "admin")
     for path, name, ready in (("/models", "models", "h1"), ("/gateways", "gateways", "h1"),

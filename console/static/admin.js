@@ -36,5 +36,5 @@
         el("td", {}, timeCell(a.time)), el("td", {}, a.actor), el("td", {}, a.action), el("td", {}, `${a.target_kind} ${a.target_id}`),
         el("td", {}, el("code", {}, JSON.stringify(a.detail))), el("td", {}, a.client)))));
   }
-  render();
+  render().catch((e) => V.failed("Administration", e));
 })();

@@ -119,6 +119,13 @@ const V = (() => {
     m.replaceChildren(...children);
     return m;
   }
+  /** A page that could not load says so in place of "Loading…" (a 404, a 503 naming a missing table, the console
+   * or its database down), instead of staying on "Loading…" with the error only in the browser's console. */
+  function failed(title, e) {
+    const why = e && e.status ? `${e.status}: ${e.message}` : `the console did not answer (${(e && e.message) || e})`;
+    main(el("h1", {}, title), el("p", { class: "bad-text", id: "page-error", role: "alert" }, why));
+    document.body.dataset.ready = "error";
+  }
   function can(perm) { return (PERMS[role] || []).includes(perm); }
 
   function table(headers, rows) {
@@ -126,5 +133,5 @@ const V = (() => {
       el("tbody", {}, rows));
   }
 
-  return { el, api, qs, toast, fmtTime, fmtZoned, suppressedRow, fmtNum, fmtInterval, timeCell, badge, main, can, role, csrf, table };
+  return { el, api, qs, toast, fmtTime, fmtZoned, suppressedRow, fmtNum, fmtInterval, timeCell, badge, main, failed, can, role, csrf, table };
 })();

@@ -47,7 +47,9 @@
     box.append(el("div", { class: "chart-title" }, el("b", {}, tag.name, " ", el("small", {}, tag.unit)),
       el("small", { class: "muted src" }, "")), holder);
     (into || trends).append(box);
-    const r = await api(`/api/tags/${encodeURIComponent(tag.name)}/readings` + qs({ from: iso(range.end - range.span), to: iso(range.end), points: 800 }));
+    let r;
+    try { r = await api(`/api/tags/${encodeURIComponent(tag.name)}/readings` + qs({ from: iso(range.end - range.span), to: iso(range.end), points: 800 }), { quiet: true }); }
+    catch (e) { holder.append(el("p", { class: "bad-text" }, `readings not loaded: ${e.message}`)); return; }  // the other trends still draw
     box.querySelector(".src").textContent = r.bucket_s ? `${r.source}, ${r.bucket_s} s buckets (min–max band, mean line)` : `${r.source}, raw`;
     const lines = [];
     if (tag.calibration) box.querySelector(".src").textContent += ` · calibration ${tag.calibration.certificate} ±${tag.calibration.uncertainty} ${tag.calibration.uncertainty_unit}`;
@@ -228,5 +230,5 @@
       asset.description ? el("p", {}, asset.description) : "", await windowsNote(), await suppressedNote(), header, presets, trends, derivedBox, preds, alertsBox, reviews);
     await drawAll();
   }
-  init();
+  init().catch((e) => V.failed(`Asset ${name}`, e));
 })();

@@ -110,5 +110,5 @@
     main(el("h1", {}, "Emissions"), el("div", { class: "row" }, el("label", {}, "Stack", pick)), ...(await load(chosen)));
     document.body.dataset.ready = "1";
   }
-  init();
+  init().catch((e) => V.failed("Emissions", e));
 })();

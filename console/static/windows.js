@@ -85,6 +85,7 @@
       can("windows.plan") ? form(assets.items, load) : "",
       el("h2", {}, "Recently ended or cancelled"),
       recent.items.length ? rows(recent.items, load) : el("p", { class: "muted" }, "None."));
+    document.body.dataset.ready = "1";
   }
-  load();
+  load().catch((e) => V.failed("Maintenance windows", e));
 })();
