@@ -408,6 +408,28 @@ def test_a_page_whose_api_fails_says_so(browser, server, path, api):
         page.context.close()
 
 
+def test_gateways_page_says_when_it_stopped_being_updated(browser, server):
+    """The gateways page refreshes every 10 s; when a refresh fails (console restarting, database down) the last
+    states stay, so the page says when they were checked and, in a banner, since when they are not updated (it kept
+    showing them as if current, with no time at all)."""
+    page = login(browser, server, "viewer")
+    try:
+        page.clock.install()
+        page.goto(server.url + "/gateways")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        assert page.locator("#checked time").count() == 1 and not page.locator("#stale").is_visible()
+        page.route("**/api/gateways", lambda route: route.abort())
+        page.clock.run_for(11000)
+        page.wait_for_selector("#stale", state="visible", timeout=5000)
+        assert "NOT UPDATED since" in page.inner_text("#stale") and "did not answer" in page.inner_text("#stale")
+        page.unroute("**/api/gateways")
+        page.clock.run_for(11000)
+        page.wait_for_selector("#stale", state="hidden", timeout=5000)
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
 def test_models_gateways_admin_pages(browser, server):
     page = login(browser, server, "admin")
     for path, name, ready in (("/models", "models", "h1"), ("/gateways", "gateways", "h1"),
