@@ -73,6 +73,19 @@ const V = (() => {
     const off = parts.timeZoneName === "GMT" ? "+00:00" : parts.timeZoneName.replace("GMT", "");
     return { text: `${parts.year}-${parts.month}-${parts.day} ${parts.hour}:${parts.minute}${seconds ? ":" + parts.second : ""}`, off };
   }
+  let clockFmt = null;
+  /** The wall clock of the plant's zone at ``t`` (ms or Date): two-digit ``month``, ``day``, ``hour``, ``minute``,
+   * ``second`` strings, and ``offMs``, the zone's UTC offset then. Chart axes are labelled with it, as every other
+   * time on the pages: their labels in the browser's zone put an alert marker at "12:00" that the table said
+   * happened at 14:00 +02:00. */
+  function plantClock(t) {
+    clockFmt = clockFmt || new Intl.DateTimeFormat("en-GB", { timeZone: plantZone, year: "numeric", month: "2-digit",
+      day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23", timeZoneName: "longOffset" });
+    const p = Object.fromEntries(clockFmt.formatToParts(new Date(t)).map((x) => [x.type, x.value]));
+    const m = /GMT([+-])(\d{2}):(\d{2})/.exec(p.timeZoneName);
+    p.offMs = m ? (m[1] === "-" ? -1 : 1) * (Number(m[2]) * 60 + Number(m[3])) * 6e4 : 0;
+    return p;
+  }
   /** Plant time, unambiguous: 2024-05-01 14:03:07 +03:00 (the tooltip shows the ISO-8601 UTC time). */
   function fmtTime(t) {
     if (!t) return "";
@@ -133,5 +146,5 @@ const V = (() => {
       el("tbody", {}, rows));
   }
 
-  return { el, api, qs, toast, fmtTime, fmtZoned, suppressedRow, fmtNum, fmtInterval, timeCell, badge, main, failed, can, role, csrf, table };
+  return { el, api, qs, toast, fmtTime, fmtZoned, plantClock, suppressedRow, fmtNum, fmtInterval, timeCell, badge, main, failed, can, role, csrf, table };
 })();
