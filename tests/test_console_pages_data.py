@@ -247,6 +247,45 @@ def test_uncertainty_report_counts_an_open_upper_end_as_covering(server):
     assert widths == [pytest.approx(4.0)], "the mean width is of the one closed interval"
 
 
+def test_uncertainty_report_counts_an_open_lower_end_as_an_upper_bound(server):
+    """A null lower bound next to a set upper one is "at most upper" (a one-sided bound), as the pages draw and print
+    it ("(−∞ … 12]"); the summary left such intervals out of the empirical coverage (NULL, as if there were no
+    interval) and did not count them as open."""
+    from console_support import run_async
+
+    from edge.records import Prediction
+    from maintenance import store
+
+    target = "P-101.bearing_temp"
+    minutes = _truth_minutes(server.dsn, target, 7)[4:]  # minutes the other open-end test leaves alone
+    assert len(minutes) == 3
+    preds = [Prediction("open-low", "v1", "P-101", t, y, None, y + 1.0, 0.9, kind="regression", target=target)
+             for t, y in minutes[:2]]  # the truth under the upper bound: covered
+    preds.append(Prediction("open-low", "v1", "P-101", minutes[2][0], minutes[2][1], None, minutes[2][1] - 1.0, 0.9,
+                            kind="regression", target=target))  # the truth above it: a miss
+
+    async def write():
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(server.dsn, autocommit=True) as conn, conn.transaction():
+            await store.write_predictions(conn, preds)
+
+    run_async(write())
+    try:
+        with server.client("viewer") as c:
+            rep = c.get("/api/models/open-low/uncertainty", params={"last": "P2D", "bucket": "week"}).json()
+        covered = sum(x["empirical"] * x["n_truth"] for x in rep["items"] if x["empirical"] is not None)
+        assert sum(x["n_truth"] for x in rep["items"]) == 3
+        assert covered == pytest.approx(2), rep["items"]
+        assert sum(x["n_open"] for x in rep["items"]) == 3
+        assert all(x["mean_width"] is None for x in rep["items"])
+    finally:
+        import psycopg
+
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM predictions WHERE model_id = 'open-low'")
+
+
 def test_uncertainty_report_of_an_anomaly_model_states_alpha_and_the_flagged_share(server):
     """An anomaly scorer's report gives the alpha its predictions carry and the share of stored predictions with
     p <= alpha (flagged), to set against alpha; not a bare mean p-value, which flagged samples (stored on every
