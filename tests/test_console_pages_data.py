@@ -286,6 +286,23 @@ def test_uncertainty_report_counts_an_open_lower_end_as_an_upper_bound(server):
             conn.execute("DELETE FROM predictions WHERE model_id = 'open-low'")
 
 
+def test_a_report_whose_name_has_url_characters_is_linked_right(server):
+    """A report file named with a space, '#' or '?' ("WI1 #2 2025-03.html") is linked URL-encoded: its raw name as
+    href cut the link at the '#' (a fragment) and the page's link answered 404."""
+    from pathlib import Path
+
+    root = Path(server.cfg.console.reports_dir)
+    name = "WI1 #2 ?draft 100%.html"
+    (root / name).write_text("<h1>report two</h1>")
+    try:
+        with server.client("viewer") as c:
+            item = next(r for r in c.get("/api/emissions/reports/files").json()["items"] if r["name"] == name)
+            r = c.get(item["href"])
+        assert r.status_code == 200 and "report two" in r.text, item["href"]
+    finally:
+        (root / name).unlink()
+
+
 def test_uncertainty_report_of_an_anomaly_model_states_alpha_and_the_flagged_share(server):
     """An anomaly scorer's report gives the alpha its predictions carry and the share of stored predictions with
     p <= alpha (flagged), to set against alpha; not a bare mean p-value, which flagged samples (stored on every

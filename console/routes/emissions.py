@@ -10,6 +10,7 @@ import calendar
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -270,5 +271,7 @@ def _list_reports(root: Path) -> list[dict]:
     if not root.is_dir():
         return []
     files = sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
-    return [{"name": str(p.relative_to(root)), "bytes": p.stat().st_size, "href": f"/reports/{p.relative_to(root)}",
+    # The href URL-encoded: a name with a space, '#' or '?' otherwise ends the path where the browser reads it.
+    return [{"name": str(p.relative_to(root)), "bytes": p.stat().st_size,
+             "href": "/reports/" + quote(p.relative_to(root).as_posix()),
              "modified": datetime.fromtimestamp(p.stat().st_mtime, UTC)} for p in files[:500]]
