@@ -283,6 +283,24 @@ def test_rul_has_its_unit_and_time_and_an_old_zone_its_age(browser, server):
             conn.execute("DELETE FROM readings WHERE tag_id = %s", (ids["P-AGE.vib_rms.iso_zone"],))
 
 
+def test_predictions_carry_the_unit_of_what_they_predict(browser, server):
+    """A regression of P-101.bearing_temp is in degC (the target tag's unit) and the RUL in the unit stored with it
+    (h): both charts name it on their axis and the review table after each value ("66.2 [64.2 … 68.2]" alone)."""
+    page = login(browser, server, "viewer")
+    try:
+        page.goto(server.url + "/assets/P-101")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        axis = "ts => ts.map(t => t.textContent)"
+        assert "degC" in page.eval_on_selector_all(".prediction[data-kind='regression'] g.axis text", axis)
+        assert "h" in page.eval_on_selector_all(".prediction[data-kind='rul'] g.axis text", axis)
+        rows = page.locator("tr[data-prediction]").all_inner_texts()
+        assert any("regression" in r and " degC [" in r for r in rows), rows
+        assert any("rul" in r and " h [" in r for r in rows), rows
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
 def test_emissions_page(browser, server):
     page = login(browser, server, "viewer")
     page.goto(server.url + "/emissions")

@@ -79,8 +79,14 @@
     return a ? { zone: a.evidence.zone, source: `alert ${a.id}`, time: a.raised_at } : null;
   }
 
-  // A unit stored with a prediction (maintenance's RUL: details.unit, "h" or "cycles").
-  const unitOf = (p) => ((p && p.details) || {}).unit || "";
+  // A prediction's unit: the one stored with it (maintenance's RUL: details.unit, "h" or "cycles"), else that of
+  // the tag it predicts (``target``, a regression of P-101.bearing_temp is in degC); an anomaly score has none.
+  function unitOf(p) {
+    const stated = ((p && p.details) || {}).unit;
+    if (stated) return stated;
+    const tag = p && p.target && [...asset.tags, ...(asset.derived || [])].find((t) => t.name === p.target);
+    return (tag && tag.unit) || "";
+  }
 
   // An interval's nominal coverage; a stored interval without one does not pass for a "0 %" interval.
   function level(coverage) {
@@ -140,7 +146,7 @@
         start: range.end - range.span, end: range.end, height: 200, onZoom: zoom, label: `${s.kind} ${s.model_id}`, lines,
         bands: hasBand ? [{ t: s.t, lower: s.lower, upper: s.upper, y: s.value, label: cov }] : [],
         series: hasBand ? [] : [{ t: s.t, y: byAlpha ? s.p_value : s.value }],
-        yLabel: byAlpha ? "p-value" : "",
+        yLabel: byAlpha ? "p-value" : unitOf(s.latest),
       });
       svg.querySelectorAll("polygon.band").forEach((p) => p.setAttribute("id", "pred-band-" + s.kind));
     }

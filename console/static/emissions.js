@@ -81,7 +81,7 @@
       el("h2", {}, `Daily compliance ${cal.month}`), calendarView(cal),
       el("p", { class: "muted" }, "green: valid and within limits · red: exceedance · yellow: invalid day · grey: no data or not operating · dashed: changed after it closed"),
       el("h2", {}, "Exceedances (31 days)"),
-      events.items.length ? table(["Period", "Pollutant", "Rule", "Value", "Limit", "Breach"], events.items.map((e) => el("tr", {},
+      events.items.length ? table(["Period", "Pollutant", "Rule", "Value mg/Nm³", "Limit mg/Nm³", "Breach"], events.items.map((e) => el("tr", {},
         el("td", {}, e.period, " ", timeCell(e.period_start)), el("td", {}, e.pollutant), el("td", {}, e.rule),
         el("td", {}, fmtNum(e.value)), el("td", {}, fmtNum(e.limit_value)),
         el("td", {}, e.breach ? badge("breach", "st-raised") : badge("tolerated", "st-acknowledged"), e.provisional ? " (provisional)" : ""))))
