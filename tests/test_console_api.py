@@ -7,6 +7,7 @@ import asyncio
 import threading
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 from console_support import PASSWORD, ConsoleServer, free_port, fresh_database, seed_plant, seed_users
 
@@ -204,6 +205,23 @@ def test_admin_manages_users_and_every_change_is_audited(server):
         assert v.get("/api/users").status_code == 403
         assert v.post("/api/users", json={"username": "x", "password": "long-enough-pw",
                                           "role": "admin"}).status_code == 403
+
+
+def test_the_last_enabled_admin_cannot_be_demoted_or_disabled(pg_admin_dsn):
+    """The admin API refuses (409) a change that leaves no enabled admin, and changes nothing; with another admin
+    the same change goes through. A slip on the admin page's role select locked everyone out of administration."""
+    with fresh_database(pg_admin_dsn, prefix="console_lastadmin") as dsn, ConsoleServer(dsn) as srv:
+        seed_users(dsn)
+        with srv.client("admin") as a:
+            for change in ({"role": "viewer"}, {"disabled": True}):
+                r = a.patch("/api/users/admin", json=change)
+                assert r.status_code == 409 and "no enabled admin" in r.json()["detail"], r.text
+            assert a.get("/api/auth/me").status_code == 200, "the refused change ended no session"
+            with psycopg.connect(dsn) as conn:
+                assert conn.execute("SELECT role, disabled FROM console_users WHERE username = 'admin'"
+                                    ).fetchone() == ("admin", False)
+            assert a.patch("/api/users/maintenance", json={"role": "admin"}).status_code == 200
+            assert a.patch("/api/users/admin", json={"role": "viewer"}).status_code == 200
 
 
 def test_assets_and_tags_with_calibration_in_force(server):
