@@ -106,6 +106,19 @@ def test_html_login_form_needs_its_csrf_token_and_redirects(server):
         assert c.get("/assets").status_code == 200
 
 
+@pytest.mark.parametrize("target", ["/\t/evil.example/", "/\n/evil.example/", "/\r\n/evil.example"])
+def test_log_in_does_not_redirect_off_site_through_a_tab_or_line_break(server, target):
+    """Browsers drop tabs and line breaks from a URL before reading it: a log-in link with next=/%09/evil.example
+    sent the browser, logged in, to //evil.example (another host) after the form."""
+    with server.client() as c:
+        form = c.get("/login", params={"next": target})
+        assert "evil.example" not in form.text
+        token = form.text.split('name="csrf_token" value="')[1].split('"')[0]
+        ok = c.post("/login", data={"username": "viewer", "password": PASSWORD, "csrf_token": token,
+                                    "next": target}, follow_redirects=False)
+        assert ok.status_code == 303 and ok.headers["location"] == "/", ok.headers.get("location")
+
+
 def test_a_request_body_over_a_mebibyte_is_refused_before_it_is_read(server):
     """uvicorn passes on whatever body a client sends and the log-in form, the CSRF form field and JSON bodies
     were read whole: anyone who could reach the console could make it hold gigabytes (POST /login needs no
