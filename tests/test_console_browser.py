@@ -301,6 +301,25 @@ def test_predictions_carry_the_unit_of_what_they_predict(browser, server):
         page.context.close()
 
 
+def test_open_alerts_card_counts_alerts_raised_before_the_range(browser, server):
+    """An alert raised three days ago and still open is an open alert on the 24 h view too: the card counted only
+    the alerts raised within the chosen range and said "0" (green) for an asset with an open critical alert."""
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO assets (name, site, kind) VALUES ('P-LONG', 'plant', 'pump') ON CONFLICT DO NOTHING")
+    insert_alert(server.dsn, "LONG-OPEN", asset="P-LONG", severity="critical", message="seal leaking",
+                 raised_at=datetime.now(UTC) - timedelta(days=3))
+    page = login(browser, server, "viewer")
+    try:
+        page.goto(server.url + "/assets/P-LONG")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        assert page.locator("#summary .card", has_text="Open alerts").locator(".big").inner_text() == "1"
+        assert page.errors == []
+    finally:
+        page.context.close()
+        with server.client("engineer") as c:  # the board of other tests has no open alert of ours left
+            c.post("/api/alerts/LONG-OPEN/clear", json={"comment": "test done"}).raise_for_status()
+
+
 def test_emissions_page(browser, server):
     page = login(browser, server, "viewer")
     page.goto(server.url + "/emissions")
