@@ -320,6 +320,30 @@ def test_open_alerts_card_counts_alerts_raised_before_the_range(browser, server)
             c.post("/api/alerts/LONG-OPEN/clear", json={"comment": "test done"}).raise_for_status()
 
 
+def test_older_predictions_can_be_reached_for_review(browser, server):
+    """Only the newest 20 predictions of the range could be reviewed (three models every 10 minutes: the last hour
+    of a 24 h view). "Load older" pages on through the range, each prediction once, newest first."""
+    page = login(browser, server, "maintenance")
+    try:
+        page.goto(server.url + "/assets/P-101")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        assert page.locator("tr[data-prediction]").count() == 20
+        page.click("#reviews-more")
+        for _ in range(50):
+            if page.locator("tr[data-prediction]").count() >= 40:
+                break
+            page.wait_for_timeout(100)
+        ids = page.eval_on_selector_all("tr[data-prediction]", "rs => rs.map(r => r.dataset.prediction)")
+        times = page.eval_on_selector_all("tr[data-prediction] td:first-child time",
+                                      "ts => ts.map(t => t.getAttribute('datetime'))")
+        assert len(ids) == 40 and len(set(ids)) == 40
+        parsed = [datetime.fromisoformat(t) for t in times if t]
+        assert parsed == sorted(parsed, reverse=True)
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
 def test_emissions_page(browser, server):
     page = login(browser, server, "viewer")
     page.goto(server.url + "/emissions")

@@ -153,32 +153,48 @@
     }
   }
 
+  // Newest first, 20 at a time; "Load older" pages on with the API's cursor through the whole range (only the
+  // newest 20 could be reached: with three models predicting every 10 minutes, the last hour of a 7-day range).
   async function drawReviews() {
     reviews.replaceChildren(el("h2", {}, "Review predictions"));
+    const query = { asset: name, from: iso(range.end - range.span), to: iso(range.end), limit: 20 };
     let page;
-    try { page = await api("/api/predictions" + qs({ asset: name, from: iso(range.end - range.span), to: iso(range.end), limit: 20 }), { quiet: true }); }
+    try { page = await api("/api/predictions" + qs(query), { quiet: true }); }
     catch (e) { reviews.append(el("p", { class: "muted" }, e.message)); return; }
     if (!page.items.length) { reviews.append(el("p", { class: "muted" }, "Nothing to review in this range.")); return; }
-    reviews.append(table(["Time", "Kind", "Value [interval]", "Model", "Review"], page.items.map((p) => {
-      const comment = el("input", { placeholder: "comment", class: "review-comment" });
-      const cell = el("td", { class: "review" });
-      const done = () => cell.replaceChildren(badge(p.verdict, p.verdict === "right" ? "st-cleared" : "st-raised"), ` by ${p.reviewed_by} `, timeCell(p.reviewed_at));
-      const send = (verdict) => async () => {
-        const r = await api(`/api/predictions/${p.id}/review`, { method: "POST", body: { verdict, comment: comment.value } });
-        Object.assign(p, { verdict: r.verdict, reviewed_by: r.reviewed_by, reviewed_at: r.reviewed_at });
-        done(); toast(`Prediction ${p.id} marked ${verdict}`);
-      };
-      if (p.verdict) done();
-      else if (can("predictions.review")) cell.append(el("div", { class: "ackbox" }, comment,
-        el("button", { class: "ok review-right", onclick: send("right") }, "Right"),
-        el("button", { class: "bad review-wrong", onclick: send("wrong") }, "Wrong")));
-      else cell.append(el("span", { class: "muted" }, "not reviewed"));
-      const alpha = (p.details || {}).alpha;
-      const interval = p.lower !== null || p.upper !== null ? " " + fmtInterval(p.lower, p.upper, p.coverage)
-        : p.p_value !== null ? ` (p ${fmtNum(p.p_value)}${alpha !== null && alpha !== undefined ? `, α ${fmtNum(alpha)}` : ""})` : "";
-      return el("tr", { "data-prediction": p.id }, el("td", {}, timeCell(p.time)), el("td", {}, p.kind),
-        el("td", {}, fmtNum(p.value) + (unitOf(p) ? " " + unitOf(p) : "") + interval), el("td", {}, el("small", {}, `${p.model_id} @ ${String(p.model_version).slice(0, 10)}`)), cell);
-    })));
+    const t = table(["Time", "Kind", "Value [interval]", "Model", "Review"], page.items.map(reviewRow));
+    let cursor = page.next_cursor;
+    const more = el("button", { class: "secondary", id: "reviews-more", hidden: !cursor, onclick: async () => {
+      more.disabled = true;
+      try {
+        const next = await api("/api/predictions" + qs({ ...query, cursor }));
+        t.tBodies[0].append(...next.items.map(reviewRow));
+        cursor = next.next_cursor;
+        more.hidden = !cursor;
+      } finally { more.disabled = false; }
+    } }, "Load older");
+    reviews.append(t, el("p", {}, more));
+  }
+
+  function reviewRow(p) {
+    const comment = el("input", { placeholder: "comment", class: "review-comment" });
+    const cell = el("td", { class: "review" });
+    const done = () => cell.replaceChildren(badge(p.verdict, p.verdict === "right" ? "st-cleared" : "st-raised"), ` by ${p.reviewed_by} `, timeCell(p.reviewed_at));
+    const send = (verdict) => async () => {
+      const r = await api(`/api/predictions/${p.id}/review`, { method: "POST", body: { verdict, comment: comment.value } });
+      Object.assign(p, { verdict: r.verdict, reviewed_by: r.reviewed_by, reviewed_at: r.reviewed_at });
+      done(); toast(`Prediction ${p.id} marked ${verdict}`);
+    };
+    if (p.verdict) done();
+    else if (can("predictions.review")) cell.append(el("div", { class: "ackbox" }, comment,
+      el("button", { class: "ok review-right", onclick: send("right") }, "Right"),
+      el("button", { class: "bad review-wrong", onclick: send("wrong") }, "Wrong")));
+    else cell.append(el("span", { class: "muted" }, "not reviewed"));
+    const alpha = (p.details || {}).alpha;
+    const interval = p.lower !== null || p.upper !== null ? " " + fmtInterval(p.lower, p.upper, p.coverage)
+      : p.p_value !== null ? ` (p ${fmtNum(p.p_value)}${alpha !== null && alpha !== undefined ? `, α ${fmtNum(alpha)}` : ""})` : "";
+    return el("tr", { "data-prediction": p.id }, el("td", {}, timeCell(p.time)), el("td", {}, p.kind),
+      el("td", {}, fmtNum(p.value) + (unitOf(p) ? " " + unitOf(p) : "") + interval), el("td", {}, el("small", {}, `${p.model_id} @ ${String(p.model_version).slice(0, 10)}`)), cell);
   }
 
   function drawAlerts(list) {
