@@ -144,6 +144,27 @@ def test_viewer_sees_no_acknowledge_button(browser, server):
     page.context.close()
 
 
+def test_cleared_alerts_say_when_and_by_whom(browser, server):
+    """The board's history view ("cleared") listed cleared alerts with their raise time only: when the condition
+    ended, and who cleared it by hand, were not on the board."""
+    insert_alert(server.dsn, "TO-CLEAR", asset="F-201", message="fan vibration high")
+    with server.client("engineer") as c:
+        c.post("/api/alerts/TO-CLEAR/clear", json={"comment": "belt replaced"}).raise_for_status()
+        cleared_at = c.get("/api/alerts/TO-CLEAR").json()["cleared_at"]
+    page = login(browser, server, "viewer")
+    try:
+        page.goto(server.url + "/alerts?state=cleared")
+        row = page.locator("tr[data-id='TO-CLEAR']")
+        row.wait_for(timeout=10000)
+        cell = row.locator(".cleared")
+        assert "cleared" in cell.inner_text() and "by engineer" in cell.inner_text()
+        assert datetime.fromisoformat(cell.locator("time").get_attribute("datetime")) == \
+            datetime.fromisoformat(cleared_at)
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
 def test_board_goes_to_the_log_in_page_when_its_session_expires(browser, server, monkeypatch):
     """An expired session ends the stream with ``session-ended``; the board reloads into the log-in page instead
     of reconnecting (401) and showing 'reconnecting…' for ever."""
