@@ -512,6 +512,28 @@ def test_gateways_page_says_when_it_stopped_being_updated(browser, server):
         page.context.close()
 
 
+def test_exceedances_are_labelled_by_the_stacks_calendar(browser, server):
+    """A day exceedance is of the stack's calendar day: the exceedance table labelled it by its start in the
+    browser's (or plant's) zone, so a browser in New York showed the UTC stack's 12-06 as "12-05 19:00 -05:00"."""
+    day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=2)
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO emission_events (stack, pollutant, rule, kind, period, period_start, period_end, "
+                     "value, limit_value, elv, breach, provisional, config_sha256) VALUES ('WI1', 'NOx', 'test-day', "
+                     "'exceedance', 'day', %s, %s, 230.0, 200.0, 200.0, true, false, 'x')",
+                     (day, day + timedelta(days=1)))
+    page = login(browser, server, "viewer", timezone_id="America/New_York")
+    try:
+        page.goto(server.url + "/emissions")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        row = page.locator("tr", has_text="test-day")
+        assert row.locator("td").first.inner_text() == f"day {day.date().isoformat()}", row.inner_text()
+        assert page.errors == []
+    finally:
+        page.context.close()
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM emission_events WHERE rule = 'test-day'")
+
+
 def test_models_gateways_admin_pages(browser, server):
     page = login(browser, server, "admin")
     for path, name, ready in (("/models", "models", "h1"), ("/gateways", "gateways", "h1"),

@@ -21,6 +21,15 @@
     return `${p.year}-${p.month}-${p.day} ${p.hour}:${p.minute}`;
   }
 
+  /** An averaging period by its start in the stack's zone: a day by its date, a month by YYYY-MM, a shorter period
+      by date and time; the UTC start as tooltip. Exceedances were labelled in the plant's or browser's zone, so on a
+      browser west of the stack a day exceedance of 12-06 read "2026-12-05 19:00 -05:00". */
+  function periodCell(period, start, tz) {
+    const t = inZone(start, tz);
+    const text = period === "day" ? t.slice(0, 10) : period === "month" ? t.slice(0, 7) : period === "year" ? t.slice(0, 4) : t;
+    return el("time", { datetime: start, title: start }, text);
+  }
+
   function liveCard(item, tz) {
     const ORDER = ["ten_min", "half_hour", "hour", "day", "month"];
     const rows = Object.values(item.averages).sort((a, b) => ORDER.indexOf(a.period) - ORDER.indexOf(b.period));
@@ -82,7 +91,7 @@
       el("p", { class: "muted" }, "green: valid and within limits · red: exceedance · yellow: invalid day · grey: no data or not operating · dashed: changed after it closed"),
       el("h2", {}, "Exceedances (31 days)"),
       events.items.length ? table(["Period", "Pollutant", "Rule", "Value mg/Nm³", "Limit mg/Nm³", "Breach"], events.items.map((e) => el("tr", {},
-        el("td", {}, e.period, " ", timeCell(e.period_start)), el("td", {}, e.pollutant), el("td", {}, e.rule),
+        el("td", {}, e.period.replace("_", "-"), " ", periodCell(e.period, e.period_start, live.timezone)), el("td", {}, e.pollutant), el("td", {}, e.rule),
         el("td", {}, fmtNum(e.value)), el("td", {}, fmtNum(e.limit_value)),
         el("td", {}, e.breach ? badge("breach", "st-raised") : badge("tolerated", "st-acknowledged"), e.provisional ? " (provisional)" : ""))))
         : el("p", { class: "muted" }, "None."),
