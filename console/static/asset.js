@@ -107,12 +107,12 @@
       const top = ((an.latest.details || {}).top_signals || []).map((t) => `${t.signal} ${Math.round(t.share * 100)} %`).join(", ");
       cards.push(el("div", { class: "card", id: "anomaly" }, el("small", {}, "Anomaly: p-value (alarm at ≤ α)"),
         el("div", { class: "big " + (over ? "bad-text" : "ok-text") }, fmtNum(an.latest.p_value), el("small", {}, ` / α ${fmtNum(an.alpha)}`)),
-        el("small", {}, `score ${fmtNum(an.latest.value)}`, top ? ` · top: ${top}` : "")));
+        el("small", {}, `score ${fmtNum(an.latest.value)}`, top ? ` · top: ${top}` : "", " · ", timeCell(an.latest.time))));
     } else if (an && an.latest) {
       const over = an.threshold !== null && an.latest.value > an.threshold;
       cards.push(el("div", { class: "card", id: "anomaly" }, el("small", {}, "Anomaly score (threshold)"),
         el("div", { class: "big " + (over ? "bad-text" : "ok-text") }, fmtNum(an.latest.value), el("small", {}, ` / ${fmtNum(an.threshold)}`)),
-        an.latest.p_value !== null ? el("small", {}, `p-value ${fmtNum(an.latest.p_value)}`) : ""));
+        el("small", {}, an.latest.p_value !== null ? `p-value ${fmtNum(an.latest.p_value)} · ` : "", timeCell(an.latest.time))));
     }
     const rul = series.find((s) => s.kind === "rul");
     if (rul && rul.latest) {
