@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -235,6 +236,33 @@ def test_the_last_enabled_admin_cannot_be_demoted_or_disabled(pg_admin_dsn):
                                     ).fetchone() == ("admin", False)
             assert a.patch("/api/users/maintenance", json={"role": "admin"}).status_code == 200
             assert a.patch("/api/users/admin", json={"role": "viewer"}).status_code == 200
+
+
+def test_a_database_that_goes_away_is_a_503_not_an_internal_error(pg_admin_dsn):
+    """The database restarting (its connections cut, new ones refused): the API answered 500 "internal error; see
+    the console log", which pages showed as if the console were broken. It is a 503 naming the database, with
+    Retry-After, and the console serves again once the database is back."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    with fresh_database(pg_admin_dsn, prefix="console_dbaway") as dsn, ConsoleServer(dsn) as srv:
+        seed_users(dsn)
+        name = conninfo_to_dict(dsn)["dbname"]
+        with srv.client("viewer") as c:
+            assert c.get("/api/assets").status_code == 200
+            with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
+                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+                try:
+                    r = c.get("/api/assets")
+                    assert r.status_code == 503, r.text
+                    assert "database is not available" in r.json()["detail"] and r.headers["retry-after"] == "5"
+                finally:
+                    admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            for _ in range(50):  # the pool reconnects by itself
+                if c.get("/api/assets").status_code == 200:
+                    break
+                time.sleep(0.2)
+            assert c.get("/api/assets").status_code == 200
 
 
 def test_assets_and_tags_with_calibration_in_force(server):
