@@ -5,7 +5,7 @@ pages, and a clear 503 naming the table when an analytics table is absent."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from console_support import (
@@ -208,6 +208,37 @@ def _truth_minutes(dsn: str, tag: str, k: int) -> list[tuple[datetime, float]]:
     with psycopg.connect(dsn) as conn:
         return conn.execute("SELECT r.bucket, r.sum / r.count FROM readings_1m r JOIN tags t ON t.id = r.tag_id "
                             "WHERE t.name = %s AND r.count > 0 ORDER BY r.bucket DESC LIMIT %s", (tag, k)).fetchall()
+
+
+def test_the_day_projection_is_judged_against_the_strictest_day_limit(server):
+    """With two day rules (200 mg/Nm³ on the daily ELV, 110 % of a 150 monthly ELV = 165), the running day's
+    projection is compared with 165, as the per-period percentages are with their strictest limit; it took the
+    rule listed first (200) and a day heading for 180 was not marked as heading over."""
+    import json
+
+    import psycopg
+
+    cfg = {"timezone": "UTC", "pollutants": [{"name": "NOx", "tag": None, "elv": {"day": 200.0, "month": 150.0}}],
+           "compliance": [{"name": "daily", "period": "day", "elv": "day"},
+                          {"name": "daily_110", "period": "day", "elv": "month", "percent": 110.0}]}
+    now = datetime.now(UTC)
+    start = now.replace(hour=0, minute=0, second=0, microsecond=0)  # the first hour of the running (UTC) day
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO emission_runs (stack, span_start, span_end, config, config_sha256, averages, events, "
+                     "seconds) VALUES ('TWO', %s, %s, %s, 'x', 1, 0, 0.1)", (start, now, json.dumps(cfg)))
+        conn.execute("INSERT INTO emission_averages (stack, pollutant, period, period_start, period_end, value, "
+                     "validated, status, valid, n_expected, n_operating, n_valid, n_substituted, substituted_share, "
+                     "ci, config_sha256) VALUES ('TWO', 'NOx', 'hour', %s, %s, 180.0, 170.0, 0, true, 60, 60, 60, 0, "
+                     "0, 10.0, 'x')", (start, start + timedelta(hours=1)))
+    try:
+        with server.client("viewer") as c:
+            day = c.get("/api/emissions/TWO/live").json()["items"][0]["day"]
+        assert day["limit"] == pytest.approx(165.0) and day["projection"] == pytest.approx(180.0)
+        assert day["projected_over"] is True
+    finally:
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM emission_averages WHERE stack = 'TWO'")
+            conn.execute("DELETE FROM emission_runs WHERE stack = 'TWO'")
 
 
 def test_uncertainty_report_counts_an_open_upper_end_as_covering(server):

@@ -141,7 +141,9 @@ async def live(request: Request, stack: str):
             r["running"] = r["period_end"] > now
             periods[r["period"]] = r
         day_subs = [x for x in subs if x["pollutant"] == pol]
-        day_lims = [x for x in rules if x["period"] == "day"]
+        # Strictest first, as for every period above: a large plant's 110 %-of-monthly-ELV day rule can be under
+        # another day rule's limit, and the projection was judged against whichever rule the config listed first.
+        day_lims = sorted((x for x in rules if x["period"] == "day"), key=lambda x: x["limit"])
         proj = _projection(day_subs, total_subs)
         out.append({"pollutant": pol, "tag": pcfg.get("tag"), "reading": reading, "averages": periods,
                     "day": {"start": day_start, "sub_period": day_from, "subs_done": len(day_subs),
