@@ -367,6 +367,42 @@ def test_older_predictions_can_be_reached_for_review(browser, server):
         page.context.close()
 
 
+def test_a_bad_quality_raw_reading_is_not_drawn_as_a_value(browser, server):
+    """Raw readings came to the chart with their quality but were drawn whatever it was: a sensor's BAD 9999 (wire
+    break) on a 1 h view was a spike the y-axis stretched to, among values of 50, while the bucketed views (longer
+    ranges) leave bad values out. Bad ones are left out of the line and counted in the caption."""
+    from emissions import synthetic
+
+    now = int(datetime.now(UTC).timestamp())
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO assets (name, site, kind) VALUES ('P-Q', 'plant', 'pump') ON CONFLICT DO NOTHING")
+        tag = synthetic.ensure_tags(conn, ["P-Q.temp"], asset="P-Q")["P-Q.temp"]
+        t = now - 60 * np.arange(30, 0, -1)
+        v = np.full(30, 50.0) + np.arange(30) * 0.1
+        v[15] = 9999.0
+        q = np.zeros(30, dtype=np.int16)
+        q[15] = 2
+        synthetic.copy_readings(conn, tag, t, v, quality=q)
+    page = login(browser, server, "viewer")
+    try:
+        page.goto(server.url + "/assets/P-Q")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        page.click("button[data-range='1h']")
+        page.wait_for_selector("button[data-range='1h'].active")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        trend = page.locator(".trend[data-tag='P-Q.temp']")
+        assert trend.locator(".src").inner_text().startswith("readings, raw")
+        assert "1 bad-quality reading" in trend.locator(".src").inner_text()
+        ticks = page.eval_on_selector_all(".trend[data-tag='P-Q.temp'] g.axis text[text-anchor='end']",
+                                          "ts => ts.map(t => parseFloat(t.textContent))")
+        assert ticks and max(ticks) < 100, ticks
+        assert page.errors == []
+    finally:
+        page.context.close()
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM readings WHERE tag_id = %s", (tag,))
+
+
 def test_emissions_page(browser, server):
     page = login(browser, server, "viewer")
     page.goto(server.url + "/emissions")

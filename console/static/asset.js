@@ -54,7 +54,13 @@
     const lines = [];
     if (tag.calibration) box.querySelector(".src").textContent += ` · calibration ${tag.calibration.certificate} ±${tag.calibration.uncertainty} ${tag.calibration.uncertainty_unit}`;
     const gap = (r.bucket_s || (tag.sampling_ms || 1000) / 1000) * 2500;
-    const series = r.bucket_s ? [{ t: r.t, y: r.avg, min: r.min, max: r.max, maxGap: gap }] : [{ t: r.t, y: r.v, maxGap: gap }];
+    // Bad-quality readings (quality >= 2: a wire break's 9999, a device's fault value) are not values: the buckets
+    // leave them out on the server, raw rows come with their quality and were drawn as if good. Left out of the
+    // line (a gap) and counted in the caption.
+    const bad = r.bucket_s ? (r.bad || []).reduce((s, n) => s + n, 0) : (r.q || []).filter((q) => q >= 2).length;
+    if (bad) box.querySelector(".src").textContent += ` · ${bad} bad-quality reading${bad === 1 ? "" : "s"} not drawn`;
+    const rawY = r.bucket_s ? null : r.v.map((v, i) => ((r.q || [])[i] >= 2 ? null : v));
+    const series = r.bucket_s ? [{ t: r.t, y: r.avg, min: r.min, max: r.max, maxGap: gap }] : [{ t: r.t, y: rawY, maxGap: gap }];
     VChart.draw(holder, { start: range.end - range.span, end: range.end, series, lines, markers, yLabel: tag.unit, height: 200, onZoom: zoom, label: tag.name });
   }
 
