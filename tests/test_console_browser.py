@@ -572,6 +572,27 @@ def test_exceedances_are_labelled_by_the_stacks_calendar(browser, server):
             conn.execute("DELETE FROM emission_events WHERE rule = 'test-day'")
 
 
+def test_the_analysers_newest_reading_shows_its_quality(browser, server):
+    """"Analyser now" is the newest raw reading whatever its quality: the analyser's fault value (BAD) read as a
+    concentration. A reading of uncertain or bad quality says so."""
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        (tag,) = conn.execute("SELECT id FROM tags WHERE name = 'WI1.NOx'").fetchone()
+        conn.execute("INSERT INTO readings (time, tag_id, value, quality, flags, status, receive_time, server_time) "
+                     "VALUES (now() + interval '1 minute', %s, 9999.0, 2, 0, 0, now(), now())", (tag,))
+    page = login(browser, server, "viewer")
+    try:
+        page.goto(server.url + "/emissions")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        now = page.locator("#live .pollutant[data-pollutant='NOx'] .analyser-now, "
+                           "#live .pollutant[data-pollutant='NOx'] p:has-text('Analyser now')").first.inner_text()
+        assert "9999" in now and "BAD" in now, now
+        assert page.errors == []
+    finally:
+        page.context.close()
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM readings WHERE tag_id = %s AND value = 9999.0", (tag,))
+
+
 def test_models_gateways_admin_pages(browser, server):
     page = login(browser, server, "admin")
     for path, name, ready in (("/models", "models", "h1"), ("/gateways", "gateways", "h1"),

@@ -30,6 +30,8 @@
     return el("time", { datetime: start, title: start }, text);
   }
 
+  const QUALITY = ["good", "UNCERTAIN", "BAD"];
+
   function liveCard(item, tz) {
     const ORDER = ["ten_min", "half_hour", "hour", "day", "month"];
     const rows = Object.values(item.averages).sort((a, b) => ORDER.indexOf(a.period) - ORDER.indexOf(b.period));
@@ -43,7 +45,10 @@
     const day = item.day;
     return el("div", { class: "card pollutant", "data-pollutant": item.pollutant },
       el("h2", {}, item.pollutant, " ", el("small", {}, item.tag || "")),
-      item.reading ? el("p", {}, "Analyser now: ", el("b", {}, `${fmtNum(item.reading.value)} ${item.reading.unit}`), " ", el("small", {}, "(raw) "), timeCell(item.reading.time)) : "",
+      item.reading ? el("p", { class: "analyser-now" }, "Analyser now: ", el("b", {}, `${fmtNum(item.reading.value)} ${item.reading.unit || ""}`), " ",
+        // its quality: the newest reading may be the analyser's fault value (BAD) and read as a concentration
+        item.reading.quality >= 1 ? badge(QUALITY[item.reading.quality] || `quality ${item.reading.quality}`, "sev-" + (item.reading.quality >= 2 ? "critical" : "warning")) : "",
+        " ", el("small", {}, "(raw) "), timeCell(item.reading.time)) : "",
       table(["Period", "Normalised mg/Nm³", "Validated mg/Nm³", "Limit mg/Nm³", ""], rows.map((r) => el("tr", { "data-period": r.period },
         el("td", {}, r.period.replace("_", "-"), " ", el("small", { title: r.period_start }, when(r), r.running ? " (running)" : "")),
         el("td", {}, fmtNum(r.value), r.valid ? "" : el("small", { class: "warn-text" }, " invalid")),
