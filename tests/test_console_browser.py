@@ -593,6 +593,26 @@ def test_the_analysers_newest_reading_shows_its_quality(browser, server):
             conn.execute("DELETE FROM readings WHERE tag_id = %s AND value = 9999.0", (tag,))
 
 
+def test_a_refused_role_change_puts_the_select_back(browser, server):
+    """The admin page's role select kept showing the role asked for when the API refused the change (the last
+    admin made a viewer: 409), though the user still held the old one."""
+    with psycopg.connect(server.dsn) as conn:
+        admins = conn.execute("SELECT count(*) FROM console_users WHERE role = 'admin' AND NOT disabled").fetchone()[0]
+    assert admins == 1, "the seeded admin is the only one: the change below is refused"
+    page = login(browser, server, "admin")
+    try:
+        page.goto(server.url + "/admin")
+        select = page.locator("select.user-role[data-user='admin']")
+        select.wait_for(timeout=10000)
+        select.select_option("viewer")
+        page.wait_for_selector(".toast.error", timeout=5000)
+        assert select.input_value() == "admin"
+        assert "no enabled admin" in page.inner_text(".toast.error")
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
 def test_models_gateways_admin_pages(browser, server):
     page = login(browser, server, "admin")
     for path, name, ready in (("/models", "models", "h1"), ("/gateways", "gateways", "h1"),
