@@ -5,6 +5,7 @@ open the emissions, models, gateways and admin pages. Screenshots go to test-art
 from __future__ import annotations
 
 import os
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -602,7 +603,8 @@ def test_a_refused_role_change_puts_the_select_back(browser, server):
     page = login(browser, server, "admin")
     try:
         page.goto(server.url + "/admin")
-        select = page.locator("select.user-role[data-user='admin']")
+        user_cell = page.locator("td:first-child", has_text=re.compile("^admin$"))
+        select = page.locator("tr", has=user_cell).locator("select")
         select.wait_for(timeout=10000)
         select.select_option("viewer")
         page.wait_for_selector(".toast.error", timeout=5000)
