@@ -74,6 +74,16 @@ def install(app: FastAPI) -> None:
         log.exception("console: unhandled error on %s %s", request.method, request.url.path)
         return problem_response(500, "internal error; see the console log", instance=request.url.path)
 
+    @app.exception_handler(psycopg.OperationalError)
+    async def _database_away(request: Request, exc: psycopg.OperationalError):
+        # The database restarting, unreachable or refusing connections (psycopg_pool.PoolTimeout is one too): the
+        # pages said "internal error; see the console log" as if the console were broken. A 503 says it is the
+        # database and that trying again is right; the details (host names) stay in the log.
+        log.warning("console: database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return problem_response(503, "the database is not available (restarting, unreachable or refusing "
+                                     "connections); try again shortly", type_="/problems/database-unavailable",
+                                instance=request.url.path, headers={"Retry-After": "5"})
+
     @app.exception_handler(psycopg.DataError)
     async def _unstorable(request: Request, exc: psycopg.DataError):
         # PostgreSQL text cannot hold NUL and psycopg refuses to send it: a filter, name or comment with %00 in it

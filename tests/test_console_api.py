@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 from console_support import PASSWORD, ConsoleServer, free_port, fresh_database, seed_plant, seed_users
 
@@ -103,6 +105,19 @@ def test_html_login_form_needs_its_csrf_token_and_redirects(server):
                                     "next": "//evil.example/"}, follow_redirects=False)
         assert ok.status_code == 303 and ok.headers["location"] == "/", "no open redirect"
         assert c.get("/assets").status_code == 200
+
+
+@pytest.mark.parametrize("target", ["/\t/evil.example/", "/\n/evil.example/", "/\r\n/evil.example"])
+def test_log_in_does_not_redirect_off_site_through_a_tab_or_line_break(server, target):
+    """Browsers drop tabs and line breaks from a URL before reading it: a log-in link with next=/%09/evil.example
+    sent the browser, logged in, to //evil.example (another host) after the form."""
+    with server.client() as c:
+        form = c.get("/login", params={"next": target})
+        assert "evil.example" not in form.text
+        token = form.text.split('name="csrf_token" value="')[1].split('"')[0]
+        ok = c.post("/login", data={"username": "viewer", "password": PASSWORD, "csrf_token": token,
+                                    "next": target}, follow_redirects=False)
+        assert ok.status_code == 303 and ok.headers["location"] == "/", ok.headers.get("location")
 
 
 def test_a_request_body_over_a_mebibyte_is_refused_before_it_is_read(server):
@@ -204,6 +219,50 @@ def test_admin_manages_users_and_every_change_is_audited(server):
         assert v.get("/api/users").status_code == 403
         assert v.post("/api/users", json={"username": "x", "password": "long-enough-pw",
                                           "role": "admin"}).status_code == 403
+
+
+def test_the_last_enabled_admin_cannot_be_demoted_or_disabled(pg_admin_dsn):
+    """The admin API refuses (409) a change that leaves no enabled admin, and changes nothing; with another admin
+    the same change goes through. A slip on the admin page's role select locked everyone out of administration."""
+    with fresh_database(pg_admin_dsn, prefix="console_lastadmin") as dsn, ConsoleServer(dsn) as srv:
+        seed_users(dsn)
+        with srv.client("admin") as a:
+            for change in ({"role": "viewer"}, {"disabled": True}):
+                r = a.patch("/api/users/admin", json=change)
+                assert r.status_code == 409 and "no enabled admin" in r.json()["detail"], r.text
+            assert a.get("/api/auth/me").status_code == 200, "the refused change ended no session"
+            with psycopg.connect(dsn) as conn:
+                assert conn.execute("SELECT role, disabled FROM console_users WHERE username = 'admin'"
+                                    ).fetchone() == ("admin", False)
+            assert a.patch("/api/users/maintenance", json={"role": "admin"}).status_code == 200
+            assert a.patch("/api/users/admin", json={"role": "viewer"}).status_code == 200
+
+
+def test_a_database_that_goes_away_is_a_503_not_an_internal_error(pg_admin_dsn):
+    """The database restarting (its connections cut, new ones refused): the API answered 500 "internal error; see
+    the console log", which pages showed as if the console were broken. It is a 503 naming the database, with
+    Retry-After, and the console serves again once the database is back."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    with fresh_database(pg_admin_dsn, prefix="console_dbaway") as dsn, ConsoleServer(dsn) as srv:
+        seed_users(dsn)
+        name = conninfo_to_dict(dsn)["dbname"]
+        with srv.client("viewer") as c:
+            assert c.get("/api/assets").status_code == 200
+            with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
+                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+                try:
+                    r = c.get("/api/assets")
+                    assert r.status_code == 503, r.text
+                    assert "database is not available" in r.json()["detail"] and r.headers["retry-after"] == "5"
+                finally:
+                    admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            for _ in range(50):  # the pool reconnects by itself
+                if c.get("/api/assets").status_code == 200:
+                    break
+                time.sleep(0.2)
+            assert c.get("/api/assets").status_code == 200
 
 
 def test_assets_and_tags_with_calibration_in_force(server):

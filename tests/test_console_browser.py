@@ -5,11 +5,13 @@ open the emissions, models, gateways and admin pages. Screenshots go to test-art
 from __future__ import annotations
 
 import os
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import psycopg
 import pytest
 from console_support import (
@@ -143,6 +145,27 @@ def test_viewer_sees_no_acknowledge_button(browser, server):
     page.context.close()
 
 
+def test_cleared_alerts_say_when_and_by_whom(browser, server):
+    """The board's history view ("cleared") listed cleared alerts with their raise time only: when the condition
+    ended, and who cleared it by hand, were not on the board."""
+    insert_alert(server.dsn, "TO-CLEAR", asset="F-201", message="fan vibration high")
+    with server.client("engineer") as c:
+        c.post("/api/alerts/TO-CLEAR/clear", json={"comment": "belt replaced"}).raise_for_status()
+        cleared_at = c.get("/api/alerts/TO-CLEAR").json()["cleared_at"]
+    page = login(browser, server, "viewer")
+    try:
+        page.goto(server.url + "/alerts?state=cleared")
+        row = page.locator("tr[data-id='TO-CLEAR']")
+        row.wait_for(timeout=10000)
+        cell = row.locator(".cleared")
+        assert "cleared" in cell.inner_text() and "by engineer" in cell.inner_text()
+        assert datetime.fromisoformat(cell.locator("time").get_attribute("datetime")) == \
+            datetime.fromisoformat(cleared_at)
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
 def test_board_goes_to_the_log_in_page_when_its_session_expires(browser, server, monkeypatch):
     """An expired session ends the stream with ``session-ended``; the board reloads into the log-in page instead
     of reconnecting (401) and showing 'reconnecting…' for ever."""
@@ -223,8 +246,10 @@ def test_open_ended_rul_interval_is_shown_open_with_its_level(browser, server):
     card = page.inner_text("#rul")
     assert "[87 … ∞)" in card and "90 % interval" in card, card
     rows = page.locator("tr[data-prediction]").all_inner_texts()
-    assert any("118 [87 … ∞) @ 90 %" in r for r in rows), rows
+    assert any("118 cycles [87 … ∞) @ 90 %" in r for r in rows), rows
     assert any("3 (p 0.004, α 0.01)" in r for r in rows), rows
+    # the card's p-value says when it was scored: the newest in a 24 h view may be hours old
+    assert datetime.fromisoformat(page.locator("#anomaly time").get_attribute("datetime")) == preds[-1].time
     assert page.errors == []
     page.context.close()
 
@@ -248,6 +273,135 @@ def test_rul_without_stated_level_and_open_band(browser, server):
     assert len(ys) == 10 and min(ys) == 18, "open upper ends at the plot's top edge (margin 18)"
     assert page.errors == []
     page.context.close()
+
+
+def test_rul_has_its_unit_and_time_and_an_old_zone_its_age(browser, server):
+    """The RUL card and the review table name the unit stored with the prediction (details.unit: "h" or "cycles";
+    "118" alone could be hours or cycles) and when it was predicted; the ISO 20816 zone card names the tag and the
+    time of the reading it comes from: the newest <tag>.iso_zone reading may be weeks old (the analytics stopped),
+    and a bare "D" on the card read as the machine's zone now."""
+    from edge.records import Prediction
+    from emissions import synthetic
+
+    old = datetime.now(UTC).replace(microsecond=0) - timedelta(days=20)
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        synthetic.ensure_tags(conn, ["P-AGE.vib_rms"], asset="P-AGE")
+        ids = synthetic.ensure_tags(conn, ["P-AGE.vib_rms.iso_zone"])
+        synthetic.copy_readings(conn, ids["P-AGE.vib_rms.iso_zone"], np.array([int(old.timestamp())]), np.array([3.0]))
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+    page = asset_page(browser, server, "P-AGE", [Prediction("pump-rul", "99aa88bb77cc", "P-AGE", at, 118.0, 90.0,
+                                                            140.0, 0.9, kind="rul", details={"unit": "cycles"})])
+    try:
+        card = page.inner_text("#rul")
+        assert "118 cycles" in card and "[90 … 140] cycles" in card, card
+        assert datetime.fromisoformat(page.locator("#rul time").get_attribute("datetime")) == at, card
+        assert any("118 cycles [90 … 140] @ 90 %" in r for r in page.locator("tr[data-prediction]").all_inner_texts())
+        zone = page.inner_text("#iso-zone")
+        assert "D" in zone and "P-AGE.vib_rms" in zone, zone
+        assert datetime.fromisoformat(page.locator("#iso-zone time").get_attribute("datetime")) == old, zone
+        assert page.errors == []
+    finally:
+        page.context.close()
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM predictions WHERE asset = 'P-AGE'")
+            conn.execute("DELETE FROM readings WHERE tag_id = %s", (ids["P-AGE.vib_rms.iso_zone"],))
+
+
+def test_predictions_carry_the_unit_of_what_they_predict(browser, server):
+    """A regression of P-101.bearing_temp is in degC (the target tag's unit) and the RUL in the unit stored with it
+    (h): both charts name it on their axis and the review table after each value ("66.2 [64.2 … 68.2]" alone)."""
+    page = login(browser, server, "viewer")
+    try:
+        page.goto(server.url + "/assets/P-101")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        axis = "ts => ts.map(t => t.textContent)"
+        assert "degC" in page.eval_on_selector_all(".prediction[data-kind='regression'] g.axis text", axis)
+        assert "h" in page.eval_on_selector_all(".prediction[data-kind='rul'] g.axis text", axis)
+        rows = page.locator("tr[data-prediction]").all_inner_texts()
+        assert any("regression" in r and " degC [" in r for r in rows), rows
+        assert any("rul" in r and " h [" in r for r in rows), rows
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
+def test_open_alerts_card_counts_alerts_raised_before_the_range(browser, server):
+    """An alert raised three days ago and still open is an open alert on the 24 h view too: the card counted only
+    the alerts raised within the chosen range and said "0" (green) for an asset with an open critical alert."""
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO assets (name, site, kind) VALUES ('P-LONG', 'plant', 'pump') ON CONFLICT DO NOTHING")
+    insert_alert(server.dsn, "LONG-OPEN", asset="P-LONG", severity="critical", message="seal leaking",
+                 raised_at=datetime.now(UTC) - timedelta(days=3))
+    page = login(browser, server, "viewer")
+    try:
+        page.goto(server.url + "/assets/P-LONG")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        assert page.locator("#summary .card", has_text="Open alerts").locator(".big").inner_text() == "1"
+        assert page.errors == []
+    finally:
+        page.context.close()
+        with server.client("engineer") as c:  # the board of other tests has no open alert of ours left
+            c.post("/api/alerts/LONG-OPEN/clear", json={"comment": "test done"}).raise_for_status()
+
+
+def test_older_predictions_can_be_reached_for_review(browser, server):
+    """Only the newest 20 predictions of the range could be reviewed (three models every 10 minutes: the last hour
+    of a 24 h view). "Load older" pages on through the range, each prediction once, newest first."""
+    page = login(browser, server, "maintenance")
+    try:
+        page.goto(server.url + "/assets/P-101")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        assert page.locator("tr[data-prediction]").count() == 20
+        page.click("#reviews-more")
+        for _ in range(50):
+            if page.locator("tr[data-prediction]").count() >= 40:
+                break
+            page.wait_for_timeout(100)
+        ids = page.eval_on_selector_all("tr[data-prediction]", "rs => rs.map(r => r.dataset.prediction)")
+        times = page.eval_on_selector_all("tr[data-prediction] td:first-child time",
+                                      "ts => ts.map(t => t.getAttribute('datetime'))")
+        assert len(ids) == 40 and len(set(ids)) == 40
+        parsed = [datetime.fromisoformat(t) for t in times if t]
+        assert parsed == sorted(parsed, reverse=True)
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
+def test_a_bad_quality_raw_reading_is_not_drawn_as_a_value(browser, server):
+    """Raw readings came to the chart with their quality but were drawn whatever it was: a sensor's BAD 9999 (wire
+    break) on a 1 h view was a spike the y-axis stretched to, among values of 50, while the bucketed views (longer
+    ranges) leave bad values out. Bad ones are left out of the line and counted in the caption."""
+    from emissions import synthetic
+
+    now = int(datetime.now(UTC).timestamp())
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO assets (name, site, kind) VALUES ('P-Q', 'plant', 'pump') ON CONFLICT DO NOTHING")
+        tag = synthetic.ensure_tags(conn, ["P-Q.temp"], asset="P-Q")["P-Q.temp"]
+        t = now - 60 * np.arange(30, 0, -1)
+        v = np.full(30, 50.0) + np.arange(30) * 0.1
+        v[15] = 9999.0
+        q = np.zeros(30, dtype=np.int16)
+        q[15] = 2
+        synthetic.copy_readings(conn, tag, t, v, quality=q)
+    page = login(browser, server, "viewer")
+    try:
+        page.goto(server.url + "/assets/P-Q")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        page.click("button[data-range='1h']")
+        page.wait_for_selector("button[data-range='1h'].active")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        trend = page.locator(".trend[data-tag='P-Q.temp']")
+        assert trend.locator(".src").inner_text().startswith("readings, raw")
+        assert "1 bad-quality reading" in trend.locator(".src").inner_text()
+        ticks = page.eval_on_selector_all(".trend[data-tag='P-Q.temp'] g.axis text[text-anchor='end']",
+                                          "ts => ts.map(t => parseFloat(t.textContent))")
+        assert ticks and max(ticks) < 100, ticks
+        assert page.errors == []
+    finally:
+        page.context.close()
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM readings WHERE tag_id = %s", (tag,))
 
 
 def test_emissions_page(browser, server):
@@ -293,6 +447,172 @@ def test_emission_periods_are_labelled_in_the_stacks_time_zone(browser, server):
     assert card.locator("tr[data-period='day'] small").first.inner_text().startswith(day_start.strftime("%Y-%m-%d"))
     assert card.locator("tr[data-period='hour'] small").first.inner_text().startswith(hour_start.strftime("%H:%M"))
     ctx.close()
+
+
+def test_an_old_average_is_labelled_with_its_date(browser, server):
+    """The live card shows the newest stored average of each period; when the averaging job stopped days ago that
+    half-hour is days old, and labelled "14:30" alone it read as today's. A sub-day average not of the stack's
+    today carries its date."""
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=3)
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO emission_averages (stack, pollutant, period, period_start, period_end, value, validated, "
+            "status, valid, n_expected, n_operating, n_valid, n_substituted, substituted_share, ci, config_sha256) "
+            "VALUES ('OLD1', 'NOx', %s, %s, %s, 120.0, 100.0, 0, true, 30, 30, 30, 0, 0, 20.0, 'x')",
+            [("half_hour", start, start + timedelta(minutes=30)), ("hour", start, start + timedelta(hours=1))])
+    page = login(browser, server, "viewer")
+    try:
+        page.goto(server.url + "/emissions?stack=OLD1")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        card = page.locator("#live .pollutant[data-pollutant='NOx']")
+        for period in ("half_hour", "hour"):
+            label = card.locator(f"tr[data-period='{period}'] small").first.inner_text()
+            assert label.startswith(start.strftime("%Y-%m-%d %H:%M")), label
+        assert "Normalised mg/Nm³" in card.locator("thead").text_content()
+        assert page.errors == []
+    finally:
+        page.context.close()
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM emission_averages WHERE stack = 'OLD1'")
+
+
+def test_an_unknown_asset_says_so(browser, server):
+    """/assets/<a name nobody registered> (a stale link, a typo) says the API's 404 where the page would be; it
+    stayed on "Loading…" with an unhandled error in the browser's console."""
+    page = login(browser, server, "viewer")
+    try:
+        page.goto(server.url + "/assets/NO-SUCH-PUMP")
+        page.wait_for_selector("body[data-ready='error']", timeout=15000)
+        assert "404" in page.inner_text("#page-error") and "NO-SUCH-PUMP" in page.inner_text("#page-error")
+        assert "Loading" not in page.inner_text("#main")
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
+def test_one_trend_that_fails_leaves_the_rest_of_the_asset_page(browser, server):
+    """One tag's readings failing (a 503, a timeout) is said in that trend; the other trends, the predictions and
+    the reviews still load (one failed request rejected the whole page, which stayed half-drawn, never ready)."""
+    page = login(browser, server, "maintenance")
+    try:
+        page.route("**/api/tags/P-101.bearing_temp/readings*", lambda route: route.fulfill(
+            status=503, content_type="application/problem+json",
+            body='{"title": "Service unavailable", "status": 503, "detail": "database unavailable"}'))
+        page.goto(server.url + "/assets/P-101")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        assert "readings not loaded: database unavailable" in page.inner_text(".trend[data-tag='P-101.bearing_temp']")
+        assert page.locator(".trend[data-tag='P-101.vib_rms'] polyline.line").count() >= 1
+        assert page.locator("tr[data-prediction]").count() >= 1
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
+@pytest.mark.parametrize("path, api", [("/maintenance", "**/api/maintenance-windows*"),
+                                       ("/emissions", "**/api/emissions/*/live"),
+                                       ("/assets", "**/api/assets?*"),
+                                       ("/admin", "**/api/audit*")])
+def test_a_page_whose_api_fails_says_so(browser, server, path, api):
+    """The database down (the console answers 503) or a table not there yet: the page shows the problem's detail
+    instead of staying on "Loading…" for ever (it threw an unhandled error and showed nothing)."""
+    page = login(browser, server, "admin")
+    try:
+        page.route(api, lambda route: route.fulfill(
+            status=503, content_type="application/problem+json",
+            body='{"type": "about:blank", "title": "Service unavailable", "status": 503, '
+                 '"detail": "database unavailable: connection refused"}'))
+        page.goto(server.url + path)
+        page.wait_for_selector("body[data-ready='error']", timeout=15000)
+        assert "503: database unavailable" in page.inner_text("#page-error")
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
+def test_gateways_page_says_when_it_stopped_being_updated(browser, server):
+    """The gateways page refreshes every 10 s; when a refresh fails (console restarting, database down) the last
+    states stay, so the page says when they were checked and, in a banner, since when they are not updated (it kept
+    showing them as if current, with no time at all)."""
+    page = login(browser, server, "viewer")
+    try:
+        page.clock.install()
+        page.goto(server.url + "/gateways")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        assert page.locator("#checked time").count() == 1 and not page.locator("#stale").is_visible()
+        page.route("**/api/gateways", lambda route: route.abort())
+        page.clock.run_for(11000)
+        page.wait_for_selector("#stale", state="visible", timeout=5000)
+        assert "NOT UPDATED since" in page.inner_text("#stale") and "did not answer" in page.inner_text("#stale")
+        page.unroute("**/api/gateways")
+        page.clock.run_for(11000)
+        page.wait_for_selector("#stale", state="hidden", timeout=5000)
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
+def test_exceedances_are_labelled_by_the_stacks_calendar(browser, server):
+    """A day exceedance is of the stack's calendar day: the exceedance table labelled it by its start in the
+    browser's (or plant's) zone, so a browser in New York showed the UTC stack's 12-06 as "12-05 19:00 -05:00"."""
+    day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=2)
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO emission_events (stack, pollutant, rule, kind, period, period_start, period_end, "
+                     "value, limit_value, elv, breach, provisional, config_sha256) VALUES ('WI1', 'NOx', 'test-day', "
+                     "'exceedance', 'day', %s, %s, 230.0, 200.0, 200.0, true, false, 'x')",
+                     (day, day + timedelta(days=1)))
+    page = login(browser, server, "viewer", timezone_id="America/New_York")
+    try:
+        page.goto(server.url + "/emissions")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        row = page.locator("tr", has_text="test-day")
+        assert row.locator("td").first.inner_text() == f"day {day.date().isoformat()}", row.inner_text()
+        assert page.errors == []
+    finally:
+        page.context.close()
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM emission_events WHERE rule = 'test-day'")
+
+
+def test_the_analysers_newest_reading_shows_its_quality(browser, server):
+    """"Analyser now" is the newest raw reading whatever its quality: the analyser's fault value (BAD) read as a
+    concentration. A reading of uncertain or bad quality says so."""
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        (tag,) = conn.execute("SELECT id FROM tags WHERE name = 'WI1.NOx'").fetchone()
+        conn.execute("INSERT INTO readings (time, tag_id, value, quality, flags, status, receive_time, server_time) "
+                     "VALUES (now() + interval '1 minute', %s, 9999.0, 2, 0, 0, now(), now())", (tag,))
+    page = login(browser, server, "viewer")
+    try:
+        page.goto(server.url + "/emissions")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        now = page.locator("#live .pollutant[data-pollutant='NOx'] .analyser-now, "
+                           "#live .pollutant[data-pollutant='NOx'] p:has-text('Analyser now')").first.inner_text()
+        assert "9999" in now and "BAD" in now, now
+        assert page.errors == []
+    finally:
+        page.context.close()
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM readings WHERE tag_id = %s AND value = 9999.0", (tag,))
+
+
+def test_a_refused_role_change_puts_the_select_back(browser, server):
+    """The admin page's role select kept showing the role asked for when the API refused the change (the last
+    admin made a viewer: 409), though the user still held the old one."""
+    with psycopg.connect(server.dsn) as conn:
+        admins = conn.execute("SELECT count(*) FROM console_users WHERE role = 'admin' AND NOT disabled").fetchone()[0]
+    assert admins == 1, "the seeded admin is the only one: the change below is refused"
+    page = login(browser, server, "admin")
+    try:
+        page.goto(server.url + "/admin")
+        user_cell = page.locator("td:first-child", has_text=re.compile("^admin$"))
+        select = page.locator("tr", has=user_cell).locator("select")
+        select.wait_for(timeout=10000)
+        select.select_option("viewer")
+        page.wait_for_selector(".toast.error", timeout=5000)
+        assert select.input_value() == "admin"
+        assert "no enabled admin" in page.inner_text(".toast.error")
+        assert page.errors == []
+    finally:
+        page.context.close()
 
 
 def test_models_gateways_admin_pages(browser, server):

@@ -5,7 +5,7 @@ pages, and a clear 503 naming the table when an analytics table is absent."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from console_support import (
@@ -217,6 +217,37 @@ def _truth_minutes(dsn: str, tag: str, k: int) -> list[tuple[datetime, float]]:
                             "WHERE t.name = %s AND r.count > 0 ORDER BY r.bucket DESC LIMIT %s", (tag, k)).fetchall()
 
 
+def test_the_day_projection_is_judged_against_the_strictest_day_limit(server):
+    """With two day rules (200 mg/Nm³ on the daily ELV, 110 % of a 150 monthly ELV = 165), the running day's
+    projection is compared with 165, as the per-period percentages are with their strictest limit; it took the
+    rule listed first (200) and a day heading for 180 was not marked as heading over."""
+    import json
+
+    import psycopg
+
+    cfg = {"timezone": "UTC", "pollutants": [{"name": "NOx", "tag": None, "elv": {"day": 200.0, "month": 150.0}}],
+           "compliance": [{"name": "daily", "period": "day", "elv": "day"},
+                          {"name": "daily_110", "period": "day", "elv": "month", "percent": 110.0}]}
+    now = datetime.now(UTC)
+    start = now.replace(hour=0, minute=0, second=0, microsecond=0)  # the first hour of the running (UTC) day
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO emission_runs (stack, span_start, span_end, config, config_sha256, averages, events, "
+                     "seconds) VALUES ('TWO', %s, %s, %s, 'x', 1, 0, 0.1)", (start, now, json.dumps(cfg)))
+        conn.execute("INSERT INTO emission_averages (stack, pollutant, period, period_start, period_end, value, "
+                     "validated, status, valid, n_expected, n_operating, n_valid, n_substituted, substituted_share, "
+                     "ci, config_sha256) VALUES ('TWO', 'NOx', 'hour', %s, %s, 180.0, 170.0, 0, true, 60, 60, 60, 0, "
+                     "0, 10.0, 'x')", (start, start + timedelta(hours=1)))
+    try:
+        with server.client("viewer") as c:
+            day = c.get("/api/emissions/TWO/live").json()["items"][0]["day"]
+        assert day["limit"] == pytest.approx(165.0) and day["projection"] == pytest.approx(180.0)
+        assert day["projected_over"] is True
+    finally:
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM emission_averages WHERE stack = 'TWO'")
+            conn.execute("DELETE FROM emission_runs WHERE stack = 'TWO'")
+
+
 def test_uncertainty_report_counts_an_open_upper_end_as_covering(server):
     """An open-ended interval (upper NULL: "lower or more", as a RUL at the model's cap is stored) covers every
     truth at or above its lower end; it was counted a miss. The mean width is of the closed intervals only, and
@@ -252,6 +283,62 @@ def test_uncertainty_report_counts_an_open_upper_end_as_covering(server):
     assert sum(x["n_open"] for x in rep["items"]) == 3
     widths = [x["mean_width"] for x in rep["items"] if x["mean_width"] is not None]
     assert widths == [pytest.approx(4.0)], "the mean width is of the one closed interval"
+
+
+def test_uncertainty_report_counts_an_open_lower_end_as_an_upper_bound(server):
+    """A null lower bound next to a set upper one is "at most upper" (a one-sided bound), as the pages draw and print
+    it ("(−∞ … 12]"); the summary left such intervals out of the empirical coverage (NULL, as if there were no
+    interval) and did not count them as open."""
+    from console_support import run_async
+
+    from edge.records import Prediction
+    from maintenance import store
+
+    target = "P-101.bearing_temp"
+    minutes = _truth_minutes(server.dsn, target, 7)[4:]  # minutes the other open-end test leaves alone
+    assert len(minutes) == 3
+    preds = [Prediction("open-low", "v1", "P-101", t, y, None, y + 1.0, 0.9, kind="regression", target=target)
+             for t, y in minutes[:2]]  # the truth under the upper bound: covered
+    preds.append(Prediction("open-low", "v1", "P-101", minutes[2][0], minutes[2][1], None, minutes[2][1] - 1.0, 0.9,
+                            kind="regression", target=target))  # the truth above it: a miss
+
+    async def write():
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(server.dsn, autocommit=True) as conn, conn.transaction():
+            await store.write_predictions(conn, preds)
+
+    run_async(write())
+    try:
+        with server.client("viewer") as c:
+            rep = c.get("/api/models/open-low/uncertainty", params={"last": "P2D", "bucket": "week"}).json()
+        covered = sum(x["empirical"] * x["n_truth"] for x in rep["items"] if x["empirical"] is not None)
+        assert sum(x["n_truth"] for x in rep["items"]) == 3
+        assert covered == pytest.approx(2), rep["items"]
+        assert sum(x["n_open"] for x in rep["items"]) == 3
+        assert all(x["mean_width"] is None for x in rep["items"])
+    finally:
+        import psycopg
+
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM predictions WHERE model_id = 'open-low'")
+
+
+def test_a_report_whose_name_has_url_characters_is_linked_right(server):
+    """A report file named with a space, '#' or '?' ("WI1 #2 2025-03.html") is linked URL-encoded: its raw name as
+    href cut the link at the '#' (a fragment) and the page's link answered 404."""
+    from pathlib import Path
+
+    root = Path(server.cfg.console.reports_dir)
+    name = "WI1 #2 ?draft 100%.html"
+    (root / name).write_text("<h1>report two</h1>")
+    try:
+        with server.client("viewer") as c:
+            item = next(r for r in c.get("/api/emissions/reports/files").json()["items"] if r["name"] == name)
+            r = c.get(item["href"])
+        assert r.status_code == 200 and "report two" in r.text, item["href"]
+    finally:
+        (root / name).unlink()
 
 
 def test_uncertainty_report_of_an_anomaly_model_states_alpha_and_the_flagged_share(server):

@@ -141,3 +141,39 @@ def test_board_recovers_after_the_database_drops_its_connections(browser, databa
         assert sorted(ids) == ["AFTER-DB-CUT", "BEFORE", "LATER"]
         assert page.evaluate("window.__notReloaded") is True
         page.context.close()
+
+
+def test_chart_axis_is_labelled_in_the_plant_time_zone(browser, database):  # noqa: F811
+    """The asset page's times are plant time, but its chart axes were labelled in the browser's zone: on a PC set to
+    UTC, a plant 5 h 30 min east saw an alert marker at "06:00" that the alert table said was raised at 11:30 +05:30.
+    Ticks fall on whole steps of the plant's clock and are labelled with it."""
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo("Asia/Kolkata")  # +05:30, no summer time: the browser's and the plant's hours differ
+    with ConsoleServer(database, time_zone="Asia/Kolkata") as srv:
+        page = login(browser, srv, "viewer", timezone_id="UTC")
+        page.goto(srv.url + "/assets/P-101")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        labels = page.eval_on_selector_all(".trend[data-tag='P-101.vib_rms'] g.axis text[text-anchor='middle']",
+                                           "ts => ts.map(t => t.textContent)")
+        now = datetime.now(zone)
+        assert labels and all(x.endswith(":00") for x in labels), labels  # 24 h range: 3-hour ticks of the plant
+        last = now.replace(hour=int(labels[-1][:2]), minute=0, second=0, microsecond=0)
+        behind = (now - last) % timedelta(days=1)
+        assert behind < timedelta(hours=3), (labels, now)  # the newest tick is the plant's latest 3-hour mark
+        assert int(labels[-1][:2]) % 3 == 0, labels
+        assert page.errors == []
+        page.context.close()
+
+
+def test_maintenance_window_form_defaults_to_the_plant_time_zone(browser, database):  # noqa: F811
+    """The window form's zone defaulted to the browser's: on a control-room PC set to UTC a Helsinki plant's
+    22:00-02:00 window was planned two hours late unless the planner noticed and changed the zone field."""
+    with ConsoleServer(database, time_zone="Europe/Helsinki") as srv:
+        page = login(browser, srv, "maintenance", timezone_id="UTC")
+        page.goto(srv.url + "/maintenance")
+        page.wait_for_selector("#mw-zone", timeout=10000)
+        assert page.input_value("#mw-zone") == "Europe/Helsinki"
+        assert page.errors == []
+        page.context.close()

@@ -63,7 +63,10 @@ async def change_user(request: Request, username: str, body: UserChange,
     if not changes:
         raise Problem(422, "nothing to change: give role, display_name, disabled or password")
     async with request.app.state.db.conn() as conn, conn.transaction(), conn.cursor() as cur:
+        # The admins' rows locked first, so two admins demoting each other at once cannot both pass the check below.
+        await cur.execute("SELECT id FROM console_users WHERE role = 'admin' ORDER BY id FOR UPDATE")
         before, after = await users.change(cur, username, **changes)
+        await _keep_an_admin(cur)
         shown = {k: v for k, v in changes.items() if k != "password"}
         shown |= {"password": "changed"} if body.password else {}
         await audit.record(cur, p, "user.change", target_kind="user", target_id=after["username"],
@@ -71,6 +74,15 @@ async def change_user(request: Request, username: str, body: UserChange,
                            client=client_address(request))
     credentials_changed()  # disabling, a new password or role ended the user's sessions
     return after
+
+
+async def _keep_an_admin(cur) -> None:
+    """Refuse (409, the change rolled back) a change that leaves no enabled admin: one click on an admin's own role
+    select or "Disable" locked everyone out of user administration until someone ran the CLI on the server."""
+    await cur.execute("SELECT count(*) AS n FROM console_users WHERE role = 'admin' AND NOT disabled")
+    if (await cur.fetchone())["n"] == 0:
+        raise Problem(409, "this would leave no enabled admin: make another user admin first "
+                           "(or use `valvoja console user` on the server)", type_="/problems/last-admin")
 
 
 @router.get("/tokens", tags=["admin"])

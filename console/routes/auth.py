@@ -139,8 +139,12 @@ async def me(p: Principal = Depends(current_principal)) -> Me:
 
 
 def _safe_next(value: str | None) -> str:
-    # Only local paths: "//evil.example" and "/\\evil" would be read as another host by browsers.
-    if not value or not value.startswith("/") or value.startswith(("//", "/\\")):
+    """``value`` if it is a path on this console, else ``/``: where the log-in form may send the browser."""
+    # Only local paths: "//evil.example" and "/\\evil" would be read as another host by browsers. Browsers also drop
+    # tabs and line breaks from a URL before reading it ("/\t/evil.example" is "//evil.example" to them), so any
+    # control character or space is refused too; a real page path has none (they come percent-encoded).
+    if (not value or not value.startswith("/") or value.startswith(("//", "/\\"))
+            or any(c <= " " or c == "\x7f" for c in value)):
         return "/"
     return value
 

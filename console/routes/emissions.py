@@ -10,6 +10,7 @@ import calendar
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -140,7 +141,9 @@ async def live(request: Request, stack: str):
             r["running"] = r["period_end"] > now
             periods[r["period"]] = r
         day_subs = [x for x in subs if x["pollutant"] == pol]
-        day_lims = [x for x in rules if x["period"] == "day"]
+        # Strictest first, as for every period above: a large plant's 110 %-of-monthly-ELV day rule can be under
+        # another day rule's limit, and the projection was judged against whichever rule the config listed first.
+        day_lims = sorted((x for x in rules if x["period"] == "day"), key=lambda x: x["limit"])
         proj = _projection(day_subs, total_subs)
         out.append({"pollutant": pol, "tag": pcfg.get("tag"), "reading": reading, "averages": periods,
                     "day": {"start": day_start, "sub_period": day_from, "subs_done": len(day_subs),
@@ -270,5 +273,7 @@ def _list_reports(root: Path) -> list[dict]:
     if not root.is_dir():
         return []
     files = sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
-    return [{"name": str(p.relative_to(root)), "bytes": p.stat().st_size, "href": f"/reports/{p.relative_to(root)}",
+    # The href URL-encoded: a name with a space, '#' or '?' otherwise ends the path where the browser reads it.
+    return [{"name": str(p.relative_to(root)), "bytes": p.stat().st_size,
+             "href": "/reports/" + quote(p.relative_to(root).as_posix()),
              "modified": datetime.fromtimestamp(p.stat().st_mtime, UTC)} for p in files[:500]]

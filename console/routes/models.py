@@ -63,7 +63,8 @@ REFUSAL_EXAMPLE = {
 PROBLEM = {"content": {"application/problem+json": {}}}
 # What the uncertainty summary's columns mean where the stored predictions are a biased sample (API and page).
 NOTES = {
-    "mean_width": "of closed intervals; n_open open-ended ones ('lower or more') have no finite width",
+    "mean_width": "of closed intervals; n_open open-ended ones ('lower or more', 'upper or less') have no finite "
+                  "width",
     "flagged_share": "share of the STORED predictions with p <= alpha (alpha: the smallest, alpha_max: the largest "
                      "in the bucket). Maintenance's live detectors store a prediction every predict_every_s and on "
                      "every flagged sample, so the share over-states the flag rate per scored sample; on a healthy "
@@ -116,8 +117,9 @@ async def uncertainty(request: Request, model_id: str, _: Principal = Depends(re
     for anomaly scorers the alpha and the share of stored predictions flagged (p <= alpha).
 
     An open upper end (upper NULL next to a lower: "lower or more", a RUL at the model's cap) holds every value at
-    or above its lower end; it has no finite width, so ``mean_width`` is of the closed intervals and ``n_open``
-    says how many were open. A prediction with no interval has no coverage (NULL, not a miss)."""
+    or above its lower end, an open lower end ("upper or less") every value at or below its upper end; neither has
+    a finite width, so ``mean_width`` is of the closed intervals and ``n_open`` says how many were open. A
+    prediction with no interval (both bounds NULL) has no coverage (NULL, not a miss)."""
     db = request.app.state.db
     await db.require("predictions", owner="maintenance")
     cols = await db.columns("predictions")
@@ -131,9 +133,10 @@ async def uncertainty(request: Request, model_id: str, _: Principal = Depends(re
     alpha = "(p.details->>'alpha')::float8" if "details" in cols else "NULL::float8"
     rows = await db.fetch(
         f"SELECT {b} AS t, count(*) AS n, avg(p.upper - p.lower) AS mean_width, "
-        "count(*) FILTER (WHERE p.lower IS NOT NULL AND p.upper IS NULL) AS n_open, avg(p.coverage) AS nominal, "
-        f"count({actual}) AS n_truth, avg(CASE WHEN {actual} IS NULL OR p.lower IS NULL THEN NULL "
-        f"WHEN {actual} >= p.lower AND (p.upper IS NULL OR {actual} <= p.upper) THEN 1.0 ELSE 0.0 END) "
+        "count(*) FILTER (WHERE (p.lower IS NULL) <> (p.upper IS NULL)) AS n_open, avg(p.coverage) AS nominal, "
+        f"count({actual}) AS n_truth, avg(CASE WHEN {actual} IS NULL OR (p.lower IS NULL AND p.upper IS NULL) "
+        f"THEN NULL WHEN (p.lower IS NULL OR {actual} >= p.lower) AND (p.upper IS NULL OR {actual} <= p.upper) "
+        "THEN 1.0 ELSE 0.0 END) "
         f"AS empirical, min({alpha}) AS alpha, max({alpha}) AS alpha_max, "
         f"count(p.p_value) FILTER (WHERE {alpha} IS NOT NULL) AS n_p_values, "
         f"avg(CASE WHEN p.p_value <= {alpha} THEN 1.0 WHEN p.p_value IS NOT NULL AND {alpha} IS NOT NULL "

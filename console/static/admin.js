@@ -15,7 +15,12 @@
     main(el("h1", {}, "Administration"),
       el("h2", {}, "Users"),
       table(["User", "Role", "State", "Last log-in", ""], users.items.map((u) => {
-        const role = el("select", { onchange: async () => { await api(`/api/users/${encodeURIComponent(u.username)}`, { method: "PATCH", body: { role: role.value } }); toast(`${u.username} is now ${role.value}`); } },
+        // A refused change (409: the last admin) puts the select back: it kept showing the role asked for, not the one held.
+        const role = el("select", { class: "user-role", "data-user": u.username, onchange: async () => {
+          try { await api(`/api/users/${encodeURIComponent(u.username)}`, { method: "PATCH", body: { role: role.value } }); }
+          catch (e) { role.value = u.role; return; }
+          u.role = role.value; toast(`${u.username} is now ${role.value}`);
+        } },
           ROLES.map((r) => el("option", { value: r, selected: r === u.role }, r)));
         return el("tr", {}, el("td", {}, u.username), el("td", {}, role), el("td", {}, u.disabled ? "disabled" : "active"),
           el("td", {}, timeCell(u.last_login)),
@@ -36,5 +41,5 @@
         el("td", {}, timeCell(a.time)), el("td", {}, a.actor), el("td", {}, a.action), el("td", {}, `${a.target_kind} ${a.target_id}`),
         el("td", {}, el("code", {}, JSON.stringify(a.detail))), el("td", {}, a.client)))));
   }
-  render();
+  render().catch((e) => V.failed("Administration", e));
 })();

@@ -73,6 +73,19 @@ const V = (() => {
     const off = parts.timeZoneName === "GMT" ? "+00:00" : parts.timeZoneName.replace("GMT", "");
     return { text: `${parts.year}-${parts.month}-${parts.day} ${parts.hour}:${parts.minute}${seconds ? ":" + parts.second : ""}`, off };
   }
+  let clockFmt = null;
+  /** The wall clock of the plant's zone at ``t`` (ms or Date): two-digit ``month``, ``day``, ``hour``, ``minute``,
+   * ``second`` strings, and ``offMs``, the zone's UTC offset then. Chart axes are labelled with it, as every other
+   * time on the pages: their labels in the browser's zone put an alert marker at "12:00" that the table said
+   * happened at 14:00 +02:00. */
+  function plantClock(t) {
+    clockFmt = clockFmt || new Intl.DateTimeFormat("en-GB", { timeZone: plantZone, year: "numeric", month: "2-digit",
+      day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23", timeZoneName: "longOffset" });
+    const p = Object.fromEntries(clockFmt.formatToParts(new Date(t)).map((x) => [x.type, x.value]));
+    const m = /GMT([+-])(\d{2}):(\d{2})/.exec(p.timeZoneName);
+    p.offMs = m ? (m[1] === "-" ? -1 : 1) * (Number(m[2]) * 60 + Number(m[3])) * 6e4 : 0;
+    return p;
+  }
   /** Plant time, unambiguous: 2024-05-01 14:03:07 +03:00 (the tooltip shows the ISO-8601 UTC time). */
   function fmtTime(t) {
     if (!t) return "";
@@ -119,6 +132,13 @@ const V = (() => {
     m.replaceChildren(...children);
     return m;
   }
+  /** A page that could not load says so in place of "Loading…" (a 404, a 503 naming a missing table, the console
+   * or its database down), instead of staying on "Loading…" with the error only in the browser's console. */
+  function failed(title, e) {
+    const why = e && e.status ? `${e.status}: ${e.message}` : `the console did not answer (${(e && e.message) || e})`;
+    main(el("h1", {}, title), el("p", { class: "bad-text", id: "page-error", role: "alert" }, why));
+    document.body.dataset.ready = "error";
+  }
   function can(perm) { return (PERMS[role] || []).includes(perm); }
 
   function table(headers, rows) {
@@ -126,5 +146,5 @@ const V = (() => {
       el("tbody", {}, rows));
   }
 
-  return { el, api, qs, toast, fmtTime, fmtZoned, suppressedRow, fmtNum, fmtInterval, timeCell, badge, main, can, role, csrf, table };
+  return { el, api, qs, toast, fmtTime, fmtZoned, plantClock, suppressedRow, fmtNum, fmtInterval, timeCell, badge, main, failed, can, role, csrf, table };
 })();

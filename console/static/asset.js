@@ -47,25 +47,51 @@
     box.append(el("div", { class: "chart-title" }, el("b", {}, tag.name, " ", el("small", {}, tag.unit)),
       el("small", { class: "muted src" }, "")), holder);
     (into || trends).append(box);
-    const r = await api(`/api/tags/${encodeURIComponent(tag.name)}/readings` + qs({ from: iso(range.end - range.span), to: iso(range.end), points: 800 }));
+    let r;
+    try { r = await api(`/api/tags/${encodeURIComponent(tag.name)}/readings` + qs({ from: iso(range.end - range.span), to: iso(range.end), points: 800 }), { quiet: true }); }
+    catch (e) { holder.append(el("p", { class: "bad-text" }, `readings not loaded: ${e.message}`)); return; }  // the other trends still draw
     box.querySelector(".src").textContent = r.bucket_s ? `${r.source}, ${r.bucket_s} s buckets (min–max band, mean line)` : `${r.source}, raw`;
     const lines = [];
     if (tag.calibration) box.querySelector(".src").textContent += ` · calibration ${tag.calibration.certificate} ±${tag.calibration.uncertainty} ${tag.calibration.uncertainty_unit}`;
     const gap = (r.bucket_s || (tag.sampling_ms || 1000) / 1000) * 2500;
-    const series = r.bucket_s ? [{ t: r.t, y: r.avg, min: r.min, max: r.max, maxGap: gap }] : [{ t: r.t, y: r.v, maxGap: gap }];
+    // Bad-quality readings (quality >= 2: a wire break's 9999, a device's fault value) are not values: the buckets
+    // leave them out on the server, raw rows come with their quality and were drawn as if good. Left out of the
+    // line (a gap) and counted in the caption.
+    const bad = r.bucket_s ? (r.bad || []).reduce((s, n) => s + n, 0) : (r.q || []).filter((q) => q >= 2).length;
+    if (bad) box.querySelector(".src").textContent += ` · ${bad} bad-quality reading${bad === 1 ? "" : "s"} not drawn`;
+    const rawY = r.bucket_s ? null : r.v.map((v, i) => ((r.q || [])[i] >= 2 ? null : v));
+    const series = r.bucket_s ? [{ t: r.t, y: r.avg, min: r.min, max: r.max, maxGap: gap }] : [{ t: r.t, y: rawY, maxGap: gap }];
     VChart.draw(holder, { start: range.end - range.span, end: range.end, series, lines, markers, yLabel: tag.unit, height: 200, onZoom: zoom, label: tag.name });
   }
 
+  // Each zone comes with where and when it was found: the newest <tag>.iso_zone reading is whatever was last
+  // derived, which may be weeks old (the analytics stopped, the sensor left); a bare "C" read as the zone now.
   function zoneOf(series) {
     const z = series.find((s) => ["iso_zone", "zone"].includes(s.kind));
     if (!z || !z.latest) return null;
     const d = z.latest.details || {};
-    return d.zone || ZONES[Math.round(z.latest.value)] || null;
+    const zone = d.zone || ZONES[Math.round(z.latest.value)] || null;
+    return zone && { zone, source: `prediction ${z.model_id}`, time: z.latest.time };
   }
 
   function worstZone() {
-    const zs = (asset.iso_zones || []).map((z) => z.zone).sort();
-    return zs.length ? zs[zs.length - 1] : null;
+    const zs = (asset.iso_zones || []).slice().sort((a, b) => (a.zone < b.zone ? -1 : a.zone > b.zone ? 1 : 0));
+    const z = zs[zs.length - 1];
+    return z ? { zone: z.zone, source: z.tag, time: z.time } : null;
+  }
+
+  function alertZone(openAlerts) {
+    const a = openAlerts.find((x) => (x.evidence || {}).zone);
+    return a ? { zone: a.evidence.zone, source: `alert ${a.id}`, time: a.raised_at } : null;
+  }
+
+  // A prediction's unit: the one stored with it (maintenance's RUL: details.unit, "h" or "cycles"), else that of
+  // the tag it predicts (``target``, a regression of P-101.bearing_temp is in degC); an anomaly score has none.
+  function unitOf(p) {
+    const stated = ((p && p.details) || {}).unit;
+    if (stated) return stated;
+    const tag = p && p.target && [...asset.tags, ...(asset.derived || [])].find((t) => t.name === p.target);
+    return (tag && tag.unit) || "";
   }
 
   // An interval's nominal coverage; a stored interval without one does not pass for a "0 %" interval.
@@ -76,9 +102,10 @@
   function summary(series, openAlerts) {
     const cards = [];
     // Newest first: maintenance's <tag>.iso_zone readings, a zone prediction, the evidence of an open zone alert.
-    const zone = worstZone() || zoneOf(series) || openAlerts.map((a) => (a.evidence || {}).zone).find(Boolean);
+    const zone = worstZone() || zoneOf(series) || alertZone(openAlerts);
     cards.push(el("div", { class: "card", id: "iso-zone" }, el("small", {}, "ISO 20816-3 zone"), el("div", { class: "big" },
-      zone ? badge(zone, "zone-" + zone) : el("span", { class: "muted" }, "no zone computed"))));
+      zone ? badge(zone.zone, "zone-" + zone.zone) : el("span", { class: "muted" }, "no zone computed")),
+      zone ? el("small", { class: "zone-when" }, `${zone.source} · `, timeCell(zone.time)) : ""));
     const an = series.find((s) => s.kind === "anomaly");
     if (an && an.latest && an.alpha !== null && an.alpha !== undefined) {
       // Conformal p-value against the false-alarm rate alpha: an alarm when p <= alpha.
@@ -86,20 +113,23 @@
       const top = ((an.latest.details || {}).top_signals || []).map((t) => `${t.signal} ${Math.round(t.share * 100)} %`).join(", ");
       cards.push(el("div", { class: "card", id: "anomaly" }, el("small", {}, "Anomaly: p-value (alarm at ≤ α)"),
         el("div", { class: "big " + (over ? "bad-text" : "ok-text") }, fmtNum(an.latest.p_value), el("small", {}, ` / α ${fmtNum(an.alpha)}`)),
-        el("small", {}, `score ${fmtNum(an.latest.value)}`, top ? ` · top: ${top}` : "")));
+        el("small", {}, `score ${fmtNum(an.latest.value)}`, top ? ` · top: ${top}` : "", " · ", timeCell(an.latest.time))));
     } else if (an && an.latest) {
       const over = an.threshold !== null && an.latest.value > an.threshold;
       cards.push(el("div", { class: "card", id: "anomaly" }, el("small", {}, "Anomaly score (threshold)"),
         el("div", { class: "big " + (over ? "bad-text" : "ok-text") }, fmtNum(an.latest.value), el("small", {}, ` / ${fmtNum(an.threshold)}`)),
-        an.latest.p_value !== null ? el("small", {}, `p-value ${fmtNum(an.latest.p_value)}`) : ""));
+        el("small", {}, an.latest.p_value !== null ? `p-value ${fmtNum(an.latest.p_value)} · ` : "", timeCell(an.latest.time))));
     }
     const rul = series.find((s) => s.kind === "rul");
     if (rul && rul.latest) {
       const l = rul.latest;
+      const unit = unitOf(l);
       cards.push(el("div", { class: "card", id: "rul" }, el("small", {}, `Remaining useful life (${level(l.coverage)})`),
-        el("div", { class: "big" }, fmtNum(l.value)), el("small", {}, `${fmtInterval(l.lower, l.upper, null)} · ${rul.model_id}`)));
+        el("div", { class: "big" }, fmtNum(l.value), unit ? el("small", {}, ` ${unit}`) : ""),
+        el("small", {}, `${fmtInterval(l.lower, l.upper, null)}${unit ? " " + unit : ""} · ${rul.model_id} · `, timeCell(l.time))));
     }
-    cards.push(el("div", { class: "card" }, el("small", {}, "Open alerts"), el("div", { class: "big " + (openAlerts.length ? "bad-text" : "ok-text") }, openAlerts.length)));
+    cards.push(el("div", { class: "card", id: "open-alerts" }, el("small", {}, "Open alerts (raised at any time)"),
+      el("div", { class: "big " + (openAlerts.n ? "bad-text" : "ok-text") }, openAlerts.n === null ? "?" : openAlerts.n)));
     header.replaceChildren(...cards);
   }
 
@@ -123,38 +153,54 @@
         start: range.end - range.span, end: range.end, height: 200, onZoom: zoom, label: `${s.kind} ${s.model_id}`, lines,
         bands: hasBand ? [{ t: s.t, lower: s.lower, upper: s.upper, y: s.value, label: cov }] : [],
         series: hasBand ? [] : [{ t: s.t, y: byAlpha ? s.p_value : s.value }],
-        yLabel: byAlpha ? "p-value" : "",
+        yLabel: byAlpha ? "p-value" : unitOf(s.latest),
       });
       svg.querySelectorAll("polygon.band").forEach((p) => p.setAttribute("id", "pred-band-" + s.kind));
     }
   }
 
+  // Newest first, 20 at a time; "Load older" pages on with the API's cursor through the whole range (only the
+  // newest 20 could be reached: with three models predicting every 10 minutes, the last hour of a 7-day range).
   async function drawReviews() {
     reviews.replaceChildren(el("h2", {}, "Review predictions"));
+    const query = { asset: name, from: iso(range.end - range.span), to: iso(range.end), limit: 20 };
     let page;
-    try { page = await api("/api/predictions" + qs({ asset: name, from: iso(range.end - range.span), to: iso(range.end), limit: 20 }), { quiet: true }); }
+    try { page = await api("/api/predictions" + qs(query), { quiet: true }); }
     catch (e) { reviews.append(el("p", { class: "muted" }, e.message)); return; }
     if (!page.items.length) { reviews.append(el("p", { class: "muted" }, "Nothing to review in this range.")); return; }
-    reviews.append(table(["Time", "Kind", "Value [interval]", "Model", "Review"], page.items.map((p) => {
-      const comment = el("input", { placeholder: "comment", class: "review-comment" });
-      const cell = el("td", { class: "review" });
-      const done = () => cell.replaceChildren(badge(p.verdict, p.verdict === "right" ? "st-cleared" : "st-raised"), ` by ${p.reviewed_by} `, timeCell(p.reviewed_at));
-      const send = (verdict) => async () => {
-        const r = await api(`/api/predictions/${p.id}/review`, { method: "POST", body: { verdict, comment: comment.value } });
-        Object.assign(p, { verdict: r.verdict, reviewed_by: r.reviewed_by, reviewed_at: r.reviewed_at });
-        done(); toast(`Prediction ${p.id} marked ${verdict}`);
-      };
-      if (p.verdict) done();
-      else if (can("predictions.review")) cell.append(el("div", { class: "ackbox" }, comment,
-        el("button", { class: "ok review-right", onclick: send("right") }, "Right"),
-        el("button", { class: "bad review-wrong", onclick: send("wrong") }, "Wrong")));
-      else cell.append(el("span", { class: "muted" }, "not reviewed"));
-      const alpha = (p.details || {}).alpha;
-      const interval = p.lower !== null || p.upper !== null ? " " + fmtInterval(p.lower, p.upper, p.coverage)
-        : p.p_value !== null ? ` (p ${fmtNum(p.p_value)}${alpha !== null && alpha !== undefined ? `, α ${fmtNum(alpha)}` : ""})` : "";
-      return el("tr", { "data-prediction": p.id }, el("td", {}, timeCell(p.time)), el("td", {}, p.kind),
-        el("td", {}, fmtNum(p.value) + interval), el("td", {}, el("small", {}, `${p.model_id} @ ${String(p.model_version).slice(0, 10)}`)), cell);
-    })));
+    const t = table(["Time", "Kind", "Value [interval]", "Model", "Review"], page.items.map(reviewRow));
+    let cursor = page.next_cursor;
+    const more = el("button", { class: "secondary", id: "reviews-more", hidden: !cursor, onclick: async () => {
+      more.disabled = true;
+      try {
+        const next = await api("/api/predictions" + qs({ ...query, cursor }));
+        t.tBodies[0].append(...next.items.map(reviewRow));
+        cursor = next.next_cursor;
+        more.hidden = !cursor;
+      } finally { more.disabled = false; }
+    } }, "Load older");
+    reviews.append(t, el("p", {}, more));
+  }
+
+  function reviewRow(p) {
+    const comment = el("input", { placeholder: "comment", class: "review-comment" });
+    const cell = el("td", { class: "review" });
+    const done = () => cell.replaceChildren(badge(p.verdict, p.verdict === "right" ? "st-cleared" : "st-raised"), ` by ${p.reviewed_by} `, timeCell(p.reviewed_at));
+    const send = (verdict) => async () => {
+      const r = await api(`/api/predictions/${p.id}/review`, { method: "POST", body: { verdict, comment: comment.value } });
+      Object.assign(p, { verdict: r.verdict, reviewed_by: r.reviewed_by, reviewed_at: r.reviewed_at });
+      done(); toast(`Prediction ${p.id} marked ${verdict}`);
+    };
+    if (p.verdict) done();
+    else if (can("predictions.review")) cell.append(el("div", { class: "ackbox" }, comment,
+      el("button", { class: "ok review-right", onclick: send("right") }, "Right"),
+      el("button", { class: "bad review-wrong", onclick: send("wrong") }, "Wrong")));
+    else cell.append(el("span", { class: "muted" }, "not reviewed"));
+    const alpha = (p.details || {}).alpha;
+    const interval = p.lower !== null || p.upper !== null ? " " + fmtInterval(p.lower, p.upper, p.coverage)
+      : p.p_value !== null ? ` (p ${fmtNum(p.p_value)}${alpha !== null && alpha !== undefined ? `, α ${fmtNum(alpha)}` : ""})` : "";
+    return el("tr", { "data-prediction": p.id }, el("td", {}, timeCell(p.time)), el("td", {}, p.kind),
+      el("td", {}, fmtNum(p.value) + (unitOf(p) ? " " + unitOf(p) : "") + interval), el("td", {}, el("small", {}, `${p.model_id} @ ${String(p.model_version).slice(0, 10)}`)), cell);
   }
 
   function drawAlerts(list) {
@@ -164,6 +210,17 @@
       el("td", {}, timeCell(a.raised_at)), el("td", {}, badge(a.severity, "sev-" + a.severity)), el("td", {}, badge(a.state, "st-" + a.state)),
       el("td", {}, a.kind), el("td", {}, a.message || ""),
       el("td", {}, el("details", {}, el("summary", {}, "evidence"), el("pre", { class: "evidence" }, JSON.stringify(a.evidence || {}, null, 1))))))));
+  }
+
+  /** The asset's open alerts, whenever they were raised: counted within the chosen range, an alert raised two days
+   * ago and still open made the card say "0" on the 24 h view. ``n`` from the server's counts (null: unknown). */
+  async function openAlerts() {
+    try {
+      const page = await api("/api/alerts" + qs({ asset: name, state: ["raised", "acknowledged"], limit: 200 }), { quiet: true });
+      const items = page.items;
+      items.n = page.counts.filter((c) => c.state !== "cleared").reduce((s, c) => s + c.n, 0);
+      return items;
+    } catch (e) { const items = []; items.n = null; return items; }
   }
 
   async function drawAll() {
@@ -177,7 +234,7 @@
     let series = [];
     try { series = (await api(`/api/assets/${encodeURIComponent(name)}/predictions` + qs({ from, to }), { quiet: true })).series; }
     catch (e) { preds.replaceChildren(el("h2", {}, "Predictions"), el("p", { class: "muted" }, e.message)); }
-    summary(series, alertList.filter((a) => a.state !== "cleared"));
+    summary(series, await openAlerts());
     await Promise.all(asset.tags.map((t) => drawTag(t, markers)));
     drawDerived();
     if (series.length || !preds.childElementCount) drawPredictions(series);
@@ -213,5 +270,5 @@
       asset.description ? el("p", {}, asset.description) : "", await windowsNote(), await suppressedNote(), header, presets, trends, derivedBox, preds, alertsBox, reviews);
     await drawAll();
   }
-  init();
+  init().catch((e) => V.failed(`Asset ${name}`, e));
 })();

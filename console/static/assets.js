@@ -3,7 +3,9 @@
 
 (async () => {
   const { el, api, main, table } = V;
-  const assets = (await api("/api/assets?limit=1000")).items;
+  let assets;
+  try { assets = (await api("/api/assets?limit=1000", { quiet: true })).items; }
+  catch (e) { V.failed("Assets", e); return; }
   const bySite = {};
   for (const a of assets) (bySite[a.site || "(no site)"] = bySite[a.site || "(no site)"] || []).push(a);
   main(el("h1", {}, "Assets"),

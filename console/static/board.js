@@ -76,7 +76,10 @@
       el("td", {}, el("a", { href: "/assets/" + encodeURIComponent(a.asset) }, a.asset), a.tag ? el("br") : "", a.tag ? el("small", {}, a.tag) : ""),
       el("td", {}, a.kind),
       el("td", { class: "msg" }, a.message || "", hist),
-      el("td", {}, a.acknowledged_by ? [a.acknowledged_by, el("br"), el("small", {}, V.fmtTime(a.acknowledged_at))] : ""),
+      el("td", { class: "lifecycle" }, a.acknowledged_by ? [a.acknowledged_by, el("br"), el("small", {}, V.fmtTime(a.acknowledged_at))] : "",
+        // when and by whom it was cleared: the history view listed cleared alerts with no clue when they ended
+        a.cleared_at ? el("div", { class: "cleared" }, el("small", {}, "cleared ", timeCell(a.cleared_at),
+          a.cleared_by ? ` by ${a.cleared_by}` : "")) : ""),
       actions);
   }
 
@@ -228,7 +231,7 @@
         select("state", "State", [["open", "open (raised + acknowledged)"], ["raised", "raised"],
           ["acknowledged", "acknowledged"], ["cleared", "cleared (history)"], ["", "all"]])),
       el("table", { id: "alerts" }, el("thead", {}, el("tr", {},
-        ["Raised", "Severity", "State", "Site", "Asset / tag", "Kind", "Message", "Acknowledged", ""].map((h) => el("th", {}, h)))), tbody),
+        ["Raised", "Severity", "State", "Site", "Asset / tag", "Kind", "Message", "Acknowledged / cleared", ""].map((h) => el("th", {}, h)))), tbody),
       el("p", {}, more), suppressedBox);
     loadSuppressed();
     setInterval(loadSuppressed, 60000);

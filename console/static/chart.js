@@ -15,12 +15,12 @@ const VChart = (() => {
     for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(+v.toPrecision(12));
     return out;
   }
-  const pad = (n) => String(n).padStart(2, "0");
+  // Axis labels in the plant's zone (console.time_zone, else the browser's), as every other time on the pages.
   function timeLabel(ms, step) {
-    const d = new Date(ms);
-    if (step >= 864e5) return `${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
-    if (step >= 6e4) return `${pad(d.getHours())}:${pad(d.getMinutes())}`;
-    return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+    const p = V.plantClock(ms);
+    if (step >= 864e5) return `${p.month}-${p.day}`;
+    if (step >= 6e4) return `${p.hour}:${p.minute}`;
+    return `${p.hour}:${p.minute}:${p.second}`;
   }
   const ms = (t) => (typeof t === "number" ? t : Date.parse(t));
 
@@ -62,7 +62,9 @@ const VChart = (() => {
       axis.append(el("text", { x: m.l - 6, y: Y(v) + 4, "text-anchor": "end" }, String(+v.toPrecision(6))));
     }
     const step = NICE_MS.find((s) => (x1 - x0) / s <= 8) || 2592e6;
-    for (let t = Math.ceil(x0 / step) * step; t <= x1; t += step) {
+    // Ticks on whole steps of the plant's clock (its midnight, not UTC's, for day steps), at the range start's offset.
+    const off = V.plantClock(x0).offMs;
+    for (let t = Math.ceil((x0 + off) / step) * step - off; t <= x1; t += step) {
       grid.append(el("line", { x1: X(t), x2: X(t), y1: m.t, y2: H - m.b }));
       axis.append(el("text", { x: X(t), y: H - 8, "text-anchor": "middle" }, timeLabel(t, step)));
     }

@@ -21,15 +21,35 @@
     return `${p.year}-${p.month}-${p.day} ${p.hour}:${p.minute}`;
   }
 
+  /** An averaging period by its start in the stack's zone: a day by its date, a month by YYYY-MM, a shorter period
+      by date and time; the UTC start as tooltip. Exceedances were labelled in the plant's or browser's zone, so on a
+      browser west of the stack a day exceedance of 12-06 read "2026-12-05 19:00 -05:00". */
+  function periodCell(period, start, tz) {
+    const t = inZone(start, tz);
+    const text = period === "day" ? t.slice(0, 10) : period === "month" ? t.slice(0, 7) : period === "year" ? t.slice(0, 4) : t;
+    return el("time", { datetime: start, title: start }, text);
+  }
+
+  const QUALITY = ["good", "UNCERTAIN", "BAD"];
+
   function liveCard(item, tz) {
     const ORDER = ["ten_min", "half_hour", "hour", "day", "month"];
     const rows = Object.values(item.averages).sort((a, b) => ORDER.indexOf(a.period) - ORDER.indexOf(b.period));
-    const when = (r) => { const t = inZone(r.period_start, tz); return ["day", "month"].includes(r.period) ? t.slice(0, 10) : t.slice(11, 16); };
+    // A sub-day average is labelled by its clock time only when it is of the stack's today: the newest stored one may
+    // be days old (the averaging job stopped), and "14:30" alone read as this afternoon's.
+    const today = inZone(Date.now(), tz).slice(0, 10);
+    const when = (r) => {
+      const t = inZone(r.period_start, tz);
+      return ["day", "month"].includes(r.period) ? t.slice(0, 10) : t.slice(0, 10) === today ? t.slice(11, 16) : t;
+    };
     const day = item.day;
     return el("div", { class: "card pollutant", "data-pollutant": item.pollutant },
       el("h2", {}, item.pollutant, " ", el("small", {}, item.tag || "")),
-      item.reading ? el("p", {}, "Analyser now: ", el("b", {}, `${fmtNum(item.reading.value)} ${item.reading.unit}`), " ", el("small", {}, "(raw) "), timeCell(item.reading.time)) : "",
-      table(["Period", "Normalised", "Validated", "Limit", ""], rows.map((r) => el("tr", { "data-period": r.period },
+      item.reading ? el("p", { class: "analyser-now" }, "Analyser now: ", el("b", {}, `${fmtNum(item.reading.value)} ${item.reading.unit || ""}`), " ",
+        // its quality: the newest reading may be the analyser's fault value (BAD) and read as a concentration
+        item.reading.quality >= 1 ? badge(QUALITY[item.reading.quality] || `quality ${item.reading.quality}`, "sev-" + (item.reading.quality >= 2 ? "critical" : "warning")) : "",
+        " ", el("small", {}, "(raw) "), timeCell(item.reading.time)) : "",
+      table(["Period", "Normalised mg/Nm³", "Validated mg/Nm³", "Limit mg/Nm³", ""], rows.map((r) => el("tr", { "data-period": r.period },
         el("td", {}, r.period.replace("_", "-"), " ", el("small", { title: r.period_start }, when(r), r.running ? " (running)" : "")),
         el("td", {}, fmtNum(r.value), r.valid ? "" : el("small", { class: "warn-text" }, " invalid")),
         el("td", {}, fmtNum(r.validated)),
@@ -75,8 +95,8 @@
       el("h2", {}, `Daily compliance ${cal.month}`), calendarView(cal),
       el("p", { class: "muted" }, "green: valid and within limits · red: exceedance · yellow: invalid day · grey: no data or not operating · dashed: changed after it closed"),
       el("h2", {}, "Exceedances (31 days)"),
-      events.items.length ? table(["Period", "Pollutant", "Rule", "Value", "Limit", "Breach"], events.items.map((e) => el("tr", {},
-        el("td", {}, e.period, " ", timeCell(e.period_start)), el("td", {}, e.pollutant), el("td", {}, e.rule),
+      events.items.length ? table(["Period", "Pollutant", "Rule", "Value mg/Nm³", "Limit mg/Nm³", "Breach"], events.items.map((e) => el("tr", {},
+        el("td", {}, e.period.replace("_", "-"), " ", periodCell(e.period, e.period_start, live.timezone)), el("td", {}, e.pollutant), el("td", {}, e.rule),
         el("td", {}, fmtNum(e.value)), el("td", {}, fmtNum(e.limit_value)),
         el("td", {}, e.breach ? badge("breach", "st-raised") : badge("tolerated", "st-acknowledged"), e.provisional ? " (provisional)" : ""))))
         : el("p", { class: "muted" }, "None."),
@@ -104,5 +124,5 @@
     main(el("h1", {}, "Emissions"), el("div", { class: "row" }, el("label", {}, "Stack", pick)), ...(await load(chosen)));
     document.body.dataset.ready = "1";
   }
-  init();
+  init().catch((e) => V.failed("Emissions", e));
 })();

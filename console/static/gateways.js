@@ -31,15 +31,32 @@
       g.reachable ? collectors(h) : "");
   }
 
+  // Refreshed every 10 s. A refresh that fails (console restarting, its database down) leaves the last states on
+  // the page, so they say when they were checked and a banner says they are no longer being: the page kept showing
+  // "healthy" for a gateway nobody had asked about since, with nothing to tell it from a live answer.
+  let lastOk = null;
+  const stale = el("div", { id: "stale", class: "stale-banner", role: "alert", hidden: true });
   async function load() {
-    const [gws, dl] = await Promise.all([api("/api/gateways"), api("/api/dead-letters?limit=20").catch(() => null)]);
-    main(el("h1", {}, "Gateways"),
+    let gws, dl;
+    try {
+      [gws, dl] = await Promise.all([api("/api/gateways", { quiet: true }), api("/api/dead-letters?limit=20", { quiet: true }).catch(() => null)]);
+    } catch (e) {
+      if (!lastOk) { V.failed("Gateways", e); return; }
+      stale.textContent = `NOT UPDATED since ${V.fmtTime(lastOk)} (${e.status ? `${e.status}: ${e.message}` : "the console did not answer"}): `
+        + "the states below may be out of date.";
+      stale.hidden = false; document.body.classList.add("stale");
+      return;
+    }
+    lastOk = new Date();
+    stale.hidden = true; document.body.classList.remove("stale");
+    main(el("h1", {}, "Gateways"), stale, el("p", { class: "muted", id: "checked" }, "Checked ", timeCell(lastOk.toISOString())),
       gws.items.length ? el("div", { class: "grid" }, gws.items.map(card)) : el("p", { class: "muted" }, "No gateways configured ([[gateways]] in the console configuration)."),
       el("h2", {}, "Dead letters (last 7 days)"),
       dl ? el("p", {}, dl.by_source.map((s) => `${s.source}: ${s.n}`).join(" · ") || "none") : "",
       dl && dl.items.length ? table(["Time", "Source", "Topic", "Error", "Payload"], dl.items.map((d) => el("tr", {},
         el("td", {}, timeCell(d.time)), el("td", {}, d.source), el("td", {}, d.topic), el("td", {}, d.error),
         el("td", {}, el("code", {}, d.payload))))) : "");
+    document.body.dataset.ready = "1";
   }
   load();
   setInterval(load, 10000);

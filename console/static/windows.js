@@ -5,7 +5,10 @@
 (() => {
   const { el, api, qs, main, badge, timeCell, table, toast, can } = V;
   const STATE_CLASS = { current: "st-acknowledged", upcoming: "st-cleared", past: "", cancelled: "" };
-  const browserZone = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+  // The form's zone: the plant's (console.time_zone) when configured, else the browser's. A control-room PC set to
+  // UTC planned a Helsinki plant's 22:00 window for 00:00 local when the planner did not notice the zone field.
+  const browserZone = document.querySelector('meta[name="time-zone"]')?.content
+    || Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
   let assetFilter = "";
 
   /** A time as the planner gave it (local in the window's zone) with the UTC instant as tooltip. */
@@ -85,6 +88,7 @@
       can("windows.plan") ? form(assets.items, load) : "",
       el("h2", {}, "Recently ended or cancelled"),
       recent.items.length ? rows(recent.items, load) : el("p", { class: "muted" }, "None."));
+    document.body.dataset.ready = "1";
   }
-  load();
+  load().catch((e) => V.failed("Maintenance windows", e));
 })();
