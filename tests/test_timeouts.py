@@ -45,6 +45,29 @@ async def test_a_failure_racing_the_callers_cancel_is_taken_and_the_cancel_still
     assert "ConnectionRefusedError" in caplog.text  # and the race did happen: the awaited task ended with it
 
 
+async def test_a_result_racing_the_callers_cancel_still_lets_the_cancel_reach_the_caller():
+    """The awaited work finishes in the loop iteration the caller is cancelled (the gateway stopping while the
+    analytics' sync answers): 3.11's wait_for returned the result and the cancel was lost, so a loop around
+    `within` never ended and the stop waiting for it hung."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    rounds = 0
+
+    async def sync_loop() -> None:
+        nonlocal rounds
+        while rounds < 20:
+            await within(fut, 5) if rounds == 0 else await asyncio.sleep(0.01)
+            rounds += 1
+
+    caller = asyncio.create_task(sync_loop())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    fut.set_result(1)
+    caller.cancel()
+    [outcome] = await asyncio.gather(caller, return_exceptions=True)
+    assert isinstance(outcome, asyncio.CancelledError) and rounds == 0
+
+
 async def test_within_returns_raises_and_times_out_like_wait_for():
     async def value() -> int:
         await asyncio.sleep(0)
