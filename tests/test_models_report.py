@@ -89,7 +89,8 @@ def _parser():
     return p
 
 
-def test_report_cli_from_onnx_and_card_files(tmp_path, capsys):
+def _gt_nox_files(tmp_path):
+    """A gas-turbine NOx model fitted on 2011-12, as model.onnx and card.json in ``tmp_path``; (fit, card)."""
     from models.data import GAS_TURBINE_INPUTS, load_gas_turbine
     from models.evaluate import fit_onnx
     from models.schema import InputSchema
@@ -103,6 +104,11 @@ def test_report_cli_from_onnx_and_card_files(tmp_path, capsys):
             "calibration": {**f.conformal.to_dict(), "score": "absolute", "scores": f.conformal.scores_.tolist()},
             "drift_reference": DriftMonitor(train, feats).to_dict()}
     (tmp_path / "card.json").write_text(json.dumps(card))
+    return f, card
+
+
+def test_report_cli_from_onnx_and_card_files(tmp_path, capsys):
+    f, card = _gt_nox_files(tmp_path)
     args = _parser().parse_args(["report", "gt-nox", "--data", str(SAMPLE / "gt_2013.csv"), "--onnx",
                                  str(tmp_path / "model.onnx"), "--card", str(tmp_path / "card.json"), "--out",
                                  str(tmp_path / "rep"), "--window", "48", "--adaptive-window", "48"])
@@ -123,19 +129,7 @@ def test_report_cli_from_onnx_and_card_files(tmp_path, capsys):
 def test_rows_with_a_missing_input_are_left_out_and_counted(tmp_path, capsys):
     """A data file with empty input cells (a sensor out for a few hours) failed the whole report with the model's
     "non-finite input" error; those rows are now left out, and said."""
-    from models.data import GAS_TURBINE_INPUTS, load_gas_turbine
-    from models.evaluate import fit_onnx
-    from models.schema import InputSchema
-
-    train = load_gas_turbine(SAMPLE, [2011, 2012])
-    feats = list(GAS_TURBINE_INPUTS)
-    f = fit_onnx(train.matrix(feats), train.column("NOX"), feats, "NOX")
-    (tmp_path / "model.onnx").write_bytes(f.onnx_bytes)
-    card = {"model_id": "gt-nox", "kind": "regression", "target": "NOX", "sha256": f.version,
-            "input_schema": InputSchema.of(feats).to_dict(),
-            "calibration": {**f.conformal.to_dict(), "score": "absolute", "scores": f.conformal.scores_.tolist()},
-            "drift_reference": DriftMonitor(train, feats).to_dict()}
-    (tmp_path / "card.json").write_text(json.dumps(card))
+    f, _ = _gt_nox_files(tmp_path)
     lines = (SAMPLE / "gt_2013.csv").read_text().splitlines()
     header = lines[0].split(",")
     at = header.index("AT")
