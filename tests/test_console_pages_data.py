@@ -41,6 +41,9 @@ def test_emission_stacks_carry_their_permit_limits(server):
     nox = next(p for p in stacks[0]["pollutants"] if p["name"] == "NOx")
     day = next(r for r in nox["rules"] if r["period"] == "day")
     assert day["limit"] == 200.0 and stacks[0]["config_sha256"]
+    # Strictest first, the order every page judges a value in (the config lists the 100 % half-hour rule first).
+    half_hour = [r["limit"] for r in nox["rules"] if r["period"] == "half_hour"]
+    assert half_hour == [200.0, 400.0]
 
 
 def test_live_values_against_limits_with_day_projection(server):

@@ -41,7 +41,12 @@ async def _stacks(db) -> dict[str, dict]:
 
 
 def limits(config: dict | None, pollutant: str) -> list[dict]:
-    """The compliance rules that apply to ``pollutant``, each with its limit in mg/Nm³."""
+    """The compliance rules that apply to ``pollutant``, each with its limit in mg/Nm³, strictest first.
+
+    Strictest first because that is the limit a value is judged against first: a waste incinerator's half-hour
+    under its 100 % limit (A) can be over its 97 % one (B), and a large plant's 110 %-of-monthly-ELV day rule can
+    be under another day rule's limit. The sort is stable, so rules of equal limits keep the configuration's order.
+    """
     if not config:
         return []
     pol = next((p for p in config.get("pollutants", []) if p["name"] == pollutant), None)
@@ -57,7 +62,7 @@ def limits(config: dict | None, pollutant: str) -> list[dict]:
                     "limit": pol["elv"][rule["elv"]] * rule.get("percent", 100.0) / 100.0,
                     "share": rule.get("share", 100.0), "window": rule.get("window", "each"),
                     "reference": rule.get("reference", "")})
-    return out
+    return sorted(out, key=lambda x: x["limit"])
 
 
 async def _stack(db, stack: str) -> dict:
@@ -132,18 +137,14 @@ async def live(request: Request, stack: str):
         rules = limits(cfg, pol)
         periods = {}
         for r in (x for x in latest if x["pollutant"] == pol):
-            # Strictest first: a half-hour under a waste incinerator's 100 % limit (A) can be over its 97 % one (B),
-            # and the percentage against A alone showed half the load on the limit that is exceeded first.
-            lims = sorted((x for x in rules if x["period"] == r["period"]), key=lambda x: x["limit"])
+            lims = [x for x in rules if x["period"] == r["period"]]  # strictest first, as `limits` gives them
             check = r["validated"] if r["validated"] is not None else r["value"]
             r["limits"] = lims
             r["percent_of_limit"] = (100.0 * check / lims[0]["limit"]) if lims and check is not None else None
             r["running"] = r["period_end"] > now
             periods[r["period"]] = r
         day_subs = [x for x in subs if x["pollutant"] == pol]
-        # Strictest first, as for every period above: a large plant's 110 %-of-monthly-ELV day rule can be under
-        # another day rule's limit, and the projection was judged against whichever rule the config listed first.
-        day_lims = sorted((x for x in rules if x["period"] == "day"), key=lambda x: x["limit"])
+        day_lims = [x for x in rules if x["period"] == "day"]
         proj = _projection(day_subs, total_subs)
         out.append({"pollutant": pol, "tag": pcfg.get("tag"), "reading": reading, "averages": periods,
                     "day": {"start": day_start, "sub_period": day_from, "subs_done": len(day_subs),
