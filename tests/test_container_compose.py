@@ -180,16 +180,33 @@ def test_stack_broker_config_with_generated_certs_and_password_file(stack_broker
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-def test_systemd_unit_verifies(tmp_path):
+@pytest.mark.parametrize("name", ["valvoja-gateway.service", "valvoja-console.service"])
+def test_systemd_unit_verifies(tmp_path, name):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze not installed")
-    unit = (DOCKER / "systemd/valvoja-gateway.service").read_text()
+    unit = (DOCKER / "systemd" / name).read_text()
     # verify checks that the executables exist: point them at this checkout's venv.
     unit = unit.replace("/opt/valvoja/bin/valvoja", str(Path(sys.executable).with_name("valvoja")))
-    path = tmp_path / "valvoja-gateway.service"
+    path = tmp_path / name
     path.write_text(unit)
     res = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, timeout=60)
     problems = [line for line in (res.stdout + res.stderr).splitlines() if str(path) in line]
     assert res.returncode == 0 and not problems, res.stdout + res.stderr
-    assert "Type=notify" in unit and "ExecReload=/bin/kill -HUP $MAINPID" in unit and "WatchdogSec=" in unit
+    if name == "valvoja-gateway.service":
+        assert "Type=notify" in unit and "ExecReload=/bin/kill -HUP $MAINPID" in unit and "WatchdogSec=" in unit
+
+
+def test_console_unit_runs_the_documented_console_command(tmp_path):
+    """The console unit's ExecStart is a command line the CLI takes (a wrong sub-command or option would only show
+    on a plant's first start), and the one path it writes is the cache directory the unit gives it."""
+    unit = (DOCKER / "systemd/valvoja-console.service").read_text()
+    line = next(x for x in unit.splitlines() if x.startswith("ExecStart="))
+    argv = line.removeprefix("ExecStart=").split()
+    assert argv[:3] == ["/opt/valvoja/bin/valvoja", "console", "serve"] and "--config" in argv
+    exe = str(Path(sys.executable).with_name("valvoja"))
+    res = subprocess.run([exe, *argv[1:], "--help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "--config" in res.stdout, res.stdout + res.stderr
+    assert "CacheDirectory=valvoja-console" in unit and "/var/cache/valvoja-console/model-reports" in unit
+    assert "file:/run/credentials/valvoja-console.service/db_password" in unit
+    assert "LoadCredential=db_password:" in unit
