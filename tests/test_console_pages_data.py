@@ -129,6 +129,34 @@ def test_asset_lists_derived_indicators_and_its_iso_zone(server):
     assert [(z["tag"], z["zone"]) for z in a["iso_zones"]] == [("P-101.vib_rms", "C")]
 
 
+def test_a_newer_bad_indicator_reading_is_not_the_assets_value_or_zone(server):
+    """The asset's indicators and ISO zone were the newest reading whatever its quality: a zone D stored with quality
+    BAD (derived from a broken sensor) and a BAD 9999 kurtosis were shown as the machine's. The newest good reading
+    is the value; the newer bad one comes along (time, quality) to be flagged."""
+    import psycopg
+
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        ids = dict(conn.execute("SELECT name, id FROM tags WHERE name IN "
+                                "('P-101.vib_rms.iso_zone', 'P-101.vib_rms.kurtosis')").fetchall())
+        for name, value in (("P-101.vib_rms.iso_zone", 3.0), ("P-101.vib_rms.kurtosis", 9999.0)):
+            conn.execute("INSERT INTO readings (time, tag_id, value, quality, flags, status, receive_time, server_time)"
+                         " VALUES (now() + interval '1 minute', %s, %s, 2, 0, 0, now(), now())", (ids[name], value))
+        try:
+            with server.client("viewer") as c:
+                a = c.get("/api/assets/P-101").json()
+        finally:
+            conn.execute("DELETE FROM readings WHERE tag_id = ANY(%s) AND quality = 2", (list(ids.values()),))
+    (zone,) = a["iso_zones"]
+    assert zone["zone"] == "C", zone
+    assert (zone["quality"], zone["bad_quality"]) == (0, 2), zone
+    assert zone["bad_time"] > zone["time"]
+    kurt = next(d for d in a["derived"] if d["name"] == "P-101.vib_rms.kurtosis")
+    assert kurt["latest_value"] < 10 and kurt["bad_quality"] == 2 and kurt["bad_time"] > kurt["latest_time"], kurt
+    with server.client("viewer") as c:  # without a newer bad one nothing is flagged
+        a = c.get("/api/assets/P-101").json()
+    assert all(d["bad_time"] is None for d in a["derived"]) and a["iso_zones"][0]["bad_time"] is None
+
+
 def test_maintenance_reviews_a_prediction_and_others_cannot(server):
     rul = {"asset": "P-101", "model_id": "pump-rul"}  # the seeded RUL (SEEDED_MODELS)
     with server.client("viewer") as c:
