@@ -428,6 +428,54 @@ def test_a_newer_bad_zone_is_flagged_not_shown_as_the_zone(browser, server):
             conn.execute("DELETE FROM readings WHERE tag_id = ANY(%s) AND quality = 2", (list(ids.values()),))
 
 
+def test_ending_or_cancelling_a_maintenance_window_asks_first(browser, server):
+    """"End now" and "Cancel" acted at once: a stray click ended a running window, and the asset's alerts were raised
+    again in the middle of the work. Each asks; dismissed, nothing changes."""
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO assets (name, site, kind) VALUES ('MW-1', 'plant', 'pump') ON CONFLICT DO NOTHING")
+    now = datetime.now(UTC)
+    with server.client("maintenance") as c:
+        def plan(start: timedelta, end: timedelta, reason: str) -> int:
+            r = c.post("/api/maintenance-windows", json={"assets": ["MW-1"], "reason": reason,
+                                                         "starts_at": (now + start).isoformat(),
+                                                         "ends_at": (now + end).isoformat()})
+            assert r.status_code == 201, r.text
+            return r.json()["items"][0]["id"]
+
+        current = plan(timedelta(minutes=-5), timedelta(hours=2), "WO-77 running")
+        upcoming = plan(timedelta(days=1), timedelta(days=1, hours=2), "WO-78 tomorrow")
+
+        def state(wid: int) -> str:
+            return c.get(f"/api/maintenance-windows/{wid}").json()["state"]
+
+        page = login(browser, server, "maintenance")
+        asked: list[str] = []
+        answer = {"accept": False}
+
+        def on_dialog(d):
+            asked.append(d.message)
+            d.accept() if answer["accept"] else d.dismiss()
+
+        page.on("dialog", on_dialog)
+        try:
+            page.goto(server.url + "/maintenance")
+            page.wait_for_selector("body[data-ready='1']", timeout=15000)
+            page.click(f"tr[data-window='{current}'] button[data-action='end']")
+            assert len(asked) == 1 and "WO-77" in asked[0] and "MW-1" in asked[0], asked
+            page.click(f"tr[data-window='{upcoming}'] button[data-action='cancel']")
+            assert len(asked) == 2 and "WO-78" in asked[1], asked
+            assert (state(current), state(upcoming)) == ("current", "upcoming"), "dismissed: nothing changes"
+            answer["accept"] = True
+            page.click(f"tr[data-window='{current}'] button[data-action='end']")
+            page.wait_for_selector(f"tr[data-window='{current}'] .badge:has-text('past')")
+            page.click(f"tr[data-window='{upcoming}'] button[data-action='cancel']")
+            page.wait_for_selector(f"tr[data-window='{upcoming}'] .badge:has-text('cancelled')")
+            assert (state(current), state(upcoming)) == ("past", "cancelled")
+            assert page.errors == []
+        finally:
+            page.context.close()
+
+
 def test_emissions_page(browser, server):
     page = login(browser, server, "viewer")
     page.goto(server.url + "/emissions")

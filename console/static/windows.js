@@ -17,16 +17,22 @@
     return el("time", { datetime: utc, title: utc }, local.replace("T", " ").slice(0, 16), " ", el("small", { class: "muted" }, zone));
   }
 
+  // Ending or cancelling asks first: a stray click ended a running window at once, and the asset's alerts were
+  // raised again in the middle of the work (neither can be undone).
+  const what = (w) => `window #${w.id} on ${w.asset === "*" ? "every asset" : w.asset} (${w.reason})`;
+
   function actions(w, reload) {
     if (!can("windows.plan")) return "";
     if (w.state === "current") {
       return el("button", { class: "secondary", "data-action": "end", onclick: async () => {
+        if (!window.confirm(`End ${what(w)} now? Its alerts are no longer suppressed; this cannot be undone.`)) return;
         await api(`/api/maintenance-windows/${w.id}/end`, { method: "POST", body: { comment: "ended from the console" } });
         toast(`window #${w.id} ended`); reload();
       } }, "End now");
     }
     if (w.state === "upcoming") {
       return el("button", { class: "bad", "data-action": "cancel", onclick: async () => {
+        if (!window.confirm(`Cancel ${what(w)}? It will not suppress alerts when it starts; this cannot be undone.`)) return;
         await api(`/api/maintenance-windows/${w.id}/cancel`, { method: "POST", body: { reason: "cancelled from the console" } });
         toast(`window #${w.id} cancelled`); reload();
       } }, "Cancel");
