@@ -476,6 +476,27 @@ def test_ending_or_cancelling_a_maintenance_window_asks_first(browser, server):
             page.context.close()
 
 
+def test_a_report_file_has_its_styles_and_runs_no_script_in_the_consoles_origin(browser, server, tmp_path):
+    """Report files were served under the console's policy: the <style> emissions' report_html writes was refused
+    (the report showed unstyled), and a script beside a file in the folder (<script src>, 'self') ran in the
+    console's origin with the user's session. A report keeps its styles, runs nothing and is sandboxed."""
+    from emissions.report_html import CSS
+
+    (tmp_path / "WI1-day.html").write_text(f"<!DOCTYPE html><html><head><style>{CSS}</style></head><body>"
+                                           "<h1>report</h1><script src='steal.js'></script></body></html>")
+    (tmp_path / "steal.js").write_text("document.title = 'ran in ' + origin;")
+    with ConsoleServer(server.dsn, reports_dir=str(tmp_path)) as srv:
+        page = login(browser, srv, "viewer")
+        try:
+            page.goto(srv.url + "/reports/WI1-day.html")
+            page.wait_for_selector("h1")
+            assert page.evaluate("getComputedStyle(document.body).maxWidth") == "1100px", "the report's own styles"
+            assert page.title() == "", "the script beside the report ran"
+            assert page.evaluate("origin") == "null", "sandboxed: an origin of its own"
+        finally:
+            page.context.close()
+
+
 def test_emissions_page(browser, server):
     page = login(browser, server, "viewer")
     page.goto(server.url + "/emissions")

@@ -80,6 +80,8 @@ def test_calendar_events_averages_and_reports(server):
         assert [f["name"] for f in files] == ["WI1-2025-03-01.html"]
         assert "daily report" in c.get(files[0]["href"]).text
         assert c.get("/reports/../../etc/passwd").status_code == 404
+        csp = c.get("/reports/WI1-2025-03-01.html").headers["content-security-policy"]
+        assert csp.startswith("sandbox;") and "default-src 'none'" in csp and "script-src" not in csp, csp
 
 
 # The models seed_predictions writes on P-101. test_uncertainty_report_counts_an_open_upper_end_as_covering adds a
