@@ -249,11 +249,11 @@ def insert_revision(dsn: str, day: datetime, *, period: str = "day", start_h: fl
     return run_id
 
 
-def seed_emissions(dsn: str, *, days: int = 3, timezone: str = "UTC") -> str:
+def seed_emissions(dsn: str, *, days: int = 3, timezone: str = "UTC", name: str = "WI1") -> str:
     """A waste-incinerator stack: synthetic analyser readings up to now, averaged and judged by emissions/."""
     from emissions import job, synthetic
 
-    cfg = synthetic.waste_stack("WI1", timezone=timezone)
+    cfg = synthetic.waste_stack(name, timezone=timezone)
     end = int(datetime.now(UTC).timestamp()) // 60 * 60
     start = end - days * 86400
     with psycopg.connect(dsn, autocommit=True) as conn:

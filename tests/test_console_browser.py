@@ -521,6 +521,30 @@ def test_emissions_page(browser, server):
     page.context.close()
 
 
+def test_switching_stack_keeps_the_month_shown(browser, pg_admin_dsn):
+    """Choosing another stack dropped ``?month=``: the engineer looking at last month's calendar was sent back to
+    this month's."""
+    month = (datetime.now(UTC).replace(day=1) - timedelta(days=1)).strftime("%Y-%m")
+    with fresh_database(pg_admin_dsn) as dsn:
+        seed_users(dsn)
+        seed_emissions(dsn, days=1)
+        seed_emissions(dsn, days=1, name="WI2")
+        with ConsoleServer(dsn) as srv:
+            page = login(browser, srv, "viewer")
+            try:
+                page.goto(srv.url + f"/emissions?stack=WI1&month={month}")
+                page.wait_for_selector("body[data-ready='1']", timeout=15000)
+                assert f"Daily compliance {month}" in page.inner_text("main")
+                page.select_option("#stack", "WI2")
+                page.wait_for_url(re.compile(r"stack=WI2"))
+                page.wait_for_selector("body[data-ready='1']", timeout=15000)
+                assert f"month={month}" in page.url
+                assert f"Daily compliance {month}" in page.inner_text("main") and "Stack WI2" in page.inner_text("main")
+                assert page.errors == []
+            finally:
+                page.context.close()
+
+
 def test_emission_periods_are_labelled_in_the_stacks_time_zone(browser, server):
     """A day average is the stack's calendar day (its ``timezone``, shown in the page's header), whatever zone the
     engineer's browser is in: a browser in New York must not label the UTC stack's day 2024-05-01 as 2024-04-30."""
