@@ -781,6 +781,26 @@ def test_models_page_cards_gate_and_report(browser, server):
     page.context.close()
 
 
+def test_a_models_data_span_is_in_plant_time_with_its_offset(browser, server):
+    """The data span was the UTC date cut from the card's text, where every other time is the plant's (here the
+    browser's) with its offset: a span ending at 23:00 UTC read as a day earlier than in Auckland."""
+    with psycopg.connect(server.dsn) as conn:
+        start, end = conn.execute("SELECT training_start, training_end FROM model_registry "
+                                  "WHERE model_id = 'syn' AND version = 1").fetchone()
+    page = login(browser, server, "viewer", timezone_id="Pacific/Auckland")
+    try:
+        page.goto(server.url + "/models")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        text = page.locator(".model-version[data-version='1'] dt:text-is('data span') + dd").inner_text()
+        local = [t.astimezone(ZoneInfo("Pacific/Auckland")) for t in (start, end)]
+        want = " … ".join(t.strftime("%Y-%m-%d %H:%M:%S ") + t.strftime("%z")[:3] + ":" + t.strftime("%z")[3:]
+                          for t in local)
+        assert text == want, (text, want)
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
 def test_no_resource_is_loaded_from_another_origin(browser, server):
     page = login(browser, server, "admin")
     origins: set[str] = set()
