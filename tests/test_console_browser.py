@@ -801,6 +801,42 @@ def test_a_models_data_span_is_in_plant_time_with_its_offset(browser, server):
         page.context.close()
 
 
+def test_chart_ticks_follow_the_plant_clock_over_a_clock_change(browser, server):
+    """Time-axis ticks were placed at the range start's UTC offset: over the end of summer time (Helsinki, 2026-10-25
+    04:00 EEST -> 03:00 EET) a week's day ticks after the change stood at 23:00, "10-26" under the 27th's midnight.
+    Each tick is at a whole step of the wall clock at the offset then in force."""
+    helsinki = ZoneInfo("Europe/Helsinki")
+    page = login(browser, server, "viewer", timezone_id="Europe/Helsinki")
+    try:
+        page.goto(server.url + "/gateways")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        for start, end in (("2026-10-22T00:00:00Z", "2026-10-29T00:00:00Z"),  # day ticks, summer time ends
+                           ("2026-03-28T20:00:00Z", "2026-03-29T06:00:00Z"),  # two-hour ticks, summer time starts
+                           ("2026-10-24T22:00:00Z", "2026-10-25T05:00:00Z")):  # hour ticks, summer time ends
+            ticks = page.evaluate("""([start, end]) => {
+                const box = document.createElement("div"); document.body.append(box);
+                const svg = VChart.draw(box, { start, end, series: [] });
+                const [, , W] = svg.getAttribute("viewBox").split(" ").map(Number);
+                const x0 = Date.parse(start), x1 = Date.parse(end);
+                const out = [...svg.querySelectorAll("g.axis text[text-anchor='middle']")].map((e) =>
+                  [Math.round(x0 + (Number(e.getAttribute("x")) - 56) / (W - 68) * (x1 - x0)), e.textContent]);
+                box.remove();
+                return out;
+            }""", [start, end])
+            assert len(ticks) >= 5, ticks
+            for t, label in ticks:
+                local = datetime.fromtimestamp(round(t / 1000), UTC).astimezone(helsinki)
+                step_h = 24 if "-" in label else None
+                assert local.minute == 0 and (step_h is None or local.hour == 0), (start, local, label)
+                want = local.strftime("%m-%d") if step_h else local.strftime("%H:%M")
+                assert label == want, (start, local, label)
+            if "-10-22" in start:
+                assert [lab for _, lab in ticks] == ["10-23", "10-24", "10-25", "10-26", "10-27", "10-28", "10-29"]
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
 def test_no_resource_is_loaded_from_another_origin(browser, server):
     page = login(browser, server, "admin")
     origins: set[str] = set()
