@@ -837,6 +837,55 @@ def test_chart_ticks_follow_the_plant_clock_over_a_clock_change(browser, server)
         page.context.close()
 
 
+def test_long_lists_page_on_instead_of_losing_rows(browser, pg_admin_dsn):
+    """Lists cut without a word: the assets page and the windows page's asset filter held the first 1,000 assets,
+    the windows page the newest 20 ended windows, an asset page the newest 200 alerts of the range. The asset lists
+    are whole; the others page on with "Load older" (the API's cursor), as the board and the reviews do."""
+    now = datetime.now(UTC)
+    with fresh_database(pg_admin_dsn) as dsn:
+        seed_users(dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.cursor().executemany("INSERT INTO assets (name, site, kind) VALUES (%s, 'big', 'pump')",
+                                      [(f"A-{i:04d}",) for i in range(1005)])
+        insert_alerts(dsn, [make_alert(f"MANY-{i}", asset="A-1004", raised_at=now - timedelta(minutes=i + 1))
+                            for i in range(205)])
+        with ConsoleServer(dsn) as srv:
+            with srv.client("maintenance") as c:
+                for i in range(25):
+                    r = c.post("/api/maintenance-windows", json={
+                        "assets": ["A-1004"], "reason": f"WO-{i}", "starts_at": (now + timedelta(days=1)).isoformat(),
+                        "ends_at": (now + timedelta(days=1, hours=1)).isoformat()})
+                    assert r.status_code == 201, r.text
+                    wid = r.json()["items"][0]["id"]
+                    assert c.post(f"/api/maintenance-windows/{wid}/cancel", json={"reason": "x"}).status_code == 200
+            page = login(browser, srv, "maintenance")
+            try:
+                page.goto(srv.url + "/assets")
+                page.wait_for_selector("a.asset-link")
+                assert page.locator("a.asset-link").count() == 1005
+                page.goto(srv.url + "/alerts")
+                page.wait_for_selector("#f-asset option[value='A-1004']", state="attached")
+                assert page.locator("#f-asset option").count() == 1006, "all, then every asset"
+                page.goto(srv.url + "/maintenance")
+                page.wait_for_selector("body[data-ready='1']", timeout=15000)
+                assert page.locator("#mw-filter option[value='A-1004']").count() == 1
+                assert page.locator("#mw-assets option").count() == 1005
+                assert page.locator("#mw-recent tr[data-window]").count() == 20
+                page.click("#mw-recent-more")
+                page.wait_for_selector("#mw-recent-more[hidden]", state="attached")
+                assert page.locator("#mw-recent tr[data-window]").count() == 25
+                page.goto(srv.url + "/assets/A-1004")
+                page.wait_for_selector("body[data-ready='1']", timeout=15000)
+                assert page.locator("#asset-alerts tr[data-alert]").count() == 200
+                assert "newest 200" in page.inner_text("#asset-alerts-note")
+                page.click("#asset-alerts-more")
+                page.wait_for_selector("#asset-alerts-more[hidden]", state="attached")
+                assert page.locator("#asset-alerts tr[data-alert]").count() == 205
+                assert page.errors == []
+            finally:
+                page.context.close()
+
+
 def test_no_resource_is_loaded_from_another_origin(browser, server):
     page = login(browser, server, "admin")
     origins: set[str] = set()

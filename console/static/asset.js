@@ -214,13 +214,20 @@
       el("td", {}, fmtNum(p.value) + (unitOf(p) ? " " + unitOf(p) : "") + interval), el("td", {}, el("small", {}, `${p.model_id} @ ${String(p.model_version).slice(0, 10)}`)), cell);
   }
 
-  function drawAlerts(list) {
+  // The newest 200 of the range, then "Load older": the rest of a noisy range were silently left out.
+  function drawAlerts(page, query) {
     alertsBox.replaceChildren(el("h2", {}, "Alerts and their evidence"));
-    if (!list.length) { alertsBox.append(el("p", { class: "muted" }, "No alerts in this range.")); return; }
-    alertsBox.append(table(["Raised", "Severity", "State", "Kind", "Message", "Evidence"], list.map((a) => el("tr", { "data-alert": a.id },
+    if (!page.items.length) { alertsBox.append(el("p", { class: "muted" }, "No alerts in this range.")); return; }
+    const t = table(["Raised", "Severity", "State", "Kind", "Message", "Evidence"], page.items.map(alertRow));
+    alertsBox.append(t, el("p", {}, V.moreButton("asset-alerts-more", "/api/alerts", query, page.next_cursor, t.tBodies[0], alertRow),
+      page.next_cursor ? el("small", { class: "muted", id: "asset-alerts-note" }, ` the charts mark the newest ${page.items.length} alerts of the range`) : ""));
+  }
+
+  function alertRow(a) {
+    return el("tr", { "data-alert": a.id },
       el("td", {}, timeCell(a.raised_at)), el("td", {}, badge(a.severity, "sev-" + a.severity)), el("td", {}, badge(a.state, "st-" + a.state)),
       el("td", {}, a.kind), el("td", {}, a.message || ""),
-      el("td", {}, el("details", {}, el("summary", {}, "evidence"), el("pre", { class: "evidence" }, JSON.stringify(a.evidence || {}, null, 1))))))));
+      el("td", {}, el("details", {}, el("summary", {}, "evidence"), el("pre", { class: "evidence" }, JSON.stringify(a.evidence || {}, null, 1)))));
   }
 
   /** The asset's open alerts, whenever they were raised: counted within the chosen range, an alert raised two days
@@ -239,8 +246,10 @@
     renderPresets();
     trends.replaceChildren(el("h2", {}, "Signals"));
     const from = iso(range.end - range.span), to = iso(range.end);
-    let alertList = [];
-    try { alertList = (await api("/api/alerts" + qs({ asset: name, from, to, limit: 200 }), { quiet: true })).items; } catch (e) { /* no alerts table yet */ }
+    const alertQuery = { asset: name, from, to, limit: 200 };
+    let alertPage = { items: [], next_cursor: null };
+    try { alertPage = await api("/api/alerts" + qs(alertQuery), { quiet: true }); } catch (e) { /* no alerts table yet */ }
+    const alertList = alertPage.items;
     const markers = alertList.map((a) => ({ t: a.raised_at, label: `${a.severity}: ${a.message || a.kind}` }));
     let series = [];
     try { series = (await api(`/api/assets/${encodeURIComponent(name)}/predictions` + qs({ from, to }), { quiet: true })).series; }
@@ -249,7 +258,7 @@
     await Promise.all(asset.tags.map((t) => drawTag(t, markers)));
     drawDerived();
     if (series.length || !preds.childElementCount) drawPredictions(series);
-    drawAlerts(alertList);
+    drawAlerts(alertPage, alertQuery);
     await drawReviews();
     document.body.dataset.ready = "1";
   }
