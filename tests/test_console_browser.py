@@ -17,6 +17,7 @@ import pytest
 from console_support import (
     PASSWORD,
     ConsoleServer,
+    bad_indicator_readings,
     fresh_database,
     insert_alert,
     insert_alerts,
@@ -407,25 +408,18 @@ def test_a_bad_quality_raw_reading_is_not_drawn_as_a_value(browser, server):
 def test_a_newer_bad_zone_is_flagged_not_shown_as_the_zone(browser, server):
     """The zone card and the indicators took the newest reading whatever its quality: a zone D stored BAD (derived
     from a broken sensor) read as the machine's zone. The newest good one is shown, the newer bad one flagged."""
-    with psycopg.connect(server.dsn, autocommit=True) as conn:
-        ids = dict(conn.execute("SELECT name, id FROM tags WHERE name IN "
-                                "('P-101.vib_rms.iso_zone', 'P-101.vib_rms.kurtosis')").fetchall())
-        for name, value in (("P-101.vib_rms.iso_zone", 3.0), ("P-101.vib_rms.kurtosis", 9999.0)):
-            conn.execute("INSERT INTO readings (time, tag_id, value, quality, flags, status, receive_time, server_time)"
-                         " VALUES (now() + interval '1 minute', %s, %s, 2, 0, 0, now(), now())", (ids[name], value))
-    page = login(browser, server, "viewer")
-    try:
-        page.goto(server.url + "/assets/P-101")
-        page.wait_for_selector("body[data-ready='1']", timeout=15000)
-        card = page.locator("#iso-zone").inner_text()
-        assert "C" in page.locator("#iso-zone .big").inner_text() and "newer reading BAD" in card, card
-        row = page.locator("tr[data-indicator='P-101.vib_rms.kurtosis']").inner_text()
-        assert "9999" not in row and "newer reading BAD" in row, row
-        assert page.errors == []
-    finally:
-        page.context.close()
-        with psycopg.connect(server.dsn, autocommit=True) as conn:
-            conn.execute("DELETE FROM readings WHERE tag_id = ANY(%s) AND quality = 2", (list(ids.values()),))
+    with bad_indicator_readings(server.dsn):
+        page = login(browser, server, "viewer")
+        try:
+            page.goto(server.url + "/assets/P-101")
+            page.wait_for_selector("body[data-ready='1']", timeout=15000)
+            card = page.locator("#iso-zone").inner_text()
+            assert "C" in page.locator("#iso-zone .big").inner_text() and "newer reading BAD" in card, card
+            row = page.locator("tr[data-indicator='P-101.vib_rms.kurtosis']").inner_text()
+            assert "9999" not in row and "newer reading BAD" in row, row
+            assert page.errors == []
+        finally:
+            page.context.close()
 
 
 def test_ending_or_cancelling_a_maintenance_window_asks_first(browser, server):

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from console_support import (
     ConsoleServer,
+    bad_indicator_readings,
     fresh_database,
     insert_revision,
     midday_zone,
@@ -135,19 +136,8 @@ def test_a_newer_bad_indicator_reading_is_not_the_assets_value_or_zone(server):
     """The asset's indicators and ISO zone were the newest reading whatever its quality: a zone D stored with quality
     BAD (derived from a broken sensor) and a BAD 9999 kurtosis were shown as the machine's. The newest good reading
     is the value; the newer bad one comes along (time, quality) to be flagged."""
-    import psycopg
-
-    with psycopg.connect(server.dsn, autocommit=True) as conn:
-        ids = dict(conn.execute("SELECT name, id FROM tags WHERE name IN "
-                                "('P-101.vib_rms.iso_zone', 'P-101.vib_rms.kurtosis')").fetchall())
-        for name, value in (("P-101.vib_rms.iso_zone", 3.0), ("P-101.vib_rms.kurtosis", 9999.0)):
-            conn.execute("INSERT INTO readings (time, tag_id, value, quality, flags, status, receive_time, server_time)"
-                         " VALUES (now() + interval '1 minute', %s, %s, 2, 0, 0, now(), now())", (ids[name], value))
-        try:
-            with server.client("viewer") as c:
-                a = c.get("/api/assets/P-101").json()
-        finally:
-            conn.execute("DELETE FROM readings WHERE tag_id = ANY(%s) AND quality = 2", (list(ids.values()),))
+    with bad_indicator_readings(server.dsn), server.client("viewer") as c:
+        a = c.get("/api/assets/P-101").json()
     (zone,) = a["iso_zones"]
     assert zone["zone"] == "C", zone
     assert (zone["quality"], zone["bad_quality"]) == (0, 2), zone
