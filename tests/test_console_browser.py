@@ -99,6 +99,19 @@ def login(browser, server, user: str, timezone_id: str | None = None):
     return page
 
 
+class Dialogs:
+    """The page's confirm() questions, kept in ``asked`` and answered by ``accept`` (False: dismissed, a user's no)."""
+
+    def __init__(self, page):
+        self.asked: list[str] = []
+        self.accept = False
+        page.on("dialog", self._answer)
+
+    def _answer(self, dialog) -> None:
+        self.asked.append(dialog.message)
+        dialog.accept() if self.accept else dialog.dismiss()
+
+
 def shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
@@ -443,23 +456,16 @@ def test_ending_or_cancelling_a_maintenance_window_asks_first(browser, server):
             return c.get(f"/api/maintenance-windows/{wid}").json()["state"]
 
         page = login(browser, server, "maintenance")
-        asked: list[str] = []
-        answer = {"accept": False}
-
-        def on_dialog(d):
-            asked.append(d.message)
-            d.accept() if answer["accept"] else d.dismiss()
-
-        page.on("dialog", on_dialog)
+        dialogs = Dialogs(page)
         try:
             page.goto(server.url + "/maintenance")
             page.wait_for_selector("body[data-ready='1']", timeout=15000)
             page.click(f"tr[data-window='{current}'] button[data-action='end']")
-            assert len(asked) == 1 and "WO-77" in asked[0] and "MW-1" in asked[0], asked
+            assert len(dialogs.asked) == 1 and "WO-77" in dialogs.asked[0] and "MW-1" in dialogs.asked[0], dialogs.asked
             page.click(f"tr[data-window='{upcoming}'] button[data-action='cancel']")
-            assert len(asked) == 2 and "WO-78" in asked[1], asked
+            assert len(dialogs.asked) == 2 and "WO-78" in dialogs.asked[1], dialogs.asked
             assert (state(current), state(upcoming)) == ("current", "upcoming"), "dismissed: nothing changes"
-            answer["accept"] = True
+            dialogs.accept = True
             page.click(f"tr[data-window='{current}'] button[data-action='end']")
             page.wait_for_selector(f"tr[data-window='{current}'] .badge:has-text('past')")
             page.click(f"tr[data-window='{upcoming}'] button[data-action='cancel']")
@@ -878,6 +884,42 @@ def test_long_lists_page_on_instead_of_losing_rows(browser, pg_admin_dsn):
                 assert page.errors == []
             finally:
                 page.context.close()
+
+
+def test_disabling_a_user_or_revoking_a_token_asks_first(browser, server):
+    """"Disable" (ends the user's sessions) and "Revoke" (cuts a machine off for good) acted at once on a click."""
+    with server.client("admin") as c:
+        r = c.post("/api/users", json={"username": "temp-fitter", "password": PASSWORD, "role": "viewer"})
+        assert r.status_code in (200, 201), r.text
+        r = c.post("/api/tokens", json={"name": "historian-x", "role": "viewer"})
+        assert r.status_code in (200, 201), r.text
+        token = next(t["id"] for t in c.get("/api/tokens").json()["items"] if t["name"] == "historian-x")
+
+        def held() -> tuple[bool, bool]:
+            user = next(u for u in c.get("/api/users").json()["items"] if u["username"] == "temp-fitter")
+            tok = next(t for t in c.get("/api/tokens").json()["items"] if t["id"] == token)
+            return user["disabled"], tok["revoked_at"] is not None
+
+        page = login(browser, server, "admin")
+        dialogs = Dialogs(page)
+        user_row, token_row = "tr:has(td:text-is('temp-fitter'))", "tr:has(td:text-is('historian-x'))"
+        try:
+            page.goto(server.url + "/admin")
+            page.wait_for_selector(user_row)
+            page.click(f"{user_row} button:text-is('Disable')")
+            page.click(f"{token_row} button:text-is('Revoke')")
+            asked = dialogs.asked
+            assert len(asked) == 2 and "temp-fitter" in asked[0] and "historian-x" in asked[1], asked
+            assert held() == (False, False), "dismissed: nothing changes"
+            dialogs.accept = True
+            page.click(f"{user_row} button:text-is('Disable')")
+            page.wait_for_selector(f"{user_row} td:text-is('disabled')")
+            page.click(f"{token_row} button:text-is('Revoke')")
+            page.wait_for_selector(f"{token_row} td:text-is('revoked')")
+            assert held() == (True, True)
+            assert page.errors == []
+        finally:
+            page.context.close()
 
 
 def test_no_resource_is_loaded_from_another_origin(browser, server):
