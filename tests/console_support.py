@@ -227,6 +227,22 @@ def seed_predictions(dsn: str, *, asset: str = "P-101", hours: float = 24, end: 
         synthetic.copy_readings(conn, ids[f"{asset}.vib_rms.iso_zone"], t, np.where(np.arange(n) >= n * 0.8, 2.0, 1.0))
         synthetic.copy_readings(conn, ids[f"{asset}.vib_rms.kurtosis"], t, 3.0 + 0.1 * np.sin(np.arange(n)))
 
+@contextmanager
+def bad_indicator_readings(dsn: str, asset: str = "P-101"):
+    """A minute from now, a zone D and a kurtosis of 9999 of ``asset``'s indicators (as `seed_predictions` registers
+    them), both stored with quality BAD; removed afterwards."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ids = dict(conn.execute("SELECT name, id FROM tags WHERE name = ANY(%s)",
+                                ([f"{asset}.vib_rms.iso_zone", f"{asset}.vib_rms.kurtosis"],)).fetchall())
+        for name, value in ((f"{asset}.vib_rms.iso_zone", 3.0), (f"{asset}.vib_rms.kurtosis", 9999.0)):
+            conn.execute("INSERT INTO readings (time, tag_id, value, quality, flags, status, receive_time, server_time)"
+                         " VALUES (now() + interval '1 minute', %s, %s, 2, 0, 0, now(), now())", (ids[name], value))
+        try:
+            yield
+        finally:
+            conn.execute("DELETE FROM readings WHERE tag_id = ANY(%s) AND quality = 2", (list(ids.values()),))
+
+
 def midday_zone() -> str:
     """A fixed-offset zone in which it is now about noon: the stack's running day then has hours done whenever the
     test runs (in UTC, a run in the first hour after midnight found no average of the day yet)."""
@@ -249,11 +265,11 @@ def insert_revision(dsn: str, day: datetime, *, period: str = "day", start_h: fl
     return run_id
 
 
-def seed_emissions(dsn: str, *, days: int = 3, timezone: str = "UTC") -> str:
+def seed_emissions(dsn: str, *, days: int = 3, timezone: str = "UTC", name: str = "WI1") -> str:
     """A waste-incinerator stack: synthetic analyser readings up to now, averaged and judged by emissions/."""
     from emissions import job, synthetic
 
-    cfg = synthetic.waste_stack("WI1", timezone=timezone)
+    cfg = synthetic.waste_stack(name, timezone=timezone)
     end = int(datetime.now(UTC).timestamp()) // 60 * 60
     start = end - days * 86400
     with psycopg.connect(dsn, autocommit=True) as conn:

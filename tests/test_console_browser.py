@@ -17,6 +17,7 @@ import pytest
 from console_support import (
     PASSWORD,
     ConsoleServer,
+    bad_indicator_readings,
     fresh_database,
     insert_alert,
     insert_alerts,
@@ -96,6 +97,19 @@ def login(browser, server, user: str, timezone_id: str | None = None):
     page.wait_for_url(server.url + "/alerts")
     page.errors = errors
     return page
+
+
+class Dialogs:
+    """The page's confirm() questions, kept in ``asked`` and answered by ``accept`` (False: dismissed, a user's no)."""
+
+    def __init__(self, page):
+        self.asked: list[str] = []
+        self.accept = False
+        page.on("dialog", self._answer)
+
+    def _answer(self, dialog) -> None:
+        self.asked.append(dialog.message)
+        dialog.accept() if self.accept else dialog.dismiss()
 
 
 def shot(page, name: str) -> None:
@@ -404,6 +418,85 @@ def test_a_bad_quality_raw_reading_is_not_drawn_as_a_value(browser, server):
             conn.execute("DELETE FROM readings WHERE tag_id = %s", (tag,))
 
 
+def test_a_newer_bad_zone_is_flagged_not_shown_as_the_zone(browser, server):
+    """The zone card and the indicators took the newest reading whatever its quality: a zone D stored BAD (derived
+    from a broken sensor) read as the machine's zone. The newest good one is shown, the newer bad one flagged."""
+    with bad_indicator_readings(server.dsn):
+        page = login(browser, server, "viewer")
+        try:
+            page.goto(server.url + "/assets/P-101")
+            page.wait_for_selector("body[data-ready='1']", timeout=15000)
+            card = page.locator("#iso-zone").inner_text()
+            assert "C" in page.locator("#iso-zone .big").inner_text() and "newer reading BAD" in card, card
+            row = page.locator("tr[data-indicator='P-101.vib_rms.kurtosis']").inner_text()
+            assert "9999" not in row and "newer reading BAD" in row, row
+            assert page.errors == []
+        finally:
+            page.context.close()
+
+
+def test_ending_or_cancelling_a_maintenance_window_asks_first(browser, server):
+    """"End now" and "Cancel" acted at once: a stray click ended a running window, and the asset's alerts were raised
+    again in the middle of the work. Each asks; dismissed, nothing changes."""
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO assets (name, site, kind) VALUES ('MW-1', 'plant', 'pump') ON CONFLICT DO NOTHING")
+    now = datetime.now(UTC)
+    with server.client("maintenance") as c:
+        def plan(start: timedelta, end: timedelta, reason: str) -> int:
+            r = c.post("/api/maintenance-windows", json={"assets": ["MW-1"], "reason": reason,
+                                                         "starts_at": (now + start).isoformat(),
+                                                         "ends_at": (now + end).isoformat()})
+            assert r.status_code == 201, r.text
+            return r.json()["items"][0]["id"]
+
+        current = plan(timedelta(minutes=-5), timedelta(hours=2), "WO-77 running")
+        upcoming = plan(timedelta(days=1), timedelta(days=1, hours=2), "WO-78 tomorrow")
+
+        def state(wid: int) -> str:
+            return c.get(f"/api/maintenance-windows/{wid}").json()["state"]
+
+        page = login(browser, server, "maintenance")
+        dialogs = Dialogs(page)
+        try:
+            page.goto(server.url + "/maintenance")
+            page.wait_for_selector("body[data-ready='1']", timeout=15000)
+            page.click(f"tr[data-window='{current}'] button[data-action='end']")
+            assert len(dialogs.asked) == 1 and "WO-77" in dialogs.asked[0] and "MW-1" in dialogs.asked[0], dialogs.asked
+            page.click(f"tr[data-window='{upcoming}'] button[data-action='cancel']")
+            assert len(dialogs.asked) == 2 and "WO-78" in dialogs.asked[1], dialogs.asked
+            assert (state(current), state(upcoming)) == ("current", "upcoming"), "dismissed: nothing changes"
+            dialogs.accept = True
+            page.click(f"tr[data-window='{current}'] button[data-action='end']")
+            page.wait_for_selector(f"tr[data-window='{current}'] .badge:has-text('past')")
+            page.click(f"tr[data-window='{upcoming}'] button[data-action='cancel']")
+            page.wait_for_selector(f"tr[data-window='{upcoming}'] .badge:has-text('cancelled')")
+            assert (state(current), state(upcoming)) == ("past", "cancelled")
+            assert page.errors == []
+        finally:
+            page.context.close()
+
+
+def test_a_report_file_has_its_styles_and_runs_no_script_in_the_consoles_origin(browser, server, tmp_path):
+    """Report files were served under the console's policy: the <style> emissions' report_html writes was refused
+    (the report showed unstyled), and a script beside a file in the folder (<script src>, 'self') ran in the
+    console's origin with the user's session. A report keeps its styles, runs nothing and is sandboxed."""
+    from emissions.report_html import CSS
+
+    (tmp_path / "WI1-day.html").write_text(f"<!DOCTYPE html><html><head><style>{CSS}</style></head><body>"
+                                           "<h1>report</h1><script src='steal.js'></script></body></html>")
+    (tmp_path / "steal.js").write_text("document.title = 'ran in ' + origin;")
+    with ConsoleServer(server.dsn, reports_dir=str(tmp_path)) as srv:
+        page = login(browser, srv, "viewer")
+        try:
+            page.goto(srv.url + "/reports/WI1-day.html")
+            page.wait_for_selector("h1")
+            assert page.evaluate("getComputedStyle(document.body).maxWidth") == "1100px", "the report's own styles"
+            assert page.title() == "", "the script beside the report ran"
+            assert page.evaluate("origin") == "null", "sandboxed: an origin of its own"
+        finally:
+            page.context.close()
+
+
 def test_emissions_page(browser, server):
     page = login(browser, server, "viewer")
     page.goto(server.url + "/emissions")
@@ -426,6 +519,30 @@ def test_emissions_page(browser, server):
             conn.execute("DELETE FROM emission_revisions")
     assert page.errors == []
     page.context.close()
+
+
+def test_switching_stack_keeps_the_month_shown(browser, pg_admin_dsn):
+    """Choosing another stack dropped ``?month=``: the engineer looking at last month's calendar was sent back to
+    this month's."""
+    month = (datetime.now(UTC).replace(day=1) - timedelta(days=1)).strftime("%Y-%m")
+    with fresh_database(pg_admin_dsn) as dsn:
+        seed_users(dsn)
+        seed_emissions(dsn, days=1)
+        seed_emissions(dsn, days=1, name="WI2")
+        with ConsoleServer(dsn) as srv:
+            page = login(browser, srv, "viewer")
+            try:
+                page.goto(srv.url + f"/emissions?stack=WI1&month={month}")
+                page.wait_for_selector("body[data-ready='1']", timeout=15000)
+                assert f"Daily compliance {month}" in page.inner_text("main")
+                page.select_option("#stack", "WI2")
+                page.wait_for_url(re.compile(r"stack=WI2"))
+                page.wait_for_selector("body[data-ready='1']", timeout=15000)
+                assert f"month={month}" in page.url
+                assert f"Daily compliance {month}" in page.inner_text("main") and "Stack WI2" in page.inner_text("main")
+                assert page.errors == []
+            finally:
+                page.context.close()
 
 
 def test_emission_periods_are_labelled_in_the_stacks_time_zone(browser, server):
@@ -662,6 +779,147 @@ def test_models_page_cards_gate_and_report(browser, server):
     shot(page, "model-uncertainty-report")
     assert page.errors == []
     page.context.close()
+
+
+def test_a_models_data_span_is_in_plant_time_with_its_offset(browser, server):
+    """The data span was the UTC date cut from the card's text, where every other time is the plant's (here the
+    browser's) with its offset: a span ending at 23:00 UTC read as a day earlier than in Auckland."""
+    with psycopg.connect(server.dsn) as conn:
+        start, end = conn.execute("SELECT training_start, training_end FROM model_registry "
+                                  "WHERE model_id = 'syn' AND version = 1").fetchone()
+    page = login(browser, server, "viewer", timezone_id="Pacific/Auckland")
+    try:
+        page.goto(server.url + "/models")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        text = page.locator(".model-version[data-version='1'] dt:text-is('data span') + dd").inner_text()
+        local = [t.astimezone(ZoneInfo("Pacific/Auckland")) for t in (start, end)]
+        want = " … ".join(t.strftime("%Y-%m-%d %H:%M:%S ") + t.strftime("%z")[:3] + ":" + t.strftime("%z")[3:]
+                          for t in local)
+        assert text == want, (text, want)
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
+def test_chart_ticks_follow_the_plant_clock_over_a_clock_change(browser, server):
+    """Time-axis ticks were placed at the range start's UTC offset: over the end of summer time (Helsinki, 2026-10-25
+    04:00 EEST -> 03:00 EET) a week's day ticks after the change stood at 23:00, "10-26" under the 27th's midnight.
+    Each tick is at a whole step of the wall clock at the offset then in force."""
+    helsinki = ZoneInfo("Europe/Helsinki")
+    page = login(browser, server, "viewer", timezone_id="Europe/Helsinki")
+    try:
+        page.goto(server.url + "/gateways")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        for start, end in (("2026-10-22T00:00:00Z", "2026-10-29T00:00:00Z"),  # day ticks, summer time ends
+                           ("2026-03-28T20:00:00Z", "2026-03-29T06:00:00Z"),  # two-hour ticks, summer time starts
+                           ("2026-10-24T22:00:00Z", "2026-10-25T05:00:00Z")):  # hour ticks, summer time ends
+            ticks = page.evaluate("""([start, end]) => {
+                const box = document.createElement("div"); document.body.append(box);
+                const svg = VChart.draw(box, { start, end, series: [] });
+                const [, , W] = svg.getAttribute("viewBox").split(" ").map(Number);
+                const x0 = Date.parse(start), x1 = Date.parse(end);
+                const out = [...svg.querySelectorAll("g.axis text[text-anchor='middle']")].map((e) =>
+                  [Math.round(x0 + (Number(e.getAttribute("x")) - 56) / (W - 68) * (x1 - x0)), e.textContent]);
+                box.remove();
+                return out;
+            }""", [start, end])
+            assert len(ticks) >= 5, ticks
+            for t, label in ticks:
+                local = datetime.fromtimestamp(round(t / 1000), UTC).astimezone(helsinki)
+                step_h = 24 if "-" in label else None
+                assert local.minute == 0 and (step_h is None or local.hour == 0), (start, local, label)
+                want = local.strftime("%m-%d") if step_h else local.strftime("%H:%M")
+                assert label == want, (start, local, label)
+            if "-10-22" in start:
+                assert [lab for _, lab in ticks] == ["10-23", "10-24", "10-25", "10-26", "10-27", "10-28", "10-29"]
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
+def test_long_lists_page_on_instead_of_losing_rows(browser, pg_admin_dsn):
+    """Lists cut without a word: the assets page and the windows page's asset filter held the first 1,000 assets,
+    the windows page the newest 20 ended windows, an asset page the newest 200 alerts of the range. The asset lists
+    are whole; the others page on with "Load older" (the API's cursor), as the board and the reviews do."""
+    now = datetime.now(UTC)
+    with fresh_database(pg_admin_dsn) as dsn:
+        seed_users(dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.cursor().executemany("INSERT INTO assets (name, site, kind) VALUES (%s, 'big', 'pump')",
+                                      [(f"A-{i:04d}",) for i in range(1005)])
+        insert_alerts(dsn, [make_alert(f"MANY-{i}", asset="A-1004", raised_at=now - timedelta(minutes=i + 1))
+                            for i in range(205)])
+        with ConsoleServer(dsn) as srv:
+            with srv.client("maintenance") as c:
+                for i in range(25):
+                    r = c.post("/api/maintenance-windows", json={
+                        "assets": ["A-1004"], "reason": f"WO-{i}", "starts_at": (now + timedelta(days=1)).isoformat(),
+                        "ends_at": (now + timedelta(days=1, hours=1)).isoformat()})
+                    assert r.status_code == 201, r.text
+                    wid = r.json()["items"][0]["id"]
+                    assert c.post(f"/api/maintenance-windows/{wid}/cancel", json={"reason": "x"}).status_code == 200
+            page = login(browser, srv, "maintenance")
+            try:
+                page.goto(srv.url + "/assets")
+                page.wait_for_selector("a.asset-link")
+                assert page.locator("a.asset-link").count() == 1005
+                page.goto(srv.url + "/alerts")
+                page.wait_for_selector("#f-asset option[value='A-1004']", state="attached")
+                assert page.locator("#f-asset option").count() == 1006, "all, then every asset"
+                page.goto(srv.url + "/maintenance")
+                page.wait_for_selector("body[data-ready='1']", timeout=15000)
+                assert page.locator("#mw-filter option[value='A-1004']").count() == 1
+                assert page.locator("#mw-assets option").count() == 1005
+                assert page.locator("#mw-recent tr[data-window]").count() == 20
+                page.click("#mw-recent-more")
+                page.wait_for_selector("#mw-recent-more[hidden]", state="attached")
+                assert page.locator("#mw-recent tr[data-window]").count() == 25
+                page.goto(srv.url + "/assets/A-1004")
+                page.wait_for_selector("body[data-ready='1']", timeout=15000)
+                assert page.locator("#asset-alerts tr[data-alert]").count() == 200
+                assert "newest 200" in page.inner_text("#asset-alerts-note")
+                page.click("#asset-alerts-more")
+                page.wait_for_selector("#asset-alerts-more[hidden]", state="attached")
+                assert page.locator("#asset-alerts tr[data-alert]").count() == 205
+                assert page.errors == []
+            finally:
+                page.context.close()
+
+
+def test_disabling_a_user_or_revoking_a_token_asks_first(browser, server):
+    """"Disable" (ends the user's sessions) and "Revoke" (cuts a machine off for good) acted at once on a click."""
+    with server.client("admin") as c:
+        r = c.post("/api/users", json={"username": "temp-fitter", "password": PASSWORD, "role": "viewer"})
+        assert r.status_code in (200, 201), r.text
+        r = c.post("/api/tokens", json={"name": "historian-x", "role": "viewer"})
+        assert r.status_code in (200, 201), r.text
+        token = next(t["id"] for t in c.get("/api/tokens").json()["items"] if t["name"] == "historian-x")
+
+        def held() -> tuple[bool, bool]:
+            user = next(u for u in c.get("/api/users").json()["items"] if u["username"] == "temp-fitter")
+            tok = next(t for t in c.get("/api/tokens").json()["items"] if t["id"] == token)
+            return user["disabled"], tok["revoked_at"] is not None
+
+        page = login(browser, server, "admin")
+        dialogs = Dialogs(page)
+        user_row, token_row = "tr:has(td:text-is('temp-fitter'))", "tr:has(td:text-is('historian-x'))"
+        try:
+            page.goto(server.url + "/admin")
+            page.wait_for_selector(user_row)
+            page.click(f"{user_row} button:text-is('Disable')")
+            page.click(f"{token_row} button:text-is('Revoke')")
+            asked = dialogs.asked
+            assert len(asked) == 2 and "temp-fitter" in asked[0] and "historian-x" in asked[1], asked
+            assert held() == (False, False), "dismissed: nothing changes"
+            dialogs.accept = True
+            page.click(f"{user_row} button:text-is('Disable')")
+            page.wait_for_selector(f"{user_row} td:text-is('disabled')")
+            page.click(f"{token_row} button:text-is('Revoke')")
+            page.wait_for_selector(f"{token_row} td:text-is('revoked')")
+            assert held() == (True, True)
+            assert page.errors == []
+        finally:
+            page.context.close()
 
 
 def test_no_resource_is_loaded_from_another_origin(browser, server):

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from console_support import (
     ConsoleServer,
+    bad_indicator_readings,
     fresh_database,
     insert_revision,
     midday_zone,
@@ -80,6 +81,8 @@ def test_calendar_events_averages_and_reports(server):
         assert [f["name"] for f in files] == ["WI1-2025-03-01.html"]
         assert "daily report" in c.get(files[0]["href"]).text
         assert c.get("/reports/../../etc/passwd").status_code == 404
+        csp = c.get("/reports/WI1-2025-03-01.html").headers["content-security-policy"]
+        assert csp.startswith("sandbox;") and "default-src 'none'" in csp and "script-src" not in csp, csp
 
 
 # The models seed_predictions writes on P-101. test_uncertainty_report_counts_an_open_upper_end_as_covering adds a
@@ -127,6 +130,23 @@ def test_asset_lists_derived_indicators_and_its_iso_zone(server):
         a = c.get("/api/assets/P-101").json()
     assert {d["name"] for d in a["derived"]} == {"P-101.vib_rms.iso_zone", "P-101.vib_rms.kurtosis"}
     assert [(z["tag"], z["zone"]) for z in a["iso_zones"]] == [("P-101.vib_rms", "C")]
+
+
+def test_a_newer_bad_indicator_reading_is_not_the_assets_value_or_zone(server):
+    """The asset's indicators and ISO zone were the newest reading whatever its quality: a zone D stored with quality
+    BAD (derived from a broken sensor) and a BAD 9999 kurtosis were shown as the machine's. The newest good reading
+    is the value; the newer bad one comes along (time, quality) to be flagged."""
+    with bad_indicator_readings(server.dsn), server.client("viewer") as c:
+        a = c.get("/api/assets/P-101").json()
+    (zone,) = a["iso_zones"]
+    assert zone["zone"] == "C", zone
+    assert (zone["quality"], zone["bad_quality"]) == (0, 2), zone
+    assert zone["bad_time"] > zone["time"]
+    kurt = next(d for d in a["derived"] if d["name"] == "P-101.vib_rms.kurtosis")
+    assert kurt["latest_value"] < 10 and kurt["bad_quality"] == 2 and kurt["bad_time"] > kurt["latest_time"], kurt
+    with server.client("viewer") as c:  # without a newer bad one nothing is flagged
+        a = c.get("/api/assets/P-101").json()
+    assert all(d["bad_time"] is None for d in a["derived"]) and a["iso_zones"][0]["bad_time"] is None
 
 
 def test_maintenance_reviews_a_prediction_and_others_cannot(server):

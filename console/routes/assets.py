@@ -62,13 +62,21 @@ async def get_asset(request: Request, name: str):
     # are registered without an asset: found by name, each with its newest value.
     # LIKE wildcards in tag names ("vib_de") escaped: "_" matched any character, so another tag's indicators
     # ("P-101.vibXde.rms") were listed as this asset's.
+    # The value shown is the newest good one (trend.GOOD, as the trends draw: uncertain counts, with its quality);
+    # a newer bad reading (a fault value, a zone derived from a broken sensor) is not the machine's value: it was
+    # shown as the current one. Its time and quality come along (``bad_time``, ``bad_quality``) so the page flags it.
     prefixes = [_like_escaped(t["name"]) + ".%" for t in asset["tags"]]
     asset["derived"] = await db.fetch(
-        f"SELECT {TAG_COLUMNS}, r.time AS latest_time, r.value AS latest_value FROM tags t "
-        "LEFT JOIN LATERAL (SELECT time, value FROM readings WHERE tag_id = t.id ORDER BY time DESC LIMIT 1) r ON true "
+        f"SELECT {TAG_COLUMNS}, r.time AS latest_time, r.value AS latest_value, r.quality AS latest_quality, "
+        "b.time AS bad_time, b.quality AS bad_quality FROM tags t "
+        f"LEFT JOIN LATERAL (SELECT time, value, quality FROM readings WHERE tag_id = t.id AND {trend.GOOD} "
+        "ORDER BY time DESC LIMIT 1) r ON true "
+        f"LEFT JOIN LATERAL (SELECT time, quality FROM readings WHERE tag_id = t.id AND NOT ({trend.GOOD}) "
+        "AND time > coalesce(r.time, '-infinity') ORDER BY time DESC LIMIT 1) b ON true "
         "WHERE t.asset = '' AND t.name LIKE ANY(%s) ORDER BY t.name", (prefixes,)) if prefixes else []
     asset["iso_zones"] = [{"tag": d["name"].removesuffix(".iso_zone"), "zone": ZONES[int(d["latest_value"])],
-                           "time": d["latest_time"]}
+                           "time": d["latest_time"], "quality": d["latest_quality"], "bad_time": d["bad_time"],
+                           "bad_quality": d["bad_quality"]}
                           for d in asset["derived"] if d["name"].endswith(".iso_zone")
                           and d["latest_value"] is not None and 0 <= int(d["latest_value"]) < len(ZONES)]
     return asset

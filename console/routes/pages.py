@@ -81,7 +81,21 @@ async def report_file(request: Request, path: str):
     target = await asyncio.to_thread(_inside, Path(root), path)
     if target is None:
         raise Problem(404, f"no report {path!r}")
-    return FileResponse(target)
+    response = FileResponse(target)
+    mime = response.media_type or ""
+    response.headers["Content-Security-Policy"] = (
+        REPORT_CSP if mime in ("application/pdf", "text/csv", "text/plain") else "sandbox; " + REPORT_CSP)
+    return response
+
+
+# A report file is a document of its own, not a console page. Under the console's policy its <style> (emissions'
+# report_html writes one) was refused and the report showed unstyled; and a file in the folder with a
+# <script src="x.js"> beside it ran in the console's origin ('self'), with the user's session. Files get inline
+# styles and nothing else: no script, no request to the console, and documents a browser could script (HTML, SVG,
+# XML) are sandboxed into an origin of their own. PDF and text are not sandboxed: browsers' PDF viewers refuse to
+# run in a sandboxed document, and text cannot run anything.
+REPORT_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'; "
+              "base-uri 'none'; form-action 'none'")
 
 
 def _inside(root: Path, path: str) -> Path | None:

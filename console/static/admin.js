@@ -22,17 +22,22 @@
           u.role = role.value; toast(`${u.username} is now ${role.value}`);
         } },
           ROLES.map((r) => el("option", { value: r, selected: r === u.role }, r)));
-        return el("tr", {}, el("td", {}, u.username), el("td", {}, role), el("td", {}, u.disabled ? "disabled" : "active"),
+        return el("tr", { "data-user": u.username }, el("td", {}, u.username), el("td", {}, role), el("td", {}, u.disabled ? "disabled" : "active"),
           el("td", {}, timeCell(u.last_login)),
-          el("td", {}, el("button", { class: "secondary", onclick: async () => { await api(`/api/users/${encodeURIComponent(u.username)}`, { method: "PATCH", body: { disabled: !u.disabled } }); render(); } }, u.disabled ? "Enable" : "Disable")));
+          // Disabling ends the user's sessions at once and revoking cuts a machine off for good: each asks first.
+          el("td", {}, el("button", { class: "secondary", "data-action": "disable", onclick: async () => {
+            if (!u.disabled && !window.confirm(`Disable ${u.username}? Their sessions end now.`)) return;
+            await api(`/api/users/${encodeURIComponent(u.username)}`, { method: "PATCH", body: { disabled: !u.disabled } }); render(); } }, u.disabled ? "Enable" : "Disable")));
       })),
       el("div", { class: "row" }, nu.username, nu.password, nu.role,
         el("button", { onclick: async () => { await api("/api/users", { method: "POST", body: { username: nu.username.value, password: nu.password.value, role: nu.role.value } }); toast("user created"); render(); } }, "Add user")),
       el("h2", {}, "API tokens"),
-      table(["Id", "Name", "Role", "Prefix", "Created", "Last used", ""], tokens.items.map((t) => el("tr", {},
+      table(["Id", "Name", "Role", "Prefix", "Created", "Last used", ""], tokens.items.map((t) => el("tr", { "data-token": t.id },
         el("td", {}, t.id), el("td", {}, t.name), el("td", {}, t.role), el("td", {}, el("code", {}, t.prefix + "…")),
         el("td", {}, timeCell(t.created_at), " by ", t.created_by), el("td", {}, timeCell(t.last_used_at)),
-        el("td", {}, t.revoked_at ? "revoked" : el("button", { class: "bad", onclick: async () => { await api(`/api/tokens/${t.id}`, { method: "DELETE" }); render(); } }, "Revoke"))))),
+        el("td", {}, t.revoked_at ? "revoked" : el("button", { class: "bad", "data-action": "revoke", onclick: async () => {
+          if (!window.confirm(`Revoke token ${t.name} (${t.prefix}…)? What uses it is refused from now on; this cannot be undone.`)) return;
+          await api(`/api/tokens/${t.id}`, { method: "DELETE" }); render(); } }, "Revoke"))))),
       el("div", { class: "row" }, nt.name, nt.role,
         el("button", { onclick: async () => { const r = await api("/api/tokens", { method: "POST", body: { name: nt.name.value, role: nt.role.value } }); await render(); document.getElementById("token-shown").textContent = `New token (shown once): ${r.token}`; } }, "Create token")),
       shown,

@@ -53,6 +53,34 @@ const V = (() => {
     return body;
   }
 
+  /** Every item of a paged list (``next_cursor`` followed): the asset filters took one page of 1,000 and a site
+   * with more lost the rest from its filters and its asset list without a word. */
+  async function apiAll(path, params = {}, opts = {}) {
+    const items = [];
+    let cursor = null;
+    do {
+      const page = await api(path + qs({ ...params, cursor }), opts);
+      items.push(...page.items);
+      cursor = page.next_cursor;
+    } while (cursor);
+    return items;
+  }
+
+  /** A "Load older" button that appends the next pages of a list to ``tbody`` (rows made by ``row``); hidden while
+   * there is no ``cursor``. The same paging as the board's and the asset page's reviews. */
+  function moreButton(id, path, params, cursor, tbody, row) {
+    const b = el("button", { class: "secondary", id, hidden: !cursor, onclick: async () => {
+      b.disabled = true;
+      try {
+        const next = await api(path + qs({ ...params, cursor }));
+        tbody.append(...next.items.map(row));
+        cursor = next.next_cursor;
+        b.hidden = !cursor;
+      } finally { b.disabled = false; }
+    } }, "Load older");
+    return b;
+  }
+
   function qs(params) {
     const u = new URLSearchParams();
     for (const [k, v] of Object.entries(params)) {
@@ -146,5 +174,5 @@ const V = (() => {
       el("tbody", {}, rows));
   }
 
-  return { el, api, qs, toast, fmtTime, fmtZoned, plantClock, suppressedRow, fmtNum, fmtInterval, timeCell, badge, main, failed, can, role, csrf, table };
+  return { el, api, apiAll, moreButton, qs, toast, fmtTime, fmtZoned, plantClock, suppressedRow, fmtNum, fmtInterval, timeCell, badge, main, failed, can, role, csrf, table };
 })();

@@ -20,12 +20,23 @@
   const alertsBox = el("section", { id: "asset-alerts" });
   const derivedBox = el("section", { id: "derived" });
 
+  // The server gives an indicator's newest good value (a bad one is no value of the machine's: a fault value, a zone
+  // of a broken sensor was shown as the current one) and the time of any newer bad reading, flagged here.
+  const QUALITY = ["good", "UNCERTAIN", "BAD"];
+  function qualityFlags(d) {
+    const q = (n) => QUALITY[n] || `quality ${n}`;
+    return [...(d.latest_quality >= 1 ? [" ", badge(q(d.latest_quality), "sev-warning")] : []),
+      d.bad_time ? el("small", { class: "bad-text newer-bad" }, ` newer reading ${q(d.bad_quality)} at `, timeCell(d.bad_time), ", not shown") : ""];
+  }
+
   function drawDerived() {
     const list = (asset.derived || []).filter((d) => !d.name.endsWith(".iso_zone"));
     if (!list.length) { derivedBox.replaceChildren(); return; }
     const holder = el("div");
-    derivedBox.replaceChildren(el("h2", {}, "Condition indicators"), table(["Indicator", "Newest", "At", ""], list.map((d) =>
-      el("tr", {}, el("td", {}, d.name), el("td", {}, `${fmtNum(d.latest_value)} ${d.unit || ""}`), el("td", {}, timeCell(d.latest_time)),
+    derivedBox.replaceChildren(el("h2", {}, "Condition indicators"), table(["Indicator", "Newest good", "At", ""], list.map((d) =>
+      el("tr", { "data-indicator": d.name }, el("td", {}, d.name),
+        el("td", {}, d.latest_time ? `${fmtNum(d.latest_value)} ${d.unit || ""}` : el("span", { class: "muted" }, "no good reading"), qualityFlags(d)),
+        el("td", {}, timeCell(d.latest_time)),
         el("td", {}, el("button", { class: "secondary", onclick: () => { holder.replaceChildren(); drawTag(d, [], holder); } }, "trend"))))), holder);
   }
 
@@ -77,7 +88,7 @@
   function worstZone() {
     const zs = (asset.iso_zones || []).slice().sort((a, b) => (a.zone < b.zone ? -1 : a.zone > b.zone ? 1 : 0));
     const z = zs[zs.length - 1];
-    return z ? { zone: z.zone, source: z.tag, time: z.time } : null;
+    return z ? { zone: z.zone, source: z.tag, time: z.time, flags: qualityFlags({ latest_quality: z.quality, bad_time: z.bad_time, bad_quality: z.bad_quality }) } : null;
   }
 
   function alertZone(openAlerts) {
@@ -105,7 +116,7 @@
     const zone = worstZone() || zoneOf(series) || alertZone(openAlerts);
     cards.push(el("div", { class: "card", id: "iso-zone" }, el("small", {}, "ISO 20816-3 zone"), el("div", { class: "big" },
       zone ? badge(zone.zone, "zone-" + zone.zone) : el("span", { class: "muted" }, "no zone computed")),
-      zone ? el("small", { class: "zone-when" }, `${zone.source} · `, timeCell(zone.time)) : ""));
+      zone ? el("small", { class: "zone-when" }, `${zone.source} · `, timeCell(zone.time), zone.flags || "") : ""));
     const an = series.find((s) => s.kind === "anomaly");
     if (an && an.latest && an.alpha !== null && an.alpha !== undefined) {
       // Conformal p-value against the false-alarm rate alpha: an alarm when p <= alpha.
@@ -203,13 +214,20 @@
       el("td", {}, fmtNum(p.value) + (unitOf(p) ? " " + unitOf(p) : "") + interval), el("td", {}, el("small", {}, `${p.model_id} @ ${String(p.model_version).slice(0, 10)}`)), cell);
   }
 
-  function drawAlerts(list) {
+  // The newest 200 of the range, then "Load older": the rest of a noisy range were silently left out.
+  function drawAlerts(page, query) {
     alertsBox.replaceChildren(el("h2", {}, "Alerts and their evidence"));
-    if (!list.length) { alertsBox.append(el("p", { class: "muted" }, "No alerts in this range.")); return; }
-    alertsBox.append(table(["Raised", "Severity", "State", "Kind", "Message", "Evidence"], list.map((a) => el("tr", { "data-alert": a.id },
+    if (!page.items.length) { alertsBox.append(el("p", { class: "muted" }, "No alerts in this range.")); return; }
+    const t = table(["Raised", "Severity", "State", "Kind", "Message", "Evidence"], page.items.map(alertRow));
+    alertsBox.append(t, el("p", {}, V.moreButton("asset-alerts-more", "/api/alerts", query, page.next_cursor, t.tBodies[0], alertRow),
+      page.next_cursor ? el("small", { class: "muted", id: "asset-alerts-note" }, ` the charts mark the newest ${page.items.length} alerts of the range`) : ""));
+  }
+
+  function alertRow(a) {
+    return el("tr", { "data-alert": a.id },
       el("td", {}, timeCell(a.raised_at)), el("td", {}, badge(a.severity, "sev-" + a.severity)), el("td", {}, badge(a.state, "st-" + a.state)),
       el("td", {}, a.kind), el("td", {}, a.message || ""),
-      el("td", {}, el("details", {}, el("summary", {}, "evidence"), el("pre", { class: "evidence" }, JSON.stringify(a.evidence || {}, null, 1))))))));
+      el("td", {}, el("details", {}, el("summary", {}, "evidence"), el("pre", { class: "evidence" }, JSON.stringify(a.evidence || {}, null, 1)))));
   }
 
   /** The asset's open alerts, whenever they were raised: counted within the chosen range, an alert raised two days
@@ -228,8 +246,10 @@
     renderPresets();
     trends.replaceChildren(el("h2", {}, "Signals"));
     const from = iso(range.end - range.span), to = iso(range.end);
-    let alertList = [];
-    try { alertList = (await api("/api/alerts" + qs({ asset: name, from, to, limit: 200 }), { quiet: true })).items; } catch (e) { /* no alerts table yet */ }
+    const alertQuery = { asset: name, from, to, limit: 200 };
+    let alertPage = { items: [], next_cursor: null };
+    try { alertPage = await api("/api/alerts" + qs(alertQuery), { quiet: true }); } catch (e) { /* no alerts table yet */ }
+    const alertList = alertPage.items;
     const markers = alertList.map((a) => ({ t: a.raised_at, label: `${a.severity}: ${a.message || a.kind}` }));
     let series = [];
     try { series = (await api(`/api/assets/${encodeURIComponent(name)}/predictions` + qs({ from, to }), { quiet: true })).series; }
@@ -238,7 +258,7 @@
     await Promise.all(asset.tags.map((t) => drawTag(t, markers)));
     drawDerived();
     if (series.length || !preds.childElementCount) drawPredictions(series);
-    drawAlerts(alertList);
+    drawAlerts(alertPage, alertQuery);
     await drawReviews();
     document.body.dataset.ready = "1";
   }

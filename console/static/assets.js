@@ -2,9 +2,9 @@
 "use strict";
 
 (async () => {
-  const { el, api, main, table } = V;
+  const { el, apiAll, main, table } = V;
   let assets;
-  try { assets = (await api("/api/assets?limit=1000", { quiet: true })).items; }
+  try { assets = await apiAll("/api/assets", { limit: 1000 }, { quiet: true }); }
   catch (e) { V.failed("Assets", e); return; }
   const bySite = {};
   for (const a of assets) (bySite[a.site || "(no site)"] = bySite[a.site || "(no site)"] || []).push(a);

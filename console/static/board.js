@@ -218,7 +218,7 @@
 
   async function init() {
     let assets = [];
-    try { assets = (await api("/api/assets?limit=1000")).items; } catch (e) { /* board works without */ }
+    try { assets = await V.apiAll("/api/assets", { limit: 1000 }); } catch (e) { /* board works without */ }
     const sites = [...new Set(assets.map((a) => a.site).filter(Boolean))].sort();
     main(
       el("h1", {}, "Alert board ", el("small", {}, liveDot, liveText)),

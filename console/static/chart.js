@@ -24,6 +24,21 @@ const VChart = (() => {
   }
   const ms = (t) => (typeof t === "number" ? t : Date.parse(t));
 
+  /** Ticks on whole steps of the plant's wall clock (its midnight, not UTC's, for day steps), each at the offset in
+   * force then: taken at the range start's offset, a week over the end of summer time put its ticks after the
+   * change at 23:00 ("10-26" under the 27th's midnight). A wall time the clocks skip has no tick. */
+  function timeTicks(x0, x1, step) {
+    const out = [];
+    let off = V.plantClock(x0).offMs;
+    for (let wall = Math.ceil((x0 + off) / step) * step; ; wall += step) {
+      let t = wall - off;
+      const now = V.plantClock(t).offMs;
+      if (now !== off) { off = now; t = wall - off; }
+      if (t > x1) return out;
+      if (t >= x0 && (!out.length || t > out[out.length - 1])) out.push(t);
+    }
+  }
+
   /** Split indices into runs of non-null values without gaps wider than maxGap ms. */
   function runs(t, y, maxGap) {
     const out = []; let cur = [];
@@ -62,9 +77,7 @@ const VChart = (() => {
       axis.append(el("text", { x: m.l - 6, y: Y(v) + 4, "text-anchor": "end" }, String(+v.toPrecision(6))));
     }
     const step = NICE_MS.find((s) => (x1 - x0) / s <= 8) || 2592e6;
-    // Ticks on whole steps of the plant's clock (its midnight, not UTC's, for day steps), at the range start's offset.
-    const off = V.plantClock(x0).offMs;
-    for (let t = Math.ceil((x0 + off) / step) * step - off; t <= x1; t += step) {
+    for (const t of timeTicks(x0, x1, step)) {
       grid.append(el("line", { x1: X(t), x2: X(t), y1: m.t, y2: H - m.b }));
       axis.append(el("text", { x: X(t), y: H - 8, "text-anchor": "middle" }, timeLabel(t, step)));
     }

@@ -119,7 +119,8 @@
     catch (e) { main(el("h1", {}, "Emissions"), el("p", { class: "bad-text" }, e.message)); return; }
     if (!stacks.length) { main(el("h1", {}, "Emissions"), el("p", { class: "muted" }, "No emission averages stored yet.")); return; }
     const chosen = stacks.find((s) => s.stack === params.get("stack")) || stacks[0];
-    const pick = el("select", { id: "stack", onchange: () => { location.search = qs({ stack: pick.value }); } },
+    // The month shown stays when the stack changes (it was dropped: back to this month's calendar).
+    const pick = el("select", { id: "stack", onchange: () => { location.search = qs({ stack: pick.value, month: params.get("month") }); } },
       stacks.map((s) => el("option", { value: s.stack, selected: s === chosen }, s.stack)));
     main(el("h1", {}, "Emissions"), el("div", { class: "row" }, el("label", {}, "Stack", pick)), ...(await load(chosen)));
     document.body.dataset.ready = "1";

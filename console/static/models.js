@@ -101,6 +101,15 @@
           el("td", {}, num(c.candidate_metrics[k])), el("td", {}, num((c.champion_metrics || {})[k])))))));
   }
 
+  // The training data's span in plant time with its offset, as every other time on the pages (it was the UTC date
+  // cut from the card's text: a span ending 23:30 local read as the day before). The registry's training_start/_end
+  // are aware; the card's span is numpy's naive UTC text, read as UTC.
+  const utc = (s) => (s && !/(Z|[+-]\d\d:?\d\d)$/i.test(s) ? s + "Z" : s);
+  function dataSpan(v, span) {
+    const start = v.training_start || utc(span.start), end = v.training_end || utc(span.end);
+    return start ? el("span", { class: "data-span" }, timeCell(start), " … ", timeCell(end)) : "–";
+  }
+
   function card(modelId, v, result, reload) {
     if (v.version === undefined || !v.metrics) return genericCard(v);
     const span = v.training_span || {};
@@ -110,7 +119,7 @@
       el("div", { class: "grid" },
         el("div", {}, kv([["created", timeCell(v.created_at)], ["promoted", v.promoted_at ? timeCell(v.promoted_at) : "–"],
           ["parent", v.parent_version ?? "–"], ["sha256", el("code", { title: v.sha256 }, (v.sha256 || "").slice(0, 12))],
-          ["data rows", span.rows], ["data span", span.start ? `${span.start.slice(0, 10)} … ${(span.end || "").slice(0, 10)}` : "–"]]),
+          ["data rows", span.rows], ["data span", dataSpan(v, span)]]),
           el("p", {}, reportLink(modelId, v))),
         metricsTable(v), calibration(v), parity(v)),
       schemaTable(v),

@@ -3,7 +3,7 @@
 "use strict";
 
 (() => {
-  const { el, api, qs, main, badge, timeCell, table, toast, can } = V;
+  const { el, api, apiAll, moreButton, qs, main, badge, timeCell, table, toast, can } = V;
   const STATE_CLASS = { current: "st-acknowledged", upcoming: "st-cleared", past: "", cancelled: "" };
   // The form's zone: the plant's (console.time_zone) when configured, else the browser's. A control-room PC set to
   // UTC planned a Helsinki plant's 22:00 window for 00:00 local when the planner did not notice the zone field.
@@ -17,16 +17,22 @@
     return el("time", { datetime: utc, title: utc }, local.replace("T", " ").slice(0, 16), " ", el("small", { class: "muted" }, zone));
   }
 
+  // Ending or cancelling asks first: a stray click ended a running window at once, and the asset's alerts were
+  // raised again in the middle of the work (neither can be undone).
+  const what = (w) => `window #${w.id} on ${w.asset === "*" ? "every asset" : w.asset} (${w.reason})`;
+
   function actions(w, reload) {
     if (!can("windows.plan")) return "";
     if (w.state === "current") {
       return el("button", { class: "secondary", "data-action": "end", onclick: async () => {
+        if (!window.confirm(`End ${what(w)} now? Its alerts are no longer suppressed; this cannot be undone.`)) return;
         await api(`/api/maintenance-windows/${w.id}/end`, { method: "POST", body: { comment: "ended from the console" } });
         toast(`window #${w.id} ended`); reload();
       } }, "End now");
     }
     if (w.state === "upcoming") {
       return el("button", { class: "bad", "data-action": "cancel", onclick: async () => {
+        if (!window.confirm(`Cancel ${what(w)}? It will not suppress alerts when it starts; this cannot be undone.`)) return;
         await api(`/api/maintenance-windows/${w.id}/cancel`, { method: "POST", body: { reason: "cancelled from the console" } });
         toast(`window #${w.id} cancelled`); reload();
       } }, "Cancel");
@@ -35,14 +41,18 @@
   }
 
   function rows(items, reload) {
-    return table(["#", "Asset", "State", "Start", "End", "Reason", "Planned by", ""], items.map((w) => el("tr", { "data-window": w.id },
+    return table(["#", "Asset", "State", "Start", "End", "Reason", "Planned by", ""], items.map((w) => row(w, reload)));
+  }
+
+  function row(w, reload) {
+    return el("tr", { "data-window": w.id },
       el("td", {}, w.id), el("td", {}, w.asset === "*" ? "every asset" : w.asset, w.tag ? el("small", {}, ` (${w.tag})`) : ""),
       el("td", {}, badge(w.state, STATE_CLASS[w.state])),
       el("td", {}, when(w.starts_local, w.starts_at, w.time_zone)),
       el("td", {}, when(w.ends_local, w.ends_at, w.time_zone),
         w.ended_by ? el("small", { class: "muted" }, ` ended by ${w.ended_by}`) : "",
         w.cancelled_by ? el("small", { class: "muted" }, ` cancelled by ${w.cancelled_by}`) : ""),
-      el("td", {}, w.reason), el("td", {}, w.created_by), el("td", {}, actions(w, reload)))));
+      el("td", {}, w.reason), el("td", {}, w.created_by), el("td", {}, actions(w, reload)));
   }
 
   function form(assets, reload) {
@@ -73,21 +83,25 @@
 
   async function load() {
     const asset = assetFilter ? { asset: assetFilter } : {};
+    // Current and upcoming whole; the ended ones 20 at a time with "Load older" (only the newest 20 could be seen).
+    const ended = { ...asset, state: ["past", "cancelled"], limit: 20 };
     const [active, recent, assets] = await Promise.all([
-      api("/api/maintenance-windows" + qs({ ...asset, state: ["current", "upcoming"], limit: 200 })),
-      api("/api/maintenance-windows" + qs({ ...asset, state: ["past", "cancelled"], limit: 20 })),
-      api("/api/assets?limit=1000")]);
+      apiAll("/api/maintenance-windows", { ...asset, state: ["current", "upcoming"], limit: 200 }),
+      api("/api/maintenance-windows" + qs(ended)),
+      apiAll("/api/assets", { limit: 1000 })]);
     const filter = el("select", { id: "mw-filter", onchange: () => { assetFilter = filter.value; load(); } },
       el("option", { value: "" }, "all assets"),
-      assets.items.map((a) => el("option", { value: a.name, selected: a.name === assetFilter }, a.name)));
+      assets.map((a) => el("option", { value: a.name, selected: a.name === assetFilter }, a.name)));
+    const recentTable = recent.items.length ? rows(recent.items, load) : null;
     main(el("h1", {}, "Maintenance windows"),
       el("p", { class: "muted" }, "Alerts of an asset are not raised while a window covers it; a running gateway sees a change within 15 s."),
       el("div", { class: "row" }, el("label", {}, "Asset", filter)),
       el("h2", {}, "Current and upcoming"),
-      active.items.length ? rows(active.items, load) : el("p", { class: "muted", id: "mw-none" }, "No current or upcoming windows."),
-      can("windows.plan") ? form(assets.items, load) : "",
+      active.length ? rows(active, load) : el("p", { class: "muted", id: "mw-none" }, "No current or upcoming windows."),
+      can("windows.plan") ? form(assets, load) : "",
       el("h2", {}, "Recently ended or cancelled"),
-      recent.items.length ? rows(recent.items, load) : el("p", { class: "muted" }, "None."));
+      recentTable ? el("div", { id: "mw-recent" }, recentTable, el("p", {}, moreButton("mw-recent-more", "/api/maintenance-windows", ended,
+        recent.next_cursor, recentTable.tBodies[0], (w) => row(w, load)))) : el("p", { class: "muted" }, "None."));
     document.body.dataset.ready = "1";
   }
   load().catch((e) => V.failed("Maintenance windows", e));
