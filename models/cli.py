@@ -67,6 +67,9 @@ def add_parser(subparsers) -> None:
     t.add_argument("--holdout-fraction", type=float, default=0.2, help="last share of rows held out (default 0.2)")
     t.add_argument("--metric", help="the gate metric the card names (default mae; anomaly: auc with --label, else "
                                     "far_gap); the model's first promotion fixes its gate metric for good")
+    t.add_argument("--unit", action="append", default=[], metavar="COLUMN=UNIT",
+                   help="unit of an input or target column as the card records it, e.g. NOX=mg/m³ (repeatable; "
+                        "a column without one is recorded without a unit)")
     t.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="estimator parameter, e.g. max_iter=200 (repeatable; values parsed as JSON when they can be)")
     t.add_argument("--no-register", action="store_true", help="train and check only; print the card")
@@ -152,8 +155,23 @@ def _param(text: str) -> tuple[str, object]:
         return name, value
 
 
+def _units(texts: list[str], columns: list[str]) -> dict[str, str]:
+    """``--unit COLUMN=UNIT`` options as a map; a column the model does not use is an error (a typo would otherwise
+    leave the column without its unit, silently)."""
+    units: dict[str, str] = {}
+    for text in texts:
+        name, sep, unit = text.partition("=")
+        name, unit = name.strip(), unit.strip()
+        if not sep or not name or not unit:
+            raise ValueError(f"--unit {text!r}: expected COLUMN=UNIT, e.g. NOX=mg/m³")
+        if name not in columns:
+            raise ValueError(f"--unit {text!r}: {name!r} is not an input or the target of this model "
+                             f"({', '.join(columns)})")
+        units[name] = unit
+    return units
+
+
 def cmd_train(args) -> int:
-    from models.data import GAS_TURBINE_UNITS
     from models.registry import Registry
     from models.train import TrainSpec, train
 
@@ -162,10 +180,13 @@ def cmd_train(args) -> int:
         features = [f.strip() for f in args.features.split(",") if f.strip()]
     else:
         features = [c for c in table.names if c not in (args.target, args.label)]
+    # Units only as the user declares them: a plant file whose columns share the gas-turbine names (NOX, CO, AT)
+    # got the gas-turbine units (mg/m³, °C) written into its card.
+    units = _units(args.unit, features + ([args.target] if args.target else []))
     spec = TrainSpec(args.model_id, features, args.target, estimator=args.kind, params=dict(map(_param, args.param)),
                      label=args.label, alpha=args.alpha, interval=args.interval,
                      calibration_fraction=args.calibration_fraction, holdout_fraction=args.holdout_fraction,
-                     metric=args.metric, units={k: v for k, v in GAS_TURBINE_UNITS.items() if k in features})
+                     metric=args.metric, units=units)
     registry = None if args.no_register else Registry(args.registry, args.db)
     tm = train(spec, table, progress=_progress)
     if args.json:

@@ -366,6 +366,7 @@ def train(spec: TrainSpec, table: FeatureTable, *, parent_version: int | None = 
         "params": dict(spec.params),
         "description": spec.description,
         "target": spec.target,
+        "target_unit": spec.units.get(spec.target, "") if spec.target else "",
         "label": spec.label,
         "created_at": datetime.now(UTC).isoformat(),
         "sha256": digest,

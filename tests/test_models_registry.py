@@ -543,3 +543,29 @@ def test_cli_list_shows_creation_times_in_utc_whatever_the_database_time_zone(pg
     with psycopg.connect(pg_dsn) as conn:  # the training span (naive UTC in the card) stored as that instant
         start = conn.execute("SELECT training_start FROM model_registry").fetchone()[0]
     assert start.astimezone(UTC).replace(tzinfo=None).isoformat() == "2024-01-01T00:00:00", start
+
+
+def test_cli_train_records_only_the_units_the_user_declares(tmp_path, capsys):
+    """A plant's own file whose columns share the gas-turbine names (AT, CO, NOX) got the gas-turbine units (°C,
+    mg/m³) written into its card. Units come from ``--unit COLUMN=UNIT``; a column not in the model is an error."""
+    from edge.cli import main
+
+    t = regression_table(300)
+    plant = type(t)({"AT": t.columns["x1"], "CO": t.columns["x2"], "load": t.columns["x3"], "NOX": t.columns["y"]})
+    data = _csv(tmp_path / "plant.csv", plant)
+    reg = tmp_path / "reg"
+    base = ["models", "train", "--data", str(data), "--target", "NOX", "--param", "max_iter=20", "--registry", str(reg)]
+    assert main([*base, "--model-id", "plain"]) == 0
+    card = json.loads((reg / "plain" / "1" / "card.json").read_text())
+    assert {f["name"]: f["unit"] for f in card["input_schema"]["features"]} == {"AT": "", "CO": "", "load": ""}
+    assert card["target_unit"] == ""
+    assert main([*base, "--model-id", "declared", "--unit", "AT=K", "--unit", "NOX=ppm", "--unit", "load= % "]) == 0
+    card = json.loads((reg / "declared" / "1" / "card.json").read_text())
+    assert {f["name"]: f["unit"] for f in card["input_schema"]["features"]} == {"AT": "K", "CO": "", "load": "%"}
+    assert card["target_unit"] == "ppm"
+    capsys.readouterr()
+    for bad, says in [("NOx=ppm", "'NOx' is not an input or the target of this model"), ("AT", "expected COLUMN=UNIT")]:
+        assert main([*base, "--model-id", "bad", "--unit", bad]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and says in err, err
+    assert not (reg / "bad").exists()
