@@ -195,6 +195,7 @@ def holdout_metrics(card: dict, table: FeatureTable, value: np.ndarray, lower=No
     m["alpha"] = alpha
     m["far"] = float(np.mean(flagged[normal])) if normal.any() else math.nan
     m["far_gap"] = abs(m["far"] - alpha) if normal.any() else math.nan
+    m["normal_rows"] = int(normal.sum())
     if card.get("label"):
         m["auc"] = _auc(labels, value)
         m["detection_rate"] = float(np.mean(flagged[~normal])) if (~normal).any() else math.nan
