@@ -142,7 +142,17 @@ def _progress(msg: str) -> None:
 def _read(files: list[Path], time_column: str | None):
     from models.data import FeatureTable, read_csv
 
-    return FeatureTable.concat(read_csv(f, time_column=time_column) for f in files)
+    tables = [read_csv(f, time_column=time_column) for f in files]
+    # The same rows twice (a file named twice, or a copy) trained on and were held out at once, or counted twice
+    # by the gate: refused by their content's sha256, whatever the names.
+    seen: dict[str, str] = {}
+    for t in tables:
+        for s in t.sources:
+            if s["sha256"] in seen:
+                raise ValueError(f"{s['path']} is the same data as {seen[s['sha256']]} (same sha256): give each "
+                                 "file once")
+            seen[s["sha256"]] = s["path"]
+    return FeatureTable.concat(tables)
 
 
 def _param(text: str) -> tuple[str, object]:

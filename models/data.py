@@ -117,6 +117,22 @@ def _utc_naive(t: datetime) -> datetime:
     return t.astimezone(UTC).replace(tzinfo=None) if t.tzinfo else t
 
 
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _iso(path: Path, line: int, column: str, text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{path}: line {line}: time column {column!r}: {text[:40]!r} is not an ISO 8601 "
+                          "time") from None
+
+
 def read_csv(path: str | Path, *, time_column: str | None = None, label: str | None = None) -> FeatureTable:
     """A CSV file (``,`` or ``;``) with a header as a table. Header names are stripped of whitespace and a BOM.
 
@@ -134,18 +150,26 @@ def read_csv(path: str | Path, *, time_column: str | None = None, label: str | N
         if first is None:
             raise ConfigError(f"{path}: empty file (a CSV file with a header line is expected)")
         header = [h.strip() for h in first]
-        raw = [r for r in reader if r]
+        # (line number, fields): a row with more or fewer fields than the header (a cut-off last line, a stray
+        # delimiter) had its cells read into the wrong columns or as missing values, with no word of it.
+        raw = [(reader.line_num, r) for r in reader if r]
+    for line, r in raw:
+        if len(r) != len(header):
+            raise ConfigError(f"{path}: line {line} has {len(r)} field(s), the header {len(header)}: fix or drop it")
     times = None
     cols: dict[str, np.ndarray] = {}
     for j, name in enumerate(header):
-        values = [r[j].strip() if j < len(r) else "" for r in raw]
+        values = [r[j].strip() for _, r in raw]
         if name == time_column:
-            times = np.array([np.datetime64(_utc_naive(datetime.fromisoformat(v)), "us") for v in values])
+            times = np.array([np.datetime64(_utc_naive(_iso(path, raw[i][0], name, v)), "us")
+                              for i, v in enumerate(values)])
             continue
         try:
             cols[name] = np.array([float(v) if v else np.nan for v in values])
-        except ValueError as exc:
-            raise ConfigError(f"{path}: column {name!r} is not numeric ({exc})") from None
+        except ValueError:
+            bad = next(i for i, v in enumerate(values) if v and not _is_float(v))
+            raise ConfigError(f"{path}: line {raw[bad][0]}: column {name!r} is not numeric: "
+                              f"{values[bad][:40]!r}") from None
     if time_column and times is None:
         raise ConfigError(f"{path}: no time column {time_column!r}; columns are {', '.join(header)}")
     return FeatureTable(cols, times, [(label or path.stem, 0, len(raw))],

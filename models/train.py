@@ -227,6 +227,21 @@ def _time_order(table: FeatureTable) -> FeatureTable:
                         table.sources)
 
 
+def _check_unique_times(table: FeatureTable) -> None:
+    """`ValueError` when a time is on more than one row (the table in time order). Such rows (a file given twice,
+    overlapping exports) trained silently, and the time split could put copies of a training row in the holdout:
+    metrics and the gate then judge the model on rows it was fitted on."""
+    if table.times is None or len(table) < 2:
+        return
+    t = table.times.astype("datetime64[us]")
+    dup = np.unique(t[1:][t[1:] == t[:-1]])
+    if dup.size:
+        shown = ", ".join(str(x) for x in dup[:3]) + (" ..." if dup.size > 3 else "")
+        raise ValueError(f"{dup.size} time(s) on more than one row ({shown}): rows overlap (a file given twice?); "
+                         "drop or merge the duplicates, or the time split may put copies of training rows in the "
+                         "holdout")
+
+
 def _single_row_latency_us(model, x: np.ndarray, repeats: int = 200) -> float:
     """Median single-row onnxruntime latency: measured, so the card says what a version costs to serve."""
     row = np.ascontiguousarray(x[:1], dtype=np.float32)
@@ -274,6 +289,7 @@ def train(spec: TrainSpec, table: FeatureTable, *, parent_version: int | None = 
     features = list(spec.features)
     needed = features + [c for c in (spec.target, spec.label) if c]
     table = _time_order(table)
+    _check_unique_times(table)
     full = table.matrix(needed)  # ConfigError naming a missing column
     if not np.all(np.isfinite(full)):
         bad = [c for j, c in enumerate(needed) if not np.all(np.isfinite(full[:, j]))]
