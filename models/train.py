@@ -293,7 +293,12 @@ def train(spec: TrainSpec, table: FeatureTable, *, parent_version: int | None = 
     full = table.matrix(needed)  # ConfigError naming a missing column
     if not np.all(np.isfinite(full)):
         bad = [c for j, c in enumerate(needed) if not np.all(np.isfinite(full[:, j]))]
-        raise ValueError(f"non-finite values in column(s) {', '.join(bad)}: clean or drop those rows first")
+        rows = np.flatnonzero(~np.isfinite(full).all(axis=1))
+        # which rows: by time when the table has times (its row numbers are after sorting), else by row number
+        at = [str(table.times[i]) for i in rows[:3]] if table.times is not None else [str(i) for i in rows[:3]]
+        raise ValueError(f"non-finite values in column(s) {', '.join(bad)}, {rows.size} row(s) "
+                         f"({'at ' if table.times is not None else 'rows '}{', '.join(at)}"
+                         f"{' ...' if rows.size > 3 else ''}): clean or drop those rows first")
     if spec.label:
         # 0 is normal operation (what an anomaly scorer learns), 1 an anomaly; a label of 1/2 or -1/1 (another
         # convention) silently trained on the wrong rows, or on none.

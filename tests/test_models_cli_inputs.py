@@ -42,8 +42,17 @@ def _bad_time(rows):
 
 def _bad_number(rows):
     parts = rows[40].split(",")
-    parts[2] = "1;5"  # text in a number column
+    parts[2] = "1;5"  # text in a number column (x2)
     rows[40] = ",".join(parts)
+
+
+def _cell(value):
+    def edit(rows):
+        parts = rows[40].split(",")
+        parts[2] = value
+        rows[40] = ",".join(parts)
+    edit.__name__ = f"_cell_{value or 'empty'}"
+    return edit
 
 
 def _duplicate_time(rows):
@@ -82,6 +91,10 @@ def _untouched(reg, capsys):
     # "error: Invalid isoformat string: 'yesterday noon'": which file, which line?
     (_bad_time, "bad.csv: line 42: time column 'time': 'yesterday noon' is not an ISO 8601 time"),
     (_bad_number, "bad.csv: line 42: column 'x2' is not numeric: '1;5'"),
+    # "non-finite values in column(s) x2": in which of the rows?
+    (_cell("nan"), "non-finite values in column(s) x2, 1 row(s) (at 2024-01-02T16:00:00.000000)"),
+    (_cell("inf"), "non-finite values in column(s) x2, 1 row(s) (at 2024-01-02T16:00:00.000000)"),
+    (_cell(""), "non-finite values in column(s) x2, 1 row(s) (at 2024-01-02T16:00:00.000000)"),
     # trained without a word, and the time split could hold out a copy of a training row
     (_duplicate_time, "1 time(s) on more than one row (2024-01-02T16:00:00.000000)"),
 ])
