@@ -1,7 +1,7 @@
 """``valvoja models``: train, list, promote (the gate), rollback; evaluate and report come from
 `models.report_cli` when it is installed.
 
-    valvoja models train --data gt_2011.csv gt_2012.csv --target NOX --model-id gt-nox [--kind hgb]
+    valvoja models train --data gt_2011.csv gt_2012.csv --target NOX --model-id gt-nox [--estimator hgb]
     valvoja models list [MODEL]
     valvoja models promote gt-nox 2 [--holdout gt_2013.csv]
     valvoja models rollback gt-nox [--to 1]
@@ -53,15 +53,17 @@ def add_parser(subparsers) -> None:
     t.add_argument("--target", help="column to predict (regressors)")
     t.add_argument("--features", help="comma-separated input columns in model order (default: every numeric "
                                       "column except target, label and time)")
-    t.add_argument("--kind", default="hgb", choices=sorted(CATALOGUE), metavar="ESTIMATOR",
+    # --estimator as `models evaluate gas-turbine` and `emissions pems` name it (and the card); --kind still works
+    t.add_argument("--estimator", "--kind", dest="kind", default="hgb", choices=sorted(CATALOGUE),
+                   metavar="ESTIMATOR",
                    help="estimator: " + "; ".join(f"{k}: {v.description}" for k, v in CATALOGUE.items())
-                        + " (default hgb)")
+                        + " (default hgb; --kind is the same option)")
     t.add_argument("--label", help="anomaly scorers: 0/1 column, 1 = anomalous (left out of fit and calibration)")
     t.add_argument("--time-column", help="ISO-8601 time column (rows are sorted by it)")
     t.add_argument("--alpha", type=float, default=0.1, help="miscoverage of the intervals / p-value flag level "
                                                             "(default 0.1: 90 %% intervals)")
     t.add_argument("--interval", choices=["auto", "split", "cqr"], default="auto",
-                   help="regressors: split conformal or CQR (cqr needs --kind hgb-cqr; auto picks by estimator)")
+                   help="regressors: split conformal or CQR (cqr needs --estimator hgb-cqr; auto picks by estimator)")
     t.add_argument("--calibration-fraction", type=float, default=0.2, help="share of rows for calibration "
                                                                            "(default 0.2)")
     t.add_argument("--holdout-fraction", type=float, default=0.2, help="last share of rows held out (default 0.2)")

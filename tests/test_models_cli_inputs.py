@@ -129,3 +129,19 @@ def test_promote_on_a_holdout_with_a_bad_time_is_one_line(registry, tmp_path, ca
                  "--out", str(tmp_path / "rep")]) == 1
     _one_line_error(capsys, "line 42: time column 'time'")
     _untouched(registry, capsys)
+
+
+def test_train_takes_the_estimator_option_the_other_commands_use(tmp_path, capsys):
+    """`models evaluate gas-turbine` and `emissions pems` take --estimator, `models train` took only --kind:
+    `--estimator linear` was "unrecognized arguments". An unknown one is named with the choices (usage error, 2)."""
+    good = _write(tmp_path / "good.csv", regression_table(200))
+    base = ["models", "train", "--data", str(good), "--time-column", "time", "--target", "y", "--model-id", "m",
+            "--no-register"]
+    assert main([*base, "--estimator", "linear"]) == 0
+    assert main([*base, "--kind", "linear"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main([*base, "--estimator", "xgboost"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "argument --estimator/--kind: invalid choice: 'xgboost'" in err and "'hgb'" in err, err
