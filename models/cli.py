@@ -200,6 +200,8 @@ def cmd_train(args) -> int:
                      calibration_fraction=args.calibration_fraction, holdout_fraction=args.holdout_fraction,
                      metric=args.metric, units=units)
     registry = None if args.no_register else Registry(args.registry, args.db)
+    if registry is not None:
+        registry.check_writable()  # before the training run, not after it
     tm = train(spec, table, progress=_progress)
     if args.json:
         print(json.dumps({k: v for k, v in tm.card.items() if k != "calibration"}, indent=2, default=str))

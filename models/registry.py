@@ -366,6 +366,13 @@ class Registry:
     def __repr__(self) -> str:
         return f"Registry({str(self.root)!r}, {'database' if self.dsn else 'index.json'})"
 
+    def check_writable(self) -> None:
+        """`OSError` naming the folder unless a file can be created in ``root``: `register` writes there, and a
+        read-only folder was found out only after the whole training run."""
+        fd, name = tempfile.mkstemp(prefix=".write-check-", dir=self.root)
+        os.close(fd)
+        os.unlink(name)
+
     def _version(self, row: dict) -> ModelVersion:
         return ModelVersion(row["model_id"], int(row["version"]), row["status"], row["sha256"],
                             self.root / row["path"], _ts(row["created_at"]), row["kind"], row.get("parent_version"),

@@ -145,3 +145,21 @@ def test_train_takes_the_estimator_option_the_other_commands_use(tmp_path, capsy
     assert exited.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "argument --estimator/--kind: invalid choice: 'xgboost'" in err and "'hgb'" in err, err
+
+
+def test_train_into_a_read_only_registry_folder_fails_before_training(tmp_path, capsys):
+    """It trained (minutes on real data), then failed at registration: `.index.lock: Read-only file system`."""
+    import subprocess
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True).returncode:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    try:
+        good = _write(tmp_path / "good.csv", regression_table(200))
+        assert main(["models", "train", "--data", str(good), "--time-column", "time", "--target", "y",
+                     "--model-id", "m", "--registry", str(ro)]) == 1
+        # one line in all: training's progress lines (stderr too) never came
+        assert "Read-only file system" in _one_line_error(capsys, f"{ro}/.write-check-")
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
