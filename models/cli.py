@@ -141,22 +141,6 @@ def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _read(files: list[Path], time_column: str | None):
-    from models.data import FeatureTable, read_csv
-
-    tables = [read_csv(f, time_column=time_column) for f in files]
-    # The same rows twice (a file named twice, or a copy) trained on and were held out at once, or counted twice
-    # by the gate: refused by their content's sha256, whatever the names.
-    seen: dict[str, str] = {}
-    for t in tables:
-        for s in t.sources:
-            if s["sha256"] in seen:
-                raise ValueError(f"{s['path']} is the same data as {seen[s['sha256']]} (same sha256): give each "
-                                 "file once")
-            seen[s["sha256"]] = s["path"]
-    return FeatureTable.concat(tables)
-
-
 def _param(text: str) -> tuple[str, object]:
     name, sep, value = text.partition("=")
     if not sep or not name:
@@ -184,10 +168,11 @@ def _units(texts: list[str], columns: list[str]) -> dict[str, str]:
 
 
 def cmd_train(args) -> int:
+    from models.data import read_csvs
     from models.registry import Registry
     from models.train import TrainSpec, train
 
-    table = _read(args.data, args.time_column)
+    table = read_csvs(args.data, time_column=args.time_column)
     if args.features:
         features = [f.strip() for f in args.features.split(",") if f.strip()]
     else:
@@ -251,10 +236,11 @@ def cmd_list(args) -> int:
 
 
 def cmd_promote(args) -> int:
+    from models.data import read_csvs
     from models.registry import GateRefused
 
     reg = existing_registry(args)
-    holdout = _read(args.holdout, args.time_column) if args.holdout else None
+    holdout = read_csvs(args.holdout, time_column=args.time_column) if args.holdout else None
     try:
         cmp = reg.promote(args.model_id, args.version, holdout=holdout, actor=args.actor)
     except GateRefused as exc:

@@ -176,6 +176,21 @@ def read_csv(path: str | Path, *, time_column: str | None = None, label: str | N
                         [{"path": str(path), "sha256": _sha256_file(path), "rows": len(raw)}])
 
 
+def read_csvs(files: Sequence[str | Path], *, time_column: str | None = None) -> FeatureTable:
+    """`read_csv` of each file, concatenated in the order given. The same content twice (a file named twice, or a
+    copy) is a `ConfigError`: its rows would count twice in a report or the gate, and be trained on and held out
+    at once."""
+    tables = [read_csv(f, time_column=time_column) for f in files]
+    seen: dict[str, str] = {}
+    for t in tables:
+        for s in t.sources:
+            if s["sha256"] in seen:
+                raise ConfigError(f"{s['path']} is the same data as {seen[s['sha256']]} (same sha256): give each "
+                                  "file once")
+            seen[s["sha256"]] = s["path"]
+    return FeatureTable.concat(tables)
+
+
 def load_gas_turbine(folder: str | Path, years: Sequence[int | str]) -> FeatureTable:
     """The UCI gas-turbine CO/NOx files ``gt_<year>.csv`` of ``folder``, concatenated in the order given."""
     folder = Path(folder)

@@ -117,6 +117,11 @@ def test_the_same_file_twice_is_refused_by_content(registry, tmp_path, capsys):
     _one_line_error(capsys, f"{copy} is the same data as {a} (same sha256): give each file once")
     assert main(["models", "promote", "m", "1", "--holdout", str(a), str(a), "--registry", str(registry)]) == 1
     _one_line_error(capsys, "is the same data as")
+    # a report counted every row twice (coverage, MAE, drift)
+    assert main(["models", "report", "m", "--data", str(a), str(copy), "--registry", str(registry), "--out",
+                 str(tmp_path / "rep")]) == 1
+    _one_line_error(capsys, f"{copy} is the same data as {a}")
+    assert not (tmp_path / "rep").exists()
     _untouched(registry, capsys)
 
 
