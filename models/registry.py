@@ -48,6 +48,7 @@ from edge.files import fsync_path, write_atomic
 from models.data import FeatureTable
 from models.export import ParityError, sha256
 from models.runtime import IntegrityError, OnnxModel
+from models.schema import InputError
 from models.train import GATE_METRICS, TrainedModel, holdout_metrics
 
 log = logging.getLogger(__name__)
@@ -537,7 +538,10 @@ class Registry:
                     shown = ", ".join(str(r) for r in gaps[:5]) + (" ..." if gaps.size > 5 else "")
                     raise ConfigError(f"{model_id_v(mv)}: the holdout data has no value of {c} in {gaps.size} row(s) "
                                       f"({shown}): drop those rows, the gate scores every row")
-            out = m.predict(table.matrix(m.schema.names), columns=m.schema.names)
+            try:
+                out = m.predict(table.matrix(m.schema.names), columns=m.schema.names)
+            except InputError as exc:  # it said "NaN or infinite input values: b (row 10; ...)": of which data?
+                raise InputError(f"{model_id_v(mv)}: the {source}: {exc} (rows counted from 0)") from None
             return holdout_metrics(card, table, out.value, out.lower, out.upper, out.p_value)
 
         def result(accepted: bool, reason: str, cm: dict, hm: dict | None = None, floor: float | None = None):

@@ -168,3 +168,13 @@ def test_train_into_a_read_only_registry_folder_fails_before_training(tmp_path, 
         assert "Read-only file system" in _one_line_error(capsys, f"{ro}/.write-check-")
     finally:
         subprocess.run(["umount", str(ro)], check=True)
+
+
+def test_promote_on_a_holdout_with_a_missing_input_names_the_version_and_the_data(registry, tmp_path, capsys):
+    """"error: NaN or infinite input values: x2 (row 40; 1 in all)": which model, which data, which row?"""
+    bad = _write(tmp_path / "bad.csv", regression_table(300, seed=6), _cell(""))
+    assert main(["models", "promote", "m", "1", "--holdout", str(bad), "--time-column", "time", "--registry",
+                 str(registry)]) == 1
+    _one_line_error(capsys, "m v1: the given holdout data: NaN or infinite input values: x2 (row 40; 1 in all) "
+                            "(rows counted from 0)")
+    _untouched(registry, capsys)
