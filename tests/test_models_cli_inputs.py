@@ -178,3 +178,35 @@ def test_promote_on_a_holdout_with_a_missing_input_names_the_version_and_the_dat
     _one_line_error(capsys, "m v1: the given holdout data: NaN or infinite input values: x2 (row 40; 1 in all) "
                             "(rows counted from 0)")
     _untouched(registry, capsys)
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    # "error: 'utf-8' codec can't decode byte 0xb0 in position 3": which file?
+    ("AT \xb0C,b,y\n".encode("latin-1") + b"1,2,3\n",
+     "bad.csv: not UTF-8 text (byte b0 at offset 3): save it as UTF-8"),
+    # the second "a" replaced the first, silently
+    (b"a,a,y\n1,2,3\n", "bad.csv: column(s) a appear more than once in the header"),
+    # a feature named ""
+    (b"a,,y\n1,2,3\n", "bad.csv: header field(s) 2 have no name"),
+])
+def test_a_header_or_encoding_the_reader_cannot_take_is_named(tmp_path, capsys, content, says):
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(content)
+    assert main(["models", "train", "--data", str(bad), "--target", "y", "--model-id", "m", "--no-register"]) == 1
+    _one_line_error(capsys, says)
+
+
+def test_files_with_other_columns_are_named_and_a_trailing_delimiter_is_no_column(tmp_path, capsys):
+    table = regression_table(200)
+    a = _write(tmp_path / "a.csv", table, times=False)
+    b = tmp_path / "b.csv"
+    b.write_text(a.read_text().replace("x3", "x9", 1))
+    assert main(["models", "train", "--data", str(a), str(b), "--target", "y", "--model-id", "m",
+                 "--no-register"]) == 1  # "tables have different columns: [...] vs [...]": of which files?
+    _one_line_error(capsys, f"{b}: columns x1, x2, x9, x4, y are not those of {a}: x1, x2, x3, x4, y")
+    trailing = tmp_path / "trailing.csv"  # some exports end every line with the delimiter
+    trailing.write_text("".join(line + ",\n" for line in a.read_text().splitlines()))
+    assert main(["models", "train", "--data", str(trailing), "--target", "y", "--model-id", "m", "--no-register",
+                 "--json"]) == 0
+    card = json.loads(capsys.readouterr().out.split("\nm: trained")[0])
+    assert [f["name"] for f in card["input_schema"]["features"]] == ["x1", "x2", "x3", "x4"]
