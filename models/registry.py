@@ -53,7 +53,7 @@ from models.train import GATE_METRICS, TrainedModel, holdout_metrics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Comparison", "GateRefused", "ModelVersion", "Registry", "promote", "rollback"]
+__all__ = ["Comparison", "GateRefused", "ModelVersion", "Registry", "coverage_floor", "far_band", "promote", "rollback"]
 
 STATUSES = ("candidate", "champion", "retired")
 # Relative slack when comparing gate metrics: float32 inference of the same graph on the same rows is
@@ -160,7 +160,8 @@ class Comparison:
         for k in keys:
             c = self.candidate_metrics.get(k)
             h = self.champion_metrics.get(k)
-            mark = " <- gate" if k == self.metric else ""
+            gated = ("far", "detection_rate") if self.metric == "far_gap" else (self.metric,)  # `_far_gate`
+            mark = " <- gate" if k in gated else ""
             lines.append(f"  {k:<18}{_fmt(c):>14}{_fmt(h):>14}{mark}")
         if self.coverage_floor is not None:
             lines.append(f"  coverage floor {self.coverage_floor:.4f} (nominal minus a one-sided "

@@ -604,6 +604,8 @@ def test_the_far_gap_gate_prefers_the_detector_that_detects(registry):
     assert lo <= g["far"] <= hi
     c = registry.promote("an", v2)  # was refused: far_gap 0.026 "worse" than the useless detector's 0.014
     assert c.accepted and "candidate detection rate" in c.reason and "matches or beats" in c.reason, c.describe()
+    marked = [line.split()[0] for line in c.describe().splitlines() if line.endswith("<- gate")]
+    assert marked == ["far", "detection_rate"]
     v3 = registry.register(useless).version
     with pytest.raises(GateRefused) as refused:
         registry.promote("an", v3, holdout=table.rows(2400))  # its own stored rows lack the champion's inputs
