@@ -1,7 +1,7 @@
 """``valvoja models``: train, list, promote (the gate), rollback; evaluate and report come from
 `models.report_cli` when it is installed.
 
-    valvoja models train --data gt_2011.csv gt_2012.csv --target NOX --model-id gt-nox [--kind hgb]
+    valvoja models train --data gt_2011.csv gt_2012.csv --target NOX --model-id gt-nox [--estimator hgb]
     valvoja models list [MODEL]
     valvoja models promote gt-nox 2 [--holdout gt_2013.csv]
     valvoja models rollback gt-nox [--to 1]
@@ -53,20 +53,25 @@ def add_parser(subparsers) -> None:
     t.add_argument("--target", help="column to predict (regressors)")
     t.add_argument("--features", help="comma-separated input columns in model order (default: every numeric "
                                       "column except target, label and time)")
-    t.add_argument("--kind", default="hgb", choices=sorted(CATALOGUE), metavar="ESTIMATOR",
+    # --estimator as `models evaluate gas-turbine` and `emissions pems` name it (and the card); --kind still works
+    t.add_argument("--estimator", "--kind", dest="kind", default="hgb", choices=sorted(CATALOGUE),
+                   metavar="ESTIMATOR",
                    help="estimator: " + "; ".join(f"{k}: {v.description}" for k, v in CATALOGUE.items())
-                        + " (default hgb)")
+                        + " (default hgb; --kind is the same option)")
     t.add_argument("--label", help="anomaly scorers: 0/1 column, 1 = anomalous (left out of fit and calibration)")
     t.add_argument("--time-column", help="ISO-8601 time column (rows are sorted by it)")
     t.add_argument("--alpha", type=float, default=0.1, help="miscoverage of the intervals / p-value flag level "
                                                             "(default 0.1: 90 %% intervals)")
     t.add_argument("--interval", choices=["auto", "split", "cqr"], default="auto",
-                   help="regressors: split conformal or CQR (cqr needs --kind hgb-cqr; auto picks by estimator)")
+                   help="regressors: split conformal or CQR (cqr needs --estimator hgb-cqr; auto picks by estimator)")
     t.add_argument("--calibration-fraction", type=float, default=0.2, help="share of rows for calibration "
                                                                            "(default 0.2)")
     t.add_argument("--holdout-fraction", type=float, default=0.2, help="last share of rows held out (default 0.2)")
     t.add_argument("--metric", help="the gate metric the card names (default mae; anomaly: auc with --label, else "
                                     "far_gap); the model's first promotion fixes its gate metric for good")
+    t.add_argument("--unit", action="append", default=[], metavar="COLUMN=UNIT",
+                   help="unit of an input or target column as the card records it, e.g. NOX=mg/m³ (repeatable; "
+                        "a column without one is recorded without a unit)")
     t.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="estimator parameter, e.g. max_iter=200 (repeatable; values parsed as JSON when they can be)")
     t.add_argument("--no-register", action="store_true", help="train and check only; print the card")
@@ -136,12 +141,6 @@ def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _read(files: list[Path], time_column: str | None):
-    from models.data import FeatureTable, read_csv
-
-    return FeatureTable.concat(read_csv(f, time_column=time_column) for f in files)
-
-
 def _param(text: str) -> tuple[str, object]:
     name, sep, value = text.partition("=")
     if not sep or not name:
@@ -152,21 +151,42 @@ def _param(text: str) -> tuple[str, object]:
         return name, value
 
 
+def _units(texts: list[str], columns: list[str]) -> dict[str, str]:
+    """``--unit COLUMN=UNIT`` options as a map; a column the model does not use is an error (a typo would otherwise
+    leave the column without its unit, silently)."""
+    units: dict[str, str] = {}
+    for text in texts:
+        name, sep, unit = text.partition("=")
+        name, unit = name.strip(), unit.strip()
+        if not sep or not name or not unit:
+            raise ValueError(f"--unit {text!r}: expected COLUMN=UNIT, e.g. NOX=mg/m³")
+        if name not in columns:
+            raise ValueError(f"--unit {text!r}: {name!r} is not an input or the target of this model "
+                             f"({', '.join(columns)})")
+        units[name] = unit
+    return units
+
+
 def cmd_train(args) -> int:
-    from models.data import GAS_TURBINE_UNITS
+    from models.data import read_csvs
     from models.registry import Registry
     from models.train import TrainSpec, train
 
-    table = _read(args.data, args.time_column)
+    table = read_csvs(args.data, time_column=args.time_column)
     if args.features:
         features = [f.strip() for f in args.features.split(",") if f.strip()]
     else:
         features = [c for c in table.names if c not in (args.target, args.label)]
+    # Units only as the user declares them: a plant file whose columns share the gas-turbine names (NOX, CO, AT)
+    # got the gas-turbine units (mg/m³, °C) written into its card.
+    units = _units(args.unit, features + ([args.target] if args.target else []))
     spec = TrainSpec(args.model_id, features, args.target, estimator=args.kind, params=dict(map(_param, args.param)),
                      label=args.label, alpha=args.alpha, interval=args.interval,
                      calibration_fraction=args.calibration_fraction, holdout_fraction=args.holdout_fraction,
-                     metric=args.metric, units={k: v for k, v in GAS_TURBINE_UNITS.items() if k in features})
+                     metric=args.metric, units=units)
     registry = None if args.no_register else Registry(args.registry, args.db)
+    if registry is not None:
+        registry.check_writable()  # before the training run, not after it
     tm = train(spec, table, progress=_progress)
     if args.json:
         print(json.dumps({k: v for k, v in tm.card.items() if k != "calibration"}, indent=2, default=str))
@@ -216,10 +236,11 @@ def cmd_list(args) -> int:
 
 
 def cmd_promote(args) -> int:
+    from models.data import read_csvs
     from models.registry import GateRefused
 
     reg = existing_registry(args)
-    holdout = _read(args.holdout, args.time_column) if args.holdout else None
+    holdout = read_csvs(args.holdout, time_column=args.time_column) if args.holdout else None
     try:
         cmp = reg.promote(args.model_id, args.version, holdout=holdout, actor=args.actor)
     except GateRefused as exc:

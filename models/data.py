@@ -117,6 +117,22 @@ def _utc_naive(t: datetime) -> datetime:
     return t.astimezone(UTC).replace(tzinfo=None) if t.tzinfo else t
 
 
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _iso(path: Path, line: int, column: str, text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{path}: line {line}: time column {column!r}: {text[:40]!r} is not an ISO 8601 "
+                          "time") from None
+
+
 def read_csv(path: str | Path, *, time_column: str | None = None, label: str | None = None) -> FeatureTable:
     """A CSV file (``,`` or ``;``) with a header as a table. Header names are stripped of whitespace and a BOM.
 
@@ -125,31 +141,72 @@ def read_csv(path: str | Path, *, time_column: str | None = None, label: str | N
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: is a folder, not a data file" if path.is_dir() else f"{path}: no such data file")
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        sample = fh.read(4096)
-        fh.seek(0)
-        delim = ";" if sample.count(";") > sample.count(",") else ","
-        reader = csv.reader(fh, delimiter=delim)
-        first = next(reader, None)
-        if first is None:
-            raise ConfigError(f"{path}: empty file (a CSV file with a header line is expected)")
-        header = [h.strip() for h in first]
-        raw = [r for r in reader if r]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            sample = fh.read(4096)
+            fh.seek(0)
+            delim = ";" if sample.count(";") > sample.count(",") else ","
+            reader = csv.reader(fh, delimiter=delim)
+            first = next(reader, None)
+            if first is None:
+                raise ConfigError(f"{path}: empty file (a CSV file with a header line is expected)")
+            header = [h.strip() for h in first]
+            # (line number, fields): a row with more or fewer fields than the header (a cut-off last line, a stray
+            # delimiter) had its cells read into the wrong columns or as missing values, with no word of it.
+            raw = [(reader.line_num, r) for r in reader if r]
+    except UnicodeDecodeError as exc:  # said without the file: "'utf-8' codec can't decode byte 0xb0 ..."
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1].hex()} at offset "
+                          f"{exc.start}): save it as UTF-8") from None
+    if len(header) > 1 and not header[-1] and all(len(r) == len(header) and not r[-1].strip() for _, r in raw):
+        # a delimiter at the end of every line (some exports write one): no column
+        header, raw = header[:-1], [(line, r[:-1]) for line, r in raw]
+    # A repeated name kept only its last column, an empty one became a feature called "": both silently.
+    empty = [str(j + 1) for j, h in enumerate(header) if not h]
+    if empty:
+        raise ConfigError(f"{path}: header field(s) {', '.join(empty)} have no name")
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise ConfigError(f"{path}: column(s) {', '.join(repeated)} appear more than once in the header")
+    for line, r in raw:
+        if len(r) != len(header):
+            raise ConfigError(f"{path}: line {line} has {len(r)} field(s), the header {len(header)}: fix or drop it")
     times = None
     cols: dict[str, np.ndarray] = {}
     for j, name in enumerate(header):
-        values = [r[j].strip() if j < len(r) else "" for r in raw]
+        values = [r[j].strip() for _, r in raw]
         if name == time_column:
-            times = np.array([np.datetime64(_utc_naive(datetime.fromisoformat(v)), "us") for v in values])
+            times = np.array([np.datetime64(_utc_naive(_iso(path, raw[i][0], name, v)), "us")
+                              for i, v in enumerate(values)])
             continue
         try:
             cols[name] = np.array([float(v) if v else np.nan for v in values])
-        except ValueError as exc:
-            raise ConfigError(f"{path}: column {name!r} is not numeric ({exc})") from None
+        except ValueError:
+            bad = next(i for i, v in enumerate(values) if v and not _is_float(v))
+            raise ConfigError(f"{path}: line {raw[bad][0]}: column {name!r} is not numeric: "
+                              f"{values[bad][:40]!r}") from None
     if time_column and times is None:
         raise ConfigError(f"{path}: no time column {time_column!r}; columns are {', '.join(header)}")
     return FeatureTable(cols, times, [(label or path.stem, 0, len(raw))],
                         [{"path": str(path), "sha256": _sha256_file(path), "rows": len(raw)}])
+
+
+def read_csvs(files: Sequence[str | Path], *, time_column: str | None = None) -> FeatureTable:
+    """`read_csv` of each file, concatenated in the order given. The same content twice (a file named twice, or a
+    copy) is a `ConfigError`: its rows would count twice in a report or the gate, and be trained on and held out
+    at once."""
+    tables = [read_csv(f, time_column=time_column) for f in files]
+    for f, t in zip(files[1:], tables[1:], strict=True):
+        if t.names != tables[0].names:  # concat's message named no file
+            raise ConfigError(f"{f}: columns {', '.join(t.names)} are not those of {files[0]}: "
+                              f"{', '.join(tables[0].names)}")
+    seen: dict[str, str] = {}
+    for t in tables:
+        for s in t.sources:
+            if s["sha256"] in seen:
+                raise ConfigError(f"{s['path']} is the same data as {seen[s['sha256']]} (same sha256): give each "
+                                  "file once")
+            seen[s["sha256"]] = s["path"]
+    return FeatureTable.concat(tables)
 
 
 def load_gas_turbine(folder: str | Path, years: Sequence[int | str]) -> FeatureTable:

@@ -48,11 +48,12 @@ from edge.files import fsync_path, write_atomic
 from models.data import FeatureTable
 from models.export import ParityError, sha256
 from models.runtime import IntegrityError, OnnxModel
+from models.schema import InputError
 from models.train import GATE_METRICS, TrainedModel, holdout_metrics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Comparison", "GateRefused", "ModelVersion", "Registry", "promote", "rollback"]
+__all__ = ["Comparison", "GateRefused", "ModelVersion", "Registry", "coverage_floor", "far_band", "promote", "rollback"]
 
 STATUSES = ("candidate", "champion", "retired")
 # Relative slack when comparing gate metrics: float32 inference of the same graph on the same rows is
@@ -63,6 +64,8 @@ MATCH_RTOL = 1e-9
 COVERAGE_TEST_LEVEL = 0.01
 # Gate metrics that need the rows' truth labels (anomaly scorers): computed with the champion's label column.
 LABELLED_METRICS = frozenset({"auc"})
+# How the far_gap gate decides (`_far_gate`): not by |far - alpha|, which a detector flagging alpha of all rows wins.
+FAR_RULE = "false alarm rate within alpha's tolerance, then the higher detection rate"
 
 
 class GateRefused(ValvojaError):
@@ -149,14 +152,16 @@ class Comparison:
         verdict = "ACCEPTED" if self.accepted else "REFUSED"
         lines = [f"gate {verdict}: {self.model_id} v{self.candidate} vs "
                  f"{'champion v' + str(self.champion) if self.champion is not None else 'no champion'} "
-                 f"on {self.rows} held-out rows ({self.holdout}); metric {self.metric} ({self.direction} is better"
+                 f"on {self.rows} held-out rows ({self.holdout}); metric {self.metric} ("
+                 f"{FAR_RULE if self.metric == 'far_gap' else self.direction + ' is better'}"
                  f"{', ' + self.metric_source if self.metric_source else ''})",
                  f"  {'metric':<18}{'candidate':>14}{'champion':>14}"]
         keys = [k for k in self.candidate_metrics if isinstance(self.candidate_metrics[k], float)]
         for k in keys:
             c = self.candidate_metrics.get(k)
             h = self.champion_metrics.get(k)
-            mark = " <- gate" if k == self.metric else ""
+            gated = ("far", "detection_rate") if self.metric == "far_gap" else (self.metric,)  # `_far_gate`
+            mark = " <- gate" if k in gated else ""
             lines.append(f"  {k:<18}{_fmt(c):>14}{_fmt(h):>14}{mark}")
         if self.coverage_floor is not None:
             lines.append(f"  coverage floor {self.coverage_floor:.4f} (nominal minus a one-sided "
@@ -363,6 +368,13 @@ class Registry:
     def __repr__(self) -> str:
         return f"Registry({str(self.root)!r}, {'database' if self.dsn else 'index.json'})"
 
+    def check_writable(self) -> None:
+        """`OSError` naming the folder unless a file can be created in ``root``: `register` writes there, and a
+        read-only folder was found out only after the whole training run."""
+        fd, name = tempfile.mkstemp(prefix=".write-check-", dir=self.root)
+        os.close(fd)
+        os.unlink(name)
+
     def _version(self, row: dict) -> ModelVersion:
         return ModelVersion(row["model_id"], int(row["version"]), row["status"], row["sha256"],
                             self.root / row["path"], _ts(row["created_at"]), row["kind"], row.get("parent_version"),
@@ -527,7 +539,10 @@ class Registry:
                     shown = ", ".join(str(r) for r in gaps[:5]) + (" ..." if gaps.size > 5 else "")
                     raise ConfigError(f"{model_id_v(mv)}: the holdout data has no value of {c} in {gaps.size} row(s) "
                                       f"({shown}): drop those rows, the gate scores every row")
-            out = m.predict(table.matrix(m.schema.names), columns=m.schema.names)
+            try:
+                out = m.predict(table.matrix(m.schema.names), columns=m.schema.names)
+            except InputError as exc:  # it said "NaN or infinite input values: b (row 10; ...)": of which data?
+                raise InputError(f"{model_id_v(mv)}: the {source}: {exc} (rows counted from 0)") from None
             return holdout_metrics(card, table, out.value, out.lower, out.upper, out.p_value)
 
         def result(accepted: bool, reason: str, cm: dict, hm: dict | None = None, floor: float | None = None):
@@ -568,7 +583,9 @@ class Registry:
             refusals.append(short)
         hv = hm.get(metric)
         ok = True
-        if hv is None or not math.isfinite(hv):
+        if metric == "far_gap":
+            ok, verdict = _far_gate(cm, hm, (cand.card.get("calibration") or {}).get("n"))
+        elif hv is None or not math.isfinite(hv):
             verdict = f"the champion's {metric} is not defined on these rows"
         else:
             slack = MATCH_RTOL * max(abs(hv), 1e-12)
@@ -719,6 +736,53 @@ def _coverage_check(cm: dict, hm: dict, rows: int) -> tuple[float | None, str | 
         return floor, None
     return floor, (f"the candidate's intervals cover {cov:.4f} of the rows, below {floor:.4f} ({against} minus a "
                    f"one-sided {1 - COVERAGE_TEST_LEVEL:.0%} binomial tolerance for {rows} rows)")
+
+
+def far_band(alpha: float, normal_rows: int, calibration_rows: int | None = None) -> tuple[float, float]:
+    """The false alarm rates the gate accepts on ``normal_rows`` normal rows for p-values flagged at ``alpha``:
+    ``k / n`` between the `COVERAGE_TEST_LEVEL` (1 %) lower and upper quantiles of Binomial(n, alpha). A detector's
+    rate varies with its calibration scores too (a conformal threshold from ``m`` scores is itself random), so with
+    ``calibration_rows`` ``n`` is ``1 / (1 / normal_rows + 1 / m)``, the binomial of the same variance; calibrated
+    p-values then fall outside on about 2 % of holdouts. E.g. alpha 0.1 on 500 rows: [0.07, 0.132]; with 500
+    calibration scores: [0.06, 0.148]."""
+    from scipy.stats import binom
+
+    if normal_rows <= 0:
+        return 0.0, 1.0
+    n = normal_rows if not calibration_rows else max(1, round(1 / (1 / normal_rows + 1 / calibration_rows)))
+    return float(binom.ppf(COVERAGE_TEST_LEVEL, n, alpha)) / n, float(binom.isf(COVERAGE_TEST_LEVEL, n, alpha)) / n
+
+
+def _far_gate(cm: dict, hm: dict, calibration_rows: int | None) -> tuple[bool, str]:
+    """``(accepted, verdict)`` of the ``far_gap`` gate. Ranking by ``|far - alpha|`` alone preferred a detector
+    that flags alpha of all rows at random (gap 0, detects nothing) to a good one that raises slightly fewer false
+    alarms than alpha. Now the false alarm rate is a condition and detection decides: the candidate's rate must
+    not exceed the upper end of `far_band` (more false alarms than its p-values promise); on labelled rows it must
+    match or beat the champion's detection rate at ``p <= alpha`` (fewer false alarms than alpha cost nothing
+    there: what it misses shows). Without labelled anomalies nothing shows a detector's power but its alarms, so
+    its rate must also not fall below the band (a detector that hardly flags is refused), and within the band it
+    is accepted."""
+    alpha, n = cm["alpha"], int(cm.get("normal_rows") or 0)
+    lo, hi = far_band(alpha, n, calibration_rows)
+    band = (f"[{lo:.4g}, {hi:.4g}] (alpha {alpha:g} within a {1 - COVERAGE_TEST_LEVEL:.0%} binomial tolerance for "
+            f"{n} normal rows and {calibration_rows or 'unknown'} calibration scores)")
+    cf, hf = cm["far"], hm.get("far")
+    if cf > hi:
+        return False, f"the candidate's false alarm rate {cf:.4g} is above {band}"
+    cd, hd = cm.get("detection_rate"), hm.get("detection_rate")
+    labelled = cd is not None and hd is not None and math.isfinite(cd) and math.isfinite(hd)
+    if not labelled:
+        if cf < lo:
+            return False, (f"the candidate's false alarm rate {cf:.4g} is below {band}, and no labelled anomalous "
+                           "rows show what it detects")
+        return True, (f"the candidate's false alarm rate {cf:.4g} is within {band}; no labelled anomalous rows "
+                      "to rank detection by")
+    if hf is None or not math.isfinite(hf) or hf > hi:
+        return True, f"the candidate's false alarm rate {cf:.4g} is within {band}, the champion's {_fmt(hf)} is not"
+    ok = cd >= hd - MATCH_RTOL * max(abs(hd), 1e-12)
+    return ok, (f"false alarm rates {cf:.4g} (candidate) and {hf:.4g} (champion) not above {band}; candidate "
+                f"detection rate {cd:.4g} {'matches or beats' if ok else 'is below'} champion {hd:.4g} at "
+                "p <= alpha")
 
 
 def coverage_floor(nominal: float, rows: int) -> float:

@@ -245,11 +245,11 @@ def _load_model(args):
 
 def _drift_reference(card: dict, features: list[str], reference: list[Path] | None, time_column: str | None):
     """A DriftMonitor of the training data, or (None, why not)."""
-    from models.data import FeatureTable, read_csv
+    from models.data import FeatureTable, read_csv, read_csvs
     from models.drift import DriftMonitor
 
     if reference:
-        table = FeatureTable.concat(read_csv(f, time_column=time_column) for f in reference)
+        table = read_csvs(reference, time_column=time_column)
         return DriftMonitor(table, features), "--reference files"
     if card.get("drift_reference"):
         return DriftMonitor.from_dict(card["drift_reference"]), "model card"
@@ -331,13 +331,13 @@ def model_report(model, table, *, model_id: str | None = None, info: dict | None
 def cmd_report(args) -> int:
     import numpy as np
 
-    from models.data import FeatureTable, read_csv
+    from models.data import FeatureTable, read_csvs
     from models.report import write_report
 
     model, info = _load_model(args)
     if model.kind != "regression":
         raise ValueError(f"{args.model_id}: the uncertainty report covers regressors; this is a {model.kind} model")
-    table = FeatureTable.concat(read_csv(f, time_column=args.time_column) for f in args.data)
+    table = read_csvs(args.data, time_column=args.time_column)
     if table.times is not None:
         order = np.argsort(table.times, kind="stable")
         table = FeatureTable({k: v[order] for k, v in table.columns.items()}, table.times[order])

@@ -221,7 +221,6 @@ class ModelServer:
         self._models: dict[int, OnnxModel] = {}  # the served version's session (older ones are released on a swap)
         self._swap_lock = threading.Lock()
         self._serving: _Serving | None = None
-        self._watch: tuple[threading.Thread, threading.Event] | None = None
         self.swaps = 0
         if not self.refresh():
             raise LookupError(f"model {model_id!r} has no champion to serve (promote a version first)")
@@ -292,32 +291,6 @@ class ModelServer:
             return {**head, "status": "unknown", "reason": why}
         with s.lock:
             return {**head, **s.performance.status()}
-
-    def watch(self, interval: float = 5.0) -> None:
-        """Poll the registry every ``interval`` s in a daemon thread and swap when the champion changes."""
-        if self._watch:
-            return
-        stop = threading.Event()
-
-        def loop():
-            while not stop.wait(interval):
-                try:
-                    self.refresh()
-                except Exception:  # a registry hiccup must not kill serving; next poll retries
-                    import logging
-
-                    logging.getLogger(__name__).exception("model %s: refresh failed", self.model_id)
-
-        t = threading.Thread(target=loop, name=f"model-watch-{self.model_id}", daemon=True)
-        t.start()
-        self._watch = (t, stop)
-
-    def close(self) -> None:
-        if self._watch:
-            t, stop = self._watch
-            stop.set()
-            t.join()
-            self._watch = None
 
     # ---------------------------------------------------------------- inference
 

@@ -195,6 +195,7 @@ def holdout_metrics(card: dict, table: FeatureTable, value: np.ndarray, lower=No
     m["alpha"] = alpha
     m["far"] = float(np.mean(flagged[normal])) if normal.any() else math.nan
     m["far_gap"] = abs(m["far"] - alpha) if normal.any() else math.nan
+    m["normal_rows"] = int(normal.sum())
     if card.get("label"):
         m["auc"] = _auc(labels, value)
         m["detection_rate"] = float(np.mean(flagged[~normal])) if (~normal).any() else math.nan
@@ -224,6 +225,21 @@ def _time_order(table: FeatureTable) -> FeatureTable:
     order = np.argsort(t, kind="stable")
     return FeatureTable({k: v[order] for k, v in table.columns.items()}, table.times[order], [("sorted", 0, len(t))],
                         table.sources)
+
+
+def _check_unique_times(table: FeatureTable) -> None:
+    """`ValueError` when a time is on more than one row (the table in time order). Such rows (a file given twice,
+    overlapping exports) trained silently, and the time split could put copies of a training row in the holdout:
+    metrics and the gate then judge the model on rows it was fitted on."""
+    if table.times is None or len(table) < 2:
+        return
+    t = table.times.astype("datetime64[us]")
+    dup = np.unique(t[1:][t[1:] == t[:-1]])
+    if dup.size:
+        shown = ", ".join(str(x) for x in dup[:3]) + (" ..." if dup.size > 3 else "")
+        raise ValueError(f"{dup.size} time(s) on more than one row ({shown}): rows overlap (a file given twice?); "
+                         "drop or merge the duplicates, or the time split may put copies of training rows in the "
+                         "holdout")
 
 
 def _single_row_latency_us(model, x: np.ndarray, repeats: int = 200) -> float:
@@ -273,10 +289,16 @@ def train(spec: TrainSpec, table: FeatureTable, *, parent_version: int | None = 
     features = list(spec.features)
     needed = features + [c for c in (spec.target, spec.label) if c]
     table = _time_order(table)
+    _check_unique_times(table)
     full = table.matrix(needed)  # ConfigError naming a missing column
     if not np.all(np.isfinite(full)):
         bad = [c for j, c in enumerate(needed) if not np.all(np.isfinite(full[:, j]))]
-        raise ValueError(f"non-finite values in column(s) {', '.join(bad)}: clean or drop those rows first")
+        rows = np.flatnonzero(~np.isfinite(full).all(axis=1))
+        # which rows: by time when the table has times (its row numbers are after sorting), else by row number
+        at = [str(table.times[i]) for i in rows[:3]] if table.times is not None else [str(i) for i in rows[:3]]
+        raise ValueError(f"non-finite values in column(s) {', '.join(bad)}, {rows.size} row(s) "
+                         f"({'at ' if table.times is not None else 'rows '}{', '.join(at)}"
+                         f"{' ...' if rows.size > 3 else ''}): clean or drop those rows first")
     if spec.label:
         # 0 is normal operation (what an anomaly scorer learns), 1 an anomaly; a label of 1/2 or -1/1 (another
         # convention) silently trained on the wrong rows, or on none.
@@ -366,6 +388,7 @@ def train(spec: TrainSpec, table: FeatureTable, *, parent_version: int | None = 
         "params": dict(spec.params),
         "description": spec.description,
         "target": spec.target,
+        "target_unit": spec.units.get(spec.target, "") if spec.target else "",
         "label": spec.label,
         "created_at": datetime.now(UTC).isoformat(),
         "sha256": digest,

@@ -10,7 +10,7 @@ import shutil
 
 import psycopg
 import pytest
-from models_support import anomaly_table, regression_table, spec
+from models_support import FEATURES, anomaly_table, regression_table, spec
 
 from edge.db.migrate import migrate
 from edge.errors import ConfigError
@@ -543,3 +543,89 @@ def test_cli_list_shows_creation_times_in_utc_whatever_the_database_time_zone(pg
     with psycopg.connect(pg_dsn) as conn:  # the training span (naive UTC in the card) stored as that instant
         start = conn.execute("SELECT training_start FROM model_registry").fetchone()[0]
     assert start.astimezone(UTC).replace(tzinfo=None).isoformat() == "2024-01-01T00:00:00", start
+
+
+def test_cli_train_records_only_the_units_the_user_declares(tmp_path, capsys):
+    """A plant's own file whose columns share the gas-turbine names (AT, CO, NOX) got the gas-turbine units (°C,
+    mg/m³) written into its card. Units come from ``--unit COLUMN=UNIT``; a column not in the model is an error."""
+    from edge.cli import main
+
+    t = regression_table(300)
+    plant = type(t)({"AT": t.columns["x1"], "CO": t.columns["x2"], "load": t.columns["x3"], "NOX": t.columns["y"]})
+    data = _csv(tmp_path / "plant.csv", plant)
+    reg = tmp_path / "reg"
+    base = ["models", "train", "--data", str(data), "--target", "NOX", "--param", "max_iter=20", "--registry", str(reg)]
+    assert main([*base, "--model-id", "plain"]) == 0
+    card = json.loads((reg / "plain" / "1" / "card.json").read_text())
+    assert {f["name"]: f["unit"] for f in card["input_schema"]["features"]} == {"AT": "", "CO": "", "load": ""}
+    assert card["target_unit"] == ""
+    assert main([*base, "--model-id", "declared", "--unit", "AT=K", "--unit", "NOX=ppm", "--unit", "load= % "]) == 0
+    card = json.loads((reg / "declared" / "1" / "card.json").read_text())
+    assert {f["name"]: f["unit"] for f in card["input_schema"]["features"]} == {"AT": "K", "CO": "", "load": "%"}
+    assert card["target_unit"] == "ppm"
+    capsys.readouterr()
+    for bad, says in [("NOx=ppm", "'NOx' is not an input or the target of this model"), ("AT", "expected COLUMN=UNIT")]:
+        assert main([*base, "--model-id", "bad", "--unit", bad]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and says in err, err
+    assert not (reg / "bad").exists()
+
+
+def _conservative(tm, factor: float = 1.2):
+    """The same detector with its calibration scores ``factor`` times larger: p-values a little too large, so
+    it raises somewhat fewer false alarms than alpha (and detects as much)."""
+    cal = {**tm.card["calibration"], "scores": [s * factor for s in tm.card["calibration"]["scores"]]}
+    return dataclasses.replace(tm, card={**tm.card, "calibration": cal}, calibration=cal)
+
+
+def test_the_far_gap_gate_prefers_the_detector_that_detects(registry):
+    """``far_gap`` ranked by |false alarm rate - alpha| alone: a detector that flags alpha of all rows, anomalous or
+    not (Mahalanobis on x3, which the anomalies leave alone), scored better than a good one whose false alarms are a
+    little under alpha, and the gate kept the useless champion. Now the false alarm rate must be within a binomial
+    tolerance of alpha and, on labelled rows, the detection rate decides."""
+    from models.registry import far_band
+    from models.train import TrainSpec
+
+    table = anomaly_table(3000, rate=0.1)
+
+    def detector(features):
+        return train(TrainSpec("an", features, None, estimator="mahalanobis", label="label", metric="far_gap"), table)
+
+    useless = detector(("x3",))
+    good = _conservative(detector(FEATURES))
+    v1 = registry.register(useless).version
+    registry.promote("an", v1)
+    v2 = registry.register(good).version
+    c = registry.compare("an", v2)  # the same holdout rows (3000 in time order: the last 600) for both
+    g, u = c.candidate_metrics, c.champion_metrics
+    assert u["detection_rate"] < 0.15 and g["detection_rate"] > 0.95
+    assert g["far"] < u["far"] < 0.1 < u["far"] + 0.02 and g["far_gap"] > u["far_gap"], c.describe()
+    lo, hi = far_band(0.1, g["normal_rows"], good.card["calibration"]["n"])
+    assert lo <= g["far"] <= hi
+    c = registry.promote("an", v2)  # was refused: far_gap 0.026 "worse" than the useless detector's 0.014
+    assert c.accepted and "candidate detection rate" in c.reason and "matches or beats" in c.reason, c.describe()
+    marked = [line.split()[0] for line in c.describe().splitlines() if line.endswith("<- gate")]
+    assert marked == ["far", "detection_rate"]
+    v3 = registry.register(useless).version
+    with pytest.raises(GateRefused) as refused:
+        registry.promote("an", v3, holdout=table.rows(2400))  # its own stored rows lack the champion's inputs
+    reason = refused.value.comparison.reason
+    assert "candidate detection rate" in reason and "is below" in reason, reason
+    # a detector whose p-values are far too small (false alarms well above alpha) is refused whatever it detects
+    v4 = registry.register(_conservative(detector(FEATURES), 0.5)).version
+    with pytest.raises(GateRefused) as refused:
+        registry.promote("an", v4)
+    assert "the candidate's false alarm rate" in refused.value.comparison.reason and "is above [" in \
+        refused.value.comparison.reason
+    assert registry.champion("an").version == v2
+    # far fewer false alarms than alpha: on labelled rows what it detects decides (all of it, as the champion)
+    c = registry.promote("an", registry.register(_conservative(detector(FEATURES), 1.5)).version)
+    assert c.accepted and c.candidate_metrics["far"] < lo, c.describe()
+    # without labelled anomalies only the alarms show a detector works: hardly any is refused, alpha's is accepted
+    normal_only = anomaly_table(1000, rate=0.0, seed=5)
+    with pytest.raises(GateRefused) as refused:
+        registry.promote("an", registry.register(_conservative(detector(FEATURES), 3.0)).version, holdout=normal_only)
+    assert "is below [" in refused.value.comparison.reason and "no labelled anomalous rows" in \
+        refused.value.comparison.reason, refused.value.comparison.describe()
+    c = registry.promote("an", registry.register(detector(FEATURES)).version, holdout=normal_only)
+    assert c.accepted and "within [" in c.reason, c.describe()

@@ -162,19 +162,26 @@ def test_hot_swap_under_concurrent_requests_loses_nothing(served, models):
     assert srv.refresh() is False  # nothing new
 
 
-def test_watch_picks_up_a_rollback(served, models):
+def test_refresh_picks_up_a_rollback(served, models):
     served.promote("syn", served.register(models["hgb"]).version)
     srv = ModelServer(served, "syn")
     assert srv.version == 2
-    srv.watch(0.05)
-    try:
-        served.rollback("syn")
-        deadline = time.monotonic() + 5
-        while srv.version != 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert srv.version == 1
-    finally:
-        srv.close()
+    served.rollback("syn")
+    assert srv.refresh() is True and srv.version == 1
+
+
+def test_refresh_is_the_one_way_to_pick_up_a_new_champion():
+    """`ModelServer.watch` polled the registry in a thread of its own and logged a full traceback every poll while
+    the champion was broken; nothing in the product used it (the PEMS and the RUL loop poll on their own schedule
+    and log a failure once). Removed: the README's serving example names only what the server has."""
+    import re
+    from pathlib import Path
+
+    assert not hasattr(ModelServer, "watch")
+    readme = (Path(__file__).resolve().parents[1] / "models" / "README.md").read_text()
+    used = set(re.findall(r"\bsrv\.(\w+)\(", readme))
+    assert {"predict", "refresh", "observe"} <= used
+    assert [m for m in sorted(used) if not hasattr(ModelServer, m)] == []
 
 
 def test_adaptive_intervals_restore_coverage_under_drift(served):
