@@ -4,9 +4,13 @@ tests/test_ops_reload.py), and no message repeats a secret."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 
 import pytest
 
@@ -191,3 +195,38 @@ def test_gateway_console_and_cli_refuse_a_secret_file_others_can_read_at_start(t
         ok = subprocess.run([sys.executable, "-m", "edge.cli", *command.split()], capture_output=True, text=True,
                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=60)
         assert ok.returncode == 0, (ok.stdout, ok.stderr)
+
+
+@pytest.mark.parametrize("password", ["S3c@RETpw", "S3c/RETpw"])
+def test_a_database_url_with_an_unencoded_at_or_slash_in_its_password_never_shows_a_piece_of_it(tmp_path, password):
+    """``url = "env:..."`` holding ``postgresql://valvoja:S3c@RETpw@host/db``: libpq reads host "RETpw@host" (or, for
+    a '/', host "valvoja" and port "S3c"), so the gateway started and put "failed to resolve host 'RETpw@127.0.0.1'"
+    in the log and in the unauthenticated /healthz (database.last_error). Now a configuration problem at start that
+    names the key and the fix, and repeats nothing of the value."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        http_port = s.getsockname()[1]
+    (tmp_path / "site.toml").write_text(f'[site]\nstate_dir = "state"\n[database]\nurl = "env:VALVOJA_TEST_DB_URL"\n'
+                                        f'[http]\nlisten = "127.0.0.1:{http_port}"\n')
+    env = {**os.environ, "PYTHONPATH": os.getcwd(),
+           "VALVOJA_TEST_DB_URL": f"postgresql://valvoja:{password}@127.0.0.1:9/valvoja"}
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", "site.toml"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    health = ""
+    try:
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline and "last_error\": \"" not in health:
+            time.sleep(0.2)
+            with contextlib.suppress(OSError):
+                health = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=2).read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    for piece in ("RETpw", "S3c"):
+        assert piece not in health, health
+        assert piece not in out + err, out + err
+    assert proc.returncode == 1, (out, err)
+    assert err.startswith("site.toml: database.url: the value of env:VALVOJA_TEST_DB_URL has an '@' that is not the "
+                          "one between the user and the host: an '@' or '/' in the password must be "
+                          "percent-encoded"), err
