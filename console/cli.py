@@ -80,6 +80,7 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from console.app import create_app
+    from console.server import server_options
     from edge import logs
     from edge.errors import ConfigError
     from edge.settings import host_port
@@ -92,9 +93,7 @@ def cmd_serve(args) -> int:
         raise ConfigError(f"--listen: {exc}") from None
     logs.setup("INFO", "text")
     app = create_app(cfg)
-    # proxy_headers off: console.auth decides which X-Forwarded-* to believe (console.trusted_proxies).
-    uvicorn.run(app, host=host, port=port, log_level=args.log_level, proxy_headers=False,
-                server_header=False, timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=host, port=port, log_level=args.log_level, **server_options())
     return 0
 
 

@@ -61,6 +61,7 @@ async def start_console(conninfo: str, health_url: str, *, make_user: bool) -> D
 
     from console.app import create_app
     from console.config import ConsoleConfig
+    from console.server import server_options
     from edge.db.migrate import migrate
 
     def _migrate() -> None:
@@ -73,8 +74,7 @@ async def start_console(conninfo: str, health_url: str, *, make_user: bool) -> D
     cfg = ConsoleConfig.model_validate({"console": {"listen": f"127.0.0.1:{port}"},
                                         "gateways": [{"name": "demo-gw", "health_url": health_url}]})
     app = create_app(cfg, dsn=conninfo, migrate=False)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           proxy_headers=False, server_header=False, timeout_graceful_shutdown=5))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **server_options()))
     # uvicorn would take SIGINT/SIGTERM over while it serves (signal.signal) and hand them on only after it has
     # stopped; the demo's own handlers stop the gateway, then the console, the simulator and the servers.
     server.capture_signals = contextlib.nullcontext

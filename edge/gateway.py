@@ -50,6 +50,15 @@ def describe_conninfo(conninfo: str) -> str:
     return f"{user}{d.get('host', 'localhost')}:{d.get('port', 5432)}/{d.get('dbname', '')}"
 
 
+def _misplaced_at(url: str) -> bool:
+    """True when a ``postgresql://`` URL has an ``@`` other than one just before its host (before the first ``/``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return False  # key=value form: libpq quotes values there, nothing to misread
+    rest = rest.split("?", 1)[0]  # query values (file paths, options) may hold '@'
+    return rest.count("@") > 1 or ("@" in rest and "/" in rest and rest.index("/") < rest.index("@"))
+
+
 def database_conninfo(cfg: SiteConfig) -> str | None:
     """The libpq connection string with the password resolved from its reference, or None."""
     db = cfg.database
@@ -62,6 +71,12 @@ def database_conninfo(cfg: SiteConfig) -> str | None:
         # libpq's message quotes the whole URL, and one from env:/file: may hold a password: not repeated here.
         raise ConfigError(f"database.url: the value of {db.url} is not a connection string libpq can parse "
                           "(postgresql://user@host:port/dbname?param=value)") from None
+    if _misplaced_at(url):
+        # libpq reads "postgresql://u:p@ss@host/db" as host "ss@host" and "postgresql://u:p/ss@host/db" as host "u",
+        # port "p": pieces of the password then stood in connection errors, the log and the unauthenticated /healthz.
+        raise ConfigError(f"database.url: the value of {db.url} has an '@' that is not the one between the user "
+                          "and the host: an '@' or '/' in the password must be percent-encoded (%40, %2F), or the "
+                          "password given as database.password")
     if db.password:
         return make_conninfo(url, password=resolve_secret(db.password, where="database.password"))
     return url

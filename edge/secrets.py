@@ -7,6 +7,7 @@ file is a configuration error), so config files can be shared and versioned.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Annotated
 
@@ -41,7 +42,8 @@ def resolve_secret(ref: str, *, where: str = "secret") -> str:
     A file's trailing newline is stripped (secrets written by ``echo`` or container
     secret mounts usually have one). An empty secret is an error: no site means an empty
     password, and using one fails the log-in later, far from the cause (a secret file
-    written on a full disk, an unset-but-exported variable). Every problem is a
+    written on a full disk, an unset-but-exported variable). A file other users can read or change is refused
+    (`_check_mode`). Every problem is a
     `ConfigError` naming ``where``, never another exception: a SIGHUP reload rejects
     only ConfigError and must never end the running gateway.
     """
@@ -59,8 +61,10 @@ def resolve_secret(ref: str, *, where: str = "secret") -> str:
             raise ConfigError(f"{where}: 'file:' needs a path, e.g. file:/run/secrets/db_password")
         path = Path(ref[5:])
         try:
-            # UTF-8 whatever the locale (systemd and containers often run with none).
-            value = path.read_text(encoding="utf-8").rstrip("\r\n")
+            with open(path, "rb") as f:
+                _check_mode(os.fstat(f.fileno()), path, where)  # of the file read, not of one put there later
+                # UTF-8 whatever the locale (systemd and containers often run with none).
+                value = f.read().decode("utf-8").rstrip("\r\n")
         except OSError as exc:
             raise ConfigError(f"{where}: cannot read secret file {path}: {exc.strerror}") from exc
         except UnicodeDecodeError as exc:  # e.g. saved as Latin-1; the message must not show the bytes
@@ -70,3 +74,24 @@ def resolve_secret(ref: str, *, where: str = "secret") -> str:
             raise ConfigError(f"{where}: secret file {path} is empty")
         return value
     raise ConfigError(f"{where}: must be a reference 'env:NAME' or 'file:/path', not a literal secret")
+
+
+def _check_mode(st: os.stat_result, path: Path, where: str) -> None:
+    """Refuse a secret file that others can read or change, as libpq and ssh do with theirs.
+
+    The rule is libpq's for private keys, widened for containers: a file of the process's own user must have no
+    group or other access (``chmod 600``), since only that user needs it; a file of another user (root, or the host
+    account whose file a container's bind mount shows: compose secrets, Docker and Kubernetes secret mounts are 0444
+    or 0644) may be readable by group and others, which is how this process reads it at all, but not writable by
+    them, who could replace the secret. A refusal is a `ConfigError`, so the gateway does not start, check-config
+    and a SIGHUP reload name it, and the message says how to fix it.
+    """
+    if os.name != "posix":
+        return
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid == os.geteuid() and mode & 0o077:
+        raise ConfigError(f"{where}: secret file {path} can be read by other users (mode {mode:04o}, owned by this "
+                          f"process's user): run chmod 600 {path}")
+    if mode & 0o022:
+        raise ConfigError(f"{where}: secret file {path} can be changed by other users (mode {mode:04o}, owned by uid "
+                          f"{st.st_uid}): run chmod go-w {path}")

@@ -46,10 +46,13 @@ def fresh_database(pg_dsn: str, prefix: str = "console"):
 class ConsoleServer:
     """The console app under uvicorn in a thread, on 127.0.0.1 and a free port."""
 
-    def __init__(self, dsn: str, *, port: int | None = None, **console: object):
+    def __init__(self, dsn: str, *, port: int | None = None, server: dict | None = None, **console: object):
         import uvicorn
 
         from console.app import create_app
+        from console.server import server_options
+
+        server = {"timeout_graceful_shutdown": 3, **(server or {})}  # console.server.server_options' arguments
 
         self.port = port or free_port()  # a given port: the console restarted where its pages are open
         params = conninfo_to_dict(dsn)
@@ -61,9 +64,9 @@ class ConsoleServer:
             "console": {"listen": f"127.0.0.1:{self.port}", "alert_poll_s": 0.5, **console},
             "database": {"url": url}, "models": models, "gateways": gateways})
         self.app = create_app(self.cfg, dsn=dsn)
-        # proxy_headers off as in `valvoja console serve`: console.auth alone decides which X-Forwarded-* to believe.
+        # The settings of `valvoja console serve` (console.server): its protocol, deadlines and proxy_headers off.
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="on", timeout_graceful_shutdown=3, proxy_headers=False))
+                                                    lifespan="on", **server_options(**server)))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{self.port}"
 

@@ -59,6 +59,8 @@ def test_file_references_are_taken_from_the_config_files_folder(own_pg_server, t
         (folder / "secrets").mkdir(parents=True)
         (folder / "secrets" / "db-url").write_text(url + "\n")
         (folder / "secrets" / "db-password").write_text(password + "\n")
+        for f in (folder / "secrets").iterdir():
+            f.chmod(0o600)
     (etc / "console.toml").write_text('[console]\nlisten = "127.0.0.1:0"\n[database]\nurl = "file:secrets/db-url"\n'
                                       'password = "file:secrets/db-password"\n')
 

@@ -4,9 +4,13 @@ tests/test_ops_reload.py), and no message repeats a secret."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 
 import pytest
 
@@ -20,6 +24,7 @@ def test_a_secret_file_that_is_not_utf8_is_a_config_error(tmp_path):
     """A password saved as Latin-1 (an editor on a Finnish Windows desktop: "pässi") raised UnicodeDecodeError."""
     f = tmp_path / "db_password"
     f.write_bytes("pässi\n".encode("latin-1"))
+    f.chmod(0o600)
     with pytest.raises(ConfigError) as err:
         resolve_secret(f"file:{f}", where="database.password")
     msg = str(err.value)
@@ -32,6 +37,7 @@ def test_an_empty_secret_file_is_a_config_error(tmp_path, content):
     check-config said OK and the gateway then failed to log in over and over, far from the cause."""
     f = tmp_path / "mqtt_password"
     f.write_bytes(content)
+    f.chmod(0o600)
     with pytest.raises(ConfigError, match=r"^collectors \(plant\)\.password: secret file .* is empty"):
         resolve_secret(f"file:{f}", where="collectors (plant).password")
 
@@ -45,6 +51,7 @@ def test_an_empty_environment_variable_is_a_config_error(monkeypatch):
 def test_a_secret_keeps_inner_and_leading_white_space_and_loses_only_the_line_end(tmp_path):
     f = tmp_path / "pw"
     f.write_text(" a b\t\n")
+    f.chmod(0o600)
     assert resolve_secret(f"file:{f}") == " a b\t"
 
 
@@ -77,6 +84,7 @@ def test_a_malformed_database_url_from_a_reference_is_named_without_its_password
 def test_check_config_names_a_non_utf8_secret_without_a_traceback(tmp_path):
     secret = tmp_path / "db_password"
     secret.write_bytes("pässi".encode("latin-1"))
+    secret.chmod(0o600)
     p = tmp_path / "site.toml"
     p.write_text(f'[database]\nurl = "postgresql://valvoja@127.0.0.1:5432/valvoja"\npassword = "file:{secret}"\n')
     out = subprocess.run([sys.executable, "-m", "edge.cli", "check-config", str(p)], capture_output=True, text=True,
@@ -120,3 +128,105 @@ def test_file_reference_without_a_path_says_so():
     """`file:` alone read the current folder: "cannot read secret file .: Is a directory"."""
     with pytest.raises(ConfigError, match=r"^database\.url: 'file:' needs a path"):
         resolve_secret("file:", where="database.url")
+
+
+# Secret files' permissions: a database password in a 0644 file (umask 022, `echo pw > file`) was taken silently,
+# readable by every local user. Now refused as libpq refuses such a ~/.pgpass, with the fix in the message.
+
+def _secret_file(tmp_path, mode: int, text: str = "s3cret\n"):
+    f = tmp_path / "db_password"
+    f.write_text(text)
+    f.chmod(mode)
+    return f
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400], ids=oct)
+def test_a_secret_file_only_its_owner_can_read_is_taken(tmp_path, mode):
+    f = _secret_file(tmp_path, mode)
+    assert resolve_secret(f"file:{f}", where="database.password") == "s3cret"
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o666], ids=oct)
+def test_a_secret_file_of_the_own_user_that_others_can_read_is_refused(tmp_path, mode):
+    f = _secret_file(tmp_path, mode)
+    with pytest.raises(ConfigError) as err:
+        resolve_secret(f"file:{f}", where="database.password")
+    assert str(err.value) == (f"database.password: secret file {f} can be read by other users (mode {mode:04o}, "
+                              f"owned by this process's user): run chmod 600 {f}")
+    assert "s3cret" not in str(err.value)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a file of another user needs root")
+@pytest.mark.parametrize("mode,taken", [(0o444, True), (0o644, True), (0o640, True), (0o400, True),
+                                        (0o664, False), (0o646, False)], ids=str)
+def test_a_secret_file_of_another_user_may_be_readable_but_not_writable_by_others(tmp_path, mode, taken):
+    """How container secrets look to the gateway (uid 10001): compose bind-mounts the host's file (root's, 0644 from
+    init-secrets.sh in a 0700 folder), Docker and Kubernetes secret mounts are root's 0444 / 0644. Reading them through
+    the group or other bits is how the gateway reads them at all; a file others can write is still refused (anyone
+    could put their own password there). Here the roles are swapped: root reads a file of uid 10001."""
+    f = _secret_file(tmp_path, mode)
+    os.chown(f, 10001, 10001)
+    if taken:
+        assert resolve_secret(f"file:{f}", where="database.password") == "s3cret"
+        return
+    with pytest.raises(ConfigError) as err:
+        resolve_secret(f"file:{f}", where="database.password")
+    assert str(err.value) == (f"database.password: secret file {f} can be changed by other users (mode {mode:04o}, "
+                              f"owned by uid 10001): run chmod go-w {f}")
+
+
+@pytest.mark.parametrize("command", ["check-config site.toml", "run --config site.toml",
+                                     "db migrate --config site.toml", "check-config console.toml",
+                                     "console serve --config console.toml"])
+def test_gateway_console_and_cli_refuse_a_secret_file_others_can_read_at_start(tmp_path, command):
+    """One line naming the key, the file, its mode and the fix; exit 1 before anything is connected or started."""
+    f = _secret_file(tmp_path, 0o644)
+    db = '[database]\nurl = "postgresql://valvoja@127.0.0.1:9/valvoja"\npassword = "file:db_password"\n'
+    (tmp_path / "site.toml").write_text('[site]\nstate_dir = "state"\n' + db)
+    (tmp_path / "console.toml").write_text('[console]\nlisten = "127.0.0.1:0"\n' + db)
+    out = subprocess.run([sys.executable, "-m", "edge.cli", *command.split()], capture_output=True, text=True,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=60)
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr, out.stderr
+    assert (f"database.password: secret file {f} can be read by other users (mode 0644, owned by this process's "
+            f"user): run chmod 600 {f}") in out.stderr.splitlines()[0], out.stderr
+    f.chmod(0o600)
+    if command.startswith("check-config"):  # the same file with the fixed mode passes
+        ok = subprocess.run([sys.executable, "-m", "edge.cli", *command.split()], capture_output=True, text=True,
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=60)
+        assert ok.returncode == 0, (ok.stdout, ok.stderr)
+
+
+@pytest.mark.parametrize("password", ["S3c@RETpw", "S3c/RETpw"])
+def test_a_database_url_with_an_unencoded_at_or_slash_in_its_password_never_shows_a_piece_of_it(tmp_path, password):
+    """``url = "env:..."`` holding ``postgresql://valvoja:S3c@RETpw@host/db``: libpq reads host "RETpw@host" (or, for
+    a '/', host "valvoja" and port "S3c"), so the gateway started and put "failed to resolve host 'RETpw@127.0.0.1'"
+    in the log and in the unauthenticated /healthz (database.last_error). Now a configuration problem at start that
+    names the key and the fix, and repeats nothing of the value."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        http_port = s.getsockname()[1]
+    (tmp_path / "site.toml").write_text(f'[site]\nstate_dir = "state"\n[database]\nurl = "env:VALVOJA_TEST_DB_URL"\n'
+                                        f'[http]\nlisten = "127.0.0.1:{http_port}"\n')
+    env = {**os.environ, "PYTHONPATH": os.getcwd(),
+           "VALVOJA_TEST_DB_URL": f"postgresql://valvoja:{password}@127.0.0.1:9/valvoja"}
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", "site.toml"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    health = ""
+    try:
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline and "last_error\": \"" not in health:
+            time.sleep(0.2)
+            with contextlib.suppress(OSError):
+                health = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=2).read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    for piece in ("RETpw", "S3c"):
+        assert piece not in health, health
+        assert piece not in out + err, out + err
+    assert proc.returncode == 1, (out, err)
+    assert err.startswith("site.toml: database.url: the value of env:VALVOJA_TEST_DB_URL has an '@' that is not the "
+                          "one between the user and the host: an '@' or '/' in the password must be "
+                          "percent-encoded"), err

@@ -189,6 +189,8 @@ def test_relative_paths_and_file_secrets_are_taken_from_the_config_files_folder(
     (site / "secrets").mkdir(parents=True)
     (site / "secrets" / "db").write_text("db-secret\n")
     (site / "secrets" / "mqtt").write_text("mqtt-secret\n")
+    for f in (site / "secrets").iterdir():
+        f.chmod(0o600)
     ca = CertificateAuthority(site / "certs")
     client = ca.issue("opc", client=True)
     (site / "models" / "rul").mkdir(parents=True)

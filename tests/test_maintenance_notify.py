@@ -299,6 +299,7 @@ async def test_webhook_url_and_header_values_come_from_references(tmp_path, monk
     _Recorder.seen = []
     token = "s3cr3t-path-token"
     (tmp_path / "hook_url").write_text(f"http://127.0.0.1:{server.server_address[1]}/hooks/{token}?key=q-{token}\n")
+    (tmp_path / "hook_url").chmod(0o600)
     monkeypatch.setenv("HOOK_AUTH", f"Bearer {token}-auth")
     import io
 

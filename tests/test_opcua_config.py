@@ -58,6 +58,7 @@ def test_literal_password_is_refused_and_references_resolve(tmp_path, monkeypatc
     assert "go together" in errors(username="u")
     secret = tmp_path / "pw"
     secret.write_text("s3cret\n")
+    secret.chmod(0o600)
     ctx = CollectorContext(name="c", state_dir=tmp_path, metrics=Metrics())
     assert build(make(username="u", password=f"file:{secret}"), ctx).opener.secrets.password == "s3cret"
     monkeypatch.setenv("OPCUA_PW", "from-env")

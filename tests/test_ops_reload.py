@@ -26,6 +26,7 @@ def test_a_reload_whose_secret_or_url_cannot_be_read_is_rejected_and_the_gateway
     the reload's checks, which only caught ConfigError: the running gateway ended with a traceback."""
     secret = tmp_path / "db_password"
     secret.write_bytes("pässi\n".encode("latin-1"))
+    secret.chmod(0o600)
     gw = GatewayProcess(tmp_path, SPOOL_ONLY).start()
     good = gw.config.read_text()
     bad = {

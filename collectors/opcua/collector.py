@@ -34,7 +34,7 @@ from asyncua.client.ua_client import UaClientState
 
 from collectors.base import CollectorContext, Emit
 from collectors.opcua.config import Config, NodeConfig
-from collectors.opcua.connection import ClientOpener, Secrets, SessionGone, describe, operation_limits
+from collectors.opcua.connection import ClientOpener, Secrets, SessionGone, describe, operation_limits, too_large
 from collectors.opcua.convert import OVERFLOW, OVERFLOW_MASK, to_reading, to_readings
 from collectors.opcua.security import SecurityError
 from collectors.opcua.session_state import SavedSession, SessionFile, config_key
@@ -179,6 +179,8 @@ class OpcUaCollector:
             await self._watch(client)
         except NotConnectedError as exc:
             self.last_error = str(exc)
+            if too_large(exc):  # the gateway counts the lost connection; this says why
+                self.ctx.metrics.collector_errors.labels(self.name, "message_too_large").inc()
             raise
         finally:
             await self._teardown()
@@ -283,7 +285,9 @@ class OpcUaCollector:
             try:
                 republished = await sub.resume()
             except ua.UaStatusCodeError as exc:
-                return await self._fall_back(client, f"the server no longer has the subscription ({describe(exc)})")
+                what = "what the server held could not be taken" if too_large(exc) else \
+                    "the server no longer has the subscription"
+                return await self._fall_back(client, f"{what} ({describe(exc)})")
             except Exception as exc:
                 raise NotConnectedError(f"{self.cfg.endpoint}: resuming the session failed: {describe(exc)}") \
                     from exc
@@ -729,6 +733,7 @@ class OpcUaCollector:
             self._mark_lost(f"subscription status {status.name}")
 
     async def _connection_lost(self, exc: Exception) -> None:
+        exc = getattr(self._client, "refused_message", None) or exc  # why, not only "transport lost"
         self._mark_lost(describe(exc), exc)
 
     def _mark_lost(self, reason: str, exc: BaseException | None = None) -> None:

@@ -56,6 +56,13 @@ log = logging.getLogger(__name__)
 # (a year is common) needs a new certificate and key, a generated one is re-made at expiry and must be trusted anew.
 OWN_EXPIRY_WARNING = timedelta(days=30)
 
+# The largest message (a response or a notification) taken from a server, and its most chunks (8 KiB, the smallest a
+# server may use). asyncua asks for no limit in its Hello and then takes whatever the server's Acknowledge says (0:
+# none), so a faulty or hostile server could make the gateway receive and hold any amount (a 20 MB string value was
+# taken whole and became a reading). A bigger message ends the connection (BadRequestTooLarge), logged and counted
+# as `message_too_large`; the collector connects again with back-off.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_CHUNKS = MAX_MESSAGE_BYTES // 8192
 
 # The server's OperationLimits (OPC UA Part 5 §6.3.11) that the collector's batched requests must respect: a server
 # answers a bigger request with BadTooManyOperations (node-opcua does), refusing every item of it.
@@ -85,8 +92,21 @@ async def operation_limits(client: Client) -> dict[str, int]:
     return out
 
 
+def too_large(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what it came from) is asyncua refusing a message over `MAX_MESSAGE_BYTES`."""
+    while exc is not None:
+        if isinstance(exc, ua.UaStatusCodeError) and exc.code == ua.StatusCodes.BadRequestTooLarge:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def describe(exc: BaseException) -> str:
     """A one-line reason for logs and errors (asyncua raises bare AssertionError on refused certificates)."""
+    if too_large(exc):
+        return (f"BadRequestTooLarge (a message over a size limit: from the server, over the gateway's "
+                f"{MAX_MESSAGE_BYTES >> 20} MiB, e.g. a huge string, byte string or array value; or a request over "
+                "the server's)")
     if isinstance(exc, ua.UaStatusCodeError):
         return ua.StatusCode(exc.code).name
     text = str(exc)
@@ -132,11 +152,34 @@ class _Client(Client):
     """asyncua's `Client`, keeping the session id CreateSession returned (its `connect()` drops it)."""
 
     session_id: ua.NodeId | None = None
+    refused_message: BaseException | None = None  # the BadRequestTooLarge of a message over MAX_MESSAGE_BYTES
 
     async def create_session(self) -> ua.CreateSessionResult:
         result = await super().create_session()
         self.session_id = result.SessionId
         return result
+
+    async def send_hello(self) -> None:
+        """Hello with the gateway's receive limits; kept as the ceiling whatever the server's Acknowledge says."""
+        self.max_messagesize, self.max_chunkcount = MAX_MESSAGE_BYTES, MAX_CHUNKS
+        await super().send_hello()
+        # asyncua 2.1.0 replaces the connection's limits with the Acknowledge's values (0 meaning none).
+        protocol = getattr(self.uaclient, "protocol", None)
+        limits = getattr(getattr(protocol, "_connection", None), "_limits", None)
+        if limits is not None:
+            for attr, ours in (("max_message_size", MAX_MESSAGE_BYTES), ("max_chunk_count", MAX_CHUNKS)):
+                if not 0 < getattr(limits, attr, 0) <= ours:
+                    setattr(limits, attr, ours)
+        # A message over the limit fails the pending requests with BadRequestTooLarge and closes the socket; the
+        # loss may reach the collector first as "transport lost", so the refusal is noted here for its message.
+        fail = getattr(protocol, "_fail_all_pending", None)
+        if fail is not None:
+            def noted(exc: BaseException, fail=fail) -> None:
+                if too_large(exc):
+                    self.refused_message = exc
+                fail(exc)
+
+            protocol._fail_all_pending = noted
 
 
 @dataclass(frozen=True, slots=True)
