@@ -282,3 +282,16 @@ def seed_emissions(dsn: str, *, days: int = 3, timezone: str = "UTC", name: str 
             synthetic.copy_readings(conn, ids[tag], t, v, f)
         job.run_span(conn, cfg, start, end, context="month", whole_days=False)
     return cfg.name
+
+
+class Dialogs:
+    """The page's confirm() questions, kept in ``asked`` and answered by ``accept`` (False: dismissed, a user's no)."""
+
+    def __init__(self, page):
+        self.asked: list[str] = []
+        self.accept = False
+        page.on("dialog", self._answer)
+
+    def _answer(self, dialog) -> None:
+        self.asked.append(dialog.message)
+        dialog.accept() if self.accept else dialog.dismiss()

@@ -17,6 +17,7 @@ import pytest
 from console_support import (
     PASSWORD,
     ConsoleServer,
+    Dialogs,
     bad_indicator_readings,
     fresh_database,
     insert_alert,
@@ -97,19 +98,6 @@ def login(browser, server, user: str, timezone_id: str | None = None):
     page.wait_for_url(server.url + "/alerts")
     page.errors = errors
     return page
-
-
-class Dialogs:
-    """The page's confirm() questions, kept in ``asked`` and answered by ``accept`` (False: dismissed, a user's no)."""
-
-    def __init__(self, page):
-        self.asked: list[str] = []
-        self.accept = False
-        page.on("dialog", self._answer)
-
-    def _answer(self, dialog) -> None:
-        self.asked.append(dialog.message)
-        dialog.accept() if self.accept else dialog.dismiss()
 
 
 def shot(page, name: str) -> None:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import psycopg
+from console_support import Dialogs
 from test_console_browser import browser, login, shot  # noqa: F401 - the fixture and helpers of the browser tests
 from test_maintenance_windows_api import server  # noqa: F401 - a console on a fresh database with the plant
 
@@ -34,8 +35,11 @@ def test_plan_and_end_a_window_from_the_page(browser, server):  # noqa: F811
     text = mine.first.inner_text()
     assert start.replace("T", " ") in text and "Europe/Helsinki" in text and "current" in text
     shot(page, "maintenance-windows")
+    dialogs = Dialogs(page)
+    dialogs.accept = True  # "End now" asks first (an accidental click ended the suppression of a running job)
     mine.locator("button[data-action=end]").first.click()
     page.wait_for_selector("tr[data-window] >> text=ended by maintenance")
+    assert len(dialogs.asked) == 1 and "WO-5150 pump alignment" in dialogs.asked[0]
     assert mine.locator("button[data-action=end]").count() == 1
     with psycopg.connect(server.dsn) as conn:
         rows = conn.execute("SELECT asset, ended_by, time_zone FROM maintenance_windows WHERE reason = %s ORDER BY id",
