@@ -247,6 +247,8 @@ async def test_an_mqtt_payload_over_max_payload_bytes_is_a_dead_letter_acknowled
         await until(lambda: _has(pg_dsn, "L1.flow", "2"), what="the message after the big one stored")
         await until(lambda: dead_letters(pg_dsn), what="the dead letter stored")
         assert counter(gw.metrics.dead_letters, "mq") == 1
+        assert gw.metrics.collector_errors.labels("mq", "message_too_large")._value.get() == 1
+        assert gw.collectors["mq"].status()["messages_too_large"] == 1
         assert gw.collectors["mq"].connected
     [(source, topic, payload, error)] = await dead_letters(pg_dsn)
     assert (source, topic) == ("mq", f"tc/{run}/L1")
