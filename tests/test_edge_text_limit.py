@@ -17,9 +17,9 @@ import time
 from datetime import UTC, datetime
 
 import paho.mqtt.client as mqtt
-import psycopg
 from asyncua import Server, ua
 from opcua_support import free_port
+from ops_support import rows
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge import settings
@@ -48,18 +48,10 @@ async def until(predicate, timeout_s: float = 30.0, what: str = "condition"):
         await asyncio.sleep(0.1)
 
 
-def query(dsn: str, sql: str, *args) -> list[tuple]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        try:
-            return conn.execute(sql, args).fetchall()
-        except psycopg.errors.UndefinedTable:
-            return []
-
-
 async def values(dsn: str) -> dict[str, list]:
     """Stored readings per tag: the value (text or float) of each, in time order."""
-    got = await asyncio.to_thread(query, dsn, "SELECT t.name, coalesce(r.value_text, r.value::text) FROM readings r "
-                                              "JOIN tags t ON t.id = r.tag_id ORDER BY r.time")
+    got = await asyncio.to_thread(rows, dsn, "SELECT t.name, coalesce(r.value_text, r.value::text) FROM readings r "
+                                             "JOIN tags t ON t.id = r.tag_id ORDER BY r.time")
     out: dict[str, list] = {}
     for tag, v in got:
         out.setdefault(tag, []).append(v)
@@ -67,7 +59,7 @@ async def values(dsn: str) -> dict[str, list]:
 
 
 async def dead_letters(dsn: str) -> list[tuple]:
-    return await asyncio.to_thread(query, dsn, "SELECT source, topic, payload, error FROM dead_letters ORDER BY id")
+    return await asyncio.to_thread(rows, dsn, "SELECT source, topic, payload, error FROM dead_letters ORDER BY id")
 
 
 @contextlib.asynccontextmanager
