@@ -57,6 +57,9 @@ class Metrics:
         self.readings_refused = Counter("valvoja_readings_refused_total",
                                         "Readings the database refused for their content (stored as dead letters)",
                                         registry=r)
+        self.readings_too_large = Counter("valvoja_readings_too_large_total",
+                                          "Text readings over validation.max_text_bytes (kept as dead letters)",
+                                          ["collector"], registry=r)
         self.db_errors = Counter("valvoja_db_errors_total", "Failed database writes", ["kind"], registry=r)
         self.db_connected = Gauge("valvoja_db_connected", "1 while the database is reachable", registry=r)
         self.latency_seconds = Histogram(

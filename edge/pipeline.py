@@ -19,14 +19,15 @@ import numpy as np
 
 from edge.columns import Columns, Rows, from_us
 from edge.metrics import Metrics
-from edge.records import Batch, Flag, Reading, utcnow
+from edge.records import Batch, DeadLetter, Flag, Reading, utcnow
 from edge.spool import Spool, SpoolFull
-from edge.validate import Validator
+from edge.validate import Validator, oversized_texts, text_prefix
 
 log = logging.getLogger(__name__)
 
 GROUP_MAX_READINGS = 50_000
 FULL_RETRY_S = 0.5
+TOO_LARGE_LOG_EVERY_S = 60.0  # reading_too_large at most this often (with the count meanwhile)
 
 
 class SpoolWorker:
@@ -73,6 +74,8 @@ class Ingest:
         self._committing: asyncio.Future | None = None
         self._dropped_seen = 0  # the spool's drop_oldest count already reported
         self._drop_logged = -math.inf  # monotonic time of the last log line about dropping
+        self._too_large_logged = -math.inf  # monotonic time of the last reading_too_large line
+        self._too_large_quiet = 0  # texts set aside since then without a line
         # Called as on_spooled(readings, latest) for each committed group (live analytics): the readings of the
         # `analytics_tags` (None: all) not made by analytics itself, and the group's latest reading time (which
         # keeps analytics' clock going when none of its tags is in the group); must not block.
@@ -126,11 +129,16 @@ class Ingest:
         # thousands of readings at once costs far less per reading than per message.
         try:
             cols = Columns.concat(_columns_of(group))
+            counts = [len(b.readings) for b in group]  # readings of each batch in `cols`, in order
+            too_large: list[DeadLetter] = []
+            big = oversized_texts(cols, self.validator.max_text_bytes)
+            if big:
+                cols, counts, too_large = self._set_aside(group, cols, counts, big)
             self.validator.apply(cols, utcnow())
         except Exception as exc:  # a bug some value found: the group cannot be spooled; tell who waits, then fail
             _nack(group, exc)
             raise
-        items = [(cols, [d for b in group for d in b.dead_letters], [r for b in group for r in b.records],
+        items = [(cols, [d for b in group for d in b.dead_letters] + too_large, [r for b in group for r in b.records],
                   [(b.source, k, v) for b in group if b.state for k, v in b.state])]
         n = len(cols)
         rejected = failed = False
@@ -172,8 +180,11 @@ class Ingest:
             self.full_since = None
         self.accepted += n
         self.metrics.queue_depth.set(self.queue.qsize())
-        for b in group:
-            self.metrics.readings_in.labels(b.source).inc(len(b.readings))
+        for d in too_large:
+            self.metrics.dead_letters.labels(d.source).inc()
+            self.metrics.readings_too_large.labels(d.source).inc()
+        for b, k in zip(group, counts, strict=True):
+            self.metrics.readings_in.labels(b.source).inc(k)
             if b.dead_letters:
                 self.metrics.dead_letters.labels(b.source).inc(len(b.dead_letters))
             if b.ack is not None:
@@ -189,7 +200,42 @@ class Ingest:
             # Analytics' clock is the data's (a replay escalates as it happened), but never ahead of receipt:
             # one device with its clock far ahead must not escalate every open alert.
             latest = from_us(int(min(cols.time_us.max(), cols.recv_us.max())))
-            self.on_spooled(self._for_analytics(group, cols), latest)
+            self.on_spooled(self._for_analytics(group, cols, counts), latest)
+
+    def _set_aside(self, group: list[Batch], cols: Columns, counts: list[int],
+                   big: list[tuple[int, int]]) -> tuple[Columns, list[int], list[DeadLetter]]:
+        """Text values over ``validation.max_text_bytes`` leave the group as dead letters of their batch's source
+        (tag, size, time and first bytes; not the whole text); every other reading goes on. Returns the readings
+        left, each batch's count of them, and the dead letters (spooled in the same commit)."""
+        limit = self.validator.max_text_bytes
+        owner = np.repeat(np.arange(len(group)), counts)
+        dead = []
+        for i, size in big:
+            tag = cols.tags[int(cols.tag_idx[i])]
+            text = cols.other[i]
+            prefix = text_prefix(text)
+            when = from_us(int(cols.time_us[i])).isoformat()
+            dead.append(DeadLetter(
+                group[int(owner[i])].source, tag, prefix,
+                f"text value of {size} bytes is over validation.max_text_bytes ({limit}); not stored as a reading "
+                f"(time {when}, quality {int(cols.quality[i])}); its first {len(prefix)} bytes kept",
+                from_us(int(cols.recv_us[i]))))
+        gone = {i for i, _ in big}
+        keep = [i for i in range(len(cols)) if i not in gone]
+        now = time.monotonic()
+        if now - self._too_large_logged >= TOO_LARGE_LOG_EVERY_S:
+            self._too_large_logged = now
+            more = f" ({self._too_large_quiet} more since the last report)" if self._too_large_quiet else ""
+            self._too_large_quiet = 0
+            first = dead[0]
+            log.warning("%d text value(s) over validation.max_text_bytes (%d) kept as dead letters, not readings; "
+                        "first: %s from %s, %d bytes%s", len(dead), limit, first.topic, first.source, big[0][1],
+                        more, extra={"event": "reading_too_large", "collector": first.source, "tag": first.topic,
+                                     "bytes": big[0][1], "count": len(dead)})
+        else:
+            self._too_large_quiet += len(dead)
+        counts = np.bincount(owner[keep], minlength=len(group)).tolist() if keep else [0] * len(group)
+        return cols.take(keep), counts, dead
 
     def _report_dropped(self) -> None:
         """drop_oldest discarded spooled readings to make room: count them, and say so (at most once a minute)."""
@@ -203,10 +249,11 @@ class Ingest:
             log.error("spool full: oldest readings dropped to make room (%d since start); the database is not "
                       "draining the spool", dropped, extra={"event": "spool_dropped", "dropped": dropped})
 
-    def _for_analytics(self, group: list[Batch], cols: Columns) -> list[Reading]:
+    def _for_analytics(self, group: list[Batch], cols: Columns, counts: list[int]) -> list[Reading]:
         """`Reading` objects for analytics: only the rows of tags it uses (a `Reading` costs more to make than
-        the whole ingest of a reading), never what analytics made itself, never a reading from the future."""
-        keep = np.repeat(np.array([b.source != "analytics" for b in group]), [len(b.readings) for b in group])
+        the whole ingest of a reading), never what analytics made itself, never a reading from the future.
+        ``counts``: each batch's readings in ``cols``."""
+        keep = np.repeat(np.array([b.source != "analytics" for b in group]), counts)
         # A reading stamped ahead of the gateway's clock is stored (flagged) but not analysed: analyses run on the
         # data's time, and one such reading would move their windows and clocks into the future.
         keep &= (cols.flags & int(Flag.FUTURE_TIME)) == 0

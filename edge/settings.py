@@ -191,10 +191,18 @@ class Spool(Strict):
     group_commit_ms: float = Field(5.0, ge=0, le=1000)
 
 
+MAX_TEXT_BYTES_CEILING = 16 * 2**20  # the OPC UA client's message limit (collectors/opcua/connection.py)
+
+
 class Validation(Strict):
     future_tolerance_s: float = Field(5.0, ge=0)
     max_age_s: float = Field(7 * 86400.0, gt=0)
     flag_unknown_tags: bool = True
+    # A text value longer than this (UTF-8 bytes) is not a reading but a dead letter (its first bytes kept): a broken
+    # device's 10 MB "status string" went whole through the spool, the database and the console. 64 KiB is far over
+    # any plant text tag (alarm texts, batch ids, recipe names, a JSON diagnostic of a few kB). Strict: TOML's
+    # `true` or "64k" is a mistake here, not 1 or an error later.
+    max_text_bytes: int = Field(65_536, ge=1, le=MAX_TEXT_BYTES_CEILING, strict=True)
 
 
 def host_port(listen: str) -> tuple[str, int]:

@@ -10,6 +10,10 @@ Rules, each a bit in `edge.records.Flag` and a lowered quality:
 - tag not in the registry -> UNKNOWN_TAG (quality unchanged: wildcard topics may add tags)
 
 Quality only ever gets worse here: a device's Bad status is never upgraded.
+
+One check is not a flag: a text value over ``validation.max_text_bytes`` (`oversized_texts`) is set aside by the
+ingest stage as a dead letter with its size and first bytes (`text_prefix`), since a value cut short is not what the
+device sent and a whole one of megabytes would weigh on the spool, the database and the console.
 """
 
 from __future__ import annotations
@@ -78,6 +82,10 @@ class Validator:
         self._max_age_us = round(cfg.max_age_s * 1e6)
         self._state: dict[str, _TagState] = {}
         self._by_flags: dict[int, int] = {}  # flags value -> readings flagged with it
+
+    @property
+    def max_text_bytes(self) -> int:
+        return self._cfg.max_text_bytes
 
     @property
     def counts(self) -> dict[str, int]:
@@ -199,6 +207,27 @@ class Validator:
                 if new and not r.status_name:
                     r.status_name = ",".join(rule_names(new))
         return flagged
+
+
+TEXT_PREFIX_BYTES = 4096  # what a dead letter keeps of a text value over max_text_bytes
+
+
+def oversized_texts(cols: Columns, max_bytes: int) -> list[tuple[int, int]]:
+    """``(row, size)`` of the text values in ``cols`` longer than ``max_bytes`` in UTF-8, in row order."""
+    out = []
+    shortest = max_bytes // 4  # a character takes at most 4 bytes: a text this short in characters is within
+    for i, v in cols.other.items():
+        if v.__class__ is str and len(v) > shortest:
+            size = len(v) if v.isascii() else len(v.encode("utf-8", "surrogatepass"))
+            if size > max_bytes:
+                out.append((i, size))
+    return sorted(out)
+
+
+def text_prefix(text: str, n: int = TEXT_PREFIX_BYTES) -> bytes:
+    """The first ``n`` bytes at most of ``text`` in UTF-8, cut at a character's boundary (undecodable ones as ?)."""
+    raw = text[:n].encode("utf-8", "replace")[:n]
+    return raw.decode("utf-8", "ignore").encode("utf-8")
 
 
 def _utf8(s: str) -> bool:

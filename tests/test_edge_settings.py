@@ -36,6 +36,9 @@ uncertainty = 0.1
 """
 
 
+MQTT = '[[collectors]]\nkind = "mqtt"\nname = "mq"\nclient_id = "gw"\n{}\n[[collectors.subscriptions]]\ntopic = "a/#"\n'
+
+
 def problems(tmp_path: Path, text: str) -> list[str]:
     p = tmp_path / "site.toml"
     p.write_text(text)
@@ -76,6 +79,26 @@ def test_good_config_loads(tmp_path):
     ('[[tags]]\nname = "x"\nrange = [5, 1]', "tags[0] (x).range: must be [low, high] with low < high"),
     ('[[tags]]\nunit = "C"', "tags[0].name: is required"),
     ('[[collectors]]\nkind = "modbus"', "collectors[0] (modbus-0).kind: must be one of"),
+    # What one reading and one message may weigh: a whole number of bytes, never a quoted or boolean one.
+    ('[validation]\nmax_text_bytes = "64k"', "validation.max_text_bytes: Input should be a valid integer"),
+    ('[validation]\nmax_text_bytes = "4096"', "validation.max_text_bytes: Input should be a valid integer"),
+    ('[validation]\nmax_text_bytes = true', "validation.max_text_bytes: Input should be a valid integer"),
+    ('[validation]\nmax_text_bytes = 4096.0', "validation.max_text_bytes: Input should be a valid integer"),
+    ('[validation]\nmax_text_bytes = 0', "validation.max_text_bytes: Input should be greater than or equal to 1"),
+    ('[validation]\nmax_text_bytes = -1', "validation.max_text_bytes: Input should be greater than or equal to 1"),
+    ('[validation]\nmax_text_bytes = 16777217', "validation.max_text_bytes: Input should be less than or equal to "
+                                                 "16777216"),
+    (MQTT.format("max_payload_bytes = true"), "collectors[0] (mq).max_payload_bytes: Input should be a valid integer"),
+    (MQTT.format('max_payload_bytes = "16M"'), "collectors[0] (mq).max_payload_bytes: Input should be a valid "
+                                               "integer"),
+    (MQTT.format('max_payload_bytes = "65536"'), "collectors[0] (mq).max_payload_bytes: Input should be a valid "
+                                                 "integer"),
+    (MQTT.format("max_payload_bytes = 0"), "collectors[0] (mq).max_payload_bytes: Input should be greater than or "
+                                           "equal to 1024"),
+    (MQTT.format("max_payload_bytes = -1"), "collectors[0] (mq).max_payload_bytes: Input should be greater than or "
+                                            "equal to 1024"),
+    (MQTT.format("max_payload_bytes = 268435456"), "collectors[0] (mq).max_payload_bytes: Input should be less than "
+                                                   "or equal to 268435455"),
 ])
 def test_each_mistake_has_its_own_message(tmp_path, change, expected):
     found = problems(tmp_path, change)

@@ -6,10 +6,9 @@ Covers what the unit-level collector tests cannot: the gateway's own reconnect l
 
 from __future__ import annotations
 
-import psycopg
 from gateway_proc import GatewayProcess
 from opcua_support import SimProcess, free_port
-from ops_support import db_url, wait_for
+from ops_support import db_url, rows, wait_for
 
 SIM_ARGS = ("--interval", "0.2", "--fault", "P-103.vib_de:sensor_failure@2")
 TAGS = ["P-101.vib_de", "P-101.bearing_temp", "P-103.vib_de", "K1.NOx", "K1.state", "P-102.running"]
@@ -41,14 +40,6 @@ connect_timeout_s = 3.0
 watchdog_interval_s = 0.5
 nodes = [@NODES@]
 """
-
-
-def rows(dsn: str, sql: str, *args) -> list[tuple]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        try:
-            return conn.execute(sql, args).fetchall()
-        except psycopg.errors.UndefinedTable:
-            return []
 
 
 def per_tag(dsn: str) -> dict[str, int]:

@@ -12,11 +12,10 @@ import shutil
 import time
 from datetime import UTC, datetime
 
-import psycopg
 import pytest
 from gateway_proc import GatewayProcess
 from opcua_support import RsaCa, SimProcess, free_port, server_certificate
-from ops_support import db_url, wait_for
+from ops_support import db_url, rows, wait_for
 
 # Under pytest-xdist (scripts/test.sh) the long fault tests share one worker: two at once on 2 cores slowed
 # each other's gateways past what they wait for.
@@ -55,14 +54,6 @@ watchdog_interval_s = 0.5
 reconnect_max_delay_s = 5.0
 nodes = [@NODES@]
 """
-
-
-def rows(dsn: str, sql: str, *args) -> list[tuple]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        try:
-            return conn.execute(sql, args).fetchall()
-        except psycopg.errors.UndefinedTable:
-            return []
 
 
 def stored_since(dsn: str, t: datetime) -> int:

@@ -77,7 +77,8 @@ class MqttCollector:
         self.router = Router(self.name, list(config.subscriptions), Path(context.state_dir),
                              on_decoder_error=context.metrics.collector_errors.labels(self.name, "decoder").inc,
                              on_rebirth=self.rebirths.request, retained_untimed=config.retained_untimed,
-                             max_payload_bytes=config.max_payload_bytes)
+                             max_payload_bytes=config.max_payload_bytes,
+                             on_too_large=context.metrics.collector_errors.labels(self.name, "message_too_large").inc)
         self.times = ReceiveTimes(remember=config.qos == 1 and not config.clean_session)
         self._times_loaded = False
         self._saved = SavedSubscriptions(Path(context.state_dir) / "subscriptions.json", config)
@@ -145,6 +146,7 @@ class MqttCollector:
             "readings": r.readings,
             "dead_letters": r.dead_letters,
             "decoder_errors": r.decoder_errors,
+            "messages_too_large": r.too_large,
             "retained_untimed_skipped": r.retained_skipped,
             "redeliveries_matched": self.times.matched,  # sent again, given their first receive time
             "receive_times_held": len(self.times),  # of messages whose PUBACK the broker has not confirmed

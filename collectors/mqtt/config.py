@@ -106,7 +106,8 @@ class Config(Strict):
                               description="messages handed to the gateway and not yet acknowledged")
     # Decoding takes about 8 times a JSON message's size in memory (measured: 65 MB -> 546 MB). A message the
     # gateway cannot hold (a broker passes up to 256 MB) killed it, and the broker sent it again at every restart.
-    max_payload_bytes: int = Field(16 * 2**20, ge=1024, le=MQTT_MAX_PAYLOAD,
+    # Strict: TOML's `true` or "16M" is a mistake, not 1 (refused as too small) or a number parsed from text.
+    max_payload_bytes: int = Field(16 * 2**20, ge=1024, le=MQTT_MAX_PAYLOAD, strict=True,
                                    description="a larger message becomes a dead letter without being decoded")
     tls: Tls | None = None
     username: str | None = None

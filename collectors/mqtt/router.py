@@ -47,9 +47,11 @@ class Router:
     def __init__(self, source: str, subscriptions: list[Subscription], state_dir: Path, *,
                  on_decoder_error: Callable[[], None] | None = None,
                  on_rebirth: Callable[[str, str, str], None] | None = None,
-                 retained_untimed: str = "skip", max_payload_bytes: int = MQTT_MAX_PAYLOAD) -> None:
+                 retained_untimed: str = "skip", max_payload_bytes: int = MQTT_MAX_PAYLOAD,
+                 on_too_large: Callable[[], None] | None = None) -> None:
         self.source = source
         self.max_payload_bytes = max_payload_bytes
+        self.on_too_large = on_too_large  # told of each message over max_payload_bytes (a metric)
         self.keep_retained = retained_untimed == "store"
         self.on_decoder_error = on_decoder_error
         self.sparkplug = SparkplugStore(Path(state_dir) / "sparkplug")
@@ -66,6 +68,7 @@ class Router:
         self._log_times: dict[str, tuple[float, int]] = {}
         self._bugs_logged: set[type] = set()  # exception types already logged with a traceback
         self.messages = self.readings = self.dead_letters = self.decoder_errors = self.retained_skipped = 0
+        self.too_large = 0  # messages over max_payload_bytes (also in dead_letters)
 
     def handle(self, topic: str | None, raw_topic: bytes, payload: bytes, now: datetime,
                retained: bool = False, redelivered: bool = False) -> tuple[list[Reading] | Rows, list[DeadLetter], int]:
@@ -77,6 +80,9 @@ class Router:
             return [], [self._dead_letter(raw_topic.decode("utf-8", "replace"), payload,
                                           "topic is not valid UTF-8", now)], 0
         if len(payload) > self.max_payload_bytes:  # before decoding: that would take several times its size
+            self.too_large += 1
+            if self.on_too_large is not None:
+                self.on_too_large()
             return [], [self._dead_letter(topic, payload, f"message of {len(payload)} bytes is over max_payload_bytes "
                                                           f"({self.max_payload_bytes}); not decoded", now)], 0
         decoder = self._route(topic)
