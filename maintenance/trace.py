@@ -46,6 +46,11 @@ def _time(value) -> datetime | None:
     return t if t.tzinfo is not None else None
 
 
+def _list(value) -> list:
+    """A list from evidence, or empty: evidence is written by several packages and versions, not checked."""
+    return value if isinstance(value, list) else []
+
+
 async def _rows(conn: psycopg.AsyncConnection, sql: str, params=()) -> list[dict]:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(sql, params)
@@ -124,7 +129,7 @@ async def _moment(conn, alert: dict, label: str, at: datetime, evidence, tables:
                   registry_dir: Path | None) -> dict:
     ev = evidence if isinstance(evidence, dict) else {}
     pred_ev = ev.get("prediction") if isinstance(ev.get("prediction"), dict) else None
-    readings = [r for r in ev.get("readings") or [] if isinstance(r, dict) and isinstance(r.get("tag"), str)]
+    readings = [r for r in _list(ev.get("readings")) if isinstance(r, dict) and isinstance(r.get("tag"), str)]
     when = _time((pred_ev or {}).get("time")) or max((t for r in readings if (t := _time(r.get("time")))),
                                                     default=None)
     out: dict = {"moment": label, "time": at, "evidence_time": when or at,
@@ -146,8 +151,9 @@ async def _moment(conn, alert: dict, label: str, at: datetime, evidence, tables:
     names = [r["tag"] for r in readings]
     if alert.get("tag"):
         names.append(alert["tag"])
-    signals = ((stored_pred or {}).get("details") or {}).get("signals") or \
-        [s.get("signal") for s in ev.get("top_signals") or [] if isinstance(s, dict)]
+    details = (stored_pred or {}).get("details")
+    signals = _list(details.get("signals") if isinstance(details, dict) else None) or \
+        [s.get("signal") for s in _list(ev.get("top_signals")) if isinstance(s, dict)]
     names += [s for s in signals if isinstance(s, str)]
     inputs = ((out["prediction"] or {}).get("registry") or {}).get("inputs") or []
     if inputs:  # a registered model's input features that are tags of the registry (a model on raw tags)
