@@ -25,9 +25,11 @@ from edge.cli import aware_time_arg, iso_time_arg
 
 def add_parser(subparsers) -> None:
     """Register ``maintenance`` and its actions on the ``valvoja`` sub-command parser."""
-    p = subparsers.add_parser("maintenance", help="condition monitoring: evaluations, reviews, maintenance windows",
+    p = subparsers.add_parser("maintenance",
+                              help="condition monitoring: evaluations, reviews, maintenance windows, alert traces",
                               description="Evaluate the anomaly detector (SKAB) and the RUL model (C-MAPSS) on "
-                                          "benchmark files; list, review and score predictions and alerts.")
+                                          "benchmark files; list, review and score predictions and alerts; trace an "
+                                          "alert to its tags, calibrations, model version and input window.")
     sub = p.add_subparsers(dest="maintenance_command", required=True, metavar="ACTION")
 
     ev = sub.add_parser("evaluate", help="train and evaluate on benchmark files, print the metrics")
