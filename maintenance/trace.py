@@ -21,6 +21,7 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import dict_row
 
+from edge.sink.housekeeping import _time as evidence_time
 from models.export import sha256
 
 EVIDENCE_EVENTS = ("raised", "updated", "reopened")
@@ -34,16 +35,10 @@ _REGISTRY_COLUMNS = ("version, status, kind, sha256, path, parent_version, creat
 
 
 def _time(value) -> datetime | None:
-    """An instant from evidence (stored as ISO-8601 text in jsonb); None for anything else or a naive time."""
+    """An instant from evidence (ISO-8601 text in jsonb, parsed as retention parses it); None for anything else."""
     if isinstance(value, datetime):
         return value if value.tzinfo is not None else None
-    if not isinstance(value, str):
-        return None
-    try:
-        t = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return t if t.tzinfo is not None else None
+    return evidence_time(value)
 
 
 def _list(value) -> list:
