@@ -185,6 +185,14 @@ def test_alert_detail_shows_its_traceability(browser, server):
         local = t.astimezone(ZoneInfo("Europe/Helsinki"))
         assert window.nth(1).inner_text() == local.strftime("%Y-%m-%d %H:%M:%S +02:00")
         shot(page, "alert-traceability")
+        # the asset page's alert evidence has the same section
+        page.goto(server.url + "/assets/P-101")
+        evidence = page.locator("tr[data-alert='TRACE-BROWSER'] details")
+        evidence.wait_for(timeout=10000)
+        evidence.locator("summary").click()
+        cal = evidence.locator("section.trace tr[data-tag='P-101.vib_rms'] .calibration")
+        cal.wait_for(timeout=10000)
+        assert "CAL-0000" in cal.inner_text()
         assert page.errors == []
     finally:
         page.context.close()
