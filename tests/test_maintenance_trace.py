@@ -199,11 +199,15 @@ def test_malformed_evidence_is_traced_as_far_as_it_goes(dsn):
     assert m["tags"][0]["readings"]["evidence"][0]["stored"] is False
 
 
-def test_evidence_readings_removed_by_retention_are_said_to_be_gone(pg_admin_dsn):
+@pytest.mark.parametrize("edition", ["timescaledb", "plain"])
+def test_evidence_readings_removed_by_retention_are_said_to_be_gone(request, edition):
+    """Retention by drop_chunks (TimescaleDB) and by DELETE (plain PostgreSQL) alike."""
     from edge.db.features import detect
     from edge.sink import rollups
 
-    with fresh_database(pg_admin_dsn, prefix="trace_ret") as dsn:
+    admin = request.getfixturevalue("pg_admin_dsn") if edition == "timescaledb" else \
+        request.getfixturevalue("plain_pg_server").dsn()
+    with fresh_database(admin, prefix="trace_ret") as dsn:
         seed_plant(dsn, hours=96, step_s=STEP, end=END)
         t = END - timedelta(days=3)
         insert_alert(dsn, "OLD-1", kind="rule:o2_low", tag="B-301.O2", raised_at=t,
@@ -262,6 +266,8 @@ def test_api_and_command_line_give_the_same_chain(dsn):
     insert_alert(dsn, "BOTH-1", kind="rule:vib", tag="P-101.vib_rms", raised_at=t,
                  evidence={"rule": {"name": "vib"}, "readings": [{"tag": "P-101.vib_rms", "time": t, "value": 2.6}]})
     with ConsoleServer(dsn) as srv, srv.client("viewer") as c:
+        with srv.client() as anonymous:
+            assert anonymous.get("/api/alerts/BOTH-1/trace").status_code == 401
         api = c.get("/api/alerts/BOTH-1/trace")
         assert api.status_code == 200, api.text
         assert c.get("/api/alerts/NOPE/trace").status_code == 404
