@@ -17,7 +17,7 @@ from console_support import ConsoleServer, fresh_database, insert_alert, run_asy
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
-from edge.records import Prediction
+from edge.records import Prediction, Reading
 
 END = datetime.now(UTC).replace(second=0, microsecond=0)
 STEP = 600  # readings every 10 minutes from END - 4 days to END
@@ -132,6 +132,33 @@ def test_rule_alert_without_prediction_traces_its_reading(dsn):
     assert tag["tag"] == "P-101.bearing_temp" and tag["calibration"]["certificate"] == "CAL-0001"
     assert tag["readings"]["evidence"] == [{"time": t, "value": value, "stored": True, "stored_value": value}]
     assert m["window"]["of"] == "the evidence readings"
+
+
+def test_an_alert_raised_by_the_rule_engine_is_traced_as_it_stored_it(dsn):
+    """The evidence shape as maintenance's rule engine writes it, not one written by hand for the test."""
+    from maintenance import store
+    from maintenance.alerts import AlertManager, AlertPolicy
+    from maintenance.rules import RuleConfig, RuleEngine
+
+    t = END - timedelta(hours=10)
+    with psycopg.connect(dsn) as conn:
+        (value,) = conn.execute("SELECT value FROM readings r JOIN tags g ON g.id = r.tag_id "
+                                "WHERE g.name = 'B-301.steam_flow' AND r.time = %s", (t,)).fetchone()
+    engine = RuleEngine([RuleConfig(name="flow_high", tag="B-301.steam_flow", kind="threshold", high=value - 1)],
+                        AlertManager(AlertPolicy(escalate_after_s=None)))
+    changes = engine.update([Reading("B-301.steam_flow", t, value, t)])
+    assert [c.event for c in changes] == ["raised"]
+
+    async def write():
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await store.apply_changes(conn, changes, source="rules")
+
+    run_async(write())
+    (m,) = trace(dsn, changes[0].alert.id)["moments"]
+    assert m["condition"]["rule"]["name"] == "flow_high" and m["prediction"] is None
+    (tag,) = m["tags"]
+    assert tag["tag"] == "B-301.steam_flow" and tag["calibration"]["certificate"] == "CAL-0003"
+    assert tag["readings"]["evidence"] == [{"time": t, "value": value, "stored": True, "stored_value": value}]
 
 
 def test_missing_calibrations_and_tags_are_said_not_failed(dsn):
