@@ -25,6 +25,7 @@ from edge.sink.housekeeping import _time as evidence_time
 from models.export import sha256
 
 EVIDENCE_EVENTS = ("raised", "updated", "reopened")
+COUNT_BOUND = 100_000  # raw readings counted in a window; beyond it "at least"
 # Evidence keys that say what condition held (the rest: readings and prediction, traced on their own).
 CONDITION_KEYS = ("rule", "detail", "zone", "boundaries_mm_s", "problem", "window", "no_data_after_s", "top_signals",
                   "stack", "pollutant", "period", "period_start", "period_end", "projected", "limit", "threshold",
@@ -210,9 +211,12 @@ async def _readings(conn, tag_id: int, win, readings: list[dict]) -> dict:
                             "stored_value": kept.get(_time(r.get("time")))} for r in readings]
     if win is not None:
         start, end = win[0], win[1]
-        n = (await _row(conn, "SELECT count(*) AS n FROM readings WHERE tag_id = %s AND time >= %s AND time <= %s",
-                        (tag_id, start, end)))["n"]
-        out["window_raw"] = n
+        # Counted up to a bound: a RUL model's inputs span the machine's run, an emission period a month.
+        n = (await _row(conn, "SELECT count(*) AS n FROM (SELECT 1 FROM readings WHERE tag_id = %s AND time >= %s "
+                              "AND time <= %s LIMIT %s) s", (tag_id, start, end, COUNT_BOUND + 1)))["n"]
+        out["window_raw"] = min(n, COUNT_BOUND)
+        if n > COUNT_BOUND:
+            out["window_raw_at_least"] = True
         if n == 0:
             oldest = (await _row(conn, "SELECT time FROM readings WHERE tag_id = %s ORDER BY time LIMIT 1",
                                  (tag_id,)) or {}).get("time")

@@ -69,7 +69,8 @@ def _tag_lines(tag: dict, indent: str) -> list[str]:
         lines.append(f"{indent}  reading {_t(r['time'])} = {r['value']}: "
                      + ("still stored" if r["stored"] else "no longer stored"))
     if "window_raw" in rd:
-        lines.append(f"{indent}  raw readings in the window: {rd['window_raw']}")
+        lines.append(f"{indent}  raw readings in the window: {'at least ' if rd.get('window_raw_at_least') else ''}"
+                     f"{rd['window_raw']}")
     lines += _unknowns(rd, indent + "  ")
     return lines
 

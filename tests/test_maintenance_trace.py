@@ -207,6 +207,17 @@ def test_sensor_and_emission_alerts_take_their_window_from_their_evidence(dsn):
     assert m["tags"][0]["calibration"]["certificate"] == "CAL-0004" and m["tags"][0]["readings"]["window_raw"] == 7
 
 
+def test_a_long_window_counts_its_readings_up_to_a_bound(dsn, monkeypatch):
+    import maintenance.trace
+
+    monkeypatch.setattr(maintenance.trace, "COUNT_BOUND", 5)
+    t = END - timedelta(hours=11)
+    insert_alert(dsn, "LONG-1", kind="sensor", tag="F-201.vib_rms", raised_at=t,
+                 evidence={"problem": "no_data", "window": [t - timedelta(hours=2), t]})
+    rd = trace(dsn, "LONG-1")["moments"][0]["tags"][0]["readings"]
+    assert rd["window_raw"] == 5 and rd["window_raw_at_least"] is True
+
+
 def test_malformed_evidence_is_traced_as_far_as_it_goes(dsn):
     """Evidence is written by several packages and versions and never checked: odd shapes give reasons, not
     errors."""

@@ -36,7 +36,7 @@
     if (!r) return "";
     return [(r.evidence || []).map((x) => el("div", {}, timeCell(x.time), ` = ${x.value} `, x.stored ? el("span", { class: "ok-text" }, "stored")
       : el("span", { class: "warn-text" }, "no longer stored"))),
-    r.window_raw !== undefined ? el("div", {}, `${r.window_raw} raw reading(s) in the window`) : "", unknown(r, "window")];
+    r.window_raw !== undefined ? el("div", {}, `${r.window_raw_at_least ? "at least " : ""}${r.window_raw} raw reading(s) in the window`) : "", unknown(r, "window")];
   }
   function traceView(tr) {
     const out = [el("h3", {}, "Traceability"), ...tr.notes.map((n) => el("p", { class: "warn-text" }, n))];
