@@ -7,6 +7,7 @@
     valvoja maintenance review precision [--since 2026-01-01]
     valvoja maintenance train-anomaly -c SITE.toml --asset P-101 --from 2026-11-02T06:00:00+02:00 [--to ...]
     valvoja maintenance window add|list|end|cancel ...   (maintenance/windows_cli.py)
+    valvoja maintenance trace ALERT_ID [--json]          (maintenance/trace_cli.py)
 
 Until the lead's ``valvoja`` exists everywhere, ``python -m maintenance.cli ARGS`` does the same.
 """
@@ -24,9 +25,11 @@ from edge.cli import aware_time_arg, iso_time_arg
 
 def add_parser(subparsers) -> None:
     """Register ``maintenance`` and its actions on the ``valvoja`` sub-command parser."""
-    p = subparsers.add_parser("maintenance", help="condition monitoring: evaluations, reviews, maintenance windows",
+    p = subparsers.add_parser("maintenance",
+                              help="condition monitoring: evaluations, reviews, maintenance windows, alert traces",
                               description="Evaluate the anomaly detector (SKAB) and the RUL model (C-MAPSS) on "
-                                          "benchmark files; list, review and score predictions and alerts.")
+                                          "benchmark files; list, review and score predictions and alerts; trace an "
+                                          "alert to its tags, calibrations, model version and input window.")
     sub = p.add_subparsers(dest="maintenance_command", required=True, metavar="ACTION")
 
     ev = sub.add_parser("evaluate", help="train and evaluate on benchmark files, print the metrics")
@@ -101,6 +104,10 @@ def add_parser(subparsers) -> None:
     from maintenance.windows_cli import add_parser as add_window_parser
 
     add_window_parser(sub, _db_arg)
+
+    from maintenance.trace_cli import add_parser as add_trace_parser
+
+    add_trace_parser(sub, _db_arg)
 
 
 def _db_arg(p: argparse.ArgumentParser) -> None:

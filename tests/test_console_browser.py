@@ -140,6 +140,52 @@ def test_new_alert_appears_live_and_is_acknowledged(browser, server):
     page.context.close()
 
 
+def test_alert_detail_shows_its_traceability(browser, server):
+    """The board's alert detail has a "Traceability" section (GET /api/alerts/{id}/trace): the prediction with its
+    model version, the input window and each evidence tag with the calibration in force, times in plant time."""
+    with psycopg.connect(server.dsn) as conn:
+        t, version, start = conn.execute(
+            "SELECT time, model_version, input_start FROM predictions WHERE model_id = 'anomaly:P-101' "
+            "ORDER BY time DESC LIMIT 1").fetchone()
+    start = start or t - timedelta(minutes=30)
+    insert_alert(server.dsn, "TRACE-BROWSER", asset="P-101", kind="anomaly", raised_at=t,
+                 message="P-101: anomalous operation (traced)",
+                 evidence={"prediction": {"model_id": "anomaly:P-101", "model_version": version, "value": 0.8,
+                                          "p_value": 0.004, "alpha": 0.25, "time": t, "input_start": start,
+                                          "input_end": t},
+                           "top_signals": [{"signal": "P-101.vib_rms", "share": 0.7},
+                                           {"signal": "P-101.bearing_temp", "share": 0.3}]})
+    page = login(browser, server, "viewer", timezone_id="Europe/Helsinki")
+    try:
+        row = page.locator("tr[data-id='TRACE-BROWSER']")
+        row.wait_for(timeout=10000)
+        row.locator("details.hist summary").click()
+        section = row.locator("section.trace")
+        section.locator(".moment[data-moment='raised']").wait_for(timeout=10000)
+        text = section.inner_text()
+        assert "Traceability" in text and "anomaly:P-101" in text and f"sha256 {version[:12]}" in text
+        vib = section.locator("tr[data-tag='P-101.vib_rms'] .calibration")
+        assert "CAL-0000" in vib.inner_text()
+        assert "CAL-0001" in section.locator("tr[data-tag='P-101.bearing_temp'] .calibration").inner_text()
+        assert "model anomaly:P-101 is not in the model registry" in section.locator(".registry").inner_text()
+        window = section.locator(".window time")
+        assert datetime.fromisoformat(window.nth(1).get_attribute("datetime")) == t
+        local = t.astimezone(ZoneInfo("Europe/Helsinki"))
+        assert window.nth(1).inner_text() == local.strftime("%Y-%m-%d %H:%M:%S +02:00")
+        shot(page, "alert-traceability")
+        # the asset page's alert evidence has the same section
+        page.goto(server.url + "/assets/P-101")
+        evidence = page.locator("tr[data-alert='TRACE-BROWSER'] details")
+        evidence.wait_for(timeout=10000)
+        evidence.locator("summary").click()
+        cal = evidence.locator("section.trace tr[data-tag='P-101.vib_rms'] .calibration")
+        cal.wait_for(timeout=10000)
+        assert "CAL-0000" in cal.inner_text()
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
 def test_viewer_sees_no_acknowledge_button(browser, server):
     page = login(browser, server, "viewer")
     page.wait_for_selector('tr[data-id="OLD-1"]')

@@ -44,6 +44,7 @@ def _commands(tmp_path, url: str) -> list[list[str]]:
             # promotion written with a meaning the newer version may have changed).
             ["maintenance", "review", "list", "--asset", "P-1", "--db", url],
             ["maintenance", "window", "list", "--db", url],
+            ["maintenance", "trace", "A-1", "--db", url],
             ["models", "list", "--registry", str(tmp_path), "--db", url],
             ["models", "evaluate", "feedback", "--db", url]]
 

@@ -136,6 +136,24 @@ async def get_alert(request: Request, alert_id: str, _: Principal = Depends(requ
     return row
 
 
+@router.get("/{alert_id}/trace")
+async def trace(request: Request, alert_id: str, _: Principal = Depends(require("read"))):
+    """Traceability of the alert (DESIGN.md §2), at its raise and at its latest return or rise of severity: each
+    evidence tag with its registry entry and the calibration record in force at the evidence time; the prediction
+    behind it (model id, ONNX sha256, registry version with its training data, parent and gate); the input window
+    and whether its readings are still stored. A missing piece is named in a ``*_unknown`` field, never an error
+    (`maintenance.trace`, shared with ``valvoja maintenance trace``)."""
+    from maintenance.trace import trace_alert
+
+    db = request.app.state.db
+    await alerts.shape(db)
+    async with db.conn() as conn:
+        out = await trace_alert(conn, alert_id, registry_dir=request.app.state.config.models.registry)
+    if out is None:
+        raise Problem(404, f"no alert {alert_id!r}")
+    return out
+
+
 async def _change(request: Request, p: Principal, alert_id: str, action: str, comment: str):
     db = request.app.state.db
     await alerts.shape(db)

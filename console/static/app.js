@@ -19,7 +19,7 @@ const V = (() => {
       else if (k === "text") e.textContent = v;
       else e.setAttribute(k, v === true ? "" : v);
     }
-    for (const c of children.flat()) {
+    for (const c of children.flat(Infinity)) {  // nested lists of children (a section built from parts)
       if (c === null || c === undefined || c === false) continue;
       e.append(c instanceof Node ? c : document.createTextNode(String(c)));
     }

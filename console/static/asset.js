@@ -227,7 +227,11 @@
     return el("tr", { "data-alert": a.id },
       el("td", {}, timeCell(a.raised_at)), el("td", {}, badge(a.severity, "sev-" + a.severity)), el("td", {}, badge(a.state, "st-" + a.state)),
       el("td", {}, a.kind), el("td", {}, a.message || ""),
-      el("td", {}, el("details", {}, el("summary", {}, "evidence"), el("pre", { class: "evidence" }, JSON.stringify(a.evidence || {}, null, 1)))));
+      el("td", {}, el("details", { ontoggle: (ev) => {  // the traceability chain, loaded when first opened
+        if (!ev.target.open || ev.target.dataset.loaded) return;
+        ev.target.dataset.loaded = "1";
+        ev.target.append(V.traceSection(a.id));
+      } }, el("summary", {}, "evidence"), el("pre", { class: "evidence" }, JSON.stringify(a.evidence || {}, null, 1)))));
   }
 
   /** The asset's open alerts, whenever they were raised: counted within the chosen range, an alert raised two days

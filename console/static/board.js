@@ -67,6 +67,7 @@
       ev.target.append(el("ul", { class: "history" }, full.history.map((h) =>
         el("li", {}, timeCell(h.time), ` ${h.action} by ${h.actor}`, h.comment ? ` — “${h.comment}”` : ""))),
       el("pre", {}, JSON.stringify(full.evidence || {}, null, 1)));
+      ev.target.append(V.traceSection(a.id));
     } }, el("summary", {}, "history & evidence"));
     return el("tr", { "data-id": a.id, "data-state": a.state, "data-raised": a.raised_at, class: fresh ? "new" : "" },
       el("td", {}, timeCell(a.raised_at)),

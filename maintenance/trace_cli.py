@@ -1,0 +1,123 @@
+"""``valvoja maintenance trace ALERT_ID --db URL [--registry DIR] [--json]``: the traceability chain of an alert
+(`maintenance.trace`, the same assembly as the console's ``GET /api/alerts/{id}/trace``).
+
+Exit status: 0 printed; 1 the database cannot be used; 2 no database given; 3 no such alert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+
+def add_parser(sub, db_arg) -> None:
+    """Register ``trace`` on the ``maintenance`` sub-command parser."""
+    t = sub.add_parser("trace", help="an alert traced to its tags, calibrations, model version and input window",
+                       description="Print the traceability chain of an alert (DESIGN.md §2): at its raise and its "
+                                   "latest return, each evidence tag with its registry entry and the calibration "
+                                   "in force at the evidence time, the prediction behind it with its model "
+                                   "version and registry entry, the input window and whether its readings are "
+                                   "still stored. Exit status 0; 1 database unusable; 2 no database given; "
+                                   "3 no such alert.")
+    t.add_argument("alert_id")
+    t.add_argument("--registry", type=Path, help="model registry directory: also check the version's ONNX file")
+    t.add_argument("--json", action="store_true", help="print the chain as JSON (the API's document)")
+    db_arg(t)
+    t.set_defaults(func=cmd_trace)
+
+
+async def _load(args) -> dict | None:
+    import psycopg
+
+    from edge.db.migrate import check_schema
+    from maintenance.trace import trace_alert
+
+    with psycopg.connect(args.db, autocommit=True) as sync_conn:  # a schema of another version: refused
+        check_schema(sync_conn)
+    async with await psycopg.AsyncConnection.connect(args.db, autocommit=True) as conn:
+        return await trace_alert(conn, args.alert_id, registry_dir=args.registry)
+
+
+def _t(v) -> str:
+    return v.isoformat() if isinstance(v, datetime) else str(v)
+
+
+def _unknowns(d: dict, indent: str) -> list[str]:
+    return [f"{indent}{k.removesuffix('_unknown')}: unknown because {v}" for k, v in d.items()
+            if k.endswith("_unknown")]
+
+
+def _tag_lines(tag: dict, indent: str) -> list[str]:
+    reg = tag.get("registry")
+    lines = [f"{indent}tag {tag['tag']}" + (
+        f": asset {reg['asset'] or '-'}, unit {reg['unit'] or '-'}, range {reg['range_min']}..{reg['range_max']}, "
+        f"{'configured' if reg['configured'] else 'not configured'}" if reg else "")]
+    cal = tag.get("calibration")
+    if cal:
+        lines.append(f"{indent}  calibration in force at {_t(tag['at'])}: {cal['certificate']} (calibrated "
+                     f"{cal['calibrated_on']}, ±{cal['uncertainty']:g} {cal['uncertainty_unit']}, valid from "
+                     f"{_t(cal['valid_from'])})")
+    lines += _unknowns(tag, indent + "  ")
+    if tag.get("derived_from"):
+        lines.append(f"{indent}  derived from:")
+        lines += _tag_lines(tag["derived_from"], indent + "    ")
+    rd = tag.get("readings") or {}
+    for r in rd.get("evidence", []):
+        lines.append(f"{indent}  reading {_t(r['time'])} = {r['value']}: "
+                     + ("still stored" if r["stored"] else "no longer stored"))
+    if "window_raw" in rd:
+        lines.append(f"{indent}  raw readings in the window: {'at least ' if rd.get('window_raw_at_least') else ''}"
+                     f"{rd['window_raw']}")
+    lines += _unknowns(rd, indent + "  ")
+    return lines
+
+
+def render(tr: dict) -> str:
+    """The chain as text, one moment after the other."""
+    a = tr["alert"]
+    lines = [f"alert {a['id']}: {a['kind']} {a['severity']} {a['state']} on {a['asset']}"
+             + (f" / {a['tag']}" if a["tag"] else "") + f", raised {_t(a['raised_at'])}", f"  {a['message']}"]
+    lines += [f"  note: {n}" for n in tr["notes"]]
+    for m in tr["moments"]:
+        lines.append(f"evidence at {m['moment']} ({_t(m['time'])}), evidence time {_t(m['evidence_time'])}")
+        for k, v in m["condition"].items():
+            if k != "data_quality":
+                lines.append(f"  {k}: {json.dumps(v, default=str)}")
+        w = m.get("window")
+        if w:
+            lines.append(f"  input window {_t(w['start'])} .. {_t(w['end'])} ({w['of']})")
+        p = m.get("prediction")
+        if p:
+            u = f"p = {p['p_value']}" + (f" (alpha {p['alpha']})" if p.get("alpha") is not None else "") \
+                if p.get("p_value") is not None else f"interval {p.get('lower')} " \
+                f"{'or more' if p.get('upper') is None else '.. ' + str(p['upper'])} (coverage {p.get('coverage')})"
+            lines.append(f"  prediction {p['model_id']} sha256 {p['model_version']} at {_t(p['time'])}: "
+                         f"value {p['value']}, {u}" + (f", stored as #{p['stored']['id']}" if p["stored"] else ""))
+            reg = p.get("registry")
+            if reg:
+                lines.append(f"    registry v{reg['version']} ({reg['status']}), parent "
+                             f"{reg['parent_version'] or '-'}, training data {reg['training_fingerprint'] or '-'} "
+                             f"{_t(reg['training_start'])} .. {_t(reg['training_end'])}, gate "
+                             f"{reg['gate_metric'] or '-'} ({reg['gate_direction'] or '-'}) = {reg['gate_value']}"
+                             + (f", ONNX file {reg['onnx_file']}" if reg.get("onnx_file") else ""))
+                lines += _unknowns(reg, "    ")
+            lines += _unknowns(p, "    ")
+        lines += _unknowns(m, "  ")
+        for tag in m["tags"]:
+            lines += _tag_lines(tag, "  ")
+    return "\n".join(lines)
+
+
+def cmd_trace(args) -> int:
+    if not args.db:
+        print("no database: give --db URL or set VALVOJA_DB_URL", file=sys.stderr)
+        return 2
+    tr = asyncio.run(_load(args))  # a database error is the valvoja command's one line, exit 1
+    if tr is None:
+        print(f"no alert {args.alert_id!r}", file=sys.stderr)
+        return 3
+    print(json.dumps(tr, indent=2, default=str) if args.json else render(tr))
+    return 0

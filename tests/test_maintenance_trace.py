@@ -1,0 +1,332 @@
+"""Traceability of an alert (DESIGN.md §2, `maintenance.trace`) against the real test database: the calibration in
+force at the evidence time (not the newest), the prediction with its model version and registry entry, a rule alert
+without a prediction, missing calibrations and tags, evidence readings removed by retention; the same chain from
+``GET /api/alerts/{id}/trace`` and from ``valvoja maintenance trace``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, date, datetime, timedelta
+
+import psycopg
+import pytest
+from console_support import ConsoleServer, fresh_database, insert_alert, run_async, seed_plant, seed_users
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+
+from edge.records import Prediction, Reading
+
+END = datetime.now(UTC).replace(second=0, microsecond=0)
+STEP = 600  # readings every 10 minutes from END - 4 days to END
+
+
+@pytest.fixture(scope="module")
+def dsn(pg_admin_dsn):
+    with fresh_database(pg_admin_dsn, prefix="trace") as dsn:
+        seed_users(dsn)
+        seed_plant(dsn, hours=96, step_s=STEP, end=END)
+        yield dsn
+
+
+def trace(dsn: str, alert_id: str, registry_dir=None) -> dict | None:
+    from maintenance.trace import trace_alert
+
+    async def go():
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            return await trace_alert(conn, alert_id, registry_dir=registry_dir)
+
+    return run_async(go())
+
+
+def write_predictions(dsn: str, preds: list[Prediction]) -> None:
+    from maintenance import store
+
+    async def go():
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await store.write_predictions(conn, preds)
+
+    run_async(go())
+
+
+def update_alert(dsn: str, alert_id: str, key: str, **fields) -> None:
+    """A rise of severity with new evidence, as the alert manager writes it (the ``updated`` event keeps it)."""
+    from maintenance import store
+    from maintenance.alerts import AlertChange
+    from maintenance.store import get_alert, row_to_alert
+
+    async def go():
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+            a = row_to_alert(await get_alert(conn, alert_id))
+            from dataclasses import replace
+
+            await store.apply_changes(conn, [AlertChange("updated", replace(a, **fields), key,
+                                                         last_seen=fields["evidence"]["prediction"]["time"])])
+
+    run_async(go())
+
+
+def add_calibration(dsn: str, tag: str, valid_from: datetime, certificate: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO tag_calibrations (tag_id, valid_from, certificate, calibrated_on, uncertainty, "
+                     "uncertainty_unit) SELECT id, %s, %s, %s, 0.2, 'mm/s' FROM tags WHERE name = %s",
+                     (valid_from, certificate, valid_from.date(), tag))
+
+
+def anomaly_evidence(t: datetime, version: str = "5eed" * 16) -> dict:
+    return {"prediction": {"model_id": "anomaly:P-101", "model_version": version, "value": 0.93, "p_value": 0.004,
+                           "alpha": 0.01, "time": t, "input_start": t - timedelta(minutes=30), "input_end": t},
+            "top_signals": [{"signal": "P-101.vib_rms", "share": 0.8}, {"signal": "P-101.bearing_temp", "share": 0.2}],
+            "data_quality": {"samples": 3, "good": 1.0, "out_of_range": 0.0, "missing": 0.0, "unverified": False}}
+
+
+def test_anomaly_alert_traces_calibration_in_force_then_not_the_newest(dsn):
+    t1, t2 = END - timedelta(hours=2), END - timedelta(hours=1)
+    version = "5eed" * 16
+    # A new certificate for the vibration sensor after the evidence: the alert was raised under the old one.
+    add_calibration(dsn, "P-101.vib_rms", END - timedelta(minutes=30), "CAL-NEW-9")
+    write_predictions(dsn, [Prediction("anomaly:P-101", version, "P-101", t, 0.9, p_value=0.004, kind="anomaly",
+                                       input_start=t - timedelta(minutes=30), input_end=t,
+                                       details={"alpha": 0.01, "signals": ["P-101.vib_rms", "P-101.bearing_temp"]})
+                            for t in (t1, t2)])
+    insert_alert(dsn, "AN-1", kind="anomaly", raised_at=t1, message="P-101: anomalous operation",
+                 evidence=anomaly_evidence(t1, version))
+    update_alert(dsn, "AN-1", "P-101||anomaly#AN-1", severity="critical", evidence=anomaly_evidence(t2, version))
+
+    tr = trace(dsn, "AN-1")
+    assert tr["alert"]["kind"] == "anomaly" and tr["notes"] == []
+    raised, updated = tr["moments"]
+    assert (raised["moment"], updated["moment"]) == ("raised", "updated")
+    assert raised["evidence_time"] == t1 and updated["evidence_time"] == t2
+    p = raised["prediction"]
+    assert p["model_id"] == "anomaly:P-101" and p["model_version"] == version and p["p_value"] == 0.004
+    assert p["stored"]["time"] == t1 and p["stored"]["input_start"] == t1 - timedelta(minutes=30)
+    assert p["registry"] is None and "not in the model registry" in p["registry_unknown"]
+    assert raised["window"] == {"start": t1 - timedelta(minutes=30), "end": t1, "of": "the prediction's inputs"}
+    tags = {t["tag"]: t for t in raised["tags"]}
+    assert list(tags) == ["P-101.vib_rms", "P-101.bearing_temp"]  # the model's signals, from the stored prediction
+    vib = tags["P-101.vib_rms"]
+    assert vib["registry"]["asset"] == "P-101" and vib["registry"]["unit"] == "mm/s"
+    assert vib["calibration"]["certificate"] == "CAL-0000"  # in force at t1, not CAL-NEW-9
+    assert vib["calibration"]["valid_from"] <= t1
+    assert vib["readings"]["window_raw"] == 4  # every 10 minutes over the 30 minutes, both ends
+    assert tags["P-101.bearing_temp"]["calibration"]["certificate"] == "CAL-0001"
+
+
+def test_rule_alert_without_prediction_traces_its_reading(dsn):
+    t = END - timedelta(hours=3)
+    with psycopg.connect(dsn) as conn:
+        (value,) = conn.execute("SELECT value FROM readings r JOIN tags g ON g.id = r.tag_id "
+                                "WHERE g.name = 'P-101.bearing_temp' AND r.time = %s", (t,)).fetchone()
+    insert_alert(dsn, "RULE-1", kind="rule:temp_high", tag="P-101.bearing_temp", raised_at=t,
+                 evidence={"rule": {"name": "temp_high", "kind": "threshold", "above": 60.0},
+                           "readings": [{"tag": "P-101.bearing_temp", "time": t, "value": value}],
+                           "detail": "above 60", "data_quality": {"good": 1.0, "unverified": False}})
+    tr = trace(dsn, "RULE-1")
+    (m,) = tr["moments"]
+    assert m["prediction"] is None and "raised from readings" in m["prediction_unknown"]
+    assert m["condition"]["rule"]["name"] == "temp_high"
+    (tag,) = m["tags"]
+    assert tag["tag"] == "P-101.bearing_temp" and tag["calibration"]["certificate"] == "CAL-0001"
+    assert tag["readings"]["evidence"] == [{"time": t, "value": value, "stored": True, "stored_value": value}]
+    assert m["window"]["of"] == "the evidence readings"
+
+
+def test_an_alert_raised_by_the_rule_engine_is_traced_as_it_stored_it(dsn):
+    """The evidence shape as maintenance's rule engine writes it, not one written by hand for the test."""
+    from maintenance import store
+    from maintenance.alerts import AlertManager, AlertPolicy
+    from maintenance.rules import RuleConfig, RuleEngine
+
+    t = END - timedelta(hours=10)
+    with psycopg.connect(dsn) as conn:
+        (value,) = conn.execute("SELECT value FROM readings r JOIN tags g ON g.id = r.tag_id "
+                                "WHERE g.name = 'B-301.steam_flow' AND r.time = %s", (t,)).fetchone()
+    engine = RuleEngine([RuleConfig(name="flow_high", tag="B-301.steam_flow", kind="threshold", high=value - 1)],
+                        AlertManager(AlertPolicy(escalate_after_s=None)))
+    changes = engine.update([Reading("B-301.steam_flow", t, value, t)])
+    assert [c.event for c in changes] == ["raised"]
+
+    async def write():
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await store.apply_changes(conn, changes, source="rules")
+
+    run_async(write())
+    (m,) = trace(dsn, changes[0].alert.id)["moments"]
+    assert m["condition"]["rule"]["name"] == "flow_high" and m["prediction"] is None
+    (tag,) = m["tags"]
+    assert tag["tag"] == "B-301.steam_flow" and tag["calibration"]["certificate"] == "CAL-0003"
+    assert tag["readings"]["evidence"] == [{"time": t, "value": value, "stored": True, "stored_value": value}]
+
+
+def test_missing_calibrations_and_tags_are_said_not_failed(dsn):
+    t = END - timedelta(hours=5)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO tags (name, asset, unit, configured) VALUES "
+                     "('P-101.vib_rms.rms', '', 'mm/s', false), ('P-101.flow', 'P-101', 'm3/h', true)")
+    # P-101.flow's only record starts after the evidence; the derived RMS has none (its source tag has).
+    add_calibration(dsn, "P-101.flow", END - timedelta(hours=1), "CAL-FLOW-1")
+    insert_alert(dsn, "ISO-1", kind="iso20816", tag="P-101.vib_rms", raised_at=t,
+                 evidence={"readings": [{"tag": "P-101.vib_rms.rms", "time": t, "value": 7.3},
+                                        {"tag": "P-101.flow", "time": t, "value": 12.0},
+                                        {"tag": "GONE.tag", "time": t, "value": 1.0}],
+                           "zone": "C", "boundaries_mm_s": [2.3, 4.5, 7.1]})
+    tr = trace(dsn, "ISO-1")
+    tags = {x["tag"]: x for x in tr["moments"][0]["tags"]}
+    rms = tags["P-101.vib_rms.rms"]
+    assert rms["calibration"] is None and rms["calibration_unknown"].endswith("the tag has none")
+    assert rms["registry"]["configured"] is False
+    assert rms["derived_from"]["tag"] == "P-101.vib_rms" and rms["derived_from"]["calibration"]["certificate"] \
+        == "CAL-0000"
+    assert rms["readings"]["evidence"][0]["stored"] is False  # never written as a reading here
+    flow = tags["P-101.flow"]
+    assert flow["calibration"] is None and "the first is valid from" in flow["calibration_unknown"]
+    assert tags["GONE.tag"]["registry"] is None and "not in the tag registry" in tags["GONE.tag"]["registry_unknown"]
+    assert tags["P-101.vib_rms"]["calibration"]["certificate"] == "CAL-0000"  # the alert's own tag
+
+
+def test_sensor_and_emission_alerts_take_their_window_from_their_evidence(dsn):
+    t = END - timedelta(hours=7)
+    insert_alert(dsn, "SENSOR-1", kind="sensor", tag="F-201.vib_rms", raised_at=t,
+                 evidence={"problem": "frozen", "window": [t - timedelta(minutes=20), t],
+                           "data_quality": {"good": 0.0, "frozen": 1.0}})
+    (m,) = trace(dsn, "SENSOR-1")["moments"]
+    assert m["window"]["of"] == "the window the sensor was judged on" and m["condition"]["problem"] == "frozen"
+    assert m["tags"][0]["readings"]["window_raw"] == 3 and m["tags"][0]["calibration"]["certificate"] == "CAL-0002"
+
+    start = END - timedelta(hours=8)
+    insert_alert(dsn, "EMIS-1", asset="B-301", kind="emission_projection", tag="B-301.O2", raised_at=start,
+                 evidence={"stack": "B-301", "pollutant": "O2", "rule": "day", "period": "day",
+                           "period_start": start.isoformat(), "period_end": (start + timedelta(hours=1)).isoformat(),
+                           "projected": 5.2, "threshold": 5.0, "config_sha256": "ab" * 32})
+    (m,) = trace(dsn, "EMIS-1")["moments"]
+    assert m["window"] == {"start": start, "end": start + timedelta(hours=1), "of": "the emission averaging period"}
+    assert m["condition"]["config_sha256"] == "ab" * 32 and m["prediction"] is None
+    assert m["tags"][0]["calibration"]["certificate"] == "CAL-0004" and m["tags"][0]["readings"]["window_raw"] == 7
+
+
+def test_a_long_window_counts_its_readings_up_to_a_bound(dsn, monkeypatch):
+    import maintenance.trace
+
+    monkeypatch.setattr(maintenance.trace, "COUNT_BOUND", 5)
+    t = END - timedelta(hours=11)
+    insert_alert(dsn, "LONG-1", kind="sensor", tag="F-201.vib_rms", raised_at=t,
+                 evidence={"problem": "no_data", "window": [t - timedelta(hours=2), t]})
+    rd = trace(dsn, "LONG-1")["moments"][0]["tags"][0]["readings"]
+    assert rd["window_raw"] == 5 and rd["window_raw_at_least"] is True
+
+
+def test_malformed_evidence_is_traced_as_far_as_it_goes(dsn):
+    """Evidence is written by several packages and versions and never checked: odd shapes give reasons, not
+    errors."""
+    insert_alert(dsn, "ODD-1", kind="anomaly", raised_at=END - timedelta(hours=9))
+    with psycopg.connect(dsn, autocommit=True) as conn:  # another writer's shape (maintenance's store refuses it)
+        conn.execute("UPDATE alerts SET evidence = %s WHERE id = 'ODD-1'",
+                     (json.dumps({"readings": "oops", "prediction": "x", "window": [1], "top_signals": 7,
+                                  "period_start": "yesterday"}),))
+    insert_alert(dsn, "ODD-2", kind="rule:x", raised_at=END - timedelta(hours=9),
+                 evidence={"readings": [{"tag": "P-101.vib_rms", "time": "not a time", "value": None}, 5],
+                           "prediction": {"model_id": 3, "time": "never", "input_start": None}})
+    raised, m = trace(dsn, "ODD-1")["moments"]
+    assert raised["evidence_unknown"] == "this moment stored no evidence" and m["moment"] == "latest"
+    assert m["tags"] == [] and "names no tag" in m["tags_unknown"] and m["window"] is None and m["window_unknown"]
+    (m,) = trace(dsn, "ODD-2")["moments"]
+    assert m["prediction"]["stored"] is None and "does not name the model" in m["prediction"]["registry_unknown"]
+    assert m["tags"][0]["readings"]["evidence"][0]["stored"] is False
+
+
+@pytest.mark.parametrize("edition", ["timescaledb", "plain"])
+def test_evidence_readings_removed_by_retention_are_said_to_be_gone(request, edition):
+    """Retention by drop_chunks (TimescaleDB) and by DELETE (plain PostgreSQL) alike."""
+    from edge.db.features import detect
+    from edge.sink import rollups
+
+    admin = request.getfixturevalue("pg_admin_dsn") if edition == "timescaledb" else \
+        request.getfixturevalue("plain_pg_server").dsn()
+    with fresh_database(admin, prefix="trace_ret") as dsn:
+        seed_plant(dsn, hours=96, step_s=STEP, end=END)
+        t = END - timedelta(days=3)
+        insert_alert(dsn, "OLD-1", kind="rule:o2_low", tag="B-301.O2", raised_at=t,
+                     evidence={"rule": {"name": "o2_low"}, "readings": [{"tag": "B-301.O2", "time": t, "value": 3.9}]})
+        before = trace(dsn, "OLD-1")["moments"][0]["tags"][0]["readings"]
+        assert before["evidence"][0]["stored"] is True and "window_unknown" not in before
+
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            features = detect(conn)
+
+        async def drop():
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                await rollups.retention(conn, features, 1)
+
+        run_async(drop())
+        after = trace(dsn, "OLD-1")["moments"][0]["tags"][0]
+        assert after["calibration"]["certificate"] == "CAL-0004"  # the calibration history is kept
+        rd = after["readings"]
+        assert rd["evidence"][0]["stored"] is False and rd["window_raw"] == 0
+        assert "removed by retention" in rd["window_unknown"] and "one-minute rollup" in rd["window_unknown"]
+
+
+def test_a_registered_model_version_is_traced_to_its_card_and_onnx_file(dsn, tmp_path):
+    from models_support import regression_table, spec
+
+    from models.registry import Registry
+    from models.train import train
+
+    reg = Registry(tmp_path, dsn)
+    v = reg.register(train(spec(model_id="trace-rul", params={"max_iter": 20}), regression_table(600)))
+    t = END - timedelta(hours=4)
+    insert_alert(dsn, "RUL-1", kind="rul", raised_at=t,
+                 evidence={"prediction": {"model_id": "trace-rul", "model_version": v.sha256, "value": 40.0,
+                                          "lower": 20.0, "upper": None, "coverage": 0.9, "time": t,
+                                          "input_start": t - timedelta(hours=1), "input_end": t}})
+    p = trace(dsn, "RUL-1", registry_dir=tmp_path)["moments"][0]["prediction"]
+    r = p["registry"]
+    assert r["version"] == v.version and r["status"] == "candidate" and r["sha256"] == v.sha256
+    assert r["onnx_file"] == "present, sha256 matches"
+    assert r["training_fingerprint"] and r["gate_metric"] == "mae" and r["gate_value"] == r["holdout_metrics"]["mae"]
+    assert p["stored"] is None and "not stored" in p["stored_unknown"]
+    other = trace(dsn, "RUL-1")["moments"][0]["prediction"]["registry"]
+    assert "not checked" in other["onnx_file_unknown"]
+
+
+def _valvoja(dsn: str, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, VALVOJA_DB_URL=dsn)
+    if conninfo_to_dict(dsn).get("password"):
+        env["PGPASSWORD"] = conninfo_to_dict(dsn)["password"]
+    return subprocess.run([sys.executable, "-m", "edge.cli", "maintenance", "trace", *args], capture_output=True,
+                          text=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def test_api_and_command_line_give_the_same_chain(dsn):
+    t = END - timedelta(hours=6)
+    insert_alert(dsn, "BOTH-1", kind="rule:vib", tag="P-101.vib_rms", raised_at=t,
+                 evidence={"rule": {"name": "vib"}, "readings": [{"tag": "P-101.vib_rms", "time": t, "value": 2.6}]})
+    with ConsoleServer(dsn) as srv, srv.client("viewer") as c:
+        with srv.client() as anonymous:
+            assert anonymous.get("/api/alerts/BOTH-1/trace").status_code == 401
+        api = c.get("/api/alerts/BOTH-1/trace")
+        assert api.status_code == 200, api.text
+        assert c.get("/api/alerts/NOPE/trace").status_code == 404
+        assert "/api/alerts/{alert_id}/trace" in c.get("/api/openapi.json").json()["paths"]
+    body = api.json()
+    assert body["moments"][0]["tags"][0]["calibration"]["certificate"] == "CAL-0000"
+    cli = _valvoja(dsn, "BOTH-1", "--json")
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["moments"][0]["tags"][0]["calibration"]["certificate"] == "CAL-0000"
+    assert json.loads(cli.stdout)["alert"]["id"] == body["alert"]["id"]
+    text = _valvoja(dsn, "BOTH-1")
+    assert text.returncode == 0 and "calibration in force at" in text.stdout and "CAL-0000" in text.stdout
+    assert "prediction: unknown because no prediction behind it" in text.stdout
+    missing = _valvoja(dsn, "NOPE")
+    assert missing.returncode == 3 and "no alert" in missing.stderr
+
+
+def test_calibration_date_type(dsn):
+    """The record's date stays a date (the page and the CLI print it as the certificate's day)."""
+    t = END - timedelta(hours=2)
+    insert_alert(dsn, "DATE-1", kind="rule:x", tag="F-201.vib_rms", raised_at=t, evidence={})
+    tag = trace(dsn, "DATE-1")["moments"][0]["tags"][0]
+    assert isinstance(tag["calibration"]["calibrated_on"], date)
+    assert trace(dsn, "NO-SUCH") is None
