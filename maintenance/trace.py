@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import dict_row
 
-from edge.sink.housekeeping import _time as evidence_time
+from edge.sink.housekeeping import evidence_time
 from models.export import sha256
 
 EVIDENCE_EVENTS = ("raised", "updated", "reopened")

@@ -69,7 +69,9 @@ class Trimmed:
     done: bool = True
 
 
-def _time(value) -> datetime | None:
+def evidence_time(value) -> datetime | None:
+    """An instant written into evidence jsonb as ISO-8601 text with its offset; None for anything else (evidence is
+    written by several packages and versions: a missing or naive time is not guessed)."""
     if not isinstance(value, str):
         return None
     try:
@@ -108,7 +110,7 @@ async def evidence_keys(conn: psycopg.AsyncConnection) -> tuple[list[int], list[
     for asset, pred_id, model_id, pred_time in rows:
         if pred_id is not None and _INTEGER.fullmatch(pred_id):
             ids.add(int(pred_id))
-        t = _time(pred_time)
+        t = evidence_time(pred_time)
         if model_id is not None and t is not None:
             keys.add((model_id, asset, t))
     return sorted(ids), sorted(keys)
@@ -133,7 +135,7 @@ def _names_reviewed(asset: str, preds: list, ids: set[int], keys: set[tuple[str,
             continue
         if isinstance(pred.get("id"), int) and pred["id"] in ids:
             return True
-        t = _time(pred.get("time"))
+        t = evidence_time(pred.get("time"))
         if isinstance(pred.get("model_id"), str) and t is not None and (pred["model_id"], asset, t) in keys:
             return True
     return False
