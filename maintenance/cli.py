@@ -70,6 +70,9 @@ def add_parser(subparsers) -> None:
                     help="start of the healthy period (ISO 8601 with a time zone, e.g. 2026-11-02T06:00:00+02:00)")
     ta.add_argument("--to", dest="end", type=aware_time_arg, help="end of the healthy period (default: as long as the "
                                                           "asset's train_samples need)")
+    ta.add_argument("--db", metavar="URL", help="postgresql:// URL instead of the configuration's [database], whose "
+                                                "password this shell may not read (systemd credentials); the password "
+                                                "from libpq's PGPASSWORD or ~/.pgpass")
     ta.set_defaults(func=cmd_train_anomaly)
 
     rv = sub.add_parser("review", help="list, mark and score predictions and alerts")
@@ -119,7 +122,8 @@ def cmd_train_anomaly(args) -> int:
 
     try:
         cfg = settings.load(args.config)
-        conninfo = database_conninfo(cfg)
+        # --db first: the site file's password may be a systemd credential only the service's processes can read.
+        conninfo = args.db or database_conninfo(cfg)
         mcfg = maintenance_config(cfg)
         if conninfo is None or mcfg is None:
             raise ConfigError(f"{args.config}: needs [database] and [maintenance] with the asset")
