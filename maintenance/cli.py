@@ -26,7 +26,8 @@ def add_parser(subparsers) -> None:
     """Register ``maintenance`` and its actions on the ``valvoja`` sub-command parser."""
     p = subparsers.add_parser("maintenance", help="condition monitoring: evaluations, reviews, maintenance windows",
                               description="Evaluate the anomaly detector (SKAB) and the RUL model (C-MAPSS) on "
-                                          "benchmark files; list, review and score predictions and alerts.")
+                                          "benchmark files; list, review and score predictions and alerts; train "
+                                          "an asset's live anomaly detector again; plan maintenance windows.")
     sub = p.add_subparsers(dest="maintenance_command", required=True, metavar="ACTION")
 
     ev = sub.add_parser("evaluate", help="train and evaluate on benchmark files, print the metrics")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from ops_support import db_url
 
 from edge.cli import main
@@ -47,3 +48,14 @@ def test_train_anomaly_takes_the_database_from_db_when_the_site_file_password_is
     # It reached the database: no readings stored there, so the period is too short (not a secret-file problem).
     assert with_db.returncode == 1, with_db.stdout
     assert "secret" not in with_db.stderr and "train_samples = 100" in with_db.stderr, with_db.stderr
+
+
+def test_the_maintenance_help_names_every_action(capsys):
+    """`valvoja maintenance --help`'s description named two of its four actions (README: evaluate, review,
+    train-anomaly, window)."""
+    with pytest.raises(SystemExit):
+        main(["maintenance", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    description = text.split("positional arguments")[0]
+    for words in ("benchmark files", "review", "anomaly detector again", "maintenance windows"):
+        assert words in description, description
