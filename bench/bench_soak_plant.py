@@ -1,4 +1,4 @@
-"""Soak of the whole gateway: the simulated plant over OPC UA and MQTT -> `valvoja run` with config/demo.toml
+"""Soak of the whole gateway: the simulated plant over OPC UA and MQTT -> `valvoja run` with edge/demo.toml
 (condition indicators, anomaly scoring, rules, the alert lifecycle with webhook and MQTT notifications, rollups and
 housekeeping, the emissions job) -> TimescaleDB. Does anything grow over hours?
 
@@ -39,7 +39,7 @@ from gateway_proc import GatewayProcess  # noqa: E402
 from results_io import write_results  # noqa: E402
 from servers import free_port  # noqa: E402
 
-DEMO = ROOT / "config/demo.toml"
+DEMO = ROOT / "edge/demo.toml"
 RESULTS = ROOT / "bench/results/soak_plant.json"
 SMALL_TABLES = ("alerts", "alert_events", "dead_letters", "emission_averages", "emission_events", "emission_runs",
                 "emission_compliance", "emission_qal", "model_events")
@@ -87,7 +87,7 @@ CHURN_RULES = (("K1.NOx", "high", 78.0), ("K1.load", "high", 76.0), ("P-101.flow
 
 def site_config(state: Path, db_url: str, opcua_port: int, mqtt_port: int, webhook: str,
                 churn: bool = False) -> str:
-    """config/demo.toml with this run's servers, state folder and notification receivers."""
+    """edge/demo.toml with this run's servers, state folder and notification receivers."""
     text = DEMO.read_text()
     for old, new in (*((CHURN_POLICY,) if churn else ()),
                      ('state_dir = "../var/demo/gateway"', f'state_dir = "{state}"'),

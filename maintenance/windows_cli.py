@@ -45,8 +45,9 @@ def add_parser(sub, db_arg) -> None:
     add.add_argument("--long", action="store_true", help="the window lasts more than 14 days on purpose")
     ls = ws.add_parser("list", help="windows by asset and state")
     ls.add_argument("--asset", action="append", help="repeatable; also lists '*' windows")
-    ls.add_argument("--state", action="append", choices=["current", "upcoming", "past", "cancelled"])
-    ls.add_argument("--limit", type=int, default=100)
+    ls.add_argument("--state", action="append", choices=["current", "upcoming", "past", "cancelled"],
+                    help="repeatable (default: every state)")
+    ls.add_argument("--limit", type=int, default=100, help="most windows shown (default 100)")
     end = ws.add_parser("end", help="end a current window now, or shorten a window to --at")
     end.add_argument("id", type=int)
     end.add_argument("--at", help="new end (default now)")

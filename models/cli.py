@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -195,8 +196,34 @@ def cmd_train(args) -> int:
         return 0
     mv = registry.register(tm, actor=os.environ.get("USER", "cli"))
     print(f"registered {mv.model_id} v{mv.version} as candidate: {mv.path} (sha256 {mv.sha256[:12]}); "
-          f"promote with `valvoja models promote {mv.model_id} {mv.version}`")
+          f"promote with `{promote_hint(mv.model_id, mv.version, args)}`")
     return 0
+
+
+def promote_hint(model_id: str, version: int, args) -> str:
+    """The promote command for the registry just written, to be run as printed: with its ``--registry`` as an
+    absolute path (the default ``var/models`` is relative to the working directory) and the ``--db`` given on the
+    command line (one from ``$VALVOJA_DB_URL`` is found there again), without a password in it (libpq takes that
+    from ``PGPASSWORD`` or ``~/.pgpass``; a printed one would land in logs and shell history)."""
+    parts = ["valvoja", "models", "promote", model_id, str(version), "--registry", str(Path(args.registry).resolve())]
+    if args.db and args.db != os.environ.get("VALVOJA_DB_URL"):
+        parts += ["--db", _without_password(args.db)]
+    return shlex.join(parts)
+
+
+def _without_password(db: str) -> str:
+    """``db`` as given when it holds no password, else the same connection as libpq keywords without it."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        params = conninfo_to_dict(db)
+    except psycopg.ProgrammingError:  # not parseable: a placeholder rather than risk printing a secret
+        return "URL"
+    if "password" not in params:
+        return db
+    params.pop("password")
+    return make_conninfo(**{k: str(v) for k, v in params.items()})
 
 
 def existing_registry(args):

@@ -11,8 +11,11 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+import pytest
 from console_support import ConsoleServer, fresh_database, seed_plant, seed_users
 from psycopg.conninfo import conninfo_to_dict
+
+from edge.cli import main
 
 
 def _valvoja(dsn: str, *args: str) -> subprocess.CompletedProcess:
@@ -74,3 +77,11 @@ def test_plan_list_end_cancel_from_the_command_line(pg_admin_dsn):
             seen = c.get("/api/maintenance-windows", params={"state": "cancelled"}).json()["items"]
         assert [(w["id"], w["cancelled_by"], w["cancel_reason"]) for w in seen] == [
             (made[1]["id"], "pekka", "parts late")]
+
+
+def test_list_help_says_state_is_repeatable(capsys):
+    """docs/operations.md and maintenance/README.md run `list --state current --state upcoming`: the help says so."""
+    with pytest.raises(SystemExit):
+        main(["maintenance", "window", "list", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--state {current,upcoming,past,cancelled} repeatable (default: every state)" in text
