@@ -80,6 +80,8 @@ async def write_records(conn: psycopg.AsyncConnection, records: list[tuple[str, 
                     await store.write_predictions(conn, [Prediction(**b) for b in bodies])
                 elif kind == "alert_change":
                     await store.apply_changes(conn, [_alert_change(b) for b in bodies])
+                elif kind == "detector_version":
+                    await store.write_detector_versions(conn, bodies)
                 else:
                     raise ValueError(f"unknown record kind {kind!r}")
         except (psycopg.OperationalError, psycopg.errors.ConnectionTimeout):
@@ -266,9 +268,11 @@ class Analytics:
                 preds = preds + [st.prediction for st in self._pems_steps]
                 self._pems_steps.clear()
         self.processed += len(readings)
-        if not (derived or preds or changes):
+        # Detector versions that came into service (trained, adopted, restored at start): recorded once each.
+        made = [("detector_version", r) for r in self.maintenance.detector_records()] if self.maintenance else []
+        if not (derived or preds or changes or made):
             return
-        records = [prediction_record(p) for p in preds] + [alert_change_record(c) for c in changes]
+        records = made + [prediction_record(p) for p in preds] + [alert_change_record(c) for c in changes]
         self.predictions += len(preds)
         self.alert_changes += len(changes)
         await self.emit(Batch(SOURCE, derived, records=records))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 from collections.abc import Iterable
 from dataclasses import replace
@@ -80,6 +81,26 @@ def _anomaly_key(a: AssetConfig) -> dict:
             "score": c.score, "max_drift": c.max_drift} | CALIBRATION
 
 
+def detector_record(a: AssetConfig, det: AnomalyDetector, version: str, origin: str, training: dict | None) -> dict:
+    """The row of a detector version that came into service (``anomaly_detector_versions``, m0204): ``origin`` how
+    (``self_trained``, ``retrained``: adopted from ``train-anomaly``, ``restored``: from the state file at start);
+    ``training`` what it was trained on as `_Anomaly` noted it (None: a state file written before that was kept).
+    ``config_sha256`` is the sha256 of the asset's anomaly settings it was fitted under (the state file's key)."""
+    key = _anomaly_key(a)
+    t = training or {}
+    return {"model_id": f"anomaly:{a.name}", "version": version, "asset": a.name, "in_service_at": datetime.now(UTC),
+            "origin": origin, "training_origin": t.get("origin"),
+            "training_start": _instant(t.get("start")), "training_end": _instant(t.get("end")),
+            "training_samples": t.get("samples"), "left_out_flagged": t.get("left_out_flagged"),
+            "left_out_incomplete": t.get("left_out_incomplete"), "signals": list(det.signals_),
+            "alpha": det.config.alpha, "calibration_size": len(det.calibration_),
+            "config_sha256": hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest(), "config": key}
+
+
+def _instant(text) -> datetime | None:
+    return datetime.fromisoformat(text) if isinstance(text, str) else None
+
+
 class _Anomaly:
     """Sample assembly, training and banked scoring of the assets that have an anomaly model."""
 
@@ -98,6 +119,12 @@ class _Anomaly:
         self.training: dict[int, list[np.ndarray]] = {i: [] for i in range(len(assets))}
         self.detectors: dict[int, AnomalyDetector] = {}
         self.versions: dict[int, str] = {}
+        # What each asset's detector in training has seen (first/last sample slot, samples left out), what the
+        # current version was trained on (kept in the state file), and the records of versions that came into
+        # service not yet handed to the caller (`MaintenanceLive.detector_records`).
+        self.trainlog: dict[int, dict] = {}
+        self.made: dict[int, dict | None] = {}
+        self.records: list[dict] = []
         self.banks: list[tuple[np.ndarray, AnomalyBank]] = []
         self.last_pred: dict[int, int] = {}
         self.run: dict[int, int] = {}  # consecutive flagged samples per asset
@@ -132,26 +159,44 @@ class _Anomaly:
         fresh = slot - self.seen <= STALE_PERIODS
         return np.where(fresh, self.values, np.nan), fresh & self.oor
 
-    def train_ready(self, x: np.ndarray) -> bool:
+    def train_ready(self, x: np.ndarray, slot: int | None = None) -> bool:
         changed = False
         for i in list(self.training):
             a = self.assets[i]
             n = len(a.anomaly.signals)
+            log_i = self.trainlog.setdefault(i, {"first": None, "last": None, "flagged": 0, "incomplete": 0})
             # Trained on healthy data only: a sample with a flagged reading (out of range too, whatever the
             # out_of_range setting) would teach the detector that a broken sensor is the healthy machine.
             if np.isfinite(x[i, :n]).all() and not self.flagged[i, :n].any():
                 self.training[i].append(x[i, :n].copy())
+                log_i["first"] = slot if log_i["first"] is None else log_i["first"]
+                log_i["last"] = slot
+            elif self.flagged[i, :n].any():
+                log_i["flagged"] += 1
+            elif log_i["first"] is not None:  # a signal missing after training began (not the wait for the first)
+                log_i["incomplete"] += 1
             if len(self.training[i]) >= a.anomaly.train_samples:
                 c = a.anomaly
                 cfg = AnomalyConfig(window=c.window, alpha=c.alpha, score=c.score, max_drift=c.max_drift, hold=0)
                 det = AnomalyDetector(cfg, a.anomaly.signals).fit(np.asarray(self.training.pop(i)))
                 self.detectors[i] = det
                 self.versions[i] = detector_version(det)
+                self.made[i] = self._training(self.trainlog.pop(i), a.anomaly.train_samples)
+                self.records.append(detector_record(a, det, self.versions[i], "self_trained", self.made[i]))
                 changed = True
         if changed:
             self._regroup()
             self.unsaved = True
         return changed
+
+    def _training(self, log_i: dict, samples: int) -> dict:
+        """What a detector was trained on: its samples' times (a sample's time is its slot's end, as scored), how
+        many, and the samples left out in between (a flagged reading; a signal missing)."""
+        def at(slot):
+            return None if slot is None else datetime.fromtimestamp((slot + 1) * self.period, UTC).isoformat()
+
+        return {"origin": "self_trained", "start": at(log_i["first"]), "end": at(log_i["last"]), "samples": samples,
+                "left_out_flagged": log_i["flagged"], "left_out_incomplete": log_i["incomplete"]}
 
     def _regroup(self) -> None:
         """One bank per number of scored signals and window length. An asset already scored keeps its window of
@@ -187,7 +232,7 @@ class _Anomaly:
         arrays: dict[str, np.ndarray] = {}
         for i, d in self.detectors.items():
             meta["assets"][self.assets[i].name] = {"key": _anomaly_key(self.assets[i]), "version": self.versions[i],
-                                                   "arrays": i}
+                                                   "arrays": i, "training": self.made.get(i)}
             arrays.update({f"{i}.{k}": getattr(d, f"{k}_") for k in DETECTOR_ARRAYS})
         return pack_state(meta, arrays, STATE_FORMAT), {n: e["version"] for n, e in meta["assets"].items()}
 
@@ -237,7 +282,11 @@ class _Anomaly:
             if version == self.versions.get(i):
                 continue
             self.detectors[i], self.versions[i] = det, version
+            self.made[i] = s.get("training") if isinstance(s.get("training"), dict) else None
+            self.records.append(detector_record(a, det, version, "restored" if at_start else "retrained",
+                                                self.made[i]))
             self.training.pop(i, None)
+            self.trainlog.pop(i, None)
             self.run.pop(i, None)
             taken += 1
             if at_start:
@@ -255,15 +304,16 @@ class _Anomaly:
 
 
 def replace_detector(config: MaintenanceConfig, state_dir: Path, asset: str, detector: AnomalyDetector,
-                     version: str) -> Path:
+                     version: str, training: dict | None = None) -> Path:
     """Put ``detector`` in ``state_dir``'s anomaly state file as ``asset``'s, keeping every other asset's saved one
-    (`maintenance.retrain`); a running gateway adopts it at its next group of readings. Returns the file's path."""
+    (`maintenance.retrain`); a running gateway adopts it at its next group of readings. ``training``: what it was
+    trained on (`_Anomaly.made`), kept with it for the gateway's record of the version. Returns the file's path."""
     an = _Anomaly([a for a in config.assets if a.anomaly is not None], config.period_s)
     path = state_dir / ANOMALY_STATE_FILE
     with locked(path):  # the gateway's own save waits, then sees a new file and adopts this first
         an.load(path)
         i = next(k for k, a in enumerate(an.assets) if a.name == asset)
-        an.detectors[i], an.versions[i] = detector, version
+        an.detectors[i], an.versions[i], an.made[i] = detector, version, training
         write_atomic(path, an.snapshot()[0])
     return path
 
@@ -434,6 +484,13 @@ class MaintenanceLive:
         if t is not None:
             changes.extend(self.manager.tick(t))
         return derived, preds, changes
+
+    def detector_records(self) -> list[dict]:
+        """The records of the detector versions that came into service since the last call (trained here, adopted
+        from ``train-anomaly``, restored at start), for ``anomaly_detector_versions`` through the spool (written
+        once per version: `maintenance.store.write_detector_versions`)."""
+        out, self.anomaly.records = self.anomaly.records, []
+        return out
 
     async def sync_detectors(self) -> int:
         """Adopt the detectors another process put in the state file since this one last read or wrote it
@@ -621,7 +678,7 @@ class MaintenanceLive:
             return
         x, oor = an.sample(slot)
         if an.training:
-            an.train_ready(x)
+            an.train_ready(x, slot)
         t = datetime.fromtimestamp((slot + 1) * self.config.period_s, UTC)
         for rows, bank in an.banks:
             w = max(len(an.assets[i].anomaly.signals) for i in rows)

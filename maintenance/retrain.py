@@ -73,6 +73,8 @@ def train_asset(config: MaintenanceConfig, asset: str, conninfo: str, state_dir:
                           f"{start.isoformat()}" + (f" to {end.isoformat()}" if end else "") +
                           f" ({n} readings); training needs train_samples = {cfg.anomaly.train_samples}")
     version = live.anomaly.versions[0]
-    path = replace_detector(config, Path(state_dir), asset, live.anomaly.detectors[0], version)
+    # Trained through the live path, so its training notes are the gateway's own; made by the command.
+    training = dict(live.anomaly.made[0] or {}, origin="retrained")
+    path = replace_detector(config, Path(state_dir), asset, live.anomaly.detectors[0], version, training)
     return Retrained(asset, version, cfg.anomaly.train_samples, first, last, path)
 

@@ -49,6 +49,27 @@ async def write_predictions(conn: psycopg.AsyncConnection, preds: Iterable[Predi
     return ids
 
 
+DETECTOR_COLUMNS = ("model_id", "version", "asset", "in_service_at", "origin", "training_origin", "training_start",
+                    "training_end", "training_samples", "left_out_flagged", "left_out_incomplete", "signals", "alpha",
+                    "calibration_size", "config_sha256", "config")
+
+
+async def write_detector_versions(conn: psycopg.AsyncConnection, records: Iterable[dict]) -> int:
+    """Record live anomaly detector versions (`maintenance.live.detector_record`, m0204), once each: a replay, or a
+    restart restoring a version already recorded, adds nothing (the first record of a version stays). Returns
+    how many rows were added."""
+    added = 0
+    async with conn.cursor() as cur:
+        for r in records:
+            row = [r.get(k) for k in DETECTOR_COLUMNS]
+            row[11], row[15] = _jsonb(r["signals"]), _jsonb(r["config"])
+            await cur.execute(f"INSERT INTO anomaly_detector_versions ({', '.join(DETECTOR_COLUMNS)}) VALUES "
+                              f"({', '.join(['%s'] * len(DETECTOR_COLUMNS))}) ON CONFLICT (model_id, version) "
+                              "DO NOTHING", row)
+            added += cur.rowcount
+    return added
+
+
 async def apply_changes(conn: psycopg.AsyncConnection, changes: Iterable[AlertChange], *,
                         source: str = "") -> None:
     """Persist what the alert manager decided, in one transaction."""

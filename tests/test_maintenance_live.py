@@ -397,6 +397,11 @@ anomaly = {{ signals = ["Q-1.a", "Q-1.b"], train_samples = 100, window = 3, alph
     assert fresh.anomaly.versions[0][:12] in done.stdout
     again = MaintenanceLive(cfg, state_dir=state)  # the gateway's next start
     assert again.anomaly.versions == {0: fresh.anomaly.versions[0], 1: q1_version}
+    # Its record says the command made it, on the overhauled period (the gateway's own notes of the live path).
+    made = {r["asset"]: r for r in again.detector_records()}
+    assert made["P-101"]["version"] == fresh.anomaly.versions[0]
+    assert (made["P-101"]["origin"], made["P-101"]["training_origin"]) == ("restored", "retrained")
+    assert made["P-101"]["training_start"] >= T0 + timedelta(seconds=500) and made["P-101"]["training_samples"] == 400
     new_fault = [[Reading(r.tag, r.time + timedelta(seconds=1000), r.value, r.receive_time)
                   for r in b] for b in pump_readings(300, fault_from=0, seed=6)]
     _, changes = asyncio.run(_run(again, new_fault))
@@ -548,3 +553,52 @@ async def test_a_model_saved_before_disjoint_calibration_windows_trains_again(tm
     assert "overlapping windows" in rec.getMessage() and "training again" in rec.getMessage()
     preds, _ = await _run(again, list(_noise({"A": 2}, 120)))
     assert again.anomaly.detectors.keys() == {0} and preds
+
+
+def _records(dsn: str, records: list[dict]) -> list[dict]:
+    """Write detector records as the forwarder does (`edge.analytics.write_records`); the table's rows."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from edge.analytics import write_records
+    from edge.db.migrate import migrate
+
+    async def go():
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            async with conn.transaction():
+                assert await write_records(conn, [("detector_version", r) for r in records]) == []
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        migrate(conn)
+    asyncio.run(go())
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+        return conn.execute("SELECT * FROM anomaly_detector_versions ORDER BY recorded_at").fetchall()
+
+
+def test_a_detector_trained_live_is_recorded_once_with_its_training_window(tmp_path, pg_dsn):
+    """A detector version that comes into service is recorded with what it was trained on: its samples' first and
+    last time, how many, those left out as flagged, signals, alpha, calibration size and the settings' hash. A
+    restart restoring it (or a replay of the record) adds no second row."""
+    readings = list(pump_readings(500, fault_from=10_000))
+    t = readings[50][0].time  # one flagged reading during training: that sample is left out, not trained on
+    readings[50][0] = Reading(readings[50][0].tag, t, 99.0, t, Quality.UNCERTAIN, int(Flag.OUT_OF_RANGE))
+    live = MaintenanceLive(config(), state_dir=tmp_path)
+    asyncio.run(_run(live, readings))
+    (rec,) = live.detector_records()
+    assert live.detector_records() == []  # handed over once
+    assert rec["version"] == live.anomaly.versions[0] and rec["origin"] == "self_trained"
+    assert rec["training_start"] == T0 + timedelta(seconds=1)  # a sample's time is its 1 s slot's end
+    assert rec["training_samples"] == 400 and rec["left_out_flagged"] == 1 and rec["left_out_incomplete"] == 0
+    assert rec["training_end"] == T0 + timedelta(seconds=401)  # 400 samples and the flagged one
+    assert rec["signals"] == live.anomaly.detectors[0].signals_ and rec["alpha"] == 0.01
+    assert rec["calibration_size"] == len(live.anomaly.detectors[0].calibration_) > 99
+    rows = _records(pg_dsn, [rec])
+    assert len(rows) == 1 and rows[0]["origin"] == "self_trained" and rows[0]["training_end"] == rec["training_end"]
+    assert len(rows[0]["config_sha256"]) == 64 and rows[0]["config"]["train_samples"] == 400
+
+    again = MaintenanceLive(config(), state_dir=tmp_path)  # the restart restores it, with what it was trained on
+    (restored,) = again.detector_records()
+    assert restored["origin"] == "restored" and restored["training_origin"] == "self_trained"
+    assert (restored["version"], restored["training_start"], restored["training_end"]) == \
+        (rec["version"], rec["training_start"], rec["training_end"])
+    assert _records(pg_dsn, [restored, rec]) == rows  # no second row: the first record of a version stays
