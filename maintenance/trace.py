@@ -68,7 +68,8 @@ async def trace_alert(conn: psycopg.AsyncConnection, alert_id: str, *, registry_
     alert = await _row(conn, "SELECT * FROM alerts WHERE id::text = %s", (alert_id,))
     if alert is None:
         return None
-    tables = {t: await _has_table(conn, t) for t in ("alert_events", "predictions", "model_registry")}
+    tables = {t: await _has_table(conn, t) for t in ("alert_events", "predictions", "model_registry",
+                                                    "anomaly_detector_versions")}
     moments, notes = await _moments(conn, alert, tables["alert_events"])
     out = {"alert": {k: alert.get(k) for k in ("id", "asset", "tag", "kind", "severity", "state", "raised_at",
                                                "cleared_at", "last_seen", "message", "source", "model_id",
@@ -260,7 +261,35 @@ async def _prediction(conn, alert: dict, ev: dict, tables: dict, registry_dir: P
     out["registry"], why = await _registry(conn, ev, stored, tables["model_registry"], registry_dir)
     if why:
         out["registry_unknown"] = why
+    model_id = ev.get("model_id")
+    if isinstance(model_id, str) and model_id.startswith("anomaly:"):
+        out["detector"], why = await _detector(conn, model_id, ev.get("model_version"),
+                                               tables["anomaly_detector_versions"])
+        if why:
+            out["detector_unknown"] = why
+        elif out["detector"]["training_start"] is None:
+            out["detector"]["training_unknown"] = (
+                "the version was restored from a state file written before the gateway kept what a detector was "
+                "trained on: its training window and samples are not known")
     return out, stored
+
+
+async def _detector(conn, model_id: str, version, has_table: bool) -> tuple[dict | None, str | None]:
+    """The gateway's record of a live anomaly detector version (m0204): how it came into service, its training
+    window and samples, signals, alpha, calibration size and the settings' hash it was fitted under."""
+    if not isinstance(version, str):
+        return None, "the evidence does not name the detector's version"
+    if not has_table:
+        return None, "there is no record of detector versions in this database (anomaly_detector_versions, m0204)"
+    row = await _row(conn, "SELECT version, asset, in_service_at, origin, training_origin, training_start, "
+                           "training_end, training_samples, left_out_flagged, left_out_incomplete, signals, alpha, "
+                           "calibration_size, config_sha256, config FROM anomaly_detector_versions "
+                           "WHERE model_id = %s AND version = %s", (model_id, version))
+    if row is None:
+        return None, (f"no record of detector version {version[:12]} of {model_id}: it came into service before "
+                      "the gateway recorded detector versions (migration m0204), or its record is still in the "
+                      "gateway's spool")
+    return row, None
 
 
 async def _registry(conn, ev: dict, stored: dict | None, has_table: bool,

@@ -104,6 +104,15 @@ def render(tr: dict) -> str:
                              f"{reg['gate_metric'] or '-'} ({reg['gate_direction'] or '-'}) = {reg['gate_value']}"
                              + (f", ONNX file {reg['onnx_file']}" if reg.get("onnx_file") else ""))
                 lines += _unknowns(reg, "    ")
+            det = p.get("detector")
+            if det:
+                lines.append(f"    detector {det['origin']}" + (f" (trained: {det['training_origin']})"
+                                                                   if det.get("training_origin") else "")
+                             + f" in service {_t(det['in_service_at'])}, trained on {det['training_samples']} samples "
+                             f"{_t(det['training_start'])} .. {_t(det['training_end'])} ({det['left_out_flagged']} "
+                             f"left out as flagged), signals {', '.join(det['signals'])}, alpha {det['alpha']}, "
+                             f"{det['calibration_size']} calibration scores, settings {det['config_sha256'][:12]}")
+                lines += _unknowns(det, "    ")
             lines += _unknowns(p, "    ")
         lines += _unknowns(m, "  ")
         for tag in m["tags"]:

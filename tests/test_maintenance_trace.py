@@ -105,6 +105,8 @@ def test_anomaly_alert_traces_calibration_in_force_then_not_the_newest(dsn):
     assert p["stored"]["time"] == t1 and p["stored"]["input_start"] == t1 - timedelta(minutes=30)
     assert p["registry"] is None and "not in the model registry" in p["registry_unknown"]
     assert raised["window"] == {"start": t1 - timedelta(minutes=30), "end": t1, "of": "the prediction's inputs"}
+    # A version that came into service before the gateway recorded detector versions: said, not failed.
+    assert p["detector"] is None and "before the gateway recorded detector versions" in p["detector_unknown"]
     tags = {t["tag"]: t for t in raised["tags"]}
     assert list(tags) == ["P-101.vib_rms", "P-101.bearing_temp"]  # the model's signals, from the stored prediction
     vib = tags["P-101.vib_rms"]
@@ -113,6 +115,49 @@ def test_anomaly_alert_traces_calibration_in_force_then_not_the_newest(dsn):
     assert vib["calibration"]["valid_from"] <= t1
     assert vib["readings"]["window_raw"] == 4  # every 10 minutes over the 30 minutes, both ends
     assert tags["P-101.bearing_temp"]["calibration"]["certificate"] == "CAL-0001"
+
+
+def record_detector(dsn: str, version: str, origin: str, training: dict | None) -> None:
+    """A detector version's record as the gateway's forwarder writes it (`maintenance.store`)."""
+    from maintenance import store
+
+    t = training or {}
+    rec = {"model_id": "anomaly:P-101", "version": version, "asset": "P-101",
+           "in_service_at": END - timedelta(hours=30), "origin": origin, "training_origin": t.get("origin"),
+           "training_start": t.get("start"), "training_end": t.get("end"), "training_samples": t.get("samples"),
+           "left_out_flagged": t.get("flagged"),
+           "left_out_incomplete": t.get("incomplete"), "signals": ["P-101.vib_rms", "P-101.bearing_temp"],
+           "alpha": 0.01, "calibration_size": 108, "config_sha256": "c0f" * 21 + "c", "config": {"window": 10}}
+
+    async def go():
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await store.write_detector_versions(conn, [rec])
+
+    run_async(go())
+
+
+def test_an_anomaly_alert_is_traced_to_the_detector_version_and_what_it_was_trained_on(dsn):
+    """The live detector's record (m0204): its training window, samples, how it was made; a version restored from a
+    state file that kept no training notes says its training is unknown."""
+    start, end = END - timedelta(hours=31), END - timedelta(hours=30, minutes=30)
+    record_detector(dsn, "7a1e" * 16, "self_trained", {"origin": "self_trained", "start": start, "end": end,
+                                                       "samples": 1800, "flagged": 3, "incomplete": 0})
+    record_detector(dsn, "01d0" * 16, "restored", None)
+    t = END - timedelta(hours=3)
+    for alert_id, version in (("AN-TRAINED", "7a1e" * 16), ("AN-RESTORED", "01d0" * 16)):
+        insert_alert(dsn, alert_id, kind="anomaly", raised_at=t, message="P-101: anomalous operation",
+                     evidence=anomaly_evidence(t, version))
+    from maintenance.trace_cli import render
+
+    tr = trace(dsn, "AN-TRAINED")
+    det = tr["moments"][0]["prediction"]["detector"]
+    assert f"trained on 1800 samples {start.isoformat()} .. {end.isoformat()} (3 left out as flagged)" in render(tr)
+    assert (det["training_start"], det["training_end"], det["training_samples"]) == (start, end, 1800)
+    assert (det["origin"], det["left_out_flagged"], det["calibration_size"]) == ("self_trained", 3, 108)
+    assert det["signals"] == ["P-101.vib_rms", "P-101.bearing_temp"] and "training_unknown" not in det
+    p = trace(dsn, "AN-RESTORED")["moments"][0]["prediction"]
+    assert "detector_unknown" not in p and p["detector"]["origin"] == "restored"
+    assert "restored from a state file written before" in p["detector"]["training_unknown"]
 
 
 def test_rule_alert_without_prediction_traces_its_reading(dsn):
