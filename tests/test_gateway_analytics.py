@@ -126,3 +126,69 @@ def test_bearing_fault_raises_iso_and_anomaly_alerts_with_evidence(tmp_path, pg_
         pub.loop_stop()
         pub.disconnect()
         assert gw.terminate() == 0
+
+
+def _publish(pub, run: str, t0: float, seconds: range, rng, fault_from: int = 360) -> None:
+    infos = []
+    for k in range(seconds.start, seconds.stop, 20):
+        samples = []
+        for i in range(k, k + 20):
+            fault = max(0.0, (i - fault_from) / 60)
+            samples += [{"tag": "P-1.vib", "t": t0 + i, "v": 1.0 + rng.normal(0, 0.03) + 2.5 * fault},
+                        {"tag": "P-1.temp", "t": t0 + i, "v": 50.0 + rng.normal(0, 0.2) + 8 * fault}]
+        infos.append(pub.publish(f"an/{run}/batch", orjson.dumps({"s": samples}), qos=1))
+    for info in infos:
+        info.wait_for_publish(10)
+
+
+def test_the_detector_trained_live_is_recorded_once_and_its_alert_traced_to_its_training(tmp_path, pg_dsn, mosquitto):
+    """The detector the gateway trains itself is recorded (spool -> forwarder -> anomaly_detector_versions) with its
+    training window; the anomaly alert's trace reaches it; a restart restoring it from the state file adds no row."""
+    import asyncio
+
+    from maintenance.trace import trace_alert
+
+    run = new_run()
+    site = SITE.replace("@DB@", db_url(pg_dsn)).replace("@PORT@", str(mosquitto.port)).replace("@RUN@", run)
+    gw = GatewayProcess(tmp_path / "gw", site).start()
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{run}")
+    pub.connect("127.0.0.1", mosquitto.port)
+    pub.loop_start()
+    sql = ("SELECT version, origin, training_origin, training_start, training_end, training_samples, left_out_flagged,"
+           " signals, alpha, calibration_size, config_sha256 FROM anomaly_detector_versions")
+    try:
+        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up")
+        rng = np.random.default_rng(7)
+        t0 = float(int(dt.datetime.now(dt.UTC).timestamp()) - 3600)
+        _publish(pub, run, t0, range(0, 600), rng)
+        alert = wait_for(lambda: q(pg_dsn, "SELECT id, model_version FROM alerts WHERE kind = 'anomaly'"),
+                         timeout_s=60, what="anomaly alert")
+        (version, origin, by, start, end, samples, flagged, signals, alpha, n_cal, sha), = q(pg_dsn, sql)
+        assert version == alert[0][1] and (origin, by) == ("self_trained", "self_trained")
+        # 240 samples of the healthy start, each at its 1 s slot's end, none left out.
+        at = dt.datetime.fromtimestamp
+        assert (start, end) == (at(t0 + 1, dt.UTC), at(t0 + 240, dt.UTC)) and (samples, flagged) == (240, 0)
+        assert set(signals) <= {"P-1.vib", "P-1.temp"} and alpha == 0.05 and n_cal == 28 and len(sha) == 64
+
+        async def go():
+            async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+                return await trace_alert(conn, str(alert[0][0]))
+
+        det = asyncio.run(go())["moments"][0]["prediction"]["detector"]
+        assert (det["version"], det["training_start"], det["training_end"]) == (version, start, end)
+        assert gw.terminate() == 0
+
+        gw = GatewayProcess(tmp_path / "gw", site).start()  # the restart restores the version from its state file
+        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up again")
+        _publish(pub, run, t0, range(600, 660), rng)
+        wait_for(lambda: q(pg_dsn, f"SELECT 1 FROM predictions WHERE kind = 'anomaly' AND "
+                                   f"time > to_timestamp({t0 + 620})"), timeout_s=60, what="scores after the restart")
+        log = gw.log.read_text()
+        assert "anomaly model" in log and "restored from" in log
+        # Its record went the same way and was taken as the one already there: no second row, nothing refused.
+        assert len(q(pg_dsn, sql)) == 1, "the restored version is the one already recorded: no second row"
+        assert "database refused" not in log and not q(pg_dsn, "SELECT 1 FROM dead_letters")
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        assert gw.terminate() == 0
