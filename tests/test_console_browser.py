@@ -168,6 +168,7 @@ def test_alert_detail_shows_its_traceability(browser, server):
         assert "CAL-0000" in vib.inner_text()
         assert "CAL-0001" in section.locator("tr[data-tag='P-101.bearing_temp'] .calibration").inner_text()
         assert "model anomaly:P-101 is not in the model registry" in section.locator(".registry").inner_text()
+        assert "no record of detector version" in section.locator(".detector").inner_text()
         window = section.locator(".window time")
         assert datetime.fromisoformat(window.nth(1).get_attribute("datetime")) == t
         local = t.astimezone(ZoneInfo("Europe/Helsinki"))

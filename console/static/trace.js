@@ -21,6 +21,13 @@
         timeCell(r.training_start), " – ", timeCell(r.training_end),
         r.gate_metric ? [el("br"), `gate ${r.gate_metric} (${r.gate_direction}) = ${r.gate_value}`] : "",
         r.onnx_file ? [el("br"), `ONNX file: ${r.onnx_file}`] : "", unknown(r, "onnx_file") ? [el("br"), unknown(r, "onnx_file")] : ""] : unknown(p, "registry")),
+      // A live anomaly detector's record (m0204): how it came into service and what it was trained on.
+      ...(p.detector || p.detector_unknown ? [el("dt", {}, "Detector"), el("dd", { class: "detector" }, p.detector
+        ? [`${p.detector.origin}` + (p.detector.training_origin ? ` (trained: ${p.detector.training_origin})` : ""), el("br"),
+          `trained on ${p.detector.training_samples ?? "?"} samples `, timeCell(p.detector.training_start), " – ", timeCell(p.detector.training_end),
+          ` (${p.detector.left_out_flagged ?? "?"} left out as flagged), alpha ${p.detector.alpha}, ${p.detector.calibration_size} calibration scores`,
+          unknown(p.detector, "training") ? [el("br"), unknown(p.detector, "training")] : ""]
+        : unknown(p, "detector"))] : []),
     ];
   }
   function calibrationView(t) {
