@@ -464,17 +464,24 @@ def test_a_running_gateway_adopts_train_anomaly_and_never_writes_over_it(tmp_pat
     asyncio.run(_run(gw, list(_noise({"A": 3, "B": 3}, 150))))  # A trained and saved, B still training
     path = tmp_path / "anomaly_models.npz"
     before = gw.anomaly.versions[0]
+    assert [(r["asset"], r["origin"]) for r in gw.detector_records()] == [("A", "self_trained")]
 
     other = MaintenanceLive(MaintenanceConfig(assets=(_asset("A", 3),)))  # "train-anomaly": A on other data
     asyncio.run(_run(other, list(_noise({"A": 3}, 150, seed=11))))
     new = other.anomaly.versions[0]
     assert new != before
-    replace_detector(cfg, tmp_path, "A", other.anomaly.detectors[0], new)
+    replace_detector(cfg, tmp_path, "A", other.anomaly.detectors[0], new,
+                     dict(other.anomaly.made[0], origin="retrained"))
 
     with caplog.at_level(logging.WARNING, logger="maintenance.live"):
         preds, _ = asyncio.run(_run(gw, list(_noise({"A": 3, "B": 3}, 400, seed=12))[150:]))
     assert [r for r in caplog.records if getattr(r, "event", None) == "anomaly_model_replaced"]
     assert {p.model_version for p in preds if p.asset == "A"} == {new}
+    # Each version that came into service is recorded: A's adopted one as made by the command, with its window.
+    made = {(r["asset"], r["origin"]): r for r in gw.detector_records()}
+    assert set(made) == {("A", "retrained"), ("B", "self_trained")}
+    assert made["A", "retrained"]["version"] == new and made["A", "retrained"]["training_origin"] == "retrained"
+    assert made["A", "retrained"]["training_end"] == datetime.fromisoformat(other.anomaly.made[0]["end"])
     assert 1 in gw.anomaly.detectors  # B finished training meanwhile and was saved, with A's replaced model
     saved = read_state(path, 1)[0]["assets"]
     assert saved["A"]["version"] == new and saved["B"]["version"] == gw.anomaly.versions[1]
