@@ -43,13 +43,16 @@ def _gateway_storing(tmp_path, dsn: str, mqtt_port: int):
 
 def _lock_for_the_gateway(dsn: str, table: str) -> psycopg.Connection:
     """Hold an exclusive lock on ``table`` and give the gateway's sessions a lock_timeout (they are cut and
-    reconnect, as after a database restart): its statements on ``table`` fail instead of waiting. Rollback to free."""
+    reconnect, as after a database restart): its statements on ``table`` fail instead of waiting. Rollback to free.
+    Only sessions in the test's own database are cut: the worker's server is shared, and "valvoja-rollups" does not
+    name a gateway, so the application name alone would also cut any other gateway's sessions on that server."""
     with psycopg.connect(dsn, autocommit=True) as admin:
         admin.execute(f"ALTER DATABASE {conninfo_to_dict(dsn)['dbname']} SET lock_timeout = '300ms'")
         locker = psycopg.connect(dsn)
         locker.execute("SET lock_timeout = 0")
         locker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'valvoja-%'")
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE datname = current_database() AND application_name LIKE 'valvoja-%'")
     return locker
 
 
