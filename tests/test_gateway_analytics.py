@@ -3,8 +3,10 @@ alerts with evidence and uncertainty in the database (MQTT -> `valvoja run` -> T
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+from collections.abc import Iterator
 
 import numpy as np
 import orjson
@@ -77,27 +79,60 @@ def q(dsn: str, sql: str) -> list[tuple]:
             return []
 
 
-def test_bearing_fault_raises_iso_and_anomaly_alerts_with_evidence(tmp_path, pg_dsn, mosquitto):
-    run = new_run()
-    site = SITE.replace("@DB@", db_url(pg_dsn)).replace("@PORT@", str(mosquitto.port)).replace("@RUN@", run)
-    gw = GatewayProcess(tmp_path / "gw", site).start()
-    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{run}")
-    pub.connect("127.0.0.1", mosquitto.port)
-    pub.loop_start()
+class _Plant:
+    """The analytics site's gateway (``gw``, replaced by a restart) and a publisher (``pub``) to its broker."""
+
+    def __init__(self, tmp_path, pg_dsn: str, mosquitto) -> None:
+        self.run = new_run()
+        self.site = (SITE.replace("@DB@", db_url(pg_dsn)).replace("@PORT@", str(mosquitto.port))
+                     .replace("@RUN@", self.run))
+        self.gw_dir = tmp_path / "gw"
+        self.pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{self.run}")
+        self.pub.connect("127.0.0.1", mosquitto.port)
+        self.gw: GatewayProcess | None = None
+
+    def start_gateway(self) -> GatewayProcess:
+        """Start the gateway (again, after a ``terminate``) and wait until its collector is connected."""
+        self.gw = GatewayProcess(self.gw_dir, self.site).start()
+        wait_for(lambda: self.gw.health()["collectors"]["plant"]["connected"], what="collector up")
+        return self.gw
+
+
+@contextlib.contextmanager
+def _plant(tmp_path, pg_dsn: str, mosquitto) -> Iterator[_Plant]:
+    """A running gateway and a connected publisher; at the end both stop and the gateway must exit 0."""
+    plant = _Plant(tmp_path, pg_dsn, mosquitto)
+    plant.pub.loop_start()
     try:
-        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up")
-        rng = np.random.default_rng(7)
+        plant.start_gateway()
+        yield plant
+    finally:
+        plant.pub.loop_stop()
+        plant.pub.disconnect()
+        if plant.gw is not None:
+            assert plant.gw.terminate() == 0
+
+
+def _publish(pub, run: str, t0: float, seconds: range, rng, fault_from: int = 360) -> None:
+    """Send P-1's vibration and temperature at 1 Hz, 20 s per message: healthy, then from ``fault_from`` s a
+    bearing defect that grows."""
+    infos = []
+    for k in range(seconds.start, seconds.stop, 20):
+        samples = []
+        for i in range(k, k + 20):
+            fault = max(0.0, (i - fault_from) / 60)
+            samples += [{"tag": "P-1.vib", "t": t0 + i, "v": 1.0 + rng.normal(0, 0.03) + 2.5 * fault},
+                        {"tag": "P-1.temp", "t": t0 + i, "v": 50.0 + rng.normal(0, 0.2) + 8 * fault}]
+        infos.append(pub.publish(f"an/{run}/batch", orjson.dumps({"s": samples}), qos=1))
+    for info in infos:
+        info.wait_for_publish(10)
+
+
+def test_bearing_fault_raises_iso_and_anomaly_alerts_with_evidence(tmp_path, pg_dsn, mosquitto):
+    with _plant(tmp_path, pg_dsn, mosquitto) as plant:
+        gw = plant.gw
         t0 = dt.datetime.now(dt.UTC).timestamp() - 3600  # an hour of history, sent in a few seconds
-        infos = []
-        for k in range(0, 600, 20):  # 600 s at 1 Hz, 20 s per message
-            samples = []
-            for i in range(k, k + 20):
-                fault = max(0.0, (i - 360) / 60)  # healthy for 6 minutes, then a bearing defect grows
-                samples += [{"tag": "P-1.vib", "t": t0 + i, "v": 1.0 + rng.normal(0, 0.03) + 2.5 * fault},
-                            {"tag": "P-1.temp", "t": t0 + i, "v": 50.0 + rng.normal(0, 0.2) + 8 * fault}]
-            infos.append(pub.publish(f"an/{run}/batch", orjson.dumps({"s": samples}), qos=1))
-        for info in infos:
-            info.wait_for_publish(10)
+        _publish(plant.pub, plant.run, t0, range(0, 600), np.random.default_rng(7))
 
         def alerts():
             return q(pg_dsn, "SELECT kind, severity, evidence, model_version FROM alerts ORDER BY raised_at")
@@ -122,23 +157,6 @@ def test_bearing_fault_raises_iso_and_anomaly_alerts_with_evidence(tmp_path, pg_
         status = gw.health()["analytics"]
         assert status["errors"] == 0 and status["dropped"] == 0
         assert json.loads(json.dumps(status))["processed"] >= 1200
-    finally:
-        pub.loop_stop()
-        pub.disconnect()
-        assert gw.terminate() == 0
-
-
-def _publish(pub, run: str, t0: float, seconds: range, rng, fault_from: int = 360) -> None:
-    infos = []
-    for k in range(seconds.start, seconds.stop, 20):
-        samples = []
-        for i in range(k, k + 20):
-            fault = max(0.0, (i - fault_from) / 60)
-            samples += [{"tag": "P-1.vib", "t": t0 + i, "v": 1.0 + rng.normal(0, 0.03) + 2.5 * fault},
-                        {"tag": "P-1.temp", "t": t0 + i, "v": 50.0 + rng.normal(0, 0.2) + 8 * fault}]
-        infos.append(pub.publish(f"an/{run}/batch", orjson.dumps({"s": samples}), qos=1))
-    for info in infos:
-        info.wait_for_publish(10)
 
 
 def test_the_detector_trained_live_is_recorded_once_and_its_alert_traced_to_its_training(tmp_path, pg_dsn, mosquitto):
@@ -148,16 +166,10 @@ def test_the_detector_trained_live_is_recorded_once_and_its_alert_traced_to_its_
 
     from maintenance.trace import trace_alert
 
-    run = new_run()
-    site = SITE.replace("@DB@", db_url(pg_dsn)).replace("@PORT@", str(mosquitto.port)).replace("@RUN@", run)
-    gw = GatewayProcess(tmp_path / "gw", site).start()
-    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{run}")
-    pub.connect("127.0.0.1", mosquitto.port)
-    pub.loop_start()
     sql = ("SELECT version, origin, training_origin, training_start, training_end, training_samples, left_out_flagged,"
            " signals, alpha, calibration_size, config_sha256 FROM anomaly_detector_versions")
-    try:
-        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up")
+    with _plant(tmp_path, pg_dsn, mosquitto) as plant:
+        gw, pub, run = plant.gw, plant.pub, plant.run
         rng = np.random.default_rng(7)
         t0 = float(int(dt.datetime.now(dt.UTC).timestamp()) - 3600)
         _publish(pub, run, t0, range(0, 600), rng)
@@ -178,8 +190,7 @@ def test_the_detector_trained_live_is_recorded_once_and_its_alert_traced_to_its_
         assert (det["version"], det["training_start"], det["training_end"]) == (version, start, end)
         assert gw.terminate() == 0
 
-        gw = GatewayProcess(tmp_path / "gw", site).start()  # the restart restores the version from its state file
-        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector up again")
+        gw = plant.start_gateway()  # the restart restores the version from its state file
         _publish(pub, run, t0, range(600, 660), rng)
         wait_for(lambda: q(pg_dsn, f"SELECT 1 FROM predictions WHERE kind = 'anomaly' AND "
                                    f"time > to_timestamp({t0 + 620})"), timeout_s=60, what="scores after the restart")
@@ -188,7 +199,3 @@ def test_the_detector_trained_live_is_recorded_once_and_its_alert_traced_to_its_
         # Its record went the same way and was taken as the one already there: no second row, nothing refused.
         assert len(q(pg_dsn, sql)) == 1, "the restored version is the one already recorded: no second row"
         assert "database refused" not in log and not q(pg_dsn, "SELECT 1 FROM dead_letters")
-    finally:
-        pub.loop_stop()
-        pub.disconnect()
-        assert gw.terminate() == 0
