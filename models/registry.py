@@ -561,7 +561,24 @@ class Registry:
             return result(False, f"the candidate's {metric} is not defined on these rows"
                           + self._needs_labels(cand, champ, metric, label), cm)
         if champ is None:
-            return result(True, "no champion yet: the first version that passes parity becomes champion", cm)
+            # Nothing to compare with, and the first version is served at once. Its own held-out rows are still
+            # checked, and a shortfall is said in the verdict, but does not refuse it: those rows are the latest of
+            # its training period, where drift makes good models under-cover too (the gas-turbine NOx PEMS covers
+            # 85 % there and is served with adaptive intervals), and refusing would leave nothing served at all.
+            floor, short = _coverage_check(cm, {}, len(table))
+            doubts = [short] if short else []
+            if metric == "far_gap":
+                # Judged against itself: only the band's conditions can fail (detection cannot lose to itself).
+                ok, verdict = _far_gate(cm, cm, (cand.card.get("calibration") or {}).get("n"))
+                if not ok:
+                    doubts.append(verdict)
+            if doubts:
+                return result(True, "no champion yet: the first version that passes parity becomes champion, BUT "
+                              "on its own held-out rows " + "; ".join(doubts)
+                              + " (check it before relying on its uncertainty, or train it again)", cm, None, floor)
+            held = "passes parity" + (" and covers its nominal level" if floor is not None else "") \
+                + (" with its false alarm rate within alpha's tolerance" if metric == "far_gap" else "")
+            return result(True, f"no champion yet: the first version that {held} becomes champion", cm, None, floor)
         if champ.version == cand.version:
             return result(False, "this version is already the champion", cm, cm)
         if champ.kind != cand.kind:

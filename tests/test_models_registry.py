@@ -629,3 +629,30 @@ def test_the_far_gap_gate_prefers_the_detector_that_detects(registry):
         refused.value.comparison.reason, refused.value.comparison.describe()
     c = registry.promote("an", registry.register(detector(FEATURES)).version, holdout=normal_only)
     assert c.accepted and "within [" in c.reason, c.describe()
+
+
+def _renamed(tm, model_id: str):
+    return dataclasses.replace(tm, spec=dataclasses.replace(tm.spec, model_id=model_id),
+                               card={**tm.card, "model_id": model_id})
+
+
+def test_the_first_promotion_says_when_the_first_version_does_not_keep_its_own_promise(registry, trained):
+    """Without a champion the first version used to be promoted on parity alone, its held-out coverage and false
+    alarm rate unchecked. It is still promoted (nothing would be served otherwise, and its held-out rows are the
+    latest of its period, where drift makes good models under-cover too), but the verdict names the shortfall."""
+    from models.train import TrainSpec
+
+    c = registry.promote("syn", registry.register(_overconfident(trained["good"])).version)
+    assert c.accepted and c.candidate_metrics["coverage"] < 0.7 and registry.champion("syn").version == 1
+    assert "BUT on its own held-out rows the candidate's intervals cover" in c.reason, c.reason
+    assert c.coverage_floor == pytest.approx(coverage_floor(0.9, 300))
+    good = registry.promote("syn2", registry.register(_renamed(trained["good"], "syn2")).version)
+    assert good.accepted and "covers its nominal level" in good.reason and "BUT" not in good.reason, good.reason
+
+    table = anomaly_table(3000, rate=0.1)
+    det = train(TrainSpec("an", FEATURES, None, estimator="mahalanobis", label="label", metric="far_gap"), table)
+    c = registry.promote("an", registry.register(_conservative(det, 0.5)).version)  # p-values far too small
+    assert c.accepted and "BUT" in c.reason and "false alarm rate" in c.reason and "is above [" in c.reason, c.reason
+    quiet = _conservative(_renamed(det, "an2"), 1.5)  # fewer false alarms than alpha, detecting as much: fine
+    c = registry.promote("an2", registry.register(quiet).version)
+    assert c.accepted and "BUT" not in c.reason and "within alpha's tolerance" in c.reason, c.reason
