@@ -568,8 +568,7 @@ class Registry:
             floor, short = _coverage_check(cm, {}, len(table))
             doubts = [short] if short else []
             if metric == "far_gap":
-                # Judged against itself: only the band's conditions can fail (detection cannot lose to itself).
-                ok, verdict = _far_gate(cm, cm, (cand.card.get("calibration") or {}).get("n"))
+                ok, verdict = _far_gate(cm, None, (cand.card.get("calibration") or {}).get("n"))
                 if not ok:
                     doubts.append(verdict)
             if doubts:
@@ -770,7 +769,7 @@ def far_band(alpha: float, normal_rows: int, calibration_rows: int | None = None
     return float(binom.ppf(COVERAGE_TEST_LEVEL, n, alpha)) / n, float(binom.isf(COVERAGE_TEST_LEVEL, n, alpha)) / n
 
 
-def _far_gate(cm: dict, hm: dict, calibration_rows: int | None) -> tuple[bool, str]:
+def _far_gate(cm: dict, hm: dict | None, calibration_rows: int | None) -> tuple[bool, str]:
     """``(accepted, verdict)`` of the ``far_gap`` gate. Ranking by ``|far - alpha|`` alone preferred a detector
     that flags alpha of all rows at random (gap 0, detects nothing) to a good one that raises slightly fewer false
     alarms than alpha. Now the false alarm rate is a condition and detection decides: the candidate's rate must
@@ -778,28 +777,45 @@ def _far_gate(cm: dict, hm: dict, calibration_rows: int | None) -> tuple[bool, s
     match or beat the champion's detection rate at ``p <= alpha`` (fewer false alarms than alpha cost nothing
     there: what it misses shows). Without labelled anomalies nothing shows a detector's power but its alarms, so
     its rate must also not fall below the band (a detector that hardly flags is refused), and within the band it
-    is accepted."""
+    is accepted. As for coverage (`_coverage_check`), rows that drifted so that the champion's rate is above the
+    band too do not refuse a candidate for what both suffer: its rate must then be within the same tolerance of
+    the champion's, and detection decides. ``hm`` None: no champion (a first promotion), the band alone."""
     alpha, n = cm["alpha"], int(cm.get("normal_rows") or 0)
     lo, hi = far_band(alpha, n, calibration_rows)
     band = (f"[{lo:.4g}, {hi:.4g}] (alpha {alpha:g} within a {1 - COVERAGE_TEST_LEVEL:.0%} binomial tolerance for "
             f"{n} normal rows and {calibration_rows or 'unknown'} calibration scores)")
+    first, hm = hm is None, hm or {}
     cf, hf = cm["far"], hm.get("far")
+    champion_above = hf is not None and math.isfinite(hf) and hf > hi
+    drift = ""
     if cf > hi:
-        return False, f"the candidate's false alarm rate {cf:.4g} is above {band}"
+        if not champion_above:
+            return False, f"the candidate's false alarm rate {cf:.4g} is above {band}"
+        around = far_band(hf, n, calibration_rows)[1]
+        if cf > around:
+            return False, (f"the candidate's false alarm rate {cf:.4g} is above {band}, and above {around:.4g}, the "
+                           f"same tolerance around the champion's {hf:.4g} on these rows")
+        drift = (f"the champion's false alarm rate {hf:.4g} is above {band} too (the rows drifted for both), the "
+                 f"candidate's {cf:.4g} within the same tolerance of it ({around:.4g}); ")
     cd, hd = cm.get("detection_rate"), hm.get("detection_rate")
-    labelled = cd is not None and hd is not None and math.isfinite(cd) and math.isfinite(hd)
+    labelled = cd is not None and math.isfinite(cd) and (first or (hd is not None and math.isfinite(hd)))
     if not labelled:
         if cf < lo:
             return False, (f"the candidate's false alarm rate {cf:.4g} is below {band}, and no labelled anomalous "
                            "rows show what it detects")
-        return True, (f"the candidate's false alarm rate {cf:.4g} is within {band}; no labelled anomalous rows "
-                      "to rank detection by")
-    if hf is None or not math.isfinite(hf) or hf > hi:
+        return True, drift + (f"the candidate's false alarm rate {cf:.4g} is "
+                              f"{'not above the champion tolerance' if drift else 'within ' + band}; no labelled "
+                              "anomalous rows to rank detection by")
+    if first:
+        return True, f"the candidate's false alarm rate {cf:.4g} is not above {band}; detection rate {cd:.4g}"
+    if not drift and champion_above:
         return True, f"the candidate's false alarm rate {cf:.4g} is within {band}, the champion's {_fmt(hf)} is not"
+    if hf is None or not math.isfinite(hf):
+        return True, f"the candidate's false alarm rate {cf:.4g} is within {band}, the champion's is not defined"
     ok = cd >= hd - MATCH_RTOL * max(abs(hd), 1e-12)
-    return ok, (f"false alarm rates {cf:.4g} (candidate) and {hf:.4g} (champion) not above {band}; candidate "
-                f"detection rate {cd:.4g} {'matches or beats' if ok else 'is below'} champion {hd:.4g} at "
-                "p <= alpha")
+    return ok, drift + (f"false alarm rates {cf:.4g} (candidate) and {hf:.4g} (champion) "
+                        f"{'within that tolerance' if drift else 'not above ' + band}; candidate detection rate "
+                        f"{cd:.4g} {'matches or beats' if ok else 'is below'} champion {hd:.4g} at p <= alpha")
 
 
 def coverage_floor(nominal: float, rows: int) -> float:

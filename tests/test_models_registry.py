@@ -656,3 +656,24 @@ def test_the_first_promotion_says_when_the_first_version_does_not_keep_its_own_p
     quiet = _conservative(_renamed(det, "an2"), 1.5)  # fewer false alarms than alpha, detecting as much: fine
     c = registry.promote("an2", registry.register(quiet).version)
     assert c.accepted and "BUT" not in c.reason and "within alpha's tolerance" in c.reason, c.reason
+
+
+def test_the_far_gap_gate_does_not_refuse_a_detector_for_a_drift_the_champion_suffers_too(registry):
+    """Rows whose spread grew (a sensor change, a new operating point) push every detector's false alarm rate above
+    alpha's band. The candidate was refused for it although the champion did as badly on the same rows; as for
+    interval coverage, it must now be within the same tolerance of the champion's rate, and detection decides."""
+    from models.data import FeatureTable
+    from models.registry import far_band
+    from models.train import TrainSpec
+
+    det = train(TrainSpec("an", FEATURES, None, estimator="mahalanobis", label="label", metric="far_gap"),
+                anomaly_table(3000, rate=0.1))
+    registry.promote("an", registry.register(det).version)
+    rows = anomaly_table(1000, rate=0.1, seed=9)
+    drifted = FeatureTable({**{f: rows.column(f) * 1.3 for f in FEATURES}, "label": rows.column("label")})
+    same = registry.compare("an", registry.register(det).version, holdout=drifted)
+    hi = far_band(0.1, same.candidate_metrics["normal_rows"], det.card["calibration"]["n"])[1]
+    assert same.champion_metrics["far"] > hi and same.candidate_metrics["far"] > hi, same.describe()
+    assert same.accepted and "drifted for both" in same.reason, same.describe()
+    worse = registry.compare("an", registry.register(_conservative(det, 0.6)).version, holdout=drifted)
+    assert not worse.accepted and "the same tolerance around the champion's" in worse.reason, worse.describe()
