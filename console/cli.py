@@ -39,13 +39,14 @@ def add_parser(subparsers) -> None:
     a.add_argument("name")
     a.add_argument("--role", required=True, choices=ROLES)
     a.add_argument("--display-name", default="")
-    a.add_argument("--password-file", type=Path, help="read the password from this file (else $VALVOJA_PASSWORD, "
-                                                      "else ask)")
+    a.add_argument("--password-file", type=Path, help="read the password from this file, checked as the gateway's "
+                                                      "secret files: others may not change it, nor read it if it is "
+                                                      "yours (chmod 600) (else $VALVOJA_PASSWORD, else ask)")
     a.set_defaults(func=cmd_user_add)
     pw = usub.add_parser("passwd", help="set a user's password")
     _config(pw)
     pw.add_argument("name")
-    pw.add_argument("--password-file", type=Path)
+    pw.add_argument("--password-file", type=Path, help="as for user add")
     pw.set_defaults(func=cmd_user_passwd)
     ls = usub.add_parser("list", help="list users")
     _config(ls)
@@ -99,7 +100,10 @@ def cmd_serve(args) -> int:
 
 def _password(args, *, confirm: bool = True) -> str:
     if getattr(args, "password_file", None):
-        return args.password_file.read_text().rstrip("\r\n")
+        from edge.secrets import read_secret_file
+
+        # The gateway's rule for secret files: a password file others can read is refused (the message says chmod).
+        return read_secret_file(args.password_file, where="--password-file")
     if os.environ.get("VALVOJA_PASSWORD"):
         return os.environ["VALVOJA_PASSWORD"]
     if not sys.stdin.isatty():

@@ -4,7 +4,8 @@ uvicorn (h11, 0.54) closes a connection only when it has been idle for ``timeout
 A connection that sends nothing, or a request head or body a byte at a time, stays open for ever (each byte
 cancels that timer) and holds a file descriptor and, for a body, a request task: a few hundred such clients
 (slowloris) and the console could neither take connections nor open its database ones. `GuardedH11Protocol`
-adds the missing deadlines and a cap on open connections; `server_options` gives every place that serves the
+adds the missing deadlines (a client cut off in the middle of a request is answered 408) and a cap on open
+connections; `server_options` gives every place that serves the
 console (``valvoja console serve``, the demo, the tests) the same settings.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import resource
 import time
 from typing import Any
@@ -37,14 +39,22 @@ def max_connections() -> int:
 class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a deadline for each request head and body, and a cap on open connections.
 
-    A late client is disconnected without an answer: h11 cannot send a response before a request head, and
-    for a body the handler is already reading it (it gets ``http.disconnect``).
+    A client cut off in the middle of a request (part of its head, or a head and part of its body, arrived) is
+    answered ``408 Request Timeout`` with ``Connection: close`` first, unless a response was already started: it
+    is told why, instead of a connection that ends for no reason it can see. One that sent nothing (a browser's
+    spare connection, an idle keep-alive one) is closed without an answer. The handler reading a cut-off body gets
+    ``http.disconnect``.
     """
 
     head_timeout_s = HEAD_TIMEOUT_S
     body_timeout_s = BODY_TIMEOUT_S
     max_connections = 1000
     _refused_logged = 0.0  # monotonic time of the last "too many connections" warning (one a minute)
+    # Requests answered 408 since start (all connections), and the "console_request_timeout" warning's state: at
+    # most one a minute, with the count meanwhile (a slowloris attack makes thousands).
+    request_timeouts = 0
+    _timeouts_logged = -math.inf
+    _timeouts_quiet = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._deadline: asyncio.TimerHandle | None = None
@@ -86,15 +96,44 @@ class GuardedH11Protocol(H11Protocol):
 
     def _head_late(self, cycle: Any) -> None:
         if self.cycle is cycle and not self.transport.is_closing():
-            self._close("no request head within %g s", self.head_timeout_s)
+            why = f"no request head within {self.head_timeout_s:g} s"
+            if self.conn.trailing_data[0]:  # part of a head arrived: a request was started
+                self._request_timeout(why)
+            else:
+                log.debug("console: closing %s: %s", self.client, why)
+                self.transport.close()
 
     def _body_late(self, cycle: Any) -> None:
         if self.cycle is cycle and self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
-            self._close("request body not complete within %g s", self.body_timeout_s)
+            why = f"request body not complete within {self.body_timeout_s:g} s"
+            if cycle.response_started:  # the handler answered before reading the whole body: nothing to add
+                log.debug("console: closing %s: %s", self.client, why)
+                self.transport.close()
+                return
+            # The handler gets http.disconnect, and a response it sends meanwhile is dropped, not written after ours.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            self._request_timeout(why)
 
-    def _close(self, why: str, seconds: float) -> None:
-        log.debug("console: closing %s: " + why, self.client, seconds)
+    def _request_timeout(self, why: str) -> None:
+        """Answer 408 and close; counted, and warned about at most once a minute."""
+        # Written directly: before a request head h11 has no response to send, and the connection ends here.
+        body = f"408 Request Timeout: {why}\n".encode()
+        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
         self.transport.close()
+        cls = GuardedH11Protocol
+        cls.request_timeouts += 1
+        now = time.monotonic()
+        if now - cls._timeouts_logged < 60:
+            cls._timeouts_quiet += 1
+            return
+        more = f" ({cls._timeouts_quiet} more since the last report)" if cls._timeouts_quiet else ""
+        cls._timeouts_logged, cls._timeouts_quiet = now, 0
+        log.warning("console: answered 408 to %s: %s%s (slow clients or a slowloris attack)",
+                    self.client[0] if self.client else "a client", why, more,
+                    extra={"event": "console_request_timeout", "client": self.client[0] if self.client else None,
+                           "total": cls.request_timeouts})
 
 
 def server_options(*, head_timeout_s: float = HEAD_TIMEOUT_S, body_timeout_s: float = BODY_TIMEOUT_S,

@@ -60,6 +60,9 @@ class Metrics:
         self.readings_too_large = Counter("valvoja_readings_too_large_total",
                                           "Text readings over validation.max_text_bytes (kept as dead letters)",
                                           ["collector"], registry=r)
+        self.tag_names_too_long = Counter("valvoja_tag_names_too_long_total",
+                                          "Readings whose tag name is over validation.max_tag_bytes (kept as dead "
+                                          "letters)", ["collector"], registry=r)
         self.db_errors = Counter("valvoja_db_errors_total", "Failed database writes", ["kind"], registry=r)
         self.db_connected = Gauge("valvoja_db_connected", "1 while the database is reachable", registry=r)
         self.latency_seconds = Histogram(

@@ -21,13 +21,14 @@ from edge.columns import Columns, Rows, from_us
 from edge.metrics import Metrics
 from edge.records import Batch, DeadLetter, Flag, Reading, utcnow
 from edge.spool import Spool, SpoolFull
-from edge.validate import Validator, oversized_texts, text_prefix
+from edge.validate import TAG_PREFIX_BYTES, TEXT_PREFIX_BYTES, Validator, oversized_tags, oversized_texts, text_prefix
 
 log = logging.getLogger(__name__)
 
 GROUP_MAX_READINGS = 50_000
 FULL_RETRY_S = 0.5
-TOO_LARGE_LOG_EVERY_S = 60.0  # reading_too_large at most this often (with the count meanwhile)
+TOO_LARGE_LOG_EVERY_S = 60.0  # reading_too_large, tag_name_too_long at most this often (with the count meanwhile)
+TEXT_LIMIT, TAG_LIMIT = "max_text_bytes", "max_tag_bytes"  # the validation key a set-aside reading was over
 
 
 class SpoolWorker:
@@ -74,8 +75,9 @@ class Ingest:
         self._committing: asyncio.Future | None = None
         self._dropped_seen = 0  # the spool's drop_oldest count already reported
         self._drop_logged = -math.inf  # monotonic time of the last log line about dropping
-        self._too_large_logged = -math.inf  # monotonic time of the last reading_too_large line
-        self._too_large_quiet = 0  # texts set aside since then without a line
+        # Per limit (TEXT_LIMIT, TAG_LIMIT): monotonic time of its last log line, readings set aside since without one.
+        self._too_large_logged = {TEXT_LIMIT: -math.inf, TAG_LIMIT: -math.inf}
+        self._too_large_quiet = {TEXT_LIMIT: 0, TAG_LIMIT: 0}
         # Called as on_spooled(readings, latest) for each committed group (live analytics): the readings of the
         # `analytics_tags` (None: all) not made by analytics itself, and the group's latest reading time (which
         # keeps analytics' clock going when none of its tags is in the group); must not block.
@@ -130,15 +132,17 @@ class Ingest:
         try:
             cols = Columns.concat(_columns_of(group))
             counts = [len(b.readings) for b in group]  # readings of each batch in `cols`, in order
-            too_large: list[DeadLetter] = []
-            big = oversized_texts(cols, self.validator.max_text_bytes)
-            if big:
-                cols, counts, too_large = self._set_aside(group, cols, counts, big)
+            too_large: list[tuple[str, DeadLetter]] = []
+            texts = oversized_texts(cols, self.validator.max_text_bytes)
+            names = oversized_tags(cols, self.validator.max_tag_bytes)
+            if texts or names:
+                cols, counts, too_large = self._set_aside(group, cols, counts, texts, names)
             self.validator.apply(cols, utcnow())
         except Exception as exc:  # a bug some value found: the group cannot be spooled; tell who waits, then fail
             _nack(group, exc)
             raise
-        items = [(cols, [d for b in group for d in b.dead_letters] + too_large, [r for b in group for r in b.records],
+        items = [(cols, [d for b in group for d in b.dead_letters] + [d for _, d in too_large],
+                  [r for b in group for r in b.records],
                   [(b.source, k, v) for b in group if b.state for k, v in b.state])]
         n = len(cols)
         rejected = failed = False
@@ -180,9 +184,10 @@ class Ingest:
             self.full_since = None
         self.accepted += n
         self.metrics.queue_depth.set(self.queue.qsize())
-        for d in too_large:
+        for limit, d in too_large:
             self.metrics.dead_letters.labels(d.source).inc()
-            self.metrics.readings_too_large.labels(d.source).inc()
+            too_long = self.metrics.tag_names_too_long if limit == TAG_LIMIT else self.metrics.readings_too_large
+            too_long.labels(d.source).inc()
         for b, k in zip(group, counts, strict=True):
             self.metrics.readings_in.labels(b.source).inc(k)
             if b.dead_letters:
@@ -202,40 +207,62 @@ class Ingest:
             latest = from_us(int(min(cols.time_us.max(), cols.recv_us.max())))
             self.on_spooled(self._for_analytics(group, cols, counts), latest)
 
-    def _set_aside(self, group: list[Batch], cols: Columns, counts: list[int],
-                   big: list[tuple[int, int]]) -> tuple[Columns, list[int], list[DeadLetter]]:
-        """Text values over ``validation.max_text_bytes`` leave the group as dead letters of their batch's source
-        (tag, size, time and first bytes; not the whole text); every other reading goes on. Returns the readings
-        left, each batch's count of them, and the dead letters (spooled in the same commit)."""
-        limit = self.validator.max_text_bytes
+    def _set_aside(self, group: list[Batch], cols: Columns, counts: list[int], texts: list[tuple[int, int]],
+                   names: list[tuple[int, int]]) -> tuple[Columns, list[int], list[tuple[str, DeadLetter]]]:
+        """Readings with a text value over ``validation.max_text_bytes`` or a tag name over
+        ``validation.max_tag_bytes`` (``(row, size)`` each) leave the group as dead letters of their batch's source
+        (size, time and first bytes; never the whole text or name); every other reading goes on. Returns the
+        readings left, each batch's count of them, and the dead letters with the limit each was over (spooled in the
+        same commit)."""
         owner = np.repeat(np.arange(len(group)), counts)
-        dead = []
-        for i, size in big:
-            tag = cols.tags[int(cols.tag_idx[i])]
-            text = cols.other[i]
-            prefix = text_prefix(text)
-            when = from_us(int(cols.time_us[i])).isoformat()
-            dead.append(DeadLetter(
-                group[int(owner[i])].source, tag, prefix,
-                f"text value of {size} bytes is over validation.max_text_bytes ({limit}); not stored as a reading "
-                f"(time {when}, quality {int(cols.quality[i])}); its first {len(prefix)} bytes kept",
-                from_us(int(cols.recv_us[i]))))
-        gone = {i for i, _ in big}
-        keep = [i for i in range(len(cols)) if i not in gone]
-        now = time.monotonic()
-        if now - self._too_large_logged >= TOO_LARGE_LOG_EVERY_S:
-            self._too_large_logged = now
-            more = f" ({self._too_large_quiet} more since the last report)" if self._too_large_quiet else ""
-            self._too_large_quiet = 0
-            first = dead[0]
-            log.warning("%d text value(s) over validation.max_text_bytes (%d) kept as dead letters, not readings; "
-                        "first: %s from %s, %d bytes%s", len(dead), limit, first.topic, first.source, big[0][1],
-                        more, extra={"event": "reading_too_large", "collector": first.source, "tag": first.topic,
-                                     "bytes": big[0][1], "count": len(dead)})
-        else:
-            self._too_large_quiet += len(dead)
+        dead: dict[int, tuple[str, DeadLetter]] = {}
+        for i, size in names:
+            name = text_prefix(cols.tags[int(cols.tag_idx[i])], TAG_PREFIX_BYTES).decode()
+            value = cols.value_at(i)
+            payload = text_prefix(value) if isinstance(value, str) else b"" if value is None else str(value).encode()
+            dead[i] = TAG_LIMIT, _dead_letter(
+                group[int(owner[i])].source, name, payload, cols, i,
+                f"tag name of {size} bytes is over validation.max_tag_bytes ({self.validator.max_tag_bytes})",
+                f"topic = its first {len(name.encode())} bytes, payload = the value (of a text its first "
+                f"{TEXT_PREFIX_BYTES} bytes at most)")
+        for i, size in texts:
+            if i in dead:
+                continue  # one dead letter a reading: its name's, which keeps the text's first bytes too
+            prefix = text_prefix(cols.other[i])
+            dead[i] = TEXT_LIMIT, _dead_letter(
+                group[int(owner[i])].source, cols.tags[int(cols.tag_idx[i])], prefix, cols, i,
+                f"text value of {size} bytes is over validation.max_text_bytes ({self.validator.max_text_bytes})",
+                f"its first {len(prefix)} bytes kept")
+        self._log_set_aside(TAG_LIMIT, names, dead)
+        self._log_set_aside(TEXT_LIMIT, [(i, n) for i, n in texts if dead[i][0] == TEXT_LIMIT], dead)
+        keep = [i for i in range(len(cols)) if i not in dead]
         counts = np.bincount(owner[keep], minlength=len(group)).tolist() if keep else [0] * len(group)
-        return cols.take(keep), counts, dead
+        return cols.take(keep), counts, [dead[i] for i in sorted(dead)]
+
+    def _log_set_aside(self, limit: str, rows: list[tuple[int, int]], dead: dict[int, tuple[str, DeadLetter]]) -> None:
+        """One warning per limit at most every TOO_LARGE_LOG_EVERY_S, with the first of ``rows`` and the count of
+        those set aside meanwhile without a line."""
+        if not rows:
+            return
+        now = time.monotonic()
+        if now - self._too_large_logged[limit] < TOO_LARGE_LOG_EVERY_S:
+            self._too_large_quiet[limit] += len(rows)
+            return
+        self._too_large_logged[limit] = now
+        quiet, self._too_large_quiet[limit] = self._too_large_quiet[limit], 0
+        more = f" ({quiet} more since the last report)" if quiet else ""
+        first, size = dead[rows[0][0]][1], rows[0][1]
+        if limit == TEXT_LIMIT:
+            log.warning("%d text value(s) over validation.max_text_bytes (%d) kept as dead letters, not readings; "
+                        "first: %s from %s, %d bytes%s", len(rows), self.validator.max_text_bytes, first.topic,
+                        first.source, size, more, extra={"event": "reading_too_large", "collector": first.source,
+                                                          "tag": first.topic, "bytes": size, "count": len(rows)})
+        else:
+            shown = first.topic[:80] + "..."  # the dead letter keeps more; a log line need not be kilobytes
+            log.warning("%d reading(s) with a tag name over validation.max_tag_bytes (%d) kept as dead letters, not "
+                        "readings; first: %s from %s, %d bytes%s", len(rows), self.validator.max_tag_bytes, shown,
+                        first.source, size, more, extra={"event": "tag_name_too_long", "collector": first.source,
+                                                          "tag": shown, "bytes": size, "count": len(rows)})
 
     def _report_dropped(self) -> None:
         """drop_oldest discarded spooled readings to make room: count them, and say so (at most once a minute)."""
@@ -268,6 +295,15 @@ def _nack(group: list[Batch], exc: BaseException) -> None:
     for b in group:
         if b.nack is not None:
             b.nack(exc)
+
+
+def _dead_letter(source: str, topic: str, payload: bytes, cols: Columns, i: int, why: str,
+                 kept: str) -> DeadLetter:
+    """Row ``i`` of ``cols`` set aside as a dead letter: ``why``, then the reading's time and quality, then what
+    of it was ``kept``."""
+    when = from_us(int(cols.time_us[i])).isoformat()
+    return DeadLetter(source, topic, payload, f"{why}; not stored as a reading (time {when}, quality "
+                                              f"{int(cols.quality[i])}); {kept}", from_us(int(cols.recv_us[i])))
 
 
 def _columns_of(group: list[Batch]) -> list[Columns]:

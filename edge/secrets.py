@@ -43,7 +43,7 @@ def resolve_secret(ref: str, *, where: str = "secret") -> str:
     secret mounts usually have one). An empty secret is an error: no site means an empty
     password, and using one fails the log-in later, far from the cause (a secret file
     written on a full disk, an unset-but-exported variable). A file other users can read or change is refused
-    (`_check_mode`). Every problem is a
+    (`read_secret_file`). Every problem is a
     `ConfigError` naming ``where``, never another exception: a SIGHUP reload rejects
     only ConfigError and must never end the running gateway.
     """
@@ -59,21 +59,30 @@ def resolve_secret(ref: str, *, where: str = "secret") -> str:
     if ref.startswith("file:"):
         if not ref[5:]:
             raise ConfigError(f"{where}: 'file:' needs a path, e.g. file:/run/secrets/db_password")
-        path = Path(ref[5:])
-        try:
-            with open(path, "rb") as f:
-                _check_mode(os.fstat(f.fileno()), path, where)  # of the file read, not of one put there later
-                # UTF-8 whatever the locale (systemd and containers often run with none).
-                value = f.read().decode("utf-8").rstrip("\r\n")
-        except OSError as exc:
-            raise ConfigError(f"{where}: cannot read secret file {path}: {exc.strerror}") from exc
-        except UnicodeDecodeError as exc:  # e.g. saved as Latin-1; the message must not show the bytes
-            raise ConfigError(f"{where}: secret file {path} is not UTF-8 text (byte {exc.start}); save it as "
-                              "UTF-8") from None
-        if not value:
-            raise ConfigError(f"{where}: secret file {path} is empty")
-        return value
+        return read_secret_file(Path(ref[5:]), where=where)
     raise ConfigError(f"{where}: must be a reference 'env:NAME' or 'file:/path', not a literal secret")
+
+
+def read_secret_file(path: Path, *, where: str) -> str:
+    """The secret in the file at ``path``, without its trailing newline, for every secret the project reads from a
+    file (``file:`` references, ``valvoja console user add --password-file``); ``where`` names the key or option.
+
+    A file other users can read or change is refused (`_check_mode`), as is an empty one or one that is not UTF-8;
+    every problem is a one-line `ConfigError` naming ``where`` and the file.
+    """
+    try:
+        with open(path, "rb") as f:
+            _check_mode(os.fstat(f.fileno()), path, where)  # of the file read, not of one put there later
+            # UTF-8 whatever the locale (systemd and containers often run with none).
+            value = f.read().decode("utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read secret file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:  # e.g. saved as Latin-1; the message must not show the bytes
+        raise ConfigError(f"{where}: secret file {path} is not UTF-8 text (byte {exc.start}); save it as "
+                          "UTF-8") from None
+    if not value:
+        raise ConfigError(f"{where}: secret file {path} is empty")
+    return value
 
 
 def _check_mode(st: os.stat_result, path: Path, where: str) -> None:

@@ -192,6 +192,9 @@ class Spool(Strict):
 
 
 MAX_TEXT_BYTES_CEILING = 16 * 2**20  # the OPC UA client's message limit (collectors/opcua/connection.py)
+# The longest tag name `validation.max_tag_bytes` may allow: a B-tree entry of PostgreSQL (8 kB pages) holds at most
+# 2,704 bytes, and the ``tags`` table's unique index holds each name whole (uncompressed unless it compresses well).
+MAX_TAG_BYTES_CEILING = 2048
 
 
 class Validation(Strict):
@@ -203,6 +206,19 @@ class Validation(Strict):
     # any plant text tag (alarm texts, batch ids, recipe names, a JSON diagnostic of a few kB). Strict: TOML's
     # `true` or "64k" is a mistake here, not 1 or an error later.
     max_text_bytes: int = Field(65_536, ge=1, le=MAX_TEXT_BYTES_CEILING, strict=True)
+    # A reading whose tag name is longer (UTF-8 bytes) is a dead letter too. Anyone who may publish on the broker
+    # chooses tag names (a topic level, a JSON field, a Sparkplug metric); one over the database's index limit was
+    # refused only there, at the cost of writing its whole group apart. 512 is far over plant names (an OPC UA
+    # browse path joined by dots, a topic of a few levels: well under 100 bytes).
+    max_tag_bytes: int = Field(512, ge=1, strict=True)
+
+    @field_validator("max_tag_bytes")
+    @classmethod
+    def _fits_the_tag_index(cls, v: int) -> int:
+        if v > MAX_TAG_BYTES_CEILING:
+            raise ValueError(f"must be at most {MAX_TAG_BYTES_CEILING}: a longer tag name does not fit the "
+                             f"database's index of tag names (2,704 bytes an entry), got {v}")
+        return v
 
 
 def host_port(listen: str) -> tuple[str, int]:

@@ -11,9 +11,10 @@ Rules, each a bit in `edge.records.Flag` and a lowered quality:
 
 Quality only ever gets worse here: a device's Bad status is never upgraded.
 
-One check is not a flag: a text value over ``validation.max_text_bytes`` (`oversized_texts`) is set aside by the
-ingest stage as a dead letter with its size and first bytes (`text_prefix`), since a value cut short is not what the
-device sent and a whole one of megabytes would weigh on the spool, the database and the console.
+Two checks are not flags: a text value over ``validation.max_text_bytes`` (`oversized_texts`) and a tag name over
+``validation.max_tag_bytes`` (`oversized_tags`) are set aside by the ingest stage as dead letters with their size and
+first bytes (`text_prefix`), since a value or name cut short is not what the device sent, a whole one of megabytes
+would weigh on the spool, the database and the console, and a name over the database's index limit is refused there.
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ class Validator:
     @property
     def max_text_bytes(self) -> int:
         return self._cfg.max_text_bytes
+
+    @property
+    def max_tag_bytes(self) -> int:
+        return self._cfg.max_tag_bytes
 
     @property
     def counts(self) -> dict[str, int]:
@@ -210,18 +215,36 @@ class Validator:
 
 
 TEXT_PREFIX_BYTES = 4096  # what a dead letter keeps of a text value over max_text_bytes
+TAG_PREFIX_BYTES = 1024  # what a dead letter keeps of a tag name over max_tag_bytes (its topic)
 
 
 def oversized_texts(cols: Columns, max_bytes: int) -> list[tuple[int, int]]:
     """``(row, size)`` of the text values in ``cols`` longer than ``max_bytes`` in UTF-8, in row order."""
     out = []
-    shortest = max_bytes // 4  # a character takes at most 4 bytes: a text this short in characters is within
     for i, v in cols.other.items():
-        if v.__class__ is str and len(v) > shortest:
-            size = len(v) if v.isascii() else len(v.encode("utf-8", "surrogatepass"))
-            if size > max_bytes:
+        if v.__class__ is str:
+            size = _over(v, max_bytes)
+            if size:
                 out.append((i, size))
     return sorted(out)
+
+
+def oversized_tags(cols: Columns, max_bytes: int) -> list[tuple[int, int]]:
+    """``(row, size)`` of the readings in ``cols`` whose tag name is longer than ``max_bytes`` in UTF-8, in row
+    order (the size is the name's)."""
+    sizes = {j: size for j, name in enumerate(cols.tags) if (size := _over(name, max_bytes))}
+    if not sizes:
+        return []
+    rows = np.flatnonzero(np.isin(cols.tag_idx, list(sizes)))
+    return [(i, sizes[int(cols.tag_idx[i])]) for i in rows.tolist()]
+
+
+def _over(text: str, max_bytes: int) -> int:
+    """The UTF-8 size of ``text`` if it is over ``max_bytes``, else 0."""
+    if len(text) <= max_bytes // 4:  # a character takes at most 4 bytes: a text this short is within
+        return 0
+    size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    return size if size > max_bytes else 0
 
 
 def text_prefix(text: str, n: int = TEXT_PREFIX_BYTES) -> bytes:

@@ -55,6 +55,27 @@ def test_user_and_token_from_the_command_line(pg_admin_dsn, tmp_path):
             assert c.get("/api/auth/me").json()["name"] == "token:historian"
 
 
+def test_a_password_file_others_can_read_is_refused_like_the_gateways_secret_files(pg_admin_dsn, tmp_path):
+    """The gateway refuses a secret file other users can read (edge/secrets.py, libpq's rule); the console's
+    --password-file was read whatever its mode. Now it goes through the same check."""
+    with fresh_database(pg_admin_dsn) as dsn:
+        cfg = _config(tmp_path, dsn)
+        pw = tmp_path / "admin-password"
+        pw.write_text("admin-password-1\n")
+        pw.chmod(0o644)
+        add = ("console", "user", "add", "anna", "--role", "admin", "--password-file", str(pw), "-c", cfg)
+        r = _valvoja(*add, dsn=dsn)
+        assert r.returncode == 1, r
+        assert r.stderr.strip() == (f"--password-file: secret file {pw} can be read by other users (mode 0644, "
+                                    f"owned by this process's user): run chmod 600 {pw}"), r.stderr
+        assert "no users yet" in _valvoja("console", "user", "list", "-c", cfg, dsn=dsn).stdout
+        pw.chmod(0o600)
+        r = _valvoja(*add, dsn=dsn)
+        assert r.returncode == 0 and "user anna (admin) created" in r.stdout, r
+        with ConsoleServer(dsn) as srv, srv.client(username="anna", password="admin-password-1") as c:
+            assert c.get("/api/auth/me").json()["name"] == "anna"
+
+
 def test_bad_console_configuration_names_the_key(tmp_path):
     path = tmp_path / "console.toml"
     path.write_text('[console]\nlisten = "nowhere"\ncookie_secure = "sometimes"\n[database]\n'

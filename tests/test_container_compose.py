@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -178,6 +179,60 @@ def test_stack_broker_config_with_generated_certs_and_password_file(stack_broker
         pytest.skip("mosquitto_sub not installed (mosquitto-clients)")
     res = subprocess.run([sub, *test[1:]], capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_stack_broker_refuses_a_message_over_the_gateways_payload_limit_and_keeps_a_session_whole(stack_broker):
+    """Without a broker limit a message of up to 256 MB reached the gateway whole before max_payload_bytes refused
+    it. The stack's broker refuses one over the gateway's default at once, acknowledged: the publisher stays
+    connected and goes on (with ``max_queued_messages 0`` mosquitto 2.0.11-2.0.21 disconnected it instead). An
+    absent subscriber's persistent session still keeps more than mosquitto's default 1,000 messages."""
+    import paho.mqtt.client as mqtt
+
+    from collectors.mqtt.config import Config
+
+    ports, _, _ = stack_broker
+    [limit] = map(int, re.findall(r"^message_size_limit (\d+)$", (DOCKER / "mosquitto/mosquitto.conf").read_text(),
+                                  re.M))
+    assert limit == Config.model_fields["max_payload_bytes"].default
+    got: list[int] = []
+    dropped: list[str] = []  # connections the broker ended (paho connects again by itself)
+
+    def client(name: str, **kw) -> mqtt.Client:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, **kw)
+        c.username_pw_set("valvoja", "s3cret-Pw")
+        c.on_message = lambda c, u, m: got.append(len(m.payload))
+        c.on_disconnect = lambda c, u, f, rc, p: dropped.append(name) if rc != 0 else None
+        c.connect("127.0.0.1", ports[1883], 30)
+        c.loop_start()
+        return c
+
+    def close(c: mqtt.Client) -> None:
+        c.disconnect()
+        c.loop_stop()
+
+    sub = client("size-sub", clean_session=False)
+    sub.subscribe("size/#", qos=1)
+    time.sleep(0.5)
+    pub = client("size-pub")
+    try:
+        for n in (limit, limit + 1, 10):
+            info = pub.publish("size/t", b"x" * n, qos=1)
+            info.wait_for_publish(60)
+            assert info.is_published(), n
+        wait_until(lambda: 10 in got, 30, "the message after the refused one")
+        assert got == [limit, 10], "the one over the limit is not delivered"
+        assert not dropped, f"the broker disconnected {dropped}"
+        close(sub)
+        got.clear()
+        for _ in range(1500):
+            pub.publish("size/t", b"q", qos=1)
+        pub.publish("size/t", b"last", qos=1).wait_for_publish(60)
+        sub = client("size-sub", clean_session=False)
+        wait_until(lambda: 4 in got, 30, "the queued messages")
+        assert len(got) == 1501, "the session kept every message while its subscriber was away"
+    finally:
+        close(pub)
+        close(sub)
 
 
 @pytest.mark.parametrize("name", ["valvoja-gateway.service", "valvoja-console.service"])

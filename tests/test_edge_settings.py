@@ -88,6 +88,11 @@ def test_good_config_loads(tmp_path):
     ('[validation]\nmax_text_bytes = -1', "validation.max_text_bytes: Input should be greater than or equal to 1"),
     ('[validation]\nmax_text_bytes = 16777217', "validation.max_text_bytes: Input should be less than or equal to "
                                                  "16777216"),
+    ('[validation]\nmax_tag_bytes = "512"', "validation.max_tag_bytes: Input should be a valid integer"),
+    ('[validation]\nmax_tag_bytes = 0', "validation.max_tag_bytes: Input should be greater than or equal to 1"),
+    ('[validation]\nmax_tag_bytes = 2049', "validation.max_tag_bytes: must be at most 2048: a longer tag name does "
+                                           "not fit the database's index of tag names (2,704 bytes an entry), got "
+                                           "2049"),
     (MQTT.format("max_payload_bytes = true"), "collectors[0] (mq).max_payload_bytes: Input should be a valid integer"),
     (MQTT.format('max_payload_bytes = "16M"'), "collectors[0] (mq).max_payload_bytes: Input should be a valid "
                                                "integer"),

@@ -1,10 +1,14 @@
-"""What one reading and one message may weigh (validation.max_text_bytes, an MQTT collector's max_payload_bytes).
+"""What one reading and one message may weigh (validation.max_text_bytes and max_tag_bytes, an MQTT collector's
+max_payload_bytes).
 
 A text value of up to 16 MiB from OPC UA (the client's message limit), or in an MQTT message, became one reading as
 it was, and went whole through the spool, the database and the console. Now a text over ``max_text_bytes`` (64 KiB
 by default) is a dead letter of its collector with the tag, its size, its time and its first 4 KiB, counted in
 ``valvoja_readings_too_large_total``; every other reading of the message or group is stored. An MQTT message over
 ``max_payload_bytes`` is a dead letter (first MiB kept) without being decoded, acknowledged, and the stream goes on.
+A tag name (a topic level, a JSON field: the publisher's choice) over ``max_tag_bytes`` (512 bytes by default) was
+refused only by the database's index of tag names (about 2.7 kB), its group then written apart; now its reading is
+a dead letter at ingest (first KiB of the name, its size, the limit), counted in ``valvoja_tag_names_too_long_total``.
 Real servers: asyncua's, mosquitto, PostgreSQL.
 """
 
@@ -126,6 +130,47 @@ async def test_a_text_over_the_limit_is_a_dead_letter_and_the_rest_of_its_group_
     worker.shutdown()
 
 
+async def test_a_tag_name_over_the_limit_is_a_dead_letter_and_the_rest_of_its_group_is_spooled(tmp_path):
+    metrics = Metrics()
+    worker = SpoolWorker(Spool(tmp_path / "spool.db", max_bytes=100 << 20))
+    ingest = Ingest(worker, Validator({}, Validation(max_tag_bytes=100, max_text_bytes=1000)), metrics,
+                    queue_batches=16)
+    now = utcnow()
+    long_name = "plant/" + "Ä" * 60  # 66 characters, 126 bytes
+    acked: list[str] = []
+    await ingest.emit(Batch("mq", [Reading("K1.NOx", T0, 42.0, now), Reading(long_name, T0, 7.5, now),
+                                   Reading("K1.O2", T0, 3.0, now), Reading(long_name + "/x", T0, "t" * 5000, now)],
+                            ack=lambda: acked.append("mq")))
+    task = asyncio.create_task(ingest.run())
+    try:
+        await until(lambda: acked, 10, "the batch acknowledged")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    spooled = worker.spool.peek(10**6)
+    assert sorted((r[0], r[2]) for b in spooled for r in b.rows) == [("K1.NOx", 42.0), ("K1.O2", 3.0)]
+    dead = [d for b in spooled for d in b.dead_letters]
+    assert [(d[0], d[1], bytes(d[2])) for d in dead] == [("mq", long_name, b"7.5"),
+                                                         ("mq", long_name + "/x", b"t" * TEXT_PREFIX_BYTES)]
+    assert "tag name of 126 bytes is over validation.max_tag_bytes (100)" in dead[0][3]
+    assert "tag name of 128 bytes is over validation.max_tag_bytes (100)" in dead[1][3], "one dead letter a reading"
+    assert T0.isoformat() in dead[0][3]
+    assert counter(metrics.tag_names_too_long, "mq") == 2 and counter(metrics.dead_letters, "mq") == 2
+    assert counter(metrics.readings_too_large, "mq") == 0 and counter(metrics.readings_in, "mq") == 2
+    worker.shutdown()
+
+
+def test_oversized_tags_counts_bytes_and_keeps_the_first_kib_of_a_name():
+    from edge.columns import Columns
+    from edge.validate import oversized_tags
+
+    now = utcnow()
+    cols = Columns.from_readings([Reading("é" * 300, now, 1.0, now), Reading("e" * 512, now, 2.0, now),
+                                  Reading("é" * 300, now, 3.0, now), Reading("e" * 513, now, "x", now)])
+    assert oversized_tags(cols, 512) == [(0, 600), (2, 600), (3, 513)]
+    assert oversized_tags(cols, 600) == []
+
+
 def test_oversized_texts_counts_bytes_not_characters():
     from edge.columns import Columns
     from edge.validate import TEXT_PREFIX_BYTES as KEPT
@@ -225,6 +270,38 @@ async def test_an_oversized_json_text_is_a_dead_letter_and_the_rest_of_its_messa
     [(source, topic, payload, error)] = await dead_letters(pg_dsn)
     assert (source, topic, bytes(payload)) == ("mq", "L1.note", b"n" * 4096)
     assert "text value of 5000 bytes is over validation.max_text_bytes (4096)" in error
+
+
+async def test_a_tag_name_over_max_tag_bytes_is_a_dead_letter_and_the_rest_of_its_message_is_stored(
+        tmp_path, pg_dsn, mosquitto):
+    """Two ways a publisher makes a tag name: a JSON field of the message, a topic level of the subscription."""
+    run = f"{time.monotonic_ns()}"
+    cfg = site(tmp_path, mqtt_collector(mosquitto.port, run))
+    assert cfg.validation.max_tag_bytes == 512
+    field, line = "f" * 600, "L" * 2000
+    async with gateway(cfg, pg_dsn) as gw:
+        await until(lambda: gw.collectors["mq"].connected, what="subscribed")
+        await asyncio.to_thread(publish, mosquitto.port, [
+            (f"tc/{run}/L1", sample(1, flow=1.5, state="ok", **{field: 7.0})),
+            (f"tc/{run}/{line}", sample(2, flow=9.0)),
+            (f"tc/{run}/L1", sample(3, flow=2.5))])
+        await until(lambda: _has(pg_dsn, "L1.flow", "2.5"), what="the last message stored")
+        await until(lambda: _dead_letters_are(pg_dsn, 2), what="both dead letters stored")
+        assert counter(gw.metrics.tag_names_too_long, "mq") == 2 and counter(gw.metrics.dead_letters, "mq") == 2
+        assert counter(gw.metrics.readings_too_large, "mq") == 0 and counter(gw.metrics.readings_in, "mq") == 3
+        assert gw.metrics.readings_refused._value.get() == 0, "set aside before the database saw it"
+    assert await values(pg_dsn) == {"L1.flow": ["1.5", "2.5"], "L1.state": ["ok"]}
+    [(longest,)] = await asyncio.to_thread(rows, pg_dsn, "SELECT max(octet_length(name)) FROM tags")
+    assert longest < 512, "no tag row was made for either long name"
+    (s1, t1, p1, e1), (s2, t2, p2, e2) = await dead_letters(pg_dsn)
+    assert (s1, t1, bytes(p1)) == ("mq", f"L1.{field}", b"7.0")
+    assert "tag name of 603 bytes is over validation.max_tag_bytes (512)" in e1 and "first 603 bytes" in e1
+    assert (s2, t2, bytes(p2)) == ("mq", f"{line}.flow"[:1024], b"9.0")
+    assert "tag name of 2005 bytes is over validation.max_tag_bytes (512)" in e2 and "first 1024 bytes" in e2
+
+
+async def _dead_letters_are(dsn: str, n: int) -> bool:
+    return len(await dead_letters(dsn)) == n
 
 
 async def test_an_mqtt_payload_over_max_payload_bytes_is_a_dead_letter_acknowledged_and_the_stream_goes_on(
