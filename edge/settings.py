@@ -388,11 +388,27 @@ def parse(data: dict, *, source: str = "<config>") -> SiteConfig:
         problems += [f"{source}: {_describe(e, data)}" for e in exc.errors()]
     collectors = _validate_collectors(data.get("collectors", []), source, problems)
     _validate_owned_sections(data, source, problems)
+    if cfg is not None:
+        problems += _long_tag_names(cfg, collectors, source)
     if problems:
         raise ConfigError(problems)
     assert cfg is not None
     cfg._collectors = collectors
     return cfg
+
+
+def _long_tag_names(cfg: SiteConfig, collectors: list[tuple[str, str, Any]], source: str) -> list[str]:
+    """Tag names written in the file that are over ``validation.max_tag_bytes``: every reading of such a tag would
+    only become a dead letter at run time, so the file is refused now. (Names an MQTT topic or payload makes are
+    known only when a message comes, and checked then.)"""
+    limit = cfg.validation.max_tag_bytes
+    named = [(f"tags[{i}].name", t.name) for i, t in enumerate(cfg.tags)]
+    for _kind, name, ccfg in collectors:
+        named += [(f"collector {name}: nodes[{j}].tag", n.tag) for j, n in enumerate(getattr(ccfg, "nodes", []))]
+    fix = "shorten it" if limit == MAX_TAG_BYTES_CEILING else "shorten it or raise the limit"
+    return [f"{source}: {where}: the name is {size} bytes (UTF-8), over validation.max_tag_bytes ({limit}): its "
+            f"readings would all be dead letters; {fix}"
+            for where, tag in named if (size := len(tag.encode())) > limit]
 
 
 def _validate_collectors(entries: Any, source: str, problems: list[str]) -> list[tuple[str, str, Any]]:

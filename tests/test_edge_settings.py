@@ -93,6 +93,17 @@ def test_good_config_loads(tmp_path):
     ('[validation]\nmax_tag_bytes = 2049', "validation.max_tag_bytes: must be at most 2048: a longer tag name does "
                                            "not fit the database's index of tag names (2,704 bytes an entry), got "
                                            "2049"),
+    # A tag name written in the file over max_tag_bytes: every reading of it would be a dead letter at run time.
+    ('[[tags]]\nname = "' + "T" * 513 + '"',
+     "tags[0].name: the name is 513 bytes (UTF-8), over validation.max_tag_bytes (512): its readings would all be "
+     "dead letters; shorten it or raise the limit"),
+    ('[validation]\nmax_tag_bytes = 2048\n[[tags]]\nname = "' + "ä" * 1025 + '"',
+     "tags[0].name: the name is 2050 bytes (UTF-8), over validation.max_tag_bytes (2048): its readings would all be "
+     "dead letters; shorten it"),
+    ('[validation]\nmax_tag_bytes = 20\n[[collectors]]\nkind = "opcua"\nname = "ua"\n'
+     'endpoint = "opc.tcp://127.0.0.1:4840"\n[[collectors.nodes]]\nnode_id = "ns=2;s=A"\ntag = "short"\n'
+     '[[collectors.nodes]]\nnode_id = "ns=2;s=B"\ntag = "a-much-longer-tag-name"',
+     "collector ua: nodes[1].tag: the name is 22 bytes (UTF-8), over validation.max_tag_bytes (20)"),
     (MQTT.format("max_payload_bytes = true"), "collectors[0] (mq).max_payload_bytes: Input should be a valid integer"),
     (MQTT.format('max_payload_bytes = "16M"'), "collectors[0] (mq).max_payload_bytes: Input should be a valid "
                                                "integer"),
