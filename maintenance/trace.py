@@ -149,9 +149,16 @@ async def _moment(conn, alert: dict, label: str, at: datetime, evidence, tables:
     if alert.get("tag"):
         names.append(alert["tag"])
     details = (stored_pred or {}).get("details")
-    signals = _list(details.get("signals") if isinstance(details, dict) else None) or \
+    details = details if isinstance(details, dict) else {}
+    # A model's input tags: an anomaly detector's signals, a RUL model's (rul_live: the configured settings and
+    # sensors the version reads, and the cycle counter whose value is the age), from the stored prediction, else
+    # from the evidence (the prediction row may be gone or still in the gateway's spool).
+    signals = _list(details.get("signals")) or _list((pred_ev or {}).get("signals")) or \
         [s.get("signal") for s in _list(ev.get("top_signals")) if isinstance(s, dict)]
     names += [s for s in signals if isinstance(s, str)]
+    counter = details.get("cycle_tag") or (pred_ev or {}).get("cycle_tag")
+    if isinstance(counter, str):
+        names.append(counter)
     inputs = ((out["prediction"] or {}).get("registry") or {}).get("inputs") or []
     if inputs:  # a registered model's input features that are tags of the registry (a model on raw tags)
         names += [r["name"] for r in await _rows(conn, "SELECT name FROM tags WHERE name = ANY(%s) ORDER BY name",
@@ -162,7 +169,11 @@ async def _moment(conn, alert: dict, label: str, at: datetime, evidence, tables:
         t_at = max((t for r in mine if (t := _time(r.get("time")))), default=None) or out["evidence_time"]
         out["tags"].append(await _tag(conn, name, t_at, win, mine))
     if not out["tags"]:
-        out["tags_unknown"] = "the evidence names no tag (an asset-level alert whose model's signals are not stored)"
+        out["tags_unknown"] = (
+            "the RUL prediction names no input tags: it was made before the gateway recorded them "
+            "(details.signals); the site configuration's [maintenance.assets.rul] settings and sensors name them"
+            if alert.get("kind") == "rul" else
+            "the evidence names no tag (an asset-level alert whose model's signals are not stored)")
     return out
 
 

@@ -332,7 +332,9 @@ def test_a_registered_model_version_is_traced_to_its_card_and_onnx_file(dsn, tmp
     assert r["onnx_file"] == "present, sha256 matches"
     assert r["training_fingerprint"] and r["gate_metric"] == "mae" and r["gate_value"] == r["holdout_metrics"]["mae"]
     assert p["stored"] is None and "not stored" in p["stored_unknown"]
-    other = trace(dsn, "RUL-1")["moments"][0]["prediction"]["registry"]
+    m = trace(dsn, "RUL-1")["moments"][0]
+    assert m["tags"] == [] and "made before the gateway recorded them" in m["tags_unknown"]
+    other = m["prediction"]["registry"]
     assert "not checked" in other["onnx_file_unknown"]
 
 
