@@ -26,6 +26,9 @@ from models.export import sha256
 
 EVIDENCE_EVENTS = ("raised", "updated", "reopened")
 COUNT_BOUND = 100_000  # raw readings counted in a window; beyond it "at least"
+# Levels of derived tags followed down to the measured one: maintenance makes two (an ISO 20816 zone of a
+# waveform block's RMS, `<tag>.rms.iso_zone`, or of a series' mean, `<tag>.mean.iso_zone`); more is a naming accident.
+DERIVED_DEPTH = 4
 # Evidence keys that say what condition held (the rest: readings and prediction, traced on their own).
 CONDITION_KEYS = ("rule", "detail", "zone", "boundaries_mm_s", "problem", "window", "no_data_after_s", "top_signals",
                   "stack", "pollutant", "period", "period_start", "period_end", "projected", "limit", "threshold",
@@ -177,8 +180,15 @@ async def _moment(conn, alert: dict, label: str, at: datetime, evidence, tables:
     return out
 
 
-async def _tag(conn, name: str, at: datetime, win, readings: list[dict], derived: bool = True) -> dict:
-    """A tag's registry entry, the calibration in force at ``at``, and whether its readings are still stored."""
+def _source_name(name: str) -> str | None:
+    """The tag a maintenance indicator ``<tag>.<stat>`` (``<tag>.iso_zone``) is computed from; None without a dot."""
+    return name.rsplit(".", 1)[0] if "." in name else None
+
+
+async def _tag(conn, name: str, at: datetime, win, readings: list[dict], chain: tuple[str, ...] = ()) -> dict:
+    """A tag's registry entry, the calibration in force at ``at``, and whether its readings are still stored; an
+    uncalibrated derived tag also its source (``derived_from``), level by level down to the measured tag.
+    ``chain``: the derived tags followed to reach this one (the depth bound and the cycle guard)."""
     out: dict = {"tag": name, "at": at}
     tag = await _row(conn, "SELECT id, asset, unit, range_min, range_max, sampling_ms, configured FROM tags "
                            "WHERE name = %s", (name,))
@@ -198,11 +208,17 @@ async def _tag(conn, name: str, at: datetime, win, readings: list[dict], derived
         out["calibration_unknown"] = ("no calibration record in force at that time: the tag has none" if first is None
                                       else f"no calibration record in force at that time: the first is valid from "
                                            f"{first.isoformat()}")
-        parent = name.rsplit(".", 1)[0] if "." in name else None
-        if derived and parent and parent != name:
-            # maintenance's indicators are tags of their own (`<tag>.<stat>`, `<tag>.iso_zone`), uncalibrated:
-            # the calibration that matters is that of the measured tag they are computed from.
-            src = await _tag(conn, parent, at, None, [], derived=False)
+        # maintenance's indicators are tags of their own (`<tag>.<stat>`, `<tag>.iso_zone`), uncalibrated, and may
+        # be computed from another indicator: the calibration that matters is that of the measured tag below.
+        parent = _source_name(name)
+        if parent and parent in (*chain, name):
+            out["derived_from_unknown"] = (f"the chain of derived tags comes back to {parent} "
+                                           f"({' -> '.join((*chain, name, parent))}): not followed")
+        elif parent and len(chain) >= DERIVED_DEPTH:
+            out["derived_from_unknown"] = (f"derived tags are followed {DERIVED_DEPTH} level(s) deep: {parent} is "
+                                           "not followed")
+        elif parent:
+            src = await _tag(conn, parent, at, None, [], (*chain, name))
             if src.get("registry") is not None:
                 out["derived_from"] = src
     if win is not None or readings:

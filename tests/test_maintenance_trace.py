@@ -232,6 +232,45 @@ def test_missing_calibrations_and_tags_are_said_not_failed(dsn):
     assert tags["P-101.vib_rms"]["calibration"]["certificate"] == "CAL-0000"  # the alert's own tag
 
 
+def test_a_two_level_derived_tag_is_traced_to_the_measured_tag(dsn, monkeypatch):
+    """A rule on the ISO 20816 zone of a series' mean (`<tag>.mean.iso_zone`, made by maintenance from the indicator
+    `<tag>.mean`, itself from the measured tag): each level with its registry entry, down to the measured tag's
+    calibration in force then; the depth bound and the cycle guard say where they stopped the chain."""
+    import maintenance.trace
+    from maintenance.trace_cli import render
+
+    t = END - timedelta(hours=12)
+    zone_tag, mean_tag = "P-101.vib_rms.mean.iso_zone", "P-101.vib_rms.mean"
+    with psycopg.connect(dsn, autocommit=True) as conn:  # as the sink registers derived readings' tags
+        conn.execute("INSERT INTO tags (name, configured) VALUES (%s, false), (%s, false)", (zone_tag, mean_tag))
+    add_calibration(dsn, "P-101.vib_rms", END - timedelta(minutes=20), "CAL-AFTER-ZONE")
+    insert_alert(dsn, "ZONE-1", kind="rule:zone_c", tag=zone_tag, raised_at=t,
+                 evidence={"rule": {"name": "zone_c"}, "readings": [{"tag": zone_tag, "time": t, "value": 2.0}]})
+    (tag,) = trace(dsn, "ZONE-1")["moments"][0]["tags"]
+    assert tag["tag"] == zone_tag and tag["calibration"] is None and tag["registry"]["configured"] is False
+    mean = tag["derived_from"]
+    assert mean["tag"] == mean_tag and mean["calibration"] is None and mean["registry"]["configured"] is False
+    vib = mean["derived_from"]
+    assert vib["tag"] == "P-101.vib_rms" and vib["registry"]["asset"] == "P-101" and vib["at"] == t
+    assert vib["calibration"]["certificate"] == "CAL-0000"  # in force at the evidence, not CAL-AFTER-ZONE
+    assert "derived_from" not in vib and "derived_from_unknown" not in vib  # calibrated: the measured tag
+    text = render(trace(dsn, "ZONE-1"))
+    assert f"tag {zone_tag}" in text and f"      tag {mean_tag}" in text and "          tag P-101.vib_rms" in text
+
+    monkeypatch.setattr(maintenance.trace, "DERIVED_DEPTH", 1)
+    (tag,) = trace(dsn, "ZONE-1")["moments"][0]["tags"]
+    assert "derived_from" not in tag["derived_from"]
+    assert tag["derived_from"]["derived_from_unknown"] == ("derived tags are followed 1 level(s) deep: P-101.vib_rms "
+                                                           "is not followed")
+    monkeypatch.undo()
+    # The source of a derived tag is named by its name today (a strict prefix: no cycle); another rule must not loop.
+    monkeypatch.setattr(maintenance.trace, "_source_name", {zone_tag: mean_tag, mean_tag: zone_tag}.get)
+    (tag,) = trace(dsn, "ZONE-1")["moments"][0]["tags"]
+    assert "derived_from" not in tag["derived_from"]
+    assert tag["derived_from"]["derived_from_unknown"] == (
+        f"the chain of derived tags comes back to {zone_tag} ({zone_tag} -> {mean_tag} -> {zone_tag}): not followed")
+
+
 def test_sensor_and_emission_alerts_take_their_window_from_their_evidence(dsn):
     t = END - timedelta(hours=7)
     insert_alert(dsn, "SENSOR-1", kind="sensor", tag="F-201.vib_rms", raised_at=t,
