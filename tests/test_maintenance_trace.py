@@ -151,7 +151,9 @@ def test_an_anomaly_alert_is_traced_to_the_detector_version_and_what_it_was_trai
 
     tr = trace(dsn, "AN-TRAINED")
     det = tr["moments"][0]["prediction"]["detector"]
-    assert f"trained on 1800 samples {start.isoformat()} .. {end.isoformat()} (3 left out as flagged)" in render(tr)
+    clock = "%Y-%m-%d %H:%M:%S +00:00"  # render's default: UTC
+    assert (f"trained on 1800 samples {start.strftime(clock)} .. {end.strftime(clock)} (3 left out as flagged)"
+            in render(tr))
     assert (det["training_start"], det["training_end"], det["training_samples"]) == (start, end, 1800)
     assert (det["origin"], det["left_out_flagged"], det["calibration_size"]) == ("self_trained", 3, 108)
     assert det["signals"] == ["P-101.vib_rms", "P-101.bearing_temp"] and "training_unknown" not in det
@@ -407,6 +409,43 @@ def test_api_and_command_line_give_the_same_chain(dsn):
     assert "prediction: unknown because no prediction behind it" in text.stdout
     missing = _valvoja(dsn, "NOPE")
     assert missing.returncode == 3 and "no alert" in missing.stderr
+
+
+def test_the_command_line_shows_plant_time_across_summer_time(dsn, monkeypatch):
+    """Text in plant time with offsets (+03:00 in summer, +02:00 in winter for Helsinki), the zone named once;
+    --utc for UTC; the host's zone ($TZ) without --tz; --json stays ISO-8601 in UTC."""
+    from maintenance.trace_cli import host_zone, render
+
+    summer = datetime(2026, 7, 15, 9, 30, tzinfo=UTC)
+    winter = datetime(2026, 1, 10, 8, 0, tzinfo=UTC)
+    add_calibration(dsn, "B-301.steam_flow", winter, "CAL-WINTER")
+    insert_alert(dsn, "DST-1", asset="B-301", kind="rule:flow", tag="B-301.steam_flow", raised_at=summer,
+                 evidence={"rule": {"name": "flow"}, "readings": [{"tag": "B-301.steam_flow", "time": summer,
+                                                                   "value": 130.0}]})
+    text = _valvoja(dsn, "DST-1", "--tz", "Europe/Helsinki")
+    assert text.returncode == 0, text.stderr
+    assert "times: Europe/Helsinki (plant time; --utc for UTC), with their UTC offsets" in text.stdout
+    assert "raised 2026-07-15 12:30:00 +03:00" in text.stdout
+    assert ("calibration in force at 2026-07-15 12:30:00 +03:00: CAL-WINTER (calibrated 2026-01-10, ±0.2 mm/s, "
+            "valid from 2026-01-10 10:00:00 +02:00)") in text.stdout
+    assert "reading 2026-07-15 12:30:00 +03:00 = 130.0" in text.stdout
+    # a time within a reason too (retention has removed the raw readings of July)
+    assert "the oldest raw reading of the tag still stored is at 20" in text.stdout and "+00:00" not in text.stdout
+    doc = json.loads(_valvoja(dsn, "DST-1", "--tz", "Europe/Helsinki", "--json").stdout)
+    assert doc["alert"]["raised_at"] == "2026-07-15 09:30:00+00:00"  # the API's document: UTC, as before
+    assert doc["moments"][0]["tags"][0]["calibration"]["valid_from"] == "2026-01-10 08:00:00+00:00"
+    bad = _valvoja(dsn, "DST-1", "--tz", "Mars/Olympus")
+    assert bad.returncode == 2 and "'Mars/Olympus' is not an IANA time zone" in bad.stderr
+
+    tr = trace(dsn, "DST-1")
+    utc = render(tr)  # --utc
+    assert "times: UTC" in utc and "raised 2026-07-15 09:30:00 +00:00" in utc
+    assert "valid from 2026-01-10 08:00:00 +00:00" in utc
+    monkeypatch.setenv("TZ", "America/New_York")  # no --tz: the host's zone
+    tz, name = host_zone()
+    host = render(tr, tz, name)
+    assert name == "America/New_York" and "raised 2026-07-15 05:30:00 -04:00" in host
+    assert "valid from 2026-01-10 03:00:00 -05:00" in host
 
 
 def test_calibration_date_type(dsn):
