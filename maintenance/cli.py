@@ -7,7 +7,7 @@
     valvoja maintenance review precision [--since 2026-01-01]
     valvoja maintenance train-anomaly -c SITE.toml --asset P-101 --from 2026-11-02T06:00:00+02:00 [--to ...]
     valvoja maintenance window add|list|end|cancel ...   (maintenance/windows_cli.py)
-    valvoja maintenance trace ALERT_ID [--json]          (maintenance/trace_cli.py)
+    valvoja maintenance trace ALERT_ID [--tz ZONE | --utc] [--json]   (maintenance/trace_cli.py)
 
 Until the lead's ``valvoja`` exists everywhere, ``python -m maintenance.cli ARGS`` does the same.
 """

@@ -718,10 +718,14 @@ class RulLive:
         quality = {"readings": int(good + flagged), "good": round(good / (good + flagged), 3) if good else 0.0,
                    "flagged": round(flagged / (good + flagged), 3) if flagged else 0.0,
                    "tags_with_good_readings": round(fresh, 3)}
+        # The tags this version reads (named only by the configuration: the card has column positions), so that
+        # an alert and a prediction can be traced to their calibrations (maintenance.trace).
+        tags = (*a.cfg.settings, *a.cfg.sensors)
+        inputs = {"signals": [tags[i] for i in a.sel]} | ({"cycle_tag": a.cfg.cycle_tag} if a.cfg.cycle_tag else {})
         pred = Prediction(m.model_id, m.sha256, a.name, t, value, lower=lo, upper=None if open_ended else hi,
                           coverage=cov, input_start=start, input_end=t, kind="rul", target="rul",
                           details={"cycle": age, "cap": m.cap, "open_ended": open_ended, "unit": "cycles",
-                                   "registry_version": m.registry_version, "data_quality": quality})
+                                   "registry_version": m.registry_version, "data_quality": quality, **inputs})
         preds.append(pred)
         if a.cfg.alert_below is None or fresh < self.quality.min_share:
             # Most of the model's tags carried their previous cycle's means (flagged or silent this cycle): the
@@ -735,5 +739,5 @@ class RulLive:
                     f"lower end below {a.cfg.alert_below:g}",
             evidence={"prediction": {"model_id": m.model_id, "model_version": m.sha256, "value": value,
                                      "lower": lo, "upper": None if open_ended else hi, "coverage": cov,
-                                     "time": t, "input_start": start, "input_end": t, "cycle": age},
+                                     "time": t, "input_start": start, "input_end": t, "cycle": age, **inputs},
                       "data_quality": quality}))

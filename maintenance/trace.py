@@ -26,6 +26,9 @@ from models.export import sha256
 
 EVIDENCE_EVENTS = ("raised", "updated", "reopened")
 COUNT_BOUND = 100_000  # raw readings counted in a window; beyond it "at least"
+# Levels of derived tags followed down to the measured one: maintenance makes two (an ISO 20816 zone of a
+# waveform block's RMS, `<tag>.rms.iso_zone`, or of a series' mean, `<tag>.mean.iso_zone`); more is a naming accident.
+DERIVED_DEPTH = 4
 # Evidence keys that say what condition held (the rest: readings and prediction, traced on their own).
 CONDITION_KEYS = ("rule", "detail", "zone", "boundaries_mm_s", "problem", "window", "no_data_after_s", "top_signals",
                   "stack", "pollutant", "period", "period_start", "period_end", "projected", "limit", "threshold",
@@ -149,9 +152,16 @@ async def _moment(conn, alert: dict, label: str, at: datetime, evidence, tables:
     if alert.get("tag"):
         names.append(alert["tag"])
     details = (stored_pred or {}).get("details")
-    signals = _list(details.get("signals") if isinstance(details, dict) else None) or \
+    details = details if isinstance(details, dict) else {}
+    # A model's input tags: an anomaly detector's signals, a RUL model's (rul_live: the configured settings and
+    # sensors the version reads, and the cycle counter whose value is the age), from the stored prediction, else
+    # from the evidence (the prediction row may be gone or still in the gateway's spool).
+    signals = _list(details.get("signals")) or _list((pred_ev or {}).get("signals")) or \
         [s.get("signal") for s in _list(ev.get("top_signals")) if isinstance(s, dict)]
     names += [s for s in signals if isinstance(s, str)]
+    counter = details.get("cycle_tag") or (pred_ev or {}).get("cycle_tag")
+    if isinstance(counter, str):
+        names.append(counter)
     inputs = ((out["prediction"] or {}).get("registry") or {}).get("inputs") or []
     if inputs:  # a registered model's input features that are tags of the registry (a model on raw tags)
         names += [r["name"] for r in await _rows(conn, "SELECT name FROM tags WHERE name = ANY(%s) ORDER BY name",
@@ -162,12 +172,23 @@ async def _moment(conn, alert: dict, label: str, at: datetime, evidence, tables:
         t_at = max((t for r in mine if (t := _time(r.get("time")))), default=None) or out["evidence_time"]
         out["tags"].append(await _tag(conn, name, t_at, win, mine))
     if not out["tags"]:
-        out["tags_unknown"] = "the evidence names no tag (an asset-level alert whose model's signals are not stored)"
+        out["tags_unknown"] = (
+            "the RUL prediction names no input tags: it was made before the gateway recorded them "
+            "(details.signals); the site configuration's [maintenance.assets.rul] settings and sensors name them"
+            if alert.get("kind") == "rul" else
+            "the evidence names no tag (an asset-level alert whose model's signals are not stored)")
     return out
 
 
-async def _tag(conn, name: str, at: datetime, win, readings: list[dict], derived: bool = True) -> dict:
-    """A tag's registry entry, the calibration in force at ``at``, and whether its readings are still stored."""
+def _source_name(name: str) -> str | None:
+    """The tag a maintenance indicator ``<tag>.<stat>`` (``<tag>.iso_zone``) is computed from; None without a dot."""
+    return name.rsplit(".", 1)[0] if "." in name else None
+
+
+async def _tag(conn, name: str, at: datetime, win, readings: list[dict], chain: tuple[str, ...] = ()) -> dict:
+    """A tag's registry entry, the calibration in force at ``at``, and whether its readings are still stored; an
+    uncalibrated derived tag also its source (``derived_from``), level by level down to the measured tag.
+    ``chain``: the derived tags followed to reach this one (the depth bound and the cycle guard)."""
     out: dict = {"tag": name, "at": at}
     tag = await _row(conn, "SELECT id, asset, unit, range_min, range_max, sampling_ms, configured FROM tags "
                            "WHERE name = %s", (name,))
@@ -187,11 +208,17 @@ async def _tag(conn, name: str, at: datetime, win, readings: list[dict], derived
         out["calibration_unknown"] = ("no calibration record in force at that time: the tag has none" if first is None
                                       else f"no calibration record in force at that time: the first is valid from "
                                            f"{first.isoformat()}")
-        parent = name.rsplit(".", 1)[0] if "." in name else None
-        if derived and parent and parent != name:
-            # maintenance's indicators are tags of their own (`<tag>.<stat>`, `<tag>.iso_zone`), uncalibrated:
-            # the calibration that matters is that of the measured tag they are computed from.
-            src = await _tag(conn, parent, at, None, [], derived=False)
+        # maintenance's indicators are tags of their own (`<tag>.<stat>`, `<tag>.iso_zone`), uncalibrated, and may
+        # be computed from another indicator: the calibration that matters is that of the measured tag below.
+        parent = _source_name(name)
+        if parent and parent in (*chain, name):
+            out["derived_from_unknown"] = (f"the chain of derived tags comes back to {parent} "
+                                           f"({' -> '.join((*chain, name, parent))}): not followed")
+        elif parent and len(chain) >= DERIVED_DEPTH:
+            out["derived_from_unknown"] = (f"derived tags are followed {DERIVED_DEPTH} level(s) deep: {parent} is "
+                                           "not followed")
+        elif parent:
+            src = await _tag(conn, parent, at, None, [], (*chain, name))
             if src.get("registry") is not None:
                 out["derived_from"] = src
     if win is not None or readings:

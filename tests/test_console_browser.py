@@ -140,6 +140,17 @@ def test_new_alert_appears_live_and_is_acknowledged(browser, server):
     page.context.close()
 
 
+def open_trace(browser, server, alert_id: str):
+    """A viewer's board in Helsinki time with the alert's history opened: (page, its Traceability section, loaded)."""
+    page = login(browser, server, "viewer", timezone_id="Europe/Helsinki")
+    row = page.locator(f"tr[data-id='{alert_id}']")
+    row.wait_for(timeout=10000)
+    row.locator("details.hist summary").click()
+    section = row.locator("section.trace")
+    section.locator(".moment[data-moment='raised']").wait_for(timeout=10000)
+    return page, section
+
+
 def test_alert_detail_shows_its_traceability(browser, server):
     """The board's alert detail has a "Traceability" section (GET /api/alerts/{id}/trace): the prediction with its
     model version, the input window and each evidence tag with the calibration in force, times in plant time."""
@@ -155,13 +166,8 @@ def test_alert_detail_shows_its_traceability(browser, server):
                                           "input_end": t},
                            "top_signals": [{"signal": "P-101.vib_rms", "share": 0.7},
                                            {"signal": "P-101.bearing_temp", "share": 0.3}]})
-    page = login(browser, server, "viewer", timezone_id="Europe/Helsinki")
+    page, section = open_trace(browser, server, "TRACE-BROWSER")
     try:
-        row = page.locator("tr[data-id='TRACE-BROWSER']")
-        row.wait_for(timeout=10000)
-        row.locator("details.hist summary").click()
-        section = row.locator("section.trace")
-        section.locator(".moment[data-moment='raised']").wait_for(timeout=10000)
         text = section.inner_text()
         assert "Traceability" in text and "anomaly:P-101" in text and f"sha256 {version[:12]}" in text
         vib = section.locator("tr[data-tag='P-101.vib_rms'] .calibration")
@@ -182,6 +188,37 @@ def test_alert_detail_shows_its_traceability(browser, server):
         cal = evidence.locator("section.trace tr[data-tag='P-101.vib_rms'] .calibration")
         cal.wait_for(timeout=10000)
         assert "CAL-0000" in cal.inner_text()
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
+def test_traceability_follows_a_derived_tag_down_to_the_measured_one(browser, server):
+    """A rule on the ISO 20816 zone of a series' mean: the Traceability section shows each level (the zone, the mean,
+    the measured tag with its certificate), and a time within a reason in plant time, as the CLI's text."""
+    # F-201: the asset page tested below counts P-101's derived tags
+    zone_tag, mean_tag = "F-201.vib_rms.mean.iso_zone", "F-201.vib_rms.mean"
+    t = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=72)  # before the seeded readings
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO tags (name, configured) VALUES (%s, false), (%s, false) ON CONFLICT DO NOTHING",
+                     (zone_tag, mean_tag))
+        (oldest,) = conn.execute("SELECT min(time) FROM readings r JOIN tags g ON g.id = r.tag_id "
+                                 "WHERE g.name = 'F-201.vib_rms'").fetchone()
+    insert_alert(server.dsn, "TRACE-CHAIN", asset="F-201", kind="rule:zone_c", tag=zone_tag,
+                 raised_at=datetime.now(UTC), message="F-201: vibration zone C (traced)",
+                 evidence={"rule": {"name": "zone_c"}, "readings": [{"tag": zone_tag, "time": t, "value": 2.0},
+                                                                    {"tag": "F-201.vib_rms", "time": t, "value": 5.0}]})
+    page, section = open_trace(browser, server, "TRACE-CHAIN")
+    try:
+        cal = section.locator(f"tr[data-tag='{zone_tag}'] .calibration")
+        mean = cal.locator(f".source[data-source='{mean_tag}']")
+        assert "the tag has none" in mean.inner_text()
+        assert "CAL-0002" in mean.locator(".source[data-source='F-201.vib_rms']").inner_text()
+        gone = section.locator("tr[data-tag='F-201.vib_rms'] td").nth(3).inner_text()
+        local = oldest.astimezone(ZoneInfo("Europe/Helsinki")).strftime("%Y-%m-%d %H:%M:%S +02:00")
+        assert f"the oldest raw reading of the tag still stored is at {local}" in gone  # not ISO in UTC
+        cal.scroll_into_view_if_needed()
+        shot(page, "alert-traceability-derived")
         assert page.errors == []
     finally:
         page.context.close()

@@ -135,28 +135,37 @@ def test_rul_config_errors(fitted):
         MaintenanceLive(MaintenanceConfig(period_s=60.0, assets=(few,)))
 
 
+async def stored_engine(model_dir, dsn: str) -> tuple[int, list, list]:
+    """The first engine of the test file replayed (an alert while the lower end is below 1000 cycles) and its
+    records written as the gateway's analytics task spools them (`edge.analytics`): (unit, predictions, changes)."""
+    import psycopg
+
+    from edge.analytics import alert_change_record, prediction_record, write_records
+    from edge.db.migrate import migrate
+
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    u = int(test.units()[0])
+    live = MaintenanceLive(MaintenanceConfig(period_s=60.0, assets=(rul_asset(u, model_dir, alert_below=1000.0),)))
+    preds, changes = await run(live, test.select(test.unit == u))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        migrate(conn)
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        async with conn.transaction():
+            refused = await write_records(conn, [prediction_record(p) for p in preds] +
+                                          [alert_change_record(c) for c in changes])
+    assert refused == []
+    return u, preds, changes
+
+
 async def test_rul_predictions_and_alert_stored_through_the_gateway_records(fitted, pg_dsn):
     """The records the gateway's analytics task spools (`edge.analytics`) land in the predictions table with the
     interval, its coverage and the model version; the RUL alert carries the prediction as evidence."""
     import psycopg
     from psycopg.rows import dict_row
 
-    from edge.analytics import alert_change_record, prediction_record, write_records
-    from edge.db.migrate import migrate
-
     _, d = fitted
     card = json.loads((d / "card.json").read_text())
-    test = cmapss.load(SAMPLE / "test_FD001.txt")
-    u = int(test.units()[0])
-    live = MaintenanceLive(MaintenanceConfig(period_s=60.0, assets=(rul_asset(u, d, alert_below=1000.0),)))
-    preds, changes = await run(live, test.select(test.unit == u))
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        migrate(conn)
-    async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
-        async with conn.transaction():
-            refused = await write_records(conn, [prediction_record(p) for p in preds] +
-                                          [alert_change_record(c) for c in changes])
-    assert refused == []
+    u, preds, _ = await stored_engine(d, pg_dsn)
     with psycopg.connect(pg_dsn, row_factory=dict_row) as conn:
         rows = conn.execute("SELECT * FROM predictions WHERE asset = %s ORDER BY time", (f"E{u}",)).fetchall()
         alerts = conn.execute("SELECT * FROM alerts WHERE asset = %s", (f"E{u}",)).fetchall()
@@ -168,6 +177,44 @@ async def test_rul_predictions_and_alert_stored_through_the_gateway_records(fitt
     assert last["coverage"] == pytest.approx(0.9) and last["details"]["cycle"] == p.details["cycle"]
     assert len(alerts) == 1 and alerts[0]["kind"] == "rul"
     assert alerts[0]["evidence"]["prediction"]["model_version"] == card["sha256"]
+
+
+async def test_a_rul_alert_is_traced_to_the_tags_its_model_reads(fitted, pg_dsn):
+    """A RUL alert's evidence names no tag: its trace (`maintenance.trace`, from the database) names the tags the
+    served version reads, the configured sensors at the card's columns (a model of one operating condition reads
+    no setting), each with its registry entry and the calibration in force at the prediction's time."""
+    import psycopg
+
+    from maintenance.trace import trace_alert
+
+    _, d = fitted
+    card = json.loads((d / "card.json").read_text())
+    u, _, changes = await stored_engine(d, pg_dsn)
+    columns = card["preprocessing"]["sensors"] or list(range(21))
+    assert len(card["preprocessing"]["conditions"]["centres"]) == 1  # FD001: one operating condition
+    inputs = [f"E{u}.s{j + 1}" for j in columns]
+    assert 0 < len(inputs) < 21, "the card's sensor selection, not every configured sensor"
+    configured = [f"E{u}.set{k}" for k in range(1, 4)] + [f"E{u}.s{j}" for j in range(1, 22)]
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.cursor().executemany("INSERT INTO tags (name, asset, unit) VALUES (%s, %s, '')",
+                                  [(n, f"E{u}") for n in configured])
+        for valid_from, cert in ((T0 - timedelta(days=30), "CAL-E-OLD"), (T0 + timedelta(days=300), "CAL-E-NEW")):
+            conn.execute("INSERT INTO tag_calibrations (tag_id, valid_from, certificate, calibrated_on, uncertainty) "
+                         "SELECT id, %s, %s || '-' || name, %s, 0.1 FROM tags", (valid_from, cert, valid_from.date()))
+    (alert_id,) = {c.alert.id for c in changes}
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        tr = await trace_alert(conn, alert_id)
+        # The evidence names them too: traced while the prediction row is still in the gateway's spool (or gone).
+        await conn.execute("DELETE FROM predictions")
+        gone = (await trace_alert(conn, alert_id))["moments"][0]
+    for m in tr["moments"]:
+        assert m["prediction"]["stored"]["details"]["signals"] == inputs
+        assert [t["tag"] for t in m["tags"]] == inputs and "tags_unknown" not in m
+        for t in m["tags"]:
+            assert t["registry"]["asset"] == f"E{u}" and t["at"] == m["prediction"]["time"]
+            assert t["calibration"]["certificate"] == f"CAL-E-OLD-{t['tag']}"  # in force then, not the newer one
+            assert t["readings"]["window_raw"] == 0  # the replay's readings were not stored here: said
+    assert gone["prediction"]["stored"] is None and [t["tag"] for t in gone["tags"]] == inputs
 
 
 def damage(path: Path) -> bytes:
@@ -382,6 +429,7 @@ def test_cycles_from_a_counter_tag_of_irregular_cycles_and_a_new_life(fitted):
     n1 = int((test.unit == units[0]).sum())
     assert preds[n1].input_start > preds[n1 - 1].time - timedelta(seconds=1)  # the new life's own start
     assert preds[0].input_start == T0 and all(p.time > p.input_start for p in preds)
+    assert preds[0].details["cycle_tag"] == "ENG.cycles"  # the age's tag, traced with the model's inputs
 
 
 def test_cycle_s_or_cycle_tag():

@@ -151,7 +151,9 @@ def test_an_anomaly_alert_is_traced_to_the_detector_version_and_what_it_was_trai
 
     tr = trace(dsn, "AN-TRAINED")
     det = tr["moments"][0]["prediction"]["detector"]
-    assert f"trained on 1800 samples {start.isoformat()} .. {end.isoformat()} (3 left out as flagged)" in render(tr)
+    clock = "%Y-%m-%d %H:%M:%S +00:00"  # render's default: UTC
+    assert (f"trained on 1800 samples {start.strftime(clock)} .. {end.strftime(clock)} (3 left out as flagged)"
+            in render(tr))
     assert (det["training_start"], det["training_end"], det["training_samples"]) == (start, end, 1800)
     assert (det["origin"], det["left_out_flagged"], det["calibration_size"]) == ("self_trained", 3, 108)
     assert det["signals"] == ["P-101.vib_rms", "P-101.bearing_temp"] and "training_unknown" not in det
@@ -230,6 +232,45 @@ def test_missing_calibrations_and_tags_are_said_not_failed(dsn):
     assert flow["calibration"] is None and "the first is valid from" in flow["calibration_unknown"]
     assert tags["GONE.tag"]["registry"] is None and "not in the tag registry" in tags["GONE.tag"]["registry_unknown"]
     assert tags["P-101.vib_rms"]["calibration"]["certificate"] == "CAL-0000"  # the alert's own tag
+
+
+def test_a_two_level_derived_tag_is_traced_to_the_measured_tag(dsn, monkeypatch):
+    """A rule on the ISO 20816 zone of a series' mean (`<tag>.mean.iso_zone`, made by maintenance from the indicator
+    `<tag>.mean`, itself from the measured tag): each level with its registry entry, down to the measured tag's
+    calibration in force then; the depth bound and the cycle guard say where they stopped the chain."""
+    import maintenance.trace
+    from maintenance.trace_cli import render
+
+    t = END - timedelta(hours=12)
+    zone_tag, mean_tag = "P-101.vib_rms.mean.iso_zone", "P-101.vib_rms.mean"
+    with psycopg.connect(dsn, autocommit=True) as conn:  # as the sink registers derived readings' tags
+        conn.execute("INSERT INTO tags (name, configured) VALUES (%s, false), (%s, false)", (zone_tag, mean_tag))
+    add_calibration(dsn, "P-101.vib_rms", END - timedelta(minutes=20), "CAL-AFTER-ZONE")
+    insert_alert(dsn, "ZONE-1", kind="rule:zone_c", tag=zone_tag, raised_at=t,
+                 evidence={"rule": {"name": "zone_c"}, "readings": [{"tag": zone_tag, "time": t, "value": 2.0}]})
+    (tag,) = trace(dsn, "ZONE-1")["moments"][0]["tags"]
+    assert tag["tag"] == zone_tag and tag["calibration"] is None and tag["registry"]["configured"] is False
+    mean = tag["derived_from"]
+    assert mean["tag"] == mean_tag and mean["calibration"] is None and mean["registry"]["configured"] is False
+    vib = mean["derived_from"]
+    assert vib["tag"] == "P-101.vib_rms" and vib["registry"]["asset"] == "P-101" and vib["at"] == t
+    assert vib["calibration"]["certificate"] == "CAL-0000"  # in force at the evidence, not CAL-AFTER-ZONE
+    assert "derived_from" not in vib and "derived_from_unknown" not in vib  # calibrated: the measured tag
+    text = render(trace(dsn, "ZONE-1"))
+    assert f"tag {zone_tag}" in text and f"      tag {mean_tag}" in text and "          tag P-101.vib_rms" in text
+
+    monkeypatch.setattr(maintenance.trace, "DERIVED_DEPTH", 1)
+    (tag,) = trace(dsn, "ZONE-1")["moments"][0]["tags"]
+    assert "derived_from" not in tag["derived_from"]
+    assert tag["derived_from"]["derived_from_unknown"] == ("derived tags are followed 1 level(s) deep: P-101.vib_rms "
+                                                           "is not followed")
+    monkeypatch.undo()
+    # The source of a derived tag is named by its name today (a strict prefix: no cycle); another rule must not loop.
+    monkeypatch.setattr(maintenance.trace, "_source_name", {zone_tag: mean_tag, mean_tag: zone_tag}.get)
+    (tag,) = trace(dsn, "ZONE-1")["moments"][0]["tags"]
+    assert "derived_from" not in tag["derived_from"]
+    assert tag["derived_from"]["derived_from_unknown"] == (
+        f"the chain of derived tags comes back to {zone_tag} ({zone_tag} -> {mean_tag} -> {zone_tag}): not followed")
 
 
 def test_sensor_and_emission_alerts_take_their_window_from_their_evidence(dsn):
@@ -332,7 +373,9 @@ def test_a_registered_model_version_is_traced_to_its_card_and_onnx_file(dsn, tmp
     assert r["onnx_file"] == "present, sha256 matches"
     assert r["training_fingerprint"] and r["gate_metric"] == "mae" and r["gate_value"] == r["holdout_metrics"]["mae"]
     assert p["stored"] is None and "not stored" in p["stored_unknown"]
-    other = trace(dsn, "RUL-1")["moments"][0]["prediction"]["registry"]
+    m = trace(dsn, "RUL-1")["moments"][0]
+    assert m["tags"] == [] and "made before the gateway recorded them" in m["tags_unknown"]
+    other = m["prediction"]["registry"]
     assert "not checked" in other["onnx_file_unknown"]
 
 
@@ -366,6 +409,43 @@ def test_api_and_command_line_give_the_same_chain(dsn):
     assert "prediction: unknown because no prediction behind it" in text.stdout
     missing = _valvoja(dsn, "NOPE")
     assert missing.returncode == 3 and "no alert" in missing.stderr
+
+
+def test_the_command_line_shows_plant_time_across_summer_time(dsn, monkeypatch):
+    """Text in plant time with offsets (+03:00 in summer, +02:00 in winter for Helsinki), the zone named once;
+    --utc for UTC; the host's zone ($TZ) without --tz; --json stays ISO-8601 in UTC."""
+    from maintenance.trace_cli import host_zone, render
+
+    summer = datetime(2026, 7, 15, 9, 30, tzinfo=UTC)
+    winter = datetime(2026, 1, 10, 8, 0, tzinfo=UTC)
+    add_calibration(dsn, "B-301.steam_flow", winter, "CAL-WINTER")
+    insert_alert(dsn, "DST-1", asset="B-301", kind="rule:flow", tag="B-301.steam_flow", raised_at=summer,
+                 evidence={"rule": {"name": "flow"}, "readings": [{"tag": "B-301.steam_flow", "time": summer,
+                                                                   "value": 130.0}]})
+    text = _valvoja(dsn, "DST-1", "--tz", "Europe/Helsinki")
+    assert text.returncode == 0, text.stderr
+    assert "times: Europe/Helsinki (plant time; --utc for UTC), with their UTC offsets" in text.stdout
+    assert "raised 2026-07-15 12:30:00 +03:00" in text.stdout
+    assert ("calibration in force at 2026-07-15 12:30:00 +03:00: CAL-WINTER (calibrated 2026-01-10, ±0.2 mm/s, "
+            "valid from 2026-01-10 10:00:00 +02:00)") in text.stdout
+    assert "reading 2026-07-15 12:30:00 +03:00 = 130.0" in text.stdout
+    # a time within a reason too (retention has removed the raw readings of July)
+    assert "the oldest raw reading of the tag still stored is at 20" in text.stdout and "+00:00" not in text.stdout
+    doc = json.loads(_valvoja(dsn, "DST-1", "--tz", "Europe/Helsinki", "--json").stdout)
+    assert doc["alert"]["raised_at"] == "2026-07-15 09:30:00+00:00"  # the API's document: UTC, as before
+    assert doc["moments"][0]["tags"][0]["calibration"]["valid_from"] == "2026-01-10 08:00:00+00:00"
+    bad = _valvoja(dsn, "DST-1", "--tz", "Mars/Olympus")
+    assert bad.returncode == 2 and "'Mars/Olympus' is not an IANA time zone" in bad.stderr
+
+    tr = trace(dsn, "DST-1")
+    utc = render(tr)  # --utc
+    assert "times: UTC" in utc and "raised 2026-07-15 09:30:00 +00:00" in utc
+    assert "valid from 2026-01-10 08:00:00 +00:00" in utc
+    monkeypatch.setenv("TZ", "America/New_York")  # no --tz: the host's zone
+    tz, name = host_zone()
+    host = render(tr, tz, name)
+    assert name == "America/New_York" and "raised 2026-07-15 05:30:00 -04:00" in host
+    assert "valid from 2026-01-10 03:00:00 -05:00" in host
 
 
 def test_calibration_date_type(dsn):

@@ -139,7 +139,8 @@ async def get_alert(request: Request, alert_id: str, _: Principal = Depends(requ
 @router.get("/{alert_id}/trace")
 async def trace(request: Request, alert_id: str, _: Principal = Depends(require("read"))):
     """Traceability of the alert (DESIGN.md §2), at its raise and at its latest return or rise of severity: each
-    evidence tag with its registry entry and the calibration record in force at the evidence time; the prediction
+    evidence tag and model input tag with its registry entry and the calibration record in force at the evidence
+    time (a derived indicator's sources too, down to the measured tag); the prediction
     behind it (model id, ONNX sha256, registry version with its training data, parent and gate); the input window
     and whether its readings are still stored. A missing piece is named in a ``*_unknown`` field, never an error
     (`maintenance.trace`, shared with ``valvoja maintenance trace``)."""

@@ -3,11 +3,13 @@
 "use strict";
 
 (() => {
-  const { el, api, timeCell } = V;
+  const { el, api, timeCell, fmtTime } = V;
+  // A time within a reason ("the first is valid from …", "the oldest raw reading … is at …"): in plant time too.
+  const ISO = /\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[+-]\d{2}:\d{2}|Z)/g;
   // The traceability chain (GET /api/alerts/{id}/trace, maintenance/trace.py): per moment of the evidence (raise,
   // latest return), the prediction with its model version and registry entry, the input window, and each tag with
   // the calibration in force then. A piece the database no longer has, or never had, says why ("unknown: …").
-  const unknown = (o, key) => (o && o[key + "_unknown"] ? el("span", { class: "warn-text unknown" }, "unknown: " + o[key + "_unknown"]) : "");
+  const unknown = (o, key) => (o && o[key + "_unknown"] ? el("span", { class: "warn-text unknown" }, "unknown: " + o[key + "_unknown"].replace(ISO, (t) => fmtTime(t))) : "");
   const MOMENTS = { raised: "At the raise", updated: "At the latest rise of severity", reopened: "At the latest return", latest: "Latest evidence" };
   function predictionView(p) {
     const r = p.registry;
@@ -30,13 +32,21 @@
         : unknown(p, "detector"))] : []),
     ];
   }
+  // An uncalibrated indicator's source (derived_from), level by level down to the measured tag: the zone of a
+  // series' mean is two levels from the sensor whose certificate counts.
+  function sourceView(t) {
+    const src = t.derived_from;
+    if (!src) return unknown(t, "derived_from") ? el("div", { class: "source" }, unknown(t, "derived_from")) : "";
+    return el("div", { class: "source", "data-source": src.tag }, el("small", {}, `derived from ${src.tag}: `),
+      src.calibration ? [el("b", {}, src.calibration.certificate), " (valid from ", timeCell(src.calibration.valid_from), ")"]
+        : unknown(src, "calibration") || unknown(src, "registry"),
+      sourceView(src));
+  }
   function calibrationView(t) {
     const c = t.calibration;
     const own = c ? [el("b", {}, c.certificate), ` (calibrated ${c.calibrated_on}, ±${c.uncertainty} ${c.uncertainty_unit}; valid from `, timeCell(c.valid_from), ")"]
       : unknown(t, "calibration") || unknown(t, "registry");
-    const src = t.derived_from;
-    return [own, src ? el("div", {}, el("small", {}, `derived from ${src.tag}: `), src.calibration ? [el("b", {}, src.calibration.certificate),
-      " (valid from ", timeCell(src.calibration.valid_from), ")"] : unknown(src, "calibration")) : ""];
+    return [own, sourceView(t)];
   }
   function readingsView(t) {
     const r = t.readings;
