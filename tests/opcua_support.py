@@ -13,7 +13,7 @@ from collections import defaultdict
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from serverproc import free_port  # noqa: F401  (re-exported: tests import it from here)
+from serverproc import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -238,6 +238,22 @@ async def serving(tags, endpoint: str, **kw):
         yield server
     finally:
         await server.stop()
+
+
+async def plant_server(path: str, **variables) -> tuple:
+    """An asyncua server at ``opc.tcp://127.0.0.1:<free port>/<path>`` with a ``Plant`` object holding one variable
+    per keyword (name = initial value), not started (``async with`` it). Returns ``(server, endpoint, namespace
+    index, {name: node})``: node ids are ``ns=<ns>;s=<name>``."""
+    from asyncua import Server, ua
+
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/{path}"
+    srv = Server()
+    await srv.init()
+    srv.set_endpoint(endpoint)
+    ns = await srv.register_namespace(f"urn:valvoja:test:{path}")
+    plant = await srv.nodes.objects.add_object(ua.NodeId("Plant", ns), "Plant")
+    nodes = {name: await plant.add_variable(ua.NodeId(name, ns), name, value) for name, value in variables.items()}
+    return srv, endpoint, ns, nodes
 
 
 async def until(predicate, timeout_s: float = 20.0, what: str = "condition") -> None:

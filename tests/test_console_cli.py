@@ -3,10 +3,7 @@ command line, then use both against a running console; bad configuration is repo
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
+from cli_support import valvoja
 from console_support import ConsoleServer, fresh_database
 from psycopg.conninfo import conninfo_to_dict
 
@@ -20,29 +17,23 @@ def _config(tmp_path, dsn: str) -> str:
     return str(path)
 
 
-def _valvoja(*args: str, env: dict | None = None, dsn: str | None = None) -> subprocess.CompletedProcess:
-    e = dict(os.environ, **(env or {}))
-    if dsn and conninfo_to_dict(dsn).get("password"):
-        e["PGPASSWORD"] = conninfo_to_dict(dsn)["password"]
-    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True, env=e,
-                          timeout=60, stdin=subprocess.DEVNULL)
 
 
 def test_user_and_token_from_the_command_line(pg_admin_dsn, tmp_path):
     with fresh_database(pg_admin_dsn) as dsn:
         cfg = _config(tmp_path, dsn)
-        empty = _valvoja("console", "user", "list", "-c", cfg, dsn=dsn)  # it printed nothing at all
+        empty = valvoja("console", "user", "list", "-c", cfg, dsn=dsn)  # it printed nothing at all
         assert empty.returncode == 0 and "no users yet" in empty.stdout, empty
-        r = _valvoja("console", "user", "add", "liisa", "--role", "maintenance", "-c", cfg,
+        r = valvoja("console", "user", "add", "liisa", "--role", "maintenance", "-c", cfg,
                      env={"VALVOJA_PASSWORD": "liisa-password-1"}, dsn=dsn)
         assert r.returncode == 0, r.stderr
-        weak = _valvoja("console", "user", "add", "pekka", "--role", "viewer", "-c", cfg,
+        weak = valvoja("console", "user", "add", "pekka", "--role", "viewer", "-c", cfg,
                         env={"VALVOJA_PASSWORD": "short"}, dsn=dsn)
         assert weak.returncode == 1 and "at least 10 characters" in weak.stderr
-        r = _valvoja("console", "token", "add", "historian", "--role", "viewer", "-c", cfg, dsn=dsn)
+        r = valvoja("console", "token", "add", "historian", "--role", "viewer", "-c", cfg, dsn=dsn)
         assert r.returncode == 0, r.stderr
         token = r.stdout.strip()
-        listed = _valvoja("console", "user", "list", "-c", cfg, dsn=dsn)
+        listed = valvoja("console", "user", "list", "-c", cfg, dsn=dsn)
         assert "liisa" in listed.stdout and "maintenance" in listed.stdout and "no users" not in listed.stdout
         with ConsoleServer(dsn) as srv, srv.client(username="liisa", password="liisa-password-1") as c:
             me = c.get("/api/auth/me").json()
@@ -64,13 +55,13 @@ def test_a_password_file_others_can_read_is_refused_like_the_gateways_secret_fil
         pw.write_text("admin-password-1\n")
         pw.chmod(0o644)
         add = ("console", "user", "add", "anna", "--role", "admin", "--password-file", str(pw), "-c", cfg)
-        r = _valvoja(*add, dsn=dsn)
+        r = valvoja(*add, dsn=dsn)
         assert r.returncode == 1, r
         assert r.stderr.strip() == (f"--password-file: secret file {pw} can be read by other users (mode 0644, "
                                     f"owned by this process's user): run chmod 600 {pw}"), r.stderr
-        assert "no users yet" in _valvoja("console", "user", "list", "-c", cfg, dsn=dsn).stdout
+        assert "no users yet" in valvoja("console", "user", "list", "-c", cfg, dsn=dsn).stdout
         pw.chmod(0o600)
-        r = _valvoja(*add, dsn=dsn)
+        r = valvoja(*add, dsn=dsn)
         assert r.returncode == 0 and "user anna (admin) created" in r.stdout, r
         with ConsoleServer(dsn) as srv, srv.client(username="anna", password="admin-password-1") as c:
             assert c.get("/api/auth/me").json()["name"] == "anna"
@@ -80,7 +71,7 @@ def test_bad_console_configuration_names_the_key(tmp_path):
     path = tmp_path / "console.toml"
     path.write_text('[console]\nlisten = "nowhere"\ncookie_secure = "sometimes"\n[database]\n'
                     'url = "postgresql://u:secret@h/db"\n')
-    r = _valvoja("console", "serve", "-c", str(path))
+    r = valvoja("console", "serve", "-c", str(path))
     assert r.returncode == 1
     for needle in ("console.listen", "console.cookie_secure", "database.url: contains a password"):
         assert needle in r.stderr, r.stderr
@@ -100,5 +91,5 @@ def test_models_section_paths_are_relative_to_the_file(tmp_path):
     example = load(Path(__file__).parents[1] / "console" / "console-example.toml")
     assert example.models.registry.resolve() == (Path(__file__).parents[1] / "var" / "models").resolve()
     path.write_text('[database]\nurl = "postgresql://u@h/db"\n[models]\nregistery = "x"\n')
-    r = _valvoja("console", "serve", "-c", str(path))
+    r = valvoja("console", "serve", "-c", str(path))
     assert r.returncode == 1 and "models.registery" in r.stderr, r.stderr

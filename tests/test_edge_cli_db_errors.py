@@ -4,12 +4,11 @@ printed a Python traceback (emissions, console) that an operator had to read fro
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
 
 import psycopg
+from cli_support import valvoja
 from psycopg.conninfo import conninfo_to_dict
 
 from edge.db.migrate import available, migrate
@@ -18,9 +17,6 @@ STACK = ('[[stacks]]\nname = "K9"\nregime = "lcp"\ntimezone = "Europe/Helsinki"\
          'pollutants = [{ name = "NOx", tag = "K9.NOx", elv = { month = 200.0 } }]\n')
 
 
-def _valvoja(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, **(env or {})), stdin=subprocess.DEVNULL)
 
 
 def _free_port() -> int:
@@ -65,13 +61,13 @@ def test_a_schema_newer_than_the_program_is_one_line(pg_dsn, tmp_path):
                      (newest + 1,))
     pw = conninfo_to_dict(pg_dsn).get("password")
     for cmd in _commands(tmp_path, pg_dsn):
-        _assert_one_line(_valvoja(*cmd, env={"PGPASSWORD": pw} if pw else None), "from_the_future")
+        _assert_one_line(valvoja(*cmd, env={"PGPASSWORD": pw} if pw else None), "from_the_future")
 
 
 def test_an_unreachable_server_is_one_line(tmp_path):
     url = f"postgresql://valvoja@127.0.0.1:{_free_port()}/nothing?connect_timeout=3"
     for cmd in _commands(tmp_path, url):
-        _assert_one_line(_valvoja(*cmd), "database", "Connection refused")
+        _assert_one_line(valvoja(*cmd), "database", "Connection refused")
 
 
 def test_a_refused_log_in_is_one_line(pg_dsn, tmp_path):
@@ -81,6 +77,6 @@ def test_a_refused_log_in_is_one_line(pg_dsn, tmp_path):
     d = conninfo_to_dict(pg_dsn)
     url = f"postgresql://{user}@{d['host']}:{d['port']}/{d['dbname']}"
     for cmd in _commands(tmp_path, url):
-        r = _valvoja(*cmd, env={"PGPASSWORD": "wrong-password-7"})
+        r = valvoja(*cmd, env={"PGPASSWORD": "wrong-password-7"})
         _assert_one_line(r, "database", user)
         assert "wrong-password-7" not in r.stderr

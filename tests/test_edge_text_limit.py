@@ -21,8 +21,7 @@ import time
 from datetime import UTC, datetime
 
 import paho.mqtt.client as mqtt
-from asyncua import Server, ua
-from opcua_support import free_port
+from opcua_support import plant_server
 from ops_support import rows
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -188,14 +187,8 @@ def test_oversized_texts_counts_bytes_not_characters():
 
 
 async def test_an_oversized_opcua_text_is_a_dead_letter_and_the_other_values_are_stored(tmp_path, pg_dsn):
-    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/textcap"
-    srv = Server()
-    await srv.init()
-    srv.set_endpoint(endpoint)
-    ns = await srv.register_namespace("urn:valvoja:test:textcap")
-    plant = await srv.nodes.objects.add_object(ua.NodeId("Plant", ns), "Plant")
-    flow = await plant.add_variable(ua.NodeId("Flow", ns), "Flow", 1.0)
-    status = await plant.add_variable(ua.NodeId("Status", ns), "Status", "starting")
+    srv, endpoint, ns, nodes = await plant_server("textcap", Flow=1.0, Status="starting")
+    flow, status = nodes["Flow"], nodes["Status"]
     cfg = site(tmp_path, {
         "kind": "opcua", "name": "ua", "endpoint": endpoint, "publishing_interval_ms": 100,
         "sampling_interval_ms": 0, "queue_size": 100, "connect_timeout_s": 5,

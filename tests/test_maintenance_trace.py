@@ -6,15 +6,13 @@ without a prediction, missing calibrations and tags, evidence readings removed b
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 import pytest
+from cli_support import valvoja
 from console_support import ConsoleServer, fresh_database, insert_alert, run_async, seed_plant, seed_users
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
 from edge.records import Prediction, Reading
@@ -380,11 +378,7 @@ def test_a_registered_model_version_is_traced_to_its_card_and_onnx_file(dsn, tmp
 
 
 def _valvoja(dsn: str, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, VALVOJA_DB_URL=dsn)
-    if conninfo_to_dict(dsn).get("password"):
-        env["PGPASSWORD"] = conninfo_to_dict(dsn)["password"]
-    return subprocess.run([sys.executable, "-m", "edge.cli", "maintenance", "trace", *args], capture_output=True,
-                          text=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
+    return valvoja("maintenance", "trace", *args, dsn=dsn)
 
 
 def test_api_and_command_line_give_the_same_chain(dsn):

@@ -5,25 +5,19 @@ what the CLI planned."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from cli_support import valvoja
 from console_support import ConsoleServer, fresh_database, seed_plant, seed_users
-from psycopg.conninfo import conninfo_to_dict
 
 from edge.cli import main
 
 
 def _valvoja(dsn: str, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, VALVOJA_DB_URL=dsn)
-    if conninfo_to_dict(dsn).get("password"):
-        env["PGPASSWORD"] = conninfo_to_dict(dsn)["password"]
-    return subprocess.run([sys.executable, "-m", "edge.cli", "maintenance", "window", *args], capture_output=True,
-                          text=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
+    return valvoja("maintenance", "window", *args, dsn=dsn)
 
 
 def test_plan_list_end_cancel_from_the_command_line(pg_admin_dsn):

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from asyncua import Server, ua
-from opcua_support import Sink, free_port, supervised, until
+from opcua_support import Sink, plant_server, supervised, until
 
 from collectors.base import CollectorContext
 from collectors.opcua import Config, build
@@ -19,14 +18,8 @@ from edge.metrics import Metrics
 
 
 async def test_a_value_over_the_message_limit_is_a_counted_error_and_the_collector_recovers():
-    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/big"
-    srv = Server()
-    await srv.init()
-    srv.set_endpoint(endpoint)
-    ns = await srv.register_namespace("urn:valvoja:test:big")
-    plant = await srv.nodes.objects.add_object(ua.NodeId("Plant", ns), "Plant")
-    flow = await plant.add_variable(ua.NodeId("Flow", ns), "Flow", 1.0)
-    blob = await plant.add_variable(ua.NodeId("Blob", ns), "Blob", "small")
+    srv, endpoint, ns, nodes = await plant_server("big", Flow=1.0, Blob="small")
+    flow, blob = nodes["Flow"], nodes["Blob"]
     metrics = Metrics()
     cfg = Config.model_validate({
         "endpoint": endpoint, "publishing_interval_ms": 100, "sampling_interval_ms": 0, "queue_size": 100,
