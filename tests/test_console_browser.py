@@ -179,6 +179,9 @@ def test_alert_detail_shows_its_traceability(browser, server):
         assert datetime.fromisoformat(window.nth(1).get_attribute("datetime")) == t
         local = t.astimezone(ZoneInfo("Europe/Helsinki"))
         assert window.nth(1).inner_text() == local.strftime("%Y-%m-%d %H:%M:%S +02:00")
+        # the raw evidence beside it is in plant time too (it showed the stored UTC times)
+        raw = page.locator("tr[data-id='TRACE-BROWSER'] details.hist > pre").inner_text()
+        assert f'"time": "{local.strftime("%Y-%m-%d %H:%M:%S +02:00")}"' in raw and "+00:00" not in raw, raw
         shot(page, "alert-traceability")
         # the asset page's alert evidence has the same section
         page.goto(server.url + "/assets/P-101")
@@ -188,6 +191,7 @@ def test_alert_detail_shows_its_traceability(browser, server):
         cal = evidence.locator("section.trace tr[data-tag='P-101.vib_rms'] .calibration")
         cal.wait_for(timeout=10000)
         assert "CAL-0000" in cal.inner_text()
+        assert local.strftime("%Y-%m-%d %H:%M:%S +02:00") in evidence.locator("pre.evidence").inner_text()
         assert page.errors == []
     finally:
         page.context.close()

@@ -139,6 +139,12 @@ const V = (() => {
         ` until ${fmtZoned(w.ends_at, w.time_zone)}`, el("br"), el("small", {}, w.reason || ""),
         el("br"), el("small", { class: "muted" }, "first seen ", fmtZoned(s.seen_at, w.time_zone))));
   }
+  const ISO_TIME = /^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})$/;
+  /** Evidence as indented JSON with its times in plant time, as everywhere else on the page: the stored UTC
+   *  times read like another zone's wall clock next to the plant-time history above them. */
+  function jsonInPlantTime(x) {
+    return JSON.stringify(x || {}, (k, v) => (typeof v === "string" && ISO_TIME.test(v) ? fmtTime(v.replace(" ", "T")) : v), 1);
+  }
   function timeCell(t) { return el("time", { datetime: t || "", title: t || "" }, fmtTime(t)); }
   function fmtNum(v) {
     if (v === null || v === undefined || Number.isNaN(v)) return "–";
@@ -174,5 +180,5 @@ const V = (() => {
       el("tbody", {}, rows));
   }
 
-  return { el, api, apiAll, moreButton, qs, toast, fmtTime, fmtZoned, plantClock, suppressedRow, fmtNum, fmtInterval, timeCell, badge, main, failed, can, role, csrf, table };
+  return { el, api, apiAll, moreButton, qs, toast, fmtTime, fmtZoned, jsonInPlantTime, plantClock, suppressedRow, fmtNum, fmtInterval, timeCell, badge, main, failed, can, role, csrf, table };
 })();

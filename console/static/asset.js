@@ -231,7 +231,7 @@
         if (!ev.target.open || ev.target.dataset.loaded) return;
         ev.target.dataset.loaded = "1";
         ev.target.append(V.traceSection(a.id));
-      } }, el("summary", {}, "evidence"), el("pre", { class: "evidence" }, JSON.stringify(a.evidence || {}, null, 1)))));
+      } }, el("summary", {}, "evidence"), el("pre", { class: "evidence" }, V.jsonInPlantTime(a.evidence)))));
   }
 
   /** The asset's open alerts, whenever they were raised: counted within the chosen range, an alert raised two days

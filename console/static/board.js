@@ -66,7 +66,7 @@
       ev.target.dataset.loaded = "1";
       ev.target.append(el("ul", { class: "history" }, full.history.map((h) =>
         el("li", {}, timeCell(h.time), ` ${h.action} by ${h.actor}`, h.comment ? ` — “${h.comment}”` : ""))),
-      el("pre", {}, JSON.stringify(full.evidence || {}, null, 1)));
+      el("pre", {}, V.jsonInPlantTime(full.evidence)));
       ev.target.append(V.traceSection(a.id));
     } }, el("summary", {}, "history & evidence"));
     return el("tr", { "data-id": a.id, "data-state": a.state, "data-raised": a.raised_at, class: fresh ? "new" : "" },
