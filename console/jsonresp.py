@@ -7,7 +7,9 @@ from typing import Any
 import orjson
 from fastapi.responses import JSONResponse
 
+from edge.jsontext import OPTIONS
+
 
 class FastJSON(JSONResponse):
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+        return orjson.dumps(content, option=OPTIONS)

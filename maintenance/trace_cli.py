@@ -200,6 +200,8 @@ def render(tr: dict, tz: tzinfo | None = UTC, zone_name: str = "UTC") -> str:
 
 
 def cmd_trace(args) -> int:
+    from edge.jsontext import api_json
+
     if not args.db:
         print("no database: give --db URL or set VALVOJA_DB_URL", file=sys.stderr)
         return 2
@@ -208,7 +210,7 @@ def cmd_trace(args) -> int:
         print(f"no alert {args.alert_id!r}", file=sys.stderr)
         return 3
     if args.json:
-        print(json.dumps(tr, indent=2, default=str))
+        print(api_json(tr, indent=True))
     elif args.utc:
         print(render(tr))
     elif args.tz is not None:

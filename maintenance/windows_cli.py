@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import json
 import os
 import sys
 
@@ -103,6 +102,7 @@ def _line(w: dict) -> str:
 
 
 def cmd_window(args) -> int:
+    from edge.jsontext import api_json
     from maintenance.windows import WindowError
 
     if not args.db:
@@ -114,7 +114,7 @@ def cmd_window(args) -> int:
         print(f"refused: {exc}", file=sys.stderr)
         return 2 if exc.status == 422 else 3
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(api_json(rows, indent=True))
     else:
         for w in rows:
             print(_line(w))
