@@ -230,6 +230,59 @@ def seed_predictions(dsn: str, *, asset: str = "P-101", hours: float = 24, end: 
         synthetic.copy_readings(conn, ids[f"{asset}.vib_rms.iso_zone"], t, np.where(np.arange(n) >= n * 0.8, 2.0, 1.0))
         synthetic.copy_readings(conn, ids[f"{asset}.vib_rms.kurtosis"], t, 3.0 + 0.1 * np.sin(np.arange(n)))
 
+
+KINDS = ("pump", "fan", "compressor", "motor")
+
+
+def seed_many_assets(dsn: str, n: int = 20_000, *, tags_per_asset: int = 3, indicators_per_tag: int = 2,
+                     areas: int = 40) -> None:
+    """A big site: ``n`` assets ``A-00000`` ... over ``areas`` sites (``Area-00`` ...), each with
+    ``tags_per_asset`` tags and ``indicators_per_tag`` condition indicators per tag (``<tag>.rms``, ... registered
+    without an asset, as maintenance registers them); loaded with COPY."""
+    stats = ("rms", "kurtosis", "crest", "peak")[:indicators_per_tag]
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
+        with cur.copy("COPY assets (name, site, kind, description) FROM STDIN") as cp:
+            for i in range(n):
+                kind = KINDS[i % len(KINDS)]
+                cp.write_row((f"A-{i:05d}", f"Area-{i % areas:02d}", kind, f"{kind} on line {i % 7}"))
+        with cur.copy("COPY tags (name, asset, unit) FROM STDIN") as cp:
+            for i in range(n):
+                for j in range(tags_per_asset):
+                    cp.write_row((f"A-{i:05d}.t{j}", f"A-{i:05d}", "mm/s"))
+                    for s in stats:
+                        cp.write_row((f"A-{i:05d}.t{j}.{s}", "", ""))
+        cur.execute("ANALYZE assets")
+        cur.execute("ANALYZE tags")
+
+
+def bad_run_after_good(dsn: str, tag: str, n_bad: int, *, end: datetime | None = None, good: float = 3.25,
+                       rollups: bool = True) -> datetime:
+    """One good reading (``good``) of ``tag`` and then ``n_bad`` newer BAD ones (quality 2, a fault value of 9999)
+    a second apart up to ``end`` (default now); with ``rollups``, the gateway's rollups of them, as the forwarder
+    keeps them. Returns the good reading's time."""
+    from edge.db.features import detect
+    from edge.sink import rollups as rollup
+    from emissions import synthetic
+
+    end = (end or datetime.now(UTC)).replace(microsecond=0)
+    first = int(end.timestamp()) - n_bad
+    t = np.arange(first - 1, first + n_bad, dtype=np.int64)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        (tag_id,) = conn.execute("SELECT id FROM tags WHERE name = %s", (tag,)).fetchone()
+        synthetic.copy_readings(conn, tag_id, t, np.r_[good, np.full(n_bad, 9999.0)],
+                                quality=np.r_[0, np.full(n_bad, 2)].astype(np.int16))
+        conn.execute("ANALYZE readings")
+        features = detect(conn)
+    start = datetime.fromtimestamp(int(t[0]), UTC)
+    if rollups:
+        async def roll() -> None:
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
+                await rollup.refresh(aconn, features, [tag_id], start, end + timedelta(minutes=1))
+
+        run_async(roll())
+    return start
+
+
 @contextmanager
 def bad_indicator_readings(dsn: str, asset: str = "P-101"):
     """A minute from now, a zone D and a kurtosis of 9999 of ``asset``'s indicators (as `seed_predictions` registers
