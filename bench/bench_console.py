@@ -33,17 +33,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from console_support import PASSWORD, free_port, seed_users  # noqa: E402
+from console_support import PASSWORD, free_port, fresh_database, seed_users  # noqa: E402
 from results_io import write_results  # noqa: E402
 
 from edge.db.features import detect  # noqa: E402
-from edge.db.migrate import migrate  # noqa: E402
 from edge.sink import rollups  # noqa: E402
 from emissions import synthetic  # noqa: E402
 
@@ -111,17 +110,10 @@ def bench_database(admin: str | None, prefix: str) -> Iterator[str]:
         from edge.embedded import embedded_postgres
 
         server, admin = embedded_postgres(ROOT / "var" / "bench-pg", dbname="postgres")
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}"')
-    dsn = make_conninfo(admin, dbname=name)
     try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            migrate(conn)
-        yield dsn
+        with fresh_database(admin, prefix) as dsn:
+            yield dsn
     finally:
-        with psycopg.connect(admin, autocommit=True) as c:
-            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         if server is not None and hasattr(server, "cleanup"):
             server.cleanup()
 
