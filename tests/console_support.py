@@ -235,10 +235,15 @@ KINDS = ("pump", "fan", "compressor", "motor")
 
 
 def seed_many_assets(dsn: str, n: int = 20_000, *, tags_per_asset: int = 3, indicators_per_tag: int = 2,
-                     areas: int = 40) -> None:
+                     areas: int = 40, readings_per_tag: int = 12) -> None:
     """A big site: ``n`` assets ``A-00000`` ... over ``areas`` sites (``Area-00`` ...), each with
     ``tags_per_asset`` tags and ``indicators_per_tag`` condition indicators per tag (``<tag>.rms``, ... registered
-    without an asset, as maintenance registers them); loaded with COPY."""
+    without an asset, as maintenance registers them); loaded with COPY. Each asset's first indicator has
+    ``readings_per_tag`` good readings over the last three days, so that the planner sees readings of many tags in
+    every chunk (in a chunk of one tag's readings only, it read any tag's newest readings from the chunk's time
+    index, not from the tag's own key)."""
+    from emissions import synthetic
+
     stats = ("rms", "kurtosis", "crest", "peak")[:indicators_per_tag]
     with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
         with cur.copy("COPY assets (name, site, kind, description) FROM STDIN") as cp:
@@ -251,15 +256,25 @@ def seed_many_assets(dsn: str, n: int = 20_000, *, tags_per_asset: int = 3, indi
                     cp.write_row((f"A-{i:05d}.t{j}", f"A-{i:05d}", "mm/s"))
                     for s in stats:
                         cp.write_row((f"A-{i:05d}.t{j}.{s}", "", ""))
+        if readings_per_tag:
+            ids = np.array([r[0] for r in cur.execute(
+                "SELECT id FROM tags WHERE name LIKE 'A-%%.t0.' || %s ORDER BY id", (stats[0],))], dtype=np.int32)
+            now = int(datetime.now(UTC).timestamp())
+            t = np.tile(now - 3 * 86400 + (3 * 86400 // readings_per_tag) * np.arange(readings_per_tag), len(ids))
+            buf = synthetic.encode_readings(np.repeat(ids, readings_per_tag), t, np.full(len(t), 1.5))
+            with cur.copy("COPY readings (time, tag_id, value, value_text, quality, flags, status, receive_time,"
+                          " server_time) FROM STDIN (FORMAT BINARY)") as cp:
+                cp.write(buf)
         cur.execute("ANALYZE assets")
         cur.execute("ANALYZE tags")
+        cur.execute("ANALYZE readings")
 
 
 def bad_run_after_good(dsn: str, tag: str, n_bad: int, *, end: datetime | None = None, good: float = 3.25,
                        rollups: bool = True) -> datetime:
-    """One good reading (``good``) of ``tag`` and then ``n_bad`` newer BAD ones (quality 2, a fault value of 9999)
-    a second apart up to ``end`` (default now); with ``rollups``, the gateway's rollups of them, as the forwarder
-    keeps them. Returns the good reading's time."""
+    """The readings of ``tag`` (any before are deleted): one good one (``good``), then ``n_bad`` newer BAD ones
+    (quality 2, a fault value of 9999) a second apart up to ``end`` (default now); with ``rollups``, the gateway's
+    rollups of them, as the forwarder keeps them. Returns the good reading's time."""
     from edge.db.features import detect
     from edge.sink import rollups as rollup
     from emissions import synthetic
@@ -269,6 +284,7 @@ def bad_run_after_good(dsn: str, tag: str, n_bad: int, *, end: datetime | None =
     t = np.arange(first - 1, first + n_bad, dtype=np.int64)
     with psycopg.connect(dsn, autocommit=True) as conn:
         (tag_id,) = conn.execute("SELECT id FROM tags WHERE name = %s", (tag,)).fetchone()
+        conn.execute("DELETE FROM readings WHERE tag_id = %s", (tag_id,))  # these are the tag's whole history
         synthetic.copy_readings(conn, tag_id, t, np.r_[good, np.full(n_bad, 9999.0)],
                                 quality=np.r_[0, np.full(n_bad, 2)].astype(np.int16))
         conn.execute("ANALYZE readings")
