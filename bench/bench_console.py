@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -25,23 +26,23 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import numpy as np
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from console_support import PASSWORD, free_port, seed_users  # noqa: E402
+from console_support import PASSWORD, free_port, fresh_database, seed_users  # noqa: E402
 from results_io import write_results  # noqa: E402
 
 from edge.db.features import detect  # noqa: E402
-from edge.db.migrate import migrate  # noqa: E402
 from edge.sink import rollups  # noqa: E402
 from emissions import synthetic  # noqa: E402
 
@@ -97,6 +98,35 @@ def seed(dsn: str, end: datetime) -> dict:
         conn.execute("ANALYZE")
     return {"raw_rows_per_tag": WEEK_S, "copy_s": round(t_copy, 1), "rollup_s": round(t_roll, 1),
             "alerts": N_ALERTS, "edition": features.edition}
+
+
+@contextlib.contextmanager
+def bench_database(admin: str | None, prefix: str) -> Iterator[str]:
+    """A fresh, migrated database (DSN) on the server of ``admin`` (else $VALVOJA_DB_URL, else the embedded
+    PostgreSQL under var/bench-pg); dropped afterwards."""
+    admin = admin or os.environ.get("VALVOJA_DB_URL")
+    server = None
+    if not admin:
+        from edge.embedded import embedded_postgres
+
+        server, admin = embedded_postgres(ROOT / "var" / "bench-pg", dbname="postgres")
+    try:
+        with fresh_database(admin, prefix) as dsn:
+            yield dsn
+    finally:
+        if server is not None and hasattr(server, "cleanup"):
+            server.cleanup()
+
+
+@contextlib.contextmanager
+def console_process(dsn: str, workdir: Path) -> Iterator[str]:
+    """``valvoja console serve`` on ``dsn`` as a process of its own; yields its base URL, stops it afterwards."""
+    proc, base = start_console(dsn, workdir)
+    try:
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def start_console(dsn: str, workdir: Path) -> tuple[subprocess.Popen, str]:
@@ -200,26 +230,12 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--alerts-live", type=int, default=20)
     args = ap.parse_args()
-    admin = args.db or os.environ.get("VALVOJA_DB_URL")
-    server = None
-    if not admin:
-        from edge.embedded import embedded_postgres
-
-        server, admin = embedded_postgres(ROOT / "var" / "bench-pg", dbname="postgres")
-    name = f"bench_console_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}"')
-    dsn = make_conninfo(admin, dbname=name)
-    proc = None
-    try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            migrate(conn)
+    with bench_database(args.db, "bench_console") as dsn:
         seed_users(dsn)
         end = datetime.now(UTC).replace(microsecond=0)
         setup = seed(dsn, end)
         print(f"seeded: {json.dumps(setup)}")
-        with tempfile.TemporaryDirectory() as tmp:
-            proc, base = start_console(dsn, Path(tmp))
+        with tempfile.TemporaryDirectory() as tmp, console_process(dsn, Path(tmp)) as base:
             api = bench_api(base, end, args.requests)
             for k, v in api.items():
                 print(f"{k:28} p50 {v['p50_ms']:8.2f} ms  p99 {v['p99_ms']:8.2f} ms  "
@@ -228,14 +244,6 @@ def main() -> int:
             if browser:
                 print(f"{'alert_to_screen':28} p50 {browser['p50_ms']:8.2f} ms  p99 {browser['p99_ms']:8.2f} ms  "
                       f"max {browser['max_ms']:.2f} ms (n={browser['n']})")
-    finally:
-        if proc:
-            proc.terminate()
-            proc.wait(10)
-        with psycopg.connect(admin, autocommit=True) as c:
-            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        if server is not None and hasattr(server, "cleanup"):
-            server.cleanup()
     bars = {"trend_week_p99_le_300ms": api["trend_week"]["p99_ms"] <= 300,
             "alert_visible_le_2s": browser is not None and browser["max_ms"] <= 2000}
     out = {"time": datetime.now(UTC).isoformat(), "machine": {"cpus": os.cpu_count()}, "setup": setup, "api": api,

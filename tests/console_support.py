@@ -230,6 +230,75 @@ def seed_predictions(dsn: str, *, asset: str = "P-101", hours: float = 24, end: 
         synthetic.copy_readings(conn, ids[f"{asset}.vib_rms.iso_zone"], t, np.where(np.arange(n) >= n * 0.8, 2.0, 1.0))
         synthetic.copy_readings(conn, ids[f"{asset}.vib_rms.kurtosis"], t, 3.0 + 0.1 * np.sin(np.arange(n)))
 
+
+KINDS = ("pump", "fan", "compressor", "motor")
+
+
+def seed_many_assets(dsn: str, n: int = 20_000, *, tags_per_asset: int = 3, indicators_per_tag: int = 2,
+                     areas: int = 40, readings_per_tag: int = 12) -> None:
+    """A big site: ``n`` assets ``A-00000`` ... over ``areas`` sites (``Area-00`` ...), each with
+    ``tags_per_asset`` tags and ``indicators_per_tag`` condition indicators per tag (``<tag>.rms``, ... registered
+    without an asset, as maintenance registers them); loaded with COPY. Each asset's first indicator has
+    ``readings_per_tag`` good readings over the last three days, so that the planner sees readings of many tags in
+    every chunk (in a chunk of one tag's readings only, it read any tag's newest readings from the chunk's time
+    index, not from the tag's own key)."""
+    from emissions import synthetic
+
+    stats = ("rms", "kurtosis", "crest", "peak")[:indicators_per_tag]
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
+        with cur.copy("COPY assets (name, site, kind, description) FROM STDIN") as cp:
+            for i in range(n):
+                kind = KINDS[i % len(KINDS)]
+                cp.write_row((f"A-{i:05d}", f"Area-{i % areas:02d}", kind, f"{kind} on line {i % 7}"))
+        with cur.copy("COPY tags (name, asset, unit) FROM STDIN") as cp:
+            for i in range(n):
+                for j in range(tags_per_asset):
+                    cp.write_row((f"A-{i:05d}.t{j}", f"A-{i:05d}", "mm/s"))
+                    for s in stats:
+                        cp.write_row((f"A-{i:05d}.t{j}.{s}", "", ""))
+        if readings_per_tag:
+            ids = np.array([r[0] for r in cur.execute(
+                "SELECT id FROM tags WHERE name LIKE 'A-%%.t0.' || %s ORDER BY id", (stats[0],))], dtype=np.int32)
+            now = int(datetime.now(UTC).timestamp())
+            t = np.tile(now - 3 * 86400 + (3 * 86400 // readings_per_tag) * np.arange(readings_per_tag), len(ids))
+            buf = synthetic.encode_readings(np.repeat(ids, readings_per_tag), t, np.full(len(t), 1.5))
+            with cur.copy("COPY readings (time, tag_id, value, value_text, quality, flags, status, receive_time,"
+                          " server_time) FROM STDIN (FORMAT BINARY)") as cp:
+                cp.write(buf)
+        cur.execute("ANALYZE assets")
+        cur.execute("ANALYZE tags")
+        cur.execute("ANALYZE readings")
+
+
+def bad_run_after_good(dsn: str, tag: str, n_bad: int, *, end: datetime | None = None, good: float = 3.25,
+                       rollups: bool = True) -> datetime:
+    """The readings of ``tag`` (any before are deleted): one good one (``good``), then ``n_bad`` newer BAD ones
+    (quality 2, a fault value of 9999) a second apart up to ``end`` (default now); with ``rollups``, the gateway's
+    rollups of them, as the forwarder keeps them. Returns the good reading's time."""
+    from edge.db.features import detect
+    from edge.sink import rollups as rollup
+    from emissions import synthetic
+
+    end = (end or datetime.now(UTC)).replace(microsecond=0)
+    first = int(end.timestamp()) - n_bad
+    t = np.arange(first - 1, first + n_bad, dtype=np.int64)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        (tag_id,) = conn.execute("SELECT id FROM tags WHERE name = %s", (tag,)).fetchone()
+        conn.execute("DELETE FROM readings WHERE tag_id = %s", (tag_id,))  # these are the tag's whole history
+        synthetic.copy_readings(conn, tag_id, t, np.r_[good, np.full(n_bad, 9999.0)],
+                                quality=np.r_[0, np.full(n_bad, 2)].astype(np.int16))
+        conn.execute("ANALYZE readings")
+        features = detect(conn)
+    start = datetime.fromtimestamp(int(t[0]), UTC)
+    if rollups:
+        async def roll() -> None:
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
+                await rollup.refresh(aconn, features, [tag_id], start, end + timedelta(minutes=1))
+
+        run_async(roll())
+    return start
+
+
 @contextmanager
 def bad_indicator_readings(dsn: str, asset: str = "P-101"):
     """A minute from now, a zone D and a kurtosis of 9999 of ``asset``'s indicators (as `seed_predictions` registers

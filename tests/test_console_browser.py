@@ -915,8 +915,9 @@ def test_chart_ticks_follow_the_plant_clock_over_a_clock_change(browser, server)
 
 def test_long_lists_page_on_instead_of_losing_rows(browser, pg_admin_dsn):
     """Lists cut without a word: the assets page and the windows page's asset filter held the first 1,000 assets,
-    the windows page the newest 20 ended windows, an asset page the newest 200 alerts of the range. The asset lists
-    are whole; the others page on with "Load older" (the API's cursor), as the board and the reviews do."""
+    the windows page the newest 20 ended windows, an asset page the newest 200 alerts of the range. The asset
+    filters are whole; the assets page shows 200 with "Load more", the others page on with "Load older" (the API's
+    cursor), as the board and the reviews do."""
     now = datetime.now(UTC)
     with fresh_database(pg_admin_dsn) as dsn:
         seed_users(dsn)
@@ -938,7 +939,14 @@ def test_long_lists_page_on_instead_of_losing_rows(browser, pg_admin_dsn):
             try:
                 page.goto(srv.url + "/assets")
                 page.wait_for_selector("a.asset-link")
+                assert page.locator("a.asset-link").count() == 200
+                for shown in (400, 600, 800, 1000):
+                    page.click("#assets-more")
+                    page.wait_for_selector(f"#asset-results tbody tr:nth-child({shown})", state="attached")
+                page.click("#assets-more")
+                page.wait_for_selector("#assets-more[hidden]", state="attached")
                 assert page.locator("a.asset-link").count() == 1005
+                assert len(set(page.locator("a.asset-link").all_inner_texts())) == 1005
                 page.goto(srv.url + "/alerts")
                 page.wait_for_selector("#f-asset option[value='A-1004']", state="attached")
                 assert page.locator("#f-asset option").count() == 1006, "all, then every asset"
@@ -957,6 +965,51 @@ def test_long_lists_page_on_instead_of_losing_rows(browser, pg_admin_dsn):
                 page.click("#asset-alerts-more")
                 page.wait_for_selector("#asset-alerts-more[hidden]", state="attached")
                 assert page.locator("#asset-alerts tr[data-alert]").count() == 205
+                assert page.errors == []
+            finally:
+                page.context.close()
+
+
+def test_typing_in_the_asset_search_narrows_the_list(browser, pg_admin_dsn):
+    """A site of 20,000 assets: the assets page read them all before it showed one. It shows the first 200 and
+    searches on the server as one types (name, area, kind, description); a reload keeps the search."""
+    from console_support import seed_many_assets
+
+    with fresh_database(pg_admin_dsn) as dsn:
+        seed_users(dsn)
+        seed_many_assets(dsn, 20_000, readings_per_tag=0)
+        with ConsoleServer(dsn) as srv:
+            page = login(browser, srv, "viewer")
+            try:
+                page.goto(srv.url + "/assets")
+                page.wait_for_selector("#asset-results[data-q='']", state="attached")
+                assert page.locator("a.asset-link").count() == 200
+                assert page.locator("#assets-more").is_visible()
+                page.type("#asset-search", "a-1234", delay=20)  # typed, not pasted: a search per pause
+                page.wait_for_selector("#asset-results[data-q='a-1234']", state="attached")
+                assert page.locator("a.asset-link").all_inner_texts() == [f"A-1234{i}" for i in range(10)]
+                assert page.locator("#assets-more").is_hidden()
+                page.type("#asset-search", "5")
+                page.wait_for_selector("#asset-results[data-q='a-12345']", state="attached")
+                assert page.locator("a.asset-link").all_inner_texts() == ["A-12345"]
+                assert page.locator("tr[data-asset='A-12345'] td").all_inner_texts() == [
+                    "A-12345", "Area-25", "fan", "fan on line 4", "3"]
+                page.reload()  # the search is in the address
+                page.wait_for_selector("#asset-results[data-q='a-12345']", state="attached")
+                assert page.input_value("#asset-search") == "a-12345"
+                assert page.locator("a.asset-link").count() == 1
+                page.fill("#asset-search", "no such asset")
+                page.wait_for_selector("#asset-none", state="attached")
+                assert 'No asset matches "no such asset"' in page.inner_text("#asset-none")
+                page.fill("#asset-search", "AREA-07")
+                page.wait_for_selector("#asset-results[data-q='AREA-07']", state="attached")
+                assert page.locator("a.asset-link").count() == 200
+                page.click("#assets-more")
+                page.click("#assets-more")
+                page.wait_for_selector("#assets-more[hidden]", state="attached")
+                sites = page.locator("tr[data-asset] td:nth-child(2)").all_inner_texts()
+                assert len(sites) == 500 and set(sites) == {"Area-07"}
+                shot(page, "assets-search")
                 assert page.errors == []
             finally:
                 page.context.close()

@@ -30,10 +30,19 @@ _CALIBRATION = ("(SELECT json_build_object('certificate', c.certificate, 'calibr
 
 @router.get("/assets", tags=["assets"])
 async def list_assets(request: Request, site: str | None = None, kind: str | None = None,
+                      q: str | None = Query(None, max_length=200, description="search: part of the name, site "
+                                            "(area), kind or description, any case"),
                       limit: int = Query(200, ge=1, le=1000), cursor: str | None = None):
-    """Assets (by name), with their number of tags; filter by site or kind."""
+    """Assets (by name), with their number of tags; filter by site or kind, search with ``q``; a page at a time
+    (``next_cursor``)."""
     where, params = ["true"], {"n": limit + 1}
     equal_filters(where, params, {"site": ("a.site", site), "kind": ("a.kind", kind)})
+    if q and q.strip():
+        # A substring anywhere, so "101" finds P-101 and "area-07" the area's assets. No index serves it; the page
+        # walks the name key until it has its rows: at 20,000 assets a search that matches nothing reads them all
+        # in some 20 ms (bench/bench_console_scale.py), a trigram index would need the pg_trgm extension.
+        params["q"] = f"%{_like_escaped(q.strip())}%"
+        where.append("(a.name ILIKE %(q)s OR a.site ILIKE %(q)s OR a.kind ILIKE %(q)s OR a.description ILIKE %(q)s)")
     if cursor:
         (params["after"],) = decode_cursor(cursor, n=1)
         where.append("a.name > %(after)s")
@@ -49,6 +58,36 @@ def _like_escaped(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+# The indicators of a tag are the names from "<tag>." up to "<tag>/" in byte order: one range of index m0404 each
+# (a LIKE over every tag without an asset read all of the site's indicators; no wildcards to escape either).
+_INDICATOR_IDS = ("SELECT t.id FROM unnest(%s::text[]) AS p(tag) JOIN tags t ON t.asset = '' "
+                  "AND t.name COLLATE \"C\" >= p.tag || '.' AND t.name COLLATE \"C\" < p.tag || '/'")
+# An indicator's value is the newest good reading among its newest GOOD_LOOKBACK readings, one short range of the
+# (tag_id, time) key; further back, the newest good value the hourly rollups kept (``last`` / ``last_time``, which
+# the gateway's forwarder keeps current), then looked up raw for its quality (gone with raw retention: null).
+# Scanning back to the newest good reading read a run of bad ones whole: 200,000 rows for a sensor broken for
+# 2.3 days at 1 Hz, some 20 ms per such indicator with every page in memory (tests/test_console_scale.py).
+# ``bad_time`` is the newest reading when it is not good: every reading newer than the good one shown is bad.
+# By id, found first: the planner cannot tell how few the name ranges hold, and at its guess (thousands) the
+# lookups below cost enough for JIT compilation, some 250 ms.
+GOOD_LOOKBACK = 1000
+_INDICATORS = (
+    f"SELECT {TAG_COLUMNS}, coalesce(r.time, h.time) AS latest_time, coalesce(r.value, h.value) AS latest_value, "
+    "coalesce(r.quality, h.quality) AS latest_quality, "
+    "CASE WHEN r.time IS NOT NULL THEN 'readings' WHEN h.time IS NOT NULL THEN 'readings_1h' END AS latest_source, "
+    "CASE WHEN NOT n.good THEN n.time END AS bad_time, CASE WHEN NOT n.good THEN n.quality END AS bad_quality "
+    "FROM tags t "
+    f"LEFT JOIN LATERAL (SELECT time, quality, ({trend.GOOD}) AS good FROM readings WHERE tag_id = t.id "
+    "ORDER BY time DESC LIMIT 1) n ON true "
+    "LEFT JOIN LATERAL (SELECT time, value, quality FROM (SELECT time, value, quality FROM readings "
+    f"WHERE tag_id = t.id ORDER BY time DESC LIMIT {GOOD_LOOKBACK}) w WHERE {trend.GOOD} "
+    "ORDER BY time DESC LIMIT 1) r ON true "
+    "LEFT JOIN LATERAL (SELECT h.last_time AS time, h.last AS value, (SELECT x.quality FROM readings x "
+    "WHERE x.tag_id = t.id AND x.time = h.last_time) AS quality FROM readings_1h h WHERE r.time IS NULL "
+    "AND n.time IS NOT NULL AND h.tag_id = t.id AND h.last_time IS NOT NULL ORDER BY h.bucket DESC LIMIT 1) h ON true "
+    "WHERE t.id = ANY(%s) ORDER BY t.name")
+
+
 @router.get("/assets/{name}", tags=["assets"])
 async def get_asset(request: Request, name: str):
     """One asset with its tags and their calibration in force."""
@@ -60,20 +99,12 @@ async def get_asset(request: Request, name: str):
                                    "ORDER BY t.name", (name,))
     # Condition indicators derived by maintenance/ from the asset's tags (``<tag>.<stat>``, ``<tag>.iso_zone``)
     # are registered without an asset: found by name, each with its newest value.
-    # LIKE wildcards in tag names ("vib_de") escaped: "_" matched any character, so another tag's indicators
-    # ("P-101.vibXde.rms") were listed as this asset's.
     # The value shown is the newest good one (trend.GOOD, as the trends draw: uncertain counts, with its quality);
     # a newer bad reading (a fault value, a zone derived from a broken sensor) is not the machine's value: it was
     # shown as the current one. Its time and quality come along (``bad_time``, ``bad_quality``) so the page flags it.
-    prefixes = [_like_escaped(t["name"]) + ".%" for t in asset["tags"]]
-    asset["derived"] = await db.fetch(
-        f"SELECT {TAG_COLUMNS}, r.time AS latest_time, r.value AS latest_value, r.quality AS latest_quality, "
-        "b.time AS bad_time, b.quality AS bad_quality FROM tags t "
-        f"LEFT JOIN LATERAL (SELECT time, value, quality FROM readings WHERE tag_id = t.id AND {trend.GOOD} "
-        "ORDER BY time DESC LIMIT 1) r ON true "
-        f"LEFT JOIN LATERAL (SELECT time, quality FROM readings WHERE tag_id = t.id AND NOT ({trend.GOOD}) "
-        "AND time > coalesce(r.time, '-infinity') ORDER BY time DESC LIMIT 1) b ON true "
-        "WHERE t.asset = '' AND t.name LIKE ANY(%s) ORDER BY t.name", (prefixes,)) if prefixes else []
+    ids = [r["id"] for r in await db.fetch(_INDICATOR_IDS, ([t["name"] for t in asset["tags"]],))]
+    asset["derived"] = await db.fetch(_INDICATORS, (ids,)) if ids else []
+    asset["good_lookback"] = GOOD_LOOKBACK
     asset["iso_zones"] = [{"tag": d["name"].removesuffix(".iso_zone"), "zone": ZONES[int(d["latest_value"])],
                            "time": d["latest_time"], "quality": d["latest_quality"], "bad_time": d["bad_time"],
                            "bad_quality": d["bad_quality"]}

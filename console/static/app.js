@@ -66,9 +66,9 @@ const V = (() => {
     return items;
   }
 
-  /** A "Load older" button that appends the next pages of a list to ``tbody`` (rows made by ``row``); hidden while
-   * there is no ``cursor``. The same paging as the board's and the asset page's reviews. */
-  function moreButton(id, path, params, cursor, tbody, row) {
+  /** A "Load older" button (or ``label``) that appends the next pages of a list to ``tbody`` (rows made by ``row``);
+   * hidden while there is no ``cursor``. The same paging as the board's and the asset page's reviews. */
+  function moreButton(id, path, params, cursor, tbody, row, label = "Load older") {
     const b = el("button", { class: "secondary", id, hidden: !cursor, onclick: async () => {
       b.disabled = true;
       try {
@@ -77,7 +77,7 @@ const V = (() => {
         cursor = next.next_cursor;
         b.hidden = !cursor;
       } finally { b.disabled = false; }
-    } }, "Load older");
+    } }, label);
     return b;
   }
 

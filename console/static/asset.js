@@ -29,13 +29,18 @@
       d.bad_time ? el("small", { class: "bad-text newer-bad" }, ` newer reading ${q(d.bad_quality)} at `, timeCell(d.bad_time), ", not shown") : ""];
   }
 
+  // The server looks this far back for a good value (a bounded lookup: a long run of bad readings was read whole).
+  function noGood(d) {
+    return d.bad_time ? `no good reading among the newest ${asset.good_lookback.toLocaleString("en")} or in the hourly rollups` : "no reading";
+  }
+
   function drawDerived() {
     const list = (asset.derived || []).filter((d) => !d.name.endsWith(".iso_zone"));
     if (!list.length) { derivedBox.replaceChildren(); return; }
     const holder = el("div");
     derivedBox.replaceChildren(el("h2", {}, "Condition indicators"), table(["Indicator", "Newest good", "At", ""], list.map((d) =>
       el("tr", { "data-indicator": d.name }, el("td", {}, d.name),
-        el("td", {}, d.latest_time ? `${fmtNum(d.latest_value)} ${d.unit || ""}` : el("span", { class: "muted" }, "no good reading"), qualityFlags(d)),
+        el("td", {}, d.latest_time ? `${fmtNum(d.latest_value)} ${d.unit || ""}` : el("span", { class: "muted no-good" }, noGood(d)), qualityFlags(d)),
         el("td", {}, timeCell(d.latest_time)),
         el("td", {}, el("button", { class: "secondary", onclick: () => { holder.replaceChildren(); drawTag(d, [], holder); } }, "trend"))))), holder);
   }
