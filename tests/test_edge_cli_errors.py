@@ -10,8 +10,7 @@ import subprocess
 import sys
 
 import pytest
-
-from tests.test_edge_cli_db_errors import _valvoja
+from cli_support import valvoja as _valvoja
 
 
 def _refused_port() -> int:
