@@ -273,6 +273,8 @@ def test_assets_and_tags_with_calibration_in_force(server):
         first = c.get("/api/assets", params={"limit": 2}).json()
         second = c.get("/api/assets", params={"limit": 2, "cursor": first["next_cursor"]}).json()
         assert len(first["items"]) == 2 and len(second["items"]) == 1 and second["next_cursor"] is None
+        assert c.get("/api/sites").json()["items"] == [{"site": "KIP-North", "assets": 2},
+                                                        {"site": "KIP-South", "assets": 1}]
         p101 = c.get("/api/assets/P-101").json()
         assert [t["name"] for t in p101["tags"]] == ["P-101.bearing_temp", "P-101.vib_rms"]
         assert p101["tags"][0]["calibration"]["certificate"].startswith("CAL-")

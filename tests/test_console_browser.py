@@ -100,6 +100,19 @@ def login(browser, server, user: str, timezone_id: str | None = None):
     return page
 
 
+def api_requests_at_load(page, url: str, *ready: str) -> list[str]:
+    """The API URLs ``page`` asks for when it opens ``url``, until the selectors ``ready`` are there and the network
+    is idle."""
+    page.goto("about:blank")  # what the page open before still asks is not counted
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if "/api/" in r.url else None)
+    page.goto(url)
+    for selector in ready:
+        page.wait_for_selector(selector)
+    page.wait_for_load_state("networkidle")
+    return asked
+
+
 def shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
@@ -916,8 +929,8 @@ def test_chart_ticks_follow_the_plant_clock_over_a_clock_change(browser, server)
 def test_long_lists_page_on_instead_of_losing_rows(browser, pg_admin_dsn):
     """Lists cut without a word: the assets page and the windows page's asset filter held the first 1,000 assets,
     the windows page the newest 20 ended windows, an asset page the newest 200 alerts of the range. The asset
-    filters are whole; the assets page shows 200 with "Load more", the others page on with "Load older" (the API's
-    cursor), as the board and the reviews do."""
+    filters search the server, so every asset can be chosen; the assets page shows 200 with "Load more", the others
+    page on with "Load older" (the API's cursor), as the board and the reviews do."""
     now = datetime.now(UTC)
     with fresh_database(pg_admin_dsn) as dsn:
         seed_users(dsn)
@@ -947,13 +960,13 @@ def test_long_lists_page_on_instead_of_losing_rows(browser, pg_admin_dsn):
                 page.wait_for_selector("#assets-more[hidden]", state="attached")
                 assert page.locator("a.asset-link").count() == 1005
                 assert len(set(page.locator("a.asset-link").all_inner_texts())) == 1005
-                page.goto(srv.url + "/alerts")
-                page.wait_for_selector("#f-asset option[value='A-1004']", state="attached")
-                assert page.locator("#f-asset option").count() == 1006, "all, then every asset"
-                page.goto(srv.url + "/maintenance")
+                for path, pickers in (("/alerts", ("f-asset",)), ("/maintenance", ("mw-filter", "mw-assets"))):
+                    page.goto(srv.url + path)
+                    for picker in pickers:
+                        page.fill(f"#{picker}-q", "1004")
+                        page.wait_for_selector(f"#{picker}-results[data-q='1004'] [data-asset='A-1004']",
+                                               state="attached")
                 page.wait_for_selector("body[data-ready='1']", timeout=15000)
-                assert page.locator("#mw-filter option[value='A-1004']").count() == 1
-                assert page.locator("#mw-assets option").count() == 1005
                 assert page.locator("#mw-recent tr[data-window]").count() == 20
                 page.click("#mw-recent-more")
                 page.wait_for_selector("#mw-recent-more[hidden]", state="attached")
@@ -1010,6 +1023,61 @@ def test_typing_in_the_asset_search_narrows_the_list(browser, pg_admin_dsn):
                 sites = page.locator("tr[data-asset] td:nth-child(2)").all_inner_texts()
                 assert len(sites) == 500 and set(sites) == {"Area-07"}
                 shot(page, "assets-search")
+                assert page.errors == []
+            finally:
+                page.context.close()
+
+
+def test_the_boards_asset_filter_searches_as_one_types(browser, pg_admin_dsn):
+    """A site of 20,000 assets: the board read the whole asset list (20 requests of 1,000) before it showed an alert,
+    for a select of 20,000 entries. Its asset filter searches the server as one types; one or several assets are
+    chosen, filter the table and the live feed, and stay in the address."""
+    from console_support import seed_many_assets
+
+    now = datetime.now(UTC)
+    with fresh_database(pg_admin_dsn) as dsn:
+        seed_users(dsn)
+        seed_many_assets(dsn, 20_000, readings_per_tag=0)
+        insert_alerts(dsn, [make_alert(f"BIG-{a}", asset=a, raised_at=now - timedelta(minutes=i + 1))
+                            for i, a in enumerate(("A-12345", "A-12346", "A-00007"))])
+        with ConsoleServer(dsn) as srv:
+            page = login(browser, srv, "viewer")
+            try:
+                asked = api_requests_at_load(page, srv.url + "/alerts", "tr[data-id='BIG-A-00007']", "#live-dot.on")
+                assert not [u for u in asked if "/api/assets" in u], "no asset list read at load"
+                assert len(asked) <= 5, asked  # sites, alerts, suppressed, stream (it was 23: 20 asset pages)
+                assert page.locator("#f-site option").count() == 41, "all, then the 40 areas"
+                page.type("#f-asset-q", "a-1234", delay=20)  # typed, not pasted: a search per pause
+                page.wait_for_selector("#f-asset-results[data-q='a-1234']", state="attached")
+                assert page.locator("#f-asset-results [data-asset]").all_inner_texts() == [
+                    f"A-1234{i}" for i in range(10)]
+                shot(page, "alert-board-asset-search")
+                page.type("#f-asset-q", "5")
+                page.wait_for_selector("#f-asset-results[data-q='a-12345']", state="attached")
+                assert page.locator("#f-asset-results [data-asset]").all_inner_texts() == ["A-12345"]
+                page.click("#f-asset-results [data-asset='A-12345']")
+                page.wait_for_selector("tr[data-id='BIG-A-00007']", state="detached")
+                assert page.locator("tr[data-id]").count() == 1 and page.locator("tr[data-id='BIG-A-12345']").count()
+                page.fill("#f-asset-q", "a-12346")
+                page.wait_for_selector("#f-asset-results[data-q='a-12346']", state="attached")
+                page.press("#f-asset-q", "Enter")  # the first match, from the keyboard
+                page.wait_for_selector("tr[data-id='BIG-A-12346']")
+                assert page.url.endswith("?asset=A-12345&asset=A-12346"), page.url
+                page.reload()  # the choice is in the address
+                page.wait_for_selector("tr[data-id='BIG-A-12346']")
+                page.wait_for_selector("#live-dot.on")
+                assert page.locator("#f-asset-chosen [data-asset]").evaluate_all(
+                    "cs => cs.map((c) => c.dataset.asset)") == ["A-12345", "A-12346"]
+                assert sorted(page.locator("tr[data-id]").evaluate_all("rs => rs.map((r) => r.dataset.id)")) == [
+                    "BIG-A-12345", "BIG-A-12346"]
+                insert_alerts(dsn, [make_alert("LIVE-A-00007", asset="A-00007"),
+                                    make_alert("LIVE-A-12346", asset="A-12346")])
+                page.wait_for_selector("tr[data-id='LIVE-A-12346']", timeout=5000)
+                assert page.locator("tr[data-id='LIVE-A-00007']").count() == 0, "another asset's alert stays out"
+                shot(page, "alert-board-asset-filter")
+                page.click("#f-asset-chosen [data-asset='A-12345'] button")  # one taken off the filter
+                page.wait_for_selector("tr[data-id='BIG-A-12345']", state="detached")
+                assert page.url.endswith("?asset=A-12346"), page.url
                 assert page.errors == []
             finally:
                 page.context.close()

@@ -1,6 +1,7 @@
 """The maintenance windows page in real headless Chromium (as tests/test_console_browser.py): a maintenance user
 plans a window on two assets in Helsinki local time from the form, sees it listed with its local times and ends
-it; a viewer sees the list without the form. No script error (CSP: only 'self', no inline script)."""
+it; a viewer sees the list without the form; the asset choices search the server. No script error (CSP: only
+'self', no inline script)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,20 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 from console_support import Dialogs
-from test_console_browser import browser, login, shot  # noqa: F401 - the fixture and helpers of the browser tests
+from test_console_browser import api_requests_at_load, browser, login, shot  # noqa: F401 - the fixture and helpers of the browser tests
 from test_maintenance_windows_api import server  # noqa: F401 - a console on a fresh database with the plant
 
 HEL = ZoneInfo("Europe/Helsinki")
+
+
+def pick(page, picker: str, typed: str, asset: str) -> None:
+    """Choose ``asset`` in the asset picker ``picker`` (V.assetPicker) by typing ``typed`` into its search box."""
+    page.fill(f"#{picker}-q", typed)
+    page.click(f"#{picker}-results[data-q='{typed}'] [data-asset='{asset}']")
+
+
+def chosen(page, picker: str) -> list[str]:
+    return page.locator(f"#{picker}-chosen [data-asset]").evaluate_all("cs => cs.map((c) => c.dataset.asset)")
 
 
 def test_plan_and_end_a_window_from_the_page(browser, server):  # noqa: F811
@@ -21,7 +32,9 @@ def test_plan_and_end_a_window_from_the_page(browser, server):  # noqa: F811
     page.wait_for_selector("#mw-form")
     start = (datetime.now(UTC) - timedelta(minutes=10)).astimezone(HEL).strftime("%Y-%m-%dT%H:%M")
     end = (datetime.now(UTC) + timedelta(hours=4)).astimezone(HEL).strftime("%Y-%m-%dT%H:%M")
-    page.select_option("#mw-assets", ["P-101", "F-201"])
+    pick(page, "mw-assets", "p-1", "P-101")
+    pick(page, "mw-assets", "f-2", "F-201")
+    assert chosen(page, "mw-assets") == ["P-101", "F-201"]
     page.fill("#mw-start", start)
     page.fill("#mw-end", end)
     page.fill("#mw-zone", "Europe/Helsinki")
@@ -70,3 +83,43 @@ def test_the_asset_page_names_its_current_window(browser, server):  # noqa: F811
     assert "in a window" in note.inner_text() and "boiler inspection" in note.inner_text()
     assert page.errors == []
     page.context.close()
+
+
+def test_the_asset_choices_search_the_server_and_the_filter_stays_in_the_address(browser, server):  # noqa: F811
+    """The page read the whole asset list (at 20,000 assets, 20 requests) for a select in its filter and one in its
+    form. Both search the server as one types; the filter's choice is kept in the address."""
+    with server.client("maintenance") as c:
+        for asset, reason in (("B-301", "WO-9 boiler flue"), ("F-201", "WO-9 fan belt")):
+            r = c.post("/api/maintenance-windows", json={
+                "assets": [asset], "reason": reason, "starts_at": (datetime.now(UTC) + timedelta(days=2)).isoformat(),
+                "ends_at": (datetime.now(UTC) + timedelta(days=2, hours=1)).isoformat()})
+            assert r.status_code == 201, r.text
+    page = login(browser, server, "maintenance")
+    try:
+        asked = api_requests_at_load(page, server.url + "/maintenance", "body[data-ready='1']")
+        assert not [u for u in asked if "/api/assets" in u], "no asset list read at load"
+        page.type("#mw-assets-q", "-", delay=20)
+        page.wait_for_selector("#mw-assets-results[data-q='-']", state="attached")
+        assert page.locator("#mw-assets-results [data-asset]").all_inner_texts() == ["B-301", "F-201", "P-101"]
+        page.type("#mw-assets-q", "3")
+        page.wait_for_selector("#mw-assets-results[data-q='-3']", state="attached")
+        assert page.locator("#mw-assets-results [data-asset]").all_inner_texts() == ["B-301"]
+        page.click("#mw-assets-results [data-asset='B-301']")
+        assert chosen(page, "mw-assets") == ["B-301"]
+        pick(page, "mw-filter", "f-2", "F-201")
+        page.wait_for_selector("#mw-content[data-asset='F-201']", state="attached")
+        mine = page.locator("tr[data-window]", has_text="WO-9")
+        assert mine.count() == 1 and "WO-9 fan belt" in mine.inner_text(), "the boiler's window is not listed"
+        assert chosen(page, "mw-assets") == ["B-301"], "the form keeps its assets when the lists are loaded again"
+        assert page.url.endswith("/maintenance?asset=F-201"), page.url
+        page.reload()  # the filter is in the address
+        page.wait_for_selector("#mw-content[data-asset='F-201']", state="attached")
+        assert chosen(page, "mw-filter") == ["F-201"]
+        assert mine.count() == 1 and "WO-9 fan belt" in mine.inner_text()
+        page.click("#mw-filter-chosen [data-asset='F-201'] button")  # back to every asset
+        page.wait_for_selector("#mw-content[data-asset='']", state="attached")
+        assert "WO-9 boiler flue" in page.inner_text("#mw-content")
+        shot(page, "maintenance-windows-asset-filter")
+        assert page.errors == []
+    finally:
+        page.context.close()

@@ -53,6 +53,13 @@ async def list_assets(request: Request, site: str | None = None, kind: str | Non
     return page(rows, limit, ("name",))
 
 
+@router.get("/sites", tags=["assets"])
+async def list_sites(request: Request):
+    """The sites (areas) that have assets, by name, each with its number of assets (the board's site filter; it
+    took them from the whole asset list, 20 requests at 20,000 assets)."""
+    return {"items": await request.app.state.db.fetch(
+        "SELECT site, count(*) AS assets FROM assets WHERE site <> '' GROUP BY site ORDER BY site")}
+
 def _like_escaped(text: str) -> str:
     """``text`` matched literally by LIKE (PostgreSQL's default escape character is the backslash)."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -81,6 +81,75 @@ const V = (() => {
     return b;
   }
 
+  /** Search-as-you-type over ``GET /api/assets?q=`` for the text of the input ``box``: a search 250 ms after the
+   * last key, and ``show(page, q, query)`` with the answer to the newest search only (an answer to an older one that
+   * arrives late is dropped: it would put back a list the user had typed past). Returns ``search()``, the search
+   * of what the box holds now; a failed typed search goes to ``failed(e)``. Every asset list with a search box (the
+   * assets page, the pickers below) uses it: a site of 20,000 assets is never read whole. */
+  function assetSearch(box, show, { limit = 200, failed = () => {} } = {}) {
+    let latest = 0, timer = null;
+    async function search() {
+      const q = box.value.trim();
+      const mine = ++latest;
+      const query = { q, limit };
+      const page = await api("/api/assets" + qs(query), { quiet: true });
+      if (mine === latest) show(page, q, query);
+    }
+    box.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(() => search().catch(failed), 250); });
+    return search;
+  }
+
+  /** A picker of one or several assets (id ``id``): the chosen ones as chips with a remove button (``#ID-chosen``),
+   * a search box (``#ID-q``) whose first matches (``#ID-results``, ``data-q`` the search shown) are buttons that add
+   * one (Enter: the first). ``onchange(names)`` after each change; ``.value`` is the choice. It replaces a select of
+   * every asset: at 20,000 assets a page read the whole list (20 requests) to fill one. */
+  function assetPicker({ id, chosen = [], none = "all assets", onchange = () => {}, label = "Asset" }) {
+    let value = [...new Set(chosen)];
+    const box = el("input", { type: "search", id: id + "-q", autocomplete: "off", size: 18,
+      placeholder: "search assets", "aria-label": label + ": search" });
+    const results = el("div", { class: "picker-results", id: id + "-results", role: "listbox", hidden: true });
+    const chips = el("span", { class: "picker-chosen", id: id + "-chosen" });
+    const wrap = el("span", { class: "picker-box" }, box, results);
+    const picker = el("span", { class: "asset-picker", id }, chips, wrap);
+
+    function renderChips() {
+      chips.replaceChildren(...(value.length ? value.map((name) => el("span", { class: "chip", "data-asset": name },
+        name, el("button", { type: "button", class: "chip-x", title: "remove " + name, "aria-label": "remove " + name,
+          onclick: () => set(value.filter((x) => x !== name)) }, "×")))
+        : [el("span", { class: "muted" }, none)]));
+    }
+    function set(names) {
+      value = names;
+      renderChips();
+      onchange([...value]);
+    }
+    const failed = (e) => { results.replaceChildren(el("small", { class: "bad-text" },
+      `search failed: ${e.status ? e.status + ": " : ""}${e.message}`)); results.hidden = false; };
+    const search = assetSearch(box, (page, q) => {
+      results.replaceChildren(...page.items.map((a) => el("button", { type: "button", role: "option",
+        class: "secondary" + (value.includes(a.name) ? " chosen" : ""), "data-asset": a.name,
+        title: [a.site, a.kind, a.description].filter(Boolean).join(" · "),
+        // a mousedown would move the focus out of the box, which hides the list before the click lands
+        onmousedown: (ev) => ev.preventDefault(),
+        onclick: () => { if (!value.includes(a.name)) set([...value, a.name]); box.focus(); } }, a.name)),
+      page.next_cursor ? el("small", { class: "muted" }, `the first ${page.items.length}: type more`) : "",
+      page.items.length ? "" : el("small", { class: "muted" }, q ? `no asset matches "${q}"` : "no assets"));
+      results.dataset.q = q;  // what the list shows now (tests wait for it)
+      results.hidden = !wrap.contains(document.activeElement);
+    }, { limit: 20, failed });
+    box.addEventListener("focus", () => search().catch(failed));
+    wrap.addEventListener("focusout", (ev) => { if (!wrap.contains(ev.relatedTarget)) results.hidden = true; });
+    box.addEventListener("keydown", (ev) => {
+      if (ev.key === "Escape") results.hidden = true;
+      const first = results.querySelector("button[data-asset]");
+      // only from the list of what the box says now: within 250 ms of a key it can still be the previous search's
+      if (ev.key === "Enter" && first && results.dataset.q === box.value.trim()) { ev.preventDefault(); first.click(); }
+    });
+    renderChips();
+    Object.defineProperty(picker, "value", { get: () => [...value] });
+    return picker;
+  }
+
   function qs(params) {
     const u = new URLSearchParams();
     for (const [k, v] of Object.entries(params)) {
@@ -180,5 +249,5 @@ const V = (() => {
       el("tbody", {}, rows));
   }
 
-  return { el, api, apiAll, moreButton, qs, toast, fmtTime, fmtZoned, jsonInPlantTime, plantClock, suppressedRow, fmtNum, fmtInterval, timeCell, badge, main, failed, can, role, csrf, table };
+  return { el, api, apiAll, moreButton, assetSearch, assetPicker, qs, toast, fmtTime, fmtZoned, jsonInPlantTime, plantClock, suppressedRow, fmtNum, fmtInterval, timeCell, badge, main, failed, can, role, csrf, table };
 })();

@@ -3,13 +3,11 @@
 "use strict";
 
 (() => {
-  const { el, api, qs, main, table, moreButton } = V;
+  const { el, qs, main, table, moreButton } = V;
   const PAGE = 200;
   const box = el("input", { type: "search", id: "asset-search", autocomplete: "off", size: 40,
     placeholder: "name, area, kind or description", value: new URLSearchParams(location.search).get("q") || "" });
   const results = el("section", { id: "asset-results" });
-  let latest = 0;
-  let timer = null;
 
   function row(a) {
     return el("tr", { "data-asset": a.name },
@@ -17,12 +15,7 @@
       el("td", {}, a.site), el("td", {}, a.kind), el("td", {}, a.description), el("td", {}, a.tags));
   }
 
-  async function load() {
-    const q = box.value.trim();
-    const mine = ++latest;
-    const query = { q, limit: PAGE };
-    const page = await api("/api/assets" + qs(query), { quiet: true });
-    if (mine !== latest) return;  // typed on meanwhile: the newer search's answer is what the list shows
+  function show(page, q, query) {
     history.replaceState(null, "", location.pathname + qs({ q }));  // a reload or a link keeps the search
     if (!page.items.length) {
       results.replaceChildren(el("p", { class: "muted", id: "asset-none" }, q ? `No asset matches "${q}".`
@@ -36,13 +29,9 @@
     document.body.dataset.ready = "1";
   }
 
-  async function search() {
-    try { await load(); } catch (e) {
-      results.replaceChildren(el("p", { class: "bad-text", role: "alert" }, `Search failed: ${e.status ? e.status + ": " : ""}${e.message}`));
-    }
-  }
-
-  box.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(search, 250); });
+  // the newest search's answer only, 250 ms after the last key (V.assetSearch)
+  const search = V.assetSearch(box, show, { limit: PAGE, failed: (e) => results.replaceChildren(
+    el("p", { class: "bad-text", role: "alert" }, `Search failed: ${e.status ? e.status + ": " : ""}${e.message}`)) });
   main(el("h1", {}, "Assets"), el("div", { class: "row" }, el("label", {}, "Search", box)), results);
-  load().catch((e) => V.failed("Assets", e));
+  search().catch((e) => V.failed("Assets", e));
 })();

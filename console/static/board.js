@@ -5,7 +5,7 @@
   const { el, api, qs, toast, timeCell, badge, main, can } = V;
   const params = new URLSearchParams(location.search);
   const filters = {
-    site: params.get("site") || "", asset: params.get("asset") || "", severity: params.get("severity") || "",
+    site: params.get("site") || "", asset: params.getAll("asset"), severity: params.get("severity") || "",
     state: params.has("state") ? params.get("state") : "open",
   };
   const rows = new Map(); // id -> alert
@@ -26,7 +26,7 @@
   }
   function visible(a) {
     const st = stateParam();
-    return (!filters.site || a.site === filters.site) && (!filters.asset || a.asset === filters.asset)
+    return (!filters.site || a.site === filters.site) && (!filters.asset.length || filters.asset.includes(a.asset))
       && (!filters.severity || a.severity === filters.severity) && (!st || [].concat(st).includes(a.state));
   }
 
@@ -118,8 +118,12 @@
   }
 
   /** The rows afresh, by id (no duplicates; an alert cleared meanwhile leaves the open view). */
+  let fetches = 0;
   async function refetch() {
+    const mine = ++fetches;
     const page = await api("/api/alerts" + qs({ ...query(), limit: 200 }), { quiet: true });
+    // filters changed meanwhile (assets picked in quick succession): the newer fetch's rows are the ones to show
+    if (mine !== fetches) return;
     rows.clear();
     for (const a of page.items) rows.set(String(a.id), a);
     nextCursor = page.next_cursor;
@@ -218,16 +222,19 @@
   }
 
   async function init() {
-    let assets = [];
-    try { assets = await V.apiAll("/api/assets", { limit: 1000 }); } catch (e) { /* board works without */ }
-    const sites = [...new Set(assets.map((a) => a.site).filter(Boolean))].sort();
+    let sites = [];
+    try { sites = (await api("/api/sites", { quiet: true })).items.map((s) => s.site); } catch (e) { /* board works without */ }
+    // one or several assets, searched on the server as one types (a select of every asset was 20 requests at 20,000)
+    const assetPicker = V.assetPicker({ id: "f-asset", chosen: filters.asset, onchange: (names) => {
+      filters.asset = names; syncUrl(); loadSuppressed(); reload();
+    } });
     main(
       el("h1", {}, "Alert board ", el("small", {}, liveDot, liveText)),
       stale,
       counts,
       el("div", { class: "row filters" },
         select("site", "Site", [["", "all"], ...sites.map((s) => [s, s])]),
-        select("asset", "Asset", [["", "all"], ...assets.map((a) => [a.name, a.name])]),
+        el("div", { class: "field" }, "Asset", assetPicker),  // not a <label>: a click on it would press a chip's ×
         select("severity", "Severity", [["", "all"], ["critical", "critical"], ["warning", "warning"], ["info", "info"]]),
         select("state", "State", [["open", "open (raised + acknowledged)"], ["raised", "raised"],
           ["acknowledged", "acknowledged"], ["cleared", "cleared (history)"], ["", "all"]])),

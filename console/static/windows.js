@@ -3,13 +3,20 @@
 "use strict";
 
 (() => {
-  const { el, api, apiAll, moreButton, qs, main, badge, timeCell, table, toast, can } = V;
+  const { el, api, apiAll, assetPicker, moreButton, qs, main, badge, timeCell, table, toast, can } = V;
   const STATE_CLASS = { current: "st-acknowledged", upcoming: "st-cleared", past: "", cancelled: "" };
   // The form's zone: the plant's (console.time_zone) when configured, else the browser's. A control-room PC set to
   // UTC planned a Helsinki plant's 22:00 window for 00:00 local when the planner did not notice the zone field.
   const browserZone = document.querySelector('meta[name="time-zone"]')?.content
     || Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
-  let assetFilter = "";
+  // the assets whose windows are listed (none: all), in the address so that a reload or a link keeps them
+  let assetFilter = new URLSearchParams(location.search).getAll("asset");
+  const filter = assetPicker({ id: "mw-filter", chosen: assetFilter, onchange: (names) => {
+    assetFilter = names;
+    history.replaceState(null, "", location.pathname + qs({ asset: names }));
+    load().catch((e) => V.failed("Maintenance windows", e));
+  } });
+  const content = el("section", { id: "mw-content" });
 
   /** A time as the planner gave it (local in the window's zone) with the UTC instant as tooltip. */
   function when(local, utc, zone) {
@@ -55,10 +62,11 @@
       el("td", {}, w.reason), el("td", {}, w.created_by), el("td", {}, actions(w, reload)));
   }
 
-  function form(assets, reload) {
+  /** The planning form; built once (the lists below it are loaded again after a change of the filter, and a
+   * half-filled form lost its assets and times), afresh after a window is planned. */
+  function form(reload) {
     const f = {
-      assets: el("select", { id: "mw-assets", multiple: true, size: Math.min(6, Math.max(3, assets.length)) },
-        assets.map((a) => el("option", { value: a.name }, a.name))),
+      assets: assetPicker({ id: "mw-assets", none: "none chosen yet", label: "Assets" }),
       start: el("input", { id: "mw-start", type: "datetime-local", required: true }),
       end: el("input", { id: "mw-end", type: "datetime-local", required: true }),
       zone: el("input", { id: "mw-zone", value: browserZone, size: 18 }),
@@ -66,43 +74,44 @@
       long: el("input", { id: "mw-long", type: "checkbox" }),
     };
     const submit = async () => {
-      const chosen = [...f.assets.selectedOptions].map((o) => o.value);
       const r = await api("/api/maintenance-windows", { method: "POST", body: {
-        assets: chosen, starts_at: f.start.value, ends_at: f.end.value, time_zone: f.zone.value,
+        assets: f.assets.value, starts_at: f.start.value, ends_at: f.end.value, time_zone: f.zone.value,
         reason: f.reason.value, long: f.long.checked } });
-      toast(`planned ${r.items.length} window(s)`); reload();
+      toast(`planned ${r.items.length} window(s)`);
+      planner.replaceWith(planner = form(reload));
+      reload();
     };
     return el("section", { class: "card", id: "mw-form" }, el("h2", {}, "Plan a window"),
       el("p", { class: "muted" }, "Start and end are wall-clock times in the time zone given (the site's); a window over a clock change ends when the clocks show its end."),
       el("div", { class: "row" },
-        el("label", {}, "Assets", f.assets), el("label", {}, "Start", f.start), el("label", {}, "End", f.end),
+        el("div", { class: "field" }, "Assets", f.assets), el("label", {}, "Start", f.start), el("label", {}, "End", f.end),
         el("label", {}, "Time zone (IANA)", f.zone), el("label", {}, "Reason", f.reason),
         el("label", {}, "Longer than 14 days", f.long),
         el("button", { id: "mw-submit", onclick: submit }, "Plan window")));
   }
 
   async function load() {
-    const asset = assetFilter ? { asset: assetFilter } : {};
+    const asset = { asset: assetFilter };
     // Current and upcoming whole; the ended ones 20 at a time with "Load older" (only the newest 20 could be seen).
     const ended = { ...asset, state: ["past", "cancelled"], limit: 20 };
-    const [active, recent, assets] = await Promise.all([
+    const [active, recent] = await Promise.all([
       apiAll("/api/maintenance-windows", { ...asset, state: ["current", "upcoming"], limit: 200 }),
-      api("/api/maintenance-windows" + qs(ended)),
-      apiAll("/api/assets", { limit: 1000 })]);
-    const filter = el("select", { id: "mw-filter", onchange: () => { assetFilter = filter.value; load(); } },
-      el("option", { value: "" }, "all assets"),
-      assets.map((a) => el("option", { value: a.name, selected: a.name === assetFilter }, a.name)));
+      api("/api/maintenance-windows" + qs(ended))]);
     const recentTable = recent.items.length ? rows(recent.items, load) : null;
-    main(el("h1", {}, "Maintenance windows"),
-      el("p", { class: "muted" }, "Alerts of an asset are not raised while a window covers it; a running gateway sees a change within 15 s."),
-      el("div", { class: "row" }, el("label", {}, "Asset", filter)),
+    content.replaceChildren(
       el("h2", {}, "Current and upcoming"),
       active.length ? rows(active, load) : el("p", { class: "muted", id: "mw-none" }, "No current or upcoming windows."),
-      can("windows.plan") ? form(assets, load) : "",
+      planner,
       el("h2", {}, "Recently ended or cancelled"),
       recentTable ? el("div", { id: "mw-recent" }, recentTable, el("p", {}, moreButton("mw-recent-more", "/api/maintenance-windows", ended,
         recent.next_cursor, recentTable.tBodies[0], (w) => row(w, load)))) : el("p", { class: "muted" }, "None."));
+    content.dataset.asset = assetFilter.join(" ");  // the filter the lists show (tests wait for it)
     document.body.dataset.ready = "1";
   }
+  // The heading and the filter stay while the lists below are loaded again: the filter's search box keeps its focus.
+  let planner = can("windows.plan") ? form(() => load().catch((e) => V.failed("Maintenance windows", e))) : "";
+  main(el("h1", {}, "Maintenance windows"),
+    el("p", { class: "muted" }, "Alerts of an asset are not raised while a window covers it; a running gateway sees a change within 15 s."),
+    el("div", { class: "row" }, el("div", { class: "field" }, "Asset", filter)), content);
   load().catch((e) => V.failed("Maintenance windows", e));
 })();
