@@ -11,9 +11,11 @@ emissions, maintenance windows, a trained model registry and a report folder."""
 from __future__ import annotations
 
 import re
+import socket
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import psycopg
@@ -158,6 +160,7 @@ def server(pg_admin_dsn, tmp_path_factory):
     (reports / REPORT).parent.mkdir()
     (reports / REPORT).write_text("<html><body>daily report</body></html>")
     (reports.parent / "secret.txt").write_text("outside the reports folder")
+    (reports / "outside.txt").symlink_to(reports.parent / "secret.txt")
     table = regression_table(600)
     with fresh_database(pg_admin_dsn, prefix="console_authz") as dsn:
         seed_users(dsn)
@@ -359,3 +362,28 @@ def test_the_right_role_needs_the_csrf_token_with_a_session_and_none_with_an_api
         with _token_client(server, role) as t:
             r = _send(t, method, path, server, params, body)
             assert r.status_code == status, f"{role} (token) {method} {path}: {r.status_code} {r.text[:300]}"
+
+
+def _raw_get(server, target: str) -> tuple[int, str]:
+    """GET ``target`` exactly as written (an HTTP client would resolve ``..`` itself), by the viewer's API token."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.sendall(f"GET {target} HTTP/1.1\r\nHost: console\r\nAuthorization: Bearer {server.tokens['viewer']}\r\n"
+                  "Connection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.decode("utf-8", "replace").partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+@pytest.mark.parametrize("target", [
+    "/reports/../secret.txt", "/reports/daily/../../secret.txt", "/reports/%2e%2e/secret.txt",
+    "/reports/daily/..%2f..%2fsecret.txt", "/reports/{outside}", "/reports/outside.txt", "/reports/%00",
+    "/reports/daily/a%00b", "/reports/" + "x" * 3000])
+def test_report_files_outside_the_folder_or_of_impossible_names_are_not_found(server, target):
+    """Only files inside ``reports_dir`` are served: ``..`` and absolute names (sent as written; an HTTP client
+    resolves ``..`` itself) and a symlink out of the folder are 404, and so is a name with NUL or one longer than
+    a file name may be (they were a 500)."""
+    status, body = _raw_get(server, target.format(outside=quote(str(server.reports.parent / "secret.txt"), safe="")))
+    assert status == 404 and "outside the reports folder" not in body, (status, body[:200])
+    assert _raw_get(server, "/reports/" + REPORT)[0] == 200
