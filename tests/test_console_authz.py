@@ -387,3 +387,12 @@ def test_report_files_outside_the_folder_or_of_impossible_names_are_not_found(se
     status, body = _raw_get(server, target.format(outside=quote(str(server.reports.parent / "secret.txt"), safe="")))
     assert status == 404 and "outside the reports folder" not in body, (status, body[:200])
     assert _raw_get(server, "/reports/" + REPORT)[0] == 200
+
+
+def test_the_report_list_offers_only_what_is_served(server):
+    """The emissions page's report list: a symlink out of ``reports_dir`` was listed (its target's size and time)
+    with a link that answered 404."""
+    with _token_client(server, "viewer") as c:
+        items = c.get("/api/emissions/reports/files").json()["items"]
+        assert [f["name"] for f in items] == [REPORT]
+        assert all(c.get(f["href"]).status_code == 200 for f in items)
