@@ -396,3 +396,20 @@ def test_the_report_list_offers_only_what_is_served(server):
         items = c.get("/api/emissions/reports/files").json()["items"]
         assert [f["name"] for f in items] == [REPORT]
         assert all(c.get(f["href"]).status_code == 200 for f in items)
+
+
+@pytest.mark.parametrize("change", [{"disabled": True}, {"password": "another long pw 9"}, {"role": "viewer"}])
+def test_a_users_changed_credentials_end_their_open_sessions_at_once(server, change):
+    """Disabled, a new password or a lower role: the session opened before answers 401 at its next request, and
+    a new log-in has only what the user has now."""
+    name = f"moved-{next(iter(change))}"
+    with server.client("admin") as a:
+        a.post("/api/users", json={"username": name, "password": "a long enough pw 4", "role": "engineer"})
+        with server.client(username=name, password="a long enough pw 4") as u:
+            assert u.post("/api/alerts/AZ-read/comment", json={"comment": "before"}).status_code == 200
+            assert a.patch(f"/api/users/{name}", json=change).status_code == 200
+            assert _refused(u.post("/api/alerts/AZ-read/comment", json={"comment": "after"}), 401)
+            assert _refused(u.get("/api/auth/me"), 401)
+    if "role" in change:
+        with server.client(username=name, password="a long enough pw 4") as u:
+            assert _refused(u.post("/api/alerts/AZ-read/comment", json={"comment": "as viewer"}), 403, "/problems/role")
