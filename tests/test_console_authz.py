@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import socket
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -121,10 +122,15 @@ ROUTES: dict[tuple[str, str], str] = {
 NOT_A_PERMISSION = ("public", "logged in", "page")
 REPORT = "daily/WI1-2026-12-01.html"
 
+
+def _from_now(**delta) -> str:
+    return (datetime.now(UTC) + timedelta(**delta)).isoformat()
+
+
 # A request each unsafe route carries out (the status it answers then); the refusals are sent the same request, so
 # that an unchanged database means the guard stopped it, not a 404 or 409 of its own. Path parameters come from
-# `ids` (the seeded rows), by the parameter's name unless a route names its own.
-UNSAFE: dict[tuple[str, str], tuple[dict, dict | None, int]] = {
+# `ids` (the seeded rows), by the parameter's name unless a route names its own. A body made when sent is a function.
+UNSAFE: dict[tuple[str, str], tuple[dict, dict | Callable[[], dict] | None, int]] = {
     ("POST", "/api/auth/logout"): ({}, None, 204),
     ("POST", "/logout"): ({}, None, 303),
     ("POST", "/api/users"): ({}, {"username": "newcomer", "password": "a long enough pw 1", "role": "admin"}, 201),
@@ -135,8 +141,8 @@ UNSAFE: dict[tuple[str, str], tuple[dict, dict | None, int]] = {
     ("POST", "/api/alerts/{alert_id}/clear"): ({"alert_id": "AZ-clear"}, {"comment": "fixed"}, 200),
     ("POST", "/api/alerts/{alert_id}/comment"): ({"alert_id": "AZ-comment"}, {"comment": "looking"}, 200),
     ("POST", "/api/alerts/{alert_id}/review"): ({"alert_id": "AZ-review"}, {"verdict": "right"}, 200),
-    ("POST", "/api/maintenance-windows"): ({}, {"assets": ["F-201"], "starts_at": "+1d", "ends_at": "+2d",
-                                                "reason": "WO-9"}, 201),
+    ("POST", "/api/maintenance-windows"): ({}, lambda: {"assets": ["F-201"], "starts_at": _from_now(days=1),
+                                                        "ends_at": _from_now(days=2), "reason": "WO-9"}, 201),
     ("POST", "/api/maintenance-windows/{window_id}/end"): ({"window_id": "current_window"}, {}, 200),
     ("POST", "/api/maintenance-windows/{window_id}/cancel"): ({"window_id": "upcoming_window"}, {}, 200),
     ("POST", "/api/predictions/{prediction_id}/review"): ({}, {"verdict": "wrong"}, 200),
@@ -217,21 +223,14 @@ def _url(server, method: str, path: str, params: dict | None = None) -> str:
     return re.sub(r"\{(\w+)(?::path)?\}", lambda m: str(values[m.group(1)]), path)
 
 
-def _body(body: dict | None) -> dict | None:
-    if body and "starts_at" in body:  # a window planned from now on (relative so that the module may run any day)
-        now = datetime.now(UTC)
-        body = body | {"starts_at": (now + timedelta(days=1)).isoformat(), "ends_at": (now + timedelta(days=2))
-                       .isoformat()}
-    return body
-
-
 def _send(c: httpx.Client, method: str, path: str, server, params: dict | None = None,
-          body: dict | None = None) -> httpx.Response:
+          body=None) -> httpx.Response:
     url = _url(server, method, path, params)
     if path == "/api/alerts/stream":  # an endless stream: its status and headers are what is checked
         with c.stream(method, url) as r:
             return httpx.Response(r.status_code, headers=r.headers)
-    return c.request(method, url, json=_body(body), params=QUERY.get((method, path)), follow_redirects=False)
+    return c.request(method, url, json=body() if callable(body) else body, params=QUERY.get((method, path)),
+                     follow_redirects=False)
 
 
 def snapshot(dsn: str) -> dict[str, tuple]:
