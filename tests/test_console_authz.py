@@ -80,6 +80,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/api/audit"): "read",
     ("GET", "/api/assets"): "read",
     ("GET", "/api/assets/{name}"): "read",
+    ("GET", "/api/sites"): "read",
     ("GET", "/api/tags"): "read",
     ("GET", "/api/tags/{name:path}/calibrations"): "read",
     ("GET", "/api/tags/{name:path}/readings"): "read",
