@@ -19,6 +19,7 @@ from console.auth import require
 from console.jsonresp import FastJSON
 from console.params import decode_cursor, page, time_range
 from console.problems import Problem
+from console.routes.pages import report_path
 
 router = APIRouter(prefix="/api/emissions", tags=["emissions"], default_response_class=FastJSON,
                    dependencies=[Depends(require("read"))])
@@ -273,7 +274,10 @@ async def reports(request: Request):
 def _list_reports(root: Path) -> list[dict]:
     if not root.is_dir():
         return []
-    files = sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
+    # What /reports/ serves (`report_path`): a symlink out of the folder was listed with its target's size and time
+    # and a link that answered 404.
+    files = sorted((p for p in root.rglob("*") if report_path(root, p.relative_to(root).as_posix())),
+                   key=lambda p: p.stat().st_mtime, reverse=True)
     # The href URL-encoded: a name with a space, '#' or '?' otherwise ends the path where the browser reads it.
     return [{"name": str(p.relative_to(root)), "bytes": p.stat().st_size,
              "href": "/reports/" + quote(p.relative_to(root).as_posix()),

@@ -7,6 +7,7 @@ Nothing is loaded from elsewhere: shell, styles, scripts and the chart code are 
 from __future__ import annotations
 
 import asyncio
+import errno
 import html
 from pathlib import Path
 from urllib.parse import quote
@@ -78,7 +79,7 @@ async def report_file(request: Request, path: str):
     root = request.app.state.config.console.reports_dir
     if root is None:
         raise Problem(404, "no reports folder configured (console.reports_dir)")
-    target = await asyncio.to_thread(_inside, Path(root), path)
+    target = await asyncio.to_thread(report_path, Path(root), path)
     if target is None:
         raise Problem(404, f"no report {path!r}")
     response = FileResponse(target)
@@ -98,10 +99,20 @@ REPORT_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; fra
               "base-uri 'none'; form-action 'none'")
 
 
-def _inside(root: Path, path: str) -> Path | None:
-    """The file ``path`` under ``root``, or None if it is missing or outside (``..``, symlinks)."""
-    target = (root / path).resolve()
-    return target if target.is_relative_to(root.resolve()) and target.is_file() else None
+def report_path(root: Path, path: str) -> Path | None:
+    """The file ``path`` under ``root``, or None if it is missing, outside (``..``, symlinks) or no file's name.
+
+    A name with NUL (``/reports/%00``) or longer than the file system allows is no file's, but `Path` raised for
+    them (ValueError, ENAMETOOLONG): any logged-in user got a 500 and a traceback in the console's log."""
+    if "\x00" in path:
+        return None
+    try:
+        target = (root / path).resolve()
+        return target if target.is_relative_to(root.resolve()) and target.is_file() else None
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return None
+        raise
 
 
 @router.get("/favicon.ico")
