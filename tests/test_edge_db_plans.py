@@ -76,7 +76,7 @@ def _generic(conn: psycopg.Connection, sql: str, arg: str) -> dict:
 def test_lookups_of_other_tags_do_not_walk_a_backfilled_tags_chunks(site):
     """A tag without readings (configured, not yet delivering; an indicator not yet computed) walks every chunk for
     its newest reading. In the chunks of a backfilled tag the planner took every row for a match of any tag and
-    read them all by the time index: 0.67 s at 30 days of 1 Hz (bench/bench_tsdb_plans.py); here 4 days, 5,000+
+    read them all by the time index: 0.22-0.37 s at 30 days of 1 Hz (bench/bench_tsdb_plans.py); here 4 days, 5,000+
     pages, where a probe of the key reads 2-4 a chunk. The answers are the same before and after m0003."""
     dsn, ids = site
     before = _answers(dsn, ids)
