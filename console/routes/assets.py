@@ -171,11 +171,13 @@ async def readings(request: Request, name: str, _: Principal = Depends(require("
             "range": [tag["range_min"], tag["range_max"]], **series}
 
 
+LATEST = ("SELECT time, value, value_text, quality, flags, status, receive_time, server_time FROM readings "
+          "WHERE tag_id = %s ORDER BY time DESC LIMIT 1")
+
+
 @router.get("/tags/{name:path}/latest", tags=["readings"])
 async def latest(request: Request, name: str):
     """The newest reading of a tag, with its quality and both timestamps."""
     tag = await tag_row(request, name)
-    row = await request.app.state.db.fetchone(
-        "SELECT time, value, value_text, quality, flags, status, receive_time, server_time FROM readings "
-        "WHERE tag_id = %s ORDER BY time DESC LIMIT 1", (tag["id"],))
+    row = await request.app.state.db.fetchone(LATEST, (tag["id"],))
     return {"tag": name, "unit": tag["unit"], "reading": row}
