@@ -49,6 +49,38 @@ def _loc(loc: tuple) -> str:
     return ".".join(parts)
 
 
+def _guards(dependant) -> list:
+    """The log-in and permission dependencies of a route (``current_principal``, ``require(...)``'s), in the order
+    FastAPI runs them."""
+    from console.auth import current_principal
+
+    out = []
+    for d in dependant.dependencies:
+        out += _guards(d)
+        if d.call is current_principal or getattr(d.call, "__name__", "").startswith("require_"):
+            out.append(d.call)
+    return out
+
+
+async def _guarded(request: Request) -> Problem | None:
+    """What the matched route's guards say to this caller (401, 403), or None when they let it through or the route
+    has none (the log-in form)."""
+    from console.auth import current_principal
+
+    route = request.scope.get("route")
+    guards = _guards(route.dependant) if hasattr(route, "dependant") else []
+    if not guards:
+        return None
+    try:
+        principal = await current_principal(request)
+        for guard in guards:
+            if guard is not current_principal:
+                await guard(principal)
+    except Problem as exc:
+        return exc
+    return None
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into a problem document."""
 
@@ -59,6 +91,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            # FastAPI decodes a JSON body before it runs the route's dependencies: malformed JSON was answered 422
+            # to a caller with no credentials, no CSRF token or the wrong role. Who may call comes first.
+            refused = await _guarded(request)
+            if refused is not None:
+                return await _problem(request, refused)
         errors = [{"where": _loc(e["loc"]), "message": e["msg"].removeprefix("Value error, ")}
                   for e in exc.errors()]
         detail = "; ".join(f"{e['where']}: {e['message']}" for e in errors)

@@ -413,3 +413,43 @@ def test_a_users_changed_credentials_end_their_open_sessions_at_once(server, cha
     if "role" in change:
         with server.client(username=name, password="a long enough pw 4") as u:
             assert _refused(u.post("/api/alerts/AZ-read/comment", json={"comment": "as viewer"}), 403, "/problems/role")
+
+
+def test_a_malformed_json_body_is_not_answered_before_who_may_call(server):
+    """FastAPI decodes the body before it runs a route's dependencies: malformed JSON was answered 422 to a caller
+    without credentials, without the CSRF token or with the wrong role. Every unsafe route: no credentials 401, a
+    session without the CSRF token 403 (csrf), each role without the permission 403 (role), the right one 422; the
+    log-in form, public, 422 to anyone. Nothing changes."""
+    def post_bad(c: httpx.Client, method: str, path: str) -> httpx.Response:
+        return c.request(method, _url(server, method, path, UNSAFE.get((method, path), ({},))[0]),
+                         content=b'{"comment": ', follow_redirects=False,
+                         headers={"Content-Type": "application/json"})
+
+    # The routes that read a JSON body (a route without one does not decode it: a request to it is just carried out)
+    unsafe = sorted({(m, r.path) for r in iter_route_contexts(server.app.routes)
+                     if getattr(r, "body_field", None) is not None and r.path.startswith("/api/")
+                     for m in r.methods if m != "GET"})
+    assert len(unsafe) >= 10, unsafe
+    with ExitStack() as stack:
+        anon = stack.enter_context(httpx.Client(base_url=server.url, timeout=60))
+        sessions = {role: stack.enter_context(server.client(role)) for role in ROLES}
+        no_csrf = stack.enter_context(server.client(ROLES[-1]))
+        del no_csrf.headers["X-CSRF-Token"]
+        before = snapshot(server.dsn)  # the log-ins above are changes of their own
+        for method, path in unsafe:
+            need = ROUTES[(method, path)]
+            r = post_bad(anon, method, path)
+            where = f"{method} {path}: {r.status_code} {r.text[:200]}"
+            if need == "public":
+                assert r.status_code == 422, where
+                continue
+            assert _refused(r, 401), "no credentials, " + where
+            assert _refused(post_bad(no_csrf, method, path), 403, "/problems/csrf"), "no CSRF token, " + where
+            for role, c in sessions.items():
+                r = post_bad(c, method, path)
+                where = f"{role} {method} {path}: {r.status_code} {r.text[:200]}"
+                if need == "logged in" or need in ROLE_PERMISSIONS[role]:
+                    assert r.status_code == 422, where
+                else:
+                    assert _refused(r, 403, "/problems/role"), where
+        assert not _changed(before, snapshot(server.dsn))

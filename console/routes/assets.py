@@ -60,6 +60,7 @@ async def list_sites(request: Request):
     return {"items": await request.app.state.db.fetch(
         "SELECT site, count(*) AS assets FROM assets WHERE site <> '' GROUP BY site ORDER BY site")}
 
+
 def _like_escaped(text: str) -> str:
     """``text`` matched literally by LIKE (PostgreSQL's default escape character is the backslash)."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
