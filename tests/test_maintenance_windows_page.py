@@ -62,6 +62,34 @@ def test_plan_and_end_a_window_from_the_page(browser, server):  # noqa: F811
     page.context.close()
 
 
+def test_a_site_wide_window_is_one_window_on_every_asset(browser, server):  # noqa: F811
+    """A turnaround stops the whole site: the form offered only assets picked one by one (thousands on a big site),
+    though the API takes '*'. "every asset" plans one window on '*' and sets the picked ones aside. Two days ahead,
+    so it suppresses nothing the module's other tests raise."""
+    page = login(browser, server, "maintenance")
+    page.goto(server.url + "/maintenance")
+    page.wait_for_selector("#mw-form")
+    start = (datetime.now(UTC) + timedelta(days=2)).astimezone(HEL).strftime("%Y-%m-%dT%H:%M")
+    end = (datetime.now(UTC) + timedelta(days=3)).astimezone(HEL).strftime("%Y-%m-%dT%H:%M")
+    pick(page, "mw-assets", "p-1", "P-101")
+    page.check("#mw-every")
+    assert "disabled" in page.get_attribute("#mw-assets", "class") and page.is_disabled("#mw-assets-q")
+    page.fill("#mw-start", start)
+    page.fill("#mw-end", end)
+    page.fill("#mw-zone", "Europe/Helsinki")
+    page.fill("#mw-reason", "WO-7000 site turnaround")
+    page.click("#mw-submit")
+    row = page.locator("tr[data-window]", has_text="WO-7000 site turnaround")
+    row.wait_for(timeout=10000)
+    assert row.count() == 1 and "every asset" in row.inner_text() and "upcoming" in row.inner_text()
+    with psycopg.connect(server.dsn) as conn:
+        assets = conn.execute("SELECT asset FROM maintenance_windows WHERE reason = %s",
+                              ("WO-7000 site turnaround",)).fetchall()
+    assert assets == [("*",)]
+    assert page.errors == []
+    page.context.close()
+
+
 def test_a_viewer_sees_the_windows_but_no_form(browser, server):  # noqa: F811
     page = login(browser, server, "viewer")
     page.goto(server.url + "/maintenance")

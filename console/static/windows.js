@@ -72,10 +72,15 @@
       zone: el("input", { id: "mw-zone", value: browserZone, size: 18 }),
       reason: el("input", { id: "mw-reason", placeholder: "work order, job", size: 30 }),
       long: el("input", { id: "mw-long", type: "checkbox" }),
+      // A site-wide shutdown (a turnaround) is one window on '*', not one per asset picked from thousands.
+      every: el("input", { id: "mw-every", type: "checkbox", onchange: () => {
+        f.assets.classList.toggle("disabled", f.every.checked);
+        f.assets.querySelector("input").disabled = f.every.checked;
+      } }),
     };
     const submit = async () => {
       const r = await api("/api/maintenance-windows", { method: "POST", body: {
-        assets: f.assets.value, starts_at: f.start.value, ends_at: f.end.value, time_zone: f.zone.value,
+        assets: f.every.checked ? ["*"] : f.assets.value, starts_at: f.start.value, ends_at: f.end.value, time_zone: f.zone.value,
         reason: f.reason.value, long: f.long.checked } });
       toast(`planned ${r.items.length} window(s)`);
       planner.replaceWith(planner = form(reload));
@@ -84,7 +89,9 @@
     return el("section", { class: "card", id: "mw-form" }, el("h2", {}, "Plan a window"),
       el("p", { class: "muted" }, "Start and end are wall-clock times in the time zone given (the site's); a window over a clock change ends when the clocks show its end."),
       el("div", { class: "row" },
-        el("div", { class: "field" }, "Assets", f.assets), el("label", {}, "Start", f.start), el("label", {}, "End", f.end),
+        // the checkbox above the picker: the list of matches opens below the search box and would cover it
+        el("div", { class: "field" }, "Assets", el("label", {}, f.every, " every asset (site-wide)"), f.assets),
+        el("label", {}, "Start", f.start), el("label", {}, "End", f.end),
         el("label", {}, "Time zone (IANA)", f.zone), el("label", {}, "Reason", f.reason),
         el("label", {}, "Longer than 14 days", f.long),
         el("button", { id: "mw-submit", onclick: submit }, "Plan window")));
