@@ -10,12 +10,12 @@ trains on ``--train`` without registering. Both need models/.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
 from edge.errors import ValvojaError
+from edge.jsontext import api_json
 
 
 def _registry_args(p) -> None:
@@ -141,6 +141,6 @@ def cmd_evaluate(args) -> int:
         print(f"    model: {r['model_id']} {version}, ONNX sha256 {r['model_version'][:16]}…, parity max |diff| "
               f"{parity:.2g}")
     if args.out:
-        args.out.write_text(json.dumps(res, indent=2, default=str))
+        args.out.write_text(api_json(res, indent=True) + "\n")
         print(f"-> {args.out}")
     return 0

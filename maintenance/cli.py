@@ -15,12 +15,12 @@ Until the lead's ``valvoja`` exists everywhere, ``python -m maintenance.cli ARGS
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 from edge.cli import aware_time_arg, iso_time_arg
+from edge.jsontext import api_json
 
 
 def add_parser(subparsers) -> None:
@@ -151,7 +151,7 @@ def cmd_train_anomaly(args) -> int:
 
 def _dump(obj, path: Path | None) -> None:
     if path is not None:
-        path.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
+        path.write_text(api_json(obj, indent=True) + "\n", encoding="utf-8")
         print(f"wrote {path}")
 
 

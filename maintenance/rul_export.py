@@ -35,11 +35,11 @@ from pathlib import Path
 import numpy as np
 from sklearn.pipeline import Pipeline
 
+from edge.jsontext import json_safe
 from maintenance.rul import RulModel
 from models.conformal import SplitConformal
 from models.data import FeatureTable
 from models.export import ParityError, check_parity, sha256, to_onnx
-from models.registry import json_safe
 from models.schema import InputSchema
 from models.train import MAX_CARD_SCORES, TrainedModel, TrainSpec, holdout_metrics
 

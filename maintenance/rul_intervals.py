@@ -57,7 +57,7 @@ class BinnedConformal:
 
     @classmethod
     def from_dict(cls, d: dict) -> BinnedConformal:
-        """As `to_dict` wrote it, also after a strict-JSON card (``models.registry.json_safe``) turned an infinite
+        """As `to_dict` wrote it, also after a strict-JSON card (``edge.jsontext.json_safe``) turned an infinite
         offset into null: a bin with too few residuals for its level keeps an infinite offset (interval ``[0, inf)``),
         where ``float(None)`` would be NaN bounds: no interval at all, and a RUL alert that can never fire."""
         def offsets(v) -> np.ndarray:

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from edge.errors import ValvojaError
+from edge.jsontext import api_json
 
 
 def _registry_args(p: argparse.ArgumentParser) -> None:
@@ -190,7 +191,7 @@ def cmd_train(args) -> int:
         registry.check_writable()  # before the training run, not after it
     tm = train(spec, table, progress=_progress)
     if args.json:
-        print(json.dumps({k: v for k, v in tm.card.items() if k != "calibration"}, indent=2, default=str))
+        print(api_json({k: v for k, v in tm.card.items() if k != "calibration"}, indent=True))
     if registry is None:
         print(f"{spec.model_id}: trained, not registered (sha256 {tm.sha256[:12]})")
         return 0
@@ -242,7 +243,7 @@ def existing_registry(args):
 def cmd_list(args) -> int:
     versions = existing_registry(args).list(args.model_id)
     if args.json:
-        print(json.dumps([v.summary() for v in versions], indent=2, default=str))
+        print(api_json([v.summary() for v in versions], indent=True))
         return 0
     if not versions:
         print("no models registered" + (f" under {args.model_id!r}" if args.model_id else ""))
@@ -271,9 +272,9 @@ def cmd_promote(args) -> int:
     try:
         cmp = reg.promote(args.model_id, args.version, holdout=holdout, actor=args.actor)
     except GateRefused as exc:
-        print(json.dumps(exc.comparison.to_dict(), indent=2) if args.json else exc.comparison.describe())
+        print(api_json(exc.comparison.to_dict(), indent=True) if args.json else exc.comparison.describe())
         return 1
-    print(json.dumps(cmp.to_dict(), indent=2) if args.json else cmp.describe())
+    print(api_json(cmp.to_dict(), indent=True) if args.json else cmp.describe())
     print(f"{args.model_id} v{args.version} is now the champion")
     return 0
 

@@ -45,6 +45,7 @@ import numpy as np
 
 from edge.errors import ConfigError, ValvojaError
 from edge.files import fsync_path, write_atomic
+from edge.jsontext import json_safe
 from models.data import FeatureTable
 from models.export import ParityError, sha256
 from models.runtime import IntegrityError, OnnxModel
@@ -174,21 +175,6 @@ def _fmt(v) -> str:
     if v is None:
         return "-"
     return f"{v:.5g}" if isinstance(v, float) else str(v)
-
-
-def json_safe(obj):
-    """NaN/inf -> None (jsonb and strict JSON have no such numbers), numpy scalars -> Python."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def _ts(v) -> datetime | None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.jsontext import json_safe
 from models.conformal import SplitConformal
 from models.drift import DriftMonitor
 from models.evaluate import regression_metrics, stream, windowed
@@ -127,28 +128,11 @@ def _residuals(e: np.ndarray, window: int, bins: int = 40) -> dict:
             "histogram": {"edges": edges.tolist(), "counts": counts.tolist()}, "mean_per_window": means}
 
 
-def _clean(o):
-    """NaN/inf -> None, numpy -> Python, recursively (strict JSON)."""
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, list | tuple):
-        return [_clean(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return [_clean(v) for v in o.tolist()]
-    if isinstance(o, np.bool_ | bool):
-        return bool(o)
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, float | np.floating):
-        return float(o) if math.isfinite(o) else None
-    return o
-
-
 def write_report(report: dict, out_dir: str | Path, *, name: str = "report") -> tuple[Path, Path]:
     """Write ``<name>.html`` and ``<name>.json`` into ``out_dir`` (created); returns both paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    clean = _clean(report)
+    clean = json_safe(report)
     jp = out / f"{name}.json"
     jp.write_text(json.dumps(clean, indent=1, allow_nan=False) + "\n", encoding="utf-8")
     hp = out / f"{name}.html"

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from edge.cli import iso_time_arg
 from edge.errors import ValvojaError
+from edge.jsontext import api_json
 from models.cli import guard
 
 __all__ = ["add_subcommands", "cmd_evaluate_feedback", "cmd_evaluate_gas_turbine", "cmd_report", "model_report"]
@@ -146,7 +147,7 @@ def cmd_evaluate_feedback(args) -> int:
         doc = {"since": args.since, "until": args.until, "model_id": args.model_id, "rows": rows,
                "overall": {"right": right, "wrong": wrong, "precision": overall}}
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=1, default=str) + "\n", encoding="utf-8")
+        args.json.write_text(api_json(doc, indent=True) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
     return 0
 
@@ -159,7 +160,7 @@ def _f(v, d=3) -> str:
 
 def cmd_evaluate_gas_turbine(args) -> int:
     from models.evaluate import evaluate_gas_turbine
-    from models.report import _clean, build_report, write_report
+    from models.report import build_report, write_report
 
     baseline = None if str(args.baseline).lower() in ("none", "") else args.baseline
     res = evaluate_gas_turbine(args.data, args.train, args.test, args.target, estimator=args.estimator,
@@ -199,7 +200,7 @@ def cmd_evaluate_gas_turbine(args) -> int:
     print("input drift of the test years vs training: " + (", ".join(drifted) or "none"))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(_clean(res), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        args.json.write_text(api_json(res, indent=True) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
     if args.report and arrays:
         from models.drift import DriftMonitor

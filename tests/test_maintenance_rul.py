@@ -66,9 +66,9 @@ def test_binned_conformal_covers_and_opens_at_the_cap():
 
 def test_binned_conformal_survives_the_card_when_a_bin_is_too_small():
     """A bin with fewer residuals than its level needs (ties at the cap leave one bin empty here; 5 % a side needs
-    19) has an infinite offset. The card is strict JSON (models.registry.json_safe: inf -> null); read back, that
+    19) has an infinite offset. The card is strict JSON (edge.jsontext.json_safe: inf -> null); read back, that
     bin must still give [0, inf), not NaN bounds (which stored NaN and never raised an alert)."""
-    from models.registry import json_safe
+    from edge.jsontext import json_safe
 
     rng = np.random.default_rng(2)
     pred = np.r_[rng.uniform(0, 50, 350), rng.uniform(50, 60, 10), np.full(240, 125.0)]  # 40 % at the cap
