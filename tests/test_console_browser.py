@@ -1063,6 +1063,25 @@ def test_the_boards_asset_filter_searches_as_one_types(browser, pg_admin_dsn):
                 page.press("#f-asset-q", "Enter")  # the first match, from the keyboard
                 page.wait_for_selector("tr[data-id='BIG-A-12346']")
                 assert page.url.endswith("?asset=A-12345&asset=A-12346"), page.url
+                # the arrow keys: down into the matches and along them, up back to the box, Enter on the one reached
+                page.fill("#f-asset-q", "a-0000")
+                page.wait_for_selector("#f-asset-results[data-q='a-0000']", state="attached")
+                for key in ("ArrowDown", "ArrowDown", "ArrowDown", "ArrowUp"):
+                    page.keyboard.press(key)
+                assert page.evaluate("document.activeElement.dataset.asset") == "A-00001"
+                page.keyboard.press("ArrowUp")
+                page.keyboard.press("ArrowUp")
+                assert page.evaluate("document.activeElement.id") == "f-asset-q", "up from the first: the box"
+                page.keyboard.press("ArrowDown")
+                page.keyboard.press("ArrowDown")
+                # back in the box was not a new search: its answer would have replaced the match that has the focus
+                page.wait_for_timeout(600)
+                assert page.evaluate("document.activeElement.dataset.asset") == "A-00001"
+                page.keyboard.press("Enter")
+                page.wait_for_selector("#f-asset-chosen [data-asset='A-00001']")
+                assert page.url.endswith("?asset=A-12345&asset=A-12346&asset=A-00001"), page.url
+                page.click("#f-asset-chosen [data-asset='A-00001'] button")
+                page.wait_for_selector("#f-asset-chosen [data-asset='A-00001']", state="detached")
                 page.reload()  # the choice is in the address
                 page.wait_for_selector("tr[data-id='BIG-A-12346']")
                 page.wait_for_selector("#live-dot.on")

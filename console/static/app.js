@@ -101,7 +101,7 @@ const V = (() => {
 
   /** A picker of one or several assets (id ``id``): the chosen ones as chips with a remove button (``#ID-chosen``),
    * a search box (``#ID-q``) whose first matches (``#ID-results``, ``data-q`` the search shown) are buttons that add
-   * one (Enter: the first). ``onchange(names)`` after each change; ``.value`` is the choice. It replaces a select of
+   * one (Enter: the first; the arrow keys move among them). ``onchange(names)`` after each change; ``.value`` is the choice. It replaces a select of
    * every asset: at 20,000 assets a page read the whole list (20 requests) to fill one. */
   function assetPicker({ id, chosen = [], none = "all assets", onchange = () => {}, label = "Asset" }) {
     let value = [...new Set(chosen)];
@@ -121,6 +121,8 @@ const V = (() => {
     function set(names) {
       value = names;
       renderChips();
+      results.querySelectorAll("button[data-asset]").forEach((b) => b.classList.toggle("chosen",
+        value.includes(b.dataset.asset)));
       onchange([...value]);
     }
     const failed = (e) => { results.replaceChildren(el("small", { class: "bad-text" },
@@ -137,13 +139,32 @@ const V = (() => {
       results.dataset.q = q;  // what the list shows now (tests wait for it)
       results.hidden = !wrap.contains(document.activeElement);
     }, { limit: 20, failed });
-    box.addEventListener("focus", () => search().catch(failed));
+    // A search when the focus comes from outside the picker; back from one of its matches (an arrow key, a pick)
+    // the list stays: an answer arriving while a match has the focus would replace that button and drop the focus.
+    box.addEventListener("focus", (ev) => {
+      if (wrap.contains(ev.relatedTarget)) results.hidden = false;
+      else search().catch(failed);
+    });
     wrap.addEventListener("focusout", (ev) => { if (!wrap.contains(ev.relatedTarget)) results.hidden = true; });
     box.addEventListener("keydown", (ev) => {
       if (ev.key === "Escape") results.hidden = true;
       const first = results.querySelector("button[data-asset]");
       // only from the list of what the box says now: within 250 ms of a key it can still be the previous search's
       if (ev.key === "Enter" && first && results.dataset.q === box.value.trim()) { ev.preventDefault(); first.click(); }
+      if (ev.key === "ArrowDown" && first && !results.hidden && results.dataset.q === box.value.trim()) {
+        ev.preventDefault();
+        first.focus();
+      }
+    });
+    // A listbox's keys: up and down move among the matches (up from the first: back to the box), Escape goes back
+    // to the box; Enter or Space on a match adds it (a button's own keys).
+    results.addEventListener("keydown", (ev) => {
+      const options = [...results.querySelectorAll("button[data-asset]")];
+      const at = options.indexOf(document.activeElement);
+      if (at < 0) return;
+      if (ev.key === "ArrowDown") { ev.preventDefault(); options[Math.min(at + 1, options.length - 1)].focus(); }
+      else if (ev.key === "ArrowUp") { ev.preventDefault(); (at ? options[at - 1] : box).focus(); }
+      else if (ev.key === "Escape") { ev.preventDefault(); box.focus(); results.hidden = true; }
     });
     renderChips();
     Object.defineProperty(picker, "value", { get: () => [...value] });
