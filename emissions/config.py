@@ -308,6 +308,10 @@ class Regulatory(Strict):
     year_min_valid_days_share: float = Field(0.0, ge=0, le=1)
     max_invalid_days_per_year: int = Field(10, ge=0)  # Annex V Part 3 point 10, Annex VI Part 8 point 1.2
     clamp_validated_at_zero: bool = True  # a validated average below zero is reported as zero
+    # A day's (month's, year's) validated value: false, its mean minus the CI (the mean of its sub-averages' validated
+    # values before clamping: IED Annex V Part 3 10); true, the mean of the sub-averages' clamped validated values
+    # (higher where a sub-average is below the CI), where a permit says so.
+    clamp_before_averaging: bool = False
     accept_uncertain: bool = True  # readings of UNCERTAIN quality count as valid data
     o2_max_percent: float = Field(20.0, gt=0, lt=21)  # above this (dry) the O2 correction is not computed
     o2_correct_only_above_reference: bool = False  # some permits correct only when O2 > reference
@@ -484,6 +488,8 @@ class StackConfig(Strict):
         """sha256 of the configuration as used (defaults included), stored with every result for audit."""
         data = self.model_dump(mode="json")
         del data["late_data_days"]  # when late readings are taken changes no result: the hash stays as before it
+        if not data["regulatory"]["clamp_before_averaging"]:  # the default hashes as before the key existed
+            del data["regulatory"]["clamp_before_averaging"]
         for p in data["pollutants"]:  # a pollutant without a status signal hashes as before status_tag existed
             if p["status_tag"] is None:
                 del p["status_tag"], p["status_ok"]

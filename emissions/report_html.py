@@ -30,7 +30,8 @@ FORMULAS = [
     ("actual to standard conditions", "c_std = c × (T / 273.15 K) × (101.325 kPa / p)"),
     ("wet to dry gas", "c_dry = c_wet / (1 − H2O / 100)"),
     ("reference oxygen", "E_ref = E_meas × (21 − O2_ref) / (21 − O2_meas), O2 on a dry basis"),
-    ("validated average", "validated = average − CI, CI = CI% × ELV (clamped at 0 if configured)"),
+    ("validated average", "validated = average − CI, CI = CI% × ELV (clamped at 0 if configured; a day: its average "
+                          "− CI, not the mean of clamped hours, unless clamp_before_averaging)"),
     ("availability", "valid primary values / primary values in operating time"),
     ("mass rate", "kg/h = c_dry,std × Q_dry,std × 10⁻⁶ (concentration without the O2 correction)"),
     ("CO2 from fuel", "t = activity × NCV / 1000 × EF × OF"),

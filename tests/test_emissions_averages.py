@@ -162,3 +162,27 @@ def test_averages_of_constant_input_are_that_constant(c, seed, gap, regime):
         assert av.value[have] == pytest.approx(np.full(have.sum(), c), rel=1e-12), period
         ci = 20.0
         assert np.allclose(av.validated[av.valid], max(c - ci, 0.0), rtol=1e-12), period
+
+
+def half_zero_half_250() -> np.ndarray:
+    return np.r_[np.zeros(12 * 60), np.full(12 * 60, 250.0)]
+
+
+def test_a_day_is_validated_from_its_hours_before_they_are_clamped():
+    # LCP, ELV 100 mg/Nm³, CI 20 % of it = 20 mg. 12 hours at 0 mg/Nm³, 12 at 250: the day's measured average is
+    # 125 and its validated one 125 - 20 = 105 (IED Annex V Part 3 10: from the valid hourly averages minus the
+    # CI), within 110 % of the ELV (110). The hours are reported as 0 (0 - 20 clamped) and 230; averaging those
+    # reported hours made the day 115, a breach of Part 4 1(b) the directive does not make.
+    levels = run(stack(), {"NOx": half_zero_half_250()}).averages["NOx"]
+    assert levels["hour"].validated[:12].tolist() == [0.0] * 12 and levels["hour"].validated[12] == 230.0
+    assert levels["day"].validated[0] == pytest.approx(105.0)
+    assert levels["month"].validated[0] == pytest.approx(105.0) and levels["year"].validated[0] == pytest.approx(105.0)
+    # A day that is all below the CI is reported as 0, not below: 10 mg/Nm³ all day -> 10 - 20 -> 0.
+    assert run(stack(), {"NOx": np.full(DAY, 10.0)}).averages["NOx"]["day"].validated[0] == 0.0
+
+
+def test_a_permit_may_average_the_clamped_hours():
+    cfg = stack(regulatory={"clamp_before_averaging": True})
+    levels = run(cfg, {"NOx": half_zero_half_250()}).averages["NOx"]
+    assert levels["day"].validated[0] == pytest.approx((12 * 0.0 + 12 * 230.0) / 24)  # 115
+    assert levels["month"].validated[0] == pytest.approx(115.0)
