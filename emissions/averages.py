@@ -221,9 +221,11 @@ def compute(cfg: StackConfig, primary: Primary) -> StackResult:
         day = combine("day", bounds["day"], sub, max_invalid=reg.day_max_invalid, **validation)
         in_valid_day = day.valid[periods.locate(bounds["day"], sub.start)]
         levels["day"] = day
-        levels["month"] = combine("month", bounds["month"], sub, include=in_valid_day, days=day,
+        longer = ({"sub": day, "include": None} if reg.month_mean_of == "days"
+                  else {"sub": sub, "include": in_valid_day})
+        levels["month"] = combine("month", bounds["month"], **longer, days=day,
                                   min_valid_days_share=reg.month_min_valid_days_share, **validation)
-        levels["year"] = combine("year", bounds["year"], sub, include=in_valid_day, days=day,
+        levels["year"] = combine("year", bounds["year"], **longer, days=day,
                                  min_valid_days_share=reg.year_min_valid_days_share, **validation)
         out[pol.name] = levels
     return StackResult(cfg.name, start, primary.step_s, norm, out, cfg.fingerprint())

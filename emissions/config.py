@@ -303,7 +303,10 @@ class Regulatory(Strict):
     min_valid_share: dict[Literal["ten_min", "half_hour", "hour"], float] = DEFAULT_MIN_VALID_SHARE
     day_from: Literal["half_hour", "hour"]  # which averages a daily average is built from
     day_max_invalid: int = Field(ge=0)  # more invalid sub-averages than this invalidate the day
-    # Month and year: built from valid days' sub-averages; valid when this share of operating days is valid.
+    # Month and year: the mean of the valid sub-averages (hours / half-hours) inside valid days, or of the valid days'
+    # averages (each day weighs the same, however many valid hours it has); valid when this share of operating days
+    # is valid.
+    month_mean_of: Literal["sub_averages", "days"] = "sub_averages"
     month_min_valid_days_share: float = Field(0.0, ge=0, le=1)
     year_min_valid_days_share: float = Field(0.0, ge=0, le=1)
     max_invalid_days_per_year: int = Field(10, ge=0)  # Annex V Part 3 point 10, Annex VI Part 8 point 1.2
@@ -488,8 +491,10 @@ class StackConfig(Strict):
         """sha256 of the configuration as used (defaults included), stored with every result for audit."""
         data = self.model_dump(mode="json")
         del data["late_data_days"]  # when late readings are taken changes no result: the hash stays as before it
-        if not data["regulatory"]["clamp_before_averaging"]:  # the default hashes as before the key existed
-            del data["regulatory"]["clamp_before_averaging"]
+        reg = data["regulatory"]  # keys added since, at their defaults, hash as before they existed
+        for key, default in (("clamp_before_averaging", False), ("month_mean_of", "sub_averages")):
+            if reg[key] == default:
+                del reg[key]
         for p in data["pollutants"]:  # a pollutant without a status signal hashes as before status_tag existed
             if p["status_tag"] is None:
                 del p["status_tag"], p["status_ok"]

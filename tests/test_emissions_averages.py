@@ -186,3 +186,31 @@ def test_a_permit_may_average_the_clamped_hours():
     levels = run(cfg, {"NOx": half_zero_half_250()}).averages["NOx"]
     assert levels["day"].validated[0] == pytest.approx((12 * 0.0 + 12 * 230.0) / 24)  # 115
     assert levels["month"].validated[0] == pytest.approx(115.0)
+
+
+def two_days_one_short() -> np.ndarray:
+    # Day 1: 24 valid hours at 100 mg/Nm³; day 2: 3 invalid hours (still a valid day) and 21 at 50.
+    v = np.r_[np.full(DAY, 100.0), np.full(DAY, 50.0)]
+    v[DAY: DAY + 3 * 60] = np.nan
+    return v
+
+
+@pytest.mark.parametrize(("mean_of", "month"), [
+    ("sub_averages", (24 * 100 + 21 * 50) / 45),  # the 45 valid hours: 76.67 (validated 56.67)
+    ("days", (100 + 50) / 2),  # the two days: 75 (validated 55)
+])
+def test_a_month_is_the_mean_of_its_hours_or_of_its_days(mean_of, month):
+    levels = run(stack(regulatory={"month_mean_of": mean_of}), {"NOx": two_days_one_short()}).averages["NOx"]
+    assert levels["day"].value.tolist() == pytest.approx([100.0, 50.0]) and levels["day"].valid.all()
+    for period in ("month", "year"):
+        av = levels[period]
+        assert av.value[0] == pytest.approx(month) and av.validated[0] == pytest.approx(month - 20.0)
+        assert av.n_valid[0] == 45 * 60 and av.n_operating[0] == 48 * 60 and av.sub_valid[0] == 2
+
+
+def test_a_month_of_days_leaves_an_invalid_day_out():
+    v = two_days_one_short()
+    v[DAY + 3 * 60: DAY + 4 * 60] = np.nan  # a fourth invalid hour: day 2 is invalid
+    levels = run(stack(regulatory={"month_mean_of": "days"}), {"NOx": v}).averages["NOx"]
+    assert levels["day"].valid.tolist() == [True, False]
+    assert levels["month"].value[0] == pytest.approx(100.0) and levels["month"].sub_invalid[0] == 1
