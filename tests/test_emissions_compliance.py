@@ -22,9 +22,9 @@ def lcp() -> StackConfig:
                                        "pollutants": [{"name": "NOx", "tag": "N", "elv": {"month": 100.0}}]})
 
 
-def synthetic(period: str, width: int, validated: np.ndarray) -> Averages:
+def synthetic(period: str, width: int, validated: np.ndarray, t0: int = T0) -> Averages:
     n = len(validated)
-    start = T0 + width * np.arange(n, dtype=np.int64)
+    start = t0 + width * np.arange(n, dtype=np.int64)
     z = np.zeros(n, dtype=np.int64)
     return Averages(period, start, start + width, validated, validated, validated, np.zeros(n, np.int8),
                     z + 1, z + 1, z + 1, z, validated * np.nan, validated * 0)
@@ -271,3 +271,17 @@ def test_a_single_rule_is_judged_alone():
     rules, events = group_outcome(cfg, "NOx", {"half_hour": synthetic("half_hour", 1800, v)})
     assert "wi_half_hour" not in rules and not rules["wi_half_hour_a"].passed
     assert [(e.rule, e.breach) for e in events] == [("wi_half_hour_a", True)]
+
+
+@pytest.mark.parametrize(("n_over", "ok"), [(439, True), (440, False)])
+def test_lcp_95_percent_of_hourly_in_a_leap_year(n_over, ok):
+    # 2024 has 8784 hours: 5 % of them is 439.2, so 439 hours over 200 % pass (95.002 % within) and 440 fail
+    # (94.991 %); a year taken as 8760 hours would have failed 439 (438 allowed).
+    t0 = int(datetime(2024, 1, 1, tzinfo=UTC).timestamp())
+    v = np.full(8784, 100.0)
+    v[-n_over:] = 250.0  # at the end of the year: after 29 February
+    results, events = compliance.evaluate_rule(lcp(), rule(lcp(), "lcp_hourly_95_200"), "NOx",
+                                               synthetic("hour", 3600, v, t0), (t0, t0 + 8784 * 3600))
+    assert len(results) == 1 and results[0].n_valid == 8784 and results[0].n_over == n_over
+    assert results[0].passed is ok and not results[0].provisional
+    assert any(e.kind == "window" and e.breach for e in events) is not ok

@@ -164,3 +164,13 @@ def test_an_implausible_constant_pressure_or_temperature_is_refused(signal, word
     with pytest.raises(ValueError, match=words):
         stack(**signal)
     stack(pressure={"value": 1013.0, "unit": "hPa"}, temperature={"value": 423.0, "unit": "K"})  # the units said
+
+
+def test_a_negative_concentration_is_kept_as_measured():
+    # An analyser's zero noise goes below 0: -2 and +4 mg/m³ average to 1, not to 2 (negatives set to 0 would bias
+    # a low average up). Only its validated average is reported as 0 (clamp_validated_at_zero).
+    n = nox(stack(), NOx=[-2.0, 4.0], o2=3.0)
+    assert n.ref.tolist() == [-2.0, 4.0] and n.valid.all() and (n.why == Why.NONE).all()
+    # NaN and infinite readings are no data.
+    n = nox(stack(), NOx=[np.nan, np.inf], o2=3.0)
+    assert not n.valid.any() and (n.why == Why.ANALYSER).all()

@@ -48,3 +48,18 @@ def test_every_time_falls_in_exactly_one_period(start, length, period, tz):
     t = np.linspace(start, start + length - 1, 50).astype(np.int64)
     i = periods.locate(b, t)
     assert np.all((b[i] <= t) & (t < b[i + 1]))
+
+
+def test_a_permit_in_standard_time_all_year_names_a_fixed_offset_zone():
+    # Europe/Berlin's 2025-03-30 has 23 hours (02:00 CET -> 03:00 CEST); a permit counting in CET all year (UTC+1)
+    # names Etc/GMT-1 (POSIX sign: GMT-1 is UTC+1): its day has 24 hours, from 23:00 UTC the evening before.
+    assert periods.parse_day("2025-03-30", "Europe/Berlin") == (ts(2025, 3, 29, 23), ts(2025, 3, 30, 22))
+    assert periods.parse_day("2025-03-30", "Etc/GMT-1") == (ts(2025, 3, 29, 23), ts(2025, 3, 30, 23))
+    assert len(periods.boundaries("hour", *periods.parse_day("2025-10-26", "Etc/GMT-1"), "Etc/GMT-1")) - 1 == 24
+
+
+def test_a_leap_year_has_8784_hours_and_a_29th_of_february():
+    start, end = periods.year_of(ts(2024, 7, 1), "Europe/Helsinki")
+    assert (end - start) // 3600 == 8784 and len(periods.boundaries("hour", start, end, "Europe/Helsinki")) - 1 == 8784
+    assert periods.parse_month("2024-02", "UTC") == (ts(2024, 2, 1), ts(2024, 3, 1))
+    assert ts(2024, 3, 1) - ts(2024, 2, 1) == 29 * 86400
