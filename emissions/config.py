@@ -279,8 +279,9 @@ class Qal3(Strict):
     n_initial: int = Field(20, ge=5)
     warn_sigma: float = Field(2.0, gt=0)
     action_sigma: float = Field(3.0, gt=0)
-    cusum_k: float = Field(0.5, ge=0)
-    cusum_h: float = Field(4.0, gt=0)
+    # EN 14181's CUSUM drift chart: reference value k = 0.501 s_AMS, decision interval h = 2.85 s_AMS.
+    cusum_k: float = Field(0.501, ge=0)
+    cusum_h: float = Field(2.85, gt=0)
     precision_factor: float = Field(3.686, gt=0)  # moving range limit D4 × d2 = 3.267 × 1.128, in s_ams
 
     @model_validator(mode="after")

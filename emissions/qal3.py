@@ -7,8 +7,8 @@ not inflate). Alarms per check:
 
 - ``drift_warning`` / ``drift_action``: Shewhart chart of the deviation, |d| > warn / action × s_AMS;
 - ``cusum_up`` / ``cusum_down``: two-sided tabular CUSUM, S⁺ = max(0, S⁺ + d/s − k),
-  S⁻ = max(0, S⁻ − d/s − k), alarm when S > h; the sums restart after an alarm (the analyser is
-  expected to be adjusted) so a later alarm is a new drift;
+  S⁻ = max(0, S⁻ − d/s − k), alarm when S > h (EN 14181: k = 0.501, h = 2.85); the sums restart after an
+  alarm (the analyser is expected to be adjusted) so a later alarm is a new drift;
 - ``precision``: moving range |d_i − d_{i−1}| > precision_factor × s_AMS (the individuals chart's
   range limit D4·d2 = 3.686 for an in-control s_AMS).
 """

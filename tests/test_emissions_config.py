@@ -25,7 +25,7 @@ def test_sample_parses_and_commented_defaults_match_code():
     assert reg.o2_max_percent == 20.0 and reg.clamp_validated_at_zero and reg.accept_uncertain
     assert k1.live.warn_percent == 100.0 and k1.live.recent_s == 600 and k1.live.projection == "recent"
     q = k1.qal3[0]
-    assert (q.warn_sigma, q.action_sigma, q.cusum_k, q.cusum_h, q.zero_reference) == (2.0, 3.0, 0.5, 4.0, 0.0)
+    assert (q.warn_sigma, q.action_sigma, q.cusum_k, q.cusum_h, q.zero_reference) == (2.0, 3.0, 0.501, 2.85, 0.0)
     assert k1.pollutant("NOx").molar_mass() == 46.01
     assert k1.ci_value(k1.pollutant("NOx")) == pytest.approx(20.0)  # 20 % of 100
 

@@ -38,9 +38,13 @@ def test_cusum_detects_a_small_sustained_drift_that_shewhart_misses():
     checks = qal3.chart(cfg(), "zero", days(25), values)
     assert not any("drift_warning" in c.alarms or "drift_action" in c.alarms for c in checks)
     first = next(i for i, c in enumerate(checks) if "cusum_up" in c.alarms)
-    # S+ grows by 1.5 - 0.5 = 1 per check from check 5: passes h = 4 at the 5th drifted check.
-    assert first == 9 and checks[first].cusum_pos == pytest.approx(5.0)
-    assert checks[first + 1].cusum_pos == pytest.approx(1.0)  # restarted after the alarm
+    # EN 14181's drift CUSUM (k = 0.501, h = 2.85 s_AMS): S+ grows by 1.5 - 0.501 = 0.999 per check from check 5:
+    # 0.999, 1.998, 2.997 > 2.85 at the 3rd drifted check (with h = 4, the old default, at the 5th).
+    assert first == 7 and checks[first].cusum_pos == pytest.approx(2.997)
+    assert checks[first + 1].cusum_pos == pytest.approx(0.999)  # restarted after the alarm
+    # A drift of 0.6 s_AMS: 0.099 per check, past 2.85 at the 29th (h = 4: the 41st).
+    checks = qal3.chart(cfg(), "zero", days(45), np.r_[np.zeros(5), np.full(40, 0.6)])
+    assert next(i for i, c in enumerate(checks) if "cusum_up" in c.alarms) == 5 + 28
 
 
 def test_cusum_down():
