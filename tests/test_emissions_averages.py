@@ -214,3 +214,24 @@ def test_a_month_of_days_leaves_an_invalid_day_out():
     levels = run(stack(regulatory={"month_mean_of": "days"}), {"NOx": v}).averages["NOx"]
     assert levels["day"].valid.tolist() == [True, False]
     assert levels["month"].value[0] == pytest.approx(100.0) and levels["month"].sub_invalid[0] == 1
+
+
+@pytest.mark.parametrize(("operating_min", "valid_min", "ok"), [(45, 30, True), (45, 29, False), (60, 40, True)])
+def test_an_hour_with_exactly_two_thirds_of_its_operating_minutes_valid(operating_min, valid_min, ok):
+    # 2/3 of the operating minutes: 30 of 45 (a start-up took the first 15) is valid, 29 is not; 40 of 60 is valid.
+    v = np.full(60, np.nan)
+    v[60 - valid_min:] = 80.0
+    operating = np.arange(60) >= 60 - operating_min
+    hour = run(stack(), {"NOx": v}, operating).averages["NOx"]["hour"]
+    assert bool(hour.valid[0]) is ok and hour.n_operating[0] == operating_min
+    assert hour.availability[0] == pytest.approx(valid_min / operating_min)
+
+
+def test_a_day_without_a_valid_hour_is_invalid_and_counted():
+    # Two operating hours, both without data: within the three invalid hours allowed, but the day has no valid
+    # average, so it is invalid and one of the year's invalid days.
+    operating = np.zeros(DAY, dtype=bool)
+    operating[:120] = True
+    levels = run(stack(), {"NOx": np.full(DAY, np.nan)}, operating).averages["NOx"]
+    assert levels["day"].sub_invalid[0] == 2 and levels["day"].status[0] == Status.INVALID
+    assert levels["year"].sub_invalid[0] == 1
