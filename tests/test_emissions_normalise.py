@@ -174,3 +174,10 @@ def test_a_negative_concentration_is_kept_as_measured():
     # NaN and infinite readings are no data.
     n = nox(stack(), NOx=[np.nan, np.inf], o2=3.0)
     assert not n.valid.any() and (n.why == Why.ANALYSER).all()
+
+
+def test_a_flow_in_cubic_metres_per_second():
+    # 10 m³/s dry at standard conditions = 36 000 Nm³/h; 100 mg/Nm³ (before the O2 correction) -> 3.6 kg/h.
+    cfg = stack(flow={"tag": "Q", "unit": "m3/s", "moisture": "dry", "conditions": "standard"})
+    n = normalise_stack(cfg, prim(NOx=100.0, o2=6.0, flow=10.0))["NOx"]
+    assert n.mass_kg_h[0] == pytest.approx(3.6) and n.ref[0] == pytest.approx(100.0 * 18 / 15)
