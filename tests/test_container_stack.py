@@ -56,6 +56,15 @@ def _simulator_tags() -> set[str]:
     return {t.name for t in catalogue(list(cfg.pumps), cfg.stack, cfg.site)}
 
 
+def _standins() -> None:
+    localbuild.build_standins(log=lambda msg: print(f"[localbuild] {msg}"))
+
+
+def _service(name: str) -> dict:
+    yaml = pytest.importorskip("ruamel.yaml", reason="ruamel.yaml comes with check-jsonschema (dev dependency)")
+    return yaml.YAML(typ="safe").load(localbuild.COMPOSE_FILE.read_text())["services"][name]
+
+
 class _Console:
     """A browser-like client of the console: session cookie, JSON."""
 
@@ -81,7 +90,7 @@ def test_compose_stack_runs_whole_from_a_first_up(tmp_path):
     image = next(s for s in re.findall(r"^\s*image:\s*(\S+)", localbuild.COMPOSE_FILE.read_text(), re.M)
                  if "valvoja" in s)
     localbuild.build(image, log=lambda msg: print(f"[localbuild] {msg}"))
-    localbuild.build_standins(log=lambda msg: print(f"[localbuild] {msg}"))
+    _standins()
     lap("images")
 
     # The site's folder: docker/ as in git, secrets from init-secrets.sh.
@@ -193,3 +202,26 @@ def test_compose_stack_runs_whole_from_a_first_up(tmp_path):
     assert stack.containers() == {}
     assert not localbuild.podman("volume", "ls", "-q", "--filter",
                                  f"label=io.podman.compose.project={stack.project}").stdout.strip()
+
+
+def test_database_health_check_fails_while_the_server_takes_no_tcp_connections():
+    """On a fresh volume the image's entrypoint first runs a server on the Unix socket only (initdb, creating the
+    database and extension) and restarts it; the gateway and console connect over TCP. `pg_isready` without a host
+    asks the socket and said healthy then, so `service_healthy` let them start into refused connections (the
+    console exits). The compose health check must fail in that state (the stack test sees it pass after)."""
+    podman_compose()
+    _standins()
+    svc = _service("timescaledb")
+    test = [a for a in svc["healthcheck"]["test"] if a != "CMD"]
+    containers = Containers()
+    try:
+        name = containers.run(f"valvoja-pgcheck-{new_run()}", "--network", "none", "-e", "POSTGRES_USER=valvoja",
+                              "-e", "POSTGRES_DB=valvoja", "-e", "POSTGRES_PASSWORD=x", svc["image"],
+                              "postgres", "-c", "listen_addresses=")
+        socket_only = ["pg_isready", "-U", "valvoja", "-d", "valvoja"]
+        wait_for(lambda: localbuild.podman("exec", name, *socket_only, check=False).returncode == 0, 60,
+                 what="the socket-only server up (as during the entrypoint's initialisation)")
+        res = localbuild.podman("exec", name, *test, check=False)
+        assert res.returncode != 0, f"healthy without TCP: {res.stdout}{res.stderr}"
+    finally:
+        containers.cleanup()
