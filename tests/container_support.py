@@ -76,7 +76,8 @@ class Containers:
 
     def cleanup(self) -> None:
         for name in self.names:
-            podman("rm", "-f", "-t", "5", name, check=False)
+            # -v: the image's VOLUME makes an anonymous volume per container, which `rm` alone leaves behind.
+            podman("rm", "-f", "-v", "-t", "5", name, check=False)
         self.names.clear()
 
 
