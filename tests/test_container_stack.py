@@ -34,10 +34,14 @@ ROOT = localbuild.ROOT
 HEALTHY = ("timescaledb", "mosquitto", "gateway", "console")
 
 
-def _published_ports() -> dict[str, list[int]]:
+def _services() -> dict[str, dict]:
     yaml = pytest.importorskip("ruamel.yaml", reason="ruamel.yaml comes with check-jsonschema (dev dependency)")
-    services = yaml.YAML(typ="safe").load(localbuild.COMPOSE_FILE.read_text())["services"]
-    return {name: [int(str(p).rsplit(":", 1)[1]) for p in svc.get("ports", [])] for name, svc in services.items()}
+    return yaml.YAML(typ="safe").load(localbuild.COMPOSE_FILE.read_text())["services"]
+
+
+def _published_ports() -> dict[str, list[int]]:
+    """Each service's published container ports (host:container or ip:host:container)."""
+    return {name: [int(str(p).rsplit(":", 1)[1]) for p in svc.get("ports", [])] for name, svc in _services().items()}
 
 
 def _docs_user_add() -> list[str]:
@@ -58,11 +62,6 @@ def _simulator_tags() -> set[str]:
 
 def _standins() -> None:
     localbuild.build_standins(log=lambda msg: print(f"[localbuild] {msg}"))
-
-
-def _service(name: str) -> dict:
-    yaml = pytest.importorskip("ruamel.yaml", reason="ruamel.yaml comes with check-jsonschema (dev dependency)")
-    return yaml.YAML(typ="safe").load(localbuild.COMPOSE_FILE.read_text())["services"][name]
 
 
 class _Console:
@@ -87,9 +86,7 @@ def test_compose_stack_runs_whole_from_a_first_up(tmp_path):
     def lap(name: str) -> None:
         timings[name] = round(time.monotonic() - t0 - sum(timings.values()), 1)
 
-    image = next(s for s in re.findall(r"^\s*image:\s*(\S+)", localbuild.COMPOSE_FILE.read_text(), re.M)
-                 if "valvoja" in s)
-    localbuild.build(image, log=lambda msg: print(f"[localbuild] {msg}"))
+    localbuild.build(_services()["gateway"]["image"], log=lambda msg: print(f"[localbuild] {msg}"))
     _standins()
     lap("images")
 
@@ -211,7 +208,7 @@ def test_database_health_check_fails_while_the_server_takes_no_tcp_connections()
     console exits). The compose health check must fail in that state (the stack test sees it pass after)."""
     podman_compose()
     _standins()
-    svc = _service("timescaledb")
+    svc = _services()["timescaledb"]
     test = [a for a in svc["healthcheck"]["test"] if a != "CMD"]
     containers = Containers()
     try:
