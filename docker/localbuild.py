@@ -5,6 +5,7 @@
     python3 docker/localbuild.py base --check   # exit 0 if it is there already, 1 if not (builds nothing)
     python3 docker/localbuild.py build     # base + the image from docker/Dockerfile, prints the timings
     python3 docker/localbuild.py env       # shell exports to use `podman` on the same private storage
+    python3 docker/localbuild.py standins  # stand-ins for compose.yaml's TimescaleDB and mosquitto images
     .venv/bin/python docker/localbuild.py lock   # rewrite docker/requirements.lock from the project's venv
 
 Why each step is needed is in ../shared/notes/containers.md; in short: the base image
@@ -13,7 +14,11 @@ made from Debian's packages (debootstrap, python3 + venv, the host's extra CA ce
 trusts an intercepting proxy); podman gets private configuration (runc, cgroupfs, ulimits, file event
 log) and storage under ``$VALVOJA_BUILD_DIR/podman`` (default /var/cache/valvoja-build), which keeps
 the base image and the layer cache between runs. The Dockerfile itself stays the one used with a
-registry. Standard library only (runs before the project's venv exists); root only.
+registry. ``standins`` makes local images under the names of the compose stack's third-party images
+(docker/standins/: Debian's packages, TimescaleDB copied from this machine's PostgreSQL 15 as
+scripts/setup.sh built it), so ``podman-compose up`` runs the stack unchanged here; they are not the
+real images (each Dockerfile says how they differ). Standard library only (runs before the project's
+venv exists); root only.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,6 +46,11 @@ RUN_DIR = Path("/run/valvoja-podman" if CACHE == DEFAULT_CACHE
 BASE_IMAGE = "docker.io/library/python:3.11-slim-bookworm"
 BASE_TAR = CACHE / "python-3.11-bookworm-rootfs.tar"
 IMAGE = "localhost/valvoja:dev"
+COMPOSE_FILE = ROOT / "docker/compose.yaml"
+STANDINS = ROOT / "docker/standins"
+# Where scripts/setup.sh installs TimescaleDB (Debian's PostgreSQL 15 layout); the stand-in copies it.
+PG_LIB = Path("/usr/lib/postgresql/15/lib")
+PG_EXTENSION = Path("/usr/share/postgresql/15/extension")
 MIRROR = os.environ.get("VALVOJA_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 BASE_PACKAGES = ["python3", "python3-venv", "ca-certificates"]
 
@@ -176,6 +187,44 @@ def build(tag: str = IMAGE, log=print) -> dict[str, float]:
     return {"base_s": round(base_s, 1), "build_s": round(build_s, 1)}
 
 
+def compose_image(repository: str) -> str:
+    """The full image name compose.yaml gives the image of ``repository`` (e.g. ``timescale/timescaledb``)."""
+    names = re.findall(r"^\s*image:\s*(\S+)\s*$", COMPOSE_FILE.read_text(), re.MULTILINE)
+    found = [n for n in names if n.rsplit(":", 1)[0].endswith("/" + repository)]
+    if len(found) != 1:
+        raise RuntimeError(f"{COMPOSE_FILE}: expected one image of {repository}, found {found or 'none'}")
+    return found[0]
+
+
+def build_standins(log=print) -> dict[str, float]:
+    """The stand-ins of compose.yaml's TimescaleDB and mosquitto images (docker/standins/*.Dockerfile), tagged
+    with the names compose.yaml uses; returns the build time of each in seconds (layers are cached)."""
+    timescale = sorted(PG_LIB.glob("timescaledb*.so")), sorted(PG_EXTENSION.glob("timescaledb*"))
+    if not timescale[0] or not timescale[1]:
+        raise RuntimeError(f"TimescaleDB is not installed in {PG_LIB} and {PG_EXTENSION} "
+                           "(scripts/setup.sh builds it): the timescaledb stand-in copies it from there")
+    ensure_base(log)
+    timings = {}
+    with _lock("build"), tempfile.TemporaryDirectory(prefix="valvoja-standins-", dir=CACHE) as tmp:
+        context = Path(tmp)
+        for sub, files in zip(("lib", "extension"), timescale, strict=True):
+            (context / sub).mkdir()
+            for f in files:
+                shutil.copy2(f, context / sub / f.name)
+        shutil.copy2(STANDINS / "timescaledb-entrypoint.sh", context)
+        for name, repository in (("timescaledb", "timescale/timescaledb"), ("mosquitto", "eclipse-mosquitto")):
+            tag = compose_image(repository)
+            old = _image_id(tag)
+            t0 = time.monotonic()
+            podman("build", "--pull=never", "--format", "docker", "--network", "host", "--layers",
+                   "-f", str(STANDINS / f"{name}.Dockerfile"), "-t", tag, str(context), timeout=1800)
+            timings[name] = round(time.monotonic() - t0, 1)
+            if old and old != _image_id(tag):
+                podman("rmi", old, check=False)
+            log(f"stand-in {tag}: {timings[name]:.1f} s")
+    return timings
+
+
 def _image_id(tag: str) -> str | None:
     res = podman("image", "inspect", "--format", "{{.Id}}", tag, check=False)
     return res.stdout.strip() or None if res.returncode == 0 else None
@@ -218,7 +267,7 @@ def lock(out: Path = ROOT / "docker/requirements.lock") -> list[str]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=["base", "build", "env", "lock"])
+    p.add_argument("action", choices=["base", "build", "env", "lock", "standins"])
     p.add_argument("--tag", default=IMAGE)
     p.add_argument("--check", action="store_true", help="base: only say whether the base image exists")
     args = p.parse_args()
@@ -238,6 +287,8 @@ def main() -> int:
         return 0 if podman("image", "exists", BASE_IMAGE, check=False).returncode == 0 else 1
     if args.action == "base":
         ensure_base()
+    elif args.action == "standins":
+        build_standins()
     else:
         build(args.tag)
     return 0

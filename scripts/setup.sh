@@ -18,6 +18,7 @@ APT_PACKAGES=(
   openssl ca-certificates python3 python3-venv util-linux
   chromium                                                  # headless browser for the console tests
   podman runc debootstrap                                   # container image tests (docker/localbuild.py)
+  golang-github-containernetworking-plugin-dnsname          # compose stack test: service names between containers (CNI)
 )
 
 T_START=$SECONDS

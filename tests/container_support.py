@@ -76,5 +76,78 @@ class Containers:
 
     def cleanup(self) -> None:
         for name in self.names:
-            podman("rm", "-f", "-t", "5", name, check=False)
+            # -v: the image's VOLUME makes an anonymous volume per container, which `rm` alone leaves behind.
+            podman("rm", "-f", "-v", "-t", "5", name, check=False)
         self.names.clear()
+
+
+# Where podman looks for CNI plugins (containers.conf's default cni_plugin_dirs).
+CNI_PLUGIN_DIRS = ("/usr/local/libexec/cni", "/usr/libexec/cni", "/usr/local/lib/cni", "/usr/lib/cni", "/opt/cni/bin")
+
+
+def podman_compose() -> str:
+    """The podman-compose command (a dev dependency in the venv); skip (or fail where servers are required)
+    when it or service-name DNS between containers is missing."""
+    import shutil
+    import sys
+
+    require_podman()
+    exe = Path(sys.executable).with_name("podman-compose")
+    found = str(exe) if exe.exists() else shutil.which("podman-compose")
+    reason = None
+    if not found:
+        reason = "podman-compose not installed (pip install -e '.[dev]')"
+    elif podman("info", "--format", "{{.Host.NetworkBackend}}").stdout.strip() == "cni" and not any(
+            Path(d, "dnsname").exists() for d in CNI_PLUGIN_DIRS):
+        reason = ("podman's CNI network backend without the dnsname plugin: containers cannot find each other by "
+                  "service name (apt-get install golang-github-containernetworking-plugin-dnsname)")
+    if reason:
+        if REQUIRE:
+            pytest.fail(f"compose stack test: {reason}", pytrace=False)
+        pytest.skip(f"compose stack test: {reason}")
+    return found
+
+
+class ComposeProject:
+    """A compose project run with podman-compose under a project name of its own; ``down`` removes its
+    containers, volumes (also the anonymous ones podman-compose leaves) and network (also registered with atexit).
+    """
+
+    def __init__(self, exe: str, project: str, workdir: Path, files: list[Path], profiles: list[str]) -> None:
+        self.exe, self.project, self.workdir = exe, project, workdir
+        self.args = ["-p", project, *(a for f in files for a in ("-f", str(f))),
+                     *(a for p in profiles for a in ("--profile", p))]
+        atexit.register(self.down)
+
+    def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        res = subprocess.run([self.exe, *self.args, *args], cwd=self.workdir, env=localbuild.env(), text=True,
+                             capture_output=True, timeout=timeout)
+        if check and res.returncode:
+            raise AssertionError(f"podman-compose {' '.join(args)} failed ({res.returncode}):\n"
+                                 f"{(res.stdout + res.stderr)[-4000:]}")
+        return res
+
+    def containers(self) -> dict[str, str]:
+        """Service name -> container name of the project's containers."""
+        import json
+
+        out = podman("ps", "-a", "--filter", f"label=io.podman.compose.project={self.project}",
+                     "--format", "json").stdout
+        return {c["Labels"]["io.podman.compose.service"]: c["Names"][0] for c in json.loads(out or "[]")}
+
+    def down(self) -> None:
+        import json
+
+        names = list(self.containers().values())
+        anonymous = []
+        if names:
+            for info in json.loads(podman("inspect", *names, check=False).stdout or "[]"):
+                anonymous += [m["Name"] for m in info.get("Mounts", []) if m.get("Type") == "volume"]
+        self.run("down", "-v", check=False)
+        for name in self.containers().values():
+            podman("rm", "-f", "-v", "-t", "5", name, check=False)
+        for volume in podman("volume", "ls", "-q", "--filter", f"label=io.podman.compose.project={self.project}",
+                             check=False).stdout.split() + anonymous:
+            podman("volume", "rm", "-f", volume, check=False)
+        podman("network", "rm", "-f", f"{self.project}_default", check=False)
+        podman("pod", "rm", "-f", f"pod_{self.project}", check=False)
