@@ -81,18 +81,23 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from console.app import create_app
+    from console.db import wait_until_reachable
     from console.server import server_options
     from edge import logs
     from edge.errors import ConfigError
     from edge.settings import host_port
 
-    cfg, _ = _load(args)
+    cfg, dsn = _load(args)
     try:
         # Not split at the last colon: "[::1]:8080" would hand "[::1]" with its brackets to the socket layer.
         host, port = host_port(args.listen) if args.listen else cfg.console.address
     except ValueError as exc:
         raise ConfigError(f"--listen: {exc}") from None
     logs.setup("INFO", "text")
+    try:
+        wait_until_reachable(dsn)
+    except KeyboardInterrupt:
+        return 130
     app = create_app(cfg)
     uvicorn.run(app, host=host, port=port, log_level=args.log_level, **server_options())
     return 0

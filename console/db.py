@@ -22,6 +22,38 @@ from edge.db.features import Features, detect
 log = logging.getLogger(__name__)
 
 
+def wait_until_reachable(conninfo: str, *, max_delay_s: float = 30.0, log_every_s: float = 60.0) -> float:
+    """Block until a connection to ``conninfo`` opens (and close it); the seconds waited.
+
+    A console started before its database (a plant's power back: the console's host up first, or the database
+    restarting) waited nowhere: it exited with a traceback for its supervisor to restart every 5 s. Now it waits,
+    retrying after 1, 2, 4 ... up to ``max_delay_s`` s, logging a failure once when it first shows or changes and
+    then once per ``log_every_s``; SIGTERM (the default action: nothing is open yet) and Ctrl-C still stop it.
+    """
+    from edge.gateway import describe_conninfo
+
+    started = time.monotonic()
+    delay, said, said_at = 1.0, "", 0.0
+    while True:
+        try:
+            psycopg.connect(conninfo, connect_timeout=10).close()
+        except psycopg.OperationalError as exc:
+            why = " ".join(str(exc).split())
+            now = time.monotonic()
+            if why != said or now - said_at >= log_every_s:
+                log.warning("console: database %s not reachable (%s); waiting for it, retrying every %.0f s at most",
+                            describe_conninfo(conninfo), why, max_delay_s, extra={"event": "console_db_waiting"})
+                said, said_at = why, now
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
+            continue
+        waited = time.monotonic() - started
+        if said:
+            log.info("console: database %s reachable after %.0f s", describe_conninfo(conninfo), waited,
+                     extra={"event": "console_db_reachable"})
+        return waited
+
+
 class Database:
     """One pool per console process; ``features`` detected at open."""
 

@@ -3,9 +3,19 @@ command line, then use both against a running console; bad configuration is repo
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+import pytest
 from cli_support import valvoja
 from console_support import ConsoleServer, fresh_database
 from psycopg.conninfo import conninfo_to_dict
+from servers import PostgresServer, free_port, pg_bin_dir, wait_until
 
 
 def _config(tmp_path, dsn: str) -> str:
@@ -15,8 +25,6 @@ def _config(tmp_path, dsn: str) -> str:
                     f'url = "postgresql://{p.get("user", "postgres")}@{p.get("host", "127.0.0.1")}:'
                     f'{p.get("port", 5432)}/{p["dbname"]}"\n')
     return str(path)
-
-
 
 
 def test_user_and_token_from_the_command_line(pg_admin_dsn, tmp_path):
@@ -93,3 +101,70 @@ def test_models_section_paths_are_relative_to_the_file(tmp_path):
     path.write_text('[database]\nurl = "postgresql://u@h/db"\n[models]\nregistery = "x"\n')
     r = valvoja("console", "serve", "-c", str(path))
     assert r.returncode == 1 and "models.registery" in r.stderr, r.stderr
+
+
+def _serve(config: Path) -> tuple[subprocess.Popen, tempfile.TemporaryFile]:
+    log = tempfile.TemporaryFile("w+")  # not a pipe: a full one would stall the server
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "console", "serve", "-c", str(config)], stdout=log,
+                            stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+                            env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1])))
+    return proc, log
+
+
+def _text(log) -> str:
+    log.seek(0)
+    return log.read()
+
+
+def test_serve_waits_for_a_database_that_is_not_up_yet(tmp_path):
+    """A console started before its database (a plant's power back, the console's host up first) exited with a
+    traceback for its supervisor to restart every 5 s; it waits now, says so once, and serves once the database
+    is there. SIGTERM while it waits still stops it at once."""
+    if pg_bin_dir() is None:
+        pytest.skip("PostgreSQL server binaries not installed (scripts/setup.sh)")
+    pg = PostgresServer(fsync=False)
+    try:
+        pg.start()
+        pg.create_database("console_waits")
+        pg.stop()
+        port = free_port()
+        config = tmp_path / "console.toml"
+        config.write_text(f'[console]\nlisten = "127.0.0.1:{port}"\n[database]\nurl = "{pg.url("console_waits")}"\n')
+
+        early, log = _serve(config)  # stopped while it waits
+        try:
+            wait_until(lambda: "console_db_waiting" in _text(log), 30, "the first console's waiting line")
+            assert early.poll() is None, _text(log)
+            early.send_signal(signal.SIGTERM)
+            assert early.wait(10) == -signal.SIGTERM, _text(log)
+            assert "Traceback" not in _text(log), _text(log)
+        finally:
+            early.kill()
+            log.close()
+
+        proc, log = _serve(config)
+        try:
+            wait_until(lambda: "console_db_waiting" in _text(log), 30, "the waiting line")
+            pg.start()
+
+            def answers() -> bool:
+                try:
+                    return httpx.get(f"http://127.0.0.1:{port}/login", timeout=2).status_code == 200
+                except httpx.TransportError:
+                    assert proc.poll() is None, f"console serve ended ({proc.returncode}): {_text(log)}"
+                    return False
+
+            wait_until(answers, 60, "the console serving once its database is up")
+            text = _text(log)
+            assert text.count("console_db_waiting") == 1, text  # once, not at every retry
+            assert "not reachable (connection failed" in text and "console_db_reachable" in text, text
+            assert "Traceback" not in text, text
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            finally:
+                proc.kill()
+                log.close()
+    finally:
+        pg.close()  # and its folder
