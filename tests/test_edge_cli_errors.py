@@ -220,3 +220,19 @@ def test_check_config_notes_a_pollutant_without_a_confidence_interval(tmp_path):
     assert r.returncode == 0, r
     notes = [line for line in r.stdout.splitlines() if "no confidence interval" in line]
     assert len(notes) == 1 and "pollutants (NO2)" in notes[0], r.stdout
+
+
+def test_check_config_notes_a_stack_counting_its_days_in_utc_by_default(tmp_path):
+    """Without `timezone` a stack's days run 00:00-24:00 UTC (02:00-02:00 in Finland in winter): valid, and what a
+    permit in UTC means, but rarely so; a note, gone once the zone is written (also as "UTC")."""
+    site = tmp_path / "site.toml"
+    stack = ('[[stacks]]\nname = "K9"\nregime = "lcp"\n{}'
+             'pollutants = [{{ name = "NOx", tag = "K9.NOx", elv = {{ month = 200.0 }} }}]\n')
+    site.write_text(stack.format(""))
+    r = _valvoja("check-config", "--skip-secrets", str(site))
+    assert r.returncode == 0, r
+    assert f"{site}: note: stacks (K9).timezone is not set: days, months and years are counted in UTC" in r.stdout, r
+    for zone in ("Europe/Helsinki", "UTC"):
+        site.write_text(stack.format(f'timezone = "{zone}"\n'))
+        r = _valvoja("check-config", "--skip-secrets", str(site))
+        assert r.returncode == 0 and "timezone" not in r.stdout, r
