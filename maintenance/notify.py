@@ -18,25 +18,36 @@ cleared, reopened; acknowledged and cleared by a person in the console are sent 
 repeats by it), the alert's fields and its evidence, and ``detail`` (an escalation: ``unacknowledged_s``, and
 ``acknowledgement`` ``"unverified"`` when the gateway could not ask the database whether someone had acknowledged
 it meanwhile).
+
+**Signed webhooks** (optional, ``signing_secret``): Standard Webhooks 1.0 (standardwebhooks.com; Svix's and Make's
+scheme, with reference verifiers for Python, JavaScript, Go, Rust and more) rather than one of our own. Each POST
+carries ``webhook-id`` (the ``notification_id``, the same for every copy of one change), ``webhook-timestamp``
+(Unix seconds of this attempt: a retry is signed anew) and ``webhook-signature``: ``v1,<base64 HMAC-SHA256 of
+"id.timestamp.body">`` per secret, space separated, so during a rotation the new and the previous secret both sign.
+The secret is ``whsec_<base64 of 24 to 64 random bytes>``, as the standard serialises it, read from a reference.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
+import hmac
 import logging
 import re
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Annotated
 from urllib.parse import urlsplit
 
 import httpx
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edge.errors import ConfigError
 from edge.paths import REF
-from edge.secrets import is_reference, resolve_secret
+from edge.secrets import SecretRef, is_reference, resolve_secret
 from maintenance.alerts import AlertChange
 
 log = logging.getLogger(__name__)
@@ -56,6 +67,37 @@ def _url_problem(url: str) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "must be an http:// or https:// URL with a host"
     return None
+
+
+SIGNING_PREFIX = "whsec_"
+# Standard Webhooks 1.0: a symmetric secret is random, at least 24 bytes and at most 512 bits.
+SIGNING_KEY_BYTES = (24, 64)
+
+
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret ``whsec_<base64>`` (padding optional, as the reference libraries
+    take it); ValueError saying what is wrong with it, never repeating it."""
+    if not secret.startswith(SIGNING_PREFIX):
+        raise ValueError(f"does not start with {SIGNING_PREFIX}")
+    b64 = secret[len(SIGNING_PREFIX):]
+    try:
+        key = base64.b64decode(b64 + "=" * (-len(b64) % 4), validate=True)
+    except binascii.Error:
+        raise ValueError(f"is not base64 after {SIGNING_PREFIX}") from None
+    low, high = SIGNING_KEY_BYTES
+    if not low <= len(key) <= high:
+        raise ValueError(f"holds {len(key)} bytes after {SIGNING_PREFIX}, not {low} to {high}")
+    return key
+
+
+def signed_headers(keys: tuple[bytes, ...], msg_id: str, body: bytes) -> dict[str, str]:
+    """The Standard Webhooks headers of one attempt to send ``body`` now: ``webhook-id``, ``webhook-timestamp`` (Unix
+    seconds) and ``webhook-signature``, one ``v1,<base64 HMAC-SHA256 of "id.timestamp.body">`` per key."""
+    timestamp = str(int(time.time()))
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    signature = " ".join("v1," + base64.b64encode(hmac.new(k, signed, hashlib.sha256).digest()).decode()
+                         for k in keys)
+    return {"webhook-id": msg_id, "webhook-timestamp": timestamp, "webhook-signature": signature}
 
 
 def _origin(url: str) -> str:
@@ -81,6 +123,12 @@ class WebhookConfig(BaseModel):
                                            "by default: a receiver may count, log or refuse any request")
     headers: dict[str, Annotated[str, REF]] = Field(default_factory=dict, description="values may be env:NAME or "
                                                                                       "file:PATH references")
+    signing_secret: SecretRef | None = Field(None, description="a reference to a Standard Webhooks secret "
+                                                               "(whsec_<base64>): each POST is signed "
+                                                               "(webhook-id, webhook-timestamp, webhook-signature)")
+    signing_secret_previous: SecretRef | None = Field(None, description="during a rotation, the secret being "
+                                                                        "replaced: it signs too, so a receiver "
+                                                                        "still holding it verifies")
 
     @field_validator("url")
     @classmethod
@@ -104,15 +152,51 @@ class WebhookConfig(BaseModel):
                                  "value itself")
         return v
 
+    @model_validator(mode="after")
+    def _rotation(self) -> WebhookConfig:
+        if self.signing_secret_previous is not None and self.signing_secret is None:
+            raise ValueError("signing_secret_previous is only for a rotation: give the new secret as signing_secret")
+        return self
+
     def target(self, where: str = "webhook") -> WebhookTarget:
-        """The URL and headers with their references resolved; `ConfigError` naming ``where`` and the key (never
-        the value) when one cannot be read or the URL read is not usable."""
-        url = resolve_secret(self.url, where=f"{where}.url") if is_reference(self.url) else self.url
-        problem = _url_problem(url)
+        """The URL, headers and signing keys with their references resolved; `ConfigError` naming ``where`` and the
+        key (never the value) of each that cannot be read or is not usable."""
+        problems: list[str] = []
+
+        def resolved(key: str, value: str) -> str:
+            if not is_reference(value):
+                return value
+            try:
+                return resolve_secret(value, where=f"{where}.{key}")
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+                return ""
+
+        url = resolved("url", self.url)
+        problem = _url_problem(url) if url else None
         if problem:
-            raise ConfigError(f"{where}.url: the value of {self.url} {problem}")
-        headers = {k: resolve_secret(v, where=f"{where}.headers.{k}") if is_reference(v) else v
-                   for k, v in self.headers.items()}
+            problems.append(f"{where}.url: the value of {self.url} {problem}")
+        headers = {k: resolved(f"headers.{k}", v) for k, v in self.headers.items()}
+        signing: dict[str, str] = {}
+        keys: list[bytes] = []
+        for key in ("signing_secret", "signing_secret_previous"):
+            ref = getattr(self, key)
+            secret = resolved(key, ref) if ref else ""
+            if not secret:
+                continue
+            signing[key] = secret
+            try:
+                keys.append(signing_key(secret))
+            except ValueError as exc:
+                problems.append(f"{where}.{key}: the value of {ref} is not a Standard Webhooks secret ({exc}): give "
+                                f"{SIGNING_PREFIX} followed by the base64 of {SIGNING_KEY_BYTES[0]} to "
+                                f"{SIGNING_KEY_BYTES[1]} random bytes (maintenance/README.md)")
+        if len(keys) == 2 and keys[0] == keys[1]:
+            problems.append(f"{where}.signing_secret_previous: {self.signing_secret_previous} holds the same secret "
+                            f"as signing_secret ({self.signing_secret}): a rotation needs the new secret in "
+                            "signing_secret")
+        if problems:
+            raise ConfigError(problems)
         parts = urlsplit(url)
         if is_reference(self.url):
             name = f"webhook {self.url} ({_origin(url)})"
@@ -122,20 +206,21 @@ class WebhookConfig(BaseModel):
             # one host apart.
             name = f"webhook {_origin(url)} #{hashlib.sha256(parts.path.encode()).hexdigest()[:8]}"
         # What an error message must never repeat: the URL and its parts that may be a credential, and every
-        # header value read from a reference.
+        # header value read from a reference, and the signing secrets.
         secrets = [url, parts.password, parts.query, parts.path,
-                   *(headers[k] for k, v in self.headers.items() if is_reference(v))]
-        return WebhookTarget(url=url, headers=headers, name=name,
+                   *(headers[k] for k, v in self.headers.items() if is_reference(v)), *signing.values()]
+        return WebhookTarget(url=url, headers=headers, name=name, signing_keys=tuple(keys),
                              secrets=tuple(s for s in secrets if s and len(s) > 1))
 
 
 @dataclass(frozen=True, slots=True)
 class WebhookTarget:
-    """A webhook's resolved address and headers (secrets: never in its repr) and its name for logs."""
+    """A webhook's resolved address, headers and signing keys (secrets: never in its repr) and its name for logs."""
 
     url: str = field(repr=False)
     headers: dict[str, str] = field(repr=False)
     name: str
+    signing_keys: tuple[bytes, ...] = field(repr=False, default=())  # current first; none: not signed
     secrets: tuple[str, ...] = field(repr=False, default=())
 
     def scrub(self, text: str) -> str:
@@ -186,7 +271,8 @@ def payload(ch: AlertChange) -> bytes:
 
 
 class WebhookNotifier:
-    """POSTs the JSON payload; 2xx is success, anything else is retried ``attempts`` times."""
+    """POSTs the JSON payload, signed when the webhook has a ``signing_secret``; 2xx is success, anything else is
+    retried ``attempts`` times."""
 
     RETRY_BASE_S = 0.5
 
@@ -205,11 +291,15 @@ class WebhookNotifier:
         if not wanted(self.cfg.events, ch):
             return True, "skipped"
         error = ""
+        body, msg_id = payload(ch), notification_id(ch)
         for attempt in range(self.cfg.attempts):
+            headers = {"content-type": "application/json", "idempotency-key": msg_id}
+            if self._target.signing_keys:
+                # Signed at each attempt: the timestamp is the attempt's, so a receiver's replay window (5 min in the
+                # reference verifiers) takes a retry or an outbox re-send hours later.
+                headers |= signed_headers(self._target.signing_keys, msg_id, body)
             try:
-                r = await self.client.post(self._target.url, content=payload(ch),
-                                           headers={"content-type": "application/json",
-                                                    "idempotency-key": notification_id(ch)})
+                r = await self.client.post(self._target.url, content=body, headers=headers)
                 if 200 <= r.status_code < 300:
                     return True, f"HTTP {r.status_code}"
                 error = f"HTTP {r.status_code}"

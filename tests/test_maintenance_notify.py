@@ -67,10 +67,12 @@ async def test_mqtt_notifier_reports_unreachable_broker():
 
 class _Receiver(BaseHTTPRequestHandler):
     bodies: typing.ClassVar[list[dict]] = []
+    requests: typing.ClassVar[list[tuple]] = []  # every POST as it arrived, refused ones too: (headers, raw body)
     fail_first = 0
 
     def do_POST(self):
         data = self.rfile.read(int(self.headers["content-length"]))
+        _Receiver.requests.append((self.headers, data))
         if _Receiver.fail_first > 0:
             _Receiver.fail_first -= 1
             self.send_response(503)
