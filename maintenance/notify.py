@@ -72,6 +72,7 @@ def _url_problem(url: str) -> str | None:
 SIGNING_PREFIX = "whsec_"
 # Standard Webhooks 1.0: a symmetric secret is random, at least 24 bytes and at most 512 bits.
 SIGNING_KEY_BYTES = (24, 64)
+SIGNED_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
 
 def signing_key(secret: str) -> bytes:
@@ -191,6 +192,10 @@ class WebhookConfig(BaseModel):
                 problems.append(f"{where}.{key}: the value of {ref} is not a Standard Webhooks secret ({exc}): give "
                                 f"{SIGNING_PREFIX} followed by the base64 of {SIGNING_KEY_BYTES[0]} to "
                                 f"{SIGNING_KEY_BYTES[1]} random bytes (maintenance/README.md)")
+        clash = sorted(k for k in self.headers if k.lower() in SIGNED_HEADERS) if self.signing_secret else []
+        if clash:  # the signature's own would replace them unseen
+            problems.append(f"{where}.headers: {', '.join(clash)}: the signature's own headers, which signing_secret "
+                            "sets: leave them out")
         if len(keys) == 2 and keys[0] == keys[1]:
             problems.append(f"{where}.signing_secret_previous: {self.signing_secret_previous} holds the same secret "
                             f"as signing_secret ({self.signing_secret}): a rotation needs the new secret in "

@@ -193,3 +193,9 @@ def test_check_config_names_an_unreadable_or_repeated_signing_secret(tmp_path, m
                                   "holds the same secret as signing_secret (env:HOOK_SIGNING): a rotation needs the "
                                   "new secret in signing_secret"]
     assert secret not in str(err.value)
+    # A header of the signature's own written in `headers` would be replaced by it unseen.
+    path = _site(tmp_path, 'signing_secret = "env:HOOK_SIGNING"\nheaders = { Webhook-Signature = "v1,static" }')
+    with pytest.raises(ConfigError) as err:
+        preflight(settings.load(path))
+    assert err.value.problems == ["maintenance.notify.webhooks[0].headers: Webhook-Signature: the signature's own "
+                                  "headers, which signing_secret sets: leave them out"]
