@@ -98,6 +98,13 @@ async def list_alerts(db, *, limit: int, cursor: str | None = None, **filters) -
     return out
 
 
+def export_query(sh: Shape, **filters) -> tuple[str, dict]:
+    """The board's list (newest raised first) under ``filters`` as one query without a page size: the CSV
+    download's."""
+    where, params = _filters(sh, **filters)
+    return f"{sh.select} WHERE {' AND '.join(where) or 'true'} ORDER BY a.raised_at DESC, a.id::text DESC", params
+
+
 async def get(db, alert_id: str) -> dict:
     sh = await shape(db)
     row = await db.fetchone(f"{sh.select} WHERE a.id::text = %s", (alert_id,))
