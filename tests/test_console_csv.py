@@ -65,7 +65,7 @@ def rows_of(r) -> tuple[list[str], list[dict]]:
     assert r.status_code == 200, r.text[:300]
     assert r.headers["content-type"] == "text/csv; charset=utf-8"
     assert r.content.startswith(b"\xef\xbb\xbf"), "UTF-8 byte-order mark for Excel"
-    assert r.content.endswith(b"\r\n")
+    assert r.content.endswith(b"\n")
     reader = csv.DictReader(io.StringIO(r.content.decode("utf-8-sig"), newline=""))
     return list(reader.fieldnames or []), list(reader)
 

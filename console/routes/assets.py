@@ -200,7 +200,7 @@ async def readings_csv(request: Request, name: str, _: Principal = Depends(requi
         db = request.app.state.db
         sql, params = await trend.bucket_query(db, db.features, tag["id"], tr, BUCKET_PLANS[resolution])
         columns = BUCKET_COLUMNS
-    return await export(request, sql, params, columns, prepare=lambda r: r | {"tag": name, "unit": tag["unit"]},
+    return await export(request, sql, params, columns, constants={"tag": name, "unit": tag["unit"]},
                         file_name=f"{file_name_part(name)}_{stamp(tr.start)}_{stamp(tr.end)}_{resolution}")
 
 
