@@ -335,6 +335,7 @@ def test_csv_buttons_download_the_charts_range_the_reviews_and_the_boards_alerts
     page = login(browser, server, "viewer")
     page.goto(server.url + "/assets/P-101")
     page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    shot(page, "asset-page-csv")
     name, rows = downloaded(page, ".trend[data-tag='P-101.vib_rms'] a.csv")
     assert name.startswith("P-101.vib_rms_") and name.endswith("_1m.csv"), name
     assert 1439 <= len(rows) <= 1441, len(rows)
@@ -350,6 +351,7 @@ def test_csv_buttons_download_the_charts_range_the_reviews_and_the_boards_alerts
     page.wait_for_function("!document.querySelector('#alerts-csv').href.includes('state=')")
     page.wait_for_load_state("networkidle")
     shown = set(page.eval_on_selector_all("#alert-rows tr[data-id]", "rows => rows.map(r => r.dataset.id)"))
+    shot(page, "board-csv")
     name, rows = downloaded(page, "#alerts-csv")
     assert name == "alerts_F-201.csv"
     assert {r["id"] for r in rows} == shown and {r["asset"] for r in rows} == {"F-201"} and len(rows) >= 5
