@@ -98,6 +98,18 @@ async def list_alerts(db, *, limit: int, cursor: str | None = None, **filters) -
     return out
 
 
+def export_query(sh: Shape, **filters) -> tuple[str, dict]:
+    """The board's list (newest raised first) under ``filters`` as one query without a page size: the CSV
+    download's (``tag``, ``message``, ``ack_comment``, ``cleared_by``: null where the table has no such column)."""
+    where, params = _filters(sh, **filters)
+    tag, message, ack_comment, cleared_by = (f"a.{c}" if c in sh.columns else f"NULL::text AS {c}"
+                                             for c in ("tag", "message", "ack_comment", "cleared_by"))
+    return (f"SELECT a.id, a.raised_at, a.severity, {sh.state_sql} AS state, s.site, a.asset, {tag}, a.kind, "
+            f"{message}, a.acknowledged_at, a.acknowledged_by, {ack_comment}, a.cleared_at, {cleared_by} "
+            f"FROM alerts a LEFT JOIN assets s ON s.name = a.asset WHERE {' AND '.join(where) or 'true'} "
+            "ORDER BY a.raised_at DESC, a.id::text DESC", params)
+
+
 async def get(db, alert_id: str) -> dict:
     sh = await shape(db)
     row = await db.fetchone(f"{sh.select} WHERE a.id::text = %s", (alert_id,))

@@ -65,6 +65,9 @@ class Console(Strict):
     # Readings: answer at most this many points per series; longer ranges are downsampled on the server.
     max_points: int = Field(5000, ge=10, le=100_000)
     default_points: int = Field(1000, ge=10, le=100_000)
+    # CSV downloads: at most this many data rows per file (the answer says when it was cut). At most what one Excel
+    # sheet holds under its header row (1,048,576 rows): a longer file opens cut without a word.
+    csv_max_rows: int = Field(1_000_000, ge=1, le=1_048_575)
     # Emission/compliance reports are linked from the emissions page when present here.
     reports_dir: Annotated[Path, PATH] | None = None
     # The plant's IANA time zone: the pages show times in it, with the UTC offset, whatever zone the browser of

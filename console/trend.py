@@ -31,6 +31,9 @@ from console.params import TimeRange
 from edge.db.features import Features
 
 GOOD = "quality < 2 AND value IS NOT NULL AND value <> 'NaN'::float8"
+# A tag's raw readings over a range, oldest first (the chart's raw points, the CSV download's raw rows).
+RAW = ("SELECT time, value, value_text, quality FROM readings WHERE tag_id = %(tag)s "
+       "AND time >= %(start)s AND time < %(end)s ORDER BY time")
 _NICE_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
            2 * 86400, 7 * 86400)
 
@@ -103,8 +106,7 @@ async def fetch(db, features: Features, tag_id: int, tr: TimeRange, points: int,
         p = Plan("readings_1h", max(p.bucket_s, 3600))
     params = {"tag": tag_id, "start": tr.start, "end": tr.end, "n": points + 1}
     if p.source == "readings" and (p.bucket_s < 60 or resolution == "raw"):
-        rows = await db.fetch("SELECT time, value, value_text, quality FROM readings WHERE tag_id = %(tag)s "
-                              "AND time >= %(start)s AND time < %(end)s ORDER BY time LIMIT %(n)s", params)
+        rows = await db.fetch(RAW + " LIMIT %(n)s", params)
         if len(rows) <= points or resolution == "raw":
             out = {"source": "readings", "bucket_s": 0, "truncated": len(rows) > points,
                    "t": [r["time"] for r in rows[:points]], "v": [r["value"] for r in rows[:points]],
@@ -113,6 +115,18 @@ async def fetch(db, features: Features, tag_id: int, tr: TimeRange, points: int,
                 out["text"] = [r["value_text"] for r in rows[:points]]
             return out
         p = Plan("readings", max(p.bucket_s, 1))
+    sql, more = await bucket_query(db, features, tag_id, tr, p)
+    rows = await db.fetch(sql, params | more)
+    return {"source": p.source, "bucket_s": p.bucket_s, "truncated": False,
+            "t": [r["t"] for r in rows], "min": [r["min"] for r in rows], "max": [r["max"] for r in rows],
+            "avg": [r["avg"] for r in rows], "n": [int(r["n"] or 0) for r in rows],
+            "bad": [int(r["bad"] or 0) for r in rows]}
+
+
+async def bucket_query(db, features: Features, tag_id: int, tr: TimeRange, p: Plan) -> tuple[str, dict]:
+    """The SQL (ordered by bucket time ``t``; min, max, avg, n good, bad) and parameters of ``p``'s buckets of
+    ``tag_id`` over ``tr``: the chart's, and the CSV download's at 1 minute or 1 hour."""
+    params = {"tag": tag_id, "start": tr.start, "end": tr.end}
     if p.source == "readings":
         sql = _raw_bucket_sql(features, p.bucket_s) + " ORDER BY 1"
     else:
@@ -136,8 +150,4 @@ async def fetch(db, features: Features, tag_id: int, tr: TimeRange, points: int,
         sql = (f"SELECT t, min(min) AS min, max(max) AS max, sum(avg * n) / nullif(sum(n), 0) AS avg, "
                f"sum(n) AS n, sum(bad) AS bad FROM ({rollup} UNION ALL {head_raw} UNION ALL {tail_raw}) u "
                "GROUP BY t ORDER BY t")
-    rows = await db.fetch(sql, params)
-    return {"source": p.source, "bucket_s": p.bucket_s, "truncated": False,
-            "t": [r["t"] for r in rows], "min": [r["min"] for r in rows], "max": [r["max"] for r in rows],
-            "avg": [r["avg"] for r in rows], "n": [int(r["n"] or 0) for r in rows],
-            "bad": [int(r["bad"] or 0) for r in rows]}
+    return sql, params

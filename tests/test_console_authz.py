@@ -84,8 +84,10 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/api/tags"): "read",
     ("GET", "/api/tags/{name:path}/calibrations"): "read",
     ("GET", "/api/tags/{name:path}/readings"): "read",
+    ("GET", "/api/tags/{name:path}/readings.csv"): "read",
     ("GET", "/api/tags/{name:path}/latest"): "read",
     ("GET", "/api/alerts"): "read",
+    ("GET", "/api/alerts.csv"): "read",
     ("GET", "/api/alerts/stream"): "read",
     ("GET", "/api/alerts/suppressed"): "read",
     ("GET", "/api/alerts/{alert_id}"): "read",
@@ -101,6 +103,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/api/maintenance-windows/{window_id}/cancel"): "windows.plan",
     ("GET", "/api/predictions"): "read",
     ("GET", "/api/assets/{name}/predictions"): "read",
+    ("GET", "/api/assets/{name}/predictions.csv"): "read",
     ("POST", "/api/predictions/{prediction_id}/review"): "predictions.review",
     ("GET", "/api/emissions/stacks"): "read",
     ("GET", "/api/emissions/{stack}/live"): "read",
@@ -156,7 +159,7 @@ PARAMS = {("GET", "/api/models/{model_id}/uncertainty"): {"model_id": "temp-gbr"
           ("GET", "/api/maintenance-windows/{window_id}"): {"window_id": "current_window"},
           ("GET", "/api/gateways/{name}"): {"name": "gw-1"}}
 PARAMS |= {("GET", f"/api/tags/{{name:path}}/{what}"): {"name": "P-101.vib_rms"}
-           for what in ("calibrations", "readings", "latest")}
+           for what in ("calibrations", "readings", "readings.csv", "latest")}
 QUERY = {("GET", "/api/models/{model_id}/uncertainty"): {"last": "P2D"}}
 
 

@@ -4,6 +4,8 @@ open the emissions, models, gateways and admin pages. Screenshots go to test-art
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 import time
@@ -313,6 +315,46 @@ def test_asset_page_draws_prediction_band_and_review(browser, server):
     page.wait_for_selector("body[data-ready='1']", timeout=15000)
     assert page.locator(".trend[data-tag='P-101.vib_rms'] .src").inner_text().startswith("readings_1m")
     shot(page, "asset-page")
+    assert page.errors == []
+    page.context.close()
+
+
+def downloaded(page, selector: str) -> tuple[str, list[dict]]:
+    """Click the download link ``selector``: the file's suggested name and its rows (read as Excel would: BOM)."""
+    with page.expect_download() as info:
+        page.click(selector)
+    text = Path(info.value.path()).read_bytes()
+    assert text.startswith(b"\xef\xbb\xbf"), "UTF-8 with a byte-order mark"
+    return info.value.suggested_filename, list(csv.DictReader(io.StringIO(text.decode("utf-8-sig"), newline="")))
+
+
+def test_csv_buttons_download_the_charts_range_the_reviews_and_the_boards_alerts(browser, server):
+    """A trend's CSV is the tag over the chart's range at the resolution it is drawn from (24 h: 1-minute buckets),
+    the review list's every prediction of the range with its interval, the board's every alert under its filters
+    (changed after load too)."""
+    page = login(browser, server, "viewer")
+    page.goto(server.url + "/assets/P-101")
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    shot(page, "asset-page-csv")
+    name, rows = downloaded(page, ".trend[data-tag='P-101.vib_rms'] a.csv")
+    assert name.startswith("P-101.vib_rms_") and name.endswith("_1m.csv"), name
+    assert 1439 <= len(rows) <= 1441, len(rows)
+    assert {r["tag"] for r in rows} == {"P-101.vib_rms"} and all(float(r["min"]) <= float(r["mean"])
+                                                                  <= float(r["max"]) for r in rows)
+    name, rows = downloaded(page, "#reviews-csv")
+    assert name.startswith("P-101_predictions_"), name
+    assert {r["kind"] for r in rows} == {"regression", "anomaly", "rul"} and 426 <= len(rows) <= 435, len(rows)
+    assert all(float(r["lower"]) <= float(r["value"]) <= float(r["upper"]) for r in rows if r["kind"] == "rul")
+    page.goto(server.url + "/alerts?asset=F-201")
+    page.wait_for_selector("#alert-rows tr[data-id]")
+    page.select_option("#f-state", "")
+    page.wait_for_function("!document.querySelector('#alerts-csv').href.includes('state=')")
+    page.wait_for_load_state("networkidle")
+    shown = set(page.eval_on_selector_all("#alert-rows tr[data-id]", "rows => rows.map(r => r.dataset.id)"))
+    shot(page, "board-csv")
+    name, rows = downloaded(page, "#alerts-csv")
+    assert name == "alerts_F-201.csv"
+    assert {r["id"] for r in rows} == shown and {r["asset"] for r in rows} == {"F-201"} and len(rows) >= 5
     assert page.errors == []
     page.context.close()
 

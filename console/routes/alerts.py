@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from console import alerts, audit, suppressed
 from console.auth import Principal, StillValid, client_address, require
+from console.csvexport import RESPONSES, Column, CSVStream, export, file_name_part, stamp
 from console.jsonresp import FastJSON
 from console.params import time_range
 from console.problems import Problem
@@ -56,6 +57,30 @@ async def list_alerts(request: Request, f: Filters = Depends(filters), _: Princi
         since, until = tr.start, tr.end
     return await alerts.list_alerts(request.app.state.db, limit=limit, cursor=cursor, since=since, until=until,
                                     **f.model_dump())
+
+
+COLUMNS = (Column("id"), Column("raised_at", kind="time"), Column("severity"), Column("state"), Column("site"),
+           Column("asset"), Column("tag"), Column("kind"), Column("message"), Column("acknowledged_at", kind="time"),
+           Column("acknowledged_by"), Column("ack_comment"), Column("cleared_at", kind="time"), Column("cleared_by"))
+
+
+@router.get(".csv", response_class=CSVStream, responses=RESPONSES)
+async def alerts_csv(request: Request, f: Filters = Depends(filters), _: Principal = Depends(require("read")),
+                     from_: str | None = Query(None, alias="from", description="raised at or after (ISO-8601)"),
+                     to: str | None = None, last: str | None = Query(None, description="e.g. P30D")):
+    """The alerts of `GET /api/alerts` under the same filters, all of them (no pages; at most
+    ``console.csv_max_rows``, ``X-Valvoja-Truncated``), newest raised first, as CSV: the board's columns and the
+    acknowledgement's comment."""
+    since = until = None
+    if from_ or to or last:
+        tr = time_range(from_, to, last, default=timedelta(days=3650))
+        since, until = tr.start, tr.end
+    sql, params = alerts.export_query(await alerts.shape(request.app.state.db), since=since, until=until,
+                                      **f.model_dump())
+    # What the file holds: the first assets and the states chosen, the range.
+    span = [stamp(since), stamp(until)] if since else []
+    name = "_".join(["alerts", *(f.asset or [])[:3], *(f.state or []), *span])
+    return await export(request, sql, params, COLUMNS, file_name=file_name_part(name))
 
 
 def _matches(row: dict, f: Filters) -> bool:

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from console import trend
 from console.auth import Principal, require
+from console.csvexport import RESPONSES, Column, CSVStream, export, file_name_part, stamp
 from console.jsonresp import FastJSON
 from console.params import decode_cursor, equal_filters, page, time_range
 from console.problems import Problem
@@ -170,6 +171,37 @@ async def readings(request: Request, name: str, _: Principal = Depends(require("
     series = await trend.fetch(request.app.state.db, request.app.state.db.features, tag["id"], tr, n, resolution)
     return {"tag": name, "unit": tag["unit"], "asset": tag["asset"], "from": tr.start, "to": tr.end,
             "range": [tag["range_min"], tag["range_max"]], **series}
+
+
+READING_COLUMNS = (Column("time", kind="time"), Column("tag"), Column("value", kind="number"), Column("unit"),
+                   Column("quality", kind="int"), Column("value_text"))
+BUCKET_COLUMNS = (Column("time", "t", kind="time"), Column("tag"), Column("unit"), Column("min", kind="number"),
+                  Column("max", kind="number"), Column("mean", "avg", kind="number"), Column("count", "n", kind="int"),
+                  Column("bad_count", "bad", kind="int"))
+BUCKET_PLANS = {"1m": trend.Plan("readings_1m", 60), "1h": trend.Plan("readings_1h", 3600)}
+
+
+@router.get("/tags/{name:path}/readings.csv", tags=["readings"], response_class=CSVStream, responses=RESPONSES)
+async def readings_csv(request: Request, name: str, _: Principal = Depends(require("read")),
+                       from_: str | None = Query(None, alias="from",
+                                                 description="ISO-8601 instant, e.g. 2024-05-01T00:00Z"),
+                       to: str | None = Query(None, description="ISO-8601 instant (default now)"),
+                       last: str | None = Query(None, description="ISO-8601 duration back from `to`, e.g. PT6H"),
+                       resolution: Literal["raw", "1m", "1h"] = "raw"):
+    """One tag's readings over a range as CSV, oldest first: every raw reading (``time``, ``tag``, ``value``,
+    ``unit``, ``quality``, ``value_text``), or per minute / hour bucket as the chart's buckets (``min``, ``max``,
+    ``mean`` and ``count`` of the good readings, ``bad_count``). The range and its checks are the JSON route's;
+    at most ``console.csv_max_rows`` rows (``X-Valvoja-Truncated``)."""
+    tr = time_range(from_, to, last, default=timedelta(hours=6))
+    tag = await tag_row(request, name)
+    if resolution == "raw":
+        sql, params, columns = trend.RAW, {"tag": tag["id"], "start": tr.start, "end": tr.end}, READING_COLUMNS
+    else:
+        db = request.app.state.db
+        sql, params = await trend.bucket_query(db, db.features, tag["id"], tr, BUCKET_PLANS[resolution])
+        columns = BUCKET_COLUMNS
+    return await export(request, sql, params, columns, constants={"tag": name, "unit": tag["unit"]},
+                        file_name=f"{file_name_part(name)}_{stamp(tr.start)}_{stamp(tr.end)}_{resolution}")
 
 
 LATEST = ("SELECT time, value, value_text, quality, flags, status, receive_time, server_time FROM readings "

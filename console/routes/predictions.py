@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from console import audit
 from console.auth import Principal, client_address, require
+from console.csvexport import RESPONSES, Column, CSVStream, export, file_name_part, stamp
 from console.jsonresp import FastJSON
 from console.params import decode_cursor, equal_filters, page, time_range
 from console.problems import Problem
@@ -38,12 +39,15 @@ async def _check(db) -> set[str]:
     return cols
 
 
-def _review_join(has_feedback: bool) -> tuple[str, str]:
+def _review_join(has_feedback: bool, *, comment: bool = False) -> tuple[str, str]:
+    """The newest review's columns and join (``comment``: its comment too, as ``review_comment``)."""
     if not has_feedback:
-        return "NULL::text AS verdict, NULL::text AS reviewed_by, NULL::timestamptz AS reviewed_at", ""
-    return ("f.verdict, f.reviewer AS reviewed_by, f.created_at AS reviewed_at",
-            f"LEFT JOIN LATERAL (SELECT verdict, reviewer, created_at FROM {FEEDBACK} x WHERE x.prediction_id = p.id "
-            "ORDER BY created_at DESC LIMIT 1) f ON true")
+        return ("NULL::text AS verdict, NULL::text AS reviewed_by, NULL::timestamptz AS reviewed_at"
+                + (", NULL::text AS review_comment" if comment else "")), ""
+    return ("f.verdict, f.reviewer AS reviewed_by, f.created_at AS reviewed_at"
+            + (", f.comment AS review_comment" if comment else ""),
+            f"LEFT JOIN LATERAL (SELECT verdict, reviewer, created_at, comment FROM {FEEDBACK} x "
+            "WHERE x.prediction_id = p.id ORDER BY created_at DESC LIMIT 1) f ON true")
 
 
 @router.get("/predictions")
@@ -120,6 +124,33 @@ async def asset_predictions(request: Request, name: str, _: Principal = Depends(
         s["latest"] = r  # rows come oldest first and the newest of each series is always kept
     out = list(series.values())
     return {"asset": name, "from": tr.start, "to": tr.end, "series": out}
+
+
+CSV_COLUMNS = (Column("id", kind="int"), Column("time", kind="time"), Column("asset"), Column("kind"),
+               Column("model_id"), Column("model_version"), Column("target"), Column("value", kind="number"),
+               Column("lower", kind="number"), Column("upper", kind="number"), Column("coverage", kind="number"),
+               Column("p_value", kind="number"), Column("verdict"), Column("reviewed_by"),
+               Column("reviewed_at", kind="time"), Column("review_comment"))
+
+
+@router.get("/assets/{name}/predictions.csv", response_class=CSVStream, responses=RESPONSES)
+async def asset_predictions_csv(request: Request, name: str, _: Principal = Depends(require("read")),
+                                from_: str | None = Query(None, alias="from"), to: str | None = None,
+                                last: str | None = None):
+    """An asset's predictions over a range (default the last 7 days) as CSV, oldest first, every row (not
+    thinned; at most ``console.csv_max_rows``, ``X-Valvoja-Truncated``): value, interval (``lower``, ``upper``,
+    nominal ``coverage``) or ``p_value``, model and version, and the newest review (verdict, reviewer, time,
+    comment), the rows of `GET /api/predictions?asset=`."""
+    db = request.app.state.db
+    cols = await _check(db)
+    tr = time_range(from_, to, last, default=timedelta(days=7))
+    sel, join = _review_join(await db.has_table(FEEDBACK), comment=True)
+    target = "p.target" if "target" in cols else "NULL::text"
+    sql = (f"SELECT p.id, p.time, p.asset, p.kind, p.model_id, p.model_version, {target} AS target, p.value, "
+           f"p.lower, p.upper, p.coverage, p.p_value, {sel} FROM predictions p {join} "
+           "WHERE p.asset = %(asset)s AND p.time >= %(start)s AND p.time <= %(end)s ORDER BY p.time, p.id")
+    return await export(request, sql, {"asset": name, "start": tr.start, "end": tr.end}, CSV_COLUMNS,
+                        file_name=f"{file_name_part(name)}_predictions_{stamp(tr.start)}_{stamp(tr.end)}")
 
 
 @router.post("/predictions/{prediction_id}/review")

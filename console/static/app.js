@@ -171,6 +171,15 @@ const V = (() => {
     return picker;
   }
 
+  /** A "CSV" link to a download route (``path``: ``/api/alerts.csv``, ...) for the query ``params``; the browser saves
+   * the file under the name the server gives (what, which range; ``_TRUNCATED-<n>-rows`` when cut at the row cap).
+   * ``.set(params)`` points it at another query (the board's filters changed). */
+  function csvLink(path, params, { id, title } = {}) {
+    const a = el("a", { class: "button secondary csv", id, title, download: "", href: path + qs(params) }, "CSV");
+    a.set = (p) => { a.href = path + qs(p); };
+    return a;
+  }
+
   function qs(params) {
     const u = new URLSearchParams();
     for (const [k, v] of Object.entries(params)) {
@@ -270,5 +279,5 @@ const V = (() => {
       el("tbody", {}, rows));
   }
 
-  return { el, api, apiAll, moreButton, assetSearch, assetPicker, qs, toast, fmtTime, fmtZoned, jsonInPlantTime, plantClock, suppressedRow, fmtNum, fmtInterval, timeCell, badge, main, failed, can, role, csrf, table };
+  return { el, api, apiAll, moreButton, csvLink, assetSearch, assetPicker, qs, toast, fmtTime, fmtZoned, jsonInPlantTime, plantClock, suppressedRow, fmtNum, fmtInterval, timeCell, badge, main, failed, can, role, csrf, table };
 })();

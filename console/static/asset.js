@@ -67,6 +67,11 @@
     try { r = await api(`/api/tags/${encodeURIComponent(tag.name)}/readings` + qs({ from: iso(range.end - range.span), to: iso(range.end), points: 800 }), { quiet: true }); }
     catch (e) { holder.append(el("p", { class: "bad-text" }, `readings not loaded: ${e.message}`)); return; }  // the other trends still draw
     box.querySelector(".src").textContent = r.bucket_s ? `${r.source}, ${r.bucket_s} s buckets (min–max band, mean line)` : `${r.source}, raw`;
+    // The chart's range at the resolution of what it is drawn from: raw readings, 1-minute or 1-hour buckets.
+    const resolution = { readings_1m: "1m", readings_1h: "1h" }[r.source] || "raw";
+    box.querySelector(".chart-title").append(V.csvLink(`/api/tags/${encodeURIComponent(tag.name)}/readings.csv`,
+      { from: iso(range.end - range.span), to: iso(range.end), resolution },
+      { title: `${tag.name}: the chart's range as CSV (${resolution === "raw" ? "raw readings" : resolution + " buckets"})` }));
     const lines = [];
     if (tag.calibration) box.querySelector(".src").textContent += ` · calibration ${tag.calibration.certificate} ±${tag.calibration.uncertainty} ${tag.calibration.uncertainty_unit}`;
     const gap = (r.bucket_s || (tag.sampling_ms || 1000) / 1000) * 2500;
@@ -184,6 +189,8 @@
     try { page = await api("/api/predictions" + qs(query), { quiet: true }); }
     catch (e) { reviews.append(el("p", { class: "muted" }, e.message)); return; }
     if (!page.items.length) { reviews.append(el("p", { class: "muted" }, "Nothing to review in this range.")); return; }
+    reviews.firstChild.append(V.csvLink(`/api/assets/${encodeURIComponent(name)}/predictions.csv`,
+      { from: query.from, to: query.to }, { id: "reviews-csv", title: "every prediction of the range with its interval and review, as CSV" }));
     const t = table(["Time", "Kind", "Value [interval]", "Model", "Review"], page.items.map(reviewRow));
     let cursor = page.next_cursor;
     const more = el("button", { class: "secondary", id: "reviews-more", hidden: !cursor, onclick: async () => {

@@ -11,6 +11,8 @@
   const rows = new Map(); // id -> alert
   let source = null, nextCursor = null, countsTimer = null;
   const more = el("button", { class: "secondary", id: "load-more", onclick: () => loadMore() }, "Load older");
+  // Every alert under the board's filters (not only the pages loaded), as CSV.
+  const csv = V.csvLink("/api/alerts.csv", {}, { id: "alerts-csv", title: "the alerts under these filters as CSV" });
   const tbody = el("tbody", { id: "alert-rows" });
   const counts = el("div", { class: "counts", id: "counts" });
   const liveDot = el("span", { class: "live-dot", id: "live-dot", title: "live feed" });
@@ -132,6 +134,7 @@
     render();
   }
   async function reload() {
+    csv.set(query());
     await refetch();
     connect();
   }
@@ -237,7 +240,7 @@
         el("div", { class: "field" }, "Asset", assetPicker),  // not a <label>: a click on it would press a chip's ×
         select("severity", "Severity", [["", "all"], ["critical", "critical"], ["warning", "warning"], ["info", "info"]]),
         select("state", "State", [["open", "open (raised + acknowledged)"], ["raised", "raised"],
-          ["acknowledged", "acknowledged"], ["cleared", "cleared (history)"], ["", "all"]])),
+          ["acknowledged", "acknowledged"], ["cleared", "cleared (history)"], ["", "all"]]), csv),
       el("table", { id: "alerts" }, el("thead", {}, el("tr", {},
         ["Raised", "Severity", "State", "Site", "Asset / tag", "Kind", "Message", "Acknowledged / cleared", ""].map((h) => el("th", {}, h)))), tbody),
       el("p", {}, more), suppressedBox);
