@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from asyncua import ua
-from opcua_support import Sink, free_port, running, server_certificate, serving, supervised, until
+from opcua_support import SimProcess, Sink, free_port, running, server_certificate, serving, supervised, until
 
 from collectors.base import CollectorContext
 from collectors.opcua import Config, build
@@ -190,3 +190,70 @@ async def test_connect_chooses_the_highest_service_level_and_the_configured_orde
         with pytest.raises(NotConnectedError, match=r"can serve: ServiceLevel .* 0, .* 1 \(0 maintenance"):
             await asyncio.wait_for(col.run(sink.emit), 20)  # and no connect to either
         await col.aclose()
+
+
+def gateway_site(dsn: str, endpoints: list[str], tags: list[str]) -> str:
+    """test_opcua_gateway's site (collector ``sim``, watchdog 0.5 s) with the redundant pair instead of endpoint."""
+    from ops_support import db_url
+    from test_opcua_gateway import SITE
+
+    nodes = ", ".join(f'{{ node_id = "ns=2;s={t}", tag = "{t}" }}' for t in tags)
+    pair = ", ".join(json.dumps(e) for e in endpoints)  # a TOML basic string is a JSON string here
+    return (SITE.replace('endpoint = "@ENDPOINT@"', f"endpoints = [{pair}]")
+            .replace("@DB_URL@", db_url(dsn)).replace("@NODES@", nodes))
+
+
+@pytest.mark.xdist_group("faults")
+def test_gateway_follows_the_backup_when_the_primary_hangs_and_stays_there(tmp_path, pg_dsn):
+    """The real gateway (`valvoja run`) and two simulator processes: the primary frozen (SIGSTOP: its socket open,
+    nothing answering, as a hung server or a dead network path), readings go on being stored in TimescaleDB from
+    the backup; the primary thawed and healthy again, the gateway stays on the backup."""
+    from gateway_proc import GatewayProcess
+    from ops_support import rows, wait_for
+
+    tags = ["P-101.vib_de", "P-101.bearing_temp", "K1.NOx", "P-102.running"]
+    eps = [f"opc.tcp://127.0.0.1:{free_port()}/valvoja/sim" for _ in range(2)]
+    sims = [SimProcess(ep, tmp_path, "--interval", "0.2").start() for ep in eps]
+    gw = GatewayProcess(tmp_path / "gw", gateway_site(pg_dsn, eps, tags)).start()
+
+    def dcs() -> dict:
+        return gw.health().get("collectors", {}).get("sim", {})
+
+    def stored_since(t: datetime) -> int:
+        return rows(pg_dsn, "SELECT count(*) FROM readings WHERE time >= %s", t)[0][0]
+
+    try:
+        wait_for(lambda: dcs().get("connected"), timeout_s=60, what="collector up")
+        assert dcs()["endpoint"] == eps[0]
+        wait_for(lambda: rows(pg_dsn, "SELECT count(DISTINCT tag_id) FROM readings")[0][0] == len(tags),
+                 timeout_s=60, what="every tag stored")
+        sims[0].freeze()
+        frozen, t0 = datetime.now(UTC), time.monotonic()
+        # Only the backup has values from now on (the frozen primary sends nothing).
+        wait_for(lambda: stored_since(frozen) >= len(tags), timeout_s=30, interval_s=0.05,
+                 what="values from the backup stored")
+        took = time.monotonic() - t0
+        health = dcs()
+        assert health["endpoint"] == eps[1] and health["failovers"] == 1, health
+        assert health["last_failover"]["reason"] == "connection_lost"
+        sims[0].thaw()
+        assert sims[0].ready()  # answering again, at ServiceLevel 255 (the simulator's)
+        time.sleep(4)  # the primary is back and healthy: no switch back
+        health = dcs()
+        assert health["connected"] and health["endpoint"] == eps[1] and health["failovers"] == 1, health
+        later = datetime.now(UTC)
+        wait_for(lambda: stored_since(later) >= len(tags), timeout_s=10, what="values still stored")
+        metrics = gw.metrics()
+        assert 'valvoja_collector_failovers_total{collector="sim",reason="connection_lost"} 1.0' in metrics
+        assert f'valvoja_collector_active_server{{collector="sim",endpoint="{eps[1]}"}} 1.0' in metrics
+        assert gw.terminate() == 0
+    finally:
+        gw.kill()
+        for s in sims:
+            s.stop()
+    log = gw.log.read_text()
+    assert log.count("failing over from") == 1, log[-3000:]
+    print(f"primary frozen -> values from the backup stored after {took:.2f} s")
+    # watchdog (0.5 s, a loss found within ~2x) + back-off (<= 0.5 s) + the probe (backup answers; the frozen
+    # primary is waited for PROBE_GRACE_S more) + subscribe + the database flush (0.2 s).
+    assert took < 8.0, took

@@ -72,11 +72,18 @@ HEALTHY, DEGRADED = 200, 2
 # While the active server reports less than healthy, the others are asked again at most this often (each time a
 # session is opened on each, then closed).
 REPROBE_S = 10.0
+# Once one server has answered healthy, the others are waited for this much longer, not connect_timeout_s: a server
+# that hangs (the one just lost, often) must not hold the failover for the whole connect timeout.
+PROBE_GRACE_S = 1.0
 
 
 def band(level: int) -> int:
     """0 failed (0 maintenance, 1 no data: not to be used), 1 degraded (2-199), 2 healthy (200-255)."""
     return 2 if level >= HEALTHY else 1 if level >= DEGRADED else 0
+
+
+class _Late(Exception):
+    """A server of a redundant set that had not answered when another had answered healthy (`PROBE_GRACE_S`)."""
 
 
 class _Failover(Exception):
@@ -333,12 +340,32 @@ class OpcUaCollector:
                 client.disconnect_socket()
                 raise
 
-        results = await asyncio.gather(*(one(i) for i in which), return_exceptions=True)
-        up = {i: r for i, r in zip(which, results, strict=True) if not isinstance(r, BaseException)}
-        down = {i: r for i, r in zip(which, results, strict=True) if isinstance(r, BaseException)}
+        loop = asyncio.get_running_loop()
+        tasks = {asyncio.create_task(one(i), name=f"opcua-probe:{self.name}"): i for i in which}
+        pending, deadline = set(tasks), None
+        try:
+            while pending:
+                wait = None if deadline is None else max(0.0, deadline - loop.time())
+                done, pending = await asyncio.wait(pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    break
+                if deadline is None and any(t.exception() is None and band(t.result()[0]) == 2 for t in done):
+                    deadline = loop.time() + PROBE_GRACE_S
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        up: dict[int, tuple[int, Client]] = {}
+        down: dict[int, BaseException] = {}
+        for task, i in tasks.items():
+            if task in pending:
+                down[i] = _Late(f"no answer within {PROBE_GRACE_S:g} s of another server's healthy one (not waited "
+                                f"for longer)")
+            elif task.exception() is not None:
+                down[i] = task.exception()
+            else:
+                up[i] = task.result()
         for i, exc in down.items():
-            if isinstance(exc, asyncio.CancelledError):
-                raise exc
             if isinstance(exc, SecurityError):
                 self.ctx.metrics.collector_errors.labels(self.name, "security").inc()
             why = self._unreachable(i, exc)
@@ -355,6 +382,8 @@ class OpcUaCollector:
         cfg = self._servers[i]
         if isinstance(exc, SecurityError):
             return str(exc)
+        if isinstance(exc, _Late):
+            return f"{cfg.endpoint}: {exc}"
         if isinstance(exc, TimeoutError):
             return f"{cfg.endpoint}: no OPC UA session within {cfg.connect_timeout_s:g} s (server not answering)"
         return f"{cfg.endpoint}: cannot connect: {describe(exc)}"
@@ -423,6 +452,22 @@ class OpcUaCollector:
                               "at": utcnow().isoformat()}
         log.warning("%s: failing over from %s to %s: %s", self.name, old, self.cfg.endpoint, why,
                     extra={"event": "opcua_failover", "collector": self.name, "reason": reason})
+
+    async def _until_lost(self, step) -> None:
+        """Await ``step``, given up when the connection is lost meanwhile: a read of a server that hangs waits
+        request_timeout_s, which must not delay the loss that asyncua's watchdog found sooner."""
+        assert self._lost is not None
+        task, lost = asyncio.ensure_future(step), asyncio.ensure_future(self._lost.wait())
+        try:
+            await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (task, lost):
+                t.cancel()
+            await asyncio.gather(lost, return_exceptions=True)
+        if task.done() and not task.cancelled():
+            task.result()  # a _Failover
+        else:
+            await asyncio.gather(task, return_exceptions=True)
 
     async def _check_level(self, client: Client) -> None:
         """Read the active server's ServiceLevel; when it is below healthy, ask the others (at most every
@@ -804,7 +849,7 @@ class OpcUaCollector:
                 state = client.uaclient.state
                 if state is UaClientState.CONNECTED:
                     if len(self._servers) > 1:
-                        await self._check_level(client)
+                        await self._until_lost(self._check_level(client))
                     continue
                 self._mark_lost(f"client state {state.value}")
             raise NotConnectedError(f"{self.cfg.endpoint}: connection lost: {self._lost_reason}") \
