@@ -192,6 +192,27 @@ async def test_connect_chooses_the_highest_service_level_and_the_configured_orde
         await col.aclose()
 
 
+async def test_a_restarted_gateway_resumes_its_session_on_the_server_it_used(tmp_path):
+    """session.json names the backup the collector was on: the next process (same state folder) resumes there while
+    it is in the best band, rather than opening a new session on the first configured server."""
+    eps = [f"opc.tcp://127.0.0.1:{free_port()}/plant" for _ in range(2)]
+    async with serving(TAGS, eps[0]) as primary, serving(TAGS, eps[1]):
+        await set_level(primary, 100)
+        sink = Sink()
+        first = collector(eps, tmp_path / "state", Metrics())
+        async with running(first, sink.emit):
+            await until(lambda: first.connected, 20, "a connection")
+            assert first.status()["endpoint"] == eps[1]
+        saved = json.loads((tmp_path / "state" / "session.json").read_text())
+        assert saved["config"]["endpoint"] == eps[1]
+        await set_level(primary, 255)  # healthy too, and first in the list: no reason to leave the backup
+        second = collector(eps, tmp_path / "state", Metrics())
+        async with running(second, sink.emit):
+            await until(lambda: second.connected, 20, "a connection")
+            st = second.status()
+            assert st["endpoint"] == eps[1] and st["session"] == "resumed" and st["failovers"] == 0, st
+
+
 def gateway_site(dsn: str, endpoints: list[str], tags: list[str]) -> str:
     """test_opcua_gateway's site (collector ``sim``, watchdog 0.5 s) with the redundant pair instead of endpoint."""
     from ops_support import db_url
