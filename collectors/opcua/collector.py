@@ -261,7 +261,8 @@ class OpcUaCollector:
             # What each server answered when last asked (at a connect, or while the active one was degraded).
             "servers": [{"endpoint": c.endpoint, "service_level": seen if isinstance(seen, int) else None,
                          "error": seen if isinstance(seen, str) else None}
-                        for c, seen in ((c, self._servers_seen.get(i)) for i, c in enumerate(self._servers))],
+                        for c, seen in zip(self._servers, map(self._servers_seen.get, range(len(self._servers))),
+                                           strict=True)],
             "failovers": self.failovers,
             "last_failover": self.last_failover,
         }
@@ -485,9 +486,14 @@ class OpcUaCollector:
         up, _ = await self._probe([i for i in range(len(self._servers)) if i != self._active])
         better = [i for i, (lvl, _) in up.items() if band(lvl) > band(level)]
         to = max(better, key=lambda i: (up[i][0], -i)) if better else None
-        for i, (_, other) in up.items():
-            if i != to:
-                await self._close(other)
+        try:
+            for i, (_, other) in up.items():
+                if i != to:
+                    await self._close(other)
+        except asyncio.CancelledError:  # the connection was lost meanwhile (`_until_lost`): nothing to switch to
+            if to is not None:
+                up[to][1].disconnect_socket()
+            raise
         if to is None and band(level) == 0:  # Part 4: connected Clients shall disconnect (maintenance, no data)
             self._mark_lost(f"ServiceLevel {level} (0 maintenance, 1 no data) and no other server serves")
         if to is not None:
