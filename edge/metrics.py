@@ -39,6 +39,11 @@ class Metrics:
                                   ["collector"], registry=r)
         self.connected = Gauge("valvoja_collector_connected", "1 while the collector is connected",
                                ["collector"], registry=r)
+        self.failovers = Counter("valvoja_collector_failovers_total", "Switches of an OPC UA collector to another "
+                                 "server of its redundant set (reason: connection_lost, service_level)",
+                                 ["collector", "reason"], registry=r)
+        self.active_server = Gauge("valvoja_collector_active_server", "1 for the server of its redundant set an "
+                                   "OPC UA collector uses, 0 for the others", ["collector", "endpoint"], registry=r)
         self.spool_records = Gauge("valvoja_spool_readings", "Readings waiting in the spool", registry=r)
         self.spool_bytes = Gauge("valvoja_spool_bytes",
                                  "Payload bytes held in the spool (what spool.max_bytes bounds; the file is larger)",

@@ -155,3 +155,32 @@ def test_the_overflow_bit_counts_only_with_info_type_data_value():
     assert not overflowed(0x00000400) and not overflowed(0)
     r = to_reading("t", dv(2.5, 0x00000480, T0), NOW)
     assert (r.quality, r.status, r.value) == (Quality.GOOD, 0x0480, 2.5)
+
+
+def test_redundant_endpoints_are_checked_and_a_single_endpoint_reads_as_before():
+    from collectors.opcua.session_state import config_key
+
+    pair = ["opc.tcp://dcs-a:4840", "opc.tcp://dcs-b:4840/ua"]
+    cfg = Config.model_validate({"endpoints": pair, "nodes": NODES})
+    assert cfg.endpoint == pair[0] and [c.endpoint for c in cfg.servers()] == pair
+    # Each server keeps every other setting; its session is keyed by its own URL.
+    assert [config_key(c)["endpoint"] for c in cfg.servers()] == pair
+    assert config_key(cfg.servers()[1])["nodes"] == config_key(cfg.servers()[0])["nodes"]
+
+    def refused(**kw) -> str:
+        with pytest.raises(ValidationError) as exc:
+            Config.model_validate({"nodes": NODES, **kw})
+        return str(exc.value)
+
+    assert "no port: write opc.tcp://dcs-b:4840" in refused(endpoints=[pair[0], "opc.tcp://dcs-b"])
+    assert "[1]: opc.tcp://DCS-A:4840/ is the same server as [0]" in refused(endpoints=[pair[0], "opc.tcp://DCS-A:4840/"])
+    assert "no servers" in refused(endpoints=[])
+    assert "not both" in refused(endpoint="opc.tcp://dcs-c:4840", endpoints=pair)
+    assert "give endpoint (one server" in refused()
+    assert "contains a password" in refused(endpoints=["opc.tcp://u:pw@dcs-a:4840"])
+    # A file with endpoint only: the same model (no servers besides itself) and the same session key as before.
+    one = make()
+    assert one.endpoints is None and one.servers() == [one]
+    assert config_key(one)["endpoint"] == "opc.tcp://127.0.0.1:4840"
+    assert Config.model_validate(one.model_dump()) == one
+    assert Config.model_validate(cfg.model_dump()) == cfg  # the filled-in endpoint round-trips

@@ -65,6 +65,36 @@ class _QuietLostConnection(logging.Filter):
 logging.getLogger("asyncua.client.ua_session.UaSession").addFilter(_QuietLostConnection())
 
 
+# Redundancy (README: Redundant servers): the ServiceLevel sub-ranges of OPC UA Part 4 §6.6.2.4.2 (0 Maintenance,
+# 1 NoData, 2-199 Degraded, 200-255 Healthy). A switch needs a better band, never a higher level within one: two
+# healthy servers (or a primary back after a failover) do not make it flap.
+HEALTHY, DEGRADED = 200, 2
+# While the active server reports less than healthy, the others are asked again at most this often (each time a
+# session is opened on each, then closed).
+REPROBE_S = 10.0
+# Once one server has answered healthy, the others are waited for this much longer, not connect_timeout_s: a server
+# that hangs (the one just lost, often) must not hold the failover for the whole connect timeout.
+PROBE_GRACE_S = 1.0
+
+
+def band(level: int) -> int:
+    """0 failed (0 maintenance, 1 no data: not to be used), 1 degraded (2-199), 2 healthy (200-255)."""
+    return 2 if level >= HEALTHY else 1 if level >= DEGRADED else 0
+
+
+class _Late(Exception):
+    """A server of a redundant set that had not answered when another had answered healthy (`PROBE_GRACE_S`)."""
+
+
+class _Failover(Exception):
+    """Raised inside `run` to leave the active server for ``to`` (a connected client there) without dropping the
+    collector's run."""
+
+    def __init__(self, to: int, level: int, client: Client, reason: str) -> None:
+        super().__init__(reason)
+        self.to, self.level, self.client, self.reason = to, level, client, reason
+
+
 _STALE_MARGIN = 1.5  # asyncua 2.1.0's Client._stale_check_margin (keep-alive periods without a publish: stale)
 # Read results that mean "this node cannot be polled" (reported once as a failed item, not as readings).
 _POLL_REFUSED = ("BadNodeIdUnknown", "BadNodeIdInvalid", "BadAttributeIdInvalid", "BadNotReadable",
@@ -93,14 +123,29 @@ class _Detached:
 
 
 class OpcUaCollector:
-    """Subscribes to ``config.nodes`` on ``config.endpoint``; see the module docstring."""
+    """Subscribes to ``config.nodes`` on ``config.endpoint`` (or the best of ``config.endpoints``); see the module
+    docstring."""
 
     def __init__(self, config: Config, context: CollectorContext, *, secrets: Secrets | None = None) -> None:
         self.name = context.name
-        self.cfg = config
         self.ctx = context
         self.reconnect_max_delay_s = config.reconnect_max_delay_s  # read by the gateway's reconnect loop
-        self.opener = ClientOpener(config, name=context.name, state_dir=context.state_dir, secrets=secrets)
+        # One configuration and opener per server (its pins, thumbprint and messages are its own); `cfg` and `opener`
+        # are the active server's.
+        self._servers = config.servers()
+        self._openers = [ClientOpener(c, name=context.name, state_dir=context.state_dir, secrets=secrets)
+                         for c in self._servers]
+        self._active = 0
+        self.cfg = self._servers[0]
+        self.opener = self._openers[0]
+        self._was_connected = False  # a server was used: the next choice prefers it (no flapping)
+        self.failovers = 0
+        self.service_level: int | None = None  # the active server's, last read (redundant sets only)
+        self.last_failover: dict | None = None
+        self._probed_at = 0.0  # time.monotonic() of the last probe of the other servers while degraded
+        self._servers_seen: dict[int, int | str] = {}  # server -> its ServiceLevel or why not, at its last probe
+        self._handover: set[str] = set()  # tags whose first value after a failover may repeat the last one
+        self._set_active(0)
         # Client handle i + 1 <-> config.nodes[i]: fixed, so they survive asyncua's recreate().
         self._tags = [n.tag for n in config.nodes]
         self._flatten = [(n.arrays or config.arrays) == "flatten" for n in config.nodes]
@@ -163,20 +208,17 @@ class OpcUaCollector:
             if self._restore_pending:
                 self._restore_pending = False
                 self._detached = self._restore()
-            client = await self._resume() if self._detached is not None else None
-            if client is None:
-                client = await self._connect()
-                self._started = await self._start_time(client)
-                await self._learn_limits(client)
-                self._sub_failures = await self._subscribe(client)
-                self.session = "new"
-                self._save(client, self._sub)
-            else:
-                await self._learn_limits(client)  # for a later re-creation and the polls
-            failures = self._sub_failures + await self._start_polling(client)
-            self._report_failures(failures)
-            self._set_connected(True)
-            await self._watch(client)
+            opened = await self._select() if len(self._servers) > 1 else None
+            while True:
+                try:
+                    await self._serve(opened)
+                except _Failover as failover:
+                    # Leaving a server that still answers: its session is closed, not kept for a resume.
+                    await self._teardown(leave=True)
+                    self._lost = asyncio.Event()  # the old server's connection is no loss of the new one
+                    self._lost_reason, self._lost_error = "", None
+                    self._fail_over(failover.to, "service_level", failover.reason)
+                    self.service_level, opened = failover.level, failover.client
         except NotConnectedError as exc:
             self.last_error = str(exc)
             if too_large(exc):  # the gateway counts the lost connection; this says why
@@ -184,6 +226,25 @@ class OpcUaCollector:
             raise
         finally:
             await self._teardown()
+
+    async def _serve(self, opened: Client | None) -> None:
+        """Resume the kept session, or open a new one (on ``opened``, a client already connected to the active
+        server, when given); subscribe, poll, and watch until the connection is lost."""
+        client = await self._resume() if self._detached is not None and opened is None else None
+        if client is None:
+            client = await self._connect(opened)
+            self._started = await self._start_time(client)
+            await self._learn_limits(client)
+            self._sub_failures = await self._subscribe(client)
+            self.session = "new"
+            self._save(client, self._sub)
+        else:
+            await self._learn_limits(client)  # for a later re-creation and the polls
+        failures = self._sub_failures + await self._start_polling(client)
+        self._report_failures(failures)
+        self._set_connected(True)
+        self._was_connected = True
+        await self._watch(client)
 
     async def aclose(self) -> None:
         """Drop the connection, keeping a subscribed session for the next run or process (README: Session resume);
@@ -194,9 +255,21 @@ class OpcUaCollector:
         failed = self.item_failures + self.recreate_failures
         granted = self._sub.revised if self._sub is not None else None
         revised = self._sub.revisions if self._sub is not None else []
+        redundant = {} if len(self._servers) == 1 else {
+            "endpoints": [c.endpoint for c in self._servers],
+            "service_level": self.service_level,
+            # What each server answered when last asked (at a connect, or while the active one was degraded).
+            "servers": [{"endpoint": c.endpoint, "service_level": seen if isinstance(seen, int) else None,
+                         "error": seen if isinstance(seen, str) else None}
+                        for c, seen in zip(self._servers, map(self._servers_seen.get, range(len(self._servers))),
+                                           strict=True)],
+            "failovers": self.failovers,
+            "last_failover": self.last_failover,
+        }
         return {
             "kind": "opcua",
-            "endpoint": self.cfg.endpoint,
+            "endpoint": self.cfg.endpoint,  # the active server's
+            **redundant,
             "connected": self.connected,
             "connected_since": self.connected_since.isoformat() if self.connected_since else None,
             "last_data": self.last_data.isoformat() if self.last_data else None,
@@ -236,25 +309,208 @@ class OpcUaCollector:
 
     # -- steps -----------------------------------------------------------------------------------------
 
-    async def _connect(self) -> Client:
+    async def _connect(self, opened: Client | None = None) -> Client:
+        if opened is not None:  # connected by `_select` or a failover's probe
+            self._client = opened
+            opened.connection_lost_callback = self._connection_lost
+            return opened
         client = self._client = self.opener.new_client()
         client.connection_lost_callback = self._connection_lost
         await self._open(self.opener.connect(client))
         return client
 
+    # -- redundant servers (OPC UA Part 4 §6.6.2, non-transparent, cold failover) ----------------------------
+
+    def _set_active(self, i: int) -> None:
+        self._active, self.cfg, self.opener = i, self._servers[i], self._openers[i]
+        if len(self._servers) > 1:
+            for j, c in enumerate(self._servers):
+                self.ctx.metrics.active_server.labels(self.name, c.endpoint).set(1 if j == i else 0)
+
+    async def _probe(self, which: list[int]) -> tuple[dict[int, tuple[int, Client]], dict[int, BaseException]]:
+        """Connect to the servers ``which`` at once (each within connect_timeout_s, as a connect) and read their
+        ServiceLevel: {server: (level, connected client)} and {server: why not}."""
+
+        async def one(i: int) -> tuple[int, Client]:
+            opener, cfg = self._openers[i], self._servers[i]
+            client = opener.new_client()
+            try:
+                await opener.connect(client)
+                return await within(opener.service_level(client), cfg.request_timeout_s), client
+            except BaseException:
+                client.disconnect_socket()
+                raise
+
+        loop = asyncio.get_running_loop()
+        tasks = {asyncio.create_task(one(i), name=f"opcua-probe:{self.name}"): i for i in which}
+        pending, deadline = set(tasks), None
+        try:
+            while pending:
+                wait = None if deadline is None else max(0.0, deadline - loop.time())
+                done, pending = await asyncio.wait(pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    break
+                if deadline is None and any(t.exception() is None and band(t.result()[0]) == 2 for t in done):
+                    deadline = loop.time() + PROBE_GRACE_S
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        up: dict[int, tuple[int, Client]] = {}
+        down: dict[int, BaseException] = {}
+        for task, i in tasks.items():
+            if task in pending:
+                down[i] = _Late(f"no answer within {PROBE_GRACE_S:g} s of another server's healthy one (not waited "
+                                f"for longer)")
+            elif task.exception() is not None:
+                down[i] = task.exception()
+            else:
+                up[i] = task.result()
+        for i, exc in down.items():
+            if isinstance(exc, SecurityError):
+                self.ctx.metrics.collector_errors.labels(self.name, "security").inc()
+            why = self._unreachable(i, exc)
+            if self._servers_seen.get(i) != why:  # once per server and reason, not at every probe
+                log.warning("%s: redundant server %s does not answer: %s", self.name, self._servers[i].endpoint, why,
+                            extra={"event": "opcua_server_unavailable", "collector": self.name})
+            self._servers_seen[i] = why
+        for i, (level, _) in up.items():
+            self._servers_seen[i] = level
+        return up, down
+
+    def _unreachable(self, i: int, exc: BaseException) -> str:
+        """Why a connect to server ``i`` failed with ``exc``, in one line naming the server."""
+        cfg = self._servers[i]
+        if isinstance(exc, SecurityError):
+            return str(exc)
+        if isinstance(exc, _Late):
+            return f"{cfg.endpoint}: {exc}"
+        if isinstance(exc, TimeoutError):
+            return f"{cfg.endpoint}: no OPC UA session within {cfg.connect_timeout_s:g} s (server not answering)"
+        return f"{cfg.endpoint}: cannot connect: {describe(exc)}"
+
+    async def _close(self, client: Client) -> None:
+        """Close a probe's session (one not used)."""
+        try:
+            await within(client.disconnect(), self.cfg.request_timeout_s)
+        except Exception as exc:
+            log.debug("%s: close: %s", self.name, describe(exc))
+        finally:
+            client.disconnect_socket()
+
+    async def _select(self) -> Client | None:
+        """Choose the server of the redundant set to use: the highest ServiceLevel (ties: the configured order), but
+        the one used before while it is reachable and in the best band (healthy, degraded, no data), so a server
+        merely back is not switched to. Returns a client connected to the chosen server, or None when the kept
+        session on it is to be resumed; raises NotConnectedError when no server answers."""
+        up, down = await self._probe(list(range(len(self._servers))))
+        if not up:
+            raise NotConnectedError("no server of the redundant set answers: "
+                                    + "; ".join(self._unreachable(i, e) for i, e in down.items()))
+        levels = ", ".join(f"{self._servers[i].endpoint} {up[i][0]}" if i in up else
+                           f"{self._servers[i].endpoint} unreachable" for i in range(len(self._servers)))
+        best = max(level for level, _ in up.values())
+        if band(best) == 0:  # Part 4: Clients shall not connect to a server in maintenance; one with no data has none
+            for _, client in up.values():
+                await self._close(client)
+            raise NotConnectedError(f"no server of the redundant set can serve: ServiceLevel {levels} (0 maintenance, "
+                                    "1 no data)")
+        used = self._was_connected or self._detached is not None  # in this process, or by the one before
+        if used and self._active in up and band(up[self._active][0]) == band(best):
+            chosen = self._active
+        else:
+            chosen = min(i for i, (level, _) in up.items() if level == best)
+        for i, (_, client) in up.items():
+            if i != chosen or (chosen == self._active and self._detached is not None):
+                await self._close(client)
+        self.service_level = up[chosen][0]
+        if chosen != self._active:
+            old = self._detached
+            if old is not None:  # its server is gone or worse: the session is not resumed there
+                self._detached = None
+                if self._was_connected:
+                    self._forget()  # the failover's log says why
+                else:
+                    self._not_resumed(f"{self._servers[chosen].endpoint} of the redundant set is better ({levels})")
+                old.client.disconnect_socket()
+            if self._was_connected:
+                self._fail_over(chosen, "connection_lost",
+                                f"the connection to it was lost ({self.last_error}); ServiceLevels: {levels}")
+            else:
+                self._set_active(chosen)
+        if chosen == self._active and self._detached is not None:
+            return None
+        return up[chosen][1]
+
+    def _fail_over(self, to: int, reason: str, why: str) -> None:
+        """Make server ``to`` the active one; counted and logged once, naming both servers and why."""
+        old = self.cfg.endpoint
+        self._set_active(to)
+        self.failovers += 1
+        self._handover = set(self._last)
+        self.ctx.metrics.failovers.labels(self.name, reason).inc()
+        self.last_failover = {"from": old, "to": self.cfg.endpoint, "reason": reason, "why": why,
+                              "at": utcnow().isoformat()}
+        log.warning("%s: failing over from %s to %s: %s", self.name, old, self.cfg.endpoint, why,
+                    extra={"event": "opcua_failover", "collector": self.name, "reason": reason})
+
+    async def _until_lost(self, step) -> None:
+        """Await ``step``, given up when the connection is lost meanwhile: a read of a server that hangs waits
+        request_timeout_s, which must not delay the loss that asyncua's watchdog found sooner."""
+        assert self._lost is not None
+        task, lost = asyncio.ensure_future(step), asyncio.ensure_future(self._lost.wait())
+        try:
+            await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (task, lost):
+                t.cancel()
+            await asyncio.gather(lost, return_exceptions=True)
+        if task.done() and not task.cancelled():
+            task.result()  # a _Failover
+        else:
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _check_level(self, client: Client) -> None:
+        """Read the active server's ServiceLevel; when it is below healthy, ask the others (at most every
+        `REPROBE_S`) and raise `_Failover` to one in a better band. A failed read is left to asyncua's watchdog."""
+        try:
+            level = await within(self.opener.service_level(client), self.cfg.request_timeout_s)
+        except Exception as exc:
+            log.debug("%s: reading ServiceLevel failed: %s", self.name, describe(exc))
+            return
+        dropped = self.service_level is not None and band(level) < band(self.service_level)
+        self.service_level = self._servers_seen[self._active] = level
+        if band(level) == 2 or not (dropped or time.monotonic() - self._probed_at >= REPROBE_S):
+            return
+        self._probed_at = time.monotonic()
+        up, _ = await self._probe([i for i in range(len(self._servers)) if i != self._active])
+        better = [i for i, (lvl, _) in up.items() if band(lvl) > band(level)]
+        to = max(better, key=lambda i: (up[i][0], -i)) if better else None
+        try:
+            for i, (_, other) in up.items():
+                if i != to:
+                    await self._close(other)
+        except asyncio.CancelledError:  # the connection was lost meanwhile (`_until_lost`): nothing to switch to
+            if to is not None:
+                up[to][1].disconnect_socket()
+            raise
+        if to is None and band(level) == 0:  # Part 4: connected Clients shall disconnect (maintenance, no data)
+            self._mark_lost(f"ServiceLevel {level} (0 maintenance, 1 no data) and no other server serves")
+        if to is not None:
+            raise _Failover(to, up[to][0], up[to][1],
+                            f"its ServiceLevel is {level}, {self._servers[to].endpoint} reports {up[to][0]}")
+
     async def _open(self, step) -> None:
         """Await ``step`` (connect or re-activate); its failures as `NotConnectedError`."""
-        cfg = self.cfg
         try:
             await step
-        except TimeoutError:
-            raise NotConnectedError(f"{cfg.endpoint}: no OPC UA session within {cfg.connect_timeout_s:g} s "
-                                    "(server not answering)") from None
+        except TimeoutError as exc:
+            raise NotConnectedError(self._unreachable(self._active, exc)) from None
         except SecurityError as exc:  # untrusted certificate, no such endpoint: logged in full, retried
             self.ctx.metrics.collector_errors.labels(self.name, "security").inc()
             raise NotConnectedError(str(exc)) from exc
         except Exception as exc:  # refused, unreachable, rejected identity ...
-            raise NotConnectedError(f"{cfg.endpoint}: cannot connect: {describe(exc)}") from exc
+            raise NotConnectedError(self._unreachable(self._active, exc)) from exc
 
     async def _resume(self) -> Client | None:
         """Re-activate the kept session (of a lost connection, a stop, or an earlier process: `_restore`) on a new
@@ -370,6 +626,9 @@ class OpcUaCollector:
             return None
         if saved is None:
             return None
+        for i, c in enumerate(self._servers):  # a redundant set: the session is on the server it was made on
+            if len(self._servers) > 1 and c.endpoint == saved.config.get("endpoint"):
+                self._set_active(i)
         changed = [part for part, value in config_key(self.cfg).items() if saved.config.get(part) != value]
         nodes = self.cfg.nodes
         if not changed and any(not 0 < h <= len(nodes) or nodes[h - 1].tag != tag for h, tag in saved.items.items()):
@@ -595,12 +854,15 @@ class OpcUaCollector:
                 # Belt and braces: asyncua's supervisor normally reports the loss through the callback.
                 state = client.uaclient.state
                 if state is UaClientState.CONNECTED:
+                    if len(self._servers) > 1:
+                        await self._until_lost(self._check_level(client))
                     continue
                 self._mark_lost(f"client state {state.value}")
             raise NotConnectedError(f"{self.cfg.endpoint}: connection lost: {self._lost_reason}") \
                 from self._lost_error
 
-    async def _teardown(self) -> None:
+    async def _teardown(self, *, leave: bool = False) -> None:
+        """Drop the connection; keep a subscribed session for a resume unless ``leave`` (a failover: closed)."""
         client, self._client = self._client, None
         subscribed = self.connected  # every item was created: the subscription is worth resuming
         self._set_connected(False)
@@ -612,13 +874,16 @@ class OpcUaCollector:
             return
         lost = self._lost is not None and self._lost.is_set()
         sub = self._sub
-        if subscribed and sub is not None and sub.subscription_id is not None and client.uaclient.has_session:
+        if subscribed and not leave and sub is not None and sub.subscription_id is not None \
+                and client.uaclient.has_session:
             # Keep the session, lost or stopped: the server keeps it (and the subscription's queues) for the session
             # timeout, for the next run or, through session.json, the next process (an upgrade then loses nothing).
             self._detached = _Detached(client, sub, time.monotonic(), self._started)
             await self.opener.detach(client, self.cfg.request_timeout_s)
             return
         self._forget()  # the session is closed (or was never subscribed): nothing to resume
+        if leave:
+            client.connection_lost_callback = None
         try:
             if client.uaclient.state is UaClientState.CONNECTED and not lost:
                 await within(client.disconnect(), self.cfg.request_timeout_s)
@@ -664,6 +929,20 @@ class OpcUaCollector:
             self._note_overflows(overflows)
         return await self._deliver(readings, now)
 
+    def _handed_over(self, readings: list[Reading]) -> list[Reading]:
+        """After a failover, the new server's first value of a tag that is the sample the old server gave last
+        (same source time: a redundant pair serves the same controllers) is dropped: it is stored already, and is
+        no change without a new source time."""
+        out = []
+        for r in readings:
+            if r.tag in self._handover:
+                self._handover.discard(r.tag)
+                prev = self._last.get(r.tag)
+                if prev is not None and prev.time == r.time:
+                    continue
+            out.append(r)
+        return out
+
     def _note_same_time(self, tags: list[str]) -> None:
         """Count changes that carry their tag's previous source time (the database keeps the first reading of a
         (tag, time), so these are dropped there) and log the tags not logged yet in this run."""
@@ -701,6 +980,10 @@ class OpcUaCollector:
         self.ctx.metrics.messages_in.labels(self.name).inc()
         if not readings or self._emit is None:
             return True
+        if self._handover:
+            readings = self._handed_over(readings)
+            if not readings:
+                return True
         last, same = self._last, None
         for r in readings:
             prev = last.get(r.tag)

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 from asyncua import ua
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from collectors.opcua.security import endpoint_key
 from edge.paths import ConfigPath
 from edge.secrets import SecretRef
 
@@ -53,6 +54,34 @@ class NodeConfig(Strict):
         return self
 
 
+def check_endpoint(v: str) -> str:
+    """``v`` if it is an opc.tcp://host:port URL without a password; ValueError saying what is wrong."""
+    if not v.startswith("opc.tcp://") or len(v) <= len("opc.tcp://"):
+        raise ValueError("must be an opc.tcp://host:port URL")
+    # asyncua logs in with a URL's user:password@, so a literal password would sit in the file and be shown in
+    # /healthz and in connection errors (the endpoint is in both). The message must not repeat it.
+    userinfo, at, _ = v[len("opc.tcp://"):].partition("/")[0].rpartition("@")
+    if at and ":" in userinfo:
+        raise ValueError("contains a password (user:password@); give username, and password as env:NAME or "
+                         "file:/path")
+    # Checked here because asyncua takes a URL without a port as port 0 and an impossible one as a ValueError at
+    # every connect: the gateway would retry for ever instead of saying what is wrong at start-up.
+    url = urlparse(v)
+    host = url.hostname
+    if not host or any(c.isspace() for c in url.netloc):
+        raise ValueError(f"{v}: no host name or address (write opc.tcp://host:port)")
+    try:
+        port = url.port
+    except ValueError:
+        raise ValueError(f"{v}: port {url.netloc.rsplit(':', 1)[-1]} is not 1-65535") from None
+    if port is None:
+        raise ValueError(f"{v}: no port: write {url._replace(netloc=f'{url.netloc}:4840').geturl()} (4840 is "
+                         "OPC UA's usual port) or the port the server listens on")
+    if not 0 < port < 65536:
+        raise ValueError(f"{v}: port {port} is not 1-65535")
+    return v
+
+
 class Connection(Strict):
     """How to reach one OPC UA server (shared by the collector and ``valvoja opcua browse``)."""
 
@@ -86,30 +115,7 @@ class Connection(Strict):
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, v: str) -> str:
-        if not v.startswith("opc.tcp://") or len(v) <= len("opc.tcp://"):
-            raise ValueError("must be an opc.tcp://host:port URL")
-        # asyncua logs in with a URL's user:password@, so a literal password would sit in the file and be shown in
-        # /healthz and in connection errors (the endpoint is in both). The message must not repeat it.
-        userinfo, at, _ = v[len("opc.tcp://"):].partition("/")[0].rpartition("@")
-        if at and ":" in userinfo:
-            raise ValueError("contains a password (user:password@); give username, and password as env:NAME or "
-                             "file:/path")
-        # Checked here because asyncua takes a URL without a port as port 0 and an impossible one as a ValueError at
-        # every connect: the gateway would retry for ever instead of saying what is wrong at start-up.
-        url = urlparse(v)
-        host = url.hostname
-        if not host or any(c.isspace() for c in url.netloc):
-            raise ValueError(f"{v}: no host name or address (write opc.tcp://host:port)")
-        try:
-            port = url.port
-        except ValueError:
-            raise ValueError(f"{v}: port {url.netloc.rsplit(':', 1)[-1]} is not 1-65535") from None
-        if port is None:
-            raise ValueError(f"{v}: no port: write {url._replace(netloc=f'{url.netloc}:4840').geturl()} (4840 is "
-                             "OPC UA's usual port) or the port the server listens on")
-        if not 0 < port < 65536:
-            raise ValueError(f"{v}: port {port} is not 1-65535")
-        return v
+        return check_endpoint(v)
 
     @model_validator(mode="after")
     def _security(self) -> Connection:
@@ -131,8 +137,14 @@ class Connection(Strict):
         return self
 
 class Config(Connection):
-    """One OPC UA server and the nodes read from it."""
+    """One OPC UA server, or a redundant set of servers (``endpoints``), and the nodes read from it."""
 
+    # Written "" when `endpoints` is given: then the active server's URL (the first's until a connect chooses).
+    endpoint: str = Field("", description="opc.tcp://host:port/path; or endpoints")
+    # Non-transparent redundancy (OPC UA Part 4 6.6.2): servers with the same address space, in order of preference;
+    # the collector follows the one with the best ServiceLevel (README: Redundant servers).
+    endpoints: list[str] | None = Field(None, description="redundant servers (opc.tcp:// URLs), first preferred; "
+                                                          "instead of endpoint")
     mode: Literal["subscribe", "poll"] = Field("subscribe", description="poll: for servers that cannot subscribe")
     polling_interval_ms: float = Field(1000.0, gt=0, description="read interval of nodes in poll mode")
     publishing_interval_ms: float = Field(500.0, gt=0)
@@ -151,6 +163,47 @@ class Config(Connection):
                                                                  "say so")
     arrays: Literal["reject", "flatten"] = Field("reject", description="flatten: tag[0], tag[1], ...")
     nodes: list[NodeConfig] = Field(min_length=1)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        return v if v == "" else check_endpoint(v)  # "": endpoints instead (checked in _servers)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("no servers: list at least one opc.tcp://host:port URL (or give endpoint)")
+        seen: dict[str, int] = {}
+        for i, url in enumerate(v):
+            try:
+                check_endpoint(url)
+            except ValueError as exc:
+                raise ValueError(f"[{i}]: {exc}") from None
+            if endpoint_key(url) in seen:
+                raise ValueError(f"[{i}]: {url} is the same server as [{seen[endpoint_key(url)]}]")
+            seen[endpoint_key(url)] = i
+        return v
+
+    @model_validator(mode="after")
+    def _servers(self) -> Config:
+        if self.endpoints is None:
+            if not self.endpoint:
+                raise ValueError("give endpoint (one server, opc.tcp://host:port) or endpoints (redundant servers)")
+        elif self.endpoint and self.endpoint != self.endpoints[0]:
+            raise ValueError("give endpoint (one server) or endpoints (redundant servers, first preferred), not both")
+        else:
+            object.__setattr__(self, "endpoint", self.endpoints[0])  # frozen model: set once, while validating
+        return self
+
+    def servers(self) -> list[Config]:
+        """This configuration for each server, in the configured order (``endpoint`` set to the server's URL):
+        itself for a single ``endpoint``."""
+        if self.endpoints is None:
+            return [self]
+        return [self.model_copy(update={"endpoint": url}) for url in self.endpoints]
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:

@@ -148,6 +148,14 @@ class SessionTicket:
     session_id: str | None = None  # for logs; the token is what identifies the session to the server
 
 
+async def _server_value(client: Client, node: int):
+    """The value of the standard node ``node`` (an ObjectIds number) of the server; None when Bad or empty."""
+    rv = ua.ReadValueId(NodeId=ua.NodeId(node), AttributeId=ua.AttributeIds.Value)
+    [dv] = await client.uaclient.read(ua.ReadParameters(NodesToRead=[rv]))
+    good = dv.StatusCode is None or dv.StatusCode.is_good()
+    return dv.Value.Value if good and dv.Value is not None else None
+
+
 class _Client(Client):
     """asyncua's `Client`, keeping the session id CreateSession returned (its `connect()` drops it)."""
 
@@ -355,12 +363,16 @@ class ClientOpener:
         """The server's ServerStatus.StartTime (None if it gives none): a session re-activated on a server that
         started since is not the one that was saved (asyncua's server numbers authentication tokens from the same
         start after a restart, so an old token can name another client's new session)."""
-        rv = ua.ReadValueId(NodeId=ua.NodeId(ua.ObjectIds.Server_ServerStatus_StartTime),
-                            AttributeId=ua.AttributeIds.Value)
-        [dv] = await client.uaclient.read(ua.ReadParameters(NodesToRead=[rv]))
-        good = dv.StatusCode is None or dv.StatusCode.is_good()
-        value = dv.Value.Value if good and dv.Value is not None else None
+        value = await _server_value(client, ua.ObjectIds.Server_ServerStatus_StartTime)
         return value if isinstance(value, datetime) else None
+
+    @staticmethod
+    async def service_level(client: Client) -> int:
+        """The server's ServiceLevel (i=2267; sub-ranges OPC UA Part 4 §6.6.2.4.2: 0 maintenance, 1 no data, 2-199
+        degraded, 200-255 healthy). A server that gives none (unreadable, Bad) counts as 255: it claims no
+        redundancy, so nothing says it is less than healthy."""
+        value = await _server_value(client, ua.ObjectIds.Server_ServiceLevel)
+        return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255 else 255
 
     @staticmethod
     def watch(client: Client, sub) -> None:
