@@ -44,6 +44,9 @@ class Metrics:
                                  ["collector", "reason"], registry=r)
         self.active_server = Gauge("valvoja_collector_active_server", "1 for the server of its redundant set an "
                                    "OPC UA collector uses, 0 for the others", ["collector", "endpoint"], registry=r)
+        self.backfilled = Counter("valvoja_collector_backfilled_total", "Readings an OPC UA collector read back "
+                                  "from the server's history after a gap no resumed session bridged",
+                                  ["collector"], registry=r)
         self.spool_records = Gauge("valvoja_spool_readings", "Readings waiting in the spool", registry=r)
         self.spool_bytes = Gauge("valvoja_spool_bytes",
                                  "Payload bytes held in the spool (what spool.max_bytes bounds; the file is larger)",

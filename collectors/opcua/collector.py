@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from asyncua import Client, ua
@@ -34,8 +34,27 @@ from asyncua.client.ua_client import UaClientState
 
 from collectors.base import CollectorContext, Emit
 from collectors.opcua.config import Config, NodeConfig
-from collectors.opcua.connection import ClientOpener, Secrets, SessionGone, describe, operation_limits, too_large
+from collectors.opcua.connection import (
+    ClientOpener,
+    Secrets,
+    SessionGone,
+    describe,
+    operation_limits,
+    server_time,
+    too_large,
+)
 from collectors.opcua.convert import OVERFLOW, OVERFLOW_MASK, to_reading, to_readings
+from collectors.opcua.history import (
+    DUE_KEY,
+    MARK_KEY,
+    BackfillPlan,
+    due_text,
+    parse_due,
+    parse_time,
+    plan,
+    read_window,
+    windows,
+)
 from collectors.opcua.security import SecurityError
 from collectors.opcua.session_state import SavedSession, SessionFile, config_key
 from collectors.opcua.subscription import (
@@ -47,7 +66,7 @@ from collectors.opcua.subscription import (
     subscription_parameters,
 )
 from edge.errors import NotConnectedError
-from edge.records import Batch, Reading, utcnow
+from edge.records import Batch, Flag, Reading, utcnow
 from edge.timeouts import within
 
 log = logging.getLogger(__name__)
@@ -122,6 +141,27 @@ class _Detached:
     restarted: bool = False  # from session.json: made by an earlier process
 
 
+class _Gate:
+    """Holds the new subscription's (and polls') values while a backfill hands on the older ones before them:
+    `wait` is True once the backfill is done, False when it was cut short (the values are then not acknowledged)."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self.ok = False
+
+    def open(self, ok: bool) -> None:
+        if not self._event.is_set():
+            self.ok = ok
+            self._event.set()
+
+    async def wait(self) -> bool:
+        await self._event.wait()
+        return self.ok
+
+
+BACKFILL_BATCH = 10_000  # readings per batch a backfill hands on (each awaited until the spool holds it)
+
+
 class OpcUaCollector:
     """Subscribes to ``config.nodes`` on ``config.endpoint`` (or the best of ``config.endpoints``); see the module
     docstring."""
@@ -193,6 +233,17 @@ class OpcUaCollector:
         self._same_logged: set[str] = set()
         self.republished = 0  # notification messages the server republished after a resume
         self.resume_fallback: str | None = None  # why the last resume attempt opened a new session instead
+        # Backfill from the server's history (history.py): the newest source time the spool holds for this collector
+        # and an unfinished backfill (both kept in the spool with the readings), read at the first run.
+        self._history_max_s = config.history_backfill_max_s
+        self._mark: datetime | None = None
+        self._due: tuple[datetime, datetime] | None = None
+        self._history_loaded = False
+        self._gate: _Gate | None = None
+        self._until: dict[str, datetime] = {}  # tag -> its last backfilled source time: live values to it are repeats
+        self.backfills = 0
+        self.backfilled = 0  # readings read back from the server's history and stored
+        self.last_backfill: dict | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -208,6 +259,7 @@ class OpcUaCollector:
             if self._restore_pending:
                 self._restore_pending = False
                 self._detached = self._restore()
+            await self._load_history_state()
             opened = await self._select() if len(self._servers) > 1 else None
             while True:
                 try:
@@ -229,22 +281,42 @@ class OpcUaCollector:
 
     async def _serve(self, opened: Client | None) -> None:
         """Resume the kept session, or open a new one (on ``opened``, a client already connected to the active
-        server, when given); subscribe, poll, and watch until the connection is lost."""
+        server, when given); subscribe, poll, backfill a gap from the server's history, and watch until the
+        connection is lost."""
         client = await self._resume() if self._detached is not None and opened is None else None
-        if client is None:
-            client = await self._connect(opened)
-            self._started = await self._start_time(client)
-            await self._learn_limits(client)
-            self._sub_failures = await self._subscribe(client)
-            self.session = "new"
-            self._save(client, self._sub)
-        else:
-            await self._learn_limits(client)  # for a later re-creation and the polls
-        failures = self._sub_failures + await self._start_polling(client)
-        self._report_failures(failures)
-        self._set_connected(True)
-        self._was_connected = True
-        await self._watch(client)
+        backfill: BackfillPlan | None = None
+        try:
+            if client is None:
+                backfill = plan(self._mark, self._due, utcnow(), self._history_max_s)
+                if backfill is not None:  # the gap's values go first: the new subscription's wait behind them
+                    self._gate = _Gate()
+                client = await self._connect(opened)
+                self._started = await self._start_time(client)
+                await self._learn_limits(client)
+                self._sub_failures = await self._subscribe(client)
+                self.session = "new"
+                self._save(client, self._sub)
+            else:
+                await self._learn_limits(client)  # for a later re-creation and the polls
+                if self._due is not None and self._history_max_s > 0:
+                    # An earlier session's unfinished backfill: read on beside the live values (the database takes
+                    # readings in any order).
+                    backfill = BackfillPlan(*self._due)
+            failures = self._sub_failures + await self._start_polling(client)
+            self._report_failures(failures)
+            self._set_connected(True)
+            self._was_connected = True
+            task = asyncio.create_task(self._backfill(client, backfill)) if backfill is not None else None
+            try:
+                await self._watch(client)
+            finally:
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+        finally:
+            if self._gate is not None:  # cut short: what waited behind it is not acknowledged (the server keeps it)
+                self._gate.open(False)
+                self._gate = None
 
     async def aclose(self) -> None:
         """Drop the connection, keeping a subscribed session for the next run or process (README: Session resume);
@@ -289,6 +361,10 @@ class OpcUaCollector:
             "queue_overflows": self.queue_overflows,
             "same_source_time": self.same_source_time,
             "resume_fallback": self.resume_fallback,
+            # Backfill from the server's history (history_backfill_max_s): readings stored that way, the last run.
+            "backfilled": self.backfilled,
+            "backfill_due": None if self._due is None else {"from": _iso(self._due[0]), "to": _iso(self._due[1])},
+            "last_backfill": self.last_backfill,
             "failed": [{"tag": f.tag, "node_id": f.node_id, "status": f.status} for f in failed[:20]],
             # Items the server granted a slower sampling interval or a smaller queue than asked (first 20, granted
             # values): what a cut or a restart can lose is queue_size x sampling interval of each.
@@ -980,6 +1056,13 @@ class OpcUaCollector:
         self.ctx.metrics.messages_in.labels(self.name).inc()
         if not readings or self._emit is None:
             return True
+        gate = self._gate
+        if gate is not None and not await gate.wait():
+            return False
+        if self._until:
+            readings = self._after_backfill(readings)
+            if not readings:
+                return True
         if self._handover:
             readings = self._handed_over(readings)
             if not readings:
@@ -998,11 +1081,7 @@ class OpcUaCollector:
         try:
             # asyncua acknowledges this notification once the callback returns (subscription.py): wait until
             # the spool holds it, so the server's retransmission queue keeps whatever is not durable yet.
-            stored = asyncio.get_running_loop().create_future()
-            await self._emit(Batch(source=self.name, readings=readings,
-                                   ack=lambda: stored.done() or stored.set_result(None),
-                                   nack=lambda exc: stored.done() or stored.set_exception(exc)))
-            await stored
+            await self._store(readings)
         except Exception as exc:
             # asyncua would log this and acknowledge the message anyway; stop instead (the subscription then
             # holds the message unacknowledged) so the gateway sees the failure and the resumed session
@@ -1010,6 +1089,134 @@ class OpcUaCollector:
             self._mark_lost(f"emit failed: {describe(exc)}", exc)
             return False
         return True
+
+    async def _store(self, readings: list[Reading], state: list[tuple[bytes, bytes | None]] | None = None) -> None:
+        """Hand ``readings`` (and spool ``state``) to the pipeline and return once the spool holds them; raises what
+        refused them. With backfill on, the newest source time goes with them (`history.MARK_KEY`)."""
+        assert self._emit is not None
+        state = list(state or ())
+        mark = None
+        if self._history_max_s > 0:
+            mark = max((r.time for r in readings if not r.flags & Flag.NO_SOURCE_TIME), default=None)
+            if mark is not None and (self._mark is None or mark > self._mark):
+                state.append((MARK_KEY, mark.isoformat().encode()))
+            else:
+                mark = None
+        stored = asyncio.get_running_loop().create_future()
+        await self._emit(Batch(source=self.name, readings=readings,
+                               ack=lambda: stored.done() or stored.set_result(None),
+                               nack=lambda exc: stored.done() or stored.set_exception(exc), state=state))
+        await stored
+        if mark is not None and (self._mark is None or mark > self._mark):
+            self._mark = mark
+
+    def _after_backfill(self, readings: list[Reading]) -> list[Reading]:
+        """Drop the new subscription's values a backfill has handed on already (its initial values, and changes
+        while the history was read): source time up to the tag's last backfilled one."""
+        until, out = self._until, []
+        for r in readings:
+            last = until.get(r.tag)
+            if last is not None:
+                if r.time <= last:
+                    continue
+                del until[r.tag]
+            out.append(r)
+        return out
+
+    # -- backfill from the server's history (history.py) ----------------------------------------------------
+
+    async def _load_history_state(self) -> None:
+        """The newest stored source time and an unfinished backfill, from the spool (once)."""
+        if self._history_loaded or self._history_max_s <= 0 or self.ctx.state is None:
+            return
+        self._history_loaded = True
+        try:
+            saved = await self.ctx.state.load()
+        except Exception as exc:
+            self.ctx.metrics.collector_errors.labels(self.name, "history_read").inc()
+            log.warning("%s: cannot read the newest stored time from the spool (%s); no backfill of a gap before "
+                        "this start", self.name, describe(exc),
+                        extra={"event": "opcua_backfill_failed", "collector": self.name})
+            return
+        self._mark = parse_time(saved.get(MARK_KEY))
+        self._due = parse_due(saved.get(DUE_KEY))
+
+    async def _backfill(self, client: Client, span: BackfillPlan) -> None:
+        """Read ``span`` back from the server's history and store it, window by window in time order; then let the
+        live values through. A failure is logged and counted; the span stays due for the next connect."""
+        gate, new_session = self._gate, span.end is None
+        started, count, refused = time.monotonic(), 0, {}
+        try:
+            end = span.end or await within(server_time(client), self.cfg.request_timeout_s) or utcnow()
+            if end.tzinfo is None:
+                end = end.replace(tzinfo=UTC)
+            start = span.start
+            self._due = (start, end)
+            if self.ctx.state is not None:
+                await self.ctx.state.save([(DUE_KEY, due_text(start, end))])
+            log.info("%s: reading the gap %s to %s back from the server's history%s", self.name, _iso(start),
+                     _iso(end), f" ({span.clipped.total_seconds():.0f} s before it not read: "
+                                f"history_backfill_max_s)" if span.clipped else "",
+                     extra={"event": "opcua_backfill_started", "collector": self.name})
+            nodes = [(i, ua.NodeId.from_string(n.node_id)) for i, n in enumerate(self.cfg.nodes)]
+            # Values already handed on (this process, before the gap) are not handed on again; a resumed session's
+            # live values are newer than the gap and say nothing about it.
+            last = {tag: r.time for tag, r in self._last.items()} if new_session else {}
+            for w0, w1 in windows(start, end):
+                values, no = await read_window(client, nodes, w0, w1, per_call=self._per_call("history_read"),
+                                               timeout_s=self.cfg.request_timeout_s)
+                if no:
+                    refused.update({self._tags[i]: code for i, code in no.items()})
+                    nodes = [(i, n) for i, n in nodes if i not in no]
+                now = utcnow()
+                readings = [r for i, dv in values for r in to_readings(self._tags[i], dv, now, flatten=self._flatten[i])
+                            if not r.flags & Flag.NO_SOURCE_TIME]
+                readings.sort(key=lambda r: r.time)
+                fresh = []
+                for r in readings:
+                    prev = last.get(r.tag)
+                    if prev is None or r.time > prev:
+                        last[r.tag] = r.time
+                        fresh.append(r)
+                for k in range(0, len(fresh), BACKFILL_BATCH):
+                    chunk = fresh[k:k + BACKFILL_BATCH]
+                    final = k + BACKFILL_BATCH >= len(fresh)
+                    await self._store(chunk, [(DUE_KEY, due_text(w1, end))] if final else None)
+                    count += len(chunk)
+                    self.backfilled += len(chunk)
+                    self.ctx.metrics.backfilled.labels(self.name).inc(len(chunk))
+                self._due = (w1, end)
+                if not nodes:
+                    break
+            if self.ctx.state is not None:
+                await self.ctx.state.save([(DUE_KEY, None)])
+            self._due = None
+            self.backfills += 1
+            if new_session:
+                self._until = {tag: t for tag, t in last.items()}
+            self.last_backfill = {"from": _iso(start), "to": _iso(end), "readings": count, "refused": len(refused),
+                                  "seconds": round(time.monotonic() - started, 3), "error": None}
+            log.info("%s: %d values of the gap %s to %s read back from the server's history and stored in %.1f s%s",
+                     self.name, count, _iso(start), _iso(end), time.monotonic() - started,
+                     f"; the server gave no history of {len(refused)} nodes: {_names(sorted(refused))} "
+                     f"({', '.join(sorted(set(refused.values())))})" if refused else "",
+                     extra={"event": "opcua_backfill_done", "collector": self.name})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.ctx.metrics.collector_errors.labels(self.name, "history_read").inc()
+            due = self._due
+            self.last_backfill = {"from": _iso(span.start), "to": _iso(due[1]) if due else None, "readings": count,
+                                  "refused": len(refused), "seconds": round(time.monotonic() - started, 3),
+                                  "error": describe(exc)}
+            log.warning("%s: backfill from the server's history stopped after %d values: %s; the rest (from %s) is "
+                        "read at the next new session or reconnect", self.name, count, describe(exc),
+                        _iso(due[0]) if due else "its start",
+                        extra={"event": "opcua_backfill_failed", "collector": self.name})
+        finally:
+            if gate is not None and self._gate is gate and not asyncio.current_task().cancelling():
+                gate.open(True)  # done, or failed with the rest due: the live values go on
+                self._gate = None
 
     def _on_status(self, status: ua.StatusCode) -> None:
         if not status.is_good():

@@ -162,6 +162,11 @@ class Config(Connection):
                                                                  "request; fewer where the server's OperationLimits "
                                                                  "say so")
     arrays: Literal["reject", "flatten"] = Field("reject", description="flatten: tag[0], tag[1], ...")
+    # Off by default: HistoryRead loads a DCS's historian, which its owners should agree to (README: Backfill).
+    history_backfill_max_s: float = Field(0.0, ge=0, le=31 * 86400,
+                                          description="after a gap no resumed session bridged, read the values it "
+                                                      "missed from the server's history (HistoryRead), at most this "
+                                                      "far back; 0: off")
     nodes: list[NodeConfig] = Field(min_length=1)
 
     @field_validator("endpoint")

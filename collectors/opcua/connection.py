@@ -71,6 +71,7 @@ OPERATION_LIMITS = {
     "read": ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
     "translate": ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerTranslateBrowsePathsToNodeIds,
     "browse": ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerBrowse,
+    "history_read": ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerHistoryReadData,
 }
 
 
@@ -154,6 +155,13 @@ async def _server_value(client: Client, node: int):
     [dv] = await client.uaclient.read(ua.ReadParameters(NodesToRead=[rv]))
     good = dv.StatusCode is None or dv.StatusCode.is_good()
     return dv.Value.Value if good and dv.Value is not None else None
+
+
+async def server_time(client: Client) -> datetime | None:
+    """The server's ServerStatus.CurrentTime (None if it gives none): the end of a backfill from its history, in the
+    server's clock rather than the gateway's."""
+    value = await _server_value(client, ua.ObjectIds.Server_ServerStatus_CurrentTime)
+    return value if isinstance(value, datetime) else None
 
 
 class _Client(Client):

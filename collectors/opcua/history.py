@@ -1,0 +1,139 @@
+"""Values a gap missed, read back from the server's history (OPC UA Part 11, HistoryRead with ReadRawModified).
+
+A resumed session loses nothing (the server's queues and Republish bridge the gap), but a gap no session bridges
+does: a cut or a gateway restart longer than the session timeout, a server that dropped the session, a failover to
+the other server of a redundant pair. A server that historizes its nodes still has those values. With
+``history_backfill_max_s`` set, the collector (collector.py) reads them back when it opens a new session: from the
+newest source time the spool holds for the collector (minus `OVERLAP_S`, for devices whose timestamps lag the
+others') to the server's current time, in windows of `WINDOW_S`, every node of a window in one request per
+``items_per_call`` nodes, following continuation points; each window's values are handed on in time order before
+the next is read, so the analytics see the gap's values in order, and the live values of the new subscription wait
+until the backfill is done.
+
+What this module does is the reading: `read_window` and `BackfillPlan`; the collector owns the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from asyncua import Client, ua
+
+from edge.timeouts import within
+
+WINDOW_S = 60.0  # a window's values are held in memory, sorted and handed on before the next is read
+VALUES_PER_NODE = 10_000  # per node and request (NumValuesPerNode); more follow by continuation point
+OVERLAP_S = 10.0  # read again before the newest stored source time: the database keeps one reading per (tag, time)
+MAX_ROUNDS = 1_000  # continuation rounds per window: a server whose continuation never ends is not followed for ever
+
+# Keys of the collector's state in the spool (edge.pipeline.SourceState), committed with the readings they describe.
+MARK_KEY = b"opcua.history_mark"  # the newest source time of a reading the spool holds for this collector
+DUE_KEY = b"opcua.history_due"  # a backfill begun and not finished: "<next start> <end>"
+
+# Statuses that mean "nothing in that range", not a refusal.
+_EMPTY = {ua.StatusCodes.GoodNoData, ua.StatusCodes.BadNoData}
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillPlan:
+    """The span to read: ``start`` to ``end`` (None: the server's current time when the backfill begins);
+    ``clipped`` is how much of the gap lies before ``start`` and is not read (history_backfill_max_s)."""
+
+    start: datetime
+    end: datetime | None = None
+    clipped: timedelta = timedelta(0)
+
+
+def due_text(start: datetime, end: datetime) -> bytes:
+    """An unfinished backfill as kept in the spool (`DUE_KEY`); `parse_due` reads it."""
+    return f"{start.isoformat()} {end.isoformat()}".encode()
+
+
+def parse_time(raw: bytes | None) -> datetime | None:
+    """A stored ISO time (mark); None when absent or unreadable (a backfill then starts from nothing known)."""
+    if not raw:
+        return None
+    try:
+        t = datetime.fromisoformat(raw.decode())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return t if t.tzinfo is not None else None
+
+
+def parse_due(raw: bytes | None) -> tuple[datetime, datetime] | None:
+    """A stored unfinished backfill ``(next start, end)``; None when absent or unreadable."""
+    if not raw:
+        return None
+    parts = raw.split(b" ")
+    if len(parts) != 2:
+        return None
+    start, end = parse_time(parts[0]), parse_time(parts[1])
+    return (start, end) if start is not None and end is not None and start <= end else None
+
+
+def plan(mark: datetime | None, due: tuple[datetime, datetime] | None, now: datetime,
+         max_s: float) -> BackfillPlan | None:
+    """What a new session should read back: from the oldest of an unfinished backfill's start and the newest stored
+    source time (less `OVERLAP_S`), no further back than ``max_s`` before ``now``; None when nothing is known (a
+    first start) or backfill is off."""
+    if max_s <= 0:
+        return None
+    starts = [t for t in ((mark - timedelta(seconds=OVERLAP_S)) if mark else None, due[0] if due else None) if t]
+    if not starts:
+        return None
+    start, floor = min(starts), now - timedelta(seconds=max_s)
+    if start >= now:
+        return None
+    return BackfillPlan(max(start, floor), None, max(floor - start, timedelta(0)))
+
+
+def windows(start: datetime, end: datetime, width_s: float = WINDOW_S) -> list[tuple[datetime, datetime]]:
+    """``[start, end]`` cut into consecutive windows of ``width_s`` (the last shorter); each shares its end with the
+    next one's start (servers differ on whether EndTime is included: a value there may come twice, and is dropped)."""
+    out, t, step = [], start, timedelta(seconds=width_s)
+    while t < end:
+        out.append((t, min(t + step, end)))
+        t += step
+    return out
+
+
+async def read_window(client: Client, nodes: list[tuple[int, ua.NodeId]], start: datetime, end: datetime, *,
+                      per_call: int, timeout_s: float) -> tuple[list[tuple[int, ua.DataValue]], dict[int, str]]:
+    """Every raw value of ``nodes`` ((index, node id) pairs) whose source time lies in ``[start, end]``, as
+    ``(index, DataValue)`` in the server's order per node; and the nodes the server refused (index -> status name:
+    not historized, no access ...). ``per_call`` nodes per request, each request within ``timeout_s``. Raises what
+    the requests raise (a lost connection, a refused request)."""
+    values: list[tuple[int, ua.DataValue]] = []
+    refused: dict[int, str] = {}
+    for k in range(0, len(nodes), per_call):
+        ids = dict(nodes[k:k + per_call])
+        pending: dict[int, bytes | None] = dict.fromkeys(ids)
+        for _ in range(MAX_ROUNDS):
+            if not pending:
+                break
+            order = list(pending)
+            params = ua.HistoryReadParameters()
+            params.HistoryReadDetails = ua.ReadRawModifiedDetails(
+                IsReadModified=False, StartTime=start, EndTime=end, NumValuesPerNode=VALUES_PER_NODE,
+                ReturnBounds=False)
+            params.TimestampsToReturn = ua.TimestampsToReturn.Both
+            params.ReleaseContinuationPoints = False
+            params.NodesToRead = [ua.HistoryReadValueId(NodeId=ids[i], IndexRange="", ContinuationPoint=pending[i])
+                                  for i in order]
+            results = await within(client.uaclient.history_read(params), timeout_s)
+            if len(results) != len(order):
+                raise ValueError(f"HistoryRead answered {len(results)} results for {len(order)} nodes")
+            pending = {}
+            for i, res in zip(order, results, strict=True):
+                code = res.StatusCode
+                if code is not None and not code.is_good() and code.value not in _EMPTY:
+                    refused[i] = code.name
+                    continue
+                got = getattr(res.HistoryData, "DataValues", None) or []
+                values.extend((i, dv) for dv in got)
+                if res.ContinuationPoint and got:
+                    pending[i] = res.ContinuationPoint
+        else:
+            refused.update(dict.fromkeys(pending, f"continuation not ended after {MAX_ROUNDS} requests"))
+    return values, refused
