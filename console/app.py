@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from console import problems
 from console.config import ConsoleConfig, conninfo
+from console.csvexport import Slots
 from console.db import Database
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def create_app(cfg: ConsoleConfig, *, dsn: str | None = None, migrate: bool | No
                               "ISO-8601 with an offset; errors are RFC 9457 problem documents.")
     app.state.config = cfg
     app.state.db = db
+    app.state.csv_slots = Slots(cfg.console.csv_limit)
     problems.install(app)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)  # added first: the security headers wrap its answers too
 

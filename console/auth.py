@@ -16,8 +16,10 @@ import math
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address
+from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, Request
+from fastapi.responses import RedirectResponse
 
 from console.passwords import digest
 from console.problems import Problem
@@ -241,6 +243,38 @@ async def current_principal(request: Request) -> Principal:
                       headers={"WWW-Authenticate": "Bearer"})
     await check_csrf(request, principal)
     return principal
+
+
+def login_redirect(next_: str) -> RedirectResponse:
+    """303 to the log-in form, which sends the browser on to ``next_`` (a path of this console) once logged in."""
+    return RedirectResponse("/login?next=" + quote(next_), status_code=303)
+
+
+def browser_navigation(request: Request) -> bool:
+    """Whether ``request`` is a browser loading a document (a link followed, an address typed): its ``Accept``
+    names text/html, as fetch() (``*/*``) and API clients do not, and it carries no API token."""
+    if request.headers.get("authorization", "").partition(" ")[0].lower() == "bearer":
+        return False
+    return "text/html" in request.headers.get("accept", "").lower()
+
+
+def download_login_redirect(request: Request) -> RedirectResponse | None:
+    """For a 401 on a file download (a CSV route): the log-in form when a browser followed the link, as for a page
+    (its session expired meanwhile: the 401 problem document was saved as the .csv), else None (API clients keep
+    the 401). Once logged in the browser goes back to the console page the link was on (``Referer``, same host),
+    where the button is; without one to the download itself."""
+    from console.csvexport import CSVStream
+
+    route = request.scope.get("route")
+    if getattr(route, "response_class", None) is not CSVStream or not browser_navigation(request):
+        return None
+    ref = urlsplit(request.headers.get("referer", ""))
+    if (ref.netloc and ref.netloc == request.headers.get("host") and ref.path.startswith("/")
+            and not ref.path.startswith(("/api/", "/login", "/logout", "/static/"))):
+        back = ref.path + (f"?{ref.query}" if ref.query else "")
+    else:
+        back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return login_redirect(back)
 
 
 def require(permission: str):

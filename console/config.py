@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, ValidationInfo, field_validator
 
 from edge.errors import ConfigError
 from edge.paths import PATH, resolve_relative
@@ -36,6 +36,10 @@ def _network(value: object) -> object:
         raise ValueError(f"{value!r} is not an IP address or network (e.g. 127.0.0.1, ::1, 10.0.0.0/8, fd00::/8; "
                          "host names are not looked up, IPv6 without brackets)") from None
 
+
+# Pooled connections CSV downloads may never take (console.csv_max_concurrent): a log-in takes one, a page's API
+# calls and the alert feed's poll one each at a time.
+CSV_POOL_RESERVE = 2
 
 # A proxy's address, or a network of them; compared as addresses, so "::1" and "0:0:0:0:0:0:0:1" are one.
 ProxyNetwork = Annotated[IPv4Network | IPv6Network, BeforeValidator(_network)]
@@ -68,6 +72,11 @@ class Console(Strict):
     # CSV downloads: at most this many data rows per file (the answer says when it was cut). At most what one Excel
     # sheet holds under its header row (1,048,576 rows): a longer file opens cut without a word.
     csv_max_rows: int = Field(1_000_000, ge=1, le=1_048_575)
+    # CSV downloads running at once (this process): each holds a pooled connection while it streams, and unbounded
+    # they took every one of pool_max, so log-in and the board stalled. More are answered 503 at once. A value given
+    # must leave CSV_POOL_RESERVE connections (checked against pool_max below); unset: 2, or what a pool under 4
+    # leaves (an older file with a small pool_max still loads).
+    csv_max_concurrent: int | None = Field(None, ge=1)
     # Emission/compliance reports are linked from the emissions page when present here.
     reports_dir: Annotated[Path, PATH] | None = None
     # The plant's IANA time zone: the pages show times in it, with the UTC offset, whatever zone the browser of
@@ -84,11 +93,30 @@ class Console(Strict):
                 raise ValueError(f"{v!r} is not an IANA time zone (e.g. Europe/Helsinki)") from None
         return v or None
 
+    @field_validator("csv_max_concurrent")
+    @classmethod
+    def _csv_leaves_connections(cls, v: int | None, info: ValidationInfo) -> int | None:
+        pool_max = info.data.get("pool_max")  # absent: pool_max itself was refused, and says so
+        if v is not None and pool_max is not None and v > pool_max - CSV_POOL_RESERVE:
+            fix = (f"at most {pool_max - CSV_POOL_RESERVE}, or raise pool_max" if pool_max > CSV_POOL_RESERVE else
+                   f"raise pool_max to at least {v + CSV_POOL_RESERVE}")
+            raise ValueError(f"{v} would let CSV downloads hold all but {max(pool_max - v, 0)} of the pool_max = "
+                             f"{pool_max} database connections; log-in, the pages and the board need "
+                             f"{CSV_POOL_RESERVE}: {fix}")
+        return v
+
     @field_validator("listen")
     @classmethod
     def _host_port(cls, v: str) -> str:
         host_port(v)  # its ValueError says what is wrong (a bare IPv6 address: "goes in brackets")
         return v
+
+    @property
+    def csv_limit(self) -> int:
+        """CSV downloads run at once: ``csv_max_concurrent``, unset 2 or what a pool under 4 leaves (at least 1)."""
+        if self.csv_max_concurrent is not None:
+            return self.csv_max_concurrent
+        return min(2, max(1, self.pool_max - CSV_POOL_RESERVE))
 
     @property
     def address(self) -> tuple[str, int]:

@@ -6,7 +6,8 @@ whatever the range and the file is one consistent snapshot (rows stored meanwhil
 file). The database writes each line (`fields`): rows formatted in Python (csv module) came at 118,000 rows/s,
 lines written by the database at 404,000 (bench/bench_console_csv.py). ``console.csv_max_rows`` caps the rows;
 the response says whether the file was cut (``X-Valvoja-Truncated``, and in the file name, which is what a
-spreadsheet user sees) before its first byte.
+spreadsheet user sees) before its first byte. At most ``console.csv_max_concurrent`` exports run at once (`Slots`):
+each holds a pooled connection while it streams; one more is answered 503 at once.
 
 The file: UTF-8 with a byte-order mark (Excel reads a CSV without one in the machine's ANSI code page: "°C",
 "m³/h", "Pyhäjärvi" garbled), a header row, comma separators, '.' decimal points, LF line ends, fields quoted as
@@ -18,7 +19,11 @@ leading ``'``.
 
 from __future__ import annotations
 
+import logging
+import math
 import re
+import time
+import unicodedata
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -30,7 +35,13 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from psycopg.rows import tuple_row
 
+from console.problems import Problem
+from edge.records import Flag
+
+log = logging.getLogger(__name__)
+
 BATCH = 5000
+BUSY_RETRY_S = 10  # Retry-After of a download refused for want of a slot: a 1,000,000-row file takes ~3 s on a LAN
 BOM = "\ufeff"
 MEDIA_TYPE = "text/csv; charset=utf-8"
 # The OpenAPI description of a CSV route's 200 (``responses=``; the route's ``response_class`` is `CSVStream`).
@@ -39,14 +50,19 @@ RESPONSES: dict[int | str, dict[str, Any]] = {200: {
     "description": "CSV (UTF-8 with a BOM, header row); `X-Valvoja-Truncated: true` when cut at `X-Valvoja-Row-Limit` "
                    "rows (the file name then ends in `_TRUNCATED-<n>-rows.csv`)",
     "headers": {"X-Valvoja-Truncated": {"schema": {"type": "string", "enum": ["true", "false"]}},
-                "X-Valvoja-Row-Limit": {"schema": {"type": "integer"}}}}}
+                "X-Valvoja-Row-Limit": {"schema": {"type": "integer"}}}},
+    503: {"content": {"application/problem+json": {"schema": {"type": "object"}}},
+          "description": "`console.csv_max_concurrent` downloads are running (`/problems/csv-busy`), or the database "
+                         "is away (`/problems/database-unavailable`): try again after `Retry-After` seconds",
+          "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}
 
 
 @dataclass(frozen=True, slots=True)
 class Column:
     """One column of an export: its header, the query's column it is read from (``key``, default the name) and
     what it holds (``time``: a UTC column plus, with a plant time zone, ``<name>_local``; ``text``: neutralised;
-    ``number``; ``int``)."""
+    ``number``; ``int``; ``flags``: a reading's `edge.records.Flag` bits by name, ``OUT_OF_RANGE|FROZEN``;
+    ``status``: a 32-bit status code in hex as OPC UA tools show it, ``0x80350000``)."""
 
     name: str
     key: str | None = None
@@ -88,14 +104,39 @@ def fields(columns: Sequence[Column], zone: str | None, constants: Sequence[str]
             out.append(f"nullif({x}::float8, 'NaN')::text")  # the shortest text that reads back as the same double
         elif c.kind == "int":
             out.append(f"{x}::text")
+        elif c.kind == "flags":  # most readings have none: one comparison for them
+            names = ", ".join(f"CASE WHEN {x} & {int(f)} <> 0 THEN '{f.name}' END" for f in Flag if f)
+            out.append(f"CASE WHEN {x} = 0 THEN '' ELSE concat_ws('|', {names}) END")
+        elif c.kind == "status":
+            out.append(f"'0x' || lpad(upper(to_hex({x})), 8, '0')")
         else:
             out.append(_QUOTED.format(s=_SAFE.format(t=f"({x})::text")))
     return [f"coalesce({f}, '')" for f in out]  # concat_ws skips a null: it must still be a (empty) field
 
 
-def file_name_part(text: str) -> str:
-    """``text`` fit for a file name: path separators, quotes, control and shell-awkward characters -> ``_``."""
-    return re.sub(r'[\x00-\x1f\x7f/\\:*?"<>|;,\s]+', "_", text).strip("._") or "export"
+# What a file name never holds: path separators, quotes, characters Windows refuses, header separators (; ,) and
+# spaces; look-alike slashes (U+2044 fraction, U+2215 division, U+29F8 big solidus: shown as "/" in a download bar).
+_NAME_BAD = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|;,\s\u2044\u2215\u29f8\u29f9]')
+
+
+def _name_char(ch: str) -> str:
+    """``ch`` or ``_``: controls and invisible format characters (C1 controls, the bidirectional overrides that
+    show "exe.csv" as "vsc.exe", zero-width ones), separators, and what folds (NFKC) into a refused character (the
+    full-width slash) are ``_``."""
+    if unicodedata.category(ch)[0] in "CZ" or _NAME_BAD.search(unicodedata.normalize("NFKC", ch)):
+        return "_"
+    return ch
+
+
+def file_name_part(text: str, max_bytes: int = 120) -> str:
+    """``text`` (a tag, asset or list of them, as a site named them) fit for a file name: each refused character
+    (`_name_char`) and each run of them (with the dots around it: ``/../``) one ``_``, no leading or trailing dot or
+    ``_``, at most ``max_bytes`` of UTF-8 cut at a character (a 255-byte file name must still hold the range, the
+    resolution and the truncation mark)."""
+    name = re.sub(r"[._]*_[._]*", "_", "".join(_name_char(ch) for ch in unicodedata.normalize("NFC", text)))
+    while len(name.encode()) > max_bytes:
+        name = name[:-1]
+    return name.strip("._") or "export"
 
 
 def stamp(t: datetime) -> str:
@@ -104,8 +145,12 @@ def stamp(t: datetime) -> str:
 
 
 def disposition(name: str) -> str:
-    """``attachment`` with an ASCII name and the UTF-8 one (RFC 6266 / 8187) for names beyond ASCII."""
-    ascii_name = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    """``attachment`` with the name twice (RFC 6266): ``filename`` in plain ASCII for old clients (accents dropped,
+    anything else ``_``) and ``filename*`` as UTF-8, percent-encoded (RFC 8187), which browsers prefer. Every byte
+    beyond letters, digits and ``.-_`` is encoded or replaced, so no name can end the header value, add a parameter
+    or a header (quotes, ``;``, CR/LF)."""
+    plain = "".join(ch for ch in unicodedata.normalize("NFKD", name) if not unicodedata.combining(ch))
+    ascii_name = re.sub(r"[^A-Za-z0-9._-]", "_", plain)
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
@@ -128,6 +173,40 @@ class CSVStream(StreamingResponse):
             await self._stack.aclose()
 
 
+class Slots:
+    """The CSV downloads this process runs at once, at most ``limit`` (``console.csv_max_concurrent``). Each holds a
+    pooled database connection for as long as it streams; unbounded, a few large downloads took every connection
+    and log-in and the board waited for one. Counted in ``running`` / ``refused``; a refusal is logged at most once a
+    minute, with the number refused since the last report."""
+
+    def __init__(self, limit: int, clock=time.monotonic) -> None:
+        self.limit, self.clock = limit, clock
+        self.running = self.refused = 0
+        self._logged, self._quiet = -math.inf, 0
+
+    def take(self, request: Request) -> None:
+        """A slot for this download, or `Problem` 503 (``/problems/csv-busy``, ``Retry-After``) at once."""
+        if self.running < self.limit:
+            self.running += 1
+            return
+        self.refused += 1
+        now = self.clock()
+        if now - self._logged < 60:
+            self._quiet += 1
+        else:
+            more = f" ({self._quiet} more since the last report)" if self._quiet else ""
+            self._logged, self._quiet = now, 0
+            log.warning("console: CSV download %s refused: %d running, the most at once "
+                        "(console.csv_max_concurrent)%s", request.url.path, self.running, more,
+                        extra={"event": "console_csv_busy", "limit": self.limit, "total": self.refused})
+        raise Problem(503, f"{self.running} CSV downloads are running, the most this console runs at once "
+                           f"(console.csv_max_concurrent); try again in a few seconds",
+                      type_="/problems/csv-busy", headers={"Retry-After": str(BUSY_RETRY_S)}, limit=self.limit)
+
+    def give(self) -> None:
+        self.running -= 1
+
+
 async def export(request: Request, sql: str, params: dict, columns: Sequence[Column], *, file_name: str,
                  constants: dict[str, Any] | None = None) -> CSVStream:
     """Stream the rows of ``sql`` (ordered, without LIMIT) as CSV named ``file_name`` (+ ``.csv``), at most
@@ -136,7 +215,10 @@ async def export(request: Request, sql: str, params: dict, columns: Sequence[Col
     cap, zone, constants = cfg.csv_max_rows, cfg.time_zone, constants or {}
     params = params | {"csv_cap": cap} | {f"const_{k}": v for k, v in constants.items()}
     line = f"concat_ws(',', {', '.join(fields(columns, zone, list(constants)))})"
+    slots: Slots = request.app.state.csv_slots
+    slots.take(request)
     stack = AsyncExitStack()
+    stack.callback(slots.give)  # last out: after the connection is back in the pool
     try:
         conn = await stack.enter_async_context(request.app.state.db.conn())
         await stack.enter_async_context(conn.transaction())

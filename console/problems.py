@@ -86,6 +86,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem):
+        if exc.status == 401:
+            from console.auth import download_login_redirect
+
+            if (redirect := download_login_redirect(request)) is not None:
+                return redirect
         return problem_response(exc.status, exc.detail, type_=exc.type, instance=request.url.path,
                                 headers=exc.headers, **exc.extra)
 

@@ -32,7 +32,7 @@ from edge.db.features import Features
 
 GOOD = "quality < 2 AND value IS NOT NULL AND value <> 'NaN'::float8"
 # A tag's raw readings over a range, oldest first (the chart's raw points, the CSV download's raw rows).
-RAW = ("SELECT time, value, value_text, quality FROM readings WHERE tag_id = %(tag)s "
+RAW = ("SELECT time, value, value_text, quality, flags, status FROM readings WHERE tag_id = %(tag)s "
        "AND time >= %(start)s AND time < %(end)s ORDER BY time")
 _NICE_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
            2 * 86400, 7 * 86400)
@@ -100,7 +100,7 @@ async def minutes_removed(db, tag_id: int, tr: TimeRange) -> bool:
 
 
 async def fetch(db, features: Features, tag_id: int, tr: TimeRange, points: int, resolution: str) -> dict:
-    """Columnar series for one tag: raw (t, v, q) or bucketed (t, min, max, avg, n, bad)."""
+    """Columnar series for one tag: raw (t, v, q, flags, status) or bucketed (t, min, max, avg, n, bad)."""
     p = plan(tr.span, points, resolution)
     if p.source == "readings_1m" and resolution == "auto" and await minutes_removed(db, tag_id, tr):
         p = Plan("readings_1h", max(p.bucket_s, 3600))
@@ -110,7 +110,8 @@ async def fetch(db, features: Features, tag_id: int, tr: TimeRange, points: int,
         if len(rows) <= points or resolution == "raw":
             out = {"source": "readings", "bucket_s": 0, "truncated": len(rows) > points,
                    "t": [r["time"] for r in rows[:points]], "v": [r["value"] for r in rows[:points]],
-                   "q": [r["quality"] for r in rows[:points]]}
+                   "q": [r["quality"] for r in rows[:points]], "flags": [r["flags"] for r in rows[:points]],
+                   "status": [r["status"] for r in rows[:points]]}
             if any(r["value_text"] is not None for r in rows):
                 out["text"] = [r["value_text"] for r in rows[:points]]
             return out

@@ -1191,3 +1191,32 @@ def test_no_resource_is_loaded_from_another_origin(browser, server):
     assert origins == {f"127.0.0.1:{server.port}"}
     page.context.close()
 
+
+
+def test_a_csv_button_after_the_session_ended_leads_to_log_in_and_back(browser, server):
+    """The session ends while an asset page is open; its CSV button then leads to the log-in form (no file saved: it
+    was the 401 problem document as ``.csv``), which leads back to the asset page, where the button gives the file."""
+    from console.passwords import digest
+
+    page = login(browser, server, "viewer")
+    page.goto(server.url + "/assets/P-101")
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    (sid,) = [c["value"] for c in page.context.cookies() if c["name"].endswith("valvoja_session")]
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        assert conn.execute("DELETE FROM console_sessions WHERE id_hash = %s", (digest(sid),)).rowcount == 1
+    saved: list = []
+    page.on("download", lambda d: saved.append(d))
+    page.click(".trend[data-tag='P-101.vib_rms'] a.csv")
+    page.wait_for_url(re.compile(r".*/login\?next="), timeout=10000)
+    assert page.input_value("input[name=next]") == "/assets/P-101"
+    shot(page, "csv-after-session-ended")
+    page.fill("#username", "viewer")
+    page.fill("#password", PASSWORD)
+    page.click("#login")
+    page.wait_for_url(server.url + "/assets/P-101")
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    assert saved == [], "nothing was saved as the file"
+    name, rows = downloaded(page, ".trend[data-tag='P-101.vib_rms'] a.csv")
+    assert name.startswith("P-101.vib_rms_") and len(rows) > 1000
+    assert page.errors == []
+    page.context.close()

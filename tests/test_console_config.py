@@ -19,7 +19,7 @@ from console_support import fresh_database
 from psycopg.conninfo import conninfo_to_dict
 from serverproc import free_port, ipv6_loopback_missing, wait_until
 
-from console.config import conninfo, load
+from console.config import conninfo, load, parse
 from edge.errors import ConfigError
 
 ROLE, ROLE_PASSWORD = "valvoja_console", "console-db-secret-1"
@@ -152,6 +152,11 @@ def test_console_serves_on_a_bracketed_ipv6_address(pg_admin_dsn, tmp_path):
     ('[[gateways]]\nname = "gw"\nhealth_url = "http://[::1]:9108/healthz"\nmetrics_url = "http://gw:99999/metrics"',
      "gateways[0] (gw).metrics_url", "1-65535"),
     ('[[gateways]]\nname = "gw"\nhealth_url = "http:///healthz"', "gateways[0] (gw).health_url", "no host"),
+    # CSV downloads must leave pooled connections to log-in and the pages (default pool_max 8).
+    ("csv_max_concurrent = 7", "console.csv_max_concurrent", "at most 6, or raise pool_max"),
+    ("pool_max = 3\ncsv_max_concurrent = 2", "console.csv_max_concurrent", "at most 1"),
+    ("pool_max = 2\ncsv_max_concurrent = 1", "console.csv_max_concurrent", "raise pool_max to at least 3"),
+    ("csv_max_concurrent = 0", "console.csv_max_concurrent", "greater than or equal to 1"),
 ])
 def test_console_keys_refused_say_why(tmp_path, console, key, says):
     """A bare IPv6 listen address, a trusted proxy that can never match (a host name, brackets, host bits), or a
@@ -251,3 +256,11 @@ def test_trusted_proxies_compare_addresses_not_spellings(peer, forwarded, truste
     assert client_address(_request(peer, forwarded, trusted)) == client
     trusted_peer = peer not in ("::ffff:192.0.2.1", "2001:db8::99")  # X-Forwarded-Proto believed from a proxy only
     assert is_tls(_request(peer, [], trusted, proto="https")) is trusted_peer
+
+
+@pytest.mark.parametrize(("pool_max", "csv"), [(8, 2), (4, 2), (3, 1), (2, 1), (1, 1)])
+def test_csv_downloads_at_once_default_to_two_or_what_a_small_pool_leaves(pool_max, csv):
+    """Unset, ``csv_max_concurrent`` is 2, fewer on a pool under 4: a file written before the key (with a small
+    ``pool_max``) still loads, and downloads never take the whole of a pool that has room to spare."""
+    cfg = parse({"console": {"pool_max": pool_max}, "database": {"url": "postgresql://u@h/db"}})
+    assert cfg.console.csv_max_concurrent is None and cfg.console.csv_limit == csv

@@ -5,18 +5,24 @@ checks and guards are the JSON routes', and a download broken off gives its data
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import logging
 import math
+import re
 import socket
 import time
+import unicodedata
 from datetime import UTC, datetime, timedelta
-from urllib.parse import quote, unquote
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+import httpx
 import numpy as np
 import psycopg
 import pytest
 from console_support import (
+    PASSWORD,
     ConsoleServer,
     fresh_database,
     insert_alerts,
@@ -26,6 +32,7 @@ from console_support import (
     seed_users,
 )
 
+from edge.records import Flag
 from emissions import synthetic
 
 END = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
@@ -35,6 +42,13 @@ EVIL_TAG = '=cmd|\' /C calc\'!A0, "quoted"'
 LINES_TAG = 'plant/line1/T-7, "east"\nsecond line'  # an alert's tag as a device named it
 NEGATIVE_TAG = "P-101.offset"
 FORMULAS = ["=1+2", "+SUM(A1)", "-2+3", "@SUM(A1)", "\tTAB", "\rCR"]
+FLAGGED = int(Flag.OUT_OF_RANGE | Flag.FROZEN | Flag.SOURCE_STATUS)
+BAD_SENSOR_FAILURE = 0x80320000
+# Tag names as a site could configure them, each of which must not break the Content-Disposition header or make a
+# misleading or unsafe file name: header injection, a path, accents and CJK, a right-to-left override ("exe.csv"
+# shown reversed), a full-width slash, a zero-width space, a C1 control, one too long for a file name.
+NAMES = ['x"; filename=evil.exe;\tSet-Cookie: pwn=1', "../../etc/passwd\\..\\boot.ini",
+         "Pyhäjärvi ÅÄÖ/温度", "\u202egpj.exe", "pump\uff0fP-1\u2215a\u200bb\u0085c", "T" * 300]
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +64,13 @@ def server(pg_admin_dsn):
             synthetic.copy_readings(conn, ids[EVIL_TAG], t, np.arange(10, dtype=float) - 4.5)
             synthetic.copy_readings(conn, ids[NEGATIVE_TAG], t, -np.arange(10, dtype=float) - 0.25)
             conn.execute("INSERT INTO assets (name, site, kind) VALUES ('=EVIL', '@site', 'pump')")
+            # Readings the gateway flagged: validation's bits, and a device's OPC UA status (BadSensorFailure).
+            conn.execute("UPDATE readings SET flags = %s, status = %s, quality = 2 WHERE tag_id = "
+                         "(SELECT id FROM tags WHERE name = 'P-101.vib_rms') AND time >= %s AND time < %s",
+                         (FLAGGED, BAD_SENSOR_FAILURE, END - timedelta(minutes=30), END - timedelta(minutes=25)))
+            names = synthetic.ensure_tags(conn, NAMES, asset="P-101")
+            for tag_id in names.values():
+                synthetic.copy_readings(conn, tag_id, t[:3], np.arange(3, dtype=float))
         raised = END - timedelta(hours=1)
         insert_alerts(dsn, [make_alert(f"A-{i}", asset="P-101", message=f"alert {i}", severity="warning",
                                        raised_at=raised + timedelta(minutes=i)) for i in range(5)]
@@ -99,12 +120,20 @@ def test_raw_readings_are_the_json_apis_with_utc_and_plant_time(server):
         js = c.get(tag_url("P-101.vib_rms", "readings"), params=q | {"resolution": "raw", "points": 5000}).json()
         r = c.get(tag_url("P-101.vib_rms"), params=q)
     head, rows = rows_of(r)
-    assert head == ["time", "time_local", "tag", "value", "unit", "quality", "value_text"]
+    assert head == ["time", "time_local", "tag", "value", "unit", "quality", "flags", "flag_names", "status",
+                    "value_text"]
     assert r.headers["x-valvoja-truncated"] == "false" and r.headers["x-valvoja-row-limit"] == str(CAP)
     assert len(rows) == len(js["t"]) == 89
     assert [when(x["time"]) for x in rows] == [when(t) for t in js["t"]]
     assert [float(x["value"]) for x in rows] == js["v"]
     assert [int(x["quality"]) for x in rows] == js["q"]
+    assert [int(x["flags"]) for x in rows] == js["flags"] and [int(x["status"], 16) for x in rows] == js["status"]
+    # Each reading's why: validation's flags by name and the device's status code as OPC UA tools show it.
+    flagged = [x for x in rows if x["flags"] != "0"]
+    assert len(flagged) == 5 and {x["quality"] for x in flagged} == {"2"}
+    assert {x["flag_names"] for x in flagged} == {"OUT_OF_RANGE|FROZEN|SOURCE_STATUS"}
+    assert {x["status"] for x in flagged} == {"0x80320000"}
+    assert {(x["flag_names"], x["status"]) for x in rows if x["flags"] == "0"} == {("", "0x00000000")}
     assert {x["tag"] for x in rows} == {"P-101.vib_rms"} and {x["unit"] for x in rows} == {"mm/s"}
     assert all(x["time"].endswith("Z") for x in rows)
     for x in rows:  # the same instant in plant time, with its offset (+02:00 in winter, +03:00 in summer)
@@ -247,12 +276,14 @@ def test_the_openapi_document_shows_the_csv_answers(server):
 
 def test_downloads_broken_off_give_their_database_connection_back(pg_admin_dsn, server):
     """A client that leaves in the middle of a download, or right after its headers: the export's transaction
-    ends and its pooled connection comes back (a pool of 2 serves the next request at once after 6 of them)."""
+    ends and its pooled connection and download slot come back (two slots, a pool of 4: six downloads one after
+    the other all start, and the next request is served at once)."""
     with psycopg.connect(server.dsn, autocommit=True) as conn:
         (tag,) = synthetic.ensure_tags(conn, ["BIG.flow"]).values()
         t = int((END - timedelta(days=2)).timestamp()) + np.arange(150_000, dtype=np.int64)
         synthetic.copy_readings(conn, tag, t, np.sin(t / 100.0))
-    with ConsoleServer(server.dsn, pool_max=2, csv_max_rows=1_000_000) as small, small.client("viewer") as c:
+    with (ConsoleServer(server.dsn, pool_max=4, csv_max_concurrent=2, csv_max_rows=1_000_000) as small,
+          small.client("viewer") as c):
         cookie = "; ".join(f"{k}={v}" for k, v in c.cookies.items())
         request = (f"GET /api/tags/BIG.flow/readings.csv?last=P3D&to={quote(iso(END))} HTTP/1.1\r\n"
                    f"Host: console\r\nCookie: {cookie}\r\n\r\n").encode()
@@ -275,3 +306,141 @@ def test_downloads_broken_off_give_their_database_connection_back(pg_admin_dsn, 
         whole = c.get("/api/tags/BIG.flow/readings.csv", params={"last": "P3D", "to": iso(END)}, timeout=60)
         _, rows = rows_of(whole)
         assert len(rows) == 150_000 and not math.isnan(float(rows[-1]["value"]))
+
+
+def test_file_names_from_awkward_tag_names_cannot_break_the_header(server):
+    """Names come from the site's tag and asset names: quotes, ``;``, CR/LF, a path, accents and CJK, a right-to-left
+    override, look-alike slashes, invisible characters and a 300-character name. Each answer has one
+    Content-Disposition (and no header a name added), ``filename`` plain ASCII letters, digits and ``._-``,
+    ``filename*`` UTF-8 percent-encoded (RFC 6266 / 8187) that decodes to a name without a path, control, invisible
+    or separator character, at most 255 bytes, and still ending in the range and ``_raw.csv``."""
+    plain = re.compile(r'^attachment; filename="([A-Za-z0-9._-]+)"; filename\*=UTF-8\'\'([A-Za-z0-9._~%-]+)$')
+    got = {}
+    with server.client("viewer") as c:
+        for tag in NAMES:
+            r = c.get(tag_url(tag), params={"last": "PT1H", "to": iso(END)})
+            assert r.status_code == 200, (tag, r.text[:200])
+            names = [k.lower() for k, _ in r.headers.multi_items()]
+            assert names.count("content-disposition") == 1 and "set-cookie" not in names, (tag, names)
+            m = plain.match(r.headers["content-disposition"])
+            assert m, (tag, r.headers["content-disposition"])
+            name = unquote(m.group(2), errors="strict")
+            assert not any(unicodedata.category(ch)[0] in "CZ" for ch in name), (tag, name)
+            assert not set(name) & set('/\\:*?"<>|;,\uff0f\u2215'), (tag, name)
+            assert len(name.encode()) <= 255 and name.endswith(f"_{END:%Y%m%dT%H%M%SZ}_raw.csv"), (tag, name)
+            assert not name.startswith(".") and len(rows_of(r)[1]) == 3
+            got[tag] = (m.group(1), name)
+        # An asset filter is the file name of the alerts: CR/LF (a tag route's path cannot hold one) and length.
+        alerts = c.get("/api/alerts.csv", params={"asset": ["A" * 200, "B\u202e" * 50, 'P"\r\nSet-Cookie: pwn=1']})
+        names = [k.lower() for k, _ in alerts.headers.multi_items()]
+        assert names.count("content-disposition") == 1 and "set-cookie" not in names, names
+        assert plain.match(alerts.headers["content-disposition"]), alerts.headers["content-disposition"]
+    assert got[NAMES[2]][1].startswith("Pyhäjärvi_ÅÄÖ_温度_"), "accents and CJK kept in filename*"
+    assert got[NAMES[2]][0].startswith("Pyhajarvi_AAO_"), "and without their accents in the ASCII name"
+    assert got[NAMES[1]][1].startswith("etc_passwd_boot.ini_"), got[NAMES[1]]
+    assert got[NAMES[3]][1].startswith("gpj.exe_"), "no right-to-left override"
+    assert got[NAMES[4]][1].startswith("pump_P-1_a_b_c_"), got[NAMES[4]]
+    assert got[NAMES[5]][1] == "T" * 120 + f"_{END - timedelta(hours=1):%Y%m%dT%H%M%SZ}_{END:%Y%m%dT%H%M%SZ}_raw.csv"
+    name = file_name(alerts)
+    assert name == "alerts_" + "A" * 40 + "_" + "_".join("B" * 20) + "_P_Set-Cookie_pwn=1.csv", name
+
+
+def back_to(r) -> str:
+    """Where the log-in form a redirect leads to sends the browser once logged in (its ``next``)."""
+    where = urlsplit(r.headers["location"])
+    assert where.path == "/login", r.headers["location"]
+    return parse_qs(where.query)["next"][0]
+
+
+def test_a_browser_without_a_session_is_sent_to_log_in_and_back(server):
+    """A CSV button clicked after the session expired (a browser navigation: Accept names text/html) is sent to the
+    log-in form, which sends it back to the page the button was on (else to the file), as a page would be; the 401
+    problem document was saved as the .csv before. fetch() and API clients (no text/html, or a bearer token) keep
+    the 401."""
+    html = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+    page = f"{server.url}/assets/P-101?from=2026-12-01T00%3A00Z"
+    url = tag_url("P-101.vib_rms") + "?last=PT1H"
+    with server.client("viewer") as c:
+        assert c.get(url, headers=html).status_code == 200, "logged in: the file, whatever the Accept"
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("UPDATE console_sessions SET expires_at = now() - interval '1 second' "
+                         "WHERE user_id = (SELECT id FROM console_users WHERE username = 'viewer')")
+        r = c.get(url, headers=html | {"Referer": page})
+        assert r.status_code == 303, r.text[:200]
+        assert back_to(r) == "/assets/P-101?from=2026-12-01T00%3A00Z"
+        r = c.get(url, headers=html)  # no Referer (a link opened from a mail): back to the file itself
+        assert r.status_code == 303 and back_to(r) == url
+        r = c.get(url, headers=html | {"Referer": "http://elsewhere.example/assets/P-101"})
+        assert r.status_code == 303 and back_to(r) == url
+        for accept in ("*/*", "application/json", "text/csv"):  # fetch(), scripts, curl
+            r = c.get(url, headers={"Accept": accept, "Referer": page})
+            assert r.status_code == 401 and r.headers["content-type"] == "application/problem+json", accept
+        # The log-in form takes the browser back where it was.
+        form = c.get("/login", params={"next": "/assets/P-101?from=x"})
+        assert 'value="/assets/P-101?from=x"' in form.text
+        r = c.post("/login", data={"username": "viewer", "password": PASSWORD, "next": "/assets/P-101?from=x",
+                                   "csrf_token": c.cookies.get("valvoja_login_csrf", path="/login")})
+        assert r.status_code == 303 and r.headers["location"] == "/assets/P-101?from=x", r.text[:200]
+        assert c.get(url, headers=html).status_code == 200
+    with server.client("admin") as admin:
+        token = admin.post("/api/tokens", json={"name": "csv-redirect", "role": "viewer"}).json()["token"]
+    with server.client() as machine:
+        assert machine.get(url, headers=html | {"Authorization": f"Bearer {token}"}).status_code == 200
+        for bearer in ("not-a-token", token + "x"):
+            r = machine.get(url, headers=html | {"Authorization": f"Bearer {bearer}", "Referer": page})
+            assert r.status_code == 401 and r.headers["content-type"] == "application/problem+json"
+            assert r.headers["www-authenticate"] == "Bearer"
+        r = machine.get("/api/alerts", headers=html)
+        assert r.status_code == 401, "JSON routes are not pages: unchanged"
+
+
+def test_concurrent_downloads_are_limited_and_the_console_keeps_answering(server, caplog):
+    """Each download holds a pooled connection while it streams. With ``csv_max_concurrent = 2`` (pool of 4): two
+    slow downloads (big files read slowly) run; a third is refused at once with 503, Retry-After and a problem
+    document, logged once however many are refused; log-in and the API answer at once meanwhile; the two complete
+    whole; a new one then runs."""
+    n = 400_000  # ~25 MB of CSV: more than the loopback socket buffers, so a client not reading holds the download
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        (tag,) = synthetic.ensure_tags(conn, ["SLOW.flow"]).values()
+        t = int((END - timedelta(days=10)).timestamp()) + np.arange(n, dtype=np.int64)
+        synthetic.copy_readings(conn, tag, t, np.cos(t / 50.0))
+    url = tag_url("SLOW.flow") + f"?last=P11D&to={quote(iso(END))}"
+    with ConsoleServer(server.dsn, pool_max=4, csv_max_concurrent=2, csv_max_rows=1_000_000) as srv:
+        clients = [httpx.Client(base_url=srv.url, timeout=60) for _ in range(2)]
+        with srv.client("viewer") as c, contextlib.ExitStack() as stack:
+            for slow in clients:
+                stack.enter_context(slow)
+                slow.cookies = c.cookies
+            held = [stack.enter_context(slow.stream("GET", url)) for slow in clients]
+            assert [r.status_code for r in held] == [200, 200]
+            chunks = [r.iter_bytes() for r in held]
+            first = [next(it) for it in chunks]  # started, then not read for a while
+            caplog.set_level(logging.WARNING, logger="console.csvexport")
+            for _ in range(2):
+                started = time.monotonic()
+                r = c.get(url)
+                assert time.monotonic() - started < 1.0, "refused at once, not queued"
+                assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json"
+                assert r.headers["retry-after"] == "10"
+                assert r.json()["type"] == "/problems/csv-busy" and r.json()["limit"] == 2
+            busy = [x for x in caplog.records if getattr(x, "event", None) == "console_csv_busy"]
+            assert len(busy) == 1 and srv.app.state.csv_slots.refused == 2
+            time.sleep(1)  # the held downloads' server side is blocked on a full socket by now
+            with srv.client() as other:  # a log-in and the API, while both downloads hold their connections
+                started = time.monotonic()
+                other.post("/api/auth/login", json={"username": "engineer", "password": PASSWORD}).raise_for_status()
+                assert other.get("/api/alerts").status_code == 200 and other.get("/api/assets").status_code == 200
+                assert time.monotonic() - started < 3, time.monotonic() - started
+            bodies = [head + b"".join(it) for head, it in zip(first, chunks, strict=True)]
+        for body in bodies:
+            lines = body.decode("utf-8-sig").splitlines()
+            assert len(lines) == n + 1 and lines[0].startswith("time,")
+            assert when(lines[1].split(",")[0]) == datetime.fromtimestamp(int(t[0]), UTC)
+            assert when(lines[-1].split(",")[0]) == datetime.fromtimestamp(int(t[-1]), UTC)
+        assert bodies[0] == bodies[1]
+        deadline = time.monotonic() + 2  # the slots are given back as the responses end
+        with srv.client("viewer") as c:
+            while (again := c.get(url)).status_code == 503 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert again.status_code == 200 and again.content == bodies[0]
+            assert srv.app.state.csv_slots.running == 0

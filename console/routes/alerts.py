@@ -79,8 +79,8 @@ async def alerts_csv(request: Request, f: Filters = Depends(filters), _: Princip
                                       **f.model_dump())
     # What the file holds: the first assets and the states chosen, the range.
     span = [stamp(since), stamp(until)] if since else []
-    name = "_".join(["alerts", *(f.asset or [])[:3], *(f.state or []), *span])
-    return await export(request, sql, params, COLUMNS, file_name=file_name_part(name))
+    name = "_".join(["alerts", *(file_name_part(a, 40) for a in (f.asset or [])[:3]), *(f.state or []), *span])
+    return await export(request, sql, params, COLUMNS, file_name=file_name_part(name, 200))
 
 
 def _matches(row: dict, f: Filters) -> bool:

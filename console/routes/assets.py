@@ -163,7 +163,8 @@ async def readings(request: Request, name: str, _: Principal = Depends(require("
                    resolution: Literal["auto", "raw", "1m", "1h"] = "auto"):
     """One tag's readings over a range. Long ranges are downsampled on the server into about ``points``
     buckets (min, max, mean, counts) from the raw table or the 1-minute / 1-hour rollups; ``source`` and
-    ``bucket_s`` say which. ``resolution=raw`` returns raw rows (at most ``points``; ``truncated`` tells)."""
+    ``bucket_s`` say which. ``resolution=raw`` returns raw rows (at most ``points``; ``truncated`` tells) with
+    their quality ``q``, validation ``flags`` (`edge.records.Flag` bits) and the device's ``status`` code."""
     cfg = request.app.state.config.console
     n = min(points or cfg.default_points, cfg.max_points)
     tr = time_range(from_, to, last, default=timedelta(hours=6))
@@ -173,8 +174,11 @@ async def readings(request: Request, name: str, _: Principal = Depends(require("
             "range": [tag["range_min"], tag["range_max"]], **series}
 
 
+# Each reading's quality with why (validation's flags, the device's status code): what a suspicious trend is checked
+# against. The rollups carry only good and bad counts.
 READING_COLUMNS = (Column("time", kind="time"), Column("tag"), Column("value", kind="number"), Column("unit"),
-                   Column("quality", kind="int"), Column("value_text"))
+                   Column("quality", kind="int"), Column("flags", kind="int"), Column("flag_names", "flags", "flags"),
+                   Column("status", kind="status"), Column("value_text"))
 BUCKET_COLUMNS = (Column("time", "t", kind="time"), Column("tag"), Column("unit"), Column("min", kind="number"),
                   Column("max", kind="number"), Column("mean", "avg", kind="number"), Column("count", "n", kind="int"),
                   Column("bad_count", "bad", kind="int"))
@@ -189,7 +193,8 @@ async def readings_csv(request: Request, name: str, _: Principal = Depends(requi
                        last: str | None = Query(None, description="ISO-8601 duration back from `to`, e.g. PT6H"),
                        resolution: Literal["raw", "1m", "1h"] = "raw"):
     """One tag's readings over a range as CSV, oldest first: every raw reading (``time``, ``tag``, ``value``,
-    ``unit``, ``quality``, ``value_text``), or per minute / hour bucket as the chart's buckets (``min``, ``max``,
+    ``unit``, ``quality``, ``flags`` and ``flag_names`` (the gateway's validation flags), ``status`` (the device's
+    status code, hex), ``value_text``), or per minute / hour bucket as the chart's buckets (``min``, ``max``,
     ``mean`` and ``count`` of the good readings, ``bad_count``). The range and its checks are the JSON route's;
     at most ``console.csv_max_rows`` rows (``X-Valvoja-Truncated``)."""
     tr = time_range(from_, to, last, default=timedelta(hours=6))

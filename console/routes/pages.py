@@ -10,13 +10,12 @@ import asyncio
 import errno
 import html
 from pathlib import Path
-from urllib.parse import quote
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse
 
 from console.app import STATIC
-from console.auth import optional_principal
+from console.auth import login_redirect, optional_principal
 from console.problems import Problem
 
 router = APIRouter(include_in_schema=False)
@@ -49,7 +48,7 @@ def _render(title: str, script: str, nav_key: str, principal, time_zone: str | N
 async def _page(request: Request, title: str, script: str, nav_key: str):
     principal = await optional_principal(request)
     if principal is None or principal.kind != "user":
-        return RedirectResponse("/login?next=" + quote(request.url.path), status_code=303)
+        return login_redirect(request.url.path)
     return HTMLResponse(_render(title, script, nav_key, principal, request.app.state.config.console.time_zone))
 
 

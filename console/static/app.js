@@ -173,9 +173,11 @@ const V = (() => {
 
   /** A "CSV" link to a download route (``path``: ``/api/alerts.csv``, ...) for the query ``params``; the browser saves
    * the file under the name the server gives (what, which range; ``_TRUNCATED-<n>-rows`` when cut at the row cap).
-   * ``.set(params)`` points it at another query (the board's filters changed). */
+   * ``.set(params)`` points it at another query (the board's filters changed). A plain link, no ``download``
+   * attribute: the file comes as ``Content-Disposition: attachment`` anyway, and with the attribute the browser also
+   * saved whatever else came back as the file (the log-in form after a session expired, a problem document). */
   function csvLink(path, params, { id, title } = {}) {
-    const a = el("a", { class: "button secondary csv", id, title, download: "", href: path + qs(params) }, "CSV");
+    const a = el("a", { class: "button secondary csv", id, title, href: path + qs(params) }, "CSV");
     a.set = (p) => { a.href = path + qs(p); };
     return a;
   }
