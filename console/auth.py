@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hmac
 import math
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address
 
 from fastapi import Depends, Request
 
-from console.passwords import digest
+from console.passwords import digest, same_secret
 from console.problems import Problem
 
 ROLES = ("viewer", "engineer", "maintenance", "admin")
@@ -228,7 +227,7 @@ async def check_csrf(request: Request, principal: Principal) -> None:
         from urllib.parse import parse_qs
 
         sent = (parse_qs((await request.body()).decode("utf-8", "replace")).get("csrf_token") or [None])[0]
-    if not sent or not principal.csrf or not hmac.compare_digest(sent, principal.csrf):
+    if not sent or not principal.csrf or not same_secret(sent, principal.csrf):
         raise Problem(403, "missing or wrong CSRF token: send the X-CSRF-Token header (from /api/auth/me) "
                            "or the csrf_token form field", type_="/problems/csrf")
 
