@@ -121,7 +121,11 @@ def cookie_secure(request: Request) -> bool:
 
 
 def session_cookie(request: Request) -> str | None:
-    return request.cookies.get(SECURE_COOKIE) or request.cookies.get(COOKIE)
+    """The session id the request came with: over TLS (`cookie_secure`) the ``__Host-`` cookie only, as a log-in
+    over TLS sets it. Taking the plain-named one as well undid the prefix: a cookie a sibling sub-domain or anyone
+    on the path of a plain-HTTP request to this host planted (``valvoja_session=<their own session>``) logged a
+    browser without a session in as them."""
+    return request.cookies.get(SECURE_COOKIE if cookie_secure(request) else COOKIE)
 
 
 async def _from_token(request: Request, token: str) -> Principal:

@@ -164,6 +164,37 @@ def test_a_log_in_ends_the_session_the_browser_had(server):
         assert stale.get("/api/auth/me").status_code == 401, "the viewer's session ended with the new log-in"
 
 
+def test_over_tls_only_the_host_prefixed_cookies_count(server):
+    """Over TLS (here: X-Forwarded-Proto from the trusted loopback proxy) the console sets ``__Host-`` cookies, which
+    a browser takes only from this host over TLS, but it read the plain-named ones too: a ``valvoja_session`` cookie
+    planted by a sibling sub-domain or into a plain-HTTP answer (the planter's own session) logged a browser in as
+    the planter, and a planted ``valvoja_login_csrf`` with a matching form field passed the log-in form's check."""
+    tls = {"X-Forwarded-Proto": "https"}
+    with server.client("viewer") as c:
+        sid = c.cookies["valvoja_session"]  # a real session, logged in over plain HTTP
+    with httpx.Client(base_url=server.url) as planted:
+        assert planted.get("/api/auth/me", headers={"Cookie": f"valvoja_session={sid}"}).status_code == 200
+        r = planted.get("/api/auth/me", headers={**tls, "Cookie": f"valvoja_session={sid}"})
+        assert r.status_code == 401, (r.status_code, r.text[:200])
+        r = planted.get("/alerts", headers={**tls, "Cookie": f"valvoja_session={sid}"}, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"].startswith("/login")
+        r = planted.post("/login", headers={**tls, "Cookie": "valvoja_login_csrf=planted"},
+                         data={"username": "viewer", "password": PASSWORD, "csrf_token": "planted"})
+        assert r.status_code == 403 and "form expired" in r.text, (r.status_code, r.text[:200])
+    with httpx.Client(base_url=server.url) as browser_over_tls:  # sends cookies by hand, as a browser over TLS
+        form = browser_over_tls.get("/login", headers=tls)
+        cookie = form.headers["set-cookie"]
+        assert cookie.startswith("__Host-valvoja_login_csrf=") and "Secure" in cookie and "Path=/;" in cookie, cookie
+        token = form.text.split('name="csrf_token" value="')[1].split('"')[0]
+        r = browser_over_tls.post("/login", headers={**tls, "Cookie": f"__Host-valvoja_login_csrf={token}"},
+                                  data={"username": "viewer", "password": PASSWORD, "csrf_token": token},
+                                  follow_redirects=False)
+        assert r.status_code == 303, (r.status_code, r.text[:200])
+        sid = r.headers["set-cookie"].split("__Host-valvoja_session=")[1].split(";")[0]
+        assert browser_over_tls.get("/api/auth/me", headers={**tls, "Cookie": f"__Host-valvoja_session={sid}"}
+                                    ).json()["name"] == "viewer"
+
+
 def test_the_log_in_form_refuses_over_long_names_as_the_json_log_in_does(server):
     """The JSON log-in refuses a user name over 64 characters (422); the form counted and stored any, up to the
     body limit, with each failed attempt."""

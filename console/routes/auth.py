@@ -46,6 +46,13 @@ router = APIRouter()
 LOGIN_CSRF = "valvoja_login_csrf"
 
 
+def login_csrf_cookie(request: Request) -> tuple[str, str]:
+    """The log-in form's double-submit cookie: its name and path. Over TLS a ``__Host-`` one (which must have
+    Path=/), so that a cookie planted by a sibling sub-domain or into a plain-HTTP answer cannot stand in for it
+    (with both halves chosen, an attacker's page could log a browser in as the attacker)."""
+    return (f"__Host-{LOGIN_CSRF}", "/") if cookie_secure(request) else (LOGIN_CSRF, "/login")
+
+
 USERNAME_MAX, PASSWORD_MAX = 64, 1024  # console_users' name pattern; passwords.check_password_policy
 
 
@@ -172,7 +179,8 @@ def login_page(request: Request, *, error: str = "", status: int = 200, next_: s
         "csrf": html.escape(token), "next": html.escape(_safe_next(next_)),
         "error": f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""})
     resp = HTMLResponse(page, status_code=status)
-    resp.set_cookie(LOGIN_CSRF, token, max_age=3600, path="/login", secure=cookie_secure(request), httponly=True,
+    name, path = login_csrf_cookie(request)
+    resp.set_cookie(name, token, max_age=3600, path=path, secure=cookie_secure(request), httponly=True,
                     samesite="strict")
     return resp
 
@@ -186,7 +194,7 @@ async def login_form(request: Request, next: str = "/") -> HTMLResponse:
 async def login_submit(request: Request) -> Response:
     form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
     next_ = _safe_next(form.get("next"))
-    cookie, sent = request.cookies.get(LOGIN_CSRF, ""), form.get("csrf_token", "")
+    cookie, sent = request.cookies.get(login_csrf_cookie(request)[0], ""), form.get("csrf_token", "")
     if not cookie or not same_secret(sent, cookie):
         return login_page(request, error="The form expired; please log in again.", status=403, next_=next_)
     username, password = form.get("username", "").strip(), form.get("password", "")
@@ -205,7 +213,8 @@ async def login_submit(request: Request) -> Response:
         return resp
     resp = RedirectResponse(next_, status_code=303)
     await _start_session(request, resp, user, password)
-    resp.delete_cookie(LOGIN_CSRF, path="/login")
+    name, path = login_csrf_cookie(request)
+    resp.delete_cookie(name, path=path, secure=name.startswith("__Host-"))
     return resp
 
 
