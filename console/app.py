@@ -74,14 +74,19 @@ def create_app(cfg: ConsoleConfig, *, dsn: str | None = None, migrate: bool | No
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
         response = await call_next(request)
-        h = response.headers
-        h.setdefault("Content-Security-Policy", CSP)
-        h.setdefault("X-Content-Type-Options", "nosniff")
-        h.setdefault("Referrer-Policy", "same-origin")
-        h.setdefault("X-Frame-Options", "DENY")
-        if request.url.path.startswith("/api/"):
-            h.setdefault("Cache-Control", "no-store")
+        add_security_headers(request.url.path, response.headers)
         return response
+
+    # An unhandled error is answered by Starlette's outermost middleware, outside the one above: its 500 went out
+    # without the security headers and without no-store.
+    crash = app.exception_handlers[Exception]
+
+    async def crash_with_headers(request: Request, exc: Exception):
+        response = await crash(request, exc)
+        add_security_headers(request.url.path, response.headers)
+        return response
+
+    app.add_exception_handler(Exception, crash_with_headers)
 
     from console.routes import admin, alerts, assets, auth, emissions, gateways, models, pages, predictions, windows
 
@@ -89,6 +94,21 @@ def create_app(cfg: ConsoleConfig, *, dsn: str | None = None, migrate: bool | No
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def add_security_headers(path: str, headers) -> None:
+    """The console's security headers on an answer to ``path`` (a header the route set itself is kept).
+
+    Everything but the static files is ``no-store``: the API's plant data, the pages (each holds its session's CSRF
+    token and the user's name), the log-in form (its CSRF token) and report files. Only /api/ had it: a report file
+    came with Last-Modified and nothing else, which lets a shared cache (a site proxy) keep it heuristically and
+    hand it to someone not logged in, and a page could be shown from the browser's cache after log-out."""
+    headers.setdefault("Content-Security-Policy", CSP)
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "same-origin")
+    headers.setdefault("X-Frame-Options", "DENY")
+    if not path.startswith("/static/") and path != "/favicon.ico":
+        headers.setdefault("Cache-Control", "no-store")
 
 
 class BodyLimit:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hmac
 import math
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from urllib.parse import quote, urlsplit
 from fastapi import Depends, Request
 from fastapi.responses import RedirectResponse
 
-from console.passwords import digest
+from console.passwords import digest, same_secret
 from console.problems import Problem
 
 ROLES = ("viewer", "engineer", "maintenance", "admin")
@@ -124,7 +123,11 @@ def cookie_secure(request: Request) -> bool:
 
 
 def session_cookie(request: Request) -> str | None:
-    return request.cookies.get(SECURE_COOKIE) or request.cookies.get(COOKIE)
+    """The session id the request came with: over TLS (`cookie_secure`) the ``__Host-`` cookie only, as a log-in
+    over TLS sets it. Taking the plain-named one as well undid the prefix: a cookie a sibling sub-domain or anyone
+    on the path of a plain-HTTP request to this host planted (``valvoja_session=<their own session>``) logged a
+    browser without a session in as them."""
+    return request.cookies.get(SECURE_COOKIE if cookie_secure(request) else COOKIE)
 
 
 async def _from_token(request: Request, token: str) -> Principal:
@@ -230,7 +233,7 @@ async def check_csrf(request: Request, principal: Principal) -> None:
         from urllib.parse import parse_qs
 
         sent = (parse_qs((await request.body()).decode("utf-8", "replace")).get("csrf_token") or [None])[0]
-    if not sent or not principal.csrf or not hmac.compare_digest(sent, principal.csrf):
+    if not sent or not principal.csrf or not same_secret(sent, principal.csrf):
         raise Problem(403, "missing or wrong CSRF token: send the X-CSRF-Token header (from /api/auth/me) "
                            "or the csrf_token form field", type_="/problems/csrf")
 

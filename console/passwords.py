@@ -98,6 +98,13 @@ def new_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
+def same_secret(sent: str, expected: str) -> bool:
+    """Constant-time comparison of a secret a client sent (a CSRF token) with the expected one. Compared as UTF-8
+    bytes: `hmac.compare_digest` raises TypeError for a str with a non-ASCII character, and a header or form field
+    can hold any (``X-CSRF-Token: \xe9``): the answer was a 500 and a traceback instead of a refusal."""
+    return hmac.compare_digest(sent.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
+
+
 def digest(secret: str) -> bytes:
     """SHA-256 of a random secret, the form in which sessions and tokens are stored."""
     return hashlib.sha256(secret.encode()).digest()

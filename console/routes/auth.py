@@ -8,7 +8,6 @@ password is checked (a successful log-in takes its attempt back); past the confi
 
 from __future__ import annotations
 
-import hmac
 import html
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, quote
@@ -32,16 +31,34 @@ from console.auth import (
     login_client_key,
     session_cookie,
 )
-from console.passwords import digest, hash_password_async, needs_rehash, new_secret, verify_password_async
+from console.passwords import (
+    digest,
+    hash_password_async,
+    needs_rehash,
+    new_secret,
+    same_secret,
+    verify_password_async,
+)
 from console.problems import Problem
+from console.routes.pages import fill
 
 router = APIRouter()
 LOGIN_CSRF = "valvoja_login_csrf"
 
 
+def login_csrf_cookie(request: Request) -> tuple[str, str]:
+    """The log-in form's double-submit cookie: its name and path. Over TLS a ``__Host-`` one (which must have
+    Path=/), so that a cookie planted by a sibling sub-domain or into a plain-HTTP answer cannot stand in for it
+    (with both halves chosen, an attacker's page could log a browser in as the attacker)."""
+    return (f"__Host-{LOGIN_CSRF}", "/") if cookie_secure(request) else (LOGIN_CSRF, "/login")
+
+
+USERNAME_MAX, PASSWORD_MAX = 64, 1024  # console_users' name pattern; passwords.check_password_policy
+
+
 class Credentials(BaseModel):
-    username: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=1, max_length=1024)
+    username: str = Field(min_length=1, max_length=USERNAME_MAX)
+    password: str = Field(min_length=1, max_length=PASSWORD_MAX)
 
 
 class Me(BaseModel):
@@ -81,6 +98,11 @@ async def _start_session(request: Request, response: Response, user: dict, passw
         await cur.execute("INSERT INTO console_sessions (id_hash, user_id, csrf_token, expires_at, client) "
                           "VALUES (%s, %s, %s, %s, %s)", (digest(sid), user["id"], csrf, expires, client))
         await cur.execute("DELETE FROM console_sessions WHERE expires_at < now()")
+        # The session this browser had (another user's on a shared control-room PC, or one planted in it) ends here:
+        # the new cookie replaced it in this browser only, and it stayed valid wherever else its id was known.
+        previous = [digest(c) for c in (request.cookies.get(COOKIE), request.cookies.get(SECURE_COOKIE)) if c]
+        if previous:
+            await cur.execute("DELETE FROM console_sessions WHERE id_hash = ANY(%s)", (previous,))
         # This attempt (claimed as a failure before the check) and the user name's earlier failures from this client:
         # not from others, whose count toward the per-client limit this log-in must not reset (an attacker's
         # address got a fresh set of guesses at every log-in of the user it was guessing for).
@@ -91,6 +113,8 @@ async def _start_session(request: Request, response: Response, user: dict, passw
         await cur.execute("UPDATE console_users SET last_login = now() WHERE id = %s", (user["id"],))
         p = Principal(name=user["username"], kind="user", role=user["role"], user_id=user["id"], csrf=csrf)
         await audit.record(cur, p, "login", target_kind="user", target_id=user["username"], client=client)
+    if previous:
+        credentials_changed()
     secure = cookie_secure(request)
     # __Host- cookies must be Secure with Path=/ and no Domain: the browser then refuses a cookie planted by a
     # sibling sub-domain. Plain-HTTP deployments (a plant LAN) cannot use the prefix.
@@ -151,11 +175,12 @@ def _safe_next(value: str | None) -> str:
 
 def login_page(request: Request, *, error: str = "", status: int = 200, next_: str = "/") -> HTMLResponse:
     token = new_secret()
-    page = (STATIC / "login.html").read_text()
-    page = (page.replace("{{csrf}}", html.escape(token)).replace("{{next}}", html.escape(_safe_next(next_)))
-            .replace("{{error}}", f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""))
+    page = fill((STATIC / "login.html").read_text(), {
+        "csrf": html.escape(token), "next": html.escape(_safe_next(next_)),
+        "error": f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""})
     resp = HTMLResponse(page, status_code=status)
-    resp.set_cookie(LOGIN_CSRF, token, max_age=3600, path="/login", secure=cookie_secure(request), httponly=True,
+    name, path = login_csrf_cookie(request)
+    resp.set_cookie(name, token, max_age=3600, path=path, secure=cookie_secure(request), httponly=True,
                     samesite="strict")
     return resp
 
@@ -169,12 +194,16 @@ async def login_form(request: Request, next: str = "/") -> HTMLResponse:
 async def login_submit(request: Request) -> Response:
     form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
     next_ = _safe_next(form.get("next"))
-    cookie, sent = request.cookies.get(LOGIN_CSRF, ""), form.get("csrf_token", "")
-    if not cookie or not hmac.compare_digest(cookie, sent):
+    cookie, sent = request.cookies.get(login_csrf_cookie(request)[0], ""), form.get("csrf_token", "")
+    if not cookie or not same_secret(sent, cookie):
         return login_page(request, error="The form expired; please log in again.", status=403, next_=next_)
     username, password = form.get("username", "").strip(), form.get("password", "")
     if not username or not password:
         return login_page(request, error="Enter a user name and a password.", status=422, next_=next_)
+    if len(username) > USERNAME_MAX or len(password) > PASSWORD_MAX:
+        # As the JSON log-in refuses them: a user name of up to a mebibyte was counted and stored with each failure.
+        return login_page(request, error=f"User names have at most {USERNAME_MAX} characters, passwords at most "
+                                         f"{PASSWORD_MAX}.", status=422, next_=next_)
     try:
         user = await _authenticate(request, username, password)
     except Problem as exc:
@@ -184,7 +213,8 @@ async def login_submit(request: Request) -> Response:
         return resp
     resp = RedirectResponse(next_, status_code=303)
     await _start_session(request, resp, user, password)
-    resp.delete_cookie(LOGIN_CSRF, path="/login")
+    name, path = login_csrf_cookie(request)
+    resp.delete_cookie(name, path=path, secure=name.startswith("__Host-"))
     return resp
 
 

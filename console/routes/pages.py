@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import html
+import re
 from pathlib import Path
 
 from fastapi import APIRouter, Request
@@ -35,14 +36,25 @@ NAV = [("alerts", "/alerts", "Alerts"), ("assets", "/assets", "Assets"),
        ("models", "/models", "Models"), ("gateways", "/gateways", "Gateways"), ("admin", "/admin", "Admin")]
 
 
+PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+
+
+def fill(template: str, values: dict[str, str]) -> str:
+    """``template`` with each ``{{name}}`` replaced by ``values[name]`` (already escaped by the caller), in one pass.
+
+    One ``str.replace`` per placeholder in turn also replaced placeholders inside the values put in before: an asset
+    page ``/assets/{{csrf}}`` had the session's CSRF token in its title (the browser's history keeps titles), and a
+    log-in link with ``next=/{{error}}`` put the error paragraph's markup inside the form's ``value="..."``."""
+    return PLACEHOLDER.sub(lambda m: values.get(m[1], m[0]), template)
+
+
 def _render(title: str, script: str, nav_key: str, principal, time_zone: str | None = None) -> str:
     nav = "".join(f'<a href="{href}"{" class=active aria-current=page" if key == nav_key else ""}>{label}</a>'
                   for key, href, label in NAV if key != "admin" or principal.role == "admin")
-    return ((STATIC / "shell.html").read_text()
-            .replace("{{title}}", html.escape(title)).replace("{{nav}}", nav)
-            .replace("{{user}}", html.escape(principal.name)).replace("{{role}}", html.escape(principal.role))
-            .replace("{{csrf}}", html.escape(principal.csrf or "")).replace("{{script}}", script)
-            .replace("{{time_zone}}", html.escape(time_zone or "")))
+    return fill((STATIC / "shell.html").read_text(), {
+        "title": html.escape(title), "nav": nav, "user": html.escape(principal.name),
+        "role": html.escape(principal.role), "csrf": html.escape(principal.csrf or ""), "script": script,
+        "time_zone": html.escape(time_zone or "")})
 
 
 async def _page(request: Request, title: str, script: str, nav_key: str):
