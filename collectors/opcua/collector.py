@@ -1180,8 +1180,11 @@ class OpcUaCollector:
                         fresh.append(r)
                 for k in range(0, len(fresh), BACKFILL_BATCH):
                     chunk = fresh[k:k + BACKFILL_BATCH]
-                    final = k + BACKFILL_BATCH >= len(fresh)
-                    await self._store(chunk, [(DUE_KEY, due_text(w1, end))] if final else None)
+                    # What is left goes with the batch: from the window's end, or within it from this batch's last
+                    # time (read again from there, at most one time's values come twice: kept once by the database).
+                    rest = w1 if k + BACKFILL_BATCH >= len(fresh) else chunk[-1].time
+                    await self._store(chunk, [(DUE_KEY, due_text(rest, end))])
+                    self._due = (rest, end)
                     count += len(chunk)
                     self.backfilled += len(chunk)
                     self.ctx.metrics.backfilled.labels(self.name).inc(len(chunk))
@@ -1202,6 +1205,15 @@ class OpcUaCollector:
                      f"({', '.join(sorted(set(refused.values())))})" if refused else "",
                      extra={"event": "opcua_backfill_done", "collector": self.name})
         except asyncio.CancelledError:
+            # The connection was lost (or the gateway stops) meanwhile: the span from the unfinished window on stays
+            # due, and is read on at the next connect.
+            due = self._due
+            self.last_backfill = {"from": _iso(span.start), "to": _iso(due[1]) if due else None, "readings": count,
+                                  "refused": len(refused), "seconds": round(time.monotonic() - started, 3),
+                                  "error": "cut short (connection lost or stopping)"}
+            log.info("%s: backfill from the server's history cut short after %d values; the rest (from %s) is read "
+                     "at the next connect", self.name, count, _iso(due[0]) if due else "its start",
+                     extra={"event": "opcua_backfill_failed", "collector": self.name})
             raise
         except Exception as exc:
             self.ctx.metrics.collector_errors.labels(self.name, "history_read").inc()

@@ -103,37 +103,62 @@ async def read_window(client: Client, nodes: list[tuple[int, ua.NodeId]], start:
     """Every raw value of ``nodes`` ((index, node id) pairs) whose source time lies in ``[start, end]``, as
     ``(index, DataValue)`` in the server's order per node; and the nodes the server refused (index -> status name:
     not historized, no access ...). ``per_call`` nodes per request, each request within ``timeout_s``. Raises what
-    the requests raise (a lost connection, a refused request)."""
+    the requests raise (a lost connection, a refused request).
+
+    A node whose answer is cut at NumValuesPerNode without a continuation point (asyncua's server does that, where
+    Part 11 asks for one) is read on from its last value's time, which is not handed on twice."""
     values: list[tuple[int, ua.DataValue]] = []
     refused: dict[int, str] = {}
     for k in range(0, len(nodes), per_call):
         ids = dict(nodes[k:k + per_call])
-        pending: dict[int, bytes | None] = dict.fromkeys(ids)
+        # node -> (continuation point, start time of its request); nodes are asked together when their starts agree
+        pending: dict[int, tuple[bytes | None, datetime]] = {i: (None, start) for i in ids}
+        taken: dict[int, datetime] = {}  # node -> its values up to this time are taken (a read from there repeats it)
         for _ in range(MAX_ROUNDS):
             if not pending:
                 break
-            order = list(pending)
-            params = ua.HistoryReadParameters()
-            params.HistoryReadDetails = ua.ReadRawModifiedDetails(
-                IsReadModified=False, StartTime=start, EndTime=end, NumValuesPerNode=VALUES_PER_NODE,
-                ReturnBounds=False)
-            params.TimestampsToReturn = ua.TimestampsToReturn.Both
-            params.ReleaseContinuationPoints = False
-            params.NodesToRead = [ua.HistoryReadValueId(NodeId=ids[i], IndexRange="", ContinuationPoint=pending[i])
-                                  for i in order]
-            results = await within(client.uaclient.history_read(params), timeout_s)
-            if len(results) != len(order):
-                raise ValueError(f"HistoryRead answered {len(results)} results for {len(order)} nodes")
-            pending = {}
-            for i, res in zip(order, results, strict=True):
-                code = res.StatusCode
-                if code is not None and not code.is_good() and code.value not in _EMPTY:
-                    refused[i] = code.name
-                    continue
-                got = getattr(res.HistoryData, "DataValues", None) or []
-                values.extend((i, dv) for dv in got)
-                if res.ContinuationPoint and got:
-                    pending[i] = res.ContinuationPoint
+            groups: dict[datetime, list[int]] = {}
+            for i, (_, since) in pending.items():
+                groups.setdefault(since, []).append(i)
+            later: dict[int, tuple[bytes | None, datetime]] = {}
+            for since, order in groups.items():
+                results = await _history_read(client, [(ids[i], pending[i][0]) for i in order], since, end, timeout_s)
+                for i, res in zip(order, results, strict=True):
+                    code = res.StatusCode
+                    if code is not None and not code.is_good() and code.value not in _EMPTY:
+                        refused[i] = code.name
+                        continue
+                    got = getattr(res.HistoryData, "DataValues", None) or []
+                    floor = taken.get(i)
+                    values.extend((i, dv) for dv in got if floor is None or _when(dv) is None or _when(dv) > floor)
+                    if res.ContinuationPoint and got:
+                        later[i] = (res.ContinuationPoint, since)
+                    elif len(got) >= VALUES_PER_NODE:
+                        newest = max((t for t in map(_when, got) if t is not None), default=None)
+                        if newest is None or (floor is not None and newest <= floor):
+                            refused[i] = f"more than {VALUES_PER_NODE} values at one time, without a continuation point"
+                            continue
+                        taken[i] = newest
+                        later[i] = (None, newest)
+            pending = later
         else:
             refused.update(dict.fromkeys(pending, f"continuation not ended after {MAX_ROUNDS} requests"))
     return values, refused
+
+
+def _when(dv: ua.DataValue) -> datetime | None:
+    return dv.SourceTimestamp or dv.ServerTimestamp
+
+
+async def _history_read(client: Client, nodes: list[tuple[ua.NodeId, bytes | None]], start: datetime, end: datetime,
+                        timeout_s: float) -> list[ua.HistoryReadResult]:
+    params = ua.HistoryReadParameters()
+    params.HistoryReadDetails = ua.ReadRawModifiedDetails(
+        IsReadModified=False, StartTime=start, EndTime=end, NumValuesPerNode=VALUES_PER_NODE, ReturnBounds=False)
+    params.TimestampsToReturn = ua.TimestampsToReturn.Both
+    params.ReleaseContinuationPoints = False
+    params.NodesToRead = [ua.HistoryReadValueId(NodeId=node, IndexRange="", ContinuationPoint=cp) for node, cp in nodes]
+    results = await within(client.uaclient.history_read(params), timeout_s)
+    if len(results) != len(nodes):
+        raise ValueError(f"HistoryRead answered {len(results)} results for {len(nodes)} nodes")
+    return results
