@@ -20,7 +20,18 @@ from opcua_support import CounterProcess, free_port
 from test_opcua_restart import PERIOD_S, TAGS, collector, differences, gateway, log_since, produced, site, stored
 
 from collectors.opcua.collector import BACKFILL_BATCH
-from collectors.opcua.history import OVERLAP_S, due_text, parse_due, parse_time, plan, windows
+from collectors.opcua.history import (
+    MAX_WINDOW_S,
+    MIN_WINDOW_S,
+    OVERLAP_S,
+    WINDOW_VALUES,
+    Windows,
+    due_text,
+    next_width,
+    parse_due,
+    parse_time,
+    plan,
+)
 
 T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 
@@ -38,11 +49,18 @@ def test_the_span_starts_before_the_newest_stored_time_and_no_further_back_than_
     assert plan(T0 + timedelta(minutes=1), None, T0, 3600) is None  # a device clock ahead: nothing before now
 
 
-def test_windows_cover_the_span_end_to_start():
-    ws = windows(T0, T0 + timedelta(seconds=150), 60)
-    assert ws == [(T0, T0 + timedelta(seconds=60)), (T0 + timedelta(seconds=60), T0 + timedelta(seconds=120)),
-                  (T0 + timedelta(seconds=120), T0 + timedelta(seconds=150))]
-    assert windows(T0, T0, 60) == []
+def test_windows_cover_the_span_end_to_start_each_sized_by_what_the_last_held():
+    spans = Windows(T0, T0 + timedelta(seconds=150), 60)
+    assert list(spans) == [(T0, T0 + timedelta(seconds=60)), (T0 + timedelta(seconds=60), T0 + timedelta(seconds=120)),
+                           (T0 + timedelta(seconds=120), T0 + timedelta(seconds=150))]
+    assert list(Windows(T0, T0, 60)) == []
+    got, spans = [], Windows(T0, T0 + timedelta(hours=2), 60)
+    for w0, w1 in spans:  # 200 tags at 1 Hz: 12,000 values a minute
+        got.append((w1 - w0).total_seconds())
+        spans.held(int(200 * (w1 - w0).total_seconds()))
+    assert got[:3] == [60, 240, 250] and sum(got) == 7200  # grows at most 4x a step, to WINDOW_VALUES
+    assert next_width(60, 10 * WINDOW_VALUES) == 15  # dense history: at most 4x narrower a step
+    assert next_width(2, 100 * WINDOW_VALUES) == MIN_WINDOW_S and next_width(3000, 0) == MAX_WINDOW_S
 
 
 def test_the_spool_record_reads_back_and_damage_reads_as_none():
@@ -153,7 +171,7 @@ def test_a_failover_to_the_backup_server_loses_nothing_with_backfill(tmp_path, p
 
 async def test_a_backfill_cut_short_is_read_on_at_the_next_connect(caplog):
     """In process, through a loopback proxy that cuts the network: a server whose history holds 3 x 30,000 values of
-    the last 170 s (three 60 s windows); the collector starts as a restarted gateway would, knowing it stored
+    the last 170 s (the first window 60 s); the collector starts as a restarted gateway would, knowing it stored
     readings up to 170 s ago (its spool's record). The cut comes while the backfill hands on its first window; the
     collector resumes its session and reads on from the unfinished window: every historic value handed on (those of
     the batch the cut caught may come twice, which the database keeps once), the live values too, and nothing

@@ -5,12 +5,13 @@ does: a cut or a gateway restart longer than the session timeout, a server that 
 the other server of a redundant pair. A server that historizes its nodes still has those values. With
 ``history_backfill_max_s`` set, the collector (collector.py) reads them back when it opens a new session: from the
 newest source time the spool holds for the collector (minus `OVERLAP_S`, for devices whose timestamps lag the
-others') to the server's current time, in windows of `WINDOW_S`, every node of a window in one request per
+others') to the server's current time, in windows (the first `WINDOW_S`, later ones sized to hold about
+`WINDOW_VALUES`), every node of a window in one request per
 ``items_per_call`` nodes, following continuation points; each window's values are handed on in time order before
 the next is read, so the analytics see the gap's values in order, and the live values of the new subscription wait
 until the backfill is done.
 
-What this module does is the reading: `read_window` and `BackfillPlan`; the collector owns the rest.
+What this module does is the reading: `read_window`, `Windows` and `plan`; the collector owns the rest.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from asyncua import Client, ua
 
 from edge.timeouts import within
 
-WINDOW_S = 60.0  # a window's values are held in memory, sorted and handed on before the next is read
+WINDOW_S = 60.0  # the first window; a window's values are held in memory, sorted and handed on before the next is read
+WINDOW_VALUES = 50_000  # what later windows are sized to hold (all nodes): some 15 MB of readings
+MIN_WINDOW_S, MAX_WINDOW_S = 1.0, 3600.0
 VALUES_PER_NODE = 10_000  # per node and request (NumValuesPerNode); more follow by continuation point
 OVERLAP_S = 10.0  # read again before the newest stored source time: the database keeps one reading per (tag, time)
 MAX_ROUNDS = 1_000  # continuation rounds per window: a server whose continuation never ends is not followed for ever
@@ -88,14 +91,32 @@ def plan(mark: datetime | None, due: tuple[datetime, datetime] | None, now: date
     return BackfillPlan(max(start, floor), None, max(floor - start, timedelta(0)))
 
 
-def windows(start: datetime, end: datetime, width_s: float = WINDOW_S) -> list[tuple[datetime, datetime]]:
-    """``[start, end]`` cut into consecutive windows of ``width_s`` (the last shorter); each shares its end with the
-    next one's start (servers differ on whether EndTime is included: a value there may come twice, and is dropped)."""
-    out, t, step = [], start, timedelta(seconds=width_s)
-    while t < end:
-        out.append((t, min(t + step, end)))
-        t += step
-    return out
+def next_width(width_s: float, held: int) -> float:
+    """The next window's width: sized so it holds about `WINDOW_VALUES` at the rate the last one (``width_s`` wide)
+    held ``held``, changing by at most 4x at a time, within [`MIN_WINDOW_S`, `MAX_WINDOW_S`]."""
+    factor = WINDOW_VALUES / held if held else 4.0
+    return min(max(width_s * min(max(factor, 0.25), 4.0), MIN_WINDOW_S), MAX_WINDOW_S)
+
+
+class Windows:
+    """``[start, end]`` cut into consecutive windows, the first `WINDOW_S` wide, each next one sized by `next_width`
+    from what the last held (`held`): a window's values are in memory at once, and sparse history should not cost a
+    request per minute. Each window shares its end with the next one's start (servers differ on whether EndTime is
+    included: a value there may come twice, and is dropped)."""
+
+    def __init__(self, start: datetime, end: datetime, width_s: float = WINDOW_S) -> None:
+        self.start, self.end, self.width_s = start, end, width_s
+
+    def __iter__(self):
+        t = self.start
+        while t < self.end:
+            w1 = min(t + timedelta(seconds=self.width_s), self.end)
+            yield t, w1
+            t = w1
+
+    def held(self, values: int) -> None:
+        """How many values the window just read held: sizes the next one."""
+        self.width_s = next_width(self.width_s, values)
 
 
 async def read_window(client: Client, nodes: list[tuple[int, ua.NodeId]], start: datetime, end: datetime, *,
@@ -130,7 +151,10 @@ async def read_window(client: Client, nodes: list[tuple[int, ua.NodeId]], start:
                         continue
                     got = getattr(res.HistoryData, "DataValues", None) or []
                     floor = taken.get(i)
-                    values.extend((i, dv) for dv in got if floor is None or _when(dv) is None or _when(dv) > floor)
+                    if floor is None:
+                        values.extend((i, dv) for dv in got)
+                    else:
+                        values.extend((i, dv) for dv in got if (_when(dv) or floor) > floor)
                     if res.ContinuationPoint and got:
                         later[i] = (res.ContinuationPoint, since)
                     elif len(got) >= VALUES_PER_NODE:
