@@ -213,3 +213,35 @@ async def test_the_servers_operation_limits_are_respected(strict_peer, tmp_path)
     finally:
         await client.disconnect()
     assert {"Line1.Temperature", "Line1.Profile"} <= {v.tag for v in variables}
+
+
+async def test_a_gap_is_read_back_from_node_opcuas_history(peer, tmp_path, monkeypatch):
+    """Backfill (collectors/opcua/history.py) against an independent historian: node-opcua keeps Count's and
+    Temperature's history and refuses HistoryRead on the others. The collector starts as a restarted gateway would,
+    its spool saying readings were stored up to a moment ago; with 40 values per node and request, node-opcua answers
+    with continuation points, which are followed. Count (one step each 100 ms since the server started) comes back
+    whole, in order and then live without a repeat; the node without history is named, the others still read."""
+    from datetime import UTC, datetime, timedelta
+
+    from collectors.opcua import history
+
+    monkeypatch.setattr(history, "VALUES_PER_NODE", 40)
+    await asyncio.sleep(4.0)  # some 40 counts in the server's history
+    nodes = [{"node_id": "ns=1;s=Line1.Count", "tag": "count"}, {"node_id": "ns=1;s=Line1.Mode", "tag": "mode"},
+             {"node_id": "ns=1;s=Line1.Temperature", "tag": "temp"}]
+    col = collector(peer, tmp_path / "gw", nodes, history_backfill_max_s=3600.0)
+    col._mark = datetime.now(UTC) - timedelta(seconds=1)  # what a restarted gateway reads from its spool
+    sink = Sink()
+    async with running(col, sink.emit):
+        await until(lambda: col.status()["last_backfill"] is not None, timeout_s=30, what="the backfill")
+        await until(lambda: len(sink.by_tag()["count"]) >= 80, timeout_s=30, what="live counts after it")
+        st = col.status()
+    counts = sink.by_tag()["count"]
+    values = [r.value for r in counts]
+    assert values == list(range(values[0], values[0] + len(values))), values  # none missing, none twice, in order
+    assert values[0] <= 5  # from (nearly) the server's first count: mark - OVERLAP_S reaches before it started
+    assert [r.time for r in counts] == sorted({r.time for r in counts})
+    last = st["last_backfill"]
+    assert last["error"] is None and last["refused"] == 1 and last["readings"] >= 2 * 35, last
+    assert st["backfilled"] == last["readings"]
+    assert len(sink.by_tag()["temp"]) >= 35  # Temperature's history too

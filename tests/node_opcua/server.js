@@ -7,7 +7,8 @@
 // certificate is made in PKI_DIR on first start, naming 127.0.0.1 (alternateHostname: the gateway checks the
 // endpoint host against it); client certificates are accepted (this peer tests the
 // gateway's side of the trust). Address space: Objects/Line1 with AnalogItems (EURange, units), an Int32,
-// a Boolean, a String and a Double array; values change every 100 ms with source timestamps.
+// a Boolean, a String and a Double array; values change every 100 ms with source timestamps. Count and Temperature
+// are historized (HistoryRead).
 // $NODE_OPCUA_MAX_PER_CALL (optional): the operation limits MaxMonitoredItemsPerCall, MaxNodesPerRead and
 // MaxNodesPerTranslateBrowsePathsToNodeIds, which node-opcua enforces (BadTooManyOperations past them).
 "use strict";
@@ -59,6 +60,11 @@ async function main() {
     profile: [ns.addVariable({ componentOf: line, browseName: "Profile", nodeId: "s=Line1.Profile",
       dataType: "Double", valueRank: 1, arrayDimensions: [3], minimumSamplingInterval: 0 }), D.Double],
   };
+  // Count and Temperature keep their history (HistoryRead, ReadRawModified, with continuation points); the others
+  // have none (the server refuses HistoryRead on them).
+  for (const key of ["count", "temp"]) {
+    server.engine.addressSpace.installHistoricalDataNode(vars[key][0], { maxOnlineValues: 100000 });
+  }
   const publish = () => {
     const stamp = new Date();
     for (const [key, [node, dataType]] of Object.entries(vars)) {
