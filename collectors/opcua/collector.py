@@ -1173,9 +1173,10 @@ class OpcUaCollector:
                     refused.update({self._tags[i]: code for i, code in no.items()})
                     nodes = [(i, n) for i, n in nodes if i not in no]
                 now = utcnow()
-                # A value without a timestamp would be stored at the time it was read back: not taken from history.
-                readings = [r for i, dv in values if dv.SourceTimestamp or dv.ServerTimestamp
-                            for r in to_readings(self._tags[i], dv, now, flatten=self._flatten[i])]
+                # A value without a timestamp (none, or an encoding's end: convert.py) would be stored at the time it
+                # was read back: not taken from history.
+                readings = [r for i, dv in values for r in to_readings(self._tags[i], dv, now, flatten=self._flatten[i])
+                            if not int.__and__(r.flags, _NO_SOURCE_TIME)]
                 readings.sort(key=lambda r: r.time)
                 fresh = []
                 for r in readings:
