@@ -237,3 +237,41 @@ async def test_a_backfill_cut_short_is_read_on_at_the_next_connect(caplog):
             # behind the backfill when the cut came, republished in the resumed session
         finally:
             await proxy.stop()
+
+
+async def test_polled_nodes_wait_behind_the_backfill_and_then_go_on():
+    """mode = "poll": the first read's values are handed on after the backfill's (they waited for it; the backfill
+    was started after the first read, which then waited for ever), and polling goes on."""
+    from asyncua import ua
+    from opcua_support import Sink, running, serving, until
+    from test_opcua_collector import collector
+
+    from collectors.simulator.tags import synthetic_tags
+
+    specs = synthetic_tags(2)
+    tags = [s.name for s in specs]
+    async with serving(specs, f"opc.tcp://127.0.0.1:{free_port()}/sim") as server:
+        storage = server.server.iserver.history_manager.storage
+        now = datetime.now(UTC)
+        history = set()
+        for t in tags:
+            node = ua.NodeId.from_string(server.node_id(t))
+            await storage.new_historized_node(node, None)
+            for k in range(1_000):
+                when = now - timedelta(seconds=20) + timedelta(milliseconds=10 * (k + 1))
+                history.add((t, when))
+                await storage.save_node_value(node, ua.DataValue(ua.Variant(float(k), ua.VariantType.Double),
+                                                                 SourceTimestamp=when, ServerTimestamp=when))
+        col = collector(f"opc.tcp://127.0.0.1:{server.endpoint.rsplit(':', 1)[1]}", tags, mode="poll",
+                        polling_interval_ms=100, history_backfill_max_s=3600.0)
+        col._mark = now - timedelta(seconds=20)  # what a restarted gateway reads from its spool
+        sink = Sink()
+        async with running(col, sink.emit):
+            await until(lambda: col.status()["last_backfill"] is not None, timeout_s=20, what="the backfill")
+            live = datetime.now(UTC)
+            await server.write([(t, -1.0, 0) for t in tags], live, live)
+            await until(lambda: {r.tag for r in sink.readings if r.time == live} == set(tags), timeout_s=20,
+                        what="polled values after the backfill")
+        assert col.status()["last_backfill"]["readings"] == 2_000
+        first = sink.readings[:2_000]  # the history first, in time order; then the polls
+        assert {(r.tag, r.time) for r in first} == history and [r.time for r in first] == sorted(r.time for r in first)

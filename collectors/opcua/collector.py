@@ -303,12 +303,13 @@ class OpcUaCollector:
                     # An earlier session's unfinished backfill: read on beside the live values (the database takes
                     # readings in any order).
                     backfill = BackfillPlan(*self._due)
-            failures = self._sub_failures + await self._start_polling(client)
-            self._report_failures(failures)
-            self._set_connected(True)
-            self._was_connected = True
+            # Before the polls start: their first values wait behind the backfill's.
             task = asyncio.create_task(self._backfill(client, backfill)) if backfill is not None else None
             try:
+                failures = self._sub_failures + await self._start_polling(client)
+                self._report_failures(failures)
+                self._set_connected(True)
+                self._was_connected = True
                 await self._watch(client)
             finally:
                 if task is not None:
