@@ -114,6 +114,12 @@ class AlertManager:
         self.suppressing: dict[str, Window] = {}
         # key -> (alert the manager cleared, when): re-opened if its condition comes back within reopen_within_s.
         self.recent: dict[str, tuple[_Open, datetime]] = {}
+        # key -> the newest time the condition was observed at. An older observation is a reading that came late (an
+        # MQTT message stored but not acknowledged before a crash or a lost connection is sent again by the broker,
+        # after newer ones): it counted a flap and notified "updated" for an alert whose condition had already gone,
+        # and after the clear raised (and paged) a new alert for a moment the cleared one covered.
+        self.newest: dict[str, datetime] = {}
+        self.late = 0  # observations left out for being older than the newest of their condition
 
     def load(self, alerts: list[tuple[Alert, int, datetime, int, datetime | None]]) -> None:
         """Resume open alerts: (alert, occurrences, last_seen, escalation_level, escalated_at) from the store."""
@@ -126,6 +132,7 @@ class AlertManager:
                 # database (the spool after an outage). Taking the row's level escalated it again at once.
                 continue
             self.open[key] = _Open(a, n, seen, escalation_level=level, escalated_at=escalated_at)
+            self._seen(key, seen)
 
     def load_recent(self, alerts: list[tuple[Alert, int, datetime, int, datetime | None]]) -> None:
         """Resume alerts the manager cleared lately (`maintenance.store.recently_cleared`), so that a condition
@@ -135,6 +142,13 @@ class AlertManager:
             if key not in self.open and a.cleared_at is not None:
                 self.recent[key] = (_Open(a, n, seen, escalation_level=level, escalated_at=escalated_at),
                                     a.cleared_at)
+                self._seen(key, max(seen, a.cleared_at) if seen is not None else a.cleared_at)
+
+    def _seen(self, key: str, t: datetime | None) -> None:
+        """The condition of ``key`` was observed at ``t`` (by this process, or before a restart: a loaded alert's
+        last active time, a clear's time): observations older than that are late."""
+        if t is not None and (key not in self.newest or t > self.newest[key]):
+            self.newest[key] = t
 
     def suppressed(self, asset: str, tag: str | None, t: datetime) -> Window | None:
         return next((w for w in self.windows if w.covers(asset, tag, t)), None)
@@ -145,6 +159,13 @@ class AlertManager:
         if severity not in SEVERITIES:
             raise ValueError(f"severity {severity!r} is not one of {SEVERITIES}")
         key = dedup_key(asset, tag, kind)
+        newest = self.newest.get(key)
+        if newest is not None and t < newest:
+            # Late: what the condition was then is already accounted for by the newer observations (the readings
+            # themselves are stored all the same). Equal times pass: a duplicate gives the same verdict again.
+            self.late += 1
+            return []
+        self.newest[key] = t
         cur = self.open.get(key)
         if not active:
             self.pending.pop(key, None)
@@ -208,9 +229,12 @@ class AlertManager:
         if not 0 <= (t - cleared_at).total_seconds() < self.policy.reopen_within_s:
             return None
         a = o.alert
-        if any(w.asset in ("*", a.asset) and (w.tag is None or w.tag == a.tag) and cleared_at < w.start <= t
+        if any(w.asset in ("*", a.asset) and (w.tag is None or w.tag == a.tag) and w.start <= t and w.end > cleared_at
                for w in self.windows):
-            return None  # a maintenance window since the clear: the crew changed the machine, its return is news
+            # A maintenance window since the clear (started after it, or still running at it: the alert cleared while
+            # the crew worked on the machine, often because of that work): its return is news. Only windows starting
+            # after the clear counted, so a fault back after an overhaul re-opened the old, acknowledged alert.
+            return None
         new_sev = worse(o.alert.severity, severity)
         detail = {"cleared_at": cleared_at}
         if new_sev != o.alert.severity:

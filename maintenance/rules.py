@@ -33,6 +33,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -80,6 +81,7 @@ class _State:
     active: bool = False
     history: deque | None = None
     fresh: bool = True  # not evaluated yet since this engine started
+    last: datetime | None = None  # time of the newest reading judged: an older one is late and left out
 
 
 class RuleEngine:
@@ -97,6 +99,7 @@ class RuleEngine:
         for r in self.rules:
             self.by_tag.setdefault(r.tag, []).append(r)
         self.manager = manager
+        self.late = 0  # readings left out for being older than the newest one their rule judged
         self.state = {r.name: _State(history=deque() if r.kind == "rate" else None) for r in self.rules}
         # Per rule, what every observation passes (rules are frozen): made once, not per reading.
         self._fixed = {r.name: (r.asset_name, f"rule:{r.name}", r.model_dump(),
@@ -123,6 +126,11 @@ class RuleEngine:
                     continue  # a sensor problem, or too few usable readings: the rule holds (maintenance.quality)
                 asset, kind, dumped, key = self._fixed[rule.name]
                 st = self.state[rule.name]
+                if st.last is not None and rd.time < st.last:
+                    # Late (a redelivered MQTT message, a backlog behind newer readings): judged now it moved the
+                    # deadband state and the rate history (appended out of order) for the readings after it.
+                    self.late += 1
+                    continue
                 if st.fresh:
                     # A rule whose alert is open at its first reading (loaded after a restart) starts active, so
                     # the deadband applies: a value inside it cleared the alert, and the next one above `high`
@@ -133,6 +141,8 @@ class RuleEngine:
                 # no trace in the rule's state (hysteresis, rate history) for the good readings after it.
                 unverified = c == OUT_OF_RANGE
                 active, detail = self._evaluate(rule, st, rd, v, trial=unverified)
+                if not unverified:  # an out-of-range reading leaves no trace in the rule's state
+                    st.last = rd.time
                 if unverified and not active:
                     continue
                 msg, evidence, sev = "", None, rule.severity

@@ -188,3 +188,86 @@ def test_a_condition_back_after_a_maintenance_window_raises_a_new_alert_rather_t
         "raised", "cleared", "reopened", "cleared"]
     (ch,) = m.observe(**kw, active=True, t=at(300))
     assert ch.event == "raised"
+
+
+def test_a_late_reading_neither_counts_a_flap_nor_raises_a_new_alert():
+    """The MQTT broker sends again a message whose PUBACK was lost (after a reconnect, or a restart after a crash
+    between the spool commit and the PUBACK): the reading reaches analytics a second time, after newer ones. It
+    counted a flap (an `updated` notification) on an alert whose condition had gone, and once the alert had cleared
+    it raised and paged a new alert for a moment the cleared one covered."""
+    m = AlertManager(AlertPolicy(clear_after_s=60, escalate_after_s=None, reopen_within_s=3600))
+    rule = RuleConfig(name="hot", tag="P-101.bearing_temp", kind="threshold", high=90, deadband=2)
+    eng = RuleEngine([rule], m)
+
+    def feed(s, v):
+        return [c.event for c in eng.update([Reading("P-101.bearing_temp", at(s), v, at(s))])]
+
+    assert feed(0, 95) == ["raised"]
+    assert feed(10, 80) == []  # inactive: clears 60 s later
+    assert feed(0, 95) == []  # the reading at 0 again (redelivered): not a flap
+    (o,) = m.open.values()
+    assert o.occurrences == 1 and o.inactive_since == at(10)
+    assert feed(70, 80) == ["cleared"]  # the clear is not delayed by the late reading either
+    assert feed(5, 95) == []  # older than the clear: neither a new alert nor a re-opening
+    assert not m.open and eng.late == 2
+    assert feed(80, 95) == ["reopened"]  # the condition really back
+
+
+def test_the_manager_leaves_out_late_observations_also_after_a_restart():
+    """The manager's own guard (every detector, not only rules): and after a restart, where the broker redelivers
+    what the stopped gateway had stored but not acknowledged, the loaded alerts' last activity and the lately
+    cleared alerts' clear time say what is late."""
+    m = AlertManager(AlertPolicy(clear_after_s=60, escalate_after_s=None, reopen_within_s=3600))
+    (r,) = observe(m, 0, True)
+    assert observe(m, 10, False) == [] and observe(m, 5, True) == []  # late: no flap, no "updated"
+    assert [c.event for c in observe(m, 70, False)] == ["cleared"]
+    assert observe(m, 20, True) == [] and not m.open and m.late == 2  # late: no new alert
+    cleared = m.recent[r.key][0]
+    again = AlertManager(AlertPolicy(clear_after_s=60, escalate_after_s=None, reopen_within_s=3600))
+    again.load_recent([(cleared.alert, cleared.occurrences, cleared.last_seen, 0, None)])  # the restart
+    assert observe(again, 30, True) == [] and not again.open
+    assert [c.event for c in observe(again, 80, True)] == ["reopened"]
+    other = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None))
+    other.load([(dataclasses.replace(cleared.alert, cleared_at=None), 1, at(60), 0, None)])  # open, last active at 60
+    assert observe(other, 50, False) == [] and r.key in other.open  # a late inactive reading does not clear it
+
+
+def test_a_late_reading_does_not_corrupt_a_rules_deadband_or_rate_history():
+    m = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None, reopen_within_s=0))
+    rule = RuleConfig(name="hot", tag="P.t", kind="threshold", high=90, deadband=2)
+    eng = RuleEngine([rule], m)
+    events = []
+    for s, v in [(0, 85), (1, 89), (0, 91), (2, 89.5)]:  # 91 at 0 comes late, after 89 at 1
+        events += [c.event for c in eng.update([Reading("P.t", at(s), v, at(s))])]
+    assert events == []  # 89.5 is below high: the late 91 must not have put the rule in its deadband
+
+    rate = RuleConfig(name="heating", tag="P.r", kind="rate", max_rate_per_min=2.0, window_s=120)
+    eng = RuleEngine([rate], AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None)))
+    out = []
+    for s in range(0, 200, 10):
+        out += eng.update([Reading("P.r", at(s), 50.0, at(s))])
+        if s == 150:
+            out += eng.update([Reading("P.r", at(30), 40.0, at(30))])  # late, 10 below: would read as a rise
+    assert out == []
+
+
+def test_a_condition_back_after_a_window_that_was_running_at_its_clear_raises_a_new_alert():
+    """An alert open when a maintenance window began, cleared inside it (the crew fixed something), its condition
+    back after the window: the machine was worked on since the clear, so the return is news. Only windows starting
+    after the clear counted: it re-opened the old alert, acknowledgement kept (no page to receivers of `raised` for
+    an acknowledged re-opening)."""
+    m = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None, reopen_within_s=3600),
+                     windows=[Window("P-101", at(100), at(200), "bearing change")])
+    kw = {"asset": "P-101", "tag": "P-101.t", "kind": "rule:hot"}
+    (r,) = m.observe(**kw, active=True, t=at(0))
+    m.acknowledged(r.alert.id, "anna", at(5))
+    assert [c.event for c in m.observe(**kw, active=False, t=at(150))] == ["cleared"]  # inside the window
+    assert [c.event for c in m.observe(**kw, active=True, t=at(190))] == ["suppressed"]
+    (ch,) = m.observe(**kw, active=True, t=at(210))  # the window is over, the condition still there
+    assert ch.event == "raised" and ch.alert.id != r.alert.id and ch.alert.acknowledged_at is None
+    # A window that ended before the clear is not "since": the return re-opens as before.
+    m2 = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None, reopen_within_s=3600),
+                      windows=[Window("P-101", at(100), at(200), "bearing change")])
+    assert [c.event for c in m2.observe(**kw, active=True, t=at(210))] == ["raised"]
+    assert [c.event for c in m2.observe(**kw, active=False, t=at(220)) + m2.observe(**kw, active=True, t=at(230))] \
+        == ["cleared", "reopened"]
