@@ -411,6 +411,11 @@ class Analytics:
 
             # What the receivers last heard of, before the database's state replaces the manager's.
             known = alert_state.last_known(self.state_dir / alert_state.STATE_FILE)
+            # The open alerts as this gateway left them first, then the rows: `load` keeps a level this gateway
+            # reached beyond the row's (an escalation still in the spool, paged already) and takes the row for the
+            # rest. With the rows alone the first tick escalated (and paged) that alert again.
+            stored_ids = {r[0].id for r in stored}
+            self.manager.load([row for alert_id, row in known.items() if alert_id in stored_ids])
             self.manager.load(stored)
             # Alerts cleared just before the restart re-open, as they would have without it (reopen_within_s).
             self.manager.load_recent(await store.recently_cleared(conn, self.manager.policy.reopen_within_s,

@@ -138,3 +138,49 @@ async def test_a_gateway_started_without_database_and_readings_escalates_the_ale
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_restart_with_the_escalation_still_in_the_spool_does_not_escalate_and_page_again(tmp_path, pg_dsn):
+    """The gateway escalated an alert (and paged: notifications do not wait for the database) while the database
+    was away; the change waits in the spool. It restarts with the database back: its first sync loaded the row as
+    stored (level 0, escalated never) before the forwarder had written the spool's backlog, and the first tick
+    escalated the alert again, a second page with another notification_id (its escalation time differs), so the
+    receiver's de-duplication did not drop it. The state file knew the escalation; the first sync takes it now."""
+    import psycopg
+
+    from edge.db.migrate import migrate
+    from maintenance import alert_state, store
+    from maintenance.alerts import AlertManager, AlertPolicy
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+    t0 = datetime.now(UTC) - timedelta(seconds=1000)
+    before = AlertManager(AlertPolicy(escalate_after_s=600))
+    (raised,) = before.observe(asset="P1", tag="P1.t", kind="rule:hot", active=True, t=t0, severity="info")
+    async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+        await store.apply_changes(conn, [raised])  # the raise reached the database
+        (esc,) = before.tick(t0 + timedelta(seconds=600))  # the escalation did not (the database went away)
+        alert_state.write(tmp_path / alert_state.STATE_FILE, alert_state.content(before))  # saved at the stop
+
+        async def emit(batch):
+            pass
+
+        site = SiteConfig(site={"state_dir": tmp_path},
+                          rules=[{"name": "hot", "tag": "P1.t", "kind": "threshold", "high": 90.0}],
+                          maintenance={"alerts": {"escalate_after_s": 600}})
+        an = Analytics(site, Metrics(), emit, pg_dsn)
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as sync:
+            await an.sync_once(sync)  # the first sync after the restart, the spool not yet forwarded
+        (o,) = an.manager.open.values()
+        assert o.alert.id == raised.alert.id
+        assert (o.escalation_level, o.escalated_at, o.alert.severity) == (1, esc.escalated_at, "warning")
+        assert an.manager.tick(t0 + timedelta(seconds=700)) == []  # no second page for the same period
+        (e2,) = an.manager.tick(t0 + timedelta(seconds=1200))
+        assert e2.escalation_level == 2 and e2.alert.severity == "critical"
+        # Acknowledged in the console meanwhile: the row wins, nothing escalates.
+        await store.acknowledge(conn, raised.alert.id, "anna")
+        an2 = Analytics(site, Metrics(), emit, pg_dsn)
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as sync:
+            await an2.sync_once(sync)
+        (o2,) = an2.manager.open.values()
+        assert o2.alert.acknowledged_by == "anna" and an2.manager.tick(t0 + timedelta(seconds=5000)) == []
