@@ -99,6 +99,9 @@ class _Open:
     escalation_level: int = 0
     escalated_at: datetime | None = None
     reopened_at: datetime | None = None  # when this manager last re-opened it (`AlertManager.reopened_since`)
+    # The worst severity the condition itself was observed at while open (the alert's may be higher: escalations);
+    # None: not known (an alert loaded after a restart, until its next observation).
+    condition: str | None = None
 
 
 class AlertManager:
@@ -189,10 +192,17 @@ class AlertManager:
             cur.last_seen = t
             changes: list[AlertChange] = []
             new_sev = worse(cur.alert.severity, severity)
-            if flapped or new_sev != cur.alert.severity:
+            # The condition got worse than it was while the alert's severity had risen already (an escalation):
+            # a warning escalated to critical and then in zone D kept the message and evidence of zone C, and
+            # nobody heard of zone D.
+            was = cur.condition
+            got_worse = was is not None and worse(was, severity) != was
+            cur.condition = severity if was is None else worse(was, severity)
+            if flapped or new_sev != cur.alert.severity or got_worse:
                 cur.occurrences += int(flapped)
                 # A worse condition (zone C -> D) is news for receivers of escalations too (notify.wanted)
-                detail = {"severity_was": cur.alert.severity} if new_sev != cur.alert.severity else {}
+                detail = ({"severity_was": cur.alert.severity} if new_sev != cur.alert.severity
+                          else {"condition_was": was} if got_worse else {})
                 cur.alert = replace(cur.alert, severity=new_sev, evidence=evidence or cur.alert.evidence,
                                     message=message or cur.alert.message)
                 changes.append(AlertChange("updated", cur.alert, key, cur.occurrences, t, cur.escalation_level,
@@ -217,7 +227,7 @@ class AlertManager:
         if reopened is not None:
             return [reopened]
         a = Alert(str(uuid.uuid4()), asset, tag, kind, severity, t, message, evidence=evidence or {})
-        self.open[key] = _Open(a, 1, t)
+        self.open[key] = _Open(a, 1, t, condition=severity)
         return [AlertChange("raised", a, key, 1, t)]
 
     def _reopen(self, key: str, t: datetime, severity: str, message: str, evidence: dict | None) -> AlertChange | None:
@@ -242,7 +252,7 @@ class AlertManager:
         o.alert = replace(o.alert, cleared_at=None, severity=new_sev, evidence=evidence or o.alert.evidence,
                           message=message or o.alert.message)
         o.occurrences += 1
-        o.last_seen, o.inactive_since, o.reopened_at = t, None, t
+        o.last_seen, o.inactive_since, o.reopened_at, o.condition = t, None, t, severity
         if o.alert.acknowledged_at is None:
             # The escalation clock starts again: the crew gets escalate_after_s for the alert's return, which was
             # no alert of anyone's while it was cleared (`maintenance.store.open_alerts` does so after a restart).

@@ -271,3 +271,28 @@ def test_a_condition_back_after_a_window_that_was_running_at_its_clear_raises_a_
     assert [c.event for c in m2.observe(**kw, active=True, t=at(210))] == ["raised"]
     assert [c.event for c in m2.observe(**kw, active=False, t=at(220)) + m2.observe(**kw, active=True, t=at(230))] \
         == ["cleared", "reopened"]
+
+
+def test_a_condition_getting_worse_after_an_escalation_updates_the_alert_and_reaches_the_pager():
+    """Zone C (warning), unacknowledged an hour: escalated to critical. Then zone D (critical): the alert's severity
+    was critical already, so nothing changed: the board and the pager kept "zone C" for a machine in the zone that
+    causes damage. The condition's own severity is tracked apart from the escalations."""
+    from maintenance.notify import wanted
+
+    m = AlertManager(AlertPolicy(clear_after_s=60, escalate_after_s=600))
+    (r,) = observe(m, 0, True, severity="warning", message="zone C", evidence={"zone": "C"})
+    (e,) = m.tick(at(600))
+    assert e.alert.severity == "critical"
+    assert observe(m, 610, True, severity="warning", message="zone C", evidence={"zone": "C"}) == []
+    (up,) = observe(m, 620, True, severity="critical", message="zone D", evidence={"zone": "D"})
+    assert up.event == "updated" and up.detail == {"condition_was": "warning"}
+    assert up.alert.message == "zone D" and up.alert.evidence == {"zone": "D"} and up.alert.severity == "critical"
+    assert wanted(("raised", "acknowledged", "escalated", "cleared"), up)  # the webhooks' default events
+    assert observe(m, 630, True, severity="critical", message="zone D", evidence={"zone": "D"}) == []  # once
+    assert observe(m, 640, True, severity="warning", message="zone C") == []  # back to C: severity never falls
+    # After a restart the condition's severity is not known: its first observation sets it, no change.
+    again = AlertManager(AlertPolicy(clear_after_s=60, escalate_after_s=600))
+    o = m.open[r.key]
+    again.load([(o.alert, o.occurrences, o.last_seen, o.escalation_level, o.escalated_at)])
+    assert observe(again, 700, True, severity="warning") == []
+    assert [c.detail for c in observe(again, 710, True, severity="critical")] == [{"condition_was": "warning"}]
