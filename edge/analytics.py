@@ -176,8 +176,10 @@ class Analytics:
         if latest is not None and (self.latest is None or latest > self.latest):
             self.latest = latest
             self._clock_mono = time.monotonic()
-        if not readings and not (self.manager.open and self.queue.empty()):
-            return  # nothing to analyse and no open alert whose escalation waits for the clock
+        if not readings and not ((self.manager.open or self.manager.held) and self.queue.empty()):
+            # nothing to analyse, no open alert whose escalation waits for the clock and no suppressed condition
+            # waiting for its window's end
+            return
         try:
             self.queue.put_nowait(readings)
             if self._dropping:
@@ -283,7 +285,8 @@ class Analytics:
         while True:
             await asyncio.sleep(IDLE_TICK_S)
             now = time.monotonic()
-            if now - self._offered_mono < IDLE_TICK_S or not self.manager.open or not self.queue.empty():
+            if (now - self._offered_mono < IDLE_TICK_S or not (self.manager.open or self.manager.held)
+                    or not self.queue.empty()):
                 continue
             if self.latest is None:
                 # No reading since the start (a power cut took the plant network down too) but open alerts, loaded or

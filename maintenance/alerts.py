@@ -17,7 +17,8 @@ those observations into alert changes:
   was declared over, or the machine was worked on: its return is news);
 - **suppression**: conditions on an asset inside a planned maintenance window raise nothing
   (they are reported as a ``suppressed`` change for the log, once per condition and window, not per
-  sample); open alerts are kept but do not escalate while the window lasts (the crew is on the machine);
+  sample); open alerts are kept but do not escalate while the window lasts (the crew is on the machine); a
+  condition still active at the window's end is raised then (`tick`), without waiting for its next reading;
 - **escalation**: an alert left unacknowledged ``escalate_after_s`` goes one severity up
   (``info`` -> ``warning`` -> ``critical``), once per period, until acknowledged. The time of the last
   escalation is stored, so a restart does not escalate again at once.
@@ -123,6 +124,11 @@ class AlertManager:
         # and after the clear raised (and paged) a new alert for a moment the cleared one covered.
         self.newest: dict[str, datetime] = {}
         self.late = 0  # observations left out for being older than the newest of their condition
+        # key -> (the latest active observation a window suppressed, since when it has been active): raised by
+        # `tick` once no window covers it, unless a newer observation said otherwise. Left to the next observation,
+        # a tag reported by exception (publish on change, an OPC UA deadband) holding its value past the window's
+        # end raised nothing until the value changed, hours later or never.
+        self.held: dict[str, tuple[dict, datetime]] = {}
 
     def load(self, alerts: list[tuple[Alert, int, datetime, int, datetime | None]]) -> None:
         """Resume open alerts: (alert, occurrences, last_seen, escalation_level, escalated_at) from the store."""
@@ -172,6 +178,7 @@ class AlertManager:
         cur = self.open.get(key)
         if not active:
             self.pending.pop(key, None)
+            self.held.pop(key, None)
             if cur is None:
                 return []
             if cur.inactive_since is None:
@@ -210,6 +217,9 @@ class AlertManager:
             return changes
         window = self.suppressed(asset, tag, t)
         if window is not None:
+            since = self.held[key][1] if key in self.held else t
+            self.held[key] = ({"asset": asset, "tag": tag, "kind": kind, "severity": severity, "message": message,
+                               "evidence": evidence}, since)
             if self.suppressing.get(key) == window:
                 return []
             self.suppressing[key] = window
@@ -219,6 +229,7 @@ class AlertManager:
             detail = {"window": window.reason} | ({"window_id": window.id} if window.id is not None else {})
             return [AlertChange("suppressed", a, key, last_seen=t, detail=detail)]
         self.suppressing.pop(key, None)
+        self.held.pop(key, None)
         since = self.pending.setdefault(key, t)
         if (t - since).total_seconds() < self.policy.raise_after_s:
             return []
@@ -266,12 +277,13 @@ class AlertManager:
             del self.recent[key]
 
     def tick(self, now: datetime) -> list[AlertChange]:
-        """Escalate open alerts nobody acknowledged in time (and forget cleared ones too old to re-open)."""
+        """Raise the conditions still active when the window that suppressed them is over (`held`), escalate open
+        alerts nobody acknowledged in time, and forget cleared ones too old to re-open."""
         self._forget_recent(now)
+        out = self._release(now)
         after = self.policy.escalate_after_s
         if after is None:
-            return []
-        out = []
+            return out
         for key, o in self.open.items():
             if o.alert.acknowledged_at is not None or self.suppressed(o.alert.asset, o.alert.tag, now):
                 continue
@@ -284,6 +296,23 @@ class AlertManager:
                 out.append(AlertChange("escalated", o.alert, key, o.occurrences, o.last_seen, o.escalation_level,
                                        detail={"unacknowledged_s": (now - o.alert.raised_at).total_seconds()},
                                        escalated_at=now))
+        return out
+
+    def _release(self, now: datetime) -> list[AlertChange]:
+        """The `held` conditions no window covers at ``now``: observed again as last seen, at ``now`` (the debounce
+        counted from when they became active inside the window)."""
+        out: list[AlertChange] = []
+        for key, (kw, since) in list(self.held.items()):
+            if self.suppressed(kw["asset"], kw["tag"], now) is not None:
+                continue
+            del self.held[key]
+            newest = self.newest.get(key)
+            self.pending.setdefault(key, since)
+            out += self.observe(**kw, active=True, t=max(now, newest) if newest is not None else now)
+            if newest is not None:  # a detector's own observations up to `now` are not late for this one
+                self.newest[key] = newest
+            if key not in self.open:  # still in its debounce (raise_after_s): observed again at the next tick
+                self.held[key] = (kw, since)
         return out
 
     def acknowledged(self, alert_id: str, by: str, at: datetime, *, severity: str | None = None,

@@ -296,3 +296,36 @@ def test_a_condition_getting_worse_after_an_escalation_updates_the_alert_and_rea
     again.load([(o.alert, o.occurrences, o.last_seen, o.escalation_level, o.escalated_at)])
     assert observe(again, 700, True, severity="warning") == []
     assert [c.detail for c in observe(again, 710, True, severity="critical")] == [{"condition_was": "warning"}]
+
+
+def test_a_condition_still_active_when_its_window_ends_is_raised_without_a_new_reading():
+    """A rule on a tag reported by exception (publish on change, an OPC UA deadband): 95 during the window, and the
+    value stays there, so no reading comes after the window's end. The condition was only ever judged at a reading:
+    nothing was raised until the value changed, hours later or never. The clock (`tick`) raises it now."""
+    w = Window("P-101", at(100), at(200), "valve overhaul")
+    m = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None, raise_after_s=30), [w])
+    eng = RuleEngine([RuleConfig(name="hot", tag="P-101.t", kind="threshold", high=90)], m)
+    assert [c.event for c in eng.update([Reading("P-101.t", at(150), 95.0, at(150))])] == ["suppressed"]
+    assert m.tick(at(199)) == []  # still inside the window
+    (ch,) = m.tick(at(205))  # the window is over, the condition as last seen; its debounce ran inside the window
+    assert ch.event == "raised" and ch.alert.raised_at == at(205) and ch.alert.message.startswith("hot: P-101.t = 95")
+    assert ch.alert.evidence["readings"][0]["value"] == 95.0
+    assert m.tick(at(300)) == []  # once
+    assert eng.update([Reading("P-101.t", at(206), 80.0, at(206))])[0].event == "cleared"  # not late for the rule
+    # Gone inside the window: nothing to raise at its end.
+    m2 = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None), [w])
+    eng2 = RuleEngine([RuleConfig(name="hot", tag="P-101.t", kind="threshold", high=90)], m2)
+    eng2.update([Reading("P-101.t", at(150), 95.0, at(150)), Reading("P-101.t", at(160), 80.0, at(160))])
+    assert m2.tick(at(205)) == [] and not m2.open
+    # A window ended early (its row shortened: the sync brings the new end) releases it at the new end; a window
+    # following on covers it on.
+    m3 = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None), [w, Window("P-101", at(200), at(400))])
+    RuleEngine([RuleConfig(name="hot", tag="P-101.t", kind="threshold", high=90)], m3).update(
+        [Reading("P-101.t", at(150), 95.0, at(150))])
+    assert m3.tick(at(250)) == []
+    m3.windows = [dataclasses.replace(w, end=at(120)), Window("P-101", at(200), at(240))]
+    assert [c.event for c in m3.tick(at(250))] == ["raised"]
+    # Debounce not yet over at the window's end: raised by a later tick.
+    m4 = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None, raise_after_s=60), [w])
+    m4.observe(asset="P-101", tag="P-101.t", kind="k", active=True, t=at(190))
+    assert m4.tick(at(200)) == [] and [c.event for c in m4.tick(at(250))] == ["raised"]

@@ -184,3 +184,27 @@ async def test_a_restart_with_the_escalation_still_in_the_spool_does_not_escalat
             await an2.sync_once(sync)
         (o2,) = an2.manager.open.values()
         assert o2.alert.acknowledged_by == "anna" and an2.manager.tick(t0 + timedelta(seconds=5000)) == []
+
+
+async def test_a_condition_held_through_a_window_is_raised_at_its_end_while_no_reading_arrives(tmp_path, monkeypatch):
+    """A bearing temperature reported by exception stays at 95 through a maintenance window and after it: no reading
+    arrives at all, and no alert was open, so the gateway's clock did not move and nothing raised the condition at
+    the window's end. The clock now goes on while a suppressed condition waits for its window's end too."""
+    from maintenance.alerts import Window
+
+    monkeypatch.setattr(analytics, "IDLE_TICK_S", 0.1)
+    batches = []
+    an = _hot_bearing(tmp_path, batches, None)
+    t0 = datetime.now(UTC)
+    an.manager.windows = [Window("P1", t0 - timedelta(seconds=10), t0 + timedelta(seconds=0.5), "valve overhaul")]
+    task = asyncio.create_task(an.run())
+    try:
+        an.offer([Reading("P1.t", t0, 95.0, t0)], t0)  # the last reading: inside the window
+        for _ in range(100):
+            if len(_changes(batches)) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert _changes(batches)[:2] == [("P1", "suppressed"), ("P1", "raised")]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
