@@ -130,6 +130,7 @@ class Analytics:
             self.manager = AlertManager(MaintenanceConfig.model_validate(cfg.maintenance).alerts)
         self._conditions: list = []
         stacks = load_stacks(cfg.stacks)
+        self._stack_names = {st.name for st in stacks}
         self._pems_steps: list = []  # live PEMS outputs (emissions.pems_live.PemsStep) of the current group
         self.emissions = (LiveEmissions(stacks, on_condition=self._condition, on_pems=self._pems_steps.append,
                                         pems_dsn=conninfo) if stacks else None)
@@ -420,6 +421,7 @@ class Analytics:
             stored_ids = {r[0].id for r in stored}
             self.manager.load([row for alert_id, row in known.items() if alert_id in stored_ids])
             self.manager.load(stored)
+            self._report_unwatched(stored)
             # Alerts cleared just before the restart re-open, as they would have without it (reopen_within_s).
             self.manager.load_recent(await store.recently_cleared(conn, self.manager.policy.reopen_within_s,
                                                                   self.latest or utcnow()))
@@ -475,6 +477,30 @@ class Analytics:
             by_person += await self._done_while_down(conn, known, by_id, set(missing))
         self.manager.windows = await store.windows(conn, utcnow() - timedelta(days=1))
         await self.notifications.queue(by_person)
+
+    def _watches(self, a: Alert) -> bool | None:
+        """Whether this configuration still observes the condition of alert ``a`` (None: a kind it cannot tell)."""
+        if a.kind.startswith("rule:"):
+            rules = self.mcfg.rules if self.mcfg is not None else ()
+            return any(f"rule:{r.name}" == a.kind and r.tag == a.tag for r in rules)
+        if a.kind.startswith("emission"):
+            return a.asset in self._stack_names
+        if a.kind in ("iso20816", "anomaly", "rul", "sensor"):
+            return self.mcfg is not None and any(x.name == a.asset for x in self.mcfg.assets)
+        return None
+
+    def _report_unwatched(self, stored: list) -> None:
+        """At the first sync (a start, a reload): the open alerts whose condition the configuration no longer has
+        (a rule renamed or removed, an asset taken out). Nothing observes them, so nothing clears them and an
+        unacknowledged one escalates (and pages) every ``escalate_after_s`` like any other until a person
+        acknowledges or clears it in the console; said once per alert, so the reload's author knows why."""
+        for a, *_ in stored:
+            if self._watches(a) is False:
+                log.warning("open alert %s (%s, %s%s) is of a condition the configuration no longer has: it will not "
+                            "clear by itself%s; clear it in the console", a.id, a.asset, a.kind,
+                            f", {a.tag}" if a.tag else "",
+                            "" if a.acknowledged_at else " and escalates until acknowledged",
+                            extra={"event": "alert_unwatched", "asset": a.asset})
 
     async def _done_while_down(self, conn: psycopg.AsyncConnection, known: dict, by_id: dict,
                                handled: set[str]) -> list:

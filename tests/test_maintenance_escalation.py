@@ -208,3 +208,41 @@ async def test_a_condition_held_through_a_window_is_raised_at_its_end_while_no_r
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_an_open_alert_of_a_rule_removed_by_a_reload_is_named_and_goes_on_escalating(tmp_path, pg_dsn, caplog):
+    """A reload renamed the rule "hot" to "hot2" (or removed it): the open alert of "hot" is observed by nothing, so it
+    never clears by itself and, unacknowledged, escalates and pages every period until a person acknowledges or
+    clears it (the rule for every unacknowledged alert, kept). The gateway says so once at its first sync, naming
+    the alert, so the reload's author knows why the old alert stays."""
+    import logging
+
+    import psycopg
+
+    from edge.db.migrate import migrate
+    from maintenance import store
+    from maintenance.alerts import AlertManager, AlertPolicy
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+    t0 = datetime.now(UTC) - timedelta(seconds=1000)
+    before = AlertManager(AlertPolicy(escalate_after_s=600))
+    (old,) = before.observe(asset="P1", tag="P1.t", kind="rule:hot", active=True, t=t0)
+    (zone,) = before.observe(asset="P9", tag="P9.v", kind="iso20816", active=True, t=t0)
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await store.apply_changes(conn, [old, zone])
+
+        async def emit(batch):
+            pass
+
+        site = SiteConfig(site={"state_dir": tmp_path},
+                          rules=[{"name": "hot2", "tag": "P1.t", "kind": "threshold", "high": 92.0}],
+                          maintenance={"alerts": {"escalate_after_s": 600}})
+        an = Analytics(site, Metrics(), emit, pg_dsn)
+        with caplog.at_level(logging.WARNING, logger="edge.analytics"):
+            await an.sync_once(conn)
+            await an.sync_once(conn)  # once, not at every sync
+        said = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "alert_unwatched"]
+        assert len(said) == 2 and old.alert.id in said[0] + said[1] and zone.alert.id in said[0] + said[1]
+        assert "escalates until acknowledged" in said[0]
+        assert {c.alert.id for c in an.manager.tick(t0 + timedelta(seconds=600))} == {old.alert.id, zone.alert.id}
