@@ -31,6 +31,27 @@ def _changes(batches) -> list[tuple[str, str]]:
     return [(c["alert"]["asset"], c["event"]) for b in batches for kind, c in b.records if kind == "alert_change"]
 
 
+def _migrated(pg_dsn: str) -> None:
+    import psycopg
+
+    from edge.db.migrate import migrate
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+
+
+def _gateway_with_rule(state_dir, pg_dsn: str, name: str) -> Analytics:
+    """Live analytics (a new gateway: a start or a reload), its one rule ``name`` on P1.t escalating after 600 s."""
+
+    async def emit(batch):
+        pass
+
+    site = SiteConfig(site={"state_dir": state_dir},
+                      rules=[{"name": name, "tag": "P1.t", "kind": "threshold", "high": 90.0}],
+                      maintenance={"alerts": {"escalate_after_s": 600}})
+    return Analytics(site, Metrics(), emit, pg_dsn)
+
+
 async def test_emission_alerts_escalate_in_a_gateway_without_maintenance_assets():
     """A site that monitors only its stacks (no [maintenance] assets or rules): the projection alerts of the
     emissions ("NOx half-hour heading over its limit") went through the alert lifecycle but were never escalated,
@@ -148,12 +169,10 @@ async def test_a_restart_with_the_escalation_still_in_the_spool_does_not_escalat
     receiver's de-duplication did not drop it. The state file knew the escalation; the first sync takes it now."""
     import psycopg
 
-    from edge.db.migrate import migrate
     from maintenance import alert_state, store
     from maintenance.alerts import AlertManager, AlertPolicy
 
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        migrate(conn)
+    _migrated(pg_dsn)
     t0 = datetime.now(UTC) - timedelta(seconds=1000)
     before = AlertManager(AlertPolicy(escalate_after_s=600))
     (raised,) = before.observe(asset="P1", tag="P1.t", kind="rule:hot", active=True, t=t0, severity="info")
@@ -161,14 +180,7 @@ async def test_a_restart_with_the_escalation_still_in_the_spool_does_not_escalat
         await store.apply_changes(conn, [raised])  # the raise reached the database
         (esc,) = before.tick(t0 + timedelta(seconds=600))  # the escalation did not (the database went away)
         alert_state.write(tmp_path / alert_state.STATE_FILE, alert_state.content(before))  # saved at the stop
-
-        async def emit(batch):
-            pass
-
-        site = SiteConfig(site={"state_dir": tmp_path},
-                          rules=[{"name": "hot", "tag": "P1.t", "kind": "threshold", "high": 90.0}],
-                          maintenance={"alerts": {"escalate_after_s": 600}})
-        an = Analytics(site, Metrics(), emit, pg_dsn)
+        an = _gateway_with_rule(tmp_path, pg_dsn, "hot")
         async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as sync:
             await an.sync_once(sync)  # the first sync after the restart, the spool not yet forwarded
         (o,) = an.manager.open.values()
@@ -179,7 +191,7 @@ async def test_a_restart_with_the_escalation_still_in_the_spool_does_not_escalat
         assert e2.escalation_level == 2 and e2.alert.severity == "critical"
         # Acknowledged in the console meanwhile: the row wins, nothing escalates.
         await store.acknowledge(conn, raised.alert.id, "anna")
-        an2 = Analytics(site, Metrics(), emit, pg_dsn)
+        an2 = _gateway_with_rule(tmp_path, pg_dsn, "hot")
         async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as sync:
             await an2.sync_once(sync)
         (o2,) = an2.manager.open.values()
@@ -219,26 +231,17 @@ async def test_an_open_alert_of_a_rule_removed_by_a_reload_is_named_and_goes_on_
 
     import psycopg
 
-    from edge.db.migrate import migrate
     from maintenance import store
     from maintenance.alerts import AlertManager, AlertPolicy
 
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        migrate(conn)
+    _migrated(pg_dsn)
     t0 = datetime.now(UTC) - timedelta(seconds=1000)
     before = AlertManager(AlertPolicy(escalate_after_s=600))
     (old,) = before.observe(asset="P1", tag="P1.t", kind="rule:hot", active=True, t=t0)
     (zone,) = before.observe(asset="P9", tag="P9.v", kind="iso20816", active=True, t=t0)
     async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
         await store.apply_changes(conn, [old, zone])
-
-        async def emit(batch):
-            pass
-
-        site = SiteConfig(site={"state_dir": tmp_path},
-                          rules=[{"name": "hot2", "tag": "P1.t", "kind": "threshold", "high": 92.0}],
-                          maintenance={"alerts": {"escalate_after_s": 600}})
-        an = Analytics(site, Metrics(), emit, pg_dsn)
+        an = _gateway_with_rule(tmp_path, pg_dsn, "hot2")  # the reload renamed the rule
         with caplog.at_level(logging.WARNING, logger="edge.analytics"):
             await an.sync_once(conn)
             await an.sync_once(conn)  # once, not at every sync
