@@ -164,8 +164,11 @@ class RuleEngine:
         """Whether the rule is active with this reading; ``trial``: without changing its state."""
         if rule.kind == "threshold":
             if st.active:  # hysteresis in the value: leave the active state only past the deadband
-                hi = rule.high is not None and v > rule.high - rule.deadband
-                lo = rule.low is not None and v < rule.low + rule.deadband
+                # Inclusive as the entry is: with the default deadband 0 a value sitting exactly on `high` (an
+                # integer transmitter at 90) entered at one reading and left at the next, a flap every two readings
+                # (an "updated" change, an alert_events row and an MQTT notification each: 299 in 10 min at 1 Hz).
+                hi = rule.high is not None and v >= rule.high - rule.deadband
+                lo = rule.low is not None and v <= rule.low + rule.deadband
             else:
                 hi = rule.high is not None and v >= rule.high
                 lo = rule.low is not None and v <= rule.low

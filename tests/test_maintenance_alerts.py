@@ -329,3 +329,24 @@ def test_a_condition_still_active_when_its_window_ends_is_raised_without_a_new_r
     m4 = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None, raise_after_s=60), [w])
     m4.observe(asset="P-101", tag="P-101.t", kind="k", active=True, t=at(190))
     assert m4.tick(at(200)) == [] and [c.event for c in m4.tick(at(250))] == ["raised"]
+
+
+def test_a_value_sitting_exactly_on_the_threshold_is_one_alert_and_no_flaps():
+    """An integer transmitter reading exactly 90 under `high = 90` with the default deadband 0: it entered at `>=` and
+    left at `<=` the next reading, a flap every two readings (299 "updated" changes in 10 minutes at 1 Hz, each an
+    alert_events row and an MQTT notification). The exit is inclusive as the entry: the value must go past it."""
+    m = AlertManager(AlertPolicy(clear_after_s=60, escalate_after_s=None))
+    eng = RuleEngine([RuleConfig(name="hot", tag="P.t", kind="threshold", high=90),
+                      RuleConfig(name="cold", tag="P.t", kind="threshold", low=10, deadband=2)], m)
+    events = []
+    for s in range(600):
+        events += [c.event for c in eng.update([Reading("P.t", at(s), 90.0, at(s))])]
+    assert events == ["raised"] and next(iter(m.open.values())).occurrences == 1
+    assert eng.update([Reading("P.t", at(600), 89.99, at(600))]) == []  # just below high: the condition left
+    assert next(iter(m.open.values())).inactive_since == at(600)
+    events = []
+    for s, v in [(800, 10.0), (801, 12.0), (802, 12.0), (803, 12.01)]:  # low side: on low + deadband still active
+        events += [c.event for c in eng.update([Reading("P.t", at(s), v, at(s))])]
+    assert [e for e in events if e != "cleared"] == ["raised"]
+    cold = m.open.get("P|P.t|rule:cold")
+    assert cold is not None and cold.inactive_since == at(803)
