@@ -475,7 +475,11 @@ class Analytics:
                                              o.last_seen, o.escalation_level, detail={"by": db.acknowledged_by}))
         if known:
             by_person += await self._done_while_down(conn, known, by_id, set(missing))
-        self.manager.windows = await store.windows(conn, utcnow() - timedelta(days=1))
+        # Back as far as a re-opening looks (a window since an alert's clear makes its return a new alert): with
+        # reopen_within_s above a day, a window between the clear and the return was not loaded and the old alert
+        # re-opened.
+        back = timedelta(seconds=max(86400.0, self.manager.policy.reopen_within_s))
+        self.manager.windows = await store.windows(conn, utcnow() - back)
         await self.notifications.queue(by_person)
 
     def _watches(self, a: Alert) -> bool | None:

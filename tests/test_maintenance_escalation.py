@@ -249,3 +249,27 @@ async def test_an_open_alert_of_a_rule_removed_by_a_reload_is_named_and_goes_on_
         assert len(said) == 2 and old.alert.id in said[0] + said[1] and zone.alert.id in said[0] + said[1]
         assert "escalates until acknowledged" in said[0]
         assert {c.alert.id for c in an.manager.tick(t0 + timedelta(seconds=600))} == {old.alert.id, zone.alert.id}
+
+
+async def test_the_sync_loads_the_windows_a_reopening_looks_back_on(tmp_path, pg_dsn):
+    """With reopen_within_s of three days, an alert cleared 2.5 days ago, a maintenance window after the clear that
+    ended 2 days ago, and the condition back now: the sync read windows ending within a day only, so the manager did
+    not know of the window and re-opened the old alert instead of raising a new one."""
+    import psycopg
+
+    from maintenance import store
+    from maintenance.alerts import Window
+
+    _migrated(pg_dsn)
+    now = datetime.now(UTC)
+    day = timedelta(days=1)
+    an = _gateway_with_rule(tmp_path, pg_dsn, "hot")
+    an.manager.policy = an.manager.policy.model_copy(update={"reopen_within_s": 3 * 86400.0, "clear_after_s": 0})
+    kw = {"asset": "P1", "tag": "P1.t", "kind": "rule:hot"}
+    an.manager.observe(**kw, active=True, t=now - 3 * day)
+    assert [c.event for c in an.manager.observe(**kw, active=False, t=now - 2.5 * day)] == ["cleared"]
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await store.add_window(conn, Window("P1", now - 2.4 * day, now - 2 * day, "coupling alignment"))
+        await an.sync_once(conn)
+    assert [w.reason for w in an.manager.windows] == ["coupling alignment"]
+    assert [c.event for c in an.manager.observe(**kw, active=True, t=now)] == ["raised"]
