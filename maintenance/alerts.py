@@ -18,7 +18,8 @@ those observations into alert changes:
 - **suppression**: conditions on an asset inside a planned maintenance window raise nothing
   (they are reported as a ``suppressed`` change for the log, once per condition and window, not per
   sample); open alerts are kept but do not escalate while the window lasts (the crew is on the machine); a
-  condition still active at the window's end is raised then (`tick`), without waiting for its next reading;
+  condition still active at the window's end is raised by `tick` when its detector has not observed it within
+  `release_after_s` of the end (a tag reported by exception sends nothing while its value holds);
 - **escalation**: an alert left unacknowledged ``escalate_after_s`` goes one severity up
   (``info`` -> ``warning`` -> ``critical``), once per period, until acknowledged. The time of the last
   escalation is stored, so a restart does not escalate again at once.
@@ -129,6 +130,11 @@ class AlertManager:
         # a tag reported by exception (publish on change, an OPC UA deadband) holding its value past the window's
         # end raised nothing until the value changed, hours later or never.
         self.held: dict[str, tuple[dict, datetime]] = {}
+        # How long after a window's end `tick` waits for the detector's own observation before raising a held
+        # condition as last seen: a zone is judged at each indicator window, which closes up to a hop after the
+        # readings' clock; raised at once from the last observation inside the window, a machine fine after its
+        # overhaul paged zone D and cleared a minute later. `MaintenanceLive` sets its window plus hop.
+        self.release_after_s = 60.0
 
     def load(self, alerts: list[tuple[Alert, int, datetime, int, datetime | None]]) -> None:
         """Resume open alerts: (alert, occurrences, last_seen, escalation_level, escalated_at) from the store."""
@@ -299,11 +305,14 @@ class AlertManager:
         return out
 
     def _release(self, now: datetime) -> list[AlertChange]:
-        """The `held` conditions no window covers at ``now``: observed again as last seen, at ``now`` (the debounce
-        counted from when they became active inside the window)."""
+        """The `held` conditions no window has covered for `release_after_s` before ``now`` and that nothing observed
+        since (an observation after the window's end takes them out of `held`): observed again as last seen, at
+        ``now`` (the debounce counted from when they became active inside the window)."""
         out: list[AlertChange] = []
+        grace = timedelta(seconds=self.release_after_s)
         for key, (kw, since) in list(self.held.items()):
-            if self.suppressed(kw["asset"], kw["tag"], now) is not None:
+            if (self.suppressed(kw["asset"], kw["tag"], now) is not None
+                    or self.suppressed(kw["asset"], kw["tag"], now - grace) is not None):
                 continue
             del self.held[key]
             newest = self.newest.get(key)

@@ -306,12 +306,19 @@ def test_a_condition_still_active_when_its_window_ends_is_raised_without_a_new_r
     m = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None, raise_after_s=30), [w])
     eng = RuleEngine([RuleConfig(name="hot", tag="P-101.t", kind="threshold", high=90)], m)
     assert [c.event for c in eng.update([Reading("P-101.t", at(150), 95.0, at(150))])] == ["suppressed"]
-    assert m.tick(at(199)) == []  # still inside the window
-    (ch,) = m.tick(at(205))  # the window is over, the condition as last seen; its debounce ran inside the window
-    assert ch.event == "raised" and ch.alert.raised_at == at(205) and ch.alert.message.startswith("hot: P-101.t = 95")
+    assert m.tick(at(199)) == [] and m.tick(at(259)) == []  # inside the window, then its detector's grace
+    (ch,) = m.tick(at(260))  # no observation since the end: the condition as last seen (debounce ran in the window)
+    assert ch.event == "raised" and ch.alert.raised_at == at(260) and ch.alert.message.startswith("hot: P-101.t = 95")
     assert ch.alert.evidence["readings"][0]["value"] == 95.0
     assert m.tick(at(300)) == []  # once
-    assert eng.update([Reading("P-101.t", at(206), 80.0, at(206))])[0].event == "cleared"  # not late for the rule
+    assert eng.update([Reading("P-101.t", at(261), 80.0, at(261))])[0].event == "cleared"  # not late for the rule
+    # Observed after the end, inactive, within the grace (a zone's window closing after the readings' clock): the
+    # machine is fine after its overhaul, nothing is raised.
+    m1 = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None), [w])
+    kw = {"asset": "P-101", "tag": "P-101.v", "kind": "iso20816"}
+    assert [c.event for c in m1.observe(**kw, active=True, t=at(190), severity="critical")] == ["suppressed"]
+    assert m1.tick(at(230)) == [] and m1.observe(**kw, active=False, t=at(210)) == []
+    assert m1.tick(at(400)) == [] and not m1.open
     # Gone inside the window: nothing to raise at its end.
     m2 = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None), [w])
     eng2 = RuleEngine([RuleConfig(name="hot", tag="P-101.t", kind="threshold", high=90)], m2)
@@ -322,13 +329,13 @@ def test_a_condition_still_active_when_its_window_ends_is_raised_without_a_new_r
     m3 = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None), [w, Window("P-101", at(200), at(400))])
     RuleEngine([RuleConfig(name="hot", tag="P-101.t", kind="threshold", high=90)], m3).update(
         [Reading("P-101.t", at(150), 95.0, at(150))])
-    assert m3.tick(at(250)) == []
+    assert m3.tick(at(310)) == []
     m3.windows = [dataclasses.replace(w, end=at(120)), Window("P-101", at(200), at(240))]
-    assert [c.event for c in m3.tick(at(250))] == ["raised"]
-    # Debounce not yet over at the window's end: raised by a later tick.
-    m4 = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None, raise_after_s=60), [w])
+    assert [c.event for c in m3.tick(at(310))] == ["raised"]
+    # Debounce not yet over when released: raised by a later tick.
+    m4 = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None, raise_after_s=120), [w])
     m4.observe(asset="P-101", tag="P-101.t", kind="k", active=True, t=at(190))
-    assert m4.tick(at(200)) == [] and [c.event for c in m4.tick(at(250))] == ["raised"]
+    assert m4.tick(at(260)) == [] and [c.event for c in m4.tick(at(310))] == ["raised"]
 
 
 def test_a_value_sitting_exactly_on_the_threshold_is_one_alert_and_no_flaps():

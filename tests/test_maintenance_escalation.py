@@ -209,6 +209,7 @@ async def test_a_condition_held_through_a_window_is_raised_at_its_end_while_no_r
     an = _hot_bearing(tmp_path, batches, None)
     t0 = datetime.now(UTC)
     an.manager.windows = [Window("P1", t0 - timedelta(seconds=10), t0 + timedelta(seconds=0.5), "valve overhaul")]
+    an.manager.release_after_s = 0.2  # the detectors' grace after the window's end (window + hop: 70 s)
     task = asyncio.create_task(an.run())
     try:
         an.offer([Reading("P1.t", t0, 95.0, t0)], t0)  # the last reading: inside the window
