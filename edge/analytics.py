@@ -473,6 +473,12 @@ class Analytics:
                 by_person.append(AlertChange("acknowledged", o.alert, dedup_key(o.alert.asset, o.alert.tag,
                                                                                  o.alert.kind), o.occurrences,
                                              o.last_seen, o.escalation_level, detail={"by": db.acknowledged_by}))
+        # Acknowledged in the console after this gateway's last sync and just before it cleared the alert: its copy
+        # kept for a re-opening did not know, so a return of the condition re-opened it unacknowledged, paged the
+        # receivers of "raised" again and escalated it. Not notified: the receivers had its clear already.
+        unacked = [o.alert.id for o, _ in self.manager.recent.values() if o.alert.acknowledged_at is None]
+        for alert_id, (at, who) in (await store.acknowledged_ids(conn, unacked) if unacked else {}).items():
+            self.manager.acknowledged(alert_id, who, at)
         if known:
             by_person += await self._done_while_down(conn, known, by_id, set(missing))
         # Back as far as a re-opening looks (a window since an alert's clear makes its return a new alert): with

@@ -328,8 +328,9 @@ class AlertManager:
                      level: int | None = None, escalated_at: datetime | None = None) -> None:
         """Keep the manager in step with an acknowledgement made in the store (stops escalation). ``severity``,
         ``level`` and ``escalated_at``: the stored row's, which did not take an escalation made here after the
-        acknowledgement and before this call (`maintenance.store.apply_changes`)."""
-        for o in self.open.values():
+        acknowledgement and before this call (`maintenance.store.apply_changes`). An alert this manager cleared
+        lately (`recent`) takes it too: acknowledged just before the clear, it re-opens acknowledged."""
+        for o in [*self.open.values(), *(o for o, _ in self.recent.values())]:
             if o.alert.id == alert_id:
                 o.alert = replace(o.alert, acknowledged_at=at, acknowledged_by=by,
                                   severity=severity or o.alert.severity)

@@ -248,6 +248,13 @@ async def cleared_ids(conn: psycopg.AsyncConnection, ids: list[str]) -> dict[str
     return {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
 
 
+async def acknowledged_ids(conn: psycopg.AsyncConnection, ids: list[str]) -> dict[str, tuple[datetime, str]]:
+    """Which of ``ids`` are acknowledged: id -> (acknowledged_at, acknowledged_by)."""
+    cur = await conn.execute("SELECT id, acknowledged_at, coalesce(acknowledged_by, '') FROM alerts"
+                             " WHERE id = ANY(%s) AND acknowledged_at IS NOT NULL", (ids,))
+    return {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
+
+
 def row_to_alert(r: dict) -> Alert:
     return Alert(r["id"], r["asset"], r["tag"], r["kind"], r["severity"], r["raised_at"], r["message"],
                  r["acknowledged_at"], r["acknowledged_by"], r["cleared_at"], r["evidence"] or {})

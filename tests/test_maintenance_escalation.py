@@ -274,3 +274,31 @@ async def test_the_sync_loads_the_windows_a_reopening_looks_back_on(tmp_path, pg
         await an.sync_once(conn)
     assert [w.reason for w in an.manager.windows] == ["coupling alignment"]
     assert [c.event for c in an.manager.observe(**kw, active=True, t=now)] == ["raised"]
+
+
+async def test_an_alert_acknowledged_just_before_the_gateway_cleared_it_reopens_acknowledged(tmp_path, pg_dsn):
+    """Anna acknowledges the alert in the console; before the gateway's next sync (15 s) its condition clears. The
+    copy the manager keeps for a re-opening did not know of the acknowledgement: the condition's return re-opened it
+    unacknowledged, paged the receivers of "raised" (webhooks by default) and escalated it."""
+    import psycopg
+
+    from maintenance import store
+    from maintenance.notify import wanted
+
+    _migrated(pg_dsn)
+    now = datetime.now(UTC)
+    an = _gateway_with_rule(tmp_path, pg_dsn, "hot")
+    an.manager.policy = an.manager.policy.model_copy(update={"clear_after_s": 0})
+    kw = {"asset": "P1", "tag": "P1.t", "kind": "rule:hot"}
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await an.sync_once(conn)
+        (raised,) = an.manager.observe(**kw, active=True, t=now - timedelta(seconds=100))
+        await store.apply_changes(conn, [raised])
+        assert await store.acknowledge(conn, raised.alert.id, "anna", "on it")
+        (cleared,) = an.manager.observe(**kw, active=False, t=now - timedelta(seconds=90))
+        await store.apply_changes(conn, [cleared])
+        await an.sync_once(conn)
+    (back,) = an.manager.observe(**kw, active=True, t=now)
+    assert back.event == "reopened" and back.alert.acknowledged_by == "anna"
+    assert not wanted(("raised", "acknowledged", "escalated", "cleared"), back)  # no new page
+    assert an.manager.tick(now + timedelta(seconds=4000)) == []  # nor escalations
