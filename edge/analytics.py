@@ -549,4 +549,7 @@ class Analytics:
         return {"tags": len(self.tags()), "processed": self.processed, "dropped": self.dropped,
                 "queue": self.queue.qsize(), "models": {"rul": rul.status() if rul else [], "pems": pems},
                 "predictions": self.predictions, "errors": self.errors, "alert_changes": self.alert_changes,
-                "open_alerts": len(self.manager.open), "at": time.time()}
+                "open_alerts": len(self.manager.open),
+                # Observations left out for being older than the newest of their condition (maintenance/README.md)
+                "late_observations": self.manager.late + (self.maintenance.rules.late if self.maintenance else 0),
+                "at": time.time()}

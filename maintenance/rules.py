@@ -29,6 +29,7 @@ severity (a rule that deliberately watches raw values). The evidence of every al
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -41,6 +42,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from edge.records import Quality, Reading
 from maintenance.alerts import AlertChange, AlertManager, dedup_key
 from maintenance.quality import GOOD, OUT_OF_RANGE, QualityConfig, classify_reading, lower, one_reading
+
+log = logging.getLogger(__name__)
 
 
 class RuleConfig(BaseModel):
@@ -82,6 +85,7 @@ class _State:
     history: deque | None = None
     fresh: bool = True  # not evaluated yet since this engine started
     last: datetime | None = None  # time of the newest reading judged: an older one is late and left out
+    late_said: bool = False  # a late reading was logged since the last one judged
 
 
 class RuleEngine:
@@ -130,6 +134,13 @@ class RuleEngine:
                     # Late (a redelivered MQTT message, a backlog behind newer readings): judged now it moved the
                     # deadband state and the rate history (appended out of order) for the readings after it.
                     self.late += 1
+                    if not st.late_said:  # once per stretch: a source clock set back holds the rule until it passes
+                        st.late_said = True
+                        log.warning("rule %r: a reading of %s at %s is older than the newest one judged (%s) and is "
+                                    "left out (a redelivery or a backlog; if every reading is, the source's clock was "
+                                    "set back and the rule holds until it passes that time)", rule.name, rd.tag,
+                                    rd.time.isoformat(), st.last.isoformat(),
+                                    extra={"event": "rule_reading_late", "asset": asset})
                     continue
                 if st.fresh:
                     # A rule whose alert is open at its first reading (loaded after a restart) starts active, so
@@ -142,7 +153,7 @@ class RuleEngine:
                 unverified = c == OUT_OF_RANGE
                 active, detail = self._evaluate(rule, st, rd, v, trial=unverified)
                 if not unverified:  # an out-of-range reading leaves no trace in the rule's state
-                    st.last = rd.time
+                    st.last, st.late_said = rd.time, False
                 if unverified and not active:
                     continue
                 msg, evidence, sev = "", None, rule.severity

@@ -302,3 +302,16 @@ async def test_an_alert_acknowledged_just_before_the_gateway_cleared_it_reopens_
     assert back.event == "reopened" and back.alert.acknowledged_by == "anna"
     assert not wanted(("raised", "acknowledged", "escalated", "cleared"), back)  # no new page
     assert an.manager.tick(now + timedelta(seconds=4000)) == []  # nor escalations
+
+
+async def test_a_redelivered_reading_in_the_gateway_changes_no_alert_and_is_counted(tmp_path):
+    """The gateway's path (`Analytics.process`): a reading offered again after newer ones (the broker redelivering a
+    message whose PUBACK was lost) neither counts a flap nor delays the clear; /healthz `analytics` counts it."""
+    batches = []
+    an = _hot_bearing(tmp_path, batches, None)
+    t0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+    for s, v in [(0, 95.0), (10, 80.0), (0, 95.0), (70, 80.0)]:
+        t = t0 + timedelta(seconds=s)
+        await an.process([Reading("P1.t", t, v, t)])
+    assert [e for _, e in _changes(batches) if e != "escalated"] == ["raised", "cleared"]
+    assert an.status()["late_observations"] == 1
