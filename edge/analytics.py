@@ -130,6 +130,7 @@ class Analytics:
             self.manager = AlertManager(MaintenanceConfig.model_validate(cfg.maintenance).alerts)
         self._conditions: list = []
         stacks = load_stacks(cfg.stacks)
+        self._stack_names = {st.name for st in stacks}
         self._pems_steps: list = []  # live PEMS outputs (emissions.pems_live.PemsStep) of the current group
         self.emissions = (LiveEmissions(stacks, on_condition=self._condition, on_pems=self._pems_steps.append,
                                         pems_dsn=conninfo) if stacks else None)
@@ -176,8 +177,10 @@ class Analytics:
         if latest is not None and (self.latest is None or latest > self.latest):
             self.latest = latest
             self._clock_mono = time.monotonic()
-        if not readings and not (self.manager.open and self.queue.empty()):
-            return  # nothing to analyse and no open alert whose escalation waits for the clock
+        if not readings and not ((self.manager.open or self.manager.held) and self.queue.empty()):
+            # nothing to analyse, no open alert whose escalation waits for the clock and no suppressed condition
+            # waiting for its window's end
+            return
         try:
             self.queue.put_nowait(readings)
             if self._dropping:
@@ -283,7 +286,8 @@ class Analytics:
         while True:
             await asyncio.sleep(IDLE_TICK_S)
             now = time.monotonic()
-            if now - self._offered_mono < IDLE_TICK_S or not self.manager.open or not self.queue.empty():
+            if (now - self._offered_mono < IDLE_TICK_S or not (self.manager.open or self.manager.held)
+                    or not self.queue.empty()):
                 continue
             if self.latest is None:
                 # No reading since the start (a power cut took the plant network down too) but open alerts, loaded or
@@ -411,7 +415,13 @@ class Analytics:
 
             # What the receivers last heard of, before the database's state replaces the manager's.
             known = alert_state.last_known(self.state_dir / alert_state.STATE_FILE)
+            # The open alerts as this gateway left them first, then the rows: `load` keeps a level this gateway
+            # reached beyond the row's (an escalation still in the spool, paged already) and takes the row for the
+            # rest. With the rows alone the first tick escalated (and paged) that alert again.
+            stored_ids = {r[0].id for r in stored}
+            self.manager.load([row for alert_id, row in known.items() if alert_id in stored_ids])
             self.manager.load(stored)
+            self._report_unwatched(stored)
             # Alerts cleared just before the restart re-open, as they would have without it (reopen_within_s).
             self.manager.load_recent(await store.recently_cleared(conn, self.manager.policy.reopen_within_s,
                                                                   self.latest or utcnow()))
@@ -463,10 +473,44 @@ class Analytics:
                 by_person.append(AlertChange("acknowledged", o.alert, dedup_key(o.alert.asset, o.alert.tag,
                                                                                  o.alert.kind), o.occurrences,
                                              o.last_seen, o.escalation_level, detail={"by": db.acknowledged_by}))
+        # Acknowledged in the console after this gateway's last sync and just before it cleared the alert: its copy
+        # kept for a re-opening did not know, so a return of the condition re-opened it unacknowledged, paged the
+        # receivers of "raised" again and escalated it. Not notified: the receivers had its clear already.
+        unacked = [o.alert.id for o, _ in self.manager.recent.values() if o.alert.acknowledged_at is None]
+        for alert_id, (at, who) in (await store.acknowledged_ids(conn, unacked) if unacked else {}).items():
+            self.manager.acknowledged(alert_id, who, at)
         if known:
             by_person += await self._done_while_down(conn, known, by_id, set(missing))
-        self.manager.windows = await store.windows(conn, utcnow() - timedelta(days=1))
+        # Back as far as a re-opening looks (a window since an alert's clear makes its return a new alert): with
+        # reopen_within_s above a day, a window between the clear and the return was not loaded and the old alert
+        # re-opened.
+        back = timedelta(seconds=max(86400.0, self.manager.policy.reopen_within_s))
+        self.manager.windows = await store.windows(conn, utcnow() - back)
         await self.notifications.queue(by_person)
+
+    def _watches(self, a: Alert) -> bool | None:
+        """Whether this configuration still observes the condition of alert ``a`` (None: a kind it cannot tell)."""
+        if a.kind.startswith("rule:"):
+            rules = self.mcfg.rules if self.mcfg is not None else ()
+            return any(f"rule:{r.name}" == a.kind and r.tag == a.tag for r in rules)
+        if a.kind.startswith("emission"):
+            return a.asset in self._stack_names
+        if a.kind in ("iso20816", "anomaly", "rul", "sensor"):
+            return self.mcfg is not None and any(x.name == a.asset for x in self.mcfg.assets)
+        return None
+
+    def _report_unwatched(self, stored: list) -> None:
+        """At the first sync (a start, a reload): the open alerts whose condition the configuration no longer has
+        (a rule renamed or removed, an asset taken out). Nothing observes them, so nothing clears them and an
+        unacknowledged one escalates (and pages) every ``escalate_after_s`` like any other until a person
+        acknowledges or clears it in the console; said once per alert, so the reload's author knows why."""
+        for a, *_ in stored:
+            if self._watches(a) is False:
+                log.warning("open alert %s (%s, %s%s) is of a condition the configuration no longer has: it will not "
+                            "clear by itself%s; clear it in the console", a.id, a.asset, a.kind,
+                            f", {a.tag}" if a.tag else "",
+                            "" if a.acknowledged_at else " and escalates until acknowledged",
+                            extra={"event": "alert_unwatched", "asset": a.asset})
 
     async def _done_while_down(self, conn: psycopg.AsyncConnection, known: dict, by_id: dict,
                                handled: set[str]) -> list:
@@ -505,4 +549,7 @@ class Analytics:
         return {"tags": len(self.tags()), "processed": self.processed, "dropped": self.dropped,
                 "queue": self.queue.qsize(), "models": {"rul": rul.status() if rul else [], "pems": pems},
                 "predictions": self.predictions, "errors": self.errors, "alert_changes": self.alert_changes,
-                "open_alerts": len(self.manager.open), "at": time.time()}
+                "open_alerts": len(self.manager.open),
+                # Observations left out for being older than the newest of their condition (maintenance/README.md)
+                "late_observations": self.manager.late + (self.maintenance.rules.late if self.maintenance else 0),
+                "at": time.time()}

@@ -303,6 +303,12 @@ class Notifications:
         self.db_down_until = 0.0
         return taken
 
+    def _skipped(self, n, ch) -> None:
+        """An escalation not sent to ``n``: its alert was acknowledged (or cleared) in the console meanwhile."""
+        self.metrics.notifications.labels("skipped").inc()
+        log.info("escalation of alert %s not notified to %s: acknowledged in the console", ch.alert.id, n.name,
+                 extra={"event": "notify_skipped", "asset": ch.alert.asset})
+
     async def send(self, n, changes: list, seqs: list[int] | None = None) -> None:
         """Send ``changes`` to ``n`` in order; each one taken, refused or skipped is forgotten from the outbox file
         (``seqs``: their rows)."""
@@ -322,9 +328,7 @@ class Notifications:
                     # Acknowledged (or cleared) in the console since the last sync: the store does not take this
                     # escalation (maintenance.store.apply_changes), and nobody should be paged for an alert someone
                     # has taken.
-                    self.metrics.notifications.labels("skipped").inc()
-                    log.info("escalation of alert %s not notified to %s: acknowledged in the console", ch.alert.id,
-                             n.name, extra={"event": "notify_skipped", "asset": ch.alert.asset})
+                    self._skipped(n, ch)
                     done.append(seqs[i] if seqs else None)
                     continue
                 if taken is None:
@@ -362,6 +366,14 @@ class Notifications:
                 done.clear()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, NOTIFY_RETRY_MAX_S)
+                if ch.event == "escalated" and time.monotonic() - asked >= ACK_CHECK_FRESH_S:
+                    # The receiver has been down a while: asked only before the first attempt, an escalation waiting
+                    # for it paged, once it was back, an alert acknowledged in the console half an hour before.
+                    taken = await self._taken_in_store([c.alert.id for c in changes[i:] if c.event == "escalated"])
+                    asked = time.monotonic()
+                    if taken is not None and ch.alert.id in taken:
+                        self._skipped(n, ch)
+                        break
             done.append(seqs[i] if seqs else None)
             if len(done) >= 100:
                 await self._outbox_done(done)

@@ -17,7 +17,9 @@ those observations into alert changes:
   was declared over, or the machine was worked on: its return is news);
 - **suppression**: conditions on an asset inside a planned maintenance window raise nothing
   (they are reported as a ``suppressed`` change for the log, once per condition and window, not per
-  sample); open alerts are kept but do not escalate while the window lasts (the crew is on the machine);
+  sample); open alerts are kept but do not escalate while the window lasts (the crew is on the machine); a
+  condition still active at the window's end is raised by `tick` when its detector has not observed it within
+  `release_after_s` of the end (a tag reported by exception sends nothing while its value holds);
 - **escalation**: an alert left unacknowledged ``escalate_after_s`` goes one severity up
   (``info`` -> ``warning`` -> ``critical``), once per period, until acknowledged. The time of the last
   escalation is stored, so a restart does not escalate again at once.
@@ -99,6 +101,9 @@ class _Open:
     escalation_level: int = 0
     escalated_at: datetime | None = None
     reopened_at: datetime | None = None  # when this manager last re-opened it (`AlertManager.reopened_since`)
+    # The worst severity the condition itself was observed at while open (the alert's may be higher: escalations);
+    # None: not known (an alert loaded after a restart, until its next observation).
+    condition: str | None = None
 
 
 class AlertManager:
@@ -114,6 +119,22 @@ class AlertManager:
         self.suppressing: dict[str, Window] = {}
         # key -> (alert the manager cleared, when): re-opened if its condition comes back within reopen_within_s.
         self.recent: dict[str, tuple[_Open, datetime]] = {}
+        # key -> the newest time the condition was observed at. An older observation is a reading that came late (an
+        # MQTT message stored but not acknowledged before a crash or a lost connection is sent again by the broker,
+        # after newer ones): it counted a flap and notified "updated" for an alert whose condition had already gone,
+        # and after the clear raised (and paged) a new alert for a moment the cleared one covered.
+        self.newest: dict[str, datetime] = {}
+        self.late = 0  # observations left out for being older than the newest of their condition
+        # key -> (the latest active observation a window suppressed, since when it has been active): raised by
+        # `tick` once no window covers it, unless a newer observation said otherwise. Left to the next observation,
+        # a tag reported by exception (publish on change, an OPC UA deadband) holding its value past the window's
+        # end raised nothing until the value changed, hours later or never.
+        self.held: dict[str, tuple[dict, datetime]] = {}
+        # How long after a window's end `tick` waits for the detector's own observation before raising a held
+        # condition as last seen: a zone is judged at each indicator window, which closes up to a hop after the
+        # readings' clock; raised at once from the last observation inside the window, a machine fine after its
+        # overhaul paged zone D and cleared a minute later. `MaintenanceLive` sets its window plus hop.
+        self.release_after_s = 60.0
 
     def load(self, alerts: list[tuple[Alert, int, datetime, int, datetime | None]]) -> None:
         """Resume open alerts: (alert, occurrences, last_seen, escalation_level, escalated_at) from the store."""
@@ -126,6 +147,7 @@ class AlertManager:
                 # database (the spool after an outage). Taking the row's level escalated it again at once.
                 continue
             self.open[key] = _Open(a, n, seen, escalation_level=level, escalated_at=escalated_at)
+            self._seen(key, seen)
 
     def load_recent(self, alerts: list[tuple[Alert, int, datetime, int, datetime | None]]) -> None:
         """Resume alerts the manager cleared lately (`maintenance.store.recently_cleared`), so that a condition
@@ -135,6 +157,13 @@ class AlertManager:
             if key not in self.open and a.cleared_at is not None:
                 self.recent[key] = (_Open(a, n, seen, escalation_level=level, escalated_at=escalated_at),
                                     a.cleared_at)
+                self._seen(key, max(seen, a.cleared_at) if seen is not None else a.cleared_at)
+
+    def _seen(self, key: str, t: datetime | None) -> None:
+        """The condition of ``key`` was observed at ``t`` (by this process, or before a restart: a loaded alert's
+        last active time, a clear's time): observations older than that are late."""
+        if t is not None and (key not in self.newest or t > self.newest[key]):
+            self.newest[key] = t
 
     def suppressed(self, asset: str, tag: str | None, t: datetime) -> Window | None:
         return next((w for w in self.windows if w.covers(asset, tag, t)), None)
@@ -145,9 +174,17 @@ class AlertManager:
         if severity not in SEVERITIES:
             raise ValueError(f"severity {severity!r} is not one of {SEVERITIES}")
         key = dedup_key(asset, tag, kind)
+        newest = self.newest.get(key)
+        if newest is not None and t < newest:
+            # Late: what the condition was then is already accounted for by the newer observations (the readings
+            # themselves are stored all the same). Equal times pass: a duplicate gives the same verdict again.
+            self.late += 1
+            return []
+        self.newest[key] = t
         cur = self.open.get(key)
         if not active:
             self.pending.pop(key, None)
+            self.held.pop(key, None)
             if cur is None:
                 return []
             if cur.inactive_since is None:
@@ -168,10 +205,17 @@ class AlertManager:
             cur.last_seen = t
             changes: list[AlertChange] = []
             new_sev = worse(cur.alert.severity, severity)
-            if flapped or new_sev != cur.alert.severity:
+            # The condition got worse than it was while the alert's severity had risen already (an escalation):
+            # a warning escalated to critical and then in zone D kept the message and evidence of zone C, and
+            # nobody heard of zone D.
+            was = cur.condition
+            got_worse = was is not None and worse(was, severity) != was
+            cur.condition = severity if was is None else worse(was, severity)
+            if flapped or new_sev != cur.alert.severity or got_worse:
                 cur.occurrences += int(flapped)
                 # A worse condition (zone C -> D) is news for receivers of escalations too (notify.wanted)
-                detail = {"severity_was": cur.alert.severity} if new_sev != cur.alert.severity else {}
+                detail = ({"severity_was": cur.alert.severity} if new_sev != cur.alert.severity
+                          else {"condition_was": was} if got_worse else {})
                 cur.alert = replace(cur.alert, severity=new_sev, evidence=evidence or cur.alert.evidence,
                                     message=message or cur.alert.message)
                 changes.append(AlertChange("updated", cur.alert, key, cur.occurrences, t, cur.escalation_level,
@@ -179,6 +223,9 @@ class AlertManager:
             return changes
         window = self.suppressed(asset, tag, t)
         if window is not None:
+            since = self.held[key][1] if key in self.held else t
+            self.held[key] = ({"asset": asset, "tag": tag, "kind": kind, "severity": severity, "message": message,
+                               "evidence": evidence}, since)
             if self.suppressing.get(key) == window:
                 return []
             self.suppressing[key] = window
@@ -188,6 +235,7 @@ class AlertManager:
             detail = {"window": window.reason} | ({"window_id": window.id} if window.id is not None else {})
             return [AlertChange("suppressed", a, key, last_seen=t, detail=detail)]
         self.suppressing.pop(key, None)
+        self.held.pop(key, None)
         since = self.pending.setdefault(key, t)
         if (t - since).total_seconds() < self.policy.raise_after_s:
             return []
@@ -196,7 +244,7 @@ class AlertManager:
         if reopened is not None:
             return [reopened]
         a = Alert(str(uuid.uuid4()), asset, tag, kind, severity, t, message, evidence=evidence or {})
-        self.open[key] = _Open(a, 1, t)
+        self.open[key] = _Open(a, 1, t, condition=severity)
         return [AlertChange("raised", a, key, 1, t)]
 
     def _reopen(self, key: str, t: datetime, severity: str, message: str, evidence: dict | None) -> AlertChange | None:
@@ -208,9 +256,12 @@ class AlertManager:
         if not 0 <= (t - cleared_at).total_seconds() < self.policy.reopen_within_s:
             return None
         a = o.alert
-        if any(w.asset in ("*", a.asset) and (w.tag is None or w.tag == a.tag) and cleared_at < w.start <= t
+        if any(w.asset in ("*", a.asset) and (w.tag is None or w.tag == a.tag) and w.start <= t and w.end > cleared_at
                for w in self.windows):
-            return None  # a maintenance window since the clear: the crew changed the machine, its return is news
+            # A maintenance window since the clear (started after it, or still running at it: the alert cleared while
+            # the crew worked on the machine, often because of that work): its return is news. Only windows starting
+            # after the clear counted, so a fault back after an overhaul re-opened the old, acknowledged alert.
+            return None
         new_sev = worse(o.alert.severity, severity)
         detail = {"cleared_at": cleared_at}
         if new_sev != o.alert.severity:
@@ -218,7 +269,7 @@ class AlertManager:
         o.alert = replace(o.alert, cleared_at=None, severity=new_sev, evidence=evidence or o.alert.evidence,
                           message=message or o.alert.message)
         o.occurrences += 1
-        o.last_seen, o.inactive_since, o.reopened_at = t, None, t
+        o.last_seen, o.inactive_since, o.reopened_at, o.condition = t, None, t, severity
         if o.alert.acknowledged_at is None:
             # The escalation clock starts again: the crew gets escalate_after_s for the alert's return, which was
             # no alert of anyone's while it was cleared (`maintenance.store.open_alerts` does so after a restart).
@@ -232,12 +283,13 @@ class AlertManager:
             del self.recent[key]
 
     def tick(self, now: datetime) -> list[AlertChange]:
-        """Escalate open alerts nobody acknowledged in time (and forget cleared ones too old to re-open)."""
+        """Raise the conditions still active when the window that suppressed them is over (`held`), escalate open
+        alerts nobody acknowledged in time, and forget cleared ones too old to re-open."""
         self._forget_recent(now)
+        out = self._release(now)
         after = self.policy.escalate_after_s
         if after is None:
-            return []
-        out = []
+            return out
         for key, o in self.open.items():
             if o.alert.acknowledged_at is not None or self.suppressed(o.alert.asset, o.alert.tag, now):
                 continue
@@ -252,12 +304,33 @@ class AlertManager:
                                        escalated_at=now))
         return out
 
+    def _release(self, now: datetime) -> list[AlertChange]:
+        """The `held` conditions no window has covered for `release_after_s` before ``now`` and that nothing observed
+        since (an observation after the window's end takes them out of `held`): observed again as last seen, at
+        ``now`` (the debounce counted from when they became active inside the window)."""
+        out: list[AlertChange] = []
+        grace = timedelta(seconds=self.release_after_s)
+        for key, (kw, since) in list(self.held.items()):
+            if (self.suppressed(kw["asset"], kw["tag"], now) is not None
+                    or self.suppressed(kw["asset"], kw["tag"], now - grace) is not None):
+                continue
+            del self.held[key]
+            newest = self.newest.get(key)
+            self.pending.setdefault(key, since)
+            out += self.observe(**kw, active=True, t=max(now, newest) if newest is not None else now)
+            if newest is not None:  # a detector's own observations up to `now` are not late for this one
+                self.newest[key] = newest
+            if key not in self.open:  # still in its debounce (raise_after_s): observed again at the next tick
+                self.held[key] = (kw, since)
+        return out
+
     def acknowledged(self, alert_id: str, by: str, at: datetime, *, severity: str | None = None,
                      level: int | None = None, escalated_at: datetime | None = None) -> None:
         """Keep the manager in step with an acknowledgement made in the store (stops escalation). ``severity``,
         ``level`` and ``escalated_at``: the stored row's, which did not take an escalation made here after the
-        acknowledgement and before this call (`maintenance.store.apply_changes`)."""
-        for o in self.open.values():
+        acknowledgement and before this call (`maintenance.store.apply_changes`). An alert this manager cleared
+        lately (`recent`) takes it too: acknowledged just before the clear, it re-opens acknowledged."""
+        for o in [*self.open.values(), *(o for o, _ in self.recent.values())]:
             if o.alert.id == alert_id:
                 o.alert = replace(o.alert, acknowledged_at=at, acknowledged_by=by,
                                   severity=severity or o.alert.severity)

@@ -326,6 +326,9 @@ class MaintenanceLive:
         restarts (`maintenance.rul_live`)."""
         self.config = config
         self.manager = AlertManager(config.alerts, windows)
+        # A zone or a rule on an indicator is judged when its window closes, up to a hop after the readings' clock:
+        # a condition held through a maintenance window waits that long for its own observation (alerts.py).
+        self.manager.release_after_s = float(config.window_s + config.hop_s)
         series: dict[str, tuple[str, ...]] = {}
         waveforms = {}
         self.zone_of: dict[str, tuple[str, ZoneTracker]] = {}

@@ -250,12 +250,16 @@ def wanted(events: tuple[str, ...], ch: AlertChange) -> bool:
     A "reopened" alert (its condition back soon after it cleared, `maintenance.alerts`) goes to receivers of
     "updated" (one more occurrence of an alert they know), and to receivers of "raised" while nobody has acknowledged
     it (the pager that closed the incident at "cleared" opens it again: same alert id, same incident); an
-    acknowledged one does not page again (the crew has it), unless the receiver asks for "reopened"."""
+    acknowledged one does not page again (the crew has it), unless the receiver asks for "reopened".
+
+    An "updated" whose condition got worse while the alert's severity had already risen by an escalation
+    (``detail.condition_was``: a warning escalated to critical, then zone D) goes to receivers of "escalated" too."""
     if ch.event == "reopened":
         return ("reopened" in events or "updated" in events
                 or ("raised" in events and ch.alert.acknowledged_at is None)
                 or ("escalated" in events and "severity_was" in ch.detail))
-    return ch.event in events or (ch.event == "updated" and "severity_was" in ch.detail and "escalated" in events)
+    worse = "severity_was" in ch.detail or "condition_was" in ch.detail
+    return ch.event in events or (ch.event == "updated" and worse and "escalated" in events)
 
 
 def notification_id(ch: AlertChange) -> str:

@@ -29,10 +29,12 @@ severity (a rule that deliberately watches raw values). The evidence of every al
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -40,6 +42,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from edge.records import Quality, Reading
 from maintenance.alerts import AlertChange, AlertManager, dedup_key
 from maintenance.quality import GOOD, OUT_OF_RANGE, QualityConfig, classify_reading, lower, one_reading
+
+log = logging.getLogger(__name__)
 
 
 class RuleConfig(BaseModel):
@@ -80,6 +84,8 @@ class _State:
     active: bool = False
     history: deque | None = None
     fresh: bool = True  # not evaluated yet since this engine started
+    last: datetime | None = None  # time of the newest reading judged: an older one is late and left out
+    late_said: bool = False  # a late reading was logged since the last one judged
 
 
 class RuleEngine:
@@ -97,6 +103,7 @@ class RuleEngine:
         for r in self.rules:
             self.by_tag.setdefault(r.tag, []).append(r)
         self.manager = manager
+        self.late = 0  # readings left out for being older than the newest one their rule judged
         self.state = {r.name: _State(history=deque() if r.kind == "rate" else None) for r in self.rules}
         # Per rule, what every observation passes (rules are frozen): made once, not per reading.
         self._fixed = {r.name: (r.asset_name, f"rule:{r.name}", r.model_dump(),
@@ -123,6 +130,18 @@ class RuleEngine:
                     continue  # a sensor problem, or too few usable readings: the rule holds (maintenance.quality)
                 asset, kind, dumped, key = self._fixed[rule.name]
                 st = self.state[rule.name]
+                if st.last is not None and rd.time < st.last:
+                    # Late (a redelivered MQTT message, a backlog behind newer readings): judged now it moved the
+                    # deadband state and the rate history (appended out of order) for the readings after it.
+                    self.late += 1
+                    if not st.late_said:  # once per stretch: a source clock set back holds the rule until it passes
+                        st.late_said = True
+                        log.warning("rule %r: a reading of %s at %s is older than the newest one judged (%s) and is "
+                                    "left out (a redelivery or a backlog; if every reading is, the source's clock was "
+                                    "set back and the rule holds until it passes that time)", rule.name, rd.tag,
+                                    rd.time.isoformat(), st.last.isoformat(),
+                                    extra={"event": "rule_reading_late", "asset": asset})
+                    continue
                 if st.fresh:
                     # A rule whose alert is open at its first reading (loaded after a restart) starts active, so
                     # the deadband applies: a value inside it cleared the alert, and the next one above `high`
@@ -133,6 +152,8 @@ class RuleEngine:
                 # no trace in the rule's state (hysteresis, rate history) for the good readings after it.
                 unverified = c == OUT_OF_RANGE
                 active, detail = self._evaluate(rule, st, rd, v, trial=unverified)
+                if not unverified:  # an out-of-range reading leaves no trace in the rule's state
+                    st.last, st.late_said = rd.time, False
                 if unverified and not active:
                     continue
                 msg, evidence, sev = "", None, rule.severity
@@ -154,8 +175,11 @@ class RuleEngine:
         """Whether the rule is active with this reading; ``trial``: without changing its state."""
         if rule.kind == "threshold":
             if st.active:  # hysteresis in the value: leave the active state only past the deadband
-                hi = rule.high is not None and v > rule.high - rule.deadband
-                lo = rule.low is not None and v < rule.low + rule.deadband
+                # Inclusive as the entry is: with the default deadband 0 a value sitting exactly on `high` (an
+                # integer transmitter at 90) entered at one reading and left at the next, a flap every two readings
+                # (an "updated" change, an alert_events row and an MQTT notification each: 299 in 10 min at 1 Hz).
+                hi = rule.high is not None and v >= rule.high - rule.deadband
+                lo = rule.low is not None and v <= rule.low + rule.deadband
             else:
                 hi = rule.high is not None and v >= rule.high
                 lo = rule.low is not None and v <= rule.low

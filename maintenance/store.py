@@ -101,6 +101,17 @@ async def apply_changes(conn: psycopg.AsyncConnection, changes: Iterable[AlertCh
                      ch.last_seen or a.raised_at, a.id))
             elif ch.event in ("updated", "escalated"):
                 await _update(cur, ch)
+                if "condition_was" in ch.detail:
+                    # The condition got worse with the alert's severity already raised by an escalation: no severity
+                    # change for the history trigger (m0201) to record, so the evidence of that moment (zone D) was
+                    # only in the row, replaced by the next observation.
+                    await cur.execute(
+                        "INSERT INTO alert_events (alert_id, asset, kind, time, event, detail)"
+                        " SELECT id, asset, kind, %s, 'updated', %s FROM alerts"
+                        " WHERE cleared_at IS NULL AND (id = %s OR dedup_key = %s)",
+                        (ch.last_seen or a.raised_at,
+                         _jsonb({"severity": a.severity, "condition_was": ch.detail["condition_was"],
+                                 "message": a.message, "evidence": a.evidence}), a.id, ch.key))
             elif ch.event == "reopened":
                 await _reopen(cur, ch)
             elif ch.event == "cleared":
@@ -245,6 +256,13 @@ async def cleared_ids(conn: psycopg.AsyncConnection, ids: list[str]) -> dict[str
     cleared_by)."""
     cur = await conn.execute("SELECT id, cleared_at, coalesce(cleared_by, 'system') FROM alerts"
                              " WHERE id = ANY(%s) AND cleared_at IS NOT NULL", (ids,))
+    return {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
+
+
+async def acknowledged_ids(conn: psycopg.AsyncConnection, ids: list[str]) -> dict[str, tuple[datetime, str]]:
+    """Which of ``ids`` are acknowledged: id -> (acknowledged_at, acknowledged_by)."""
+    cur = await conn.execute("SELECT id, acknowledged_at, coalesce(acknowledged_by, '') FROM alerts"
+                             " WHERE id = ANY(%s) AND acknowledged_at IS NOT NULL", (ids,))
     return {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
 
 

@@ -188,3 +188,174 @@ def test_a_condition_back_after_a_maintenance_window_raises_a_new_alert_rather_t
         "raised", "cleared", "reopened", "cleared"]
     (ch,) = m.observe(**kw, active=True, t=at(300))
     assert ch.event == "raised"
+
+
+def test_a_late_reading_neither_counts_a_flap_nor_raises_a_new_alert(caplog):
+    """The MQTT broker sends again a message whose PUBACK was lost (after a reconnect, or a restart after a crash
+    between the spool commit and the PUBACK): the reading reaches analytics a second time, after newer ones. It
+    counted a flap (an `updated` notification) on an alert whose condition had gone, and once the alert had cleared
+    it raised and paged a new alert for a moment the cleared one covered."""
+    m = AlertManager(AlertPolicy(clear_after_s=60, escalate_after_s=None, reopen_within_s=3600))
+    rule = RuleConfig(name="hot", tag="P-101.bearing_temp", kind="threshold", high=90, deadband=2)
+    eng = RuleEngine([rule], m)
+
+    def feed(s, v):
+        return [c.event for c in eng.update([Reading("P-101.bearing_temp", at(s), v, at(s))])]
+
+    assert feed(0, 95) == ["raised"]
+    assert feed(10, 80) == []  # inactive: clears 60 s later
+    assert feed(0, 95) == [] and feed(1, 95) == []  # the readings at 0 and 1 again (redelivered): not a flap
+    (o,) = m.open.values()
+    assert o.occurrences == 1 and o.inactive_since == at(10)
+    assert feed(70, 80) == ["cleared"]  # the clear is not delayed by the late reading either
+    assert feed(5, 95) == []  # older than the clear: neither a new alert nor a re-opening
+    assert not m.open and eng.late == 3
+    said = [r for r in caplog.records if getattr(r, "event", "") == "rule_reading_late"]
+    assert len(said) == 2  # once per stretch of late readings, not per reading
+    assert feed(80, 95) == ["reopened"]  # the condition really back
+
+
+def test_the_manager_leaves_out_late_observations_also_after_a_restart():
+    """The manager's own guard (every detector, not only rules): and after a restart, where the broker redelivers
+    what the stopped gateway had stored but not acknowledged, the loaded alerts' last activity and the lately
+    cleared alerts' clear time say what is late."""
+    m = AlertManager(AlertPolicy(clear_after_s=60, escalate_after_s=None, reopen_within_s=3600))
+    (r,) = observe(m, 0, True)
+    assert observe(m, 10, False) == [] and observe(m, 5, True) == []  # late: no flap, no "updated"
+    assert [c.event for c in observe(m, 70, False)] == ["cleared"]
+    assert observe(m, 20, True) == [] and not m.open and m.late == 2  # late: no new alert
+    cleared = m.recent[r.key][0]
+    again = AlertManager(AlertPolicy(clear_after_s=60, escalate_after_s=None, reopen_within_s=3600))
+    again.load_recent([(cleared.alert, cleared.occurrences, cleared.last_seen, 0, None)])  # the restart
+    assert observe(again, 30, True) == [] and not again.open
+    assert [c.event for c in observe(again, 80, True)] == ["reopened"]
+    other = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None))
+    other.load([(dataclasses.replace(cleared.alert, cleared_at=None), 1, at(60), 0, None)])  # open, last active at 60
+    assert observe(other, 50, False) == [] and r.key in other.open  # a late inactive reading does not clear it
+
+
+def test_a_late_reading_does_not_corrupt_a_rules_deadband_or_rate_history():
+    m = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None, reopen_within_s=0))
+    rule = RuleConfig(name="hot", tag="P.t", kind="threshold", high=90, deadband=2)
+    eng = RuleEngine([rule], m)
+    events = []
+    for s, v in [(0, 85), (1, 89), (0, 91), (2, 89.5)]:  # 91 at 0 comes late, after 89 at 1
+        events += [c.event for c in eng.update([Reading("P.t", at(s), v, at(s))])]
+    assert events == []  # 89.5 is below high: the late 91 must not have put the rule in its deadband
+
+    rate = RuleConfig(name="heating", tag="P.r", kind="rate", max_rate_per_min=2.0, window_s=120)
+    eng = RuleEngine([rate], AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None)))
+    out = []
+    for s in range(0, 200, 10):
+        out += eng.update([Reading("P.r", at(s), 50.0, at(s))])
+        if s == 150:
+            out += eng.update([Reading("P.r", at(30), 40.0, at(30))])  # late, 10 below: would read as a rise
+    assert out == []
+
+
+def test_a_condition_back_after_a_window_that_was_running_at_its_clear_raises_a_new_alert():
+    """An alert open when a maintenance window began, cleared inside it (the crew fixed something), its condition
+    back after the window: the machine was worked on since the clear, so the return is news. Only windows starting
+    after the clear counted: it re-opened the old alert, acknowledgement kept (no page to receivers of `raised` for
+    an acknowledged re-opening)."""
+    m = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None, reopen_within_s=3600),
+                     windows=[Window("P-101", at(100), at(200), "bearing change")])
+    kw = {"asset": "P-101", "tag": "P-101.t", "kind": "rule:hot"}
+    (r,) = m.observe(**kw, active=True, t=at(0))
+    m.acknowledged(r.alert.id, "anna", at(5))
+    assert [c.event for c in m.observe(**kw, active=False, t=at(150))] == ["cleared"]  # inside the window
+    assert [c.event for c in m.observe(**kw, active=True, t=at(190))] == ["suppressed"]
+    (ch,) = m.observe(**kw, active=True, t=at(210))  # the window is over, the condition still there
+    assert ch.event == "raised" and ch.alert.id != r.alert.id and ch.alert.acknowledged_at is None
+    # A window that ended before the clear is not "since": the return re-opens as before.
+    m2 = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None, reopen_within_s=3600),
+                      windows=[Window("P-101", at(100), at(200), "bearing change")])
+    assert [c.event for c in m2.observe(**kw, active=True, t=at(210))] == ["raised"]
+    assert [c.event for c in m2.observe(**kw, active=False, t=at(220)) + m2.observe(**kw, active=True, t=at(230))] \
+        == ["cleared", "reopened"]
+
+
+def test_a_condition_getting_worse_after_an_escalation_updates_the_alert_and_reaches_the_pager():
+    """Zone C (warning), unacknowledged an hour: escalated to critical. Then zone D (critical): the alert's severity
+    was critical already, so nothing changed: the board and the pager kept "zone C" for a machine in the zone that
+    causes damage. The condition's own severity is tracked apart from the escalations."""
+    from maintenance.notify import wanted
+
+    m = AlertManager(AlertPolicy(clear_after_s=60, escalate_after_s=600))
+    (r,) = observe(m, 0, True, severity="warning", message="zone C", evidence={"zone": "C"})
+    (e,) = m.tick(at(600))
+    assert e.alert.severity == "critical"
+    assert observe(m, 610, True, severity="warning", message="zone C", evidence={"zone": "C"}) == []
+    (up,) = observe(m, 620, True, severity="critical", message="zone D", evidence={"zone": "D"})
+    assert up.event == "updated" and up.detail == {"condition_was": "warning"}
+    assert up.alert.message == "zone D" and up.alert.evidence == {"zone": "D"} and up.alert.severity == "critical"
+    assert wanted(("raised", "acknowledged", "escalated", "cleared"), up)  # the webhooks' default events
+    assert observe(m, 630, True, severity="critical", message="zone D", evidence={"zone": "D"}) == []  # once
+    assert observe(m, 640, True, severity="warning", message="zone C") == []  # back to C: severity never falls
+    # After a restart the condition's severity is not known: its first observation sets it, no change.
+    again = AlertManager(AlertPolicy(clear_after_s=60, escalate_after_s=600))
+    o = m.open[r.key]
+    again.load([(o.alert, o.occurrences, o.last_seen, o.escalation_level, o.escalated_at)])
+    assert observe(again, 700, True, severity="warning") == []
+    assert [c.detail for c in observe(again, 710, True, severity="critical")] == [{"condition_was": "warning"}]
+
+
+def test_a_condition_still_active_when_its_window_ends_is_raised_without_a_new_reading():
+    """A rule on a tag reported by exception (publish on change, an OPC UA deadband): 95 during the window, and the
+    value stays there, so no reading comes after the window's end. The condition was only ever judged at a reading:
+    nothing was raised until the value changed, hours later or never. The clock (`tick`) raises it now."""
+    w = Window("P-101", at(100), at(200), "valve overhaul")
+    m = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None, raise_after_s=30), [w])
+    eng = RuleEngine([RuleConfig(name="hot", tag="P-101.t", kind="threshold", high=90)], m)
+    assert [c.event for c in eng.update([Reading("P-101.t", at(150), 95.0, at(150))])] == ["suppressed"]
+    assert m.tick(at(199)) == [] and m.tick(at(259)) == []  # inside the window, then its detector's grace
+    (ch,) = m.tick(at(260))  # no observation since the end: the condition as last seen (debounce ran in the window)
+    assert ch.event == "raised" and ch.alert.raised_at == at(260) and ch.alert.message.startswith("hot: P-101.t = 95")
+    assert ch.alert.evidence["readings"][0]["value"] == 95.0
+    assert m.tick(at(300)) == []  # once
+    assert eng.update([Reading("P-101.t", at(261), 80.0, at(261))])[0].event == "cleared"  # not late for the rule
+    # Observed after the end, inactive, within the grace (a zone's window closing after the readings' clock): the
+    # machine is fine after its overhaul, nothing is raised.
+    m1 = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None), [w])
+    kw = {"asset": "P-101", "tag": "P-101.v", "kind": "iso20816"}
+    assert [c.event for c in m1.observe(**kw, active=True, t=at(190), severity="critical")] == ["suppressed"]
+    assert m1.tick(at(230)) == [] and m1.observe(**kw, active=False, t=at(210)) == []
+    assert m1.tick(at(400)) == [] and not m1.open
+    # Gone inside the window: nothing to raise at its end.
+    m2 = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None), [w])
+    eng2 = RuleEngine([RuleConfig(name="hot", tag="P-101.t", kind="threshold", high=90)], m2)
+    eng2.update([Reading("P-101.t", at(150), 95.0, at(150)), Reading("P-101.t", at(160), 80.0, at(160))])
+    assert m2.tick(at(205)) == [] and not m2.open
+    # A window ended early (its row shortened: the sync brings the new end) releases it at the new end; a window
+    # following on covers it on.
+    m3 = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None), [w, Window("P-101", at(200), at(400))])
+    RuleEngine([RuleConfig(name="hot", tag="P-101.t", kind="threshold", high=90)], m3).update(
+        [Reading("P-101.t", at(150), 95.0, at(150))])
+    assert m3.tick(at(310)) == []
+    m3.windows = [dataclasses.replace(w, end=at(120)), Window("P-101", at(200), at(240))]
+    assert [c.event for c in m3.tick(at(310))] == ["raised"]
+    # Debounce not yet over when released: raised by a later tick.
+    m4 = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None, raise_after_s=120), [w])
+    m4.observe(asset="P-101", tag="P-101.t", kind="k", active=True, t=at(190))
+    assert m4.tick(at(260)) == [] and [c.event for c in m4.tick(at(310))] == ["raised"]
+
+
+def test_a_value_sitting_exactly_on_the_threshold_is_one_alert_and_no_flaps():
+    """An integer transmitter reading exactly 90 under `high = 90` with the default deadband 0: it entered at `>=` and
+    left at `<=` the next reading, a flap every two readings (299 "updated" changes in 10 minutes at 1 Hz, each an
+    alert_events row and an MQTT notification). The exit is inclusive as the entry: the value must go past it."""
+    m = AlertManager(AlertPolicy(clear_after_s=60, escalate_after_s=None))
+    eng = RuleEngine([RuleConfig(name="hot", tag="P.t", kind="threshold", high=90),
+                      RuleConfig(name="cold", tag="P.t", kind="threshold", low=10, deadband=2)], m)
+    events = []
+    for s in range(600):
+        events += [c.event for c in eng.update([Reading("P.t", at(s), 90.0, at(s))])]
+    assert events == ["raised"] and next(iter(m.open.values())).occurrences == 1
+    assert eng.update([Reading("P.t", at(600), 89.99, at(600))]) == []  # just below high: the condition left
+    assert next(iter(m.open.values())).inactive_since == at(600)
+    events = []
+    for s, v in [(800, 10.0), (801, 12.0), (802, 12.0), (803, 12.01)]:  # low side: on low + deadband still active
+        events += [c.event for c in eng.update([Reading("P.t", at(s), v, at(s))])]
+    assert [e for e in events if e != "cleared"] == ["raised"]
+    cold = m.open.get("P|P.t|rule:cold")
+    assert cold is not None and cold.inactive_since == at(803)

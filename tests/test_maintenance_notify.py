@@ -749,3 +749,53 @@ async def test_a_literal_webhook_url_s_path_is_in_no_name_or_message(caplog):
     assert a.name.startswith(f"webhook http://127.0.0.1:{port} ") and a.name != b.name, (a.name, b.name)
     for text in (detail, a.name, repr(a), caplog.text):
         assert token not in text and "/services" not in text, text
+
+
+async def test_an_escalation_waiting_for_a_receiver_that_was_down_is_not_paged_once_acknowledged(pg_dsn, monkeypatch,
+                                                                                                 tmp_path):
+    """The paging webhook is down when an alert escalates; the escalation waits at the head of its queue. Meanwhile
+    someone acknowledges the alert in the console. The database was asked only before the first attempt, so once the
+    receiver was back it paged the escalation of an alert a person had taken long before. Asked again between
+    attempts (at most every ACK_CHECK_FRESH_S), it is skipped."""
+    import psycopg
+
+    from edge import notifications
+    from edge.db.migrate import migrate
+    from edge.metrics import Metrics
+    from maintenance import store
+
+    monkeypatch.setattr(WebhookNotifier, "RETRY_BASE_S", 0.01)
+    monkeypatch.setattr(notifications, "NOTIFY_RETRY_MIN_S", 0.05)
+    monkeypatch.setattr(notifications, "NOTIFY_RETRY_MAX_S", 0.1)
+    monkeypatch.setattr(notifications, "ACK_CHECK_FRESH_S", 0.2)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+    m = AlertManager(AlertPolicy(escalate_after_s=60))
+    (raised,) = m.observe(asset="P1", tag="P1.p", kind="rule:hi", active=True, t=T0)
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await store.apply_changes(conn, [raised])
+    escalated = m.tick(T0.replace(minute=2))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Receiver.bodies, _Receiver.requests, _Receiver.fail_first = [], [], 10**6  # down: 503 to everything
+    metrics = Metrics()
+    notes = notifications.Notifications(None, notifications.NotifySecrets(), metrics, pg_dsn, tmp_path)
+    hook = WebhookNotifier(WebhookConfig(url=f"http://127.0.0.1:{server.server_address[1]}/hook", attempts=1))
+    try:
+        sending = asyncio.create_task(notes.send(hook, escalated))
+        for _ in range(100):
+            if len(_Receiver.requests) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert len(_Receiver.requests) >= 2 and not sending.done()  # tried, not taken: waiting
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+            assert await store.acknowledge(conn, raised.alert.id, "anna", "on it")
+        await asyncio.sleep(0.5)  # down a while longer than ACK_CHECK_FRESH_S
+        _Receiver.fail_first = 0  # the receiver is back
+        await asyncio.wait_for(sending, 10)
+        assert _Receiver.bodies == []  # not paged
+        assert metrics.notifications.labels("skipped")._value.get() == 1
+    finally:
+        await hook.aclose()
+        server.shutdown()
+        server.server_close()

@@ -793,3 +793,24 @@ async def test_review_list_shows_open_ended_rul_and_anomaly_level(pg_dsn, capsys
     assert "value=40 [22.0, 61.0] @90%" in out
     assert "p=0.004 (alpha 0.01)" in out
     assert "[p_value=0.004, alpha=0.01]" in out
+
+
+async def test_a_condition_worse_after_an_escalation_is_in_the_alerts_history(pg_dsn):
+    """Zone C escalated to critical, then zone D: the severity did not change, so the history trigger wrote no
+    `updated` event and the evidence of zone D lived only in the row until the next observation replaced it."""
+    _migrate(pg_dsn)
+    m = AlertManager(AlertPolicy(clear_after_s=60, escalate_after_s=600))
+
+    def obs(s, value, severity):
+        return m.observe(asset="P-101", tag="P-101.vib_de", kind="iso20816", active=True, t=at(s), severity=severity,
+                         message=f"{value} mm/s", evidence={"readings": [{"tag": "P-101.vib_de", "value": value}]})
+
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await store.apply_changes(conn, obs(0, 3.1, "warning") + m.tick(at(600)) + obs(620, 7.5, "critical"))
+        (row,) = await _all(conn)
+        assert row["severity"] == "critical" and row["message"] == "7.5 mm/s"
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT event, detail->>'condition_was', detail->'evidence'->'readings'->0->>'value'"
+                              " FROM alert_events WHERE alert_id = %s ORDER BY time, id", (row["id"],))
+            assert await cur.fetchall() == [("raised", None, "3.1"), ("escalated", None, None),
+                                            ("updated", "warning", "7.5")]
