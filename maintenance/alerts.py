@@ -31,6 +31,7 @@ Acknowledging and clearing by hand happen in the store (the console does it ther
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -38,6 +39,55 @@ from datetime import datetime, timedelta
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge.records import Alert
+
+log = logging.getLogger(__name__)
+
+# How far along their own clock the observations of a condition may go on being late (older than its newest one)
+# before they are taken as the source's clock set back: a redelivery or a backlog spans seconds, a device's clock at a
+# DST change or a corrected clock goes back for good (held until the old time came again, the condition was silent
+# for as long as the clock went back: an hour).
+CLOCK_STEP_S = 300.0
+
+
+class LateGuard:
+    """Which observations are late, by key: older than the newest one seen (a redelivered MQTT message, a backlog
+    behind newer readings) and left out, unless they go on being late for `CLOCK_STEP_S` of their own time: then the
+    source's clock went back, which is logged once (``clock_set_back``) and its new time taken."""
+
+    def __init__(self, what: str = "condition") -> None:
+        self.what = what
+        self.newest: dict[str, datetime] = {}
+        self.late = 0  # observations left out
+        self.steps = 0  # clocks taken as set back
+        self._late_since: dict[str, datetime] = {}
+
+    def seen(self, key: str, t: datetime | None) -> None:
+        """``key`` was observed at ``t`` (e.g. before a restart): observations older than that are late."""
+        if t is not None and (key not in self.newest or t > self.newest[key]):
+            self.newest[key] = t
+
+    def reset(self, key: str, t: datetime) -> None:
+        """``key``'s clock was found set back elsewhere (a rule before its alert): ``t`` is its newest time now."""
+        self.newest[key] = t
+        self._late_since.pop(key, None)
+
+    def admit(self, key: str, t: datetime) -> str:
+        """"ok" (and ``t`` is the newest), "late" (leave it out), or "step" (the clock went back: taken as "ok")."""
+        newest = self.newest.get(key)
+        verdict = "ok"
+        if newest is not None and t < newest:
+            first = self._late_since.setdefault(key, t)
+            if (t - first).total_seconds() < CLOCK_STEP_S:
+                self.late += 1
+                return "late"
+            self.steps += 1
+            verdict = "step"
+            log.warning("%s %s: every observation for %.0f s of its own time was older than its newest (%s), now at "
+                        "%s: the source's clock was set back; its new time is taken", self.what, key, CLOCK_STEP_S,
+                        newest.isoformat(), t.isoformat(), extra={"event": "clock_set_back"})
+        self._late_since.pop(key, None)
+        self.newest[key] = t
+        return verdict
 
 SEVERITIES = ("info", "warning", "critical")
 
@@ -123,8 +173,8 @@ class AlertManager:
         # MQTT message stored but not acknowledged before a crash or a lost connection is sent again by the broker,
         # after newer ones): it counted a flap and notified "updated" for an alert whose condition had already gone,
         # and after the clear raised (and paged) a new alert for a moment the cleared one covered.
-        self.newest: dict[str, datetime] = {}
-        self.late = 0  # observations left out for being older than the newest of their condition
+        self.guard = LateGuard()
+        self.newest = self.guard.newest
         # key -> (the latest active observation a window suppressed, since when it has been active): raised by
         # `tick` once no window covers it, unless a newer observation said otherwise. Left to the next observation,
         # a tag reported by exception (publish on change, an OPC UA deadband) holding its value past the window's
@@ -162,8 +212,12 @@ class AlertManager:
     def _seen(self, key: str, t: datetime | None) -> None:
         """The condition of ``key`` was observed at ``t`` (by this process, or before a restart: a loaded alert's
         last active time, a clear's time): observations older than that are late."""
-        if t is not None and (key not in self.newest or t > self.newest[key]):
-            self.newest[key] = t
+        self.guard.seen(key, t)
+
+    @property
+    def late(self) -> int:
+        """Observations left out for being older than the newest of their condition."""
+        return self.guard.late
 
     def suppressed(self, asset: str, tag: str | None, t: datetime) -> Window | None:
         return next((w for w in self.windows if w.covers(asset, tag, t)), None)
@@ -174,13 +228,10 @@ class AlertManager:
         if severity not in SEVERITIES:
             raise ValueError(f"severity {severity!r} is not one of {SEVERITIES}")
         key = dedup_key(asset, tag, kind)
-        newest = self.newest.get(key)
-        if newest is not None and t < newest:
+        if self.guard.admit(key, t) == "late":
             # Late: what the condition was then is already accounted for by the newer observations (the readings
             # themselves are stored all the same). Equal times pass: a duplicate gives the same verdict again.
-            self.late += 1
             return []
-        self.newest[key] = t
         cur = self.open.get(key)
         if not active:
             self.pending.pop(key, None)

@@ -40,7 +40,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edge.records import Quality, Reading
-from maintenance.alerts import AlertChange, AlertManager, dedup_key
+from maintenance.alerts import CLOCK_STEP_S, AlertChange, AlertManager, dedup_key
 from maintenance.quality import GOOD, OUT_OF_RANGE, QualityConfig, classify_reading, lower, one_reading
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class _State:
     fresh: bool = True  # not evaluated yet since this engine started
     last: datetime | None = None  # time of the newest reading judged: an older one is late and left out
     late_said: bool = False  # a late reading was logged since the last one judged
+    late_since: datetime | None = None  # the first of the late readings since the last one judged
 
 
 class RuleEngine:
@@ -131,17 +132,29 @@ class RuleEngine:
                 asset, kind, dumped, key = self._fixed[rule.name]
                 st = self.state[rule.name]
                 if st.last is not None and rd.time < st.last:
-                    # Late (a redelivered MQTT message, a backlog behind newer readings): judged now it moved the
-                    # deadband state and the rate history (appended out of order) for the readings after it.
-                    self.late += 1
-                    if not st.late_said:  # once per stretch: a source clock set back holds the rule until it passes
-                        st.late_said = True
-                        log.warning("rule %r: a reading of %s at %s is older than the newest one judged (%s) and is "
-                                    "left out (a redelivery or a backlog; if every reading is, the source's clock was "
-                                    "set back and the rule holds until it passes that time)", rule.name, rd.tag,
-                                    rd.time.isoformat(), st.last.isoformat(),
-                                    extra={"event": "rule_reading_late", "asset": asset})
-                    continue
+                    st.late_since = st.late_since or rd.time
+                    if (rd.time - st.late_since).total_seconds() < CLOCK_STEP_S:
+                        # Late (a redelivered MQTT message, a backlog behind newer readings): judged now it moved the
+                        # deadband state and the rate history (appended out of order) for the readings after it.
+                        self.late += 1
+                        if not st.late_said:  # once per stretch
+                            st.late_said = True
+                            log.warning("rule %r: a reading of %s at %s is older than the newest one judged (%s) and "
+                                        "is left out (a redelivery or a backlog; if every reading is for %.0f s of "
+                                        "their time, the source's clock was set back and its new time is taken)",
+                                        rule.name, rd.tag, rd.time.isoformat(), st.last.isoformat(), CLOCK_STEP_S,
+                                        extra={"event": "rule_reading_late", "asset": asset})
+                        continue
+                    # Late for CLOCK_STEP_S of their own time: the source's clock went back (a device at a DST change,
+                    # a corrected clock). Held until the old time came again, the rule was silent for that long.
+                    log.warning("rule %r: the readings of %s stayed older than the newest one judged (%s) for %.0f s "
+                                "of their time, now at %s: the source's clock was set back; its new time is taken",
+                                rule.name, rd.tag, st.last.isoformat(), CLOCK_STEP_S, rd.time.isoformat(),
+                                extra={"event": "clock_set_back", "asset": asset})
+                    if st.history is not None:
+                        st.history.clear()  # a rate over a step in the clock means nothing
+                    self.manager.guard.reset(key, rd.time)  # it saw none of the late ones: no stretch of its own
+                    st.late_since = None
                 if st.fresh:
                     # A rule whose alert is open at its first reading (loaded after a restart) starts active, so
                     # the deadband applies: a value inside it cleared the alert, and the next one above `high`
@@ -153,7 +166,7 @@ class RuleEngine:
                 unverified = c == OUT_OF_RANGE
                 active, detail = self._evaluate(rule, st, rd, v, trial=unverified)
                 if not unverified:  # an out-of-range reading leaves no trace in the rule's state
-                    st.last, st.late_said = rd.time, False
+                    st.last, st.late_said, st.late_since = rd.time, False, None
                 if unverified and not active:
                     continue
                 msg, evidence, sev = "", None, rule.severity

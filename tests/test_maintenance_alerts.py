@@ -253,6 +253,37 @@ def test_a_late_reading_does_not_corrupt_a_rules_deadband_or_rate_history():
     assert out == []
 
 
+def test_a_source_clock_set_back_an_hour_holds_rules_and_alerts_for_minutes_not_the_hour(caplog):
+    """A device whose clock goes back an hour (a PLC at the autumn DST change, a corrected clock): every reading is
+    older than the newest one judged. Taken for redeliveries, the rule held until the old time came again, an hour
+    without an alert however hot the bearing ran. After CLOCK_STEP_S of late readings on their own clock, the new
+    time is taken (logged once, clock_set_back); the same for a detector that observes the manager directly."""
+    from maintenance.alerts import CLOCK_STEP_S
+
+    m = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None))
+    eng = RuleEngine([RuleConfig(name="hot", tag="P.t", kind="threshold", high=90)], m)
+    events = []
+    for s in range(0, 600, 10):  # normal until 600 s, then the clock goes back an hour and the bearing heats up
+        events += eng.update([Reading("P.t", at(s), 80.0, at(s))])
+    back = [s - 3600 for s in range(600, 1200, 10)]
+    raised_at = None
+    for s in back:
+        changes = eng.update([Reading("P.t", at(s), 95.0, at(s))])
+        if changes and raised_at is None:
+            raised_at = s
+        events += changes
+    assert [c.event for c in events] == ["raised"]
+    assert raised_at - back[0] == CLOCK_STEP_S  # five minutes late, not an hour (or never, within this test)
+    assert sum(getattr(r, "event", "") == "clock_set_back" for r in caplog.records) == 1
+
+    d = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None))  # e.g. a zone tracker's observations
+    assert [c.event for c in observe(d, 600, False)] == []
+    got = [c.event for s in range(-3000, -2600, 10) for c in observe(d, s, True)]
+    assert got == ["raised"] and d.guard.steps == 1 and d.late == CLOCK_STEP_S / 10
+    # A short redelivery stretch (seconds) is still left out: no step.
+    assert observe(d, -2500, True) == [] and observe(d, -2560, False) == [] and d.guard.steps == 1
+
+
 def test_a_condition_back_after_a_window_that_was_running_at_its_clear_raises_a_new_alert():
     """An alert open when a maintenance window began, cleared inside it (the crew fixed something), its condition
     back after the window: the machine was worked on since the clear, so the return is news. Only windows starting
