@@ -77,15 +77,26 @@ OPERATION_LIMITS = {
 
 async def operation_limits(client: Client) -> dict[str, int]:
     """The server's operation limits by `OPERATION_LIMITS` key; a limit it does not expose (no such node, 0 = no
-    limit, unreadable) is left out. Connection errors propagate."""
-    params = ua.ReadParameters(NodesToRead=[ua.ReadValueId(NodeId=ua.NodeId(i), AttributeId=ua.AttributeIds.Value)
-                                            for i in OPERATION_LIMITS.values()])
+    limit, unreadable) is left out. Connection errors propagate. MaxNodesPerRead is read first, alone, and the others
+    in requests no bigger than it: a server that takes 4 nodes per Read refused the five of them in one request, and
+    every limit stayed unknown."""
+    out = await _limits(client, ["read"])
+    rest = [k for k in OPERATION_LIMITS if k != "read"]
+    per = out.get("read", len(rest))
+    for k in range(0, len(rest), per):
+        out.update(await _limits(client, rest[k:k + per]))
+    return out
+
+
+async def _limits(client: Client, keys: list[str]) -> dict[str, int]:
+    params = ua.ReadParameters(NodesToRead=[ua.ReadValueId(NodeId=ua.NodeId(OPERATION_LIMITS[k]),
+                                                           AttributeId=ua.AttributeIds.Value) for k in keys])
     try:
         values = await client.uaclient.read(params)
-    except ua.UaStatusCodeError:  # a server that refuses even this: no limits known, as before
+    except ua.UaStatusCodeError:  # a server that refuses even this: these limits unknown, as before
         return {}
     out = {}
-    for key, dv in zip(OPERATION_LIMITS, values, strict=True):
+    for key, dv in zip(keys, values, strict=True):
         good = dv.StatusCode is None or dv.StatusCode.is_good()
         v = dv.Value.Value if good and dv.Value is not None else None
         if isinstance(v, int) and not isinstance(v, bool) and v > 0:
