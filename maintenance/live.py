@@ -159,11 +159,20 @@ class _Anomaly:
         fresh = slot - self.seen <= STALE_PERIODS
         return np.where(fresh, self.values, np.nan), fresh & self.oor
 
-    def train_ready(self, x: np.ndarray, slot: int | None = None) -> bool:
+    def reported(self, slot: int) -> np.ndarray:
+        """Per asset, whether any of its signals sent a reading for ``slot``. A period without one is no sample of the
+        asset (neither trained on nor scored): the machine or its source stopped sending, and carrying its last values
+        forward for `STALE_PERIODS` filled its window with copies of one sample (a noisy mean: false alarms at every
+        stop). A signal slower than the period is still carried forward while another of the asset's reports."""
+        return (self.seen >= slot).any(axis=1)
+
+    def train_ready(self, x: np.ndarray, slot: int | None = None, reported: np.ndarray | None = None) -> bool:
         changed = False
         for i in list(self.training):
             a = self.assets[i]
             n = len(a.anomaly.signals)
+            if reported is not None and not reported[i]:
+                continue  # no reading of the asset this period: not a sample (`reported`)
             log_i = self.trainlog.setdefault(i, {"first": None, "last": None, "flagged": 0, "incomplete": 0})
             # Trained on healthy data only: a sample with a flagged reading (out of range too, whatever the
             # out_of_range setting) would teach the detector that a broken sensor is the healthy machine.
@@ -204,8 +213,7 @@ class _Anomaly:
         other asset, whose next scores would then be means of a sample or two (noisy: false alarms)."""
         kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for rows, bank in self.banks:
-            oldest_first = np.roll(bank.buf, -(bank.pos % bank.window), axis=1)
-            marks = np.roll(bank.marks, -(bank.pos % bank.window), axis=1)
+            oldest_first, marks = bank.oldest_first()
             kept.update({int(i): (oldest_first[k], marks[k]) for k, i in enumerate(rows)})
         groups: dict[tuple[int, int], list[int]] = {}
         for i, d in self.detectors.items():
@@ -680,17 +688,18 @@ class MaintenanceLive:
         if not an.assets:
             return
         x, oor = an.sample(slot)
+        reported = an.reported(slot)
         if an.training:
-            an.train_ready(x, slot)
+            an.train_ready(x, slot, reported)
         t = datetime.fromtimestamp((slot + 1) * self.config.period_s, UTC)
         for rows, bank in an.banks:
             w = max(len(an.assets[i].anomaly.signals) for i in rows)
-            score, p, contrib = bank.push(x[rows][:, :w], oor[rows][:, :w])
+            score, p, contrib = bank.push(x[rows][:, :w], oor[rows][:, :w], reported[rows])
             flags = p <= bank.alpha
             quality = bank.window_quality()
             for k, i in enumerate(rows):
                 if np.isnan(p[k]):
-                    continue  # a signal missing the whole window: no prediction, and the alert stays as it is
+                    continue  # no sample, or a window not full: no prediction, and the alert stays as it is
                 self._anomaly_result(int(i), slot, t, float(score[k]), float(p[k]), bool(flags[k]), contrib[k],
                                      preds, changes, bank.window, [q[k] for q in quality])
 

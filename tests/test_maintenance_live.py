@@ -609,3 +609,35 @@ def test_a_detector_trained_live_is_recorded_once_with_its_training_window(tmp_p
     assert (restored["version"], restored["training_start"], restored["training_end"]) == \
         (rec["version"], rec["training_start"], rec["training_end"])
     assert _records(pg_dsn, [restored, rec]) == rows  # no second row: the first record of a version stays
+
+
+async def test_a_gap_in_readings_raises_no_anomaly_alert():
+    """A machine that stops sending (stopped, its gateway off) and comes back is scored on full windows of real
+    samples only. The last values used to be carried forward for 5 periods and the window then emptied, so the
+    scores at the gap's start and right after it were means of one or two samples: measured with 100 assets of
+    i.i.d. healthy signals (window 5, alpha 0.05), 43 % of the scores at the gap's start and 49 % of the first ones
+    after it were p <= alpha (0.04 elsewhere), and a 60 s gap raised 49 false anomaly alerts (confirm 5)."""
+    n = 40
+    live = MaintenanceLive(MaintenanceConfig(assets=tuple(_asset(f"A{i}", 3) for i in range(n))))
+    batches = [b for s, b in enumerate(_noise({f"A{i}": 3 for i in range(n)}, 260)) if not 200 <= s < 230]
+    preds, changes = await _run(live, batches)
+    gap = [p for p in preds if T0 + timedelta(seconds=201) < p.time <= T0 + timedelta(seconds=230)]
+    assert gap == []  # no sample, no score: nothing was measured
+    after = [p.p_value <= 0.05 for p in preds if T0 + timedelta(seconds=230) < p.time <= T0 + timedelta(seconds=233)]
+    steady = [p.p_value <= 0.05 for p in preds if T0 + timedelta(seconds=110) < p.time <= T0 + timedelta(seconds=200)]
+    assert len(after) == 3 * n and np.mean(after) <= 0.12, np.mean(after)  # scored at once, as flagged as steady
+    assert np.mean(steady) <= 0.08
+    # The gap's start and the resume raise no more alerts than as many calm seconds do (confirm 1 here).
+    raised = [c.alert.raised_at for c in changes if c.event == "raised" and c.alert.kind == "anomaly"]
+    around = sum(T0 + timedelta(seconds=200) <= r <= T0 + timedelta(seconds=234) for r in raised)
+    assert around <= 0.12 * 4 * n, (around, len(raised))
+
+
+async def test_scores_start_on_a_full_window_after_training():
+    """The first score after the detector is fitted is the mean of a full window of samples, like every calibration
+    score: it used to be the mean of the first sample alone (window 3: three times the variance)."""
+    live = MaintenanceLive(MaintenanceConfig(assets=(_asset("A", 3),)))
+    preds, _ = await _run(live, list(_noise({"A": 3}, 110)))
+    # 100 training samples (the periods ending at 1..100 s); the bank made with the last of them takes it as its
+    # first sample, and its window of 3 is full two periods later.
+    assert min(p.time for p in preds) == T0 + timedelta(seconds=102)
