@@ -39,7 +39,7 @@ from edge.records import Flag, Prediction, Quality, Reading
 from maintenance.alerts import AlertChange, AlertManager, Window, dedup_key
 from maintenance.anomaly import AnomalyBank, AnomalyConfig, AnomalyDetector
 from maintenance.config import AssetConfig, MaintenanceConfig
-from maintenance.indicators import Band, IndicatorEngine, slot_numbers, value_of
+from maintenance.indicators import Band, IndicatorEngine, expected_readings, slot_numbers, value_of
 from maintenance.iso20816 import SEVERITY, ZONES, ZoneTracker, zone
 from maintenance.quality import (
     FLAGGED,
@@ -550,12 +550,15 @@ class MaintenanceLive:
         windows zones and rules on indicators will judge."""
         n = len(NAMES)
         counts = np.bincount((np.arange(len(cls))[:, None] * n + cls).ravel(), minlength=len(cls) * n).reshape(-1, n)
+        # Missing: of the readings each tag's own sampling step leaves room for, so a row sums to that many and every
+        # share (min_share, sensor_share, data_quality) is of those (`expected_readings`).
+        counts[:, MISSING] = expected_readings(cls) - (cls != MISSING).sum(axis=1)
         t = datetime.fromtimestamp(end_slot * self.config.period_s, UTC)
         good = cls == GOOD
         with np.errstate(invalid="ignore", divide="ignore"):
             self._windows[t] = (counts, np.where(good, x, 0.0).sum(axis=1) / counts[:, GOOD])
         silent = self.indicators.silent_s(end_slot)
-        self._pending.extend(self.sensors.window(t, counts, self.indicators.slots, silent))
+        self._pending.extend(self.sensors.window(t, counts, counts.sum(axis=1), silent))
         for tag, (asset, _) in self.waveform_of.items():  # a waveform gone silent: no block says so
             last = self.indicators.blocks[tag].last
             since = last.timestamp() if last is not None else self.indicators.first_slot * self.config.period_s
@@ -589,10 +592,10 @@ class MaintenanceLive:
         ``min_share`` of it (else None); whether out-of-range readings are among its usable ones, which fill
         ``min_share`` with the good ones (its statistics are then unverified; else None); its class counts."""
         q = self.quality
-        n = self.indicators.slots
         row = self.indicators.row[tag]
         counts, means = self._windows[t]
         counts, good_mean = counts[row], float(means[row])
+        n = counts.sum()  # the readings the tag's sampling step leaves room for in the window
         good = counts[GOOD] / n
         oor = counts[OUT_OF_RANGE] / n if q.out_of_range == "unverified" else 0.0
         trusted = good_mean if counts[GOOD] and good >= q.min_share else None
@@ -600,7 +603,7 @@ class MaintenanceLive:
         return trusted, unverified, counts
 
     def _data_quality(self, counts: np.ndarray) -> dict:
-        return data_quality(counts, self.indicators.slots, window_s=self.config.window_s)
+        return data_quality(counts, counts.sum(), window_s=self.config.window_s)
 
     def _judge(self, d: Reading) -> tuple[int, dict] | None:
         """A rule on an indicator judges its window: it holds (MISSING) without ``min_share`` of usable readings,

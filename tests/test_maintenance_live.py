@@ -641,3 +641,54 @@ async def test_scores_start_on_a_full_window_after_training():
     # 100 training samples (the periods ending at 1..100 s); the bank made with the last of them takes it as its
     # first sample, and its window of 3 is full two periods later.
     assert min(p.time for p in preds) == T0 + timedelta(seconds=102)
+
+
+def _slow_vibration(step_s: int, value, flags: int = 0):
+    """One reading of P-101.vib_de every ``step_s`` seconds for 400 s: 1.0 mm/s (zone B here), then ``value`` from
+    200 s on."""
+    for s in range(0, 400, step_s):
+        t = T0 + timedelta(seconds=s)
+        yield [Reading("P-101.vib_de", t, 1.0 if s < 200 else value, t, flags=flags if s >= 200 else 0)]
+
+
+async def test_a_vibration_tag_sampled_slower_than_period_s_is_rated_in_zones():
+    """A vibration tag read every 3 s (an OPC UA sampling interval, `period_s` 1) filled a third of each 60 s window,
+    below `min_share` (0.5): no zone, no `iso_zone` reading and no alert, ever, for 5 mm/s (zone D here); its
+    indicators were all UNCERTAIN. The share is now of the readings its own step leaves room for."""
+    for step in (3, 7):
+        live = MaintenanceLive(config())
+        derived, changes = [], []
+        for batch in _slow_vibration(step, 5.0):
+            d, _, c = await live.process(batch)
+            derived += d
+            changes += c
+        zone = [c.alert for c in changes if c.alert.kind == "iso20816"]
+        assert zone and zone[-1].severity == "critical" and zone[-1].evidence["zone"] == "D", step
+        assert zone[0].raised_at <= T0 + timedelta(seconds=240)
+        assert zone[-1].evidence["data_quality"]["good"] >= 0.5
+        means = [r for r in derived if r.tag == "P-101.vib_de.mean" and r.time > T0 + timedelta(seconds=60)]
+        assert means and all(r.quality == Quality.GOOD for r in means)
+
+
+async def test_a_sensor_sampled_slower_than_period_s_raises_its_sensor_alert():
+    """Out of range in every reading, one every 3 s: a third of the window's slots, below `sensor_share`, so its
+    sensor alert never came; its evidence now gives the shares of its own readings."""
+    live = MaintenanceLive(config())
+    _, changes = await _run(live, _slow_vibration(3, 25.0, int(Flag.OUT_OF_RANGE)))
+    sensor = [c.alert for c in changes if c.alert.kind == "sensor" and c.event == "raised"]
+    assert sensor and sensor[0].tag == "P-101.vib_de" and sensor[0].evidence["problem"] == "out_of_range"
+    dq = sensor[0].evidence["data_quality"]
+    assert dq["out_of_range"] >= 0.5 and 0 <= dq["missing"] <= 0.5
+
+
+async def test_a_sparse_first_window_of_a_fast_tag_still_holds_the_zone():
+    """The share is of the tag's own step: 10 readings a second apart at the end of a window (after a start) are a
+    sixth of it, not a full window of a tag sampled every 6 s."""
+    live = MaintenanceLive(config())
+    batches = [[Reading("P-101.vib_de", t, 5.0, t)] for t in (T0 + timedelta(seconds=50 + s) for s in range(10))]
+    derived, changes = [], []
+    for b in [*batches, [Reading("P-101.vib_de", T0 + timedelta(seconds=61), 5.0, T0)]]:
+        d, _, c = await live.process(b)
+        derived += d
+        changes += c
+    assert not [r for r in derived if r.tag.endswith("iso_zone")] and not changes
