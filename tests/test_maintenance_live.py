@@ -692,3 +692,41 @@ async def test_a_sparse_first_window_of_a_fast_tag_still_holds_the_zone():
         derived += d
         changes += c
     assert not [r for r in derived if r.tag.endswith("iso_zone")] and not changes
+
+
+async def test_the_live_false_alarm_rate_is_at_most_alpha_with_the_defaults():
+    """The claim of the conformal p-values, measured through the live path (sample assembly, banks, calibration on
+    disjoint windows) with `AnomalyAssetConfig`'s defaults (1,800 training samples, window 10, alpha 0.01) on healthy
+    i.i.d. signals: 20 assets x 2,000 scored seconds. Measured 2026-12-07: 0.0087 (100 assets x 3,000 s), 0.0097
+    with every signal every 2 s, 0.0098 with one signal every 3 s."""
+    n, k = 20, 3
+    live = MaintenanceLive(MaintenanceConfig(assets=tuple(
+        AssetConfig(name=f"A{i}", anomaly=AnomalyAssetConfig(signals=tuple(f"A{i}.s{j}" for j in range(k)),
+                                                             predict_every_s=1)) for i in range(n))))
+    preds, _ = await _run(live, _noise({f"A{i}": k for i in range(n)}, 3800, seed=11))
+    p = np.array([x.p_value for x in preds])
+    assert len(p) >= n * 1950
+    assert np.mean(p <= 0.01) <= 0.0125, np.mean(p <= 0.01)  # sd of the estimate ~0.0015 (window-10 correlation)
+    assert np.mean(p <= 0.05) <= 0.06
+
+
+async def test_the_anomaly_alert_names_the_faulty_signal_among_correlated_ones():
+    """Mahalanobis score on three strongly correlated signals: one drifts 4 sd away from the others (a sensor or the
+    part it measures), the others as before. The alert's first top signal is that one, with most of the share."""
+    rng = np.random.default_rng(5)
+    asset = AssetConfig(name="C", anomaly=AnomalyAssetConfig(
+        signals=("C.a", "C.b", "C.c"), train_samples=300, window=3, alpha=0.05, score="mahalanobis",
+        predict_every_s=1))
+    live = MaintenanceLive(MaintenanceConfig(assets=(asset,)))
+    batches = []
+    for s in range(400):
+        t = T0 + timedelta(seconds=s)
+        common = rng.normal()
+        v = common + 0.2 * rng.normal(size=3)
+        v[1] += 4.0 if s >= 350 else 0.0  # 4 sd of the common signal: b leaves a and c
+        batches.append([Reading(f"C.{n}", t, float(x), t) for n, x in zip("abc", v, strict=True)])
+    _, changes = await _run(live, batches)
+    raised = [c.alert for c in changes if c.event == "raised" and c.alert.kind == "anomaly"]
+    assert raised and raised[0].raised_at > T0 + timedelta(seconds=350)
+    top = raised[0].evidence["top_signals"]
+    assert top[0]["signal"] == "C.b" and top[0]["share"] >= 0.5, top
