@@ -3,6 +3,7 @@ alert that names the contributing signals, with p-values and model version as ev
 
 import asyncio
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -730,3 +731,32 @@ async def test_the_anomaly_alert_names_the_faulty_signal_among_correlated_ones()
     assert raised and raised[0].raised_at > T0 + timedelta(seconds=350)
     top = raised[0].evidence["top_signals"]
     assert top[0]["signal"] == "C.b" and top[0]["share"] >= 0.5, top
+
+
+async def test_an_asset_whose_windows_are_never_full_says_so(caplog):
+    """A sensor whose device marks every fourth reading Uncertain (a sensor problem: left out) leaves a gap in every
+    window of 10, so the asset is never scored (a score needs every signal in each sample of its window): logged
+    once, naming that signal, instead of a detector gone quiet without a word."""
+    live = MaintenanceLive(MaintenanceConfig(assets=(_asset("A", 2, train=320, window=10),)))  # 19 windows for 0.05
+    batches = []
+    for s, b in enumerate(_noise({"A": 2}, 900)):
+        doubt = s >= 400 and s % 4 == 0
+        batches.append([replace(r, quality=Quality.UNCERTAIN) if doubt and r.tag == "A.s1" else r for r in b])
+    with caplog.at_level(logging.WARNING, logger="maintenance.live"):
+        preds, _ = await _run(live, batches)
+    said = [r for r in caplog.records if getattr(r, "event", None) == "anomaly_unscored"]
+    assert live.anomaly.detectors and not [p for p in preds if p.time > T0 + timedelta(seconds=410)]
+    assert len(said) == 1 and "A.s1" in said[0].getMessage() and "A.s0" not in said[0].getMessage()
+
+
+async def test_a_signal_sampled_slower_than_the_period_is_carried_to_its_next_reading():
+    """A signal read every 10 s (`period_s` 1) is carried forward to its next reading, in training and in scoring
+    alike. Carried 5 periods only, it left a gap in every window of 10: scored on what was left (the mean of one
+    value where calibration had two), measured with 50 assets x 6,000 s at the defaults, 0.029 of the healthy scores
+    were p <= 0.01 and 49 false alerts came; now 0.0128 (the calibration windows, aligned with the signal's step,
+    are not quite exchangeable with the live ones) and 31."""
+    live = MaintenanceLive(MaintenanceConfig(assets=(_asset("A", 2, train=320, window=10),)))
+    batches = [[r for r in b if r.tag == "A.s0" or s % 10 == 0] for s, b in enumerate(_noise({"A": 2}, 900))]
+    preds, _ = await _run(live, batches)
+    assert len(preds) >= 250  # scored every second after training (about 330 s)
+    assert live.anomaly.step[0, 1] == 10 and live.anomaly.step[0, 0] == 1
