@@ -78,8 +78,9 @@ def detector_version(d: AnomalyDetector) -> str:
 def _anomaly_key(a: AssetConfig) -> dict:
     """What a saved detector must match to be restored: the asset's anomaly settings that shape the fit."""
     c = a.anomaly
+    running = {"running_tag": c.running_tag, "running_above": c.running_above} if c.running_tag else {}
     return {"signals": list(c.signals), "train_samples": c.train_samples, "window": c.window, "alpha": c.alpha,
-            "score": c.score, "max_drift": c.max_drift} | CALIBRATION
+            "score": c.score, "max_drift": c.max_drift} | running | CALIBRATION
 
 
 def detector_record(a: AssetConfig, det: AnomalyDetector, version: str, origin: str, training: dict | None) -> dict:
@@ -121,6 +122,10 @@ class _Anomaly:
         self.oor = np.zeros((len(assets), width), bool)
         self.flagged = np.zeros((len(assets), width), bool)
         self.used = np.fromiter(sorted(self.flat.values()), np.int64)  # flat positions of configured signals
+        # Per asset, the column of its `running_tag` (-1: none) and the value above which it runs.
+        self.run_col = np.array([a.anomaly.signals.index(a.anomaly.running_tag) if a.anomaly.running_tag else -1
+                                 for a in assets], np.int64)
+        self.run_above = np.array([a.anomaly.running_above for a in assets], float)
         self.training: dict[int, list[np.ndarray]] = {i: [] for i in range(len(assets))}
         self.detectors: dict[int, AnomalyDetector] = {}
         self.versions: dict[int, str] = {}
@@ -184,13 +189,21 @@ class _Anomaly:
         reports."""
         return (self.seen >= slot).any(axis=1)
 
+    def stopped(self, x: np.ndarray) -> np.ndarray:
+        """Per asset, whether its sample ``x`` says the machine is stopped (`running_tag` at or below `running_above`;
+        never without one, nor when its value is missing: that sample is incomplete anyway)."""
+        has = self.run_col >= 0
+        v = x[np.arange(len(self.assets)), np.maximum(self.run_col, 0)]
+        with np.errstate(invalid="ignore"):
+            return has & (v <= self.run_above)
+
     def train_ready(self, x: np.ndarray, slot: int | None = None, reported: np.ndarray | None = None) -> bool:
         changed = False
         for i in list(self.training):
             a = self.assets[i]
             n = len(a.anomaly.signals)
             if reported is not None and not reported[i]:
-                continue  # no reading of the asset this period: not a sample (`reported`)
+                continue  # no reading of the asset this period, or the machine stopped: not a sample (`reported`)
             log_i = self.trainlog.setdefault(i, {"first": None, "last": None, "flagged": 0, "incomplete": 0})
             # Trained on healthy data only: a sample with a flagged reading (out of range too, whatever the
             # out_of_range setting) would teach the detector that a broken sensor is the healthy machine.
@@ -709,7 +722,9 @@ class MaintenanceLive:
         if not an.assets:
             return
         x, oor = an.sample(slot)
-        reported = an.reported(slot)
+        # A stopped machine's period is no sample either: standstill is not the operation the detector learnt (it
+        # flagged every stop, and a stop during training was learnt as healthy).
+        reported = an.reported(slot) & ~an.stopped(x)
         if an.training:
             an.train_ready(x, slot, reported)
         t = datetime.fromtimestamp((slot + 1) * self.config.period_s, UTC)

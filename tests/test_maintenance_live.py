@@ -760,3 +760,49 @@ async def test_a_signal_sampled_slower_than_the_period_is_carried_to_its_next_re
     preds, _ = await _run(live, batches)
     assert len(preds) >= 250  # scored every second after training (about 330 s)
     assert live.anomaly.step[0, 1] == 10 and live.anomaly.step[0, 0] == 1
+
+
+def _stops(seconds: int, stops: list[tuple[int, int]], seed: int = 9):
+    """A running machine (speed ~1000, two signals ~N(0, 1)) stopped during each (from, to): speed 0, the signals 5 sd
+    below their running level (no load, no flow)."""
+    rng = np.random.default_rng(seed)
+    for s in range(seconds):
+        t = T0 + timedelta(seconds=s)
+        down = any(a <= s < b for a, b in stops)
+        v = rng.normal(size=2) - (5.0 if down else 0.0)
+        speed = 0.0 if down else 1000.0 + rng.normal()
+        yield [Reading("M.s0", t, float(v[0]), t), Reading("M.s1", t, float(v[1]), t), Reading("M.speed", t, speed, t)]
+
+
+async def test_a_stopped_machine_is_neither_trained_on_nor_scored_with_running_tag():
+    """Without `running_tag` a stop is anomalous operation: an alert at every stop (here: a 60 s stop after
+    training), and a stop during training is learnt as healthy (a 20 s stop among the 40 samples the means are fit
+    on: speed's mean 474, its scale so wide that a later stop raised nothing). With it, the stopped periods are no
+    samples: no alert, nothing stored for them, and the detector trained on the running samples only."""
+    def asset(**kw):
+        return AssetConfig(name="M", anomaly=AnomalyAssetConfig(
+            signals=("M.s0", "M.s1", "M.speed"), train_samples=100, window=3, alpha=0.05, predict_every_s=1,
+            max_drift=None, **kw))
+    stops = [(10, 30), (300, 360)]  # one during training, one after
+    plain, learnt, gated = (MaintenanceLive(MaintenanceConfig(assets=(a,)))
+                            for a in (asset(), asset(), asset(running_tag="M.speed", running_above=100)))
+    _, changes = await _run(plain, _stops(500, stops[1:]))
+    assert [c for c in changes if c.event == "raised" and c.alert.kind == "anomaly"]
+    await _run(learnt, _stops(200, stops[:1]))
+    assert learnt.anomaly.detectors[0].mean_[2] < 900  # the stop's speed 0 went into "healthy"
+    preds, changes = await _run(gated, _stops(500, stops))
+    assert not [c for c in changes if c.event == "raised" and c.alert.kind == "anomaly"]
+    det = gated.anomaly.detectors[0]
+    assert abs(det.mean_[2] - 1000) < 1 and abs(det.mean_[0]) < 0.5
+    assert not [p for p in preds if T0 + timedelta(seconds=301) <= p.time <= T0 + timedelta(seconds=360)]
+    assert [p for p in preds if p.time > T0 + timedelta(seconds=365)]  # scored again once it runs
+    made = gated.detector_records()[0]
+    assert made["config"]["running_tag"] == "M.speed" and made["training_samples"] == 100
+
+
+def test_running_tag_must_be_one_of_the_signals():
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"running_tag 'M\.x' must be one of signals"):
+        AnomalyAssetConfig(signals=("M.s0",), train_samples=400, window=1, running_tag="M.x")
