@@ -24,7 +24,6 @@ One `AnomalyDetector` per asset:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -189,9 +188,14 @@ def hold(flag: np.ndarray, n: int) -> np.ndarray:
 class AnomalyBank:
     """Detectors of many assets (same signal count) scored together: one numpy call per second.
 
-    ``push(values, marks)`` takes the newest sample of every asset, shape (assets, signals), NaN for
-    missing (the rolling mean skips it), and returns scores, p-values and contributions; all NaN for an
-    asset with a signal that had no value in the whole window (no score, rather than a healthy one).
+    ``push(values, marks, active)`` takes the newest sample of every asset, shape (assets, signals), NaN for
+    missing, and returns scores, p-values and contributions. An asset is scored only on a full window: every
+    signal with a value in each of its ``window`` samples, as every calibration score was (a mean of ``window``
+    complete healthy samples). A mean of fewer is noisier than any calibration score: after a gap (a stopped
+    machine, the gateway off) the first scores were means of one or two samples and half of the assets flagged
+    (`test_a_gap_in_readings_raises_no_anomaly_alert`). Otherwise all NaN (no score, rather than a healthy or an
+    anomalous one). ``active`` (bool per asset, default all): the assets that have a sample this period; the
+    others keep their window as it is and are not scored.
     ``marks`` (same shape, bool) are values out of the sensor's range (`maintenance.quality`), kept for the
     window so `window_quality` can say which scores rest on them.
     """
@@ -213,20 +217,21 @@ class AnomalyBank:
         n = len(detectors)
         self.buf = np.full((n, self.window, self.use.shape[1]), np.nan)
         self.marks = np.zeros(self.buf.shape, bool)
-        self.pos = 0
+        self.pos = np.zeros(n, np.int64)  # samples pushed per asset (an asset without a sample keeps its window)
 
-    def push(self, values: np.ndarray, marks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def push(self, values: np.ndarray, marks: np.ndarray | None = None, active: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rows = np.arange(len(self.pos)) if active is None else np.flatnonzero(active)
+        cols = self.pos[rows] % self.window
         v = np.take_along_axis(np.asarray(values, dtype=float), self.use, axis=1)
-        self.buf[:, self.pos % self.window, :] = v
+        self.buf[rows, cols, :] = v[rows]
         marked = marks is not None and marks.any()  # rarely: most samples have no value out of range
-        self.marks[:, self.pos % self.window, :] = np.take_along_axis(marks, self.use, axis=1) if marked else False
-        self.pos += 1
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # "mean of empty slice": a signal absent all window
-            xs = np.nanmean(self.buf, axis=1)
-        # An asset with a signal that had no value in the whole window has no score: scoring it as z = 0 would
-        # call a silent machine perfectly healthy (and clear its alert while its sensors are offline).
+        self.marks[rows, cols, :] = np.take_along_axis(marks, self.use, axis=1)[rows] if marked else False
+        self.pos[rows] += 1
+        xs = self.buf.mean(axis=1)  # NaN wherever a sample of the window lacks the signal
         missing = np.isnan(xs).any(axis=1)
+        if active is not None:
+            missing |= ~np.asarray(active, bool)
         z = np.nan_to_num((xs - self.mean) / self.scale)
         pz = np.einsum("aij,aj->ai", self.precision, z)
         contrib = np.where(self.max_z[:, None], z * z, z * pz)
@@ -234,6 +239,12 @@ class AnomalyBank:
         p = conformal.p_values_many(self.calibration, score)
         score[missing], p[missing], contrib[missing] = np.nan, np.nan, np.nan
         return score, p, contrib
+
+    def oldest_first(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each asset's window of samples and out-of-range marks, oldest first (to carry them into a new bank)."""
+        k = (np.arange(self.window)[None, :] + self.pos[:, None]) % self.window
+        rows = np.arange(len(self.pos))[:, None]
+        return self.buf[rows, k], self.marks[rows, k]
 
     def window_quality(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per asset, the share of the window's values (samples x signals) that are good and out of range (the

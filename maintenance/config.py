@@ -53,6 +53,16 @@ class AnomalyAssetConfig(BaseModel):
     max_drift: float | None = 0.5
     confirm: int = Field(5, ge=1, description="consecutive flagged samples before an alert (debounce)")
     predict_every_s: float = Field(10.0, gt=0, description="store a prediction this often (and on every flag)")
+    running_tag: str | None = Field(None, description="one of signals that says the machine runs (speed, current): a "
+                                                      "period with it at or below running_above is neither trained "
+                                                      "on nor scored (a stopped machine is not anomalous operation)")
+    running_above: float = Field(0.0, description="running_tag above this: the machine runs")
+
+    @model_validator(mode="after")
+    def _running(self) -> AnomalyAssetConfig:
+        if self.running_tag is not None and self.running_tag not in self.signals:
+            raise ValueError(f"running_tag {self.running_tag!r} must be one of signals (its value is read with them)")
+        return self
 
     @model_validator(mode="after")
     def _resolution(self) -> AnomalyAssetConfig:

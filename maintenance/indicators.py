@@ -62,6 +62,22 @@ def slot_numbers(times_s: np.ndarray, period_s: float) -> np.ndarray:
     return np.rint(t * 1e6).astype(np.int64) // n_us
 
 
+def expected_readings(classes: np.ndarray) -> np.ndarray:
+    """Per series, how many readings a window of ``classes`` (series x slots, `maintenance.quality` classes, MISSING
+    where none) leaves room for at the series' own sampling step: the slots over the shortest step between two of its
+    readings in the window, taken when it holds at least three (else one slot: the configured period). The share of a
+    window a tag's readings fill is of these: a tag sampled every 3 s with ``period_s`` 1 filled a third of every
+    window, below ``min_share``, and its zone was never judged (a vibration in zone D raised nothing)."""
+    present = classes != MISSING
+    rows, n = present.shape
+    at = np.arange(n)
+    latest = np.maximum.accumulate(np.where(present, at, -1), axis=1)  # the latest reading at or before each slot
+    before = np.concatenate([np.full((rows, 1), -1), latest[:, :-1]], axis=1)
+    gaps = np.where(present & (before >= 0), at - before, n)
+    step = np.where(present.sum(axis=1) >= 3, gaps.min(axis=1, initial=n), 1)
+    return np.ceil(n / step).astype(np.int64)
+
+
 STATS = ("mean", "std", "min", "max", "rms", "peak", "crest", "kurtosis", "slope")
 
 
@@ -314,10 +330,11 @@ class IndicatorEngine:
 
     def _emit(self, end_slot: int, now: datetime | None) -> list[Reading]:
         x, unc = self.window(end_slot)
+        classes = self.classes(end_slot)
         if self.on_window is not None:
-            self.on_window(end_slot, x, self.classes(end_slot))
+            self.on_window(end_slot, x, classes)
         stats = window_stats(x, self.period)
-        coverage = np.isfinite(x).sum(axis=1) / self.slots
+        coverage = np.isfinite(x).sum(axis=1) / expected_readings(classes)  # of those its sampling step leaves room for
         t = datetime.fromtimestamp(end_slot * self.period, UTC)
         recv = now or utcnow()
         out: list[Reading] = []

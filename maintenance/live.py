@@ -39,7 +39,7 @@ from edge.records import Flag, Prediction, Quality, Reading
 from maintenance.alerts import AlertChange, AlertManager, Window, dedup_key
 from maintenance.anomaly import AnomalyBank, AnomalyConfig, AnomalyDetector
 from maintenance.config import AssetConfig, MaintenanceConfig
-from maintenance.indicators import Band, IndicatorEngine, slot_numbers, value_of
+from maintenance.indicators import Band, IndicatorEngine, expected_readings, slot_numbers, value_of
 from maintenance.iso20816 import SEVERITY, ZONES, ZoneTracker, zone
 from maintenance.quality import (
     FLAGGED,
@@ -56,7 +56,8 @@ from maintenance.quality import (
 from maintenance.rules import RuleEngine
 
 log = logging.getLogger(__name__)
-STALE_PERIODS = 5  # a signal not updated for this many periods is missing in the anomaly sample
+STALE_PERIODS = 5  # a signal not updated for this many periods (or two of its own steps) is missing in the sample
+UNSCORED_WINDOWS = 10  # an asset sending samples but unscored for this many window lengths is logged
 ANOMALY_STATE_FILE = "anomaly_models.npz"
 DETECTOR_ARRAYS = ("use", "mean", "scale", "precision", "calibration")  # AnomalyDetector's fitted `<name>_`
 STATE_FORMAT = 1
@@ -77,8 +78,9 @@ def detector_version(d: AnomalyDetector) -> str:
 def _anomaly_key(a: AssetConfig) -> dict:
     """What a saved detector must match to be restored: the asset's anomaly settings that shape the fit."""
     c = a.anomaly
+    running = {"running_tag": c.running_tag, "running_above": c.running_above} if c.running_tag else {}
     return {"signals": list(c.signals), "train_samples": c.train_samples, "window": c.window, "alpha": c.alpha,
-            "score": c.score, "max_drift": c.max_drift} | CALIBRATION
+            "score": c.score, "max_drift": c.max_drift} | running | CALIBRATION
 
 
 def detector_record(a: AssetConfig, det: AnomalyDetector, version: str, origin: str, training: dict | None) -> dict:
@@ -111,11 +113,19 @@ class _Anomaly:
         self.flat = {t: i * width + j for i, a in enumerate(assets) for j, t in enumerate(a.anomaly.signals)}
         self.values = np.full((len(assets), width), np.nan)
         self.seen = np.full((len(assets), width), -(10**12), dtype=np.int64)
+        # Each signal's sampling step in periods: the shorter of its last two gaps (one long silence does not make a
+        # slow signal of a fast one), and the latest gap.
+        self.step = np.ones((len(assets), width), np.int64)
+        self.gap = np.full((len(assets), width), 10**9, np.int64)
         # Whether each signal's latest value is out of range (scored, unverified) and whether its latest reading
         # carried any flag at all (never trained on), per `maintenance.quality`.
         self.oor = np.zeros((len(assets), width), bool)
         self.flagged = np.zeros((len(assets), width), bool)
         self.used = np.fromiter(sorted(self.flat.values()), np.int64)  # flat positions of configured signals
+        # Per asset, the column of its `running_tag` (-1: none) and the value above which it runs.
+        self.run_col = np.array([a.anomaly.signals.index(a.anomaly.running_tag) if a.anomaly.running_tag else -1
+                                 for a in assets], np.int64)
+        self.run_above = np.array([a.anomaly.running_above for a in assets], float)
         self.training: dict[int, list[np.ndarray]] = {i: [] for i in range(len(assets))}
         self.detectors: dict[int, AnomalyDetector] = {}
         self.versions: dict[int, str] = {}
@@ -128,6 +138,10 @@ class _Anomaly:
         self.banks: list[tuple[np.ndarray, AnomalyBank]] = []
         self.last_pred: dict[int, int] = {}
         self.run: dict[int, int] = {}  # consecutive flagged samples per asset
+        # Per asset, samples in a row that gave no score for a signal missing from the window (not a silent asset), and
+        # whether that was logged (once until it is scored again).
+        self.unscored: dict[int, int] = {}
+        self.said_unscored: set[int] = set()
         self.slot: int | None = None
         self.unsaved = False  # a detector was fitted since the last snapshot
         self.scored: dict[int, str] = {}  # the version each bank row's window of samples was scored with
@@ -145,8 +159,13 @@ class _Anomaly:
         ok = flat >= 0
         # A reading whose value is not to be used takes the slot as NaN: carrying the previous value forward would
         # score (and train on) a value the sensor has just said it cannot give.
-        self.values.flat[flat[ok]] = values[ok]
-        self.seen.flat[flat[ok]] = slot
+        f = flat[ok]
+        gap = slot - self.seen.flat[f]
+        known = (gap > 0) & (gap < 10**9)  # not its first reading, nor a late one
+        self.step.flat[f] = np.where(known, np.minimum(gap, self.gap.flat[f]), self.step.flat[f])
+        self.gap.flat[f] = np.where(known, gap, self.gap.flat[f])
+        self.values.flat[f] = values[ok]
+        self.seen.flat[f] = slot
         self.oor.flat[flat[ok]] = False if oor is None else oor[ok]
         self.flagged.flat[flat[ok]] = ~np.isfinite(values[ok]) if flagged is None else flagged[ok]
 
@@ -156,14 +175,35 @@ class _Anomaly:
 
     def sample(self, slot: int) -> tuple[np.ndarray, np.ndarray]:
         """The values of every asset's signals for ``slot`` (NaN: none usable), and which are out of range."""
-        fresh = slot - self.seen <= STALE_PERIODS
+        # A signal sampled slower than the period is carried forward to its next reading (two of its steps: one lost
+        # reading too). With `STALE_PERIODS` alone, a signal read every 10 s left a gap in every window of 10: scored
+        # on means of what was left, it flagged 0.029 of healthy samples at alpha 0.01 (now 0.0099, as trained).
+        fresh = slot - self.seen <= np.maximum(STALE_PERIODS, 2 * self.step)
         return np.where(fresh, self.values, np.nan), fresh & self.oor
 
-    def train_ready(self, x: np.ndarray, slot: int | None = None) -> bool:
+    def reported(self, slot: int) -> np.ndarray:
+        """Per asset, whether any of its signals sent a reading for ``slot``. A period without one is no sample of the
+        asset (neither trained on nor scored): the machine or its source stopped sending, and carrying its last values
+        forward for `STALE_PERIODS` filled its window with copies of one sample (a noisy mean: false alarms at every
+        stop). A signal slower than the period is still carried forward (`sample`) while another of the asset's
+        reports."""
+        return (self.seen >= slot).any(axis=1)
+
+    def stopped(self, x: np.ndarray) -> np.ndarray:
+        """Per asset, whether its sample ``x`` says the machine is stopped (`running_tag` at or below `running_above`;
+        never without one, nor when its value is missing: that sample is incomplete anyway)."""
+        has = self.run_col >= 0
+        v = x[np.arange(len(self.assets)), np.maximum(self.run_col, 0)]
+        with np.errstate(invalid="ignore"):
+            return has & (v <= self.run_above)
+
+    def train_ready(self, x: np.ndarray, slot: int | None = None, reported: np.ndarray | None = None) -> bool:
         changed = False
         for i in list(self.training):
             a = self.assets[i]
             n = len(a.anomaly.signals)
+            if reported is not None and not reported[i]:
+                continue  # no reading of the asset this period, or the machine stopped: not a sample (`reported`)
             log_i = self.trainlog.setdefault(i, {"first": None, "last": None, "flagged": 0, "incomplete": 0})
             # Trained on healthy data only: a sample with a flagged reading (out of range too, whatever the
             # out_of_range setting) would teach the detector that a broken sensor is the healthy machine.
@@ -204,8 +244,7 @@ class _Anomaly:
         other asset, whose next scores would then be means of a sample or two (noisy: false alarms)."""
         kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for rows, bank in self.banks:
-            oldest_first = np.roll(bank.buf, -(bank.pos % bank.window), axis=1)
-            marks = np.roll(bank.marks, -(bank.pos % bank.window), axis=1)
+            oldest_first, marks = bank.oldest_first()
             kept.update({int(i): (oldest_first[k], marks[k]) for k, i in enumerate(rows)})
         groups: dict[tuple[int, int], list[int]] = {}
         for i, d in self.detectors.items():
@@ -542,12 +581,15 @@ class MaintenanceLive:
         windows zones and rules on indicators will judge."""
         n = len(NAMES)
         counts = np.bincount((np.arange(len(cls))[:, None] * n + cls).ravel(), minlength=len(cls) * n).reshape(-1, n)
+        # Missing: of the readings each tag's own sampling step leaves room for, so a row sums to that many and every
+        # share (min_share, sensor_share, data_quality) is of those (`expected_readings`).
+        counts[:, MISSING] = expected_readings(cls) - (cls != MISSING).sum(axis=1)
         t = datetime.fromtimestamp(end_slot * self.config.period_s, UTC)
         good = cls == GOOD
         with np.errstate(invalid="ignore", divide="ignore"):
             self._windows[t] = (counts, np.where(good, x, 0.0).sum(axis=1) / counts[:, GOOD])
         silent = self.indicators.silent_s(end_slot)
-        self._pending.extend(self.sensors.window(t, counts, self.indicators.slots, silent))
+        self._pending.extend(self.sensors.window(t, counts, counts.sum(axis=1), silent))
         for tag, (asset, _) in self.waveform_of.items():  # a waveform gone silent: no block says so
             last = self.indicators.blocks[tag].last
             since = last.timestamp() if last is not None else self.indicators.first_slot * self.config.period_s
@@ -581,10 +623,10 @@ class MaintenanceLive:
         ``min_share`` of it (else None); whether out-of-range readings are among its usable ones, which fill
         ``min_share`` with the good ones (its statistics are then unverified; else None); its class counts."""
         q = self.quality
-        n = self.indicators.slots
         row = self.indicators.row[tag]
         counts, means = self._windows[t]
         counts, good_mean = counts[row], float(means[row])
+        n = counts.sum()  # the readings the tag's sampling step leaves room for in the window
         good = counts[GOOD] / n
         oor = counts[OUT_OF_RANGE] / n if q.out_of_range == "unverified" else 0.0
         trusted = good_mean if counts[GOOD] and good >= q.min_share else None
@@ -592,7 +634,7 @@ class MaintenanceLive:
         return trusted, unverified, counts
 
     def _data_quality(self, counts: np.ndarray) -> dict:
-        return data_quality(counts, self.indicators.slots, window_s=self.config.window_s)
+        return data_quality(counts, counts.sum(), window_s=self.config.window_s)
 
     def _judge(self, d: Reading) -> tuple[int, dict] | None:
         """A rule on an indicator judges its window: it holds (MISSING) without ``min_share`` of usable readings,
@@ -680,19 +722,43 @@ class MaintenanceLive:
         if not an.assets:
             return
         x, oor = an.sample(slot)
+        # A stopped machine's period is no sample either: standstill is not the operation the detector learnt (it
+        # flagged every stop, and a stop during training was learnt as healthy).
+        reported = an.reported(slot) & ~an.stopped(x)
         if an.training:
-            an.train_ready(x, slot)
+            an.train_ready(x, slot, reported)
         t = datetime.fromtimestamp((slot + 1) * self.config.period_s, UTC)
         for rows, bank in an.banks:
             w = max(len(an.assets[i].anomaly.signals) for i in rows)
-            score, p, contrib = bank.push(x[rows][:, :w], oor[rows][:, :w])
+            score, p, contrib = bank.push(x[rows][:, :w], oor[rows][:, :w], reported[rows])
             flags = p <= bank.alpha
             quality = bank.window_quality()
             for k, i in enumerate(rows):
                 if np.isnan(p[k]):
-                    continue  # a signal missing the whole window: no prediction, and the alert stays as it is
+                    # No sample, or a window not full: no prediction, and the alert stays as it is.
+                    if reported[i]:
+                        self._unscored(int(i), bank, k)
+                    continue
+                an.unscored.pop(int(i), None)
+                an.said_unscored.discard(int(i))
                 self._anomaly_result(int(i), slot, t, float(score[k]), float(p[k]), bool(flags[k]), contrib[k],
                                      preds, changes, bank.window, [q[k] for q in quality])
+
+    def _unscored(self, i: int, bank: AnomalyBank, k: int) -> None:
+        """An asset sending samples but never a full window (a sensor flagged again and again, a signal silent while
+        the others report) is scored by nothing: said once, naming the signals with gaps, rather than a detector gone
+        quiet without a word."""
+        an = self.anomaly
+        n = an.unscored[i] = an.unscored.get(i, 0) + 1
+        if i in an.said_unscored or n < UNSCORED_WINDOWS * bank.window:
+            return
+        an.said_unscored.add(i)
+        det = an.detectors[i]
+        gaps = [det.signals_[j] for j in np.flatnonzero(np.isnan(bank.buf[k]).any(axis=0))]
+        log.warning("asset %s: no anomaly score for the last %d samples: %s had no usable value in every sample of the "
+                    "window (flagged again and again, or silent while the asset's other signals report); scores need "
+                    "each signal in each of the window's %d samples", an.assets[i].name, n, ", ".join(gaps),
+                    bank.window, extra={"event": "anomaly_unscored", "asset": an.assets[i].name})
 
     def _anomaly_result(self, i: int, slot: int, t: datetime, score: float, p: float, flag: bool,
                         contrib: np.ndarray, preds: list[Prediction], changes: list[AlertChange], window: int,

@@ -173,8 +173,9 @@ class SensorWatch:
                 self.limit[i] = g.no_data_after_s or math.inf
                 self.heartbeat[i] = row[g.heartbeat] if g.heartbeat else -1
 
-    def window(self, t: datetime, counts: np.ndarray, slots: int, silent_s: np.ndarray) -> list[AlertChange]:
-        """Conditions of the window ending at ``t``: ``counts`` (series x classes), ``silent_s`` per series."""
+    def window(self, t: datetime, counts: np.ndarray, slots: np.ndarray, silent_s: np.ndarray) -> list[AlertChange]:
+        """Conditions of the window ending at ``t``: ``counts`` (series x classes), ``slots`` and ``silent_s`` per
+        series (``slots``: the readings the series' sampling step leaves room for, `indicators.expected_readings`)."""
         if not self.config.sensor_alerts or not self.watched.any():
             return []
         flagged = counts[:, list(FLAGGED)].sum(axis=1)
@@ -196,8 +197,8 @@ class SensorWatch:
                 out.extend(self.manager.observe(asset=asset, tag=tag, kind="sensor", active=False, t=t))
                 continue
             no_data = (float(silent_s[i]), float(self.limit[i])) if silent[i] and flagged[i] == 0 else None
-            out.extend(self._active(asset, tag, t, counts[i], slots, self.window_s, f"the last {self.window_s:g} s",
-                                    no_data))
+            out.extend(self._active(asset, tag, t, counts[i], int(slots[i]), self.window_s,
+                                    f"the last {self.window_s:g} s", no_data))
         return out
 
     def block(self, asset: str, tag: str, t: datetime, counts: np.ndarray, span_s: float) -> list[AlertChange]:

@@ -182,3 +182,16 @@ def test_waveform_rms_is_of_the_vibration_not_of_the_sensors_offset():
     assert s["peak"] == pytest.approx(np.sqrt(2), rel=1e-4)
     assert s["crest"] == pytest.approx(np.sqrt(2), rel=1e-4)
     assert s["band_all"] == pytest.approx(s["rms"], rel=1e-9)
+
+
+def test_expected_readings_follow_each_series_own_step():
+    from maintenance.indicators import expected_readings
+    from maintenance.quality import GOOD, MISSING
+
+    cls = np.full((5, 60), MISSING, np.int8)
+    cls[0, :] = GOOD  # every period: 60
+    cls[1, ::3] = GOOD  # every 3 s: 20
+    cls[2, 1::7] = GOOD  # every 7 s: 9 readings at most in 60 slots
+    cls[3, 50:] = GOOD  # a fast tag after a start, 10 readings: still 60 (the share stays a sixth)
+    cls[4, [0, 59]] = GOOD  # two readings say nothing of a step: the configured period
+    assert expected_readings(cls).tolist() == [60, 20, 9, 60, 60]

@@ -1149,3 +1149,34 @@ def test_after_a_failed_append_the_cycles_go_to_a_snapshot_until_one_holds_them(
     assert again.rul.restored == {f"E{u}": 25}
     after = _process(again, batches[25:])
     assert np.allclose([p.value for p in after], [p.value for p in whole[25:]], atol=1e-12)
+
+
+def test_a_counter_that_jumps_ahead_keeps_the_life_and_ages_by_the_jump(fitted):
+    """Counter mode: the counter skipping 10 cycles (updates the gateway never saw) is the same life, older by the
+    jump: the history is kept, the age is the counter, and each prediction is the offline model's for that age,
+    with its interval around it (lower <= value <= upper, or open-ended) at the card's coverage."""
+    r, d = fitted
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    one = test.select(test.unit == int(test.units()[0]))
+    asset = AssetConfig(name="ENG", rul=RulAssetConfig(
+        model_dir=str(d), sensors=tuple(f"ENG.s{j}" for j in range(1, 22)),
+        settings=tuple(f"ENG.set{k}" for k in range(1, 4)), cycle_tag="ENG.cycles"))
+    live = MaintenanceLive(MaintenanceConfig(period_s=1.0, assets=(asset,)))
+    n, h = len(one.unit), len(one.unit) // 2
+    cycles = np.where(np.arange(n) >= h, one.cycle + 10, one.cycle)
+    batches, t = [], T0
+    for i in range(n):
+        tk = t + timedelta(seconds=30)
+        batches.append([Reading("ENG.cycles", t, float(cycles[i]), t)]
+                       + [Reading(f"ENG.set{j + 1}", tk, float(one.settings[i, j]), tk) for j in range(3)]
+                       + [Reading(f"ENG.s{j + 1}", tk, float(one.sensors[i, j]), tk) for j in range(21)])
+        t += timedelta(seconds=60)
+    batches.append([Reading("ENG.cycles", t, float(cycles[-1]) + 1, t)])
+    preds = _process(live, batches)
+    assert [p.details["cycle"] for p in preds] == cycles.tolist()
+    assert len(live.rul.assets[0].history) == n  # no new life
+    want = r["model"].predict(one.unit, cycles, one.settings, one.sensors)
+    assert np.allclose([p.value for p in preds], want, atol=1e-3)
+    for p in preds:
+        assert p.coverage == pytest.approx(0.9) and p.lower <= p.value
+        assert (p.upper is None) == p.details["open_ended"] and (p.upper is None or p.value <= p.upper)
