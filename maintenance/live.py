@@ -769,7 +769,8 @@ class MaintenanceLive:
         every = max(1, round(a.anomaly.predict_every_s / self.config.period_s))
         an.run[i] = an.run.get(i, 0) + 1 if flag else 0
         # Confirmation debounces raising; a flag on an asset whose alert is already open keeps it open.
-        active = an.run[i] >= a.anomaly.confirm or (flag and dedup_key(a.name, None, "anomaly") in self.manager.open)
+        active = (an.run[i] >= a.anomaly.confirm_samples
+                  or (flag and dedup_key(a.name, None, "anomaly") in self.manager.open))
         if not flag and slot - an.last_pred.get(i, -(10**12)) < every:
             changes.extend(self.manager.observe(asset=a.name, tag=None, kind="anomaly", active=False, t=t))
             return
