@@ -425,6 +425,8 @@ class Analytics:
             # Alerts cleared just before the restart re-open, as they would have without it (reopen_within_s).
             self.manager.load_recent(await store.recently_cleared(conn, self.manager.policy.reopen_within_s,
                                                                   self.latest or utcnow()))
+            # Conditions a maintenance window held are not in the database: the state file has them.
+            self.manager.load_held(alert_state.held(self.state_dir / alert_state.STATE_FILE))
             self._synced = True
         by_id = {a.id: (a, level, escalated_at) for a, _, _, level, escalated_at in stored}
         # An open alert of the manager missing from the stored open ones is either cleared in the console or not

@@ -47,7 +47,12 @@ def content(manager: AlertManager, *, seen: bool = True) -> bytes:
     windows = [dataclasses.asdict(w) for w in manager.windows]
     recent = [[dataclasses.asdict(o.alert), o.occurrences, o.last_seen, o.escalation_level, o.escalated_at]
               for o, _ in manager.recent.values()]  # each alert carries its cleared_at
-    return msgpack.packb([alerts, windows, recent], use_bin_type=True, datetime=True, default=_msgpack_default)
+    # Conditions a maintenance window suppressed and that were still active at their last observation, to be raised
+    # at its end (`AlertManager.held`); their evidence moves with every sample (left out with ``seen=False``).
+    held = [[key, kw if seen else {k: kw[k] for k in ("asset", "tag", "kind", "severity")}, since]
+            for key, (kw, since) in manager.held.items()]
+    return msgpack.packb([alerts, windows, recent, held], use_bin_type=True, datetime=True,
+                         default=_msgpack_default)
 
 
 def write(path: Path, packed: bytes) -> None:
@@ -66,13 +71,28 @@ def read(path: Path, max_age: timedelta | None = MAX_AGE) -> tuple[list, list[Wi
                                              and time.time() - state["saved"] > max_age.total_seconds()):
             return None
         saved = msgpack.unpackb(state["content"], raw=False, timestamp=3)
-        saved_alerts, saved_windows, saved_recent = saved if len(saved) == 3 else (*saved, [])  # older: no recent
+        saved_alerts, saved_windows, saved_recent = (*saved, [])[:3]  # older files: no recent
         alerts = [(Alert(**a), n, seen, level, at) for a, n, seen, level, at in saved_alerts]
         windows = [Window(**w) for w in saved_windows]
         recent = [(Alert(**a), n, seen, level, at) for a, n, seen, level, at in saved_recent]
     except (OSError, ValueError, TypeError, KeyError, msgpack.UnpackException):
         return None
     return alerts, windows, recent
+
+
+def held(path: Path) -> dict[str, tuple[dict, object]]:
+    """The conditions a maintenance window held when the file was saved (`AlertManager.held`: key -> (observation,
+    active since)), for a restart inside the window: a tag reported by exception sends nothing new after the restart,
+    and its condition, still active, was forgotten and never raised at the window's end. Empty when there is no
+    usable file (or one older than `MAX_AGE`, or written before held conditions were kept)."""
+    try:
+        state = msgpack.unpackb(path.read_bytes(), raw=False)
+        if state.get("format") != FORMAT or time.time() - state["saved"] > MAX_AGE.total_seconds():
+            return {}
+        saved = msgpack.unpackb(state["content"], raw=False, timestamp=3)
+        return {str(key): (dict(kw), since) for key, kw, since in (saved[3] if len(saved) > 3 else [])}
+    except (OSError, ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException):
+        return {}
 
 
 def last_known(path: Path) -> dict[str, tuple]:
@@ -93,4 +113,5 @@ def restore(manager: AlertManager, path: Path) -> tuple[int, int] | None:
     manager.load(alerts)
     manager.windows = windows
     manager.load_recent(recent)
+    manager.load_held(held(path))
     return len(alerts), len(windows)

@@ -209,6 +209,13 @@ class AlertManager:
                                     a.cleared_at)
                 self._seen(key, max(seen, a.cleared_at) if seen is not None else a.cleared_at)
 
+    def load_held(self, held: dict[str, tuple[dict, datetime]]) -> None:
+        """Resume the conditions a window held before a restart (`maintenance.alert_state.held`), unless an alert
+        of theirs is open or one is held already (a newer observation of this process)."""
+        for key, (kw, since) in held.items():
+            if key not in self.open and key not in self.held:
+                self.held[key] = ({"message": "", "evidence": None} | kw, since)
+
     def _seen(self, key: str, t: datetime | None) -> None:
         """The condition of ``key`` was observed at ``t`` (by this process, or before a restart: a loaded alert's
         last active time, a clear's time): observations older than that are late."""

@@ -315,3 +315,31 @@ async def test_a_redelivered_reading_in_the_gateway_changes_no_alert_and_is_coun
         await an.process([Reading("P1.t", t, v, t)])
     assert [e for _, e in _changes(batches) if e != "escalated"] == ["raised", "cleared"]
     assert an.status()["late_observations"] == 1
+
+
+async def test_a_condition_held_by_a_window_is_raised_at_its_end_after_a_restart_inside_it(tmp_path, pg_dsn):
+    """A bearing temperature reported by exception at 95 inside a maintenance window; the gateway restarts inside the
+    window and no new reading comes (the value holds). Held conditions lived in memory only: after the restart the
+    condition was forgotten and the window's end raised nothing. The state file keeps them now; the first sync loads
+    them and the window's end raises the alert."""
+    import psycopg
+
+    from maintenance import alert_state
+    from maintenance.alerts import AlertManager, AlertPolicy, Window
+
+    _migrated(pg_dsn)
+    t0 = datetime.now(UTC) - timedelta(seconds=100)
+    window = Window("P1", t0 - timedelta(seconds=10), t0 + timedelta(seconds=50), "valve overhaul")
+    before = AlertManager(AlertPolicy(escalate_after_s=600), [window])
+    (held,) = before.observe(asset="P1", tag="P1.t", kind="rule:hot", active=True, t=t0, severity="warning",
+                             evidence={"value": 95.0})
+    assert held.event == "suppressed" and before.held
+    alert_state.write(tmp_path / alert_state.STATE_FILE, alert_state.content(before))  # saved at the stop
+    an = _gateway_with_rule(tmp_path, pg_dsn, "hot")
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as sync:
+        await an.sync_once(sync)  # the first sync after the restart
+    an.manager.windows = [window]  # as the sync would load it from the database
+    an.manager.release_after_s = 5.0
+    assert an.manager.tick(t0 + timedelta(seconds=40)) == []  # still inside the window
+    (raised,) = an.manager.tick(t0 + timedelta(seconds=60))  # after its end and the detectors' grace
+    assert raised.event == "raised" and raised.alert.tag == "P1.t" and raised.alert.evidence == {"value": 95.0}

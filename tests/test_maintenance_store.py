@@ -477,7 +477,7 @@ def test_a_gateway_started_while_the_database_is_away_reopens_the_alert_it_clear
     [back] = after.observe(asset="P4", tag="P4.p", kind="rule:hi", active=True, t=at(600))
     assert (back.event, back.alert.id, back.occurrences) == ("reopened", first, 2)
 
-    alerts, windows, _ = msgpack.unpackb(alert_state.content(before), raw=False, timestamp=3)
+    alerts, windows, *_ = msgpack.unpackb(alert_state.content(before), raw=False, timestamp=3)
     alert_state.write(path, msgpack.packb([alerts, windows], use_bin_type=True, datetime=True))  # earlier format
     older = AlertManager()
     assert alert_state.restore(older, path) == (0, 0) and older.recent == {}
