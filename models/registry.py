@@ -67,6 +67,10 @@ COVERAGE_TEST_LEVEL = 0.01
 LABELLED_METRICS = frozenset({"auc"})
 # How the far_gap gate decides (`_far_gate`): not by |far - alpha|, which a detector flagging alpha of all rows wins.
 FAR_RULE = "false alarm rate within alpha's tolerance, then the higher detection rate"
+# The longest a registry read waits for its database (connecting, a lock, a statement). The gateway reads the
+# champion between two groups of readings and waits for the answer: without a bound, a database host that stopped
+# answering or a restore holding the table locked stalled its analysis until the database came back.
+REGISTRY_DB_TIMEOUT_S = 10
 
 
 class GateRefused(ValvojaError):
@@ -267,7 +271,7 @@ class _DbIndex:
 
         self.dsn = dsn
         try:
-            with psycopg.connect(dsn, connect_timeout=10) as conn:
+            with psycopg.connect(dsn, connect_timeout=REGISTRY_DB_TIMEOUT_S) as conn:
                 check_schema(conn)  # another version's schema: a promotion written into it may mean another thing
         except SchemaMismatch as exc:
             raise ConfigError(f"model registry database: {exc}") from None
@@ -278,8 +282,16 @@ class _DbIndex:
     def tx(self, model_id: str | None = None) -> Iterator[_DbTx]:
         import psycopg
 
-        with psycopg.connect(self.dsn) as conn, conn.transaction():
-            if model_id is not None:
+        # libpq waits for ever by default: bounded (at least 2 s, libpq's floor) so a hung database is an error.
+        with psycopg.connect(self.dsn, connect_timeout=max(2, math.ceil(REGISTRY_DB_TIMEOUT_S))) as conn, \
+                conn.transaction():
+            if model_id is None:
+                # A read (the gateway's champion, a listing): bounded too, against a lock held by a restore or a
+                # migration (ACCESS EXCLUSIVE). A change (model_id given) waits its turn behind the per-model lock.
+                ms = str(int(REGISTRY_DB_TIMEOUT_S * 1000))
+                conn.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+                             (ms, ms))
+            else:
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("valvoja.models:" + model_id,))
             yield _DbTx(conn)
 
