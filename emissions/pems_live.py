@@ -129,7 +129,7 @@ class LivePems:
         self._check_inputs(mv)
         if self.server is None:
             self.server = ModelServer(self.registry, self.link.model_id, window=self.link.adaptive_window,
-                                      gamma=self.link.adaptive_gamma)
+                                      gamma=self.link.adaptive_gamma, accept=self._check_inputs)
             log.info("pems %s: serving %s v%s", self.link.tag, self.link.model_id, self.server.version)
             return True
         before = self.server.version

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -210,9 +210,14 @@ class ModelServer:
     """
 
     def __init__(self, registry, model_id: str, *, adaptive: bool = True, window: int = 500, gamma: float = 0.005,
-                 performance_window: int = 168, performance_min_rows: int = 24):
+                 performance_window: int = 168, performance_min_rows: int = 24,
+                 accept: Callable[[object], None] | None = None):
         self.registry = registry
         self.model_id = model_id
+        # Called with the registry version about to be served (a `models.registry.ModelVersion`); raising refuses it
+        # and the served version goes on. A consumer's own check of the champion (its inputs mapped to tags) is a
+        # separate registry read: a promotion or a rollback between the two put an unchecked version in service.
+        self.accept = accept
         self.adaptive = adaptive
         self.window = window
         self.gamma = gamma
@@ -254,6 +259,8 @@ class ModelServer:
             # next registration as an old one, and the champion under that number is then another graph.
             if current is not None and current.version == mv.version and current.model.sha256 == mv.sha256:
                 return False
+            if self.accept is not None:
+                self.accept(mv)
             model = self._load(mv)
             ac = None
             cal = model.card.get("calibration") or {}

@@ -95,3 +95,53 @@ def test_a_registry_database_that_stops_answering_does_not_stall_a_refresh(own_p
     assert isinstance(exc, psycopg.OperationalError), exc
     assert took < 8, took
     assert srv.version == v and srv.predict(regression_table(3, seed=4).matrix(FEATURES)).shape == (3,)
+
+
+class _RacingRegistry(Registry):
+    """A registry whose next champion read is followed by ``after_read`` (another user's promotion or rollback
+    landing between a consumer's two reads)."""
+
+    after_read = None
+
+    def champion(self, model_id):
+        mv = super().champion(model_id)
+        hook, self.after_read = self.after_read, None
+        if hook is not None:
+            hook()
+        return mv
+
+
+def test_a_rollback_between_the_pems_check_and_the_swap_does_not_serve_unmapped_inputs(tmp_path, trained, caplog):
+    """Live PEMS checks that the champion's inputs are mapped to tags, then asks its server to swap, which reads the
+    champion again. A rollback to a version with another input landing between the two reads was swapped in
+    unchecked: every later prediction was None (an input without a tag), nothing logged, and no later refresh
+    checked it again (the served version was the champion). Now the server checks the version it swaps in."""
+    from emissions.config import PemsLink
+    from emissions.pems_live import LivePems
+    from models.data import FeatureTable
+    from models.train import TrainSpec
+
+    base = regression_table(1200)
+    cols = dict(base.columns)
+    cols["x5"] = cols["x4"] + 0.01 * np.random.default_rng(2).normal(size=cols["x4"].size)
+    other = train(TrainSpec("syn", ("x1", "x2", "x3", "x5"), "y", estimator="hgb", params={"max_iter": 30}),
+                  FeatureTable(cols, base.times))
+    reg = _RacingRegistry(tmp_path / "models")
+    v1 = reg.register(trained["a"]).version
+    reg.promote("syn", v1)
+    v2 = reg.register(other).version
+    v3 = reg.register(trained["b"]).version
+    link = PemsLink(tag="S.y.pems", model_id="syn", registry=str(tmp_path / "models"),
+                    inputs={n: f"T.{n}" for n in FEATURES}, refresh_s=0)
+    lp = LivePems(link, asset="S", target="y", registry=reg)
+    assert lp.version == v1
+    reg.promote("syn", v3)
+    reg.after_read = lambda: reg.rollback("syn", to=v2)  # lands after LivePems's read, before its server's
+    with caplog.at_level("ERROR"):
+        lp.maybe_refresh()
+    assert lp.version != v2, "a version whose input x5 has no tag was swapped in unchecked"
+    X = regression_table(1, seed=9).matrix(FEATURES)
+    assert lp.predict(1_700_000_000, {f"T.{n}": float(X[0, j]) for j, n in enumerate(FEATURES)}) is not None
+    lp.maybe_refresh()  # the champion is now v2: refused again, said once
+    assert lp.version != v2
+    assert sum("x5" in r.getMessage() for r in caplog.records) == 1, [r.getMessage() for r in caplog.records]
