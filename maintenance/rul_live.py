@@ -324,9 +324,10 @@ class RulLive:
                     raise ConfigError(f"asset {a.name!r}: model registry {cfg.registry}: registry_db needs the site "
                                       "database (none configured)")
                 mv = self._champion(st)  # None: no champion yet, or the registry not readable now (retried)
-                if mv is not None:
+                onnx = self._files(st, mv) if mv is not None else None
+                if onnx is not None:
                     # A configuration that does not fit the champion is an error at start-up, not a log line.
-                    self._serve(st, ServedRulModel(mv.path, onnx=mv.load()))
+                    self._serve(st, ServedRulModel(mv.path, onnx=onnx))
                 elif st.error is None:
                     log.warning("asset %s: RUL model %s has no champion yet; cycles are kept and predictions start "
                                 "when one is promoted", a.name, cfg.model_id,
@@ -398,6 +399,23 @@ class RulLive:
                         "version": m.registry_version if m else None, "sha256": m.sha256 if m else None,
                         "cycles": len(a.history), "refused_sha256": a.refused, "registry_error": a.error})
         return out
+
+    def _files(self, a: _Asset, mv):
+        """The champion's ONNX model at start, or None when its files are refused (changed, missing, a graph this
+        onnxruntime cannot run): raised, that stopped the whole gateway, though a restored file or another
+        promotion mends it with no configuration change. Refused as at a refresh: logged and counted once, tried
+        again at each refresh, the asset's cycles kept meanwhile."""
+        from models.runtime import IntegrityError
+
+        try:
+            return mv.load()
+        except (OSError, IntegrityError) as exc:
+            a.refused, a.refused_files = mv.sha256, True
+            self.refusals += 1
+            self._count(a.cfg.model_id, "refused")
+            log.error("asset %s: RUL model %s v%s not served at start, tried again at each refresh: %s", a.name,
+                      a.cfg.model_id, mv.version, exc, extra={"event": "model_swap_refused", "asset": a.name})
+            return None
 
     def _count(self, model_id: str, outcome: str) -> None:
         if self.metrics is not None:

@@ -106,8 +106,9 @@ class ModelVersion:
         by its card's copy in the index (everything but the calibration score list and the drift reference)."""
         try:
             m = OnnxModel.load(self.path, sha256=self.sha256, card_sha256=self.card_sha256)
-        except IntegrityError as exc:
-            raise IntegrityError(f"{model_id_v(self)}: {exc}") from None
+        except IntegrityError as exc:  # the same class (GraphError too), named by the version once
+            msg = str(exc)
+            raise type(exc)(msg if msg.startswith(model_id_v(self) + ":") else f"{model_id_v(self)}: {msg}") from None
         if self.card_sha256 is None:
             indexed = {k: v for k, v in self.card.items() if k not in ("card_sha256", "holdout_sha256")}
             on_disk = json_safe(_index_card(m.card))

@@ -19,6 +19,7 @@ This module needs numpy and onnxruntime only (no scikit-learn, no scipy), so it 
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,13 +33,18 @@ from models.conformal import AdaptiveConformal, ConformalizedQuantile, Conformal
 from models.drift import PerformanceMonitor
 from models.schema import InputError, InputSchema
 
-__all__ = ["InputError", "IntegrityError", "ModelServer", "OnnxModel", "Output"]
+__all__ = ["GraphError", "InputError", "IntegrityError", "ModelServer", "OnnxModel", "Output"]
 
 INPUT_NAME = "X"  # models.export.INPUT_NAME (not imported: that module pulls in skl2onnx)
 
 
 class IntegrityError(ValueError):
     """A version's file (``model.onnx`` or ``card.json``) is not the one registered: refused, never served."""
+
+
+class GraphError(IntegrityError):
+    """An ONNX file this onnxruntime cannot run (damaged, or an opset / IR version newer than it supports): refused
+    like a changed file, naming the model and the runtime's reason."""
 
 
 def _session(onnx_bytes: bytes) -> ort.InferenceSession:
@@ -89,7 +95,14 @@ class OnnxModel:
         self.version = card.get("version")
         self.kind = card.get("kind", "regression")
         self.schema = InputSchema.from_dict(card["input_schema"])
-        self.session = _session(onnx_bytes)
+        try:
+            self.session = _session(onnx_bytes)
+        except Exception as exc:  # onnxruntime's own classes (Fail, InvalidProtobuf, InvalidGraph ...) are bare
+            # Exceptions: callers that keep the served version on a ValueError let them through (a PEMS not
+            # started for good, a gateway that did not start).
+            why = re.sub(r"\S+\.(?:h|cc):\d+ .*?\)\s+", "", str(exc)).strip()  # the C++ source line and signature
+            raise GraphError(f"{self.model_id} v{self.version}: onnxruntime {ort.__version__} cannot load the ONNX "
+                             f"graph: {why[:400]}") from None
         self._output = self.session.get_outputs()[0].name
         cal = card.get("calibration")
         self.calibrator = None

@@ -4,6 +4,8 @@ calibration scores, drift of constant and missing signals."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import signal
 import threading
@@ -145,3 +147,53 @@ def test_a_rollback_between_the_pems_check_and_the_swap_does_not_serve_unmapped_
     lp.maybe_refresh()  # the champion is now v2: refused again, said once
     assert lp.version != v2
     assert sum("x5" in r.getMessage() for r in caplog.records) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_an_onnx_graph_this_runtime_cannot_run_is_refused_and_the_served_version_goes_on(tmp_path, trained):
+    """A registered graph onnxruntime cannot load (a newer opset than it supports, written by a newer exporter;
+    damaged bytes that were registered so) raised onnxruntime's own classes, bare Exceptions: a caller keeping its
+    version on an IntegrityError let them through (a PEMS not started for good). Now `GraphError`, an
+    IntegrityError naming the model; a server asked to swap to it goes on with its version."""
+    import onnx
+
+    from models.runtime import GraphError, IntegrityError, OnnxModel
+
+    tm = trained["b"]
+    proto = onnx.load_from_string(tm.onnx_bytes)
+    for op in proto.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            op.version = 99
+    newer = proto.SerializeToString()
+    card = {k: v for k, v in tm.card.items() if k != "sha256"}
+    for data, why in ((newer, "opset"), (tm.onnx_bytes[: len(tm.onnx_bytes) // 2], "damaged")):
+        with pytest.raises(IntegrityError) as err:
+            OnnxModel(data, {**card, "version": 5})
+        assert isinstance(err.value, GraphError) and "syn v5" in str(err.value), (why, err.value)
+    reg = Registry(tmp_path / "models")
+    v1 = reg.register(trained["a"]).version
+    reg.promote("syn", v1)
+    srv = ModelServer(reg, "syn")
+    v2 = dataclasses.replace(tm, onnx_bytes=newer, sha256=hashlib.sha256(newer).hexdigest(),
+                             card={**tm.card, "sha256": hashlib.sha256(newer).hexdigest()})
+    v2 = reg.register(v2).version
+    with pytest.raises(GraphError):
+        reg.rollback("syn", to=v2)
+    assert reg.champion("syn").version == v1 and srv.refresh() is False and srv.version == v1
+    # Promoted from a host with a newer onnxruntime (its gate could run the graph): written into the index as that
+    # host's promotion did.
+    from datetime import UTC, datetime
+
+    with reg._index.tx("syn") as ix:
+        ix.set_status("syn", v1, "retired", datetime.now(UTC))
+        ix.set_status("syn", v2, "champion", datetime.now(UTC))
+        ix.add_event("syn", v2, "promote", v1, "newer-host", {"metric": "mae"})
+    with pytest.raises(GraphError):
+        srv.refresh()
+    assert srv.version == v1  # the served version goes on
+    from emissions.config import PemsLink
+    from emissions.pems_live import LivePems
+
+    link = PemsLink(tag="S.y.pems", model_id="syn", registry=str(tmp_path / "models"),
+                    inputs={n: f"T.{n}" for n in FEATURES})
+    lp = LivePems(link, asset="S", target="y", registry=reg)  # raised: this PEMS was not started, for good
+    assert lp.version is None and "cannot load the ONNX graph" in lp._error
