@@ -197,3 +197,78 @@ def test_an_onnx_graph_this_runtime_cannot_run_is_refused_and_the_served_version
                     inputs={n: f"T.{n}" for n in FEATURES})
     lp = LivePems(link, asset="S", target="y", registry=reg)  # raised: this PEMS was not started, for good
     assert lp.version is None and "cannot load the ONNX graph" in lp._error
+
+
+class _ComparingRegistry(Registry):
+    """A registry whose next gate comparison is followed by ``during`` (another user's promotion landing while the
+    gate runs the graphs)."""
+
+    during = None
+
+    def _compare(self, cand, champ, holdout):
+        c = super()._compare(cand, champ, holdout)
+        hook, self.during = self.during, None
+        if hook is not None:
+            hook()
+        return c
+
+
+@pytest.mark.parametrize("index", ["json", "db"])
+def test_two_promotions_at_once_and_the_rollback_after_them(tmp_path, trained, index, request):
+    """Two candidates gated against the same champion at once: the one whose comparison finished second was judged
+    against a champion that is no longer the champion, and is refused saying so (not promoted over the other unseen);
+    a rollback then restores exactly the champion before the one promoted, and without a previous one says so."""
+    from models.registry import GateRefused
+
+    dsn = None
+    if index == "db":
+        dsn = request.getfixturevalue("pg_dsn")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            migrate(conn)
+    reg = _ComparingRegistry(tmp_path / "models", dsn)
+    v1 = reg.register(trained["a"]).version
+    with pytest.raises(LookupError, match="no previous champion"):  # nothing promoted yet
+        reg.rollback("syn")
+    reg.promote("syn", v1)
+    with pytest.raises(LookupError, match="no previous champion"):
+        reg.rollback("syn")
+    v2 = reg.register(trained["b"]).version
+    v3 = reg.register(trained["b"]).version
+    reg.during = lambda: Registry(tmp_path / "models", dsn).promote("syn", v3)  # another user, another process
+    with pytest.raises(GateRefused, match=f"champion changed to v{v3} during the comparison"):
+        reg.promote("syn", v2)
+    assert reg.champion("syn").version == v3 and reg.get("syn", v2).status == "candidate"
+    assert [(e["event"], e["version"]) for e in reg.events("syn")][-2:] == [("promote", v3), ("refuse", v2)]
+    assert reg.rollback("syn") == {"model_id": "syn", "from": v3, "to": v1}
+    assert reg.champion("syn").version == v1 and reg.get("syn", v3).status == "retired"
+    with pytest.raises(LookupError, match="no previous champion"):
+        reg.rollback("syn")
+
+
+def test_too_few_calibration_rows_for_the_level_are_refused_not_served_overconfident():
+    """20 calibration rows cannot give a finite 98 % split-conformal interval (it needs 49): the largest residual
+    would cover about 20/21 while the card states 98 %. Training refuses, naming what it needs."""
+    from models.conformal import min_scores
+
+    with pytest.raises(ValueError, match=f"too few for 98.0% intervals \\(need at least {min_scores(0.02)}\\)"):
+        train(spec(alpha=0.02), regression_table(100))
+
+
+def test_drift_of_constant_and_missing_signals():
+    """A constant reference (a setpoint) reads ok while it holds and drift when it moves; a signal with no values
+    now is unknown, not ok; a stuck sensor on a varying reference is drift; a reference without a value names its
+    feature."""
+    from models.drift import DriftMonitor
+
+    rng = np.random.default_rng(0)
+    mon = DriftMonitor({"sp": np.full(1000, 5.0), "x": rng.normal(size=1000)}, ["sp", "x"])
+
+    def status(sp, x):
+        return {f["feature"]: f["status"] for f in mon.check({"sp": sp, "x": x})["features"]}
+
+    assert status(np.full(200, 5.0), rng.normal(size=200)) == {"sp": "ok", "x": "ok"}
+    assert status(np.full(200, 5.5), np.full(200, 0.3)) == {"sp": "drift", "x": "drift"}
+    r = mon.check({"sp": np.full(200, np.nan), "x": np.r_[rng.normal(size=10), np.full(190, np.nan)]})
+    assert r["status"] == "unknown" and [f["rows"] for f in r["features"]] == [0, 10]
+    with pytest.raises(ValueError, match="feature 'b': no finite value"):
+        DriftMonitor({"a": rng.normal(size=50), "b": np.full(50, np.nan)}, ["a", "b"])
