@@ -31,13 +31,14 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from edge.records import Flag, Prediction, Quality, Reading
 from emissions.config import PemsLink
 from emissions.pems import interval_level
+from models.schema import unit_key
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,11 @@ class LivePems:
     """One pollutant's PEMS: the champion of ``link.model_id``, one primary interval at a time."""
 
     def __init__(self, link: PemsLink, *, asset: str = "", target: str = "", registry=None, dsn: str | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, tag_units: Mapping[str, str] | None = None):
         if link.model_id is None:
             raise ValueError(f"pems link {link.tag}: no model_id configured")
         self.link = link
+        self.tag_units = dict(tag_units or {})  # the site's tag registry: tag -> unit ([[tags]] unit)
         self.asset = asset
         self.target = target
         self.dsn = dsn
@@ -104,6 +106,17 @@ class LivePems:
         if missing:
             raise ValueError(f"pems link {self.link.tag}: {mv.model_id} v{mv.version} takes input(s) "
                              f"{', '.join(missing)} that pems.inputs maps to no tag")
+        # A version trained on another unit of an input (°F where the tag is in °C, kPa where it is in mbar) gives
+        # numbers, and wrong ones: where both the card and the site's tag registry declare the unit, they must agree.
+        wrong = []
+        for f in mv.card.get("input_schema", {}).get("features", []):
+            tag = self.link.inputs[f["name"]]
+            trained, site = f.get("unit") or "", self.tag_units.get(tag, "")
+            if unit_key(trained) and unit_key(site) and unit_key(trained) != unit_key(site):
+                wrong.append(f"{f['name']} in {trained!r} but tag {tag} is in {site!r}")
+        if wrong:
+            raise ValueError(f"pems link {self.link.tag}: {mv.model_id} v{mv.version} takes {'; '.join(wrong)}: "
+                             "train it on the tags' units, or correct the units in [[tags]]")
         predicts = str(mv.card.get("target") or "")
         if predicts and self.target and predicts.lower() != self.target.lower() and self._named != mv.version:
             self._named = mv.version  # once per version (start-up checks it, then serves it)

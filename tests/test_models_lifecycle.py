@@ -272,3 +272,33 @@ def test_drift_of_constant_and_missing_signals():
     assert r["status"] == "unknown" and [f["rows"] for f in r["features"]] == [0, 10]
     with pytest.raises(ValueError, match="feature 'b': no finite value"):
         DriftMonitor({"a": rng.normal(size=50), "b": np.full(50, np.nan)}, ["a", "b"])
+
+
+def test_a_champion_trained_on_another_unit_of_an_input_is_not_served(tmp_path, caplog):
+    """Live PEMS checked that a champion's inputs are mapped to tags, not that they are in the units the model was
+    trained on: a version trained on x1 in °F, promoted while the tag is in °C (the site's [[tags]] unit), was
+    swapped in and gave numbers, wrong ones. Where the card and the tag registry both declare a unit they must now
+    agree ("°C" and "degC" are one); a mismatch is refused at a swap (the served version goes on) and at start."""
+    from emissions.config import PemsLink
+    from emissions.pems_live import LivePems
+
+    table = regression_table(1200)
+    celsius = train(spec(params={"max_iter": 30}, units={"x1": "°C", "x2": "mbar"}), table)
+    fahrenheit = train(spec(params={"max_iter": 120}, units={"x1": "degF", "x2": "mbar"}), table)
+    reg = Registry(tmp_path / "models")
+    v1 = reg.register(celsius).version
+    reg.promote("syn", v1)
+    link = PemsLink(tag="S.y.pems", model_id="syn", registry=str(tmp_path / "models"),
+                    inputs={n: f"T.{n}" for n in FEATURES}, refresh_s=0)
+    units = {"T.x1": "degC", "T.x2": "hPa", "T.x3": "m3/h"}  # spelt otherwise, the same units; x3 undeclared
+    lp = LivePems(link, asset="S", target="y", registry=reg, tag_units=units)
+    assert lp.version == v1
+    v2 = reg.register(fahrenheit).version
+    reg.promote("syn", v2)
+    with caplog.at_level("ERROR"):
+        lp.maybe_refresh()
+    assert lp.version == v1, "a version trained on x1 in degF was served on a tag in degC"
+    assert "x1 in 'degF' but tag T.x1 is in 'degC'" in caplog.text
+    with pytest.raises(ValueError, match=r"x1 in 'degF' but tag T\.x1 is in 'degC'"):
+        LivePems(link, asset="S", target="y", registry=reg, tag_units=units)
+    assert LivePems(link, asset="S", target="y", registry=reg, tag_units={"T.x1": "°F"}).version == v2
