@@ -202,22 +202,36 @@ class _JsonIndex:
 
     @contextlib.contextmanager
     def tx(self, model_id: str | None = None) -> Iterator[_JsonTx]:
+        """A change (``model_id`` given) under the exclusive lock; a read (None) without it: every change replaces
+        index.json whole (`write_atomic`), so a read sees one state or the next. A read took the lock too, opening
+        ``.index.lock`` for writing: a gateway reading a registry whose lock file another user made (``sudo valvoja
+        models promote``, 0644) failed every champion read with EACCES, and served nothing after a restart."""
+        if model_id is None:
+            t = _JsonTx(self._read())
+            yield t
+            if t.dirty:
+                raise RuntimeError("a registry change outside a per-model transaction")
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.lock_path, "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                # json's "Expecting value: line 2 column 1" alone names neither the file nor what it is (the gateway
-                # logs it when a served model asks for its champion).
-                raise ConfigError(f"{self.path} is not a readable registry index ({exc}): restore it from a "
-                                  "backup") from None
-            data.setdefault("versions", [])
-            data.setdefault("events", [])
+            data = self._read()
             t = _JsonTx(data)
             yield t
             if t.dirty:
                 write_atomic(self.path, json.dumps(data, indent=1, allow_nan=False) + "\n")
+
+    def _read(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            # json's "Expecting value: line 2 column 1" alone names neither the file nor what it is (the gateway
+            # logs it when a served model asks for its champion).
+            raise ConfigError(f"{self.path} is not a readable registry index ({exc}): restore it from a "
+                              "backup") from None
+        data.setdefault("versions", [])
+        data.setdefault("events", [])
+        return data
 
 
 class _JsonTx:

@@ -302,3 +302,36 @@ def test_a_champion_trained_on_another_unit_of_an_input_is_not_served(tmp_path, 
     with pytest.raises(ValueError, match=r"x1 in 'degF' but tag T\.x1 is in 'degC'"):
         LivePems(link, asset="S", target="y", registry=reg, tag_units=units)
     assert LivePems(link, asset="S", target="y", registry=reg, tag_units={"T.x1": "°F"}).version == v2
+
+
+def test_a_gateway_user_reads_a_registry_another_user_promoted_in(tmp_path_factory, trained):
+    """``sudo valvoja models promote`` (or a data scientist's account) makes index.json and its lock file 0644 for
+    that user. A champion read took the write lock too, opening the lock file for writing: the gateway's own user
+    failed every read with EACCES and served nothing. Reads take no lock now (changes replace index.json whole)."""
+    import pwd
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to read as another user")
+    root = Path(tempfile.mkdtemp(prefix="valvoja-regperm-"))
+    try:
+        root.chmod(0o755)
+        reg = Registry(root / "models")
+        v = reg.register(trained["a"]).version
+        reg.promote("syn", v)
+        assert (root / "models" / ".index.lock").stat().st_mode & 0o777 == 0o644
+        nobody = pwd.getpwnam("nobody")
+        code = ("import sys; from models.registry import Registry; from models.runtime import ModelServer; "
+                f"s = ModelServer(Registry({str(root / 'models')!r}), 'syn'); "
+                "print(s.version, s.predict([[0.1, 0.2, 0.3, 0.4]])[0] == s.predict([[0.1, 0.2, 0.3, 0.4]])[0])")
+        res = subprocess.run(["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+                              sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=120,
+                             env={"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HOME": "/"})
+        assert res.returncode == 0, res.stderr[-600:]
+        assert res.stdout.split() == [str(v), "True"]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
