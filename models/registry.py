@@ -303,9 +303,10 @@ class _DbIndex:
             if model_id is None:
                 # A read (the gateway's champion, a listing): bounded too, against a lock held by a restore or a
                 # migration (ACCESS EXCLUSIVE). A change (model_id given) waits its turn behind the per-model lock.
-                ms = str(int(REGISTRY_DB_TIMEOUT_S * 1000))
+                # statement_timeout counts the lock wait too: twice as long, so a lock is said as one.
+                ms = int(REGISTRY_DB_TIMEOUT_S * 1000)
                 conn.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
-                             (ms, ms))
+                             (str(ms), str(2 * ms)))
             else:
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("valvoja.models:" + model_id,))
             yield _DbTx(conn)

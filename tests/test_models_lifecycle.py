@@ -335,3 +335,26 @@ def test_a_gateway_user_reads_a_registry_another_user_promoted_in(tmp_path_facto
         assert res.stdout.split() == [str(v), "True"]
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_cli_a_locked_registry_is_one_line_not_a_wait_or_a_traceback(pg_dsn, tmp_path, trained, monkeypatch, capsys):
+    """`valvoja models list --db` while a restore holds the table: it waited as long as the lock; now, after the
+    registry's timeout, one line naming the registry database, exit 1."""
+    from models.cli import main
+
+    monkeypatch.setattr(registry_module, "REGISTRY_DB_TIMEOUT_S", 2, raising=False)
+    reg = _db_registry(pg_dsn, tmp_path)
+    reg.register(trained["a"])
+    locker = psycopg.connect(pg_dsn)
+    try:
+        locker.execute("LOCK TABLE model_registry IN ACCESS EXCLUSIVE MODE")
+        box = {}
+        _, exc, hung = _timed(lambda: box.setdefault(
+            "rc", main(["list", "--registry", str(tmp_path / "models"), "--db", pg_dsn])), 20)
+        locker.rollback()
+    finally:
+        locker.close()
+    assert not hung and exc is None, exc
+    err = capsys.readouterr().err
+    assert box["rc"] == 1 and err.startswith("error: model registry database: ") and err.count("\n") == 1, err
+    assert "lock timeout" in err
