@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from edge.records import Flag, Prediction, Quality, Reading
 from emissions.config import PemsLink
 from emissions.pems import interval_level
-from models.schema import unit_key
+from models.schema import InputError, unit_key
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,8 @@ class LivePems:
         self._next_refresh = clock() + link.refresh_s
         self._error: str | None = None
         self._named: int | None = None  # the version whose other target was logged
+        self.refused_rows = 0  # intervals the runtime refused (an input beyond float32, a non-finite output)
+        self._refusal: str | None = None  # the last refusal logged (once until a prediction is made again)
         try:
             mv = self._registry().champion(link.model_id)
         except Exception as exc:  # the registry's database is down: no PEMS output until it can be read
@@ -180,7 +182,7 @@ class LivePems:
         """For the console: the served version, swaps, predictions awaiting the analyser and, where the runtime
         tracks it, performance drift of the served version from the analyser values observed so far."""
         out = {"model_id": self.link.model_id, "pems_tag": self.link.tag, "version": self.version, "swaps": self.swaps,
-               "awaiting_analyser": len(self.pending)}
+               "awaiting_analyser": len(self.pending), "refused_rows": self.refused_rows}
         if self.server is not None:
             out["sha256"] = self.server.model.sha256
             if hasattr(self.server, "performance"):
@@ -202,7 +204,20 @@ class LivePems:
                 return None
             row[n] = [float(v)]
         ts = datetime.fromtimestamp(t, UTC)
-        p = self.server.predict_records(row, asset=self.asset, times=[ts], target=self.target)[0]
+        try:
+            p = self.server.predict_records(row, asset=self.asset, times=[ts], target=self.target)[0]
+        except InputError as exc:
+            # A device's 1e39 "no value" (finite, beyond the float32 the graph takes) or an output the graph made
+            # infinite: no prediction for the interval, as for a missing input. Raised, it was logged with a full
+            # traceback every primary interval for as long as the device sent it, and counted nowhere.
+            self.refused_rows += 1
+            if self._refusal != str(exc):
+                self._refusal = str(exc)
+                log.warning("pems %s: no prediction from %s v%s while the runtime refuses its inputs (said once until "
+                            "a prediction is made again): %s", self.link.tag, self.link.model_id, self.version, exc,
+                            extra={"event": "pems_input_refused", "stack": self.asset, "pollutant": self.target})
+            return None
+        self._refusal = None
         p = dataclasses.replace(p, kind="pems", input_start=ts,
                                 details={**p.details, "model_id": p.model_id, "pems_tag": self.link.tag})
         self.pending[t] = p

@@ -358,3 +358,26 @@ def test_cli_a_locked_registry_is_one_line_not_a_wait_or_a_traceback(pg_dsn, tmp
     err = capsys.readouterr().err
     assert box["rc"] == 1 and err.startswith("error: model registry database: ") and err.count("\n") == 1, err
     assert "lock timeout" in err
+
+
+def test_a_pems_input_beyond_float32_gives_no_prediction_said_once(tmp_path, trained, caplog):
+    """A device's 1e39 "no value" on a PEMS input tag (finite, so it passed the missing-input check) is refused by
+    the runtime: raised out of LivePems, it was logged with a traceback every primary interval for as long as the
+    device sent it. Now no prediction for those intervals, one warning, a count in the status; the next good
+    inputs predict again."""
+    from emissions.config import PemsLink
+    from emissions.pems_live import LivePems
+
+    reg = Registry(tmp_path / "models")
+    reg.promote("syn", reg.register(trained["a"]).version)
+    link = PemsLink(tag="S.y.pems", model_id="syn", registry=str(tmp_path / "models"),
+                    inputs={n: f"T.{n}" for n in FEATURES})
+    lp = LivePems(link, asset="S", target="y", registry=reg)
+    good = {f"T.{n}": 0.1 * j for j, n in enumerate(FEATURES)}
+    with caplog.at_level("WARNING", logger="emissions.pems_live"):
+        got = [lp.push(1_700_000_000 + 60 * i, {**good, "T.x2": 1e39}) for i in range(5)]
+    assert got == [None] * 5 and lp.status()["refused_rows"] == 5
+    said = [r for r in caplog.records if "refuses its inputs" in r.getMessage()]
+    assert len(said) == 1 and "x2" in said[0].getMessage() and said[0].exc_info is None
+    step = lp.push(1_700_000_300, good)
+    assert step is not None and step.prediction.lower < step.prediction.value < step.prediction.upper
