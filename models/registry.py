@@ -607,7 +607,14 @@ class Registry:
         if (ca is None) != (ha is None) or (ca is not None and not math.isclose(ca, ha, rel_tol=1e-9)):
             refusals.append(f"the candidate's alpha {ca} is not the champion's {ha}: intervals and p-values of "
                             f"different levels do not compare (train the candidate with alpha {ha})")
-        hm = run(champ)
+        try:
+            hm = run(champ)
+        except IntegrityError as exc:
+            # Raised, it escaped the gate with no refusal recorded, and named a file without saying it was the
+            # champion's that stood in the way.
+            return result(False, f"the champion v{champ.version} cannot be compared: {exc}; restore its files, or "
+                          f"roll back to an intact version (`valvoja models rollback {cand.model_id} --to N`) and "
+                          "gate the candidate against that", cm)
         floor, short = _coverage_check(cm, hm, len(table))
         if short:
             refusals.append(short)

@@ -381,3 +381,21 @@ def test_a_pems_input_beyond_float32_gives_no_prediction_said_once(tmp_path, tra
     assert len(said) == 1 and "x2" in said[0].getMessage() and said[0].exc_info is None
     step = lp.push(1_700_000_300, good)
     assert step is not None and step.prediction.lower < step.prediction.value < step.prediction.upper
+
+
+def test_a_damaged_champion_refuses_the_gate_with_a_recorded_reason(tmp_path, trained):
+    """The champion's model.onnx changed on disk: the gate's re-run of it raised IntegrityError out of `promote`,
+    with no refusal in the events and a message that did not say the file was the champion's. Now a refusal that
+    says so and how to go on."""
+    from models.registry import GateRefused
+
+    reg = Registry(tmp_path / "models")
+    v1 = reg.register(trained["a"]).version
+    reg.promote("syn", v1)
+    (reg.get("syn", v1).path / "model.onnx").write_bytes(b"not the registered graph")
+    v2 = reg.register(trained["b"]).version
+    with pytest.raises(GateRefused, match=f"the champion v{v1} cannot be compared: .*rollback syn --to"):
+        reg.promote("syn", v2)
+    last = reg.events("syn")[-1]
+    assert (last["event"], last["version"]) == ("refuse", v2) and "champion" in last["detail"]["reason"]
+    assert reg.champion("syn").version == v1
