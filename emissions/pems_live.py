@@ -73,6 +73,7 @@ class LivePems:
         self._next_refresh = clock() + link.refresh_s
         self._error: str | None = None
         self._named: int | None = None  # the version whose other target was logged
+        self._gone = False  # the registry named no champion while one was served (logged once)
         self.refused_rows = 0  # intervals the runtime refused (an input beyond float32, a non-finite output)
         self._refusal: str | None = None  # the last refusal logged (once until a prediction is made again)
         try:
@@ -137,7 +138,16 @@ class LivePems:
             if self.server is None:
                 log.warning("pems %s: model %s has no champion yet; no predictions until one is promoted",
                             self.link.tag, self.link.model_id)
+            elif not self._gone:
+                # Only an index restored from an older backup (or edited) loses its champion: promotions and
+                # rollbacks always leave one. The served version goes on, but it is no longer the promoted one.
+                self._gone = True
+                log.warning("pems %s: the registry names no champion of %s any more (an index restored from an older "
+                            "backup?); v%s goes on being served until one is promoted", self.link.tag,
+                            self.link.model_id, self.server.version,
+                            extra={"event": "model_champion_gone", "stack": self.asset, "pollutant": self.target})
             return False
+        self._gone = False
         # The sha256 too: an index restored from an older backup numbers a new registration as an old version.
         if self.server is not None and mv.version == self.server.version and mv.sha256 == self.server.model.sha256:
             return False

@@ -172,6 +172,7 @@ class _Asset:
     first_time: datetime | None = None  # counter mode: when the first counted cycle began
     end_time: datetime | None = None  # counter mode: when the cycle being closed ended
     error: str | None = None  # the registry's last read error (logged once until it changes)
+    gone: bool = False  # the registry named no champion while one was served (logged once until one is named)
 
 
 def _describe(model: ServedRulModel | None) -> str:
@@ -363,11 +364,20 @@ class RulLive:
             key = (cfg.registry, cfg.registry_db, cfg.model_id)
             if key not in champions:
                 champions[key] = self._champion(a)
-            elif champions[key] is None:
-                continue
             mv = champions[key]
+            if mv is None:
+                if a.model is not None and a.error is None and not a.gone:
+                    # Only an index restored from an older backup (or edited) loses its champion: promotions and
+                    # rollbacks always leave one. The served version goes on, but it is no longer the promoted one.
+                    a.gone = True
+                    log.warning("asset %s: the registry names no champion of %s any more (an index restored from an "
+                                "older backup?); %s goes on being served until one is promoted", a.name,
+                                cfg.model_id, _describe(a.model),
+                                extra={"event": "model_champion_gone", "asset": a.name})
+                continue
+            a.gone = False
             served = a.model.sha256 if a.model is not None else None
-            if mv is None or mv.sha256 == served or (mv.sha256 == a.refused and not a.refused_files):
+            if mv.sha256 == served or (mv.sha256 == a.refused and not a.refused_files):
                 continue
             # A champion refused for its files (changed, missing, unreadable) is tried again at every refresh (they
             # are read and hashed): a refusal for good kept the previous version served after the files were

@@ -399,3 +399,32 @@ def test_a_damaged_champion_refuses_the_gate_with_a_recorded_reason(tmp_path, tr
     last = reg.events("syn")[-1]
     assert (last["event"], last["version"]) == ("refuse", v2) and "champion" in last["detail"]["reason"]
     assert reg.champion("syn").version == v1
+
+
+def test_a_champion_lost_by_an_index_restore_is_said_once_and_the_served_version_goes_on(tmp_path, trained, caplog):
+    """index.json restored from a backup taken before the promotion: the registry names no champion, and live PEMS
+    went on serving v1 without a word, so the plant ran a model the registry (and the console) says nobody promoted.
+    Now said once (model_champion_gone) until a champion is named again; the served version goes on."""
+    from emissions.config import PemsLink
+    from emissions.pems_live import LivePems
+
+    reg = Registry(tmp_path / "models")
+    v1 = reg.register(trained["a"]).version
+    backup = (tmp_path / "models" / "index.json").read_bytes()
+    reg.promote("syn", v1)
+    link = PemsLink(tag="S.y.pems", model_id="syn", registry=str(tmp_path / "models"),
+                    inputs={n: f"T.{n}" for n in FEATURES}, refresh_s=0)
+    lp = LivePems(link, asset="S", target="y", registry=reg)
+    (tmp_path / "models" / "index.json").write_bytes(backup)
+    with caplog.at_level("WARNING", logger="emissions.pems_live"):
+        lp.maybe_refresh()
+        lp.maybe_refresh()
+    gone = [r for r in caplog.records if getattr(r, "event", "") == "model_champion_gone"]
+    assert len(gone) == 1 and "v1 goes on being served" in gone[0].getMessage()
+    assert lp.version == v1
+    reg.promote("syn", v1)  # named again, then lost again: said again
+    lp.maybe_refresh()
+    (tmp_path / "models" / "index.json").write_bytes(backup)
+    with caplog.at_level("WARNING", logger="emissions.pems_live"):
+        lp.maybe_refresh()
+    assert sum(getattr(r, "event", "") == "model_champion_gone" for r in caplog.records) == 2
