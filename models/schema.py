@@ -25,7 +25,8 @@ class InputError(DataError):
 
 # Spellings of one unit that sites and trainers both use; anything else is compared as written (case and spaces
 # aside), so a mismatch is said rather than a conversion guessed.
-_UNIT_ALIASES = {"c": "degc", "celsius": "degc", "hpa": "mbar", "k": "kelvin", "percent": "%", "pct": "%"}
+_UNIT_ALIASES = {"c": "degc", "celsius": "degc", "hpa": "mbar", "k": "kelvin", "percent": "%", "pct": "%",
+                 "%rh": "%"}
 
 
 def unit_key(unit: str) -> str:

@@ -291,6 +291,10 @@ def test_a_champion_trained_on_another_unit_of_an_input_is_not_served(tmp_path, 
     link = PemsLink(tag="S.y.pems", model_id="syn", registry=str(tmp_path / "models"),
                     inputs={n: f"T.{n}" for n in FEATURES}, refresh_s=0)
     units = {"T.x1": "degC", "T.x2": "hPa", "T.x3": "m3/h"}  # spelt otherwise, the same units; x3 undeclared
+    from models.schema import unit_key
+
+    assert unit_key("°C") == unit_key("deg C") == unit_key("C") and unit_key("%RH") == unit_key("percent")
+    assert unit_key("mg/m³") == unit_key("mg/m3") != unit_key("mg/Nm3") and unit_key("K") != unit_key("°C")
     lp = LivePems(link, asset="S", target="y", registry=reg, tag_units=units)
     assert lp.version == v1
     v2 = reg.register(fahrenheit).version
