@@ -104,6 +104,11 @@ class LivePems:
 
     # -- the served version ---------------------------------------------------------------------
     def _check_inputs(self, mv) -> None:
+        if mv.kind != "regression":
+            # An anomaly scorer's output is a score with a p-value, no interval: served, its score was stored as the
+            # pollutant's substitute (its card names no target, so the target check below had nothing to say).
+            raise ValueError(f"pems link {self.link.tag}: {mv.model_id} v{mv.version} is an {mv.kind} model; a PEMS "
+                             "serves a regressor of the pollutant")
         names = [f["name"] for f in mv.card.get("input_schema", {}).get("features", [])]
         missing = [n for n in names if n not in self.link.inputs]
         if missing:

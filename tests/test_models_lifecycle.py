@@ -14,7 +14,7 @@ import time
 import numpy as np
 import psycopg
 import pytest
-from models_support import FEATURES, regression_table, spec
+from models_support import FEATURES, anomaly_table, regression_table, spec
 
 from edge.db.migrate import migrate
 from models import registry as registry_module
@@ -432,3 +432,18 @@ def test_a_champion_lost_by_an_index_restore_is_said_once_and_the_served_version
     with caplog.at_level("WARNING", logger="emissions.pems_live"):
         lp.maybe_refresh()
     assert sum(getattr(r, "event", "") == "model_champion_gone" for r in caplog.records) == 2
+
+
+def test_an_anomaly_scorer_under_a_pems_model_id_is_not_served(tmp_path):
+    """The first version of a PEMS model id is promoted without a champion to compare kinds with; an anomaly scorer
+    trained under it by mistake was served: its score stored as the pollutant's substitute value, no interval, and
+    no target to warn about. Refused now, at start and at a swap."""
+    from emissions.config import PemsLink
+    from emissions.pems_live import LivePems
+
+    reg = Registry(tmp_path / "models")
+    reg.promote("syn", reg.register(train(spec("syn", "mahalanobis", label="label"), anomaly_table(1500))).version)
+    link = PemsLink(tag="S.y.pems", model_id="syn", registry=str(tmp_path / "models"),
+                    inputs={n: f"T.{n}" for n in FEATURES})
+    with pytest.raises(ValueError, match="is an anomaly model; a PEMS serves a regressor"):
+        LivePems(link, asset="S", target="y", registry=reg)
