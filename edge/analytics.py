@@ -133,7 +133,8 @@ class Analytics:
         self._stack_names = {st.name for st in stacks}
         self._pems_steps: list = []  # live PEMS outputs (emissions.pems_live.PemsStep) of the current group
         self.emissions = (LiveEmissions(stacks, on_condition=self._condition, on_pems=self._pems_steps.append,
-                                        pems_dsn=conninfo) if stacks else None)
+                                        pems_dsn=conninfo, tag_units={t.name: t.unit for t in cfg.tags if t.unit})
+                          if stacks else None)
         self.queue: asyncio.Queue[list[Reading]] = asyncio.Queue(maxsize=QUEUE_GROUPS)
         self.dropped = 0
         self.errors = 0

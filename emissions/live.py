@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -67,7 +67,7 @@ class LiveMonitor:
 
     def __init__(self, cfg: StackConfig, on_alert: Callable[[Alert], None] | None = None,
                  on_condition: Callable[..., object] | None = None, on_pems: Callable[..., object] | None = None,
-                 pems_dsn: str | None = None):
+                 pems_dsn: str | None = None, tag_units: Mapping[str, str] | None = None):
         self.cfg = cfg
         self.on_alert = on_alert or (lambda _alert: None)
         self.on_condition = on_condition
@@ -98,11 +98,11 @@ class LiveMonitor:
         self.last: dict[str, dict] = {}  # pollutant -> rule -> latest figures, for the console
         # Live PEMS (emissions.pems_live) for pollutants whose pems link names a registered model.
         self.on_pems = on_pems or (lambda _step: None)
-        self.pems = self._start_pems(pems_dsn)
+        self.pems = self._start_pems(pems_dsn, tag_units or {})
         self.pems_tags = {tag for lp in self.pems.values() for tag in lp.link.inputs.values()}
         self._in_bin: dict[str, list[float]] = {}
 
-    def _start_pems(self, dsn: str | None) -> dict:
+    def _start_pems(self, dsn: str | None, tag_units: Mapping[str, str]) -> dict:
         out = {}
         for pol in self.cfg.pollutants:
             link = pol.pems
@@ -114,7 +114,7 @@ class LiveMonitor:
                 if link.registry_db and not dsn:
                     raise ValueError("pems.registry_db is set but the site has no database")
                 out[pol.name] = LivePems(link, asset=self.cfg.name, target=pol.name,
-                                         dsn=dsn if link.registry_db else None)
+                                         dsn=dsn if link.registry_db else None, tag_units=tag_units)
             except Exception as exc:  # the monitor (and the gateway) runs on without this PEMS
                 log.error("stack %s %s: live PEMS not started: %s", self.cfg.name, pol.name, exc,
                           extra={"event": "pems_not_started", "asset": self.cfg.name})
@@ -348,10 +348,12 @@ class LiveEmissions:
 
     def __init__(self, stacks: list[StackConfig], on_alert: Callable[[Alert], None] | None = None,
                  on_condition: Callable[..., object] | None = None, on_pems: Callable[..., object] | None = None,
-                 pems_dsn: str | None = None):
+                 pems_dsn: str | None = None, tag_units: Mapping[str, str] | None = None):
         """``on_pems`` receives each live PEMS output (`emissions.pems_live.PemsStep`: the prediction record and
-        the readings of the ``pems`` tags); ``pems_dsn`` is the site database, for links with ``registry_db``."""
-        self.monitors = {cfg.name: LiveMonitor(cfg, on_alert, on_condition, on_pems, pems_dsn) for cfg in stacks}
+        the readings of the ``pems`` tags); ``pems_dsn`` is the site database, for links with ``registry_db``;
+        ``tag_units`` the site's tag registry units (tag -> unit), checked against a PEMS model's input units."""
+        self.monitors = {cfg.name: LiveMonitor(cfg, on_alert, on_condition, on_pems, pems_dsn, tag_units)
+                         for cfg in stacks}
         self._route: dict[str, list[LiveMonitor]] = {}
         for mon in self.monitors.values():
             for tag in {*mon.roles, *mon.pems_tags, *mon.status_tags}:

@@ -31,13 +31,14 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from edge.records import Flag, Prediction, Quality, Reading
 from emissions.config import PemsLink
 from emissions.pems import interval_level
+from models.schema import InputError, unit_key
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,11 @@ class LivePems:
     """One pollutant's PEMS: the champion of ``link.model_id``, one primary interval at a time."""
 
     def __init__(self, link: PemsLink, *, asset: str = "", target: str = "", registry=None, dsn: str | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, tag_units: Mapping[str, str] | None = None):
         if link.model_id is None:
             raise ValueError(f"pems link {link.tag}: no model_id configured")
         self.link = link
+        self.tag_units = dict(tag_units or {})  # the site's tag registry: tag -> unit ([[tags]] unit)
         self.asset = asset
         self.target = target
         self.dsn = dsn
@@ -71,6 +73,9 @@ class LivePems:
         self._next_refresh = clock() + link.refresh_s
         self._error: str | None = None
         self._named: int | None = None  # the version whose other target was logged
+        self._gone = False  # the registry named no champion while one was served (logged once)
+        self.refused_rows = 0  # intervals the runtime refused (an input beyond float32, a non-finite output)
+        self._refusal: str | None = None  # the last refusal logged (once until a prediction is made again)
         try:
             mv = self._registry().champion(link.model_id)
         except Exception as exc:  # the registry's database is down: no PEMS output until it can be read
@@ -99,11 +104,27 @@ class LivePems:
 
     # -- the served version ---------------------------------------------------------------------
     def _check_inputs(self, mv) -> None:
+        if mv.kind != "regression":
+            # An anomaly scorer's output is a score with a p-value, no interval: served, its score was stored as the
+            # pollutant's substitute (its card names no target, so the target check below had nothing to say).
+            raise ValueError(f"pems link {self.link.tag}: {mv.model_id} v{mv.version} is an {mv.kind} model; a PEMS "
+                             "serves a regressor of the pollutant")
         names = [f["name"] for f in mv.card.get("input_schema", {}).get("features", [])]
         missing = [n for n in names if n not in self.link.inputs]
         if missing:
             raise ValueError(f"pems link {self.link.tag}: {mv.model_id} v{mv.version} takes input(s) "
                              f"{', '.join(missing)} that pems.inputs maps to no tag")
+        # A version trained on another unit of an input (°F where the tag is in °C, kPa where it is in mbar) gives
+        # numbers, and wrong ones: where both the card and the site's tag registry declare the unit, they must agree.
+        wrong = []
+        for f in mv.card.get("input_schema", {}).get("features", []):
+            tag = self.link.inputs[f["name"]]
+            trained, site = f.get("unit") or "", self.tag_units.get(tag, "")
+            if unit_key(trained) and unit_key(site) and unit_key(trained) != unit_key(site):
+                wrong.append(f"{f['name']} in {trained!r} but tag {tag} is in {site!r}")
+        if wrong:
+            raise ValueError(f"pems link {self.link.tag}: {mv.model_id} v{mv.version} takes {'; '.join(wrong)}: "
+                             "train it on the tags' units, or correct the units in [[tags]]")
         predicts = str(mv.card.get("target") or "")
         if predicts and self.target and predicts.lower() != self.target.lower() and self._named != mv.version:
             self._named = mv.version  # once per version (start-up checks it, then serves it)
@@ -122,14 +143,23 @@ class LivePems:
             if self.server is None:
                 log.warning("pems %s: model %s has no champion yet; no predictions until one is promoted",
                             self.link.tag, self.link.model_id)
+            elif not self._gone:
+                # Only an index restored from an older backup (or edited) loses its champion: promotions and
+                # rollbacks always leave one. The served version goes on, but it is no longer the promoted one.
+                self._gone = True
+                log.warning("pems %s: the registry names no champion of %s any more (an index restored from an older "
+                            "backup?); v%s goes on being served until one is promoted", self.link.tag,
+                            self.link.model_id, self.server.version,
+                            extra={"event": "model_champion_gone", "stack": self.asset, "pollutant": self.target})
             return False
+        self._gone = False
         # The sha256 too: an index restored from an older backup numbers a new registration as an old version.
         if self.server is not None and mv.version == self.server.version and mv.sha256 == self.server.model.sha256:
             return False
         self._check_inputs(mv)
         if self.server is None:
             self.server = ModelServer(self.registry, self.link.model_id, window=self.link.adaptive_window,
-                                      gamma=self.link.adaptive_gamma)
+                                      gamma=self.link.adaptive_gamma, accept=self._check_inputs)
             log.info("pems %s: serving %s v%s", self.link.tag, self.link.model_id, self.server.version)
             return True
         before = self.server.version
@@ -167,7 +197,7 @@ class LivePems:
         """For the console: the served version, swaps, predictions awaiting the analyser and, where the runtime
         tracks it, performance drift of the served version from the analyser values observed so far."""
         out = {"model_id": self.link.model_id, "pems_tag": self.link.tag, "version": self.version, "swaps": self.swaps,
-               "awaiting_analyser": len(self.pending)}
+               "awaiting_analyser": len(self.pending), "refused_rows": self.refused_rows}
         if self.server is not None:
             out["sha256"] = self.server.model.sha256
             if hasattr(self.server, "performance"):
@@ -189,7 +219,20 @@ class LivePems:
                 return None
             row[n] = [float(v)]
         ts = datetime.fromtimestamp(t, UTC)
-        p = self.server.predict_records(row, asset=self.asset, times=[ts], target=self.target)[0]
+        try:
+            p = self.server.predict_records(row, asset=self.asset, times=[ts], target=self.target)[0]
+        except InputError as exc:
+            # A device's 1e39 "no value" (finite, beyond the float32 the graph takes) or an output the graph made
+            # infinite: no prediction for the interval, as for a missing input. Raised, it was logged with a full
+            # traceback every primary interval for as long as the device sent it, and counted nowhere.
+            self.refused_rows += 1
+            if self._refusal != str(exc):
+                self._refusal = str(exc)
+                log.warning("pems %s: no prediction from %s v%s while the runtime refuses its inputs (said once until "
+                            "a prediction is made again): %s", self.link.tag, self.link.model_id, self.version, exc,
+                            extra={"event": "pems_input_refused", "stack": self.asset, "pollutant": self.target})
+            return None
+        self._refusal = None
         p = dataclasses.replace(p, kind="pems", input_start=ts,
                                 details={**p.details, "model_id": p.model_id, "pems_tag": self.link.tag})
         self.pending[t] = p

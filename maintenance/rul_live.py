@@ -172,6 +172,7 @@ class _Asset:
     first_time: datetime | None = None  # counter mode: when the first counted cycle began
     end_time: datetime | None = None  # counter mode: when the cycle being closed ended
     error: str | None = None  # the registry's last read error (logged once until it changes)
+    gone: bool = False  # the registry named no champion while one was served (logged once until one is named)
 
 
 def _describe(model: ServedRulModel | None) -> str:
@@ -324,9 +325,10 @@ class RulLive:
                     raise ConfigError(f"asset {a.name!r}: model registry {cfg.registry}: registry_db needs the site "
                                       "database (none configured)")
                 mv = self._champion(st)  # None: no champion yet, or the registry not readable now (retried)
-                if mv is not None:
+                onnx = self._files(st, mv) if mv is not None else None
+                if onnx is not None:
                     # A configuration that does not fit the champion is an error at start-up, not a log line.
-                    self._serve(st, ServedRulModel(mv.path, onnx=mv.load()))
+                    self._serve(st, ServedRulModel(mv.path, onnx=onnx))
                 elif st.error is None:
                     log.warning("asset %s: RUL model %s has no champion yet; cycles are kept and predictions start "
                                 "when one is promoted", a.name, cfg.model_id,
@@ -362,11 +364,20 @@ class RulLive:
             key = (cfg.registry, cfg.registry_db, cfg.model_id)
             if key not in champions:
                 champions[key] = self._champion(a)
-            elif champions[key] is None:
-                continue
             mv = champions[key]
+            if mv is None:
+                if a.model is not None and a.error is None and not a.gone:
+                    # Only an index restored from an older backup (or edited) loses its champion: promotions and
+                    # rollbacks always leave one. The served version goes on, but it is no longer the promoted one.
+                    a.gone = True
+                    log.warning("asset %s: the registry names no champion of %s any more (an index restored from an "
+                                "older backup?); %s goes on being served until one is promoted", a.name,
+                                cfg.model_id, _describe(a.model),
+                                extra={"event": "model_champion_gone", "asset": a.name})
+                continue
+            a.gone = False
             served = a.model.sha256 if a.model is not None else None
-            if mv is None or mv.sha256 == served or (mv.sha256 == a.refused and not a.refused_files):
+            if mv.sha256 == served or (mv.sha256 == a.refused and not a.refused_files):
                 continue
             # A champion refused for its files (changed, missing, unreadable) is tried again at every refresh (they
             # are read and hashed): a refusal for good kept the previous version served after the files were
@@ -398,6 +409,23 @@ class RulLive:
                         "version": m.registry_version if m else None, "sha256": m.sha256 if m else None,
                         "cycles": len(a.history), "refused_sha256": a.refused, "registry_error": a.error})
         return out
+
+    def _files(self, a: _Asset, mv):
+        """The champion's ONNX model at start, or None when its files are refused (changed, missing, a graph this
+        onnxruntime cannot run): raised, that stopped the whole gateway, though a restored file or another
+        promotion mends it with no configuration change. Refused as at a refresh: logged and counted once, tried
+        again at each refresh, the asset's cycles kept meanwhile."""
+        from models.runtime import IntegrityError
+
+        try:
+            return mv.load()
+        except (OSError, IntegrityError) as exc:
+            a.refused, a.refused_files = mv.sha256, True
+            self.refusals += 1
+            self._count(a.cfg.model_id, "refused")
+            log.error("asset %s: RUL model %s v%s not served at start, tried again at each refresh: %s", a.name,
+                      a.cfg.model_id, mv.version, exc, extra={"event": "model_swap_refused", "asset": a.name})
+            return None
 
     def _count(self, model_id: str, outcome: str) -> None:
         if self.metrics is not None:

@@ -134,9 +134,21 @@ def guard(cmd):
             print(f"error: {os_error(exc)}", file=sys.stderr)
         except (ValvojaError, ValueError, LookupError) as exc:
             print(f"error: {one_line(exc)}", file=sys.stderr)
+        except Exception as exc:
+            # The registry database went away or did not answer in time (psycopg.OperationalError: a lock held by a
+            # restore, the connect timeout); psycopg is imported only with --db, so matched by its module.
+            if not type(exc).__module__.startswith("psycopg") or not isinstance(exc, _operational()):
+                raise
+            print(f"error: model registry database: {one_line(exc)}", file=sys.stderr)
         return 1
 
     return run
+
+
+def _operational() -> type:
+    import psycopg
+
+    return psycopg.OperationalError
 
 
 def _progress(msg: str) -> None:

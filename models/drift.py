@@ -209,6 +209,9 @@ class DriftMonitor:
         self.ref_std: list[float] = []
         for j in range(ref.shape[1]):
             col = _finite(ref[:, j])
+            if col.size == 0:  # psi_edges' "PSI needs a non-empty reference" named no feature (a report's reference)
+                raise ValueError(f"feature {self.features[j]!r}: no finite value in the {ref.shape[0]} reference rows "
+                                 "to measure drift against")
             e = psi_edges(col, bins)
             self.edges.append(e)
             self.ref_shares.append(_shares(col, e))

@@ -67,6 +67,10 @@ COVERAGE_TEST_LEVEL = 0.01
 LABELLED_METRICS = frozenset({"auc"})
 # How the far_gap gate decides (`_far_gate`): not by |far - alpha|, which a detector flagging alpha of all rows wins.
 FAR_RULE = "false alarm rate within alpha's tolerance, then the higher detection rate"
+# The longest a registry read waits for its database (connecting, a lock, a statement). The gateway reads the
+# champion between two groups of readings and waits for the answer: without a bound, a database host that stopped
+# answering or a restore holding the table locked stalled its analysis until the database came back.
+REGISTRY_DB_TIMEOUT_S = 10
 
 
 class GateRefused(ValvojaError):
@@ -102,8 +106,9 @@ class ModelVersion:
         by its card's copy in the index (everything but the calibration score list and the drift reference)."""
         try:
             m = OnnxModel.load(self.path, sha256=self.sha256, card_sha256=self.card_sha256)
-        except IntegrityError as exc:
-            raise IntegrityError(f"{model_id_v(self)}: {exc}") from None
+        except IntegrityError as exc:  # the same class (GraphError too), named by the version once
+            msg = str(exc)
+            raise type(exc)(msg if msg.startswith(model_id_v(self) + ":") else f"{model_id_v(self)}: {msg}") from None
         if self.card_sha256 is None:
             indexed = {k: v for k, v in self.card.items() if k not in ("card_sha256", "holdout_sha256")}
             on_disk = json_safe(_index_card(m.card))
@@ -197,22 +202,36 @@ class _JsonIndex:
 
     @contextlib.contextmanager
     def tx(self, model_id: str | None = None) -> Iterator[_JsonTx]:
+        """A change (``model_id`` given) under the exclusive lock; a read (None) without it: every change replaces
+        index.json whole (`write_atomic`), so a read sees one state or the next. A read took the lock too, opening
+        ``.index.lock`` for writing: a gateway reading a registry whose lock file another user made (``sudo valvoja
+        models promote``, 0644) failed every champion read with EACCES, and served nothing after a restart."""
+        if model_id is None:
+            t = _JsonTx(self._read())
+            yield t
+            if t.dirty:
+                raise RuntimeError("a registry change outside a per-model transaction")
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.lock_path, "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                # json's "Expecting value: line 2 column 1" alone names neither the file nor what it is (the gateway
-                # logs it when a served model asks for its champion).
-                raise ConfigError(f"{self.path} is not a readable registry index ({exc}): restore it from a "
-                                  "backup") from None
-            data.setdefault("versions", [])
-            data.setdefault("events", [])
+            data = self._read()
             t = _JsonTx(data)
             yield t
             if t.dirty:
                 write_atomic(self.path, json.dumps(data, indent=1, allow_nan=False) + "\n")
+
+    def _read(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            # json's "Expecting value: line 2 column 1" alone names neither the file nor what it is (the gateway
+            # logs it when a served model asks for its champion).
+            raise ConfigError(f"{self.path} is not a readable registry index ({exc}): restore it from a "
+                              "backup") from None
+        data.setdefault("versions", [])
+        data.setdefault("events", [])
+        return data
 
 
 class _JsonTx:
@@ -267,7 +286,7 @@ class _DbIndex:
 
         self.dsn = dsn
         try:
-            with psycopg.connect(dsn, connect_timeout=10) as conn:
+            with psycopg.connect(dsn, connect_timeout=REGISTRY_DB_TIMEOUT_S) as conn:
                 check_schema(conn)  # another version's schema: a promotion written into it may mean another thing
         except SchemaMismatch as exc:
             raise ConfigError(f"model registry database: {exc}") from None
@@ -278,8 +297,17 @@ class _DbIndex:
     def tx(self, model_id: str | None = None) -> Iterator[_DbTx]:
         import psycopg
 
-        with psycopg.connect(self.dsn) as conn, conn.transaction():
-            if model_id is not None:
+        # libpq waits for ever by default: bounded (at least 2 s, libpq's floor) so a hung database is an error.
+        with psycopg.connect(self.dsn, connect_timeout=max(2, math.ceil(REGISTRY_DB_TIMEOUT_S))) as conn, \
+                conn.transaction():
+            if model_id is None:
+                # A read (the gateway's champion, a listing): bounded too, against a lock held by a restore or a
+                # migration (ACCESS EXCLUSIVE). A change (model_id given) waits its turn behind the per-model lock.
+                # statement_timeout counts the lock wait too: twice as long, so a lock is said as one.
+                ms = int(REGISTRY_DB_TIMEOUT_S * 1000)
+                conn.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+                             (str(ms), str(2 * ms)))
+            else:
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("valvoja.models:" + model_id,))
             yield _DbTx(conn)
 
@@ -579,7 +607,14 @@ class Registry:
         if (ca is None) != (ha is None) or (ca is not None and not math.isclose(ca, ha, rel_tol=1e-9)):
             refusals.append(f"the candidate's alpha {ca} is not the champion's {ha}: intervals and p-values of "
                             f"different levels do not compare (train the candidate with alpha {ha})")
-        hm = run(champ)
+        try:
+            hm = run(champ)
+        except IntegrityError as exc:
+            # Raised, it escaped the gate with no refusal recorded, and named a file without saying it was the
+            # champion's that stood in the way.
+            return result(False, f"the champion v{champ.version} cannot be compared: {exc}; restore its files, or "
+                          f"roll back to an intact version (`valvoja models rollback {cand.model_id} --to N`) and "
+                          "gate the candidate against that", cm)
         floor, short = _coverage_check(cm, hm, len(table))
         if short:
             refusals.append(short)

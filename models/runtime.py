@@ -19,8 +19,9 @@ This module needs numpy and onnxruntime only (no scikit-learn, no scipy), so it 
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,13 +33,18 @@ from models.conformal import AdaptiveConformal, ConformalizedQuantile, Conformal
 from models.drift import PerformanceMonitor
 from models.schema import InputError, InputSchema
 
-__all__ = ["InputError", "IntegrityError", "ModelServer", "OnnxModel", "Output"]
+__all__ = ["GraphError", "InputError", "IntegrityError", "ModelServer", "OnnxModel", "Output"]
 
 INPUT_NAME = "X"  # models.export.INPUT_NAME (not imported: that module pulls in skl2onnx)
 
 
 class IntegrityError(ValueError):
     """A version's file (``model.onnx`` or ``card.json``) is not the one registered: refused, never served."""
+
+
+class GraphError(IntegrityError):
+    """An ONNX file this onnxruntime cannot run (damaged, or an opset / IR version newer than it supports): refused
+    like a changed file, naming the model and the runtime's reason."""
 
 
 def _session(onnx_bytes: bytes) -> ort.InferenceSession:
@@ -89,7 +95,14 @@ class OnnxModel:
         self.version = card.get("version")
         self.kind = card.get("kind", "regression")
         self.schema = InputSchema.from_dict(card["input_schema"])
-        self.session = _session(onnx_bytes)
+        try:
+            self.session = _session(onnx_bytes)
+        except Exception as exc:  # onnxruntime's own classes (Fail, InvalidProtobuf, InvalidGraph ...) are bare
+            # Exceptions: callers that keep the served version on a ValueError let them through (a PEMS not
+            # started for good, a gateway that did not start).
+            why = re.sub(r"\S+\.(?:h|cc):\d+ .*?\)\s+", "", str(exc)).strip()  # the C++ source line and signature
+            raise GraphError(f"{self.model_id} v{self.version}: onnxruntime {ort.__version__} cannot load the ONNX "
+                             f"graph: {why[:400]}") from None
         self._output = self.session.get_outputs()[0].name
         cal = card.get("calibration")
         self.calibrator = None
@@ -210,9 +223,14 @@ class ModelServer:
     """
 
     def __init__(self, registry, model_id: str, *, adaptive: bool = True, window: int = 500, gamma: float = 0.005,
-                 performance_window: int = 168, performance_min_rows: int = 24):
+                 performance_window: int = 168, performance_min_rows: int = 24,
+                 accept: Callable[[object], None] | None = None):
         self.registry = registry
         self.model_id = model_id
+        # Called with the registry version about to be served (a `models.registry.ModelVersion`); raising refuses it
+        # and the served version goes on. A consumer's own check of the champion (its inputs mapped to tags) is a
+        # separate registry read: a promotion or a rollback between the two put an unchecked version in service.
+        self.accept = accept
         self.adaptive = adaptive
         self.window = window
         self.gamma = gamma
@@ -254,6 +272,8 @@ class ModelServer:
             # next registration as an old one, and the champion under that number is then another graph.
             if current is not None and current.version == mv.version and current.model.sha256 == mv.sha256:
                 return False
+            if self.accept is not None:
+                self.accept(mv)
             model = self._load(mv)
             ac = None
             cal = model.card.get("calibration") or {}

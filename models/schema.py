@@ -23,6 +23,20 @@ class InputError(DataError):
     """Model input that cannot be used: missing/unknown/misordered features, non-finite values, bad shape."""
 
 
+# Spellings of one unit that sites and trainers both use; anything else is compared as written (case and spaces
+# aside), so a mismatch is said rather than a conversion guessed.
+_UNIT_ALIASES = {"c": "degc", "celsius": "degc", "hpa": "mbar", "k": "kelvin", "percent": "%", "pct": "%",
+                 "%rh": "%"}
+
+
+def unit_key(unit: str) -> str:
+    """``unit`` for comparison: "°C", "degC", "deg C" and "C" are one key, "mg/m³" and "mg/m3", "hPa" and "mbar"
+    too; "" (not declared) stays ""."""
+    u = unit.strip().replace("°", "deg").replace("³", "3").replace("²", "2").replace("µ", "u").replace("μ", "u")
+    u = "".join(u.split()).casefold()
+    return _UNIT_ALIASES.get(u, u)
+
+
 @dataclass(frozen=True, slots=True)
 class Feature:
     """One input column: name, unit (as published, e.g. "°C", "mbar"), dtype, optional description."""

@@ -237,6 +237,34 @@ def test_gateway_analytics_sends_pems_predictions_and_readings_through_the_spool
     assert {r.tag for r in batch.readings} == {"GT.NOx.pems", "GT.NOx.lo", "GT.NOx.hi"} and len(batch.readings) == 12
 
 
+def test_the_gateway_checks_a_pems_models_input_units_against_the_tag_registry(tmp_path, sample, caplog):
+    """The PEMS model was trained on AT in °C (its card); the site's [[tags]] say GT.AT is in K: served, it gave a NOx
+    value for an ambient temperature of ~290 °C. The gateway hands the tag registry's units to live PEMS, which does
+    not start such a model (logged, as for unmapped inputs); the same units spelt otherwise ("degC", "hPa") serve."""
+    from edge.analytics import Analytics
+    from edge.metrics import Metrics
+    from edge.settings import SiteConfig
+    from models.registry import Registry
+
+    features, _, _ = sample
+    register(Registry(tmp_path / "models"))
+
+    async def emit(batch):
+        pass
+
+    def started(at_unit: str) -> bool:
+        site = SiteConfig(tags=[{"name": "GT.AT", "unit": at_unit}, {"name": "GT.AP", "unit": "hPa"}],
+                          stacks=[{"name": "GT", "regime": "lcp", "pollutants": [
+                              {"name": "NOx", "tag": "GT.NOx", "o2_correction": False, "elv": {"month": 500.0},
+                               "pems": link(tmp_path, features).model_dump()}]}])
+        return "NOx" in Analytics(site, Metrics(), emit, None).emissions.monitors["GT"].pems
+
+    with caplog.at_level(logging.ERROR, logger="emissions.live"):
+        assert not started("K")
+    assert "live PEMS not started" in caplog.text and "AT in '°C' but tag GT.AT is in 'K'" in caplog.text
+    assert started("degC")
+
+
 def test_registry_database_down_at_start_then_back(tmp_path, sample, own_pg_server, caplog):
     """The PEMS link whose registry index is in the site database starts while that database is down (no PEMS
     output, logged once however many refreshes fail) and serves the champion once the database is back."""

@@ -342,6 +342,60 @@ def test_no_champion_at_start_serves_once_promoted_from_the_first_cycle(fitted, 
     assert np.allclose([p.value for p in preds], offline[half:], atol=1e-3)  # features from cycle 1 on
 
 
+def test_a_champion_whose_file_is_damaged_at_start_does_not_stop_the_gateway(fitted, tmp_path, caplog):
+    """The champion's model.onnx no longer matches its sha256 (or is missing) when the gateway starts: the
+    IntegrityError was raised out of MaintenanceLive, so the whole gateway did not start, though restoring the file
+    or promoting another version mends it without a configuration change. Now it is refused as at a refresh (logged
+    and counted once, tried again at each refresh); the cycles are kept and the model serves once restored."""
+    from maintenance.rul_export import register
+    from models.registry import Registry
+
+    r, _ = fitted
+    out = register(r, tmp_path / "reg")
+    Registry(tmp_path / "reg").promote(out["model_id"], out["version"])
+    good = damage(Path(out["path"], "model.onnx"))
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    u = int(test.units()[0])
+    one = test.select(test.unit == u)
+    asset = rul_asset(u, None, registry=str(tmp_path / "reg"), model_id=out["model_id"], refresh_s=0.0)
+    with caplog.at_level(logging.ERROR, logger="maintenance.rul_live"):
+        live = MaintenanceLive(MaintenanceConfig(period_s=60.0, assets=(asset,)))
+    (st,) = live.rul.status()
+    assert (st["version"], st["refused_sha256"]) == (None, out["sha256"]) and live.rul.refusals == 1
+    assert "not served at start" in caplog.text and "sha256" in caplog.text
+    batches = list(replay(one))
+    half = len(batches) // 2
+    assert _process(live, batches[:half]) == []  # refused again at each refresh, not logged again
+    assert caplog.text.count("not served") == 1 and live.rul.refusals == 1
+    restore(Path(out["path"], "model.onnx"), good)
+    preds = _process(live, batches[half:])
+    offline = r["model"].predict(one.unit, one.cycle, one.settings, one.sensors)
+    assert [p.details["cycle"] for p in preds] == list(range(half + 1, len(batches) + 1))
+    assert np.allclose([p.value for p in preds], offline[half:], atol=1e-3)  # the kept cycles replayed
+
+
+def test_a_champion_lost_by_an_index_restore_is_said_once(fitted, tmp_path, caplog):
+    """index.json restored from a backup taken before the promotion: the registry names no champion; the served
+    version went on without a word. Now said once (model_champion_gone); the served version goes on."""
+    from maintenance.rul_export import register
+    from models.registry import Registry
+
+    r, _ = fitted
+    out = register(r, tmp_path / "reg")
+    backup = (tmp_path / "reg" / "index.json").read_bytes()
+    Registry(tmp_path / "reg").promote(out["model_id"], out["version"])
+    u = int(cmapss.load(SAMPLE / "test_FD001.txt").units()[0])
+    asset = rul_asset(u, None, registry=str(tmp_path / "reg"), model_id=out["model_id"], refresh_s=0.0)
+    live = MaintenanceLive(MaintenanceConfig(period_s=60.0, assets=(asset,)))
+    (tmp_path / "reg" / "index.json").write_bytes(backup)
+    with caplog.at_level(logging.WARNING, logger="maintenance.rul_live"):
+        live.rul.refresh(force=True)
+        live.rul.refresh(force=True)
+    gone = [rec for rec in caplog.records if getattr(rec, "event", "") == "model_champion_gone"]
+    assert len(gone) == 1 and f"v{out['version']} goes on being served" in gone[0].getMessage()
+    assert live.rul.status()[0]["version"] == out["version"]
+
+
 def test_registry_database_down_at_start_then_back(fitted, tmp_path, own_pg_server, caplog):
     """The gateway starts while the database holding the registry index is down (no RUL yet, logged once,
     counted), and serves the champion once the database is back, its features from the asset's first cycle."""

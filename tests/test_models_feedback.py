@@ -93,6 +93,20 @@ def test_feedback_filters_by_time_and_model(reviewed, tmp_path, capsys):
     assert "no alerts in this range" in capsys.readouterr().out
 
 
+def test_feedback_until_a_date_counts_that_whole_day(reviewed, tmp_path, capsys):
+    """``--until 2026-03-03`` (a date): alerts raised on the 3rd count. It was the 3rd's first instant, so P-104's
+    alert at 08:00 that day was left out (3 alerts instead of 4) and the precision was of another period."""
+    out = tmp_path / "p.json"
+    assert valvoja(["models", "evaluate", "feedback", "--db", reviewed, "--model-id", "an:P-101",
+                    "--until", "2026-03-03", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert (row["alerts"], row["right"], row["wrong"]) == (4, 2, 2)
+    assert "until 2026-03-03T23:59:59.999999+00:00" in capsys.readouterr().out
+    assert valvoja(["models", "evaluate", "feedback", "--db", reviewed, "--model-id", "an:P-101",
+                    "--until", "2026-03-02", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["rows"][0]["alerts"] == 3
+
+
 def test_feedback_needs_a_database_and_a_valid_time(pg_dsn, capsys, monkeypatch):
     monkeypatch.delenv("VALVOJA_DB_URL", raising=False)
     assert valvoja(["models", "evaluate", "feedback"]) == 1
