@@ -581,3 +581,20 @@ async def test_a_message_matching_two_subscriptions_is_stored_once(mosquitto, tm
         await sink.wait(lambda s: len(s.readings) >= 2)
         await asyncio.sleep(0.5)
     assert [(r.tag, r.value) for r in sink.readings] == [("first.p1", 1), ("wide.p1/y", 2)]
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_a_message_matching_two_overlapping_subscriptions_is_stored_once(mosquitto, tmp_path, protocol):
+    """Two filters that overlap without one covering the other (``u/+/x`` and ``u/p1/+``) are both subscribed; a
+    message matching both came once per subscription from mosquitto and a plain value was stored twice."""
+    unique = f"ovp{next(_ids)}"
+    subs = [{"topic": f"{unique}/+a/x", "format": "plain", "tag": "first.{a}"},
+            {"topic": f"{unique}/p1/+b", "format": "plain", "tag": "second.{b}"}]
+    sink = Sink()
+    async with running(config(mosquitto.port, subscriptions=subs, protocol=protocol), sink, tmp_path) as collector:
+        await apublish(mosquitto.port, [(f"{unique}/p1/x", "1"), (f"{unique}/p1/y", "2"), (f"{unique}/p2/x", "3")],
+                       protocol=protocol)
+        await sink.wait(lambda s: len(s.readings) >= 3)
+        await asyncio.sleep(0.5)
+    assert [(r.tag, r.value) for r in sink.readings] == [("first.p1", 1), ("second.y", 2), ("first.p2", 3)]
+    assert collector.status()["subscription_copies"] == (1 if protocol == "5" else 0)

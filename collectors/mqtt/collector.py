@@ -147,6 +147,7 @@ class MqttCollector:
             "dead_letters": r.dead_letters,
             "decoder_errors": r.decoder_errors,
             "messages_too_large": r.too_large,
+            "subscription_copies": r.copies,  # MQTT 5: a message's copy for a second matching subscription, skipped
             "retained_untimed_skipped": r.retained_skipped,
             "redeliveries_matched": self.times.matched,  # sent again, given their first receive time
             "receive_times_held": len(self.times),  # of messages whose PUBACK the broker has not confirmed
@@ -226,11 +227,20 @@ class MqttCollector:
         if new:
             qos = self.cfg.qos
             if self.cfg.protocol == "5":
+                # One SUBSCRIBE per filter: a packet carries one subscription identifier, and the identifier tells
+                # the copies of a message that matches two filters apart (Router.handle).
                 opts = SubscribeOptions(qos=qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
-                rc, mid = client.subscribe([(f, opts) for f in new])
+                sent = []
+                for f in new:
+                    props = None
+                    if f in self.router.sub_ids:
+                        props = Properties(PacketTypes.SUBSCRIBE)
+                        props.SubscriptionIdentifier = self.router.sub_ids[f]
+                    sent.append(client.subscribe([(f, opts)], properties=props))
+                codes = [c for rc, mid in sent for c in await self._reply(conn, rc, mid, "SUBACK")]
             else:
                 rc, mid = client.subscribe([(f, qos) for f in new])
-            codes = await self._reply(conn, rc, mid, "SUBACK")
+                codes = await self._reply(conn, rc, mid, "SUBACK")
             refused = [f"{f} ({c})" for f, c in zip(new, codes, strict=False) if c.is_failure]
             if refused:
                 raise NotConnectedError(f"{self._where()}: subscription refused: {', '.join(refused)}")
@@ -346,8 +356,10 @@ class MqttCollector:
                 topic = msg.topic
             except UnicodeDecodeError:
                 topic = None
+            props = msg.properties
+            sub_ids = getattr(props, "SubscriptionIdentifier", None) if props is not None else None
             readings, dead, span_us = self.router.handle(topic, msg._topic, msg.payload, received, msg.retain,
-                                                         msg.dup)
+                                                         msg.dup, sub_ids)
             # Dead letters count too: their digest in the database covers the receive time.
             changes, entry = times.settle(msg, recv_us, span_us, span_us > 0 or bool(dead))
             self.last_message = now

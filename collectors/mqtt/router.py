@@ -17,6 +17,7 @@ at ERROR with its traceback, and counted through ``on_decoder_error``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from collectors.mqtt.config import MQTT_MAX_PAYLOAD, Subscription
 from collectors.mqtt.decode import Decoder, JsonDecoder, make_decoder
 from collectors.mqtt.sparkplug import SparkplugDecoder
 from collectors.mqtt.sparkplug_state import SparkplugStore
-from collectors.mqtt.topics import CACHED_KEY_MAX, TopicFilter, subscribed_filters
+from collectors.mqtt.topics import CACHED_KEY_MAX, TopicFilter, covers, subscribed_filters
 from collectors.mqtt.untimed import mark_retained, spread, without_untimed
 from edge.columns import Rows
 from edge.errors import DataError
@@ -39,6 +40,14 @@ DEAD_LETTER_MAX_BYTES = 1 << 20  # payload bytes kept per dead letter
 LOG_EVERY_S = 60.0  # a topic's decode errors are logged at most this often
 _LOG_TOPICS_MAX = 10_000
 _ROUTE_CACHE_MAX = 65_536
+SUBSCRIPTION_ID_MAX = 268_435_455  # MQTT 5 §3.8.2.1.2
+
+
+def subscription_id(mqtt_filter: str) -> int:
+    """The MQTT 5 subscription identifier of a filter: derived from the filter alone, so a resumed session's
+    subscriptions (made by an earlier run, maybe with other filters beside) keep meaning the same filter."""
+    h = int.from_bytes(hashlib.blake2b(mqtt_filter.encode(), digest_size=8).digest(), "big")
+    return h % SUBSCRIPTION_ID_MAX + 1
 
 
 class Router:
@@ -65,16 +74,29 @@ class Router:
         # What is subscribed; routing still goes by every subscription, in configuration order.
         self.filters = subscribed_filters([flt.mqtt for flt, _ in self.routes])
         self._cache: dict[str, Decoder | None] = {}
+        # MQTT 5: mosquitto sends a message matching two subscribed filters (overlapping, neither covering the
+        # other: plant/+/x and plant/a/+) once per subscription, each copy with its subscription's identifier.
+        # Only the copy of the first matching filter is decoded; the others are acknowledged and counted.
+        ids = [subscription_id(f) for f in self.filters]
+        self.sub_ids = dict(zip(self.filters, ids, strict=True)) if len(set(ids)) == len(ids) else {}
+        self._known_ids = set(self.sub_ids.values())
+        self._owner: dict[str, int | None] = {}
+        self.copies = 0  # copies of a message for a second matching subscription, not decoded
         self._log_times: dict[str, tuple[float, int]] = {}
         self._bugs_logged: set[type] = set()  # exception types already logged with a traceback
         self.messages = self.readings = self.dead_letters = self.decoder_errors = self.retained_skipped = 0
         self.too_large = 0  # messages over max_payload_bytes (also in dead_letters)
 
     def handle(self, topic: str | None, raw_topic: bytes, payload: bytes, now: datetime,
-               retained: bool = False, redelivered: bool = False) -> tuple[list[Reading] | Rows, list[DeadLetter], int]:
+               retained: bool = False, redelivered: bool = False,
+               sub_ids: list[int] | None = None) -> tuple[list[Reading] | Rows, list[DeadLetter], int]:
         """Decode one message; ``topic`` is None when its bytes are not UTF-8; ``redelivered``: the broker sends it
-        again (DUP). Returns the readings, the dead letters and the microseconds from ``now`` its readings without a
-        source time take (`untimed.spread`; 0: none has the receive time as its time)."""
+        again (DUP); ``sub_ids``: the MQTT 5 subscription identifiers it came with. Returns the readings, the dead
+        letters and the microseconds from ``now`` its readings without a source time take (`untimed.spread`; 0: none
+        has the receive time as its time)."""
+        if sub_ids and topic is not None and self.sub_ids and not self._for_owner(topic, sub_ids):
+            self.copies += 1
+            return [], [], 0
         self.messages += 1
         if topic is None:
             return [], [self._dead_letter(raw_topic.decode("utf-8", "replace"), payload,
@@ -118,6 +140,18 @@ class Router:
                      "\"store\" keeps them", self.source, topic, n,
                      extra={"event": "mqtt_retained_skipped", "collector": self.source, "topic": topic})
         self.retained_skipped += n
+
+    def _for_owner(self, topic: str, sub_ids: list[int]) -> bool:
+        """Whether a message came for the first subscribed filter matching its topic (or for none known: a
+        subscription this run did not make, whose copy must not be lost)."""
+        owner = self._owner.get(topic, 0)
+        if owner == 0:
+            owner = next((i for f, i in self.sub_ids.items() if covers(f, topic)), None)
+            if len(topic) <= CACHED_KEY_MAX:
+                if len(self._owner) >= _ROUTE_CACHE_MAX:
+                    self._owner.clear()
+                self._owner[topic] = owner
+        return owner is None or owner in sub_ids or self._known_ids.isdisjoint(sub_ids)
 
     def _route(self, topic: str) -> Decoder | None:
         cache = self._cache
