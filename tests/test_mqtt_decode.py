@@ -165,6 +165,8 @@ def test_json_errors_for_mappings():
     ("1714564800", "auto", T0), (str(T0_MS), "epoch_ms", T0), ("1714564800.25", "auto", T0 + timedelta(seconds=0.25)),
     ("0001-01-01T01:00:00+01:00", "auto", datetime(1, 1, 1, tzinfo=UTC)),  # the first instant in range
     ("9999-12-31T22:59:59.999999-01:00", "iso8601", datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+    # RFC 3339 §5.6 allows a lower-case z (fromisoformat took a lower-case t, not z): such a message was a dead letter.
+    ("2024-05-01t12:00:00z", "auto", T0), ("2024-05-01T12:00:00.5z", "iso8601", T0 + timedelta(seconds=0.5)),
 ])
 def test_parse_time_formats(raw, fmt, want):
     got = parse_time(raw, fmt)

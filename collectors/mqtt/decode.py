@@ -111,9 +111,10 @@ def parse_time(v: object, fmt: str) -> datetime:
             try:
                 dt = datetime.fromisoformat(v)
             except ValueError:
-                if fmt == "iso8601":
+                dt = _iso_lower_case(v)
+                if dt is None and fmt == "iso8601":
                     raise DataError(f"time {v[:40]!r} is not ISO-8601") from None
-            else:
+            if dt is not None:
                 if dt.tzinfo is None:
                     return dt.replace(tzinfo=UTC)
                 if dt.tzinfo is UTC:
@@ -134,6 +135,17 @@ def parse_time(v: object, fmt: str) -> datetime:
             raise DataError(f"time {v!r} is not a finite number")
         return epoch_to_datetime(v, "auto" if fmt == "auto" else fmt[6:])
     raise DataError(f"time must be text or a number, not {_kind(v)}")
+
+
+def _iso_lower_case(v: str) -> datetime | None:
+    """RFC 3339 (§5.6) allows a lower-case ``t`` and ``z``, which `datetime.fromisoformat` refuses."""
+    up = v.upper()
+    if up == v:
+        return None
+    try:
+        return datetime.fromisoformat(up)
+    except ValueError:
+        return None
 
 
 def _kind(v: object) -> str:
