@@ -12,12 +12,16 @@ import contextlib
 import itertools
 import json
 import logging
+import threading
 from datetime import UTC, datetime, timedelta
 
 import paho.mqtt.client as mqtt
 import pytest
 from certs import CertificateAuthority
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from collectors.base import CollectorContext
 from collectors.mqtt import Config, build
@@ -598,3 +602,55 @@ async def test_a_message_matching_two_overlapping_subscriptions_is_stored_once(m
         await asyncio.sleep(0.5)
     assert [(r.tag, r.value) for r in sink.readings] == [("first.p1", 1), ("second.y", 2), ("first.p2", 3)]
     assert collector.status()["subscription_copies"] == (1 if protocol == "5" else 0)
+
+
+async def test_a_resumed_mqtt5_session_subscribed_without_identifiers_gets_them_without_retained_copies(
+        mosquitto, tmp_path):
+    """A session an older version subscribed (no subscription identifiers, no "ids" in subscriptions.json) delivered
+    both copies of a message matching two overlapping filters; its filters are subscribed again with identifiers,
+    which sends no retained message again (MQTT 5 retain handling 1)."""
+    unique = f"ovr{next(_ids)}"
+    subs = [{"topic": f"{unique}/+a/x", "format": "plain", "tag": "first.{a}"},
+            {"topic": f"{unique}/p1/+b", "format": "plain", "tag": "second.{b}"}]
+    body = {"port": mosquitto.port, "client_id": f"valvoja-ids-{unique}", "protocol": "5", "retained_untimed": "store",
+            "subscriptions": subs}
+    await apublish(mosquitto.port, [(f"{unique}/p9/x", "0")], retain=True, protocol="5")
+    try:
+        first = Sink()
+        async with running(Config.model_validate(body), first, tmp_path):
+            await first.wait(lambda s: len(s.readings) == 1)
+        # As an older version left the session: subscribed without identifiers, none in subscriptions.json.
+        await asyncio.to_thread(subscribe_without_ids, mosquitto.port, body["client_id"], [f"{unique}/+/x",
+                                                                                          f"{unique}/p1/+"])
+        saved_path = tmp_path / "mq" / "subscriptions.json"
+        saved = json.loads(saved_path.read_text())
+        saved.pop("ids", None)
+        saved_path.write_text(json.dumps(saved))
+        second = Sink()
+        async with running(Config.model_validate(body), second, tmp_path) as collector:
+            await apublish(mosquitto.port, [(f"{unique}/p1/x", "1"), (f"{unique}/p2/x", "2")], protocol="5")
+            await second.wait(lambda s: len(s.readings) >= 2)
+            await asyncio.sleep(0.5)
+        assert [(r.tag, r.value) for r in second.readings] == [("first.p1", 1), ("first.p2", 2)]
+        assert collector.status()["subscription_copies"] == 1
+        assert "ids" in json.loads(saved_path.read_text())
+    finally:
+        await apublish(mosquitto.port, [(f"{unique}/p9/x", b"")], retain=True)
+
+
+def subscribe_without_ids(port: int, client_id: str, filters: list[str]) -> None:
+    """Replace a persistent MQTT 5 session's subscriptions of ``filters`` by ones without subscription identifier."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    client.connect("127.0.0.1", port, clean_start=False, properties=props)
+    client.loop_start()
+    try:
+        opts = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+        done = threading.Event()
+        client.on_subscribe = lambda *a: done.set()
+        client.subscribe([(f, opts) for f in filters])
+        assert done.wait(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -217,7 +217,10 @@ class MqttCollector:
         """
         filters = self.router.filters
         saved = self._saved.load() if self.session_present else None
-        new = [f for f in filters if saved is None or f not in saved]
+        ids = self.router.sub_ids if self.cfg.protocol == "5" else {}
+        # A filter subscribed without its identifier (by an older version) is subscribed again to get it: for MQTT 5
+        # that replaces the subscription, and RETAIN_SEND_IF_NEW_SUB sends no retained message for it.
+        new = [f for f in filters if saved is None or f not in saved or self._saved.ids.get(f) != ids.get(f)]
         stale = [f for f in saved or () if f not in filters]
         if stale:
             rc, mid = client.unsubscribe(stale)
@@ -245,7 +248,7 @@ class MqttCollector:
             if refused:
                 raise NotConnectedError(f"{self._where()}: subscription refused: {', '.join(refused)}")
         if new or stale or saved is None:
-            self._saved.save(filters)
+            self._saved.save(filters, ids)
 
     async def _reply(self, conn: Connection, rc: int, mid: int, what: str):
         if rc != mqtt.MQTT_ERR_SUCCESS:

@@ -197,9 +197,11 @@ class SavedSubscriptions:
     def __init__(self, path: Path, cfg: Config) -> None:
         self.path = Path(path)
         self.key = {"broker": f"{cfg.host}:{cfg.port}", "client_id": cfg.client_id, "qos": cfg.qos}
+        self.ids: dict[str, int] = {}  # MQTT 5 subscription identifiers of the filters `load` returned
 
     def load(self) -> list[str] | None:
-        """The filters saved for this broker, client id and QoS, or None."""
+        """The filters saved for this broker, client id and QoS, or None; their identifiers go to ``ids``."""
+        self.ids = {}
         try:
             saved = json.loads(self.path.read_text())
         except (OSError, ValueError):
@@ -207,7 +209,14 @@ class SavedSubscriptions:
         if not isinstance(saved, dict) or {k: saved.get(k) for k in self.key} != self.key:
             return None
         filters = saved.get("filters")
+        ids = saved.get("ids")
+        if isinstance(ids, dict):
+            self.ids = {f: i for f, i in ids.items() if isinstance(i, int)}
         return filters if isinstance(filters, list) else None
 
-    def save(self, filters: list[str]) -> None:
-        write_atomic(self.path, json.dumps({**self.key, "filters": sorted(filters)}))
+    def save(self, filters: list[str], ids: dict[str, int] | None = None) -> None:
+        """Remember ``filters`` (and the MQTT 5 subscription identifier each was subscribed with)."""
+        body = {**self.key, "filters": sorted(filters)}
+        if ids:
+            body["ids"] = {f: ids[f] for f in sorted(filters) if f in ids}
+        write_atomic(self.path, json.dumps(body))
