@@ -114,6 +114,32 @@ def test_node_death_marks_every_metric_of_node_and_devices_bad():
     assert d.stats["stale_deaths"] == 1
 
 
+def test_a_death_marks_bad_only_the_metrics_that_are_stored():
+    """A DataSet, Template, Bytes or array metric and a transient one are never stored; the NDEATH / DDEATH gave each a
+    bad null reading all the same, a tag of nulls only, in the database at every death (and kept across a restart)."""
+    d, n = decoder(), EdgeNode("G", "N", bd_seq=3)
+    will_topic, will = n.death()
+    birth = Payload.FromString(n.birth({"a": 1.0, "t": 2.0})[1])
+    for m in birth.metrics:
+        m.is_transient = m.name == "t"
+    ds = birth.metrics.add(name="table", datatype=DataType.DataSet)
+    ds.dataset_value.num_of_columns = 0
+    birth.metrics.add(name="blob", datatype=DataType.Bytes, bytes_value=b"x")
+    birth.metrics.add(name="arr", datatype=DataType.Int32Array, bytes_value=b"\x01\x00\x00\x00")
+    assert [r.tag for r in d(birth.SerializeToString(), "spBv1.0/G/NBIRTH/N", NOW)] == ["G.N.a"]
+    dbirth = Payload.FromString(n.device_birth("D", {"x": 1.0, "y": 2.0})[1])
+    dbirth.metrics[1].is_transient = True
+    dbirth.metrics.add(name="tpl", datatype=DataType.Template)
+    assert [r.tag for r in d(dbirth.SerializeToString(), "spBv1.0/G/DBIRTH/N/D", NOW)] == ["G.N.D.x"]
+    restarted = decoder()
+    restarted.load_node("G", "N", json.loads(json.dumps(d.nodes[("G", "N")].to_json())))
+    for dec in (d, restarted):
+        assert sorted(r.tag for r in dec(will, will_topic, NOW)) == ["G.N.D.x", "G.N.a"]
+    d(*_swap(n.birth({"a": 1.0})), NOW)
+    d(dbirth.SerializeToString(), "spBv1.0/G/DBIRTH/N/D", NOW)
+    assert [r.tag for r in d(*_swap(n.device_death("D")), NOW)] == ["G.N.D.x"]
+
+
 def test_device_death():
     d, n = decoder(), EdgeNode("G", "N")
     d(*_swap(n.birth({})), NOW)

@@ -13,8 +13,8 @@ NDATA/DDATA that carry only aliases decode. That state outlives a gateway restar
   (none, or an NDEATH since), DDATA from a device whose DBIRTH was not seen, an unknown alias, or a
   sequence gap. The message itself is handled as before (decoded, or a dead letter).
 - NDEATH (with the bdSeq of the current birth) / DDEATH: a bad-quality null reading for every
-  metric the node or device had, so consumers see the values stop being live. An NDEATH whose
-  bdSeq is not the current birth's is a late will message of an old session and is ignored.
+  stored metric the node or device had (not non-scalar or transient ones), so consumers see the values stop
+  being live. An NDEATH whose bdSeq is not the current birth's is a late will message of an old session and is ignored.
   An NDEATH is usually the will registered at CONNECT, so its timestamp is the connect time: its
   readings take the receive time unless the timestamp is later than the birth's.
 - NCMD / DCMD / STATE: commands and host state, not measurements: no readings.
@@ -51,6 +51,7 @@ _fromts = datetime.fromtimestamp
 # DataType numbers (sparkplug_b.proto).
 SIGNED_BITS = {1: 8, 2: 16, 3: 32, 4: 64}  # Int8, Int16, Int32, Int64
 DATETIME = 13
+FIRST_NON_SCALAR = 16  # DataSet; then Bytes, File, Template, PropertySet(List) and the arrays: never stored
 SCALAR_FIELDS = {"int_value", "long_value", "float_value", "double_value", "boolean_value", "string_value"}
 _PROTOCOL_PREFIXES = ("Node Control/", "Device Control/")
 _STATUS_MAX = 2**63 - 1  # the status column is a signed 64-bit integer; a Quality property is up to 64 bits unsigned
@@ -63,19 +64,28 @@ DEVICES_MAX = 10_000  # devices per edge node
 
 @dataclass
 class Entity:
-    """What the last birth said about an edge node or a device: alias -> name, name -> datatype."""
+    """What the last birth said about an edge node or a device: alias -> name, name -> datatype, transient names."""
 
     aliases: dict[int, str] = field(default_factory=dict)
     types: dict[str, int] = field(default_factory=dict)
     online: bool = False
+    transient: set[str] = field(default_factory=set)  # flagged is_transient in the birth: never stored
 
     def to_json(self) -> dict:
-        return {"aliases": {str(a): n for a, n in self.aliases.items()}, "types": self.types, "online": self.online}
+        out = {"aliases": {str(a): n for a, n in self.aliases.items()}, "types": self.types, "online": self.online}
+        if self.transient:
+            out["transient"] = sorted(self.transient)
+        return out
 
     @classmethod
     def from_json(cls, d: dict) -> Entity:
         return cls({int(a): n for a, n in d.get("aliases", {}).items()}, dict(d.get("types", {})),
-                   bool(d.get("online", False)))
+                   bool(d.get("online", False)), set(d.get("transient", ())))
+
+    def stored_names(self) -> list[str]:
+        """The metrics whose values are stored (so a death marks them): not protocol, non-scalar or transient."""
+        return [n for n, t in self.types.items()
+                if t < FIRST_NON_SCALAR and n not in self.transient and not _is_protocol(n)]
 
 
 @dataclass
@@ -92,8 +102,8 @@ class Node(Entity):
     @classmethod
     def from_json(cls, d: dict) -> Node:
         base = Entity.from_json(d)
-        return cls(base.aliases, base.types, base.online, d.get("bd_seq"), d.get("seq"),
-                   {k: Entity.from_json(v) for k, v in d.get("devices", {}).items()}, d.get("born_ms"))
+        return cls(base.aliases, base.types, base.online, base.transient, bd_seq=d.get("bd_seq"), seq=d.get("seq"),
+                   devices={k: Entity.from_json(v) for k, v in d.get("devices", {}).items()}, born_ms=d.get("born_ms"))
 
 
 def scalar_value(m, kind: str | None, datatype: int) -> object:
@@ -226,6 +236,8 @@ class SparkplugDecoder:
             if type(name) is not str:
                 raise DataError(f"metric {i}: name is not valid UTF-8")
             fresh.types[name] = m.datatype
+            if m.is_transient:
+                fresh.transient.add(name)
             if m.HasField("alias"):
                 fresh.aliases[m.alias] = name
         key = (group, node_id)
@@ -239,8 +251,8 @@ class SparkplugDecoder:
                             "already; a new one is not kept")
         if device is None:
             seq = p.seq if p.HasField("seq") else None
-            node = self.nodes[key] = Node(fresh.aliases, fresh.types, True, _bd_seq(p), seq,
-                                          born_ms=p.timestamp or None)
+            node = self.nodes[key] = Node(fresh.aliases, fresh.types, True, fresh.transient, bd_seq=_bd_seq(p),
+                                          seq=seq, born_ms=p.timestamp or None)
             template, entity = self.node_tag, node
         else:
             node = self.nodes.setdefault(key, Node())
@@ -313,8 +325,7 @@ class SparkplugDecoder:
     def _dead(self, entity: Entity, template: TagTemplate, topic, ts: int, receive_time, why: str) -> list[Reading]:
         t, flags = (ms_to_datetime(ts), SOURCE_STATUS) if ts else (receive_time, SOURCE_STATUS | NO_TIME)
         pre, post = template.around_field(topic)
-        return [Reading(pre + name + post, t, None, receive_time, BAD, flags, 0, why)
-                for name in entity.types if not _is_protocol(name)]
+        return [Reading(pre + name + post, t, None, receive_time, BAD, flags, 0, why) for name in entity.stored_names()]
 
     def _metrics(self, p, topic, receive_time, entity: Entity | None, template: TagTemplate,
                  where: str) -> list[Reading]:
