@@ -654,3 +654,26 @@ def subscribe_without_ids(port: int, client_id: str, filters: list[str]) -> None
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+async def test_a_session_resumed_with_mqtt311_after_mqtt5_is_not_subscribed_again(mosquitto, tmp_path):
+    """The identifiers kept in subscriptions.json mean nothing to MQTT 3.1.1: a session subscribed with MQTT 5 and
+    resumed with 3.1.1 must not be subscribed again, which would make the broker send every retained message again."""
+    unique = f"p311-{next(_ids)}"
+    body = {"port": mosquitto.port, "client_id": f"valvoja-{unique}", "protocol": "5", "retained_untimed": "store",
+            "subscriptions": [{"topic": f"{unique}/+n", "format": "plain", "tag": "{n}"}]}
+    await apublish(mosquitto.port, [(f"{unique}/retained", "1")], retain=True)
+    try:
+        first = Sink()
+        async with running(Config.model_validate(body), first, tmp_path):
+            await first.wait(lambda s: len(s.readings) == 1)
+        body["protocol"] = "3.1.1"
+        second = Sink()
+        async with running(Config.model_validate(body), second, tmp_path) as collector:
+            await apublish(mosquitto.port, [(f"{unique}/live", "2")])
+            await second.wait(lambda s: len(s.readings) >= 1)
+            await asyncio.sleep(0.3)
+            assert collector.session_present
+        assert [(r.tag, r.value) for r in second.readings] == [("live", 2)]
+    finally:
+        await apublish(mosquitto.port, [(f"{unique}/retained", b"")], retain=True)

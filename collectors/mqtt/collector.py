@@ -220,7 +220,7 @@ class MqttCollector:
         ids = self.router.sub_ids if self.cfg.protocol == "5" else {}
         # A filter subscribed without its identifier (by an older version) is subscribed again to get it: for MQTT 5
         # that replaces the subscription, and RETAIN_SEND_IF_NEW_SUB sends no retained message for it.
-        new = [f for f in filters if saved is None or f not in saved or self._saved.ids.get(f) != ids.get(f)]
+        new = [f for f in filters if saved is None or f not in saved or (ids and self._saved.ids.get(f) != ids.get(f))]
         stale = [f for f in saved or () if f not in filters]
         if stale:
             rc, mid = client.unsubscribe(stale)
