@@ -44,6 +44,8 @@ def test_plain_nan_and_inf_are_readings_not_errors():
 @pytest.mark.parametrize(("text", "message"), [
     (b"", "empty payload"), (b"  ", "empty payload"), (b"abc", "not a number or true/false: 'abc'"),
     (b"\xff\xfe", "not ASCII text"), (b"1,5", "not a number"), (b"9" * 400, "beyond the float range"),
+    # Python's int()/float() take digit-group underscores: a garbled "1_5" was stored as 15, "2_0.5" as 20.5.
+    (b"1_5", "not a number or true/false: '1_5'"), (b"2_0.5", "not a number"),
 ])
 def test_plain_errors_say_what_is_wrong(text, message):
     with pytest.raises(DataError, match=message):
@@ -203,6 +205,8 @@ def test_offsets_become_utc():
     ("0001-01-01T00:00:00+01:00", "auto", r"time '0001-01-01T00:00:00\+01:00' is out of range in UTC"),
     ("9999-12-31T23:59:59-01:00", "iso8601", r"time '9999-12-31T23:59:59-01:00' is out of range in UTC"),
     ("0001-01-01T00:59:59.999999+01:00", "iso8601", "out of range in UTC"),
+    ("1_714_564_800", "auto", "neither ISO-8601 nor an epoch number"),  # was 2024-05-01T12:00:00 (int() takes "_")
+    ("1714_564800.5", "epoch_s", "nor an epoch number"),
 ])
 def test_parse_time_errors(raw, fmt, message):
     with pytest.raises(DataError, match=message):

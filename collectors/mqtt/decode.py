@@ -73,6 +73,8 @@ def parse_plain(payload: bytes) -> float | int | bool:
     if not text:
         raise DataError("empty payload (expected a number)")
     low = text.lower()
+    if "_" in text:  # int() and float() take Python's digit-group underscores: a garbled "1_5" is not 15
+        raise DataError(f"plain payload is not a number or true/false: {text[:40]!r}")
     if low == "true":
         return True
     if low == "false":
@@ -124,6 +126,8 @@ def parse_time(v: object, fmt: str) -> datetime:
                 except (OverflowError, ValueError):  # e.g. 0001-01-01T00:00:00+01:00 is in year 0 in UTC
                     raise DataError(f"time {v[:40]!r} is out of range in UTC (years 1 to 9999)") from None
         try:
+            if "_" in v:  # int() and float() take digit-group underscores, no device means them
+                raise ValueError
             num = float(v) if any(c in v for c in ".eE") else int(v)
         except ValueError:
             raise DataError(f"time {v[:40]!r} is neither ISO-8601 nor an epoch number") from None
