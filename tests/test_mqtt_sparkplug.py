@@ -140,6 +140,25 @@ def test_a_death_marks_bad_only_the_metrics_that_are_stored():
     assert [r.tag for r in d(*_swap(n.device_death("D")), NOW)] == ["G.N.D.x"]
 
 
+def test_a_second_ndeath_of_one_session_marks_nothing_again():
+    """An edge node that publishes its NDEATH on shutdown and then drops the connection without DISCONNECT makes the
+    broker send its will too: the same bdSeq again. Each gave every metric a null reading, at two times."""
+    d, n = decoder(), EdgeNode("G", "N", bd_seq=5)
+    will_topic, will = n.death()
+    d(*_swap(n.birth({"a": 1.0}, timestamp_ms=T0_MS)), NOW)
+    d(*_swap(n.device_birth("D", {"x": 1.0})), NOW)
+    shutdown = Payload.FromString(will)
+    shutdown.timestamp = T0_MS + 60_000  # stamped when sent, after the birth
+    dead = d(shutdown.SerializeToString(), will_topic, NOW)
+    assert sorted(r.tag for r in dead) == ["G.N.D.x", "G.N.a"] and {r.time for r in dead} == {T0 + timedelta(minutes=1)}
+    assert d(will, will_topic, NOW + timedelta(seconds=45)) == []
+    assert d.stats["stale_deaths"] == 1
+    # A node known only from a DBIRTH (its NBIRTH was missed): its NDEATH still marks the devices.
+    d2 = decoder()
+    d2(*_swap(n.device_birth("D", {"x": 1.0})), NOW)
+    assert [r.tag for r in d2(will, will_topic, NOW)] == ["G.N.D.x"]
+
+
 def test_device_death():
     d, n = decoder(), EdgeNode("G", "N")
     d(*_swap(n.birth({})), NOW)

@@ -278,18 +278,24 @@ class SparkplugDecoder:
         if node is None or (bd_seq is not None and node.bd_seq is not None and bd_seq != node.bd_seq):
             self.stats["stale_deaths"] += 1
             return []
-        node.online = False
+        was_online, node.online = node.online, False
         levels = topic.split("/")
         # The broker publishes the NDEATH the edge node registered as its will at CONNECT: a timestamp in it is
         # the connect time, before the birth. Only one after the birth (an NDEATH sent on an orderly shutdown)
         # says when the node went away; else the receive time does.
         ts = p.timestamp if p.timestamp and node.born_ms is not None and p.timestamp > node.born_ms else 0
-        out = self._dead(node, self.node_tag, topic, ts, receive_time, "NDEATH")
+        # A second NDEATH of one session (published on shutdown, then the will of a connection dropped without
+        # DISCONNECT) marks nothing again: its nulls would be a second death at another time.
+        out = self._dead(node, self.node_tag, topic, ts, receive_time, "NDEATH") if was_online else []
+        any_device = False
         for dev, entity in node.devices.items():
             if entity.online:
                 entity.online = False
+                any_device = True
                 dev_topic = "/".join([*levels[:2], "DDEATH", levels[3], dev])
                 out += self._dead(entity, self.device_tag, dev_topic, ts, receive_time, "NDEATH")
+        if not was_online and not any_device:
+            self.stats["stale_deaths"] += 1
         return out
 
     def _device_death(self, p, topic, receive_time, node: Node | None, device: str) -> list[Reading]:
