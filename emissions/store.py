@@ -278,7 +278,8 @@ def write_result(conn: psycopg.Connection, cfg: StackConfig, result: StackResult
     year windows of a report of March, which the runs covering the year judged), and an event it could judge only
     provisionally (an hour under a year's share rule) keeps the judgement stored, its value updated.
     Averages go by binary COPY into a temporary table, then one DELETE and one INSERT: the same result
-    as an upsert per row, several times faster for a year.
+    as an upsert per row, several times faster for a year. Writes of one stack take turns (a transaction advisory
+    lock): two gateways of a redundant pair storing it at once both succeed, the later one's result stays.
     """
     sha = result.config_sha256
     n_rows = 0
@@ -290,6 +291,9 @@ def write_result(conn: psycopg.Connection, cfg: StackConfig, result: StackResult
     lo, hi = _ts(span[0]), _ts(span[1])
     ends = "" if reaches_now else " AND {} <= %(hi)s"
     with conn.transaction(), conn.cursor() as cur:
+        # A redundant pair of gateways stores the same stack: without turns, the second DELETE does not see the
+        # first's uncommitted rows and its INSERT fails on their key once the first commits.
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("valvoja.emissions:" + cfg.name,))
         cur.execute("CREATE TEMP TABLE IF NOT EXISTS _emis_avg (LIKE emission_averages INCLUDING DEFAULTS)"
                     " ON COMMIT DELETE ROWS")
         with cur.copy(f"COPY _emis_avg ({', '.join(_AVG_COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:

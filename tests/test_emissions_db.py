@@ -618,3 +618,38 @@ def test_report_states_the_level_of_the_pems_interval_of_the_cross_check(conn, p
     linked = StackConfig.model_validate(tomllib.loads(site.read_text())["stacks"][0])
     assert job.pems_levels(conn, linked, day2, day2 + 86400) == {"NOx": [0.9]}
     assert job.pems_levels(conn, linked, day2 + 86400, day2 + 2 * 86400) == {"NOx": []}, "none stored on day 3"
+
+
+def test_two_gateways_storing_the_same_stack_at_once_both_succeed(conn, pg_dsn):
+    """A redundant pair of gateways runs the job for the same stack. Both replace the span's averages (DELETE, then
+    INSERT): the second transaction's DELETE did not see the first's uncommitted rows, so its INSERT waited on their
+    key and then failed with a UniqueViolation once the first committed (that gateway's run logged as an error, every
+    run that overlapped). Now the writes of one stack take turns (an advisory lock): the second replaces the first."""
+    import threading
+
+    from emissions import store
+
+    cfg = synthetic.waste_stack(f"T{uuid.uuid4().hex[:8]}")
+    seed(conn, cfg)
+    sr = job.run_span(conn, cfg, T0, T0 + 86400, context="day", write=False)
+    n = sum(int(((av.start >= sr.span[0]) & (av.start < sr.span[1])).sum())
+            for levels in sr.result.averages.values() for av in levels.values())
+    errors: list[BaseException] = []
+    with psycopg.connect(pg_dsn, autocommit=True) as other:
+        with conn.transaction():  # the first gateway's write, not committed yet
+            store.write_result(conn, cfg, sr.result, sr.span, sr.rules, sr.events)
+
+            def second() -> None:
+                try:
+                    store.write_result(other, cfg, sr.result, sr.span, sr.rules, sr.events)
+                except BaseException as exc:  # reported by the assertion below
+                    errors.append(exc)
+
+            t = threading.Thread(target=second)
+            t.start()
+            t.join(1.0)
+            assert t.is_alive()  # waits for the first
+        t.join(30)
+    assert not errors, errors
+    assert count(conn, "emission_averages", cfg.name) == n > 0
+    assert count(conn, "emission_runs", cfg.name) == 2
