@@ -653,3 +653,24 @@ def test_two_gateways_storing_the_same_stack_at_once_both_succeed(conn, pg_dsn):
     assert not errors, errors
     assert count(conn, "emission_averages", cfg.name) == n > 0
     assert count(conn, "emission_runs", cfg.name) == 2
+
+
+def test_the_periodic_job_waits_for_the_last_readings_of_an_hour_before_closing_it(conn, pg_dsn):
+    """The periodic run's phase is where the gateway started: a run at 12:00:05 took the hour 11:00-12:00 as closed
+    while its last readings (11:59:50, every 10 s) were still on their way (collector batch, spool, forwarder). The
+    next run found them: a revision of a closed hour recorded, logged as a warning and noted in the day's report,
+    for readings that were merely in flight. The job now computes up to the last whole hour of its clock less
+    `job.SETTLE_S`: the hour is closed at the first run after 12:02, with all of its readings."""
+    cfg = lcp_helsinki(f"T{uuid.uuid4().hex[:8]}")
+    hour = periods.parse_day("2026-03-10", cfg.timezone)[0] + 12 * 3600
+    tag = cfg.pollutant("NOx").tag
+    ids = synthetic.ensure_tags(conn, [tag], asset=cfg.name)
+    t = np.arange(hour - 2 * 3600, hour, 10)
+    synthetic.copy_readings(conn, ids[tag], t[:-1], np.full(len(t) - 1, 100.0))
+    job._run_once(pg_dsn, cfg, hour + 5, "month", None)
+    synthetic.copy_readings(conn, ids[tag], t[-1:], np.array([460.0]))  # in flight at 12:00:05, stored at 12:00:07
+    job._run_once(pg_dsn, cfg, hour + 305, "month", None)
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM emission_revisions WHERE stack = %s", (cfg.name,))
+        assert cur.fetchone()[0] == 0
+    assert stored(conn, cfg.name, "NOx", "hour", hour - 3600)[0] == pytest.approx(100.0 + 360.0 / 360)
