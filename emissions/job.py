@@ -91,7 +91,16 @@ def run_span(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int, *
              clock: Callable[[], float] = time.time, reason: str = "") -> SpanResult:
     """Compute (and store) a stack's averages, compliance and QAL3 charts for [start, end) widened, up to the last
     whole hour of ``clock()`` at the most (`capped`; `NothingClosed` when none of it has ended). ``reason`` is stored
-    with the run where it is not the usual schedule."""
+    with the run where it is not the usual schedule. A run that stores holds the stack's lock (`store.stack_lock`)
+    throughout: the runs of two gateways take turns."""
+    if write:
+        with store.stack_lock(conn, cfg):
+            return _run_span(conn, cfg, start, end, features, context, whole_days, write, clock, reason)
+    return _run_span(conn, cfg, start, end, features, context, whole_days, write, clock, reason)
+
+
+def _run_span(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int, features: Features | None,
+              context: str, whole_days: bool, write: bool, clock: Callable[[], float], reason: str) -> SpanResult:
     t_begin = time.perf_counter()
     features = features or detect(conn)
     span = capped(cfg, widen(cfg, start, end, context, whole_days), clock())

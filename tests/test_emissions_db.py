@@ -674,3 +674,32 @@ def test_the_periodic_job_waits_for_the_last_readings_of_an_hour_before_closing_
         cur.execute("SELECT count(*) FROM emission_revisions WHERE stack = %s", (cfg.name,))
         assert cur.fetchone()[0] == 0
     assert stored(conn, cfg.name, "NOx", "hour", hour - 3600)[0] == pytest.approx(100.0 + 360.0 / 360)
+
+
+def test_runs_of_one_stack_take_turns_so_the_later_ones_data_stays(conn, pg_dsn):
+    """Two gateways' runs of one stack overlapping: one read the readings, the other read them and a reading more and
+    stored first; the first then stored its older result over it (and a revision of each closed average the reading
+    had changed, undone by the next run). A run now holds the stack's lock from before it reads until it has stored:
+    the run that waited reads what the other's stored results came from, or later."""
+    import threading
+
+    from emissions import store
+
+    cfg = lcp_helsinki(f"T{uuid.uuid4().hex[:8]}")
+    day, _ = seed_day(conn, cfg, "2026-03-10", 100.0)
+    hour = day + 3600
+    ids = store.tag_ids(conn, [cfg.pollutant("NOx").tag])
+    later = day + 86400 + 3600
+    with psycopg.connect(pg_dsn, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(hashtext(%s))", ("valvoja.emissions:" + cfg.name,))  # a run going on
+        t = threading.Thread(target=job.run_span, args=(conn, cfg, day, day + 86400),
+                             kwargs={"context": "day", "clock": lambda: later})
+        t.start()
+        t.join(2.0)
+        assert t.is_alive()
+        with other.cursor() as cur:  # the other run's data: 11 minutes of its hour at 700 mg/Nm3
+            cur.execute("UPDATE readings SET value = 700 WHERE tag_id = %s AND time >= to_timestamp(%s)"
+                        " AND time < to_timestamp(%s)", (ids[cfg.pollutant("NOx").tag], hour, hour + 660))
+        other.execute("SELECT pg_advisory_unlock(hashtext(%s))", ("valvoja.emissions:" + cfg.name,))
+        t.join(60)
+    assert stored(conn, cfg.name, "NOx", "hour", hour)[0] == pytest.approx(100.0 + 11 * 600 / 60)
