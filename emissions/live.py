@@ -104,7 +104,8 @@ class LiveMonitor:
         self._in_bin: dict[str, list[float]] = {}
         self._pending: list[Reading] = []  # readings within live.reorder_s of the newest, not binned yet
         self._newest = -math.inf
-        self._closed_to: int | None = None  # end of the last interval closed by flush
+        self._closed_to: int | None = None  # end of the last interval closed by flush or seed
+        self._seeding = False
 
     def _start_pems(self, dsn: str | None, tag_units: Mapping[str, str]) -> dict:
         out = {}
@@ -125,6 +126,31 @@ class LiveMonitor:
         return out
 
     # -- input -------------------------------------------------------------------------------
+    def seed(self, primary: Primary) -> None:
+        """Start the running periods from stored primary values (`emissions.store.fetch_primary` of the running day
+        up to now): a gateway restarted inside a half-hour or a day otherwise averaged only what it saw after the
+        restart. No alert or condition is reported for these intervals (the next live one projects); readings of
+        them that come live afterwards are left out (each interval counted once). Only before any reading."""
+        if self._bin_t is not None or self.state or self._pending or primary.n == 0:
+            return
+        step = primary.step_s
+        operating = primary.operating_mask()
+        self._seeding = True
+        try:
+            for i in range(primary.n):
+                values = {role: v[i:i + 1] for role, v in primary.values.items() if math.isfinite(v[i])}
+                subst = {role: m[i:i + 1] for role, m in primary.substituted.items() if m[i]}
+                excluded = [name for name, m in primary.excluded.items() if m[i]]
+                self.push(primary.t0 + i * step, values, subst, bool(operating[i]), excluded=excluded)
+        finally:
+            self._seeding = False
+        self._closed_to = primary.t0 + primary.n * step
+        if primary.operating is not None and (primary.state_unknown is None or not primary.state_unknown[-1]):
+            self._operating = bool(primary.operating[-1])
+        for name, mask in primary.excluded.items():  # in calibration at the restart: until its next status reading
+            if name in self._status_bad:
+                self._status_bad[name] = bool(mask[-1])
+
     def observe(self, readings: Iterable[Reading]) -> None:
         """Feed validated readings, in any order within ``live.reorder_s`` of the newest one seen (the collectors of
         a stack commit apart: the O2 analyser's last readings of a minute can come after the flow's first of the
@@ -338,6 +364,8 @@ class LiveMonitor:
         self.last.setdefault(pol, {})[rule.name] = {
             "period_start": st.start, "period_end": st.end, "elapsed_share": elapsed, "running": running,
             "projected": likely, "limit": limit, "threshold": threshold}
+        if self._seeding:
+            return
         judged = not (elapsed < live.min_elapsed_share or (st.count == 0 and not st.done_subs))
         message = (f"{self.cfg.name} {pol}: {rule.period} average projected at {likely:.1f} mg/Nm³ against "
                    f"{threshold:.1f} ({rule.name}), {100 * elapsed:.0f} % of the period elapsed")
@@ -417,6 +445,20 @@ class LiveEmissions:
     def flush(self) -> None:
         for mon in self.monitors.values():
             mon.flush()
+
+    def seed(self, conn, now: float) -> None:
+        """Start every stack's running periods from the stored readings of its running local day up to the minute
+        of ``now`` (`LiveMonitor.seed`; blocking database I/O: the gateway runs it in a worker thread at start)."""
+        from edge.db.features import detect
+        from emissions import store
+
+        features = detect(conn)
+        for mon in self.monitors.values():
+            cfg = mon.cfg
+            end = int(now) // cfg.primary_s * cfg.primary_s
+            start = int(periods.boundaries("day", end - 1, end, cfg.timezone)[0])
+            if end > start:
+                mon.seed(store.fetch_primary(conn, features, cfg, start, end, workers=1))
 
     def status(self) -> dict[str, dict]:
         """Latest running average, projection and limit per stack, pollutant and rule (for the console)."""

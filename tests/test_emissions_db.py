@@ -703,3 +703,32 @@ def test_runs_of_one_stack_take_turns_so_the_later_ones_data_stays(conn, pg_dsn)
         other.execute("SELECT pg_advisory_unlock(hashtext(%s))", ("valvoja.emissions:" + cfg.name,))
         t.join(60)
     assert stored(conn, cfg.name, "NOx", "hour", hour)[0] == pytest.approx(100.0 + 11 * 600 / 60)
+
+
+def test_a_gateway_restarted_inside_a_half_hour_starts_its_live_averages_from_the_stored_readings(conn):
+    """Restarted at 12:20 inside a half-hour whose first 20 minutes were at 600 mg/Nm³ (stored), the live monitor
+    averaged only what came after: 100 for 12:20-12:30, a running half-hour of 100 and no alert, while the half-hour
+    (433.3) is over its limit of 400. Seeded from the stored readings of the running day it averages all 30 minutes
+    and alerts; the minutes it took from the database are not counted again when their readings come live."""
+    from datetime import datetime as dt
+
+    from edge.records import Alert, Reading
+    from emissions.live import LiveEmissions
+
+    name = f"T{uuid.uuid4().hex[:8]}"
+    cfg = StackConfig.model_validate({"name": name, "regime": "waste_incineration", "pollutants": [
+        {"name": "NOx", "tag": f"{name}.NOx", "elv": {"day": 200.0, "half_hour_100": 400.0}}]})
+    tag = cfg.pollutant("NOx").tag
+    noon = periods.parse_day("2026-03-10", "UTC")[0] + 12 * 3600
+    ids = synthetic.ensure_tags(conn, [tag], asset=cfg.name)
+    synthetic.copy_readings(conn, ids[tag], noon + 60 * np.arange(20), np.full(20, 600.0))
+    alerts: list[Alert] = []
+    live = LiveEmissions([cfg], alerts.append)
+    live.seed(conn, noon + 20 * 60 + 3)
+    at = [dt.fromtimestamp(noon + 60 * i, UTC) for i in range(19, 30)]
+    live.observe([Reading(tag, t, 600.0 if i == 0 else 100.0, t) for i, t in enumerate(at)])  # 12:19 again
+    live.flush()
+    half = live.status()[cfg.name]["NOx"]["wi_half_hour_a"]
+    assert half["running"] == pytest.approx((20 * 600 + 10 * 100) / 30)
+    assert live.monitors[cfg.name].state[("NOx", "wi_half_hour_a")].count == 30
+    assert any(a.severity == "critical" and not a.cleared_at for a in alerts)
