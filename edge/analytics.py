@@ -211,6 +211,7 @@ class Analytics:
             # "raised" notified again, an acknowledged alert paged and escalating again). With the database down
             # at start they come from the state file until the sync loop loads them (maintenance.alert_state).
             await self._sync()
+            await self._seed_emissions()
             if self.conninfo and not self._synced:
                 self._restore_alert_state()
             state = asyncio.create_task(self._alert_state_loop()) if self.conninfo else None
@@ -385,6 +386,24 @@ class Analytics:
                 self.metrics.analytics_errors.inc()
                 log.exception("analytics sync failed; tried again in %.0f s", SYNC_INTERVAL_S,
                               extra={"event": "analytics_sync_error"})
+
+    async def _seed_emissions(self) -> None:
+        """The stacks' running half-hours and days from the stored readings, before the first group: a gateway
+        restarted inside them otherwise averaged (and alerted on) only what came after the restart."""
+        if self.emissions is None or not self.conninfo:
+            return
+
+        def seed() -> None:
+            with psycopg.connect(self.conninfo, connect_timeout=5, autocommit=True) as conn:
+                self.emissions.seed(conn, time.time())
+
+        try:
+            await asyncio.to_thread(seed)
+        except Exception:  # live warnings go on from now; the stored averages are the job's
+            self.errors += 1
+            self.metrics.analytics_errors.inc()
+            log.exception("live emissions: running averages not started from the stored readings; they start now",
+                          extra={"event": "emissions_seed_error"})
 
     async def _sync(self) -> None:
         if not self.conninfo:

@@ -262,6 +262,9 @@ class Live(Strict):
     projection: Literal["recent", "zero"] = "recent"
     recent_s: int = Field(600, gt=0)
     min_elapsed_share: float = Field(0.1, ge=0, lt=1)  # no projection before this share of the period
+    # Readings wait this long (by their time) for the other collectors' readings of the same interval before it is
+    # closed: a reading of an interval already closed is left out of the live view (not of the stored averages).
+    reorder_s: float = Field(10.0, ge=0)
     subtract_ci: bool = False  # False: compare the measured projection (an earlier warning)
     # Compliance rules to watch; None: every rule with share 100 on a period of a day or shorter.
     rules: list[str] | None = None
@@ -500,6 +503,7 @@ class StackConfig(Strict):
         """sha256 of the configuration as used (defaults included), stored with every result for audit."""
         data = self.model_dump(mode="json")
         del data["late_data_days"]  # when late readings are taken changes no result: the hash stays as before it
+        del data["live"]["reorder_s"]  # the live view only, no stored result
         reg = data["regulatory"]  # keys added since, at their defaults, hash as before they existed
         for key, default in (("clamp_before_averaging", False), ("month_mean_of", "sub_averages")):
             if reg[key] == default:

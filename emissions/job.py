@@ -41,6 +41,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The periodic job closes an hour this long after it ends: its last readings are still on their way then (collector
+# batches, the spool, the forwarder), and an hour stored without them is revised by the next run (a revision logged
+# and noted in reports for readings that were only in flight). Readings later than this are late data (revisions).
+SETTLE_S = 120
+
 
 @dataclass
 class SpanResult:
@@ -86,7 +91,16 @@ def run_span(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int, *
              clock: Callable[[], float] = time.time, reason: str = "") -> SpanResult:
     """Compute (and store) a stack's averages, compliance and QAL3 charts for [start, end) widened, up to the last
     whole hour of ``clock()`` at the most (`capped`; `NothingClosed` when none of it has ended). ``reason`` is stored
-    with the run where it is not the usual schedule."""
+    with the run where it is not the usual schedule. A run that stores holds the stack's lock (`store.stack_lock`)
+    throughout: the runs of two gateways take turns."""
+    if write:
+        with store.stack_lock(conn, cfg):
+            return _run_span(conn, cfg, start, end, features, context, whole_days, write, clock, reason)
+    return _run_span(conn, cfg, start, end, features, context, whole_days, write, clock, reason)
+
+
+def _run_span(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int, features: Features | None,
+              context: str, whole_days: bool, write: bool, clock: Callable[[], float], reason: str) -> SpanResult:
     t_begin = time.perf_counter()
     features = features or detect(conn)
     span = capped(cfg, widen(cfg, start, end, context, whole_days), clock())
@@ -162,7 +176,7 @@ async def run_periodic(conninfo: str, stacks: list[StackConfig], stop: asyncio.E
                        clock: Callable[[], float] = time.time, metrics: Metrics | None = None) -> None:
     """Keep every stack's stored results current until ``stop`` is set.
 
-    Every ``interval_s`` the current month is recomputed up to the last whole hour; every
+    Every ``interval_s`` the current month is recomputed up to the last whole hour (`SETTLE_S` after it ended); every
     ``full_interval_s`` (and at start) the whole year to date, which the yearly compliance windows need
     (a year of one stack takes about 10 s here, see bench/bench_emissions.py); a month run leaves the windows
     that started before its month (the yearly ones) to the year runs (`compliance.evaluate`). When the period a run
@@ -218,11 +232,12 @@ async def run_periodic(conninfo: str, stacks: list[StackConfig], stop: asyncio.E
 
 
 def _run_once(conninfo: str, cfg: StackConfig, now: int, context: str, last_end: int | None,
-              warned: dict | None = None, runs: list[SpanResult] | None = None) -> int:
-    """One periodic run at ``now``; returns the end of what is computed. ``last_end`` is where the previous
-    run ended (None: read from ``emission_runs``, `store.finished_until`); ``warned`` keeps what `late.due` logged;
-    ``runs`` collects the spans computed."""
+              warned: dict | None = None, runs: list[SpanResult] | None = None, settle_s: int = SETTLE_S) -> int:
+    """One periodic run at ``now``, computing as of ``now - settle_s`` (`SETTLE_S`); returns the end of what is
+    computed. ``last_end`` is where the previous run ended (None: read from ``emission_runs``,
+    `store.finished_until`); ``warned`` keeps what `late.due` logged; ``runs`` collects the spans computed."""
     runs = [] if runs is None else runs
+    now = int(now) - settle_s
     span = widen(cfg, now - 1, now, context, whole_days=False)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         if last_end is None:

@@ -1,7 +1,8 @@
 """Real-time warnings: running averages projected to the end of their period (DESIGN.md §8).
 
 `LiveMonitor` follows one stack while the plant runs. Readings go in (`observe`, e.g. from the gateway
-pipeline after validation); they are binned into primary intervals, each closed interval is normalised
+pipeline after validation), are held ``live.reorder_s`` (by their time) for the readings of the same interval
+that other collectors commit later, and are binned into primary intervals, each closed interval is normalised
 exactly as the stored averages are (`emissions.normalise`), and the running average of every watched
 compliance rule's period (10-minute, half-hour, hour, day) is updated incrementally.
 
@@ -101,6 +102,10 @@ class LiveMonitor:
         self.pems = self._start_pems(pems_dsn, tag_units or {})
         self.pems_tags = {tag for lp in self.pems.values() for tag in lp.link.inputs.values()}
         self._in_bin: dict[str, list[float]] = {}
+        self._pending: list[Reading] = []  # readings within live.reorder_s of the newest, not binned yet
+        self._newest = -math.inf
+        self._closed_to: int | None = None  # end of the last interval closed by flush or seed
+        self._seeding = False
 
     def _start_pems(self, dsn: str | None, tag_units: Mapping[str, str]) -> dict:
         out = {}
@@ -121,44 +126,93 @@ class LiveMonitor:
         return out
 
     # -- input -------------------------------------------------------------------------------
+    def seed(self, primary: Primary) -> None:
+        """Start the running periods from stored primary values (`emissions.store.fetch_primary` of the running day
+        up to now): a gateway restarted inside a half-hour or a day otherwise averaged only what it saw after the
+        restart. No alert or condition is reported for these intervals (the next live one projects); readings of
+        them that come live afterwards are left out (each interval counted once). Only before any reading."""
+        if self._bin_t is not None or self.state or self._pending or primary.n == 0:
+            return
+        step = primary.step_s
+        operating = primary.operating_mask()
+        self._seeding = True
+        try:
+            for i in range(primary.n):
+                values = {role: v[i:i + 1] for role, v in primary.values.items() if math.isfinite(v[i])}
+                subst = {role: m[i:i + 1] for role, m in primary.substituted.items() if m[i]}
+                excluded = [name for name, m in primary.excluded.items() if m[i]]
+                self.push(primary.t0 + i * step, values, subst, bool(operating[i]), excluded=excluded)
+        finally:
+            self._seeding = False
+        self._closed_to = primary.t0 + primary.n * step
+        if primary.operating is not None and (primary.state_unknown is None or not primary.state_unknown[-1]):
+            self._operating = bool(primary.operating[-1])
+        for name, mask in primary.excluded.items():  # in calibration at the restart: until its next status reading
+            if name in self._status_bad:
+                self._status_bad[name] = bool(mask[-1])
+
     def observe(self, readings: Iterable[Reading]) -> None:
-        """Feed validated readings (any order within an interval; intervals must not go back in time)."""
-        accept_max = Quality.UNCERTAIN if self.cfg.regulatory.accept_uncertain else Quality.GOOD
+        """Feed validated readings, in any order within ``live.reorder_s`` of the newest one seen (the collectors of
+        a stack commit apart: the O2 analyser's last readings of a minute can come after the flow's first of the
+        next); a reading older than the interval being filled is left to the stored averages."""
         for r in readings:
-            role = self.roles.get(r.tag)
-            pems_input = r.tag in self.pems_tags
-            status_of = self.status_tags.get(r.tag)
-            if role is None and not pems_input and status_of is None:
-                continue
-            ts = r.time.timestamp()
-            t = int(ts) // self.step * self.step
-            if self._bin_t is None:
-                self._open_bin(t)
-            elif t > self._bin_t:
-                self._close_bin()
-                self._open_bin(t)
-            elif t < self._bin_t:
-                if status_of is not None:  # a late status still holds from its time on: into this interval
+            if r.tag in self.roles or r.tag in self.pems_tags or r.tag in self.status_tags:
+                self._pending.append(r)
+                ts = r.time.timestamp()
+                if ts > self._newest:
+                    self._newest = ts
+        self._take_pending(self._newest - self.cfg.live.reorder_s)
+
+    def _take_pending(self, until: float) -> None:
+        """Bin the held readings stamped at ``until`` or before, in time order."""
+        if not self._pending:
+            return
+        self._pending.sort(key=lambda r: r.time)
+        n = 0
+        while n < len(self._pending) and self._pending[n].time.timestamp() <= until:
+            n += 1
+        ready, self._pending = self._pending[:n], self._pending[n:]
+        accept_max = Quality.UNCERTAIN if self.cfg.regulatory.accept_uncertain else Quality.GOOD
+        for r in ready:
+            self._take(r, accept_max)
+
+    def _take(self, r: Reading, accept_max: int) -> None:
+        role = self.roles.get(r.tag)
+        pems_input = r.tag in self.pems_tags
+        status_of = self.status_tags.get(r.tag)
+        ts = r.time.timestamp()
+        t = int(ts) // self.step * self.step
+        if self._bin_t is None:
+            if self._closed_to is not None and t < self._closed_to:
+                if status_of is not None:  # a late status still holds from its time on (the next interval)
                     self._status(status_of, r, ts, accept_max, late=True)
-                continue  # late reading: the stored averages will include it, the live view has moved on
-            if status_of is not None:
-                self._status(status_of, r, ts, accept_max)
-                if role is None and not pems_input:
-                    continue
-            v = r.numeric
-            if role == "state":
-                if v is not None:
-                    self._operating = v not in self.cfg.excluded_states
-                continue
-            if v is None or not math.isfinite(v) or r.quality > accept_max:
-                continue
-            if pems_input:
-                self._in_bin.setdefault(r.tag, []).append(v)
-                if role is None:
-                    continue
-            self._bin.setdefault(role, []).append(v)
-            if r.flags & Flag.SUBSTITUTED:
-                self._bin_subst.add(role)
+                return  # an interval already closed (flush): counted once, late readings go to the stored averages
+            self._open_bin(t)
+        elif t > self._bin_t:
+            self._close_bin()
+            self._open_bin(t)
+        elif t < self._bin_t:
+            if status_of is not None:  # a late status still holds from its time on: into this interval
+                self._status(status_of, r, ts, accept_max, late=True)
+            return  # late reading: the stored averages will include it, the live view has moved on
+        if status_of is not None:
+            self._status(status_of, r, ts, accept_max)
+            if role is None and not pems_input:
+                return
+        v = r.numeric
+        if role == "state":
+            if v is not None:
+                self._operating = v not in self.cfg.excluded_states
+            return
+        if v is None or not math.isfinite(v) or r.quality > accept_max:
+            return
+        if pems_input:
+            self._in_bin.setdefault(r.tag, []).append(v)
+            if role is None:
+                return
+        self._bin.setdefault(role, []).append(v)
+        if r.flags & Flag.SUBSTITUTED:
+            self._bin_subst.add(role)
 
     def _status(self, pollutants: list[str], r: Reading, ts: float, accept_max: int, late: bool = False) -> None:
         """One analyser status reading (a step signal): in force from ``ts`` until the next one."""
@@ -186,9 +240,12 @@ class LiveMonitor:
         self._bin_start_ok, self._bin_excluded = set(), set()
 
     def flush(self) -> None:
-        """Close the current primary interval now (e.g. on a timer when readings stop)."""
+        """Bin every held reading and close the current primary interval now (e.g. on a timer when readings stop);
+        readings of it that come later are left to the stored averages (it is not opened, and counted, again)."""
+        self._take_pending(math.inf)
         if self._bin_t is not None:
             self._close_bin()
+            self._closed_to = self._bin_t + self.step
             self._bin_t = None
 
     def _close_bin(self) -> None:
@@ -307,6 +364,8 @@ class LiveMonitor:
         self.last.setdefault(pol, {})[rule.name] = {
             "period_start": st.start, "period_end": st.end, "elapsed_share": elapsed, "running": running,
             "projected": likely, "limit": limit, "threshold": threshold}
+        if self._seeding:
+            return
         judged = not (elapsed < live.min_elapsed_share or (st.count == 0 and not st.done_subs))
         message = (f"{self.cfg.name} {pol}: {rule.period} average projected at {likely:.1f} mg/Nm³ against "
                    f"{threshold:.1f} ({rule.name}), {100 * elapsed:.0f} % of the period elapsed")
@@ -386,6 +445,20 @@ class LiveEmissions:
     def flush(self) -> None:
         for mon in self.monitors.values():
             mon.flush()
+
+    def seed(self, conn, now: float) -> None:
+        """Start every stack's running periods from the stored readings of its running local day up to the minute
+        of ``now`` (`LiveMonitor.seed`; blocking database I/O: the gateway runs it in a worker thread at start)."""
+        from edge.db.features import detect
+        from emissions import store
+
+        features = detect(conn)
+        for mon in self.monitors.values():
+            cfg = mon.cfg
+            end = int(now) // cfg.primary_s * cfg.primary_s
+            start = int(periods.boundaries("day", end - 1, end, cfg.timezone)[0])
+            if end > start:
+                mon.seed(store.fetch_primary(conn, features, cfg, start, end, workers=1))
 
     def status(self) -> dict[str, dict]:
         """Latest running average, projection and limit per stack, pollutant and rule (for the console)."""

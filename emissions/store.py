@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -35,6 +37,23 @@ from emissions.qal3 import Check
 _VALUE_ROW = pgcopy.row_dtype([("tid", ">i4"), ("t", ">i8"), ("v", ">f8"), ("s", "u1")])
 _STATE_ROW = pgcopy.row_dtype([("t", ">i8"), ("x", "u1")])
 _STATUS_ROW = pgcopy.row_dtype([("t", ">i8"), ("any", "u1"), ("last", "u1"), ("at0", "u1")])
+
+
+def lock_key(cfg: StackConfig) -> str:
+    """The advisory lock (``hashtext`` of this) under which one stack's results are computed and stored."""
+    return "valvoja.emissions:" + cfg.name
+
+
+@contextmanager
+def stack_lock(conn: psycopg.Connection, cfg: StackConfig) -> Iterator[None]:
+    """Hold the stack's session advisory lock: runs of one stack (a redundant pair of gateways, `compute`) take turns
+    from before they read the readings until they have stored, so the one stored last read last."""
+    conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (lock_key(cfg),))
+    try:
+        yield
+    finally:
+        if not conn.closed and not conn.broken:  # a lost session has released it
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (lock_key(cfg),))
 
 
 def _ts(t: int) -> datetime:
@@ -278,7 +297,8 @@ def write_result(conn: psycopg.Connection, cfg: StackConfig, result: StackResult
     year windows of a report of March, which the runs covering the year judged), and an event it could judge only
     provisionally (an hour under a year's share rule) keeps the judgement stored, its value updated.
     Averages go by binary COPY into a temporary table, then one DELETE and one INSERT: the same result
-    as an upsert per row, several times faster for a year.
+    as an upsert per row, several times faster for a year. Writes of one stack take turns (a transaction advisory
+    lock): two gateways of a redundant pair storing it at once both succeed, the later one's result stays.
     """
     sha = result.config_sha256
     n_rows = 0
@@ -290,6 +310,9 @@ def write_result(conn: psycopg.Connection, cfg: StackConfig, result: StackResult
     lo, hi = _ts(span[0]), _ts(span[1])
     ends = "" if reaches_now else " AND {} <= %(hi)s"
     with conn.transaction(), conn.cursor() as cur:
+        # A redundant pair of gateways stores the same stack: without turns, the second DELETE does not see the
+        # first's uncommitted rows and its INSERT fails on their key once the first commits.
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock_key(cfg),))
         cur.execute("CREATE TEMP TABLE IF NOT EXISTS _emis_avg (LIKE emission_averages INCLUDING DEFAULTS)"
                     " ON COMMIT DELETE ROWS")
         with cur.copy(f"COPY _emis_avg ({', '.join(_AVG_COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:

@@ -618,3 +618,117 @@ def test_report_states_the_level_of_the_pems_interval_of_the_cross_check(conn, p
     linked = StackConfig.model_validate(tomllib.loads(site.read_text())["stacks"][0])
     assert job.pems_levels(conn, linked, day2, day2 + 86400) == {"NOx": [0.9]}
     assert job.pems_levels(conn, linked, day2 + 86400, day2 + 2 * 86400) == {"NOx": []}, "none stored on day 3"
+
+
+def test_two_gateways_storing_the_same_stack_at_once_both_succeed(conn, pg_dsn):
+    """A redundant pair of gateways runs the job for the same stack. Both replace the span's averages (DELETE, then
+    INSERT): the second transaction's DELETE did not see the first's uncommitted rows, so its INSERT waited on their
+    key and then failed with a UniqueViolation once the first committed (that gateway's run logged as an error, every
+    run that overlapped). Now the writes of one stack take turns (an advisory lock): the second replaces the first."""
+    import threading
+
+    from emissions import store
+
+    cfg = synthetic.waste_stack(f"T{uuid.uuid4().hex[:8]}")
+    seed(conn, cfg)
+    sr = job.run_span(conn, cfg, T0, T0 + 86400, context="day", write=False)
+    n = sum(int(((av.start >= sr.span[0]) & (av.start < sr.span[1])).sum())
+            for levels in sr.result.averages.values() for av in levels.values())
+    errors: list[BaseException] = []
+    with psycopg.connect(pg_dsn, autocommit=True) as other:
+        with conn.transaction():  # the first gateway's write, not committed yet
+            store.write_result(conn, cfg, sr.result, sr.span, sr.rules, sr.events)
+
+            def second() -> None:
+                try:
+                    store.write_result(other, cfg, sr.result, sr.span, sr.rules, sr.events)
+                except BaseException as exc:  # reported by the assertion below
+                    errors.append(exc)
+
+            t = threading.Thread(target=second)
+            t.start()
+            t.join(1.0)
+            assert t.is_alive()  # waits for the first
+        t.join(30)
+    assert not errors, errors
+    assert count(conn, "emission_averages", cfg.name) == n > 0
+    assert count(conn, "emission_runs", cfg.name) == 2
+
+
+def test_the_periodic_job_waits_for_the_last_readings_of_an_hour_before_closing_it(conn, pg_dsn):
+    """The periodic run's phase is where the gateway started: a run at 12:00:05 took the hour 11:00-12:00 as closed
+    while its last readings (11:59:50, every 10 s) were still on their way (collector batch, spool, forwarder). The
+    next run found them: a revision of a closed hour recorded, logged as a warning and noted in the day's report,
+    for readings that were merely in flight. The job now computes up to the last whole hour of its clock less
+    `job.SETTLE_S`: the hour is closed at the first run after 12:02, with all of its readings."""
+    cfg = lcp_helsinki(f"T{uuid.uuid4().hex[:8]}")
+    hour = periods.parse_day("2026-03-10", cfg.timezone)[0] + 12 * 3600
+    tag = cfg.pollutant("NOx").tag
+    ids = synthetic.ensure_tags(conn, [tag], asset=cfg.name)
+    t = np.arange(hour - 2 * 3600, hour, 10)
+    synthetic.copy_readings(conn, ids[tag], t[:-1], np.full(len(t) - 1, 100.0))
+    job._run_once(pg_dsn, cfg, hour + 5, "month", None)
+    synthetic.copy_readings(conn, ids[tag], t[-1:], np.array([460.0]))  # in flight at 12:00:05, stored at 12:00:07
+    job._run_once(pg_dsn, cfg, hour + 305, "month", None)
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM emission_revisions WHERE stack = %s", (cfg.name,))
+        assert cur.fetchone()[0] == 0
+    assert stored(conn, cfg.name, "NOx", "hour", hour - 3600)[0] == pytest.approx(100.0 + 360.0 / 360)
+
+
+def test_runs_of_one_stack_take_turns_so_the_later_ones_data_stays(conn, pg_dsn):
+    """Two gateways' runs of one stack overlapping: one read the readings, the other read them and a reading more and
+    stored first; the first then stored its older result over it (and a revision of each closed average the reading
+    had changed, undone by the next run). A run now holds the stack's lock from before it reads until it has stored:
+    the run that waited reads what the other's stored results came from, or later."""
+    import threading
+
+    from emissions import store
+
+    cfg = lcp_helsinki(f"T{uuid.uuid4().hex[:8]}")
+    day, _ = seed_day(conn, cfg, "2026-03-10", 100.0)
+    hour = day + 3600
+    ids = store.tag_ids(conn, [cfg.pollutant("NOx").tag])
+    later = day + 86400 + 3600
+    with psycopg.connect(pg_dsn, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(hashtext(%s))", ("valvoja.emissions:" + cfg.name,))  # a run going on
+        t = threading.Thread(target=job.run_span, args=(conn, cfg, day, day + 86400),
+                             kwargs={"context": "day", "clock": lambda: later})
+        t.start()
+        t.join(2.0)
+        assert t.is_alive()
+        with other.cursor() as cur:  # the other run's data: 11 minutes of its hour at 700 mg/Nm3
+            cur.execute("UPDATE readings SET value = 700 WHERE tag_id = %s AND time >= to_timestamp(%s)"
+                        " AND time < to_timestamp(%s)", (ids[cfg.pollutant("NOx").tag], hour, hour + 660))
+        other.execute("SELECT pg_advisory_unlock(hashtext(%s))", ("valvoja.emissions:" + cfg.name,))
+        t.join(60)
+    assert stored(conn, cfg.name, "NOx", "hour", hour)[0] == pytest.approx(100.0 + 11 * 600 / 60)
+
+
+def test_a_gateway_restarted_inside_a_half_hour_starts_its_live_averages_from_the_stored_readings(conn):
+    """Restarted at 12:20 inside a half-hour whose first 20 minutes were at 600 mg/Nm³ (stored), the live monitor
+    averaged only what came after: 100 for 12:20-12:30, a running half-hour of 100 and no alert, while the half-hour
+    (433.3) is over its limit of 400. Seeded from the stored readings of the running day it averages all 30 minutes
+    and alerts; the minutes it took from the database are not counted again when their readings come live."""
+    from datetime import datetime as dt
+
+    from edge.records import Alert, Reading
+    from emissions.live import LiveEmissions
+
+    name = f"T{uuid.uuid4().hex[:8]}"
+    cfg = StackConfig.model_validate({"name": name, "regime": "waste_incineration", "pollutants": [
+        {"name": "NOx", "tag": f"{name}.NOx", "elv": {"day": 200.0, "half_hour_100": 400.0}}]})
+    tag = cfg.pollutant("NOx").tag
+    noon = periods.parse_day("2026-03-10", "UTC")[0] + 12 * 3600
+    ids = synthetic.ensure_tags(conn, [tag], asset=cfg.name)
+    synthetic.copy_readings(conn, ids[tag], noon + 60 * np.arange(20), np.full(20, 600.0))
+    alerts: list[Alert] = []
+    live = LiveEmissions([cfg], alerts.append)
+    live.seed(conn, noon + 20 * 60 + 3)
+    at = [dt.fromtimestamp(noon + 60 * i, UTC) for i in range(19, 30)]
+    live.observe([Reading(tag, t, 600.0 if i == 0 else 100.0, t) for i, t in enumerate(at)])  # 12:19 again
+    live.flush()
+    half = live.status()[cfg.name]["NOx"]["wi_half_hour_a"]
+    assert half["running"] == pytest.approx((20 * 600 + 10 * 100) / 30)
+    assert live.monitors[cfg.name].state[("NOx", "wi_half_hour_a")].count == 30
+    assert any(a.severity == "critical" and not a.cleared_at for a in alerts)

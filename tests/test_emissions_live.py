@@ -144,3 +144,43 @@ def test_conditions_drive_the_maintenance_alert_lifecycle():
     raised = hh[0]
     assert raised.alert.asset == "W" and raised.alert.tag == "W.NOx" and raised.alert.evidence["limit"] == 400.0
     assert len([c for c in hh if c.event == "raised"]) == 1  # one alert for the whole episode
+
+
+def two_collectors() -> StackConfig:
+    """NOx from one collector, O2 (needed to normalise it) from another."""
+    return StackConfig.model_validate({
+        "name": "W", "regime": "waste_incineration", "o2": {"tag": "W.O2"}, "reference_o2_percent": 11.0,
+        "pollutants": [{"name": "NOx", "tag": "W.NOx", "elv": {"day": 200.0, "half_hour_100": 400.0}}]})
+
+
+def at(tag: str, t: float, v: float) -> Reading:
+    ts = datetime.fromtimestamp(t, UTC)
+    return Reading(tag, ts, v, ts)
+
+
+def test_readings_of_two_collectors_committed_apart_are_binned_together():
+    """The gateway hands analytics each spool commit as it comes: the O2 analyser's reading of 00:00:58 came in the
+    commit after the NOx reading of 00:01:00. That closed minute 00:00 without O2, so every NOx minute was invalid
+    (no reference-O2 correction): a half-hour at 1,000 mg/Nm³ had no running average and raised no alert."""
+    alerts: list[Alert] = []
+    mon = LiveMonitor(two_collectors(), alerts.append)
+    for i in range(30):
+        mon.observe([at("W.NOx", T0 + 60 * i, 1000.0)])  # collector A, second 0
+        mon.observe([at("W.O2", T0 + 60 * i - 2, 11.0)])  # collector B, second 58 of the minute before, 3 s later
+    mon.observe([at("W.O2", T0 + 60 * 30 - 2, 11.0), at("W.NOx", T0 + 60 * 30 + 30, 1000.0)])
+    half = mon.last["NOx"]["wi_half_hour_a"]
+    assert half["running"] == pytest.approx(1000.0)  # O2 at the reference (11 %): the value as measured
+    assert mon.state[("NOx", "wi_half_hour_a")].count == 29  # minutes 00:01-00:29 (00:00 had no O2 before it)
+    assert any(a.severity == "critical" for a in alerts)
+
+
+def test_a_flushed_interval_is_not_counted_again():
+    """flush() closes the running minute; readings of that minute coming after it opened it again and pushed it a
+    second time: one minute counted twice in the running average (60 s of 1,000 and 60 s of 10 averaged to 670)."""
+    mon = LiveMonitor(stack())
+    mon.observe([at("W.NOx", T0, 1000.0)])
+    mon.flush()
+    mon.observe([at("W.NOx", T0 + 30, 1000.0), at("W.NOx", T0 + 60, 10.0)])
+    mon.flush()
+    st = mon.state[("NOx", "wi_half_hour_a")]
+    assert (st.count, st.sum) == (2, pytest.approx(1010.0))

@@ -234,7 +234,8 @@ def test_status_configuration_errors_name_file_key_and_problem(tmp_path):
 def test_live_and_stored_leave_out_the_same_minutes(conn):
     """The step signal of `test_the_status_is_a_step_signal` through the live monitor (readings every 20 s, the
     status in the same batches) leaves out the minutes the stored computation does. A status reading that arrives
-    late (07:00:10, after the readings of 07:01) is not lost: it holds from the interval being filled on."""
+    late (07:00:10, after the readings of 07:02, beyond ``live.reorder_s``) is not lost: it holds from the interval
+    being filled on."""
     cfg = stack(f"S{uuid.uuid4().hex[:8]}")
     st = [(DAY + 2 * H + 30, 1.0), (DAY + 2 * H + 5 * 60 + 10, 0.0), (DAY + 3 * H, 0.0), (DAY + 3 * H + 20, 0.0),
           (DAY + 4 * H, 2.0), (DAY + 5 * H + 120, 0.0), (DAY + 6 * H, 1.0), (DAY + 7 * H + 10, 2.0),
@@ -261,7 +262,7 @@ def test_live_and_stored_leave_out_the_same_minutes(conn):
 
     late = DAY + 7 * H + 10
     stream = [(t, 1, reading(cfg.pollutant("NOx").tag, t, 50.0)) for t in range(DAY, DAY + 8 * H, 20)]
-    stream += [(t if t != late else late + 60, 0, reading(f"{cfg.name}.AN1.status", t, v, q))
+    stream += [(t if t != late else late + 120, 0, reading(f"{cfg.name}.AN1.status", t, v, q))
                for (t, v), q in zip(st, quality, strict=True)]
     for _, _, r in sorted(stream, key=lambda x: x[:2]):
         mon.observe([r])
