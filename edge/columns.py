@@ -181,10 +181,11 @@ class Rows:
 
     Appending to lists is all a decoder does per sample; the ingest task turns a whole commit group of
     these into one `Columns` (`Columns.from_rows`), so numpy's per-call cost is paid once per group.
-    ``bad`` holds the rows of bad quality (null values).
+    ``bad`` holds the rows of bad quality (null values); ``errors`` what the decoder could not read of the message
+    (one line per malformed sample or value) while it kept the rest.
     """
 
-    __slots__ = ("bad", "flags", "recv_us", "tags", "times", "values")
+    __slots__ = ("bad", "errors", "flags", "recv_us", "tags", "times", "values")
 
     def __init__(self, recv_us: int) -> None:
         self.recv_us = recv_us
@@ -193,6 +194,7 @@ class Rows:
         self.values: list = []
         self.flags: list[int] = []
         self.bad: list[int] = []
+        self.errors: list[str] | tuple = ()
 
     def __len__(self) -> int:
         return len(self.tags)

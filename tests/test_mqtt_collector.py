@@ -190,6 +190,35 @@ async def test_malformed_messages_are_dead_lettered_logged_once_and_acknowledged
     await only_new_messages_come(cfg, tmp_path, "t/plain/P-1/x")
 
 
+async def test_a_json_message_with_a_malformed_sample_keeps_its_good_samples(mosquitto, tmp_path):
+    """Before, one bad sample (a device's one bad value, a time it could not format) made the whole message a dead
+    letter: 4 samples gave no reading. Now the good ones are stored and the dead letter names what was left out."""
+    subs = [*SUBSCRIPTIONS, {"topic": "t/wide/+line", "tag": "{line}.{field}",
+                             "json": {"value": "*", "time": "ts", "time_format": "epoch_ms"}}]
+    cfg = config(mosquitto.port, subscriptions=subs)
+    sink = Sink()
+    batch = json.dumps({"samples": [{"tag": "a", "v": 1.0, "t": T0_MS}, {"tag": "b", "v": {"x": 1}, "t": T0_MS},
+                                    {"tag": "c", "v": 3.0, "t": "never"}, {"tag": "d", "v": 4.0, "t": T0_MS + 1}]})
+    wide = json.dumps({"ts": T0_MS, "temp": 21.5, "alarm": [1, 2], "press": 1.2})
+    nothing = json.dumps({"samples": [{"tag": "e", "v": 5.0, "t": "never"}, {"tag": "f", "v": [], "t": T0_MS}]})
+    async with running(cfg, sink, tmp_path) as collector:
+        await apublish(mosquitto.port, [("t/json/L1", batch), ("t/wide/L2", wide), ("t/json/L3", nothing)])
+        await sink.wait(lambda s: len(s.batches) == 3)
+        status = collector.status()
+    assert [(r.tag, r.value) for r in sink.readings] == [("L1.a", 1.0), ("L1.d", 4.0), ("L2.temp", 21.5),
+                                                         ("L2.press", 1.2)]
+    dead = [d for b in sink.batches for d in b.dead_letters]
+    assert [d.topic for d in dead] == ["t/json/L1", "t/wide/L2", "t/json/L3"]
+    assert dead[0].payload == batch.encode() and dead[0].error.startswith("2 malformed sample(s) or value(s) not")
+    assert "sample 1: value at 'v' is an object" in dead[0].error and "sample 2: time 'never'" in dead[0].error
+    assert "other 2 reading(s) are stored" in dead[0].error
+    assert "value of 'alarm' is an array" in dead[1].error and "other 2 reading(s)" in dead[1].error
+    # Nothing readable: one dead letter as before, no readings.
+    assert dead[2].error.startswith("sample 0: time 'never'") and dead[2].error.endswith("(and 1 more)")
+    assert status["dead_letters"] == 3 and status["readings"] == 4
+    await only_new_messages_come(cfg, tmp_path, "t/plain/P-1/x")
+
+
 # Messages that once made a decoder raise something other than DataError: the collector took that for a lost
 # connection, the message was never acknowledged, and the broker sent it again on every reconnect (topic, payload,
 # what the dead letter's error must say). b"boom" makes the plain decoder fail as a bug would (see the test).

@@ -2,9 +2,10 @@
 
 Each subscription gets its own decoder from `make_decoder`. A malformed payload raises
 `edge.errors.DataError` whose message says what is wrong and where (sample index, field path);
-the collector dead-letters it. NaN and infinities are not errors: they become readings and the
-validation stage flags them. Values without a source timestamp get the receive time and
-`Flag.NO_SOURCE_TIME`.
+the collector dead-letters it. A JSON message's malformed samples are left out and named while its
+good ones are kept (`JsonDecoder.rows`); the collector stores those and dead-letters the message.
+NaN and infinities are not errors: they become readings and the validation stage flags them.
+Values without a source timestamp get the receive time and `Flag.NO_SOURCE_TIME`.
 
 Values are kept in the types the spool can store exactly: bool, int within 64 bits (larger
 integers become floats), float, str (valid UTF-8), or None (a null value, bad quality).
@@ -215,6 +216,11 @@ _AUTO_BANDS = ((1e11, 1.0), (1e14, 1e3), (1e17, 1e6))  # |epoch| below -> diviso
 _UNIT_DIV = {"epoch_s": 1.0, "epoch_ms": 1e3, "epoch_us": 1e6}
 
 
+def _at(i: int, n: int, exc: DataError) -> str:
+    """A malformed sample's error, with its index where the message holds more than one."""
+    return str(exc) if n == 1 else f"sample {i}: {exc}"
+
+
 class JsonDecoder:
     """JSON with a field mapping (`JsonMapping`): one sample, arrays of samples, multi-tag batches."""
 
@@ -264,11 +270,19 @@ class JsonDecoder:
         return us
 
     def __call__(self, payload: bytes, topic: str, receive_time: datetime) -> list[Reading]:
-        """The `Decoder` protocol (tools and tests); the collector uses `columns`."""
-        return list(self.rows(payload, topic, receive_time))
+        """The `Decoder` protocol (tools and tests): every sample or a `DataError` for the first malformed one.
+        The collector uses `rows`, which keeps a message's good samples."""
+        out = self.rows(payload, topic, receive_time)
+        if out.errors:
+            raise DataError(out.errors[0])
+        return list(out)
 
     def rows(self, payload: bytes, topic: str, receive_time: datetime) -> Rows:
-        """Decode one message into `Rows` (plain lists): no Reading or datetime per sample on the hot path."""
+        """Decode one message into `Rows` (plain lists): no Reading or datetime per sample on the hot path.
+
+        A malformed sample (or, in a wide object, a malformed value) is left out and named in ``errors``; the
+        message's other samples are kept (a device's one bad value must not cost the good ones beside it). A
+        message of which nothing is readable raises `DataError`."""
         doc = loads_json(payload)
         msg_time = msg_tag = _MISSING
         if self.spath:
@@ -292,6 +306,7 @@ class JsonDecoder:
         gkey = gpath[0] if len(gpath) == 1 else None
         epoch = self._epoch_us
         out = Rows(to_us(receive_time))
+        errors: list[str] = []
         tag_add, time_add, value_add, flag_add = out.tags.append, out.times.append, out.values.append, out.flags.append
         for i, s in enumerate(samples):
             try:
@@ -326,9 +341,12 @@ class JsonDecoder:
                     tag = pre
                 if wide:
                     for k, v in items:
-                        if not k:
-                            raise DataError("an empty key cannot name a tag")
-                        self._add(out, pre + _check_str(k) + post, time_us, v, flags, k)
+                        try:
+                            if not k:
+                                raise DataError("an empty key cannot name a tag")
+                            self._add(out, pre + _check_str(k) + post, time_us, v, flags, k)
+                        except DataError as exc:
+                            errors.append(_at(i, len(samples), exc))
                     continue
                 tv = type(v)
                 if tv is float or tv is bool:
@@ -339,9 +357,13 @@ class JsonDecoder:
                 else:
                     self._add(out, tag, time_us, v, flags, None)
             except DataError as exc:
-                if len(samples) == 1:
-                    raise
-                raise DataError(f"sample {i}: {exc}") from None
+                # Nothing is appended for a sample before it is known good, so skipping it leaves no part behind.
+                errors.append(_at(i, len(samples), exc))
+        if errors:
+            if not out.tags:
+                more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+                raise DataError(errors[0] + more)
+            out.errors = errors
         return out
 
     def _field_tag(self, field: object, names: dict[str, str], pre: str, post: str) -> str:

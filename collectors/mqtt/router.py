@@ -50,6 +50,14 @@ def subscription_id(mqtt_filter: str) -> int:
     return h % SUBSCRIPTION_ID_MAX + 1
 
 
+
+def partly_stored(errors: list[str], kept: int) -> str:
+    """A dead letter's error for a message whose good readings were stored: what was left out, and that."""
+    shown = "; ".join(errors[:3]) + (f"; and {len(errors) - 3} more" if len(errors) > 3 else "")
+    return (f"{len(errors)} malformed sample(s) or value(s) not stored: {shown} "
+            f"(the message's other {kept} reading(s) are stored)")
+
+
 class Router:
     """The collector's subscriptions with their decoders; counts what it handles."""
 
@@ -122,6 +130,9 @@ class Router:
             return [], [self._dead_letter(topic, payload, str(exc), now)], 0
         except Exception as exc:  # a decoder bug: see the module docstring
             return [], [self._dead_letter(topic, payload, f"{type(exc).__name__}: {exc}", now, exc)], 0
+        dead = []
+        if getattr(readings, "errors", ()):
+            dead.append(self._dead_letter(topic, payload, partly_stored(readings.errors, len(readings)), now))
         if retained:
             if self.keep_retained:
                 mark_retained(readings)
@@ -130,7 +141,7 @@ class Router:
                 if skipped:
                     self._skipped_retained(topic, skipped)
         self.readings += len(readings)
-        return readings, [], spread(readings)
+        return readings, dead, spread(readings)
 
     def _skipped_retained(self, topic: str, n: int) -> None:
         if not self.retained_skipped:
