@@ -13,8 +13,8 @@ The file: UTF-8 with a byte-order mark (Excel reads a CSV without one in the mac
 "m³/h", "Pyhäjärvi" garbled), a header row, comma separators, '.' decimal points, LF line ends, fields quoted as
 RFC 4180 says where they hold a comma, quote or line break. Times are RFC 3339 in UTC; with ``console.time_zone``
 each time column has a twin in plant time with its offset. Text cells, which come from devices and users, are
-neutralised against formula injection (OWASP): one that begins with ``= + - @``, a tab or a carriage return gets a
-leading ``'``.
+neutralised against formula injection (OWASP): one that begins with ``= + - @`` (or their full-width forms
+``＝ ＋ － ＠``), a tab or a carriage return gets a leading ``'``.
 """
 
 from __future__ import annotations
@@ -85,7 +85,9 @@ def _wall(x: str) -> str:
 
 
 # SQL: a text cell a spreadsheet would take for a formula gets a leading quote; then RFC 4180 quoting.
-_SAFE = "(CASE WHEN left({t}, 1) IN ('=', '+', '-', '@', E'\\t', E'\\r') THEN '''' || {t} ELSE {t} END)"
+# The full-width forms too: a Japanese- or Chinese-locale spreadsheet may take a cell typed as ＝1+2 for a formula.
+_SAFE = ("(CASE WHEN left({t}, 1) IN ('=', '+', '-', '@', E'\\t', E'\\r', '＝', '＋', '－', '＠') "
+         "THEN '''' || {t} ELSE {t} END)")
 _QUOTED = "CASE WHEN {s} ~ '[\",\\r\\n]' THEN '\"' || replace({s}, '\"', '\"\"') || '\"' ELSE {s} END"
 
 

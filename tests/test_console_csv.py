@@ -41,7 +41,7 @@ ZONE = "Europe/Helsinki"
 EVIL_TAG = '=cmd|\' /C calc\'!A0, "quoted"'
 LINES_TAG = 'plant/line1/T-7, "east"\nsecond line'  # an alert's tag as a device named it
 NEGATIVE_TAG = "P-101.offset"
-FORMULAS = ["=1+2", "+SUM(A1)", "-2+3", "@SUM(A1)", "\tTAB", "\rCR"]
+FORMULAS = ["=1+2", "+SUM(A1)", "-2+3", "@SUM(A1)", "\tTAB", "\rCR", "＝1+2", "＋SUM(A1)", "－2+3", "＠SUM(A1)"]
 FLAGGED = int(Flag.OUT_OF_RANGE | Flag.FROZEN | Flag.SOURCE_STATUS)
 BAD_SENSOR_FAILURE = 0x80320000
 # Tag names as a site could configure them, each of which must not break the Content-Disposition header or make a
