@@ -325,6 +325,13 @@ class Forwarder:
             self.committed_unnoted -= 1
         if note is not None:
             self.dirty_note = max(note, self.dirty_note or 0)
+        for b in batches:
+            if b.lost:  # said once, when its dead letter is committed and the batch gone
+                self.metrics.spool_undecodable.inc(b.lost)
+                self.metrics.dead_letters.labels("spool").inc()
+                log.error("%s; kept in dead_letters (source 'spool'), the readings after it are forwarded",
+                          b.dead_letters[0][3], extra={"event": "spool_batch_undecodable", "seq": b.seq,
+                                                       "readings": b.lost})
         self.heartbeat = time.monotonic()
         self._working()
         self.metrics.spool_records.set(self.worker.spool.readings)

@@ -10,6 +10,9 @@ Rows are stored as one msgpack blob per batch (columnar-ish tuples), which keeps
 SQLite work per reading tiny. Tag *names* are stored, not database ids, so a spool
 survives a database being rebuilt.
 
+A batch whose stored bytes no longer decode (SQLite has no page checksums: a failing SD card) is handed out as one
+dead letter holding those bytes (`SpooledBatch.lost` readings), so the batches after it still flow.
+
 The class is synchronous; `edge.pipeline` runs it on one dedicated thread.
 
 Disk budget: ``max_bytes`` bounds the payload bytes held. When full,
@@ -73,6 +76,7 @@ class SpooledBatch:
     dead_letters: list[tuple]  # (source, topic, payload, error, receive_time_us)
     created: float
     records: list[tuple] = ()  # (kind, dict) of other record types (edge/analytics.py)
+    lost: int = 0  # readings of a batch whose stored bytes do not decode (then held as one dead letter)
 
     @property
     def rows(self) -> list[tuple]:
@@ -107,6 +111,31 @@ def decode_readings(rows: list[tuple]) -> list[Reading]:
     return [Reading(tag=t, time=from_us(ts), value=v, receive_time=from_us(rt), quality=Quality(q),
                     flags=f, status=s, server_time=None if st is None else from_us(st))
             for t, ts, v, rt, q, f, s, st in rows]
+
+
+def _decode(seq: int, fmt: int, n: int, created: float, payload: bytes) -> SpooledBatch:
+    """A stored batch back as a `SpooledBatch`; raises on a format this version does not know or damaged bytes."""
+    if fmt not in (1, 2):
+        raise ValueError(f"unknown format {fmt} (written by a newer Valvoja?)")
+    body, dead, *records = msgpack.unpackb(payload, raw=False, use_list=False, timestamp=3)
+    cols = Columns.from_payload(body) if fmt == 2 else Columns.from_readings(decode_readings(body))
+    # Damaged bytes can still unpack: columns of unequal length or tag indexes out of range would fail later, in
+    # the COPY encoding, taken there for the database refusing the readings.
+    sizes = {a.size for a in (cols.tag_idx, cols.time_us, cols.value, cols.recv_us, cols.quality, cols.flags,
+                              cols.status)}
+    if sizes != {n} or (n and not 0 <= int(cols.tag_idx.min()) <= int(cols.tag_idx.max()) < len(cols.tags)):
+        raise ValueError(f"columns of {sorted(sizes)} rows for {n} readings, or tag indexes out of range")
+    return SpooledBatch(seq, cols, list(dead), created, list(records[0]) if records else [])
+
+
+def _undecodable(path: Path, seq: int, fmt: int, n: int, created: float, payload: bytes,
+                 exc: Exception) -> SpooledBatch:
+    """A batch that cannot be decoded, as one dead letter holding its stored bytes (``lost``: its readings)."""
+    when = from_us(round(created * 1e6)).isoformat()
+    error = (f"spool batch {seq} (format {fmt}, {n} readings, spooled {when}) cannot be decoded: "
+             f"{type(exc).__name__}: {exc}; its readings are lost, its stored bytes are this payload")
+    return SpooledBatch(seq, Columns.from_readings([]), [("spool", str(path), bytes(payload), error,
+                                                          round(created * 1e6))], created, [], lost=n)
 
 
 class Spool:
@@ -283,11 +312,15 @@ class Spool:
         for seq, fmt, n, created, payload in cur:
             if out and total + n > max_rows:
                 break
-            if fmt not in (1, 2):
-                raise RuntimeError(f"spool batch {seq} has unknown format {fmt}")
-            body, dead, *records = msgpack.unpackb(payload, raw=False, use_list=False, timestamp=3)
-            cols = Columns.from_payload(body) if fmt == 2 else Columns.from_readings(decode_readings(body))
-            out.append(SpooledBatch(seq, cols, list(dead), created, list(records[0]) if records else []))
+            try:
+                out.append(_decode(seq, fmt, n, created, payload))
+            except Exception as exc:  # whatever damaged bytes make the decoder raise
+                # SQLite keeps no checksum of a page: bit rot on an SD card or eMMC, or a file restored from a
+                # damaged copy, gives a payload that does not decode. Raised, it stopped the forwarder at this batch
+                # for good (a crash, restarted by the watchdog into the same crash) and every reading spooled after
+                # it waited behind it until the spool was full. Its bytes go to the database as a dead letter instead
+                # (a later version or a person may still read them) and the batches after it flow.
+                out.append(_undecodable(self.path, seq, fmt, n, created, payload, exc))
             total += n
         cur.close()
         return out

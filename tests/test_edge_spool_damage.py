@@ -1,0 +1,92 @@
+"""A damaged spool against a real PostgreSQL + TimescaleDB: what can still be forwarded is, what cannot is kept and
+said, and nothing blocks the readings behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from datetime import timedelta
+
+import msgpack
+import psycopg
+import pytest
+from opcua_support import until
+
+from edge.columns import Columns
+from edge.forwarder import Forwarder
+from edge.metrics import Metrics
+from edge.pipeline import SpoolWorker
+from edge.records import Reading, utcnow
+from edge.settings import SiteConfig
+from edge.spool import Spool
+
+
+def _cols(tag: str, start, n: int) -> Columns:
+    return Columns.from_readings([Reading(tag, start + timedelta(seconds=i), float(i), start) for i in range(n)])
+
+
+def _unequal_columns(payload: bytes) -> bytes:
+    """The batch with one reading's time missing: bytes that unpack, into columns of unequal length."""
+    (body, dead) = msgpack.unpackb(payload, raw=False)
+    body[2] = body[2][:-8]
+    return msgpack.packb([body, dead], use_bin_type=True)
+
+
+# What a damaged page does to a stored batch: cut short (a torn write), bytes overwritten (bit rot on an SD card:
+# SQLite keeps no checksum), bytes that still unpack but into columns of unequal length.
+DAMAGE = {
+    "cut_short": lambda b: b[:len(b) // 2],
+    "overwritten": lambda b: b[:40] + bytes((x ^ 0xA5) for x in b[40:]),
+    "unequal_columns": _unequal_columns,
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_spool_batch_that_does_not_decode_becomes_a_dead_letter_and_the_rest_flows(damage, pg_dsn, tmp_path,
+                                                                                    caplog):
+    """A batch whose stored bytes do not decode raised out of the spool's read: the forwarder died at it, the
+    watchdog restarted it into the same failure, and every reading spooled after it waited behind it until the
+    spool was full. Now its bytes become a dead letter (source 'spool'), counted and logged, and the batches around
+    it are stored."""
+    t0 = (utcnow() - timedelta(hours=1)).replace(second=0, microsecond=0)
+    path = tmp_path / "spool.db"
+    spool = Spool(path, max_bytes=100 << 20)
+    seqs = spool.append_many([(_cols("dmg.before", t0, 10), []), (_cols("dmg.bad", t0, 10), []),
+                              (_cols("dmg.after", t0, 10), [])])
+    spool.close()
+    with sqlite3.connect(path) as side:
+        stored = side.execute("SELECT payload FROM batches WHERE seq = ?", (seqs[1],)).fetchone()[0]
+        damaged = DAMAGE[damage](stored)
+        side.execute("UPDATE batches SET payload = ? WHERE seq = ?", (damaged, seqs[1]))
+
+    async def go():
+        spool = Spool(path, max_bytes=100 << 20)
+        worker = SpoolWorker(spool)
+        metrics = Metrics()
+        fwd = Forwarder(worker, pg_dsn, SiteConfig(), metrics, asyncio.Event())
+        task = asyncio.create_task(fwd.run())
+        try:
+            await until(lambda: not spool.batches or task.done(), what="the spool drained")
+            assert not task.done(), f"the forwarder died: {task.exception()!r}"
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await fwd.close()
+            worker.shutdown()
+            spool.close()
+        return metrics
+
+    with caplog.at_level(logging.ERROR, logger="edge.forwarder"):
+        metrics = asyncio.run(go())
+    with psycopg.connect(pg_dsn) as conn:
+        stored = dict(conn.execute("SELECT t.name, count(*) FROM readings r JOIN tags t ON t.id = r.tag_id"
+                                   " GROUP BY 1").fetchall())
+        dead = conn.execute("SELECT topic, payload, error FROM dead_letters WHERE source = 'spool'").fetchall()
+    assert stored == {"dmg.before": 10, "dmg.after": 10}
+    assert len(dead) == 1 and dead[0][0] == str(path) and bytes(dead[0][1]) == damaged, dead
+    assert f"spool batch {seqs[1]} " in dead[0][2] and "10 readings" in dead[0][2]
+    assert metrics.spool_undecodable._value.get() == 10
+    assert metrics.dead_letters.labels("spool")._value.get() == 1
+    said = [r for r in caplog.records if getattr(r, "event", None) == "spool_batch_undecodable"]
+    assert len(said) == 1 and said[0].readings == 10
