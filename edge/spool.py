@@ -26,6 +26,7 @@ policies: the spool leaves ``DISK_RESERVE_BYTES`` free, so that it can always dr
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sqlite3
@@ -36,12 +37,15 @@ from pathlib import Path
 import msgpack
 
 from edge.columns import Columns, from_us, to_us
+from edge.files import fsync_path
 from edge.records import Quality, Reading
 
 # Payload formats (spools outlive program versions, so old ones stay readable):
 # 1: [rows, dead_letters, records?], rows = (tag, time_us, value, receive_time_us, quality, flags, status, server_us)
 # 2: [Columns.to_payload(), dead_letters, records?]
 _FORMAT_VERSION = 2
+
+log = logging.getLogger(__name__)
 
 
 def _msgpack_default(obj):
@@ -145,34 +149,67 @@ class Spool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self.policy = policy
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db = self._db
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
-        db.execute("PRAGMA busy_timeout=10000")
-        # Large outages write GBs; `vacuum_if_empty` gives the disk back once drained. (An auto_vacuum pragma here
-        # never took effect: it must come before the file is created, and journal_mode=WAL creates it.)
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS batches ("
-            " seq INTEGER PRIMARY KEY AUTOINCREMENT, fmt INTEGER NOT NULL, n INTEGER NOT NULL,"
-            " nbytes INTEGER NOT NULL, created REAL NOT NULL, payload BLOB NOT NULL)"
-        )
-        # Rollup buckets the database's readings changed in and that are not recomputed yet. Written in the
-        # transaction that deletes the committed batches, so a crash before the refresh cannot lose the work
-        # (the batches are gone from here, their rollups not yet made): the next start does it.
-        db.execute("CREATE TABLE IF NOT EXISTS rollup_pending ("
-                   " id INTEGER PRIMARY KEY AUTOINCREMENT, tags BLOB NOT NULL, start_us INTEGER NOT NULL,"
-                   " end_us INTEGER NOT NULL, minutes BLOB)")
-        if "minutes" not in {r[1] for r in db.execute("PRAGMA table_info(rollup_pending)")}:
-            db.execute("ALTER TABLE rollup_pending ADD COLUMN minutes BLOB")  # a spool file of an older version
-        # Small durable state of collectors (`Batch.state`), kept here because it must commit with the readings it
-        # belongs to: the MQTT collector's receive times of messages the broker may send again.
-        db.execute("CREATE TABLE IF NOT EXISTS source_state (source TEXT NOT NULL, key BLOB NOT NULL,"
-                   " value BLOB NOT NULL, PRIMARY KEY (source, key)) WITHOUT ROWID")
-        row = db.execute("SELECT count(*), coalesce(sum(n), 0), coalesce(sum(nbytes), 0) FROM batches").fetchone()
-        self.batches, self.readings, self.bytes = row
+        self._synchronous = synchronous
+        # The damaged file set aside at this start (`_set_aside`), or None.
+        self.damaged: Path | None = None
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorcode", None) not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+                raise  # not the file's content (a lock, permissions, a full disk): the operator's to fix
+            self.damaged = self._set_aside(exc)
+            self._open()
         self.dropped = 0  # readings dropped by drop_oldest since start
         self.rejected = 0  # readings refused by reject_new since start
+
+    def _open(self) -> None:
+        """Open (or create) the file and read what it holds; the connection is closed again if that fails."""
+        self._db = db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if self._synchronous == 'full' else 'NORMAL'}")
+            db.execute("PRAGMA busy_timeout=10000")
+            # Large outages write GBs; `vacuum_if_empty` gives the disk back once drained. (An auto_vacuum pragma here
+            # never took effect: it must come before the file is created, and journal_mode=WAL creates it.)
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS batches ("
+                " seq INTEGER PRIMARY KEY AUTOINCREMENT, fmt INTEGER NOT NULL, n INTEGER NOT NULL,"
+                " nbytes INTEGER NOT NULL, created REAL NOT NULL, payload BLOB NOT NULL)"
+            )
+            # Rollup buckets the database's readings changed in and that are not recomputed yet. Written in the
+            # transaction that deletes the committed batches, so a crash before the refresh cannot lose the work
+            # (the batches are gone from here, their rollups not yet made): the next start does it.
+            db.execute("CREATE TABLE IF NOT EXISTS rollup_pending ("
+                       " id INTEGER PRIMARY KEY AUTOINCREMENT, tags BLOB NOT NULL, start_us INTEGER NOT NULL,"
+                       " end_us INTEGER NOT NULL, minutes BLOB)")
+            if "minutes" not in {r[1] for r in db.execute("PRAGMA table_info(rollup_pending)")}:
+                db.execute("ALTER TABLE rollup_pending ADD COLUMN minutes BLOB")  # a spool file of an older version
+            # Small durable state of collectors (`Batch.state`), kept here because it must commit with the readings it
+            # belongs to: the MQTT collector's receive times of messages the broker may send again.
+            db.execute("CREATE TABLE IF NOT EXISTS source_state (source TEXT NOT NULL, key BLOB NOT NULL,"
+                       " value BLOB NOT NULL, PRIMARY KEY (source, key)) WITHOUT ROWID")
+            row = db.execute("SELECT count(*), coalesce(sum(n), 0), coalesce(sum(nbytes), 0) FROM batches").fetchone()
+            self.batches, self.readings, self.bytes = row
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _set_aside(self, exc: sqlite3.DatabaseError) -> Path:
+        """Rename a spool file SQLite cannot read (with its -wal and -shm) to ``<name>.damaged-<UTC time>`` and say
+        so: the gateway starts on a new spool instead of exiting at every start, collecting nothing, with "file is
+        not a database" (read as the PostgreSQL database) and no name of the file. The renamed file is kept for
+        ``sqlite3 .recover``."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        kept = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                os.replace(src, str(kept) + suffix)
+        fsync_path(self.path.parent)
+        log.error("spool file %s cannot be read (%s: %s): renamed to %s and a new spool started; the readings it "
+                  "held are not forwarded (try `sqlite3 %s .recover`)", self.path, type(exc).__name__, exc, kept, kept,
+                  extra={"event": "spool_damaged", "path": str(self.path), "kept": str(kept)})
+        return kept
 
     # -- writing -------------------------------------------------------------------------
     def append_many(self, items: list[tuple]) -> list[int]:

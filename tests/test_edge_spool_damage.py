@@ -11,7 +11,9 @@ from datetime import timedelta
 import msgpack
 import psycopg
 import pytest
+from gateway_proc import GatewayProcess
 from opcua_support import until
+from ops_support import Publisher, new_run, site_config, stored, wait_for
 
 from edge.columns import Columns
 from edge.forwarder import Forwarder
@@ -90,3 +92,59 @@ def test_a_spool_batch_that_does_not_decode_becomes_a_dead_letter_and_the_rest_f
     assert metrics.dead_letters.labels("spool")._value.get() == 1
     said = [r for r in caplog.records if getattr(r, "event", None) == "spool_batch_undecodable"]
     assert len(said) == 1 and said[0].readings == 10
+
+
+@pytest.mark.slow
+def test_a_spool_file_sqlite_cannot_read_is_set_aside_and_the_gateway_collects(tmp_path, pg_dsn, mosquitto):
+    """A spool file that is not an SQLite database any more (a damaged disk, a bad restore): the gateway exited at
+    every start with "gateway failed to start: DatabaseError: file is not a database", read as PostgreSQL, naming no
+    file, and collected nothing until someone found and moved it. Now the file is renamed aside (its bytes kept for
+    recovery), said (spool_damaged) and counted, and the gateway collects and stores on a new spool."""
+    run = new_run()
+    state = tmp_path / "state"
+    state.mkdir()
+    garbage = b"not a spool " * 4096
+    (state / "spool.db").write_bytes(garbage)
+    gw = GatewayProcess(tmp_path / "gw", site_config(pg_dsn, mosquitto.port, run=run, state_dir=str(state)))
+    gw.start()
+    pub = Publisher(mosquitto.port, run)
+    try:
+        gw.wait_for(lambda: gw.health()["collectors"]["plant"]["connected"])
+        pub.publish(50)
+        wait_for(lambda: stored(pg_dsn) >= 50, timeout_s=30, what="readings stored on the new spool")
+        kept = list(state.glob("spool.db.damaged-*"))
+        assert [k.read_bytes() == garbage for k in kept] == [True], kept
+        assert "valvoja_spool_damaged_total 1.0" in gw.metrics()
+    finally:
+        pub.close()
+        assert gw.terminate() == 0
+    assert stored(pg_dsn) == 50
+    log = gw.log.read_text()
+    assert "spool_damaged" in log or f"renamed to {kept[0]}" in log, log[-2000:]
+
+
+def test_a_spool_file_cut_short_is_set_aside_whole_and_a_locked_one_is_not(tmp_path):
+    """A file cut short (SQLITE_CORRUPT, "database disk image is malformed") is set aside with its write-ahead log,
+    as one that is no database at all; a spool another process holds locked is the operator's to see, not damage:
+    its file stays where it is."""
+    path = tmp_path / "spool.db"
+    spool = Spool(path, max_bytes=100 << 20)
+    t0 = utcnow()
+    spool.append_many([(_cols(f"cut.{i}", t0, 200), []) for i in range(40)])
+    spool.close()
+    whole = path.read_bytes()
+    path.write_bytes(whole[:len(whole) // 2])
+    again = Spool(path, max_bytes=100 << 20)
+    assert again.damaged is not None and again.damaged.read_bytes() == whole[:len(whole) // 2]
+    assert again.batches == 0 and again.append_many([(_cols("cut.new", t0, 5), [])])
+    again.close()
+
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            Spool(path, max_bytes=100 << 20)
+    finally:
+        holder.close()
+    assert len(list(tmp_path.glob("spool.db.damaged-*"))) == 1
