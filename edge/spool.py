@@ -118,9 +118,7 @@ def decode_readings(rows: list[tuple]) -> list[Reading]:
 
 
 def _decode(seq: int, fmt: int, n: int, created: float, payload: bytes) -> SpooledBatch:
-    """A stored batch back as a `SpooledBatch`; raises on a format this version does not know or damaged bytes."""
-    if fmt not in (1, 2):
-        raise ValueError(f"unknown format {fmt} (written by a newer Valvoja?)")
+    """A stored batch (format 1 or 2) back as a `SpooledBatch`; raises on damaged bytes."""
     body, dead, *records = msgpack.unpackb(payload, raw=False, use_list=False, timestamp=3)
     cols = Columns.from_payload(body) if fmt == 2 else Columns.from_readings(decode_readings(body))
     # Damaged bytes can still unpack: columns of unequal length or tag indexes out of range would fail later, in
@@ -349,6 +347,9 @@ class Spool:
         for seq, fmt, n, created, payload in cur:
             if out and total + n > max_rows:
                 break
+            if fmt not in (1, 2):
+                # Written by a newer version (a downgrade with a backlog): readable by it, so not damage to set aside.
+                raise RuntimeError(f"spool batch {seq} has unknown format {fmt}")
             try:
                 out.append(_decode(seq, fmt, n, created, payload))
             except Exception as exc:  # whatever damaged bytes make the decoder raise
