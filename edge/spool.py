@@ -18,10 +18,12 @@ The class is synchronous; `edge.pipeline` runs it on one dedicated thread.
 Disk budget: ``max_bytes`` bounds the payload bytes held. When full,
 ``reject_new`` refuses appends (the pipeline then applies back-pressure: nothing is
 acknowledged that was not stored) and ``drop_oldest`` deletes the oldest batches to
-make room (counted as dropped). Either way an empty spool takes a commit group larger
-than the whole budget (it exceeds the budget by that group), since nothing else could
-ever make room for it. The free space of the disk is a second budget with the same
-policies: the spool leaves ``DISK_RESERVE_BYTES`` free, so that it can always drain.
+make room (counted as dropped); its budget is what waits, not the batches the
+forwarder is writing at that moment (`peek` with ``writing``), which are on their way
+out. Either way an empty spool takes a commit group larger than the whole budget (it
+exceeds the budget by that group), since nothing else could ever make room for it.
+The free space of the disk is a second budget with the same policies: the spool
+leaves ``DISK_RESERVE_BYTES`` free, so that it can always drain.
 """
 
 from __future__ import annotations
@@ -158,6 +160,9 @@ class Spool:
             self.damaged = self._set_aside(exc)
             self._open()
         self.dropped = 0  # readings dropped by drop_oldest since start
+        # seq -> payload bytes of the batches `peek` handed out and no `delete` took yet: what the forwarder is writing.
+        # Replaced whole, never changed in place: `release` comes from the event loop's thread.
+        self._in_flight: dict[int, int] = {}
         self.rejected = 0  # readings refused by reject_new since start
 
     def _open(self) -> None:
@@ -231,9 +236,16 @@ class Spool:
             payloads.append((len(readings), body))
         incoming = sum(len(b) for _, b in payloads)
         n_in = sum(n for n, _ in payloads)
-        if self.bytes + incoming > self.max_bytes:
+        # Under drop_oldest the budget is what waits: the batches being written are on their way out. Counted, the
+        # oldest batches (the ones being written) were dropped and counted lost, and then their COPY committed: stored
+        # and counted as lost both (tests/test_edge_spool_budget.py), while the batches that waited were not kept any
+        # longer for it. They are held beyond the budget for the time of their write (`Forwarder` writes at most
+        # `database.writers` groups at once, and reads one ahead).
+        writing = self._in_flight if self.policy == "drop_oldest" else {}
+        waiting = self.bytes - sum(writing.values())
+        if waiting + incoming > self.max_bytes:
             if self.policy == "drop_oldest":
-                self._drop_oldest(self.bytes + incoming - self.max_bytes)
+                self._drop_oldest(waiting + incoming - self.max_bytes, keep=writing)
             elif self.batches:
                 # An empty spool takes even a group larger than the whole budget: refusing it would stall the
                 # ingest for ever, since nothing can make room for it.
@@ -316,32 +328,42 @@ class Spool:
         """A collector's state as committed: key -> value."""
         return dict(self._db.execute("SELECT key, value FROM source_state WHERE source = ?", (source,)).fetchall())
 
-    def _drop_oldest(self, need: int) -> None:
+    def _drop_oldest(self, need: int, keep: dict[int, int] | None = None) -> None:
+        """Delete the oldest batches, but those in ``keep``, until ``need`` payload bytes are freed."""
         freed = 0
         dropped = 0
+        gone = set()
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             for seq, n, nbytes in db.execute("SELECT seq, n, nbytes FROM batches ORDER BY seq").fetchall():
                 if freed >= need:
                     break
+                if keep and seq in keep:
+                    continue
                 db.execute("DELETE FROM batches WHERE seq = ?", (seq,))
                 freed += nbytes
                 dropped += n
-                self.batches -= 1
+                gone.add(seq)
             db.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
+        self.batches -= len(gone)
+        if gone & self._in_flight.keys():  # the disk's reserve takes even batches being written
+            self._in_flight = {s: b for s, b in self._in_flight.items() if s not in gone}
         self.bytes -= freed
         self.readings -= dropped
         self.dropped += dropped
 
     # -- reading -------------------------------------------------------------------------
-    def peek(self, max_rows: int, after_seq: int = 0) -> list[SpooledBatch]:
-        """The oldest batches (after ``after_seq``) holding up to ``max_rows`` readings (at least one batch)."""
+    def peek(self, max_rows: int, after_seq: int = 0, writing: bool = False) -> list[SpooledBatch]:
+        """The oldest batches (after ``after_seq``) holding up to ``max_rows`` readings (at least one batch).
+        ``writing``: the forwarder reads them to write them (outside the budget of ``drop_oldest`` until `delete`
+        or `release`); a read from the start (``after_seq`` 0) begins a new pass, releasing what earlier ones read."""
         out: list[SpooledBatch] = []
         total = 0
+        claimed = dict(self._in_flight) if after_seq else {}
         cur = self._db.execute(
             "SELECT seq, fmt, n, created, payload FROM batches WHERE seq > ? ORDER BY seq", (after_seq,))
         for seq, fmt, n, created, payload in cur:
@@ -359,9 +381,16 @@ class Spool:
                 # it waited behind it until the spool was full. Its bytes go to the database as a dead letter instead
                 # (a later version or a person may still read them) and the batches after it flow.
                 out.append(_undecodable(self.path, seq, fmt, n, created, payload, exc))
+            claimed[seq] = len(payload)
             total += n
         cur.close()
+        if writing:
+            self._in_flight = claimed
         return out
+
+    def release(self) -> None:
+        """The forwarder stopped writing what it read (a failed write, a stop): those batches wait again."""
+        self._in_flight = {}
 
     def delete(self, seqs: list[int], rollup: tuple[set[int], set[int]] | None = None) -> int | None:
         """Forget batches the database has committed, and note in the same transaction the rollup work they
@@ -389,6 +418,8 @@ class Spool:
         self.batches -= cnt
         self.readings -= n
         self.bytes -= nbytes
+        if self._in_flight:
+            self._in_flight = {s: b for s, b in self._in_flight.items() if s not in set(seqs)}
         return note
 
     def rollup_pending(self) -> tuple[set[int], set[int], int] | None:
