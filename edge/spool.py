@@ -129,6 +129,10 @@ def _decode(seq: int, fmt: int, n: int, created: float, payload: bytes) -> Spool
                               cols.status)}
     if sizes != {n} or (n and not 0 <= int(cols.tag_idx.min()) <= int(cols.tag_idx.max()) < len(cols.tags)):
         raise ValueError(f"columns of {sorted(sizes)} rows for {n} readings, or tag indexes out of range")
+    if not (all(t.__class__ is str for t in cols.tags)
+            and all(i.__class__ is int and 0 <= i < n for i in (*cols.other, *cols.server_us))
+            and all(t.__class__ is int for t in cols.server_us.values())):
+        raise ValueError("tag names that are not text, or side-table rows out of range")
     return SpooledBatch(seq, cols, list(dead), created, list(records[0]) if records else [])
 
 

@@ -35,12 +35,20 @@ def _unequal_columns(payload: bytes) -> bytes:
     return msgpack.packb([body, dead], use_bin_type=True)
 
 
+def _side_row_out_of_range(payload: bytes) -> bytes:
+    """The batch with a text value for a row it does not have: it unpacks, and the COPY encoding failed on it."""
+    (body, dead) = msgpack.unpackb(payload, raw=False)
+    body[8] = [[10_000, "text"]]  # (row, value) pairs
+    return msgpack.packb([body, dead], use_bin_type=True)
+
+
 # What a damaged page does to a stored batch: cut short (a torn write), bytes overwritten (bit rot on an SD card:
 # SQLite keeps no checksum), bytes that still unpack but into columns of unequal length.
 DAMAGE = {
     "cut_short": lambda b: b[:len(b) // 2],
     "overwritten": lambda b: b[:40] + bytes((x ^ 0xA5) for x in b[40:]),
     "unequal_columns": _unequal_columns,
+    "side_row_out_of_range": _side_row_out_of_range,
 }
 
 
