@@ -11,7 +11,8 @@ SQLite work per reading tiny. Tag *names* are stored, not database ids, so a spo
 survives a database being rebuilt.
 
 A batch whose stored bytes no longer decode (SQLite has no page checksums: a failing SD card) is handed out as one
-dead letter holding those bytes (`SpooledBatch.lost` readings), so the batches after it still flow.
+dead letter holding those bytes (`SpooledBatch.lost` readings), so the batches after it still flow; so is one whose
+pages SQLite reports damaged when they are read, which is then marked ``unreadable`` (it cannot be deleted either).
 
 The class is synchronous; `edge.pipeline` runs it on one dedicated thread.
 
@@ -138,12 +139,24 @@ def _decode(seq: int, fmt: int, n: int, created: float, payload: bytes) -> Spool
 
 def _undecodable(path: Path, seq: int, fmt: int, n: int, created: float, payload: bytes,
                  exc: Exception) -> SpooledBatch:
-    """A batch that cannot be decoded, as one dead letter holding its stored bytes (``lost``: its readings)."""
+    """A batch that cannot be decoded (or, with no ``payload``, not even read), as one dead letter holding its stored
+    bytes (``lost``: its readings)."""
     when = from_us(round(created * 1e6)).isoformat()
-    error = (f"spool batch {seq} (format {fmt}, {n} readings, spooled {when}) cannot be decoded: "
-             f"{type(exc).__name__}: {exc}; its readings are lost, its stored bytes are this payload")
+    what = ("cannot be decoded", "its stored bytes are this payload") if payload else (
+        "cannot be read from the spool file", "its bytes cannot be read")
+    error = (f"spool batch {seq} (format {fmt}, {n} readings, spooled {when}) {what[0]}: "
+             f"{type(exc).__name__}: {exc}; its readings are lost, {what[1]}")
     return SpooledBatch(seq, Columns.from_readings([]), [("spool", str(path), bytes(payload), error,
                                                           round(created * 1e6))], created, [], lost=n)
+
+
+def _damage(exc: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite found the file's content damaged (not a lock, a full disk or permissions)."""
+    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+# Batches SQLite can neither read nor delete (`Spool.unreadable`) are left out of everything else.
+_LIVE = "seq NOT IN (SELECT seq FROM unreadable)"
 
 
 class Spool:
@@ -159,7 +172,7 @@ class Spool:
         try:
             self._open()
         except sqlite3.DatabaseError as exc:
-            if getattr(exc, "sqlite_errorcode", None) not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+            if not _damage(exc):
                 raise  # not the file's content (a lock, permissions, a full disk): the operator's to fix
             self.damaged = self._set_aside(exc)
             self._open()
@@ -195,7 +208,11 @@ class Spool:
             # belongs to: the MQTT collector's receive times of messages the broker may send again.
             db.execute("CREATE TABLE IF NOT EXISTS source_state (source TEXT NOT NULL, key BLOB NOT NULL,"
                        " value BLOB NOT NULL, PRIMARY KEY (source, key)) WITHOUT ROWID")
-            row = db.execute("SELECT count(*), coalesce(sum(n), 0), coalesce(sum(nbytes), 0) FROM batches").fetchone()
+            # Batches whose pages SQLite reports damaged when their payload is read or deleted (a broken overflow chain:
+            # the table's own pages, read here, are whole). They stay in the file, out of every count and read.
+            db.execute("CREATE TABLE IF NOT EXISTS unreadable (seq INTEGER PRIMARY KEY)")
+            row = db.execute("SELECT count(*), coalesce(sum(n), 0), coalesce(sum(nbytes), 0) FROM batches"
+                             f" WHERE {_LIVE}").fetchone()
             self.batches, self.readings, self.bytes = row
         except BaseException:
             self._db.close()
@@ -337,22 +354,16 @@ class Spool:
         freed = 0
         dropped = 0
         gone = set()
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for seq, n, nbytes in db.execute("SELECT seq, n, nbytes FROM batches ORDER BY seq").fetchall():
-                if freed >= need:
-                    break
-                if keep and seq in keep:
-                    continue
-                db.execute("DELETE FROM batches WHERE seq = ?", (seq,))
-                freed += nbytes
-                dropped += n
-                gone.add(seq)
-            db.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
+        for seq, n, nbytes in self._db.execute(f"SELECT seq, n, nbytes FROM batches WHERE {_LIVE} ORDER BY seq"
+                                               ).fetchall():
+            if freed >= need:
+                break
+            if keep and seq in keep:
+                continue
+            freed += nbytes
+            dropped += n
+            gone.add(seq)
+        self._delete_batches(sorted(gone))
         self.batches -= len(gone)
         if gone & self._in_flight.keys():  # the disk's reserve takes even batches being written
             self._in_flight = {s: b for s, b in self._in_flight.items() if s not in gone}
@@ -368,26 +379,31 @@ class Spool:
         out: list[SpooledBatch] = []
         total = 0
         claimed = dict(self._in_flight) if after_seq else {}
-        cur = self._db.execute(
-            "SELECT seq, fmt, n, created, payload FROM batches WHERE seq > ? ORDER BY seq", (after_seq,))
-        for seq, fmt, n, created, payload in cur:
+        rows = self._rows(after_seq)
+        for seq, fmt, n, created, payload in rows:
             if out and total + n > max_rows:
                 break
             if fmt not in (1, 2):
                 # Written by a newer version (a downgrade with a backlog): readable by it, so not damage to set aside.
                 raise RuntimeError(f"spool batch {seq} has unknown format {fmt}")
-            try:
-                out.append(_decode(seq, fmt, n, created, payload))
-            except Exception as exc:  # whatever damaged bytes make the decoder raise
-                # SQLite keeps no checksum of a page: bit rot on an SD card or eMMC, or a file restored from a
-                # damaged copy, gives a payload that does not decode. Raised, it stopped the forwarder at this batch
-                # for good (a crash, restarted by the watchdog into the same crash) and every reading spooled after
-                # it waited behind it until the spool was full. Its bytes go to the database as a dead letter instead
-                # (a later version or a person may still read them) and the batches after it flow.
-                out.append(_undecodable(self.path, seq, fmt, n, created, payload, exc))
+            if isinstance(payload, sqlite3.DatabaseError):
+                # Its pages are damaged (SQLite says so reading it): nothing to keep but the error.
+                out.append(_undecodable(self.path, seq, fmt, n, created, b"", payload))
+                payload = b""
+            else:
+                try:
+                    out.append(_decode(seq, fmt, n, created, payload))
+                except Exception as exc:  # whatever damaged bytes make the decoder raise
+                    # SQLite keeps no checksum of a page: bit rot on an SD card or eMMC, or a file restored from a
+                    # damaged copy, gives a payload that does not decode. Raised, it stopped the forwarder at this
+                    # batch for good (a crash, restarted by the watchdog into the same crash) and every reading
+                    # spooled after it waited behind it until the spool was full. Its bytes go to the database as a
+                    # dead letter instead (a later version or a person may still read them) and the batches after it
+                    # flow.
+                    out.append(_undecodable(self.path, seq, fmt, n, created, payload, exc))
             claimed[seq] = len(payload)
             total += n
-        cur.close()
+        rows.close()
         if writing:
             self._in_flight = claimed
         return out
@@ -396,29 +412,104 @@ class Spool:
         """The forwarder stopped writing what it read (a failed write, a stop): those batches wait again."""
         self._in_flight = {}
 
+    def _rows(self, after_seq: int):
+        """``(seq, fmt, n, created, payload)`` of the batches after ``after_seq``, oldest first; the payload is the
+        SQLite error where damaged pages keep it from being read. One statement while the file reads whole, then
+        each payload on its own: raised, one such batch stopped the forwarder's every read at it (a retry with
+        back-off for ever, every batch after it waiting until the spool was full), and no restart cured it."""
+        db = self._db
+        last = after_seq
+        try:
+            cur = db.execute(f"SELECT seq, fmt, n, created, payload FROM batches WHERE seq > ? AND {_LIVE}"
+                             " ORDER BY seq", (after_seq,))  # its first step reads the first payload already
+            try:
+                for row in cur:
+                    yield row
+                    last = row[0]
+                return
+            finally:
+                cur.close()
+        except sqlite3.DatabaseError as exc:
+            if not _damage(exc):
+                raise
+        cur = db.execute(f"SELECT seq, fmt, n, created FROM batches WHERE seq > ? AND {_LIVE} ORDER BY seq", (last,))
+        try:
+            for seq, fmt, n, created in cur:
+                try:
+                    payload = db.execute("SELECT payload FROM batches WHERE seq = ?", (seq,)).fetchone()[0]
+                except sqlite3.DatabaseError as exc:
+                    if not _damage(exc):
+                        raise
+                    payload = exc
+                yield seq, fmt, n, created, payload
+        finally:
+            cur.close()
+
+    def _note(self, rollup: tuple[set[int], set[int]] | None) -> int | None:
+        """Note the rollup work ``rollup`` (tag ids, 1-minute buckets) in the caller's transaction; its id."""
+        if rollup is None or not rollup[1]:
+            return None
+        tags, minutes = rollup
+        return self._db.execute("INSERT INTO rollup_pending (tags, start_us, end_us, minutes) VALUES (?, ?, ?, ?)",
+                                (msgpack.packb(sorted(tags)), min(minutes) * 60_000_000, max(minutes) * 60_000_000,
+                                 msgpack.packb(sorted(minutes)))).lastrowid
+
+    def _delete_batches(self, seqs: list[int], rollup: tuple[set[int], set[int]] | None = None) -> int | None:
+        """Delete ``seqs`` with the note of ``rollup`` in one transaction; returns the note's id.
+
+        A batch whose pages SQLite reports damaged cannot be deleted (freeing its pages reads them), and the error
+        leaves the transaction unusable: then the note goes first, on its own (a crash before the deletes writes the
+        batches again, which the database's key makes harmless; never the other way round), and each batch alone,
+        a damaged one marked `unreadable` instead, out of the way for good."""
+        db = self._db
+        if not seqs:
+            return None
+        q = ",".join("?" * len(seqs))
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(f"DELETE FROM batches WHERE seq IN ({q})", seqs)
+            note = self._note(rollup)
+            db.execute("COMMIT")
+            return note
+        except sqlite3.DatabaseError as exc:
+            self._rollback()
+            if not _damage(exc):
+                raise
+        except BaseException:
+            self._rollback()
+            raise
+        note = self._in_transaction(lambda: self._note(rollup))
+        for seq in seqs:
+            try:
+                self._in_transaction(lambda s=seq: db.execute("DELETE FROM batches WHERE seq = ?", (s,)))
+            except sqlite3.DatabaseError as exc:
+                if not _damage(exc):
+                    raise
+                self._in_transaction(lambda s=seq: db.execute("INSERT OR IGNORE INTO unreadable (seq) VALUES (?)",
+                                                              (s,)))
+        return note
+
+    def _in_transaction(self, fn):
+        """``fn()`` in a transaction of its own; its result."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            out = fn()
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        return out
+
     def delete(self, seqs: list[int], rollup: tuple[set[int], set[int]] | None = None) -> int | None:
         """Forget batches the database has committed, and note in the same transaction the rollup work they
         caused (``rollup``: tag ids, the 1-minute buckets as minutes since the epoch); returns the note's id."""
         if not seqs:
             return None
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            q = ",".join("?" * len(seqs))
-            n, nbytes = db.execute(
-                f"SELECT coalesce(sum(n), 0), coalesce(sum(nbytes), 0) FROM batches WHERE seq IN ({q})",
-                seqs).fetchone()
-            cnt = db.execute(f"DELETE FROM batches WHERE seq IN ({q})", seqs).rowcount
-            note = None
-            if rollup is not None and rollup[1]:
-                tags, minutes = rollup
-                note = db.execute("INSERT INTO rollup_pending (tags, start_us, end_us, minutes) VALUES (?, ?, ?, ?)",
-                                  (msgpack.packb(sorted(tags)), min(minutes) * 60_000_000,
-                                   max(minutes) * 60_000_000, msgpack.packb(sorted(minutes)))).lastrowid
-            db.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
+        q = ",".join("?" * len(seqs))
+        cnt, n, nbytes = self._db.execute(
+            f"SELECT count(*), coalesce(sum(n), 0), coalesce(sum(nbytes), 0) FROM batches WHERE seq IN ({q})"
+            f" AND {_LIVE}", seqs).fetchone()
+        note = self._delete_batches(seqs, rollup)
         self.batches -= cnt
         self.readings -= n
         self.bytes -= nbytes
@@ -453,7 +544,7 @@ class Spool:
         self._db.execute("DELETE FROM rollup_pending WHERE id <= ?", (upto,))
 
     def oldest_age_s(self) -> float:
-        row = self._db.execute("SELECT min(created) FROM batches").fetchone()
+        row = self._db.execute(f"SELECT min(created) FROM batches WHERE {_LIVE}").fetchone()
         return 0.0 if row[0] is None else max(0.0, time.time() - row[0])
 
     def file_bytes(self) -> int:
@@ -470,8 +561,8 @@ class Spool:
         ``min_free_bytes`` of free pages, free them and truncate the write-ahead log. Returns the bytes freed (0:
         nothing done; a stat of two pragmas otherwise). Without it the file stayed at the size of the largest
         outage's backlog for good, also crowding the disk the next outage needs."""
-        if self.batches:
-            return 0
+        if self.batches or self._db.execute("SELECT EXISTS (SELECT 1 FROM unreadable)").fetchone()[0]:
+            return 0  # a VACUUM copies every row: it would fail on the damaged ones, every minute
         min_free_bytes = VACUUM_MIN_FREE_BYTES if min_free_bytes is None else min_free_bytes
         page = self._db.execute("PRAGMA page_size").fetchone()[0]
         free = self._db.execute("PRAGMA freelist_count").fetchone()[0] * page
