@@ -155,7 +155,7 @@ def _damage(exc: sqlite3.DatabaseError) -> bool:
     return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
-# Batches SQLite can neither read nor delete (`Spool.unreadable`) are left out of everything else.
+# Batches SQLite can neither read nor delete (table ``unreadable``) are left out of everything else.
 _LIVE = "seq NOT IN (SELECT seq FROM unreadable)"
 
 
@@ -211,8 +211,10 @@ class Spool:
             # Batches whose pages SQLite reports damaged when their payload is read or deleted (a broken overflow chain:
             # the table's own pages, read here, are whole). They stay in the file, out of every count and read.
             db.execute("CREATE TABLE IF NOT EXISTS unreadable (seq INTEGER PRIMARY KEY)")
+            # The condition every read of batches adds: none while no batch is unreadable (the hot path's reads).
+            self._live = f"AND {_LIVE}" if db.execute("SELECT EXISTS (SELECT 1 FROM unreadable)").fetchone()[0] else ""
             row = db.execute("SELECT count(*), coalesce(sum(n), 0), coalesce(sum(nbytes), 0) FROM batches"
-                             f" WHERE {_LIVE}").fetchone()
+                             f" WHERE true {self._live}").fetchone()
             self.batches, self.readings, self.bytes = row
         except BaseException:
             self._db.close()
@@ -354,8 +356,8 @@ class Spool:
         freed = 0
         dropped = 0
         gone = set()
-        for seq, n, nbytes in self._db.execute(f"SELECT seq, n, nbytes FROM batches WHERE {_LIVE} ORDER BY seq"
-                                               ).fetchall():
+        rows = self._db.execute(f"SELECT seq, n, nbytes FROM batches WHERE true {self._live} ORDER BY seq").fetchall()
+        for seq, n, nbytes in rows:
             if freed >= need:
                 break
             if keep and seq in keep:
@@ -378,7 +380,7 @@ class Spool:
         or `release`); a read from the start (``after_seq`` 0) begins a new pass, releasing what earlier ones read."""
         out: list[SpooledBatch] = []
         total = 0
-        claimed = dict(self._in_flight) if after_seq else {}
+        claimed = (dict(self._in_flight) if after_seq else {}) if writing else None
         rows = self._rows(after_seq)
         for seq, fmt, n, created, payload in rows:
             if out and total + n > max_rows:
@@ -401,10 +403,11 @@ class Spool:
                     # dead letter instead (a later version or a person may still read them) and the batches after it
                     # flow.
                     out.append(_undecodable(self.path, seq, fmt, n, created, payload, exc))
-            claimed[seq] = len(payload)
+            if claimed is not None:
+                claimed[seq] = len(payload)
             total += n
         rows.close()
-        if writing:
+        if claimed is not None:
             self._in_flight = claimed
         return out
 
@@ -420,7 +423,7 @@ class Spool:
         db = self._db
         last = after_seq
         try:
-            cur = db.execute(f"SELECT seq, fmt, n, created, payload FROM batches WHERE seq > ? AND {_LIVE}"
+            cur = db.execute(f"SELECT seq, fmt, n, created, payload FROM batches WHERE seq > ? {self._live}"
                              " ORDER BY seq", (after_seq,))  # its first step reads the first payload already
             try:
                 for row in cur:
@@ -432,7 +435,8 @@ class Spool:
         except sqlite3.DatabaseError as exc:
             if not _damage(exc):
                 raise
-        cur = db.execute(f"SELECT seq, fmt, n, created FROM batches WHERE seq > ? AND {_LIVE} ORDER BY seq", (last,))
+        cur = db.execute(f"SELECT seq, fmt, n, created FROM batches WHERE seq > ? {self._live} ORDER BY seq",
+                         (last,))
         try:
             for seq, fmt, n, created in cur:
                 try:
@@ -487,6 +491,7 @@ class Spool:
                     raise
                 self._in_transaction(lambda s=seq: db.execute("INSERT OR IGNORE INTO unreadable (seq) VALUES (?)",
                                                               (s,)))
+                self._live = f"AND {_LIVE}"
         return note
 
     def _in_transaction(self, fn):
@@ -508,7 +513,7 @@ class Spool:
         q = ",".join("?" * len(seqs))
         cnt, n, nbytes = self._db.execute(
             f"SELECT count(*), coalesce(sum(n), 0), coalesce(sum(nbytes), 0) FROM batches WHERE seq IN ({q})"
-            f" AND {_LIVE}", seqs).fetchone()
+            f" {self._live}", seqs).fetchone()
         note = self._delete_batches(seqs, rollup)
         self.batches -= cnt
         self.readings -= n
@@ -544,7 +549,7 @@ class Spool:
         self._db.execute("DELETE FROM rollup_pending WHERE id <= ?", (upto,))
 
     def oldest_age_s(self) -> float:
-        row = self._db.execute(f"SELECT min(created) FROM batches WHERE {_LIVE}").fetchone()
+        row = self._db.execute(f"SELECT min(created) FROM batches WHERE true {self._live}").fetchone()
         return 0.0 if row[0] is None else max(0.0, time.time() - row[0])
 
     def file_bytes(self) -> int:
@@ -561,7 +566,7 @@ class Spool:
         ``min_free_bytes`` of free pages, free them and truncate the write-ahead log. Returns the bytes freed (0:
         nothing done; a stat of two pragmas otherwise). Without it the file stayed at the size of the largest
         outage's backlog for good, also crowding the disk the next outage needs."""
-        if self.batches or self._db.execute("SELECT EXISTS (SELECT 1 FROM unreadable)").fetchone()[0]:
+        if self.batches or self._live:
             return 0  # a VACUUM copies every row: it would fail on the damaged ones, every minute
         min_free_bytes = VACUUM_MIN_FREE_BYTES if min_free_bytes is None else min_free_bytes
         page = self._db.execute("PRAGMA page_size").fetchone()[0]
