@@ -252,6 +252,10 @@ class Forwarder:
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            # What they read waits again, in drop_oldest's budget. Not queued on the spool thread: at a stop it may be
+            # shut down, and behind a locked spool this would wait. A read still running there claims its group
+            # again: held beyond the budget (never dropped, never lost) until the next pass reads from the start.
+            self.worker.spool.release()
 
     @staticmethod
     def _reap(writing: dict[asyncio.Task, TimescaleSink]) -> None:
@@ -284,7 +288,7 @@ class Forwarder:
 
     async def _next_group(self, after: int, linger: bool) -> list[SpooledBatch] | None:
         spool = self.worker.spool
-        batches = await self.worker.call(spool.peek, self.db.batch_rows, after)
+        batches = await self.worker.call(spool.peek, self.db.batch_rows, after, True)
         if not batches:
             return None
         n = sum(len(b.columns) for b in batches)
@@ -296,7 +300,7 @@ class Forwarder:
             wait = min(self.db.flush_interval_s, self.db.flush_interval_s - age)
             if wait > 0:
                 await asyncio.sleep(wait)
-                batches = await self.worker.call(spool.peek, self.db.batch_rows, after)
+                batches = await self.worker.call(spool.peek, self.db.batch_rows, after, True)
         return batches
 
     async def _write(self, batches: list[SpooledBatch], sink: TimescaleSink | None = None) -> None:
@@ -325,6 +329,13 @@ class Forwarder:
             self.committed_unnoted -= 1
         if note is not None:
             self.dirty_note = max(note, self.dirty_note or 0)
+        for b in batches:
+            if b.lost:  # said once, when its dead letter is committed and the batch gone
+                self.metrics.spool_undecodable.inc(b.lost)
+                self.metrics.dead_letters.labels("spool").inc()
+                log.error("%s; kept in dead_letters (source 'spool'), the readings after it are forwarded",
+                          b.dead_letters[0][3], extra={"event": "spool_batch_undecodable", "seq": b.seq,
+                                                       "readings": b.lost})
         self.heartbeat = time.monotonic()
         self._working()
         self.metrics.spool_records.set(self.worker.spool.readings)

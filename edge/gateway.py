@@ -93,6 +93,8 @@ class Gateway:
         state.mkdir(parents=True, exist_ok=True)
         self.spool = Spool(cfg.spool_path, max_bytes=cfg.spool.max_bytes, policy=cfg.spool.full_policy,
                            synchronous=cfg.spool.synchronous)
+        if self.spool.damaged is not None:
+            self.metrics.spool_damaged.inc()
         self.worker = SpoolWorker(self.spool)
         try:
             self.validator = Validator(cfg.tag_map(), cfg.validation,

@@ -56,6 +56,12 @@ class Metrics:
         self.spool_dropped = Counter("valvoja_spool_dropped_total",
                                      "Readings dropped (oldest first) to keep the spool within budget",
                                      registry=r)
+        self.spool_undecodable = Counter("valvoja_spool_undecodable_readings_total",
+                                         "Readings of spool batches whose stored bytes do not decode (kept as dead "
+                                         "letters)", registry=r)
+        self.spool_damaged = Counter("valvoja_spool_damaged_total",
+                                     "Spool files SQLite could not read at start, set aside for a new spool",
+                                     registry=r)
         self.spool_errors = Counter("valvoja_spool_write_errors_total",
                                     "Spool writes and deletes that failed (disk full, I/O error) and were retried",
                                     registry=r)
