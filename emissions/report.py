@@ -89,9 +89,13 @@ class Report:
 def _rows(pol: str, av: Averages, mask: np.ndarray) -> list[Row]:
     avail, share = av.availability, av.substituted_share
     has_sub = len(av.sub_valid) == len(av)
+    # The stored mass of an operating period without any rate (no flow configured, or no flow or concentration
+    # reading in it) is 0 kg; reported so, a stack without a flow meter emitted "0.000 t". Unknown, not zero: only a
+    # period without operating time emitted nothing.
+    mass_kg = np.where((av.n_operating > 0) & ~np.isfinite(av.mass_kg_h), np.nan, av.mass_kg)
     return [Row(pol, av.period, int(av.start[i]), int(av.end[i]), float(av.value[i]), float(av.validated[i]),
                 float(av.raw[i]), STATUS_TEXT[int(av.status[i])], float(avail[i]), float(share[i]),
-                int(av.n_operating[i]), int(av.n_valid[i]), int(av.n_substituted[i]), float(av.mass_kg[i]),
+                int(av.n_operating[i]), int(av.n_valid[i]), int(av.n_substituted[i]), float(mass_kg[i]),
                 int(av.sub_valid[i]) if has_sub else None, int(av.sub_invalid[i]) if has_sub else None)
             for i in np.flatnonzero(mask)]
 

@@ -210,7 +210,11 @@ def render(rep: Report) -> str:
     out.append(_table(["Pollutant", *reasons], [[_e(p), *[str(v.get(k, 0)) for k in reasons]]
                                                  for p, v in rep.invalid_reasons.items()]))
 
-    out.append("<h2>Mass emissions</h2>" + _table(
+    out.append("<h2>Mass emissions</h2>")
+    if not cfg.flow.configured:
+        out.append("<p class='muted'>No flue-gas flow configured ([stacks.flow]): the mass emissions are not known "
+                   "(–), not zero.</p>")
+    out.append(_table(
         ["Pollutant", "tonnes", "mean kg/h", "operating h", "h without valid data"],
         [[_e(m.pollutant), _n(m.tonnes, 3), _n(m.mean_kg_h, 2), _n(m.operating_h, 1), _n(m.gap_h, 1)]
          for m in rep.mass]))

@@ -1,0 +1,99 @@
+"""`valvoja emissions report` against a real PostgreSQL / TimescaleDB, read as an authority's auditor reads it: what
+the report states must be what the stored data says, with nothing unknown shown as a number.
+
+Readings go in by binary COPY (`emissions.synthetic.copy_readings`); the report runs through the command line."""
+
+from __future__ import annotations
+
+import csv
+import uuid
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+
+from edge import cli
+from edge.db.migrate import migrate
+from emissions import periods, synthetic
+from emissions.config import StackConfig
+
+DAY = "2026-03-10"
+
+
+@pytest.fixture
+def conn(pg_dsn):
+    with psycopg.connect(pg_dsn, autocommit=True) as c:
+        migrate(c)
+        yield c
+
+
+def lcp(extra: str = "") -> tuple[StackConfig, str]:
+    """A large combustion plant stack in Europe/Helsinki (NOx, monthly ELV 200) and its site file text; ``extra``:
+    more keys of the stack (TOML lines)."""
+    name = f"T{uuid.uuid4().hex[:8]}"
+    text = (f'[[stacks]]\nname = "{name}"\nregime = "lcp"\ntimezone = "Europe/Helsinki"\n{extra}'
+            f'pollutants = [{{ name = "NOx", tag = "{name}.NOx", elv = {{ month = 200.0 }} }}]\n')
+    import tomllib
+
+    return StackConfig.model_validate(tomllib.loads(text)["stacks"][0]), text
+
+
+def write(conn, tag: str, start: int, end: int, value: float, asset: str) -> None:
+    """A reading of ``value`` every minute of [start, end)."""
+    tid = synthetic.ensure_tags(conn, [tag], asset=asset)[tag]
+    t = np.arange(start, end, 60)
+    synthetic.copy_readings(conn, tid, t, np.full(len(t), value))
+
+
+def report(dsn: str, site_text: str, name: str, out: Path, *period: str) -> tuple[str, list[dict]]:
+    """The HTML and the averages CSV rows of ``valvoja emissions report`` (``--day D`` / ``--month M``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    site = out / "site.toml"
+    site.write_text(site_text)
+    assert cli.main(["emissions", "report", "--config", str(site), "--db", dsn, "--stack", name, *period, "--out",
+                     str(out)]) == 0
+    base = out / f"emissions_{name}_{period[1]}"
+    with base.with_suffix(".csv").open() as fh:
+        return base.with_suffix(".html").read_text(), list(csv.DictReader(fh))
+
+
+def summary_cells(html: str, pollutant: str) -> list[str]:
+    """The cells of the pollutant's row of the report's Summary table."""
+    table = html.split("<h2>Summary</h2>", 1)[1].split("</table>", 1)[0]
+    row = next(r for r in table.split("<tr>") if r.startswith(f'<td class="l">{pollutant}</td>'))
+    return [c.split(">", 1)[1] for c in row.split("</td>")[:-1]]
+
+
+def test_a_stack_without_a_flow_meter_reports_no_mass_rather_than_zero_tonnes(conn, pg_dsn, tmp_path):
+    """No flue-gas flow configured: the mass is not measured. The report said 0.000 t of NOx for the day (summary),
+    0.0 kg per hour and 0.000 in the CSV, figures an authority would take as measured; it now shows none (–, an
+    empty CSV cell) and says why."""
+    cfg, text = lcp()
+    day, next_day = periods.parse_day(DAY, cfg.timezone)
+    write(conn, cfg.pollutant("NOx").tag, day, next_day, 150.0, cfg.name)
+    html, rows = report(pg_dsn, text, cfg.name, tmp_path, "--day", DAY)
+    cells = summary_cells(html, "NOx")
+    assert cells[1] == "150.00" and cells[7] == "–", cells  # day average measured, mass t unknown
+    assert "No flue-gas flow configured" in html
+    assert {r["mass_kg"] for r in rows if r["pollutant"] == "NOx"} == {""}
+    assert len([r for r in rows if r["period"] == "hour"]) == 24
+
+
+def test_hours_without_a_flow_reading_have_no_mass_and_the_day_counts_them_as_gap(conn, pg_dsn, tmp_path):
+    """A dry standard flow of 1,000 m³/h for the first 12 hours of the day, none after (the flow meter failed):
+    each of those hours emitted 150 mg/m³ × 1,000 m³/h = 0.15 kg, the others an unknown mass (they said 0.0 kg),
+    the day 1.8 kg over 12 known hours with 12 hours of gap."""
+    cfg, text = lcp('flow = { tag = "FLOW", moisture = "dry", conditions = "standard" }\n')
+    text = text.replace('"FLOW"', '"' + cfg.name + '.flow"')
+    day, next_day = periods.parse_day(DAY, cfg.timezone)
+    write(conn, cfg.pollutant("NOx").tag, day, next_day, 150.0, cfg.name)
+    write(conn, f"{cfg.name}.flow", day, day + 12 * 3600, 1000.0, cfg.name)
+    html, rows = report(pg_dsn, text, cfg.name, tmp_path, "--day", DAY)
+    hours = [r["mass_kg"] for r in rows if r["period"] == "hour"]
+    assert [float(h) for h in hours[:12]] == pytest.approx([0.15] * 12) and hours[12:] == [""] * 12
+    (daily,) = [r for r in rows if r["period"] == "day"]
+    assert float(daily["mass_kg"]) == pytest.approx(1.8)
+    mass = html.split("<h2>Mass emissions</h2>", 1)[1].split("</table>", 1)[0]
+    assert "<td>0.002</td><td>0.15</td><td>24.0</td><td>12.0</td>" in mass.replace(' class=""', "")
+    assert "No flue-gas flow configured" not in html
