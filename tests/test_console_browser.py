@@ -821,6 +821,31 @@ def test_exceedances_are_labelled_by_the_stacks_calendar(browser, server):
             conn.execute("DELETE FROM emission_events WHERE rule = 'test-day'")
 
 
+def test_a_months_exceedance_is_listed_under_the_calendar_not_on_its_first_day(browser, server):
+    """An event of the month (its average over the ELV) is no day's: it was drawn as the 1st's exceedance; the page
+    lists it under the calendar with its month (the stack's) and breach."""
+    with server.client("viewer") as c:
+        tz = ZoneInfo(c.get("/api/emissions/WI1/live").json()["timezone"])
+    first = datetime.now(tz).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    nxt = (first + timedelta(days=32)).replace(day=1)
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO emission_events (stack, pollutant, rule, kind, period, period_start, period_end, "
+                     "value, limit_value, elv, breach, provisional, config_sha256) VALUES ('WI1', 'NOx', 'test-month', "
+                     "'exceedance', 'month', %s, %s, 230.0, 200.0, 200.0, true, false, 'x')", (first, nxt))
+    page = login(browser, server, "viewer")
+    try:
+        page.goto(server.url + "/emissions")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        listed = page.locator("#period-events li", has_text="test-month").inner_text()
+        assert listed.startswith(f"month {first.strftime('%Y-%m')} NOx test-month: 230") and "breach" in listed
+        assert "test-month" not in (page.locator("#calendar div[data-date]").first.get_attribute("title") or "")
+        assert page.errors == []
+    finally:
+        page.context.close()
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM emission_events WHERE rule = 'test-month'")
+
+
 def test_the_analysers_newest_reading_shows_its_quality(browser, server):
     """"Analyser now" is the newest raw reading whatever its quality: the analyser's fault value (BAD) read as a
     concentration. A reading of uncertain or bad quality says so."""

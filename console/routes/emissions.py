@@ -186,7 +186,9 @@ async def averages(request: Request, stack: str, pollutant: str | None = None, p
 async def compliance_calendar(request: Request, stack: str,
                               month: str | None = Query(None, pattern=r"^\d{4}-\d{2}$", description="YYYY-MM")):
     """Daily compliance for a month in the stack's time zone: per day and pollutant the validated day
-    average, its validity, and the exceedances (events) that day."""
+    average, its validity, and the exceedances (events) of that day (its own average, its hours or half-hours, a
+    daily window); ``period_events``: those of longer periods that overlap the month (a monthly average over its
+    ELV, a year's share window or invalid-day count), which are no day's."""
     db = request.app.state.db
     s = await _stack(db, stack)
     cfg = s["config"] or {}
@@ -200,26 +202,30 @@ async def compliance_calendar(request: Request, stack: str,
     days = await db.fetch("SELECT pollutant, period_start, value, validated, valid, status, sub_valid, sub_invalid "
                           "FROM emission_averages WHERE stack = %s AND period = 'day' AND period_start >= %s "
                           "AND period_start < %s ORDER BY period_start, pollutant", (stack, start, end))
-    events = await db.fetch("SELECT pollutant, rule, kind, period, period_start, value, limit_value, breach, "
-                            "provisional "
-                            "FROM emission_events WHERE stack = %s AND period_start >= %s AND period_start < %s "
-                            "ORDER BY period_start", (stack, start, end))
+    events = await db.fetch("SELECT pollutant, rule, kind, period, period_start, period_end, value, limit_value, "
+                            "breach, provisional "
+                            "FROM emission_events WHERE stack = %s AND period_start < %s AND period_end > %s "
+                            "ORDER BY period_start", (stack, end, start))
     await db.require("emission_revisions", owner=OWNER)
     revised = await db.fetch(f"SELECT {REVISION_COLUMNS} FROM emission_revisions WHERE stack = %s AND period = 'day' "
                              "AND period_start >= %s AND period_start < %s ORDER BY revised_at", (stack, start, end))
-    out = []
+    out, placed = [], set()
     for d in range(1, calendar.monthrange(y, m)[1] + 1):
         ds = datetime(y, m, d, tzinfo=tz)
         de = ds + timedelta(days=1)
         dayrows = [r for r in days if r["period_start"].astimezone(tz).date() == ds.date()]
-        ev = [e for e in events if ds <= e["period_start"] < de]
+        # The day's own events only: a month's or year's event starts on the 1st, and marked that day as an
+        # exceedance (a valid day within its limits shown red on 1 January for the year's invalid-day count).
+        ev = [e for e in events if ds <= e["period_start"] and e["period_end"] <= de]
+        placed.update(id(e) for e in ev)
         changed = [r for r in revised if ds <= r["period_start"] < de]
         status = ("none" if not dayrows else "exceed" if any(e["breach"] for e in ev)
                   else "invalid" if any(r["status"] == 1 for r in dayrows)
                   else "off" if all(r["status"] == 2 for r in dayrows) else "valid")
         out.append({"date": ds.date().isoformat(), "status": status, "pollutants": dayrows, "events": ev,
                     "revisions": changed})
-    return {"stack": stack, "month": f"{y:04d}-{m:02d}", "timezone": str(tz), "days": out}
+    longer = [e for e in events if id(e) not in placed]
+    return {"stack": stack, "month": f"{y:04d}-{m:02d}", "timezone": str(tz), "days": out, "period_events": longer}
 
 
 @router.get("/{stack}/revisions")

@@ -93,6 +93,11 @@
       el("h2", {}, `Stack ${stack.stack} `, el("small", {}, `${stack.description || ""} · ${stack.regime || ""} · ${live.timezone}`)),
       el("div", { class: "grid wide", id: "live" }, live.items.map((item) => liveCard(item, live.timezone))),
       el("h2", {}, `Daily compliance ${cal.month}`), calendarView(cal),
+      // A month's or year's exceedance is no day's: listed under the calendar, not on its first day.
+      cal.period_events.length ? el("ul", { id: "period-events" }, cal.period_events.map((e) => el("li", {},
+        `${e.period.replace("_", "-")} `, periodCell(e.period, e.period_start, live.timezone),
+        ` ${e.pollutant} ${e.rule}: ${fmtNum(e.value)} > ${fmtNum(e.limit_value)} `,
+        e.breach ? badge("breach", "st-raised") : badge("tolerated", "st-acknowledged"), e.provisional ? " (provisional)" : ""))) : "",
       el("p", { class: "muted" }, "green: valid and within limits · red: exceedance · yellow: invalid day · grey: no data or not operating · dashed: changed after it closed"),
       el("h2", {}, "Exceedances (31 days)"),
       events.items.length ? table(["Period", "Pollutant", "Rule", "Value mg/Nm³", "Limit mg/Nm³", "Breach"], events.items.map((e) => el("tr", {},

@@ -1,0 +1,61 @@
+"""The emissions page's daily compliance calendar against the real test database, with averages and events computed
+and stored by emissions/ (`job.run_span`): a day is marked by its own averages and events only; the events of a
+month or a year (a monthly average over its ELV, the year's invalid-day count) come beside the days, not on the
+first of them."""
+
+from __future__ import annotations
+
+import pytest
+from console_support import ConsoleServer, fresh_database, seed_users
+
+TZ = "Europe/Helsinki"
+
+
+@pytest.fixture(scope="module")
+def server(pg_admin_dsn):
+    """Stack K9 (large combustion plant, NOx monthly ELV 200, CI 20 %: daily limit 110 % = 220) computed over 2025:
+    readings only in February, 250 mg/Nm³ every minute. Each February day is valid at validated 210 (within 220),
+    the month's validated 210 is over its ELV of 200 (a breach), and every other day of the year has no data
+    (invalid): 337 invalid days, over the 10 allowed (a breach of the year)."""
+    import numpy as np
+    import psycopg
+
+    from emissions import job, periods, synthetic
+    from emissions.config import StackConfig
+
+    cfg = StackConfig.model_validate({"name": "K9", "regime": "lcp", "timezone": TZ,
+                                      "pollutants": [{"name": "NOx", "tag": "K9.NOx", "elv": {"month": 200.0}}]})
+    with fresh_database(pg_admin_dsn) as dsn:
+        seed_users(dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            tid = synthetic.ensure_tags(conn, ["K9.NOx"], asset="K9")["K9.NOx"]
+            feb = periods.parse_month("2025-02", TZ)
+            t = np.arange(feb[0], feb[1], 60)
+            synthetic.copy_readings(conn, tid, t, np.full(len(t), 250.0))
+            year = periods.year_of(feb[0], TZ)
+            job.run_span(conn, cfg, year[0], year[1])
+        with ConsoleServer(dsn) as srv:
+            yield srv
+
+
+def test_a_months_exceedance_is_not_its_first_days(server):
+    """February 2025: the month's breach was the 1st's "exceed" (with the monthly event in its tooltip) though that
+    day was valid and within its limit like the 27 after it."""
+    with server.client("viewer") as c:
+        cal = c.get("/api/emissions/K9/calendar", params={"month": "2025-02"}).json()
+    assert [d["status"] for d in cal["days"]] == ["valid"] * 28
+    assert all(d["events"] == [] for d in cal["days"])
+    month = {(e["rule"], e["period"], e["breach"], e["provisional"]) for e in cal["period_events"]}
+    assert month == {("lcp_monthly", "month", True, False), ("invalid_days", "year", True, False)}
+    (monthly,) = [e for e in cal["period_events"] if e["rule"] == "lcp_monthly"]
+    assert monthly["value"] == pytest.approx(210.0) and monthly["limit_value"] == 200.0
+
+
+def test_the_years_invalid_days_are_not_1_januarys(server):
+    """January 2025 had no data: every day invalid, none an exceedance. The year's invalid-day breach (337 > 10),
+    an event of the year starting on 1 January, made that day "exceed"."""
+    with server.client("viewer") as c:
+        cal = c.get("/api/emissions/K9/calendar", params={"month": "2025-01"}).json()
+    assert [d["status"] for d in cal["days"]] == ["invalid"] * 31
+    (year,) = cal["period_events"]
+    assert (year["rule"], year["value"], year["limit_value"], year["breach"]) == ("invalid_days", 337.0, 10.0, True)
