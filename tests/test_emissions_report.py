@@ -97,3 +97,21 @@ def test_hours_without_a_flow_reading_have_no_mass_and_the_day_counts_them_as_ga
     mass = html.split("<h2>Mass emissions</h2>", 1)[1].split("</table>", 1)[0]
     assert "<td>0.002</td><td>0.15</td><td>24.0</td><td>12.0</td>" in mass.replace(' class=""', "")
     assert "No flue-gas flow configured" not in html
+
+
+def test_a_rule_failing_only_so_far_is_not_summed_up_as_a_failure(conn, pg_dsn, tmp_path):
+    """1 January 2026, the first day of the running year: 5 of its 24 hours at 450 mg/Nm³ (validated 410, over 200 %
+    of the ELV, 400), the others at 150. The year's rule that 95 % of the hours be within 400 fails so far (19 of 24,
+    79 %) but the year has 8,735 hours to go: the compliance table says "FAIL (provisional)", the summary said "FAIL"
+    beside nothing else. The day itself (validated 172.5) is within its 220."""
+    cfg, text = lcp()
+    day, next_day = periods.parse_day("2026-01-01", cfg.timezone)
+    write(conn, cfg.pollutant("NOx").tag, day, day + 5 * 3600, 450.0, cfg.name)
+    write(conn, cfg.pollutant("NOx").tag, day + 5 * 3600, next_day, 150.0, cfg.name)
+    html, rows = report(pg_dsn, text, cfg.name, tmp_path, "--day", "2026-01-01")
+    (daily,) = [r for r in rows if r["period"] == "day"]
+    assert float(daily["validated_mg_nm3"]) == pytest.approx(172.5)
+    verdict = summary_cells(html, "NOx")[8]
+    assert "FAIL" not in verdict and "failing so far (provisional): lcp_hourly_95_200" in verdict, verdict
+    assert "<td>79.2 %</td><td>95 %</td><td>FAIL <span class='muted'>(provisional)</span>" in html.replace(
+        ' class=""', "").replace('<span class=\'bad\'>FAIL</span>', "FAIL")
