@@ -846,6 +846,35 @@ def test_a_months_exceedance_is_listed_under_the_calendar_not_on_its_first_day(b
             conn.execute("DELETE FROM emission_events WHERE rule = 'test-month'")
 
 
+def test_the_exceedances_of_31_days_load_past_the_first_page(browser, server):
+    """More than a page (200) of exceedances in 31 days: the table showed the newest 200 and nothing said there were
+    more; "Load older" brings the rest."""
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=20)
+    with psycopg.connect(server.dsn, autocommit=True) as conn, conn.cursor() as cur:
+        cur.executemany("INSERT INTO emission_events (stack, pollutant, rule, kind, period, period_start, period_end, "
+                        "value, limit_value, elv, breach, provisional, config_sha256) VALUES ('WI1', 'NOx', "
+                        "'test-many', 'exceedance', 'half_hour', %s, %s, 250.0, 200.0, 200.0, false, false, 'x')",
+                        [(start + timedelta(minutes=30 * i), start + timedelta(minutes=30 * (i + 1)))
+                         for i in range(205)])
+        (total,) = conn.execute("SELECT count(*) FROM emission_events WHERE stack = 'WI1' AND period_start >= now() - "
+                                "interval '31 days'").fetchone()
+    page = login(browser, server, "viewer")
+    try:
+        page.goto(server.url + "/emissions")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        assert page.locator("#events tbody tr").count() == 200
+        page.click("#events-more")
+        page.locator("#events tbody tr").nth(min(total, 400) - 1).wait_for(timeout=15000)
+        assert page.locator("#events tbody tr").count() == min(total, 400)
+        assert page.locator("#events tbody tr", has_text="test-many").count() == 205 or total > 400
+        assert page.locator("#events-more").is_hidden() or total > 400
+        assert page.errors == []
+    finally:
+        page.context.close()
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM emission_events WHERE rule = 'test-many'")
+
+
 def test_the_analysers_newest_reading_shows_its_quality(browser, server):
     """"Analyser now" is the newest raw reading whatever its quality: the analyser's fault value (BAD) read as a
     concentration. A reading of uncertain or bad quality says so."""

@@ -82,6 +82,19 @@
     return el("div", { class: "calendar", id: "calendar" }, cells);
   }
 
+  /** The exceedances of the last 31 days, a page at a time ("Load older"): a month of half-hours over a limit is more
+   * than a page, and the rest was left out without a word. */
+  function eventsTable(stack, events, tz) {
+    const row = (e) => el("tr", {},
+      el("td", {}, e.period.replace("_", "-"), " ", periodCell(e.period, e.period_start, tz)), el("td", {}, e.pollutant), el("td", {}, e.rule),
+      el("td", {}, fmtNum(e.value)), el("td", {}, fmtNum(e.limit_value)),
+      el("td", {}, e.breach ? badge("breach", "st-raised") : badge("tolerated", "st-acknowledged"), e.provisional ? " (provisional)" : ""));
+    const t = table(["Period", "Pollutant", "Rule", "Value mg/Nm³", "Limit mg/Nm³", "Breach"], events.items.map(row));
+    t.id = "events";
+    return el("div", {}, t, el("p", {}, V.moreButton("events-more", `/api/emissions/${encodeURIComponent(stack.stack)}/events`,
+      { last: "P31D" }, events.next_cursor, t.tBodies[0], row)));
+  }
+
   async function load(stack) {
     const [live, cal, events, revised, reports] = await Promise.all([
       api(`/api/emissions/${encodeURIComponent(stack.stack)}/live`),
@@ -100,11 +113,7 @@
         e.breach ? badge("breach", "st-raised") : badge("tolerated", "st-acknowledged"), e.provisional ? " (provisional)" : ""))) : "",
       el("p", { class: "muted" }, "green: valid and within limits · red: exceedance · yellow: invalid day · grey: no data or not operating · dashed: changed after it closed"),
       el("h2", {}, "Exceedances (31 days)"),
-      events.items.length ? table(["Period", "Pollutant", "Rule", "Value mg/Nm³", "Limit mg/Nm³", "Breach"], events.items.map((e) => el("tr", {},
-        el("td", {}, e.period.replace("_", "-"), " ", periodCell(e.period, e.period_start, live.timezone)), el("td", {}, e.pollutant), el("td", {}, e.rule),
-        el("td", {}, fmtNum(e.value)), el("td", {}, fmtNum(e.limit_value)),
-        el("td", {}, e.breach ? badge("breach", "st-raised") : badge("tolerated", "st-acknowledged"), e.provisional ? " (provisional)" : ""))))
-        : el("p", { class: "muted" }, "None."),
+      events.items.length ? eventsTable(stack, events, live.timezone) : el("p", { class: "muted" }, "None."),
       el("h2", {}, "Closed days changed (last 31 days)"),
       el("p", { class: "muted" }, "Daily averages a later run changed after the day had closed (late readings, a recomputation): a report made before the change differs from one made now."),
       el("div", { id: "revisions" }, revised.items.length

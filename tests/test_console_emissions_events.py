@@ -1,7 +1,7 @@
-"""The emissions page's daily compliance calendar against the real test database, with averages and events computed
-and stored by emissions/ (`job.run_span`): a day is marked by its own averages and events only; the events of a
-month or a year (a monthly average over its ELV, the year's invalid-day count) come beside the days, not on the
-first of them."""
+"""The emissions page's events against the real test database, with averages and events computed and stored by
+emissions/ (`job.run_span`). The daily compliance calendar: a day is marked by its own averages and events only;
+the events of a month or a year (a monthly average over its ELV, the year's invalid-day count) come beside the days,
+not on the first of them. The list of exceedances: page by page, none skipped or repeated."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def server(pg_admin_dsn):
             year = periods.year_of(feb[0], TZ)
             job.run_span(conn, cfg, year[0], year[1])
         with ConsoleServer(dsn) as srv:
+            srv.dsn = dsn
             yield srv
 
 
@@ -59,3 +60,38 @@ def test_the_years_invalid_days_are_not_1_januarys(server):
     assert [d["status"] for d in cal["days"]] == ["invalid"] * 31
     (year,) = cal["period_events"]
     assert (year["rule"], year["value"], year["limit_value"], year["breach"]) == ("invalid_days", 337.0, 10.0, True)
+
+
+def test_the_exceedances_page_on_without_skipping_or_repeating_one(server):
+    """A month of a waste incinerator's half-hours over a limit is more than the 200 exceedances a page holds; the
+    route returned the newest 200 and no way to the rest. 300 events of the last days, three rules per half-hour
+    (one start each): read 120 at a time, every one comes once, newest first."""
+    from datetime import UTC, datetime, timedelta
+
+    import psycopg
+
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=3)
+    rows = [("K9", "NOx", rule, "exceedance", "half_hour", start + timedelta(minutes=30 * i),
+             start + timedelta(minutes=30 * i + 30), 250.0 + i, 200.0, 200.0, False, False, "x")
+            for i in range(100) for rule in ("test-a", "test-b", "test-c")]
+    with psycopg.connect(server.dsn, autocommit=True) as conn, conn.cursor() as cur:
+        cur.executemany("INSERT INTO emission_events (stack, pollutant, rule, kind, period, period_start, period_end, "
+                        "value, limit_value, elv, breach, provisional, config_sha256) VALUES "
+                        "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
+    try:
+        got, cursor, pages = [], None, 0
+        with server.client("viewer") as c:
+            while True:
+                body = c.get("/api/emissions/K9/events", params={"last": "P7D", "limit": 120,
+                                                                  **({"cursor": cursor} if cursor else {})}).json()
+                got += [(e["period_start"], e["rule"]) for e in body["items"]]
+                pages += 1
+                cursor = body.get("next_cursor")
+                if not cursor:
+                    break
+            assert pages == 3 and len(got) == 300 and len(set(got)) == 300
+            assert [datetime.fromisoformat(t) for t, _ in got] == sorted((r[5] for r in rows), reverse=True)
+            assert c.get("/api/emissions/K9/events", params={"cursor": "nope"}).status_code == 422
+    finally:
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM emission_events WHERE rule LIKE 'test-%'")
