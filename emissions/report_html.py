@@ -119,6 +119,10 @@ def render(rep: Report) -> str:
             ("Reference O2", f"{_n(cfg.reference_o2_percent, 1)} %" if cfg.reference_o2_percent is not None
              else "none"),
             ("Computed from", f"readings {t(rep.span[0])} – {t(rep.span[1])}, primary values of {cfg.primary_s} s"),
+            ("Stored as", f"run {rep.run_id} (emission_runs.id; a later change of these averages names its run)"
+             if rep.run_id is not None else "not stored (--no-store): computed from the readings when generated"),
+            ("Readings", f"{_n(rep.readings, 0)} of the stack's tags in the computed span, as the hourly rollups "
+                         "counted them when the run started" if rep.readings is not None else "–"),
             ("Configuration sha256", f"<code>{cfg.fingerprint()}</code>"),
             ("Generated", _e(rep.generated_at.isoformat(timespec="seconds"))),
             ("Database", _e(rep.edition or "–"))]
@@ -190,6 +194,13 @@ def render(rep: Report) -> str:
             f"{_e(p.name)}: analyser flagged when over {p.pems.window_s / 3600:g} h at least "
             f"{p.pems.min_outside_share:.0%} of its values lie outside the PEMS interval ({_level(rep, p.name)})"
             for p in pems_links) + "</p>")
+        # Which model version substituted the analyser and bounded the cross-check: the pems tags' readings do not say.
+        models = [(pol, m) for pol, ms in rep.pems_models.items() for m in ms]
+        out.append("<h3>PEMS model versions of the period</h3>" + (_table(
+            ["Pollutant", "model", "registry version", "ONNX sha256", "predictions", "first", "last"],
+            [[_e(pol), _e(m.model_id), _e(m.registry_version or "–"), f"<code>{_e(m.sha256)}</code>",
+              _n(m.predictions, 0), t(m.first), t(m.last)] for pol, m in models], left=4) if models
+            else "<p class='muted'>no PEMS prediction stored in the period: no model version to name</p>"))
         if dev:
             out.append(_table(["Pollutant", "from", "to", "max share outside"],
                               [[_e(e.pollutant), t(e.start), t(e.end), _n(e.value, 0) + " %"] for e in dev], left=3))

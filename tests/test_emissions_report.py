@@ -115,3 +115,52 @@ def test_a_rule_failing_only_so_far_is_not_summed_up_as_a_failure(conn, pg_dsn, 
     assert "FAIL" not in verdict and "failing so far (provisional): lcp_hourly_95_200" in verdict, verdict
     assert "<td>79.2 %</td><td>95 %</td><td>FAIL <span class='muted'>(provisional)</span>" in html.replace(
         ' class=""', "").replace('<span class=\'bad\'>FAIL</span>', "FAIL")
+
+
+async def test_a_report_names_the_run_it_stored_and_the_readings_it_rests_on(conn, pg_dsn, tmp_path):
+    """Revision notes say "changed ... (run 7)", but a report did not say which run it was: an auditor holding two
+    reports of one day could not tell which stored data each showed. It names its run (``emission_runs.id``, also a
+    CSV column) and the readings of the span as the rollups counted them (what late-data detection compares); with
+    ``--no-store`` it says it stored nothing."""
+    from test_emissions_late import forward
+
+    cfg, text = lcp()
+    day, next_day = periods.parse_day(DAY, cfg.timezone)
+    await forward(conn, pg_dsn, cfg, day, next_day, value=150.0)  # as the forwarder writes them: with rollups
+    html, rows = report(pg_dsn, text, cfg.name, tmp_path, "--day", DAY)
+    (run_id,) = conn.execute("SELECT max(id) FROM emission_runs WHERE stack = %s", (cfg.name,)).fetchone()
+    (seen,) = conn.execute("SELECT rollup_readings FROM emission_runs WHERE id = %s", (run_id,)).fetchone()
+    assert seen == 1440
+    assert f"<th class='l'>Stored as</th><td>run {run_id} (emission_runs.id;" in html
+    assert "<th class='l'>Readings</th><td>1 440 of the stack's tags in the computed span" in html
+    assert {r["run_id"] for r in rows} == {str(run_id)}
+    html, rows = report(pg_dsn, text, cfg.name, tmp_path / "again", "--day", DAY, "--no-store")
+    assert "<th class='l'>Stored as</th><td>not stored (--no-store)" in html and {r["run_id"] for r in rows} == {""}
+    assert conn.execute("SELECT max(id) FROM emission_runs WHERE stack = %s", (cfg.name,)).fetchone() == (run_id,)
+
+
+def test_a_report_names_the_pems_model_versions_of_the_period(conn, pg_dsn, tmp_path):
+    """Substituted values and the cross-check's interval come from PEMS predictions, and the pems tags' readings do not
+    name the model: the report named none. It lists the versions of the predictions stored in the period (model id,
+    registry version, ONNX sha256, how many, first and last): here v2 until 06:00, then v3 (a new champion)."""
+    cfg, text = lcp()
+    pems = (f'pems = {{ tag = "{cfg.name}.NOx.pems", lower_tag = "{cfg.name}.NOx.lo", '
+            f'upper_tag = "{cfg.name}.NOx.hi" }}, ')
+    text = text.replace('tag = "' + cfg.name + '.NOx", ', 'tag = "' + cfg.name + '.NOx", ' + pems)
+    day, next_day = periods.parse_day(DAY, cfg.timezone)
+    write(conn, cfg.pollutant("NOx").tag, day, next_day, 150.0, cfg.name)
+    with conn.cursor() as cur:  # as emissions.pems_live stores them: one per primary interval, here one per hour
+        cur.executemany(
+            "INSERT INTO predictions (time, model_id, model_version, asset, kind, target, value, lower, upper, "
+            "coverage, details) VALUES (to_timestamp(%s), 'pems-nox', %s, %s, 'pems', 'NOx', 150, 120, 180, 0.9, "
+            "jsonb_build_object('pems_tag', %s::text, 'registry_version', %s::int))",
+            [(day + 3600 * h, "a" * 64 if h < 6 else "b" * 64, cfg.name, f"{cfg.name}.NOx.pems", 2 if h < 6 else 3)
+             for h in range(24)])
+    html, _ = report(pg_dsn, text, cfg.name, tmp_path, "--day", DAY)
+    table = html.split("<h3>PEMS model versions of the period</h3>", 1)[1].split("</table>", 1)[0]
+    cells = [[c.split(">", 1)[1] for c in r.split("</td>")[:-1]] for r in table.split("<tr>")[2:]]
+    assert cells == [
+        ["NOx", "pems-nox", "2", f"<code>{'a' * 64}</code>", "6", "2026-03-10 00:00+02:00", "2026-03-10 05:00+02:00"],
+        ["NOx", "pems-nox", "3", f"<code>{'b' * 64}</code>", "18", "2026-03-10 06:00+02:00", "2026-03-10 23:00+02:00"]]
+    html, _ = report(pg_dsn, text, cfg.name, tmp_path / "next", "--day", "2026-03-11")
+    assert "no PEMS prediction stored in the period: no model version to name" in html
