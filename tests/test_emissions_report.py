@@ -119,24 +119,28 @@ def test_a_rule_failing_only_so_far_is_not_summed_up_as_a_failure(conn, pg_dsn, 
 
 async def test_a_report_names_the_run_it_stored_and_the_readings_it_rests_on(conn, pg_dsn, tmp_path):
     """Revision notes say "changed ... (run 7)", but a report did not say which run it was: an auditor holding two
-    reports of one day could not tell which stored data each showed. It names its run (``emission_runs.id``, also a
-    CSV column) and the readings of the span as the rollups counted them (what late-data detection compares); with
-    ``--no-store`` it says it stored nothing."""
+    reports of one day could not tell which stored data each showed. It names its run (``emission_runs.id``) and the
+    readings of the span as the rollups counted them (what late-data detection compares); with ``--no-store`` it says
+    it stored nothing. Its CSV files stay the same byte for byte over the same data (no run number in them)."""
     from test_emissions_late import forward
 
     cfg, text = lcp()
     day, next_day = periods.parse_day(DAY, cfg.timezone)
     await forward(conn, pg_dsn, cfg, day, next_day, value=150.0)  # as the forwarder writes them: with rollups
-    html, rows = report(pg_dsn, text, cfg.name, tmp_path, "--day", DAY)
+    html, _ = report(pg_dsn, text, cfg.name, tmp_path, "--day", DAY)
     (run_id,) = conn.execute("SELECT max(id) FROM emission_runs WHERE stack = %s", (cfg.name,)).fetchone()
     (seen,) = conn.execute("SELECT rollup_readings FROM emission_runs WHERE id = %s", (run_id,)).fetchone()
     assert seen == 1440
     assert f"<th class='l'>Stored as</th><td>run {run_id} (emission_runs.id;" in html
     assert "<th class='l'>Readings</th><td>1 440 of the stack's tags in the computed span" in html
-    assert {r["run_id"] for r in rows} == {str(run_id)}
-    html, rows = report(pg_dsn, text, cfg.name, tmp_path / "again", "--day", DAY, "--no-store")
-    assert "<th class='l'>Stored as</th><td>not stored (--no-store)" in html and {r["run_id"] for r in rows} == {""}
-    assert conn.execute("SELECT max(id) FROM emission_runs WHERE stack = %s", (cfg.name,)).fetchone() == (run_id,)
+    html, _ = report(pg_dsn, text, cfg.name, tmp_path / "again", "--day", DAY)
+    assert f"<th class='l'>Stored as</th><td>run {run_id + 1} (emission_runs.id;" in html
+    for suffix in (".csv", "_events.csv", "_notes.csv"):
+        name = f"emissions_{cfg.name}_{DAY}{suffix}"
+        assert (tmp_path / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
+    html, _ = report(pg_dsn, text, cfg.name, tmp_path / "unstored", "--day", DAY, "--no-store")
+    assert "<th class='l'>Stored as</th><td>not stored (--no-store)" in html
+    assert conn.execute("SELECT max(id) FROM emission_runs WHERE stack = %s", (cfg.name,)).fetchone() == (run_id + 1,)
 
 
 def test_a_report_names_the_pems_model_versions_of_the_period(conn, pg_dsn, tmp_path):
