@@ -95,3 +95,37 @@ def test_the_exceedances_page_on_without_skipping_or_repeating_one(server):
     finally:
         with psycopg.connect(server.dsn, autocommit=True) as conn:
             conn.execute("DELETE FROM emission_events WHERE rule LIKE 'test-%'")
+
+
+def test_the_changed_closed_days_page_on_without_skipping_or_repeating_one(server):
+    """A backlog taken over many 5-minute runs revises the same days at each run: 250 revisions of the last days,
+    five per change time (one run), were cut at the 200 newest with no way to the rest. Read 100 at a time, every one
+    comes once, newest change first."""
+    from datetime import UTC, datetime, timedelta
+
+    import psycopg
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    day = now.replace(hour=0, minute=0, second=0) - timedelta(days=5)
+    with psycopg.connect(server.dsn, autocommit=True) as conn, conn.cursor() as cur:
+        (run_id,) = conn.execute("SELECT max(id) FROM emission_runs WHERE stack = 'K9'").fetchone()
+        cur.executemany("INSERT INTO emission_revisions (stack, pollutant, period, period_start, period_end, old_value,"
+                        " new_value, old_status, new_status, run_id, revised_at) VALUES ('K9', 'NOx', 'day', %s, %s,"
+                        " %s, %s, 0, 0, %s, %s)",
+                        [(day, day + timedelta(days=1), 100.0 + i, 101.0 + i, run_id,
+                          now - timedelta(minutes=5 * (i // 5))) for i in range(250)])
+    try:
+        got, cursor = [], None
+        with server.client("viewer") as c:
+            for _ in range(10):
+                body = c.get("/api/emissions/K9/revisions", params={"last": "P2D", "period": "day", "limit": 100,
+                                                                     **({"cursor": cursor} if cursor else {})}).json()
+                got += [(r["revised_at"], r["old_value"]) for r in body["items"]]
+                cursor = body.get("next_cursor")
+                if not cursor:
+                    break
+        assert len(got) == 250 and len({v for _, v in got}) == 250
+        assert [t for t, _ in got] == sorted((t for t, _ in got), reverse=True)
+    finally:
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM emission_revisions WHERE stack = 'K9'")

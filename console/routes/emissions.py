@@ -230,20 +230,27 @@ async def compliance_calendar(request: Request, stack: str,
 
 @router.get("/{stack}/revisions")
 async def revisions(request: Request, stack: str, from_: str | None = Query(None, alias="from"), to: str | None = None,
-                    last: str | None = None, period: Period | None = None, limit: int = Query(200, ge=1, le=2000)):
+                    last: str | None = None, period: Period | None = None, limit: int = Query(200, ge=1, le=2000),
+                    cursor: str | None = None):
     """Stored averages of closed periods that a later run changed (late readings, a recomputation), newest change
     first, with the value and status before and after: a report of such a period made before the change differs from
-    one made now. The range is over when the change was made (``revised_at``)."""
+    one made now. The range is over when the change was made (``revised_at``); ``next_cursor`` pages on (a backlog
+    taken over many 5-minute runs revises the same days again and again: the list stopped at ``limit``)."""
     db = request.app.state.db
     await _stack(db, stack)
     await db.require("emission_revisions", owner=OWNER)
     tr = time_range(from_, to, last, default=timedelta(days=31))
-    where, params = "stack = %s AND revised_at >= %s AND revised_at < %s", [stack, tr.start, tr.end]
+    where = "stack = %(stack)s AND revised_at >= %(start)s AND revised_at < %(end)s"
+    params = {"stack": stack, "start": tr.start, "end": tr.end, "n": limit + 1}
     if period:
-        where += " AND period = %s"
-        params.append(period)
-    return {"items": await db.fetch(f"SELECT {REVISION_COLUMNS} FROM emission_revisions WHERE {where} "
-                                    "ORDER BY revised_at DESC, id DESC LIMIT %s", (*params, limit))}
+        where += " AND period = %(period)s"
+        params["period"] = period
+    if cursor:
+        params["ct"], params["cid"] = decode_cursor(cursor, n=2)
+        where += " AND (revised_at, id) < (%(ct)s::timestamptz, %(cid)s::bigint)"
+    rows = await db.fetch(f"SELECT {REVISION_COLUMNS}, id FROM emission_revisions WHERE {where} "
+                          "ORDER BY revised_at DESC, id DESC LIMIT %(n)s", params)
+    return page(rows, limit, ("revised_at", "id"))
 
 
 @router.get("/{stack}/compliance")

@@ -95,6 +95,17 @@
       { last: "P31D" }, events.next_cursor, t.tBodies[0], row)));
   }
 
+  /** Closed days changed in the last 31 days, a page at a time: a backlog taken over many runs changes the same days
+   * again at each. */
+  function revisionsTable(stack, revised, tz) {
+    const row = (r) => el("tr", { "data-day": r.period_start },
+      el("td", {}, timeCell(r.revised_at)), el("td", {}, inZone(r.period_start, tz).slice(0, 10)), el("td", {}, r.pollutant),
+      el("td", {}, change(r)), el("td", {}, String(r.run_id)));
+    const t = table(["Changed at", "Day", "Pollutant", "Before → after", "Run"], revised.items.map(row));
+    return [t, el("p", {}, V.moreButton("revisions-more", `/api/emissions/${encodeURIComponent(stack.stack)}/revisions`,
+      { last: "P31D", period: "day" }, revised.next_cursor, t.tBodies[0], row))];
+  }
+
   async function load(stack) {
     const [live, cal, events, revised, reports] = await Promise.all([
       api(`/api/emissions/${encodeURIComponent(stack.stack)}/live`),
@@ -116,11 +127,7 @@
       events.items.length ? eventsTable(stack, events, live.timezone) : el("p", { class: "muted" }, "None."),
       el("h2", {}, "Closed days changed (last 31 days)"),
       el("p", { class: "muted" }, "Daily averages a later run changed after the day had closed (late readings, a recomputation): a report made before the change differs from one made now."),
-      el("div", { id: "revisions" }, revised.items.length
-        ? table(["Changed at", "Day", "Pollutant", "Before → after", "Run"], revised.items.map((r) => el("tr", { "data-day": r.period_start },
-          el("td", {}, timeCell(r.revised_at)), el("td", {}, inZone(r.period_start, live.timezone).slice(0, 10)), el("td", {}, r.pollutant),
-          el("td", {}, change(r)), el("td", {}, String(r.run_id)))))
-        : el("p", { class: "muted" }, "None.")),
+      el("div", { id: "revisions" }, revised.items.length ? revisionsTable(stack, revised, live.timezone) : el("p", { class: "muted" }, "None.")),
       el("h2", {}, "Reports"),
       reports.items.length ? el("ul", { id: "reports" }, reports.items.map((r) => el("li", {}, el("a", { href: r.href }, r.name), ` (${fmtNum(r.bytes / 1024)} kB)`)))
         : el("p", { class: "muted" }, reports.configured ? "No reports yet." : "No reports folder configured (console.reports_dir)."),
