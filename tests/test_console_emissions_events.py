@@ -52,6 +52,14 @@ def test_a_months_exceedance_is_not_its_first_days(server):
     assert monthly["value"] == pytest.approx(210.0) and monthly["limit_value"] == 200.0
 
 
+def test_a_month_no_date_holds_is_a_422(server):
+    """Year 0 and December 9999 (it ends in the year 10000) are no months a date can hold: they were a 500."""
+    with server.client("viewer") as c:
+        for month in ("0000-01", "9999-12", "2025-13"):
+            r = c.get("/api/emissions/K9/calendar", params={"month": month})
+            assert r.status_code == 422 and "is not a month" in r.json()["detail"], (month, r.status_code)
+
+
 def test_the_years_invalid_days_are_not_1_januarys(server):
     """January 2025 had no data: every day invalid, none an exceedance. The year's invalid-day breach (337 > 10),
     an event of the year starting on 1 January, made that day "exceed"."""

@@ -195,7 +195,7 @@ async def compliance_calendar(request: Request, stack: str,
     tz = ZoneInfo(cfg.get("timezone", "UTC"))
     today = datetime.now(tz).date()
     y, m = (int(month[:4]), int(month[5:])) if month else (today.year, today.month)
-    if not 1 <= m <= 12:
+    if not 1 <= m <= 12 or not 1 <= y <= 9998:  # year 0 or a month ending in 10000: no date (it was a 500)
         raise Problem(422, f"month: {month!r} is not a month", param="month")
     start = datetime(y, m, 1, tzinfo=tz)
     end = datetime(y + (m == 12), m % 12 + 1, 1, tzinfo=tz)
