@@ -50,6 +50,16 @@ def _pct(x: float | None) -> str:
     return "–" if x is None or not math.isfinite(x) else f"{100 * x:.1f} %"
 
 
+# An event's value and limit are a concentration only for an exceedance: a window's are shares of its averages (within,
+# required), the invalid-day count's numbers of days, a PEMS deviation's shares outside the interval.
+EVENT_UNIT = {"window": " %", "invalid_days": " days", "pems_deviation": " %"}
+
+
+def _event_num(kind: str, x: float) -> str:
+    unit = EVENT_UNIT.get(kind, " mg/Nm³")
+    return _n(x, 0 if kind == "invalid_days" else 2) + unit
+
+
 def _status(s: str) -> str:
     cls = {"valid": "ok", "invalid": "bad"}.get(s, "muted")
     return f'<span class="{cls}">{_e(s)}</span>'
@@ -165,10 +175,12 @@ def render(rep: Report) -> str:
                        if r.windows > 1 else "")
 
     out.append("<h2>Compliance</h2>")
-    out.append(_table(["Rule", "Pollutant", "window", "valid averages", "over limit", "limit mg/Nm³", "within",
+    out.append(_table(["Rule", "Pollutant", "window", "valid averages", "over limit", "limit", "within",
                        "required", "result"],
                       [[_e(r.rule), _e(r.pollutant), window(r), str(r.n_valid), str(r.n_over),
-                        _n(r.limit), _pct(r.share_within / 100) if r.rule != "invalid_days" else "–",
+                        # the invalid-day count's limit is the days allowed: it read "10.00" under "mg/Nm³"
+                        _event_num("invalid_days" if r.rule == "invalid_days" else "exceedance", r.limit),
+                        _pct(r.share_within / 100) if r.rule != "invalid_days" else "–",
                         _n(r.required_share, 0) + " %" if math.isfinite(r.required_share) else "–",
                         ("<span class='ok'>pass</span>" if r.passed else "<span class='bad'>FAIL</span>")
                         + (f" by {_e(r.decided_by)}" if r.decided_by else "")
@@ -181,7 +193,8 @@ def render(rep: Report) -> str:
     exceed = [e for e in rep.events if e.kind != "pems_deviation"]
     out.append(f"<h2>Exceedances ({len(exceed)})</h2>")
     out.append(_table(["Pollutant", "rule", "kind", "period", "start", "value", "limit", "% of ELV", "breach"],
-                      [[_e(e.pollutant), _e(e.rule), _e(e.kind), _e(e.period), t(e.start), _n(e.value), _n(e.limit),
+                      [[_e(e.pollutant), _e(e.rule), _e(e.kind), _e(e.period), t(e.start), _event_num(e.kind, e.value),
+                        _event_num(e.kind, e.limit),
                         _n(e.percent_of_elv, 1) if e.kind == "exceedance" else "–",
                         "<span class='bad'>yes</span>" if e.breach else "provisional" if e.provisional
                         else "tolerated"] for e in exceed], left=5)

@@ -168,3 +168,23 @@ def test_a_report_names_the_pems_model_versions_of_the_period(conn, pg_dsn, tmp_
         ["NOx", "pems-nox", "3", f"<code>{'b' * 64}</code>", "18", "2026-03-10 06:00+02:00", "2026-03-10 23:00+02:00"]]
     html, _ = report(pg_dsn, text, cfg.name, tmp_path / "next", "--day", "2026-03-11")
     assert "no PEMS prediction stored in the period: no model version to name" in html
+
+
+def test_events_and_limits_that_are_no_concentrations_carry_their_unit(conn, pg_dsn, tmp_path):
+    """15 January 2026 after 14 days without data: 14 invalid days (10 allowed), and 5 of the day's 24 hours over 200 %
+    of the ELV (the year's 95 % window: 79.17 % within so far). The report printed the invalid-day count's limit as
+    "10.00" under "limit mg/Nm³", and the events' values bare (14.00 against 10.00, 79.17 against 95.00) where only
+    an exceedance's value is a concentration."""
+    cfg, text = lcp()
+    day, next_day = periods.parse_day("2026-01-15", cfg.timezone)
+    write(conn, cfg.pollutant("NOx").tag, day, day + 5 * 3600, 450.0, cfg.name)
+    write(conn, cfg.pollutant("NOx").tag, day + 5 * 3600, next_day, 150.0, cfg.name)
+    html, _ = report(pg_dsn, text, cfg.name, tmp_path, "--day", "2026-01-15")
+    html = html.replace(' class=""', "").replace(' class="l"', "")
+    compliance = html.split("<h2>Compliance</h2>", 1)[1].split("</table>", 1)[0]
+    assert "<td>invalid_days</td><td>NOx</td>" in compliance and "<td>15</td><td>14</td><td>10 days</td>" in compliance
+    assert "<td>400.00 mg/Nm³</td>" in compliance  # the hourly rule's 200 % of 200
+    exceed = html.split("<h2>Exceedances", 1)[1].split("</table>", 1)[0]
+    assert "<td>14 days</td><td>10 days</td>" in exceed
+    assert "<td>79.17 %</td><td>95.00 %</td>" in exceed
+    assert exceed.count("<td>410.00 mg/Nm³</td><td>400.00 mg/Nm³</td>") == 5

@@ -61,6 +61,18 @@
         el("b", {}, fmtNum(day.projection)), day.limit !== null ? ` against ${fmtNum(day.limit)} mg/Nm³` : " (no daily limit)"));
   }
 
+  /** An event's value or limit with its unit: a window's is a share of its averages, the invalid-day count a number
+   * of days, a PEMS deviation a share outside the interval; only an exceedance's is a concentration. */
+  const EVENT_UNIT = { window: " %", invalid_days: " days", pems_deviation: " %" };
+  const eventNum = (e, v) => fmtNum(v) + (EVENT_UNIT[e.kind] || " mg/Nm³");
+  /** What an event says: a window fails under its required share ("93 % within, 95 % required"), not over it. */
+  function eventText(e) {
+    if (e.kind === "window") return `${eventNum(e, e.value)} within, ${eventNum(e, e.limit_value)} required`;
+    if (e.kind === "invalid_days") return `${eventNum(e, e.value)} invalid, ${eventNum(e, e.limit_value)} allowed`;
+    if (e.kind === "pems_deviation") return `${eventNum(e, e.value)} outside the PEMS interval, flagged from ${eventNum(e, e.limit_value)}`;
+    return `${eventNum(e, e.value)} > ${eventNum(e, e.limit_value)}`;
+  }
+
   const STATUS = ["valid", "invalid", "not operating"];
   /** "12.3 (invalid) → 10.1 (valid)": a stored average before and after a later run changed it. */
   function change(r) {
@@ -74,7 +86,7 @@
     for (let i = 0; i < blanks; i++) cells.push(el("div", { class: "none" }));
     for (const d of cal.days) {
       const title = d.pollutants.map((p) => `${p.pollutant}: ${fmtNum(p.validated)} ${p.valid ? "" : "(invalid)"}`).join("\n")
-        + (d.events.length ? "\n" + d.events.map((e) => `${e.pollutant} ${e.rule}: ${fmtNum(e.value)} > ${fmtNum(e.limit_value)}`).join("\n") : "")
+        + (d.events.length ? "\n" + d.events.map((e) => `${e.pollutant} ${e.rule}: ${eventText(e)}`).join("\n") : "")
         + (d.revisions.length ? "\nchanged after the day closed: " + d.revisions.map((r) => `${r.pollutant} ${change(r)}`).join("; ") : "");
       cells.push(el("div", { class: d.status + (d.revisions.length ? " revised" : ""), "data-date": d.date, title },
         el("b", {}, d.date.slice(8)), el("br"), d.status === "none" ? "" : d.status, d.revisions.length ? el("small", {}, " (revised)") : ""));
@@ -87,9 +99,9 @@
   function eventsTable(stack, events, tz) {
     const row = (e) => el("tr", {},
       el("td", {}, e.period.replace("_", "-"), " ", periodCell(e.period, e.period_start, tz)), el("td", {}, e.pollutant), el("td", {}, e.rule),
-      el("td", {}, fmtNum(e.value)), el("td", {}, fmtNum(e.limit_value)),
+      el("td", {}, eventNum(e, e.value)), el("td", {}, eventNum(e, e.limit_value)),
       el("td", {}, e.breach ? badge("breach", "st-raised") : badge("tolerated", "st-acknowledged"), e.provisional ? " (provisional)" : ""));
-    const t = table(["Period", "Pollutant", "Rule", "Value mg/Nm³", "Limit mg/Nm³", "Breach"], events.items.map(row));
+    const t = table(["Period", "Pollutant", "Rule", "Value", "Limit", "Breach"], events.items.map(row));
     t.id = "events";
     return el("div", {}, t, el("p", {}, V.moreButton("events-more", `/api/emissions/${encodeURIComponent(stack.stack)}/events`,
       { last: "P31D" }, events.next_cursor, t.tBodies[0], row)));
@@ -120,7 +132,7 @@
       // A month's or year's exceedance is no day's: listed under the calendar, not on its first day.
       cal.period_events.length ? el("ul", { id: "period-events" }, cal.period_events.map((e) => el("li", {},
         `${e.period.replace("_", "-")} `, periodCell(e.period, e.period_start, live.timezone),
-        ` ${e.pollutant} ${e.rule}: ${fmtNum(e.value)} > ${fmtNum(e.limit_value)} `,
+        ` ${e.pollutant} ${e.rule}: ${eventText(e)} `,
         e.breach ? badge("breach", "st-raised") : badge("tolerated", "st-acknowledged"), e.provisional ? " (provisional)" : ""))) : "",
       el("p", { class: "muted" }, "green: valid and within limits · red: exceedance · yellow: invalid day · grey: no data or not operating · dashed: changed after it closed"),
       el("h2", {}, "Exceedances (31 days)"),
