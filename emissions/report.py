@@ -195,7 +195,7 @@ def build(sr: SpanResult, kind: str, start: int, end: int, edition: str = "") ->
 
 CSV_COLUMNS = ("stack", "pollutant", "period", "period_start", "period_end", "value_mg_nm3", "validated_mg_nm3",
                "raw", "status", "availability", "substituted_share", "n_operating", "n_valid", "n_substituted",
-               "mass_kg", "sub_valid", "sub_invalid", "config_sha256")
+               "mass_kg", "sub_valid", "sub_invalid", "config_sha256", "raw_unit")
 
 
 def _num(x: float | None, digits: int = 4) -> str:
@@ -203,10 +203,11 @@ def _num(x: float | None, digits: int = 4) -> str:
 
 
 def write_csv(rep: Report, path: Path) -> list[Path]:
-    """Averages (summary, then sub-averages) to ``path``; events to ``<stem>_events.csv``; the report's notes (an
-    incomplete period, results recomputed from late data) to ``<stem>_notes.csv``, written even when there are none so
-    that a system reading the export can tell "no notes" from "notes not exported". The same stored data gives the
-    same files byte for byte (no generation time, no run number: the HTML has those)."""
+    """Averages (summary, then sub-averages; ``raw`` in the analyser's unit, ``raw_unit``) to ``path``; events to
+    ``<stem>_events.csv``; the report's notes (an incomplete period, results recomputed from late data) to
+    ``<stem>_notes.csv``, written even when there are none so that a system reading the export can tell "no notes" from
+    "notes not exported". The same stored data gives the same files byte for byte (no generation time, no run number:
+    the HTML has those)."""
     sha = rep.cfg.fingerprint()
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -216,7 +217,7 @@ def write_csv(rep: Report, path: Path) -> list[Path]:
                         _num(r.value), _num(r.validated), _num(r.raw), r.status, _num(r.availability),
                         _num(r.substituted_share), r.n_operating, r.n_valid, r.n_substituted, _num(r.mass_kg, 3),
                         "" if r.sub_valid is None else r.sub_valid, "" if r.sub_invalid is None else r.sub_invalid,
-                        sha])
+                        sha, rep.cfg.pollutant(r.pollutant).unit])
     ev_path = path.with_name(path.stem + "_events.csv")
     with ev_path.open("w", newline="") as fh:
         w = csv.writer(fh)

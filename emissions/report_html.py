@@ -224,7 +224,9 @@ def render(rep: Report) -> str:
                   if r.period == rep.detail_period and r.applies_to(cfg.pollutant(pol))]
         out.append(f"<h3>{_e(pol)}</h3>" + _chart(rows_, limits))
         out.append("<details><summary>table</summary>" + _table(
-            ["start", "mg/Nm³", "validated", "raw", "validity", "availability", "substituted", "mass kg"],
+            # raw: the analyser's mean in its own unit (ppm, wet, actual conditions...): the header did not say which
+            ["start", "mg/Nm³", "validated", f"raw {cfg.pollutant(pol).unit}", "validity", "availability",
+             "substituted", "mass kg"],
             [[t(r.start), _n(r.value), _n(r.validated), _n(r.raw), _status(r.status), _pct(r.availability),
               _pct(r.substituted_share), _n(r.mass_kg, 1)] for r in rows_]) + "</details>")
 

@@ -188,3 +188,17 @@ def test_events_and_limits_that_are_no_concentrations_carry_their_unit(conn, pg_
     assert "<td>14 days</td><td>10 days</td>" in exceed
     assert "<td>79.17 %</td><td>95.00 %</td>" in exceed
     assert exceed.count("<td>410.00 mg/Nm³</td><td>400.00 mg/Nm³</td>") == 5
+
+
+def test_the_raw_values_name_the_analysers_unit(conn, pg_dsn, tmp_path):
+    """An analyser in ppm: the day's hours are 100 ppm raw and 205.27 mg/Nm³ (NO2, 46.01 g/mol / 22.414 L/mol). The
+    table's column said only "raw", the CSV's too: 100 beside 205.27 with no unit to tell them apart."""
+    cfg, text = lcp()
+    text = text.replace('elv = {', 'unit = "ppm", elv = {')
+    day, next_day = periods.parse_day(DAY, cfg.timezone)
+    write(conn, cfg.pollutant("NOx").tag, day, next_day, 100.0, cfg.name)
+    html, rows = report(pg_dsn, text, cfg.name, tmp_path, "--day", DAY)
+    (daily,) = [r for r in rows if r["period"] == "day"]
+    assert (float(daily["raw"]), daily["raw_unit"]) == (pytest.approx(100.0), "ppm")
+    assert float(daily["value_mg_nm3"]) == pytest.approx(100.0 * 46.01 / 22.414, rel=1e-3)
+    assert "<th>raw ppm</th>" in html.replace(' class=""', "")
