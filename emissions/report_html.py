@@ -145,9 +145,13 @@ def render(rep: Report) -> str:
     for r in rep.rules:
         if (r.pollutant, r.rule) not in decided_by_group:
             verdict.setdefault(r.pollutant, []).append(r)
+    judged = {(r.pollutant, r.rule) for r in rep.rules}
     rows = []
     for r in rep.summary:
         rs = verdict.get(r.pollutant, [])
+        # A rule on the period's own average has no result when that average is invalid: the summary said "pass".
+        unjudged = [x.name for x in cfg.compliance if x.period == rep.kind and x.applies_to(cfg.pollutant(r.pollutant))
+                    and (r.pollutant, x.name) not in judged]
         # A window still open (the year of a share rule in January) that fails so far may pass by its end: it was
         # summed up as FAIL beside the final failures, where the compliance table says "(provisional)".
         failed = [x.rule for x in rs if not x.passed and not x.provisional]
@@ -155,7 +159,10 @@ def render(rep: Report) -> str:
         res = "<br>".join([f"<span class='bad'>FAIL: {_e(', '.join(failed))}</span>"] * bool(failed)
                           + [f"<span class='warn'>failing so far (provisional): {_e(', '.join(so_far))}</span>"]
                           * bool(so_far))
-        res = res or ("<span class='ok'>pass</span>" if rs else "<span class='muted'>no rule</span>")
+        res = res or ("<span class='ok'>pass</span>" if rs else "<span class='muted'>no rule</span>" * (not unjudged))
+        if unjudged:
+            res += ("<br>" * bool(res) + f"<span class='warn'>not judged (no valid {rep.kind} average): "
+                    f"{_e(', '.join(unjudged))}</span>")
         elv = ", ".join(f"{k} {_n(v, 1)}" for k, v in cfg.pollutant(r.pollutant).elv.items()) or "–"
         rows.append([_e(r.pollutant), _n(r.value), _n(r.validated), _e(elv), _status(r.status), _pct(r.availability),
                      _pct(r.substituted_share), _n(r.mass_kg / 1000, 3), res])

@@ -202,3 +202,19 @@ def test_the_raw_values_name_the_analysers_unit(conn, pg_dsn, tmp_path):
     assert (float(daily["raw"]), daily["raw_unit"]) == (pytest.approx(100.0), "ppm")
     assert float(daily["value_mg_nm3"]) == pytest.approx(100.0 * 46.01 / 22.414, rel=1e-3)
     assert "<th>raw ppm</th>" in html.replace(' class=""', "")
+
+
+def test_an_invalid_day_is_not_summed_up_as_passing_its_daily_limit(conn, pg_dsn, tmp_path):
+    """The year measured at 150 mg/Nm³ up to 10 March; that day only 20 of its 24 hours, at 300 (validated 260, over
+    the daily limit of 220). Its 4 invalid hours, more than 3, make the day invalid, so the daily rule has no average
+    to judge. The summary said "pass" (the year's rules pass so far); it says the daily rule was not judged."""
+    cfg, text = lcp()
+    day, next_day = periods.parse_day(DAY, cfg.timezone)
+    year = periods.year_of(day, cfg.timezone)[0]
+    write(conn, cfg.pollutant("NOx").tag, year, day, 150.0, cfg.name)
+    write(conn, cfg.pollutant("NOx").tag, day, day + 20 * 3600, 300.0, cfg.name)
+    html, rows = report(pg_dsn, text, cfg.name, tmp_path, "--day", DAY)
+    (daily,) = [r for r in rows if r["period"] == "day"]
+    assert (daily["status"], daily["sub_invalid"]) == ("invalid", "4")
+    assert summary_cells(html, "NOx")[8] == ("<span class='ok'>pass</span><br><span class='warn'>not judged (no valid "
+                                             "day average): lcp_daily_110</span>")
