@@ -209,7 +209,7 @@ def test_an_invalid_day_is_not_summed_up_as_passing_its_daily_limit(conn, pg_dsn
     the daily limit of 220). Its 4 invalid hours, more than 3, make the day invalid, so the daily rule has no average
     to judge. The summary said "pass" (the year's rules pass so far); it says the daily rule was not judged."""
     cfg, text = lcp()
-    day, next_day = periods.parse_day(DAY, cfg.timezone)
+    day = periods.parse_day(DAY, cfg.timezone)[0]
     year = periods.year_of(day, cfg.timezone)[0]
     write(conn, cfg.pollutant("NOx").tag, year, day, 150.0, cfg.name)
     write(conn, cfg.pollutant("NOx").tag, day, day + 20 * 3600, 300.0, cfg.name)
