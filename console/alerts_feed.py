@@ -7,6 +7,11 @@ open board. Two ways in, so neither alone is trusted:
   on every insert or update, so a new alert reaches the boards within milliseconds;
 - a poll every ``poll_s`` for rows changed after the last one seen, which catches whatever a
   notification missed (the listener reconnecting, a table created after the trigger migration).
+  A row's change time is its transaction's start (``now()``), not its commit: the gateway's forwarder
+  changes alerts at the end of a transaction that first copies a batch of readings, so a change can
+  commit after a later-stamped one was polled. The poll therefore reads again the changes of the last
+  `OVERLAP` (by the database's clock; none once it has been quiet that long) and sends only the rows not
+  sent yet (id and change time).
 
 Subscribers get bounded queues; a board that does not keep up is told to reload instead of
 holding memory without limit.
@@ -17,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 
@@ -29,6 +34,10 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "valvoja_alerts"
 QUEUE_MAX = 1000
+# How far behind the newest change seen the poll reads again: a writing transaction that committed this long after
+# it started (a forwarder's batch of readings, then its alert changes) is still found by the poll. Longer ones rely
+# on their notification.
+OVERLAP = timedelta(seconds=60)
 
 
 class AlertFeed:
@@ -41,6 +50,7 @@ class AlertFeed:
         self._tasks: list[asyncio.Task] = []
         self._wake = asyncio.Event()
         self._pending_ids: set[str] = set()
+        self._sent: dict[str, datetime] = {}  # id -> change time of the newest version sent, within OVERLAP
 
     async def start(self) -> None:
         # The watermark before the first request: every change from here on is after it. Set at the first poll
@@ -121,15 +131,28 @@ class AlertFeed:
             await self._start_watermark()
             return
         rows = await alerts.changed_since(self.db, self.watermark, ids or None) if ids else []
+        # The last OVERLAP again: a change stamped before the newest one seen may have committed since. Quiet for
+        # longer, only what is newer than the newest seen.
+        now = (await self.db.fetchone("SELECT now() AS t"))["t"]
+        since, after_id = (now - OVERLAP, "") if now - OVERLAP < self.watermark else (self.watermark,
+                                                                                     self.watermark_id)
         while True:  # page by page: more than a page may share one change time (one transaction's now())
-            page = await alerts.changed_since(self.db, self.watermark, after_id=self.watermark_id)
+            page = await alerts.changed_since(self.db, since, after_id=after_id)
             rows += page
             if page:
-                self.watermark, self.watermark_id = page[-1]["changed_at"], str(page[-1]["id"])
+                since, after_id = page[-1]["changed_at"], str(page[-1]["id"])
+                if (since, after_id) > (self.watermark, self.watermark_id):
+                    self.watermark, self.watermark_id = since, after_id
             if len(page) < alerts.CHANGED_PAGE:
                 break
-        seen: dict[str, dict] = {}
+        fresh: dict[str, dict] = {}
         for r in rows:
-            seen[str(r["id"])] = r
-        if seen and self.subscribers:
-            self.publish(list(seen.values()))
+            key, changed = str(r["id"]), r["changed_at"]
+            if changed is not None and key in self._sent and self._sent[key] >= changed:
+                continue  # this version went out already (the overlap reads it again)
+            fresh[key] = r
+            if changed is not None:
+                self._sent[key] = changed
+        self._sent = {k: t for k, t in self._sent.items() if t >= now - OVERLAP}
+        if fresh and self.subscribers:
+            self.publish(list(fresh.values()))

@@ -34,8 +34,12 @@ def parse_duration(text: str, *, name: str = "last") -> timedelta:
         raise Problem(422, f"{name}: {text!r} is not an ISO-8601 duration such as PT15M, PT6H, P7D or P2W "
                            "(months and years are not fixed lengths; use days)", param=name)
     parts = {k: float(v) for k, v in m.groupdict().items() if v}
-    return timedelta(weeks=parts.get("w", 0), days=parts.get("d", 0), hours=parts.get("h", 0),
-                     minutes=parts.get("m", 0), seconds=parts.get("s", 0))
+    try:
+        return timedelta(weeks=parts.get("w", 0), days=parts.get("d", 0), hours=parts.get("h", 0),
+                         minutes=parts.get("m", 0), seconds=parts.get("s", 0))
+    except OverflowError:  # P99999999999D: beyond what a date can hold (it was a 500)
+        raise Problem(422, f"{name}: {text!r} is longer than the maximum range of {MAX_RANGE.days} days",
+                      param=name) from None
 
 
 def parse_instant(text: str, *, name: str) -> datetime:
@@ -47,7 +51,10 @@ def parse_instant(text: str, *, name: str) -> datetime:
                            "(e.g. 2024-05-01T12:00:00Z)", param=name) from None
     if t.tzinfo is None:
         raise Problem(422, f"{name}: {text!r} has no UTC offset; add Z or +hh:mm", param=name)
-    return t.astimezone(UTC)
+    try:
+        return t.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before the first instant a date can hold (it was a 500)
+        raise Problem(422, f"{name}: {text!r} is out of range", param=name) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +75,14 @@ def time_range(from_: str | None, to: str | None, last: str | None, *, default: 
     if from_:
         start = parse_instant(from_, name="from")
     else:
-        start = end - (parse_duration(last) if last else default)
+        back = parse_duration(last) if last else default
+        if back > MAX_RANGE:  # checked before the subtraction, which overflows for P9999999D (a 500)
+            raise Problem(422, f"range of {back.days} days is longer than the maximum of {MAX_RANGE.days}",
+                          param="last")
+        try:
+            start = end - back
+        except OverflowError:
+            raise Problem(422, f"last: {last!r} reaches back before the year 1", param="last") from None
     if start >= end:
         raise Problem(422, f"from ({start.isoformat()}) must be before to ({end.isoformat()})", param="from")
     if end - start > MAX_RANGE:

@@ -118,8 +118,9 @@ def cmd_report(args) -> int:
             raise ConfigError(str(exc)) from None
         recomputed = late.notes(conn, cfg, start, end) + revisions.notes(conn, cfg, kind, start, end)
         pems_levels = job.pems_levels(conn, cfg, start, end)
+        pems_models = job.pems_models(conn, cfg, start, end)
     rep = report.build(sr, kind, start, end, features.edition)
-    rep.pems_levels = pems_levels
+    rep.pems_levels, rep.pems_models = pems_levels, pems_models
     rep.notes += recomputed  # a report filed before late data changed the stored results differs from this one
     args.out.mkdir(parents=True, exist_ok=True)
     base = args.out / f"emissions_{cfg.name}_{args.day or args.month}"

@@ -59,6 +59,8 @@ class SpanResult:
     seconds: float
     rows_written: int = 0
     revisions: int = 0  # stored averages of closed periods this run changed (emissions.revisions)
+    run_id: int | None = None  # emission_runs.id of the stored run (None: not stored)
+    readings: int | None = None  # readings of the stack's tags in the span as the hourly rollups counted them at start
 
 
 def widen(cfg: StackConfig, start: int, end: int, context: str = "year", whole_days: bool = True
@@ -104,8 +106,9 @@ def _run_span(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int, 
     t_begin = time.perf_counter()
     features = features or detect(conn)
     span = capped(cfg, widen(cfg, start, end, context, whole_days), clock())
-    # Counted before the readings are read: whatever this count holds, the run has (emissions.late).
-    seen = late.rollup_readings(conn, cfg, *span) if write else None
+    # Counted before the readings are read: whatever this count holds, the run has (emissions.late). A report states
+    # it also when it does not store (the data its figures rest on).
+    seen = late.rollup_readings(conn, cfg, *span)
     primary = store.fetch_primary(conn, features, cfg, *span)
     result = averages.compute(cfg, primary)
     rules, events = compliance.evaluate(cfg, result, span)
@@ -119,14 +122,14 @@ def _run_span(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int, 
                 t, v = store.fetch_tag(conn, cfg, tag, 0, span[1])
                 known = store.qal3_references(conn, cfg.name, q.analyser, kind)
                 charts[(q.analyser, kind)] = qal3.chart(q, kind, t, v, known)
-    out = SpanResult(cfg, span, primary, result, rules, events, charts, 0.0)
+    out = SpanResult(cfg, span, primary, result, rules, events, charts, 0.0, readings=seen)
     if write:
         for (analyser, _kind), checks in charts.items():
             store.write_qal3(conn, cfg.name, analyser, checks)
         reaches_now = span[1] >= periods.last_whole_hour(int(clock()), cfg.timezone)
-        out.rows_written, out.revisions = store.write_result(conn, cfg, result, span, rules, events,
-                                                             time.perf_counter() - t_begin, reaches_now=reaches_now,
-                                                             rollup_readings=seen, reason=reason)
+        out.rows_written, out.revisions, out.run_id = store.write_result(
+            conn, cfg, result, span, rules, events, time.perf_counter() - t_begin, reaches_now=reaches_now,
+            rollup_readings=seen, reason=reason)
     out.seconds = time.perf_counter() - t_begin
     log.info("emissions: %s %s..%s: %d averages, %d events in %.2f s", cfg.name, periods.iso(span[0]),
              periods.iso(span[1]), out.rows_written, len(events), out.seconds,
@@ -150,6 +153,37 @@ def pems_levels(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int
     out: dict[str, list[float | None]] = {name: [] for name in links.values()}
     for tag, coverage in rows:
         out[links[tag]].append(coverage)
+    return out
+
+
+@dataclass(frozen=True)
+class PemsModel:
+    """A model version whose PEMS predictions are stored in a report's period (substitutes and cross-check bounds)."""
+
+    model_id: str
+    registry_version: str | None  # as the registry numbers it (``details.registry_version``)
+    sha256: str  # of the ONNX file (``predictions.model_version``)
+    predictions: int
+    first: int  # Unix seconds
+    last: int
+
+
+def pems_models(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int) -> dict[str, list[PemsModel]]:
+    """Pollutant -> the model versions of the PEMS predictions stored in [start, end) for its ``pems`` tag, oldest
+    first: which model the substituted values and the cross-check's interval came from (the readings of the ``pems``
+    tags do not name it; `pems_live` stores a prediction with each)."""
+    links = {p.pems.tag: p.name for p in cfg.pollutants if p.pems is not None}
+    if not links:
+        return {}
+    with conn.cursor() as cur:
+        cur.execute("SELECT details->>'pems_tag', model_id, details->>'registry_version', model_version, count(*),"
+                    " extract(epoch FROM min(time))::bigint, extract(epoch FROM max(time))::bigint FROM predictions"
+                    " WHERE kind = 'pems' AND details->>'pems_tag' = ANY(%s) AND time >= to_timestamp(%s)"
+                    " AND time < to_timestamp(%s) GROUP BY 1, 2, 3, 4 ORDER BY 1, 6", (list(links), start, end))
+        rows = cur.fetchall()
+    out: dict[str, list[PemsModel]] = {name: [] for name in links.values()}
+    for tag, *model in rows:
+        out[links[tag]].append(PemsModel(*model))
     return out
 
 

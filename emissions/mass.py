@@ -74,7 +74,9 @@ def totals(result: StackResult, start: int, end: int, sub_period: str = "hour") 
         m = (av.start >= start) & (av.end <= end)
         op_h = av.n_operating[m] * result.step_s / 3600.0
         has = np.isfinite(av.mass_kg_h[m])
-        kg = float(np.nansum(av.mass_kg[m]))
-        rate = float(np.nansum(av.mass_kg_h[m] * op_h) / op_h[has].sum()) if has.any() and op_h[has].sum() else 0.0
+        # Operating time without any rate (no flow configured, or no flow reading): the mass is unknown (NaN), not 0 t.
+        known = bool(op_h[has].sum()) or not op_h.sum()
+        kg = float(np.nansum(av.mass_kg[m])) if known else float("nan")
+        rate = float(np.nansum(av.mass_kg_h[m] * op_h) / op_h[has].sum()) if op_h[has].sum() else float("nan")
         out.append(MassTotal(pol, start, end, kg / 1000.0, rate, float(op_h.sum()), float(op_h[~has].sum())))
     return out

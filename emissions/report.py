@@ -22,7 +22,7 @@ from emissions import compliance, mass, periods, qal3
 from emissions.averages import Averages, Status
 from emissions.compliance import Event, RuleResult
 from emissions.config import StackConfig
-from emissions.job import SpanResult
+from emissions.job import PemsModel, SpanResult
 from emissions.normalise import Why
 
 # Reasons whose bit name alone does not say enough (the others are shown as the name in lower case).
@@ -76,6 +76,12 @@ class Report:
     # Pollutant -> nominal coverages of the stored PEMS predictions of the period (`job.pems_levels`): the level of
     # the interval of the cross-check, which its lower / upper readings do not carry.
     pems_levels: dict[str, list[float | None]] = field(default_factory=dict)
+    # What the figures rest on besides the configuration (its sha256): the stored run (``emission_runs.id``; None: not
+    # stored) that revisions of these periods name, the readings in the span as the hourly rollups counted them when
+    # the run started (emissions.late compares later counts with it), and the PEMS model versions of the period.
+    run_id: int | None = None
+    readings: int | None = None
+    pems_models: dict[str, list[PemsModel]] = field(default_factory=dict)
 
     @property
     def title(self) -> str:
@@ -89,9 +95,13 @@ class Report:
 def _rows(pol: str, av: Averages, mask: np.ndarray) -> list[Row]:
     avail, share = av.availability, av.substituted_share
     has_sub = len(av.sub_valid) == len(av)
+    # The stored mass of an operating period without any rate (no flow configured, or no flow or concentration
+    # reading in it) is 0 kg; reported so, a stack without a flow meter emitted "0.000 t". Unknown, not zero: only a
+    # period without operating time emitted nothing.
+    mass_kg = np.where((av.n_operating > 0) & ~np.isfinite(av.mass_kg_h), np.nan, av.mass_kg)
     return [Row(pol, av.period, int(av.start[i]), int(av.end[i]), float(av.value[i]), float(av.validated[i]),
                 float(av.raw[i]), STATUS_TEXT[int(av.status[i])], float(avail[i]), float(share[i]),
-                int(av.n_operating[i]), int(av.n_valid[i]), int(av.n_substituted[i]), float(av.mass_kg[i]),
+                int(av.n_operating[i]), int(av.n_valid[i]), int(av.n_substituted[i]), float(mass_kg[i]),
                 int(av.sub_valid[i]) if has_sub else None, int(av.sub_invalid[i]) if has_sub else None)
             for i in np.flatnonzero(mask)]
 
@@ -179,12 +189,13 @@ def build(sr: SpanResult, kind: str, start: int, end: int, edition: str = "") ->
                      f"{periods.iso(sr.span[1], cfg.timezone)}.")
     return Report(cfg, kind, start, end, sr.span, datetime.now(UTC), edition, summary, detail, detail_period, year,
                   rules, events, {p.name: _reasons(sr, p.name, start, end) for p in cfg.pollutants},
-                  mass.totals(sr.result, start, end, cfg.regulatory.day_from), fuels, charts, notes)
+                  mass.totals(sr.result, start, end, cfg.regulatory.day_from), fuels, charts, notes,
+                  run_id=sr.run_id, readings=sr.readings)
 
 
 CSV_COLUMNS = ("stack", "pollutant", "period", "period_start", "period_end", "value_mg_nm3", "validated_mg_nm3",
                "raw", "status", "availability", "substituted_share", "n_operating", "n_valid", "n_substituted",
-               "mass_kg", "sub_valid", "sub_invalid", "config_sha256")
+               "mass_kg", "sub_valid", "sub_invalid", "config_sha256", "raw_unit")
 
 
 def _num(x: float | None, digits: int = 4) -> str:
@@ -192,9 +203,11 @@ def _num(x: float | None, digits: int = 4) -> str:
 
 
 def write_csv(rep: Report, path: Path) -> list[Path]:
-    """Averages (summary, then sub-averages) to ``path``; events to ``<stem>_events.csv``; the report's notes (an
-    incomplete period, results recomputed from late data) to ``<stem>_notes.csv``, written even when there are none
-    so that a system reading the export can tell "no notes" from "notes not exported"."""
+    """Averages (summary, then sub-averages; ``raw`` in the analyser's unit, ``raw_unit``) to ``path``; events to
+    ``<stem>_events.csv``; the report's notes (an incomplete period, results recomputed from late data) to
+    ``<stem>_notes.csv``, written even when there are none so that a system reading the export can tell "no notes" from
+    "notes not exported". The same stored data gives the same files byte for byte (no generation time, no run number:
+    the HTML has those)."""
     sha = rep.cfg.fingerprint()
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -204,7 +217,7 @@ def write_csv(rep: Report, path: Path) -> list[Path]:
                         _num(r.value), _num(r.validated), _num(r.raw), r.status, _num(r.availability),
                         _num(r.substituted_share), r.n_operating, r.n_valid, r.n_substituted, _num(r.mass_kg, 3),
                         "" if r.sub_valid is None else r.sub_valid, "" if r.sub_invalid is None else r.sub_invalid,
-                        sha])
+                        sha, rep.cfg.pollutant(r.pollutant).unit])
     ev_path = path.with_name(path.stem + "_events.csv")
     with ev_path.open("w", newline="") as fh:
         w = csv.writer(fh)

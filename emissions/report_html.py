@@ -50,6 +50,16 @@ def _pct(x: float | None) -> str:
     return "–" if x is None or not math.isfinite(x) else f"{100 * x:.1f} %"
 
 
+# An event's value and limit are a concentration only for an exceedance: a window's are shares of its averages (within,
+# required), the invalid-day count's numbers of days, a PEMS deviation's shares outside the interval.
+EVENT_UNIT = {"window": " %", "invalid_days": " days", "pems_deviation": " %"}
+
+
+def _event_num(kind: str, x: float) -> str:
+    unit = EVENT_UNIT.get(kind, " mg/Nm³")
+    return _n(x, 0 if kind == "invalid_days" else 2) + unit
+
+
 def _status(s: str) -> str:
     cls = {"valid": "ok", "invalid": "bad"}.get(s, "muted")
     return f'<span class="{cls}">{_e(s)}</span>'
@@ -119,6 +129,10 @@ def render(rep: Report) -> str:
             ("Reference O2", f"{_n(cfg.reference_o2_percent, 1)} %" if cfg.reference_o2_percent is not None
              else "none"),
             ("Computed from", f"readings {t(rep.span[0])} – {t(rep.span[1])}, primary values of {cfg.primary_s} s"),
+            ("Stored as", f"run {rep.run_id} (emission_runs.id; a later change of these averages names its run)"
+             if rep.run_id is not None else "not stored (--no-store): computed from the readings when generated"),
+            ("Readings", f"{_n(rep.readings, 0)} of the stack's tags in the computed span, as the hourly rollups "
+                         "counted them when the run started" if rep.readings is not None else "–"),
             ("Configuration sha256", f"<code>{cfg.fingerprint()}</code>"),
             ("Generated", _e(rep.generated_at.isoformat(timespec="seconds"))),
             ("Database", _e(rep.edition or "–"))]
@@ -131,12 +145,24 @@ def render(rep: Report) -> str:
     for r in rep.rules:
         if (r.pollutant, r.rule) not in decided_by_group:
             verdict.setdefault(r.pollutant, []).append(r)
+    judged = {(r.pollutant, r.rule) for r in rep.rules}
     rows = []
     for r in rep.summary:
         rs = verdict.get(r.pollutant, [])
-        failed = [x.rule for x in rs if not x.passed]
-        res = (f"<span class='bad'>FAIL: {_e(', '.join(failed))}</span>" if failed
-               else "<span class='ok'>pass</span>" if rs else "<span class='muted'>no rule</span>")
+        # A rule on the period's own average has no result when that average is invalid: the summary said "pass".
+        unjudged = [x.name for x in cfg.compliance if x.period == rep.kind and x.applies_to(cfg.pollutant(r.pollutant))
+                    and (r.pollutant, x.name) not in judged]
+        # A window still open (the year of a share rule in January) that fails so far may pass by its end: it was
+        # summed up as FAIL beside the final failures, where the compliance table says "(provisional)".
+        failed = [x.rule for x in rs if not x.passed and not x.provisional]
+        so_far = [x.rule for x in rs if not x.passed and x.provisional]
+        res = "<br>".join([f"<span class='bad'>FAIL: {_e(', '.join(failed))}</span>"] * bool(failed)
+                          + [f"<span class='warn'>failing so far (provisional): {_e(', '.join(so_far))}</span>"]
+                          * bool(so_far))
+        res = res or ("<span class='ok'>pass</span>" if rs else "<span class='muted'>no rule</span>" * (not unjudged))
+        if unjudged:
+            res += ("<br>" * bool(res) + f"<span class='warn'>not judged (no valid {rep.kind} average): "
+                    f"{_e(', '.join(unjudged))}</span>")
         elv = ", ".join(f"{k} {_n(v, 1)}" for k, v in cfg.pollutant(r.pollutant).elv.items()) or "–"
         rows.append([_e(r.pollutant), _n(r.value), _n(r.validated), _e(elv), _status(r.status), _pct(r.availability),
                      _pct(r.substituted_share), _n(r.mass_kg / 1000, 3), res])
@@ -156,10 +182,12 @@ def render(rep: Report) -> str:
                        if r.windows > 1 else "")
 
     out.append("<h2>Compliance</h2>")
-    out.append(_table(["Rule", "Pollutant", "window", "valid averages", "over limit", "limit mg/Nm³", "within",
+    out.append(_table(["Rule", "Pollutant", "window", "valid averages", "over limit", "limit", "within",
                        "required", "result"],
                       [[_e(r.rule), _e(r.pollutant), window(r), str(r.n_valid), str(r.n_over),
-                        _n(r.limit), _pct(r.share_within / 100) if r.rule != "invalid_days" else "–",
+                        # the invalid-day count's limit is the days allowed: it read "10.00" under "mg/Nm³"
+                        _event_num("invalid_days" if r.rule == "invalid_days" else "exceedance", r.limit),
+                        _pct(r.share_within / 100) if r.rule != "invalid_days" else "–",
                         _n(r.required_share, 0) + " %" if math.isfinite(r.required_share) else "–",
                         ("<span class='ok'>pass</span>" if r.passed else "<span class='bad'>FAIL</span>")
                         + (f" by {_e(r.decided_by)}" if r.decided_by else "")
@@ -172,7 +200,8 @@ def render(rep: Report) -> str:
     exceed = [e for e in rep.events if e.kind != "pems_deviation"]
     out.append(f"<h2>Exceedances ({len(exceed)})</h2>")
     out.append(_table(["Pollutant", "rule", "kind", "period", "start", "value", "limit", "% of ELV", "breach"],
-                      [[_e(e.pollutant), _e(e.rule), _e(e.kind), _e(e.period), t(e.start), _n(e.value), _n(e.limit),
+                      [[_e(e.pollutant), _e(e.rule), _e(e.kind), _e(e.period), t(e.start), _event_num(e.kind, e.value),
+                        _event_num(e.kind, e.limit),
                         _n(e.percent_of_elv, 1) if e.kind == "exceedance" else "–",
                         "<span class='bad'>yes</span>" if e.breach else "provisional" if e.provisional
                         else "tolerated"] for e in exceed], left=5)
@@ -185,6 +214,13 @@ def render(rep: Report) -> str:
             f"{_e(p.name)}: analyser flagged when over {p.pems.window_s / 3600:g} h at least "
             f"{p.pems.min_outside_share:.0%} of its values lie outside the PEMS interval ({_level(rep, p.name)})"
             for p in pems_links) + "</p>")
+        # Which model version substituted the analyser and bounded the cross-check: the pems tags' readings do not say.
+        models = [(pol, m) for pol, ms in rep.pems_models.items() for m in ms]
+        out.append("<h3>PEMS model versions of the period</h3>" + (_table(
+            ["Pollutant", "model", "registry version", "ONNX sha256", "predictions", "first", "last"],
+            [[_e(pol), _e(m.model_id), _e(m.registry_version or "–"), f"<code>{_e(m.sha256)}</code>",
+              _n(m.predictions, 0), t(m.first), t(m.last)] for pol, m in models], left=4) if models
+            else "<p class='muted'>no PEMS prediction stored in the period: no model version to name</p>"))
         if dev:
             out.append(_table(["Pollutant", "from", "to", "max share outside"],
                               [[_e(e.pollutant), t(e.start), t(e.end), _n(e.value, 0) + " %"] for e in dev], left=3))
@@ -195,7 +231,9 @@ def render(rep: Report) -> str:
                   if r.period == rep.detail_period and r.applies_to(cfg.pollutant(pol))]
         out.append(f"<h3>{_e(pol)}</h3>" + _chart(rows_, limits))
         out.append("<details><summary>table</summary>" + _table(
-            ["start", "mg/Nm³", "validated", "raw", "validity", "availability", "substituted", "mass kg"],
+            # raw: the analyser's mean in its own unit (ppm, wet, actual conditions...): the header did not say which
+            ["start", "mg/Nm³", "validated", f"raw {cfg.pollutant(pol).unit}", "validity", "availability",
+             "substituted", "mass kg"],
             [[t(r.start), _n(r.value), _n(r.validated), _n(r.raw), _status(r.status), _pct(r.availability),
               _pct(r.substituted_share), _n(r.mass_kg, 1)] for r in rows_]) + "</details>")
 
@@ -210,7 +248,11 @@ def render(rep: Report) -> str:
     out.append(_table(["Pollutant", *reasons], [[_e(p), *[str(v.get(k, 0)) for k in reasons]]
                                                  for p, v in rep.invalid_reasons.items()]))
 
-    out.append("<h2>Mass emissions</h2>" + _table(
+    out.append("<h2>Mass emissions</h2>")
+    if not cfg.flow.configured:
+        out.append("<p class='muted'>No flue-gas flow configured ([stacks.flow]): the mass emissions are not known "
+                   "(–), not zero.</p>")
+    out.append(_table(
         ["Pollutant", "tonnes", "mean kg/h", "operating h", "h without valid data"],
         [[_e(m.pollutant), _n(m.tonnes, 3), _n(m.mean_kg_h, 2), _n(m.operating_h, 1), _n(m.gap_h, 1)]
          for m in rep.mass]))

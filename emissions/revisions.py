@@ -56,8 +56,15 @@ class Revision:
 
     def change(self, tz: str) -> str:
         """``<start>: <old> (status) -> <new> (status)``."""
-        return (f"{periods.iso(self.start, tz)}: {_value(self.old_value)} ({STATUS[self.old_status]}) -> "
-                f"{_value(self.new_value)} ({STATUS[self.new_status]})")
+        return f"{self.before(tz)} -> {self.after()}"
+
+    def before(self, tz: str) -> str:
+        """``<start>: <old> (status)``."""
+        return f"{periods.iso(self.start, tz)}: {_value(self.old_value)} ({STATUS[self.old_status]})"
+
+    def after(self) -> str:
+        """``<new> (status)``."""
+        return f"{_value(self.new_value)} ({STATUS[self.new_status]})"
 
 
 def _value(x: float | None) -> str:
@@ -129,10 +136,19 @@ def notes(conn: psycopg.Connection, cfg: StackConfig, kind: str, start: int, end
         if not (r.period == kind and r.start == start):
             groups.setdefault((r.pollutant, r.period), []).append(r)
     for (pol, period), rs in groups.items():
-        more = f"; and {len(rs) - LISTED} more" if len(rs) > LISTED else ""
-        last = max(r.revised_at for r in rs)
-        what = ("average of this period changed after it" if len(rs) == 1
+        # One line per average, however many runs changed it (a backlog arriving over several runs revises an hour
+        # each time): from its value before the first change to its value after the last. Counted per revision, the
+        # note said "2 stored hourly averages changed" of one hour, and named it twice.
+        by_start: dict[int, list[Revision]] = {}
+        for r in rs:  # in period_start, id order
+            by_start.setdefault(r.start, []).append(r)
+        changes = [f"{seq[0].before(tz)} -> {seq[-1].after()}" + (f" (in {len(seq)} runs)" if len(seq) > 1 else "")
+                   for seq in by_start.values()]
+        more = f"; and {len(changes) - LISTED} more" if len(changes) > LISTED else ""
+        last_at = max(r.revised_at for r in rs)
+        what = ("average of this period changed after it" if len(changes) == 1
                 else "averages of this period changed after they")
-        out.append(f"{len(rs)} stored {PERIOD_TEXT[period]} {pol} {what} closed (the last at {periods.iso(last, tz)}):"
-                   f" {'; '.join(r.change(tz) for r in rs[:LISTED])}{more}; a report made before then may differ.")
+        out.append(f"{len(changes)} stored {PERIOD_TEXT[period]} {pol} {what} closed (the last at "
+                   f"{periods.iso(last_at, tz)}): {'; '.join(changes[:LISTED])}{more}; a report made before then may "
+                   "differ.")
     return out

@@ -278,6 +278,7 @@ class Written(NamedTuple):
 
     averages: int
     revisions: int
+    run_id: int  # its ``emission_runs.id``: what a report of the span names, and revisions name
 
 
 def write_result(conn: psycopg.Connection, cfg: StackConfig, result: StackResult, span: tuple[int, int],
@@ -332,7 +333,8 @@ def write_result(conn: psycopg.Connection, cfg: StackConfig, result: StackResult
                     " seconds, rollup_readings, reason) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
                     (cfg.name, lo, hi, json.dumps(cfg.model_dump(mode="json")), sha, n_rows, len(events), seconds,
                      rollup_readings, reason))
-        revised = revisions.record(cur, cfg, lo, hi, cur.fetchone()[0])
+        run_id = cur.fetchone()[0]
+        revised = revisions.record(cur, cfg, lo, hi, run_id)
         cur.execute("DELETE FROM emission_averages WHERE stack = %(stack)s AND period_start >= %(lo)s"
                     " AND period_start < %(hi)s" + ends.format("period_end"), within)
         cur.execute(f"INSERT INTO emission_averages ({', '.join(_AVG_COLUMNS)}) SELECT {select} FROM _emis_avg")
@@ -363,7 +365,7 @@ def write_result(conn: psycopg.Connection, cfg: StackConfig, result: StackResult
               _f(r.required_share), _f(r.share_within), r.passed, r.provisional, r.reference, sha)
              for r in rule_results if span[0] <= r.start < span[1] and r.end <= end_cap])
     revisions.log_revisions(cfg, revised)  # after the commit: what is logged is stored
-    return Written(n_rows, len(revised))
+    return Written(n_rows, len(revised), run_id)
 
 
 def finished_until(conn: psycopg.Connection, cfg: StackConfig, before: int) -> int | None:

@@ -366,6 +366,43 @@ def test_the_feeds_poll_pages_through_alerts_changed_in_one_transaction(pg_dsn):
     assert asyncio.run(go()) == 1050
 
 
+def test_the_feeds_poll_finds_a_change_that_committed_after_a_later_stamped_one(pg_dsn):
+    """An alert's change time is its transaction's start: the gateway's forwarder copies a batch of readings, then
+    raises the alert, then commits. A change stamped later (another gateway, an acknowledgement in the console)
+    committed and polled meanwhile moved the poll's watermark past it: when its notification was missed as well (the
+    LISTEN connection reconnecting), the alert never reached the boards. Each version is still sent once."""
+    import asyncio
+
+    import psycopg
+
+    from console.alerts_feed import AlertFeed
+    from console.db import Database
+
+    insert = ("INSERT INTO alerts (id, asset, kind, severity, state, raised_at, last_seen, message, dedup_key)"
+              " VALUES (%s, 'P-1', 'rule:r', 'warning', 'raised', now(), now(), 'm', %s)")
+
+    async def go() -> list[list[str]]:
+        db = Database(pg_dsn)
+        await db.open()
+        feed = AlertFeed(db)
+        sent: list[list[str]] = []
+        feed.publish = lambda rows: sent.append(sorted(str(r["id"]) for r in rows))  # what the streams would get
+        feed.subscribers.add(object())
+        await feed._fetch([])  # sets the watermark
+        with psycopg.connect(pg_dsn) as slow:  # the forwarder's batch: stamped now, committed at the end
+            slow.execute(insert, ("SLOW", "k-slow"))
+            await asyncio.sleep(0.05)
+            with psycopg.connect(pg_dsn, autocommit=True) as quick:
+                quick.execute(insert, ("QUICK", "k-quick"))
+            await feed._fetch([])  # no notification of either: the poll alone
+        await feed._fetch([])  # SLOW committed now, stamped before QUICK
+        await feed._fetch([])
+        await db.close()
+        return sent
+
+    assert asyncio.run(go()) == [["QUICK"], ["SLOW"]]
+
+
 def test_an_alert_raised_right_after_the_console_started_reaches_the_boards(pg_dsn):
     """The feed set its watermark at its first poll, up to ``poll_s`` after the start: an alert raised in between
     (a board connected, an alert right away) was before the watermark and never sent. Found when

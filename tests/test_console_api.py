@@ -323,6 +323,12 @@ def test_range_after_the_newest_rollup_is_read_from_raw_rows(server):
     ({"last": "1 week"}, "not an ISO-8601 duration"),
     ({"last": "P1M"}, "not an ISO-8601 duration"),
     ({"from": "2024-05-02T00:00Z", "to": "2024-05-01T00:00Z"}, "must be before"),
+    # Beyond what a date holds: they were 500 "internal error" (OverflowError), a trace in the log per request.
+    ({"last": "P999999999D"}, "longer than the maximum"),
+    ({"last": "P1" + "0" * 400 + "D"}, "longer than the maximum"),
+    ({"from": "0001-01-01T00:00:00+01:00"}, "out of range"),
+    ({"to": "9999-12-31T23:59:59-01:00"}, "out of range"),
+    ({"to": "0001-01-02T00:00Z", "last": "P2D"}, "before the year 1"),
     ({"points": 3}, "greater than or equal to 10"),
     ({"resolution": "5m"}, "resolution"),
 ])

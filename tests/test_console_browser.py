@@ -821,6 +821,76 @@ def test_exceedances_are_labelled_by_the_stacks_calendar(browser, server):
             conn.execute("DELETE FROM emission_events WHERE rule = 'test-day'")
 
 
+def test_a_months_exceedance_is_listed_under_the_calendar_not_on_its_first_day(browser, server):
+    """An event of the month (its average over the ELV) is no day's: it was drawn as the 1st's exceedance; the page
+    lists it under the calendar with its month (the stack's) and breach. The year's invalid-day count there is days,
+    and a year's 95 % window that failed is a share under what it needs ("93 > 95" before, in mg/Nm³ columns)."""
+    with server.client("viewer") as c:
+        tz = ZoneInfo(c.get("/api/emissions/WI1/live").json()["timezone"])
+    first = datetime.now(tz).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    nxt = (first + timedelta(days=32)).replace(day=1)
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO emission_events (stack, pollutant, rule, kind, period, period_start, period_end, "
+                     "value, limit_value, elv, breach, provisional, config_sha256) VALUES ('WI1', 'NOx', 'test-month', "
+                     "'exceedance', 'month', %s, %s, 230.0, 200.0, 200.0, true, false, 'x')", (first, nxt))
+        year = first.replace(month=1)
+        conn.cursor().executemany(
+            "INSERT INTO emission_events (stack, pollutant, rule, kind, period, period_start, period_end, value, "
+            "limit_value, elv, breach, provisional, config_sha256) VALUES ('WI1', 'NOx', %s, %s, 'year', %s, %s, %s, "
+            "%s, 200.0, false, true, 'x')",
+                         [("test-year-days", "invalid_days", year, year.replace(year=year.year + 1), 12.0, 10.0),
+                          ("test-year-share", "window", year, year.replace(year=year.year + 1), 93.0, 95.0)])
+    page = login(browser, server, "viewer")
+    try:
+        page.goto(server.url + "/emissions")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        listed = page.locator("#period-events li", has_text="test-month").inner_text()
+        assert listed.startswith(f"month {first.strftime('%Y-%m')} NOx test-month: 230 mg/Nm³ > 200 mg/Nm³")
+        assert "breach" in listed
+        days = page.locator("#period-events li", has_text="test-year-days").inner_text()
+        assert "12 days invalid, 10 days allowed" in days and "(provisional)" in days, days
+        share = page.locator("#period-events li", has_text="test-year-share").inner_text()
+        assert "93 % within, 95 % required" in share, share
+        row = page.locator("#events tr", has_text="test-month").inner_text()
+        assert "230 mg/Nm³" in row and "200 mg/Nm³" in row, row
+        assert "test-month" not in (page.locator("#calendar div[data-date]").first.get_attribute("title") or "")
+        assert page.errors == []
+    finally:
+        page.context.close()
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM emission_events WHERE rule = ANY(%s)",
+                         (["test-month", "test-year-days", "test-year-share"],))
+
+
+def test_the_exceedances_of_31_days_load_past_the_first_page(browser, server):
+    """More than a page (200) of exceedances in 31 days: the table showed the newest 200 and nothing said there were
+    more; "Load older" brings the rest."""
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=20)
+    with psycopg.connect(server.dsn, autocommit=True) as conn, conn.cursor() as cur:
+        cur.executemany("INSERT INTO emission_events (stack, pollutant, rule, kind, period, period_start, period_end, "
+                        "value, limit_value, elv, breach, provisional, config_sha256) VALUES ('WI1', 'NOx', "
+                        "'test-many', 'exceedance', 'half_hour', %s, %s, 250.0, 200.0, 200.0, false, false, 'x')",
+                        [(start + timedelta(minutes=30 * i), start + timedelta(minutes=30 * (i + 1)))
+                         for i in range(205)])
+        (total,) = conn.execute("SELECT count(*) FROM emission_events WHERE stack = 'WI1' AND period_start >= now() - "
+                                "interval '31 days'").fetchone()
+    page = login(browser, server, "viewer")
+    try:
+        page.goto(server.url + "/emissions")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        assert page.locator("#events tbody tr").count() == 200
+        page.click("#events-more")
+        page.locator("#events tbody tr").nth(min(total, 400) - 1).wait_for(timeout=15000)
+        assert page.locator("#events tbody tr").count() == min(total, 400)
+        assert page.locator("#events tbody tr", has_text="test-many").count() == 205 or total > 400
+        assert page.locator("#events-more").is_hidden() or total > 400
+        assert page.errors == []
+    finally:
+        page.context.close()
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM emission_events WHERE rule = 'test-many'")
+
+
 def test_the_analysers_newest_reading_shows_its_quality(browser, server):
     """"Analyser now" is the newest raw reading whatever its quality: the analyser's fault value (BAD) read as a
     concentration. A reading of uncertain or bad quality says so."""

@@ -122,6 +122,44 @@ def test_a_live_alert_leaves_a_comment_being_typed_in_another_row(browser, datab
         page.context.close()
 
 
+def test_an_alert_raised_while_the_board_reloads_its_list_is_shown(browser, database):  # noqa: F811
+    """The board reloads its list when a filter changes (and when the console tells a board that fell behind in an
+    alert storm to reload): it read the list, then opened a new stream. An alert raised after the list's query came in
+    on the old stream, was dropped with the old rows when the list arrived, and the new stream had not seen it: it
+    stayed off the board. The list's answer is held here until that alert has been raised and sent live."""
+    import time
+
+    held: list[str] = []
+
+    def hold(route):
+        if "limit=200" not in route.request.url or held:
+            return route.continue_()
+        answer = route.fetch()  # the list as the database had it before the alert
+        time.sleep(0.5)  # the new stream (opened first now) is subscribed
+        insert_alert(database, "DURING", asset="P-101", message="raised while the list was on its way")
+        time.sleep(2.5)  # the console's feed (LISTEN, a 0.5 s poll) sends it live meanwhile
+        held.append(route.request.url)
+        route.fulfill(response=answer)
+
+    with ConsoleServer(database) as srv:
+        page = login(browser, srv, "engineer")
+        page.wait_for_selector("#live-dot.on", timeout=10000)
+        page.route("**/api/alerts?*", hold)
+        page.select_option("#f-severity", "warning")
+        for _ in range(100):  # the route's handler runs while the test waits on the page
+            if held:
+                break
+            page.wait_for_timeout(100)
+        assert held, "the list was held"
+        page.wait_for_selector("tr[data-id='DURING']", timeout=10000)
+        insert_alert(database, "LATER", asset="P-101", message="live after the reload")
+        page.wait_for_selector("tr[data-id='LATER']", timeout=10000)
+        ids = page.eval_on_selector_all("#alert-rows tr[data-id]", "rs => rs.map(r => r.dataset.id)")
+        assert sorted(ids) == ["BEFORE", "DURING", "LATER"], "each once"
+        assert page.errors == []
+        page.context.close()
+
+
 def test_board_recovers_after_the_database_drops_its_connections(browser, database):  # noqa: F811
     """A database restart as the console sees it: every connection of the console (pool, LISTEN) is cut."""
     import psycopg

@@ -128,3 +128,27 @@ async def test_a_compute_that_changes_a_closed_day_of_a_waste_incinerator_record
     html = (tmp_path / f"emissions_{cfg.name}_2026-03-10.html").read_text()
     assert f"{old:.2f} mg/Nm³ (valid) -&gt; {new:.2f} mg/Nm³ (valid)" in html
     assert "4 stored half-hour NOx averages of this period changed after they closed" in html
+
+
+async def test_an_hour_changed_by_two_runs_is_one_changed_hour_in_the_report(pg_dsn, tmp_path):
+    """A device's backlog of 10 March 20:00-21:00 arrives in two parts, each taken by a run: 20:00-20:45 at 100
+    mg/Nm³ (the hour valid at 100), then 20:45-21:00 at 300 (the hour at 150). Two revisions of one hour, both
+    stored; the day's report counted them as "2 stored hourly NOx averages" and named 20:00 twice. It counts one
+    hour and gives its change from before the first run to after the last."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+        cfg = stack()
+        day, next_day = periods.parse_day("2026-03-10", cfg.timezone)
+        await forward(conn, pg_dsn, cfg, day, day + 20 * 3600, value=100.0)
+        await forward(conn, pg_dsn, cfg, day + 21 * 3600, next_day, value=100.0)
+        job.run_span(conn, cfg, day, next_day, context="day")  # the day closed without 20:00-21:00
+        for lo, hi, value in ((0, 45, 100.0), (45, 60, 300.0)):
+            await forward(conn, pg_dsn, cfg, day + 20 * 3600 + lo * 60, day + 20 * 3600 + hi * 60, value=value)
+            job.run_span(conn, cfg, day, next_day, context="day")
+        hours = [(t, o, n) for p, t, o, n, *_ in revisions(conn, cfg.name) if p == "hour"]
+        assert hours == [(day + 20 * 3600, None, 100.0), (day + 20 * 3600, 100.0, 150.0)]
+    html = report(pg_dsn, cfg, tmp_path, "--day", "2026-03-10")
+    start = periods.iso(day + 20 * 3600, cfg.timezone)
+    assert ("1 stored hourly NOx average of this period changed after it closed" in html
+            and f"{start}: no value (invalid) -&gt; 150.00 mg/Nm³ (valid) (in 2 runs)" in html), html
+    assert html.count(f"{start}: ") == 1

@@ -186,58 +186,71 @@ async def averages(request: Request, stack: str, pollutant: str | None = None, p
 async def compliance_calendar(request: Request, stack: str,
                               month: str | None = Query(None, pattern=r"^\d{4}-\d{2}$", description="YYYY-MM")):
     """Daily compliance for a month in the stack's time zone: per day and pollutant the validated day
-    average, its validity, and the exceedances (events) that day."""
+    average, its validity, and the exceedances (events) of that day (its own average, its hours or half-hours, a
+    daily window); ``period_events``: those of longer periods that overlap the month (a monthly average over its
+    ELV, a year's share window or invalid-day count), which are no day's."""
     db = request.app.state.db
     s = await _stack(db, stack)
     cfg = s["config"] or {}
     tz = ZoneInfo(cfg.get("timezone", "UTC"))
     today = datetime.now(tz).date()
     y, m = (int(month[:4]), int(month[5:])) if month else (today.year, today.month)
-    if not 1 <= m <= 12:
+    if not 1 <= m <= 12 or not 1 <= y <= 9998:  # year 0 or a month ending in 10000: no date (it was a 500)
         raise Problem(422, f"month: {month!r} is not a month", param="month")
     start = datetime(y, m, 1, tzinfo=tz)
     end = datetime(y + (m == 12), m % 12 + 1, 1, tzinfo=tz)
     days = await db.fetch("SELECT pollutant, period_start, value, validated, valid, status, sub_valid, sub_invalid "
                           "FROM emission_averages WHERE stack = %s AND period = 'day' AND period_start >= %s "
                           "AND period_start < %s ORDER BY period_start, pollutant", (stack, start, end))
-    events = await db.fetch("SELECT pollutant, rule, kind, period, period_start, value, limit_value, breach, "
-                            "provisional "
-                            "FROM emission_events WHERE stack = %s AND period_start >= %s AND period_start < %s "
-                            "ORDER BY period_start", (stack, start, end))
+    events = await db.fetch("SELECT pollutant, rule, kind, period, period_start, period_end, value, limit_value, "
+                            "breach, provisional "
+                            "FROM emission_events WHERE stack = %s AND period_start < %s AND period_end > %s "
+                            "ORDER BY period_start", (stack, end, start))
     await db.require("emission_revisions", owner=OWNER)
     revised = await db.fetch(f"SELECT {REVISION_COLUMNS} FROM emission_revisions WHERE stack = %s AND period = 'day' "
                              "AND period_start >= %s AND period_start < %s ORDER BY revised_at", (stack, start, end))
-    out = []
+    out, placed = [], set()
     for d in range(1, calendar.monthrange(y, m)[1] + 1):
         ds = datetime(y, m, d, tzinfo=tz)
         de = ds + timedelta(days=1)
         dayrows = [r for r in days if r["period_start"].astimezone(tz).date() == ds.date()]
-        ev = [e for e in events if ds <= e["period_start"] < de]
+        # The day's own events only: a month's or year's event starts on the 1st, and marked that day as an
+        # exceedance (a valid day within its limits shown red on 1 January for the year's invalid-day count).
+        ev = [e for e in events if ds <= e["period_start"] and e["period_end"] <= de]
+        placed.update(id(e) for e in ev)
         changed = [r for r in revised if ds <= r["period_start"] < de]
         status = ("none" if not dayrows else "exceed" if any(e["breach"] for e in ev)
                   else "invalid" if any(r["status"] == 1 for r in dayrows)
                   else "off" if all(r["status"] == 2 for r in dayrows) else "valid")
         out.append({"date": ds.date().isoformat(), "status": status, "pollutants": dayrows, "events": ev,
                     "revisions": changed})
-    return {"stack": stack, "month": f"{y:04d}-{m:02d}", "timezone": str(tz), "days": out}
+    longer = [e for e in events if id(e) not in placed]
+    return {"stack": stack, "month": f"{y:04d}-{m:02d}", "timezone": str(tz), "days": out, "period_events": longer}
 
 
 @router.get("/{stack}/revisions")
 async def revisions(request: Request, stack: str, from_: str | None = Query(None, alias="from"), to: str | None = None,
-                    last: str | None = None, period: Period | None = None, limit: int = Query(200, ge=1, le=2000)):
+                    last: str | None = None, period: Period | None = None, limit: int = Query(200, ge=1, le=2000),
+                    cursor: str | None = None):
     """Stored averages of closed periods that a later run changed (late readings, a recomputation), newest change
     first, with the value and status before and after: a report of such a period made before the change differs from
-    one made now. The range is over when the change was made (``revised_at``)."""
+    one made now. The range is over when the change was made (``revised_at``); ``next_cursor`` pages on (a backlog
+    taken over many 5-minute runs revises the same days again and again: the list stopped at ``limit``)."""
     db = request.app.state.db
     await _stack(db, stack)
     await db.require("emission_revisions", owner=OWNER)
     tr = time_range(from_, to, last, default=timedelta(days=31))
-    where, params = "stack = %s AND revised_at >= %s AND revised_at < %s", [stack, tr.start, tr.end]
+    where = "stack = %(stack)s AND revised_at >= %(start)s AND revised_at < %(end)s"
+    params = {"stack": stack, "start": tr.start, "end": tr.end, "n": limit + 1}
     if period:
-        where += " AND period = %s"
-        params.append(period)
-    return {"items": await db.fetch(f"SELECT {REVISION_COLUMNS} FROM emission_revisions WHERE {where} "
-                                    "ORDER BY revised_at DESC, id DESC LIMIT %s", (*params, limit))}
+        where += " AND period = %(period)s"
+        params["period"] = period
+    if cursor:
+        params["ct"], params["cid"] = decode_cursor(cursor, n=2)
+        where += " AND (revised_at, id) < (%(ct)s::timestamptz, %(cid)s::bigint)"
+    rows = await db.fetch(f"SELECT {REVISION_COLUMNS}, id FROM emission_revisions WHERE {where} "
+                          "ORDER BY revised_at DESC, id DESC LIMIT %(n)s", params)
+    return page(rows, limit, ("revised_at", "id"))
 
 
 @router.get("/{stack}/compliance")
@@ -255,15 +268,24 @@ async def compliance(request: Request, stack: str, from_: str | None = Query(Non
 
 @router.get("/{stack}/events")
 async def events(request: Request, stack: str, from_: str | None = Query(None, alias="from"), to: str | None = None,
-                 last: str | None = None, limit: int = Query(200, ge=1, le=2000)):
-    """Exceedances and breached windows, newest first."""
+                 last: str | None = None, limit: int = Query(200, ge=1, le=2000), cursor: str | None = None):
+    """Exceedances and breached windows, newest first; ``next_cursor`` pages on (a month of a waste incinerator's
+    half-hours over a limit is more than a page: the rest was left out without a word)."""
     db = request.app.state.db
     await _stack(db, stack)
     tr = time_range(from_, to, last, default=timedelta(days=31))
-    return {"items": await db.fetch(
+    params = {"stack": stack, "start": tr.start, "end": tr.end, "n": limit + 1}
+    after = ""
+    if cursor:
+        params["cs"], params["cp"], params["cr"], params["ck"] = decode_cursor(cursor, n=4)
+        # The table's key after the stack: events of one start (a half-hour over several rules) are one page or the
+        # next, none skipped or repeated.
+        after = " AND (period_start, pollutant, rule, kind) < (%(cs)s::timestamptz, %(cp)s, %(cr)s, %(ck)s)"
+    rows = await db.fetch(
         "SELECT pollutant, rule, kind, period, period_start, period_end, value, limit_value, elv, breach, provisional "
-        "FROM emission_events WHERE stack = %s AND period_start >= %s AND period_start < %s "
-        "ORDER BY period_start DESC LIMIT %s", (stack, tr.start, tr.end, limit))}
+        "FROM emission_events WHERE stack = %(stack)s AND period_start >= %(start)s AND period_start < %(end)s"
+        f"{after} ORDER BY period_start DESC, pollutant DESC, rule DESC, kind DESC LIMIT %(n)s", params)
+    return page(rows, limit, ("period_start", "pollutant", "rule", "kind"))
 
 
 @router.get("/reports/files")

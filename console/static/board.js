@@ -119,15 +119,26 @@
       el("div", { class: "card", id: "count-" + s }, el("b", {}, by[s] || 0), s)));
   }
 
-  /** The rows afresh, by id (no duplicates; an alert cleared meanwhile leaves the open view). */
-  let fetches = 0;
+  /** The rows afresh, by id (no duplicates; an alert cleared meanwhile leaves the open view). Live events that
+   * arrive while the list is on its way are newer than it or the same: they are applied again over it. The list
+   * replaced them, so an alert raised (or acknowledged) while the board reloaded stayed off it (or raised). */
+  let fetches = 0, arrived = null;
   async function refetch() {
     const mine = ++fetches;
-    const page = await api("/api/alerts" + qs({ ...query(), limit: 200 }), { quiet: true });
+    arrived = [];
+    let page;
+    try { page = await api("/api/alerts" + qs({ ...query(), limit: 200 }), { quiet: true }); }
+    catch (e) { if (mine === fetches) arrived = null; throw e; }
     // filters changed meanwhile (assets picked in quick succession): the newer fetch's rows are the ones to show
     if (mine !== fetches) return;
+    const live = arrived;
+    arrived = null;
     rows.clear();
     for (const a of page.items) rows.set(String(a.id), a);
+    for (const a of live) {  // each event's row as it was sent, unless the list has a newer one of the alert
+      const listed = rows.get(String(a.id));
+      if (!listed || Date.parse(a.changed_at) >= Date.parse(listed.changed_at)) rows.set(String(a.id), a);
+    }
     nextCursor = page.next_cursor;
     more.hidden = !nextCursor;
     renderCounts(page.counts);
@@ -135,8 +146,10 @@
   }
   async function reload() {
     csv.set(query());
-    await refetch();
+    // The stream first: an alert raised between the list's query and a stream opened after it came on neither
+    // (a board told to reload in an alert storm lost those raised meanwhile).
     connect();
+    await refetch();
   }
   async function loadMore() {
     const page = await api("/api/alerts" + qs({ ...query(), limit: 200, cursor: nextCursor }));
@@ -207,6 +220,7 @@
     source.addEventListener("session-ended", () => sessionEnded());
     source.addEventListener("alert", (ev) => {
       const a = JSON.parse(ev.data);
+      if (arrived) arrived.push(a);
       const known = rows.has(String(a.id));
       rows.set(String(a.id), a);
       upsert(a, !known);

@@ -61,6 +61,18 @@
         el("b", {}, fmtNum(day.projection)), day.limit !== null ? ` against ${fmtNum(day.limit)} mg/Nm³` : " (no daily limit)"));
   }
 
+  /** An event's value or limit with its unit: a window's is a share of its averages, the invalid-day count a number
+   * of days, a PEMS deviation a share outside the interval; only an exceedance's is a concentration. */
+  const EVENT_UNIT = { window: " %", invalid_days: " days", pems_deviation: " %" };
+  const eventNum = (e, v) => fmtNum(v) + (EVENT_UNIT[e.kind] || " mg/Nm³");
+  /** What an event says: a window fails under its required share ("93 % within, 95 % required"), not over it. */
+  function eventText(e) {
+    if (e.kind === "window") return `${eventNum(e, e.value)} within, ${eventNum(e, e.limit_value)} required`;
+    if (e.kind === "invalid_days") return `${eventNum(e, e.value)} invalid, ${eventNum(e, e.limit_value)} allowed`;
+    if (e.kind === "pems_deviation") return `${eventNum(e, e.value)} outside the PEMS interval, flagged from ${eventNum(e, e.limit_value)}`;
+    return `${eventNum(e, e.value)} > ${eventNum(e, e.limit_value)}`;
+  }
+
   const STATUS = ["valid", "invalid", "not operating"];
   /** "12.3 (invalid) → 10.1 (valid)": a stored average before and after a later run changed it. */
   function change(r) {
@@ -74,12 +86,36 @@
     for (let i = 0; i < blanks; i++) cells.push(el("div", { class: "none" }));
     for (const d of cal.days) {
       const title = d.pollutants.map((p) => `${p.pollutant}: ${fmtNum(p.validated)} ${p.valid ? "" : "(invalid)"}`).join("\n")
-        + (d.events.length ? "\n" + d.events.map((e) => `${e.pollutant} ${e.rule}: ${fmtNum(e.value)} > ${fmtNum(e.limit_value)}`).join("\n") : "")
+        + (d.events.length ? "\n" + d.events.map((e) => `${e.pollutant} ${e.rule}: ${eventText(e)}`).join("\n") : "")
         + (d.revisions.length ? "\nchanged after the day closed: " + d.revisions.map((r) => `${r.pollutant} ${change(r)}`).join("; ") : "");
       cells.push(el("div", { class: d.status + (d.revisions.length ? " revised" : ""), "data-date": d.date, title },
         el("b", {}, d.date.slice(8)), el("br"), d.status === "none" ? "" : d.status, d.revisions.length ? el("small", {}, " (revised)") : ""));
     }
     return el("div", { class: "calendar", id: "calendar" }, cells);
+  }
+
+  /** The exceedances of the last 31 days, a page at a time ("Load older"): a month of half-hours over a limit is more
+   * than a page, and the rest was left out without a word. */
+  function eventsTable(stack, events, tz) {
+    const row = (e) => el("tr", {},
+      el("td", {}, e.period.replace("_", "-"), " ", periodCell(e.period, e.period_start, tz)), el("td", {}, e.pollutant), el("td", {}, e.rule),
+      el("td", {}, eventNum(e, e.value)), el("td", {}, eventNum(e, e.limit_value)),
+      el("td", {}, e.breach ? badge("breach", "st-raised") : badge("tolerated", "st-acknowledged"), e.provisional ? " (provisional)" : ""));
+    const t = table(["Period", "Pollutant", "Rule", "Value", "Limit", "Breach"], events.items.map(row));
+    t.id = "events";
+    return el("div", {}, t, el("p", {}, V.moreButton("events-more", `/api/emissions/${encodeURIComponent(stack.stack)}/events`,
+      { last: "P31D" }, events.next_cursor, t.tBodies[0], row)));
+  }
+
+  /** Closed days changed in the last 31 days, a page at a time: a backlog taken over many runs changes the same days
+   * again at each. */
+  function revisionsTable(stack, revised, tz) {
+    const row = (r) => el("tr", { "data-day": r.period_start },
+      el("td", {}, timeCell(r.revised_at)), el("td", {}, inZone(r.period_start, tz).slice(0, 10)), el("td", {}, r.pollutant),
+      el("td", {}, change(r)), el("td", {}, String(r.run_id)));
+    const t = table(["Changed at", "Day", "Pollutant", "Before → after", "Run"], revised.items.map(row));
+    return [t, el("p", {}, V.moreButton("revisions-more", `/api/emissions/${encodeURIComponent(stack.stack)}/revisions`,
+      { last: "P31D", period: "day" }, revised.next_cursor, t.tBodies[0], row))];
   }
 
   async function load(stack) {
@@ -93,20 +129,17 @@
       el("h2", {}, `Stack ${stack.stack} `, el("small", {}, `${stack.description || ""} · ${stack.regime || ""} · ${live.timezone}`)),
       el("div", { class: "grid wide", id: "live" }, live.items.map((item) => liveCard(item, live.timezone))),
       el("h2", {}, `Daily compliance ${cal.month}`), calendarView(cal),
+      // A month's or year's exceedance is no day's: listed under the calendar, not on its first day.
+      cal.period_events.length ? el("ul", { id: "period-events" }, cal.period_events.map((e) => el("li", {},
+        `${e.period.replace("_", "-")} `, periodCell(e.period, e.period_start, live.timezone),
+        ` ${e.pollutant} ${e.rule}: ${eventText(e)} `,
+        e.breach ? badge("breach", "st-raised") : badge("tolerated", "st-acknowledged"), e.provisional ? " (provisional)" : ""))) : "",
       el("p", { class: "muted" }, "green: valid and within limits · red: exceedance · yellow: invalid day · grey: no data or not operating · dashed: changed after it closed"),
       el("h2", {}, "Exceedances (31 days)"),
-      events.items.length ? table(["Period", "Pollutant", "Rule", "Value mg/Nm³", "Limit mg/Nm³", "Breach"], events.items.map((e) => el("tr", {},
-        el("td", {}, e.period.replace("_", "-"), " ", periodCell(e.period, e.period_start, live.timezone)), el("td", {}, e.pollutant), el("td", {}, e.rule),
-        el("td", {}, fmtNum(e.value)), el("td", {}, fmtNum(e.limit_value)),
-        el("td", {}, e.breach ? badge("breach", "st-raised") : badge("tolerated", "st-acknowledged"), e.provisional ? " (provisional)" : ""))))
-        : el("p", { class: "muted" }, "None."),
+      events.items.length ? eventsTable(stack, events, live.timezone) : el("p", { class: "muted" }, "None."),
       el("h2", {}, "Closed days changed (last 31 days)"),
       el("p", { class: "muted" }, "Daily averages a later run changed after the day had closed (late readings, a recomputation): a report made before the change differs from one made now."),
-      el("div", { id: "revisions" }, revised.items.length
-        ? table(["Changed at", "Day", "Pollutant", "Before → after", "Run"], revised.items.map((r) => el("tr", { "data-day": r.period_start },
-          el("td", {}, timeCell(r.revised_at)), el("td", {}, inZone(r.period_start, live.timezone).slice(0, 10)), el("td", {}, r.pollutant),
-          el("td", {}, change(r)), el("td", {}, String(r.run_id)))))
-        : el("p", { class: "muted" }, "None.")),
+      el("div", { id: "revisions" }, revised.items.length ? revisionsTable(stack, revised, live.timezone) : el("p", { class: "muted" }, "None.")),
       el("h2", {}, "Reports"),
       reports.items.length ? el("ul", { id: "reports" }, reports.items.map((r) => el("li", {}, el("a", { href: r.href }, r.name), ` (${fmtNum(r.bytes / 1024)} kB)`)))
         : el("p", { class: "muted" }, reports.configured ? "No reports yet." : "No reports folder configured (console.reports_dir)."),
