@@ -85,6 +85,27 @@ def test_calendar_events_averages_and_reports(server):
         assert csp.startswith("sandbox;") and "default-src 'none'" in csp and "script-src" not in csp, csp
 
 
+def test_averages_without_a_mass_rate_have_no_mass_not_zero(server):
+    """An operating hour without any flow or concentration reading is stored with mass_kg 0 and no rate: the API
+    answered 0 kg (a measured zero to any client summing it), where the report shows "–". Now null; an hour that
+    was not operating keeps its 0."""
+    import psycopg
+
+    old = datetime(2020, 6, 1, 10, tzinfo=UTC)  # far from every other test's range
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        for i, (n_op, rate, kg) in enumerate([(60, None, 0.0), (60, 2.5, 2.5), (0, None, 0.0)]):
+            conn.execute(
+                "INSERT INTO emission_averages (stack, pollutant, period, period_start, period_end, status, valid, "
+                "n_expected, n_operating, n_valid, n_substituted, substituted_share, ci, mass_kg_h, mass_kg, "
+                "config_sha256) VALUES ('WI1', 'NOx', 'hour', %s, %s, %s, %s, 60, %s, %s, 0, 0, 0, %s, %s, 'x')",
+                (old + timedelta(hours=i), old + timedelta(hours=i + 1), 1 if n_op else 2, False, n_op, 0, rate, kg))
+    with server.client("viewer") as c:
+        items = c.get("/api/emissions/WI1/averages", params={"pollutant": "NOx", "period": "hour",
+                                                             "from": old.isoformat(),
+                                                             "to": (old + timedelta(hours=3)).isoformat()}).json()
+    assert [(x["mass_kg_h"], x["mass_kg"]) for x in items["items"]] == [(None, None), (2.5, 2.5), (None, 0.0)]
+
+
 # The models seed_predictions writes on P-101. test_uncertainty_report_counts_an_open_upper_end_as_covering adds a
 # RUL model of its own there ("open-end"), and pytest-xdist may have run it first on the same module server.
 SEEDED_MODELS = ["temp-gbr", "anomaly:P-101", "pump-rul"]

@@ -175,9 +175,12 @@ async def averages(request: Request, stack: str, pollutant: str | None = None, p
     if cursor:
         params["cs"], params["cp"] = decode_cursor(cursor, n=2)
         where.append("(period_start, pollutant) > (%(cs)s::timestamptz, %(cp)s)")
+    # A stored mass of 0 where an operating period had no rate at all (no flow meter, no flow or concentration
+    # reading) is not a measured zero: null, as the reports' "–" (emissions/README.md, mass).
     rows = await db.fetch(
         "SELECT pollutant, period, period_start, period_end, value, validated, raw, valid, status, availability, "
-        "n_expected, n_valid, n_substituted, substituted_share, ci, mass_kg_h, mass_kg, config_sha256 "
+        "n_expected, n_valid, n_substituted, substituted_share, ci, mass_kg_h, "
+        "CASE WHEN mass_kg_h IS NULL AND n_operating > 0 THEN NULL ELSE mass_kg END AS mass_kg, config_sha256 "
         f"FROM emission_averages WHERE {' AND '.join(where)} ORDER BY period_start, pollutant LIMIT %(n)s", params)
     return page(rows, limit, ("period_start", "pollutant"))
 
