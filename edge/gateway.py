@@ -29,7 +29,7 @@ from edge.pipeline import Ingest, SourceState, SpoolWorker
 from edge.secrets import is_reference, resolve_secret
 from edge.settings import SiteConfig
 from edge.spool import Spool
-from edge.timeouts import within
+from edge.timeouts import CANCEL_GRACE_S, cancel_and_wait, within
 from edge.validate import Validator
 
 log = logging.getLogger(__name__)
@@ -188,9 +188,9 @@ class Gateway:
         """Cancel task ``name`` (a stalled or dead part) and start it again; its state objects are kept."""
         task = self._tasks.get(name)
         if task is not None and not task.done():
-            task.cancel()
-            # A task blocked in a database call may take a moment to unwind; do not wait forever.
-            await asyncio.wait({task}, timeout=3)
+            # A task blocked in a database call may take a moment to unwind; do not wait forever (a second cancel
+            # ends psycopg's wait for a server that does not answer).
+            await cancel_and_wait(task)
         if name == "forwarder" and self.forwarder:
             # Drop the connection: a half-open socket is the usual reason for a stalled write.
             try:
@@ -275,13 +275,16 @@ class Gateway:
             for name in ("forwarder", "rollups"):
                 task = self._tasks.pop(name, None)
                 if task:
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
+                    # Cancelled in the middle of a write to a database that does not answer (frozen, a network cut
+                    # with the connection open), psycopg waited up to 10 s for its cancel request: the stop overran
+                    # its deadline (exit 1) and a reload ended the process.
+                    await cancel_and_wait(task)
             flushed = await self.forwarder.flush(self.shutdown_flush_s)
-            try:
-                await within(self.rollups.refresh_once(), 2)
-            except Exception as exc:  # the work is noted in the spool: the next start does it
-                log.debug("final rollup refresh skipped: %r", exc)
+            if flushed:  # else the database did not take the spool in time: the rollups would not be taken either
+                try:
+                    await within(self.rollups.refresh_once(), 2, cancel_grace_s=CANCEL_GRACE_S)
+                except Exception as exc:  # the work is noted in the spool: the next start does it
+                    log.debug("final rollup refresh skipped: %r", exc)
             await self.rollups.close()
             await self.forwarder.close()
         if self.http:

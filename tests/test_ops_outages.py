@@ -8,6 +8,7 @@ import contextlib
 import datetime as dt
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import time
@@ -201,6 +202,53 @@ def test_a_stop_on_a_full_disk_exits_0_and_the_next_start_drains(tmp_path, own_p
                  what="the backlog stored and deleted by the next start")
     assert code == 0, stop_log[-3000:]
     assert _events(stop_log, "shutdown_error") == 0 and _events(stop_log, "flush_incomplete") == 1, stop_log[-3000:]
+
+
+@pytest.mark.timeout(240)
+def test_a_reload_and_a_stop_while_the_database_does_not_answer_keep_their_deadline(tmp_path, own_pg_server, mosquitto):
+    """The database stops answering with its connections open (a hung server, a network cut) while the forwarder
+    writes: cancelled, psycopg asked the server to cancel the query and waited up to 10 s for the answer. A SIGHUP
+    reload then overran the old gateway's stop deadline and ended the process (reload_stop_timeout, exit 1, 10 s
+    after the signal), and a SIGTERM exited 1 (stop_timeout) after 9.5 s. Now the reload applies in about a second
+    and the stop exits 0 within service.stop_timeout_s; what the database did not take is written by the next
+    start."""
+    dsn = own_pg_server.create_database(timescaledb=own_pg_server.timescaledb)
+    run = new_run()
+    gw = GatewayProcess(tmp_path, site_config(dsn, mosquitto.port, run=run)).start()
+    pub = Publisher(mosquitto.port, run)
+    try:
+        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector connected")
+        pub.publish(50)
+        wait_for(lambda: stored(dsn) == 50, what="first readings stored")
+        with own_pg_server.frozen():
+            pub.publish(50)
+            wait_for(lambda: gw.health()["spool"]["readings"] == 50, what="readings spooled")
+            time.sleep(1)  # the forwarder's write of them waits for the server
+            t0 = time.monotonic()
+            gw.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: "event=config_applied" in gw.log.read_text() or gw.proc.poll() is not None,
+                     timeout_s=30, what="the reload applied or the process ended")
+            reload_s = time.monotonic() - t0
+            assert gw.proc.poll() is None, f"the reload ended the process:\n{gw.log.read_text()[-3000:]}"
+        wait_for(lambda: stored(dsn) == 100, timeout_s=60, what="the readings stored once the database answers")
+        with own_pg_server.frozen():
+            pub.publish(50)
+            wait_for(lambda: gw.health()["spool"]["readings"] == 50, what="readings spooled")
+            time.sleep(1)
+            t0 = time.monotonic()
+            code = gw.terminate(timeout_s=30)
+            stop_s = time.monotonic() - t0
+        stop_log = gw.log.read_text()
+        gw.start()
+        wait_for(lambda: stored(dsn) == 150, timeout_s=60, what="the spooled readings stored by the next start")
+    finally:
+        pub.close()
+        gw.terminate()
+        gw.kill()
+    assert reload_s < 5, f"reload took {reload_s:.1f} s"
+    assert code == 0 and stop_s < 10, f"exit {code} after {stop_s:.1f} s:\n{stop_log[-3000:]}"
+    assert _events(stop_log, "stop_timeout") == 0, stop_log[-3000:]
+    print(f"database not answering: reload applied in {reload_s:.2f} s, SIGTERM to exit 0 in {stop_s:.2f} s")
 
 
 @pytest.mark.timeout(240)
