@@ -326,3 +326,35 @@ def test_a_device_that_keeps_sending_text_the_database_refuses_is_logged_once_a_
         wait_for(lambda: "valvoja_readings_refused_total 8.0" in gw.metrics(), what="8 readings refused")
         log = gw.log.read_text()[mark:]
     assert _events(log, "db_refused") == 1 and _events(log, "readings_refused") == 1, log[-3000:]
+
+
+def _disk_watch(workdir, state_dir, min_free: int, spool_path=None) -> tuple[str, float]:
+    """`valvoja run` without collectors or database until the watchdog logs `disk_low`: its log and the value of
+    `valvoja_state_disk_free_bytes` then."""
+    spool = f'[spool]\npath = "{spool_path}"\n' if spool_path else ""
+    gw = GatewayProcess(workdir, f'[site]\nstate_dir = "{state_dir}"\n{spool}'
+                                 '[http]\nlisten = "127.0.0.1:{HTTP_PORT}"\n[logging]\nformat = "text"\n'
+                                 f"[service]\nwatchdog_interval_s = 0.2\nmin_free_disk_bytes = {min_free}\n").start()
+    try:
+        wait_for(lambda: "event=disk_low" in gw.log.read_text(), timeout_s=20, what="disk_low logged")
+        gauge = wait_for(lambda: [float(line.split()[-1]) for line in gw.metrics().splitlines()
+                                  if line.startswith("valvoja_state_disk_free_bytes")], what="the gauge")
+    finally:
+        gw.terminate()
+        gw.kill()
+    return gw.log.read_text(), gauge[0]
+
+
+def test_the_disk_watch_looks_where_the_spool_lives(tmp_path):
+    """`valvoja_state_disk_free_bytes` and the `disk_low` warning are documented as the free space "where the spool
+    lives", but the watchdog measured the state folder: a spool put on a volume of its own (`spool.path`) filled it
+    without a warning, the gauge showing the state folder's 60 GB free. Now the spool's volume (40 MB here) is
+    measured and named; the state folder, on another file system with room, is not reported low."""
+    with small_disk(tmp_path / "spoolvol", 40) as vol:
+        log, gauge = _disk_watch(tmp_path, tmp_path / "state", 100_000_000, spool_path=vol / "spool.db")
+    assert gauge <= 40 * 2**20, gauge
+    assert _events(log, "disk_low") == 1 and f"folder={vol}" in log, log[-3000:]
+    # The default layout (the spool in the state folder): one file system, measured and named once.
+    log, gauge = _disk_watch(tmp_path / "default", tmp_path / "default" / "state", 2**62)
+    assert gauge > 2**20, gauge  # not left at 0
+    assert _events(log, "disk_low") == 1 and f"folder={tmp_path}/default/state" in log, log[-3000:]
