@@ -362,6 +362,13 @@ class Service:
             self.exit_code = 1
             self._stop.set()
             return False
+        # Series about parts the old gateway had stayed at their last value for good when the new file removed or
+        # renamed them (metrics outlive a gateway): an alert receiver fixed by a new host, the old one's
+        # valvoja_alert_receiver_up 0 firing for ever; an OPC UA server taken out of a redundant set still "active".
+        # The gateway set up next sets its own: a redundant set when it is built, a receiver at its start-up probe (a
+        # webhook without one at its next notification).
+        self.metrics.notify_receiver_up.clear()
+        self.metrics.active_server.clear()
         try:
             await self._start_gateway(new)
         except Exception as exc:
