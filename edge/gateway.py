@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -82,6 +84,18 @@ def database_conninfo(cfg: SiteConfig) -> str | None:
     return url
 
 
+class SpoolUnusable(RuntimeError):
+    """The spool file cannot be opened or set up (a full or read-only file system, a damaged file); names the file."""
+
+
+def _free_space(path: Path) -> str:
+    """`` (N bytes free on its file system)`` for a message, or "" when that cannot be known."""
+    try:
+        return f" ({shutil.disk_usage(path.parent).free:,} bytes free on its file system)"
+    except OSError:
+        return ""
+
+
 class Gateway:
     def __init__(self, cfg: SiteConfig, *, conninfo: str | None = None, http_port: int | None = None,
                  metrics: Metrics | None = None):
@@ -91,8 +105,13 @@ class Gateway:
         self.conninfo = conninfo if conninfo is not None else database_conninfo(cfg)
         state = Path(cfg.site.state_dir)
         state.mkdir(parents=True, exist_ok=True)
-        self.spool = Spool(cfg.spool_path, max_bytes=cfg.spool.max_bytes, policy=cfg.spool.full_policy,
-                           synchronous=cfg.spool.synchronous)
+        try:
+            self.spool = Spool(cfg.spool_path, max_bytes=cfg.spool.max_bytes, policy=cfg.spool.full_policy,
+                               synchronous=cfg.spool.synchronous)
+        except sqlite3.Error as exc:
+            # start_failed said "OperationalError: database or disk is full" (or "unable to open database file"),
+            # naming neither the file nor the volume to look at.
+            raise SpoolUnusable(f"spool {cfg.spool_path} cannot be opened: {exc}{_free_space(cfg.spool_path)}") from exc
         self.worker = SpoolWorker(self.spool)
         try:
             self.validator = Validator(cfg.tag_map(), cfg.validation,

@@ -16,6 +16,7 @@ import time
 import orjson
 import psycopg
 import pytest
+from cli_support import valvoja
 from gateway_proc import GatewayProcess
 from ops_support import Publisher, new_run, site_config, small_disk, stored, wait_for
 from psycopg.conninfo import conninfo_to_dict
@@ -358,3 +359,19 @@ def test_the_disk_watch_looks_where_the_spool_lives(tmp_path):
     log, gauge = _disk_watch(tmp_path / "default", tmp_path / "default" / "state", 2**62)
     assert gauge > 2**20, gauge  # not left at 0
     assert _events(log, "disk_low") == 1 and f"folder={tmp_path}/default/state" in log, log[-3000:]
+
+
+def test_a_spool_that_cannot_be_opened_at_start_is_named_with_its_room(tmp_path):
+    """The state folder's file system full at start (other files filled it): `start_failed` said "OperationalError:
+    database or disk is full", naming neither the file nor the volume. Now the spool file and the room left."""
+    with small_disk(tmp_path / "state", 2) as state:
+        with contextlib.suppress(OSError), open(state / "ballast", "wb") as f:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        site = tmp_path / "site.toml"
+        site.write_text(f'[site]\nstate_dir = "{state}"\n[http]\nenabled = false\n')
+        r = valvoja("run", "--config", str(site))
+    assert r.returncode == 1, r
+    assert f"spool {state}/spool.db cannot be opened: database or disk is full (" in r.stderr, r.stderr
+    assert "bytes free on its file system" in r.stderr and '"event": "start_failed"' in r.stderr, r.stderr
