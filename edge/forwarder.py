@@ -26,7 +26,7 @@ from edge.records import utcnow
 from edge.settings import Database, SiteConfig
 from edge.sink.timescale import TimescaleSink, WriteResult
 from edge.spool import SpooledBatch
-from edge.timeouts import within
+from edge.timeouts import CANCEL_GRACE_S, within
 
 log = logging.getLogger(__name__)
 VACUUM_CHECK_S = 60.0  # how often an idle forwarder checks whether a drained spool has disk to give back
@@ -445,7 +445,9 @@ class Forwarder:
                 return False
             try:
                 left = deadline - time.monotonic()
-                if not await within(self.drain_once(linger=False), max(0.1, left)):
+                # The grace: a write cancelled at the deadline on a database that does not answer (frozen, a network
+                # cut) waited for psycopg's cancel request up to 10 s more, past the stop's deadline.
+                if not await within(self.drain_once(linger=False), max(0.1, left), cancel_grace_s=CANCEL_GRACE_S):
                     return True
             except (psycopg.Error, OSError, TimeoutError, sqlite3.Error) as exc:
                 # sqlite3: a spool that cannot delete (disk full) ends the flush as a database away does; it raised

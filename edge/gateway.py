@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -29,7 +31,7 @@ from edge.pipeline import Ingest, SourceState, SpoolWorker
 from edge.secrets import is_reference, resolve_secret
 from edge.settings import SiteConfig
 from edge.spool import Spool
-from edge.timeouts import within
+from edge.timeouts import CANCEL_GRACE_S, cancel_and_wait, within
 from edge.validate import Validator
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,18 @@ def database_conninfo(cfg: SiteConfig) -> str | None:
     return url
 
 
+class SpoolUnusable(RuntimeError):
+    """The spool file cannot be opened or set up (a full or read-only file system, a damaged file); names the file."""
+
+
+def _free_space(path: Path) -> str:
+    """`` (N bytes free on its file system)`` for a message, or "" when that cannot be known."""
+    try:
+        return f" ({shutil.disk_usage(path.parent).free:,} bytes free on its file system)"
+    except OSError:
+        return ""
+
+
 class Gateway:
     def __init__(self, cfg: SiteConfig, *, conninfo: str | None = None, http_port: int | None = None,
                  metrics: Metrics | None = None):
@@ -91,8 +105,13 @@ class Gateway:
         self.conninfo = conninfo if conninfo is not None else database_conninfo(cfg)
         state = Path(cfg.site.state_dir)
         state.mkdir(parents=True, exist_ok=True)
-        self.spool = Spool(cfg.spool_path, max_bytes=cfg.spool.max_bytes, policy=cfg.spool.full_policy,
-                           synchronous=cfg.spool.synchronous)
+        try:
+            self.spool = Spool(cfg.spool_path, max_bytes=cfg.spool.max_bytes, policy=cfg.spool.full_policy,
+                               synchronous=cfg.spool.synchronous)
+        except sqlite3.Error as exc:
+            # start_failed said "OperationalError: database or disk is full" (or "unable to open database file"),
+            # naming neither the file nor the volume to look at. (A file SQLite cannot read is set aside by Spool.)
+            raise SpoolUnusable(f"spool {cfg.spool_path} cannot be opened: {exc}{_free_space(cfg.spool_path)}") from exc
         if self.spool.damaged is not None:
             self.metrics.spool_damaged.inc()
         self.worker = SpoolWorker(self.spool)
@@ -190,9 +209,9 @@ class Gateway:
         """Cancel task ``name`` (a stalled or dead part) and start it again; its state objects are kept."""
         task = self._tasks.get(name)
         if task is not None and not task.done():
-            task.cancel()
-            # A task blocked in a database call may take a moment to unwind; do not wait forever.
-            await asyncio.wait({task}, timeout=3)
+            # A task blocked in a database call may take a moment to unwind; do not wait forever (a second cancel
+            # ends psycopg's wait for a server that does not answer).
+            await cancel_and_wait(task)
         if name == "forwarder" and self.forwarder:
             # Drop the connection: a half-open socket is the usual reason for a stalled write.
             try:
@@ -277,13 +296,16 @@ class Gateway:
             for name in ("forwarder", "rollups"):
                 task = self._tasks.pop(name, None)
                 if task:
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
+                    # Cancelled in the middle of a write to a database that does not answer (frozen, a network cut
+                    # with the connection open), psycopg waited up to 10 s for its cancel request: the stop overran
+                    # its deadline (exit 1) and a reload ended the process.
+                    await cancel_and_wait(task)
             flushed = await self.forwarder.flush(self.shutdown_flush_s)
-            try:
-                await within(self.rollups.refresh_once(), 2)
-            except Exception as exc:  # the work is noted in the spool: the next start does it
-                log.debug("final rollup refresh skipped: %r", exc)
+            if flushed:  # else the database did not take the spool in time: the rollups would not be taken either
+                try:
+                    await within(self.rollups.refresh_once(), 2, cancel_grace_s=CANCEL_GRACE_S)
+                except Exception as exc:  # the work is noted in the spool: the next start does it
+                    log.debug("final rollup refresh skipped: %r", exc)
             await self.rollups.close()
             await self.forwarder.close()
         if self.http:

@@ -90,7 +90,7 @@ class Metrics:
         self.config_reloads = Counter("valvoja_config_reloads_total", "SIGHUP configuration reloads",
                                       ["result"], registry=r)
         self.disk_free = Gauge("valvoja_state_disk_free_bytes",
-                               "Free bytes on the file system of the state directory (spool)", registry=r)
+                               "Free bytes on the file system of the spool (the folder of spool.path)", registry=r)
         self.analytics_dropped = Counter("valvoja_analytics_dropped_total",
                                          "Readings analytics skipped because it was behind (raw data is stored)",
                                          registry=r)

@@ -39,8 +39,8 @@ SecretRef = Annotated[str, AfterValidator(_check_reference), REF,
 def resolve_secret(ref: str, *, where: str = "secret") -> str:
     """Resolve ``env:NAME`` or ``file:PATH``; ``where`` names the config key for error messages.
 
-    A file's trailing newline is stripped (secrets written by ``echo`` or container
-    secret mounts usually have one). An empty secret is an error: no site means an empty
+    A trailing line end is stripped, of a file's and a variable's value (secrets written by ``echo``, container
+    secret mounts and variables filled from them usually have one). An empty secret is an error: no site means an empty
     password, and using one fails the log-in later, far from the cause (a secret file
     written on a full disk, an unset-but-exported variable). A file other users can read or change is refused
     (`read_secret_file`). Every problem is a
@@ -53,9 +53,13 @@ def resolve_secret(ref: str, *, where: str = "secret") -> str:
             raise ConfigError(f"{where}: 'env:' needs a variable name, e.g. env:MQTT_PASSWORD")
         if name not in os.environ:
             raise ConfigError(f"{where}: environment variable {name} is not set")
-        if not os.environ[name]:
+        # Its line end goes as a file's does: a variable filled from a file written by `echo` (Kubernetes'
+        # secretKeyRef of a secret made --from-file) carried it into the password, and the log-in failed with a
+        # secret that looked right.
+        value = os.environ[name].rstrip("\r\n")
+        if not value:
             raise ConfigError(f"{where}: environment variable {name} is empty")
-        return os.environ[name]
+        return value
     if ref.startswith("file:"):
         if not ref[5:]:
             raise ConfigError(f"{where}: 'file:' needs a path, e.g. file:/run/secrets/db_password")

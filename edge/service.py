@@ -3,8 +3,8 @@
 - **SIGTERM / SIGINT**: stop the collectors, spool what is queued, flush the spool to the
   database and exit 0, all within ``service.stop_timeout_s`` (10 s). What the database did not
   take stays in the spool on disk for the next start. A process that cannot finish in time logs
-  ``stop_timeout`` and exits 1 (nothing acknowledged is lost: it is in the spool). A second
-  signal exits at once.
+  ``stop_timeout`` and exits 1 (nothing acknowledged is lost: it is in the spool). Worker threads
+  still busy at the deadline are left (``stop_threads_left``). A second signal exits at once.
 - **SIGHUP**: read the configuration file again. A file with any problem (syntax, schema, a
   secret reference that cannot be resolved, a certificate that does not load) is rejected with
   one log line naming every problem (``event=config_rejected``) and the running gateway carries
@@ -28,12 +28,15 @@ All intervals use ``time.monotonic``; a wall-clock step changes no timing here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import faulthandler
 import logging
 import os
 import signal
 import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from collectors.base import CollectorContext
@@ -44,6 +47,7 @@ from edge.gateway import SHUTDOWN_FLUSH_S, Gateway, database_conninfo
 from edge.loopwatch import LoopWatch
 from edge.metrics import Metrics
 from edge.settings import SiteConfig
+from edge.timeouts import within
 from edge.watchdog import Watchdog
 
 log = logging.getLogger("valvoja.service")
@@ -150,6 +154,7 @@ class Service:
         self._stop: asyncio.Event | None = None
         self._reload: asyncio.Event | None = None
         self._stopping = False
+        self._executor: ThreadPoolExecutor | None = None
 
     # -- entry points ----------------------------------------------------------------------
     def run(self) -> int:
@@ -161,6 +166,10 @@ class Service:
 
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
+        # The loop's worker threads (asyncio.to_thread: migrations, emissions runs, state files) in an executor of our
+        # own, so that the stop can bound its wait for them (`_end_worker_threads`).
+        self._executor = ThreadPoolExecutor(thread_name_prefix="asyncio")
+        loop.set_default_executor(self._executor)
         self._stop, self._reload = asyncio.Event(), asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
@@ -279,7 +288,45 @@ class Service:
             log.error("gateway did not stop within %.1f s; exiting anyway (unsent readings stay in the spool)",
                       timeout, extra={"event": "stop_timeout"})
             _hard_exit(1)
+        left = await self._end_worker_threads(t0 + timeout - 0.5)
         log.info("stopped in %.2f s", time.monotonic() - t0, extra={"event": "exit", "code": self.exit_code})
+        if left:
+            _hard_exit(self.exit_code)
+
+    async def _end_worker_threads(self, deadline: float) -> list[str]:
+        """Let the other tasks and the worker threads end, until ``deadline``; the names of the threads still busy
+        then (logged: ``stop_threads_left``), which the process exits without.
+
+        asyncio.run waited for them without a limit after the stop: a forwarder's migration check waiting for the
+        lock of another session's migration (another gateway's upgrade, `valvoja db migrate`) kept the process up
+        after ``exit code=0`` until the supervisor's SIGKILL (systemd: a unit failed on TimeoutStopSec). Leaving them
+        loses nothing: the spool is closed by now, a thread's database work is rolled back with its connection, and
+        state files are written atomically."""
+        if self._executor is None:
+            return []
+        me = asyncio.current_task()
+        others = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+        for t in others:  # as asyncio.run would, but within the deadline
+            t.cancel()
+        if others:
+            await asyncio.wait(others, timeout=max(0.1, deadline - time.monotonic()))
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+
+        def shut_down() -> None:
+            self._executor.shutdown(wait=True)
+            loop.call_soon_threadsafe(done.set)
+
+        threading.Thread(target=shut_down, name="executor-shutdown", daemon=True).start()
+        with contextlib.suppress(TimeoutError):
+            await within(done.wait(), max(0.1, deadline - time.monotonic()))
+        if done.is_set():
+            return []
+        busy = sorted(t.name for t in threading.enumerate() if t.name.startswith("asyncio_") and t.is_alive())
+        log.warning("worker threads still busy at the stop's deadline (%s); exiting without them (the spool is "
+                    "closed; their database work is rolled back)", ", ".join(busy) or "?",
+                    extra={"event": "stop_threads_left"})
+        return busy or ["?"]
 
     async def reload(self) -> bool:
         """Apply the configuration file again; True if a new configuration is running."""
@@ -315,6 +362,13 @@ class Service:
             self.exit_code = 1
             self._stop.set()
             return False
+        # Series about parts the old gateway had stayed at their last value for good when the new file removed or
+        # renamed them (metrics outlive a gateway): an alert receiver fixed by a new host, the old one's
+        # valvoja_alert_receiver_up 0 firing for ever; an OPC UA server taken out of a redundant set still "active".
+        # The gateway set up next sets its own: a redundant set when it is built, a receiver at its start-up probe (a
+        # webhook without one at its next notification).
+        self.metrics.notify_receiver_up.clear()
+        self.metrics.active_server.clear()
         try:
             await self._start_gateway(new)
         except Exception as exc:

@@ -284,8 +284,9 @@ class Service(Strict):
     # The event loop without a heartbeat this long: exit 1 so the supervisor starts the process again (docker does
     # not restart an unhealthy container; edge/loopwatch.py). 0 turns it off.
     loop_stall_exit_s: float = Field(120.0, ge=0)
-    # Warn (log disk_low; valvoja_state_disk_free_bytes) when the state directory's file system has less free space
-    # than this. Only a warning: the spool itself keeps edge.spool.DISK_RESERVE_BYTES free.
+    # Warn (log disk_low; valvoja_state_disk_free_bytes) when the spool's file system (or the state directory's, where
+    # that is another one) has less free space than this. Only a warning: the spool itself keeps
+    # edge.spool.DISK_RESERVE_BYTES free.
     min_free_disk_bytes: int = Field(500_000_000, ge=0)
 
 

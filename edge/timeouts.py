@@ -9,6 +9,12 @@ traceback whenever the task is garbage-collected: an ERROR in the log of an orde
 
 `within` is `wait_for` that always takes the outcome of the task it made. It keeps `wait_for`'s other behaviour on
 3.11: a cancel reaches the caller even when the awaited code swallows it, which `asyncio.timeout` does not do.
+
+A cancel is not always quick: psycopg answers one that lands in a query by asking the server to cancel it and waiting
+up to 10 s (5 s for the cancel request, 5 s for the query to end). A server that does not answer (frozen, or a
+network cut with the connection still open) held the gateway's stop and reload that long, past their deadline
+(`stop_timeout`, exit 1). `cancel_and_wait`, and `within(..., cancel_grace_s=...)`, cancel again after a grace
+period; psycopg then closes the connection at once.
 """
 
 from __future__ import annotations
@@ -22,13 +28,21 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# How long work on a database connection may take to end after a cancel before it is cancelled again (psycopg closes
+# the connection then). A server that answers cancels a query in milliseconds.
+CANCEL_GRACE_S = 1.0
 
-async def within(aw: Awaitable[T], seconds: float | None) -> T:
+
+async def within(aw: Awaitable[T], seconds: float | None, *, cancel_grace_s: float | None = None) -> T:
     """Await ``aw`` for at most ``seconds`` (None: no limit); TimeoutError when it takes longer.
 
     Cancelled or timed out, the awaited work is cancelled and waited for, as with `asyncio.wait_for`; an exception
-    it ended with anyway is logged at DEBUG, since the caller has stopped waiting for it.
+    it ended with anyway is logged at DEBUG, since the caller has stopped waiting for it. With ``cancel_grace_s``
+    that wait is bounded: the work is cancelled again after each ``cancel_grace_s`` it goes on, and left after the
+    second time (`cancel_and_wait`): for work on a connection whose peer may have stopped answering.
     """
+    if cancel_grace_s is not None:
+        return await _within_graced(aw, seconds, cancel_grace_s)
     me = asyncio.current_task()
     cancels = me.cancelling() if me is not None else 0
     task = asyncio.ensure_future(aw)
@@ -44,3 +58,32 @@ async def within(aw: Awaitable[T], seconds: float | None) -> T:
     if me is not None and me.cancelling() > cancels:
         raise asyncio.CancelledError
     return result
+
+
+async def _within_graced(aw: Awaitable[T], seconds: float | None, grace_s: float) -> T:
+    task = asyncio.ensure_future(aw)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    except asyncio.CancelledError:
+        await cancel_and_wait(task, grace_s)
+        raise
+    if not done:
+        await cancel_and_wait(task, grace_s)
+        raise TimeoutError
+    return task.result()
+
+
+async def cancel_and_wait(task: asyncio.Future, grace_s: float = CANCEL_GRACE_S) -> bool:
+    """Cancel ``task`` and wait for it to end, cancelling it once more after ``grace_s``; True if it ended (within
+    about twice ``grace_s``). A second cancel is what ends psycopg's wait for a server that does not answer its
+    cancel request (it closes the connection), where a single one held the caller up to 10 s."""
+    for _ in range(2):
+        if task.done():
+            break
+        task.cancel()
+        await asyncio.wait({task}, timeout=grace_s)
+    if not task.done():
+        return False
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.debug("%r ended with %r after it was cancelled", task, exc)
+    return True

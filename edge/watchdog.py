@@ -31,6 +31,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from edge.gateway import Gateway
 
@@ -43,7 +44,7 @@ class Watchdog:
         # part -> (signature last seen, monotonic time it was first seen with work pending)
         self._seen: dict[str, tuple[object, float]] = {}
         self._pressure_at = 0.0  # last time the pipeline applied back-pressure
-        self._disk_low = False
+        self._disk_low: set[Path] = set()  # folders whose file system was last seen below min_free_disk_bytes
         self.restarts = 0
 
     async def run(self, current: Callable[[], Gateway | None]) -> None:
@@ -132,15 +133,29 @@ class Watchdog:
         self._seen.pop(part, None)
 
     def _check_disk(self, gw: Gateway) -> None:
-        try:
-            free = shutil.disk_usage(gw.cfg.site.state_dir).free
-        except OSError:
-            return
-        gw.metrics.disk_free.set(free)
-        low = free < gw.cfg.service.min_free_disk_bytes
-        if low and not self._disk_low:
-            log.warning("state directory %s has only %d MB free; the spool may not reach its budget",
-                        gw.cfg.site.state_dir, free // 1_000_000, extra={"event": "disk_low", "free_bytes": free})
-        elif self._disk_low and not low:
-            log.info("free disk space back to %d MB", free // 1_000_000, extra={"event": "disk_ok"})
-        self._disk_low = low
+        """Free space where the spool lives (``valvoja_state_disk_free_bytes``, as documented) and, on a file system
+        of its own, in the state folder (notification outbox, analytics state): ``disk_low`` / ``disk_ok`` per
+        folder. Only the state folder was looked at, so a spool put on a volume of its own (``spool.path``) filled
+        it without a warning, the gauge showing the state folder's free space."""
+        seen: set[int] = set()
+        for folder, what in ((gw.cfg.spool_path.parent, "spool"), (Path(gw.cfg.site.state_dir), "state")):
+            try:
+                device = folder.stat().st_dev
+                free = shutil.disk_usage(folder).free
+            except OSError:
+                continue
+            if device in seen:
+                continue  # the state folder on the spool's file system: one measurement
+            seen.add(device)
+            if what == "spool":
+                gw.metrics.disk_free.set(free)
+            low = free < gw.cfg.service.min_free_disk_bytes
+            if low and folder not in self._disk_low:
+                log.warning("%s folder %s has only %d MB free%s", what, folder, free // 1_000_000,
+                            "; the spool may not reach its budget" if what == "spool" else "",
+                            extra={"event": "disk_low", "free_bytes": free, "folder": str(folder)})
+                self._disk_low.add(folder)
+            elif not low and folder in self._disk_low:
+                log.info("free disk space of %s back to %d MB", folder, free // 1_000_000,
+                         extra={"event": "disk_ok", "folder": str(folder)})
+                self._disk_low.discard(folder)

@@ -8,12 +8,14 @@ owned by that user. ``scripts/setup.sh`` installs the binaries; without them the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -193,6 +195,23 @@ class PostgresServer(ServerProcess):
                     conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                  "WHERE datname = %s AND pid <> pg_backend_pid()", (template,))
                     time.sleep(0.1)
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """SIGSTOP the server and every process of it (the sessions too, in a process group of the postmaster's):
+        established connections stay open and nothing answers, as on a hung server or a network cut. SIGCONT after,
+        also when the test fails."""
+        pids = [self.proc.pid, *(int(p) for p in subprocess.run(["pgrep", "-P", str(self.proc.pid)],
+                                                                 capture_output=True, text=True).stdout.split())]
+        try:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):  # a session that just ended
+                    os.kill(pid, signal.SIGSTOP)
+            yield
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
     def drop_database(self, name: str) -> None:
         """Drop ``name`` even if a test left connections open."""

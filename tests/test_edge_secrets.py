@@ -13,6 +13,8 @@ import time
 import urllib.request
 
 import pytest
+from gateway_proc import GatewayProcess
+from ops_support import wait_for
 
 from edge import settings
 from edge.errors import ConfigError
@@ -230,3 +232,36 @@ def test_a_database_url_with_an_unencoded_at_or_slash_in_its_password_never_show
     assert err.startswith("site.toml: database.url: the value of env:VALVOJA_TEST_DB_URL has an '@' that is not the "
                           "one between the user and the host: an '@' or '/' in the password must be "
                           "percent-encoded"), err
+
+
+def test_a_password_from_a_variable_loses_its_line_end_as_one_from_a_file_does(tmp_path, mosquitto, monkeypatch):
+    """A variable filled from a file written by `echo` (Kubernetes' secretKeyRef of a secret made --from-file) ends
+    in a line end, which a `file:` secret loses: the MQTT collector logged in with it and the broker refused the
+    password that looked right (collector never connected). Against the broker's password listener."""
+    monkeypatch.setenv("VALVOJA_TEST_MQTT_PW", mosquitto.password + "\n")
+    gw = GatewayProcess(tmp_path, f"""\
+[site]
+state_dir = "var"
+[http]
+listen = "127.0.0.1:{{HTTP_PORT}}"
+[logging]
+format = "text"
+[[collectors]]
+kind = "mqtt"
+name = "plant"
+host = "127.0.0.1"
+port = {mosquitto.auth_port}
+username = "{mosquitto.username}"
+password = "env:VALVOJA_TEST_MQTT_PW"
+client_id = "valvoja-secrets-test"
+connect_timeout_s = 3
+[[collectors.subscriptions]]
+topic = "secrets/+signal"
+tag = "{{signal}}"
+""").start()
+    try:
+        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], timeout_s=20,
+                 what="the collector logged in")
+        assert gw.terminate() == 0
+    finally:
+        gw.kill()

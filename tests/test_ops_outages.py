@@ -8,6 +8,7 @@ import contextlib
 import datetime as dt
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import time
@@ -15,6 +16,7 @@ import time
 import orjson
 import psycopg
 import pytest
+from cli_support import valvoja
 from gateway_proc import GatewayProcess
 from ops_support import Publisher, new_run, site_config, small_disk, stored, wait_for
 from psycopg.conninfo import conninfo_to_dict
@@ -204,6 +206,53 @@ def test_a_stop_on_a_full_disk_exits_0_and_the_next_start_drains(tmp_path, own_p
 
 
 @pytest.mark.timeout(240)
+def test_a_reload_and_a_stop_while_the_database_does_not_answer_keep_their_deadline(tmp_path, own_pg_server, mosquitto):
+    """The database stops answering with its connections open (a hung server, a network cut) while the forwarder
+    writes: cancelled, psycopg asked the server to cancel the query and waited up to 10 s for the answer. A SIGHUP
+    reload then overran the old gateway's stop deadline and ended the process (reload_stop_timeout, exit 1, 10 s
+    after the signal), and a SIGTERM exited 1 (stop_timeout) after 9.5 s. Now the reload applies in about a second
+    and the stop exits 0 within service.stop_timeout_s; what the database did not take is written by the next
+    start."""
+    dsn = own_pg_server.create_database(timescaledb=own_pg_server.timescaledb)
+    run = new_run()
+    gw = GatewayProcess(tmp_path, site_config(dsn, mosquitto.port, run=run)).start()
+    pub = Publisher(mosquitto.port, run)
+    try:
+        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector connected")
+        pub.publish(50)
+        wait_for(lambda: stored(dsn) == 50, what="first readings stored")
+        with own_pg_server.frozen():
+            pub.publish(50)
+            wait_for(lambda: gw.health()["spool"]["readings"] == 50, what="readings spooled")
+            time.sleep(1)  # the forwarder's write of them waits for the server
+            t0 = time.monotonic()
+            gw.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: "event=config_applied" in gw.log.read_text() or gw.proc.poll() is not None,
+                     timeout_s=30, what="the reload applied or the process ended")
+            reload_s = time.monotonic() - t0
+            assert gw.proc.poll() is None, f"the reload ended the process:\n{gw.log.read_text()[-3000:]}"
+        wait_for(lambda: stored(dsn) == 100, timeout_s=60, what="the readings stored once the database answers")
+        with own_pg_server.frozen():
+            pub.publish(50)
+            wait_for(lambda: gw.health()["spool"]["readings"] == 50, what="readings spooled")
+            time.sleep(1)
+            t0 = time.monotonic()
+            code = gw.terminate(timeout_s=30)
+            stop_s = time.monotonic() - t0
+        stop_log = gw.log.read_text()
+        gw.start()
+        wait_for(lambda: stored(dsn) == 150, timeout_s=60, what="the spooled readings stored by the next start")
+    finally:
+        pub.close()
+        gw.terminate()
+        gw.kill()
+    assert reload_s < 5, f"reload took {reload_s:.1f} s"
+    assert code == 0 and stop_s < 10, f"exit {code} after {stop_s:.1f} s:\n{stop_log[-3000:]}"
+    assert _events(stop_log, "stop_timeout") == 0, stop_log[-3000:]
+    print(f"database not answering: reload applied in {reload_s:.2f} s, SIGTERM to exit 0 in {stop_s:.2f} s")
+
+
+@pytest.mark.timeout(240)
 @pytest.mark.parametrize("messages", [1, 50])
 def test_a_stalled_ingest_ends_the_process_for_its_supervisor_and_nothing_is_lost(tmp_path, pg_dsn, mosquitto,
                                                                                messages):
@@ -278,3 +327,51 @@ def test_a_device_that_keeps_sending_text_the_database_refuses_is_logged_once_a_
         wait_for(lambda: "valvoja_readings_refused_total 8.0" in gw.metrics(), what="8 readings refused")
         log = gw.log.read_text()[mark:]
     assert _events(log, "db_refused") == 1 and _events(log, "readings_refused") == 1, log[-3000:]
+
+
+def _disk_watch(workdir, state_dir, min_free: int, spool_path=None) -> tuple[str, float]:
+    """`valvoja run` without collectors or database until the watchdog logs `disk_low`: its log and the value of
+    `valvoja_state_disk_free_bytes` then."""
+    spool = f'[spool]\npath = "{spool_path}"\n' if spool_path else ""
+    gw = GatewayProcess(workdir, f'[site]\nstate_dir = "{state_dir}"\n{spool}'
+                                 '[http]\nlisten = "127.0.0.1:{HTTP_PORT}"\n[logging]\nformat = "text"\n'
+                                 f"[service]\nwatchdog_interval_s = 0.2\nmin_free_disk_bytes = {min_free}\n").start()
+    try:
+        wait_for(lambda: "event=disk_low" in gw.log.read_text(), timeout_s=20, what="disk_low logged")
+        gauge = wait_for(lambda: [float(line.split()[-1]) for line in gw.metrics().splitlines()
+                                  if line.startswith("valvoja_state_disk_free_bytes")], what="the gauge")
+    finally:
+        gw.terminate()
+        gw.kill()
+    return gw.log.read_text(), gauge[0]
+
+
+def test_the_disk_watch_looks_where_the_spool_lives(tmp_path):
+    """`valvoja_state_disk_free_bytes` and the `disk_low` warning are documented as the free space "where the spool
+    lives", but the watchdog measured the state folder: a spool put on a volume of its own (`spool.path`) filled it
+    without a warning, the gauge showing the state folder's 60 GB free. Now the spool's volume (40 MB here) is
+    measured and named; the state folder, on another file system with room, is not reported low."""
+    with small_disk(tmp_path / "spoolvol", 40) as vol:
+        log, gauge = _disk_watch(tmp_path, tmp_path / "state", 100_000_000, spool_path=vol / "spool.db")
+    assert gauge <= 40 * 2**20, gauge
+    assert _events(log, "disk_low") == 1 and f"folder={vol}" in log, log[-3000:]
+    # The default layout (the spool in the state folder): one file system, measured and named once.
+    log, gauge = _disk_watch(tmp_path / "default", tmp_path / "default" / "state", 2**62)
+    assert gauge > 2**20, gauge  # not left at 0
+    assert _events(log, "disk_low") == 1 and f"folder={tmp_path}/default/state" in log, log[-3000:]
+
+
+def test_a_spool_that_cannot_be_opened_at_start_is_named_with_its_room(tmp_path):
+    """The state folder's file system full at start (other files filled it): `start_failed` said "OperationalError:
+    database or disk is full", naming neither the file nor the volume. Now the spool file and the room left."""
+    with small_disk(tmp_path / "state", 2) as state:
+        with contextlib.suppress(OSError), open(state / "ballast", "wb") as f:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        site = tmp_path / "site.toml"
+        site.write_text(f'[site]\nstate_dir = "{state}"\n[http]\nenabled = false\n')
+        r = valvoja("run", "--config", str(site))
+    assert r.returncode == 1, r
+    assert f"spool {state}/spool.db cannot be opened: database or disk is full (" in r.stderr, r.stderr
+    assert "bytes free on its file system" in r.stderr and '"event": "start_failed"' in r.stderr, r.stderr

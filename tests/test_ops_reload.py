@@ -7,6 +7,7 @@ import signal
 
 from gateway_proc import GatewayProcess
 from ops_support import site_config, wait_for
+from serverproc import free_port
 
 SPOOL_ONLY = """\
 [site]
@@ -162,3 +163,30 @@ cycle_s = 60.0
     before, after = asyncio.run(go())
     assert before[0] >= 1
     assert after == before, f"(spool fds, spool threads) {before} before 3 failed reloads, {after} after"
+
+
+def test_an_alert_receiver_replaced_by_a_reload_leaves_no_receiver_up_gauge_behind(tmp_path):
+    """A receiver failing its start-up probe (a wrong host) is fixed in the file and the gateway reloaded, as the
+    guide says: the old receiver's `valvoja_alert_receiver_up` stayed at 0 for the life of the process, and an
+    alert on it fired for a receiver no longer configured."""
+    old, new = free_port(), free_port()  # nothing listens on either: both probes fail
+    hook = ('\n[[rules]]\nname = "hot"\ntag = "P-1.temp"\nkind = "threshold"\nhigh = 90.0\n'  # notifications need one
+            '\n[maintenance.notify]\n[[maintenance.notify.webhooks]]\nurl = "http://127.0.0.1:{}/hook"\nprobe = true\n'
+            'timeout_s = 1.0\n')
+    gw = GatewayProcess(tmp_path, SPOOL_ONLY + hook.format(old)).start()
+    try:
+        wait_for(lambda: _receiver_up(gw, old) == [0.0], what="the first receiver's probe failed")
+        gw.config.write_text(gw.config.read_text().replace(f":{old}/", f":{new}/"))
+        gw.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "event=config_applied" in gw.log.read_text(), what="the new configuration applied")
+        wait_for(lambda: _receiver_up(gw, new) == [0.0], what="the new receiver probed")
+        assert _receiver_up(gw, old) == [], gw.metrics()
+        assert gw.terminate() == 0
+    finally:
+        gw.kill()
+
+
+def _receiver_up(gw: GatewayProcess, port: int) -> list[float]:
+    """The values of `valvoja_alert_receiver_up` for the webhook receiver on ``port``."""
+    return [float(line.rsplit(" ", 1)[1]) for line in gw.metrics().splitlines()
+            if line.startswith("valvoja_alert_receiver_up{") and f":{port} " in line]

@@ -6,13 +6,17 @@ from __future__ import annotations
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import threading
 import time
 import urllib.error
 
+import psycopg
 from gateway_proc import GatewayProcess
 from ops_support import Publisher, new_run, site_config, stored, wait_for
+
+from edge.db.migrate import _LOCK_KEY as MIGRATION_LOCK
 
 
 def _health(gw: GatewayProcess) -> dict:
@@ -166,3 +170,43 @@ def test_systemd_notify_protocol_ready_reloading_watchdog_stopping(tmp_path, pg_
         gw.kill()
         sock.close()
         shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def test_a_stop_does_not_wait_past_its_deadline_for_a_worker_thread(tmp_path, pg_dsn, mosquitto):
+    """Another session holds the migration lock (another gateway's upgrade, `valvoja db migrate`), so the forwarder's
+    migration check waits for it in a worker thread. SIGTERM: the gateway stopped and logged `exit code=0`, and then
+    the process stayed up (asyncio.run waits for its worker threads without a limit) until the supervisor's SIGKILL
+    (systemd: TimeoutStopSec, a failed unit; here still running 30 s later). Now it leaves the thread at the stop's
+    deadline (stop_timeout_s 10) and exits 0; started again once the lock is free, it migrates and stores."""
+    run = new_run()
+    locker = psycopg.connect(pg_dsn, autocommit=True)
+    try:
+        locker.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        gw = GatewayProcess(tmp_path, site_config(pg_dsn, mosquitto.port, run=run)).start(wait_database=False)
+        wait_for(lambda: locker.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                        "AND application_name LIKE 'valvoja-%-migrate'").fetchone()[0] == 1,
+                 what="the gateway's migration waiting for the lock")
+        t0 = time.monotonic()
+        try:
+            code = gw.terminate(timeout_s=30)
+        except subprocess.TimeoutExpired:
+            code = None
+        stop_s = time.monotonic() - t0
+        stop_log = gw.log.read_text()
+        gw.kill()
+        locker.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+        pub = Publisher(mosquitto.port, run)
+        try:
+            gw.start()
+            wait_for(lambda: _subscribed(gw), what="collector subscribed, database connected")
+            pub.publish(10)
+            wait_for(lambda: stored(pg_dsn) == 10, what="readings stored after the lock is free")
+            assert gw.terminate() == 0
+        finally:
+            pub.close()
+            gw.kill()
+    finally:
+        locker.close()
+    assert code == 0 and stop_s < 11, f"exit {code} after {stop_s:.1f} s:\n{stop_log[-3000:]}"
+    assert "event=stop_threads_left" in stop_log, stop_log[-3000:]
+    print(f"SIGTERM with a migration waiting for the lock: exit 0 in {stop_s:.2f} s")

@@ -6,11 +6,12 @@ import ast
 import asyncio
 import gc
 import logging
+import time
 from pathlib import Path
 
 import pytest
 
-from edge.timeouts import within
+from edge.timeouts import cancel_and_wait, within
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = ("edge", "collectors", "models", "maintenance", "emissions", "console")
@@ -85,6 +86,31 @@ async def test_within_returns_raises_and_times_out_like_wait_for():
     with pytest.raises(TimeoutError):
         await within(slow, 0.01)
     assert slow.cancelled()  # timed out, the work is cancelled, as wait_for does
+
+
+async def test_a_cancel_the_work_is_slow_to_honour_is_repeated_after_the_grace():
+    """psycopg answers a cancel in a query by waiting up to 10 s for the server to cancel it (a server that does not
+    answer: all 10); a second cancel ends that wait. `within(..., cancel_grace_s)` and `cancel_and_wait` give it."""
+    cancels = 0
+
+    async def like_psycopg() -> None:
+        nonlocal cancels
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancels += 1
+            await asyncio.sleep(10)  # its wait for the server's answer to the cancel request
+            raise
+
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await within(like_psycopg(), 0.05, cancel_grace_s=0.1)
+    assert cancels == 1 and time.monotonic() - t0 < 1
+    task = asyncio.ensure_future(like_psycopg())
+    await asyncio.sleep(0)
+    t0 = time.monotonic()
+    assert await cancel_and_wait(task, 0.1) and task.cancelled()
+    assert time.monotonic() - t0 < 1
 
 
 def test_the_product_bounds_waits_only_through_within():
