@@ -39,6 +39,7 @@ from collectors.opcua.connection import (
     Secrets,
     SessionGone,
     describe,
+    namespace_array,
     operation_limits,
     server_time,
     too_large,
@@ -192,6 +193,12 @@ class OpcUaCollector:
         # Client handle i + 1 <-> config.nodes[i]: fixed, so they survive asyncua's recreate().
         self._tags = [n.tag for n in config.nodes]
         self._flatten = [(n.arrays or config.arrays) == "flatten" for n in config.nodes]
+        # Node i as the current session's server numbers it (None: an nsu= namespace it does not have, with why):
+        # ns= ids as written, nsu= ids resolved with the NamespaceArray read at every session (`_learn_namespaces`).
+        self._by_uri = any(getattr(ua.NodeId.from_string(n.node_id), "NamespaceUri", None) for n in config.nodes)
+        self._node_ids: list[ua.NodeId | None] = []
+        self._unresolved: dict[int, str] = {}
+        self._resolve(None)
         self._poll_task: asyncio.Task | None = None
         self._sub: BatchSubscription | None = None
         self._client: Client | None = None
@@ -295,6 +302,7 @@ class OpcUaCollector:
                     self._gate = _Gate()
                 client = await self._connect(opened)
                 self._started = await self._start_time(client)
+                await self._learn_namespaces(client)
                 await self._learn_limits(client)
                 self._sub_failures = await self._subscribe(client)
                 self.session = "new"
@@ -618,6 +626,8 @@ class OpcUaCollector:
                                                      f"was made on the server started {_iso(detached.started)})",
                                              close=False)
             self._started = started
+            await self._learn_namespaces(client)  # a restarted gateway has not read them yet
+            self._rebind(sub)
             self._save(client, sub)  # the new server nonce: the next ActivateSession's signature covers it
             try:
                 republished = await sub.resume()
@@ -683,6 +693,39 @@ class OpcUaCollector:
         if self._sub is not None:
             self._sub.per_call = self._per_call("monitored_items")
 
+    async def _learn_namespaces(self, client: Client) -> None:
+        """Resolve the ``nsu=`` node ids with the server's NamespaceArray of this session: a server may number its
+        namespaces anew when it restarts (another namespace registered first), and an ``ns=`` index kept from before
+        would name another namespace's node. Read only when a node is given by URI; an unreadable array leaves those
+        nodes refused (BadNodeIdUnknown, saying why) and the others unaffected."""
+        if not self._by_uri:
+            return
+        try:
+            namespaces = await within(namespace_array(client), self.cfg.request_timeout_s)
+        except Exception as exc:
+            log.warning("%s: reading the server's NamespaceArray failed (%s): the nodes given by namespace URI (nsu=) "
+                        "are not read in this session", self.name, describe(exc),
+                        extra={"event": "opcua_namespaces_unreadable", "collector": self.name})
+            namespaces = None
+        self._resolve(namespaces)
+
+    def _resolve(self, namespaces: list[str] | None) -> None:
+        self._node_ids, self._unresolved = [], {}
+        for i, node in enumerate(self.cfg.nodes):
+            try:
+                self._node_ids.append(node.resolve(namespaces))
+            except LookupError as exc:
+                self._node_ids.append(None)
+                self._unresolved[i] = str(exc)
+
+    def _rebind(self, sub: BatchSubscription) -> None:
+        """Give the kept item requests (re-sent if the subscription is re-created) this session's node ids."""
+        if not self._by_uri:
+            return
+        for _, request in sub.items:
+            nid = self._node_ids[request.RequestedParameters.ClientHandle - 1]
+            request.ItemToMonitor.NodeId = nid if nid is not None else ua.NodeId()
+
     def _per_call(self, *operations: str) -> int:
         """items_per_call, or less where the server limits any of ``operations`` (`OPERATION_LIMITS` keys)."""
         return min([self.cfg.items_per_call, *(self._limits[op] for op in operations if op in self._limits)])
@@ -725,7 +768,9 @@ class OpcUaCollector:
                                               RevisedMaxKeepAliveCount=saved.keepalive_count)
         sub = BatchSubscription.restored(client, subscription_parameters(self.cfg), granted,
                                          saved.last_sequence_number or None, **self._sub_callbacks())
-        sub.items = [(nodes[h - 1], item_request(nodes[h - 1], self.cfg, h, saved.eu_ranges.get(h)))
+        # nsu= nodes get their ids once the re-activated session's NamespaceArray is read (`_rebind`)
+        sub.items = [(nodes[h - 1], item_request(nodes[h - 1], self.cfg, h, saved.eu_ranges.get(h),
+                                                 node_id=self._node_ids[h - 1] or ua.NodeId()))
                      for h in sorted(saved.items)]
         sub.per_call = self.cfg.items_per_call
         self.opener.watch(client, sub)
@@ -784,10 +829,15 @@ class OpcUaCollector:
         sub = self._sub = BatchSubscription(client, subscription_parameters(cfg), **self._sub_callbacks())
         failures: list[ItemFailure] = []
         try:
+            for i, node in nodes:
+                if self._node_ids[i] is None:
+                    failures.append(ItemFailure(node.tag, node.node_id, f"BadNodeIdUnknown ({self._unresolved[i]})"))
+            nodes = [(i, n) for i, n in nodes if self._node_ids[i] is not None]
             percent = [(i, n) for i, n in nodes if n.deadband is not None and n.deadband_type == "percent"]
             ranges = {}
             if percent:
-                found = await eu_ranges(client, [n.node_id for _, n in percent], self._per_call("translate", "read"))
+                found = await eu_ranges(client, [self._node_ids[i] for i, _ in percent],
+                                        self._per_call("translate", "read"))
                 ranges = {i: r for (i, _), r in zip(percent, found, strict=True)}
             self._eu_ranges = {i + 1: r for i, r in ranges.items() if r is not None}
             requests = []
@@ -796,7 +846,7 @@ class OpcUaCollector:
                     failures.append(ItemFailure(node.tag, node.node_id, "BadFilterNotAllowed (percent deadband "
                                                                         "needs an EURange; the node has none)"))
                     continue
-                requests.append((node, item_request(node, cfg, i + 1, ranges.get(i))))
+                requests.append((node, item_request(node, cfg, i + 1, ranges.get(i), node_id=self._node_ids[i])))
             await sub.init()
             self.opener.watch(client, sub)
             sub.per_call = self._per_call("monitored_items")
@@ -817,12 +867,15 @@ class OpcUaCollector:
         nodes = [(i, n) for i, n in enumerate(cfg.nodes) if cfg.node_mode(n) == "poll"]
         if not nodes:
             return []
+        unknown = [ItemFailure(n.tag, n.node_id, f"BadNodeIdUnknown ({self._unresolved[i]})") for i, n in nodes
+                   if self._node_ids[i] is None]
+        nodes = [(i, n) for i, n in nodes if self._node_ids[i] is not None]
         last: dict[int, tuple] = {}
         try:
             values = await self._read(client, nodes)
         except Exception as exc:
             raise NotConnectedError(f"{cfg.endpoint}: read failed: {describe(exc)}") from exc
-        failures, readable, first = [], [], []
+        failures, readable, first = unknown, [], []
         for (i, node), dv in zip(nodes, values, strict=True):
             name = dv.StatusCode.name if dv.StatusCode is not None else "Good"
             if name.startswith(_POLL_REFUSED):
@@ -840,9 +893,9 @@ class OpcUaCollector:
         for start in range(0, len(nodes), per_call):
             params = ua.ReadParameters()
             params.TimestampsToReturn = ua.TimestampsToReturn.Both
-            for _, node in nodes[start:start + per_call]:
+            for i, _ in nodes[start:start + per_call]:
                 rv = ua.ReadValueId()
-                rv.NodeId = ua.NodeId.from_string(node.node_id)
+                rv.NodeId = self._node_ids[i]
                 rv.AttributeId = ua.AttributeIds.Value
                 params.NodesToRead.append(rv)
             out.extend(await client.uaclient.read(params))
@@ -1164,7 +1217,7 @@ class OpcUaCollector:
                      _iso(end), f" ({span.clipped.total_seconds():.0f} s before it not read: "
                                 f"history_backfill_max_s)" if span.clipped else "",
                      extra={"event": "opcua_backfill_started", "collector": self.name})
-            nodes = [(i, ua.NodeId.from_string(n.node_id)) for i, n in enumerate(self.cfg.nodes)]
+            nodes = [(i, nid) for i, nid in enumerate(self._node_ids) if nid is not None]
             # Values already handed on (this process, before the gap) are not handed on again; a resumed session's
             # live values are newer than the gap and say nothing about it.
             last = {tag: r.time for tag, r in self._last.items()} if new_session else {}
