@@ -97,6 +97,9 @@ REPROBE_S = 10.0
 # that answer took, though: under load a secure handshake takes seconds, and a preferred server 1 s slower than its
 # backup at the start was passed over for good (no switch back while the backup is healthy; seen in CI).
 PROBE_GRACE_S = 1.0
+# Nodes the server refused (BadNodeIdUnknown: a server restarted with its address space not complete yet) are asked
+# for again this often while connected, in one request.
+REFUSED_RETRY_S = 30.0
 
 
 def band(level: int) -> int:
@@ -200,6 +203,9 @@ class OpcUaCollector:
         self._unresolved: dict[int, str] = {}
         self._resolve(None)
         self._poll_task: asyncio.Task | None = None
+        self._poll_nodes: list[tuple[int, NodeConfig]] = []  # the poll-mode nodes the server reads
+        self._polled: dict[int, tuple] = {}  # node -> its last polled (source time, status, value)
+        self._refused_at = 0.0  # time.monotonic() of the last `_retry_refused`
         self._sub: BatchSubscription | None = None
         self._client: Client | None = None
         self._emit: Emit | None = None
@@ -318,6 +324,7 @@ class OpcUaCollector:
             try:
                 failures = self._sub_failures + await self._start_polling(client)
                 self._report_failures(failures)
+                self._refused_at = time.monotonic()
                 self._set_connected(True)
                 self._was_connected = True
                 await self._watch(client)
@@ -827,26 +834,9 @@ class OpcUaCollector:
             self.messages_lost += self._sub.missed
         self.recreate_failures = []
         sub = self._sub = BatchSubscription(client, subscription_parameters(cfg), **self._sub_callbacks())
-        failures: list[ItemFailure] = []
+        self._eu_ranges = {}
         try:
-            for i, node in nodes:
-                if self._node_ids[i] is None:
-                    failures.append(ItemFailure(node.tag, node.node_id, f"BadNodeIdUnknown ({self._unresolved[i]})"))
-            nodes = [(i, n) for i, n in nodes if self._node_ids[i] is not None]
-            percent = [(i, n) for i, n in nodes if n.deadband is not None and n.deadband_type == "percent"]
-            ranges = {}
-            if percent:
-                found = await eu_ranges(client, [self._node_ids[i] for i, _ in percent],
-                                        self._per_call("translate", "read"))
-                ranges = {i: r for (i, _), r in zip(percent, found, strict=True)}
-            self._eu_ranges = {i + 1: r for i, r in ranges.items() if r is not None}
-            requests = []
-            for i, node in nodes:
-                if i in ranges and ranges[i] is None:
-                    failures.append(ItemFailure(node.tag, node.node_id, "BadFilterNotAllowed (percent deadband "
-                                                                        "needs an EURange; the node has none)"))
-                    continue
-                requests.append((node, item_request(node, cfg, i + 1, ranges.get(i), node_id=self._node_ids[i])))
+            requests, failures = await self._requests(client, nodes)
             await sub.init()
             self.opener.watch(client, sub)
             sub.per_call = self._per_call("monitored_items")
@@ -856,6 +846,77 @@ class OpcUaCollector:
             raise NotConnectedError(f"{cfg.endpoint}: subscription failed: {describe(exc)}") from exc
         self._report_revisions(sub.revisions)
         return failures
+
+    async def _requests(self, client: Client, nodes: list[tuple[int, NodeConfig]]) -> tuple[list, list[ItemFailure]]:
+        """The monitored-item requests of ``nodes`` ((index, node) pairs), and the nodes refused before asking the
+        server: an nsu= namespace it does not have, a percent deadband without an EURange (read here)."""
+        failures: list[ItemFailure] = []
+        for i, node in nodes:
+            if self._node_ids[i] is None:
+                failures.append(ItemFailure(node.tag, node.node_id, f"BadNodeIdUnknown ({self._unresolved[i]})"))
+        nodes = [(i, n) for i, n in nodes if self._node_ids[i] is not None]
+        percent = [(i, n) for i, n in nodes if n.deadband is not None and n.deadband_type == "percent"]
+        ranges = {}
+        if percent:
+            found = await eu_ranges(client, [self._node_ids[i] for i, _ in percent],
+                                    self._per_call("translate", "read"))
+            ranges = {i: r for (i, _), r in zip(percent, found, strict=True)}
+        self._eu_ranges.update({i + 1: r for i, r in ranges.items() if r is not None})
+        requests = []
+        for i, node in nodes:
+            if i in ranges and ranges[i] is None:
+                failures.append(ItemFailure(node.tag, node.node_id, "BadFilterNotAllowed (percent deadband needs an "
+                                                                    "EURange; the node has none)"))
+                continue
+            requests.append((node, item_request(node, self.cfg, i + 1, ranges.get(i), node_id=self._node_ids[i])))
+        return requests, failures
+
+    async def _retry_refused(self, client: Client) -> None:
+        """Ask the server again, every `REFUSED_RETRY_S`, for the nodes it refused when the session was opened (or
+        resumed from session.json): a server that restarted often accepts connections before its address space is
+        complete (a PLC's tags loaded after its OPC UA stack; nodes added by a program download), and a node
+        refused then was never read again until the connection was lost, for weeks. Accepted nodes join the
+        subscription (or the polls) and are logged; the others stay in ``status()["failed"]``, not logged again."""
+        if not self.item_failures or time.monotonic() - self._refused_at < REFUSED_RETRY_S:
+            return
+        self._refused_at = time.monotonic()
+        index = {t: i for i, t in enumerate(self._tags)}
+        refused = [(index[f.tag], self.cfg.nodes[index[f.tag]]) for f in self.item_failures if f.tag in index]
+        sub = self._sub
+        subscribe = [(i, n) for i, n in refused if self.cfg.node_mode(n) == "subscribe"] \
+            if sub is not None and sub.subscription_id is not None else []
+        poll = [(i, n) for i, n in refused if self.cfg.node_mode(n) == "poll"]
+        still: list[ItemFailure] = []
+        accepted: list[str] = []
+        try:
+            if self._unresolved:
+                await self._learn_namespaces(client)  # a namespace registered late
+            if subscribe:
+                requests, failures = await self._requests(client, subscribe)
+                kept = sub.revisions
+                created, no = await sub.create_items(requests, sub.per_call)
+                sub.revisions = kept + sub.revisions
+                sub.items = sorted(sub.items + created, key=lambda item: item[1].RequestedParameters.ClientHandle)
+                still += failures + no
+                accepted += [node.tag for node, _ in created]
+            if poll:
+                readable, failures = await self._readable(client, poll)
+                still += failures
+                accepted += [node.tag for _, node in readable]
+                self._poll_nodes.extend(readable)
+        except Exception as exc:  # a lost connection is found by the watchdog; a refusal is asked again later
+            log.warning("%s: asking the server again for the %d nodes it refused failed: %s", self.name,
+                        len(refused), describe(exc), extra={"event": "opcua_items_refused", "collector": self.name})
+            return
+        asked = {n.tag for _, n in subscribe + poll}
+        self.item_failures = [f for f in self.item_failures if f.tag not in asked] + still
+        self._sub_failures = [f for f in self.item_failures if self.cfg.node_mode(self.cfg.nodes[index[f.tag]])
+                              == "subscribe"]
+        if not accepted:
+            return
+        log.info("%s: the server now accepts %d of the %d nodes it refused: %s", self.name, len(accepted),
+                 len(refused), _names(accepted), extra={"event": "opcua_items_accepted", "collector": self.name})
+        self._save(client, sub)  # the new items' handles, for a restarted gateway
 
     def _sub_callbacks(self) -> dict:
         return {"on_data": self._on_data, "on_status": self._on_status, "on_failures": self._on_recreated,
@@ -870,12 +931,20 @@ class OpcUaCollector:
         unknown = [ItemFailure(n.tag, n.node_id, f"BadNodeIdUnknown ({self._unresolved[i]})") for i, n in nodes
                    if self._node_ids[i] is None]
         nodes = [(i, n) for i, n in nodes if self._node_ids[i] is not None]
-        last: dict[int, tuple] = {}
+        self._polled = {}
         try:
-            values = await self._read(client, nodes)
+            readable, failures = await self._readable(client, nodes)
         except Exception as exc:
             raise NotConnectedError(f"{cfg.endpoint}: read failed: {describe(exc)}") from exc
-        failures, readable, first = unknown, [], []
+        self._poll_nodes = readable
+        self._poll_task = asyncio.create_task(self._poll_loop(client, readable, self._polled),
+                                              name=f"opcua-poll:{self.name}")
+        return unknown + failures
+
+    async def _readable(self, client: Client, nodes: list[tuple[int, NodeConfig]]) -> tuple[list, list[ItemFailure]]:
+        """Read ``nodes`` once: those the server reads (their first values emitted) and those it refuses."""
+        values = await self._read(client, nodes)
+        failures, readable, first = [], [], []
         for (i, node), dv in zip(nodes, values, strict=True):
             name = dv.StatusCode.name if dv.StatusCode is not None else "Good"
             if name.startswith(_POLL_REFUSED):
@@ -883,9 +952,8 @@ class OpcUaCollector:
             else:
                 readable.append((i, node))
                 first.append(dv)
-        await self._emit_polled(readable, first, last)
-        self._poll_task = asyncio.create_task(self._poll_loop(client, readable, last), name=f"opcua-poll:{self.name}")
-        return failures
+        await self._emit_polled(readable, first, self._polled)
+        return readable, failures
 
     async def _read(self, client: Client, nodes: list[tuple[int, NodeConfig]]) -> list[ua.DataValue]:
         out: list[ua.DataValue] = []
@@ -906,14 +974,16 @@ class OpcUaCollector:
         loop = asyncio.get_running_loop()
         due = loop.time()
         try:
-            while nodes:
+            while True:
                 due += period
                 now = loop.time()
                 if due < now:  # a slow read: skip the missed slots instead of reading back to back
                     due = now + period - (now - due) % period
                 await asyncio.sleep(due - now)
-                values = await self._read(client, nodes)
-                await self._emit_polled(nodes, values, last)
+                reading = list(nodes)  # `_retry_refused` may add to ``nodes`` while this read waits
+                if reading:
+                    values = await self._read(client, reading)
+                    await self._emit_polled(reading, values, last)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -990,6 +1060,7 @@ class OpcUaCollector:
                 if state is UaClientState.CONNECTED:
                     if len(self._servers) > 1:
                         await self._until_lost(self._check_level(client))
+                    await self._until_lost(self._retry_refused(client))
                     continue
                 self._mark_lost(f"client state {state.value}")
             raise NotConnectedError(f"{self.cfg.endpoint}: connection lost: {self._lost_reason}") \
