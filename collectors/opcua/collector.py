@@ -196,9 +196,14 @@ class OpcUaCollector:
         # Client handle i + 1 <-> config.nodes[i]: fixed, so they survive asyncua's recreate().
         self._tags = [n.tag for n in config.nodes]
         self._flatten = [(n.arrays or config.arrays) == "flatten" for n in config.nodes]
-        # Node i as the current session's server numbers it (None: an nsu= namespace it does not have, with why):
-        # ns= ids as written, nsu= ids resolved with the NamespaceArray read at every session (`_learn_namespaces`).
-        self._by_uri = any(getattr(ua.NodeId.from_string(n.node_id), "NamespaceUri", None) for n in config.nodes)
+        # Node i as the current session's server numbers it (None: a namespace it does not have, with why): nsu= ids
+        # resolved with the NamespaceArray read at every session (`_learn_namespaces`), ns= ids as written while the
+        # index names the namespace it named at the first session of this process, else following that namespace.
+        ids = [ua.NodeId.from_string(n.node_id) for n in config.nodes]
+        self._by_uri = {i for i, nid in enumerate(ids) if getattr(nid, "NamespaceUri", None)}
+        self._namespaced = bool(self._by_uri) or any(nid.NamespaceIndex > 0 for nid in ids)
+        self._first_namespaces: list[str] | None = None
+        self._moved: dict[int, tuple[str, int | None]] = {}  # ns= index -> (its first URI, where that is now), logged
         self._node_ids: list[ua.NodeId | None] = []
         self._unresolved: dict[int, str] = {}
         self._resolve(None)
@@ -701,33 +706,60 @@ class OpcUaCollector:
             self._sub.per_call = self._per_call("monitored_items")
 
     async def _learn_namespaces(self, client: Client) -> None:
-        """Resolve the ``nsu=`` node ids with the server's NamespaceArray of this session: a server may number its
-        namespaces anew when it restarts (another namespace registered first), and an ``ns=`` index kept from before
-        would name another namespace's node. Read only when a node is given by URI; an unreadable array leaves those
-        nodes refused (BadNodeIdUnknown, saying why) and the others unaffected."""
-        if not self._by_uri:
+        """Resolve the node ids with the server's NamespaceArray of this session: a server may number its namespaces
+        anew when it restarts (another namespace registered first), and an ``ns=`` index kept from before would then
+        name another namespace's node (numeric ids: one that exists, its values stored under the tag). ``nsu=`` ids
+        are resolved by their URI; an ``ns=`` id whose index now names another namespace than at the first session
+        of this process follows the namespace it named then (logged). Read only when a node is outside namespace 0;
+        an unreadable array leaves ``nsu=`` nodes refused (BadNodeIdUnknown, saying why), ``ns=`` ones as written."""
+        if not self._namespaced:
             return
         try:
             namespaces = await within(namespace_array(client), self.cfg.request_timeout_s)
         except Exception as exc:
             log.warning("%s: reading the server's NamespaceArray failed (%s): the nodes given by namespace URI (nsu=) "
-                        "are not read in this session", self.name, describe(exc),
-                        extra={"event": "opcua_namespaces_unreadable", "collector": self.name})
+                        "are not read in this session, those given by index (ns=) are read unchecked", self.name,
+                        describe(exc), extra={"event": "opcua_namespaces_unreadable", "collector": self.name})
             namespaces = None
         self._resolve(namespaces)
 
     def _resolve(self, namespaces: list[str] | None) -> None:
+        if namespaces is not None and self._first_namespaces is None:
+            self._first_namespaces = list(namespaces)
+        first = self._first_namespaces or []
         self._node_ids, self._unresolved = [], {}
+        moved: dict[int, tuple[str, int | None]] = {}
         for i, node in enumerate(self.cfg.nodes):
             try:
-                self._node_ids.append(node.resolve(namespaces))
+                nid = node.resolve(namespaces)
             except LookupError as exc:
                 self._node_ids.append(None)
                 self._unresolved[i] = str(exc)
+                continue
+            index = nid.NamespaceIndex
+            if i not in self._by_uri and namespaces is not None and 0 < index < len(first) \
+                    and first[index] != (namespaces[index] if index < len(namespaces) else None):
+                uri = first[index]
+                now = namespaces.index(uri) if uri in namespaces else None
+                moved[index] = (uri, now)
+                if now is None:
+                    self._node_ids.append(None)
+                    self._unresolved[i] = f"namespace {uri}, ns={index} at the first session, is gone from the server"
+                    continue
+                nid = ua.NodeId(nid.Identifier, now, nid.NodeIdType)
+            self._node_ids.append(nid)
+        if moved and moved != self._moved:
+            log.warning("%s: the server numbers its namespaces anew (restarted or updated): %s; the nodes given by "
+                        "those indexes are read from the namespaces they named at the first session. Give them by URI "
+                        "(nsu=URI;...) so that a restarted gateway does the same", self.name,
+                        "; ".join(f"ns={k} was {uri}, now " + (f"ns={now}" if now is not None else "gone")
+                                  for k, (uri, now) in sorted(moved.items())),
+                        extra={"event": "opcua_namespaces_moved", "collector": self.name})
+        self._moved = moved
 
     def _rebind(self, sub: BatchSubscription) -> None:
         """Give the kept item requests (re-sent if the subscription is re-created) this session's node ids."""
-        if not self._by_uri:
+        if not self._namespaced:
             return
         for _, request in sub.items:
             nid = self._node_ids[request.RequestedParameters.ClientHandle - 1]
