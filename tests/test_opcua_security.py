@@ -662,3 +662,32 @@ async def test_collectors_sharing_a_pki_dir_keep_each_their_own_certificate(tmp_
             await collects(named(name))
     owns = {p.name for p in (shared / "own").iterdir()}
     assert len([p for p in owns if p.endswith(".der")]) == 2, owns
+
+
+async def test_an_own_key_that_is_not_the_certificates_is_made_anew(tmp_path):
+    """The own key is written before the certificate: a gateway stopped between the two (power, SIGKILL at the
+    first start or at a renewal) left a new key beside the old certificate. The pair was kept (the certificate still
+    carried the URI and was valid), and every secure session signed with the wrong key was refused, at each
+    reconnect, for ever. Such a pair is now made anew."""
+    from cryptography.hazmat.primitives import serialization
+
+    from collectors.opcua.security import new_key, write_key
+
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    cert, key = server_certificate(tmp_path / "server", "srv")
+    pki = tmp_path / "gw" / "pki"
+    (pki / "trusted").mkdir(parents=True)
+    shutil.copy(cert, pki / "trusted")
+    kw = dict(security_policy="Basic256Sha256", security_mode="SignAndEncrypt")
+    server_kw = dict(certificate=cert, private_key=key, policies=["Basic256Sha256_SignAndEncrypt"])  # any client
+    async with serving(TAGS, endpoint, **server_kw):
+        await collects(collector(endpoint, tmp_path / "gw", **kw))
+        shutil.rmtree(tmp_path / "gw" / "collectors", ignore_errors=True)
+        (tmp_path / "gw" / "session.json").unlink(missing_ok=True)
+        write_key(new_key(), pki / "own" / "key.pem")  # the certificate's key is gone
+        col = collector(endpoint, tmp_path / "gw", **kw)
+        sink = await collects(col)
+    assert len(sink.by_tag()) == len(TAGS)
+    own = load_cert(pki / "own" / "cert.der")
+    key_now = serialization.load_pem_private_key((pki / "own" / "key.pem").read_bytes(), None)
+    assert key_now.public_key().public_numbers() == own.public_key().public_numbers()

@@ -252,12 +252,26 @@ def ensure_own_certificate(pki: Pki, application_uri: str, common_name: str) -> 
         if cert_path.is_file() and key_path.is_file():
             cert = load_cert(cert_path)
             now = dt.datetime.now(dt.UTC)
-            if application_uri in application_uris(cert) and cert.not_valid_after_utc > now:
+            fits = application_uri in application_uris(cert) and cert.not_valid_after_utc > now
+            if fits and _key_of(cert, key_path):
                 return cert_path, key_path
-            log.warning("own OPC UA certificate %s (thumbprint %s) does not fit any more (URI %s, valid until %s): "
-                        "making a new one; servers must trust the new certificate",
-                        cert_path, thumbprint(cert), application_uris(cert), cert.not_valid_after_utc.isoformat())
+            why = "its key is not the certificate's" if fits else \
+                f"URI {application_uris(cert)}, valid until {cert.not_valid_after_utc.isoformat()}"
+            log.warning("own OPC UA certificate %s (thumbprint %s) does not fit any more (%s): making a new one; "
+                        "servers must trust the new certificate", cert_path, thumbprint(cert), why)
         return _make_own(cert_path, key_path, application_uri, common_name)
+
+
+def _key_of(cert: x509.Certificate, key_path: Path) -> bool:
+    """Whether the (unencrypted PEM) key at ``key_path`` is ``cert``'s. The key is written before the certificate: a
+    process stopped between the two left a new key beside the old certificate, kept for ever since the certificate
+    still fitted, and every server refused the session signed with it ("does not trust the gateway's
+    certificate")."""
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    except (OSError, ValueError, TypeError):
+        return False
+    return key.public_key().public_numbers() == cert.public_key().public_numbers()
 
 
 def _make_own(cert_path: Path, key_path: Path, application_uri: str, common_name: str) -> tuple[Path, Path]:
