@@ -211,6 +211,7 @@ class OpcUaCollector:
         self._poll_nodes: list[tuple[int, NodeConfig]] = []  # the poll-mode nodes the server reads
         self._polled: dict[int, tuple] = {}  # node -> its last polled (source time, status, value)
         self._refused_at = 0.0  # time.monotonic() of the last `_retry_refused`
+        self._retry_error: str | None = None  # why the last one failed, logged
         self._sub: BatchSubscription | None = None
         self._client: Client | None = None
         self._emit: Emit | None = None
@@ -937,9 +938,12 @@ class OpcUaCollector:
                 accepted += [node.tag for _, node in readable]
                 self._poll_nodes.extend(readable)
         except Exception as exc:  # a lost connection is found by the watchdog; a refusal is asked again later
-            log.warning("%s: asking the server again for the %d nodes it refused failed: %s", self.name,
-                        len(refused), describe(exc), extra={"event": "opcua_items_refused", "collector": self.name})
+            if describe(exc) != self._retry_error:  # once per cause, not every REFUSED_RETRY_S
+                self._retry_error = describe(exc)
+                log.warning("%s: asking the server again for the %d nodes it refused failed: %s", self.name,
+                            len(refused), describe(exc), extra={"event": "opcua_items_refused", "collector": self.name})
             return
+        self._retry_error = None
         asked = {n.tag for _, n in subscribe + poll}
         self.item_failures = [f for f in self.item_failures if f.tag not in asked] + still
         self._sub_failures = [f for f in self.item_failures if self.cfg.node_mode(self.cfg.nodes[index[f.tag]])
