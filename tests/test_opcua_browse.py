@@ -63,6 +63,10 @@ def test_browse_prints_types_units_ranges_access_and_writes_a_valid_tag_section(
         res = valvoja(endpoint, "--json", "--root", "ns=2;s=K1", "--pki-dir", str(tmp_path / "pki"))
         assert res.returncode == 0, res.stderr
         listed = json.loads(res.stdout)
+        # The same folder by its namespace URI (it was sent as written: "the server has no such node")
+        res = valvoja(endpoint, "--json", "--root", "nsu=urn:valvoja:simulator;s=K1", "--pki-dir",
+                      str(tmp_path / "pki"))
+        assert res.returncode == 0 and json.loads(res.stdout) == listed, res.stderr
         assert listed and all(v["node_id"].startswith("ns=2;s=K1.") for v in listed)
         assert all(v["path"][0] == "K1" and v["tag"] == v["node_id"][len("ns=2;s="):] for v in listed)
         # A --root that is a variable lists that variable (it listed nothing: a variable has no variables below).

@@ -8,6 +8,7 @@ from collections import defaultdict
 from datetime import datetime
 
 import pytest
+from asyncua import ua
 from opcua_support import SimProcess, Sink, free_port, running, serving, until
 
 from collectors.base import CollectorContext
@@ -244,6 +245,49 @@ async def test_refused_nodes_are_reported_and_the_rest_still_arrive():
         assert (st["items"], st["items_failed"]) == (30, 2)
         assert {(f["tag"], f["status"]) for f in st["failed"]} == {("ghost", "BadNodeIdUnknown"),
                                                                     ("ghost2", "BadNodeIdUnknown")}
+
+
+async def test_nodes_refused_at_the_connect_are_asked_for_again_and_read_once_the_server_has_them(monkeypatch,
+                                                                                                   caplog):
+    """A server that restarted often answers before its address space is complete (a PLC's tags loaded after its
+    OPC UA stack, nodes added by a program download): the nodes it refused then were never asked for again while
+    the connection lasted (weeks, on a good network), so their tags stayed empty. They are now asked for again
+    every REFUSED_RETRY_S, subscribed and polled alike, and read once the server has them."""
+    import logging
+
+    from opcua_support import plant_server
+
+    from collectors.opcua import collector as opcua_collector
+
+    monkeypatch.setattr(opcua_collector, "REFUSED_RETRY_S", 0.5)
+    srv, endpoint, ns, plant = await plant_server("late", flow=1.0)
+    col = collector(endpoint, [], nodes=[{"node_id": f"ns={ns};s=flow", "tag": "flow"},
+                                         {"node_id": f"ns={ns};s=level", "tag": "level"},
+                                         {"node_id": f"ns={ns};s=speed", "tag": "speed", "mode": "poll"}],
+                    polling_interval_ms=100)
+    sink = Sink()
+    async with srv, running(col, sink.emit):
+        await until(lambda: col.connected and "flow" in sink.by_tag(), what="the node the server has")
+        st = col.status()
+        assert (st["items"], st["items_failed"]) == (1, 2)
+        assert {f["tag"] for f in st["failed"]} == {"level", "speed"}
+        with caplog.at_level(logging.INFO, logger="collectors.opcua.collector"):
+            await asyncio.sleep(1.5)  # asked again meanwhile, still refused: not logged again
+            assert "now accepts" not in caplog.text and caplog.text.count("refused by the server") == 1
+            # The server's address space is completed while the collector stays connected.
+            level = await plant["flow"].get_parent()
+            level, speed = [await level.add_variable(ua.NodeId(name, ns), name, v)
+                            for name, v in (("level", 2.0), ("speed", 3.0))]
+            await until(lambda: {t: [r.value for r in rs] for t, rs in sink.by_tag().items()}
+                        == {"flow": [1.0], "level": [2.0], "speed": [3.0]}, timeout_s=10, what="the late nodes")
+            await level.write_value(4.0)
+            await speed.write_value(5.0)
+            await until(lambda: [r.value for r in sink.by_tag()["level"]] == [2.0, 4.0]
+                        and [r.value for r in sink.by_tag()["speed"]] == [3.0, 5.0], timeout_s=10, what="changes")
+        st = col.status()
+        assert (st["items"], st["items_failed"], st["failed"]) == (3, 0, [])
+        assert "now accepts 2 of the 2 nodes it refused: level, speed" in caplog.text
+        assert col.connects == 1  # on the same connection
 
 
 async def test_username_password_from_a_secret_reference(monkeypatch):

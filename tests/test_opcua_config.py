@@ -79,6 +79,11 @@ def test_each_mistake_has_its_own_message():
     for good in ("opc.tcp://plc1:4840", "opc.tcp://10.0.2.15:4840/path", "opc.tcp://[fe80::1]:4840"):
         make(endpoint=good)
     assert "not an OPC UA node id" in errors(nodes=[{"node_id": "ns=x;q=1", "tag": "a"}])
+    # asyncua drops svr= (the node was looked for on this server) and keeps ns= beside nsu=
+    assert "svr= names another server" in errors(nodes=[{"node_id": "svr=1;ns=2;s=x", "tag": "a"}])
+    assert "no ns= beside it" in errors(nodes=[{"node_id": "nsu=urn:plant;ns=3;s=x", "tag": "a"}])
+    assert "give a URI" in errors(nodes=[{"node_id": "nsu=;s=x", "tag": "a"}])
+    make(nodes=[{"node_id": "nsu=urn:plant;s=P-101;svr=1", "tag": "a"}])  # svr= inside a string identifier
     one = {"node_id": "ns=2;i=1", "tag": "a"}
     assert "duplicate tag a" in errors(nodes=[one, {"node_id": "ns=2;i=2", "tag": "a"}])
     assert "duplicate node_id ns=2;i=1" in errors(nodes=[one, {"node_id": "ns=2;i=1", "tag": "b"}])

@@ -324,3 +324,86 @@ async def test_a_change_with_the_previous_values_source_time_is_counted_and_logg
     assert col.ctx.metrics.collector_errors.labels(col.name, "same_source_time")._value.get() == 2
     warned = " ".join(r.getMessage() for r in caplog.records if "same source time" in r.getMessage())
     assert names[0] in warned and names[1] in warned and names[2] not in warned, warned
+
+
+async def _renumbered_server(endpoint: str, plant_first: bool, flow: float):
+    """An asyncua server at ``endpoint`` with two namespaces, each holding numeric nodes i=1001 to i=1003: the
+    plant's ("urn:valvoja:test:plant", value ``flow``) and another's (value -999); ``plant_first`` decides which one
+    gets index 2 and which 3, as a server that registers its namespaces in another order after a restart does."""
+    from asyncua import Server
+
+    srv = Server()
+    await srv.init()
+    srv.set_endpoint(endpoint)
+    order = ["urn:valvoja:test:plant", "urn:valvoja:test:other"]
+    for uri in order if plant_first else order[::-1]:
+        ns = await srv.register_namespace(uri)
+        for i in (1001, 1002, 1003):
+            value = flow if uri.endswith("plant") else -999.0
+            await srv.nodes.objects.add_variable(ua.NodeId(i, ns), f"{ns}:V{i}", value)
+    return srv
+
+
+async def test_nodes_given_by_namespace_uri_follow_a_server_restart_that_renumbers_its_namespaces(caplog):
+    """nsu= node ids were accepted by the configuration and then sent as they were: every one BadNodeIdUnknown
+    (asyncua encodes the URI even in a NodeId field, which no server resolves). Now they are resolved with the
+    server's NamespaceArray at every session: after a restart that gives the plant's namespace another index, the
+    collector reads the plant's node, never the node that now has the old index. An ns= id named that other node
+    after the restart (its -999 stored under the plant's tag); it now follows the namespace it named at the first
+    session, and the renumbering is logged."""
+    from opcua_support import supervised
+
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/renumbered"
+    plant = "nsu=urn:valvoja:test:plant;i=1001"
+    col = collector(endpoint, [{"node_id": plant, "tag": "flow"},
+                               {"node_id": plant.replace("1001", "1002"), "tag": "flow.polled", "mode": "poll"},
+                               {"node_id": "nsu=urn:valvoja:test:gone;i=1001", "tag": "gone"},
+                               {"node_id": "ns=2;i=1003", "tag": "flow.by_index"}],
+                    polling_interval_ms=100)
+    sink = Sink()
+    async with supervised(col, sink.emit):
+        async with await _renumbered_server(endpoint, plant_first=True, flow=1.0):
+            await until(lambda: {t: [r.value for r in rs] for t, rs in sink.by_tag().items()}
+                        == {"flow": [1.0], "flow.polled": [1.0], "flow.by_index": [1.0]},
+                        what="the plant's flow, subscribed and polled")
+            st = col.status()
+            assert (st["items"], st["items_failed"]) == (3, 1)
+            assert st["failed"][0]["tag"] == "gone" and "urn:valvoja:test:gone" in st["failed"][0]["status"]
+        # Restarted: the other namespace now has index 2, the plant's 3.
+        async with await _renumbered_server(endpoint, plant_first=False, flow=2.0):
+            await until(lambda: all(2.0 in [r.value for r in sink.by_tag()[t]]
+                                    for t in ("flow", "flow.polled", "flow.by_index")),
+                        timeout_s=30, what="the plant's flow after the restart")
+            await asyncio.sleep(0.5)
+    by_tag = sink.by_tag()
+    for tag in ("flow", "flow.polled", "flow.by_index"):
+        assert [r.value for r in by_tag[tag]] == [1.0, 2.0], tag
+    assert "gone" not in by_tag
+    moved = [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "opcua_namespaces_moved"]
+    assert len(moved) == 1 and "ns=2 was urn:valvoja:test:plant, now ns=3" in moved[0], moved
+
+
+async def test_a_session_resumed_from_the_state_folder_keeps_nodes_given_by_namespace_uri(tmp_path):
+    """A restarted gateway resumes the saved session and learns the NamespaceArray anew: when the subscription is
+    re-created later (the server stopped serving it), its nsu= items are sent with the server's index, not
+    refused."""
+    srv = await _renumbered_server(endpoint := f"opc.tcp://127.0.0.1:{free_port()}/resumed", plant_first=False,
+                                   flow=1.0)
+    nodes = [{"node_id": "nsu=urn:valvoja:test:plant;i=1001", "tag": "flow"}]
+
+    def made():
+        cfg = Config.model_validate({"endpoint": endpoint, "publishing_interval_ms": 100, "sampling_interval_ms": 0,
+                                     "connect_timeout_s": 5, "watchdog_interval_s": 0.5, "nodes": nodes})
+        return build(cfg, CollectorContext(name="gw", state_dir=tmp_path / "gw", metrics=Metrics()))
+
+    first, second = Sink(), Sink()
+    async with srv:
+        async with running(made(), first.emit):
+            await until(lambda: [r.value for r in first.readings] == [1.0], what="first value")
+        col = made()
+        async with running(col, second.emit):
+            await until(lambda: col.connected, what="resumed")
+            assert col.status()["session"] == "resumed"
+            await col._sub.recreate()  # what asyncua's stale-subscription watchdog calls
+            await until(lambda: [r.value for r in second.readings] == [1.0], what="the re-created item's value")
+            assert col.status()["items_failed"] == 0

@@ -627,3 +627,67 @@ def test_the_rejected_folder_keeps_only_the_newest_certificates(tmp_path, monkey
     monkeypatch.setattr(security, "REJECTED_MAX_BYTES", len(ders[0]) * 2 + 1)  # and a size bound: two fit
     refuse(ders[0])
     assert kept() == {tps[0], tps[5]}
+
+
+async def test_collectors_sharing_a_pki_dir_keep_each_their_own_certificate(tmp_path):
+    """Several collectors may share one pki_dir (one trust list), each with its own application URI (the default
+    names the collector). The first made own/cert.der for its URI; the second found another URI there and made a
+    new pair over it, and the first did the same at its next connect: each connect of one threw away the
+    certificate a server had been given to trust for the other (refused: "does not trust the gateway's
+    certificate"). Each URI now has its own pair in own/."""
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    cert, key = server_certificate(tmp_path / "server", "srv")
+    shared = tmp_path / "shared-pki"
+    (shared / "trusted").mkdir(parents=True)
+    shutil.copy(cert, shared / "trusted")
+    clients = tmp_path / "server" / "trusted-clients"
+    clients.mkdir()
+    server_kw = dict(certificate=cert, private_key=key, policies=["Basic256Sha256_SignAndEncrypt"],
+                     trusted_clients=str(clients))
+
+    def named(name: str):
+        cfg = Config.model_validate({
+            "endpoint": endpoint, "publishing_interval_ms": 100, "sampling_interval_ms": 0, "connect_timeout_s": 8,
+            "watchdog_interval_s": 0.5, "security_policy": "Basic256Sha256", "security_mode": "SignAndEncrypt",
+            "pki_dir": str(shared), "nodes": [{"node_id": f"ns=2;s={t.name}", "tag": t.name} for t in TAGS]})
+        return build(cfg, CollectorContext(name=name, state_dir=tmp_path / name, metrics=Metrics()))
+
+    async with serving(TAGS, endpoint, **server_kw):
+        for name in ("line1", "line2"):  # each refused, its certificate named: the administrator trusts it
+            col = named(name)
+            await refused(col)
+            shutil.copy(col.opener.own_cert, clients / f"{name}.der")
+    async with serving(TAGS, endpoint, **server_kw):  # the server reads its trust list at start
+        for name in ("line1", "line2", "line1"):
+            await collects(named(name))
+    owns = {p.name for p in (shared / "own").iterdir()}
+    assert len([p for p in owns if p.endswith(".der")]) == 2, owns
+
+
+async def test_an_own_key_that_is_not_the_certificates_is_made_anew(tmp_path):
+    """The own key is written before the certificate: a gateway stopped between the two (power, SIGKILL at the
+    first start or at a renewal) left a new key beside the old certificate. The pair was kept (the certificate still
+    carried the URI and was valid), and every secure session signed with the wrong key was refused, at each
+    reconnect, for ever. Such a pair is now made anew."""
+    from cryptography.hazmat.primitives import serialization
+
+    from collectors.opcua.security import new_key, write_key
+
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    cert, key = server_certificate(tmp_path / "server", "srv")
+    pki = tmp_path / "gw" / "pki"
+    (pki / "trusted").mkdir(parents=True)
+    shutil.copy(cert, pki / "trusted")
+    kw = dict(security_policy="Basic256Sha256", security_mode="SignAndEncrypt")
+    server_kw = dict(certificate=cert, private_key=key, policies=["Basic256Sha256_SignAndEncrypt"])  # any client
+    async with serving(TAGS, endpoint, **server_kw):
+        await collects(collector(endpoint, tmp_path / "gw", **kw))
+        shutil.rmtree(tmp_path / "gw" / "collectors", ignore_errors=True)
+        (tmp_path / "gw" / "session.json").unlink(missing_ok=True)
+        write_key(new_key(), pki / "own" / "key.pem")  # the certificate's key is gone
+        col = collector(endpoint, tmp_path / "gw", **kw)
+        sink = await collects(col)
+    assert len(sink.by_tag()) == len(TAGS)
+    own = load_cert(pki / "own" / "cert.der")
+    key_now = serialization.load_pem_private_key((pki / "own" / "key.pem").read_bytes(), None)
+    assert key_now.public_key().public_numbers() == own.public_key().public_numbers()

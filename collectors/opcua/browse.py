@@ -154,11 +154,17 @@ async def browse(client: Client, root: str = "i=85", *, max_depth: int = 10, max
                  per_call: int = 200, include_server: bool = False) -> tuple[list[Variable], bool]:
     """Variables below ``root`` and whether the walk stopped at ``max_nodes``. Requests carry ``per_call`` nodes, or
     fewer where the server's operation limits say so (it refuses a bigger request whole)."""
-    from collectors.opcua.connection import operation_limits
+    from collectors.opcua.connection import namespace_array, operation_limits
 
     limits = await operation_limits(client)
     per_call = min([per_call, *(limits[k] for k in ("browse", "read", "translate") if k in limits)])
     start = ua.NodeId.from_string(root)
+    uri = getattr(start, "NamespaceUri", None)
+    if uri:  # nsu=: as written no server resolves it (asyncua encodes the URI inside the NodeId field)
+        namespaces = await namespace_array(client) or []
+        if uri not in namespaces:
+            raise LookupError(f"--root {root}: the server has no namespace {uri} (it has {', '.join(namespaces)})")
+        start = ua.NodeId(start.Identifier, namespaces.index(uri), start.NodeIdType)
     prefix: list[str] = []
     variables: list[Variable] = []
     if start != ua.NodeId(ua.ObjectIds.ObjectsFolder):  # tags below a folder keep the folder's name

@@ -39,6 +39,7 @@ from collectors.opcua.connection import (
     Secrets,
     SessionGone,
     describe,
+    namespace_array,
     operation_limits,
     server_time,
     too_large,
@@ -96,6 +97,9 @@ REPROBE_S = 10.0
 # that answer took, though: under load a secure handshake takes seconds, and a preferred server 1 s slower than its
 # backup at the start was passed over for good (no switch back while the backup is healthy; seen in CI).
 PROBE_GRACE_S = 1.0
+# Nodes the server refused (BadNodeIdUnknown: a server restarted with its address space not complete yet) are asked
+# for again this often while connected, in one request.
+REFUSED_RETRY_S = 30.0
 
 
 def band(level: int) -> int:
@@ -192,7 +196,22 @@ class OpcUaCollector:
         # Client handle i + 1 <-> config.nodes[i]: fixed, so they survive asyncua's recreate().
         self._tags = [n.tag for n in config.nodes]
         self._flatten = [(n.arrays or config.arrays) == "flatten" for n in config.nodes]
+        # Node i as the current session's server numbers it (None: a namespace it does not have, with why): nsu= ids
+        # resolved with the NamespaceArray read at every session (`_learn_namespaces`), ns= ids as written while the
+        # index names the namespace it named at the first session of this process, else following that namespace.
+        ids = [ua.NodeId.from_string(n.node_id) for n in config.nodes]
+        self._by_uri = {i for i, nid in enumerate(ids) if getattr(nid, "NamespaceUri", None)}
+        self._namespaced = bool(self._by_uri) or any(nid.NamespaceIndex > 0 for nid in ids)
+        self._first_namespaces: list[str] | None = None
+        self._moved: dict[int, tuple[str, int | None]] = {}  # ns= index -> (its first URI, where that is now), logged
+        self._node_ids: list[ua.NodeId | None] = []
+        self._unresolved: dict[int, str] = {}
+        self._resolve(None)
         self._poll_task: asyncio.Task | None = None
+        self._poll_nodes: list[tuple[int, NodeConfig]] = []  # the poll-mode nodes the server reads
+        self._polled: dict[int, tuple] = {}  # node -> its last polled (source time, status, value)
+        self._refused_at = 0.0  # time.monotonic() of the last `_retry_refused`
+        self._retry_error: str | None = None  # why the last one failed, logged
         self._sub: BatchSubscription | None = None
         self._client: Client | None = None
         self._emit: Emit | None = None
@@ -295,6 +314,7 @@ class OpcUaCollector:
                     self._gate = _Gate()
                 client = await self._connect(opened)
                 self._started = await self._start_time(client)
+                await self._learn_namespaces(client)
                 await self._learn_limits(client)
                 self._sub_failures = await self._subscribe(client)
                 self.session = "new"
@@ -310,6 +330,7 @@ class OpcUaCollector:
             try:
                 failures = self._sub_failures + await self._start_polling(client)
                 self._report_failures(failures)
+                self._refused_at = time.monotonic()
                 self._set_connected(True)
                 self._was_connected = True
                 await self._watch(client)
@@ -618,6 +639,8 @@ class OpcUaCollector:
                                                      f"was made on the server started {_iso(detached.started)})",
                                              close=False)
             self._started = started
+            await self._learn_namespaces(client)  # a restarted gateway has not read them yet
+            self._rebind(sub)
             self._save(client, sub)  # the new server nonce: the next ActivateSession's signature covers it
             try:
                 republished = await sub.resume()
@@ -683,6 +706,66 @@ class OpcUaCollector:
         if self._sub is not None:
             self._sub.per_call = self._per_call("monitored_items")
 
+    async def _learn_namespaces(self, client: Client) -> None:
+        """Resolve the node ids with the server's NamespaceArray of this session: a server may number its namespaces
+        anew when it restarts (another namespace registered first), and an ``ns=`` index kept from before would then
+        name another namespace's node (numeric ids: one that exists, its values stored under the tag). ``nsu=`` ids
+        are resolved by their URI; an ``ns=`` id whose index now names another namespace than at the first session
+        of this process follows the namespace it named then (logged). Read only when a node is outside namespace 0;
+        an unreadable array leaves ``nsu=`` nodes refused (BadNodeIdUnknown, saying why), ``ns=`` ones as written."""
+        if not self._namespaced:
+            return
+        try:
+            namespaces = await within(namespace_array(client), self.cfg.request_timeout_s)
+        except Exception as exc:
+            log.warning("%s: reading the server's NamespaceArray failed (%s): the nodes given by namespace URI (nsu=) "
+                        "are not read in this session, those given by index (ns=) are read unchecked", self.name,
+                        describe(exc), extra={"event": "opcua_namespaces_unreadable", "collector": self.name})
+            namespaces = None
+        self._resolve(namespaces)
+
+    def _resolve(self, namespaces: list[str] | None) -> None:
+        if namespaces is not None and self._first_namespaces is None:
+            self._first_namespaces = list(namespaces)
+        first = self._first_namespaces or []
+        self._node_ids, self._unresolved = [], {}
+        moved: dict[int, tuple[str, int | None]] = {}
+        for i, node in enumerate(self.cfg.nodes):
+            try:
+                nid = node.resolve(namespaces)
+            except LookupError as exc:
+                self._node_ids.append(None)
+                self._unresolved[i] = str(exc)
+                continue
+            index = nid.NamespaceIndex
+            if i not in self._by_uri and namespaces is not None and 0 < index < len(first) \
+                    and first[index] != (namespaces[index] if index < len(namespaces) else None):
+                uri = first[index]
+                now = namespaces.index(uri) if uri in namespaces else None
+                moved[index] = (uri, now)
+                if now is None:
+                    self._node_ids.append(None)
+                    self._unresolved[i] = f"namespace {uri}, ns={index} at the first session, is gone from the server"
+                    continue
+                nid = ua.NodeId(nid.Identifier, now, nid.NodeIdType)
+            self._node_ids.append(nid)
+        if moved and moved != self._moved:
+            log.warning("%s: the server numbers its namespaces anew (restarted or updated): %s; the nodes given by "
+                        "those indexes are read from the namespaces they named at the first session. Give them by URI "
+                        "(nsu=URI;...) so that a restarted gateway does the same", self.name,
+                        "; ".join(f"ns={k} was {uri}, now " + (f"ns={now}" if now is not None else "gone")
+                                  for k, (uri, now) in sorted(moved.items())),
+                        extra={"event": "opcua_namespaces_moved", "collector": self.name})
+        self._moved = moved
+
+    def _rebind(self, sub: BatchSubscription) -> None:
+        """Give the kept item requests (re-sent if the subscription is re-created) this session's node ids."""
+        if not self._namespaced:
+            return
+        for _, request in sub.items:
+            nid = self._node_ids[request.RequestedParameters.ClientHandle - 1]
+            request.ItemToMonitor.NodeId = nid if nid is not None else ua.NodeId()
+
     def _per_call(self, *operations: str) -> int:
         """items_per_call, or less where the server limits any of ``operations`` (`OPERATION_LIMITS` keys)."""
         return min([self.cfg.items_per_call, *(self._limits[op] for op in operations if op in self._limits)])
@@ -725,7 +808,9 @@ class OpcUaCollector:
                                               RevisedMaxKeepAliveCount=saved.keepalive_count)
         sub = BatchSubscription.restored(client, subscription_parameters(self.cfg), granted,
                                          saved.last_sequence_number or None, **self._sub_callbacks())
-        sub.items = [(nodes[h - 1], item_request(nodes[h - 1], self.cfg, h, saved.eu_ranges.get(h)))
+        # nsu= nodes get their ids once the re-activated session's NamespaceArray is read (`_rebind`)
+        sub.items = [(nodes[h - 1], item_request(nodes[h - 1], self.cfg, h, saved.eu_ranges.get(h),
+                                                 node_id=self._node_ids[h - 1] or ua.NodeId()))
                      for h in sorted(saved.items)]
         sub.per_call = self.cfg.items_per_call
         self.opener.watch(client, sub)
@@ -782,21 +867,9 @@ class OpcUaCollector:
             self.messages_lost += self._sub.missed
         self.recreate_failures = []
         sub = self._sub = BatchSubscription(client, subscription_parameters(cfg), **self._sub_callbacks())
-        failures: list[ItemFailure] = []
+        self._eu_ranges = {}
         try:
-            percent = [(i, n) for i, n in nodes if n.deadband is not None and n.deadband_type == "percent"]
-            ranges = {}
-            if percent:
-                found = await eu_ranges(client, [n.node_id for _, n in percent], self._per_call("translate", "read"))
-                ranges = {i: r for (i, _), r in zip(percent, found, strict=True)}
-            self._eu_ranges = {i + 1: r for i, r in ranges.items() if r is not None}
-            requests = []
-            for i, node in nodes:
-                if i in ranges and ranges[i] is None:
-                    failures.append(ItemFailure(node.tag, node.node_id, "BadFilterNotAllowed (percent deadband "
-                                                                        "needs an EURange; the node has none)"))
-                    continue
-                requests.append((node, item_request(node, cfg, i + 1, ranges.get(i))))
+            requests, failures = await self._requests(client, nodes)
             await sub.init()
             self.opener.watch(client, sub)
             sub.per_call = self._per_call("monitored_items")
@@ -806,6 +879,80 @@ class OpcUaCollector:
             raise NotConnectedError(f"{cfg.endpoint}: subscription failed: {describe(exc)}") from exc
         self._report_revisions(sub.revisions)
         return failures
+
+    async def _requests(self, client: Client, nodes: list[tuple[int, NodeConfig]]) -> tuple[list, list[ItemFailure]]:
+        """The monitored-item requests of ``nodes`` ((index, node) pairs), and the nodes refused before asking the
+        server: an nsu= namespace it does not have, a percent deadband without an EURange (read here)."""
+        failures: list[ItemFailure] = []
+        for i, node in nodes:
+            if self._node_ids[i] is None:
+                failures.append(ItemFailure(node.tag, node.node_id, f"BadNodeIdUnknown ({self._unresolved[i]})"))
+        nodes = [(i, n) for i, n in nodes if self._node_ids[i] is not None]
+        percent = [(i, n) for i, n in nodes if n.deadband is not None and n.deadband_type == "percent"]
+        ranges = {}
+        if percent:
+            found = await eu_ranges(client, [self._node_ids[i] for i, _ in percent],
+                                    self._per_call("translate", "read"))
+            ranges = {i: r for (i, _), r in zip(percent, found, strict=True)}
+        self._eu_ranges.update({i + 1: r for i, r in ranges.items() if r is not None})
+        requests = []
+        for i, node in nodes:
+            if i in ranges and ranges[i] is None:
+                failures.append(ItemFailure(node.tag, node.node_id, "BadFilterNotAllowed (percent deadband needs an "
+                                                                    "EURange; the node has none)"))
+                continue
+            requests.append((node, item_request(node, self.cfg, i + 1, ranges.get(i), node_id=self._node_ids[i])))
+        return requests, failures
+
+    async def _retry_refused(self, client: Client) -> None:
+        """Ask the server again, every `REFUSED_RETRY_S`, for the nodes it refused when the session was opened (or
+        resumed from session.json): a server that restarted often accepts connections before its address space is
+        complete (a PLC's tags loaded after its OPC UA stack; nodes added by a program download), and a node
+        refused then was never read again until the connection was lost, for weeks. Accepted nodes join the
+        subscription (or the polls) and are logged; the others stay in ``status()["failed"]``, not logged again."""
+        if not self.item_failures or time.monotonic() - self._refused_at < REFUSED_RETRY_S:
+            return
+        self._refused_at = time.monotonic()
+        index = {t: i for i, t in enumerate(self._tags)}
+        refused = [(index[f.tag], self.cfg.nodes[index[f.tag]]) for f in self.item_failures if f.tag in index]
+        sub = self._sub
+        subscribe = [(i, n) for i, n in refused if self.cfg.node_mode(n) == "subscribe"] \
+            if sub is not None and sub.subscription_id is not None else []
+        poll = [(i, n) for i, n in refused if self.cfg.node_mode(n) == "poll"]
+        still: list[ItemFailure] = []
+        accepted: list[str] = []
+        try:
+            if self._unresolved:
+                await self._learn_namespaces(client)  # a namespace registered late
+            if subscribe:
+                requests, failures = await self._requests(client, subscribe)
+                kept = sub.revisions
+                created, no = await sub.create_items(requests, sub.per_call)
+                sub.revisions = kept + sub.revisions
+                sub.items = sorted(sub.items + created, key=lambda item: item[1].RequestedParameters.ClientHandle)
+                still += failures + no
+                accepted += [node.tag for node, _ in created]
+            if poll:
+                readable, failures = await self._readable(client, poll)
+                still += failures
+                accepted += [node.tag for _, node in readable]
+                self._poll_nodes.extend(readable)
+        except Exception as exc:  # a lost connection is found by the watchdog; a refusal is asked again later
+            if describe(exc) != self._retry_error:  # once per cause, not every REFUSED_RETRY_S
+                self._retry_error = describe(exc)
+                log.warning("%s: asking the server again for the %d nodes it refused failed: %s", self.name,
+                            len(refused), describe(exc), extra={"event": "opcua_items_refused", "collector": self.name})
+            return
+        self._retry_error = None
+        asked = {n.tag for _, n in subscribe + poll}
+        self.item_failures = [f for f in self.item_failures if f.tag not in asked] + still
+        self._sub_failures = [f for f in self.item_failures if self.cfg.node_mode(self.cfg.nodes[index[f.tag]])
+                              == "subscribe"]
+        if not accepted:
+            return
+        log.info("%s: the server now accepts %d of the %d nodes it refused: %s", self.name, len(accepted),
+                 len(refused), _names(accepted), extra={"event": "opcua_items_accepted", "collector": self.name})
+        self._save(client, sub)  # the new items' handles, for a restarted gateway
 
     def _sub_callbacks(self) -> dict:
         return {"on_data": self._on_data, "on_status": self._on_status, "on_failures": self._on_recreated,
@@ -817,11 +964,22 @@ class OpcUaCollector:
         nodes = [(i, n) for i, n in enumerate(cfg.nodes) if cfg.node_mode(n) == "poll"]
         if not nodes:
             return []
-        last: dict[int, tuple] = {}
+        unknown = [ItemFailure(n.tag, n.node_id, f"BadNodeIdUnknown ({self._unresolved[i]})") for i, n in nodes
+                   if self._node_ids[i] is None]
+        nodes = [(i, n) for i, n in nodes if self._node_ids[i] is not None]
+        self._polled = {}
         try:
-            values = await self._read(client, nodes)
+            readable, failures = await self._readable(client, nodes)
         except Exception as exc:
             raise NotConnectedError(f"{cfg.endpoint}: read failed: {describe(exc)}") from exc
+        self._poll_nodes = readable
+        self._poll_task = asyncio.create_task(self._poll_loop(client, readable, self._polled),
+                                              name=f"opcua-poll:{self.name}")
+        return unknown + failures
+
+    async def _readable(self, client: Client, nodes: list[tuple[int, NodeConfig]]) -> tuple[list, list[ItemFailure]]:
+        """Read ``nodes`` once: those the server reads (their first values emitted) and those it refuses."""
+        values = await self._read(client, nodes)
         failures, readable, first = [], [], []
         for (i, node), dv in zip(nodes, values, strict=True):
             name = dv.StatusCode.name if dv.StatusCode is not None else "Good"
@@ -830,9 +988,8 @@ class OpcUaCollector:
             else:
                 readable.append((i, node))
                 first.append(dv)
-        await self._emit_polled(readable, first, last)
-        self._poll_task = asyncio.create_task(self._poll_loop(client, readable, last), name=f"opcua-poll:{self.name}")
-        return failures
+        await self._emit_polled(readable, first, self._polled)
+        return readable, failures
 
     async def _read(self, client: Client, nodes: list[tuple[int, NodeConfig]]) -> list[ua.DataValue]:
         out: list[ua.DataValue] = []
@@ -840,9 +997,9 @@ class OpcUaCollector:
         for start in range(0, len(nodes), per_call):
             params = ua.ReadParameters()
             params.TimestampsToReturn = ua.TimestampsToReturn.Both
-            for _, node in nodes[start:start + per_call]:
+            for i, _ in nodes[start:start + per_call]:
                 rv = ua.ReadValueId()
-                rv.NodeId = ua.NodeId.from_string(node.node_id)
+                rv.NodeId = self._node_ids[i]
                 rv.AttributeId = ua.AttributeIds.Value
                 params.NodesToRead.append(rv)
             out.extend(await client.uaclient.read(params))
@@ -853,14 +1010,16 @@ class OpcUaCollector:
         loop = asyncio.get_running_loop()
         due = loop.time()
         try:
-            while nodes:
+            while True:
                 due += period
                 now = loop.time()
                 if due < now:  # a slow read: skip the missed slots instead of reading back to back
                     due = now + period - (now - due) % period
                 await asyncio.sleep(due - now)
-                values = await self._read(client, nodes)
-                await self._emit_polled(nodes, values, last)
+                reading = list(nodes)  # `_retry_refused` may add to ``nodes`` while this read waits
+                if reading:
+                    values = await self._read(client, reading)
+                    await self._emit_polled(reading, values, last)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -937,6 +1096,7 @@ class OpcUaCollector:
                 if state is UaClientState.CONNECTED:
                     if len(self._servers) > 1:
                         await self._until_lost(self._check_level(client))
+                    await self._until_lost(self._retry_refused(client))
                     continue
                 self._mark_lost(f"client state {state.value}")
             raise NotConnectedError(f"{self.cfg.endpoint}: connection lost: {self._lost_reason}") \
@@ -1164,7 +1324,7 @@ class OpcUaCollector:
                      _iso(end), f" ({span.clipped.total_seconds():.0f} s before it not read: "
                                 f"history_backfill_max_s)" if span.clipped else "",
                      extra={"event": "opcua_backfill_started", "collector": self.name})
-            nodes = [(i, ua.NodeId.from_string(n.node_id)) for i, n in enumerate(self.cfg.nodes)]
+            nodes = [(i, nid) for i, nid in enumerate(self._node_ids) if nid is not None]
             # Values already handed on (this process, before the gap) are not handed on again; a resumed session's
             # live values are newer than the gap and say nothing about it.
             last = {tag: r.time for tag, r in self._last.items()} if new_session else {}

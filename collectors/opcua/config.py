@@ -7,7 +7,9 @@ test). Times carry their unit in the name. Secrets are references (``env:NAME`` 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from collections.abc import Sequence
 from typing import Literal
 from urllib.parse import urlparse
 
@@ -18,6 +20,9 @@ from collectors.opcua.security import endpoint_key
 from edge.paths import ConfigPath
 from edge.secrets import SecretRef
 
+# The namespace / server fields before a node id's identifier (i=, s=, g=, b=), which may itself hold "svr=".
+_PREFIX = re.compile(r"(?:(?:ns|nsu|svr)=[^;]*;)*")
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -26,7 +31,8 @@ class Strict(BaseModel):
 class NodeConfig(Strict):
     """One variable to read. Per-node settings override the collector-wide ones."""
 
-    node_id: str = Field(min_length=1, description='OPC UA node id, e.g. "ns=2;s=P-101.vib_de"')
+    node_id: str = Field(min_length=1, description='OPC UA node id, e.g. "ns=2;s=P-101.vib_de", or with the '
+                                                   'namespace URI: "nsu=urn:plant;s=P-101.vib_de"')
     tag: str = Field(min_length=1, description="tag name the readings get")
     mode: Literal["subscribe", "poll"] | None = Field(None, description="default: the collector's mode")
     sampling_interval_ms: float | None = Field(None, ge=0)
@@ -42,10 +48,34 @@ class NodeConfig(Strict):
     @classmethod
     def _parse_node_id(cls, v: str) -> str:
         try:
-            ua.NodeId.from_string(v)
+            nid = ua.NodeId.from_string(v)
         except Exception as exc:  # asyncua raises several types for malformed ids
-            raise ValueError(f"not an OPC UA node id ({exc}); write e.g. ns=2;s=Pump.Flow or ns=3;i=1001") from exc
+            raise ValueError(f"not an OPC UA node id ({exc}); write e.g. ns=2;s=Pump.Flow, ns=3;i=1001 or "
+                             "nsu=urn:plant;s=Pump.Flow") from exc
+        uri = getattr(nid, "NamespaceUri", None)
+        if uri is not None and (not uri or nid.NamespaceIndex):
+            raise ValueError("nsu= names the namespace by its URI: give a URI, and no ns= beside it (e.g. "
+                             "nsu=urn:plant;s=Pump.Flow)")
+        if "svr=" in _PREFIX.match(v.strip()).group():  # asyncua drops it: the node was looked for on this server
+            raise ValueError("svr= names another server: give the node id on this server (ns= or nsu=)")
         return v
+
+    def resolve(self, namespaces: Sequence[str] | None) -> ua.NodeId:
+        """The node id as this session's server numbers it: ``nsu=URI`` becomes the URI's index in the server's
+        NamespaceArray (``namespaces``; it may change across a server restart, so it is read at every session).
+        LookupError when the server has no such namespace, or ``namespaces`` is None (not read)."""
+        nid = ua.NodeId.from_string(self.node_id)
+        uri = getattr(nid, "NamespaceUri", None)
+        if uri is None:
+            return nid
+        if namespaces is None:
+            raise LookupError(f"namespace {uri}: the server's NamespaceArray could not be read")
+        try:
+            index = list(namespaces).index(uri)
+        except ValueError:
+            raise LookupError(f"namespace {uri} is not in the server's NamespaceArray") from None
+        # A plain NodeId: asyncua encodes an ExpandedNodeId's URI even in a NodeId field, which no server resolves
+        return ua.NodeId(nid.Identifier, index, nid.NodeIdType)
 
     @model_validator(mode="after")
     def _percent(self) -> NodeConfig:

@@ -175,6 +175,14 @@ async def server_time(client: Client) -> datetime | None:
     return value if isinstance(value, datetime) else None
 
 
+async def namespace_array(client: Client) -> list[str] | None:
+    """The server's NamespaceArray (index -> namespace URI; None if it gives none): what ``nsu=`` node ids are
+    resolved with. A server may number its namespaces differently after a restart (OPC UA Part 4 §5.4: indexes are
+    valid for a session), so it is read at every session."""
+    value = await _server_value(client, ua.ObjectIds.Server_NamespaceArray)
+    return [str(u) for u in value] if isinstance(value, list) else None
+
+
 class _Client(Client):
     """asyncua's `Client`, keeping the session id CreateSession returned (its `connect()` drops it)."""
 

@@ -4,6 +4,7 @@ Folder layout (``pki_dir``, by default ``<state_dir>/pki`` of the collector)::
 
     own/cert.der          the gateway's application instance certificate (made on first start, kept)
     own/key.pem           its private key (mode 0600)
+    own/<URI> [<hash>].der, .key.pem   the same for another application URI (collectors sharing the folder)
     trusted/              server certificates, or the CAs that issued them, the operator trusts (PEM or DER)
     rejected/             server certificates that were refused, named by thumbprint: move one to
                           trusted/ to trust it (the newest REJECTED_MAX_FILES are kept)
@@ -221,28 +222,64 @@ def check_private_key(path: Path, password: str | None, *, setting: str = "priva
                                                                      if password is not None else "")) from None
 
 
-def ensure_own_certificate(pki: Pki, application_uri: str, common_name: str) -> tuple[Path, Path]:
-    """The gateway's certificate and key, made on first start and kept afterwards.
+def own_paths(pki: Pki, application_uri: str) -> tuple[Path, Path]:
+    """Where the certificate and key of ``application_uri`` are kept: ``own/cert.der`` and ``own/key.pem`` unless
+    those carry another application's URI (a collector sharing the folder: each has its own URI, by default naming
+    it), then ``own/<URI as a file name> [<hash>].der`` and ``.key.pem``."""
+    cert_path = pki.own_cert
+    try:
+        if not cert_path.is_file() or application_uri in application_uris(load_cert(cert_path)):
+            return cert_path, pki.own_key
+    except ValueError:  # not a certificate: re-made in place, as before
+        return cert_path, pki.own_key
+    label = "".join(c if c.isalnum() or c in "-_." else "_" for c in application_uri)[:60]
+    label += f" [{hashlib.sha256(application_uri.encode()).hexdigest()[:8]}]"
+    return cert_path.parent / f"{label}.der", cert_path.parent / f"{label}.key.pem"
 
-    An existing pair is kept as long as it carries ``application_uri`` (servers compare it with the
-    session's application URI) and has not expired; otherwise a new pair is made and the old
-    certificate is logged, since every server that trusted it must now trust the new one.
+
+def ensure_own_certificate(pki: Pki, application_uri: str, common_name: str) -> tuple[Path, Path]:
+    """The gateway's certificate and key for ``application_uri``, made on first start and kept afterwards.
+
+    An existing pair is kept until it expires; then a new pair is made and the old certificate is logged, since
+    every server that trusted it must now trust the new one. Each application URI has its own pair
+    (`own_paths`): collectors sharing a folder never replace each other's certificate, which a server was given
+    to trust (servers compare its URI with the session's application URI). Made under the folder's lock, so two
+    collectors starting at once do not write the same files.
     """
     pki.ensure()
-    cert_path, key_path = pki.own_cert, pki.own_key
-    if cert_path.is_file() and key_path.is_file():
-        cert = load_cert(cert_path)
-        now = dt.datetime.now(dt.UTC)
-        if application_uri in application_uris(cert) and cert.not_valid_after_utc > now:
-            return cert_path, key_path
-        log.warning("own OPC UA certificate %s (thumbprint %s) does not fit any more (URI %s, valid until %s): "
-                    "making a new one; servers must trust the new certificate",
-                    cert_path, thumbprint(cert), application_uris(cert), cert.not_valid_after_utc.isoformat())
+    with _pins_locked(pki):
+        cert_path, key_path = own_paths(pki, application_uri)
+        if cert_path.is_file() and key_path.is_file():
+            cert = load_cert(cert_path)
+            now = dt.datetime.now(dt.UTC)
+            fits = application_uri in application_uris(cert) and cert.not_valid_after_utc > now
+            if fits and _key_of(cert, key_path):
+                return cert_path, key_path
+            why = "its key is not the certificate's" if fits else \
+                f"URI {application_uris(cert)}, valid until {cert.not_valid_after_utc.isoformat()}"
+            log.warning("own OPC UA certificate %s (thumbprint %s) does not fit any more (%s): making a new one; "
+                        "servers must trust the new certificate", cert_path, thumbprint(cert), why)
+        return _make_own(cert_path, key_path, application_uri, common_name)
+
+
+def _key_of(cert: x509.Certificate, key_path: Path) -> bool:
+    """Whether the (unencrypted PEM) key at ``key_path`` is ``cert``'s. The key is written before the certificate: a
+    process stopped between the two left a new key beside the old certificate, kept for ever since the certificate
+    still fitted, and every server refused the session signed with it ("does not trust the gateway's
+    certificate")."""
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    except (OSError, ValueError, TypeError):
+        return False
+    return key.public_key().public_numbers() == cert.public_key().public_numbers()
+
+
+def _make_own(cert_path: Path, key_path: Path, application_uri: str, common_name: str) -> tuple[Path, Path]:
     key = new_key()
     host = socket.gethostname()
     cert = make_certificate(key, application_uri, common_name, client=True, dns=(host,) if host else ())
     write_key(key, key_path)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.DER))  # never a half certificate
     log.info("made the gateway's OPC UA certificate %s (thumbprint %s, URI %s): give it to the servers to trust",
              cert_path, thumbprint(cert), application_uri, extra={"event": "opcua_own_certificate"})
     return cert_path, key_path

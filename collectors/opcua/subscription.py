@@ -310,16 +310,17 @@ def subscription_parameters(cfg: Config) -> ua.CreateSubscriptionParameters:
     return params
 
 
-def item_request(node: NodeConfig, cfg: Config, handle: int,
-                 eu_range: tuple[float, float] | None = None) -> ua.MonitoredItemCreateRequest:
-    """A Value monitored item for ``node`` with the collector's defaults filled in.
+def item_request(node: NodeConfig, cfg: Config, handle: int, eu_range: tuple[float, float] | None = None, *,
+                 node_id: ua.NodeId | None = None) -> ua.MonitoredItemCreateRequest:
+    """A Value monitored item for ``node`` with the collector's defaults filled in; ``node_id``: the node as the
+    session's server numbers it (`NodeConfig.resolve`), by default the configured ``ns=`` id.
 
     A percent deadband is sent as the absolute deadband it stands for, ``percent/100 * (high - low)``
     of the node's EURange (OPC UA Part 8's definition): servers that do not implement percent
     deadbands (asyncua's ignores them) then filter correctly, and those that do filter the same.
     """
     rv = ua.ReadValueId()
-    rv.NodeId = ua.NodeId.from_string(node.node_id)
+    rv.NodeId = node_id if node_id is not None else node.resolve(None)
     rv.AttributeId = ua.AttributeIds.Value
     mp = ua.MonitoringParameters()
     mp.ClientHandle = handle
@@ -345,7 +346,7 @@ def item_request(node: NodeConfig, cfg: Config, handle: int,
     return mir
 
 
-async def eu_ranges(client: Client, node_ids: Sequence[str], per_call: int) -> list[tuple[float, float] | None]:
+async def eu_ranges(client: Client, node_ids: Sequence[ua.NodeId], per_call: int) -> list[tuple[float, float] | None]:
     """The EURange (low, high) property of each node, None where it has none; ``per_call`` per request."""
     out: list[tuple[float, float] | None] = []
     for start in range(0, len(node_ids), per_call):
@@ -353,7 +354,7 @@ async def eu_ranges(client: Client, node_ids: Sequence[str], per_call: int) -> l
         paths = []
         for nid in chunk:
             bp = ua.BrowsePath()
-            bp.StartingNode = ua.NodeId.from_string(nid)
+            bp.StartingNode = nid
             el = ua.RelativePathElement()
             el.ReferenceTypeId = ua.NodeId(ua.ObjectIds.HasProperty)
             el.IsInverse = False
