@@ -98,7 +98,8 @@ class Forwarder:
         # One COPY is one server process: past ~300k rows/s a backlog drains only as fast as one core of the
         # database. `writers` connections write groups side by side; the first also migrates and syncs tags.
         self.writers = [TimescaleSink(conninfo, connect_timeout_s=self.db.connect_timeout_s,
-                                      application_name=f"valvoja-{cfg.site.gateway_id}")
+                                      application_name=f"valvoja-{cfg.site.gateway_id}",
+                                      migration_lock_timeout_s=self.db.migration_lock_timeout_s)
                         for _ in range(self.db.writers)]
         self.sink = self.writers[0]
         self.backoff = Backoff()

@@ -113,6 +113,9 @@ class Database(Strict):
     alerts_retention_days: int = Field(1827, ge=0)
     rollup_interval_s: float = Field(5.0, gt=0)
     migrate_on_start: bool = True
+    # How long the start's migration check waits for a lock another session holds (another gateway or `valvoja db
+    # migrate` upgrading the schema): then it is a database error (/healthz last_error, db_down) and retried.
+    migration_lock_timeout_s: float = Field(60.0, gt=0, le=3600)
 
     @field_validator("emission_runs_retention_days")
     @classmethod

@@ -266,3 +266,31 @@ def test_db_migrate_with_the_site_configuration_as_documented(pg_dsn, tmp_path, 
     assert f"applied {len(available())} migration(s): 0001_core" in out and "database edition: " in out
     assert cli.main(["db", "migrate", "--config", str(site)]) == 0
     assert "applied 0 migration(s) (schema up to date)" in capsys.readouterr().out
+
+
+def test_a_migration_check_that_meets_the_migration_lock_gives_up_at_its_timeout_and_is_retried(pg_dsn):
+    """Another session holds the migration lock (another gateway upgrading the schema, `valvoja db migrate`): the
+    gateway's connect waited for it without end in a worker thread (no error in /healthz, no db_down) that a watchdog
+    restart could not cancel, a new one each restart, until every thread of the pool waited. Now it gives up after
+    `migration_lock_timeout_s` with an error that says why (the forwarder retries it); once free, it connects."""
+    from edge.db.migrate import _LOCK_KEY
+
+    async def connect(timeout_s: float):
+        sink = TimescaleSink(pg_dsn, migration_lock_timeout_s=timeout_s)
+        try:
+            async with asyncio.timeout(15):  # the old code never returns: fail instead of hanging the run
+                return await sink.connect()
+        finally:
+            await sink.close()
+
+    with psycopg.connect(pg_dsn, autocommit=True) as locker:
+        locker.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError, match="migration check waited 1 s for a lock another session holds"):
+            asyncio.run(connect(1.0))
+        waited = time.monotonic() - t0
+        waiting = locker.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                 "AND application_name LIKE '%-migrate'").fetchone()[0]
+        locker.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+    assert 0.9 < waited < 10 and waiting == 0  # its session ended with the wait, no thread left waiting
+    assert asyncio.run(connect(1.0)).edition

@@ -90,9 +90,11 @@ class WriteResult:
 class TimescaleSink:
     """One connection to the database; not shared between tasks."""
 
-    def __init__(self, conninfo: str, *, connect_timeout_s: float = 5.0, application_name: str = "valvoja"):
+    def __init__(self, conninfo: str, *, connect_timeout_s: float = 5.0, application_name: str = "valvoja",
+                 migration_lock_timeout_s: float = 60.0):
         self._conninfo = conninfo
         self._timeout = connect_timeout_s
+        self._lock_timeout_s = migration_lock_timeout_s
         self._app = application_name
         self.conn: psycopg.AsyncConnection | None = None
         self.features: Features | None = None
@@ -106,12 +108,27 @@ class TimescaleSink:
         event loop the collectors run on. Without migrating, the schema must be exactly the one this program ships
         (`check_schema`): writes to a schema behind or ahead of it were attempted anyway."""
         if migrate_schema:
-            await asyncio.to_thread(self._sync, migrate, self._app + "-migrate")
+            await asyncio.to_thread(self._sync, self._migrate, self._app + "-migrate")
         self.conn = await psycopg.AsyncConnection.connect(
             self._conninfo, connect_timeout=int(max(1, self._timeout)), application_name=self._app)
         self.features = await asyncio.to_thread(self._sync, detect if migrate_schema else _checked_detect, self._app)
         await self._load_tag_ids()
         return self.features
+
+    def _migrate(self, conn: psycopg.Connection) -> None:
+        """`migrate`, waiting at most ``migration_lock_timeout_s`` for a lock. Without a limit a gateway whose start
+        met the migration lock held (another gateway upgrading the schema, `valvoja db migrate`, a long query on a
+        table a migration alters) waited in silence (no error in /healthz, no db_down) in a worker thread the
+        watchdog's restart could not cancel, one more thread each restart, until the pool's threads (6 on 2 cores)
+        were all waiting and nothing else run in a thread (connects, spool work) went on."""
+        conn.execute(f"SET lock_timeout = '{int(self._lock_timeout_s * 1000)}ms'")
+        try:
+            migrate(conn)
+        except psycopg.errors.LockNotAvailable as exc:
+            raise TimeoutError(
+                f"the schema migration check waited {self._lock_timeout_s:g} s for a lock another session holds "
+                "(another gateway or `valvoja db migrate` upgrading the schema, or a long query on a table a "
+                "migration alters; see pg_stat_activity); retrying") from exc
 
     def _sync(self, fn, application_name: str):
         """``fn(conn)`` on a short-lived sync connection."""
