@@ -59,6 +59,8 @@ def test_browse_prints_types_units_ranges_access_and_writes_a_valid_tag_section(
         body = {k: v for k, v in data["collectors"][0].items() if k not in ("kind", "name")}
         col = Config.model_validate(body)
         assert {n.tag for n in col.nodes} == set(tags)
+        # By namespace URI: the index 2 is the server's numbering of this start (collectors/opcua/README.md).
+        assert {n.node_id for n in col.nodes} == {f"nsu=urn:valvoja:simulator;s={t}" for t in tags}
 
         res = valvoja(endpoint, "--json", "--root", "ns=2;s=K1", "--pki-dir", str(tmp_path / "pki"))
         assert res.returncode == 0, res.stderr
@@ -125,6 +127,22 @@ def test_toml_section_comments_out_arrays_and_unreadable_variables():
     assert [n["node_id"] for n in data["collectors"][0]["nodes"]] == ["ns=2;i=1"]
     assert "# Line.Profile: Float[]" in text and "# Line.Secret: Int32, access none" in text
     assert ua.NodeId.from_string(data["collectors"][0]["nodes"][0]["node_id"])
+
+
+def test_written_node_ids_name_the_namespace_by_its_uri_where_they_can():
+    from collectors.opcua.browse import Variable
+
+    def written(node_id: str, uri: str | None) -> str:
+        text = toml_section([Variable(node_id, ["L", "x"], "Double", -1, ["read"], namespace_uri=uri)],
+                            endpoint="opc.tcp://h:4840", name="x")
+        return tomllib.loads(text)["collectors"][0]["nodes"][0]["node_id"]
+
+    assert written("ns=3;i=7", "urn:plant") == "nsu=urn:plant;i=7"
+    assert written("ns=2;g=09087e75-8e5e-499b-954f-f2a9603db28a", "urn:p") == \
+        "nsu=urn:p;g=09087e75-8e5e-499b-954f-f2a9603db28a"
+    assert written("i=2258", "http://opcfoundation.org/UA/") == "i=2258"  # namespace 0 is fixed by the standard
+    assert written("ns=3;i=7", "urn:a;b") == "ns=3;i=7"  # a ';' would end the URI early
+    assert written("ns=3;i=7", None) == "ns=3;i=7"  # not in the server's NamespaceArray
 
 
 def test_browse_checks_an_encrypted_key_before_connecting(tmp_path):

@@ -41,6 +41,17 @@ class Variable:
     # The built-in type data_type derives from (Duration: Double, a server's enumeration: Enumeration), "" when
     # data_type is built in: it decides the kind.
     base_type: str = ""
+    namespace_uri: str | None = None  # of the node's namespace index, from the server's NamespaceArray
+
+    @property
+    def config_id(self) -> str:
+        """The node id for a configuration: by namespace URI (``nsu=``) where the index is the server's own numbering
+        (1 and up), which another start of the server may change (collectors/opcua/README.md, Node ids); ``ns=`` as
+        browsed where the URI is unknown or holds a ``;`` (a node id's separator)."""
+        nid = ua.NodeId.from_string(self.node_id)
+        if not nid.NamespaceIndex or not self.namespace_uri or ";" in self.namespace_uri:
+            return self.node_id
+        return f"nsu={self.namespace_uri};" + ua.NodeId(nid.Identifier, 0, nid.NodeIdType).to_string()
 
     @property
     def tag(self) -> str:
@@ -201,6 +212,10 @@ async def browse(client: Client, root: str = "i=85", *, max_depth: int = 10, max
         level = nxt
     if variables:
         await _describe(client, variables, per_call)
+        namespaces = await namespace_array(client) or []
+        for v in variables:
+            index = ua.NodeId.from_string(v.node_id).NamespaceIndex
+            v.namespace_uri = namespaces[index] if index < len(namespaces) else None
     return variables, truncated
 
 
@@ -327,6 +342,6 @@ def toml_section(variables: list[Variable], *, endpoint: str, name: str, securit
         lines += [f"security_policy = {_q(security_policy)}", f"security_mode = {_q(security_mode)}"]
     lines.append("")
     for v in usable:
-        lines += ["[[collectors.nodes]]", f"node_id = {_q(v.node_id)}",
+        lines += ["[[collectors.nodes]]", f"node_id = {_q(v.config_id)}",
                   f"tag = {_q(v.tag)}  # {_comment(v.type_text)}", ""]
     return "\n".join(lines)

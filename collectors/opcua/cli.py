@@ -133,9 +133,9 @@ async def _browse(args, conn, secrets) -> int:
         except Exception:  # the listing is what matters
             client.disconnect_socket()
     if args.json:
-        print(json.dumps([{"node_id": v.node_id, "tag": v.tag, "path": v.path, "data_type": v.data_type,
-                           "array": v.is_array, "unit": v.unit, "eu_range": v.eu_range, "access": v.access,
-                           "description": v.description} for v in variables], indent=1))
+        print(json.dumps([{"node_id": v.node_id, "namespace_uri": v.namespace_uri, "tag": v.tag, "path": v.path,
+                           "data_type": v.data_type, "array": v.is_array, "unit": v.unit, "eu_range": v.eu_range,
+                           "access": v.access, "description": v.description} for v in variables], indent=1))
     else:
         print(table(variables), flush=True)
         print(f"{len(variables)} variables" + (f" (stopped at --max-nodes {args.max_nodes})" if truncated else ""),
