@@ -173,6 +173,45 @@ def test_stream_delivers_a_new_alert_and_its_acknowledgement(server):
     assert arrived - t_raise < 5.0
 
 
+def test_a_stream_filtered_by_state_is_told_when_an_alert_leaves_that_state(server):
+    """A client of /api/alerts/stream?state=raised got the new alert and then nothing: the acknowledgement does not
+    match state=raised, so it was not sent, and the client showed the alert as raised until it reloaded. It now
+    comes as `alert-left`; an alert of another asset (outside the stream's fixed filters) does not."""
+    reader = httpx.Client(base_url=server.url, timeout=None)
+    reader.post("/api/auth/login", json={"username": "viewer", "password": PASSWORD}).raise_for_status()
+    got: list[tuple[str, dict]] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        try:
+            with reader.stream("GET", "/api/alerts/stream", params={"state": "raised", "asset": "F-202"}) as r:
+                event = None
+                for line in r.iter_lines():
+                    if line.startswith(": connected"):
+                        ready.set()
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: "):
+                        got.append((event, json.loads(line[6:])))
+        except httpx.HTTPError:
+            pass  # closed by the test
+
+    threading.Thread(target=read, daemon=True).start()
+    assert ready.wait(10)
+    insert_alert(server.dsn, "LEFT-1", asset="F-202", severity="warning", message="fan bearing temperature")
+    insert_alert(server.dsn, "LEFT-2", asset="F-203", severity="warning", message="another asset")
+    with server.client("engineer") as e:
+        e.post("/api/alerts/LEFT-1/ack", json={"comment": "checking"}).raise_for_status()
+        e.post("/api/alerts/LEFT-2/ack", json={"comment": "checking"}).raise_for_status()
+    deadline = time.monotonic() + 10
+    while not any(ev == "alert-left" for ev, _ in got) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # and nothing of LEFT-2 follows
+    reader.close()
+    assert [(ev, a["id"], a["state"]) for ev, a in got] == [("alert", "LEFT-1", "raised"),
+                                                           ("alert-left", "LEFT-1", "acknowledged")]
+
+
 class _Stream:
     """An alert stream read in a thread: every line, and whether the server ended it."""
 

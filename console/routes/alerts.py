@@ -83,20 +83,28 @@ async def alerts_csv(request: Request, f: Filters = Depends(filters), _: Princip
     return await export(request, sql, params, COLUMNS, file_name=file_name_part(name, 200))
 
 
-def _matches(row: dict, f: Filters) -> bool:
-    for key in ("site", "asset", "severity", "state", "kind"):
+def _matches(row: dict, f: Filters, keys: tuple[str, ...] = ("site", "asset", "severity", "state", "kind")) -> bool:
+    for key in keys:
         want = getattr(f, key)
         if want and row.get(key) not in want:
             return False
     return True
 
 
+# What an alert keeps for life; its state and severity change (acknowledged, cleared, escalated).
+_FIXED = ("site", "asset", "kind")
+
+
 @router.get("/stream", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "`event: alert` with the alert row as JSON data, per change; "
+                                            "`event: alert-left` with the row of a change that does not match the "
+                                            "state or severity filter (any more); "
                                             "`event: session-ended` last when the credential ends"}})
 async def stream(request: Request, f: Filters = Depends(filters), p: Principal = Depends(require("read"))):
-    """Server-sent events: every insert or update of an alert matching the filters, as it happens.
+    """Server-sent events: every insert or update of an alert matching the filters, as it happens; a change of an
+    alert of the filter's sites, assets and kinds whose state or severity does not match them comes as
+    ``event: alert-left`` (acknowledged or cleared under ``state=raised``: the client drops it).
     A comment line every ``alert_heartbeat_s`` (15 s) keeps proxies from closing the connection. When its
     session or API token stops being valid (log-out, expiry, user disabled, token revoked) the stream sends
     ``event: session-ended`` and ends (a browser reloads the page and so reaches the log-in page; reconnecting
@@ -132,6 +140,10 @@ async def stream(request: Request, f: Filters = Depends(filters), p: Principal =
                         return
                     if _matches(row, f):
                         yield b"event: alert\ndata: " + orjson.dumps(row) + b"\n\n"
+                    elif _matches(row, f, _FIXED):
+                        # Changed out of the filter's states or severities: a client filtering on state=raised
+                        # was never told of the acknowledgement and kept showing the alert as raised.
+                        yield b"event: alert-left\ndata: " + orjson.dumps(row) + b"\n\n"
         finally:
             feed.unsubscribe(queue)
 
