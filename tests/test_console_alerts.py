@@ -133,15 +133,19 @@ def test_unknown_alert_is_404(server):
         assert c.post("/api/alerts/nope/ack", json={"comment": ""}).status_code == 404
 
 
-def _read_events(client: httpx.Client, out: list, ready: threading.Event):
+def _read_events(client: httpx.Client, out: list, ready: threading.Event, params: dict | None = None,
+                 named: bool = False):
+    """The stream's `alert` events as (arrival time, row); with ``named`` every event's data as (event, row)."""
     try:
-        with client.stream("GET", "/api/alerts/stream") as r:
+        with client.stream("GET", "/api/alerts/stream", params=params) as r:
             event = None
             for line in r.iter_lines():
                 if line.startswith(": connected"):
                     ready.set()
                 if line.startswith("event: "):
                     event = line[7:]
+                elif line.startswith("data: ") and named:
+                    out.append((event, json.loads(line[6:])))
                 elif line.startswith("data: ") and event == "alert":
                     out.append((time.monotonic(), json.loads(line[6:])))
     except httpx.HTTPError:
@@ -181,22 +185,8 @@ def test_a_stream_filtered_by_state_is_told_when_an_alert_leaves_that_state(serv
     reader.post("/api/auth/login", json={"username": "viewer", "password": PASSWORD}).raise_for_status()
     got: list[tuple[str, dict]] = []
     ready = threading.Event()
-
-    def read() -> None:
-        try:
-            with reader.stream("GET", "/api/alerts/stream", params={"state": "raised", "asset": "F-202"}) as r:
-                event = None
-                for line in r.iter_lines():
-                    if line.startswith(": connected"):
-                        ready.set()
-                    if line.startswith("event: "):
-                        event = line[7:]
-                    elif line.startswith("data: "):
-                        got.append((event, json.loads(line[6:])))
-        except httpx.HTTPError:
-            pass  # closed by the test
-
-    threading.Thread(target=read, daemon=True).start()
+    threading.Thread(target=_read_events, args=(reader, got, ready, {"state": "raised", "asset": "F-202"}, True),
+                     daemon=True).start()
     assert ready.wait(10)
     insert_alert(server.dsn, "LEFT-1", asset="F-202", severity="warning", message="fan bearing temperature")
     insert_alert(server.dsn, "LEFT-2", asset="F-203", severity="warning", message="another asset")
