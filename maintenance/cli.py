@@ -98,7 +98,7 @@ def add_parser(subparsers) -> None:
     mk.add_argument("--by", required=True, help="who reviews")
     _db_arg(mk)
     mk.set_defaults(func=cmd_review_mark)
-    pr = rvs.add_parser("precision", help="precision of past alerts from their reviews")
+    pr = rvs.add_parser("precision", help="precision of past alerts from their reviews, with its 95 %% interval")
     pr.add_argument("--since", type=iso_time_arg, metavar="ISO",
                     help="alerts raised since this time (ISO 8601; without an offset it is UTC; default: all)")
     pr.add_argument("--model-id", help="only alerts raised from this model's predictions")
@@ -290,9 +290,8 @@ def cmd_review_precision(args) -> int:
     with _connect(args) as conn:
         rows = review.alert_precision(conn, since=args.since, model_id=args.model_id)
     for r in rows:
-        prec = "-" if r["precision"] is None else f"{r['precision']:.2f}"
         print(f"{r['kind']:30} {r['model_id'] or '-':30} alerts {r['alerts']:5}  right {r['right']:4}  "
-              f"wrong {r['wrong']:4}  unreviewed {r['unreviewed']:4}  precision {prec}")
+              f"wrong {r['wrong']:4}  unreviewed {r['unreviewed']:4}  precision {review.format_precision(r)}")
     return 0
 
 

@@ -166,7 +166,8 @@ async def test_review_commands(pg_dsn, capsys):
     assert main(["review", "precision", "--db", pg_dsn]) == 0
     out = capsys.readouterr().out
     assert "p_value=0.004" in out and "review=wrong" in out and "p=0.004" in out and "review=right" in out
-    assert "precision 0.00" in out
+    # one wrong review: precision 0 with its exact 95 % interval, not a bare 0.00 (it could be anything to 0.975)
+    assert "precision 0.00 [0.00, 0.97] 95%" in out
 
 
 async def test_live_results_published_with_traceable_evidence(pg_dsn):
