@@ -244,7 +244,13 @@ def cmd_review_list(args) -> int:
         preds = review.list_predictions(conn, args.asset, since=args.since, limit=args.limit)
     print(f"alerts of {args.asset} ({len(alerts)}):")
     for a in alerts:
-        u = ", ".join(f"{k}={v}" for k, v in a["uncertainty"].items())
+        ev = a["uncertainty"]
+        # As a prediction's: a RUL alert's open-ended interval printed as "lower=80, coverage=0.9", its missing
+        # upper end not said to be "or more".
+        u = _uncertainty({"p_value": ev.get("p_value"), "lower": ev.get("lower"), "upper": ev.get("upper"),
+                          "coverage": ev.get("coverage"), "details": {"alpha": ev.get("alpha")}})
+        if ev.get("model_version"):
+            u += f" model_version={ev['model_version']}"
         print(f"  {a['raised_at']:%Y-%m-%d %H:%M:%S} {a['id']} {a['severity']:8} {a['state']:12} {a['kind']}: "
               f"{a['message']} [{u}] review={a['verdict'] or '-'}")
     print(f"predictions of {args.asset} ({len(preds)}):")
