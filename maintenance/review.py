@@ -14,6 +14,8 @@ from typing import Literal
 import psycopg
 from psycopg.rows import dict_row
 
+from maintenance.uncertainty import proportion_interval
+
 Verdict = Literal["right", "wrong"]
 PRECISION_LEVEL = 0.95  # confidence of the interval stated with every precision from reviews
 
@@ -152,15 +154,12 @@ def precision_with_interval(right: int, wrong: int, level: float = PRECISION_LEV
     100 % while they are consistent with a precision as low as 29 % (95 %). Clopper-Pearson rather than the normal
     approximation because review counts are small and often all right or all wrong, where the normal interval
     collapses to a width of zero."""
-    from scipy.stats import beta
-
-    n = right + wrong
-    if n == 0:
+    ci = proportion_interval(right, right + wrong, level)
+    if ci is None:
         return {"precision": None, "precision_lower": None, "precision_upper": None, "precision_level": None}
-    tail = (1.0 - level) / 2.0
-    lower = float(beta.ppf(tail, right, wrong + 1)) if right > 0 else 0.0
-    upper = float(beta.isf(tail, right + 1, wrong)) if wrong > 0 else 1.0
-    return {"precision": right / n, "precision_lower": lower, "precision_upper": upper, "precision_level": level}
+    lower, upper = ci
+    return {"precision": right / (right + wrong), "precision_lower": lower, "precision_upper": upper,
+            "precision_level": level}
 
 
 def format_precision(r: dict, digits: int = 2) -> str:
