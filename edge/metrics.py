@@ -97,6 +97,10 @@ class Metrics:
         self.model_swaps = Counter("valvoja_model_swaps_total",
                                    "Registry champions swapped in live (swapped), refused (refused) or not readable "
                                    "(error)", ["model_id", "outcome"], registry=r)
+        self.rul_cycles_refused = Counter("valvoja_rul_cycles_refused_total",
+                                          "RUL cycles closed without a prediction: inputs beyond the model's "
+                                          "training range (out_of_domain) or refused by the runtime (input)",
+                                          ["asset", "reason"], registry=r)
         self.analytics_errors = Counter("valvoja_analytics_errors_total",
                                         "Groups of readings live analytics failed on (logged with the error)",
                                         registry=r)

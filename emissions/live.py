@@ -119,7 +119,8 @@ class LiveMonitor:
                 if link.registry_db and not dsn:
                     raise ValueError("pems.registry_db is set but the site has no database")
                 out[pol.name] = LivePems(link, asset=self.cfg.name, target=pol.name,
-                                         dsn=dsn if link.registry_db else None, tag_units=tag_units)
+                                         dsn=dsn if link.registry_db else None, tag_units=tag_units,
+                                         step_s=self.cfg.primary_s, truth_tag=pol.tag)
             except Exception as exc:  # the monitor (and the gateway) runs on without this PEMS
                 log.error("stack %s %s: live PEMS not started: %s", self.cfg.name, pol.name, exc,
                           extra={"event": "pems_not_started", "asset": self.cfg.name})

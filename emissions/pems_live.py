@@ -57,13 +57,20 @@ class LivePems:
     """One pollutant's PEMS: the champion of ``link.model_id``, one primary interval at a time."""
 
     def __init__(self, link: PemsLink, *, asset: str = "", target: str = "", registry=None, dsn: str | None = None,
-                 clock: Callable[[], float] = time.monotonic, tag_units: Mapping[str, str] | None = None):
+                 clock: Callable[[], float] = time.monotonic, tag_units: Mapping[str, str] | None = None,
+                 step_s: float | None = None, truth_tag: str | None = None):
+        """``step_s``: the primary interval's length, so each prediction states the span of its inputs (the
+        interval's means: ``input_start`` .. ``input_start + step_s``). ``truth_tag``: the analyser's tag, the
+        measured value the model predicts, stored as each prediction's ``target`` (the pollutant goes to
+        ``details.pollutant``) so that the console's uncertainty report finds the truth of every interval."""
         if link.model_id is None:
             raise ValueError(f"pems link {link.tag}: no model_id configured")
         self.link = link
         self.tag_units = dict(tag_units or {})  # the site's tag registry: tag -> unit ([[tags]] unit)
         self.asset = asset
         self.target = target
+        self.step_s = step_s
+        self.truth_tag = truth_tag
         self.dsn = dsn
         self.registry = registry  # built on first use when None (its database may be down at start)
         self.clock = clock
@@ -233,8 +240,14 @@ class LivePems:
                             extra={"event": "pems_input_refused", "stack": self.asset, "pollutant": self.target})
             return None
         self._refusal = None
-        p = dataclasses.replace(p, kind="pems", input_start=ts,
-                                details={**p.details, "model_id": p.model_id, "pems_tag": self.link.tag})
+        # The inputs are the means of the primary interval starting at ts: its end closes the span (DESIGN.md §2);
+        # it was left NULL, so a stored PEMS value did not say which readings produced it.
+        end = datetime.fromtimestamp(t + self.step_s, UTC) if self.step_s else None
+        # The target is the predicted tag (as for every prediction): it was the pollutant's name ("NOx"), no tag,
+        # so the console's empirical coverage (the target tag's readings against the interval) was never computed.
+        p = dataclasses.replace(p, kind="pems", input_start=ts, input_end=end, target=self.truth_tag or p.target,
+                                details={**p.details, "model_id": p.model_id, "pems_tag": self.link.tag,
+                                         "pollutant": self.target})
         self.pending[t] = p
         while len(self.pending) > PENDING_MAX:
             self.pending.popitem(last=False)

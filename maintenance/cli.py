@@ -98,7 +98,7 @@ def add_parser(subparsers) -> None:
     mk.add_argument("--by", required=True, help="who reviews")
     _db_arg(mk)
     mk.set_defaults(func=cmd_review_mark)
-    pr = rvs.add_parser("precision", help="precision of past alerts from their reviews")
+    pr = rvs.add_parser("precision", help="precision of past alerts from their reviews, with its 95 %% interval")
     pr.add_argument("--since", type=iso_time_arg, metavar="ISO",
                     help="alerts raised since this time (ISO 8601; without an offset it is UTC; default: all)")
     pr.add_argument("--model-id", help="only alerts raised from this model's predictions")
@@ -244,7 +244,13 @@ def cmd_review_list(args) -> int:
         preds = review.list_predictions(conn, args.asset, since=args.since, limit=args.limit)
     print(f"alerts of {args.asset} ({len(alerts)}):")
     for a in alerts:
-        u = ", ".join(f"{k}={v}" for k, v in a["uncertainty"].items())
+        ev = a["uncertainty"]
+        # As a prediction's: a RUL alert's open-ended interval printed as "lower=80, coverage=0.9", its missing
+        # upper end not said to be "or more".
+        u = _uncertainty({"p_value": ev.get("p_value"), "lower": ev.get("lower"), "upper": ev.get("upper"),
+                          "coverage": ev.get("coverage"), "details": {"alpha": ev.get("alpha")}})
+        if ev.get("model_version"):
+            u += f" model_version={ev['model_version']}"
         print(f"  {a['raised_at']:%Y-%m-%d %H:%M:%S} {a['id']} {a['severity']:8} {a['state']:12} {a['kind']}: "
               f"{a['message']} [{u}] review={a['verdict'] or '-'}")
     print(f"predictions of {args.asset} ({len(preds)}):")
@@ -290,9 +296,8 @@ def cmd_review_precision(args) -> int:
     with _connect(args) as conn:
         rows = review.alert_precision(conn, since=args.since, model_id=args.model_id)
     for r in rows:
-        prec = "-" if r["precision"] is None else f"{r['precision']:.2f}"
         print(f"{r['kind']:30} {r['model_id'] or '-':30} alerts {r['alerts']:5}  right {r['right']:4}  "
-              f"wrong {r['wrong']:4}  unreviewed {r['unreviewed']:4}  precision {prec}")
+              f"wrong {r['wrong']:4}  unreviewed {r['unreviewed']:4}  precision {review.format_precision(r)}")
     return 0
 
 

@@ -14,7 +14,10 @@ from typing import Literal
 import psycopg
 from psycopg.rows import dict_row
 
+from maintenance.uncertainty import proportion_interval
+
 Verdict = Literal["right", "wrong"]
+PRECISION_LEVEL = 0.95  # confidence of the interval stated with every precision from reviews
 
 _LATEST_ALERT_VERDICT = (
     "LEFT JOIN LATERAL (SELECT verdict, comment AS review_comment, reviewer, created_at AS reviewed_at"
@@ -139,6 +142,29 @@ def alert_precision(conn: psycopg.Connection, *, since: datetime | None = None, 
         cur.execute(sql, params)
         rows = cur.fetchall()
     for r in rows:
-        reviewed = r["right"] + r["wrong"]
-        r["precision"] = r["right"] / reviewed if reviewed else None
+        r.update(precision_with_interval(r["right"], r["wrong"]))
     return rows
+
+
+def precision_with_interval(right: int, wrong: int, level: float = PRECISION_LEVEL) -> dict:
+    """``precision`` = right / (right + wrong) with its exact (Clopper-Pearson) two-sided ``level`` confidence
+    interval ``precision_lower`` .. ``precision_upper`` and ``precision_level``; all None without a review.
+
+    A precision from a handful of reviews is a model output like any other: three right verdicts read as a bare
+    100 % while they are consistent with a precision as low as 29 % (95 %). Clopper-Pearson rather than the normal
+    approximation because review counts are small and often all right or all wrong, where the normal interval
+    collapses to a width of zero."""
+    ci = proportion_interval(right, right + wrong, level)
+    if ci is None:
+        return {"precision": None, "precision_lower": None, "precision_upper": None, "precision_level": None}
+    lower, upper = ci
+    return {"precision": right / (right + wrong), "precision_lower": lower, "precision_upper": upper,
+            "precision_level": level}
+
+
+def format_precision(r: dict, digits: int = 2) -> str:
+    """``0.67 [0.09, 0.99] 95 %``: a precision as the review reports print it, never without its interval."""
+    if r.get("precision") is None:
+        return "-"
+    return (f"{r['precision']:.{digits}f} [{r['precision_lower']:.{digits}f}, {r['precision_upper']:.{digits}f}] "
+            f"{r['precision_level']:.0%}")

@@ -39,6 +39,11 @@ class ConditionNormaliser:
     mean_: np.ndarray | None = None
     std_: np.ndarray | None = None
     keep_: np.ndarray | None = None
+    # The range of the normalised kept sensors over the training rows: what the model has seen, so that a live
+    # asset running in a condition it was not trained on (another altitude, a different machine) is recognised
+    # rather than given a confident RUL (maintenance.rul_live).
+    z_min_: np.ndarray | None = None
+    z_max_: np.ndarray | None = None
 
     def fit(self, settings: np.ndarray, sensors: np.ndarray) -> ConditionNormaliser:
         labels = self._fit_labels(settings)
@@ -52,6 +57,8 @@ class ConditionNormaliser:
         # A sensor carries information only where it varies within a condition.
         self.keep_ = (self.std_ > 1e-6 * (1 + np.abs(self.mean_))).all(axis=0)
         self.std_[self.std_ <= 0] = 1.0
+        z = ((sensors - self.mean_[labels]) / self.std_[labels])[:, self.keep_]
+        self.z_min_, self.z_max_ = z.min(axis=0), z.max(axis=0)
         return self
 
     def _fit_labels(self, settings: np.ndarray) -> np.ndarray:

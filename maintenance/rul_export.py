@@ -90,7 +90,8 @@ def trained_model(result: dict, model_id: str | None = None) -> TrainedModel:
         "preprocessing": {
             "sensors": list(c.sensors) if c.sensors is not None else None, "spans": list(c.spans),
             "conditions": {"centres": n.centres_.tolist(), "settings_scale": n.settings_scale_.tolist(),
-                           "mean": n.mean_.tolist(), "std": n.std_.tolist(), "keep": n.keep_.tolist()},
+                           "mean": n.mean_.tolist(), "std": n.std_.tolist(), "keep": n.keep_.tolist(),
+                           "z_min": n.z_min_.tolist(), "z_max": n.z_max_.tolist()},
             "features": "per asset: cycle, causal bias-corrected EWM of each kept normalised sensor per span, "
                         "EWM(span 2) - EWM(last span) (maintenance.rul.history_features)",
             "output": f"clip to [0, {c.cap:g}]",

@@ -17,7 +17,10 @@ bias-corrected exponentially weighted means (one recursion per span: ``num = x +
 ``models.runtime.OnnxModel`` (file checked against its sha256), the output clipped to [0, cap], and the
 binned conformal interval of the card (``rul_intervals``; open-ended at the cap: ``upper`` None and
 ``details.open_ended``); a row the runtime refuses (a value beyond float32, a non-finite output) gives no
-prediction for that cycle (logged, event ``rul_input_refused``). Every ``predict_every`` cycles a `Prediction`
+prediction for that cycle (logged, event ``rul_input_refused``); so does a cycle whose normalised sensors lie
+beyond the range the model was trained on (the card's ``z_min``/``z_max`` widened by `DOMAIN_MARGIN`: an operating
+condition the model never saw; event ``rul_out_of_domain`` once a run, and the cycle is left out of the EWM history).
+Every ``predict_every`` cycles a `Prediction`
 (kind ``rul``, model id, model version = sha256 of the ONNX file, registry version in ``details``) goes to the
 predictions table; with ``alert_below``, an alert is raised while the interval's lower end is below that many cycles.
 
@@ -66,6 +69,10 @@ log = logging.getLogger(__name__)
 COUNTER = -1  # the position of an asset's cycle counter tag in `RulLive.tag_of`
 STATE_FILE = "rul_state.npz"
 STATE_FORMAT = 1
+# How far beyond the training range of a normalised sensor (as a share of that range, on each side) a cycle may go
+# and still be predicted: room for sensor noise and wear a little past the worst training engine, while an asset in
+# an operating condition the model never saw (thousands of standard deviations off) is refused.
+DOMAIN_MARGIN = 0.5
 
 
 class ServedRulModel:
@@ -99,6 +106,13 @@ class ServedRulModel:
         self.cap = float(card["rul"]["cap"])
         self.intervals = BinnedConformal.from_dict(ri)
         self.width = int(self.keep.sum())
+        self.z_low = self.z_high = None  # a card exported before the range was recorded: no domain check
+        if cond.get("z_min") is not None and cond.get("z_max") is not None:
+            lo, hi = np.asarray(cond["z_min"], float), np.asarray(cond["z_max"], float)
+            if lo.shape != (self.width,) or hi.shape != (self.width,):
+                raise ConfigError(f"{directory}: the card's sensor range has {lo.size} values for {self.width} "
+                                  "kept sensors")
+            self.z_low, self.z_high = lo - DOMAIN_MARGIN * (hi - lo), hi + DOMAIN_MARGIN * (hi - lo)
         expect = 1 + self.width * (len(self.spans) + 1)
         if len(self.onnx.schema) != expect:
             raise ConfigError(f"{directory}: the graph takes {len(self.onnx.schema)} inputs, the card's preprocessing "
@@ -111,6 +125,19 @@ class ServedRulModel:
         else:
             c = int((((settings / self.scale)[None, :] - self.centres) ** 2).sum(axis=1).argmin())
         return ((sensors - self.mean[c]) / self.std[c])[self.keep]
+
+    def outside(self, z: np.ndarray) -> np.ndarray:
+        """Positions among the kept sensors of a normalised row (`normalise`) beyond the training range widened by
+        `DOMAIN_MARGIN`: the model has no knowledge there, so a RUL computed from it would be a guess shown as a
+        figure with a 90 % interval."""
+        if self.z_low is None:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero((z < self.z_low) | (z > self.z_high))
+
+    def kept_sensors(self, n_configured: int) -> list[int]:
+        """The configured sensor column of each kept (normalised) sensor, in the order of `normalise`'s output."""
+        used = list(range(n_configured)) if self.sensors is None else list(self.sensors)
+        return [used[j] for j in np.flatnonzero(self.keep)]
 
     def predict(self, x: np.ndarray) -> tuple[float, float, float]:
         """Value clipped to [0, cap], interval lower and upper (inf = open-ended) for one feature row."""
@@ -173,6 +200,7 @@ class _Asset:
     end_time: datetime | None = None  # counter mode: when the cycle being closed ended
     error: str | None = None  # the registry's last read error (logged once until it changes)
     gone: bool = False  # the registry named no champion while one was served (logged once until one is named)
+    out_of_domain: int = 0  # consecutive cycles refused as beyond the model's training range (logged once a run)
 
 
 def _describe(model: ServedRulModel | None) -> str:
@@ -215,7 +243,9 @@ def _replayed(history, model: ServedRulModel, sel: np.ndarray, ns: int) -> EwmSt
     for age, raw in history:
         row = raw[sel]
         if np.isfinite(row).all():
-            state.push(model.normalise(row[:ns], row[ns:]), age)
+            z = model.normalise(row[:ns], row[ns:])
+            if not model.outside(z).size:  # as live: a cycle beyond the training range is not in the history
+                state.push(z, age)
     return state
 
 
@@ -278,6 +308,7 @@ class RulLive:
         self.metrics = metrics
         self.swaps = 0
         self.refusals = 0
+        self.refused_cycles: dict[str, int] = {}  # reason -> cycles closed without a prediction for it
         self.state_path = Path(state_dir) / STATE_FILE if state_dir is not None else None
         self.restored: dict[str, int] = {}  # asset -> cycles restored from the state file at start
         # Changed since the last snapshot: any reading taken (the cycle in progress is saved too, not only the closed
@@ -407,7 +438,8 @@ class RulLive:
             m = a.model
             out.append({"asset": a.name, "model_id": m.model_id if m else a.cfg.model_id,
                         "version": m.registry_version if m else None, "sha256": m.sha256 if m else None,
-                        "cycles": len(a.history), "refused_sha256": a.refused, "registry_error": a.error})
+                        "cycles": len(a.history), "refused_sha256": a.refused, "registry_error": a.error,
+                        "out_of_domain_cycles": a.out_of_domain})
         return out
 
     def _files(self, a: _Asset, mv):
@@ -704,6 +736,27 @@ class RulLive:
         a.first_time = a.first_time or t
         _new_cycle(a)
 
+    def _count_refused(self, a: _Asset, reason: str) -> None:
+        self.refused_cycles[reason] = self.refused_cycles.get(reason, 0) + 1
+        if self.metrics is not None:
+            self.metrics.rul_cycles_refused.labels(a.name, reason).inc()
+
+    def _refuse_out_of_domain(self, a: _Asset, age: int, z: np.ndarray, far: np.ndarray) -> None:
+        """A cycle beyond the training range: no prediction, no alert change; said once until back in range."""
+        a.out_of_domain += 1
+        self._count_refused(a, "out_of_domain")
+        if a.out_of_domain > 1:
+            return
+        m = a.model
+        cols = m.kept_sensors(len(a.cfg.sensors))
+        worst = far[np.argsort(-np.abs(z[far]))][:3]
+        named = ", ".join(f"{a.cfg.sensors[cols[j]]} at {z[j]:+.1f} standard deviations (accepted "
+                          f"{m.z_low[j]:+.1f} to {m.z_high[j]:+.1f})" for j in worst)
+        log.warning("asset %s: no RUL prediction from cycle %s on while its sensors are beyond what model %s was "
+                    "trained on (%d of %d sensors; an operating condition it never saw, or a sensor fault): %s",
+                    a.name, age, m.model_id, far.size, m.width, named,
+                    extra={"event": "rul_out_of_domain", "asset": a.name})
+
     def _close(self, a: _Asset, preds: list[Prediction], changes: list[AlertChange]) -> None:
         a.closed = True
         self._dirty = self.closed_unsaved = True
@@ -720,6 +773,16 @@ class RulLive:
             return  # no model yet, or a tag never seen yet: no row (the age still advances with the cycles)
         m = a.model
         z = m.normalise(row[: a.n_settings], row[a.n_settings:])
+        far = m.outside(z)
+        if far.size:
+            # Left out of the EWM history too: one such cycle would bias every prediction for hundreds of cycles
+            # after (the longest span), long after the asset is back in the conditions the model knows.
+            self._refuse_out_of_domain(a, age, z, far)
+            return
+        if a.out_of_domain:
+            log.info("asset %s: cycle %s within the RUL model's training range again after %d cycles refused",
+                     a.name, age, a.out_of_domain, extra={"event": "rul_back_in_domain", "asset": a.name})
+            a.out_of_domain = 0
         x = a.state.push(z, age)
         a.cycles += 1
         if a.cycles - a.last_pred < a.cfg.predict_every:
@@ -733,6 +796,7 @@ class RulLive:
             # from an infinite input, and no exception that would drop every asset's results of the group.
             log.warning("asset %s: no RUL prediction at cycle %s: %s", a.name, age, exc,
                         extra={"event": "rul_input_refused", "asset": a.name})
+            self._count_refused(a, "input")
             return
         if a.cfg.cycle_tag is not None:
             t, start = a.end_time, a.first_time

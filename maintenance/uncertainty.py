@@ -33,3 +33,8 @@ def min_scores(alpha: float) -> int:
     """The fewest calibration scores for ``alpha``: their smallest p-value 1/(n+1) reaches alpha (a smaller alpha
     could never flag) and their 1 - alpha quantile is finite. The one resolution rule of every alpha check."""
     return conformal.min_scores(alpha)
+
+
+def proportion_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float] | None:
+    """Exact (Clopper-Pearson) ``level`` confidence interval of ``k / n`` (None without any): `models.conformal`."""
+    return conformal.proportion_interval(k, n, level)

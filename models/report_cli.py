@@ -69,7 +69,8 @@ def add_subcommands(models_subparsers) -> None:
                         description="Per alert kind and model: alerts raised, reviewed right / wrong (the newest "
                                     "review of each alert counts; an alert raised from a prediction also counts "
                                     "that prediction's review), unreviewed, and precision = right / (right + "
-                                    "wrong). Reads the alerts and prediction_feedback tables.")
+                                    "wrong) with its exact (Clopper-Pearson) 95 % confidence interval. Reads the "
+                                    "alerts and prediction_feedback tables.")
     fb.add_argument("--db", metavar="URL", default=os.environ.get("VALVOJA_DB_URL") or None,
                     help="postgresql:// URL (default $VALVOJA_DB_URL)")
     fb.add_argument("--since", type=iso_time_arg, metavar="ISO",
@@ -128,7 +129,7 @@ def cmd_evaluate_feedback(args) -> int:
     import psycopg
 
     from edge.db.migrate import SchemaMismatch, check_schema
-    from maintenance.review import alert_precision
+    from maintenance.review import PRECISION_LEVEL, alert_precision, format_precision, precision_with_interval
 
     try:
         with psycopg.connect(args.db, autocommit=True, connect_timeout=10) as conn:
@@ -145,19 +146,19 @@ def cmd_evaluate_feedback(args) -> int:
     if not rows:
         print("  no alerts in this range")
     else:
-        print(f"  {'kind':<24}{'model':<28}{'alerts':>7}{'right':>7}{'wrong':>7}{'unreviewed':>11}{'precision':>10}")
+        print(f"  {'kind':<24}{'model':<28}{'alerts':>7}{'right':>7}{'wrong':>7}{'unreviewed':>11}  "
+              f"precision [{PRECISION_LEVEL:.0%} interval]")
     for r in rows:
-        prec = "-" if r["precision"] is None else f"{r['precision']:.3f}"
         print(f"  {r['kind']:<24}{r['model_id'] or '-':<28}{r['alerts']:>7}{r['right']:>7}{r['wrong']:>7}"
-              f"{r['unreviewed']:>11}{prec:>10}")
+              f"{r['unreviewed']:>11}  {format_precision(r, 3)}")
     right, wrong = sum(r["right"] for r in rows), sum(r["wrong"] for r in rows)
-    overall = right / (right + wrong) if right + wrong else None
+    overall = {"right": right, "wrong": wrong, **precision_with_interval(right, wrong)}
     if len(rows) > 1:
         print(f"  {'all':<52}{sum(r['alerts'] for r in rows):>7}{right:>7}{wrong:>7}"
-              f"{sum(r['unreviewed'] for r in rows):>11}{'-' if overall is None else f'{overall:.3f}':>10}")
+              f"{sum(r['unreviewed'] for r in rows):>11}  {format_precision(overall, 3)}")
     if args.json:
         doc = {"since": args.since, "until": args.until, "model_id": args.model_id, "rows": rows,
-               "overall": {"right": right, "wrong": wrong, "precision": overall}}
+               "overall": overall}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(api_json(doc, indent=True) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")

@@ -235,7 +235,7 @@ def test_an_assets_predictions_with_intervals_and_reviews(server):
         r = c.get("/api/assets/P-101/predictions.csv", params={"from": q["from"], "to": q["to"]})
         head, rows = rows_of(r)
     assert head == ["id", "time", "time_local", "asset", "kind", "model_id", "model_version", "target", "value",
-                    "lower", "upper", "coverage", "p_value", "verdict", "reviewed_by", "reviewed_at",
+                    "lower", "upper", "coverage", "p_value", "alpha", "verdict", "reviewed_by", "reviewed_at",
                     "reviewed_at_local", "review_comment"]
     assert len(rows) == len(js) == 36
     js = sorted(js, key=lambda p: (when(p["time"]), p["id"]))
@@ -245,6 +245,9 @@ def test_an_assets_predictions_with_intervals_and_reviews(server):
             assert num(x[key]) == p[key], key
         assert (x["kind"], x["model_id"], x["model_version"], x["verdict"] or None) == (
             p["kind"], p["model_id"], p["model_version"], p["verdict"])
+        # a p-value with the level it is judged against (it was exported alone); intervals carry coverage instead
+        assert num(x["alpha"]) == (p["details"] or {}).get("alpha")
+    assert {num(x["alpha"]) for x in rows if x["kind"] == "anomaly"} == {0.25}
     reviewed = next(x for x in rows if int(x["id"]) == first["id"])
     assert reviewed["reviewed_by"] == "maintenance" and reviewed["review_comment"] == '\'=HYPERLINK("http://x")'
     assert file_name(r) == f"P-101_predictions_{END - timedelta(hours=2):%Y%m%dT%H%M%SZ}_{END:%Y%m%dT%H%M%SZ}.csv"

@@ -187,6 +187,12 @@ def test_live_monitor_runs_pems_substitutes_and_reports_predictions(tmp_path, sa
     assert len(steps) == 30
     assert all(s.prediction.kind == "pems" and s.prediction.details["registry_version"] == 1 for s in steps)
     assert [s.prediction.time for s in steps] == [datetime.fromtimestamp(T0 + 60 * i, UTC) for i in range(30)]
+    # Its target is the analyser's tag, whose readings the console's uncertainty report holds its interval against
+    # (it was "NOx", no tag: the empirical coverage of live PEMS was never computed); the pollutant in details.
+    assert {(s.prediction.target, s.prediction.details["pollutant"]) for s in steps} == {("GT.NOx", "NOx")}
+    # each states the span of the readings it was predicted from: its primary minute (input_end was NULL)
+    assert [(s.prediction.input_start, s.prediction.input_end) for s in steps] == [
+        (datetime.fromtimestamp(T0 + 60 * i, UTC), datetime.fromtimestamp(T0 + 60 * (i + 1), UTC)) for i in range(30)]
     lp = mon.pems["NOx"]
     assert lp.server._serving.adaptive.n_updates_ == 20  # learnt from every valid analyser minute
     assert sorted(lp.pending) == [T0 + 60 * i for i in range(10, 20)]  # the outage minutes: no truth came

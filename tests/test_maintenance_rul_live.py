@@ -1234,3 +1234,55 @@ def test_a_counter_that_jumps_ahead_keeps_the_life_and_ages_by_the_jump(fitted):
     for p in preds:
         assert p.coverage == pytest.approx(0.9) and p.lower <= p.value
         assert (p.upper is None) == p.details["open_ended"] and (p.upper is None or p.value <= p.upper)
+
+
+# One cycle of C-MAPSS FD002 (engine 1, cycle 4 of test_FD002): 42,000 ft, Mach 0.84, an operating condition the
+# FD001 model never saw (FD001 flies at sea level only).
+FD002_SETTINGS = (42.0066, 0.8410, 100.0)
+FD002_SENSORS = (445.00, 550.17, 1349.69, 1127.89, 3.91, 5.71, 138.74, 2211.58, 8313.85, 1.02, 42.21, 130.40,
+                 2387.72, 8066.90, 9.3961, 0.02, 332, 2212, 100.00, 10.35, 6.4181)
+
+
+async def test_cycles_in_an_operating_condition_the_model_never_saw_get_no_rul(fitted, caplog):
+    """An FD001 engine flown at FD002's 42,000 ft for cycles 20-39: its sensors, normalised, are hundreds of standard
+    deviations from anything in training (within 5.5), yet each cycle got a RUL with a 90 % interval, and the cycles
+    stayed in the EWM history and moved every prediction after them. Now they are refused (said once, counted) and
+    left out of the history: the cycles after are predicted as the offline model predicts the engine without them."""
+    r, d = fitted
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    u = 3  # 126 cycles
+    one = test.select(test.unit == u)
+    away = (one.cycle >= 20) & (one.cycle < 40)
+    one.settings[away] = FD002_SETTINGS
+    one.sensors[away] = FD002_SENSORS
+    live = MaintenanceLive(MaintenanceConfig(period_s=60.0, assets=(rul_asset(u, d, alert_below=1000.0),)))
+    caplog.set_level(logging.INFO, logger="maintenance.rul_live")
+    preds, changes = [], []
+    for batch in replay(one):
+        _, p, c = await live.process(batch)
+        preds += p
+        changes += c
+    cycles = [p.details["cycle"] for p in preds]
+    assert cycles == [int(c) for c in one.cycle[~away]]  # no prediction at 42,000 ft
+    keep = ~away
+    offline = r["model"].predict(one.unit[keep], one.cycle[keep], one.settings[keep], one.sensors[keep])
+    assert np.allclose([p.value for p in preds], offline, atol=1e-3)
+    assert live.rul.refused_cycles == {"out_of_domain": 20}
+    events = [rec.event for rec in caplog.records if getattr(rec, "event", "").startswith("rul_")]
+    assert events.count("rul_out_of_domain") == 1 and events.count("rul_back_in_domain") == 1
+    said = next(rec.getMessage() for rec in caplog.records if getattr(rec, "event", "") == "rul_out_of_domain")
+    assert "from cycle 20 on" in said and f"E{u}.s" in said and "standard deviations" in said
+    # the alert (lower end below 1000: raised at the first cycle) stays open, once
+    assert [c.event for c in changes].count("raised") == 1 and "cleared" not in [c.event for c in changes]
+    assert live.rul.status()[0]["out_of_domain_cycles"] == 0
+    card = json.loads((d / "card.json").read_text())
+    assert len(card["preprocessing"]["conditions"]["z_min"]) == sum(card["preprocessing"]["conditions"]["keep"])
+
+
+async def test_the_fd001_test_engines_are_within_the_training_domain(fitted):
+    """The check refuses no cycle of engines the model was made for (the sample's FD001 test engines)."""
+    _, d = fitted
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    live = MaintenanceLive(MaintenanceConfig(period_s=60.0, assets=tuple(rul_asset(u, d) for u in test.units())))
+    preds, _ = await run(live, test)
+    assert len(preds) == len(test.unit) and live.rul.refused_cycles == {}

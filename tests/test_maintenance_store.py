@@ -165,8 +165,26 @@ async def test_review_commands(pg_dsn, capsys):
     assert main(["review", "list", "--asset", "P-7", "--db", pg_dsn]) == 0
     assert main(["review", "precision", "--db", pg_dsn]) == 0
     out = capsys.readouterr().out
-    assert "p_value=0.004" in out and "review=wrong" in out and "p=0.004" in out and "review=right" in out
-    assert "precision 0.00" in out
+    assert "review=wrong" in out and "p=0.004" in out and "review=right" in out
+    # one wrong review: precision 0 with its exact 95 % interval, not a bare 0.00 (it could be anything to 0.975)
+    assert "precision 0.00 [0.00, 0.97] 95%" in out
+
+
+async def test_review_list_says_a_rul_alerts_interval_is_open_ended(pg_dsn, capsys):
+    """A RUL alert whose interval reaches the model's cap (upper None in its evidence: "12 cycles or more") was listed
+    as "lower=12.0, coverage=0.9": the open upper end not said. Listed as its prediction is: [12.0, inf) @90%."""
+    from maintenance.cli import main
+
+    _migrate(pg_dsn)
+    m = AlertManager()
+    ev = {"prediction": {"model_id": "rul-x", "model_version": "ab" * 32, "value": 125.0, "lower": 12.0,
+                         "upper": None, "coverage": 0.9, "cycle": 40}}
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await store.apply_changes(conn, m.observe(asset="E-9", tag=None, kind="rul", active=True, t=at(0),
+                                                  message="rul low", evidence=ev))
+    assert main(["review", "list", "--asset", "E-9", "--db", pg_dsn]) == 0
+    out = capsys.readouterr().out
+    assert "rul low [[12.0, inf) @90% model_version=" + "ab" * 32 + "]" in out
 
 
 async def test_live_results_published_with_traceable_evidence(pg_dsn):
@@ -792,7 +810,7 @@ async def test_review_list_shows_open_ended_rul_and_anomaly_level(pg_dsn, capsys
     assert "value=118 [87.0, inf) @90%" in out
     assert "value=40 [22.0, 61.0] @90%" in out
     assert "p=0.004 (alpha 0.01)" in out
-    assert "[p_value=0.004, alpha=0.01]" in out
+    assert "[p=0.004 (alpha 0.01)]" in out
 
 
 async def test_a_condition_worse_after_an_escalation_is_in_the_alerts_history(pg_dsn):

@@ -75,10 +75,49 @@ def test_feedback_precision_per_model_and_overall(reviewed, tmp_path, capsys):
     other = rows[""]
     assert (other["alerts"], other["right"], other["wrong"], other["unreviewed"]) == (2, 0, 1, 1)
     assert other["precision"] == 0.0
-    assert doc["overall"] == {"right": 2, "wrong": 3, "precision": pytest.approx(0.4)}
+    assert {k: doc["overall"][k] for k in ("right", "wrong", "precision")} == {"right": 2, "wrong": 3,
+                                                                                "precision": pytest.approx(0.4)}
     # the same numbers maintenance's own command prints (one implementation)
     with psycopg.connect(reviewed) as conn:
         assert review.alert_precision(conn) == doc["rows"]
+
+
+def test_feedback_precision_states_its_confidence_interval(pg_dsn, tmp_path, capsys):
+    """Three alerts reviewed right: precision 1.000 with its exact 95 % interval [0.292, 1] (Clopper-Pearson:
+    0.025 ** (1/3)). It was printed and exported as a bare 1.000, as if three reviews proved a perfect model."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+    _, alerts = asyncio.run(_raise_alerts(pg_dsn))
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        for a in alerts:
+            if a["asset"] in ("P-102", "P-103", "P-104"):  # three of model an:P-101's four alerts
+                review.review_alert(conn, a["id"], "right", "", "anna")
+    out = tmp_path / "p.json"
+    assert valvoja(["models", "evaluate", "feedback", "--db", pg_dsn, "--model-id", "an:P-101",
+                    "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "1.000 [0.292, 1.000] 95%" in text and "precision [95% interval]" in text
+    doc = json.loads(out.read_text())
+    (row,) = doc["rows"]
+    assert (row["right"], row["wrong"], row["precision"]) == (3, 0, 1.0)
+    assert row["precision_lower"] == pytest.approx(0.025 ** (1 / 3), abs=1e-9)
+    assert (row["precision_upper"], row["precision_level"]) == (1.0, 0.95)
+    assert doc["overall"]["precision_lower"] == pytest.approx(0.025 ** (1 / 3), abs=1e-9)
+    assert review.precision_with_interval(0, 0) == {"precision": None, "precision_lower": None,
+                                                     "precision_upper": None, "precision_level": None}
+    from scipy.stats import binom
+
+    # the bounds are the exact ones: at each, the observed count is just at the 2.5 % tail of the binomial
+    r = review.precision_with_interval(7, 3)
+    assert binom.sf(6, 10, r["precision_lower"]) == pytest.approx(0.025)
+    assert binom.cdf(7, 10, r["precision_upper"]) == pytest.approx(0.025)
+    assert main_review_precision(pg_dsn, capsys).count("1.00 [0.29, 1.00] 95%") == 1
+
+
+def main_review_precision(dsn: str, capsys) -> str:
+    """`valvoja maintenance review precision`'s output: the same interval as ``models evaluate feedback``."""
+    assert valvoja(["maintenance", "review", "precision", "--db", dsn, "--model-id", "an:P-101"]) == 0
+    return capsys.readouterr().out
 
 
 def test_feedback_filters_by_time_and_model(reviewed, tmp_path, capsys):

@@ -129,8 +129,8 @@ async def asset_predictions(request: Request, name: str, _: Principal = Depends(
 CSV_COLUMNS = (Column("id", kind="int"), Column("time", kind="time"), Column("asset"), Column("kind"),
                Column("model_id"), Column("model_version"), Column("target"), Column("value", kind="number"),
                Column("lower", kind="number"), Column("upper", kind="number"), Column("coverage", kind="number"),
-               Column("p_value", kind="number"), Column("verdict"), Column("reviewed_by"),
-               Column("reviewed_at", kind="time"), Column("review_comment"))
+               Column("p_value", kind="number"), Column("alpha", kind="number"), Column("verdict"),
+               Column("reviewed_by"), Column("reviewed_at", kind="time"), Column("review_comment"))
 
 
 @router.get("/assets/{name}/predictions.csv", response_class=CSVStream, responses=RESPONSES)
@@ -139,15 +139,20 @@ async def asset_predictions_csv(request: Request, name: str, _: Principal = Depe
                                 last: str | None = None):
     """An asset's predictions over a range (default the last 7 days) as CSV, oldest first, every row (not
     thinned; at most ``console.csv_max_rows``, ``X-Valvoja-Truncated``): value, interval (``lower``, ``upper``,
-    nominal ``coverage``) or ``p_value``, model and version, and the newest review (verdict, reviewer, time,
+    nominal ``coverage``; ``upper`` empty next to a ``lower``: open-ended) or ``p_value`` with the ``alpha`` it is
+    judged against, model and version, and the newest review (verdict, reviewer, time,
     comment), the rows of `GET /api/predictions?asset=`."""
     db = request.app.state.db
     cols = await _check(db)
     tr = time_range(from_, to, last, default=timedelta(days=7))
     sel, join = _review_join(await db.has_table(FEEDBACK), comment=True)
     target = "p.target" if "target" in cols else "NULL::text"
+    # The level a p-value is judged against (details.alpha, as maintenance's detectors and the runtime store it):
+    # a p-value alone in a spreadsheet does not say whether it was an alarm.
+    alpha = ("CASE WHEN jsonb_typeof(p.details->'alpha') = 'number' THEN (p.details->>'alpha')::float8 END"
+             if "details" in cols else "NULL::float8")
     sql = (f"SELECT p.id, p.time, p.asset, p.kind, p.model_id, p.model_version, {target} AS target, p.value, "
-           f"p.lower, p.upper, p.coverage, p.p_value, {sel} FROM predictions p {join} "
+           f"p.lower, p.upper, p.coverage, p.p_value, {alpha} AS alpha, {sel} FROM predictions p {join} "
            "WHERE p.asset = %(asset)s AND p.time >= %(start)s AND p.time <= %(end)s ORDER BY p.time, p.id")
     return await export(request, sql, {"asset": name, "start": tr.start, "end": tr.end}, CSV_COLUMNS,
                         file_name=f"{file_name_part(name)}_predictions_{stamp(tr.start)}_{stamp(tr.end)}")

@@ -143,9 +143,13 @@
         return;
       }
       box.append(el("h3", {}, "Uncertainty in service (30 days, stored predictions)"), holder,
-        table(["Day", "Predictions", "Mean width", "Open-ended", "Nominal", "Empirical", "With truth"], r.items.map((x) => el("tr", {},
+        table(["Day", "Predictions", "Mean width", "Open-ended", "Nominal", "Empirical [95 % interval]", "With truth"], r.items.map((x) => el("tr", {},
           el("td", {}, timeCell(x.t)), el("td", {}, x.n), el("td", {}, fmtNum(x.mean_width)), el("td", {}, x.n_open), el("td", {}, fmtNum(x.nominal)),
-          el("td", { class: x.empirical !== null && x.nominal !== null && x.empirical < x.nominal - 0.05 ? "bad-text" : "" }, fmtNum(x.empirical)),
+          // Below nominal only where the nominal is above the empirical's 95 % interval: a bucket of three intervals
+          // with two covered is no evidence of a miss, one of 10,000 at 86 % is.
+          el("td", { class: x.empirical_upper !== null && x.empirical_upper !== undefined && x.nominal !== null && x.empirical_upper < x.nominal ? "bad-text" : "" },
+            fmtNum(x.empirical), x.empirical_lower !== null && x.empirical_lower !== undefined
+              ? el("small", { class: "muted" }, ` [${fmtNum(x.empirical_lower)}, ${fmtNum(x.empirical_upper)}]`) : ""),
           el("td", {}, x.n_truth)))));
       if (r.items.some((x) => x.n_open)) box.append(el("p", { class: "muted" }, `Mean width ${r.notes.mean_width}.`));
       const t = r.items.map((x) => x.t);
