@@ -372,3 +372,180 @@ def test_the_readme_command_list_names_every_command_and_action():
         if actions is not None and listed[name] is not None:
             missing += [f"{name} {a}" for a in actions.choices if a not in listed[name]]
     assert not missing, missing
+
+
+# -- names and defaults the documents state, checked against the code ------------------------------------------
+
+def doc_matches(pattern: str) -> list[tuple[str, re.Match]]:
+    """Every match of ``pattern`` in the shipped Markdown files, with its ``file:line``."""
+    out = []
+    for md in shipped("*.md"):
+        text = md.read_text(encoding="utf-8")
+        out += [(f"{rel(md)}:{text.count(chr(10), 0, m.start()) + 1}", m) for m in re.finditer(pattern, text)]
+    return out
+
+
+def exported_metrics() -> dict[str, tuple[str, ...]]:
+    """Every ``valvoja_*`` series `GET /metrics` can carry, with its label names (a histogram's ``_bucket``,
+    ``_sum`` and ``_count`` too)."""
+    from edge.metrics import Metrics
+
+    out: dict[str, tuple[str, ...]] = {}
+    for collector in Metrics().registry._collector_to_names:
+        name = getattr(collector, "_name", None)
+        if not (name and name.startswith("valvoja_")):
+            continue
+        labels = tuple(collector._labelnames)
+        out[name + ("_total" if collector._type == "counter" else "")] = labels
+        if collector._type == "histogram":
+            out |= {f"{name}_bucket": (*labels, "le"), f"{name}_sum": labels, f"{name}_count": labels}
+    return out
+
+
+# Names that look like metrics and are not: the channel console/README.md says m0401's trigger notifies on.
+NOT_METRICS = {"valvoja_alerts"}
+
+
+def test_not_metrics_are_what_they_are_said_to_be():
+    migration = (ROOT / "edge" / "db" / "migrations" / "m0401_console_alert_notify.py").read_text(encoding="utf-8")
+    assert all(f"'{name}'" in migration for name in NOT_METRICS)
+
+
+def test_every_metric_named_in_the_documents_is_exported_with_those_labels():
+    """A metric (or a label of one) named anywhere in the Markdown, in the prose, the on-call steps and the
+    suggested alerts as well as the table, is one `GET /metrics` serves: an alert rule written from the docs on a
+    name the gateway does not export stays silent for ever."""
+    exported = exported_metrics()
+    wrong = []
+    for where, m in doc_matches(r"\b(valvoja_[a-z0-9_]+)(?:\{([^}]*)\})?"):
+        name, labels = m.group(1), m.group(2)
+        if name in NOT_METRICS:
+            continue
+        if name not in exported:
+            wrong.append(f"{where}: {name} is not exported")
+            continue
+        for label in filter(None, (part.split("=", 1)[0].strip() for part in (labels or "").split(","))):
+            if label not in exported[name]:
+                wrong.append(f"{where}: {name} has no label {label!r} (has {exported[name]})")
+    assert not wrong, "\n".join(wrong)
+
+
+def logged_events() -> set[str]:
+    """The ``event`` names the product code logs by a literal name."""
+    code = [p for p in shipped("*.py") if not {"tests", "bench", "scripts"}.intersection(p.relative_to(ROOT).parts)]
+    return {name for path in code
+            for name in re.findall(r"""["']event["']\s*:\s*["']([a-z][a-z0-9_]+)["']""",
+                                   path.read_text(encoding="utf-8"))}
+
+
+def test_every_event_of_the_log_table_is_logged():
+    """The other direction of `test_every_log_event_is_in_the_operations_guide`: an event of the table "Log events"
+    that no code logs (renamed, or removed with its feature) sends the person on call grepping, and a log alert
+    built on it never fires."""
+    guide = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = guide.split("\n## Log events", 1)[1].split("\n## ", 1)[0]
+    documented = {name for row in section.splitlines() if row.startswith("| `")
+                  for name in re.findall(r"`([a-z][a-z0-9_]+)`", row.split("|")[1])}
+    assert len(documented) > 80, "fewer events in the table than there are: is the extraction broken?"
+    missing = sorted(documented - logged_events())
+    assert not missing, missing
+
+
+def test_every_log_event_the_documents_name_is_logged():
+    """`log event `x``, `(log `x`)`, `logs `x`` and `event=x` in any Markdown file name an event the code logs (an
+    alert's history events, `event `reopened``, are not log events)."""
+    events = logged_events()
+    found = doc_matches(r"(?:\blog(?: events?)?|\blogs|\blogged as) `([a-z][a-z0-9_]+)`"
+                        r"(?:(?:,| or| and|, and) `([a-z][a-z0-9_]+)`)*|`event=([a-z][a-z0-9_]+)`")
+    wrong = [f"{where}: {name}" for where, m in found for name in filter(None, m.groups()) if name not in events]
+    assert len(found) > 20, "fewer log events named than there are: is the extraction broken?"
+    assert not wrong, wrong
+
+
+# The gateway's own sections (edge.settings.SiteConfig): `section.key` in the prose of any document.
+GATEWAY_SECTIONS = ("site", "database", "spool", "validation", "http", "logging", "service")
+# `database.connected` and `database.last_error` are /healthz fields (docs/operations.md, "Health and metrics").
+HEALTHZ_FIELDS = {"database.configured", "database.connected", "database.edition", "database.last_error"}
+
+
+def gateway_keys() -> dict[str, object]:
+    """``section.key`` -> default of every key of the gateway's own sections."""
+    from edge.settings import SiteConfig
+
+    out = {}
+    for section in GATEWAY_SECTIONS:
+        model = SiteConfig.model_fields[section].annotation
+        for name, field in model.model_fields.items():
+            out[f"{section}.{field.alias or name}"] = field.get_default(call_default_factory=True)
+    return out
+
+
+UNITS = {"s": 1, "bytes": 1, "KiB": 1024, "MiB": 1024 ** 2, "GB": 10 ** 9, "MB": 10 ** 6}
+
+
+def test_the_healthz_fields_that_look_like_keys_are_in_the_health_section():
+    guide = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    health = guide.split("\n## Health and metrics", 1)[1].split("`GET /metrics`", 1)[0]
+    fields = re.search(r"`database` \(([^)]*)\)", health).group(1)
+    assert all(f"`{name.split('.')[1]}`" in fields for name in HEALTHZ_FIELDS), fields
+
+
+def test_every_gateway_key_the_documents_name_exists_with_the_stated_default():
+    """`database.writers` (default 2), `spool.max_bytes` (2 GB by default), `service.stop_timeout_s` (10 s): a key
+    named in the prose of any document is one the gateway reads, and a default stated beside it is the code's."""
+    keys = gateway_keys()
+    wrong = []
+    checked = 0
+    for where, m in doc_matches(rf"`((?:{'|'.join(GATEWAY_SECTIONS)})\.[a-z0-9_]+)(?: = [^`]+)?`"
+                                r"(?: \(((?:default )?[0-9][^)]*)\))?"):
+        key, said = m.groups()
+        if key in HEALTHZ_FIELDS or key == "spool.db":  # a /healthz field; the spool's file name
+            continue
+        if key not in keys:
+            wrong.append(f"{where}: {key} is no key of the site configuration")
+            continue
+        value = said and re.match(r"(?:default )?([0-9][0-9,.]*)\s*(s|bytes|KiB|MiB|GB|MB)?\b", said)
+        if not value:
+            continue
+        number = float(value.group(1).replace(",", "")) * UNITS[value.group(2) or "s"]
+        checked += 1
+        if number != keys[key]:
+            wrong.append(f"{where}: {key} ({said.split(';')[0].split(':')[0]}): the default is {keys[key]!r}")
+    assert checked >= 8, "fewer stated defaults than there are: is the extraction broken?"
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_site_example_shows_the_defaults():
+    """config/site-example.toml (and the `[service]` block of docs/operations.md) shows "every key of the gateway's
+    own sections, with its default value unless the comment says the value is an example": each `key = value`,
+    set or commented out, is the code's default."""
+    import tomllib
+
+    keys = gateway_keys()
+    texts = [("config/site-example.toml", (ROOT / "config" / "site-example.toml").read_text(encoding="utf-8"))]
+    texts += [(f"docs/operations.md#{i}", block) for i, block in enumerate(re.findall(
+        r"^```toml\n(.*?)^```", (ROOT / "docs" / "operations.md").read_text(encoding="utf-8"), re.M | re.S))]
+    wrong = []
+    checked = 0
+    for where, text in texts:
+        section = None
+        for n, line in enumerate(text.splitlines(), 1):
+            if head := re.match(r"^\[(\w+)\]", line):
+                section = head.group(1) if head.group(1) in GATEWAY_SECTIONS else None
+                continue
+            if line.startswith("[["):
+                section = None
+            kv = re.match(r"^#?\s*([a-z0-9_]+)\s*=\s*(\S(?:[^#]*\S)?)\s*(?:#\s*(.*))?$", line)
+            if section is None or not kv:
+                continue
+            key, value, comment = f"{section}.{kv.group(1)}", kv.group(2), kv.group(3) or ""
+            if "example" in comment or "default:" in comment:
+                continue
+            assert key in keys, f"{where}:{n}: {key} is no key"
+            checked += 1
+            shown = tomllib.loads(f"v = {value}")["v"]
+            default = keys[key]
+            if shown != (str(default) if isinstance(default, Path) else default):
+                wrong.append(f"{where}:{n}: {key} = {value}, the default is {default!r}")
+    assert checked > 30, "fewer keys than the example shows: is the extraction broken?"
+    assert not wrong, "\n".join(wrong)
