@@ -549,3 +549,16 @@ def test_the_site_example_shows_the_defaults():
                 wrong.append(f"{where}:{n}: {key} = {value}, the default is {default!r}")
     assert checked > 30, "fewer keys than the example shows: is the extraction broken?"
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_benchmark_results_the_documents_cite_are_files_a_benchmark_writes():
+    """A figure's source named as `bench/results/NAME.json` is the file a benchmark script writes by default, or the
+    document gives the `--out` that writes it: architecture.md cited `ingest_analytics.json`, which nothing writes
+    (bench_ingest.py's analytics phase goes into `ingest.json`), and emissions/README.md a PEMS result file that
+    `emissions pems evaluate` writes only when told to."""
+    written = "\n".join(p.read_text(encoding="utf-8") for p in shipped("bench/*.py"))
+    found = doc_matches(r"(--out\s+)?bench/results/([\w.-]+\.json)")
+    assert found, "no results cited: is the extraction broken?"
+    wrong = [f"{where}: bench/results/{m.group(2)}" for where, m in found
+             if not m.group(1) and f'"{m.group(2)}"' not in written]
+    assert not wrong, wrong
