@@ -562,3 +562,22 @@ def test_the_benchmark_results_the_documents_cite_are_files_a_benchmark_writes()
     wrong = [f"{where}: bench/results/{m.group(2)}" for where, m in found
              if not m.group(1) and f'"{m.group(2)}"' not in written]
     assert not wrong, wrong
+
+
+def test_state_files_are_named_where_the_gateway_writes_them():
+    """`<state_dir>/NAME` in a document is a file or folder the gateway keeps in `site.state_dir` itself, and a
+    collector's own state is under `<state_dir>/collectors/<name>/` (each collector is handed that folder): the MQTT
+    README sent the reader to `<state_dir>/subscriptions.json` and `<state_dir>/sparkplug/`, which are not there."""
+    def literals(folders: tuple[str, ...]) -> set[str]:
+        code = "\n".join(p.read_text(encoding="utf-8") for f in folders for p in shipped(f"{f}/**/*.py"))
+        return set(re.findall(r"""state_dir\)?\s*/\s*["']([\w.]+)["']""", code)) | set(
+            re.findall(r"""^[A-Z_]*FILE\s*=\s*["']([\w.]+)["']""", code, re.M))
+
+    per_collector = literals(("collectors",))
+    per_gateway = literals(("edge", "maintenance"))
+    assert {"subscriptions.json", "sparkplug", "session.json", "pki"} <= per_collector, per_collector
+    found = doc_matches(r"<state_dir>/(collectors/<name>/)?([\w.]+)")
+    wrong = [f"{where}: {m.group(0)}" for where, m in found
+             if m.group(2) not in (per_collector if m.group(1) else per_gateway)]
+    assert len(found) > 10, "fewer state files named than there are: is the extraction broken?"
+    assert not wrong, wrong
