@@ -515,39 +515,64 @@ def test_every_gateway_key_the_documents_name_exists_with_the_stated_default():
     assert not wrong, "\n".join(wrong)
 
 
-def test_the_site_example_shows_the_defaults():
-    """config/site-example.toml (and the `[service]` block of docs/operations.md) shows "every key of the gateway's
-    own sections, with its default value unless the comment says the value is an example": each `key = value`,
-    set or commented out, is the code's default."""
+def shown_defaults_that_are_not(text: str, where: str, sections: dict[str, type]) -> tuple[int, list[str]]:
+    """Each `key = value` line (set or commented out) of the tables ``sections`` names, unless its comment says the
+    value is an example or names the default itself: (how many were compared, those that are not the model's
+    default). The value is read through the model, so `"127.0.0.1"` is the default network `127.0.0.1/32`."""
     import tomllib
 
-    keys = gateway_keys()
-    texts = [("config/site-example.toml", (ROOT / "config" / "site-example.toml").read_text(encoding="utf-8"))]
-    texts += [(f"docs/operations.md#{i}", block) for i, block in enumerate(re.findall(
-        r"^```toml\n(.*?)^```", (ROOT / "docs" / "operations.md").read_text(encoding="utf-8"), re.M | re.S))]
+    from pydantic import ValidationError
+
     wrong = []
     checked = 0
-    for where, text in texts:
-        section = None
-        for n, line in enumerate(text.splitlines(), 1):
-            if head := re.match(r"^\[(\w+)\]", line):
-                section = head.group(1) if head.group(1) in GATEWAY_SECTIONS else None
-                continue
-            if line.startswith("[["):
-                section = None
-            kv = re.match(r"^#?\s*([a-z0-9_]+)\s*=\s*(\S(?:[^#]*\S)?)\s*(?:#\s*(.*))?$", line)
-            if section is None or not kv:
-                continue
-            key, value, comment = f"{section}.{kv.group(1)}", kv.group(2), kv.group(3) or ""
-            if "example" in comment or "default:" in comment:
-                continue
-            assert key in keys, f"{where}:{n}: {key} is no key"
-            checked += 1
-            shown = tomllib.loads(f"v = {value}")["v"]
-            default = keys[key]
-            if shown != (str(default) if isinstance(default, Path) else default):
-                wrong.append(f"{where}:{n}: {key} = {value}, the default is {default!r}")
-    assert checked > 30, "fewer keys than the example shows: is the extraction broken?"
+    model = None
+    for n, line in enumerate(text.splitlines(), 1):
+        if head := re.match(r"^\[\[?([\w.]+)\]", line):
+            model = sections.get(head.group(1)) if not line.startswith("[[") else None
+            continue
+        kv = re.match(r"^#?\s*([a-z0-9_]+)\s*=\s*(\S(?:[^#]*\S)?)\s*(?:#\s*(.*))?$", line)
+        if model is None or not kv:
+            continue
+        key, value, comment = kv.group(1), kv.group(2), kv.group(3) or ""
+        if "example" in comment or "default:" in comment or "default " in comment:
+            continue
+        field = next((f for name, f in model.model_fields.items() if key in (name, f.alias)), None)
+        assert field is not None, f"{where}:{n}: {key} is no key of {model.__name__}"
+        default = field.get_default(call_default_factory=True)
+        if default is None:  # none, or computed from other keys: the comment says which
+            continue
+        checked += 1
+        try:
+            shown = getattr(model.model_validate({key: tomllib.loads(f"v = {value}")["v"]}), key)
+        except ValidationError as e:
+            wrong.append(f"{where}:{n}: {key} = {value} is refused: {e}")
+            continue
+        if shown != default:
+            wrong.append(f"{where}:{n}: {key} = {value}, the default is {default!r}")
+    return checked, wrong
+
+
+def test_the_examples_show_the_defaults():
+    """config/site-example.toml (and the `[service]` block of docs/operations.md) shows "every key of the gateway's
+    own sections, with its default value unless the comment says the value is an example", and
+    console/console-example.toml "every key with its default where it has one": each `key = value`, set or
+    commented out, is the code's default. The console's `[models]` showed `../var/models` as if it were one."""
+    from console.config import ConsoleConfig
+    from edge.settings import SiteConfig
+
+    site = {name: SiteConfig.model_fields[name].annotation for name in GATEWAY_SECTIONS}
+    console = {name: ConsoleConfig.model_fields[name].annotation for name in ("console", "database", "models")}
+    texts = [("config/site-example.toml", (ROOT / "config" / "site-example.toml").read_text(encoding="utf-8"), site),
+             ("console/console-example.toml", (ROOT / "console" / "console-example.toml").read_text(encoding="utf-8"),
+              console)]
+    texts += [(f"docs/operations.md#{i}", block, site) for i, block in enumerate(re.findall(
+        r"^```toml\n(.*?)^```", (ROOT / "docs" / "operations.md").read_text(encoding="utf-8"), re.M | re.S))]
+    wrong = []
+    checked = {}
+    for where, text, sections in texts:
+        checked[where], found = shown_defaults_that_are_not(text, where, sections)
+        wrong += found
+    assert checked["config/site-example.toml"] > 30 and checked["console/console-example.toml"] > 12, checked
     assert not wrong, "\n".join(wrong)
 
 
