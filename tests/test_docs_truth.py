@@ -118,7 +118,18 @@ def commands() -> list[Command]:
     for md in shipped("*.md"):
         fence: str | None = None
         pending = ""
-        for n, line in enumerate(md.read_text(encoding="utf-8").splitlines(), 1):
+        prose: list[tuple[int, str]] = []  # a paragraph's lines: a `span` may go on over a line break
+        for n, line in enumerate([*md.read_text(encoding="utf-8").splitlines(), ""], 1):
+            if fence is None and line.strip() and not line.startswith("```"):
+                prose.append((n, line))
+                continue
+            if prose:
+                text = " ".join(x for _, x in prose)
+                starts = [len(" ".join(x for _, x in prose[:i])) for i in range(len(prose))]
+                for m in re.finditer(r"`([^`]+)`", text):
+                    at = prose[max(i for i, s in enumerate(starts) if s <= m.start())][0]
+                    out.append(Command(f"{rel(md)}:{at}", m.group(1), block=False))
+                prose = []
             if line.startswith("```"):
                 fence = None if fence is not None else line[3:].strip()
                 continue
@@ -131,7 +142,6 @@ def commands() -> list[Command]:
                     out.append(Command(f"{rel(md)}:{n}", pending.strip(), block=True))
                     pending = ""
                 continue
-            out += [Command(f"{rel(md)}:{n}", span, block=False) for span in re.findall(r"`([^`]+)`", line)]
     return out
 
 
@@ -139,6 +149,8 @@ def valvoja_words(text: str) -> list[str] | None:
     """The words after `valvoja` of a documented command, or None when it is not one."""
     text = re.split(r"\s#", text, maxsplit=1)[0].strip()
     text = re.sub(r"^(\$|sudo)\s+", "", text)
+    # `PGPASSWORD="$(cat FILE)" runuser -u valvoja -- valvoja ...`: the environment and the user it runs as
+    text = re.sub(r"""^(?:[A-Z_]+=(?:"[^"]*"|'[^']*'|\S*)\s+)*(?:runuser -u \S+ --\s+)?""", "", text)
     m = (re.match(r"^(?:\S*/)?valvoja\s+(.*)$", text)
          or re.match(rf"^docker compose run --rm (?:{'|'.join(SERVICES)})\s+(.*)$", text))
     if m:
