@@ -618,3 +618,17 @@ def test_state_files_are_named_where_the_gateway_writes_them():
              if m.group(2) not in (per_collector if m.group(1) else per_gateway)]
     assert len(found) > 10, "fewer state files named than there are: is the extraction broken?"
     assert not wrong, wrong
+
+
+def test_the_systemd_settings_the_documents_quote_are_the_units():
+    """`Type=notify`, `WatchdogSec=60`, `TimeoutStopSec=20`, `Restart=on-failure` ... quoted in the documents are
+    lines of the shipped units (docker/systemd/), and `Key=` alone names a directive one of them uses: the guide
+    tells the operator what the unit does and what to size around it (stop grace, memory)."""
+    units = "\n".join(p.read_text(encoding="utf-8") for p in shipped("docker/systemd/*.service"))
+    directives = set(re.findall(r"^([A-Z]\w+)=", units, re.M))
+    not_units = {"Path", "SameSite", "SystemMaxUse"}  # cookie attributes (console/README.md); journald.conf's
+    found = [(where, m) for where, m in doc_matches(r"`([A-Z][A-Za-z]+)=([^`\s]*)`") if m.group(1) not in not_units]
+    assert len(found) > 8, "fewer unit settings quoted than there are: is the extraction broken?"
+    wrong = [f"{where}: {m.group(0)}" for where, m in found if m.group(1) not in directives
+             or (m.group(2) and not re.search(rf"^{m.group(1)}={re.escape(m.group(2))}$", units, re.M))]
+    assert not wrong, wrong
