@@ -632,3 +632,41 @@ def test_the_systemd_settings_the_documents_quote_are_the_units():
     wrong = [f"{where}: {m.group(0)}" for where, m in found if m.group(1) not in directives
              or (m.group(2) and not re.search(rf"^{m.group(1)}={re.escape(m.group(2))}$", units, re.M))]
     assert not wrong, wrong
+
+
+def logged_event_levels() -> dict[str, set[str]]:
+    """The levels the product code logs each event at: the `log.<level>(` call an ``"event": "name"`` belongs to
+    (``exception`` is an error)."""
+    levels: dict[str, set[str]] = {}
+    code = [p for p in shipped("*.py") if not {"tests", "bench", "scripts"}.intersection(p.relative_to(ROOT).parts)]
+    for path in code:
+        text = path.read_text(encoding="utf-8")
+        for m in re.finditer(r"""["']event["']\s*:\s*["']([a-z][a-z0-9_]+)["']""", text):
+            calls = re.findall(r"\blog\w*\.(debug|info|warning|error|critical|exception)\(",
+                               text[max(0, m.start() - 1500):m.start()])
+            levels.setdefault(m.group(1), set()).add({"exception": "error"}.get(calls[-1], calls[-1]) if calls else "?")
+    return levels
+
+
+def test_the_log_table_gives_each_event_the_level_it_is_logged_at():
+    """Monitoring filters the journal by level (`journalctl -p err`) and the guide's "level" column says which to
+    watch: an event logged at a level its row does not name is missed there (`anomaly_state_unreadable`, at error
+    when a running gateway cannot read what `train-anomaly` wrote, was listed as a warning only)."""
+    guide = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = guide.split("\n## Log events", 1)[1].split("\n## ", 1)[0]
+    levels = logged_event_levels()
+    wrong = []
+    checked = 0
+    for row in section.splitlines():
+        if not row.startswith("| `"):
+            continue
+        cells = row.split("|")
+        documented = set(re.findall(r"\b(debug|info|warning|error|critical)\b", cells[2]))
+        if not documented:
+            continue  # a row that refers to another document for its events
+        for name in re.findall(r"`([a-z][a-z0-9_]+)`", cells[1]):
+            checked += 1
+            if levels.get(name, set()) - documented:
+                wrong.append(f"{name}: logged at {sorted(levels[name])}, the table says {cells[2].strip()!r}")
+    assert checked > 100, "fewer events compared than there are: is the extraction broken?"
+    assert not wrong, "\n".join(wrong)
