@@ -251,17 +251,19 @@ def test_the_metric_table_lists_what_the_gateway_exports():
     assert documented == exported
 
 
-def model_keys(model: type, seen: set | None = None) -> list[str]:
-    """Every key of a pydantic model and of the models in its fields, as ``Model.key``."""
+def models_in(annotation) -> list[type]:
+    """The pydantic models a field's annotation holds (``X | None``, ``tuple[X, ...]``, ``list[X]`` ...)."""
     import typing
 
     from pydantic import BaseModel
 
-    def inner(annotation) -> list[type]:
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            return [annotation]
-        return [m for a in typing.get_args(annotation) for m in inner(a)]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for a in typing.get_args(annotation) for m in models_in(a)]
 
+
+def model_keys(model: type, seen: set | None = None) -> list[str]:
+    """Every key of a pydantic model and of the models in its fields, as ``Model.key``."""
     seen = set() if seen is None else seen
     if model in seen:
         return []
@@ -269,7 +271,7 @@ def model_keys(model: type, seen: set | None = None) -> list[str]:
     out = []
     for name, field in model.model_fields.items():
         out.append(f"{model.__name__}.{field.alias or name}")
-        for m in inner(field.annotation):
+        for m in models_in(field.annotation):
             out += model_keys(m, seen)
     return out
 
@@ -675,4 +677,48 @@ def test_the_log_table_gives_each_event_the_level_it_is_logged_at():
             if levels.get(name, set()) - documented:
                 wrong.append(f"{name}: logged at {sorted(levels[name])}, the table says {cells[2].strip()!r}")
     assert checked > 100, "fewer events compared than there are: is the extraction broken?"
+    assert not wrong, "\n".join(wrong)
+
+
+def all_defaults() -> dict[str, set]:
+    """key -> the defaults it has in any configuration model (site, console, collectors, maintenance, stacks)."""
+    import collectors.mqtt.config as mqtt
+    import collectors.opcua.config as opcua
+    from console.config import ConsoleConfig
+    from edge.settings import SiteConfig
+    from emissions.config import StackConfig
+    from maintenance.config import MaintenanceConfig, RuleConfig
+
+    out: dict[str, set] = {}
+    seen: set[type] = set()
+    todo = [SiteConfig, ConsoleConfig, MaintenanceConfig, RuleConfig, StackConfig, mqtt.Config, opcua.Config]
+    while todo:
+        model = todo.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, field in model.model_fields.items():
+            default = None if field.is_required() else field.get_default(call_default_factory=True)
+            out.setdefault(field.alias or name, set()).add(default if isinstance(default, int | float) else None)
+            todo += models_in(field.annotation)
+    return out
+
+
+def test_every_default_stated_beside_a_key_is_the_codes():
+    """`primary_s` (60 s), `login_failures_max` (default 5), `max_text_bytes` (64 KiB by default), `refresh_s` (30 s):
+    a number the prose gives beside a configuration key, in any document, is that key's default in the code (keys
+    with different defaults in different sections are left out)."""
+    defaults = all_defaults()
+    wrong = []
+    checked = 0
+    for where, m in doc_matches(r"`(?:[a-z_]+\.)?([a-z][a-z0-9_]+)` \((?:default )?([0-9][0-9,.]*)\s*"
+                                r"(s|bytes|KiB|MiB|GB|MB)?(?=[ ,;:)])"):
+        key, number, unit = m.groups()
+        if len(defaults.get(key, ())) != 1 or None in defaults[key]:
+            continue
+        (default,) = defaults[key]
+        checked += 1
+        if float(number.replace(",", "")) * UNITS[unit or "s"] != default:
+            wrong.append(f"{where}: {m.group(0)}: the default is {default}")
+    assert checked > 20, "fewer stated defaults than there are: is the extraction broken?"
     assert not wrong, "\n".join(wrong)
