@@ -722,3 +722,37 @@ def test_every_default_stated_beside_a_key_is_the_codes():
             wrong.append(f"{where}: {m.group(0)}: the default is {default}")
     assert checked > 20, "fewer stated defaults than there are: is the extraction broken?"
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_code_the_documents_name_exists():
+    """`edge.secrets.read_secret_file`, `console.app.MAX_BODY_BYTES`, `models.registry.Registry` ...: a module,
+    function, class or constant a document sends the reader to is there by that name. Left out: the console's
+    `[console]` keys and permissions, which read like module paths (`console.listen`, `models.admin`)."""
+    import importlib
+
+    from console.auth import PERMISSIONS
+    from console.config import ConsoleConfig
+
+    not_code = {f"console.{k}" for k in ConsoleConfig.model_fields["console"].annotation.model_fields}
+    not_code |= set().union(*PERMISSIONS.values()) | {"console.toml"}
+    found = doc_matches(r"`((?:edge|models|maintenance|emissions|console|collectors)(?:\.[A-Za-z_]\w*)+)(?:\(\))?`")
+    wrong = []
+    for where, m in found:
+        if m.group(1) in not_code:
+            continue
+        parts = m.group(1).split(".")
+        for i in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ImportError:
+                continue
+            for attr in parts[i:]:
+                if not hasattr(obj, attr):
+                    wrong.append(f"{where}: {m.group(1)}: {'.'.join(parts[:i])} has no {attr}")
+                    break
+                obj = getattr(obj, attr)
+            break
+        else:
+            wrong.append(f"{where}: {m.group(1)}: no such module")
+    assert len(found) > 50, "fewer names of code than the documents give: is the extraction broken?"
+    assert not wrong, "\n".join(wrong)
