@@ -10,7 +10,14 @@
 - Every command in the Markdown files (`valvoja ...`, `python -m <package> ...`, `docker compose run --rm
   <service> ...`, `bash <script>`) names sub-commands and options the argparse parser has; a command in a code
   block also gives the options the parser requires.
-- The metric table of docs/operations.md lists the metrics `edge.metrics.Metrics` registers, with their labels.
+- The metric table of docs/operations.md lists the metrics `edge.metrics.Metrics` registers, with their labels; every
+  metric, label and label value named anywhere in the Markdown is one the gateway exports.
+- The log events: each one the code logs is in the guide's table, each one the table (or a "log event `x`" anywhere)
+  names is logged, at a level the table gives.
+- Keys and defaults: a `section.key` of the gateway's sections named in the prose exists; a default stated beside a
+  key, in the prose or shown in config/site-example.toml and console/console-example.toml, is the code's.
+- Names of things: `<state_dir>/` files, `bench/results/` files, systemd settings of docker/systemd/, and the
+  modules, functions and constants a document names by dotted path.
 """
 
 from __future__ import annotations
