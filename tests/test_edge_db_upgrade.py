@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import shlex
 import subprocess
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -294,3 +297,57 @@ def test_a_migration_check_that_meets_the_migration_lock_gives_up_at_its_timeout
         locker.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     assert 0.9 < waited < 10 and waiting == 0  # its session ended with the wait, no thread left waiting
     assert asyncio.run(connect(1.0)).edition
+
+
+def test_the_documented_backup_and_restore_without_containers_keeps_the_gateways_role_the_owner(own_pg_server,
+                                                                                                tmp_path):
+    """docs/operations.md, "Install" and "Backup and restore" without containers: the gateway's role owns its
+    database but is no superuser; it takes the dump (`pg_dump -U valvoja -Fc valvoja`), PostgreSQL's superuser
+    restores it with the guide's commands (no `--no-owner`), and the gateway's role goes on writing readings and
+    their rollups to the restored hypertables, which it still owns. Run here with the guide's own lines (`runuser -u
+    postgres --` is the server's superuser over TCP); nothing tested this path, only the compose stack's (where
+    `valvoja` is the superuser)."""
+    server = own_pg_server
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text(encoding="utf-8")
+    install = guide.split("### Without containers", 1)[1].split("\n## ", 1)[0]
+    restore = guide.split("## Backup and restore", 1)[1].split("### Spool and state", 1)[0]
+    restore = restore.split("Without containers", 1)[1]
+    setup_lines = re.search(r"```bash\n(printf .*?)```", install, re.S).group(1).splitlines()
+    restore_lines = [x for x in re.search(r"```bash\n(.*?)```", restore, re.S).group(1).splitlines()
+                     if not x.startswith("systemctl")]
+    dump_line = re.search(r"\(`(pg_dump [^`]*)`", restore).group(1)
+    tcp = ["-h", "127.0.0.1", "-p", str(server.port)]
+
+    def run(line: str, *, user: str = "postgres", stdin: bytes | None = None) -> bytes:
+        """One documented line: `runuser -u postgres -- TOOL ...` as the server's superuser, `TOOL -U valvoja` as
+        the role; `printf ... |` and `< FILE` become standard input."""
+        if line.startswith("printf "):
+            text, line = line.split(" | ", 1)
+            stdin = (shlex.split(text)[2] + "\n").encode()
+        line = line.replace("runuser -u postgres -- ", "").split(" > ", 1)[0]
+        if " < " in line:
+            line, dump = line.split(" < ", 1)
+            stdin = (tmp_path / dump.strip()).read_bytes()
+        words = [w for w in shlex.split(line, comments=True) if w not in ("-h", "db.example")]
+        words = [str(server.bindir / words[0]), *tcp, *(["-U", user] if "-U" not in words else []), *words[1:]]
+        words = [w.replace('"$DB_PASSWORD"', "pw").replace("$DB_PASSWORD", "pw") for w in words]
+        res = subprocess.run(words, input=stdin, capture_output=True)
+        assert res.returncode == 0, (line, res.stderr.decode())
+        return res.stdout
+
+    for line in setup_lines:  # CREATE ROLE valvoja, createdb --owner valvoja valvoja, CREATE EXTENSION
+        run(line)
+    dsn = server.dsn("valvoja").replace("user=postgres", "user=valvoja")
+    assert "user=valvoja" in dsn
+    assert cli.main(["db", "migrate", "--db", dsn]) == 0
+    t0 = (utcnow() - timedelta(hours=2)).replace(second=0, microsecond=0)
+    _write(dsn, "restore.a", t0, 120)
+    (tmp_path / "valvoja-2026-01-31.dump").write_bytes(run(dump_line, user="valvoja"))
+    for line in restore_lines:
+        run(line)
+    _write(dsn, "restore.a", t0 + timedelta(minutes=2), 60)  # the gateway's role writes on after the restore
+    assert cli.main(["db", "migrate", "--db", dsn]) == 0
+    assert _count(dsn, "SELECT count(*) FROM valvoja_migrations") == len(available())
+    assert _count(dsn, "SELECT count(*) FROM readings") == 180
+    assert _count(dsn, "SELECT sum(count) FROM readings_1m") == 180
+    assert _count(dsn, "SELECT count(*) FROM pg_tables WHERE tablename = 'readings' AND tableowner = 'valvoja'") == 1

@@ -210,3 +210,29 @@ def test_a_stop_does_not_wait_past_its_deadline_for_a_worker_thread(tmp_path, pg
     assert code == 0 and stop_s < 11, f"exit {code} after {stop_s:.1f} s:\n{stop_log[-3000:]}"
     assert "event=stop_threads_left" in stop_log, stop_log[-3000:]
     print(f"SIGTERM with a migration waiting for the lock: exit 0 in {stop_s:.2f} s")
+
+
+def test_the_healthz_fields_of_the_operations_guide_are_what_a_running_gateway_answers(tmp_path, pg_dsn, mosquitto):
+    """docs/operations.md, "Health and metrics", lists the fields of `/healthz` that the person on call and the
+    monitoring read (`database.connected`, `spool.full` ...): each is in the answer of a running gateway with a
+    collector, the database and live analytics, and the answer has no field of those the list leaves out."""
+    import re
+    from pathlib import Path
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text(encoding="utf-8")
+    text = " ".join(guide.split("\n## Health and metrics", 1)[1].split("`GET /metrics`", 1)[0].split())
+    fields = text.split("Fields: ", 1)[1]
+    documented: dict[str, list[str]] = {}  # top-level field -> the fields its parentheses name
+    for m in re.finditer(r"`(\w+)`(?: \(((?:[^()]|\([^()]*\))*)\))?", fields):
+        documented[m.group(1)] = re.findall(r"`(\w+)`", re.sub(r"\([^()]*\)", "", m.group(2) or ""))
+    rule = '\n[[rules]]\nname = "hot"\ntag = "P-1.t"\nkind = "threshold"\nhigh = 90.0\n'  # live analytics on
+    site = site_config(pg_dsn, mosquitto.port) + rule
+    gw = GatewayProcess(tmp_path, site).start()
+    try:
+        wait_for(lambda: _subscribed(gw), what="collector subscribed, database connected")
+        health = _health(gw)
+    finally:
+        gw.terminate(timeout_s=15)
+    assert set(documented) == set(health), (sorted(documented), sorted(health))
+    for name in ("spool", "database", "analytics"):
+        assert documented[name] and set(documented[name]) == set(health[name]), (name, health[name])
