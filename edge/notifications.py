@@ -175,13 +175,16 @@ class Notifications:
 
         await asyncio.gather(*(one(n) for n in self.notifiers))
 
-    def _receiver(self, n, error: str | None) -> None:
-        """Report what ``n``'s probe or last notification showed (None: it got through)."""
+    def _receiver(self, n, error: str | None, *, probe: bool = True) -> None:
+        """Report what ``n``'s probe or last notification showed (None: it got through). A failed notification
+        (``probe`` False) is logged by the sender (``notify_failed``)."""
         key = f"notify {n.name}"
         self.metrics.notify_receiver_up.labels(n.name).set(0 if error else 1)
         if error:
             if self.problems is not None:
                 self.problems[key] = f"alert receiver failing: {error}"
+            if not probe:
+                return
             log.error("alert receiver %s failed its start-up check: %s (alerts will not reach it until this is "
                       "fixed; they wait in the outbox)", n.name, error, extra={"event": "notify_probe_failed"})
         elif self.problems is not None and self.problems.pop(key, None) is not None:
@@ -352,6 +355,10 @@ class Notifications:
                         self._receiver(n, None)
                     break
                 refused = isinstance(detail, Refused)
+                # Down until it takes one: set only by the start-up probe and a success, the gauge and /healthz
+                # said "up" through a whole outage after the receiver's first delivery (docs/operations.md, "An
+                # alert receiver is down", names them as the signs).
+                self._receiver(n, str(detail), probe=False)
                 if refused or not failed:  # logged and counted once per change, not per attempt
                     log.warning("notification of alert %s to %s failed: %s%s", ch.alert.id, n.name, detail,
                                 "" if refused else "; sending it again until it is taken",

@@ -39,7 +39,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Annotated
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import orjson
@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from edge.errors import ConfigError
 from edge.paths import REF
 from edge.secrets import SecretRef, is_reference, resolve_secret
+from edge.timeouts import within
 from maintenance.alerts import AlertChange
 
 log = logging.getLogger(__name__)
@@ -280,8 +281,8 @@ def payload(ch: AlertChange) -> bytes:
 
 
 class WebhookNotifier:
-    """POSTs the JSON payload, signed when the webhook has a ``signing_secret``; 2xx is success, anything else is
-    retried ``attempts`` times."""
+    """POSTs the JSON payload, signed when the webhook has a ``signing_secret``; 2xx is success, a 3xx or a 4xx but
+    408/429 is `Refused`, anything else (5xx, no answer within ``timeout_s``) is tried ``attempts`` times."""
 
     RETRY_BASE_S = 0.5
 
@@ -308,12 +309,23 @@ class WebhookNotifier:
                 # reference verifiers) takes a retry or an outbox re-send hours later.
                 headers |= signed_headers(self._target.signing_keys, msg_id, body)
             try:
-                r = await self.client.post(self._target.url, content=body, headers=headers)
-                if 200 <= r.status_code < 300:
-                    return True, f"HTTP {r.status_code}"
-                error = f"HTTP {r.status_code}"
-                if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
+                # The whole attempt within timeout_s: httpx's timeout is per read, so a receiver sending its answer a
+                # byte at a time held this receiver's queue for as long as it went on.
+                status, location = await within(self._post(body, headers), self.cfg.timeout_s)
+                if 200 <= status < 300:
+                    return True, f"HTTP {status}"
+                error = f"HTTP {status}"
+                if 300 <= status < 400:
+                    # Not followed (the body, signature and credential headers would go to another address) and
+                    # not sent again: the same answer would come for good, holding every later change behind it.
+                    error = Refused(f"{error}: the receiver redirects{location}; set url to the address it "
+                                    "redirects to")
+                elif 400 <= status < 500 and status not in (408, 429):
                     error = Refused(error)
+                if isinstance(error, Refused):
+                    break
+            except TimeoutError:
+                error = f"no answer within timeout_s = {self.cfg.timeout_s:g} s"
             except httpx.HTTPError as exc:
                 # httpx may quote the URL (an invalid one, a redirect): the detail goes to logs and alert_events.
                 error = self._target.scrub(f"{type(exc).__name__}: {exc}")
@@ -321,6 +333,18 @@ class WebhookNotifier:
                 await asyncio.sleep(self.RETRY_BASE_S * 2**attempt)
         log.warning("%s failed for alert %s: %s", self.name, ch.alert.id, error)
         return False, error
+
+    async def _post(self, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+        """POST ``body``; the status and, for a redirect, `` to <scheme://host:port>`` of its Location. The answer's
+        body is not read: only the status counts, and a receiver's large or endless one held the send."""
+        async with self.client.stream("POST", self._target.url, content=body, headers=headers) as r:
+            location = r.headers.get("location", "")
+            if location:  # only where it goes: its path or query may be a token
+                try:
+                    location = f" to {_origin(urljoin(self._target.url, location))}"
+                except ValueError:  # a Location that is no URL
+                    location = " (to an invalid Location)"
+            return r.status_code, location
 
     @property
     def probes(self) -> bool:

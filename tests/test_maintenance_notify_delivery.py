@@ -1,0 +1,192 @@
+"""Delivery of alert notifications as the on-call engineer and the receiving system see it: a real local HTTP
+receiver (or a raw socket where a well-behaved server cannot misbehave enough), no mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from test_maintenance_notify import _raised
+
+from edge import notifications
+from edge.metrics import Metrics
+from edge.notifications import Notifications, notify_secrets
+from maintenance.alerts import AlertManager, AlertPolicy
+from maintenance.config import MaintenanceConfig
+from maintenance.notify import Refused, WebhookConfig, WebhookNotifier
+
+
+class _Switchable(BaseHTTPRequestHandler):
+    """Answers every POST with ``status`` (and ``location``), counting them."""
+
+    status: typing.ClassVar[int] = 204
+    location: typing.ClassVar[str | None] = None
+    posts: typing.ClassVar[list[str]] = []  # the event of each POST, answered or not
+
+    def do_POST(self):
+        import json
+
+        _Switchable.posts.append(json.loads(self.rfile.read(int(self.headers["content-length"])))["event"])
+        self.send_response(_Switchable.status)
+        if _Switchable.location:
+            self.send_header("Location", _Switchable.location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def _receiver(status: int = 204, location: str | None = None) -> Iterator[str]:
+    _Switchable.status, _Switchable.location, _Switchable.posts = status, location, []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Switchable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _raised_and_cleared():
+    """The "raised" and the "cleared" of one alert."""
+    from datetime import timedelta
+
+    from test_maintenance_notify import T0
+
+    m = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None))
+    (raised,) = m.observe(asset="P-101", tag="P-101.t", kind="rule:hot", active=True, t=T0)
+    (cleared,) = m.observe(asset="P-101", tag="P-101.t", kind="rule:hot", active=False, t=T0 + timedelta(seconds=1))
+    assert (raised.event, cleared.event) == ("raised", "cleared")
+    return raised, cleared
+
+
+async def _until(cond, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_receiver_that_goes_down_after_it_worked_is_down_in_the_gauge_and_healthz(tmp_path, monkeypatch):
+    """The runbook's signs of a receiver that is down (docs/operations.md, "An alert receiver is down") are
+    ``valvoja_alert_receiver_up`` 0 and a /healthz problem. Only the start-up probe set them: a webhook that took
+    one alert and then went down for an hour stayed at 1 and healthy while every later alert waited; the only sign
+    was one ``failed`` count per change. Now a failed notification sets both, and a delivered one clears them."""
+    monkeypatch.setattr(notifications, "NOTIFY_RETRY_MIN_S", 0.05)
+    monkeypatch.setattr(notifications, "NOTIFY_RETRY_MAX_S", 0.1)
+    monkeypatch.setattr(WebhookNotifier, "RETRY_BASE_S", 0.01)
+    with _receiver() as url:
+        mcfg = MaintenanceConfig.model_validate({"notify": {"webhooks": [{"url": url, "attempts": 1}]}})
+        metrics, problems = Metrics(), {}
+        notes = Notifications(mcfg, notify_secrets(mcfg), metrics, None, tmp_path)
+        notes.problems = problems
+        notes.open()
+        (n,) = notes.notifiers
+        gauge = f'valvoja_alert_receiver_up{{receiver="{n.name}"}}'
+        try:
+            raised, cleared = _raised_and_cleared()
+            await notes.send(n, [raised])
+            assert f"{gauge} 1.0" in metrics.render().decode()
+            _Switchable.status = 503  # the receiver goes down
+            sending = asyncio.create_task(notes.send(n, [cleared]))
+            await _until(lambda: len(_Switchable.posts) >= 3)  # failed and tried again
+            assert f"{gauge} 0.0" in metrics.render().decode()
+            assert "HTTP 503" in problems[f"notify {n.name}"]
+            _Switchable.status = 204  # back
+            await asyncio.wait_for(sending, 10)
+            assert f"{gauge} 1.0" in metrics.render().decode() and problems == {}
+            assert _Switchable.posts[0] == "raised" and _Switchable.posts[-1] == "cleared"
+        finally:
+            await notes.close()
+
+
+async def test_a_redirecting_receiver_is_refused_once_not_retried_for_good(tmp_path, monkeypatch):
+    """A receiver moved behind a redirect (http:// answered with 301 to https://) answered every attempt with the
+    same 3xx, which counted as "down": the first change was sent again every minute for good and every later alert
+    of that receiver waited behind it (until 1,000 groups were queued and new ones were dropped). A redirect is not
+    followed (the body, the signature and credential headers would go to another address) and is refused like a
+    4xx: logged with where it redirects (its origin only: a token may be in the path), and the next change is sent."""
+    monkeypatch.setattr(notifications, "NOTIFY_RETRY_MIN_S", 0.05)
+    monkeypatch.setattr(WebhookNotifier, "RETRY_BASE_S", 0.01)
+    with _receiver(301, "https://hooks.example.net:8443/services/T0/SECRET-TOKEN") as url:
+        n = WebhookNotifier(WebhookConfig(url=url, attempts=3))
+        try:
+            ok, detail = await n.send(_raised())
+            assert not ok and isinstance(detail, Refused), detail
+            assert "redirects to https://hooks.example.net:8443" in detail and "SECRET" not in detail
+            assert _Switchable.posts == ["raised"]  # not tried again: the same answer would come
+        finally:
+            await n.aclose()
+        mcfg = MaintenanceConfig.model_validate({"notify": {"webhooks": [{"url": url, "attempts": 3}]}})
+        notes = Notifications(mcfg, notify_secrets(mcfg), Metrics(), None, tmp_path)
+        notes.open()
+        try:
+            _Switchable.posts = []
+            await asyncio.wait_for(notes.send(notes.notifiers[0], list(_raised_and_cleared())), 10)
+            assert _Switchable.posts == ["raised", "cleared"]
+        finally:
+            await notes.close()
+
+
+@contextmanager
+def _dripping(head: bytes, drip: bytes) -> Iterator[str]:
+    """A raw HTTP peer: reads the request, sends ``head`` at once, then ``drip`` a byte every 0.2 s (60 s)."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        try:
+            conn, _ = sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.recv(65536)
+            try:
+                conn.sendall(head)
+                for b in drip:
+                    if stop.wait(0.2):
+                        return
+                    conn.sendall(bytes([b]))
+            except OSError:
+                return
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
+    finally:
+        stop.set()
+        sock.close()
+
+
+@pytest.mark.parametrize("where", ["status line", "body"])
+async def test_a_receiver_answering_a_byte_at_a_time_does_not_hold_its_queue(where):
+    """httpx's timeout is per read: a receiver (or a proxy in front of it) that sends its answer a byte every 0.2 s
+    never tripped ``timeout_s = 1``, and the send waited as long as the bytes came (300 of them: 60 s) with every
+    later alert of that receiver behind it. Now an attempt gets ``timeout_s`` in all, and the answer's body is not
+    read: the status is all that counts."""
+    if where == "status line":
+        head, drip = b"HTTP/1.1 200 OK\r\n", b"X-Slow: " + b"a" * 300
+    else:
+        head, drip = b"HTTP/1.1 200 OK\r\nContent-Length: 300\r\n\r\n", b"a" * 300
+    with _dripping(head, drip) as url:
+        n = WebhookNotifier(WebhookConfig(url=url, timeout_s=1.0, attempts=1))
+        try:
+            t0 = time.monotonic()
+            ok, detail = await asyncio.wait_for(n.send(_raised()), 20)
+            took = time.monotonic() - t0
+        finally:
+            await n.aclose()
+    if where == "status line":
+        assert not ok and "no answer within timeout_s = 1 s" in detail and not isinstance(detail, Refused)
+    else:
+        assert ok and detail == "HTTP 200"
+    assert took < 3, f"the send took {took:.1f} s"
