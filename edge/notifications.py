@@ -46,6 +46,10 @@ class _Outbox:
     queue: asyncio.Queue
     dropped: int = 0
     key: str = ""  # the receiver's name in the outbox file
+    # The group being sent, without the changes already taken: kept over a watchdog restart of analytics, which
+    # cancels the sender mid-group (taken off the queue, the group's rest was lost until the next process start,
+    # then sent after the changes that came later: a "raised" after its "cleared").
+    current: tuple[list, list[int] | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,14 +204,14 @@ class Notifications:
         # Called at every start of `run`: the watchdog restarts a failed task on this object, and the notifiers of
         # the run before were closed by it (they were kept, next to the new ones: a closed receiver's outbox failed
         # for good). The outboxes' queues are kept: changes waiting in them are still sent.
-        queues = [box.queue for box in self._outboxes]
+        kept = [(box.queue, box.current) for box in self._outboxes]
         self.notifiers = []
         secrets: NotifySecrets = self._secrets
         if n.mqtt is not None:
             self.notifiers.append(MqttNotifier(n.mqtt, secrets.mqtt_password, secrets.mqtt_tls))
         self.notifiers += [WebhookNotifier(w, t) for w, t in zip(n.webhooks, secrets.webhooks, strict=True)]
-        self._outboxes = [_Outbox(n, queues[i] if i < len(queues) else asyncio.Queue(maxsize=NOTIFY_QUEUE_GROUPS))
-                          for i, n in enumerate(self.notifiers)]
+        self._outboxes = [_Outbox(n, kept[i][0], current=kept[i][1]) if i < len(kept) else
+                          _Outbox(n, asyncio.Queue(maxsize=NOTIFY_QUEUE_GROUPS)) for i, n in enumerate(self.notifiers)]
         names: dict[str, int] = {}
         for box in self._outboxes:  # two receivers of one name (the same URL twice) keep their rows apart
             names[box.notifier.name] = names.get(box.notifier.name, 0) + 1
@@ -267,8 +271,11 @@ class Notifications:
 
     async def _loop(self, box: _Outbox) -> None:
         while True:
-            changes, seqs = await box.queue.get()
-            await self.send(box.notifier, changes, seqs)
+            if box.current is None:
+                box.current = await box.queue.get()
+            changes, seqs = box.current
+            await self.send(box.notifier, changes, seqs, box)
+            box.current = None
             if box.dropped and box.queue.empty():
                 log.warning("alert notifications to %s caught up; %d changes were not notified", box.notifier.name,
                             box.dropped, extra={"event": "notify_resumed"})
@@ -312,15 +319,17 @@ class Notifications:
         log.info("escalation of alert %s not notified to %s: acknowledged in the console", ch.alert.id, n.name,
                  extra={"event": "notify_skipped", "asset": ch.alert.asset})
 
-    async def send(self, n, changes: list, seqs: list[int] | None = None) -> None:
+    async def send(self, n, changes: list, seqs: list[int] | None = None, box: _Outbox | None = None) -> None:
         """Send ``changes`` to ``n`` in order; each one taken, refused or skipped is forgotten from the outbox file
-        (``seqs``: their rows)."""
+        (``seqs``: their rows), and from ``box.current`` (what a restarted sender goes on with)."""
         from maintenance.notify import Refused
 
         taken: set[str] | None = set()
         asked = -ACK_CHECK_FRESH_S
         done: list[int | None] = []  # rows of the changes taken, refused or skipped, still in the outbox file
         for i, ch in enumerate(changes):
+            if box is not None:
+                box.current = (changes[i:], seqs[i:] if seqs else seqs)
             if ch.event == "escalated":
                 if time.monotonic() - asked >= ACK_CHECK_FRESH_S:
                     # The escalations of the rest of the group in one question (asked again when sending the group

@@ -10,6 +10,7 @@ import time
 import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -190,3 +191,62 @@ async def test_a_receiver_answering_a_byte_at_a_time_does_not_hold_its_queue(whe
     else:
         assert ok and detail == "HTTP 200"
     assert took < 3, f"the send took {took:.1f} s"
+
+
+async def test_a_change_being_sent_when_the_watchdog_restarts_analytics_is_sent_first_after_it(tmp_path, monkeypatch):
+    """The watchdog restarts a dead analytics task by cancelling and running it again on the same object; the queues
+    are kept, but the group being sent (off the queue, waiting for a receiver that was down) was lost with the
+    cancelled sender. Its "raised" stayed only in the outbox file: the receiver got the "cleared" alone, and the
+    "raised" at the next start of the process, after it, so the receiver showed a cleared alert as open. Now the
+    restarted sender goes on with that group first."""
+    from datetime import datetime
+
+    from servers import free_port
+
+    from edge.analytics import Analytics
+    from edge.records import Reading
+    from edge.settings import SiteConfig
+
+    monkeypatch.setattr(notifications, "NOTIFY_RETRY_MIN_S", 0.05)
+    monkeypatch.setattr(notifications, "NOTIFY_RETRY_MAX_S", 0.1)
+    monkeypatch.setattr(WebhookNotifier, "RETRY_BASE_S", 0.01)
+    port = free_port()
+    site = SiteConfig(site={"state_dir": tmp_path},
+                      rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
+                      maintenance={"alerts": {"clear_after_s": 0},
+                                   "notify": {"webhooks": [{"url": f"http://127.0.0.1:{port}/hook", "attempts": 1,
+                                                            "timeout_s": 1.0}]}})
+
+    async def emit(batch):
+        pass
+
+    def offer(an, second: int, value: float) -> None:
+        t = datetime(2026, 3, 1, 8, 0, second, tzinfo=UTC)
+        an.offer([Reading("P1.p", t, value, t)], t)
+
+    an = Analytics(site, Metrics(), emit, None)
+    task = asyncio.create_task(an.run())
+    offer(an, 0, 20.0)  # raised while the receiver is down
+    await _until(lambda: an.metrics.notifications.labels("failed")._value.get() >= 1)
+    task.cancel()  # the watchdog's restart
+    await asyncio.gather(task, return_exceptions=True)
+    server = ThreadingHTTPServer(("127.0.0.1", port), _Switchable)
+    _Switchable.status, _Switchable.location, _Switchable.posts = 204, None, []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    task = asyncio.create_task(an.run())
+    try:
+        offer(an, 1, 0.0)  # cleared
+        await _until(lambda: len(_Switchable.posts) >= 2)
+        await asyncio.sleep(0.3)
+        assert _Switchable.posts == ["raised", "cleared"]
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        again = Analytics(site, Metrics(), emit, None)  # the next start of the process: nothing left to send
+        task = asyncio.create_task(again.run())
+        await asyncio.sleep(0.5)
+        assert _Switchable.posts == ["raised", "cleared"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        server.shutdown()
+        server.server_close()
