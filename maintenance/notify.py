@@ -36,6 +36,7 @@ import hashlib
 import hmac
 import logging
 import re
+import ssl
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Annotated
@@ -49,6 +50,7 @@ from edge.errors import ConfigError
 from edge.paths import REF
 from edge.secrets import SecretRef, is_reference, resolve_secret
 from edge.timeouts import within
+from edge.tls import Tls, tls_context
 from maintenance.alerts import AlertChange
 
 log = logging.getLogger(__name__)
@@ -131,6 +133,9 @@ class WebhookConfig(BaseModel):
     signing_secret_previous: SecretRef | None = Field(None, description="during a rotation, the secret being "
                                                                         "replaced: it signs too, so a receiver "
                                                                         "still holding it verifies")
+    tls: Tls | None = Field(None, description="for an https:// receiver: the CA that signed its certificate "
+                                              "(ca_file; a plant CA), a client certificate (mutual TLS). Without "
+                                              "it the public CAs of certifi are trusted, as httpx does")
 
     @field_validator("url")
     @classmethod
@@ -197,6 +202,13 @@ class WebhookConfig(BaseModel):
         if clash:  # the signature's own would replace them unseen
             problems.append(f"{where}.headers: {', '.join(clash)}: the signature's own headers, which signing_secret "
                             "sets: leave them out")
+        context = None
+        try:
+            context = tls_context(self.tls, f"{where}.tls")
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        if self.tls is not None and url and urlsplit(url).scheme != "https":
+            problems.append(f"{where}.tls: the url is not https://: its TLS settings would not be used")
         if len(keys) == 2 and keys[0] == keys[1]:
             problems.append(f"{where}.signing_secret_previous: {self.signing_secret_previous} holds the same secret "
                             f"as signing_secret ({self.signing_secret}): a rotation needs the new secret in "
@@ -216,7 +228,7 @@ class WebhookConfig(BaseModel):
         secrets = [url, parts.password, parts.query, parts.path,
                    *(headers[k] for k, v in self.headers.items() if is_reference(v)), *signing.values()]
         return WebhookTarget(url=url, headers=headers, name=name, signing_keys=tuple(keys),
-                             secrets=tuple(s for s in secrets if s and len(s) > 1))
+                             secrets=tuple(s for s in secrets if s and len(s) > 1), tls=context)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +240,7 @@ class WebhookTarget:
     name: str
     signing_keys: tuple[bytes, ...] = field(repr=False, default=())  # current first; none: not signed
     secrets: tuple[str, ...] = field(repr=False, default=())
+    tls: ssl.SSLContext | None = field(repr=False, default=None)  # `edge.tls.tls_context` of ``tls``; None: httpx's
 
     def scrub(self, text: str) -> str:
         """``text`` (an error message) without any of the resolved secrets."""
@@ -292,7 +305,8 @@ class WebhookNotifier:
         self.cfg = cfg
         self._target = target or cfg.target()
         self.name = self._target.name
-        self.client = httpx.AsyncClient(timeout=cfg.timeout_s, headers=self._target.headers)
+        self.client = httpx.AsyncClient(timeout=cfg.timeout_s, headers=self._target.headers,
+                                        verify=self._target.tls if self._target.tls is not None else True)
 
     def __repr__(self) -> str:
         return f"<WebhookNotifier {self.name}>"

@@ -250,3 +250,80 @@ async def test_a_change_being_sent_when_the_watchdog_restarts_analytics_is_sent_
         await asyncio.gather(task, return_exceptions=True)
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def _https_receiver(tmp_path, *, client_ca=None) -> Iterator[tuple[str, object]]:
+    """A real HTTPS receiver whose certificate a plant CA (not a public one) signed; with ``client_ca`` it requires
+    a client certificate from that CA. Yields its URL and the CA."""
+    import ssl
+
+    from certs import CertificateAuthority
+
+    ca = CertificateAuthority(tmp_path / "plant-ca", common_name="Plant CA")
+    leaf = ca.issue("receiver")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(leaf.cert, leaf.key)
+    if client_ca is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cafile=client_ca.cert_path)
+    _Switchable.status, _Switchable.location, _Switchable.posts = 204, None, []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Switchable)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"https://localhost:{server.server_address[1]}/hook", ca
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_a_webhook_over_https_with_a_plant_ca_and_a_client_certificate(tmp_path):
+    """A receiver inside the plant (a CMMS, Node-RED) has an HTTPS certificate from the site's own CA. httpx trusts
+    only certifi's public CAs (not even the system store): every POST failed with CERTIFICATE_VERIFY_FAILED, was
+    sent again for good, and no webhook setting could change that (nor send a client certificate to a receiver that
+    requires one). ``[maintenance.notify.webhooks.tls]`` is the MQTT notifier's table (`edge.tls`): ``ca_file``,
+    ``cert_file`` + ``key_file``, ``key_password``, ``insecure``; check-config names a file it cannot read."""
+    from certs import CertificateAuthority
+
+    from edge.errors import ConfigError
+
+    with _https_receiver(tmp_path) as (url, ca):
+        n = WebhookNotifier(WebhookConfig(url=url, attempts=1, timeout_s=3.0))
+        try:
+            ok, detail = await n.send(_raised())
+        finally:
+            await n.aclose()
+        assert not ok and "CERTIFICATE_VERIFY_FAILED" in detail and _Switchable.posts == []
+        n = WebhookNotifier(WebhookConfig(url=url, attempts=1, timeout_s=3.0, tls={"ca_file": str(ca.cert_path)}))
+        try:
+            assert await n.send(_raised()) == (True, "HTTP 204")
+        finally:
+            await n.aclose()
+        assert _Switchable.posts == ["raised"]
+
+    clients = CertificateAuthority(tmp_path / "client-ca", common_name="Client CA")
+    gw = clients.issue("gw1", client=True)
+    with _https_receiver(tmp_path / "m", client_ca=clients) as (url, ca):
+        tls = {"ca_file": str(ca.cert_path)}
+        n = WebhookNotifier(WebhookConfig(url=url, attempts=1, timeout_s=3.0, tls=tls))
+        try:
+            ok, detail = await n.send(_raised())  # no client certificate: the receiver refuses the handshake
+        finally:
+            await n.aclose()
+        assert not ok and _Switchable.posts == []
+        n = WebhookNotifier(WebhookConfig(url=url, attempts=1, timeout_s=3.0,
+                                          tls=tls | {"cert_file": str(gw.cert), "key_file": str(gw.key)}))
+        try:
+            assert await n.send(_raised()) == (True, "HTTP 204")
+        finally:
+            await n.aclose()
+
+    mcfg = MaintenanceConfig.model_validate({"notify": {"webhooks": [
+        {"url": "https://cmms.plant.local/hook", "tls": {"ca_file": str(tmp_path / "missing-ca.pem")}},
+        {"url": "http://cmms.plant.local/hook", "tls": {"ca_file": str(ca.cert_path)}}]}})
+    with pytest.raises(ConfigError) as err:
+        notify_secrets(mcfg)
+    assert err.value.problems == [
+        f"maintenance.notify.webhooks[0].tls.ca_file: no such file {tmp_path / 'missing-ca.pem'}",
+        "maintenance.notify.webhooks[1].tls: the url is not https://: its TLS settings would not be used"]
