@@ -244,6 +244,9 @@ class Notifications:
             self._outbox_failed(exc)
 
     def _outbox_failed(self, exc: BaseException) -> None:
+        # Counted at each failure, logged once per kind: the log alone left a /metrics-based watch blind to
+        # notifications that were no longer kept across a restart.
+        self.metrics.analytics_errors.inc()
         if self._outbox_error != type(exc).__name__:
             self._outbox_error = type(exc).__name__
             log.error("alert notification outbox %s not usable; notifications waiting for a receiver are lost if "

@@ -327,3 +327,28 @@ async def test_a_webhook_over_https_with_a_plant_ca_and_a_client_certificate(tmp
     assert err.value.problems == [
         f"maintenance.notify.webhooks[0].tls.ca_file: no such file {tmp_path / 'missing-ca.pem'}",
         "maintenance.notify.webhooks[1].tls: the url is not https://: its TLS settings would not be used"]
+
+
+async def test_an_outbox_that_cannot_be_written_is_counted_and_notifications_still_go_out(tmp_path):
+    """``<state_dir>/notify_outbox.db`` not usable (disk full, permissions; here a folder in its place): the
+    notifications are no longer kept across a restart. That was only logged, once; a watch on /metrics saw nothing.
+    Each failed write is now counted in ``valvoja_analytics_errors_total``, and the changes still go out from memory."""
+    from maintenance.outbox import OUTBOX_FILE
+
+    (tmp_path / OUTBOX_FILE).mkdir()
+    with _receiver() as url:
+        mcfg = MaintenanceConfig.model_validate({"notify": {"webhooks": [{"url": url}]}})
+        metrics = Metrics()
+        notes = Notifications(mcfg, notify_secrets(mcfg), metrics, None, tmp_path)
+        notes.open()
+        senders = notes.tasks()
+        try:
+            assert metrics.analytics_errors._value.get() == 1  # the file could not be opened
+            await notes.queue(list(_raised_and_cleared()))
+            await _until(lambda: len(_Switchable.posts) == 2)
+            assert _Switchable.posts == ["raised", "cleared"]
+        finally:
+            for t in senders:
+                t.cancel()
+            await asyncio.gather(*senders, return_exceptions=True)
+            await notes.close()
