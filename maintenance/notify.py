@@ -305,6 +305,10 @@ class WebhookNotifier:
         self.cfg = cfg
         self._target = target or cfg.target()
         self.name = self._target.name
+        if cfg.tls is not None and cfg.tls.insecure:  # a choice to make knowingly, said at each start and reload
+            log.warning("%s: tls.insecure = true: the receiver's host name is not checked against its certificate, "
+                        "so any certificate its CA signed is taken for the receiver's", self.name,
+                        extra={"event": "webhook_tls_insecure"})
         self.client = httpx.AsyncClient(timeout=cfg.timeout_s, headers=self._target.headers,
                                         verify=self._target.tls if self._target.tls is not None else True)
 

@@ -4,6 +4,7 @@ receiver (or a raw socket where a well-behaved server cannot misbehave enough), 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 import time
@@ -253,7 +254,7 @@ async def test_a_change_being_sent_when_the_watchdog_restarts_analytics_is_sent_
 
 
 @contextmanager
-def _https_receiver(tmp_path, *, client_ca=None) -> Iterator[tuple[str, object]]:
+def _https_receiver(tmp_path, *, client_ca=None, dns: tuple[str, ...] = ("localhost",)) -> Iterator[tuple[str, object]]:
     """A real HTTPS receiver whose certificate a plant CA (not a public one) signed; with ``client_ca`` it requires
     a client certificate from that CA. Yields its URL and the CA."""
     import ssl
@@ -261,7 +262,7 @@ def _https_receiver(tmp_path, *, client_ca=None) -> Iterator[tuple[str, object]]
     from certs import CertificateAuthority
 
     ca = CertificateAuthority(tmp_path / "plant-ca", common_name="Plant CA")
-    leaf = ca.issue("receiver")
+    leaf = ca.issue("receiver", dns=dns, ips=())
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(leaf.cert, leaf.key)
     if client_ca is not None:
@@ -278,7 +279,7 @@ def _https_receiver(tmp_path, *, client_ca=None) -> Iterator[tuple[str, object]]
         server.server_close()
 
 
-async def test_a_webhook_over_https_with_a_plant_ca_and_a_client_certificate(tmp_path):
+async def test_a_webhook_over_https_with_a_plant_ca_and_a_client_certificate(tmp_path, caplog):
     """A receiver inside the plant (a CMMS, Node-RED) has an HTTPS certificate from the site's own CA. httpx trusts
     only certifi's public CAs (not even the system store): every POST failed with CERTIFICATE_VERIFY_FAILED, was
     sent again for good, and no webhook setting could change that (nor send a client certificate to a receiver that
@@ -318,6 +319,20 @@ async def test_a_webhook_over_https_with_a_plant_ca_and_a_client_certificate(tmp
             assert await n.send(_raised()) == (True, "HTTP 204")
         finally:
             await n.aclose()
+
+    # A receiver whose certificate does not name the address used: refused unless insecure, which is said.
+    with (_https_receiver(tmp_path / "h", dns=("cmms.plant.local",)) as (url, ca),
+          caplog.at_level(logging.WARNING, "maintenance.notify")):
+        for insecure, expect in ((False, False), (True, True)):
+            n = WebhookNotifier(WebhookConfig(url=url, attempts=1, timeout_s=3.0,
+                                              tls={"ca_file": str(ca.cert_path), "insecure": insecure}))
+            try:
+                ok, detail = await n.send(_raised())
+            finally:
+                await n.aclose()
+            assert ok is expect, detail
+        assert [r.event for r in caplog.records if getattr(r, "event", "").endswith("insecure")] == [
+            "webhook_tls_insecure"]
 
     mcfg = MaintenanceConfig.model_validate({"notify": {"webhooks": [
         {"url": "https://cmms.plant.local/hook", "tls": {"ca_file": str(tmp_path / "missing-ca.pem")}},
