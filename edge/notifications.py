@@ -383,7 +383,7 @@ class Notifications:
                 # What was delivered before is forgotten now, not after this receiver comes back.
                 await self._outbox_done(done)
                 done.clear()
-                await asyncio.sleep(delay)
+                await asyncio.sleep(max(delay, getattr(detail, "retry_after_s", 0.0)))
                 delay = min(delay * 2, NOTIFY_RETRY_MAX_S)
                 if ch.event == "escalated" and time.monotonic() - asked >= ACK_CHECK_FRESH_S:
                     # The receiver has been down a while: asked only before the first attempt, an escalation waiting

@@ -249,6 +249,35 @@ class WebhookTarget:
         return text
 
 
+class Later(str):
+    """The detail of a failure whose receiver said when to try again (HTTP 429 or 503 with ``Retry-After``):
+    ``retry_after_s``. The outbox waits that long (at most `RETRY_AFTER_MAX_S`) before the next try."""
+
+    retry_after_s: float = 0.0
+
+
+RETRY_AFTER_MAX_S = 600.0  # a Retry-After longer than this (or a date far ahead) is not waited for in full
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date), at most `RETRY_AFTER_MAX_S`;
+    None when absent or not understood."""
+    from email.utils import parsedate_to_datetime
+
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), RETRY_AFTER_MAX_S)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return min(max(0.0, when.timestamp() - time.time()), RETRY_AFTER_MAX_S)
+
+
 class Refused(str):
     """The detail of a failure that sending the change again cannot fix (the receiver refused the request:
     HTTP 4xx other than 408/429). The gateway's outbox retries other failures (the receiver is down) until
@@ -329,10 +358,16 @@ class WebhookNotifier:
             try:
                 # The whole attempt within timeout_s: httpx's timeout is per read, so a receiver sending its answer a
                 # byte at a time held this receiver's queue for as long as it went on.
-                status, location = await within(self._post(body, headers), self.cfg.timeout_s)
+                status, location, wait = await within(self._post(body, headers), self.cfg.timeout_s)
                 if 200 <= status < 300:
                     return True, f"HTTP {status}"
                 error = f"HTTP {status}"
+                if status in (429, 503) and wait is not None:
+                    # The receiver said when (a rate limit, a maintenance): trying again at 0.5 s and 1 s hit the
+                    # limit again and counted against it. The outbox waits that long, then sends it again.
+                    error = Later(f"{error}, Retry-After {wait:g} s")
+                    error.retry_after_s = wait
+                    break
                 if 300 <= status < 400:
                     # Not followed (the body, signature and credential headers would go to another address) and
                     # not sent again: the same answer would come for good, holding every later change behind it.
@@ -344,7 +379,7 @@ class WebhookNotifier:
                     break
             except TimeoutError:
                 error = f"no answer within timeout_s = {self.cfg.timeout_s:g} s"
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, OSError) as exc:  # ssl.SSLError (a refused client certificate) escapes httpx
                 # httpx may quote the URL (an invalid one, a redirect): the detail goes to logs and alert_events.
                 error = self._target.scrub(f"{type(exc).__name__}: {exc}")
             if attempt + 1 < self.cfg.attempts:
@@ -352,9 +387,10 @@ class WebhookNotifier:
         log.warning("%s failed for alert %s: %s", self.name, ch.alert.id, error)
         return False, error
 
-    async def _post(self, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
-        """POST ``body``; the status and, for a redirect, `` to <scheme://host:port>`` of its Location. The answer's
-        body is not read: only the status counts, and a receiver's large or endless one held the send."""
+    async def _post(self, body: bytes, headers: dict[str, str]) -> tuple[int, str, float | None]:
+        """POST ``body``; the status, for a redirect `` to <scheme://host:port>`` of its Location, and the seconds of
+        a ``Retry-After``. The answer's body is not read: only the status counts, and a receiver's large or endless
+        one held the send."""
         async with self.client.stream("POST", self._target.url, content=body, headers=headers) as r:
             location = r.headers.get("location", "")
             if location:  # only where it goes: its path or query may be a token
@@ -362,7 +398,7 @@ class WebhookNotifier:
                     location = f" to {_origin(urljoin(self._target.url, location))}"
                 except ValueError:  # a Location that is no URL
                     location = " (to an invalid Location)"
-            return r.status_code, location
+            return r.status_code, location, retry_after_s(r.headers.get("retry-after"))
 
     @property
     def probes(self) -> bool:
@@ -376,7 +412,7 @@ class WebhookNotifier:
             return None
         try:
             r = await self.client.head(self._target.url)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, OSError) as exc:
             return self._target.scrub(f"{type(exc).__name__}: {exc}")
         if r.status_code in (401, 403, 407):
             return f"HTTP {r.status_code} to a HEAD request: are its credentials (headers, URL token) refused?"

@@ -367,3 +367,58 @@ async def test_an_outbox_that_cannot_be_written_is_counted_and_notifications_sti
                 t.cancel()
             await asyncio.gather(*senders, return_exceptions=True)
             await notes.close()
+
+
+class _RateLimited(_Switchable):
+    """Answers the first POST 429 with ``Retry-After: 2``, the rest 204; keeps when each came."""
+
+    times: typing.ClassVar[list[float]] = []
+
+    def do_POST(self):
+        _RateLimited.times.append(time.monotonic())
+        _Switchable.status = 429 if len(_RateLimited.times) == 1 else 204
+        if _Switchable.status == 429:
+            self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(429)
+            self.send_header("Retry-After", "2")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        super().do_POST()
+
+
+async def test_a_rate_limited_receiver_is_sent_the_change_again_when_it_said(tmp_path, monkeypatch):
+    """A receiver that rate-limits (a chat or paging service during an alert storm) answers 429 with Retry-After.
+    The gateway tried again 0.5 s and 1 s later (``attempts``), then at its own back-off from 1 s: each early try hit
+    the limit again and counted against it. Now it waits what the receiver said (at most 600 s), then sends it."""
+    monkeypatch.setattr(notifications, "NOTIFY_RETRY_MIN_S", 0.05)
+    monkeypatch.setattr(WebhookNotifier, "RETRY_BASE_S", 0.5)
+    _RateLimited.times = []
+    _Switchable.status, _Switchable.location, _Switchable.posts = 204, None, []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RateLimited)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    mcfg = MaintenanceConfig.model_validate({"notify": {"webhooks": [{"url": url, "attempts": 3}]}})
+    notes = Notifications(mcfg, notify_secrets(mcfg), Metrics(), None, tmp_path)
+    notes.open()
+    try:
+        await asyncio.wait_for(notes.send(notes.notifiers[0], [_raised()]), 10)
+    finally:
+        await notes.close()
+        server.shutdown()
+        server.server_close()
+    first, *later = _RateLimited.times
+    assert len(later) == 1 and later[0] - first >= 1.9, [round(t - first, 2) for t in later]
+    assert _Switchable.posts == ["raised"]
+
+
+def test_retry_after_is_read_as_seconds_or_a_date_and_bounded():
+    from datetime import datetime, timedelta
+    from email.utils import format_datetime
+
+    from maintenance.notify import RETRY_AFTER_MAX_S, retry_after_s
+
+    assert retry_after_s("30") == 30.0 and retry_after_s(None) is None and retry_after_s("soon") is None
+    assert retry_after_s("86400") == RETRY_AFTER_MAX_S
+    in_a_minute = format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)
+    assert 55 <= retry_after_s(in_a_minute) <= 60
