@@ -392,22 +392,27 @@ class WebhookNotifier:
         a ``Retry-After``. The answer's body is not read: only the status counts, and a receiver's large or endless
         one held the send."""
         async with self.client.stream("POST", self._target.url, content=body, headers=headers) as r:
-            location = r.headers.get("location", "")
-            if location:  # only where it goes: its path or query may be a token
-                try:
-                    location = f" to {_origin(urljoin(self._target.url, location))}"
-                except ValueError:  # a Location that is no URL
-                    location = " (to an invalid Location)"
-            return r.status_code, location, retry_after_s(r.headers.get("retry-after"))
+            return r.status_code, self._redirected_to(r), retry_after_s(r.headers.get("retry-after"))
+
+    def _redirected_to(self, r: httpx.Response) -> str:
+        """`` to <scheme://host:port>`` of a redirect's Location, or ""; only where it goes: its path or query may
+        be a token."""
+        location = r.headers.get("location", "")
+        if not location:
+            return ""
+        try:
+            return f" to {_origin(urljoin(self._target.url, location))}"
+        except ValueError:  # a Location that is no URL
+            return " (to an invalid Location)"
 
     @property
     def probes(self) -> bool:
         return self.cfg.probe
 
     async def probe(self) -> str | None:
-        """With ``probe = true``: one HEAD request to the URL; why it failed, or None (any HTTP answer but 401, 403
-        and 407 means the address, the TLS and the route are right). Without: None, nothing sent. No fake alert is
-        ever POSTed: a pager would page for it."""
+        """With ``probe = true``: one HEAD request to the URL; why it failed, or None (any HTTP answer but 401, 403,
+        407 and a redirect means the address, the TLS and the route are right). Without: None, nothing sent. No fake
+        alert is ever POSTed: a pager would page for it."""
         if not self.cfg.probe:
             return None
         try:
@@ -416,6 +421,9 @@ class WebhookNotifier:
             return self._target.scrub(f"{type(exc).__name__}: {exc}")
         if r.status_code in (401, 403, 407):
             return f"HTTP {r.status_code} to a HEAD request: are its credentials (headers, URL token) refused?"
+        if 300 <= r.status_code < 400:  # every alert would be refused the same way
+            return (f"HTTP {r.status_code} to a HEAD request: the receiver redirects{self._redirected_to(r)}; set "
+                    "url to the address it redirects to")
         return None
 
     async def aclose(self) -> None:

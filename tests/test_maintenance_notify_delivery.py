@@ -26,7 +26,7 @@ from maintenance.notify import Refused, WebhookConfig, WebhookNotifier
 
 
 class _Switchable(BaseHTTPRequestHandler):
-    """Answers every POST with ``status`` (and ``location``), counting them."""
+    """Answers every POST and HEAD with ``status`` (and ``location``), counting the POSTs."""
 
     status: typing.ClassVar[int] = 204
     location: typing.ClassVar[str | None] = None
@@ -40,6 +40,12 @@ class _Switchable(BaseHTTPRequestHandler):
         if _Switchable.location:
             self.send_header("Location", _Switchable.location)
         self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_HEAD(self):
+        self.send_response(_Switchable.status)
+        if _Switchable.location:
+            self.send_header("Location", _Switchable.location)
         self.end_headers()
 
     def log_message(self, *args):
@@ -126,6 +132,13 @@ async def test_a_redirecting_receiver_is_refused_once_not_retried_for_good(tmp_p
             assert not ok and isinstance(detail, Refused), detail
             assert "redirects to https://hooks.example.net:8443" in detail and "SECRET" not in detail
             assert _Switchable.posts == ["raised"]  # not tried again: the same answer would come
+        finally:
+            await n.aclose()
+        n = WebhookNotifier(WebhookConfig(url=url, probe=True))  # the start-up check says so too
+        try:
+            problem = await n.probe()
+            assert "HTTP 301 to a HEAD request: the receiver redirects to https://hooks.example.net:8443" in problem
+            assert "SECRET" not in problem
         finally:
             await n.aclose()
         mcfg = MaintenanceConfig.model_validate({"notify": {"webhooks": [{"url": url, "attempts": 3}]}})
