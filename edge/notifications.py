@@ -46,6 +46,10 @@ class _Outbox:
     queue: asyncio.Queue
     dropped: int = 0
     key: str = ""  # the receiver's name in the outbox file
+    # The group being sent, without the changes already taken: kept over a watchdog restart of analytics, which
+    # cancels the sender mid-group (taken off the queue, the group's rest was lost until the next process start,
+    # then sent after the changes that came later: a "raised" after its "cleared").
+    current: tuple[list, list[int] | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,13 +179,16 @@ class Notifications:
 
         await asyncio.gather(*(one(n) for n in self.notifiers))
 
-    def _receiver(self, n, error: str | None) -> None:
-        """Report what ``n``'s probe or last notification showed (None: it got through)."""
+    def _receiver(self, n, error: str | None, *, probe: bool = True) -> None:
+        """Report what ``n``'s probe or last notification showed (None: it got through). A failed notification
+        (``probe`` False) is logged by the sender (``notify_failed``)."""
         key = f"notify {n.name}"
         self.metrics.notify_receiver_up.labels(n.name).set(0 if error else 1)
         if error:
             if self.problems is not None:
                 self.problems[key] = f"alert receiver failing: {error}"
+            if not probe:
+                return
             log.error("alert receiver %s failed its start-up check: %s (alerts will not reach it until this is "
                       "fixed; they wait in the outbox)", n.name, error, extra={"event": "notify_probe_failed"})
         elif self.problems is not None and self.problems.pop(key, None) is not None:
@@ -197,14 +204,14 @@ class Notifications:
         # Called at every start of `run`: the watchdog restarts a failed task on this object, and the notifiers of
         # the run before were closed by it (they were kept, next to the new ones: a closed receiver's outbox failed
         # for good). The outboxes' queues are kept: changes waiting in them are still sent.
-        queues = [box.queue for box in self._outboxes]
+        kept = [(box.queue, box.current) for box in self._outboxes]
         self.notifiers = []
         secrets: NotifySecrets = self._secrets
         if n.mqtt is not None:
             self.notifiers.append(MqttNotifier(n.mqtt, secrets.mqtt_password, secrets.mqtt_tls))
         self.notifiers += [WebhookNotifier(w, t) for w, t in zip(n.webhooks, secrets.webhooks, strict=True)]
-        self._outboxes = [_Outbox(n, queues[i] if i < len(queues) else asyncio.Queue(maxsize=NOTIFY_QUEUE_GROUPS))
-                          for i, n in enumerate(self.notifiers)]
+        self._outboxes = [_Outbox(n, kept[i][0], current=kept[i][1]) if i < len(kept) else
+                          _Outbox(n, asyncio.Queue(maxsize=NOTIFY_QUEUE_GROUPS)) for i, n in enumerate(self.notifiers)]
         names: dict[str, int] = {}
         for box in self._outboxes:  # two receivers of one name (the same URL twice) keep their rows apart
             names[box.notifier.name] = names.get(box.notifier.name, 0) + 1
@@ -237,6 +244,9 @@ class Notifications:
             self._outbox_failed(exc)
 
     def _outbox_failed(self, exc: BaseException) -> None:
+        # Counted at each failure, logged once per kind: the log alone left a /metrics-based watch blind to
+        # notifications that were no longer kept across a restart.
+        self.metrics.analytics_errors.inc()
         if self._outbox_error != type(exc).__name__:
             self._outbox_error = type(exc).__name__
             log.error("alert notification outbox %s not usable; notifications waiting for a receiver are lost if "
@@ -264,8 +274,11 @@ class Notifications:
 
     async def _loop(self, box: _Outbox) -> None:
         while True:
-            changes, seqs = await box.queue.get()
-            await self.send(box.notifier, changes, seqs)
+            if box.current is None:
+                box.current = await box.queue.get()
+            changes, seqs = box.current
+            await self.send(box.notifier, changes, seqs, box)
+            box.current = None
             if box.dropped and box.queue.empty():
                 log.warning("alert notifications to %s caught up; %d changes were not notified", box.notifier.name,
                             box.dropped, extra={"event": "notify_resumed"})
@@ -309,15 +322,17 @@ class Notifications:
         log.info("escalation of alert %s not notified to %s: acknowledged in the console", ch.alert.id, n.name,
                  extra={"event": "notify_skipped", "asset": ch.alert.asset})
 
-    async def send(self, n, changes: list, seqs: list[int] | None = None) -> None:
+    async def send(self, n, changes: list, seqs: list[int] | None = None, box: _Outbox | None = None) -> None:
         """Send ``changes`` to ``n`` in order; each one taken, refused or skipped is forgotten from the outbox file
-        (``seqs``: their rows)."""
+        (``seqs``: their rows), and from ``box.current`` (what a restarted sender goes on with)."""
         from maintenance.notify import Refused
 
         taken: set[str] | None = set()
         asked = -ACK_CHECK_FRESH_S
         done: list[int | None] = []  # rows of the changes taken, refused or skipped, still in the outbox file
         for i, ch in enumerate(changes):
+            if box is not None:
+                box.current = (changes[i:], seqs[i:] if seqs else seqs)
             if ch.event == "escalated":
                 if time.monotonic() - asked >= ACK_CHECK_FRESH_S:
                     # The escalations of the rest of the group in one question (asked again when sending the group
@@ -352,6 +367,10 @@ class Notifications:
                         self._receiver(n, None)
                     break
                 refused = isinstance(detail, Refused)
+                # Down until it takes one: set only by the start-up probe and a success, the gauge and /healthz
+                # said "up" through a whole outage after the receiver's first delivery (docs/operations.md, "An
+                # alert receiver is down", names them as the signs).
+                self._receiver(n, str(detail), probe=False)
                 if refused or not failed:  # logged and counted once per change, not per attempt
                     log.warning("notification of alert %s to %s failed: %s%s", ch.alert.id, n.name, detail,
                                 "" if refused else "; sending it again until it is taken",
@@ -364,7 +383,7 @@ class Notifications:
                 # What was delivered before is forgotten now, not after this receiver comes back.
                 await self._outbox_done(done)
                 done.clear()
-                await asyncio.sleep(delay)
+                await asyncio.sleep(max(delay, getattr(detail, "retry_after_s", 0.0)))
                 delay = min(delay * 2, NOTIFY_RETRY_MAX_S)
                 if ch.event == "escalated" and time.monotonic() - asked >= ACK_CHECK_FRESH_S:
                     # The receiver has been down a while: asked only before the first attempt, an escalation waiting

@@ -36,10 +36,11 @@ import hashlib
 import hmac
 import logging
 import re
+import ssl
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Annotated
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import orjson
@@ -48,6 +49,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from edge.errors import ConfigError
 from edge.paths import REF
 from edge.secrets import SecretRef, is_reference, resolve_secret
+from edge.timeouts import within
+from edge.tls import Tls, tls_context
 from maintenance.alerts import AlertChange
 
 log = logging.getLogger(__name__)
@@ -130,6 +133,9 @@ class WebhookConfig(BaseModel):
     signing_secret_previous: SecretRef | None = Field(None, description="during a rotation, the secret being "
                                                                         "replaced: it signs too, so a receiver "
                                                                         "still holding it verifies")
+    tls: Tls | None = Field(None, description="for an https:// receiver: the CA that signed its certificate "
+                                              "(ca_file; a plant CA), a client certificate (mutual TLS). Without "
+                                              "it the public CAs of certifi are trusted, as httpx does")
 
     @field_validator("url")
     @classmethod
@@ -196,6 +202,13 @@ class WebhookConfig(BaseModel):
         if clash:  # the signature's own would replace them unseen
             problems.append(f"{where}.headers: {', '.join(clash)}: the signature's own headers, which signing_secret "
                             "sets: leave them out")
+        context = None
+        try:
+            context = tls_context(self.tls, f"{where}.tls")
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        if self.tls is not None and url and urlsplit(url).scheme != "https":
+            problems.append(f"{where}.tls: the url is not https://: its TLS settings would not be used")
         if len(keys) == 2 and keys[0] == keys[1]:
             problems.append(f"{where}.signing_secret_previous: {self.signing_secret_previous} holds the same secret "
                             f"as signing_secret ({self.signing_secret}): a rotation needs the new secret in "
@@ -215,7 +228,7 @@ class WebhookConfig(BaseModel):
         secrets = [url, parts.password, parts.query, parts.path,
                    *(headers[k] for k, v in self.headers.items() if is_reference(v)), *signing.values()]
         return WebhookTarget(url=url, headers=headers, name=name, signing_keys=tuple(keys),
-                             secrets=tuple(s for s in secrets if s and len(s) > 1))
+                             secrets=tuple(s for s in secrets if s and len(s) > 1), tls=context)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,12 +240,42 @@ class WebhookTarget:
     name: str
     signing_keys: tuple[bytes, ...] = field(repr=False, default=())  # current first; none: not signed
     secrets: tuple[str, ...] = field(repr=False, default=())
+    tls: ssl.SSLContext | None = field(repr=False, default=None)  # `edge.tls.tls_context` of ``tls``; None: httpx's
 
     def scrub(self, text: str) -> str:
         """``text`` (an error message) without any of the resolved secrets."""
         for s in sorted(self.secrets, key=len, reverse=True):
             text = text.replace(s, "***")
         return text
+
+
+class Later(str):
+    """The detail of a failure whose receiver said when to try again (HTTP 429 or 503 with ``Retry-After``):
+    ``retry_after_s``. The outbox waits that long (at most `RETRY_AFTER_MAX_S`) before the next try."""
+
+    retry_after_s: float = 0.0
+
+
+RETRY_AFTER_MAX_S = 600.0  # a Retry-After longer than this (or a date far ahead) is not waited for in full
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date), at most `RETRY_AFTER_MAX_S`;
+    None when absent or not understood."""
+    from email.utils import parsedate_to_datetime
+
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), RETRY_AFTER_MAX_S)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return min(max(0.0, when.timestamp() - time.time()), RETRY_AFTER_MAX_S)
 
 
 class Refused(str):
@@ -280,8 +323,8 @@ def payload(ch: AlertChange) -> bytes:
 
 
 class WebhookNotifier:
-    """POSTs the JSON payload, signed when the webhook has a ``signing_secret``; 2xx is success, anything else is
-    retried ``attempts`` times."""
+    """POSTs the JSON payload, signed when the webhook has a ``signing_secret``; 2xx is success, a 3xx or a 4xx but
+    408/429 is `Refused`, anything else (5xx, no answer within ``timeout_s``) is tried ``attempts`` times."""
 
     RETRY_BASE_S = 0.5
 
@@ -291,7 +334,12 @@ class WebhookNotifier:
         self.cfg = cfg
         self._target = target or cfg.target()
         self.name = self._target.name
-        self.client = httpx.AsyncClient(timeout=cfg.timeout_s, headers=self._target.headers)
+        if cfg.tls is not None and cfg.tls.insecure:  # a choice to make knowingly, said at each start and reload
+            log.warning("%s: tls.insecure = true: the receiver's host name is not checked against its certificate, "
+                        "so any certificate its CA signed is taken for the receiver's", self.name,
+                        extra={"event": "webhook_tls_insecure"})
+        self.client = httpx.AsyncClient(timeout=cfg.timeout_s, headers=self._target.headers,
+                                        verify=self._target.tls if self._target.tls is not None else True)
 
     def __repr__(self) -> str:
         return f"<WebhookNotifier {self.name}>"
@@ -308,13 +356,30 @@ class WebhookNotifier:
                 # reference verifiers) takes a retry or an outbox re-send hours later.
                 headers |= signed_headers(self._target.signing_keys, msg_id, body)
             try:
-                r = await self.client.post(self._target.url, content=body, headers=headers)
-                if 200 <= r.status_code < 300:
-                    return True, f"HTTP {r.status_code}"
-                error = f"HTTP {r.status_code}"
-                if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
+                # The whole attempt within timeout_s: httpx's timeout is per read, so a receiver sending its answer a
+                # byte at a time held this receiver's queue for as long as it went on.
+                status, location, wait = await within(self._post(body, headers), self.cfg.timeout_s)
+                if 200 <= status < 300:
+                    return True, f"HTTP {status}"
+                error = f"HTTP {status}"
+                if status in (429, 503) and wait is not None:
+                    # The receiver said when (a rate limit, a maintenance): trying again at 0.5 s and 1 s hit the
+                    # limit again and counted against it. The outbox waits that long, then sends it again.
+                    error = Later(f"{error}, Retry-After {wait:g} s")
+                    error.retry_after_s = wait
+                    break
+                if 300 <= status < 400:
+                    # Not followed (the body, signature and credential headers would go to another address) and
+                    # not sent again: the same answer would come for good, holding every later change behind it.
+                    error = Refused(f"{error}: the receiver redirects{location}; set url to the address it "
+                                    "redirects to")
+                elif 400 <= status < 500 and status not in (408, 429):
                     error = Refused(error)
-            except httpx.HTTPError as exc:
+                if isinstance(error, Refused):
+                    break
+            except TimeoutError:
+                error = f"no answer within timeout_s = {self.cfg.timeout_s:g} s"
+            except (httpx.HTTPError, OSError) as exc:  # ssl.SSLError (a refused client certificate) escapes httpx
                 # httpx may quote the URL (an invalid one, a redirect): the detail goes to logs and alert_events.
                 error = self._target.scrub(f"{type(exc).__name__}: {exc}")
             if attempt + 1 < self.cfg.attempts:
@@ -322,22 +387,43 @@ class WebhookNotifier:
         log.warning("%s failed for alert %s: %s", self.name, ch.alert.id, error)
         return False, error
 
+    async def _post(self, body: bytes, headers: dict[str, str]) -> tuple[int, str, float | None]:
+        """POST ``body``; the status, for a redirect `` to <scheme://host:port>`` of its Location, and the seconds of
+        a ``Retry-After``. The answer's body is not read: only the status counts, and a receiver's large or endless
+        one held the send."""
+        async with self.client.stream("POST", self._target.url, content=body, headers=headers) as r:
+            return r.status_code, self._redirected_to(r), retry_after_s(r.headers.get("retry-after"))
+
+    def _redirected_to(self, r: httpx.Response) -> str:
+        """`` to <scheme://host:port>`` of a redirect's Location, or ""; only where it goes: its path or query may
+        be a token."""
+        location = r.headers.get("location", "")
+        if not location:
+            return ""
+        try:
+            return f" to {_origin(urljoin(self._target.url, location))}"
+        except ValueError:  # a Location that is no URL
+            return " (to an invalid Location)"
+
     @property
     def probes(self) -> bool:
         return self.cfg.probe
 
     async def probe(self) -> str | None:
-        """With ``probe = true``: one HEAD request to the URL; why it failed, or None (any HTTP answer but 401, 403
-        and 407 means the address, the TLS and the route are right). Without: None, nothing sent. No fake alert is
-        ever POSTed: a pager would page for it."""
+        """With ``probe = true``: one HEAD request to the URL; why it failed, or None (any HTTP answer but 401, 403,
+        407 and a redirect means the address, the TLS and the route are right). Without: None, nothing sent. No fake
+        alert is ever POSTed: a pager would page for it."""
         if not self.cfg.probe:
             return None
         try:
             r = await self.client.head(self._target.url)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, OSError) as exc:
             return self._target.scrub(f"{type(exc).__name__}: {exc}")
         if r.status_code in (401, 403, 407):
             return f"HTTP {r.status_code} to a HEAD request: are its credentials (headers, URL token) refused?"
+        if 300 <= r.status_code < 400:  # every alert would be refused the same way
+            return (f"HTTP {r.status_code} to a HEAD request: the receiver redirects{self._redirected_to(r)}; set "
+                    "url to the address it redirects to")
         return None
 
     async def aclose(self) -> None:
