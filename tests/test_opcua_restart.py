@@ -137,8 +137,11 @@ def test_a_restarted_gateway_resumes_its_session_and_every_value_is_stored_once(
             want = produced(origin, range(first[t], count))
             assert got[t] == want, differences(got[t], want)
         assert back_at - killed_at >= 20  # the server produced values while the gateway was down
-        assert st["session"] == "resumed" and st["sessions_resumed"] == 1 and st["resume_fallback"] is None
-        assert st["messages_lost"] == 0 and st["subscriptions_recreated"] == 0
+        # At least once: under CI's load (a secure channel, other tests on both cores) a connection was once lost
+        # after the resume and the session resumed again (2), every value still stored once.
+        why = "\n".join(line for line in log if "session" in line or "connect" in line)[-4000:]
+        assert st["session"] == "resumed" and st["sessions_resumed"] >= 1 and st["resume_fallback"] is None, why
+        assert st["messages_lost"] == 0 and st["subscriptions_recreated"] == 0, why
         assert any("resumed the session and subscription" in line and "after a gateway restart" in line
                    for line in log)
         assert not any("cannot resume the session" in line for line in log)
