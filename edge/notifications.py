@@ -26,7 +26,10 @@ from edge.timeouts import within
 
 log = logging.getLogger(__name__)
 
-NOTIFY_QUEUE_GROUPS = 1000  # groups of alert changes waiting for the notifiers
+NOTIFY_QUEUE_GROUPS = 1000  # groups of alert changes waiting for a receiver, beyond which "updated" ones are dropped
+# Beyond this many groups even an alert's raise, acknowledgement, escalation and clear are dropped (memory): with
+# de-duplication these come once per alert, not per flap, so it takes thousands of distinct alerts to reach it.
+NOTIFY_QUEUE_GROUPS_MAX = 10 * NOTIFY_QUEUE_GROUPS
 NOTIFY_RETRY_MIN_S = 1.0  # a change a receiver did not take is sent again after this, doubling up to the max
 NOTIFY_RETRY_MAX_S = 60.0
 # Is an escalated alert acknowledged in the console already? One bounded question per group of changes; after the
@@ -140,21 +143,30 @@ class Notifications:
             mine = [c for c in changes if c.event != "suppressed" and (events is None or wanted(events, c))]
             if not mine:
                 continue
-            if not box.queue.full():
+            waiting = box.queue.qsize()
+            keep = mine
+            if waiting >= NOTIFY_QUEUE_GROUPS_MAX:
+                keep = []
+            elif waiting >= NOTIFY_QUEUE_GROUPS:
+                # Behind: one more occurrence of an alert the receiver knows ("updated") is dropped, but never what
+                # changes an alert's state. All were dropped alike, and a receiver back after a long outage never
+                # got the clears of the alerts it had been sent: they stayed open there for good.
+                keep = [c for c in mine if c.event != "updated"]
+            if keep:
                 # On disk before it is queued: a stop of the gateway (reload, upgrade, crash) with the receiver down
                 # lost every change waiting for it; the next start sends them first (`open`).
-                seqs = await self._outbox_add(box.key, mine)
-                try:  # the sync and the analysis both queue: the other may have taken the last place meanwhile
-                    box.queue.put_nowait((mine, seqs))
-                    continue
-                except asyncio.QueueFull:
-                    await self._outbox_done(seqs or [])
+                seqs = await self._outbox_add(box.key, keep)
+                box.queue.put_nowait((keep, seqs))  # unbounded: the bounds are the counts above
+            if len(keep) == len(mine):
+                continue
             if not box.dropped:
                 log.error("alert notifications to %s are %d groups behind (the receiver is down or slow); "
-                          "dropping new ones until it catches up (the alerts themselves are stored)",
-                          box.notifier.name, box.queue.qsize(), extra={"event": "notify_behind"})
-            box.dropped += len(mine)
-            self.metrics.notifications.labels("dropped").inc(len(mine))
+                          "dropping %s until it catches up (the alerts themselves are stored)",
+                          box.notifier.name, waiting, "every new change" if waiting >= NOTIFY_QUEUE_GROUPS_MAX else
+                          "new \"updated\" changes (raised, acknowledged, escalated and cleared still wait)",
+                          extra={"event": "notify_behind"})
+            box.dropped += len(mine) - len(keep)
+            self.metrics.notifications.labels("dropped").inc(len(mine) - len(keep))
 
     async def probe(self) -> None:
         """Once per gateway, at its start (`edge.analytics.Analytics.run`, in its own task: collection and analysis
@@ -211,7 +223,7 @@ class Notifications:
             self.notifiers.append(MqttNotifier(n.mqtt, secrets.mqtt_password, secrets.mqtt_tls))
         self.notifiers += [WebhookNotifier(w, t) for w, t in zip(n.webhooks, secrets.webhooks, strict=True)]
         self._outboxes = [_Outbox(n, kept[i][0], current=kept[i][1]) if i < len(kept) else
-                          _Outbox(n, asyncio.Queue(maxsize=NOTIFY_QUEUE_GROUPS)) for i, n in enumerate(self.notifiers)]
+                          _Outbox(n, asyncio.Queue()) for i, n in enumerate(self.notifiers)]
         names: dict[str, int] = {}
         for box in self._outboxes:  # two receivers of one name (the same URL twice) keep their rows apart
             names[box.notifier.name] = names.get(box.notifier.name, 0) + 1

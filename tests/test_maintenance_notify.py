@@ -4,7 +4,7 @@ import asyncio
 import json
 import threading
 import typing
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import paho.mqtt.client as mqtt
@@ -650,21 +650,24 @@ async def test_publish_sends_one_receivers_changes_in_their_order(pg_dsn):
         server.server_close()
 
 
-async def test_changes_queued_from_the_sync_and_the_analysis_at_once_never_overflow_a_queue(tmp_path, monkeypatch):
-    """Changes reach a receiver's queue from the analysis of readings and from the sync (what people did in the
-    console), each after writing them to the outbox file. With one place left in the queue, both saw room, both
-    wrote, and the second put raised QueueFull: in the sync loop that ended the loop for good (acknowledgements no
-    longer stopped escalations, windows no longer refreshed). One of them is now counted dropped instead."""
+async def test_a_receiver_far_behind_loses_updates_but_never_an_alerts_clear(tmp_path, monkeypatch):
+    """A receiver down long enough to fill its queue: every new change was dropped alike, the clears too, so once it
+    was back it showed the alerts it had been sent as open for good. Now only "updated" (one more flap of an alert
+    it knows) is dropped while behind; a raise or a clear still waits for it, up to a hard bound. (Changes come from
+    the analysis and from the sync at once: neither may ever meet a full queue, which ended the sync loop once.)"""
     from edge import notifications
     from edge.analytics import Analytics
     from edge.metrics import Metrics
     from edge.settings import SiteConfig
 
     monkeypatch.setattr(notifications, "NOTIFY_QUEUE_GROUPS", 2)
+    monkeypatch.setattr(notifications, "NOTIFY_QUEUE_GROUPS_MAX", 4)
     site = SiteConfig(site={"state_dir": tmp_path},
-                      rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
-                      maintenance={"alerts": {"clear_after_s": 0},
-                                   "notify": {"webhooks": [{"url": f"http://127.0.0.1:{free_port()}/hook"}]}})
+                      rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0},
+                             {"name": "hi2", "tag": "P2.p", "kind": "threshold", "high": 10.0}],
+                      maintenance={"alerts": {"clear_after_s": 30},
+                                   "notify": {"webhooks": [{"url": f"http://127.0.0.1:{free_port()}/hook",
+                                                            "events": ["raised", "updated", "cleared"]}]}})
 
     async def emit(batch):
         pass
@@ -674,14 +677,30 @@ async def test_changes_queued_from_the_sync_and_the_analysis_at_once_never_overf
     try:
         (box,) = an.notifications._outboxes
         m = an.manager
-        await an.notifications.queue(m.observe(asset="P1", tag="P1.p", kind="rule:hi", active=True, t=T0))
-        assert box.queue.qsize() == 1
-        a = m.observe(asset="P1", tag="P1.p", kind="rule:hi", active=False, t=T0.replace(second=1))
-        b = m.observe(asset="P1", tag="P1.p", kind="rule:hi", active=True, t=T0.replace(second=2))
-        await asyncio.gather(an.notifications.queue(a), an.notifications.queue(b))
+
+        def obs(asset: str, active: bool, s: int) -> list:
+            return m.observe(asset=asset, tag=f"{asset}.p", kind=f"rule:{'hi' if asset == 'P1' else 'hi2'}",
+                             active=active, t=T0 + timedelta(seconds=s))
+
+        async def queue(*changes) -> None:
+            await asyncio.gather(*(an.notifications.queue(c) for c in changes))
+
+        await queue(obs("P1", True, 0), obs("P2", True, 0))  # two raises: the queue is at its soft bound
+        obs("P1", False, 1)
+        flap = obs("P1", True, 2)
+        assert [c.event for c in flap] == ["updated"]
+        await queue(flap)  # dropped
         assert box.queue.qsize() == 2 and box.dropped == 1
-        # The dropped one is not sent after a restart either.
-        assert len(an.notifications._outbox_file.pending(box.key)) == 2
+        obs("P1", False, 3)
+        obs("P2", False, 3)
+        await queue(obs("P1", False, 100), obs("P2", False, 100))  # both clears wait, beyond the soft bound
+        assert box.queue.qsize() == 4 and box.dropped == 1
+        await queue(obs("P1", True, 200))  # at the hard bound even a raise is dropped
+        assert box.queue.qsize() == 4 and box.dropped == 2
+        waiting = [c.event for changes, _ in list(box.queue._queue) for c in changes]
+        assert waiting == ["raised", "raised", "cleared", "cleared"]
+        # What waits is on disk for the next start, what was dropped is not.
+        assert [c.event for _, c in an.notifications._outbox_file.pending(box.key)] == waiting
     finally:
         for n in an.notifications.notifiers:
             await n.aclose()
