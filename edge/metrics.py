@@ -109,6 +109,9 @@ class Metrics:
         self.notify_receiver_up = Gauge("valvoja_alert_receiver_up",
                                         "Alert receivers: 1 when the start-up probe or the last notification got "
                                         "through, 0 when it failed", ["receiver"], registry=r)
+        self.notify_waiting = Gauge("valvoja_alert_notifications_waiting",
+                                    "Groups of alert changes waiting for a receiver (the one being sent included)",
+                                    ["receiver"], registry=r)
         self.emissions_runs = Counter("valvoja_emissions_runs_total",
                                       "Emissions job runs per stack: ok, db_unreachable or error (logged once per "
                                       "distinct error); both retried at the next interval", ["stack", "result"],

@@ -157,6 +157,7 @@ class Notifications:
                 # lost every change waiting for it; the next start sends them first (`open`).
                 seqs = await self._outbox_add(box.key, keep)
                 box.queue.put_nowait((keep, seqs))  # unbounded: the bounds are the counts above
+                self._waiting(box)
             if len(keep) == len(mine):
                 continue
             if not box.dropped:
@@ -250,10 +251,16 @@ class Notifications:
                 rows = self._outbox_file.pending(box.key)
                 if rows:
                     box.queue.put_nowait(([ch for _, ch in rows], [seq for seq, _ in rows]))
+                    self._waiting(box)
                     log.info("%d alert notifications to %s left from before the restart are sent first", len(rows),
                              box.notifier.name, extra={"event": "notify_restored"})
         except Exception as exc:  # notifications still go out, from memory only
             self._outbox_failed(exc)
+
+    def _waiting(self, box: _Outbox) -> None:
+        """``valvoja_alert_notifications_waiting``: how far behind a receiver is, before its queue's bounds drop
+        anything (`NOTIFY_QUEUE_GROUPS`)."""
+        self.metrics.notify_waiting.labels(box.notifier.name).set(box.queue.qsize() + (box.current is not None))
 
     def _outbox_failed(self, exc: BaseException) -> None:
         # Counted at each failure, logged once per kind: the log alone left a /metrics-based watch blind to
@@ -291,6 +298,7 @@ class Notifications:
             changes, seqs = box.current
             await self.send(box.notifier, changes, seqs, box)
             box.current = None
+            self._waiting(box)
             if box.dropped and box.queue.empty():
                 log.warning("alert notifications to %s caught up; %d changes were not notified", box.notifier.name,
                             box.dropped, extra={"event": "notify_resumed"})

@@ -368,6 +368,7 @@ class Service:
         # The gateway set up next sets its own: a redundant set when it is built, a receiver at its start-up probe (a
         # webhook without one at its next notification).
         self.metrics.notify_receiver_up.clear()
+        self.metrics.notify_waiting.clear()
         self.metrics.active_server.clear()
         try:
             await self._start_gateway(new)

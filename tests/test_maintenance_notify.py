@@ -699,8 +699,9 @@ async def test_a_receiver_far_behind_loses_updates_but_never_an_alerts_clear(tmp
         assert box.queue.qsize() == 4 and box.dropped == 2
         waiting = [c.event for changes, _ in list(box.queue._queue) for c in changes]
         assert waiting == ["raised", "raised", "cleared", "cleared"]
-        # What waits is on disk for the next start, what was dropped is not.
+        # What waits is on disk for the next start, what was dropped is not; the gauge says how far behind it is.
         assert [c.event for _, c in an.notifications._outbox_file.pending(box.key)] == waiting
+        assert an.notifications.metrics.notify_waiting.labels(box.notifier.name)._value.get() == 4
     finally:
         for n in an.notifications.notifiers:
             await n.aclose()
