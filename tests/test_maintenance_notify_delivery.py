@@ -117,6 +117,36 @@ async def test_a_receiver_that_goes_down_after_it_worked_is_down_in_the_gauge_an
             await notes.close()
 
 
+async def test_the_waiting_gauge_rises_while_a_receiver_is_down_and_falls_when_it_takes_them(tmp_path, monkeypatch):
+    """``valvoja_alert_notifications_waiting``: an operator sees a receiver falling behind before the queue's bound
+    drops anything (before, only the dropped count showed it, once it was too late)."""
+    monkeypatch.setattr(notifications, "NOTIFY_RETRY_MIN_S", 0.05)
+    monkeypatch.setattr(notifications, "NOTIFY_RETRY_MAX_S", 0.1)
+    monkeypatch.setattr(WebhookNotifier, "RETRY_BASE_S", 0.01)
+    with _receiver(status=503) as url:
+        mcfg = MaintenanceConfig.model_validate({"notify": {"webhooks": [{"url": url, "attempts": 1}]}})
+        metrics = Metrics()
+        notes = Notifications(mcfg, notify_secrets(mcfg), metrics, None, tmp_path)
+        notes.open()
+        (n,) = notes.notifiers
+        waiting = metrics.notify_waiting.labels(n.name)._value.get
+        tasks = notes.tasks()
+        try:
+            raised, cleared = _raised_and_cleared()
+            await notes.queue([raised])
+            await notes.queue([cleared])
+            await _until(lambda: len(_Switchable.posts) >= 2)  # the first failed and is being tried again
+            assert waiting() == 2
+            _Switchable.status = 204  # back
+            await _until(lambda: waiting() == 0)
+            assert _Switchable.posts[-2:] == ["raised", "cleared"]
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await notes.close()
+
+
 async def test_a_redirecting_receiver_is_refused_once_not_retried_for_good(tmp_path, monkeypatch):
     """A receiver moved behind a redirect (http:// answered with 301 to https://) answered every attempt with the
     same 3xx, which counted as "down": the first change was sent again every minute for good and every later alert
