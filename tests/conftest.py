@@ -132,6 +132,18 @@ def pg_dsn(pg_server: PostgresServer) -> Iterator[str]:
 
 
 @pytest.fixture
+def conn(pg_dsn: str) -> Iterator:
+    """An autocommit connection to a fresh TimescaleDB database with the schema migrated (the emissions tests')."""
+    import psycopg
+
+    from edge.db.migrate import migrate
+
+    with psycopg.connect(pg_dsn, autocommit=True) as c:
+        migrate(c)
+        yield c
+
+
+@pytest.fixture
 def plain_pg_dsn(plain_pg_server: PostgresServer) -> Iterator[str]:
     """A fresh database on a server without TimescaleDB (plain PostgreSQL); dropped after the test."""
     yield from _fresh_database(plain_pg_server, timescaledb=False)

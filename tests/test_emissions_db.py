@@ -26,13 +26,6 @@ DAYS = 3
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def conn(pg_dsn):
-    with psycopg.connect(pg_dsn, autocommit=True) as c:
-        migrate(c)
-        yield c
-
-
 def seed(conn, cfg, *, seed_no: int = 5) -> dict[str, int]:
     series = synthetic.synthetic_series(cfg, T0, DAYS * 1440, seed=seed_no)
     ids = synthetic.ensure_tags(conn, sorted(series), asset=cfg.name)

@@ -26,13 +26,6 @@ from emissions import job, periods, synthetic
 from emissions.config import StackConfig
 
 
-@pytest.fixture
-def conn(pg_dsn):
-    with psycopg.connect(pg_dsn, autocommit=True) as c:
-        migrate(c)
-        yield c
-
-
 @pytest.fixture(params=["pg_dsn", "plain_pg_dsn"], ids=["timescaledb", "plain"])
 def any_dsn(request) -> str:
     """A fresh database on TimescaleDB, then on plain PostgreSQL (the rollups and queries differ by edition)."""

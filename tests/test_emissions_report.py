@@ -10,22 +10,13 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import psycopg
 import pytest
 
 from edge import cli
-from edge.db.migrate import migrate
 from emissions import periods, synthetic
 from emissions.config import StackConfig
 
 DAY = "2026-03-10"
-
-
-@pytest.fixture
-def conn(pg_dsn):
-    with psycopg.connect(pg_dsn, autocommit=True) as c:
-        migrate(c)
-        yield c
 
 
 def lcp(extra: str = "") -> tuple[StackConfig, str]:

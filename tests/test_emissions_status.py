@@ -15,12 +15,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import psycopg
 import pytest
 from pydantic import ValidationError
 
 from edge.db.features import detect
-from edge.db.migrate import migrate
 from edge.records import Alert, Quality, Reading
 from emissions import job, report, store, synthetic
 from emissions.config import StackConfig
@@ -49,13 +47,6 @@ def cell(t: np.ndarray) -> np.ndarray:
     v[(t >= SPAN[0]) & (t < SPAN[1])] = 160.0
     v[(t >= MAINT[0]) & (t < MAINT[1])] = 0.0
     return v
-
-
-@pytest.fixture
-def conn(pg_dsn):
-    with psycopg.connect(pg_dsn, autocommit=True) as c:
-        migrate(c)
-        yield c
 
 
 def seed(conn, cfg: StackConfig, status: list[tuple[int, float]] | None = STATUS, status_tag: str | None = None,

@@ -11,19 +11,11 @@ import numpy as np
 import psycopg
 import pytest
 
-from edge.db.migrate import migrate
 from emissions import cli as emissions_cli
 from emissions import job, periods, report, synthetic
 from emissions.config import StackConfig
 
 TZ = "Europe/Helsinki"
-
-
-@pytest.fixture
-def conn(pg_dsn):
-    with psycopg.connect(pg_dsn, autocommit=True) as c:
-        migrate(c)
-        yield c
 
 
 def lcp(name: str, **regulatory) -> StackConfig:

@@ -126,6 +126,13 @@ async def test_registry_champion_alert_and_predict_every(fitted, tmp_path):
     assert ev["model_version"] == out["sha256"] and ev["lower"] < 1000 and ev["coverage"] == pytest.approx(0.9)
 
 
+def _engine_asset(model_dir) -> AssetConfig:
+    """Asset ENG read like a C-MAPSS engine: sensors ENG.s1..s21, settings ENG.set1..3, a cycle counter tag."""
+    return AssetConfig(name="ENG", rul=RulAssetConfig(
+        model_dir=str(model_dir), sensors=tuple(f"ENG.s{j}" for j in range(1, 22)),
+        settings=tuple(f"ENG.set{k}" for k in range(1, 4)), cycle_tag="ENG.cycles"))
+
+
 def test_rul_config_errors(fitted):
     _, d = fitted
     with pytest.raises(ValueError, match="model_dir or registry"):
@@ -469,9 +476,7 @@ def test_cycles_from_a_counter_tag_of_irregular_cycles_and_a_new_life(fitted):
     test = cmapss.load(SAMPLE / "test_FD001.txt")
     units = [int(u) for u in test.units()[:2]]
     rng = np.random.default_rng(3)
-    asset = AssetConfig(name="ENG", rul=RulAssetConfig(
-        model_dir=str(d), sensors=tuple(f"ENG.s{j}" for j in range(1, 22)),
-        settings=tuple(f"ENG.set{k}" for k in range(1, 4)), cycle_tag="ENG.cycles"))
+    asset = _engine_asset(d)
     live = MaintenanceLive(MaintenanceConfig(period_s=1.0, assets=(asset,)))
     batches = _two_lives(test, units, rng)
     preds = _process(live, batches)
@@ -582,9 +587,7 @@ def test_a_restart_goes_on_with_the_assets_age_and_history(fitted, tmp_path, cap
     assert fresh[0].details["cycle"] == 1 and not np.allclose([p.value for p in fresh], [p.value for p in tail])
 
     # Counter mode, the restart in the middle of a cycle (its readings so far are kept).
-    asset = AssetConfig(name="ENG", rul=RulAssetConfig(
-        model_dir=str(d), sensors=tuple(f"ENG.s{j}" for j in range(1, 22)),
-        settings=tuple(f"ENG.set{k}" for k in range(1, 4)), cycle_tag="ENG.cycles"))
+    asset = _engine_asset(d)
     cconfig = MaintenanceConfig(period_s=1.0, assets=(asset,))
     readings, t = [], T0
     for i in range(len(one.unit)):
@@ -940,9 +943,7 @@ def test_a_late_or_repeated_counter_reading_is_not_a_new_life(fitted):
     _, d = fitted
     test = cmapss.load(SAMPLE / "test_FD001.txt")
     one = test.select(test.unit == int(test.units()[0]))
-    asset = AssetConfig(name="ENG", rul=RulAssetConfig(
-        model_dir=str(d), sensors=tuple(f"ENG.s{j}" for j in range(1, 22)),
-        settings=tuple(f"ENG.set{k}" for k in range(1, 4)), cycle_tag="ENG.cycles"))
+    asset = _engine_asset(d)
     config = MaintenanceConfig(period_s=1.0, assets=(asset,))
     n = len(one.unit)
     batches, t = [], T0
@@ -1135,9 +1136,7 @@ def test_the_journal_restores_counter_cycles_and_a_new_life(fitted, tmp_path):
     test = cmapss.load(SAMPLE / "test_FD001.txt")
     units = [int(u) for u in test.units()[:2]]
     batches = _two_lives(test, units, np.random.default_rng(3))
-    asset = AssetConfig(name="ENG", rul=RulAssetConfig(
-        model_dir=str(d), sensors=tuple(f"ENG.s{j}" for j in range(1, 22)),
-        settings=tuple(f"ENG.set{k}" for k in range(1, 4)), cycle_tag="ENG.cycles"))
+    asset = _engine_asset(d)
     config = MaintenanceConfig(period_s=1.0, assets=(asset,))
     whole = _process(MaintenanceLive(config), batches)
     n1 = int((test.unit == units[0]).sum())
@@ -1212,9 +1211,7 @@ def test_a_counter_that_jumps_ahead_keeps_the_life_and_ages_by_the_jump(fitted):
     r, d = fitted
     test = cmapss.load(SAMPLE / "test_FD001.txt")
     one = test.select(test.unit == int(test.units()[0]))
-    asset = AssetConfig(name="ENG", rul=RulAssetConfig(
-        model_dir=str(d), sensors=tuple(f"ENG.s{j}" for j in range(1, 22)),
-        settings=tuple(f"ENG.set{k}" for k in range(1, 4)), cycle_tag="ENG.cycles"))
+    asset = _engine_asset(d)
     live = MaintenanceLive(MaintenanceConfig(period_s=1.0, assets=(asset,)))
     n, h = len(one.unit), len(one.unit) // 2
     cycles = np.where(np.arange(n) >= h, one.cycle + 10, one.cycle)
