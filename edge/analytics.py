@@ -9,7 +9,9 @@ What analytics produces goes back through the spool like everything else (DESIGN
 - derived readings (``<tag>.mean``, ``<tag>.iso_zone`` ...) as ordinary readings;
 - predictions and alert changes as *records* ``(kind, dict)``, written by the forwarder in the same
   transaction as the readings (`write_records`), so an outage delays them but loses none.
-Notifications (MQTT, webhooks) are sent once the change is in the spool (`edge.notifications`).
+Notifications (MQTT, webhooks) are sent once the change is in the spool (its batch's ack, `edge.notifications`): a
+crash between the two then pages nothing the database will not get. A spool that has not taken the change within
+NOTIFY_STORE_WAIT_S (full, a failing disk) does not hold the page back longer: it is sent anyway and counted.
 """
 
 from __future__ import annotations
@@ -41,9 +43,28 @@ ALERT_STATE_REFRESH_S = 3600.0
 # gateway's own clock from the last reading time, so the alerts nobody can see the machine behind still escalate.
 IDLE_TICK_S = 15.0
 SOURCE = "analytics"
+# Alert changes wait this long for the spool to hold them before they are notified anyway: a page is not held back
+# behind a stuck spool for longer than this (ack of a normal group commit: milliseconds).
+NOTIFY_STORE_WAIT_S = 10.0
 
 
 # -- records: (kind, dict) through the spool --------------------------------------------------
+
+
+def _settle_ok(fut: asyncio.Future | None):
+    """A batch ``ack`` resolving ``fut`` (called on the event loop by the ingest task after the spool commit)."""
+    if fut is None:
+        return None
+    return lambda: fut.done() or fut.set_result(None)
+
+
+def _settle_failed(fut: asyncio.Future | None):
+    """A batch ``nack`` failing ``fut`` with the reason the batch was not spooled."""
+    if fut is None:
+        return None
+    return lambda exc: fut.done() or fut.set_exception(exc)
+
+
 def prediction_record(p: Prediction) -> tuple[str, dict]:
     return "prediction", dataclasses.asdict(p)
 
@@ -152,6 +173,10 @@ class Analytics:
         self._missing_drained: set[str] = set()
         self._state_saved: bytes | None = None  # the alert state last written (maintenance.alert_state.content)
         self._state_saved_at = 0.0
+        # (stored, changes, deadline) of the group whose notifications wait for its spool commit: a stop while it
+        # waits queues them at the end of `run` (to the outbox), since the drain commits the batch after.
+        self._awaiting_store: tuple[asyncio.Future, list, float] | None = None
+        self._unstored_logged = False
 
     @property
     def enabled(self) -> bool:
@@ -246,6 +271,14 @@ class Analytics:
             data = rul.snapshot() if rul is not None else None
             if data is not None:  # the cycles since the last save, so a restart goes on from here
                 rul.write(data)
+            if self._awaiting_store is not None:
+                # Stopped while a group's changes waited for their commit, which the gateway's drain makes after
+                # this task is cancelled: queued now (to the outbox, sent at the next start), or never sent at all
+                # while the next start's state file holds the alert as notified.
+                stored, changes, deadline = self._awaiting_store
+                self._awaiting_store = None
+                await self._until_stored(stored, changes, deadline)
+                await self.notifications.queue(changes)
             await self.notifications.close()
 
     async def process(self, readings: list[Reading]) -> None:
@@ -280,8 +313,35 @@ class Analytics:
         records = made + [prediction_record(p) for p in preds] + [alert_change_record(c) for c in changes]
         self.predictions += len(preds)
         self.alert_changes += len(changes)
-        await self.emit(Batch(SOURCE, derived, records=records))
-        await self.notifications.queue(changes)
+        stored = asyncio.get_running_loop().create_future() if changes else None
+        await self.emit(Batch(SOURCE, derived, records=records, ack=_settle_ok(stored), nack=_settle_failed(stored)))
+        if stored is not None:
+            # Notified only once the spool holds the changes: notified first, a crash before the commit paged an
+            # alert the database never got, whose "cleared" never came (the receiver showed it open for good), and
+            # the condition raised it again under a new id after the restart.
+            self._awaiting_store = stored, changes, time.monotonic() + NOTIFY_STORE_WAIT_S
+            await self._until_stored(stored, changes, self._awaiting_store[2])
+            self._awaiting_store = None
+            await self.notifications.queue(changes)
+
+    async def _until_stored(self, stored: asyncio.Future, changes: list, deadline: float) -> None:
+        """Wait until the spool holds ``changes`` (their batch's ack), at most until ``deadline``; past it, or when the
+        batch was refused, they are notified all the same (a page must not wait on a stuck spool), logged and
+        counted."""
+        try:
+            await asyncio.wait_for(asyncio.shield(stored), max(0.0, deadline - time.monotonic()))
+            self._unstored_logged = False
+            return
+        except TimeoutError:
+            why = f"not in the spool after {NOTIFY_STORE_WAIT_S:.0f} s (spool full or failing: see spool_full, " \
+                  "spool_error)"
+        except Exception as exc:  # the batch's nack: it was not spooled (a stop that could not wait, a bug)
+            why = f"not spooled ({exc})"
+        self.metrics.notified_unstored.inc(len(changes))
+        if not self._unstored_logged:
+            self._unstored_logged = True
+            log.warning("%d alert change(s) %s; notifying the receivers anyway (the alert is missing from the "
+                        "console until the spool takes it)", len(changes), why, extra={"event": "notify_unstored"})
 
     async def _idle_clock_loop(self) -> None:
         """Move the clock on by the gateway's own while nothing is offered and alerts are open (see IDLE_TICK_S)."""

@@ -112,6 +112,9 @@ class Metrics:
         self.notify_waiting = Gauge("valvoja_alert_notifications_waiting",
                                     "Groups of alert changes waiting for a receiver (the one being sent included)",
                                     ["receiver"], registry=r)
+        self.notified_unstored = Counter("valvoja_alert_changes_notified_unstored_total",
+                                         "Alert changes notified before the spool held them (it did not take them "
+                                         "within 10 s, or refused them)", registry=r)
         self.emissions_runs = Counter("valvoja_emissions_runs_total",
                                       "Emissions job runs per stack: ok, db_unreachable or error (logged once per "
                                       "distinct error); both retried at the next interval", ["stack", "result"],

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from analytics_support import spool_emit
 
 from edge.records import Flag
 from emissions.config import PemsLink
@@ -226,8 +227,7 @@ def test_gateway_analytics_sends_pems_predictions_and_readings_through_the_spool
          "pems": link(tmp_path, features).model_dump()}]}])
     batches = []
 
-    async def emit(batch):
-        batches.append(batch)
+    emit = spool_emit(batches)
 
     analytics = Analytics(site, Metrics(), emit, None)
     readings = []
@@ -256,8 +256,7 @@ def test_the_gateway_checks_a_pems_models_input_units_against_the_tag_registry(t
     features, _, _ = sample
     register(Registry(tmp_path / "models"))
 
-    async def emit(batch):
-        pass
+    emit = spool_emit()
 
     def started(at_unit: str) -> bool:
         site = SiteConfig(tags=[{"name": "GT.AT", "unit": at_unit}, {"name": "GT.AP", "unit": "hPa"}],

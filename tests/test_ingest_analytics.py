@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 from datetime import UTC, datetime, timedelta
 
+from analytics_support import spool_emit
+
 from edge.analytics import Analytics
 from edge.metrics import Metrics
 from edge.pipeline import Ingest, SpoolWorker
@@ -64,8 +66,7 @@ async def test_an_open_alert_escalates_on_the_data_clock_without_its_tag(tmp_pat
                       maintenance={"alerts": {"clear_after_s": 60, "escalate_after_s": 600}})
     emitted: list[Batch] = []
 
-    async def emit(batch):
-        emitted.append(batch)
+    emit = spool_emit(emitted)
 
     an = Analytics(site, Metrics(), emit, None)
     assert an.tags() == {"P1.pressure"}

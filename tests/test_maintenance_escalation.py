@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+from analytics_support import spool_emit
+
 from edge import analytics
 from edge.analytics import Analytics
 from edge.metrics import Metrics
@@ -18,8 +20,7 @@ STACK = {"name": "W", "regime": "waste_incineration", "operating_state_tag": "W.
 def _hot_bearing(state_dir, batches: list, conninfo: str | None) -> Analytics:
     """Live analytics with the rule "P1.t above 90" escalating after 1 s, its batches collected in ``batches``."""
 
-    async def emit(batch):
-        batches.append(batch)
+    emit = spool_emit(batches)
 
     site = SiteConfig(site={"state_dir": state_dir},
                       rules=[{"name": "hot", "tag": "P1.t", "kind": "threshold", "high": 90.0}],
@@ -43,8 +44,7 @@ def _migrated(pg_dsn: str) -> None:
 def _gateway_with_rule(state_dir, pg_dsn: str, name: str) -> Analytics:
     """Live analytics (a new gateway: a start or a reload), its one rule ``name`` on P1.t escalating after 600 s."""
 
-    async def emit(batch):
-        pass
+    emit = spool_emit()
 
     site = SiteConfig(site={"state_dir": state_dir},
                       rules=[{"name": name, "tag": "P1.t", "kind": "threshold", "high": 90.0}],
@@ -58,8 +58,7 @@ async def test_emission_alerts_escalate_in_a_gateway_without_maintenance_assets(
     however long nobody acknowledged them: only the maintenance analysis advanced the escalation clock."""
     batches = []
 
-    async def emit(batch):
-        batches.append(batch)
+    emit = spool_emit(batches)
 
     an = Analytics(SiteConfig(stacks=[STACK], maintenance={"alerts": {"escalate_after_s": 600}}), Metrics(), emit,
                    None)
@@ -108,8 +107,7 @@ async def test_analysis_starts_while_a_lock_holds_the_alerts_table(tmp_path, pg_
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         migrate(conn)
 
-    async def emit(batch):
-        pass
+    emit = spool_emit()
 
     site = SiteConfig(site={"state_dir": tmp_path}, rules=[{"name": "hot", "tag": "P1.t", "kind": "threshold",
                                                              "high": 90.0}])

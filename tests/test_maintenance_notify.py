@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import paho.mqtt.client as mqtt
+from analytics_support import spool_emit
 from servers import free_port
 
 from maintenance.alerts import AlertManager, AlertPolicy
@@ -144,8 +145,7 @@ async def test_live_notifications_keep_their_order_through_retries(tmp_path, mon
                       maintenance={"alerts": {"clear_after_s": 0},
                                    "notify": {"webhooks": [{"url": url, "attempts": 3}]}})
 
-    async def emit(batch):
-        pass
+    emit = spool_emit()
 
     an = Analytics(site, Metrics(), emit, None)
     task = asyncio.create_task(an.run())
@@ -200,8 +200,7 @@ async def test_live_notifications_wait_for_a_receiver_that_is_down(tmp_path, mon
                       maintenance={"alerts": {"clear_after_s": 0, "reopen_within_s": 0},
                                    "notify": {"webhooks": [{"url": f"http://127.0.0.1:{port}/hook", "attempts": 2}]}})
 
-    async def emit(batch):
-        pass
+    emit = spool_emit()
 
     _Receiver.bodies = []
     an = Analytics(site, Metrics(), emit, None)
@@ -255,8 +254,7 @@ async def test_notifications_go_on_after_the_watchdog_restarts_analytics(tmp_pat
                       rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
                       maintenance={"alerts": {"clear_after_s": 0}, "notify": {"webhooks": [{"url": url}]}})
 
-    async def emit(batch):
-        pass
+    emit = spool_emit()
 
     an = Analytics(site, Metrics(), emit, None)
     try:
@@ -419,8 +417,7 @@ async def test_escalations_go_out_at_once_while_the_database_does_not_answer(tmp
                       maintenance={"alerts": {"clear_after_s": 600, "escalate_after_s": 60},
                                    "notify": {"webhooks": [{"url": url}]}})
 
-    async def emit(batch):
-        pass
+    emit = spool_emit()
 
     async def received(count: int, within: float) -> float:
         start = time.monotonic()
@@ -485,8 +482,7 @@ async def test_notifications_a_receiver_has_not_taken_survive_a_restart_of_the_g
                       maintenance={"alerts": {"clear_after_s": 0},
                                    "notify": {"webhooks": [{"url": f"http://127.0.0.1:{port}/hook", "attempts": 1}]}})
 
-    async def emit(batch):
-        pass
+    emit = spool_emit()
 
     _Receiver.bodies, _Receiver.fail_first, Keeps.keys = [], 0, []
     before = Analytics(site, Metrics(), emit, None)  # the gateway before the restart
@@ -550,8 +546,7 @@ async def test_an_acknowledgement_and_a_clear_made_in_the_console_reach_the_rece
                       rules=[{"name": f"hi{i}", "tag": f"P{i}.p", "kind": "threshold", "high": 10.0} for i in (1, 2)],
                       maintenance={"notify": {"webhooks": [{"url": f"http://127.0.0.1:{server.server_address[1]}/h"}]}})
 
-    async def emit(batch):
-        pass
+    emit = spool_emit()
 
     an = Analytics(site, Metrics(), emit, pg_dsn)
     task = asyncio.create_task(an.run())
@@ -669,8 +664,7 @@ async def test_a_receiver_far_behind_loses_updates_but_never_an_alerts_clear(tmp
                                    "notify": {"webhooks": [{"url": f"http://127.0.0.1:{free_port()}/hook",
                                                             "events": ["raised", "updated", "cleared"]}]}})
 
-    async def emit(batch):
-        pass
+    emit = spool_emit()
 
     an = Analytics(site, Metrics(), emit, None)
     an.notifications.open()  # the queues, no sending task: the receiver is down and its queue fills
@@ -723,8 +717,7 @@ async def test_an_escalation_is_sent_while_a_lock_holds_the_alerts_table(pg_dsn)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         migrate(conn)
 
-    async def emit(batch):
-        pass
+    emit = spool_emit()
 
     an = Analytics(SiteConfig(rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}]), Metrics(),
                    emit, pg_dsn)

@@ -4,6 +4,7 @@ receiver (or a raw socket where a well-behaved server cannot misbehave enough), 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import threading
@@ -15,6 +16,7 @@ from datetime import UTC
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from analytics_support import spool_emit
 from test_maintenance_notify import _raised
 
 from edge import notifications
@@ -261,8 +263,7 @@ async def test_a_change_being_sent_when_the_watchdog_restarts_analytics_is_sent_
                                    "notify": {"webhooks": [{"url": f"http://127.0.0.1:{port}/hook", "attempts": 1,
                                                             "timeout_s": 1.0}]}})
 
-    async def emit(batch):
-        pass
+    emit = spool_emit()
 
     def offer(an, second: int, value: float) -> None:
         t = datetime(2026, 3, 1, 8, 0, second, tzinfo=UTC)
@@ -465,3 +466,124 @@ def test_retry_after_is_read_as_seconds_or_a_date_and_bounded():
     assert retry_after_s("86400") == RETRY_AFTER_MAX_S
     in_a_minute = format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)
     assert 55 <= retry_after_s(in_a_minute) <= 60
+
+
+@contextlib.asynccontextmanager
+async def _live(tmp_path, url: str):
+    """Ingest (a real spool file) feeding live analytics with one threshold rule and one webhook, as the gateway
+    wires them, both running; from the commit of the first reading on, another connection holds the spool file's
+    write lock (a backup, `sqlite3` opened on it), so the batch with the alert that reading raises waits for it.
+    Yields (ingest, analytics, its task, the spool path, the lock's connection, offer(second, value))."""
+    import sqlite3
+    from datetime import datetime
+
+    from edge.analytics import Analytics
+    from edge.pipeline import Ingest, SpoolWorker
+    from edge.records import Batch, Reading
+    from edge.settings import SiteConfig, Validation
+    from edge.spool import Spool
+    from edge.validate import Validator
+
+    path = tmp_path / "spool.db"
+    worker = SpoolWorker(Spool(path, max_bytes=100 << 20))
+    metrics = Metrics()
+    ingest = Ingest(worker, Validator({}, Validation()), metrics, queue_batches=16)
+    site = SiteConfig(site={"state_dir": tmp_path},
+                      rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
+                      maintenance={"alerts": {"clear_after_s": 0},
+                                   "notify": {"webhooks": [{"url": url, "attempts": 1, "timeout_s": 1.0}]}})
+    an = Analytics(site, metrics, ingest.emit, None)
+    blocker = sqlite3.connect(path, isolation_level=None)
+
+    def offer_then_lock(readings, latest) -> None:
+        if readings and not blocker.in_transaction:
+            blocker.execute("BEGIN IMMEDIATE")
+        an.offer(readings, latest)
+
+    ingest.on_spooled, ingest.analytics_tags = offer_then_lock, an.tags()
+
+    async def offer(second: int, value: float) -> None:
+        t = datetime(2026, 3, 1, 8, 0, second, tzinfo=UTC)
+        await ingest.emit(Batch("mq", [Reading("P1.p", t, value, t)]))
+
+    tasks = [asyncio.create_task(ingest.run()), asyncio.create_task(an.run())]
+    try:
+        yield ingest, an, tasks[1], path, blocker, offer
+    finally:
+        blocker.close()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        worker.shutdown()
+
+
+def _alert_records(path) -> list[str]:
+    """The alert changes the spool file holds, by event."""
+    from edge.spool import Spool
+
+    spool = Spool(path, max_bytes=100 << 20)
+    try:
+        return [body["event"] for b in spool.peek(10_000) for kind, body in b.records if kind == "alert_change"]
+    finally:
+        spool.close()
+
+
+async def test_an_alert_is_notified_only_once_the_spool_holds_it(tmp_path):
+    """edge/analytics.py promised "notifications are sent once the change is in the spool", but queued them right
+    after handing the batch to the ingest queue: with the spool file held by another process (a backup, `sqlite3`
+    opened on it) the webhook got "raised" while the alert was in memory only, and a crash then paged an alert the
+    database never got (its "cleared" never came; the condition raised it again under a new id after the restart).
+    Now the page waits for the commit."""
+    with _receiver() as url:
+        async with _live(tmp_path, url) as (_, an, _, path, blocker, offer):
+            await offer(0, 20.0)
+            await _until(lambda: an.alert_changes >= 1)
+            await asyncio.sleep(1.5)
+            assert _Switchable.posts == []  # the alert is not in the spool: not paged yet
+            blocker.execute("ROLLBACK")
+            await _until(lambda: _Switchable.posts == ["raised"])
+            assert _alert_records(path) == ["raised"]
+            assert an.metrics.notified_unstored._value.get() == 0
+
+
+async def test_a_page_does_not_wait_for_a_stuck_spool_longer_than_the_bound(tmp_path, monkeypatch, caplog):
+    """The other side: a spool that does not take the alert (held, full, a failing disk) holds its page back for
+    NOTIFY_STORE_WAIT_S at most; then it is sent, logged once (``notify_unstored``) and counted."""
+    from edge import analytics
+
+    monkeypatch.setattr(analytics, "NOTIFY_STORE_WAIT_S", 0.5)
+    caplog.set_level(logging.WARNING, logger="edge.analytics")
+    with _receiver() as url:
+        async with _live(tmp_path, url) as (ingest, an, _, path, blocker, offer):
+            await offer(0, 20.0)
+            await _until(lambda: _Switchable.posts == ["raised"], timeout_s=5)
+            assert an.metrics.notified_unstored._value.get() == 1
+            assert [r for r in caplog.records if getattr(r, "event", "") == "notify_unstored"]
+            blocker.execute("ROLLBACK")
+            await _until(lambda: ingest.worker.spool.batches >= 2)  # the reading's and the alert's
+            assert _alert_records(path) == ["raised"]  # stored once the spool is free again
+
+
+async def test_a_stop_while_an_alert_waits_for_the_spool_keeps_its_notification_in_the_outbox(tmp_path):
+    """Stopped while the alert waits for its commit (the gateway cancels analytics, then drains the ingest queue):
+    the change goes to the outbox once the drain stores it, so the next start sends it. Dropped, the next start's
+    state file would hold the alert as known and the receiver would never hear of it."""
+    from maintenance.outbox import OUTBOX_FILE, Outbox
+
+    with _receiver(status=503) as url:
+        async with _live(tmp_path, url) as (ingest, an, an_task, path, blocker, offer):
+            await offer(0, 20.0)
+            await _until(lambda: an.alert_changes >= 1)
+            an_task.cancel()  # the stop: analytics first ...
+            await asyncio.sleep(0.3)
+            blocker.execute("ROLLBACK")
+            await ingest.drain(5)  # ... then the spool stores the alert's batch (the drain, or the ingest task)
+            await asyncio.wait_for(asyncio.gather(an_task, return_exceptions=True), 5)
+            outbox = Outbox(tmp_path / OUTBOX_FILE)
+            try:
+                key = an.notifications._outboxes[0].key
+                assert [ch.event for _, ch in outbox.pending(key)] == ["raised"]
+            finally:
+                outbox.close()
+            assert _alert_records(path) == ["raised"]
+            assert an.metrics.notified_unstored._value.get() == 0

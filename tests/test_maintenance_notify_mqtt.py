@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 import paho.mqtt.client as mqtt
 import pytest
+from analytics_support import spool_emit
 from certs import CertificateAuthority
 from servers import free_port, port_open, wait_until
 
@@ -255,8 +256,7 @@ async def test_an_unknown_broker_certificate_is_logged_counted_and_the_notificat
                           rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
                           maintenance={"alerts": {"clear_after_s": 0}, "notify": {"mqtt": mqtt_cfg}})
 
-    async def emit(batch):
-        pass
+    emit = spool_emit()
 
     caplog.set_level(logging.WARNING, logger="edge.notifications")
     with subscribed(mosquitto, "tls-ca-fix/#") as sub:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from analytics_support import spool_emit
 
 from edge.errors import ConfigError
 from edge.files import pack_state, read_state
@@ -827,8 +828,7 @@ async def test_the_gateways_save_loop_goes_on_after_a_failed_save(fitted, tmp_pa
     site = SiteConfig(site={"state_dir": str(tmp_path)},
                       maintenance={"period_s": 60, "state_save_s": 0.05, "assets": [{"name": f"E{u}", "rul": rul}]})
 
-    async def emit(batch):
-        pass
+    emit = spool_emit()
 
     an = Analytics(site, Metrics(), emit, None)
     live = an.maintenance

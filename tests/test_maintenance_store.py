@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from analytics_support import spool_emit
 from psycopg.rows import dict_row
 
 from edge.db.migrate import migrate
@@ -258,8 +259,7 @@ async def test_sync_forgets_only_alerts_cleared_in_the_console(pg_dsn, caplog):
 
     _migrate(pg_dsn)
 
-    async def emit(batch):
-        pass
+    emit = spool_emit()
 
     site = SiteConfig(rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}])
     an = Analytics(site, Metrics(), emit, pg_dsn)
@@ -337,8 +337,7 @@ async def test_a_restarted_gateway_resumes_open_alerts_before_analysing_readings
     raised, _ = await _before_the_restart(pg_dsn)
     batches = []
 
-    async def emit(batch):
-        batches.append(batch)
+    emit = spool_emit(batches)
 
     site = SiteConfig(site={"state_dir": tmp_path},
                       rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0},
@@ -371,8 +370,7 @@ async def test_an_escalation_after_an_acknowledgement_the_gateway_has_not_synced
 
     _migrate(pg_dsn)
 
-    async def emit(batch):
-        pass
+    emit = spool_emit()
 
     an = Analytics(SiteConfig(rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}]), Metrics(),
                    emit, pg_dsn)
@@ -437,8 +435,7 @@ async def test_a_gateway_started_while_the_database_is_away_goes_on_from_the_ale
     acked, waiting = await _before_the_restart(pg_dsn)
     batches = []
 
-    async def emit(batch):
-        batches.append(batch)
+    emit = spool_emit(batches)
 
     site = SiteConfig(site={"state_dir": tmp_path},
                       rules=[{"name": n, "tag": f"{a}.p", "kind": "threshold", "high": 10.0}
@@ -513,8 +510,7 @@ async def test_a_gateway_whose_alert_another_writer_absorbed_takes_that_alert_in
 
     _migrate(pg_dsn)
 
-    async def emit(batch):
-        pass
+    emit = spool_emit()
 
     site = SiteConfig(rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}])
     a = AlertManager()
@@ -724,8 +720,7 @@ async def test_acknowledgements_and_clears_made_while_the_gateway_was_stopped_ar
 
     _migrate(pg_dsn)
 
-    async def emit(batch):
-        pass
+    emit = spool_emit()
 
     site = SiteConfig(site={"state_dir": tmp_path},
                       rules=[{"name": f"hi{i}", "tag": f"P{i}.p", "kind": "threshold", "high": 10.0}
@@ -765,8 +760,7 @@ async def test_a_reopened_alert_still_on_its_way_to_the_database_is_not_forgotte
 
     _migrate(pg_dsn)
 
-    async def emit(batch):
-        pass
+    emit = spool_emit()
 
     site = SiteConfig(rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
                       maintenance={"alerts": {"clear_after_s": 10, "reopen_within_s": 3600}})

@@ -8,6 +8,7 @@ import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 
+from analytics_support import spool_emit
 from console_support import ConsoleServer, fresh_database, seed_plant, seed_users
 
 from edge import analytics
@@ -48,8 +49,7 @@ async def test_a_window_planned_in_the_console_suppresses_in_a_running_gateway_a
     monkeypatch.setattr(analytics, "SYNC_INTERVAL_S", SYNC_S)
     batches: list = []
 
-    async def emit(batch):
-        batches.append(batch)
+    emit = spool_emit(batches)
 
     with fresh_database(pg_admin_dsn) as dsn:
         seed_users(dsn)
@@ -87,8 +87,7 @@ async def test_a_cancelled_window_is_dropped_by_the_sync(pg_admin_dsn, tmp_path,
     """A window cancelled before it starts disappears from the gateway's windows at its next sync."""
     monkeypatch.setattr(analytics, "SYNC_INTERVAL_S", SYNC_S)
 
-    async def emit(batch):
-        pass
+    emit = spool_emit()
 
     with fresh_database(pg_admin_dsn) as dsn:
         seed_users(dsn)
