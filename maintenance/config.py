@@ -155,6 +155,15 @@ class NotifyConfig(BaseModel):
     mqtt: MqttNotifyConfig | None = None
     webhooks: tuple[WebhookConfig, ...] = ()
 
+    @model_validator(mode="after")
+    def _unique_names(self) -> NotifyConfig:
+        # Two receivers of one chosen name would share one label and one backlog in the outbox.
+        names = [r.name for r in (self.mqtt, *self.webhooks) if r is not None and r.name is not None]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"receiver names must be unique: {dup}")
+        return self
+
 
 class MaintenanceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

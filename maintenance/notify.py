@@ -44,7 +44,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from edge.errors import ConfigError
 from edge.paths import REF
@@ -111,6 +111,15 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
+# A receiver's label on /metrics, in logs and alert_events, and its key in the outbox file (`maintenance.outbox`):
+# derived from the address, a fixed URL or broker lost every notification waiting for the receiver (its backlog
+# belonged to the old address); a chosen name keeps them.
+ReceiverName = Annotated[str, StringConstraints(min_length=1, max_length=64,
+                                                pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._:/-]*$")]
+RECEIVER_NAME_HELP = ("the receiver's name in metrics, logs and the outbox; with one, a changed address keeps the "
+                      "notifications waiting for it (without, the name comes from the address)")
+
+
 class WebhookConfig(BaseModel):
     """One webhook receiver. ``url`` is the address, or a reference (``env:NAME`` / ``file:PATH``) to one when it
     carries a credential (a token in its path or query, ``user:password@``); a header value may be a reference too,
@@ -119,6 +128,7 @@ class WebhookConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     url: Annotated[str, REF] = Field(description="http(s) URL, or env:NAME / file:PATH holding it")
+    name: ReceiverName | None = Field(None, description=RECEIVER_NAME_HELP)
     events: tuple[str, ...] = ("raised", "acknowledged", "escalated", "cleared")
     timeout_s: float = Field(5.0, gt=0)
     attempts: int = Field(3, ge=1, le=10)
@@ -333,7 +343,7 @@ class WebhookNotifier:
         here when not given (`ConfigError` when a reference cannot be read)."""
         self.cfg = cfg
         self._target = target or cfg.target()
-        self.name = self._target.name
+        self.name = cfg.name or self._target.name
         if cfg.tls is not None and cfg.tls.insecure:  # a choice to make knowingly, said at each start and reload
             log.warning("%s: tls.insecure = true: the receiver's host name is not checked against its certificate, "
                         "so any certificate its CA signed is taken for the receiver's", self.name,

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edge.secrets import SecretRef
 from edge.tls import Tls, tls_context, warn_insecure_login
 from maintenance.alerts import AlertChange
-from maintenance.notify import payload, wanted
+from maintenance.notify import RECEIVER_NAME_HELP, ReceiverName, payload, wanted
 
 TLS_KEY = "maintenance.notify.mqtt.tls"
 KEEPALIVE_S = 60
@@ -40,6 +40,7 @@ class MqttNotifyConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
     topic_prefix: str = "valvoja/alerts"
+    name: ReceiverName | None = Field(None, description=RECEIVER_NAME_HELP)
     events: tuple[str, ...] = ("raised", "updated", "acknowledged", "escalated", "cleared")
     username: str | None = None
     password: SecretRef | None = None
@@ -90,7 +91,8 @@ class MqttNotifier:
         self._tls = tls if tls is not None else tls_context(cfg.tls, TLS_KEY)
         warn_insecure_login("maintenance.notify.mqtt", cfg.host, cfg.port, cfg.tls,
                                password if cfg.username else None)
-        self.name = f"MQTT {cfg.host}:{cfg.port}/{cfg.topic_prefix}"  # the outbox's key: not changed by TLS
+        # The outbox's key (not changed by TLS; kept across an address change only when chosen).
+        self.name = cfg.name or f"MQTT {cfg.host}:{cfg.port}/{cfg.topic_prefix}"
         self._where = f"mqtt{'s' if cfg.tls else ''}://{cfg.host}:{cfg.port}"
         self._lock = threading.Lock()  # one send at a time; a close waits for it
         self._conn: _Connection | None = None

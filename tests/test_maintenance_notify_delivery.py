@@ -587,3 +587,63 @@ async def test_a_stop_while_an_alert_waits_for_the_spool_keeps_its_notification_
                 outbox.close()
             assert _alert_records(path) == ["raised"]
             assert an.metrics.notified_unstored._value.get() == 0
+
+
+async def test_a_named_receiver_keeps_its_waiting_notifications_when_its_url_is_fixed(tmp_path, monkeypatch):
+    """A webhook configured with a wrong port: every alert waits in the outbox. The engineer fixes the URL and
+    reloads. The waiting changes belonged to the receiver's old address (its name came from the URL) and were
+    dropped (`notify_receiver_gone`): the alerts raised before the fix were never paged. A receiver with a ``name``
+    keeps them: the fixed URL gets them, in order."""
+    from datetime import datetime
+
+    from analytics_support import spool_emit
+    from servers import free_port
+
+    from edge.analytics import Analytics
+    from edge.records import Reading
+    from edge.settings import SiteConfig
+
+    monkeypatch.setattr(notifications, "NOTIFY_RETRY_MIN_S", 0.05)
+    monkeypatch.setattr(notifications, "NOTIFY_RETRY_MAX_S", 0.1)
+    monkeypatch.setattr(WebhookNotifier, "RETRY_BASE_S", 0.01)
+
+    def site(url: str) -> SiteConfig:
+        return SiteConfig(site={"state_dir": tmp_path},
+                          rules=[{"name": "hi", "tag": "P1.p", "kind": "threshold", "high": 10.0}],
+                          maintenance={"alerts": {"clear_after_s": 0},
+                                       "notify": {"webhooks": [{"url": url, "name": "pager", "attempts": 1,
+                                                                "timeout_s": 1.0}]}})
+
+    def offer(an, second: int, value: float) -> None:
+        t = datetime(2026, 3, 1, 8, 0, second, tzinfo=UTC)
+        an.offer([Reading("P1.p", t, value, t)], t)
+
+    wrong = Analytics(site(f"http://127.0.0.1:{free_port()}/hook"), Metrics(), spool_emit(), None)
+    task = asyncio.create_task(wrong.run())
+    try:
+        offer(wrong, 0, 20.0)
+        offer(wrong, 1, 0.0)
+        await _until(lambda: wrong.metrics.notifications.labels("failed")._value.get() >= 1)
+        assert wrong.metrics.notify_waiting.labels("pager")._value.get() >= 1  # raised and cleared wait
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    with _receiver() as url:
+        fixed = Analytics(site(url), Metrics(), spool_emit(), None)  # the reload with the right port
+        task = asyncio.create_task(fixed.run())
+        try:
+            await _until(lambda: len(_Switchable.posts) >= 2)
+            await asyncio.sleep(0.2)
+            assert _Switchable.posts == ["raised", "cleared"]
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def test_two_receivers_of_one_name_are_refused():
+    """One name would give two receivers one label and one backlog."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"receiver names must be unique: \['pager'\]"):
+        MaintenanceConfig.model_validate({"notify": {
+            "mqtt": {"name": "pager"}, "webhooks": [{"url": "http://127.0.0.1:9/a", "name": "pager"}]}})
