@@ -275,3 +275,44 @@ async def test_polled_nodes_wait_behind_the_backfill_and_then_go_on():
         assert col.status()["last_backfill"]["readings"] == 2_000
         first = sink.readings[:2_000]  # the history first, in time order; then the polls
         assert {(r.tag, r.time) for r in first} == history and [r.time for r in first] == sorted(r.time for r in first)
+
+
+async def test_a_device_clock_ahead_does_not_move_the_backfill_start_past_the_gap():
+    """The backfill starts at the newest source time the spool holds. One node whose device clock is an hour ahead
+    (a PLC without time sync) made that an hour in the future: after the next outage the span started after now and
+    nothing was read back, so every other node's values of the gap were lost without a word. A source time counts
+    for the mark no later than when the reading was received."""
+    from asyncua import ua
+    from opcua_support import Sink, running, serving, until
+    from test_opcua_collector import collector
+
+    from collectors.simulator.tags import synthetic_tags
+
+    specs = synthetic_tags(2)
+    ahead, plain = (s.name for s in specs)
+    async with serving(specs, f"opc.tcp://127.0.0.1:{free_port()}/sim") as server:
+        endpoint = f"opc.tcp://127.0.0.1:{server.endpoint.rsplit(':', 1)[1]}"
+        storage = server.server.iserver.history_manager.storage
+        node = ua.NodeId.from_string(server.node_id(plain))
+        await storage.new_historized_node(node, None)
+        first = Sink()
+        col = collector(endpoint, [ahead, plain], history_backfill_max_s=3600.0)
+        async with running(col, first.emit):
+            now = datetime.now(UTC)
+            await server.write([(ahead, 1.0, 0)], now + timedelta(hours=1), now)
+            await server.write([(plain, 1.0, 0)], now, now)
+            await until(lambda: {r.tag for r in first.readings if r.value == 1.0} == {ahead, plain},
+                        what="both values")
+        assert col._mark is not None and col._mark <= datetime.now(UTC)
+        # The gap: values of the plain node while no session was open, in the server's history only.
+        gap = [now + timedelta(seconds=k) for k in (1, 2, 3)]
+        for k, when in enumerate(gap):
+            await storage.save_node_value(node, ua.DataValue(ua.Variant(float(10 + k), ua.VariantType.Double),
+                                                             SourceTimestamp=when, ServerTimestamp=when))
+        await asyncio.sleep(3.5 - (datetime.now(UTC) - now).total_seconds())  # the gap is over
+        again = collector(endpoint, [ahead, plain], history_backfill_max_s=3600.0)
+        again._mark = col._mark  # what the restarted gateway reads from its spool (MARK_KEY)
+        second = Sink()
+        async with running(again, second.emit):
+            await until(lambda: again.status()["last_backfill"] is not None, timeout_s=20, what="the backfill")
+        assert {r.time for r in second.readings if r.tag == plain} >= set(gap)

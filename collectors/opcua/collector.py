@@ -1262,8 +1262,11 @@ class OpcUaCollector:
         state = list(state or ())
         mark = None
         if self._history_max_s > 0:
-            # int.__and__: the IntFlag operator costs more than the rest of this loop (profiled on a backfill)
-            mark = max((r.time for r in readings if not int.__and__(r.flags, _NO_SOURCE_TIME)), default=None)
+            # int.__and__: the IntFlag operator costs more than the rest of this loop (profiled on a backfill).
+            # A source time counts no later than its receipt: one device with its clock an hour ahead put the mark an
+            # hour in the future, and the next backfill (from the mark) read nothing of a gap.
+            mark = max((min(r.time, r.receive_time) for r in readings if not int.__and__(r.flags, _NO_SOURCE_TIME)),
+                       default=None)
             if mark is not None and (self._mark is None or mark > self._mark):
                 state.append((MARK_KEY, mark.isoformat().encode()))
             else:
