@@ -155,6 +155,7 @@ class Service:
         self._reload: asyncio.Event | None = None
         self._stopping = False
         self._executor: ThreadPoolExecutor | None = None
+        self._loop_watch: tuple[LoopWatch, asyncio.Task] | None = None  # (watch, its heartbeat task), `_watch_loop`
 
     # -- entry points ----------------------------------------------------------------------
     def run(self) -> int:
@@ -190,16 +191,13 @@ class Service:
                    asyncio.create_task(self._exit_on_stalled_ingest(), name="stall-exit")]
         if os.environ.get("WATCHDOG_USEC"):
             helpers.append(asyncio.create_task(self._systemd_pings(), name="systemd-watchdog"))
-        watch = None
-        if self.cfg.service.loop_stall_exit_s > 0:
-            watch = LoopWatch(self.cfg.service.loop_stall_exit_s, _exit_on_blocked_loop)
-            helpers.append(asyncio.create_task(watch.beat(), name="loop-watch"))
-            watch.start()
+        self._watch_loop(self.cfg.service.loop_stall_exit_s)
         try:
             await self._serve()
         finally:
-            if watch is not None:
-                watch.stop()
+            if self._loop_watch is not None:
+                helpers.append(self._loop_watch[1])
+            self._watch_loop(0)
             for t in helpers:
                 t.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
@@ -393,6 +391,9 @@ class Service:
                 pass
         self._setup_logging(new)
         self._unused_keys(new)
+        # Read once at the start, a new limit (or turning the watch on or off) was applied only by a restart, while
+        # the reload said "configuration reloaded".
+        self._watch_loop(new.service.loop_stall_exit_s)
         self.metrics.config_reloads.labels("applied").inc()
         log.info("configuration reloaded from %s in %.2f s%s", path, time.monotonic() - t0,
                  "" if new != old else " (unchanged; secrets and certificates read again)",
@@ -405,6 +406,21 @@ class Service:
                   "; ".join(problems), extra={"event": "config_rejected", "problems": len(problems)})
 
     # -- helpers ---------------------------------------------------------------------------
+    def _watch_loop(self, limit_s: float) -> None:
+        """Watch the event loop with ``service.loop_stall_exit_s`` = ``limit_s`` (0: not at all): at the start, at each
+        reload (a new limit replaces the watch) and at the stop (0)."""
+        if self._loop_watch is not None:
+            watch, beat = self._loop_watch
+            if watch.limit_s == limit_s:
+                return
+            watch.stop()
+            beat.cancel()
+            self._loop_watch = None
+        if limit_s > 0:
+            watch = LoopWatch(limit_s, _exit_on_blocked_loop)
+            self._loop_watch = watch, asyncio.create_task(watch.beat(), name="loop-watch")
+            watch.start()
+
     def _setup_logging(self, cfg: SiteConfig) -> None:
         logs.setup(cfg.logging.level, self.log_format or cfg.logging.format)
 

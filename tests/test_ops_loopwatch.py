@@ -56,3 +56,44 @@ def test_the_gateway_exits_on_a_blocked_loop(tmp_path):
     assert p.returncode == 1
     assert "event loop blocked" in p.stderr
     assert "time.sleep" in p.stderr or "line 8" in p.stderr  # the stack shows where the loop is blocked
+
+
+def test_a_reload_that_turns_the_loop_watch_on_applies_it(tmp_path):
+    """``service.loop_stall_exit_s`` was read once at the start: a reload that turned the watch on (or changed its
+    limit) logged "configuration reloaded", and a loop blocked after it went on unnoticed until a restart. A real
+    `Service` in a child process (the watch ends it): started with the watch off, reloaded by SIGHUP with 0.5 s, then
+    its loop blocked for 4 s."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from serverproc import free_port
+
+    cfg = tmp_path / "site.toml"
+    cfg.write_text(f'[site]\ngateway_id = "gw-lw"\nstate_dir = "var"\n\n[http]\nlisten = "127.0.0.1:{free_port()}"\n\n'
+                   '[logging]\nformat = "text"\n\n[service]\nloop_stall_exit_s = 0\n')
+    code = ("import asyncio, os, signal, sys, time\n"
+            "from pathlib import Path\n"
+            "from edge.service import Service\n"
+            "cfg = Path(sys.argv[1])\n"
+            "svc = Service(cfg)\n"
+            "async def main():\n"
+            "    task = asyncio.create_task(svc.main())\n"
+            "    while svc.gateway is None:\n"
+            "        await asyncio.sleep(0.05)\n"
+            "    cfg.write_text(cfg.read_text().replace('loop_stall_exit_s = 0', 'loop_stall_exit_s = 0.5'))\n"
+            "    os.kill(os.getpid(), signal.SIGHUP)\n"
+            "    while svc.cfg.service.loop_stall_exit_s != 0.5:\n"
+            "        await asyncio.sleep(0.05)\n"
+            "    await asyncio.sleep(0.3)\n"
+            "    time.sleep(4)\n"
+            "    print('the blocked loop went unnoticed', flush=True)\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    await task\n"
+            "svc._setup_logging(svc.cfg)\n"
+            "asyncio.run(main())\n")
+    p = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True, text=True, timeout=60,
+                       cwd=tmp_path, env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert "configuration reloaded" in p.stderr, p.stderr[-3000:]
+    assert p.returncode == 1 and "event loop blocked" in p.stderr, (p.returncode, p.stdout, p.stderr[-3000:])
+    assert "went unnoticed" not in p.stdout
