@@ -276,11 +276,13 @@ class LiveMonitor:
             if step is None:
                 continue
             p = step.prediction
+            self.on_pems(step)
+            if p.details.get("outside_training") and not self.cfg.regulatory.accept_uncertain:
+                continue  # its readings are UNCERTAIN (emissions.pems_live): no substitute here, as in the stored job
             values.setdefault(f"pems:{name}", np.array([p.value]))
             if p.lower is not None and lp.link.lower_tag and lp.link.upper_tag:
                 values.setdefault(f"pems_lo:{name}", np.array([p.lower]))
                 values.setdefault(f"pems_hi:{name}", np.array([p.upper]))
-            self.on_pems(step)
 
     def push(self, t: int, values: dict[str, np.ndarray], substituted: dict[str, np.ndarray] | None = None,
              operating: bool = True, excluded: Iterable[str] = ()) -> None:
