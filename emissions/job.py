@@ -120,7 +120,15 @@ def _run_span(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int, 
                 # Charts are cumulative: the checks before the span decide where the CUSUM stands. Checks already
                 # stored keep the reference they were charted against (a zero or span gas replaced since).
                 t, v = store.fetch_tag(conn, cfg, tag, 0, span[1])
-                known = store.qal3_references(conn, cfg.name, q.analyser, kind)
+                stored = store.qal3_stored(conn, cfg.name, q.analyser, kind)
+                # Retention (`database.retention_days`) removes the oldest readings, the first checks among them: the
+                # chart then started later, its s_AMS estimated from other checks and every stored check re-judged.
+                # The checks charted before the first reading left stay its start.
+                first = int(t[0]) if len(t) else span[1]
+                gone = sorted(s for s in stored if s < first)
+                t = np.concatenate([np.asarray(gone, dtype=np.int64), t])
+                v = np.concatenate([np.asarray([stored[s][0] for s in gone], dtype=float), v])
+                known = {s: ref for s, (_, ref) in stored.items()}
                 charts[(q.analyser, kind)] = qal3.chart(q, kind, t, v, known)
     out = SpanResult(cfg, span, primary, result, rules, events, charts, 0.0, readings=seen)
     if write:

@@ -231,6 +231,40 @@ def test_a_new_span_gas_does_not_rejudge_the_checks_made_with_the_old_one(conn):
     assert [r[1] for r in rows] == pytest.approx([0.2, -0.1, 0.1])
 
 
+def test_qal3_charts_keep_their_start_when_retention_removes_the_first_check_readings(conn):
+    """s_AMS estimated from the first five zero checks (steady, moving ranges ~0.1), then ten noisier ones. Retention
+    (`database.retention_days`) removes the readings of the first five: the chart was computed from the readings
+    alone, so it started at the sixth, estimated s_AMS from noisier checks (0.089 -> 1.17), charted the next five as
+    "estimating" again and rewrote every stored check's z and alarms (the last check, 1.2 = 13.5 s_AMS, lost its
+    drift_action). The checks charted before the first reading left now stay the start of the chart: the stored
+    statistics do not move."""
+    name = f"T{uuid.uuid4().hex[:8]}"
+    tag = f"{name}.NOx.zero"
+    cfg = synthetic.waste_stack(name, qal3=[{"analyser": "NOx", "zero_tag": tag, "n_initial": 5}])
+    ids = synthetic.ensure_tags(conn, [tag])
+    values = np.array([0.0, 0.1, 0.0, 0.1, 0.0, 0.8, -0.6, 0.7, -0.5, 0.9, -0.7, 0.6, -0.8, 0.7, 1.2])
+    synthetic.copy_readings(conn, ids[tag], T0 + 3600 * np.arange(len(values)), values)
+
+    def charted() -> list[tuple]:
+        job.run_span(conn, cfg, T0, T0 + 86400, context="day")
+        with conn.cursor() as cur:
+            cur.execute("SELECT s_ams, z, cusum_pos, alarms FROM emission_qal3_checks WHERE stack = %s ORDER BY time",
+                        (name,))
+            return cur.fetchall()
+
+    before = charted()
+    assert len(before) == 15 and before[0][0] == pytest.approx(0.1 / 1.128)
+    assert "drift_action" in before[-1][3]
+    with conn.cursor() as cur:  # what retention does: the oldest readings go
+        cur.execute("DELETE FROM readings WHERE tag_id = %s AND time < to_timestamp(%s)", (ids[tag], T0 + 5 * 3600))
+        assert cur.rowcount == 5
+    after = charted()
+    assert len(after) == 15
+    assert [r[0] for r in after] == pytest.approx([r[0] for r in before])
+    assert [r[1] for r in after[5:]] == pytest.approx([r[1] for r in before[5:]])
+    assert [r[2:] for r in after] == [r[2:] for r in before]
+
+
 SITE = """
 [[stacks]]
 name = "{name}"
