@@ -61,6 +61,7 @@ class SpanResult:
     revisions: int = 0  # stored averages of closed periods this run changed (emissions.revisions)
     run_id: int | None = None  # emission_runs.id of the stored run (None: not stored)
     readings: int | None = None  # readings of the stack's tags in the span as the hourly rollups counted them at start
+    qal3_alarms: int = 0  # QAL3 checks with alarms this run charted (and stored) first
 
 
 def widen(cfg: StackConfig, start: int, end: int, context: str = "year", whole_days: bool = True
@@ -114,6 +115,7 @@ def _run_span(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int, 
     rules, events = compliance.evaluate(cfg, result, span)
     events += pems_events(cfg, primary)
     charts: dict[tuple[str, str], list[qal3.Check]] = {}
+    first_charted: dict[tuple[str, str], set[int]] = {}  # the checks stored before this run, per chart
     for q in cfg.qal3:
         for kind, tag in (("zero", q.zero_tag), ("span", q.span_tag)):
             if tag:
@@ -130,10 +132,12 @@ def _run_span(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int, 
                 v = np.concatenate([np.asarray([stored[s][0] for s in gone], dtype=float), v])
                 known = {s: ref for s, (_, ref) in stored.items()}
                 charts[(q.analyser, kind)] = qal3.chart(q, kind, t, v, known)
+                first_charted[(q.analyser, kind)] = set(stored)
     out = SpanResult(cfg, span, primary, result, rules, events, charts, 0.0, readings=seen)
     if write:
-        for (analyser, _kind), checks in charts.items():
+        for (analyser, kind), checks in charts.items():
             store.write_qal3(conn, cfg.name, analyser, checks)
+            out.qal3_alarms += _log_qal3_alarms(cfg, analyser, kind, checks, first_charted[(analyser, kind)])
         reaches_now = span[1] >= periods.last_whole_hour(int(clock()), cfg.timezone)
         out.rows_written, out.revisions, out.run_id = store.write_result(
             conn, cfg, result, span, rules, events, time.perf_counter() - t_begin, reaches_now=reaches_now,
@@ -193,6 +197,22 @@ def pems_models(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int
     for tag, *model in rows:
         out[links[tag]].append(PemsModel(*model))
     return out
+
+
+def _log_qal3_alarms(cfg: StackConfig, analyser: str, kind: str, checks: list[qal3.Check], stored: set[int]) -> int:
+    """Log the alarms of the checks this run charted first (not stored before): EN 14181 asks for the analyser to be
+    seen to when its chart leaves control, and the alarms were only stored, shown in the next report. Returns how many
+    checks with alarms were new (`valvoja_emissions_qal3_alarms_total`)."""
+    new = [c for c in checks if c.alarms and c.time not in stored]
+    if new:  # one line per chart and run (a chart first configured over a history of checks charts them all at once)
+        c = new[-1]
+        more = f" ({len(new)} new checks with alarms, this the latest)" if len(new) > 1 else ""
+        log.warning("emissions: %s %s %s check at %s out of control: %s (deviation %.4g = %.2f s_AMS, CUSUM+ %.2f, "
+                    "CUSUM- %.2f)%s", cfg.name, analyser, kind, periods.iso(c.time), ", ".join(c.alarms), c.deviation,
+                    c.z, c.cusum_pos, c.cusum_neg, more,
+                    extra={"event": "qal3_alarm", "stack": cfg.name, "analyser": analyser, "kind": kind,
+                           "alarms": list(c.alarms), "checks": len(new)})
+    return len(new)
 
 
 def pems_events(cfg: StackConfig, primary: Primary) -> list[Event]:
@@ -263,6 +283,7 @@ async def run_periodic(conninfo: str, stacks: list[StackConfig], stop: asyncio.E
             if metrics is not None:
                 metrics.emissions_runs.labels(cfg.name, result).inc()
                 metrics.emissions_revisions.labels(cfg.name).inc(sum(r.revisions for r in runs))
+                metrics.emissions_qal3_alarms.labels(cfg.name).inc(sum(r.qal3_alarms for r in runs))
                 if result == "ok":
                     metrics.emissions_last_success.labels(cfg.name).set(time.time())
         if context == "year" and not failed:

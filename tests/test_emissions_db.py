@@ -613,6 +613,43 @@ async def test_a_stack_that_fails_is_logged_once_counted_and_does_not_stop_the_o
     assert count(conn, "emission_runs", good.name) >= 4 and count(conn, "emission_runs", bad.name) >= 1
 
 
+async def test_a_qal3_check_out_of_control_is_logged_and_counted_once(conn, pg_dsn, caplog):
+    """A zero check at 3.5 s_AMS (drift_action, cusum_up) was stored and shown in the next report's QAL3 table, and
+    nowhere else: no log line, no metric, no console view, while EN 14181 asks for the analyser to be seen to. The
+    periodic job now logs it (qal3_alarm, naming the stack, analyser, check and alarms) and counts it, once: the
+    runs after it find it stored."""
+    import asyncio
+    import logging
+    import time
+
+    from edge.metrics import Metrics
+
+    name = f"T{uuid.uuid4().hex[:8]}"
+    tag = f"{name}.NOx.zero"
+    cfg = synthetic.waste_stack(name, operating_state_tag=None, excluded_states=[],
+                                qal3=[{"analyser": "NOx", "zero_tag": tag, "s_ams": 1.0}])
+    hour = int(time.time()) // 3600 * 3600
+    ids = synthetic.ensure_tags(conn, [tag])
+    synthetic.copy_readings(conn, ids[tag], np.array([hour - 3 * 3600, hour - 2 * 3600]), np.array([0.1, 3.5]))
+    stop, metrics, rounds = asyncio.Event(), Metrics(), iter(range(3))
+
+    def clock() -> float:
+        if next(rounds) == 2:
+            stop.set()
+        return time.time()
+
+    caplog.set_level(logging.INFO, logger="emissions")
+    await asyncio.wait_for(job.run_periodic(pg_dsn, [cfg], stop, interval_s=0.01, metrics=metrics, clock=clock),
+                           timeout=240)
+    said = [r for r in caplog.records if getattr(r, "event", "") == "qal3_alarm"]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING
+    assert (said[0].stack, said[0].analyser, said[0].kind, said[0].alarms) == (name, "NOx", "zero",
+                                                                               ["drift_action", "cusum_up"])
+    assert "3.5 = 3.50 s_AMS" in said[0].getMessage()
+    assert metrics.registry.get_sample_value("valvoja_emissions_qal3_alarms_total", {"stack": name}) == 1
+    assert metrics.registry.get_sample_value("valvoja_emissions_runs_total", {"stack": name, "result": "ok"}) == 3
+
+
 def time_now() -> float:
     import time
 
