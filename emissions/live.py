@@ -120,7 +120,7 @@ class LiveMonitor:
                     raise ValueError("pems.registry_db is set but the site has no database")
                 out[pol.name] = LivePems(link, asset=self.cfg.name, target=pol.name,
                                          dsn=dsn if link.registry_db else None, tag_units=tag_units,
-                                         step_s=self.cfg.primary_s, truth_tag=pol.tag)
+                                         step_s=self.cfg.primary_s, truth_tag=pol.tag, target_unit=pol.unit)
             except Exception as exc:  # the monitor (and the gateway) runs on without this PEMS
                 log.error("stack %s %s: live PEMS not started: %s", self.cfg.name, pol.name, exc,
                           extra={"event": "pems_not_started", "asset": self.cfg.name})

@@ -66,11 +66,12 @@ class LivePems:
 
     def __init__(self, link: PemsLink, *, asset: str = "", target: str = "", registry=None, dsn: str | None = None,
                  clock: Callable[[], float] = time.monotonic, tag_units: Mapping[str, str] | None = None,
-                 step_s: float | None = None, truth_tag: str | None = None):
+                 step_s: float | None = None, truth_tag: str | None = None, target_unit: str | None = None):
         """``step_s``: the primary interval's length, so each prediction states the span of its inputs (the
         interval's means: ``input_start`` .. ``input_start + step_s``). ``truth_tag``: the analyser's tag, the
         measured value the model predicts, stored as each prediction's ``target`` (the pollutant goes to
-        ``details.pollutant``) so that the console's uncertainty report finds the truth of every interval."""
+        ``details.pollutant``) so that the console's uncertainty report finds the truth of every interval.
+        ``target_unit``: the pollutant's unit (its analyser's), which the predictions are stored and substituted in."""
         if link.model_id is None:
             raise ValueError(f"pems link {link.tag}: no model_id configured")
         self.link = link
@@ -79,6 +80,7 @@ class LivePems:
         self.target = target
         self.step_s = step_s
         self.truth_tag = truth_tag
+        self.target_unit = target_unit
         self.dsn = dsn
         self.registry = registry  # built on first use when None (its database may be down at start)
         self.clock = clock
@@ -143,6 +145,16 @@ class LivePems:
         if wrong:
             raise ValueError(f"pems link {self.link.tag}: {mv.model_id} v{mv.version} takes {'; '.join(wrong)}: "
                              "train it on the tags' units, or correct the units in [[tags]]")
+        # Its output is stored as the analyser's value and substituted in the analyser's unit: a model of NOx in mg/m³
+        # serving an analyser in ppm substituted values 2.05 times too small (and learnt its interval from ppm).
+        from emissions.config import concentration_unit
+
+        trained = str(mv.card.get("target_unit") or "")
+        if self.target_unit and concentration_unit(trained) and concentration_unit(self.target_unit) and (
+                concentration_unit(trained) != concentration_unit(self.target_unit)):
+            raise ValueError(f"pems link {self.link.tag}: {mv.model_id} v{mv.version} predicts {trained!r} but "
+                             f"{self.target or 'the pollutant'} is in {self.target_unit!r} (its unit): its output "
+                             "would be stored and substituted as such; train it on the analyser's unit")
         predicts = str(mv.card.get("target") or "")
         if predicts and self.target and predicts.lower() != self.target.lower() and self._named != mv.version:
             self._named = mv.version  # once per version (start-up checks it, then serves it)

@@ -275,6 +275,32 @@ def test_the_gateway_checks_a_pems_models_input_units_against_the_tag_registry(t
     assert started("degC")
 
 
+def test_a_pems_model_of_another_unit_than_the_analysers_is_not_served(tmp_path, sample, caplog):
+    """The gas-turbine NOx model predicts mg/m³ (its card's target_unit); linked to a NOx analyser in ppm, its output
+    was stored as the analyser's value and substituted as ppm: 2.05 times too small in mg/Nm³ once converted (and its
+    adaptive interval learnt from ppm truths). Such a model is not started (logged, as for an input in another unit);
+    the analyser in mg/Nm³ (another spelling of its unit) serves it."""
+    from emissions.config import StackConfig
+    from emissions.live import LiveEmissions
+    from models.registry import Registry
+
+    features, _, _ = sample
+    reg = Registry(tmp_path / "models")
+    register(reg)
+    assert reg.champion("pems-nox").card["target_unit"] == "mg/m³"
+
+    def started(unit: str) -> bool:
+        cfg = StackConfig.model_validate({"name": "GT", "regime": "lcp", "pollutants": [
+            {"name": "NOx", "tag": "GT.NOx", "unit": unit, "o2_correction": False, "elv": {"month": 500.0},
+             "pems": link(tmp_path, features).model_dump()}]})
+        return "NOx" in LiveEmissions([cfg]).monitors["GT"].pems
+
+    with caplog.at_level(logging.ERROR, logger="emissions.live"):
+        assert not started("ppm")
+    assert "live PEMS not started" in caplog.text and "predicts 'mg/m³' but NOx is in 'ppm'" in caplog.text
+    assert started("mg/m3")
+
+
 def test_registry_database_down_at_start_then_back(tmp_path, sample, own_pg_server, caplog):
     """The PEMS link whose registry index is in the site database starts while that database is down (no PEMS
     output, logged once however many refreshes fail) and serves the champion once the database is back."""
