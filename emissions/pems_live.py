@@ -93,6 +93,8 @@ class LivePems:
         self._gone = False  # the registry named no champion while one was served (logged once)
         self.refused_rows = 0  # intervals the runtime refused (an input beyond float32, a non-finite output)
         self.outside_training_rows = 0  # predictions made from an input outside the served version's training range
+        self.missing_input_rows = 0  # intervals without a prediction because an input had no valid value
+        self._missing: str | None = None  # the missing inputs last logged (once until a prediction is made again)
         self._outside: str | None = None  # the inputs outside it, as last logged (once until back inside)
         self._envelopes: dict[str, dict[str, tuple[float, float]]] = {}  # ONNX sha256 -> feature -> (min, max)
         self._refusal: str | None = None  # the last refusal logged (once until a prediction is made again)
@@ -228,7 +230,7 @@ class LivePems:
         tracks it, performance drift of the served version from the analyser values observed so far."""
         out = {"model_id": self.link.model_id, "pems_tag": self.link.tag, "version": self.version, "swaps": self.swaps,
                "awaiting_analyser": len(self.pending), "refused_rows": self.refused_rows,
-               "outside_training_rows": self.outside_training_rows}
+               "outside_training_rows": self.outside_training_rows, "missing_input_rows": self.missing_input_rows}
         if self.server is not None:
             out["sha256"] = self.server.model.sha256
             if hasattr(self.server, "performance"):
@@ -244,11 +246,26 @@ class LivePems:
             return None
         names = self.server.model.schema.names
         row = {}
+        missing = []
         for n in names:
             v = inputs.get(self.link.inputs.get(n, ""))
             if v is None or not math.isfinite(v):
-                return None
-            row[n] = [float(v)]
+                missing.append(n)
+            else:
+                row[n] = [float(v)]
+        if missing:
+            # No prediction, so no substitute should the analyser fail too: an input tag that went silent (or one sent
+            # less often than the primary interval) stopped the PEMS with nothing said, found only at the next outage.
+            self.missing_input_rows += 1
+            said = ", ".join(f"{n} (tag {self.link.inputs.get(n)})" for n in missing)
+            if self._missing != said:
+                self._missing = said
+                log.warning("pems %s: no prediction from %s while input(s) %s have no valid value in the primary "
+                            "interval (said once until a prediction is made again)", self.link.tag,
+                            self.link.model_id, said,
+                            extra={"event": "pems_input_missing", "stack": self.asset, "pollutant": self.target})
+            return None
+        self._missing = None
         ts = datetime.fromtimestamp(t, UTC)
         try:
             p = self.server.predict_records(row, asset=self.asset, times=[ts], target=self.target)[0]

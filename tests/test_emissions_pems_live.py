@@ -301,6 +301,28 @@ def test_a_pems_model_of_another_unit_than_the_analysers_is_not_served(tmp_path,
     assert started("mg/m3")
 
 
+def test_an_input_without_a_value_is_said_once_and_counted(tmp_path, sample, caplog):
+    """An input tag that went silent stopped every prediction (no substitute at the analyser's next outage) with
+    nothing logged or counted. Now: warned once, naming the input and its tag, until predictions resume, and each
+    interval without a prediction counted in the status."""
+    from emissions.pems_live import LivePems
+    from models.registry import Registry
+
+    features, X, _ = sample
+    reg = Registry(tmp_path / "models")
+    register(reg)
+    live = LivePems(link(tmp_path, features), asset="GT", target="NOx", registry=reg)
+    with caplog.at_level(logging.WARNING, logger="emissions.pems_live"):
+        gone = [live.push(T0 + 3600 * i, {k: v for k, v in row(features, X, i).items() if k != "GT.TEY"})
+                for i in range(3)]
+        assert gone == [None] * 3 and live.status()["missing_input_rows"] == 3
+        assert live.push(T0 + 3600 * 3, row(features, X, 3)) is not None
+        assert live.push(T0 + 3600 * 4, row(features, X, 4) | {"GT.TEY": float("nan")}) is None
+    said = [r for r in caplog.records if getattr(r, "event", "") == "pems_input_missing"]
+    assert len(said) == 2 and all("TEY (tag GT.TEY)" in r.getMessage() for r in said)
+    assert live.status()["missing_input_rows"] == 4
+
+
 def test_registry_database_down_at_start_then_back(tmp_path, sample, own_pg_server, caplog):
     """The PEMS link whose registry index is in the site database starts while that database is down (no PEMS
     output, logged once however many refreshes fail) and serves the champion once the database is back."""
