@@ -138,6 +138,7 @@ def _run_span(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int, 
         for (analyser, kind), checks in charts.items():
             store.write_qal3(conn, cfg.name, analyser, checks)
             out.qal3_alarms += _log_qal3_alarms(cfg, analyser, kind, checks, first_charted[(analyser, kind)])
+            _log_qal3_not_judged(cfg, analyser, kind, checks, first_charted[(analyser, kind)])
         reaches_now = span[1] >= periods.last_whole_hour(int(clock()), cfg.timezone)
         out.rows_written, out.revisions, out.run_id = store.write_result(
             conn, cfg, result, span, rules, events, time.perf_counter() - t_begin, reaches_now=reaches_now,
@@ -213,6 +214,21 @@ def _log_qal3_alarms(cfg: StackConfig, analyser: str, kind: str, checks: list[qa
                     extra={"event": "qal3_alarm", "stack": cfg.name, "analyser": analyser, "kind": kind,
                            "alarms": list(c.alarms), "checks": len(new)})
     return len(new)
+
+
+def _log_qal3_not_judged(cfg: StackConfig, analyser: str, kind: str, checks: list[qal3.Check],
+                         stored: set[int]) -> None:
+    """Log the checks charted first that could not be judged because s_AMS could not be estimated (`qal3.state`
+    ``no_spread``): once per chart and run that charts new ones, like an alarm; without it such a chart stayed
+    "estimating" for good while the analyser drifted."""
+    q = next(q for q in cfg.qal3 if q.analyser == analyser)
+    new = [c for i, c in enumerate(checks) if i >= q.n_initial and c.z != c.z and c.time not in stored]
+    if new:
+        log.warning("emissions: %s %s %s checks are not judged: s_AMS is not configured and the first %d checks are "
+                    "too alike to estimate it (no spread); %d new check(s), the latest at %s deviating %.4g; set "
+                    "qal3.s_ams from the analyser's QAL1", cfg.name, analyser, kind, q.n_initial, len(new),
+                    periods.iso(new[-1].time), new[-1].deviation,
+                    extra={"event": "qal3_not_judged", "stack": cfg.name, "analyser": analyser, "kind": kind})
 
 
 def pems_events(cfg: StackConfig, primary: Primary) -> list[Event]:

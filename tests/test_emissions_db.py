@@ -650,6 +650,26 @@ async def test_a_qal3_check_out_of_control_is_logged_and_counted_once(conn, pg_d
     assert metrics.registry.get_sample_value("valvoja_emissions_runs_total", {"stack": name, "result": "ok"}) == 3
 
 
+def test_qal3_checks_that_cannot_be_judged_are_logged(conn, caplog):
+    """Twenty zero checks of exactly 0.0 leave nothing to estimate s_AMS from: the 21st, 10 units off, was stored
+    unjudged and nothing said so. The run that charts it logs qal3_not_judged (once: the next run finds it stored)."""
+    import logging
+
+    name = f"T{uuid.uuid4().hex[:8]}"
+    tag = f"{name}.NOx.zero"
+    cfg = synthetic.waste_stack(name, qal3=[{"analyser": "NOx", "zero_tag": tag, "n_initial": 20}])
+    ids = synthetic.ensure_tags(conn, [tag])
+    synthetic.copy_readings(conn, ids[tag], T0 + 3600 * np.arange(21), np.r_[np.zeros(20), 10.0])
+    caplog.set_level(logging.WARNING, logger="emissions")
+    for _ in range(2):
+        sr = job.run_span(conn, cfg, T0, T0 + 86400, context="day")
+    said = [r for r in caplog.records if getattr(r, "event", "") == "qal3_not_judged"]
+    assert len(said) == 1 and "set qal3.s_ams" in said[0].getMessage() and "deviating 10" in said[0].getMessage()
+    from emissions import qal3
+
+    assert qal3.state(cfg.qal3[0], "zero", sr.qal3[("NOx", "zero")]).status == "no_spread"
+
+
 def time_now() -> float:
     import time
 
