@@ -505,6 +505,13 @@ class StackConfig(Strict):
                  "averages to validate them; set ci_percent (0 if that is meant)"
                  for p in self.pollutants
                  if p.elv and p.ci_percent is None and p.name not in self.regulatory.ci_percent]
+        # An FID reports TOC in ppm of its calibration gas: ppm C1 (carbon) is what the default 12.01 g/mol converts;
+        # ppm propane (C3H8, the usual span gas) needs 3 x 12.01, else every TOC value is a third of the true one.
+        notes += [f"stacks ({self.name}).pollutants ({p.name}): TOC in {p.unit} is converted as carbon (C1, "
+                  f"{units.MOLAR_MASS['TOC']} g/mol); an FID reporting propane equivalents (ppm C3H8) needs "
+                  f"molar_mass_g_mol = {3 * units.MOLAR_MASS['TOC']:.2f}: set molar_mass_g_mol either way"
+                  for p in self.pollutants
+                  if p.name == "TOC" and p.unit in ("ppm", "percent") and p.molar_mass_g_mol is None]
         if "timezone" not in self.model_fields_set:
             # Days, months and years are counted in it, and a permit counts in local time (or CET all year) more
             # often than in UTC: left out, every daily average of a Finnish plant would be cut at 02:00 / 03:00.
