@@ -256,19 +256,21 @@ class LiveMonitor:
         values = {role: np.array([sum(v) / len(v)]) for role, v in self._bin.items() if role not in excluded}
         subst = {role: np.array([True]) for role in self._bin_subst if role not in excluded}
         if self.pems:
-            self._run_pems(self._bin_t, values)
+            self._run_pems(self._bin_t, values, set(subst))
         self.push(self._bin_t, values, subst, self._operating, excluded=excluded)
         self._bin, self._bin_subst, self._in_bin = {}, set(), {}
 
-    def _run_pems(self, t: int, values: dict[str, np.ndarray]) -> None:
+    def _run_pems(self, t: int, values: dict[str, np.ndarray], substituted: set[str] = frozenset()) -> None:
         """Predict the closed interval from the input tags' means (before its analyser value is used), then learn
-        from the analyser's value; the prediction fills the interval's ``pems`` roles unless they were read."""
+        from the analyser's value -- a measured one: not from readings substituted upstream (another system's
+        estimate is no truth for the interval); the prediction fills the interval's ``pems`` roles unless they were
+        read."""
         means = {tag: sum(v) / len(v) for tag, v in self._in_bin.items()}
         for name, lp in self.pems.items():
             try:
                 step = lp.push(t, means)
                 measured = values.get(name)
-                if measured is not None:
+                if measured is not None and name not in substituted:
                     lp.observe(t, float(measured[0]))
             except Exception:  # one model's failure must not stop the averages
                 log.exception("stack %s %s: live PEMS failed at %d", self.cfg.name, name, t)

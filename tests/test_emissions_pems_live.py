@@ -323,6 +323,32 @@ def test_an_input_without_a_value_is_said_once_and_counted(tmp_path, sample, cap
     assert live.status()["missing_input_rows"] == 4
 
 
+def test_live_pems_learns_only_from_measured_analyser_values(tmp_path, sample):
+    """Analyser readings substituted upstream (a DAS's own estimate, flagged SUBSTITUTED) are no truth for the
+    interval: the adaptive interval learnt from them as from measurements (20 updates where 10 were measured)."""
+    from datetime import UTC, datetime
+
+    from edge.records import Reading
+    from emissions.config import StackConfig
+    from emissions.live import LiveEmissions
+    from models.registry import Registry
+
+    features, X, y = sample
+    register(Registry(tmp_path / "models"))
+    cfg = StackConfig.model_validate({"name": "GT", "regime": "lcp", "primary_s": 60, "pollutants": [
+        {"name": "NOx", "tag": "GT.NOx", "o2_correction": False, "elv": {"month": 500.0},
+         "pems": link(tmp_path, features).model_dump()}]})
+    live = LiveEmissions([cfg])
+    readings = []
+    for i in range(20):
+        ts = datetime.fromtimestamp(T0 + 60 * i, UTC)
+        readings += [Reading(tag, ts, v, ts) for tag, v in row(features, X, i).items()]
+        readings.append(Reading("GT.NOx", ts, float(y[i]), ts, flags=int(Flag.SUBSTITUTED) if i >= 10 else 0))
+    live.observe(readings)
+    live.flush()
+    assert live.monitors["GT"].pems["NOx"].server._serving.adaptive.n_updates_ == 10
+
+
 def test_registry_database_down_at_start_then_back(tmp_path, sample, own_pg_server, caplog):
     """The PEMS link whose registry index is in the site database starts while that database is down (no PEMS
     output, logged once however many refreshes fail) and serves the champion once the database is back."""
