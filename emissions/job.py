@@ -179,6 +179,8 @@ class PemsModel:
     predictions: int
     first: int  # Unix seconds
     last: int
+    # Of them, made from inputs outside the version's training range (``details.outside_training``, readings UNCERTAIN)
+    outside_training: int = 0
 
 
 def pems_models(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int) -> dict[str, list[PemsModel]]:
@@ -190,7 +192,8 @@ def pems_models(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int
         return {}
     with conn.cursor() as cur:
         cur.execute("SELECT details->>'pems_tag', model_id, details->>'registry_version', model_version, count(*),"
-                    " extract(epoch FROM min(time))::bigint, extract(epoch FROM max(time))::bigint FROM predictions"
+                    " extract(epoch FROM min(time))::bigint, extract(epoch FROM max(time))::bigint,"
+                    " count(*) FILTER (WHERE details ? 'outside_training') FROM predictions"
                     " WHERE kind = 'pems' AND details->>'pems_tag' = ANY(%s) AND time >= to_timestamp(%s)"
                     " AND time < to_timestamp(%s) GROUP BY 1, 2, 3, 4 ORDER BY 1, 6", (list(links), start, end))
         rows = cur.fetchall()
