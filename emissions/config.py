@@ -455,6 +455,12 @@ class StackConfig(Strict):
         for q in self.qal3:
             if q.analyser not in names:
                 problems.append(f"qal3 ({q.analyser}).analyser: not a pollutant of this stack (have {names})")
+            for key in ("zero_tag", "span_tag"):
+                tag = getattr(q, key)
+                if tag is not None and tag in measured:
+                    # Every reading of the tag is charted as a check: a minute's process value against the zero gas.
+                    problems.append(f"qal3 ({q.analyser}).{key}: {tag!r} is the stack's {measured[tag]} tag; the "
+                                    "check results need a tag of their own (e.g. \"AN-1.NOx.zero\")")
         for rule in self.compliance:
             users = [p.name for p in self.pollutants if rule.applies_to(p)]
             if rule.period == "ten_min" and not self.ten_min and users:

@@ -197,3 +197,12 @@ qal3 = [{{ analyser = "NOx", zero_tag = "K1.NOx.zero", s_ams = 0.8 }}]
             in problems)
     assert "stacks (K1).temperature.unit: read in 'degC', but its tag K1.T is registered in 'K'" in problems
     assert all(line.startswith(str(tmp_path / "site.toml")) for line in exc.value.problems)
+
+
+def test_a_qal3_check_tag_that_is_a_measured_tag_is_refused():
+    """zero_tag naming the analyser's own measurement tag (or the O2 tag) charted every minute's process value as a
+    zero check: thousands of drift alarms a day. Refused, naming the key and the role the tag already has."""
+    msg = _errors(qal3=[{"analyser": "NOx", "zero_tag": "K1.NOx", "span_tag": "K1.O2", "span_reference": 80.0}])
+    assert "qal3 (NOx).zero_tag: 'K1.NOx' is the stack's NOx tag" in msg
+    assert "qal3 (NOx).span_tag: 'K1.O2' is the stack's o2 tag" in msg
+    assert lcp_stack(qal3=[{"analyser": "NOx", "zero_tag": "K1.NOx.zero"}]).qal3[0].zero_tag == "K1.NOx.zero"
