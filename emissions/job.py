@@ -243,8 +243,14 @@ def pems_events(cfg: StackConfig, primary: Primary) -> list[Event]:
         if link is None or link.lower_tag is None:
             continue
         nan = np.full(primary.n, np.nan)
+        # Measured values only: one substituted upstream (a DAS's estimate, a held last value) says nothing of the
+        # analyser, and a run of them outside the interval was reported as the analyser deviating.
+        analyser = primary.values.get(pol.name, nan)
+        upstream = primary.substituted.get(pol.name)
+        if upstream is not None:
+            analyser = np.where(upstream, np.nan, analyser)
         _, deviations = pems.crosscheck(
-            times, primary.step_s, primary.values.get(pol.name, nan), primary.values.get(f"pems:{pol.name}", nan),
+            times, primary.step_s, analyser, primary.values.get(f"pems:{pol.name}", nan),
             primary.values.get(f"pems_lo:{pol.name}", nan), primary.values.get(f"pems_hi:{pol.name}", nan), link)
         out += [Event(cfg.name, pol.name, "pems_crosscheck", "pems_deviation", "primary", d.start, d.end,
                       100 * d.max_outside_share, 100 * link.min_outside_share, 0.0, breach=False)
