@@ -125,6 +125,9 @@ class Metrics:
         self.emissions_revisions = Counter("valvoja_emissions_revisions_total",
                                            "Stored averages of closed periods the emissions job changed (late data; "
                                            "emission_revisions)", ["stack"], registry=r)
+        self.emissions_qal3_alarms = Counter("valvoja_emissions_qal3_alarms_total",
+                                             "QAL3 zero/span checks the emissions job charted with an alarm (drift, "
+                                             "CUSUM, precision; log event qal3_alarm)", ["stack"], registry=r)
         self.records_refused = Counter("valvoja_records_refused_total",
                                        "Predictions/alert changes the database refused (dead-lettered)",
                                        ["kind"], registry=r)

@@ -394,6 +394,8 @@ def parse(data: dict, *, source: str = "<config>") -> SiteConfig:
     _validate_owned_sections(data, source, problems)
     if cfg is not None:
         problems += _long_tag_names(cfg, collectors, source)
+        if not problems:
+            problems += _stack_tag_units(cfg, source)
     if problems:
         raise ConfigError(problems)
     assert cfg is not None
@@ -413,6 +415,17 @@ def _long_tag_names(cfg: SiteConfig, collectors: list[tuple[str, str, Any]], sou
     return [f"{source}: {where}: the name is {size} bytes (UTF-8), over validation.max_tag_bytes ({limit}): its "
             f"readings would all be dead letters; {fix}"
             for where, tag in named if (size := len(tag.encode())) > limit]
+
+
+def _stack_tag_units(cfg: SiteConfig, source: str) -> list[str]:
+    """Stack keys that read a tag in another unit than the tag registry gives it (`emissions.config.StackConfig.
+    tag_unit_problems`): a concentration read in the wrong unit is a wrong number in every average and report."""
+    if not cfg.stacks:
+        return []
+    from emissions.config import load_stacks
+
+    units = {t.name: t.unit for t in cfg.tags if t.unit}
+    return [f"{source}: {problem}" for stack in load_stacks(cfg.stacks) for problem in stack.tag_unit_problems(units)]
 
 
 def _validate_collectors(entries: Any, source: str, problems: list[str]) -> list[tuple[str, str, Any]]:

@@ -333,6 +333,30 @@ class Regulatory(Strict):
         return v
 
 
+def _unit_key(unit: str) -> str:
+    """A unit as written in ``[[tags]]``, for comparison (`models.schema.unit_key`: case, spaces, ³, µ aside)."""
+    from models.schema import unit_key
+
+    return unit_key(unit)
+
+
+# Spellings a tag registry uses for the units the stack's keys name, by that key's value (after `_unit_key`): the
+# "N" of a standard cubic metre is the ``conditions`` key's business, not another unit.
+_CONCENTRATION_UNITS = {
+    **dict.fromkeys(["mg/m3", "mg/nm3", "mg/sm3"], "mg/m3"), **dict.fromkeys(["ug/m3", "ug/nm3"], "ug/m3"),
+    **dict.fromkeys(["g/m3", "g/nm3"], "g/m3"), **dict.fromkeys(["ppm", "ppmv", "vppm", "umol/mol"], "ppm"),
+    **dict.fromkeys(["%", "vol%", "%vol", "vol-%", "%v/v", "%(v/v)"], "percent"), "ppb": "ppb", "ppbv": "ppb"}
+_TEMPERATURE_UNITS = {"degc": "degC", "kelvin": "K", "degf": "degF"}
+
+
+def concentration_unit(unit: str) -> str | None:
+    """A concentration unit as a pollutant's ``unit`` names it ("mg/Nm³" -> "mg/m3", "vol-%" -> "percent"); None for
+    text that is no known spelling of one (not compared)."""
+    return _CONCENTRATION_UNITS.get(_unit_key(unit))
+_PRESSURE_UNITS = {"kpa": "kPa", "mbar": "mbar", "pa": "Pa", "bar": "bar", "psi": "psi"}
+_FLOW_UNITS = {**dict.fromkeys(["m3/h", "nm3/h", "sm3/h"], "m3/h"), **dict.fromkeys(["m3/s", "nm3/s"], "m3/s")}
+
+
 class StackConfig(Strict):
     """One stack (emission point) with its analysers, peripheral measurements and permit numbers."""
 
@@ -431,6 +455,12 @@ class StackConfig(Strict):
         for q in self.qal3:
             if q.analyser not in names:
                 problems.append(f"qal3 ({q.analyser}).analyser: not a pollutant of this stack (have {names})")
+            for key in ("zero_tag", "span_tag"):
+                tag = getattr(q, key)
+                if tag is not None and tag in measured:
+                    # Every reading of the tag is charted as a check: a minute's process value against the zero gas.
+                    problems.append(f"qal3 ({q.analyser}).{key}: {tag!r} is the stack's {measured[tag]} tag; the "
+                                    "check results need a tag of their own (e.g. \"AN-1.NOx.zero\")")
         for rule in self.compliance:
             users = [p.name for p in self.pollutants if rule.applies_to(p)]
             if rule.period == "ten_min" and not self.ten_min and users:
@@ -439,6 +469,37 @@ class StackConfig(Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def tag_unit_problems(self, tag_units: dict[str, str]) -> list[str]:
+        """Where the site's tag registry (``[[tags]] unit``: tag -> unit) declares another unit for a tag than this
+        stack reads it in. The stack's ``unit`` keys have defaults (a pollutant is mg/m3 unless told), so a tag
+        registered in ppm whose pollutant left ``unit`` out was read as mg/m³: NOx 100 ppm as 100, not 205 mg/Nm³.
+        Compared only where the tag's unit is a known spelling of a unit of that kind; other text is left alone."""
+        out = []
+
+        def compare(where: str, tag: str | None, ours: str, family: dict[str, str]) -> None:
+            declared = tag_units.get(tag or "", "")
+            theirs = family.get(_unit_key(declared))
+            if theirs is not None and theirs != family[_unit_key(ours)]:
+                out.append(f"stacks ({self.name}).{where}: read in {ours!r}, but its tag {tag} is registered in "
+                           f"{declared!r} ([[tags]] unit); set the unit it is read in, or correct the tag's")
+
+        for p in self.pollutants:
+            compare(f"pollutants ({p.name}).unit", p.tag, p.unit, _CONCENTRATION_UNITS)
+            if p.pems is not None:  # predictions are stored in the analyser's unit
+                for key in ("tag", "lower_tag", "upper_tag"):
+                    compare(f"pollutants ({p.name}).pems.{key}", getattr(p.pems, key), p.unit, _CONCENTRATION_UNITS)
+        for q in self.qal3:  # check readings are compared with references in the analyser's unit
+            unit = next((p.unit for p in self.pollutants if p.name == q.analyser), None)
+            for key in ("zero_tag", "span_tag"):
+                if unit is not None:
+                    compare(f"qal3 ({q.analyser}).{key}", getattr(q, key), unit, _CONCENTRATION_UNITS)
+        compare("temperature.unit", self.temperature.tag, self.temperature.unit, _TEMPERATURE_UNITS)
+        compare("pressure.unit", self.pressure.tag, self.pressure.unit, _PRESSURE_UNITS)
+        compare("flow.unit", self.flow.tag, self.flow.unit, _FLOW_UNITS)
+        for role in ("o2", "h2o"):
+            compare(f"{role} (vol-%)", getattr(self, role).tag, "percent", _CONCENTRATION_UNITS)
+        return out
 
     def notes(self) -> list[str]:
         """What is valid but probably not meant (check-config prints these as notes): a pollutant with limits whose
@@ -450,6 +511,13 @@ class StackConfig(Strict):
                  "averages to validate them; set ci_percent (0 if that is meant)"
                  for p in self.pollutants
                  if p.elv and p.ci_percent is None and p.name not in self.regulatory.ci_percent]
+        # An FID reports TOC in ppm of its calibration gas: ppm C1 (carbon) is what the default 12.01 g/mol converts;
+        # ppm propane (C3H8, the usual span gas) needs 3 x 12.01, else every TOC value is a third of the true one.
+        notes += [f"stacks ({self.name}).pollutants ({p.name}): TOC in {p.unit} is converted as carbon (C1, "
+                  f"{units.MOLAR_MASS['TOC']} g/mol); an FID reporting propane equivalents (ppm C3H8) needs "
+                  f"molar_mass_g_mol = {3 * units.MOLAR_MASS['TOC']:.2f}: set molar_mass_g_mol either way"
+                  for p in self.pollutants
+                  if p.name == "TOC" and p.unit in ("ppm", "percent") and p.molar_mass_g_mol is None]
         if "timezone" not in self.model_fields_set:
             # Days, months and years are counted in it, and a permit counts in local time (or CET all year) more
             # often than in UTC: left out, every daily average of a Finnish plant would be cut at 02:00 / 03:00.

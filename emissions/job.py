@@ -61,6 +61,7 @@ class SpanResult:
     revisions: int = 0  # stored averages of closed periods this run changed (emissions.revisions)
     run_id: int | None = None  # emission_runs.id of the stored run (None: not stored)
     readings: int | None = None  # readings of the stack's tags in the span as the hourly rollups counted them at start
+    qal3_alarms: int = 0  # QAL3 checks with alarms this run charted (and stored) first
 
 
 def widen(cfg: StackConfig, start: int, end: int, context: str = "year", whole_days: bool = True
@@ -114,18 +115,30 @@ def _run_span(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int, 
     rules, events = compliance.evaluate(cfg, result, span)
     events += pems_events(cfg, primary)
     charts: dict[tuple[str, str], list[qal3.Check]] = {}
+    first_charted: dict[tuple[str, str], set[int]] = {}  # the checks stored before this run, per chart
     for q in cfg.qal3:
         for kind, tag in (("zero", q.zero_tag), ("span", q.span_tag)):
             if tag:
                 # Charts are cumulative: the checks before the span decide where the CUSUM stands. Checks already
                 # stored keep the reference they were charted against (a zero or span gas replaced since).
                 t, v = store.fetch_tag(conn, cfg, tag, 0, span[1])
-                known = store.qal3_references(conn, cfg.name, q.analyser, kind)
+                stored = store.qal3_stored(conn, cfg.name, q.analyser, kind)
+                # Retention (`database.retention_days`) removes the oldest readings, the first checks among them: the
+                # chart then started later, its s_AMS estimated from other checks and every stored check re-judged.
+                # The checks charted before the first reading left stay its start.
+                first = int(t[0]) if len(t) else span[1]
+                gone = sorted(s for s in stored if s < first)
+                t = np.concatenate([np.asarray(gone, dtype=np.int64), t])
+                v = np.concatenate([np.asarray([stored[s][0] for s in gone], dtype=float), v])
+                known = {s: ref for s, (_, ref) in stored.items()}
                 charts[(q.analyser, kind)] = qal3.chart(q, kind, t, v, known)
+                first_charted[(q.analyser, kind)] = set(stored)
     out = SpanResult(cfg, span, primary, result, rules, events, charts, 0.0, readings=seen)
     if write:
-        for (analyser, _kind), checks in charts.items():
+        for (analyser, kind), checks in charts.items():
             store.write_qal3(conn, cfg.name, analyser, checks)
+            out.qal3_alarms += _log_qal3_alarms(cfg, analyser, kind, checks, first_charted[(analyser, kind)])
+            _log_qal3_not_judged(cfg, analyser, kind, checks, first_charted[(analyser, kind)])
         reaches_now = span[1] >= periods.last_whole_hour(int(clock()), cfg.timezone)
         out.rows_written, out.revisions, out.run_id = store.write_result(
             conn, cfg, result, span, rules, events, time.perf_counter() - t_begin, reaches_now=reaches_now,
@@ -166,6 +179,8 @@ class PemsModel:
     predictions: int
     first: int  # Unix seconds
     last: int
+    # Of them, made from inputs outside the version's training range (``details.outside_training``, readings UNCERTAIN)
+    outside_training: int = 0
 
 
 def pems_models(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int) -> dict[str, list[PemsModel]]:
@@ -177,7 +192,8 @@ def pems_models(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int
         return {}
     with conn.cursor() as cur:
         cur.execute("SELECT details->>'pems_tag', model_id, details->>'registry_version', model_version, count(*),"
-                    " extract(epoch FROM min(time))::bigint, extract(epoch FROM max(time))::bigint FROM predictions"
+                    " extract(epoch FROM min(time))::bigint, extract(epoch FROM max(time))::bigint,"
+                    " count(*) FILTER (WHERE details ? 'outside_training') FROM predictions"
                     " WHERE kind = 'pems' AND details->>'pems_tag' = ANY(%s) AND time >= to_timestamp(%s)"
                     " AND time < to_timestamp(%s) GROUP BY 1, 2, 3, 4 ORDER BY 1, 6", (list(links), start, end))
         rows = cur.fetchall()
@@ -185,6 +201,37 @@ def pems_models(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int
     for tag, *model in rows:
         out[links[tag]].append(PemsModel(*model))
     return out
+
+
+def _log_qal3_alarms(cfg: StackConfig, analyser: str, kind: str, checks: list[qal3.Check], stored: set[int]) -> int:
+    """Log the alarms of the checks this run charted first (not stored before): EN 14181 asks for the analyser to be
+    seen to when its chart leaves control, and the alarms were only stored, shown in the next report. Returns how many
+    checks with alarms were new (`valvoja_emissions_qal3_alarms_total`)."""
+    new = [c for c in checks if c.alarms and c.time not in stored]
+    if new:  # one line per chart and run (a chart first configured over a history of checks charts them all at once)
+        c = new[-1]
+        more = f" ({len(new)} new checks with alarms, this the latest)" if len(new) > 1 else ""
+        log.warning("emissions: %s %s %s check at %s out of control: %s (deviation %.4g = %.2f s_AMS, CUSUM+ %.2f, "
+                    "CUSUM- %.2f)%s", cfg.name, analyser, kind, periods.iso(c.time), ", ".join(c.alarms), c.deviation,
+                    c.z, c.cusum_pos, c.cusum_neg, more,
+                    extra={"event": "qal3_alarm", "stack": cfg.name, "analyser": analyser, "kind": kind,
+                           "alarms": list(c.alarms), "checks": len(new)})
+    return len(new)
+
+
+def _log_qal3_not_judged(cfg: StackConfig, analyser: str, kind: str, checks: list[qal3.Check],
+                         stored: set[int]) -> None:
+    """Log the checks charted first that could not be judged because s_AMS could not be estimated (`qal3.state`
+    ``no_spread``): once per chart and run that charts new ones, like an alarm; without it such a chart stayed
+    "estimating" for good while the analyser drifted."""
+    q = next(q for q in cfg.qal3 if q.analyser == analyser)
+    new = [c for i, c in enumerate(checks) if i >= q.n_initial and c.z != c.z and c.time not in stored]
+    if new:
+        log.warning("emissions: %s %s %s checks are not judged: s_AMS is not configured and the first %d checks are "
+                    "too alike to estimate it (no spread); %d new check(s), the latest at %s deviating %.4g; set "
+                    "qal3.s_ams from the analyser's QAL1", cfg.name, analyser, kind, q.n_initial, len(new),
+                    periods.iso(new[-1].time), new[-1].deviation,
+                    extra={"event": "qal3_not_judged", "stack": cfg.name, "analyser": analyser, "kind": kind})
 
 
 def pems_events(cfg: StackConfig, primary: Primary) -> list[Event]:
@@ -196,8 +243,14 @@ def pems_events(cfg: StackConfig, primary: Primary) -> list[Event]:
         if link is None or link.lower_tag is None:
             continue
         nan = np.full(primary.n, np.nan)
+        # Measured values only: one substituted upstream (a DAS's estimate, a held last value) says nothing of the
+        # analyser, and a run of them outside the interval was reported as the analyser deviating.
+        analyser = primary.values.get(pol.name, nan)
+        upstream = primary.substituted.get(pol.name)
+        if upstream is not None:
+            analyser = np.where(upstream, np.nan, analyser)
         _, deviations = pems.crosscheck(
-            times, primary.step_s, primary.values.get(pol.name, nan), primary.values.get(f"pems:{pol.name}", nan),
+            times, primary.step_s, analyser, primary.values.get(f"pems:{pol.name}", nan),
             primary.values.get(f"pems_lo:{pol.name}", nan), primary.values.get(f"pems_hi:{pol.name}", nan), link)
         out += [Event(cfg.name, pol.name, "pems_crosscheck", "pems_deviation", "primary", d.start, d.end,
                       100 * d.max_outside_share, 100 * link.min_outside_share, 0.0, breach=False)
@@ -255,6 +308,7 @@ async def run_periodic(conninfo: str, stacks: list[StackConfig], stop: asyncio.E
             if metrics is not None:
                 metrics.emissions_runs.labels(cfg.name, result).inc()
                 metrics.emissions_revisions.labels(cfg.name).inc(sum(r.revisions for r in runs))
+                metrics.emissions_qal3_alarms.labels(cfg.name).inc(sum(r.qal3_alarms for r in runs))
                 if result == "ok":
                     metrics.emissions_last_success.labels(cfg.name).set(time.time())
         if context == "year" and not failed:

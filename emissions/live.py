@@ -120,7 +120,7 @@ class LiveMonitor:
                     raise ValueError("pems.registry_db is set but the site has no database")
                 out[pol.name] = LivePems(link, asset=self.cfg.name, target=pol.name,
                                          dsn=dsn if link.registry_db else None, tag_units=tag_units,
-                                         step_s=self.cfg.primary_s, truth_tag=pol.tag)
+                                         step_s=self.cfg.primary_s, truth_tag=pol.tag, target_unit=pol.unit)
             except Exception as exc:  # the monitor (and the gateway) runs on without this PEMS
                 log.error("stack %s %s: live PEMS not started: %s", self.cfg.name, pol.name, exc,
                           extra={"event": "pems_not_started", "asset": self.cfg.name})
@@ -256,19 +256,21 @@ class LiveMonitor:
         values = {role: np.array([sum(v) / len(v)]) for role, v in self._bin.items() if role not in excluded}
         subst = {role: np.array([True]) for role in self._bin_subst if role not in excluded}
         if self.pems:
-            self._run_pems(self._bin_t, values)
+            self._run_pems(self._bin_t, values, set(subst))
         self.push(self._bin_t, values, subst, self._operating, excluded=excluded)
         self._bin, self._bin_subst, self._in_bin = {}, set(), {}
 
-    def _run_pems(self, t: int, values: dict[str, np.ndarray]) -> None:
+    def _run_pems(self, t: int, values: dict[str, np.ndarray], substituted: set[str] = frozenset()) -> None:
         """Predict the closed interval from the input tags' means (before its analyser value is used), then learn
-        from the analyser's value; the prediction fills the interval's ``pems`` roles unless they were read."""
+        from the analyser's value -- a measured one: not from readings substituted upstream (another system's
+        estimate is no truth for the interval); the prediction fills the interval's ``pems`` roles unless they were
+        read."""
         means = {tag: sum(v) / len(v) for tag, v in self._in_bin.items()}
         for name, lp in self.pems.items():
             try:
                 step = lp.push(t, means)
                 measured = values.get(name)
-                if measured is not None:
+                if measured is not None and name not in substituted:
                     lp.observe(t, float(measured[0]))
             except Exception:  # one model's failure must not stop the averages
                 log.exception("stack %s %s: live PEMS failed at %d", self.cfg.name, name, t)
@@ -276,11 +278,13 @@ class LiveMonitor:
             if step is None:
                 continue
             p = step.prediction
+            self.on_pems(step)
+            if p.details.get("outside_training") and not self.cfg.regulatory.accept_uncertain:
+                continue  # its readings are UNCERTAIN (emissions.pems_live): no substitute here, as in the stored job
             values.setdefault(f"pems:{name}", np.array([p.value]))
             if p.lower is not None and lp.link.lower_tag and lp.link.upper_tag:
                 values.setdefault(f"pems_lo:{name}", np.array([p.lower]))
                 values.setdefault(f"pems_hi:{name}", np.array([p.upper]))
-            self.on_pems(step)
 
     def push(self, t: int, values: dict[str, np.ndarray], substituted: dict[str, np.ndarray] | None = None,
              operating: bool = True, excluded: Iterable[str] = ()) -> None:

@@ -191,7 +191,11 @@ def normalise_pollutant(cfg: StackConfig, pol: Pollutant, primary: Primary,
     ref = dry_std
     if corrected:
         o2 = o2_dry(cfg, primary, h2o)
-        why |= np.where(np.isfinite(o2), 0, Why.O2_MISSING).astype(np.uint16)
+        # The O2 reading's own absence: a wet O2 that cannot be dried for want of H2O carries the H2O reason only (it
+        # was also counted "O2 missing", sending the operator to an O2 analyser that was measuring).
+        measured = _signal(primary, "o2", cfg.o2)
+        o2_missing = ~np.isfinite(measured) if measured is not None else np.ones(primary.n, dtype=bool)
+        why |= np.where(o2_missing, Why.O2_MISSING, 0).astype(np.uint16)
         high = (o2 >= cfg.regulatory.o2_max_percent) | (o2 < 0)
         why |= np.where(high, Why.O2_HIGH, 0).astype(np.uint16)
         o2 = np.where(high, np.nan, o2)  # guard: near 21 % the factor tends to infinity

@@ -53,16 +53,25 @@ class PemsStep:
     readings: list[Reading]
 
 
+def training_envelope(card: dict) -> dict[str, tuple[float, float]]:
+    """Feature -> (min, max) of the rows a version was fitted on, from its card's drift reference (order statistics
+    that keep the first and the last value); empty for a card without one."""
+    ref = card.get("drift_reference") or {}
+    return {name: (float(s[0]), float(s[-1])) for name, s in zip(ref.get("features", []), ref.get("ref_sample", []),
+                                                                  strict=False) if len(s)}
+
+
 class LivePems:
     """One pollutant's PEMS: the champion of ``link.model_id``, one primary interval at a time."""
 
     def __init__(self, link: PemsLink, *, asset: str = "", target: str = "", registry=None, dsn: str | None = None,
                  clock: Callable[[], float] = time.monotonic, tag_units: Mapping[str, str] | None = None,
-                 step_s: float | None = None, truth_tag: str | None = None):
+                 step_s: float | None = None, truth_tag: str | None = None, target_unit: str | None = None):
         """``step_s``: the primary interval's length, so each prediction states the span of its inputs (the
         interval's means: ``input_start`` .. ``input_start + step_s``). ``truth_tag``: the analyser's tag, the
         measured value the model predicts, stored as each prediction's ``target`` (the pollutant goes to
-        ``details.pollutant``) so that the console's uncertainty report finds the truth of every interval."""
+        ``details.pollutant``) so that the console's uncertainty report finds the truth of every interval.
+        ``target_unit``: the pollutant's unit (its analyser's), which the predictions are stored and substituted in."""
         if link.model_id is None:
             raise ValueError(f"pems link {link.tag}: no model_id configured")
         self.link = link
@@ -71,6 +80,7 @@ class LivePems:
         self.target = target
         self.step_s = step_s
         self.truth_tag = truth_tag
+        self.target_unit = target_unit
         self.dsn = dsn
         self.registry = registry  # built on first use when None (its database may be down at start)
         self.clock = clock
@@ -82,6 +92,11 @@ class LivePems:
         self._named: int | None = None  # the version whose other target was logged
         self._gone = False  # the registry named no champion while one was served (logged once)
         self.refused_rows = 0  # intervals the runtime refused (an input beyond float32, a non-finite output)
+        self.outside_training_rows = 0  # predictions made from an input outside the served version's training range
+        self.missing_input_rows = 0  # intervals without a prediction because an input had no valid value
+        self._missing: str | None = None  # the missing inputs last logged (once until a prediction is made again)
+        self._outside: str | None = None  # the inputs outside it, as last logged (once until back inside)
+        self._envelopes: dict[str, dict[str, tuple[float, float]]] = {}  # ONNX sha256 -> feature -> (min, max)
         self._refusal: str | None = None  # the last refusal logged (once until a prediction is made again)
         try:
             mv = self._registry().champion(link.model_id)
@@ -132,6 +147,16 @@ class LivePems:
         if wrong:
             raise ValueError(f"pems link {self.link.tag}: {mv.model_id} v{mv.version} takes {'; '.join(wrong)}: "
                              "train it on the tags' units, or correct the units in [[tags]]")
+        # Its output is stored as the analyser's value and substituted in the analyser's unit: a model of NOx in mg/m³
+        # serving an analyser in ppm substituted values 2.05 times too small (and learnt its interval from ppm).
+        from emissions.config import concentration_unit
+
+        trained = str(mv.card.get("target_unit") or "")
+        if self.target_unit and concentration_unit(trained) and concentration_unit(self.target_unit) and (
+                concentration_unit(trained) != concentration_unit(self.target_unit)):
+            raise ValueError(f"pems link {self.link.tag}: {mv.model_id} v{mv.version} predicts {trained!r} but "
+                             f"{self.target or 'the pollutant'} is in {self.target_unit!r} (its unit): its output "
+                             "would be stored and substituted as such; train it on the analyser's unit")
         predicts = str(mv.card.get("target") or "")
         if predicts and self.target and predicts.lower() != self.target.lower() and self._named != mv.version:
             self._named = mv.version  # once per version (start-up checks it, then serves it)
@@ -204,7 +229,8 @@ class LivePems:
         """For the console: the served version, swaps, predictions awaiting the analyser and, where the runtime
         tracks it, performance drift of the served version from the analyser values observed so far."""
         out = {"model_id": self.link.model_id, "pems_tag": self.link.tag, "version": self.version, "swaps": self.swaps,
-               "awaiting_analyser": len(self.pending), "refused_rows": self.refused_rows}
+               "awaiting_analyser": len(self.pending), "refused_rows": self.refused_rows,
+               "outside_training_rows": self.outside_training_rows, "missing_input_rows": self.missing_input_rows}
         if self.server is not None:
             out["sha256"] = self.server.model.sha256
             if hasattr(self.server, "performance"):
@@ -220,11 +246,26 @@ class LivePems:
             return None
         names = self.server.model.schema.names
         row = {}
+        missing = []
         for n in names:
             v = inputs.get(self.link.inputs.get(n, ""))
             if v is None or not math.isfinite(v):
-                return None
-            row[n] = [float(v)]
+                missing.append(n)
+            else:
+                row[n] = [float(v)]
+        if missing:
+            # No prediction, so no substitute should the analyser fail too: an input tag that went silent (or one sent
+            # less often than the primary interval) stopped the PEMS with nothing said, found only at the next outage.
+            self.missing_input_rows += 1
+            said = ", ".join(f"{n} (tag {self.link.inputs.get(n)})" for n in missing)
+            if self._missing != said:
+                self._missing = said
+                log.warning("pems %s: no prediction from %s while input(s) %s have no valid value in the primary "
+                            "interval (said once until a prediction is made again)", self.link.tag,
+                            self.link.model_id, said,
+                            extra={"event": "pems_input_missing", "stack": self.asset, "pollutant": self.target})
+            return None
+        self._missing = None
         ts = datetime.fromtimestamp(t, UTC)
         try:
             p = self.server.predict_records(row, asset=self.asset, times=[ts], target=self.target)[0]
@@ -245,9 +286,12 @@ class LivePems:
         end = datetime.fromtimestamp(t + self.step_s, UTC) if self.step_s else None
         # The target is the predicted tag (as for every prediction): it was the pollutant's name ("NOx"), no tag,
         # so the console's empirical coverage (the target tag's readings against the interval) was never computed.
+        details = {**p.details, "model_id": p.model_id, "pems_tag": self.link.tag, "pollutant": self.target}
+        outside = self._outside_training(p, {n: row[n][0] for n in names})
+        if outside:
+            details["outside_training"] = outside
         p = dataclasses.replace(p, kind="pems", input_start=ts, input_end=end, target=self.truth_tag or p.target,
-                                details={**p.details, "model_id": p.model_id, "pems_tag": self.link.tag,
-                                         "pollutant": self.target})
+                                details=details)
         self.pending[t] = p
         while len(self.pending) > PENDING_MAX:
             self.pending.popitem(last=False)
@@ -258,13 +302,45 @@ class LivePems:
         and upper readings also name the interval's nominal level ("pems:pems-nox v3 lower, 90 % interval"): a
         bound without its level says nothing about how often the analyser may lie outside it."""
         status = f"pems:{p.model_id} v{p.details.get('registry_version')}"
-        out = [(self.link.tag, p.value, status)]
+        outside = p.details.get("outside_training")
+        # Inputs outside what the version was trained on: the model extrapolates (trees hold their edge value) and its
+        # interval, calibrated inside that range, does not say so. UNCERTAIN, as a device marks a value it vouches for
+        # less: the stored averages substitute it only where the permit takes uncertain data (accept_uncertain).
+        quality = Quality.UNCERTAIN if outside else Quality.GOOD
+        suffix = f", outside training: {', '.join(outside)}" if outside else ""
+        out = [(self.link.tag, p.value, status + suffix)]
         if self.link.lower_tag and self.link.upper_tag and p.lower is not None:
             level = interval_level(p.coverage)
-            out += [(self.link.lower_tag, p.lower, f"{status} lower, {level}"),
-                    (self.link.upper_tag, p.upper, f"{status} upper, {level}")]
-        return [Reading(tag, p.time, float(v), p.time, Quality.GOOD, int(Flag.SUBSTITUTED), status_name=name)
+            out += [(self.link.lower_tag, p.lower, f"{status} lower, {level}{suffix}"),
+                    (self.link.upper_tag, p.upper, f"{status} upper, {level}{suffix}")]
+        return [Reading(tag, p.time, float(v), p.time, quality, int(Flag.SUBSTITUTED), status_name=name)
                 for tag, v, name in out]
+
+    def _outside_training(self, p: Prediction, row: dict[str, float]) -> dict[str, list[float]]:
+        """The model inputs of ``row`` outside the training range of the version that made ``p`` (feature ->
+        [value, training min, training max]); counted in ``outside_training_rows`` and logged once until every input
+        is back inside."""
+        if p.model_version not in self._envelopes:  # the full card (the registry's index leaves the reference out)
+            model = self.server.model
+            self._envelopes[model.sha256] = training_envelope(model.card)
+        envelope = self._envelopes.get(p.model_version) or {}
+        outside = {n: [v, *envelope[n]] for n, v in row.items()
+                   if n in envelope and not envelope[n][0] <= v <= envelope[n][1]}
+        said = ", ".join(sorted(outside)) or None
+        if outside:
+            self.outside_training_rows += 1
+            if said != self._outside:
+                log.warning("pems %s: %s v%s predicts from input(s) outside its training range (%s); its values are "
+                            "stored with quality UNCERTAIN (said once until the inputs change or are back inside)",
+                            self.link.tag, self.link.model_id, p.details.get("registry_version"),
+                            "; ".join(f"{n} {v:g} not in [{lo:g}, {hi:g}]" for n, (v, lo, hi) in outside.items()),
+                            extra={"event": "pems_outside_training", "stack": self.asset, "pollutant": self.target})
+        elif self._outside is not None:
+            log.info("pems %s: the inputs of %s are back inside its training range", self.link.tag,
+                     self.link.model_id, extra={"event": "pems_inside_training", "stack": self.asset,
+                                                "pollutant": self.target})
+        self._outside = said
+        return outside
 
     def observe(self, t: int, analyser: float | None) -> bool:
         """The analyser's valid value for interval ``t`` is known: update the adaptive interval. False when

@@ -52,7 +52,7 @@ class ChartState:
     cusum_pos: float
     cusum_neg: float
     s_ams: float | None
-    status: str  # in_control | warning | action | estimating | no_data
+    status: str  # in_control | warning | action | estimating | no_spread | no_data
     alarms_total: int
 
 
@@ -117,12 +117,16 @@ def chart(cfg: Qal3, kind: str, times: np.ndarray, values: np.ndarray,
 
 
 def state(cfg: Qal3, kind: str, checks: list[Check]) -> ChartState:
-    """Summary of a chart: the latest check decides the status."""
+    """Summary of a chart: the latest check decides the status (``no_spread``: s_AMS not configured and the first
+    ``n_initial`` checks too alike to estimate it, so no check is judged; set ``s_ams`` from QAL1)."""
     if not checks:
         return ChartState(cfg.analyser, kind, 0, None, None, 0.0, 0.0, cfg.s_ams, "no_data", 0)
     last = checks[-1]
     if last.z != last.z:
-        status = "estimating"
+        # Past the first n_initial checks, an unjudged check means s_AMS could not be estimated from them: they were
+        # all alike (a zero check read as 0.0 every time, a value rounded by the DAS). Said as such: "estimating" kept
+        # a check 10 units off the zero gas unjudged for good, as if the chart were about to start.
+        status = "estimating" if len(checks) <= cfg.n_initial else "no_spread"
     elif any(a in last.alarms for a in ("drift_action", "cusum_up", "cusum_down", "precision")):
         status = "action"
     elif "drift_warning" in last.alarms:

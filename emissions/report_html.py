@@ -217,9 +217,11 @@ def render(rep: Report) -> str:
         # Which model version substituted the analyser and bounded the cross-check: the pems tags' readings do not say.
         models = [(pol, m) for pol, ms in rep.pems_models.items() for m in ms]
         out.append("<h3>PEMS model versions of the period</h3>" + (_table(
-            ["Pollutant", "model", "registry version", "ONNX sha256", "predictions", "first", "last"],
+            ["Pollutant", "model", "registry version", "ONNX sha256", "predictions", "first", "last",
+             "outside training range"],
             [[_e(pol), _e(m.model_id), _e(m.registry_version or "–"), f"<code>{_e(m.sha256)}</code>",
-              _n(m.predictions, 0), t(m.first), t(m.last)] for pol, m in models], left=4) if models
+              _n(m.predictions, 0), t(m.first), t(m.last), _n(m.outside_training, 0)] for pol, m in models], left=4)
+            if models
             else "<p class='muted'>no PEMS prediction stored in the period: no model version to name</p>"))
         if dev:
             out.append(_table(["Pollutant", "from", "to", "max share outside"],

@@ -398,12 +398,13 @@ def write_qal3(conn: psycopg.Connection, stack: str, analyser: str, checks: list
               c.cusum_neg, _f(c.moving_range), _f(c.s_ams), c.s_estimated, list(c.alarms)) for c in checks])
 
 
-def qal3_references(conn: psycopg.Connection, stack: str, analyser: str, kind: str) -> dict[int, float]:
-    """Time (Unix seconds) -> reference of the QAL3 checks stored for one chart (`emissions.qal3.chart` keeps them)."""
+def qal3_stored(conn: psycopg.Connection, stack: str, analyser: str, kind: str) -> dict[int, tuple[float, float]]:
+    """Time (Unix seconds) -> (value, reference) of the QAL3 checks stored for one chart: `emissions.qal3.chart` keeps
+    their references, and the job charts them where retention has removed their readings."""
     with conn.cursor() as cur:
-        cur.execute("SELECT extract(epoch FROM time)::bigint, reference FROM emission_qal3_checks"
+        cur.execute("SELECT extract(epoch FROM time)::bigint, value, reference FROM emission_qal3_checks"
                     " WHERE stack = %s AND analyser = %s AND kind = %s", (stack, analyser, kind))
-        return {int(t): float(r) for t, r in cur.fetchall()}
+        return {int(t): (float(v), float(r)) for t, v, r in cur.fetchall()}
 
 
 def fetch_tag(conn: psycopg.Connection, cfg: StackConfig, tag: str, start: int, end: int

@@ -236,3 +236,19 @@ def test_check_config_notes_a_stack_counting_its_days_in_utc_by_default(tmp_path
         site.write_text(stack.format(f'timezone = "{zone}"\n'))
         r = _valvoja("check-config", "--skip-secrets", str(site))
         assert r.returncode == 0 and "timezone" not in r.stdout, r
+
+
+def test_check_config_notes_toc_in_ppm_without_its_calibration_gas(tmp_path):
+    """TOC in ppm took the default 12.01 g/mol (carbon, ppm C1): an FID reporting propane equivalents, the usual span
+    gas, gave a third of the true TOC, silently. check-config notes it until molar_mass_g_mol is set."""
+    site = tmp_path / "site.toml"
+    stack = ('[[stacks]]\nname = "K9"\nregime = "lcp"\ntimezone = "UTC"\n'
+             'pollutants = [{{ name = "TOC", tag = "K9.TOC", unit = "ppm"{} }}]\n')
+    site.write_text(stack.format(""))
+    r = _valvoja("check-config", "--skip-secrets", str(site))
+    assert r.returncode == 0, r
+    assert (f"{site}: note: stacks (K9).pollutants (TOC): TOC in ppm is converted as carbon (C1, 12.01 g/mol); an FID "
+            "reporting propane equivalents (ppm C3H8) needs molar_mass_g_mol = 36.03") in r.stdout, r
+    site.write_text(stack.format(", molar_mass_g_mol = 36.03"))
+    r = _valvoja("check-config", "--skip-secrets", str(site))
+    assert r.returncode == 0 and "TOC" not in r.stdout, r

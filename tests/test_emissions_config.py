@@ -150,3 +150,59 @@ def test_every_documented_default_is_the_codes_default():
             assert actual == value, (section, key)
         checked += 1
     assert checked >= 30
+
+
+def test_a_tag_registered_in_another_unit_than_the_stack_reads_it_in_is_refused(tmp_path):
+    """A pollutant's ``unit`` defaults to mg/m3: an analyser tag registered in ppm whose pollutant leaves ``unit`` out
+    was read as mg/m³ (NOx 100 ppm as 100, not 205 mg/Nm³; every limit judged against half the emission). The site
+    loader refuses it, naming the stack key and the tag; the zero/span check tags of QAL3 and the temperature likewise.
+    Spellings of the same unit (mg/Nm³, °C, %) pass."""
+    from edge import settings
+    from edge.errors import ConfigError
+
+    def site(nox_unit: str, zero_unit: str, t_unit: str) -> Path:
+        p = tmp_path / "site.toml"
+        p.write_text(f"""
+[[tags]]
+name = "K1.NOx"
+unit = "{nox_unit}"
+[[tags]]
+name = "K1.NOx.zero"
+unit = "{zero_unit}"
+[[tags]]
+name = "K1.T"
+unit = "{t_unit}"
+[[tags]]
+name = "K1.O2"
+unit = "%"
+
+[[stacks]]
+name = "K1"
+regime = "lcp"
+reference_o2_percent = 3.0
+o2 = {{ tag = "K1.O2" }}
+temperature = {{ tag = "K1.T", unit = "degC" }}
+pressure = {{ value = 101.3 }}
+pollutants = [{{ name = "NOx", tag = "K1.NOx", elv = {{ month = 100.0 }} }}]
+qal3 = [{{ analyser = "NOx", zero_tag = "K1.NOx.zero", s_ams = 0.8 }}]
+""")
+        return p
+
+    assert settings.load(site("mg/Nm³", "mg/m3", "°C")).stacks  # the same units, spelt otherwise
+    with pytest.raises(ConfigError) as exc:
+        settings.load(site("ppm", "ppm", "K"))
+    problems = "\n".join(exc.value.problems)
+    assert "stacks (K1).pollutants (NOx).unit: read in 'mg/m3', but its tag K1.NOx is registered in 'ppm'" in problems
+    assert ("stacks (K1).qal3 (NOx).zero_tag: read in 'mg/m3', but its tag K1.NOx.zero is registered in 'ppm'"
+            in problems)
+    assert "stacks (K1).temperature.unit: read in 'degC', but its tag K1.T is registered in 'K'" in problems
+    assert all(line.startswith(str(tmp_path / "site.toml")) for line in exc.value.problems)
+
+
+def test_a_qal3_check_tag_that_is_a_measured_tag_is_refused():
+    """zero_tag naming the analyser's own measurement tag (or the O2 tag) charted every minute's process value as a
+    zero check: thousands of drift alarms a day. Refused, naming the key and the role the tag already has."""
+    msg = _errors(qal3=[{"analyser": "NOx", "zero_tag": "K1.NOx", "span_tag": "K1.O2", "span_reference": 80.0}])
+    assert "qal3 (NOx).zero_tag: 'K1.NOx' is the stack's NOx tag" in msg
+    assert "qal3 (NOx).span_tag: 'K1.O2' is the stack's o2 tag" in msg
+    assert lcp_stack(qal3=[{"analyser": "NOx", "zero_tag": "K1.NOx.zero"}]).qal3[0].zero_tag == "K1.NOx.zero"

@@ -231,6 +231,40 @@ def test_a_new_span_gas_does_not_rejudge_the_checks_made_with_the_old_one(conn):
     assert [r[1] for r in rows] == pytest.approx([0.2, -0.1, 0.1])
 
 
+def test_qal3_charts_keep_their_start_when_retention_removes_the_first_check_readings(conn):
+    """s_AMS estimated from the first five zero checks (steady, moving ranges ~0.1), then ten noisier ones. Retention
+    (`database.retention_days`) removes the readings of the first five: the chart was computed from the readings
+    alone, so it started at the sixth, estimated s_AMS from noisier checks (0.089 -> 1.17), charted the next five as
+    "estimating" again and rewrote every stored check's z and alarms (the last check, 1.2 = 13.5 s_AMS, lost its
+    drift_action). The checks charted before the first reading left now stay the start of the chart: the stored
+    statistics do not move."""
+    name = f"T{uuid.uuid4().hex[:8]}"
+    tag = f"{name}.NOx.zero"
+    cfg = synthetic.waste_stack(name, qal3=[{"analyser": "NOx", "zero_tag": tag, "n_initial": 5}])
+    ids = synthetic.ensure_tags(conn, [tag])
+    values = np.array([0.0, 0.1, 0.0, 0.1, 0.0, 0.8, -0.6, 0.7, -0.5, 0.9, -0.7, 0.6, -0.8, 0.7, 1.2])
+    synthetic.copy_readings(conn, ids[tag], T0 + 3600 * np.arange(len(values)), values)
+
+    def charted() -> list[tuple]:
+        job.run_span(conn, cfg, T0, T0 + 86400, context="day")
+        with conn.cursor() as cur:
+            cur.execute("SELECT s_ams, z, cusum_pos, alarms FROM emission_qal3_checks WHERE stack = %s ORDER BY time",
+                        (name,))
+            return cur.fetchall()
+
+    before = charted()
+    assert len(before) == 15 and before[0][0] == pytest.approx(0.1 / 1.128)
+    assert "drift_action" in before[-1][3]
+    with conn.cursor() as cur:  # what retention does: the oldest readings go
+        cur.execute("DELETE FROM readings WHERE tag_id = %s AND time < to_timestamp(%s)", (ids[tag], T0 + 5 * 3600))
+        assert cur.rowcount == 5
+    after = charted()
+    assert len(after) == 15
+    assert [r[0] for r in after] == pytest.approx([r[0] for r in before])
+    assert [r[1] for r in after[5:]] == pytest.approx([r[1] for r in before[5:]])
+    assert [r[2:] for r in after] == [r[2:] for r in before]
+
+
 SITE = """
 [[stacks]]
 name = "{name}"
@@ -577,6 +611,63 @@ async def test_a_stack_that_fails_is_logged_once_counted_and_does_not_stop_the_o
     assert [r.stack for r in errors] == [bad.name] and "ZeroDivisionError" in caplog.text
     assert [r.stack for r in caplog.records if getattr(r, "event", "") == "emissions_job_recovered"] == [bad.name]
     assert count(conn, "emission_runs", good.name) >= 4 and count(conn, "emission_runs", bad.name) >= 1
+
+
+async def test_a_qal3_check_out_of_control_is_logged_and_counted_once(conn, pg_dsn, caplog):
+    """A zero check at 3.5 s_AMS (drift_action, cusum_up) was stored and shown in the next report's QAL3 table, and
+    nowhere else: no log line, no metric, no console view, while EN 14181 asks for the analyser to be seen to. The
+    periodic job now logs it (qal3_alarm, naming the stack, analyser, check and alarms) and counts it, once: the
+    runs after it find it stored."""
+    import asyncio
+    import logging
+    import time
+
+    from edge.metrics import Metrics
+
+    name = f"T{uuid.uuid4().hex[:8]}"
+    tag = f"{name}.NOx.zero"
+    cfg = synthetic.waste_stack(name, operating_state_tag=None, excluded_states=[],
+                                qal3=[{"analyser": "NOx", "zero_tag": tag, "s_ams": 1.0}])
+    hour = int(time.time()) // 3600 * 3600
+    ids = synthetic.ensure_tags(conn, [tag])
+    synthetic.copy_readings(conn, ids[tag], np.array([hour - 3 * 3600, hour - 2 * 3600]), np.array([0.1, 3.5]))
+    stop, metrics, rounds = asyncio.Event(), Metrics(), iter(range(3))
+
+    def clock() -> float:
+        if next(rounds) == 2:
+            stop.set()
+        return time.time()
+
+    caplog.set_level(logging.INFO, logger="emissions")
+    await asyncio.wait_for(job.run_periodic(pg_dsn, [cfg], stop, interval_s=0.01, metrics=metrics, clock=clock),
+                           timeout=240)
+    said = [r for r in caplog.records if getattr(r, "event", "") == "qal3_alarm"]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING
+    assert (said[0].stack, said[0].analyser, said[0].kind, said[0].alarms) == (name, "NOx", "zero",
+                                                                               ["drift_action", "cusum_up"])
+    assert "3.5 = 3.50 s_AMS" in said[0].getMessage()
+    assert metrics.registry.get_sample_value("valvoja_emissions_qal3_alarms_total", {"stack": name}) == 1
+    assert metrics.registry.get_sample_value("valvoja_emissions_runs_total", {"stack": name, "result": "ok"}) == 3
+
+
+def test_qal3_checks_that_cannot_be_judged_are_logged(conn, caplog):
+    """Twenty zero checks of exactly 0.0 leave nothing to estimate s_AMS from: the 21st, 10 units off, was stored
+    unjudged and nothing said so. The run that charts it logs qal3_not_judged (once: the next run finds it stored)."""
+    import logging
+
+    name = f"T{uuid.uuid4().hex[:8]}"
+    tag = f"{name}.NOx.zero"
+    cfg = synthetic.waste_stack(name, qal3=[{"analyser": "NOx", "zero_tag": tag, "n_initial": 20}])
+    ids = synthetic.ensure_tags(conn, [tag])
+    synthetic.copy_readings(conn, ids[tag], T0 + 3600 * np.arange(21), np.r_[np.zeros(20), 10.0])
+    caplog.set_level(logging.WARNING, logger="emissions")
+    for _ in range(2):
+        sr = job.run_span(conn, cfg, T0, T0 + 86400, context="day")
+    said = [r for r in caplog.records if getattr(r, "event", "") == "qal3_not_judged"]
+    assert len(said) == 1 and "set qal3.s_ams" in said[0].getMessage() and "deviating 10" in said[0].getMessage()
+    from emissions import qal3
+
+    assert qal3.state(cfg.qal3[0], "zero", sr.qal3[("NOx", "zero")]).status == "no_spread"
 
 
 def time_now() -> float:

@@ -102,6 +102,10 @@ def test_a_reason_is_given_only_for_what_the_pollutant_needs():
                             {"name": "CO2", "tag": "C", "unit": "percent", "o2_correction": False}])
     out = normalise_stack(cfg, prim(NOx=[50.0, 50.0], CO2=10.0, o2=5.0, h2o=[10.0, np.nan]))
     assert out["NOx"].valid.tolist() == [True, False] and out["NOx"].why[1] & Why.H2O_MISSING
+    # The O2 analyser was measuring: the minute is not also counted under o2_missing (it was, as O2 | H2O missing).
+    assert not out["NOx"].why[1] & Why.O2_MISSING
+    wet_o2_gone = normalise_stack(cfg, prim(NOx=50.0, CO2=10.0, o2=np.nan, h2o=10.0))["NOx"]
+    assert wet_o2_gone.why[0] & Why.O2_MISSING and not wet_o2_gone.why[0] & Why.H2O_MISSING
     assert out["CO2"].valid.tolist() == [True, True] and out["CO2"].why.tolist() == [0, 0]
 
 

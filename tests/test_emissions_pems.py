@@ -96,6 +96,12 @@ def test_cli_train_then_evaluate_the_champions(tmp_path, capsys):
     assert "NOX: MAE" in out and "pems-nox v1" in out and "interval coverage" in out
     res = json.loads(res_file.read_text())
     nox = res["targets"]["NOX"]
+    # The metrics of the data's protocol (MAE, R², Spearman) and the holdout MAE are printed; the false flags are of
+    # the hours outside the injected drift (the line said "of <all hours> other hours").
+    cc = nox["crosscheck"]
+    assert (f"Spearman {nox['streaming']['spearman']:.3f}  (holdout MAE {nox['card']['holdout']['mae']:.3f})"
+            in out)
+    assert f"{cc['false_flag_hours']} of {cc['hours'] - cc['drift_hours']} other hours flagged" in out
     assert res["source"] == "registry" and nox["registry_version"] == 1 and nox["card"]["parity"]["passed"]
     assert 0.8 <= nox["streaming"]["coverage"] <= 0.97 and nox["streaming"]["mae"] < 10
     # 2013 may not be a training year of the model evaluated on it

@@ -40,3 +40,30 @@ def test_too_few_pairs_are_not_judged():
     lo[::4] = 0.0  # the interval is known one hour in four
     flag, _ = crosscheck(t, 3600, analyser, np.full(n, 5.0), lo, np.full(n, 10.0), LINK)
     assert not flag.any()
+
+
+def test_the_stored_cross_check_judges_measured_analyser_values_only():
+    """Twelve hours of analyser values substituted upstream (a DAS holding its last value, flagged SUBSTITUTED) far
+    outside the PEMS interval were reported as the analyser deviating; they say nothing of it. Measured ones that
+    stay outside still are."""
+    from emissions import job
+    from emissions.config import StackConfig
+    from emissions.normalise import Primary
+
+    cfg = StackConfig.model_validate({"name": "S", "regime": "lcp", "pollutants": [
+        {"name": "NOx", "tag": "N", "o2_correction": False, "elv": {"month": 100.0},
+         "pems": {"tag": "p", "lower_tag": "lo", "upper_tag": "hi"}}]})
+    n = 48
+    analyser = np.full(n, 50.0)
+    analyser[10:22] = 90.0  # outside [40, 60] for 12 hours
+    held = np.zeros(n, dtype=bool)
+    held[10:22] = True
+
+    def events(substituted: np.ndarray) -> list:
+        primary = Primary(0, 3600, n, {"NOx": analyser.copy(), "pems:NOx": np.full(n, 50.0),
+                                       "pems_lo:NOx": np.full(n, 40.0), "pems_hi:NOx": np.full(n, 60.0)},
+                          substituted={"NOx": substituted})
+        return job.pems_events(cfg, primary)
+
+    assert events(held) == []
+    assert len(events(np.zeros(n, dtype=bool))) == 1

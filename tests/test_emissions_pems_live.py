@@ -74,10 +74,13 @@ def test_live_pems_serves_the_champion_with_intervals_and_adapts(tmp_path, sampl
         assert [r.tag for r in step.readings] == ["GT.NOx.pems", "GT.NOx.lo", "GT.NOx.hi"]
         assert all(r.flags & Flag.SUBSTITUTED for r in step.readings) and (lo.value, point.value, hi.value) == (
             p.lower, p.value, p.upper)
-        assert point.status_name == "pems:pems-nox v1"
+        # Some 2013 rows are outside the training range (AFDP below it): those say so, UNCERTAIN.
+        outside = p.details.get("outside_training")
+        suffix = f", outside training: {', '.join(outside)}" if outside else ""
+        assert point.status_name == "pems:pems-nox v1" + suffix
         # A bound means nothing without its level: the interval's readings name it.
-        assert (lo.status_name, hi.status_name) == ("pems:pems-nox v1 lower, 90 % interval",
-                                                    "pems:pems-nox v1 upper, 90 % interval")
+        assert (lo.status_name, hi.status_name) == (f"pems:pems-nox v1 lower, 90 % interval{suffix}",
+                                                    f"pems:pems-nox v1 upper, 90 % interval{suffix}")
         inside += p.lower <= y[i] <= p.upper
         widths.append(p.upper - p.lower)
     assert 0.8 <= inside / 300 <= 0.97
@@ -271,6 +274,80 @@ def test_the_gateway_checks_a_pems_models_input_units_against_the_tag_registry(t
     assert started("degC")
 
 
+def test_a_pems_model_of_another_unit_than_the_analysers_is_not_served(tmp_path, sample, caplog):
+    """The gas-turbine NOx model predicts mg/m³ (its card's target_unit); linked to a NOx analyser in ppm, its output
+    was stored as the analyser's value and substituted as ppm: 2.05 times too small in mg/Nm³ once converted (and its
+    adaptive interval learnt from ppm truths). Such a model is not started (logged, as for an input in another unit);
+    the analyser in mg/Nm³ (another spelling of its unit) serves it."""
+    from emissions.config import StackConfig
+    from emissions.live import LiveEmissions
+    from models.registry import Registry
+
+    features, _, _ = sample
+    reg = Registry(tmp_path / "models")
+    register(reg)
+    assert reg.champion("pems-nox").card["target_unit"] == "mg/m³"
+
+    def started(unit: str) -> bool:
+        cfg = StackConfig.model_validate({"name": "GT", "regime": "lcp", "pollutants": [
+            {"name": "NOx", "tag": "GT.NOx", "unit": unit, "o2_correction": False, "elv": {"month": 500.0},
+             "pems": link(tmp_path, features).model_dump()}]})
+        return "NOx" in LiveEmissions([cfg]).monitors["GT"].pems
+
+    with caplog.at_level(logging.ERROR, logger="emissions.live"):
+        assert not started("ppm")
+    assert "live PEMS not started" in caplog.text and "predicts 'mg/m³' but NOx is in 'ppm'" in caplog.text
+    assert started("mg/m3")
+
+
+def test_an_input_without_a_value_is_said_once_and_counted(tmp_path, sample, caplog):
+    """An input tag that went silent stopped every prediction (no substitute at the analyser's next outage) with
+    nothing logged or counted. Now: warned once, naming the input and its tag, until predictions resume, and each
+    interval without a prediction counted in the status."""
+    from emissions.pems_live import LivePems
+    from models.registry import Registry
+
+    features, X, _ = sample
+    reg = Registry(tmp_path / "models")
+    register(reg)
+    live = LivePems(link(tmp_path, features), asset="GT", target="NOx", registry=reg)
+    with caplog.at_level(logging.WARNING, logger="emissions.pems_live"):
+        gone = [live.push(T0 + 3600 * i, {k: v for k, v in row(features, X, i).items() if k != "GT.TEY"})
+                for i in range(3)]
+        assert gone == [None] * 3 and live.status()["missing_input_rows"] == 3
+        assert live.push(T0 + 3600 * 3, row(features, X, 3)) is not None
+        assert live.push(T0 + 3600 * 4, row(features, X, 4) | {"GT.TEY": float("nan")}) is None
+    said = [r for r in caplog.records if getattr(r, "event", "") == "pems_input_missing"]
+    assert len(said) == 2 and all("TEY (tag GT.TEY)" in r.getMessage() for r in said)
+    assert live.status()["missing_input_rows"] == 4
+
+
+def test_live_pems_learns_only_from_measured_analyser_values(tmp_path, sample):
+    """Analyser readings substituted upstream (a DAS's own estimate, flagged SUBSTITUTED) are no truth for the
+    interval: the adaptive interval learnt from them as from measurements (20 updates where 10 were measured)."""
+    from datetime import UTC, datetime
+
+    from edge.records import Reading
+    from emissions.config import StackConfig
+    from emissions.live import LiveEmissions
+    from models.registry import Registry
+
+    features, X, y = sample
+    register(Registry(tmp_path / "models"))
+    cfg = StackConfig.model_validate({"name": "GT", "regime": "lcp", "primary_s": 60, "pollutants": [
+        {"name": "NOx", "tag": "GT.NOx", "o2_correction": False, "elv": {"month": 500.0},
+         "pems": link(tmp_path, features).model_dump()}]})
+    live = LiveEmissions([cfg])
+    readings = []
+    for i in range(20):
+        ts = datetime.fromtimestamp(T0 + 60 * i, UTC)
+        readings += [Reading(tag, ts, v, ts) for tag, v in row(features, X, i).items()]
+        readings.append(Reading("GT.NOx", ts, float(y[i]), ts, flags=int(Flag.SUBSTITUTED) if i >= 10 else 0))
+    live.observe(readings)
+    live.flush()
+    assert live.monitors["GT"].pems["NOx"].server._serving.adaptive.n_updates_ == 10
+
+
 def test_registry_database_down_at_start_then_back(tmp_path, sample, own_pg_server, caplog):
     """The PEMS link whose registry index is in the site database starts while that database is down (no PEMS
     output, logged once however many refreshes fail) and serves the champion once the database is back."""
@@ -408,3 +485,119 @@ def test_a_champion_whose_file_is_damaged_at_start_is_served_once_restored(tmp_p
     onnx.write_bytes(good)
     live.maybe_refresh()
     assert live.push(T0 + 3600, row(features, X, 1)).prediction.details["registry_version"] == 1
+
+
+def test_inputs_outside_the_training_range_are_flagged_uncertain_and_counted(tmp_path, sample, caplog):
+    """A turbine run beyond what the model was fitted on (here TEY, the energy yield, 20 MWh above the training
+    maximum): the trees hold their edge value and the interval, calibrated inside the range, stays as narrow, so the
+    substitute looked as good as any. Each such prediction names the inputs outside (value, training min and max),
+    its pems readings are UNCERTAIN with the reason in their status (stored averages substitute them only where the
+    permit takes uncertain data), it is counted in the status, and the warning is said once until back inside. Live,
+    a stack with accept_uncertain = false does not substitute it (the stored job would not either)."""
+    from datetime import UTC, datetime
+
+    from edge.records import Quality, Reading
+    from emissions.config import StackConfig
+    from emissions.live import LiveEmissions
+    from emissions.pems_live import LivePems, training_envelope
+    from models.data import load_gas_turbine
+    from models.registry import Registry
+
+    features, X, _ = sample
+    reg = Registry(tmp_path / "models")
+    register(reg)
+    trained = load_gas_turbine(SAMPLE, ["2011", "2012"]).matrix(features)
+    j = features.index("TEY")
+    envelope = training_envelope(reg.champion("pems-nox").load().card)
+    lo, hi = envelope["TEY"]
+    assert trained[:, j].min() <= lo < hi <= trained[:, j].max()  # the fitted rows' range (a part of 2011-2012)
+    within = [i for i in range(len(X)) if all(envelope[n][0] <= X[i, k] <= envelope[n][1]
+                                              for k, n in enumerate(features))]
+    assert len(within) >= 10
+    live = LivePems(link(tmp_path, features), asset="GT", target="NOx", registry=reg)
+    inside = live.push(T0, row(features, X, within[0]))
+    assert "outside_training" not in inside.prediction.details
+    assert {r.quality for r in inside.readings} == {Quality.GOOD}
+    high = row(features, X, within[1]) | {"GT.TEY": hi + 20.0}
+    with caplog.at_level(logging.INFO):
+        steps = [live.push(T0 + 3600 * (1 + i), high) for i in range(3)]
+    p = steps[0].prediction
+    assert p.details["outside_training"] == {"TEY": [pytest.approx(hi + 20.0), lo, hi]}
+    assert {r.quality for s in steps for r in s.readings} == {Quality.UNCERTAIN}
+    assert steps[0].readings[0].status_name == "pems:pems-nox v1, outside training: TEY"
+    assert steps[0].readings[1].status_name == "pems:pems-nox v1 lower, 90 % interval, outside training: TEY"
+    assert live.status()["outside_training_rows"] == 3
+    said = [r for r in caplog.records if getattr(r, "event", "") == "pems_outside_training"]
+    assert len(said) == 1 and "TEY" in said[0].getMessage() and said[0].levelno == logging.WARNING
+    with caplog.at_level(logging.INFO):
+        back = live.push(T0 + 3600 * 4, row(features, X, within[2]))
+    assert {r.quality for r in back.readings} == {Quality.GOOD} and live.status()["outside_training_rows"] == 3
+    assert [getattr(r, "event", "") for r in caplog.records].count("pems_inside_training") == 1
+
+    def running_count(accept_uncertain: bool) -> int:
+        cfg = StackConfig.model_validate({
+            "name": "GT", "regime": "lcp", "primary_s": 60,
+            "regulatory": {"accept_uncertain": accept_uncertain},
+            "pollutants": [{"name": "NOx", "tag": "GT.NOx", "o2_correction": False, "elv": {"month": 500.0},
+                            "pems": link(tmp_path, features).model_dump()}]})
+        mon = LiveEmissions([cfg]).monitors["GT"]
+        readings = []
+        for i in range(10):  # the analyser down throughout; TEY outside the training range in minutes 5-9
+            ts = datetime.fromtimestamp(T0 + 60 * i, UTC)
+            readings += [Reading(tag, ts, v, ts) for tag, v in (row(features, X, within[i]) | (
+                {"GT.TEY": hi + 20.0} if i >= 5 else {})).items()]
+        mon.observe(readings)
+        mon.flush()
+        return mon.state[("NOx", "lcp_daily_110")].count
+
+    assert running_count(True) == 10 and running_count(False) == 5
+
+
+def test_stored_averages_substitute_an_outside_training_value_only_where_uncertain_data_counts(tmp_path, sample,
+                                                                                                 conn):
+    """The live PEMS readings of an hour whose inputs were outside the training range (half of it), stored as the
+    gateway stores them, then the emissions job over the analyser's outage: with the default accept_uncertain every
+    minute is substituted; with accept_uncertain = false only the 30 predicted from inputs inside the range."""
+    import uuid
+
+    from emissions import job, synthetic
+    from emissions.config import StackConfig
+    from emissions.pems_live import LivePems, training_envelope
+    from models.registry import Registry
+
+    features, X, _ = sample
+    reg = Registry(tmp_path / "models")
+    register(reg)
+    envelope = training_envelope(reg.champion("pems-nox").load().card)
+    within = [i for i in range(len(X)) if all(envelope[n][0] <= X[i, k] <= envelope[n][1]
+                                              for k, n in enumerate(features))]
+    live = LivePems(link(tmp_path, features), asset="GT", target="NOx", registry=reg, step_s=60)
+    name = f"P{uuid.uuid4().hex[:8]}"
+    readings = []
+    for m in range(60):
+        inputs = row(features, X, within[m % len(within)])
+        if m >= 30:
+            inputs["GT.TEY"] = envelope["TEY"][1] + 20.0
+        readings += live.push(T0 + 60 * m, inputs).readings
+    tags = {"GT.NOx.pems": f"{name}.NOx.pems", "GT.NOx.lo": f"{name}.NOx.lo", "GT.NOx.hi": f"{name}.NOx.hi"}
+    ids = synthetic.ensure_tags(conn, [*tags.values(), f"{name}.NOx"], asset=name)
+    for tag, stored_as in tags.items():
+        mine = [r for r in readings if r.tag == tag]
+        synthetic.copy_readings(conn, ids[stored_as], np.array([int(r.time.timestamp()) for r in mine]),
+                                np.array([r.value for r in mine]), np.array([r.flags for r in mine], dtype=np.int32),
+                                np.array([int(r.quality) for r in mine], dtype=np.int16))
+
+    def substituted(accept_uncertain: bool) -> int:
+        cfg = StackConfig.model_validate({
+            "name": name, "regime": "lcp", "timezone": "UTC", "regulatory": {"accept_uncertain": accept_uncertain},
+            "pollutants": [{"name": "NOx", "tag": f"{name}.NOx", "o2_correction": False, "elv": {"month": 500.0},
+                            "pems": {"tag": tags["GT.NOx.pems"], "lower_tag": tags["GT.NOx.lo"],
+                                     "upper_tag": tags["GT.NOx.hi"]}}]})
+        job.run_span(conn, cfg, T0, T0 + 86400, context="day")
+        with conn.cursor() as cur:
+            cur.execute("SELECT n_substituted FROM emission_averages WHERE stack = %s AND pollutant = 'NOx' AND "
+                        "period = 'hour' AND period_start = to_timestamp(%s)", (name, T0))
+            return cur.fetchone()[0]
+
+    assert substituted(True) == 60
+    assert substituted(False) == 30

@@ -78,3 +78,14 @@ def test_config_needs_span_reference_and_ordered_limits():
 def test_unordered_and_missing_values():
     checks = qal3.chart(cfg(), "zero", np.array([3, 1, 2]) * 86400, np.array([0.3, 0.1, np.nan]))
     assert [c.time for c in checks] == [86400, 3 * 86400]
+
+
+def test_checks_too_alike_to_estimate_s_ams_are_said_not_judged_not_estimating():
+    """A zero check read as 0.0 every time (an analyser or DAS that rounds it) gives no spread to estimate s_AMS from:
+    every later check went unjudged, and the chart said "estimating" with a check 10 units off the zero gas. It says
+    ``no_spread`` once the first n_initial checks are in, and still "estimating" before."""
+    q = cfg(s_ams=None, n_initial=20)
+    checks = qal3.chart(q, "zero", days(22), np.r_[np.zeros(21), 10.0])
+    assert all(c.z != c.z and c.alarms == () for c in checks)
+    assert qal3.state(q, "zero", checks[:20]).status == "estimating"
+    assert qal3.state(q, "zero", checks).status == "no_spread" and checks[-1].deviation == 10.0

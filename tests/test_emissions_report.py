@@ -137,7 +137,8 @@ async def test_a_report_names_the_run_it_stored_and_the_readings_it_rests_on(con
 def test_a_report_names_the_pems_model_versions_of_the_period(conn, pg_dsn, tmp_path):
     """Substituted values and the cross-check's interval come from PEMS predictions, and the pems tags' readings do not
     name the model: the report named none. It lists the versions of the predictions stored in the period (model id,
-    registry version, ONNX sha256, how many, first and last): here v2 until 06:00, then v3 (a new champion)."""
+    registry version, ONNX sha256, how many, first and last): here v2 until 06:00, then v3 (a new champion). And how
+    many of them came from inputs outside the version's training range (their values extrapolated): 4 of v3's."""
     cfg, text = lcp()
     pems = (f'pems = {{ tag = "{cfg.name}.NOx.pems", lower_tag = "{cfg.name}.NOx.lo", '
             f'upper_tag = "{cfg.name}.NOx.hi" }}, ')
@@ -148,15 +149,17 @@ def test_a_report_names_the_pems_model_versions_of_the_period(conn, pg_dsn, tmp_
         cur.executemany(
             "INSERT INTO predictions (time, model_id, model_version, asset, kind, target, value, lower, upper, "
             "coverage, details) VALUES (to_timestamp(%s), 'pems-nox', %s, %s, 'pems', 'NOx', 150, 120, 180, 0.9, "
-            "jsonb_build_object('pems_tag', %s::text, 'registry_version', %s::int))",
-            [(day + 3600 * h, "a" * 64 if h < 6 else "b" * 64, cfg.name, f"{cfg.name}.NOx.pems", 2 if h < 6 else 3)
-             for h in range(24)])
+            "jsonb_build_object('pems_tag', %s::text, 'registry_version', %s::int) || %s::jsonb)",
+            [(day + 3600 * h, "a" * 64 if h < 6 else "b" * 64, cfg.name, f"{cfg.name}.NOx.pems", 2 if h < 6 else 3,
+              '{"outside_training": {"TEY": [190.0, 100.2, 174.6]}}' if h >= 20 else "{}") for h in range(24)])
     html, _ = report(pg_dsn, text, cfg.name, tmp_path, "--day", DAY)
     table = html.split("<h3>PEMS model versions of the period</h3>", 1)[1].split("</table>", 1)[0]
     cells = [[c.split(">", 1)[1] for c in r.split("</td>")[:-1]] for r in table.split("<tr>")[2:]]
     assert cells == [
-        ["NOx", "pems-nox", "2", f"<code>{'a' * 64}</code>", "6", "2026-03-10 00:00+02:00", "2026-03-10 05:00+02:00"],
-        ["NOx", "pems-nox", "3", f"<code>{'b' * 64}</code>", "18", "2026-03-10 06:00+02:00", "2026-03-10 23:00+02:00"]]
+        ["NOx", "pems-nox", "2", f"<code>{'a' * 64}</code>", "6", "2026-03-10 00:00+02:00", "2026-03-10 05:00+02:00",
+         "0"],
+        ["NOx", "pems-nox", "3", f"<code>{'b' * 64}</code>", "18", "2026-03-10 06:00+02:00", "2026-03-10 23:00+02:00",
+         "4"]]
     html, _ = report(pg_dsn, text, cfg.name, tmp_path / "next", "--day", "2026-03-11")
     assert "no PEMS prediction stored in the period: no model version to name" in html
 
