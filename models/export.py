@@ -1,9 +1,12 @@
 """ONNX export (skl2onnx) and the parity check that decides whether an export may be registered.
 
 Parity: the ONNX graph and the scikit-learn pipeline are run on the same held-out rows; the export
-passes when every output satisfies ``|onnx - sklearn| <= atol + rtol * |sklearn|`` (defaults
-``atol = rtol = 1e-4``; float32 inference against float64 scikit-learn differs by ~1e-6 relative on
-these models, while a wrongly converted tree or graph differs by whole leaf values). Both sides see the
+passes when every output satisfies ``|onnx - sklearn| <= atol * s + rtol * |sklearn|`` with
+``s = min(1, max |sklearn|)`` over those rows (defaults ``atol = rtol = 1e-4``; float32 inference against
+float64 scikit-learn differs by ~1e-6 of the outputs' scale on these models, while a wrongly converted tree
+or graph differs by whole leaf values). ``s`` keeps the absolute part on the outputs' scale: a bare 1e-4 passed
+a graph with every leaf doubled on a target of magnitude 1e-5 (m/s); for outputs of magnitude 1 or more the
+tolerance is ``atol + rtol * |sklearn|`` as it always was. Both sides see the
 same float32 inputs, because that is what the runtime feeds the graph: a threshold that splits two
 float64 values which round to the same float32 is an input-precision effect, not a conversion fault.
 """
@@ -47,23 +50,25 @@ class ParityError(DataError):
 
 @dataclass(frozen=True)
 class ParityReport:
-    """Result of one parity check; ``passed`` iff every output is within ``atol + rtol * |sklearn|``."""
+    """Result of one parity check; ``passed`` iff every output is within ``atol * scale + rtol * |sklearn|``."""
 
     rows: int
     max_abs: float
     max_rel: float
-    worst_excess: float  # max of |d| - (atol + rtol |ref|); <= 0 means within tolerance
+    worst_excess: float  # max of |d| - (atol * scale + rtol |ref|); <= 0 means within tolerance
     atol: float
     rtol: float
     passed: bool
+    scale: float = 1.0  # min(1, max |sklearn|) on the rows; cards written before it was recorded used 1
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def describe(self) -> str:
         verdict = "pass" if self.passed else "FAIL"
+        s, scale = ("", "") if self.scale == 1.0 else ("·s", f", s = min(1, max |sklearn|) = {self.scale:.3g}")
         return (f"parity {verdict}: {self.rows} rows, max |onnx - sklearn| = {self.max_abs:.3g}, max relative = "
-                f"{self.max_rel:.3g} (tolerance {self.atol:g} + {self.rtol:g}·|sklearn|)")
+                f"{self.max_rel:.3g} (tolerance {self.atol:g}{s} + {self.rtol:g}·|sklearn|{scale})")
 
 
 # ---------------------------------------------------------------- skl2onnx compatibility
@@ -182,9 +187,12 @@ def check_parity(pipeline: Pipeline, onnx_bytes: bytes, X, *, atol: float = DEFA
     ref = model_output(pipeline, X32.astype(np.float64))
     got = session(onnx_bytes).run(None, {INPUT_NAME: X32})[0].astype(np.float64).reshape(ref.shape)
     d = np.abs(got - ref)
+    # The outputs' own scale, capped at 1 so that targets of magnitude 1 or more keep the tolerance they always had;
+    # floored at the smallest normal float32 so that all-zero outputs still allow float32 rounding.
+    scale = float(min(1.0, max(float(np.abs(ref).max(initial=0.0)), float(np.finfo(np.float32).tiny))))
     if not np.all(np.isfinite(got)):
-        return ParityReport(len(X32), float("inf"), float("inf"), float("inf"), atol, rtol, False)
-    excess = d - (atol + rtol * np.abs(ref))
+        return ParityReport(len(X32), float("inf"), float("inf"), float("inf"), atol, rtol, False, scale)
+    excess = d - (atol * scale + rtol * np.abs(ref))
     rel = d / np.maximum(np.abs(ref), 1e-12)
     return ParityReport(len(X32), float(d.max(initial=0.0)), float(rel.max(initial=0.0)),
-                        float(excess.max(initial=-np.inf)), atol, rtol, bool(np.all(excess <= 0)))
+                        float(excess.max(initial=-np.inf)), atol, rtol, bool(np.all(excess <= 0)), scale)

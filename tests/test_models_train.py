@@ -104,6 +104,26 @@ def test_parity_failure_refuses_the_export_and_nothing_is_registered(monkeypatch
     assert reg.list() == [] and not (tmp_path / "reg" / "syn" / "1").exists()
 
 
+def test_parity_refuses_a_wrong_graph_of_a_target_on_a_small_scale(monkeypatch):
+    """The tolerance was ``1e-4 + 1e-4·|sklearn|`` absolute whatever the target's scale: on a vibration velocity in
+    m/s (values ~1e-5) a graph whose every leaf was doubled passed parity with its outputs 2.2x scikit-learn's
+    (max relative 2.22, R² 0.04), and was registered and served as the model. The absolute part now scales with
+    the outputs (``s = min(1, max |sklearn|)``), so that graph is refused, while a correct export on the same
+    scale, and any target of magnitude 1 or more, is judged exactly as before."""
+    table = regression_table(800)
+    table.columns["y"] = table.columns["y"] * 1e-5
+    real = train_mod.to_onnx
+    monkeypatch.setattr(train_mod, "to_onnx", lambda *a, **k: _scale_tree_leaves(real(*a, **k), 2.0))
+    with pytest.raises(ParityError, match="ONNX export refused, parity FAIL"):
+        train(spec(), table)
+    monkeypatch.setattr(train_mod, "to_onnx", real)
+    tm = train(spec(), table)
+    assert tm.parity.passed and 0 < tm.parity.scale < 1e-4 and tm.parity.max_rel < 1e-3, tm.parity
+    assert "s = min(1, max |sklearn|)" in tm.parity.describe()
+    big = train(spec(), regression_table(800))
+    assert big.parity.scale == 1.0 and big.parity.passed
+
+
 def test_spec_errors_are_clear():
     with pytest.raises(ValueError, match="give a target column"):
         train(TrainSpec("m", FEATURES, None, estimator="hgb"), regression_table(200))
