@@ -246,7 +246,7 @@ def _load_model(args):
             card = json.loads(args.card.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:  # "Expecting value: line 2 column 1" alone does not say which file
             raise ValueError(f"--card {args.card}: not a JSON model card ({exc})") from None
-        return OnnxModel(args.onnx.read_bytes(), card), {"source": str(args.onnx)}
+        return OnnxModel(args.onnx.read_bytes(), card, source=f"--card {args.card}"), {"source": str(args.onnx)}
     from models.cli import existing_registry
 
     reg = existing_registry(args)

@@ -82,15 +82,40 @@ class Output:
         return self.value.size
 
 
+def check_card(card, source: str = "the model card") -> None:
+    """`IntegrityError` naming ``source`` (a file, an option) unless ``card`` is a JSON object with a usable
+    ``input_schema``: another JSON file given as a card (a report.json, a truncated card) failed with a traceback
+    or a bare KeyError's text (``error: 'input_schema'``) that named neither the file nor what was missing."""
+    if not isinstance(card, dict):
+        what = {list: "array", str: "string", bool: "true or false", type(None): "null"}.get(type(card), "number")
+        raise IntegrityError(f"{source} is not a model card: a JSON {what}, not an object")
+    schema = card.get("input_schema")
+    if schema is None:
+        raise IntegrityError(f"{source} is not a model card: it has no input_schema (the model's inputs, in order)")
+    features = schema.get("features") if isinstance(schema, dict) else None
+    if not isinstance(features, list):
+        raise IntegrityError(f"{source} input_schema: no list of features")
+    for i, f in enumerate(features, 1):
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or not f["name"]:
+            raise IntegrityError(f"{source} input_schema: feature {i} has no name")
+    try:
+        InputSchema.from_dict(schema)
+    except (TypeError, ValueError) as exc:
+        raise IntegrityError(f"{source} input_schema: {exc}") from None
+
+
 class OnnxModel:
     """One model version: ONNX graph + card (``input_schema``, ``kind``, ``calibration``, ``sha256``...)."""
 
-    def __init__(self, onnx_bytes: bytes, card: dict):
+    def __init__(self, onnx_bytes: bytes, card: dict, *, source: str = "the model card"):
+        """``source`` names the card in errors (its file, or the option that gave it)."""
+        check_card(card, source)
         self.card = card
         self.sha256 = hashlib.sha256(onnx_bytes).hexdigest()
         if card.get("sha256") and card["sha256"] != self.sha256:
             raise ValueError(f"{card.get('model_id')}: ONNX file sha256 {self.sha256[:12]} does not match the card's "
-                             f"{card['sha256'][:12]}: the file was changed after registration")
+                             f"{card['sha256'][:12]}: the file is not the one this card describes (changed after "
+                             "registration, or another version's)")
         self.model_id = card.get("model_id", "")
         self.version = card.get("version")
         self.kind = card.get("kind", "regression")
@@ -141,7 +166,7 @@ class OnnxModel:
             card = json.loads(card_bytes.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:  # only without a registered card sha256
             raise IntegrityError(f"{d / 'card.json'} is not a JSON model card ({exc})") from None
-        return cls(data, card)
+        return cls(data, card, source=str(d / "card.json"))
 
     @property
     def alpha(self) -> float | None:

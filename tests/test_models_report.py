@@ -126,6 +126,32 @@ def test_report_cli_from_onnx_and_card_files(tmp_path, capsys):
     assert "sha256" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("bad, says", [
+    ([1], "is not a model card: a JSON array, not an object"),
+    ({"model_id": "gt-nox"}, "is not a model card: it has no input_schema"),
+    ({"model_id": "gt-nox", "input_schema": {"features": []}}, "input_schema: an input schema needs at least one"),
+    ({"model_id": "gt-nox", "input_schema": {"features": [{"unit": "C"}]}}, "input_schema: feature 1 has no name"),
+])
+def test_a_file_that_is_not_a_model_card_is_named_in_one_line(tmp_path, capsys, bad, says):
+    """``--card`` given the wrong JSON file (a report.json, a config, a truncated card): a traceback ("AttributeError:
+    'list' object has no attribute 'get'") or the bare ``error: 'input_schema'`` (a KeyError's text), naming neither
+    the file nor what is missing. The same check refuses such a card.json in a model directory (`OnnxModel.load`,
+    maintenance's ``model_dir``)."""
+    from models.runtime import IntegrityError, OnnxModel
+
+    _gt_nox_files(tmp_path)
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    args = _parser().parse_args(["report", "gt-nox", "--data", str(SAMPLE / "gt_2013.csv"), "--onnx",
+                                 str(tmp_path / "model.onnx"), "--card", str(tmp_path / "bad.json"), "--out",
+                                 str(tmp_path / "rep")])
+    assert args.func(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: --card {tmp_path / 'bad.json'} ") and says in err, err
+    (tmp_path / "card.json").write_text(json.dumps(bad))
+    with pytest.raises(IntegrityError, match=f"{tmp_path / 'card.json'} {re.escape(says)}"):
+        OnnxModel.load(tmp_path)
+
+
 def test_rows_with_a_missing_input_are_left_out_and_counted(tmp_path, capsys):
     """A data file with empty input cells (a sensor out for a few hours) failed the whole report with the model's
     "non-finite input" error; those rows are now left out, and said."""
