@@ -245,6 +245,37 @@ def test_two_promotions_at_once_and_the_rollback_after_them(tmp_path, trained, i
         reg.rollback("syn")
 
 
+def _register_times(root, dsn, tm, times: int) -> list[int]:
+    reg = Registry(root, dsn)
+    return [reg.register(tm, actor=f"pid{os.getpid()}").version for _ in range(times)]
+
+
+@pytest.mark.parametrize("index", ["json", "db"])
+def test_three_processes_registering_at_once_get_distinct_complete_versions(tmp_path, trained, index, request):
+    """Three processes (a CI job, a data scientist, the maintenance retrainer) registering the same model id at once:
+    every registration gets its own number, its files are the ones its index row names (sha256 of both files
+    checked by `load`), and nothing is left half-written (no temporary directory left behind)."""
+    import multiprocessing
+
+    dsn = None
+    if index == "db":
+        dsn = request.getfixturevalue("pg_dsn")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            migrate(conn)
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(3) as pool:
+        got = pool.starmap(_register_times, [(tmp_path / "models", dsn, trained[k], 4) for k in ("a", "b", "a")])
+    numbers = sorted(v for vs in got for v in vs)
+    assert numbers == list(range(1, 13)), got
+    reg = Registry(tmp_path / "models", dsn)
+    versions = reg.list("syn")
+    assert [v.version for v in versions] == numbers
+    for v, k in ((v, k) for k, vs in zip("aba", got, strict=True) for v in vs):
+        assert reg.get("syn", v).load().sha256 == trained[k].sha256
+    assert sorted(p.name for p in (tmp_path / "models" / "syn").iterdir()) == sorted(map(str, numbers))
+    assert len({e["actor"] for e in reg.events("syn")}) == 3
+
+
 def test_too_few_calibration_rows_for_the_level_are_refused_not_served_overconfident():
     """20 calibration rows cannot give a finite 98 % split-conformal interval (it needs 49): the largest residual
     would cover about 20/21 while the card states 98 %. Training refuses, naming what it needs."""
