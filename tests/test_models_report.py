@@ -196,3 +196,61 @@ def test_report_cli_from_the_registry(tmp_path, capsys):
     assert json.loads((mv.path / "card.json").read_text())["drift_reference"]["features"] == list(GAS_TURBINE_INPUTS)
     assert d["model"]["drift_reference"] == "model card"
     assert d["input_drift"]["status"] in ("warn", "drift")
+
+
+def _write_csv(path, table) -> None:
+    names = list(table.columns)
+    rows = [",".join(["time", *names])]
+    rows += [",".join([str(table.times[i]), *(f"{table.columns[c][i]:.6f}" for c in names)]) for i in range(len(table))]
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_a_report_on_rows_the_model_was_fitted_or_calibrated_on_says_so(tmp_path, capsys):
+    """A report on data that includes the training period (``--data`` the training file itself) stated MAE 0.30 and
+    coverage 0.89 as the model's, without a word, while the card's honest held-out MAE was 0.54: the rows it was
+    fitted on flatter it. The report now counts the rows within the span the model was fitted on and the span it
+    was calibrated on (by time), and names data files the model was trained from (by sha256, for files without a
+    time column), in its JSON, its HTML and the command's output. Rows after training count nothing."""
+    from models_support import regression_table
+
+    from models.cli import main as models_main
+
+    _write_csv(tmp_path / "train.csv", regression_table(600))
+    _write_csv(tmp_path / "later.csv", regression_table(300, seed=4, start="2025-06-01"))
+    reg = str(tmp_path / "reg")
+    assert models_main(["train", "--data", str(tmp_path / "train.csv"), "--time-column", "time", "--target", "y",
+                        "--model-id", "m", "--registry", reg]) == 0
+    assert models_main(["promote", "m", "1", "--registry", reg]) == 0
+    capsys.readouterr()
+    args = _parser().parse_args(["report", "m", "--data", str(tmp_path / "train.csv"), "--time-column", "time",
+                                 "--registry", reg, "--out", str(tmp_path / "rep"), "--window", "48"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    d = json.loads((tmp_path / "rep" / "report.json").read_text())
+    ov = d["training_overlap"]
+    assert (ov["fitted_rows"], ov["calibration_rows"]) == (360, 120), ov
+    assert ov["training_files"] == [str(tmp_path / "train.csv")]
+    said = "360 of 600 rows lie within the span the model was fitted on"
+    assert said in out and said in (tmp_path / "rep" / "report.html").read_text(), out
+
+    args = _parser().parse_args(["report", "m", "--data", str(tmp_path / "later.csv"), "--time-column", "time",
+                                 "--registry", reg, "--out", str(tmp_path / "rep2"), "--window", "48"])
+    assert args.func(args) == 0
+    assert "fitted on" not in capsys.readouterr().out
+    ov = json.loads((tmp_path / "rep2" / "report.json").read_text())["training_overlap"]
+    assert (ov["fitted_rows"], ov["calibration_rows"], ov["training_files"]) == (0, 0, [])
+
+    # Files without a time column: named by content.
+    from models.data import GAS_TURBINE_INPUTS, load_gas_turbine
+    from models.registry import Registry
+    from models.train import TrainSpec, train
+
+    gt = Registry(tmp_path / "gt")
+    gt.register(train(TrainSpec("gt-nox", list(GAS_TURBINE_INPUTS), "NOX"), load_gas_turbine(SAMPLE, [2011, 2012])))
+    args = _parser().parse_args(["report", "gt-nox", "--data", str(SAMPLE / "gt_2012.csv"), "--registry",
+                                 str(tmp_path / "gt"), "--version", "1", "--out", str(tmp_path / "rep3")])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    ov = json.loads((tmp_path / "rep3" / "report.json").read_text())["training_overlap"]
+    assert ov["training_files"] == [str(SAMPLE / "gt_2012.csv")] and ov["fitted_rows"] is None
+    assert f"{SAMPLE / 'gt_2012.csv'} is a file the model was trained from" in out, out
