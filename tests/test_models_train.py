@@ -53,6 +53,14 @@ def test_anomaly_scorer_gets_conformal_p_values_that_control_false_alarms():
     assert m["far"] <= 0.1 + 0.04, "p <= alpha flags at most ~alpha of the normal holdout rows"
     unlabelled = train(spec("an2", "pca"), anomaly_table(1500, rate=0.0))
     assert unlabelled.card["metrics"]["gate"]["metric"] == "far_gap"
+    # The card says what the scorer learnt from: the normal rows of its train part (not all of them), and the
+    # normal calibration rows behind its p-values; its drift reference is of normal operation only.
+    td, table = tm.card["training_data"], anomaly_table(3000)
+    normal = table.column("label") == 0
+    assert td["split"]["train"]["rows"] == 1800 and td["fitted_rows"] == int(normal[:1800].sum()) < 1800
+    assert td["calibration_scored_rows"] == int(normal[1800:2400].sum()) == tm.card["calibration"]["n"]
+    assert tm.card["drift_reference"]["n_reference"] == td["fitted_rows"]
+    assert unlabelled.card["training_data"]["fitted_rows"] == unlabelled.card["training_data"]["split"]["train"]["rows"]
 
 
 def test_anomaly_alpha_below_the_p_value_resolution_is_refused():
