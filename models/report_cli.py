@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from edge.cli import iso_time_arg
+from edge.cli import iso_time_arg, positive_int_arg
 from edge.errors import ValvojaError
 from edge.jsontext import api_json
 from models.cli import guard
@@ -56,7 +56,8 @@ def add_subcommands(models_subparsers) -> None:
     g.add_argument("--estimator", default="hgb", help=f"regressor: {regressors} (default hgb)")
     g.add_argument("--baseline", default="linear", help="baseline regressor, or 'none' (default linear)")
     g.add_argument("--alpha", type=float, default=0.1, help="miscoverage (default 0.1: 90 %% intervals)")
-    g.add_argument("--window", type=int, default=168, help="adaptive conformal window in rows (default 168)")
+    g.add_argument("--window", type=positive_int_arg, default=168,
+                   help="adaptive conformal window in rows (default 168)")
     g.add_argument("--gamma", type=float, default=0.005, help="ACI step (default 0.005)")
     g.add_argument("--bias-halflife", type=float, default=24.0,
                    help="half-life in rows of the online bias correction; 0 = off (default 24)")
@@ -102,8 +103,10 @@ def add_subcommands(models_subparsers) -> None:
     r.add_argument("--reference", type=Path, nargs="+", metavar="FILE",
                    help="training data for input drift (default: the card's drift reference, else its training "
                         "files when they are still there unchanged)")
-    r.add_argument("--window", type=int, default=168, help="rows per point of the over-time plots (default 168)")
-    r.add_argument("--adaptive-window", type=int, default=168, help="adaptive conformal window (default 168)")
+    r.add_argument("--window", type=positive_int_arg, default=168,
+                   help="rows per point of the over-time plots (default 168)")
+    r.add_argument("--adaptive-window", type=positive_int_arg, default=168,
+                   help="adaptive conformal window (default 168)")
     r.add_argument("--gamma", type=float, default=0.005, help="ACI step (default 0.005)")
     r.add_argument("--bias-halflife", type=float, default=0.0,
                    help="online bias correction of the adaptive mode, half-life in rows (default 0: off)")

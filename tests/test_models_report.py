@@ -254,3 +254,14 @@ def test_a_report_on_rows_the_model_was_fitted_or_calibrated_on_says_so(tmp_path
     ov = json.loads((tmp_path / "rep3" / "report.json").read_text())["training_overlap"]
     assert ov["training_files"] == [str(SAMPLE / "gt_2012.csv")] and ov["fitted_rows"] is None
     assert f"{SAMPLE / 'gt_2012.csv'} is a file the model was trained from" in out, out
+
+
+@pytest.mark.parametrize("option", ["--window", "--adaptive-window"])
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_a_window_of_no_rows_is_a_usage_error(capsys, option, value):
+    """``--window 0`` failed with "error: range() arg 3 must not be zero"; ``--window -5`` wrote a report whose
+    over-time plots were empty, with exit 0."""
+    with pytest.raises(SystemExit) as exc:
+        _parser().parse_args(["report", "m", "--data", "d.csv", option, value])
+    assert exc.value.code == 2
+    assert f"argument {option}: '{value}': a whole number of at least 1" in capsys.readouterr().err
