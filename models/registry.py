@@ -48,7 +48,7 @@ from edge.files import fsync_path, write_atomic
 from edge.jsontext import json_safe
 from models.data import FeatureTable
 from models.export import ParityError, sha256
-from models.runtime import IntegrityError, OnnxModel
+from models.runtime import IntegrityError, OnnxModel, check_version_dir
 from models.schema import InputError
 from models.train import GATE_METRICS, TrainedModel, holdout_metrics
 
@@ -540,6 +540,10 @@ class Registry:
     def _compare(self, cand: ModelVersion, champ: ModelVersion | None, holdout: FeatureTable | None) -> Comparison:
         metric, direction, why = self.gate_metric(cand.model_id, champ, cand)
         if holdout is None:
+            try:
+                check_version_dir(cand.path)  # else "no stored holdout rows ... give --holdout files"
+            except IntegrityError as exc:
+                raise IntegrityError(f"{model_id_v(cand)}: {exc}") from None
             hpath = cand.path / "holdout.npz"
             if not hpath.exists():
                 raise ConfigError(f"{model_id_v(cand)}: no stored holdout rows ({hpath}); give --holdout files")

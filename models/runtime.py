@@ -33,7 +33,8 @@ from models.conformal import AdaptiveConformal, ConformalizedQuantile, Conformal
 from models.drift import PerformanceMonitor
 from models.schema import InputError, InputSchema
 
-__all__ = ["GraphError", "InputError", "IntegrityError", "ModelServer", "OnnxModel", "Output"]
+__all__ = ["GraphError", "InputError", "IntegrityError", "ModelServer", "OnnxModel", "Output", "check_card",
+           "check_version_dir"]
 
 INPUT_NAME = "X"  # models.export.INPUT_NAME (not imported: that module pulls in skl2onnx)
 
@@ -104,6 +105,17 @@ def check_card(card, source: str = "the model card") -> None:
         raise IntegrityError(f"{source} input_schema: {exc}") from None
 
 
+def check_version_dir(directory: Path) -> None:
+    """`IntegrityError` when a version's whole directory is absent: far more often a registry folder other than the
+    one it was registered in (a database index names versions relative to ``--registry``, default ``var/models`` in
+    the working directory) than files deleted one by one, which "model.onnx is missing ... moved or deleted" sent
+    people looking for."""
+    if not Path(directory).is_dir():
+        raise IntegrityError(f"{directory} does not exist: the version was registered in another registry folder "
+                             "(give that one: --registry DIR, or the `registry` of the site configuration), or its "
+                             "directory was moved or deleted after registration")
+
+
 class OnnxModel:
     """One model version: ONNX graph + card (``input_schema``, ``kind``, ``calibration``, ``sha256``...)."""
 
@@ -146,6 +158,7 @@ class OnnxModel:
         import json
 
         d = Path(directory)
+        check_version_dir(d)
 
         def read(name: str) -> bytes:
             # A deleted or moved file is refused like a changed one (the gate records a refusal, a server keeps

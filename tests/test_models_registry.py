@@ -501,6 +501,32 @@ def test_cli_a_registry_folder_that_does_not_exist_is_named_not_created(tmp_path
     assert not missing.exists()
 
 
+def test_cli_with_a_database_and_another_registry_folder_says_so(pg_dsn, tmp_path, trained, capsys):
+    """With ``--db`` the index rows name versions by a path relative to the registry folder, which the command line
+    takes from ``--registry`` (default ``var/models`` in the working directory). Run from another folder without
+    ``--registry``, ``promote`` / ``report`` created a stray ``var/models`` there and refused the version with
+    "model.onnx is missing: the version's files were moved or deleted after registration": people went looking
+    for deleted model files. A folder that does not exist is named (as without ``--db``), and a version whose
+    whole directory is absent is said to be perhaps in another registry folder."""
+    from edge.cli import main
+
+    db = _db_registry(pg_dsn, tmp_path)
+    db.register(trained["good"])
+    missing = tmp_path / "elsewhere" / "var" / "models"
+    assert main(["models", "promote", "syn", "1", "--db", pg_dsn, "--registry", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert f"no registry folder {missing}" in err and "\n" not in err.strip(), err
+    assert not missing.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["models", "promote", "syn", "1", "--db", pg_dsn, "--registry", str(empty)]) == 1
+    err = capsys.readouterr().err
+    assert f"{empty / 'syn' / '1'} does not exist" in err and "registered in another registry folder" in err, err
+    assert "\n" not in err.strip()
+    assert main(["models", "list", "--db", pg_dsn, "--registry", str(missing)]) == 0  # the index alone: no folder
+    assert "syn" in capsys.readouterr().out
+
+
 def test_a_damaged_index_json_is_named_in_one_line(tmp_path, capsys):
     # A truncated or hand-edited index.json gave "error: Expecting value: line 2 column 1 (char 15)" (and the same in
     # the gateway's log when a PEMS asked for its champion), naming neither the file nor what it is.
