@@ -44,6 +44,17 @@ def host_port_arg(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def positive_int_arg(text: str) -> int:
+    """An argparse ``type``: a whole number of at least 1 (a count of rows, levels, nodes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number of at least 1")
+    return value
+
+
 def iso_time_arg(text: str) -> datetime:
     """An argparse ``type``: an ISO 8601 date or date-time; without an offset it is UTC (say so in the help). The
     one parser of times on the command line, so every command reads and refuses a time the same way."""

@@ -239,21 +239,23 @@ def _without_password(db: str) -> str:
     return make_conninfo(**{k: str(v) for k, v in params.items()})
 
 
-def existing_registry(args):
+def existing_registry(args, *, files: bool = True):
     """The registry of ``--registry`` / ``--db`` for an action that reads one (all but ``train``): a folder that does
     not exist is named, not created (`models.registry.Registry` makes its root). "no models registered" or "has no
     version 1" there sent people looking for a lost registry: the default is relative to the working directory,
-    the gateway's is the `registry` of its site configuration."""
+    the gateway's is the `registry` of its site configuration. With ``--db`` too, unless the action reads the index
+    alone (``files=False``: list): the index names versions relative to the folder, and one that does not exist made
+    a stray ``var/models`` and refused the version as "no stored holdout rows"."""
     from models.registry import Registry
 
-    if not args.db and not args.registry.is_dir():
+    if (files or not args.db) and not args.registry.is_dir():
         raise ValueError(f"no registry folder {args.registry} (give --registry DIR: the `registry` folder the site "
                          "configuration names, or --db URL / $VALVOJA_DB_URL for a database registry)")
     return Registry(args.registry, args.db)
 
 
 def cmd_list(args) -> int:
-    versions = existing_registry(args).list(args.model_id)
+    versions = existing_registry(args, files=False).list(args.model_id)
     if args.json:
         print(api_json([v.summary() for v in versions], indent=True))
         return 0

@@ -125,6 +125,14 @@ def _is_float(text: str) -> bool:
     return True
 
 
+def _is_time(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _iso(path: Path, line: int, column: str, text: str) -> datetime:
     try:
         return datetime.fromisoformat(text)
@@ -182,8 +190,10 @@ def read_csv(path: str | Path, *, time_column: str | None = None, label: str | N
             cols[name] = np.array([float(v) if v else np.nan for v in values])
         except ValueError:
             bad = next(i for i, v in enumerate(values) if v and not _is_float(v))
+            # A time column nobody named (`--time-column` left off) read as "not numeric" and nothing more.
+            hint = f" (if it is the time column, name it: --time-column {name})" if _is_time(values[bad]) else ""
             raise ConfigError(f"{path}: line {raw[bad][0]}: column {name!r} is not numeric: "
-                              f"{values[bad][:40]!r}") from None
+                              f"{values[bad][:40]!r}{hint}") from None
     if time_column and times is None:
         raise ConfigError(f"{path}: no time column {time_column!r}; columns are {', '.join(header)}")
     return FeatureTable(cols, times, [(label or path.stem, 0, len(raw))],

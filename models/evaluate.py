@@ -292,6 +292,12 @@ def evaluate_gas_turbine(folder: str | Path, train_years: Sequence[int | str], t
     if both:
         raise ValueError(f"year(s) {', '.join(both)} given as both training and test years: the evaluation would "
                          "score rows the model was fitted or calibrated on")
+    inputs = sorted(set(targets) & set(GAS_TURBINE_INPUTS))
+    if inputs:
+        # `--target AT` fitted AT from itself: MAE 0.000, R² 1.000 printed as an evaluation.
+        raise ValueError(f"target(s) {', '.join(inputs)} are inputs of the gas-turbine models "
+                         f"({', '.join(GAS_TURBINE_INPUTS)}): predicting an input from itself scores nothing; "
+                         "the targets are CO and NOX")
     train = load_gas_turbine(folder, list(train_years))
     test = load_gas_turbine(folder, list(test_years))
     features = list(GAS_TURBINE_INPUTS)

@@ -48,7 +48,7 @@ from edge.files import fsync_path, write_atomic
 from edge.jsontext import json_safe
 from models.data import FeatureTable
 from models.export import ParityError, sha256
-from models.runtime import IntegrityError, OnnxModel
+from models.runtime import IntegrityError, OnnxModel, check_version_dir
 from models.schema import InputError
 from models.train import GATE_METRICS, TrainedModel, holdout_metrics
 
@@ -361,6 +361,15 @@ def _save_holdout(table: FeatureTable, path: Path) -> None:
         np.savez_compressed(fh, **arrays)
 
 
+def _version_dirs(model_dir: Path) -> list[int]:
+    """The version numbers that have a directory under ``model_dir`` (``<root>/<model_id>``), whatever index knows
+    them; hidden names (a registration's temporary directory, an old release's ``.N-orphan-...``) are none."""
+    try:
+        return [int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir()]
+    except FileNotFoundError:
+        return []
+
+
 def load_holdout(path: Path) -> FeatureTable:
     with np.load(path, allow_pickle=False) as z:
         cols = {k[4:]: z[k] for k in z.files if k.startswith("col:")}
@@ -428,20 +437,25 @@ class Registry:
         model_id = trained.model_id
         with self._index.tx(model_id) as ix:
             rows = ix.rows(model_id)
-            version = max((int(r["version"]) for r in rows), default=0) + 1
+            known = {int(r["version"]) for r in rows}
+            on_disk = _version_dirs(self.root / model_id)
+            # A directory the index has no row for may be another index's served version (a registry folder used
+            # with and without --db: the console's database and a CLI run without it) or a crash's leftover. Its
+            # number is skipped, its files are left as they are: moving it aside to reuse the number took a served
+            # champion's files away, and that index's gateway found "model.onnx is missing" at its next start.
+            unknown = sorted(set(on_disk) - known)
+            version = max([0, *known, *on_disk]) + 1
+            if unknown:
+                log.warning("model registry: %s holds version(s) %s that its index (%s) does not know (another "
+                            "index's, or left by a crash): left as they are; %s v%d takes the next free number",
+                            self.root / model_id, ", ".join(map(str, unknown)), "database" if self.dsn else
+                            "index.json", model_id, version)
             parent = trained.card.get("parent_version")
             if parent is None:
                 parent = next((int(r["version"]) for r in rows if r["status"] == "champion"), None)
             card = json_safe({**trained.card, "version": version, "parent_version": parent})
             rel = f"{model_id}/{version}"
             final = self.root / rel
-            if final.exists():
-                # Not in this index: left by a crash between the rename and the index commit, or the files of another
-                # index's version (a registry directory used with and without --db). Set aside, never deleted.
-                aside = final.parent / f".{version}-orphan-{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
-                os.rename(final, aside)
-                fsync_path(final.parent)
-                log.warning("model registry: %s is not in the index; moved to %s", final, aside)
             final.parent.mkdir(parents=True, exist_ok=True)
             card_bytes = (json.dumps(card, indent=2, allow_nan=False) + "\n").encode("utf-8")
             card_sha256 = sha256(card_bytes)
@@ -458,7 +472,12 @@ class Registry:
                         raise OSError(f"{tmp / name}: written file has sha256 {on_disk}, expected {expected}")
                 for name in ("model.onnx", "card.json", "holdout.npz", "."):
                     fsync_path(tmp / name)  # on disk before the index can name them (a power cut after the commit)
-                os.rename(tmp, final)  # the directory appears complete or not at all
+                # The directory appears complete or not at all; never over another's (a writer of the other index
+                # between the scan above and here): rename would replace an empty directory, so say it instead.
+                if final.exists():
+                    raise OSError(f"{final} appeared while this version was written (a registration through the "
+                                  "other index of this folder?): nothing replaced; register again")
+                os.rename(tmp, final)
                 fsync_path(final.parent)  # ... and so does the rename
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -521,6 +540,10 @@ class Registry:
     def _compare(self, cand: ModelVersion, champ: ModelVersion | None, holdout: FeatureTable | None) -> Comparison:
         metric, direction, why = self.gate_metric(cand.model_id, champ, cand)
         if holdout is None:
+            try:
+                check_version_dir(cand.path)  # else "no stored holdout rows ... give --holdout files"
+            except IntegrityError as exc:
+                raise IntegrityError(f"{model_id_v(cand)}: {exc}") from None
             hpath = cand.path / "holdout.npz"
             if not hpath.exists():
                 raise ConfigError(f"{model_id_v(cand)}: no stored holdout rows ({hpath}); give --holdout files")

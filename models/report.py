@@ -311,6 +311,9 @@ def render_html(rep: dict) -> str:
     metrics = rep.get("metrics") or {}
     if metrics:
         out.append("<h2>Accuracy and coverage</h2>")
+        note = (rep.get("training_overlap") or {}).get("note")
+        if note:
+            out.append(f'<p class="warn">{_e(note)}</p>')
         rows = []
         for mode, v in metrics.items():
             cov = v.get("coverage")

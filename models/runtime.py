@@ -33,7 +33,8 @@ from models.conformal import AdaptiveConformal, ConformalizedQuantile, Conformal
 from models.drift import PerformanceMonitor
 from models.schema import InputError, InputSchema
 
-__all__ = ["GraphError", "InputError", "IntegrityError", "ModelServer", "OnnxModel", "Output"]
+__all__ = ["GraphError", "InputError", "IntegrityError", "ModelServer", "OnnxModel", "Output", "check_card",
+           "check_version_dir"]
 
 INPUT_NAME = "X"  # models.export.INPUT_NAME (not imported: that module pulls in skl2onnx)
 
@@ -82,15 +83,51 @@ class Output:
         return self.value.size
 
 
+def check_card(card, source: str = "the model card") -> None:
+    """`IntegrityError` naming ``source`` (a file, an option) unless ``card`` is a JSON object with a usable
+    ``input_schema``: another JSON file given as a card (a report.json, a truncated card) failed with a traceback
+    or a bare KeyError's text (``error: 'input_schema'``) that named neither the file nor what was missing."""
+    if not isinstance(card, dict):
+        what = {list: "array", str: "string", bool: "true or false", type(None): "null"}.get(type(card), "number")
+        raise IntegrityError(f"{source} is not a model card: a JSON {what}, not an object")
+    schema = card.get("input_schema")
+    if schema is None:
+        raise IntegrityError(f"{source} is not a model card: it has no input_schema (the model's inputs, in order)")
+    features = schema.get("features") if isinstance(schema, dict) else None
+    if not isinstance(features, list):
+        raise IntegrityError(f"{source} input_schema: no list of features")
+    for i, f in enumerate(features, 1):
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or not f["name"]:
+            raise IntegrityError(f"{source} input_schema: feature {i} has no name")
+    try:
+        InputSchema.from_dict(schema)
+    except (TypeError, ValueError) as exc:
+        raise IntegrityError(f"{source} input_schema: {exc}") from None
+
+
+def check_version_dir(directory: Path) -> None:
+    """`IntegrityError` when a version's whole directory is absent: far more often a registry folder other than the
+    one it was registered in (a database index names versions relative to ``--registry``, default ``var/models`` in
+    the working directory) than files deleted one by one, which "model.onnx is missing ... moved or deleted" sent
+    people looking for."""
+    if not Path(directory).is_dir():
+        raise IntegrityError(f"{directory} does not exist: the version was registered in another registry folder "
+                             "(give that one: --registry DIR, or the `registry` of the site configuration), or its "
+                             "directory was moved or deleted after registration")
+
+
 class OnnxModel:
     """One model version: ONNX graph + card (``input_schema``, ``kind``, ``calibration``, ``sha256``...)."""
 
-    def __init__(self, onnx_bytes: bytes, card: dict):
+    def __init__(self, onnx_bytes: bytes, card: dict, *, source: str = "the model card"):
+        """``source`` names the card in errors (its file, or the option that gave it)."""
+        check_card(card, source)
         self.card = card
         self.sha256 = hashlib.sha256(onnx_bytes).hexdigest()
         if card.get("sha256") and card["sha256"] != self.sha256:
             raise ValueError(f"{card.get('model_id')}: ONNX file sha256 {self.sha256[:12]} does not match the card's "
-                             f"{card['sha256'][:12]}: the file was changed after registration")
+                             f"{card['sha256'][:12]}: the file is not the one this card describes (changed after "
+                             "registration, or another version's)")
         self.model_id = card.get("model_id", "")
         self.version = card.get("version")
         self.kind = card.get("kind", "regression")
@@ -121,6 +158,7 @@ class OnnxModel:
         import json
 
         d = Path(directory)
+        check_version_dir(d)
 
         def read(name: str) -> bytes:
             # A deleted or moved file is refused like a changed one (the gate records a refusal, a server keeps
@@ -141,7 +179,7 @@ class OnnxModel:
             card = json.loads(card_bytes.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:  # only without a registered card sha256
             raise IntegrityError(f"{d / 'card.json'} is not a JSON model card ({exc})") from None
-        return cls(data, card)
+        return cls(data, card, source=str(d / "card.json"))
 
     @property
     def alpha(self) -> float | None:

@@ -413,9 +413,15 @@ def train(spec: TrainSpec, table: FeatureTable, *, parent_version: int | None = 
         "split": {"method": "time", "calibration_fraction": spec.calibration_fraction,
                   "holdout_fraction": spec.holdout_fraction,
                   **{k: {"rows": len(v), "span": v.span()} for k, v in parts.items()}},
+        # The rows the pipeline was fitted on and the calibration scored: an anomaly scorer with a label column
+        # learns from the normal ones only (855 of a 900-row train part at 5 % anomalies), which "rows" alone hid.
+        "fitted_rows": len(X_tr),
+        "calibration_scored_rows": len(X_cal),
         "holdout_fingerprint": parts["holdout"].fingerprint(needed),
     }
-    drift = _drift_reference(parts["train"], features)
+    # The reference of what the model learnt: for a labelled anomaly scorer, normal operation only.
+    drift = _drift_reference(parts["train"] if not (kind == "anomaly" and spec.label) else FeatureTable(
+        {c: v[parts["train"].column(spec.label) == 0] for c, v in parts["train"].columns.items()}), features)
     if drift is not None:
         card["drift_reference"] = drift
     card["spec"] = {k: v for k, v in asdict(spec).items() if k not in ("params", "units")}

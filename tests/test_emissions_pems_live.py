@@ -5,6 +5,7 @@ swapped in between two primary intervals without a gap."""
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -446,9 +447,9 @@ def test_refresh_interval_must_not_be_negative(refresh_s):
 
 
 def test_a_champion_under_a_reused_version_number_is_swapped_in(tmp_path, sample):
-    """The registry's index was restored from a backup older than v1 (its files are still there): the next model
-    registered is numbered v1 again (the old files are moved aside) and promoted. Live PEMS compared version
-    numbers only and went on predicting with a graph that is no longer in the registry."""
+    """The registry (its index and folder) was restored from a backup older than v1: the next model registered is
+    numbered v1 again and promoted. Live PEMS compared version numbers only and went on predicting with a graph
+    that is no longer in the registry."""
     from emissions.pems_live import LivePems
     from models.registry import Registry
 
@@ -458,6 +459,7 @@ def test_a_champion_under_a_reused_version_number_is_swapped_in(tmp_path, sample
     live = LivePems(link(tmp_path, features), asset="GT", target="NOx", registry=reg, clock=ticking())
     old = live.server.model.sha256
     (tmp_path / "models" / "index.json").unlink()
+    shutil.rmtree(tmp_path / "models" / "pems-nox" / "1")  # a folder's unknown v1 is never reused (skipped)
     assert register(reg) == 1
     new = reg.champion("pems-nox").sha256
     assert new != old

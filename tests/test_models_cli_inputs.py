@@ -106,6 +106,17 @@ def test_train_on_a_bad_file_is_one_line_and_registers_nothing(registry, tmp_pat
     _untouched(registry, capsys)
 
 
+def test_a_time_column_left_unnamed_is_said_with_the_option_that_names_it(registry, tmp_path, capsys):
+    """``train`` / ``report`` on a file with a time column but without ``--time-column`` said only "column 'time' is
+    not numeric: '2024-01-01T00:00:00.000000'"."""
+    data = _write(tmp_path / "d.csv", regression_table(300, seed=3))
+    assert main(["models", "train", "--data", str(data), "--target", "y", "--model-id", "m", "--registry",
+                 str(registry)]) == 1
+    _one_line_error(capsys, "column 'time' is not numeric: '2024-01-01T00:00:00.000000' (if it is the time column, "
+                            "name it: --time-column time)")
+    _untouched(registry, capsys)
+
+
 def test_the_same_file_twice_is_refused_by_content(registry, tmp_path, capsys):
     """Without a time column nothing else shows it: every row twice, half the holdout copies of training rows."""
     table = regression_table(300, seed=4)

@@ -208,3 +208,18 @@ def test_an_anomaly_scorer_or_unknown_estimator_is_not_evaluated_as_a_regressor(
     captured = capsys.readouterr()
     assert f"{name!r}" in captured.err and "regressor" in captured.err and "MAE" not in captured.out
     assert "data:" not in captured.err and "fitting" not in captured.err
+
+
+def test_an_input_given_as_the_target_is_refused(capsys):
+    """``--target AT`` (ambient temperature, one of the nine inputs) fitted AT from itself and printed MAE 0.000,
+    R² 1.000 and "streaming coverage 0.913 (ok)" as an evaluation; refused now before any data is read."""
+    from models.report_cli import add_subcommands
+
+    parser = argparse.ArgumentParser()
+    add_subcommands(parser.add_subparsers(dest="cmd", required=True))
+    args = parser.parse_args(["evaluate", "gas-turbine", "--data", str(SAMPLE), "--train", "2011", "--test", "2013",
+                              "--target", "NOX", "AT"])
+    assert args.func(args) == 1
+    captured = capsys.readouterr()
+    assert "target(s) AT are inputs of the gas-turbine models" in captured.err and "MAE" not in captured.out
+    assert "data:" not in captured.err

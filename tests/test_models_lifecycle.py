@@ -245,6 +245,53 @@ def test_two_promotions_at_once_and_the_rollback_after_them(tmp_path, trained, i
         reg.rollback("syn")
 
 
+def _register_times(root, dsn, tm, times: int, who: str, start, out) -> None:
+    """One registering process: waits for the others at ``start``, registers ``tm`` ``times`` times as ``who``,
+    writes the version numbers it got to ``out``."""
+    import json
+
+    reg = Registry(root, dsn)
+    start.wait(60)
+    out.write_text(json.dumps([reg.register(tm, actor=who).version for _ in range(times)]))
+
+
+@pytest.mark.parametrize("index", ["json", "db"])
+def test_three_processes_registering_at_once_get_distinct_complete_versions(tmp_path, trained, index, request):
+    """Three processes (a CI job, a data scientist, the maintenance retrainer) registering the same model id at once:
+    every registration gets its own number, its files are the ones its index row names (sha256 of both files
+    checked by `load`), and nothing is left half-written (no temporary directory left behind)."""
+    import json
+    import multiprocessing
+
+    dsn = None
+    if index == "db":
+        dsn = request.getfixturevalue("pg_dsn")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            migrate(conn)
+    # spawn, not fork: a fork of this process (other tests' threads, a logging lock held) may hang or fail
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(3)
+    keys = ("a", "b", "a")
+    procs = [ctx.Process(target=_register_times, args=(tmp_path / "models", dsn, trained[k], 4, f"writer{i}", start,
+                                                        tmp_path / f"writer{i}.json"))
+             for i, k in enumerate(keys)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(240)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    got = [json.loads((tmp_path / f"writer{i}.json").read_text()) for i in range(3)]
+    numbers = sorted(v for vs in got for v in vs)
+    assert numbers == list(range(1, 13)), got
+    reg = Registry(tmp_path / "models", dsn)
+    assert [v.version for v in reg.list("syn")] == numbers
+    for k, vs in zip(keys, got, strict=True):
+        for v in vs:
+            assert reg.get("syn", v).load().sha256 == trained[k].sha256
+    assert sorted(p.name for p in (tmp_path / "models" / "syn").iterdir()) == sorted(map(str, numbers))
+    assert sorted({e["actor"] for e in reg.events("syn")}) == ["writer0", "writer1", "writer2"]
+
+
 def test_too_few_calibration_rows_for_the_level_are_refused_not_served_overconfident():
     """20 calibration rows cannot give a finite 98 % split-conformal interval (it needs 49): the largest residual
     would cover about 20/21 while the card states 98 %. Training refuses, naming what it needs."""

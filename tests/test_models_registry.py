@@ -97,19 +97,26 @@ def test_version_files_are_on_disk_for_good_before_the_index_names_them(registry
     assert ("fsync", mv.path.parent.stat().st_ino) in before[renamed:], "the rename itself was not synced"
 
 
-def test_a_version_directory_the_index_does_not_know_is_kept_not_deleted(pg_dsn, tmp_path, trained):
-    """A version directory the index has no row for (a crash between the rename and the index commit, or a registry
-    directory shared by two indexes: the console's database and a `valvoja models` run without ``--db``) may be a
-    served champion's files: `register` sets it aside instead of deleting it."""
+def test_a_version_directory_the_index_does_not_know_is_left_alone_and_its_number_skipped(pg_dsn, tmp_path, trained):
+    """A version directory the index has no row for (a registry directory shared by two indexes: the console's
+    database and a `valvoja models` / `maintenance train-anomaly` run without ``--db``; or a crash between the rename
+    and the index commit) may be a served champion's files. `register` moved it aside to write its own version
+    under that number: the database's champion then failed to load ("model.onnx is missing") at the gateway's next
+    start, and nothing was served. Now the new version takes the next number no directory holds, and nothing that
+    was there is moved or changed."""
     db = _db_registry(pg_dsn, tmp_path)
     champ = db.register(trained["good"])
     db.promote("syn", champ.version)
-    onnx = (champ.path / "model.onnx").read_bytes()
-    Registry(tmp_path / "models").register(trained["worse"])  # index.json: knows no v1, so writes syn/1 again
-    kept = [d for d in (tmp_path / "models" / "syn").iterdir() if d.name.startswith(".1-orphan-")]
-    assert len(kept) == 1 and (kept[0] / "model.onnx").read_bytes() == onnx
-    with pytest.raises(IntegrityError):
-        db.get("syn", 1).load()  # the database's v1 is not the file now at syn/1: refused, never served
+    before = {p.name: p.read_bytes() for p in champ.path.iterdir()}
+    other = Registry(tmp_path / "models").register(trained["worse"])  # index.json: knows no v1
+    assert other.version == 2 and other.path == tmp_path / "models" / "syn" / "2"
+    assert {p.name: p.read_bytes() for p in champ.path.iterdir()} == before
+    assert sorted(d.name for d in (tmp_path / "models" / "syn").iterdir()) == ["1", "2"]
+    served = db.champion("syn")
+    assert served.version == 1 and served.load().sha256 == trained["good"].sha256  # still served after a restart
+    assert Registry(tmp_path / "models").get("syn", 2).load().sha256 == trained["worse"].sha256
+    assert db.register(trained["better"]).version == 3  # and the database, in turn, skips the other index's v2
+    assert Registry(tmp_path / "models").get("syn", 2).load().sha256 == trained["worse"].sha256
 
 
 def test_gate_refuses_a_worse_candidate_and_accepts_a_better_one(registry, trained):
@@ -492,6 +499,32 @@ def test_cli_a_registry_folder_that_does_not_exist_is_named_not_created(tmp_path
     err = capsys.readouterr().err
     assert f"no registry folder {missing}" in err and "\n" not in err.strip(), err
     assert not missing.exists()
+
+
+def test_cli_with_a_database_and_another_registry_folder_says_so(pg_dsn, tmp_path, trained, capsys):
+    """With ``--db`` the index rows name versions by a path relative to the registry folder, which the command line
+    takes from ``--registry`` (default ``var/models`` in the working directory). Run from another folder without
+    ``--registry``, ``promote`` / ``report`` created a stray ``var/models`` there and refused the version with
+    "model.onnx is missing: the version's files were moved or deleted after registration": people went looking
+    for deleted model files. A folder that does not exist is named (as without ``--db``), and a version whose
+    whole directory is absent is said to be perhaps in another registry folder."""
+    from edge.cli import main
+
+    db = _db_registry(pg_dsn, tmp_path)
+    db.register(trained["good"])
+    missing = tmp_path / "elsewhere" / "var" / "models"
+    assert main(["models", "promote", "syn", "1", "--db", pg_dsn, "--registry", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert f"no registry folder {missing}" in err and "\n" not in err.strip(), err
+    assert not missing.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["models", "promote", "syn", "1", "--db", pg_dsn, "--registry", str(empty)]) == 1
+    err = capsys.readouterr().err
+    assert f"{empty / 'syn' / '1'} does not exist" in err and "registered in another registry folder" in err, err
+    assert "\n" not in err.strip()
+    assert main(["models", "list", "--db", pg_dsn, "--registry", str(missing)]) == 0  # the index alone: no folder
+    assert "syn" in capsys.readouterr().out
 
 
 def test_a_damaged_index_json_is_named_in_one_line(tmp_path, capsys):

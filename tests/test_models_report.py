@@ -126,6 +126,32 @@ def test_report_cli_from_onnx_and_card_files(tmp_path, capsys):
     assert "sha256" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("bad, says", [
+    ([1], "is not a model card: a JSON array, not an object"),
+    ({"model_id": "gt-nox"}, "is not a model card: it has no input_schema"),
+    ({"model_id": "gt-nox", "input_schema": {"features": []}}, "input_schema: an input schema needs at least one"),
+    ({"model_id": "gt-nox", "input_schema": {"features": [{"unit": "C"}]}}, "input_schema: feature 1 has no name"),
+])
+def test_a_file_that_is_not_a_model_card_is_named_in_one_line(tmp_path, capsys, bad, says):
+    """``--card`` given the wrong JSON file (a report.json, a config, a truncated card): a traceback ("AttributeError:
+    'list' object has no attribute 'get'") or the bare ``error: 'input_schema'`` (a KeyError's text), naming neither
+    the file nor what is missing. The same check refuses such a card.json in a model directory (`OnnxModel.load`,
+    maintenance's ``model_dir``)."""
+    from models.runtime import IntegrityError, OnnxModel
+
+    _gt_nox_files(tmp_path)
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    args = _parser().parse_args(["report", "gt-nox", "--data", str(SAMPLE / "gt_2013.csv"), "--onnx",
+                                 str(tmp_path / "model.onnx"), "--card", str(tmp_path / "bad.json"), "--out",
+                                 str(tmp_path / "rep")])
+    assert args.func(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: --card {tmp_path / 'bad.json'} ") and says in err, err
+    (tmp_path / "card.json").write_text(json.dumps(bad))
+    with pytest.raises(IntegrityError, match=f"{tmp_path / 'card.json'} {re.escape(says)}"):
+        OnnxModel.load(tmp_path)
+
+
 def test_rows_with_a_missing_input_are_left_out_and_counted(tmp_path, capsys):
     """A data file with empty input cells (a sensor out for a few hours) failed the whole report with the model's
     "non-finite input" error; those rows are now left out, and said."""
@@ -170,3 +196,72 @@ def test_report_cli_from_the_registry(tmp_path, capsys):
     assert json.loads((mv.path / "card.json").read_text())["drift_reference"]["features"] == list(GAS_TURBINE_INPUTS)
     assert d["model"]["drift_reference"] == "model card"
     assert d["input_drift"]["status"] in ("warn", "drift")
+
+
+def _write_csv(path, table) -> None:
+    names = list(table.columns)
+    rows = [",".join(["time", *names])]
+    rows += [",".join([str(table.times[i]), *(f"{table.columns[c][i]:.6f}" for c in names)]) for i in range(len(table))]
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_a_report_on_rows_the_model_was_fitted_or_calibrated_on_says_so(tmp_path, capsys):
+    """A report on data that includes the training period (``--data`` the training file itself) stated MAE 0.30 and
+    coverage 0.89 as the model's, without a word, while the card's honest held-out MAE was 0.54: the rows it was
+    fitted on flatter it. The report now counts the rows within the span the model was fitted on and the span it
+    was calibrated on (by time), and names data files the model was trained from (by sha256, for files without a
+    time column), in its JSON, its HTML and the command's output. Rows after training count nothing."""
+    from models_support import regression_table
+
+    from models.cli import main as models_main
+
+    _write_csv(tmp_path / "train.csv", regression_table(600))
+    _write_csv(tmp_path / "later.csv", regression_table(300, seed=4, start="2025-06-01"))
+    reg = str(tmp_path / "reg")
+    assert models_main(["train", "--data", str(tmp_path / "train.csv"), "--time-column", "time", "--target", "y",
+                        "--model-id", "m", "--registry", reg]) == 0
+    assert models_main(["promote", "m", "1", "--registry", reg]) == 0
+    capsys.readouterr()
+    args = _parser().parse_args(["report", "m", "--data", str(tmp_path / "train.csv"), "--time-column", "time",
+                                 "--registry", reg, "--out", str(tmp_path / "rep"), "--window", "48"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    d = json.loads((tmp_path / "rep" / "report.json").read_text())
+    ov = d["training_overlap"]
+    assert (ov["fitted_rows"], ov["calibration_rows"]) == (360, 120), ov
+    assert ov["training_files"] == [str(tmp_path / "train.csv")]
+    said = "360 of 600 rows lie within the span the model was fitted on"
+    assert said in out and said in (tmp_path / "rep" / "report.html").read_text(), out
+
+    args = _parser().parse_args(["report", "m", "--data", str(tmp_path / "later.csv"), "--time-column", "time",
+                                 "--registry", reg, "--out", str(tmp_path / "rep2"), "--window", "48"])
+    assert args.func(args) == 0
+    assert "fitted on" not in capsys.readouterr().out
+    ov = json.loads((tmp_path / "rep2" / "report.json").read_text())["training_overlap"]
+    assert (ov["fitted_rows"], ov["calibration_rows"], ov["training_files"]) == (0, 0, [])
+
+    # Files without a time column: named by content.
+    from models.data import GAS_TURBINE_INPUTS, load_gas_turbine
+    from models.registry import Registry
+    from models.train import TrainSpec, train
+
+    gt = Registry(tmp_path / "gt")
+    gt.register(train(TrainSpec("gt-nox", list(GAS_TURBINE_INPUTS), "NOX"), load_gas_turbine(SAMPLE, [2011, 2012])))
+    args = _parser().parse_args(["report", "gt-nox", "--data", str(SAMPLE / "gt_2012.csv"), "--registry",
+                                 str(tmp_path / "gt"), "--version", "1", "--out", str(tmp_path / "rep3")])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    ov = json.loads((tmp_path / "rep3" / "report.json").read_text())["training_overlap"]
+    assert ov["training_files"] == [str(SAMPLE / "gt_2012.csv")] and ov["fitted_rows"] is None
+    assert f"{SAMPLE / 'gt_2012.csv'} is a file the model was trained from" in out, out
+
+
+@pytest.mark.parametrize("option", ["--window", "--adaptive-window"])
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_a_window_of_no_rows_is_a_usage_error(capsys, option, value):
+    """``--window 0`` failed with "error: range() arg 3 must not be zero"; ``--window -5`` wrote a report whose
+    over-time plots were empty, with exit 0."""
+    with pytest.raises(SystemExit) as exc:
+        _parser().parse_args(["report", "m", "--data", "d.csv", option, value])
+    assert exc.value.code == 2
+    assert f"argument {option}: '{value}': a whole number of at least 1" in capsys.readouterr().err

@@ -4,6 +4,7 @@ load without a lost request, adaptive intervals under drift."""
 from __future__ import annotations
 
 import gc
+import shutil
 import threading
 import time
 import weakref
@@ -283,15 +284,16 @@ def test_a_swapped_out_version_is_released(served, models):
 
 
 def test_a_new_champion_under_a_reused_version_number_is_swapped_in(tmp_path, models):
-    """The index lost rows its directory still has (a database restored from an older backup; a registry directory
-    also used with the other index): the next registration reuses the version number (the old files are moved
-    aside as an orphan) and is promoted. The server compared version numbers only, so it went on serving the old
-    graph, no longer in the registry, while the registry's champion was another model."""
+    """The registry lost a version the server still serves (its index and folder restored from a backup older than
+    it): the next registration reuses the version number and is promoted. The server compared version numbers
+    only, so it went on serving the old graph, no longer in the registry, while the registry's champion was another
+    model."""
     reg = Registry(tmp_path / "reg")
     reg.promote("syn", reg.register(models["linear"]).version)
     srv = ModelServer(reg, "syn")
     assert srv.model.sha256 == models["linear"].sha256
-    (tmp_path / "reg" / "index.json").unlink()  # the restored index knows nothing of v1
+    (tmp_path / "reg" / "index.json").unlink()  # the restored index knows nothing of v1 ...
+    shutil.rmtree(tmp_path / "reg" / "syn" / "1")  # ... nor does the restored folder (a folder's v1 is never reused)
     again = reg.register(models["hgb"])
     reg.promote("syn", again.version)
     assert again.version == srv.version == 1

@@ -53,6 +53,31 @@ def test_anomaly_scorer_gets_conformal_p_values_that_control_false_alarms():
     assert m["far"] <= 0.1 + 0.04, "p <= alpha flags at most ~alpha of the normal holdout rows"
     unlabelled = train(spec("an2", "pca"), anomaly_table(1500, rate=0.0))
     assert unlabelled.card["metrics"]["gate"]["metric"] == "far_gap"
+    # The card says what the scorer learnt from: the normal rows of its train part (not all of them), and the
+    # normal calibration rows behind its p-values; its drift reference is of normal operation only.
+    td, table = tm.card["training_data"], anomaly_table(3000)
+    normal = table.column("label") == 0
+    assert td["split"]["train"]["rows"] == 1800 and td["fitted_rows"] == int(normal[:1800].sum()) < 1800
+    assert td["calibration_scored_rows"] == int(normal[1800:2400].sum()) == tm.card["calibration"]["n"]
+    assert tm.card["drift_reference"]["n_reference"] == td["fitted_rows"]
+    assert unlabelled.card["training_data"]["fitted_rows"] == unlabelled.card["training_data"]["split"]["train"]["rows"]
+
+
+@pytest.mark.parametrize("estimator", ["mahalanobis", "pca"])
+def test_an_anomaly_scorer_of_signals_far_from_zero_passes_parity(estimator):
+    """Signals of 1000 ± 1 (a pressure in mbar, a temperature in K): the graph's scaler subtracted the training mean
+    rounded to float32 (off by up to 3e-5 there), and the scorers' small residual directions magnified it: the
+    export was refused, parity FAIL with max |onnx - sklearn| 0.003 (pca) and 0.0008 (mahalanobis), so no such
+    detector could be trained at all. The scaler is folded into the scorer's graph and its centre subtracted in two
+    float32 parts (the rounded value, then what rounding left), as exact as the float32 input itself."""
+    from models.data import FeatureTable
+
+    t = anomaly_table(2000, rate=0.0)
+    tm = train(spec("an", estimator), FeatureTable({k: v + 1000.0 for k, v in t.columns.items() if k != "label"}))
+    assert tm.parity.passed and tm.parity.max_rel < 1e-4, tm.parity
+    shifted = train(spec("an", estimator), FeatureTable({k: v for k, v in t.columns.items() if k != "label"}))
+    assert shifted.parity.max_rel < 1e-4, shifted.parity  # and near zero as before
+    assert abs(tm.metrics["far"] - shifted.metrics["far"]) <= 0.01  # the same detector, wherever the signals sit
 
 
 def test_anomaly_alpha_below_the_p_value_resolution_is_refused():
@@ -102,6 +127,26 @@ def test_parity_failure_refuses_the_export_and_nothing_is_registered(monkeypatch
     with pytest.raises(ParityError, match="not registered"):
         reg.register(bad)
     assert reg.list() == [] and not (tmp_path / "reg" / "syn" / "1").exists()
+
+
+def test_parity_refuses_a_wrong_graph_of_a_target_on_a_small_scale(monkeypatch):
+    """The tolerance was ``1e-4 + 1e-4·|sklearn|`` absolute whatever the target's scale: on a vibration velocity in
+    m/s (values ~1e-5) a graph whose every leaf was doubled passed parity with its outputs 2.2x scikit-learn's
+    (max relative 2.22, R² 0.04), and was registered and served as the model. The absolute part now scales with
+    the outputs (``s = min(1, max |sklearn|)``), so that graph is refused, while a correct export on the same
+    scale, and any target of magnitude 1 or more, is judged exactly as before."""
+    table = regression_table(800)
+    table.columns["y"] = table.columns["y"] * 1e-5
+    real = train_mod.to_onnx
+    monkeypatch.setattr(train_mod, "to_onnx", lambda *a, **k: _scale_tree_leaves(real(*a, **k), 2.0))
+    with pytest.raises(ParityError, match="ONNX export refused, parity FAIL"):
+        train(spec(), table)
+    monkeypatch.setattr(train_mod, "to_onnx", real)
+    tm = train(spec(), table)
+    assert tm.parity.passed and 0 < tm.parity.scale < 1e-4 and tm.parity.max_rel < 1e-3, tm.parity
+    assert "s = min(1, max |sklearn|)" in tm.parity.describe()
+    big = train(spec(), regression_table(800))
+    assert big.parity.scale == 1.0 and big.parity.passed
 
 
 def test_spec_errors_are_clear():

@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from edge.cli import positive_int_arg
 from edge.timeouts import within
 
 
@@ -30,16 +31,6 @@ def _node_id(text: str) -> str:
     return text
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: a whole number of at least 1")
-    return value
-
-
 def add_parser(sub) -> None:
     p = sub.add_parser("opcua", help="OPC UA tools (browse a server)")
     osub = p.add_subparsers(dest="opcua_command", required=True, metavar="ACTION")
@@ -49,8 +40,9 @@ def add_parser(sub) -> None:
     b.add_argument("endpoint", metavar="URL", help="opc.tcp://host:port/path")
     b.add_argument("--root", default="i=85", type=_node_id,
                    help="node id to start from (default i=85, Objects); exit 1 when the server has no such node")
-    b.add_argument("--depth", type=_positive, default=10, help="levels to walk (default 10)")
-    b.add_argument("--max-nodes", type=_positive, default=10_000, help="stop after this many nodes (default 10000)")
+    b.add_argument("--depth", type=positive_int_arg, default=10, help="levels to walk (default 10)")
+    b.add_argument("--max-nodes", type=positive_int_arg, default=10_000,
+                   help="stop after this many nodes (default 10000)")
     b.add_argument("--include-server", action="store_true", help="also walk the standard Server object")
     b.add_argument("--toml", type=Path, metavar="FILE", help="write [[tags]] and a [[collectors]] block here")
     b.add_argument("--name", default="opcua", help="collector name in the TOML (default opcua)")
