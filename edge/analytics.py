@@ -185,6 +185,26 @@ class Analytics:
     def _condition(self, **kw) -> None:
         self._conditions.extend(self.manager.observe(**kw))
 
+    def qal3_check(self, cfg, analyser: str, kind: str, check) -> None:
+        """The latest QAL3 check of an analyser's zero or span chart (`emissions.job.run_periodic`): an alert of kind
+        ``emission_qal3:<kind>`` on the analyser's tag while the check has alarms, cleared by later checks in control
+        (two, ``clear_after_s`` apart). EN 14181 asks for the analyser to be seen to when its chart leaves control; the
+        alarms were only logged and stored, for the next report. Severity: warning for an action (drift beyond the
+        action limit, CUSUM, precision), info for a drift warning alone."""
+        import math
+        from datetime import UTC, datetime
+
+        action = any(a != "drift_warning" for a in check.alarms)
+        evidence = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                    for k, v in dataclasses.asdict(check).items()}
+        evidence["alarms"] = list(check.alarms)
+        self._condition(asset=cfg.name, tag=cfg.pollutant(analyser).tag, kind=f"emission_qal3:{kind}",
+                        active=bool(check.alarms), t=datetime.fromtimestamp(check.time, UTC),
+                        severity="warning" if action else "info",
+                        message=f"QAL3 {kind} check of {analyser} out of control: {', '.join(check.alarms)} "
+                                f"(deviation {check.deviation:.4g}, {check.z:.2f} s_AMS)" if check.alarms else "",
+                        evidence=evidence)
+
     def tags(self) -> frozenset[str]:
         """The raw tags the analyses read: what the ingest task hands over (fixed by the configuration)."""
         if self._tags is None:

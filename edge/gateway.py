@@ -171,7 +171,8 @@ class Gateway:
 
             async def emissions_job() -> None:
                 await self.forwarder.schema_ready.wait()
-                await run_periodic(self.conninfo, stacks, self._emissions_stop, metrics=self.metrics)
+                await run_periodic(self.conninfo, stacks, self._emissions_stop, metrics=self.metrics,
+                                   on_qal3=analytics.qal3_check)
 
             self.background.append(emissions_job)
         return analytics

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -62,6 +62,9 @@ class SpanResult:
     run_id: int | None = None  # emission_runs.id of the stored run (None: not stored)
     readings: int | None = None  # readings of the stack's tags in the span as the hourly rollups counted them at start
     qal3_alarms: int = 0  # QAL3 checks with alarms this run charted (and stored) first
+    # Per chart (analyser, kind), the latest check this run charted (and stored) first: where the chart stands now,
+    # for the alert board (`run_periodic`'s ``on_qal3``).
+    qal3_latest: dict[tuple[str, str], qal3.Check] = field(default_factory=dict)
 
 
 def widen(cfg: StackConfig, start: int, end: int, context: str = "year", whole_days: bool = True
@@ -138,6 +141,9 @@ def _run_span(conn: psycopg.Connection, cfg: StackConfig, start: int, end: int, 
         for (analyser, kind), checks in charts.items():
             store.write_qal3(conn, cfg.name, analyser, checks)
             out.qal3_alarms += _log_qal3_alarms(cfg, analyser, kind, checks, first_charted[(analyser, kind)])
+            new = [c for c in checks if c.time not in first_charted[(analyser, kind)]]
+            if new:
+                out.qal3_latest[(analyser, kind)] = new[-1]
             _log_qal3_not_judged(cfg, analyser, kind, checks, first_charted[(analyser, kind)])
         reaches_now = span[1] >= periods.last_whole_hour(int(clock()), cfg.timezone)
         out.rows_written, out.revisions, out.run_id = store.write_result(
@@ -260,8 +266,12 @@ def pems_events(cfg: StackConfig, primary: Primary) -> list[Event]:
 
 async def run_periodic(conninfo: str, stacks: list[StackConfig], stop: asyncio.Event, *,
                        interval_s: float = 300.0, full_interval_s: float = 3600.0,
-                       clock: Callable[[], float] = time.time, metrics: Metrics | None = None) -> None:
+                       clock: Callable[[], float] = time.time, metrics: Metrics | None = None,
+                       on_qal3: Callable[[StackConfig, str, str, qal3.Check], None] | None = None) -> None:
     """Keep every stack's stored results current until ``stop`` is set.
+
+    ``on_qal3(cfg, analyser, kind, check)`` is told, on the event loop, of the latest QAL3 check of each chart a run
+    charted first (the gateway raises and clears an alert from it, `edge.analytics.Analytics.qal3_check`).
 
     Every ``interval_s`` the current month is recomputed up to the last whole hour (`SETTLE_S` after it ended); every
     ``full_interval_s`` (and at start) the whole year to date, which the yearly compliance windows need
@@ -302,6 +312,10 @@ async def run_periodic(conninfo: str, stacks: list[StackConfig], stop: asyncio.E
                     log.exception("emissions: stack %s could not be computed (%s run); retrying every %.0f s",
                                   cfg.name, context, interval_s,
                                   extra={"event": "emissions_job_error", "stack": cfg.name})
+            if on_qal3 is not None:
+                for r in runs:
+                    for (analyser, kind), check in sorted(r.qal3_latest.items()):
+                        on_qal3(cfg, analyser, kind, check)
             if result == "ok" and failing.pop(cfg.name, None) is not None:
                 log.info("emissions: stack %s computed again", cfg.name,
                          extra={"event": "emissions_job_recovered", "stack": cfg.name})

@@ -816,3 +816,56 @@ def test_a_gateway_restarted_inside_a_half_hour_starts_its_live_averages_from_th
     assert half["running"] == pytest.approx((20 * 600 + 10 * 100) / 30)
     assert live.monitors[cfg.name].state[("NOx", "wi_half_hour_a")].count == 30
     assert any(a.severity == "critical" and not a.cleared_at for a in alerts)
+
+
+async def test_a_qal3_chart_out_of_control_raises_an_alert_and_checks_in_control_clear_it(conn, pg_dsn):
+    """QAL3 alarms were logged and stored, but never reached the alert board or its receivers: the analyser that
+    needs seeing to was not among the alerts the plant engineers watch. The gateway's job hands the latest check of
+    each chart to live analytics: a zero check at 3.5 s_AMS raises an ``emission_qal3:zero`` alert on the NOx tag
+    (warning, with the check as evidence), and two later checks in control clear it."""
+    import asyncio
+    import time
+
+    from analytics_support import spool_emit
+
+    from edge.analytics import Analytics
+    from edge.metrics import Metrics
+    from edge.records import Reading
+    from edge.settings import SiteConfig
+
+    name = f"T{uuid.uuid4().hex[:8]}"
+    tag = f"{name}.NOx.zero"
+    cfg = synthetic.waste_stack(name, operating_state_tag=None, excluded_states=[],
+                                qal3=[{"analyser": "NOx", "zero_tag": tag, "s_ams": 1.0}])
+    batches: list = []
+    an = Analytics(SiteConfig(stacks=[cfg.model_dump(mode="json")], maintenance={"alerts": {"clear_after_s": 0}}),
+                   Metrics(), spool_emit(batches), None)
+    hour = int(time.time()) // 3600 * 3600
+    ids = synthetic.ensure_tags(conn, [tag])
+
+    async def run_job_once() -> list[dict]:
+        stop = asyncio.Event()
+
+        def clock() -> float:
+            stop.set()
+            return time.time()
+
+        await asyncio.wait_for(job.run_periodic(pg_dsn, [cfg], stop, interval_s=0.01, clock=clock,
+                                                on_qal3=an.qal3_check), timeout=240)
+        batches.clear()
+        now = datetime.now(UTC)
+        await an.process([Reading(f"{name}.unrelated", now, 0.0, now)])  # the next group of readings
+        return [body for b in batches for kind, body in b.records if kind == "alert_change"]
+
+    synthetic.copy_readings(conn, ids[tag], np.array([hour - 5 * 3600, hour - 4 * 3600]), np.array([0.1, 3.5]))
+    (raised,) = await run_job_once()
+    alert = raised["alert"]
+    assert raised["event"] == "raised"
+    assert (alert["kind"], alert["tag"], alert["severity"]) == ("emission_qal3:zero", cfg.pollutant("NOx").tag,
+                                                                 "warning")
+    assert alert["evidence"]["alarms"] == ["drift_action", "cusum_up"] and alert["evidence"]["value"] == 3.5
+    assert "QAL3 zero check of NOx out of control" in alert["message"]
+    assert await run_job_once() == []  # nothing new charted: nothing said again
+    synthetic.copy_readings(conn, ids[tag], np.array([hour - 3 * 3600, hour - 2 * 3600]), np.array([0.0, 0.1]))
+    (cleared,) = await run_job_once()
+    assert (cleared["event"], cleared["alert"]["id"]) == ("cleared", alert["id"])
