@@ -188,3 +188,29 @@ async def test_the_simulated_edge_node_answers_a_rebirth_request(mosquitto):
         host.disconnect()
         listener.close()
     assert births().count("NBIRTH") == 2 and births().count("DBIRTH") == 10
+
+
+async def test_json_timestamps_are_the_instants_whatever_offset_start_was_given_in(mosquitto):
+    """``--timestamps sim --start 2026-03-01T12:00:00+02:00``: the JSON ``ts`` said 12:00Z, two hours after the instant
+    the OPC UA server and Sparkplug stamped, so every reading over MQTT JSON was stored two hours late."""
+    from datetime import timedelta, timezone
+
+    start = datetime(2026, 3, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
+    listener = Listener(mosquitto.host, mosquitto.port, ["valvoja/tz/#"])
+    sim = Simulator(SimOptions(opcua_endpoint=None, timestamps="sim", start=start, speed=60.0, mqtt=MqttOptions(
+        host=mosquitto.host, port=mosquitto.port, prefix="valvoja/tz", client_id="sim-tz")))
+    try:
+        await sim.start()
+        await sim.tick()
+        for _ in range(200):  # the listener's copies arrive a moment later: 5 assets x 2 steps
+            if len(listener.messages) >= 10:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await sim.stop()
+        listener.close()
+    readings = decode(Subscription(topic="valvoja/tz/json/+", format="json", tag="{field}",
+                                   json={"samples": "samples", "tag": "tag", "value": "value", "time": "ts"}),
+                      listener.messages, "valvoja/tz/json/")
+    times = sorted({r.time for r in readings if r.tag == "K1.NOx"})
+    assert times == [start, start + timedelta(minutes=1)]  # 10:00Z and 10:01Z

@@ -29,7 +29,7 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import paho.mqtt.client as mqtt
 from google.protobuf.message import DecodeError
@@ -79,6 +79,9 @@ def json_payload(ts: datetime, samples: Iterable[Sample]) -> bytes:
         if s.status:
             item["status"] = _STATUS_NAMES.get(s.status, f"0x{s.status:08X}")
         out.append(item)
+    # The 'Z' must be true: a start given with an offset (--start ...+02:00) gave stamps in that offset, written as
+    # if UTC, so every JSON reading was stored two hours late.
+    ts = ts.astimezone(UTC) if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
     stamp = ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
     return json.dumps({"ts": stamp, "samples": out}, separators=(",", ":")).encode()
 
