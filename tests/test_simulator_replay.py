@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import socket
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -134,3 +135,20 @@ def test_command_line():
                   "--replay-map", "NOX=K1.NOx", "--fault", "P-101:bearing")
     assert out.returncode == 0, out.stderr
     assert "stopped after" in out.stderr
+
+
+def test_a_file_it_cannot_read_or_a_taken_port_is_a_message_not_silence_or_a_traceback(tmp_path):
+    # C-MAPSS's form (space-separated, no header): every row one text cell, so nothing was replayed and the
+    # simulator ran on, exit 0, as if the file had been read.
+    spaced = tmp_path / "train_FD001.txt"
+    spaced.write_text("1 1 -0.0007 -0.0004 100.0 518.67\n1 2 0.0019 -0.0003 100.0 518.67\n")
+    out = run_cli("--no-opcua", "--duration", "0.5", "--replay", str(spaced))
+    assert out.returncode == 2 and "no column with a number in its first row" in out.stderr, out.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = run_cli("--duration", "0.5", "--opcua", f"opc.tcp://127.0.0.1:{port}/valvoja/sim")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"simulate: OPC UA endpoint opc.tcp://127.0.0.1:{port}/valvoja/sim: cannot listen on 127.0.0.1 port {port}" \
+        in out.stderr

@@ -160,17 +160,21 @@ def run_command(args: argparse.Namespace) -> int:
     if args.list_tags:
         list_tags(sim)
         return 0
-    asyncio.run(_serve(sim))
-    return 0
+    return asyncio.run(_serve(sim))
 
 
-async def _serve(sim: Simulator) -> None:
+async def _serve(sim: Simulator) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log = logging.getLogger("valvoja.simulator")
-    await sim.start()
+    try:
+        await sim.start()
+    except OSError as exc:  # a port in use, a broker away: a message, not a traceback (ConnectionError included)
+        await sim.stop()  # what did start (the OPC UA server before the broker failed)
+        print(f"simulate: {exc}", file=sys.stderr)
+        return 1
     where = [f"OPC UA {sim.opcua.endpoint} (ns={sim.opcua.ns})"] if sim.opcua else []
     if sim.mqtt:
         where.append(f"MQTT {sim.mqtt.describe()}")
@@ -180,6 +184,7 @@ async def _serve(sim: Simulator) -> None:
     finally:
         await sim.stop()
         log.info("stopped after %d steps (%.0f simulated s)", sim.steps, sim.sim_s)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -199,10 +199,31 @@ class SimOpcUaServer:
                     CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT, store))
         self.ns = await server.register_namespace(NAMESPACE)
         await self._build(server)
+        self._check_port()
         await server.start()
         self.server = server
         self._aspace = server.iserver.aspace
         log.info("OPC UA server on %s with %d variables", self.endpoint, len(self._nodes))
+
+    def _check_port(self) -> None:
+        """OSError naming the endpoint when its port is taken (asyncua's own is a logged traceback about a bind)."""
+        import errno
+        import socket
+        from urllib.parse import urlsplit
+
+        url = urlsplit(self.endpoint)
+        infos = socket.getaddrinfo(url.hostname, url.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in infos:
+            with socket.socket(family, kind, proto) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server binds
+                try:
+                    s.bind(address)
+                except OSError as exc:
+                    if exc.errno == errno.EADDRNOTAVAIL:  # that family is not enabled; asyncio's server skips it too
+                        continue
+                    raise OSError(f"OPC UA endpoint {self.endpoint}: cannot listen on {address[0]} port "
+                                             f"{address[1]}: {exc.strerror} (another simulator or server there? "
+                                             "choose another with --opcua)") from None
 
     def _revise_publishing_interval(self, server: Server) -> None:
         service = server.iserver.subscription_service

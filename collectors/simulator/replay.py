@@ -52,6 +52,11 @@ class CsvReplay:
         self._rows: Iterator[list[str]] | None = None
         self.header, self.delimiter = self._read_header()
         self.columns = self._columns()  # (index in row, tag)
+        if not self.columns:
+            # A file read wrongly (space-separated, no header) replayed nothing, and the simulator said nothing.
+            raise ValueError(f"replay file {spec.path}: no column with a number in its first row (header: "
+                             f"{', '.join(self.header)[:120]}); --replay reads ',' or ';' separated files with a "
+                             "header line")
         self.tags = [tag for _, tag in self.columns]
         self.rows_done = 0
         self.finished = False
