@@ -112,6 +112,15 @@ def test_analyser_drift_shows_in_measurements_and_qal3_checks():
 
 
 def test_bearing_wear_progresses_to_end_of_life():
+    # The README's figures: P-103 in zone D after about 55 simulated hours, wear 1.0 (5.5 mm/s) after about 65 (it
+    # said 90, a third longer than the model takes).
+    plant = Plant(PlantConfig(seed=9))
+    hours, zone_d = 0.0, None
+    while plant.pumps[2].wear < 1.0:
+        vib = next(s.value for s in plant.step(60.0) if s.tag == "P-103.vib_de")
+        hours += 1 / 60
+        zone_d = zone_d or (hours if vib > 4.5 else None)
+    assert 50 < zone_d < 60 and 60 < hours < 70 and vib == pytest.approx(5.5, abs=0.3)
     plant = Plant(PlantConfig(seed=9))
     start = plant.pumps[2].wear
     early = mean(series(run(plant, 24, dt_s=60.0), "P-103.vib_de"))
