@@ -96,6 +96,22 @@ async def test_sim_timestamps_follow_simulated_time():
                                                                   start + timedelta(hours=2)]
 
 
+async def test_the_plants_day_follows_the_stamped_time_of_day():
+    """--start 14:00 stamped the boiler's night-time load (50 %) and a -1.5 degC afternoon: the plant's day began at
+    midnight whatever the stamps said."""
+    first = {}
+    for hour in (2, 14):
+        sim = Simulator(SimOptions(opcua_endpoint=None, seed=4, timestamps="sim",
+                                   start=datetime(2026, 6, 1, hour, tzinfo=UTC)))
+        out = await collect(sim)
+        await sim.start()
+        await sim.stop()
+        first[hour] = {tag: v for ts, tag, v in out}
+    # Same seed, same noise: only the daily terms differ (load 72 +/- 15 %, ambient 2 +/- 4 degC).
+    assert first[14]["K1.load"] - first[2]["K1.load"] == pytest.approx(30.0, abs=3.0)
+    assert first[14]["SITE.ambient_temp"] - first[2]["SITE.ambient_temp"] == pytest.approx(7.7, abs=0.5)
+
+
 async def test_the_clock_runs_rows_in_order():
     sim = Simulator(SimOptions(opcua_endpoint=None, interval_s=0.05, speed=72000.0, duration_s=0.6,
                                replay=ReplaySpec(SAMPLE, mapping={"TAT": "K1.T"}, loop=True)))

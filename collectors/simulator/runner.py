@@ -60,7 +60,12 @@ class Simulator:
             raise ValueError("timestamps must be 'wall' or 'sim'")
         if opts.interval_s <= 0 or opts.speed <= 0:
             raise ValueError("interval_s and speed must be positive")
-        self.plant = plant or Plant(PlantConfig(seed=opts.seed), faults=list(opts.faults))
+        # The plant's daily cycles (boiler load peaking at 14:00, ambient at 15:00) follow the stamped time: --start
+        # was taken for the stamps only, so a plant replayed from 14:00 showed its night-time load (50 % for 87 %)
+        # stamped 14:00. Wall-clock stamps keep the plant's own midnight origin (the same plant, run whenever).
+        self._start = opts.start or (datetime.now(UTC) if opts.timestamps == "sim" else None)
+        pcfg = PlantConfig(seed=opts.seed) if self._start is None else PlantConfig(seed=opts.seed, start=self._start)
+        self.plant = plant or Plant(pcfg, faults=list(opts.faults))
         self.replay = CsvReplay(opts.replay) if opts.replay else None
         self._replay_tags = frozenset(self.replay.tags) if self.replay else frozenset()
         self.synthetic = SyntheticSignals(opts.synthetic_tags, opts.seed) if opts.synthetic_tags else None
@@ -95,7 +100,7 @@ class Simulator:
     async def start(self) -> None:
         now = datetime.now(UTC)
         self._origin_wall = now
-        self._origin_sim = self.options.start or now
+        self._origin_sim = self._start or now
         if self.opcua:
             await self.opcua.start()
         if self.mqtt:
