@@ -59,6 +59,50 @@ def test_mistakes_are_named():
         CsvReplay(ReplaySpec(SAMPLE.with_name("missing.csv")))
 
 
+SKAB_LIKE = """datetime;Accelerometer1RMS;Current;anomaly
+2020-03-09 10:14:33;0.0265;1.33;0.0
+2020-03-09 10:14:34;0.0261;1.35;0.0
+2020-03-09 10:14:36;0.0270;1.36;0.0
+2020-03-09 10:15:52;0.0300;1.52;1.0
+not a time;0.0310;1.50;1.0
+2020-03-09 10:15:53;0.0290;1.49;1.0
+"""
+
+
+def test_a_time_column_sets_when_each_row_comes(tmp_path):
+    """SKAB's rows are "1 s" apart but 6 % are 2 s and one valve1 file has a 76 s gap: at --row-seconds 1 those
+    gaps vanished and every later row came early (valve1/2.csv: 76 s by its end)."""
+    path = tmp_path / "skab.csv"
+    path.write_text(SKAB_LIKE)
+    r = CsvReplay(ReplaySpec(path, row_seconds=1.0, time_column="datetime", loop=True))
+    assert r.tags == ["replay.Accelerometer1RMS", "replay.Current", "replay.anomaly"]
+    assert r.first_time == datetime(2020, 3, 9, 10, 14, 33, tzinfo=UTC)
+    got = r.advance(0.0) + r.advance(2.0)
+    assert [t for t, _ in got] == [0.0, 1.0]  # the row at 3 s is not due yet
+    got += r.advance(200.0)
+    assert [t for t, _ in got][:5] == [0.0, 1.0, 3.0, 79.0, 80.0]  # the row without a time left out
+    assert [t for t, _ in got][5:8] == [81.0, 82.0, 84.0]  # the loop: row_seconds after the last row
+    assert r.rows_skipped >= 1
+    with pytest.raises(ValueError, match="no time column time; columns are datetime, Accelerometer1RMS"):
+        CsvReplay(ReplaySpec(path, time_column="time"))
+
+
+async def test_with_a_time_column_and_sim_stamps_the_stamps_are_the_files(tmp_path):
+    path = tmp_path / "skab.csv"
+    path.write_text(SKAB_LIKE)
+    sim = Simulator(SimOptions(opcua_endpoint=None, interval_s=1.0, speed=40.0, timestamps="sim", replay=ReplaySpec(
+        path, mapping={"Current": "PUMP.current"}, row_seconds=1.0, time_column="datetime")))
+    out = await collect(sim)
+    await sim.start()
+    for _ in range(3):
+        await sim.tick()
+    await sim.stop()
+    first = datetime(2020, 3, 9, 10, 14, 33, tzinfo=UTC)
+    assert [(ts, v) for ts, tag, v in out if tag == "PUMP.current"] == [
+        (first, 1.33), (first + timedelta(seconds=1), 1.35), (first + timedelta(seconds=3), 1.36),
+        (first + timedelta(seconds=79), 1.52), (first + timedelta(seconds=80), 1.49)]
+
+
 async def collect(sim: Simulator) -> list[tuple[datetime, str, object]]:
     out: list[tuple[datetime, str, object]] = []
     sim.on_samples = lambda ts, samples: out.extend((ts, s.tag, s.value) for s in samples)

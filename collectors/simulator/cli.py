@@ -46,7 +46,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="source timestamps: real time of each step (wall) or --start + simulated time (sim)")
     g.add_argument("--start", type=iso_time_arg, metavar="ISO-TIME",
                    help="origin of simulated time for --timestamps sim (ISO 8601; without an offset it is UTC; "
-                        "default now)")
+                        "default now, or the first row's time with --replay-time); the plant's day runs from its "
+                        "time of day")
     g.add_argument("--duration", type=float, metavar="S", help="stop after this many real seconds")
     g.add_argument("--fault", action="append", default=[], metavar="SPEC", help="inject a fault (repeatable)")
     g.add_argument("--list-tags", action="store_true", help="print every tag with unit and node id, then exit")
@@ -76,6 +77,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--replay-prefix", default="replay", help="tag prefix of unmapped columns (replay)")
     g.add_argument("--row-seconds", type=float, default=3600.0, metavar="S",
                    help="simulated seconds per CSV row (3600: hourly data)")
+    g.add_argument("--replay-time", metavar="COL",
+                   help="column of row times (ISO 8601, UTC without an offset): each row comes at its own time after "
+                        "the first row's instead of every --row-seconds; with --timestamps sim and no --start the "
+                        "stamps are the file's times")
     g.add_argument("--replay-loop", action="store_true", help="start again after the last row")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -98,7 +103,7 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
     replay = None
     if args.replay is not None:
         replay = ReplaySpec(args.replay, parse_mapping(args.replay_map), args.replay_prefix, args.row_seconds,
-                            args.replay_loop)
+                            args.replay_loop, time_column=args.replay_time)
     mqtt = None
     if args.mqtt:
         from collectors.simulator.mqtt_publisher import MqttOptions

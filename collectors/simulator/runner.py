@@ -63,10 +63,12 @@ class Simulator:
         # The plant's daily cycles (boiler load peaking at 14:00, ambient at 15:00) follow the stamped time: --start
         # was taken for the stamps only, so a plant replayed from 14:00 showed its night-time load (50 % for 87 %)
         # stamped 14:00. Wall-clock stamps keep the plant's own midnight origin (the same plant, run whenever).
-        self._start = opts.start or (datetime.now(UTC) if opts.timestamps == "sim" else None)
+        self.replay = CsvReplay(opts.replay) if opts.replay else None
+        # A replay with a time column, stamped with simulated time, starts at its first row's time: the file's stamps.
+        replay_start = self.replay.first_time if self.replay and opts.timestamps == "sim" else None
+        self._start = opts.start or replay_start or (datetime.now(UTC) if opts.timestamps == "sim" else None)
         pcfg = PlantConfig(seed=opts.seed) if self._start is None else PlantConfig(seed=opts.seed, start=self._start)
         self.plant = plant or Plant(pcfg, faults=list(opts.faults))
-        self.replay = CsvReplay(opts.replay) if opts.replay else None
         self._replay_tags = frozenset(self.replay.tags) if self.replay else frozenset()
         self.synthetic = SyntheticSignals(opts.synthetic_tags, opts.seed) if opts.synthetic_tags else None
         self.tags: list[TagSpec] = self._tag_specs()
