@@ -212,3 +212,25 @@ def test_a_file_it_cannot_read_or_a_taken_port_is_a_message_not_silence_or_a_tra
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert f"simulate: OPC UA endpoint opc.tcp://127.0.0.1:{port}/valvoja/sim: cannot listen on 127.0.0.1 port {port}" \
         in out.stderr
+
+
+async def test_synthetic_updates_between_plant_steps_have_their_own_sim_stamps():
+    # --tags-interval 0.05 under --interval 1 with --timestamps sim: every update carried the plant's last step time,
+    # so ~12 values of each SYN tag shared one source time (a store keeps one of them).
+    sim = Simulator(SimOptions(opcua_endpoint=None, synthetic_tags=2, synthetic_interval_s=0.05, interval_s=1.0,
+                               timestamps="sim", start=datetime(2026, 1, 1, tzinfo=UTC), duration_s=0.6))
+    out = await collect(sim)
+    await sim.start()
+    await sim.run()
+    await sim.stop()
+    stamps = [ts for ts, tag, _ in out if tag == "SYN.00001"]
+    assert len(stamps) >= 6 and len(set(stamps)) == len(stamps) and stamps == sorted(stamps)
+
+
+def test_a_secure_policy_without_a_certificate_is_refused():
+    # asyncua offered no endpoint at all then, while the simulator said it served: clients failed without a word.
+    out = run_cli("--duration", "0.5", "--opcua", "opc.tcp://127.0.0.1:4999/valvoja/sim",
+                  "--opcua-policy", "Basic256Sha256_SignAndEncrypt")
+    assert out.returncode == 2, out.stderr
+    assert "simulate: OPC UA policy Basic256Sha256_SignAndEncrypt needs the server's certificate and private key " \
+        "(--opcua-cert, --opcua-key)" in out.stderr

@@ -139,6 +139,12 @@ class SimOpcUaServer:
         self.certificate = certificate
         self.private_key = private_key
         self.policies = list(policies or ["NoSecurity"])
+        secure = [p for p in self.policies if p != "NoSecurity"]
+        if secure and (certificate is None or private_key is None):
+            # asyncua then offers no endpoint at all (a warning the simulator's logging hides) while the simulator
+            # says it serves: every client failed with no word why.
+            raise ValueError(f"OPC UA policy {', '.join(secure)} needs the server's certificate and private key "
+                             "(--opcua-cert, --opcua-key)")
         self.trusted_clients = trusted_clients
         self.users = users  # None: anonymous access; else these user names and passwords only
         # user name -> certificate file (PEM/DER) accepted as its X.509 identity; with users, not anonymous

@@ -184,7 +184,9 @@ class Simulator:
                 k += behind
                 await asyncio.sleep(0)
             t_s = (time.monotonic() - t0) * self.options.speed
-            ts = self._stamp(self.sim_s) if self.options.timestamps == "sim" else datetime.now(UTC)
+            # Stamped with the plant's last step, every synthetic update between two steps (--tags-interval shorter
+            # than --interval) had the same source time: duplicates a store keeps one of.
+            ts = self._stamp(t_s) if self.options.timestamps == "sim" else datetime.now(UTC)
             samples = [Sample(n, v) for n, v in zip(names, self.synthetic.values(t_s), strict=True)]
             await self._publish(ts, samples)
 
