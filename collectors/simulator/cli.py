@@ -46,8 +46,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="source timestamps: real time of each step (wall) or --start + simulated time (sim)")
     g.add_argument("--start", type=iso_time_arg, metavar="ISO-TIME",
                    help="origin of simulated time for --timestamps sim (ISO 8601; without an offset it is UTC; "
-                        "default now, or the first row's time with --replay-time); the plant's day runs from its "
-                        "time of day")
+                        "default now, or the first row's time with --replay-time); the plant's day runs from the "
+                        "time of day given (else from midnight UTC, the same plant whenever it runs)")
     g.add_argument("--duration", type=float, metavar="S", help="stop after this many real seconds")
     g.add_argument("--fault", action="append", default=[], metavar="SPEC", help="inject a fault (repeatable)")
     g.add_argument("--list-tags", action="store_true", help="print every tag with unit and node id, then exit")

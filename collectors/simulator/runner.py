@@ -60,13 +60,13 @@ class Simulator:
             raise ValueError("timestamps must be 'wall' or 'sim'")
         if opts.interval_s <= 0 or opts.speed <= 0:
             raise ValueError("interval_s and speed must be positive")
-        # The plant's daily cycles (boiler load peaking at 14:00, ambient at 15:00) follow the stamped time: --start
-        # was taken for the stamps only, so a plant replayed from 14:00 showed its night-time load (50 % for 87 %)
-        # stamped 14:00. Wall-clock stamps keep the plant's own midnight origin (the same plant, run whenever).
         self.replay = CsvReplay(opts.replay) if opts.replay else None
         # A replay with a time column, stamped with simulated time, starts at its first row's time: the file's stamps.
         replay_start = self.replay.first_time if self.replay and opts.timestamps == "sim" else None
-        self._start = opts.start or replay_start or (datetime.now(UTC) if opts.timestamps == "sim" else None)
+        # The plant's daily cycles (boiler load peaking at 14:00, ambient at 15:00) run from the given start's time
+        # of day: --start was taken for the stamps only, so a plant replayed from 14:00 showed its night-time load
+        # (50 % for 87 %) stamped 14:00. Without one, the plant's own midnight (the same plant whenever it runs).
+        self._start = opts.start or replay_start
         pcfg = PlantConfig(seed=opts.seed) if self._start is None else PlantConfig(seed=opts.seed, start=self._start)
         self.plant = plant or Plant(pcfg, faults=list(opts.faults))
         self._replay_tags = frozenset(self.replay.tags) if self.replay else frozenset()
