@@ -121,7 +121,8 @@ async def _demo(args) -> None:
             print(f"database: {describe_conninfo(conninfo)} (the demo writes simulated readings, predictions and "
                   "alerts into it)")
         else:
-            server, conninfo = await asyncio.to_thread(embedded_postgres, state / "postgres")
+            server, conninfo = await asyncio.to_thread(embedded_postgres, state / "postgres",
+                                                       notice=lambda text: print(f"note: {text}"))
             started.append(lambda: asyncio.to_thread(server.cleanup))
             print(f"database: embedded PostgreSQL in {state / 'postgres'}")
         if args.mqtt:

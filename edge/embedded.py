@@ -112,8 +112,13 @@ def _forget_dead_handles(pgdata: Path) -> None:
         handles.write_text(json.dumps(alive))
 
 
-def embedded_postgres(state_dir: Path, dbname: str = "valvoja"):
-    """Start (or reuse) the embedded PostgreSQL in ``state_dir/pgdata``; returns (server, conninfo)."""
+def embedded_postgres(state_dir: Path, dbname: str = "valvoja", *, notice=None):
+    """Start (or reuse) the embedded PostgreSQL in ``state_dir/pgdata``; returns (server, conninfo).
+
+    Run as root, embedded-postgres runs the server as its own user and opens every folder above ``pgdata`` to all
+    (g+rx, o+rx) so that user can reach it: a demo in a clone under /root made /root readable by every user without
+    a word. Each folder so widened is logged as a warning and passed to ``notice`` (e.g. ``print``).
+    """
     import warnings
 
     with warnings.catch_warnings():
@@ -124,7 +129,17 @@ def embedded_postgres(state_dir: Path, dbname: str = "valvoja"):
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     _forget_dead_handles(state_dir / "pgdata")
+    parents = list((state_dir / "pgdata").resolve().parents)
+    modes = {p: p.stat().st_mode & 0o777 for p in parents}
     server = get_server(state_dir / "pgdata", cleanup_mode="stop")
+    for p in parents:
+        now = p.stat().st_mode & 0o777
+        if now != modes[p]:
+            text = (f"embedded PostgreSQL (run as its own user) needed to pass through {p}: its permissions were "
+                    f"widened from {modes[p]:04o} to {now:04o} (a state folder below folders open to all avoids it)")
+            log.warning("%s", text)
+            if notice is not None:
+                notice(text)
     admin = server.get_uri(database="postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone() is None:
