@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -234,3 +236,22 @@ def test_a_secure_policy_without_a_certificate_is_refused():
     assert out.returncode == 2, out.stderr
     assert "simulate: OPC UA policy Basic256Sha256_SignAndEncrypt needs the server's certificate and private key " \
         "(--opcua-cert, --opcua-key)" in out.stderr
+
+
+@pytest.mark.parametrize("args", [("--interval", "0"), ("--speed", "-1"), ("--duration", "0"),
+                                  ("--row-seconds", "0"), ("--tags-interval", "nan")])
+def test_a_period_or_speed_of_zero_or_less_is_a_usage_error(args):
+    out = run_cli("--no-opcua", *args)
+    assert out.returncode == 2 and f"argument {args[0]}: '{args[1]}': must be a number above 0" in out.stderr, \
+        out.stderr
+
+
+def test_the_demo_refuses_a_speed_of_zero_before_starting_anything():
+    # It started PostgreSQL and mosquitto, then ended in a ValueError traceback from the simulator.
+    state = Path(tempfile.mkdtemp(prefix="valvoja-demo-"))
+    try:
+        out = subprocess.run([sys.executable, "-m", "edge.cli", "demo", "--speed", "0", "--no-console", "--duration",
+                              "5", "--state-dir", str(state)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+    assert out.returncode == 2 and "argument --speed: '0': must be a number above 0" in out.stderr, out.stderr

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from collectors.simulator import DEFAULT_ENDPOINT
 from collectors.simulator import faults as faultlib
 from collectors.simulator.replay import ReplaySpec, parse_mapping
-from edge.cli import iso_time_arg
+from edge.cli import iso_time_arg, positive_arg
 
 if TYPE_CHECKING:  # the runner imports asyncua: only the commands that simulate pay for it
     from collectors.simulator.runner import SimOptions, Simulator
@@ -40,15 +40,15 @@ examples:
 def configure(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("plant and clock")
     g.add_argument("--seed", type=int, default=1, help="random seed; same seed, same plant (default 1)")
-    g.add_argument("--interval", type=float, default=1.0, metavar="S", help="real seconds between steps (1.0)")
-    g.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second (1.0)")
+    g.add_argument("--interval", type=positive_arg, default=1.0, metavar="S", help="real seconds between steps (1.0)")
+    g.add_argument("--speed", type=positive_arg, default=1.0, help="simulated seconds per real second (1.0)")
     g.add_argument("--timestamps", choices=["wall", "sim"], default="wall",
                    help="source timestamps: real time of each step (wall) or --start + simulated time (sim)")
     g.add_argument("--start", type=iso_time_arg, metavar="ISO-TIME",
                    help="origin of simulated time for --timestamps sim (ISO 8601; without an offset it is UTC; "
                         "default now, or the first row's time with --replay-time); the plant's day runs from the "
                         "time of day given (else from midnight UTC, the same plant whenever it runs)")
-    g.add_argument("--duration", type=float, metavar="S", help="stop after this many real seconds")
+    g.add_argument("--duration", type=positive_arg, metavar="S", help="stop after this many real seconds")
     g.add_argument("--fault", action="append", default=[], metavar="SPEC", help="inject a fault (repeatable)")
     g.add_argument("--list-tags", action="store_true", help="print every tag with unit and node id, then exit")
     g = p.add_argument_group("OPC UA")
@@ -60,7 +60,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="endpoint to offer, asyncua SecurityPolicyType name, repeatable "
                         "(e.g. Basic256Sha256_SignAndEncrypt; default NoSecurity)")
     g.add_argument("--tags", type=int, default=0, metavar="N", help="add N synthetic variables SYN.00001...")
-    g.add_argument("--tags-interval", type=float, metavar="S", help="update period of the synthetic variables")
+    g.add_argument("--tags-interval", type=positive_arg, metavar="S", help="update period of the synthetic variables")
     g = p.add_argument_group("MQTT")
     g.add_argument("--mqtt", metavar="HOST:PORT", help="publish to this broker (default: no MQTT)")
     g.add_argument("--mqtt-prefix", default="valvoja/sim", help="topic prefix for json/plain (valvoja/sim)")
@@ -75,7 +75,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--replay-map", action="append", default=[], metavar="COL=TAG[,COL=TAG]",
                    help="column to tag (repeatable); with a map only mapped columns are replayed")
     g.add_argument("--replay-prefix", default="replay", help="tag prefix of unmapped columns (replay)")
-    g.add_argument("--row-seconds", type=float, default=3600.0, metavar="S",
+    g.add_argument("--row-seconds", type=positive_arg, default=3600.0, metavar="S",
                    help="simulated seconds per CSV row (3600: hourly data)")
     g.add_argument("--replay-time", metavar="COL",
                    help="column of row times (ISO 8601, UTC without an offset): each row comes at its own time after "
