@@ -261,7 +261,7 @@ class SimOpcUaServer:
             nodeid = ua.NodeId(spec.name, ns)
             signal = spec.name[len(spec.asset) + 1:] if spec.name.startswith(spec.asset + ".") else spec.name
             items.append(_item(nodeid, folders[spec.asset], signal, ns, ua.Variant(initial, vtype), dtype, prop=False))
-            eu = ua.EUInformation(NamespaceUri=UNITS_NAMESPACE, UnitId=unit_id(UNECE_CODES.get(spec.unit, "C62")),
+            eu = ua.EUInformation(NamespaceUri=UNITS_NAMESPACE, UnitId=unit_id(UNECE_CODES.get(spec.unit)),
                                   DisplayName=ua.LocalizedText(spec.unit), Description=ua.LocalizedText(spec.unit))
             items.append(_item(ua.NodeId(f"{spec.name}.EngineeringUnits", ns), nodeid, "EngineeringUnits", ns,
                                ua.Variant(eu), ua.ObjectIds.EUInformation, prop=True))
