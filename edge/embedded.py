@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import subprocess
@@ -16,6 +17,8 @@ import time
 from pathlib import Path
 
 import psycopg
+
+log = logging.getLogger(__name__)
 
 
 def free_port() -> int:
@@ -84,8 +87,38 @@ class EmbeddedMosquitto:
                 self.proc.kill()
 
 
-def embedded_postgres(state_dir: Path, dbname: str = "valvoja"):
-    """Start (or reuse) the embedded PostgreSQL in ``state_dir/pgdata``; returns (server, conninfo)."""
+def _forget_dead_handles(pgdata: Path) -> None:
+    """Drop the process ids of demos that ended without stopping the server from its handle list.
+
+    embedded-postgres stops the server when the *last* process in ``pgdata/.handle_pids.json`` lets go of it.
+    A demo killed before its clean-up (SIGKILL, a closed terminal, a power cut) left its id there for good, so
+    every later demo, however cleanly stopped, saw another holder and left PostgreSQL running behind it.
+    """
+    import json
+
+    import psutil
+
+    handles = pgdata / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as exc:  # unreadable: the library would fail on it too; start afresh
+        log.warning("embedded PostgreSQL: %s unreadable (%s); treated as empty", handles, exc)
+        pids = []
+    alive = [p for p in pids if isinstance(p, int) and psutil.pid_exists(p)]
+    if alive != pids:
+        log.info("embedded PostgreSQL: forgetting handles of ended processes %s", sorted(set(pids) - set(alive)))
+        handles.write_text(json.dumps(alive))
+
+
+def embedded_postgres(state_dir: Path, dbname: str = "valvoja", *, notice=None):
+    """Start (or reuse) the embedded PostgreSQL in ``state_dir/pgdata``; returns (server, conninfo).
+
+    Run as root, embedded-postgres runs the server as its own user and opens every folder above ``pgdata`` to all
+    (g+rx, o+rx) so that user can reach it: a demo in a clone under /root made /root readable by every user without
+    a word. Each folder so widened is logged as a warning and passed to ``notice`` (e.g. ``print``).
+    """
     import warnings
 
     with warnings.catch_warnings():
@@ -95,7 +128,18 @@ def embedded_postgres(state_dir: Path, dbname: str = "valvoja"):
 
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
+    _forget_dead_handles(state_dir / "pgdata")
+    parents = list((state_dir / "pgdata").resolve().parents)
+    modes = {p: p.stat().st_mode & 0o777 for p in parents}
     server = get_server(state_dir / "pgdata", cleanup_mode="stop")
+    for p in parents:
+        now = p.stat().st_mode & 0o777
+        if now != modes[p]:
+            text = (f"embedded PostgreSQL (run as its own user) needed to pass through {p}: its permissions were "
+                    f"widened from {modes[p]:04o} to {now:04o} (a state folder below folders open to all avoids it)")
+            log.warning("%s", text)
+            if notice is not None:
+                notice(text)
     admin = server.get_uri(database="postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone() is None:

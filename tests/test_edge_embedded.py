@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import tempfile
+from pathlib import Path
 
 import pytest
 
-from edge.embedded import EmbeddedMosquitto, find_mosquitto
+from edge.embedded import EmbeddedMosquitto, embedded_postgres, find_mosquitto
 from edge.gateway import describe_conninfo
 
 
@@ -24,3 +28,21 @@ def test_a_connection_string_is_described_without_its_password():
     assert describe_conninfo("host=h port=5 dbname=x user=u password=secret") == "u@h:5/x"
     assert describe_conninfo("postgresql://u:secret@h:5433/db") == "u@h:5433/db"
     assert "secret" not in describe_conninfo("garbage password=secret")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root's embedded PostgreSQL runs as another user")
+def test_a_folder_opened_for_the_embedded_postgresql_is_said():
+    """Run as root, embedded-postgres opens every folder above its data to all users (a clone under /root made /root
+    readable by everyone) and said nothing; now each one is named with its old and new permissions."""
+    private = Path(tempfile.mkdtemp(prefix="valvoja-private-"))  # 0700, like /root
+    notes: list[str] = []
+    server = None
+    try:
+        server, _ = embedded_postgres(private / "demo" / "postgres", notice=notes.append)
+        assert private.stat().st_mode & 0o777 == 0o755
+        assert any(f"needed to pass through {private}: its permissions were widened from 0700 to 0755" in n
+                   for n in notes), notes
+    finally:
+        if server is not None:
+            server.cleanup()
+        shutil.rmtree(private, ignore_errors=True)

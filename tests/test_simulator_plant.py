@@ -111,7 +111,28 @@ def test_analyser_drift_shows_in_measurements_and_qal3_checks():
     assert len(series(base, "K1.NOx.zero")) == 12 and abs(series(base, "K1.NOx.zero")[-1]) < 2.0
 
 
+def test_a_drift_on_the_whole_stack_drifts_its_nox_and_qal3_checks_too():
+    # K1:drift moved every K1 tag but NOx (its drift is applied by the analyser model, which heard only K1.NOx:drift).
+    cfg = PlantConfig(seed=8, qal3_interval_s=3600.0)
+    base = run(Plant(cfg), 12, dt_s=600.0)
+    drift = run(Plant(cfg, faults=["K1:drift,rate=10"]), 12, dt_s=600.0)  # 2 h
+    for tag in ("K1.NOx", "K1.O2"):
+        assert series(drift, tag)[-1] - series(base, tag)[-1] == pytest.approx(20.0, abs=0.01), tag
+    # The last check, at 4,200 s: the analyser's drift once (not once more as a K1 tag).
+    assert series(drift, "K1.NOx.span")[-1] - series(base, "K1.NOx.span")[-1] == pytest.approx(10 * 4200 / 3600,
+                                                                                               abs=0.01)
+
+
 def test_bearing_wear_progresses_to_end_of_life():
+    # The README's figures: P-103 in zone D after about 55 simulated hours, wear 1.0 (5.5 mm/s) after about 65 (it
+    # said 90, a third longer than the model takes).
+    plant = Plant(PlantConfig(seed=9))
+    hours, zone_d = 0.0, None
+    while plant.pumps[2].wear < 1.0:
+        vib = next(s.value for s in plant.step(60.0) if s.tag == "P-103.vib_de")
+        hours += 1 / 60
+        zone_d = zone_d or (hours if vib > 4.5 else None)
+    assert 50 < zone_d < 60 and 60 < hours < 70 and vib == pytest.approx(5.5, abs=0.3)
     plant = Plant(PlantConfig(seed=9))
     start = plant.pumps[2].wear
     early = mean(series(run(plant, 24, dt_s=60.0), "P-103.vib_de"))

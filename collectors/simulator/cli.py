@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from collectors.simulator import DEFAULT_ENDPOINT
 from collectors.simulator import faults as faultlib
 from collectors.simulator.replay import ReplaySpec, parse_mapping
-from edge.cli import iso_time_arg
+from edge.cli import iso_time_arg, positive_arg
 
 if TYPE_CHECKING:  # the runner imports asyncua: only the commands that simulate pay for it
     from collectors.simulator.runner import SimOptions, Simulator
@@ -40,14 +40,15 @@ examples:
 def configure(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("plant and clock")
     g.add_argument("--seed", type=int, default=1, help="random seed; same seed, same plant (default 1)")
-    g.add_argument("--interval", type=float, default=1.0, metavar="S", help="real seconds between steps (1.0)")
-    g.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second (1.0)")
+    g.add_argument("--interval", type=positive_arg, default=1.0, metavar="S", help="real seconds between steps (1.0)")
+    g.add_argument("--speed", type=positive_arg, default=1.0, help="simulated seconds per real second (1.0)")
     g.add_argument("--timestamps", choices=["wall", "sim"], default="wall",
                    help="source timestamps: real time of each step (wall) or --start + simulated time (sim)")
     g.add_argument("--start", type=iso_time_arg, metavar="ISO-TIME",
                    help="origin of simulated time for --timestamps sim (ISO 8601; without an offset it is UTC; "
-                        "default now)")
-    g.add_argument("--duration", type=float, metavar="S", help="stop after this many real seconds")
+                        "default now, or the first row's time with --replay-time); the plant's day runs from the "
+                        "time of day given (else from midnight UTC, the same plant whenever it runs)")
+    g.add_argument("--duration", type=positive_arg, metavar="S", help="stop after this many real seconds")
     g.add_argument("--fault", action="append", default=[], metavar="SPEC", help="inject a fault (repeatable)")
     g.add_argument("--list-tags", action="store_true", help="print every tag with unit and node id, then exit")
     g = p.add_argument_group("OPC UA")
@@ -59,7 +60,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="endpoint to offer, asyncua SecurityPolicyType name, repeatable "
                         "(e.g. Basic256Sha256_SignAndEncrypt; default NoSecurity)")
     g.add_argument("--tags", type=int, default=0, metavar="N", help="add N synthetic variables SYN.00001...")
-    g.add_argument("--tags-interval", type=float, metavar="S", help="update period of the synthetic variables")
+    g.add_argument("--tags-interval", type=positive_arg, metavar="S", help="update period of the synthetic variables")
     g = p.add_argument_group("MQTT")
     g.add_argument("--mqtt", metavar="HOST:PORT", help="publish to this broker (default: no MQTT)")
     g.add_argument("--mqtt-prefix", default="valvoja/sim", help="topic prefix for json/plain (valvoja/sim)")
@@ -74,8 +75,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--replay-map", action="append", default=[], metavar="COL=TAG[,COL=TAG]",
                    help="column to tag (repeatable); with a map only mapped columns are replayed")
     g.add_argument("--replay-prefix", default="replay", help="tag prefix of unmapped columns (replay)")
-    g.add_argument("--row-seconds", type=float, default=3600.0, metavar="S",
+    g.add_argument("--row-seconds", type=positive_arg, default=3600.0, metavar="S",
                    help="simulated seconds per CSV row (3600: hourly data)")
+    g.add_argument("--replay-time", metavar="COL",
+                   help="column of row times (ISO 8601, UTC without an offset): each row comes at its own time after "
+                        "the first row's instead of every --row-seconds; with --timestamps sim and no --start the "
+                        "stamps are the file's times")
     g.add_argument("--replay-loop", action="store_true", help="start again after the last row")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -98,7 +103,7 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
     replay = None
     if args.replay is not None:
         replay = ReplaySpec(args.replay, parse_mapping(args.replay_map), args.replay_prefix, args.row_seconds,
-                            args.replay_loop)
+                            args.replay_loop, time_column=args.replay_time)
     mqtt = None
     if args.mqtt:
         from collectors.simulator.mqtt_publisher import MqttOptions
@@ -160,17 +165,21 @@ def run_command(args: argparse.Namespace) -> int:
     if args.list_tags:
         list_tags(sim)
         return 0
-    asyncio.run(_serve(sim))
-    return 0
+    return asyncio.run(_serve(sim))
 
 
-async def _serve(sim: Simulator) -> None:
+async def _serve(sim: Simulator) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log = logging.getLogger("valvoja.simulator")
-    await sim.start()
+    try:
+        await sim.start()
+    except OSError as exc:  # a port in use, a broker away: a message, not a traceback (ConnectionError included)
+        await sim.stop()  # what did start (the OPC UA server before the broker failed)
+        print(f"simulate: {exc}", file=sys.stderr)
+        return 1
     where = [f"OPC UA {sim.opcua.endpoint} (ns={sim.opcua.ns})"] if sim.opcua else []
     if sim.mqtt:
         where.append(f"MQTT {sim.mqtt.describe()}")
@@ -180,6 +189,7 @@ async def _serve(sim: Simulator) -> None:
     finally:
         await sim.stop()
         log.info("stopped after %d steps (%.0f simulated s)", sim.steps, sim.sim_s)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -139,6 +139,12 @@ class SimOpcUaServer:
         self.certificate = certificate
         self.private_key = private_key
         self.policies = list(policies or ["NoSecurity"])
+        secure = [p for p in self.policies if p != "NoSecurity"]
+        if secure and (certificate is None or private_key is None):
+            # asyncua then offers no endpoint at all (a warning the simulator's logging hides) while the simulator
+            # says it serves: every client failed with no word why.
+            raise ValueError(f"OPC UA policy {', '.join(secure)} needs the server's certificate and private key "
+                             "(--opcua-cert, --opcua-key)")
         self.trusted_clients = trusted_clients
         self.users = users  # None: anonymous access; else these user names and passwords only
         # user name -> certificate file (PEM/DER) accepted as its X.509 identity; with users, not anonymous
@@ -199,10 +205,31 @@ class SimOpcUaServer:
                     CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT, store))
         self.ns = await server.register_namespace(NAMESPACE)
         await self._build(server)
+        self._check_port()
         await server.start()
         self.server = server
         self._aspace = server.iserver.aspace
         log.info("OPC UA server on %s with %d variables", self.endpoint, len(self._nodes))
+
+    def _check_port(self) -> None:
+        """OSError naming the endpoint when its port is taken (asyncua's own is a logged traceback about a bind)."""
+        import errno
+        import socket
+        from urllib.parse import urlsplit
+
+        url = urlsplit(self.endpoint)
+        infos = socket.getaddrinfo(url.hostname, url.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in infos:
+            with socket.socket(family, kind, proto) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server binds
+                try:
+                    s.bind(address)
+                except OSError as exc:
+                    if exc.errno == errno.EADDRNOTAVAIL:  # that family is not enabled; asyncio's server skips it too
+                        continue
+                    raise OSError(f"OPC UA endpoint {self.endpoint}: cannot listen on {address[0]} port "
+                                             f"{address[1]}: {exc.strerror} (another simulator or server there? "
+                                             "choose another with --opcua)") from None
 
     def _revise_publishing_interval(self, server: Server) -> None:
         service = server.iserver.subscription_service
@@ -234,7 +261,7 @@ class SimOpcUaServer:
             nodeid = ua.NodeId(spec.name, ns)
             signal = spec.name[len(spec.asset) + 1:] if spec.name.startswith(spec.asset + ".") else spec.name
             items.append(_item(nodeid, folders[spec.asset], signal, ns, ua.Variant(initial, vtype), dtype, prop=False))
-            eu = ua.EUInformation(NamespaceUri=UNITS_NAMESPACE, UnitId=unit_id(UNECE_CODES.get(spec.unit, "C62")),
+            eu = ua.EUInformation(NamespaceUri=UNITS_NAMESPACE, UnitId=unit_id(UNECE_CODES.get(spec.unit)),
                                   DisplayName=ua.LocalizedText(spec.unit), Description=ua.LocalizedText(spec.unit))
             items.append(_item(ua.NodeId(f"{spec.name}.EngineeringUnits", ns), nodeid, "EngineeringUnits", ns,
                                ua.Variant(eu), ua.ObjectIds.EUInformation, prop=True))

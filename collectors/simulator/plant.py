@@ -114,7 +114,10 @@ class Plant:
             f = shutdowns[0]
             progress = f.elapsed(t) / f.duration_s if f.duration_s else min(f.elapsed(t) / 6000.0, 0.69)
         nox_tag = f"{cfg.stack}.NOx"
-        nox_offset = sum(f.rate_per_h * f.elapsed(t) / 3600.0 for f in self._active(t, "drift", nox_tag))
+        # A drift on the whole stack (K1:drift) covers its NOx too: only K1.NOx:drift reached the analyser, and K1's
+        # drift moved every other K1 tag while NOx stayed put.
+        nox_offset = sum(f.rate_per_h * f.elapsed(t) / 3600.0 for f in self.faults
+                         if f.kind == "drift" and f.applies_to(nox_tag) and f.active(t))
         values: dict[str, Value] = {}
         stack = self.boiler.step(dt_s, hour_of_day=hour, ambient_c=ambient, shutdown_progress=progress,
                                  nox_offset=nox_offset)
@@ -146,7 +149,9 @@ class Plant:
                 continue
             if f.kind == "freeze":
                 value = self._frozen.setdefault(key, value)
-            elif f.kind == "drift" and tag != nox_tag and isinstance(value, float):
+            elif f.kind == "drift" and isinstance(value, float) and not (
+                    f.applies_to(nox_tag) and (tag == nox_tag or tag.startswith(nox_tag + "."))):
+                # (the NOx analyser's drift, in its checks too, is the boiler model's nox_offset, applied once)
                 value = round(value + f.rate_per_h * f.elapsed(t) / 3600.0, 4)
             elif f.kind == "nan" and isinstance(value, float) and self._fault_rng.random() < f.probability:
                 value = math.nan

@@ -60,8 +60,15 @@ class Simulator:
             raise ValueError("timestamps must be 'wall' or 'sim'")
         if opts.interval_s <= 0 or opts.speed <= 0:
             raise ValueError("interval_s and speed must be positive")
-        self.plant = plant or Plant(PlantConfig(seed=opts.seed), faults=list(opts.faults))
         self.replay = CsvReplay(opts.replay) if opts.replay else None
+        # A replay with a time column, stamped with simulated time, starts at its first row's time: the file's stamps.
+        replay_start = self.replay.first_time if self.replay and opts.timestamps == "sim" else None
+        # The plant's daily cycles (boiler load peaking at 14:00, ambient at 15:00) run from the given start's time
+        # of day: --start was taken for the stamps only, so a plant replayed from 14:00 showed its night-time load
+        # (50 % for 87 %) stamped 14:00. Without one, the plant's own midnight (the same plant whenever it runs).
+        self._start = opts.start or replay_start
+        pcfg = PlantConfig(seed=opts.seed) if self._start is None else PlantConfig(seed=opts.seed, start=self._start)
+        self.plant = plant or Plant(pcfg, faults=list(opts.faults))
         self._replay_tags = frozenset(self.replay.tags) if self.replay else frozenset()
         self.synthetic = SyntheticSignals(opts.synthetic_tags, opts.seed) if opts.synthetic_tags else None
         self.tags: list[TagSpec] = self._tag_specs()
@@ -95,7 +102,7 @@ class Simulator:
     async def start(self) -> None:
         now = datetime.now(UTC)
         self._origin_wall = now
-        self._origin_sim = self.options.start or now
+        self._origin_sim = self._start or now
         if self.opcua:
             await self.opcua.start()
         if self.mqtt:
@@ -177,7 +184,9 @@ class Simulator:
                 k += behind
                 await asyncio.sleep(0)
             t_s = (time.monotonic() - t0) * self.options.speed
-            ts = self._stamp(self.sim_s) if self.options.timestamps == "sim" else datetime.now(UTC)
+            # Stamped with the plant's last step, every synthetic update between two steps (--tags-interval shorter
+            # than --interval) had the same source time: duplicates a store keeps one of.
+            ts = self._stamp(t_s) if self.options.timestamps == "sim" else datetime.now(UTC)
             samples = [Sample(n, v) for n, v in zip(names, self.synthetic.values(t_s), strict=True)]
             await self._publish(ts, samples)
 

@@ -23,10 +23,12 @@ class TagSpec:
     kind: Kind = "float"
 
 
-# UNECE Recommendation 20 codes for OPC UA EngineeringUnits (EUInformation.UnitId).
+# UNECE Recommendation 20 codes for OPC UA EngineeringUnits (EUInformation.UnitId). A unit without one (kNm3/h:
+# Rec 20 has no thousand cubic metres per hour; it was given MQH, cubic metre per hour, a factor of 1,000 off for a
+# client reading UnitId) gets UnitId -1, "not available" (OPC UA Part 8), and only its DisplayName.
 UNECE_CODES: dict[str, str] = {
     "mm/s": "C16", "degC": "CEL", "A": "AMP", "m3/h": "MQH", "bar": "BAR", "rpm": "RPM", "%": "P1",
-    "kPa": "KPA", "mg/m3": "GP", "kNm3/h": "MQH", "t/h": "E18", "MW": "MAW", "1": "C62", "": "C62",
+    "kPa": "KPA", "mg/m3": "GP", "t/h": "E18", "MW": "MAW", "1": "C62", "": "C62",
 }
 
 PUMP_SIGNALS: list[tuple[str, str, str, float, float, Kind]] = [
@@ -88,8 +90,10 @@ def synthetic_tags(n: int) -> list[TagSpec]:
                     -100.0, 100.0) for i in range(1, n + 1)]
 
 
-def unit_id(code: str) -> int:
-    """OPC UA EUInformation.UnitId of a UNECE code: its ASCII bytes as a big-endian integer."""
+def unit_id(code: str | None) -> int:
+    """OPC UA EUInformation.UnitId of a UNECE code: its ASCII bytes as a big-endian integer; -1 without a code."""
+    if code is None:
+        return -1
     out = 0
     for ch in code:
         out = (out << 8) | ord(ch)

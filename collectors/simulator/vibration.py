@@ -15,7 +15,10 @@ import numpy as np
 
 FS_HZ = 2560.0
 SAMPLES = 2560
-BPFO_ORDER = 3.58  # outer-race ball-pass frequency / shaft frequency of a 6309-size bearing
+# Outer-race ball-pass frequency / shaft frequency: a 6205's (9 balls of 7.94 mm on a 39.04 mm pitch circle:
+# 4.5 x (1 - 7.94/39.04) = 3.58, the drive-end bearing of the CWRU bearing data), not a 6309's (8 x 17.46 mm on
+# 72.5 mm: 3.04) as this once said.
+BPFO_ORDER = 3.58
 VANES = 6
 RESONANCE_HZ = 780.0
 
