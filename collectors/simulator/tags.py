@@ -32,7 +32,7 @@ UNECE_CODES: dict[str, str] = {
 }
 
 PUMP_SIGNALS: list[tuple[str, str, str, float, float, Kind]] = [
-    ("vib_de", "mm/s", "drive-end bearing vibration velocity RMS (10-1000 Hz)", 0.0, 50.0, "float"),
+    ("vib_de", "mm/s", "drive-end bearing vibration velocity RMS (0-1280 Hz)", 0.0, 50.0, "float"),
     ("vib_de_peak", "mm/s", "drive-end vibration velocity peak (from the waveform)", 0.0, 200.0, "float"),
     ("vib_de_crest", "1", "drive-end vibration crest factor (peak / RMS)", 0.0, 20.0, "float"),
     ("vib_de_kurtosis", "1", "drive-end vibration kurtosis (3 for Gaussian noise)", 0.0, 50.0, "float"),
