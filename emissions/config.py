@@ -279,6 +279,9 @@ class Qal3(Strict):
     zero_reference: float = 0.0
     span_reference: float | None = None  # span gas concentration, analyser units
     s_ams: float | None = Field(None, gt=0)  # from QAL1; None: estimated from the first n_initial checks
+    # QAL1 gives s_AMS at zero and at span level, and at span it is often larger: one value for both charts judged
+    # span checks against the zero's spread (false alarms) or zero checks against the span's (drift missed).
+    span_s_ams: float | None = Field(None, gt=0)  # the span chart's s_AMS; None: s_ams
     n_initial: int = Field(20, ge=5)
     warn_sigma: float = Field(2.0, gt=0)
     action_sigma: float = Field(3.0, gt=0)
@@ -286,6 +289,10 @@ class Qal3(Strict):
     cusum_k: float = Field(0.501, ge=0)
     cusum_h: float = Field(2.85, gt=0)
     precision_factor: float = Field(3.686, gt=0)  # moving range limit D4 × d2 = 3.267 × 1.128, in s_ams
+
+    def s_ams_for(self, kind: str) -> float | None:
+        """The configured s_AMS of the ``kind`` (zero | span) chart; None: estimated from its first checks."""
+        return self.span_s_ams if kind == "span" and self.span_s_ams is not None else self.s_ams
 
     @model_validator(mode="after")
     def _checks(self) -> Qal3:
@@ -576,6 +583,9 @@ class StackConfig(Strict):
         for key, default in (("clamp_before_averaging", False), ("month_mean_of", "sub_averages")):
             if reg[key] == default:
                 del reg[key]
+        for q in data["qal3"]:  # charts without their own span s_AMS hash as before span_s_ams existed
+            if q["span_s_ams"] is None:
+                del q["span_s_ams"]
         for p in data["pollutants"]:  # a pollutant without a status signal hashes as before status_tag existed
             if p["status_tag"] is None:
                 del p["status_tag"], p["status_ok"]

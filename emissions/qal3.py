@@ -80,7 +80,8 @@ def chart(cfg: Qal3, kind: str, times: np.ndarray, values: np.ndarray,
     times, values = times[ok], values[ok]
     refs = np.asarray([(known or {}).get(int(t), reference) for t in times], dtype=float)
     dev = values - refs
-    s, estimated = cfg.s_ams, cfg.s_ams is None
+    s = cfg.s_ams_for(kind)
+    estimated = s is None
     if estimated:
         s = estimate_s(dev[: cfg.n_initial]) if len(dev) >= cfg.n_initial else None
         if s is not None and not s > 0:
@@ -120,7 +121,7 @@ def state(cfg: Qal3, kind: str, checks: list[Check]) -> ChartState:
     """Summary of a chart: the latest check decides the status (``no_spread``: s_AMS not configured and the first
     ``n_initial`` checks too alike to estimate it, so no check is judged; set ``s_ams`` from QAL1)."""
     if not checks:
-        return ChartState(cfg.analyser, kind, 0, None, None, 0.0, 0.0, cfg.s_ams, "no_data", 0)
+        return ChartState(cfg.analyser, kind, 0, None, None, 0.0, 0.0, cfg.s_ams_for(kind), "no_data", 0)
     last = checks[-1]
     if last.z != last.z:
         # Past the first n_initial checks, an unjudged check means s_AMS could not be estimated from them: they were

@@ -89,3 +89,28 @@ def test_checks_too_alike_to_estimate_s_ams_are_said_not_judged_not_estimating()
     assert all(c.z != c.z and c.alarms == () for c in checks)
     assert qal3.state(q, "zero", checks[:20]).status == "estimating"
     assert qal3.state(q, "zero", checks).status == "no_spread" and checks[-1].deviation == 10.0
+
+
+def test_the_span_chart_is_judged_by_its_own_s_ams_where_qal1_gives_one():
+    """QAL1 gives s_AMS at zero and at span level (larger at span, as here: 0.5 and 2.0). With one value for both,
+    a span check 2.6 above its gas was a drift action against the zero's spread; with ``span_s_ams`` it is 1.3 s_AMS,
+    in control, while the zero chart keeps its 0.5."""
+    both = cfg(s_ams=0.5)
+    own = cfg(s_ams=0.5, span_s_ams=2.0)
+    assert "drift_action" in qal3.chart(both, "span", days(2), np.array([80.0, 82.6]))[1].alarms
+    span = qal3.chart(own, "span", days(2), np.array([80.0, 82.6]))
+    assert span[1].alarms == () and span[1].z == pytest.approx(1.3) and span[1].s_ams == 2.0
+    zero = qal3.chart(own, "zero", days(2), np.array([0.0, 1.6]))
+    assert "drift_action" in zero[1].alarms and zero[1].s_ams == 0.5
+    assert qal3.state(own, "span", []).s_ams == 2.0
+
+
+def test_span_s_ams_is_in_the_fingerprint_when_set():
+    """The stack's fingerprint is stored with every result: a chart's own span s_AMS changes the results, so it is
+    in it (left at its default the key is left out, as the other keys added since are)."""
+    from emissions import synthetic
+
+    def stack(**kw):
+        return synthetic.waste_stack("W", qal3=[{"analyser": "NOx", "zero_tag": "W.z", "s_ams": 1.0, **kw}])
+
+    assert stack(span_s_ams=2.0).fingerprint() != stack().fingerprint()
