@@ -291,6 +291,62 @@ def test_board_goes_to_the_log_in_page_when_its_session_expires(browser, server,
     page.context.close()
 
 
+def end_session(server, page) -> None:
+    """The browser's session ends on the server (expiry, log-out elsewhere): its row is gone."""
+    from console.passwords import digest
+
+    (sid,) = [c["value"] for c in page.context.cookies() if c["name"].endswith("valvoja_session")]
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        assert conn.execute("DELETE FROM console_sessions WHERE id_hash = %s", (digest(sid),)).rowcount == 1
+
+
+def log_in_again(page, user: str) -> None:
+    page.fill("#username", user)
+    page.fill("#password", PASSWORD)
+    page.click("#login")
+
+
+def test_a_filtered_wall_screen_comes_back_filtered_after_its_session_ended(browser, server, monkeypatch):
+    """A wall screen showing one site's raised critical alerts: its session ends, the board goes to the log-in form,
+    and once logged in it is that board again. The page's redirect kept only the path: the board came back showing
+    every site's open alerts, the screen's filters gone without a word."""
+    import console.auth
+
+    monkeypatch.setattr(console.auth, "RECHECK_S", 0.0)
+    page = login(browser, server, "viewer")
+    board = "/alerts?site=KIP-North&severity=critical&state=raised"
+    page.goto(server.url + board)
+    page.wait_for_selector("#live-dot.on")
+    end_session(server, page)
+    insert_alert(server.dsn, "AFTER-END-FILTERED", asset="P-101", severity="critical", message="ends the stream")
+    page.wait_for_url(re.compile(r".*/login\?next="), timeout=10000)
+    assert page.input_value("input[name=next]") == board
+    log_in_again(page, "viewer")
+    page.wait_for_url(server.url + board)
+    page.wait_for_selector("#live-dot.on")
+    assert (page.input_value("#f-site"), page.input_value("#f-severity"), page.input_value("#f-state")) == (
+        "KIP-North", "critical", "raised")
+    assert page.errors == []
+    page.context.close()
+
+
+def test_an_api_call_after_the_session_ended_comes_back_to_the_same_search(browser, server):
+    """A 401 from the API (a search typed after lunch) sends the page to the log-in form and back to the page with
+    its query: ``V.api`` gave only the path, and the assets page came back without its search."""
+    page = login(browser, server, "viewer")
+    page.goto(server.url + "/assets?q=P-1")
+    page.wait_for_selector("#asset-results[data-q='P-1']")
+    end_session(server, page)
+    page.fill("#asset-search", "P-10")
+    page.wait_for_url(re.compile(r".*/login\?next="), timeout=10000)
+    assert page.input_value("input[name=next]") == "/assets?q=P-1"
+    log_in_again(page, "viewer")
+    page.wait_for_url(server.url + "/assets?q=P-1")
+    page.wait_for_selector("#asset-results[data-q='P-1']")
+    assert page.input_value("#asset-search") == "P-1"
+    page.context.close()
+
+
 def test_asset_page_draws_prediction_band_and_review(browser, server):
     page = login(browser, server, "maintenance")
     page.goto(server.url + "/assets/P-101")

@@ -41,7 +41,8 @@ const V = (() => {
     }
     if (init.method !== "GET") init.headers["X-CSRF-Token"] = csrf;
     const r = await fetch(path, init);
-    if (r.status === 401) { location.href = "/login?next=" + encodeURIComponent(location.pathname); throw new Error("log in"); }
+    // back to this page with its filters (the address's query): only the path came back, the board unfiltered
+    if (r.status === 401) { location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search); throw new Error("log in"); }
     if (r.status === 204) return null;
     const body = await r.json().catch(() => ({}));
     if (!r.ok) {
