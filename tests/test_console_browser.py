@@ -432,6 +432,34 @@ def asset_page(browser, server, asset: str, preds: list):
     return page
 
 
+def test_a_range_picked_while_the_last_one_loads_draws_each_chart_once(browser, server):
+    """Two ranges picked in quick succession (7d, then 30d before the 7d charts had come): each trend, the review
+    list and the alerts are drawn once, for the range picked last. Both loads appended their charts to the page:
+    every signal was drawn twice, the older range's chart among them under the newer range's buttons."""
+    page = login(browser, server, "maintenance")
+    page.goto(server.url + "/assets/P-101")
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    page.evaluate("""() => {
+        document.querySelector("button[data-range='7d']").click();
+        document.querySelector("button[data-range='30d']").click();
+    }""")
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(300)
+    assert page.locator("#trends .trend[data-tag='P-101.vib_rms']").count() == 1
+    assert page.locator("#trends .trend").count() == 2  # P-101's two tags
+    assert page.locator("#reviews table").count() == 1 and page.locator("#reviews h2").count() == 1
+    assert page.locator("#predictions .prediction[data-kind='regression']").count() == 1
+    assert page.locator("#asset-alerts h2").count() == 1
+    assert page.locator("button[data-range='30d'].active").count() == 1
+    # the chart drawn is the 30-day one: its CSV link names that range
+    href = page.locator(".trend[data-tag='P-101.vib_rms'] a.csv").get_attribute("href")
+    frm, to = (datetime.fromisoformat(re.search(f"{k}=([^&]+)", href)[1].replace("%3A", ":")) for k in ("from", "to"))
+    assert to - frm == timedelta(days=30)
+    assert page.errors == []
+    page.context.close()
+
+
 def test_open_ended_rul_interval_is_shown_open_with_its_level(browser, server):
     """maintenance.rul_live stores an interval that reaches the model's cap with upper NULL: "lower cycles or
     more". The RUL card and the review table show it as open ([lower … ∞)) with its nominal coverage, not as a

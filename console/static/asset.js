@@ -63,14 +63,16 @@
     box.append(el("div", { class: "chart-title" }, el("b", {}, tag.name, " ", el("small", {}, tag.unit)),
       el("small", { class: "muted src" }, "")), holder);
     (into || trends).append(box);
+    const from = range.end - range.span, to = range.end;  // the range asked for, whatever is picked meanwhile
     let r;
-    try { r = await api(`/api/tags/${encodeURIComponent(tag.name)}/readings` + qs({ from: iso(range.end - range.span), to: iso(range.end), points: 800 }), { quiet: true }); }
+    try { r = await api(`/api/tags/${encodeURIComponent(tag.name)}/readings` + qs({ from: iso(from), to: iso(to), points: 800 }), { quiet: true }); }
     catch (e) { holder.append(el("p", { class: "bad-text" }, `readings not loaded: ${e.message}`)); return; }  // the other trends still draw
+    if (!box.isConnected) return;  // a newer range's load replaced this chart while its readings were on the way
     box.querySelector(".src").textContent = r.bucket_s ? `${r.source}, ${r.bucket_s} s buckets (min–max band, mean line)` : `${r.source}, raw`;
     // The chart's range at the resolution of what it is drawn from: raw readings, 1-minute or 1-hour buckets.
     const resolution = { readings_1m: "1m", readings_1h: "1h" }[r.source] || "raw";
     box.querySelector(".chart-title").append(V.csvLink(`/api/tags/${encodeURIComponent(tag.name)}/readings.csv`,
-      { from: iso(range.end - range.span), to: iso(range.end), resolution },
+      { from: iso(from), to: iso(to), resolution },
       { title: `${tag.name}: the chart's range as CSV (${resolution === "raw" ? "raw readings" : resolution + " buckets"})` }));
     const lines = [];
     if (tag.calibration) box.querySelector(".src").textContent += ` · calibration ${tag.calibration.certificate} ±${tag.calibration.uncertainty} ${tag.calibration.uncertainty_unit}`;
@@ -82,7 +84,7 @@
     if (bad) box.querySelector(".src").textContent += ` · ${bad} bad-quality reading${bad === 1 ? "" : "s"} not drawn`;
     const rawY = r.bucket_s ? null : r.v.map((v, i) => ((r.q || [])[i] >= 2 ? null : v));
     const series = r.bucket_s ? [{ t: r.t, y: r.avg, min: r.min, max: r.max, maxGap: gap }] : [{ t: r.t, y: rawY, maxGap: gap }];
-    VChart.draw(holder, { start: range.end - range.span, end: range.end, series, lines, markers, yLabel: tag.unit, height: 200, onZoom: zoom, label: tag.name });
+    VChart.draw(holder, { start: from, end: to, series, lines, markers, yLabel: tag.unit, height: 200, onZoom: zoom, label: tag.name });
   }
 
   // Each zone comes with where and when it was found: the newest <tag>.iso_zone reading is whatever was last
@@ -182,12 +184,13 @@
 
   // Newest first, 20 at a time; "Load older" pages on with the API's cursor through the whole range (only the
   // newest 20 could be reached: with three models predicting every 10 minutes, the last hour of a 7-day range).
-  async function drawReviews() {
+  async function drawReviews(stale) {
     reviews.replaceChildren(el("h2", {}, "Review predictions"));
     const query = { asset: name, from: iso(range.end - range.span), to: iso(range.end), limit: 20 };
     let page;
     try { page = await api("/api/predictions" + qs(query), { quiet: true }); }
-    catch (e) { reviews.append(el("p", { class: "muted" }, e.message)); return; }
+    catch (e) { if (!stale()) reviews.append(el("p", { class: "muted" }, e.message)); return; }
+    if (stale()) return;
     if (!page.items.length) { reviews.append(el("p", { class: "muted" }, "Nothing to review in this range.")); return; }
     reviews.firstChild.append(V.csvLink(`/api/assets/${encodeURIComponent(name)}/predictions.csv`,
       { from: query.from, to: query.to }, { id: "reviews-csv", title: "every prediction of the range with its interval and review, as CSV" }));
@@ -257,7 +260,14 @@
     } catch (e) { const items = []; items.n = null; return items; }
   }
 
+  // Each pick of a range (a preset, a drag to zoom) loads the page's sections again; a load still on its way when the
+  // next starts stops at its next step. Both appended their charts: two ranges picked in quick succession drew every
+  // signal twice, the older range's chart among them.
+  let generation = 0;
+
   async function drawAll() {
+    const gen = ++generation;
+    const stale = () => gen !== generation;
     document.body.dataset.ready = "0";
     renderPresets();
     trends.replaceChildren(el("h2", {}, "Signals"));
@@ -265,17 +275,22 @@
     const alertQuery = { asset: name, from, to, limit: 200 };
     let alertPage = { items: [], next_cursor: null };
     try { alertPage = await api("/api/alerts" + qs(alertQuery), { quiet: true }); } catch (e) { /* no alerts table yet */ }
+    if (stale()) return;
     const alertList = alertPage.items;
     const markers = alertList.map((a) => ({ t: a.raised_at, label: `${a.severity}: ${a.message || a.kind}` }));
     let series = [];
     try { series = (await api(`/api/assets/${encodeURIComponent(name)}/predictions` + qs({ from, to }), { quiet: true })).series; }
-    catch (e) { preds.replaceChildren(el("h2", {}, "Predictions"), el("p", { class: "muted" }, e.message)); }
-    summary(series, await openAlerts());
+    catch (e) { if (!stale()) preds.replaceChildren(el("h2", {}, "Predictions"), el("p", { class: "muted" }, e.message)); }
+    const open = await openAlerts();
+    if (stale()) return;
+    summary(series, open);
     await Promise.all(asset.tags.map((t) => drawTag(t, markers)));
+    if (stale()) return;
     drawDerived();
     if (series.length || !preds.childElementCount) drawPredictions(series);
     drawAlerts(alertPage, alertQuery);
-    await drawReviews();
+    await drawReviews(stale);
+    if (stale()) return;
     document.body.dataset.ready = "1";
   }
 
