@@ -347,6 +347,48 @@ def test_an_api_call_after_the_session_ended_comes_back_to_the_same_search(brows
     page.context.close()
 
 
+def test_a_comment_typed_when_the_session_ended_is_there_after_logging_in_again(browser, server):
+    """An engineer (here an admin, who also reviews) types why into an alert's acknowledgement box; the session
+    has ended meanwhile, so Acknowledge leads to the log-in form. Back on the board the comment is in the box, and
+    Acknowledge sends it. It was gone with the page (retyped from memory or not at all); the asset page's review
+    comments too."""
+    insert_alert(server.dsn, "DRAFT-ACK", asset="F-201", severity="critical", message="fan vibration high")
+    page = login(browser, server, "admin")
+    row = page.locator('tr[data-id="DRAFT-ACK"]')
+    typed = "belt tension checked; guard loose, tightened. Watch for 2 h"
+    row.locator(".ack-comment").fill(typed)
+    end_session(server, page)
+    row.locator("button.ack").click()
+    page.wait_for_url(re.compile(r".*/login\?next="), timeout=10000)
+    log_in_again(page, "admin")
+    page.wait_for_url(server.url + "/alerts")
+    row = page.locator('tr[data-id="DRAFT-ACK"][data-state="raised"]')
+    assert row.locator(".ack-comment").input_value() == typed
+    row.locator("button.ack").click()
+    page.wait_for_selector('tr[data-id="DRAFT-ACK"][data-state="acknowledged"]', timeout=5000)
+    with psycopg.connect(server.dsn) as conn:
+        (comment,) = conn.execute("SELECT detail->>'comment' FROM console_audit WHERE action = 'alert.ack' "
+                                  "AND target_id = 'DRAFT-ACK'").fetchone()
+    assert comment == typed
+    assert page.evaluate("Object.keys(sessionStorage).filter((k) => k.includes('DRAFT-ACK'))") == [], "sent: forgotten"
+
+    page.goto(server.url + "/assets/P-101")
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    review = page.locator("#reviews tr[data-prediction]:has(.review-comment)").first
+    pid = review.get_attribute("data-prediction")
+    review.locator(".review-comment").fill("no fault found at the bearing")
+    end_session(server, page)
+    review.locator("button.review-wrong").click()
+    page.wait_for_url(re.compile(r".*/login\?next="), timeout=10000)
+    log_in_again(page, "admin")
+    page.wait_for_url(server.url + "/assets/P-101")
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    assert page.locator(f"#reviews tr[data-prediction='{pid}'] .review-comment").input_value() == (
+        "no fault found at the bearing")
+    assert page.errors == []
+    page.context.close()
+
+
 def test_asset_page_draws_prediction_band_and_review(browser, server):
     page = login(browser, server, "maintenance")
     page.goto(server.url + "/assets/P-101")

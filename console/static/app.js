@@ -172,6 +172,18 @@ const V = (() => {
     return picker;
   }
 
+  /** What is typed into ``input`` (a comment), kept in this tab's sessionStorage under ``key`` and put back when the
+   * input is made again: a session that ends sends the page to the log-in form (an API call answered 401, the board's
+   * stream ending) and back, and the comment typed for an acknowledgement or a review was gone with the page.
+   * Returns ``forget()``, for when it was sent. */
+  function draft(input, key) {
+    const k = "valvoja-draft:" + key;
+    const store = (f) => { try { return f(sessionStorage); } catch (e) { return null; } };  // storage off: no drafts
+    if (!input.value) input.value = store((s) => s.getItem(k)) || "";
+    input.addEventListener("input", () => store((s) => (input.value ? s.setItem(k, input.value) : s.removeItem(k))));
+    return () => store((s) => s.removeItem(k));
+  }
+
   /** A "CSV" link to a download route (``path``: ``/api/alerts.csv``, ...) for the query ``params``; the browser saves
    * the file under the name the server gives (what, which range; ``_TRUNCATED-<n>-rows`` when cut at the row cap).
    * ``.set(params)`` points it at another query (the board's filters changed). A plain link, no ``download``
@@ -282,5 +294,5 @@ const V = (() => {
       el("tbody", {}, rows));
   }
 
-  return { el, api, apiAll, moreButton, csvLink, assetSearch, assetPicker, qs, toast, fmtTime, fmtZoned, jsonInPlantTime, plantClock, suppressedRow, fmtNum, fmtInterval, timeCell, badge, main, failed, can, role, csrf, table };
+  return { el, api, apiAll, moreButton, csvLink, draft, assetSearch, assetPicker, qs, toast, fmtTime, fmtZoned, jsonInPlantTime, plantClock, suppressedRow, fmtNum, fmtInterval, timeCell, badge, main, failed, can, role, csrf, table };
 })();

@@ -46,10 +46,12 @@
     const actions = el("td", { class: "actions" });
     if (can("alerts.write") && a.state === "raised") {
       const input = el("input", { placeholder: "comment (why / what was done)", class: "ack-comment", "aria-label": "comment" });
+      const forget = V.draft(input, "ack:" + a.id);  // kept through a log-in after the session ended
       const btn = el("button", { class: "ack", onclick: async () => {
         btn.disabled = true;
         try {
           await api(`/api/alerts/${encodeURIComponent(a.id)}/ack`, { method: "POST", body: { comment: input.value } });
+          forget();
           toast(`Alert ${a.id} acknowledged`);
         } catch (e) { btn.disabled = false; }
       } }, "Acknowledge");
