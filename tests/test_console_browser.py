@@ -947,6 +947,34 @@ def test_exceedances_are_labelled_by_the_stacks_calendar(browser, server):
             conn.execute("DELETE FROM emission_events WHERE rule = 'test-day'")
 
 
+def test_an_exceedance_just_over_its_limit_reads_over_it(browser, server):
+    """A day average of 200.04 mg/Nm³ against its limit of 200 is an exceedance (emissions/ judges the value as
+    stored); the page rounded both to 4 digits, "200 mg/Nm³ > 200 mg/Nm³". And 4 digits made the rest of a larger
+    number zeros: 12,345.6 read "12350"."""
+    day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        for rule, value, limit in (("test-close", 200.04, 200.0), ("test-big", 12345.6, 10000.0)):
+            conn.execute("INSERT INTO emission_events (stack, pollutant, rule, kind, period, period_start, "
+                         "period_end, value, limit_value, elv, breach, provisional, config_sha256) VALUES ('WI1', "
+                         "'NOx', %s, 'exceedance', 'day', %s, %s, %s, %s, %s, true, false, 'x')",
+                         (rule, day, day + timedelta(days=1), value, limit, limit))
+    page = login(browser, server, "viewer")
+    try:
+        page.goto(server.url + "/emissions")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        cells = page.locator("#events tr", has_text="test-close").locator("td")
+        assert (cells.nth(3).inner_text(), cells.nth(4).inner_text()) == ("200.04 mg/Nm³", "200 mg/Nm³")
+        cells = page.locator("#events tr", has_text="test-big").locator("td")
+        assert (cells.nth(3).inner_text(), cells.nth(4).inner_text()) == ("12346 mg/Nm³", "10000 mg/Nm³")
+        title = page.locator(f"#calendar [data-date='{day.date().isoformat()}']").get_attribute("title")
+        assert "test-close: 200.04 mg/Nm³ > 200 mg/Nm³" in title, title
+        assert page.errors == []
+    finally:
+        page.context.close()
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM emission_events WHERE rule IN ('test-close', 'test-big')")
+
+
 def test_a_months_exceedance_is_listed_under_the_calendar_not_on_its_first_day(browser, server):
     """An event of the month (its average over the ELV) is no day's: it was drawn as the 1st's exceedance; the page
     lists it under the calendar with its month (the stack's) and breach. The year's invalid-day count there is days,

@@ -260,11 +260,23 @@ const V = (() => {
     return JSON.stringify(x || {}, (k, v) => (typeof v === "string" && ISO_TIME.test(v) ? fmtTime(v.replace(" ", "T")) : v), 1);
   }
   function timeCell(t) { return el("time", { datetime: t || "", title: t || "" }, fmtTime(t)); }
-  function fmtNum(v) {
+  /** A number to 4 significant digits, but never fewer than its integer part has: a flue gas flow of 234,567 Nm³/h
+   * read "234600" (4 digits, the rest made zeros); 1e6 and more, and under 0.001, in exponent form. */
+  function fmtNum(v, digits = 4) {
     if (v === null || v === undefined || Number.isNaN(v)) return "–";
     const a = Math.abs(v);
-    if (a !== 0 && (a >= 1e6 || a < 1e-3)) return v.toExponential(2);
-    return String(parseFloat(v.toPrecision(4)));
+    if (a !== 0 && (a >= 1e6 || a < 1e-3)) return v.toExponential(Math.max(2, digits - 2));
+    return String(parseFloat(a >= 10 ** digits ? v.toFixed(0) : v.toPrecision(digits)));
+  }
+  /** A value and what it is judged against (its limit), each as ``fmtNum`` but with as many more digits as it takes
+   * to tell them apart: a day average of 200.04 mg/Nm³ over its limit of 200 read "200 mg/Nm³ > 200 mg/Nm³". */
+  function fmtVs(value, limit) {
+    let digits = 4, x = fmtNum(value), y = fmtNum(limit);
+    while (x === y && value !== limit && typeof value === "number" && typeof limit === "number" && digits < 15) {
+      digits += 1;
+      x = fmtNum(value, digits); y = fmtNum(limit, digits);
+    }
+    return [x, y];
   }
   // A prediction's uncertainty as stored. A null bound next to a set one is an open end (maintenance's RUL at the
   // model's cap is "lower or more"), not a missing value; the nominal coverage is stated with the interval.
@@ -294,5 +306,5 @@ const V = (() => {
       el("tbody", {}, rows));
   }
 
-  return { el, api, apiAll, moreButton, csvLink, draft, assetSearch, assetPicker, qs, toast, fmtTime, fmtZoned, jsonInPlantTime, plantClock, suppressedRow, fmtNum, fmtInterval, timeCell, badge, main, failed, can, role, csrf, table };
+  return { el, api, apiAll, moreButton, csvLink, draft, assetSearch, assetPicker, qs, toast, fmtTime, fmtZoned, jsonInPlantTime, plantClock, suppressedRow, fmtNum, fmtVs, fmtInterval, timeCell, badge, main, failed, can, role, csrf, table };
 })();

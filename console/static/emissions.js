@@ -52,10 +52,11 @@
       table(["Period", "Normalised mg/Nm³", "Validated mg/Nm³", "Limit mg/Nm³", ""], rows.map((r) => el("tr", { "data-period": r.period },
         el("td", {}, r.period.replace("_", "-"), " ", el("small", { title: r.period_start }, when(r), r.running ? " (running)" : "")),
         el("td", {}, fmtNum(r.value), r.valid ? "" : el("small", { class: "warn-text" }, " invalid")),
-        el("td", {}, fmtNum(r.validated)),
+        // the validated average next to its limit with the digits that tell them apart (200.04 against 200)
+        el("td", {}, r.limits.length ? V.fmtVs(r.validated, r.limits[0].limit)[0] : fmtNum(r.validated)),
         el("td", { title: r.limits.map((l) => `${l.rule}: ${fmtNum(l.limit)} mg/Nm³, ${fmtNum(l.share)} % of ${l.period.replace("_", "-")} averages within`).join("\n") },
-          r.limits.length ? [fmtNum(r.limits[0].limit), r.limits[0].share < 100 ? el("small", {}, ` (${fmtNum(r.limits[0].share)} %)`) : ""] : "–"),
-        el("td", {}, r.percent_of_limit !== null ? [bar(r.percent_of_limit), el("small", {}, `${fmtNum(r.percent_of_limit)} %`)] : "")))),
+          r.limits.length ? [V.fmtVs(r.validated, r.limits[0].limit)[1], r.limits[0].share < 100 ? el("small", {}, ` (${fmtNum(r.limits[0].share)} %)`) : ""] : "–"),
+        el("td", {}, r.percent_of_limit !== null ? [bar(r.percent_of_limit), el("small", {}, `${V.fmtVs(r.percent_of_limit, 100)[0]} %`)] : "")))),
       el("p", { class: "projection" + (day.projected_over ? " bad-text" : "") },
         `Day so far: ${day.subs_done}/${day.subs_total} ${day.sub_period.replace("_", "-")} averages; projected day average `,
         el("b", {}, fmtNum(day.projection)), day.limit !== null ? ` against ${fmtNum(day.limit)} mg/Nm³` : " (no daily limit)"));
@@ -64,13 +65,16 @@
   /** An event's value or limit with its unit: a window's is a share of its averages, the invalid-day count a number
    * of days, a PEMS deviation a share outside the interval; only an exceedance's is a concentration. */
   const EVENT_UNIT = { window: " %", invalid_days: " days", pems_deviation: " %" };
-  const eventNum = (e, v) => fmtNum(v) + (EVENT_UNIT[e.kind] || " mg/Nm³");
+  const unitOf = (e) => EVENT_UNIT[e.kind] || " mg/Nm³";
+  /** An event's value and limit with their unit, with the digits it takes to tell them apart (V.fmtVs). */
+  const eventNums = (e) => V.fmtVs(e.value, e.limit_value).map((x) => x + unitOf(e));
   /** What an event says: a window fails under its required share ("93 % within, 95 % required"), not over it. */
   function eventText(e) {
-    if (e.kind === "window") return `${eventNum(e, e.value)} within, ${eventNum(e, e.limit_value)} required`;
-    if (e.kind === "invalid_days") return `${eventNum(e, e.value)} invalid, ${eventNum(e, e.limit_value)} allowed`;
-    if (e.kind === "pems_deviation") return `${eventNum(e, e.value)} outside the PEMS interval, flagged from ${eventNum(e, e.limit_value)}`;
-    return `${eventNum(e, e.value)} > ${eventNum(e, e.limit_value)}`;
+    const [value, limit] = eventNums(e);
+    if (e.kind === "window") return `${value} within, ${limit} required`;
+    if (e.kind === "invalid_days") return `${value} invalid, ${limit} allowed`;
+    if (e.kind === "pems_deviation") return `${value} outside the PEMS interval, flagged from ${limit}`;
+    return `${value} > ${limit}`;
   }
 
   const STATUS = ["valid", "invalid", "not operating"];
@@ -99,7 +103,7 @@
   function eventsTable(stack, events, tz) {
     const row = (e) => el("tr", {},
       el("td", {}, e.period.replace("_", "-"), " ", periodCell(e.period, e.period_start, tz)), el("td", {}, e.pollutant), el("td", {}, e.rule),
-      el("td", {}, eventNum(e, e.value)), el("td", {}, eventNum(e, e.limit_value)),
+      ...eventNums(e).map((x) => el("td", {}, x)),
       el("td", {}, e.breach ? badge("breach", "st-raised") : badge("tolerated", "st-acknowledged"), e.provisional ? " (provisional)" : ""));
     const t = table(["Period", "Pollutant", "Rule", "Value", "Limit", "Breach"], events.items.map(row));
     t.id = "events";
