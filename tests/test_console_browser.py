@@ -802,6 +802,31 @@ def test_switching_stack_keeps_the_month_shown(browser, pg_admin_dsn):
                 page.context.close()
 
 
+def test_the_calendar_goes_to_the_month_before_and_back(browser, server):
+    """On the 1st, last month's days (whose report is due) were out of reach: the calendar showed the current month and
+    only an address edited by hand showed another. Links to the month before and after (none past this month)."""
+    now = datetime.now(UTC)
+    this = now.strftime("%Y-%m")
+    before = (now.replace(day=1) - timedelta(days=1)).strftime("%Y-%m")
+    page = login(browser, server, "viewer")
+    try:
+        page.goto(server.url + "/emissions?stack=WI1")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        assert page.locator("#month-next").count() == 0, "no month after the current one"
+        page.click("#month-prev")
+        page.wait_for_url(re.compile(f"month={before}"))
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        assert f"Daily compliance {before}" in page.inner_text("main") and "stack=WI1" in page.url
+        assert page.locator("#calendar [data-date]").first.get_attribute("data-date") == before + "-01"
+        page.click("#month-next")
+        page.wait_for_url(re.compile(f"month={this}"))
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        assert f"Daily compliance {this}" in page.inner_text("main")
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
 def test_emission_periods_are_labelled_in_the_stacks_time_zone(browser, server):
     """A day average is the stack's calendar day (its ``timezone``, shown in the page's header), whatever zone the
     engineer's browser is in: a browser in New York must not label the UTC stack's day 2024-05-01 as 2024-04-30."""

@@ -122,6 +122,21 @@
       { last: "P31D", period: "day" }, revised.next_cursor, t.tBodies[0], row))];
   }
 
+  /** "YYYY-MM" ``n`` months after (before, negative) ``month``. */
+  function addMonths(month, n) {
+    const i = Number(month.slice(0, 4)) * 12 + Number(month.slice(5, 7)) - 1 + n;
+    return `${String(Math.floor(i / 12)).padStart(4, "0")}-${String(i % 12 + 1).padStart(2, "0")}`;
+  }
+  /** Links to the month before and after (none after the stack's current month): the calendar showed one month, the
+   * current one unless the address was edited by hand, so last month's days were out of reach on the first of the
+   * next, when its report is due. */
+  function monthLinks(stack, month, tz) {
+    const link = (m, id, text) => el("a", { id, class: "month-link", href: "/emissions" + qs({ stack: stack.stack, month: m }) }, text);
+    const next = addMonths(month, 1);
+    return el("small", { class: "months" }, link(addMonths(month, -1), "month-prev", `‹ ${addMonths(month, -1)}`),
+      next <= inZone(Date.now(), tz).slice(0, 7) ? [" · ", link(next, "month-next", `${next} ›`)] : "");
+  }
+
   async function load(stack) {
     const [live, cal, events, revised, reports] = await Promise.all([
       api(`/api/emissions/${encodeURIComponent(stack.stack)}/live`),
@@ -132,7 +147,7 @@
     return [
       el("h2", {}, `Stack ${stack.stack} `, el("small", {}, `${stack.description || ""} · ${stack.regime || ""} · ${live.timezone}`)),
       el("div", { class: "grid wide", id: "live" }, live.items.map((item) => liveCard(item, live.timezone))),
-      el("h2", {}, `Daily compliance ${cal.month}`), calendarView(cal),
+      el("h2", {}, `Daily compliance ${cal.month} `, monthLinks(stack, cal.month, live.timezone)), calendarView(cal),
       // A month's or year's exceedance is no day's: listed under the calendar, not on its first day.
       cal.period_events.length ? el("ul", { id: "period-events" }, cal.period_events.map((e) => el("li", {},
         `${e.period.replace("_", "-")} `, periodCell(e.period, e.period_start, live.timezone),
