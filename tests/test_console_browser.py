@@ -502,6 +502,58 @@ def test_a_range_picked_while_the_last_one_loads_draws_each_chart_once(browser, 
     page.context.close()
 
 
+def csv_range(page, tag: str = "P-101.vib_rms") -> tuple[datetime, datetime]:
+    """The range of a trend's CSV link: the range the chart is drawn for."""
+    from urllib.parse import parse_qs, urlsplit
+
+    q = parse_qs(urlsplit(page.locator(f".trend[data-tag='{tag}'] a.csv").get_attribute("href")).query)
+    return datetime.fromisoformat(q["from"][0]), datetime.fromisoformat(q["to"][0])
+
+
+def test_the_asset_pages_range_survives_a_reload_and_an_alerts_link_shows_its_time(browser, server):
+    """A range picked or zoomed into is in the address: a reload (or back from another page) showed the last 24 h
+    again. The board's link to the asset of an alert raised days ago shows the asset around it, not the last 24 h
+    where the alert was neither charted nor listed."""
+    page = login(browser, server, "viewer")
+    page.goto(server.url + "/assets/P-101")
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    page.click("button[data-range='7d']")
+    page.wait_for_url(re.compile(r"range=7d"))
+    page.reload()
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    assert page.locator("button[data-range='7d'].active").count() == 1
+    frm, to = csv_range(page)
+    assert to - frm == timedelta(days=7)
+
+    box = page.locator(".trend[data-tag='P-101.vib_rms'] svg").bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.5, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.8, y, steps=5)
+    page.mouse.up()
+    page.wait_for_url(re.compile(r"from="))
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    zoomed = csv_range(page)
+    assert zoomed[1] - zoomed[0] < timedelta(days=3)
+    page.reload()
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    assert csv_range(page) == zoomed
+
+    raised = datetime.now(UTC).replace(microsecond=0) - timedelta(days=4)
+    insert_alert(server.dsn, "DAYS-OLD", asset="B-301", severity="critical", raised_at=raised,
+                 message="steam flow low four days ago")
+    page.goto(server.url + "/alerts")
+    page.locator('tr[data-id="DAYS-OLD"] a.asset-link').click()
+    page.wait_for_url(re.compile(r"/assets/B-301\?from="))
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    assert page.locator("#asset-alerts tr[data-alert='DAYS-OLD']").count() == 1
+    frm, to = csv_range(page, "B-301.steam_flow")
+    assert frm == raised - timedelta(hours=12)  # and up to now: it is still open
+    assert abs(to - datetime.now(UTC)) < timedelta(minutes=1)
+    assert page.errors == []
+    page.context.close()
+
+
 def test_open_ended_rul_interval_is_shown_open_with_its_level(browser, server):
     """maintenance.rul_live stores an interval that reaches the model's cap with upper NULL: "lower cycles or
     more". The RUL card and the review table show it as open ([lower … ∞)) with its nominal coverage, not as a

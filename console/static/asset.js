@@ -8,10 +8,24 @@
   const name = decodeURIComponent(location.pathname.split("/").pop());
   const PRESETS = [["1h", 36e5], ["6h", 216e5], ["24h", 864e5], ["7d", 6048e5], ["30d", 2592e6], ["90d", 7776e6]];
   const ZONES = ["A", "B", "C", "D"];
-  let range = { end: Date.now(), span: 864e5 };
   let asset = null;
 
   const iso = (ms) => new Date(ms).toISOString();
+  // The range is kept in the address, so that a reload, the back button from another page and a link show the same
+  // charts: ?range=7d (up to now), or ?from=&to= (a zoom, a link to an alert's time). It was not: a zoom into an event
+  // went back to the last 24 h at a reload or at "back" from the maintenance page.
+  function rangeFromUrl() {
+    const q = new URLSearchParams(location.search);
+    const from = Date.parse(q.get("from")), to = Date.parse(q.get("to"));
+    if (from < to) return { end: to, span: to - from };
+    const preset = PRESETS.find(([label]) => label === q.get("range"));
+    return { end: Date.now(), span: preset ? preset[1] : 864e5 };
+  }
+  function rangeToUrl(preset) {
+    history.replaceState(null, "", location.pathname + qs(preset ? { range: preset }
+      : { from: iso(range.end - range.span), to: iso(range.end) }));
+  }
+  let range = rangeFromUrl();
   const header = el("section", { id: "summary", class: "grid" });
   const presets = el("div", { class: "presets row" });
   const trends = el("section", { id: "trends" });
@@ -47,9 +61,10 @@
 
   function setRange(span, end) {
     range = { span, end: end || Date.now() };
+    rangeToUrl(PRESETS.find(([, s]) => s === span)?.[0]);
     drawAll();
   }
-  function zoom(a, b) { range = { end: b, span: b - a }; drawAll(); }
+  function zoom(a, b) { range = { end: b, span: b - a }; rangeToUrl(); drawAll(); }
 
   function renderPresets() {
     presets.replaceChildren(el("span", { class: "muted" }, "Range: "), ...PRESETS.map(([label, span]) =>

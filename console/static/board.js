@@ -42,6 +42,16 @@
       severity: filters.severity, state: filters.state === "open" ? "" : filters.state }));
   }
 
+  /** The asset page around the alert: its default view is the last 24 h, where an alert of the history (raised days
+   * ago) was neither in the charts nor among the alerts listed. From 12 h before the raise to 12 h after it was
+   * cleared (or now). */
+  function assetHref(a) {
+    const page = "/assets/" + encodeURIComponent(a.asset), raised = Date.parse(a.raised_at), now = Date.now();
+    if (!(raised < now - 864e5)) return page;
+    const end = Math.min(now, Math.max(raised, Date.parse(a.cleared_at) || now) + 432e5);
+    return page + qs({ from: new Date(raised - 432e5).toISOString(), to: new Date(end).toISOString() });
+  }
+
   function row(a, fresh) {
     const actions = el("td", { class: "actions" });
     if (can("alerts.write") && a.state === "raised") {
@@ -78,7 +88,7 @@
       el("td", {}, badge(a.severity, "sev-" + a.severity)),
       el("td", {}, badge(a.state, "st-" + a.state)),
       el("td", {}, a.site || ""),
-      el("td", {}, el("a", { href: "/assets/" + encodeURIComponent(a.asset) }, a.asset), a.tag ? el("br") : "", a.tag ? el("small", {}, a.tag) : ""),
+      el("td", {}, el("a", { class: "asset-link", href: assetHref(a) }, a.asset), a.tag ? el("br") : "", a.tag ? el("small", {}, a.tag) : ""),
       el("td", {}, a.kind),
       el("td", { class: "msg" }, a.message || "", hist),
       el("td", { class: "lifecycle" }, a.acknowledged_by ? [a.acknowledged_by, el("br"), el("small", {}, V.fmtTime(a.acknowledged_at))] : "",
