@@ -554,6 +554,32 @@ def test_the_asset_pages_range_survives_a_reload_and_an_alerts_link_shows_its_ti
     page.context.close()
 
 
+def test_an_asset_whose_name_has_a_slash_has_its_page(browser, server):
+    """Asset names are the site's (edge.settings.Asset: any text), and "P-105A/B" (a duty/standby pair) is a usual one;
+    its page and its API answered 404: the routes took the name up to the first "/" only, as the tag routes did
+    before they took the whole path."""
+    name, tag = "P-105A/B", "P-105A/B.flow"
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO assets (name, site, kind) VALUES (%s, 'KIP-South', 'pump pair')", (name,))
+        conn.execute("INSERT INTO tags (name, asset, unit) VALUES (%s, %s, 'm3/h')", (tag, name))
+    insert_alert(server.dsn, "SLASH-1", asset=name, message="standby pump did not start")
+    page = login(browser, server, "viewer")
+    page.locator('tr[data-id="SLASH-1"] a.asset-link').click()
+    page.wait_for_url(server.url + "/assets/P-105A%2FB")
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    assert page.inner_text("h1").startswith(name)
+    assert page.locator(f".trend[data-tag='{tag}']").count() == 1
+    assert page.locator("#asset-alerts tr[data-alert='SLASH-1']").count() == 1
+    with server.client("viewer") as c:
+        assert c.get("/api/assets/P-105A%2FB").json()["tags"][0]["name"] == tag
+        assert c.get("/api/assets/P-105A%2FB/predictions").json()["series"] == []
+        assert c.get("/api/assets/P-101/predictions").json()["series"], "another asset's predictions still found"
+        csv_file = c.get("/api/assets/P-105A%2FB/predictions.csv")
+        assert csv_file.status_code == 200 and "P-105A_B" in csv_file.headers["content-disposition"]
+    assert page.errors == []
+    page.context.close()
+
+
 def test_open_ended_rul_interval_is_shown_open_with_its_level(browser, server):
     """maintenance.rul_live stores an interval that reaches the model's cap with upper NULL: "lower cycles or
     more". The RUL card and the review table show it as open ([lower … ∞)) with its nominal coverage, not as a

@@ -79,7 +79,7 @@ for _path, (_title, _script, _nav) in PAGES.items():
     _make(_path, _title, _script, _nav)
 
 
-@router.get("/assets/{name}", response_class=HTMLResponse)
+@router.get("/assets/{name:path}", response_class=HTMLResponse)
 async def asset_page(request: Request, name: str):
     return await _page(request, f"Asset {name}", "asset.js", "assets")
 

@@ -5,7 +5,8 @@
 
 (() => {
   const { el, api, qs, main, badge, fmtNum, fmtInterval, fmtTime, timeCell, toast, can, table } = V;
-  const name = decodeURIComponent(location.pathname.split("/").pop());
+  // everything after /assets/: a name may hold "/" (P-101A/B), which the links send encoded (%2F)
+  const name = decodeURIComponent(location.pathname.slice("/assets/".length));
   const PRESETS = [["1h", 36e5], ["6h", 216e5], ["24h", 864e5], ["7d", 6048e5], ["30d", 2592e6], ["90d", 7776e6]];
   const ZONES = ["A", "B", "C", "D"];
   let asset = null;
