@@ -389,6 +389,46 @@ def test_a_comment_typed_when_the_session_ended_is_there_after_logging_in_again(
     page.context.close()
 
 
+def test_a_page_open_while_the_user_logged_in_again_in_another_tab_still_sends(browser, server):
+    """The session ended; the user logged in again in another tab (the board's). A review from the asset page left
+    open in the first tab was refused as "missing or wrong CSRF token" (the page held the old session's token) until
+    the page was reloaded. Now it goes through as the same user; had another user logged in on this PC meanwhile,
+    the page says so and sends nothing in their name."""
+    page = login(browser, server, "admin")
+    page.goto(server.url + "/assets/P-101")
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    other = page.context.new_page()
+    end_session(server, page)
+    other.goto(server.url + "/alerts")
+    log_in_again(other, "admin")
+    other.wait_for_url(server.url + "/alerts")
+    rows = page.locator("#reviews tr[data-prediction]:has(.review-comment)")
+    first = rows.nth(0)
+    pid = int(first.get_attribute("data-prediction"))
+    first.locator(".review-comment").fill("seal leak confirmed on site")
+    first.locator("button.review-right").click()
+    page.wait_for_selector(f"#reviews tr[data-prediction='{pid}'] td.review .badge", timeout=5000)
+    with psycopg.connect(server.dsn) as conn:
+        got = conn.execute("SELECT verdict, comment, reviewer FROM prediction_feedback WHERE prediction_id = %s",
+                           (pid,)).fetchall()
+    assert got == [("right", "seal leak confirmed on site", "admin")]
+    assert not page.locator(".toast.error").count()
+
+    end_session(server, other)  # another user logs in on this PC: the admin's page must not act as them
+    other.goto(server.url + "/alerts")
+    log_in_again(other, "maintenance")
+    other.wait_for_url(server.url + "/alerts")
+    second = rows.nth(0)
+    pid2 = int(second.get_attribute("data-prediction"))
+    second.locator("button.review-wrong").click()
+    page.wait_for_selector(".toast.error", timeout=5000)
+    assert "now logged in as maintenance" in page.inner_text(".toast.error")
+    with psycopg.connect(server.dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM prediction_feedback WHERE prediction_id = %s",
+                            (pid2,)).fetchone() == (0,)
+    page.context.close()
+
+
 def test_asset_page_draws_prediction_band_and_review(browser, server):
     page = login(browser, server, "maintenance")
     page.goto(server.url + "/assets/P-101")

@@ -2,8 +2,9 @@
 "use strict";
 
 const V = (() => {
-  const csrf = document.querySelector('meta[name="csrf-token"]')?.content || "";
+  let csrf = document.querySelector('meta[name="csrf-token"]')?.content || "";
   const role = document.getElementById("user")?.dataset.role || "viewer";
+  const userName = document.getElementById("user")?.dataset.name || "";
   const PERMS = {
     viewer: ["read"], engineer: ["read", "alerts.write"], maintenance: ["read", "predictions.review", "windows.plan"],
     admin: ["read", "alerts.write", "predictions.review", "windows.plan", "users.admin", "models.admin"],
@@ -41,6 +42,7 @@ const V = (() => {
     }
     if (init.method !== "GET") init.headers["X-CSRF-Token"] = csrf;
     const r = await fetch(path, init);
+    if (r.status === 403 && init.method !== "GET" && !opts.renewed && await renewCsrf(r)) return api(path, { ...opts, renewed: true });
     // back to this page with its filters (the address's query): only the path came back, the board unfiltered
     if (r.status === 401) { location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search); throw new Error("log in"); }
     if (r.status === 204) return null;
@@ -52,6 +54,27 @@ const V = (() => {
       throw err;
     }
     return body;
+  }
+
+  /** After a 403 ``/problems/csrf``: whether this page now holds the CSRF token of the browser's session. The browser
+   * logged in again meanwhile (in another tab, after the session had ended): the page held the old session's token,
+   * and each acknowledgement or review was refused as "missing or wrong CSRF token" until it was reloaded. Taken
+   * from ``/api/auth/me`` (same origin only) when the session is the same user's; another user's (a shared PC) is
+   * refused with a toast saying so: what this page sends would be done in that user's name. */
+  async function renewCsrf(r) {
+    const problem = await r.clone().json().catch(() => ({}));
+    if (problem.type !== "/problems/csrf") return false;
+    const me = await fetch("/api/auth/me", { headers: { Accept: "application/json" }, credentials: "same-origin" })
+      .then((x) => (x.ok ? x.json() : null)).catch(() => null);
+    if (!me || !me.csrf_token) return false;
+    if (me.name !== userName) {
+      const err = new Error(`This browser is now logged in as ${me.name}, not ${userName}: reload the page to go on as ${me.name}.`);
+      err.status = 403;
+      toast(err.message, "error");
+      throw err;
+    }
+    csrf = me.csrf_token;
+    return true;
   }
 
   /** Every item of a paged list (``next_cursor`` followed): the asset filters took one page of 1,000 and a site
@@ -306,5 +329,5 @@ const V = (() => {
       el("tbody", {}, rows));
   }
 
-  return { el, api, apiAll, moreButton, csvLink, draft, assetSearch, assetPicker, qs, toast, fmtTime, fmtZoned, jsonInPlantTime, plantClock, suppressedRow, fmtNum, fmtVs, fmtInterval, timeCell, badge, main, failed, can, role, csrf, table };
+  return { el, api, apiAll, moreButton, csvLink, draft, assetSearch, assetPicker, qs, toast, fmtTime, fmtZoned, jsonInPlantTime, plantClock, suppressedRow, fmtNum, fmtVs, fmtInterval, timeCell, badge, main, failed, can, role, table };
 })();
