@@ -810,6 +810,46 @@ def test_a_newer_bad_zone_is_flagged_not_shown_as_the_zone(browser, server):
             page.context.close()
 
 
+def test_a_double_click_plans_one_window_and_stores_one_review(browser, server):
+    """A double-click on "Plan window" planned the window twice (ending one early left its twin suppressing the
+    asset's alerts); one on "Right" stored the review twice."""
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO assets (name, site, kind) VALUES ('MW-2', 'plant', 'pump') ON CONFLICT DO NOTHING")
+    page = login(browser, server, "maintenance")
+    try:
+        page.goto(server.url + "/maintenance")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        page.fill("#mw-assets-q", "MW-2")
+        page.wait_for_selector("#mw-assets-results[data-q='MW-2'] button[data-asset='MW-2']")
+        page.press("#mw-assets-q", "Enter")
+        page.wait_for_selector("#mw-assets-chosen [data-asset='MW-2']")
+        start = datetime.now(UTC) + timedelta(days=2)
+        page.fill("#mw-zone", "UTC")
+        page.fill("#mw-start", start.strftime("%Y-%m-%dT%H:%M"))
+        page.fill("#mw-end", (start + timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M"))
+        page.fill("#mw-reason", "WO-double-click")
+        page.dblclick("#mw-submit")
+        page.wait_for_selector("tr[data-window]:has-text('WO-double-click')", timeout=5000)
+        page.wait_for_load_state("networkidle")
+        with psycopg.connect(server.dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM maintenance_windows WHERE reason = 'WO-double-click'"
+                                ).fetchone() == (1,)
+
+        page.goto(server.url + "/assets/P-101")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        row = page.locator("#reviews tr[data-prediction]:has(.review-comment)").first
+        pid = int(row.get_attribute("data-prediction"))
+        row.locator("button.review-right").dblclick()
+        page.wait_for_selector(f"#reviews tr[data-prediction='{pid}'] td.review .badge", timeout=5000)
+        page.wait_for_load_state("networkidle")
+        with psycopg.connect(server.dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM prediction_feedback WHERE prediction_id = %s",
+                                (pid,)).fetchone() == (1,)
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
 def test_ending_or_cancelling_a_maintenance_window_asks_first(browser, server):
     """"End now" and "Cancel" acted at once: a stray click ended a running window, and the asset's alerts were raised
     again in the middle of the work. Each asks; dismissed, nothing changes."""

@@ -229,11 +229,14 @@
     const forget = V.draft(comment, "review:" + p.id);  // kept through a log-in after the session ended
     const cell = el("td", { class: "review" });
     const done = () => cell.replaceChildren(badge(p.verdict, p.verdict === "right" ? "st-cleared" : "st-raised"), ` by ${p.reviewed_by} `, timeCell(p.reviewed_at));
-    const send = (verdict) => async () => {
+    const send = (verdict) => async (ev) => {
+      const buttons = ev.target.parentNode.querySelectorAll("button");
+      if (ev.target.disabled) return;
+      buttons.forEach((b) => { b.disabled = true; });  // one review per click (a double-click stored two)
       let r;
       // a refusal is said by api() (its toast), a 401 leaves for the log-in form: nothing more to do here
       try { r = await api(`/api/predictions/${p.id}/review`, { method: "POST", body: { verdict, comment: comment.value } }); }
-      catch (e) { return; }
+      catch (e) { buttons.forEach((b) => { b.disabled = false; }); return; }
       Object.assign(p, { verdict: r.verdict, reviewed_by: r.reviewed_by, reviewed_at: r.reviewed_at });
       forget();
       done(); toast(`Prediction ${p.id} marked ${verdict}`);

@@ -78,14 +78,22 @@
         f.assets.querySelector("input").disabled = f.every.checked;
       } }),
     };
+    // One window per click: a double-click planned every window twice, and "End now" on one left its twin
+    // suppressing the asset's alerts. The button stays off while the plan is on its way (on again if refused).
     const submit = async () => {
-      const r = await api("/api/maintenance-windows", { method: "POST", body: {
-        assets: f.every.checked ? ["*"] : f.assets.value, starts_at: f.start.value, ends_at: f.end.value, time_zone: f.zone.value,
-        reason: f.reason.value, long: f.long.checked } });
+      if (button.disabled) return;
+      button.disabled = true;
+      let r;
+      try {
+        r = await api("/api/maintenance-windows", { method: "POST", body: {
+          assets: f.every.checked ? ["*"] : f.assets.value, starts_at: f.start.value, ends_at: f.end.value, time_zone: f.zone.value,
+          reason: f.reason.value, long: f.long.checked } });
+      } catch (e) { button.disabled = false; return; }  // api() said why (its toast)
       toast(`planned ${r.items.length} window(s)`);
       planner.replaceWith(planner = form(reload));
       reload();
     };
+    const button = el("button", { id: "mw-submit", onclick: submit }, "Plan window");
     return el("section", { class: "card", id: "mw-form" }, el("h2", {}, "Plan a window"),
       el("p", { class: "muted" }, "Start and end are wall-clock times in the time zone given (the site's); a window over a clock change ends when the clocks show its end."),
       el("div", { class: "row" },
@@ -94,7 +102,7 @@
         el("label", {}, "Start", f.start), el("label", {}, "End", f.end),
         el("label", {}, "Time zone (IANA)", f.zone), el("label", {}, "Reason", f.reason),
         el("label", {}, "Longer than 14 days", f.long),
-        el("button", { id: "mw-submit", onclick: submit }, "Plan window")));
+        button));
   }
 
   async function load() {
