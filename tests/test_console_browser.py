@@ -243,6 +243,32 @@ def test_traceability_follows_a_derived_tag_down_to_the_measured_one(browser, se
         page.context.close()
 
 
+def test_text_typed_while_another_engineer_acknowledged_first_is_sent_as_a_comment(browser, server):
+    """Two engineers on one alert: the other's acknowledgement comes first while this one types. The row turns
+    acknowledged and the text typed stays, in a comment box that sends it to the alert's history. The board had no
+    comment box (the API took comments): the text vanished with the acknowledgement box."""
+    insert_alert(server.dsn, "SECOND-ACK", asset="P-101", severity="warning", message="seal flush flow low")
+    page = login(browser, server, "engineer")
+    row = page.locator('tr[data-id="SECOND-ACK"]')
+    typed = "flush line strainer blocked, cleaned at 14:10"
+    row.locator(".ack-comment").fill(typed)
+    with server.client("admin") as a:  # the other engineer's comes first: the row turns acknowledged under the text
+        a.post("/api/alerts/SECOND-ACK/ack", json={"comment": "seen"}).raise_for_status()
+    page.wait_for_selector('tr[data-id="SECOND-ACK"][data-state="acknowledged"]', timeout=5000)
+    row = page.locator('tr[data-id="SECOND-ACK"]')
+    assert row.locator(".alert-comment").input_value() == typed
+    row.locator("details.hist summary").click()
+    page.wait_for_selector('tr[data-id="SECOND-ACK"] ul.history')
+    row.locator("button.comment").click()
+    page.wait_for_selector(f'tr[data-id="SECOND-ACK"] ul.history li:has-text("{typed}")', timeout=5000)
+    assert row.locator(".alert-comment").input_value() == ""
+    with psycopg.connect(server.dsn) as conn:
+        assert conn.execute("SELECT actor, detail->>'comment' FROM console_audit WHERE action = 'alert.comment' "
+                            "AND target_id = 'SECOND-ACK'").fetchall() == [("engineer", typed)]
+    assert page.errors == []
+    page.context.close()
+
+
 def test_viewer_sees_no_acknowledge_button(browser, server):
     page = login(browser, server, "viewer")
     page.wait_for_selector('tr[data-id="OLD-1"]')

@@ -55,8 +55,8 @@
   function row(a, fresh) {
     const actions = el("td", { class: "actions" });
     if (can("alerts.write") && a.state === "raised") {
-      const input = el("input", { placeholder: "comment (why / what was done)", class: "ack-comment", "aria-label": "comment" });
-      const forget = V.draft(input, "ack:" + a.id);  // kept through a log-in after the session ended
+      const input = el("input", { placeholder: "comment (why / what was done)", class: "ack-comment typed", "aria-label": "comment" });
+      const forget = V.draft(input, "alert:" + a.id);  // kept through a log-in after the session ended
       const btn = el("button", { class: "ack", onclick: async () => {
         btn.disabled = true;
         try {
@@ -66,6 +66,23 @@
         } catch (e) { btn.disabled = false; }
       } }, "Acknowledge");
       actions.append(el("div", { class: "ackbox" }, input, btn));
+    } else if (can("alerts.write") && a.state === "acknowledged") {
+      // A note to an acknowledged alert (the part ordered, the work done): the API took comments, the board had no
+      // box for one. An acknowledgement refused because another engineer's came first (409) leaves its text here.
+      const input = el("input", { placeholder: "add a comment", class: "alert-comment typed", "aria-label": "comment" });
+      const forget = V.draft(input, "alert:" + a.id);
+      const btn = el("button", { class: "secondary comment", onclick: async () => {
+        if (!input.value.trim()) { input.focus(); return; }
+        btn.disabled = true;
+        try {
+          await api(`/api/alerts/${encodeURIComponent(a.id)}/comment`, { method: "POST", body: { comment: input.value } });
+          forget();
+          input.value = "";
+          toast(`Comment added to alert ${a.id}`);
+          if (hist.dataset.loaded) { hist.dataset.loaded = ""; hist.replaceChildren(hist.firstChild); loadHistory(hist); }
+        } catch (e) { /* api() said why (its toast) */ } finally { btn.disabled = false; }
+      } }, "Comment");
+      actions.append(el("div", { class: "ackbox" }, input, btn));
     }
     if (can("alerts.write") && a.state !== "cleared") {
       actions.append(el("button", { class: "secondary clear", onclick: async () => {
@@ -74,15 +91,17 @@
         await api(`/api/alerts/${encodeURIComponent(a.id)}/clear`, { method: "POST", body: { comment: why } });
       } }, "Clear"));
     }
-    const hist = el("details", { class: "hist", ontoggle: async (ev) => {
-      if (!ev.target.open || ev.target.dataset.loaded) return;
-      const full = await api(`/api/alerts/${encodeURIComponent(a.id)}`);
-      ev.target.dataset.loaded = "1";
-      ev.target.append(el("ul", { class: "history" }, full.history.map((h) =>
+    async function loadHistory(box) {
+      if (!box.open || box.dataset.loaded) return;
+      box.dataset.loaded = "1";  // one load however often it is toggled meanwhile
+      let full;
+      try { full = await api(`/api/alerts/${encodeURIComponent(a.id)}`); } catch (e) { box.dataset.loaded = ""; return; }
+      box.append(el("ul", { class: "history" }, full.history.map((h) =>
         el("li", {}, timeCell(h.time), ` ${h.action} by ${h.actor}`, h.comment ? ` — “${h.comment}”` : ""))),
       el("pre", {}, V.jsonInPlantTime(full.evidence)));
-      ev.target.append(V.traceSection(a.id));
-    } }, el("summary", {}, "history & evidence"));
+      box.append(V.traceSection(a.id));
+    }
+    const hist = el("details", { class: "hist", ontoggle: (ev) => loadHistory(ev.target) }, el("summary", {}, "history & evidence"));
     return el("tr", { "data-id": a.id, "data-state": a.state, "data-raised": a.raised_at, class: fresh ? "new" : "" },
       el("td", {}, timeCell(a.raised_at)),
       el("td", {}, badge(a.severity, "sev-" + a.severity)),
@@ -113,8 +132,10 @@
     if (!visible(a)) { if (old) old.remove(); }
     else {
       const tr = row(a, fresh);
-      const typed = old?.querySelector(".ack-comment")?.value, input = tr.querySelector(".ack-comment");
-      if (typed && input) input.value = typed;  // the same alert changed (e.g. escalated): keep the comment
+      // the same alert changed (escalated; acknowledged by another engineer first): the comment stays, in the
+      // acknowledgement box or in the comment box that replaces it
+      const typed = old?.querySelector("input.typed")?.value, input = tr.querySelector("input.typed");
+      if (typed && input) input.value = typed;
       if (old) old.replaceWith(tr);
       else {
         const after = [...tbody.children].find((x) => x.dataset.raised && x.dataset.raised < a.raised_at);
