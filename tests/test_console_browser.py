@@ -1134,6 +1134,41 @@ def test_gateways_page_says_when_it_stopped_being_updated(browser, server):
         page.context.close()
 
 
+def test_dead_letters_page_on_past_the_newest_20_and_stay_through_a_refresh(browser, server):
+    """The gateways page showed the newest 20 dead letters and nothing more of the week, next to a count of 45: the
+    rest could not be reached ("never cut silently", console/README.md). "Load older" now, and the 10-s refresh
+    keeps the rows paged to."""
+    now = datetime.now(UTC)
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO dead_letters (time, source, topic, payload, error) VALUES (%s, 'mqtt', %s, %s, 'not JSON')",
+            [(now - timedelta(minutes=i), f"plant/line1/T-{i}", b"{bad" + b"x" * (600 if i == 0 else 0))
+             for i in range(45)])
+    page = login(browser, server, "viewer")
+    try:
+        page.clock.install()
+        page.goto(server.url + "/gateways")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        rows = page.locator("#dead-letters tr[data-dead-letter]")
+        assert rows.count() == 20 and "newest 20 of 45" in page.inner_text("#dead-letters")
+        assert "(first 500 of 604 bytes)" in rows.first.inner_text()
+        page.click("#dead-letters-more")
+        page.wait_for_selector("#dead-letters tr[data-dead-letter]:nth-child(40)")
+        page.clock.run_for(11000)
+        page.wait_for_load_state("networkidle")
+        assert rows.count() == 40, "a refresh kept the rows paged to"
+        page.click("#dead-letters-more")
+        page.wait_for_selector("#dead-letters tr[data-dead-letter]:nth-child(45)")
+        assert page.locator("#dead-letters-more").is_hidden()
+        topics = [t.split("\t")[2] for t in rows.all_inner_texts()]
+        assert topics == [f"plant/line1/T-{i}" for i in range(45)], "each once, newest first"
+        assert page.errors == []
+    finally:
+        page.context.close()
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM dead_letters WHERE error = 'not JSON'")
+
+
 def test_exceedances_are_labelled_by_the_stacks_calendar(browser, server):
     """A day exceedance is of the stack's calendar day: the exceedance table labelled it by its start in the
     browser's (or plant's) zone, so a browser in New York showed the UTC stack's 12-06 as "12-05 19:00 -05:00"."""
