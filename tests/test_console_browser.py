@@ -1169,6 +1169,32 @@ def test_dead_letters_page_on_past_the_newest_20_and_stay_through_a_refresh(brow
             conn.execute("DELETE FROM dead_letters WHERE error = 'not JSON'")
 
 
+def test_the_audit_log_pages_back_past_the_newest_50(browser, server):
+    """The admin page showed the newest 50 audit entries and no way further back: a shift's log-ins and
+    acknowledgements pushed who did what before them out of reach from the page."""
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO console_audit (time, actor, actor_kind, action, target_kind, target_id, detail) "
+                     "SELECT now() - interval '300 days' + i * interval '1 minute', 'old-admin', 'user', "
+                     "'user.create', 'user', 'old-' || i, '{}'::jsonb FROM generate_series(1, 60) i")
+        (total,) = conn.execute("SELECT count(*) FROM console_audit").fetchone()
+    page = login(browser, server, "admin")
+    try:
+        page.goto(server.url + "/admin")
+        page.wait_for_selector("#audit tr[data-audit]")
+        rows = page.locator("#audit tr[data-audit]")
+        assert rows.count() == 50
+        while page.locator("#audit-more").is_visible():
+            n = rows.count()
+            page.click("#audit-more")
+            page.wait_for_selector(f"#audit tr[data-audit]:nth-child({min(n + 50, total + 1)})")
+        ids = [r.get_attribute("data-audit") for r in rows.all()]
+        assert len(ids) >= total and len(set(ids)) == len(ids), (len(ids), total)
+        assert rows.last.inner_text().split("\t")[3] == "user old-1", "the oldest entry reached"
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
 def test_exceedances_are_labelled_by_the_stacks_calendar(browser, server):
     """A day exceedance is of the stack's calendar day: the exceedance table labelled it by its start in the
     browser's (or plant's) zone, so a browser in New York showed the UTC stack's 12-06 as "12-05 19:00 -05:00"."""

@@ -6,7 +6,7 @@
   const ROLES = ["viewer", "engineer", "maintenance", "admin"];
 
   async function render() {
-    const [users, tokens, audit] = await Promise.all([api("/api/users"), api("/api/tokens"), api("/api/audit?limit=50")]);
+    const [users, tokens, audit] = await Promise.all([api("/api/users"), api("/api/tokens"), api("/api/audit" + V.qs(AUDIT))]);
     const nu = { username: el("input", { placeholder: "user name", id: "new-user" }),
       password: el("input", { type: "password", placeholder: "password (10+ characters)", id: "new-password" }),
       role: el("select", { id: "new-role" }, ROLES.map((r) => el("option", { value: r }, r))) };
@@ -41,10 +41,18 @@
       el("div", { class: "row" }, nt.name, nt.role,
         el("button", { onclick: async () => { const r = await api("/api/tokens", { method: "POST", body: { name: nt.name.value, role: nt.role.value } }); await render(); document.getElementById("token-shown").textContent = `New token (shown once): ${r.token}`; } }, "Create token")),
       shown,
-      el("h2", {}, "Audit log"),
-      table(["Time", "Who", "Action", "Target", "Detail", "From"], audit.items.map((a) => el("tr", {},
-        el("td", {}, timeCell(a.time)), el("td", {}, a.actor), el("td", {}, a.action), el("td", {}, `${a.target_kind} ${a.target_id}`),
-        el("td", {}, el("code", {}, JSON.stringify(a.detail))), el("td", {}, a.client)))));
+      el("h2", {}, "Audit log"), auditLog);
+    auditLog.replaceChildren(table(["Time", "Who", "Action", "Target", "Detail", "From"], audit.items.map(auditRow)));
+    auditLog.append(el("p", {}, V.moreButton("audit-more", "/api/audit", AUDIT, audit.next_cursor, auditLog.querySelector("tbody"), auditRow)));
+  }
+  // The newest 50, then "Load older" back to the first entry: only the newest 50 could be seen (a busy shift's
+  // log-ins and acknowledgements), the record of who did what before them out of reach from the page.
+  const AUDIT = { limit: 50 };
+  const auditLog = el("div", { id: "audit" });
+  function auditRow(a) {
+    return el("tr", { "data-audit": a.id },
+      el("td", {}, timeCell(a.time)), el("td", {}, a.actor), el("td", {}, a.action), el("td", {}, `${a.target_kind} ${a.target_id}`),
+      el("td", {}, el("code", {}, JSON.stringify(a.detail))), el("td", {}, a.client));
   }
   render().catch((e) => V.failed("Administration", e));
 })();
