@@ -938,6 +938,29 @@ def test_a_report_file_has_its_styles_and_runs_no_script_in_the_consoles_origin(
             page.context.close()
 
 
+def test_a_reports_folder_past_what_is_listed_says_so(browser, server, tmp_path):
+    """The emissions page lists the newest 500 report files; a folder with more (two stacks' daily reports within
+    the year) lost the rest from the list without a word. The page says how many there are and where the others are."""
+    for i in range(503):
+        f = tmp_path / f"WI1-day-{i:03d}.html"
+        f.write_text("<h1>day</h1>")
+        os.utime(f, (1_700_000_000 + i * 86400, 1_700_000_000 + i * 86400))
+    with ConsoleServer(server.dsn, reports_dir=str(tmp_path)) as srv:
+        with srv.client("viewer") as c:
+            listed = c.get("/api/emissions/reports/files").json()
+        assert (len(listed["items"]), listed["total"]) == (500, 503)
+        assert listed["items"][0]["name"] == "WI1-day-502.html", "newest first"
+        page = login(browser, srv, "viewer")
+        try:
+            page.goto(srv.url + "/emissions")
+            page.wait_for_selector("body[data-ready='1']", timeout=15000)
+            assert page.locator("#reports li").count() == 500
+            assert "newest 500 of 503 report files" in page.inner_text("#reports-more")
+            assert page.errors == []
+        finally:
+            page.context.close()
+
+
 def test_emissions_page(browser, server):
     page = login(browser, server, "viewer")
     page.goto(server.url + "/emissions")

@@ -293,16 +293,23 @@ async def events(request: Request, stack: str, from_: str | None = Query(None, a
 
 @router.get("/reports/files")
 async def reports(request: Request):
-    """Report files in ``console.reports_dir`` (newest first), each with its download link."""
+    """Report files in ``console.reports_dir`` (newest first, at most ``REPORTS_LISTED``), each with its download
+    link; ``total``: how many the folder holds (more than listed: the page says so)."""
     root = request.app.state.config.console.reports_dir
     if root is None:
-        return {"items": [], "configured": False}
-    return {"configured": True, "items": await asyncio.to_thread(_list_reports, Path(root))}
+        return {"items": [], "configured": False, "total": 0}
+    items, total = await asyncio.to_thread(_list_reports, Path(root))
+    return {"configured": True, "items": items, "total": total}
 
 
-def _list_reports(root: Path) -> list[dict]:
+REPORTS_LISTED = 500
+
+
+def _list_reports(root: Path) -> tuple[list[dict], int]:
+    """The newest ``REPORTS_LISTED`` files /reports/ serves, and how many there are. Only the newest were listed,
+    and the page gave no sign of the others: a folder of two stacks' daily reports is past 500 within the year."""
     if not root.is_dir():
-        return []
+        return [], 0
     # What /reports/ serves (`report_path`): a symlink out of the folder was listed with its target's size and time
     # and a link that answered 404.
     files = sorted((p for p in root.rglob("*") if report_path(root, p.relative_to(root).as_posix())),
@@ -310,4 +317,4 @@ def _list_reports(root: Path) -> list[dict]:
     # The href URL-encoded: a name with a space, '#' or '?' otherwise ends the path where the browser reads it.
     return [{"name": str(p.relative_to(root)), "bytes": p.stat().st_size,
              "href": "/reports/" + quote(p.relative_to(root).as_posix()),
-             "modified": datetime.fromtimestamp(p.stat().st_mtime, UTC)} for p in files[:500]]
+             "modified": datetime.fromtimestamp(p.stat().st_mtime, UTC)} for p in files[:REPORTS_LISTED]], len(files)

@@ -162,6 +162,8 @@
       el("h2", {}, "Reports"),
       reports.items.length ? el("ul", { id: "reports" }, reports.items.map((r) => el("li", {}, el("a", { href: r.href }, r.name), ` (${fmtNum(r.bytes / 1024)} kB)`)))
         : el("p", { class: "muted" }, reports.configured ? "No reports yet." : "No reports folder configured (console.reports_dir)."),
+      reports.total > reports.items.length ? el("p", { class: "warn-text", id: "reports-more" },
+        `The newest ${reports.items.length} of ${reports.total} report files are listed; the older ones are in the reports folder (console.reports_dir).`) : "",
     ];
   }
 
