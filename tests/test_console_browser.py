@@ -876,6 +876,34 @@ def test_a_double_click_plans_one_window_and_stores_one_review(browser, server):
         page.context.close()
 
 
+def test_the_asset_pages_windows_say_there_are_more_and_link_to_the_assets_own(browser, server):
+    """The asset page named its first 5 current and upcoming windows and no more (a weekly plan's sixth was left out
+    without a word); its link opened every asset's windows. It says "and more" and links to the asset's."""
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO assets (name, site, kind) VALUES ('MW-3', 'plant', 'pump') ON CONFLICT DO NOTHING")
+    now = datetime.now(UTC)
+    with server.client("maintenance") as c:
+        for week in range(1, 8):
+            start = now + timedelta(weeks=week)
+            c.post("/api/maintenance-windows", json={"assets": ["MW-3"], "reason": f"weekly {week}",
+                                                     "starts_at": start.isoformat(),
+                                                     "ends_at": (start + timedelta(hours=2)).isoformat()}
+                   ).raise_for_status()
+    page = login(browser, server, "viewer")
+    try:
+        page.goto(server.url + "/assets/MW-3")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        text = page.inner_text("#asset-windows")
+        assert "weekly 5" in text and "weekly 6" not in text and "and more" in text, text
+        page.click("#asset-windows-link")
+        page.wait_for_url(server.url + "/maintenance?asset=MW-3")
+        page.wait_for_selector("#mw-content[data-asset='MW-3'] tr[data-window]")
+        assert page.locator("#mw-content tr[data-window]:has-text('weekly')").count() == 7
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
 def test_ending_or_cancelling_a_maintenance_window_asks_first(browser, server):
     """"End now" and "Cancel" acted at once: a stray click ended a running window, and the asset's alerts were raised
     again in the middle of the work. Each asks; dismissed, nothing changes."""

@@ -272,7 +272,7 @@ const V = (() => {
       el("td", {}, badge(s.severity || "", "sev-" + (s.severity || "info"))),
       el("td", {}, el("a", { href: "/assets/" + encodeURIComponent(s.asset) }, s.asset), s.tag ? [el("br"), el("small", {}, s.tag)] : ""),
       el("td", { class: "msg" }, s.message || s.kind),
-      el("td", {}, `suppressed by `, el("a", { href: "/maintenance" }, `window #${w.id}`),
+      el("td", {}, `suppressed by `, el("a", { href: "/maintenance" + qs({ asset: s.asset }) }, `window #${w.id}`),
         ` until ${fmtZoned(w.ends_at, w.time_zone)}`, el("br"), el("small", {}, w.reason || ""),
         el("br"), el("small", { class: "muted" }, "first seen ", fmtZoned(s.seen_at, w.time_zone))));
   }
