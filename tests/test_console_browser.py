@@ -130,6 +130,25 @@ def test_login_page_and_wrong_password(browser, server):
     page.close()
 
 
+def test_a_wrong_password_keeps_the_user_name_typed(browser, server):
+    """After a wrong password the form came back empty: the user name was typed again at every attempt. It stays (as
+    text: markup in it is no element), the password does not."""
+    page = browser.new_page()
+    for typed in ("engineer", '"><img id=xss-login src=x>'):
+        page.goto(server.url + "/alerts?site=KIP-North")
+        page.fill("#username", typed)
+        page.fill("#password", "not-the-password")
+        page.click("#login")
+        assert "wrong user name or password" in page.inner_text(".error")
+        assert page.input_value("#username") == typed and page.input_value("#password") == ""
+        assert page.locator("#xss-login").count() == 0
+    page.fill("#username", "engineer")
+    page.fill("#password", PASSWORD)
+    page.click("#login")
+    page.wait_for_url(server.url + "/alerts?site=KIP-North")
+    page.close()
+
+
 def test_new_alert_appears_live_and_is_acknowledged(browser, server):
     page = login(browser, server, "engineer")
     page.wait_for_selector("#live-dot.on")
