@@ -288,6 +288,24 @@ def test_text_typed_while_another_engineer_acknowledged_first_is_sent_as_a_comme
     page.context.close()
 
 
+def test_a_refusal_quotes_its_times_in_plant_time(browser, server):
+    """A refused acknowledgement (another engineer's came first) said when in UTC ISO-8601, "at
+    2026-12-07T08:10:00.52+00:00", on a board whose every time is plant time with its offset."""
+    insert_alert(server.dsn, "TWICE-ACK", asset="F-201", message="fan bearing temperature high")
+    with server.client("admin") as a:
+        a.post("/api/alerts/TWICE-ACK/ack", json={"comment": "first"}).raise_for_status()
+        at = datetime.fromisoformat(a.get("/api/alerts/TWICE-ACK").json()["acknowledged_at"])
+    page = login(browser, server, "engineer", timezone_id="Europe/Helsinki")
+    page.evaluate("""() => V.api("/api/alerts/TWICE-ACK/ack", { method: "POST", body: { comment: "second" } })
+        .catch(() => null)""")
+    toast = page.locator(".toast.error").first.inner_text()
+    local = at.astimezone(ZoneInfo("Europe/Helsinki"))
+    offset = f"{local:%z}"
+    assert f"was acknowledged by admin at {local:%Y-%m-%d %H:%M:%S} {offset[:3]}:{offset[3:]}" in toast, toast
+    assert "+00:00" not in toast
+    page.context.close()
+
+
 def test_viewer_sees_no_acknowledge_button(browser, server):
     page = login(browser, server, "viewer")
     page.wait_for_selector('tr[data-id="OLD-1"]')
@@ -419,7 +437,8 @@ def test_a_comment_typed_when_the_session_ended_is_there_after_logging_in_again(
 
     page.goto(server.url + "/assets/P-101")
     page.wait_for_selector("body[data-ready='1']", timeout=15000)
-    review = page.locator("#reviews tr[data-prediction]:has(.review-comment)").first
+    # the oldest row loaded: the newest is test_asset_page_draws_prediction_band_and_review's to review
+    review = page.locator("#reviews tr[data-prediction]:has(.review-comment)").last
     pid = review.get_attribute("data-prediction")
     review.locator(".review-comment").fill("no fault found at the bearing")
     end_session(server, page)
@@ -448,7 +467,7 @@ def test_a_page_open_while_the_user_logged_in_again_in_another_tab_still_sends(b
     log_in_again(other, "admin")
     other.wait_for_url(server.url + "/alerts")
     rows = page.locator("#reviews tr[data-prediction]:has(.review-comment)")
-    first = rows.nth(0)
+    first = rows.last  # the oldest loaded: the newest are for the other tests
     pid = int(first.get_attribute("data-prediction"))
     first.locator(".review-comment").fill("seal leak confirmed on site")
     first.locator("button.review-right").click()
@@ -463,7 +482,7 @@ def test_a_page_open_while_the_user_logged_in_again_in_another_tab_still_sends(b
     other.goto(server.url + "/alerts")
     log_in_again(other, "maintenance")
     other.wait_for_url(server.url + "/alerts")
-    second = rows.nth(0)
+    second = rows.last
     pid2 = int(second.get_attribute("data-prediction"))
     second.locator("button.review-wrong").click()
     page.wait_for_selector(".toast.error", timeout=5000)
@@ -882,7 +901,7 @@ def test_a_double_click_plans_one_window_and_stores_one_review(browser, server):
 
         page.goto(server.url + "/assets/P-101")
         page.wait_for_selector("body[data-ready='1']", timeout=15000)
-        row = page.locator("#reviews tr[data-prediction]:has(.review-comment)").first
+        row = page.locator("#reviews tr[data-prediction]:has(.review-comment)").last
         pid = int(row.get_attribute("data-prediction"))
         row.locator("button.review-right").dblclick()
         page.wait_for_selector(f"#reviews tr[data-prediction='{pid}'] td.review .badge", timeout=5000)

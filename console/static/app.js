@@ -48,9 +48,12 @@ const V = (() => {
     if (r.status === 204) return null;
     const body = await r.json().catch(() => ({}));
     if (!r.ok) {
-      const err = new Error(body.detail || r.statusText);
+      // times the server quotes (an acknowledgement that came first, a window's start) in plant time, as the page
+      // shows them: "acknowledged by anna at 2026-12-07T08:10:00.52+00:00" on a Helsinki board read as 08:10
+      const detail = typeof body.detail === "string" ? body.detail.replace(ISO_IN_TEXT, (t) => fmtTime(t)) : "";
+      const err = new Error(detail || r.statusText);
       err.status = r.status; err.problem = body;
-      if (!opts.quiet) toast(body.detail || `${r.status} ${r.statusText}`, "error");
+      if (!opts.quiet) toast(detail || `${r.status} ${r.statusText}`, "error");
       throw err;
     }
     return body;
@@ -276,6 +279,7 @@ const V = (() => {
         ` until ${fmtZoned(w.ends_at, w.time_zone)}`, el("br"), el("small", {}, w.reason || ""),
         el("br"), el("small", { class: "muted" }, "first seen ", fmtZoned(s.seen_at, w.time_zone))));
   }
+  const ISO_IN_TEXT = /\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[+-]\d{2}:\d{2}|Z)/g;
   const ISO_TIME = /^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})$/;
   /** Evidence as indented JSON with its times in plant time, as everywhere else on the page: the stored UTC
    *  times read like another zone's wall clock next to the plant-time history above them. */
