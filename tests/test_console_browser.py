@@ -942,6 +942,45 @@ def test_the_asset_pages_windows_say_there_are_more_and_link_to_the_assets_own(b
         page.context.close()
 
 
+def test_a_window_form_filled_when_the_session_ended_is_there_after_logging_in_again(browser, server):
+    """A planner fills in the window form; the session has ended meanwhile, so "Plan window" leads to the log-in form,
+    and back on the page the form was empty (assets, times, zone, reason to be given again). They are kept in the
+    tab until the window is planned."""
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO assets (name, site, kind) VALUES ('MW-4', 'plant', 'pump') ON CONFLICT DO NOTHING")
+    page = login(browser, server, "maintenance")
+    try:
+        page.goto(server.url + "/maintenance")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        page.fill("#mw-assets-q", "MW-4")
+        page.wait_for_selector("#mw-assets-results[data-q='MW-4'] button[data-asset='MW-4']")
+        page.press("#mw-assets-q", "Enter")
+        start = (datetime.now(UTC) + timedelta(days=3)).strftime("%Y-%m-%dT%H:%M")
+        end = (datetime.now(UTC) + timedelta(days=3, hours=4)).strftime("%Y-%m-%dT%H:%M")
+        page.fill("#mw-start", start)
+        page.fill("#mw-end", end)
+        page.fill("#mw-zone", "Europe/Helsinki")
+        page.fill("#mw-reason", "WO-4711 impeller change")
+        end_session(server, page)
+        page.click("#mw-submit")
+        page.wait_for_url(re.compile(r".*/login\?next="), timeout=10000)
+        log_in_again(page, "maintenance")
+        page.wait_for_url(server.url + "/maintenance")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        assert page.locator("#mw-assets-chosen [data-asset='MW-4']").count() == 1
+        assert [page.input_value(f"#mw-{k}") for k in ("start", "end", "zone", "reason")] == [
+            start, end, "Europe/Helsinki", "WO-4711 impeller change"]
+        page.click("#mw-submit")
+        page.wait_for_selector("tr[data-window]:has-text('WO-4711 impeller change')", timeout=5000)
+        assert page.input_value("#mw-reason") == "" and page.locator("#mw-assets-chosen [data-asset]").count() == 0
+        with psycopg.connect(server.dsn) as conn:
+            assert conn.execute("SELECT asset, time_zone FROM maintenance_windows WHERE reason = "
+                                "'WO-4711 impeller change'").fetchall() == [("MW-4", "Europe/Helsinki")]
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
 def test_ending_or_cancelling_a_maintenance_window_asks_first(browser, server):
     """"End now" and "Cancel" acted at once: a stray click ended a running window, and the asset's alerts were raised
     again in the middle of the work. Each asks; dismissed, nothing changes."""

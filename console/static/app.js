@@ -205,7 +205,8 @@ const V = (() => {
   function draft(input, key) {
     const k = "valvoja-draft:" + key;
     const store = (f) => { try { return f(sessionStorage); } catch (e) { return null; } };  // storage off: no drafts
-    if (!input.value) input.value = store((s) => s.getItem(k)) || "";
+    const saved = store((s) => s.getItem(k));
+    if (saved) input.value = saved;  // over a default (the windows form's zone): it is what was typed
     input.addEventListener("input", () => store((s) => (input.value ? s.setItem(k, input.value) : s.removeItem(k))));
     return () => store((s) => s.removeItem(k));
   }
