@@ -1647,6 +1647,36 @@ def test_long_lists_page_on_instead_of_losing_rows(browser, pg_admin_dsn):
                 page.context.close()
 
 
+def test_the_board_orders_alerts_by_instant_across_a_clock_change(browser, pg_admin_dsn):
+    """A database whose time zone is the plant's (Debian's initdb takes the machine's) answers times with the offset
+    of their moment: on the night clocks go back, 03:30+03:00 and, forty minutes later, 03:10+02:00. The board sorted
+    them as text, the later alert below the earlier one; a live one was put in by the same comparison."""
+    with fresh_database(pg_admin_dsn) as dsn:
+        seed_users(dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"ALTER DATABASE \"{conn.info.dbname}\" SET timezone TO 'Europe/Helsinki'")
+        change = datetime(2026, 10, 25, 1, tzinfo=UTC)  # 04:00 EEST -> 03:00 EET
+        insert_alerts(dsn, [make_alert("BEFORE", raised_at=change - timedelta(minutes=30)),
+                            make_alert("AFTER", raised_at=change + timedelta(minutes=10))])
+        with ConsoleServer(dsn) as srv:
+            with srv.client("viewer") as c:
+                times = {a["id"]: a["raised_at"] for a in c.get("/api/alerts").json()["items"]}
+            assert times == {"BEFORE": "2026-10-25T03:30:00+03:00", "AFTER": "2026-10-25T03:10:00+02:00"}
+            page = login(browser, srv, "viewer")
+            try:
+                page.wait_for_selector("#live-dot.on")
+                page.wait_for_selector('tr[data-id="BEFORE"]')
+                assert [r.get_attribute("data-id") for r in page.locator("#alert-rows tr[data-id]").all()] == [
+                    "AFTER", "BEFORE"]
+                insert_alert(dsn, "BETWEEN", raised_at=change - timedelta(minutes=5))  # 03:55+03:00, live
+                page.wait_for_selector('tr[data-id="BETWEEN"]')
+                assert [r.get_attribute("data-id") for r in page.locator("#alert-rows tr[data-id]").all()] == [
+                    "AFTER", "BETWEEN", "BEFORE"]
+                assert page.errors == []
+            finally:
+                page.context.close()
+
+
 def test_typing_in_the_asset_search_narrows_the_list(browser, pg_admin_dsn):
     """A site of 20,000 assets: the assets page read them all before it showed one. It shows the first 200 and
     searches on the server as one types (name, area, kind, description); a reload keeps the search."""

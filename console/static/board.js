@@ -119,7 +119,9 @@
 
   const empty = () => el("tr", { id: "no-alerts" }, el("td", { colspan: 9, class: "muted" }, "No alerts match."));
   function render() {
-    const list = [...rows.values()].filter(visible).sort((a, b) => (a.raised_at < b.raised_at ? 1 : -1));
+    // By instant, not by text: the times come in the database session's zone (a server set to Europe/Helsinki
+    // answers +03:00, then +02:00 after the autumn change), and as text 03:10+02:00 sorted before 03:30+03:00.
+    const list = [...rows.values()].filter(visible).sort((a, b) => Date.parse(b.raised_at) - Date.parse(a.raised_at));
     tbody.replaceChildren(...list.map((a) => row(a, false)));
     if (!list.length) tbody.append(empty());
   }
@@ -138,7 +140,7 @@
       if (typed && input) input.value = typed;
       if (old) old.replaceWith(tr);
       else {
-        const after = [...tbody.children].find((x) => x.dataset.raised && x.dataset.raised < a.raised_at);
+        const after = [...tbody.children].find((x) => x.dataset.raised && Date.parse(x.dataset.raised) < Date.parse(a.raised_at));
         tbody.insertBefore(tr, after || null);
       }
     }
