@@ -1090,6 +1090,30 @@ def test_emissions_page(browser, server):
     page.context.close()
 
 
+def test_today_is_not_marked_an_invalid_day_before_it_is_over(browser, server):
+    """The stack's today has its day average so far, with too few hours for a valid day until the evening: the
+    calendar marked it an invalid day (yellow, the kind a permit counts) and its live card said "invalid". It is
+    "running" (blue) until it is over, and its too-short averages say so; the days before keep their verdicts."""
+    today = datetime.now(UTC).date()  # the seeded stack is in UTC
+    page = login(browser, server, "viewer")
+    try:
+        page.goto(server.url + "/emissions")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        cell = page.locator(f"#calendar [data-date='{today.isoformat()}']")
+        assert cell.get_attribute("class") == "running" and "running" in cell.inner_text()
+        yesterday = page.locator(f"#calendar [data-date='{(today - timedelta(days=1)).isoformat()}']")
+        if today.day > 1:
+            assert yesterday.get_attribute("class") in ("valid", "invalid", "exceed")
+        for running in page.locator("#live tr[data-period]:has-text('(running)')").all():
+            assert "invalid" not in running.inner_text(), running.inner_text()
+        with server.client("viewer") as c:
+            days = c.get("/api/emissions/WI1/calendar").json()["days"]
+        assert next(d["date"] for d in days if d["running"]) == today.isoformat()
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
 def test_switching_stack_keeps_the_month_shown(browser, pg_admin_dsn):
     """Choosing another stack dropped ``?month=``: the engineer looking at last month's calendar was sent back to
     this month's."""

@@ -213,6 +213,7 @@ async def compliance_calendar(request: Request, stack: str,
     revised = await db.fetch(f"SELECT {REVISION_COLUMNS} FROM emission_revisions WHERE stack = %s AND period = 'day' "
                              "AND period_start >= %s AND period_start < %s ORDER BY revised_at", (stack, start, end))
     out, placed = [], set()
+    now = datetime.now(UTC)
     for d in range(1, calendar.monthrange(y, m)[1] + 1):
         ds = datetime(y, m, d, tzinfo=tz)
         de = ds + timedelta(days=1)
@@ -225,8 +226,14 @@ async def compliance_calendar(request: Request, stack: str,
         status = ("none" if not dayrows else "exceed" if any(e["breach"] for e in ev)
                   else "invalid" if any(r["status"] == 1 for r in dayrows)
                   else "off" if all(r["status"] == 2 for r in dayrows) else "valid")
-        out.append({"date": ds.date().isoformat(), "status": status, "pollutants": dayrows, "events": ev,
-                    "revisions": changed})
+        # The stack's today is not over: its day average so far is no verdict. Marked "invalid" (too few hours yet),
+        # it read as an invalid day, which a permit counts (IED Annex VI: at most 10 a year); an exceedance of one of
+        # its hours or half-hours is final and stays "exceed".
+        running = de > now
+        if running and status in ("valid", "invalid"):
+            status = "running"
+        out.append({"date": ds.date().isoformat(), "status": status, "running": running, "pollutants": dayrows,
+                    "events": ev, "revisions": changed})
     longer = [e for e in events if id(e) not in placed]
     return {"stack": stack, "month": f"{y:04d}-{m:02d}", "timezone": str(tz), "days": out, "period_events": longer}
 

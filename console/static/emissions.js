@@ -51,7 +51,8 @@
         " ", el("small", {}, "(raw) "), timeCell(item.reading.time)) : "",
       table(["Period", "Normalised mg/Nm³", "Validated mg/Nm³", "Limit mg/Nm³", ""], rows.map((r) => el("tr", { "data-period": r.period },
         el("td", {}, r.period.replace("_", "-"), " ", el("small", { title: r.period_start }, when(r), r.running ? " (running)" : "")),
-        el("td", {}, fmtNum(r.value), r.valid ? "" : el("small", { class: "warn-text" }, " invalid")),
+        // a running average with too few values yet is not (yet) an invalid one
+        el("td", {}, fmtNum(r.value), r.valid ? "" : el("small", { class: r.running ? "muted" : "warn-text" }, r.running ? " too few values yet" : " invalid")),
         // the validated average next to its limit with the digits that tell them apart (200.04 against 200)
         el("td", {}, r.limits.length ? V.fmtVs(r.validated, r.limits[0].limit)[0] : fmtNum(r.validated)),
         el("td", { title: r.limits.map((l) => `${l.rule}: ${fmtNum(l.limit)} mg/Nm³, ${fmtNum(l.share)} % of ${l.period.replace("_", "-")} averages within`).join("\n") },
@@ -153,7 +154,7 @@
         `${e.period.replace("_", "-")} `, periodCell(e.period, e.period_start, live.timezone),
         ` ${e.pollutant} ${e.rule}: ${eventText(e)} `,
         e.breach ? badge("breach", "st-raised") : badge("tolerated", "st-acknowledged"), e.provisional ? " (provisional)" : ""))) : "",
-      el("p", { class: "muted" }, "green: valid and within limits · red: exceedance · yellow: invalid day · grey: no data or not operating · dashed: changed after it closed"),
+      el("p", { class: "muted" }, "green: valid and within limits · red: exceedance · yellow: invalid day · blue: today, not over yet (its averages so far) · grey: no data or not operating · dashed: changed after it closed"),
       el("h2", {}, "Exceedances (31 days)"),
       events.items.length ? eventsTable(stack, events, live.timezone) : el("p", { class: "muted" }, "None."),
       el("h2", {}, "Closed days changed (last 31 days)"),
