@@ -306,6 +306,21 @@ def test_a_refusal_quotes_its_times_in_plant_time(browser, server):
     page.context.close()
 
 
+def test_a_filter_from_the_address_that_names_no_site_is_shown_as_such(browser, server):
+    """A wall screen's link naming a site that no longer exists (renamed in the configuration): the board filtered on
+    it and said "No alerts match.", while its Site select showed "all": no alert anywhere, as it read."""
+    page = login(browser, server, "viewer")
+    page.goto(server.url + "/alerts?site=KIP-Nort")
+    page.wait_for_selector("#no-alerts")
+    assert page.input_value("#f-site") == "KIP-Nort"
+    assert page.locator("#f-site option:checked").inner_text() == "KIP-Nort (unknown)"
+    page.select_option("#f-site", "KIP-North")
+    page.wait_for_url(server.url + "/alerts?site=KIP-North")
+    page.wait_for_selector("#alert-rows tr[data-id]")
+    assert page.errors == []
+    page.context.close()
+
+
 def test_viewer_sees_no_acknowledge_button(browser, server):
     page = login(browser, server, "viewer")
     page.wait_for_selector('tr[data-id="OLD-1"]')

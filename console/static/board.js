@@ -33,6 +33,10 @@
   }
 
   function select(name, label, options) {
+    // A value from the address that is not among the choices (a site renamed since the wall screen's link was made)
+    // is shown as what it is: the select fell back to its first option, "all", over a board that filtered on the
+    // unknown site and said "No alerts match." — read as no alert anywhere.
+    if (filters[name] && !options.some(([v]) => v === filters[name])) options = [...options, [filters[name], `${filters[name]} (unknown)`]];
     const s = el("select", { id: "f-" + name, name, onchange: () => { filters[name] = s.value; syncUrl(); reload(); } },
       options.map(([v, t]) => el("option", { value: v, selected: filters[name] === v }, t)));
     return el("label", {}, label, s);
