@@ -1336,6 +1336,25 @@ def test_dead_letters_page_on_past_the_newest_20_and_stay_through_a_refresh(brow
             conn.execute("DELETE FROM dead_letters WHERE error = 'not JSON'")
 
 
+def test_a_double_click_creates_one_token(browser, server):
+    """A double-click on "Create token" made two tokens: the first shown and overwritten at once by the second's
+    answer, a working credential nobody had seen."""
+    page = login(browser, server, "admin")
+    try:
+        page.goto(server.url + "/admin")
+        page.wait_for_selector("button:has-text('Create token')")
+        page.fill("input[placeholder='token name (the machine)']", "historian-dbl")
+        page.dblclick("button:has-text('Create token')")
+        page.wait_for_selector("#token-shown:has-text('New token')")
+        page.wait_for_load_state("networkidle")
+        with psycopg.connect(server.dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM console_api_tokens WHERE name = 'historian-dbl'"
+                                ).fetchone() == (1,)
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
 def test_the_audit_log_pages_back_past_the_newest_50(browser, server):
     """The admin page showed the newest 50 audit entries and no way further back: a shift's log-ins and
     acknowledgements pushed who did what before them out of reach from the page."""

@@ -5,6 +5,17 @@
   const { el, api, main, table, timeCell, toast } = V;
   const ROLES = ["viewer", "engineer", "maintenance", "admin"];
 
+  /** A button's action run once per click, the button off meanwhile: a double-click on "Create token" made two
+   * tokens, the first shown and overwritten at once, the second a working credential nobody had seen. */
+  function once(action) {
+    return async (ev) => {
+      const b = ev.currentTarget;
+      if (b.disabled) return;
+      b.disabled = true;
+      try { await action(); } catch (e) { /* api() said why (its toast) */ } finally { b.disabled = false; }
+    };
+  }
+
   async function render() {
     const [users, tokens, audit] = await Promise.all([api("/api/users"), api("/api/tokens"), api("/api/audit" + V.qs(AUDIT))]);
     const nu = { username: el("input", { placeholder: "user name", id: "new-user" }),
@@ -30,7 +41,7 @@
             await api(`/api/users/${encodeURIComponent(u.username)}`, { method: "PATCH", body: { disabled: !u.disabled } }); render(); } }, u.disabled ? "Enable" : "Disable")));
       })),
       el("div", { class: "row" }, nu.username, nu.password, nu.role,
-        el("button", { onclick: async () => { await api("/api/users", { method: "POST", body: { username: nu.username.value, password: nu.password.value, role: nu.role.value } }); toast("user created"); render(); } }, "Add user")),
+        el("button", { onclick: once(async () => { await api("/api/users", { method: "POST", body: { username: nu.username.value, password: nu.password.value, role: nu.role.value } }); toast("user created"); render(); }) }, "Add user")),
       el("h2", {}, "API tokens"),
       table(["Id", "Name", "Role", "Prefix", "Created", "Last used", ""], tokens.items.map((t) => el("tr", { "data-token": t.id },
         el("td", {}, t.id), el("td", {}, t.name), el("td", {}, t.role), el("td", {}, el("code", {}, t.prefix + "…")),
@@ -39,7 +50,7 @@
           if (!window.confirm(`Revoke token ${t.name} (${t.prefix}…)? What uses it is refused from now on; this cannot be undone.`)) return;
           await api(`/api/tokens/${t.id}`, { method: "DELETE" }); render(); } }, "Revoke"))))),
       el("div", { class: "row" }, nt.name, nt.role,
-        el("button", { onclick: async () => { const r = await api("/api/tokens", { method: "POST", body: { name: nt.name.value, role: nt.role.value } }); await render(); document.getElementById("token-shown").textContent = `New token (shown once): ${r.token}`; } }, "Create token")),
+        el("button", { id: "create-token", onclick: once(async () => { const r = await api("/api/tokens", { method: "POST", body: { name: nt.name.value, role: nt.role.value } }); await render(); document.getElementById("token-shown").textContent = `New token (shown once): ${r.token}`; }) }, "Create token")),
       shown,
       el("h2", {}, "Audit log"), auditLog);
     auditLog.replaceChildren(table(["Time", "Who", "Action", "Target", "Detail", "From"], audit.items.map(auditRow)));
