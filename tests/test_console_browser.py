@@ -889,18 +889,25 @@ def test_a_newer_bad_zone_is_flagged_not_shown_as_the_zone(browser, server):
             page.context.close()
 
 
+def window_form_for(browser, server, asset: str):
+    """The maintenance windows page of a maintenance user, with ``asset`` registered and picked in the form."""
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO assets (name, site, kind) VALUES (%s, 'plant', 'pump') ON CONFLICT DO NOTHING",
+                     (asset,))
+    page = login(browser, server, "maintenance")
+    page.goto(server.url + "/maintenance")
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    page.fill("#mw-assets-q", asset)
+    page.wait_for_selector(f"#mw-assets-results[data-q='{asset}'] button[data-asset='{asset}']")
+    page.press("#mw-assets-q", "Enter")
+    return page
+
+
 def test_a_double_click_plans_one_window_and_stores_one_review(browser, server):
     """A double-click on "Plan window" planned the window twice (ending one early left its twin suppressing the
     asset's alerts); one on "Right" stored the review twice."""
-    with psycopg.connect(server.dsn, autocommit=True) as conn:
-        conn.execute("INSERT INTO assets (name, site, kind) VALUES ('MW-2', 'plant', 'pump') ON CONFLICT DO NOTHING")
-    page = login(browser, server, "maintenance")
+    page = window_form_for(browser, server, "MW-2")
     try:
-        page.goto(server.url + "/maintenance")
-        page.wait_for_selector("body[data-ready='1']", timeout=15000)
-        page.fill("#mw-assets-q", "MW-2")
-        page.wait_for_selector("#mw-assets-results[data-q='MW-2'] button[data-asset='MW-2']")
-        page.press("#mw-assets-q", "Enter")
         page.wait_for_selector("#mw-assets-chosen [data-asset='MW-2']")
         start = datetime.now(UTC) + timedelta(days=2)
         page.fill("#mw-zone", "UTC")
@@ -961,15 +968,8 @@ def test_a_window_form_filled_when_the_session_ended_is_there_after_logging_in_a
     """A planner fills in the window form; the session has ended meanwhile, so "Plan window" leads to the log-in form,
     and back on the page the form was empty (assets, times, zone, reason to be given again). They are kept in the
     tab until the window is planned."""
-    with psycopg.connect(server.dsn, autocommit=True) as conn:
-        conn.execute("INSERT INTO assets (name, site, kind) VALUES ('MW-4', 'plant', 'pump') ON CONFLICT DO NOTHING")
-    page = login(browser, server, "maintenance")
+    page = window_form_for(browser, server, "MW-4")
     try:
-        page.goto(server.url + "/maintenance")
-        page.wait_for_selector("body[data-ready='1']", timeout=15000)
-        page.fill("#mw-assets-q", "MW-4")
-        page.wait_for_selector("#mw-assets-results[data-q='MW-4'] button[data-asset='MW-4']")
-        page.press("#mw-assets-q", "Enter")
         start = (datetime.now(UTC) + timedelta(days=3)).strftime("%Y-%m-%dT%H:%M")
         end = (datetime.now(UTC) + timedelta(days=3, hours=4)).strftime("%Y-%m-%dT%H:%M")
         page.fill("#mw-start", start)
