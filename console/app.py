@@ -90,7 +90,9 @@ def create_app(cfg: ConsoleConfig, *, dsn: str | None = None, migrate: bool | No
 
     from console.routes import admin, alerts, assets, auth, emissions, gateways, models, pages, predictions, windows
 
-    for module in (auth, admin, assets, alerts, windows, predictions, emissions, models, gateways, pages):
+    # predictions before assets: /api/assets/{name:path}/predictions is matched before /api/assets/{name:path}, which
+    # would take P-101/predictions for an asset's name (names may hold "/", as tags do: routes take them encoded)
+    for module in (auth, admin, predictions, assets, alerts, windows, emissions, models, gateways, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -67,7 +67,7 @@ def test_calendar_events_averages_and_reports(server):
     with server.client("viewer") as c:
         cal = c.get("/api/emissions/WI1/calendar").json()
         assert len(cal["days"]) >= 28
-        assert {d["status"] for d in cal["days"]} <= {"none", "valid", "invalid", "exceed", "off"}
+        assert {d["status"] for d in cal["days"]} <= {"none", "valid", "invalid", "exceed", "off", "running"}
         assert any(d["status"] in ("valid", "invalid", "exceed") for d in cal["days"])
         avgs = c.get("/api/emissions/WI1/averages", params={"pollutant": "SO2", "period": "hour", "last": "P1D",
                                                             "limit": 10}).json()

@@ -23,7 +23,7 @@ from console.app import CSP
 
 # Markup in names as a site could configure them or users type them; each would make an element with an id
 # starting "xss-" if a page put it in as HTML.
-# No "/" in them: an asset's page is /assets/{name}.
+# No "/" in them (a name with "/" is test_console_browser.py::test_an_asset_whose_name_has_a_slash_has_its_page).
 XSS = {key: f'<img src=x id=xss-{key}><b id="xss-{key}-b" onclick=alert(1)>{key} & co'
        for key in ("asset", "site", "tag", "message", "comment", "reason", "kind")}
 ASSET = XSS["asset"]

@@ -97,7 +97,7 @@ _INDICATORS = (
     "WHERE t.id = ANY(%s) ORDER BY t.name")
 
 
-@router.get("/assets/{name}", tags=["assets"])
+@router.get("/assets/{name:path}", tags=["assets"])
 async def get_asset(request: Request, name: str):
     """One asset with its tags and their calibration in force."""
     db = request.app.state.db

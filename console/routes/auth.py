@@ -173,10 +173,14 @@ def _safe_next(value: str | None) -> str:
     return value
 
 
-def login_page(request: Request, *, error: str = "", status: int = 200, next_: str = "/") -> HTMLResponse:
+def login_page(request: Request, *, error: str = "", status: int = 200, next_: str = "/",
+               username: str = "") -> HTMLResponse:
+    """The log-in form; after a refused attempt with its ``error`` and the user name typed (it came back empty: typed
+    again after each wrong password), never the password."""
     token = new_secret()
     page = fill((STATIC / "login.html").read_text(), {
         "csrf": html.escape(token), "next": html.escape(_safe_next(next_)),
+        "username": html.escape(username[:USERNAME_MAX]),
         "error": f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""})
     resp = HTMLResponse(page, status_code=status)
     name, path = login_csrf_cookie(request)
@@ -199,7 +203,8 @@ async def login_submit(request: Request) -> Response:
         return login_page(request, error="The form expired; please log in again.", status=403, next_=next_)
     username, password = form.get("username", "").strip(), form.get("password", "")
     if not username or not password:
-        return login_page(request, error="Enter a user name and a password.", status=422, next_=next_)
+        return login_page(request, error="Enter a user name and a password.", status=422, next_=next_,
+                          username=username)
     if len(username) > USERNAME_MAX or len(password) > PASSWORD_MAX:
         # As the JSON log-in refuses them: a user name of up to a mebibyte was counted and stored with each failure.
         return login_page(request, error=f"User names have at most {USERNAME_MAX} characters, passwords at most "
@@ -207,7 +212,7 @@ async def login_submit(request: Request) -> Response:
     try:
         user = await _authenticate(request, username, password)
     except Problem as exc:
-        resp = login_page(request, error=exc.detail, status=exc.status, next_=next_)
+        resp = login_page(request, error=exc.detail, status=exc.status, next_=next_, username=username)
         if exc.headers:
             resp.headers.update(exc.headers)
         return resp

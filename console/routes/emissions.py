@@ -213,6 +213,7 @@ async def compliance_calendar(request: Request, stack: str,
     revised = await db.fetch(f"SELECT {REVISION_COLUMNS} FROM emission_revisions WHERE stack = %s AND period = 'day' "
                              "AND period_start >= %s AND period_start < %s ORDER BY revised_at", (stack, start, end))
     out, placed = [], set()
+    now = datetime.now(UTC)
     for d in range(1, calendar.monthrange(y, m)[1] + 1):
         ds = datetime(y, m, d, tzinfo=tz)
         de = ds + timedelta(days=1)
@@ -225,8 +226,14 @@ async def compliance_calendar(request: Request, stack: str,
         status = ("none" if not dayrows else "exceed" if any(e["breach"] for e in ev)
                   else "invalid" if any(r["status"] == 1 for r in dayrows)
                   else "off" if all(r["status"] == 2 for r in dayrows) else "valid")
-        out.append({"date": ds.date().isoformat(), "status": status, "pollutants": dayrows, "events": ev,
-                    "revisions": changed})
+        # The stack's today is not over: its day average so far is no verdict. Marked "invalid" (too few hours yet),
+        # it read as an invalid day, which a permit counts (IED Annex VI: at most 10 a year); an exceedance of one of
+        # its hours or half-hours is final and stays "exceed".
+        running = de > now
+        if running and status in ("valid", "invalid"):
+            status = "running"
+        out.append({"date": ds.date().isoformat(), "status": status, "running": running, "pollutants": dayrows,
+                    "events": ev, "revisions": changed})
     longer = [e for e in events if id(e) not in placed]
     return {"stack": stack, "month": f"{y:04d}-{m:02d}", "timezone": str(tz), "days": out, "period_events": longer}
 
@@ -293,16 +300,23 @@ async def events(request: Request, stack: str, from_: str | None = Query(None, a
 
 @router.get("/reports/files")
 async def reports(request: Request):
-    """Report files in ``console.reports_dir`` (newest first), each with its download link."""
+    """Report files in ``console.reports_dir`` (newest first, at most ``REPORTS_LISTED``), each with its download
+    link; ``total``: how many the folder holds (more than listed: the page says so)."""
     root = request.app.state.config.console.reports_dir
     if root is None:
-        return {"items": [], "configured": False}
-    return {"configured": True, "items": await asyncio.to_thread(_list_reports, Path(root))}
+        return {"items": [], "configured": False, "total": 0}
+    items, total = await asyncio.to_thread(_list_reports, Path(root))
+    return {"configured": True, "items": items, "total": total}
 
 
-def _list_reports(root: Path) -> list[dict]:
+REPORTS_LISTED = 500
+
+
+def _list_reports(root: Path) -> tuple[list[dict], int]:
+    """The newest ``REPORTS_LISTED`` files /reports/ serves, and how many there are. Only the newest were listed,
+    and the page gave no sign of the others: a folder of two stacks' daily reports is past 500 within the year."""
     if not root.is_dir():
-        return []
+        return [], 0
     # What /reports/ serves (`report_path`): a symlink out of the folder was listed with its target's size and time
     # and a link that answered 404.
     files = sorted((p for p in root.rglob("*") if report_path(root, p.relative_to(root).as_posix())),
@@ -310,4 +324,4 @@ def _list_reports(root: Path) -> list[dict]:
     # The href URL-encoded: a name with a space, '#' or '?' otherwise ends the path where the browser reads it.
     return [{"name": str(p.relative_to(root)), "bytes": p.stat().st_size,
              "href": "/reports/" + quote(p.relative_to(root).as_posix()),
-             "modified": datetime.fromtimestamp(p.stat().st_mtime, UTC)} for p in files[:500]]
+             "modified": datetime.fromtimestamp(p.stat().st_mtime, UTC)} for p in files[:REPORTS_LISTED]], len(files)

@@ -60,7 +60,10 @@ def _render(title: str, script: str, nav_key: str, principal, time_zone: str | N
 async def _page(request: Request, title: str, script: str, nav_key: str):
     principal = await optional_principal(request)
     if principal is None or principal.kind != "user":
-        return login_redirect(request.url.path)
+        # The query is the page's state (the board's site, asset and state filters, the emissions page's stack and
+        # month, a search): a wall screen's session that ended came back from the log-in form to the unfiltered board.
+        query = request.url.query
+        return login_redirect(request.url.path + (f"?{query}" if query else ""))
     return HTMLResponse(_render(title, script, nav_key, principal, request.app.state.config.console.time_zone))
 
 
@@ -76,7 +79,7 @@ for _path, (_title, _script, _nav) in PAGES.items():
     _make(_path, _title, _script, _nav)
 
 
-@router.get("/assets/{name}", response_class=HTMLResponse)
+@router.get("/assets/{name:path}", response_class=HTMLResponse)
 async def asset_page(request: Request, name: str):
     return await _page(request, f"Asset {name}", "asset.js", "assets")
 

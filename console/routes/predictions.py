@@ -77,7 +77,7 @@ async def list_predictions(request: Request, _: Principal = Depends(require("rea
     return page(rows, limit, ("time", "id"))
 
 
-@router.get("/assets/{name}/predictions")
+@router.get("/assets/{name:path}/predictions")
 async def asset_predictions(request: Request, name: str, _: Principal = Depends(require("read")),
                             from_: str | None = Query(None, alias="from"), to: str | None = None,
                             last: str | None = None, max_points: int = Query(2000, ge=10, le=20000)):
@@ -133,7 +133,7 @@ CSV_COLUMNS = (Column("id", kind="int"), Column("time", kind="time"), Column("as
                Column("reviewed_by"), Column("reviewed_at", kind="time"), Column("review_comment"))
 
 
-@router.get("/assets/{name}/predictions.csv", response_class=CSVStream, responses=RESPONSES)
+@router.get("/assets/{name:path}/predictions.csv", response_class=CSVStream, responses=RESPONSES)
 async def asset_predictions_csv(request: Request, name: str, _: Principal = Depends(require("read")),
                                 from_: str | None = Query(None, alias="from"), to: str | None = None,
                                 last: str | None = None):

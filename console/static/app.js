@@ -2,8 +2,9 @@
 "use strict";
 
 const V = (() => {
-  const csrf = document.querySelector('meta[name="csrf-token"]')?.content || "";
+  let csrf = document.querySelector('meta[name="csrf-token"]')?.content || "";
   const role = document.getElementById("user")?.dataset.role || "viewer";
+  const userName = document.getElementById("user")?.dataset.name || "";
   const PERMS = {
     viewer: ["read"], engineer: ["read", "alerts.write"], maintenance: ["read", "predictions.review", "windows.plan"],
     admin: ["read", "alerts.write", "predictions.review", "windows.plan", "users.admin", "models.admin"],
@@ -41,16 +42,42 @@ const V = (() => {
     }
     if (init.method !== "GET") init.headers["X-CSRF-Token"] = csrf;
     const r = await fetch(path, init);
-    if (r.status === 401) { location.href = "/login?next=" + encodeURIComponent(location.pathname); throw new Error("log in"); }
+    if (r.status === 403 && init.method !== "GET" && !opts.renewed && await renewCsrf(r)) return api(path, { ...opts, renewed: true });
+    // back to this page with its filters (the address's query): only the path came back, the board unfiltered
+    if (r.status === 401) { location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search); throw new Error("log in"); }
     if (r.status === 204) return null;
     const body = await r.json().catch(() => ({}));
     if (!r.ok) {
-      const err = new Error(body.detail || r.statusText);
+      // times the server quotes (an acknowledgement that came first, a window's start) in plant time, as the page
+      // shows them: "acknowledged by anna at 2026-12-07T08:10:00.52+00:00" on a Helsinki board read as 08:10
+      const detail = typeof body.detail === "string" ? body.detail.replace(ISO_IN_TEXT, (t) => fmtTime(t)) : "";
+      const err = new Error(detail || r.statusText);
       err.status = r.status; err.problem = body;
-      if (!opts.quiet) toast(body.detail || `${r.status} ${r.statusText}`, "error");
+      if (!opts.quiet) toast(detail || `${r.status} ${r.statusText}`, "error");
       throw err;
     }
     return body;
+  }
+
+  /** After a 403 ``/problems/csrf``: whether this page now holds the CSRF token of the browser's session. The browser
+   * logged in again meanwhile (in another tab, after the session had ended): the page held the old session's token,
+   * and each acknowledgement or review was refused as "missing or wrong CSRF token" until it was reloaded. Taken
+   * from ``/api/auth/me`` (same origin only) when the session is the same user's; another user's (a shared PC) is
+   * refused with a toast saying so: what this page sends would be done in that user's name. */
+  async function renewCsrf(r) {
+    const problem = await r.clone().json().catch(() => ({}));
+    if (problem.type !== "/problems/csrf") return false;
+    const me = await fetch("/api/auth/me", { headers: { Accept: "application/json" }, credentials: "same-origin" })
+      .then((x) => (x.ok ? x.json() : null)).catch(() => null);
+    if (!me || !me.csrf_token) return false;
+    if (me.name !== userName) {
+      const err = new Error(`This browser is now logged in as ${me.name}, not ${userName}: reload the page to go on as ${me.name}.`);
+      err.status = 403;
+      toast(err.message, "error");
+      throw err;
+    }
+    csrf = me.csrf_token;
+    return true;
   }
 
   /** Every item of a paged list (``next_cursor`` followed): the asset filters took one page of 1,000 and a site
@@ -171,6 +198,19 @@ const V = (() => {
     return picker;
   }
 
+  /** What is typed into ``input`` (a comment), kept in this tab's sessionStorage under ``key`` and put back when the
+   * input is made again: a session that ends sends the page to the log-in form (an API call answered 401, the board's
+   * stream ending) and back, and the comment typed for an acknowledgement or a review was gone with the page.
+   * Returns ``forget()``, for when it was sent. */
+  function draft(input, key) {
+    const k = "valvoja-draft:" + key;
+    const store = (f) => { try { return f(sessionStorage); } catch (e) { return null; } };  // storage off: no drafts
+    const saved = store((s) => s.getItem(k));
+    if (saved) input.value = saved;  // over a default (the windows form's zone): it is what was typed
+    input.addEventListener("input", () => store((s) => (input.value ? s.setItem(k, input.value) : s.removeItem(k))));
+    return () => store((s) => s.removeItem(k));
+  }
+
   /** A "CSV" link to a download route (``path``: ``/api/alerts.csv``, ...) for the query ``params``; the browser saves
    * the file under the name the server gives (what, which range; ``_TRUNCATED-<n>-rows`` when cut at the row cap).
    * ``.set(params)`` points it at another query (the board's filters changed). A plain link, no ``download``
@@ -236,10 +276,11 @@ const V = (() => {
       el("td", {}, badge(s.severity || "", "sev-" + (s.severity || "info"))),
       el("td", {}, el("a", { href: "/assets/" + encodeURIComponent(s.asset) }, s.asset), s.tag ? [el("br"), el("small", {}, s.tag)] : ""),
       el("td", { class: "msg" }, s.message || s.kind),
-      el("td", {}, `suppressed by `, el("a", { href: "/maintenance" }, `window #${w.id}`),
+      el("td", {}, `suppressed by `, el("a", { href: "/maintenance" + qs({ asset: s.asset }) }, `window #${w.id}`),
         ` until ${fmtZoned(w.ends_at, w.time_zone)}`, el("br"), el("small", {}, w.reason || ""),
         el("br"), el("small", { class: "muted" }, "first seen ", fmtZoned(s.seen_at, w.time_zone))));
   }
+  const ISO_IN_TEXT = /\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[+-]\d{2}:\d{2}|Z)/g;
   const ISO_TIME = /^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})$/;
   /** Evidence as indented JSON with its times in plant time, as everywhere else on the page: the stored UTC
    *  times read like another zone's wall clock next to the plant-time history above them. */
@@ -247,11 +288,23 @@ const V = (() => {
     return JSON.stringify(x || {}, (k, v) => (typeof v === "string" && ISO_TIME.test(v) ? fmtTime(v.replace(" ", "T")) : v), 1);
   }
   function timeCell(t) { return el("time", { datetime: t || "", title: t || "" }, fmtTime(t)); }
-  function fmtNum(v) {
+  /** A number to 4 significant digits, but never fewer than its integer part has: a flue gas flow of 234,567 Nm³/h
+   * read "234600" (4 digits, the rest made zeros); 1e6 and more, and under 0.001, in exponent form. */
+  function fmtNum(v, digits = 4) {
     if (v === null || v === undefined || Number.isNaN(v)) return "–";
     const a = Math.abs(v);
-    if (a !== 0 && (a >= 1e6 || a < 1e-3)) return v.toExponential(2);
-    return String(parseFloat(v.toPrecision(4)));
+    if (a !== 0 && (a >= 1e6 || a < 1e-3)) return v.toExponential(Math.max(2, digits - 2));
+    return String(parseFloat(a >= 10 ** digits ? v.toFixed(0) : v.toPrecision(digits)));
+  }
+  /** A value and what it is judged against (its limit), each as ``fmtNum`` but with as many more digits as it takes
+   * to tell them apart: a day average of 200.04 mg/Nm³ over its limit of 200 read "200 mg/Nm³ > 200 mg/Nm³". */
+  function fmtVs(value, limit) {
+    let digits = 4, x = fmtNum(value), y = fmtNum(limit);
+    while (x === y && value !== limit && typeof value === "number" && typeof limit === "number" && digits < 15) {
+      digits += 1;
+      x = fmtNum(value, digits); y = fmtNum(limit, digits);
+    }
+    return [x, y];
   }
   // A prediction's uncertainty as stored. A null bound next to a set one is an open end (maintenance's RUL at the
   // model's cap is "lower or more"), not a missing value; the nominal coverage is stated with the interval.
@@ -281,5 +334,5 @@ const V = (() => {
       el("tbody", {}, rows));
   }
 
-  return { el, api, apiAll, moreButton, csvLink, assetSearch, assetPicker, qs, toast, fmtTime, fmtZoned, jsonInPlantTime, plantClock, suppressedRow, fmtNum, fmtInterval, timeCell, badge, main, failed, can, role, csrf, table };
+  return { el, api, apiAll, moreButton, csvLink, draft, assetSearch, assetPicker, qs, toast, fmtTime, fmtZoned, jsonInPlantTime, plantClock, suppressedRow, fmtNum, fmtVs, fmtInterval, timeCell, badge, main, failed, can, role, table };
 })();

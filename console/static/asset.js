@@ -5,13 +5,28 @@
 
 (() => {
   const { el, api, qs, main, badge, fmtNum, fmtInterval, fmtTime, timeCell, toast, can, table } = V;
-  const name = decodeURIComponent(location.pathname.split("/").pop());
+  // everything after /assets/: a name may hold "/" (P-101A/B), which the links send encoded (%2F)
+  const name = decodeURIComponent(location.pathname.slice("/assets/".length));
   const PRESETS = [["1h", 36e5], ["6h", 216e5], ["24h", 864e5], ["7d", 6048e5], ["30d", 2592e6], ["90d", 7776e6]];
   const ZONES = ["A", "B", "C", "D"];
-  let range = { end: Date.now(), span: 864e5 };
   let asset = null;
 
   const iso = (ms) => new Date(ms).toISOString();
+  // The range is kept in the address, so that a reload, the back button from another page and a link show the same
+  // charts: ?range=7d (up to now), or ?from=&to= (a zoom, a link to an alert's time). It was not: a zoom into an event
+  // went back to the last 24 h at a reload or at "back" from the maintenance page.
+  function rangeFromUrl() {
+    const q = new URLSearchParams(location.search);
+    const from = Date.parse(q.get("from")), to = Date.parse(q.get("to"));
+    if (from < to) return { end: to, span: to - from };
+    const preset = PRESETS.find(([label]) => label === q.get("range"));
+    return { end: Date.now(), span: preset ? preset[1] : 864e5 };
+  }
+  function rangeToUrl(preset) {
+    history.replaceState(null, "", location.pathname + qs(preset ? { range: preset }
+      : { from: iso(range.end - range.span), to: iso(range.end) }));
+  }
+  let range = rangeFromUrl();
   const header = el("section", { id: "summary", class: "grid" });
   const presets = el("div", { class: "presets row" });
   const trends = el("section", { id: "trends" });
@@ -47,9 +62,10 @@
 
   function setRange(span, end) {
     range = { span, end: end || Date.now() };
+    rangeToUrl(PRESETS.find(([, s]) => s === span)?.[0]);
     drawAll();
   }
-  function zoom(a, b) { range = { end: b, span: b - a }; drawAll(); }
+  function zoom(a, b) { range = { end: b, span: b - a }; rangeToUrl(); drawAll(); }
 
   function renderPresets() {
     presets.replaceChildren(el("span", { class: "muted" }, "Range: "), ...PRESETS.map(([label, span]) =>
@@ -63,14 +79,16 @@
     box.append(el("div", { class: "chart-title" }, el("b", {}, tag.name, " ", el("small", {}, tag.unit)),
       el("small", { class: "muted src" }, "")), holder);
     (into || trends).append(box);
+    const from = range.end - range.span, to = range.end;  // the range asked for, whatever is picked meanwhile
     let r;
-    try { r = await api(`/api/tags/${encodeURIComponent(tag.name)}/readings` + qs({ from: iso(range.end - range.span), to: iso(range.end), points: 800 }), { quiet: true }); }
+    try { r = await api(`/api/tags/${encodeURIComponent(tag.name)}/readings` + qs({ from: iso(from), to: iso(to), points: 800 }), { quiet: true }); }
     catch (e) { holder.append(el("p", { class: "bad-text" }, `readings not loaded: ${e.message}`)); return; }  // the other trends still draw
+    if (!box.isConnected) return;  // a newer range's load replaced this chart while its readings were on the way
     box.querySelector(".src").textContent = r.bucket_s ? `${r.source}, ${r.bucket_s} s buckets (min–max band, mean line)` : `${r.source}, raw`;
     // The chart's range at the resolution of what it is drawn from: raw readings, 1-minute or 1-hour buckets.
     const resolution = { readings_1m: "1m", readings_1h: "1h" }[r.source] || "raw";
     box.querySelector(".chart-title").append(V.csvLink(`/api/tags/${encodeURIComponent(tag.name)}/readings.csv`,
-      { from: iso(range.end - range.span), to: iso(range.end), resolution },
+      { from: iso(from), to: iso(to), resolution },
       { title: `${tag.name}: the chart's range as CSV (${resolution === "raw" ? "raw readings" : resolution + " buckets"})` }));
     const lines = [];
     if (tag.calibration) box.querySelector(".src").textContent += ` · calibration ${tag.calibration.certificate} ±${tag.calibration.uncertainty} ${tag.calibration.uncertainty_unit}`;
@@ -82,7 +100,7 @@
     if (bad) box.querySelector(".src").textContent += ` · ${bad} bad-quality reading${bad === 1 ? "" : "s"} not drawn`;
     const rawY = r.bucket_s ? null : r.v.map((v, i) => ((r.q || [])[i] >= 2 ? null : v));
     const series = r.bucket_s ? [{ t: r.t, y: r.avg, min: r.min, max: r.max, maxGap: gap }] : [{ t: r.t, y: rawY, maxGap: gap }];
-    VChart.draw(holder, { start: range.end - range.span, end: range.end, series, lines, markers, yLabel: tag.unit, height: 200, onZoom: zoom, label: tag.name });
+    VChart.draw(holder, { start: from, end: to, series, lines, markers, yLabel: tag.unit, height: 200, onZoom: zoom, label: tag.name });
   }
 
   // Each zone comes with where and when it was found: the newest <tag>.iso_zone reading is whatever was last
@@ -182,12 +200,13 @@
 
   // Newest first, 20 at a time; "Load older" pages on with the API's cursor through the whole range (only the
   // newest 20 could be reached: with three models predicting every 10 minutes, the last hour of a 7-day range).
-  async function drawReviews() {
+  async function drawReviews(stale) {
     reviews.replaceChildren(el("h2", {}, "Review predictions"));
     const query = { asset: name, from: iso(range.end - range.span), to: iso(range.end), limit: 20 };
     let page;
     try { page = await api("/api/predictions" + qs(query), { quiet: true }); }
-    catch (e) { reviews.append(el("p", { class: "muted" }, e.message)); return; }
+    catch (e) { if (!stale()) reviews.append(el("p", { class: "muted" }, e.message)); return; }
+    if (stale()) return;
     if (!page.items.length) { reviews.append(el("p", { class: "muted" }, "Nothing to review in this range.")); return; }
     reviews.firstChild.append(V.csvLink(`/api/assets/${encodeURIComponent(name)}/predictions.csv`,
       { from: query.from, to: query.to }, { id: "reviews-csv", title: "every prediction of the range with its interval and review, as CSV" }));
@@ -207,11 +226,19 @@
 
   function reviewRow(p) {
     const comment = el("input", { placeholder: "comment", class: "review-comment" });
+    const forget = V.draft(comment, "review:" + p.id);  // kept through a log-in after the session ended
     const cell = el("td", { class: "review" });
     const done = () => cell.replaceChildren(badge(p.verdict, p.verdict === "right" ? "st-cleared" : "st-raised"), ` by ${p.reviewed_by} `, timeCell(p.reviewed_at));
-    const send = (verdict) => async () => {
-      const r = await api(`/api/predictions/${p.id}/review`, { method: "POST", body: { verdict, comment: comment.value } });
+    const send = (verdict) => async (ev) => {
+      const buttons = ev.target.parentNode.querySelectorAll("button");
+      if (ev.target.disabled) return;
+      buttons.forEach((b) => { b.disabled = true; });  // one review per click (a double-click stored two)
+      let r;
+      // a refusal is said by api() (its toast), a 401 leaves for the log-in form: nothing more to do here
+      try { r = await api(`/api/predictions/${p.id}/review`, { method: "POST", body: { verdict, comment: comment.value } }); }
+      catch (e) { buttons.forEach((b) => { b.disabled = false; }); return; }
       Object.assign(p, { verdict: r.verdict, reviewed_by: r.reviewed_by, reviewed_at: r.reviewed_at });
+      forget();
       done(); toast(`Prediction ${p.id} marked ${verdict}`);
     };
     if (p.verdict) done();
@@ -257,7 +284,14 @@
     } catch (e) { const items = []; items.n = null; return items; }
   }
 
+  // Each pick of a range (a preset, a drag to zoom) loads the page's sections again; a load still on its way when the
+  // next starts stops at its next step. Both appended their charts: two ranges picked in quick succession drew every
+  // signal twice, the older range's chart among them.
+  let generation = 0;
+
   async function drawAll() {
+    const gen = ++generation;
+    const stale = () => gen !== generation;
     document.body.dataset.ready = "0";
     renderPresets();
     trends.replaceChildren(el("h2", {}, "Signals"));
@@ -265,29 +299,38 @@
     const alertQuery = { asset: name, from, to, limit: 200 };
     let alertPage = { items: [], next_cursor: null };
     try { alertPage = await api("/api/alerts" + qs(alertQuery), { quiet: true }); } catch (e) { /* no alerts table yet */ }
+    if (stale()) return;
     const alertList = alertPage.items;
     const markers = alertList.map((a) => ({ t: a.raised_at, label: `${a.severity}: ${a.message || a.kind}` }));
     let series = [];
     try { series = (await api(`/api/assets/${encodeURIComponent(name)}/predictions` + qs({ from, to }), { quiet: true })).series; }
-    catch (e) { preds.replaceChildren(el("h2", {}, "Predictions"), el("p", { class: "muted" }, e.message)); }
-    summary(series, await openAlerts());
+    catch (e) { if (!stale()) preds.replaceChildren(el("h2", {}, "Predictions"), el("p", { class: "muted" }, e.message)); }
+    const open = await openAlerts();
+    if (stale()) return;
+    summary(series, open);
     await Promise.all(asset.tags.map((t) => drawTag(t, markers)));
+    if (stale()) return;
     drawDerived();
     if (series.length || !preds.childElementCount) drawPredictions(series);
     drawAlerts(alertPage, alertQuery);
-    await drawReviews();
+    await drawReviews(stale);
+    if (stale()) return;
     document.body.dataset.ready = "1";
   }
 
   /** Current and upcoming maintenance windows of the asset (its alerts are suppressed in them), with a link. */
   async function windowsNote() {
-    let items = [];
-    try { items = (await api("/api/maintenance-windows" + qs({ asset: name, state: ["current", "upcoming"], limit: 5 }), { quiet: true })).items; }
+    let page;
+    try { page = await api("/api/maintenance-windows" + qs({ asset: name, state: ["current", "upcoming"], limit: 5 }), { quiet: true }); }
     catch (e) { return ""; }
+    const items = page.items;
     if (!items.length) return "";
+    // The first 5, soonest first; more are said and linked: the sixth of a weekly plan was left out without a word. The
+    // link shows this asset's windows (it opened every asset's).
     return el("p", { class: "card", id: "asset-windows" }, el("strong", {}, "Maintenance: "), items.map((w, i) => [i ? " · " : "",
       `${w.state === "current" ? "in a window" : "planned"} ${fmtTime(w.starts_at)} – ${fmtTime(w.ends_at)}${w.asset === "*" ? " (every asset)" : ""}: ${w.reason}`]),
-      " ", el("a", { href: "/maintenance" }, "windows"));
+      page.next_cursor ? " · and more" : "", " ", el("a", { href: "/maintenance" + qs({ asset: name }), id: "asset-windows-link" },
+        page.next_cursor ? "all its windows" : "windows"));
   }
 
   /** Conditions of the asset a current maintenance window hides (read-only). */

@@ -33,6 +33,10 @@
   }
 
   function select(name, label, options) {
+    // A value from the address that is not among the choices (a site renamed since the wall screen's link was made)
+    // is shown as what it is: the select fell back to its first option, "all", over a board that filtered on the
+    // unknown site and said "No alerts match." — read as no alert anywhere.
+    if (filters[name] && !options.some(([v]) => v === filters[name])) options = [...options, [filters[name], `${filters[name]} (unknown)`]];
     const s = el("select", { id: "f-" + name, name, onchange: () => { filters[name] = s.value; syncUrl(); reload(); } },
       options.map(([v, t]) => el("option", { value: v, selected: filters[name] === v }, t)));
     return el("label", {}, label, s);
@@ -42,17 +46,46 @@
       severity: filters.severity, state: filters.state === "open" ? "" : filters.state }));
   }
 
+  /** The asset page around the alert: its default view is the last 24 h, where an alert of the history (raised days
+   * ago) was neither in the charts nor among the alerts listed. From 12 h before the raise to 12 h after it was
+   * cleared (or now). */
+  function assetHref(a) {
+    const page = "/assets/" + encodeURIComponent(a.asset), raised = Date.parse(a.raised_at), now = Date.now();
+    if (!(raised < now - 864e5)) return page;
+    const end = Math.min(now, Math.max(raised, Date.parse(a.cleared_at) || now) + 432e5);
+    return page + qs({ from: new Date(raised - 432e5).toISOString(), to: new Date(end).toISOString() });
+  }
+
   function row(a, fresh) {
     const actions = el("td", { class: "actions" });
     if (can("alerts.write") && a.state === "raised") {
-      const input = el("input", { placeholder: "comment (why / what was done)", class: "ack-comment", "aria-label": "comment" });
+      const input = el("input", { placeholder: "comment (why / what was done)", class: "ack-comment typed", "aria-label": "comment" });
+      const forget = V.draft(input, "alert:" + a.id);  // kept through a log-in after the session ended
       const btn = el("button", { class: "ack", onclick: async () => {
         btn.disabled = true;
         try {
           await api(`/api/alerts/${encodeURIComponent(a.id)}/ack`, { method: "POST", body: { comment: input.value } });
+          forget();
           toast(`Alert ${a.id} acknowledged`);
         } catch (e) { btn.disabled = false; }
       } }, "Acknowledge");
+      actions.append(el("div", { class: "ackbox" }, input, btn));
+    } else if (can("alerts.write") && a.state === "acknowledged") {
+      // A note to an acknowledged alert (the part ordered, the work done): the API took comments, the board had no
+      // box for one. An acknowledgement refused because another engineer's came first (409) leaves its text here.
+      const input = el("input", { placeholder: "add a comment", class: "alert-comment typed", "aria-label": "comment" });
+      const forget = V.draft(input, "alert:" + a.id);
+      const btn = el("button", { class: "secondary comment", onclick: async () => {
+        if (!input.value.trim()) { input.focus(); return; }
+        btn.disabled = true;
+        try {
+          await api(`/api/alerts/${encodeURIComponent(a.id)}/comment`, { method: "POST", body: { comment: input.value } });
+          forget();
+          input.value = "";
+          toast(`Comment added to alert ${a.id}`);
+          if (hist.dataset.loaded) { hist.dataset.loaded = ""; hist.replaceChildren(hist.firstChild); loadHistory(hist); }
+        } catch (e) { /* api() said why (its toast) */ } finally { btn.disabled = false; }
+      } }, "Comment");
       actions.append(el("div", { class: "ackbox" }, input, btn));
     }
     if (can("alerts.write") && a.state !== "cleared") {
@@ -62,21 +95,23 @@
         await api(`/api/alerts/${encodeURIComponent(a.id)}/clear`, { method: "POST", body: { comment: why } });
       } }, "Clear"));
     }
-    const hist = el("details", { class: "hist", ontoggle: async (ev) => {
-      if (!ev.target.open || ev.target.dataset.loaded) return;
-      const full = await api(`/api/alerts/${encodeURIComponent(a.id)}`);
-      ev.target.dataset.loaded = "1";
-      ev.target.append(el("ul", { class: "history" }, full.history.map((h) =>
+    async function loadHistory(box) {
+      if (!box.open || box.dataset.loaded) return;
+      box.dataset.loaded = "1";  // one load however often it is toggled meanwhile
+      let full;
+      try { full = await api(`/api/alerts/${encodeURIComponent(a.id)}`); } catch (e) { box.dataset.loaded = ""; return; }
+      box.append(el("ul", { class: "history" }, full.history.map((h) =>
         el("li", {}, timeCell(h.time), ` ${h.action} by ${h.actor}`, h.comment ? ` — “${h.comment}”` : ""))),
       el("pre", {}, V.jsonInPlantTime(full.evidence)));
-      ev.target.append(V.traceSection(a.id));
-    } }, el("summary", {}, "history & evidence"));
+      box.append(V.traceSection(a.id));
+    }
+    const hist = el("details", { class: "hist", ontoggle: (ev) => loadHistory(ev.target) }, el("summary", {}, "history & evidence"));
     return el("tr", { "data-id": a.id, "data-state": a.state, "data-raised": a.raised_at, class: fresh ? "new" : "" },
       el("td", {}, timeCell(a.raised_at)),
       el("td", {}, badge(a.severity, "sev-" + a.severity)),
       el("td", {}, badge(a.state, "st-" + a.state)),
       el("td", {}, a.site || ""),
-      el("td", {}, el("a", { href: "/assets/" + encodeURIComponent(a.asset) }, a.asset), a.tag ? el("br") : "", a.tag ? el("small", {}, a.tag) : ""),
+      el("td", {}, el("a", { class: "asset-link", href: assetHref(a) }, a.asset), a.tag ? el("br") : "", a.tag ? el("small", {}, a.tag) : ""),
       el("td", {}, a.kind),
       el("td", { class: "msg" }, a.message || "", hist),
       el("td", { class: "lifecycle" }, a.acknowledged_by ? [a.acknowledged_by, el("br"), el("small", {}, V.fmtTime(a.acknowledged_at))] : "",
@@ -88,7 +123,9 @@
 
   const empty = () => el("tr", { id: "no-alerts" }, el("td", { colspan: 9, class: "muted" }, "No alerts match."));
   function render() {
-    const list = [...rows.values()].filter(visible).sort((a, b) => (a.raised_at < b.raised_at ? 1 : -1));
+    // By instant, not by text: the times come in the database session's zone (a server set to Europe/Helsinki
+    // answers +03:00, then +02:00 after the autumn change), and as text 03:10+02:00 sorted before 03:30+03:00.
+    const list = [...rows.values()].filter(visible).sort((a, b) => Date.parse(b.raised_at) - Date.parse(a.raised_at));
     tbody.replaceChildren(...list.map((a) => row(a, false)));
     if (!list.length) tbody.append(empty());
   }
@@ -101,11 +138,13 @@
     if (!visible(a)) { if (old) old.remove(); }
     else {
       const tr = row(a, fresh);
-      const typed = old?.querySelector(".ack-comment")?.value, input = tr.querySelector(".ack-comment");
-      if (typed && input) input.value = typed;  // the same alert changed (e.g. escalated): keep the comment
+      // the same alert changed (escalated; acknowledged by another engineer first): the comment stays, in the
+      // acknowledgement box or in the comment box that replaces it
+      const typed = old?.querySelector("input.typed")?.value, input = tr.querySelector("input.typed");
+      if (typed && input) input.value = typed;
       if (old) old.replaceWith(tr);
       else {
-        const after = [...tbody.children].find((x) => x.dataset.raised && x.dataset.raised < a.raised_at);
+        const after = [...tbody.children].find((x) => x.dataset.raised && Date.parse(x.dataset.raised) < Date.parse(a.raised_at));
         tbody.insertBefore(tr, after || null);
       }
     }

@@ -51,11 +51,13 @@
         " ", el("small", {}, "(raw) "), timeCell(item.reading.time)) : "",
       table(["Period", "Normalised mg/Nm³", "Validated mg/Nm³", "Limit mg/Nm³", ""], rows.map((r) => el("tr", { "data-period": r.period },
         el("td", {}, r.period.replace("_", "-"), " ", el("small", { title: r.period_start }, when(r), r.running ? " (running)" : "")),
-        el("td", {}, fmtNum(r.value), r.valid ? "" : el("small", { class: "warn-text" }, " invalid")),
-        el("td", {}, fmtNum(r.validated)),
+        // a running average with too few values yet is not (yet) an invalid one
+        el("td", {}, fmtNum(r.value), r.valid ? "" : el("small", { class: r.running ? "muted" : "warn-text" }, r.running ? " too few values yet" : " invalid")),
+        // the validated average next to its limit with the digits that tell them apart (200.04 against 200)
+        el("td", {}, r.limits.length ? V.fmtVs(r.validated, r.limits[0].limit)[0] : fmtNum(r.validated)),
         el("td", { title: r.limits.map((l) => `${l.rule}: ${fmtNum(l.limit)} mg/Nm³, ${fmtNum(l.share)} % of ${l.period.replace("_", "-")} averages within`).join("\n") },
-          r.limits.length ? [fmtNum(r.limits[0].limit), r.limits[0].share < 100 ? el("small", {}, ` (${fmtNum(r.limits[0].share)} %)`) : ""] : "–"),
-        el("td", {}, r.percent_of_limit !== null ? [bar(r.percent_of_limit), el("small", {}, `${fmtNum(r.percent_of_limit)} %`)] : "")))),
+          r.limits.length ? [V.fmtVs(r.validated, r.limits[0].limit)[1], r.limits[0].share < 100 ? el("small", {}, ` (${fmtNum(r.limits[0].share)} %)`) : ""] : "–"),
+        el("td", {}, r.percent_of_limit !== null ? [bar(r.percent_of_limit), el("small", {}, `${V.fmtVs(r.percent_of_limit, 100)[0]} %`)] : "")))),
       el("p", { class: "projection" + (day.projected_over ? " bad-text" : "") },
         `Day so far: ${day.subs_done}/${day.subs_total} ${day.sub_period.replace("_", "-")} averages; projected day average `,
         el("b", {}, fmtNum(day.projection)), day.limit !== null ? ` against ${fmtNum(day.limit)} mg/Nm³` : " (no daily limit)"));
@@ -64,13 +66,16 @@
   /** An event's value or limit with its unit: a window's is a share of its averages, the invalid-day count a number
    * of days, a PEMS deviation a share outside the interval; only an exceedance's is a concentration. */
   const EVENT_UNIT = { window: " %", invalid_days: " days", pems_deviation: " %" };
-  const eventNum = (e, v) => fmtNum(v) + (EVENT_UNIT[e.kind] || " mg/Nm³");
+  const unitOf = (e) => EVENT_UNIT[e.kind] || " mg/Nm³";
+  /** An event's value and limit with their unit, with the digits it takes to tell them apart (V.fmtVs). */
+  const eventNums = (e) => V.fmtVs(e.value, e.limit_value).map((x) => x + unitOf(e));
   /** What an event says: a window fails under its required share ("93 % within, 95 % required"), not over it. */
   function eventText(e) {
-    if (e.kind === "window") return `${eventNum(e, e.value)} within, ${eventNum(e, e.limit_value)} required`;
-    if (e.kind === "invalid_days") return `${eventNum(e, e.value)} invalid, ${eventNum(e, e.limit_value)} allowed`;
-    if (e.kind === "pems_deviation") return `${eventNum(e, e.value)} outside the PEMS interval, flagged from ${eventNum(e, e.limit_value)}`;
-    return `${eventNum(e, e.value)} > ${eventNum(e, e.limit_value)}`;
+    const [value, limit] = eventNums(e);
+    if (e.kind === "window") return `${value} within, ${limit} required`;
+    if (e.kind === "invalid_days") return `${value} invalid, ${limit} allowed`;
+    if (e.kind === "pems_deviation") return `${value} outside the PEMS interval, flagged from ${limit}`;
+    return `${value} > ${limit}`;
   }
 
   const STATUS = ["valid", "invalid", "not operating"];
@@ -99,7 +104,7 @@
   function eventsTable(stack, events, tz) {
     const row = (e) => el("tr", {},
       el("td", {}, e.period.replace("_", "-"), " ", periodCell(e.period, e.period_start, tz)), el("td", {}, e.pollutant), el("td", {}, e.rule),
-      el("td", {}, eventNum(e, e.value)), el("td", {}, eventNum(e, e.limit_value)),
+      ...eventNums(e).map((x) => el("td", {}, x)),
       el("td", {}, e.breach ? badge("breach", "st-raised") : badge("tolerated", "st-acknowledged"), e.provisional ? " (provisional)" : ""));
     const t = table(["Period", "Pollutant", "Rule", "Value", "Limit", "Breach"], events.items.map(row));
     t.id = "events";
@@ -118,6 +123,21 @@
       { last: "P31D", period: "day" }, revised.next_cursor, t.tBodies[0], row))];
   }
 
+  /** "YYYY-MM" ``n`` months after (before, negative) ``month``. */
+  function addMonths(month, n) {
+    const i = Number(month.slice(0, 4)) * 12 + Number(month.slice(5, 7)) - 1 + n;
+    return `${String(Math.floor(i / 12)).padStart(4, "0")}-${String(i % 12 + 1).padStart(2, "0")}`;
+  }
+  /** Links to the month before and after (none after the stack's current month): the calendar showed one month, the
+   * current one unless the address was edited by hand, so last month's days were out of reach on the first of the
+   * next, when its report is due. */
+  function monthLinks(stack, month, tz) {
+    const link = (m, id, text) => el("a", { id, class: "month-link", href: "/emissions" + qs({ stack: stack.stack, month: m }) }, text);
+    const next = addMonths(month, 1);
+    return el("small", { class: "months" }, link(addMonths(month, -1), "month-prev", `‹ ${addMonths(month, -1)}`),
+      next <= inZone(Date.now(), tz).slice(0, 7) ? [" · ", link(next, "month-next", `${next} ›`)] : "");
+  }
+
   async function load(stack) {
     const [live, cal, events, revised, reports] = await Promise.all([
       api(`/api/emissions/${encodeURIComponent(stack.stack)}/live`),
@@ -128,13 +148,13 @@
     return [
       el("h2", {}, `Stack ${stack.stack} `, el("small", {}, `${stack.description || ""} · ${stack.regime || ""} · ${live.timezone}`)),
       el("div", { class: "grid wide", id: "live" }, live.items.map((item) => liveCard(item, live.timezone))),
-      el("h2", {}, `Daily compliance ${cal.month}`), calendarView(cal),
+      el("h2", {}, `Daily compliance ${cal.month} `, monthLinks(stack, cal.month, live.timezone)), calendarView(cal),
       // A month's or year's exceedance is no day's: listed under the calendar, not on its first day.
       cal.period_events.length ? el("ul", { id: "period-events" }, cal.period_events.map((e) => el("li", {},
         `${e.period.replace("_", "-")} `, periodCell(e.period, e.period_start, live.timezone),
         ` ${e.pollutant} ${e.rule}: ${eventText(e)} `,
         e.breach ? badge("breach", "st-raised") : badge("tolerated", "st-acknowledged"), e.provisional ? " (provisional)" : ""))) : "",
-      el("p", { class: "muted" }, "green: valid and within limits · red: exceedance · yellow: invalid day · grey: no data or not operating · dashed: changed after it closed"),
+      el("p", { class: "muted" }, "green: valid and within limits · red: exceedance · yellow: invalid day · blue: today, not over yet (its averages so far) · grey: no data or not operating · dashed: changed after it closed"),
       el("h2", {}, "Exceedances (31 days)"),
       events.items.length ? eventsTable(stack, events, live.timezone) : el("p", { class: "muted" }, "None."),
       el("h2", {}, "Closed days changed (last 31 days)"),
@@ -143,6 +163,8 @@
       el("h2", {}, "Reports"),
       reports.items.length ? el("ul", { id: "reports" }, reports.items.map((r) => el("li", {}, el("a", { href: r.href }, r.name), ` (${fmtNum(r.bytes / 1024)} kB)`)))
         : el("p", { class: "muted" }, reports.configured ? "No reports yet." : "No reports folder configured (console.reports_dir)."),
+      reports.total > reports.items.length ? el("p", { class: "warn-text", id: "reports-more" },
+        `The newest ${reports.items.length} of ${reports.total} report files are listed; the older ones are in the reports folder (console.reports_dir).`) : "",
     ];
   }
 

@@ -2,7 +2,7 @@
 "use strict";
 
 (() => {
-  const { el, api, main, badge, fmtNum, timeCell, table } = V;
+  const { el, api, qs, main, badge, fmtNum, timeCell, table } = V;
 
   function collectors(h) {
     const c = (h && h.collectors) || {};
@@ -31,6 +31,28 @@
       g.reachable ? collectors(h) : "");
   }
 
+  // Dead letters: the newest 20, "Load older" for the rest of the 7 days (the newest 20 were all there was to see, next
+  // to a count of thousands). Refreshed with the page until older ones are loaded: a refresh put back the first page
+  // and dropped the rows paged to.
+  const DL = { limit: 20 };
+  const dlBox = el("section", { id: "dead-letters" });
+  let dlPaged = false;
+  function dlRow(d) {
+    return el("tr", { "data-dead-letter": d.id }, el("td", {}, timeCell(d.time)), el("td", {}, d.source), el("td", {}, d.topic),
+      el("td", {}, d.error), el("td", {}, el("code", {}, d.payload), d.bytes > 500 ? el("small", { class: "muted" }, ` (first 500 of ${d.bytes} bytes)`) : ""));
+  }
+  function deadLetters(dl) {
+    const total = dl.by_source.reduce((n, s) => n + s.n, 0);
+    const counts = el("p", { id: "dead-letter-counts" }, dl.by_source.map((s) => `${s.source}: ${s.n}`).join(" · ") || "none");
+    if (dlPaged) { dlBox.querySelector("#dead-letter-counts").replaceWith(counts); return; }
+    if (!dl.items.length) { dlBox.replaceChildren(el("h2", {}, "Dead letters (last 7 days)"), counts); return; }
+    const t = table(["Time", "Source", "Topic", "Error", "Payload"], dl.items.map(dlRow));
+    const more = V.moreButton("dead-letters-more", "/api/dead-letters", DL, dl.next_cursor, t.tBodies[0], dlRow);
+    more.addEventListener("click", () => { dlPaged = true; }, { capture: true });
+    dlBox.replaceChildren(el("h2", {}, "Dead letters (last 7 days)"), counts, t,
+      el("p", {}, more, dl.next_cursor ? el("small", { class: "muted" }, ` newest ${dl.items.length} of ${total} shown`) : ""));
+  }
+
   // Refreshed every 10 s. A refresh that fails (console restarting, its database down) leaves the last states on
   // the page, so they say when they were checked and a banner says they are no longer being: the page kept showing
   // "healthy" for a gateway nobody had asked about since, with nothing to tell it from a live answer.
@@ -39,7 +61,7 @@
   async function load() {
     let gws, dl;
     try {
-      [gws, dl] = await Promise.all([api("/api/gateways", { quiet: true }), api("/api/dead-letters?limit=20", { quiet: true }).catch(() => null)]);
+      [gws, dl] = await Promise.all([api("/api/gateways", { quiet: true }), api("/api/dead-letters" + qs(DL), { quiet: true }).catch(() => null)]);
     } catch (e) {
       if (!lastOk) { V.failed("Gateways", e); return; }
       stale.textContent = `NOT UPDATED since ${V.fmtTime(lastOk)} (${e.status ? `${e.status}: ${e.message}` : "the console did not answer"}): `
@@ -49,13 +71,10 @@
     }
     lastOk = new Date();
     stale.hidden = true; document.body.classList.remove("stale");
+    if (dl) deadLetters(dl);
     main(el("h1", {}, "Gateways"), stale, el("p", { class: "muted", id: "checked" }, "Checked ", timeCell(lastOk.toISOString())),
       gws.items.length ? el("div", { class: "grid" }, gws.items.map(card)) : el("p", { class: "muted" }, "No gateways configured ([[gateways]] in the console configuration)."),
-      el("h2", {}, "Dead letters (last 7 days)"),
-      dl ? el("p", {}, dl.by_source.map((s) => `${s.source}: ${s.n}`).join(" · ") || "none") : "",
-      dl && dl.items.length ? table(["Time", "Source", "Topic", "Error", "Payload"], dl.items.map((d) => el("tr", {},
-        el("td", {}, timeCell(d.time)), el("td", {}, d.source), el("td", {}, d.topic), el("td", {}, d.error),
-        el("td", {}, el("code", {}, d.payload))))) : "");
+      dl || dlPaged ? dlBox : "");
     document.body.dataset.ready = "1";
   }
   load();

@@ -64,9 +64,15 @@
 
   /** The planning form; built once (the lists below it are loaded again after a change of the filter, and a
    * half-filled form lost its assets and times), afresh after a window is planned. */
+  // What the planner filled in is kept in the tab (V.draft) until the window is planned: a session that had ended
+  // meanwhile sent "Plan window" to the log-in form and back to an empty form.
+  const ASSETS_DRAFT = "valvoja-draft:mw-assets";
+  const savedAssets = () => { try { return JSON.parse(sessionStorage.getItem(ASSETS_DRAFT)) || []; } catch (e) { return []; } };
+  const saveAssets = (names) => { try { sessionStorage.setItem(ASSETS_DRAFT, JSON.stringify(names)); } catch (e) { /* storage off */ } };
+
   function form(reload) {
     const f = {
-      assets: assetPicker({ id: "mw-assets", none: "none chosen yet", label: "Assets" }),
+      assets: assetPicker({ id: "mw-assets", none: "none chosen yet", label: "Assets", chosen: savedAssets(), onchange: saveAssets }),
       start: el("input", { id: "mw-start", type: "datetime-local", required: true }),
       end: el("input", { id: "mw-end", type: "datetime-local", required: true }),
       zone: el("input", { id: "mw-zone", value: browserZone, size: 18 }),
@@ -78,14 +84,26 @@
         f.assets.querySelector("input").disabled = f.every.checked;
       } }),
     };
+    const forget = [["start", "mw-start"], ["end", "mw-end"], ["zone", "mw-zone"], ["reason", "mw-reason"]]
+      .map(([field, key]) => V.draft(f[field], key));
+    // One window per click: a double-click planned every window twice, and "End now" on one left its twin
+    // suppressing the asset's alerts. The button stays off while the plan is on its way (on again if refused).
     const submit = async () => {
-      const r = await api("/api/maintenance-windows", { method: "POST", body: {
-        assets: f.every.checked ? ["*"] : f.assets.value, starts_at: f.start.value, ends_at: f.end.value, time_zone: f.zone.value,
-        reason: f.reason.value, long: f.long.checked } });
+      if (button.disabled) return;
+      button.disabled = true;
+      let r;
+      try {
+        r = await api("/api/maintenance-windows", { method: "POST", body: {
+          assets: f.every.checked ? ["*"] : f.assets.value, starts_at: f.start.value, ends_at: f.end.value, time_zone: f.zone.value,
+          reason: f.reason.value, long: f.long.checked } });
+      } catch (e) { button.disabled = false; return; }  // api() said why (its toast)
       toast(`planned ${r.items.length} window(s)`);
+      forget.forEach((done) => done());
+      saveAssets([]);
       planner.replaceWith(planner = form(reload));
       reload();
     };
+    const button = el("button", { id: "mw-submit", onclick: submit }, "Plan window");
     return el("section", { class: "card", id: "mw-form" }, el("h2", {}, "Plan a window"),
       el("p", { class: "muted" }, "Start and end are wall-clock times in the time zone given (the site's); a window over a clock change ends when the clocks show its end."),
       el("div", { class: "row" },
@@ -94,7 +112,7 @@
         el("label", {}, "Start", f.start), el("label", {}, "End", f.end),
         el("label", {}, "Time zone (IANA)", f.zone), el("label", {}, "Reason", f.reason),
         el("label", {}, "Longer than 14 days", f.long),
-        el("button", { id: "mw-submit", onclick: submit }, "Plan window")));
+        button));
   }
 
   async function load() {
