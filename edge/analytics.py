@@ -349,7 +349,7 @@ class Analytics:
         batch was refused, they are notified all the same (a page must not wait on a stuck spool), logged and
         counted."""
         try:
-            await asyncio.wait_for(asyncio.shield(stored), max(0.0, deadline - time.monotonic()))
+            await within(asyncio.shield(stored), max(0.0, deadline - time.monotonic()))
             self._unstored_logged = False
             return
         except TimeoutError:
