@@ -19,14 +19,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 
 from edge.metrics import Metrics
 from edge.notifications import ACK_RECHECK_S, Notifications, notify_secrets
-from edge.records import Alert, Batch, Prediction, Reading, utcnow
+from edge.records import Alert, Batch, Prediction, Reading, settles, utcnow
 from edge.settings import SiteConfig
 from edge.timeouts import within
 
@@ -49,20 +50,6 @@ NOTIFY_STORE_WAIT_S = 10.0
 
 
 # -- records: (kind, dict) through the spool --------------------------------------------------
-
-
-def _settle_ok(fut: asyncio.Future | None):
-    """A batch ``ack`` resolving ``fut`` (called on the event loop by the ingest task after the spool commit)."""
-    if fut is None:
-        return None
-    return lambda: fut.done() or fut.set_result(None)
-
-
-def _settle_failed(fut: asyncio.Future | None):
-    """A batch ``nack`` failing ``fut`` with the reason the batch was not spooled."""
-    if fut is None:
-        return None
-    return lambda exc: fut.done() or fut.set_exception(exc)
 
 
 def prediction_record(p: Prediction) -> tuple[str, dict]:
@@ -191,9 +178,6 @@ class Analytics:
         (two, ``clear_after_s`` apart). EN 14181 asks for the analyser to be seen to when its chart leaves control; the
         alarms were only logged and stored, for the next report. Severity: warning for an action (drift beyond the
         action limit, CUSUM, precision), info for a drift warning alone."""
-        import math
-        from datetime import UTC, datetime
-
         action = any(a != "drift_warning" for a in check.alarms)
         evidence = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                     for k, v in dataclasses.asdict(check).items()}
@@ -334,7 +318,8 @@ class Analytics:
         self.predictions += len(preds)
         self.alert_changes += len(changes)
         stored = asyncio.get_running_loop().create_future() if changes else None
-        await self.emit(Batch(SOURCE, derived, records=records, ack=_settle_ok(stored), nack=_settle_failed(stored)))
+        ack, nack = settles(stored) if stored is not None else (None, None)
+        await self.emit(Batch(SOURCE, derived, records=records, ack=ack, nack=nack))
         if stored is not None:
             # Notified only once the spool holds the changes: notified first, a crash before the commit paged an
             # alert the database never got, whose "cleared" never came (the receiver showed it open for good), and

@@ -104,6 +104,14 @@ class Batch:
     state: list[tuple[bytes, bytes | None]] | tuple = ()
 
 
+def settles(stored):
+    """``(ack, nack)`` for a `Batch` that settle the asyncio future ``stored``: its result once the spool holds the
+    batch, the reason it was not spooled otherwise (both called on the event loop by the ingest task). For whoever
+    must wait for the commit (the OPC UA collector's acknowledgements, analytics' notifications)."""
+    return (lambda: stored.done() or stored.set_result(None),
+            lambda exc: stored.done() or stored.set_exception(exc))
+
+
 @dataclass(slots=True)
 class DeadLetter:
     """A message a collector could not decode, kept for inspection."""

@@ -222,33 +222,34 @@ def test_check_config_notes_a_pollutant_without_a_confidence_interval(tmp_path):
     assert len(notes) == 1 and "pollutants (NO2)" in notes[0], r.stdout
 
 
-def test_check_config_notes_a_stack_counting_its_days_in_utc_by_default(tmp_path):
-    """Without `timezone` a stack's days run 00:00-24:00 UTC (02:00-02:00 in Finland in winter): valid, and what a
-    permit in UTC means, but rarely so; a note, gone once the zone is written (also as "UTC")."""
+def _noted_until_set(tmp_path, stack: str, note: str, key: str, fixes: tuple[str, ...]) -> None:
+    """check-config of a site with ``stack`` (a format string, its ``{}`` empty) passes with ``note``; with each of
+    ``fixes`` in its place it passes without any output naming ``key``."""
     site = tmp_path / "site.toml"
-    stack = ('[[stacks]]\nname = "K9"\nregime = "lcp"\n{}'
-             'pollutants = [{{ name = "NOx", tag = "K9.NOx", elv = {{ month = 200.0 }} }}]\n')
     site.write_text(stack.format(""))
     r = _valvoja("check-config", "--skip-secrets", str(site))
     assert r.returncode == 0, r
-    assert f"{site}: note: stacks (K9).timezone is not set: days, months and years are counted in UTC" in r.stdout, r
-    for zone in ("Europe/Helsinki", "UTC"):
-        site.write_text(stack.format(f'timezone = "{zone}"\n'))
+    assert f"{site}: note: {note}" in r.stdout, r
+    for fix in fixes:
+        site.write_text(stack.format(fix))
         r = _valvoja("check-config", "--skip-secrets", str(site))
-        assert r.returncode == 0 and "timezone" not in r.stdout, r
+        assert r.returncode == 0 and key not in r.stdout, r
+
+
+def test_check_config_notes_a_stack_counting_its_days_in_utc_by_default(tmp_path):
+    """Without `timezone` a stack's days run 00:00-24:00 UTC (02:00-02:00 in Finland in winter): valid, and what a
+    permit in UTC means, but rarely so; a note, gone once the zone is written (also as "UTC")."""
+    _noted_until_set(tmp_path, '[[stacks]]\nname = "K9"\nregime = "lcp"\n{}'
+                               'pollutants = [{{ name = "NOx", tag = "K9.NOx", elv = {{ month = 200.0 }} }}]\n',
+                     "stacks (K9).timezone is not set: days, months and years are counted in UTC",
+                     "timezone", ('timezone = "Europe/Helsinki"\n', 'timezone = "UTC"\n'))
 
 
 def test_check_config_notes_toc_in_ppm_without_its_calibration_gas(tmp_path):
     """TOC in ppm took the default 12.01 g/mol (carbon, ppm C1): an FID reporting propane equivalents, the usual span
     gas, gave a third of the true TOC, silently. check-config notes it until molar_mass_g_mol is set."""
-    site = tmp_path / "site.toml"
-    stack = ('[[stacks]]\nname = "K9"\nregime = "lcp"\ntimezone = "UTC"\n'
-             'pollutants = [{{ name = "TOC", tag = "K9.TOC", unit = "ppm"{} }}]\n')
-    site.write_text(stack.format(""))
-    r = _valvoja("check-config", "--skip-secrets", str(site))
-    assert r.returncode == 0, r
-    assert (f"{site}: note: stacks (K9).pollutants (TOC): TOC in ppm is converted as carbon (C1, 12.01 g/mol); an FID "
-            "reporting propane equivalents (ppm C3H8) needs molar_mass_g_mol = 36.03") in r.stdout, r
-    site.write_text(stack.format(", molar_mass_g_mol = 36.03"))
-    r = _valvoja("check-config", "--skip-secrets", str(site))
-    assert r.returncode == 0 and "TOC" not in r.stdout, r
+    _noted_until_set(tmp_path, '[[stacks]]\nname = "K9"\nregime = "lcp"\ntimezone = "UTC"\n'
+                               'pollutants = [{{ name = "TOC", tag = "K9.TOC", unit = "ppm"{} }}]\n',
+                     "stacks (K9).pollutants (TOC): TOC in ppm is converted as carbon (C1, 12.01 g/mol); an FID "
+                     "reporting propane equivalents (ppm C3H8) needs molar_mass_g_mol = 36.03",
+                     "TOC", (", molar_mass_g_mol = 36.03",))

@@ -67,7 +67,7 @@ from collectors.opcua.subscription import (
     subscription_parameters,
 )
 from edge.errors import NotConnectedError
-from edge.records import Batch, Flag, Reading, utcnow
+from edge.records import Batch, Flag, Reading, settles, utcnow
 from edge.timeouts import within
 
 log = logging.getLogger(__name__)
@@ -1272,9 +1272,8 @@ class OpcUaCollector:
             else:
                 mark = None
         stored = asyncio.get_running_loop().create_future()
-        await self._emit(Batch(source=self.name, readings=readings,
-                               ack=lambda: stored.done() or stored.set_result(None),
-                               nack=lambda exc: stored.done() or stored.set_exception(exc), state=state))
+        ack, nack = settles(stored)
+        await self._emit(Batch(source=self.name, readings=readings, ack=ack, nack=nack, state=state))
         await stored
         if mark is not None and (self._mark is None or mark > self._mark):
             self._mark = mark
