@@ -354,6 +354,12 @@ _CONCENTRATION_UNITS = {
     **dict.fromkeys(["g/m3", "g/nm3"], "g/m3"), **dict.fromkeys(["ppm", "ppmv", "vppm", "umol/mol"], "ppm"),
     **dict.fromkeys(["%", "vol%", "%vol", "vol-%", "%v/v", "%(v/v)"], "percent"), "ppb": "ppb", "ppbv": "ppb"}
 _TEMPERATURE_UNITS = {"degc": "degC", "kelvin": "K", "degf": "degF"}
+
+
+def concentration_unit(unit: str) -> str | None:
+    """A concentration unit as a pollutant's ``unit`` names it ("mg/Nm³" -> "mg/m3", "vol-%" -> "percent"); None for
+    text that is no known spelling of one (not compared)."""
+    return _CONCENTRATION_UNITS.get(_unit_key(unit))
 _PRESSURE_UNITS = {"kpa": "kPa", "mbar": "mbar", "pa": "Pa", "bar": "bar", "psi": "psi"}
 _FLOW_UNITS = {**dict.fromkeys(["m3/h", "nm3/h", "sm3/h"], "m3/h"), **dict.fromkeys(["m3/s", "nm3/s"], "m3/s")}
 
