@@ -722,6 +722,26 @@ def test_open_ended_rul_interval_is_shown_open_with_its_level(browser, server):
     page.context.close()
 
 
+def test_rul_at_the_models_cap_reads_at_least(browser, server):
+    """maintenance.rul_live clips a RUL to the model's cap (details.cap): a pump with no wear the model can date
+    gets 160, the cap, which the card and the review table showed as a bare "160 cycles", a forecast of failure in
+    160 cycles. It reads "≥ 160" now, the card saying why; a RUL under the cap stays a plain number."""
+    from edge.records import Prediction
+
+    end = datetime.now(UTC)
+    preds = [Prediction("pump-rul", "99aa88bb77cc", "P-CAP", end - timedelta(minutes=m), value, 120.0, None, 0.9,
+                        kind="rul", details={"cap": 160.0, "open_ended": True, "unit": "cycles"})
+             for m, value in ((20, 150.0), (10, 160.0))]
+    page = asset_page(browser, server, "P-CAP", preds)
+    card = page.inner_text("#rul")
+    assert "≥ 160 cycles" in card and "cap" in card, card
+    rows = page.locator("tr[data-prediction]").all_inner_texts()
+    assert any("≥ 160 cycles [120 … ∞)" in r for r in rows), rows
+    assert any("150 cycles [120 … ∞)" in r and "≥ 150" not in r for r in rows), rows
+    assert page.errors == []
+    page.context.close()
+
+
 def test_rul_without_stated_level_and_open_band(browser, server):
     """A RUL interval whose nominal coverage is not stored says so ("level not stated"; it read "0 % interval"),
     and the band runs on through open-ended points (upper NULL) to the chart's top instead of breaking there."""

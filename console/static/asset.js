@@ -133,6 +133,14 @@
     return (tag && tag.unit) || "";
   }
 
+  // A RUL at its model's cap (details.cap: maintenance.rul_live clips there) is "at least the cap", not a forecast
+  // of the cap: the model is trained on RUL capped there and cannot date wear further out. "160" read as a date.
+  function atCap(p) {
+    const cap = ((p && p.details) || {}).cap;
+    return typeof cap === "number" && p.value !== null && p.value >= cap;
+  }
+  function predValue(p) { return (atCap(p) ? "≥ " : "") + fmtNum(p.value); }
+
   // An interval's nominal coverage; a stored interval without one does not pass for a "0 %" interval.
   function level(coverage) {
     return coverage === null || coverage === undefined ? "interval, level not stated" : `${Math.round(coverage * 100)} % interval`;
@@ -164,7 +172,8 @@
       const l = rul.latest;
       const unit = unitOf(l);
       cards.push(el("div", { class: "card", id: "rul" }, el("small", {}, `Remaining useful life (${level(l.coverage)})`),
-        el("div", { class: "big" }, fmtNum(l.value), unit ? el("small", {}, ` ${unit}`) : ""),
+        el("div", { class: "big" }, predValue(l), unit ? el("small", {}, ` ${unit}`) : "",
+          atCap(l) ? el("small", { class: "muted at-cap" }, " (the model's cap: no wear it can date yet)") : ""),
         el("small", {}, `${fmtInterval(l.lower, l.upper, null)}${unit ? " " + unit : ""} · ${rul.model_id} · `, timeCell(l.time))));
     }
     cards.push(el("div", { class: "card", id: "open-alerts" }, el("small", {}, "Open alerts (raised at any time)"),
@@ -250,7 +259,7 @@
     const interval = p.lower !== null || p.upper !== null ? " " + fmtInterval(p.lower, p.upper, p.coverage)
       : p.p_value !== null ? ` (p ${fmtNum(p.p_value)}${alpha !== null && alpha !== undefined ? `, α ${fmtNum(alpha)}` : ""})` : "";
     return el("tr", { "data-prediction": p.id }, el("td", {}, timeCell(p.time)), el("td", {}, p.kind),
-      el("td", {}, fmtNum(p.value) + (unitOf(p) ? " " + unitOf(p) : "") + interval), el("td", {}, el("small", {}, `${p.model_id} @ ${String(p.model_version).slice(0, 10)}`)), cell);
+      el("td", {}, predValue(p) + (unitOf(p) ? " " + unitOf(p) : "") + interval), el("td", {}, el("small", {}, `${p.model_id} @ ${String(p.model_version).slice(0, 10)}`)), cell);
   }
 
   // The newest 200 of the range, then "Load older": the rest of a noisy range were silently left out.
