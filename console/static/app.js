@@ -27,9 +27,23 @@ const V = (() => {
     return e;
   }
 
+  // At most TOAST_MAX notices at once; more within their time become one "and N more" line. An alert storm (a
+  // gateway back after an outage, a plant trip) stacked one toast per new alert over the board it was about:
+  // 200 alerts, 200 toasts, the whole screen. Errors (a refused action) are always shown: they are the user's.
+  const TOAST_MAX = 4;
+  let more = null, moreN = 0, moreTimer = null;
   function toast(msg, kind) {
+    const box = document.getElementById("toasts");
+    if (kind !== "error" && box.querySelectorAll(".toast:not(.error):not(.toast-more)").length >= TOAST_MAX) {
+      moreN += 1;
+      if (!more) { more = el("div", { class: "toast toast-more" }); box.append(more); }
+      more.textContent = `… and ${moreN} more`;
+      clearTimeout(moreTimer);
+      moreTimer = setTimeout(() => { more.remove(); more = null; moreN = 0; }, 6000);
+      return;
+    }
     const t = el("div", { class: "toast " + (kind || "") }, msg);
-    document.getElementById("toasts").append(t);
+    box.insertBefore(t, more);  // the "more" line stays last
     setTimeout(() => t.remove(), kind === "error" ? 8000 : 4000);
   }
 
