@@ -141,9 +141,10 @@ class Ingest:
         except Exception as exc:  # a bug some value found: the group cannot be spooled; tell who waits, then fail
             _nack(group, exc)
             raise
+        # The frozen-value rule's runs go in the commit of the readings they describe (a restart goes on from them).
         items = [(cols, [d for b in group for d in b.dead_letters] + [d for _, d in too_large],
                   [r for b in group for r in b.records],
-                  [(b.source, k, v) for b in group if b.state for k, v in b.state])]
+                  [(b.source, k, v) for b in group if b.state for k, v in b.state] + self.validator.take_state_ops())]
         n = len(cols)
         rejected = failed = False
         while True:

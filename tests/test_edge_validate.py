@@ -102,3 +102,29 @@ def test_tags_outside_the_registry_keep_no_state_each():
     now = utcnow()
     v.apply_readings([_r(f"dev{i}.x", float(i), now=now) for i in range(10_000)] + [_r("a", 1.0, now=now)], now)
     assert len(v._state) == 1  # only the configured tag, which has a frozen-value window to follow
+
+
+def test_frozen_runs_are_written_once_per_run_and_a_new_validator_goes_on_from_them(caplog):
+    """A run of repeated values is one spool row, written at its first repeat and deleted when the value moves; a
+    healthy value that changes at every reading writes nothing. A validator given the rows (a reload, a restart)
+    flags the same run at once; rows of tags without a frozen window any more, or unreadable ones, are deleted."""
+    from edge.validate import FROZEN_STATE_SOURCE
+
+    v = make(a={"frozen_after_s": 10}, b={"frozen_after_s": 10})
+    now = utcnow()
+    v.apply_readings([_r("b", float(i), dt_s=-100 + i, now=now) for i in range(50)], now)
+    assert v.take_state_ops() == []  # a healthy value: nothing to write
+    v.apply_readings([_r("a", 1.0, dt_s=-30 + i, now=now) for i in range(5)], now)
+    [(source, key, value)] = v.take_state_ops()
+    assert (source, key) == (FROZEN_STATE_SOURCE, b"a")
+    rows = {key: value, b"gone": value, b"b": b"\xc1"}  # a tag no longer watched, a row that cannot be read
+    again = Validator({n: Tag(name=n, frozen_after_s=10) for n in "ab"}, Validation(), frozen_runs=rows)
+    assert "frozen_state_unreadable" in [getattr(r, "event", None) for r in caplog.records]
+    assert sorted(k for _, k, val in again.take_state_ops() if val is None) == [b"b", b"gone"]
+    later = [_r("a", 1.0, dt_s=-10, now=now)]  # 20 s after the run began, in the new validator
+    again.apply_readings(later, now)
+    assert later[0].flags & Flag.FROZEN and later[0].quality == Quality.UNCERTAIN
+    assert again.take_state_ops() == []  # the run is in the spool already
+    moved = [_r("a", 2.0, dt_s=-9, now=now)]
+    again.apply_readings(moved, now)
+    assert moved[0].quality == Quality.GOOD and again.take_state_ops() == [(FROZEN_STATE_SOURCE, b"a", None)]
