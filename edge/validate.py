@@ -247,6 +247,10 @@ class Validator:
                 continue
             st = states[idx[i]]
             ti = int(t[i])
+            if st.since_us is not None and ti < st.since_us:
+                # Older than the run: a device's buffered sample, a backfill behind live values. Taken as a change it
+                # ended a stuck value's run and started another at its own time (GOOD again for the window).
+                continue
             if val != st.last_value or st.since_us is None:
                 if st.saved:
                     ops.append((FROZEN_STATE_SOURCE, cols.tags[idx[i]].encode(), None))
@@ -254,8 +258,7 @@ class Validator:
                 st.last_value, st.since_us = val, ti
                 continue
             if not st.saved:
-                ops.append((FROZEN_STATE_SOURCE, cols.tags[idx[i]].encode(),
-                            msgpack.packb([val, st.since_us], use_bin_type=True)))
+                ops.append((FROZEN_STATE_SOURCE, cols.tags[idx[i]].encode(), _packed_run(val, st.since_us)))
                 st.saved = True
             if ti - st.since_us > st.frozen_after_us:
                 flags[i] |= _FROZEN
@@ -274,6 +277,15 @@ class Validator:
                 if new and not r.status_name:
                     r.status_name = ",".join(rule_names(new))
         return flagged
+
+
+def _packed_run(value: object, since_us: int) -> bytes:
+    """A frozen run's spool row; a value msgpack cannot hold (an integer beyond 64 bits, which no collector sends:
+    they make such numbers floats) as its text, which then never equals the next value: the run starts anew."""
+    try:
+        return msgpack.packb([value, since_us], use_bin_type=True)
+    except (OverflowError, TypeError, ValueError):
+        return msgpack.packb([str(value), since_us], use_bin_type=True)
 
 
 TEXT_PREFIX_BYTES = 4096  # what a dead letter keeps of a text value over max_text_bytes

@@ -128,3 +128,19 @@ def test_frozen_runs_are_written_once_per_run_and_a_new_validator_goes_on_from_t
     moved = [_r("a", 2.0, dt_s=-9, now=now)]
     again.apply_readings(moved, now)
     assert moved[0].quality == Quality.GOOD and again.take_state_ops() == [(FROZEN_STATE_SOURCE, b"a", None)]
+
+
+def test_a_late_reading_from_before_a_run_neither_ends_nor_restarts_it():
+    """A device's buffered sample (store and forward after a reconnect), an OPC UA backfill behind live values: a
+    reading older than the run of a stuck value, with another value, started a new run at its own time, and the stuck
+    value's next readings were a run of their own again: GOOD for ``frozen_after_s``."""
+    v = make(a={"frozen_after_s": 10})
+    now = utcnow()
+    stuck = [_r("a", 1.0, dt_s=-60 + i, now=now) for i in range(21)]
+    v.apply_readings(stuck, now)
+    assert [bool(r.flags & Flag.FROZEN) for r in stuck] == [False] * 11 + [True] * 10
+    late = [_r("a", 0.5, dt_s=-120, now=now)]
+    more = [_r("a", 1.0, dt_s=-39 + i, now=now) for i in range(10)]
+    v.apply_readings(late + more, now)
+    assert late[0].quality == Quality.GOOD and not late[0].flags
+    assert all(r.flags & Flag.FROZEN and r.quality == Quality.UNCERTAIN for r in more), [r.flags for r in more]
