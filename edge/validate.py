@@ -238,7 +238,9 @@ class Validator:
         watched = [i for i, st in enumerate(states) if st.frozen_after_us is not None]
         if not watched:
             return
-        rows = np.flatnonzero(np.isin(cols.tag_idx, watched) & ~not_finite)
+        # Bad readings (the device's status, a wrong type) are no measurements, as NaN is none: they neither end
+        # nor extend a run (a PLC sending 0 with a Bad status on a glitch ended a stuck value's run).
+        rows = np.flatnonzero(np.isin(cols.tag_idx, watched) & ~not_finite & (cols.quality < _BAD) & (worst < _BAD))
         idx, t = cols.tag_idx, cols.time_us
         ops = self._ops
         for i in rows.tolist():

@@ -144,3 +144,16 @@ def test_a_late_reading_from_before_a_run_neither_ends_nor_restarts_it():
     v.apply_readings(late + more, now)
     assert late[0].quality == Quality.GOOD and not late[0].flags
     assert all(r.flags & Flag.FROZEN and r.quality == Quality.UNCERTAIN for r in more), [r.flags for r in more]
+
+
+def test_a_bad_reading_inside_a_stuck_run_does_not_end_it():
+    """A device's Bad reading carries whatever value it has (many PLCs send 0 with a Bad status on a glitch): it is no
+    measurement, as NaN is none, and taken as a change it ended a stuck value's run: GOOD again for the window."""
+    v = make(a={"frozen_after_s": 10, "kind": "float"})
+    now = utcnow()
+    v.apply_readings([_r("a", 1.0, dt_s=-60 + i, now=now) for i in range(21)], now)
+    glitch = [_r("a", 0.0, dt_s=-39.5, now=now, quality=Quality.BAD), _r("a", "n/a", dt_s=-39.2, now=now)]
+    more = [_r("a", 1.0, dt_s=-39 + i, now=now) for i in range(10)]
+    v.apply_readings(glitch + more, now)
+    assert [r.quality for r in glitch] == [Quality.BAD, Quality.BAD]
+    assert all(r.flags & Flag.FROZEN for r in more), [r.flags for r in more]
