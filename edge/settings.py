@@ -78,7 +78,11 @@ class Tag(Strict):
     def _range_ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
         if v is not None:
             lo, hi = v
-            if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                # "low < high" alone was the message for [0.0, inf], which has low < high.
+                raise ValueError(f"both limits must be finite numbers (no inf or nan: for a side without a limit "
+                                 f"give one far beyond any real value), got [{lo}, {hi}]")
+            if lo >= hi:
                 raise ValueError(f"must be [low, high] with low < high, got [{lo}, {hi}]")
         return v
 

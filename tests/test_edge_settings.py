@@ -77,6 +77,9 @@ def test_good_config_loads(tmp_path):
      "database.rollups_1m_retention_days: Input should be greater than 0"),
     ('[spool]\nfull_policy = "explode"', "spool.full_policy: Input should be 'reject_new' or 'drop_oldest'"),
     ('[[tags]]\nname = "x"\nrange = [5, 1]', "tags[0] (x).range: must be [low, high] with low < high"),
+    ('[[tags]]\nname = "x"\nrange = [0.0, inf]', "tags[0] (x).range: both limits must be finite numbers (no inf or "
+                                                "nan: for a side without a limit give one far beyond any real value), "
+                                                "got [0.0, inf]"),
     ('[[tags]]\nunit = "C"', "tags[0].name: is required"),
     ('[[collectors]]\nkind = "modbus"', "collectors[0] (modbus-0).kind: must be one of"),
     # What one reading and one message may weigh: a whole number of bytes, never a quoted or boolean one.
