@@ -11,9 +11,9 @@ Rules, each a bit in `edge.records.Flag` and a lowered quality:
 
 Quality only ever gets worse here: a device's Bad status is never upgraded.
 
-The frozen-value rule's runs outlive the process: a run of repeated values is written to the spool (source
-``FROZEN_STATE_SOURCE``) in the commit of the readings that start it and removed in the one that ends it, and the
-next `Validator` (a reload, a restart) goes on from it. A stuck sensor's readings were stored GOOD for
+The frozen-value rule's runs outlive the process: a run of repeated values that has lasted a quarter of its window
+is written to the spool (source ``FROZEN_STATE_SOURCE``) in the commit of its readings and removed in the one that
+ends it, and the next `Validator` (a reload, a restart) goes on from it. A stuck sensor's readings were stored GOOD for
 ``frozen_after_s`` after every SIGHUP reload and restart, and its sensor alert cleared meanwhile.
 
 Two checks are not flags: a text value over ``validation.max_text_bytes`` (`oversized_texts`) and a tag name over
@@ -232,9 +232,9 @@ class Validator:
 
     def _frozen(self, cols: Columns, states: list[_TagState], not_finite: np.ndarray, flags: np.ndarray,
                 worst: np.ndarray) -> None:
-        """FROZEN: unchanged for longer than the tag's window; sequential per tag, so row by row. A run's first
-        repeat writes it to the spool, a change removes it (a healthy analogue value, changing at every reading,
-        writes nothing)."""
+        """FROZEN: unchanged for longer than the tag's window; sequential per tag, so row by row. A run that has
+        lasted a quarter of the window is written to the spool, a change removes it (a healthy value writes
+        nothing)."""
         watched = [i for i, st in enumerate(states) if st.frozen_after_us is not None]
         if not watched:
             return
@@ -259,7 +259,10 @@ class Validator:
                     st.saved = False
                 st.last_value, st.since_us = val, ti
                 continue
-            if not st.saved:
+            if not st.saved and ti - st.since_us >= st.frozen_after_us // 4:
+                # Written once the run has lasted a quarter of the window: a quantised value's short runs (a repeat
+                # every other reading) wrote and deleted a row each and made the spool commit 10 times slower; a
+                # restart now flags a run younger than that at most a quarter of the window late.
                 ops.append((FROZEN_STATE_SOURCE, cols.tags[idx[i]].encode(), _packed_run(val, st.since_us)))
                 st.saved = True
             if ti - st.since_us > st.frozen_after_us:

@@ -105,8 +105,8 @@ def test_tags_outside_the_registry_keep_no_state_each():
 
 
 def test_frozen_runs_are_written_once_per_run_and_a_new_validator_goes_on_from_them(caplog):
-    """A run of repeated values is one spool row, written at its first repeat and deleted when the value moves; a
-    healthy value that changes at every reading writes nothing. A validator given the rows (a reload, a restart)
+    """A run of repeated values is one spool row, written once it has lasted a quarter of the window and deleted when
+    the value moves; a healthy value (changing at every reading, or in runs far shorter) writes nothing. A validator given the rows (a reload, a restart)
     flags the same run at once; rows of tags without a frozen window any more, or unreadable ones, are deleted."""
     from edge.validate import FROZEN_STATE_SOURCE
 
@@ -114,6 +114,8 @@ def test_frozen_runs_are_written_once_per_run_and_a_new_validator_goes_on_from_t
     now = utcnow()
     v.apply_readings([_r("b", float(i), dt_s=-100 + i, now=now) for i in range(50)], now)
     assert v.take_state_ops() == []  # a healthy value: nothing to write
+    v.apply_readings([_r("b", float(i // 2), dt_s=-50 + i, now=now) for i in range(50)], now)
+    assert v.take_state_ops() == []  # a quantised one, repeated every other reading: runs too short to keep
     v.apply_readings([_r("a", 1.0, dt_s=-30 + i, now=now) for i in range(5)], now)
     [(source, key, value)] = v.take_state_ops()
     assert (source, key) == (FROZEN_STATE_SOURCE, b"a")
