@@ -106,8 +106,9 @@ def test_tags_outside_the_registry_keep_no_state_each():
 
 def test_frozen_runs_are_written_once_per_run_and_a_new_validator_goes_on_from_them(caplog):
     """A run of repeated values is one spool row, written once it has lasted a quarter of the window and deleted when
-    the value moves; a healthy value (changing at every reading, or in runs far shorter) writes nothing. A validator given the rows (a reload, a restart)
-    flags the same run at once; rows of tags without a frozen window any more, or unreadable ones, are deleted."""
+    the value moves; a healthy value (changing at every reading, or in runs far shorter) writes nothing. A validator
+    given the rows (a reload, a restart) flags the same run at once; rows of tags without a frozen window any more, or
+    unreadable ones, are deleted."""
     from edge.validate import FROZEN_STATE_SOURCE
 
     v = make(a={"frozen_after_s": 10}, b={"frozen_after_s": 10})
