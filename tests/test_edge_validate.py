@@ -160,3 +160,24 @@ def test_a_bad_reading_inside_a_stuck_run_does_not_end_it():
     v.apply_readings(glitch + more, now)
     assert [r.quality for r in glitch] == [Quality.BAD, Quality.BAD]
     assert all(r.flags & Flag.FROZEN for r in more), [r.flags for r in more]
+
+
+def test_the_rules_at_their_edges():
+    """What the audit checked and found right, pinned: limits are inclusive and -0.0 is 0; an integer beyond 2**53
+    (kept exactly, not as a float) is range-checked; a time before 1970 is stale, one exactly at the future
+    tolerance is not flagged; a NaN from a device already Bad stays Bad and is counted once per rule."""
+    from datetime import UTC, datetime
+
+    flagged: list[tuple[str, int]] = []
+    v = Validator({"a": Tag(name="a", range=(0.0, 10.0)), "i": Tag(name="i", kind="int", range=(0, 1e6)),
+                   "b": Tag(name="b", kind="bool")}, Validation(), on_flagged=lambda rule, n: flagged.append((rule, n)))
+    now = utcnow()
+    rs = [_r("a", -0.0, now=now), _r("a", 0.0, now=now), _r("a", 10.0, now=now), _r("i", 2**60 + 1, now=now),
+          _r("i", 10**6, now=now), _r("b", True, now=now), _r("b", 2, now=now),
+          Reading("a", datetime(1969, 12, 31, tzinfo=UTC), 1.0, now), _r("a", 1.0, dt_s=5.0, now=now),
+          _r("a", math.nan, now=now, quality=Quality.BAD)]
+    v.apply_readings(rs, now)
+    assert [rule_names(r.flags) for r in rs] == [[], [], [], ["out_of_range"], [], [], ["type_mismatch"],
+                                                 ["stale_time"], [], ["not_finite"]]
+    assert rs[3].value == 2**60 + 1 and rs[9].quality == Quality.BAD
+    assert sorted(flagged) == [("not_finite", 1), ("out_of_range", 1), ("stale_time", 1), ("type_mismatch", 1)]
