@@ -32,7 +32,7 @@ from edge.secrets import is_reference, resolve_secret
 from edge.settings import SiteConfig
 from edge.spool import Spool
 from edge.timeouts import CANCEL_GRACE_S, cancel_and_wait, within
-from edge.validate import Validator
+from edge.validate import FROZEN_STATE_SOURCE, Validator
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,8 @@ class Gateway:
         self.worker = SpoolWorker(self.spool)
         try:
             self.validator = Validator(cfg.tag_map(), cfg.validation,
-                                       on_flagged=lambda rule, n: self.metrics.readings_flagged.labels(rule).inc(n))
+                                       on_flagged=lambda rule, n: self.metrics.readings_flagged.labels(rule).inc(n),
+                                       frozen_runs=self.spool.load_state(FROZEN_STATE_SOURCE))
             self.ingest = Ingest(self.worker, self.validator, self.metrics, queue_batches=cfg.spool.queue_batches)
             self.forwarder = (Forwarder(self.worker, self.conninfo, cfg, self.metrics, self.ingest.spooled)
                               if self.conninfo else None)

@@ -25,7 +25,8 @@ class Metrics:
         self.readings_in = Counter("valvoja_readings_in_total", "Readings received from collectors",
                                    ["collector"], registry=r)
         self.readings_flagged = Counter("valvoja_readings_flagged_total",
-                                        "Readings whose quality validation lowered", ["rule"], registry=r)
+                                        "Readings a validation rule flagged (unknown_tag keeps the quality)",
+                                        ["rule"], registry=r)
         self.readings_out = Counter("valvoja_readings_stored_total", "Readings committed to the database",
                                     registry=r)
         self.messages_in = Counter("valvoja_collector_messages_total", "Protocol messages received",

@@ -29,6 +29,7 @@ GROUP_MAX_READINGS = 50_000
 FULL_RETRY_S = 0.5
 TOO_LARGE_LOG_EVERY_S = 60.0  # reading_too_large, tag_name_too_long at most this often (with the count meanwhile)
 TEXT_LIMIT, TAG_LIMIT = "max_text_bytes", "max_tag_bytes"  # the validation key a set-aside reading was over
+FUTURE_LOG_EVERY_S = 60.0  # readings_ahead_of_clock at most this often (with the count meanwhile)
 
 
 class SpoolWorker:
@@ -78,6 +79,8 @@ class Ingest:
         # Per limit (TEXT_LIMIT, TAG_LIMIT): monotonic time of its last log line, readings set aside since without one.
         self._too_large_logged = {TEXT_LIMIT: -math.inf, TAG_LIMIT: -math.inf}
         self._too_large_quiet = {TEXT_LIMIT: 0, TAG_LIMIT: 0}
+        self._future_logged = -math.inf  # monotonic time of the last readings_ahead_of_clock line
+        self._future_quiet = 0  # readings kept from analytics for their future time since, without a line
         # Called as on_spooled(readings, latest) for each committed group (live analytics): the readings of the
         # `analytics_tags` (None: all) not made by analytics itself, and the group's latest reading time (which
         # keeps analytics' clock going when none of its tags is in the group); must not block.
@@ -141,9 +144,10 @@ class Ingest:
         except Exception as exc:  # a bug some value found: the group cannot be spooled; tell who waits, then fail
             _nack(group, exc)
             raise
+        # The frozen-value rule's runs go in the commit of the readings they describe (a restart goes on from them).
         items = [(cols, [d for b in group for d in b.dead_letters] + [d for _, d in too_large],
                   [r for b in group for r in b.records],
-                  [(b.source, k, v) for b in group if b.state for k, v in b.state])]
+                  [(b.source, k, v) for b in group if b.state for k, v in b.state] + self.validator.take_state_ops())]
         n = len(cols)
         rejected = failed = False
         while True:
@@ -281,13 +285,38 @@ class Ingest:
         the whole ingest of a reading), never what analytics made itself, never a reading from the future.
         ``counts``: each batch's readings in ``cols``."""
         keep = np.repeat(np.array([b.source != "analytics" for b in group]), counts)
-        # A reading stamped ahead of the gateway's clock is stored (flagged) but not analysed: analyses run on the
-        # data's time, and one such reading would move their windows and clocks into the future.
-        keep &= (cols.flags & int(Flag.FUTURE_TIME)) == 0
         if self.analytics_tags is not None:
             want = np.fromiter((t in self.analytics_tags for t in cols.tags), bool, len(cols.tags))
             keep &= want[cols.tag_idx]
+        # A reading stamped ahead of the gateway's clock is stored (flagged) but not analysed: analyses run on the
+        # data's time, and one such reading would move their windows and clocks into the future.
+        future = keep & ((cols.flags & int(Flag.FUTURE_TIME)) != 0)
+        if future.any():
+            keep &= ~future
+            self._log_future(group, cols, counts, future)
         return cols.readings(np.flatnonzero(keep)) if keep.any() else []
+
+    def _log_future(self, group: list[Batch], cols: Columns, counts: list[int], future: np.ndarray) -> None:
+        """Say which device's clock is ahead, at most every FUTURE_LOG_EVERY_S: its readings were kept from
+        analytics with nothing but a counter, and its asset's anomaly scores, zones and rules stopped while the
+        console showed its values (a PLC without time synchronisation, a few seconds ahead)."""
+        rows = np.flatnonzero(future)
+        now = time.monotonic()
+        if now - self._future_logged < FUTURE_LOG_EVERY_S:
+            self._future_quiet += len(rows)
+            return
+        self._future_logged = now
+        quiet, self._future_quiet = self._future_quiet, 0
+        i = int(rows[0])
+        source = group[int(np.searchsorted(np.cumsum(counts), i, side="right"))].source
+        tag = cols.tags[int(cols.tag_idx[i])]
+        ahead = (int(cols.time_us[i]) - int(cols.recv_us[i])) / 1e6
+        more = f" ({quiet} more since the last report)" if quiet else ""
+        log.warning("%d reading(s) stamped ahead of the gateway clock (beyond validation.future_tolerance_s) are "
+                    "stored, flagged future_time, but not analysed; first: %s from %s, %.1f s ahead of its receipt: "
+                    "the device's clock%s", len(rows), tag, source, ahead, more,
+                    extra={"event": "readings_ahead_of_clock", "collector": source, "tag": tag, "ahead_s": ahead,
+                           "count": len(rows)})
 
 
 def _nack(group: list[Batch], exc: BaseException) -> None:

@@ -78,7 +78,11 @@ class Tag(Strict):
     def _range_ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
         if v is not None:
             lo, hi = v
-            if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                # "low < high" alone was the message for [0.0, inf], which has low < high.
+                raise ValueError(f"both limits must be finite numbers (no inf or nan: for a side without a limit "
+                                 f"give one far beyond any real value), got [{lo}, {hi}]")
+            if lo >= hi:
                 raise ValueError(f"must be [low, high] with low < high, got [{lo}, {hi}]")
         return v
 
@@ -350,7 +354,24 @@ class SiteConfig(Strict):
         if self.models:
             notes.append("models: this table is not read (models are configured where they are used: "
                          "[maintenance.assets.anomaly] and .rul, a [[stacks]] pollutant's pems); remove it")
+        notes += self._frozen_without_repeats()
         return notes
+
+    def _frozen_without_repeats(self) -> list[str]:
+        """Tags whose frozen-value rule cannot fire, one note per OPC UA collector: read through its subscription,
+        which reports a value when it changes (DataChangeTrigger StatusValue), so a stuck one sends no reading the
+        rule could flag."""
+        subscribed = {node.tag: name for kind, name, c in self.collector_configs if kind == "opcua"
+                      for node in c.nodes if (node.mode or c.mode) == "subscribe"}
+        by_collector: dict[str, list[str]] = {}
+        for i, t in enumerate(self.tags):
+            if t.frozen_after_s and t.name in subscribed:
+                by_collector.setdefault(subscribed[t.name], []).append(f"tags[{i}] ({t.name})")
+        return [f"{', '.join(where[:3])}{f' and {len(where) - 3} more' if len(where) > 3 else ''}: frozen_after_s "
+                f"never flags a tag that OPC UA collector {name!r} reads through its subscription, which sends a value "
+                "only when it changes: a stuck one sends nothing (the maintenance 'no data' sensor alert comes after "
+                "no_data_after_s instead). Poll the node (mode = \"poll\": a repeated value is read again when the "
+                "server gives it a new source time) or remove the key" for name, where in by_collector.items()]
 
 
 def _loc(loc: tuple) -> str:

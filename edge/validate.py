@@ -11,6 +11,11 @@ Rules, each a bit in `edge.records.Flag` and a lowered quality:
 
 Quality only ever gets worse here: a device's Bad status is never upgraded.
 
+The frozen-value rule's runs outlive the process: a run of repeated values that has lasted a quarter of its window
+is written to the spool (source ``FROZEN_STATE_SOURCE``) in the commit of its readings and removed in the one that
+ends it, and the next `Validator` (a reload, a restart) goes on from it. A stuck sensor's readings were stored GOOD for
+``frozen_after_s`` after every SIGHUP reload and restart, and its sensor alert cleared meanwhile.
+
 Two checks are not flags: a text value over ``validation.max_text_bytes`` (`oversized_texts`) and a tag name over
 ``validation.max_tag_bytes`` (`oversized_tags`) are set aside by the ingest stage as dead letters with their size and
 first bytes (`text_prefix`), since a value or name cut short is not what the device sent, a whole one of megabytes
@@ -19,15 +24,23 @@ would weigh on the spool, the database and the console, and a name over the data
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from datetime import datetime
 
+import msgpack
 import numpy as np
 
 from edge.columns import Columns, to_us
 from edge.records import Flag, Quality, Reading
 from edge.settings import Tag, Validation
+
+log = logging.getLogger(__name__)
+
+# The spool's source_state rows of the frozen-value rule: tag (UTF-8) -> msgpack [value, since_us] of its run of
+# repeated values. Collector names are free text; this one names no collector anyone would configure.
+FROZEN_STATE_SOURCE = "edge.validate:frozen-runs"
 
 _RULE_NAMES = {
     Flag.NOT_FINITE: "not_finite",
@@ -46,7 +59,7 @@ def rule_names(flags: int) -> list[str]:
 
 
 class _TagState:
-    __slots__ = ("frozen_after_us", "hi", "kind", "last_value", "lo", "since_us")
+    __slots__ = ("frozen_after_us", "hi", "kind", "last_value", "lo", "saved", "since_us")
 
     def __init__(self, tag: Tag | None):
         self.kind = tag.kind if tag else None
@@ -54,6 +67,7 @@ class _TagState:
         self.frozen_after_us = round(tag.frozen_after_s * 1e6) if tag and tag.frozen_after_s else None
         self.last_value: object = None
         self.since_us: int | None = None
+        self.saved = False  # the spool holds this run (FROZEN_STATE_SOURCE)
 
 
 _UNCONFIGURED = _TagState(None)
@@ -74,8 +88,10 @@ class Validator:
     beyond 2**53) and the tags with a frozen-value window are visited one by one.
     """
 
-    def __init__(self, tags: dict[str, Tag], cfg: Validation, on_flagged: Callable[[str, int], None] | None = None):
-        """``on_flagged(rule, n)`` is told of every reading a rule flags (the gateway counts them in metrics)."""
+    def __init__(self, tags: dict[str, Tag], cfg: Validation, on_flagged: Callable[[str, int], None] | None = None,
+                 frozen_runs: dict[bytes, bytes] | None = None):
+        """``on_flagged(rule, n)`` is told of every reading a rule flags (the gateway counts them in metrics).
+        ``frozen_runs``: the spool's rows of ``FROZEN_STATE_SOURCE`` (`Spool.load_state`), the runs to go on from."""
         self._tags = tags
         self._on_flagged = on_flagged
         self._cfg = cfg
@@ -83,6 +99,38 @@ class Validator:
         self._max_age_us = round(cfg.max_age_s * 1e6)
         self._state: dict[str, _TagState] = {}
         self._by_flags: dict[int, int] = {}  # flags value -> readings flagged with it
+        # Changes of the spool's frozen runs since `take_state_ops`, committed with the readings that made them.
+        self._ops: list[tuple[str, bytes, bytes | None]] = []
+        self._seeds: dict[str, tuple[object, int]] = self._seeds_of(frozen_runs or {})
+
+    def _seeds_of(self, rows: dict[bytes, bytes]) -> dict[str, tuple[object, int]]:
+        """The runs to go on from, by tag; rows of tags without a frozen window any more are deleted."""
+        seeds: dict[str, tuple[object, int]] = {}
+        unreadable = []
+        for key, raw in rows.items():
+            try:
+                tag = bytes(key).decode()
+                value, since_us = msgpack.unpackb(raw, raw=False)
+                since_us = int(since_us)
+            except (ValueError, TypeError, msgpack.UnpackException) as exc:
+                unreadable.append(f"{bytes(key)[:80]!r}: {type(exc).__name__}: {exc}")
+                self._ops.append((FROZEN_STATE_SOURCE, key, None))
+                continue
+            cfg = self._tags.get(tag)
+            if cfg is None or not cfg.frozen_after_s:
+                self._ops.append((FROZEN_STATE_SOURCE, key, None))
+            else:
+                seeds[tag] = (value, since_us)
+        if unreadable:
+            log.warning("%d frozen-value run(s) in the spool cannot be read and start anew (first: %s)",
+                        len(unreadable), unreadable[0], extra={"event": "frozen_state_unreadable"})
+        return seeds
+
+    def take_state_ops(self) -> list[tuple[str, bytes, bytes | None]]:
+        """The spool's ``(source, key, value)`` changes of the frozen runs since the last call (`Spool.append_many`
+        state), for the commit of the readings `apply` just flagged."""
+        ops, self._ops = self._ops, []
+        return ops
 
     @property
     def max_text_bytes(self) -> int:
@@ -110,6 +158,10 @@ class Validator:
                 # so a wildcard subscription over ever new device ids does not grow this dict without bound.
                 return _UNCONFIGURED
             st = self._state[tag] = _TagState(cfg)
+            seed = self._seeds.pop(tag, None)
+            if seed is not None and st.frozen_after_us is not None:
+                st.last_value, st.since_us = seed
+                st.saved = True
         return st
 
     def apply(self, cols: Columns, now: datetime) -> int:
@@ -178,24 +230,42 @@ class Validator:
         np.maximum(cols.quality, np.where(significant, worst, _GOOD).astype(np.int16), out=cols.quality)
         return int(significant.sum())
 
-    @staticmethod
-    def _frozen(cols: Columns, states: list[_TagState], not_finite: np.ndarray, flags: np.ndarray,
+    def _frozen(self, cols: Columns, states: list[_TagState], not_finite: np.ndarray, flags: np.ndarray,
                 worst: np.ndarray) -> None:
-        """FROZEN: unchanged for longer than the tag's window; sequential per tag, so row by row."""
+        """FROZEN: unchanged for longer than the tag's window; sequential per tag, so row by row. A run that has
+        lasted a quarter of the window is written to the spool, a change removes it (a healthy value writes
+        nothing)."""
         watched = [i for i, st in enumerate(states) if st.frozen_after_us is not None]
         if not watched:
             return
-        rows = np.flatnonzero(np.isin(cols.tag_idx, watched) & ~not_finite)
+        # Bad readings (the device's status, a wrong type) are no measurements, as NaN is none: they neither end
+        # nor extend a run (a PLC sending 0 with a Bad status on a glitch ended a stuck value's run).
+        rows = np.flatnonzero(np.isin(cols.tag_idx, watched) & ~not_finite & (cols.quality < _BAD) & (worst < _BAD))
         idx, t = cols.tag_idx, cols.time_us
+        ops = self._ops
         for i in rows.tolist():
             val = cols.value_at(i)
             if val is None:
                 continue
             st = states[idx[i]]
             ti = int(t[i])
+            if st.since_us is not None and ti < st.since_us:
+                # Older than the run: a device's buffered sample, a backfill behind live values. Taken as a change it
+                # ended a stuck value's run and started another at its own time (GOOD again for the window).
+                continue
             if val != st.last_value or st.since_us is None:
+                if st.saved:
+                    ops.append((FROZEN_STATE_SOURCE, cols.tags[idx[i]].encode(), None))
+                    st.saved = False
                 st.last_value, st.since_us = val, ti
-            elif ti - st.since_us > st.frozen_after_us:
+                continue
+            if not st.saved and ti - st.since_us >= st.frozen_after_us // 4:
+                # Written once the run has lasted a quarter of the window: a quantised value's short runs (a repeat
+                # every other reading) wrote and deleted a row each and made the spool commit 10 times slower; a
+                # restart now flags a run younger than that at most a quarter of the window late.
+                ops.append((FROZEN_STATE_SOURCE, cols.tags[idx[i]].encode(), _packed_run(val, st.since_us)))
+                st.saved = True
+            if ti - st.since_us > st.frozen_after_us:
                 flags[i] |= _FROZEN
                 worst[i] = max(int(worst[i]), _UNCERTAIN)
 
@@ -212,6 +282,15 @@ class Validator:
                 if new and not r.status_name:
                     r.status_name = ",".join(rule_names(new))
         return flagged
+
+
+def _packed_run(value: object, since_us: int) -> bytes:
+    """A frozen run's spool row; a value msgpack cannot hold (an integer beyond 64 bits, which no collector sends:
+    they make such numbers floats) as its text, which then never equals the next value: the run starts anew."""
+    try:
+        return msgpack.packb([value, since_us], use_bin_type=True)
+    except (OverflowError, TypeError, ValueError):
+        return msgpack.packb([str(value), since_us], use_bin_type=True)
 
 
 TEXT_PREFIX_BYTES = 4096  # what a dead letter keeps of a text value over max_text_bytes

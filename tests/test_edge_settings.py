@@ -77,6 +77,9 @@ def test_good_config_loads(tmp_path):
      "database.rollups_1m_retention_days: Input should be greater than 0"),
     ('[spool]\nfull_policy = "explode"', "spool.full_policy: Input should be 'reject_new' or 'drop_oldest'"),
     ('[[tags]]\nname = "x"\nrange = [5, 1]', "tags[0] (x).range: must be [low, high] with low < high"),
+    ('[[tags]]\nname = "x"\nrange = [0.0, inf]', "tags[0] (x).range: both limits must be finite numbers (no inf or "
+                                                "nan: for a side without a limit give one far beyond any real value), "
+                                                "got [0.0, inf]"),
     ('[[tags]]\nunit = "C"', "tags[0].name: is required"),
     ('[[collectors]]\nkind = "modbus"', "collectors[0] (modbus-0).kind: must be one of"),
     # What one reading and one message may weigh: a whole number of bytes, never a quoted or boolean one.
@@ -190,6 +193,28 @@ def test_keys_that_change_nothing_are_named(tmp_path):
     p.write_text(GOOD + '\n[spool]\nqueue_batches = 8\n')
     assert settings.load(p).unused_keys() == []
 
+
+
+def test_a_frozen_window_on_a_tag_an_opcua_subscription_reads_is_named(tmp_path):
+    """An OPC UA subscription reports a value when it changes (DataChangeTrigger StatusValue: measured, 11 writes of
+    the same value with new source times gave 1 notification), so a stuck sensor sends nothing and its
+    ``frozen_after_s`` never flagged anything, with no word of it. check-config and the start (config_key_unused)
+    say so; a polled node and a tag from MQTT are not named."""
+    opcua = ('\n[[collectors]]\nkind = "opcua"\nname = "plc"\nendpoint = "opc.tcp://127.0.0.1:4840"\n'
+             '[[collectors.nodes]]\nnode_id = "ns=2;s=vib"\ntag = "P-101.vib"\n'
+             '[[collectors.nodes]]\nnode_id = "ns=2;s=temp"\ntag = "P-101.temp"\nmode = "poll"\n')
+    tags = "".join(f'\n[[tags]]\nname = "{n}"\nfrozen_after_s = 600\n' for n in ("P-101.temp", "P-101.flow"))
+    p = tmp_path / "site.toml"
+    p.write_text(GOOD.replace("range = [0, 50]", "range = [0, 50]\nfrozen_after_s = 600") + tags + opcua)
+    out = subprocess.run([sys.executable, "-m", "edge.cli", "check-config", "--skip-secrets", str(p)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    notes = [line for line in out.stdout.splitlines() if "frozen_after_s" in line]
+    assert notes == [f"{p}: note: tags[0] (P-101.vib): frozen_after_s never flags a tag that OPC UA collector 'plc' "
+                     "reads through its subscription, which sends a value only when it changes: a stuck one sends "
+                     "nothing (the maintenance 'no data' sensor alert comes after no_data_after_s instead). Poll the "
+                     'node (mode = "poll": a repeated value is read again when the server gives it a new source time) '
+                     "or remove the key"], out.stdout
 
 
 def test_collector_problems_name_the_entry_once(tmp_path):

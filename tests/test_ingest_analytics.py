@@ -80,3 +80,19 @@ async def test_an_open_alert_escalates_on_the_data_clock_without_its_tag(tmp_pat
     await an.process(an.queue.get_nowait())
     events = [body["event"] for b in emitted for kind, body in b.records if kind == "alert_change"]
     assert events == ["raised", "escalated"]
+
+
+async def test_readings_kept_from_analytics_for_a_clock_ahead_are_logged_with_their_device(tmp_path, caplog):
+    """A PLC whose clock is ahead (beyond validation.future_tolerance_s) had every reading kept from analytics with
+    nothing but `valvoja_readings_flagged_total{rule="future_time"}`: its asset's anomaly score, zones and rules
+    stopped while the console showed its values. Now a warning names the tag, its collector and how far ahead, at
+    most once a minute with the count since; readings of tags analytics does not use are not reported."""
+    now = utcnow()
+    ahead = [Reading("A.x", now + timedelta(seconds=30 + i), 1.0, now) for i in range(3)]
+    other = [Reading("B.y", now + timedelta(seconds=30), 1.0, now)]
+    caplog.set_level("WARNING", logger="edge.pipeline")
+    got = await _ingest(tmp_path, [Batch("plc-7", other), Batch("plc-3", ahead)], {"A.x"})
+    assert [x for readings, _ in got for x in readings] == []
+    [line] = [r for r in caplog.records if getattr(r, "event", None) == "readings_ahead_of_clock"]
+    assert (line.tag, line.collector, line.count) == ("A.x", "plc-3", 3)
+    assert 29.0 < line.ahead_s < 31.0 and "A.x from plc-3, 30." in line.getMessage()

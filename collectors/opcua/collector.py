@@ -167,6 +167,7 @@ class _Gate:
 
 BACKFILL_BATCH = 10_000  # readings per batch a backfill hands on (each awaited until the spool holds it)
 _NO_SOURCE_TIME = int(Flag.NO_SOURCE_TIME)
+_TYPE_MISMATCH = int(Flag.TYPE_MISMATCH)  # set by convert.py on a value of a type no reading can hold
 
 
 class OpcUaCollector:
@@ -253,6 +254,10 @@ class OpcUaCollector:
         self.same_source_time = 0
         self._last: dict[str, Reading] = {}
         self._same_logged: set[str] = set()
+        # Values of a type a reading cannot hold (an array without arrays = "flatten", a structure, a ByteString):
+        # stored as a Bad reading with no value (convert.py). Counted, each tag logged once a run.
+        self.unsupported_values = 0
+        self._unsupported_logged: set[str] = set()
         self.republished = 0  # notification messages the server republished after a resume
         self.resume_fallback: str | None = None  # why the last resume attempt opened a new session instead
         # Backfill from the server's history (history.py): the newest source time the spool holds for this collector
@@ -276,6 +281,7 @@ class OpcUaCollector:
         self._lost_reason, self._lost_error = "", None
         self._overflowed.clear()  # log each tag's first overflow again in this run
         self._same_logged.clear()
+        self._unsupported_logged.clear()
         try:
             self.connects += 1
             if self._restore_pending:
@@ -385,6 +391,7 @@ class OpcUaCollector:
             "messages_lost": self.messages_lost + (self._sub.missed if self._sub else 0),
             "queue_overflows": self.queue_overflows,
             "same_source_time": self.same_source_time,
+            "unsupported_values": self.unsupported_values,
             "resume_fallback": self.resume_fallback,
             # Backfill from the server's history (history_backfill_max_s): readings stored that way, the last run.
             "backfilled": self.backfilled,
@@ -1207,6 +1214,19 @@ class OpcUaCollector:
                         "interval, or a slow pipeline): raise queue_size to keep them", self.name, len(new),
                         _names(new), extra={"event": "opcua_queue_overflow", "collector": self.name})
 
+    def _note_unsupported(self, readings: list[Reading]) -> None:
+        """Count values whose type a reading cannot hold and log the tags not logged yet in this run: stored as Bad
+        readings without a value, flagged type_mismatch, they had no counter or log line, and their type (the status
+        name, `UnsupportedArray`) is not stored."""
+        self.unsupported_values += len(readings)
+        new = set(self._count_lost("unsupported_value", [r.tag for r in readings], self._unsupported_logged))
+        if new:
+            kinds = sorted({f"{r.tag} ({r.status_name})" for r in readings if r.tag in new})
+            log.warning("%s: %d tags deliver values a reading cannot hold, stored as Bad readings without a value: "
+                        "%s; an array: set arrays = \"flatten\" (a reading per element); a structure: read its fields' "
+                        "nodes instead", self.name, len(new), _names(kinds),
+                        extra={"event": "opcua_value_unsupported", "collector": self.name})
+
     def _count_lost(self, kind: str, tags: list[str], logged: set[str]) -> list[str]:
         """Count ``tags`` in collector_errors{kind}; return those not in ``logged`` yet (and add them)."""
         self.ctx.metrics.collector_errors.labels(self.name, kind).inc(len(tags))
@@ -1243,6 +1263,9 @@ class OpcUaCollector:
             last[r.tag] = r
         if same:
             self._note_same_time(same)
+        unsupported = [r for r in readings if r.flags & _TYPE_MISMATCH and r.value is None]
+        if unsupported:
+            self._note_unsupported(unsupported)
         try:
             # asyncua acknowledges this notification once the callback returns (subscription.py): wait until
             # the spool holds it, so the server's retransmission queue keeps whatever is not durable yet.
