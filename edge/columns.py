@@ -105,14 +105,17 @@ class Columns:
         recv_us = np.repeat(np.array([b.recv_us for b in blocks], np.int64), [len(b.tags) for b in blocks])
         flags = np.fromiter(chain(b.flags for b in blocks), np.int32, n)
         quality = np.zeros(n, np.int16)
+        status = np.zeros(n, np.int64)
         offset, bad = 0, []
         for b in blocks:
             if b.bad:
                 bad += [offset + i for i in b.bad]
+            for i, (q, code) in b.source.items():
+                quality[offset + i], status[offset + i] = q, code
             offset += len(b.tags)
         if bad:
             quality[bad] = int(Quality.BAD)
-        return cls(list(index), tag_idx, time_us, value, recv_us, quality, flags, np.zeros(n, np.int64), other)
+        return cls(list(index), tag_idx, time_us, value, recv_us, quality, flags, status, other)
 
     @classmethod
     def concat(cls, parts: list[Columns]) -> Columns:
@@ -181,11 +184,12 @@ class Rows:
 
     Appending to lists is all a decoder does per sample; the ingest task turns a whole commit group of
     these into one `Columns` (`Columns.from_rows`), so numpy's per-call cost is paid once per group.
-    ``bad`` holds the rows of bad quality (null values); ``errors`` what the decoder could not read of the message
+    ``bad`` holds the rows of bad quality (null values); ``source`` the rows whose device stated their quality, as
+    row -> (quality, status code) (JSON's ``json.quality``); ``errors`` what the decoder could not read of the message
     (one line per malformed sample or value) while it kept the rest.
     """
 
-    __slots__ = ("bad", "errors", "flags", "recv_us", "tags", "times", "values")
+    __slots__ = ("bad", "errors", "flags", "recv_us", "source", "tags", "times", "values")
 
     def __init__(self, recv_us: int) -> None:
         self.recv_us = recv_us
@@ -194,6 +198,7 @@ class Rows:
         self.values: list = []
         self.flags: list[int] = []
         self.bad: list[int] = []
+        self.source: dict[int, tuple[int, int]] = {}
         self.errors: list[str] | tuple = ()
 
     def __len__(self) -> int:

@@ -553,6 +553,35 @@ async def test_a_sparkplug_quality_code_beyond_64_bits_signed_does_not_stop_the_
     worker.shutdown()
 
 
+async def test_the_quality_a_json_device_states_reaches_the_spool(mosquitto, tmp_path):
+    """Through mosquitto and the gateway's ingest: a Kepware-style "q": false and an OPC UA StatusCode in JSON are
+    stored with their quality, status and SOURCE_STATUS (they were stored GOOD); a numeric quality where the
+    convention is not configured is a dead letter naming json.quality_format, and the message's other sample is
+    stored. Samples without a time (the receive time) keep their quality too."""
+    subs = [{"topic": "kep/+dev", "tag": "{dev}.{field}",
+             "json": {"samples": "values", "tag": "id", "value": "v", "time": "t", "quality": "q"}},
+            {"topic": "ua/+dev", "tag": "{dev}.{field}",
+             "json": {"value": "*", "time": "", "quality": "StatusCode", "quality_format": "opcua"}}]
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)  # not T0: validation flags a two-year-old time stale
+    kep = {"values": [{"id": "ok", "v": 1.5, "q": True, "t": now_ms}, {"id": "down", "v": 0.0, "q": False,
+                                                                       "t": now_ms},
+                      {"id": "num", "v": 9.0, "q": 192, "t": now_ms}, {"id": "plain", "v": 2.5, "t": now_ms}]}
+    ua = {"StatusCode": 0x8034_0000, "flow": 12.0}
+    async with spooling(config(mosquitto.port, subscriptions=subs), tmp_path) as (ingest, _, worker, metrics):
+        await apublish(mosquitto.port, [("kep/D1", json.dumps(kep)), ("ua/D2", json.dumps(ua))])
+        await until(lambda: ingest.accepted >= 4 and metrics.dead_letters.labels("mq")._value.get() == 1)
+        stored = await worker.call(worker.spool.peek, 100)
+    rows = {c.tags[c.tag_idx[i]]: (c.value_at(i), int(c.quality[i]), int(c.status[i]),
+                                   bool(c.flags[i] & Flag.SOURCE_STATUS))
+            for c in [b.columns for b in stored] for i in range(len(c))}
+    assert rows == {"D1.ok": (1.5, Quality.GOOD, 0, False), "D1.down": (0.0, Quality.BAD, 0, True),
+                    "D1.plain": (2.5, Quality.GOOD, 0, False), "D2.flow": (12.0, Quality.BAD, 0x8034_0000, True)}
+    [(_, topic, _, error)] = [d[:4] for b in stored for d in b.dead_letters]
+    assert topic == "kep/D1" and "json.quality_format" in error and "sample 2" in error, error
+    await worker.call(worker.spool.close)
+    worker.shutdown()
+
+
 async def test_a_will_ndeath_is_stored_when_the_edge_node_died_not_when_it_connected(mosquitto, tmp_path):
     """The broker publishes the NDEATH registered as the will at CONNECT, so its payload timestamp (as Eclipse
     Tahu's clients set it) is the connect time, before the birth; the null readings belong to the death."""

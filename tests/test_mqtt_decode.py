@@ -105,6 +105,77 @@ def test_json_null_value_is_a_bad_reading():
     assert r.value is None and r.quality == Quality.BAD and r.time == T0
 
 
+# -- json quality (json.quality, json.quality_format) --------------------------------------------
+
+def quality_of(readings):
+    return [(r.tag, r.value, r.quality, r.status, bool(r.flags & Flag.SOURCE_STATUS)) for r in readings]
+
+
+def test_json_quality_a_device_states_is_kept():
+    """Kepware's IoT gateway sends {"id", "v", "q": true/false, "t"}: "q": false was stored GOOD (no key read it),
+    a failed sensor's last value passing into averages and models as a measurement."""
+    d = dec(topic="kep/+dev", tag="{dev}.{field}", json={"samples": "values", "tag": "id", "value": "v", "time": "t",
+                                                          "quality": "q"})
+    got = d(b'{"timestamp": 1, "values": [{"id": "a", "v": 1.5, "q": true, "t": 1714564800000},'
+            b' {"id": "b", "v": 2.5, "q": false, "t": 1714564800000}, {"id": "c", "v": 3.5, "t": 1714564800000}]}',
+            "kep/d1", NOW)
+    assert quality_of(got) == [("d1.a", 1.5, Quality.GOOD, 0, False), ("d1.b", 2.5, Quality.BAD, 0, True),
+                               ("d1.c", 3.5, Quality.GOOD, 0, False)]
+
+
+@pytest.mark.parametrize(("fmt", "stated", "quality", "status"), [
+    ("auto", '"Good"', Quality.GOOD, 0), ("auto", '"UNCERTAIN_SUB_NORMAL"', Quality.UNCERTAIN, 0),
+    ("text", '"bad_comm_failure"', Quality.BAD, 0), ("bool", "false", Quality.BAD, 0),
+    ("opcua", "0", Quality.GOOD, 0), ("opcua", "2150891520", Quality.BAD, 0x8034_0000),
+    ("opcua", '{"Code": 1083310080, "Symbol": "UncertainLastUsableValue"}', Quality.UNCERTAIN, 1083310080),
+    ("opcua", '"BadSensorFailure"', Quality.BAD, 0),
+    ("opcda", "192", Quality.GOOD, 192), ("opcda", "68", Quality.UNCERTAIN, 68), ("opcda", "0", Quality.BAD, 0),
+    ("opcda", "24", Quality.BAD, 24),
+])
+def test_json_quality_formats(fmt, stated, quality, status):
+    d = dec(tag="{signal}", json={"quality": "q", "quality_format": fmt})
+    [r] = d(b'{"value": 7.0, "q": ' + stated.encode() + b"}", "plant/a/x", NOW)
+    assert (r.value, r.quality, r.status, bool(r.flags & Flag.SOURCE_STATUS)) == (
+        7.0, quality, status, quality != Quality.GOOD)
+
+
+@pytest.mark.parametrize(("fmt", "stated", "message"), [
+    ("auto", "192", 'a number: set json.quality_format to "opcua"'),  # 0 is good in one convention, bad in the other
+    ("auto", '"maybe"', "'maybe' at 'q' is none json.quality_format = 'auto' reads"),
+    ("bool", "1", "'1' at 'q' is none json.quality_format = 'bool' reads"),
+    ("opcda", "65536", "'65536' at 'q'"), ("opcua", "-1", "'-1' at 'q'"), ("opcua", "[0]", "'[0]' at 'q'"),
+])
+def test_json_quality_that_cannot_be_read_leaves_the_sample_out_and_keeps_the_others(fmt, stated, message):
+    d = dec(tag="{signal}", json={"quality": "q", "quality_format": fmt})
+    rows = d.rows(b'[{"value": 1.0}, {"value": 2.0, "q": ' + stated.encode() + b'}]', "plant/a/x", NOW)
+    assert [r.value for r in rows] == [1.0]
+    assert len(rows.errors) == 1 and message in rows.errors[0], rows.errors
+
+
+def test_json_quality_in_wide_objects_and_at_message_level():
+    """A wide object's quality key names no tag and applies to its every value; a message-level quality to the
+    samples without their own."""
+    wide = dec(topic="wide/+asset", tag="{asset}.{field}", json={"value": "*", "time": "ts", "quality": "q"})
+    got = wide(b'{"ts": 1714564800, "q": "bad", "temp": 21.5, "run": true}', "wide/P-3", NOW)
+    assert quality_of(got) == [("P-3.temp", 21.5, Quality.BAD, 0, True), ("P-3.run", True, Quality.BAD, 0, True)]
+    batch = dec(topic="b/+line", tag="{line}.{field}", json={"samples": "s", "tag": "tag", "quality": "q"})
+    got = batch(b'{"q": false, "s": [{"tag": "x", "value": 1}, {"tag": "y", "value": 2, "q": true}]}', "b/L1", NOW)
+    assert [(r.tag, r.quality) for r in got] == [("L1.x", Quality.BAD), ("L1.y", Quality.GOOD)]
+
+
+def test_json_null_value_stays_bad_whatever_quality_is_stated():
+    [r] = dec(tag="{signal}", json={"quality": "q"})(b'{"value": null, "q": true}', "plant/a/x", NOW)
+    assert r.value is None and r.quality == Quality.BAD
+
+
+def test_json_quality_path_must_be_its_own_key():
+    for bad in ("*", "value"):
+        with pytest.raises(ValueError, match="must be a key of its own"):
+            dec(json={"quality": bad})
+    with pytest.raises(ValueError, match="quality_format"):
+        dec(json={"quality": "q", "quality_format": "da"})
+
+
 def test_json_nan_infinity_and_huge_numbers_are_readings():
     d = dec(tag="{signal}")
     got = d(b'[{"value": NaN}, {"value": Infinity}, {"value": -Infinity}, {"value": 1e400}]', "plant/a/x", NOW)

@@ -21,7 +21,7 @@ from collectors.base import CollectorContext
 from collectors.mqtt import build
 from edge.errors import NotConnectedError
 from edge.metrics import Metrics
-from edge.records import Flag
+from edge.records import Flag, Quality
 
 PLAIN_SUBSCRIPTION = """
 [[collectors.subscriptions]]
@@ -403,8 +403,9 @@ def test_spread_and_retained_helpers_on_rows_and_readings():
         rows.values.append(v)
         rows.flags.append(f)
     assert spread(rows) == 3 and rows.times == [1_000, 5, 1_001, 1_000, 1_002]
+    rows.source[1] = (int(Quality.UNCERTAIN), 68)  # the device's stated quality (json.quality) goes along
     kept, n = without_untimed(rows)
-    assert n == 4 and (kept.tags, kept.times, kept.bad) == (["b"], [5], [0])
+    assert n == 4 and (kept.tags, kept.times, kept.bad, kept.source) == (["b"], [5], [0], {0: (1, 68)})
     mark_retained(rows)
     assert rows.flags == [NO_TIME | int(Flag.RETAINED), 0] + [NO_TIME | int(Flag.RETAINED)] * 3
 

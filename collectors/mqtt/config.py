@@ -18,6 +18,8 @@ from edge.tls import Tls  # shared with the alert notifier: edge/tls.py
 MQTT_MAX_PAYLOAD = 268_435_455  # the largest MQTT packet (a variable byte integer of 4 bytes)
 
 TimeFormat = Literal["auto", "iso8601", "epoch_s", "epoch_ms", "epoch_us", "epoch_ns"]
+# A number is read only in the convention named: an OPC UA StatusCode is good at 0, an OPC DA code at 192.
+QualityFormat = Literal["auto", "bool", "text", "opcua", "opcda"]
 
 
 class Strict(BaseModel):
@@ -28,7 +30,7 @@ class JsonMapping(Strict):
     """Where the value, time and tag are in a JSON message. Paths are dotted keys (``data.ts``).
 
     A message is one sample (an object, or a bare number/bool/string), an array of samples, or,
-    with ``samples``, an object holding an array of samples; ``tag`` and ``time`` found at the
+    with ``samples``, an object holding an array of samples; ``tag``, ``time`` and ``quality`` found at the
     message level apply to samples that lack their own.
     """
 
@@ -38,13 +40,24 @@ class JsonMapping(Strict):
     tag: str = Field("", description='path of the tag name ({field}); "" = the tag comes from the topic')
     samples: str = Field("", description='path of an array of samples; "" = message is a sample or an array')
     time_format: TimeFormat = "auto"
+    quality: str = Field("", description='path of the quality the device states; "" = the payload has none')
+    quality_format: QualityFormat = Field(
+        "auto", description="how the quality reads: auto (true/false, good/uncertain/bad text), bool, text, "
+                            "opcua (StatusCode, 0 good), opcda (192 good)")
 
-    @field_validator("value", "time", "tag", "samples")
+    @field_validator("value", "time", "tag", "samples", "quality")
     @classmethod
     def _path(cls, v: str) -> str:
         if v and v != "*" and any(part == "" for part in v.split(".")):
             raise ValueError(f"{v!r} is not a dotted path (empty key between dots)")
         return v
+
+    @model_validator(mode="after")
+    def _quality_path(self) -> JsonMapping:
+        if self.quality == "*" or (self.quality and self.quality in (self.value, self.time, self.tag)):
+            raise ValueError(f"quality = {self.quality!r} must be a key of its own (not '*', nor the value, time or "
+                             "tag path)")
+        return self
 
 
 class Subscription(Strict):

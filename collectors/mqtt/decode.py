@@ -29,12 +29,14 @@ from collectors.mqtt.topics import TagTemplate
 from edge.columns import MAX_US, MIN_US, Rows, to_us
 from edge.errors import DataError
 from edge.records import Flag, Quality, Reading
+from edge.source_quality import from_opcda_quality, from_opcua_status, from_text
 
 Decoder = Callable[[bytes, str, datetime], list[Reading]]
 
 GOOD = Quality.GOOD
 BAD = Quality.BAD
 NO_TIME = int(Flag.NO_SOURCE_TIME)
+SOURCE_STATUS = int(Flag.SOURCE_STATUS)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _modf = math.modf
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what the spool (msgpack) stores as an integer
@@ -235,8 +237,9 @@ class JsonDecoder:
 
         self.vpath = () if self.wide else split(mapping.value)
         self.tpath, self.gpath, self.spath = split(mapping.time), split(mapping.tag), split(mapping.samples)
-        # Keys a wide sample skips: the first step of the time and tag paths.
-        self.skip = {p[0] for p in (self.tpath, self.gpath) if p}
+        self.qpath = split(mapping.quality)
+        # Keys a wide sample skips: the first step of the time, tag and quality paths.
+        self.skip = {p[0] for p in (self.tpath, self.gpath, self.qpath) if p}
         # Epoch numbers in a fixed unit (or, for auto, the unit of the previous number while the next is in
         # the same magnitude band) convert with one float division: for integer ms or µs below 2**53 the
         # double is within 0.12 µs of the exact value, so rounding to µs is exact.
@@ -269,6 +272,31 @@ class JsonDecoder:
             raise DataError(f"timestamp {t!r} is out of range")
         return us
 
+    def _quality(self, q: object) -> tuple[int, int] | None:
+        """(quality, status code) of a sample whose device stated ``q`` at ``json.quality``; None for good without a
+        code (nothing to mark). A statement that cannot be read makes the sample malformed: stored as good it would
+        pass a failed sensor's value into averages and models, and a number is never guessed at (OPC UA's 0 is good,
+        OPC DA's 0 bad)."""
+        fmt, t = self.m.quality_format, type(q)
+        quality: Quality | None = None
+        code = 0
+        if t is bool and fmt in ("auto", "bool"):
+            quality = GOOD if q else BAD
+        elif t is str and fmt in ("auto", "text", "opcua"):
+            quality = from_text(q)
+        elif fmt == "opcua" and (t is int or (t is dict and type(q.get("Code")) is int)):
+            code = q if t is int else q["Code"]  # Part 6's non-reversible form: {"Code": n, "Symbol": "..."}
+            if 0 <= code <= 0xFFFF_FFFF:
+                quality = from_opcua_status(code)
+        elif fmt == "opcda" and t is int and 0 <= q <= 0xFFFF:
+            quality, code = from_opcda_quality(q), q
+        if quality is None:
+            hint = (' (a number: set json.quality_format to "opcua", a StatusCode good at 0, or "opcda", a code good '
+                    'at 192)') if fmt == "auto" and t in (int, float) else ""
+            raise DataError(f"quality {str(q)[:40]!r} at {self.m.quality!r} is none json.quality_format = "
+                            f"{fmt!r} reads{hint}")
+        return None if quality is GOOD and not code else (int(quality), code)
+
     def __call__(self, payload: bytes, topic: str, receive_time: datetime) -> list[Reading]:
         """The `Decoder` protocol (tools and tests): every sample or a `DataError` for the first malformed one.
         The collector uses `rows`, which keeps a message's good samples."""
@@ -284,7 +312,7 @@ class JsonDecoder:
         message's other samples are kept (a device's one bad value must not cost the good ones beside it). A
         message of which nothing is readable raises `DataError`."""
         doc = loads_json(payload)
-        msg_time = msg_tag = _MISSING
+        msg_time = msg_tag = msg_quality = _MISSING
         if self.spath:
             samples = _lookup(doc, self.spath)
             if type(samples) is not list:
@@ -292,6 +320,7 @@ class JsonDecoder:
                 raise DataError(f"samples at {self.m.samples!r}: expected an array, got {where}")
             msg_time = _lookup(doc, self.tpath)
             msg_tag = _lookup(doc, self.gpath)
+            msg_quality = _lookup(doc, self.qpath)
         elif type(doc) is list:
             samples = doc
         else:
@@ -300,7 +329,7 @@ class JsonDecoder:
         needs_field = self.template.uses_field and not self.wide
         names = self.template.field_tags(topic) if needs_field else None
         wide, skip = self.wide, self.skip
-        vpath, tpath, gpath = self.vpath, self.tpath, self.gpath
+        vpath, tpath, gpath, qpath = self.vpath, self.tpath, self.gpath, self.qpath
         vkey = vpath[0] if len(vpath) == 1 else None
         tkey = tpath[0] if len(tpath) == 1 else None
         gkey = gpath[0] if len(gpath) == 1 else None
@@ -323,16 +352,26 @@ class JsonDecoder:
                     field = s.get(gkey, msg_tag) if gkey is not None else _lookup(s, gpath)
                     if field is _MISSING:
                         field = msg_tag
+                    if qpath:
+                        q = _lookup(s, qpath)
+                        if q is _MISSING:
+                            q = msg_quality
                 elif wide or type(s) is list or s is None:
                     raise DataError(f"expected an object{'' if wide else ' or a value'}, got {_kind(s)}")
                 else:
-                    v, t, field = s, msg_time, msg_tag
+                    v, t, field, q = s, msg_time, msg_tag, msg_quality
                 if t is _MISSING or t is None:
                     time_us, flags = out.recv_us, NO_TIME
                 else:
                     tt = type(t)
                     time_us = epoch(t) if tt is int or tt is float else to_us(parse_time(t, self.fmt))
                     flags = 0
+                mark = None
+                # A sample without a stated quality (OPC UA's JSON leaves out a Good StatusCode) is good.
+                if qpath and q is not _MISSING and q is not None:
+                    mark = self._quality(q)
+                    if mark is not None and mark[0] != GOOD:
+                        flags |= SOURCE_STATUS
                 if needs_field:
                     tag = names.get(field) if type(field) is str else None
                     if tag is None:
@@ -345,6 +384,8 @@ class JsonDecoder:
                             if not k:
                                 raise DataError("an empty key cannot name a tag")
                             self._add(out, pre + _check_str(k) + post, time_us, v, flags, k)
+                            if mark is not None:
+                                out.source[len(out.tags) - 1] = mark
                         except DataError as exc:
                             errors.append(_at(i, len(samples), exc))
                     continue
@@ -356,6 +397,8 @@ class JsonDecoder:
                     flag_add(flags)
                 else:
                     self._add(out, tag, time_us, v, flags, None)
+                if mark is not None:
+                    out.source[len(out.tags) - 1] = mark
             except DataError as exc:
                 # Nothing is appended for a sample before it is known good, so skipping it leaves no part behind.
                 errors.append(_at(i, len(samples), exc))

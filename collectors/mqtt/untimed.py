@@ -73,6 +73,8 @@ def without_untimed(readings: Rows | list[Reading]) -> tuple[Rows | list[Reading
             continue
         if i in bad:
             out.bad.append(len(out.tags))
+        if i in readings.source:
+            out.source[len(out.tags)] = readings.source[i]
         out.tags.append(tag)
         out.times.append(t)
         out.values.append(v)
