@@ -28,6 +28,7 @@ from collectors.mqtt.sparkplug_b_pb2 import DataType, Payload
 from collectors.mqtt.sparkplug_encode import EdgeNode, now_ms
 from edge.errors import NotConnectedError
 from edge.metrics import Metrics
+from edge.records import Quality
 
 _ids = itertools.count()
 
@@ -275,3 +276,38 @@ async def test_data_the_broker_sends_again_is_not_a_sequence_gap(mosquitto, tmp_
         await proxy.stop()
     assert [r.value for r in again.readings] == [2.0, 3.0, 4.0, 5.0]
     assert (status["seq_gaps"], status["rebirths_requested"]) == (0, 0), status
+
+
+async def test_data_of_a_new_session_are_not_named_by_the_aliases_of_the_dead_one(mosquitto, tmp_path):
+    """The gateway stores a node's NDEATH and is restarted (an upgrade). Meanwhile the node starts a new session with
+    one more metric: its birth, QoS 0 as the specification has it, is not kept by mosquitto for a client that is away.
+    Measured before: after the restart the dead session's birth state was restored as live, so the node's alias-only
+    NDATA (alias 1: "temp" now, "flow" before) was stored as flow = 95.0, and nobody asked the node to rebirth."""
+    node = SimulatedNode(mosquitto.port)
+    cfg = config(mosquitto.port)
+    first, second = Sink(), Sink()
+    try:
+        async with running(cfg, first, tmp_path):
+            node.births()
+            await first.wait(lambda s: len(s.readings) == 3)
+            node.client.publish(*node.edge.death(), qos=1)  # an orderly shutdown publishes its NDEATH
+            await first.wait(lambda s: len(s.readings) == 6)
+        assert [(r.tag, r.value, r.quality) for r in first.readings[3:]] == [
+            (node.tag(name), None, Quality.BAD) for name in ("flow", "running", "speed")]
+        node.edge.rebirth_after_reconnect()
+        node.values = {"temp": 20.0, "flow": 1.0, "running": True}
+        node.born_unseen()  # while the gateway is away
+        async with running(cfg, second, tmp_path):
+            node.send(("temp", 95.0))
+            await second.wait(lambda s: len(s.batches) >= 1)
+            await until(lambda: node.births_sent == 3)  # asked, and answered
+            node.send(("temp", 96.0), ("flow", 2.0))
+            await second.wait(lambda s: len(s.readings) == 4 + 2)
+    finally:
+        node.close()
+    assert [(r.tag, r.value) for r in second.readings] == [
+        (node.tag("temp"), 20.0), (node.tag("flow"), 1.0), (node.tag("running"), True), (node.tag("speed"), 1480),
+        (node.tag("temp"), 96.0), (node.tag("flow"), 2.0)]
+    [dead] = [d for b in second.batches for d in b.dead_letters]
+    assert "alias 1 of edge node KIP/" in dead.error and "'flow' then" in dead.error
+    assert len(node.commands) == 1 and node.commands[0].payload.metrics[0].name == REBIRTH_METRIC

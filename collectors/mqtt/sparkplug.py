@@ -3,11 +3,14 @@
 Topics are ``spBv1.0/<group>/<TYPE>/<edge node>[/<device>]``. The decoder keeps, per edge node
 and device, the metric names and datatypes of the last birth certificate, keyed by alias, so
 NDATA/DDATA that carry only aliases decode. That state outlives a gateway restart through
-``on_birth`` (the collector writes it to disk before the birth is acknowledged) and `load_node`.
+``on_change`` (the collector writes it to disk before the birth or death is acknowledged) and `load_node`.
 
 - NBIRTH / DBIRTH: reset the alias table; every metric with a value becomes a reading.
 - NDATA / DDATA: metrics by name or alias; an unknown alias fails the whole message (DataError:
-  the edge node must rebirth), since guessing a tag would be worse than a dead letter.
+  the edge node must rebirth), since guessing a tag would be worse than a dead letter. So does an alias of a
+  node or device that died since its birth: the session after the death hands out its own aliases, in a birth
+  this decoder has not seen (a QoS 0 NBIRTH published while the gateway was away), and the old ones may name
+  other metrics now.
 - Rebirth: ``on_rebirth(group, node, reason)`` is called when the node should publish its births again
   (the collector sends the request, see rebirth.py): a message from an edge node whose NBIRTH was not seen
   (none, or an NDEATH since), DDATA from a device whose DBIRTH was not seen, an unknown alias, or a
@@ -15,6 +18,9 @@ NDATA/DDATA that carry only aliases decode. That state outlives a gateway restar
 - NDEATH (with the bdSeq of the current birth) / DDEATH: a bad-quality null reading for every
   stored metric the node or device had (not non-scalar or transient ones), so consumers see the values stop
   being live. An NDEATH whose bdSeq is not the current birth's is a late will message of an old session and is ignored.
+  A death is saved too (``on_change``), so a restart does not take a dead node's aliases for live ones; a copy of
+  the death the broker sends again (DUP: the gateway may have died before storing the first) gives the same
+  readings, at the time the death was first given.
   An NDEATH is usually the will registered at CONNECT, so its timestamp is the connect time: its
   readings take the receive time unless the timestamp is later than the birth's.
 - NCMD / DCMD / STATE: commands and host state, not measurements: no readings.
@@ -30,6 +36,7 @@ NDATA/DDATA that carry only aliases decode. That state outlives a gateway restar
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,8 +46,11 @@ from google.protobuf.message import DecodeError
 from collectors.mqtt.decode import NO_TIME, _check_str
 from collectors.mqtt.sparkplug_b_pb2 import Payload
 from collectors.mqtt.topics import TagTemplate, TopicFilter
+from edge.columns import from_us, to_us
 from edge.errors import DataError
 from edge.records import Flag, Quality, Reading
+
+log = logging.getLogger(__name__)
 
 NAMESPACE = "spBv1.0"
 DEVICE_DEFAULT_TAG = "{group}.{node}.{device}.{field}"
@@ -70,17 +80,22 @@ class Entity:
     types: dict[str, int] = field(default_factory=dict)
     online: bool = False
     transient: set[str] = field(default_factory=set)  # flagged is_transient in the birth: never stored
+    died: tuple[int, bool] | None = None  # the time its death's readings got (µs, whether the receive time)
 
     def to_json(self) -> dict:
         out = {"aliases": {str(a): n for a, n in self.aliases.items()}, "types": self.types, "online": self.online}
         if self.transient:
             out["transient"] = sorted(self.transient)
+        if self.died is not None:
+            out["died"] = list(self.died)
         return out
 
     @classmethod
     def from_json(cls, d: dict) -> Entity:
+        died = d.get("died")
         return cls({int(a): n for a, n in d.get("aliases", {}).items()}, dict(d.get("types", {})),
-                   bool(d.get("online", False)), set(d.get("transient", ())))
+                   bool(d.get("online", False)), set(d.get("transient", ())),
+                   (int(died[0]), bool(died[1])) if died else None)
 
     def stored_names(self) -> list[str]:
         """The metrics whose values are stored (so a death marks them): not protocol, non-scalar or transient."""
@@ -102,8 +117,9 @@ class Node(Entity):
     @classmethod
     def from_json(cls, d: dict) -> Node:
         base = Entity.from_json(d)
-        return cls(base.aliases, base.types, base.online, base.transient, bd_seq=d.get("bd_seq"), seq=d.get("seq"),
-                   devices={k: Entity.from_json(v) for k, v in d.get("devices", {}).items()}, born_ms=d.get("born_ms"))
+        return cls(base.aliases, base.types, base.online, base.transient, base.died, bd_seq=d.get("bd_seq"),
+                   seq=d.get("seq"), devices={k: Entity.from_json(v) for k, v in d.get("devices", {}).items()},
+                   born_ms=d.get("born_ms"))
 
 
 def scalar_value(m, kind: str | None, datatype: int) -> object:
@@ -152,25 +168,25 @@ def ms_to_datetime(ms: int) -> datetime:
 class SparkplugDecoder:
     """Decoder for one Sparkplug subscription; holds the birth state of the nodes it has seen.
 
-    ``on_birth(group, node, state)`` is called after a birth changed a node's state (the
+    ``on_change(group, node, state)`` is called after a birth or a death changed a node's state (the
     collector persists it). ``on_rebirth(group, node, reason)`` is called when the node should be asked
     to rebirth. ``stats`` counts sequence gaps, stale deaths and skipped metrics.
     """
 
     def __init__(self, template: TagTemplate, *, custom_tag: bool,
-                 on_birth: Callable[[str, str, dict], None] | None = None,
+                 on_change: Callable[[str, str, dict], None] | None = None,
                  on_rebirth: Callable[[str, str, str], None] | None = None) -> None:
         self.node_tag = template
         self.device_tag = template if custom_tag else TagTemplate(DEVICE_DEFAULT_TAG, TopicFilter(f"{NAMESPACE}/#"),
                                                                   sparkplug=True)
         self.nodes: dict[tuple[str, str], Node] = {}
-        self.on_birth = on_birth
+        self.on_change = on_change
         self.on_rebirth = on_rebirth
         self.stats = {"seq_gaps": 0, "stale_deaths": 0, "skipped_metrics": 0, "transient_metrics": 0,
-                      "ignored_messages": 0}
+                      "ignored_messages": 0, "state_save_errors": 0}
 
     def load_node(self, group: str, node: str, state: dict) -> None:
-        """Restore a node's birth state saved from ``on_birth``."""
+        """Restore a node's state saved from ``on_change``."""
         restored = Node.from_json(state)
         restored.seq = None  # messages were acknowledged after the save: the saved number is stale
         self.nodes[(group, node)] = restored
@@ -202,7 +218,7 @@ class SparkplugDecoder:
         if kind == "NBIRTH":
             return self._birth(p, topic, receive_time, group, node_id, None)
         if kind == "NDEATH":
-            return self._node_death(p, topic, receive_time, node)
+            return self._node_death(p, topic, receive_time, group, node_id, node, redelivered)
         why = self._check_seq(p, node, redelivered)
         if node is None or not node.online:
             # A node with types had a birth and then an NDEATH; one without was only named by a DBIRTH.
@@ -212,7 +228,7 @@ class SparkplugDecoder:
             self._rebirth(group, node_id, why)
             if kind == "DBIRTH":
                 return self._birth(p, topic, receive_time, group, node_id, levels[4])
-            return self._device_death(p, topic, receive_time, node, levels[4])
+            return self._device_death(p, topic, receive_time, group, node_id, node, levels[4], redelivered)
         entity = node.devices.get(levels[4]) if device and node else node
         if why is None and device and (entity is None or not entity.online):
             why = f"DDATA from device {levels[4]} whose DBIRTH was not seen" + (" since its DDEATH" if entity else "")
@@ -258,9 +274,9 @@ class SparkplugDecoder:
             node = self.nodes.setdefault(key, Node())
             node.devices[device] = fresh
             template, entity = self.device_tag, fresh
-        if self.on_birth is not None:
+        if self.on_change is not None:
             try:
-                self.on_birth(group, node_id, node.to_json())
+                self.on_change(group, node_id, node.to_json())
             except BaseException:
                 # Not saved (a full disk ...): the birth is a dead letter, so memory must not keep it either, or its
                 # data would be decoded until the next restart and then not at all. Forgetting the node (device)
@@ -273,38 +289,71 @@ class SparkplugDecoder:
                 raise
         return self._metrics(p, topic, receive_time, entity, template, "birth")
 
-    def _node_death(self, p, topic, receive_time, node: Node | None) -> list[Reading]:
+    def _node_death(self, p, topic, receive_time, group, node_id, node: Node | None,
+                    redelivered: bool) -> list[Reading]:
         bd_seq = _bd_seq(p)
         if node is None or (bd_seq is not None and node.bd_seq is not None and bd_seq != node.bd_seq):
             self.stats["stale_deaths"] += 1
             return []
-        was_online, node.online = node.online, False
         levels = topic.split("/")
+        if not node.online and not any(e.online for e in node.devices.values()):
+            if redelivered and node.died is not None:
+                # The broker sends it again, without our PUBACK: the gateway may have died after saving the death and
+                # before storing its readings. The same readings at the same time: the database keeps one of each.
+                return self._deaths_of(node, levels, node.died, receive_time)
+            # A second NDEATH of one session (published on shutdown, then the will of a connection dropped without
+            # DISCONNECT) marks nothing again: its nulls would be a second death at another time.
+            self.stats["stale_deaths"] += 1
+            return []
         # The broker publishes the NDEATH the edge node registered as its will at CONNECT: a timestamp in it is
         # the connect time, before the birth. Only one after the birth (an NDEATH sent on an orderly shutdown)
         # says when the node went away; else the receive time does.
         ts = p.timestamp if p.timestamp and node.born_ms is not None and p.timestamp > node.born_ms else 0
-        # A second NDEATH of one session (published on shutdown, then the will of a connection dropped without
-        # DISCONNECT) marks nothing again: its nulls would be a second death at another time.
-        out = self._dead(node, self.node_tag, topic, ts, receive_time, "NDEATH") if was_online else []
-        any_device = False
-        for dev, entity in node.devices.items():
+        died = (to_us(ms_to_datetime(ts)), False) if ts else (to_us(receive_time), True)
+        if node.online:
+            node.online, node.died = False, died
+        for entity in node.devices.values():
             if entity.online:
-                entity.online = False
-                any_device = True
+                entity.online, entity.died = False, died
+        self._save_death(group, node_id, node, "NDEATH")
+        return self._deaths_of(node, levels, died, receive_time)
+
+    def _deaths_of(self, node: Node, levels: list[str], died: tuple[int, bool], receive_time) -> list[Reading]:
+        """The readings of an NDEATH that gave the time ``died``: the node's and those of the devices it ended."""
+        out = self._dead(node, self.node_tag, "/".join(levels), died, receive_time, "NDEATH") \
+            if node.died == died else []
+        for dev, entity in node.devices.items():
+            if entity.died == died:
                 dev_topic = "/".join([*levels[:2], "DDEATH", levels[3], dev])
-                out += self._dead(entity, self.device_tag, dev_topic, ts, receive_time, "NDEATH")
-        if not was_online and not any_device:
-            self.stats["stale_deaths"] += 1
+                out += self._dead(entity, self.device_tag, dev_topic, died, receive_time, "NDEATH")
         return out
 
-    def _device_death(self, p, topic, receive_time, node: Node | None, device: str) -> list[Reading]:
+    def _device_death(self, p, topic, receive_time, group, node_id, node: Node | None, device: str,
+                      redelivered: bool) -> list[Reading]:
         entity = node.devices.get(device) if node else None
-        if entity is None:
+        if entity is None or not entity.online:
+            if entity is not None and redelivered and entity.died is not None:  # see _node_death
+                return self._dead(entity, self.device_tag, topic, entity.died, receive_time, "DDEATH")
+            # Dead already (a DDEATH or NDEATH before): a second null at another time would be a second death.
             self.stats["stale_deaths"] += 1
             return []
-        entity.online = False
-        return self._dead(entity, self.device_tag, topic, p.timestamp, receive_time, "DDEATH")
+        died = (to_us(ms_to_datetime(p.timestamp)), False) if p.timestamp else (to_us(receive_time), True)
+        entity.online, entity.died = False, died
+        self._save_death(group, node_id, node, "DDEATH")
+        return self._dead(entity, self.device_tag, topic, died, receive_time, "DDEATH")
+
+    def _save_death(self, group: str, node_id: str, node: Node, kind: str) -> None:
+        """Save the state after a death; a failure costs no reading (the death's readings are still stored), but
+        after a restart the dead node (device) would count as live again, so it is logged and counted."""
+        if self.on_change is None:
+            return
+        try:
+            self.on_change(group, node_id, node.to_json())
+        except Exception as exc:
+            self.stats["state_save_errors"] += 1
+            log.warning("Sparkplug %s of edge node %s/%s: its state could not be saved (%s: %s); after a restart its "
+                        "old aliases would be taken as live until its next birth", kind, group, node_id,
+                        type(exc).__name__, exc, extra={"event": "sparkplug_state_not_saved"})
 
     def _check_seq(self, p, node: Node | None, redelivered: bool = False) -> str | None:
         """Note the message's sequence number; a gap (a reason to ask for a rebirth) is counted."""
@@ -328,8 +377,10 @@ class SparkplugDecoder:
 
     # -- readings -----------------------------------------------------------------------------
 
-    def _dead(self, entity: Entity, template: TagTemplate, topic, ts: int, receive_time, why: str) -> list[Reading]:
-        t, flags = (ms_to_datetime(ts), SOURCE_STATUS) if ts else (receive_time, SOURCE_STATUS | NO_TIME)
+    def _dead(self, entity: Entity, template: TagTemplate, topic, died: tuple[int, bool], receive_time,
+              why: str) -> list[Reading]:
+        t_us, untimed = died
+        t, flags = from_us(t_us), (SOURCE_STATUS | NO_TIME if untimed else SOURCE_STATUS)
         pre, post = template.around_field(topic)
         return [Reading(pre + name + post, t, None, receive_time, BAD, flags, 0, why) for name in entity.stored_names()]
 
@@ -338,7 +389,9 @@ class SparkplugDecoder:
         pre, post = template.around_field(topic)
         names = template.field_tags(topic)  # metric name -> tag (protocol metrics never enter)
         payload_ts = p.timestamp
-        aliases = entity.aliases if entity else {}
+        # A dead node's (device's) aliases are of a session that ended: the next one's birth hands out its own,
+        # and a metric added or removed on the edge node shifts them (measured: its data went to another tag).
+        aliases = entity.aliases if entity and entity.online else {}
         types = entity.types if entity else {}
         out: list[Reading] = []
         append = out.append
@@ -349,6 +402,10 @@ class SparkplugDecoder:
                 if name is None:
                     if not m.HasField("alias"):
                         raise DataError(f"metric {i}: neither name nor alias")
+                    if entity is not None and m.alias in entity.aliases:
+                        raise UnknownAlias(f"metric {i}: alias {m.alias} of {where} is from a birth before its death "
+                                           f"certificate ({entity.aliases[m.alias]!r} then); the birth of its new "
+                                           "session was not seen: the edge node must rebirth")
                     raise UnknownAlias(f"metric {i}: alias {m.alias} unknown for {where} (no birth certificate "
                                        "seen with it: the edge node must rebirth)")
             elif type(name) is not str:
