@@ -360,3 +360,52 @@ async def test_qos0_sparkplug_data_published_while_the_gateway_is_away_are_kept_
     assert [(r.tag, r.value) for r in second.readings] == [
         (node.tag("flow"), 2.0), (node.tag("speed"), 1490), (node.tag("running"), False), (node.tag("flow"), 3.0)]
     assert status["seq_gaps"] == 0 and status["rebirths_requested"] == 0
+
+
+def _named(seq: int, values: dict[str, tuple[int, object]], *, birth: bool = False) -> bytes:
+    """A payload of named metrics without aliases: {name: (datatype, raw field value)}; the datatype only in a birth
+    (the specification: DATA should not carry it)."""
+    p = Payload(seq=seq, timestamp=now_ms())
+    if birth:
+        p.metrics.add(name="bdSeq", datatype=DataType.Int64, long_value=0)
+    for name, (datatype, raw) in values.items():
+        m = p.metrics.add(name=name)
+        if birth:
+            m.datatype = datatype
+        field = {DataType.Int32: "int_value", DataType.UInt32: "int_value", DataType.Int64: "long_value",
+                 DataType.Double: "double_value"}[datatype]
+        setattr(m, field, raw)
+    return p.SerializeToString()
+
+
+async def test_an_integer_without_a_datatype_is_not_guessed_before_the_birth(mosquitto, tmp_path):
+    """A node that names its metrics (no aliases) and, as the specification has it, sends no datatype in NDATA: the
+    birth gives it. Measured before, with the NBIRTH published before the gateway started: Int32 -5 (0xFFFFFFFB in
+    the protobuf's uint32 field) was stored as 4294967291 and Int64 -9 as 18446744073709551607, good quality. Now such
+    a value is left out and named in a dead letter (the others are stored) until the birth the gateway asks for."""
+    node = f"named{next(_ids)}"
+    types = {"offset": DataType.Int32, "count": DataType.UInt32, "total": DataType.Int64, "flow": DataType.Double}
+
+    def values(offset: int, total: int, count: int = 7, flow: float = 1.5) -> dict:
+        return {"offset": (types["offset"], offset & 0xFFFFFFFF), "count": (types["count"], count),
+                "total": (types["total"], total & (2**64 - 1)), "flow": (types["flow"], flow)}
+
+    await apublish(mosquitto.port, [(f"spBv1.0/KIP/NBIRTH/{node}", _named(0, values(-1, -1), birth=True))])
+    sink = Sink()
+    async with running(config(mosquitto.port), sink, tmp_path) as collector:
+        await apublish(mosquitto.port, [(f"spBv1.0/KIP/NDATA/{node}", _named(1, values(-5, -9)))])
+        await sink.wait(lambda s: len(s.readings) >= 2)
+        asked = collector.status()["sparkplug"]["rebirths_requested"]
+        # The node's answer to the request, then its data again.
+        await apublish(mosquitto.port, [(f"spBv1.0/KIP/NBIRTH/{node}", _named(0, values(-2, -3), birth=True)),
+                                        (f"spBv1.0/KIP/NDATA/{node}", _named(1, values(-6, -10, 8, 2.5)))])
+        await sink.wait(lambda s: len(s.readings) >= 2 + 8)
+    got = [(r.tag.rsplit(".", 1)[1], r.value) for r in sink.readings]
+    assert got[:2] == [("count", 7), ("flow", 1.5)]
+    [dead] = [d for b in sink.batches for d in b.dead_letters]
+    assert "metric 0 ('offset'): int_value 4294967291 has no datatype" in dead.error
+    assert "(Int32 -5 or UInt32 4294967291?)" in dead.error and "metric 2 ('total')" in dead.error
+    assert "the message's other 2 reading(s) are stored" in dead.error
+    assert asked == 1
+    assert got[2:] == [("offset", -2), ("count", 7), ("total", -3), ("flow", 1.5),
+                       ("offset", -6), ("count", 8), ("total", -10), ("flow", 2.5)]

@@ -26,6 +26,8 @@ NDATA/DDATA that carry only aliases decode. That state outlives a gateway restar
 - NCMD / DCMD / STATE: commands and host state, not measurements: no readings.
 - Sequence numbers (0..255 per edge node) are checked; a gap is counted in ``stats`` (and asks for a
   rebirth), not an error.
+- Datatypes: a DATA metric's own, else its birth's (DATA should not carry one). An integer with neither whose top
+  bit is set could be a negative signed or a large unsigned value: it is left out and named (`PartlyRead`).
 - Quality: the metric property ``Quality`` (OPC DA code: 192 good, 64..191 uncertain, else bad).
 - Timestamps are ms since the epoch: metric's, else payload's, else the receive time.
 - Protocol metrics (``bdSeq``, ``Node Control/*``, ``Device Control/*``) and non-scalar types
@@ -139,6 +141,15 @@ def scalar_value(m, kind: str | None, datatype: int) -> object:
 
 
 _SKIP = object()
+
+
+class PartlyRead(list):
+    """The readings of a message some of whose metrics could not be read; ``errors`` names those (the router stores
+    the readings and keeps the message as a dead letter too, as for a JSON message's malformed samples)."""
+
+    def __init__(self, readings: list[Reading], errors: list[str]) -> None:
+        super().__init__(readings)
+        self.errors = errors
 
 
 class UnknownAlias(DataError):
@@ -394,6 +405,7 @@ class SparkplugDecoder:
         aliases = entity.aliases if entity and entity.online else {}
         types = entity.types if entity else {}
         out: list[Reading] = []
+        errors: list[str] = []
         append = out.append
         for i, m in enumerate(p.metrics):
             name = m.name
@@ -428,7 +440,17 @@ class SparkplugDecoder:
                     continue
                 v = None
             else:
-                v = scalar_value(m, kind, m.datatype or types.get(name, 0))
+                datatype = m.datatype or types.get(name, 0)
+                if not datatype and (kind == "int_value" or kind == "long_value") and \
+                        getattr(m, kind) >> (31 if kind == "int_value" else 63):
+                    # DATA need not carry a datatype (the specification says they should not): the birth gives it.
+                    # Without one, a value with the top bit set is a negative signed or a large unsigned integer.
+                    bits = 32 if kind == "int_value" else 64
+                    raw = getattr(m, kind)
+                    errors.append(f"metric {i} ({name!r}): {kind} {raw} has no datatype and no birth seen gives one "
+                                  f"(Int{bits} {raw - (1 << bits)} or UInt{bits} {raw}?)")
+                    continue
+                v = scalar_value(m, kind, datatype)
                 if v is _SKIP:
                     self.stats["skipped_metrics"] += 1
                     continue
@@ -448,6 +470,10 @@ class SparkplugDecoder:
                 append(Reading(tag, t, v, receive_time, quality, flags | qflags, status, status_name))
             else:
                 append(Reading(tag, t, v, receive_time, GOOD, flags))
+        if errors:
+            if not out:
+                raise DataError("; ".join(errors))
+            return PartlyRead(out, errors)
         return out
 
 def _is_protocol(name: str) -> bool:
