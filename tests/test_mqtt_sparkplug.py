@@ -500,3 +500,30 @@ def test_a_death_whose_state_cannot_be_saved_is_still_stored_logged_and_counted(
     assert d.stats["state_save_errors"] == 1
     [line] = [rec for rec in caplog.records if getattr(rec, "event", None) == "sparkplug_state_not_saved"]
     assert "NDEATH of edge node G/N" in line.getMessage() and "IsADirectoryError" in line.getMessage()
+
+
+def test_an_alias_a_birth_gives_to_two_metrics_names_neither(tmp_path):
+    """Aliases are unique per edge node (Sparkplug 3.0, tck-id-payloads-alias-uniqueness). A birth that gave alias 1
+    to both "flow" and "temp" made every value sent by alias 1 a "temp" value, silently, also those of "flow". Now
+    data by that alias are dead letters that say why (a rebirth would not help: nothing is asked); the birth's values
+    (by name) and the other aliases are stored; and a restart keeps it so."""
+    asked: list[str] = []
+    d = decoder()
+    d.on_rebirth = lambda group, node, why: asked.append(why)
+    SparkplugStore(tmp_path).attach(d)
+    birth = encode_payload([Metric("flow", 1.0, alias=1), Metric("temp", 20.0, alias=1), Metric("level", 3.0, alias=2),
+                            Metric("speed", 9.0, alias=1)], seq=0)
+    assert [(r.tag, r.value) for r in d(birth, topic("G", "NBIRTH", "N"), NOW)] == [
+        ("G.N.flow", 1.0), ("G.N.temp", 20.0), ("G.N.level", 3.0), ("G.N.speed", 9.0)]
+    restarted = decoder()
+    restarted.on_rebirth = d.on_rebirth
+    SparkplugStore(tmp_path).attach(restarted)
+    for dec, seq in ((d, 1), (restarted, 2)):
+        with pytest.raises(DataError, match=r"alias 1 of edge node G/N was given to 'flow', 'temp', 'speed' in its "
+                                            r"birth \(an alias must name one metric"):
+            dec(encode_payload([Metric(None, 2.0, alias=1, datatype=DataType.Double)], seq=seq),
+                topic("G", "NDATA", "N"), NOW)
+    [r] = restarted(encode_payload([Metric(None, 4.0, alias=2, datatype=DataType.Double)], seq=3),
+                    topic("G", "NDATA", "N"), NOW)
+    assert (r.tag, r.value) == ("G.N.level", 4.0)
+    assert asked == []

@@ -83,6 +83,7 @@ class Entity:
     online: bool = False
     transient: set[str] = field(default_factory=set)  # flagged is_transient in the birth: never stored
     died: tuple[int, bool] | None = None  # the time its death's readings got (µs, whether the receive time)
+    clashes: dict[int, list[str]] = field(default_factory=dict)  # aliases the birth gave to several metrics
 
     def to_json(self) -> dict:
         out = {"aliases": {str(a): n for a, n in self.aliases.items()}, "types": self.types, "online": self.online}
@@ -90,6 +91,8 @@ class Entity:
             out["transient"] = sorted(self.transient)
         if self.died is not None:
             out["died"] = list(self.died)
+        if self.clashes:
+            out["clashes"] = {str(a): names for a, names in self.clashes.items()}
         return out
 
     @classmethod
@@ -97,7 +100,8 @@ class Entity:
         died = d.get("died")
         return cls({int(a): n for a, n in d.get("aliases", {}).items()}, dict(d.get("types", {})),
                    bool(d.get("online", False)), set(d.get("transient", ())),
-                   (int(died[0]), bool(died[1])) if died else None)
+                   (int(died[0]), bool(died[1])) if died else None,
+                   {int(a): list(names) for a, names in d.get("clashes", {}).items()})
 
     def stored_names(self) -> list[str]:
         """The metrics whose values are stored (so a death marks them): not protocol, non-scalar or transient."""
@@ -119,9 +123,9 @@ class Node(Entity):
     @classmethod
     def from_json(cls, d: dict) -> Node:
         base = Entity.from_json(d)
-        return cls(base.aliases, base.types, base.online, base.transient, base.died, bd_seq=d.get("bd_seq"),
-                   seq=d.get("seq"), devices={k: Entity.from_json(v) for k, v in d.get("devices", {}).items()},
-                   born_ms=d.get("born_ms"))
+        return cls(base.aliases, base.types, base.online, base.transient, base.died, base.clashes,
+                   bd_seq=d.get("bd_seq"), seq=d.get("seq"), born_ms=d.get("born_ms"),
+                   devices={k: Entity.from_json(v) for k, v in d.get("devices", {}).items()})
 
 
 def scalar_value(m, kind: str | None, datatype: int) -> object:
@@ -266,7 +270,15 @@ class SparkplugDecoder:
             if m.is_transient:
                 fresh.transient.add(name)
             if m.HasField("alias"):
-                fresh.aliases[m.alias] = name
+                alias = m.alias
+                if alias in fresh.clashes:
+                    fresh.clashes[alias].append(name)
+                elif fresh.aliases.get(alias, name) != name:
+                    # Aliases are unique per edge node (the specification); which metric data by this one mean cannot
+                    # be told: the last one named, as before, took the values of another.
+                    fresh.clashes[alias] = [fresh.aliases.pop(alias), name]
+                else:
+                    fresh.aliases[alias] = name
         key = (group, node_id)
         known = self.nodes.get(key)
         if known is None and len(self.nodes) >= NODES_MAX:
@@ -278,8 +290,8 @@ class SparkplugDecoder:
                             "already; a new one is not kept")
         if device is None:
             seq = p.seq if p.HasField("seq") else None
-            node = self.nodes[key] = Node(fresh.aliases, fresh.types, True, fresh.transient, bd_seq=_bd_seq(p),
-                                          seq=seq, born_ms=p.timestamp or None)
+            node = self.nodes[key] = Node(fresh.aliases, fresh.types, True, fresh.transient, clashes=fresh.clashes,
+                                          bd_seq=_bd_seq(p), seq=seq, born_ms=p.timestamp or None)
             template, entity = self.node_tag, node
         else:
             node = self.nodes.setdefault(key, Node())
@@ -414,6 +426,10 @@ class SparkplugDecoder:
                 if name is None:
                     if not m.HasField("alias"):
                         raise DataError(f"metric {i}: neither name nor alias")
+                    if entity is not None and entity.online and m.alias in entity.clashes:
+                        raise DataError(f"metric {i}: alias {m.alias} of {where} was given to "
+                                        f"{', '.join(map(repr, entity.clashes[m.alias]))} in its birth (an alias must "
+                                        "name one metric of the edge node: its configuration must change)")
                     if entity is not None and m.alias in entity.aliases:
                         raise UnknownAlias(f"metric {i}: alias {m.alias} of {where} is from a birth before its death "
                                            f"certificate ({entity.aliases[m.alias]!r} then); the birth of its new "
