@@ -409,3 +409,35 @@ async def test_an_integer_without_a_datatype_is_not_guessed_before_the_birth(mos
     assert asked == 1
     assert got[2:] == [("offset", -2), ("count", 7), ("total", -3), ("flow", 1.5),
                        ("offset", -6), ("count", 8), ("total", -10), ("flow", 2.5)]
+
+
+async def test_a_sequence_gap_is_logged_and_counted_also_without_rebirth_requests(mosquitto, tmp_path, caplog):
+    """Messages an edge node sent were lost (a sequence gap): with ``request_rebirth = false`` that was counted in
+    status() only, with no log line and no Prometheus metric, and with it the log said only that a rebirth was asked
+    (at INFO, at most once per interval). Now each gap counts in valvoja_collector_errors_total{kind=
+    "sparkplug_sequence_gap"} and is logged at WARNING with how many messages were missed (at most once a minute per
+    node, with the number held back)."""
+    caplog.set_level(logging.INFO, logger="collectors.mqtt")
+    node = SimulatedNode(mosquitto.port)
+    sink = Sink()
+    try:
+        async with running(config(mosquitto.port, request_rebirth=False), sink, tmp_path) as collector:
+            node.births()
+            node.send(("flow", 2.0))
+            await sink.wait(lambda s: len(s.readings) == 4)
+            node.skip()
+            node.skip()
+            node.send(("flow", 5.0))
+            node.skip()
+            node.send(("flow", 7.0))
+            await sink.wait(lambda s: len(s.readings) == 6)
+            gaps = collector.ctx.metrics.collector_errors.labels("mq", "sparkplug_sequence_gap")._value.get()
+            status = collector.status()["sparkplug"]
+    finally:
+        node.close()
+    assert [r.value for r in sink.readings[4:]] == [5.0, 7.0]  # decoded as before
+    assert gaps == 2 and status["seq_gaps"] == 2
+    [line] = [r for r in caplog.records if getattr(r, "event", None) == "sparkplug_sequence_gap"]
+    assert line.levelno == logging.WARNING
+    assert line.getMessage() == (f"Sparkplug edge node KIP/{node.name}: sequence gap: 5 after 2: at least 2 message(s) "
+                                 "missed, whose values are not stored")

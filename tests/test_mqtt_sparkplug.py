@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -527,3 +528,28 @@ def test_an_alias_a_birth_gives_to_two_metrics_names_neither(tmp_path):
                     topic("G", "NDATA", "N"), NOW)
     assert (r.tag, r.value) == ("G.N.level", 4.0)
     assert asked == []
+
+
+def test_a_metric_that_is_not_stored_is_named_in_the_log_once(caplog):
+    """Templates (Ignition's UDTs), datasets, arrays and bytes are not stored: they were counted in status() only, so
+    a site whose edge node publishes its pumps as UDT instances saw no value and no word of why."""
+    caplog.set_level(logging.WARNING, logger="collectors.mqtt")
+    d = decoder()
+    birth = Payload(seq=0)
+    birth.metrics.add(name="flow", datatype=DataType.Double, double_value=1.0)
+    tpl = birth.metrics.add(name="Pump101", datatype=DataType.Template)
+    tpl.template_value.metrics.add(name="speed", datatype=DataType.Int32, int_value=1480)
+    birth.metrics.add(name="table", datatype=DataType.DataSet).dataset_value.num_of_columns = 0
+    assert [r.tag for r in d(birth.SerializeToString(), topic("KIP", "NBIRTH", "gw1"), NOW)] == ["KIP.gw1.flow"]
+    data = Payload(seq=1)
+    data.metrics.add(name="Pump101").template_value.metrics.add(name="speed", int_value=1490)
+    assert d(data.SerializeToString(), topic("KIP", "NDATA", "gw1"), NOW) == []
+    assert d.stats["skipped_metrics"] == 3
+    lines = [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "sparkplug_metric_skipped"]
+    assert lines == [
+        "Sparkplug metric 'Pump101' of edge node KIP/gw1: a Template (template_value), not stored (only scalar metrics "
+        "are: flatten templates (UDTs), datasets and arrays into scalar metrics on the edge node); counted in status() "
+        "sparkplug.skipped_metrics, logged once per metric name",
+        "Sparkplug metric 'table' of edge node KIP/gw1: a DataSet (dataset_value), not stored (only scalar metrics "
+        "are: flatten templates (UDTs), datasets and arrays into scalar metrics on the edge node); counted in status() "
+        "sparkplug.skipped_metrics, logged once per metric name"]

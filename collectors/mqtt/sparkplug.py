@@ -39,6 +39,7 @@ NDATA/DDATA that carry only aliases decode. That state outlives a gateway restar
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,7 +47,7 @@ from datetime import UTC, datetime
 from google.protobuf.message import DecodeError
 
 from collectors.mqtt.decode import NO_TIME, _check_str
-from collectors.mqtt.sparkplug_b_pb2 import Payload
+from collectors.mqtt.sparkplug_b_pb2 import DataType, Payload
 from collectors.mqtt.topics import TagTemplate, TopicFilter
 from edge.columns import from_us, to_us
 from edge.errors import DataError
@@ -71,6 +72,8 @@ _STATUS_MAX = 2**63 - 1  # the status column is a signed 64-bit integer; a Quali
 # publish on spBv1.0/# could otherwise send births of new nodes and devices without end. Beyond, a new one's birth
 # is a dead letter; the known ones go on.
 NODES_MAX = 10_000  # edge nodes per subscription
+GAP_LOG_EVERY_S = 60.0  # an edge node's sequence gaps are logged at most this often (each is counted)
+SKIPS_LOGGED_MAX = 10_000  # metric names whose skipping was logged (each is logged once)
 DEVICES_MAX = 10_000  # devices per edge node
 
 
@@ -185,7 +188,8 @@ class SparkplugDecoder:
 
     ``on_change(group, node, state)`` is called after a birth or a death changed a node's state (the
     collector persists it). ``on_rebirth(group, node, reason)`` is called when the node should be asked
-    to rebirth. ``stats`` counts sequence gaps, stale deaths and skipped metrics.
+    to rebirth. ``on_gap()`` is called for each sequence gap (a metric). ``stats`` counts sequence gaps, stale deaths
+    and skipped metrics.
     """
 
     def __init__(self, template: TagTemplate, *, custom_tag: bool,
@@ -197,6 +201,9 @@ class SparkplugDecoder:
         self.nodes: dict[tuple[str, str], Node] = {}
         self.on_change = on_change
         self.on_rebirth = on_rebirth
+        self.on_gap: Callable[[], None] | None = None
+        self._gaps_logged: dict[tuple[str, str], tuple[float, int]] = {}  # node -> (last logged, gaps not logged)
+        self._skips_logged: set[str] = set()
         self.stats = {"seq_gaps": 0, "stale_deaths": 0, "skipped_metrics": 0, "transient_metrics": 0,
                       "ignored_messages": 0, "state_save_errors": 0}
 
@@ -234,7 +241,7 @@ class SparkplugDecoder:
             return self._birth(p, topic, receive_time, group, node_id, None)
         if kind == "NDEATH":
             return self._node_death(p, topic, receive_time, group, node_id, node, redelivered)
-        why = self._check_seq(p, node, redelivered)
+        why = self._check_seq(p, node, redelivered, group, node_id)
         if node is None or not node.online:
             # A node with types had a birth and then an NDEATH; one without was only named by a DBIRTH.
             why = f"{kind} from an edge node whose NBIRTH was not seen" + (" since its NDEATH" if node and node.types
@@ -310,7 +317,8 @@ class SparkplugDecoder:
                 else:
                     node.devices.pop(device, None)
                 raise
-        return self._metrics(p, topic, receive_time, entity, template, "birth")
+        where = f"device {group}/{node_id}/{device}" if device is not None else f"edge node {group}/{node_id}"
+        return self._metrics(p, topic, receive_time, entity, template, where)
 
     def _node_death(self, p, topic, receive_time, group, node_id, node: Node | None,
                     redelivered: bool) -> list[Reading]:
@@ -378,8 +386,8 @@ class SparkplugDecoder:
                         "old aliases would be taken as live until its next birth", kind, group, node_id,
                         type(exc).__name__, exc, extra={"event": "sparkplug_state_not_saved"})
 
-    def _check_seq(self, p, node: Node | None, redelivered: bool = False) -> str | None:
-        """Note the message's sequence number; a gap (a reason to ask for a rebirth) is counted."""
+    def _check_seq(self, p, node: Node | None, redelivered: bool, group: str, node_id: str) -> str | None:
+        """Note the message's sequence number; a gap (a reason to ask for a rebirth) is counted and logged."""
         if node is None or not p.HasField("seq"):
             return None
         gap = None
@@ -391,8 +399,35 @@ class SparkplugDecoder:
                 return None
             self.stats["seq_gaps"] += 1
             gap = f"sequence gap: {p.seq} after {node.seq}"
+            self._log_gap(group, node_id, gap, (p.seq - node.seq - 1) % 256)
         node.seq = p.seq
         return gap
+
+    def _log_gap(self, group: str, node_id: str, gap: str, missed: int) -> None:
+        """Messages were lost (on the way, or while the gateway was away from a broker that does not keep QoS 0
+        messages): values the edge node sent are not stored. Counted, and logged at most once a minute per node."""
+        if self.on_gap is not None:
+            self.on_gap()
+        key, now = (group, node_id), time.monotonic()
+        last, held = self._gaps_logged.get(key, (None, 0))
+        if last is not None and now - last < GAP_LOG_EVERY_S:
+            self._gaps_logged[key] = (last, held + 1)
+            return
+        self._gaps_logged[key] = (now, 0)
+        more = f"; {held} more gap(s) of this node since the last report" if held else ""
+        log.warning("Sparkplug edge node %s/%s: %s: at least %d message(s) missed, whose values are not stored%s",
+                    group, node_id, gap, missed, more, extra={"event": "sparkplug_sequence_gap"})
+
+    def _skipped(self, name: str, where: str, what: str) -> None:
+        """A metric that is not stored: counted, and its name logged the first time."""
+        self.stats["skipped_metrics"] += 1
+        if name in self._skips_logged or len(self._skips_logged) >= SKIPS_LOGGED_MAX:
+            return
+        self._skips_logged.add(name)
+        log.warning("Sparkplug metric %r of %s: %s, not stored (only scalar metrics are: flatten templates (UDTs), "
+                    "datasets and arrays into scalar metrics on the edge node); counted in status() "
+                    "sparkplug.skipped_metrics, logged once per metric name", name, where, what,
+                    extra={"event": "sparkplug_metric_skipped"})
 
     def _rebirth(self, group: str, node_id: str, why: str | None) -> None:
         if why is not None and self.on_rebirth is not None:
@@ -452,7 +487,7 @@ class SparkplugDecoder:
                 v = getattr(m, kind)
             elif kind is None:
                 if not m.is_null:
-                    self.stats["skipped_metrics"] += 1
+                    self._skipped(name, where, "no value")
                     continue
                 v = None
             else:
@@ -468,7 +503,7 @@ class SparkplugDecoder:
                     continue
                 v = scalar_value(m, kind, datatype)
                 if v is _SKIP:
-                    self.stats["skipped_metrics"] += 1
+                    self._skipped(name, where, f"a {_type_name(datatype)} ({kind})")
                     continue
             ts = m.timestamp or payload_ts
             if ts:
@@ -491,6 +526,13 @@ class SparkplugDecoder:
                 raise DataError("; ".join(errors))
             return PartlyRead(out, errors)
         return out
+
+def _type_name(datatype: int) -> str:
+    try:
+        return DataType.Name(datatype)
+    except ValueError:
+        return f"datatype {datatype}"
+
 
 def _is_protocol(name: str) -> bool:
     return name == "bdSeq" or name.startswith(_PROTOCOL_PREFIXES)
