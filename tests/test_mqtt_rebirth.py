@@ -441,3 +441,41 @@ async def test_a_sequence_gap_is_logged_and_counted_also_without_rebirth_request
     assert line.levelno == logging.WARNING
     assert line.getMessage() == (f"Sparkplug edge node KIP/{node.name}: sequence gap: 5 after 2: at least 2 message(s) "
                                  "missed, whose values are not stored")
+
+
+async def test_the_will_of_an_old_session_does_not_mark_the_reborn_node_dead(mosquitto, tmp_path):
+    """Sparkplug 3.0 (tck-id-topics-nbirth-bdseq-matching): an NDEATH belongs to the NBIRTH with its bdSeq. An edge
+    node that came back on a new connection (bdSeq 1) before the broker noticed its old one was gone (bdSeq 0): the
+    old connection's will comes after the new birth and must not mark the live node's tags bad. Its own will does."""
+    old = SimulatedNode(mosquitto.port)  # will: NDEATH with bdSeq 0
+    sink = Sink()
+    async with running(config(mosquitto.port), sink, tmp_path) as collector:
+        old.births()
+        await sink.wait(lambda s: len(s.readings) == 3)
+        new = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sim-{old.name}-b")
+        edge = old.edge
+        edge.rebirth_after_reconnect()
+        new.will_set(*edge.death(), qos=1)  # bdSeq 1
+        new.connect("127.0.0.1", mosquitto.port)
+        new.loop_start()
+        try:
+            new.publish(*edge.birth({"flow": 5.0, "running": True}), qos=1).wait_for_publish(5)
+            await sink.wait(lambda s: len(s.readings) == 5)
+            old.client.loop_stop()
+            old.client.socket().close()  # gone without DISCONNECT: the broker publishes its will (bdSeq 0)
+            await until(lambda: collector.status()["sparkplug"]["stale_deaths"] == 1)  # the will came
+            await asyncio.sleep(0.3)
+            assert len(sink.readings) == 5, "the stale will marked the reborn node"
+            new.publish(*edge.data({"flow": 6.0}), qos=1).wait_for_publish(5)
+            await sink.wait(lambda s: len(s.readings) == 6)
+            new.loop_stop()
+            new.socket().close()  # now the live session's will (bdSeq 1)
+            await sink.wait(lambda s: len(s.readings) == 8)
+        finally:
+            new.loop_stop()
+            with contextlib.suppress(Exception):
+                new.disconnect()
+    assert [(r.tag, r.value) for r in sink.readings[3:6]] == [(old.tag("flow"), 5.0), (old.tag("running"), True),
+                                                             (old.tag("flow"), 6.0)]
+    assert [(r.tag, r.value, r.quality, r.status_name) for r in sink.readings[6:]] == [
+        (old.tag(n), None, Quality.BAD, "NDEATH") for n in ("flow", "running")]
