@@ -72,9 +72,9 @@ _STATUS_MAX = 2**63 - 1  # the status column is a signed 64-bit integer; a Quali
 # publish on spBv1.0/# could otherwise send births of new nodes and devices without end. Beyond, a new one's birth
 # is a dead letter; the known ones go on.
 NODES_MAX = 10_000  # edge nodes per subscription
+DEVICES_MAX = 10_000  # devices per edge node
 GAP_LOG_EVERY_S = 60.0  # an edge node's sequence gaps are logged at most this often (each is counted)
 SKIPS_LOGGED_MAX = 10_000  # metric names whose skipping was logged (each is logged once)
-DEVICES_MAX = 10_000  # devices per edge node
 
 
 @dataclass
