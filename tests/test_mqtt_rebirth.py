@@ -342,19 +342,21 @@ async def test_qos0_sparkplug_data_published_while_the_gateway_is_away_are_kept_
     node = SimulatedNode(broker.port)
     cfg = config(broker.port)
     first, second = Sink(), Sink()
-    async with running(cfg, first, tmp_path):
-        node.births()
-        await first.wait(lambda s: len(s.readings) == 3)
-    node.send(("flow", 2.0), ("speed", 1490), ("running", False), ("flow", 3.0))  # the gateway is away
-    info = node.client.publish(f"sim/{node.name}/flushed", b"", qos=1)
-    info.wait_for_publish(5)
-    node.close()
+    try:
+        async with running(cfg, first, tmp_path):
+            node.births()
+            await first.wait(lambda s: len(s.readings) == 3)
+        node.send(("flow", 2.0), ("speed", 1490), ("running", False), ("flow", 3.0))  # the gateway is away
+        info = node.client.publish(f"sim/{node.name}/flushed", b"", qos=1)
+        info.wait_for_publish(5)
+    finally:
+        node.close()
     broker.wait_persisted()
     broker.stop()
     broker.start()
     async with running(cfg, second, tmp_path) as collector:
         with contextlib.suppress(TimeoutError):
-            await second.wait(lambda s: len(s.readings) >= 4, within_s=5)
+            await second.wait(lambda s: len(s.readings) >= 4, within_s=10)
         await asyncio.sleep(0.3)
         status = collector.status()["sparkplug"]
     assert [(r.tag, r.value) for r in second.readings] == [
@@ -448,17 +450,17 @@ async def test_the_will_of_an_old_session_does_not_mark_the_reborn_node_dead(mos
     node that came back on a new connection (bdSeq 1) before the broker noticed its old one was gone (bdSeq 0): the
     old connection's will comes after the new birth and must not mark the live node's tags bad. Its own will does."""
     old = SimulatedNode(mosquitto.port)  # will: NDEATH with bdSeq 0
+    new = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sim-{old.name}-b")
     sink = Sink()
-    async with running(config(mosquitto.port), sink, tmp_path) as collector:
-        old.births()
-        await sink.wait(lambda s: len(s.readings) == 3)
-        new = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sim-{old.name}-b")
-        edge = old.edge
-        edge.rebirth_after_reconnect()
-        new.will_set(*edge.death(), qos=1)  # bdSeq 1
-        new.connect("127.0.0.1", mosquitto.port)
-        new.loop_start()
-        try:
+    try:
+        async with running(config(mosquitto.port), sink, tmp_path) as collector:
+            old.births()
+            await sink.wait(lambda s: len(s.readings) == 3)
+            edge = old.edge
+            edge.rebirth_after_reconnect()
+            new.will_set(*edge.death(), qos=1)  # bdSeq 1
+            new.connect("127.0.0.1", mosquitto.port)
+            new.loop_start()
             new.publish(*edge.birth({"flow": 5.0, "running": True}), qos=1).wait_for_publish(5)
             await sink.wait(lambda s: len(s.readings) == 5)
             old.client.loop_stop()
@@ -471,10 +473,11 @@ async def test_the_will_of_an_old_session_does_not_mark_the_reborn_node_dead(mos
             new.loop_stop()
             new.socket().close()  # now the live session's will (bdSeq 1)
             await sink.wait(lambda s: len(s.readings) == 8)
-        finally:
-            new.loop_stop()
+    finally:
+        for client in (new, old.client):
+            client.loop_stop()
             with contextlib.suppress(Exception):
-                new.disconnect()
+                client.disconnect()
     assert [(r.tag, r.value) for r in sink.readings[3:6]] == [(old.tag("flow"), 5.0), (old.tag("running"), True),
                                                              (old.tag("flow"), 6.0)]
     assert [(r.tag, r.value, r.quality, r.status_name) for r in sink.readings[6:]] == [
