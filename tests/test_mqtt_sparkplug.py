@@ -472,6 +472,8 @@ def test_data_after_a_death_are_not_named_by_the_dead_sessions_aliases():
     d.on_rebirth = lambda group, node, why: asked.append(why)
     d(*_swap(n.birth({"flow": 10.0, "temp": 80.0})), NOW)
     d(*_swap(n.device_birth("pump", {"speed": 1480})), NOW)
+    for v in (11.0, 12.0, 13.0):
+        d(*_swap(n.data({"flow": v})), NOW)  # sequence numbers 2, 3, 4
     d(*_swap(n.death()), NOW)
     n.rebirth_after_reconnect()
     n.birth({"temp": 81.0, "flow": 11.0})  # not seen by the gateway
@@ -483,6 +485,8 @@ def test_data_after_a_death_are_not_named_by_the_dead_sessions_aliases():
         d(*_swap(n.data({"speed": 1500}, device="pump")), NOW)
     assert asked == ["NDATA from an edge node whose NBIRTH was not seen since its NDEATH",
                      "DDATA from an edge node whose NBIRTH was not seen since its NDEATH"]
+    # Nor is the new session's number 2 a gap after the dead one's last, 4 ("at least 253 message(s) missed").
+    assert d.stats["seq_gaps"] == 0
     # Named metrics still decode (the name is the edge node's own), and a birth seen makes its aliases good again.
     [r] = d(encode_payload([Metric("temp", 83.0)], seq=n._next_seq()), topic("KIP", "NDATA", "gw"), NOW)
     assert (r.tag, r.value) == ("KIP.gw.temp", 83.0)

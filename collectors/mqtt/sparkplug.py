@@ -343,6 +343,7 @@ class SparkplugDecoder:
         died = (to_us(ms_to_datetime(ts)), False) if ts else (to_us(receive_time), True)
         if node.online:
             node.online, node.died = False, died
+        node.seq = None  # the next session counts from its NBIRTH's 0: no gap against this one's last number
         for entity in node.devices.values():
             if entity.online:
                 entity.online, entity.died = False, died
