@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -30,7 +31,7 @@ from collectors.mqtt.sparkplug_b_pb2 import DataType, Payload
 from collectors.mqtt.sparkplug_encode import EdgeNode, now_ms
 from edge.errors import NotConnectedError
 from edge.metrics import Metrics
-from edge.records import Quality
+from edge.records import Flag, Quality
 
 _ids = itertools.count()
 
@@ -482,3 +483,47 @@ async def test_the_will_of_an_old_session_does_not_mark_the_reborn_node_dead(mos
                                                              (old.tag("flow"), 6.0)]
     assert [(r.tag, r.value, r.quality, r.status_name) for r in sink.readings[6:]] == [
         (old.tag(n), None, Quality.BAD, "NDEATH") for n in ("flow", "running")]
+
+
+async def test_sparkplug_types_and_a_death_reach_the_database_as_sent(mosquitto, tmp_path, pg_dsn):
+    """Pins the whole path (real ingest, spool, forwarder, PostgreSQL) for what the Sparkplug decoder gives: integers
+    of every width and sign exactly (UInt64 2^64 - 1 and Int64 -2^63 are beyond float8: kept as text beside it),
+    Boolean, String, DateTime (ms) and Float, at the birth's time; then the NDEATH will: a bad-quality NULL at the
+    receive time for each metric, flagged as without a source time, so the values are seen to stop being live."""
+    from test_mqtt_untimed import rows
+
+    from collectors.mqtt.sparkplug_encode import Metric, encode_payload, topic
+    from edge.forwarder import Forwarder
+    from edge.settings import SiteConfig
+
+    node = f"types{next(_ids)}"
+    born_ms = now_ms() - 1000
+    metrics = [Metric("u64", 2**64 - 1, datatype=DataType.UInt64), Metric("i64", -(2**63), datatype=DataType.Int64),
+               Metric("i8", -128, datatype=DataType.Int8), Metric("u32", 2**32 - 1, datatype=DataType.UInt32),
+               Metric("on", True, datatype=DataType.Boolean), Metric("txt", "käy", datatype=DataType.String),
+               Metric("when", born_ms - 5, datatype=DataType.DateTime), Metric("f", 0.5, datatype=DataType.Float)]
+    birth = encode_payload([Metric("bdSeq", 3, datatype=DataType.Int64), *metrics], seq=0, timestamp_ms=born_ms)
+    will = encode_payload([Metric("bdSeq", 3, datatype=DataType.Int64)], timestamp_ms=born_ms - 60_000)
+    async with spooling(config(mosquitto.port), tmp_path) as (ingest, _, worker, _):
+        await apublish(mosquitto.port, [(topic("KIP", "NBIRTH", node), birth), (topic("KIP", "NDEATH", node), will)])
+        await until(lambda: ingest.accepted >= 16)
+    fwd = Forwarder(worker, pg_dsn, SiteConfig(), Metrics(), asyncio.Event())
+    await fwd._connect()
+    while await fwd.drain_once(linger=False):
+        pass
+    await fwd.close()
+    await worker.call(worker.spool.close)
+    worker.shutdown()
+    stored = await asyncio.to_thread(
+        rows, pg_dsn, "SELECT t.name, r.value, r.value_text, r.quality, r.flags, r.time FROM readings r "
+                      "JOIN tags t ON t.id = r.tag_id WHERE t.name LIKE %s ORDER BY r.time, t.name", f"KIP.{node}.%")
+    live = {name.rsplit(".", 1)[1]: (value, text, quality) for name, value, text, quality, _, _ in stored[:8]}
+    assert live == {"u64": (float(2**64), str(2**64 - 1), 0), "i64": (float(-(2**63)), str(-(2**63)), 0),
+                    "i8": (-128.0, None, 0), "u32": (2.0**32 - 1, None, 0), "on": (1.0, None, 0),
+                    "txt": (None, "käy", 0), "when": (float(born_ms - 5), None, 0), "f": (0.5, None, 0)}
+    assert {t for *_, t in stored[:8]} == {datetime.fromtimestamp(born_ms / 1000, UTC)}
+    dead = stored[8:]
+    assert sorted(name.rsplit(".", 1)[1] for name, *_ in dead) == sorted(live)
+    assert all(value is None and text is None and quality == Quality.BAD and flags & Flag.NO_SOURCE_TIME
+               for _, value, text, quality, flags, _ in dead)
+    assert len({t for *_, t in dead}) == 1 and dead[0][5] > datetime.fromtimestamp(born_ms / 1000, UTC)
