@@ -490,11 +490,9 @@ async def test_sparkplug_types_and_a_death_reach_the_database_as_sent(mosquitto,
     of every width and sign exactly (UInt64 2^64 - 1 and Int64 -2^63 are beyond float8: kept as text beside it),
     Boolean, String, DateTime (ms) and Float, at the birth's time; then the NDEATH will: a bad-quality NULL at the
     receive time for each metric, flagged as without a source time, so the values are seen to stop being live."""
-    from test_mqtt_untimed import rows
+    from test_mqtt_untimed import forward_spool, rows
 
     from collectors.mqtt.sparkplug_encode import Metric, encode_payload, topic
-    from edge.forwarder import Forwarder
-    from edge.settings import SiteConfig
 
     node = f"types{next(_ids)}"
     born_ms = now_ms() - 1000
@@ -507,13 +505,7 @@ async def test_sparkplug_types_and_a_death_reach_the_database_as_sent(mosquitto,
     async with spooling(config(mosquitto.port), tmp_path) as (ingest, _, worker, _):
         await apublish(mosquitto.port, [(topic("KIP", "NBIRTH", node), birth), (topic("KIP", "NDEATH", node), will)])
         await until(lambda: ingest.accepted >= 16)
-    fwd = Forwarder(worker, pg_dsn, SiteConfig(), Metrics(), asyncio.Event())
-    await fwd._connect()
-    while await fwd.drain_once(linger=False):
-        pass
-    await fwd.close()
-    await worker.call(worker.spool.close)
-    worker.shutdown()
+    await forward_spool(worker, pg_dsn)
     stored = await asyncio.to_thread(
         rows, pg_dsn, "SELECT t.name, r.value, r.value_text, r.quality, r.flags, r.time FROM readings r "
                       "JOIN tags t ON t.id = r.tag_id WHERE t.name LIKE %s ORDER BY r.time, t.name", f"KIP.{node}.%")
