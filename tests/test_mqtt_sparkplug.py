@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -298,7 +299,8 @@ def test_the_decoder_says_when_an_edge_node_should_rebirth_and_why(tmp_path):
     assert len(d(*_swap(n.data({"x": 3}, device="D")), NOW)) == 1
     assert asked == []
     d(*_swap(n.device_death("D")), NOW)
-    d(*_swap(n.data({"x": 4}, device="D")), NOW)
+    with pytest.raises(DataError, match="alias 2 of device G/N/D is from a birth before its death"):
+        d(*_swap(n.data({"x": 4}, device="D")), NOW)
     with pytest.raises(DataError, match="alias 7 unknown"):
         d(encode_payload([Metric(None, 1.0, alias=7)], seq=n._next_seq()), topic("G", "NDATA", "N"), NOW)
     n.data({"a": 4.0})  # lost on the way
@@ -311,7 +313,8 @@ def test_the_decoder_says_when_an_edge_node_should_rebirth_and_why(tmp_path):
     asked.clear()
     # An NDEATH ends the session: DATA after it means its next NBIRTH was missed.
     d(*_swap(n.death()), NOW)
-    d(*_swap(n.data({"a": 6.0})), NOW)
+    with pytest.raises(DataError, match="alias 1 of edge node G/N is from a birth before its death"):
+        d(*_swap(n.data({"a": 6.0})), NOW)
     assert asked == [("G", "N", "NDATA from an edge node whose NBIRTH was not seen since its NDEATH")]
     # A birth state restored after a gateway restart is a birth seen: nothing to ask.
     asked.clear()
@@ -424,3 +427,133 @@ def test_a_birth_that_could_not_be_saved_is_not_kept_in_memory(tmp_path):
     with pytest.raises(OSError):
         d(*_swap(n.device_birth("D", {"x": 1})), NOW)
     assert d.nodes[("G", "N")].devices == {} and d.nodes[("G", "N")].aliases == {1: "a"}
+
+
+def test_a_death_is_saved_and_a_copy_the_broker_sends_again_gives_the_same_readings(tmp_path):
+    """A death was kept in memory only: after a gateway restart the dead node (device) counted as live, and the
+    data of its next session, whose birth the gateway had missed, were named by the dead session's aliases. Saved
+    now; so that a gateway killed after the save and before its readings were stored still stores them, a copy the
+    broker sends again (DUP) gives the same readings at the same time (the database keeps one of each)."""
+    d, n = decoder(), EdgeNode("G", "N", bd_seq=2)
+    SparkplugStore(tmp_path).attach(d)
+    will_topic, will = n.death()
+    d(*_swap(n.birth({"a": 1.0, "b": 2.0}, timestamp_ms=T0_MS)), NOW)
+    d(*_swap(n.device_birth("D", {"x": 1.0}, timestamp_ms=T0_MS)), NOW)
+    d(*_swap(n.device_birth("E", {"y": 1.0}, timestamp_ms=T0_MS)), NOW)
+    e_death = n.device_death("E")
+    [gone] = d(*_swap(e_death), NOW)  # E died before the node, at the DDEATH's timestamp
+    assert gone.tag == "G.N.E.y" and not gone.flags & Flag.NO_SOURCE_TIME
+    dead = d(will, will_topic, NOW + timedelta(seconds=1))
+    assert sorted(r.tag for r in dead) == ["G.N.D.x", "G.N.a", "G.N.b"]
+
+    restarted = decoder()
+    SparkplugStore(tmp_path).attach(restarted)
+    node = restarted.nodes[("G", "N")]
+    assert not node.online and not node.devices["D"].online and not node.devices["E"].online
+    with pytest.raises(DataError, match="alias 1 of edge node G/N is from a birth before its death"):
+        restarted(*_swap(n.data({"a": 5.0})), NOW + timedelta(seconds=2))
+    again = restarted(will, will_topic, NOW + timedelta(seconds=30), redelivered=True)
+    assert sorted((r.tag, r.time, r.flags, r.status_name) for r in again) == \
+        sorted((r.tag, r.time, r.flags, r.status_name) for r in dead)
+    assert all(r.time == NOW + timedelta(seconds=1) and r.flags & Flag.NO_SOURCE_TIME for r in again)
+    [gone_again] = restarted(*_swap(e_death), NOW + timedelta(seconds=40), redelivered=True)
+    assert (gone_again.tag, gone_again.time) == ("G.N.E.y", gone.time)
+    # Not a copy: a second death of the same session marks nothing (its nulls would be a second death).
+    assert restarted(will, will_topic, NOW + timedelta(seconds=50)) == []
+    assert restarted(*_swap(n.device_death("D")), NOW + timedelta(seconds=50)) == []
+
+
+def test_data_after_a_death_are_not_named_by_the_dead_sessions_aliases():
+    """The aliases of a birth belong to its session. After an NDEATH (DDEATH) the next session's birth hands out its
+    own: measured before, the node's NDATA by alias 1 (now "temp") was stored as "flow", alias 1 in the dead
+    session, because that birth was published (QoS 0) while the gateway was away."""
+    asked: list[str] = []
+    d, n = decoder(), EdgeNode("KIP", "gw")
+    d.on_rebirth = lambda group, node, why: asked.append(why)
+    d(*_swap(n.birth({"flow": 10.0, "temp": 80.0})), NOW)
+    d(*_swap(n.device_birth("pump", {"speed": 1480})), NOW)
+    for v in (11.0, 12.0, 13.0):
+        d(*_swap(n.data({"flow": v})), NOW)  # sequence numbers 2, 3, 4
+    d(*_swap(n.death()), NOW)
+    n.rebirth_after_reconnect()
+    n.birth({"temp": 81.0, "flow": 11.0})  # not seen by the gateway
+    n.device_birth("pump", {"current": 12.0, "speed": 1490})
+    with pytest.raises(DataError, match=r"alias 1 of edge node KIP/gw is from a birth before its death certificate "
+                                        r"\('flow' then\).*must rebirth"):
+        d(*_swap(n.data({"temp": 82.0})), NOW)
+    with pytest.raises(DataError, match=r"alias 4 unknown"):  # speed was 3, 4 is new
+        d(*_swap(n.data({"speed": 1500}, device="pump")), NOW)
+    assert asked == ["NDATA from an edge node whose NBIRTH was not seen since its NDEATH",
+                     "DDATA from an edge node whose NBIRTH was not seen since its NDEATH"]
+    # Nor is the new session's number 2 a gap after the dead one's last, 4 ("at least 253 message(s) missed").
+    assert d.stats["seq_gaps"] == 0
+    # Named metrics still decode (the name is the edge node's own), and a birth seen makes its aliases good again.
+    [r] = d(encode_payload([Metric("temp", 83.0)], seq=n._next_seq()), topic("KIP", "NDATA", "gw"), NOW)
+    assert (r.tag, r.value) == ("KIP.gw.temp", 83.0)
+    d(*_swap(n.birth({"temp": 81.0, "flow": 11.0})), NOW)
+    assert [(r.tag, r.value) for r in d(*_swap(n.data({"temp": 84.0})), NOW)] == [("KIP.gw.temp", 84.0)]
+
+
+def test_a_death_whose_state_cannot_be_saved_is_still_stored_logged_and_counted(tmp_path, caplog):
+    d, n = decoder(), EdgeNode("G", "N")
+    SparkplugStore(tmp_path / "sparkplug").attach(d)
+    d(*_swap(n.birth({"a": 1.0})), NOW)
+    (tmp_path / "sparkplug" / "G~N.json").unlink()
+    (tmp_path / "sparkplug" / "G~N.json").mkdir()  # the save fails
+    [r] = d(*_swap(n.death()), NOW)
+    assert (r.tag, r.value, r.quality) == ("G.N.a", None, Quality.BAD)
+    assert d.stats["state_save_errors"] == 1
+    [line] = [rec for rec in caplog.records if getattr(rec, "event", None) == "sparkplug_state_not_saved"]
+    assert "NDEATH of edge node G/N" in line.getMessage() and "IsADirectoryError" in line.getMessage()
+
+
+def test_an_alias_a_birth_gives_to_two_metrics_names_neither(tmp_path):
+    """Aliases are unique per edge node (Sparkplug 3.0, tck-id-payloads-alias-uniqueness). A birth that gave alias 1
+    to both "flow" and "temp" made every value sent by alias 1 a "temp" value, silently, also those of "flow". Now
+    data by that alias are dead letters that say why (a rebirth would not help: nothing is asked); the birth's values
+    (by name) and the other aliases are stored; and a restart keeps it so."""
+    asked: list[str] = []
+    d = decoder()
+    d.on_rebirth = lambda group, node, why: asked.append(why)
+    SparkplugStore(tmp_path).attach(d)
+    birth = encode_payload([Metric("flow", 1.0, alias=1), Metric("temp", 20.0, alias=1), Metric("level", 3.0, alias=2),
+                            Metric("speed", 9.0, alias=1)], seq=0)
+    assert [(r.tag, r.value) for r in d(birth, topic("G", "NBIRTH", "N"), NOW)] == [
+        ("G.N.flow", 1.0), ("G.N.temp", 20.0), ("G.N.level", 3.0), ("G.N.speed", 9.0)]
+    restarted = decoder()
+    restarted.on_rebirth = d.on_rebirth
+    SparkplugStore(tmp_path).attach(restarted)
+    for dec, seq in ((d, 1), (restarted, 2)):
+        with pytest.raises(DataError, match=r"alias 1 of edge node G/N was given to 'flow', 'temp', 'speed' in its "
+                                            r"birth \(an alias must name one metric"):
+            dec(encode_payload([Metric(None, 2.0, alias=1, datatype=DataType.Double)], seq=seq),
+                topic("G", "NDATA", "N"), NOW)
+    [r] = restarted(encode_payload([Metric(None, 4.0, alias=2, datatype=DataType.Double)], seq=3),
+                    topic("G", "NDATA", "N"), NOW)
+    assert (r.tag, r.value) == ("G.N.level", 4.0)
+    assert asked == []
+
+
+def test_a_metric_that_is_not_stored_is_named_in_the_log_once(caplog):
+    """Templates (Ignition's UDTs), datasets, arrays and bytes are not stored: they were counted in status() only, so
+    a site whose edge node publishes its pumps as UDT instances saw no value and no word of why."""
+    caplog.set_level(logging.WARNING, logger="collectors.mqtt")
+    d = decoder()
+    birth = Payload(seq=0)
+    birth.metrics.add(name="flow", datatype=DataType.Double, double_value=1.0)
+    tpl = birth.metrics.add(name="Pump101", datatype=DataType.Template)
+    tpl.template_value.metrics.add(name="speed", datatype=DataType.Int32, int_value=1480)
+    birth.metrics.add(name="table", datatype=DataType.DataSet).dataset_value.num_of_columns = 0
+    assert [r.tag for r in d(birth.SerializeToString(), topic("KIP", "NBIRTH", "gw1"), NOW)] == ["KIP.gw1.flow"]
+    data = Payload(seq=1)
+    data.metrics.add(name="Pump101").template_value.metrics.add(name="speed", int_value=1490)
+    assert d(data.SerializeToString(), topic("KIP", "NDATA", "gw1"), NOW) == []
+    assert d.stats["skipped_metrics"] == 3
+    lines = [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "sparkplug_metric_skipped"]
+    assert lines == [
+        "Sparkplug metric 'Pump101' of edge node KIP/gw1: a Template (template_value), not stored (only scalar metrics "
+        "are: flatten templates (UDTs), datasets and arrays into scalar metrics on the edge node); counted in status() "
+        "sparkplug.skipped_metrics, logged once per metric name",
+        "Sparkplug metric 'table' of edge node KIP/gw1: a DataSet (dataset_value), not stored (only scalar metrics "
+        "are: flatten templates (UDTs), datasets and arrays into scalar metrics on the edge node); counted in status() "
+        "sparkplug.skipped_metrics, logged once per metric name"]

@@ -46,6 +46,20 @@ def rows(dsn: str, sql: str, *args) -> list[tuple]:
         return conn.execute(sql, args).fetchall()
 
 
+async def forward_spool(worker, dsn: str) -> None:
+    """Forward everything the spool of ``worker`` (from `spooling`) holds to the database, then close the spool."""
+    from edge.forwarder import Forwarder
+    from edge.settings import SiteConfig
+
+    fwd = Forwarder(worker, dsn, SiteConfig(), Metrics(), asyncio.Event())
+    await fwd._connect()
+    while await fwd.drain_once(linger=False):
+        pass
+    await fwd.close()
+    await worker.call(worker.spool.close)
+    worker.shutdown()
+
+
 def readings_of(dsn: str, prefix: str) -> list[tuple]:
     """(tag, value, time) of the stored readings whose tag starts with ``prefix``."""
     return rows(dsn, "SELECT t.name, coalesce(r.value::text, r.value_text), r.time FROM readings r "
@@ -238,9 +252,6 @@ async def test_a_message_acknowledged_while_the_collector_closes_is_sent_again_n
 
 async def test_untimed_samples_of_one_tag_in_one_message_are_all_stored_in_their_order(mosquitto, tmp_path, pg_dsn):
     """They all had the receive time: the (tag, time) key kept the first and silently dropped the others."""
-    from edge.forwarder import Forwarder
-    from edge.settings import SiteConfig
-
     subs = [{"topic": "u/arr/#", "tag": "{#}"},
             {"topic": "u/batch/+line", "tag": "{line}.{field}", "json": {"samples": "s", "tag": "tag"}},
             {"topic": "u/wide/+a", "tag": "{a}.{field}", "json": {"value": "*"}}]
@@ -252,13 +263,7 @@ async def test_untimed_samples_of_one_tag_in_one_message_are_all_stored_in_their
     async with spooling(config(mosquitto.port, subscriptions=subs), tmp_path) as (ingest, _, worker, _):
         await apublish(mosquitto.port, messages)
         await until(lambda: ingest.accepted >= 11)
-    fwd = Forwarder(worker, pg_dsn, SiteConfig(), Metrics(), asyncio.Event())
-    await fwd._connect()
-    while await fwd.drain_once(linger=False):
-        pass
-    await fwd.close()
-    await worker.call(worker.spool.close)
-    worker.shutdown()
+    await forward_spool(worker, pg_dsn)
     stored = await asyncio.to_thread(readings_of, pg_dsn, "")
     got = {}
     for tag, value, time in stored:

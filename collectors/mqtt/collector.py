@@ -78,7 +78,9 @@ class MqttCollector:
                              on_decoder_error=context.metrics.collector_errors.labels(self.name, "decoder").inc,
                              on_rebirth=self.rebirths.request, retained_untimed=config.retained_untimed,
                              max_payload_bytes=config.max_payload_bytes,
-                             on_too_large=context.metrics.collector_errors.labels(self.name, "message_too_large").inc)
+                             on_too_large=context.metrics.collector_errors.labels(self.name, "message_too_large").inc,
+                             on_sequence_gap=context.metrics.collector_errors.labels(
+                                 self.name, "sparkplug_sequence_gap").inc)
         self.times = ReceiveTimes(remember=config.qos == 1 and not config.clean_session)
         self._times_loaded = False
         self._saved = SavedSubscriptions(Path(context.state_dir) / "subscriptions.json", config)

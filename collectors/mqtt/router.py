@@ -65,7 +65,8 @@ class Router:
                  on_decoder_error: Callable[[], None] | None = None,
                  on_rebirth: Callable[[str, str, str], None] | None = None,
                  retained_untimed: str = "skip", max_payload_bytes: int = MQTT_MAX_PAYLOAD,
-                 on_too_large: Callable[[], None] | None = None) -> None:
+                 on_too_large: Callable[[], None] | None = None,
+                 on_sequence_gap: Callable[[], None] | None = None) -> None:
         self.source = source
         self.max_payload_bytes = max_payload_bytes
         self.on_too_large = on_too_large  # told of each message over max_payload_bytes (a metric)
@@ -77,6 +78,7 @@ class Router:
             decoder = make_decoder(sub)
             if isinstance(decoder, SparkplugDecoder):
                 decoder.on_rebirth = on_rebirth
+                decoder.on_gap = on_sequence_gap  # told of each Sparkplug sequence gap (messages lost: a metric)
                 self.sparkplug.attach(decoder)
             self.routes.append((sub.compiled()[0], decoder))
         # What is subscribed; routing still goes by every subscription, in configuration order.

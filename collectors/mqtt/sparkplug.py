@@ -3,11 +3,14 @@
 Topics are ``spBv1.0/<group>/<TYPE>/<edge node>[/<device>]``. The decoder keeps, per edge node
 and device, the metric names and datatypes of the last birth certificate, keyed by alias, so
 NDATA/DDATA that carry only aliases decode. That state outlives a gateway restart through
-``on_birth`` (the collector writes it to disk before the birth is acknowledged) and `load_node`.
+``on_change`` (the collector writes it to disk before the birth or death is acknowledged) and `load_node`.
 
 - NBIRTH / DBIRTH: reset the alias table; every metric with a value becomes a reading.
 - NDATA / DDATA: metrics by name or alias; an unknown alias fails the whole message (DataError:
-  the edge node must rebirth), since guessing a tag would be worse than a dead letter.
+  the edge node must rebirth), since guessing a tag would be worse than a dead letter. So does an alias of a
+  node or device that died since its birth: the session after the death hands out its own aliases, in a birth
+  this decoder has not seen (a QoS 0 NBIRTH published while the gateway was away), and the old ones may name
+  other metrics now.
 - Rebirth: ``on_rebirth(group, node, reason)`` is called when the node should publish its births again
   (the collector sends the request, see rebirth.py): a message from an edge node whose NBIRTH was not seen
   (none, or an NDEATH since), DDATA from a device whose DBIRTH was not seen, an unknown alias, or a
@@ -15,11 +18,16 @@ NDATA/DDATA that carry only aliases decode. That state outlives a gateway restar
 - NDEATH (with the bdSeq of the current birth) / DDEATH: a bad-quality null reading for every
   stored metric the node or device had (not non-scalar or transient ones), so consumers see the values stop
   being live. An NDEATH whose bdSeq is not the current birth's is a late will message of an old session and is ignored.
+  A death is saved too (``on_change``), so a restart does not take a dead node's aliases for live ones; a copy of
+  the death the broker sends again (DUP: the gateway may have died before storing the first) gives the same
+  readings, at the time the death was first given.
   An NDEATH is usually the will registered at CONNECT, so its timestamp is the connect time: its
   readings take the receive time unless the timestamp is later than the birth's.
 - NCMD / DCMD / STATE: commands and host state, not measurements: no readings.
 - Sequence numbers (0..255 per edge node) are checked; a gap is counted in ``stats`` (and asks for a
   rebirth), not an error.
+- Datatypes: a DATA metric's own, else its birth's (DATA should not carry one). An integer with neither whose top
+  bit is set could be a negative signed or a large unsigned value: it is left out and named (`PartlyRead`).
 - Quality: the metric property ``Quality`` (OPC DA code: 192 good, 64..191 uncertain, else bad).
 - Timestamps are ms since the epoch: metric's, else payload's, else the receive time.
 - Protocol metrics (``bdSeq``, ``Node Control/*``, ``Device Control/*``) and non-scalar types
@@ -30,6 +38,8 @@ NDATA/DDATA that carry only aliases decode. That state outlives a gateway restar
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,10 +47,13 @@ from datetime import UTC, datetime
 from google.protobuf.message import DecodeError
 
 from collectors.mqtt.decode import NO_TIME, _check_str
-from collectors.mqtt.sparkplug_b_pb2 import Payload
+from collectors.mqtt.sparkplug_b_pb2 import DataType, Payload
 from collectors.mqtt.topics import TagTemplate, TopicFilter
+from edge.columns import from_us, to_us
 from edge.errors import DataError
 from edge.records import Flag, Quality, Reading
+
+log = logging.getLogger(__name__)
 
 NAMESPACE = "spBv1.0"
 DEVICE_DEFAULT_TAG = "{group}.{node}.{device}.{field}"
@@ -60,6 +73,8 @@ _STATUS_MAX = 2**63 - 1  # the status column is a signed 64-bit integer; a Quali
 # is a dead letter; the known ones go on.
 NODES_MAX = 10_000  # edge nodes per subscription
 DEVICES_MAX = 10_000  # devices per edge node
+GAP_LOG_EVERY_S = 60.0  # an edge node's sequence gaps are logged at most this often (each is counted)
+SKIPS_LOGGED_MAX = 10_000  # metric names whose skipping was logged (each is logged once)
 
 
 @dataclass
@@ -70,17 +85,26 @@ class Entity:
     types: dict[str, int] = field(default_factory=dict)
     online: bool = False
     transient: set[str] = field(default_factory=set)  # flagged is_transient in the birth: never stored
+    died: tuple[int, bool] | None = None  # the time its death's readings got (µs, whether the receive time)
+    clashes: dict[int, list[str]] = field(default_factory=dict)  # aliases the birth gave to several metrics
 
     def to_json(self) -> dict:
         out = {"aliases": {str(a): n for a, n in self.aliases.items()}, "types": self.types, "online": self.online}
         if self.transient:
             out["transient"] = sorted(self.transient)
+        if self.died is not None:
+            out["died"] = list(self.died)
+        if self.clashes:
+            out["clashes"] = {str(a): names for a, names in self.clashes.items()}
         return out
 
     @classmethod
     def from_json(cls, d: dict) -> Entity:
+        died = d.get("died")
         return cls({int(a): n for a, n in d.get("aliases", {}).items()}, dict(d.get("types", {})),
-                   bool(d.get("online", False)), set(d.get("transient", ())))
+                   bool(d.get("online", False)), set(d.get("transient", ())),
+                   (int(died[0]), bool(died[1])) if died else None,
+                   {int(a): list(names) for a, names in d.get("clashes", {}).items()})
 
     def stored_names(self) -> list[str]:
         """The metrics whose values are stored (so a death marks them): not protocol, non-scalar or transient."""
@@ -102,8 +126,9 @@ class Node(Entity):
     @classmethod
     def from_json(cls, d: dict) -> Node:
         base = Entity.from_json(d)
-        return cls(base.aliases, base.types, base.online, base.transient, bd_seq=d.get("bd_seq"), seq=d.get("seq"),
-                   devices={k: Entity.from_json(v) for k, v in d.get("devices", {}).items()}, born_ms=d.get("born_ms"))
+        return cls(base.aliases, base.types, base.online, base.transient, base.died, base.clashes,
+                   bd_seq=d.get("bd_seq"), seq=d.get("seq"), born_ms=d.get("born_ms"),
+                   devices={k: Entity.from_json(v) for k, v in d.get("devices", {}).items()})
 
 
 def scalar_value(m, kind: str | None, datatype: int) -> object:
@@ -123,6 +148,15 @@ def scalar_value(m, kind: str | None, datatype: int) -> object:
 
 
 _SKIP = object()
+
+
+class PartlyRead(list):
+    """The readings of a message some of whose metrics could not be read; ``errors`` names those (the router stores
+    the readings and keeps the message as a dead letter too, as for a JSON message's malformed samples)."""
+
+    def __init__(self, readings: list[Reading], errors: list[str]) -> None:
+        super().__init__(readings)
+        self.errors = errors
 
 
 class UnknownAlias(DataError):
@@ -152,25 +186,29 @@ def ms_to_datetime(ms: int) -> datetime:
 class SparkplugDecoder:
     """Decoder for one Sparkplug subscription; holds the birth state of the nodes it has seen.
 
-    ``on_birth(group, node, state)`` is called after a birth changed a node's state (the
+    ``on_change(group, node, state)`` is called after a birth or a death changed a node's state (the
     collector persists it). ``on_rebirth(group, node, reason)`` is called when the node should be asked
-    to rebirth. ``stats`` counts sequence gaps, stale deaths and skipped metrics.
+    to rebirth. ``on_gap()`` is called for each sequence gap (a metric). ``stats`` counts sequence gaps, stale deaths
+    and skipped metrics.
     """
 
     def __init__(self, template: TagTemplate, *, custom_tag: bool,
-                 on_birth: Callable[[str, str, dict], None] | None = None,
+                 on_change: Callable[[str, str, dict], None] | None = None,
                  on_rebirth: Callable[[str, str, str], None] | None = None) -> None:
         self.node_tag = template
         self.device_tag = template if custom_tag else TagTemplate(DEVICE_DEFAULT_TAG, TopicFilter(f"{NAMESPACE}/#"),
                                                                   sparkplug=True)
         self.nodes: dict[tuple[str, str], Node] = {}
-        self.on_birth = on_birth
+        self.on_change = on_change
         self.on_rebirth = on_rebirth
+        self.on_gap: Callable[[], None] | None = None
+        self._gaps_logged: dict[tuple[str, str], tuple[float, int]] = {}  # node -> (last logged, gaps not logged)
+        self._skips_logged: set[str] = set()
         self.stats = {"seq_gaps": 0, "stale_deaths": 0, "skipped_metrics": 0, "transient_metrics": 0,
-                      "ignored_messages": 0}
+                      "ignored_messages": 0, "state_save_errors": 0}
 
     def load_node(self, group: str, node: str, state: dict) -> None:
-        """Restore a node's birth state saved from ``on_birth``."""
+        """Restore a node's state saved from ``on_change``."""
         restored = Node.from_json(state)
         restored.seq = None  # messages were acknowledged after the save: the saved number is stale
         self.nodes[(group, node)] = restored
@@ -202,8 +240,8 @@ class SparkplugDecoder:
         if kind == "NBIRTH":
             return self._birth(p, topic, receive_time, group, node_id, None)
         if kind == "NDEATH":
-            return self._node_death(p, topic, receive_time, node)
-        why = self._check_seq(p, node, redelivered)
+            return self._node_death(p, topic, receive_time, group, node_id, node, redelivered)
+        why = self._check_seq(p, node, redelivered, group, node_id)
         if node is None or not node.online:
             # A node with types had a birth and then an NDEATH; one without was only named by a DBIRTH.
             why = f"{kind} from an edge node whose NBIRTH was not seen" + (" since its NDEATH" if node and node.types
@@ -212,7 +250,7 @@ class SparkplugDecoder:
             self._rebirth(group, node_id, why)
             if kind == "DBIRTH":
                 return self._birth(p, topic, receive_time, group, node_id, levels[4])
-            return self._device_death(p, topic, receive_time, node, levels[4])
+            return self._device_death(p, topic, receive_time, group, node_id, node, levels[4], redelivered)
         entity = node.devices.get(levels[4]) if device and node else node
         if why is None and device and (entity is None or not entity.online):
             why = f"DDATA from device {levels[4]} whose DBIRTH was not seen" + (" since its DDEATH" if entity else "")
@@ -239,7 +277,15 @@ class SparkplugDecoder:
             if m.is_transient:
                 fresh.transient.add(name)
             if m.HasField("alias"):
-                fresh.aliases[m.alias] = name
+                alias = m.alias
+                if alias in fresh.clashes:
+                    fresh.clashes[alias].append(name)
+                elif fresh.aliases.get(alias, name) != name:
+                    # Aliases are unique per edge node (the specification); which metric data by this one mean cannot
+                    # be told: the last one named, as before, took the values of another.
+                    fresh.clashes[alias] = [fresh.aliases.pop(alias), name]
+                else:
+                    fresh.aliases[alias] = name
         key = (group, node_id)
         known = self.nodes.get(key)
         if known is None and len(self.nodes) >= NODES_MAX:
@@ -251,16 +297,16 @@ class SparkplugDecoder:
                             "already; a new one is not kept")
         if device is None:
             seq = p.seq if p.HasField("seq") else None
-            node = self.nodes[key] = Node(fresh.aliases, fresh.types, True, fresh.transient, bd_seq=_bd_seq(p),
-                                          seq=seq, born_ms=p.timestamp or None)
+            node = self.nodes[key] = Node(fresh.aliases, fresh.types, True, fresh.transient, clashes=fresh.clashes,
+                                          bd_seq=_bd_seq(p), seq=seq, born_ms=p.timestamp or None)
             template, entity = self.node_tag, node
         else:
             node = self.nodes.setdefault(key, Node())
             node.devices[device] = fresh
             template, entity = self.device_tag, fresh
-        if self.on_birth is not None:
+        if self.on_change is not None:
             try:
-                self.on_birth(group, node_id, node.to_json())
+                self.on_change(group, node_id, node.to_json())
             except BaseException:
                 # Not saved (a full disk ...): the birth is a dead letter, so memory must not keep it either, or its
                 # data would be decoded until the next restart and then not at all. Forgetting the node (device)
@@ -271,43 +317,78 @@ class SparkplugDecoder:
                 else:
                     node.devices.pop(device, None)
                 raise
-        return self._metrics(p, topic, receive_time, entity, template, "birth")
+        where = f"device {group}/{node_id}/{device}" if device is not None else f"edge node {group}/{node_id}"
+        return self._metrics(p, topic, receive_time, entity, template, where)
 
-    def _node_death(self, p, topic, receive_time, node: Node | None) -> list[Reading]:
+    def _node_death(self, p, topic, receive_time, group, node_id, node: Node | None,
+                    redelivered: bool) -> list[Reading]:
         bd_seq = _bd_seq(p)
         if node is None or (bd_seq is not None and node.bd_seq is not None and bd_seq != node.bd_seq):
             self.stats["stale_deaths"] += 1
             return []
-        was_online, node.online = node.online, False
         levels = topic.split("/")
+        if not node.online and not any(e.online for e in node.devices.values()):
+            if redelivered and node.died is not None:
+                # The broker sends it again, without our PUBACK: the gateway may have died after saving the death and
+                # before storing its readings. The same readings at the same time: the database keeps one of each.
+                return self._deaths_of(node, levels, node.died, receive_time)
+            # A second NDEATH of one session (published on shutdown, then the will of a connection dropped without
+            # DISCONNECT) marks nothing again: its nulls would be a second death at another time.
+            self.stats["stale_deaths"] += 1
+            return []
         # The broker publishes the NDEATH the edge node registered as its will at CONNECT: a timestamp in it is
         # the connect time, before the birth. Only one after the birth (an NDEATH sent on an orderly shutdown)
         # says when the node went away; else the receive time does.
         ts = p.timestamp if p.timestamp and node.born_ms is not None and p.timestamp > node.born_ms else 0
-        # A second NDEATH of one session (published on shutdown, then the will of a connection dropped without
-        # DISCONNECT) marks nothing again: its nulls would be a second death at another time.
-        out = self._dead(node, self.node_tag, topic, ts, receive_time, "NDEATH") if was_online else []
-        any_device = False
-        for dev, entity in node.devices.items():
+        died = (to_us(ms_to_datetime(ts)), False) if ts else (to_us(receive_time), True)
+        if node.online:
+            node.online, node.died = False, died
+        node.seq = None  # the next session counts from its NBIRTH's 0: no gap against this one's last number
+        for entity in node.devices.values():
             if entity.online:
-                entity.online = False
-                any_device = True
+                entity.online, entity.died = False, died
+        self._save_death(group, node_id, node, "NDEATH")
+        return self._deaths_of(node, levels, died, receive_time)
+
+    def _deaths_of(self, node: Node, levels: list[str], died: tuple[int, bool], receive_time) -> list[Reading]:
+        """The readings of an NDEATH that gave the time ``died``: the node's and those of the devices it ended."""
+        out = self._dead(node, self.node_tag, "/".join(levels), died, receive_time, "NDEATH") \
+            if node.died == died else []
+        for dev, entity in node.devices.items():
+            if entity.died == died:
                 dev_topic = "/".join([*levels[:2], "DDEATH", levels[3], dev])
-                out += self._dead(entity, self.device_tag, dev_topic, ts, receive_time, "NDEATH")
-        if not was_online and not any_device:
-            self.stats["stale_deaths"] += 1
+                out += self._dead(entity, self.device_tag, dev_topic, died, receive_time, "NDEATH")
         return out
 
-    def _device_death(self, p, topic, receive_time, node: Node | None, device: str) -> list[Reading]:
+    def _device_death(self, p, topic, receive_time, group, node_id, node: Node | None, device: str,
+                      redelivered: bool) -> list[Reading]:
         entity = node.devices.get(device) if node else None
-        if entity is None:
+        if entity is None or not entity.online:
+            if entity is not None and redelivered and entity.died is not None:  # see _node_death
+                return self._dead(entity, self.device_tag, topic, entity.died, receive_time, "DDEATH")
+            # Dead already (a DDEATH or NDEATH before): a second null at another time would be a second death.
             self.stats["stale_deaths"] += 1
             return []
-        entity.online = False
-        return self._dead(entity, self.device_tag, topic, p.timestamp, receive_time, "DDEATH")
+        died = (to_us(ms_to_datetime(p.timestamp)), False) if p.timestamp else (to_us(receive_time), True)
+        entity.online, entity.died = False, died
+        self._save_death(group, node_id, node, "DDEATH")
+        return self._dead(entity, self.device_tag, topic, died, receive_time, "DDEATH")
 
-    def _check_seq(self, p, node: Node | None, redelivered: bool = False) -> str | None:
-        """Note the message's sequence number; a gap (a reason to ask for a rebirth) is counted."""
+    def _save_death(self, group: str, node_id: str, node: Node, kind: str) -> None:
+        """Save the state after a death; a failure costs no reading (the death's readings are still stored), but
+        after a restart the dead node (device) would count as live again, so it is logged and counted."""
+        if self.on_change is None:
+            return
+        try:
+            self.on_change(group, node_id, node.to_json())
+        except Exception as exc:
+            self.stats["state_save_errors"] += 1
+            log.warning("Sparkplug %s of edge node %s/%s: its state could not be saved (%s: %s); after a restart its "
+                        "old aliases would be taken as live until its next birth", kind, group, node_id,
+                        type(exc).__name__, exc, extra={"event": "sparkplug_state_not_saved"})
+
+    def _check_seq(self, p, node: Node | None, redelivered: bool, group: str, node_id: str) -> str | None:
+        """Note the message's sequence number; a gap (a reason to ask for a rebirth) is counted and logged."""
         if node is None or not p.HasField("seq"):
             return None
         gap = None
@@ -319,8 +400,35 @@ class SparkplugDecoder:
                 return None
             self.stats["seq_gaps"] += 1
             gap = f"sequence gap: {p.seq} after {node.seq}"
+            self._log_gap(group, node_id, gap, (p.seq - node.seq - 1) % 256)
         node.seq = p.seq
         return gap
+
+    def _log_gap(self, group: str, node_id: str, gap: str, missed: int) -> None:
+        """Messages were lost (on the way, or while the gateway was away from a broker that does not keep QoS 0
+        messages): values the edge node sent are not stored. Counted, and logged at most once a minute per node."""
+        if self.on_gap is not None:
+            self.on_gap()
+        key, now = (group, node_id), time.monotonic()
+        last, held = self._gaps_logged.get(key, (None, 0))
+        if last is not None and now - last < GAP_LOG_EVERY_S:
+            self._gaps_logged[key] = (last, held + 1)
+            return
+        self._gaps_logged[key] = (now, 0)
+        more = f"; {held} more gap(s) of this node since the last report" if held else ""
+        log.warning("Sparkplug edge node %s/%s: %s: at least %d message(s) missed, whose values are not stored%s",
+                    group, node_id, gap, missed, more, extra={"event": "sparkplug_sequence_gap"})
+
+    def _skipped(self, name: str, where: str, what: str) -> None:
+        """A metric that is not stored: counted, and its name logged the first time."""
+        self.stats["skipped_metrics"] += 1
+        if name in self._skips_logged or len(self._skips_logged) >= SKIPS_LOGGED_MAX:
+            return
+        self._skips_logged.add(name)
+        log.warning("Sparkplug metric %r of %s: %s, not stored (only scalar metrics are: flatten templates (UDTs), "
+                    "datasets and arrays into scalar metrics on the edge node); counted in status() "
+                    "sparkplug.skipped_metrics, logged once per metric name", name, where, what,
+                    extra={"event": "sparkplug_metric_skipped"})
 
     def _rebirth(self, group: str, node_id: str, why: str | None) -> None:
         if why is not None and self.on_rebirth is not None:
@@ -328,8 +436,10 @@ class SparkplugDecoder:
 
     # -- readings -----------------------------------------------------------------------------
 
-    def _dead(self, entity: Entity, template: TagTemplate, topic, ts: int, receive_time, why: str) -> list[Reading]:
-        t, flags = (ms_to_datetime(ts), SOURCE_STATUS) if ts else (receive_time, SOURCE_STATUS | NO_TIME)
+    def _dead(self, entity: Entity, template: TagTemplate, topic, died: tuple[int, bool], receive_time,
+              why: str) -> list[Reading]:
+        t_us, untimed = died
+        t, flags = from_us(t_us), (SOURCE_STATUS | NO_TIME if untimed else SOURCE_STATUS)
         pre, post = template.around_field(topic)
         return [Reading(pre + name + post, t, None, receive_time, BAD, flags, 0, why) for name in entity.stored_names()]
 
@@ -338,9 +448,12 @@ class SparkplugDecoder:
         pre, post = template.around_field(topic)
         names = template.field_tags(topic)  # metric name -> tag (protocol metrics never enter)
         payload_ts = p.timestamp
-        aliases = entity.aliases if entity else {}
+        # A dead node's (device's) aliases are of a session that ended: the next one's birth hands out its own,
+        # and a metric added or removed on the edge node shifts them (measured: its data went to another tag).
+        aliases = entity.aliases if entity and entity.online else {}
         types = entity.types if entity else {}
         out: list[Reading] = []
+        errors: list[str] = []
         append = out.append
         for i, m in enumerate(p.metrics):
             name = m.name
@@ -349,6 +462,14 @@ class SparkplugDecoder:
                 if name is None:
                     if not m.HasField("alias"):
                         raise DataError(f"metric {i}: neither name nor alias")
+                    if entity is not None and entity.online and m.alias in entity.clashes:
+                        raise DataError(f"metric {i}: alias {m.alias} of {where} was given to "
+                                        f"{', '.join(map(repr, entity.clashes[m.alias]))} in its birth (an alias must "
+                                        "name one metric of the edge node: its configuration must change)")
+                    if entity is not None and m.alias in entity.aliases:
+                        raise UnknownAlias(f"metric {i}: alias {m.alias} of {where} is from a birth before its death "
+                                           f"certificate ({entity.aliases[m.alias]!r} then); the birth of its new "
+                                           "session was not seen: the edge node must rebirth")
                     raise UnknownAlias(f"metric {i}: alias {m.alias} unknown for {where} (no birth certificate "
                                        "seen with it: the edge node must rebirth)")
             elif type(name) is not str:
@@ -367,13 +488,23 @@ class SparkplugDecoder:
                 v = getattr(m, kind)
             elif kind is None:
                 if not m.is_null:
-                    self.stats["skipped_metrics"] += 1
+                    self._skipped(name, where, "no value")
                     continue
                 v = None
             else:
-                v = scalar_value(m, kind, m.datatype or types.get(name, 0))
+                datatype = m.datatype or types.get(name, 0)
+                if not datatype and (kind == "int_value" or kind == "long_value") and \
+                        getattr(m, kind) >> (31 if kind == "int_value" else 63):
+                    # DATA need not carry a datatype (the specification says they should not): the birth gives it.
+                    # Without one, a value with the top bit set is a negative signed or a large unsigned integer.
+                    bits = 32 if kind == "int_value" else 64
+                    raw = getattr(m, kind)
+                    errors.append(f"metric {i} ({name!r}): {kind} {raw} has no datatype and no birth seen gives one "
+                                  f"(Int{bits} {raw - (1 << bits)} or UInt{bits} {raw}?)")
+                    continue
+                v = scalar_value(m, kind, datatype)
                 if v is _SKIP:
-                    self.stats["skipped_metrics"] += 1
+                    self._skipped(name, where, f"a {_type_name(datatype)} ({kind})")
                     continue
             ts = m.timestamp or payload_ts
             if ts:
@@ -391,7 +522,18 @@ class SparkplugDecoder:
                 append(Reading(tag, t, v, receive_time, quality, flags | qflags, status, status_name))
             else:
                 append(Reading(tag, t, v, receive_time, GOOD, flags))
+        if errors:
+            if not out:
+                raise DataError("; ".join(errors))
+            return PartlyRead(out, errors)
         return out
+
+def _type_name(datatype: int) -> str:
+    try:
+        return DataType.Name(datatype)
+    except ValueError:
+        return f"datatype {datatype}"
+
 
 def _is_protocol(name: str) -> bool:
     return name == "bdSeq" or name.startswith(_PROTOCOL_PREFIXES)

@@ -4,8 +4,9 @@ With a persistent session the broker re-sends only what was not acknowledged: th
 defined the aliases was acknowledged long ago and will not come again until the edge node
 rebirths. So every birth's state (alias table, datatypes, bdSeq, sequence number) is written here
 — atomically and synced — while the birth message is being handled, before its batch can be
-acknowledged. One small JSON file per edge node: ``<state_dir>/sparkplug/<group>~<node>.json`` (the ids quoted),
-holding the ids too. Ids too long for that name (a topic level may be 65,535 bytes, a file name 255) give
+acknowledged; so is every death's (a dead node's aliases must not be taken as live after a restart).
+One small JSON file per edge node: ``<state_dir>/sparkplug/<group>~<node>.json`` (the ids quoted), holding the ids
+too. Ids too long for that name (a topic level may be 65,535 bytes, a file name 255) give
 ``<group, cut>~<node, cut>~<hash of both>.json``: the save must not fail on a name the edge node chose.
 """
 
@@ -46,11 +47,11 @@ class SparkplugStore:
                 decoder.load_node(group, node, state)
             except (OSError, ValueError, TypeError, AttributeError) as exc:
                 log.warning("ignoring unreadable Sparkplug state %s: %s", path, exc)
-        decoder.on_birth = self.save
+        decoder.on_change = self.save
         self.decoders.append(decoder)
 
     def save(self, group: str, node: str, state: dict) -> None:
-        """Write one node's state (called on the MQTT network thread, before the birth is acked)."""
+        """Write one node's state (called on the MQTT network thread, before the birth or death is acked)."""
         path = self.folder / file_name(group, node)
         with self._lock:
             write_atomic(path, json.dumps({**state, "group": group, "node": node}, separators=(",", ":")))
