@@ -52,12 +52,13 @@ from collectors.mqtt.topics import TagTemplate, TopicFilter
 from edge.columns import from_us, to_us
 from edge.errors import DataError
 from edge.records import Flag, Quality, Reading
+from edge.source_quality import from_opcda_quality
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "spBv1.0"
 DEVICE_DEFAULT_TAG = "{group}.{node}.{device}.{field}"
-GOOD, UNCERTAIN, BAD = Quality.GOOD, Quality.UNCERTAIN, Quality.BAD
+GOOD, BAD = Quality.GOOD, Quality.BAD
 SOURCE_STATUS = int(Flag.SOURCE_STATUS)
 _fromts = datetime.fromtimestamp
 
@@ -169,9 +170,9 @@ def quality_of(props) -> tuple[Quality, int, int, str]:
         kind = pv.WhichOneof("value")
         if key == "Quality" and kind in ("int_value", "long_value"):
             q = getattr(pv, kind)
-            if q <= 255 and q & 0xC0 == 0xC0:
+            quality = from_opcda_quality(q)
+            if quality is GOOD:
                 return GOOD, 0, q, ""
-            quality = UNCERTAIN if q <= 255 and q & 0xC0 == 0x40 else BAD
             return quality, SOURCE_STATUS, min(q, _STATUS_MAX), f"Quality={q}"
     return GOOD, 0, 0, ""
 
