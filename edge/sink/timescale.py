@@ -274,7 +274,9 @@ class TimescaleSink:
         for first, last in runs(minutes):
             await self.refresh_rollups(tag_ids, from_us(first * US_PER_MINUTE), from_us(last * US_PER_MINUTE))
 
-    async def apply_retention(self, days: int) -> int:
+    async def apply_retention(self, days: int, batch: int | None = None) -> int:
+        """Raw readings older than ``days`` removed (`edge.sink.rollups.retention`): chunks, or rows (at most
+        ``batch`` where given)."""
         from edge.sink.rollups import retention
 
-        return await retention(self.conn, self.features, days)
+        return await retention(self.conn, self.features, days, batch)
