@@ -499,6 +499,8 @@ class RollupWorker:
                 # debug line, and the rollups the console draws stayed stale for good without a word. Retried
                 # later, keeping the work owed.
                 error = f"{type(exc).__name__}: {exc}".strip()
+                if self.fwd.connected:  # else an outage, the forwarder's to count (valvoja_db_errors_total)
+                    self.fwd.metrics.rollup_errors.labels("refresh").inc()
                 if self.fwd.connected and error != self.error:
                     log.error("rollup refresh failed, retrying with back-off (raw readings are stored): %s", error,
                               extra={"event": "rollup_error"})
@@ -592,6 +594,7 @@ class RollupWorker:
                 raise  # the connection's failure: the refresh's back-off and reconnect
             # A refusal (a role without DELETE, statement_timeout, a lock) repeats every round: raised, it put the
             # rollups themselves behind a growing back-off. Said once and tried again in an hour.
+            self.fwd.metrics.rollup_errors.labels("retention").inc()
             log.error("retention of alerts, predictions, dead letters, emission runs and 1-minute rollups failed,"
                       " retried in an hour: %s", f"{type(exc).__name__}: {exc}".strip(),
                       extra={"event": "retention_error"})
