@@ -198,3 +198,38 @@ def test_a_group_the_database_refuses_is_written_in_halves(pg_dsn, tmp_path):
     assert stored == 998 and counted == 998 and left == 0
     assert [t for t, _ in dead] == ["e.t4", "e.t5"]  # rows 137 and 600
     assert "out of range" in dead[0][1] and "NUL" in dead[1][1]
+
+
+def test_a_calibration_put_back_after_another_is_the_one_in_force_again(pg_dsn):
+    """A transmitter goes for repair, a spare with its own certificate takes its place, then the repaired one comes
+    back: the configuration returns to the first certificate. Its record already existed, so nothing was written,
+    and the spare's record stayed the one in force (console asset page, `valvoja maintenance trace`): every reading
+    after the swap back was traced to the wrong instrument's calibration and uncertainty."""
+    from datetime import date
+
+    from edge.settings import Asset, Calibration, Tag
+
+    own = Calibration(certificate="CAL-100", date=date(2026, 1, 10), uncertainty=0.5, uncertainty_unit="bar")
+    spare = Calibration(certificate="CAL-SPARE-7", date=date(2025, 11, 2), uncertainty=0.8, uncertainty_unit="bar")
+
+    def in_force() -> tuple:
+        with psycopg.connect(pg_dsn) as conn:  # as the console and the trace pick it
+            return conn.execute("SELECT c.certificate, c.uncertainty FROM tag_calibrations c JOIN tags t"
+                                " ON t.id = c.tag_id WHERE t.name = 'pt.101' AND c.valid_from <= now()"
+                                " ORDER BY c.valid_from DESC LIMIT 1").fetchone()
+
+    async def sync(cal: Calibration) -> None:
+        sink = TimescaleSink(pg_dsn)
+        await sink.connect()
+        try:
+            await sink.sync_registry([Asset(name="B-1")], [Tag(name="pt.101", asset="B-1", calibration=cal)])
+        finally:
+            await sink.close()
+
+    seen = []
+    for cal in (own, own, spare, spare, own, own):  # each start syncs the registry
+        asyncio.run(sync(cal))
+        seen.append(in_force())
+    assert seen == [("CAL-100", 0.5)] * 2 + [("CAL-SPARE-7", 0.8)] * 2 + [("CAL-100", 0.5)] * 2, seen
+    with psycopg.connect(pg_dsn) as conn:  # a period per change, none per start
+        assert conn.execute("SELECT count(*) FROM tag_calibrations").fetchone()[0] == 3
