@@ -553,7 +553,21 @@ class RollupWorker:
         if note is not None:
             await fwd.worker.call(fwd.worker.spool.rollup_done, note)
         if self.db.retention_days and (self.last_retention is None or time.monotonic() - self.last_retention > 3600):
-            removed, done = await self._apply_retention(self.db.retention_days)
+            try:
+                removed, done = await self._apply_retention(self.db.retention_days)
+            except psycopg.Error as exc:
+                if self.sink.conn.closed or self.sink.conn.broken:
+                    raise  # the connection's failure: the refresh's back-off and reconnect
+                # A refusal (a role that does not own the table drop_chunks needs, no DELETE, a statement_timeout)
+                # repeats every round: raised, it was said as a rollup failure, put the rollups behind a growing
+                # back-off and kept the hourly trim of the other tables (after the refresh) from ever running. Its
+                # rollup work was put back (`_retention_locked`) and is done by the next refresh.
+                self.fwd.metrics.rollup_errors.labels("retention").inc()
+                log.error("retention of raw readings older than %d days failed, retried in an hour: %s",
+                          self.db.retention_days, f"{type(exc).__name__}: {exc}".strip(),
+                          extra={"event": "retention_error"})
+                self.last_retention = time.monotonic()
+                return
             if done:
                 self.last_retention = time.monotonic()
             if done or removed:
