@@ -233,3 +233,45 @@ def test_a_calibration_put_back_after_another_is_the_one_in_force_again(pg_dsn):
     assert seen == [("CAL-100", 0.5)] * 2 + [("CAL-SPARE-7", 0.8)] * 2 + [("CAL-100", 0.5)] * 2, seen
     with psycopg.connect(pg_dsn) as conn:  # a period per change, none per start
         assert conn.execute("SELECT count(*) FROM tag_calibrations").fetchone()[0] == 3
+
+
+def test_two_writers_with_the_same_readings_in_another_order_do_not_deadlock(pg_dsn):
+    """`database.writers` groups are written side by side. Readings that come twice in different orders (a redundant
+    OPC UA pair's failover, a backfill over live data) were copied in arrival order: one writer held a key the
+    other was about to insert and waited for one the other held, PostgreSQL broke the deadlock by failing one
+    group, and the forwarder took that for an outage (db_down, every connection closed, a back-off). Here a third
+    session's uncommitted rows hold both writers in the middle of their COPY, so the orders cross for certain."""
+    t = utcnow().replace(microsecond=0)
+
+    def group(names: list[str]) -> list[SpooledBatch]:
+        return [SpooledBatch(1, Columns.from_readings([Reading(n, t, 1.0, t) for n in names]), [], 0.0)]
+
+    async def go():
+        a, b = TimescaleSink(pg_dsn), TimescaleSink(pg_dsn)
+        await a.connect()
+        await b.connect(migrate_schema=False)
+        try:
+            # Ids in name order; the hour's chunk made beforehand (a writer making one waits for the other's whole
+            # transaction instead: no deadlock to show).
+            await a.write(group(["dl.a", "dl.b", "dl.c", "dl.d", "dl.z"]))
+            await b._ensure_tags({"dl.a", "dl.b", "dl.c", "dl.d"})
+            async with a.conn.transaction():
+                await a.conn.execute("DELETE FROM readings WHERE tag_id <> (SELECT id FROM tags WHERE name = 'dl.z')")
+            with psycopg.connect(pg_dsn) as holder:
+                ids = dict(holder.execute("SELECT name, id FROM tags WHERE name LIKE 'dl.%'").fetchall())
+                holder.execute("INSERT INTO readings (time, tag_id, value, quality, receive_time)"
+                               " VALUES (%s, %s, 0, 0, %s), (%s, %s, 0, 0, %s)", (t, ids["dl.b"], t, t, ids["dl.c"], t))
+                first = asyncio.create_task(a.write(group(["dl.d", "dl.b", "dl.a"])))
+                second = asyncio.create_task(b.write(group(["dl.a", "dl.c", "dl.d"])))
+                await asyncio.sleep(0.5)  # both wait for the holder's rows
+                holder.rollback()
+            return await asyncio.gather(first, second, return_exceptions=True)
+        finally:
+            await a.close()
+            await b.close()
+
+    results = asyncio.run(go())
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    assert sorted((r.inserted, r.duplicates) for r in results) == [(1, 2), (3, 0)]
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 5
