@@ -66,6 +66,9 @@ class Metrics:
         self.spool_errors = Counter("valvoja_spool_write_errors_total",
                                     "Spool writes and deletes that failed (disk full, I/O error) and were retried",
                                     registry=r)
+        self.rollup_errors = Counter("valvoja_rollup_errors_total",
+                                     "Rollup refreshes (with raw retention) and hourly retention rounds the "
+                                     "database refused while it took readings, retried", ["part"], registry=r)
         self.db_write_seconds = Histogram(
             "valvoja_db_write_seconds", "Time to commit one batch to the database", registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))

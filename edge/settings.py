@@ -417,6 +417,7 @@ def parse(data: dict, *, source: str = "<config>") -> SiteConfig:
         problems += _long_tag_names(cfg, collectors, source)
         if not problems:
             problems += _stack_tag_units(cfg, source)
+            problems += _retention_for_stacks(cfg, source)
     if problems:
         raise ConfigError(problems)
     assert cfg is not None
@@ -447,6 +448,30 @@ def _stack_tag_units(cfg: SiteConfig, source: str) -> list[str]:
 
     units = {t.name: t.unit for t in cfg.tags if t.unit}
     return [f"{source}: {problem}" for stack in load_stacks(cfg.stacks) for problem in stack.tag_unit_problems(units)]
+
+
+LONGEST_YEAR_DAYS = 366
+
+
+def _retention_for_stacks(cfg: SiteConfig, source: str) -> list[str]:
+    """``database.retention_days`` too short for the emissions job of the file's ``[[stacks]]``: its hourly year run
+    recomputes each stack's year from raw readings (from 1 January in the stack's time zone; at New Year the whole
+    year before, and again for ``late_data_days`` after it when late readings come) and stores the result over the
+    averages stored, so the averages of periods whose raw readings retention removed became "no value (invalid)"."""
+    days = cfg.database.retention_days
+    if not cfg.stacks or days is None:
+        return []
+    from emissions.config import load_stacks
+
+    # The longest year, the days after its end in which the year before is still recomputed, and a day for the time
+    # zone's offset and the job's first run after New Year.
+    need = LONGEST_YEAR_DAYS + max(s.late_data_days for s in load_stacks(cfg.stacks)) + 1
+    if days >= need:
+        return []
+    return [f"{source}: database.retention_days: {days} days would remove raw readings the emissions job of the "
+            f"[[stacks]] still reads (its hourly run recomputes each stack's year from them, from 1 January, and "
+            f"the year before for late_data_days after New Year) and replace the stored averages of those periods "
+            f"with invalid ones: at least {need} days (the longest year, late_data_days, one day), or remove the key"]
 
 
 def _validate_collectors(entries: Any, source: str, problems: list[str]) -> list[tuple[str, str, Any]]:

@@ -198,3 +198,80 @@ def test_a_group_the_database_refuses_is_written_in_halves(pg_dsn, tmp_path):
     assert stored == 998 and counted == 998 and left == 0
     assert [t for t, _ in dead] == ["e.t4", "e.t5"]  # rows 137 and 600
     assert "out of range" in dead[0][1] and "NUL" in dead[1][1]
+
+
+def test_a_calibration_put_back_after_another_is_the_one_in_force_again(pg_dsn):
+    """A transmitter goes for repair, a spare with its own certificate takes its place, then the repaired one comes
+    back: the configuration returns to the first certificate. Its record already existed, so nothing was written,
+    and the spare's record stayed the one in force (console asset page, `valvoja maintenance trace`): every reading
+    after the swap back was traced to the wrong instrument's calibration and uncertainty."""
+    from datetime import date
+
+    from edge.settings import Asset, Calibration, Tag
+
+    own = Calibration(certificate="CAL-100", date=date(2026, 1, 10), uncertainty=0.5, uncertainty_unit="bar")
+    spare = Calibration(certificate="CAL-SPARE-7", date=date(2025, 11, 2), uncertainty=0.8, uncertainty_unit="bar")
+
+    def in_force() -> tuple:
+        with psycopg.connect(pg_dsn) as conn:  # as the console and the trace pick it
+            return conn.execute("SELECT c.certificate, c.uncertainty FROM tag_calibrations c JOIN tags t"
+                                " ON t.id = c.tag_id WHERE t.name = 'pt.101' AND c.valid_from <= now()"
+                                " ORDER BY c.valid_from DESC LIMIT 1").fetchone()
+
+    async def sync(cal: Calibration) -> None:
+        sink = TimescaleSink(pg_dsn)
+        await sink.connect()
+        try:
+            await sink.sync_registry([Asset(name="B-1")], [Tag(name="pt.101", asset="B-1", calibration=cal)])
+        finally:
+            await sink.close()
+
+    seen = []
+    for cal in (own, own, spare, spare, own, own):  # each start syncs the registry
+        asyncio.run(sync(cal))
+        seen.append(in_force())
+    assert seen == [("CAL-100", 0.5)] * 2 + [("CAL-SPARE-7", 0.8)] * 2 + [("CAL-100", 0.5)] * 2, seen
+    with psycopg.connect(pg_dsn) as conn:  # a period per change, none per start
+        assert conn.execute("SELECT count(*) FROM tag_calibrations").fetchone()[0] == 3
+
+
+def test_two_writers_with_the_same_readings_in_another_order_do_not_deadlock(pg_dsn):
+    """`database.writers` groups are written side by side. Readings that come twice in different orders (a redundant
+    OPC UA pair's failover, a backfill over live data) were copied in arrival order: one writer held a key the
+    other was about to insert and waited for one the other held, PostgreSQL broke the deadlock by failing one
+    group, and the forwarder took that for an outage (db_down, every connection closed, a back-off). Here a third
+    session's uncommitted rows hold both writers in the middle of their COPY, so the orders cross for certain."""
+    t = utcnow().replace(microsecond=0)
+
+    def group(names: list[str]) -> list[SpooledBatch]:
+        return [SpooledBatch(1, Columns.from_readings([Reading(n, t, 1.0, t) for n in names]), [], 0.0)]
+
+    async def go():
+        a, b = TimescaleSink(pg_dsn), TimescaleSink(pg_dsn)
+        await a.connect()
+        await b.connect(migrate_schema=False)
+        try:
+            # Ids in name order; the hour's chunk made beforehand (a writer making one waits for the other's whole
+            # transaction instead: no deadlock to show).
+            await a.write(group(["dl.a", "dl.b", "dl.c", "dl.d", "dl.z"]))
+            await b._ensure_tags({"dl.a", "dl.b", "dl.c", "dl.d"})
+            async with a.conn.transaction():
+                await a.conn.execute("DELETE FROM readings WHERE tag_id <> (SELECT id FROM tags WHERE name = 'dl.z')")
+            with psycopg.connect(pg_dsn) as holder:
+                ids = dict(holder.execute("SELECT name, id FROM tags WHERE name LIKE 'dl.%'").fetchall())
+                holder.execute("INSERT INTO readings (time, tag_id, value, quality, receive_time)"
+                               " VALUES (%s, %s, 0, 0, %s), (%s, %s, 0, 0, %s)", (t, ids["dl.b"], t, t, ids["dl.c"], t))
+                first = asyncio.create_task(a.write(group(["dl.d", "dl.b", "dl.a"])))
+                second = asyncio.create_task(b.write(group(["dl.a", "dl.c", "dl.d"])))
+                await asyncio.sleep(0.5)  # both wait for the holder's rows
+                holder.rollback()
+            return await asyncio.gather(first, second, return_exceptions=True)
+        finally:
+            await a.close()
+            await b.close()
+
+    results = asyncio.run(go())
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    assert sorted((r.inserted, r.duplicates) for r in results) == [(1, 2), (3, 0)]
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 5

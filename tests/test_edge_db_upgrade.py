@@ -160,6 +160,47 @@ def test_two_gateways_migrating_an_empty_database_at_once(pg_server):
         pg_server.drop_database(conninfo_to_dict(dsn)["dbname"])
 
 
+def test_a_gateway_that_meets_the_extension_made_by_another_at_its_start_does_not_say_it_goes_on_without_it(
+        pg_server, caplog):
+    """Two gateways (or a gateway and `valvoja db migrate`) starting together on a new database: both try CREATE
+    EXTENSION, the one that waited for the other's fails on the duplicate, and it logged "timescaledb is available but
+    could not be created: duplicate key ...; continuing without TimescaleDB" although it goes on with it
+    (hypertables, edition apache): a warning that sent the operator looking for a fault that was not there."""
+    import logging
+
+    dsn = pg_server.create_database()
+    try:
+        holder = psycopg.connect(dsn)  # another gateway's CREATE EXTENSION, not yet committed
+        holder.execute("SET client_min_messages = warning")
+        holder.execute("CREATE EXTENSION timescaledb")
+        outcome: list = []
+
+        def start():
+            try:
+                outcome.append(_migrate(dsn))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        with caplog.at_level(logging.WARNING, logger="edge.db.migrate"):
+            t = threading.Thread(target=start)
+            t.start()
+            with psycopg.connect(dsn, autocommit=True) as watcher:  # it waits behind the other's extension
+                for _ in range(200):
+                    if watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                       " AND wait_event_type = 'Lock'").fetchone()[0]:
+                        break
+                    time.sleep(0.05)
+            holder.commit()
+            holder.close()
+            t.join(60)
+        (features, applied), = outcome
+        assert features.edition in ("apache", "community") and len(applied) == len(available())
+        said = [r.getMessage() for r in caplog.records]
+        assert not any("without TimescaleDB" in m for m in said), said
+    finally:
+        pg_server.drop_database(conninfo_to_dict(dsn)["dbname"])
+
+
 def _pg_tool(server, tool: str) -> str:
     return str(server.bindir / tool)
 

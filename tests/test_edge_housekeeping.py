@@ -72,15 +72,16 @@ def _populate(dsn: str) -> dict[str, int]:
     return keep
 
 
-async def _run_worker(dsn: str, tmp_path, db: Database) -> None:
-    """The rollup worker as the gateway runs it, for a few of its rounds."""
+async def _run_worker(dsn: str, tmp_path, db: Database, *, metrics: Metrics | None = None, during=None) -> None:
+    """The rollup worker as the gateway runs it, for a few of its rounds: 3 s, or while ``during(worker, fwd)``
+    (the spool's worker, the forwarder) runs."""
     worker = SpoolWorker(Spool(tmp_path / "spool.db", max_bytes=100 << 20))
-    fwd = Forwarder(worker, dsn, SiteConfig(), Metrics(), asyncio.Event())
+    fwd = Forwarder(worker, dsn, SiteConfig(), metrics or Metrics(), asyncio.Event())
     await fwd._connect()
     rollups = RollupWorker(fwd, dsn, db)
     task = asyncio.create_task(rollups.run())
     try:
-        await asyncio.sleep(3)
+        await (during(worker, fwd) if during else asyncio.sleep(3))
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -10,6 +10,8 @@ from datetime import timedelta
 
 import psycopg
 import pytest
+from opcua_support import until
+from test_edge_housekeeping import _run_worker
 from test_forward_rollups import _cols
 
 from edge.forwarder import Forwarder, RollupWorker
@@ -227,3 +229,115 @@ def test_rollups_1m_retention_on_plain_postgresql_goes_on_after_its_time_budget(
     assert (n1, unit, done1) == (100, "rows", False), "one batch, then the deadline"
     assert (n2, done2) == (200, True)
     assert _minutes_before(plain_pg_dsn, 14) == 0
+
+
+def test_raw_retention_on_plain_postgresql_lets_writes_through_between_its_batches(plain_pg_dsn, tmp_path,
+                                                                                   monkeypatch, caplog):
+    """On an ordinary table raw retention is a DELETE, under the lock that holds writes off. The first round after
+    `retention_days` was set on a site that had kept months of readings deleted them all in one transaction: writes
+    waited for the whole of it (1.2 M rows/s: minutes for a plant's months, past the watchdog's stall limit), and a
+    `statement_timeout` cancelled it every hour. Now a batch at a time, each its own transaction, and a round cut
+    at its time budget goes on at the next refresh."""
+    from edge import forwarder
+
+    monkeypatch.setattr(forwarder, "RETENTION_BATCH_ROWS", 4000, raising=False)  # raising: absent before
+    old_rows = 240_000  # 60 batches
+    with psycopg.connect(plain_pg_dsn, autocommit=True) as conn:
+        from edge.db.migrate import migrate
+
+        migrate(conn)
+        conn.execute("INSERT INTO tags (name) SELECT 'old' || i FROM generate_series(1, 20) i")
+        conn.execute("INSERT INTO readings (time, tag_id, value, quality, receive_time)"
+                     " SELECT now() - interval '20 days' - i * interval '1 second', t.id, 1.0, 0, now()"
+                     " FROM tags t, generate_series(1, %s) i", (old_rows // 20,))
+    now = utcnow().replace(microsecond=0)
+
+    def old_left() -> int:
+        with psycopg.connect(plain_pg_dsn) as conn:
+            return conn.execute("SELECT count(*) FROM readings WHERE time < now() - interval '7 days'").fetchone()[0]
+
+    async def go():
+        worker = SpoolWorker(Spool(tmp_path / "spool.db", max_bytes=100 << 20))
+        fwd = Forwarder(worker, plain_pg_dsn, SiteConfig(), Metrics(), asyncio.Event())
+        await fwd._connect()
+        rollups = RollupWorker(fwd, plain_pg_dsn, Database(url="postgresql://x/y", retention_days=7))
+        try:
+            await worker.call(worker.spool.append_many, [(_cols("live.t", now, 10), [])])
+            assert await fwd.drain_once(linger=False)
+            rollups.tail_checked = True  # the tail of the old rows is not this test's matter
+            retention = asyncio.create_task(rollups.refresh_once())
+            await until(lambda: old_left() < old_rows or retention.done(), what="retention to begin removing")
+            await worker.call(worker.spool.append_many, [(_cols("live.t", now + timedelta(seconds=10), 10), [])])
+            assert await fwd.drain_once(linger=False)
+            left_at_write = old_left()
+            await retention
+            assert left_at_write > 0, "a write waited until retention had deleted every old row"
+            assert rollups.last_retention is not None, "the round got through"
+            # A round cut short by its time: one batch, then the next refresh goes on.
+            with psycopg.connect(plain_pg_dsn, autocommit=True) as conn:
+                conn.execute("INSERT INTO readings (time, tag_id, value, quality, receive_time)"
+                             " SELECT now() - interval '20 days' - i * interval '1 second', 1, 1.0, 0, now()"
+                             " FROM generate_series(1, 6000) i")
+            monkeypatch.setattr(forwarder, "RETENTION_BUDGET_S", -1.0, raising=False)
+            rollups.last_retention = None
+            await worker.call(worker.spool.append_many, [(_cols("live.t", now + timedelta(seconds=20), 1), [])])
+            assert await fwd.drain_once(linger=False)
+            with caplog.at_level(logging.INFO, logger="edge.forwarder"):
+                await rollups.refresh_once()
+                assert rollups.last_retention is None and old_left() == 2000
+                await worker.call(worker.spool.append_many, [(_cols("live.t", now + timedelta(seconds=30), 1), [])])
+                assert await fwd.drain_once(linger=False)
+                await rollups.refresh_once()
+            assert rollups.last_retention is not None and old_left() == 0
+        finally:
+            await rollups.close()
+            await fwd.close()
+            worker.shutdown()
+
+    asyncio.run(go())
+    assert _rolled_up(plain_pg_dsn, "live.t") == 22
+    said = [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "retention"]
+    assert said == ["retention: removed 4000 older than 7 days (more next round)",
+                    "retention: removed 2000 older than 7 days"], said
+
+
+def test_raw_retention_the_database_refuses_is_said_once_and_holds_back_neither_rollups_nor_other_tables(
+        plain_pg_dsn, tmp_path, caplog):
+    """A refusal of the raw readings' retention (a role that is not the owner: drop_chunks needs it; no DELETE on
+    readings; a trigger) raised out of the refresh every round: logged as "rollup refresh failed", the rollup
+    connection closed and reopened behind a growing back-off, and the hourly removal of old alerts, predictions
+    and dead letters, which runs after the refresh, never ran at all. It is now said once as a retention failure,
+    counted, and tried again in an hour."""
+    with psycopg.connect(plain_pg_dsn, autocommit=True) as conn:
+        from edge.db.migrate import migrate
+
+        migrate(conn)
+        conn.execute("INSERT INTO tags (name) VALUES ('old.t')")
+        conn.execute("INSERT INTO readings (time, tag_id, value, quality, receive_time)"
+                     " SELECT now() - interval '20 days' - i * interval '1 second', 1, 1.0, 0, now()"
+                     " FROM generate_series(1, 100) i")
+        conn.execute("INSERT INTO dead_letters (time, source, topic, payload, error)"
+                     " VALUES (now() - interval '60 days', 's', 't', 'x', 'e')")
+        conn.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+                     " $$ BEGIN RAISE EXCEPTION 'must be owner of table readings'; END $$")
+        conn.execute("CREATE TRIGGER refuse BEFORE DELETE ON readings FOR EACH ROW EXECUTE FUNCTION refuse()")
+    caplog.set_level(logging.INFO, logger="edge")
+
+    async def feed(worker, fwd):  # readings keep coming: each round has rollup work
+        now = utcnow()
+        for i in range(5):
+            await worker.call(worker.spool.append_many, [(_cols("live.t", now + timedelta(seconds=i), 1), [])])
+            assert await fwd.drain_once(linger=False)
+            await asyncio.sleep(0.3)
+
+    metrics = Metrics()
+    asyncio.run(_run_worker(plain_pg_dsn, tmp_path, Database(url="postgresql://x/y", retention_days=7,
+                                                             rollup_interval_s=0.1), metrics=metrics, during=feed))
+    text = metrics.render().decode()
+    events = [getattr(r, "event", None) for r in caplog.records]
+    assert events.count("retention_error") == 1 and "rollup_error" not in events, events
+    assert 'valvoja_rollup_errors_total{part="retention"} 1.0' in text
+    assert _rolled_up(plain_pg_dsn, "live.t") == 5
+    with psycopg.connect(plain_pg_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0] == 0, "the hourly trim never ran"
+        assert conn.execute("SELECT count(*) FROM readings WHERE tag_id = 1").fetchone()[0] == 100

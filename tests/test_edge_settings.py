@@ -325,3 +325,27 @@ def test_a_relative_pems_registry_and_its_default_are_taken_from_the_config_file
     assert links, "emissions/sample.toml has a pems link"
     for link in links:
         assert Path(link.registry).is_absolute() and Path(link.registry).is_relative_to(tmp_path), link.registry
+
+
+STACK = ('\n[[stacks]]\nname = "K1"\nregime = "lcp"\ntimezone = "Europe/Helsinki"\n{late}pollutants = '
+         '[{{ name = "NOx", tag = "K1.NOx", elv = {{ month = 200.0 }} }}]\n')
+
+
+def test_raw_retention_shorter_than_the_emissions_year_is_refused_where_stacks_are_computed(tmp_path):
+    """The emissions job's hourly year run recomputes each stack's year from raw readings (from 1 January in its
+    time zone; at New Year the whole year before) and stores what it computes over the averages stored. With
+    `retention_days = 90`, from April on it replaced every stored average of January with "no value (invalid)"
+    each hour (measured on a real database: 48 half-hours, 24 hours and the day of 10 February went from valid
+    300 mg/Nm3 to invalid once their raw readings were removed). Refused, naming the file, the key and the days."""
+    with_retention = GOOD.replace("[database]\n", "[database]\nretention_days = {days}\n") + STACK
+    found = problems(tmp_path, with_retention.format(days=90, late=""))
+    assert any("database.retention_days: 90 days" in line and "at least 398" in line and "[[stacks]]" in line
+               for line in found), found
+    # The margin after the year's end is the stacks' late_data_days (the year before is recomputed that long).
+    found = problems(tmp_path, with_retention.format(days=398, late="late_data_days = 60\n"))
+    assert any("at least 427" in line for line in found), found
+    p = tmp_path / "site.toml"
+    p.write_text(with_retention.format(days=398, late=""))
+    assert settings.load(p).database.retention_days == 398
+    p.write_text(GOOD.replace("[database]\n", "[database]\nretention_days = 30\n"))  # no stacks: any retention
+    assert settings.load(p).database.retention_days == 30

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from opcua_support import until
 
+from edge.backoff import Backoff
 from edge.columns import Columns
 from edge.forwarder import Forwarder, RollupWorker
 from edge.metrics import Metrics
@@ -470,3 +471,50 @@ def test_the_tag_id_map_of_a_writer_is_bounded_whatever_the_tags_table_holds(pg_
     loaded, biggest, wrong = asyncio.run(scenario())
     assert loaded <= 1000 and biggest <= 1000, (loaded, biggest)
     assert wrong == [], "every reading stored once under its own tag"
+
+
+
+def test_rollup_refreshes_and_retention_rounds_the_database_refuses_are_counted(pg_dsn, tmp_path):
+    """A role without INSERT on the rollup tables (a restore under another owner), a statement_timeout or a lock
+    refuses every refresh: the console's 1-minute and 1-hour trends and the emissions job's late-data check (which
+    counts readings in readings_1h) go stale, and all that said so was one log line, at the first failure. Nothing
+    in /metrics counted it, so no alert rule could see it (the forwarder counts its own failures in
+    valvoja_db_errors_total). A refused removal of old alerts, predictions or dead letters was the same."""
+    from edge.settings import Database
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+                     " $$ BEGIN RAISE EXCEPTION 'permission denied for table %', TG_TABLE_NAME; END $$")
+
+    async def go():
+        worker = SpoolWorker(Spool(tmp_path / "spool.db", max_bytes=100 << 20))
+        metrics = Metrics()
+        fwd = Forwarder(worker, pg_dsn, SiteConfig(), metrics, asyncio.Event())
+        await fwd._connect()
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO dead_letters (time, source, topic, payload, error)"
+                         " VALUES (now() - interval '60 days', 's', 't', 'x', 'e')")
+            for table in ("readings_1m", "dead_letters"):
+                conn.execute(f"CREATE TRIGGER refuse BEFORE INSERT OR UPDATE OR DELETE ON {table}"
+                             " FOR EACH ROW EXECUTE FUNCTION refuse()")
+        rollups = RollupWorker(fwd, pg_dsn, Database(url="postgresql://x/y", rollup_interval_s=0.1))
+        rollups.backoff = Backoff(initial_s=0.1, max_s=0.1)  # several refused rounds in the test's time
+        try:
+            await worker.call(worker.spool.append_many, [(_cols("refused.t", utcnow(), 10), [])])
+            assert await fwd.drain_once(linger=False)
+            task = asyncio.create_task(rollups.run())
+            await until(lambda: rollups.error is not None, what="a refused refresh")
+            await asyncio.sleep(0.5)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await rollups.trim_once()  # the hourly round (behind the refresh in run(), which fails first here)
+            return metrics.render().decode()
+        finally:
+            await rollups.close()
+            await fwd.close()
+            worker.shutdown()
+
+    text = asyncio.run(go())
+    counted = {part: float(line.split()[-1]) for part in ("refresh", "retention") for line in text.splitlines()
+               if line.startswith(f'valvoja_rollup_errors_total{{part="{part}"}}')}
+    assert counted.get("refresh", 0) >= 2 and counted.get("retention") == 1, counted

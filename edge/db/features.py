@@ -84,6 +84,13 @@ def ensure_extension(conn: psycopg.Connection) -> str | None:
             cur.execute("SET LOCAL client_min_messages = warning")
             cur.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
     except psycopg.Error as exc:
+        # Another session (a second gateway starting, `valvoja db migrate`) created it first: this CREATE waited for
+        # that one's commit and failed on the duplicate. The database has it; saying "continuing without
+        # TimescaleDB" there sent operators looking for a fault that was not there.
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")
+            if cur.fetchone() is not None:
+                return None
         return f"timescaledb is available but could not be created: {exc}".strip()
     return None
 

@@ -96,26 +96,33 @@ _FAST_CONST = {"nf": 9, "l_time": 8, "l_tag": 4, "l_val": 8, "l_text": -1, "l_q"
 
 
 def encode_columns(cols, tag_ids: np.ndarray) -> bytes:
-    """COPY BINARY stream of `edge.columns.Columns`; ``tag_ids[i]`` is the database id of ``cols.tags[i]``."""
+    """COPY BINARY stream of `edge.columns.Columns`; ``tag_ids[i]`` is the database id of ``cols.tags[i]``.
+
+    Rows go in (tag id, time) order (the numeric rows, then the others): writers copying side by side take the
+    key's locks in one order. In arrival order, two groups holding the same readings in other orders (a redundant
+    pair's failover, a backfill over live data) deadlocked, and the forwarder took the failed group for an outage."""
     n = len(cols)
     ids = tag_ids[cols.tag_idx] if n else np.empty(0, np.int32)
     slow = sorted(set(cols.other) | set(cols.server_us))
     fast = np.ones(n, dtype=bool)
     if slow:
         fast[slow] = False
-    rec = np.empty(int(fast.sum()), dtype=_FAST_ROW)
+    sel = np.flatnonzero(fast)
+    sel = sel[np.lexsort((cols.time_us[sel], ids[sel]))]
+    rec = np.empty(sel.size, dtype=_FAST_ROW)
     for k, v in _FAST_CONST.items():
         rec[k] = v
-    rec["time"] = cols.time_us[fast] - PG_EPOCH_US
-    rec["tag"] = ids[fast]
-    rec["value"] = cols.value[fast]
-    rec["q"] = cols.quality[fast]
-    rec["flags"] = cols.flags[fast]
-    rec["status"] = cols.status[fast]
-    rec["recv"] = cols.recv_us[fast] - PG_EPOCH_US
+    rec["time"] = cols.time_us[sel] - PG_EPOCH_US
+    rec["tag"] = ids[sel]
+    rec["value"] = cols.value[sel]
+    rec["q"] = cols.quality[sel]
+    rec["flags"] = cols.flags[sel]
+    rec["status"] = cols.status[sel]
+    rec["recv"] = cols.recv_us[sel] - PG_EPOCH_US
     parts = [HEADER, rec.tobytes()]
     off = PG_EPOCH_US
-    for i in slow:
+    rows = np.asarray(slow, dtype=np.int64)
+    for i in rows[np.lexsort((cols.time_us[rows], ids[rows]))].tolist():
         v = cols.other[i] if i in cols.other else float(cols.value[i])
         st = cols.server_us.get(i)
         val, text = _value_columns(v)

@@ -163,12 +163,14 @@ async def _retention_policy(cur: psycopg.AsyncCursor, table: str, days: int) -> 
     await cur.execute("SELECT add_retention_policy(%s::regclass, %s * interval '1 day')", (table, days))
 
 
-async def retention(conn: psycopg.AsyncConnection, features: Features, days: int) -> int:
+async def retention(conn: psycopg.AsyncConnection, features: Features, days: int, batch: int | None = None) -> int:
     """Drop raw readings older than ``days`` (rollups are kept); returns chunks or rows removed.
 
     What is possible depends on the table, not only on the server: a database made on plain PostgreSQL and moved to
     TimescaleDB (pg_restore, or the extension installed later) keeps ``readings`` an ordinary table, on which
-    ``drop_chunks`` and retention policies fail, so it is trimmed by DELETE as on plain PostgreSQL."""
+    ``drop_chunks`` and retention policies fail, so it is trimmed by DELETE as on plain PostgreSQL. There, with
+    ``batch``, at most that many rows go in one call: the caller (which holds writes off around each call) repeats
+    while a call removes ``batch``."""
     async with conn.transaction(), conn.cursor() as cur:
         hypertable = features.timescaledb and await _is_hypertable(cur, "readings")
         if hypertable and features.community:
@@ -183,8 +185,15 @@ async def retention(conn: psycopg.AsyncConnection, features: Features, days: int
         # growing with the table; this 0.024 s: bench/bench_db_growth.py). An index on time would cost every write
         # instead (37-40 % more WAL).
         tag_ids = await _key_tag_ids(cur, "readings")
-        await cur.execute("DELETE FROM readings WHERE tag_id = ANY(%s) AND time < now() - %s * interval '1 day'",
-                          (tag_ids, days))
+        if batch is None:
+            await cur.execute("DELETE FROM readings WHERE tag_id = ANY(%s) AND time < now() - %s * interval '1 day'",
+                              (tag_ids, days))
+            return cur.rowcount
+        # By row address (a TID scan): the rows found by the key are removed without a join the planner might
+        # answer with a scan of the whole table. The caller's lock holds writes off, so no address changes between.
+        await cur.execute(
+            "DELETE FROM readings WHERE ctid = ANY(ARRAY(SELECT ctid FROM readings WHERE tag_id = ANY(%s)"
+            " AND time < now() - %s * interval '1 day' LIMIT %s))", (tag_ids, days, batch))
         return cur.rowcount
 
 

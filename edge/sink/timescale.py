@@ -178,14 +178,18 @@ class TimescaleSink:
                 self._tag_ids[t.name] = tag_id
                 c = t.calibration
                 if c is not None:
-                    # A new certificate starts a new calibration period; the same one is not repeated.
+                    # A calibration other than the one in force (the latest record up to now) starts a new period;
+                    # the same one is not repeated at each start. Compared with that one only: compared with every
+                    # record, a transmitter back from repair after a spare (its certificate stored before) left the
+                    # spare's record in force.
                     await cur.execute(
                         "INSERT INTO tag_calibrations (tag_id, valid_from, certificate, calibrated_on,"
-                        " uncertainty, uncertainty_unit) SELECT %s, now(), %s, %s, %s, %s "
-                        "WHERE NOT EXISTS (SELECT 1 FROM tag_calibrations WHERE tag_id = %s AND certificate = %s"
-                        " AND calibrated_on = %s AND uncertainty = %s)",
-                        (tag_id, c.certificate, c.date, c.uncertainty, c.uncertainty_unit,
-                         tag_id, c.certificate, c.date, c.uncertainty))
+                        " uncertainty, uncertainty_unit) SELECT %(tag)s, now(), %(cert)s, %(on)s, %(u)s, %(unit)s "
+                        "WHERE NOT EXISTS (SELECT 1 FROM (SELECT * FROM tag_calibrations WHERE tag_id = %(tag)s"
+                        " AND valid_from <= now() ORDER BY valid_from DESC LIMIT 1) c WHERE c.certificate = %(cert)s"
+                        " AND c.calibrated_on = %(on)s AND c.uncertainty = %(u)s AND c.uncertainty_unit = %(unit)s)",
+                        {"tag": tag_id, "cert": c.certificate, "on": c.date, "u": c.uncertainty,
+                         "unit": c.uncertainty_unit})
 
     async def _ensure_tags(self, names: set[str]) -> None:
         missing = [n for n in names if n not in self._tag_ids]
@@ -274,7 +278,9 @@ class TimescaleSink:
         for first, last in runs(minutes):
             await self.refresh_rollups(tag_ids, from_us(first * US_PER_MINUTE), from_us(last * US_PER_MINUTE))
 
-    async def apply_retention(self, days: int) -> int:
+    async def apply_retention(self, days: int, batch: int | None = None) -> int:
+        """Raw readings older than ``days`` removed (`edge.sink.rollups.retention`): chunks, or rows (at most
+        ``batch`` where given)."""
         from edge.sink.rollups import retention
 
-        return await retention(self.conn, self.features, days)
+        return await retention(self.conn, self.features, days, batch)
