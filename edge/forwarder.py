@@ -110,11 +110,14 @@ class Forwarder:
         self.backoff = Backoff()
         self.stored = 0
         self.duplicates = 0
+        self.conflicting = 0  # of the duplicates, readings with another value than the one stored (`_note_conflicts`)
         self.down_since: float | None = None
         self.last_error: str | None = None
         self.spool_error: str | None = None  # the last spool failure while forwarding, until one works again
         self._refused_logged_at = -math.inf  # monotonic time `_write_apart` last logged
         self._refused_quiet = [0, 0]  # groups, readings refused since then without a log line
+        self._conflicts_logged_at = -math.inf  # monotonic time `_note_conflicts` last logged
+        self._conflicts_quiet = 0  # conflicting readings since then without a log line
         # Monotonic time of the last sign of life (commit, connect, error): the watchdog's stall check.
         self.heartbeat = time.monotonic()
         # Set once the first connect has migrated the schema: jobs that query the database wait for it, or a fresh
@@ -425,7 +428,29 @@ class Forwarder:
         self.stored += result.inserted
         self.duplicates += result.duplicates
         self.metrics.readings_out.inc(result.inserted)
+        if result.conflicts:
+            self._note_conflicts(result)
         return result
+
+    def _note_conflicts(self, result: WriteResult) -> None:
+        """Readings dropped as duplicates that were none: a second value of a tag at a time the database holds
+        (a device stamping whole seconds while it sends twice a second lost every second value without a word).
+        Counted each; logged at most every REFUSED_LOG_EVERY_S with the first and the count meanwhile."""
+        self.conflicting += result.conflicts
+        self.metrics.readings_conflicting.inc(result.conflicts)
+        now = time.monotonic()
+        if now - self._conflicts_logged_at < REFUSED_LOG_EVERY_S:
+            self._conflicts_quiet += result.conflicts
+            return
+        self._conflicts_logged_at = now
+        quiet, self._conflicts_quiet = self._conflicts_quiet, 0
+        tag, at, kept, dropped = result.conflict
+        more = f" ({quiet} more since the last report)" if quiet else ""
+        log.warning("%d reading(s) not stored: the database holds another value of their tag at the same time (the "
+                    "first is kept); first: %s at %s, %s kept, %s not stored (a device whose timestamps are coarser "
+                    "than its sending rate loses values this way)%s", result.conflicts, tag, at.isoformat(), kept,
+                    dropped, more,
+                    extra={"event": "readings_conflicting", "tag": tag, "count": result.conflicts})
 
     def _account(self, batches, result: WriteResult) -> None:
         now_us = to_us(utcnow())

@@ -333,6 +333,7 @@ class Gateway:
             "readings_spooled": self.ingest.accepted,
             "readings_stored": fwd.stored if fwd else 0,
             "duplicates_skipped": fwd.duplicates if fwd else 0,
+            "conflicting_not_stored": fwd.conflicting if fwd else 0,
             "spool": {"readings": self.spool.readings, "batches": self.spool.batches, "bytes": self.spool.bytes,
                       "max_bytes": self.spool.max_bytes, "policy": self.spool.policy,
                       "full": self.ingest.full_since is not None, "dropped": self.spool.dropped},

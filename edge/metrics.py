@@ -29,6 +29,9 @@ class Metrics:
                                         ["rule"], registry=r)
         self.readings_out = Counter("valvoja_readings_stored_total", "Readings committed to the database",
                                     registry=r)
+        self.readings_conflicting = Counter("valvoja_readings_conflicting_total",
+                                            "Readings not stored: the database holds another value of their tag at "
+                                            "the same time (the first one is kept)", registry=r)
         self.messages_in = Counter("valvoja_collector_messages_total", "Protocol messages received",
                                    ["collector"], registry=r)
         self.dead_letters = Counter("valvoja_dead_letters_total", "Messages that could not be decoded",

@@ -518,3 +518,40 @@ def test_rollup_refreshes_and_retention_rounds_the_database_refuses_are_counted(
     counted = {part: float(line.split()[-1]) for part in ("refresh", "retention") for line in text.splitlines()
                if line.startswith(f'valvoja_rollup_errors_total{{part="{part}"}}')}
     assert counted.get("refresh", 0) >= 2 and counted.get("retention") == 1, counted
+
+
+def test_a_second_value_at_a_stored_time_is_counted_and_said_a_replay_is_not(pg_dsn, tmp_path, caplog):
+    """The database keeps one reading per (tag, time) and drops a repeat as a replay. A device stamping whole
+    seconds while it sends twice a second lost every second value that way without a word (only the OPC UA
+    collector noticed its own). A repeat with another value is counted (`valvoja_readings_conflicting_total`,
+    /healthz `conflicting_not_stored`) and logged once a minute with the first; a replay of the same values is not."""
+    t0 = utcnow().replace(microsecond=0) - timedelta(minutes=10)
+    first = Columns.from_readings([Reading("conf.flow", t0 + timedelta(seconds=i), 10.0 + i, t0) for i in range(5)])
+    # the next message: the same five seconds, two of them with new values (the half-second samples)
+    again = Columns.from_readings([Reading("conf.flow", t0 + timedelta(seconds=i), 10.0 + i + (0.5 if i in (1, 3)
+                                                                                                 else 0.0), t0)
+                                   for i in range(5)] + [Reading("conf.flow", t0 + timedelta(seconds=5), 15.0, t0)])
+
+    async def go():
+        spool = Spool(tmp_path / "spool.db", max_bytes=100 << 20)
+        worker = SpoolWorker(spool)
+        metrics = Metrics()
+        fwd = Forwarder(worker, pg_dsn, SiteConfig(), metrics, asyncio.Event())
+        await fwd._connect()
+        for cols in (first, first, again):  # the second is a replay (a crash before the spool delete)
+            await worker.call(spool.append_many, [(cols, [])])
+            assert await fwd.drain_once(linger=False)
+        await fwd.close()
+        worker.shutdown()
+        return fwd, metrics
+
+    with caplog.at_level("WARNING", logger="edge.forwarder"):
+        fwd, metrics = asyncio.run(go())
+    assert fwd.conflicting == 2 and metrics.readings_conflicting._value.get() == 2
+    assert fwd.duplicates == 5 + 5  # the replay's five, and the repeat's five (three of them the same values)
+    [line] = [r for r in caplog.records if getattr(r, "event", "") == "readings_conflicting"]
+    assert "conf.flow" in line.getMessage() and "11 kept, 11.5 not stored" in line.getMessage(), line.getMessage()
+    with psycopg.connect(pg_dsn) as conn:
+        stored = conn.execute("SELECT r.value FROM readings r JOIN tags t ON t.id = r.tag_id WHERE t.name = "
+                              "'conf.flow' ORDER BY r.time").fetchall()
+    assert [v for (v,) in stored] == [10.0, 11.0, 12.0, 13.0, 14.0, 15.0]

@@ -75,12 +75,19 @@ class WriteResult:
     tag_ids: set[int] = field(default_factory=set)
     fast_path: bool = True
     refused: list[tuple[str, str]] = field(default_factory=list)
+    # Of the duplicates, readings whose (tag, time) the database held with another value: not a replay but a second
+    # value at one time (a device stamping whole seconds at 2 Hz), which the database does not keep. With the first
+    # of them: (tag id, time, value kept, value not stored).
+    conflicts: int = 0
+    conflict: tuple | None = None
 
     def add(self, other: WriteResult) -> None:
         """Fold the result of another write of the same group into this one (a group written in parts)."""
         self.rows += other.rows
         self.inserted += other.inserted
         self.duplicates += other.duplicates
+        self.conflicts += other.conflicts
+        self.conflict = self.conflict or other.conflict
         self.minutes |= other.minutes
         self.tag_ids |= other.tag_ids
         self.fast_path &= other.fast_path
@@ -232,6 +239,8 @@ class TimescaleSink:
                         result.fast_path = False
                         result.inserted = await self._insert_dedup(cur, payload)
                         result.duplicates = n - result.inserted
+                        if result.duplicates:
+                            result.conflicts, result.conflict = await self._conflicts(cur)
                 if records:
                     from edge.analytics import write_records
 
@@ -265,6 +274,23 @@ class TimescaleSink:
             "INSERT INTO readings ({cols}) SELECT {cols} FROM readings_in ORDER BY tag_id, time "
             "ON CONFLICT (tag_id, time) DO NOTHING").format(cols=cols))
         return cur.rowcount
+
+    async def _conflicts(self, cur: psycopg.AsyncCursor) -> tuple[int, tuple | None]:
+        """How many rows of ``readings_in`` (just inserted, duplicates skipped) the database holds with another value
+        at their (tag, time), and the first: (tag name, time, value kept, value not stored). A replayed batch has the
+        values stored already and counts none; status and quality are not compared (a history read back holds the
+        live value with other info bits)."""
+        await cur.execute(
+            "WITH c AS (SELECT i.tag_id, i.time, coalesce(r.value_text, r.value::text) AS kept, "
+            " coalesce(i.value_text, i.value::text) AS dropped FROM readings_in i JOIN readings r "
+            " ON r.tag_id = i.tag_id AND r.time = i.time "
+            " WHERE (r.value, r.value_text) IS DISTINCT FROM (i.value, i.value_text)) "
+            "SELECT (SELECT count(*) FROM c) AS n, c.* FROM c ORDER BY c.tag_id, c.time LIMIT 1")
+        row = await cur.fetchone()
+        if row is None:
+            return 0, None
+        names = {i: t for t, i in self._tag_ids.items()}
+        return int(row[0]), (names.get(row[1], f"tag id {row[1]}"), row[2], row[3], row[4])
 
     async def refresh_rollups(self, tag_ids: set[int], start: datetime, end: datetime) -> None:
         """Recompute the 1-minute and 1-hour rollups touched by [start, end] for ``tag_ids``."""
