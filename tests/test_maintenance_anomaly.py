@@ -284,6 +284,28 @@ def test_skab_evaluation_refuses_what_would_make_its_figures_untrue(tmp_path):
         skab_eval.evaluate([free, *files], grid=SMALL_GRID)  # was dropped silently, and counted by the command
     with pytest.raises(ValueError, match="at least 2 groups"):
         skab_eval.evaluate(files, folds=1, grid=SMALL_GRID)
+    renamed = skab.load(tmp_path / "1.csv")
+    renamed.columns[0] = "Flow2"
+    with pytest.raises(ValueError, match="signal columns differ"):
+        skab_eval.evaluate([files[0], renamed, files[2]], grid=SMALL_GRID)
+
+
+def test_skab_files_with_their_columns_in_another_order_score_as_the_same_files(tmp_path):
+    """The same format with columns in another order (the header names them): the same figures. A signal used to be
+    picked by its column index, so the file with its flow and warming temperature swapped was scored on the
+    temperature and the flow was left out."""
+    files = _skab_files(tmp_path)
+    lines = (tmp_path / "1.csv").read_text().splitlines()
+    swapped = [";".join([c[0], c[5], *c[2:5], c[1], *c[6:]]) for c in (line.split(";") for line in lines)]
+    (tmp_path / "swapped").mkdir()
+    (tmp_path / "swapped" / "1.csv").write_text("\n".join(swapped) + "\n")
+    other = skab.load(tmp_path / "swapped" / "1.csv")
+    assert other.columns[0] == "Temperature" and other.columns[4] == "Flow"
+    a = skab_eval.evaluate(files, grid=SMALL_GRID)
+    b = skab_eval.evaluate([files[0], other, files[2]], grid=SMALL_GRID)
+    assert b["pooled"] == a["pooled"]
+    assert b["alarms"]["swapped/1"] == a["alarms"][files[1].name]
+    assert [f["signals"] for f in b["folds"]] == [f["signals"] for f in a["folds"]]
 
 
 @pytest.mark.skipif(not SHARED_SKAB.is_dir(), reason=f"SKAB data not found at {SHARED_SKAB}")
