@@ -62,6 +62,23 @@ def test_maintenance_evaluate_skab_refuses_what_would_make_its_figures_untrue(tm
     _one_line_error(r, code, *words)
 
 
+def test_maintenance_evaluate_files_not_in_the_format_name_the_file(tmp_path):
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "0.csv").write_text("datetime;a;anomaly;changepoint\n2020-01-01 00:00:00;x;0;0\n")
+    (tmp_path / "v" / "1.csv").write_text("datetime;a;anomaly;changepoint\n2020-01-01 00:00:00;1;0;0\n"
+                                          "2020-01-01 00:00:01;1\n")
+    r = _valvoja("maintenance", "evaluate", "skab", "--data", str(tmp_path), "--files", "v/0.csv", "v/1.csv")
+    _one_line_error(r, 1, "v/0.csv: not a SKAB file of numbers", "'x'")
+    r = _valvoja("maintenance", "evaluate", "skab", "--data", str(tmp_path), "--files", "v/1.csv", "v/0.csv")
+    _one_line_error(r, 1, "v/1.csv, line 3: fewer fields than the header's 4")
+    (tmp_path / "train_FD009.txt").write_text("1 1 x" + " 0" * 23 + "\n")
+    r = _valvoja("maintenance", "evaluate", "cmapss", "--data", str(tmp_path), "--subset", "FD009")
+    _one_line_error(r, 1, "train_FD009.txt: could not convert string 'x'")
+    (tmp_path / "train_FD009.txt").write_text("1 2 3\n")  # one row of 3 columns: "found none" it said
+    r = _valvoja("maintenance", "evaluate", "cmapss", "--data", str(tmp_path), "--subset", "FD009")
+    _one_line_error(r, 1, "train_FD009.txt: expected 26 columns", "found 3")
+
+
 @pytest.mark.parametrize("args, code, words", [
     (["--folds", "9"], 1, ["9 folds for 8 training engines", "need 2 to 8"]),
     (["--folds", "1"], 2, ["argument --folds", "at least 2"]),
