@@ -52,7 +52,9 @@ def add_parser(subparsers) -> None:
                    help="grouped CV folds over training engines (2 to the number of engines)")
     c.add_argument("--truncations", type=positive_int_arg, default=5, help="random truncations per validation engine")
     c.add_argument("--coverage", type=_fraction_arg, default=0.9, help="nominal coverage of the intervals (0-1)")
-    c.add_argument("--no-select", action="store_true", help="skip model selection (first candidate, cap 125)")
+    c.add_argument("--no-select", action="store_true",
+                   help="skip model selection: the first feature candidate, and cap 125 unless --caps gives caps to "
+                        "choose from")
     c.add_argument("--caps", type=positive_arg, nargs="+", help="caps of the training target to choose from by CV "
                                                          "(default 125 140 160 180 200; one value: no choice)")
     c.add_argument("--max-iter", type=positive_int_arg, default=300, help="boosting iterations")
