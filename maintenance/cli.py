@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from edge.cli import aware_time_arg, iso_time_arg
+from edge.cli import aware_time_arg, iso_time_arg, positive_arg, positive_int_arg
 from edge.jsontext import api_json
 
 
@@ -38,22 +38,26 @@ def add_parser(subparsers) -> None:
     s = evs.add_parser("skab", help="anomaly detection on SKAB files (F1, FAR, MAR)")
     s.add_argument("--data", type=Path, required=True, help="SKAB data folder (the files are relative to it)")
     s.add_argument("--files", nargs="+", required=True, help="labelled SKAB csv files, e.g. valve1/0.csv")
-    s.add_argument("--folds", type=int, default=None, help="leave-files-out groups for choosing hyper-parameters "
-                                                            "(default: one per file, leave-one-file-out)")
-    s.add_argument("--max-far", type=float, default=None, help="only choose configurations with FAR <= this %% "
-                                                                "on the training files")
-    s.add_argument("--json", type=Path, help="also write the results here")
+    s.add_argument("--folds", type=_groups_arg, default=None,
+                   help="leave-files-out groups for choosing hyper-parameters, at least 2 (default: one per file, "
+                        "leave-one-file-out)")
+    s.add_argument("--max-far", type=_percent_arg, default=None, help="only choose configurations with FAR <= this %% "
+                                                                       "(0-100) on the training files")
+    s.add_argument("--json", type=Path, help="also write the results here, with the alarm of every scored row per file")
     s.set_defaults(func=cmd_skab)
     c = evs.add_parser("cmapss", help="remaining useful life on a C-MAPSS subset (RMSE, PHM08, coverage)")
     c.add_argument("--data", type=Path, required=True, help="folder with train_/test_/RUL_FD00x.txt")
     c.add_argument("--subset", required=True, help="FD001, FD002, ...")
-    c.add_argument("--folds", type=int, default=5, help="grouped CV folds over training engines")
-    c.add_argument("--truncations", type=int, default=5, help="random truncations per validation engine")
-    c.add_argument("--coverage", type=float, default=0.9, help="nominal coverage of the intervals")
-    c.add_argument("--no-select", action="store_true", help="skip model selection (first candidate, cap 125)")
-    c.add_argument("--caps", type=float, nargs="+", help="caps of the training target to choose from by CV "
+    c.add_argument("--folds", type=_groups_arg, default=5,
+                   help="grouped CV folds over training engines (2 to the number of engines)")
+    c.add_argument("--truncations", type=positive_int_arg, default=5, help="random truncations per validation engine")
+    c.add_argument("--coverage", type=_fraction_arg, default=0.9, help="nominal coverage of the intervals (0-1)")
+    c.add_argument("--no-select", action="store_true",
+                   help="skip model selection: the first feature candidate, and cap 125 unless --caps gives caps to "
+                        "choose from")
+    c.add_argument("--caps", type=positive_arg, nargs="+", help="caps of the training target to choose from by CV "
                                                          "(default 125 140 160 180 200; one value: no choice)")
-    c.add_argument("--max-iter", type=int, default=300, help="boosting iterations")
+    c.add_argument("--max-iter", type=positive_int_arg, default=300, help="boosting iterations")
     c.add_argument("--export", type=Path, help="export the fitted model to ONNX with its card in this folder")
     c.add_argument("--register", type=Path, metavar="REGISTRY",
                    help="register the fitted model as a candidate in this model registry directory (models/)")
@@ -114,6 +118,40 @@ def add_parser(subparsers) -> None:
     add_trace_parser(sub, _db_arg)
 
 
+def _groups_arg(text: str) -> int:
+    """An argparse ``type``: a number of cross-validation groups, at least 2 (one group leaves nothing to choose on:
+    it was a traceback)."""
+    try:
+        value = positive_int_arg(text)
+    except argparse.ArgumentTypeError:
+        value = 0  # its message would say "at least 1"
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number of at least 2 (groups held out in turn)")
+    return value
+
+
+def _number_in(text: str, low: float, high: float, inclusive: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    inside = low <= value <= high if inclusive else low < value < high
+    if not inside:
+        ends = "[]" if inclusive else "()"
+        raise argparse.ArgumentTypeError(f"{text!r}: must be in {ends[0]}{low:g}, {high:g}{ends[1]}")
+    return value
+
+
+def _percent_arg(text: str) -> float:
+    """An argparse ``type``: a percentage, 0 to 100."""
+    return _number_in(text, 0.0, 100.0, inclusive=True)
+
+
+def _fraction_arg(text: str) -> float:
+    """An argparse ``type``: a coverage strictly between 0 and 1 (0.9 is 90 %)."""
+    return _number_in(text, 0.0, 1.0, inclusive=False)
+
+
 def _db_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", metavar="URL", default=os.environ.get("VALVOJA_DB_URL"),
                    help="postgresql:// URL (default: $VALVOJA_DB_URL)")
@@ -158,8 +196,12 @@ def _dump(obj, path: Path | None) -> None:
 def cmd_skab(args) -> int:
     from maintenance import skab, skab_eval
 
-    files = [skab.load(args.data / f) for f in args.files]
-    result = skab_eval.evaluate(files, folds=args.folds, max_far=args.max_far)
+    try:
+        files = [skab.load(args.data / f) for f in args.files]
+        result = skab_eval.evaluate(files, folds=args.folds, max_far=args.max_far)
+    except ValueError as exc:  # a file not in SKAB's format, unlabelled, given twice; no configuration within --max-far
+        print(f"valvoja maintenance evaluate skab: {exc}", file=sys.stderr)
+        return 1
     for f in result["folds"]:
         cfg = f["config"]
         print(f"held out {', '.join(f['test_files'])}: chose window={cfg['window']} alpha={cfg['alpha']} "
@@ -183,10 +225,14 @@ def cmd_skab(args) -> int:
 def cmd_cmapss(args) -> int:
     from maintenance import rul_eval
 
-    r = rul_eval.evaluate(args.data, args.subset, folds=args.folds, truncations=args.truncations,
-                          coverage=args.coverage, select=not args.no_select, max_iter=args.max_iter,
-                          caps=tuple(args.caps) if args.caps else None,
-                          progress=lambda m: print(m, flush=True))
+    try:
+        r = rul_eval.evaluate(args.data, args.subset, folds=args.folds, truncations=args.truncations,
+                              coverage=args.coverage, select=not args.no_select, max_iter=args.max_iter,
+                              caps=tuple(args.caps) if args.caps else None,
+                              progress=lambda m: print(m, flush=True))
+    except ValueError as exc:  # a file not in C-MAPSS's format, more folds than engines, a RUL file of another count
+        print(f"valvoja maintenance evaluate cmapss: {exc}", file=sys.stderr)
+        return 1
     m = r["metrics"]
     print(f"{m['subset']}: {m['engines']} test engines, one prediction at the last cycle each")
     print(f"  vs RUL file as given:      RMSE {m['rmse']:.2f}  PHM08 {m['phm08']:.1f}  "

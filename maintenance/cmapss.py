@@ -42,7 +42,10 @@ class Fleet:
 
 def load(path: str | Path) -> Fleet:
     """One ``train_FD00x`` / ``test_FD00x`` file."""
-    data = np.loadtxt(path, dtype=float)
+    try:
+        data = np.loadtxt(path, dtype=float, ndmin=2)
+    except ValueError as exc:  # numpy's message names a row and column, not the file
+        raise ValueError(f"{path}: {exc}") from None
     if data.ndim != 2 or data.shape[1] != len(COLUMNS):
         raise ValueError(f"{path}: expected {len(COLUMNS)} columns (unit, cycle, 3 settings, 21 sensors), "
                          f"found {data.shape[-1] if data.ndim == 2 else 'none'}")
@@ -53,7 +56,10 @@ def load(path: str | Path) -> Fleet:
 
 def load_rul(path: str | Path) -> np.ndarray:
     """True RUL per test engine, in unit order."""
-    return np.loadtxt(path, dtype=float).reshape(-1)
+    try:
+        return np.loadtxt(path, dtype=float).reshape(-1)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def phm08_score(pred: np.ndarray, true: np.ndarray) -> float:

@@ -114,6 +114,14 @@ def evaluate(data: str | Path, subset: str, *, folds: int = 5, truncations: int 
     data = Path(data)
     t0 = time.time()
     train = cmapss.load(data / f"train_{subset}.txt")
+    n_units = len(train.units())
+    # Each was a traceback (or, for a cap of 0, figures of a model that predicts 0 everywhere).
+    if not 2 <= folds <= n_units:
+        raise ValueError(f"{folds} folds for {n_units} training engines: need 2 to {n_units} (every fold holds out "
+                         "at least one engine)")
+    if truncations < 1 or not 0.0 < coverage < 1.0 or (caps is not None and min(caps) <= 0):
+        raise ValueError(f"truncations {truncations} (at least 1), coverage {coverage} (between 0 and 1), caps "
+                         f"{caps} (above 0): one is out of range")
     k = conditions_of(train.settings)
     progress(f"{subset}: {len(train.units())} training engines, {k} operating condition(s)")
     caps = tuple(float(c) for c in (caps or (CAPS if select else (float(cmapss.RUL_CAP),))))

@@ -38,14 +38,21 @@ def load(path: str | Path) -> SkabFile:
         raise ValueError(f"{path}: not a SKAB file (first column {header[:1]!r}, expected 'datetime')")
     cols = [c for c in header[1:] if c not in ("anomaly", "changepoint")]
     idx = {c: i for i, c in enumerate(header)}
-    data = np.array([[float(r[idx[c]]) for c in cols] for r in rows], dtype=float)
-    time = np.array([r[0].replace(" ", "T") for r in rows], dtype="datetime64[s]")
 
     def label(name: str) -> np.ndarray | None:
         return np.array([int(float(r[idx[name]])) for r in rows], dtype=np.int8) if name in idx else None
 
+    try:  # a cell that is no number, a short row: the file named (the bare numpy/float message named none)
+        data = np.array([[float(r[idx[c]]) for c in cols] for r in rows], dtype=float)
+        time = np.array([r[0].replace(" ", "T") for r in rows], dtype="datetime64[s]")
+        anomaly, changepoint = label("anomaly"), label("changepoint")
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a SKAB file of numbers ({exc})") from None
+    except IndexError:
+        short = next(i for i, r in enumerate(rows, start=2) if len(r) < len(header))
+        raise ValueError(f"{path}, line {short}: fewer fields than the header's {len(header)}") from None
     return SkabFile(path.stem if path.parent.name in ("", ".") else f"{path.parent.name}/{path.stem}", cols,
-                    data, label("anomaly"), label("changepoint"), time)
+                    data, anomaly, changepoint, time)
 
 
 @dataclass(slots=True)

@@ -18,6 +18,7 @@ never flag: it is skipped as infeasible and counted (``infeasible`` in the resul
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -110,22 +111,74 @@ def grid_search(files: Sequence[SkabFile], grid: dict = GRID, max_far: float | N
     return (*best, infeasible)
 
 
+def check_files(files: Sequence[SkabFile]) -> None:
+    """Refuse what would make the figures untrue: a file without labels (nothing to score; it was dropped silently
+    while the command still counted it), fewer than two files, or the same data twice (under two names, or one name
+    given twice): its copy among the other files would choose the configuration it is scored with. A file without a
+    row after the first ``TRAIN_ROWS`` has nothing to score either, and files must have the same signal columns (in
+    any order: `aligned`)."""
+    unlabelled = [f.name for f in files if f.anomaly is None]
+    if unlabelled:
+        raise ValueError(f"{', '.join(unlabelled)}: no anomaly column (an anomaly-free file has nothing to score)")
+    short = [f"{f.name} ({len(f.anomaly)} rows)" for f in files if len(f.anomaly) <= TRAIN_ROWS]
+    if short:
+        raise ValueError(f"{', '.join(short)}: no rows after the first {TRAIN_ROWS} (the training rows) to score")
+    if len(files) < 2:
+        raise ValueError(f"{len(files)} SKAB file(s): need at least two labelled files (one held out at a time)")
+    other = [f.name for f in files if sorted(f.columns) != sorted(files[0].columns)]
+    if other:
+        raise ValueError(f"{', '.join(other)}: signal columns differ from {files[0].name}'s "
+                         f"({', '.join(files[0].columns)})")
+    seen: dict[bytes, str] = {}
+    names = [f.name for f in files]
+    if len(set(names)) < len(names):  # the results are keyed by name
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"{', '.join(twice)}: named twice (the same file, or files of the same folder and number)")
+    for f in files:
+        key = hashlib.sha256(f.x.tobytes() + f.anomaly.tobytes() + f.time.tobytes()).digest()
+        if key in seen:
+            raise ValueError(f"{f.name} holds the same rows as {seen[key]}: a file held out would have its copy among "
+                             "the files its configuration is chosen on")
+        seen[key] = f.name
+
+
+def aligned(files: Sequence[SkabFile]) -> list[SkabFile]:
+    """The files with their signal columns in the first file's order. A signal is chosen by its column index across
+    files (`drift_screen`, ``use``): a file of the same format with two columns swapped had the wrong signals scored
+    (valve1/1 with Current and Temperature swapped: its F1 0.917 -> 0.271, the pooled F1 0.837 -> 0.807)."""
+    names = files[0].columns
+    return [f if f.columns == names else replace(f, columns=list(names), x=f.x[:, [f.columns.index(c) for c in names]])
+            for f in files]
+
+
+def _alarm_rows(files: Sequence[SkabFile], pred: np.ndarray) -> dict[str, str]:
+    """Per file, the alarm of every scored row (after the first ``TRAIN_ROWS``) as '0'/'1' characters: the pooled
+    figures can be recounted from these and the files' ``anomaly`` column without this code."""
+    out, i = {}, 0
+    for f in files:
+        n = len(f.anomaly) - TRAIN_ROWS
+        out[f.name] = "".join("1" if v else "0" for v in pred[i:i + n])
+        i += n
+    return out
+
+
 def evaluate(files: Sequence[SkabFile], *, folds: int | None = None, grid: dict = GRID, max_far: float | None = None,
              config: AnomalyConfig | None = None) -> dict:
     """Nested leave-files-out evaluation (``folds`` groups of files, default one file per group), or a
     fixed ``config`` applied to every file without selection."""
-    files = [f for f in files if f.anomaly is not None]
-    if len(files) < 2:
-        raise ValueError("need at least two labelled SKAB files")
+    check_files(files)
+    files = aligned(files)
+    if folds is not None and folds < 2:
+        raise ValueError(f"folds {folds}: need at least 2 groups (one to choose on, one to score)")
     if config is not None:
         use = drift_screen([f.x[:TRAIN_ROWS] for f in files], config.max_drift)
         t, p = _pooled(files, _flags(files, config, use), config.alpha, config.confirm, config.hold)
         return {"mode": "fixed", "config": asdict(config), "signals": [files[0].columns[i] for i in use],
                 "pooled": score(t, p).as_dict() | far_split(t, p, _before_first_anomaly(files)),
-                "files": [f.name for f in files]}
+                "files": [f.name for f in files], "alarms": _alarm_rows(files, p)}
     folds = len(files) if folds is None else min(folds, len(files))
     groups = [list(range(k, len(files), folds)) for k in range(folds)]
-    truth_all, pred_all, before_all, per_fold = [], [], [], []
+    truth_all, pred_all, before_all, per_fold, alarms = [], [], [], [], {}
     for g in groups:
         train = [files[i] for i in range(len(files)) if i not in g]
         test = [files[i] for i in g]
@@ -134,6 +187,7 @@ def evaluate(files: Sequence[SkabFile], *, folds: int | None = None, grid: dict 
         truth_all.append(t)
         pred_all.append(p)
         before_all.append(_before_first_anomaly(test))
+        alarms |= _alarm_rows(test, p)
         per_fold.append({"test_files": [f.name for f in test], "config": asdict(cfg),
                          "signals": [files[0].columns[i] for i in use], "train_f1": s_train.f1,
                          "infeasible": infeasible, "test": score(t, p).as_dict()})
@@ -141,4 +195,5 @@ def evaluate(files: Sequence[SkabFile], *, folds: int | None = None, grid: dict 
     pooled = score(t, p).as_dict() | far_split(t, p, np.concatenate(before_all))
     return {"mode": "nested-leave-files-out", "folds": per_fold, "pooled": pooled,
             "files": [f.name for f in files], "max_far": max_far,
-            "infeasible": per_fold[0]["infeasible"] if per_fold else 0}
+            "infeasible": per_fold[0]["infeasible"] if per_fold else 0,
+            "alarms": {f.name: alarms[f.name] for f in files}}

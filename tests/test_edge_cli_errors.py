@@ -33,6 +33,66 @@ def test_maintenance_evaluate_missing_data_is_one_line(tmp_path):
     _one_line_error(r, 1, "train_FD001.txt", "not found")
 
 
+def _skab_file(path, rows: int = 420, value: float = 1.0) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["datetime;a;b;anomaly;changepoint"]
+    lines += [f"2020-03-09 10:{i // 60 % 60:02d}:{i % 60:02d};{value + i % 7};{i % 3};{int(i > 410)}.0;0.0"
+              for i in range(rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path.relative_to(path.parents[1]))
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["--folds", "1"], 2, ["argument --folds", "at least 2"]),
+    (["--max-far", "-5"], 2, ["argument --max-far", "[0, 100]"]),
+    (["--files", "v/0.csv"], 1, ["v/0", "named twice"]),  # the same file twice: it would choose its own configuration
+    (["--files", "w/0.csv"], 1, ["w/0 holds the same rows as v/0"]),  # a copy under another name
+    (["--files", "free/0.csv"], 1, ["free/0", "no anomaly column"]),  # was dropped, and still counted as a file
+    (["--files", "short/0.csv"], 1, ["short/0 (400 rows)", "no rows after the first 400"]),
+])
+def test_maintenance_evaluate_skab_refuses_what_would_make_its_figures_untrue(tmp_path, args, code, words):
+    files = [_skab_file(tmp_path / "v" / "0.csv"), _skab_file(tmp_path / "v" / "1.csv", value=2.0)]
+    _skab_file(tmp_path / "w" / "0.csv")
+    _skab_file(tmp_path / "short" / "0.csv", rows=400)
+    (tmp_path / "free").mkdir()
+    (tmp_path / "free" / "0.csv").write_text("datetime;a;b\n2020-03-09 10:00:00;1;2\n")
+    extra = args[1:] if args[0] == "--files" else []
+    opts = args if args[0] != "--files" else []
+    r = _valvoja("maintenance", "evaluate", "skab", "--data", str(tmp_path), *opts, "--files", *files, *extra)
+    _one_line_error(r, code, *words)
+
+
+def test_maintenance_evaluate_files_not_in_the_format_name_the_file(tmp_path):
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "0.csv").write_text("datetime;a;anomaly;changepoint\n2020-01-01 00:00:00;x;0;0\n")
+    (tmp_path / "v" / "1.csv").write_text("datetime;a;anomaly;changepoint\n2020-01-01 00:00:00;1;0;0\n"
+                                          "2020-01-01 00:00:01;1\n")
+    r = _valvoja("maintenance", "evaluate", "skab", "--data", str(tmp_path), "--files", "v/0.csv", "v/1.csv")
+    _one_line_error(r, 1, "v/0.csv: not a SKAB file of numbers", "'x'")
+    r = _valvoja("maintenance", "evaluate", "skab", "--data", str(tmp_path), "--files", "v/1.csv", "v/0.csv")
+    _one_line_error(r, 1, "v/1.csv, line 3: fewer fields than the header's 4")
+    (tmp_path / "train_FD009.txt").write_text("1 1 x" + " 0" * 23 + "\n")
+    r = _valvoja("maintenance", "evaluate", "cmapss", "--data", str(tmp_path), "--subset", "FD009")
+    _one_line_error(r, 1, "train_FD009.txt: could not convert string 'x'")
+    (tmp_path / "train_FD009.txt").write_text("1 2 3\n")  # one row of 3 columns: "found none" it said
+    r = _valvoja("maintenance", "evaluate", "cmapss", "--data", str(tmp_path), "--subset", "FD009")
+    _one_line_error(r, 1, "train_FD009.txt: expected 26 columns", "found 3")
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["--folds", "9"], 1, ["9 folds for 8 training engines", "need 2 to 8"]),
+    (["--folds", "1"], 2, ["argument --folds", "at least 2"]),
+    (["--truncations", "0"], 2, ["argument --truncations"]),
+    (["--coverage", "90"], 2, ["argument --coverage", "(0, 1)"]),
+    (["--caps", "0"], 2, ["argument --caps", "above 0"]),
+])
+def test_maintenance_evaluate_cmapss_bad_arguments_are_one_line(args, code, words):
+    sample = os.path.join(os.path.dirname(__file__), "data", "cmapss")
+    r = _valvoja("maintenance", "evaluate", "cmapss", "--data", sample, "--subset", "FD001", "--no-select",
+                 "--max-iter", "5", *args)
+    _one_line_error(r, code, *words)
+
+
 @pytest.mark.parametrize("kind", ["empty", "folder"])
 def test_models_train_on_an_empty_file_or_a_folder(tmp_path, kind):
     data = tmp_path / "data.csv"

@@ -2,6 +2,7 @@
 shipped sample (always) and on the full FD001 files (when ../shared/data is present)."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +148,118 @@ def test_rul_model_goes_through_the_model_registry(tmp_path):
     cmp = reg.promote(out["model_id"], 2)
     assert cmp.accepted and cmp.metric == "rmse" and cmp.rows == 6
     assert reg.champion(out["model_id"]).version == 2
+
+
+# --- Honesty of the C-MAPSS figures (an audit): what the test metrics are computed from, and what the choices see.
+
+def _quiet_eval(data, **kw):
+    from maintenance.rul_eval import evaluate
+
+    return evaluate(data, "FD001", folds=4, truncations=3, max_iter=50, progress=lambda s: None, **kw)
+
+
+def test_cmapss_test_metrics_recount_at_each_engines_last_cycle():
+    """RMSE, PHM08 (d = predicted - true; e^(-d/13) - 1 if d < 0, e^(d/10) - 1 if d >= 0, summed) and the coverage
+    recounted by hand from one prediction per test engine, made from that engine's rows alone at its last cycle,
+    against the RUL file as given. At cap 80 five of the six intervals are open-ended ("at least lower") and every
+    true RUL (69-112) lies above its lower end: covered, 6 of 6 (1 of 6 if the upper end were taken at the cap)."""
+    r = _quiet_eval(SAMPLE, select=False, caps=(80.0,))
+    m, model = r["metrics"], r["model"]
+    true = [float(line) for line in (SAMPLE / "RUL_FD001.txt").read_text().split()]
+    assert r["true"].tolist() == true
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    for i, u in enumerate(test.units()):
+        e = test.select(test.unit == u)
+        own = model.predict(e.unit, e.cycle, e.settings, e.sensors)
+        assert own[-1] == pytest.approx(r["pred"][i])  # at the engine's last observed cycle
+        k = len(e.unit) // 2  # the history cut at cycle k predicts as the full history's row k: no later cycle used
+        cut = e.select(np.arange(len(e.unit)) < k)
+        assert model.predict(cut.unit, cut.cycle, cut.settings, cut.sensors)[-1] == pytest.approx(own[k - 1])
+    d = [p - t for p, t in zip(r["pred"].tolist(), true, strict=True)]
+    assert m["rmse"] == pytest.approx(math.sqrt(sum(x * x for x in d) / len(d)))
+    assert m["phm08"] == pytest.approx(sum(math.exp(-x / 13) - 1 if x < 0 else math.exp(x / 10) - 1 for x in d))
+    inside = [lo <= t <= hi for lo, hi, t in zip(r["lower"].tolist(), r["upper"].tolist(), true, strict=True)]
+    assert m["coverage"] == pytest.approx(sum(inside) / len(true)) == 1.0
+    assert m["open_ended"] == pytest.approx(5 / 6)
+    assert np.mean([lo <= t <= min(hi, 80.0) for lo, hi, t in zip(r["lower"], r["upper"], true, strict=True)]) < 0.5
+
+
+def test_cmapss_choices_never_see_the_test_files(tmp_path):
+    """Every choice (features, cap, interval calibration) is made before the test files are read: test files with
+    other sensor values and another RUL file change the test figures and nothing else."""
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(SAMPLE, other)
+    rows = np.loadtxt(other / "test_FD001.txt")
+    rows[:, 5:] *= np.random.default_rng(3).normal(1.0, 0.01, rows[:, 5:].shape)
+    np.savetxt(other / "test_FD001.txt", rows, fmt="%.6g")
+    (other / "RUL_FD001.txt").write_text("".join(f"{v}\n" for v in (5, 150, 30, 1, 60, 90)))
+    a = _quiet_eval(SAMPLE, caps=(125.0, 160.0))
+    b = _quiet_eval(other, caps=(125.0, 160.0))
+    for key in ("selection", "config", "selected", "cv_rmse_capped"):
+        assert a["metrics"][key] == b["metrics"][key], key
+    assert a["conformal"].to_dict() == b["conformal"].to_dict()
+    assert not np.allclose(a["pred"], b["pred"]) and a["metrics"]["rmse"] != b["metrics"]["rmse"]
+
+
+def test_cmapss_cross_validation_holds_out_whole_engines(monkeypatch):
+    """Each fold's model is fitted on engines none of which is validated in that fold; every engine is validated in
+    exactly one fold, at cycles with >= min_history seen, against its true (uncapped) RUL there."""
+    from maintenance import rul_eval
+    from maintenance.rul import RulConfig
+
+    fitted, validated = [], []
+    real_fit, real_rows = rul_eval.RulModel.fit, rul_eval.truncation_rows
+
+    def fit(self, unit, *a, **k):
+        fitted.append(set(np.unique(unit).tolist()))
+        return real_fit(self, unit, *a, **k)
+
+    def rows(unit, *a, **k):
+        validated.append(set(np.unique(unit).tolist()))
+        return real_rows(unit, *a, **k)
+
+    monkeypatch.setattr(rul_eval.RulModel, "fit", fit)
+    monkeypatch.setattr(rul_eval, "truncation_rows", rows)
+    train = cmapss.load(SAMPLE / "train_FD001.txt")
+    cv = rul_eval.cross_validate(train, RulConfig(max_iter=20), folds=4, truncations=3, min_history=20, seed=0)
+    assert len(fitted) == len(validated) == 4
+    for f, v in zip(fitted, validated, strict=True):
+        assert v and not f & v and f | v == set(train.units().tolist())
+    assert sorted(u for v in validated for u in v) == train.units().tolist()
+    assert (train.cycle[cv["rows"]] >= 20).all()
+    np.testing.assert_array_equal(cv["truth"], train.rul(None)[cv["rows"]])
+
+
+def test_history_features_at_a_cycle_use_no_later_cycle():
+    rng = np.random.default_rng(5)
+    unit = np.repeat([1, 2], 60)
+    cycle = np.r_[np.arange(1, 61), np.arange(1, 61)]
+    z = rng.normal(size=(120, 3))
+    a, _ = history_features(unit, cycle, z)
+    z2 = z.copy()
+    z2[31:60] += 50.0  # unit 1 after its cycle 31
+    b, _ = history_features(unit, cycle, z2)
+    np.testing.assert_array_equal(a[:31], b[:31])
+    np.testing.assert_array_equal(a[60:], b[60:])  # and unit 2 never sees unit 1
+    assert not np.allclose(a[31:60], b[31:60])
+
+
+def test_condition_normaliser_uses_training_statistics_only():
+    """FD002-like: six regimes. The test rows are normalised with the training rows' per-condition statistics: each
+    row alone as in a batch, whatever the other test rows are, and transforming leaves the fitted statistics."""
+    rng = np.random.default_rng(8)
+    regimes = np.array([[0, 0, 100], [10, 0.25, 100], [20, 0.7, 100], [25, 0.62, 60], [35, 0.84, 100],
+                        [42, 0.84, 100]], float)
+    settings = regimes[rng.integers(0, 6, 3000)] + rng.normal(0, 1e-3, (3000, 3))
+    sensors = settings[:, :2] @ np.array([[3.0, 1.0], [50.0, -20.0]]) + rng.normal(0, 1, (3000, 2))
+    n = ConditionNormaliser(conditions=6).fit(settings[:2000], sensors[:2000])
+    fitted = (n.mean_.copy(), n.std_.copy(), n.centres_.copy())
+    test_s, test_x = settings[2000:], sensors[2000:] + 5.0  # a shifted test fleet: its own statistics differ
+    batch = n.transform(test_s, test_x)
+    alone = np.vstack([n.transform(test_s[i:i + 1], test_x[i:i + 1]) for i in range(0, 1000, 97)])
+    np.testing.assert_allclose(batch[::97], alone)
+    for before, after in zip(fitted, (n.mean_, n.std_, n.centres_), strict=True):
+        np.testing.assert_array_equal(before, after)
+    assert batch.mean() > 2.0  # the shift shows: not standardised away with the test rows' own means
