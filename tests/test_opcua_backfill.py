@@ -316,3 +316,64 @@ async def test_a_device_clock_ahead_does_not_move_the_backfill_start_past_the_ga
         async with running(again, second.emit):
             await until(lambda: again.status()["last_backfill"] is not None, timeout_s=20, what="the backfill")
         assert {r.time for r in second.readings if r.tag == plain} >= set(gap)
+
+
+class _ThinkingHistory:
+    """An asyncua history backend (the server's own in-memory one) that answers the first request of each node and
+    start time with no values and a continuation point to the same place, as OPC UA Part 11 §6.3 lets a server do
+    when finding even one value takes too long ("the Server may return zero results with a ContinuationPoint")."""
+
+    def __new__(cls):
+        from asyncua.server.history import HistoryDict
+
+        class Thinking(HistoryDict):
+            def __init__(self) -> None:
+                super().__init__()
+                self.asked: set = set()
+                self.paused = 0
+
+            async def read_node_history(self, node_id, start, end, nb_values):
+                if (node_id, start) not in self.asked:
+                    self.asked.add((node_id, start))
+                    self.paused += 1
+                    return [], start
+                return await super().read_node_history(node_id, start, end, nb_values)
+
+        return Thinking()
+
+
+async def test_a_continuation_point_with_no_values_is_followed():
+    """Part 11 lets a server answer a HistoryRead with zero values and a continuation point (still looking). The
+    collector took such an answer as the node's end and read nothing of it for that window: every value of the gap
+    lost, without a word (nothing refused, nothing logged)."""
+    from asyncua import ua
+    from opcua_support import Sink, running, serving, until
+    from test_opcua_collector import collector
+
+    from collectors.simulator.tags import synthetic_tags
+
+    specs = synthetic_tags(2)
+    tags = [s.name for s in specs]
+    async with serving(specs, f"opc.tcp://127.0.0.1:{free_port()}/sim") as server:
+        storage = _ThinkingHistory()
+        server.server.iserver.history_manager.set_storage(storage)
+        now = datetime.now(UTC)
+        history = set()
+        for t in tags:
+            node = ua.NodeId.from_string(server.node_id(t))
+            await storage.new_historized_node(node, None)
+            for k in range(200):
+                when = now - timedelta(seconds=20) + timedelta(milliseconds=50 * (k + 1))
+                history.add((t, when))
+                await storage.save_node_value(node, ua.DataValue(ua.Variant(float(k), ua.VariantType.Double),
+                                                                 SourceTimestamp=when, ServerTimestamp=when))
+        col = collector(f"opc.tcp://127.0.0.1:{server.endpoint.rsplit(':', 1)[1]}", tags,
+                        history_backfill_max_s=3600.0)
+        col._mark = now - timedelta(seconds=20)  # what a restarted gateway reads from its spool
+        sink = Sink()
+        async with running(col, sink.emit):
+            await until(lambda: col.status()["last_backfill"] is not None, timeout_s=20, what="the backfill")
+        assert storage.paused >= len(tags)  # the server did pause each node
+        got = {(r.tag, r.time) for r in sink.readings}
+        assert history <= got, f"{len(history - got)} of {len(history)} historic values not handed on"
+        assert col.status()["last_backfill"]["readings"] == len(history)

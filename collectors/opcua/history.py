@@ -155,7 +155,10 @@ async def read_window(client: Client, nodes: list[tuple[int, ua.NodeId]], start:
                         values.extend((i, dv) for dv in got)
                     else:
                         values.extend((i, dv) for dv in got if (_when(dv) or floor) > floor)
-                    if res.ContinuationPoint and got:
+                    # Followed even with no values: Part 11 §6.3 lets a server that is slow to find even one
+                    # value answer zero results with a continuation point (taken as the end, a node's whole window
+                    # was lost without a word).
+                    if res.ContinuationPoint:
                         later[i] = (res.ContinuationPoint, since)
                     elif len(got) >= VALUES_PER_NODE:
                         newest = max((t for t in map(_when, got) if t is not None), default=None)
