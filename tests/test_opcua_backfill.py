@@ -377,3 +377,86 @@ async def test_a_continuation_point_with_no_values_is_followed():
         got = {(r.tag, r.time) for r in sink.readings}
         assert history <= got, f"{len(history - got)} of {len(history)} historic values not handed on"
         assert col.status()["last_backfill"]["readings"] == len(history)
+
+
+@pytest.mark.parametrize("slow", [True, False], ids=["long-backfill", "short-backfill"])
+async def test_live_values_while_the_backfill_reads_are_not_lost(slow):
+    """long-backfill: the new subscription's values wait behind the backfill, in the server's queues (queue_size per
+    item) and only as long as the subscription lives without a Publish request (lifetime_count x publishing interval:
+    50 s by default, and a day of a plant's history takes minutes to read). A longer backfill lost the values after
+    its span: discarded from the full queues, or with the subscription the server deleted, which the keep-alive
+    watchdog re-created with the current values only (254 values of 6.4 s lost here). The server historizes them
+    too: they are read back (catch-up rounds until a round is short, the subscription re-created when it may have
+    expired), and every value is handed on.
+
+    short-backfill: the span ended at the server's ServerStatus.CurrentTime, which asyncua's server writes once a
+    second: the values between it and the new subscription's start (up to a second of them) were in neither."""
+    from asyncua import ua
+    from opcua_support import Sink, running, serving, until
+    from test_opcua_collector import collector
+
+    from collectors.simulator.tags import synthetic_tags
+
+    specs = synthetic_tags(2)
+    tags = [s.name for s in specs]
+    async with serving(specs, f"opc.tcp://127.0.0.1:{free_port()}/sim") as server:
+        started = datetime.now(UTC)
+        storage = server.server.iserver.history_manager.storage
+        nodes = {t: ua.NodeId.from_string(server.node_id(t)) for t in tags}
+        start = datetime.now(UTC)
+        written: set = set()
+        for t in tags:
+            await storage.new_historized_node(nodes[t], None)
+            for k in range(300):  # the gap: one value a second for 5 minutes
+                when = start - timedelta(seconds=300 - k)
+                written.add((t, when))
+                await storage.save_node_value(nodes[t], ua.DataValue(ua.Variant(float(k), ua.VariantType.Double),
+                                                                     SourceTimestamp=when, ServerTimestamp=when))
+        stop = asyncio.Event()
+
+        async def plant() -> None:  # a historizing server: every change to the subscribers and to the history
+            k = 0
+            while not stop.is_set():
+                k += 1
+                when = datetime.now(UTC)
+                await server.write([(t, float(-k), 0) for t in tags], when, when)
+                for t in tags:
+                    written.add((t, when))
+                    await storage.save_node_value(nodes[t], ua.DataValue(
+                        ua.Variant(float(-k), ua.VariantType.Double), SourceTimestamp=when, ServerTimestamp=when))
+                await asyncio.sleep(0.05)
+
+        class SlowSpool(Sink):  # the gap's batches take long to store (a big backfill, a busy disk)
+            async def emit(self, batch) -> None:
+                if slow and batch.readings and max(r.time for r in batch.readings) < start:
+                    await asyncio.sleep(2.0)
+                await super().emit(batch)
+
+        writer = asyncio.create_task(plant())
+        # asyncua's server writes its CurrentTime once a second from its start: connect when it is some 0.6 s old
+        await asyncio.sleep(1.6 - (datetime.now(UTC) - started).total_seconds())
+        col = collector(f"opc.tcp://127.0.0.1:{server.endpoint.rsplit(':', 1)[1]}", tags, queue_size=5,
+                        lifetime_count=3, history_backfill_max_s=3600.0)
+        col._mark = start - timedelta(seconds=300)  # what a restarted gateway reads from its spool
+        sink = SlowSpool()
+        try:
+            async with running(col, sink.emit):
+                await until(lambda: col.status()["last_backfill"] is not None, timeout_s=60, what="the backfill")
+                took = col.status()["last_backfill"]["seconds"]
+                await asyncio.sleep(3.0)
+                stop.set()
+                await writer
+                await asyncio.sleep(1.5)
+                st = col.status()
+        finally:
+            stop.set()
+            await asyncio.gather(writer, return_exceptions=True)
+        got = {(r.tag, r.time) for r in sink.readings}
+        missing = sorted(written - got, key=lambda x: x[1])
+        print(f"backfill took {took} s; {len(written)} values written, {len(missing)} not handed on")
+        assert not missing, f"{len(missing)} values lost, {missing[0][1]} to {missing[-1][1]}"
+        assert st["last_backfill"]["error"] is None and st["backfill_due"] is None
+        if slow:  # longer than the queues (0.25 s) and the subscription's lifetime (0.3 s): re-created
+            assert took > 3.0 and st["subscriptions_recreated"] >= 1, (took, st["subscriptions_recreated"])
+        else:
+            assert took < 1.0 and st["subscriptions_recreated"] == 0, (took, st["subscriptions_recreated"])

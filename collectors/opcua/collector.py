@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from asyncua import Client, ua
@@ -48,6 +48,7 @@ from collectors.opcua.convert import OVERFLOW, OVERFLOW_MASK, to_reading, to_rea
 from collectors.opcua.history import (
     DUE_KEY,
     MARK_KEY,
+    OVERLAP_S,
     BackfillPlan,
     Windows,
     due_text,
@@ -166,6 +167,13 @@ class _Gate:
 
 
 BACKFILL_BATCH = 10_000  # readings per batch a backfill hands on (each awaited until the spool holds it)
+# A backfill in a new session goes on from its end to the server's time then while a round takes this long or longer:
+# the live values of that time wait in the server's queues, which hold queue_size values per item (25 s at the
+# defaults), and a round this short leaves them far less to hold. At most CATCH_UP_ROUNDS more rounds.
+CATCH_UP_S = 1.0
+CATCH_UP_ROUNDS = 10
+# How old a server's ServerStatus.CurrentTime may be when read (asyncua's server writes it once a second).
+SERVER_TIME_SLACK_S = 1.0
 _NO_SOURCE_TIME = int(Flag.NO_SOURCE_TIME)
 
 
@@ -1311,14 +1319,18 @@ class OpcUaCollector:
 
     async def _backfill(self, client: Client, span: BackfillPlan) -> None:
         """Read ``span`` back from the server's history and store it, window by window in time order; then let the
-        live values through. A failure is logged and counted; the span stays due for the next connect."""
+        live values through. A failure is logged and counted; the span stays due for the next connect.
+
+        In a new session the live values wait behind the backfill in the server (queue_size per item, and only as
+        long as the subscription lives without a Publish request: lifetime_count x publishing interval). A long
+        backfill outlasts both: so it goes on in catch-up rounds from its end to the server's time then, until a
+        round takes less than `CATCH_UP_S`, and when the wait has come near the subscription's lifetime the
+        subscription is re-created before the last round (its queues then hold only what changed since)."""
         gate, new_session = self._gate, span.end is None
-        started, count, refused = time.monotonic(), 0, {}
+        started, before, refused = time.monotonic(), self.backfilled, {}
         try:
-            end = span.end or await within(server_time(client), self.cfg.request_timeout_s) or utcnow()
-            if end.tzinfo is None:
-                end = end.replace(tzinfo=UTC)
-            start = span.start
+            end = span.end or await self._span_end(client)
+            start = first = span.start
             self._due = (start, end)
             if self.ctx.state is not None:
                 await self.ctx.state.save([(DUE_KEY, due_text(start, end))])
@@ -1330,56 +1342,38 @@ class OpcUaCollector:
             # Values already handed on (this process, before the gap) are not handed on again; a resumed session's
             # live values are newer than the gap and say nothing about it.
             last = {tag: r.time for tag, r in self._last.items()} if new_session else {}
-            spans = Windows(start, end)
-            for w0, w1 in spans:
-                values, no = await read_window(client, nodes, w0, w1, per_call=self._per_call("history_read"),
-                                               timeout_s=self.cfg.request_timeout_s)
-                spans.held(len(values))
-                if no:
-                    refused.update({self._tags[i]: code for i, code in no.items()})
-                    nodes = [(i, n) for i, n in nodes if i not in no]
-                now = utcnow()
-                # A value without a timestamp (none, or an encoding's end: convert.py) would be stored at the time it
-                # was read back: not taken from history.
-                readings = [r for i, dv in values for r in to_readings(self._tags[i], dv, now, flatten=self._flatten[i])
-                            if not int.__and__(r.flags, _NO_SOURCE_TIME)]
-                readings.sort(key=lambda r: r.time)
-                fresh = []
-                for r in readings:
-                    prev = last.get(r.tag)
-                    if prev is None or r.time > prev:
-                        last[r.tag] = r.time
-                        fresh.append(r)
-                for k in range(0, len(fresh), BACKFILL_BATCH):
-                    chunk = fresh[k:k + BACKFILL_BATCH]
-                    # What is left goes with the batch: from the window's end, or within it from this batch's last
-                    # time (read again from there, at most one time's values come twice: kept once by the database).
-                    rest = w1 if k + BACKFILL_BATCH >= len(fresh) else chunk[-1].time
-                    await self._store(chunk, [(DUE_KEY, due_text(rest, end))])
-                    self._due = (rest, end)
-                    count += len(chunk)
-                    self.backfilled += len(chunk)
-                    self.ctx.metrics.backfilled.labels(self.name).inc(len(chunk))
-                self._due = (w1, end)
-                if not nodes:
+            waiting = started  # since when the live subscription's values wait (in its queues) behind the backfill
+            for rounds in range(CATCH_UP_ROUNDS + 1):
+                began = time.monotonic()
+                nodes = await self._backfill_span(client, nodes, start, end, last, refused)
+                if not nodes or gate is None or rounds == CATCH_UP_ROUNDS:
                     break
+                if self._sub_near_expiry(waiting):
+                    await self._renew_waiting_subscription(time.monotonic() - waiting)
+                    waiting = time.monotonic()
+                elif time.monotonic() - began < CATCH_UP_S:
+                    break
+                # From a little before the last end: values a round's read of a node missed (made later, stamped
+                # before its end) are read; those read already are not handed on twice (``last``).
+                start, end = end - timedelta(seconds=OVERLAP_S), max(end, await self._span_end(client))
             if self.ctx.state is not None:
                 await self.ctx.state.save([(DUE_KEY, None)])
             self._due = None
             self.backfills += 1
+            count = self.backfilled - before
             if new_session:
                 self._until = {tag: t for tag, t in last.items()}
-            self.last_backfill = {"from": _iso(start), "to": _iso(end), "readings": count, "refused": len(refused),
+            self.last_backfill = {"from": _iso(first), "to": _iso(end), "readings": count, "refused": len(refused),
                                   "seconds": round(time.monotonic() - started, 3), "error": None}
             log.info("%s: %d values of the gap %s to %s read back from the server's history and stored in %.1f s%s",
-                     self.name, count, _iso(start), _iso(end), time.monotonic() - started,
+                     self.name, count, _iso(first), _iso(end), time.monotonic() - started,
                      f"; the server gave no history of {len(refused)} nodes: {_names(sorted(refused))} "
                      f"({', '.join(sorted(set(refused.values())))})" if refused else "",
                      extra={"event": "opcua_backfill_done", "collector": self.name})
         except asyncio.CancelledError:
             # The connection was lost (or the gateway stops) meanwhile: the span from the unfinished window on stays
             # due, and is read on at the next connect.
-            due = self._due
+            due, count = self._due, self.backfilled - before
             self.last_backfill = {"from": _iso(span.start), "to": _iso(due[1]) if due else None, "readings": count,
                                   "refused": len(refused), "seconds": round(time.monotonic() - started, 3),
                                   "error": "cut short (connection lost or stopping)"}
@@ -1389,7 +1383,7 @@ class OpcUaCollector:
             raise
         except Exception as exc:
             self.ctx.metrics.collector_errors.labels(self.name, "history_read").inc()
-            due = self._due
+            due, count = self._due, self.backfilled - before
             self.last_backfill = {"from": _iso(span.start), "to": _iso(due[1]) if due else None, "readings": count,
                                   "refused": len(refused), "seconds": round(time.monotonic() - started, 3),
                                   "error": describe(exc)}
@@ -1401,6 +1395,77 @@ class OpcUaCollector:
             if gate is not None and self._gate is gate and not asyncio.current_task().cancelling():
                 gate.open(True)  # done, or failed with the rest due: the live values go on
                 self._gate = None
+
+    async def _backfill_span(self, client: Client, nodes: list[tuple[int, ua.NodeId]], start: datetime,
+                             end: datetime, last: dict[str, datetime],
+                             refused: dict[str, str]) -> list[tuple[int, ua.NodeId]]:
+        """Read ``[start, end]`` of ``nodes`` window by window and store each window's values in time order, those
+        newer than ``last`` (tag -> newest time handed on; updated); the nodes the server refuses go to ``refused``.
+        Returns the nodes still read."""
+        spans = Windows(start, end)
+        for w0, w1 in spans:
+            values, no = await read_window(client, nodes, w0, w1, per_call=self._per_call("history_read"),
+                                           timeout_s=self.cfg.request_timeout_s)
+            spans.held(len(values))
+            if no:
+                refused.update({self._tags[i]: code for i, code in no.items()})
+                nodes = [(i, n) for i, n in nodes if i not in no]
+            now = utcnow()
+            # A value without a timestamp (none, or an encoding's end: convert.py) would be stored at the time it
+            # was read back: not taken from history.
+            readings = [r for i, dv in values for r in to_readings(self._tags[i], dv, now, flatten=self._flatten[i])
+                        if not int.__and__(r.flags, _NO_SOURCE_TIME)]
+            readings.sort(key=lambda r: r.time)
+            fresh = []
+            for r in readings:
+                prev = last.get(r.tag)
+                if prev is None or r.time > prev:
+                    last[r.tag] = r.time
+                    fresh.append(r)
+            for k in range(0, len(fresh), BACKFILL_BATCH):
+                chunk = fresh[k:k + BACKFILL_BATCH]
+                # What is left goes with the batch: from the window's end, or within it from this batch's last
+                # time (read again from there, at most one time's values come twice: kept once by the database).
+                rest = w1 if k + BACKFILL_BATCH >= len(fresh) else chunk[-1].time
+                await self._store(chunk, [(DUE_KEY, due_text(rest, end))])
+                self._due = (rest, end)
+                self.backfilled += len(chunk)
+                self.ctx.metrics.backfilled.labels(self.name).inc(len(chunk))
+            self._due = (w1, end)
+            if not nodes:
+                break
+        return nodes
+
+    async def _span_end(self, client: Client) -> datetime:
+        """Where a backfill (round) of a new session ends: after everything the server produced before the live
+        subscription began. The server's ServerStatus.CurrentTime may be up to `SERVER_TIME_SLACK_S` old (asyncua's
+        server writes it once a second: the values between it and the subscription's start were lost), so a little
+        later than it, or the gateway's time if later still; reading past the present costs nothing (each tag's
+        values are taken once, by time)."""
+        end = await within(server_time(client), self.cfg.request_timeout_s) or utcnow()
+        end = end if end.tzinfo is not None else end.replace(tzinfo=UTC)
+        return max(end + timedelta(seconds=SERVER_TIME_SLACK_S), utcnow())
+
+    def _sub_near_expiry(self, since: float) -> bool:
+        """Whether the live subscription has waited behind the backfill (no Publish request at the server since
+        ``since``, time.monotonic()) for half its lifetime or more: the server may delete it soon, or has."""
+        sub = self._sub
+        if sub is None or sub.subscription_id is None or sub.revised is None:
+            return False
+        lifetime_s = sub.revised.RevisedLifetimeCount * sub.revised.RevisedPublishingInterval / 1000.0
+        return time.monotonic() - since >= lifetime_s / 2
+
+    async def _renew_waiting_subscription(self, waited_s: float) -> None:
+        """Re-create the live subscription that waited behind the backfill for ``waited_s``: the server deletes a
+        subscription left without a Publish request for its lifetime, and its queues dropped values meanwhile; the
+        next catch-up round reads what changed until after the new one began."""
+        sub = self._sub
+        assert sub is not None
+        log.info("%s: the live subscription waited %.1f s behind the backfill, near its lifetime (%d x %g ms): "
+                 "re-created, and the history read on to after that", self.name, waited_s,
+                 sub.revised.RevisedLifetimeCount, sub.revised.RevisedPublishingInterval,
+                 extra={"event": "opcua_backfill_resubscribed", "collector": self.name})
+        await sub.recreate()
 
     def _on_status(self, status: ua.StatusCode) -> None:
         if not status.is_good():
