@@ -278,3 +278,45 @@ def test_gateway_follows_the_backup_when_the_primary_hangs_and_stays_there(tmp_p
     # watchdog (0.5 s, a loss found within ~2x) + back-off (<= 0.5 s) + the probe (backup answers; the frozen
     # primary is waited for PROBE_GRACE_S more) + subscribe + the database flush (0.2 s).
     assert took < 8.0, took
+
+
+async def test_a_hung_primary_does_not_hold_the_failover_to_a_degraded_backup(caplog):
+    """The active primary hangs (connections open, nothing answers: a frozen server or a dead path) and the backup
+    answers degraded (ServiceLevel 150: usable, and a server that lost its partner often says so). The choice at the
+    reconnect waited for the hung primary for the whole connect_timeout_s (6 s here) because only a healthy answer
+    cut the wait short; a usable one does now (1 s more, `PROBE_GRACE_S`), and the backup's values follow within
+    about 2-3 s of the hang instead of some 7. A healthy server found later is switched to (the degraded active
+    server's others are asked again)."""
+    from opcua_support import CutProxy
+
+    caplog.set_level(logging.INFO)
+    eps = [f"opc.tcp://127.0.0.1:{free_port()}/plant" for _ in range(2)]
+    metrics, sink, stop = Metrics(), Sink(), asyncio.Event()
+    async with serving(TAGS, eps[0]) as primary, serving(TAGS, eps[1]) as backup:
+        await set_level(backup, 150)
+        proxy = await CutProxy(int(eps[0].rsplit(":", 1)[1].split("/")[0])).start()
+        writer = asyncio.create_task(write_rounds({PRIMARY: primary, BACKUP: backup}, stop))
+        col = collector([proxy.endpoint("/plant"), eps[1]], None, metrics, connect_timeout_s=10,
+                        request_timeout_s=5)  # the defaults
+        try:
+            async with supervised(col, sink.emit, retry_s=0.3):
+                await until(lambda: sum(source(r) == PRIMARY for r in sink.readings) >= 3 * len(TAGS), 20,
+                            "values from the primary")
+                hung = time.monotonic()
+                proxy.hang()
+                mark = len(sink.readings)
+                await until(lambda: any(source(r) == BACKUP for r in sink.readings[mark:]), 20,
+                            "values from the backup")
+                took = time.monotonic() - hung
+                assert col.status()["endpoint"] == eps[1] and col.status()["service_level"] == 150
+                proxy.hang(False)  # the primary answers again, healthy: the degraded backup is left for it
+                await until(lambda: col.status()["endpoint"] == proxy.endpoint("/plant"), 25, "back to the primary")
+                assert col.status()["last_failover"]["reason"] == "service_level"
+        finally:
+            stop.set()
+            await writer
+            await proxy.stop()
+    print(f"primary hung, backup degraded: first value from the backup after {took:.2f} s")
+    assert took < 4.0, took
+    assert failovers(metrics, "connection_lost") == 1
+    no_reading_twice(sink)

@@ -93,8 +93,9 @@ HEALTHY, DEGRADED = 200, 2
 # While the active server reports less than healthy, the others are asked again at most this often (each time a
 # session is opened on each, then closed).
 REPROBE_S = 10.0
-# Once one server has answered healthy, the others are waited for this much longer, not connect_timeout_s: a server
-# that hangs (the one just lost, often) must not hold the failover for the whole connect timeout. At least as long as
+# Once one server has answered usable (healthy or degraded), the others are waited for this much longer, not
+# connect_timeout_s: a server that hangs (the one just lost, often) must not hold the failover. A better one that
+# answers later is switched to while the chosen one is degraded (`REPROBE_S`). At least as long as
 # that answer took, though: under load a secure handshake takes seconds, and a preferred server 1 s slower than its
 # backup at the start was passed over for good (no switch back while the backup is healthy; seen in CI).
 PROBE_GRACE_S = 1.0
@@ -459,7 +460,9 @@ class OpcUaCollector:
                 done, pending = await asyncio.wait(pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
                 if not done:
                     break
-                if deadline is None and any(t.exception() is None and band(t.result()[0]) == 2 for t in done):
+                # Any usable answer (degraded too) starts the grace: a backup that lost its partner often reports
+                # itself degraded, and the wait for the hung partner held the failover 6 s (request_timeout_s).
+                if deadline is None and any(t.exception() is None and band(t.result()[0]) >= 1 for t in done):
                     grace = max(PROBE_GRACE_S, loop.time() - began)
                     deadline = loop.time() + grace
         finally:
