@@ -320,3 +320,36 @@ async def test_a_hung_primary_does_not_hold_the_failover_to_a_degraded_backup(ca
     assert took < 4.0, took
     assert failovers(metrics, "connection_lost") == 1
     no_reading_twice(sink)
+
+
+async def test_two_servers_hovering_about_the_healthy_edge_do_not_make_it_flap():
+    """Both servers' ServiceLevels hover about 200 in turn (199/201, then 201/199, every second: servers that lower
+    it with their load). The band hysteresis alone switched at every crossing: 10 failovers in 20 s, each a new
+    session and subscription (whose values the switch can lose). A server switched to for its ServiceLevel is now
+    kept REPROBE_S (10 s) unless it fails: at most one switch per 10 s, and values keep coming."""
+    from collectors.opcua.collector import REPROBE_S
+
+    eps = [f"opc.tcp://127.0.0.1:{free_port()}/plant" for _ in range(2)]
+    metrics, sink, stop = Metrics(), Sink(), asyncio.Event()
+    async with serving(TAGS, eps[0]) as primary, serving(TAGS, eps[1]) as backup:
+        writer = asyncio.create_task(write_rounds({PRIMARY: primary, BACKUP: backup}, stop))
+        col = collector(eps, None, metrics)
+        async with running(col, sink.emit) as task:
+            await until(lambda: col.connected, 20, "a connection")
+            began = time.monotonic()
+            k = 0
+            while time.monotonic() - began < 12.0:
+                k += 1
+                await set_level(primary, 199 if k % 2 else 201)
+                await set_level(backup, 201 if k % 2 else 199)
+                await asyncio.sleep(1.0)
+            mark = len(sink.readings)
+            await until(lambda: len(sink.readings) > mark + 3 * len(TAGS), 10, "values after the hovering")
+            assert not task.done()
+        stop.set()
+        await writer
+    switches = col.status()["failovers"]
+    print(f"ServiceLevels hovering about 200 in turn for 12 s: {switches} failovers")
+    assert 1 <= switches <= 12.0 / REPROBE_S + 1, switches
+    assert failovers(metrics, "service_level") == switches
+    no_reading_twice(sink)

@@ -199,6 +199,7 @@ class OpcUaCollector:
         self.service_level: int | None = None  # the active server's, last read (redundant sets only)
         self.last_failover: dict | None = None
         self._probed_at = 0.0  # time.monotonic() of the last probe of the other servers while degraded
+        self._switched_at = float("-inf")  # time.monotonic() of the last failover for a ServiceLevel
         self._servers_seen: dict[int, int | str] = {}  # server -> its ServiceLevel or why not, at its last probe
         self._handover: set[str] = set()  # tags whose first value after a failover may repeat the last one
         self._set_active(0)
@@ -301,6 +302,7 @@ class OpcUaCollector:
                     self._lost = asyncio.Event()  # the old server's connection is no loss of the new one
                     self._lost_reason, self._lost_error = "", None
                     self._fail_over(failover.to, "service_level", failover.reason)
+                    self._switched_at = time.monotonic()
                     self.service_level, opened = failover.level, failover.client
         except NotConnectedError as exc:
             self.last_error = str(exc)
@@ -594,6 +596,10 @@ class OpcUaCollector:
         dropped = self.service_level is not None and band(level) < band(self.service_level)
         self.service_level = self._servers_seen[self._active] = level
         if band(level) == 2 or not (dropped or time.monotonic() - self._probed_at >= REPROBE_S):
+            return
+        if band(level) > 0 and time.monotonic() - self._switched_at < REPROBE_S:
+            # Switched to for its ServiceLevel less than REPROBE_S ago and not failed: kept. Two servers hovering
+            # about 200 in turn switched at every crossing (10 failovers in 20 s, each a new session and subscription).
             return
         self._probed_at = time.monotonic()
         up, _ = await self._probe([i for i in range(len(self._servers)) if i != self._active])
