@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -67,6 +68,23 @@ def failovers(metrics: Metrics, reason: str) -> float:
 def active(metrics: Metrics, endpoint: str) -> float | None:
     return metrics.registry.get_sample_value("valvoja_collector_active_server",
                                              {"collector": "pair", "endpoint": endpoint})
+
+
+@asynccontextmanager
+async def pair_running(metrics: Metrics, sink: Sink):
+    """A redundant pair of servers written every 100 ms (`write_rounds`) and a collector running on them for the
+    block: yields (primary, backup, collector, its run task)."""
+    eps = [f"opc.tcp://127.0.0.1:{free_port()}/plant" for _ in range(2)]
+    stop = asyncio.Event()
+    async with serving(TAGS, eps[0]) as primary, serving(TAGS, eps[1]) as backup:
+        writer = asyncio.create_task(write_rounds({PRIMARY: primary, BACKUP: backup}, stop))
+        col = collector(eps, None, metrics)
+        try:
+            async with running(col, sink.emit) as task:
+                yield primary, backup, col, task
+        finally:
+            stop.set()
+            await writer
 
 
 def no_reading_twice(sink: Sink) -> None:
@@ -127,34 +145,29 @@ async def test_primary_killed_collector_moves_to_the_secure_backup_and_stores_it
 async def test_service_level_failover_without_dropping_the_connection_and_no_flapping(caplog):
     """The primary's ServiceLevel set to 50 while it runs: the collector moves to the healthy backup within its
     run (no lost connection); the primary healthy again: it stays on the backup (a switch needs a better band, not
-    a higher level); the backup degraded: back to the primary."""
+    a higher level); the backup degraded: back to the primary (once the backup has been kept 10 s, REPROBE_S)."""
     caplog.set_level(logging.INFO)
-    eps = [f"opc.tcp://127.0.0.1:{free_port()}/plant" for _ in range(2)]
-    metrics, sink, stop = Metrics(), Sink(), asyncio.Event()
-    async with serving(TAGS, eps[0]) as primary, serving(TAGS, eps[1]) as backup:
-        writer = asyncio.create_task(write_rounds({PRIMARY: primary, BACKUP: backup}, stop))
-        col = collector(eps, None, metrics)
-        async with running(col, sink.emit) as task:
-            await until(lambda: sum(source(r) == PRIMARY for r in sink.readings) >= 5 * len(TAGS), 20,
-                        "values from the primary")  # both at 255: the configured order
-            degraded = time.monotonic()
-            await set_level(primary, 50)
-            await until(lambda: col.status()["endpoint"] == eps[1], 10, "the switch to the backup")
-            mark = len(sink.readings)
-            await until(lambda: any(source(r) == BACKUP for r in sink.readings[mark:]), 10, "values from the backup")
-            took = time.monotonic() - degraded
-            assert not task.done(), "the run ended: the connection was dropped"
-            await set_level(primary, 255)
-            await asyncio.sleep(3.0)  # six watchdog periods
-            assert col.status()["endpoint"] == eps[1] and col.status()["failovers"] == 1
-            assert not any(source(r) == PRIMARY for r in sink.readings[mark:])
-            await set_level(backup, 120)
-            await until(lambda: col.status()["endpoint"] == eps[0], 10, "the switch back to the primary")
-            mark = len(sink.readings)
-            await until(lambda: any(source(r) == PRIMARY for r in sink.readings[mark:]), 10, "primary values")
-            assert not task.done()
-        stop.set()
-        await writer
+    metrics, sink = Metrics(), Sink()
+    async with pair_running(metrics, sink) as (primary, backup, col, task):
+        eps = col.status()["endpoints"]
+        await until(lambda: sum(source(r) == PRIMARY for r in sink.readings) >= 5 * len(TAGS), 20,
+                    "values from the primary")  # both at 255: the configured order
+        degraded = time.monotonic()
+        await set_level(primary, 50)
+        await until(lambda: col.status()["endpoint"] == eps[1], 10, "the switch to the backup")
+        mark = len(sink.readings)
+        await until(lambda: any(source(r) == BACKUP for r in sink.readings[mark:]), 10, "values from the backup")
+        took = time.monotonic() - degraded
+        assert not task.done(), "the run ended: the connection was dropped"
+        await set_level(primary, 255)
+        await asyncio.sleep(3.0)  # six watchdog periods
+        assert col.status()["endpoint"] == eps[1] and col.status()["failovers"] == 1
+        assert not any(source(r) == PRIMARY for r in sink.readings[mark:])
+        await set_level(backup, 120)
+        await until(lambda: col.status()["endpoint"] == eps[0], 10, "the switch back to the primary")
+        mark = len(sink.readings)
+        await until(lambda: any(source(r) == PRIMARY for r in sink.readings[mark:]), 10, "primary values")
+        assert not task.done()
     print(f"primary ServiceLevel 50 -> first value from the backup after {took:.2f} s")
     assert took < 3.0, took
     st = col.status()
@@ -329,25 +342,19 @@ async def test_two_servers_hovering_about_the_healthy_edge_do_not_make_it_flap()
     kept REPROBE_S (10 s) unless it fails: at most one switch per 10 s, and values keep coming."""
     from collectors.opcua.collector import REPROBE_S
 
-    eps = [f"opc.tcp://127.0.0.1:{free_port()}/plant" for _ in range(2)]
-    metrics, sink, stop = Metrics(), Sink(), asyncio.Event()
-    async with serving(TAGS, eps[0]) as primary, serving(TAGS, eps[1]) as backup:
-        writer = asyncio.create_task(write_rounds({PRIMARY: primary, BACKUP: backup}, stop))
-        col = collector(eps, None, metrics)
-        async with running(col, sink.emit) as task:
-            await until(lambda: col.connected, 20, "a connection")
-            began = time.monotonic()
-            k = 0
-            while time.monotonic() - began < 12.0:
-                k += 1
-                await set_level(primary, 199 if k % 2 else 201)
-                await set_level(backup, 201 if k % 2 else 199)
-                await asyncio.sleep(1.0)
-            mark = len(sink.readings)
-            await until(lambda: len(sink.readings) > mark + 3 * len(TAGS), 10, "values after the hovering")
-            assert not task.done()
-        stop.set()
-        await writer
+    metrics, sink = Metrics(), Sink()
+    async with pair_running(metrics, sink) as (primary, backup, col, task):
+        await until(lambda: col.connected, 20, "a connection")
+        began = time.monotonic()
+        k = 0
+        while time.monotonic() - began < 12.0:
+            k += 1
+            await set_level(primary, 199 if k % 2 else 201)
+            await set_level(backup, 201 if k % 2 else 199)
+            await asyncio.sleep(1.0)
+        mark = len(sink.readings)
+        await until(lambda: len(sink.readings) > mark + 3 * len(TAGS), 10, "values after the hovering")
+        assert not task.done()
     switches = col.status()["failovers"]
     print(f"ServiceLevels hovering about 200 in turn for 12 s: {switches} failovers")
     assert 1 <= switches <= 12.0 / REPROBE_S + 1, switches
