@@ -242,7 +242,6 @@ async def test_a_backfill_cut_short_is_read_on_at_the_next_connect(caplog):
 async def test_polled_nodes_wait_behind_the_backfill_and_then_go_on():
     """mode = "poll": the first read's values are handed on after the backfill's (they waited for it; the backfill
     was started after the first read, which then waited for ever), and polling goes on."""
-    from asyncua import ua
     from opcua_support import Sink, running, serving, until
     from test_opcua_collector import collector
 
@@ -251,17 +250,7 @@ async def test_polled_nodes_wait_behind_the_backfill_and_then_go_on():
     specs = synthetic_tags(2)
     tags = [s.name for s in specs]
     async with serving(specs, f"opc.tcp://127.0.0.1:{free_port()}/sim") as server:
-        storage = server.server.iserver.history_manager.storage
-        now = datetime.now(UTC)
-        history = set()
-        for t in tags:
-            node = ua.NodeId.from_string(server.node_id(t))
-            await storage.new_historized_node(node, None)
-            for k in range(1_000):
-                when = now - timedelta(seconds=20) + timedelta(milliseconds=10 * (k + 1))
-                history.add((t, when))
-                await storage.save_node_value(node, ua.DataValue(ua.Variant(float(k), ua.VariantType.Double),
-                                                                 SourceTimestamp=when, ServerTimestamp=when))
+        now, history = await _historize(server, server.server.iserver.history_manager.storage, tags, 1_000, 10)
         col = collector(f"opc.tcp://127.0.0.1:{server.endpoint.rsplit(':', 1)[1]}", tags, mode="poll",
                         polling_interval_ms=100, history_backfill_max_s=3600.0)
         col._mark = now - timedelta(seconds=20)  # what a restarted gateway reads from its spool
@@ -342,13 +331,45 @@ class _ThinkingHistory:
         return Thinking()
 
 
+async def _historize(server, storage, tags: list[str], count: int, step_ms: int) -> tuple[datetime, set]:
+    """Put ``count`` values of each tag, ``step_ms`` apart, ending within the last 20 s, into ``storage`` (the
+    server's history backend): now, and the (tag, time) pairs of the history."""
+    from asyncua import ua
+
+    now = datetime.now(UTC)
+    history = set()
+    for t in tags:
+        node = ua.NodeId.from_string(server.node_id(t))
+        await storage.new_historized_node(node, None)
+        for k in range(count):
+            when = now - timedelta(seconds=20) + timedelta(milliseconds=step_ms * (k + 1))
+            history.add((t, when))
+            await storage.save_node_value(node, ua.DataValue(ua.Variant(float(k), ua.VariantType.Double),
+                                                             SourceTimestamp=when, ServerTimestamp=when))
+    return now, history
+
+
+async def _backfill_from(server, storage, tags: list[str]):
+    """200 values of each tag over the last 20 s in ``storage`` (`_historize`); a collector that stored readings up to
+    20 s ago (a restarted gateway's spool) run until its backfill is done: the (tag, time) pairs of the history, the
+    collector and what it handed on."""
+    from opcua_support import Sink, running, until
+    from test_opcua_collector import collector
+
+    now, history = await _historize(server, storage, tags, 200, 50)
+    col = collector(f"opc.tcp://127.0.0.1:{server.endpoint.rsplit(':', 1)[1]}", tags, history_backfill_max_s=3600.0)
+    col._mark = now - timedelta(seconds=20)
+    sink = Sink()
+    async with running(col, sink.emit):
+        await until(lambda: col.status()["last_backfill"] is not None, timeout_s=20, what="the backfill")
+    return history, col, sink
+
+
 async def test_a_continuation_point_with_no_values_is_followed():
     """Part 11 lets a server answer a HistoryRead with zero values and a continuation point (still looking). The
     collector took such an answer as the node's end and read nothing of it for that window: every value of the gap
     lost, without a word (nothing refused, nothing logged)."""
-    from asyncua import ua
-    from opcua_support import Sink, running, serving, until
-    from test_opcua_collector import collector
+    from opcua_support import serving
 
     from collectors.simulator.tags import synthetic_tags
 
@@ -357,22 +378,7 @@ async def test_a_continuation_point_with_no_values_is_followed():
     async with serving(specs, f"opc.tcp://127.0.0.1:{free_port()}/sim") as server:
         storage = _ThinkingHistory()
         server.server.iserver.history_manager.set_storage(storage)
-        now = datetime.now(UTC)
-        history = set()
-        for t in tags:
-            node = ua.NodeId.from_string(server.node_id(t))
-            await storage.new_historized_node(node, None)
-            for k in range(200):
-                when = now - timedelta(seconds=20) + timedelta(milliseconds=50 * (k + 1))
-                history.add((t, when))
-                await storage.save_node_value(node, ua.DataValue(ua.Variant(float(k), ua.VariantType.Double),
-                                                                 SourceTimestamp=when, ServerTimestamp=when))
-        col = collector(f"opc.tcp://127.0.0.1:{server.endpoint.rsplit(':', 1)[1]}", tags,
-                        history_backfill_max_s=3600.0)
-        col._mark = now - timedelta(seconds=20)  # what a restarted gateway reads from its spool
-        sink = Sink()
-        async with running(col, sink.emit):
-            await until(lambda: col.status()["last_backfill"] is not None, timeout_s=20, what="the backfill")
+        history, col, sink = await _backfill_from(server, storage, tags)
         assert storage.paused >= len(tags)  # the server did pause each node
         got = {(r.tag, r.time) for r in sink.readings}
         assert history <= got, f"{len(history - got)} of {len(history)} historic values not handed on"
@@ -460,3 +466,41 @@ async def test_live_values_while_the_backfill_reads_are_not_lost(slow):
             assert took > 3.0 and st["subscriptions_recreated"] >= 1, (took, st["subscriptions_recreated"])
         else:
             assert took < 1.0 and st["subscriptions_recreated"] == 0, (took, st["subscriptions_recreated"])
+
+
+async def test_nodes_the_server_has_no_continuation_point_left_for_are_asked_again():
+    """OPC UA Part 4 §7.9: a server that has used its continuation points in a response answers the remaining
+    operations Bad_NoContinuationPoints (a client "can avoid" it by asking fewer nodes at a time). The collector took
+    that for "this node has no history": the node was dropped from the whole backfill, and the log said the server
+    gave no history of it. Here a server that returns 50 values a page and has one continuation point: every value
+    of the three nodes is read back now (400 of 600 were lost)."""
+    from asyncua import ua
+    from asyncua.server.history import HistoryDict, HistoryManager
+    from opcua_support import serving
+
+    from collectors.simulator.tags import synthetic_tags
+
+    class OneContinuationPoint(HistoryManager):
+        async def read_history(self, params):
+            results, used = [], False
+            for rv in params.NodesToRead:
+                if used and not rv.ContinuationPoint:
+                    results.append(ua.HistoryReadResult(StatusCode=ua.StatusCode(
+                        ua.StatusCodes.BadNoContinuationPoints)))
+                    continue
+                res = await self._read_history(params.HistoryReadDetails, rv)
+                used = used or bool(res.ContinuationPoint)
+                results.append(res)
+            return results
+
+    specs = synthetic_tags(3)
+    tags = [s.name for s in specs]
+    async with serving(specs, f"opc.tcp://127.0.0.1:{free_port()}/sim") as server:
+        iserver = server.server.iserver
+        iserver.history_manager = OneContinuationPoint(iserver)
+        storage = HistoryDict(max_history_data_response_size=50)
+        iserver.history_manager.set_storage(storage)
+        history, col, sink = await _backfill_from(server, storage, tags)
+        got = {(r.tag, r.time) for r in sink.readings}
+        assert history <= got, f"{len(history - got)} of {len(history)} historic values not handed on"
+        assert col.status()["last_backfill"]["refused"] == 0
