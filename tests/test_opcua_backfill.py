@@ -504,3 +504,27 @@ async def test_nodes_the_server_has_no_continuation_point_left_for_are_asked_aga
         got = {(r.tag, r.time) for r in sink.readings}
         assert history <= got, f"{len(history - got)} of {len(history)} historic values not handed on"
         assert col.status()["last_backfill"]["refused"] == 0
+
+
+async def test_history_answered_newest_first_is_handed_on_in_time_order_once():
+    """A server that answers its raw history newest first (the order is the server's; Part 11 asks for oldest
+    first when StartTime < EndTime): each window is put in time order before it is handed on, every value once."""
+    from asyncua.server.history import HistoryDict
+    from opcua_support import serving
+
+    from collectors.simulator.tags import synthetic_tags
+
+    class NewestFirst(HistoryDict):
+        async def read_node_history(self, node_id, start, end, nb_values):
+            values, cont = await super().read_node_history(node_id, start, end, nb_values)
+            return list(reversed(values)), cont
+
+    specs = synthetic_tags(2)
+    tags = [s.name for s in specs]
+    async with serving(specs, f"opc.tcp://127.0.0.1:{free_port()}/sim") as server:
+        storage = NewestFirst()
+        server.server.iserver.history_manager.set_storage(storage)
+        history, _, sink = await _backfill_from(server, storage, tags)
+    back = [r for r in sink.readings if (r.tag, r.time) in history]
+    assert {(r.tag, r.time) for r in back} == history and len(back) == len(history)
+    assert [r.time for r in back] == sorted(r.time for r in back)
