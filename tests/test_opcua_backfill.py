@@ -349,19 +349,29 @@ async def _historize(server, storage, tags: list[str], count: int, step_ms: int)
     return now, history
 
 
-async def _backfill_from(server, storage, tags: list[str]):
-    """200 values of each tag over the last 20 s in ``storage`` (`_historize`); a collector that stored readings up to
-    20 s ago (a restarted gateway's spool) run until its backfill is done: the (tag, time) pairs of the history, the
+async def _backfill_from(storage, ntags: int, manager=None):
+    """A server of ``ntags`` tags whose history backend is ``storage`` (and history manager ``manager``, a class, if
+    given) holding 200 values of each over the last 20 s (`_historize`); a collector that stored readings up to 20 s
+    ago (a restarted gateway's spool) run until its backfill is done: the (tag, time) pairs of the history, the
     collector and what it handed on."""
-    from opcua_support import Sink, running, until
+    from opcua_support import Sink, running, serving, until
     from test_opcua_collector import collector
 
-    now, history = await _historize(server, storage, tags, 200, 50)
-    col = collector(f"opc.tcp://127.0.0.1:{server.endpoint.rsplit(':', 1)[1]}", tags, history_backfill_max_s=3600.0)
-    col._mark = now - timedelta(seconds=20)
-    sink = Sink()
-    async with running(col, sink.emit):
-        await until(lambda: col.status()["last_backfill"] is not None, timeout_s=20, what="the backfill")
+    from collectors.simulator.tags import synthetic_tags
+
+    tags = [s.name for s in synthetic_tags(ntags)]
+    async with serving(synthetic_tags(ntags), f"opc.tcp://127.0.0.1:{free_port()}/sim") as server:
+        iserver = server.server.iserver
+        if manager is not None:
+            iserver.history_manager = manager(iserver)
+        iserver.history_manager.set_storage(storage)
+        now, history = await _historize(server, storage, tags, 200, 50)
+        col = collector(f"opc.tcp://127.0.0.1:{server.endpoint.rsplit(':', 1)[1]}", tags,
+                        history_backfill_max_s=3600.0)
+        col._mark = now - timedelta(seconds=20)
+        sink = Sink()
+        async with running(col, sink.emit):
+            await until(lambda: col.status()["last_backfill"] is not None, timeout_s=20, what="the backfill")
     return history, col, sink
 
 
@@ -369,20 +379,12 @@ async def test_a_continuation_point_with_no_values_is_followed():
     """Part 11 lets a server answer a HistoryRead with zero values and a continuation point (still looking). The
     collector took such an answer as the node's end and read nothing of it for that window: every value of the gap
     lost, without a word (nothing refused, nothing logged)."""
-    from opcua_support import serving
-
-    from collectors.simulator.tags import synthetic_tags
-
-    specs = synthetic_tags(2)
-    tags = [s.name for s in specs]
-    async with serving(specs, f"opc.tcp://127.0.0.1:{free_port()}/sim") as server:
-        storage = _ThinkingHistory()
-        server.server.iserver.history_manager.set_storage(storage)
-        history, col, sink = await _backfill_from(server, storage, tags)
-        assert storage.paused >= len(tags)  # the server did pause each node
-        got = {(r.tag, r.time) for r in sink.readings}
-        assert history <= got, f"{len(history - got)} of {len(history)} historic values not handed on"
-        assert col.status()["last_backfill"]["readings"] == len(history)
+    storage = _ThinkingHistory()
+    history, col, sink = await _backfill_from(storage, 2)
+    assert storage.paused >= 2  # the server did pause each node
+    got = {(r.tag, r.time) for r in sink.readings}
+    assert history <= got, f"{len(history - got)} of {len(history)} historic values not handed on"
+    assert col.status()["last_backfill"]["readings"] == len(history)
 
 
 @pytest.mark.parametrize("slow", [True, False], ids=["long-backfill", "short-backfill"])
@@ -476,9 +478,6 @@ async def test_nodes_the_server_has_no_continuation_point_left_for_are_asked_aga
     of the three nodes is read back now (400 of 600 were lost)."""
     from asyncua import ua
     from asyncua.server.history import HistoryDict, HistoryManager
-    from opcua_support import serving
-
-    from collectors.simulator.tags import synthetic_tags
 
     class OneContinuationPoint(HistoryManager):
         async def read_history(self, params):
@@ -493,38 +492,23 @@ async def test_nodes_the_server_has_no_continuation_point_left_for_are_asked_aga
                 results.append(res)
             return results
 
-    specs = synthetic_tags(3)
-    tags = [s.name for s in specs]
-    async with serving(specs, f"opc.tcp://127.0.0.1:{free_port()}/sim") as server:
-        iserver = server.server.iserver
-        iserver.history_manager = OneContinuationPoint(iserver)
-        storage = HistoryDict(max_history_data_response_size=50)
-        iserver.history_manager.set_storage(storage)
-        history, col, sink = await _backfill_from(server, storage, tags)
-        got = {(r.tag, r.time) for r in sink.readings}
-        assert history <= got, f"{len(history - got)} of {len(history)} historic values not handed on"
-        assert col.status()["last_backfill"]["refused"] == 0
+    history, col, sink = await _backfill_from(HistoryDict(max_history_data_response_size=50), 3, OneContinuationPoint)
+    got = {(r.tag, r.time) for r in sink.readings}
+    assert history <= got, f"{len(history - got)} of {len(history)} historic values not handed on"
+    assert col.status()["last_backfill"]["refused"] == 0
 
 
 async def test_history_answered_newest_first_is_handed_on_in_time_order_once():
     """A server that answers its raw history newest first (the order is the server's; Part 11 asks for oldest
     first when StartTime < EndTime): each window is put in time order before it is handed on, every value once."""
     from asyncua.server.history import HistoryDict
-    from opcua_support import serving
-
-    from collectors.simulator.tags import synthetic_tags
 
     class NewestFirst(HistoryDict):
         async def read_node_history(self, node_id, start, end, nb_values):
             values, cont = await super().read_node_history(node_id, start, end, nb_values)
             return list(reversed(values)), cont
 
-    specs = synthetic_tags(2)
-    tags = [s.name for s in specs]
-    async with serving(specs, f"opc.tcp://127.0.0.1:{free_port()}/sim") as server:
-        storage = NewestFirst()
-        server.server.iserver.history_manager.set_storage(storage)
-        history, _, sink = await _backfill_from(server, storage, tags)
+    history, _, sink = await _backfill_from(NewestFirst(), 2)
     back = [r for r in sink.readings if (r.tag, r.time) in history]
     assert {(r.tag, r.time) for r in back} == history and len(back) == len(history)
     assert [r.time for r in back] == sorted(r.time for r in back)
