@@ -360,3 +360,36 @@ async def test_two_servers_hovering_about_the_healthy_edge_do_not_make_it_flap()
     assert 1 <= switches <= 12.0 / REPROBE_S + 1, switches
     assert failovers(metrics, "service_level") == switches
     no_reading_twice(sink)
+
+
+async def test_a_connection_lost_while_the_others_are_asked_leaves_no_session_open_on_them():
+    """Three servers; the active one degraded, so the others are asked (a session opened on each); one answers, one
+    hangs, and while the collector waits out the grace for the hung one the active connection is lost. The session
+    opened on the server that answered was left connected: asyncua's background tasks kept it alive for ever (a
+    server's session limit is finite, and every such loss cost one). It is closed now."""
+    from opcua_support import CutProxy
+
+    eps = [f"opc.tcp://127.0.0.1:{free_port()}/plant" for _ in range(3)]
+    async with serving(TAGS, eps[0]) as a, serving(TAGS, eps[1]), serving(TAGS, eps[2]):
+        proxies = [await CutProxy(int(ep.rsplit(":", 1)[1].split("/")[0])).start() for ep in eps]
+        try:
+            col = collector([p.endpoint("/plant") for p in proxies], None, Metrics())
+            sink = Sink()
+            async with supervised(col, sink.emit, retry_s=0.3):
+                await until(lambda: col.connected, 20, "a connection")
+                assert col.status()["endpoint"] == proxies[0].endpoint("/plant")
+                proxies[2].hang()
+                asked = proxies[1].accepted
+                await set_level(a, 150)  # degraded: the others are asked
+                await until(lambda: proxies[1].accepted > asked, 10, "the second server asked")
+                await asyncio.sleep(0.5)  # it has answered; the third is waited for (PROBE_GRACE_S)
+                cut = asyncio.create_task(proxies[0].cut(30.0))
+                await until(lambda: col.connected and col.status()["endpoint"] == proxies[1].endpoint("/plant"), 20,
+                            "the switch to the second server")
+                await asyncio.sleep(2.0)
+                open_links = len(proxies[1]._links) // 2  # both ends of each connection
+                cut.cancel()
+        finally:
+            for p in proxies:
+                await p.stop()
+    assert open_links == 1, f"{open_links} connections open to the second server, the collector's one expected"

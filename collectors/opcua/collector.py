@@ -467,6 +467,13 @@ class OpcUaCollector:
                 if deadline is None and any(t.exception() is None and band(t.result()[0]) >= 1 for t in done):
                     grace = max(PROBE_GRACE_S, loop.time() - began)
                     deadline = loop.time() + grace
+        except BaseException:
+            # Cancelled (the active connection lost while the others were asked, a stop): the sessions opened on the
+            # servers that answered are closed, else asyncua's background tasks keep them alive for ever.
+            for task in tasks:
+                if task.done() and not task.cancelled() and task.exception() is None:
+                    await self._close(task.result()[1])
+            raise
         finally:
             for task in pending:
                 task.cancel()
