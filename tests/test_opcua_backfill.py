@@ -387,6 +387,24 @@ async def test_a_continuation_point_with_no_values_is_followed():
     assert col.status()["last_backfill"]["readings"] == len(history)
 
 
+async def _historizing_plant(server, storage, tags: list[str], written: set, stop: asyncio.Event) -> None:
+    """A historizing server's plant until ``stop``: every 50 ms a new value of each of ``tags`` (historized nodes) to
+    the subscribers and into ``storage``, its (tag, time) added to ``written``."""
+    from asyncua import ua
+
+    nodes = {t: ua.NodeId.from_string(server.node_id(t)) for t in tags}
+    k = 0
+    while not stop.is_set():
+        k += 1
+        when = datetime.now(UTC)
+        await server.write([(t, float(-k), 0) for t in tags], when, when)
+        for t in tags:
+            written.add((t, when))
+            await storage.save_node_value(nodes[t], ua.DataValue(ua.Variant(float(-k), ua.VariantType.Double),
+                                                                 SourceTimestamp=when, ServerTimestamp=when))
+        await asyncio.sleep(0.05)
+
+
 @pytest.mark.parametrize("slow", [True, False], ids=["long-backfill", "short-backfill"])
 async def test_live_values_while_the_backfill_reads_are_not_lost(slow):
     """long-backfill: the new subscription's values wait behind the backfill, in the server's queues (queue_size per
@@ -422,25 +440,13 @@ async def test_live_values_while_the_backfill_reads_are_not_lost(slow):
                                                                      SourceTimestamp=when, ServerTimestamp=when))
         stop = asyncio.Event()
 
-        async def plant() -> None:  # a historizing server: every change to the subscribers and to the history
-            k = 0
-            while not stop.is_set():
-                k += 1
-                when = datetime.now(UTC)
-                await server.write([(t, float(-k), 0) for t in tags], when, when)
-                for t in tags:
-                    written.add((t, when))
-                    await storage.save_node_value(nodes[t], ua.DataValue(
-                        ua.Variant(float(-k), ua.VariantType.Double), SourceTimestamp=when, ServerTimestamp=when))
-                await asyncio.sleep(0.05)
-
         class SlowSpool(Sink):  # the gap's batches take long to store (a big backfill, a busy disk)
             async def emit(self, batch) -> None:
                 if slow and batch.readings and max(r.time for r in batch.readings) < start:
                     await asyncio.sleep(2.0)
                 await super().emit(batch)
 
-        writer = asyncio.create_task(plant())
+        writer = asyncio.create_task(_historizing_plant(server, storage, tags, written, stop))
         # asyncua's server writes its CurrentTime once a second from its start: connect when it is some 0.6 s old
         await asyncio.sleep(1.6 - (datetime.now(UTC) - started).total_seconds())
         col = collector(f"opc.tcp://127.0.0.1:{server.endpoint.rsplit(':', 1)[1]}", tags, queue_size=5,
@@ -512,3 +518,52 @@ async def test_history_answered_newest_first_is_handed_on_in_time_order_once():
     back = [r for r in sink.readings if (r.tag, r.time) in history]
     assert {(r.tag, r.time) for r in back} == history and len(back) == len(history)
     assert [r.time for r in back] == sorted(r.time for r in back)
+
+
+async def test_values_a_re_created_subscription_missed_are_read_back():
+    """The server stops serving the subscription while the connection stays up (here it deletes it; a server does so
+    when its lifetime runs out, e.g. behind a pipeline stalled longer than lifetime_count x publishing interval):
+    the keep-alive watchdog re-creates it after 1.5 keep-alive periods, with the current values only. What changed
+    between was lost although the server historized it; with history_backfill_max_s it is read back now."""
+    from asyncua import ua
+    from opcua_support import Sink, running, serving, until
+    from test_opcua_collector import collector
+
+    from collectors.simulator.tags import synthetic_tags
+
+    specs = synthetic_tags(2)
+    tags = [s.name for s in specs]
+    async with serving(specs, f"opc.tcp://127.0.0.1:{free_port()}/sim") as server:
+        storage = server.server.iserver.history_manager.storage
+        nodes = {t: ua.NodeId.from_string(server.node_id(t)) for t in tags}
+        for t in tags:
+            await storage.new_historized_node(nodes[t], None)
+        written: set = set()
+        stop = asyncio.Event()
+
+        col = collector(f"opc.tcp://127.0.0.1:{server.endpoint.rsplit(':', 1)[1]}", tags,
+                        history_backfill_max_s=3600.0)
+        sink = Sink()
+        writer = asyncio.create_task(_historizing_plant(server, storage, tags, written, stop))
+        try:
+            async with running(col, sink.emit):
+                await until(lambda: len(sink.readings) >= 20, 20, "live values")
+                first = min(when for _, when in written)
+                service = server.server.iserver.subscription_service
+                await service.delete_subscriptions([col._sub.subscription_id])
+                await until(lambda: col.status()["subscriptions_recreated"] >= 1, 20, "the re-created subscription")
+                await asyncio.sleep(2.0)
+                stop.set()
+                await writer
+                await asyncio.sleep(1.0)
+                st = col.status()
+        finally:
+            stop.set()
+            await asyncio.gather(writer, return_exceptions=True)
+    got = {(r.tag, r.time) for r in sink.readings}
+    # From the first value the subscription delivered (before it, the server had values the gateway never asked for)
+    start = min(r.time for r in sink.readings if (r.tag, r.time) in written)
+    missing = sorted((t, w) for t, w in written - got if w >= start)
+    print(f"{len(written)} values written from {first}, {len(missing)} not handed on; backfilled {st['backfilled']}")
+    assert not missing, f"{len(missing)} values lost, {missing[0][1]} to {missing[-1][1]}"
+    assert st["backfilled"] > 0 and st["last_backfill"]["error"] is None

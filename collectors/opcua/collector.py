@@ -272,6 +272,7 @@ class OpcUaCollector:
         self._due: tuple[datetime, datetime] | None = None
         self._history_loaded = False
         self._gate: _Gate | None = None
+        self._backfill_task: asyncio.Task | None = None  # the backfill of the current session, while it runs
         self._until: dict[str, datetime] = {}  # tag -> its last backfilled source time: live values to it are repeats
         self.backfills = 0
         self.backfilled = 0  # readings read back from the server's history and stored
@@ -337,7 +338,8 @@ class OpcUaCollector:
                     # readings in any order).
                     backfill = BackfillPlan(*self._due)
             # Before the polls start: their first values wait behind the backfill's.
-            task = asyncio.create_task(self._backfill(client, backfill)) if backfill is not None else None
+            task = self._backfill_task = asyncio.create_task(self._backfill(client, backfill)) \
+                if backfill is not None else None
             try:
                 failures = self._sub_failures + await self._start_polling(client)
                 self._report_failures(failures)
@@ -346,6 +348,7 @@ class OpcUaCollector:
                 self._was_connected = True
                 await self._watch(client)
             finally:
+                task, self._backfill_task = self._backfill_task, None  # this one, or one a re-creation started
                 if task is not None:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
@@ -1107,6 +1110,20 @@ class OpcUaCollector:
         if self._sub is not None:
             self._report_revisions(self._sub.revisions, " when the subscription was re-created")
         self._save(self._client, self._sub)  # a new subscription id
+        # The old subscription stopped serving a while before it was re-created (1.5 keep-alive periods at least;
+        # the server may have deleted it long before, behind a stalled pipeline): what changed meanwhile is read
+        # back from the server's history beside the new values, unless a backfill is under way (it re-creates the
+        # subscription itself, `_renew_waiting_subscription`, and reads on to after that).
+        running = self._backfill_task is not None and not self._backfill_task.done()
+        if self._history_max_s > 0 and self._client is not None and not running:
+            span = plan(self._mark, self._due, utcnow(), self._history_max_s)
+            if span is not None:
+                log.info("%s: the subscription was re-created: the values it missed are read back from the server's "
+                         "history", self.name, extra={"event": "opcua_backfill_started", "collector": self.name})
+                # What was handed on before the gap, taken now: the new subscription's values may come first.
+                handed = {tag: r.time for tag, r in self._last.items()}
+                self._backfill_task = asyncio.get_running_loop().create_task(
+                    self._backfill(self._client, span, handed))
 
     async def _watch(self, client: Client) -> None:
         """Return never; raise NotConnectedError once the connection or subscription is gone."""
@@ -1130,6 +1147,10 @@ class OpcUaCollector:
         """Drop the connection; keep a subscribed session for a resume unless ``leave`` (a failover: closed)."""
         client, self._client = self._client, None
         subscribed = self.connected  # every item was created: the subscription is worth resuming
+        backfill, self._backfill_task = self._backfill_task, None  # one a late re-creation started
+        if backfill is not None:
+            backfill.cancel()
+            await asyncio.gather(backfill, return_exceptions=True)
         self._set_connected(False)
         poll, self._poll_task = self._poll_task, None
         if poll is not None:
@@ -1333,9 +1354,10 @@ class OpcUaCollector:
         self._mark = parse_time(saved.get(MARK_KEY))
         self._due = parse_due(saved.get(DUE_KEY))
 
-    async def _backfill(self, client: Client, span: BackfillPlan) -> None:
+    async def _backfill(self, client: Client, span: BackfillPlan, handed: dict[str, datetime] | None = None) -> None:
         """Read ``span`` back from the server's history and store it, window by window in time order; then let the
-        live values through. A failure is logged and counted; the span stays due for the next connect.
+        live values through. A failure is logged and counted; the span stays due for the next connect. ``handed``:
+        tag -> the newest time handed on before the gap (default: the last live values now).
 
         In a new session the live values wait behind the backfill in the server (queue_size per item, and only as
         long as the subscription lives without a Publish request: lifetime_count x publishing interval). A long
@@ -1357,7 +1379,8 @@ class OpcUaCollector:
             nodes = [(i, nid) for i, nid in enumerate(self._node_ids) if nid is not None]
             # Values already handed on (this process, before the gap) are not handed on again; a resumed session's
             # live values are newer than the gap and say nothing about it.
-            last = {tag: r.time for tag, r in self._last.items()} if new_session else {}
+            last = dict(handed) if handed is not None else \
+                {tag: r.time for tag, r in self._last.items()} if new_session else {}
             waiting = started  # since when the live subscription's values wait (in its queues) behind the backfill
             for rounds in range(CATCH_UP_ROUNDS + 1):
                 began = time.monotonic()
