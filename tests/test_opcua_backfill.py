@@ -387,22 +387,43 @@ async def test_a_continuation_point_with_no_values_is_followed():
     assert col.status()["last_backfill"]["readings"] == len(history)
 
 
-async def _historizing_plant(server, storage, tags: list[str], written: set, stop: asyncio.Event) -> None:
-    """A historizing server's plant until ``stop``: every 50 ms a new value of each of ``tags`` (historized nodes) to
-    the subscribers and into ``storage``, its (tag, time) added to ``written``."""
-    from asyncua import ua
+class _HistorizingPlant:
+    """A historizing server's plant for an ``async with`` block (or until `halt`): every 50 ms a new value of each of
+    ``tags`` (historized nodes) to the subscribers and into ``storage``, its (tag, time) added to `written`."""
 
-    nodes = {t: ua.NodeId.from_string(server.node_id(t)) for t in tags}
-    k = 0
-    while not stop.is_set():
-        k += 1
-        when = datetime.now(UTC)
-        await server.write([(t, float(-k), 0) for t in tags], when, when)
-        for t in tags:
-            written.add((t, when))
-            await storage.save_node_value(nodes[t], ua.DataValue(ua.Variant(float(-k), ua.VariantType.Double),
-                                                                 SourceTimestamp=when, ServerTimestamp=when))
-        await asyncio.sleep(0.05)
+    def __init__(self, server, storage, tags: list[str], written: set | None = None) -> None:
+        self.server, self.storage, self.tags = server, storage, tags
+        self.written: set = set() if written is None else written
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> _HistorizingPlant:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.halt()
+
+    async def halt(self) -> None:
+        """Stop writing (the last value written when this returns)."""
+        self._stop.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        from asyncua import ua
+
+        nodes = {t: ua.NodeId.from_string(self.server.node_id(t)) for t in self.tags}
+        k = 0
+        while not self._stop.is_set():
+            k += 1
+            when = datetime.now(UTC)
+            await self.server.write([(t, float(-k), 0) for t in self.tags], when, when)
+            for t in self.tags:
+                self.written.add((t, when))
+                await self.storage.save_node_value(nodes[t], ua.DataValue(
+                    ua.Variant(float(-k), ua.VariantType.Double), SourceTimestamp=when, ServerTimestamp=when))
+            await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize("slow", [True, False], ids=["long-backfill", "short-backfill"])
@@ -438,7 +459,6 @@ async def test_live_values_while_the_backfill_reads_are_not_lost(slow):
                 written.add((t, when))
                 await storage.save_node_value(nodes[t], ua.DataValue(ua.Variant(float(k), ua.VariantType.Double),
                                                                      SourceTimestamp=when, ServerTimestamp=when))
-        stop = asyncio.Event()
 
         class SlowSpool(Sink):  # the gap's batches take long to store (a big backfill, a busy disk)
             async def emit(self, batch) -> None:
@@ -446,25 +466,20 @@ async def test_live_values_while_the_backfill_reads_are_not_lost(slow):
                     await asyncio.sleep(2.0)
                 await super().emit(batch)
 
-        writer = asyncio.create_task(_historizing_plant(server, storage, tags, written, stop))
-        # asyncua's server writes its CurrentTime once a second from its start: connect when it is some 0.6 s old
-        await asyncio.sleep(1.6 - (datetime.now(UTC) - started).total_seconds())
-        col = collector(f"opc.tcp://127.0.0.1:{server.endpoint.rsplit(':', 1)[1]}", tags, queue_size=5,
-                        lifetime_count=3, history_backfill_max_s=3600.0)
-        col._mark = start - timedelta(seconds=300)  # what a restarted gateway reads from its spool
-        sink = SlowSpool()
-        try:
+        async with _HistorizingPlant(server, storage, tags, written) as plant:
+            # asyncua's server writes its CurrentTime once a second from its start: connect when it is some 0.6 s old
+            await asyncio.sleep(1.6 - (datetime.now(UTC) - started).total_seconds())
+            col = collector(f"opc.tcp://127.0.0.1:{server.endpoint.rsplit(':', 1)[1]}", tags, queue_size=5,
+                            lifetime_count=3, history_backfill_max_s=3600.0)
+            col._mark = start - timedelta(seconds=300)  # what a restarted gateway reads from its spool
+            sink = SlowSpool()
             async with running(col, sink.emit):
                 await until(lambda: col.status()["last_backfill"] is not None, timeout_s=60, what="the backfill")
                 took = col.status()["last_backfill"]["seconds"]
                 await asyncio.sleep(3.0)
-                stop.set()
-                await writer
+                await plant.halt()
                 await asyncio.sleep(1.5)
                 st = col.status()
-        finally:
-            stop.set()
-            await asyncio.gather(writer, return_exceptions=True)
         got = {(r.tag, r.time) for r in sink.readings}
         missing = sorted(written - got, key=lambda x: x[1])
         print(f"backfill took {took} s; {len(written)} values written, {len(missing)} not handed on")
@@ -538,28 +553,20 @@ async def test_values_a_re_created_subscription_missed_are_read_back():
         nodes = {t: ua.NodeId.from_string(server.node_id(t)) for t in tags}
         for t in tags:
             await storage.new_historized_node(nodes[t], None)
-        written: set = set()
-        stop = asyncio.Event()
-
         col = collector(f"opc.tcp://127.0.0.1:{server.endpoint.rsplit(':', 1)[1]}", tags,
                         history_backfill_max_s=3600.0)
         sink = Sink()
-        writer = asyncio.create_task(_historizing_plant(server, storage, tags, written, stop))
-        try:
-            async with running(col, sink.emit):
-                await until(lambda: len(sink.readings) >= 20, 20, "live values")
-                first = min(when for _, when in written)
-                service = server.server.iserver.subscription_service
-                await service.delete_subscriptions([col._sub.subscription_id])
-                await until(lambda: col.status()["subscriptions_recreated"] >= 1, 20, "the re-created subscription")
-                await asyncio.sleep(2.0)
-                stop.set()
-                await writer
-                await asyncio.sleep(1.0)
-                st = col.status()
-        finally:
-            stop.set()
-            await asyncio.gather(writer, return_exceptions=True)
+        async with _HistorizingPlant(server, storage, tags) as plant, running(col, sink.emit):
+            written = plant.written
+            await until(lambda: len(sink.readings) >= 20, 20, "live values")
+            first = min(when for _, when in written)
+            service = server.server.iserver.subscription_service
+            await service.delete_subscriptions([col._sub.subscription_id])
+            await until(lambda: col.status()["subscriptions_recreated"] >= 1, 20, "the re-created subscription")
+            await asyncio.sleep(2.0)
+            await plant.halt()
+            await asyncio.sleep(1.0)
+            st = col.status()
     got = {(r.tag, r.time) for r in sink.readings}
     # From the first value the subscription delivered (before it, the server had values the gateway never asked for)
     start = min(r.time for r in sink.readings if (r.tag, r.time) in written)
