@@ -30,6 +30,7 @@ class CutProxy:
         self._links: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task] = set()
         self._last_byte = 0.0
+        self.hung = False  # `hang`: connections accepted and kept, nothing passes
 
     def endpoint(self, path: str = "/sim") -> str:
         return f"opc.tcp://127.0.0.1:{self.port}{path}"
@@ -56,6 +57,8 @@ class CutProxy:
         try:
             while data := await src.read(65536):
                 self._last_byte = time.monotonic()
+                if self.hung:
+                    continue
                 dst.write(data)
                 await dst.drain()
         except (OSError, asyncio.CancelledError):
@@ -63,6 +66,11 @@ class CutProxy:
         finally:
             dst.transport.abort()
             self._links.discard(dst)
+
+    def hang(self, hung: bool = True) -> None:
+        """Let nothing pass, keeping every connection open and accepting new ones: a server that hangs (not one
+        that refuses) or a dead network path."""
+        self.hung = hung
 
     async def cut(self, seconds: float, *, quiet_s: float = 0.0) -> None:
         """Cut every connection and refuse new ones for ``seconds``. ``quiet_s``: first wait until no byte has

@@ -242,7 +242,6 @@ async def test_a_backfill_cut_short_is_read_on_at_the_next_connect(caplog):
 async def test_polled_nodes_wait_behind_the_backfill_and_then_go_on():
     """mode = "poll": the first read's values are handed on after the backfill's (they waited for it; the backfill
     was started after the first read, which then waited for ever), and polling goes on."""
-    from asyncua import ua
     from opcua_support import Sink, running, serving, until
     from test_opcua_collector import collector
 
@@ -251,17 +250,7 @@ async def test_polled_nodes_wait_behind_the_backfill_and_then_go_on():
     specs = synthetic_tags(2)
     tags = [s.name for s in specs]
     async with serving(specs, f"opc.tcp://127.0.0.1:{free_port()}/sim") as server:
-        storage = server.server.iserver.history_manager.storage
-        now = datetime.now(UTC)
-        history = set()
-        for t in tags:
-            node = ua.NodeId.from_string(server.node_id(t))
-            await storage.new_historized_node(node, None)
-            for k in range(1_000):
-                when = now - timedelta(seconds=20) + timedelta(milliseconds=10 * (k + 1))
-                history.add((t, when))
-                await storage.save_node_value(node, ua.DataValue(ua.Variant(float(k), ua.VariantType.Double),
-                                                                 SourceTimestamp=when, ServerTimestamp=when))
+        now, history = await _historize(server, server.server.iserver.history_manager.storage, tags, 1_000, 10)
         col = collector(f"opc.tcp://127.0.0.1:{server.endpoint.rsplit(':', 1)[1]}", tags, mode="poll",
                         polling_interval_ms=100, history_backfill_max_s=3600.0)
         col._mark = now - timedelta(seconds=20)  # what a restarted gateway reads from its spool
@@ -316,3 +305,272 @@ async def test_a_device_clock_ahead_does_not_move_the_backfill_start_past_the_ga
         async with running(again, second.emit):
             await until(lambda: again.status()["last_backfill"] is not None, timeout_s=20, what="the backfill")
         assert {r.time for r in second.readings if r.tag == plain} >= set(gap)
+
+
+class _ThinkingHistory:
+    """An asyncua history backend (the server's own in-memory one) that answers the first request of each node and
+    start time with no values and a continuation point to the same place, as OPC UA Part 11 §6.3 lets a server do
+    when finding even one value takes too long ("the Server may return zero results with a ContinuationPoint")."""
+
+    def __new__(cls):
+        from asyncua.server.history import HistoryDict
+
+        class Thinking(HistoryDict):
+            def __init__(self) -> None:
+                super().__init__()
+                self.asked: set = set()
+                self.paused = 0
+
+            async def read_node_history(self, node_id, start, end, nb_values):
+                if (node_id, start) not in self.asked:
+                    self.asked.add((node_id, start))
+                    self.paused += 1
+                    return [], start
+                return await super().read_node_history(node_id, start, end, nb_values)
+
+        return Thinking()
+
+
+async def _historize(server, storage, tags: list[str], count: int, step_ms: int) -> tuple[datetime, set]:
+    """Put ``count`` values of each tag, ``step_ms`` apart, ending within the last 20 s, into ``storage`` (the
+    server's history backend): now, and the (tag, time) pairs of the history."""
+    from asyncua import ua
+
+    now = datetime.now(UTC)
+    history = set()
+    for t in tags:
+        node = ua.NodeId.from_string(server.node_id(t))
+        await storage.new_historized_node(node, None)
+        for k in range(count):
+            when = now - timedelta(seconds=20) + timedelta(milliseconds=step_ms * (k + 1))
+            history.add((t, when))
+            await storage.save_node_value(node, ua.DataValue(ua.Variant(float(k), ua.VariantType.Double),
+                                                             SourceTimestamp=when, ServerTimestamp=when))
+    return now, history
+
+
+async def _backfill_from(storage, ntags: int, manager=None):
+    """A server of ``ntags`` tags whose history backend is ``storage`` (and history manager ``manager``, a class, if
+    given) holding 200 values of each over the last 20 s (`_historize`); a collector that stored readings up to 20 s
+    ago (a restarted gateway's spool) run until its backfill is done: the (tag, time) pairs of the history, the
+    collector and what it handed on."""
+    from opcua_support import Sink, running, serving, until
+    from test_opcua_collector import collector
+
+    from collectors.simulator.tags import synthetic_tags
+
+    tags = [s.name for s in synthetic_tags(ntags)]
+    async with serving(synthetic_tags(ntags), f"opc.tcp://127.0.0.1:{free_port()}/sim") as server:
+        iserver = server.server.iserver
+        if manager is not None:
+            iserver.history_manager = manager(iserver)
+        iserver.history_manager.set_storage(storage)
+        now, history = await _historize(server, storage, tags, 200, 50)
+        col = collector(f"opc.tcp://127.0.0.1:{server.endpoint.rsplit(':', 1)[1]}", tags,
+                        history_backfill_max_s=3600.0)
+        col._mark = now - timedelta(seconds=20)
+        sink = Sink()
+        async with running(col, sink.emit):
+            await until(lambda: col.status()["last_backfill"] is not None, timeout_s=20, what="the backfill")
+    return history, col, sink
+
+
+async def test_a_continuation_point_with_no_values_is_followed():
+    """Part 11 lets a server answer a HistoryRead with zero values and a continuation point (still looking). The
+    collector took such an answer as the node's end and read nothing of it for that window: every value of the gap
+    lost, without a word (nothing refused, nothing logged)."""
+    storage = _ThinkingHistory()
+    history, col, sink = await _backfill_from(storage, 2)
+    assert storage.paused >= 2  # the server did pause each node
+    got = {(r.tag, r.time) for r in sink.readings}
+    assert history <= got, f"{len(history - got)} of {len(history)} historic values not handed on"
+    assert col.status()["last_backfill"]["readings"] == len(history)
+
+
+class _HistorizingPlant:
+    """A historizing server's plant for an ``async with`` block (or until `halt`): every 50 ms a new value of each of
+    ``tags`` (historized nodes) to the subscribers and into ``storage``, its (tag, time) added to `written`."""
+
+    def __init__(self, server, storage, tags: list[str], written: set | None = None) -> None:
+        self.server, self.storage, self.tags = server, storage, tags
+        self.written: set = set() if written is None else written
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> _HistorizingPlant:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.halt()
+
+    async def halt(self) -> None:
+        """Stop writing (the last value written when this returns)."""
+        self._stop.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        from asyncua import ua
+
+        nodes = {t: ua.NodeId.from_string(self.server.node_id(t)) for t in self.tags}
+        k = 0
+        while not self._stop.is_set():
+            k += 1
+            when = datetime.now(UTC)
+            await self.server.write([(t, float(-k), 0) for t in self.tags], when, when)
+            for t in self.tags:
+                self.written.add((t, when))
+                await self.storage.save_node_value(nodes[t], ua.DataValue(
+                    ua.Variant(float(-k), ua.VariantType.Double), SourceTimestamp=when, ServerTimestamp=when))
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("slow", [True, False], ids=["long-backfill", "short-backfill"])
+async def test_live_values_while_the_backfill_reads_are_not_lost(slow):
+    """long-backfill: the new subscription's values wait behind the backfill, in the server's queues (queue_size per
+    item) and only as long as the subscription lives without a Publish request (lifetime_count x publishing interval:
+    50 s by default, and a day of a plant's history takes minutes to read). A longer backfill lost the values after
+    its span: discarded from the full queues, or with the subscription the server deleted, which the keep-alive
+    watchdog re-created with the current values only (254 values of 6.4 s lost here). The server historizes them
+    too: they are read back (catch-up rounds until a round is short, the subscription re-created when it may have
+    expired), and every value is handed on.
+
+    short-backfill: the span ended at the server's ServerStatus.CurrentTime, which asyncua's server writes once a
+    second: the values between it and the new subscription's start (up to a second of them) were in neither."""
+    from asyncua import ua
+    from opcua_support import Sink, running, serving, until
+    from test_opcua_collector import collector
+
+    from collectors.simulator.tags import synthetic_tags
+
+    specs = synthetic_tags(2)
+    tags = [s.name for s in specs]
+    async with serving(specs, f"opc.tcp://127.0.0.1:{free_port()}/sim") as server:
+        started = datetime.now(UTC)
+        storage = server.server.iserver.history_manager.storage
+        nodes = {t: ua.NodeId.from_string(server.node_id(t)) for t in tags}
+        start = datetime.now(UTC)
+        written: set = set()
+        for t in tags:
+            await storage.new_historized_node(nodes[t], None)
+            for k in range(300):  # the gap: one value a second for 5 minutes
+                when = start - timedelta(seconds=300 - k)
+                written.add((t, when))
+                await storage.save_node_value(nodes[t], ua.DataValue(ua.Variant(float(k), ua.VariantType.Double),
+                                                                     SourceTimestamp=when, ServerTimestamp=when))
+
+        class SlowSpool(Sink):  # the gap's batches take long to store (a big backfill, a busy disk)
+            async def emit(self, batch) -> None:
+                if slow and batch.readings and max(r.time for r in batch.readings) < start:
+                    await asyncio.sleep(2.0)
+                await super().emit(batch)
+
+        async with _HistorizingPlant(server, storage, tags, written) as plant:
+            # asyncua's server writes its CurrentTime once a second from its start: connect when it is some 0.6 s old
+            await asyncio.sleep(1.6 - (datetime.now(UTC) - started).total_seconds())
+            col = collector(f"opc.tcp://127.0.0.1:{server.endpoint.rsplit(':', 1)[1]}", tags, queue_size=5,
+                            lifetime_count=3, history_backfill_max_s=3600.0)
+            col._mark = start - timedelta(seconds=300)  # what a restarted gateway reads from its spool
+            sink = SlowSpool()
+            async with running(col, sink.emit):
+                await until(lambda: col.status()["last_backfill"] is not None, timeout_s=60, what="the backfill")
+                took = col.status()["last_backfill"]["seconds"]
+                await asyncio.sleep(3.0)
+                await plant.halt()
+                await asyncio.sleep(1.5)
+                st = col.status()
+        got = {(r.tag, r.time) for r in sink.readings}
+        missing = sorted(written - got, key=lambda x: x[1])
+        print(f"backfill took {took} s; {len(written)} values written, {len(missing)} not handed on")
+        assert not missing, f"{len(missing)} values lost, {missing[0][1]} to {missing[-1][1]}"
+        assert st["last_backfill"]["error"] is None and st["backfill_due"] is None
+        if slow:  # longer than the queues (0.25 s) and the subscription's lifetime (0.3 s): re-created
+            assert took > 3.0 and st["subscriptions_recreated"] >= 1, (took, st["subscriptions_recreated"])
+        else:
+            assert took < 1.0 and st["subscriptions_recreated"] == 0, (took, st["subscriptions_recreated"])
+
+
+async def test_nodes_the_server_has_no_continuation_point_left_for_are_asked_again():
+    """OPC UA Part 4 §7.9: a server that has used its continuation points in a response answers the remaining
+    operations Bad_NoContinuationPoints (a client "can avoid" it by asking fewer nodes at a time). The collector took
+    that for "this node has no history": the node was dropped from the whole backfill, and the log said the server
+    gave no history of it. Here a server that returns 50 values a page and has one continuation point: every value
+    of the three nodes is read back now (400 of 600 were lost)."""
+    from asyncua import ua
+    from asyncua.server.history import HistoryDict, HistoryManager
+
+    class OneContinuationPoint(HistoryManager):
+        async def read_history(self, params):
+            results, used = [], False
+            for rv in params.NodesToRead:
+                if used and not rv.ContinuationPoint:
+                    results.append(ua.HistoryReadResult(StatusCode=ua.StatusCode(
+                        ua.StatusCodes.BadNoContinuationPoints)))
+                    continue
+                res = await self._read_history(params.HistoryReadDetails, rv)
+                used = used or bool(res.ContinuationPoint)
+                results.append(res)
+            return results
+
+    history, col, sink = await _backfill_from(HistoryDict(max_history_data_response_size=50), 3, OneContinuationPoint)
+    got = {(r.tag, r.time) for r in sink.readings}
+    assert history <= got, f"{len(history - got)} of {len(history)} historic values not handed on"
+    assert col.status()["last_backfill"]["refused"] == 0
+
+
+async def test_history_answered_newest_first_is_handed_on_in_time_order_once():
+    """A server that answers its raw history newest first (the order is the server's; Part 11 asks for oldest
+    first when StartTime < EndTime): each window is put in time order before it is handed on, every value once."""
+    from asyncua.server.history import HistoryDict
+
+    class NewestFirst(HistoryDict):
+        async def read_node_history(self, node_id, start, end, nb_values):
+            values, cont = await super().read_node_history(node_id, start, end, nb_values)
+            return list(reversed(values)), cont
+
+    history, _, sink = await _backfill_from(NewestFirst(), 2)
+    back = [r for r in sink.readings if (r.tag, r.time) in history]
+    assert {(r.tag, r.time) for r in back} == history and len(back) == len(history)
+    assert [r.time for r in back] == sorted(r.time for r in back)
+
+
+async def test_values_a_re_created_subscription_missed_are_read_back():
+    """The server stops serving the subscription while the connection stays up (here it deletes it; a server does so
+    when its lifetime runs out, e.g. behind a pipeline stalled longer than lifetime_count x publishing interval):
+    the keep-alive watchdog re-creates it after 1.5 keep-alive periods, with the current values only. What changed
+    between was lost although the server historized it; with history_backfill_max_s it is read back now."""
+    from asyncua import ua
+    from opcua_support import Sink, running, serving, until
+    from test_opcua_collector import collector
+
+    from collectors.simulator.tags import synthetic_tags
+
+    specs = synthetic_tags(2)
+    tags = [s.name for s in specs]
+    async with serving(specs, f"opc.tcp://127.0.0.1:{free_port()}/sim") as server:
+        storage = server.server.iserver.history_manager.storage
+        nodes = {t: ua.NodeId.from_string(server.node_id(t)) for t in tags}
+        for t in tags:
+            await storage.new_historized_node(nodes[t], None)
+        col = collector(f"opc.tcp://127.0.0.1:{server.endpoint.rsplit(':', 1)[1]}", tags,
+                        history_backfill_max_s=3600.0)
+        sink = Sink()
+        async with _HistorizingPlant(server, storage, tags) as plant, running(col, sink.emit):
+            written = plant.written
+            await until(lambda: len(sink.readings) >= 20, 20, "live values")
+            first = min(when for _, when in written)
+            service = server.server.iserver.subscription_service
+            await service.delete_subscriptions([col._sub.subscription_id])
+            await until(lambda: col.status()["subscriptions_recreated"] >= 1, 20, "the re-created subscription")
+            await asyncio.sleep(2.0)
+            await plant.halt()
+            await asyncio.sleep(1.0)
+            st = col.status()
+    got = {(r.tag, r.time) for r in sink.readings}
+    # From the first value the subscription delivered (before it, the server had values the gateway never asked for)
+    start = min(r.time for r in sink.readings if (r.tag, r.time) in written)
+    missing = sorted((t, w) for t, w in written - got if w >= start)
+    print(f"{len(written)} values written from {first}, {len(missing)} not handed on; backfilled {st['backfilled']}")
+    assert not missing, f"{len(missing)} values lost, {missing[0][1]} to {missing[-1][1]}"
+    assert st["backfilled"] > 0 and st["last_backfill"]["error"] is None

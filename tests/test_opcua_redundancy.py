@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -67,6 +68,23 @@ def failovers(metrics: Metrics, reason: str) -> float:
 def active(metrics: Metrics, endpoint: str) -> float | None:
     return metrics.registry.get_sample_value("valvoja_collector_active_server",
                                              {"collector": "pair", "endpoint": endpoint})
+
+
+@asynccontextmanager
+async def pair_running(metrics: Metrics, sink: Sink):
+    """A redundant pair of servers written every 100 ms (`write_rounds`) and a collector running on them for the
+    block: yields (primary, backup, collector, its run task)."""
+    eps = [f"opc.tcp://127.0.0.1:{free_port()}/plant" for _ in range(2)]
+    stop = asyncio.Event()
+    async with serving(TAGS, eps[0]) as primary, serving(TAGS, eps[1]) as backup:
+        writer = asyncio.create_task(write_rounds({PRIMARY: primary, BACKUP: backup}, stop))
+        col = collector(eps, None, metrics)
+        try:
+            async with running(col, sink.emit) as task:
+                yield primary, backup, col, task
+        finally:
+            stop.set()
+            await writer
 
 
 def no_reading_twice(sink: Sink) -> None:
@@ -127,34 +145,29 @@ async def test_primary_killed_collector_moves_to_the_secure_backup_and_stores_it
 async def test_service_level_failover_without_dropping_the_connection_and_no_flapping(caplog):
     """The primary's ServiceLevel set to 50 while it runs: the collector moves to the healthy backup within its
     run (no lost connection); the primary healthy again: it stays on the backup (a switch needs a better band, not
-    a higher level); the backup degraded: back to the primary."""
+    a higher level); the backup degraded: back to the primary (once the backup has been kept 10 s, REPROBE_S)."""
     caplog.set_level(logging.INFO)
-    eps = [f"opc.tcp://127.0.0.1:{free_port()}/plant" for _ in range(2)]
-    metrics, sink, stop = Metrics(), Sink(), asyncio.Event()
-    async with serving(TAGS, eps[0]) as primary, serving(TAGS, eps[1]) as backup:
-        writer = asyncio.create_task(write_rounds({PRIMARY: primary, BACKUP: backup}, stop))
-        col = collector(eps, None, metrics)
-        async with running(col, sink.emit) as task:
-            await until(lambda: sum(source(r) == PRIMARY for r in sink.readings) >= 5 * len(TAGS), 20,
-                        "values from the primary")  # both at 255: the configured order
-            degraded = time.monotonic()
-            await set_level(primary, 50)
-            await until(lambda: col.status()["endpoint"] == eps[1], 10, "the switch to the backup")
-            mark = len(sink.readings)
-            await until(lambda: any(source(r) == BACKUP for r in sink.readings[mark:]), 10, "values from the backup")
-            took = time.monotonic() - degraded
-            assert not task.done(), "the run ended: the connection was dropped"
-            await set_level(primary, 255)
-            await asyncio.sleep(3.0)  # six watchdog periods
-            assert col.status()["endpoint"] == eps[1] and col.status()["failovers"] == 1
-            assert not any(source(r) == PRIMARY for r in sink.readings[mark:])
-            await set_level(backup, 120)
-            await until(lambda: col.status()["endpoint"] == eps[0], 10, "the switch back to the primary")
-            mark = len(sink.readings)
-            await until(lambda: any(source(r) == PRIMARY for r in sink.readings[mark:]), 10, "primary values")
-            assert not task.done()
-        stop.set()
-        await writer
+    metrics, sink = Metrics(), Sink()
+    async with pair_running(metrics, sink) as (primary, backup, col, task):
+        eps = col.status()["endpoints"]
+        await until(lambda: sum(source(r) == PRIMARY for r in sink.readings) >= 5 * len(TAGS), 20,
+                    "values from the primary")  # both at 255: the configured order
+        degraded = time.monotonic()
+        await set_level(primary, 50)
+        await until(lambda: col.status()["endpoint"] == eps[1], 10, "the switch to the backup")
+        mark = len(sink.readings)
+        await until(lambda: any(source(r) == BACKUP for r in sink.readings[mark:]), 10, "values from the backup")
+        took = time.monotonic() - degraded
+        assert not task.done(), "the run ended: the connection was dropped"
+        await set_level(primary, 255)
+        await asyncio.sleep(3.0)  # six watchdog periods
+        assert col.status()["endpoint"] == eps[1] and col.status()["failovers"] == 1
+        assert not any(source(r) == PRIMARY for r in sink.readings[mark:])
+        await set_level(backup, 120)
+        await until(lambda: col.status()["endpoint"] == eps[0], 10, "the switch back to the primary")
+        mark = len(sink.readings)
+        await until(lambda: any(source(r) == PRIMARY for r in sink.readings[mark:]), 10, "primary values")
+        assert not task.done()
     print(f"primary ServiceLevel 50 -> first value from the backup after {took:.2f} s")
     assert took < 3.0, took
     st = col.status()
@@ -278,3 +291,105 @@ def test_gateway_follows_the_backup_when_the_primary_hangs_and_stays_there(tmp_p
     # watchdog (0.5 s, a loss found within ~2x) + back-off (<= 0.5 s) + the probe (backup answers; the frozen
     # primary is waited for PROBE_GRACE_S more) + subscribe + the database flush (0.2 s).
     assert took < 8.0, took
+
+
+async def test_a_hung_primary_does_not_hold_the_failover_to_a_degraded_backup(caplog):
+    """The active primary hangs (connections open, nothing answers: a frozen server or a dead path) and the backup
+    answers degraded (ServiceLevel 150: usable, and a server that lost its partner often says so). The choice at the
+    reconnect waited for the hung primary for the whole connect_timeout_s (6 s here) because only a healthy answer
+    cut the wait short; a usable one does now (1 s more, `PROBE_GRACE_S`), and the backup's values follow within
+    about 2-3 s of the hang instead of some 7. A healthy server found later is switched to (the degraded active
+    server's others are asked again)."""
+    from opcua_support import CutProxy
+
+    caplog.set_level(logging.INFO)
+    eps = [f"opc.tcp://127.0.0.1:{free_port()}/plant" for _ in range(2)]
+    metrics, sink, stop = Metrics(), Sink(), asyncio.Event()
+    async with serving(TAGS, eps[0]) as primary, serving(TAGS, eps[1]) as backup:
+        await set_level(backup, 150)
+        proxy = await CutProxy(int(eps[0].rsplit(":", 1)[1].split("/")[0])).start()
+        writer = asyncio.create_task(write_rounds({PRIMARY: primary, BACKUP: backup}, stop))
+        col = collector([proxy.endpoint("/plant"), eps[1]], None, metrics, connect_timeout_s=10,
+                        request_timeout_s=5)  # the defaults
+        try:
+            async with supervised(col, sink.emit, retry_s=0.3):
+                await until(lambda: sum(source(r) == PRIMARY for r in sink.readings) >= 3 * len(TAGS), 20,
+                            "values from the primary")
+                hung = time.monotonic()
+                proxy.hang()
+                mark = len(sink.readings)
+                await until(lambda: any(source(r) == BACKUP for r in sink.readings[mark:]), 20,
+                            "values from the backup")
+                took = time.monotonic() - hung
+                assert col.status()["endpoint"] == eps[1] and col.status()["service_level"] == 150
+                proxy.hang(False)  # the primary answers again, healthy: the degraded backup is left for it
+                await until(lambda: col.status()["endpoint"] == proxy.endpoint("/plant"), 25, "back to the primary")
+                assert col.status()["last_failover"]["reason"] == "service_level"
+        finally:
+            stop.set()
+            await writer
+            await proxy.stop()
+    print(f"primary hung, backup degraded: first value from the backup after {took:.2f} s")
+    assert took < 4.0, took
+    assert failovers(metrics, "connection_lost") == 1
+    no_reading_twice(sink)
+
+
+async def test_two_servers_hovering_about_the_healthy_edge_do_not_make_it_flap():
+    """Both servers' ServiceLevels hover about 200 in turn (199/201, then 201/199, every second: servers that lower
+    it with their load). The band hysteresis alone switched at every crossing: 10 failovers in 20 s, each a new
+    session and subscription (whose values the switch can lose). A server switched to for its ServiceLevel is now
+    kept REPROBE_S (10 s) unless it fails: at most one switch per 10 s, and values keep coming."""
+    from collectors.opcua.collector import REPROBE_S
+
+    metrics, sink = Metrics(), Sink()
+    async with pair_running(metrics, sink) as (primary, backup, col, task):
+        await until(lambda: col.connected, 20, "a connection")
+        began = time.monotonic()
+        k = 0
+        while time.monotonic() - began < 12.0:
+            k += 1
+            await set_level(primary, 199 if k % 2 else 201)
+            await set_level(backup, 201 if k % 2 else 199)
+            await asyncio.sleep(1.0)
+        mark = len(sink.readings)
+        await until(lambda: len(sink.readings) > mark + 3 * len(TAGS), 10, "values after the hovering")
+        assert not task.done()
+    switches = col.status()["failovers"]
+    print(f"ServiceLevels hovering about 200 in turn for 12 s: {switches} failovers")
+    assert 1 <= switches <= 12.0 / REPROBE_S + 1, switches
+    assert failovers(metrics, "service_level") == switches
+    no_reading_twice(sink)
+
+
+async def test_a_connection_lost_while_the_others_are_asked_leaves_no_session_open_on_them():
+    """Three servers; the active one degraded, so the others are asked (a session opened on each); one answers, one
+    hangs, and while the collector waits out the grace for the hung one the active connection is lost. The session
+    opened on the server that answered was left connected: asyncua's background tasks kept it alive for ever (a
+    server's session limit is finite, and every such loss cost one). It is closed now."""
+    from opcua_support import CutProxy
+
+    eps = [f"opc.tcp://127.0.0.1:{free_port()}/plant" for _ in range(3)]
+    async with serving(TAGS, eps[0]) as a, serving(TAGS, eps[1]), serving(TAGS, eps[2]):
+        proxies = [await CutProxy(int(ep.rsplit(":", 1)[1].split("/")[0])).start() for ep in eps]
+        try:
+            col = collector([p.endpoint("/plant") for p in proxies], None, Metrics())
+            sink = Sink()
+            async with supervised(col, sink.emit, retry_s=0.3):
+                await until(lambda: col.connected, 20, "a connection")
+                assert col.status()["endpoint"] == proxies[0].endpoint("/plant")
+                proxies[2].hang()
+                asked = proxies[1].accepted
+                await set_level(a, 150)  # degraded: the others are asked
+                await until(lambda: proxies[1].accepted > asked, 10, "the second server asked")
+                await asyncio.sleep(0.5)  # it has answered; the third is waited for (PROBE_GRACE_S)
+                cut = asyncio.create_task(proxies[0].cut(30.0))
+                await until(lambda: col.connected and col.status()["endpoint"] == proxies[1].endpoint("/plant"), 20,
+                            "the switch to the second server")
+                await asyncio.sleep(2.0)
+                open_links = len(proxies[1]._links) // 2  # both ends of each connection
+                cut.cancel()
+        finally:
+            for p in proxies:
+                await p.stop()
+    assert open_links == 1, f"{open_links} connections open to the second server, the collector's one expected"

@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from asyncua import Client, ua
@@ -48,6 +48,7 @@ from collectors.opcua.convert import OVERFLOW, OVERFLOW_MASK, to_reading, to_rea
 from collectors.opcua.history import (
     DUE_KEY,
     MARK_KEY,
+    OVERLAP_S,
     BackfillPlan,
     Windows,
     due_text,
@@ -92,8 +93,9 @@ HEALTHY, DEGRADED = 200, 2
 # While the active server reports less than healthy, the others are asked again at most this often (each time a
 # session is opened on each, then closed).
 REPROBE_S = 10.0
-# Once one server has answered healthy, the others are waited for this much longer, not connect_timeout_s: a server
-# that hangs (the one just lost, often) must not hold the failover for the whole connect timeout. At least as long as
+# Once one server has answered usable (healthy or degraded), the others are waited for this much longer, not
+# connect_timeout_s: a server that hangs (the one just lost, often) must not hold the failover. A better one that
+# answers later is switched to while the chosen one is degraded (`REPROBE_S`). At least as long as
 # that answer took, though: under load a secure handshake takes seconds, and a preferred server 1 s slower than its
 # backup at the start was passed over for good (no switch back while the backup is healthy; seen in CI).
 PROBE_GRACE_S = 1.0
@@ -166,6 +168,13 @@ class _Gate:
 
 
 BACKFILL_BATCH = 10_000  # readings per batch a backfill hands on (each awaited until the spool holds it)
+# A backfill in a new session goes on from its end to the server's time then while a round takes this long or longer:
+# the live values of that time wait in the server's queues, which hold queue_size values per item (25 s at the
+# defaults), and a round this short leaves them far less to hold. At most CATCH_UP_ROUNDS more rounds.
+CATCH_UP_S = 1.0
+CATCH_UP_ROUNDS = 10
+# How old a server's ServerStatus.CurrentTime may be when read (asyncua's server writes it once a second).
+SERVER_TIME_SLACK_S = 1.0
 _NO_SOURCE_TIME = int(Flag.NO_SOURCE_TIME)
 _TYPE_MISMATCH = int(Flag.TYPE_MISMATCH)  # set by convert.py on a value of a type no reading can hold
 
@@ -191,6 +200,7 @@ class OpcUaCollector:
         self.service_level: int | None = None  # the active server's, last read (redundant sets only)
         self.last_failover: dict | None = None
         self._probed_at = 0.0  # time.monotonic() of the last probe of the other servers while degraded
+        self._switched_at = float("-inf")  # time.monotonic() of the last failover for a ServiceLevel
         self._servers_seen: dict[int, int | str] = {}  # server -> its ServiceLevel or why not, at its last probe
         self._handover: set[str] = set()  # tags whose first value after a failover may repeat the last one
         self._set_active(0)
@@ -267,6 +277,7 @@ class OpcUaCollector:
         self._due: tuple[datetime, datetime] | None = None
         self._history_loaded = False
         self._gate: _Gate | None = None
+        self._backfill_task: asyncio.Task | None = None  # the backfill of the current session, while it runs
         self._until: dict[str, datetime] = {}  # tag -> its last backfilled source time: live values to it are repeats
         self.backfills = 0
         self.backfilled = 0  # readings read back from the server's history and stored
@@ -298,6 +309,7 @@ class OpcUaCollector:
                     self._lost = asyncio.Event()  # the old server's connection is no loss of the new one
                     self._lost_reason, self._lost_error = "", None
                     self._fail_over(failover.to, "service_level", failover.reason)
+                    self._switched_at = time.monotonic()
                     self.service_level, opened = failover.level, failover.client
         except NotConnectedError as exc:
             self.last_error = str(exc)
@@ -332,7 +344,8 @@ class OpcUaCollector:
                     # readings in any order).
                     backfill = BackfillPlan(*self._due)
             # Before the polls start: their first values wait behind the backfill's.
-            task = asyncio.create_task(self._backfill(client, backfill)) if backfill is not None else None
+            task = self._backfill_task = asyncio.create_task(self._backfill(client, backfill)) \
+                if backfill is not None else None
             try:
                 failures = self._sub_failures + await self._start_polling(client)
                 self._report_failures(failures)
@@ -341,6 +354,7 @@ class OpcUaCollector:
                 self._was_connected = True
                 await self._watch(client)
             finally:
+                task, self._backfill_task = self._backfill_task, None  # this one, or one a re-creation started
                 if task is not None:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
@@ -458,9 +472,18 @@ class OpcUaCollector:
                 done, pending = await asyncio.wait(pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
                 if not done:
                     break
-                if deadline is None and any(t.exception() is None and band(t.result()[0]) == 2 for t in done):
+                # Any usable answer (degraded too) starts the grace: a backup that lost its partner often reports
+                # itself degraded, and the wait for the hung partner held the failover 6 s (request_timeout_s).
+                if deadline is None and any(t.exception() is None and band(t.result()[0]) >= 1 for t in done):
                     grace = max(PROBE_GRACE_S, loop.time() - began)
                     deadline = loop.time() + grace
+        except BaseException:
+            # Cancelled (the active connection lost while the others were asked, a stop): the sessions opened on the
+            # servers that answered are closed, else asyncua's background tasks keep them alive for ever.
+            for task in tasks:
+                if task.done() and not task.cancelled() and task.exception() is None:
+                    await self._close(task.result()[1])
+            raise
         finally:
             for task in pending:
                 task.cancel()
@@ -590,6 +613,10 @@ class OpcUaCollector:
         dropped = self.service_level is not None and band(level) < band(self.service_level)
         self.service_level = self._servers_seen[self._active] = level
         if band(level) == 2 or not (dropped or time.monotonic() - self._probed_at >= REPROBE_S):
+            return
+        if band(level) > 0 and time.monotonic() - self._switched_at < REPROBE_S:
+            # Switched to for its ServiceLevel less than REPROBE_S ago and not failed: kept. Two servers hovering
+            # about 200 in turn switched at every crossing (10 failovers in 20 s, each a new session and subscription).
             return
         self._probed_at = time.monotonic()
         up, _ = await self._probe([i for i in range(len(self._servers)) if i != self._active])
@@ -1090,6 +1117,20 @@ class OpcUaCollector:
         if self._sub is not None:
             self._report_revisions(self._sub.revisions, " when the subscription was re-created")
         self._save(self._client, self._sub)  # a new subscription id
+        # The old subscription stopped serving a while before it was re-created (1.5 keep-alive periods at least;
+        # the server may have deleted it long before, behind a stalled pipeline): what changed meanwhile is read
+        # back from the server's history beside the new values, unless a backfill is under way (it re-creates the
+        # subscription itself, `_renew_waiting_subscription`, and reads on to after that).
+        running = self._backfill_task is not None and not self._backfill_task.done()
+        if self._history_max_s > 0 and self._client is not None and not running:
+            span = plan(self._mark, self._due, utcnow(), self._history_max_s)
+            if span is not None:
+                log.info("%s: the subscription was re-created: the values it missed are read back from the server's "
+                         "history", self.name, extra={"event": "opcua_backfill_started", "collector": self.name})
+                # What was handed on before the gap, taken now: the new subscription's values may come first.
+                handed = {tag: r.time for tag, r in self._last.items()}
+                self._backfill_task = asyncio.get_running_loop().create_task(
+                    self._backfill(self._client, span, handed))
 
     async def _watch(self, client: Client) -> None:
         """Return never; raise NotConnectedError once the connection or subscription is gone."""
@@ -1113,6 +1154,10 @@ class OpcUaCollector:
         """Drop the connection; keep a subscribed session for a resume unless ``leave`` (a failover: closed)."""
         client, self._client = self._client, None
         subscribed = self.connected  # every item was created: the subscription is worth resuming
+        backfill, self._backfill_task = self._backfill_task, None  # one a late re-creation started
+        if backfill is not None:
+            backfill.cancel()
+            await asyncio.gather(backfill, return_exceptions=True)
         self._set_connected(False)
         poll, self._poll_task = self._poll_task, None
         if poll is not None:
@@ -1332,16 +1377,21 @@ class OpcUaCollector:
         self._mark = parse_time(saved.get(MARK_KEY))
         self._due = parse_due(saved.get(DUE_KEY))
 
-    async def _backfill(self, client: Client, span: BackfillPlan) -> None:
+    async def _backfill(self, client: Client, span: BackfillPlan, handed: dict[str, datetime] | None = None) -> None:
         """Read ``span`` back from the server's history and store it, window by window in time order; then let the
-        live values through. A failure is logged and counted; the span stays due for the next connect."""
+        live values through. A failure is logged and counted; the span stays due for the next connect. ``handed``:
+        tag -> the newest time handed on before the gap (default: the last live values now).
+
+        In a new session the live values wait behind the backfill in the server (queue_size per item, and only as
+        long as the subscription lives without a Publish request: lifetime_count x publishing interval). A long
+        backfill outlasts both: so it goes on in catch-up rounds from its end to the server's time then, until a
+        round takes less than `CATCH_UP_S`, and when the wait has come near the subscription's lifetime the
+        subscription is re-created before the last round (its queues then hold only what changed since)."""
         gate, new_session = self._gate, span.end is None
-        started, count, refused = time.monotonic(), 0, {}
+        started, before, refused = time.monotonic(), self.backfilled, {}
         try:
-            end = span.end or await within(server_time(client), self.cfg.request_timeout_s) or utcnow()
-            if end.tzinfo is None:
-                end = end.replace(tzinfo=UTC)
-            start = span.start
+            end = span.end or await self._span_end(client)
+            start = first = span.start
             self._due = (start, end)
             if self.ctx.state is not None:
                 await self.ctx.state.save([(DUE_KEY, due_text(start, end))])
@@ -1352,57 +1402,40 @@ class OpcUaCollector:
             nodes = [(i, nid) for i, nid in enumerate(self._node_ids) if nid is not None]
             # Values already handed on (this process, before the gap) are not handed on again; a resumed session's
             # live values are newer than the gap and say nothing about it.
-            last = {tag: r.time for tag, r in self._last.items()} if new_session else {}
-            spans = Windows(start, end)
-            for w0, w1 in spans:
-                values, no = await read_window(client, nodes, w0, w1, per_call=self._per_call("history_read"),
-                                               timeout_s=self.cfg.request_timeout_s)
-                spans.held(len(values))
-                if no:
-                    refused.update({self._tags[i]: code for i, code in no.items()})
-                    nodes = [(i, n) for i, n in nodes if i not in no]
-                now = utcnow()
-                # A value without a timestamp (none, or an encoding's end: convert.py) would be stored at the time it
-                # was read back: not taken from history.
-                readings = [r for i, dv in values for r in to_readings(self._tags[i], dv, now, flatten=self._flatten[i])
-                            if not int.__and__(r.flags, _NO_SOURCE_TIME)]
-                readings.sort(key=lambda r: r.time)
-                fresh = []
-                for r in readings:
-                    prev = last.get(r.tag)
-                    if prev is None or r.time > prev:
-                        last[r.tag] = r.time
-                        fresh.append(r)
-                for k in range(0, len(fresh), BACKFILL_BATCH):
-                    chunk = fresh[k:k + BACKFILL_BATCH]
-                    # What is left goes with the batch: from the window's end, or within it from this batch's last
-                    # time (read again from there, at most one time's values come twice: kept once by the database).
-                    rest = w1 if k + BACKFILL_BATCH >= len(fresh) else chunk[-1].time
-                    await self._store(chunk, [(DUE_KEY, due_text(rest, end))])
-                    self._due = (rest, end)
-                    count += len(chunk)
-                    self.backfilled += len(chunk)
-                    self.ctx.metrics.backfilled.labels(self.name).inc(len(chunk))
-                self._due = (w1, end)
-                if not nodes:
+            last = dict(handed) if handed is not None else \
+                {tag: r.time for tag, r in self._last.items()} if new_session else {}
+            waiting = started  # since when the live subscription's values wait (in its queues) behind the backfill
+            for rounds in range(CATCH_UP_ROUNDS + 1):
+                began = time.monotonic()
+                nodes = await self._backfill_span(client, nodes, start, end, last, refused)
+                if not nodes or gate is None or rounds == CATCH_UP_ROUNDS:
                     break
+                if self._sub_near_expiry(waiting):
+                    await self._renew_waiting_subscription(time.monotonic() - waiting)
+                    waiting = time.monotonic()
+                elif time.monotonic() - began < CATCH_UP_S:
+                    break
+                # From a little before the last end: values a round's read of a node missed (made later, stamped
+                # before its end) are read; those read already are not handed on twice (``last``).
+                start, end = end - timedelta(seconds=OVERLAP_S), max(end, await self._span_end(client))
             if self.ctx.state is not None:
                 await self.ctx.state.save([(DUE_KEY, None)])
             self._due = None
             self.backfills += 1
+            count = self.backfilled - before
             if new_session:
                 self._until = {tag: t for tag, t in last.items()}
-            self.last_backfill = {"from": _iso(start), "to": _iso(end), "readings": count, "refused": len(refused),
+            self.last_backfill = {"from": _iso(first), "to": _iso(end), "readings": count, "refused": len(refused),
                                   "seconds": round(time.monotonic() - started, 3), "error": None}
             log.info("%s: %d values of the gap %s to %s read back from the server's history and stored in %.1f s%s",
-                     self.name, count, _iso(start), _iso(end), time.monotonic() - started,
+                     self.name, count, _iso(first), _iso(end), time.monotonic() - started,
                      f"; the server gave no history of {len(refused)} nodes: {_names(sorted(refused))} "
                      f"({', '.join(sorted(set(refused.values())))})" if refused else "",
                      extra={"event": "opcua_backfill_done", "collector": self.name})
         except asyncio.CancelledError:
             # The connection was lost (or the gateway stops) meanwhile: the span from the unfinished window on stays
             # due, and is read on at the next connect.
-            due = self._due
+            due, count = self._due, self.backfilled - before
             self.last_backfill = {"from": _iso(span.start), "to": _iso(due[1]) if due else None, "readings": count,
                                   "refused": len(refused), "seconds": round(time.monotonic() - started, 3),
                                   "error": "cut short (connection lost or stopping)"}
@@ -1412,7 +1445,7 @@ class OpcUaCollector:
             raise
         except Exception as exc:
             self.ctx.metrics.collector_errors.labels(self.name, "history_read").inc()
-            due = self._due
+            due, count = self._due, self.backfilled - before
             self.last_backfill = {"from": _iso(span.start), "to": _iso(due[1]) if due else None, "readings": count,
                                   "refused": len(refused), "seconds": round(time.monotonic() - started, 3),
                                   "error": describe(exc)}
@@ -1424,6 +1457,77 @@ class OpcUaCollector:
             if gate is not None and self._gate is gate and not asyncio.current_task().cancelling():
                 gate.open(True)  # done, or failed with the rest due: the live values go on
                 self._gate = None
+
+    async def _backfill_span(self, client: Client, nodes: list[tuple[int, ua.NodeId]], start: datetime,
+                             end: datetime, last: dict[str, datetime],
+                             refused: dict[str, str]) -> list[tuple[int, ua.NodeId]]:
+        """Read ``[start, end]`` of ``nodes`` window by window and store each window's values in time order, those
+        newer than ``last`` (tag -> newest time handed on; updated); the nodes the server refuses go to ``refused``.
+        Returns the nodes still read."""
+        spans = Windows(start, end)
+        for w0, w1 in spans:
+            values, no = await read_window(client, nodes, w0, w1, per_call=self._per_call("history_read"),
+                                           timeout_s=self.cfg.request_timeout_s)
+            spans.held(len(values))
+            if no:
+                refused.update({self._tags[i]: code for i, code in no.items()})
+                nodes = [(i, n) for i, n in nodes if i not in no]
+            now = utcnow()
+            # A value without a timestamp (none, or an encoding's end: convert.py) would be stored at the time it
+            # was read back: not taken from history.
+            readings = [r for i, dv in values for r in to_readings(self._tags[i], dv, now, flatten=self._flatten[i])
+                        if not int.__and__(r.flags, _NO_SOURCE_TIME)]
+            readings.sort(key=lambda r: r.time)
+            fresh = []
+            for r in readings:
+                prev = last.get(r.tag)
+                if prev is None or r.time > prev:
+                    last[r.tag] = r.time
+                    fresh.append(r)
+            for k in range(0, len(fresh), BACKFILL_BATCH):
+                chunk = fresh[k:k + BACKFILL_BATCH]
+                # What is left goes with the batch: from the window's end, or within it from this batch's last
+                # time (read again from there, at most one time's values come twice: kept once by the database).
+                rest = w1 if k + BACKFILL_BATCH >= len(fresh) else chunk[-1].time
+                await self._store(chunk, [(DUE_KEY, due_text(rest, end))])
+                self._due = (rest, end)
+                self.backfilled += len(chunk)
+                self.ctx.metrics.backfilled.labels(self.name).inc(len(chunk))
+            self._due = (w1, end)
+            if not nodes:
+                break
+        return nodes
+
+    async def _span_end(self, client: Client) -> datetime:
+        """Where a backfill (round) of a new session ends: after everything the server produced before the live
+        subscription began. The server's ServerStatus.CurrentTime may be up to `SERVER_TIME_SLACK_S` old (asyncua's
+        server writes it once a second: the values between it and the subscription's start were lost), so a little
+        later than it, or the gateway's time if later still; reading past the present costs nothing (each tag's
+        values are taken once, by time)."""
+        end = await within(server_time(client), self.cfg.request_timeout_s) or utcnow()
+        end = end if end.tzinfo is not None else end.replace(tzinfo=UTC)
+        return max(end + timedelta(seconds=SERVER_TIME_SLACK_S), utcnow())
+
+    def _sub_near_expiry(self, since: float) -> bool:
+        """Whether the live subscription has waited behind the backfill (no Publish request at the server since
+        ``since``, time.monotonic()) for half its lifetime or more: the server may delete it soon, or has."""
+        sub = self._sub
+        if sub is None or sub.subscription_id is None or sub.revised is None:
+            return False
+        lifetime_s = sub.revised.RevisedLifetimeCount * sub.revised.RevisedPublishingInterval / 1000.0
+        return time.monotonic() - since >= lifetime_s / 2
+
+    async def _renew_waiting_subscription(self, waited_s: float) -> None:
+        """Re-create the live subscription that waited behind the backfill for ``waited_s``: the server deletes a
+        subscription left without a Publish request for its lifetime, and its queues dropped values meanwhile; the
+        next catch-up round reads what changed until after the new one began."""
+        sub = self._sub
+        assert sub is not None
+        log.info("%s: the live subscription waited %.1f s behind the backfill, near its lifetime (%d x %g ms): "
+                 "re-created, and the history read on to after that", self.name, waited_s,
+                 sub.revised.RevisedLifetimeCount, sub.revised.RevisedPublishingInterval,
+                 extra={"event": "opcua_backfill_resubscribed", "collector": self.name})
+        await sub.recreate()
 
     def _on_status(self, status: ua.StatusCode) -> None:
         if not status.is_good():

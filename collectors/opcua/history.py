@@ -36,6 +36,10 @@ DUE_KEY = b"opcua.history_due"  # a backfill begun and not finished: "<next star
 
 # Statuses that mean "nothing in that range", not a refusal.
 _EMPTY = {ua.StatusCodes.GoodNoData, ua.StatusCodes.BadNoData}
+# Statuses that mean "not now", not "no history": the server has no continuation point left for the operation (Part 4
+# §7.9: it used its last one on the operations before it in the request) or released the one it gave (to serve
+# another request). The node is asked again, without one, from its last value taken.
+_AGAIN = {ua.StatusCodes.BadNoContinuationPoints, ua.StatusCodes.BadContinuationPointInvalid}
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +131,8 @@ async def read_window(client: Client, nodes: list[tuple[int, ua.NodeId]], start:
     the requests raise (a lost connection, a refused request).
 
     A node whose answer is cut at NumValuesPerNode without a continuation point (asyncua's server does that, where
-    Part 11 asks for one) is read on from its last value's time, which is not handed on twice."""
+    Part 11 asks for one) is read on from its last value's time, which is not handed on twice; so is a node the
+    server had no continuation point for (`_AGAIN`), while the others of the request make progress."""
     values: list[tuple[int, ua.DataValue]] = []
     refused: dict[int, str] = {}
     for k in range(0, len(nodes), per_call):
@@ -135,6 +140,7 @@ async def read_window(client: Client, nodes: list[tuple[int, ua.NodeId]], start:
         # node -> (continuation point, start time of its request); nodes are asked together when their starts agree
         pending: dict[int, tuple[bytes | None, datetime]] = {i: (None, start) for i in ids}
         taken: dict[int, datetime] = {}  # node -> its values up to this time are taken (a read from there repeats it)
+        seen: dict[int, datetime] = {}  # node -> the newest time of its values taken so far
         for _ in range(MAX_ROUNDS):
             if not pending:
                 break
@@ -142,28 +148,42 @@ async def read_window(client: Client, nodes: list[tuple[int, ua.NodeId]], start:
             for i, (_, since) in pending.items():
                 groups.setdefault(since, []).append(i)
             later: dict[int, tuple[bytes | None, datetime]] = {}
+            again: dict[int, str] = {}
             for since, order in groups.items():
                 results = await _history_read(client, [(ids[i], pending[i][0]) for i in order], since, end, timeout_s)
                 for i, res in zip(order, results, strict=True):
                     code = res.StatusCode
+                    if code is not None and code.value in _AGAIN:
+                        again[i] = code.name
+                        if i in seen:
+                            taken[i] = seen[i]
+                        later[i] = (None, seen.get(i, since))
+                        continue
                     if code is not None and not code.is_good() and code.value not in _EMPTY:
                         refused[i] = code.name
                         continue
-                    got = getattr(res.HistoryData, "DataValues", None) or []
+                    raw = getattr(res.HistoryData, "DataValues", None) or []
                     floor = taken.get(i)
-                    if floor is None:
-                        values.extend((i, dv) for dv in got)
-                    else:
-                        values.extend((i, dv) for dv in got if (_when(dv) or floor) > floor)
-                    if res.ContinuationPoint and got:
+                    got = raw if floor is None else [dv for dv in raw if (_when(dv) or floor) > floor]
+                    values.extend((i, dv) for dv in got)
+                    newest = max((t for t in map(_when, got) if t is not None), default=None)
+                    if newest is not None and (i not in seen or newest > seen[i]):
+                        seen[i] = newest
+                    # Followed even with no values: Part 11 §6.3 lets a server that is slow to find even one
+                    # value answer zero results with a continuation point (taken as the end, a node's whole window
+                    # was lost without a word).
+                    if res.ContinuationPoint:
                         later[i] = (res.ContinuationPoint, since)
-                    elif len(got) >= VALUES_PER_NODE:
-                        newest = max((t for t in map(_when, got) if t is not None), default=None)
-                        if newest is None or (floor is not None and newest <= floor):
+                    elif len(raw) >= VALUES_PER_NODE:
+                        if newest is None:
                             refused[i] = f"more than {VALUES_PER_NODE} values at one time, without a continuation point"
                             continue
                         taken[i] = newest
                         later[i] = (None, newest)
+            if len(again) == len(pending) and all(pending[i][0] is None for i in again):
+                # Asked afresh and none made progress: no continuation point is to be had (nobody else holds one)
+                refused.update({i: f"{name} (no continuation point to be had)" for i, name in again.items()})
+                later = {i: p for i, p in later.items() if i not in again}
             pending = later
         else:
             refused.update(dict.fromkeys(pending, f"continuation not ended after {MAX_ROUNDS} requests"))

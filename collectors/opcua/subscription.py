@@ -216,17 +216,19 @@ class BatchSubscription(Subscription):
         # Same bookkeeping as the base class (the watchdog reads last_publish_at), without exploding the message
         # into one object per value.
         self.last_publish_at = time.monotonic()
-        if not await self._handle(publish_result.NotificationMessage):
+        if not await self._handle(publish_result.NotificationMessage, publish_result.SubscriptionId):
             # Not durable (the pipeline refused it; the collector drops the connection): never return, so asyncua's
             # publish loop does not acknowledge the message and the server keeps it for Republish once the session
             # is resumed. The collector's teardown cancels this task.
             await asyncio.Event().wait()
 
-    async def _handle(self, message: ua.NotificationMessage) -> bool:
-        """Hand one notification message to the collector; True once durable (``last_sequence_number`` then
-        names it). A keep-alive (no data) carries the *next* sequence number and is not counted."""
+    async def _handle(self, message: ua.NotificationMessage, subscription: int | None = None) -> bool:
+        """Hand one notification message (of ``subscription``, by default this one) to the collector; True once
+        durable (``last_sequence_number`` then names it). A keep-alive (no data) carries the *next* sequence number
+        and is not counted."""
         if not message.NotificationData:
             return True
+        subscription = self.subscription_id if subscription is None else subscription
         seq = int(message.SequenceNumber)
         last = self.last_sequence_number
         if seq and last is not None and seq > last + 1:
@@ -248,7 +250,9 @@ class BatchSubscription(Subscription):
             finally:
                 self._busy = False
                 self.last_publish_at = time.monotonic()
-        if seq:  # 0: asyncua's own status message on a lost connection, not from the server
+        if seq and subscription == self.subscription_id:
+            # 0: asyncua's own status message on a lost connection, not from the server. A message of a subscription
+            # re-created while it was handed on (behind a backfill) numbers the old one's messages, not the new one's.
             self.last_sequence_number = seq
             if self._on_durable is not None:
                 self._on_durable(seq)
