@@ -18,6 +18,7 @@ from asyncua import ua
 from asyncua.ua.status_codes import code_to_name_doc
 
 from edge.records import Flag, Quality, Reading
+from edge.source_quality import from_opcua_status as quality_of  # the severity bits, as JSON's opcua format reads
 
 # OPC UA encodes "no timestamp" as 0, which asyncua decodes as 1601-01-01.
 _EPOCH_FLOOR = datetime(1601, 1, 2, tzinfo=UTC)
@@ -25,7 +26,6 @@ _EPOCH_FLOOR = datetime(1601, 1, 2, tzinfo=UTC)
 # "unknown" (.NET's DateTime.MaxValue). Never a real time: as one, every value of the tag would share the same
 # (tag, time) key and the database would keep only the first.
 _EPOCH_CEILING = datetime(9999, 12, 31, tzinfo=UTC)
-_SEVERITY_MASK = 0xC0000000
 _CODE_MASK = 0xFFFF0000  # the low 16 bits are info bits (limits, overflow), not part of the name
 
 _SCALARS = (bool, int, float, str)
@@ -33,16 +33,6 @@ _SCALARS = (bool, int, float, str)
 # server's queue of this monitored item was full and it discarded values next to this one (§5.12.1.5).
 OVERFLOW_MASK = 0x0C80
 OVERFLOW = 0x0480
-
-
-def quality_of(code: int) -> Quality:
-    """Quality from the severity bits of an OPC UA status code (11 is reserved: treated as Bad)."""
-    severity = code & _SEVERITY_MASK
-    if severity == 0:
-        return Quality.GOOD
-    if severity == 0x40000000:
-        return Quality.UNCERTAIN
-    return Quality.BAD
 
 
 def overflowed(code: int) -> bool:
