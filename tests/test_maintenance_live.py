@@ -810,3 +810,23 @@ def test_running_tag_must_be_one_of_the_signals():
 
     with pytest.raises(ValidationError, match=r"running_tag 'M\.x' must be one of signals"):
         AnomalyAssetConfig(signals=("M.s0",), train_samples=400, window=1, running_tag="M.x")
+
+
+async def test_a_vibration_steady_on_a_boundary_is_rated_in_the_upper_zone():
+    """A pump (group 2 rigid: 1.4/2.8/4.5 mm/s) read every 3 s, steady at 2.8 mm/s: each window's mean of its 20
+    readings was 2.7999999999999994, zone B, and no warning ever came, though a value on a boundary is documented
+    to be in the upper zone (C). Likewise a group 1 machine at 7.1 mm/s as a float32 value (7.0999999046): zone C
+    (warning) for good instead of D (critical)."""
+    for group, value, zone_index, severity in ((2, 2.8, 2, "warning"), (1, float(np.float32(7.1)), 3, "critical")):
+        asset = AssetConfig(name="P-1", vibration_tags=("P-1.vib",), iso20816=ZoneConfig(group=group))
+        live = MaintenanceLive(MaintenanceConfig(assets=(asset,)))
+        derived, changes = [], []
+        for s in range(0, 300, 3):
+            t = T0 + timedelta(seconds=s)
+            d, _, c = await live.process([Reading("P-1.vib", t, value, t)])
+            derived += d
+            changes += c
+        zones = [r.value for r in derived if r.tag == "P-1.vib.iso_zone"]
+        assert zones and set(zones) == {zone_index}, (group, zones)
+        raised = [c.alert for c in changes if c.event == "raised"]
+        assert [a.severity for a in raised] == [severity], raised
