@@ -324,3 +324,17 @@ def test_real_skab_valve1_figures_as_reported_recount_from_the_csv_files():
     assert (tp, fp, fn, tn) == (5347, 1119, 962, 4332)
     assert round(2 * tp / (2 * tp + fp + fn), 3) == 0.837
     assert round(100 * fp / (fp + tn), 2) == 20.53 and round(100 * fn / (fn + tp), 2) == 15.25
+
+
+@pytest.mark.skipif(not (SHARED_SKAB / "anomaly-free").is_dir(), reason=f"SKAB data not found at {SHARED_SKAB}")
+def test_skab_anomaly_free_false_alarms_as_reported():
+    """maintenance/README.md's row for SKAB's healthy file with the live defaults (1,800 training rows, window 10, alpha
+    0.01, max_z, confirm 20): 339 of 7,596 full windows flagged (0.0446, over four times alpha: the rig's healthy
+    signals are neither independent nor stationary) and no confirmed alarm in the 2.1 hours."""
+    f = skab.load(SHARED_SKAB / "anomaly-free" / "anomaly-free.csv")
+    det = AnomalyDetector(AnomalyConfig(), signals=f.columns).fit(f.x[:1800])
+    s = det.score(f.x[1800:])
+    assert det.signals_ == ["Current", "Pressure", "Voltage"] and det.calibration_.size == 108
+    flags = s.flag[det.config.window - 1:]
+    assert (int(flags.sum()), flags.size) == (339, 7596)
+    assert not confirmed(s.flag, 20).any()
