@@ -7,6 +7,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pytest
 
 from collectors.simulator.pump import Pump, PumpFaults
 from edge.files import pack_state, read_state
@@ -830,3 +831,24 @@ async def test_a_vibration_steady_on_a_boundary_is_rated_in_the_upper_zone():
         assert zones and set(zones) == {zone_index}, (group, zones)
         raised = [c.alert for c in changes if c.event == "raised"]
         assert [a.severity for a in raised] == [severity], raised
+
+
+async def test_zones_rate_the_velocity_rms_over_the_window_not_the_mean_of_readings():
+    """Each reading of a velocity RMS tag is the RMS over its second; the velocity RMS over the window, the quantity
+    ISO 20816 rates, is their quadratic mean. A group 2 rigid pump (1.4/2.8/4.5 mm/s) alternating 6.4 and 1.0 mm/s
+    (a load cycle, intermittent impacts) was rated on the plain mean, 3.7 mm/s: zone C, a warning, for a velocity
+    RMS of 4.58 mm/s, zone D (critical)."""
+    asset = AssetConfig(name="P-1", vibration_tags=("P-1.vib",), iso20816=ZoneConfig(group=2))
+    live = MaintenanceLive(MaintenanceConfig(assets=(asset,)))
+    derived, changes = [], []
+    for s in range(300):
+        t = T0 + timedelta(seconds=s)
+        d, _, c = await live.process([Reading("P-1.vib", t, 6.4 if s % 2 else 1.0, t)])
+        derived += d
+        changes += c
+    means = {r.value for r in derived if r.tag == "P-1.vib.mean" and r.time >= T0 + timedelta(seconds=60)}
+    assert means == {3.7}  # the plain mean, as the indicator still says
+    raised = [c.alert for c in changes if c.event == "raised"]
+    assert [(a.severity, a.evidence["zone"]) for a in raised] == [("critical", "D")], raised
+    assert raised[0].evidence["velocity_rms_mm_s"] == pytest.approx(np.sqrt((6.4**2 + 1.0) / 2))
+    assert "vibration 4.58 mm/s in ISO 20816-3 zone D" in raised[0].message
