@@ -95,7 +95,7 @@ async def test_zone_alert_clears_once_the_vibration_is_calm_again():
 
 
 async def test_a_waveforms_block_rms_is_rated_in_iso_zones():
-    """``iso20816 = true`` on a waveform: each block's velocity RMS is rated like a 1 Hz RMS tag's window mean. The
+    """``iso20816 = true`` on a waveform: each block's velocity RMS is rated like the window RMS of a 1 Hz RMS tag. The
     block indicators never reached the zone trackers, so a 14 mm/s block (zone D) raised nothing."""
     from maintenance.config import WaveformConfig
 
