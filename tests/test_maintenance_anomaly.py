@@ -338,3 +338,24 @@ def test_skab_anomaly_free_false_alarms_as_reported():
     flags = s.flag[det.config.window - 1:]
     assert (int(flags.sum()), flags.size) == (339, 7596)
     assert not confirmed(s.flag, 20).any()
+
+
+def test_a_signal_constant_while_fitted_is_left_out_not_standardised_by_nothing():
+    """A fixed-speed drive reports 1,480 rpm for the whole fit part: its standard deviation is 0 and it was scaled
+    by 1e-9, so a change of 0.5 rpm scored 2.5e17 and flagged every sample from then on (an alert naming the speed
+    at 100 %). It is left out as a drifting signal is; the others are scored as before and still flag a shift."""
+    rng = np.random.default_rng(0)
+
+    def run(n):
+        return np.c_[rng.normal(2.0, 0.1, n), rng.normal(60.0, 1.0, n), np.full(n, 1480.0)]
+
+    det = AnomalyDetector(AnomalyConfig(), signals=["vib", "temp", "speed"]).fit(run(1800))
+    assert det.signals_ == ["vib", "temp"]
+    x = run(1200)
+    x[300:, 2] = 1480.5  # the speed moves by half an rpm
+    x[900:, 0] += 0.5  # vibration shifts by 5 SD
+    s = det.score(x)
+    assert s.flag[9:900].mean() < 0.03, s.flag[9:900].mean()
+    assert s.flag[910:].mean() > 0.95 and s.top(1000, 1)[0][0] == "vib"
+    everything = AnomalyDetector(AnomalyConfig(max_drift=None), signals=["vib", "temp", "speed"]).fit(run(1800))
+    assert everything.signals_ == ["vib", "temp", "speed"]  # max_drift = None keeps every signal, as it says
