@@ -16,6 +16,7 @@ One `AnomalyDetector` per asset:
   The calibration scores are taken on **non-overlapping** windows lying wholly inside the calibration part
   (`calibration_scores` of them): rolling means at every sample overlap, their largest values cluster and
   the threshold came out low (FAR 0.0116 at alpha 0.01 on i.i.d. data; maintenance/README.md);
+- a signal without any variation in the fit part (a fixed speed, a setpoint) is left out too: it has no scale;
 - each score is split into per-signal contributions ``z_i (P z)_i`` (they sum to the score), so an
   alert names the signals that contributed most.
 
@@ -117,6 +118,15 @@ class AnomalyDetector:
         healthy = np.asarray(healthy, dtype=float)
         names = self.signal_names or [f"x{i}" for i in range(healthy.shape[1])]
         self.use_ = self.use if self.use is not None else drift_screen([healthy], c.max_drift)
+        if self.use is None and c.max_drift is not None:
+            # A signal that never moved while the fit part was recorded (a fixed-speed drive's 1,480 rpm, a setpoint)
+            # has no scale to standardise by: with the 1e-9 floor below, a change of 0.5 rpm scored 2.5e17 and every
+            # score after it flagged (an alert naming that signal at 100 %), and a change inside the calibration part
+            # made every calibration score huge (the detector blind to the other signals). Left out, as a drifting
+            # signal is, unless it is all there is.
+            still = np.ptp(healthy[:int(len(healthy) * c.fit_fraction), self.use_], axis=0) == 0
+            if still.any() and not still.all():
+                self.use_ = self.use_[~still]
         self.signals_ = [names[i] for i in self.use_]
         x = rolling_mean(healthy[:, self.use_], c.window)
         n_fit = int(len(x) * c.fit_fraction)

@@ -7,6 +7,7 @@ Validation errors carry the key path (pydantic), which the loader turns into a `
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -37,6 +38,31 @@ class WaveformConfig(BaseModel):
     block: int = Field(gt=8, description="samples per indicator block")
     bands: tuple[BandConfig, ...] = ()
     iso20816: bool = Field(True, description="the waveform is vibration velocity in mm/s: rate its RMS in zones")
+
+    @model_validator(mode="after")
+    def _bands_measurable(self) -> WaveformConfig:
+        # A band's RMS is the root of its spectral lines' power (`indicators.waveform_indicators`): lines lie every
+        # fs_hz / block Hz up to the Nyquist frequency fs_hz / 2. A band above Nyquist, below its own low end or
+        # between two lines holds none and read 0 mm/s for ever (a bearing band of 2-5 kHz on a 2,560 Hz waveform: a
+        # defect there never showed); one reaching past Nyquist held only its part below it.
+        nyquist, line = self.fs_hz / 2.0, self.fs_hz / self.block
+        names = [b.name for b in self.bands]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"{self.tag}: band names must be unique (each is the indicator {self.tag}.band_<name>): "
+                             f"{dup}")
+        for b in self.bands:
+            where = f"{self.tag}: band {b.name!r} ({b.low_hz:g}-{b.high_hz:g} Hz)"
+            if b.low_hz >= b.high_hz:
+                raise ValueError(f"{where}: low_hz must be below high_hz")
+            if b.high_hz > nyquist:
+                raise ValueError(f"{where} reaches above the Nyquist frequency {nyquist:g} Hz of fs_hz {self.fs_hz:g}: "
+                                 "nothing above it is in the samples; lower high_hz or sample faster")
+            first = max(1, math.ceil(b.low_hz / line - 1e-9)) * line  # the DC line is the block's mean, taken out
+            if first >= b.high_hz - 1e-9 * line:
+                raise ValueError(f"{where} holds no line of the block's spectrum above 0 Hz (one every fs_hz / block "
+                                 f"= {line:g} Hz): widen the band or make block longer")
+        return self
 
 
 class AnomalyAssetConfig(BaseModel):

@@ -401,9 +401,10 @@ class MaintenanceLive:
         self._blocks: dict[tuple[str, datetime], np.ndarray] = {}
         self.sensors = SensorWatch(self.indicators.tags, watched, config.quality, self.manager, config.window_s)
         # The quality of the windows closed by the current `process` call, which zones and rules on indicators judge:
-        # window end -> (class counts per series, mean of each series' good readings). Rows of the arrays, not a
-        # record per tag: a window closes for every series at once.
-        self._windows: dict[datetime, tuple[np.ndarray, np.ndarray]] = {}
+        # window end -> (class counts per series, RMS of each series' good readings, RMS of its usable readings: the
+        # velocity RMS over the window that zones rate). Rows of the arrays, not a record per tag: a window closes for
+        # every series at once.
+        self._windows: dict[datetime, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._pending: list[AlertChange] = []  # sensor conditions of the windows closed by the current call
         self.rules = RuleEngine(config.rules, self.manager, config.quality)
         self.anomaly = _Anomaly([a for a in config.assets if a.anomaly is not None], config.period_s)
@@ -586,8 +587,13 @@ class MaintenanceLive:
         counts[:, MISSING] = expected_readings(cls) - (cls != MISSING).sum(axis=1)
         t = datetime.fromtimestamp(end_slot * self.config.period_s, UTC)
         good = cls == GOOD
+        # A velocity RMS tag's readings are each the RMS over its own period: the RMS over the window, the quantity ISO
+        # 20816 rates, is their quadratic mean. Their plain mean is lower wherever the vibration varies (half the time
+        # at 6.4 mm/s and half at 1.0: mean 3.7, zone C, against 4.58, zone D for a group 2 rigid machine).
+        sq = np.where(np.isfinite(x), x * x, 0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            self._windows[t] = (counts, np.where(good, x, 0.0).sum(axis=1) / counts[:, GOOD])
+            self._windows[t] = (counts, np.sqrt(np.where(good, sq, 0.0).sum(axis=1) / counts[:, GOOD]),
+                                np.sqrt(sq.sum(axis=1) / np.isfinite(x).sum(axis=1)))
         silent = self.indicators.silent_s(end_slot)
         self._pending.extend(self.sensors.window(t, counts, counts.sum(axis=1), silent))
         for tag, (asset, _) in self.waveform_of.items():  # a waveform gone silent: no block says so
@@ -619,17 +625,18 @@ class MaintenanceLive:
         return good, mixed, data_quality(counts, n, samples=n, window_s=self.waveform_of[tag][1])
 
     def window_quality(self, tag: str, t: datetime) -> tuple[float | None, bool | None, np.ndarray]:
-        """How far the window of ``tag`` ending at ``t`` can be trusted: the mean of its good readings when they fill
-        ``min_share`` of it (else None); whether out-of-range readings are among its usable ones, which fill
-        ``min_share`` with the good ones (its statistics are then unverified; else None); its class counts."""
+        """How far the window of ``tag`` ending at ``t`` can be trusted: the RMS (quadratic mean) of its good
+        readings when they fill ``min_share`` of it (else None); whether out-of-range readings are among its usable
+        ones, which fill ``min_share`` with the good ones (its statistics are then unverified; else None); its class
+        counts."""
         q = self.quality
         row = self.indicators.row[tag]
-        counts, means = self._windows[t]
-        counts, good_mean = counts[row], float(means[row])
+        counts, rms = self._windows[t][:2]
+        counts, good_rms = counts[row], float(rms[row])
         n = counts.sum()  # the readings the tag's sampling step leaves room for in the window
         good = counts[GOOD] / n
         oor = counts[OUT_OF_RANGE] / n if q.out_of_range == "unverified" else 0.0
-        trusted = good_mean if counts[GOOD] and good >= q.min_share else None
+        trusted = good_rms if counts[GOOD] and good >= q.min_share else None
         unverified = (oor > 0 and good + oor >= q.min_share) or None
         return trusted, unverified, counts
 
@@ -668,6 +675,7 @@ class MaintenanceLive:
                     tracker.current = z0 if z0 in ("C", "D") else "C"
             b = tracker.config.boundaries
             block = self.block_quality(tag, d.time)
+            measured = float(d.value)  # the RMS of the block, or of the window's usable readings (below)
             if block is not None:
                 # A waveform block's RMS (bad samples end a block): all samples good, it is the machine's; with flagged
                 # ones among usable ones filling min_share it may raise the zone, unverified, never lower it; mostly
@@ -677,6 +685,7 @@ class MaintenanceLive:
             elif d.time in self._windows:
                 trusted, mixed, counts = self.window_quality(tag, d.time)
                 dq = self._data_quality(counts)
+                measured = float(self._windows[d.time][2][self.indicators.row[tag]])
             else:
                 continue  # neither a window nor a block of this call: nothing to judge it by
             # The zone follows the good readings only. Out-of-range ones (a broken loop, or vibration beyond what the
@@ -688,9 +697,9 @@ class MaintenanceLive:
                 tracker.update(trusted)
             value = trusted
             unverified = bool(mixed) and (tracker.current is None
-                                          or ZONES.index(zone(float(d.value), b)) > ZONES.index(tracker.current))
+                                          or ZONES.index(zone(measured, b)) > ZONES.index(tracker.current))
             if unverified:
-                tracker.current, value = zone(float(d.value), b), float(d.value)
+                tracker.current, value = zone(measured, b), measured
             if value is None:
                 continue
             z = tracker.current
@@ -714,7 +723,8 @@ class MaintenanceLive:
                         f"(boundaries {b[0]}/{b[1]}/{b[2]} mm/s, group {tracker.config.group}, "
                         f"{tracker.config.foundation}){note}",
                 evidence={"readings": [{"tag": d.tag, "time": d.time, "value": d.value}], "zone": z,
-                          "boundaries_mm_s": list(b), "data_quality": {**dq, "unverified": unverified}}))
+                          "velocity_rms_mm_s": value, "boundaries_mm_s": list(b),
+                          "data_quality": {**dq, "unverified": unverified}}))
         return out
 
     def _score(self, slot: int, preds: list[Prediction], changes: list[AlertChange]) -> None:

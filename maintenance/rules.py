@@ -44,6 +44,8 @@ from maintenance.alerts import CLOCK_STEP_S, AlertChange, AlertManager, dedup_ke
 from maintenance.quality import GOOD, OUT_OF_RANGE, QualityConfig, classify_reading, lower, one_reading
 
 log = logging.getLogger(__name__)
+# Readings in a row further apart than a rate rule's window before it says its rate is never judged.
+RATE_APART_READINGS = 3
 
 
 class RuleConfig(BaseModel):
@@ -87,6 +89,8 @@ class _State:
     last: datetime | None = None  # time of the newest reading judged: an older one is late and left out
     late_said: bool = False  # a late reading was logged since the last one judged
     late_since: datetime | None = None  # the first of the late readings since the last one judged
+    apart: int = 0  # rate rules: readings in a row that came more than window_s after the one before
+    apart_said: bool = False  # that was logged (once per rule)
 
 
 class RuleEngine:
@@ -164,6 +168,8 @@ class RuleEngine:
                 # An out-of-range reading may be a broken loop: it may raise (unverified), never clear, and leaves
                 # no trace in the rule's state (hysteresis, rate history) for the good readings after it.
                 unverified = c == OUT_OF_RANGE
+                if rule.kind == "rate" and not unverified and st.last is not None:
+                    self._apart(rule, st, rd, asset)
                 active, detail = self._evaluate(rule, st, rd, v, trial=unverified)
                 if not unverified:  # an out-of-range reading leaves no trace in the rule's state
                     st.last, st.late_said, st.late_since = rd.time, False, None
@@ -182,6 +188,20 @@ class RuleEngine:
                 out.extend(self.manager.observe(asset=asset, tag=rule.tag, kind=kind, active=active, t=rd.time,
                                                 severity=sev, message=msg, evidence=evidence))
         return out
+
+    @staticmethod
+    def _apart(rule: RuleConfig, st: _State, rd: Reading, asset: str) -> None:
+        """A rate rule judges the change over its window from readings at least half a window apart: a tag read
+        less often than every ``window_s`` (a slow poll, a historian feed) leaves one reading in each window and its
+        rate is never judged. Said once per rule, after a few such readings in a row (a gap now and then is no
+        pattern), rather than a rule that watches nothing without a word."""
+        st.apart = st.apart + 1 if (rd.time - st.last).total_seconds() > rule.window_s else 0
+        if st.apart >= RATE_APART_READINGS and not st.apart_said:
+            st.apart_said = True
+            log.warning("rule %r: the last %d readings of %s came more than window_s (%g s) apart (the latest %.0f s "
+                        "after the one before): its rate of change is never judged; make window_s at least twice the "
+                        "tag's sampling interval", rule.name, st.apart, rd.tag, rule.window_s,
+                        (rd.time - st.last).total_seconds(), extra={"event": "rule_rate_unjudged", "asset": asset})
 
     @staticmethod
     def _evaluate(rule: RuleConfig, st: _State, rd: Reading, v: float, trial: bool = False) -> tuple[bool, str]:

@@ -390,3 +390,24 @@ def test_a_value_sitting_exactly_on_the_threshold_is_one_alert_and_no_flaps():
     assert [e for e in events if e != "cleared"] == ["raised"]
     cold = m.open.get("P|P.t|rule:cold")
     assert cold is not None and cold.inactive_since == at(803)
+
+
+def test_a_rate_rule_on_a_tag_read_less_often_than_its_window_says_so(caplog):
+    """A rate rule judges the change within its window from readings at least half a window apart. A bearing
+    temperature polled every 10 minutes under a rule of window_s 300 heated 5 /min (50 per reading) and the rule
+    never judged a rate: no alert, no word. It now says so once (the rule still cannot judge: the fix is its
+    window_s), and a tag read often enough is judged as before."""
+    rule = RuleConfig(name="heating", tag="P.t", kind="rate", max_rate_per_min=2.0, window_s=300)
+    eng = RuleEngine([rule], AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None)))
+    with caplog.at_level("WARNING", logger="maintenance.rules"):
+        out = [c for s in range(0, 6000, 600) for c in eng.update([Reading("P.t", at(s), 40 + s / 12, at(s))])]
+    assert out == []  # 5 /min, never judged
+    said = [r for r in caplog.records if getattr(r, "event", None) == "rule_rate_unjudged"]
+    assert len(said) == 1 and "heating" in said[0].getMessage() and "window_s (300 s)" in said[0].getMessage()
+    assert said[0].asset == "P"
+    caplog.clear()
+    eng = RuleEngine([rule], AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None)))
+    with caplog.at_level("WARNING", logger="maintenance.rules"):
+        out = [c for s in range(0, 6000, 200) for c in eng.update([Reading("P.t", at(s), 40 + s / 12, at(s))])]
+    assert [c.event for c in out] == ["raised"] and "rate +5/min" in out[0].alert.message
+    assert not [r for r in caplog.records if getattr(r, "event", None) == "rule_rate_unjudged"]

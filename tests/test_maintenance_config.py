@@ -3,6 +3,7 @@
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -67,3 +68,37 @@ def test_the_config_refuses_exactly_the_alphas_the_detector_cannot_fit(train_sam
             assert "resolution" in str(exc)
             fit_ok = False
         assert config_ok == fit_ok, (train_samples, alpha)
+
+
+@pytest.mark.parametrize(("bands", "problem"), [
+    ([{"name": "bearing", "low_hz": 2000.0, "high_hz": 5000.0}], "Nyquist frequency 1280 Hz"),
+    ([{"name": "hf", "low_hz": 1000.0, "high_hz": 1500.0}], "Nyquist frequency 1280 Hz"),
+    ([{"name": "1x", "low_hz": 30.0, "high_hz": 20.0}], "low_hz must be below high_hz"),
+    ([{"name": "1x", "low_hz": 49.0, "high_hz": 50.0}], "holds no line of the block's spectrum above 0 Hz"),
+    ([{"name": "dc", "low_hz": 0.0, "high_hz": 2.0}], "holds no line of the block's spectrum above 0 Hz"),
+    ([{"name": "a", "low_hz": 10.0, "high_hz": 20.0}, {"name": "a", "low_hz": 20.0, "high_hz": 30.0}], "unique"),
+])
+def test_a_waveform_band_the_spectrum_cannot_measure_is_refused(bands, problem):
+    """A band's RMS sums the block's spectral lines in it (every fs_hz / block Hz, up to fs_hz / 2). One above the
+    Nyquist frequency, inside out, or between two lines was accepted and read 0 mm/s for ever (a bearing band of
+    2-5 kHz on a 2,560 Hz waveform: a defect there never showed); one reaching past Nyquist held only its part below
+    it; two of one name wrote one indicator. Refused, naming the key, the band and the reason."""
+    from maintenance.indicators import Band, waveform_indicators
+
+    wave = {"tag": "P-1.vel", "fs_hz": 2560.0, "block": 1024, "bands": bands}  # lines every 2.5 Hz
+    with pytest.raises(ValidationError) as e:
+        MaintenanceConfig.model_validate({"assets": [{"name": "P-1", "waveforms": [wave]}]})
+    assert "assets.0.waveforms.0" in str(e.value) and problem in str(e.value) and "P-1.vel" in str(e.value)
+    # What such a band reported: nothing of a tone inside it.
+    t = np.arange(1024) / 2560.0
+    if bands[0]["name"] == "bearing":
+        tone = np.sin(2 * np.pi * 3000.0 * t)  # aliased to 440 Hz: not in 2-5 kHz, nor anywhere near it
+        assert waveform_indicators(tone, 2560.0, [Band("bearing", 2000.0, 5000.0)])["band_bearing"] < 1e-9
+    if bands[0]["low_hz"] == 49.0:
+        tone = np.sin(2 * np.pi * 49.5 * t)
+        assert waveform_indicators(tone, 2560.0, [Band("1x", 49.0, 50.0)])["band_1x"] < 0.2  # of an RMS of 0.71
+
+
+def test_the_sample_waveform_bands_are_measurable():
+    cfg = load_sample()
+    assert cfg.assets[0].waveforms[0].bands  # the sample has bands, and they pass the check above

@@ -1,5 +1,6 @@
 """ISO 20816-3 zone boundaries, per-asset overrides and hysteresis."""
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -39,3 +40,28 @@ def test_hysteresis_on_the_way_down():
     assert tr.update(2.6) == "B"  # clearly below
     assert tr.update(5.0) == "D"
     assert tr.update(1.0) == "A"  # a big drop goes straight down
+
+
+@pytest.mark.parametrize(("group", "foundation"), sorted(DEFAULTS))
+def test_a_value_on_a_boundary_is_in_the_upper_zone_after_float_rounding(group, foundation):
+    """Documented: a value on a boundary belongs to the upper zone. A window's mean of readings all equal to the
+    boundary (20 readings of a tag read every 3 s, 12 every 5 s) and a sensor's float32 value of it came out an ulp
+    or a float32 rounding below it, and were rated a zone lower: 2.8 mm/s (group 2 rigid, B/C) as B, 7.1 (C/D) as C."""
+    b = DEFAULTS[(group, foundation)]
+    for i, edge in enumerate(b):
+        upper = "BCD"[i]
+        for step in (1, 2, 3, 5, 7):
+            slots = np.zeros(60, bool)
+            slots[::step] = True
+            mean = float(np.where(slots, edge, 0.0).sum() / slots.sum())  # as maintenance.live means a window
+            assert zone(mean, b) == upper, (edge, step, mean)
+        assert zone(float(np.float32(edge)), b) == upper, (edge, float(np.float32(edge)))
+        assert zone(edge * 0.999, b) == "ABC"[i]  # a real thousandth below is below
+
+
+def test_nan_has_no_zone():
+    """NaN compares below no boundary: it was zone D, a critical alert for a value that says nothing."""
+    with pytest.raises(ValueError, match="NaN"):
+        zone(float("nan"), DEFAULTS[(2, "rigid")])
+    with pytest.raises(ValueError, match="NaN"):
+        ZoneTracker(ZoneConfig()).update(float("nan"))

@@ -7,6 +7,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pytest
 
 from collectors.simulator.pump import Pump, PumpFaults
 from edge.files import pack_state, read_state
@@ -94,7 +95,7 @@ async def test_zone_alert_clears_once_the_vibration_is_calm_again():
 
 
 async def test_a_waveforms_block_rms_is_rated_in_iso_zones():
-    """``iso20816 = true`` on a waveform: each block's velocity RMS is rated like a 1 Hz RMS tag's window mean. The
+    """``iso20816 = true`` on a waveform: each block's velocity RMS is rated like the window RMS of a 1 Hz RMS tag. The
     block indicators never reached the zone trackers, so a 14 mm/s block (zone D) raised nothing."""
     from maintenance.config import WaveformConfig
 
@@ -810,3 +811,44 @@ def test_running_tag_must_be_one_of_the_signals():
 
     with pytest.raises(ValidationError, match=r"running_tag 'M\.x' must be one of signals"):
         AnomalyAssetConfig(signals=("M.s0",), train_samples=400, window=1, running_tag="M.x")
+
+
+async def test_a_vibration_steady_on_a_boundary_is_rated_in_the_upper_zone():
+    """A pump (group 2 rigid: 1.4/2.8/4.5 mm/s) read every 3 s, steady at 2.8 mm/s: each window's mean of its 20
+    readings was 2.7999999999999994, zone B, and no warning ever came, though a value on a boundary is documented
+    to be in the upper zone (C). Likewise a group 1 machine at 7.1 mm/s as a float32 value (7.0999999046): zone C
+    (warning) for good instead of D (critical)."""
+    for group, value, zone_index, severity in ((2, 2.8, 2, "warning"), (1, float(np.float32(7.1)), 3, "critical")):
+        asset = AssetConfig(name="P-1", vibration_tags=("P-1.vib",), iso20816=ZoneConfig(group=group))
+        live = MaintenanceLive(MaintenanceConfig(assets=(asset,)))
+        derived, changes = [], []
+        for s in range(0, 300, 3):
+            t = T0 + timedelta(seconds=s)
+            d, _, c = await live.process([Reading("P-1.vib", t, value, t)])
+            derived += d
+            changes += c
+        zones = [r.value for r in derived if r.tag == "P-1.vib.iso_zone"]
+        assert zones and set(zones) == {zone_index}, (group, zones)
+        raised = [c.alert for c in changes if c.event == "raised"]
+        assert [a.severity for a in raised] == [severity], raised
+
+
+async def test_zones_rate_the_velocity_rms_over_the_window_not_the_mean_of_readings():
+    """Each reading of a velocity RMS tag is the RMS over its second; the velocity RMS over the window, the quantity
+    ISO 20816 rates, is their quadratic mean. A group 2 rigid pump (1.4/2.8/4.5 mm/s) alternating 6.4 and 1.0 mm/s
+    (a load cycle, intermittent impacts) was rated on the plain mean, 3.7 mm/s: zone C, a warning, for a velocity
+    RMS of 4.58 mm/s, zone D (critical)."""
+    asset = AssetConfig(name="P-1", vibration_tags=("P-1.vib",), iso20816=ZoneConfig(group=2))
+    live = MaintenanceLive(MaintenanceConfig(assets=(asset,)))
+    derived, changes = [], []
+    for s in range(300):
+        t = T0 + timedelta(seconds=s)
+        d, _, c = await live.process([Reading("P-1.vib", t, 6.4 if s % 2 else 1.0, t)])
+        derived += d
+        changes += c
+    means = {r.value for r in derived if r.tag == "P-1.vib.mean" and r.time >= T0 + timedelta(seconds=60)}
+    assert means == {3.7}  # the plain mean, as the indicator still says
+    raised = [c.alert for c in changes if c.event == "raised"]
+    assert [(a.severity, a.evidence["zone"]) for a in raised] == [("critical", "D")], raised
+    assert raised[0].evidence["velocity_rms_mm_s"] == pytest.approx(np.sqrt((6.4**2 + 1.0) / 2))
+    assert "vibration 4.58 mm/s in ISO 20816-3 zone D" in raised[0].message
