@@ -15,7 +15,7 @@ Default boundaries (A/B, B/C, C/D) of broad-band velocity RMS in mm/s, measured 
 
 The standard says these are guidance values; plants set their own per asset (operating experience,
 manufacturer's limits), so every asset may override its boundaries in configuration.
-A value on a boundary belongs to the upper zone. "On" allows a relative millionth (`ON_BOUNDARY`): a window's
+A value on a boundary belongs to the upper zone. "On" allows a relative millionth (`bounds.ON_BOUNDARY`): a window's
 mean of readings all equal to a boundary comes out an ulp or two below it in floating point (the mean of 20
 readings of 3 s each at 2.8 mm/s is 2.7999999999999994), and a sensor's float32 value of 7.1 is 7.0999999046 as a
 double; either rated the lower zone for good, though no instrument resolves a millionth of a mm/s.
@@ -31,6 +31,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from maintenance.bounds import at_or_above
+
 ZONES = ("A", "B", "C", "D")
 DEFAULTS: dict[tuple[int, str], tuple[float, float, float]] = {
     (1, "rigid"): (2.3, 4.5, 7.1),
@@ -40,9 +42,6 @@ DEFAULTS: dict[tuple[int, str], tuple[float, float, float]] = {
 }
 # Alert severity of entering a zone: B is normal operation, so only C and D raise.
 SEVERITY = {"A": None, "B": None, "C": "warning", "D": "critical"}
-# Relative distance below a boundary still counted as on it: above the float32 rounding of a sensor's value (6e-8)
-# and the rounding of a window's mean, far below any vibration instrument's resolution.
-ON_BOUNDARY = 1e-6
 
 
 class ZoneConfig(BaseModel):
@@ -69,12 +68,12 @@ class ZoneConfig(BaseModel):
 
 
 def zone(rms_mm_s: float, boundaries: tuple[float, float, float]) -> str:
-    """The zone of a velocity RMS value; a value on a boundary (within `ON_BOUNDARY`) belongs to the upper zone."""
+    """The zone of a velocity RMS value; a value on a boundary (`bounds.at_or_above`) belongs to the upper zone."""
     if math.isnan(rms_mm_s):
         # NaN compares below no boundary: it read as zone D (critical) for a value that says nothing.
         raise ValueError("a vibration velocity of NaN has no ISO 20816 zone")
     for i, b in enumerate(boundaries):
-        if rms_mm_s < b * (1.0 - ON_BOUNDARY):
+        if not at_or_above(rms_mm_s, b):
             return ZONES[i]
     return ZONES[3]
 

@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edge.records import Quality, Reading
 from maintenance.alerts import CLOCK_STEP_S, AlertChange, AlertManager, dedup_key
+from maintenance.bounds import at_or_above, at_or_below
 from maintenance.quality import GOOD, OUT_OF_RANGE, QualityConfig, classify_reading, lower, one_reading
 
 log = logging.getLogger(__name__)
@@ -211,11 +212,12 @@ class RuleEngine:
                 # Inclusive as the entry is: with the default deadband 0 a value sitting exactly on `high` (an
                 # integer transmitter at 90) entered at one reading and left at the next, a flap every two readings
                 # (an "updated" change, an alert_events row and an MQTT notification each: 299 in 10 min at 1 Hz).
-                hi = rule.high is not None and v >= rule.high - rule.deadband
-                lo = rule.low is not None and v <= rule.low + rule.deadband
+                hi = rule.high is not None and at_or_above(v, rule.high - rule.deadband)
+                lo = rule.low is not None and at_or_below(v, rule.low + rule.deadband)
             else:
-                hi = rule.high is not None and v >= rule.high
-                lo = rule.low is not None and v <= rule.low
+                # Within a relative millionth (`bounds`): a PLC's float32 2.8 (2.7999999523) never reached high = 2.8.
+                hi = rule.high is not None and at_or_above(v, rule.high)
+                lo = rule.low is not None and at_or_below(v, rule.low)
             if not trial:
                 st.active = hi or lo
             return hi or lo, (f">= {rule.high:g}" if hi else f"<= {rule.low:g}" if lo else "")

@@ -86,6 +86,23 @@ def test_threshold_rule_with_deadband():
     assert m.open[next(iter(m.open))].alert.asset == "P-101"
 
 
+def test_a_threshold_rule_is_reached_by_a_float32_value_on_it():
+    """A PLC's float32 2.8 arrives as 2.7999999523: a rule with high = 2.8 (or low = -2.8) never became active at
+    the threshold the plant set. Within a relative millionth a value is on its limit (as ISO zones are); a value a
+    measurable step below is not."""
+    import numpy as np
+
+    m = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None, reopen_within_s=0))
+    eng = RuleEngine([RuleConfig(name="hi", tag="P.a", kind="threshold", high=2.8),
+                      RuleConfig(name="lo", tag="P.b", kind="threshold", low=-2.8)], m)
+    on = float(np.float32(2.8))
+    assert on < 2.8
+    raised = eng.update([Reading("P.a", at(0), on, at(0)), Reading("P.b", at(0), -on, at(0)),
+                         Reading("P.a", at(1), 2.7999, at(1))])
+    assert sorted(c.alert.kind for c in raised if c.event == "raised") == ["rule:hi", "rule:lo"]
+    assert [c.event for c in raised if c.alert.kind == "rule:hi"] == ["raised", "cleared"]  # 2.7999 is below it
+
+
 def test_rate_rule_and_bad_quality_ignored():
     m = AlertManager(AlertPolicy(clear_after_s=0, escalate_after_s=None))
     rule = RuleConfig(name="heating", tag="P.t", kind="rate", max_rate_per_min=2.0, window_s=120)
