@@ -49,7 +49,7 @@ import psutil  # noqa: E402
 import psycopg  # noqa: E402
 from gateway_proc import GatewayProcess  # noqa: E402
 from ops_support import db_url  # noqa: E402
-from results_io import write_results  # noqa: E402
+from results_io import peak_rss_kb, write_results  # noqa: E402
 from servers import MosquittoServer, PostgresServer  # noqa: E402
 
 from edge.db.migrate import migrate  # noqa: E402
@@ -156,14 +156,6 @@ class Publisher:
     def close(self):
         self.c.loop_stop()
         self.c.disconnect()
-
-
-def peak_rss_kb(pid: int) -> int:
-    """The kernel's high-water mark of a live process's RSS (VmHWM, KiB): its true peak, unlike sampling."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmHWM for process {pid}")
 
 
 def count(dsn: str) -> int:
