@@ -2,17 +2,18 @@
 
 Phases (each prints its figures; all are written to bench/results/ingest.json):
 1. raw:        binary COPY of pre-encoded rows into `readings` (same schema and indexes, a fresh table
-               like the gateway's, 20k-row transactions like the gateway), once over one connection and once
-               over `database.writers` (default 2) connections side by side as the gateway writes - the database's
+               like the gateway's, 20k-row transactions like the gateway), over one connection and over
+               `database.writers` (default 2) connections side by side as the gateway writes - the database's
                own limit on this machine. Encoding is not timed (the gateway's is).
 2. throughput: 1,000 tags, 100 samples per MQTT message, published as fast as the broker takes them;
                sustained readings/s from the first publish to the last commit, the rows counted in the
-               table afterwards. Ratio to raw (the faster of the two raw runs: the real limit).
+               table afterwards. Ratio to raw (the faster of the two raw medians: the real limit).
 3. latency:    10,000 readings/s (100 messages/s) with source time = publish time; p50/p99 of
                source time (when the publisher built the message) -> database commit, from the gateway's
                own reservoir (a sample of each committed batch; n said).
-4. outage:     the database stopped for --outage-s while 10,000 readings/s flow; then the rate readings
-               are stored at while the spool drains (new readings still arriving at 10,000/s) as a multiple
+4. outage:     the database stopped for --outage-s while 10,000 readings/s flow; then the time from its
+               return to the gateway's first commit (its reconnect back-off), and from that commit the rate
+               readings are stored at while the spool drains (new readings still arriving at 10,000/s) as a multiple
                of the ingest rate; at the end every published reading must be in the table.
 5. rss:        10,000 configured tags, traffic over all of them; peak RSS of the gateway process (the
                kernel's high-water mark, VmHWM: start-up included, no sample missed).
