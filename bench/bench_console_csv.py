@@ -6,10 +6,12 @@ Without ``--db`` (or $VALVOJA_DB_URL) it starts a PostgreSQL with TimescaleDB of
 fresh database: one tag with ``--rows`` raw readings at 1 Hz (1,000,000: 11.6 days; the default
 ``console.csv_max_rows``, so the whole range is one file). The console runs as its own process (``valvoja console
 serve``); the file comes over loopback HTTP, read in chunks and counted, not kept. Measured per run: seconds,
-rows/s and MB/s of ``GET /api/tags/{tag}/readings.csv?resolution=raw``, the console process's RSS sampled every
-20 ms (peak, and the rise over its RSS before the download); and in the same run ``psql -c "COPY (SELECT ...) TO
-STDOUT WITH (FORMAT csv, HEADER)"`` of the same rows (time, value, quality: what the database alone takes to write
-them as CSV). Writes bench/results/console_csv.json. The database is dropped afterwards.
+rows/s and MB/s of ``GET /api/tags/{tag}/readings.csv?resolution=raw``, the console process's peak RSS over the
+download (the kernel's VmHWM, reset before it; sampled every 20 ms where it cannot be reset) and its rise over the
+RSS before; every file must hold all the seeded rows, untruncated, or the run fails; and in the same run
+``psql -c "COPY (SELECT ...) TO STDOUT WITH (FORMAT csv, HEADER)"`` of the same rows (time, value, quality: what
+the database alone takes to write them as CSV). Writes bench/results/console_csv.json.
+The database is dropped afterwards.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from bench_console import start_console  # noqa: E402
 from console_support import PASSWORD, fresh_database, seed_users  # noqa: E402
-from results_io import write_results  # noqa: E402
+from results_io import peak_rss_kb, reset_peak_rss, write_results  # noqa: E402
 from servers import PostgresServer  # noqa: E402
 
 from emissions import synthetic  # noqa: E402
@@ -81,6 +83,7 @@ class RssSampler:
 
 
 def download(c: httpx.Client, pid: int, params: dict) -> dict:
+    hwm = reset_peak_rss(pid)  # the kernel's own peak over this download, which 20 ms samples can miss
     before = psutil.Process(pid).memory_info().rss
     n_bytes = n_lines = 0
     with RssSampler(pid) as rss:
@@ -92,11 +95,12 @@ def download(c: httpx.Client, pid: int, params: dict) -> dict:
                 n_bytes += len(chunk)
                 n_lines += chunk.count(b"\n")
         seconds = time.perf_counter() - t0
+    peak = max(rss.peak, peak_rss_kb(pid) * 1024) if hwm else rss.peak
     rows = n_lines - 1  # the header row
     return {"seconds": round(seconds, 3), "rows": rows, "rows_per_s": round(rows / seconds),
             "mb_per_s": round(n_bytes / seconds / 1e6, 1), "bytes": n_bytes, "truncated": truncated,
-            "rss_before_mb": round(before / 2**20, 1), "rss_peak_mb": round(rss.peak / 2**20, 1),
-            "rss_rise_mb": round((rss.peak - before) / 2**20, 1)}
+            "rss_before_mb": round(before / 2**20, 1), "rss_peak_mb": round(peak / 2**20, 1),
+            "rss_rise_mb": round((peak - before) / 2**20, 1), "rss_peak_from": "VmHWM" if hwm else "samples"}
 
 
 def psql_copy(dsn: str, tag: int, start: datetime, end: datetime) -> dict:
@@ -138,6 +142,10 @@ def run(admin: str, rows: int, runs: int) -> dict:
                     q = psql_copy(dsn, tag, start, end)
                     out["console"].append(d)
                     out["psql_copy"].append(q)
+                    # a short or truncated file must not be timed as the whole one
+                    if d["rows"] != rows or q["rows"] != rows or d["truncated"] != "false":
+                        raise SystemExit(f"run {i + 1}: console {d['rows']:,} rows (truncated {d['truncated']}), "
+                                         f"psql {q['rows']:,}; {rows:,} seeded")
                     print(f"run {i + 1}: console {d['rows']:,} rows in {d['seconds']:.2f} s = {d['rows_per_s']:,} "
                           f"rows/s, {d['mb_per_s']} MB/s, RSS {d['rss_before_mb']} -> peak {d['rss_peak_mb']} MB "
                           f"(+{d['rss_rise_mb']}); psql COPY {q['rows']:,} rows in {q['seconds']:.2f} s = "

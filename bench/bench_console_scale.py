@@ -10,7 +10,9 @@ process (``valvoja console serve``); requests come from this process over loopba
 Measured: API latency p50/p99 of the asset list's first page (200), a deep page (by cursor, half-way), a search
 for one asset (``a-12345``), a search for an area (``area-07``, 500 assets), a search that matches nothing, the
 whole list paged through (1,000 a page), and the asset page of ``A-00042`` (``/api/assets/A-00042``: its tags and
-the newest good value of each indicator). Writes bench/results/console_scale.json. The database is dropped
+the newest good value of each indicator). Each answer is checked against the seed (page sizes, the one asset
+found, 20,000 assets in the whole list, the indicator's good time); a wrong one fails the run (exit 1).
+Writes bench/results/console_scale.json. The database is dropped
 afterwards.
 """
 
@@ -96,7 +98,15 @@ def main() -> int:
             print(f"{k:22} {v}")
     write_results({"time": datetime.now(UTC).isoformat(), "machine": {"cpus": os.cpu_count()}, "setup": setup,
                    "api": api}, "console_scale.json")
-    return 0
+    # Fast wrong answers must not pass for fast answers: each request's last body is what the seed makes it.
+    want = {("assets_first_page", "items"): 200, ("assets_deep_page", "items"): 200,
+            ("assets_search_one", "items"): 1, ("assets_search_area", "items"): 200,
+            ("assets_search_none", "items"): 0, ("assets_whole_list", "assets"): N_ASSETS,
+            ("asset_page", "indicator_time"): good_time.isoformat()}
+    wrong = [f"{k}.{f} = {api[k][f]!r}, expected {v!r}" for (k, f), v in want.items() if api[k][f] != v]
+    for w in wrong:
+        print(f"WRONG ANSWER: {w}")
+    return 1 if wrong else 0
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ Same fitted pipeline, same rows, in one run. For each estimator (regressors: ``h
 - fit time and ONNX conversion time (``models.export.to_onnx``), ONNX size, session creation time;
 - per batch size (1, 100, 1,000, 10,000 rows): latency of one call p50 / p99 and throughput in rows/s,
   for ``onnxruntime.InferenceSession.run`` (float32 input, one intra-op thread, as `models.runtime` serves)
-  and for scikit-learn ``pipeline.predict`` (float64 input, one thread via threadpoolctl);
+  and for scikit-learn computing what the ONNX graph computes (``models.estimators.model_output``: ``predict``,
+  and for ``hgb-cqr`` the whole band, not the point alone; float64 input, one thread via threadpoolctl);
+- parity: the ONNX outputs against scikit-learn's on the 10,000 benchmarked rows (``models.export.check_parity``,
+  its tolerances); a model that fails it fails the run (exit 1): a fast wrong answer is no figure;
 - the issue's bars: single-row ONNX p50 <= 100 µs for the regressors, ONNX >= 5x faster than scikit-learn
   on single rows; peak RSS of the process.
 
@@ -30,8 +33,8 @@ import numpy as np
 from results_io import write_results
 from threadpoolctl import threadpool_limits
 
-from models.estimators import ESTIMATORS, make_pipeline
-from models.export import INPUT_NAME, session, to_onnx
+from models.estimators import ESTIMATORS, make_pipeline, model_output
+from models.export import INPUT_NAME, check_parity, session, to_onnx
 from models.schema import InputSchema
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gas-turbine"
@@ -40,11 +43,11 @@ BATCHES = [1, 100, 1000, 10000]
 REPEATS = {1: 3000, 100: 1000, 1000: 300, 10000: 50}
 
 
-def load_rows() -> tuple[np.ndarray, np.ndarray, list[str], str]:
-    if (DATA / "gt_2011.csv").is_file():
+def load_rows(data: Path) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+    if (data / "gt_2011.csv").is_file():
         from models.data import GAS_TURBINE_INPUTS, load_gas_turbine
 
-        t = load_gas_turbine(DATA, [2011, 2012])
+        t = load_gas_turbine(data, [2011, 2012])
         names = list(GAS_TURBINE_INPUTS)
         return t.matrix(names), t.column("NOX"), names, f"gas-turbine 2011-2012 ({len(t)} rows)"
     rng = np.random.default_rng(0)
@@ -97,19 +100,23 @@ def bench_model(name: str, X: np.ndarray, y: np.ndarray, names: list[str], budge
         feed = {INPUT_NAME: x32}
         onnx_lat = timed(lambda feed=feed: sess.run(None, feed), REPEATS[b], budget)
         with threadpool_limits(1):
-            skl_lat = timed(lambda x=x64: pipe.predict(x), REPEATS[b], budget)
+            skl_lat = timed(lambda x=x64: model_output(pipe, x), REPEATS[b], budget)
         o, s = stats(onnx_lat, b), stats(skl_lat, b)
         res["batches"][str(b)] = {"onnx": o, "sklearn": s, "onnx_speedup_p50": s["p50_us"] / o["p50_us"]}
+    res["parity"] = check_parity(pipe, onnx_bytes, x64).to_dict()
     return res
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=sorted(ESTIMATORS))
     ap.add_argument("--budget", type=float, default=2.0, help="seconds per case at most (default 2)")
+    ap.add_argument("--data", type=Path, default=DATA,
+                    help="gas-turbine folder (default ../shared/data/gas-turbine beside the checkout; a git worktree "
+                         "elsewhere finds none and falls back to synthetic rows, which the first line says)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_models.json")
     args = ap.parse_args()
-    X, y, names, source = load_rows()
+    X, y, names, source = load_rows(args.data)
     import onnxruntime
     import sklearn
 
@@ -127,7 +134,9 @@ def main() -> None:
             print(f"{name:<16}{b:>6}  {o['p50_us']:>12.1f}{o['p99_us']:>10.1f}{o['rows_per_s']:>12.0f}   "
                   f"{s['p50_us']:>14.1f}{s['p99_us']:>10.1f}{s['rows_per_s']:>12.0f}{v['onnx_speedup_p50']:>8.1f}x")
         print(f"{'':<16}fit {r['fit_s']:.2f} s, ONNX conversion {r['convert_s'] * 1000:.0f} ms, "
-              f"{r['onnx_bytes'] / 1024:.0f} KiB, session {r['session_s'] * 1000:.0f} ms")
+              f"{r['onnx_bytes'] / 1024:.0f} KiB, session {r['session_s'] * 1000:.0f} ms; parity on "
+              f"{r['parity']['rows']} rows: max |d| {r['parity']['max_abs']:.2g}, "
+              f"{'pass' if r['parity']['passed'] else 'FAIL'}")
     regs = [m for m in out["models"] if out["models"][m]["kind"] == "regression"]
     bars = {}
     for m, r in out["models"].items():
@@ -144,7 +153,11 @@ def main() -> None:
               f"scikit-learn ({'>= 5x: ok' if b['speedup_at_least_5x'] else 'below 5x'})")
     print(f"peak RSS {out['peak_rss_mb']:.0f} MB")
     write_results(out, args.out)
+    failed = [m for m, r in out["models"].items() if not r["parity"]["passed"]]
+    for m in failed:
+        print(f"PARITY FAILED: {m}: {out['models'][m]['parity']}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

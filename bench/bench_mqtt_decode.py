@@ -8,7 +8,8 @@ Cases, each with ``--samples`` readings per message (1,000 tags in the message s
 - ``json_array_one_tag``: ``[{"t": ..., "v": ...}, ...]`` on a per-tag topic (tag from the topic);
 - ``sparkplug_ddata``: DDATA with metrics by alias and per-metric timestamps;
 - ``plain``: one number per message (readings/s = messages/s).
-Best of ``--repeat`` runs. Prints a table and writes bench/results/mqtt_decode.json.
+Best of ``--repeat`` runs (the least disturbed by the rest of the machine); each case must decode every sample it
+was given, or the script fails. Prints a table and writes bench/results/mqtt_decode.json.
 
 With ``--broker HOST:PORT`` it also runs the whole collector against that broker: a paho publisher sends
 ``--messages`` JSON batches at QoS 1 (published beforehand into the collector's persistent session, so the
@@ -175,6 +176,11 @@ def main() -> None:
     results["sparkplug_ddata"] = measure(sp_dec, sp_msgs, args.repeat)
     plain_dec = make_decoder(Subscription.model_validate({"topic": "plain/#", "format": "plain", "tag": "{#}"}))
     results["plain"] = measure(plain_dec, plain(n * 10), args.repeat)
+
+    for name, (_, _, got) in results.items():
+        want = n * 10 if name == "plain" else n * k
+        if got != want:  # a decoder that drops samples must not be timed as if it did the work
+            raise SystemExit(f"{name}: decoded {got:,} readings of {want:,}")
 
     if args.broker:
         host, _, port = args.broker.rpartition(":")

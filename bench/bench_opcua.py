@@ -14,7 +14,9 @@ alternating rounds on the same server:
   collector, counting readings made durable in the SQLite spool: end to end into the spool.
 
 Reported: notifications/s of each (mean of the rounds), the ratio collector / bare (issue 3 bar
-≥ 70 %), client CPU % and RSS, and the rate the server offered (tags / interval). asyncua's
+≥ 70 %), client CPU % (of one core: this process's CPU time / wall time) and RSS at the end of the window (all
+three run in this one process, so a later mode's RSS includes what an earlier one left), and the rate the server
+offered (tags / interval). asyncua's
 server is usually the limit here (protocols.md), so both may fall short of the offered rate.
 Writes bench/results/opcua.json. Not a test: numbers vary with the machine.
 

@@ -13,8 +13,10 @@ rounds on the same server:
   pipeline: this measures HistoryRead in windows, conversion to `Reading`s, the merge into time order and the
   batching). Timed from the start of the run to ``last_backfill`` being set.
 
-Reported: values/s of each (mean of the rounds), their ratio, the client's CPU % and peak RSS, and how long a day
-of this plant's history would take. Writes bench/results/opcua_backfill.json. Not a test: numbers vary with the
+Reported: values/s of each (mean of the rounds), their ratio, the client's CPU % (of one core) and peak RSS
+(``ru_maxrss`` of this process), and how long a day of this plant's history would take. Each run must read every
+value the history holds, once (``--tags`` x ``--hours`` x 3600 x ``--rate``), or the script fails.
+Writes bench/results/opcua_backfill.json. Not a test: numbers vary with the
 machine.
 """
 
@@ -24,6 +26,7 @@ import argparse
 import asyncio
 import logging
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -148,6 +151,7 @@ async def measure(a: argparse.Namespace, endpoint: str, end: datetime) -> None:
     tags = [s.name for s in synthetic_tags(a.tags)]
     node_ids = [f"ns=2;s={t}" for t in tags]
     me = psutil.Process()
+    expected = a.tags * int(a.hours * 3600 * a.rate)
     rates: dict[str, list[float]] = {"bare": [], "collector": []}
     cpu: dict[str, list[float]] = {"bare": [], "collector": []}
     counts: dict[str, int] = {}
@@ -165,10 +169,13 @@ async def measure(a: argparse.Namespace, endpoint: str, end: datetime) -> None:
             rates[kind].append(n / wall)
             cpu[kind].append(100 * (c1.user + c1.system - c0.user - c0.system) / wall)
             counts[kind] = n
+            if n != expected:  # a backfill that lost or repeated values must not report a rate
+                raise SystemExit(f"{kind} read {n:,} values, the history holds {expected:,}")
             print(f"round {r + 1} {kind:9s}: {n:,} values in {wall:.2f} s = {n / wall:,.0f}/s, client CPU "
                   f"{cpu[kind][-1]:.0f} %")
     mean = {k: sum(v) / len(v) for k, v in rates.items()}
-    peak_rss = me.memory_info().rss
+    # ru_maxrss: the process's true peak over both clients' rounds (the RSS at the end is not one)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     day_s = a.tags * 86400 * a.rate / mean["collector"]
     result = {
         "tags": a.tags, "hours": a.hours, "rate_per_tag_hz": a.rate, "rounds": a.rounds,

@@ -13,7 +13,8 @@ and what ages out past it, removed by the shipped `edge.sink.rollups.retention_1
      rounds by the time budget;
 - the Apache-2 edition of TimescaleDB: drop_chunks of one 7-day chunk (``chunk_tags`` x 10,080 rows). The
 community edition's retention policy runs in the server's scheduler and is not measured (Debian ships the Apache-2
-edition only). Servers are private (tests/servers.py), fsync off. Writes bench/results/rollup_retention.json.
+edition only). Each run must remove exactly the rows past the retention, or the script fails.
+Servers are private (tests/servers.py), fsync off. Writes bench/results/rollup_retention.json.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ def run(dsn: str, tags: int, keep_days: int, past_h: float) -> dict:
         return out, left
 
     done_rounds, left = asyncio.run(rounds())
+    # Removing too much (the kept days) or too little is no speed: the figure counts only an exact removal.
+    if rows - left != due:
+        raise SystemExit(f"{features.edition}: removed {rows - left:,} rows, {due:,} were past the retention")
     seconds = sum(s for _, s in done_rounds)
     return {"edition": features.edition, "tags": tags, "table_rows": rows, "table_mb": round(size_mb, 1),
             "rows_due": due, "rows_removed": rows - left, "removed_reported": sum(n for n, _ in done_rounds),
