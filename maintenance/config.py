@@ -38,6 +38,15 @@ class WaveformConfig(BaseModel):
     block: int = Field(gt=8, description="samples per indicator block")
     bands: tuple[BandConfig, ...] = ()
     iso20816: bool = Field(True, description="the waveform is vibration velocity in mm/s: rate its RMS in zones")
+    iso_band_hz: tuple[float, float] = Field(
+        (10.0, 1000.0), description="the band whose RMS the zones rate (ISO 20816-3: 10-1000 Hz; 2-1000 Hz for "
+                                    "machines at or below 600 r/min); measured up to fs_hz / 2 where that is lower")
+
+    @property
+    def iso_band(self) -> tuple[float, float]:
+        """The ISO band as measured: its upper end no higher than the Nyquist frequency (an anti-aliasing filter
+        takes out what lies above it, so a waveform sampled under 2 kHz rates its band up to fs_hz / 2 only)."""
+        return self.iso_band_hz[0], min(self.iso_band_hz[1], self.fs_hz / 2.0)
 
     @model_validator(mode="after")
     def _bands_measurable(self) -> WaveformConfig:
@@ -45,24 +54,36 @@ class WaveformConfig(BaseModel):
         # fs_hz / block Hz up to the Nyquist frequency fs_hz / 2. A band above Nyquist, below its own low end or
         # between two lines holds none and read 0 mm/s for ever (a bearing band of 2-5 kHz on a 2,560 Hz waveform: a
         # defect there never showed); one reaching past Nyquist held only its part below it.
-        nyquist, line = self.fs_hz / 2.0, self.fs_hz / self.block
         names = [b.name for b in self.bands]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"{self.tag}: band names must be unique (each is the indicator {self.tag}.band_<name>): "
                              f"{dup}")
         for b in self.bands:
-            where = f"{self.tag}: band {b.name!r} ({b.low_hz:g}-{b.high_hz:g} Hz)"
-            if b.low_hz >= b.high_hz:
-                raise ValueError(f"{where}: low_hz must be below high_hz")
-            if b.high_hz > nyquist:
-                raise ValueError(f"{where} reaches above the Nyquist frequency {nyquist:g} Hz of fs_hz {self.fs_hz:g}: "
-                                 "nothing above it is in the samples; lower high_hz or sample faster")
-            first = max(1, math.ceil(b.low_hz / line - 1e-9)) * line  # the DC line is the block's mean, taken out
-            if first >= b.high_hz - 1e-9 * line:
-                raise ValueError(f"{where} holds no line of the block's spectrum above 0 Hz (one every fs_hz / block "
-                                 f"= {line:g} Hz): widen the band or make block longer")
+            self._measurable(f"{self.tag}: band {b.name!r} ({b.low_hz:g}-{b.high_hz:g} Hz)", b.low_hz, b.high_hz)
+        if self.iso20816:
+            low, high = self.iso_band_hz
+            if low < 0:
+                raise ValueError(f"{self.tag}: iso_band_hz {list(self.iso_band_hz)} starts below 0 Hz")
+            if low >= self.fs_hz / 2.0:
+                raise ValueError(f"{self.tag}: iso_band_hz {list(self.iso_band_hz)} starts at or above the Nyquist "
+                                 f"frequency {self.fs_hz / 2.0:g} Hz of fs_hz {self.fs_hz:g}: nothing of it is in "
+                                 "the samples; sample faster")
+            self._measurable(f"{self.tag}: iso_band_hz ({low:g}-{high:g} Hz)", *self.iso_band, clip=True)
         return self
+
+    def _measurable(self, where: str, low: float, high: float, *, clip: bool = False) -> None:
+        nyquist, line = self.fs_hz / 2.0, self.fs_hz / self.block
+        if low >= high:
+            order = "its first value must be below its second" if clip else "low_hz must be below high_hz"
+            raise ValueError(f"{where}: {order}")
+        if high > nyquist and not clip:
+            raise ValueError(f"{where} reaches above the Nyquist frequency {nyquist:g} Hz of fs_hz {self.fs_hz:g}: "
+                             "nothing above it is in the samples; lower high_hz or sample faster")
+        first = max(1, math.ceil(low / line - 1e-9)) * line  # the DC line is the block's mean, taken out
+        if first >= high - 1e-9 * line:
+            raise ValueError(f"{where} holds no line of the block's spectrum above 0 Hz (one every fs_hz / block "
+                             f"= {line:g} Hz): widen the band or make block longer")
 
 
 class AnomalyAssetConfig(BaseModel):

@@ -9,7 +9,8 @@ Two kinds of input:
   ``<tag>.<stat>`` (``P-101.vib_de.rms``), so they go through the same spool and sink as raw data.
 - **Waveform tags** (high-rate samples, e.g. 2560 Hz velocity): samples are collected into blocks;
   each full block gives velocity RMS, peak, crest factor, kurtosis and band RMS values from the
-  spectrum (Parseval: the band values add up, in quadrature, to the block's RMS). A block is made of
+  spectrum (Parseval: the band values add up, in quadrature, to the block's RMS), and for a waveform rated in
+  ISO 20816 zones ``iso_rms``, its RMS in the standard's 10-1000 Hz band. A block is made of
   evenly spaced good samples only: a gap in the samples' times or a bad sample starts a new block, and a
   repeated (or older) sample is skipped.
 
@@ -128,7 +129,8 @@ class Band:
     high_hz: float
 
 
-def waveform_indicators(samples: np.ndarray, fs_hz: float, bands: Iterable[Band] = ()) -> dict[str, float]:
+def waveform_indicators(samples: np.ndarray, fs_hz: float, bands: Iterable[Band] = (),
+                        iso_band: Band | None = None) -> dict[str, float]:
     """RMS, peak, crest factor, kurtosis and band RMS values of one block of waveform samples.
 
     ``rms``, ``peak`` and ``crest`` are of the vibration: the block's mean (a sensor's offset, an integrator's
@@ -137,12 +139,18 @@ def waveform_indicators(samples: np.ndarray, fs_hz: float, bands: Iterable[Band]
     sensor filters 10-1000 Hz the mean is about zero and this changes nothing. Band values come from a
     Hann-free rectangular one-sided spectrum scaled so that the sum of squares of all bands (DC excluded)
     is the variance (Parseval), so they add up, in quadrature, to ``rms``.
+
+    ``iso_band`` adds ``iso_rms``: the RMS in the band ISO 20816-3 rates (10-1000 Hz; 2-1000 Hz at or below
+    600 r/min), the value its zones are for. ``rms`` is broadband, DC to Nyquist: velocity integrated from an
+    accelerometer carries low-frequency drift (integration amplifies it as 1/f), and a fast waveform holds
+    gear-mesh or bearing content above 1 kHz; either put a healthy machine in zone C.
     """
     x = np.asarray(samples, dtype=float)
     s = window_stats((x - x.mean())[None, :], 1.0 / fs_hz)
     out = {k: float(s[k][0]) for k in ("rms", "peak", "crest", "kurtosis")}
     bands = list(bands)
-    if bands:
+    named = [(f"band_{b.name}", b) for b in bands] + ([("iso_rms", iso_band)] if iso_band is not None else [])
+    if named:
         n = x.size
         spec = np.fft.rfft(x - x.mean())
         power = np.abs(spec) ** 2 / (n * n)
@@ -150,9 +158,9 @@ def waveform_indicators(samples: np.ndarray, fs_hz: float, bands: Iterable[Band]
         if n % 2 == 0:
             power[-1] /= 2.0  # the Nyquist bin has no mirror
         freqs = np.fft.rfftfreq(n, 1.0 / fs_hz)
-        for b in bands:
+        for key, b in named:
             sel = (freqs >= b.low_hz) & (freqs < b.high_hz)
-            out[f"band_{b.name}"] = float(np.sqrt(power[sel].sum()))
+            out[key] = float(np.sqrt(power[sel].sum()))
     return out
 
 
@@ -161,6 +169,7 @@ class _Block:
     fs_hz: float
     size: int
     bands: tuple[Band, ...]
+    iso: Band | None = None  # the ISO 20816 measurement band: its RMS is ``iso_rms``
     buf: list[float] = field(default_factory=list)
     start: datetime | None = None
     worst: Quality = Quality.GOOD
@@ -183,14 +192,16 @@ class _Block:
 class IndicatorEngine:
     """Sliding-window indicators for many scalar series plus block indicators for waveform tags.
 
-    ``series``: tag -> stats to emit. ``waveforms``: tag -> (fs_hz, block_samples, bands).
+    ``series``: tag -> stats to emit. ``waveforms``: tag -> (fs_hz, block_samples, bands) or
+    (fs_hz, block_samples, bands, iso_band) for a waveform rated in ISO 20816 zones.
     Feed readings with `update` in time order per tag (late readings within the window are
     accepted; older ones are ignored); it returns the derived readings that became due.
     """
 
     def __init__(self, series: dict[str, Iterable[str]], *, window_s: int = 60, hop_s: int = 10,
                  period_s: float = 1.0, min_coverage: float = 0.5,
-                 waveforms: dict[str, tuple[float, int, Iterable[Band]]] | None = None,
+                 waveforms: dict[str, tuple[float, int, Iterable[Band]] | tuple[float, int, Iterable[Band], Band]]
+                 | None = None,
                  out_of_range: str = "unverified") -> None:
         """``out_of_range``: whether `update` uses out-of-range readings (`maintenance.quality.QualityConfig`)."""
         if window_s <= 0 or hop_s <= 0 or period_s <= 0:
@@ -218,7 +229,8 @@ class IndicatorEngine:
         self.on_block = None
         self.slot_of = np.full(self.slots, -1, dtype=np.int64)  # absolute slot number held by each column
         self.next_emit: int | None = None  # absolute slot number at which the next window closes
-        self.blocks = {t: _Block(fs, int(size), tuple(b)) for t, (fs, size, b) in (waveforms or {}).items()}
+        self.blocks = {t: _Block(w[0], int(w[1]), tuple(w[2]), w[3] if len(w) > 3 else None)
+                       for t, w in (waveforms or {}).items()}
 
     # -- scalar series -------------------------------------------------------------------------
     def update(self, readings: Iterable[Reading], now: datetime | None = None) -> list[Reading]:
@@ -397,7 +409,7 @@ class IndicatorEngine:
             counts[GOOD if quality == Quality.GOOD else SOURCE] = len(samples)
         if self.on_block is not None:
             self.on_block(tag, start, counts)
-        ind = waveform_indicators(samples, b.fs_hz, b.bands)
+        ind = waveform_indicators(samples, b.fs_hz, b.bands, b.iso)
         recv = utcnow()
         return [Reading(f"{tag}.{k}", start, v, recv, quality=quality, status_name="derived")
                 for k, v in ind.items() if math.isfinite(v)]

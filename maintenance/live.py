@@ -372,6 +372,7 @@ class MaintenanceLive:
         waveforms = {}
         self.zone_of: dict[str, tuple[str, ZoneTracker]] = {}
         self.waveform_of: dict[str, tuple[str, float]] = {}  # waveform tag -> (asset, seconds per block)
+        self.iso_band_of: dict[str, tuple[float, float]] = {}  # waveform tag -> the band its zones rate, Hz
         watched: dict[str, str] = {}  # tag -> asset: the tags with a sensor alert (maintenance.quality)
         for a in config.assets:
             for t in a.vibration_tags:
@@ -384,10 +385,14 @@ class MaintenanceLive:
             for t in (*a.vibration_tags, *a.process_tags, *(a.anomaly.signals if a.anomaly is not None else ())):
                 watched.setdefault(t, a.name)
             for w in a.waveforms:
-                waveforms[w.tag] = (w.fs_hz, w.block, [Band(b.name, b.low_hz, b.high_hz) for b in w.bands])
+                bands = [Band(b.name, b.low_hz, b.high_hz) for b in w.bands]
                 self.waveform_of[w.tag] = (a.name, w.block / w.fs_hz)
-                if w.iso20816:
-                    self.zone_of[f"{w.tag}.rms"] = (a.name, ZoneTracker(a.iso20816))
+                if w.iso20816:  # zones rate the RMS in the standard's band, not the broadband `rms`
+                    waveforms[w.tag] = (w.fs_hz, w.block, bands, Band("iso", *w.iso_band))
+                    self.zone_of[f"{w.tag}.iso_rms"] = (a.name, ZoneTracker(a.iso20816))
+                    self.iso_band_of[w.tag] = w.iso_band
+                else:
+                    waveforms[w.tag] = (w.fs_hz, w.block, bands)
         for g in config.quality.silence:
             if g.heartbeat:  # its silence tells a source that is down from sensors that are silent
                 series.setdefault(g.heartbeat, ())
@@ -717,13 +722,16 @@ class MaintenanceLive:
                 else:
                     note = (f"; unverified: {dq['out_of_range']:.0%} of the window's readings are out of the sensor's "
                             "range (a sensor fault, or vibration beyond it): check the sensor")
+            band = self.iso_band_of.get(tag)
             changes.extend(self.manager.observe(
                 asset=asset, tag=tag, kind="iso20816", active=sev is not None, t=d.time, severity=sev or "info",
-                message=f"{tag}: vibration {value:.2f} mm/s in ISO 20816-3 zone {z} "
+                message=f"{tag}: vibration {value:.2f} mm/s"
+                        f"{f' ({band[0]:g}-{band[1]:g} Hz)' if band else ''} in ISO 20816-3 zone {z} "
                         f"(boundaries {b[0]}/{b[1]}/{b[2]} mm/s, group {tracker.config.group}, "
                         f"{tracker.config.foundation}){note}",
                 evidence={"readings": [{"tag": d.tag, "time": d.time, "value": d.value}], "zone": z,
                           "velocity_rms_mm_s": value, "boundaries_mm_s": list(b),
+                          **({"band_hz": list(band)} if band else {}),
                           "data_quality": {**dq, "unverified": unverified}}))
         return out
 

@@ -102,3 +102,20 @@ def test_a_waveform_band_the_spectrum_cannot_measure_is_refused(bands, problem):
 def test_the_sample_waveform_bands_are_measurable():
     cfg = load_sample()
     assert cfg.assets[0].waveforms[0].bands  # the sample has bands, and they pass the check above
+
+
+@pytest.mark.parametrize(("iso_band_hz", "problem"), [
+    ([1300.0, 2000.0], "starts at or above the Nyquist frequency 1280 Hz"),
+    ([1000.0, 10.0], "its first value must be below its second"),
+    ([-1.0, 1000.0], "starts below 0 Hz"),
+    ([0.0, 2.0], "holds no line of the block's spectrum"),
+])
+def test_a_waveforms_iso_band_is_validated(iso_band_hz, problem):
+    """``iso_band_hz`` (the band whose RMS the ISO 20816 zones rate) must hold spectral lines below Nyquist; its
+    upper end above Nyquist is measured up to Nyquist (the default 10-1000 Hz on a 1 kHz waveform)."""
+    wave = {"tag": "P-1.vel", "fs_hz": 2560.0, "block": 1024, "iso_band_hz": iso_band_hz}  # lines every 2.5 Hz
+    with pytest.raises(ValidationError) as e:
+        MaintenanceConfig.model_validate({"assets": [{"name": "P-1", "waveforms": [wave]}]})
+    assert "assets.0.waveforms.0" in str(e.value) and problem in str(e.value) and "iso_band_hz" in str(e.value)
+    # Not rated in zones, the band is not checked.
+    MaintenanceConfig.model_validate({"assets": [{"name": "P-1", "waveforms": [{**wave, "iso20816": False}]}]})

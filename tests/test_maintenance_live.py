@@ -136,6 +136,49 @@ async def test_a_waveforms_block_rms_is_rated_in_iso_zones():
     assert [c.alert.evidence["problem"] for c in changes if c.alert.kind == "sensor"] == ["out_of_range"]
 
 
+async def test_a_waveforms_zone_rates_the_iso_band_not_the_broadband_rms():
+    """ISO 20816-3 rates the velocity RMS over 10-1000 Hz (2-1000 Hz at or below 600 r/min). The zones rated the
+    block's broadband RMS (DC to Nyquist): a healthy pump with 1 mm/s at running speed plus 3 mm/s of gear mesh at
+    1,200 Hz (a 2,560 Hz waveform) read 3.16 mm/s, zone C and a warning; so did 3 mm/s of 3 Hz drift from an
+    integrated accelerometer. Both lie outside the band: zone A, and ``iso_rms`` is stored beside ``rms``."""
+    from maintenance.config import WaveformConfig
+
+    fs, block = 2560.0, 2560
+    k = np.arange(block)
+    ok = np.sqrt(2) * np.sin(2 * np.pi * 25 * k / fs)  # 1 mm/s RMS at 25 Hz
+    outside = {"gear mesh": 3 * np.sqrt(2) * np.sin(2 * np.pi * 1200 * k / fs),
+               "drift": 3 * np.sqrt(2) * np.sin(2 * np.pi * 3 * k / fs)}
+    asset = AssetConfig(name="F-2", waveforms=(WaveformConfig(tag="F-2.vel", fs_hz=fs, block=block),),
+                        iso20816=ZoneConfig(boundaries_mm_s=(1.4, 2.8, 4.5)))
+    for name, extra in outside.items():
+        live = MaintenanceLive(MaintenanceConfig(window_s=60, hop_s=10, assets=(asset,)))
+        derived, changes = [], []
+        for b in range(3):
+            t0 = T0 + timedelta(seconds=b)
+            batch = [Reading("F-2.vel", t0 + timedelta(microseconds=int(1e6 * i / fs)), float(v), t0)
+                     for i, v in enumerate(ok + extra)]
+            d, _, c = await live.process(batch)
+            derived += d
+            changes += c
+        by = {x.tag: x.value for x in derived if x.time == T0}
+        assert by["F-2.vel.rms"] == pytest.approx(np.sqrt(10), rel=1e-3), name
+        assert by["F-2.vel.iso_rms"] == pytest.approx(1.0, rel=1e-3), name
+        assert [int(x.value) for x in derived if x.tag == "F-2.vel.iso_zone"] == [0, 0, 0], name
+        assert [c for c in changes if c.alert.kind == "iso20816"] == [], name
+
+    # In-band vibration is rated as before, and the alert says which band it rated.
+    live = MaintenanceLive(MaintenanceConfig(window_s=60, hop_s=10, assets=(asset,)))
+    batch = [Reading("F-2.vel", T0 + timedelta(microseconds=int(1e6 * i / fs)), float(6 * v), T0)
+             for i, v in enumerate(ok)]
+    (raised,) = [c for c in (await live.process(batch))[2] if c.alert.kind == "iso20816"]
+    assert raised.alert.evidence["zone"] == "D" and raised.alert.evidence["band_hz"] == [10.0, 1000.0]
+    assert "(10-1000 Hz)" in raised.alert.message
+
+    # Sampled under 2 kHz, the band is measured up to Nyquist (an anti-aliasing filter takes out what lies above).
+    slow = WaveformConfig(tag="F-2.vel", fs_hz=1000.0, block=1000)
+    assert slow.iso_band == (10.0, 500.0)
+
+
 async def test_a_waveform_block_of_mostly_flagged_samples_is_not_rated_as_vibration():
     """A block whose samples are mostly sensor problems (the device's own Uncertain status, frozen, or out of range
     with ``out_of_range = "sensor"``) says nothing about the machine, as a window of such scalar readings does not
