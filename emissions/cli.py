@@ -2,7 +2,7 @@
 
     valvoja emissions report  --config SITE.toml --stack K1 --day 2026-03-01   [--out DIR] [--pdf]
     valvoja emissions report  --config SITE.toml --stack K1 --month 2026-03
-    valvoja emissions compute --config SITE.toml [--stack K1] --from 2026-01-01 --to 2026-03-01
+    valvoja emissions compute --config SITE.toml [--stack K1] --from 2026-01-01 --to 2026-03-01 [--reason TEXT]
     valvoja emissions pems    train|evaluate ...   (see emissions.pems_cli)
 
 The database is ``--db URL``, else the site configuration's ``[database]``, else ``$VALVOJA_DB_URL``.
@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from edge.errors import ConfigError
+from edge.operator import who
 
 
 def add_parser(subparsers) -> None:
@@ -58,6 +59,9 @@ def add_parser(subparsers) -> None:
     c.add_argument("--stack", help="one stack (default: all)")
     c.add_argument("--from", dest="start", required=True, metavar="YYYY-MM-DD")
     c.add_argument("--to", dest="end", required=True, metavar="YYYY-MM-DD", help="exclusive")
+    c.add_argument("--reason", default="", help="why (a corrected calibration or configuration, late data): stored "
+                                                "with the run, with who ran it ($VALVOJA_USER or the login name), "
+                                                "and quoted by reports of the periods it recomputed")
     c.set_defaults(func=cmd_compute)
 
     try:
@@ -172,6 +176,8 @@ def cmd_compute(args) -> int:
                           f"--from {first} --to {first + timedelta(days=1)})")
     stacks, url = load(args)
     chosen = [_stack(stacks, args.stack)] if args.stack else stacks
+    # A recomputation by hand may change averages already reported: the reports made after it say who and why.
+    reason = f"compute by {who()}" + (f": {args.reason.strip()}" if args.reason.strip() else "")
     with psycopg.connect(url, autocommit=True) as conn:
         features, _ = migrate(conn)
         for cfg in chosen:
@@ -181,7 +187,7 @@ def cmd_compute(args) -> int:
             except ValueError as exc:
                 raise ConfigError(f"--from/--to: {exc}") from exc
             try:
-                sr = run_span(conn, cfg, start, end, features=features, context="day")
+                sr = run_span(conn, cfg, start, end, features=features, context="day", reason=reason)
             except NothingClosed as exc:
                 raise ConfigError(str(exc)) from None
             print(f"{cfg.name}: {sr.rows_written} averages, {len(sr.events)} events, "

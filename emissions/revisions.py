@@ -126,9 +126,17 @@ def notes(conn: psycopg.Connection, cfg: StackConfig, kind: str, start: int, end
                     " ORDER BY period = %s DESC, pollutant, period_start, id", (cfg.name, [kind, detail], start, end,
                                                                                 kind))
         revisions = [Revision(*row) for row in cur.fetchall()]
+        # A run made by hand (`valvoja emissions compute --reason`) says who ran it and why; a scheduled one nothing.
+        cur.execute("SELECT id, reason FROM emission_runs WHERE id = ANY(%s) AND reason <> ''",
+                    (sorted({r.run_id for r in revisions}),))
+        why = dict(cur.fetchall())
     tz = cfg.timezone
+
+    def run(r: Revision) -> str:
+        return f"run {r.run_id}" + (f": {why[r.run_id]}" if r.run_id in why else "")
+
     out = [f"The stored {PERIOD_TEXT[r.period]} {r.pollutant} average of this period changed after it closed, at "
-           f"{periods.iso(r.revised_at, tz)} (run {r.run_id}): {_value(r.old_value)} ({STATUS[r.old_status]}) -> "
+           f"{periods.iso(r.revised_at, tz)} ({run(r)}): {_value(r.old_value)} ({STATUS[r.old_status]}) -> "
            f"{_value(r.new_value)} ({STATUS[r.new_status]}); a report made before then may differ."
            for r in revisions if r.period == kind and r.start == start]
     groups: dict[tuple[str, str], list[Revision]] = {}
@@ -145,10 +153,10 @@ def notes(conn: psycopg.Connection, cfg: StackConfig, kind: str, start: int, end
         changes = [f"{seq[0].before(tz)} -> {seq[-1].after()}" + (f" (in {len(seq)} runs)" if len(seq) > 1 else "")
                    for seq in by_start.values()]
         more = f"; and {len(changes) - LISTED} more" if len(changes) > LISTED else ""
-        last_at = max(r.revised_at for r in rs)
+        last = max(rs, key=lambda r: (r.revised_at, r.run_id))
         what = ("average of this period changed after it" if len(changes) == 1
                 else "averages of this period changed after they")
         out.append(f"{len(changes)} stored {PERIOD_TEXT[period]} {pol} {what} closed (the last at "
-                   f"{periods.iso(last_at, tz)}): {'; '.join(changes[:LISTED])}{more}; a report made before then may "
-                   "differ.")
+                   f"{periods.iso(last.revised_at, tz)}, {run(last)}): {'; '.join(changes[:LISTED])}{more}; a report "
+                   "made before then may differ.")
     return out

@@ -16,9 +16,9 @@ reason on stderr), 3 for an unknown window or one whose state forbids the change
 from __future__ import annotations
 
 import asyncio
-import getpass
-import os
 import sys
+
+from edge.operator import who
 
 
 def add_parser(sub, db_arg) -> None:
@@ -31,7 +31,7 @@ def add_parser(sub, db_arg) -> None:
                                    "reason on stderr) or no database given; 3 an unknown window or one whose "
                                    "state forbids the change.")
     ws = w.add_subparsers(dest="window_command", required=True, metavar="ACTION")
-    by_default = os.environ.get("VALVOJA_USER") or getpass.getuser()
+    by_default = who()
 
     add = ws.add_parser("add", help="plan a window on one or several assets")
     add.add_argument("--asset", action="append", required=True, help="repeatable; '*' for every asset")

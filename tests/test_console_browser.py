@@ -1132,11 +1132,15 @@ def test_emissions_page(browser, server):
     shot(page, "emissions")
     # A day of this month whose stored average a later run changed: listed with before and after, marked.
     first = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    insert_revision(server.dsn, first)
+    run_id = insert_revision(server.dsn, first)
+    with psycopg.connect(server.dsn, autocommit=True) as conn:  # a recomputation by hand: who and why
+        conn.execute("UPDATE emission_runs SET reason = 'compute by anna: <b>backlog</b>' WHERE id = %s", (run_id,))
     try:
         page.reload()
         page.wait_for_selector("body[data-ready='1']", timeout=15000)
         assert "180.5 (invalid) → 150.3 (valid)" in page.locator("#revisions tr[data-day]").inner_text()
+        assert (page.locator("#revisions tr[data-day] td").last.inner_text()
+                == f"{run_id}: compute by anna: <b>backlog</b>")  # as text, never as markup
         assert page.locator("#calendar .revised").get_attribute("data-date") == first.date().isoformat()
     finally:
         with psycopg.connect(server.dsn, autocommit=True) as conn:

@@ -122,6 +122,8 @@ def test_the_changed_closed_days_page_on_without_skipping_or_repeating_one(serve
                         " %s, %s, 0, 0, %s, %s)",
                         [(day, day + timedelta(days=1), 100.0 + i, 101.0 + i, run_id,
                           now - timedelta(minutes=5 * (i // 5))) for i in range(250)])
+        # A recomputation by hand: the list says who ran it and why (`valvoja emissions compute --reason`).
+        cur.execute("UPDATE emission_runs SET reason = 'compute by anna: backlog' WHERE id = %s", (run_id,))
     try:
         got, cursor = [], None
         with server.client("viewer") as c:
@@ -129,6 +131,7 @@ def test_the_changed_closed_days_page_on_without_skipping_or_repeating_one(serve
                 body = c.get("/api/emissions/K9/revisions", params={"last": "P2D", "period": "day", "limit": 100,
                                                                      **({"cursor": cursor} if cursor else {})}).json()
                 got += [(r["revised_at"], r["old_value"]) for r in body["items"]]
+                assert {r["run_reason"] for r in body["items"]} == {"compute by anna: backlog"}
                 cursor = body.get("next_cursor")
                 if not cursor:
                     break
@@ -137,3 +140,4 @@ def test_the_changed_closed_days_page_on_without_skipping_or_repeating_one(serve
     finally:
         with psycopg.connect(server.dsn, autocommit=True) as conn:
             conn.execute("DELETE FROM emission_revisions WHERE stack = 'K9'")
+            conn.execute("UPDATE emission_runs SET reason = '' WHERE id = %s", (run_id,))

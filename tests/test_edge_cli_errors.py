@@ -313,3 +313,24 @@ def test_check_config_notes_toc_in_ppm_without_its_calibration_gas(tmp_path):
                      "stacks (K9).pollutants (TOC): TOC in ppm is converted as carbon (C1, 12.01 g/mol); an FID "
                      "reporting propane equivalents (ppm C3H8) needs molar_mass_g_mol = 36.03",
                      "TOC", (", molar_mass_g_mol = 36.03",))
+
+
+def test_who_runs_a_command_is_named_even_without_an_account_name(monkeypatch):
+    """Records of a change made from a shell name who made it (`edge.operator.who`): $VALVOJA_USER, else the login
+    name; a container's user with no passwd entry (getpass raises) is ``uid N`` rather than a traceback."""
+    import getpass
+    import os
+
+    from edge.operator import who
+
+    monkeypatch.setenv("VALVOJA_USER", "anna")
+    assert who() == "anna"
+    monkeypatch.delenv("VALVOJA_USER")
+    monkeypatch.setenv("LOGNAME", "pekka")
+    assert who() == "pekka"
+
+    def nobody() -> str:
+        raise KeyError("getpwuid(): uid not found: 10001")
+
+    monkeypatch.setattr(getpass, "getuser", nobody)
+    assert who() == f"uid {os.getuid()}"

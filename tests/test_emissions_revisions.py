@@ -99,11 +99,14 @@ async def test_unchanged_readings_and_running_periods_are_no_revision(pg_dsn, ca
         assert events(caplog, "emissions_revised") == []
 
 
-async def test_a_compute_that_changes_a_closed_day_of_a_waste_incinerator_records_its_half_hours(pg_dsn, tmp_path):
+async def test_a_compute_that_changes_a_closed_day_of_a_waste_incinerator_records_its_half_hours(pg_dsn, tmp_path,
+                                                                                                   monkeypatch):
     """Waste incineration: the day is built from half-hours (its half-hour limits). The day closed on 22 hours (valid:
     4 half-hours missing, at most 5 allowed); the last two hours' readings come later and are taken by `valvoja
     emissions compute` of the day: the day's value changes (still valid) and the four half-hours get one. Both are
-    revisions, and the day's report names the day's change and the half-hours."""
+    revisions, and the day's report names the day's change and the half-hours, and who recomputed them and why
+    (`--reason`; the report said only "run N", a number in a table nobody filing the report reads)."""
+    monkeypatch.setenv("VALVOJA_USER", "anna")
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         migrate(conn)
         name = stack().name
@@ -119,7 +122,8 @@ async def test_a_compute_that_changes_a_closed_day_of_a_waste_incinerator_record
         site.write_text(f'[[stacks]]\nname = "{cfg.name}"\nregime = "waste_incineration"\ntimezone = "Europe/Helsinki"'
                         f'\npollutants = [{{ name = "NOx", tag = "{cfg.name}.NOx", elv = {{ day = 200.0 }} }}]\n')
         common = ["--config", str(site), "--db", pg_dsn, "--stack", cfg.name]
-        assert cli.main(["emissions", "compute", *common, "--from", "2026-03-10", "--to", "2026-03-11"]) == 0
+        assert cli.main(["emissions", "compute", *common, "--from", "2026-03-10", "--to", "2026-03-11",
+                         "--reason", "  NOx analyser's backlog of 22-24 h  "]) == 0
         new, valid, _ = day_average(conn, cfg.name, day)
         assert valid is True and new == pytest.approx((22 * 150.0 + 2 * 30.0) / 24)
         assert [(p, t, n) for p, t, _, n, *_ in revisions(conn, cfg.name)] == [
@@ -128,6 +132,10 @@ async def test_a_compute_that_changes_a_closed_day_of_a_waste_incinerator_record
     html = (tmp_path / f"emissions_{cfg.name}_2026-03-10.html").read_text()
     assert f"{old:.2f} mg/Nm³ (valid) -&gt; {new:.2f} mg/Nm³ (valid)" in html
     assert "4 stored half-hour NOx averages of this period changed after they closed" in html
+    by = "compute by anna: NOx analyser&#x27;s backlog of 22-24 h"
+    assert html.count(f": {by})") == 2  # the day's note and the half-hours' note name the run's reason
+    # and the recomputation itself is a note of the report (`late.notes`: runs with a reason covering the day)
+    assert "recomputed at " in html and f"({by})" in html
 
 
 async def test_an_hour_changed_by_two_runs_is_one_changed_hour_in_the_report(pg_dsn, tmp_path):

@@ -33,8 +33,10 @@ LATEST_BY_NAME = ("SELECT r.time, r.value, r.quality, t.unit FROM tags t CROSS J
                   "quality FROM readings WHERE tag_id = t.id ORDER BY time DESC LIMIT 1) r WHERE t.name = %s")
 
 # Status codes of emission_averages and emission_revisions: 0 valid, 1 invalid, 2 not operating.
+# run_reason: who ran a recomputation by hand and why (`valvoja emissions compute --reason`); '' for scheduled runs.
 REVISION_COLUMNS = ("pollutant, period, period_start, period_end, old_value, new_value, old_status, new_status, "
-                    "run_id, revised_at")
+                    "run_id, (SELECT r.reason FROM emission_runs r WHERE r.id = emission_revisions.run_id)"
+                    " AS run_reason, revised_at")
 
 
 async def _stacks(db) -> dict[str, dict]:

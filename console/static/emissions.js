@@ -117,7 +117,7 @@
   function revisionsTable(stack, revised, tz) {
     const row = (r) => el("tr", { "data-day": r.period_start },
       el("td", {}, timeCell(r.revised_at)), el("td", {}, inZone(r.period_start, tz).slice(0, 10)), el("td", {}, r.pollutant),
-      el("td", {}, change(r)), el("td", {}, String(r.run_id)));
+      el("td", {}, change(r)), el("td", {}, String(r.run_id) + (r.run_reason ? `: ${r.run_reason}` : "")));
     const t = table(["Changed at", "Day", "Pollutant", "Before → after", "Run"], revised.items.map(row));
     return [t, el("p", {}, V.moreButton("revisions-more", `/api/emissions/${encodeURIComponent(stack.stack)}/revisions`,
       { last: "P31D", period: "day" }, revised.next_cursor, t.tBodies[0], row))];
