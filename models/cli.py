@@ -251,7 +251,8 @@ def existing_registry(args, *, files: bool = True):
     if (files or not args.db) and not args.registry.is_dir():
         raise ValueError(f"no registry folder {args.registry} (give --registry DIR: the `registry` folder the site "
                          "configuration names, or --db URL / $VALVOJA_DB_URL for a database registry)")
-    return Registry(args.registry, args.db)
+    # Never made here: `list --db` of a mistyped folder left an empty one behind (the index is in the database).
+    return Registry(args.registry, args.db, create=False)
 
 
 def cmd_list(args) -> int:

@@ -382,9 +382,12 @@ def load_holdout(path: Path) -> FeatureTable:
 class Registry:
     """Model versions under ``root`` indexed in the database at ``dsn`` (or ``root/index.json`` when None)."""
 
-    def __init__(self, root: str | Path = "var/models", dsn: str | None = None):
+    def __init__(self, root: str | Path = "var/models", dsn: str | None = None, *, create: bool = True):
+        """``create``: make ``root`` if it is missing (registering); False for readers, which must not leave an empty
+        folder behind a mistyped path."""
         self.root = Path(root).absolute()
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
         self.dsn = dsn
         self._index = _DbIndex(dsn) if dsn else _JsonIndex(self.root)
 

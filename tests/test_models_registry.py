@@ -525,6 +525,7 @@ def test_cli_with_a_database_and_another_registry_folder_says_so(pg_dsn, tmp_pat
     assert "\n" not in err.strip()
     assert main(["models", "list", "--db", pg_dsn, "--registry", str(missing)]) == 0  # the index alone: no folder
     assert "syn" in capsys.readouterr().out
+    assert not missing.exists()  # and none made: it left an empty one behind a mistyped path
 
 
 def test_a_damaged_index_json_is_named_in_one_line(tmp_path, capsys):
