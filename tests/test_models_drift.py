@@ -148,11 +148,30 @@ def test_small_windows_of_unchanged_data_do_not_read_as_drift():
     for rows in (30, 100, 168):
         statuses = [m.check(rng.normal(size=(rows, 2)))["status"] for m in (mon, stored) for _ in range(100)]
         flagged = sum(s != "ok" for s in statuses) / len(statuses)
-        # two features, each reading at a 1 % significance level: a few per cent at most
-        assert flagged <= 0.06, (rows, flagged)
+        # the check as a whole at a 1 % significance level: a few per cent at most
+        assert flagged <= 0.04, (rows, flagged)
     shifted = mon.check(np.column_stack([rng.normal(size=30) + 2.0, rng.normal(size=30)]))
     by = {f["feature"]: f for f in shifted["features"]}
     assert by["a"]["status"] == "drift" and by["b"]["status"] == "ok" and shifted["status"] == "drift"
+
+
+def test_a_check_of_many_features_holds_its_significance_as_a_whole():
+    """Each of a check's readings (PSI and KS of each feature) was held to the 1 % significance on its own, so a model
+    of 10 inputs fed unchanged data read ``drift`` in 23 % of 30-row checks and ``warn`` or ``drift`` in 25 % of
+    100-row checks: a weekly drift report flagging one week in four. The check as a whole is held to it now
+    (Bonferroni: each reading to 1 % / 20), measured here at 1-3 % (the reference is one fixed sample), and a real
+    shift of one input among ten is still flagged."""
+    rng = np.random.default_rng(11)
+    k = 10
+    mon = DriftMonitor(rng.normal(size=(5000, k)), [f"x{i}" for i in range(k)])
+    for rows in (30, 100, 300):
+        flagged = sum(mon.check(rng.normal(size=(rows, k)))["status"] != "ok" for _ in range(200)) / 200
+        assert flagged <= 0.04, (rows, flagged)
+    for rows, shift in ((30, 2.0), (100, 1.0), (300, 0.5)):
+        cur = rng.normal(size=(rows, k))
+        cur[:, 3] += shift
+        r = mon.check(cur)
+        assert r["status"] != "ok" and [f["feature"] for f in r["features"] if f["status"] != "ok"] == ["x3"], rows
 
 
 def test_over_time_reaches_the_latest_rows():
