@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -22,6 +23,9 @@ from maintenance.notify_mqtt import MqttNotifyConfig
 from maintenance.quality import QualityConfig
 from maintenance.rules import RuleConfig
 from maintenance.uncertainty import min_scores
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class BandConfig(BaseModel):
@@ -92,9 +96,10 @@ class AnomalyAssetConfig(BaseModel):
                                                       "on nor scored (a stopped machine is not anomalous operation)")
     running_above: float = Field(0.0, description="running_tag above this: the machine runs")
 
-    def confirm_samples(self, decorrelation: float | None = None) -> int:
-        """``confirm``, or its default for a detector whose slowest signal's correlation time is ``decorrelation``
-        samples (`maintenance.anomaly.default_confirm`; None: not measured, twice the window, at least 5)."""
+    def confirm_samples(self, decorrelation: float | np.ndarray | None = None) -> int:
+        """``confirm``, or its default for a detector whose signals' correlation times are ``decorrelation`` samples
+        (`maintenance.anomaly.default_confirm`: the slowest counts; None: not measured, twice the window, at least
+        5). Runs of one signal's own flags may confirm sooner (`maintenance.anomaly.own_runs`, unset confirm only)."""
         return self.confirm if self.confirm is not None else default_confirm(self.window, decorrelation)
 
     @model_validator(mode="after")

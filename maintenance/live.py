@@ -37,7 +37,7 @@ import numpy as np
 from edge.files import FileId, file_id, locked, pack_state, read_asset_state, replace_if_unchanged, write_atomic
 from edge.records import Flag, Prediction, Quality, Reading
 from maintenance.alerts import AlertChange, AlertManager, Window, dedup_key
-from maintenance.anomaly import AnomalyBank, AnomalyConfig, AnomalyDetector
+from maintenance.anomaly import AnomalyBank, AnomalyConfig, AnomalyDetector, own_runs, signal_confirms
 from maintenance.config import AssetConfig, MaintenanceConfig
 from maintenance.indicators import Band, IndicatorEngine, expected_readings, slot_numbers, value_of
 from maintenance.iso20816 import SEVERITY, ZONES, ZoneTracker, zone
@@ -75,7 +75,7 @@ def detector_version(d: AnomalyDetector) -> str:
     for a in (d.use_, d.mean_, d.scale_, d.precision_, d.calibration_):
         h.update(np.ascontiguousarray(a, dtype=float).tobytes())
     if d.decorrelation_ is not None:  # left out when not measured: a model saved before keeps its version
-        h.update(np.float64(d.decorrelation_).tobytes())
+        h.update(np.ascontiguousarray(d.decorrelation_, dtype=float).tobytes())
     h.update(repr(d.config).encode())
     return h.hexdigest()
 
@@ -143,6 +143,7 @@ class _Anomaly:
         self.banks: list[tuple[np.ndarray, AnomalyBank]] = []
         self.last_pred: dict[int, int] = {}
         self.run: dict[int, int] = {}  # consecutive flagged samples per asset
+        self.signal_run: dict[int, np.ndarray] = {}  # and per signal, where signals confirm on their own runs
         # Per asset, samples in a row that gave no score for a signal missing from the window (not a silent asset), and
         # whether that was logged (once until it is scored again).
         self.unscored: dict[int, int] = {}
@@ -280,7 +281,7 @@ class _Anomaly:
                                                    "arrays": i, "training": self.made.get(i)}
             arrays.update({f"{i}.{k}": getattr(d, f"{k}_") for k in DETECTOR_ARRAYS})
             if d.decorrelation_ is not None:  # fitted too, but not among DETECTOR_ARRAYS: older files lack it
-                arrays[f"{i}.decorrelation"] = np.array([d.decorrelation_])
+                arrays[f"{i}.decorrelation"] = d.decorrelation_
         return pack_state(meta, arrays, STATE_FORMAT), {n: e["version"] for n, e in meta["assets"].items()}
 
     def load(self, path: Path) -> None:
@@ -320,8 +321,10 @@ class _Anomaly:
                 # Absent from a model saved before it was measured: restored with None (its default confirm stays
                 # 2 x window, as it was) under its own version, rather than trained again.
                 measured = arrays.get(f"{s['arrays']}.decorrelation")
-                det.decorrelation_ = None if measured is None else float(np.asarray(measured).ravel()[0])
+                det.decorrelation_ = None if measured is None else np.asarray(measured, dtype=float)
                 det.signals_ = [c.signals[j] for j in det.use_]
+                if det.decorrelation_ is not None and det.decorrelation_.shape != det.use_.shape:
+                    raise ValueError("its correlation times are not one per signal")
                 version = detector_version(det)
                 if version != s["version"]:
                     raise ValueError("its parameters do not give its version")
@@ -339,6 +342,7 @@ class _Anomaly:
             self.training.pop(i, None)
             self.trainlog.pop(i, None)
             self.run.pop(i, None)
+            self.signal_run.pop(i, None)
             taken += 1
             _say_slow(a, det)
             if at_start:
@@ -362,15 +366,18 @@ def _say_slow(a: AssetConfig, det: AnomalyDetector) -> None:
     """Log once per fitted detector when its training holds fewer than `MIN_STRETCHES` independent stretches of its
     slowest signal: its p-values are then valid in name only (the calibration windows are not independent), and the
     default confirmation is long (twice the correlation time)."""
-    tau = det.decorrelation_
+    if det.decorrelation_ is None:
+        return
+    tau = float(np.max(det.decorrelation_))
     n = a.anomaly.train_samples
-    if tau is None or n / tau >= MIN_STRETCHES:
+    if n / tau >= MIN_STRETCHES:
         return
     log.warning("asset %s: its healthy signals change slowly (correlation time %.0f samples, so %d training samples "
                 "hold about %.0f independent stretches, fewer than %d): alpha %g per sample is not held (measured "
-                "several times it on such signals) and alerts are confirmed after %d flagged samples; train on more "
-                "(train_samples) or set confirm", a.name, tau, n, n / tau, MIN_STRETCHES, a.anomaly.alpha,
-                a.anomaly.confirm_samples(tau), extra={"event": "anomaly_slow_signals", "asset": a.name})
+                "several times it on such signals) and alerts are confirmed after %d flagged samples (a run of a much "
+                "faster signal's own flags sooner); train on more (train_samples) or set confirm", a.name, tau, n,
+                n / tau, MIN_STRETCHES, a.anomaly.alpha, a.anomaly.confirm_samples(tau),
+                extra={"event": "anomaly_slow_signals", "asset": a.name})
 
 
 def replace_detector(config: MaintenanceConfig, state_dir: Path, asset: str, detector: AnomalyDetector,
@@ -809,9 +816,19 @@ class MaintenanceLive:
         det = an.detectors[i]
         every = max(1, round(a.anomaly.predict_every_s / self.config.period_s))
         an.run[i] = an.run.get(i, 0) + 1 if flag else 0
+        confirm = a.anomaly.confirm_samples(det.decorrelation_)
         # Confirmation debounces raising; a flag on an asset whose alert is already open keeps it open.
-        active = (an.run[i] >= a.anomaly.confirm_samples(det.decorrelation_)
-                  or (flag and dedup_key(a.name, None, "anomaly") in self.manager.open))
+        active = (an.run[i] >= confirm or (flag and dedup_key(a.name, None, "anomaly") in self.manager.open))
+        # A run of one signal's own flags confirms at that signal's own length (`anomaly.confirmed_by_signal`): a
+        # slow temperature beside vibrations made a vibration fault wait 153 samples instead of 21.
+        own = (signal_confirms(det.config.window, det.decorrelation_)
+               if a.anomaly.confirm is None and det.config.score == "max_z" else None)
+        runs = None if own is None else own_runs(confirm, own)
+        if runs is not None and runs.any():
+            sig = det.signal_flags(contrib)
+            if sig is not None:
+                an.signal_run[i] = np.where(sig, an.signal_run.get(i, 0) + 1, 0)
+                active = active or bool(((an.signal_run[i] >= runs) & (runs > 0)).any())
         if not flag and slot - an.last_pred.get(i, -(10**12)) < every:
             changes.extend(self.manager.observe(asset=a.name, tag=None, kind="anomaly", active=False, t=t))
             return
@@ -830,7 +847,8 @@ class MaintenanceLive:
         pred = Prediction(f"anomaly:{a.name}", an.versions[i], a.name, t, score, p_value=p, input_start=start,
                           input_end=t, kind="anomaly",
                           details={"alpha": det.config.alpha, "top_signals": top, "signals": det.signals_,
-                                   "confirm": a.anomaly.confirm_samples(det.decorrelation_), "data_quality": quality})
+                                   "confirm": confirm, "confirm_by_signal": None if runs is None else runs.tolist(),
+                                   "data_quality": quality})
         preds.append(pred)
         names = ", ".join(f"{c['signal']} ({c['share']:.0%})" for c in top)
         if flag and not active:

@@ -855,11 +855,13 @@ async def test_zones_rate_the_velocity_rms_over_the_window_not_the_mean_of_readi
     assert "vibration 4.58 mm/s in ISO 20816-3 zone D" in raised[0].message
 
 
-def _wander(assets: dict[str, float], seconds: int, seed: int, step: tuple[str, int, float] | None = None):
-    """One batch per second: 3 healthy signals per asset, each an AR(1) process of coefficient ``assets[name]`` (unit
-    variance: a signal that wanders over (1 + phi) / (1 - phi) seconds); ``step`` (asset, from second, +x) on its s0."""
+def _wander(assets: dict[str, float | tuple[float, float, float]], seconds: int, seed: int,
+            step: tuple[str, int, float] | None = None):
+    """One batch per second: 3 healthy signals per asset, each an AR(1) process of coefficient ``assets[name]`` (one
+    for all three, or one each; unit variance: a signal that wanders over (1 + phi) / (1 - phi) seconds); ``step``
+    (asset, from second, +x) on its s0."""
     rng = np.random.default_rng(seed)
-    phi = np.array([assets[n] for n in assets for _ in range(3)])
+    phi = np.concatenate([np.broadcast_to(np.asarray(assets[n], float), 3) for n in assets])
     x = rng.standard_normal(phi.size)
     for s in range(seconds):
         x = phi * x + rng.standard_normal(phi.size) * np.sqrt(1 - phi**2)
@@ -928,3 +930,22 @@ async def test_a_training_too_short_for_its_signals_time_scale_says_so(caplog):
         await _run(MaintenanceLive(MaintenanceConfig(assets=(asset("Q"),))), _noise({"Q": 3}, 420))
     said = [r for r in caplog.records if getattr(r, "event", None) == "anomaly_slow_signals"]
     assert [r.asset for r in said] == ["S"] and "train on more" in said[0].getMessage(), said
+
+
+async def test_a_fault_on_a_fast_signal_is_not_held_back_by_a_slow_one_on_the_same_asset():
+    """Assets with two signals independent from second to second and one wandering over ~100 s (a temperature beside
+    vibrations; `max_drift` unset so the slow one stays): the asset's default confirmation is the slow signal's
+    (hundreds of samples), and a 4 SD step of a fast signal used to wait for it. A run of the fast signal's own flags
+    now confirms at its own length, 20, stated per signal in each prediction (``confirm_by_signal``; 0: the asset's);
+    the healthy ones raise nothing in 4 x 3,300 s."""
+    mixed = (0.0, 0.0, 0.99)
+    assets = tuple(AssetConfig(name=n, anomaly=AnomalyAssetConfig(signals=tuple(f"{n}.s{j}" for j in range(3)),
+                                                                  max_drift=None))
+                   for n in ("M0", "M1", "M2", "M3", "G"))
+    live = MaintenanceLive(MaintenanceConfig(assets=assets))
+    preds, changes = await _run(live, _wander({a.name: mixed for a in assets}, 5100, seed=6, step=("G", 4200, 4.0)))
+    raised = [(c.alert.asset, c.alert.raised_at) for c in changes if c.event == "raised" and c.alert.kind == "anomaly"]
+    assert [a for a, _ in raised] == ["G"], raised
+    assert T0 + timedelta(seconds=4200) < raised[0][1] <= T0 + timedelta(seconds=4200 + 40)
+    g = [p for p in preds if p.asset == "G"][-1].details
+    assert g["confirm"] > 100 and g["confirm_by_signal"] == [20, 20, 0], g
