@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edge.paths import ConfigPath
 from maintenance.alerts import AlertPolicy
-from maintenance.anomaly import AnomalyConfig, calibration_scores
+from maintenance.anomaly import AnomalyConfig, calibration_scores, default_confirm
 from maintenance.indicators import STATS
 from maintenance.iso20816 import ZoneConfig
 from maintenance.notify import WebhookConfig
@@ -22,6 +23,9 @@ from maintenance.notify_mqtt import MqttNotifyConfig
 from maintenance.quality import QualityConfig
 from maintenance.rules import RuleConfig
 from maintenance.uncertainty import min_scores
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class BandConfig(BaseModel):
@@ -98,22 +102,26 @@ class AnomalyAssetConfig(BaseModel):
     # max_z: chosen in 16 of 16 leave-one-file-out selections on SKAB (maintenance/README.md)
     score: str = Field("max_z", pattern="^(mahalanobis|max_z)$")
     max_drift: float | None = 0.5
-    # Unset: twice the window (at least 5). A score's window shares window - 1 samples with the next one's, so a
-    # chance flag comes in a run about a window long: at confirm 5 and window 10, healthy i.i.d. data raised 0.54
-    # false alerts per asset-hour (270 an hour on 500 assets) for 0.0087 flagged scores; at 20, none in 83 asset-hours
-    # (maintenance/README.md). The flag must outlast one window into the next, disjoint one.
+    # Unset: twice the window (at least 5), and twice the correlation time of the slowest healthy signal as measured
+    # on the training samples (`maintenance.anomaly.default_confirm`). A score's window shares window - 1 samples
+    # with the next one's, so a chance flag comes in a run about a window long: at confirm 5 and window 10, healthy
+    # i.i.d. data raised 0.54 false alerts per asset-hour for 0.0087 flagged scores; at 20, none in 83 asset-hours. A
+    # signal that wanders over minutes makes runs as long as its wander: at confirm 20, 18.5 false alerts per day on
+    # AR(1) signals of coefficient 0.97 (maintenance/README.md). The flag must outlast both into independent data.
     confirm: int | None = Field(None, ge=1, description="consecutive flagged samples before an alert (debounce); "
-                                                        "default 2 x window, at least 5")
+                                                        "default 2 x window, at least 5, and at least twice the "
+                                                        "correlation time of the signals measured in training")
     predict_every_s: float = Field(10.0, gt=0, description="store a prediction this often (and on every flag)")
     running_tag: str | None = Field(None, description="one of signals that says the machine runs (speed, current): a "
                                                       "period with it at or below running_above is neither trained "
                                                       "on nor scored (a stopped machine is not anomalous operation)")
     running_above: float = Field(0.0, description="running_tag above this: the machine runs")
 
-    @property
-    def confirm_samples(self) -> int:
-        """``confirm``, or its default: twice the window, at least 5."""
-        return self.confirm if self.confirm is not None else max(5, 2 * self.window)
+    def confirm_samples(self, decorrelation: float | np.ndarray | None = None) -> int:
+        """``confirm``, or its default for a detector whose signals' correlation times are ``decorrelation`` samples
+        (`maintenance.anomaly.default_confirm`: the slowest counts; None: not measured, twice the window, at least
+        5). Runs of one signal's own flags may confirm sooner (`maintenance.anomaly.own_runs`, unset confirm only)."""
+        return self.confirm if self.confirm is not None else default_confirm(self.window, decorrelation)
 
     @model_validator(mode="after")
     def _running(self) -> AnomalyAssetConfig:

@@ -37,7 +37,7 @@ import numpy as np
 from edge.files import FileId, file_id, locked, pack_state, read_asset_state, replace_if_unchanged, write_atomic
 from edge.records import Flag, Prediction, Quality, Reading
 from maintenance.alerts import AlertChange, AlertManager, Window, dedup_key
-from maintenance.anomaly import AnomalyBank, AnomalyConfig, AnomalyDetector
+from maintenance.anomaly import AnomalyBank, AnomalyConfig, AnomalyDetector, own_runs, signal_confirms
 from maintenance.config import AssetConfig, MaintenanceConfig
 from maintenance.indicators import Band, IndicatorEngine, expected_readings, slot_numbers, value_of
 from maintenance.iso20816 import SEVERITY, ZONES, ZoneTracker, zone
@@ -60,6 +60,9 @@ STALE_PERIODS = 5  # a signal not updated for this many periods (or two of its o
 UNSCORED_WINDOWS = 10  # an asset sending samples but unscored for this many window lengths is logged
 ANOMALY_STATE_FILE = "anomaly_models.npz"
 DETECTOR_ARRAYS = ("use", "mean", "scale", "precision", "calibration")  # AnomalyDetector's fitted `<name>_`
+# The training holds fewer independent stretches than this (samples / `correlation_time` of its slowest signal):
+# its calibration scores are too few in effect for alpha to mean much, said once per detector (`anomaly_slow_signals`).
+MIN_STRETCHES = 20
 STATE_FORMAT = 1
 # How a saved detector was calibrated, part of its key: a model saved before calibration on disjoint windows has no
 # such entry (its alpha was not held: FAR above alpha) and is trained again, with `anomaly_state_mismatch`.
@@ -71,6 +74,8 @@ def detector_version(d: AnomalyDetector) -> str:
     h = hashlib.sha256()
     for a in (d.use_, d.mean_, d.scale_, d.precision_, d.calibration_):
         h.update(np.ascontiguousarray(a, dtype=float).tobytes())
+    if d.decorrelation_ is not None:  # left out when not measured: a model saved before keeps its version
+        h.update(np.ascontiguousarray(d.decorrelation_, dtype=float).tobytes())
     h.update(repr(d.config).encode())
     return h.hexdigest()
 
@@ -138,6 +143,7 @@ class _Anomaly:
         self.banks: list[tuple[np.ndarray, AnomalyBank]] = []
         self.last_pred: dict[int, int] = {}
         self.run: dict[int, int] = {}  # consecutive flagged samples per asset
+        self.signal_run: dict[int, np.ndarray] = {}  # and per signal, where signals confirm on their own runs
         # Per asset, samples in a row that gave no score for a signal missing from the window (not a silent asset), and
         # whether that was logged (once until it is scored again).
         self.unscored: dict[int, int] = {}
@@ -223,6 +229,7 @@ class _Anomaly:
                 self.versions[i] = detector_version(det)
                 self.made[i] = self._training(self.trainlog.pop(i), a.anomaly.train_samples)
                 self.records.append(detector_record(a, det, self.versions[i], "self_trained", self.made[i]))
+                _say_slow(a, det)
                 changed = True
         if changed:
             self._regroup()
@@ -273,6 +280,8 @@ class _Anomaly:
             meta["assets"][self.assets[i].name] = {"key": _anomaly_key(self.assets[i]), "version": self.versions[i],
                                                    "arrays": i, "training": self.made.get(i)}
             arrays.update({f"{i}.{k}": getattr(d, f"{k}_") for k in DETECTOR_ARRAYS})
+            if d.decorrelation_ is not None:  # fitted too, but not among DETECTOR_ARRAYS: older files lack it
+                arrays[f"{i}.decorrelation"] = d.decorrelation_
         return pack_state(meta, arrays, STATE_FORMAT), {n: e["version"] for n, e in meta["assets"].items()}
 
     def load(self, path: Path) -> None:
@@ -309,7 +318,13 @@ class _Anomaly:
             try:
                 for k in DETECTOR_ARRAYS:
                     setattr(det, f"{k}_", arrays[f"{s['arrays']}.{k}"])
+                # Absent from a model saved before it was measured: restored with None (its default confirm stays
+                # 2 x window, as it was) under its own version, rather than trained again.
+                measured = arrays.get(f"{s['arrays']}.decorrelation")
+                det.decorrelation_ = None if measured is None else np.asarray(measured, dtype=float)
                 det.signals_ = [c.signals[j] for j in det.use_]
+                if det.decorrelation_ is not None and det.decorrelation_.shape != det.use_.shape:
+                    raise ValueError("its correlation times are not one per signal")
                 version = detector_version(det)
                 if version != s["version"]:
                     raise ValueError("its parameters do not give its version")
@@ -327,10 +342,15 @@ class _Anomaly:
             self.training.pop(i, None)
             self.trainlog.pop(i, None)
             self.run.pop(i, None)
+            self.signal_run.pop(i, None)
             taken += 1
+            _say_slow(a, det)
             if at_start:
-                log.info("asset %s: anomaly model %s restored from %s (delete the file to train again)", a.name,
-                         version[:12], path, extra={"event": "anomaly_state_restored", "asset": a.name})
+                log.info("asset %s: anomaly model %s restored from %s (delete the file to train again)%s", a.name,
+                         version[:12], path, "" if det.decorrelation_ is not None else
+                         "; saved before its signals' correlation time was measured: unless confirm is set, alerts "
+                         "are confirmed after 2 x window flagged samples as before (train it again to measure it)",
+                         extra={"event": "anomaly_state_restored", "asset": a.name})
             else:
                 log.warning("asset %s: anomaly model %s adopted from %s, written by another process (valvoja "
                             "maintenance train-anomaly); scored with it from now on", a.name, version[:12], path,
@@ -340,6 +360,24 @@ class _Anomaly:
         if taken:
             self._regroup()
         return taken
+
+
+def _say_slow(a: AssetConfig, det: AnomalyDetector) -> None:
+    """Log once per fitted detector when its training holds fewer than `MIN_STRETCHES` independent stretches of its
+    slowest signal: its p-values are then valid in name only (the calibration windows are not independent), and the
+    default confirmation is long (twice the correlation time)."""
+    if det.decorrelation_ is None:
+        return
+    tau = float(np.max(det.decorrelation_))
+    n = a.anomaly.train_samples
+    if n / tau >= MIN_STRETCHES:
+        return
+    log.warning("asset %s: its healthy signals change slowly (correlation time %.0f samples, so %d training samples "
+                "hold about %.0f independent stretches, fewer than %d): alpha %g per sample is not held (measured "
+                "several times it on such signals) and alerts are confirmed after %d flagged samples (a run of a much "
+                "faster signal's own flags sooner); train on more (train_samples) or set confirm", a.name, tau, n,
+                n / tau, MIN_STRETCHES, a.anomaly.alpha, a.anomaly.confirm_samples(tau),
+                extra={"event": "anomaly_slow_signals", "asset": a.name})
 
 
 def replace_detector(config: MaintenanceConfig, state_dir: Path, asset: str, detector: AnomalyDetector,
@@ -786,9 +824,19 @@ class MaintenanceLive:
         det = an.detectors[i]
         every = max(1, round(a.anomaly.predict_every_s / self.config.period_s))
         an.run[i] = an.run.get(i, 0) + 1 if flag else 0
+        confirm = a.anomaly.confirm_samples(det.decorrelation_)
         # Confirmation debounces raising; a flag on an asset whose alert is already open keeps it open.
-        active = (an.run[i] >= a.anomaly.confirm_samples
-                  or (flag and dedup_key(a.name, None, "anomaly") in self.manager.open))
+        active = (an.run[i] >= confirm or (flag and dedup_key(a.name, None, "anomaly") in self.manager.open))
+        # A run of one signal's own flags confirms at that signal's own length (`anomaly.confirmed_by_signal`): a
+        # slow temperature beside vibrations made a vibration fault wait 153 samples instead of 21.
+        own = (signal_confirms(det.config.window, det.decorrelation_)
+               if a.anomaly.confirm is None and det.config.score == "max_z" else None)
+        runs = None if own is None else own_runs(confirm, own)
+        if runs is not None and runs.any():
+            sig = det.signal_flags(contrib)
+            if sig is not None:
+                an.signal_run[i] = np.where(sig, an.signal_run.get(i, 0) + 1, 0)
+                active = active or bool(((an.signal_run[i] >= runs) & (runs > 0)).any())
         if not flag and slot - an.last_pred.get(i, -(10**12)) < every:
             changes.extend(self.manager.observe(asset=a.name, tag=None, kind="anomaly", active=False, t=t))
             return
@@ -807,6 +855,7 @@ class MaintenanceLive:
         pred = Prediction(f"anomaly:{a.name}", an.versions[i], a.name, t, score, p_value=p, input_start=start,
                           input_end=t, kind="anomaly",
                           details={"alpha": det.config.alpha, "top_signals": top, "signals": det.signals_,
+                                   "confirm": confirm, "confirm_by_signal": None if runs is None else runs.tolist(),
                                    "data_quality": quality})
         preds.append(pred)
         names = ", ".join(f"{c['signal']} ({c['share']:.0%})" for c in top)

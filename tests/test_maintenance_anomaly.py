@@ -15,7 +15,13 @@ from maintenance.anomaly import (
     alarm,
     calibration_scores,
     confirmed,
+    confirmed_by_signal,
+    correlation_time,
+    default_confirm,
     drift_screen,
+    hold,
+    own_runs,
+    signal_confirms,
 )
 
 SHARED_SKAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "skab"
@@ -91,6 +97,80 @@ def test_calibration_scores_are_disjoint_windows_inside_the_calibration_part():
         expected = (((means - det.mean_) / det.scale_) ** 2).max(axis=1)
         np.testing.assert_allclose(det.calibration_, expected)
     assert calibration_scores(1800, 10, AnomalyConfig.fit_fraction) >= 99  # the live defaults can flag at 0.01
+
+
+def ar1(n, phi, rng, k=3):
+    """``k`` independent AR(1) signals of coefficient ``phi`` and unit variance, started stationary."""
+    e = rng.standard_normal((n, k)) * np.sqrt(1 - phi**2)
+    x = np.empty_like(e)
+    x[0] = rng.standard_normal(k)
+    for t in range(1, n):
+        x[t] = phi * x[t - 1] + e[t]
+    return x + np.array([10.0, 5.0, 80.0])[:k]
+
+
+def test_correlation_time_of_independent_wandering_and_constant_signals():
+    """About how many consecutive samples hold one independent sample's worth: 1 for independent samples, near
+    (1 + phi) / (1 - phi) for an AR(1) signal (66 at 0.97) when the record is long, 1 for a constant."""
+    rng = np.random.default_rng(2)
+    x = np.column_stack([rng.standard_normal(20_000), ar1(20_000, 0.97, rng, k=1)[:, 0], np.full(20_000, 3.0)])
+    tau = correlation_time(x)
+    assert tau[0] < 1.2 and 50 < tau[1] < 80 and tau[2] == 1.0
+
+
+def test_default_confirmation_outlasts_slowly_wandering_healthy_signals():
+    """Healthy signals that wander over ~30 samples (AR(1), phi 0.97) flag in runs as long as their wander: with the
+    old default confirmation (2 x window = 20), 40 detectors with the live defaults raised many alarms in 40 hours
+    (17 per asset-day in bench/bench_false_alarms.py); twice the correlation time measured in training raises none.
+    Independent samples keep the old 20. A step of 4 SD is still confirmed, later (median 188 samples, not 27)."""
+    rng = np.random.default_rng(5)
+    old = new = 0
+    delays = []
+    for _ in range(40):
+        x = ar1(1800 + 3600 + 1200, 0.97, rng)
+        det = AnomalyDetector(AnomalyConfig()).fit(x[:1800])
+        c = default_confirm(det.config.window, det.decorrelation_)
+        assert 60 <= c <= 300
+        flag = det.score(x[1800:5400]).flag
+        old += np.sum(np.diff(hold(confirmed(flag, 20), 60).astype(int)) == 1)
+        new += np.sum(np.diff(hold(confirmed(flag, c), 60).astype(int)) == 1)
+        y = x[5400:].copy()
+        y[200:, 0] += 4.0
+        hit = np.flatnonzero(confirmed(det.score(y).flag[200:], c))
+        delays.append(hit[0] if hit.size else None)
+    assert old >= 10 and new == 0, (old, new)
+    assert sum(d is not None for d in delays) >= 24, delays
+    independent = AnomalyDetector(AnomalyConfig()).fit(healthy(1800, rng, k=3))
+    assert independent.decorrelation_.max() < 1.5 and default_confirm(10, independent.decorrelation_) == 20
+    assert default_confirm(10, None) == 20 and default_confirm(1, None) == 5  # not measured: as before
+
+
+def test_a_fast_signal_confirms_on_its_own_run_beside_a_slow_one():
+    """Two signals independent from second to second and one wandering over ~100 s (a temperature beside
+    vibrations): the asset's confirmation is the slow signal's (hundreds of samples), and a 4 SD step of a vibration
+    waited for it (median 153 samples in bench/bench_false_alarms.py). A run of the fast signal's own flags confirms at
+    its own length (20), a run of the slow one's only at the asset's; healthy data raises no alarm either way."""
+    rng = np.random.default_rng(9)
+    phi = np.array([0.0, 0.0, 0.99])
+    n = 1800 + 3600 + 800
+    x = np.empty((n, 3))
+    x[0] = rng.standard_normal(3)
+    for t in range(1, n):
+        x[t] = phi * x[t - 1] + rng.standard_normal(3) * np.sqrt(1 - phi**2)
+    det = AnomalyDetector(AnomalyConfig(max_drift=None)).fit(x[:1800])
+    confirm, own = default_confirm(10, det.decorrelation_), signal_confirms(10, det.decorrelation_)
+    assert confirm > 100 and own.tolist()[:2] == [20, 20] and own_runs(confirm, own).tolist() == [20, 20, 0]
+
+    def alarms_of(rows):
+        s = det.score(rows)
+        return confirmed_by_signal(s.flag, det.signal_flags(s.contributions), confirm, own)
+
+    assert not alarms_of(x[1800:5400]).any()
+    y = x[5400:].copy()
+    y[200:, 0] += 4.0
+    on = alarms_of(y)
+    assert not on[:200].any() and 200 < np.flatnonzero(on)[0] <= 200 + 30
+    assert not confirmed(det.score(y).flag[200:], confirm)[:100].any()  # the asset's run alone: not yet
 
 
 def test_confirm_and_hold():
@@ -338,6 +418,9 @@ def test_skab_anomaly_free_false_alarms_as_reported():
     flags = s.flag[det.config.window - 1:]
     assert (int(flags.sum()), flags.size) == (339, 7596)
     assert not confirmed(s.flag, 20).any()
+    # The rig's current, pressure and voltage change from second to second (correlation time 1.9 samples at most):
+    # the default confirmation stays 2 x window.
+    assert det.decorrelation_.max() == pytest.approx(1.86, abs=0.01) and default_confirm(10, det.decorrelation_) == 20
 
 
 def test_a_signal_constant_while_fitted_is_left_out_not_standardised_by_nothing():

@@ -2,6 +2,7 @@
 alert that names the contributing signals, with p-values and model version as evidence."""
 
 import asyncio
+import copy
 import logging
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,7 @@ from edge.files import pack_state, read_state
 from edge.records import Flag, Quality, Reading
 from maintenance.config import AnomalyAssetConfig, AssetConfig, MaintenanceConfig
 from maintenance.iso20816 import ZoneConfig
-from maintenance.live import MaintenanceLive
+from maintenance.live import MaintenanceLive, detector_version
 from maintenance.rules import RuleConfig
 
 SIGNALS = ("vib_de", "vib_de_kurtosis", "bearing_temp", "motor_current", "flow")
@@ -895,3 +896,99 @@ async def test_zones_rate_the_velocity_rms_over_the_window_not_the_mean_of_readi
     assert [(a.severity, a.evidence["zone"]) for a in raised] == [("critical", "D")], raised
     assert raised[0].evidence["velocity_rms_mm_s"] == pytest.approx(np.sqrt((6.4**2 + 1.0) / 2))
     assert "vibration 4.58 mm/s in ISO 20816-3 zone D" in raised[0].message
+
+
+def _wander(assets: dict[str, float | tuple[float, float, float]], seconds: int, seed: int,
+            step: tuple[str, int, float] | None = None):
+    """One batch per second: 3 healthy signals per asset, each an AR(1) process of coefficient ``assets[name]`` (one
+    for all three, or one each; unit variance: a signal that wanders over (1 + phi) / (1 - phi) seconds); ``step``
+    (asset, from second, +x) on its s0."""
+    rng = np.random.default_rng(seed)
+    phi = np.concatenate([np.broadcast_to(np.asarray(assets[n], float), 3) for n in assets])
+    x = rng.standard_normal(phi.size)
+    for s in range(seconds):
+        x = phi * x + rng.standard_normal(phi.size) * np.sqrt(1 - phi**2)
+        t = T0 + timedelta(seconds=s)
+        batch = []
+        for i, name in enumerate(assets):
+            jump = step[2] if step and step[0] == name and s >= step[1] else 0.0
+            batch += [Reading(f"{name}.s{j}", t, float(x[3 * i + j]) + (jump if j == 0 else 0.0), t) for j in range(3)]
+        yield batch
+
+
+async def test_slowly_wandering_healthy_signals_raise_no_false_anomaly_alerts_with_the_default_confirm():
+    """Healthy signals that wander over ~30 s (AR(1), phi 0.97), the defaults (1,800 training samples, window 10, alpha
+    0.01, confirm unset): flags come in runs as long as the wander, and with the old default confirm of 2 x window (20)
+    these 8 assets x 3,300 scored seconds raised false anomaly alerts (17 per asset-day in bench/bench_false_alarms.py).
+    The default confirm is now also twice the correlation time measured in training (60-300 here), stated in each
+    prediction; none is raised, and a step of 4 SD on asset F is still alerted."""
+    healthy = {f"A{i}": 0.97 for i in range(8)}
+    assets = tuple(AssetConfig(name=n, anomaly=AnomalyAssetConfig(signals=tuple(f"{n}.s{j}" for j in range(3))))
+                   for n in (*healthy, "F"))
+    live = MaintenanceLive(MaintenanceConfig(assets=assets))
+    preds, changes = await _run(live, _wander(healthy | {"F": 0.97}, 5100, seed=3, step=("F", 4200, 4.0)))
+    raised = [(c.alert.asset, c.alert.raised_at) for c in changes if c.event == "raised" and c.alert.kind == "anomaly"]
+    assert [a for a, _ in raised] == ["F"], raised
+    assert T0 + timedelta(seconds=4200) < raised[0][1] <= T0 + timedelta(seconds=4200 + 900)
+    confirms = {p.asset: p.details["confirm"] for p in preds if p.kind == "anomaly"}
+    assert all(60 <= c <= 300 for c in confirms.values()) and len(confirms) == 9, confirms
+
+
+async def test_a_model_saved_before_the_correlation_time_was_measured_is_restored_as_it_was(tmp_path, caplog):
+    """A state file written before detectors measured their signals' correlation time has no ``decorrelation`` array
+    and versions hashed without it: it is restored under its own version (no training again), and alerts are confirmed
+    after 2 x window flagged samples as they were then (unless confirm is set); the log says so. A new fit saves it."""
+    cfg = MaintenanceConfig(assets=(AssetConfig(name="A", anomaly=AnomalyAssetConfig(
+        signals=("A.s0", "A.s1"), train_samples=100, window=3, alpha=0.05, predict_every_s=1)),))
+    live = MaintenanceLive(cfg, state_dir=tmp_path)
+    await _run(live, list(_noise({"A": 2}, 120)))
+    path = tmp_path / "anomaly_models.npz"
+    meta, arrays = read_state(path, 1)
+    assert "0.decorrelation" in arrays and live.anomaly.detectors[0].decorrelation_ is not None
+    old = copy.copy(live.anomaly.detectors[0])
+    old.decorrelation_ = None
+    del arrays["0.decorrelation"]
+    meta["assets"]["A"]["version"] = detector_version(old)  # as the older version hashed it
+    path.write_bytes(pack_state(meta, arrays, 1))
+    with caplog.at_level(logging.INFO, logger="maintenance.live"):
+        again = MaintenanceLive(cfg, state_dir=tmp_path)
+    assert again.anomaly.versions == {0: detector_version(old)} and again.anomaly.detectors[0].decorrelation_ is None
+    (rec,) = [r for r in caplog.records if getattr(r, "event", None) == "anomaly_state_restored"]
+    assert "2 x window" in rec.getMessage()
+    preds, _ = await _run(again, list(_noise({"A": 2}, 40, seed=8)))
+    assert preds and {p.details["confirm"] for p in preds} == {6} and {p.model_version for p in preds} == {
+        detector_version(old)}
+
+
+async def test_a_training_too_short_for_its_signals_time_scale_says_so(caplog):
+    """400 training samples of signals that wander over ~30 s hold about 8 independent stretches: the p-values' alpha
+    is not held on such data (maintenance/README.md), so the fit says so once, with the confirmation it chose; the
+    same training on signals independent from second to second says nothing."""
+    def asset(name):
+        return AssetConfig(name=name, anomaly=AnomalyAssetConfig(signals=tuple(f"{name}.s{j}" for j in range(3)),
+                                                                 train_samples=400, window=3, alpha=0.05))
+
+    with caplog.at_level(logging.WARNING, logger="maintenance.live"):
+        await _run(MaintenanceLive(MaintenanceConfig(assets=(asset("S"),))), _wander({"S": 0.97}, 420, seed=4))
+        await _run(MaintenanceLive(MaintenanceConfig(assets=(asset("Q"),))), _noise({"Q": 3}, 420))
+    said = [r for r in caplog.records if getattr(r, "event", None) == "anomaly_slow_signals"]
+    assert [r.asset for r in said] == ["S"] and "train on more" in said[0].getMessage(), said
+
+
+async def test_a_fault_on_a_fast_signal_is_not_held_back_by_a_slow_one_on_the_same_asset():
+    """Assets with two signals independent from second to second and one wandering over ~100 s (a temperature beside
+    vibrations; `max_drift` unset so the slow one stays): the asset's default confirmation is the slow signal's
+    (hundreds of samples), and a 4 SD step of a fast signal used to wait for it. A run of the fast signal's own flags
+    now confirms at its own length, 20, stated per signal in each prediction (``confirm_by_signal``; 0: the asset's);
+    the healthy ones raise nothing in 4 x 3,300 s."""
+    mixed = (0.0, 0.0, 0.99)
+    assets = tuple(AssetConfig(name=n, anomaly=AnomalyAssetConfig(signals=tuple(f"{n}.s{j}" for j in range(3)),
+                                                                  max_drift=None))
+                   for n in ("M0", "M1", "M2", "M3", "G"))
+    live = MaintenanceLive(MaintenanceConfig(assets=assets))
+    preds, changes = await _run(live, _wander({a.name: mixed for a in assets}, 5100, seed=6, step=("G", 4200, 4.0)))
+    raised = [(c.alert.asset, c.alert.raised_at) for c in changes if c.event == "raised" and c.alert.kind == "anomaly"]
+    assert [a for a, _ in raised] == ["G"], raised
+    assert T0 + timedelta(seconds=4200) < raised[0][1] <= T0 + timedelta(seconds=4200 + 40)
+    g = [p for p in preds if p.asset == "G"][-1].details
+    assert g["confirm"] > 100 and g["confirm_by_signal"] == [20, 20, 0], g
