@@ -164,6 +164,27 @@ def test_a_half_hour_zone_is_exact_from_minute_rollups_and_says_when_hourly_ones
     assert hourly["max"][1] == (edges[2] + timedelta(minutes=30)).timestamp() - STEP, "a whole hour past midnight"
 
 
+def test_model_uncertainty_days_are_the_plants_days(db, helsinki):
+    """The models page's coverage per day (and week) counts the predictions of each Helsinki day: one every 10
+    minutes, 144 a day, 138 on 29 March. They were UTC days from 02:00 local."""
+    from edge.records import Prediction
+    from maintenance import store
+
+    edges = _days(local(2026, 3, 26), 7, HEL)
+    preds = [Prediction("tz-model", "v1", "T-1", datetime.fromtimestamp(t, UTC), 1.0, 0.0, 2.0, 0.9)
+             for t in range(int(edges[0].timestamp()), int(edges[-1].timestamp()), 600)]
+
+    async def write() -> None:
+        async with await psycopg.AsyncConnection.connect(db[0], autocommit=True) as conn, conn.transaction():
+            await store.write_predictions(conn, preds)
+
+    run_async(write())
+    r = helsinki.get("/api/models/tz-model/uncertainty", params={
+        "from": edges[0].isoformat(), "to": (edges[-1] - timedelta(seconds=1)).isoformat(), "bucket": "day"}).json()
+    assert [datetime.fromisoformat(i["t"]) for i in r["items"]] == edges[:-1]
+    assert [i["n"] for i in r["items"]] == [144, 144, 144, 138, 144, 144, 144] and r["zone"] == "Europe/Helsinki"
+
+
 def test_older_timescaledb_and_postgresql_bucket_local_days_alike(db):
     """`Features.local_bucket` has three forms (time_bucket with a zone from TimescaleDB 2.8, time_bucket of the
     local timestamp before, date_bin on PostgreSQL): each gives the same starts for every hour around both changes
