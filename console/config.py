@@ -80,7 +80,8 @@ class Console(Strict):
     # Emission/compliance reports are linked from the emissions page when present here.
     reports_dir: Annotated[Path, PATH] | None = None
     # The plant's IANA time zone: the pages show times in it, with the UTC offset, whatever zone the browser of
-    # a control-room screen is set to (often UTC). None: the browser's zone (still with the offset).
+    # a control-room screen is set to (often UTC). None: the browser's zone (still with the offset). Trend buckets of
+    # a day or more begin at its midnight (console.trend); None: UTC's.
     time_zone: str | None = None
 
     @field_validator("time_zone")

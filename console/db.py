@@ -54,6 +54,15 @@ def wait_until_reachable(conninfo: str, *, max_delay_s: float = 30.0, log_every_
         return waited
 
 
+async def _utc_session(conn: psycopg.AsyncConnection) -> None:
+    """Every pooled session in UTC: psycopg gives a timestamptz in the session's TimeZone, which is the database's
+    default (initdb takes the host's zone; ``ALTER DATABASE ... SET TimeZone``, a role's setting or PGTZ change it),
+    so the API's times came as ``-05:00`` from one database and ``+02:00`` from another, the same instant in a
+    different text. Anything shown in the plant's zone names it (``console.time_zone``): the CSV export sets it for
+    its own transaction, the day buckets take it as a parameter."""
+    await conn.execute("SET TIME ZONE 'UTC'")
+
+
 class Database:
     """One pool per console process; ``features`` detected at open."""
 
@@ -61,7 +70,7 @@ class Database:
         self.conninfo = conninfo
         self.pool = AsyncConnectionPool(conninfo, min_size=min_size, max_size=max_size, open=False,
                                         kwargs={"row_factory": dict_row, "autocommit": True},
-                                        name="console")
+                                        configure=_utc_session, name="console")
         self.features: Features | None = None
         self._tables: dict[str, tuple[float, bool]] = {}
         self._columns: dict[str, tuple[float, set[str]]] = {}

@@ -164,12 +164,16 @@ async def readings(request: Request, name: str, _: Principal = Depends(require("
     """One tag's readings over a range. Long ranges are downsampled on the server into about ``points``
     buckets (min, max, mean, counts) from the raw table or the 1-minute / 1-hour rollups; ``source`` and
     ``bucket_s`` say which. ``resolution=raw`` returns raw rows (at most ``points``; ``truncated`` tells) with
-    their quality ``q``, validation ``flags`` (`edge.records.Flag` bits) and the device's ``status`` code."""
+    their quality ``q``, validation ``flags`` (`edge.records.Flag` bits) and the device's ``status`` code. Buckets
+    of a day or more begin at the plant's midnight (``zone``: ``console.time_zone``, else UTC; a day of a DST change
+    is one bucket of 23 or 25 hours); ``edges_exact`` is false where hourly rollups could not follow a midnight off
+    the UTC hour. Times are UTC."""
     cfg = request.app.state.config.console
     n = min(points or cfg.default_points, cfg.max_points)
     tr = time_range(from_, to, last, default=timedelta(hours=6))
     tag = await tag_row(request, name)
-    series = await trend.fetch(request.app.state.db, request.app.state.db.features, tag["id"], tr, n, resolution)
+    series = await trend.fetch(request.app.state.db, request.app.state.db.features, tag["id"], tr, n, resolution,
+                               cfg.time_zone)
     return {"tag": name, "unit": tag["unit"], "asset": tag["asset"], "from": tr.start, "to": tr.end,
             "range": [tag["range_min"], tag["range_max"]], **series}
 

@@ -124,13 +124,16 @@ async def uncertainty(request: Request, model_id: str, _: Principal = Depends(re
     An open upper end (upper NULL next to a lower: "lower or more", a RUL at the model's cap) holds every value at
     or above its lower end, an open lower end ("upper or less") every value at or below its upper end; neither has
     a finite width, so ``mean_width`` is of the closed intervals and ``n_open`` says how many were open. A
-    prediction with no interval (both bounds NULL) has no coverage (NULL, not a miss)."""
+    prediction with no interval (both bounds NULL) has no coverage (NULL, not a miss). Days and weeks begin at the
+    plant's midnight (``zone``: ``console.time_zone``, else UTC)."""
     db = request.app.state.db
     await db.require("predictions", owner="maintenance")
     cols = await db.columns("predictions")
     tr = time_range(from_, to, last, default=timedelta(days=30))
     width = {"hour": "1 hour", "day": "1 day", "week": "7 days"}[bucket]
-    b = db.features.bucket(width, "p.time")
+    # Days and weeks are the plant's (as the trends' day buckets): a UTC day began at 02:00 in Helsinki.
+    zone = request.app.state.config.console.time_zone if bucket != "hour" else None
+    b = db.features.local_bucket(width, "p.time", "%(zone)s::text") if zone else db.features.bucket(width, "p.time")
     target_join = ("LEFT JOIN tags t ON t.name = p.target LEFT JOIN readings_1m r ON r.tag_id = t.id "
                    f"AND r.bucket = {db.features.bucket('1 minute', 'p.time')}" if "target" in cols else "")
     actual = "r.sum / nullif(r.count, 0)" if target_join else "NULL::float8"
@@ -147,8 +150,9 @@ async def uncertainty(request: Request, model_id: str, _: Principal = Depends(re
         f"count(p.p_value) FILTER (WHERE {alpha} IS NOT NULL) AS n_p_values, "
         f"avg(CASE WHEN p.p_value <= {alpha} THEN 1.0 WHEN p.p_value IS NOT NULL AND {alpha} IS NOT NULL "
         "THEN 0.0 END) AS flagged_share, count(DISTINCT p.model_version) AS versions "
-        f"FROM predictions p {target_join} WHERE p.model_id = %s AND p.time >= %s AND p.time <= %s "
-        "GROUP BY 1 ORDER BY 1", (model_id, tr.start, tr.end))
+        f"FROM predictions p {target_join} WHERE p.model_id = %(model)s AND p.time >= %(start)s "
+        "AND p.time <= %(end)s GROUP BY 1 ORDER BY 1",
+        {"model": model_id, "start": tr.start, "end": tr.end, "zone": zone})
     if not rows:
         raise Problem(404, f"no predictions of model {model_id!r} between {tr.start.isoformat()} "
                            f"and {tr.end.isoformat()}")
@@ -157,7 +161,8 @@ async def uncertainty(request: Request, model_id: str, _: Principal = Depends(re
         # of a miss against 90 %, 8,600 of 10,000 is (the page marked both alike, by a fixed 5-point tolerance).
         ci = proportion_interval(r.pop("n_held"), r["n_judged"], EMPIRICAL_LEVEL)
         r["empirical_lower"], r["empirical_upper"] = ci if ci is not None else (None, None)
-    return {"model_id": model_id, "bucket": bucket, "from": tr.start, "to": tr.end, "items": rows, "notes": NOTES}
+    return {"model_id": model_id, "bucket": bucket, "zone": zone or "UTC", "from": tr.start, "to": tr.end,
+            "items": rows, "notes": NOTES}
 
 
 # ---------------------------------------------------------------- promote / rollback (admins)

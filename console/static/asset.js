@@ -84,7 +84,10 @@
     try { r = await api(`/api/tags/${encodeURIComponent(tag.name)}/readings` + qs({ from: iso(from), to: iso(to), points: 800 }), { quiet: true }); }
     catch (e) { holder.append(el("p", { class: "bad-text" }, `readings not loaded: ${e.message}`)); return; }  // the other trends still draw
     if (!box.isConnected) return;  // a newer range's load replaced this chart while its readings were on the way
-    box.querySelector(".src").textContent = r.bucket_s ? `${r.source}, ${r.bucket_s} s buckets (min–max band, mean line)` : `${r.source}, raw`;
+    // Buckets of a day or more are the plant's days (the server's console.time_zone, else UTC): the caption names the zone.
+    const width = r.bucket_s % 86400 === 0 ? `${r.bucket_s / 86400}-day buckets from ${r.zone} midnight` +
+      (r.edges_exact === false ? " (day edges within the hour: hourly rollups)" : "") : `${r.bucket_s} s buckets`;
+    box.querySelector(".src").textContent = r.bucket_s ? `${r.source}, ${width} (min–max band, mean line)` : `${r.source}, raw`;
     // The chart's range at the resolution of what it is drawn from: raw readings, 1-minute or 1-hour buckets.
     const resolution = { readings_1m: "1m", readings_1h: "1h" }[r.source] || "raw";
     box.querySelector(".chart-title").append(V.csvLink(`/api/tags/${encodeURIComponent(tag.name)}/readings.csv`,

@@ -13,6 +13,7 @@ whole program works on all three.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import psycopg
@@ -37,6 +38,26 @@ class Features:
         if self.timescaledb:
             return f"time_bucket('{width}'::interval, {column})"
         return f"date_bin('{width}'::interval, {column}, timestamptz '2000-01-03 00:00:00+00')"
+
+    @property
+    def time_bucket_zone(self) -> bool:
+        """Whether ``time_bucket`` takes a time zone (TimescaleDB 2.8 and later)."""
+        nums = [int(n) for n in re.findall(r"\d+", self.timescaledb_version or "")[:2]]
+        return self.timescaledb and tuple(nums) >= (2, 8)
+
+    def local_bucket(self, width: str, column: str, zone: str) -> str:
+        """SQL for the start of the bucket of ``width`` (whole days, e.g. '1 day') holding the timestamptz ``column``
+        on the wall clock of ``zone`` (SQL text, e.g. a parameter): buckets begin at the zone's midnight, so the
+        day of a DST change (23 or 25 hours) is one bucket; weeks begin on Monday (2000-01-03), as in `bucket`.
+        Independent of the session's TimeZone. The same grid on every edition: TimescaleDB's ``time_bucket``
+        with a zone buckets the local time and converts back, as the expression for the others does."""
+        if self.time_bucket_zone:
+            return f"time_bucket('{width}'::interval, {column}, {zone})"
+        # Older TimescaleDB: time_bucket of a timestamp (origin Monday 2000-01-03); PostgreSQL 14+: date_bin.
+        local = f"({column}) AT TIME ZONE {zone}"
+        b = (f"time_bucket('{width}'::interval, {local})" if self.timescaledb else
+             f"date_bin('{width}'::interval, {local}, timestamp '2000-01-03 00:00:00')")
+        return f"({b} AT TIME ZONE {zone})"
 
 
 def detect(conn: psycopg.Connection) -> Features:
