@@ -28,7 +28,8 @@ NDATA/DDATA that carry only aliases decode. That state outlives a gateway restar
   rebirth), not an error.
 - Datatypes: a DATA metric's own, else its birth's (DATA should not carry one). An integer with neither whose top
   bit is set could be a negative signed or a large unsigned value: it is left out and named (`PartlyRead`).
-- Quality: the metric property ``Quality`` (OPC DA code: 192 good, 64..191 uncertain, else bad).
+- Quality: the metric property ``Quality`` (OPC DA code: 192 good, 64..191 uncertain, else bad; Sparkplug's 500,
+  STALE, is uncertain: a last known value).
 - Timestamps are ms since the epoch: metric's, else payload's, else the receive time.
 - Protocol metrics (``bdSeq``, ``Node Control/*``, ``Device Control/*``) and non-scalar types
   (DataSet, Template, Bytes, File, arrays) are skipped and counted, not stored; so are metrics flagged
@@ -58,7 +59,9 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "spBv1.0"
 DEVICE_DEFAULT_TAG = "{group}.{node}.{device}.{field}"
-GOOD, BAD = Quality.GOOD, Quality.BAD
+GOOD, UNCERTAIN, BAD = Quality.GOOD, Quality.UNCERTAIN, Quality.BAD
+# Sparkplug 3.0's quality codes: 0 BAD, 192 GOOD, 500 STALE (tck-id-payloads-propertyset-quality-value-value).
+STALE = 500
 SOURCE_STATUS = int(Flag.SOURCE_STATUS)
 _fromts = datetime.fromtimestamp
 
@@ -170,6 +173,12 @@ def quality_of(props) -> tuple[Quality, int, int, str]:
         kind = pv.WhichOneof("value")
         if key == "Quality" and kind in ("int_value", "long_value"):
             q = getattr(pv, kind)
+            if q == STALE:
+                # The last known value, no longer updated (the edge node lost its device, or a host marks what it
+                # holds): a value the source still stands by but cannot vouch for now, as OPC UA's
+                # Uncertain_LastUsableValue, which the OPC UA collector stores UNCERTAIN too. Not the DA code 500
+                # (beyond a byte: bad), so before it was stored BAD.
+                return UNCERTAIN, SOURCE_STATUS, q, "Quality=500 STALE"
             quality = from_opcda_quality(q)
             if quality is GOOD:
                 return GOOD, 0, q, ""
