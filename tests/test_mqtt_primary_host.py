@@ -177,6 +177,45 @@ async def test_an_offline_state_delivered_live_is_answered_with_the_birth_again(
     await asyncio.to_thread(publish, mosquitto.port, [(topic, b"")], retain=True)
 
 
+async def test_after_a_clean_session_an_earlier_birth_is_not_trusted_the_node_is_asked_to_rebirth(mosquitto,
+                                                                                                     tmp_path):
+    """A clean session (a Primary Host's) gets nothing of what was published while the gateway was away. An edge node
+    that is not waiting for this host re-births meanwhile with a metric added, which shifts its aliases. Before, the
+    restarted collector decoded its data by the aliases saved from the first birth: the node's temp (alias 1 now)
+    was stored as flow (alias 1 then). Now the first message asks for a rebirth, and alias data are dead letters
+    until it comes."""
+    from test_mqtt_rebirth import SimulatedNode
+
+    cfg = config(mosquitto.port, clean_session=True, primary_host_id=f"h{new_run()}",
+                 subscriptions=[{"topic": "spBv1.0/KIP/#", "format": "sparkplug"}])
+    node = SimulatedNode(mosquitto.port)
+    try:
+        first = Sink()
+        async with running(cfg, first, tmp_path):
+            node.births()
+            await until(lambda: any(r.tag == node.tag("flow") for b in first.batches for r in b.readings))
+        node.values = {"temp": 20.0, **node.values}  # temp takes alias 1, flow (alias 1 before) 2
+        node.born_unseen()  # nobody listens: lost with the clean session
+        again = Sink()
+        async with running(cfg, again, tmp_path) as collector:
+            node.send(("temp", 21.5))
+            await until(lambda: any(b.readings or b.dead_letters for b in again.batches))
+            first_got = [(r.tag, r.value) for b in again.batches for r in b.readings]
+            assert (node.tag("flow"), 21.5) not in first_got  # before: stored under flow, nothing asked
+            await until(lambda: node.births_sent == 3)  # asked, and answered
+            node.send(("temp", 22.0))
+            await until(lambda: any(r.value == 22.0 for b in again.batches for r in b.readings))
+            status = collector.status()["sparkplug"]
+    finally:
+        node.close()
+    got = [(r.tag, r.value) for b in again.batches for r in b.readings]
+    assert (node.tag("flow"), 21.5) not in got  # before: stored under flow
+    assert (node.tag("temp"), 22.0) in got and (node.tag("temp"), 20.0) in got  # after the birth, and its value
+    dead = [d.error for b in again.batches for d in b.dead_letters]
+    assert len(dead) == 1 and "before the gateway's MQTT session began" in dead[0], dead
+    assert status["rebirths_requested"] == 1
+
+
 # -- a store-and-forward edge node ------------------------------------------------------------------------
 
 class StoreAndForwardNode:

@@ -108,6 +108,8 @@ class MqttCollector:
         confirming = None
         try:
             await self._connect(client, conn)
+            if not self.session_present:
+                self._births_unconfirmed()
             if self.times.remember and not self.session_present:
                 await self._save_state(self.times.clear())  # nothing subscribed yet: no message can race this
             await self._subscribe(client, conn)
@@ -263,6 +265,16 @@ class MqttCollector:
                 raise NotConnectedError(f"{self._where()}: subscription refused: {', '.join(refused)}")
         if new or stale or saved is None:
             self._saved.save(filters, ids)
+
+    def _births_unconfirmed(self) -> None:
+        """No session at the broker: Sparkplug births and deaths published while the gateway was away were not
+        received. Before any subscription, so no message races this (the decoders run on paho's thread)."""
+        n = self.router.sparkplug.new_session()
+        if n:
+            log.info("%s: the broker kept no session: %d Sparkplug edge node(s) known from before are asked to "
+                     "rebirth at their next message, and their aliases are not used until then (a birth published "
+                     "while the gateway was away may have changed them)", self.name, n,
+                     extra={"event": "sparkplug_births_unconfirmed", "collector": self.name})
 
     async def _publish_state(self, client: mqtt.Client, payload: bytes, what: str,
                              timeout_s: float | None = None) -> None:
