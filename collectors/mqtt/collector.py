@@ -27,6 +27,12 @@ for every collector) calls ``run`` again with a fresh client and the same client
 session and its queued messages carry over. A resumed session keeps its subscriptions (see
 ``_subscribe``); before a clean disconnect an UNSUBSCRIBE round trip makes sure the broker has
 processed every PUBACK sent (see ``_barrier``).
+
+Sparkplug Primary Host (``primary_host_id``, off by default). The collector registers the STATE death as its will,
+publishes the birth once subscribed and the death before a clean DISCONNECT, and answers an offline STATE of its id
+delivered live with the birth again (``primary_host``). The configuration then requires a clean session; a
+connection without a broker session makes the Sparkplug decoders distrust the births they knew
+(``SparkplugDecoder.new_session``).
 """
 
 from __future__ import annotations
