@@ -101,6 +101,15 @@ def test_state_payloads_are_sparkplug_3_json_with_the_connect_time():
 
 # -- a STATE observer ------------------------------------------------------------------------------------
 
+@pytest.fixture
+def host_id(mosquitto):
+    """A host id of this test; its retained STATE is cleared afterwards (the broker is shared: a test reading
+    spBv1.0/# would get it first)."""
+    hid = f"h{new_run()}"
+    yield hid
+    publish(mosquitto.port, [(f"spBv1.0/STATE/{hid}", b"")], retain=True)
+
+
 def retained_state(port: int, topic: str, timeout_s: float = 5.0) -> tuple[bool, int] | None:
     """The STATE the broker retains on ``topic`` (a new subscriber's view), or None."""
     got: queue.Queue = queue.Queue()
@@ -142,11 +151,10 @@ def session_present(port: int, client_id: str, protocol: str) -> bool:
 
 
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
-async def test_the_host_connects_clean_and_says_online_then_offline_retained(mosquitto, tmp_path, protocol):
+async def test_the_host_connects_clean_and_says_online_then_offline_retained(mosquitto, tmp_path, protocol, host_id):
     """Birth after the subscriptions, retained, with the will's timestamp; a clean stop publishes the death (a
     DISCONNECT discards the will); the broker keeps no session for the host (clean session / clean start with
     session expiry 0: the specification's rule)."""
-    host_id = f"h{new_run()}"
     cfg = config(mosquitto.port, protocol=protocol, clean_session=True, primary_host_id=host_id,
                  subscriptions=SPARKPLUG)
     topic = f"spBv1.0/STATE/{host_id}"
@@ -159,13 +167,11 @@ async def test_the_host_connects_clean_and_says_online_then_offline_retained(mos
     assert await asyncio.to_thread(retained_state, mosquitto.port, topic) == (False, ts)
     assert collector.host.deaths == 1
     assert await asyncio.to_thread(session_present, mosquitto.port, cfg.client_id, protocol) is False
-    await asyncio.to_thread(publish, mosquitto.port, [(topic, b"")], retain=True)  # clear the retained STATE
 
 
-async def test_an_offline_state_delivered_live_is_answered_with_the_birth_again(mosquitto, tmp_path):
+async def test_an_offline_state_delivered_live_is_answered_with_the_birth_again(mosquitto, tmp_path, host_id):
     """The will of the host's previous connection, published late (retained), replaces the retained birth: the
     collector publishes its birth again, so an edge node that connects later finds the host online."""
-    host_id = f"h{new_run()}"
     cfg = config(mosquitto.port, clean_session=True, primary_host_id=host_id, subscriptions=SPARKPLUG)
     topic = f"spBv1.0/STATE/{host_id}"
     async with running(cfg, Sink(), tmp_path) as collector:
@@ -174,11 +180,10 @@ async def test_an_offline_state_delivered_live_is_answered_with_the_birth_again(
         await asyncio.to_thread(publish, mosquitto.port, [(topic, state_payload(False, ts - 5000))], retain=True)
         await until(lambda: collector.host.rebirths == 1)
         await until(lambda: retained_state(mosquitto.port, topic, 1.0) == (True, ts), 10)
-    await asyncio.to_thread(publish, mosquitto.port, [(topic, b"")], retain=True)
 
 
 async def test_after_a_clean_session_an_earlier_birth_is_not_trusted_the_node_is_asked_to_rebirth(mosquitto,
-                                                                                                     tmp_path):
+                                                                                                     tmp_path, host_id):
     """A clean session (a Primary Host's) gets nothing of what was published while the gateway was away. An edge node
     that is not waiting for this host re-births meanwhile with a metric added, which shifts its aliases. Before, the
     restarted collector decoded its data by the aliases saved from the first birth: the node's temp (alias 1 now)
@@ -186,7 +191,7 @@ async def test_after_a_clean_session_an_earlier_birth_is_not_trusted_the_node_is
     until it comes."""
     from test_mqtt_rebirth import SimulatedNode
 
-    cfg = config(mosquitto.port, clean_session=True, primary_host_id=f"h{new_run()}",
+    cfg = config(mosquitto.port, clean_session=True, primary_host_id=host_id,
                  subscriptions=[{"topic": "spBv1.0/KIP/#", "format": "sparkplug"}])
     node = SimulatedNode(mosquitto.port)
     try:
