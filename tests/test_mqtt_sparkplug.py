@@ -100,6 +100,26 @@ def test_is_null_quality_property_and_missing_timestamps():
     assert e.quality == Quality.BAD and e.status_name == "Quality=0"
 
 
+def test_stale_quality_500_is_stored_uncertain_and_kept_out_of_machine_conditions():
+    """Sparkplug 3.0's quality codes are 0 BAD, 192 GOOD and 500 STALE. 500 was read as an OPC DA code (beyond a
+    byte: bad) and stored BAD; a STALE value is the last known one, which the source stands by but cannot refresh:
+    UNCERTAIN, as the OPC UA collector stores Uncertain_LastUsableValue."""
+    from maintenance.quality import SOURCE, classify_reading
+
+    d = decoder()
+    payload = encode_payload([Metric("s", 4.5, quality=500), Metric("g", 1.0, quality=192),
+                              Metric("b", 2.0, quality=0)], seq=0, timestamp_ms=1_700_000_000_000)
+    got = by_tag(d(payload, topic("G", "NBIRTH", "N"), NOW))
+    stale = got["G.N.s"]
+    assert (stale.value, stale.quality, stale.status, stale.status_name) == (4.5, Quality.UNCERTAIN, 500,
+                                                                              "Quality=500 STALE")
+    assert stale.flags == Flag.SOURCE_STATUS  # its own time, the source's statement
+    assert (got["G.N.g"].quality, got["G.N.b"].quality) == (Quality.GOOD, Quality.BAD)
+    # Maintenance leaves it out of machine conditions, as a device's own doubt (what BAD got before too); the
+    # sensor alert counts it as flagged.
+    assert classify_reading(stale, stale.value) == SOURCE
+
+
 def test_node_death_marks_every_metric_of_node_and_devices_bad():
     d, n = decoder(), EdgeNode("G", "N", bd_seq=3)
     will_topic, will = n.death()

@@ -27,6 +27,12 @@ for every collector) calls ``run`` again with a fresh client and the same client
 session and its queued messages carry over. A resumed session keeps its subscriptions (see
 ``_subscribe``); before a clean disconnect an UNSUBSCRIBE round trip makes sure the broker has
 processed every PUBACK sent (see ``_barrier``).
+
+Sparkplug Primary Host (``primary_host_id``, off by default). The collector registers the STATE death as its will,
+publishes the birth once subscribed and the death before a clean DISCONNECT, and answers an offline STATE of its id
+delivered live with the birth again (``primary_host``). The configuration then requires a clean session; a
+connection without a broker session makes the Sparkplug decoders distrust the births they knew
+(``SparkplugDecoder.new_session``).
 """
 
 from __future__ import annotations
@@ -46,10 +52,12 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from collectors.base import CollectorContext, Emit
 from collectors.mqtt.config import Config
+from collectors.mqtt.primary_host import STATE_QOS, PrimaryHost
 from collectors.mqtt.rebirth import RebirthRequests
 from collectors.mqtt.redelivery import CONFIRM_EVERY_S, ReceiveTimes
 from collectors.mqtt.router import Router
 from collectors.mqtt.session import Ack, Client, Connection, SavedSubscriptions
+from collectors.mqtt.topics import covers
 from edge.columns import from_us, to_us
 from edge.errors import NotConnectedError
 from edge.records import Batch, utcnow
@@ -82,6 +90,7 @@ class MqttCollector:
                              on_sequence_gap=context.metrics.collector_errors.labels(
                                  self.name, "sparkplug_sequence_gap").inc)
         self.times = ReceiveTimes(remember=config.qos == 1 and not config.clean_session)
+        self.host = PrimaryHost(self.name, config.primary_host_id) if config.primary_host_id else None
         self._times_loaded = False
         self._saved = SavedSubscriptions(Path(context.state_dir) / "subscriptions.json", config)
         self._client: mqtt.Client | None = None
@@ -105,9 +114,14 @@ class MqttCollector:
         confirming = None
         try:
             await self._connect(client, conn)
+            if not self.session_present:
+                self._births_unconfirmed()
             if self.times.remember and not self.session_present:
                 await self._save_state(self.times.clear())  # nothing subscribed yet: no message can race this
             await self._subscribe(client, conn)
+            if self.host is not None:  # after the subscriptions, as Sparkplug 3.0 asks (primary_host.py)
+                await self._publish_state(client, self.host.birth(), "birth")
+                self.host.births += 1
             self._set_connected(True)
             confirming = asyncio.create_task(self._confirm_acks(client, conn))
             while True:
@@ -155,6 +169,7 @@ class MqttCollector:
             "receive_times_held": len(self.times),  # of messages whose PUBACK the broker has not confirmed
             "inflight": conn.inflight if conn else 0,
             "sparkplug": sparkplug,
+            "primary_host": self.host.stats() if self.host is not None else None,
             "last_error": self.last_error,
         }
 
@@ -171,6 +186,9 @@ class MqttCollector:
                              protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
                              reconnect_on_failure=False, manual_ack=True)
         client.connect_timeout = cfg.connect_timeout_s
+        if self.host is not None:
+            # The broker publishes it when the connection ends without DISCONNECT (crash, SIGKILL, lost link).
+            client.will_set(*self.host.will(), qos=STATE_QOS, retain=True)
         if self._tls is not None:
             client.tls_set_context(self._tls)
             client.tls_insecure_set(cfg.tls.insecure)
@@ -218,6 +236,8 @@ class MqttCollector:
         removed from the configuration are unsubscribed (else their messages would keep coming).
         """
         filters = self.router.filters
+        if self.host is not None and not any(covers(f, self.host.topic) for f in filters):
+            filters = [*filters, self.host.topic]  # its own STATE: to see an offline one (primary_host.py)
         saved = self._saved.load() if self.session_present else None
         ids = self.router.sub_ids if self.cfg.protocol == "5" else {}
         # A filter subscribed without its identifier (by an older version) is subscribed again to get it: for MQTT 5
@@ -252,6 +272,36 @@ class MqttCollector:
         if new or stale or saved is None:
             self._saved.save(filters, ids)
 
+    def _births_unconfirmed(self) -> None:
+        """No session at the broker: Sparkplug births and deaths published while the gateway was away were not
+        received. Before any subscription, so no message races this (the decoders run on paho's thread)."""
+        n = self.router.sparkplug.new_session()
+        if n:
+            log.info("%s: the broker kept no session: %d Sparkplug edge node(s) known from before are asked to "
+                     "rebirth at their next message, and their aliases are not used until then (a birth published "
+                     "while the gateway was away may have changed them)", self.name, n,
+                     extra={"event": "sparkplug_births_unconfirmed", "collector": self.name})
+
+    async def _publish_state(self, client: mqtt.Client, payload: bytes, what: str,
+                             timeout_s: float | None = None) -> None:
+        """Publish this Primary Host's STATE (QoS 1, retained) and wait for the broker's PUBACK."""
+        timeout_s = self.cfg.connect_timeout_s if timeout_s is None else timeout_s
+        info = client.publish(self.host.topic, payload, qos=STATE_QOS, retain=True)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise NotConnectedError(f"{self._where()}: cannot publish the Sparkplug STATE {what} on {self.host.topic}: "
+                                    f"{mqtt.error_string(info.rc)}")
+        try:
+            await within(asyncio.to_thread(info.wait_for_publish, timeout_s), timeout_s + 1)
+        except (TimeoutError, RuntimeError, ValueError) as exc:
+            raise NotConnectedError(f"{self._where()}: no PUBACK for the Sparkplug STATE {what} on {self.host.topic} "
+                                    f"within {timeout_s:g} s ({type(exc).__name__})") from None
+        if not info.is_published():
+            raise NotConnectedError(f"{self._where()}: no PUBACK for the Sparkplug STATE {what} on {self.host.topic} "
+                                    f"within {timeout_s:g} s")
+        log.info("%s: Sparkplug Primary Host %s published its STATE %s (timestamp %d)", self.name, self.host.host_id,
+                 what, self.host.timestamp_ms, extra={"event": "sparkplug_state_published", "collector": self.name,
+                                                      "topic": self.host.topic})
+
     async def _reply(self, conn: Connection, rc: int, mid: int, what: str):
         if rc != mqtt.MQTT_ERR_SUCCESS:
             raise NotConnectedError(f"{self._where()}: cannot send: {mqtt.error_string(rc)}")
@@ -272,6 +322,7 @@ class MqttCollector:
                 # follow the barrier's UNSUBSCRIBE (see Connection.acking).
                 conn.acking = False
                 await self._barrier(client, conn)
+                await self._host_death(client)
             conn.close()
         try:
             # DISCONNECT does not end a persistent session; unacknowledged messages stay with the broker.
@@ -279,6 +330,20 @@ class MqttCollector:
         except Exception as exc:  # the socket may already be gone
             log.debug("%s: disconnect: %r", self.name, exc)
         await asyncio.to_thread(client.loop_stop)
+
+    async def _host_death(self, client: mqtt.Client) -> None:
+        """A clean DISCONNECT discards the will: a Primary Host publishes its death itself first."""
+        if self.host is None:
+            return
+        try:
+            await self._publish_state(client, self.host.death(), "death", BARRIER_TIMEOUT_S)
+            self.host.deaths += 1
+        except NotConnectedError as exc:
+            # The link is likely gone (no PUBACK): the DISCONNECT that follows will not arrive either, and the
+            # broker publishes the will, which says the same. Should it arrive, the retained STATE says online
+            # until the gateway connects again: logged so that an operator knows why.
+            log.warning("%s: %s; edge nodes may see this host online until it reconnects", self.name, exc,
+                        extra={"event": "sparkplug_state_death_unsent", "collector": self.name})
 
     async def _barrier(self, client: mqtt.Client, conn: Connection, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
         """Wait until the broker has processed every PUBACK sent so far, then forget the receive times they held.
@@ -363,8 +428,13 @@ class MqttCollector:
                 topic = None
             props = msg.properties
             sub_ids = getattr(props, "SubscriptionIdentifier", None) if props is not None else None
-            readings, dead, span_us = self.router.handle(topic, msg._topic, msg.payload, received, msg.retain,
-                                                         msg.dup, sub_ids)
+            if self.host is not None and topic == self.host.topic:
+                readings, dead, span_us = [], [], 0  # the host's own STATE is no measurement (primary_host.py)
+                if self.host.delivered(msg.payload, msg.retain):
+                    self._republish_birth(client)
+            else:
+                readings, dead, span_us = self.router.handle(topic, msg._topic, msg.payload, received, msg.retain,
+                                                             msg.dup, sub_ids)
             # Dead letters count too: their digest in the database covers the receive time.
             changes, entry = times.settle(msg, recv_us, span_us, span_us > 0 or bool(dead))
             self.last_message = now
@@ -375,6 +445,17 @@ class MqttCollector:
             log.exception("%s: message handling failed", self.name, extra={"collector": self.name})
             conn.lost_reason = f"internal error: {exc!r}"
             conn.to_loop(conn.queue.put_nowait, _LOST)
+
+    def _republish_birth(self, client: mqtt.Client) -> None:
+        """(network thread) The retained STATE says offline: publish the birth again, without waiting for its PUBACK
+        (this thread reads it). A refused publish is logged and the connection treated as lost: the next one
+        publishes a birth anyway."""
+        info = client.publish(self.host.topic, self.host.birth(), qos=STATE_QOS, retain=True)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise NotConnectedError(f"cannot publish the Sparkplug STATE birth again on {self.host.topic}: "
+                                    f"{mqtt.error_string(info.rc)}")
+        self.host.births += 1
+        self.host.rebirths += 1
 
     # -- helpers ----------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from collectors.mqtt.topics import TagTemplate, TopicFilter
 from edge.secrets import SecretRef
@@ -20,6 +20,10 @@ MQTT_MAX_PAYLOAD = 268_435_455  # the largest MQTT packet (a variable byte integ
 TimeFormat = Literal["auto", "iso8601", "epoch_s", "epoch_ms", "epoch_us", "epoch_ns"]
 # A number is read only in the convention named: an OPC UA StatusCode is good at 0, an OPC DA code at 192.
 QualityFormat = Literal["auto", "bool", "text", "opcua", "opcda"]
+# A Sparkplug host id is a topic level (spBv1.0/STATE/<id>): no separator or wildcard (Sparkplug 3.0 asks the same of
+# group, edge node and device ids). Its length: a topic is at most 65,535 bytes; 1,024 leaves any broker's limit room.
+HOST_ID_FORBIDDEN = frozenset("/+#")
+HOST_ID_MAX_BYTES = 1024
 
 
 class Strict(BaseModel):
@@ -134,6 +138,37 @@ class Config(Strict):
     rebirth_interval_s: float = Field(30.0, ge=1.0, le=86400.0,
                                       description="Sparkplug: at most one rebirth request per edge node this often")
     subscriptions: list[Subscription] = Field(min_length=1)
+    # Last, so that its validator sees clean_session and the subscriptions.
+    primary_host_id: str | None = Field(
+        None, description="Sparkplug: act as the Primary Host Application of this id (STATE birth and will on "
+                          "spBv1.0/STATE/<id>); needs clean_session = true and Sparkplug subscriptions only")
+
+    @field_validator("primary_host_id")
+    @classmethod
+    def _primary_host(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return v
+        bad = sorted({c for c in v if c in HOST_ID_FORBIDDEN or ord(c) < 0x20 or ord(c) == 0x7F})
+        if not v or bad:
+            why = f"contains {', '.join(map(repr, bad))}" if bad else "is empty"
+            raise ValueError(f"{v!r} {why}: the id is the last level of the topic spBv1.0/STATE/<id>, so it may not "
+                             "hold '/', '+', '#' (MQTT topic separators and wildcards) or control characters")
+        if len(v.encode()) > HOST_ID_MAX_BYTES:
+            raise ValueError(f"{len(v.encode())} bytes is longer than {HOST_ID_MAX_BYTES}")
+        if info.data.get("clean_session") is False:
+            # Sparkplug 3.0 (tck-id-message-flow-phid-sparkplug-clean-session-311/-50): edge nodes hold their data
+            # while the host is offline and send it again as is_historical when it returns; see README.md.
+            raise ValueError("a Sparkplug Primary Host Application connects with a clean session (Sparkplug 3.0: "
+                             "Clean Session true, MQTT 5 Clean Start true and Session Expiry 0): set clean_session = "
+                             "true; the edge nodes, not the broker, then keep what is published while the gateway "
+                             "is away (README.md, 'Sparkplug Primary Host Application')")
+        subs = info.data.get("subscriptions") or []
+        others = [s.topic for s in subs if s.format != "sparkplug"]
+        if others:
+            raise ValueError(f"subscriptions {', '.join(others)} are not format = \"sparkplug\": a Primary Host's "
+                             "clean session gives up the broker's queue, which plain and JSON publishers rely on "
+                             "while the gateway is away; read them with a collector of their own")
+        return v
 
     @field_validator("qos", mode="before")
     @classmethod

@@ -13,8 +13,9 @@ NDATA/DDATA that carry only aliases decode. That state outlives a gateway restar
   other metrics now.
 - Rebirth: ``on_rebirth(group, node, reason)`` is called when the node should publish its births again
   (the collector sends the request, see rebirth.py): a message from an edge node whose NBIRTH was not seen
-  (none, or an NDEATH since), DDATA from a device whose DBIRTH was not seen, an unknown alias, or a
-  sequence gap. The message itself is handled as before (decoded, or a dead letter).
+  (none, or an NDEATH since), DDATA from a device whose DBIRTH was not seen, an unknown alias, a
+  sequence gap, or a birth from before the broker's current session for the gateway (`new_session`: its aliases are
+  not used until the next birth). The message itself is handled as before (decoded, or a dead letter).
 - NDEATH (with the bdSeq of the current birth) / DDEATH: a bad-quality null reading for every
   stored metric the node or device had (not non-scalar or transient ones), so consumers see the values stop
   being live. An NDEATH whose bdSeq is not the current birth's is a late will message of an old session and is ignored.
@@ -28,7 +29,8 @@ NDATA/DDATA that carry only aliases decode. That state outlives a gateway restar
   rebirth), not an error.
 - Datatypes: a DATA metric's own, else its birth's (DATA should not carry one). An integer with neither whose top
   bit is set could be a negative signed or a large unsigned value: it is left out and named (`PartlyRead`).
-- Quality: the metric property ``Quality`` (OPC DA code: 192 good, 64..191 uncertain, else bad).
+- Quality: the metric property ``Quality`` (OPC DA code: 192 good, 64..191 uncertain, else bad; Sparkplug's 500,
+  STALE, is uncertain: a last known value).
 - Timestamps are ms since the epoch: metric's, else payload's, else the receive time.
 - Protocol metrics (``bdSeq``, ``Node Control/*``, ``Device Control/*``) and non-scalar types
   (DataSet, Template, Bytes, File, arrays) are skipped and counted, not stored; so are metrics flagged
@@ -58,7 +60,9 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "spBv1.0"
 DEVICE_DEFAULT_TAG = "{group}.{node}.{device}.{field}"
-GOOD, BAD = Quality.GOOD, Quality.BAD
+GOOD, UNCERTAIN, BAD = Quality.GOOD, Quality.UNCERTAIN, Quality.BAD
+# Sparkplug 3.0's quality codes: 0 BAD, 192 GOOD, 500 STALE (tck-id-payloads-propertyset-quality-value-value).
+STALE = 500
 SOURCE_STATUS = int(Flag.SOURCE_STATUS)
 _fromts = datetime.fromtimestamp
 
@@ -88,6 +92,10 @@ class Entity:
     transient: set[str] = field(default_factory=set)  # flagged is_transient in the birth: never stored
     died: tuple[int, bool] | None = None  # the time its death's readings got (µs, whether the receive time)
     clashes: dict[int, list[str]] = field(default_factory=dict)  # aliases the birth gave to several metrics
+    # Its birth came before the broker's current session for the gateway began (a clean session, or one the broker
+    # lost): births published in between were not received, so its aliases may name other metrics now. Not saved:
+    # each connection without a session sets it again (`SparkplugDecoder.new_session`).
+    unconfirmed: bool = False
 
     def to_json(self) -> dict:
         out = {"aliases": {str(a): n for a, n in self.aliases.items()}, "types": self.types, "online": self.online}
@@ -170,6 +178,12 @@ def quality_of(props) -> tuple[Quality, int, int, str]:
         kind = pv.WhichOneof("value")
         if key == "Quality" and kind in ("int_value", "long_value"):
             q = getattr(pv, kind)
+            if q == STALE:
+                # The last known value, no longer updated (the edge node lost its device, or a host marks what it
+                # holds): a value the source still stands by but cannot vouch for now, as OPC UA's
+                # Uncertain_LastUsableValue, which the OPC UA collector stores UNCERTAIN too. Not the DA code 500
+                # (beyond a byte: bad), so before it was stored BAD.
+                return UNCERTAIN, SOURCE_STATUS, q, "Quality=500 STALE"
             quality = from_opcda_quality(q)
             if quality is GOOD:
                 return GOOD, 0, q, ""
@@ -207,6 +221,19 @@ class SparkplugDecoder:
         self._skips_logged: set[str] = set()
         self.stats = {"seq_gaps": 0, "stale_deaths": 0, "skipped_metrics": 0, "transient_metrics": 0,
                       "ignored_messages": 0, "state_save_errors": 0}
+
+    def new_session(self) -> int:
+        """The broker had no session for the gateway (a clean session, or a lost one): whatever the known edge nodes
+        published while it was away, a new birth or death among it, was not received. Their births are unconfirmed
+        until they publish one again: their next message asks for it, and their aliases are not used meanwhile.
+        Returns the number of live edge nodes concerned."""
+        n = 0
+        for node in self.nodes.values():
+            node.unconfirmed = node.online
+            n += node.online
+            for entity in node.devices.values():
+                entity.unconfirmed = entity.online
+        return n
 
     def load_node(self, group: str, node: str, state: dict) -> None:
         """Restore a node's state saved from ``on_change``."""
@@ -247,6 +274,9 @@ class SparkplugDecoder:
             # A node with types had a birth and then an NDEATH; one without was only named by a DBIRTH.
             why = f"{kind} from an edge node whose NBIRTH was not seen" + (" since its NDEATH" if node and node.types
                                                                            else "")
+        elif node.unconfirmed:
+            why = (f"{kind} from an edge node whose NBIRTH came before the gateway's MQTT session began (the broker "
+                   "kept no session: a birth published while the gateway was away would not have been received)")
         if kind == "DBIRTH" or kind == "DDEATH":
             self._rebirth(group, node_id, why)
             if kind == "DBIRTH":
@@ -451,7 +481,7 @@ class SparkplugDecoder:
         payload_ts = p.timestamp
         # A dead node's (device's) aliases are of a session that ended: the next one's birth hands out its own,
         # and a metric added or removed on the edge node shifts them (measured: its data went to another tag).
-        aliases = entity.aliases if entity and entity.online else {}
+        aliases = entity.aliases if entity and entity.online and not entity.unconfirmed else {}
         types = entity.types if entity else {}
         out: list[Reading] = []
         errors: list[str] = []
@@ -467,6 +497,10 @@ class SparkplugDecoder:
                         raise DataError(f"metric {i}: alias {m.alias} of {where} was given to "
                                         f"{', '.join(map(repr, entity.clashes[m.alias]))} in its birth (an alias must "
                                         "name one metric of the edge node: its configuration must change)")
+                    if entity is not None and entity.unconfirmed and m.alias in entity.aliases:
+                        raise UnknownAlias(f"metric {i}: alias {m.alias} of {where} is from a birth received before "
+                                           "the gateway's MQTT session began; a birth published while it was away (the "
+                                           "broker kept no session) may have changed it: the edge node must rebirth")
                     if entity is not None and m.alias in entity.aliases:
                         raise UnknownAlias(f"metric {i}: alias {m.alias} of {where} is from a birth before its death "
                                            f"certificate ({entity.aliases[m.alias]!r} then); the birth of its new "

@@ -33,6 +33,7 @@ class Metric:
     datatype: int | None = None
     timestamp_ms: int | None = None
     quality: int | None = None  # OPC DA quality code sent as the "Quality" property (192 = good)
+    historical: bool = False  # is_historical: held while the host was offline, sent later (store and forward)
 
 
 def infer_datatype(v: Value) -> int:
@@ -79,6 +80,8 @@ def encode_payload(metrics: Iterable[Metric], *, seq: int | None = None, timesta
             m.alias = met.alias
         if met.timestamp_ms is not None:
             m.timestamp = met.timestamp_ms
+        if met.historical:
+            m.is_historical = True
         dt = met.datatype if met.datatype is not None else infer_datatype(met.value)
         m.datatype = dt
         _set_value(m, met.value, dt)
@@ -132,14 +135,16 @@ class EdgeNode:
             self._birth_metrics(device, values), seq=self._next_seq(), timestamp_ms=timestamp_ms or now_ms())
 
     def data(self, values: Mapping[str, Value] | Iterable[tuple[str, Value, int]], *, device: str | None = None,
-             timestamp_ms: int | None = None) -> tuple[str, bytes]:
-        """NDATA/DDATA by alias. ``values``: {name: value}, or (name, value, timestamp_ms) samples."""
+             timestamp_ms: int | None = None, historical: bool = False) -> tuple[str, bytes]:
+        """NDATA/DDATA by alias. ``values``: {name: value}, or (name, value, timestamp_ms) samples; ``historical``:
+        every metric flagged ``is_historical`` (held while the Primary Host was offline)."""
         items = values.items() if isinstance(values, Mapping) else values
         metrics = []
         for item in items:
             name, v = item[0], item[1]
             alias, dt = self._aliases[(device, name)]
-            metrics.append(Metric(None, v, alias=alias, datatype=dt, timestamp_ms=item[2] if len(item) > 2 else None))
+            metrics.append(Metric(None, v, alias=alias, datatype=dt, timestamp_ms=item[2] if len(item) > 2 else None,
+                                  historical=historical))
         kind = "DDATA" if device else "NDATA"
         return topic(self.group, kind, self.node, device), encode_payload(
             metrics, seq=self._next_seq(), timestamp_ms=timestamp_ms or now_ms())

@@ -56,6 +56,11 @@ class SparkplugStore:
         with self._lock:
             write_atomic(path, json.dumps({**state, "group": group, "node": node}, separators=(",", ":")))
 
+    def new_session(self) -> int:
+        """`SparkplugDecoder.new_session` of every decoder; the number of live edge nodes whose births are now
+        unconfirmed."""
+        return sum(d.new_session() for d in self.decoders)
+
     def stats(self) -> dict | None:
         if not self.decoders:
             return None
