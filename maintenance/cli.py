@@ -342,7 +342,8 @@ def cmd_review_precision(args) -> int:
     with _connect(args) as conn:
         rows = review.alert_precision(conn, since=args.since, model_id=args.model_id)
     for r in rows:
-        print(f"{r['kind']:30} {r['model_id'] or '-':30} alerts {r['alerts']:5}  right {r['right']:4}  "
+        print(f"{r['kind']:30} {r['model_id'] or '-':30} {r['model_version'][:12] or '-':12} "
+              f"alerts {r['alerts']:5}  right {r['right']:4}  "
               f"wrong {r['wrong']:4}  unreviewed {r['unreviewed']:4}  precision {review.format_precision(r)}")
     return 0
 

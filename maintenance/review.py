@@ -91,14 +91,18 @@ def review_alert(conn: psycopg.Connection, alert_id: str, verdict: Verdict, comm
 
 def alert_precision(conn: psycopg.Connection, *, since: datetime | None = None, until: datetime | None = None,
                     model_id: str | None = None) -> list[dict]:
-    """Precision of past alerts from reviews, per (kind, model): right / (right + wrong) by the latest
-    verdict of each alert, with how many alerts are still unreviewed. An alert raised from a prediction
-    also counts the review of that prediction when the alert itself has none: the prediction its evidence
-    names by ``id``, or, as the gateway writes evidence (it cannot know the id of a prediction still in its
-    spool), by the alert's asset and the evidence's ``model_id`` and ``time``. The evidence is the one that
-    *raised* the alert (its ``raised`` event, m0201), not the row's, which the latest return of the condition
-    replaced: the prediction a crew was paged for is the one whose review counts (the row's evidence for alerts
-    raised before m0201, which kept none in the event)."""
+    """Precision of past alerts from reviews, per (kind, model, model version): right / (right + wrong) by the
+    latest verdict of each alert, with how many alerts are still unreviewed. The version is the one that raised the
+    alert (``alerts.model_version``): a retrained model is another detector, and one version's false alarms pooled
+    with another's gave a precision neither had; rows of a model come in the order its versions first raised an
+    alert. Alerts without a model (rules, ISO 20816 zones) have ``model_id`` and ``model_version`` ''.
+
+    An alert raised from a prediction also counts the review of that prediction when the alert itself has none:
+    the prediction its evidence names by ``id``, or, as the gateway writes evidence (it cannot know the id of a
+    prediction still in its spool), by the alert's asset and the evidence's ``model_id`` and ``time``. The
+    evidence is the one that *raised* the alert (its ``raised`` event, m0201), not the row's, which the latest
+    return of the condition replaced: the prediction a crew was paged for is the one whose review counts (the row's
+    evidence for alerts raised before m0201, which kept none in the event)."""
     where, params = ["true"], {}
     if since is not None:
         where.append("a.raised_at >= %(since)s")
@@ -111,7 +115,7 @@ def alert_precision(conn: psycopg.Connection, *, since: datetime | None = None, 
         params["model_id"] = model_id
     sql = f"""
         WITH raising AS (
-            SELECT a.id, a.kind, a.model_id, a.asset, coalesce(
+            SELECT a.id, a.kind, a.model_id, a.model_version, a.raised_at, a.asset, coalesce(
                        (SELECT e.detail -> 'evidence' FROM alert_events e
                         WHERE e.alert_id = a.id AND e.event = 'raised' AND e.detail ? 'evidence'
                         ORDER BY e.time, e.id LIMIT 1),
@@ -119,6 +123,7 @@ def alert_precision(conn: psycopg.Connection, *, since: datetime | None = None, 
             FROM alerts a WHERE {' AND '.join(where)}),
         latest AS (
             SELECT a.id, a.kind, coalesce(a.model_id, '') AS model_id,
+                   coalesce(a.model_version, '') AS model_version, a.raised_at,
                    coalesce(
                        (SELECT verdict FROM prediction_feedback f WHERE f.alert_id = a.id
                         ORDER BY created_at DESC, id DESC LIMIT 1),
@@ -133,11 +138,12 @@ def alert_precision(conn: psycopg.Connection, *, since: datetime | None = None, 
                              ORDER BY p.id LIMIT 1))
                         ORDER BY created_at DESC, id DESC LIMIT 1)) AS verdict
             FROM raising a)
-        SELECT kind, model_id, count(*) AS alerts,
+        SELECT kind, model_id, model_version, count(*) AS alerts,
                count(*) FILTER (WHERE verdict = 'right') AS right,
                count(*) FILTER (WHERE verdict = 'wrong') AS wrong,
                count(*) FILTER (WHERE verdict IS NULL) AS unreviewed
-        FROM latest GROUP BY kind, model_id ORDER BY kind, model_id"""
+        FROM latest GROUP BY kind, model_id, model_version
+        ORDER BY kind, model_id, min(raised_at), model_version"""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(sql, params)
         rows = cur.fetchall()

@@ -10,7 +10,7 @@
 only predicted, in time order) and prints static and streaming metrics of the model and a linear baseline
 plus the issue's bars; ``--check`` exits 1 when a bar fails. ``evaluate feedback`` is the precision of past
 alerts from the maintenance teams' reviews (`maintenance.review.alert_precision`: right / (right + wrong) by
-each alert's latest verdict, per alert kind and model). ``report`` runs a registered version (the
+each alert's latest verdict, per alert kind, model and model version). ``report`` runs a registered version (the
 champion unless ``--version``) on the data files and writes ``report.html`` + ``report.json``.
 """
 
@@ -68,7 +68,8 @@ def add_subcommands(models_subparsers) -> None:
     g.add_argument("--check", action="store_true", help="exit 1 when a bar of the issue fails")
     g.set_defaults(func=guard(cmd_evaluate_gas_turbine))
     fb = evs.add_parser("feedback", help="precision of past alerts from the maintenance teams' reviews",
-                        description="Per alert kind and model: alerts raised, reviewed right / wrong (the newest "
+                        description="Per alert kind, model and model version (the one that raised the alert): "
+                                    "alerts raised, reviewed right / wrong (the newest "
                                     "review of each alert counts; an alert raised from a prediction also counts "
                                     "that prediction's review), unreviewed, and precision = right / (right + "
                                     "wrong) with its exact (Clopper-Pearson) 95 % confidence interval. Reads the "
@@ -150,15 +151,16 @@ def cmd_evaluate_feedback(args) -> int:
     if not rows:
         print("  no alerts in this range")
     else:
-        print(f"  {'kind':<24}{'model':<28}{'alerts':>7}{'right':>7}{'wrong':>7}{'unreviewed':>11}  "
+        print(f"  {'kind':<24}{'model':<28}{'version':<14}{'alerts':>7}{'right':>7}{'wrong':>7}{'unreviewed':>11}  "
               f"precision [{PRECISION_LEVEL:.0%} interval]")
     for r in rows:
-        print(f"  {r['kind']:<24}{r['model_id'] or '-':<28}{r['alerts']:>7}{r['right']:>7}{r['wrong']:>7}"
-              f"{r['unreviewed']:>11}  {format_precision(r, 3)}")
+        # The version's first 12 hex digits, as `valvoja maintenance review list` prints it (--json has it whole).
+        print(f"  {r['kind']:<24}{r['model_id'] or '-':<28}{r['model_version'][:12] or '-':<14}{r['alerts']:>7}"
+              f"{r['right']:>7}{r['wrong']:>7}{r['unreviewed']:>11}  {format_precision(r, 3)}")
     right, wrong = sum(r["right"] for r in rows), sum(r["wrong"] for r in rows)
     overall = {"right": right, "wrong": wrong, **precision_with_interval(right, wrong)}
     if len(rows) > 1:
-        print(f"  {'all':<52}{sum(r['alerts'] for r in rows):>7}{right:>7}{wrong:>7}"
+        print(f"  {'all':<66}{sum(r['alerts'] for r in rows):>7}{right:>7}{wrong:>7}"
               f"{sum(r['unreviewed'] for r in rows):>11}  {format_precision(overall, 3)}")
     if args.json:
         doc = {"since": args.since, "until": args.until, "model_id": args.model_id, "rows": rows,
