@@ -8,12 +8,14 @@ command line and by ``valvoja models evaluate`` (`alert_precision`).
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Literal
 
 import psycopg
 from psycopg.rows import dict_row
 
+from edge.sink.housekeeping import evidence_time
 from maintenance.uncertainty import proportion_interval
 
 Verdict = Literal["right", "wrong"]
@@ -113,14 +115,29 @@ def alert_precision(conn: psycopg.Connection, *, since: datetime | None = None, 
     if model_id is not None:
         where.append("a.model_id = %(model_id)s")
         params["model_id"] = model_id
-    sql = f"""
+    # The evidence that raised each alert; its prediction's id and key are parsed here, not cast in SQL: evidence is
+    # written by several packages and versions, and one alert naming its prediction as "P-7" or at "n/a" made the
+    # cast fail the whole report (InvalidTextRepresentation) for every alert of every model.
+    raising = f"""
         WITH raising AS (
             SELECT a.id, a.kind, a.model_id, a.model_version, a.raised_at, a.asset, coalesce(
                        (SELECT e.detail -> 'evidence' FROM alert_events e
                         WHERE e.alert_id = a.id AND e.event = 'raised' AND e.detail ? 'evidence'
                         ORDER BY e.time, e.id LIMIT 1),
                        a.evidence) AS evidence
-            FROM alerts a WHERE {' AND '.join(where)}),
+            FROM alerts a WHERE {' AND '.join(where)})"""
+    with conn.cursor() as cur:
+        cur.execute(raising + """ SELECT id, evidence #>> '{prediction,id}', evidence #>> '{prediction,model_id}',
+                                         evidence #>> '{prediction,time}' FROM raising
+                                  WHERE jsonb_typeof(evidence -> 'prediction') = 'object'""", params)
+        named = [(alert_id, _bigint(pred_id), pred_model, evidence_time(pred_time))
+                 for alert_id, pred_id, pred_model, pred_time in cur.fetchall()]
+    alert_ids, pred_ids, pred_models, pred_times = (list(c) for c in zip(*named, strict=True)) if named else \
+        ([], [], [], [])
+    params.update(n_alert=alert_ids, n_id=pred_ids, n_model=pred_models, n_time=pred_times)
+    sql = raising + """,
+        named AS (SELECT * FROM unnest(%(n_alert)s::text[], %(n_id)s::bigint[], %(n_model)s::text[],
+                                       %(n_time)s::timestamptz[]) AS n(alert_id, pred_id, model_id, time)),
         latest AS (
             SELECT a.id, a.kind, coalesce(a.model_id, '') AS model_id,
                    coalesce(a.model_version, '') AS model_version, a.raised_at,
@@ -129,15 +146,14 @@ def alert_precision(conn: psycopg.Connection, *, since: datetime | None = None, 
                         ORDER BY created_at DESC, id DESC LIMIT 1),
                        (SELECT verdict FROM prediction_feedback f
                         WHERE f.prediction_id = coalesce(
-                            (a.evidence #>> '{{prediction,id}}')::bigint,
+                            n.pred_id,
                             -- live alerts name their prediction by its key (model, time; the asset is the
                             -- alert's): without this their predictions' reviews were never counted
                             (SELECT p.id FROM predictions p
-                             WHERE p.model_id = a.evidence #>> '{{prediction,model_id}}' AND p.asset = a.asset
-                               AND p.time = (a.evidence #>> '{{prediction,time}}')::timestamptz
+                             WHERE p.model_id = n.model_id AND p.asset = a.asset AND p.time = n.time
                              ORDER BY p.id LIMIT 1))
                         ORDER BY created_at DESC, id DESC LIMIT 1)) AS verdict
-            FROM raising a)
+            FROM raising a LEFT JOIN named n ON n.alert_id = a.id)
         SELECT kind, model_id, model_version, count(*) AS alerts,
                count(*) FILTER (WHERE verdict = 'right') AS right,
                count(*) FILTER (WHERE verdict = 'wrong') AS wrong,
@@ -150,6 +166,17 @@ def alert_precision(conn: psycopg.Connection, *, since: datetime | None = None, 
     for r in rows:
         r.update(precision_with_interval(r["right"], r["wrong"]))
     return rows
+
+
+_INTEGER = re.compile(r"-?[0-9]{1,19}")
+
+
+def _bigint(text: str | None) -> int | None:
+    """An evidence prediction id (jsonb text) as a bigint; None for anything else (a name, a fraction, past bigint)."""
+    if text is None or not _INTEGER.fullmatch(text):
+        return None
+    value = int(text)
+    return value if -(2**63) <= value < 2**63 else None
 
 
 def precision_with_interval(right: int, wrong: int, level: float = PRECISION_LEVEL) -> dict:
