@@ -2,7 +2,7 @@
 
     valvoja maintenance evaluate skab --data ../shared/data/skab --files valve1/0.csv valve1/1.csv ...
     valvoja maintenance evaluate cmapss --data ../shared/data/cmapss --subset FD001 [--json out.json]
-    valvoja maintenance review list --asset P-101 [--db URL]
+    valvoja maintenance review list --asset P-101 [--tz ZONE] [--db URL]
     valvoja maintenance review mark --alert ID --verdict wrong --comment "valve test" --by anna
     valvoja maintenance review precision [--since 2026-01-01]
     valvoja maintenance train-anomaly -c SITE.toml --asset P-101 --from 2026-11-02T06:00:00+02:00 [--to ...]
@@ -91,6 +91,8 @@ def add_parser(subparsers) -> None:
                     help="only these since this time (ISO 8601, e.g. 2026-11-01T06:00+02:00; without an offset "
                          "it is UTC)")
     ls.add_argument("--limit", type=int, default=20, help="at most this many of each (default 20)")
+    ls.add_argument("--tz", type=_zone_arg, metavar="ZONE",
+                    help="print times in this IANA zone, e.g. Europe/Helsinki (default UTC); each with its offset")
     _db_arg(ls)
     ls.set_defaults(func=cmd_review_list)
     mk = rvs.add_parser("mark", help="mark a prediction or an alert right or wrong")
@@ -282,12 +284,25 @@ def _connect(args):
     return conn
 
 
+def _zone_arg(text: str):
+    from maintenance.trace_cli import _zone_arg as zone_arg
+
+    return zone_arg(text)
+
+
 def cmd_review_list(args) -> int:
+    from datetime import UTC
+
     from maintenance import review
+    from maintenance.trace_cli import _t
 
     with _connect(args) as conn:
         alerts = review.list_alerts(conn, args.asset, since=args.since, limit=args.limit)
         preds = review.list_predictions(conn, args.asset, since=args.since, limit=args.limit)
+    # The database session's zone (the server's, or PGTZ) gave the times, printed without it: an alert raised at
+    # 08:00 UTC read "10:00:00" under Europe/Helsinki, as if it were UTC or plant time, whichever the reader assumed.
+    tz = args.tz or UTC
+    print(f"times in {getattr(tz, 'key', 'UTC')}, with their UTC offsets")
     print(f"alerts of {args.asset} ({len(alerts)}):")
     for a in alerts:
         ev = a["uncertainty"]
@@ -297,11 +312,11 @@ def cmd_review_list(args) -> int:
                           "coverage": ev.get("coverage"), "details": {"alpha": ev.get("alpha")}})
         if ev.get("model_version"):
             u += f" model_version={ev['model_version']}"
-        print(f"  {a['raised_at']:%Y-%m-%d %H:%M:%S} {a['id']} {a['severity']:8} {a['state']:12} {a['kind']}: "
+        print(f"  {_t(a['raised_at'].astimezone(tz))} {a['id']} {a['severity']:8} {a['state']:12} {a['kind']}: "
               f"{a['message']} [{u}] review={a['verdict'] or '-'}")
     print(f"predictions of {args.asset} ({len(preds)}):")
     for p in preds:
-        print(f"  {p['time']:%Y-%m-%d %H:%M:%S} #{p['id']} {p['model_id']}@{p['model_version'][:12]} "
+        print(f"  {_t(p['time'].astimezone(tz))} #{p['id']} {p['model_id']}@{p['model_version'][:12]} "
               f"value={p['value']:.4g} {_uncertainty(p)} review={p['verdict'] or '-'}")
     return 0
 

@@ -188,6 +188,30 @@ async def test_review_list_says_a_rul_alerts_interval_is_open_ended(pg_dsn, caps
     assert "rul low [[12.0, inf) @90% model_version=" + "ab" * 32 + "]" in out
 
 
+async def test_review_list_times_say_their_zone(pg_dsn, capsys, monkeypatch):
+    """The list printed the database session's wall clock without a zone: with the session in Europe/Helsinki (the
+    server's zone, or PGTZ) an alert raised at 08:00 UTC read "2026-03-01 10:00:00". Times are UTC by default, or
+    in ``--tz``, each with its offset."""
+    from maintenance.cli import main
+
+    _migrate(pg_dsn)
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await store.write_predictions(conn, [Prediction("anomaly:P-8", "v1" * 32, "P-8", at(0), 20.0, p_value=0.004,
+                                                        kind="anomaly")])
+        await store.apply_changes(conn, AlertManager().observe(asset="P-8", tag=None, kind="anomaly", active=True,
+                                                               t=at(0), message="anomalous"))
+    monkeypatch.setenv("PGTZ", "Europe/Helsinki")
+    assert main(["review", "list", "--asset", "P-8", "--db", pg_dsn]) == 0
+    out = capsys.readouterr().out
+    assert "times in UTC" in out
+    assert out.count("2026-03-01 08:00:00 +00:00 ") == 2 and "10:00:00" not in out  # the alert and the prediction
+    assert main(["review", "list", "--asset", "P-8", "--tz", "Europe/Helsinki", "--db", pg_dsn]) == 0
+    out = capsys.readouterr().out
+    assert "times in Europe/Helsinki" in out and out.count("2026-03-01 10:00:00 +02:00 ") == 2
+    with pytest.raises(SystemExit):
+        main(["review", "list", "--asset", "P-8", "--tz", "Mars/Olympus", "--db", pg_dsn])
+
+
 async def test_live_results_published_with_traceable_evidence(pg_dsn):
     """Simulated pump with a bearing fault -> live monitoring -> predictions and alerts in TimescaleDB,
     the alert's evidence pointing at its stored prediction, and a webhook notification logged."""
