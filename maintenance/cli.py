@@ -4,7 +4,7 @@
     valvoja maintenance evaluate cmapss --data ../shared/data/cmapss --subset FD001 [--json out.json]
     valvoja maintenance review list --asset P-101 [--tz ZONE] [--db URL]
     valvoja maintenance review mark --alert ID --verdict wrong --comment "valve test" --by anna
-    valvoja maintenance review precision [--since 2026-01-01]
+    valvoja maintenance review precision [--since 2026-01-01] [--until 2026-06-30]
     valvoja maintenance train-anomaly -c SITE.toml --asset P-101 --from 2026-11-02T06:00:00+02:00 [--to ...]
     valvoja maintenance window add|list|end|cancel ...   (maintenance/windows_cli.py)
     valvoja maintenance trace ALERT_ID [--tz ZONE | --utc] [--json]   (maintenance/trace_cli.py)
@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from edge.cli import aware_time_arg, iso_time_arg, positive_arg, positive_int_arg
+from edge.cli import aware_time_arg, iso_time_arg, iso_until_arg, positive_arg, positive_int_arg
 from edge.jsontext import api_json
 
 
@@ -107,6 +107,9 @@ def add_parser(subparsers) -> None:
     pr = rvs.add_parser("precision", help="precision of past alerts from their reviews, with its 95 %% interval")
     pr.add_argument("--since", type=iso_time_arg, metavar="ISO",
                     help="alerts raised since this time (ISO 8601; without an offset it is UTC; default: all)")
+    pr.add_argument("--until", type=iso_until_arg, metavar="ISO",
+                    help="alerts raised at or before this time (ISO 8601; without an offset it is UTC; a date "
+                         "alone: to the end of that day), as `valvoja models evaluate feedback --until`")
     pr.add_argument("--model-id", help="only alerts raised from this model's predictions")
     _db_arg(pr)
     pr.set_defaults(func=cmd_review_precision)
@@ -355,7 +358,7 @@ def cmd_review_precision(args) -> int:
     from maintenance import review
 
     with _connect(args) as conn:
-        rows = review.alert_precision(conn, since=args.since, model_id=args.model_id)
+        rows = review.alert_precision(conn, since=args.since, until=args.until, model_id=args.model_id)
     for r in rows:
         print(f"{r['kind']:30} {r['model_id'] or '-':30} {r['model_version'][:12] or '-':12} "
               f"alerts {r['alerts']:5}  right {r['right']:4}  "

@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from edge.cli import iso_time_arg, positive_int_arg
+from edge.cli import iso_time_arg, iso_until_arg, positive_int_arg
 from edge.errors import ValvojaError
 from edge.jsontext import api_json
 from models.cli import guard
@@ -78,7 +78,7 @@ def add_subcommands(models_subparsers) -> None:
                     help="postgresql:// URL (default $VALVOJA_DB_URL)")
     fb.add_argument("--since", type=iso_time_arg, metavar="ISO",
                     help="alerts raised at or after this time (ISO 8601; without an offset it is UTC)")
-    fb.add_argument("--until", type=_until_arg, metavar="ISO",
+    fb.add_argument("--until", type=iso_until_arg, metavar="ISO",
                     help="alerts raised at or before this time (ISO 8601; without an offset it is UTC; a date "
                          "alone: to the end of that day)")
     fb.add_argument("--model-id", help="only alerts raised from this model's predictions")
@@ -115,17 +115,6 @@ def add_subcommands(models_subparsers) -> None:
 
 
 # ---------------------------------------------------------------- evaluate feedback
-
-def _until_arg(text: str):
-    """`iso_time_arg`, but a date alone is the end of that day: ``--since 2026-11-01 --until 2026-11-30`` left out
-    every alert of the 30th (the range ended at its first instant), and the precision was of another period."""
-    from datetime import timedelta
-
-    t = iso_time_arg(text)
-    if "T" not in text.strip().upper() and " " not in text.strip():
-        t += timedelta(days=1) - timedelta(microseconds=1)  # timestamptz resolution: the day's last instant
-    return t
-
 
 def cmd_evaluate_feedback(args) -> int:
     """Precision of past alerts from their reviews (`maintenance.review.alert_precision`)."""

@@ -278,3 +278,17 @@ def test_feedback_survives_evidence_it_cannot_read(pg_dsn, tmp_path, capsys):
     assert valvoja(["models", "evaluate", "feedback", "--db", pg_dsn, "--json", str(out)]) == 0, capsys.readouterr()
     (row,) = json.loads(out.read_text())["rows"]
     assert (row["alerts"], row["right"], row["wrong"], row["unreviewed"]) == (6, 1, 0, 5)
+
+
+def test_review_precision_takes_the_same_range_as_evaluate_feedback(reviewed, tmp_path, capsys):
+    """`valvoja maintenance review precision` is documented as giving the numbers of `models evaluate feedback`, but
+    had no --until (argparse: unrecognized arguments), so a closed period could not be asked of it."""
+    out = tmp_path / "p.json"
+    rng = ["--since", "2026-03-01T08:30:00+00:00", "--until", "2026-03-01", "--model-id", "an:P-101"]
+    assert valvoja(["models", "evaluate", "feedback", "--db", reviewed, *rng, "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert (row["alerts"], row["right"], row["wrong"]) == (2, 1, 1)  # P-102 and P-103; not P-104 of the 3rd
+    capsys.readouterr()
+    assert valvoja(["maintenance", "review", "precision", "--db", reviewed, *rng]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert "alerts     2  right    1  wrong    1  unreviewed    0  precision 0.50 [0.01, 0.99] 95%" in line
