@@ -100,7 +100,7 @@ def add_parser(subparsers) -> None:
     target.add_argument("--prediction", type=int, help="prediction id")
     target.add_argument("--alert", help="alert id")
     mk.add_argument("--verdict", choices=["right", "wrong"], required=True)
-    mk.add_argument("--comment", default="")
+    mk.add_argument("--comment", default="", help="why (at most 2000 characters, stored as given)")
     mk.add_argument("--by", required=True, help="who reviews")
     _db_arg(mk)
     mk.set_defaults(func=cmd_review_mark)
@@ -347,7 +347,7 @@ def cmd_review_mark(args) -> int:
                 fid = review.review_alert(conn, args.alert, args.verdict, args.comment, args.by)
             else:
                 fid = review.review_prediction(conn, args.prediction, args.verdict, args.comment, args.by)
-    except LookupError as exc:  # an id that is not there: the operator's typo, one line (it was a traceback)
+    except (LookupError, ValueError) as exc:  # an id that is not there, a comment too long: one line, not a traceback
         print(f"valvoja maintenance review mark: {exc}", file=sys.stderr)
         return 1
     print(f"feedback #{fid} stored")

@@ -20,6 +20,9 @@ from maintenance.uncertainty import proportion_interval
 
 Verdict = Literal["right", "wrong"]
 PRECISION_LEVEL = 0.95  # confidence of the interval stated with every precision from reviews
+# The console's limit on a review comment (console/routes: Field(max_length=2000), characters): the command line
+# stored any length, and a comment the console could not have taken showed on its pages all the same.
+COMMENT_MAX_CHARS = 2000
 
 _LATEST_ALERT_VERDICT = (
     "LEFT JOIN LATERAL (SELECT verdict, comment AS review_comment, reviewer, created_at AS reviewed_at"
@@ -68,8 +71,10 @@ def list_alerts(conn: psycopg.Connection, asset: str, *, since: datetime | None 
 def _review(conn: psycopg.Connection, column: str, target, verdict: Verdict, comment: str, reviewer: str) -> int:
     if verdict not in ("right", "wrong"):
         raise ValueError(f"verdict must be 'right' or 'wrong', not {verdict!r}")
-    if not reviewer:
+    if not reviewer.strip():
         raise ValueError("a review needs the reviewer's name")
+    if len(comment) > COMMENT_MAX_CHARS:
+        raise ValueError(f"the comment has {len(comment)} characters; at most {COMMENT_MAX_CHARS}")
     table, key = ("predictions", "id") if column == "prediction_id" else ("alerts", "id")
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(f"SELECT 1 FROM {table} WHERE {key} = %s", (target,))

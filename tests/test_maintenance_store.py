@@ -171,6 +171,29 @@ async def test_review_commands(pg_dsn, capsys):
     assert "precision 0.00 [0.00, 0.97] 95%" in out
 
 
+async def test_review_comment_is_limited_as_in_the_console_and_stored_as_given(pg_dsn, capsys):
+    """The console takes a review comment of at most 2000 characters; `review mark --comment` stored any length (a
+    pasted 5,000-character log went in). Within the limit the text is kept exactly (combining marks, emoji, spaces,
+    line breaks), and a reviewer's name of blanks is no name."""
+    from maintenance.cli import main
+
+    _migrate(pg_dsn)
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await store.apply_changes(conn, AlertManager().observe(asset="P-9", tag=None, kind="anomaly", active=True,
+                                                               t=at(0), message="anomalous"))
+        (alert,) = await _all(conn)
+    mark = ["review", "mark", "--alert", alert["id"], "--verdict", "wrong", "--by", "anna", "--db", pg_dsn]
+    assert main([*mark, "--comment", "x" * 5000]) == 1
+    assert "at most 2000" in capsys.readouterr().err
+    text = "  la\u0308ppa \U0001f6e0 ok\r\n\tend  " + "\u00e4" * 1970
+    assert main([*mark, "--comment", text]) == 0
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT comment FROM prediction_feedback").fetchall() == [(text,)]
+        with pytest.raises(ValueError, match="reviewer"):
+            review.review_alert(conn, alert["id"], "right", "", "  ")
+        assert conn.execute("SELECT count(*) FROM prediction_feedback").fetchone()[0] == 1
+
+
 async def test_review_list_says_a_rul_alerts_interval_is_open_ended(pg_dsn, capsys):
     """A RUL alert whose interval reaches the model's cap (upper None in its evidence: "12 cycles or more") was listed
     as "lower=12.0, coverage=0.9": the open upper end not said. Listed as its prediction is: [12.0, inf) @90%."""
