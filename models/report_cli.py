@@ -146,11 +146,13 @@ def cmd_evaluate_feedback(args) -> int:
         # The version's first 12 hex digits, as `valvoja maintenance review list` prints it (--json has it whole).
         print(f"  {r['kind']:<24}{r['model_id'] or '-':<28}{r['model_version'][:12] or '-':<14}{r['alerts']:>7}"
               f"{r['right']:>7}{r['wrong']:>7}{r['unreviewed']:>11}  {format_precision(r, 3)}")
-    right, wrong = sum(r["right"] for r in rows), sum(r["wrong"] for r in rows)
-    overall = {"right": right, "wrong": wrong, **precision_with_interval(right, wrong)}
+    # The "all" line's figures, each of them in --json (it had right and wrong but not the alerts and unreviewed
+    # counts the line prints, so a reader of the file could not tell 2 of 2 reviewed from 2 of 200).
+    overall = {k: sum(r[k] for r in rows) for k in ("alerts", "right", "wrong", "unreviewed")}
+    overall.update(precision_with_interval(overall["right"], overall["wrong"]))
     if len(rows) > 1:
-        print(f"  {'all':<66}{sum(r['alerts'] for r in rows):>7}{right:>7}{wrong:>7}"
-              f"{sum(r['unreviewed'] for r in rows):>11}  {format_precision(overall, 3)}")
+        print(f"  {'all':<66}{overall['alerts']:>7}{overall['right']:>7}{overall['wrong']:>7}"
+              f"{overall['unreviewed']:>11}  {format_precision(overall, 3)}")
     if args.json:
         doc = {"since": args.since, "until": args.until, "model_id": args.model_id, "rows": rows,
                "overall": overall}

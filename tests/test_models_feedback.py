@@ -292,3 +292,21 @@ def test_review_precision_takes_the_same_range_as_evaluate_feedback(reviewed, tm
     assert valvoja(["maintenance", "review", "precision", "--db", reviewed, *rng]) == 0
     (line,) = capsys.readouterr().out.splitlines()
     assert "alerts     2  right    1  wrong    1  unreviewed    0  precision 0.50 [0.01, 0.99] 95%" in line
+
+
+def test_feedback_json_is_the_documented_document(reviewed, tmp_path, capsys):
+    """--json has the keys models/README.md lists, times with their offsets, and the overall line's counts: it had
+    right and wrong but not the alerts and unreviewed counts the text prints (6 alerts, 1 unreviewed here)."""
+    out = tmp_path / "p.json"
+    assert valvoja(["models", "evaluate", "feedback", "--db", reviewed, "--since", "2026-03-01T10:00+02:00",
+                    "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    interval = {"precision", "precision_lower", "precision_upper", "precision_level"}
+    assert set(doc) == {"since", "until", "model_id", "rows", "overall"}
+    assert (doc["since"], doc["until"], doc["model_id"]) == ("2026-03-01T10:00:00+02:00", None, None)
+    assert all(set(r) == {"kind", "model_id", "model_version", "alerts", "right", "wrong", "unreviewed"} | interval
+               for r in doc["rows"])
+    assert set(doc["overall"]) == {"alerts", "right", "wrong", "unreviewed"} | interval
+    assert {k: doc["overall"][k] for k in ("alerts", "right", "wrong", "unreviewed")} == \
+        {"alerts": 6, "right": 2, "wrong": 3, "unreviewed": 1}
+    assert "  all" in capsys.readouterr().out
