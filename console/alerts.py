@@ -91,11 +91,30 @@ async def list_alerts(db, *, limit: int, cursor: str | None = None, **filters) -
     out = page(rows, limit, ("raised_at", "cursor_id"))
     for r in out["items"]:
         r.pop("cursor_id", None)
+    await _with_reviews(db, out["items"])
     counts = await db.fetch(
         f"SELECT {sh.state_sql} AS state, a.severity, count(*) AS n FROM alerts a LEFT JOIN assets s "
         f"ON s.name = a.asset WHERE {' AND '.join(count_where) or 'true'} GROUP BY 1, 2", params)
     out["counts"] = counts
     return out
+
+
+async def _with_reviews(db, items: list[dict]) -> None:
+    """Each alert's own newest review (``verdict``, ``reviewed_by``, ``reviewed_at``; None without one), the verdict
+    the precision of past alerts counts first (maintenance.review): an alert could be reviewed through the API
+    alone, so an ISO 20816 zone or rule alert, which has no prediction to review, got no verdict from the console."""
+    for r in items:
+        r.update(verdict=None, reviewed_by=None, reviewed_at=None)
+    if not items or not await db.has_table("prediction_feedback"):
+        return
+    rows = await db.fetch("SELECT DISTINCT ON (alert_id) alert_id, verdict, reviewer, created_at "
+                          "FROM prediction_feedback WHERE alert_id = ANY(%s) "
+                          "ORDER BY alert_id, created_at DESC, id DESC", ([str(r["id"]) for r in items],))
+    latest = {f["alert_id"]: f for f in rows}
+    for r in items:
+        f = latest.get(str(r["id"]))
+        if f is not None:
+            r.update(verdict=f["verdict"], reviewed_by=f["reviewer"], reviewed_at=f["created_at"])
 
 
 def export_query(sh: Shape, **filters) -> tuple[str, dict]:

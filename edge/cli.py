@@ -73,6 +73,18 @@ def iso_time_arg(text: str) -> datetime:
     return _iso_time(text, need_offset=False)
 
 
+def iso_until_arg(text: str) -> datetime:
+    """`iso_time_arg` for the end of a range: a date alone is the end of that day (UTC). ``--since 2026-11-01 --until
+    2026-11-30`` left out every alert of the 30th (the range ended at its first instant), and the precision was of
+    another period."""
+    from datetime import timedelta
+
+    t = iso_time_arg(text)
+    if "T" not in text.strip().upper() and " " not in text.strip():
+        t += timedelta(days=1) - timedelta(microseconds=1)  # timestamptz resolution: the day's last instant
+    return t
+
+
 def aware_time_arg(text: str) -> datetime:
     """An argparse ``type``: an ISO 8601 date-time with its offset (``Z``, ``+02:00``), for the times where reading
     local time as UTC would be hours off and unnoticed (a healthy period a model is trained on)."""

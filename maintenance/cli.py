@@ -2,9 +2,9 @@
 
     valvoja maintenance evaluate skab --data ../shared/data/skab --files valve1/0.csv valve1/1.csv ...
     valvoja maintenance evaluate cmapss --data ../shared/data/cmapss --subset FD001 [--json out.json]
-    valvoja maintenance review list --asset P-101 [--db URL]
+    valvoja maintenance review list --asset P-101 [--tz ZONE] [--db URL]
     valvoja maintenance review mark --alert ID --verdict wrong --comment "valve test" --by anna
-    valvoja maintenance review precision [--since 2026-01-01]
+    valvoja maintenance review precision [--since 2026-01-01] [--until 2026-06-30]
     valvoja maintenance train-anomaly -c SITE.toml --asset P-101 --from 2026-11-02T06:00:00+02:00 [--to ...]
     valvoja maintenance window add|list|end|cancel ...   (maintenance/windows_cli.py)
     valvoja maintenance trace ALERT_ID [--tz ZONE | --utc] [--json]   (maintenance/trace_cli.py)
@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from edge.cli import aware_time_arg, iso_time_arg, positive_arg, positive_int_arg
+from edge.cli import aware_time_arg, iso_time_arg, iso_until_arg, positive_arg, positive_int_arg
 from edge.jsontext import api_json
 
 
@@ -91,6 +91,8 @@ def add_parser(subparsers) -> None:
                     help="only these since this time (ISO 8601, e.g. 2026-11-01T06:00+02:00; without an offset "
                          "it is UTC)")
     ls.add_argument("--limit", type=int, default=20, help="at most this many of each (default 20)")
+    ls.add_argument("--tz", type=_zone_arg, metavar="ZONE",
+                    help="print times in this IANA zone, e.g. Europe/Helsinki (default UTC); each with its offset")
     _db_arg(ls)
     ls.set_defaults(func=cmd_review_list)
     mk = rvs.add_parser("mark", help="mark a prediction or an alert right or wrong")
@@ -98,13 +100,16 @@ def add_parser(subparsers) -> None:
     target.add_argument("--prediction", type=int, help="prediction id")
     target.add_argument("--alert", help="alert id")
     mk.add_argument("--verdict", choices=["right", "wrong"], required=True)
-    mk.add_argument("--comment", default="")
+    mk.add_argument("--comment", default="", help="why (at most 2000 characters, stored as given)")
     mk.add_argument("--by", required=True, help="who reviews")
     _db_arg(mk)
     mk.set_defaults(func=cmd_review_mark)
     pr = rvs.add_parser("precision", help="precision of past alerts from their reviews, with its 95 %% interval")
     pr.add_argument("--since", type=iso_time_arg, metavar="ISO",
                     help="alerts raised since this time (ISO 8601; without an offset it is UTC; default: all)")
+    pr.add_argument("--until", type=iso_until_arg, metavar="ISO",
+                    help="alerts raised at or before this time (ISO 8601; without an offset it is UTC; a date "
+                         "alone: to the end of that day), as `valvoja models evaluate feedback --until`")
     pr.add_argument("--model-id", help="only alerts raised from this model's predictions")
     _db_arg(pr)
     pr.set_defaults(func=cmd_review_precision)
@@ -282,12 +287,25 @@ def _connect(args):
     return conn
 
 
+def _zone_arg(text: str):
+    from maintenance.trace_cli import _zone_arg as zone_arg
+
+    return zone_arg(text)
+
+
 def cmd_review_list(args) -> int:
+    from datetime import UTC
+
     from maintenance import review
+    from maintenance.trace_cli import _t
 
     with _connect(args) as conn:
         alerts = review.list_alerts(conn, args.asset, since=args.since, limit=args.limit)
         preds = review.list_predictions(conn, args.asset, since=args.since, limit=args.limit)
+    # The database session's zone (the server's, or PGTZ) gave the times, printed without it: an alert raised at
+    # 08:00 UTC read "10:00:00" under Europe/Helsinki, as if it were UTC or plant time, whichever the reader assumed.
+    tz = args.tz or UTC
+    print(f"times in {getattr(tz, 'key', 'UTC')}, with their UTC offsets")
     print(f"alerts of {args.asset} ({len(alerts)}):")
     for a in alerts:
         ev = a["uncertainty"]
@@ -297,11 +315,11 @@ def cmd_review_list(args) -> int:
                           "coverage": ev.get("coverage"), "details": {"alpha": ev.get("alpha")}})
         if ev.get("model_version"):
             u += f" model_version={ev['model_version']}"
-        print(f"  {a['raised_at']:%Y-%m-%d %H:%M:%S} {a['id']} {a['severity']:8} {a['state']:12} {a['kind']}: "
+        print(f"  {_t(a['raised_at'].astimezone(tz))} {a['id']} {a['severity']:8} {a['state']:12} {a['kind']}: "
               f"{a['message']} [{u}] review={a['verdict'] or '-'}")
     print(f"predictions of {args.asset} ({len(preds)}):")
     for p in preds:
-        print(f"  {p['time']:%Y-%m-%d %H:%M:%S} #{p['id']} {p['model_id']}@{p['model_version'][:12]} "
+        print(f"  {_t(p['time'].astimezone(tz))} #{p['id']} {p['model_id']}@{p['model_version'][:12]} "
               f"value={p['value']:.4g} {_uncertainty(p)} review={p['verdict'] or '-'}")
     return 0
 
@@ -329,7 +347,7 @@ def cmd_review_mark(args) -> int:
                 fid = review.review_alert(conn, args.alert, args.verdict, args.comment, args.by)
             else:
                 fid = review.review_prediction(conn, args.prediction, args.verdict, args.comment, args.by)
-    except LookupError as exc:  # an id that is not there: the operator's typo, one line (it was a traceback)
+    except (LookupError, ValueError) as exc:  # an id that is not there, a comment too long: one line, not a traceback
         print(f"valvoja maintenance review mark: {exc}", file=sys.stderr)
         return 1
     print(f"feedback #{fid} stored")
@@ -340,9 +358,10 @@ def cmd_review_precision(args) -> int:
     from maintenance import review
 
     with _connect(args) as conn:
-        rows = review.alert_precision(conn, since=args.since, model_id=args.model_id)
+        rows = review.alert_precision(conn, since=args.since, until=args.until, model_id=args.model_id)
     for r in rows:
-        print(f"{r['kind']:30} {r['model_id'] or '-':30} alerts {r['alerts']:5}  right {r['right']:4}  "
+        print(f"{r['kind']:30} {r['model_id'] or '-':30} {r['model_version'][:12] or '-':12} "
+              f"alerts {r['alerts']:5}  right {r['right']:4}  "
               f"wrong {r['wrong']:4}  unreviewed {r['unreviewed']:4}  precision {review.format_precision(r)}")
     return 0
 

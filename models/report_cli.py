@@ -10,7 +10,7 @@
 only predicted, in time order) and prints static and streaming metrics of the model and a linear baseline
 plus the issue's bars; ``--check`` exits 1 when a bar fails. ``evaluate feedback`` is the precision of past
 alerts from the maintenance teams' reviews (`maintenance.review.alert_precision`: right / (right + wrong) by
-each alert's latest verdict, per alert kind and model). ``report`` runs a registered version (the
+each alert's latest verdict, per alert kind, model and model version). ``report`` runs a registered version (the
 champion unless ``--version``) on the data files and writes ``report.html`` + ``report.json``.
 """
 
@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from edge.cli import iso_time_arg, positive_int_arg
+from edge.cli import iso_time_arg, iso_until_arg, positive_int_arg
 from edge.errors import ValvojaError
 from edge.jsontext import api_json
 from models.cli import guard
@@ -68,7 +68,8 @@ def add_subcommands(models_subparsers) -> None:
     g.add_argument("--check", action="store_true", help="exit 1 when a bar of the issue fails")
     g.set_defaults(func=guard(cmd_evaluate_gas_turbine))
     fb = evs.add_parser("feedback", help="precision of past alerts from the maintenance teams' reviews",
-                        description="Per alert kind and model: alerts raised, reviewed right / wrong (the newest "
+                        description="Per alert kind, model and model version (the one that raised the alert): "
+                                    "alerts raised, reviewed right / wrong (the newest "
                                     "review of each alert counts; an alert raised from a prediction also counts "
                                     "that prediction's review), unreviewed, and precision = right / (right + "
                                     "wrong) with its exact (Clopper-Pearson) 95 % confidence interval. Reads the "
@@ -77,7 +78,7 @@ def add_subcommands(models_subparsers) -> None:
                     help="postgresql:// URL (default $VALVOJA_DB_URL)")
     fb.add_argument("--since", type=iso_time_arg, metavar="ISO",
                     help="alerts raised at or after this time (ISO 8601; without an offset it is UTC)")
-    fb.add_argument("--until", type=_until_arg, metavar="ISO",
+    fb.add_argument("--until", type=iso_until_arg, metavar="ISO",
                     help="alerts raised at or before this time (ISO 8601; without an offset it is UTC; a date "
                          "alone: to the end of that day)")
     fb.add_argument("--model-id", help="only alerts raised from this model's predictions")
@@ -115,17 +116,6 @@ def add_subcommands(models_subparsers) -> None:
 
 # ---------------------------------------------------------------- evaluate feedback
 
-def _until_arg(text: str):
-    """`iso_time_arg`, but a date alone is the end of that day: ``--since 2026-11-01 --until 2026-11-30`` left out
-    every alert of the 30th (the range ended at its first instant), and the precision was of another period."""
-    from datetime import timedelta
-
-    t = iso_time_arg(text)
-    if "T" not in text.strip().upper() and " " not in text.strip():
-        t += timedelta(days=1) - timedelta(microseconds=1)  # timestamptz resolution: the day's last instant
-    return t
-
-
 def cmd_evaluate_feedback(args) -> int:
     """Precision of past alerts from their reviews (`maintenance.review.alert_precision`)."""
     if not args.db:
@@ -150,16 +140,19 @@ def cmd_evaluate_feedback(args) -> int:
     if not rows:
         print("  no alerts in this range")
     else:
-        print(f"  {'kind':<24}{'model':<28}{'alerts':>7}{'right':>7}{'wrong':>7}{'unreviewed':>11}  "
+        print(f"  {'kind':<24}{'model':<28}{'version':<14}{'alerts':>7}{'right':>7}{'wrong':>7}{'unreviewed':>11}  "
               f"precision [{PRECISION_LEVEL:.0%} interval]")
     for r in rows:
-        print(f"  {r['kind']:<24}{r['model_id'] or '-':<28}{r['alerts']:>7}{r['right']:>7}{r['wrong']:>7}"
-              f"{r['unreviewed']:>11}  {format_precision(r, 3)}")
-    right, wrong = sum(r["right"] for r in rows), sum(r["wrong"] for r in rows)
-    overall = {"right": right, "wrong": wrong, **precision_with_interval(right, wrong)}
+        # The version's first 12 hex digits, as `valvoja maintenance review list` prints it (--json has it whole).
+        print(f"  {r['kind']:<24}{r['model_id'] or '-':<28}{r['model_version'][:12] or '-':<14}{r['alerts']:>7}"
+              f"{r['right']:>7}{r['wrong']:>7}{r['unreviewed']:>11}  {format_precision(r, 3)}")
+    # The "all" line's figures, each of them in --json (it had right and wrong but not the alerts and unreviewed
+    # counts the line prints, so a reader of the file could not tell 2 of 2 reviewed from 2 of 200).
+    overall = {k: sum(r[k] for r in rows) for k in ("alerts", "right", "wrong", "unreviewed")}
+    overall.update(precision_with_interval(overall["right"], overall["wrong"]))
     if len(rows) > 1:
-        print(f"  {'all':<52}{sum(r['alerts'] for r in rows):>7}{right:>7}{wrong:>7}"
-              f"{sum(r['unreviewed'] for r in rows):>11}  {format_precision(overall, 3)}")
+        print(f"  {'all':<66}{overall['alerts']:>7}{overall['right']:>7}{overall['wrong']:>7}"
+              f"{overall['unreviewed']:>11}  {format_precision(overall, 3)}")
     if args.json:
         doc = {"since": args.since, "until": args.until, "model_id": args.model_id, "rows": rows,
                "overall": overall}

@@ -127,6 +127,22 @@ def test_maintenance_reviews_an_alert_and_an_engineer_cannot(server):
     assert audit[0]["detail"] == {"verdict": "wrong", "comment": "sensor cable loose"}
 
 
+def test_the_alert_list_carries_each_alerts_newest_review(server):
+    """The board's and the asset page's list (GET /api/alerts) had no verdict: an alert reviewed through the API
+    showed nowhere as reviewed. Each item now has its own newest review; a name in the body is not the reviewer."""
+    with server.client("maintenance") as c:
+        for verdict in ("right", "wrong"):  # a re-review: the newest counts
+            r = c.post("/api/alerts/A007/review", json={"verdict": verdict, "comment": "ääni \U0001f6e0",
+                                                         "reviewer": "somebody else"})
+            assert r.status_code == 200, r.text
+    with server.client("viewer") as c:
+        items = c.get("/api/alerts", params={"asset": "F-201", "limit": 1000}).json()["items"]
+        assert c.post("/api/alerts/A010/review", json={"verdict": "right"}).status_code == 403
+    a7 = next(a for a in items if a["id"] == "A007")
+    assert (a7["verdict"], a7["reviewed_by"]) == ("wrong", "maintenance") and a7["reviewed_at"]
+    assert next(a for a in items if a["id"] == "A010")["verdict"] is None
+
+
 def test_unknown_alert_is_404(server):
     with server.client("engineer") as c:
         assert c.get("/api/alerts/nope").status_code == 404

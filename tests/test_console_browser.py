@@ -556,6 +556,40 @@ def test_asset_page_draws_prediction_band_and_review(browser, server):
     page.context.close()
 
 
+def test_an_alert_is_reviewed_on_its_asset_page(browser, server):
+    """An ISO 20816 zone alert has no prediction to review: the asset page listed it without Right / Wrong, so it
+    could be marked only through the API, and the precision of zone alerts stayed 'unreviewed' for a team using
+    the console. Its row now has the review cell: a viewer sees "not reviewed", maintenance marks it, and the
+    verdict is there again after a reload (from /api/alerts) and counted by maintenance.review.alert_precision."""
+    from maintenance.review import alert_precision
+
+    insert_alert(server.dsn, "ZONE-REVIEW", asset="F-201", kind="iso20816", tag="F-201.vib_rms", severity="critical",
+                 message="zone D", raised_at=datetime.now(UTC) - timedelta(minutes=5), evidence={"zone": "D"})
+    row = "#asset-alerts tr[data-alert='ZONE-REVIEW']"
+    page = login(browser, server, "viewer")
+    page.goto(server.url + "/assets/F-201")
+    page.wait_for_selector(row, timeout=15000)
+    assert page.inner_text(f"{row} td.review") == "not reviewed" and page.locator(f"{row} button").count() == 0
+    page.context.close()
+    page = login(browser, server, "maintenance")
+    page.goto(server.url + "/assets/F-201")
+    page.wait_for_selector(row, timeout=15000)
+    page.fill(f"{row} .review-comment", "coupling misaligned, found on site")
+    page.click(f"{row} button.review-right")
+    page.wait_for_selector(f"{row} td.review .badge", timeout=5000)
+    page.reload()
+    page.wait_for_selector(f"{row} td.review .badge", timeout=15000)
+    assert page.inner_text(f"{row} td.review .badge") == "right" and "by maintenance" in page.inner_text(row)
+    with psycopg.connect(server.dsn) as conn:
+        got = conn.execute("SELECT verdict, comment, reviewer FROM prediction_feedback WHERE alert_id = 'ZONE-REVIEW'"
+                           ).fetchall()
+        zone = next(r for r in alert_precision(conn) if r["kind"] == "iso20816")
+    assert got == [("right", "coupling misaligned, found on site", "maintenance")]
+    assert zone["right"] >= 1
+    assert page.errors == []
+    page.context.close()
+
+
 def downloaded(page, selector: str) -> tuple[str, list[dict]]:
     """Click the download link ``selector``: the file's suggested name and its rows (read as Excel would: BOM)."""
     with page.expect_download() as info:

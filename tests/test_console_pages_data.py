@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 from console_support import (
     ConsoleServer,
@@ -168,6 +169,27 @@ def test_a_newer_bad_indicator_reading_is_not_the_assets_value_or_zone(server):
     with server.client("viewer") as c:  # without a newer bad one nothing is flagged
         a = c.get("/api/assets/P-101").json()
     assert all(d["bad_time"] is None for d in a["derived"]) and a["iso_zones"][0]["bad_time"] is None
+
+
+def test_the_newest_review_is_the_one_the_command_line_shows(server):
+    """Two reviews of a prediction written in one transaction share created_at (now()). The console took the first
+    stored ("right"), `valvoja maintenance review list` (maintenance.review) the last ("wrong"): one prediction, two
+    verdicts, depending on where it was looked at. Both now take the newest row on a tie of time."""
+    from maintenance import review
+
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        pid, t = conn.execute("SELECT id, time FROM predictions WHERE asset = 'P-101' AND model_id = 'pump-rul' "
+                              "ORDER BY time LIMIT 1").fetchone()
+        with conn.transaction():
+            for verdict in ("right", "wrong"):
+                conn.execute("INSERT INTO prediction_feedback (prediction_id, verdict, reviewer) VALUES (%s, %s, "
+                             "'import')", (pid, verdict))
+        cli = {r["id"]: r["verdict"] for r in review.list_predictions(conn, "P-101", until=t, limit=1000)}
+    assert cli[pid] == "wrong"
+    with server.client("viewer") as c:
+        items = c.get("/api/predictions", params={"asset": "P-101", "to": t.isoformat(), "from":
+                                                  (t - timedelta(hours=1)).isoformat(), "limit": 1000}).json()["items"]
+    assert next(p["verdict"] for p in items if p["id"] == pid) == "wrong"
 
 
 def test_maintenance_reviews_a_prediction_and_others_cannot(server):

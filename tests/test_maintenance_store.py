@@ -171,6 +171,29 @@ async def test_review_commands(pg_dsn, capsys):
     assert "precision 0.00 [0.00, 0.97] 95%" in out
 
 
+async def test_review_comment_is_limited_as_in_the_console_and_stored_as_given(pg_dsn, capsys):
+    """The console takes a review comment of at most 2000 characters; `review mark --comment` stored any length (a
+    pasted 5,000-character log went in). Within the limit the text is kept exactly (combining marks, emoji, spaces,
+    line breaks), and a reviewer's name of blanks is no name."""
+    from maintenance.cli import main
+
+    _migrate(pg_dsn)
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await store.apply_changes(conn, AlertManager().observe(asset="P-9", tag=None, kind="anomaly", active=True,
+                                                               t=at(0), message="anomalous"))
+        (alert,) = await _all(conn)
+    mark = ["review", "mark", "--alert", alert["id"], "--verdict", "wrong", "--by", "anna", "--db", pg_dsn]
+    assert main([*mark, "--comment", "x" * 5000]) == 1
+    assert "at most 2000" in capsys.readouterr().err
+    text = "  la\u0308ppa \U0001f6e0 ok\r\n\tend  " + "\u00e4" * 1970
+    assert main([*mark, "--comment", text]) == 0
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT comment FROM prediction_feedback").fetchall() == [(text,)]
+        with pytest.raises(ValueError, match="reviewer"):
+            review.review_alert(conn, alert["id"], "right", "", "  ")
+        assert conn.execute("SELECT count(*) FROM prediction_feedback").fetchone()[0] == 1
+
+
 async def test_review_list_says_a_rul_alerts_interval_is_open_ended(pg_dsn, capsys):
     """A RUL alert whose interval reaches the model's cap (upper None in its evidence: "12 cycles or more") was listed
     as "lower=12.0, coverage=0.9": the open upper end not said. Listed as its prediction is: [12.0, inf) @90%."""
@@ -186,6 +209,30 @@ async def test_review_list_says_a_rul_alerts_interval_is_open_ended(pg_dsn, caps
     assert main(["review", "list", "--asset", "E-9", "--db", pg_dsn]) == 0
     out = capsys.readouterr().out
     assert "rul low [[12.0, inf) @90% model_version=" + "ab" * 32 + "]" in out
+
+
+async def test_review_list_times_say_their_zone(pg_dsn, capsys, monkeypatch):
+    """The list printed the database session's wall clock without a zone: with the session in Europe/Helsinki (the
+    server's zone, or PGTZ) an alert raised at 08:00 UTC read "2026-03-01 10:00:00". Times are UTC by default, or
+    in ``--tz``, each with its offset."""
+    from maintenance.cli import main
+
+    _migrate(pg_dsn)
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await store.write_predictions(conn, [Prediction("anomaly:P-8", "v1" * 32, "P-8", at(0), 20.0, p_value=0.004,
+                                                        kind="anomaly")])
+        await store.apply_changes(conn, AlertManager().observe(asset="P-8", tag=None, kind="anomaly", active=True,
+                                                               t=at(0), message="anomalous"))
+    monkeypatch.setenv("PGTZ", "Europe/Helsinki")
+    assert main(["review", "list", "--asset", "P-8", "--db", pg_dsn]) == 0
+    out = capsys.readouterr().out
+    assert "times in UTC" in out
+    assert out.count("2026-03-01 08:00:00 +00:00 ") == 2 and "10:00:00" not in out  # the alert and the prediction
+    assert main(["review", "list", "--asset", "P-8", "--tz", "Europe/Helsinki", "--db", pg_dsn]) == 0
+    out = capsys.readouterr().out
+    assert "times in Europe/Helsinki" in out and out.count("2026-03-01 10:00:00 +02:00 ") == 2
+    with pytest.raises(SystemExit):
+        main(["review", "list", "--asset", "P-8", "--tz", "Mars/Olympus", "--db", pg_dsn])
 
 
 async def test_live_results_published_with_traceable_evidence(pg_dsn):

@@ -168,7 +168,7 @@ async def get_alert(request: Request, alert_id: str, _: Principal = Depends(requ
     row = await alerts.get(db, alert_id)
     row["history"] = await alerts.history(db, alert_id)
     row["reviews"] = await db.fetch("SELECT verdict, comment, reviewer, created_at FROM prediction_feedback "
-                                    "WHERE alert_id = %s ORDER BY created_at", (alert_id,)) \
+                                    "WHERE alert_id = %s ORDER BY created_at, id", (alert_id,)) \
         if await db.has_table("prediction_feedback") else []
     return row
 

@@ -47,7 +47,9 @@ def _review_join(has_feedback: bool, *, comment: bool = False) -> tuple[str, str
     return ("f.verdict, f.reviewer AS reviewed_by, f.created_at AS reviewed_at"
             + (", f.comment AS review_comment" if comment else ""),
             f"LEFT JOIN LATERAL (SELECT verdict, reviewer, created_at, comment FROM {FEEDBACK} x "
-            "WHERE x.prediction_id = p.id ORDER BY created_at DESC LIMIT 1) f ON true")
+            # id breaks a tie of created_at (reviews written in one transaction share now()) as maintenance.review
+            # does: the console showed the older verdict where `valvoja maintenance review list` showed the newer.
+            "WHERE x.prediction_id = p.id ORDER BY created_at DESC, id DESC LIMIT 1) f ON true")
 
 
 @router.get("/predictions")

@@ -1,6 +1,6 @@
 /* Asset page: trends of its signals (hours to months, drag to zoom), predictions with their interval
    bands, ISO 20816 zone, anomaly score against its threshold, RUL with its interval, the evidence behind
-   its alerts, and review buttons for maintenance. */
+   its alerts, and review buttons (predictions and alerts) for maintenance. */
 "use strict";
 
 (() => {
@@ -236,28 +236,35 @@
     reviews.append(t, el("p", {}, more));
   }
 
-  function reviewRow(p) {
+  /** The review cell of a prediction or an alert (``item``: its newest verdict, reviewed_by, reviewed_at): the
+   * verdict, else Right / Wrong with a comment for a user who may review, POSTed to ``url``. */
+  function reviewCell(item, url, draftKey, what) {
     const comment = el("input", { placeholder: "comment", class: "review-comment" });
-    const forget = V.draft(comment, "review:" + p.id);  // kept through a log-in after the session ended
+    const forget = V.draft(comment, draftKey);  // kept through a log-in after the session ended
     const cell = el("td", { class: "review" });
-    const done = () => cell.replaceChildren(badge(p.verdict, p.verdict === "right" ? "st-cleared" : "st-raised"), ` by ${p.reviewed_by} `, timeCell(p.reviewed_at));
+    const done = () => cell.replaceChildren(badge(item.verdict, item.verdict === "right" ? "st-cleared" : "st-raised"), ` by ${item.reviewed_by} `, timeCell(item.reviewed_at));
     const send = (verdict) => async (ev) => {
       const buttons = ev.target.parentNode.querySelectorAll("button");
       if (ev.target.disabled) return;
       buttons.forEach((b) => { b.disabled = true; });  // one review per click (a double-click stored two)
       let r;
       // a refusal is said by api() (its toast), a 401 leaves for the log-in form: nothing more to do here
-      try { r = await api(`/api/predictions/${p.id}/review`, { method: "POST", body: { verdict, comment: comment.value } }); }
+      try { r = await api(url, { method: "POST", body: { verdict, comment: comment.value } }); }
       catch (e) { buttons.forEach((b) => { b.disabled = false; }); return; }
-      Object.assign(p, { verdict: r.verdict, reviewed_by: r.reviewed_by, reviewed_at: r.reviewed_at });
+      Object.assign(item, { verdict: r.verdict, reviewed_by: r.reviewed_by, reviewed_at: r.reviewed_at });
       forget();
-      done(); toast(`Prediction ${p.id} marked ${verdict}`);
+      done(); toast(`${what} marked ${verdict}`);
     };
-    if (p.verdict) done();
+    if (item.verdict) done();
     else if (can("predictions.review")) cell.append(el("div", { class: "ackbox" }, comment,
       el("button", { class: "ok review-right", onclick: send("right") }, "Right"),
       el("button", { class: "bad review-wrong", onclick: send("wrong") }, "Wrong")));
     else cell.append(el("span", { class: "muted" }, "not reviewed"));
+    return cell;
+  }
+
+  function reviewRow(p) {
+    const cell = reviewCell(p, `/api/predictions/${p.id}/review`, "review:" + p.id, `Prediction ${p.id}`);
     const alpha = (p.details || {}).alpha;
     const interval = p.lower !== null || p.upper !== null ? " " + fmtInterval(p.lower, p.upper, p.coverage)
       : p.p_value !== null ? ` (p ${fmtNum(p.p_value)}${alpha !== null && alpha !== undefined ? `, α ${fmtNum(alpha)}` : ""})` : "";
@@ -269,7 +276,7 @@
   function drawAlerts(page, query) {
     alertsBox.replaceChildren(el("h2", {}, "Alerts and their evidence"));
     if (!page.items.length) { alertsBox.append(el("p", { class: "muted" }, "No alerts in this range.")); return; }
-    const t = table(["Raised", "Severity", "State", "Kind", "Message", "Evidence"], page.items.map(alertRow));
+    const t = table(["Raised", "Severity", "State", "Kind", "Message", "Evidence", "Review"], page.items.map(alertRow));
     alertsBox.append(t, el("p", {}, V.moreButton("asset-alerts-more", "/api/alerts", query, page.next_cursor, t.tBodies[0], alertRow),
       page.next_cursor ? el("small", { class: "muted", id: "asset-alerts-note" }, ` the charts mark the newest ${page.items.length} alerts of the range`) : ""));
   }
@@ -282,7 +289,10 @@
         if (!ev.target.open || ev.target.dataset.loaded) return;
         ev.target.dataset.loaded = "1";
         ev.target.append(V.traceSection(a.id));
-      } }, el("summary", {}, "evidence"), el("pre", { class: "evidence" }, V.jsonInPlantTime(a.evidence)))));
+      } }, el("summary", {}, "evidence"), el("pre", { class: "evidence" }, V.jsonInPlantTime(a.evidence)))),
+      // right = a real fault, wrong = a false alarm; the precision of past alerts counts it (an ISO zone or rule
+      // alert has no prediction to review, and could be reviewed only through the API)
+      reviewCell(a, `/api/alerts/${encodeURIComponent(a.id)}/review`, "alert-review:" + a.id, `Alert ${a.id}`));
   }
 
   /** The asset's open alerts, whenever they were raised: counted within the chosen range, an alert raised two days
