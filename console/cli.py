@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import getpass
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -99,6 +100,9 @@ def cmd_serve(args) -> int:
     except KeyboardInterrupt:
         return 130
     app = create_app(cfg)
+    # uvicorn takes SIGTERM over while it serves and raises it again once it has stopped, under the handler it found:
+    # not edge.cli's start-up one (as PID 1 in the image), which would turn the graceful stop's exit 0 into 143.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     uvicorn.run(app, host=host, port=port, log_level=args.log_level, **server_options())
     return 0
 
