@@ -14,7 +14,7 @@ import sqlite3
 import time
 
 import pytest
-from container_support import GATEWAY_UID, Containers, localbuild, podman, require_podman
+from container_support import GATEWAY_UID, Containers, localbuild, podman, project_image
 from ops_support import Publisher, db_url, new_run, site_config, stored, wait_for
 from servers import free_port
 
@@ -42,10 +42,7 @@ tag = "{asset}.{signal}"
 
 @pytest.fixture(scope="module")
 def image() -> str:
-    require_podman()
-    timings = localbuild.build(TAG, log=lambda msg: print(f"[localbuild] {msg}"))
-    print(f"[localbuild] timings {timings}")
-    return TAG
+    return project_image(TAG)
 
 
 @pytest.fixture
