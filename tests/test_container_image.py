@@ -211,7 +211,17 @@ def test_stack_gateway_config_stores_what_the_stack_simulator_publishes(image, c
     podman("stop", "-t", "15", simulator, timeout=60)
     podman("stop", "-t", "20", gateway, timeout=60)
     assert containers.state(gateway)["ExitCode"] == 0, containers.logs(gateway)[-4000:]
-    assert '"event": "stopped"' in containers.logs(gateway), "the stack logs JSON lines"
+    assert "stopped" in {e.get("event") for e in _json_lines(containers.logs(gateway))}, "the stack logs JSON lines"
+
+
+def _json_lines(log: str) -> list[dict]:
+    """Every line of a container's log as JSON (podman's own `time="..."` warnings aside); fails on any other."""
+    import json
+
+    lines = [line for line in log.splitlines() if line.strip() and not line.startswith('time="')]
+    bad = [line for line in lines if not line.startswith("{")]
+    assert not bad, f"{len(bad)} of {len(lines)} log lines are not JSON: {bad[:5]}"
+    return [json.loads(line) for line in lines]
 
 
 def test_image_runs_as_non_root_with_a_healthcheck(image):
@@ -233,10 +243,13 @@ def test_console_runs_from_the_same_image(image, containers, tmp_path, pg_dsn):
     name = containers.run(f"valvoja-console-{new_run()}", "--network", "host", "--read-only",
                           "-v", f"{config}:/etc/valvoja/console.toml:ro",
                           "-e", f"VALVOJA_HEALTH_URL=http://127.0.0.1:{port}/login",
-                          image, "console", "serve", "--config", "/etc/valvoja/console.toml")
+                          image, *_compose_service("console")["command"])
     containers.wait_healthy(name)
     podman("stop", "-t", "15", name, timeout=60)
     assert containers.state(name)["ExitCode"] == 0, containers.logs(name)[-3000:]
+    # The stack's console logs as its gateway does: one JSON object per line, uvicorn's lines too (they were text).
+    events = _json_lines(containers.logs(name))
+    assert any(e["logger"].startswith("uvicorn") for e in events), events
 
 
 def test_console_waiting_for_its_database_stops_on_sigterm(image, containers, tmp_path):
