@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import getpass
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -30,6 +31,8 @@ def add_parser(subparsers) -> None:
     _config(s)
     s.add_argument("--listen", metavar="HOST:PORT", help="override console.listen (HOST:PORT or [IPV6]:PORT)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--log-format", default="text", choices=["text", "json"],
+                   help="json: one JSON object per line, uvicorn's lines too (containers; the compose stack)")
     s.set_defaults(func=cmd_serve)
 
     u = sub.add_parser("user", help="manage local users")
@@ -93,13 +96,18 @@ def cmd_serve(args) -> int:
         host, port = host_port(args.listen) if args.listen else cfg.console.address
     except ValueError as exc:
         raise ConfigError(f"--listen: {exc}") from None
-    logs.setup("INFO", "text")
+    logs.setup("INFO", args.log_format)
     try:
         wait_until_reachable(dsn)
     except KeyboardInterrupt:
         return 130
     app = create_app(cfg)
-    uvicorn.run(app, host=host, port=port, log_level=args.log_level, **server_options())
+    # uvicorn takes SIGTERM over while it serves and raises it again once it has stopped, under the handler it found:
+    # not edge.cli's start-up one (as PID 1 in the image), which would turn the graceful stop's exit 0 into 143.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # json: uvicorn's loggers left to the root handler (its own configuration writes plain "INFO:     ..." lines).
+    log_config = {"log_config": None} if args.log_format == "json" else {}
+    uvicorn.run(app, host=host, port=port, log_level=args.log_level, **server_options(**log_config))
     return 0
 
 

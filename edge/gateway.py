@@ -356,8 +356,15 @@ class Gateway:
         detail = self.status()
         dead = [n for n, t in self._tasks.items() if t.done()]
         detail["dead_tasks"] = dead
-        detail["problems"] = dict(self.problems)
-        return not dead and not self.problems, detail
+        problems = dict(self.problems)
+        # Refusing readings is trouble the site must see (the image's HEALTHCHECK, the console's gateway page): /healthz
+        # answered 200 while a full spool refused every new reading for as long as the database stayed away.
+        if (full_since := self.ingest.full_since) is not None:
+            problems["spool"] = (f"spool full ({self.spool.bytes} of {self.spool.max_bytes} bytes) for "
+                                 f"{time.monotonic() - full_since:.0f} s: new readings refused until the database "
+                                 "drains it")
+        detail["problems"] = problems
+        return not dead and not problems, detail
 
 
 def _percentiles(arr) -> dict | None:

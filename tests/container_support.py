@@ -38,6 +38,23 @@ def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
     return localbuild.podman(*args, check=check, timeout=timeout)
 
 
+_built: dict[str, str] = {}  # "id": the image docker/Dockerfile gave in this test session
+
+
+def project_image(tag: str) -> str:
+    """The image of docker/Dockerfile under ``tag``, built once per test session: a second name (the compose file's
+    ``localhost/valvoja:0.1.0`` beside the image tests' tag) is a `podman tag` of it, not another build, which
+    cost 10-40 s each time. The container tests share one pytest-xdist worker (xdist_group "podman")."""
+    require_podman()
+    if "id" not in _built:
+        timings = localbuild.build(tag, log=lambda msg: print(f"[localbuild] {msg}"))
+        print(f"[localbuild] timings {timings}")
+        _built["id"] = podman("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()
+    else:
+        podman("tag", _built["id"], tag)
+    return tag
+
+
 class Containers:
     """Names of the containers a test started; ``cleanup`` removes them (also registered with atexit)."""
 

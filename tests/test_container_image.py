@@ -14,8 +14,8 @@ import sqlite3
 import time
 
 import pytest
-from container_support import GATEWAY_UID, Containers, localbuild, podman, require_podman
-from ops_support import Publisher, new_run, site_config, stored, wait_for
+from container_support import GATEWAY_UID, Containers, localbuild, podman, project_image
+from ops_support import Publisher, db_url, new_run, site_config, stored, wait_for
 from servers import free_port
 
 TAG = "localhost/valvoja:test"
@@ -42,10 +42,7 @@ tag = "{asset}.{signal}"
 
 @pytest.fixture(scope="module")
 def image() -> str:
-    require_podman()
-    timings = localbuild.build(TAG, log=lambda msg: print(f"[localbuild] {msg}"))
-    print(f"[localbuild] timings {timings}")
-    return TAG
+    return project_image(TAG)
 
 
 @pytest.fixture
@@ -62,6 +59,18 @@ def _run_gateway(containers, name: str, image: str, config, state, http_port: in
               f"{ca}:/etc/valvoja/certs/ca.crt:ro", f"{state}:/var/lib/valvoja"]
     return containers.run(name, "--network", "host", "--read-only", *(a for m in mounts for a in ("-v", m)),
                           "-e", f"VALVOJA_HEALTH_URL=http://127.0.0.1:{http_port}/healthz", image)
+
+
+def _processes(name: str) -> dict[int, tuple[str, int, str]]:
+    """pid -> (state, parent pid, command name) of the processes in a container, from its /proc."""
+    script = 'for f in /proc/[0-9]*/stat; do cat "$f" 2>/dev/null; echo; done'
+    out = {}
+    for line in podman("exec", name, "sh", "-c", script).stdout.splitlines():
+        if ")" in line:
+            pid, comm = line.split(" (", 1)[0], line[line.index("(") + 1:line.rindex(")")]
+            state, ppid = line[line.rindex(")") + 2:].split()[:2]
+            out[int(pid)] = (state, int(ppid), comm)
+    return out
 
 
 def _health_ok(port: int) -> dict | bool:
@@ -114,6 +123,15 @@ def test_gateway_image_runs_healthy_stores_readings_and_stops_cleanly(image, con
              what="500 readings in the container's spool")
     assert stored(pg_dsn, "P-") == 0
 
+    # The gateway is PID 1: orphans of `podman exec` sessions are left to it, and it must collect them.
+    assert _processes(name)[1] == ("S", 0, "valvoja")
+    for _ in range(3):
+        podman("exec", name, "sh", "-c", "sleep 0.1 & exit 0")
+    wait_for(lambda: not [p for p, (state, _, _) in _processes(name).items() if state == "Z"], 30,
+             what="no zombie processes left in the container")
+    # The broker password came from its secret file: nowhere in the container's configuration or log.
+    assert mosquitto.password not in podman("inspect", name).stdout + containers.logs(name)
+
     t0 = time.monotonic()
     podman("stop", "-t", "20", name, timeout=60)
     stop_s = time.monotonic() - t0
@@ -153,7 +171,6 @@ def test_stack_gateway_config_stores_what_the_stack_simulator_publishes(image, c
     """docker/gateway.toml and the compose `simulator` command, run from the image: the simulator publishes
     with the broker password from its secret file, the gateway takes it over TLS with the stack's
     subscriptions and stores it. Only names, ports and the client id are moved onto the test servers."""
-    from ops_support import db_url
 
     run = new_run()
     http_port, opcua_port = free_port(), free_port()
@@ -194,7 +211,17 @@ def test_stack_gateway_config_stores_what_the_stack_simulator_publishes(image, c
     podman("stop", "-t", "15", simulator, timeout=60)
     podman("stop", "-t", "20", gateway, timeout=60)
     assert containers.state(gateway)["ExitCode"] == 0, containers.logs(gateway)[-4000:]
-    assert '"event": "stopped"' in containers.logs(gateway), "the stack logs JSON lines"
+    assert "stopped" in {e.get("event") for e in _json_lines(containers.logs(gateway))}, "the stack logs JSON lines"
+
+
+def _json_lines(log: str) -> list[dict]:
+    """Every line of a container's log as JSON (podman's own `time="..."` warnings aside); fails on any other."""
+    import json
+
+    lines = [line for line in log.splitlines() if line.strip() and not line.startswith('time="')]
+    bad = [line for line in lines if not line.startswith("{")]
+    assert not bad, f"{len(bad)} of {len(lines)} log lines are not JSON: {bad[:5]}"
+    return [json.loads(line) for line in lines]
 
 
 def test_image_runs_as_non_root_with_a_healthcheck(image):
@@ -209,7 +236,6 @@ def test_image_runs_as_non_root_with_a_healthcheck(image):
 
 def test_console_runs_from_the_same_image(image, containers, tmp_path, pg_dsn):
     """The compose `console` service: same image, `console serve`, read-only root, healthy on /login."""
-    from ops_support import db_url
 
     port = free_port()
     config = tmp_path / "console.toml"
@@ -217,7 +243,77 @@ def test_console_runs_from_the_same_image(image, containers, tmp_path, pg_dsn):
     name = containers.run(f"valvoja-console-{new_run()}", "--network", "host", "--read-only",
                           "-v", f"{config}:/etc/valvoja/console.toml:ro",
                           "-e", f"VALVOJA_HEALTH_URL=http://127.0.0.1:{port}/login",
-                          image, "console", "serve", "--config", "/etc/valvoja/console.toml")
+                          image, *_compose_service("console")["command"])
     containers.wait_healthy(name)
     podman("stop", "-t", "15", name, timeout=60)
     assert containers.state(name)["ExitCode"] == 0, containers.logs(name)[-3000:]
+    # The stack's console logs as its gateway does: one JSON object per line, uvicorn's lines too (they were text).
+    events = _json_lines(containers.logs(name))
+    assert any(e["logger"].startswith("uvicorn") for e in events), events
+
+
+def test_console_waiting_for_its_database_stops_on_sigterm(image, containers, tmp_path):
+    """`podman stop` of the console while it waits for an unreachable database (compose starts it before the
+    database under podman-compose; a database restarting): as PID 1 a SIGTERM without a handler of the process's
+    own is dropped by the kernel, so the stop waited out its timeout and killed it (exit 137)."""
+    port = free_port()
+    config = tmp_path / "console.toml"
+    # Nothing listens on the database port: the console waits for it (console_db_waiting) before it serves.
+    config.write_text(f'[console]\nlisten = "127.0.0.1:{free_port()}"\n\n'
+                      f'[database]\nurl = "postgresql://valvoja@127.0.0.1:{port}/valvoja"\n')
+    name = containers.run(f"valvoja-consolewait-{new_run()}", "--network", "host", "--read-only",
+                          "-v", f"{config}:/etc/valvoja/console.toml:ro",
+                          image, "console", "serve", "--config", "/etc/valvoja/console.toml")
+    wait_for(lambda: "console_db_waiting" in containers.logs(name), 60, what="the console waiting for its database")
+    podman("stop", "-t", "60", name, timeout=120)
+    # 143: ended by its SIGTERM (as the default action would elsewhere), not 137: killed at the stop timeout.
+    assert containers.state(name)["ExitCode"] == 143, containers.logs(name)[-3000:]
+
+
+def test_health_check_fails_while_the_spool_is_full_and_recovers(image, containers, tmp_path, pg_dsn, mosquitto):
+    """The image's HEALTHCHECK with the database away until the spool (reject_new) is full: unhealthy while new
+    readings are refused (it said healthy throughout); after a reload onto a reachable database (`podman kill -s
+    HUP`, as docs/operations.md applies a configuration) the spool drains, it is healthy again and every reading
+    the broker took is stored once."""
+    run = new_run()
+    http_port = free_port()
+    text = site_config(pg_dsn, mosquitto.port, run=run, state_dir="/var/lib/valvoja")
+    text = text.replace("{HTTP_PORT}", str(http_port))
+    text += "\n[spool]\nmax_bytes = 1000000\nfull_policy = \"reject_new\"\n"
+    config = tmp_path / "gateway.toml"
+    good_url = f'url = "{db_url(pg_dsn)}"'
+    assert good_url in text
+    config.write_text(text.replace(good_url, f'url = "postgresql://valvoja@127.0.0.1:{free_port()}/valvoja"'))
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, GATEWAY_UID, GATEWAY_UID)
+    name = _run_gateway(containers, f"valvoja-full-{run}", image, config, state, http_port, mosquitto.ca_path, {})
+    containers.wait_healthy(name)
+
+    pub = Publisher(mosquitto.port, run)
+    try:
+        pub.publish(30_000)  # ~45 bytes each in the spool: well past its 1 MB budget
+    finally:
+        pub.close()
+    wait_for(lambda: podman("healthcheck", "run", name, check=False).returncode != 0, 60,
+             what="the health check failing while the spool is full")
+    health = _health(http_port)
+    assert health["spool"]["full"] and "spool" in health["problems"], health
+
+    config.write_text(text)  # the reachable database
+    podman("kill", "-s", "HUP", name)
+    containers.wait_healthy(name, timeout_s=120)
+    wait_for(lambda: stored(pg_dsn, "P-1.") == 30_000, 120, what="all 30,000 readings stored")
+    assert _health(http_port)["problems"] == {}
+
+
+def _health(port: int) -> dict:
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as exc:  # 503: the same JSON
+        return json.loads(exc.read())

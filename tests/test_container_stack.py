@@ -23,7 +23,7 @@ from http.cookiejar import CookieJar
 
 import psycopg
 import pytest
-from container_support import ComposeProject, Containers, localbuild, podman_compose
+from container_support import ComposeProject, Containers, localbuild, podman_compose, project_image
 from ops_support import new_run, wait_for
 from servers import free_port
 
@@ -86,7 +86,7 @@ def test_compose_stack_runs_whole_from_a_first_up(tmp_path):
     def lap(name: str) -> None:
         timings[name] = round(time.monotonic() - t0 - sum(timings.values()), 1)
 
-    localbuild.build(_services()["gateway"]["image"], log=lambda msg: print(f"[localbuild] {msg}"))
+    project_image(_services()["gateway"]["image"])
     _standins()
     lap("images")
 
