@@ -80,6 +80,10 @@ def _load(args):
     return cfg, conninfo(cfg)
 
 
+def _stopped(_signum: int, _frame) -> None:
+    raise SystemExit(0)
+
+
 def cmd_serve(args) -> int:
     import uvicorn
 
@@ -102,11 +106,11 @@ def cmd_serve(args) -> int:
     except KeyboardInterrupt:
         return 130
     app = create_app(cfg)
-    # uvicorn takes SIGTERM over while it serves and raises it again once it has stopped, under the handler it found:
-    # not edge.cli's start-up one (as PID 1 in the image), which would turn the graceful stop's exit 0 into 143.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # json: uvicorn's loggers left to the root handler (its own configuration writes plain "INFO:     ..." lines).
     log_config = {"log_config": None} if args.log_format == "json" else {}
+    # uvicorn stops gracefully on SIGTERM, then raises it again under the handler it found, to exit "by the signal"
+    # (143): a stop asked for and done is a success (exit 0) to systemd and to the container engine.
+    signal.signal(signal.SIGTERM, _stopped)
     uvicorn.run(app, host=host, port=port, log_level=args.log_level, **server_options(**log_config))
     return 0
 

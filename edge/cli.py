@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import importlib
 import logging
-import os
 import signal
 import sys
 from datetime import datetime
@@ -292,25 +291,7 @@ def cmd_demo(args) -> int:
     return run_demo(args)
 
 
-def exit_on_sigterm_as_pid1() -> None:
-    """Make SIGTERM end the process before a command installs its own handler, when the process is PID 1.
-
-    In a container the entrypoint is PID 1, and the kernel drops a signal sent to PID 1 whose action is the
-    default one. So a SIGTERM before the command's own handler was ignored: `podman stop` / `docker stop` of a
-    console waiting for its database, or of a gateway during its ~2 s of imports, waited out the stop timeout and
-    killed it (exit 137). Until a command replaces this handler (the gateway's event loop, uvicorn, the
-    simulator), SIGTERM exits as the default action would elsewhere (status 143); nothing is acknowledged yet.
-    """
-    if os.getpid() == 1:
-        signal.signal(signal.SIGTERM, _exit_on_signal)
-
-
-def _exit_on_signal(signum: int, _frame) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
-    exit_on_sigterm_as_pid1()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -56,8 +56,6 @@ log = logging.getLogger("valvoja.service")
 RELOAD_FLUSH_S = 2.0
 # Time kept back from the stop deadline for the steps after the flush (rollups, closing, exit).
 STOP_MARGIN_S = 4.0
-# How often the gateway, when it is PID 1 (the container image), collects exited processes left to it.
-ORPHAN_SWEEP_S = 5.0
 
 
 def sd_notify(state: str) -> bool:
@@ -193,8 +191,6 @@ class Service:
                    asyncio.create_task(self._exit_on_stalled_ingest(), name="stall-exit")]
         if os.environ.get("WATCHDOG_USEC"):
             helpers.append(asyncio.create_task(self._systemd_pings(), name="systemd-watchdog"))
-        if os.getpid() == 1:
-            helpers.append(asyncio.create_task(reap_orphans(ORPHAN_SWEEP_S), name="reaper"))
         self._watch_loop(self.cfg.service.loop_stall_exit_s)
         try:
             await self._serve()
@@ -455,53 +451,6 @@ class Service:
         while True:
             sd_notify("WATCHDOG=1")
             await asyncio.sleep(interval)
-
-
-async def reap_orphans(interval_s: float) -> None:
-    """Collect the exit status of processes re-parented to this process, every ``interval_s``, until cancelled.
-
-    As PID 1 of a container the gateway inherits every orphan in it (a `podman exec` session's background job, a
-    health check's child), and the kernel keeps each exited one as a zombie until PID 1 waits for it: nothing did,
-    so they piled up in the process table (3 ``exec sh -c 'sleep 0.1 &'`` left 3 zombies for good). Only a zombie
-    seen at two sweeps in a row is collected: a child of the gateway's own is waited for by its owner at once, whose
-    exit status must not be taken from it."""
-    seen: set[int] = set()
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            seen, reaped = _reap_zombies(seen)
-        except Exception:  # never take the gateway down for it; said once per failing sweep
-            log.exception("collecting exited orphan processes failed", extra={"event": "reaper_error"})
-            continue
-        if reaped:
-            log.info("collected %d exited orphan process(es)", reaped, extra={"event": "orphans_reaped"})
-
-
-def _reap_zombies(seen: set[int]) -> tuple[set[int], int]:
-    """Wait for the zombie children also in ``seen`` (WNOHANG: never blocks); (the ones to collect next time, how
-    many were collected)."""
-    zombies = _zombie_children()
-    reaped = 0
-    for pid in zombies & seen:
-        with contextlib.suppress(ChildProcessError):  # its owner collected it in between
-            os.waitpid(pid, os.WNOHANG)
-            reaped += 1
-    return zombies - seen, reaped
-
-
-def _zombie_children() -> set[int]:
-    """The process ids of this process's children that have exited and not been waited for (/proc)."""
-    me, found = os.getpid(), set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:  # it went away while the folder was read
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after its last ")".
-        fields = text[text.rfind(")") + 2:].split()
-        if len(fields) > 1 and fields[0] == "Z" and int(fields[1]) == me:
-            found.add(int(text.split(maxsplit=1)[0]))
-    return found
 
 
 async def _release(gw: Gateway) -> None:
