@@ -26,7 +26,7 @@ def _loop_tasks() -> float:
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.readings_in = Counter("valvoja_readings_in_total", "Readings received from collectors",
+        self.readings_in = Counter("valvoja_readings_in_total", "Readings of a collector made durable in the spool",
                                    ["collector"], registry=r)
         self.readings_flagged = Counter("valvoja_readings_flagged_total",
                                         "Readings a validation rule flagged (unknown_tag keeps the quality)",
@@ -93,7 +93,9 @@ class Metrics:
         self.latency_seconds = Histogram(
             "valvoja_reading_latency_seconds", "Reading time (the source's, else the receive time) to database commit",
             registry=r,
-            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600))
+            # Up to a day: readings forwarded from the spool after a database outage of hours were all "over 600 s",
+            # and histogram_quantile() answered 600 s for an outage of any length.
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600, 3600, 6 * 3600, 86400))
         self.queue_depth = Gauge("valvoja_ingest_queue_batches", "Batches waiting to be spooled", registry=r)
         # Process supervision (edge/service.py): watchdog, SIGHUP reloads, disk; process_* gives RSS and CPU.
         self.watchdog_restarts = Counter("valvoja_watchdog_restarts_total",

@@ -4,6 +4,7 @@ fixture broker and database): its log under a flood of bad messages, and its /me
 from __future__ import annotations
 
 import signal
+from datetime import UTC, datetime, timedelta
 
 import paho.mqtt.client as mqtt
 from gateway_proc import ROOT, GatewayProcess
@@ -128,3 +129,23 @@ async def test_the_emissions_jobs_counters_of_each_stack_are_there_at_0_when_the
             assert f'valvoja_emissions_runs_total{{result="{result}",stack="{stack}"}}' in got, (stack, result)
         assert f'valvoja_emissions_revisions_total{{stack="{stack}"}}' in got
         assert f'valvoja_emissions_qal3_alarms_total{{stack="{stack}"}}' in got
+
+
+def test_the_latency_of_readings_forwarded_hours_late_is_told_apart_from_a_days(tmp_path, pg_dsn, mosquitto):
+    """`valvoja_reading_latency_seconds` ended at 600 s: readings forwarded after a database outage of two hours
+    (or two days) were all in +Inf, and histogram_quantile() said 600 s for any of them. Its buckets go to a day."""
+    run = new_run()
+    gw = GatewayProcess(tmp_path, site_config(pg_dsn, mosquitto.port, run=run)).start()
+    pub = Publisher(mosquitto.port, run)
+    pub.base = datetime.now(UTC) - timedelta(hours=2)  # stamped two hours ago, as a spool drained after an outage
+    try:
+        wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector connected")
+        pub.publish(50)
+        wait_for(lambda: _series(gw.metrics()).get("valvoja_readings_stored_total") == 50, what="50 stored")
+        got = _series(gw.metrics())
+    finally:
+        pub.close()
+        assert gw.terminate() == 0
+    bucket = "valvoja_reading_latency_seconds_bucket"
+    n = got["valvoja_reading_latency_seconds_count"]
+    assert n > 0 and got[f'{bucket}{{le="3600.0"}}'] == 0 and got[f'{bucket}{{le="21600.0"}}'] == n
