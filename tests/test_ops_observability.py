@@ -162,3 +162,20 @@ def test_metrics_has_no_created_series(tmp_path, pg_dsn, mosquitto):
     samples = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert any(s.startswith("valvoja_readings_in_total") for s in samples)
     assert [s for s in samples if "_created" in s.split(" ", 1)[0]] == []
+
+
+def test_the_watchdogs_restarts_are_there_at_0_for_each_part_it_watches(tmp_path, pg_dsn, mosquitto):
+    """`valvoja_watchdog_restarts_total{part,reason}` appeared with a part's first restart, a rise the guide's
+    suggested alert `increase(valvoja_watchdog_restarts_total[1h]) > 3` never counted. Each part's series is there at
+    0 once the watchdog watches the gateway: died for every part, stalled for the forwarder, silent for a collector
+    when `collector_silence_s` is set."""
+    gw = GatewayProcess(tmp_path, site_config(pg_dsn, mosquitto.port, silence_s=600)).start()
+    try:
+        name = "valvoja_watchdog_restarts_total"
+        want = [f'{name}{{part="ingest",reason="died"}}', f'{name}{{part="collector:plant",reason="died"}}',
+                f'{name}{{part="forwarder",reason="stalled"}}', f'{name}{{part="collector:plant",reason="silent"}}']
+        got = wait_for(lambda: (lambda s: s if all(w in s for w in want) else None)(_series(gw.metrics())),
+                       what="the watchdog's series")
+    finally:
+        assert gw.terminate() == 0
+    assert [got[w] for w in want] == [0, 0, 0, 0]
