@@ -394,6 +394,7 @@ class Analytics:
             try:
                 alert_state.write(self.state_dir / alert_state.STATE_FILE, changed[0])
             except OSError as exc:
+                self.metrics.analytics_errors.inc()
                 log.error("alert state not saved: %s", exc, extra={"event": "alert_state_not_saved"})
 
     async def _alert_state_loop(self) -> None:
@@ -407,6 +408,8 @@ class Analytics:
                     await asyncio.to_thread(alert_state.write, self.state_dir / alert_state.STATE_FILE, changed[0])
                     self._state_saved, self._state_saved_at, failed = changed[1], time.monotonic(), False
                 except OSError as exc:
+                    # Counted each time (as the RUL and anomaly state's failed writes are), logged once a stretch.
+                    self.metrics.analytics_errors.inc()
                     if not failed:  # logged once per failing stretch, tried again every period
                         log.error("alert state not saved to %s (a start without the database would raise every "
                                   "active condition again): %s", self.state_dir, exc,

@@ -32,7 +32,7 @@ from edge.secrets import is_reference, resolve_secret
 from edge.settings import SiteConfig
 from edge.spool import Spool
 from edge.timeouts import CANCEL_GRACE_S, cancel_and_wait, within
-from edge.validate import FROZEN_STATE_SOURCE, Validator
+from edge.validate import FROZEN_STATE_SOURCE, RULE_NAMES, Validator
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,7 @@ class Gateway:
                               if self.conninfo else None)
             self.rollups = RollupWorker(self.forwarder, self.conninfo, cfg.database) if self.forwarder else None
             self.collectors: dict[str, object] = {}
+            self.metrics.known(collectors=[name for _, name, _ in cfg.collector_configs], rules=RULE_NAMES)
             for kind, name, ccfg in cfg.collector_configs:
                 ctx = CollectorContext(name=name, state_dir=state / "collectors" / name, metrics=self.metrics,
                                        state=SourceState(self.worker, name))
@@ -168,6 +169,7 @@ class Gateway:
             from emissions.job import run_periodic
 
             stacks = load_stacks(self.cfg.stacks)
+            self.metrics.known_stacks(stack.name for stack in stacks)
             self._emissions_stop = asyncio.Event()
 
             async def emissions_job() -> None:

@@ -65,6 +65,9 @@ def setup(level: str = "INFO", fmt: str = "json", stream=None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # A library's warnings.warn (psycopg's about GSSAPI taken by libpq's default, a deprecation) would go to stderr
+    # as Python prints it: lines of plain text in a log of JSON objects. As records of `py.warnings` they are JSON.
+    logging.captureWarnings(True)
     # Libraries log every reconnect attempt at INFO/WARNING; the runtime logs outages once. httpx logs every request
     # with its whole URL at INFO ("HTTP Request: POST <url>"): a webhook's token in its path or query with it.
     for noisy in NOISY:

@@ -52,6 +52,8 @@ _RULE_NAMES = {
     Flag.UNKNOWN_TAG: "unknown_tag",
 }
 
+RULE_NAMES = tuple(_RULE_NAMES.values())  # every rule (valvoja_readings_flagged_total's label values)
+
 
 def rule_names(flags: int) -> list[str]:
     """Names of the validation rules set in a flags bitmask (for logs, API and reports)."""

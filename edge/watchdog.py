@@ -64,12 +64,21 @@ class Watchdog:
 
     async def check(self, gw: Gateway, now: float | None = None) -> list[tuple[str, str]]:
         """One round of checks; returns the (part, reason) pairs that were restarted."""
+        opts = gw.cfg.service
+        tasks = gw.tasks
         if gw is not self._gw:  # a reload built a new gateway: forget the old one's history
             self._gw, self._seen, self._pressure_at = gw, {}, 0.0
+            # Each restart this watchdog can make is a series at 0 from now: the first restart of a part was a
+            # series first seen at 1, a rise increase() (the guide's suggested alert) never counted.
+            restarts = gw.metrics.watchdog_restarts
+            for name in tasks:
+                restarts.labels(name, "died")
+            if gw.forwarder is not None:
+                restarts.labels("forwarder", "stalled")
+            for name in gw.collectors if opts.collector_silence_s > 0 else ():
+                restarts.labels(f"collector:{name}", "silent")
         now = time.monotonic() if now is None else now
-        opts = gw.cfg.service
         actions: list[tuple[str, str]] = []
-        tasks = gw.tasks
 
         for name, task in tasks.items():
             if task.done() and not task.cancelled() and task.exception() is not None:

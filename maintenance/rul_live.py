@@ -337,6 +337,8 @@ class RulLive:
         now = clock()
         for a in assets:
             cfg = a.rul
+            if metrics is not None:
+                metrics.known_rul(a.name, cfg.model_id if cfg.model_dir is None else None)
             tags = list(cfg.settings) + list(cfg.sensors)
             n = len(tags)
             st = _Asset(a.name, cfg, None, np.flatnonzero([bool(t) for t in tags]), 0,

@@ -183,3 +183,4 @@ def restore_logging() -> Iterator[None]:
     root.setLevel(level)
     for name, lvl in noisy.items():
         logging.getLogger(name).setLevel(lvl)
+    logging.captureWarnings(False)  # setup routes Python's warnings into the log

@@ -49,3 +49,23 @@ def test_text_format_keeps_a_traceback_on_its_lines() -> None:
 def test_json_format_keeps_the_text_as_it_was() -> None:
     rec = json.loads(_emit("json", "no such tag %s", "a\nb", topic="t\n"))
     assert rec["msg"] == "no such tag a\nb" and rec["topic"] == "t\n"
+
+
+def test_a_python_warning_is_a_json_line_of_the_log_too() -> None:
+    """A library's warning (psycopg's about a connection that took GSSAPI encryption by libpq's default, a
+    deprecation) went to stderr as Python prints it, two lines of text in a log of JSON objects that a collector
+    parsing each line as JSON drops or chokes on. It is a record of the log like any other."""
+    import warnings
+
+    out = io.StringIO()
+    logs.setup("INFO", "json", stream=out)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("the connection was obtained using the GSSAPI", RuntimeWarning, stacklevel=1)
+    finally:
+        logs.setup("INFO", "json", stream=io.StringIO())
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1, lines
+    rec = json.loads(lines[0])
+    assert rec["level"] == "warning" and rec["logger"] == "py.warnings" and "GSSAPI" in rec["msg"]

@@ -341,3 +341,29 @@ async def test_a_condition_held_by_a_window_is_raised_at_its_end_after_a_restart
     assert an.manager.tick(t0 + timedelta(seconds=40)) == []  # still inside the window
     (raised,) = an.manager.tick(t0 + timedelta(seconds=60))  # after its end and the detectors' grace
     assert raised.event == "raised" and raised.alert.tag == "P1.t" and raised.alert.evidence == {"value": 95.0}
+
+
+async def test_a_failing_alert_state_write_is_counted_each_time_not_only_logged(tmp_path, caplog, monkeypatch):
+    """`alert_state_not_saved` was logged once per failing stretch and counted nowhere (the RUL and anomaly state's
+    failed writes are counted in valvoja_analytics_errors_total): an alert on that counter never saw a state folder
+    that could not be written. Each failed write counts; the line is still said once."""
+    import logging
+
+    from maintenance import alert_state
+
+    (tmp_path / alert_state.STATE_FILE).mkdir()  # the file's place taken: every write fails (also as root)
+    monkeypatch.setattr(analytics, "ALERT_STATE_SAVE_S", 0.01)
+    an = _hot_bearing(tmp_path, [], "host=127.0.0.1 port=1 dbname=x")
+    task = asyncio.create_task(an._alert_state_loop())
+    try:
+        with caplog.at_level(logging.ERROR, logger="edge.analytics"):
+            for _ in range(500):
+                if an.metrics.analytics_errors._value.get() >= 3:
+                    break
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert an.metrics.analytics_errors._value.get() >= 3
+    assert [r.event for r in caplog.records if getattr(r, "event", "") == "alert_state_not_saved"] \
+        == ["alert_state_not_saved"]

@@ -299,7 +299,7 @@ async def test_promotion_and_rollback_swap_the_served_version_live(fitted, tmp_p
     assert len(refused) == 1 and "sha256" in refused[0].getMessage()  # once, not every cycle
     swaps = {s.labels["outcome"]: s.value for m in metrics.model_swaps.collect() for s in m.samples
              if s.name.endswith("_total")}
-    assert swaps == {"swapped": 1.0, "refused": 1.0}
+    assert swaps == {"swapped": 1.0, "refused": 1.0, "error": 0.0}  # each outcome there from the start
 
     # The file restored, the champion is served at the next refresh: a refusal was for good (until a restart or
     # another promotion), so the gateway went on serving v2 while the registry and the console named v1.
@@ -1283,3 +1283,26 @@ async def test_the_fd001_test_engines_are_within_the_training_domain(fitted):
     live = MaintenanceLive(MaintenanceConfig(period_s=60.0, assets=tuple(rul_asset(u, d) for u in test.units())))
     preds, _ = await run(live, test)
     assert len(preds) == len(test.unit) and live.rul.refused_cycles == {}
+
+
+def test_a_live_rul_assets_counters_are_there_at_0_from_the_start(fitted, tmp_path):
+    """`valvoja_rul_cycles_refused_total{asset,reason}` and `valvoja_model_swaps_total{model_id,outcome}` appeared
+    with their first event, a rise no increase() saw: the first refused champion or out-of-domain cycle alerted no
+    one. They are there at 0 for each RUL asset (the swaps: of a model served from a registry)."""
+    from edge.metrics import Metrics
+    from maintenance.rul_export import register
+    from models.registry import Registry
+
+    r, model = fitted
+    out = register(r, tmp_path / "reg")
+    Registry(tmp_path / "reg").promote(out["model_id"], out["version"])
+    metrics = Metrics()
+    MaintenanceLive(MaintenanceConfig(period_s=60.0, assets=(
+        rul_asset(1, None, registry=str(tmp_path / "reg"), model_id=out["model_id"]), rul_asset(2, model))),
+        metrics=metrics)
+    text = metrics.render().decode()
+    for asset in ("E1", "E2"):
+        for reason in ("out_of_domain", "input"):
+            assert f'valvoja_rul_cycles_refused_total{{asset="{asset}",reason="{reason}"}} 0.0' in text
+    for outcome in ("swapped", "refused", "error"):
+        assert f'valvoja_model_swaps_total{{model_id="{out["model_id"]}",outcome="{outcome}"}} 0.0' in text

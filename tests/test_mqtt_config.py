@@ -217,3 +217,32 @@ def test_the_topic_and_field_caches_hold_little_whatever_the_publishers_choose(t
     # 1,000 messages on 20 kB topics, 1,000 field names of 20 kB, 200,000 short field names in one message: the old
     # caches kept 150 MB.
     assert kept < 25e6, f"{kept / 1e6:.0f} MB kept by the caches"
+
+
+def test_a_collectors_dead_letter_lines_are_bounded_per_minute_and_the_next_minute_says_how_many_were_not(
+        tmp_path, monkeypatch, caplog):
+    """Malformed messages on ever new topics were logged one line each (the limit was per topic only). A collector
+    writes at most LOG_TOPICS_PER_WINDOW such lines a minute; the first line of the next minute gives the count of
+    those held back, so the log still adds up to the dead letters."""
+    import datetime as dt
+    import logging
+
+    from collectors.mqtt import router as router_mod
+
+    clock = [1000.0]
+    monkeypatch.setattr(router_mod.time, "monotonic", lambda: clock[0])
+    router = router_mod.Router("mq", [Subscription.model_validate({"topic": "p/+a/+s", "tag": "{a}.{s}"})], tmp_path)
+    now = dt.datetime.now(dt.UTC)
+    with caplog.at_level(logging.WARNING, logger="collectors.mqtt.router"):
+        for i in range(1000):
+            clock[0] += 0.001
+            router.handle(f"p/A{i}/x", b"", b"{bad", now)
+        first = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "mqtt_dead_letter"]
+        caplog.clear()
+        clock[0] += router_mod.LOG_EVERY_S
+        router.handle("p/B/x", b"", b"{bad", now)
+    assert router.dead_letters == 1001
+    assert len(first) == router_mod.LOG_TOPICS_PER_WINDOW and "not logged" in first[-1]
+    held = 1000 - router_mod.LOG_TOPICS_PER_WINDOW
+    assert [f"{held} undecodable message(s) on other topics not logged" in r.getMessage() for r in caplog.records] \
+        == [True]

@@ -3,7 +3,9 @@
 Runs on paho's network thread. A message that cannot be decoded becomes a `DeadLetter` (kept by
 the pipeline for inspection) and one log line per topic, then at most one per ``LOG_EVERY_S`` with
 the number suppressed in between, so a device that sends garbage ten times a second does not flood
-the log.
+the log. Across topics a collector logs at most ``LOG_TOPICS_PER_WINDOW`` such lines per ``LOG_EVERY_S``
+(and one saying the rest are held back): a publisher that puts a counter or a time in its topics, or a
+thousand devices all sending garbage, would otherwise write one line per message.
 
 Readings without a source time get the receive time; `untimed` keeps several of one tag apart and decides what
 becomes of a retained message's (``retained_untimed``).
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 DEAD_LETTER_MAX_BYTES = 1 << 20  # payload bytes kept per dead letter
 LOG_EVERY_S = 60.0  # a topic's decode errors are logged at most this often
+LOG_TOPICS_PER_WINDOW = 10  # lines about undecodable messages per LOG_EVERY_S and collector, whatever their topics
 _LOG_TOPICS_MAX = 10_000
 _ROUTE_CACHE_MAX = 65_536
 SUBSCRIPTION_ID_MAX = 268_435_455  # MQTT 5 §3.8.2.1.2
@@ -94,6 +97,9 @@ class Router:
         self.copies = 0  # copies of a message for a second matching subscription, not decoded
         self._log_times: dict[str, tuple[float, int]] = {}
         self._bugs_logged: set[type] = set()  # exception types already logged with a traceback
+        # The collector-wide window of dead-letter lines: its start, lines written in it, messages held back.
+        self._window_at: float | None = None
+        self._window_lines = self._window_quiet = 0
         self.messages = self.readings = self.dead_letters = self.decoder_errors = self.retained_skipped = 0
         self.too_large = 0  # messages over max_payload_bytes (also in dead_letters)
 
@@ -194,11 +200,13 @@ class Router:
         key = topic[:CACHED_KEY_MAX]  # long topics that begin alike share their log lines' rate
         last, suppressed = self._log_times.get(key, (None, 0))
         first_bug = bug is not None and type(bug) not in self._bugs_logged
-        if first_bug or last is None or mono - last >= LOG_EVERY_S:
+        due = first_bug or last is None or mono - last >= LOG_EVERY_S
+        if due and self._window_open(mono, first_bug):
             if len(self._log_times) >= _LOG_TOPICS_MAX:
                 self._log_times.clear()
             self._log_times[key] = (mono, 0)
             more = f" ({suppressed} more on this topic since the last report)" if suppressed else ""
+            more += self._window_note(first_bug)
             if first_bug:
                 self._bugs_logged.add(type(bug))
                 log.error("%s: decoder failed on a message on %s (a bug; the message is kept as a dead letter): "
@@ -207,6 +215,32 @@ class Router:
             else:
                 log.warning("%s: undecodable message on %s: %s%s", self.source, topic, error, more,
                             extra={"event": "mqtt_dead_letter", "collector": self.source, "topic": topic})
-        else:
+        elif not due:  # (one the collector's window held back is counted there)
             self._log_times[key] = (last, suppressed + 1)
         return DeadLetter(self.source, topic, bytes(payload), error, now)
+
+    def _window_open(self, mono: float, first_bug: bool) -> bool:
+        """Whether one more dead-letter line fits this collector's window of ``LOG_TOPICS_PER_WINDOW`` lines per
+        ``LOG_EVERY_S`` (a line held back is counted for the window's next line, and still counted in the metrics
+        and kept as a dead letter). A decoder's first error of a kind (a bug, with its traceback) is always written."""
+        if self._window_at is None or mono - self._window_at >= LOG_EVERY_S:
+            self._window_at, self._window_lines = mono, 0
+        if first_bug:
+            return True
+        if self._window_lines >= LOG_TOPICS_PER_WINDOW:
+            self._window_quiet += 1
+            return False
+        self._window_lines += 1
+        return True
+
+    def _window_note(self, first_bug: bool) -> str:
+        """What a line adds about the collector's window: the lines held back before it, or that it fills it."""
+        note = ""
+        if self._window_quiet:
+            note = f" ({self._window_quiet} undecodable message(s) on other topics not logged since the last report)"
+            self._window_quiet = 0
+        if not first_bug and self._window_lines == LOG_TOPICS_PER_WINDOW:
+            note += (f"; the {LOG_TOPICS_PER_WINDOW}th such line within {LOG_EVERY_S:.0f} s: those of further topics "
+                     "are not logged until that is over (each is counted in valvoja_dead_letters_total and kept in "
+                     "dead_letters)")
+        return note
