@@ -574,3 +574,141 @@ async def test_values_a_re_created_subscription_missed_are_read_back():
     print(f"{len(written)} values written from {first}, {len(missing)} not handed on; backfilled {st['backfilled']}")
     assert not missing, f"{len(missing)} values lost, {missing[0][1]} to {missing[-1][1]}"
     assert st["backfilled"] > 0 and st["last_backfill"]["error"] is None
+
+
+def _few_continuation_points(limit: int):
+    """An asyncua history manager (the server's history service) that keeps at most ``limit`` continuation points, as
+    real servers do (few, per session; Part 4 §7.9): each is a token the server holds until a request uses it or
+    releases it (ReleaseContinuationPoints, Part 4 §5.10.3); a result that would need one more is
+    Bad_NoContinuationPoints. ``stall`` (an Event, when set to one): the next request carrying a continuation point
+    sets it and takes 0.5 s (a busy historian), so a test can stop the reader meanwhile. ``refuse_release``: releases
+    are answered with that status."""
+    from asyncua import ua
+    from asyncua.server.history import HistoryManager
+
+    class FewContinuationPoints(HistoryManager):
+        def __init__(self, iserver) -> None:
+            super().__init__(iserver)
+            self.held: dict[bytes, bytes] = {}  # token -> the storage's own continuation point (a time)
+            self.issued = self.released = self.refused = 0
+            self.stall: asyncio.Event | None = None
+            self.refuse_release: int | None = None
+
+        async def read_history(self, params):
+            if params.ReleaseContinuationPoints:
+                out = []
+                for rv in params.NodesToRead:
+                    if self.refuse_release is not None:
+                        out.append(ua.HistoryReadResult(StatusCode=ua.StatusCode(self.refuse_release)))
+                    elif self.held.pop(rv.ContinuationPoint, None) is None:
+                        out.append(ua.HistoryReadResult(StatusCode=ua.StatusCode(
+                            ua.StatusCodes.BadContinuationPointInvalid)))
+                    else:
+                        self.released += 1
+                        out.append(ua.HistoryReadResult())
+                return out
+            if self.stall is not None and not self.stall.is_set() and any(
+                    rv.ContinuationPoint for rv in params.NodesToRead):
+                self.stall.set()
+                await asyncio.sleep(0.5)
+            results = []
+            for rv in params.NodesToRead:
+                if rv.ContinuationPoint:
+                    own = self.held.pop(rv.ContinuationPoint, None)
+                    if own is None:
+                        results.append(ua.HistoryReadResult(StatusCode=ua.StatusCode(
+                            ua.StatusCodes.BadContinuationPointInvalid)))
+                        continue
+                    rv = ua.HistoryReadValueId(NodeId=rv.NodeId, IndexRange="", ContinuationPoint=own)
+                res = await self._read_history(params.HistoryReadDetails, rv)
+                if res.ContinuationPoint:
+                    if len(self.held) >= limit:
+                        self.refused += 1
+                        res = ua.HistoryReadResult(StatusCode=ua.StatusCode(ua.StatusCodes.BadNoContinuationPoints))
+                    else:
+                        self.issued += 1
+                        token = f"cp-{self.issued}".encode()
+                        self.held[token], res.ContinuationPoint = res.ContinuationPoint, token
+                results.append(res)
+            return results
+
+    return FewContinuationPoints
+
+
+async def _paged(server, tags: list[str], limit: int):
+    """``server``'s history service made `_few_continuation_points` (``limit``) over 200 values of each tag in pages
+    of 50, and a collector that stored readings up to 20 s ago (a restarted gateway's spool): (history manager, the
+    history's (tag, time) pairs, collector)."""
+    from asyncua.server.history import HistoryDict
+    from test_opcua_collector import collector
+
+    iserver = server.server.iserver
+    manager = iserver.history_manager = _few_continuation_points(limit)(iserver)
+    storage = HistoryDict(max_history_data_response_size=50)
+    manager.set_storage(storage)
+    now, history = await _historize(server, storage, tags, 200, 50)
+    col = collector(f"opc.tcp://127.0.0.1:{server.endpoint.rsplit(':', 1)[1]}", tags, history_backfill_max_s=3600.0)
+    col._mark = now - timedelta(seconds=20)
+    return manager, history, col
+
+
+@pytest.mark.parametrize("abandons", [1, 3])
+async def test_continuation_points_of_a_backfill_stopped_midway_are_given_back(abandons, caplog):
+    """A backfill abandoned while the server holds continuation points for it (the gateway stopped while a page was
+    read; the same holds for a failed request, a lost connection, a node given up after MAX_ROUNDS) left them held:
+    the session, kept for a resume, held them until it closed, and a server has few (here 2). The resumed session's
+    backfill then had none: every node answered Bad_NoContinuationPoints, was given up, and all 400 values of the
+    gap were lost. Now they are given back (HistoryRead with ReleaseContinuationPoints) before the session is kept,
+    and after any number of stops the backfill reads every value."""
+    from opcua_support import Sink, running, serving, until
+
+    from collectors.simulator.tags import synthetic_tags
+
+    tags = [s.name for s in synthetic_tags(2)]
+    async with serving(synthetic_tags(2), f"opc.tcp://127.0.0.1:{free_port()}/sim") as server:
+        manager, history, col = await _paged(server, tags, 2)
+        sink = Sink()
+        stopped = 0
+        for _ in range(abandons):
+            manager.stall = asyncio.Event()
+            async with running(col, sink.emit):
+                await until(lambda: manager.stall.is_set() or col.backfills > 0, 20, "a page read or the backfill")
+            stopped += manager.stall.is_set()
+        manager.stall = None
+        async with running(col, sink.emit):
+            await until(lambda: col.backfills > 0, 20, "the backfill")
+            st = col.status()
+    got = {(r.tag, r.time) for r in sink.readings}
+    print(f"{abandons} stops, {stopped} of them mid-read: {len(history - got)} of {len(history)} values not read back; "
+          f"continuation points issued {manager.issued}, released {manager.released}, still held {len(manager.held)}, "
+          f"refused {manager.refused}")
+    assert stopped >= 1 and st["session"] == "resumed"
+    assert history <= got, f"{len(history - got)} of {len(history)} historic values not handed on"
+    assert st["last_backfill"]["refused"] == 0 and not manager.held
+    assert not [r for r in caplog.records if "continuation points" in r.getMessage()]
+
+
+async def test_a_release_the_server_refuses_is_logged_once_and_counted(caplog):
+    """The answer to a release is checked: a server that refuses it (here Bad_InternalError; Bad_ContinuationPoint
+    Invalid is no refusal: the point is not held any more) is logged once, naming the status, and counted in
+    valvoja_collector_errors_total{kind="history_release"} at every attempt."""
+    from asyncua import ua
+    from opcua_support import Sink, running, serving, until
+
+    from collectors.simulator.tags import synthetic_tags
+
+    caplog.set_level(logging.WARNING, logger="collectors.opcua.collector")
+    tags = [s.name for s in synthetic_tags(2)]
+    async with serving(synthetic_tags(2), f"opc.tcp://127.0.0.1:{free_port()}/sim") as server:
+        manager, _, col = await _paged(server, tags, 10)
+        manager.refuse_release = ua.StatusCodes.BadInternalError
+        sink = Sink()
+        for _ in range(2):
+            manager.stall = asyncio.Event()
+            async with running(col, sink.emit):
+                await until(manager.stall.is_set, 20, "a page read")
+    warned = [r.getMessage() for r in caplog.records if "continuation points" in r.getMessage()]
+    counted = col.ctx.metrics.collector_errors.labels(col.name, "history_release")._value.get()
+    assert len(warned) == 1 and "BadInternalError" in warned[0], warned
+    assert counted == 2
+

@@ -56,6 +56,7 @@ from collectors.opcua.history import (
     parse_time,
     plan,
     read_window,
+    release,
 )
 from collectors.opcua.security import SecurityError
 from collectors.opcua.session_state import SavedSession, SessionFile, config_key
@@ -279,6 +280,10 @@ class OpcUaCollector:
         self._gate: _Gate | None = None
         self._backfill_task: asyncio.Task | None = None  # the backfill of the current session, while it runs
         self._until: dict[str, datetime] = {}  # tag -> its last backfilled source time: live values to it are repeats
+        # Continuation points the session holds for an abandoned history read (node index -> (node id, point)): a
+        # server has few, and keeps them until the session closes unless given back (history.release).
+        self._held: dict[int, tuple[ua.NodeId, bytes]] = {}
+        self._release_logged = False  # the current points' failed release was logged (once)
         self.backfills = 0
         self.backfilled = 0  # readings read back from the server's history and stored
         self.last_backfill: dict | None = None
@@ -330,6 +335,7 @@ class OpcUaCollector:
                 backfill = plan(self._mark, self._due, utcnow(), self._history_max_s)
                 if backfill is not None:  # the gap's values go first: the new subscription's wait behind them
                     self._gate = _Gate()
+                self._held.clear()  # held by the old session, which the server frees with it
                 client = await self._connect(opened)
                 self._started = await self._start_time(client)
                 await self._learn_namespaces(client)
@@ -1171,10 +1177,15 @@ class OpcUaCollector:
                 and client.uaclient.has_session:
             # Keep the session, lost or stopped: the server keeps it (and the subscription's queues) for the session
             # timeout, for the next run or, through session.json, the next process (an upgrade then loses nothing).
+            if not lost and client.uaclient.state is UaClientState.CONNECTED:
+                # A stop with a history read under way: the kept session would hold its continuation points (a
+                # lost connection's are given back when the session is resumed).
+                await self._release_held(client)
             self._detached = _Detached(client, sub, time.monotonic(), self._started)
             await self.opener.detach(client, self.cfg.request_timeout_s)
             return
         self._forget()  # the session is closed (or was never subscribed): nothing to resume
+        self._held.clear()  # the server frees a closed session's continuation points
         if leave:
             client.connection_lost_callback = None
         try:
@@ -1390,6 +1401,7 @@ class OpcUaCollector:
         gate, new_session = self._gate, span.end is None
         started, before, refused = time.monotonic(), self.backfilled, {}
         try:
+            await self._release_held(client)  # left by a read the resumed session's connection lost
             end = span.end or await self._span_end(client)
             start = first = span.start
             self._due = (start, end)
@@ -1453,6 +1465,7 @@ class OpcUaCollector:
                         "read at the next new session or reconnect", self.name, count, describe(exc),
                         _iso(due[0]) if due else "its start",
                         extra={"event": "opcua_backfill_failed", "collector": self.name})
+            await self._release_held(client)  # the session goes on: the failed read's points are given back
         finally:
             if gate is not None and self._gate is gate and not asyncio.current_task().cancelling():
                 gate.open(True)  # done, or failed with the rest due: the live values go on
@@ -1467,7 +1480,9 @@ class OpcUaCollector:
         spans = Windows(start, end)
         for w0, w1 in spans:
             values, no = await read_window(client, nodes, w0, w1, per_call=self._per_call("history_read"),
-                                           timeout_s=self.cfg.request_timeout_s)
+                                           timeout_s=self.cfg.request_timeout_s, held=self._held,
+                                           settle=lambda: not (self._lost is not None and self._lost.is_set()))
+            await self._release_held(client)  # a node given up after MAX_ROUNDS leaves its point
             spans.held(len(values))
             if no:
                 refused.update({self._tags[i]: code for i, code in no.items()})
@@ -1497,6 +1512,35 @@ class OpcUaCollector:
             if not nodes:
                 break
         return nodes
+
+    async def _release_held(self, client: Client) -> None:
+        """Give back the continuation points an abandoned history read left (`_held`). A release the server
+        refuses (other than for points it no longer holds) is final; one that fails (a lost connection, no answer) is
+        tried again at the next backfill of this session, if it is resumed. Each failed attempt is counted
+        (``history_release``), and logged once until a release goes through: the server holds those points until the
+        session closes, and answers later reads Bad_NoContinuationPoints when it has no more."""
+        if not self._held:
+            return
+        held = list(self._held.values())
+        try:
+            refused = await release(client, held, self.cfg.request_timeout_s)
+        except Exception as exc:
+            why = f"{describe(exc)}; tried again before the next history read of this session"
+        else:
+            self._held.clear()
+            if not refused:
+                self._release_logged = False
+                log.debug("%s: %d continuation points given back", self.name, len(held))
+                return
+            why = "refused: " + ", ".join(f"{n} x {name}" for name, n in sorted(refused.items()))
+        self.ctx.metrics.collector_errors.labels(self.name, "history_release").inc()
+        if self._release_logged:  # every failed attempt is counted; logged once until a release goes through
+            return
+        self._release_logged = True
+        log.warning("%s: %d continuation points of an abandoned history read not given back to %s (%s); the server "
+                    "holds them until the session closes, and may answer history reads Bad_NoContinuationPoints",
+                    self.name, len(held), self.cfg.endpoint, why,
+                    extra={"event": "opcua_history_release_failed", "collector": self.name})
 
     async def _span_end(self, client: Client) -> datetime:
         """Where a backfill (round) of a new session ends: after everything the server produced before the live
