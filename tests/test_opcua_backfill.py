@@ -712,3 +712,72 @@ async def test_a_release_the_server_refuses_is_logged_once_and_counted(caplog):
     assert len(warned) == 1 and "BadInternalError" in warned[0], warned
     assert counted == 2
 
+
+async def test_history_values_keep_their_status_and_time_across_page_edges_of_equal_times():
+    """What a backfill takes of each historic value, against a server that pages at 49 values with continuation
+    points (asyncua's: the next page starts at the time of the first value not sent, inclusive): values come two at
+    one source time, so page edges fall between two values of one time and that time is read again: each time is
+    handed on once, with the first value of it (the database keeps one reading per tag and time), none skipped;
+    values with a Bad status keep it (quality, code, name; SOURCE_STATUS); a value without a source timestamp is
+    taken at its server timestamp, as a live one is; the request asks for raw values without bounds."""
+    from asyncua import ua
+    from asyncua.server.history import HistoryDict, HistoryManager
+    from opcua_support import Sink, running, serving, until
+    from test_opcua_collector import collector
+
+    from collectors.simulator.tags import synthetic_tags
+    from edge.records import Flag, Quality
+
+    asked: list = []
+
+    class Recording(HistoryManager):
+        async def read_history(self, params):
+            asked.append(params)
+            return await super().read_history(params)
+
+    class ServerStampedOnly(HistoryDict):
+        async def read_node_history(self, node_id, start, end, nb_values):
+            values, cont = await super().read_node_history(node_id, start, end, nb_values)
+            return [ua.DataValue(dv.Value, dv.StatusCode, None, dv.ServerTimestamp) if dv.Value.Value == 7.0 else dv
+                    for dv in values], cont
+
+    tags = [s.name for s in synthetic_tags(2)]
+    bad = ua.StatusCode(ua.StatusCodes.BadSensorFailure)
+    async with serving(synthetic_tags(2), f"opc.tcp://127.0.0.1:{free_port()}/sim") as server:
+        iserver = server.server.iserver
+        iserver.history_manager = Recording(iserver)
+        storage = ServerStampedOnly(max_history_data_response_size=49)
+        iserver.history_manager.set_storage(storage)
+        now = datetime.now(UTC)
+        want: dict = {}
+        for t in tags:
+            node = ua.NodeId.from_string(server.node_id(t))
+            await storage.new_historized_node(node, None)
+            for k in range(150):
+                when = now - timedelta(seconds=20) + timedelta(milliseconds=100 * (k + 1))
+                status = bad if k % 10 == 3 else ua.StatusCode(ua.StatusCodes.Good)
+                want[(t, when)] = (float(k), status.value)
+                for second in (False, True):  # two values at one source time, the first the one kept
+                    await storage.save_node_value(node, ua.DataValue(
+                        ua.Variant(float(k) + (0.5 if second else 0.0), ua.VariantType.Double),
+                        status, SourceTimestamp=when, ServerTimestamp=when))
+        col = collector(f"opc.tcp://127.0.0.1:{server.endpoint.rsplit(':', 1)[1]}", tags,
+                        history_backfill_max_s=3600.0)
+        col._mark = now - timedelta(seconds=20)
+        sink = Sink()
+        async with running(col, sink.emit):
+            await until(lambda: col.backfills > 0, 20, "the backfill")
+    back = [r for r in sink.readings if (r.tag, r.time) in want]
+    keys = [(r.tag, r.time) for r in back]
+    assert len(keys) == len(set(keys)) == len(want), (len(keys), len(set(keys)), len(want))
+    assert {k: (r.value, r.status) for k, r in zip(keys, back, strict=True)} == want
+    bads = [r for r in back if r.status == bad.value]
+    assert len(bads) == 2 * 15 and all(
+        r.quality == Quality.BAD and r.status_name == "BadSensorFailure" and r.flags & Flag.SOURCE_STATUS for r in bads)
+    stamped = [r for r in back if r.value == 7.0]
+    assert len(stamped) == 2 and all(r.time == r.server_time and not r.flags & Flag.NO_SOURCE_TIME for r in stamped)
+    reads = [p for p in asked if not p.ReleaseContinuationPoints]
+    assert any(rv.ContinuationPoint for p in reads for rv in p.NodesToRead)  # pages were followed
+    assert all(isinstance(p.HistoryReadDetails, ua.ReadRawModifiedDetails) and not p.HistoryReadDetails.ReturnBounds
+               and not p.HistoryReadDetails.IsReadModified and p.TimestampsToReturn == ua.TimestampsToReturn.Both
+               for p in reads)
