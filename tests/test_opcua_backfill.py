@@ -389,10 +389,11 @@ async def test_a_continuation_point_with_no_values_is_followed():
 
 class _HistorizingPlant:
     """A historizing server's plant for an ``async with`` block (or until `halt`): every 50 ms a new value of each of
-    ``tags`` (historized nodes) to the subscribers and into ``storage``, its (tag, time) added to `written`."""
+    ``tags`` (historized nodes) to the subscribers, and every ``every``-th into ``storage`` (a historian that scans
+    slower or compresses), its (tag, time) added to `written`."""
 
-    def __init__(self, server, storage, tags: list[str], written: set | None = None) -> None:
-        self.server, self.storage, self.tags = server, storage, tags
+    def __init__(self, server, storage, tags: list[str], written: set | None = None, every: int = 1) -> None:
+        self.server, self.storage, self.tags, self.every = server, storage, tags, every
         self.written: set = set() if written is None else written
         self._stop = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -421,6 +422,8 @@ class _HistorizingPlant:
             await self.server.write([(t, float(-k), 0) for t in self.tags], when, when)
             for t in self.tags:
                 self.written.add((t, when))
+                if k % self.every:
+                    continue
                 await self.storage.save_node_value(nodes[t], ua.DataValue(
                     ua.Variant(float(-k), ua.VariantType.Double), SourceTimestamp=when, ServerTimestamp=when))
             await asyncio.sleep(0.05)
@@ -781,3 +784,58 @@ async def test_history_values_keep_their_status_and_time_across_page_edges_of_eq
     assert all(isinstance(p.HistoryReadDetails, ua.ReadRawModifiedDetails) and not p.HistoryReadDetails.ReturnBounds
                and not p.HistoryReadDetails.IsReadModified and p.TimestampsToReturn == ua.TimestampsToReturn.Both
                for p in reads)
+
+
+async def test_live_values_a_sparser_history_does_not_hold_are_not_dropped_as_repeats():
+    """The new subscription's values that waited behind the backfill were dropped up to each tag's last backfilled
+    source time, as repeats of what the backfill handed on; but a historian that keeps fewer values than the
+    subscription delivers (every 5th here: a slower scan, or compression) does not hold most of them, and they were
+    lost: 92 of 194 live values behind a backfill of 4 s (a slow spool; 64-66 of 160 behind 2 s). Now only the times the
+    backfill handed on (and anything up to what was handed on before the gap) are dropped: every value the
+    subscription delivered is handed on once."""
+    from asyncua import ua
+    from opcua_support import Sink, running, serving, until
+    from test_opcua_collector import collector
+
+    from collectors.simulator.tags import synthetic_tags
+
+    specs = synthetic_tags(2)
+    tags = [s.name for s in specs]
+    async with serving(specs, f"opc.tcp://127.0.0.1:{free_port()}/sim") as server:
+        storage = server.server.iserver.history_manager.storage
+        start = datetime.now(UTC)
+        for t in tags:
+            node = ua.NodeId.from_string(server.node_id(t))
+            await storage.new_historized_node(node, None)
+            for k in range(300):  # the gap: one value a second for 5 minutes
+                when = start - timedelta(seconds=300 - k)
+                await storage.save_node_value(node, ua.DataValue(ua.Variant(float(k), ua.VariantType.Double),
+                                                                 SourceTimestamp=when, ServerTimestamp=when))
+
+        class SlowSpool(Sink):  # the gap's batches take a second to store: the live values wait meanwhile
+            async def emit(self, batch) -> None:
+                if batch.readings and max(r.time for r in batch.readings) < start:
+                    await asyncio.sleep(1.0)
+                await super().emit(batch)
+
+        async with _HistorizingPlant(server, storage, tags, every=5) as plant:
+            # Queues and a lifetime (100 s) that outlast the backfill: what the subscription delivers is all there
+            col = collector(f"opc.tcp://127.0.0.1:{server.endpoint.rsplit(':', 1)[1]}", tags, queue_size=1000,
+                            lifetime_count=1000, history_backfill_max_s=3600.0)
+            col._mark = start - timedelta(seconds=300)  # what a restarted gateway reads from its spool
+            sink = SlowSpool()
+            async with running(col, sink.emit):
+                await until(lambda: col.backfills > 0, 60, "the backfill")
+                subscribed = datetime.fromisoformat(col.status()["connected_since"])
+                await asyncio.sleep(2.0)
+                await plant.halt()
+                await asyncio.sleep(1.0)
+                st = col.status()
+    live = {(t, w) for t, w in plant.written if w >= subscribed}
+    keys = [(r.tag, r.time) for r in sink.readings if (r.tag, r.time) in live]
+    lost = len(live - set(keys))
+    print(f"backfill {st['last_backfill']['seconds']} s; {len(live)} live values, {lost} not handed on")
+    assert st["last_backfill"]["seconds"] > 1.0 and st["subscriptions_recreated"] == 0
+    assert set(keys) == live, f"{lost} of {len(live)} live values not handed on"
+    assert len(keys) == len(live)
+
