@@ -839,3 +839,69 @@ async def test_live_values_a_sparser_history_does_not_hold_are_not_dropped_as_re
     assert set(keys) == live, f"{lost} of {len(live)} live values not handed on"
     assert len(keys) == len(live)
 
+
+async def test_at_a_failover_the_backups_values_older_than_the_last_taken_are_left_out():
+    """Pinned, on purpose: at a failover (ServiceLevel, in process) the backfill reads the backup's history from the
+    newest stored time less OVERLAP_S, and per tag hands on only values newer than the last one taken from the
+    primary. A backup sampling at other instants (here 50 ms after the primary) has values in between in its
+    history: a second sampling of a period the primary covered, not a gap (for a pair serving the same samples they
+    are the same values at the same times). Handed on, they would interleave two servers' samplings in the stored
+    series, behind newer values. Measured: 87-102 such values left out (3 tags, some 3 s on the primary), every
+    value of the backup after the handover handed on, none twice."""
+    from asyncua import ua
+    from opcua_support import Sink, running, serving, until
+    from test_opcua_redundancy import TAGS, set_level
+    from test_opcua_redundancy import collector as pair_collector
+
+    from edge.metrics import Metrics
+
+    eps = [f"opc.tcp://127.0.0.1:{free_port()}/plant" for _ in range(2)]
+    async with serving(TAGS, eps[0]) as primary, serving(TAGS, eps[1]) as backup:
+        storage = backup.server.iserver.history_manager.storage
+        nodes = {t.name: ua.NodeId.from_string(backup.node_id(t.name)) for t in TAGS}
+        for node in nodes.values():
+            await storage.new_historized_node(node, None)
+        history: set = set()
+        stop = asyncio.Event()
+
+        async def plant() -> None:
+            k = 0
+            while not stop.is_set():
+                k += 1
+                now = datetime.now(UTC)
+                await primary.write([(t.name, float(k), 0) for t in TAGS], now, now)
+                later = now + timedelta(milliseconds=50)  # the backup's own sampling of the same signal
+                await backup.write([(t.name, k + 0.5, 0) for t in TAGS], later, later)
+                for t in TAGS:
+                    history.add((t.name, later))
+                    await storage.save_node_value(nodes[t.name], ua.DataValue(
+                        ua.Variant(k + 0.5, ua.VariantType.Double), SourceTimestamp=later, ServerTimestamp=later))
+                await asyncio.sleep(0.1)
+
+        writer = asyncio.create_task(plant())
+        sink = Sink()
+        col = pair_collector(eps, None, Metrics(), history_backfill_max_s=3600.0)
+        try:
+            async with running(col, sink.emit):
+                await until(lambda: len(sink.readings) >= 30 * len(TAGS), 20, "values from the primary")
+                await set_level(primary, 50)
+                await until(lambda: col.status()["endpoint"] == eps[1] and col.backfills > 0, 20, "the backfill")
+                await asyncio.sleep(1.0)
+                stop.set()
+                await writer
+                await asyncio.sleep(0.5)
+                st = col.status()
+        finally:
+            stop.set()
+            await writer
+    handover = {t.name: max(r.time for r in sink.readings if r.tag == t.name and r.value % 1 == 0) for t in TAGS}
+    first = min(r.time for r in sink.readings)
+    got = [(r.tag, r.time) for r in sink.readings]
+    older = {(t, w) for t, w in history if first <= w <= handover[t]}
+    newer = {(t, w) for t, w in history if w > handover[t]}
+    print(f"backfill from the backup: {st['last_backfill']['readings']} readings; of its history {len(older)} values "
+          f"older than the primary's last left out ({len(older & set(got))} handed on), {len(newer - set(got))} of "
+          f"{len(newer)} newer not handed on")
+    assert st["failovers"] == 1 and st["last_backfill"]["error"] is None
+    assert older and not older & set(got)
+    assert newer <= set(got) and len(got) == len(set(got))
