@@ -905,3 +905,46 @@ async def test_at_a_failover_the_backups_values_older_than_the_last_taken_are_le
     assert st["failovers"] == 1 and st["last_backfill"]["error"] is None
     assert older and not older & set(got)
     assert newer <= set(got) and len(got) == len(set(got))
+
+
+async def test_an_unfinished_backfill_read_on_in_a_new_session_is_not_dropped_behind_newer_live_values():
+    """The sequence (seen in test_a_backfill_cut_short_is_read_on_at_the_next_connect on a loaded machine, some 43,000
+    values missing): a backfill cut short leaves its span due; the session is resumed and the rest read
+    on beside the live values, which are handed on at once; that is cut short too, and the next connect opens a new
+    session (the session timed out). Its backfill took every tag's last live value as the newest handed on and
+    dropped all older history, the whole due span with it (here 300 of 300 values). Values of a span still due
+    were never handed on: they are read back now, and the live era's repeats are not."""
+    from opcua_support import Sink, running, serving, until
+    from test_opcua_collector import collector
+
+    from collectors.simulator.tags import synthetic_tags
+    from edge.records import Reading
+
+    tags = [s.name for s in synthetic_tags(2)]
+    async with serving(synthetic_tags(2), f"opc.tcp://127.0.0.1:{free_port()}/sim") as server:
+        storage = server.server.iserver.history_manager.storage
+        now, history = await _historize(server, storage, tags, 200, 100)  # 20 s ago to now, 10 a second
+        due = (now - timedelta(seconds=20), now - timedelta(seconds=5))
+        col = collector(f"opc.tcp://127.0.0.1:{server.endpoint.rsplit(':', 1)[1]}", tags,
+                        history_backfill_max_s=3600.0)
+        # What the earlier sessions left: the span still due, and live values handed on after it (the last ones
+        # 2 s ago: the history has them, and they are not handed on again)
+        col._due, col._mark = due, now - timedelta(seconds=2)
+        for t in tags:
+            handed = [when for tag, when in history if tag == t and when > now - timedelta(seconds=5)]
+            last = max(w for w in handed if w <= col._mark)
+            col._last[t] = Reading(tag=t, time=last, value=0.0, receive_time=last)
+        seeds = {t: r.time for t, r in col._last.items()}
+        sink = Sink()
+        async with running(col, sink.emit):
+            await until(lambda: col.backfills > 0, 20, "the backfill")
+            st = col.status()
+    got = [(r.tag, r.time) for r in sink.readings if (r.tag, r.time) in history]
+    in_due = {(t, w) for t, w in history if due[0] <= w <= due[1]}
+    live_era = {(t, w) for t, w in history if due[1] < w <= seeds[t]}
+    print(f"{len(in_due - set(got))} of {len(in_due)} values of the due span not handed on; "
+          f"{len(live_era & set(got))} of the {len(live_era)} handed on live handed on again")
+    assert st["session"] == "new" and st["last_backfill"]["error"] is None and st["backfill_due"] is None
+    assert in_due <= set(got), f"{len(in_due - set(got))} of {len(in_due)} values of the due span not handed on"
+    assert not live_era & set(got) and len(got) == len(set(got))
+

@@ -198,6 +198,29 @@ class _Repeats:
             or r.time in self.after.get(r.tag, ())
 
 
+class _Hole:
+    """An earlier backfill's span still due (``span``): none of it was handed on, though newer values may have been
+    (a resumed session's live values, beside the backfill that left it); its values are taken whatever a tag's last
+    value taken is, each time once (`takes`; `note` what was taken otherwise)."""
+
+    def __init__(self, span: tuple[datetime, datetime]) -> None:
+        self.start, self.end = span
+        self.taken: dict[str, datetime] = {}  # tag -> the newest of its values in the span handed on
+
+    def note(self, r: Reading) -> None:
+        if self.start <= r.time <= self.end:
+            prev = self.taken.get(r.tag)
+            if prev is None or r.time > prev:
+                self.taken[r.tag] = r.time
+
+    def takes(self, r: Reading) -> bool:
+        prev = self.taken.get(r.tag)
+        if not self.start <= r.time <= self.end or (prev is not None and r.time <= prev):
+            return False
+        self.taken[r.tag] = r.time
+        return True
+
+
 BACKFILL_BATCH = 10_000  # readings per batch a backfill hands on (each awaited until the spool holds it)
 # A backfill in a new session goes on from its end to the server's time then while a round takes this long or longer:
 # the live values of that time wait in the server's queues, which hold queue_size values per item (25 s at the
@@ -1435,6 +1458,7 @@ class OpcUaCollector:
         subscription is re-created before the last round (its queues then hold only what changed since)."""
         gate, new_session = self._gate, span.end is None
         started, before, refused = time.monotonic(), self.backfilled, {}
+        hole = _Hole(self._due) if self._due is not None else None
         try:
             await self._release_held(client)  # left by a read the resumed session's connection lost
             end = span.end or await self._span_end(client)
@@ -1455,7 +1479,7 @@ class OpcUaCollector:
             waiting = started  # since when the live subscription's values wait (in its queues) behind the backfill
             for rounds in range(CATCH_UP_ROUNDS + 1):
                 began = time.monotonic()
-                nodes = await self._backfill_span(client, nodes, start, end, last, refused, repeats)
+                nodes = await self._backfill_span(client, nodes, start, end, last, refused, repeats, hole)
                 if not nodes or gate is None or rounds == CATCH_UP_ROUNDS:
                     break
                 if self._sub_near_expiry(waiting):
@@ -1510,10 +1534,11 @@ class OpcUaCollector:
 
     async def _backfill_span(self, client: Client, nodes: list[tuple[int, ua.NodeId]], start: datetime,
                              end: datetime, last: dict[str, datetime], refused: dict[str, str],
-                             repeats: _Repeats | None = None) -> list[tuple[int, ua.NodeId]]:
+                             repeats: _Repeats | None = None,
+                             hole: _Hole | None = None) -> list[tuple[int, ua.NodeId]]:
         """Read ``[start, end]`` of ``nodes`` window by window and store each window's values in time order, those
-        newer than ``last`` (tag -> newest time handed on; updated), noted in ``repeats``; the nodes the server
-        refuses go to ``refused``. Returns the nodes still read."""
+        newer than ``last`` (tag -> newest time handed on; updated) and those of ``hole`` (a span never handed on),
+        noted in ``repeats``; the nodes the server refuses go to ``refused``. Returns the nodes still read."""
         spans = Windows(start, end)
         for w0, w1 in spans:
             values, no = await read_window(client, nodes, w0, w1, per_call=self._per_call("history_read"),
@@ -1535,9 +1560,15 @@ class OpcUaCollector:
                 prev = last.get(r.tag)
                 if prev is None or r.time > prev:
                     last[r.tag] = r.time
-                    fresh.append(r)
-                    if repeats is not None:
-                        repeats.add(r)
+                    if hole is not None:
+                        hole.note(r)
+                elif hole is None or not hole.takes(r):
+                    # Handed on already. Not so the hole's values, older than the live values a resumed session
+                    # handed on beside the backfill that left it: the whole hole was dropped (300 of 300 values).
+                    continue
+                fresh.append(r)
+                if repeats is not None:
+                    repeats.add(r)
             for k in range(0, len(fresh), BACKFILL_BATCH):
                 chunk = fresh[k:k + BACKFILL_BATCH]
                 # What is left goes with the batch: from the window's end, or within it from this batch's last
