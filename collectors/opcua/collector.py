@@ -56,6 +56,7 @@ from collectors.opcua.history import (
     parse_time,
     plan,
     read_window,
+    release,
 )
 from collectors.opcua.security import SecurityError
 from collectors.opcua.session_state import SavedSession, SessionFile, config_key
@@ -156,6 +157,9 @@ class _Gate:
     def __init__(self) -> None:
         self._event = asyncio.Event()
         self.ok = False
+        # Made before the new subscription: its values (and the polls') are from about now on, less what a device's
+        # clock may lag (OVERLAP_S), or its initial values, of any age.
+        self.since = utcnow() - timedelta(seconds=OVERLAP_S)
 
     def open(self, ok: bool) -> None:
         if not self._event.is_set():
@@ -165,6 +169,56 @@ class _Gate:
     async def wait(self) -> bool:
         await self._event.wait()
         return self.ok
+
+
+class _Repeats:
+    """What a new session's backfill handed on that the live subscription (and polls) waiting behind it may deliver
+    again, by tag: every source time from ``since`` on (values made while the history was read), the newest before it
+    (the initial value, when the server historized it), and anything up to ``floor`` (handed on before the gap). Only
+    these are repeats: the live values the history does not hold (a historian that keeps every 5th value, or
+    compresses) are values of their own: dropped up to the tag's last backfilled time, 92 of 194 were lost behind a
+    4 s backfill (tests/test_opcua_backfill.py)."""
+
+    def __init__(self, since: datetime, floor: dict[str, datetime]) -> None:
+        self.since, self.floor = since, floor
+        self.before: dict[str, datetime] = {}
+        self.after: dict[str, set[datetime]] = {}
+
+    def add(self, r: Reading) -> None:
+        if r.time >= self.since:
+            self.after.setdefault(r.tag, set()).add(r.time)
+        else:
+            prev = self.before.get(r.tag)
+            if prev is None or r.time > prev:
+                self.before[r.tag] = r.time
+
+    def repeats(self, r: Reading) -> bool:
+        floor = self.floor.get(r.tag)
+        return (floor is not None and r.time <= floor) or r.time == self.before.get(r.tag) \
+            or r.time in self.after.get(r.tag, ())
+
+
+class _Hole:
+    """An earlier backfill's span still due (``span``): none of it was handed on, though newer values may have been
+    (a resumed session's live values, beside the backfill that left it); its values are taken whatever a tag's last
+    value taken is, each time once (`takes`; `note` what was taken otherwise)."""
+
+    def __init__(self, span: tuple[datetime, datetime]) -> None:
+        self.start, self.end = span
+        self.taken: dict[str, datetime] = {}  # tag -> the newest of its values in the span handed on
+
+    def note(self, r: Reading) -> None:
+        if self.start <= r.time <= self.end:
+            prev = self.taken.get(r.tag)
+            if prev is None or r.time > prev:
+                self.taken[r.tag] = r.time
+
+    def takes(self, r: Reading) -> bool:
+        prev = self.taken.get(r.tag)
+        if not self.start <= r.time <= self.end or (prev is not None and r.time <= prev):
+            return False
+        self.taken[r.tag] = r.time
+        return True
 
 
 BACKFILL_BATCH = 10_000  # readings per batch a backfill hands on (each awaited until the spool holds it)
@@ -278,7 +332,12 @@ class OpcUaCollector:
         self._history_loaded = False
         self._gate: _Gate | None = None
         self._backfill_task: asyncio.Task | None = None  # the backfill of the current session, while it runs
-        self._until: dict[str, datetime] = {}  # tag -> its last backfilled source time: live values to it are repeats
+        self._until: dict[str, datetime] = {}  # tag -> its last backfilled source time: live values to it may repeat
+        self._repeats: _Repeats | None = None  # which of those do
+        # Continuation points the session holds for an abandoned history read (node index -> (node id, point)): a
+        # server has few, and keeps them until the session closes unless given back (history.release).
+        self._held: dict[int, tuple[ua.NodeId, bytes]] = {}
+        self._release_logged = False  # the current points' failed release was logged (once)
         self.backfills = 0
         self.backfilled = 0  # readings read back from the server's history and stored
         self.last_backfill: dict | None = None
@@ -330,6 +389,7 @@ class OpcUaCollector:
                 backfill = plan(self._mark, self._due, utcnow(), self._history_max_s)
                 if backfill is not None:  # the gap's values go first: the new subscription's wait behind them
                     self._gate = _Gate()
+                self._held.clear()  # held by the old session, which the server frees with it
                 client = await self._connect(opened)
                 self._started = await self._start_time(client)
                 await self._learn_namespaces(client)
@@ -1171,10 +1231,15 @@ class OpcUaCollector:
                 and client.uaclient.has_session:
             # Keep the session, lost or stopped: the server keeps it (and the subscription's queues) for the session
             # timeout, for the next run or, through session.json, the next process (an upgrade then loses nothing).
+            if not lost and client.uaclient.state is UaClientState.CONNECTED:
+                # A stop with a history read under way: the kept session would hold its continuation points (a
+                # lost connection's are given back when the session is resumed).
+                await self._release_held(client)
             self._detached = _Detached(client, sub, time.monotonic(), self._started)
             await self.opener.detach(client, self.cfg.request_timeout_s)
             return
         self._forget()  # the session is closed (or was never subscribed): nothing to resume
+        self._held.clear()  # the server frees a closed session's continuation points
         if leave:
             client.connection_lost_callback = None
         try:
@@ -1348,15 +1413,19 @@ class OpcUaCollector:
 
     def _after_backfill(self, readings: list[Reading]) -> list[Reading]:
         """Drop the new subscription's values a backfill has handed on already (its initial values, and changes
-        while the history was read): source time up to the tag's last backfilled one."""
-        until, out = self._until, []
+        while the history was read): up to the tag's last backfilled source time, those `_Repeats` knows."""
+        until, repeats, out = self._until, self._repeats, []
         for r in readings:
             last = until.get(r.tag)
             if last is not None:
                 if r.time <= last:
-                    continue
-                del until[r.tag]
+                    if repeats is None or repeats.repeats(r):
+                        continue
+                else:
+                    del until[r.tag]
             out.append(r)
+        if not until:
+            self._repeats = None
         return out
 
     # -- backfill from the server's history (history.py) ----------------------------------------------------
@@ -1389,7 +1458,9 @@ class OpcUaCollector:
         subscription is re-created before the last round (its queues then hold only what changed since)."""
         gate, new_session = self._gate, span.end is None
         started, before, refused = time.monotonic(), self.backfilled, {}
+        hole = _Hole(self._due) if self._due is not None else None
         try:
+            await self._release_held(client)  # left by a read the resumed session's connection lost
             end = span.end or await self._span_end(client)
             start = first = span.start
             self._due = (start, end)
@@ -1404,10 +1475,11 @@ class OpcUaCollector:
             # live values are newer than the gap and say nothing about it.
             last = dict(handed) if handed is not None else \
                 {tag: r.time for tag, r in self._last.items()} if new_session else {}
+            repeats = _Repeats(gate.since, dict(last)) if new_session and gate is not None else None
             waiting = started  # since when the live subscription's values wait (in its queues) behind the backfill
             for rounds in range(CATCH_UP_ROUNDS + 1):
                 began = time.monotonic()
-                nodes = await self._backfill_span(client, nodes, start, end, last, refused)
+                nodes = await self._backfill_span(client, nodes, start, end, last, refused, repeats, hole)
                 if not nodes or gate is None or rounds == CATCH_UP_ROUNDS:
                     break
                 if self._sub_near_expiry(waiting):
@@ -1425,6 +1497,7 @@ class OpcUaCollector:
             count = self.backfilled - before
             if new_session:
                 self._until = {tag: t for tag, t in last.items()}
+                self._repeats = repeats
             self.last_backfill = {"from": _iso(first), "to": _iso(end), "readings": count, "refused": len(refused),
                                   "seconds": round(time.monotonic() - started, 3), "error": None}
             log.info("%s: %d values of the gap %s to %s read back from the server's history and stored in %.1f s%s",
@@ -1453,21 +1526,25 @@ class OpcUaCollector:
                         "read at the next new session or reconnect", self.name, count, describe(exc),
                         _iso(due[0]) if due else "its start",
                         extra={"event": "opcua_backfill_failed", "collector": self.name})
+            await self._release_held(client)  # the session goes on: the failed read's points are given back
         finally:
             if gate is not None and self._gate is gate and not asyncio.current_task().cancelling():
                 gate.open(True)  # done, or failed with the rest due: the live values go on
                 self._gate = None
 
     async def _backfill_span(self, client: Client, nodes: list[tuple[int, ua.NodeId]], start: datetime,
-                             end: datetime, last: dict[str, datetime],
-                             refused: dict[str, str]) -> list[tuple[int, ua.NodeId]]:
+                             end: datetime, last: dict[str, datetime], refused: dict[str, str],
+                             repeats: _Repeats | None = None,
+                             hole: _Hole | None = None) -> list[tuple[int, ua.NodeId]]:
         """Read ``[start, end]`` of ``nodes`` window by window and store each window's values in time order, those
-        newer than ``last`` (tag -> newest time handed on; updated); the nodes the server refuses go to ``refused``.
-        Returns the nodes still read."""
+        newer than ``last`` (tag -> newest time handed on; updated) and those of ``hole`` (a span never handed on),
+        noted in ``repeats``; the nodes the server refuses go to ``refused``. Returns the nodes still read."""
         spans = Windows(start, end)
         for w0, w1 in spans:
             values, no = await read_window(client, nodes, w0, w1, per_call=self._per_call("history_read"),
-                                           timeout_s=self.cfg.request_timeout_s)
+                                           timeout_s=self.cfg.request_timeout_s, held=self._held,
+                                           settle=lambda: not (self._lost is not None and self._lost.is_set()))
+            await self._release_held(client)  # a node given up after MAX_ROUNDS leaves its point
             spans.held(len(values))
             if no:
                 refused.update({self._tags[i]: code for i, code in no.items()})
@@ -1483,7 +1560,15 @@ class OpcUaCollector:
                 prev = last.get(r.tag)
                 if prev is None or r.time > prev:
                     last[r.tag] = r.time
-                    fresh.append(r)
+                    if hole is not None:
+                        hole.note(r)
+                elif hole is None or not hole.takes(r):
+                    # Handed on already. Not so the hole's values, older than the live values a resumed session
+                    # handed on beside the backfill that left it: the whole hole was dropped (300 of 300 values).
+                    continue
+                fresh.append(r)
+                if repeats is not None:
+                    repeats.add(r)
             for k in range(0, len(fresh), BACKFILL_BATCH):
                 chunk = fresh[k:k + BACKFILL_BATCH]
                 # What is left goes with the batch: from the window's end, or within it from this batch's last
@@ -1497,6 +1582,35 @@ class OpcUaCollector:
             if not nodes:
                 break
         return nodes
+
+    async def _release_held(self, client: Client) -> None:
+        """Give back the continuation points an abandoned history read left (`_held`). A release the server
+        refuses (other than for points it no longer holds) is final; one that fails (a lost connection, no answer) is
+        tried again at the next backfill of this session, if it is resumed. Each failed attempt is counted
+        (``history_release``), and logged once until a release goes through: the server holds those points until the
+        session closes, and answers later reads Bad_NoContinuationPoints when it has no more."""
+        if not self._held:
+            return
+        held = list(self._held.values())
+        try:
+            refused = await release(client, held, self.cfg.request_timeout_s)
+        except Exception as exc:
+            why = f"{describe(exc)}; tried again before the next history read of this session"
+        else:
+            self._held.clear()
+            if not refused:
+                self._release_logged = False
+                log.debug("%s: %d continuation points given back", self.name, len(held))
+                return
+            why = "refused: " + ", ".join(f"{n} x {name}" for name, n in sorted(refused.items()))
+        self.ctx.metrics.collector_errors.labels(self.name, "history_release").inc()
+        if self._release_logged:  # every failed attempt is counted; logged once until a release goes through
+            return
+        self._release_logged = True
+        log.warning("%s: %d continuation points of an abandoned history read not given back to %s (%s); the server "
+                    "holds them until the session closes, and may answer history reads Bad_NoContinuationPoints",
+                    self.name, len(held), self.cfg.endpoint, why,
+                    extra={"event": "opcua_history_release_failed", "collector": self.name})
 
     async def _span_end(self, client: Client) -> datetime:
         """Where a backfill (round) of a new session ends: after everything the server produced before the live

@@ -16,8 +16,10 @@ What this module does is the reading: `read_window`, `Windows` and `plan`; the c
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from asyncua import Client, ua
 
@@ -124,17 +126,27 @@ class Windows:
 
 
 async def read_window(client: Client, nodes: list[tuple[int, ua.NodeId]], start: datetime, end: datetime, *,
-                      per_call: int, timeout_s: float) -> tuple[list[tuple[int, ua.DataValue]], dict[int, str]]:
+                      per_call: int, timeout_s: float, held: dict[int, tuple[ua.NodeId, bytes]] | None = None,
+                      settle: Callable[[], bool] | None = None
+                      ) -> tuple[list[tuple[int, ua.DataValue]], dict[int, str]]:
     """Every raw value of ``nodes`` ((index, node id) pairs) whose source time lies in ``[start, end]``, as
     ``(index, DataValue)`` in the server's order per node; and the nodes the server refused (index -> status name:
     not historized, no access ...). ``per_call`` nodes per request, each request within ``timeout_s``. Raises what
     the requests raise (a lost connection, a refused request).
+
+    ``held`` (index -> (node id, continuation point)) is kept current with the continuation points the server holds
+    for this session: those given and not yet used, and those sent in a request that did not answer (it may not have
+    used them). A read that raises, is cancelled or gives up after `MAX_ROUNDS` leaves them there, for the caller to
+    `release`: a server has few (Part 4 §7.9), and keeps them for the session's life otherwise. Cancelled while a
+    request is under way, the read waits for its answer (within ``timeout_s``) when ``settle()`` says so (the
+    connection is up): the points it gives are known from it only.
 
     A node whose answer is cut at NumValuesPerNode without a continuation point (asyncua's server does that, where
     Part 11 asks for one) is read on from its last value's time, which is not handed on twice; so is a node the
     server had no continuation point for (`_AGAIN`), while the others of the request make progress."""
     values: list[tuple[int, ua.DataValue]] = []
     refused: dict[int, str] = {}
+    held = {} if held is None else held
     for k in range(0, len(nodes), per_call):
         ids = dict(nodes[k:k + per_call])
         # node -> (continuation point, start time of its request); nodes are asked together when their starts agree
@@ -150,7 +162,22 @@ async def read_window(client: Client, nodes: list[tuple[int, ua.NodeId]], start:
             later: dict[int, tuple[bytes | None, datetime]] = {}
             again: dict[int, str] = {}
             for since, order in groups.items():
-                results = await _history_read(client, [(ids[i], pending[i][0]) for i in order], since, end, timeout_s)
+                request = asyncio.ensure_future(
+                    _history_read(client, [(ids[i], pending[i][0]) for i in order], since, end, timeout_s))
+                try:
+                    results = await asyncio.shield(request)
+                except asyncio.CancelledError:
+                    # Cancelled (a stop) while the server reads: the continuation points its answer gives are the
+                    # session's, and known from the answer only; so it is waited for (the request has its timeout)
+                    # while the connection is up. Failed or not waited for, what the request carried stays in `held`.
+                    if not request.done() and settle is not None and settle():
+                        await asyncio.wait([request])
+                    if request.done() and not request.cancelled() and request.exception() is None:
+                        _hold(held, ids, order, request.result())
+                    else:
+                        request.cancel()
+                    raise
+                _hold(held, ids, order, results)
                 for i, res in zip(order, results, strict=True):
                     code = res.StatusCode
                     if code is not None and code.value in _AGAIN:
@@ -190,17 +217,44 @@ async def read_window(client: Client, nodes: list[tuple[int, ua.NodeId]], start:
     return values, refused
 
 
+def _hold(held: dict[int, tuple[ua.NodeId, bytes]], ids: dict[int, ua.NodeId], order: list[int],
+          results: list[ua.HistoryReadResult]) -> None:
+    """Note the continuation points an answer gives and those its request used (or the server dropped)."""
+    for i, res in zip(order, results, strict=True):
+        held.pop(i, None)
+        if res.ContinuationPoint:
+            held[i] = (ids[i], res.ContinuationPoint)
+
+
+async def release(client: Client, held: list[tuple[ua.NodeId, bytes]], timeout_s: float) -> dict[str, int]:
+    """Give back continuation points a read left (`read_window`'s ``held``): HistoryRead with
+    ReleaseContinuationPoints (Part 4 §5.10.3), within ``timeout_s``. Returns the refusals, status name -> how many;
+    Bad_ContinuationPointInvalid is none (the point is not held any more: the request that carried it used it, or
+    the server dropped it). Raises what the request raises (a lost connection: the session, if resumed, still holds
+    them)."""
+    if not held:
+        return {}
+    now = datetime.now(UTC)
+    results = await _history_read(client, held, now, now, timeout_s, release=True)
+    refused: dict[str, int] = {}
+    for res in results:
+        code = res.StatusCode
+        if code is not None and not code.is_good() and code.value != ua.StatusCodes.BadContinuationPointInvalid:
+            refused[code.name] = refused.get(code.name, 0) + 1
+    return refused
+
+
 def _when(dv: ua.DataValue) -> datetime | None:
     return dv.SourceTimestamp or dv.ServerTimestamp
 
 
 async def _history_read(client: Client, nodes: list[tuple[ua.NodeId, bytes | None]], start: datetime, end: datetime,
-                        timeout_s: float) -> list[ua.HistoryReadResult]:
+                        timeout_s: float, *, release: bool = False) -> list[ua.HistoryReadResult]:
     params = ua.HistoryReadParameters()
     params.HistoryReadDetails = ua.ReadRawModifiedDetails(
         IsReadModified=False, StartTime=start, EndTime=end, NumValuesPerNode=VALUES_PER_NODE, ReturnBounds=False)
     params.TimestampsToReturn = ua.TimestampsToReturn.Both
-    params.ReleaseContinuationPoints = False
+    params.ReleaseContinuationPoints = release
     params.NodesToRead = [ua.HistoryReadValueId(NodeId=node, IndexRange="", ContinuationPoint=cp) for node, cp in nodes]
     results = await within(client.uaclient.history_read(params), timeout_s)
     if len(results) != len(nodes):
