@@ -179,6 +179,20 @@ def test_definitions_and_instances_survive_a_gateway_restart(tmp_path):
         restarted(*swap(n.data({"Line1/M1": Template([Metric("Speed", 1.0)], ref="Pump")})), NOW)
 
 
+def test_a_state_saved_before_templates_were_stored_asks_for_a_rebirth_instead_of_guessing(tmp_path):
+    """A state file from before (no definitions, no instances: the template metric was only a skipped type)."""
+    (tmp_path / "G~N.json").write_text('{"aliases": {"1": "Line1/M1"}, "types": {"Line1/M1": 19}, "online": true, '
+                                       '"bd_seq": 0, "seq": 3, "devices": {}, "group": "G", "node": "N"}')
+    asked = []
+    d = decoder()
+    SparkplugStore(tmp_path).attach(d)
+    d.on_rebirth = lambda group, node, why: asked.append(why)
+    data = encode_payload([Metric(None, Template([Metric("Speed", 1.0)]), alias=1)], seq=4)
+    with pytest.raises(DataError, match="template instance 'Line1/M1' of edge node G/N is in no birth"):
+        d(data, topic("G", "NDATA", "N"), NOW)
+    assert len(asked) == 1
+
+
 def test_transient_members_and_a_null_instance():
     d = decoder()
     p = Payload(seq=0, timestamp=T0_MS)
