@@ -628,6 +628,7 @@ class SparkplugDecoder:
         transient = entity.transient if entity is not None else ()
         names, template, pre, post, out = walk.names, walk.template, walk.pre, walk.post, walk.out
         receive_time = walk.receive_time
+        last_ts, last_time = None, (receive_time, NO_TIME)  # members mostly share a timestamp: converted once
         for mm in tv.metrics:
             member = mm.name
             if not member or type(member) is not str:
@@ -649,18 +650,22 @@ class SparkplugDecoder:
             if tag is None:
                 tag = pre + _check_str(path) + post
                 template.remember(names, path, tag)
-            datatype = mm.datatype or types.get(path, 0)
-            if kind is None:
+            if kind == "double_value" or kind == "float_value" or kind == "boolean_value":
+                v = getattr(mm, kind)
+            elif kind is None:
                 if not mm.is_null:
                     self._skipped(path, walk.where, "no value")
                     continue
                 v = None
             else:
+                datatype = mm.datatype or types.get(path, 0)
                 v = scalar_value(mm, kind, datatype)
                 if v is _SKIP:
                     self._skipped(path, walk.where, f"a {_type_name(datatype)} ({kind})")
                     continue
-            t, flags = _time(own_ts, receive_time, i)
+            if own_ts != last_ts:
+                last_ts, last_time = own_ts, _time(own_ts, receive_time, i)
+            t, flags = last_time
             if v is None:
                 out.append(Reading(tag, t, None, receive_time, BAD, flags | SOURCE_STATUS, 0, "is_null"))
             elif own_quality is not None:
