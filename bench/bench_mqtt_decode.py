@@ -7,6 +7,9 @@ Cases, each with ``--samples`` readings per message (1,000 tags in the message s
 - ``json_iso``: the same with ISO-8601 timestamps;
 - ``json_array_one_tag``: ``[{"t": ..., "v": ...}, ...]`` on a per-tag topic (tag from the topic);
 - ``sparkplug_ddata``: DDATA with metrics by alias and per-metric timestamps;
+- ``sparkplug_templates``: NDATA of 100 Template (UDT) instances by alias x 10 Double members with their own
+  timestamps, each member a reading (``--messages`` / 10 messages of 1,000 readings; before the templates were
+  flattened, no reading);
 - ``plain``: one number per message (readings/s = messages/s).
 Best of ``--repeat`` runs (the least disturbed by the rest of the machine); each case must decode every sample it
 was given, or the script fails. Prints a table and writes bench/results/mqtt_decode.json.
@@ -37,7 +40,7 @@ from results_io import write_results  # noqa: E402
 
 from collectors.mqtt.config import Subscription  # noqa: E402
 from collectors.mqtt.decode import make_decoder  # noqa: E402
-from collectors.mqtt.sparkplug_encode import EdgeNode  # noqa: E402
+from collectors.mqtt.sparkplug_encode import EdgeNode, Metric, Template  # noqa: E402
 
 TAGS = [f"P-{i // 10:03d}.s{i % 10}" for i in range(1000)]
 T0_MS = 1_714_564_800_000
@@ -70,6 +73,23 @@ def sparkplug(n: int, k: int) -> tuple[list[tuple[bytes, str]], tuple[bytes, str
     for m in range(n):
         samples = [(TAGS[(m * k + j) % len(TAGS)], rnd.random(), T0_MS + m * k + j) for j in range(k)]
         t, p = node.data(samples, device="dev1")
+        out.append((p, t))
+    return out, (birth, topic)
+
+
+def sparkplug_templates(n: int, instances: int = 100, members: int = 10
+                        ) -> tuple[list[tuple[bytes, str]], tuple[bytes, str]]:
+    rnd = random.Random(5)
+    node = EdgeNode("Bench", "udt1")
+    names = [f"m{j}" for j in range(members)]
+    udt = Template([Metric(m, 0.0) for m in names], definition=True)
+    topic, birth = node.birth({f"Line/Motor{i}": Template([Metric(m, 0.0) for m in names], ref="Motor")
+                               for i in range(instances)}, definitions={"Motor": udt})
+    out = []
+    for m in range(n):
+        ts = T0_MS + m
+        t, p = node.data([(f"Line/Motor{i}", Template([Metric(x, rnd.random(), timestamp_ms=ts) for x in names]), ts)
+                          for i in range(instances)])
         out.append((p, t))
     return out, (birth, topic)
 
@@ -174,11 +194,14 @@ def main() -> None:
     sp_msgs, (birth, birth_topic) = sparkplug(n, k)
     sp_dec(birth, birth_topic, datetime.now(UTC))
     results["sparkplug_ddata"] = measure(sp_dec, sp_msgs, args.repeat)
+    udt_msgs, (birth, birth_topic) = sparkplug_templates(max(1, n // 10))
+    sp_dec(birth, birth_topic, datetime.now(UTC))
+    results["sparkplug_templates"] = measure(sp_dec, udt_msgs, args.repeat)
     plain_dec = make_decoder(Subscription.model_validate({"topic": "plain/#", "format": "plain", "tag": "{#}"}))
     results["plain"] = measure(plain_dec, plain(n * 10), args.repeat)
 
     for name, (_, _, got) in results.items():
-        want = n * 10 if name == "plain" else n * k
+        want = n * 10 if name == "plain" else max(1, n // 10) * 1000 if name == "sparkplug_templates" else n * k
         if got != want:  # a decoder that drops samples must not be timed as if it did the work
             raise SystemExit(f"{name}: decoded {got:,} readings of {want:,}")
 

@@ -555,25 +555,25 @@ def test_an_alias_a_birth_gives_to_two_metrics_names_neither(tmp_path):
 
 
 def test_a_metric_that_is_not_stored_is_named_in_the_log_once(caplog):
-    """Templates (Ignition's UDTs), datasets, arrays and bytes are not stored: they were counted in status() only, so
-    a site whose edge node publishes its pumps as UDT instances saw no value and no word of why."""
+    """Datasets, arrays and bytes are not stored: they were counted in status() only, so a site whose edge node
+    publishes them saw no value and no word of why. (Templates, Ignition's UDTs, are stored member by member since:
+    tests/test_mqtt_sparkplug_templates.py.)"""
     caplog.set_level(logging.WARNING, logger="collectors.mqtt")
     d = decoder()
     birth = Payload(seq=0)
     birth.metrics.add(name="flow", datatype=DataType.Double, double_value=1.0)
-    tpl = birth.metrics.add(name="Pump101", datatype=DataType.Template)
-    tpl.template_value.metrics.add(name="speed", datatype=DataType.Int32, int_value=1480)
+    birth.metrics.add(name="speeds", datatype=DataType.Int32Array, bytes_value=b"\x01\x00\x00\x00")
     birth.metrics.add(name="table", datatype=DataType.DataSet).dataset_value.num_of_columns = 0
     assert [r.tag for r in d(birth.SerializeToString(), topic("KIP", "NBIRTH", "gw1"), NOW)] == ["KIP.gw1.flow"]
     data = Payload(seq=1)
-    data.metrics.add(name="Pump101").template_value.metrics.add(name="speed", int_value=1490)
+    data.metrics.add(name="speeds", bytes_value=b"\x02\x00\x00\x00")
     assert d(data.SerializeToString(), topic("KIP", "NDATA", "gw1"), NOW) == []
     assert d.stats["skipped_metrics"] == 3
     lines = [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "sparkplug_metric_skipped"]
     assert lines == [
-        "Sparkplug metric 'Pump101' of edge node KIP/gw1: a Template (template_value), not stored (only scalar metrics "
-        "are: flatten templates (UDTs), datasets and arrays into scalar metrics on the edge node); counted in status() "
+        "Sparkplug metric 'speeds' of edge node KIP/gw1: a Int32Array (bytes_value), not stored (only scalar and "
+        "Template metrics are: flatten datasets and arrays into scalar metrics on the edge node); counted in status() "
         "sparkplug.skipped_metrics, logged once per metric name",
-        "Sparkplug metric 'table' of edge node KIP/gw1: a DataSet (dataset_value), not stored (only scalar metrics "
-        "are: flatten templates (UDTs), datasets and arrays into scalar metrics on the edge node); counted in status() "
+        "Sparkplug metric 'table' of edge node KIP/gw1: a DataSet (dataset_value), not stored (only scalar and "
+        "Template metrics are: flatten datasets and arrays into scalar metrics on the edge node); counted in status() "
         "sparkplug.skipped_metrics, logged once per metric name"]

@@ -32,8 +32,13 @@ NDATA/DDATA that carry only aliases decode. That state outlives a gateway restar
 - Quality: the metric property ``Quality`` (OPC DA code: 192 good, 64..191 uncertain, else bad; Sparkplug's 500,
   STALE, is uncertain: a last known value).
 - Timestamps are ms since the epoch: metric's, else payload's, else the receive time.
+- Template (UDT) metrics: the NBIRTH's definitions are kept (``Node.definitions``) with each birth's instances
+  (``Entity.refs``) and members (``Entity.types`` by path); an instance becomes one reading per member, tagged
+  ``<metric name>/<member>`` (nested: ``/`` again), decoded as a top-level metric (`SparkplugDecoder._instance`).
+  DATA may carry only the changed members; one naming an instance, definition or member no birth gave fails like
+  an unknown alias. Parameters are not stored.
 - Protocol metrics (``bdSeq``, ``Node Control/*``, ``Device Control/*``) and non-scalar types
-  (DataSet, Template, Bytes, File, arrays) are skipped and counted, not stored; so are metrics flagged
+  (DataSet, Bytes, File, arrays) are skipped and counted, not stored; so are metrics flagged
   ``is_transient`` (the specification: of interest to a host, not to be stored in a historian).
   ``is_historical`` metrics are stored with their own timestamps like any other.
 """
@@ -69,6 +74,7 @@ _fromts = datetime.fromtimestamp
 # DataType numbers (sparkplug_b.proto).
 SIGNED_BITS = {1: 8, 2: 16, 3: 32, 4: 64}  # Int8, Int16, Int32, Int64
 DATETIME = 13
+TEMPLATE = 19
 FIRST_NON_SCALAR = 16  # DataSet; then Bytes, File, Template, PropertySet(List) and the arrays: never stored
 SCALAR_FIELDS = {"int_value", "long_value", "float_value", "double_value", "boolean_value", "string_value"}
 _PROTOCOL_PREFIXES = ("Node Control/", "Device Control/")
@@ -96,11 +102,16 @@ class Entity:
     # lost): births published in between were not received, so its aliases may name other metrics now. Not saved:
     # each connection without a session sets it again (`SparkplugDecoder.new_session`).
     unconfirmed: bool = False
+    # Template instances of the birth (nested ones by their path "Motor1/Bearing") -> their definition's name; their
+    # members are in ``types`` by path ("Motor1/Speed"), so a death marks them too.
+    refs: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         out = {"aliases": {str(a): n for a, n in self.aliases.items()}, "types": self.types, "online": self.online}
         if self.transient:
             out["transient"] = sorted(self.transient)
+        if self.refs:
+            out["refs"] = self.refs
         if self.died is not None:
             out["died"] = list(self.died)
         if self.clashes:
@@ -113,7 +124,7 @@ class Entity:
         return cls({int(a): n for a, n in d.get("aliases", {}).items()}, dict(d.get("types", {})),
                    bool(d.get("online", False)), set(d.get("transient", ())),
                    (int(died[0]), bool(died[1])) if died else None,
-                   {int(a): list(names) for a, names in d.get("clashes", {}).items()})
+                   {int(a): list(names) for a, names in d.get("clashes", {}).items()}, refs=dict(d.get("refs", {})))
 
     def stored_names(self) -> list[str]:
         """The metrics whose values are stored (so a death marks them): not protocol, non-scalar or transient."""
@@ -127,17 +138,20 @@ class Node(Entity):
     seq: int | None = None  # last sequence number seen
     devices: dict[str, Entity] = field(default_factory=dict)
     born_ms: int | None = None  # the NBIRTH's payload timestamp
+    # Template definitions of the NBIRTH: name -> {member: datatype, or the definition name of a nested template}.
+    definitions: dict[str, dict[str, int | str]] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {**super().to_json(), "bd_seq": self.bd_seq, "seq": self.seq, "born_ms": self.born_ms,
-                "devices": {d: e.to_json() for d, e in self.devices.items()}}
+                "devices": {d: e.to_json() for d, e in self.devices.items()}, "definitions": self.definitions}
 
     @classmethod
     def from_json(cls, d: dict) -> Node:
         base = Entity.from_json(d)
-        return cls(base.aliases, base.types, base.online, base.transient, base.died, base.clashes,
+        return cls(base.aliases, base.types, base.online, base.transient, base.died, base.clashes, refs=base.refs,
                    bd_seq=d.get("bd_seq"), seq=d.get("seq"), born_ms=d.get("born_ms"),
-                   devices={k: Entity.from_json(v) for k, v in d.get("devices", {}).items()})
+                   devices={k: Entity.from_json(v) for k, v in d.get("devices", {}).items()},
+                   definitions={k: dict(v) for k, v in d.get("definitions", {}).items()})
 
 
 def scalar_value(m, kind: str | None, datatype: int) -> object:
@@ -169,7 +183,8 @@ class PartlyRead(list):
 
 
 class UnknownAlias(DataError):
-    """DATA named a metric by an alias no birth defined."""
+    """DATA named a metric by an alias no birth defined (or a template instance, definition or member no birth
+    defined: the edge node must rebirth either way)."""
 
 
 def quality_of(props) -> tuple[Quality, int, int, str]:
@@ -287,7 +302,8 @@ class SparkplugDecoder:
             why = f"DDATA from device {levels[4]} whose DBIRTH was not seen" + (" since its DDEATH" if entity else "")
         try:
             return self._metrics(p, topic, receive_time, entity, self.device_tag if device else self.node_tag,
-                                 f"{'device' if device else 'edge node'} {'/'.join(levels[1:2] + levels[3:])}")
+                                 f"{'device' if device else 'edge node'} {'/'.join(levels[1:2] + levels[3:])}",
+                                 node.definitions if node else {})
         except UnknownAlias as exc:
             why = why or str(exc)
             raise
@@ -298,12 +314,18 @@ class SparkplugDecoder:
 
     def _birth(self, p, topic, receive_time, group, node_id, device) -> list[Reading]:
         fresh = Entity(online=True)
+        definitions: dict[str, dict[str, int | str]] = {}
         for i, m in enumerate(p.metrics):
             name = m.name
             if not name:
                 raise DataError(f"metric {i}: a birth certificate metric needs a name")
             if type(name) is not str:
                 raise DataError(f"metric {i}: name is not valid UTF-8")
+            if m.WhichOneof("value") == "template_value":
+                if m.template_value.is_definition:  # a type, not a value: no tag, no alias, nothing a death marks
+                    definitions[name] = _definition(m.template_value, i)
+                    continue
+                _instance_types(fresh, name, m.template_value, i)
             fresh.types[name] = m.datatype
             if m.is_transient:
                 fresh.transient.add(name)
@@ -329,11 +351,15 @@ class SparkplugDecoder:
         if device is None:
             seq = p.seq if p.HasField("seq") else None
             node = self.nodes[key] = Node(fresh.aliases, fresh.types, True, fresh.transient, clashes=fresh.clashes,
-                                          bd_seq=_bd_seq(p), seq=seq, born_ms=p.timestamp or None)
+                                          refs=fresh.refs, bd_seq=_bd_seq(p), seq=seq, born_ms=p.timestamp or None,
+                                          definitions=definitions)
             template, entity = self.node_tag, node
         else:
             node = self.nodes.setdefault(key, Node())
             node.devices[device] = fresh
+            # Definitions belong in the NBIRTH (tck-id-payloads-template-definition-nbirth-only); one a DBIRTH brings
+            # anyway is kept for the node, as its instances would otherwise all be dead letters.
+            node.definitions.update(definitions)
             template, entity = self.device_tag, fresh
         if self.on_change is not None:
             try:
@@ -349,7 +375,7 @@ class SparkplugDecoder:
                     node.devices.pop(device, None)
                 raise
         where = f"device {group}/{node_id}/{device}" if device is not None else f"edge node {group}/{node_id}"
-        return self._metrics(p, topic, receive_time, entity, template, where)
+        return self._metrics(p, topic, receive_time, entity, template, where, node.definitions, birth=True)
 
     def _node_death(self, p, topic, receive_time, group, node_id, node: Node | None,
                     redelivered: bool) -> list[Reading]:
@@ -456,7 +482,7 @@ class SparkplugDecoder:
         if name in self._skips_logged or len(self._skips_logged) >= SKIPS_LOGGED_MAX:
             return
         self._skips_logged.add(name)
-        log.warning("Sparkplug metric %r of %s: %s, not stored (only scalar metrics are: flatten templates (UDTs), "
+        log.warning("Sparkplug metric %r of %s: %s, not stored (only scalar and Template metrics are: flatten "
                     "datasets and arrays into scalar metrics on the edge node); counted in status() "
                     "sparkplug.skipped_metrics, logged once per metric name", name, where, what,
                     extra={"event": "sparkplug_metric_skipped"})
@@ -475,7 +501,7 @@ class SparkplugDecoder:
         return [Reading(pre + name + post, t, None, receive_time, BAD, flags, 0, why) for name in entity.stored_names()]
 
     def _metrics(self, p, topic, receive_time, entity: Entity | None, template: TagTemplate,
-                 where: str) -> list[Reading]:
+                 where: str, definitions: dict[str, dict[str, int | str]], *, birth: bool = False) -> list[Reading]:
         pre, post = template.around_field(topic)
         names = template.field_tags(topic)  # metric name -> tag (protocol metrics never enter)
         payload_ts = p.timestamp
@@ -525,6 +551,9 @@ class SparkplugDecoder:
                 if not m.is_null:
                     self._skipped(name, where, "no value")
                     continue
+                if (m.datatype or types.get(name)) == TEMPLATE:  # a null instance: each of its members is null
+                    _null_members(entity, name, pre, post, m.timestamp or payload_ts, receive_time, out)
+                    continue
                 v = None
             else:
                 datatype = m.datatype or types.get(name, 0)
@@ -539,10 +568,20 @@ class SparkplugDecoder:
                     continue
                 v = scalar_value(m, kind, datatype)
                 if v is _SKIP:
-                    self._skipped(name, where, f"a {_type_name(datatype)} ({kind})")
+                    if kind == "template_value":
+                        if not m.template_value.is_definition:
+                            walk = _Walk(entity, definitions, names, template, pre, post, receive_time, where, birth,
+                                         out, errors)
+                            self._instance(walk, m.template_value, name, i, m.timestamp or payload_ts,
+                                           quality_of(m.properties) if m.HasField("properties") else None)
+                            continue
+                        if birth:  # a type, kept by `_birth`: no value
+                            continue
+                    self._skipped(name, where, "a template definition outside the NBIRTH" if kind == "template_value"
+                                  else f"a {_type_name(datatype)} ({kind})")
                     continue
             ts = m.timestamp or payload_ts
-            if ts:
+            if ts:  # `_time` written out: this is the hottest loop, a call per metric is not free
                 try:
                     t = _fromts(ts / 1000, UTC)
                 except (OverflowError, ValueError, OSError):
@@ -562,6 +601,143 @@ class SparkplugDecoder:
                 raise DataError("; ".join(errors))
             return PartlyRead(out, errors)
         return out
+
+    def _instance(self, walk: _Walk, tv, name: str, i: int, ts_ms: int,
+                  quality: tuple[Quality, int, int, str] | None) -> None:
+        """The readings of template instance ``name`` (a metric's name, or a nested instance's path): one a member,
+        tagged ``<name>/<member>``. A member's timestamp is its own, else ``ts_ms`` (the instance's, else the
+        payload's); its quality its own ``Quality`` property, else ``quality`` (the instance's). Parameters are not
+        stored. In DATA an instance, its definition or a member no birth gave fails the message (the edge node must
+        rebirth, as for an unknown alias); in a birth the instance is what the edge node says: an unknown definition
+        is named (`PartlyRead`) and the members are stored."""
+        entity = walk.entity
+        ref = tv.template_ref if tv.HasField("template_ref") else None
+        known = entity.refs.get(name) if entity is not None else None
+        if walk.birth:
+            if ref not in walk.definitions:
+                walk.errors.append(f"metric {i} ({name!r}): template instance of definition {ref!r}, which the "
+                                   "NBIRTH did not define")
+        elif known is None:
+            raise UnknownAlias(f"metric {i}: template instance {name!r} of {walk.where} is in no birth certificate "
+                               "seen: the edge node must rebirth")
+        elif (ref or known) not in walk.definitions or (ref is not None and ref != known):
+            raise UnknownAlias(f"metric {i}: template instance {name!r} of {walk.where} is of definition "
+                               f"{ref or known!r}; the birth seen gave {known!r}, the NBIRTH defines "
+                               f"{sorted(walk.definitions)}: the edge node must rebirth")
+        types = entity.types if entity is not None else {}
+        transient = entity.transient if entity is not None else ()
+        names, template, pre, post, out = walk.names, walk.template, walk.pre, walk.post, walk.out
+        receive_time = walk.receive_time
+        last_ts, last_time = None, (receive_time, NO_TIME)  # members mostly share a timestamp: converted once
+        for mm in tv.metrics:
+            member = mm.name
+            if not member or type(member) is not str:
+                raise DataError(f"metric {i} ({name!r}): a template member needs a name (valid UTF-8)")
+            path = f"{name}/{member}"
+            if not walk.birth and path not in types and path not in entity.refs:
+                raise UnknownAlias(f"metric {i}: template instance {name!r} of {walk.where} has no member "
+                                   f"{member!r} in the birth seen: the edge node must rebirth")
+            kind = mm.WhichOneof("value")
+            own_ts = mm.timestamp or ts_ms
+            own_quality = quality_of(mm.properties) if mm.HasField("properties") else quality
+            if kind == "template_value":
+                self._instance(walk, mm.template_value, path, i, own_ts, own_quality)
+                continue
+            if mm.is_transient or path in transient:
+                self.stats["transient_metrics"] += 1
+                continue
+            tag = names.get(path)
+            if tag is None:
+                tag = pre + _check_str(path) + post
+                template.remember(names, path, tag)
+            if kind == "double_value" or kind == "float_value" or kind == "boolean_value":
+                v = getattr(mm, kind)
+            elif kind is None:
+                if not mm.is_null:
+                    self._skipped(path, walk.where, "no value")
+                    continue
+                v = None
+            else:
+                datatype = mm.datatype or types.get(path, 0)
+                v = scalar_value(mm, kind, datatype)
+                if v is _SKIP:
+                    self._skipped(path, walk.where, f"a {_type_name(datatype)} ({kind})")
+                    continue
+            if own_ts != last_ts:
+                last_ts, last_time = own_ts, _time(own_ts, receive_time, i)
+            t, flags = last_time
+            if v is None:
+                out.append(Reading(tag, t, None, receive_time, BAD, flags | SOURCE_STATUS, 0, "is_null"))
+            elif own_quality is not None:
+                q, qflags, status, status_name = own_quality
+                out.append(Reading(tag, t, v, receive_time, q, flags | qflags, status, status_name))
+            else:
+                out.append(Reading(tag, t, v, receive_time, GOOD, flags))
+
+
+@dataclass(slots=True)
+class _Walk:
+    """What the readings of a message's template instances are made with (`SparkplugDecoder._instance`)."""
+
+    entity: Entity | None
+    definitions: dict[str, dict[str, int | str]]
+    names: dict
+    template: TagTemplate
+    pre: str
+    post: str
+    receive_time: datetime
+    where: str
+    birth: bool
+    out: list[Reading]
+    errors: list[str]
+
+
+def _time(ts_ms: int, receive_time: datetime, i: int) -> tuple[datetime, int]:
+    """(time, flags) of a value stamped ``ts_ms`` (0: not stamped, the receive time)."""
+    if not ts_ms:
+        return receive_time, NO_TIME
+    try:
+        return _fromts(ts_ms / 1000, UTC), 0
+    except (OverflowError, ValueError, OSError):
+        raise DataError(f"metric {i}: timestamp {ts_ms} ms is out of range") from None
+
+
+def _definition(tv, i: int) -> dict[str, int | str]:
+    """A template definition's members: name -> datatype, or the definition name of a nested template."""
+    out: dict[str, int | str] = {}
+    for mm in tv.metrics:
+        if not mm.name or type(mm.name) is not str:
+            raise DataError(f"metric {i}: a template member needs a name (valid UTF-8)")
+        nested = mm.template_value if mm.WhichOneof("value") == "template_value" else None
+        out[mm.name] = nested.template_ref if nested is not None else mm.datatype
+    return out
+
+
+def _instance_types(entity: Entity, name: str, tv, i: int) -> None:
+    """Note a birth's template instance ``name``: its definition, and its members' datatypes by path."""
+    entity.refs[name] = tv.template_ref
+    for mm in tv.metrics:
+        if not mm.name or type(mm.name) is not str:
+            raise DataError(f"metric {i} ({name!r}): a template member needs a name (valid UTF-8)")
+        path = f"{name}/{mm.name}"
+        if mm.WhichOneof("value") == "template_value":
+            _instance_types(entity, path, mm.template_value, i)
+            continue
+        entity.types[path] = mm.datatype
+        if mm.is_transient:
+            entity.transient.add(path)
+
+
+def _null_members(entity: Entity | None, name: str, pre: str, post: str, ts_ms: int, receive_time: datetime,
+                  out: list[Reading]) -> None:
+    """A null template instance: a bad-quality null for each member its birth gave (stored ones only)."""
+    if entity is None:
+        return
+    t, flags = _time(ts_ms, receive_time, 0)
+    prefix = name + "/"
+    out += [Reading(pre + n + post, t, None, receive_time, BAD, flags | SOURCE_STATUS, 0, "is_null")
+            for n in entity.stored_names() if n.startswith(prefix)]
+
 
 def _type_name(datatype: int) -> str:
     try:
