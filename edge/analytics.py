@@ -288,6 +288,8 @@ class Analytics:
     async def process(self, readings: list[Reading]) -> None:
         """Run every analysis on one group of readings and send what it produced to the spool."""
         readings.sort(key=lambda r: r.time)  # analyses are per-tag time-ordered; groups may interleave sources
+        if self.latest is not None:
+            self.manager.advance(self.latest)  # the clock an alert from a backlog escalates from (emissions' too)
         derived: list[Reading] = []
         preds: list[Prediction] = []
         changes: list = []
@@ -639,4 +641,6 @@ class Analytics:
                 "open_alerts": len(self.manager.open),
                 # Observations left out for being older than the newest of their condition (maintenance/README.md)
                 "late_observations": self.manager.late + (self.maintenance.rules.late if self.maintenance else 0),
+                # Readings left out of the indicator windows for arriving behind them (a backlog; maintenance/README.md)
+                "behind_windows": self.maintenance.indicators.late if self.maintenance else 0,
                 "at": time.time()}

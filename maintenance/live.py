@@ -456,6 +456,9 @@ class MaintenanceLive:
             self.anomaly.load(self.anomaly_path)
         self._save_error: str | None = None
         self.metrics = metrics
+        # Readings the indicator windows left out as late, since the first of the current run of calls that had any
+        # (None: the last call had none): logged once at its start and once at its end, not per group.
+        self._late_run: dict[str, list] | None = None
         rul_assets = [a for a in config.assets if a.rul is not None]
         self.rul = None
         if rul_assets:
@@ -475,6 +478,8 @@ class MaintenanceLive:
         """Derived readings, predictions and alert changes caused by one batch (time-ordered per tag). The clock
         of escalations is ``now`` (the data's time), or the latest reading time when not given."""
         readings = list(readings)
+        if now is not None:
+            self.manager.advance(now)  # before observing: an alert from a backlog escalates from now, not its readings
         derived: list[Reading] = []
         preds: list[Prediction] = []
         changes: list[AlertChange] = []
@@ -569,7 +574,41 @@ class MaintenanceLive:
         t = now if now is not None else max((r.time for r in readings), default=None)
         if t is not None:
             changes.extend(self.manager.tick(t))
+        self._say_late()
         return derived, preds, changes
+
+    def _say_late(self) -> None:
+        """Count and log the readings the indicator windows left out in this call: a backlog (an OPC UA history read,
+        a Sparkplug node's historical values, a device's spool) that came after newer readings had moved the windows
+        on. Its indicators, ISO zones and rules on indicators are not computed (the raw readings are stored, and rules
+        on raw tags judge them); said once when it starts, with the tags and times lost, and once when it is over."""
+        got = self.indicators.take_late()
+        if not got:
+            if self._late_run is not None:
+                n = sum(v[0] for v in self._late_run.values())
+                log.info("readings behind the indicator windows are over: %d left out in all, %d tag(s)", n,
+                         len(self._late_run), extra={"event": "readings_behind_windows_over", "count": n})
+                self._late_run = None
+            return
+        n = sum(v[0] for v in got.values())
+        if self.metrics is not None:
+            self.metrics.analytics_late.inc(n)
+        if self._late_run is None:
+            self._late_run = {}
+            lo, hi = min(v[1] for v in got.values()), max(v[2] for v in got.values())
+            start = self.indicators.window_start()
+            names = sorted(got)
+            which = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            log.warning("%d reading(s) of %s from %s to %s arrived behind the indicator windows (open from %s): left "
+                        "out of indicators, ISO zones and rules on indicators (stored all the same); said once until "
+                        "they stop", n, which,
+                        lo.isoformat(), hi.isoformat(), start.isoformat() if start is not None else "?",
+                        extra={"event": "readings_behind_windows", "count": n, "tags": names[:20],
+                               "oldest": lo.isoformat(), "newest": hi.isoformat()})
+        for tag, (k, lo, hi) in got.items():
+            run = self._late_run.setdefault(tag, [0, lo, hi])
+            run[0] += k
+            run[1], run[2] = min(run[1], lo), max(run[2], hi)
 
     def detector_records(self) -> list[dict]:
         """The records of the detector versions that came into service since the last call (trained here, adopted
