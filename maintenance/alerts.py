@@ -356,12 +356,16 @@ class AlertManager:
         for key in [k for k, (_, at) in self.recent.items() if now - at >= within]:
             del self.recent[key]
 
-    def tick(self, now: datetime) -> list[AlertChange]:
+    def tick(self, now: datetime, data: datetime | None = None) -> list[AlertChange]:
         """Raise the conditions still active when the window that suppressed them is over (`held`), escalate open
-        alerts nobody acknowledged in time, and forget cleared ones too old to re-open."""
+        alerts nobody acknowledged in time, and forget cleared ones too old to re-open. ``data``: the newest time of
+        the readings just observed, when behind ``now`` (a backlog): windows are over for `held` conditions by it."""
         self.advance(now)
         self._forget_recent(now)
-        out = self._release(now)
+        # A backlog's conditions are judged by its readings' time: by the clock (hours on), a condition the backlog
+        # showed inside a maintenance window was out of it at once and raised at the clock's time, paging for
+        # what the same backlog's next readings showed gone inside the window (and cleared before it was raised).
+        out = self._release(now if data is None or data > now else data)
         after = self.policy.escalate_after_s
         if after is None:
             return out

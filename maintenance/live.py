@@ -571,9 +571,10 @@ class MaintenanceLive:
         changes.extend(self.rules.update(derived, judge=self._judge))
         # The caller's clock (the data's, never ahead of receipt: edge.pipeline) when given: one reading stamped
         # in the future must not escalate every open alert.
-        t = now if now is not None else max((r.time for r in readings), default=None)
+        newest = max((r.time for r in readings), default=None)
+        t = now if now is not None else newest
         if t is not None:
-            changes.extend(self.manager.tick(t))
+            changes.extend(self.manager.tick(t, newest))
         self._say_late()
         return derived, preds, changes
 

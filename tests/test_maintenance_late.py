@@ -99,3 +99,24 @@ async def test_a_still_active_backlog_alert_escalates_from_when_the_gateway_lear
             break
     assert _changes(batches)[1][1] == "escalated"
     assert an.latest == now + timedelta(seconds=600)
+
+
+async def test_a_backlog_inside_a_maintenance_window_is_judged_by_its_readings_time_not_the_clock():
+    """A window 00:20-00:50 (a bearing swap) covered pump A's zone C from 00:30 to 00:40; the readings come as a
+    backlog with the clock at 02:00. By the clock the window was over, so the held condition was raised at 02:00 after
+    the backlog's first group, and the same backlog's later readings cleared it at 00:41:40, before its raise: a page
+    for a condition the window covered from start to end. A fault that outlasts the window is raised at its first
+    reading after the window, the readings' time."""
+    from maintenance.alerts import Window
+
+    for fault_until, expected in ((2400, []), (3600, [("raised", 3000), ("cleared", 3000)])):
+        batches: list = []
+        an = _pumps(batches, Metrics(), "A")
+        an.manager.windows = [Window("A", T0 + timedelta(seconds=1200), T0 + timedelta(seconds=3000), "bearing swap")]
+        await _feed(an, _vib("A.vib", range(600), lambda s: 0.5), T0 + timedelta(seconds=600), size=1)
+        now = T0 + timedelta(seconds=7200)
+        readings = _vib("A.vib", range(600, 7200), lambda s, u=fault_until: 2.0 if 1800 <= s < u else 0.5, received=now)
+        await _feed(an, readings, now)
+        changes = _changes(batches)
+        assert changes[0][1] == "suppressed", changes
+        assert [(e, int((t - T0).total_seconds())) for _, e, t in changes[1:]] == expected
