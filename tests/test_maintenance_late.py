@@ -120,3 +120,33 @@ async def test_a_backlog_inside_a_maintenance_window_is_judged_by_its_readings_t
         changes = _changes(batches)
         assert changes[0][1] == "suppressed", changes
         assert [(e, int((t - T0).total_seconds())) for _, e, t in changes[1:]] == expected
+
+
+async def test_a_redelivered_reading_does_not_replace_the_anomaly_signals_newer_value():
+    """The simulator's pump, its bearing temperature read every 10 s, the others every second; after 00:11:41 the
+    group of 00:11:30 comes again (a redelivery: an MQTT message sent again behind newer ones). Its bearing temperature
+    replaced the one of 00:11:40 as the signal's latest value: the score of 00:11:43 was of the older value (2.47
+    instead of 0.93) and the one of 00:11:42 was lost. The scores must be those of a run without the redelivery."""
+    from test_maintenance_live import config, pump_readings
+
+    from maintenance.live import MaintenanceLive
+
+    cfg = config()
+    a = cfg.assets[0]
+    cfg = cfg.model_copy(update={"assets": (a.model_copy(
+        update={"anomaly": a.anomaly.model_copy(update={"predict_every_s": 1})}),)})
+    groups = [[r for r in g if r.tag != "P-101.bearing_temp" or r.time.second % 10 == 0]
+              for g in pump_readings(760, fault_from=10**9)]
+
+    async def scores(redeliver: bool) -> dict:
+        live = MaintenanceLive(cfg)
+        out = {}
+        for i, g in enumerate(groups):
+            for again in ([g, groups[690]] if redeliver and i == 701 else [g]):
+                _, preds, _ = await live.process(again)
+                out.update({p.time: p.value for p in preds if p.kind == "anomaly"})
+        return out
+
+    plain, redelivered = await scores(False), await scores(True)
+    assert len(plain) > 300 and T0 + timedelta(seconds=703) in plain
+    assert redelivered == plain
