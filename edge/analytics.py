@@ -300,7 +300,10 @@ class Analytics:
                 # Registry reads (files, the database) off the event loop; groups are processed in turn, so
                 # nothing observes meanwhile.
                 await asyncio.to_thread(self.emissions.refresh_pems)
+            late = self.emissions.late
             self.emissions.observe(readings)
+            if self.emissions.late > late:
+                self.metrics.analytics_late.labels("emissions").inc(self.emissions.late - late)
             changes.extend(self._conditions)
             self._conditions.clear()
             if self.maintenance is None and self.latest is not None:

@@ -102,9 +102,11 @@ class Metrics:
                                          "Readings analytics skipped because it was behind (raw data is stored)",
                                          registry=r)
         self.analytics_late = Counter("valvoja_analytics_late_total",
-                                      "Readings left out of the indicator windows (and the ISO zones and rules on "
-                                      "them) for arriving behind the open window: a backlog (stored all the same; log "
-                                      "event readings_behind_windows)", registry=r)
+                                      "Readings live analytics left out for arriving behind what it had moved on "
+                                      "to (a backlog; stored all the same): indicators (their windows, ISO zones and "
+                                      "rules on them), rul (a closed cycle), emissions (the live view's closed "
+                                      "interval)",
+                                      ["analysis"], registry=r)
         self.model_swaps = Counter("valvoja_model_swaps_total",
                                    "Registry champions swapped in live (swapped), refused (refused) or not readable "
                                    "(error)", ["model_id", "outcome"], registry=r)

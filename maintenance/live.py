@@ -597,7 +597,7 @@ class MaintenanceLive:
             return
         n = sum(v[0] for v in got.values())
         if self.metrics is not None:
-            self.metrics.analytics_late.inc(n)
+            self.metrics.analytics_late.labels("indicators").inc(n)
         if self._late_run is None:
             self._late_run = {}
             lo, hi = min(v[1] for v in got.values()), max(v[2] for v in got.values())

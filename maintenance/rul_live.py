@@ -575,6 +575,8 @@ class RulLive:
         """A reading for a cycle already closed (a source more than a cycle behind, a redelivery): left out of the
         cycle means, counted (`late` in the status) and said once a run."""
         a.late += 1
+        if self.metrics is not None:
+            self.metrics.analytics_late.labels("rul").inc()
         if not a.late_said:
             a.late_said = True
             log.warning("asset %s: a reading of %s is for a cycle already closed (a source more than a cycle behind "
