@@ -37,7 +37,7 @@ import numpy as np
 
 from edge.records import Alert, Flag, Quality, Reading
 from emissions import periods
-from emissions.config import Rule, StackConfig
+from emissions.config import Rule, StackConfig, valid_quality
 from emissions.normalise import Primary, normalise_stack
 
 CLEAR_HYSTERESIS = 0.95
@@ -215,7 +215,7 @@ class LiveMonitor:
             if v is not None:
                 self._operating = v not in self.cfg.excluded_states
             return
-        if v is None or not math.isfinite(v) or r.quality > accept_max:
+        if v is None or not math.isfinite(v) or not valid_quality(r.quality, r.flags, accept_max >= Quality.UNCERTAIN):
             return
         if pems_input:
             self._in_bin.setdefault(r.tag, []).append(v)
@@ -228,7 +228,7 @@ class LiveMonitor:
     def _status(self, pollutants: list[str], r: Reading, ts: float, accept_max: int, late: bool = False) -> None:
         """One analyser status reading (a step signal): in force from ``ts`` until the next one."""
         v = r.numeric
-        if v is None or not math.isfinite(v) or r.quality > accept_max:
+        if v is None or not math.isfinite(v) or not valid_quality(r.quality, r.flags, accept_max >= Quality.UNCERTAIN):
             return  # not valid data: the status before it holds on
         for name in pollutants:
             bad = v not in self._status_ok[name]
