@@ -288,6 +288,8 @@ class Analytics:
     async def process(self, readings: list[Reading]) -> None:
         """Run every analysis on one group of readings and send what it produced to the spool."""
         readings.sort(key=lambda r: r.time)  # analyses are per-tag time-ordered; groups may interleave sources
+        if self.latest is not None:
+            self.manager.advance(self.latest)  # the clock an alert from a backlog escalates from (emissions' too)
         derived: list[Reading] = []
         preds: list[Prediction] = []
         changes: list = []
@@ -298,7 +300,10 @@ class Analytics:
                 # Registry reads (files, the database) off the event loop; groups are processed in turn, so
                 # nothing observes meanwhile.
                 await asyncio.to_thread(self.emissions.refresh_pems)
+            late = self.emissions.late
             self.emissions.observe(readings)
+            if self.emissions.late > late:
+                self.metrics.analytics_late.labels("emissions").inc(self.emissions.late - late)
             changes.extend(self._conditions)
             self._conditions.clear()
             if self.maintenance is None and self.latest is not None:
@@ -642,4 +647,6 @@ class Analytics:
                 "open_alerts": len(self.manager.open),
                 # Observations left out for being older than the newest of their condition (maintenance/README.md)
                 "late_observations": self.manager.late + (self.maintenance.rules.late if self.maintenance else 0),
+                # Readings left out of the indicator windows for arriving behind them (a backlog; maintenance/README.md)
+                "behind_windows": self.maintenance.indicators.late if self.maintenance else 0,
                 "at": time.time()}

@@ -120,6 +120,12 @@ class Metrics:
         self.analytics_dropped = Counter("valvoja_analytics_dropped_total",
                                          "Readings analytics skipped because it was behind (raw data is stored)",
                                          registry=r)
+        self.analytics_late = Counter("valvoja_analytics_late_total",
+                                      "Readings live analytics left out for arriving behind what it had moved on "
+                                      "to (a backlog; stored all the same): indicators (their windows, ISO zones and "
+                                      "rules on them), rul (a closed cycle), emissions (the live view's closed "
+                                      "interval)",
+                                      ["analysis"], registry=r)
         self.model_swaps = Counter("valvoja_model_swaps_total",
                                    "Registry champions swapped in live (swapped), refused (refused) or not readable "
                                    "(error)", ["model_id", "outcome"], registry=r)

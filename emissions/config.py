@@ -21,8 +21,24 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edge.paths import ConfigPath
+from edge.records import Flag, Quality
 from emissions import units
 from emissions.regimes import DEFAULT_MIN_VALID_SHARE, IED_CI_PERCENT, REGIME_DEFAULTS
+
+# A reading UNCERTAIN for its age alone (STALE_TIME: older than validation.max_age_s when it came, a backfill;
+# UNKNOWN_TAG lowers nothing) is a measurement as good as any: valid data also where the permit takes no UNCERTAIN
+# readings (`Regulatory.accept_uncertain` false). Any other flag (the device's own doubt, out of range, frozen) keeps
+# it out.
+AGED_ONLY = int(Flag.STALE_TIME)
+NOT_AGED_ONLY = sum(int(f) for f in Flag) & ~int(Flag.STALE_TIME | Flag.UNKNOWN_TAG)
+
+
+def valid_quality(quality: int, flags: int, accept_uncertain: bool) -> bool:
+    """Whether a reading of ``quality`` with ``flags`` counts as valid data (its value aside)."""
+    if quality == Quality.GOOD or (quality == Quality.UNCERTAIN and accept_uncertain):
+        return True
+    return quality == Quality.UNCERTAIN and bool(flags & AGED_ONLY) and not flags & NOT_AGED_ONLY
+
 
 Period = Literal["ten_min", "half_hour", "hour", "day", "month", "year"]
 Window = Literal["each", "day", "month", "year"]

@@ -37,7 +37,7 @@ import numpy as np
 
 from edge.records import Alert, Flag, Quality, Reading
 from emissions import periods
-from emissions.config import Rule, StackConfig
+from emissions.config import Rule, StackConfig, valid_quality
 from emissions.normalise import Primary, normalise_stack
 
 CLEAR_HYSTERESIS = 0.95
@@ -106,6 +106,12 @@ class LiveMonitor:
         self._newest = -math.inf
         self._closed_to: int | None = None  # end of the last interval closed by flush or seed
         self._seeding = False
+        # Readings older than the interval being filled (a backlog behind live readings of the stack's other tags):
+        # left to the stored averages, so the live view's averages lack them until the job's next run. Counted, and
+        # said once per run of them (one ends with an interval closed without any).
+        self.late = 0
+        self._late_in_bin = False
+        self._late_said = False
 
     def _start_pems(self, dsn: str | None, tag_units: Mapping[str, str]) -> dict:
         out = {}
@@ -187,6 +193,8 @@ class LiveMonitor:
             if self._closed_to is not None and t < self._closed_to:
                 if status_of is not None:  # a late status still holds from its time on (the next interval)
                     self._status(status_of, r, ts, accept_max, late=True)
+                else:
+                    self._late(r, self._closed_to)
                 return  # an interval already closed (flush): counted once, late readings go to the stored averages
             self._open_bin(t)
         elif t > self._bin_t:
@@ -195,6 +203,8 @@ class LiveMonitor:
         elif t < self._bin_t:
             if status_of is not None:  # a late status still holds from its time on: into this interval
                 self._status(status_of, r, ts, accept_max, late=True)
+            else:
+                self._late(r, self._bin_t)
             return  # late reading: the stored averages will include it, the live view has moved on
         if status_of is not None:
             self._status(status_of, r, ts, accept_max)
@@ -205,7 +215,7 @@ class LiveMonitor:
             if v is not None:
                 self._operating = v not in self.cfg.excluded_states
             return
-        if v is None or not math.isfinite(v) or r.quality > accept_max:
+        if v is None or not math.isfinite(v) or not valid_quality(r.quality, r.flags, accept_max >= Quality.UNCERTAIN):
             return
         if pems_input:
             self._in_bin.setdefault(r.tag, []).append(v)
@@ -218,7 +228,7 @@ class LiveMonitor:
     def _status(self, pollutants: list[str], r: Reading, ts: float, accept_max: int, late: bool = False) -> None:
         """One analyser status reading (a step signal): in force from ``ts`` until the next one."""
         v = r.numeric
-        if v is None or not math.isfinite(v) or r.quality > accept_max:
+        if v is None or not math.isfinite(v) or not valid_quality(r.quality, r.flags, accept_max >= Quality.UNCERTAIN):
             return  # not valid data: the status before it holds on
         for name in pollutants:
             bad = v not in self._status_ok[name]
@@ -234,6 +244,18 @@ class LiveMonitor:
                 self._bin_start_ok.add(name)
             if ts >= self._status_t[name]:
                 self._status_bad[name], self._status_t[name] = bad, ts
+
+    def _late(self, r: Reading, filling: int) -> None:
+        """A reading of an interval the live view has closed: left to the stored averages; counted, said once a run."""
+        self.late += 1
+        self._late_in_bin = True
+        if not self._late_said:
+            self._late_said = True
+            log.warning("stack %s: %s at %s arrived after the live view moved on to %s (a backlog behind the stack's "
+                        "other tags): left out of the live running averages and projections until the stored "
+                        "averages take it at the job's next run; said once until they stop", self.cfg.name, r.tag,
+                        r.time.isoformat(), _ts(filling).isoformat(),
+                        extra={"event": "emissions_live_late", "asset": self.cfg.name, "tag": r.tag})
 
     def _open_bin(self, t: int) -> None:
         self._bin_t = t
@@ -259,6 +281,9 @@ class LiveMonitor:
             self._run_pems(self._bin_t, values, set(subst))
         self.push(self._bin_t, values, subst, self._operating, excluded=excluded)
         self._bin, self._bin_subst, self._in_bin = {}, set(), {}
+        if not self._late_in_bin:
+            self._late_said = False  # a run of late readings is over: the next one is said again
+        self._late_in_bin = False
 
     def _run_pems(self, t: int, values: dict[str, np.ndarray], substituted: set[str] = frozenset()) -> None:
         """Predict the closed interval from the input tags' means (before its analyser value is used), then learn
@@ -464,6 +489,11 @@ class LiveEmissions:
             start = int(periods.boundaries("day", end - 1, end, cfg.timezone)[0])
             if end > start:
                 mon.seed(store.fetch_primary(conn, features, cfg, start, end, workers=1))
+
+    @property
+    def late(self) -> int:
+        """Readings the live views left out for arriving after their interval closed, all stacks."""
+        return sum(mon.late for mon in self.monitors.values())
 
     def status(self) -> dict[str, dict]:
         """Latest running average, projection and limit per stack, pollutant and rule (for the console)."""

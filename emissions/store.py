@@ -29,7 +29,7 @@ from edge.records import Flag, Quality
 from emissions import periods, pgcopy, revisions
 from emissions.averages import Averages, StackResult
 from emissions.compliance import Event, RuleResult
-from emissions.config import StackConfig
+from emissions.config import AGED_ONLY, NOT_AGED_ONLY, StackConfig
 from emissions.normalise import Primary
 from emissions.qal3 import Check
 
@@ -79,8 +79,13 @@ def tag_ids(conn: psycopg.Connection, names: list[str]) -> dict[str, int]:
 
 
 def _good(cfg: StackConfig) -> str:
-    max_q = int(Quality.UNCERTAIN if cfg.regulatory.accept_uncertain else Quality.GOOD)
-    return (f"quality <= {max_q} AND value IS NOT NULL AND value <> 'NaN'::float8"
+    """Valid data (`emissions.config.valid_quality`) as SQL: a backfill UNCERTAIN only for its age counts too."""
+    if cfg.regulatory.accept_uncertain:
+        q = f"quality <= {int(Quality.UNCERTAIN)}"
+    else:
+        q = (f"(quality = {int(Quality.GOOD)} OR (quality = {int(Quality.UNCERTAIN)} AND (flags & {AGED_ONLY}) <> 0"
+             f" AND (flags & {NOT_AGED_ONLY}) = 0))")
+    return (f"{q} AND value IS NOT NULL AND value <> 'NaN'::float8"
             " AND value < 'Infinity'::float8 AND value > '-Infinity'::float8")
 
 

@@ -185,6 +185,10 @@ class AlertManager:
         # readings' clock; raised at once from the last observation inside the window, a machine fine after its
         # overhaul paged zone D and cleared a minute later. `MaintenanceLive` sets its window plus hop.
         self.release_after_s = 60.0
+        # The caller's clock (`advance`, `tick`): an alert raised or re-opened from readings older than it (a backlog
+        # after an outage) starts its escalation clock here, not at its readings' time; nobody could acknowledge it
+        # before it came.
+        self.clock: datetime | None = None
 
     def load(self, alerts: list[tuple[Alert, int, datetime, int, datetime | None]]) -> None:
         """Resume open alerts: (alert, occurrences, last_seen, escalation_level, escalated_at) from the store."""
@@ -302,7 +306,7 @@ class AlertManager:
         if reopened is not None:
             return [reopened]
         a = Alert(str(uuid.uuid4()), asset, tag, kind, severity, t, message, evidence=evidence or {})
-        self.open[key] = _Open(a, 1, t, condition=severity)
+        self.open[key] = _Open(a, 1, t, condition=severity, escalated_at=self._known(t))
         return [AlertChange("raised", a, key, 1, t)]
 
     def _reopen(self, key: str, t: datetime, severity: str, message: str, evidence: dict | None) -> AlertChange | None:
@@ -331,20 +335,37 @@ class AlertManager:
         if o.alert.acknowledged_at is None:
             # The escalation clock starts again: the crew gets escalate_after_s for the alert's return, which was
             # no alert of anyone's while it was cleared (`maintenance.store.open_alerts` does so after a restart).
-            o.escalated_at = t
+            o.escalated_at = self._known(t) or t
         self.open[key] = o
         return AlertChange("reopened", o.alert, key, o.occurrences, t, o.escalation_level, detail=detail)
+
+    def advance(self, now: datetime) -> None:
+        """The caller's clock (the data's, never ahead of receipt) before it hands over observations; only forward."""
+        if self.clock is None or now > self.clock:
+            self.clock = now
+
+    def _known(self, t: datetime) -> datetime | None:
+        """When the escalation clock of an alert raised from an observation at ``t`` starts, if not at ``t``: the clock,
+        when the observation is behind it. An hour of backlog after an outage raised its alert "unacknowledged for an
+        hour" and escalated it at once (raised, escalated, cleared in one breath, for a condition nobody could have
+        seen); the crew gets `escalate_after_s` from when the gateway learned of it."""
+        return self.clock if self.clock is not None and self.clock > t else None
 
     def _forget_recent(self, now: datetime) -> None:
         within = timedelta(seconds=self.policy.reopen_within_s)
         for key in [k for k, (_, at) in self.recent.items() if now - at >= within]:
             del self.recent[key]
 
-    def tick(self, now: datetime) -> list[AlertChange]:
+    def tick(self, now: datetime, data: datetime | None = None) -> list[AlertChange]:
         """Raise the conditions still active when the window that suppressed them is over (`held`), escalate open
-        alerts nobody acknowledged in time, and forget cleared ones too old to re-open."""
+        alerts nobody acknowledged in time, and forget cleared ones too old to re-open. ``data``: the newest time of
+        the readings just observed, when behind ``now`` (a backlog): windows are over for `held` conditions by it."""
+        self.advance(now)
         self._forget_recent(now)
-        out = self._release(now)
+        # A backlog's conditions are judged by its readings' time: by the clock (hours on), a condition the backlog
+        # showed inside a maintenance window was out of it at once and raised at the clock's time, paging for
+        # what the same backlog's next readings showed gone inside the window (and cleared before it was raised).
+        out = self._release(now if data is None or data > now else data)
         after = self.policy.escalate_after_s
         if after is None:
             return out

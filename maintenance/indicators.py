@@ -195,7 +195,8 @@ class IndicatorEngine:
     ``series``: tag -> stats to emit. ``waveforms``: tag -> (fs_hz, block_samples, bands) or
     (fs_hz, block_samples, bands, iso_band) for a waveform rated in ISO 20816 zones.
     Feed readings with `update` in time order per tag (late readings within the window are
-    accepted; older ones are ignored); it returns the derived readings that became due.
+    accepted; older ones are left out and counted in `late`, `take_late`); it returns the derived readings that
+    became due.
     """
 
     def __init__(self, series: dict[str, Iterable[str]], *, window_s: int = 60, hop_s: int = 10,
@@ -223,6 +224,12 @@ class IndicatorEngine:
         self.last_seen = np.full(len(self.tags), -1, dtype=np.int64)  # absolute slot of each series' latest reading
         self.first_slot: int | None = None
         self.out_of_range = out_of_range
+        # Readings older than the open window (a backlog behind newer readings of any series: the windows close for
+        # all series at once) and waveform samples older than their tag's latest are left out: counted here, and
+        # since the last `take_late` per tag (count, oldest and newest time in seconds), for the caller to count and
+        # log (`MaintenanceLive`).
+        self.late = 0
+        self.late_tags: dict[str, list] = {}
         # Called as on_window(end_slot, values, classes) for each closed window, before its derived readings are made,
         # and on_block(tag, start, counts) for each waveform block (its samples per `maintenance.quality` class).
         self.on_window = None
@@ -285,8 +292,10 @@ class IndicatorEngine:
                     break
                 out.extend(self._emit(self.next_emit, now))
                 self.next_emit += self.hop_slots
-            if slot < self.next_emit - self.slots:
-                continue  # older than the open window
+            if slot < self.next_emit - self.slots:  # older than the open window: no window to come holds it
+                for r in rows[g].tolist():
+                    self._left_out(self.tags[r], slot * self.period)
+                continue
             col = slot % self.slots
             if self.slot_of[col] != slot:  # the column held an older slot: reset it for all series
                 self.buf[:, col] = np.nan
@@ -301,6 +310,27 @@ class IndicatorEngine:
                 for j in g[classes[g] == FROZEN].tolist():
                     self._frozen_run(int(rows[j]), slot, float(raw[j]))
         return out
+
+    def _left_out(self, tag: str, t_s: float) -> None:
+        self.late += 1
+        got = self.late_tags.get(tag)
+        if got is None:
+            self.late_tags[tag] = [1, t_s, t_s]
+        else:
+            got[0] += 1
+            got[1], got[2] = min(got[1], t_s), max(got[2], t_s)
+
+    def take_late(self) -> dict[str, tuple[int, datetime, datetime]]:
+        """The readings left out as late since the last call, per tag: (count, oldest time, newest time)."""
+        got = {tag: (n, datetime.fromtimestamp(lo, UTC), datetime.fromtimestamp(hi, UTC))
+               for tag, (n, lo, hi) in self.late_tags.items()}
+        self.late_tags = {}
+        return got
+
+    def window_start(self) -> datetime | None:
+        """The time of the open window's oldest slot: readings older than it are left out (None before any)."""
+        return None if self.next_emit is None else datetime.fromtimestamp((self.next_emit - self.slots) * self.period,
+                                                                          UTC)
 
     def _frozen_run(self, row: int, slot: int, value: float) -> None:
         """A reading flagged FROZEN at ``slot``: the validator flags a stuck value only after ``frozen_after_s``, so
@@ -369,6 +399,8 @@ class IndicatorEngine:
             # older sample (a redelivery, a late message) is not appended a second time or out of place.
             dt = (r.time - b.last).total_seconds() * b.fs_hz  # in sample periods
             if dt < 0.5:
+                if dt < -0.5:  # older than the latest sample (a backlog, a late message); a repeat is no loss
+                    self._left_out(r.tag, r.time.timestamp())
                 return []
             if dt > 1.5:
                 b.restart(lost=True)

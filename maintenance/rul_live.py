@@ -3,7 +3,8 @@
 For each asset with ``[maintenance.assets.rul]`` the readings of its setting and sensor tags are averaged
 per cycle: cycles of ``cycle_s`` seconds (a cycle closes as soon as every tag the model uses has sent its last
 reading for it: its latest one plus its sampling step, the gap to its previous reading but at most ``period_s``,
-reaches the cycle's end; or when a reading of a later cycle arrives), or the asset's own cycles counted by a
+reaches the cycle's end; or when every such tag has sent a reading of a later cycle, held till then, or one a whole
+cycle after its end arrives: a source lagging behind the others), or the asset's own cycles counted by a
 ``cycle_tag`` (flights, batches, strokes: a cycle closes when the counter changes, the counter value is the
 age, and a counter that goes back starts a new life with an empty history; a reading older than the
 current cycle's start is late and left out). Flagged readings of the settings and sensors (out of range, frozen,
@@ -201,6 +202,12 @@ class _Asset:
     error: str | None = None  # the registry's last read error (logged once until it changes)
     gone: bool = False  # the registry named no champion while one was served (logged once until one is named)
     out_of_domain: int = 0  # consecutive cycles refused as beyond the model's training range (logged once a run)
+    # Cycles by time: readings of later cycles (pos, seconds, value, good) held while the current cycle waits for a
+    # model tag that has not passed its end yet (a source lagging behind the others), and which tags they are of.
+    ahead: list = field(default_factory=list)
+    beyond: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    late: int = 0  # readings left out for a cycle already closed (logged once a run, see `late_said`)
+    late_said: bool = False
 
 
 def _describe(model: ServedRulModel | None) -> str:
@@ -276,6 +283,13 @@ def _sampled(a: _Asset, pos: int, ts: float) -> None:
     a.prev[pos] = a.latest[pos] = ts
 
 
+def _passed(a: _Asset) -> bool:
+    """Cycles by time: every model tag has sent its last reading for the current cycle (`_complete`'s test) or one
+    of a later cycle (held in `ahead`): readings come in time order per tag, so none of this cycle is still due."""
+    end = (a.slot + 1) * a.cfg.cycle_s
+    return bool(((a.latest[a.sel] + a.step[a.sel] >= end - 1e-6) | a.beyond[a.sel]).all())
+
+
 def _complete(a: _Asset) -> bool:
     """Cycles by time: every tag of the model has sent the last reading its sampling step leaves room for before
     the cycle's end (its next one falls in the next cycle), so the cycle can close now rather than at the next
@@ -345,7 +359,7 @@ class RulLive:
                         float(period_s), None, deque(maxlen=cfg.history_cycles),
                         sums=np.zeros(n), counts=np.zeros(n), last=np.full(n, np.nan), flagged=np.zeros(n),
                         prev=np.full(n, np.nan), step=np.full(n, float(period_s)), latest=np.full(n, np.nan),
-                        next_refresh=now + cfg.refresh_s)
+                        next_refresh=now + cfg.refresh_s, beyond=np.zeros(n, bool))
             if cfg.model_dir is not None:
                 try:
                     model = ServedRulModel(cfg.model_dir)
@@ -441,7 +455,7 @@ class RulLive:
             out.append({"asset": a.name, "model_id": m.model_id if m else a.cfg.model_id,
                         "version": m.registry_version if m else None, "sha256": m.sha256 if m else None,
                         "cycles": len(a.history), "refused_sha256": a.refused, "registry_error": a.error,
-                        "out_of_domain_cycles": a.out_of_domain})
+                        "out_of_domain_cycles": a.out_of_domain, "late_readings": a.late})
         return out
 
     def _files(self, a: _Asset, mv):
@@ -513,25 +527,64 @@ class RulLive:
             if a.cfg.cycle_tag is not None:
                 self._counted(a, hit[1], r.time, v, preds, changes, good)
                 continue
-            slot = math.floor(r.time.timestamp() / a.cfg.cycle_s)
-            if a.slot is None:
-                a.slot = a.first_slot = slot
-            if slot < a.slot or (slot == a.slot and a.closed):
-                continue  # late for a cycle already closed
-            if slot > a.slot:
-                if not a.closed:
-                    self._close(a, preds, changes)
-                a.slot, a.closed = slot, False
-                _new_cycle(a)
-            _sampled(a, hit[1], r.time.timestamp())
-            if not good:
-                a.flagged[hit[1]] += 1
-            else:
-                a.sums[hit[1]] += v
-                a.counts[hit[1]] += 1
-            if _complete(a):
-                self._close(a, preds, changes)
+            self._timed(a, hit[1], r.time.timestamp(), v, good, preds, changes)
         return preds, changes
+
+    def _timed(self, a: _Asset, pos: int, ts: float, v: float, good: bool, preds: list[Prediction],
+               changes: list[AlertChange]) -> None:
+        """Cycles by time: one reading of the tag at ``pos`` at ``ts`` (seconds).
+
+        A reading of a later cycle closes the current one only once every model tag has passed its end (sent the last
+        reading its sampling leaves room for, or one of a later cycle), or one whole cycle after its end: until then
+        it is held (`ahead`). The first reading of the next cycle used to close it: a source 5 s behind the others
+        lost its last readings of every cycle (the RUL 1.15 cycles off the offline model's), one 30 s behind gave 1
+        prediction in 31 cycles."""
+        slot = math.floor(ts / a.cfg.cycle_s)
+        if a.slot is None:
+            a.slot = a.first_slot = slot
+        if slot < a.slot or (slot == a.slot and a.closed):
+            self._late(a, ts)
+            return
+        if slot > a.slot:
+            if not a.closed and ts < (a.slot + 2) * a.cfg.cycle_s:
+                a.ahead.append((pos, ts, v, good))
+                a.beyond[pos] = True
+                if not _passed(a):
+                    return
+                pos, ts, v, good = a.ahead.pop()  # every tag is past the end: close, then take the held in order
+                slot = math.floor(ts / a.cfg.cycle_s)
+            if not a.closed:
+                self._close(a, preds, changes)
+            held, a.ahead = a.ahead, []
+            a.beyond[:] = False
+            a.slot = min([math.floor(h[1] / a.cfg.cycle_s) for h in held] + [slot])
+            a.closed = False
+            _new_cycle(a)
+            for h in held:
+                self._timed(a, *h, preds, changes)
+            self._timed(a, pos, ts, v, good, preds, changes)
+            return
+        _sampled(a, pos, ts)
+        if not good:
+            a.flagged[pos] += 1
+        else:
+            a.sums[pos] += v
+            a.counts[pos] += 1
+        if _complete(a):
+            self._close(a, preds, changes)
+
+    def _late(self, a: _Asset, ts: float) -> None:
+        """A reading for a cycle already closed (a source more than a cycle behind, a redelivery): left out of the
+        cycle means, counted (`late` in the status) and said once a run."""
+        a.late += 1
+        if self.metrics is not None:
+            self.metrics.analytics_late.labels("rul").inc()
+        if not a.late_said:
+            a.late_said = True
+            log.warning("asset %s: a reading of %s is for a cycle already closed (a source more than a cycle behind "
+                        "the others, a backlog, a redelivery): left out of the cycle means; counted, said once a run",
+                        a.name, datetime.fromtimestamp(ts, UTC).isoformat(),
+                        extra={"event": "rul_reading_late", "asset": a.name})
 
     # -- the kept cycles across restarts (maintenance.rul_state) ---------------------------------------
     def journal(self) -> dict | None:
@@ -711,6 +764,7 @@ class RulLive:
             # back, closing the cycle early and starting a new life (the history and the EWM wiped); a late sensor
             # reading was counted in the current cycle. A genuine reset comes with a newer time; a counter going up
             # closes the cycle whatever its time (a device clock stepped back must not stop the cycles).
+            self._late(a, t.timestamp())
             return
         if pos != COUNTER:
             if a.slot is not None and not good:

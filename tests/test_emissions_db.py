@@ -8,7 +8,7 @@ import subprocess
 import sys
 import uuid
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from edge.db.migrate import migrate
-from edge.records import Flag, Quality
+from edge.records import Flag, Quality, Reading
 from emissions import job, periods, synthetic
 from emissions.config import StackConfig
 
@@ -869,3 +869,40 @@ async def test_a_qal3_chart_out_of_control_raises_an_alert_and_checks_in_control
     synthetic.copy_readings(conn, ids[tag], np.array([hour - 3 * 3600, hour - 2 * 3600]), np.array([0.0, 0.1]))
     (cleared,) = await run_job_once()
     assert (cleared["event"], cleared["alert"]["id"]) == ("cleared", alert["id"])
+
+
+def test_a_backfill_older_than_max_age_is_valid_data_where_the_permit_takes_no_uncertain_readings(conn):
+    """A NOx analyser's half-hour arrives 8 days late (a device's spool, a history backfill): the validator flags it
+    STALE_TIME, UNCERTAIN only for its age (validation.max_age_s, 7 days), the measurement as good as any. With
+    ``accept_uncertain = false`` the stored averages left it out as not valid data: the half-hour had no value, though
+    late_data_days (31) exists to take such readings. A device's own UNCERTAIN (SOURCE_STATUS) stays out."""
+    from edge.settings import Tag, Validation
+    from edge.validate import Validator
+
+    cfg = synthetic.waste_stack(f"T{uuid.uuid4().hex[:8]}", regulatory={"accept_uncertain": False})
+    ids = seed(conn, cfg)
+    nox = ids[cfg.pollutant("NOx").tag]
+    hh = T0 + 86400 + 10 * 3600
+    job.run_span(conn, cfg, T0, T0 + DAYS * 86400, context="day")
+    on_time = stored(conn, cfg.name, "NOx", "half_hour", hh)
+    assert on_time[0] is not None
+    # The half-hour as the validator takes it 8 days after: flagged for its age only.
+    with conn.cursor() as cur:
+        cur.execute("SELECT time, value FROM readings WHERE tag_id = %s AND time >= to_timestamp(%s) "
+                    "AND time < to_timestamp(%s) ORDER BY time", (nox, hh, hh + 1800))
+        rows = cur.fetchall()
+    now = rows[-1][0] + timedelta(days=8)
+    late = [Reading(cfg.pollutant("NOx").tag, t, v, now) for t, v in rows]
+    Validator({late[0].tag: Tag(name=late[0].tag)}, Validation()).apply_readings(late, now)
+    assert {(int(r.quality), int(r.flags)) for r in late} == {(int(Quality.UNCERTAIN), int(Flag.STALE_TIME))}
+    with conn.cursor() as cur:
+        cur.execute("UPDATE readings SET quality = %s, flags = %s WHERE tag_id = %s AND time >= to_timestamp(%s) "
+                    "AND time < to_timestamp(%s)", (int(Quality.UNCERTAIN), int(Flag.STALE_TIME), nox, hh, hh + 1800))
+    job.run_span(conn, cfg, T0, T0 + DAYS * 86400, context="day")
+    assert stored(conn, cfg.name, "NOx", "half_hour", hh) == on_time
+    # The device's own doubt about the same readings is still not valid data.
+    with conn.cursor() as cur:
+        cur.execute("UPDATE readings SET flags = %s WHERE tag_id = %s AND time >= to_timestamp(%s) "
+                    "AND time < to_timestamp(%s)", (int(Flag.STALE_TIME | Flag.SOURCE_STATUS), nox, hh, hh + 1800))
+    job.run_span(conn, cfg, T0, T0 + DAYS * 86400, context="day")
+    assert stored(conn, cfg.name, "NOx", "half_hour", hh)[0] is None

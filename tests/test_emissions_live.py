@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from edge.records import Alert, Quality, Reading
+from edge.records import Alert, Flag, Quality, Reading
 from emissions.config import StackConfig
 from emissions.live import LiveMonitor
 
@@ -184,3 +184,17 @@ def test_a_flushed_interval_is_not_counted_again():
     mon.flush()
     st = mon.state[("NOx", "wi_half_hour_a")]
     assert (st.count, st.sum) == (2, pytest.approx(1010.0))
+
+
+def test_a_reading_uncertain_for_its_age_only_is_valid_live_where_uncertain_is_not():
+    """``accept_uncertain = false``: a backfill older than validation.max_age_s (STALE_TIME, UNCERTAIN for its age
+    only) is valid data in the live view as in the stored averages; the device's own doubt (SOURCE_STATUS) is not.
+    The live view used to leave the backfill out: a half-hour of 1,000 mg/Nm³ had no running average."""
+    cfg = stack().model_copy(update={"regulatory": stack().regulatory.model_copy(update={"accept_uncertain": False})})
+    for flags, expected in ((Flag.STALE_TIME, 29), (Flag.STALE_TIME | Flag.SOURCE_STATUS, 0)):
+        mon = LiveMonitor(cfg)
+        for i in range(29):
+            ts = datetime.fromtimestamp(T0 + 60 * i, UTC)
+            mon.observe([Reading("W.NOx", ts, 1000.0, ts, quality=Quality.UNCERTAIN, flags=flags)])
+        mon.flush()
+        assert mon.state[("NOx", "wi_half_hour_a")].count == expected

@@ -5,6 +5,7 @@ exported directory or the registry's champion; the lower end of the interval can
 import json
 import logging
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -1306,3 +1307,38 @@ def test_a_live_rul_assets_counters_are_there_at_0_from_the_start(fitted, tmp_pa
             assert f'valvoja_rul_cycles_refused_total{{asset="{asset}",reason="{reason}"}} 0.0' in text
     for outcome in ("swapped", "refused", "error"):
         assert f'valvoja_model_swaps_total{{model_id="{out["model_id"]}",outcome="{outcome}"}} 0.0' in text
+
+
+@pytest.mark.parametrize("lag_s", [5, 30])
+def test_a_source_lagging_behind_the_others_has_its_readings_in_their_cycle(fitted, lag_s, caplog):
+    """Cycles by time, 1 Hz readings; the sensors s1-s7 come from a source ``lag_s`` behind the others (a second
+    collector, a gateway's spool draining): each group holds the others' readings of second k and theirs of k - lag.
+    The first reading of the next cycle closed the cycle: the lagging tags' last ``lag_s`` readings of every cycle
+    were dropped (5 s: the RUL 1.15 cycles off the offline model's; 30 s: 1 prediction in 31 cycles). The cycle now
+    waits until every model tag has passed its end; a reading for a closed cycle is counted and said once."""
+    r, d = fitted
+    test = cmapss.load(SAMPLE / "test_FD001.txt")
+    u = int(test.units()[0])
+    one = test.select(test.unit == u)
+    lagging = {f"E{u}.s{j}" for j in range(1, 8)}
+    arrival: dict[int, list[Reading]] = {}
+    for c, batch in enumerate(replay(one)):
+        for k in range(60):  # a ramp across the cycle whose mean is the cycle's value
+            s = 60 * c + k
+            tk = T0 + timedelta(seconds=s)
+            for x in batch:
+                arrival.setdefault(s + (lag_s if x.tag in lagging else 0), []).append(
+                    Reading(x.tag, tk, float(x.value) * (1 + (k - 29.5) * 1e-3), tk))
+    groups = [sorted(arrival[s], key=lambda x: x.time) for s in sorted(arrival)]
+    late = groups[-1][-1]
+    groups.append([replace(late, time=late.time - timedelta(seconds=120))])  # a redelivery two cycles back
+    live = MaintenanceLive(MaintenanceConfig(period_s=10.0, assets=(rul_asset(u, d),)))
+    with caplog.at_level(logging.WARNING, logger="maintenance.rul_live"):
+        preds = _process(live, groups)
+    offline = r["model"].predict(one.unit, one.cycle, one.settings, one.sensors)
+    assert [p.details["cycle"] for p in preds] == list(range(1, len(one.unit) + 1))
+    assert all(p.details["data_quality"]["readings"] == 60 * len(live.rul.assets[0].sel) for p in preds)
+    assert np.allclose([p.value for p in preds], offline, atol=1e-3)
+    assert live.rul.status()[0]["late_readings"] == 1
+    said = [x.event for x in caplog.records if getattr(x, "event", "").startswith("rul_reading")]
+    assert said == ["rul_reading_late"]

@@ -450,7 +450,8 @@ async def test_an_escalation_after_an_acknowledgement_the_gateway_has_not_synced
         assert sent == []
         other = m.observe(asset="P9", tag="P9.p", kind="rule:hi", active=True, t=at(0), severity="warning")
         await store.apply_changes(conn, other)
-        await an.notifications.send(Receiver(), [c for c in m.tick(at(700)) if c.alert.asset == "P9"])
+        # Raised from an observation behind the clock (700 s): its escalation clock starts at 700 (alerts.py).
+        await an.notifications.send(Receiver(), [c for c in m.tick(at(1300)) if c.alert.asset == "P9"])
         assert sent == [(other[0].alert.id, "escalated")]
         # Cleared by hand in the console since the last sync: nobody is paged for it either.
         gone = m.observe(asset="P8", tag="P8.p", kind="rule:hi", active=True, t=at(0), severity="warning")
