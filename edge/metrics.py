@@ -179,6 +179,8 @@ class Metrics:
             self.rollup_errors.labels(part)
         for kind in RECORD_KINDS:
             self.records_refused.labels(kind)
+        for analysis in ("indicators", "rul", "emissions"):
+            self.analytics_late.labels(analysis)
 
     def known(self, *, collectors: Iterable[str] = (), rules: Iterable[str] = ()) -> None:
         """Create at 0 the series of a gateway's collectors and validation rules (see the end of ``__init__``):

@@ -72,6 +72,8 @@ def test_series_of_known_label_values_are_there_at_0_from_the_start_and_counters
             assert at_start.get(f'valvoja_config_reloads_total{{result="{result}"}}') == 0, result
         for result in ("ok", "failed", "dropped", "skipped"):
             assert at_start.get(f'valvoja_alert_notifications_total{{result="{result}"}}') == 0, result
+        for analysis in ("indicators", "rul", "emissions"):
+            assert at_start.get(f'valvoja_analytics_late_total{{analysis="{analysis}"}}') == 0, analysis
 
         wait_for(lambda: gw.health()["collectors"]["plant"]["connected"], what="collector connected")
         pub.publish(100)
