@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 
 _STD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
@@ -58,6 +59,19 @@ class TextFormatter(logging.Formatter):
 NOISY = ("asyncua", "asyncio", "uvicorn.access", "httpx", "httpcore")  # loggers `setup` keeps at WARNING or above
 
 
+log_threads = logging.getLogger("valvoja.threads")
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    if issubclass(args.exc_type, SystemExit):
+        return  # as Python's own hook: a thread that exits on purpose
+    name = args.thread.name if args.thread is not None else "?"
+    log_threads.error(
+        "unhandled %s in thread %s: %s", args.exc_type.__name__, name, args.exc_value,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+        extra={"event": "thread_error", "thread_name": name})
+
+
 def setup(level: str = "INFO", fmt: str = "json", stream=None) -> None:
     """Configure the root logger once (idempotent; replaces earlier handlers)."""
     handler = logging.StreamHandler(stream or sys.stderr)
@@ -68,6 +82,9 @@ def setup(level: str = "INFO", fmt: str = "json", stream=None) -> None:
     # A library's warnings.warn (psycopg's about GSSAPI taken by libpq's default, a deprecation) would go to stderr
     # as Python prints it: lines of plain text in a log of JSON objects. As records of `py.warnings` they are JSON.
     logging.captureWarnings(True)
+    # An exception ending a thread (paho's network loop, the spool's writer, a library's worker) was printed by
+    # Python as a plain-text traceback on stderr: no event, no level, lines a JSON log reader drops.
+    threading.excepthook = _log_thread_exception
     # Libraries log every reconnect attempt at INFO/WARNING; the runtime logs outages once. httpx logs every request
     # with its whole URL at INFO ("HTTP Request: POST <url>"): a webhook's token in its path or query with it.
     for noisy in NOISY:

@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import signal
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -184,3 +185,4 @@ def restore_logging() -> Iterator[None]:
     for name, lvl in noisy.items():
         logging.getLogger(name).setLevel(lvl)
     logging.captureWarnings(False)  # setup routes Python's warnings into the log
+    threading.excepthook = threading.__excepthook__  # and threads' unhandled exceptions

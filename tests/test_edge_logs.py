@@ -69,3 +69,29 @@ def test_a_python_warning_is_a_json_line_of_the_log_too() -> None:
     assert len(lines) == 1, lines
     rec = json.loads(lines[0])
     assert rec["level"] == "warning" and rec["logger"] == "py.warnings" and "GSSAPI" in rec["msg"]
+
+
+def test_an_exception_ending_a_thread_is_a_json_line_of_the_log(restore_logging) -> None:
+    """An exception that ended a thread (paho's network loop, the spool's writer, a library's worker) was printed by
+    Python as a plain-text traceback on stderr, lines a JSON log reader drops and no alert on `level` sees. It is an
+    error record with its event, the thread's name and the traceback; a thread that exits on purpose says nothing."""
+    import threading
+
+    out = io.StringIO()
+    logs.setup("INFO", "json", stream=out)
+
+    def broken() -> None:
+        raise RuntimeError("socket gone")
+
+    def leaving() -> None:
+        raise SystemExit(0)
+
+    for target, name in ((broken, "paho-loop"), (leaving, "worker")):
+        t = threading.Thread(target=target, name=name)
+        t.start()
+        t.join()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1, lines
+    rec = json.loads(lines[0])
+    assert (rec["level"], rec["event"], rec["thread_name"]) == ("error", "thread_error", "paho-loop")
+    assert "socket gone" in rec["msg"] and "RuntimeError" in rec["exc"] and "in broken" in rec["exc"]
